@@ -1,0 +1,137 @@
+"""Frozen backbones: open_clip CLIP and timm DINOv2, real or seeded-random.
+
+Both are returned in eval mode with ``requires_grad`` off; the USE encoder keeps
+them that way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ClipConfig, DinoConfig
+from .weights import clip_status, dino_status, require
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Deterministic random init without disturbing the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    # The local file is already resolved; keep hub clients from reaching out
+    # (and from retrying for ~50 s) for anything else while the model builds.
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    # open_clip warns "initialized randomly" on the root logger; for the seeded
+    # presets that is the intent, not news.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+@dataclass
+class Clip:
+    """A whole open_clip model (image and text towers) plus its tokenizer and normalisation."""
+
+    model: nn.Module
+    tokenizer: object
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    native_image_size: int  # what the crop embedder feeds the image tower
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.model.visual.transformer.width)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.model.visual.transformer.resblocks)
+
+
+def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False) -> Clip:
+    """Build CLIP with its image tower at ``cfg.image_size`` (the USE grid; open_clip
+    resizes the positional embedding of loaded weights to it), or at the size it was
+    trained at when ``native_size`` (the crop embedder)."""
+    import open_clip
+
+    if cfg.custom_config is not None and open_clip.get_model_config(cfg.model_name) is None:
+        from .presets import MODEL_CONFIG_DIR
+
+        open_clip.add_model_config(MODEL_CONFIG_DIR / f"{cfg.model_name}.json")
+    kwargs = {} if native_size else {"force_image_size": cfg.image_size}
+    if cfg.pretrained is None:
+        with seeded(cfg.seed), _quiet_root_logger():
+            model = open_clip.create_model(cfg.model_name, pretrained=None, **kwargs)
+        pre = {}
+    else:
+        path = require(clip_status(cfg), preset_name)
+        pre = open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained) or {}
+        with _quiet_hub():
+            model = open_clip.create_model(
+                cfg.model_name, pretrained=str(path), force_quick_gelu=bool(pre.get("quick_gelu")), **kwargs
+            )
+    native = open_clip.get_model_config(cfg.model_name)["vision_cfg"]["image_size"]
+    return Clip(
+        model=freeze(model),
+        tokenizer=open_clip.get_tokenizer(cfg.model_name),
+        mean=tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(pre.get("std", open_clip.OPENAI_DATASET_STD)),
+        native_image_size=int(native if isinstance(native, int) else native[0]),
+    )
+
+
+def build_dino(cfg: DinoConfig, preset_name: str) -> nn.Module:
+    import timm
+
+    kwargs = dict(img_size=cfg.image_size, dynamic_img_size=True, num_classes=0, **cfg.overrides)
+    if not cfg.pretrained:
+        with seeded(cfg.seed):
+            model = timm.create_model(cfg.timm_name, pretrained=False, **kwargs)
+    else:
+        path = require(dino_status(cfg), preset_name)
+        with _quiet_hub():
+            model = timm.create_model(
+                cfg.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+            )
+    return freeze(model)
+
+
+def dino_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    cfg = model.pretrained_cfg
+    return tuple(cfg["mean"]), tuple(cfg["std"])

@@ -1,0 +1,94 @@
+"""Head checkpoints: ``NAME.safetensors`` (weights) + ``NAME.json`` (what they fit).
+
+The JSON records the preset and its backbone configs; loading onto other
+backbones is refused, because the LLN weights only mean something for the
+backbone features they were trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import PresetConfig
+from .errors import CheckpointMismatchError, UsesearchError
+
+FORMAT = "usesearch-head"
+VERSION = 1
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """Accepts ``DIR`` (holding head.*), ``NAME.safetensors``, ``NAME.json`` or ``NAME``."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "head.safetensors", path / "head.json"
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    weights, config = checkpoint_paths(path)
+    return weights.is_file() and config.is_file()
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_head(
+    path: str | os.PathLike, state: dict[str, torch.Tensor], preset: PresetConfig, extra: dict[str, Any] | None = None
+) -> Path:
+    weights, config = checkpoint_paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "preset": preset.name,
+        "backbones": preset.backbone_dict(),
+        "lln_dim": preset.head.lln_dim,
+        "sha256": state_digest(tensors),
+        **(extra or {}),
+    }
+    # Write-then-rename so a crash never leaves a half-written checkpoint.
+    for target, write in ((weights, lambda p: save_file(tensors, str(p))), (config, lambda p: p.write_text(json.dumps(meta, indent=2)))):
+        tmp = target.with_name(target.name + ".tmp")
+        write(tmp)
+        os.replace(tmp, target)
+    return weights
+
+
+def read_head_config(path: str | os.PathLike) -> dict[str, Any]:
+    weights, config = checkpoint_paths(path)
+    if not (weights.is_file() and config.is_file()):
+        raise UsesearchError(f"no head checkpoint at {path}: expected {weights} and {config}")
+    meta = json.loads(config.read_text())
+    if meta.get("format") != FORMAT:
+        raise UsesearchError(f"{config} is not a usesearch head config (format={meta.get('format')!r})")
+    return meta
+
+
+def load_head(path: str | os.PathLike, preset: PresetConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and config of a head checkpoint, refusing one made for other backbones."""
+    meta = read_head_config(path)
+    # JSON round-trips tuples as lists; compare in JSON form.
+    expected = json.loads(json.dumps(preset.backbone_dict()))
+    if meta.get("backbones") != expected or meta.get("lln_dim") != preset.head.lln_dim:
+        raise CheckpointMismatchError(
+            f"head checkpoint {path} was trained for preset {meta.get('preset')!r} "
+            f"(CLIP {meta['backbones']['clip']['model_name']}, DINOv2 {meta['backbones']['dino']['timm_name']}) "
+            f"and cannot be loaded onto preset {preset.name!r} "
+            f"(CLIP {preset.clip.model_name}, DINOv2 {preset.dino.timm_name})"
+        )
+    state = load_file(str(checkpoint_paths(path)[0]))
+    return state, meta

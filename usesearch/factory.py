@@ -1,0 +1,75 @@
+"""``load_model``: one entry point from a preset name or head checkpoint to an embedder."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .backbones import build_clip, build_dino, seeded
+from .checkpoint import is_checkpoint, load_head, read_head_config, state_digest
+from .config import PresetConfig
+from .errors import NoTrainedHeadError, UsesearchError
+from .model import USE, CropEmbedder, USEEmbedder
+from .presets import PRESETS, get_preset
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsesearchError("--device cuda was asked for but no CUDA GPU is available")
+    return device
+
+
+def create_use(preset: PresetConfig | str) -> USE:
+    """A USE module with a freshly initialised (seeded) head, for training or tests.
+    Inference goes through ``load_model``, which never hands out an untrained head
+    except the tiny preset's documented random one."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    clip = build_clip(preset.clip, preset.name)
+    dino = build_dino(preset.dino, preset.name)
+    with seeded(preset.head.seed):
+        return USE(preset, clip, dino)
+
+
+def load_model(
+    name_or_checkpoint: str | os.PathLike,
+    embedder: str = "use",
+    device: str | torch.device | None = None,
+    head: str | os.PathLike | None = None,
+) -> USEEmbedder | CropEmbedder:
+    """A preset name (``tiny``, ``b16``, ``l14-336``) or a head checkpoint -> embedder.
+
+    ``embedder="use"`` needs a trained head: from ``head=``, from the checkpoint
+    given as first argument, or the tiny preset's seeded random one.
+    ``embedder="crop"`` needs only CLIP.
+    """
+    device = resolve_device(device)
+    name = str(name_or_checkpoint)
+    if name not in PRESETS and is_checkpoint(name):
+        head = head or name
+        name = read_head_config(name)["preset"]
+    preset = get_preset(name)
+    if embedder == "crop":
+        return CropEmbedder(preset, build_clip(preset.clip, preset.name, native_size=True), device)
+    if embedder != "use":
+        raise UsesearchError(f"unknown embedder {embedder!r}; choose 'use' or 'crop'")
+    if head is None and not preset.head.seeded_random:
+        raise NoTrainedHeadError(
+            f"preset {preset.name!r} has no trained USE head (none is published). Either use the "
+            "training-free embedder (`--embedder crop`, or embedder='crop'), or train a head with "
+            f"`usesearch train ... --preset {preset.name}` and pass it with `--head CHECKPOINT`."
+        )
+    state = load_head(head, preset)[0] if head is not None else None
+    clip = build_clip(preset.clip, preset.name)
+    dino = build_dino(preset.dino, preset.name)
+    with seeded(preset.head.seed):
+        use = USE(preset, clip, dino)
+    if state is not None:
+        missing, unexpected = use.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k in use.trainable_state_dict()]
+        if missing or unexpected:
+            raise UsesearchError(f"head checkpoint {head} does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return USEEmbedder(use, clip, device, state_digest(use.trainable_state_dict()))

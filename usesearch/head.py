@@ -1,0 +1,89 @@
+"""Segment embedding head (paper §3.2): mask-area-weighted pooling + one linear layer.
+
+A segment's weight in a patch is the area of the segment inside that patch divided
+by the patch area; the segment vector is the weight-normalised average of the patch
+embeddings, projected into CLIP's joint space and L2-normalised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _axis_overlap(num_pixels: int, num_cells: int, cell_size: float) -> torch.Tensor:
+    """[num_cells, num_pixels]: length of pixel [y, y+1) inside cell [i*s, (i+1)*s)."""
+    starts = torch.arange(num_cells, dtype=torch.float64)[:, None] * cell_size
+    pixel = torch.arange(num_pixels, dtype=torch.float64)[None, :]
+    overlap = torch.minimum(starts + cell_size, pixel + 1) - torch.maximum(starts, pixel)
+    return overlap.clamp_(min=0).float()
+
+
+def cell_coverage(
+    masks: np.ndarray | torch.Tensor,
+    grid_hw: tuple[int, int],
+    cell_hw: tuple[float, float],
+    chunk: int = 16,
+) -> torch.Tensor:
+    """Fraction of each grid cell covered by each mask, cells of ``cell_hw`` pixels
+    laid from the top-left corner; cells past the mask's edge count that part as
+    uncovered (letterbox padding). Exact for fractional cell sizes: separable
+    pixel/cell overlap matrices, so no upsampled copy of the masks is made."""
+    masks = torch.as_tensor(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be [N, H, W], got shape {tuple(masks.shape)}")
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros(0, grid_hw[0] * grid_hw[1])
+    areas = masks.flatten(1).sum(1)
+    if bool((areas == 0).any()):
+        empty = torch.nonzero(areas == 0).flatten().tolist()
+        raise ValueError(f"masks {empty[:10]} are empty; every segment needs at least one pixel")
+    rows = _axis_overlap(h, grid_hw[0], cell_hw[0])  # [gh, H]
+    cols = _axis_overlap(w, grid_hw[1], cell_hw[1])  # [gw, W]
+    out = []
+    for start in range(0, n, chunk):
+        block = masks[start : start + chunk].float()
+        out.append(torch.einsum("ih,nhw,jw->nij", rows, block, cols).flatten(1))
+    return torch.cat(out) / (cell_hw[0] * cell_hw[1])
+
+
+def patch_weights(masks: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Bool masks [N,H,W] with H, W multiples of the grid -> [N, gh*gw] coverage fractions."""
+    masks = torch.as_tensor(masks)
+    gh, gw = grid_hw
+    h, w = masks.shape[-2:]
+    if h % gh or w % gw:
+        raise ValueError(f"mask size {h}x{w} is not a multiple of the {gh}x{gw} grid")
+    return cell_coverage(masks, grid_hw, (h // gh, w // gw))
+
+
+def letterbox_weights(masks: np.ndarray | torch.Tensor, grid: int) -> torch.Tensor:
+    """Weights for masks of an image that the encoder letterboxed into a square
+    (longest side scaled to the input, padding at the bottom/right)."""
+    h, w = torch.as_tensor(masks).shape[-2:]
+    cell = max(h, w) / grid
+    return cell_coverage(masks, (grid, grid), (cell, cell))
+
+
+class SegmentEmbeddingHead(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, z: torch.Tensor, weights: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """z [B,P,D] patch features; weights [N,P]; image_index [N] says which image each
+        segment is on (all on image 0 when omitted) -> unit vectors [N, out_dim]."""
+        weights = weights.to(z.dtype)
+        if image_index is None:
+            pooled = weights @ z[0]
+        else:
+            # One matmul per image: gathering z per segment would copy [N, P, D].
+            pooled = z.new_empty(weights.shape[0], z.shape[-1])
+            for b in torch.unique(image_index).tolist():
+                rows = image_index == b
+                pooled[rows] = weights[rows] @ z[b]
+        pooled = pooled / weights.sum(1, keepdim=True)
+        return F.normalize(self.proj(pooled), dim=-1)

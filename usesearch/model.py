@@ -1,0 +1,174 @@
+"""The USE model and the two segment embedders built on it.
+
+``USE`` is the nn.Module that trains: frozen backbones, trainable LLNs, block
+scales and projection. ``USEEmbedder`` and ``CropEmbedder`` are the inference
+objects ``load_model`` returns; both embed (image, masks) and text into the same
+CLIP joint space, so every later stage works with either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.amg import batched_mask_to_box
+from torch import nn
+
+from .backbones import Clip, dino_mean_std
+from .config import PresetConfig
+from .encoder import BackboneTokens, USEImageEncoder
+from .head import SegmentEmbeddingHead, letterbox_weights
+from .images import as_masks, letterbox, to_rgb_array
+from .text import CLASSNAME_TEMPLATES, EXPRESSION_TEMPLATES, TextEncoder
+
+
+class USE(nn.Module):
+    def __init__(self, preset: PresetConfig, clip: Clip, dino: nn.Module):
+        super().__init__()
+        self.preset = preset
+        self.encoder = USEImageEncoder(clip.model.visual, dino, preset.head.lln_dim, preset.dino.last_blocks)
+        self.head = SegmentEmbeddingHead(self.encoder.out_dim, clip.embed_dim)
+        self.clip_mean_std = (clip.mean, clip.std)
+        self.dino_mean_std = dino_mean_std(dino)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything a head checkpoint holds: LLNs, α, β and the projection."""
+        names = {f"encoder.{n}" for n, _ in self.encoder.trainable_named_parameters()}
+        names |= {f"head.{n}" for n, _ in self.head.named_parameters()}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.encoder.trainable_named_parameters()] + list(self.head.parameters())
+
+    def pixels(self, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image -> letterboxed inputs for CLIP and DINOv2 (same grid, own sizes)."""
+        return (
+            letterbox(rgb, self.preset.clip.image_size, *self.clip_mean_std),
+            letterbox(rgb, self.preset.dino.image_size, *self.dino_mean_std),
+        )
+
+    def backbone_tokens(self, clip_pixels: torch.Tensor, dino_pixels: torch.Tensor) -> BackboneTokens:
+        return self.encoder.backbone_tokens(clip_pixels, dino_pixels)
+
+    def forward(self, tokens: BackboneTokens, weights: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.merge(tokens), weights, image_index)
+
+
+class SegmentEmbedder(Protocol):
+    """What the indexer, query engine and evaluators need from a model."""
+
+    preset: PresetConfig
+    kind: str
+    fingerprint: str
+    dim: int
+
+    def embed_segments(self, image, masks) -> np.ndarray: ...
+    def embed_text(self, texts: Sequence[str], templates: Sequence[str] = ...) -> np.ndarray: ...
+
+
+class _TextMixin:
+    text: TextEncoder
+
+    def embed_text(self, texts: Sequence[str], templates: Sequence[str] = EXPRESSION_TEMPLATES) -> np.ndarray:
+        """Queries and expressions: the paper's four templates, averaged."""
+        return self.text.embed(texts, templates)
+
+    def embed_classes(self, names: Sequence[str]) -> np.ndarray:
+        """Class names for segmentation: the class-name template ensemble."""
+        return self.text.embed(names, CLASSNAME_TEMPLATES)
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class USEEmbedder(_TextMixin):
+    kind = "use"
+
+    def __init__(self, use: USE, clip: Clip, device: torch.device, head_digest: str):
+        self.use = use.to(device).eval()
+        self.preset = use.preset
+        self.device = device
+        self.dim = clip.embed_dim
+        self.text = TextEncoder(clip.model, clip.tokenizer, device)
+        self.fingerprint = f"use-{self.preset.name}-" + _digest(
+            {"kind": "use", "backbones": self.preset.backbone_dict(), "head": head_digest}
+        )
+
+    @torch.inference_mode()
+    def image_features(self, image) -> torch.Tensor:
+        """Patch features z [grid*grid, D] of one image; reuse them for any number of masks."""
+        rgb = to_rgb_array(image)
+        clip_px, dino_px = self.use.pixels(rgb)
+        return self.use.encoder(clip_px[None].to(self.device), dino_px[None].to(self.device))[0]
+
+    @torch.inference_mode()
+    def embed_from_features(self, z: torch.Tensor, masks, image_hw: tuple[int, int]) -> np.ndarray:
+        masks = as_masks(masks, image_hw)
+        if len(masks) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        weights = letterbox_weights(masks, self.preset.grid).to(self.device)
+        return self.use.head(z[None], weights).float().cpu().numpy()
+
+    def embed_segments(self, image, masks) -> np.ndarray:
+        """One image and its bool masks [N,H,W] -> unit vectors [N, dim] (float32).
+        The image encoder runs once whatever N is."""
+        rgb = to_rgb_array(image)
+        return self.embed_from_features(self.image_features(rgb), masks, rgb.shape[:2])
+
+
+class CropEmbedder(_TextMixin):
+    """Training-free baseline: each mask's box crop, outside pixels set to CLIP's
+    mean colour, through CLIP's image tower. Costs one CLIP pass per mask."""
+
+    kind = "crop"
+
+    def __init__(self, preset: PresetConfig, clip: Clip, device: torch.device, batch_size: int = 32):
+        self.preset = preset
+        self.clip = clip
+        self.model = clip.model.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.dim = clip.embed_dim
+        self.text = TextEncoder(clip.model, clip.tokenizer, device)
+        self.fingerprint = f"crop-{preset.name}-" + _digest(
+            {"kind": "crop", "clip": preset.backbone_dict()["clip"], "size": clip.native_image_size}
+        )
+
+    def _crop_pixels(self, rgb: np.ndarray, mask: torch.Tensor, box: list[int]) -> torch.Tensor:
+        x0, y0, x1, y1 = box
+        crop = rgb[y0 : y1 + 1, x0 : x1 + 1].copy()
+        mean_rgb = np.round(np.asarray(self.clip.mean) * 255).astype(np.uint8)
+        crop[~mask[y0 : y1 + 1, x0 : x1 + 1].numpy()] = mean_rgb
+        side = max(crop.shape[:2])
+        # Centre on a mean-colour square so the crop keeps its aspect ratio.
+        square = np.empty((side, side, 3), np.uint8)
+        square[:] = mean_rgb
+        top, left = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+        square[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+        return letterbox(square, self.clip.native_image_size, self.clip.mean, self.clip.std)
+
+    @torch.inference_mode()
+    def embed_segments(self, image, masks) -> np.ndarray:
+        rgb = to_rgb_array(image)
+        masks = as_masks(masks, rgb.shape[:2])
+        if len(masks) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        if bool((masks.flatten(1).sum(1) == 0).any()):
+            raise ValueError("empty mask: every segment needs at least one pixel")
+        boxes = batched_mask_to_box(masks).tolist()
+        out = []
+        for start in range(0, len(masks), self.batch_size):
+            batch = torch.stack(
+                [self._crop_pixels(rgb, masks[i], boxes[i]) for i in range(start, min(start + self.batch_size, len(masks)))]
+            )
+            out.append(F.normalize(self.model.encode_image(batch.to(self.device)).float(), dim=-1))
+        return torch.cat(out).cpu().numpy()
+
+
+__all__ = ["USE", "USEEmbedder", "CropEmbedder", "SegmentEmbedder"]

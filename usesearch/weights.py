@@ -1,0 +1,186 @@
+"""Where each preset's weights live, whether they are present, and how to fetch them.
+
+CLIP and DINOv2 resolve through open_clip's and timm's normal Hugging Face cache,
+or from a file under ``$USESEARCH_HOME/weights``; SAM checkpoints from an explicit
+path or ``$USESEARCH_HOME``, verified by SHA-256. Nothing here downloads unless
+``pull`` is called: loading a missing file raises ``MissingWeightsError`` at once
+instead of letting a hub client retry and fail deep inside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ClipConfig, DinoConfig, PresetConfig, SamConfig
+from .errors import MissingWeightsError, UsesearchError
+
+_CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def usesearch_home() -> Path:
+    return Path(os.environ.get("USESEARCH_HOME", Path.home() / ".cache" / "usesearch")).expanduser()
+
+
+@dataclass(frozen=True)
+class WeightStatus:
+    component: str  # "clip", "dino" or "sam"
+    name: str
+    needed: bool  # False for seeded random (tiny) components
+    path: Path | None  # where the file was found
+    expected: str  # where a user can put it, for the error message
+    source: str  # where `models pull` fetches it from
+
+    @property
+    def present(self) -> bool:
+        return not self.needed or self.path is not None
+
+
+def _hub_cached(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str) and os.path.exists(found):
+            return Path(found)
+    return None
+
+
+def _first_existing(paths: list[Path]) -> Path | None:
+    return next((p for p in paths if p.is_file()), None)
+
+
+def _clip_repo(cfg: ClipConfig) -> str:
+    import open_clip
+
+    hub = (open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained) or {}).get("hf_hub", "")
+    return hub.rstrip("/")
+
+
+def clip_status(cfg: ClipConfig) -> WeightStatus:
+    if cfg.pretrained is None:
+        return WeightStatus("clip", cfg.model_name, False, None, "", "seeded random")
+    if Path(cfg.pretrained).is_file():
+        return WeightStatus("clip", cfg.model_name, True, Path(cfg.pretrained), cfg.pretrained, cfg.pretrained)
+    stem = f"{cfg.model_name}-{cfg.pretrained}"
+    local_dir = usesearch_home() / "weights"
+    local = [local_dir / f"{stem}.safetensors", local_dir / f"{stem}.bin"]
+    repo = _clip_repo(cfg)
+    found = _first_existing(local) or (_hub_cached(repo, _CLIP_HUB_FILES) if repo else None)
+    source = f"hf.co/{repo} ({_CLIP_HUB_FILES[0]})" if repo else f"open_clip tag {cfg.pretrained}"
+    return WeightStatus("clip", f"{cfg.model_name} ({cfg.pretrained})", True, found, str(local[0]), source)
+
+
+def dino_status(cfg: DinoConfig) -> WeightStatus:
+    if not cfg.pretrained:
+        return WeightStatus("dino", cfg.timm_name, False, None, "", "seeded random")
+    local = usesearch_home() / "weights" / f"{cfg.timm_name}.safetensors"
+    repo = f"timm/{cfg.timm_name}"
+    found = _first_existing([local]) or _hub_cached(repo, _TIMM_HUB_FILES)
+    return WeightStatus("dino", cfg.timm_name, True, found, str(local), f"hf.co/{repo} ({_TIMM_HUB_FILES[0]})")
+
+
+def sam_status(cfg: SamConfig, checkpoint: str | os.PathLike | None = None) -> WeightStatus:
+    if cfg.checkpoint is None and checkpoint is None:
+        return WeightStatus("sam", cfg.model_type, False, None, "", "seeded random")
+    expected = Path(checkpoint) if checkpoint else usesearch_home() / str(cfg.checkpoint)
+    found = expected if expected.is_file() else None
+    return WeightStatus("sam", f"SAM {cfg.model_type}", True, found, str(expected), cfg.url or "")
+
+
+def preset_status(preset: PresetConfig) -> list[WeightStatus]:
+    return [clip_status(preset.clip), dino_status(preset.dino), sam_status(preset.sam)]
+
+
+def require(status: WeightStatus, preset_name: str) -> Path | None:
+    """Path of a needed file, or a ``MissingWeightsError`` that says where to put it."""
+    if not status.needed:
+        return None
+    if status.path is None:
+        raise MissingWeightsError(
+            f"{status.component} weights for preset {preset_name!r} are not on this machine: "
+            f"{status.name}. Run `usesearch models pull {preset_name}` where the network is "
+            f"reachable, or put the file at {status.expected} (source: {status.source}). "
+            "For tests and offline demos use the 'tiny' preset."
+        )
+    return status.path
+
+
+# -- SHA-256 verification -----------------------------------------------------------
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str | None) -> None:
+    """Hash once; a marker keyed on size and mtime saves rehashing 2.5 GB on every load."""
+    if not expected:
+        return
+    stat = path.stat()
+    marker = path.with_name(path.name + ".sha256")
+    stamp = f"{expected} {stat.st_size} {stat.st_mtime_ns}"
+    if marker.is_file() and marker.read_text().strip() == stamp:
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise UsesearchError(
+            f"{path} has SHA-256 {actual}, expected {expected}: the file is corrupt or a "
+            "different checkpoint. Delete it and run `usesearch models pull` again."
+        )
+    try:
+        marker.write_text(stamp + "\n")
+    except OSError:
+        pass  # a read-only weights folder just means hashing again next time
+
+
+# -- downloading (only ever on request) --------------------------------------------------
+
+
+def _download(url: str, dest: Path, sha256: str | None) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, tmp)
+        except Exception as exc:
+            os.unlink(tmp.name)
+            raise UsesearchError(f"could not download {url}: {exc}") from None
+    os.replace(tmp.name, dest)
+    verify_sha256(dest, sha256)
+
+
+def pull(preset: PresetConfig) -> list[str]:
+    """Fetch every missing weights file of a preset; returns what was done, per component."""
+    done = []
+    clip, dino, sam = preset_status(preset)
+    if clip.needed and not clip.present:
+        import open_clip
+
+        try:
+            open_clip.download_pretrained(open_clip.get_pretrained_cfg(preset.clip.model_name, preset.clip.pretrained))
+        except Exception as exc:
+            raise UsesearchError(f"could not download CLIP weights ({clip.source}): {exc}") from None
+        done.append(f"clip: downloaded {clip.name}")
+    if dino.needed and not dino.present:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            hf_hub_download(f"timm/{preset.dino.timm_name}", _TIMM_HUB_FILES[0])
+        except Exception as exc:
+            raise UsesearchError(f"could not download DINOv2 weights ({dino.source}): {exc}") from None
+        done.append(f"dino: downloaded {dino.name}")
+    if sam.needed and not sam.present:
+        _download(str(preset.sam.url), Path(sam.expected), preset.sam.sha256)
+        done.append(f"sam: downloaded {sam.expected}")
+    return done
