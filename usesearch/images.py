@@ -8,14 +8,24 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .errors import UsesearchError
+
+
+class ImageReadError(UsesearchError):
+    """A file that is not a readable image; indexers record it and go on."""
+
 
 def read_image(path: str | PathLike) -> np.ndarray:
     """Open any format Pillow reads (first frame of a GIF), apply EXIF orientation so
     masks line up with what viewers show, and return RGB uint8 HxWx3."""
-    with Image.open(path) as im:
-        im.seek(0)
-        im = ImageOps.exif_transpose(im)
-        return to_rgb_array(im)
+    try:
+        with Image.open(path) as im:
+            im.seek(0)
+            im = ImageOps.exif_transpose(im)
+            return to_rgb_array(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # Pillow signals truncated/corrupt files with any of these.
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:

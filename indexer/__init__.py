@@ -1,0 +1,1 @@
+"""Indexer: pipeline stage (see README)."""

@@ -1,0 +1,133 @@
+"""Head checkpoints round-trip and refuse foreign backbones; missing weights fail clearly."""
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import usesearch
+from usesearch.cli import app
+from usesearch.sam import load_sam
+from usesearch.weights import sha256_file
+
+
+@pytest.fixture()
+def trained_head(tmp_path):
+    """A tiny head whose weights differ from the seeded ones, saved to disk."""
+    use = usesearch.create_use("tiny")
+    with torch.no_grad():
+        use.encoder.alpha.copy_(torch.tensor([0.1, 0.3, 0.6]))
+        use.head.proj.weight.mul_(-1)
+    path = usesearch.save_head(tmp_path / "ckpt", use.trainable_state_dict(), use.preset, {"step": 7})
+    return path, use
+
+
+def test_checkpoint_is_safetensors_plus_json(trained_head):
+    path, _ = trained_head
+    assert path.suffix == ".safetensors"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["format"] == "usesearch-head" and meta["preset"] == "tiny" and meta["step"] == 7
+    assert meta["backbones"]["clip"]["model_name"] == "usesearch-tiny-clip"
+
+
+def test_checkpoint_round_trip_reproduces_embeddings(trained_head, tiny_use, photo, photo_masks):
+    path, use = trained_head
+    loaded = usesearch.load_model(path, device="cpu")  # a checkpoint names its own preset
+    via_head = usesearch.load_model("tiny", head=path, device="cpu")
+    state, _ = usesearch.load_head(path, use.preset)
+    for k, v in use.trainable_state_dict().items():
+        torch.testing.assert_close(state[k], v)
+    a = loaded.embed_segments(photo, photo_masks)
+    np.testing.assert_array_equal(a, via_head.embed_segments(photo, photo_masks))
+    assert not np.allclose(a, tiny_use.embed_segments(photo, photo_masks))
+    assert loaded.fingerprint == via_head.fingerprint != tiny_use.fingerprint
+
+
+def test_head_for_other_backbones_is_refused(trained_head):
+    path, _ = trained_head
+    with pytest.raises(usesearch.CheckpointMismatchError, match="trained for preset 'tiny'.*'b16'"):
+        usesearch.load_model("b16", head=path)
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta["backbones"]["dino"]["overrides"]["depth"] = 12
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(usesearch.CheckpointMismatchError):
+        usesearch.load_model(path)
+
+
+def test_no_trained_head_names_both_ways_forward():
+    for preset in ("b16", "l14-336"):
+        with pytest.raises(usesearch.NoTrainedHeadError) as err:
+            usesearch.load_model(preset, embedder="use")
+        assert "--embedder crop" in str(err.value) and "usesearch train" in str(err.value)
+
+
+@pytest.mark.parametrize("embedder", ["crop"])
+def test_missing_weights_fail_fast_with_where_to_put_them(embedder):
+    with pytest.raises(usesearch.MissingWeightsError) as err:
+        usesearch.load_model("b16", embedder=embedder)
+    message = str(err.value)
+    home = os.environ["USESEARCH_HOME"]
+    assert "ViT-B-16" in message and f"{home}/weights/ViT-B-16-openai.safetensors" in message
+    assert "usesearch models pull b16" in message
+
+
+def test_cli_reports_missing_weights_in_one_line(tmp_path):
+    from skimage import data
+    from PIL import Image
+
+    image = tmp_path / "cat.png"
+    Image.fromarray(data.chelsea()[::8, ::8]).save(image)
+    result = CliRunner().invoke(app, ["embed", str(image), "-t", "cat", "--preset", "b16", "--embedder", "crop"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert "error: clip weights for preset 'b16' are not on this machine" in result.output
+
+
+def test_cli_help_and_models_list():
+    runner = CliRunner()
+    assert runner.invoke(app, ["--help"]).exit_code == 0
+    listing = runner.invoke(app, ["models", "list"], env={"COLUMNS": "200"})
+    assert listing.exit_code == 0, listing.output
+    for name in ("l14-336", "b16", "tiny", "missing", "seeded random", "sam_vit_h_4b8939.pth"):
+        assert name in listing.output
+
+
+def test_sam_tiny_is_seeded_and_checkpoints_load_weights_only(tmp_path):
+    preset = usesearch.get_preset("tiny")
+    a, b = load_sam(preset.sam, "tiny"), load_sam(preset.sam, "tiny")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(pa, pb, msg=name)
+    ckpt = tmp_path / "sam_tiny.pth"
+    torch.save(a.state_dict(), ckpt)
+    loaded = load_sam(preset.sam, "tiny", checkpoint=ckpt)
+    torch.testing.assert_close(loaded.mask_decoder.iou_token.weight, a.mask_decoder.iou_token.weight)
+
+    class Boom:
+        def __reduce__(self):
+            return (Path("/should-not-run").touch, ())
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"x": Boom()}))
+    with pytest.raises(usesearch.UsesearchError, match="not a SAM"):
+        load_sam(preset.sam, "tiny", checkpoint=evil)
+    assert not Path("/should-not-run").exists()
+
+
+def test_sam_checkpoint_is_verified_by_sha256(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    sam_cfg = replace(usesearch.get_preset("b16").sam, model_type="tiny")
+    (tmp_path / sam_cfg.checkpoint).write_bytes(b"not the real checkpoint")
+    with pytest.raises(usesearch.UsesearchError, match="SHA-256"):
+        load_sam(sam_cfg, "b16")
+    assert sha256_file(tmp_path / sam_cfg.checkpoint) != sam_cfg.sha256
+    missing = replace(sam_cfg, checkpoint="absent.pth")
+    with pytest.raises(usesearch.MissingWeightsError, match=str(tmp_path / "absent.pth")):
+        load_sam(missing, "b16")

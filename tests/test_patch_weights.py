@@ -1,0 +1,64 @@
+"""Paper §3.2: a segment's weight in a patch = its area inside the patch / patch area."""
+
+import numpy as np
+import pytest
+import torch
+
+from usesearch import patch_weights
+from usesearch.head import letterbox_weights
+
+
+def test_half_covered_cell_weighs_one_half():
+    masks = np.zeros((1, 8, 8), bool)  # 2x2 grid of 4x4 cells
+    masks[0, 0:4, 0:2] = True  # left half of the top-left cell
+    w = patch_weights(masks, (2, 2))
+    assert w.shape == (1, 4)
+    assert torch.allclose(w[0], torch.tensor([0.5, 0.0, 0.0, 0.0]))
+
+
+def test_weights_are_coverage_fractions_per_cell():
+    rng = np.random.default_rng(0)
+    masks = rng.random((5, 12, 18)) > 0.6
+    w = patch_weights(masks, (3, 6)).numpy()
+    # Independent reference: average each 4x3 block directly.
+    ref = masks.reshape(5, 3, 4, 6, 3).mean(axis=(2, 4)).reshape(5, 18)
+    np.testing.assert_allclose(w, ref, atol=1e-6)
+    # Weights times cell area add back up to the mask area.
+    np.testing.assert_allclose(w.sum(1) * 12, masks.sum((1, 2)), rtol=1e-5)
+
+
+def test_sides_must_be_grid_multiples():
+    with pytest.raises(ValueError, match="multiple"):
+        patch_weights(np.ones((1, 10, 10), bool), (3, 3))
+
+
+def test_empty_mask_is_a_clear_error_not_nan():
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, 0, 0] = True
+    with pytest.raises(ValueError, match=r"masks \[1\] are empty"):
+        patch_weights(masks, (2, 2))
+
+
+def test_letterbox_weights_leave_padding_cells_uncovered():
+    # A 40x80 image letterboxed into a square: rows past the image are padding.
+    masks = np.ones((1, 40, 80), bool)
+    w = letterbox_weights(masks, grid=4).reshape(4, 4)
+    assert torch.allclose(w[:2], torch.ones(2, 4))
+    assert torch.allclose(w[2:], torch.zeros(2, 4))
+
+
+def test_letterbox_weights_match_patch_weights_of_padded_mask():
+    rng = np.random.default_rng(1)
+    masks = rng.random((3, 24, 16)) > 0.5
+    padded = np.zeros((3, 24, 24), bool)
+    padded[:, :, :16] = masks
+    np.testing.assert_allclose(letterbox_weights(masks, 6), patch_weights(padded, (6, 6)), atol=1e-6)
+
+
+def test_fractional_cells_keep_tiny_masks():
+    # 10 px image on a 4-cell grid: cells are 2.5 px; one pixel still gets weight.
+    masks = np.zeros((1, 10, 10), bool)
+    masks[0, 2, 2] = True
+    w = letterbox_weights(masks, 4)
+    assert w.sum() > 0
+    assert torch.isclose(w.sum() * 2.5 * 2.5, torch.tensor(1.0))

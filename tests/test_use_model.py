@@ -1,0 +1,144 @@
+"""Paper §3.2 pinned on the tiny preset: blocks used, LLNs, z layout, frozen backbones."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import usesearch
+from usesearch.encoder import LLN
+
+
+@pytest.fixture(scope="module")
+def use():
+    return usesearch.create_use("tiny")
+
+
+@pytest.fixture(scope="module")
+def pixels(use, request):
+    from skimage import data
+
+    rgb = np.ascontiguousarray(data.coffee()[::4, ::4])
+    clip_px, dino_px = use.pixels(rgb)
+    return clip_px[None], dino_px[None]
+
+
+def _block_outputs(blocks: nn.ModuleList, run) -> list[torch.Tensor]:
+    """Capture every block's output with hooks: an independent view of the backbone."""
+    captured = []
+    handles = [b.register_forward_hook(lambda m, i, o: captured.append(o)) for b in blocks]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def test_one_lln_per_clip_block_and_per_last_six_dino_blocks(use):
+    enc = use.encoder
+    m, n = len(enc.clip_visual.transformer.resblocks), len(enc.dino.blocks)
+    assert (m, n) == (3, 7)  # tiny: 7 DINOv2 blocks so "last 6" excludes one
+    assert enc.clip_block_indices == list(range(m))
+    assert enc.dino_block_indices == list(range(n - 6, n)) == [1, 2, 3, 4, 5, 6]
+    assert len(enc.clip_llns) == m and len(enc.dino_llns) == 6
+    assert enc.alpha.shape == (m,) and enc.beta.shape == (6,)
+    for lln in [*enc.clip_llns, *enc.dino_llns]:
+        assert isinstance(lln, LLN)
+        assert isinstance(lln[0], nn.LayerNorm) and isinstance(lln[1], nn.Linear)  # LN then Linear
+
+
+def test_backbone_tokens_are_the_selected_blocks(use, pixels):
+    clip_px, dino_px = pixels
+    tokens = use.backbone_tokens(clip_px, dino_px)
+    clip_out = _block_outputs(use.encoder.clip_visual.transformer.resblocks, lambda: use.encoder.clip_visual(clip_px))
+    dino_out = _block_outputs(use.encoder.dino.blocks, lambda: use.encoder.dino(dino_px))
+    assert tokens.clip_blocks.shape[1] == 3 and tokens.dino_blocks.shape[1] == 6
+    for i, out in enumerate(clip_out):  # patch tokens follow the one cls token
+        torch.testing.assert_close(tokens.clip_blocks[:, i], out[:, 1:])
+    for j, block in enumerate([1, 2, 3, 4, 5, 6]):
+        torch.testing.assert_close(tokens.dino_blocks[:, j], dino_out[block][:, 1:])
+    # cls embeddings: CLIP's image embedding, DINOv2's normed cls token.
+    with torch.no_grad():
+        torch.testing.assert_close(tokens.clip_cls, use.encoder.clip_visual(clip_px))
+        torch.testing.assert_close(tokens.dino_cls, use.encoder.dino.forward_features(dino_px)[:, 0])
+
+
+def test_z_is_concat_of_merged_clip_cls_merged_dino_cls(use, pixels):
+    enc = use.encoder
+    with torch.no_grad():
+        enc.alpha.copy_(torch.tensor([0.2, -0.5, 1.5]))  # non-uniform: the sum must weight by α
+        tokens = use.backbone_tokens(*pixels)
+        z = enc.merge(tokens)
+        c_bar = sum(enc.alpha[i] * enc.clip_llns[i](tokens.clip_blocks[:, i]) for i in range(3))
+        d_bar = sum(enc.beta[i] * enc.dino_llns[i](tokens.dino_blocks[:, i]) for i in range(6))
+        enc.alpha.fill_(1 / 3)
+    lln, e, d = use.preset.head.lln_dim, tokens.clip_cls.shape[-1], tokens.dino_cls.shape[-1]
+    assert z.shape == (1, use.preset.grid**2, 2 * lln + e + d) == (1, 64, enc.out_dim)
+    torch.testing.assert_close(z[..., :lln], c_bar)
+    torch.testing.assert_close(z[..., lln : lln + e], tokens.clip_cls[:, None].expand(-1, 64, -1))
+    torch.testing.assert_close(z[..., lln + e : 2 * lln + e], d_bar)
+    torch.testing.assert_close(z[..., 2 * lln + e :], tokens.dino_cls[:, None].expand(-1, 64, -1))
+
+
+def test_only_llns_block_scales_and_projection_train(use):
+    trainable = {n for n, p in use.named_parameters() if p.requires_grad}
+    expected = {n for n, _ in use.named_parameters() if n.startswith(("encoder.clip_llns", "encoder.dino_llns", "head.proj"))}
+    expected |= {"encoder.alpha", "encoder.beta"}
+    assert trainable == expected
+    assert set(use.trainable_state_dict()) == expected
+    assert all(not p.requires_grad for n, p in use.named_parameters() if n.startswith(("encoder.clip_visual", "encoder.dino.")))
+
+
+def test_backbones_stay_frozen_and_in_eval_during_training(use, pixels):
+    use.train()
+    assert not use.encoder.clip_visual.training and not use.encoder.dino.training
+    assert use.encoder.clip_llns.training
+    tokens = use.backbone_tokens(*pixels)
+    weights = torch.rand(4, use.preset.grid**2)
+    out = use(tokens, weights, torch.zeros(4, dtype=torch.long))
+    out.sum().backward()
+    for name, p in use.named_parameters():
+        if name.startswith(("encoder.clip_visual", "encoder.dino.")):
+            assert p.grad is None, name
+    assert use.encoder.alpha.grad is not None and use.encoder.beta.grad is not None
+    assert use.head.proj.weight.grad is not None
+    use.zero_grad(set_to_none=True)
+    use.eval()
+
+
+def test_head_is_weighted_average_then_linear_then_l2(use):
+    torch.manual_seed(0)
+    z = torch.randn(2, 64, use.encoder.out_dim)
+    weights = torch.rand(3, 64)
+    image_index = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        got = use.head(z, weights, image_index)
+        ref = torch.stack([(weights[k] @ z[image_index[k]]) / weights[k].sum() for k in range(3)])
+        ref = F.normalize(use.head.proj(ref), dim=-1)
+    torch.testing.assert_close(got, ref)
+    assert got.shape[1] == 32  # CLIP joint space of the tiny preset
+
+
+def test_grids_align_for_every_preset():
+    for preset in usesearch.PRESETS.values():
+        assert preset.clip.image_size // preset.clip.patch_size == preset.dino.image_size // preset.dino.patch_size
+    assert usesearch.get_preset("b16").grid == 24  # 384/16 == 336/14
+    assert usesearch.get_preset("l14-336").grid == 40  # 560/14, the paper's training crop
+    assert usesearch.get_preset("tiny").grid == 8  # 128/16 == 112/14
+    from dataclasses import replace
+
+    bad = replace(usesearch.get_preset("b16"), dino=replace(usesearch.get_preset("b16").dino, image_size=378))
+    with pytest.raises(ValueError, match="align"):
+        bad.validate()
+
+
+def test_paper_presets_name_the_paper_backbones():
+    p = usesearch.get_preset("l14-336")
+    assert (p.clip.model_name, p.clip.pretrained) == ("ViT-L-14-336", "openai")
+    assert p.dino.timm_name == "vit_large_patch14_dinov2.lvd142m" and p.dino.last_blocks == 6
+    assert p.sam.model_type == "vit_h" and p.sam.checkpoint == "sam_vit_h_4b8939.pth"
+    b = usesearch.get_preset("b16")
+    assert (b.clip.model_name, b.dino.timm_name, b.sam.model_type) == ("ViT-B-16", "vit_base_patch14_dinov2.lvd142m", "vit_b")

@@ -1,0 +1,1 @@
+"""Training: pipeline stage (see README)."""

@@ -1,0 +1,138 @@
+"""``usesearch`` command line: a thin Typer layer over the Python API."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UsesearchError
+
+app = typer.Typer(help="Open-vocabulary segment search (USE: Universal Segment Embeddings).", no_args_is_help=True)
+models_app = typer.Typer(help="Model presets and their weights.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+
+PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Model preset: tiny, b16 or l14-336.")]
+EmbedderOpt = Annotated[str, typer.Option("--embedder", help="'use' (trained head) or 'crop' (training-free).")]
+HeadOpt = Annotated[Optional[Path], typer.Option("--head", help="Head checkpoint (.safetensors + .json).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda if present).")]
+
+
+def user_errors(fn):
+    """Print a UsesearchError as one line and exit 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UsesearchError, KeyError, ValueError, FileNotFoundError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            print(f"error: {message}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@models_app.command("list")
+@user_errors
+def models_list() -> None:
+    """Show each preset and whether its weights are on this machine."""
+    from .presets import PRESETS
+    from .weights import preset_status, usesearch_home
+
+    table = Table(title=f"usesearch presets (USESEARCH_HOME={usesearch_home()})")
+    for column in ("preset", "component", "weights", "status", "location"):
+        table.add_column(column, overflow="fold")
+    for preset in PRESETS.values():
+        for i, status in enumerate(preset_status(preset)):
+            if not status.needed:
+                state, where = "[cyan]seeded random[/]", ""
+            elif status.present:
+                state, where = "[green]present[/]", str(status.path)
+            else:
+                state, where = "[red]missing[/]", f"put at {status.expected}"
+            table.add_row(preset.name if i == 0 else "", status.component, status.name, state, where)
+        table.add_section()
+    console.print(table)
+
+
+@models_app.command("pull")
+@user_errors
+def models_pull(preset: Annotated[str, typer.Argument(help="Preset whose weights to download.")]) -> None:
+    """Download a preset's missing weights (CLIP, DINOv2, SAM) into their caches."""
+    from .presets import get_preset
+    from .weights import pull
+
+    done = pull(get_preset(preset))
+    for line in done or [f"all weights of {preset!r} are already present"]:
+        console.print(line)
+
+
+@app.command()
+@user_errors
+def embed(
+    image: Annotated[Path, typer.Argument(help="An image file.", exists=True, dir_okay=False)],
+    text: Annotated[list[str], typer.Option("--text", "-t", help="A query; repeat for several.")],
+    preset: PresetOpt = "tiny",
+    embedder: EmbedderOpt = "use",
+    head: HeadOpt = None,
+    top: Annotated[int, typer.Option(help="Segments shown per text.")] = 3,
+    device: DeviceOpt = None,
+) -> None:
+    """Propose segments in one image (weight-free superpixel masker) and rank them per text."""
+    from .factory import load_model
+    from .images import read_image
+    from .maskers import FelzenszwalbMasker
+
+    model = load_model(preset, embedder=embedder, device=device, head=head)
+    _print_ranking(model, image, read_image(image), FelzenszwalbMasker(), text, top)
+
+
+def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: int) -> None:
+    import numpy as np
+
+    proposals = masker(rgb)
+    if not proposals:
+        console.print(f"{name}: no segments found")
+        return
+    vectors = model.embed_segments(rgb, np.stack([p.mask for p in proposals]))
+    scores = vectors @ model.embed_text(texts).T
+    table = Table(title=f"{name}: {len(proposals)} segments, model {model.fingerprint}")
+    for column in ("text", "rank", "score", "bbox (x, y, w, h)", "area"):
+        table.add_column(column)
+    for j, query in enumerate(texts):
+        for rank, i in enumerate(np.argsort(-scores[:, j])[:top], 1):
+            table.add_row(query if rank == 1 else "", str(rank), f"{scores[i, j]:.3f}", str(proposals[i].bbox), str(proposals[i].area))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def demo(
+    preset: PresetOpt = "tiny",
+    embedder: EmbedderOpt = "use",
+    device: DeviceOpt = None,
+) -> None:
+    """Offline demo over scikit-image's bundled photos: segment, embed, rank against texts.
+    With the tiny preset the weights are random, so scores show the plumbing, not meaning."""
+    from skimage import data
+
+    from .factory import load_model
+    from .maskers import FelzenszwalbMasker
+
+    model = load_model(preset, embedder=embedder, device=device)
+    masker = FelzenszwalbMasker(max_masks=16)
+    texts = ["a cup of coffee", "a cat's face", "an astronaut"]
+    for name in ("astronaut", "chelsea", "coffee"):
+        rgb = getattr(data, name)()
+        _print_ranking(model, f"skimage.data.{name}", rgb[::2, ::2].copy(), masker, texts, top=1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,93 @@
+"""Class-agnostic mask proposals: SAM's automatic mask generator, or a weight-free
+classical one (Felzenszwalb superpixels, scikit-image) for offline runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
+
+
+@dataclass
+class Proposal:
+    mask: np.ndarray  # bool [H, W]
+    bbox: tuple[int, int, int, int]  # x, y, w, h (COCO)
+    area: int
+    predicted_iou: float | None = None
+    stability_score: float | None = None
+
+
+class FelzenszwalbMasker:
+    """Superpixels merged at two scales so that regions span parts and wholes, like
+    SAM's multi-granularity output; no weights needed."""
+
+    name = "felzenszwalb"
+
+    def __init__(self, scales: tuple[float, ...] = (100.0, 400.0), min_area_frac: float = 0.002, max_masks: int = 64):
+        self.scales = scales
+        self.min_area_frac = min_area_frac
+        self.max_masks = max_masks
+
+    def params(self) -> dict:
+        return {"scales": list(self.scales), "min_area_frac": self.min_area_frac, "max_masks": self.max_masks}
+
+    def __call__(self, rgb: np.ndarray) -> list[Proposal]:
+        from skimage.segmentation import felzenszwalb
+
+        h, w = rgb.shape[:2]
+        min_area = max(16, int(self.min_area_frac * h * w))
+        masks = []
+        for scale in self.scales:
+            labels = felzenszwalb(rgb, scale=scale, sigma=0.8, min_size=min_area)
+            for label in np.unique(labels):
+                mask = labels == label
+                # segment-anything's helper: fill holes then drop islands.
+                mask, _ = remove_small_regions(mask, min_area, mode="holes")
+                mask, _ = remove_small_regions(mask, min_area, mode="islands")
+                if mask.sum() >= min_area:
+                    masks.append(mask)
+        masks.sort(key=lambda m: -int(m.sum()))
+        return to_proposals(np.stack(masks[: self.max_masks]) if masks else np.zeros((0, h, w), bool))
+
+
+class SamMasker:
+    """segment-anything's SamAutomaticMaskGenerator (grid point prompts, its
+    thresholds and NMS), as in §4.3 of the paper."""
+
+    name = "sam"
+
+    def __init__(self, sam, points_per_side: int = 32, **amg_kwargs):
+        from segment_anything import SamAutomaticMaskGenerator
+
+        self.points_per_side = points_per_side
+        self.amg_kwargs = amg_kwargs
+        self.generator = SamAutomaticMaskGenerator(sam, points_per_side=points_per_side, **amg_kwargs)
+
+    def params(self) -> dict:
+        return {"points_per_side": self.points_per_side, **self.amg_kwargs}
+
+    def __call__(self, rgb: np.ndarray) -> list[Proposal]:
+        records = self.generator.generate(rgb)
+        return [
+            Proposal(
+                mask=r["segmentation"],
+                bbox=tuple(int(v) for v in r["bbox"]),
+                area=int(r["area"]),
+                predicted_iou=float(r["predicted_iou"]),
+                stability_score=float(r["stability_score"]),
+            )
+            for r in records
+            if r["area"] > 0
+        ]
+
+
+def to_proposals(masks: np.ndarray) -> list[Proposal]:
+    if len(masks) == 0:
+        return []
+    boxes = batched_mask_to_box(torch.from_numpy(masks)).tolist()
+    return [
+        Proposal(mask=m, bbox=(x0, y0, x1 - x0 + 1, y1 - y0 + 1), area=int(m.sum()))
+        for m, (x0, y0, x1, y1) in zip(masks, boxes)
+    ]
