@@ -112,27 +112,8 @@ def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: 
     console.print(table)
 
 
-@app.command()
-@user_errors
-def demo(
-    preset: PresetOpt = "tiny",
-    embedder: EmbedderOpt = "use",
-    device: DeviceOpt = None,
-) -> None:
-    """Offline demo over scikit-image's bundled photos: segment, embed, rank against texts.
-    With the tiny preset the weights are random, so scores show the plumbing, not meaning."""
-    from skimage import data
-
-    from .factory import load_model
-    from .maskers import FelzenszwalbMasker
-
-    model = load_model(preset, embedder=embedder, device=device)
-    masker = FelzenszwalbMasker(max_masks=16)
-    texts = ["a cup of coffee", "a cat's face", "an astronaut"]
-    for name in ("astronaut", "chelsea", "coffee"):
-        rgb = getattr(data, name)()
-        _print_ranking(model, f"skimage.data.{name}", rgb[::2, ::2].copy(), masker, texts, top=1)
-
+# Index-stage commands register themselves on ``app``.
+from . import cli_index  # noqa: E402,F401
 
 if __name__ == "__main__":
     app()

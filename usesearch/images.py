@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from os import PathLike
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -15,15 +16,20 @@ class ImageReadError(UsesearchError):
     """A file that is not a readable image; indexers record it and go on."""
 
 
-def read_image(path: str | PathLike) -> np.ndarray:
+def read_image(path: str | PathLike | BinaryIO) -> np.ndarray:
     """Open any format Pillow reads (first frame of a GIF), apply EXIF orientation so
     masks line up with what viewers show, and return RGB uint8 HxWx3."""
     try:
         with Image.open(path) as im:
             im.seek(0)
             im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
+                array = np.asarray(im, dtype=np.uint32)
+                shift = 8 if array.max() > 255 else 0
+                im = Image.fromarray((array >> shift).astype(np.uint8))
             return to_rgb_array(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow signals truncated/corrupt files with any of these.
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 

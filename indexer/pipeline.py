@@ -1,0 +1,208 @@
+"""``index_paths``: images -> masks -> segment embeddings -> store + FAISS.
+
+Each image is one store transaction (its row and all its segments, or its failure),
+so a kill at any moment loses at most the image in flight and never leaves a
+half-written image; the FAISS file is reconciled with the store on every open.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from usesearch.errors import UsesearchError
+from usesearch.factory import load_model
+from usesearch.presets import get_preset
+
+from . import vectors
+from .files import DEFAULT_MAX_PIXELS, decode, read_bytes, walk
+from .maskers import build_masker
+from .store import DONE, IndexInfo, Store, info_summary
+
+DB_FILE, FAISS_FILE, LOCK_FILE = "segments.sqlite", "vectors.faiss", "writer.lock"
+
+
+class IndexMismatchError(UsesearchError):
+    """The index was built with another model or masker than the one asked for."""
+
+
+class IndexLockedError(UsesearchError):
+    """Another indexer is writing to this index."""
+
+
+@dataclass
+class IndexOptions:
+    preset: str = "tiny"
+    embedder: str | None = None  # None: 'use' where a head exists (or is given), else 'crop'
+    head: str | None = None
+    masker: str | None = None  # None: 'sam', or 'felzenszwalb' for the random-weight tiny preset
+    masker_options: dict = field(default_factory=dict)
+    device: str | None = None
+    factory: str = vectors.DEFAULT_FACTORY
+    retry_failed: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    db_url: str | None = None
+    faiss_every_s: float = 120.0  # also written at the end and on Ctrl-C
+
+
+@dataclass
+class IndexReport:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    segments: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def db_url_for(db_dir: Path, db_url: str | None) -> str:
+    return db_url or f"sqlite:///{db_dir / DB_FILE}"
+
+
+@contextmanager
+def writer_lock(db_dir: Path) -> Iterator[None]:
+    db_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(db_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise IndexLockedError(f"another indexer (pid {holder}) is writing to {db_dir}; wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock, also when the process dies
+
+
+def resolve_embedder(preset_name: str, embedder: str | None, head: str | None) -> str:
+    if embedder:
+        return embedder
+    return "use" if head or get_preset(preset_name).head.seeded_random else "crop"
+
+
+def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
+    """First run records the model; later runs must match it."""
+    existing = store.info()
+    if existing is None:
+        store.set_info(info)
+        return info
+    if existing.fingerprint != info.fingerprint:
+        raise IndexMismatchError(
+            f"this index was built with {info_summary(existing)}; refusing to add segments from "
+            f"{info_summary(info)}. Use the same --preset/--embedder/--head, or a new --db."
+        )
+    if (existing.masker, existing.masker_params) != (info.masker, info.masker_params):
+        raise IndexMismatchError(
+            f"this index was built with masker {existing.masker} {existing.masker_params}; "
+            f"this run asks for {info.masker} {info.masker_params}. Use the same masker or a new --db."
+        )
+    return existing
+
+
+def encode_rle(mask: np.ndarray) -> str:
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+
+
+def index_paths(
+    paths: list[str | os.PathLike],
+    db_dir: str | os.PathLike,
+    options: IndexOptions | None = None,
+    progress: Callable[[IndexReport, str, int], None] | None = None,
+) -> IndexReport:
+    """Index every image under ``paths`` into ``db_dir``; safe to re-run and to kill."""
+    options = options or IndexOptions()
+    db_dir = Path(db_dir)
+    report = IndexReport()
+    start = time.perf_counter()
+    with writer_lock(db_dir):
+        store = Store(db_url_for(db_dir, options.db_url))
+        embedder = resolve_embedder(options.preset, options.embedder, options.head)
+        model = load_model(options.preset, embedder=embedder, device=options.device, head=options.head)
+        masker = build_masker(options.masker, model.preset, options.device, **options.masker_options)
+        info = check_identity(
+            store,
+            IndexInfo(
+                preset=model.preset.name, embedder=model.kind, fingerprint=model.fingerprint,
+                head=str(Path(options.head).resolve()) if options.head else None, dim=model.dim,
+                masker=masker.name, masker_params=masker.params(), factory=options.factory,
+            ),
+        )
+        index, _ = vectors.load(db_dir / FAISS_FILE, store, info.dim, info.factory)
+        last_write = time.monotonic()
+        try:
+            files = list(walk(paths))
+            for found in files:
+                _index_one(found, store, index, model, masker, options, report)
+                if progress:
+                    progress(report, found.path, len(files))
+                if time.monotonic() - last_write > options.faiss_every_s:
+                    vectors.write_atomic(index, db_dir / FAISS_FILE)
+                    last_write = time.monotonic()
+        except KeyboardInterrupt:
+            report.interrupted = True  # finished images are committed; keep them
+        finally:
+            vectors.write_atomic(index, db_dir / FAISS_FILE)
+            store.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _index_one(found, store: Store, index, model, masker, options: IndexOptions, report: IndexReport) -> None:
+    sha256 = hw = None
+    try:
+        if found.error is not None:
+            raise found.error
+        data, sha256 = read_bytes(found.fs_path)
+        existing = store.image_by_path(found.path)
+        if existing is not None and existing.sha256 == sha256 and (existing.status == DONE or not options.retry_failed):
+            report.skipped += 1
+            return
+        duplicate = store.done_with_hash(sha256)
+        if existing is None and duplicate is not None:
+            report.skipped += 1  # same pixels already indexed under another path
+            return
+        rgb = decode(data, found.path, options.max_pixels)
+        hw = rgb.shape[:2]
+        proposals = masker(rgb, found.path)
+        embeddings = model.embed_segments(rgb, np.stack([p.mask for p in proposals])) if proposals else []
+        segments = [
+            dict(
+                x=p.bbox[0], y=p.bbox[1], w=p.bbox[2], h=p.bbox[3], area=p.area, rle_counts=encode_rle(p.mask),
+                predicted_iou=p.predicted_iou, stability_score=p.stability_score,
+                embedding=np.ascontiguousarray(e, dtype=np.float32).tobytes(),
+            )
+            for p, e in zip(proposals, embeddings)
+        ]
+    except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
+        _record_failure(found, sha256, exc, store, index, report)
+        return
+    removed, added = store.save_image(found.path, sha256, hw, segments)
+    if removed:
+        index.remove_ids(np.asarray(removed, np.int64))
+    if added:
+        if not index.is_trained:
+            vectors.reconcile(index, store)  # trains on what the store now holds
+        else:
+            index.add_with_ids(np.stack([np.frombuffer(s["embedding"], np.float32) for s in segments]), np.asarray(added, np.int64))
+    report.done += 1
+    report.segments += len(added)
+
+
+def _record_failure(found, sha256, exc: BaseException, store: Store, index, report: IndexReport) -> None:
+    removed, _ = store.save_image(found.path, sha256, None, error=exc)
+    if removed:
+        index.remove_ids(np.asarray(removed, np.int64))
+    report.failed += 1
+    report.failures.append((found.path, f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,204 @@
+"""CLI wiring for the index stage: index, query, similar, info, failures, reindex, demo.
+
+The only core module that imports ``indexer``: the CLI joins the stages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .cli import DeviceOpt, HeadOpt, PresetOpt, app, console, user_errors
+
+DbOpt = Annotated[Path, typer.Option("--db", help="Index folder (SQLite metadata, FAISS vectors, lock).")]
+DbUrlOpt = Annotated[Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata instead of SQLite in --db.")]
+KOpt = Annotated[int, typer.Option("-k", min=1, max=1000, help="Number of hits.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+PerImageOpt = Annotated[bool, typer.Option("--per-image", help="Keep only the best segment of each image.")]
+PathOpt = Annotated[Optional[str], typer.Option("--path", help="Only images whose path matches this glob.")]
+MinAreaOpt = Annotated[int, typer.Option("--min-area", min=0, help="Only segments of at least this many pixels.")]
+
+
+@app.command()
+@user_errors
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively).")],
+    db: DbOpt,
+    preset: PresetOpt = "tiny",
+    embedder: Annotated[Optional[str], typer.Option(help="use | crop (default: use where a head exists)")] = None,
+    head: HeadOpt = None,
+    masker: Annotated[Optional[str], typer.Option(help="sam | felzenszwalb | coco (default: sam; felzenszwalb for tiny)")] = None,
+    masks: Annotated[Optional[Path], typer.Option(help="COCO JSON of your own masks, for --masker coco.")] = None,
+    points_per_side: Annotated[Optional[int], typer.Option(help="SAM grid prompts per side (default 32).")] = None,
+    factory: Annotated[str, typer.Option(help="FAISS index_factory string for a new index.")] = "IDMap2,Flat",
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
+    device: DeviceOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Segment and embed every image under PATHS into the index at --db (incremental, resumable)."""
+    from tqdm import tqdm
+
+    from indexer import IndexOptions, index_paths
+
+    masker_options = {}
+    if points_per_side is not None:
+        masker_options["points_per_side"] = points_per_side
+    if masks is not None:
+        masker_options["masks_json"] = str(masks)
+    options = IndexOptions(
+        preset=preset, embedder=embedder, head=str(head) if head else None, masker=masker, masker_options=masker_options,
+        device=device, factory=factory, retry_failed=retry_failed, db_url=db_url,
+    )
+    bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
+    start = time.perf_counter()
+
+    def progress(report, path, total):
+        bar.total = total
+        bar.update(1)
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(seg_s=f"{report.segments / elapsed:.1f}", failed=report.failed)
+
+    report = index_paths(paths, db, options, progress)
+    bar.close()
+    state = "interrupted; finished work is kept" if report.interrupted else "finished"
+    console.print(
+        f"{state}: {report.done} images indexed, {report.skipped} skipped, {report.failed} failed, "
+        f"{report.segments} segments in {report.seconds:.1f} s"
+    )
+    for path, reason in report.failures[:10]:
+        console.print(f"  failed: {path}: {reason}", markup=False)
+    if report.interrupted:
+        raise typer.Exit(130)
+
+
+def _print_hits(hits, as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps([h.to_dict() for h in hits], indent=1))
+        return
+    table = Table(title=title)
+    for column in ("rank", "score", "segment", "image", "bbox (x, y, w, h)", "area"):
+        table.add_column(column, overflow="fold")
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), h.image, str(h.bbox), str(h.area))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def query(
+    text: Annotated[str, typer.Argument(help="What to look for, e.g. 'red apple behind the rabbit'.")],
+    db: DbOpt,
+    k: KOpt = 10,
+    as_json: JsonOpt = False,
+    per_image: PerImageOpt = False,
+    path: PathOpt = None,
+    min_area: MinAreaOpt = 0,
+    device: DeviceOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Rank the index's segments against a text."""
+    from indexer import SegmentIndex
+
+    index = SegmentIndex.open(db, db_url=db_url, device=device)
+    hits = index.query(text, k=k, per_image=per_image, path=path, min_area=min_area)
+    _print_hits(hits, as_json, f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})")
+
+
+@app.command()
+@user_errors
+def similar(
+    segment_id: Annotated[int, typer.Argument(help="A segment id from a query result.")],
+    db: DbOpt,
+    k: KOpt = 10,
+    as_json: JsonOpt = False,
+    per_image: PerImageOpt = False,
+    path: PathOpt = None,
+    min_area: MinAreaOpt = 0,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Segments most like a given one (query by example)."""
+    from indexer import SegmentIndex
+
+    hits = SegmentIndex.open(db, db_url=db_url).similar(segment_id, k=k, per_image=per_image, path=path, min_area=min_area)
+    _print_hits(hits, as_json, f"like segment {segment_id}")
+
+
+@app.command()
+@user_errors
+def info(db: DbOpt, as_json: JsonOpt = False, db_url: DbUrlOpt = None) -> None:
+    """Images done/failed, segments, model, index type and sizes on disk."""
+    from indexer import SegmentIndex
+
+    stats = SegmentIndex.open(db, db_url=db_url).stats()
+    if as_json:
+        print(json.dumps(stats, indent=1, default=str))
+        return
+    for key, value in stats.items():
+        console.print(f"{key:>16}: {value}", markup=False)
+
+
+@app.command()
+@user_errors
+def failures(db: DbOpt, db_url: DbUrlOpt = None) -> None:
+    """Each file that failed to index, with its reason."""
+    from indexer.search import open_store
+
+    for record in open_store(db, db_url).failures():
+        console.print(f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})", markup=False)
+
+
+@app.command("reindex")
+@user_errors
+def reindex_cmd(
+    db: DbOpt,
+    factory: Annotated[Optional[str], typer.Option(help="New FAISS index_factory string (default: keep).")] = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Rebuild the FAISS file from the embeddings kept in the store."""
+    from indexer import reindex
+
+    console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url)} vectors")
+
+
+@app.command()
+@user_errors
+def demo(
+    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset to try first; falls back to tiny.")] = "b16",
+    out: Annotated[Path, typer.Option(help="Folder for the sample photos and the index.")] = Path("usesearch-demo"),
+    query_text: Annotated[str, typer.Option("--query", help="Text to search for.")] = "a cat's face",
+) -> None:
+    """Offline demo: index scikit-image's bundled photos and run a query."""
+    from .presets import get_preset
+    from .weights import preset_status
+
+    missing = [s for s in preset_status(get_preset(preset)) if not s.present]
+    if missing:
+        console.print(
+            f"[yellow]{preset} weights are not on this machine ({', '.join(s.component for s in missing)}; "
+            f"`usesearch models pull {preset}` fetches them): running with the random-weight 'tiny' preset, "
+            "so the ranking below shows the pipeline working, not real matches.[/]"
+        )
+        preset = "tiny"
+    photos = _write_sample_photos(out / "photos")
+    index(paths=[photos], db=out / f"db-{preset}", preset=preset)
+    query(text=query_text, db=out / f"db-{preset}", k=5, per_image=True)
+
+
+def _write_sample_photos(folder: Path) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    # All shipped inside the scikit-image wheel (no download).
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins"):
+        target = folder / f"{name}.jpg"
+        if not target.exists():
+            photo = Image.fromarray(getattr(data, name)()).convert("RGB")
+            photo.thumbnail((640, 640))
+            photo.save(target, quality=92)
+    return folder
