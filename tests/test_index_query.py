@@ -1,0 +1,168 @@
+"""Indexing, the store and querying, on the tiny preset with the weight-free masker."""
+
+import json
+import os
+import shutil
+
+import faiss
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from skimage import data
+from typer.testing import CliRunner
+
+from indexer import IndexLockedError, IndexMismatchError, IndexOptions, SegmentIndex, index_paths, reindex
+from indexer.pipeline import FAISS_FILE, writer_lock
+from indexer.vectors import index_ids, write_atomic
+from usesearch.cli import app
+
+OPTS = dict(preset="tiny", masker="felzenszwalb", masker_options={"max_masks": 8})
+
+
+def write_photos(folder, names=("astronaut", "chelsea", "coffee", "rocket")):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        sub = folder / ("sub" if i % 2 else "")
+        sub.mkdir(exist_ok=True)
+        image = Image.fromarray(getattr(data, name)())
+        image.thumbnail((96, 96))
+        image.save(sub / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("idx")
+    photos = write_photos(root / "photos")
+    report = index_paths([photos], root / "db", IndexOptions(**OPTS))
+    return root, photos, report
+
+
+def segment_table(db):
+    """(image, bbox, area, rle) per segment: what an index holds, independent of ids."""
+    ix = SegmentIndex.open(db)
+    rows = ix.store.rows(ix.store.segment_ids())
+    ix.close()
+    return sorted((os.path.basename(r.image_path), r.bbox, r.area, r.rle_counts) for r in rows.values())
+
+
+def assert_consistent(db):
+    ix = SegmentIndex.open(db)
+    on_disk = faiss.read_index(str(db / FAISS_FILE))
+    committed = np.sort(ix.store.segment_ids())
+    assert len(np.unique(committed)) == len(committed)
+    np.testing.assert_array_equal(np.sort(index_ids(on_disk)), committed)
+    ix.close()
+
+
+def test_query_returns_k_hits_with_masks_that_decode_to_the_image(indexed):
+    root, _, report = indexed
+    assert report.done == 4 and report.failed == 0 and report.segments > 8
+    hits = SegmentIndex.open(root / "db").query("a cat", k=5)
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    for hit in hits:
+        rle = {"size": hit.mask["size"], "counts": hit.mask["counts"].encode()}
+        mask = mask_utils.decode(rle)
+        h, w = Image.open(hit.image).size[::-1]
+        assert mask.shape == (h, w) and int(mask.sum()) == hit.area
+        ys, xs = np.nonzero(mask)
+        assert hit.bbox == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+
+
+def test_filters_still_return_k_hits(indexed):
+    root, photos, _ = indexed
+    ix = SegmentIndex.open(root / "db")
+    per_image = ix.query("a cat", k=4, per_image=True)
+    assert len({h.image for h in per_image}) == 4
+    in_sub = ix.query("a cat", k=8, path="*/sub/*")
+    assert len(in_sub) == 8 and all("/sub/" in h.image for h in in_sub)
+    big = ix.query("a cat", k=5, min_area=500)
+    assert len(big) == 5 and all(h.area >= 500 for h in big)
+    assert ix.query("a cat", k=3, path="*/nothing/*") == []
+    like = ix.similar(per_image[0].segment_id, k=3)
+    assert per_image[0].segment_id not in {h.segment_id for h in like} and len(like) == 3
+
+
+def test_cli_query_json_info_and_failures(indexed):
+    root, _, _ = indexed
+    runner = CliRunner()
+    result = runner.invoke(app, ["query", "a red cup", "--db", str(root / "db"), "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert set(hits[0]) >= {"rank", "score", "segment_id", "image", "bbox", "area", "mask"}
+    assert hits[0]["score"] >= hits[-1]["score"] and len(hits[0]["bbox"]) == 4
+    info = json.loads(runner.invoke(app, ["info", "--db", str(root / "db"), "--json"]).output)
+    assert info["images_done"] == 4 and info["vectors"] == info["segments"] and info["preset"] == "tiny"
+    assert runner.invoke(app, ["query", "x" * 1001, "--db", str(root / "db")]).exit_code == 2
+
+
+def test_rerun_skips_adds_new_and_reindexes_changed(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    again = index_paths([photos], db, IndexOptions(**OPTS))
+    assert (again.done, again.skipped) == (0, 2)
+    write_photos(photos, ("coffee",))  # a new file
+    Image.fromarray(data.rocket()[:96, :96]).save(photos / "sub" / "chelsea.png")  # changed content
+    third = index_paths([photos], db, IndexOptions(**OPTS))
+    assert (third.done, third.skipped) == (2, 1)
+    fresh = tmp_path / "fresh"
+    index_paths([photos], fresh, IndexOptions(**OPTS))
+    assert segment_table(db) == segment_table(fresh)  # same as indexing the final folder once
+    assert_consistent(db)
+
+
+def test_index_refuses_another_model_and_queries_refuse_a_foreign_model(indexed, tmp_path):
+    root, photos, _ = indexed
+    with pytest.raises(IndexMismatchError, match=r"built with preset 'tiny', embedder 'use', model use-tiny-"):
+        index_paths([photos], root / "db", IndexOptions(**{**OPTS, "embedder": "crop"}))
+    import usesearch
+
+    crop = usesearch.load_model("tiny", embedder="crop")
+    with pytest.raises(IndexMismatchError, match="built with"):
+        SegmentIndex.open(root / "db", model=crop).query("a cat")
+
+
+def test_one_writer_at_a_time(indexed):
+    root, photos, _ = indexed
+    with writer_lock(root / "db"):
+        with pytest.raises(IndexLockedError, match=f"pid {os.getpid()}"):
+            index_paths([photos], root / "db", IndexOptions(**OPTS))
+
+
+def test_faiss_file_is_reconciled_with_committed_segments(indexed, tmp_path):
+    root, _, _ = indexed
+    db = tmp_path / "db"
+    shutil.copytree(root / "db", db)
+    ix = SegmentIndex.open(db)
+    expected = ix.query("a cat", k=5)
+    n = ix.store.counts()["segments"]
+    # A FAISS file holding a vector the store never committed (crash between the two).
+    ix.index.add_with_ids(np.ones((1, ix.info.dim), np.float32), np.array([10**9]))
+    write_atomic(ix.index, db / FAISS_FILE)
+    assert SegmentIndex.open(db).index.ntotal == n
+    # A stale FAISS file missing committed vectors, then a corrupt one, then none.
+    ix.index.remove_ids(np.arange(1, 6))
+    write_atomic(ix.index, db / FAISS_FILE)
+    assert SegmentIndex.open(db).query("a cat", k=5) == expected
+    (db / FAISS_FILE).write_bytes(b"garbage")
+    assert SegmentIndex.open(db).query("a cat", k=5) == expected
+    (db / FAISS_FILE).unlink()
+    assert SegmentIndex.open(db).query("a cat", k=5) == expected
+    assert reindex(db, "IDMap2,HNSW16") == n
+    assert SegmentIndex.open(db).info.factory == "IDMap2,HNSW16"
+
+
+def test_reader_sees_newly_committed_segments_without_reopening(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut",))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    reader = SegmentIndex.open(db)
+    before = reader.index.ntotal
+    write_photos(photos, ("coffee",))
+    index_paths([photos], db, IndexOptions(**OPTS))
+    hits = reader.query("a cup", k=100)
+    assert len(hits) > before and any("coffee" in h.image for h in hits)

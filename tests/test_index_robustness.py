@@ -1,0 +1,138 @@
+"""Bad input is recorded and the run goes on; kill -9 and re-run equals one clean run."""
+
+import io
+import os
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from indexer import IndexOptions, SegmentIndex, index_paths
+from indexer.files import decode
+from tests.test_index_query import OPTS, assert_consistent, segment_table, write_photos
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height: a decompression bomb's signature."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    d = root / "in"
+    d.mkdir()
+    photo = Image.fromarray(data.chelsea()).resize((72, 48))
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "text.jpg").write_text("this is not a JPEG")
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG")
+    (d / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    (d / "bomb.png").write_bytes(_png_header_only(50_000, 50_000))
+    photo.convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray((np.linspace(0, 65535, 48 * 72).reshape(48, 72)).astype(np.uint16)).save(d / "sixteen.png")
+    palette = photo.convert("P", palette=Image.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 0
+    palette.save(d / "palette.png", transparency=0)
+    frames = [photo, photo.transpose(Image.FLIP_LEFT_RIGHT)]
+    frames[0].save(d / "animated.gif", save_all=True, append_images=frames[1:], duration=100)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    photo.save(d / "rotated.jpg", exif=exif)
+    photo.save(os.path.join(os.fsencode(d), b"caf\xe9.png"))  # not valid UTF-8
+    os.symlink(d, d / "loop")  # folder symlink back to itself
+    os.symlink(d / "self.jpg", d / "self.jpg")  # file symlink loop
+    (d / "locked").mkdir()
+    Image.new("RGB", (40, 40), (120, 120, 120)).save(d / "nomasks.png")
+    masks_json = root / "masks.json"
+    masks_json.write_text('{"images": [{"id": 1, "file_name": "nomasks.png", "height": 40, "width": 40}], "annotations": []}')
+    return root, d
+
+
+def test_each_bad_input_is_indexed_or_recorded(bad_inputs, monkeypatch):
+    root, d = bad_inputs
+    real_scandir = os.scandir
+    # Root can read any folder, so simulate the permission error an unreadable one gives.
+    def scandir(path):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = index_paths([d], root / "db", IndexOptions(**OPTS))
+    ix = SegmentIndex.open(root / "db")
+    failed = {os.path.basename(r.path): f"{r.error_class}: {r.error_message}" for r in ix.store.failures()}
+    assert set(failed) == {"empty.jpg", "text.jpg", "truncated.jpg", "bomb.png", "self.jpg", "locked"}
+    assert "empty" in failed["empty.jpg"] and "not a recognised image" in failed["text.jpg"]
+    assert "exceeds" in failed["bomb.png"] and "pixels" in failed["bomb.png"]  # refused from the header
+    assert "PermissionError" in failed["locked"]
+    assert "symbolic links" in failed["self.jpg"]
+    with ix.store.sessions() as s:
+        from indexer.store import ImageRecord
+
+        done = {os.path.basename(r.path): r for r in s.query(ImageRecord).filter_by(status="done")}
+    assert set(done) == {"cmyk.jpg", "sixteen.png", "palette.png", "animated.gif", "rotated.jpg", "caf\\xe9.png", "nomasks.png"}
+    assert (done["rotated.jpg"].width, done["rotated.jpg"].height) == (48, 72)  # EXIF applied
+    assert report.done == 7 and report.failed == 6 and not report.interrupted
+    assert_consistent(root / "db")
+
+
+def test_image_with_no_masks_is_done_with_zero_segments(bad_inputs):
+    root, d = bad_inputs
+    report = index_paths([d / "nomasks.png"], root / "coco-db", IndexOptions(preset="tiny", masker="coco", masker_options={"masks_json": str(root / "masks.json")}))
+    assert (report.done, report.segments, report.failed) == (1, 0, 0)
+
+
+def test_decoding_edge_cases_give_rgb():
+    buf = io.BytesIO()
+    Image.fromarray(np.full((10, 12), 40000, np.uint16)).save(buf, "PNG")
+    rgb = decode(buf.getvalue(), "x.png")
+    assert rgb.shape == (10, 12, 3) and rgb.dtype == np.uint8 and rgb[0, 0, 0] == 40000 >> 8
+
+
+def test_kill_dash_nine_then_resume_equals_one_clean_run(tmp_path):
+    names = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins")
+    photos = write_photos(tmp_path / "photos", names)
+    for i in range(3):  # more work so the kill lands mid-run
+        write_photos(tmp_path / "photos" / f"copy{i}", names[::-1][i:] + names[:i])
+        for p in (tmp_path / "photos" / f"copy{i}").rglob("*.png"):
+            Image.open(p).rotate(90 * (i + 1), expand=True).save(p)
+    db = tmp_path / "db"
+    code = (
+        "import sys; from indexer import IndexOptions, index_paths; "
+        f"index_paths([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', masker_options={{'max_masks': 8}}))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(photos), str(db)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with sqlite3.connect(db / "segments.sqlite", timeout=5) as con:
+                done = con.execute("select count(*) from images where status='done'").fetchone()[0]
+        except sqlite3.Error:
+            done = 0
+        if done >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the indexer finished before it could be killed; give it more work"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= done < 32
+    resumed = index_paths([photos], db, IndexOptions(**OPTS))
+    assert resumed.skipped >= done and resumed.failed == 0
+    clean = tmp_path / "clean"
+    index_paths([photos], clean, IndexOptions(**OPTS))
+    assert segment_table(db) == segment_table(clean)
+    assert_consistent(db)
