@@ -61,6 +61,8 @@ class IndexReport:
     failed: int = 0
     segments: int = 0
     seconds: float = 0.0
+    model_seconds: float = 0.0  # inside the masker and the embedder
+    loop_seconds: float = 0.0  # the per-image loop, without start-up (model loading)
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -143,6 +145,7 @@ def index_paths(
         last_write = time.monotonic()
         try:
             files = list(walk(paths))
+            loop_start = time.perf_counter()
             for found in files:
                 _index_one(found, store, index, model, masker, options, report)
                 if progress:
@@ -155,6 +158,7 @@ def index_paths(
         finally:
             vectors.write_atomic(index, db_dir / FAISS_FILE)
             store.close()
+            report.loop_seconds = time.perf_counter() - loop_start if "loop_start" in locals() else 0.0
     report.seconds = time.perf_counter() - start
     return report
 
@@ -175,8 +179,10 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
             return
         rgb = decode(data, found.path, options.max_pixels)
         hw = rgb.shape[:2]
+        model_start = time.perf_counter()
         proposals = masker(rgb, found.path)
         embeddings = model.embed_segments(rgb, np.stack([p.mask for p in proposals])) if proposals else []
+        report.model_seconds += time.perf_counter() - model_start
         segments = [
             dict(
                 x=p.bbox[0], y=p.bbox[1], w=p.bbox[2], h=p.bbox[3], area=p.area, rle_counts=encode_rle(p.mask),
