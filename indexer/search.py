@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
 
 from usesearch.errors import UsesearchError
 from usesearch.factory import load_model
 
 from . import vectors
 from .pipeline import DB_FILE, FAISS_FILE, IndexMismatchError, db_url_for
-from .store import SegmentRecord, SegmentRow, Store, info_summary
+from .store import SegmentRow, Store, info_summary
 
 MAX_QUERY_CHARS = 1000
 
@@ -86,10 +85,8 @@ class SegmentIndex:
         return self._model
 
     # -- freshness ---------------------------------------------------------------
-    def _store_state(self) -> tuple[int, int]:
-        with self.store.sessions() as s:
-            count, top = s.execute(select(func.count(SegmentRecord.id), func.max(SegmentRecord.id))).one()
-        return int(count), int(top or 0)
+    def _store_state(self) -> int:
+        return self.store.generation()
 
     def refresh(self) -> None:
         """Bring the in-memory FAISS index up to the store's committed state."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine, event, func, select
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine, event, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 DONE, FAILED = "done", "failed"
@@ -36,6 +36,9 @@ class IndexInfo(Base):
     masker: Mapped[str] = mapped_column(String(64))
     masker_params: Mapped[dict[str, Any]] = mapped_column(JSON)
     factory: Mapped[str] = mapped_column(String(256))
+    # Bumped in the same transaction as every image write: readers compare one
+    # integer to learn whether committed segments changed.
+    generation: Mapped[int] = mapped_column(default=0)
     created: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
 
 
@@ -119,6 +122,10 @@ class Store:
         with self.sessions.begin() as s:
             s.add(info)
 
+    def generation(self) -> int:
+        with self.sessions() as s:
+            return s.scalar(select(IndexInfo.generation)) or 0
+
     def set_factory(self, factory: str) -> None:
         with self.sessions.begin() as s:
             s.scalar(select(IndexInfo)).factory = factory
@@ -163,6 +170,7 @@ class Store:
             )
             record.segments = [SegmentRecord(**seg) for seg in segments]
             s.add(record)
+            s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
             s.flush()
             return removed, [seg.id for seg in record.segments]
 
@@ -205,15 +213,18 @@ class Store:
         out: dict[int, SegmentRow] = {}
         with self.sessions() as s:
             for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
+                # Named columns, not the ORM entity: the embedding blob stays on disk.
+                seg = SegmentRecord
                 q = (
-                    select(SegmentRecord, ImageRecord.path, ImageRecord.height, ImageRecord.width)
+                    select(seg.id, ImageRecord.path, ImageRecord.height, ImageRecord.width, seg.x, seg.y, seg.w, seg.h,
+                           seg.area, seg.rle_counts, seg.predicted_iou, seg.stability_score)
                     .join(ImageRecord)
-                    .where(SegmentRecord.id.in_(wanted[start : start + 900]))
+                    .where(seg.id.in_(wanted[start : start + 900]))
                 )
-                for seg, path, height, width in s.execute(q):
-                    out[seg.id] = SegmentRow(
-                        seg.id, path, (height, width), (seg.x, seg.y, seg.w, seg.h), seg.area,
-                        seg.rle_counts, seg.predicted_iou, seg.stability_score,
+                for r in s.execute(q):
+                    out[r.id] = SegmentRow(
+                        r.id, r.path, (r.height, r.width), (r.x, r.y, r.w, r.h), r.area,
+                        r.rle_counts, r.predicted_iou, r.stability_score,
                     )
         return out
 

@@ -136,3 +136,25 @@ def test_kill_dash_nine_then_resume_equals_one_clean_run(tmp_path):
     index_paths([photos], clean, IndexOptions(**OPTS))
     assert segment_table(db) == segment_table(clean)
     assert_consistent(db)
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_finished_images(tmp_path, monkeypatch):
+    from usesearch.maskers import FelzenszwalbMasker
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
+    calls = []
+    original = FelzenszwalbMasker.__call__
+
+    def interrupt_on_second(self, rgb, path=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, rgb, path)
+
+    monkeypatch.setattr(FelzenszwalbMasker, "__call__", interrupt_on_second)
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert report.interrupted and report.done == 1
+    assert_consistent(tmp_path / "db")
+    monkeypatch.setattr(FelzenszwalbMasker, "__call__", original)
+    rest = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert (rest.done, rest.skipped) == (2, 1)
