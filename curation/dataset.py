@@ -1,0 +1,97 @@
+"""The curated dataset on disk: JSONL shards of image records plus a manifest.
+
+One line per image: ``{"path", "sha256", "width", "height", "pairs_before_nms",
+"segments": [{"rle": {"size", "counts"}, "bbox", "area", "score", "texts": [{"text",
+"source", "kind"}]}]}``. Masks are COCO compressed RLE (``pycocotools.mask.decode``).
+Lines are appended and flushed one image at a time; a torn last line from a crash
+is ignored when reading and when resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .records import Segment
+
+FORMAT = "usesearch-segments"
+MANIFEST = "manifest.json"
+
+
+def read_records(dataset_dir: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    for shard in sorted((Path(dataset_dir) / "shards").glob("*.jsonl")):
+        with open(shard, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn final line from an interrupted run
+
+
+def read_segments(record: dict[str, Any]) -> list[Segment]:
+    return [Segment.from_json(s) for s in record["segments"]]
+
+
+class DatasetWriter:
+    """Appends image records; knows which images (by content hash) are already done."""
+
+    def __init__(self, dataset_dir: str | os.PathLike, shard_size: int = 1000):
+        self.dir = Path(dataset_dir)
+        (self.dir / "shards").mkdir(parents=True, exist_ok=True)
+        self.shard_size = shard_size
+        self.done: set[str] = {r["sha256"] for r in read_records(self.dir)}
+        self._shard = len(list((self.dir / "shards").glob("*.jsonl")))
+        self._in_shard = shard_size  # start a new shard per run: old ones stay untouched
+        self._file = None
+
+    def write(self, path: str, sha256: str, hw: tuple[int, int], segments: list[Segment], pairs_before_nms: int) -> None:
+        if self._in_shard >= self.shard_size:
+            if self._file:
+                self._file.close()
+            self._file = open(self.dir / "shards" / f"shard-{self._shard:05d}.jsonl", "a", encoding="utf-8")
+            self._shard += 1
+            self._in_shard = 0
+        record = {
+            "path": path, "sha256": sha256, "height": hw[0], "width": hw[1],
+            "pairs_before_nms": pairs_before_nms, "segments": [s.to_json() for s in segments],
+        }
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.done.add(sha256)
+        self._in_shard += 1
+
+    def close(self, extra: dict[str, Any] | None = None) -> None:
+        if self._file:
+            self._file.close()
+        manifest = {"format": FORMAT, "version": 1, "shards": sorted(p.name for p in (self.dir / "shards").glob("*.jsonl"))}
+        manifest.update(extra or {})
+        tmp = self.dir / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, self.dir / MANIFEST)
+
+
+def stats(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """The paper's Table 1 columns (pairs, pairs after NMS, unique expressions) and per-source counts."""
+    pairs = pairs_nms = images = segments = 0
+    unique: set[str] = set()
+    by_source: Counter[str] = Counter()
+    by_kind: Counter[str] = Counter()
+    for record in read_records(dataset_dir):
+        images += 1
+        pairs += record["pairs_before_nms"]
+        for seg in record["segments"]:
+            segments += 1
+            pairs_nms += len(seg["texts"])
+            for t in seg["texts"]:
+                unique.add(t["text"])
+                by_source[t["source"]] += 1
+                by_kind[t["kind"]] += 1
+    return {
+        "images": images, "segments": segments, "pairs": pairs, "pairs_after_nms": pairs_nms,
+        "unique_expressions": len(unique), "pairs_by_source": dict(by_source), "pairs_by_kind": dict(by_kind),
+    }

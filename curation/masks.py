@@ -1,0 +1,110 @@
+"""Mask generation from box prompts (paper §3.1) and mask NMS merging.
+
+Per box: SAM with the box as prompt and multimask output; keep the mask with the
+highest stability score (computed as segment-anything does); drop it unless its
+predicted IoU and stability both reach 0.6 (§4.1 lowers SAM's defaults to 0.6);
+fill small holes and remove small islands. A box over 90% of the image becomes the
+whole-image mask without SAM. Then mask NMS at IoU 0.7 per image, the texts of
+suppressed masks joining the kept mask's list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from segment_anything.utils.amg import calculate_stability_score, remove_small_regions
+
+from .records import BoxText, Segment, TextRef
+
+
+@dataclass(frozen=True)
+class BoxMaskConfig:
+    pred_iou_thresh: float = 0.6  # paper §4.1
+    stability_score_thresh: float = 0.6  # paper §4.1
+    whole_image_fraction: float = 0.9  # paper §3.1: larger boxes become the whole image
+    min_region_area: int = 100  # holes and islands smaller than this are cleaned
+    stability_score_offset: float = 1.0  # segment-anything's default
+
+
+NMS_IOU = 0.7  # paper §4.1
+
+
+def to_segment(mask: np.ndarray, texts: list[TextRef], score: float) -> Segment:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+    return Segment(
+        rle={"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        bbox=(x, y, w, h), area=int(mask_utils.area(rle)), texts=list(texts), score=float(score),
+    )
+
+
+def covers_image(bbox: tuple[float, float, float, float], hw: tuple[int, int], fraction: float) -> bool:
+    return bbox[2] * bbox[3] > fraction * hw[0] * hw[1]
+
+
+def clean_mask(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """segment-anything's post-processing: fill small holes, then drop small islands."""
+    mask, _ = remove_small_regions(mask, min_area, mode="holes")
+    mask, _ = remove_small_regions(mask, min_area, mode="islands")
+    return mask
+
+
+def pick_most_stable(logits: torch.Tensor, iou_preds: torch.Tensor, mask_threshold: float, offset: float):
+    """[M,H,W] logits of one prompt -> (index, stability scores [M])."""
+    stability = calculate_stability_score(logits, mask_threshold, offset)
+    return int(torch.argmax(stability)), stability
+
+
+def masks_from_boxes(predictor, rgb: np.ndarray, boxes: list[BoxText], cfg: BoxMaskConfig = BoxMaskConfig()) -> list[Segment]:
+    """``predictor`` is a segment_anything ``SamPredictor``; the image is embedded once."""
+    hw = rgb.shape[:2]
+    out: list[Segment] = []
+    prompted = []
+    for box in boxes:
+        if covers_image(box.bbox, hw, cfg.whole_image_fraction):
+            out.append(to_segment(np.ones(hw, bool), box.texts, 1.0))
+        else:
+            prompted.append(box)
+    if not prompted:
+        return out
+    predictor.set_image(rgb)
+    xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (b.bbox for b in prompted)], dtype=torch.float32)
+    boxes_t = predictor.transform.apply_boxes_torch(xyxy, hw).to(predictor.device)
+    with torch.inference_mode():
+        logits, iou_preds, _ = predictor.predict_torch(None, None, boxes=boxes_t, multimask_output=True, return_logits=True)
+    threshold = predictor.model.mask_threshold
+    for box, box_logits, box_ious in zip(prompted, logits, iou_preds):
+        best, stability = pick_most_stable(box_logits, box_ious, threshold, cfg.stability_score_offset)
+        if float(box_ious[best]) < cfg.pred_iou_thresh or float(stability[best]) < cfg.stability_score_thresh:
+            continue
+        mask = clean_mask((box_logits[best] > threshold).cpu().numpy(), cfg.min_region_area)
+        if mask.any():
+            out.append(to_segment(mask, box.texts, float(stability[best])))
+    return out
+
+
+def mask_nms(segments: list[Segment], iou_threshold: float = NMS_IOU) -> list[Segment]:
+    """Keep masks in score order unless one kept overlaps by more than ``iou_threshold``;
+    a suppressed mask's texts join the kept mask it overlaps most."""
+    if not segments:
+        return []
+    order = sorted(range(len(segments)), key=lambda i: (-segments[i].score, -segments[i].area, i))
+    rles = [{"size": s.rle["size"], "counts": s.rle["counts"].encode()} for s in segments]
+    ious = np.asarray(mask_utils.iou(rles, rles, [0] * len(rles))).reshape(len(rles), len(rles))
+    kept: list[int] = []
+    merged: dict[int, list[TextRef]] = {}
+    for i in order:
+        overlapping = [j for j in kept if ious[i, j] > iou_threshold]
+        if overlapping:
+            target = max(overlapping, key=lambda j: ious[i, j])
+            merged[target].extend(t for t in segments[i].texts if t not in merged[target])
+        else:
+            kept.append(i)
+            merged[i] = list(dict.fromkeys(segments[i].texts))
+    return [
+        Segment(rle=segments[i].rle, bbox=segments[i].bbox, area=segments[i].area, texts=merged[i], score=segments[i].score)
+        for i in kept
+    ]

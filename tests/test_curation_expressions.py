@@ -1,0 +1,46 @@
+"""Paper §3.1 referring expressions, on a hand-built parse so no parser version matters."""
+
+import pytest
+
+spacy = pytest.importorskip("spacy")
+from spacy.tokens import Doc  # noqa: E402
+
+from curation.expressions import load_parser, referring_expressions  # noqa: E402
+from usesearch.errors import UsesearchError  # noqa: E402
+
+CAPTION = (
+    "There is an orange-red apple at the right side of the rabbit and there is another red apple "
+    "visible behind the rabbit ."
+)
+HEADS = [1, 1, 4, 4, 1, 1, 8, 8, 5, 8, 11, 9, 1, 14, 1, 17, 17, 14, 17, 18, 21, 19, 14]
+DEPS = ["expl", "ROOT", "det", "amod", "attr", "prep", "det", "amod", "pobj", "prep", "det", "pobj", "cc",
+        "expl", "conj", "det", "amod", "attr", "amod", "prep", "det", "pobj", "punct"]
+POS = ["PRON", "AUX", "DET", "ADJ", "NOUN", "ADP", "DET", "ADJ", "NOUN", "ADP", "DET", "NOUN", "CCONJ",
+       "PRON", "AUX", "DET", "ADJ", "NOUN", "ADJ", "ADP", "DET", "NOUN", "PUNCT"]
+
+
+def paper_doc():
+    return Doc(spacy.blank("en").vocab, words=CAPTION.split(), heads=HEADS, deps=DEPS, pos=POS)
+
+
+def test_papers_example_phrases_and_expressions():
+    found = referring_expressions(paper_doc())
+    assert [(e.phrase, e.expression) for e in found] == [
+        ("an orange-red apple", "an orange-red apple"),
+        ("the right side", "the right side of the rabbit"),
+        ("the rabbit", "the rabbit"),
+        ("another red apple", "another red apple visible behind the rabbit"),
+        ("the rabbit", "the rabbit"),
+    ]
+
+
+def test_expression_spans_point_into_the_caption():
+    doc = paper_doc()
+    for e in referring_expressions(doc):
+        assert doc.text[e.start_char : e.end_char] == e.expression
+        assert doc.text[e.phrase_start_char : e.phrase_end_char] == e.phrase
+
+
+def test_missing_spacy_model_is_a_clear_error():
+    with pytest.raises(UsesearchError, match="not installed.*spacy download"):
+        load_parser("no_such_model_xx")
