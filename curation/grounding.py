@@ -1,0 +1,111 @@
+"""Referring-expression grounding (paper §3.1): Grounding DINO queried with the entire
+caption; each box goes to the token it scores highest and to the noun phrase that
+contains that token, emitting both a box-phrase and a box-expression pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+
+from usesearch.errors import UsesearchError
+
+from .expressions import Expression, referring_expressions
+from .records import BoxText, TextRef
+
+BOX_THRESHOLD = 0.05  # paper §4.1
+BOX_NMS_IOU = 0.7  # paper §4.1
+DEFAULT_GROUNDING_MODEL = "IDEA-Research/grounding-dino-tiny"  # Swin-T, as in the paper
+
+
+@dataclass(frozen=True)
+class Match:
+    box_xyxy: tuple[float, float, float, float]
+    score: float
+    expression: Expression
+
+
+def match_boxes_to_phrases(
+    token_probs: torch.Tensor,
+    boxes_xyxy: torch.Tensor,
+    token_spans: list[tuple[int, int] | None],
+    expressions: list[Expression],
+    box_threshold: float = BOX_THRESHOLD,
+    nms_iou: float = BOX_NMS_IOU,
+) -> list[Match]:
+    """token_probs [Q, T] (sigmoid of Grounding DINO's logits), boxes [Q, 4] in pixels,
+    token_spans[t]: the caption characters of text token t (None for special tokens)."""
+    valid = torch.tensor([span is not None for span in token_spans])
+    probs = token_probs[:, : len(token_spans)].masked_fill(~valid, 0.0)
+    scores, best_token = probs.max(dim=1)
+    candidates = torch.nonzero(scores > box_threshold).flatten()
+    if len(candidates) == 0:
+        return []
+    kept = candidates[nms(boxes_xyxy[candidates].float(), scores[candidates].float(), nms_iou)]
+    matches = []
+    for q in kept.tolist():
+        start = token_spans[int(best_token[q])][0]
+        owner = next((e for e in expressions if e.phrase_start_char <= start < e.phrase_end_char), None)
+        if owner is not None:  # a box whose best token is in no noun phrase grounds nothing
+            matches.append(Match(tuple(float(v) for v in boxes_xyxy[q]), float(scores[q]), owner))
+    return matches
+
+
+def box_texts(match: Match, source: str) -> BoxText:
+    x0, y0, x1, y1 = match.box_xyxy
+    texts = [TextRef(match.expression.phrase, source, "phrase")]
+    if match.expression.expression != match.expression.phrase:
+        texts.append(TextRef(match.expression.expression, source, "expression"))
+    return BoxText((x0, y0, x1 - x0, y1 - y0), texts, match.score)
+
+
+class GroundingDinoGrounder:
+    """transformers' GroundingDinoForObjectDetection behind the curation ``Grounder`` interface."""
+
+    def __init__(self, model, processor, parser, device: str | torch.device = "cpu",
+                 box_threshold: float = BOX_THRESHOLD, nms_iou: float = BOX_NMS_IOU):
+        self.model = model.to(device).eval()
+        self.processor = processor
+        self.parser = parser
+        self.device = device
+        self.box_threshold = box_threshold
+        self.nms_iou = nms_iou
+
+    @classmethod
+    def from_pretrained(cls, name: str, parser, device: str | torch.device = "cpu", revision: str | None = None, **kwargs):
+        from transformers import AutoProcessor, GroundingDinoForObjectDetection
+
+        try:
+            processor = AutoProcessor.from_pretrained(name, revision=revision)
+            model = GroundingDinoForObjectDetection.from_pretrained(name, revision=revision)
+        except OSError as exc:
+            raise UsesearchError(
+                f"Grounding DINO weights {name!r} are not available: {str(exc).splitlines()[0]}. "
+                "Download them where the network is reachable (they land in the Hugging Face cache), "
+                "or pass a local folder."
+            ) from None
+        return cls(model, processor, parser, device, **kwargs)
+
+    @torch.inference_mode()
+    def __call__(self, rgb: np.ndarray, caption: TextRef) -> list[BoxText]:
+        text = caption.text.strip()
+        if not text.endswith("."):
+            text += "."  # Grounding DINO's phrase separator ends every query
+        expressions = referring_expressions(self.parser(text))
+        if not expressions:
+            return []
+        inputs = self.processor(images=rgb, text=text, return_tensors="pt").to(self.device)
+        offsets = self.processor.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+        spans = [None if e <= s or text[s:e] == "." else (s, e) for s, e in offsets]
+        outputs = self.model(**inputs)
+        h, w = rgb.shape[:2]
+        cx, cy, bw, bh = outputs.pred_boxes[0].float().cpu().unbind(-1)
+        boxes = torch.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], dim=-1)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        probs = outputs.logits[0].float().sigmoid().cpu()
+        matches = match_boxes_to_phrases(probs, boxes, spans, expressions, self.box_threshold, self.nms_iou)
+        return [box_texts(m, caption.source) for m in matches if m.box_xyxy[2] > m.box_xyxy[0] and m.box_xyxy[3] > m.box_xyxy[1]]
