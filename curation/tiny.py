@@ -63,3 +63,46 @@ def tiny_parser():
 
 
 
+
+
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}ASSISTANT:"
+)
+
+
+def tiny_llava(seed: int = 6):
+    """(model, processor): LlavaForConditionalGeneration with a tiny CLIP vision tower and
+    Llama text model, and a word-level tokenizer over the same small vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+        LlavaProcessor, PreTrainedTokenizerFast,
+    )
+
+    from .captioning import CAPTION_PROMPT
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:", "."] + _WORDS + CAPTION_PROMPT.split()
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=32, patch_size=8, projection_dim=32),
+        text_config=LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                                pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        image_token_index=vocab["<image>"], vision_feature_layer=-1, vision_feature_select_strategy="default",
+    )
+    with seeded(seed):
+        model = LlavaForConditionalGeneration(config).eval()
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=_CHAT_TEMPLATE,
+    )
+    return model, processor

@@ -80,7 +80,7 @@ def test_captioned_source_curates_end_to_end(grounder, tmp_path):
     }))
     predictor = SamPredictor(load_sam(usesearch.get_preset("tiny").sam, "tiny"))
     loose = BoxMaskConfig(pred_iou_thresh=-10, stability_score_thresh=-10, min_region_area=0)
-    report = curate(coco_captions_source(captions, images), tmp_path / "ds", predictor, grounder, loose)
+    report = curate(coco_captions_source(captions, images), tmp_path / "ds", predictor, grounder=grounder, mask_config=loose)
     assert report.done == 1 and report.pairs > 0 and report.pairs_after_nms <= report.pairs
     [record] = read_records(tmp_path / "ds")
     sources = {t.source for s in read_segments(record) for t in s.texts}

@@ -1,0 +1,56 @@
+"""Multi-granularity captioning (paper §3.1): any transformers image-text-to-text
+model, prompted verbatim with the paper's prompt and sampled with §4.1's settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from usesearch.backbones import seeded
+from usesearch.errors import UsesearchError
+
+from .records import TextRef
+
+CAPTION_PROMPT = (
+    "Describe this image in detail. In your description, specifically mention ALL VISIBLE parts of each object in the image."
+)
+SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.4, "top_k": 5}  # paper §4.1 (CogVLM-17B)
+
+
+class TransformersCaptioner:
+    def __init__(self, model, processor, name: str, device: str | torch.device = "cpu", max_new_tokens: int = 256, seed: int = 0):
+        self.model = model.to(device).eval()
+        self.processor = processor
+        self.name = name
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.seed = seed
+
+    @classmethod
+    def from_pretrained(cls, name: str, revision: str | None = None, trust_remote_code: bool = False, device="cpu", **kwargs):
+        if trust_remote_code and not revision:
+            raise UsesearchError(
+                f"{name} needs remote code; it only runs from an explicitly pinned revision "
+                "(--captioner-revision COMMIT_SHA), so the code you audited is the code that runs"
+            )
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        try:
+            processor = AutoProcessor.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+            model = AutoModelForImageTextToText.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+        except OSError as exc:
+            raise UsesearchError(
+                f"captioning model {name!r} is not available: {str(exc).splitlines()[0]}. Download it where the "
+                "network is reachable (it lands in the Hugging Face cache), or pass a local folder."
+            ) from None
+        return cls(model, processor, name, device, **kwargs)
+
+    @torch.inference_mode()
+    def __call__(self, rgb: np.ndarray) -> TextRef:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]}]
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = self.processor(images=rgb, text=prompt, return_tensors="pt").to(self.device)
+        with seeded(self.seed):  # sampling, but reproducible per run
+            out = self.model.generate(**inputs, **SAMPLING, max_new_tokens=self.max_new_tokens)
+        text = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+        return TextRef(" ".join(text.split()), "mllm_caption", "caption")

@@ -1,0 +1,42 @@
+"""A PNG of one curated image with each segment's mask tinted and its texts written."""
+
+from __future__ import annotations
+
+import colorsys
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+from usesearch.errors import UsesearchError
+from usesearch.images import read_image
+
+from .dataset import read_records
+
+
+def find_record(dataset_dir: str | os.PathLike, image: str) -> dict[str, Any]:
+    for record in read_records(dataset_dir):
+        if record["path"] == image or Path(record["path"]).name == image or record["sha256"] == image:
+            return record
+    raise UsesearchError(f"{image!r} is not in the dataset at {dataset_dir} (match by path, file name or sha256)")
+
+
+def render(record: dict[str, Any], out: str | os.PathLike, alpha: float = 0.45) -> Path:
+    rgb = read_image(record["path"]).astype(np.float32)
+    labels = []
+    for i, seg in enumerate(sorted(record["segments"], key=lambda s: -s["area"])):
+        mask = mask_utils.decode({"size": seg["rle"]["size"], "counts": seg["rle"]["counts"].encode()}).astype(bool)
+        colour = np.array(colorsys.hsv_to_rgb((i * 0.618) % 1, 0.8, 1.0)) * 255
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colour
+        labels.append((seg["bbox"], tuple(int(c) for c in colour), "; ".join(t["text"] for t in seg["texts"])[:80]))
+    canvas = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for (x, y, w, h), colour, text in labels:
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour, width=1)
+        draw.text((x + 2, y + 1), text, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+    out = Path(out)
+    canvas.save(out)
+    return out
