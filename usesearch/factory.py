@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .backbones import build_clip, build_dino, seeded
+from .backbones import Clip, build_clip, build_dino, seeded
 from .checkpoint import is_checkpoint, load_head, read_head_config, state_digest
 from .config import PresetConfig
 from .errors import NoTrainedHeadError, UsesearchError
@@ -27,11 +27,16 @@ def create_use(preset: PresetConfig | str) -> USE:
     """A USE module with a freshly initialised (seeded) head, for training or tests.
     Inference goes through ``load_model``, which never hands out an untrained head
     except the tiny preset's documented random one."""
+    return create_use_and_clip(preset)[0]
+
+
+def create_use_and_clip(preset: PresetConfig | str) -> tuple[USE, Clip]:
+    """Also returns the CLIP it was built on, whose text tower training needs."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     clip = build_clip(preset.clip, preset.name)
     dino = build_dino(preset.dino, preset.name)
     with seeded(preset.head.seed):
-        return USE(preset, clip, dino)
+        return USE(preset, clip, dino), clip
 
 
 def load_model(
@@ -63,10 +68,7 @@ def load_model(
             f"`usesearch train ... --preset {preset.name}` and pass it with `--head CHECKPOINT`."
         )
     state = load_head(head, preset)[0] if head is not None else None
-    clip = build_clip(preset.clip, preset.name)
-    dino = build_dino(preset.dino, preset.name)
-    with seeded(preset.head.seed):
-        use = USE(preset, clip, dino)
+    use, clip = create_use_and_clip(preset)
     if state is not None:
         missing, unexpected = use.load_state_dict(state, strict=False)
         missing = [k for k in missing if k in use.trainable_state_dict()]

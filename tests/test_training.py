@@ -1,0 +1,115 @@
+"""Paper §3.2/§4.2 training: eq. (1), defaults, augmentation, exact resume, and learning."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import usesearch
+from training.data import augment, load_samples
+from training.loss import LOGIT_SCALE, segment_text_loss
+from training.synthetic import class_texts, top1_accuracy, write_dataset
+from training.train import TrainConfig, Trainer, poly_lr
+
+
+def reference_loss(s, t, scale, same_text=None):
+    """Eq. (1) written out term by term, with exp(scale * s_i . t_j)."""
+    k = len(s)
+    sim = [[scale * float(s[i] @ t[j]) for j in range(k)] for i in range(k)]
+    total = 0.0
+    for i in range(k):
+        negatives = [j for j in range(k) if same_text is None or j == i or same_text[i] != same_text[j]]
+        row = sum(math.exp(sim[i][j]) for j in negatives)
+        col = sum(math.exp(sim[j][i]) for j in negatives)
+        total += math.log(math.exp(sim[i][i]) / row) + math.log(math.exp(sim[i][i]) / col)
+    return -total / (2 * k)
+
+
+def test_loss_matches_equation_one():
+    torch.manual_seed(0)
+    s = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    assert LOGIT_SCALE == 30.0
+    assert segment_text_loss(s, t).item() == pytest.approx(reference_loss(s, t, 30.0), rel=1e-5)
+    ids = torch.tensor([0, 1, 0, 2, 1, 3])  # segments 0 and 2 (and 1 and 4) drew the same text
+    assert segment_text_loss(s, t, ids).item() == pytest.approx(reference_loss(s, t, 30.0, ids.tolist()), rel=1e-5)
+    assert segment_text_loss(s, t, ids).item() < segment_text_loss(s, t).item()
+
+
+def test_paper_defaults_and_polynomial_decay():
+    cfg = TrainConfig()
+    assert (cfg.epochs, cfg.batch_images, cfg.lr, cfg.weight_decay, cfg.poly_power, cfg.crop, cfg.scale) == (
+        5, 32, 1e-3, 0.01, 0.9, 560, (0.5, 2.0))
+    assert poly_lr(0, 100, 1e-3, 0.9) == 1e-3
+    assert poly_lr(50, 100, 1e-3, 0.9) == pytest.approx(1e-3 * 0.5**0.9)
+
+
+def test_augmentation_keeps_masks_on_their_pixels():
+    rgb = np.zeros((100, 150, 3), np.uint8)
+    masks = np.zeros((2, 100, 150), bool)
+    masks[0, 20:60, 30:90] = True
+    masks[1, 95:100, 145:150] = True  # a corner speck, often cropped away
+    rgb[masks[0]] = (255, 0, 0)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        out_rgb, out_masks, keep = augment(rgb, masks, rng, crop=64)
+        assert out_rgb.shape == (64, 64, 3) and out_masks.shape[1:] == (64, 64) and len(out_masks) == len(keep)
+        assert all(m.any() for m in out_masks)  # cropped-away segments are dropped, not kept empty
+        if 0 in keep:
+            m = out_masks[list(keep).index(0)]
+            inner = m & np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1)
+            assert (out_rgb[inner][:, 0] > 200).all()  # mask interior sits on red pixels
+            red = (out_rgb[..., 0] > 250) & (out_rgb[..., 1] < 5)
+            assert (m[red]).mean() > 0.95  # and red pixels are (almost all, edges aside) in the mask
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return write_dataset(root / "train", 96, seed=1), write_dataset(root / "test", 24, seed=2)
+
+
+def _losses(out):
+    return [float(r["loss"]) for r in csv.DictReader(open(out / "log.csv"))]
+
+
+def test_resume_reproduces_the_uninterrupted_run(synthetic, tmp_path):
+    samples = load_samples([synthetic[0]])[:16]
+    cfg = TrainConfig(preset="tiny", batch_images=4, crop=96, max_steps=4, checkpoint_every=100)
+    Trainer(samples, tmp_path / "a", cfg).run()
+    Trainer(samples, tmp_path / "b", cfg).run(until=2)
+    resumed = Trainer(samples, tmp_path / "b", cfg)
+    resumed.resume()
+    assert resumed.step == 2
+    resumed.run()
+    assert _losses(tmp_path / "b") == pytest.approx(_losses(tmp_path / "a"), abs=1e-5)
+    a, b = usesearch.load_model(tmp_path / "a" / "head"), usesearch.load_model(tmp_path / "b" / "head")
+    assert a.fingerprint == b.fingerprint
+
+
+def test_training_beats_chance_and_the_untrained_head(synthetic, tmp_path):
+    train_dir, test_dir = synthetic
+    chance = 1 / len(class_texts())
+    untrained = top1_accuracy(usesearch.load_model("tiny"), test_dir)
+    cfg = TrainConfig(preset="tiny", batch_images=8, crop=128, max_steps=150, lr=2e-3, checkpoint_every=10**9)
+    Trainer(load_samples([train_dir]), tmp_path / "run", cfg).run()
+    trained = top1_accuracy(usesearch.load_model(tmp_path / "run" / "head"), test_dir)
+    assert trained > 3 * chance and trained > untrained + 0.15, (chance, untrained, trained)
+
+
+def test_cli_train_writes_a_loadable_head_and_resumes(synthetic, tmp_path):
+    from typer.testing import CliRunner
+
+    from usesearch.cli import app
+
+    args = ["train", str(synthetic[1]), "--out", str(tmp_path / "run"), "--batch-images", "4", "--crop", "96",
+            "--max-steps", "3", "--checkpoint-every", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len(_losses(tmp_path / "run")) == 3
+    model = usesearch.load_model(tmp_path / "run" / "head")
+    assert model.kind == "use" and model.fingerprint != usesearch.load_model("tiny").fingerprint
+    again = CliRunner().invoke(app, args + ["--resume"])
+    assert again.exit_code == 0 and "trained 3 steps" in again.output

@@ -1,0 +1,65 @@
+"""Training samples from curated datasets, and the paper's augmentation (§4.2):
+random resize by a factor in [0.5, 2], then a random square crop; masks follow the
+pixels exactly, and segments cropped away are dropped."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from curation.dataset import read_records
+from usesearch.images import read_image
+
+
+@dataclass
+class Sample:
+    path: str
+    rles: list[dict]
+    texts: list[list[str]]  # every text of each segment; one is sampled per step
+
+
+def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
+    samples = []
+    for directory in dataset_dirs:
+        for record in read_records(directory):
+            segs = [s for s in record["segments"] if s["texts"]]
+            if segs:
+                samples.append(Sample(
+                    record["path"],
+                    [{"size": s["rle"]["size"], "counts": s["rle"]["counts"].encode()} for s in segs],
+                    [[t["text"] for t in s["texts"]] for s in segs],
+                ))
+    return samples
+
+
+def decode_masks(rles: list[dict]) -> np.ndarray:
+    return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1).astype(bool))
+
+
+def augment(
+    rgb: np.ndarray, masks: np.ndarray, rng: np.random.Generator, crop: int, scale: tuple[float, float] = (0.5, 2.0)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (crop x crop RGB, [M, crop, crop] masks, indices of the segments that survive)."""
+    factor = rng.uniform(*scale)
+    h, w = rgb.shape[:2]
+    nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
+    image = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+    # Nearest for masks: a mask pixel follows the image pixel it sits on.
+    resized = np.stack([np.asarray(Image.fromarray(m).resize((nw, nh), Image.NEAREST)) for m in masks]) if len(masks) else np.zeros((0, nh, nw), bool)
+    top = int(rng.integers(0, max(nh - crop, 0) + 1))
+    left = int(rng.integers(0, max(nw - crop, 0) + 1))
+    out_rgb = np.zeros((crop, crop, 3), np.uint8)  # smaller than the crop: pad (black, bottom/right)
+    out_masks = np.zeros((len(masks), crop, crop), bool)
+    ch, cw = min(crop, nh - top), min(crop, nw - left)
+    out_rgb[:ch, :cw] = image[top : top + ch, left : left + cw]
+    out_masks[:, :ch, :cw] = resized[:, top : top + ch, left : left + cw]
+    keep = np.flatnonzero(out_masks.reshape(len(masks), -1).any(1))
+    return out_rgb, out_masks[keep], keep
+
+
+def load_image(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    return read_image(sample.path), decode_masks(sample.rles)

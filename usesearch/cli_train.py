@@ -1,0 +1,52 @@
+"""CLI wiring for training: ``usesearch train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .cli import DeviceOpt, PresetOpt, app, console, user_errors
+
+
+@app.command()
+@user_errors
+def train(
+    datasets: Annotated[list[Path], typer.Argument(help="Curated dataset folders (usesearch curate run).", exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option(help="Run folder: head checkpoints, optimizer state, log.csv.")],
+    preset: PresetOpt = "tiny",
+    epochs: Annotated[int, typer.Option(min=1)] = 5,
+    batch_images: Annotated[int, typer.Option(min=1, help="Images per batch (all their segments).")] = 32,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    weight_decay: Annotated[float, typer.Option()] = 0.01,
+    crop: Annotated[int, typer.Option(help="Random square crop after the random resize.")] = 560,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(min=1)] = 500,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: DeviceOpt = None,
+) -> None:
+    """Train the USE head (LLNs, block scales, projection) with the segment-text contrastive loss."""
+    from tqdm import tqdm
+
+    from training.data import load_samples
+    from training.train import TrainConfig, Trainer
+
+    samples = load_samples(datasets)
+    if not samples:
+        raise ValueError("the datasets hold no segment with a text")
+    cfg = TrainConfig(preset=preset, epochs=epochs, batch_images=batch_images, lr=lr, weight_decay=weight_decay,
+                      crop=crop, max_steps=max_steps, checkpoint_every=checkpoint_every, seed=seed, device=device)
+    trainer = Trainer(samples, out, cfg)
+    if resume:
+        trainer.resume()
+    bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", disable=None)
+
+    def progress(step, total, loss):
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    head = trainer.run(progress)
+    bar.close()
+    console.print(f"trained {trainer.step} steps on {len(samples)} images; head: {head} (use it with --head {out / 'head'})")
