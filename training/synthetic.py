@@ -97,3 +97,27 @@ def top1_accuracy(model, dataset_dir: str | os.PathLike) -> float:
             correct += names[pred] == texts[0]
             total += 1
     return correct / max(total, 1)
+
+
+def semseg_classes() -> list[str]:
+    return ["background"] + [f"{c} {s}" for c in COLOURS for s in SHAPES] + [f"{c} house" for c in COLOURS]
+
+
+def write_semseg(out: str | os.PathLike, n_images: int, seed: int = 0, size: int = 128) -> Path:
+    """ADE20K-like layout: images/NAME.png, labels/NAME.png (class index per pixel), classes.txt."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    names = semseg_classes()
+    rng = np.random.default_rng(seed)
+    for i in range(n_images):
+        rgb, objects = scene(rng, size)
+        label = np.zeros(rgb.shape[:2], np.uint8)
+        for mask, texts in objects:
+            name = texts[0].removeprefix("the ")
+            if name in names:  # roofs are part of their house's class
+                label[mask] = names.index(name)
+        Image.fromarray(rgb).save(out / "images" / f"{i:05d}.png")
+        Image.fromarray(label).save(out / "labels" / f"{i:05d}.png")
+    (out / "classes.txt").write_text("\n".join(names) + "\n")
+    return out

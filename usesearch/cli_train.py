@@ -50,3 +50,114 @@ def train(
     head = trainer.run(progress)
     bar.close()
     console.print(f"trained {trainer.step} steps on {len(samples)} images; head: {head} (use it with --head {out / 'head'})")
+
+
+def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
+    names = [c.strip() for c in (classes or "").split(",") if c.strip()]
+    if classes_file:
+        names += [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError("give class names with --classes 'sky,tree,...' or --classes-file")
+    return names
+
+
+def _segmenter(preset, embedder, head, masker, points_per_side, device):
+    from indexer.maskers import build_masker
+    from indexer.pipeline import resolve_embedder
+
+    from .factory import load_model
+
+    model = load_model(preset, embedder=resolve_embedder(preset, embedder, str(head) if head else None), device=device, head=head)
+    options = {"points_per_side": points_per_side} if (masker or "sam") == "sam" and points_per_side else {}
+    return model, build_masker(masker, model.preset, device, **options)
+
+
+MaskerOpt = Annotated[Optional[str], typer.Option(help="sam | felzenszwalb (default: sam; felzenszwalb for tiny).")]
+EmbedOpt = Annotated[Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")]
+
+
+@app.command()
+@user_errors
+def segment(
+    image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option(help="Label map PNG: class index per pixel, 255 where no mask covers it.")],
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names.")] = None,
+    classes_file: Annotated[Optional[Path], typer.Option(help="One class name per line.", exists=True)] = None,
+    overlay: Annotated[Optional[Path], typer.Option(help="PNG of the image coloured by class, with a legend.")] = None,
+    preset: PresetOpt = "tiny",
+    embedder: EmbedOpt = None,
+    head: Annotated[Optional[Path], typer.Option(help="Head checkpoint.")] = None,
+    masker: MaskerOpt = None,
+    points_per_side: Annotated[Optional[int], typer.Option()] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Open-vocabulary semantic segmentation of one image (paper §4.3)."""
+    import numpy as np
+    from PIL import Image
+
+    from .images import read_image
+    from .semseg import segment_image
+    from .visualize import label_overlay
+
+    names = _classes(classes, classes_file)
+    model, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
+    rgb = read_image(image)
+    proposals = mask_proposer(rgb, str(image))
+    masks = np.stack([p.mask for p in proposals]) if proposals else np.zeros((0, *rgb.shape[:2]), bool)
+    labels = segment_image(model, rgb, masks, names)
+    Image.fromarray(labels).save(out)
+    if overlay:
+        label_overlay(rgb, labels, names).save(overlay)
+    present = [names[i] for i in np.unique(labels) if i < len(names)]
+    console.print(f"{len(proposals)} masks; classes found: {', '.join(present) or 'none'}; wrote {out}", markup=False)
+
+
+eval_app = typer.Typer(help="Evaluate on benchmarks (paper §4.3, §4.4).", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("semseg")
+@user_errors
+def eval_semseg(
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
+    labels: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Label PNGs named like the images.")],
+    classes_file: Annotated[Path, typer.Option("--classes", exists=True, help="One class name per line, in label order.")],
+    ignore_index: Annotated[int, typer.Option()] = 255,
+    reduce_zero_label: Annotated[bool, typer.Option(help="ADE20K: label 0 is 'other' (ignored), classes start at 1.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json")] = None,
+    preset: PresetOpt = "tiny",
+    embedder: EmbedOpt = None,
+    head: Annotated[Optional[Path], typer.Option()] = None,
+    masker: MaskerOpt = None,
+    points_per_side: Annotated[Optional[int], typer.Option()] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """mIoU over a dataset in the ADE20K / Pascal Context layout."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from .images import read_image
+    from .semseg import confusion, miou, segment_image
+
+    names = _classes(None, classes_file)
+    model, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
+    matrix = np.zeros((len(names), len(names) + 1), np.int64)
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    for path in files:
+        gt = np.asarray(Image.open(labels / f"{path.stem}.png")).astype(np.int64)
+        if reduce_zero_label:
+            gt = np.where(gt == 0, ignore_index, gt - 1)
+        rgb = read_image(path)
+        proposals = mask_proposer(rgb, str(path))
+        masks = np.stack([p.mask for p in proposals]) if proposals else np.zeros((0, *rgb.shape[:2]), bool)
+        matrix += confusion(segment_image(model, rgb, masks, names), gt, len(names), ignore_index)
+    mean, per_class = miou(matrix)
+    result = {"mIoU": mean, "images": len(files), "model": model.fingerprint,
+              "per_class": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, per_class)}}
+    for name, value in result["per_class"].items():
+        console.print(f"{name:>24}: {'-' if value is None else f'{100 * value:.1f}'}", markup=False)
+    console.print(f"{'mIoU':>24}: {100 * mean:.2f}  ({len(files)} images, {model.fingerprint})", markup=False)
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=1))
