@@ -63,3 +63,23 @@ def test_segment_and_eval_semseg_cli_on_synthetic_data(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert data["images"] == 3 and 0 <= data["mIoU"] <= 1 and set(data["per_class"]) == set(names)
+
+
+def test_only_masks_whose_top_class_is_a_part_are_scored():
+    from usesearch.parts import background_classes, part_detections
+
+    assert len(background_classes()) == 91 + 11  # COCO-stuff classes + PartImageNet super-categories
+    probs = np.array([[0.7, 0.1, 0.2], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]])  # 2 parts, 1 background class
+    assert part_detections(probs, num_parts=2) == [(0, 0, 0.7), (2, 1, 0.5)]
+
+
+def test_eval_parts_cli_on_synthetic_parts(tmp_path):
+    from training.synthetic import write_parts_coco
+
+    coco_json = write_parts_coco(tmp_path / "parts", 3, seed=5)
+    report = tmp_path / "parts.json"
+    result = CliRunner().invoke(app, ["eval", "parts", "--images", str(tmp_path / "parts" / "images"),
+                                      "--coco-json", str(coco_json), "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert 0.0 <= data["mAP"] <= 1.0 and "mAP_mask@[0.5:0.95]" in result.output

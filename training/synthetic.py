@@ -4,6 +4,7 @@ masks and texts, written in the curation dataset format."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -121,3 +122,34 @@ def write_semseg(out: str | os.PathLike, n_images: int, seed: int = 0, size: int
         Image.fromarray(label).save(out / "labels" / f"{i:05d}.png")
     (out / "classes.txt").write_text("\n".join(names) + "\n")
     return out
+
+
+def write_parts_coco(out: str | os.PathLike, n_images: int, seed: int = 0, size: int = 128) -> Path:
+    """PartImageNet-like COCO file: every house's roof and body as part annotations."""
+    from pycocotools import mask as mask_utils
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    categories = [{"id": 1, "name": "roof"}, {"id": 2, "name": "wall"}]
+    images, annotations = [], []
+    rng = np.random.default_rng(seed)
+    while len(images) < n_images:
+        rgb, objects = scene(rng, size)
+        roofs = [m for m, texts in objects if texts[0].startswith("the roof")]
+        if not roofs:
+            continue
+        houses = [m for m, texts in objects if texts[0].startswith("the ") and "roof" not in texts[0]]
+        image_id = len(images) + 1
+        Image.fromarray(rgb).save(out / "images" / f"{image_id:05d}.png")
+        images.append({"id": image_id, "file_name": f"{image_id:05d}.png", "height": size, "width": size})
+        parts = [(1, r) for r in roofs] + [(2, h & ~r) for h, r in zip(houses, roofs)]
+        for category, mask in parts:
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": category, "iscrowd": 0,
+                "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+            })
+    path = out / "parts.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path

@@ -161,3 +161,52 @@ def eval_semseg(
     console.print(f"{'mIoU':>24}: {100 * mean:.2f}  ({len(files)} images, {model.fingerprint})", markup=False)
     if json_out:
         json_out.write_text(json.dumps(result, indent=1))
+
+
+@eval_app.command("parts")
+@user_errors
+def eval_parts(
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
+    coco_json: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="PartImageNet-style COCO annotations of the parts.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json")] = None,
+    preset: PresetOpt = "tiny",
+    embedder: EmbedOpt = None,
+    head: Annotated[Optional[Path], typer.Option()] = None,
+    masker: MaskerOpt = None,
+    points_per_side: Annotated[Optional[int], typer.Option()] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Part segmentation mAP@[0.5:0.95] (paper §4.4): parts vs. COCO-stuff and super-category background classes."""
+    import contextlib
+    import io
+    import json
+
+    import numpy as np
+    from pycocotools.coco import COCO
+
+    from .images import read_image
+    from .parts import background_classes, mask_map, part_detections, to_results
+    from .semseg import class_probabilities
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(coco_json))
+    category_ids = sorted(coco.cats)
+    parts = [coco.cats[c]["name"] for c in category_ids]
+    names = parts + background_classes()
+    model, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
+    results = []
+    for image_id in sorted(coco.imgs):
+        rgb = read_image(images / coco.imgs[image_id]["file_name"])
+        proposals = mask_proposer(rgb, coco.imgs[image_id]["file_name"])
+        if not proposals:
+            continue
+        masks = np.stack([p.mask for p in proposals])
+        detections = part_detections(class_probabilities(model, rgb, masks, names), len(parts))
+        results += to_results(image_id, masks, detections, category_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        overall, per_category = mask_map(coco, results)
+    for name, ap in per_category.items():
+        console.print(f"{name:>28}: {100 * ap:.1f}", markup=False)
+    console.print(f"{'mAP_mask@[0.5:0.95]':>28}: {100 * overall:.2f}  ({len(results)} part detections, {model.fingerprint})", markup=False)
+    if json_out:
+        json_out.write_text(json.dumps({"mAP": overall, "per_category": per_category, "detections": len(results)}, indent=1))
