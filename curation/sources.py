@@ -11,6 +11,7 @@ from pathlib import Path
 from pycocotools import mask as mask_utils
 
 from indexer.files import walk
+from usesearch.rle import segmentation_to_rle
 
 from .records import BoxText, ImageItem, Segment, TextRef
 
@@ -58,13 +59,7 @@ def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | o
         h, w = img["height"], img["width"]
         segments = []
         for ann in anns[img["id"]]:
-            seg = ann["segmentation"]
-            if isinstance(seg, list):
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-            elif isinstance(seg["counts"], list):
-                rle = mask_utils.frPyObjects(seg, h, w)
-            else:
-                rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+            rle = segmentation_to_rle(ann["segmentation"], h, w)
             area = int(mask_utils.area(rle))
             if area == 0:
                 continue

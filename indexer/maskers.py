@@ -12,6 +12,7 @@ from pycocotools import mask as mask_utils
 from usesearch.config import PresetConfig
 from usesearch.errors import UsesearchError
 from usesearch.maskers import FelzenszwalbMasker, Proposal, SamMasker, to_proposals
+from usesearch.rle import segmentation_to_rle
 from usesearch.sam import load_sam
 
 MASKERS = ("sam", "felzenszwalb", "coco")
@@ -53,14 +54,7 @@ class CocoMasker:
             raise UsesearchError(f"{path}: masks are {info['height']}x{info['width']} but the image is {h}x{w}")
         masks = []
         for ann in anns:
-            seg = ann["segmentation"]
-            if isinstance(seg, list):
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-            elif isinstance(seg["counts"], list):
-                rle = mask_utils.frPyObjects(seg, h, w)
-            else:
-                rle = seg
-            mask = mask_utils.decode(rle).astype(bool)
+            mask = mask_utils.decode(segmentation_to_rle(ann["segmentation"], h, w)).astype(bool)
             if mask.any():
                 masks.append(mask)
         return to_proposals(np.stack(masks) if masks else np.zeros((0, h, w), bool))

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 import usesearch
 from usesearch.backbones import build_clip, build_dino
+from usesearch.model import USE
 from usesearch.presets import TINY_CLIP_NAME
 
 
@@ -40,7 +41,7 @@ def test_local_files_load_and_positional_embeddings_are_resized(local_weights):
     torch.testing.assert_close(dino.blocks[3].mlp.fc1.weight, saved_dino.blocks[3].mlp.fc1.weight)
     assert clip.model.visual.positional_embedding.shape[0] == 1 + 8 * 8  # 4x4 -> 8x8 grid
     assert not clip.model.visual.training and not any(p.requires_grad for p in dino.parameters())
-    use = usesearch.model.USE(preset, clip, dino)
+    use = USE(preset, clip, dino)
     rgb = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     z = use.encoder(*(p[None] for p in use.pixels(rgb)))
     assert z.shape == (1, 64, use.encoder.out_dim) and torch.isfinite(z).all()

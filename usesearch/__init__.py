@@ -1,26 +1,33 @@
-"""usesearch: open-vocabulary segment search with Universal Segment Embeddings."""
+"""usesearch: open-vocabulary segment search with Universal Segment Embeddings.
 
-from .checkpoint import load_head, save_head
+The public names load lazily (PEP 562) so that the CLI's ``--help`` and the light
+modules do not pay for importing torch, open_clip and timm.
+"""
+
+from importlib import import_module
+
 from .errors import CheckpointMismatchError, MissingWeightsError, NoTrainedHeadError, UsesearchError
-from .factory import create_use, load_model
-from .head import patch_weights
-from .presets import PRESETS, get_preset
-from .text import CLASSNAME_TEMPLATES, EXPRESSION_TEMPLATES
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CLASSNAME_TEMPLATES",
-    "EXPRESSION_TEMPLATES",
-    "PRESETS",
-    "CheckpointMismatchError",
-    "MissingWeightsError",
-    "NoTrainedHeadError",
-    "UsesearchError",
-    "create_use",
-    "get_preset",
-    "load_head",
-    "load_model",
-    "patch_weights",
-    "save_head",
-]
+_LAZY = {
+    "load_model": ".factory",
+    "create_use": ".factory",
+    "patch_weights": ".head",
+    "load_head": ".checkpoint",
+    "save_head": ".checkpoint",
+    "PRESETS": ".presets",
+    "get_preset": ".presets",
+    "EXPRESSION_TEMPLATES": ".text",
+    "CLASSNAME_TEMPLATES": ".text",
+}
+
+__all__ = ["CheckpointMismatchError", "MissingWeightsError", "NoTrainedHeadError", "UsesearchError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'usesearch' has no attribute {name!r}")

@@ -96,6 +96,7 @@ def segment(
     from PIL import Image
 
     from .images import read_image
+    from .maskers import stack_masks
     from .semseg import segment_image
     from .visualize import label_overlay
 
@@ -103,7 +104,7 @@ def segment(
     model, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
     rgb = read_image(image)
     proposals = mask_proposer(rgb, str(image))
-    masks = np.stack([p.mask for p in proposals]) if proposals else np.zeros((0, *rgb.shape[:2]), bool)
+    masks = stack_masks(proposals, rgb.shape[:2])
     labels = segment_image(model, rgb, masks, names)
     Image.fromarray(labels).save(out)
     if overlay:
@@ -139,6 +140,7 @@ def eval_semseg(
     from PIL import Image
 
     from .images import read_image
+    from .maskers import stack_masks
     from .semseg import confusion, miou, segment_image
 
     names = _classes(None, classes_file)
@@ -150,8 +152,7 @@ def eval_semseg(
         if reduce_zero_label:
             gt = np.where(gt == 0, ignore_index, gt - 1)
         rgb = read_image(path)
-        proposals = mask_proposer(rgb, str(path))
-        masks = np.stack([p.mask for p in proposals]) if proposals else np.zeros((0, *rgb.shape[:2]), bool)
+        masks = stack_masks(mask_proposer(rgb, str(path)), rgb.shape[:2])
         matrix += confusion(segment_image(model, rgb, masks, names), gt, len(names), ignore_index)
     mean, per_class = miou(matrix)
     result = {"mIoU": mean, "images": len(files), "model": model.fingerprint,
@@ -185,6 +186,7 @@ def eval_parts(
     from pycocotools.coco import COCO
 
     from .images import read_image
+    from .maskers import stack_masks
     from .parts import background_classes, mask_map, part_detections, to_results
     from .semseg import class_probabilities
 
@@ -197,10 +199,9 @@ def eval_parts(
     results = []
     for image_id in sorted(coco.imgs):
         rgb = read_image(images / coco.imgs[image_id]["file_name"])
-        proposals = mask_proposer(rgb, coco.imgs[image_id]["file_name"])
-        if not proposals:
+        masks = stack_masks(mask_proposer(rgb, coco.imgs[image_id]["file_name"]), rgb.shape[:2])
+        if not len(masks):
             continue
-        masks = np.stack([p.mask for p in proposals])
         detections = part_detections(class_probabilities(model, rgb, masks, names), len(parts))
         results += to_results(image_id, masks, detections, category_ids)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -88,3 +88,8 @@ def to_proposals(masks: np.ndarray) -> list[Proposal]:
         Proposal(mask=m, bbox=(x0, y0, x1 - x0 + 1, y1 - y0 + 1), area=int(m.sum()))
         for m, (x0, y0, x1, y1) in zip(masks, boxes)
     ]
+
+
+def stack_masks(proposals: list[Proposal], hw: tuple[int, int]) -> np.ndarray:
+    """[N, H, W] bool masks of proposals (N may be 0)."""
+    return np.stack([p.mask for p in proposals]) if proposals else np.zeros((0, *hw), bool)
