@@ -93,7 +93,7 @@ def test_training_beats_chance_and_the_untrained_head(synthetic, tmp_path):
     train_dir, test_dir = synthetic
     chance = 1 / len(class_texts())
     untrained = top1_accuracy(usesearch.load_model("tiny"), test_dir)
-    cfg = TrainConfig(preset="tiny", batch_images=8, crop=128, max_steps=150, lr=2e-3, checkpoint_every=10**9)
+    cfg = TrainConfig(preset="tiny", batch_images=8, crop=128, max_steps=300, lr=2e-3, checkpoint_every=10**9)
     Trainer(load_samples([train_dir]), tmp_path / "run", cfg).run()
     trained = top1_accuracy(usesearch.load_model(tmp_path / "run" / "head"), test_dir)
     assert trained > 3 * chance and trained > untrained + 0.15, (chance, untrained, trained)
