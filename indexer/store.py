@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine, event, func, select, update
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine, event, func, inspect, select, text, update
+from usesearch.errors import UsesearchError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 DONE, FAILED = "done", "failed"
@@ -108,7 +109,26 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        self._upgrade_schema()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _upgrade_schema(self) -> None:
+        """Add columns that newer versions introduced with a default; refuse anything else."""
+        inspector = inspect(self.engine)
+        for table in Base.metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                default = column.default.arg if column.default is not None and column.default.is_scalar else None
+                if default is None:
+                    raise UsesearchError(
+                        f"this index was made by an older usesearch (table {table.name} lacks {column.name}); "
+                        "index into a new --db"
+                    )
+                with self.engine.begin() as conn:
+                    ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(self.engine.dialect)} DEFAULT {int(default)}"
+                    conn.execute(text(ddl))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -35,6 +35,12 @@ def user_errors(fn):
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             print(f"error: {message}", file=sys.stderr)
             raise typer.Exit(2) from None
+        except Exception as exc:
+            if not type(exc).__module__.startswith("sqlalchemy"):
+                raise
+            # A locked, corrupt or unreachable database: say so in a line, not a trace.
+            print(f"error: database: {str(exc).splitlines()[0]}", file=sys.stderr)
+            raise typer.Exit(2) from None
 
     return wrapper
 

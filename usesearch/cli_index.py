@@ -22,6 +22,19 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 PerImageOpt = Annotated[bool, typer.Option("--per-image", help="Keep only the best segment of each image.")]
 PathOpt = Annotated[Optional[str], typer.Option("--path", help="Only images whose path matches this glob.")]
 MinAreaOpt = Annotated[int, typer.Option("--min-area", min=0, help="Only segments of at least this many pixels.")]
+ShowOpt = Annotated[Optional[Path], typer.Option("--show", help="Write a contact sheet PNG of the hits.")]
+ExportOpt = Annotated[Optional[Path], typer.Option("--export-coco", help="Write the hits as a COCO annotations/results JSON.")]
+
+
+def _outputs(hits, name: str, show: Optional[Path], export: Optional[Path]) -> None:
+    from indexer.export import contact_sheet, hits_to_coco
+
+    # Status on stderr: stdout may be carrying --json.
+    if show:
+        typer.echo(f"wrote {contact_sheet(hits, show)}", err=True)
+    if export:
+        export.write_text(json.dumps(hits_to_coco(hits, name)))
+        typer.echo(f"wrote {export}", err=True)
 
 
 @app.command()
@@ -98,6 +111,8 @@ def query(
     per_image: PerImageOpt = False,
     path: PathOpt = None,
     min_area: MinAreaOpt = 0,
+    show: ShowOpt = None,
+    export_coco: ExportOpt = None,
     device: DeviceOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
@@ -107,6 +122,7 @@ def query(
     index = SegmentIndex.open(db, db_url=db_url, device=device)
     hits = index.query(text, k=k, per_image=per_image, path=path, min_area=min_area)
     _print_hits(hits, as_json, f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})")
+    _outputs(hits, text, show, export_coco)
 
 
 @app.command()
@@ -119,6 +135,8 @@ def similar(
     per_image: PerImageOpt = False,
     path: PathOpt = None,
     min_area: MinAreaOpt = 0,
+    show: ShowOpt = None,
+    export_coco: ExportOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
     """Segments most like a given one (query by example)."""
@@ -126,6 +144,7 @@ def similar(
 
     hits = SegmentIndex.open(db, db_url=db_url).similar(segment_id, k=k, per_image=per_image, path=path, min_area=min_area)
     _print_hits(hits, as_json, f"like segment {segment_id}")
+    _outputs(hits, f"like segment {segment_id}", show, export_coco)
 
 
 @app.command()

@@ -1,0 +1,33 @@
+"""Hits as a contact sheet and as a COCO file that pycocotools loads."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+from PIL import Image
+from pycocotools.coco import COCO
+from typer.testing import CliRunner
+
+from indexer import IndexOptions, index_paths
+from tests.test_index_query import OPTS, write_photos
+from usesearch.cli import app
+
+
+def test_query_show_and_export_coco(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    sheet, coco_file = tmp_path / "hits.png", tmp_path / "hits.json"
+    result = CliRunner().invoke(app, ["query", "a red cup", "--db", str(tmp_path / "db"), "-k", "7", "--json",
+                                      "--show", str(sheet), "--export-coco", str(coco_file)])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)  # status lines went to stderr
+    assert Image.open(sheet).size == (5 * 192, 2 * (192 + 30))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(coco_file))
+        results = coco.loadRes(json.loads(coco_file.read_text())["annotations"])  # each annotation has a score
+    assert coco.cats[1]["name"] == "a red cup" and len(coco.anns) == 7 and len(results.anns) == 7
+    for ann, hit in zip(coco.loadAnns(sorted(coco.anns)), hits):
+        assert ann["score"] == hit["score"] and ann["bbox"] == hit["bbox"]
+        assert int(coco.annToMask(ann).sum()) == hit["area"]
+        assert coco.imgs[ann["image_id"]]["file_name"] == hit["image"]
