@@ -46,3 +46,18 @@ def photo_masks(photo) -> np.ndarray:
     masks[1, 50:110, 30:90] = True
     masks[2] = True
     return masks
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_head(tmp_path_factory):
+    """A tiny head trained 300 steps on the synthetic world (~30 s), shared by the tests
+    that need a model whose scores mean something."""
+    from training.data import load_samples
+    from training.synthetic import write_dataset
+    from training.train import TrainConfig, Trainer
+
+    root = tmp_path_factory.mktemp("trained")
+    train_dir, test_dir = write_dataset(root / "train", 96, seed=1), write_dataset(root / "test", 24, seed=2)
+    cfg = TrainConfig(preset="tiny", batch_images=8, crop=128, max_steps=300, lr=2e-3, checkpoint_every=10**9)
+    Trainer(load_samples([train_dir]), root / "run", cfg).run()
+    return root / "run" / "head", test_dir

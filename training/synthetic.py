@@ -153,3 +153,36 @@ def write_parts_coco(out: str | os.PathLike, n_images: int, seed: int = 0, size:
     path = out / "parts.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path
+
+
+def write_instances_coco(out: str | os.PathLike, n_images: int, seed: int = 0, wrong_fraction: float = 0.15,
+                         size: int = 128) -> tuple[Path, set[int]]:
+    """COCO instances of the synthetic shapes with a fraction of labels deliberately wrong.
+    Returns the JSON path and the ids of the planted wrong annotations."""
+    from pycocotools import mask as mask_utils
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    names = semseg_classes()[1:]
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    rng = np.random.default_rng(seed)
+    images, annotations, planted = [], [], set()
+    for i in range(n_images):
+        rgb, objects = scene(rng, size)
+        Image.fromarray(rgb).save(out / "images" / f"{i:05d}.png")
+        images.append({"id": i + 1, "file_name": f"{i:05d}.png", "height": size, "width": size})
+        for mask, texts in objects:
+            name = texts[0].removeprefix("the ")
+            if name not in names:
+                continue  # roofs are parts, not instances
+            category = names.index(name) + 1
+            if rng.random() < wrong_fraction:
+                category = int(rng.choice([c["id"] for c in categories if c["id"] != category]))
+                planted.add(len(annotations) + 1)
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": category, "iscrowd": 0,
+                                "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+    path = out / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path, planted

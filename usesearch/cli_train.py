@@ -211,3 +211,32 @@ def eval_parts(
     console.print(f"{'mAP_mask@[0.5:0.95]':>28}: {100 * overall:.2f}  ({len(results)} part detections, {model.fingerprint})", markup=False)
     if json_out:
         json_out.write_text(json.dumps({"mAP": overall, "per_category": per_category, "detections": len(results)}, indent=1))
+
+
+@app.command()
+@user_errors
+def audit(
+    coco: Annotated[Path, typer.Option("--coco", exists=True, dir_okay=False, help="COCO annotations to audit.")],
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option(help="Folder for suspects.csv/.json, summary.json and report.html.")] = Path("audit"),
+    top: Annotated[int, typer.Option(help="Suspects shown in the HTML report.")] = 50,
+    preset: PresetOpt = "tiny",
+    embedder: EmbedOpt = None,
+    head: Annotated[Optional[Path], typer.Option()] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Rank ground-truth annotations by how strongly the model disagrees with their labels."""
+    import json
+
+    from indexer.pipeline import resolve_embedder
+
+    from .audit import audit_coco, write_report
+    from .factory import load_model
+
+    model = load_model(preset, embedder=resolve_embedder(preset, embedder, str(head) if head else None), device=device, head=head)
+    data = json.loads(coco.read_text())
+    suspects = audit_coco(model, data, images)
+    write_report(suspects, data, out, top)
+    for rank, s in enumerate(suspects[:10], 1):
+        console.print(f"{rank:>3}  ann {s.annotation_id}: labelled {s.labelled!r}, model says {s.predicted!r} (margin {s.margin:+.3f})", markup=False)
+    console.print(f"wrote {out}/suspects.csv, summary.json, report.html", markup=False)

@@ -1,4 +1,4 @@
-"""Pictures for people: label maps coloured by class, with a legend."""
+"""Pictures for people: label maps coloured by class with a legend, and segment tiles."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
 from .semseg import UNLABELLED
 
@@ -30,3 +31,28 @@ def label_overlay(rgb: np.ndarray, labels: np.ndarray, names: Sequence[str], alp
         draw.rectangle([rgb.shape[1] + 4, y, rgb.shape[1] + 14, y + 10], fill=tuple(int(c) for c in colours[i]))
         draw.text((rgb.shape[1] + 18, y - 1), names[i][:22], fill=(0, 0, 0))
     return canvas
+
+
+def decode_mask(rle: dict) -> np.ndarray:
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+
+
+def segment_tile(rgb: np.ndarray, mask: np.ndarray, bbox: Sequence[int], tile: int, margin: float = 0.25) -> Image.Image:
+    """A square crop around the segment: mask tinted, its outline drawn, context kept."""
+    x, y, w, h = bbox
+    side = int(max(w, h) * (1 + 2 * margin)) + 2
+    cx, cy = x + w / 2, y + h / 2
+    x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+    x1, y1 = int(min(rgb.shape[1], x0 + side)), int(min(rgb.shape[0], y0 + side))
+    crop = rgb[y0:y1, x0:x1].astype(np.float32)
+    m = mask[y0:y1, x0:x1]
+    crop[m] = 0.6 * crop[m] + 0.4 * np.array([255, 40, 40])
+    inner = m.copy()
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    crop[m & ~inner] = (255, 255, 0)  # outline
+    image = Image.fromarray(crop.clip(0, 255).astype(np.uint8))
+    scale = tile / max(image.size)  # small segments are enlarged too
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)

@@ -1,0 +1,118 @@
+"""Auditing a labelled dataset: embed every ground-truth mask, classify it against the
+dataset's own category names, and rank annotations by how strongly the model
+disagrees with the label (margin = best other class's probability - the label's)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from .images import read_image
+from .rle import segmentation_to_rle
+from .semseg import class_probabilities
+from .visualize import segment_tile
+
+
+@dataclass(frozen=True)
+class Suspect:
+    annotation_id: int
+    image: str
+    labelled: str
+    predicted: str
+    margin: float  # > 0: the model prefers another class
+    labelled_probability: float
+    predicted_probability: float
+
+
+def audit_coco(model, coco: dict, images_dir: str | os.PathLike) -> list[Suspect]:
+    """All annotations, most suspect first."""
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    category_ids = sorted(names)
+    class_names = [names[c] for c in category_ids]
+    by_image = defaultdict(list)
+    for ann in coco["annotations"]:
+        by_image[ann["image_id"]].append(ann)
+    rows = []
+    for img in coco["images"]:
+        anns = by_image.get(img["id"])
+        if not anns:
+            continue
+        path = str(Path(images_dir) / img["file_name"])
+        rgb = read_image(path)
+        h, w = rgb.shape[:2]
+        masks = np.stack([mask_utils.decode(segmentation_to_rle(a["segmentation"], h, w)).astype(bool) for a in anns])
+        keep = masks.reshape(len(masks), -1).any(1)
+        probs = class_probabilities(model, rgb, masks[keep], class_names)
+        for ann, p in zip([a for a, k in zip(anns, keep) if k], probs):
+            label = category_ids.index(ann["category_id"])
+            others = p.copy()
+            others[label] = -1
+            best_other = int(others.argmax())
+            top = int(p.argmax())
+            rows.append(Suspect(ann["id"], path, class_names[label], class_names[top],
+                                float(p[best_other] - p[label]), float(p[label]), float(p[top])))
+    return sorted(rows, key=lambda r: -r.margin)
+
+
+def summary(suspects: list[Suspect]) -> dict:
+    per_class: dict[str, dict] = {}
+    confused = Counter()
+    for s in suspects:
+        entry = per_class.setdefault(s.labelled, {"annotations": 0, "agree": 0})
+        entry["annotations"] += 1
+        entry["agree"] += s.predicted == s.labelled
+        if s.predicted != s.labelled:
+            confused[(s.labelled, s.predicted)] += 1
+    for entry in per_class.values():
+        entry["agreement"] = entry["agree"] / entry["annotations"]
+    return {
+        "annotations": len(suspects),
+        "agreement": sum(s.predicted == s.labelled for s in suspects) / max(len(suspects), 1),
+        "per_class": per_class,
+        "most_confused": [{"labelled": a, "predicted": b, "count": n} for (a, b), n in confused.most_common(10)],
+    }
+
+
+def write_report(suspects: list[Suspect], coco: dict, out: str | os.PathLike, top: int = 50) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "suspects.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["rank", "annotation_id", "image", "labelled", "predicted", "margin"])
+        for rank, s in enumerate(suspects, 1):
+            writer.writerow([rank, s.annotation_id, s.image, s.labelled, s.predicted, f"{s.margin:.4f}"])
+    (out / "suspects.json").write_text(json.dumps([asdict(s) for s in suspects], indent=1))
+    stats = summary(suspects)
+    (out / "summary.json").write_text(json.dumps(stats, indent=1))
+    anns = {a["id"]: a for a in coco["annotations"]}
+    cards = []
+    for rank, s in enumerate(suspects[:top], 1):
+        rgb = read_image(s.image)
+        ann = anns[s.annotation_id]
+        mask = mask_utils.decode(segmentation_to_rle(ann["segmentation"], *rgb.shape[:2])).astype(bool)
+        buffer = io.BytesIO()
+        segment_tile(rgb, mask, [int(v) for v in mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))], 160).save(buffer, "PNG")
+        cards.append(
+            f'<figure><img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+            f"<figcaption>#{rank} ann {s.annotation_id}<br>label <b>{html.escape(s.labelled)}</b>"
+            f"<br>model <b>{html.escape(s.predicted)}</b><br>margin {s.margin:+.3f}</figcaption></figure>"
+        )
+    page = (
+        "<!doctype html><meta charset=utf-8><title>usesearch audit</title>"
+        "<style>body{font-family:sans-serif}figure{display:inline-block;margin:6px;width:170px;vertical-align:top}"
+        "img{width:160px;height:160px;object-fit:contain;background:#eee}</style>"
+        f"<h1>Most suspect annotations</h1><p>{stats['annotations']} annotations, model agrees with "
+        f"{100 * stats['agreement']:.1f}% of labels.</p>" + "".join(cards)
+    )
+    (out / "report.html").write_text(page)
+    return out
