@@ -143,9 +143,9 @@ def index_paths(
         )
         index, _ = vectors.load(db_dir / FAISS_FILE, store, info.dim, info.factory)
         last_write = time.monotonic()
+        loop_start = time.perf_counter()
         try:
             files = list(walk(paths))
-            loop_start = time.perf_counter()
             for found in files:
                 _index_one(found, store, index, model, masker, options, report)
                 if progress:
@@ -158,7 +158,7 @@ def index_paths(
         finally:
             vectors.write_atomic(index, db_dir / FAISS_FILE)
             store.close()
-            report.loop_seconds = time.perf_counter() - loop_start if "loop_start" in locals() else 0.0
+            report.loop_seconds = time.perf_counter() - loop_start
     report.seconds = time.perf_counter() - start
     return report
 
