@@ -39,12 +39,12 @@ def test_captioner_prompts_verbatim_and_samples_with_paper_settings(monkeypatch)
 
 def test_remote_code_needs_a_pinned_revision():
     with pytest.raises(UsesearchError, match="pinned revision"):
-        TransformersCaptioner.from_pretrained("THUDM/cogvlm-chat-hf", trust_remote_code=True)
+        TransformersCaptioner.from_pretrained("THUDM/cogvlm-chat-hf", trust_remote_code=True)  # offline-ok: refused before any hub call
 
 
 def test_missing_captioner_weights_are_a_clear_error():
     with pytest.raises(UsesearchError, match="not available"):
-        TransformersCaptioner.from_pretrained("no-such-org/no-such-model")
+        TransformersCaptioner.from_pretrained("no-such-org/no-such-model")  # offline-ok: HF_HUB_OFFLINE=1, must fail fast
 
 
 def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):

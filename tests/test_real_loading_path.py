@@ -29,7 +29,8 @@ def local_weights(tmp_path, monkeypatch):
     dino = timm.create_model(tiny.dino.timm_name, pretrained=False, img_size=56, num_classes=0, **tiny.dino.overrides)
     (tmp_path / "weights").mkdir()
     save_file(dino.state_dict(), str(tmp_path / "weights" / f"{tiny.dino.timm_name}.safetensors"))
-    preset = replace(tiny, clip=replace(tiny.clip, pretrained=str(clip_file)), dino=replace(tiny.dino, pretrained=True))
+    # offline-ok: "pretrained" here means the local files written above
+    preset = replace(tiny, clip=replace(tiny.clip, pretrained=str(clip_file)), dino=replace(tiny.dino, pretrained=True))  # offline-ok
     return preset, clip, dino
 
 
