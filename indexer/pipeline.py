@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 
 from usesearch.errors import UsesearchError
 from usesearch.factory import load_model
+from usesearch.maskers import stack_masks
 from usesearch.presets import get_preset
 
 from . import vectors
@@ -181,13 +182,13 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
         hw = rgb.shape[:2]
         model_start = time.perf_counter()
         proposals = masker(rgb, found.path)
-        embeddings = model.embed_segments(rgb, np.stack([p.mask for p in proposals])) if proposals else []
+        embeddings = model.embed_segments(rgb, stack_masks(proposals, hw))
         report.model_seconds += time.perf_counter() - model_start
         segments = [
             dict(
                 x=p.bbox[0], y=p.bbox[1], w=p.bbox[2], h=p.bbox[3], area=p.area, rle_counts=encode_rle(p.mask),
                 predicted_iou=p.predicted_iou, stability_score=p.stability_score,
-                embedding=np.ascontiguousarray(e, dtype=np.float32).tobytes(),
+                embedding=e.tobytes(),
             )
             for p, e in zip(proposals, embeddings)
         ]
@@ -201,7 +202,7 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
         if not index.is_trained:
             vectors.reconcile(index, store)  # trains on what the store now holds
         else:
-            index.add_with_ids(np.stack([np.frombuffer(s["embedding"], np.float32) for s in segments]), np.asarray(added, np.int64))
+            index.add_with_ids(embeddings, np.asarray(added, np.int64))
     report.done += 1
     report.segments += len(added)
 

@@ -56,9 +56,9 @@ class SegmentIndex:
         if self.info is None:
             raise UsesearchError(f"{db_dir} holds no index yet; run `usesearch index PATH --db {db_dir}` first")
         self._model = model
-        self._state = None
+        # Read the generation before loading so a commit landing meanwhile is caught next refresh.
+        self._generation = store.generation()
         self.index, _ = vectors.load(db_dir / FAISS_FILE, store, self.info.dim, self.info.factory)
-        self._state = self._store_state()
 
     @classmethod
     def open(cls, db_dir: str | os.PathLike, db_url: str | None = None, model=None, device: str | None = None) -> SegmentIndex:
@@ -85,15 +85,12 @@ class SegmentIndex:
         return self._model
 
     # -- freshness ---------------------------------------------------------------
-    def _store_state(self) -> int:
-        return self.store.generation()
-
     def refresh(self) -> None:
         """Bring the in-memory FAISS index up to the store's committed state."""
-        state = self._store_state()
-        if state != self._state:
+        generation = self.store.generation()
+        if generation != self._generation:
             vectors.reconcile(self.index, self.store)
-            self._state = state
+            self._generation = generation
 
     # -- search ------------------------------------------------------------------
     def query(self, text: str, k: int = 10, **filters) -> list[Hit]:

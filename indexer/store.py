@@ -213,20 +213,21 @@ class Store:
             return np.fromiter(s.scalars(select(SegmentRecord.id)), dtype=np.int64)
 
     def embeddings(self, ids: Iterable[int] | None = None, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) in batches: all committed segments, or just ``ids``."""
+        """(ids, vectors) in batches: all committed segments (streamed), or just ``ids``."""
         query = select(SegmentRecord.id, SegmentRecord.embedding).order_by(SegmentRecord.id)
-        wanted = None if ids is None else [int(i) for i in ids]
-        chunks = [None] if wanted is None else [wanted[i : i + 900] for i in range(0, len(wanted), 900)]
         with self.sessions() as s:
-            for chunk in chunks:
-                q = query if chunk is None else query.where(SegmentRecord.id.in_(chunk))
-                rows = s.execute(q).yield_per(batch).partitions(batch) if chunk is None else [s.execute(q).all()]
-                for part in rows:
-                    if part:
-                        yield (
-                            np.fromiter((r[0] for r in part), np.int64, len(part)),
-                            np.stack([np.frombuffer(r[1], np.float32) for r in part]),
-                        )
+            if ids is None:
+                parts = s.execute(query).yield_per(batch).partitions(batch)
+            else:
+                wanted = [int(i) for i in ids]
+                # 900 per query: SQLite's bound-parameter limit.
+                parts = (s.execute(query.where(SegmentRecord.id.in_(wanted[i : i + 900]))).all() for i in range(0, len(wanted), 900))
+            for part in parts:
+                if part:
+                    yield (
+                        np.fromiter((r[0] for r in part), np.int64, len(part)),
+                        np.stack([np.frombuffer(r[1], np.float32) for r in part]),
+                    )
 
     def rows(self, ids: Iterable[int]) -> dict[int, SegmentRow]:
         wanted = [int(i) for i in ids]

@@ -91,8 +91,9 @@ class Trainer:
 
     def loss_on(self, batch) -> torch.Tensor:
         clip_px, dino_px, weights, image_index, texts = batch
-        unique = list(dict.fromkeys(texts))
-        text_ids = torch.tensor([unique.index(t) for t in texts], device=self.device)
+        position = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+        unique = list(position)
+        text_ids = torch.tensor([position[t] for t in texts], device=self.device)
         text_vectors = torch.from_numpy(self.text.embed(unique, EXPRESSION_TEMPLATES)).to(self.device)[text_ids]
         with torch.autocast(self.device.type, enabled=self.amp):
             tokens = self.use.backbone_tokens(clip_px.to(self.device), dino_px.to(self.device))

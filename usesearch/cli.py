@@ -103,11 +103,13 @@ def embed(
 def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: int) -> None:
     import numpy as np
 
+    from .maskers import stack_masks
+
     proposals = masker(rgb)
     if not proposals:
         console.print(f"{name}: no segments found")
         return
-    vectors = model.embed_segments(rgb, np.stack([p.mask for p in proposals]))
+    vectors = model.embed_segments(rgb, stack_masks(proposals, rgb.shape[:2]))
     scores = vectors @ model.embed_text(texts).T
     table = Table(title=f"{name}: {len(proposals)} segments, model {model.fingerprint}")
     for column in ("text", "rank", "score", "bbox (x, y, w, h)", "area"):
