@@ -32,6 +32,7 @@ class Hit:
     rank: int
     score: float
     segment_id: int
+    image_id: int
     image: str
     bbox: tuple[int, int, int, int]  # x, y, w, h
     area: int
@@ -148,7 +149,7 @@ class SegmentIndex:
                 seen_images.add(row.image_path)
             hits.append(
                 Hit(
-                    rank=len(hits) + 1, score=float(score), segment_id=row.id, image=row.image_path, bbox=row.bbox,
+                    rank=len(hits) + 1, score=float(score), segment_id=row.id, image_id=row.image_id, image=row.image_path, bbox=row.bbox,
                     area=row.area, mask={"size": list(row.image_hw), "counts": row.rle_counts},
                     predicted_iou=row.predicted_iou, stability_score=row.stability_score,
                 )

@@ -83,6 +83,7 @@ class SegmentRow:
     """A segment's metadata joined with its image, as queries return it."""
 
     id: int
+    image_id: int
     image_path: str
     image_hw: tuple[int, int]
     bbox: tuple[int, int, int, int]
@@ -194,6 +195,15 @@ class Store:
             s.flush()
             return removed, [seg.id for seg in record.segments]
 
+    def image(self, image_id: int) -> ImageRecord | None:
+        with self.sessions() as s:
+            return s.get(ImageRecord, image_id)
+
+    def image_segment_ids(self, image_id: int) -> list[int]:
+        with self.sessions() as s:
+            q = select(SegmentRecord.id).where(SegmentRecord.image_id == image_id).order_by(SegmentRecord.area.desc())
+            return list(s.scalars(q))
+
     def failures(self) -> list[ImageRecord]:
         with self.sessions() as s:
             return list(s.scalars(select(ImageRecord).where(ImageRecord.status == FAILED).order_by(ImageRecord.path)))
@@ -237,14 +247,14 @@ class Store:
                 # Named columns, not the ORM entity: the embedding blob stays on disk.
                 seg = SegmentRecord
                 q = (
-                    select(seg.id, ImageRecord.path, ImageRecord.height, ImageRecord.width, seg.x, seg.y, seg.w, seg.h,
+                    select(seg.id, seg.image_id, ImageRecord.path, ImageRecord.height, ImageRecord.width, seg.x, seg.y, seg.w, seg.h,
                            seg.area, seg.rle_counts, seg.predicted_iou, seg.stability_score)
                     .join(ImageRecord)
                     .where(seg.id.in_(wanted[start : start + 900]))
                 )
                 for r in s.execute(q):
                     out[r.id] = SegmentRow(
-                        r.id, r.path, (r.height, r.width), (r.x, r.y, r.w, r.h), r.area,
+                        r.id, r.image_id, r.path, (r.height, r.width), (r.x, r.y, r.w, r.h), r.area,
                         r.rle_counts, r.predicted_iou, r.stability_score,
                     )
         return out

@@ -1,4 +1,4 @@
-"""CLI wiring for the index stage: index, query, similar, info, failures, reindex, demo.
+"""CLI wiring for the index and serving stages: index, query, similar, info, failures, reindex, serve, demo.
 
 The only core module that imports ``indexer``: the CLI joins the stages.
 """
@@ -182,6 +182,23 @@ def reindex_cmd(
     from indexer import reindex
 
     console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url)} vectors")
+
+
+@app.command()
+@user_errors
+def serve(
+    db: DbOpt,
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    token: Annotated[Optional[str], typer.Option(envvar="USESEARCH_TOKEN", show_envvar=True,
+                                                 help="Shared secret every request must carry (Bearer header or ?token= once).")] = None,
+    device: DeviceOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Search page and JSON API over an index (docs at /docs); picks up what a running indexer adds."""
+    from indexer.web import serve as run_server
+
+    run_server(db, host=host, port=port, token=token, db_url=db_url, device=device)
 
 
 @app.command()

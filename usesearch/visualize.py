@@ -37,6 +37,20 @@ def decode_mask(rle: dict) -> np.ndarray:
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
 
 
+TINT = (255, 40, 40)
+OUTLINE = (255, 255, 0)
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Mask pixels with a 4-neighbour outside the mask."""
+    inner = mask.copy()
+    inner[1:, :] &= mask[:-1, :]
+    inner[:-1, :] &= mask[1:, :]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return mask & ~inner
+
+
 def segment_tile(rgb: np.ndarray, mask: np.ndarray, bbox: Sequence[int], tile: int, margin: float = 0.25) -> Image.Image:
     """A square crop around the segment: mask tinted, its outline drawn, context kept."""
     x, y, w, h = bbox
@@ -46,13 +60,8 @@ def segment_tile(rgb: np.ndarray, mask: np.ndarray, bbox: Sequence[int], tile: i
     x1, y1 = int(min(rgb.shape[1], x0 + side)), int(min(rgb.shape[0], y0 + side))
     crop = rgb[y0:y1, x0:x1].astype(np.float32)
     m = mask[y0:y1, x0:x1]
-    crop[m] = 0.6 * crop[m] + 0.4 * np.array([255, 40, 40])
-    inner = m.copy()
-    inner[1:, :] &= m[:-1, :]
-    inner[:-1, :] &= m[1:, :]
-    inner[:, 1:] &= m[:, :-1]
-    inner[:, :-1] &= m[:, 1:]
-    crop[m & ~inner] = (255, 255, 0)  # outline
+    crop[m] = 0.6 * crop[m] + 0.4 * np.array(TINT)
+    crop[outline(m)] = OUTLINE
     image = Image.fromarray(crop.clip(0, 255).astype(np.uint8))
     scale = tile / max(image.size)  # small segments are enlarged too
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)

@@ -1,0 +1,241 @@
+"""The search web app and its JSON API, over one warm ``SegmentIndex``.
+
+Files are only ever opened through ids: a segment id or image id is looked up in
+the store and the store's path is read. No route takes a path from the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+
+from usesearch.errors import UsesearchError
+
+from ..search import MAX_QUERY_CHARS, Hit, SegmentIndex
+from ..store import SegmentRow
+from . import render
+from .security import TokenMiddleware
+
+log = logging.getLogger("usesearch.serve")
+
+MAX_K = 200
+MAX_GLOB_CHARS = 512
+MAX_ID = 2**63 - 1  # SQLite's integer range: larger ids are a 422, not an overflow
+
+SegmentId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A segment id from a search result.")]
+ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="An image id from a segment or search result.")]
+KParam = Annotated[int, Query(ge=1, le=MAX_K, description="Number of hits.")]
+PathGlob = Annotated[str | None, Query(max_length=MAX_GLOB_CHARS, description="Only images whose indexed path matches this glob, e.g. '*/2024/*'.")]
+MinArea = Annotated[int, Query(ge=0, le=2**40, description="Only segments of at least this many pixels.")]
+PerImage = Annotated[bool, Query(description="Keep only the best segment of each image.")]
+WithMasks = Annotated[bool, Query(description="Include each hit's COCO RLE mask.")]
+
+STATIC = resources.files(__package__) / "static"
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+class SegmentOut(BaseModel):
+    segment_id: int
+    image_id: int
+    image: str
+    bbox: list[int]
+    area: int
+    predicted_iou: float | None = None
+    stability_score: float | None = None
+    mask: dict[str, Any] | None = None
+    tile_url: str
+    mask_url: str
+    image_url: str
+
+
+class HitOut(SegmentOut):
+    rank: int
+    score: float
+
+
+class SearchOut(BaseModel):
+    query: str | None = None
+    like_segment: int | None = None
+    took_ms: float
+    segments_indexed: int
+    hits: list[HitOut]
+
+
+class ImageOut(BaseModel):
+    image_id: int
+    image: str
+    width: int
+    height: int
+    thumbnail_url: str
+    segments: list[SegmentOut]
+
+
+def _segment_out(row: SegmentRow | Hit, with_mask: bool, **extra) -> dict[str, Any]:
+    sid = row.segment_id if isinstance(row, Hit) else row.id
+    image = row.image if isinstance(row, Hit) else row.image_path
+    mask = None
+    if with_mask:
+        mask = row.mask if isinstance(row, Hit) else {"size": list(row.image_hw), "counts": row.rle_counts}
+    return dict(
+        segment_id=sid, image_id=row.image_id, image=image, bbox=list(row.bbox), area=row.area,
+        predicted_iou=row.predicted_iou, stability_score=row.stability_score, mask=mask,
+        tile_url=f"/api/segments/{sid}/tile.png", mask_url=f"/api/segments/{sid}/mask.png",
+        image_url=f"/api/images/{row.image_id}", **extra,
+    )
+
+
+def create_app(index: SegmentIndex, token: str | None = None) -> FastAPI:
+    """The app over an opened index. The model loads here, once, so that the first
+    query is as quick as the rest and a model/index mismatch stops startup."""
+    model = index.model
+    # One lock for the FAISS index (refresh() mutates it) and the model.
+    lock = threading.Lock()
+    images = render.ImageCache()
+    app = FastAPI(
+        title="usesearch",
+        summary="Open-vocabulary segment search over one index.",
+        description=f"Index model: {model.fingerprint}. Pictures are PNG/JPEG; ids come from search results.",
+        version="1",
+    )
+    if token is not None:
+        app.add_middleware(TokenMiddleware, token=token)
+
+    # -- errors: a bad request is a 4xx with a message, never a 500 -------------------
+    @app.exception_handler(ValueError)
+    async def bad_value(_: Request, exc: ValueError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(KeyError)
+    async def not_found(_: Request, exc: KeyError):
+        return JSONResponse({"detail": exc.args[0] if exc.args else "not found"}, status_code=404)
+
+    @app.exception_handler(render.ImageGoneError)
+    async def image_gone(_: Request, exc: render.ImageGoneError):
+        return JSONResponse({"detail": str(exc)}, status_code=410)
+
+    @app.exception_handler(OperationalError)
+    async def database_busy(_: Request, exc: OperationalError):
+        log.warning("database: %s", exc)
+        return JSONResponse({"detail": "the index database is busy; try again"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError):
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(problems), "errors": exc.errors()}, status_code=422)
+
+    # -- lookups -------------------------------------------------------------------------
+    def segment_row(segment_id: int) -> SegmentRow:
+        row = index.store.rows([segment_id]).get(segment_id)
+        if row is None:
+            raise KeyError(f"no segment with id {segment_id}")
+        return row
+
+    def image_record(image_id: int):
+        record = index.store.image(image_id)
+        if record is None or record.status != "done":
+            raise KeyError(f"no indexed image with id {image_id}")
+        return record
+
+    def searched(run, with_masks: bool, **echo) -> SearchOut:
+        start = time.perf_counter()
+        with lock:
+            hits = run()
+            total = int(index.index.ntotal)
+        return SearchOut(
+            took_ms=1000 * (time.perf_counter() - start), segments_indexed=total, **echo,
+            hits=[HitOut(**_segment_out(h, with_masks, rank=h.rank, score=h.score)) for h in hits],
+        )
+
+    # -- JSON API ------------------------------------------------------------------------
+    @app.get("/api/search", response_model=SearchOut, tags=["search"])
+    def search_text(
+        q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")],
+        k: KParam = 24, path: PathGlob = None, min_area: MinArea = 0, per_image: PerImage = False, with_masks: WithMasks = False,
+    ) -> SearchOut:
+        """Segments ranked by similarity to a text (prompt-template ensemble, cached per text)."""
+        return searched(lambda: index.query(q, k=k, path=path, min_area=min_area, per_image=per_image), with_masks, query=q)
+
+    @app.get("/api/segments/{segment_id}/similar", response_model=SearchOut, tags=["search"])
+    def search_like(
+        segment_id: SegmentId, k: KParam = 24, path: PathGlob = None, min_area: MinArea = 0,
+        per_image: PerImage = False, with_masks: WithMasks = False,
+    ) -> SearchOut:
+        """More like this: segments most similar to a given one, itself excluded."""
+        return searched(lambda: index.similar(segment_id, k=k, path=path, min_area=min_area, per_image=per_image),
+                        with_masks, like_segment=segment_id)
+
+    @app.get("/api/segments/{segment_id}", response_model=SegmentOut, tags=["segments"])
+    def segment(segment_id: SegmentId) -> SegmentOut:
+        """One segment's metadata, with its COCO RLE mask."""
+        return SegmentOut(**_segment_out(segment_row(segment_id), True))
+
+    @app.get("/api/segments/{segment_id}/mask.png", tags=["segments"], response_class=Response,
+             responses={200: {"content": {"image/png": {}}, "description": "Full-resolution mask, 255 inside."}})
+    def segment_mask(segment_id: SegmentId) -> Response:
+        return Response(render.mask_png(segment_row(segment_id)), media_type="image/png")
+
+    @app.get("/api/segments/{segment_id}/tile.png", tags=["segments"], response_class=Response,
+             responses={200: {"content": {"image/png": {}}, "description": "A crop around the segment, mask tinted and outlined."}})
+    def segment_tile(segment_id: SegmentId, size: Annotated[int, Query(ge=32, le=512)] = 192) -> Response:
+        row = segment_row(segment_id)
+        return Response(render.tile(images.rgb(image_record(row.image_id)), row, size), media_type="image/png")
+
+    @app.get("/api/segments/{segment_id}/overlay.png", tags=["segments"], response_class=Response,
+             responses={200: {"content": {"image/png": {}}, "description": "Transparent layer matching the image thumbnail of the same size."}})
+    def segment_overlay(segment_id: SegmentId, size: Annotated[int, Query(ge=32, le=2048)] = 1024) -> Response:
+        return Response(render.overlay(segment_row(segment_id), size), media_type="image/png")
+
+    @app.get("/api/images/{image_id}", response_model=ImageOut, tags=["images"])
+    def image(image_id: ImageId) -> ImageOut:
+        """An indexed image and its segments, largest first."""
+        record = image_record(image_id)
+        rows = index.store.rows(index.store.image_segment_ids(image_id))
+        return ImageOut(
+            image_id=record.id, image=record.path, width=record.width, height=record.height,
+            thumbnail_url=f"/api/images/{record.id}/thumbnail.jpg",
+            segments=[SegmentOut(**_segment_out(r, False)) for r in sorted(rows.values(), key=lambda r: -r.area)],
+        )
+
+    @app.get("/api/images/{image_id}/thumbnail.jpg", tags=["images"], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}, "description": "The image, long side at most `size`."}})
+    def image_thumbnail(image_id: ImageId, size: Annotated[int, Query(ge=32, le=2048)] = 1024) -> Response:
+        return Response(render.thumbnail(images.rgb(image_record(image_id)), size), media_type="image/jpeg")
+
+    @app.get("/api/info", tags=["index"])
+    def info() -> dict[str, Any]:
+        """What the index holds and which model answers."""
+        with lock:
+            index.refresh()
+            stats = index.stats()
+        return {**stats, "limits": {"max_query_chars": MAX_QUERY_CHARS, "max_k": MAX_K}}
+
+    # -- the page --------------------------------------------------------------------------
+    def static(name: str, media_type: str) -> Response:
+        return Response((STATIC / name).read_bytes(), media_type=media_type, headers=PAGE_HEADERS)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        return static("index.html", "text/html; charset=utf-8")
+
+    @app.get("/app.js", include_in_schema=False)
+    def script() -> Response:
+        return static("app.js", "text/javascript; charset=utf-8")
+
+    @app.get("/style.css", include_in_schema=False)
+    def style() -> Response:
+        return static("style.css", "text/css; charset=utf-8")
+
+    return app

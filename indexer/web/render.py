@@ -1,0 +1,100 @@
+"""Pictures the web app serves: segment tiles, mask overlays, masks and thumbnails.
+
+Every picture starts from an image *record* of the store, never from a path a
+request names: the store's path is the only file the server will open.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+
+import numpy as np
+from PIL import Image
+
+from usesearch.errors import UsesearchError
+from usesearch.visualize import OUTLINE, TINT, decode_mask, outline, segment_tile
+
+from ..files import decode, read_bytes
+from ..store import ImageRecord, SegmentRow
+
+class ImageGoneError(UsesearchError):
+    """The indexed file can no longer be read as it was indexed (moved, deleted, edited)."""
+
+
+class ImageCache:
+    """The last few decoded images: a results page asks for many tiles of few images."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._images: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def rgb(self, record: ImageRecord) -> np.ndarray:
+        key = (record.id, record.sha256 or "")
+        with self._lock:
+            if key in self._images:
+                self._images.move_to_end(key)
+                return self._images[key]
+        try:
+            data, sha256 = read_bytes(record.path)
+            rgb = decode(data, record.path)
+        except (OSError, UsesearchError) as exc:
+            raise ImageGoneError(f"image {record.id} can no longer be read from where it was indexed: {exc}") from exc
+        if sha256 != record.sha256 or rgb.shape[:2] != (record.height, record.width):
+            raise ImageGoneError(f"image {record.id} changed on disk since it was indexed; run `usesearch index` again")
+        with self._lock:
+            self._images[key] = rgb
+            while len(self._images) > self.size:
+                self._images.popitem(last=False)
+        return rgb
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)  # speed over bytes: served on a LAN
+    return buffer.getvalue()
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
+def row_mask(row: SegmentRow) -> np.ndarray:
+    return decode_mask({"size": list(row.image_hw), "counts": row.rle_counts})
+
+
+def tile(rgb: np.ndarray, row: SegmentRow, size: int) -> bytes:
+    return png(segment_tile(rgb, row_mask(row), row.bbox, size))
+
+
+def mask_png(row: SegmentRow) -> bytes:
+    """The full-resolution mask: 255 inside, 0 outside."""
+    return png(Image.fromarray(row_mask(row).astype(np.uint8) * 255, mode="L"))
+
+
+def display_size(hw: tuple[int, int], longest: int) -> tuple[int, int]:
+    """(width, height) of an image shrunk (never enlarged) to ``longest`` pixels on its long side."""
+    h, w = hw
+    scale = min(1.0, longest / max(h, w))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def thumbnail(rgb: np.ndarray, longest: int) -> bytes:
+    image = Image.fromarray(rgb)
+    size = display_size(rgb.shape[:2], longest)
+    return jpeg(image if size == image.size else image.resize(size, Image.LANCZOS))
+
+
+def overlay(row: SegmentRow, longest: int) -> bytes:
+    """A transparent RGBA layer the size of the image's thumbnail: the mask tinted and
+    outlined, to lay over ``thumbnail(..., longest)`` in the browser."""
+    size = display_size(row.image_hw, longest)
+    mask = np.asarray(Image.fromarray(row_mask(row)).resize(size, Image.NEAREST))
+    layer = np.zeros((*mask.shape, 4), np.uint8)
+    layer[mask] = (*TINT, 110)
+    layer[outline(mask)] = (*OUTLINE, 255)
+    return png(Image.fromarray(layer, mode="RGBA"))

@@ -1,0 +1,73 @@
+"""Who may talk to the server: loopback by default, a shared token for anything wider."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import socket
+
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from usesearch.errors import UsesearchError
+
+TOKEN_ENV = "USESEARCH_TOKEN"
+TOKEN_COOKIE = "usesearch_token"
+TOKEN_QUERY = "token"
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` resolves to is loopback (so only this machine can connect)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond this machine without a token."""
+    if token is not None and len(token) < 16:
+        raise UsesearchError("the token is too short: use at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+    if token is None and not is_loopback(host):
+        raise UsesearchError(
+            f"--host {host} lets other machines connect: give a token with --token or ${TOKEN_ENV}, "
+            "or keep the default --host 127.0.0.1"
+        )
+
+
+def presented_token(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.query_params.get(TOKEN_QUERY) or request.cookies.get(TOKEN_COOKIE)
+
+
+class TokenMiddleware(BaseHTTPMiddleware):
+    """Every request, pages and pictures included, must carry the token: as a Bearer
+    header (scripts), or as ``?token=`` once in the browser, which then keeps it in a
+    cookie so ``<img>`` requests carry it too."""
+
+    def __init__(self, app, token: str):
+        super().__init__(app)
+        self.token = token.encode()
+
+    async def dispatch(self, request: Request, call_next) -> Response:
+        given = presented_token(request)
+        if given is None or not hmac.compare_digest(given.encode(), self.token):
+            return JSONResponse(
+                {"detail": "missing or wrong token: send 'Authorization: Bearer TOKEN', or open the page once with ?token=TOKEN"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        response = await call_next(request)
+        if request.query_params.get(TOKEN_QUERY):
+            response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict")
+        return response

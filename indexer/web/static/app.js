@@ -1,0 +1,188 @@
+// usesearch page: every search lives in the URL hash, so Back and shared links work.
+// Data is only ever put into the page with textContent/attributes, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const FILTERS = ["path", "min_area", "per_image", "k"];
+const VIEW_SIZE = 1024;
+let current = null; // segment shown in the viewer
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function getJSON(url) {
+  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function filtersFromForm() {
+  const params = new URLSearchParams();
+  const path = $("path").value.trim();
+  if (path) params.set("path", path);
+  const minArea = parseInt($("min-area").value, 10);
+  if (minArea > 0) params.set("min_area", String(minArea));
+  if ($("per-image").checked) params.set("per_image", "true");
+  params.set("k", $("k").value);
+  return params;
+}
+
+function formFromParams(params) {
+  $("q").value = params.get("q") || "";
+  $("path").value = params.get("path") || "";
+  $("min-area").value = params.get("min_area") || "0";
+  $("per-image").checked = params.get("per_image") === "true";
+  if (params.get("k")) $("k").value = params.get("k");
+  if (params.get("path") || params.get("min_area") || params.get("per_image")) $("filters").open = true;
+}
+
+function go(params) {
+  const hash = params.toString();
+  if (location.hash.slice(1) === hash) runSearch(); // same search again: no hashchange
+  else location.hash = hash; // hashchange runs the search
+}
+
+function tile(hit) {
+  const figure = document.createElement("figure");
+  figure.className = "tile";
+  figure.tabIndex = 0;
+  figure.dataset.segmentId = hit.segment_id;
+  const img = document.createElement("img");
+  img.src = hit.tile_url;
+  img.alt = `segment ${hit.segment_id} of ${hit.image}`;
+  img.loading = "lazy";
+  const caption = document.createElement("figcaption");
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = `#${hit.rank} ${hit.score.toFixed(3)}`;
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = hit.image.split(/[\\/]/).pop();
+  name.title = hit.image;
+  caption.append(score, name);
+  const like = document.createElement("button");
+  like.type = "button";
+  like.className = "like";
+  like.textContent = "More like this";
+  like.addEventListener("click", (event) => {
+    event.stopPropagation();
+    moreLike(hit.segment_id);
+  });
+  figure.append(img, caption, like);
+  const open = () => openSegment(hit.segment_id);
+  figure.addEventListener("click", open);
+  figure.addEventListener("keydown", (event) => { if (event.key === "Enter") open(); });
+  return figure;
+}
+
+async function runSearch() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  formFromParams(params);
+  const query = params.get("q");
+  const like = params.get("like");
+  if (!query && !like) return;
+  const filters = new URLSearchParams(FILTERS.filter((f) => params.has(f)).map((f) => [f, params.get(f)]));
+  const url = like
+    ? `/api/segments/${encodeURIComponent(like)}/similar?${filters}`
+    : `/api/search?${new URLSearchParams([["q", query], ...filters])}`;
+  setStatus("searching…");
+  try {
+    const result = await getJSON(url);
+    $("results").replaceChildren(...result.hits.map(tile));
+    const what = like ? `segments like #${like}` : `“${query}”`;
+    setStatus(`${result.hits.length} of ${result.segments_indexed} segments for ${what} in ${result.took_ms.toFixed(0)} ms`);
+  } catch (error) {
+    $("results").replaceChildren();
+    setStatus(error.message, true);
+  }
+}
+
+function moreLike(segmentId) {
+  const params = filtersFromForm();
+  params.set("like", String(segmentId));
+  go(params);
+}
+
+function meta(rows) {
+  const list = $("viewer-meta");
+  list.replaceChildren();
+  for (const [key, value] of rows) {
+    const dt = document.createElement("dt");
+    dt.textContent = key;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    list.append(dt, dd);
+  }
+}
+
+async function showSegment(segment) {
+  current = segment.segment_id;
+  $("viewer-overlay").src = `/api/segments/${segment.segment_id}/overlay.png?size=${VIEW_SIZE}`;
+  $("mask-link").href = segment.mask_url;
+  $("json-link").href = `/api/segments/${segment.segment_id}`;
+  meta([
+    ["segment", String(segment.segment_id)],
+    ["image", segment.image],
+    ["bbox (x, y, w, h)", segment.bbox.join(", ")],
+    ["area", `${segment.area} px`],
+    ["predicted IoU", segment.predicted_iou == null ? "–" : segment.predicted_iou.toFixed(3)],
+  ]);
+  for (const img of $("image-segments").children) {
+    img.classList.toggle("current", img.dataset.segmentId === String(current));
+  }
+  for (const figure of $("results").children) {
+    figure.classList.toggle("selected", figure.dataset.segmentId === String(current));
+  }
+}
+
+async function openSegment(segmentId) {
+  try {
+    const segment = await getJSON(`/api/segments/${segmentId}`);
+    const image = await getJSON(segment.image_url);
+    $("viewer").hidden = false;
+    $("viewer-image").src = `${image.thumbnail_url}?size=${VIEW_SIZE}`;
+    $("viewer-image").alt = image.image;
+    const strip = image.segments.map((other) => {
+      const img = document.createElement("img");
+      img.src = `${other.tile_url}?size=96`;
+      img.alt = `segment ${other.segment_id}`;
+      img.title = `segment ${other.segment_id}, ${other.area} px`;
+      img.loading = "lazy";
+      img.dataset.segmentId = other.segment_id;
+      img.addEventListener("click", () => showSegment(other));
+      return img;
+    });
+    $("image-segments").replaceChildren(...strip);
+    await showSegment(segment);
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+}
+
+async function showInfo() {
+  try {
+    const info = await getJSON("/api/info");
+    $("index-info").textContent = `${info.images_done} images, ${info.segments} segments, model ${info.fingerprint}`;
+  } catch (error) {
+    $("index-info").textContent = error.message;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const query = $("q").value.trim();
+    if (!query) return setStatus("type what to look for", true);
+    const params = filtersFromForm();
+    params.set("q", query);
+    go(params);
+  });
+  $("viewer-close").addEventListener("click", () => { $("viewer").hidden = true; });
+  $("more-like-this").addEventListener("click", () => current && moreLike(current));
+  window.addEventListener("hashchange", runSearch);
+  showInfo();
+  runSearch();
+});

@@ -1,0 +1,250 @@
+"""The web app's JSON API: same answers as the Python API, pictures that match the
+masks, files only by id, limits, 4xx for bad requests, tokens, live data."""
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from indexer import IndexMismatchError, IndexOptions, SegmentIndex, index_paths
+from indexer.search import MAX_QUERY_CHARS
+from indexer.web import MAX_K, create_app
+from indexer.web.security import check_bind, is_loopback
+from tests.test_index_query import OPTS, write_photos
+from usesearch.cli import app as cli_app
+from usesearch.errors import UsesearchError
+from usesearch.visualize import OUTLINE, decode_mask
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    photos = write_photos(root / "photos", ("astronaut", "chelsea", "coffee"))
+    index_paths([photos], root / "db", IndexOptions(**OPTS))
+    index = SegmentIndex.open(root / "db")
+    client = TestClient(create_app(index), raise_server_exceptions=False)
+    yield root, index, client
+    index.close()
+
+
+def png_array(response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+def test_search_answers_as_the_python_api_does(served):
+    _, index, client = served
+    body = client.get("/api/search", params={"q": "a cat's face", "k": 7, "with_masks": True}).json()
+    expected = index.query("a cat's face", k=7)
+    assert [h["segment_id"] for h in body["hits"]] == [h.segment_id for h in expected]
+    assert [h["score"] for h in body["hits"]] == pytest.approx([h.score for h in expected])
+    assert body["segments_indexed"] == index.index.ntotal and body["query"] == "a cat's face"
+    assert [h["rank"] for h in body["hits"]] == list(range(1, 8))
+    assert body["hits"][0]["mask"] == expected[0].mask
+
+
+def test_filters_and_more_like_this(served):
+    _, index, client = served
+    per_image = client.get("/api/search", params={"q": "fur", "k": 10, "per_image": True}).json()["hits"]
+    assert len(per_image) == 3 and len({h["image_id"] for h in per_image}) == 3
+    big = client.get("/api/search", params={"q": "fur", "k": 10, "min_area": 500}).json()["hits"]
+    assert len(big) == 10 and all(h["area"] >= 500 for h in big)
+    cats = client.get("/api/search", params={"q": "fur", "k": 5, "path": "*chelsea*"}).json()["hits"]
+    assert len(cats) == 5 and all("chelsea" in h["image"] for h in cats)
+
+    first = big[0]["segment_id"]
+    like = client.get(f"/api/segments/{first}/similar", params={"k": 5}).json()
+    assert like["like_segment"] == first and len(like["hits"]) == 5
+    assert first not in [h["segment_id"] for h in like["hits"]]
+    assert [h["segment_id"] for h in like["hits"]] == [h.segment_id for h in index.similar(first, k=5)]
+
+
+def test_segment_metadata_mask_tile_overlay_and_image(served):
+    _, index, client = served
+    hit = client.get("/api/search", params={"q": "a cup", "k": 1}).json()["hits"][0]
+    meta = client.get(f"/api/segments/{hit['segment_id']}").json()
+    rle_mask = decode_mask(meta["mask"])
+    assert int(rle_mask.sum()) == meta["area"] == hit["area"]
+
+    png_mask = png_array(client.get(meta["mask_url"]))
+    assert png_mask.shape == rle_mask.shape and np.array_equal(png_mask == 255, rle_mask)
+
+    tile = png_array(client.get(meta["tile_url"], params={"size": 128}))
+    assert max(tile.shape[:2]) == 128
+    assert (tile[..., :3] == OUTLINE).all(-1).any(), "the tile shows the mask outline"
+
+    image = client.get(meta["image_url"]).json()
+    assert image["image_id"] == meta["image_id"] and (image["height"], image["width"]) == rle_mask.shape
+    ids = [s["segment_id"] for s in image["segments"]]
+    assert meta["segment_id"] in ids and len(ids) == len(index.store.image_segment_ids(meta["image_id"]))
+    assert [s["area"] for s in image["segments"]] == sorted((s["area"] for s in image["segments"]), reverse=True)
+
+    thumb = Image.open(io.BytesIO(client.get(image["thumbnail_url"], params={"size": 64}).content))
+    overlay = png_array(client.get(f"/api/segments/{meta['segment_id']}/overlay.png", params={"size": 64}))
+    assert max(thumb.size) == 64 and overlay.shape[:2] == (thumb.height, thumb.width) and overlay.shape[2] == 4
+    # Transparent outside the mask, visible inside it.
+    small = np.asarray(Image.fromarray(rle_mask).resize(thumb.size, Image.NEAREST))
+    assert (overlay[..., 3][~small] == 0).all() and (overlay[..., 3][small] > 0).all()
+
+
+def test_page_assets_and_api_docs_are_served(served):
+    _, _, client = served
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="q"' in page.text and "Content-Security-Policy" in page.headers
+    assert client.get("/app.js").status_code == 200 and client.get("/style.css").status_code == 200
+    spec = client.get("/openapi.json").json()
+    for route in ("/api/search", "/api/segments/{segment_id}/similar", "/api/segments/{segment_id}",
+                  "/api/segments/{segment_id}/mask.png", "/api/images/{image_id}/thumbnail.jpg"):
+        assert route in spec["paths"]
+    info = client.get("/api/info").json()
+    assert info["segments"] > 0 and info["limits"] == {"max_query_chars": MAX_QUERY_CHARS, "max_k": MAX_K}
+
+
+BAD_REQUESTS = [
+    ("/api/search", {"q": "x" * (MAX_QUERY_CHARS + 1)}, 422, "at most 1000"),
+    ("/api/search", {"q": ""}, 422, "at least 1"),
+    ("/api/search", {}, 422, "q"),
+    ("/api/search", {"q": "   "}, 400, "empty"),
+    ("/api/search", {"q": "cat", "k": 0}, 422, "greater than or equal to 1"),
+    ("/api/search", {"q": "cat", "k": MAX_K + 1}, 422, "less than or equal to 200"),
+    ("/api/search", {"q": "cat", "k": "many"}, 422, "integer"),
+    ("/api/search", {"q": "cat", "min_area": -1}, 422, "min_area"),
+    ("/api/search", {"q": "cat", "path": "*" * 600}, 422, "path"),
+    ("/api/segments/0", {}, 422, "segment_id"),
+    ("/api/segments/99999999", {}, 404, "no segment with id 99999999"),
+    (f"/api/segments/{2**64}", {}, 422, "segment_id"),
+    ("/api/segments/abc/mask.png", {}, 422, "segment_id"),
+    ("/api/segments/99999999/similar", {}, 404, "no segment"),
+    ("/api/segments/99999999/tile.png", {}, 404, "no segment"),
+    ("/api/segments/1/tile.png", {"size": 100000}, 422, "size"),
+    ("/api/images/99999999", {}, 404, "no indexed image"),
+    ("/api/images/99999999/thumbnail.jpg", {}, 404, "no indexed image"),
+    ("/api/images/1/thumbnail.jpg", {"size": 0}, 422, "size"),
+    ("/api/nothing-here", {}, 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize("url,params,status,message", BAD_REQUESTS)
+def test_bad_requests_get_a_4xx_with_a_message(served, url, params, status, message):
+    response = served[2].get(url, params=params)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_files_are_served_only_by_id(served, tmp_path):
+    root, _, client = served
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-CONTENT")
+    photo = next((root / "photos").rglob("*.png"))
+    attempts = [
+        f"/api/images/{secret}/thumbnail.jpg",
+        f"/api/images/..%2F..%2F..%2F{secret}/thumbnail.jpg",
+        "/api/images/../../../../etc/passwd",
+        "/api/segments/..%2F..%2Fetc%2Fpasswd/mask.png",
+        "/../../../../etc/passwd",
+        "/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "/static/../../../../etc/passwd",
+        f"/{photo}",
+        f"/api/images/{photo.name}",
+        f"/app.js/..%2F..%2F{secret.name}",
+        f"/api/search?q=cat&path={secret}",
+        f"/api/images/1/thumbnail.jpg?path={secret}",
+        f"/api/segments/1/tile.png?image={photo}",
+    ]
+    for url in attempts:
+        response = client.get(url)
+        assert b"TOP-SECRET" not in response.content and b"root:" not in response.content, url
+        assert response.status_code < 500, url
+        if "?" not in url:
+            assert response.status_code in (404, 422), (url, response.status_code)
+        # Query strings never name a file: an extra ?path= or ?image= only filters or is ignored.
+        elif response.headers["content-type"].startswith("image/"):
+            assert response.content != photo.read_bytes()
+
+
+def test_an_image_gone_from_disk_is_a_410_not_a_500(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    index = SegmentIndex.open(tmp_path / "db")
+    client = TestClient(create_app(index), raise_server_exceptions=False)
+    hit = client.get("/api/search", params={"q": "cup", "k": 1}).json()["hits"][0]
+    Image.new("RGB", (7, 5)).save(hit["image"])  # edited since indexing
+    changed = client.get(hit["tile_url"])
+    assert changed.status_code == 410 and "changed on disk" in changed.json()["detail"]
+    shutil.rmtree(photos)
+    gone = client.get(f"/api/images/{hit['image_id']}/thumbnail.jpg")
+    assert gone.status_code == 410 and "can no longer be read" in gone.json()["detail"]
+    assert client.get(hit["mask_url"]).status_code == 200  # masks live in the store
+
+
+def test_new_segments_from_a_running_indexer_are_served_without_restart(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    index = SegmentIndex.open(tmp_path / "db")
+    client = TestClient(create_app(index))
+    before = client.get("/api/search", params={"q": "a cup", "k": 50}).json()
+    write_photos(photos, ("coffee",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))  # another process would do the same
+    after = client.get("/api/search", params={"q": "a cup", "k": 50}).json()
+    assert after["segments_indexed"] > before["segments_indexed"]
+    assert any("coffee" in h["image"] for h in after["hits"]) and not any("coffee" in h["image"] for h in before["hits"])
+    assert client.get("/api/info").json()["images_done"] == 2
+
+
+def test_the_model_loads_once_and_must_match_the_index(served, monkeypatch):
+    root, _, _ = served
+    import indexer.search as search
+
+    loads = []
+    real = search.load_model
+    monkeypatch.setattr(search, "load_model", lambda *a, **kw: loads.append(a) or real(*a, **kw))
+    index = SegmentIndex.open(root / "db")
+    client = TestClient(create_app(index))
+    assert len(loads) == 1  # at startup, not at the first query
+    for text in ("a cat", "a cup", "a face"):
+        assert client.get("/api/search", params={"q": text}).status_code == 200
+    assert len(loads) == 1
+
+    import usesearch
+
+    with pytest.raises(IndexMismatchError, match="built with"):
+        create_app(SegmentIndex.open(root / "db", model=usesearch.load_model("tiny", embedder="crop")))
+
+
+def test_a_token_guards_every_request(served):
+    _, index, _ = served
+    client = TestClient(create_app(index, token=TOKEN))
+    for url in ("/", "/app.js", "/openapi.json", "/docs", "/api/search?q=cat", "/api/segments/1/tile.png", "/api/images/1/thumbnail.jpg"):
+        assert client.get(url).status_code == 401, url
+        assert client.get(url, headers={"Authorization": "Bearer wrong-token-wrong-token"}).status_code == 401, url
+    assert "token" in client.get("/api/search?q=cat").json()["detail"]
+    assert client.get("/api/search?q=cat", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    # A browser opens the page once with ?token=, then its <img> requests carry the cookie.
+    assert client.get(f"/?token={TOKEN}").status_code == 200
+    assert client.get("/api/segments/1/tile.png").status_code == 200
+    client.cookies.clear()
+    assert client.get("/api/segments/1/tile.png").status_code == 401
+
+
+def test_binding_beyond_loopback_needs_a_token(served, monkeypatch):
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert is_loopback(host)
+        check_bind(host, None)
+    for host in ("0.0.0.0", "::", "192.168.1.10"):
+        assert not is_loopback(host)
+        with pytest.raises(UsesearchError, match="--token"):
+            check_bind(host, None)
+        check_bind(host, TOKEN)
+    with pytest.raises(UsesearchError, match="too short"):
+        check_bind("0.0.0.0", "short")
+
+    root = served[0]
+    monkeypatch.delenv("USESEARCH_TOKEN", raising=False)
+    result = CliRunner().invoke(cli_app, ["serve", "--db", str(root / "db"), "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "USESEARCH_TOKEN" in result.output
