@@ -58,10 +58,12 @@ def segment_tile(rgb: np.ndarray, mask: np.ndarray, bbox: Sequence[int], tile: i
     cx, cy = x + w / 2, y + h / 2
     x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
     x1, y1 = int(min(rgb.shape[1], x0 + side)), int(min(rgb.shape[0], y0 + side))
-    crop = rgb[y0:y1, x0:x1].astype(np.float32)
-    m = mask[y0:y1, x0:x1]
-    crop[m] = 0.6 * crop[m] + 0.4 * np.array(TINT)
-    crop[outline(m)] = OUTLINE
-    image = Image.fromarray(crop.clip(0, 255).astype(np.uint8))
-    scale = tile / max(image.size)  # small segments are enlarged too
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
+    crop = Image.fromarray(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+    scale = tile / max(crop.size)  # small segments are enlarged too
+    size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
+    # Tint and outline at display size, so the outline stays crisp and one width at any scale.
+    pixels = np.asarray(crop.resize(size, Image.LANCZOS), dtype=np.float32)
+    m = np.asarray(Image.fromarray(mask[y0:y1, x0:x1]).resize(size, Image.NEAREST))
+    pixels[m] = 0.6 * pixels[m] + 0.4 * np.array(TINT)
+    pixels[outline(m)] = OUTLINE
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))

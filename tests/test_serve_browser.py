@@ -1,0 +1,143 @@
+"""The search page in a real browser: Debian's chromium driven by Playwright.
+
+Screenshots go to ``artifacts/`` (git-ignored) for people to look at.
+"""
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from PIL import Image
+
+from indexer import IndexOptions, SegmentIndex, index_paths
+from indexer.web import create_app
+from tests.test_index_query import OPTS, write_photos
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM = os.environ.get("USESEARCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+# A closed network: without these, chromium keeps trying to reach Google's services.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+# An image name that is also markup: the page must show it as text.
+HOSTILE_NAME = "<i id=injected>cup.png"
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here: `sh tests/install-browser.sh` installs Debian's")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    photos = write_photos(root / "photos", ("astronaut", "chelsea", "coffee"))
+    # Mirrored: identical bytes under a second name would be skipped as a duplicate.
+    Image.open(next(photos.rglob("coffee.png"))).transpose(Image.FLIP_LEFT_RIGHT).save(photos / HOSTILE_NAME)
+    index_paths([photos], root / "db", IndexOptions(**OPTS))
+    index = SegmentIndex.open(root / "db")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    uv = uvicorn.Server(uvicorn.Config(create_app(index), log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert uv.started, "the server did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", index
+    uv.should_exit = True
+    thread.join(10)
+    index.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        # bypass_csp: Playwright's own waits evaluate strings; the page itself runs under its CSP.
+        context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.errors = errors
+        yield page
+        browser.close()
+
+
+TILES_LOADED = "n => { const t = [...document.querySelectorAll('.tile img')]; return t.length >= n && t.slice(0, n).every(i => i.complete && i.naturalWidth > 0); }"
+# Count the outline colour's pixels in the first tile as the browser decoded it.
+OUTLINE_PIXELS = """() => {
+  const img = document.querySelector('.tile img');
+  const canvas = document.createElement('canvas');
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const ctx = canvas.getContext('2d'); ctx.drawImage(img, 0, 0);
+  const d = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] === 255 && d[i + 1] === 255 && d[i + 2] === 0) n++;
+  return n;
+}"""
+
+
+def test_type_a_query_see_tiles_with_overlays_and_open_one(server, page):
+    url, index = server
+    page.goto(url)
+    page.wait_for_function("() => document.getElementById('index-info').textContent.includes('segments')")
+    assert f"{index.index.ntotal} segments" in page.inner_text("#index-info")
+
+    page.fill("#q", "a cup of coffee")
+    page.press("#q", "Enter")
+    page.wait_for_function(TILES_LOADED, arg=12)
+    tiles = page.query_selector_all(".tile")
+    expected = index.query("a cup of coffee", k=24)
+    assert [int(t.get_attribute("data-segment-id")) for t in tiles] == [h.segment_id for h in expected]
+    assert page.evaluate(OUTLINE_PIXELS) > 20, "the tile shows its mask outline"
+    assert "q=a+cup+of+coffee" in page.url  # the search is in the URL: Back and links work
+    page.screenshot(path=ARTIFACTS / "serve-1-search.png")
+
+    first = expected[0]
+    tiles[0].click()
+    page.wait_for_selector("#viewer:not([hidden])")
+    page.wait_for_function("() => ['viewer-image', 'viewer-overlay'].every(id => { const i = document.getElementById(id); return i.complete && i.naturalWidth > 0; })")
+    image_size = page.evaluate("() => [document.getElementById('viewer-image').naturalWidth, document.getElementById('viewer-image').naturalHeight]")
+    overlay_size = page.evaluate("() => [document.getElementById('viewer-overlay').naturalWidth, document.getElementById('viewer-overlay').naturalHeight]")
+    assert image_size == overlay_size, "the mask layer lines up with the image"
+    assert str(first.segment_id) in page.inner_text("#viewer-meta") and first.image in page.inner_text("#viewer-meta")
+    others = page.query_selector_all("#image-segments img")
+    assert len(others) == len(index.store.image_segment_ids(first.image_id))
+    page.wait_for_timeout(300)  # let the strip's tiles paint for the screenshot
+    page.screenshot(path=ARTIFACTS / "serve-2-viewer.png")
+
+    # Another segment of the same image, then more like it.
+    other = int(others[1].get_attribute("data-segment-id"))
+    others[1].click()
+    page.wait_for_function("id => document.getElementById('viewer-meta').textContent.includes(String(id))", arg=other)
+    page.click("#more-like-this")
+    page.wait_for_function("id => document.getElementById('status').textContent.includes('like #' + id)", arg=other)
+    page.wait_for_function(TILES_LOADED, arg=12)
+    shown = [int(t.get_attribute("data-segment-id")) for t in page.query_selector_all(".tile")]
+    assert shown == [h.segment_id for h in index.similar(other, k=24)] and other not in shown
+    page.screenshot(path=ARTIFACTS / "serve-3-more-like-this.png")
+    assert page.errors == []
+
+
+def test_filters_errors_and_names_shown_as_text(server, page):
+    url, index = server
+    page.goto(f"{url}/#q=a+cup&per_image=true&k=12")
+    page.wait_for_function(TILES_LOADED, arg=4)
+    assert page.is_checked("#per-image") and page.input_value("#q") == "a cup"
+    names = page.eval_on_selector_all(".tile .name", "els => els.map(e => e.textContent)")
+    assert len(names) == 4 and len(set(names)) == 4  # one tile per image
+    assert HOSTILE_NAME in names and page.query_selector("#injected") is None
+    page.screenshot(path=ARTIFACTS / "serve-4-per-image.png")
+
+    page.goto(f"{url}/#like=99999999")
+    page.wait_for_selector("#status.error")
+    assert "no segment with id 99999999" in page.inner_text("#status")
+    assert page.query_selector_all(".tile") == []
+    assert page.errors == []
