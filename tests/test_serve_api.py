@@ -3,9 +3,12 @@ masks, files only by id, limits, 4xx for bad requests, tokens, live data."""
 
 import io
 import shutil
+from urllib.parse import quote
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -75,7 +78,9 @@ def test_segment_metadata_mask_tile_overlay_and_image(served):
     png_mask = png_array(client.get(meta["mask_url"]))
     assert png_mask.shape == rle_mask.shape and np.array_equal(png_mask == 255, rle_mask)
 
-    tile = png_array(client.get(meta["tile_url"], params={"size": 128}))
+    tile_response = client.get(meta["tile_url"], params={"size": 128})
+    assert "max-age" in tile_response.headers["cache-control"]  # segment ids are never reused
+    tile = png_array(tile_response)
     assert max(tile.shape[:2]) == 128
     assert (tile[..., :3] == OUTLINE).all(-1).any(), "the tile shows the mask outline"
 
@@ -93,6 +98,19 @@ def test_segment_metadata_mask_tile_overlay_and_image(served):
     assert (overlay[..., 3][~small] == 0).all() and (overlay[..., 3][small] > 0).all()
 
 
+def test_decoded_images_are_cached_within_a_byte_budget(served):
+    from indexer.web.render import ImageCache
+
+    _, index, _ = served
+    records = [index.store.image(i) for i in (1, 2, 3)]
+    one = records[0].height * records[0].width * 3
+    cache = ImageCache(max_bytes=2 * one)
+    first = cache.rgb(records[0])
+    assert cache.rgb(records[0]) is first  # decoded once
+    cache.rgb(records[1]), cache.rgb(records[2])
+    assert sum(a.nbytes for a in cache._images.values()) <= 2 * one and cache.rgb(records[0]) is not first
+
+
 def test_page_assets_and_api_docs_are_served(served):
     _, _, client = served
     page = client.get("/")
@@ -102,6 +120,9 @@ def test_page_assets_and_api_docs_are_served(served):
     for route in ("/api/search", "/api/segments/{segment_id}/similar", "/api/segments/{segment_id}",
                   "/api/segments/{segment_id}/mask.png", "/api/images/{image_id}/thumbnail.jpg"):
         assert route in spec["paths"]
+    reference = client.get("/api")  # readable offline, unlike /docs's CDN-hosted Swagger UI
+    assert reference.status_code == 200 and "GET /api/segments/{segment_id}/similar" in reference.text
+    assert "max length 1000" in reference.text and "≤ 200" in reference.text
     info = client.get("/api/info").json()
     assert info["segments"] > 0 and info["limits"] == {"max_query_chars": MAX_QUERY_CHARS, "max_k": MAX_K}
 
@@ -248,3 +269,26 @@ def test_binding_beyond_loopback_needs_a_token(served, monkeypatch):
     monkeypatch.delenv("USESEARCH_TOKEN", raising=False)
     result = CliRunner().invoke(cli_app, ["serve", "--db", str(root / "db"), "--host", "0.0.0.0"])
     assert result.exit_code == 2 and "USESEARCH_TOKEN" in result.output
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    q=st.text(max_size=1200),
+    k=st.integers(-5, 10**20),
+    path=st.none() | st.text(max_size=40),
+    min_area=st.integers(-(10**15), 10**15),
+    segment=st.integers(-(10**20), 10**20) | st.text(max_size=12),
+)
+def test_no_request_the_api_accepts_ends_in_a_500(served, q, k, path, min_area, segment):
+    client = served[2]
+    segment = quote(str(segment), safe="")
+    params = {"q": q, "k": k, "min_area": min_area, **({"path": path} if path is not None else {})}
+    for response in (
+        client.get("/api/search", params=params),
+        client.get(f"/api/segments/{segment}/similar", params={k: v for k, v in params.items() if k != "q"}),
+        client.get(f"/api/segments/{segment}/tile.png", params={"size": k}),
+        client.get(f"/api/images/{segment}/thumbnail.jpg", params={"size": k}),
+    ):
+        assert response.status_code < 500, (response.request.url, response.text)
+        if response.status_code >= 400:
+            assert response.json()["detail"]

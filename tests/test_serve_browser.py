@@ -128,7 +128,9 @@ def test_type_a_query_see_tiles_with_overlays_and_open_one(server, page):
 
 def test_filters_errors_and_names_shown_as_text(server, page):
     url, index = server
+    page.goto("about:blank")  # a fresh document: no tiles left from the last test
     page.goto(f"{url}/#q=a+cup&per_image=true&k=12")
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('for “a cup”')")
     page.wait_for_function(TILES_LOADED, arg=4)
     assert page.is_checked("#per-image") and page.input_value("#q") == "a cup"
     names = page.eval_on_selector_all(".tile .name", "els => els.map(e => e.textContent)")

@@ -23,7 +23,7 @@ from usesearch.errors import UsesearchError
 
 from ..search import MAX_QUERY_CHARS, Hit, SegmentIndex
 from ..store import SegmentRow
-from . import render
+from . import apidoc, render
 from .security import TokenMiddleware
 
 log = logging.getLogger("usesearch.serve")
@@ -41,6 +41,9 @@ PerImage = Annotated[bool, Query(description="Keep only the best segment of each
 WithMasks = Annotated[bool, Query(description="Include each hit's COCO RLE mask.")]
 
 STATIC = resources.files(__package__) / "static"
+# Segment ids are never reused (AUTOINCREMENT) and a changed image file is refused,
+# so a segment's pictures never change: let the browser keep them.
+SEGMENT_PICTURE_HEADERS = {"Cache-Control": "private, max-age=86400"}
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -185,18 +188,21 @@ def create_app(index: SegmentIndex, token: str | None = None) -> FastAPI:
     @app.get("/api/segments/{segment_id}/mask.png", tags=["segments"], response_class=Response,
              responses={200: {"content": {"image/png": {}}, "description": "Full-resolution mask, 255 inside."}})
     def segment_mask(segment_id: SegmentId) -> Response:
-        return Response(render.mask_png(segment_row(segment_id)), media_type="image/png")
+        """The segment's mask at the image's full resolution (8-bit PNG: 255 inside, 0 outside)."""
+        return Response(render.mask_png(segment_row(segment_id)), media_type="image/png", headers=SEGMENT_PICTURE_HEADERS)
 
     @app.get("/api/segments/{segment_id}/tile.png", tags=["segments"], response_class=Response,
              responses={200: {"content": {"image/png": {}}, "description": "A crop around the segment, mask tinted and outlined."}})
-    def segment_tile(segment_id: SegmentId, size: Annotated[int, Query(ge=32, le=512)] = 192) -> Response:
+    def segment_tile(segment_id: SegmentId, size: Annotated[int, Query(ge=32, le=512, description="Long side in pixels.")] = 192) -> Response:
+        """A square crop around the segment with its mask tinted and outlined (410 if the image left the disk)."""
         row = segment_row(segment_id)
-        return Response(render.tile(images.rgb(image_record(row.image_id)), row, size), media_type="image/png")
+        return Response(render.tile(images.rgb(image_record(row.image_id)), row, size), media_type="image/png", headers=SEGMENT_PICTURE_HEADERS)
 
     @app.get("/api/segments/{segment_id}/overlay.png", tags=["segments"], response_class=Response,
              responses={200: {"content": {"image/png": {}}, "description": "Transparent layer matching the image thumbnail of the same size."}})
-    def segment_overlay(segment_id: SegmentId, size: Annotated[int, Query(ge=32, le=2048)] = 1024) -> Response:
-        return Response(render.overlay(segment_row(segment_id), size), media_type="image/png")
+    def segment_overlay(segment_id: SegmentId, size: Annotated[int, Query(ge=32, le=2048, description="Long side in pixels.")] = 1024) -> Response:
+        """A transparent RGBA layer showing the mask, the size of the image's thumbnail with the same ``size``."""
+        return Response(render.overlay(segment_row(segment_id), size), media_type="image/png", headers=SEGMENT_PICTURE_HEADERS)
 
     @app.get("/api/images/{image_id}", response_model=ImageOut, tags=["images"])
     def image(image_id: ImageId) -> ImageOut:
@@ -211,7 +217,8 @@ def create_app(index: SegmentIndex, token: str | None = None) -> FastAPI:
 
     @app.get("/api/images/{image_id}/thumbnail.jpg", tags=["images"], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}, "description": "The image, long side at most `size`."}})
-    def image_thumbnail(image_id: ImageId, size: Annotated[int, Query(ge=32, le=2048)] = 1024) -> Response:
+    def image_thumbnail(image_id: ImageId, size: Annotated[int, Query(ge=32, le=2048, description="Long side in pixels.")] = 1024) -> Response:
+        """The image as JPEG, long side at most ``size`` (never enlarged; 410 if it left the disk)."""
         return Response(render.thumbnail(images.rgb(image_record(image_id)), size), media_type="image/jpeg")
 
     @app.get("/api/info", tags=["index"])
@@ -225,6 +232,12 @@ def create_app(index: SegmentIndex, token: str | None = None) -> FastAPI:
     # -- the page --------------------------------------------------------------------------
     def static(name: str, media_type: str) -> Response:
         return Response((STATIC / name).read_bytes(), media_type=media_type, headers=PAGE_HEADERS)
+
+    @app.get("/api", include_in_schema=False)
+    def api_reference() -> Response:
+        return HTMLResponse(apidoc.render(app.openapi()), headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'", "X-Content-Type-Options": "nosniff",
+        })
 
     @app.get("/", include_in_schema=False)
     def page() -> Response:

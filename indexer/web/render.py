@@ -24,10 +24,11 @@ class ImageGoneError(UsesearchError):
 
 
 class ImageCache:
-    """The last few decoded images: a results page asks for many tiles of few images."""
+    """The last few decoded images: a results page asks for many tiles of few images.
+    Bounded in bytes, since one 24-megapixel photo decodes to 72 MB."""
 
-    def __init__(self, size: int = 16):
-        self.size = size
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = max_bytes
         self._images: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -46,7 +47,7 @@ class ImageCache:
             raise ImageGoneError(f"image {record.id} changed on disk since it was indexed; run `usesearch index` again")
         with self._lock:
             self._images[key] = rgb
-            while len(self._images) > self.size:
+            while len(self._images) > 1 and sum(a.nbytes for a in self._images.values()) > self.max_bytes:
                 self._images.popitem(last=False)
         return rgb
 
