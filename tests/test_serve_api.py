@@ -292,3 +292,38 @@ def test_no_request_the_api_accepts_ends_in_a_500(served, q, k, path, min_area, 
         assert response.status_code < 500, (response.request.url, response.text)
         if response.status_code >= 400:
             assert response.json()["detail"]
+
+
+def test_the_serve_command_answers_over_http_with_its_token(served):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "USESEARCH_TOKEN": TOKEN}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "usesearch", "serve", "--db", str(served[0] / "db"), "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                response = httpx.get(f"{base}/api/search", params={"q": "a cat"}, headers={"Authorization": f"Bearer {TOKEN}"})
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "usesearch serve did not start listening"
+                time.sleep(0.25)
+        assert response.status_code == 200 and len(response.json()["hits"]) == 24
+        assert httpx.get(f"{base}/api/search", params={"q": "a cat"}).status_code == 401
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -122,6 +122,3 @@ def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: 
 
 # Index-stage commands register themselves on ``app``.
 from . import cli_curate, cli_index, cli_train  # noqa: E402,F401
-
-if __name__ == "__main__":
-    app()

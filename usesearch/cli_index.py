@@ -223,6 +223,7 @@ def demo(
     photos = _write_sample_photos(out / "photos")
     index(paths=[photos], db=out / f"db-{preset}", preset=preset)
     query(text=query_text, db=out / f"db-{preset}", k=5, per_image=True)
+    console.print(f"Browse these segments: usesearch serve --db {out / f'db-{preset}'}  (then open http://127.0.0.1:8000)", markup=False)
 
 
 def _write_sample_photos(folder: Path) -> Path:
