@@ -253,6 +253,17 @@ def test_a_token_guards_every_request(served):
     assert client.get("/api/segments/1/tile.png").status_code == 401
 
 
+def test_a_loopback_server_refuses_other_host_names(served):
+    from indexer.web.security import LOOPBACK_NAMES
+
+    client = TestClient(create_app(served[1], allowed_hosts=LOOPBACK_NAMES), base_url="http://127.0.0.1:8000")
+    assert client.get("/api/info").status_code == 200
+    assert client.get("/api/info", headers={"Host": "localhost:8000"}).status_code == 200
+    assert client.get("/api/info", headers={"Host": "[::1]:8000"}).status_code == 200
+    # A page on attacker.example whose name was re-pointed at 127.0.0.1 (DNS rebinding).
+    assert client.get("/api/info", headers={"Host": "attacker.example:8000"}).status_code == 400
+
+
 def test_binding_beyond_loopback_needs_a_token(served, monkeypatch):
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         assert is_loopback(host)

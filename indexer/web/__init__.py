@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .app import MAX_K, create_app
-from .security import TOKEN_ENV, check_bind
+from .security import LOOPBACK_NAMES, TOKEN_ENV, check_bind, is_loopback
 
 __all__ = ["MAX_K", "TOKEN_ENV", "create_app", "serve"]
 
@@ -28,6 +28,7 @@ def serve(
     check_bind(host, token)  # before the slow model load: a refusal should be instant
     index = SegmentIndex.open(Path(db_dir), db_url=db_url, device=device)
     try:
-        uvicorn.run(create_app(index, token), host=host, port=port, log_level="info")
+        allowed_hosts = [*LOOPBACK_NAMES, host] if is_loopback(host) else None
+        uvicorn.run(create_app(index, token, allowed_hosts), host=host, port=port, log_level="info")
     finally:
         index.close()

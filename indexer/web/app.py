@@ -22,9 +22,9 @@ from sqlalchemy.exc import OperationalError
 from usesearch.errors import UsesearchError
 
 from ..search import MAX_QUERY_CHARS, Hit, SegmentIndex
-from ..store import SegmentRow
+from ..store import DONE, SegmentRow
 from . import apidoc, render
-from .security import TokenMiddleware
+from .security import HostCheckMiddleware, TokenMiddleware
 
 log = logging.getLogger("usesearch.serve")
 
@@ -100,9 +100,12 @@ def _segment_out(row: SegmentRow | Hit, with_mask: bool, **extra) -> dict[str, A
     )
 
 
-def create_app(index: SegmentIndex, token: str | None = None) -> FastAPI:
+def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app over an opened index. The model loads here, once, so that the first
-    query is as quick as the rest and a model/index mismatch stops startup."""
+    query is as quick as the rest and a model/index mismatch stops startup.
+
+    ``allowed_hosts`` limits the Host header; ``serve`` sets it to the loopback names
+    on a loopback bind, so a web page cannot reach the server by DNS rebinding."""
     model = index.model
     # One lock for the FAISS index (refresh() mutates it) and the model.
     lock = threading.Lock()
@@ -115,6 +118,8 @@ def create_app(index: SegmentIndex, token: str | None = None) -> FastAPI:
     )
     if token is not None:
         app.add_middleware(TokenMiddleware, token=token)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheckMiddleware, hosts=allowed_hosts)
 
     # -- errors: a bad request is a 4xx with a message, never a 500 -------------------
     @app.exception_handler(ValueError)
@@ -148,7 +153,7 @@ def create_app(index: SegmentIndex, token: str | None = None) -> FastAPI:
 
     def image_record(image_id: int):
         record = index.store.image(image_id)
-        if record is None or record.status != "done":
+        if record is None or record.status != DONE:
             raise KeyError(f"no indexed image with id {image_id}")
         return record
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import socket
+from urllib.parse import urlsplit
 
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -15,6 +16,8 @@ from usesearch.errors import UsesearchError
 TOKEN_ENV = "USESEARCH_TOKEN"
 TOKEN_COOKIE = "usesearch_token"
 TOKEN_QUERY = "token"
+# Host names a loopback server answers to; any other name reaching it is DNS rebinding.
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
 
 
 def is_loopback(host: str) -> bool:
@@ -71,3 +74,22 @@ class TokenMiddleware(BaseHTTPMiddleware):
         if request.query_params.get(TOKEN_QUERY):
             response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict")
         return response
+
+
+class HostCheckMiddleware(BaseHTTPMiddleware):
+    """Answer only requests addressed to one of ``hosts`` (port ignored, IPv6 literals
+    understood, which Starlette's TrustedHostMiddleware does not)."""
+
+    def __init__(self, app, hosts: list[str]):
+        super().__init__(app)
+        self.hosts = {h.lower() for h in hosts}
+
+    async def dispatch(self, request: Request, call_next) -> Response:
+        try:
+            name = urlsplit("//" + request.headers.get("host", "")).hostname
+        except ValueError:
+            name = None
+        if name not in self.hosts:
+            return JSONResponse({"detail": "this server only answers requests addressed to " + ", ".join(sorted(self.hosts))},
+                                status_code=400)
+        return await call_next(request)
