@@ -11,7 +11,6 @@ tiles fetched 6 at a time, as a browser does).
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import subprocess

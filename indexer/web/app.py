@@ -12,14 +12,12 @@ import time
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
-
-from usesearch.errors import UsesearchError
 
 from ..search import MAX_QUERY_CHARS, Hit, SegmentIndex
 from ..store import DONE, SegmentRow
