@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+from skimage.segmentation import find_boundaries
 
 from .semseg import UNLABELLED
 
@@ -43,12 +44,7 @@ OUTLINE = (255, 255, 0)
 
 def outline(mask: np.ndarray) -> np.ndarray:
     """Mask pixels with a 4-neighbour outside the mask."""
-    inner = mask.copy()
-    inner[1:, :] &= mask[:-1, :]
-    inner[:-1, :] &= mask[1:, :]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return mask & ~inner
+    return find_boundaries(mask, mode="inner", connectivity=1)
 
 
 def segment_tile(rgb: np.ndarray, mask: np.ndarray, bbox: Sequence[int], tile: int, margin: float = 0.25) -> Image.Image:

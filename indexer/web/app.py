@@ -211,11 +211,12 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     def image(image_id: ImageId) -> ImageOut:
         """An indexed image and its segments, largest first."""
         record = image_record(image_id)
-        rows = index.store.rows(index.store.image_segment_ids(image_id))
+        ids = index.store.image_segment_ids(image_id)  # largest first
+        rows = index.store.rows(ids)
         return ImageOut(
             image_id=record.id, image=record.path, width=record.width, height=record.height,
             thumbnail_url=f"/api/images/{record.id}/thumbnail.jpg",
-            segments=[SegmentOut(**_segment_out(r, False)) for r in sorted(rows.values(), key=lambda r: -r.area)],
+            segments=[SegmentOut(**_segment_out(rows[i], False)) for i in ids if i in rows],
         )
 
     @app.get("/api/images/{image_id}/thumbnail.jpg", tags=["images"], response_class=Response,

@@ -118,7 +118,7 @@ function meta(rows) {
   }
 }
 
-async function showSegment(segment) {
+function showSegment(segment) {
   current = segment.segment_id;
   $("viewer-overlay").src = `/api/segments/${segment.segment_id}/overlay.png?size=${VIEW_SIZE}`;
   $("mask-link").href = segment.mask_url;
@@ -156,7 +156,7 @@ async function openSegment(segmentId) {
       return img;
     });
     $("image-segments").replaceChildren(...strip);
-    await showSegment(segment);
+    showSegment(segment);
   } catch (error) {
     setStatus(error.message, true);
   }
