@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from usesearch.images import read_image
@@ -19,9 +20,11 @@ def contact_sheet(hits: Sequence[Hit], out: str | os.PathLike, tile: int = 192, 
     caption = 30
     sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    images: dict[str, np.ndarray] = {}
+    images: dict[int, np.ndarray] = {}
     for i, hit in enumerate(hits):
-        rgb = images.setdefault(hit.image, read_image(hit.image))
+        if hit.image_id not in images:
+            images[hit.image_id] = read_image(hit.file, name=hit.image)
+        rgb = images[hit.image_id]
         tile_image = segment_tile(rgb, decode_mask(hit.mask), hit.bbox, tile)
         left, top = (i % columns) * tile, (i // columns) * (tile + caption)
         sheet.paste(tile_image, (left + (tile - tile_image.width) // 2, top + (tile - tile_image.height) // 2))

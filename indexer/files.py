@@ -1,10 +1,16 @@
-"""Finding image files and reading them safely."""
+"""Finding image files and reading them safely.
+
+Only regular files are opened (a FIFO, a device or a socket named ``x.jpg`` is
+refused without blocking), at most ``max_bytes`` of them, and the walk never leaves
+the folders the user named, whatever symlinks say.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +22,7 @@ from usesearch.images import ImageReadError, read_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP; larger is refused from the header, before decoding
+DEFAULT_MAX_BYTES = 512 * 2**20  # larger files are refused before reading them
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,11 @@ class Found:
     fs_path: str  # what the OS opens
     error: OSError | None = None  # a folder that could not be listed
 
+    @property
+    def key(self) -> bytes:
+        """The exact path bytes: the store's key for this file."""
+        return os.fsencode(self.fs_path)
+
 
 def display_path(fs_path: str) -> str:
     return os.fsencode(fs_path).decode("utf-8", "backslashreplace")
@@ -31,8 +43,14 @@ def display_path(fs_path: str) -> str:
 
 def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
     """Files with image suffixes under ``paths``, depth first in sorted order.
-    Symlinked folders are followed once each, so a symlink loop ends."""
+    Symlinked folders are followed once each (so a symlink loop ends) and only
+    when they lead to a folder inside one of ``paths``."""
     seen_dirs: set[tuple[int, int]] = set()
+    roots = [os.path.realpath(os.fspath(p)) for p in paths]
+
+    def inside_roots(folder: str) -> bool:
+        real = os.path.realpath(folder)
+        return any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots)
 
     def visit(path: str) -> Iterator[Found]:
         try:
@@ -59,7 +77,8 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
             except OSError:
                 is_dir = False
             if is_dir:
-                yield from visit(entry.path)
+                if not entry.is_symlink() or inside_roots(entry.path):
+                    yield from visit(entry.path)
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                 yield Found(display_path(entry.path), entry.path)
 
@@ -67,9 +86,23 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
         yield from visit(os.path.abspath(os.fspath(root)))
 
 
-def read_bytes(fs_path: str) -> tuple[bytes, str]:
-    with open(fs_path, "rb") as f:
-        data = f.read()
+def read_bytes(fs_path: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> tuple[bytes, str]:
+    """The file's bytes and SHA-256. Opened non-blocking and checked with fstat, so a
+    FIFO or device swapped in under an image's name is refused at once, never read."""
+    name = name or display_path(os.fsdecode(fs_path))
+    fd = os.open(fs_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageReadError(f"cannot read image {name}: not a regular file")
+        if st.st_size > max_bytes:
+            raise ImageReadError(f"cannot read image {name}: {st.st_size} bytes exceeds the limit of {max_bytes}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)  # a file that grows while read is still bounded
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ImageReadError(f"cannot read image {name}: more than {max_bytes} bytes")
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -92,7 +125,7 @@ def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
         previous = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = max_pixels
         try:
-            rgb = read_image(io.BytesIO(data))
+            rgb = read_image(io.BytesIO(data), name=name)
         finally:
             Image.MAX_IMAGE_PIXELS = previous
     return rgb

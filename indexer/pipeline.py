@@ -20,12 +20,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from usesearch.errors import UsesearchError
-from usesearch.factory import load_model
+from usesearch.factory import choose_preset, load_model, resolve_embedder
 from usesearch.maskers import stack_masks
-from usesearch.presets import get_preset
 
 from . import vectors
-from .files import DEFAULT_MAX_PIXELS, decode, read_bytes, walk
+from .files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode, read_bytes, walk
 from .maskers import build_masker
 from .store import DONE, IndexInfo, Store, info_summary
 
@@ -42,7 +41,7 @@ class IndexLockedError(UsesearchError):
 
 @dataclass
 class IndexOptions:
-    preset: str = "tiny"
+    preset: str | None = None  # None: the head's preset, else b16 (real weights)
     embedder: str | None = None  # None: 'use' where a head exists (or is given), else 'crop'
     head: str | None = None
     masker: str | None = None  # None: 'sam', or 'felzenszwalb' for the random-weight tiny preset
@@ -51,6 +50,7 @@ class IndexOptions:
     factory: str = vectors.DEFAULT_FACTORY
     retry_failed: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     db_url: str | None = None
     faiss_every_s: float = 120.0  # also written at the end and on Ctrl-C
 
@@ -72,6 +72,16 @@ def db_url_for(db_dir: Path, db_url: str | None) -> str:
     return db_url or f"sqlite:///{db_dir / DB_FILE}"
 
 
+def check_db_dir(db_dir: str | os.PathLike) -> Path:
+    """An index folder argument that can be one: not empty, not an existing file."""
+    if not os.fspath(db_dir).strip():
+        raise UsesearchError("--db is empty: name the index folder")
+    db_dir = Path(db_dir)
+    if db_dir.exists() and not db_dir.is_dir():
+        raise UsesearchError(f"--db {db_dir} is a file; an index is a folder (give a new or existing index folder)")
+    return db_dir
+
+
 @contextmanager
 def writer_lock(db_dir: Path) -> Iterator[None]:
     db_dir.mkdir(parents=True, exist_ok=True)
@@ -87,12 +97,6 @@ def writer_lock(db_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock, also when the process dies
-
-
-def resolve_embedder(preset_name: str, embedder: str | None, head: str | None) -> str:
-    if embedder:
-        return embedder
-    return "use" if head or get_preset(preset_name).head.seeded_random else "crop"
 
 
 def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
@@ -126,13 +130,17 @@ def index_paths(
 ) -> IndexReport:
     """Index every image under ``paths`` into ``db_dir``; safe to re-run and to kill."""
     options = options or IndexOptions()
-    db_dir = Path(db_dir)
+    db_dir = check_db_dir(db_dir)
+    missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
+    if missing:  # before the lock: a typo must not leave an empty index folder behind
+        raise UsesearchError(f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     report = IndexReport()
     start = time.perf_counter()
     with writer_lock(db_dir):
         store = Store(db_url_for(db_dir, options.db_url))
-        embedder = resolve_embedder(options.preset, options.embedder, options.head)
-        model = load_model(options.preset, embedder=embedder, device=options.device, head=options.head)
+        preset = choose_preset(options.preset, options.head)
+        embedder = resolve_embedder(preset, options.embedder, options.head)
+        model = load_model(preset, embedder=embedder, device=options.device, head=options.head)
         masker = build_masker(options.masker, model.preset, options.device, **options.masker_options)
         info = check_identity(
             store,
@@ -143,6 +151,10 @@ def index_paths(
             ),
         )
         index, _ = vectors.load(db_dir / FAISS_FILE, store, info.dim, info.factory)
+
+        def write(index):
+            return vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, info.factory)
+
         last_write = time.monotonic()
         loop_start = time.perf_counter()
         try:
@@ -152,12 +164,19 @@ def index_paths(
                 if progress:
                     progress(report, found.path, len(files))
                 if time.monotonic() - last_write > options.faiss_every_s:
-                    vectors.write_atomic(index, db_dir / FAISS_FILE)
+                    index = write(index)
                     last_write = time.monotonic()
+            index = write(index)
         except KeyboardInterrupt:
             report.interrupted = True  # finished images are committed; keep them
+            write(index)
+        except Exception as exc:
+            if vectors.is_disk_full(exc):
+                # What is committed stays committed; the vector file catches up on the next open.
+                raise vectors.DiskFullError(f"disk full: cannot write the index in {db_dir}; free space and run "
+                                            "`usesearch index` again (finished images are kept)") from None
+            raise
         finally:
-            vectors.write_atomic(index, db_dir / FAISS_FILE)
             store.close()
             report.loop_seconds = time.perf_counter() - loop_start
     report.seconds = time.perf_counter() - start
@@ -169,8 +188,8 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
     try:
         if found.error is not None:
             raise found.error
-        data, sha256 = read_bytes(found.fs_path)
-        existing = store.image_by_path(found.path)
+        data, sha256 = read_bytes(found.fs_path, options.max_bytes, found.path)
+        existing = store.image_by_path(found.key)
         if existing is not None and existing.sha256 == sha256 and (existing.status == DONE or not options.retry_failed):
             report.skipped += 1
             return
@@ -195,21 +214,19 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
     except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
         _record_failure(found, sha256, exc, store, index, report)
         return
-    removed, added = store.save_image(found.path, sha256, hw, segments)
-    if removed:
-        index.remove_ids(np.asarray(removed, np.int64))
+    removed, added = store.save_image(found.key, found.path, sha256, hw, segments)
+    index.remove(removed)
     if added:
         if not index.is_trained:
             vectors.reconcile(index, store)  # trains on what the store now holds
         else:
-            index.add_with_ids(embeddings, np.asarray(added, np.int64))
+            index.add(np.asarray(added, np.int64), embeddings)
     report.done += 1
     report.segments += len(added)
 
 
 def _record_failure(found, sha256, exc: BaseException, store: Store, index, report: IndexReport) -> None:
-    removed, _ = store.save_image(found.path, sha256, None, error=exc)
-    if removed:
-        index.remove_ids(np.asarray(removed, np.int64))
+    removed, _ = store.save_image(found.key, found.path, sha256, None, error=exc)
+    index.remove(removed)
     report.failed += 1
     report.failures.append((found.path, f"{type(exc).__name__}: {exc}"))

@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.factory import load_model
 
 from . import vectors
-from .pipeline import DB_FILE, FAISS_FILE, IndexMismatchError, db_url_for
+from .pipeline import DB_FILE, FAISS_FILE, IndexMismatchError, check_db_dir, db_url_for
 from .store import SegmentRow, Store, info_summary
 
 MAX_QUERY_CHARS = 1000
+MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 
 
-def open_store(db_dir: Path, db_url: str | None = None) -> Store:
+def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:
     """The store of an existing index; a clear error where there is none."""
-    if db_url is None and not (Path(db_dir) / DB_FILE).is_file():
+    db_dir = check_db_dir(db_dir)
+    if db_url is None and not (db_dir / DB_FILE).is_file():
         raise UsesearchError(f"no index at {db_dir} (no {DB_FILE}); run `usesearch index PATH --db {db_dir}` first")
-    return Store(db_url_for(Path(db_dir), db_url))
+    return Store(db_url_for(db_dir, db_url), read_only=read_only)
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,18 @@ class Hit:
     mask: dict[str, Any]  # COCO compressed RLE: {"size": [h, w], "counts": str}
     predicted_iou: float | None = None
     stability_score: float | None = None
+    image_fs_path: bytes | None = field(default=None, repr=False)  # the exact file, for opening it
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        del out["image_fs_path"]
         out["bbox"] = list(self.bbox)
         return out
+
+    @property
+    def file(self) -> str | bytes:
+        """What ``open`` takes for this hit's image, also for names that are not UTF-8."""
+        return self.image_fs_path if self.image_fs_path is not None else self.image
 
 
 class SegmentIndex:
@@ -64,7 +72,7 @@ class SegmentIndex:
     @classmethod
     def open(cls, db_dir: str | os.PathLike, db_url: str | None = None, model=None, device: str | None = None) -> SegmentIndex:
         db_dir = Path(db_dir)
-        index = cls(db_dir, open_store(db_dir, db_url), model)
+        index = cls(db_dir, open_store(db_dir, db_url, read_only=True), model)
         index._device = device
         return index
 
@@ -104,9 +112,9 @@ class SegmentIndex:
     def similar(self, segment_id: int, k: int = 10, **filters) -> list[Hit]:
         """Segments most like a given one (query by example), itself excluded."""
         self.refresh()
-        found = list(self.store.embeddings([segment_id]))
+        found = list(self.store.embeddings([segment_id])) if 1 <= segment_id <= MAX_SEGMENT_ID else []
         if not found:
-            raise KeyError(f"no segment with id {segment_id}")
+            raise NotFoundError(f"no segment with id {segment_id}")
         return self.search_vector(found[0][1][0], k, exclude={segment_id}, **filters)
 
     def search_vector(
@@ -118,40 +126,42 @@ class SegmentIndex:
         min_area: int = 0,
         exclude: set[int] | frozenset[int] = frozenset(),
     ) -> list[Hit]:
+        """Top ``k`` segments for a unit vector. The path and area filters and the
+        exclusions are resolved in the database and handed to FAISS as an id
+        selection, so a filter matching little costs little; ``per_image`` fetches
+        more candidates until k distinct images are found or none are left."""
         if k < 1:
             raise ValueError("k must be at least 1")
         self.refresh()
-        total = self.index.ntotal
-        query = np.ascontiguousarray(vector, dtype=np.float32)[None]
-        fetch = min(total, max(4 * k, 64))
+        allowed = self.store.filtered_segment_ids(path, min_area) if (path or min_area) else None
+        if allowed is not None and not len(allowed):
+            return []
+        available = self.index.ntotal if allowed is None else len(allowed)
+        fetch = k if not per_image else max(4 * k, 64)
         while True:
-            scores, ids = self.index.search(query, fetch) if fetch else (np.zeros((1, 0)), np.zeros((1, 0), np.int64))
-            hits = self._filter(scores[0], ids[0], k, per_image, path, min_area, exclude)
-            # Over-fetch until the filters leave k hits or the index is exhausted.
-            if len(hits) >= k or fetch >= total:
+            scores, ids = self.index.search(vector, fetch, allowed, exclude)
+            hits = self._hits(scores, ids, k, per_image)
+            if len(hits) >= k or fetch >= available:
                 return hits
-            fetch = min(total, fetch * 4)
+            fetch = min(available, fetch * 4)
 
-    def _filter(self, scores, ids, k, per_image, path, min_area, exclude) -> list[Hit]:
-        keep = ids >= 0
-        rows = self.store.rows(ids[keep].tolist())
+    def _hits(self, scores: np.ndarray, ids: np.ndarray, k: int, per_image: bool) -> list[Hit]:
+        rows = self.store.rows(ids.tolist())
         hits: list[Hit] = []
-        seen_images: set[str] = set()
-        for score, sid in zip(scores[keep], ids[keep]):
+        seen_images: set[int] = set()
+        for score, sid in zip(scores, ids):
             row: SegmentRow | None = rows.get(int(sid))
-            if row is None or int(sid) in exclude or row.area < min_area:
-                continue
-            if path and not fnmatch.fnmatchcase(row.image_path, path):
+            if row is None:  # removed by a commit after this search's refresh
                 continue
             if per_image:
-                if row.image_path in seen_images:
+                if row.image_id in seen_images:
                     continue
-                seen_images.add(row.image_path)
+                seen_images.add(row.image_id)
             hits.append(
                 Hit(
                     rank=len(hits) + 1, score=float(score), segment_id=row.id, image_id=row.image_id, image=row.image_path, bbox=row.bbox,
                     area=row.area, mask={"size": list(row.image_hw), "counts": row.rle_counts},
-                    predicted_iou=row.predicted_iou, stability_score=row.stability_score,
+                    predicted_iou=row.predicted_iou, stability_score=row.stability_score, image_fs_path=row.image_fs_path,
                 )
             )
             if len(hits) == k:
@@ -185,15 +195,15 @@ def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str |
     from .pipeline import writer_lock
 
     db_dir = Path(db_dir)
+    store = open_store(db_dir, db_url)  # refuses a folder with no index before the lock creates one
     with writer_lock(db_dir):
-        store = open_store(db_dir, db_url)
         try:
             info = store.info()
             if info is None:
                 raise UsesearchError(f"{db_dir} holds no index yet")
             factory = factory or info.factory
             index = vectors.rebuild(store, info.dim, factory)
-            vectors.write_atomic(index, db_dir / FAISS_FILE)
+            vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory)
             store.set_factory(factory)
             return int(index.ntotal)
         finally:

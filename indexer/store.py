@@ -2,20 +2,32 @@
 
 The database is the source of truth: every embedding is stored with its segment,
 one transaction per image, so the FAISS file can always be rebuilt from it.
+
+An image is keyed by the exact bytes of its path (``fs_path``), so a file whose
+name is not UTF-8 can be opened again and never collides with another; ``path``
+is its display form. Readers open the store read-only: they never create tables,
+and an index on a read-only medium is opened immutable.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import json
+import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine, event, func, inspect, select, text, update
-from usesearch.errors import UsesearchError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+from usesearch.errors import UsesearchError
 
 DONE, FAILED = "done", "failed"
 
@@ -40,14 +52,17 @@ class IndexInfo(Base):
     # Bumped in the same transaction as every image write: readers compare one
     # integer to learn whether committed segments changed.
     generation: Mapped[int] = mapped_column(default=0)
+    # SHA-256 of the FAISS file as last written: a file that does not match is rebuilt.
+    vectors_sha256: Mapped[str | None] = mapped_column(String(64))
     created: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
 
 
 class ImageRecord(Base):
     __tablename__ = "images"
-    __table_args__ = (Index("ix_images_sha256", "sha256"),)
+    __table_args__ = (Index("ix_images_sha256", "sha256"), Index("ix_images_path", "path"))
     id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    fs_path: Mapped[bytes] = mapped_column(LargeBinary, unique=True)  # exactly what the OS opens
+    path: Mapped[str] = mapped_column(Text)  # display form (undecodable bytes as \xNN)
     sha256: Mapped[str | None] = mapped_column(String(64))
     width: Mapped[int | None]
     height: Mapped[int | None]
@@ -85,6 +100,7 @@ class SegmentRow:
     id: int
     image_id: int
     image_path: str
+    image_fs_path: bytes
     image_hw: tuple[int, int]
     bbox: tuple[int, int, int, int]
     area: int
@@ -103,33 +119,125 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _sqlite_read_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _immutable_url(url: str) -> str:
+    """SQLite URL that opens the file read-only and immutable: no -wal/-shm side
+    files, which a read-only folder or medium cannot hold."""
+    database = make_url(url).database
+    return f"sqlite:///file:{database}?mode=ro&immutable=1&uri=true"
+
+
+log = logging.getLogger("usesearch.index")
+
+
 class Store:
-    def __init__(self, url: str):
+    """``read_only=True`` is for readers (query, info, serve): it never creates or
+    alters tables, and falls back to an immutable open where SQLite cannot write its
+    side files (a read-only folder or mount)."""
+
+    def __init__(self, url: str, read_only: bool = False):
         self.url = url
+        self.read_only = read_only
         self.engine = create_engine(url)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        self._upgrade_schema()
+        sqlite = self.engine.dialect.name == "sqlite"
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_read_pragmas if read_only else _sqlite_pragmas)
+        if read_only:
+            try:
+                tables = set(inspect(self.engine).get_table_names())
+            except OperationalError:
+                if not sqlite:
+                    raise
+                self.engine.dispose()
+                self.engine = create_engine(_immutable_url(url))
+                tables = set(inspect(self.engine).get_table_names())
+            if "index_info" not in tables:
+                raise UsesearchError(f"{make_url(url).database or url} is not a usesearch index (it has no index_info table)")
+            missing = self._missing_columns()
+            if missing:
+                raise UsesearchError(
+                    f"this index needs an upgrade ({', '.join(missing[:3])} missing): run `usesearch info` on it once "
+                    "where it is writable, or `usesearch index` again"
+                )
+        else:
+            Base.metadata.create_all(self.engine)
+            self._upgrade_schema()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def _upgrade_schema(self) -> None:
-        """Add columns that newer versions introduced with a default; refuse anything else."""
+    def _missing_columns(self) -> list[str]:
         inspector = inspect(self.engine)
+        return [
+            f"{table.name}.{column.name}"
+            for table in Base.metadata.sorted_tables
+            for column in table.columns
+            if column.name not in {c["name"] for c in inspector.get_columns(table.name)}
+        ]
+
+    def _upgrade_schema(self) -> None:
+        """Bring an index made by an older usesearch up to date: new columns with a
+        default (or nullable) are added; the images table gains its byte-exact key."""
+        inspector = inspect(self.engine)
+        if "fs_path" not in {c["name"] for c in inspector.get_columns("images")}:
+            self._migrate_images_fs_path()
         for table in Base.metadata.sorted_tables:
             present = {c["name"] for c in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name in present:
                     continue
                 default = column.default.arg if column.default is not None and column.default.is_scalar else None
-                if default is None:
+                if default is None and not column.nullable:
                     raise UsesearchError(
                         f"this index was made by an older usesearch (table {table.name} lacks {column.name}); "
                         "index into a new --db"
                     )
                 with self.engine.begin() as conn:
-                    ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(self.engine.dialect)} DEFAULT {int(default)}"
-                    conn.execute(text(ddl))
+                    ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(self.engine.dialect)}"
+                    conn.execute(text(ddl + (f" DEFAULT {int(default)}" if default is not None else "")))
+
+    def _migrate_images_fs_path(self) -> None:
+        """Older indexes keyed images by their display path (unique). Rebuild the table
+        with the byte-exact key, SQLite's documented way (new table, copy, drop,
+        rename) with foreign keys off so no segment is cascaded away."""
+        if self.engine.dialect.name != "sqlite":
+            raise UsesearchError("this index was made by an older usesearch; index into a new --db")
+        log.warning("upgrading this index's images table to byte-exact paths (once)")
+        images = Base.metadata.tables["images"]
+        # On the raw connection with explicit BEGIN/COMMIT: pysqlite would otherwise
+        # run the DDL outside any transaction, and the pragma must precede BEGIN.
+        raw = self.engine.raw_connection()
+        try:
+            con = raw.driver_connection
+            con.isolation_level = None
+            con.execute("PRAGMA foreign_keys=OFF")
+            con.execute("BEGIN")
+            try:
+                con.execute("ALTER TABLE images RENAME TO images_old")
+                for index in images.indexes:
+                    con.execute(f"DROP INDEX IF EXISTS {index.name}")
+                con.execute(str(CreateTable(images).compile(self.engine)))
+                for index in images.indexes:
+                    con.execute(str(CreateIndex(index).compile(self.engine)))
+                columns = [r[1] for r in con.execute("PRAGMA table_info(images_old)")]
+                shared = [c for c in columns if c in images.c and c != "fs_path"]
+                rows = con.execute(f"SELECT {', '.join(shared)} FROM images_old").fetchall()
+                con.executemany(
+                    f"INSERT INTO images ({', '.join(shared)}, fs_path) VALUES ({', '.join('?' * (len(shared) + 1))})",
+                    [(*row, os.fsencode(row[shared.index("path")])) for row in rows],
+                )
+                con.execute("DROP TABLE images_old")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.execute("PRAGMA foreign_keys=ON")
+        finally:
+            raw.close()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -151,10 +259,18 @@ class Store:
         with self.sessions.begin() as s:
             s.scalar(select(IndexInfo)).factory = factory
 
-    # -- images ------------------------------------------------------------------
-    def image_by_path(self, path: str) -> ImageRecord | None:
+    def vectors_checksum(self) -> str | None:
         with self.sessions() as s:
-            return s.scalar(select(ImageRecord).where(ImageRecord.path == path))
+            return s.scalar(select(IndexInfo.vectors_sha256))
+
+    def set_vectors_checksum(self, sha256: str) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(IndexInfo).values(vectors_sha256=sha256))
+
+    # -- images ------------------------------------------------------------------
+    def image_by_path(self, fs_path: bytes) -> ImageRecord | None:
+        with self.sessions() as s:
+            return s.scalar(select(ImageRecord).where(ImageRecord.fs_path == fs_path))
 
     def done_with_hash(self, sha256: str) -> ImageRecord | None:
         with self.sessions() as s:
@@ -162,16 +278,17 @@ class Store:
 
     def save_image(
         self,
+        fs_path: bytes,
         path: str,
         sha256: str | None,
         hw: tuple[int, int] | None,
         segments: Iterable[dict[str, Any]] = (),
         error: BaseException | None = None,
     ) -> tuple[list[int], list[int]]:
-        """Replace whatever the path had by this result, in one transaction.
+        """Replace whatever the file had by this result, in one transaction.
         Returns (segment ids removed, segment ids added)."""
         with self.sessions.begin() as s:
-            old = s.scalar(select(ImageRecord).where(ImageRecord.path == path))
+            old = s.scalar(select(ImageRecord).where(ImageRecord.fs_path == fs_path))
             attempts = 1
             removed: list[int] = []
             if old is not None:
@@ -180,6 +297,7 @@ class Store:
                 s.delete(old)
                 s.flush()
             record = ImageRecord(
+                fs_path=fs_path,
                 path=path,
                 sha256=sha256,
                 height=hw[0] if hw else None,
@@ -217,10 +335,38 @@ class Store:
                 "segments": s.scalar(select(func.count(SegmentRecord.id))) or 0,
             }
 
+    def common_folder(self) -> str | None:
+        """The deepest folder holding every indexed image. Paths sort so that the
+        common prefix of the first and the last is that of all: two index lookups."""
+        with self.sessions() as s:
+            first, last = s.execute(select(func.min(ImageRecord.path), func.max(ImageRecord.path))).one()
+        if first is None:
+            return None
+        prefix = os.path.commonprefix([first, last])
+        return prefix if prefix.endswith("/") else os.path.dirname(prefix) + "/"
+
     # -- segments ----------------------------------------------------------------
     def segment_ids(self) -> np.ndarray:
         with self.sessions() as s:
             return np.fromiter(s.scalars(select(SegmentRecord.id)), dtype=np.int64)
+
+    def filtered_segment_ids(self, path: str | None = None, min_area: int = 0) -> np.ndarray:
+        """Ids of the segments whose image path matches the glob ``path`` and whose area
+        is at least ``min_area``: the filters resolved in the database, for FAISS."""
+        seg = SegmentRecord
+        with self.sessions() as s:
+            if path is None:
+                q = select(seg.id).where(seg.area >= min_area) if min_area else select(seg.id)
+                return np.fromiter(s.scalars(q), dtype=np.int64)
+            images = [i for i, p in s.execute(select(ImageRecord.id, ImageRecord.path).where(ImageRecord.status == DONE))
+                      if fnmatch.fnmatchcase(p, path)]
+            out = []
+            for start in range(0, len(images), 900):  # SQLite's bound-parameter limit
+                q = select(seg.id).where(seg.image_id.in_(images[start : start + 900]))
+                if min_area:
+                    q = q.where(seg.area >= min_area)
+                out.append(np.fromiter(s.scalars(q), dtype=np.int64))
+            return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def embeddings(self, ids: Iterable[int] | None = None, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in batches: all committed segments (streamed), or just ``ids``."""
@@ -247,14 +393,14 @@ class Store:
                 # Named columns, not the ORM entity: the embedding blob stays on disk.
                 seg = SegmentRecord
                 q = (
-                    select(seg.id, seg.image_id, ImageRecord.path, ImageRecord.height, ImageRecord.width, seg.x, seg.y, seg.w, seg.h,
-                           seg.area, seg.rle_counts, seg.predicted_iou, seg.stability_score)
+                    select(seg.id, seg.image_id, ImageRecord.path, ImageRecord.fs_path, ImageRecord.height, ImageRecord.width,
+                           seg.x, seg.y, seg.w, seg.h, seg.area, seg.rle_counts, seg.predicted_iou, seg.stability_score)
                     .join(ImageRecord)
                     .where(seg.id.in_(wanted[start : start + 900]))
                 )
                 for r in s.execute(q):
                     out[r.id] = SegmentRow(
-                        r.id, r.image_id, r.path, (r.height, r.width), (r.x, r.y, r.w, r.h), r.area,
+                        r.id, r.image_id, r.path, r.fs_path, (r.height, r.width), (r.x, r.y, r.w, r.h), r.area,
                         r.rle_counts, r.predicted_iou, r.stability_score,
                     )
         return out

@@ -1,24 +1,47 @@
 """FAISS vectors keyed by segment id, kept consistent with the store.
 
-The FAISS file is a cache of the store's embeddings. It is written atomically
-(temp file, fsync, rename, fsync the folder) because ``faiss.write_index``
-truncates in place. On open it is reconciled with the committed segment ids: ids
-the store does not have (written just before a crash) are removed, committed ids
-it lacks (committed after its last write) are added from the stored embeddings.
-So a query never sees shifted, missing or uncommitted ids.
+The FAISS file is a cache of the store's embeddings; the database is the truth.
+- It is written atomically (temp file, fsync, rename, fsync the folder) because
+  ``faiss.write_index`` truncates in place, and its SHA-256 is recorded in the store
+  after each write. On open the file is refused (and rebuilt from the store, with a
+  one-line message) when its checksum, type, metric or dimension does not match, so
+  flipped bytes or a foreign FAISS file never answer queries.
+- On open it is reconciled with the committed segment ids: ids the store does not
+  have (written just before a crash) are removed, committed ids it lacks are added
+  from the stored embeddings. So a query never sees shifted, missing or
+  uncommitted ids.
+- Index types without ``remove_ids`` (HNSW) keep removed ids as *stale*: they are
+  excluded from every search by an ``IDSelector`` until the next rebuild, which
+  happens whenever the file is written.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
 import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from usesearch.errors import UsesearchError
+
 from .store import Store
 
 DEFAULT_FACTORY = "IDMap2,Flat"  # exact inner product over unit vectors = cosine
+log = logging.getLogger("usesearch.index")
+
+
+class DiskFullError(UsesearchError):
+    """The disk holding the index is full; nothing committed was lost."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "database or disk is full" in str(exc) or "No space left on device" in str(exc)
 
 
 def new_index(dim: int, factory: str) -> faiss.Index:
@@ -34,17 +57,80 @@ def index_ids(index: faiss.Index) -> np.ndarray:
     return faiss.vector_to_array(faiss.downcast_index(index).id_map).astype(np.int64)
 
 
-def write_atomic(index: faiss.Index, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _search_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    """Search parameters of the right class for the wrapped index (IVF and HNSW check
+    the type), carrying its current nprobe / efSearch and the selector."""
+    inner = faiss.downcast_index(faiss.downcast_index(index).index)
+    if isinstance(inner, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = inner.nprobe
+    elif isinstance(inner, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = inner.hnsw.efSearch
+    else:
+        params = faiss.SearchParameters()
+    params.sel = selector
+    return params
+
+
+class Vectors:
+    """One store's FAISS index (an ``IDMap2``), plus the stale ids of index types that
+    cannot remove vectors."""
+
+    def __init__(self, index: faiss.Index):
+        self.index = index
+        self.stale = np.zeros(0, np.int64)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal) - len(self.stale)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def ids(self) -> np.ndarray:
+        have = index_ids(self.index)
+        return np.setdiff1d(have, self.stale, assume_unique=True) if len(self.stale) else have
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+
+    def remove(self, ids) -> None:
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            return
+        try:
+            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+        except RuntimeError:  # e.g. HNSW: "remove_ids not implemented"
+            self.stale = np.union1d(self.stale, np.intersect1d(ids, self.ids()))
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded=()) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (scores, ids) for one query among ``allowed`` ids (all when None),
+        never returning stale or ``excluded`` ids. Filters go to FAISS as an IDSelector,
+        so a narrow filter costs less than none."""
+        query = np.ascontiguousarray(query, np.float32).reshape(1, -1)
+        k = min(k, self.ntotal if allowed is None else len(allowed))
+        if k <= 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        keep = []  # the selectors must outlive the search call
+        selector = None
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(np.asarray(allowed, np.int64))
+            keep.append(selector)
+        dropped = np.union1d(self.stale, np.asarray(list(excluded), np.int64))
+        if len(dropped):
+            batch = faiss.IDSelectorBatch(dropped)
+            not_dropped = faiss.IDSelectorNot(batch)
+            keep += [batch, not_dropped]
+            selector = not_dropped if selector is None else faiss.IDSelectorAnd(selector, not_dropped)
+            keep.append(selector)
+        if selector is None:
+            scores, ids = self.index.search(query, k)
+        else:
+            scores, ids = self.index.search(query, k, params=_search_params(self.index, selector))
+        found = ids[0] >= 0
+        return scores[0][found], ids[0][found]
 
 
 def _train_if_needed(index: faiss.Index, store: Store) -> None:
@@ -61,37 +147,108 @@ def _train_if_needed(index: faiss.Index, store: Store) -> None:
         ) from None
 
 
-def rebuild(store: Store, dim: int, factory: str) -> faiss.Index:
+def rebuild(store: Store, dim: int, factory: str) -> Vectors:
     index = new_index(dim, factory)
     _train_if_needed(index, store)
     for ids, vectors in store.embeddings():
         index.add_with_ids(vectors, ids)
-    return index
+    return Vectors(index)
 
 
-def reconcile(index: faiss.Index, store: Store) -> tuple[int, int]:
+def reconcile(vectors: Vectors, store: Store) -> tuple[int, int]:
     """Make the index hold exactly the store's committed segments. Returns (removed, added)."""
-    have = index_ids(index)
+    have = vectors.ids()
     committed = store.segment_ids()
     extra = np.setdiff1d(have, committed, assume_unique=True)
     missing = np.setdiff1d(committed, have, assume_unique=True)
-    if len(extra):
-        index.remove_ids(faiss.IDSelectorBatch(extra))
+    vectors.remove(extra)
     if len(missing):
-        _train_if_needed(index, store)
-        for ids, vectors in store.embeddings(missing):
-            index.add_with_ids(vectors, ids)
+        _train_if_needed(vectors.index, store)
+        for ids, batch in store.embeddings(missing):
+            vectors.add(ids, batch)
     return len(extra), len(missing)
 
 
-def load(path: Path, store: Store, dim: int, factory: str) -> tuple[faiss.Index, tuple[int, int]]:
-    """The index for a store, from its file when readable, reconciled with the store."""
-    index = None
-    if path.is_file():
+def write_atomic(vectors: Vectors, path: Path, store: Store, dim: int, factory: str) -> Vectors:
+    """Write the index (compacted first if it holds stale ids) and record its checksum.
+    Returns the index now in use. A full disk is a ``DiskFullError`` naming the path;
+    the temporary file never stays behind."""
+    if len(vectors.stale):
+        vectors = rebuild(store, dim, factory)
+    if path.is_dir():
+        raise UsesearchError(f"{path} is a folder, not a FAISS file: move it away (it is rebuilt from the database)")
+    tmp = path.with_name(path.name + ".tmp")
+    digest = hashlib.sha256()
+    failure: list[BaseException] = []
+    try:
+        with open(tmp, "wb") as f:
+            def write(chunk: bytes) -> int:
+                try:
+                    f.write(chunk)
+                except OSError as exc:  # keep it: FAISS would replace it by a generic message
+                    failure.append(exc)
+                    raise
+                digest.update(chunk)
+                return len(chunk)
+
+            try:
+                faiss.write_index(vectors.index, faiss.PyCallbackIOWriter(write))
+                f.flush()
+            except (RuntimeError, OSError) as exc:
+                raise (failure[0] if failure else exc) from None
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
-            index = faiss.read_index(str(path))
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFullError(f"disk full: cannot write {path}; free space and run the command again (nothing committed was lost)") from None
+        raise
+    store.set_vectors_checksum(digest.hexdigest())
+    return vectors
+
+
+def _read_verified(path: Path, store: Store, dim: int) -> tuple[faiss.Index | None, str]:
+    """The file's index when it is the one the store recorded, else (None, why)."""
+    with open(path, "rb") as f:
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+        recorded = store.vectors_checksum()
+        if recorded is None:
+            return None, "no checksum is recorded for it (made by an older usesearch, or never finished)"
+        if digest.hexdigest() != recorded:
+            recorded = store.vectors_checksum()  # a writer may have replaced it meanwhile
+            if digest.hexdigest() != recorded:
+                return None, "its checksum does not match the one the database recorded"
+        f.seek(0)
+        try:
+            index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
         except RuntimeError:
-            index = None  # unreadable cache: rebuild from the store below
-    if index is None or index.d != dim:
-        index = new_index(dim, factory)
-    return index, reconcile(index, store)
+            return None, "FAISS cannot read it"
+    if not isinstance(faiss.downcast_index(index), faiss.IndexIDMap2):
+        return None, f"it holds a {type(faiss.downcast_index(index)).__name__}, not an IDMap2 index"
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT or index.d != dim:
+        return None, f"it has metric {index.metric_type} and dimension {index.d}, not inner product over {dim}"
+    return index, ""
+
+
+def load(path: Path, store: Store, dim: int, factory: str) -> tuple[Vectors, tuple[int, int]]:
+    """The index for a store: its file when it is verified, else rebuilt from the
+    store; then reconciled with the store."""
+    if path.exists() and not path.is_file():
+        raise UsesearchError(f"{path} is not a file: move it away (the vector index is rebuilt from the database)")
+    if not path.exists():
+        vectors = Vectors(new_index(dim, factory))
+        return vectors, reconcile(vectors, store)
+    index, why = _read_verified(path, store, dim)
+    if index is None:
+        log.warning("%s does not match the database (%s); rebuilding it from the database", path, why)
+        vectors = rebuild(store, dim, factory)
+        return vectors, (0, vectors.ntotal)
+    vectors = Vectors(index)
+    return vectors, reconcile(vectors, store)

@@ -95,7 +95,7 @@ def test_captioned_sources_are_refused_without_a_grounder(tmp_path, coco):
 def test_cli_curate_run_and_stats(coco):
     root, images, ann = coco
     runner = CliRunner()
-    run = runner.invoke(app, ["curate", "run", str(ann), "--source", "coco-instances", "--images", str(images), "--out", str(root / "cli-ds")])
+    run = runner.invoke(app, ["curate", "run", str(ann), "--source", "coco-instances", "--images", str(images), "--out", str(root / "cli-ds"), "--preset", "tiny"])
     assert run.exit_code == 0, run.output
     result = runner.invoke(app, ["curate", "stats", str(root / "cli-ds"), "--json"])
     assert json.loads(result.output)["pairs_after_nms"] == 2

@@ -103,7 +103,7 @@ def test_cli_train_writes_a_loadable_head_and_resumes(synthetic, tmp_path):
     from usesearch.cli import app
 
     args = ["train", str(synthetic[1]), "--out", str(tmp_path / "run"), "--batch-images", "4", "--crop", "96",
-            "--max-steps", "3", "--checkpoint-every", "2"]
+            "--max-steps", "3", "--checkpoint-every", "2", "--preset", "tiny"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert len(_losses(tmp_path / "run")) == 3

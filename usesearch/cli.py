@@ -18,29 +18,52 @@ models_app = typer.Typer(help="Model presets and their weights.", no_args_is_hel
 app.add_typer(models_app, name="models")
 console = Console()
 
-PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Model preset: tiny, b16 or l14-336.")]
+PresetOpt = Annotated[Optional[str], typer.Option(
+    "--preset", "-p", help="Model preset: b16, l14-336, or tiny (random weights, for trials). Default: the --head's preset, else b16.")]
 EmbedderOpt = Annotated[str, typer.Option("--embedder", help="'use' (trained head) or 'crop' (training-free).")]
 HeadOpt = Annotated[Optional[Path], typer.Option("--head", help="Head checkpoint (.safetensors + .json).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda if present).")]
 
 
+DEBUG_ENV = "USESEARCH_DEBUG"
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def user_errors(fn):
-    """Print a UsesearchError as one line and exit 2, instead of a traceback."""
+    """Every failure ends in one line on stderr and a non-zero exit, never a wall of
+    frames: 2 for what the user can fix (bad input, missing file, full disk, busy
+    database), 1 for an unexpected error, which names how to see its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import os
+
         try:
             return fn(*args, **kwargs)
-        except (UsesearchError, KeyError, ValueError, FileNotFoundError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            print(f"error: {message}", file=sys.stderr)
-            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
         except Exception as exc:
-            if not type(exc).__module__.startswith("sqlalchemy"):
+            if os.environ.get(DEBUG_ENV):
                 raise
-            # A locked, corrupt or unreachable database: say so in a line, not a trace.
-            print(f"error: database: {str(exc).splitlines()[0]}", file=sys.stderr)
-            raise typer.Exit(2) from None
+            code, message = 2, _one_line(exc)
+            if "database or disk is full" in str(exc) or getattr(exc, "errno", None) == 28:
+                message = f"disk full: {getattr(exc, 'filename', None) or message}"
+            elif isinstance(exc, (UsesearchError, ValueError)):
+                pass
+            elif isinstance(exc, OSError):
+                where = exc.filename if exc.filename is not None else ""
+                message = f"{where}: {exc.strerror or message}" if where else message
+            elif type(exc).__module__.startswith("sqlalchemy"):
+                message = f"database: {_one_line(getattr(exc, 'orig', None) or exc)}"  # locked, corrupt or unreachable
+            else:
+                code = 1
+                message = f"unexpected {type(exc).__name__}: {message} (set {DEBUG_ENV}=1 to see the traceback)"
+            print(f"error: {message}", file=sys.stderr)
+            raise typer.Exit(code) from None
 
     return wrapper
 
@@ -85,18 +108,19 @@ def models_pull(preset: Annotated[str, typer.Argument(help="Preset whose weights
 def embed(
     image: Annotated[Path, typer.Argument(help="An image file.", exists=True, dir_okay=False)],
     text: Annotated[list[str], typer.Option("--text", "-t", help="A query; repeat for several.")],
-    preset: PresetOpt = "tiny",
-    embedder: EmbedderOpt = "use",
+    preset: PresetOpt = None,
+    embedder: Annotated[Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")] = None,
     head: HeadOpt = None,
     top: Annotated[int, typer.Option(help="Segments shown per text.")] = 3,
     device: DeviceOpt = None,
 ) -> None:
     """Propose segments in one image (weight-free superpixel masker) and rank them per text."""
-    from .factory import load_model
+    from .factory import choose_preset, load_model, resolve_embedder
     from .images import read_image
     from .maskers import FelzenszwalbMasker
 
-    model = load_model(preset, embedder=embedder, device=device, head=head)
+    preset = choose_preset(preset, head)
+    model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
     _print_ranking(model, image, read_image(image), FelzenszwalbMasker(), text, top)
 
 

@@ -45,7 +45,7 @@ def run(
     trust_remote_code: Annotated[bool, typer.Option(help="Allow the captioner's own code (needs a pinned revision).")] = False,
     grounder: Annotated[str, typer.Option(help="Grounding DINO name or folder, or 'tiny'.")] = "IDEA-Research/grounding-dino-tiny",
     spacy_model: Annotated[str, typer.Option(help="spaCy English pipeline for noun chunks.")] = "en_core_web_sm",
-    preset: PresetOpt = "tiny",
+    preset: PresetOpt = None,
     sam_checkpoint: Annotated[Optional[Path], typer.Option(help="SAM checkpoint instead of the preset's.")] = None,
     pred_iou_thresh: Annotated[float, typer.Option(help="SAM predicted-IoU threshold (paper: 0.6).")] = 0.6,
     stability_thresh: Annotated[float, typer.Option(help="SAM stability threshold (paper: 0.6).")] = 0.6,
@@ -59,6 +59,7 @@ def run(
     from curation.pipeline import curate
 
     from .factory import resolve_device
+    from .factory import DEFAULT_PRESET
     from .presets import get_preset
     from .sam import load_sam
 
@@ -69,7 +70,7 @@ def run(
     the_captioner = _captioner(captioner, captioner_revision, trust_remote_code, device) if captioner and needs_text else None
     if source == "folder" and the_captioner is None:
         raise ValueError("a folder has no captions: pass --captioner (a model name, or 'tiny')")
-    p = get_preset(preset)
+    p = get_preset(preset or DEFAULT_PRESET)
     predictor = None if source == "coco-instances" else SamPredictor(load_sam(p.sam, p.name, sam_checkpoint, device))
     bar = tqdm(unit="img", disable=None)
     report = curate(

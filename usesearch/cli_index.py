@@ -15,7 +15,8 @@ from rich.table import Table
 
 from .cli import DeviceOpt, HeadOpt, PresetOpt, app, console, user_errors
 
-DbOpt = Annotated[Path, typer.Option("--db", help="Index folder (SQLite metadata, FAISS vectors, lock).")]
+# A string, not a Path: Path("") would silently turn an empty --db into the current folder.
+DbOpt = Annotated[str, typer.Option("--db", help="Index folder (SQLite metadata, FAISS vectors, lock).")]
 DbUrlOpt = Annotated[Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata instead of SQLite in --db.")]
 KOpt = Annotated[int, typer.Option("-k", min=1, max=1000, help="Number of hits.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -33,7 +34,13 @@ def _outputs(hits, name: str, show: Optional[Path], export: Optional[Path]) -> N
     if show:
         typer.echo(f"wrote {contact_sheet(hits, show)}", err=True)
     if export:
-        export.write_text(json.dumps(hits_to_coco(hits, name)))
+        from usesearch.errors import UsesearchError
+
+        try:
+            export.write_text(json.dumps(hits_to_coco(hits, name)))
+        except OSError as exc:
+            reason = "disk full" if exc.errno == 28 else exc.strerror or str(exc)
+            raise UsesearchError(f"cannot write {export}: {reason}") from None
         typer.echo(f"wrote {export}", err=True)
 
 
@@ -42,7 +49,7 @@ def _outputs(hits, name: str, show: Optional[Path], export: Optional[Path]) -> N
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively).")],
     db: DbOpt,
-    preset: PresetOpt = "tiny",
+    preset: PresetOpt = None,
     embedder: Annotated[Optional[str], typer.Option(help="use | crop (default: use where a head exists)")] = None,
     head: HeadOpt = None,
     masker: Annotated[Optional[str], typer.Option(help="sam | felzenszwalb | coco (default: sam; felzenszwalb for tiny)")] = None,
@@ -89,15 +96,18 @@ def index(
         raise typer.Exit(130)
 
 
-def _print_hits(hits, as_json: bool, title: str) -> None:
+def _print_hits(hits, as_json: bool, title: str, folder: str | None = None) -> None:
+    """JSON with full paths, or a table with paths relative to the indexed ``folder``
+    (absolute paths wrap over several lines at 80 columns)."""
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], indent=1))
         return
-    table = Table(title=title)
+    table = Table(title=title, caption=f"paths under {folder}" if folder else None)
     for column in ("rank", "score", "segment", "image", "bbox (x, y, w, h)", "area"):
         table.add_column(column, overflow="fold")
     for h in hits:
-        table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), h.image, str(h.bbox), str(h.area))
+        image = h.image[len(folder):] if folder and h.image.startswith(folder) else h.image
+        table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), image, str(h.bbox), str(h.area))
     console.print(table)
 
 
@@ -121,7 +131,8 @@ def query(
 
     index = SegmentIndex.open(db, db_url=db_url, device=device)
     hits = index.query(text, k=k, per_image=per_image, path=path, min_area=min_area)
-    _print_hits(hits, as_json, f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})")
+    _print_hits(hits, as_json, f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})",
+                index.store.common_folder())
     _outputs(hits, text, show, export_coco)
 
 
@@ -142,8 +153,9 @@ def similar(
     """Segments most like a given one (query by example)."""
     from indexer import SegmentIndex
 
-    hits = SegmentIndex.open(db, db_url=db_url).similar(segment_id, k=k, per_image=per_image, path=path, min_area=min_area)
-    _print_hits(hits, as_json, f"like segment {segment_id}")
+    index = SegmentIndex.open(db, db_url=db_url)
+    hits = index.similar(segment_id, k=k, per_image=per_image, path=path, min_area=min_area)
+    _print_hits(hits, as_json, f"like segment {segment_id}", index.store.common_folder())
     _outputs(hits, f"like segment {segment_id}", show, export_coco)
 
 
@@ -167,7 +179,7 @@ def failures(db: DbOpt, db_url: DbUrlOpt = None) -> None:
     """Each file that failed to index, with its reason."""
     from indexer.search import open_store
 
-    for record in open_store(db, db_url).failures():
+    for record in open_store(db, db_url, read_only=True).failures():
         console.print(f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})", markup=False)
 
 
@@ -221,8 +233,8 @@ def demo(
         )
         preset = "tiny"
     photos = _write_sample_photos(out / "photos")
-    index(paths=[photos], db=out / f"db-{preset}", preset=preset)
-    query(text=query_text, db=out / f"db-{preset}", k=5, per_image=True)
+    index(paths=[photos], db=str(out / f"db-{preset}"), preset=preset)
+    query(text=query_text, db=str(out / f"db-{preset}"), k=5, per_image=True)
     console.print(f"Browse these segments: usesearch serve --db {out / f'db-{preset}'}  (then open http://127.0.0.1:8000)", markup=False)
 
 

@@ -15,7 +15,7 @@ from .cli import DeviceOpt, PresetOpt, app, console, user_errors
 def train(
     datasets: Annotated[list[Path], typer.Argument(help="Curated dataset folders (usesearch curate run).", exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option(help="Run folder: head checkpoints, optimizer state, log.csv.")],
-    preset: PresetOpt = "tiny",
+    preset: PresetOpt = None,
     epochs: Annotated[int, typer.Option(min=1)] = 5,
     batch_images: Annotated[int, typer.Option(min=1, help="Images per batch (all their segments).")] = 32,
     lr: Annotated[float, typer.Option()] = 1e-3,
@@ -33,10 +33,12 @@ def train(
     from training.data import load_samples
     from training.train import TrainConfig, Trainer
 
+    from .factory import DEFAULT_PRESET
+
     samples = load_samples(datasets)
     if not samples:
         raise ValueError("the datasets hold no segment with a text")
-    cfg = TrainConfig(preset=preset, epochs=epochs, batch_images=batch_images, lr=lr, weight_decay=weight_decay,
+    cfg = TrainConfig(preset=preset or DEFAULT_PRESET, epochs=epochs, batch_images=batch_images, lr=lr, weight_decay=weight_decay,
                       crop=crop, max_steps=max_steps, checkpoint_every=checkpoint_every, seed=seed, device=device)
     trainer = Trainer(samples, out, cfg)
     if resume:
@@ -61,17 +63,23 @@ def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
     return names
 
 
-def _segmenter(preset, embedder, head, masker, points_per_side, device):
+def _segmenter(preset, embedder, heads, masker, points_per_side, device):
+    """The models (one per --head: their class probabilities are averaged, the
+    paper's ensemble of curated-data and COCO heads) and the masker."""
+    from .factory import choose_preset, load_model, resolve_embedder
     from indexer.maskers import build_masker
-    from indexer.pipeline import resolve_embedder
 
-    from .factory import load_model
-
-    model = load_model(preset, embedder=resolve_embedder(preset, embedder, str(head) if head else None), device=device, head=head)
+    heads = [str(h) for h in heads or []] or [None]
+    models = []
+    for head in heads:
+        name = choose_preset(preset, head)
+        models.append(load_model(name, embedder=resolve_embedder(name, embedder, head), device=device, head=head))
     options = {"points_per_side": points_per_side} if (masker or "sam") == "sam" and points_per_side else {}
-    return model, build_masker(masker, model.preset, device, **options)
+    return models, build_masker(masker, models[0].preset, device, **options)
 
 
+HeadsOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--head", help="Head checkpoint; repeat to ensemble several (class probabilities averaged).")]
 MaskerOpt = Annotated[Optional[str], typer.Option(help="sam | felzenszwalb (default: sam; felzenszwalb for tiny).")]
 EmbedOpt = Annotated[Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")]
 
@@ -84,9 +92,9 @@ def segment(
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names.")] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="One class name per line.", exists=True)] = None,
     overlay: Annotated[Optional[Path], typer.Option(help="PNG of the image coloured by class, with a legend.")] = None,
-    preset: PresetOpt = "tiny",
+    preset: PresetOpt = None,
     embedder: EmbedOpt = None,
-    head: Annotated[Optional[Path], typer.Option(help="Head checkpoint.")] = None,
+    head: HeadsOpt = None,
     masker: MaskerOpt = None,
     points_per_side: Annotated[Optional[int], typer.Option()] = None,
     device: DeviceOpt = None,
@@ -97,16 +105,16 @@ def segment(
 
     from .images import read_image
     from .maskers import stack_masks
-    from .semseg import segment_image
+    from .semseg import save_label_map, segment_image
     from .visualize import label_overlay
 
     names = _classes(classes, classes_file)
-    model, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
+    models, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
     rgb = read_image(image)
     proposals = mask_proposer(rgb, str(image))
     masks = stack_masks(proposals, rgb.shape[:2])
-    labels = segment_image(model, rgb, masks, names)
-    Image.fromarray(labels).save(out)
+    labels = segment_image(models, rgb, masks, names)
+    save_label_map(labels, out)
     if overlay:
         label_overlay(rgb, labels, names).save(overlay)
     present = [names[i] for i in np.unique(labels) if i < len(names)]
@@ -123,12 +131,12 @@ def eval_semseg(
     images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
     labels: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Label PNGs named like the images.")],
     classes_file: Annotated[Path, typer.Option("--classes", exists=True, help="One class name per line, in label order.")],
-    ignore_index: Annotated[int, typer.Option()] = 255,
+    ignore_index: Annotated[int, typer.Option(help="Ground-truth value to ignore (ADE-847 conversions use 65535).")] = 255,
     reduce_zero_label: Annotated[bool, typer.Option(help="ADE20K: label 0 is 'other' (ignored), classes start at 1.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json")] = None,
-    preset: PresetOpt = "tiny",
+    preset: PresetOpt = None,
     embedder: EmbedOpt = None,
-    head: Annotated[Optional[Path], typer.Option()] = None,
+    head: HeadsOpt = None,
     masker: MaskerOpt = None,
     points_per_side: Annotated[Optional[int], typer.Option()] = None,
     device: DeviceOpt = None,
@@ -141,25 +149,26 @@ def eval_semseg(
 
     from .images import read_image
     from .maskers import stack_masks
-    from .semseg import confusion, miou, segment_image
+    from .semseg import confusion, miou, read_label_map, segment_image
 
     names = _classes(None, classes_file)
-    model, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
+    models, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
     matrix = np.zeros((len(names), len(names) + 1), np.int64)
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     for path in files:
-        gt = np.asarray(Image.open(labels / f"{path.stem}.png")).astype(np.int64)
+        gt = read_label_map(labels / f"{path.stem}.png")
         if reduce_zero_label:
             gt = np.where(gt == 0, ignore_index, gt - 1)
         rgb = read_image(path)
         masks = stack_masks(mask_proposer(rgb, str(path)), rgb.shape[:2])
-        matrix += confusion(segment_image(model, rgb, masks, names), gt, len(names), ignore_index)
+        matrix += confusion(segment_image(models, rgb, masks, names), gt, len(names), ignore_index)
     mean, per_class = miou(matrix)
-    result = {"mIoU": mean, "images": len(files), "model": model.fingerprint,
+    fingerprint = "+".join(m.fingerprint for m in models)
+    result = {"mIoU": mean, "images": len(files), "model": fingerprint,
               "per_class": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, per_class)}}
     for name, value in result["per_class"].items():
         console.print(f"{name:>24}: {'-' if value is None else f'{100 * value:.1f}'}", markup=False)
-    console.print(f"{'mIoU':>24}: {100 * mean:.2f}  ({len(files)} images, {model.fingerprint})", markup=False)
+    console.print(f"{'mIoU':>24}: {100 * mean:.2f}  ({len(files)} images, {fingerprint})", markup=False)
     if json_out:
         json_out.write_text(json.dumps(result, indent=1))
 
@@ -170,9 +179,9 @@ def eval_parts(
     images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
     coco_json: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="PartImageNet-style COCO annotations of the parts.")],
     json_out: Annotated[Optional[Path], typer.Option("--json")] = None,
-    preset: PresetOpt = "tiny",
+    preset: PresetOpt = None,
     embedder: EmbedOpt = None,
-    head: Annotated[Optional[Path], typer.Option()] = None,
+    head: HeadsOpt = None,
     masker: MaskerOpt = None,
     points_per_side: Annotated[Optional[int], typer.Option()] = None,
     device: DeviceOpt = None,
@@ -195,20 +204,21 @@ def eval_parts(
     category_ids = sorted(coco.cats)
     parts = [coco.cats[c]["name"] for c in category_ids]
     names = parts + background_classes()
-    model, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
+    models, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
     results = []
     for image_id in sorted(coco.imgs):
         rgb = read_image(images / coco.imgs[image_id]["file_name"])
         masks = stack_masks(mask_proposer(rgb, coco.imgs[image_id]["file_name"]), rgb.shape[:2])
         if not len(masks):
             continue
-        detections = part_detections(class_probabilities(model, rgb, masks, names), len(parts))
+        detections = part_detections(class_probabilities(models, rgb, masks, names), len(parts))
         results += to_results(image_id, masks, detections, category_ids)
     with contextlib.redirect_stdout(io.StringIO()):
         overall, per_category = mask_map(coco, results)
     for name, ap in per_category.items():
         console.print(f"{name:>28}: {100 * ap:.1f}", markup=False)
-    console.print(f"{'mAP_mask@[0.5:0.95]':>28}: {100 * overall:.2f}  ({len(results)} part detections, {model.fingerprint})", markup=False)
+    fingerprint = "+".join(m.fingerprint for m in models)
+    console.print(f"{'mAP_mask@[0.5:0.95]':>28}: {100 * overall:.2f}  ({len(results)} part detections, {fingerprint})", markup=False)
     if json_out:
         json_out.write_text(json.dumps({"mAP": overall, "per_category": per_category, "detections": len(results)}, indent=1))
 
@@ -220,7 +230,7 @@ def audit(
     images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option(help="Folder for suspects.csv/.json, summary.json and report.html.")] = Path("audit"),
     top: Annotated[int, typer.Option(help="Suspects shown in the HTML report.")] = 50,
-    preset: PresetOpt = "tiny",
+    preset: PresetOpt = None,
     embedder: EmbedOpt = None,
     head: Annotated[Optional[Path], typer.Option()] = None,
     device: DeviceOpt = None,
@@ -228,12 +238,11 @@ def audit(
     """Rank ground-truth annotations by how strongly the model disagrees with their labels."""
     import json
 
-    from indexer.pipeline import resolve_embedder
-
     from .audit import audit_coco, write_report
-    from .factory import load_model
+    from .factory import choose_preset, load_model, resolve_embedder
 
-    model = load_model(preset, embedder=resolve_embedder(preset, embedder, str(head) if head else None), device=device, head=head)
+    preset = choose_preset(preset, head)
+    model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
     data = json.loads(coco.read_text())
     suspects = audit_coco(model, data, images)
     write_report(suspects, data, out, top)

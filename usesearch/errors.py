@@ -15,3 +15,15 @@ class CheckpointMismatchError(UsesearchError):
 
 class NoTrainedHeadError(UsesearchError):
     """``embedder='use'`` was asked of a preset that has no trained head."""
+
+
+class NotFoundError(UsesearchError, KeyError):
+    """An id or name that does not exist. A ``KeyError`` too, for callers that catch
+    that, but its own type so a bug inside a lookup is not reported as "not found"."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else "not found"
+
+
+class UnknownPresetError(NotFoundError):
+    """A preset name that is not in the registry."""

@@ -14,6 +14,26 @@ from .model import USE, CropEmbedder, USEEmbedder
 from .presets import PRESETS, get_preset
 
 
+DEFAULT_PRESET = "b16"  # real weights; `tiny` (random) only when asked for, or by `demo`
+
+
+def choose_preset(preset: str | None, head: str | os.PathLike | None = None) -> str:
+    """The preset a command runs: the one asked for, else the head checkpoint's own,
+    else ``DEFAULT_PRESET``."""
+    if preset:
+        return preset
+    if head is not None:
+        return read_head_config(head)["preset"]
+    return DEFAULT_PRESET
+
+
+def resolve_embedder(preset_name: str, embedder: str | None, head) -> str:
+    """``None`` picks 'use' where a head exists (given, or tiny's seeded one), else 'crop'."""
+    if embedder:
+        return embedder
+    return "use" if head or get_preset(preset_name).head.seeded_random else "crop"
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -25,29 +25,42 @@ def cell_coverage(
     masks: np.ndarray | torch.Tensor,
     grid_hw: tuple[int, int],
     cell_hw: tuple[float, float],
-    chunk: int = 16,
+    block_elements: int = 1 << 24,
 ) -> torch.Tensor:
     """Fraction of each grid cell covered by each mask, cells of ``cell_hw`` pixels
     laid from the top-left corner; cells past the mask's edge count that part as
     uncovered (letterbox padding). Exact for fractional cell sizes: separable
-    pixel/cell overlap matrices, so no upsampled copy of the masks is made."""
-    masks = torch.as_tensor(masks)
+    pixel/cell overlap matrices, so no upsampled copy of the masks is made.
+
+    Memory stays bounded whatever the image size: masks are converted to float a
+    block of at most ``block_elements`` pixels at a time (whole masks for small
+    images, bands of rows of one mask for large ones), never the whole stack."""
+    masks = torch.as_tensor(np.ascontiguousarray(masks) if isinstance(masks, np.ndarray) else masks)
     if masks.ndim != 3:
         raise ValueError(f"masks must be [N, H, W], got shape {tuple(masks.shape)}")
     n, h, w = masks.shape
+    gh, gw = grid_hw
     if n == 0:
-        return torch.zeros(0, grid_hw[0] * grid_hw[1])
-    areas = masks.flatten(1).sum(1)
-    if bool((areas == 0).any()):
-        empty = torch.nonzero(areas == 0).flatten().tolist()
+        return torch.zeros(0, gh * gw)
+    rows = _axis_overlap(h, gh, cell_hw[0])  # [gh, H]
+    cols = _axis_overlap(w, gw, cell_hw[1])  # [gw, W]
+    out = torch.zeros(n, gh, gw)
+    per_block = block_elements // max(1, h * w)
+    if per_block >= 1:
+        for start in range(0, n, per_block):
+            block = masks[start : start + per_block].float()
+            out[start : start + per_block] = torch.einsum("ih,nhw,jw->nij", rows, block, cols)
+    else:
+        band = max(1, block_elements // max(1, w))
+        for i in range(n):
+            for top in range(0, h, band):
+                block = masks[i, top : top + band].float()  # [b, W]
+                out[i] += rows[:, top : top + band] @ (block @ cols.T)
+    out = out.flatten(1) / (cell_hw[0] * cell_hw[1])
+    empty = torch.nonzero(out.sum(1) == 0).flatten().tolist()
+    if empty:
         raise ValueError(f"masks {empty[:10]} are empty; every segment needs at least one pixel")
-    rows = _axis_overlap(h, grid_hw[0], cell_hw[0])  # [gh, H]
-    cols = _axis_overlap(w, grid_hw[1], cell_hw[1])  # [gw, W]
-    out = []
-    for start in range(0, n, chunk):
-        block = masks[start : start + chunk].float()
-        out.append(torch.einsum("ih,nhw,jw->nij", rows, block, cols).flatten(1))
-    return torch.cat(out) / (cell_hw[0] * cell_hw[1])
+    return out
 
 
 def patch_weights(masks: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:

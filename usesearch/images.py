@@ -16,9 +16,10 @@ class ImageReadError(UsesearchError):
     """A file that is not a readable image; indexers record it and go on."""
 
 
-def read_image(path: str | PathLike | BinaryIO) -> np.ndarray:
+def read_image(path: str | PathLike | BinaryIO, name: str | None = None) -> np.ndarray:
     """Open any format Pillow reads (first frame of a GIF), apply EXIF orientation so
-    masks line up with what viewers show, and return RGB uint8 HxWx3."""
+    masks line up with what viewers show, and return RGB uint8 HxWx3. ``name`` is what
+    errors call the image (for a file object, whose repr means nothing to a user)."""
     try:
         with Image.open(path) as im:
             im.seek(0)
@@ -31,7 +32,7 @@ def read_image(path: str | PathLike | BinaryIO) -> np.ndarray:
             return to_rgb_array(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow signals truncated/corrupt files with any of these.
-        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+        raise ImageReadError(f"cannot read image {name or path}: {exc}") from exc
 
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -43,7 +44,10 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 image = Image.alpha_composite(background, rgba)
             image = image.convert("RGB")
-        return np.asarray(image, dtype=np.uint8).copy()
+        array = np.asarray(image, dtype=np.uint8).copy()
+        if array.shape[0] == 0 or array.shape[1] == 0:
+            raise ValueError(f"the image is empty ({image.width}x{image.height} pixels)")
+        return array
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
@@ -51,16 +55,26 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an HxWx3 image, got shape {array.shape}")
     if array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {array.dtype}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"the image is empty ({array.shape[1]}x{array.shape[0]} pixels)")
     return np.ascontiguousarray(array[..., :3])
 
 
 def as_masks(masks: np.ndarray | torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
-    masks = torch.as_tensor(np.asarray(masks) if not torch.is_tensor(masks) else masks)
+    """Bool masks [N, H, W] from bool or 0/1 arrays of any memory layout (flipped views
+    included). Any other value (NaN, -1, 0.5, 255) is an error, not "inside"."""
+    if not torch.is_tensor(masks):
+        masks = np.ascontiguousarray(masks)  # negative strides: torch cannot view them
+    masks = torch.as_tensor(masks)
     if masks.ndim == 2:
         masks = masks[None]
     if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(image_hw):
         raise ValueError(f"masks must be [N, {image_hw[0]}, {image_hw[1]}] like the image, got {tuple(masks.shape)}")
-    return masks.bool()
+    if masks.dtype != torch.bool:
+        if masks.is_complex() or not bool(((masks == 0) | (masks == 1)).all()):
+            raise ValueError(f"masks must be bool or 0/1; these {masks.dtype} masks hold other values")
+        masks = masks != 0
+    return masks
 
 
 def normalize(rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from segment_anything.utils.amg import batched_mask_to_box
+
+WORK_PIXELS = 4_000_000  # the Felzenszwalb masker's working size for larger photos
 
 
 @dataclass
@@ -37,16 +40,29 @@ class FelzenszwalbMasker:
         from skimage.segmentation import felzenszwalb
 
         h, w = rgb.shape[:2]
-        min_area = max(16, int(self.min_area_frac * h * w))
-        masks = []
-        for scale in self.scales:
-            labels = felzenszwalb(rgb, scale=scale, sigma=0.8, min_size=min_area)
+        # Superpixels of a huge photo are found at WORK_PIXELS and their label map
+        # scaled back: the graph of a 16 MP image alone would take gigabytes.
+        shrink = min(1.0, (WORK_PIXELS / (h * w)) ** 0.5)
+        work = rgb if shrink == 1.0 else np.asarray(
+            Image.fromarray(rgb).resize((max(1, round(w * shrink)), max(1, round(h * shrink))), Image.BILINEAR))
+        min_area = max(16, int(self.min_area_frac * work.shape[0] * work.shape[1]))
+        label_maps, candidates = [], []
+        for level, scale in enumerate(self.scales):
+            labels = felzenszwalb(work, scale=scale, sigma=0.8, min_size=min_area)
             # Regions are connected by construction and min_size-bounded, so no
             # island/hole clean-up is needed; skip labels below the area floor.
             counts = np.bincount(labels.ravel())
-            masks.extend(labels == label for label in np.flatnonzero(counts >= min_area))
-        masks.sort(key=lambda m: -int(m.sum()))
-        return to_proposals(np.stack(masks[: self.max_masks]) if masks else np.zeros((0, h, w), bool))
+            candidates += [(-int(counts[label]), level, int(label)) for label in np.flatnonzero(counts >= min_area)]
+            label_maps.append(labels)
+        # Largest first (ties: coarser scale index, then label), and only the kept
+        # ones ever become full-size masks.
+        chosen = sorted(candidates)[: self.max_masks]
+        if shrink != 1.0:
+            label_maps = [np.asarray(Image.fromarray(m.astype(np.int32)).resize((w, h), Image.NEAREST)) for m in label_maps]
+        masks = np.empty((len(chosen), h, w), bool)
+        for i, (_, level, label) in enumerate(chosen):
+            np.equal(label_maps[level], label, out=masks[i])
+        return to_proposals(masks)
 
 
 class SamMasker:
@@ -91,5 +107,13 @@ def to_proposals(masks: np.ndarray) -> list[Proposal]:
 
 
 def stack_masks(proposals: list[Proposal], hw: tuple[int, int]) -> np.ndarray:
-    """[N, H, W] bool masks of proposals (N may be 0)."""
-    return np.stack([p.mask for p in proposals]) if proposals else np.zeros((0, *hw), bool)
+    """[N, H, W] bool masks of proposals (N may be 0). Proposals made by
+    ``to_proposals`` are rows of one stack already: that stack is returned as is,
+    not copied (a 16 MP photo's 64 masks are 1 GB)."""
+    if not proposals:
+        return np.zeros((0, *hw), bool)
+    base = proposals[0].mask.base
+    if (isinstance(base, np.ndarray) and base.shape == (len(proposals), *hw) and base.dtype == bool
+            and all(p.mask.base is base and p.mask.shape == hw and np.may_share_memory(p.mask, base[i]) for i, p in enumerate(proposals))):
+        return base
+    return np.stack([p.mask for p in proposals])

@@ -159,7 +159,7 @@ class CropEmbedder(_TextMixin):
         masks = as_masks(masks, rgb.shape[:2])
         if len(masks) == 0:
             return np.zeros((0, self.dim), np.float32)
-        if bool((masks.flatten(1).sum(1) == 0).any()):
+        if not bool(masks.flatten(1).any(1).all()):  # any(): no int64 copy of the stack
             raise ValueError("empty mask: every segment needs at least one pixel")
         boxes = batched_mask_to_box(masks).tolist()
         out = []

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from .config import ClipConfig, DinoConfig, HeadConfig, PresetConfig, SamConfig
+from .errors import UnknownPresetError
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 
@@ -79,4 +80,4 @@ def get_preset(name: str) -> PresetConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+        raise UnknownPresetError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -4,49 +4,81 @@ its evaluation by mIoU.
 Each mask is embedded, compared with every class's text embedding (class-name
 template ensemble), turned into probabilities by a softmax, and every pixel takes the
 class whose probabilities, summed over all masks covering it, are highest. Pixels no
-mask covers are left unlabelled.
+mask covers are left unlabelled. Several models (heads) are an ensemble: their class
+probabilities are averaged, as the paper ensembles its curated-data and COCO heads.
+
+Label maps are uint8 (unlabelled 255) up to 255 classes and uint16 (unlabelled
+65535) beyond, so ADE-847 and PC-459 fit.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 # Same scale the head is trained with (training.loss.LOGIT_SCALE), so probabilities
 # at inference are the ones the loss shaped.
 LOGIT_SCALE = 30.0
-UNLABELLED = 255
+UNLABELLED = 255  # in uint8 label maps
+UNLABELLED_16 = 65535  # in uint16 label maps (256 classes or more)
 
 
-def class_probabilities(model, rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
-    """[N masks, C classes] softmax probabilities."""
-    segments = model.embed_segments(rgb, masks)
-    texts = model.embed_classes(list(class_names))
-    return torch.softmax(torch.from_numpy(LOGIT_SCALE * segments @ texts.T), dim=1).numpy()
+def label_dtype(num_classes: int) -> tuple[type, int]:
+    """(dtype, unlabelled value) of a label map for this many classes."""
+    if num_classes < UNLABELLED:
+        return np.uint8, UNLABELLED
+    if num_classes < UNLABELLED_16:
+        return np.uint16, UNLABELLED_16
+    raise ValueError(f"{num_classes} classes do not fit a 16-bit label map")
+
+
+def class_probabilities(models, rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """[N masks, C classes] softmax probabilities; averaged over an ensemble of models."""
+    models = models if isinstance(models, (list, tuple)) else [models]
+    total = 0
+    for model in models:
+        segments = model.embed_segments(rgb, masks)
+        texts = model.embed_classes(list(class_names))
+        total = total + torch.softmax(torch.from_numpy(LOGIT_SCALE * segments @ texts.T), dim=1).numpy()
+    return total / len(models)
 
 
 def pixel_labels(masks: np.ndarray, probabilities: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """[N,H,W] masks and [N,C] probabilities -> [H,W] class ids (UNLABELLED where no mask)."""
+    """[N,H,W] masks and [N,C] probabilities -> [H,W] class ids (the unlabelled value
+    of ``label_dtype`` where no mask covers a pixel)."""
     n, h, w = masks.shape
     c = probabilities.shape[1]
-    if c >= UNLABELLED:
-        raise ValueError(f"{c} classes do not fit the uint8 label map (255 is 'unlabelled')")
+    dtype, unlabelled = label_dtype(c)
     scores = torch.zeros(c, h * w)
     probs = torch.from_numpy(probabilities).float()
     for start in range(0, n, chunk):
         block = torch.from_numpy(masks[start : start + chunk].reshape(-1, h * w)).float()
         scores += probs[start : start + chunk].T @ block
-    labels = scores.argmax(0).numpy().astype(np.uint8).reshape(h, w)
-    labels[~masks.any(0)] = UNLABELLED
+    labels = scores.argmax(0).numpy().astype(dtype).reshape(h, w)
+    labels[~masks.any(0)] = unlabelled
     return labels
 
 
-def segment_image(model, rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+def segment_image(models, rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     if len(masks) == 0:
-        return np.full(rgb.shape[:2], UNLABELLED, np.uint8)
-    return pixel_labels(masks, class_probabilities(model, rgb, masks, class_names))
+        dtype, unlabelled = label_dtype(len(class_names))
+        return np.full(rgb.shape[:2], unlabelled, dtype)
+    return pixel_labels(masks, class_probabilities(models, rgb, masks, class_names))
+
+
+def save_label_map(labels: np.ndarray, path: str | os.PathLike) -> None:
+    """8- or 16-bit greyscale PNG, the label map's own depth."""
+    Image.fromarray(labels).save(path)  # uint16 arrays become 16-bit PNGs ("I;16")
+
+
+def read_label_map(path: str | os.PathLike) -> np.ndarray:
+    """A ground-truth label PNG (8 or 16 bit) as int64 class ids."""
+    with Image.open(path) as image:
+        return np.asarray(image).astype(np.int64)
 
 
 def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
@@ -54,7 +86,7 @@ def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: 
     count as misses of the ground-truth class (they are nobody's true positive)."""
     valid = gt != ignore_index
     gt, pred = gt[valid].astype(np.int64), pred[valid].astype(np.int64)
-    pred = np.where(pred < num_classes, pred, num_classes)  # UNLABELLED -> an extra column
+    pred = np.where(pred < num_classes, pred, num_classes)  # unlabelled -> an extra column
     matrix = np.bincount(gt * (num_classes + 1) + pred, minlength=num_classes * (num_classes + 1))
     return matrix.reshape(num_classes, num_classes + 1)
 

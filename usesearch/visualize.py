@@ -10,7 +10,6 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from skimage.segmentation import find_boundaries
 
-from .semseg import UNLABELLED
 
 
 def palette(n: int) -> np.ndarray:
@@ -20,9 +19,9 @@ def palette(n: int) -> np.ndarray:
 def label_overlay(rgb: np.ndarray, labels: np.ndarray, names: Sequence[str], alpha: float = 0.55) -> Image.Image:
     colours = palette(len(names))
     out = rgb.astype(np.float32).copy()
-    labelled = labels != UNLABELLED
+    labelled = labels < len(names)  # the unlabelled value (255 or 65535) is past every class
     out[labelled] = (1 - alpha) * out[labelled] + alpha * colours[labels[labelled]]
-    present = [int(i) for i in np.unique(labels) if i != UNLABELLED]
+    present = [int(i) for i in np.unique(labels[labelled])]
     row = 14
     canvas = Image.new("RGB", (rgb.shape[1] + 160, max(rgb.shape[0], row * len(present) + 4)), (255, 255, 255))
     canvas.paste(Image.fromarray(out.clip(0, 255).astype(np.uint8)), (0, 0))

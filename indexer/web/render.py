@@ -39,7 +39,7 @@ class ImageCache:
                 self._images.move_to_end(key)
                 return self._images[key]
         try:
-            data, sha256 = read_bytes(record.path)
+            data, sha256 = read_bytes(record.fs_path, name=record.path)
             rgb = decode(data, record.path)
         except (OSError, UsesearchError) as exc:
             raise ImageGoneError(f"image {record.id} can no longer be read from where it was indexed: {exc}") from exc

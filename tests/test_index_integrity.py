@@ -1,0 +1,375 @@
+"""The index stays usable and truthful: index types without remove_ids, a vector file
+that does not match the database, read-only indexes, files that are not files, names
+that are not UTF-8, symlinks that leave the folder, a full disk, bad arguments."""
+
+import errno
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+
+import faiss
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from indexer.pipeline import DB_FILE, FAISS_FILE
+from indexer.store import Store
+from indexer.vectors import index_ids
+from tests.test_index_query import OPTS, assert_consistent, write_photos
+from usesearch.cli import app
+
+runner = CliRunner()
+
+
+def exact_hits(ix, vector, k, path=None, min_area=0, per_image=False, exclude=()):
+    """Brute force over the store: what any index must answer for these filters."""
+    import fnmatch
+
+    ids, vecs = zip(*ix.store.embeddings())
+    ids, vecs = np.concatenate(ids), np.concatenate(vecs)
+    rows = ix.store.rows(ids.tolist())
+    order = np.argsort(-(vecs @ vector), kind="stable")
+    out, seen = [], set()
+    for i in order:
+        row = rows[int(ids[i])]
+        if row.id in exclude or row.area < min_area or (path and not fnmatch.fnmatchcase(row.image_path, path)):
+            continue
+        if per_image and row.image_id in seen:
+            continue
+        seen.add(row.image_id)
+        out.append(row.id)
+    return out[:k]
+
+
+def change_photo(photos, name="chelsea"):
+    target = next(photos.rglob(f"{name}.png"))
+    pixels = np.asarray(Image.open(target)).copy()
+    pixels[: pixels.shape[0] // 2] = 255 - pixels[: pixels.shape[0] // 2]
+    Image.fromarray(pixels).save(target)
+
+
+# -- 1. index types without remove_ids --------------------------------------------------
+def test_hnsw_index_keeps_working_through_changed_photos(tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    reindex(db, "HNSW32")
+    change_photo(photos)
+    change_photo(photos, "astronaut")
+    report = index_paths([photos], db, IndexOptions(**{**OPTS, "factory": "HNSW32"}))
+    assert (report.done, report.skipped, report.failed) == (2, 2, 0)
+    ix = SegmentIndex.open(db)
+    committed = set(ix.store.segment_ids().tolist())
+    hits = ix.query("a cat", k=len(committed) + 10)
+    assert {h.segment_id for h in hits} == committed  # every live segment, nothing stale
+    assert ix.stats()["vectors"] == len(committed)
+    assert_consistent(db)
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+
+
+def test_hnsw_reader_excludes_uncommitted_vectors_it_cannot_remove(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**{**OPTS, "factory": "HNSW16"}))
+    ix = SegmentIndex.open(db)
+    vector = ix.index.index.reconstruct(int(ix.store.segment_ids()[0]))
+    ix.index.add(np.array([10**9]), vector[None])  # a vector whose image never committed
+    from indexer.vectors import write_atomic
+
+    write_atomic(ix.index, db / FAISS_FILE, ix.store, ix.info.dim, ix.info.factory)
+    reader = SegmentIndex.open(db)
+    assert 10**9 not in {h.segment_id for h in reader.search_vector(vector, k=50)}
+    assert reader.index.ntotal == len(reader.store.segment_ids())
+
+
+# -- 2. the vector file is checked against the database ---------------------------------
+@pytest.fixture()
+def small_index(tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    return photos, db
+
+
+def _rewrite(db, index):
+    faiss.write_index(index, str(db / FAISS_FILE))
+
+
+def test_corrupt_or_foreign_vector_files_are_rebuilt_from_the_database(small_index, caplog):
+    photos, db = small_index
+    ix = SegmentIndex.open(db)
+    expected = [(h.segment_id, round(h.score, 5)) for h in ix.query("a cat", k=8)]
+    ids, vecs = zip(*ix.store.embeddings())
+    ids, vecs = np.concatenate(ids), np.concatenate(vecs)
+
+    def l2_index():  # valid FAISS file, same ids, wrong metric
+        index = faiss.index_factory(ix.info.dim, "IDMap2,Flat", faiss.METRIC_L2)
+        index.add_with_ids(vecs, ids)
+        return index
+
+    def plain_index():  # valid FAISS file of another type
+        index = faiss.IndexFlatIP(ix.info.dim)
+        index.add(vecs)
+        return index
+
+    raw = (db / FAISS_FILE).read_bytes()
+    flipped = bytearray(raw)
+    middle = len(raw) // 2
+    flipped[middle : middle + 64] = b"\x7f" * 64  # vectors, not the header: still a readable file
+    corruptions = {"flipped": lambda: (db / FAISS_FILE).write_bytes(bytes(flipped)),
+                   "metric": lambda: _rewrite(db, l2_index()), "type": lambda: _rewrite(db, plain_index())}
+    for name, corrupt in corruptions.items():
+        corrupt()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="usesearch"):
+            got = [(h.segment_id, round(h.score, 5)) for h in SegmentIndex.open(db).query("a cat", k=8)]
+        assert got == expected, name
+        assert any("does not match the database" in r.getMessage() for r in caplog.records), name
+    # Another index run repairs the file for good.
+    index_paths([photos], db, IndexOptions(**OPTS))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="usesearch"):
+        assert [(h.segment_id, round(h.score, 5)) for h in SegmentIndex.open(db).query("a cat", k=8)] == expected
+    assert not caplog.records
+
+
+# -- 3. read-only indexes -----------------------------------------------------------------
+def _as_nobody() -> list[str] | None:
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    try:
+        probe = subprocess.run([*prefix, sys.executable, "-c", "import usesearch"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return prefix if probe.returncode == 0 else None
+
+
+def test_read_commands_work_on_a_read_only_index(small_index):
+    prefix = _as_nobody()
+    if prefix is None:
+        pytest.skip("needs a non-root user (setpriv to nobody) who can run this Python")
+    _, db = small_index
+    archive = tempfile.mkdtemp(prefix="usesearch-ro-")
+    try:
+        os.chmod(archive, 0o755)
+        ro = os.path.join(archive, "db")
+        shutil.copytree(db, ro)
+        home = os.path.join(archive, "home")
+        os.mkdir(home)
+        os.chmod(home, 0o777)
+        for name in os.listdir(ro):
+            os.chmod(os.path.join(ro, name), 0o444)
+        os.chmod(ro, 0o555)
+        env = {**os.environ, "HOME": home, "USESEARCH_HOME": home, "XDG_CACHE_HOME": home, "HF_HOME": home, "PYTHONPATH": os.getcwd()}
+        for command in (["query", "a cat", "-k", "3", "--json"], ["info"], ["failures"]):
+            done = subprocess.run([*prefix, sys.executable, "-m", "usesearch", *command, "--db", ro],
+                                  capture_output=True, text=True, timeout=120, env=env)
+            assert done.returncode == 0, (command, done.stderr[-2000:])
+        assert sorted(os.listdir(ro)) == sorted(os.listdir(db))  # no side files left
+    finally:
+        for dirpath, _, _ in os.walk(archive):
+            os.chmod(dirpath, 0o755)
+        shutil.rmtree(archive)
+
+
+def test_readers_never_create_tables_in_a_database_that_is_not_an_index(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    import sqlite3
+
+    sqlite3.connect(folder / DB_FILE).execute("create table notes (text)").connection.commit()
+    for command in (["info"], ["query", "x"], ["failures"]):
+        result = runner.invoke(app, [*command, "--db", str(folder)])
+        assert result.exit_code == 2 and "not a usesearch index" in result.output, result.output
+    tables = {r[0] for r in sqlite3.connect(folder / DB_FILE).execute("select name from sqlite_master where type='table'")}
+    assert tables == {"notes"}
+
+
+# -- 7. only regular files, bounded ---------------------------------------------------------
+def test_fifos_devices_and_oversized_files_are_recorded_not_read(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut",))
+    os.mkfifo(photos / "b.png")
+    os.symlink("/dev/zero", photos / "z.jpg")
+    big = Image.new("RGB", (600, 600))
+    big.save(photos / "big.bmp")
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(report=index_paths(
+        [photos], tmp_path / "db", IndexOptions(**OPTS, max_bytes=(photos / "big.bmp").stat().st_size - 1))))
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "indexing blocked on a FIFO or an endless file"
+    failed = {os.path.basename(p): reason for p, reason in result["report"].failures}
+    assert set(failed) == {"b.png", "z.jpg", "big.bmp"}
+    assert "not a regular file" in failed["b.png"] and "not a regular file" in failed["z.jpg"]
+    assert "exceeds the limit" in failed["big.bmp"] and result["report"].done == 1
+
+
+# -- 8. names that are not UTF-8 --------------------------------------------------------------
+def test_non_utf8_names_reopen_exactly_and_never_collide(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    raw = os.path.join(os.fsencode(photos), b"caf\xe9.png")
+    literal = photos / "caf\\xe9.png"  # the display form of the other name, as a real name
+    Image.fromarray(np.full((40, 40, 3), (200, 30, 30), np.uint8)).save(raw)
+    Image.fromarray(np.full((40, 40, 3), (30, 30, 200), np.uint8)).save(literal)
+    db = tmp_path / "db"
+    first = index_paths([photos], db, IndexOptions(**OPTS))
+    again = index_paths([photos], db, IndexOptions(**OPTS))
+    assert (first.done, again.done, again.skipped) == (2, 0, 2)
+    ix = SegmentIndex.open(db)
+    hits = ix.query("a red square", k=50, per_image=True)
+    assert {h.file for h in hits} == {raw, os.fsencode(str(literal))}
+    for hit in hits:
+        with open(hit.file, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    out = tmp_path / "sheet.png"
+    result = runner.invoke(app, ["query", "a red square", "--db", str(db), "--show", str(out)])
+    assert result.exit_code == 0 and out.is_file(), result.output
+
+
+def test_index_made_by_older_usesearch_is_upgraded_without_losing_segments(small_index):
+    import sqlite3
+
+    photos, db = small_index
+    before = SegmentIndex.open(db).query("a cat", k=5)
+    con = sqlite3.connect(db / DB_FILE)
+    # The previous schema: images keyed by a unique display path, no fs_path, no checksum.
+    con.executescript("""
+        PRAGMA foreign_keys=OFF;
+        CREATE TABLE images_v1 (id INTEGER NOT NULL PRIMARY KEY, path TEXT NOT NULL UNIQUE, sha256 VARCHAR(64),
+            width INTEGER, height INTEGER, status VARCHAR(8) NOT NULL, error_class VARCHAR(128), error_message TEXT,
+            attempts INTEGER NOT NULL, updated DATETIME NOT NULL);
+        INSERT INTO images_v1 SELECT id, path, sha256, width, height, status, error_class, error_message, attempts, updated FROM images;
+        DROP TABLE images; ALTER TABLE images_v1 RENAME TO images;
+        ALTER TABLE index_info DROP COLUMN vectors_sha256;
+    """)
+    con.close()
+    again = index_paths([photos], db, IndexOptions(**OPTS))
+    assert again.skipped == 4 and again.done == 0
+    assert SegmentIndex.open(db).query("a cat", k=5) == before
+
+
+# -- 9. symlinks stay inside the roots ----------------------------------------------------------
+def test_walk_never_leaves_the_folders_it_was_given(tmp_path):
+    outside = write_photos(tmp_path / "outside", ("coffee",))
+    photos = write_photos(outside / "photos", ("astronaut",))
+    os.symlink("..", photos / "up")
+    os.symlink(photos / "sub" if (photos / "sub").exists() else photos, photos / "same")  # inside: fine
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    ix = SegmentIndex.open(tmp_path / "db")
+    with ix.store.sessions() as s:
+        from indexer.store import ImageRecord
+
+        paths = [r.path for r in s.query(ImageRecord)]
+    assert paths and all(p.startswith(str(photos) + "/") for p in paths)
+    assert not any("coffee" in p for p in paths) and report.failed == 0
+
+
+# -- 10. disk full --------------------------------------------------------------------------------
+def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeypatch):
+    photos, db = small_index
+    write_photos(photos, ("coins",))
+    from sqlalchemy.exc import OperationalError
+
+    import indexer.store
+
+    def full(*args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(indexer.store.Store, "save_image", full)
+    result = runner.invoke(app, ["index", str(photos), "--db", str(db.parent / "db2"), "--preset", "tiny"])
+    assert result.exit_code == 2
+    assert "disk full" in result.output and "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
+    monkeypatch.undo()
+
+    import indexer.vectors
+
+    class FullDisk:  # the temp file fills the disk after its first bytes
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, chunk):
+            if self.written:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(chunk)
+            return self.f.write(chunk[:1])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(indexer.vectors, "open", lambda p, mode="r": FullDisk(open(p, mode)) if "w" in mode else open(p, mode),
+                        raising=False)
+    result = runner.invoke(app, ["reindex", "--db", str(db)])
+    assert result.exit_code == 2 and "disk full" in result.output and str(db / FAISS_FILE) in result.output, result.output
+    assert not (db / (FAISS_FILE + ".tmp")).exists()
+    monkeypatch.undo()
+    assert SegmentIndex.open(db).query("a coin", k=3)  # nothing lost
+
+
+# -- 11. bad arguments: one line, non-zero exit -------------------------------------------------
+def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
+    photos, db = small_index
+    new_db = tmp_path / "never"
+    cases = [
+        (["index", str(tmp_path / "nonexistent"), "--db", str(new_db), "--preset", "tiny"], "no such file or folder"),
+        (["index", str(photos), "--db", str(photos / "astronaut.png"), "--preset", "tiny"], "is a file"),
+        (["index", str(photos), "--db", "", "--preset", "tiny"], "--db is empty"),
+        (["query", "a cat", "--db", str(db), "--export-coco", str(tmp_path)], "cannot write"),
+        (["similar", "99999999999999999999", "--db", str(db)], "no segment with id"),
+        (["reindex", "--db", str(new_db)], "no index at"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output, (args, result.output)
+    assert not new_db.exists()
+    shutil.move(db / FAISS_FILE, tmp_path / "moved")
+    (db / FAISS_FILE).mkdir()
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db)])
+    assert result.exit_code == 2 and "is not a file" in result.output
+
+
+def test_truncated_image_error_names_the_file(tmp_path):
+    from indexer.files import decode
+
+    buf = tempfile.SpooledTemporaryFile()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(buf, "JPEG")
+    buf.seek(0)
+    data = buf.read()
+    with pytest.raises(Exception) as caught:
+        decode(data[: len(data) // 3], "photos/cut.jpg")
+    assert "photos/cut.jpg" in str(caught.value) and "BytesIO" not in str(caught.value)
+
+
+# -- 6. filters resolved in the database ------------------------------------------------------------
+def test_filtered_search_equals_filtered_exact_search_and_a_filter_matching_nothing_costs_nothing(small_index, monkeypatch):
+    _, db = small_index
+    ix = SegmentIndex.open(db)
+    vector = ix.model.embed_text(["a cat"])[0]
+    areas = sorted(r.area for r in ix.store.rows(ix.store.segment_ids()).values())
+    some = int(ix.store.segment_ids()[3])
+    for filters in (dict(path="*/sub/*"), dict(min_area=areas[len(areas) // 2]), dict(per_image=True),
+                    dict(path="*/sub/*", per_image=True, min_area=areas[3]), dict(exclude={some})):
+        got = [h.segment_id for h in ix.search_vector(vector, 5, **filters)]
+        assert got == exact_hits(ix, vector, 5, **filters), filters
+        assert got, filters
+    fetched = []
+    real_rows = ix.store.rows
+    monkeypatch.setattr(ix.store, "rows", lambda ids: fetched.append(len(ids)) or real_rows(ids))
+    assert ix.search_vector(vector, 5, path="*/nomatch/*") == []
+    assert sum(fetched) == 0
