@@ -136,12 +136,13 @@ def index_paths(
         raise UsesearchError(f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     report = IndexReport()
     start = time.perf_counter()
+    # Models first: missing weights must not leave an empty index folder behind either.
+    preset = choose_preset(options.preset, options.head)
+    embedder = resolve_embedder(preset, options.embedder, options.head)
+    model = load_model(preset, embedder=embedder, device=options.device, head=options.head)
+    masker = build_masker(options.masker, model.preset, options.device, **options.masker_options)
     with writer_lock(db_dir):
         store = Store(db_url_for(db_dir, options.db_url))
-        preset = choose_preset(options.preset, options.head)
-        embedder = resolve_embedder(preset, options.embedder, options.head)
-        model = load_model(preset, embedder=embedder, device=options.device, head=options.head)
-        masker = build_masker(options.masker, model.preset, options.device, **options.masker_options)
         info = check_identity(
             store,
             IndexInfo(

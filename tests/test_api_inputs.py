@@ -1,0 +1,154 @@
+"""Python API and CLI edges: mask values and layouts, empty images, memory-bounded
+mask pooling against the implementation it replaced, the bounded Felzenszwalb
+masker against the one it replaced, real-weight defaults, 16-bit label maps and
+head ensembles."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from usesearch.cli import app
+from usesearch.head import _axis_overlap, cell_coverage
+from usesearch.maskers import FelzenszwalbMasker, stack_masks, to_proposals
+from usesearch.semseg import class_probabilities, pixel_labels, read_label_map, save_label_map
+
+runner = CliRunner()
+
+
+# -- 12. masks and images given to the Python API ------------------------------------------
+@pytest.mark.parametrize("bad", [np.nan, -1.0, 0.5, 2.0])
+def test_masks_that_are_not_bool_or_0_1_are_refused(tiny_use, photo, bad):
+    masks = np.zeros((1, *photo.shape[:2]), np.float32)
+    masks[0, :10, :10] = 1
+    masks[0, 20, 20] = bad
+    with pytest.raises(ValueError, match="bool or 0/1"):
+        tiny_use.embed_segments(photo, masks)
+
+
+def test_0_1_masks_and_flipped_arrays_embed_like_bool_masks(tiny_use, photo, photo_masks):
+    expected = tiny_use.embed_segments(photo, photo_masks)
+    np.testing.assert_allclose(tiny_use.embed_segments(photo, photo_masks.astype(np.uint8)), expected, atol=1e-6)
+    flipped_photo, flipped_masks = photo[:, ::-1], photo_masks[:, :, ::-1]  # negative strides
+    got = tiny_use.embed_segments(flipped_photo, flipped_masks)
+    np.testing.assert_allclose(got, tiny_use.embed_segments(flipped_photo.copy(), flipped_masks.copy()), atol=1e-6)
+
+
+def test_empty_image_is_a_clear_error(tiny_use):
+    with pytest.raises(ValueError, match="image is empty"):
+        tiny_use.embed_segments(np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0, 0), bool))
+    with pytest.raises(ValueError, match="image is empty"):
+        tiny_use.embed_segments(Image.new("RGB", (0, 0)), np.zeros((0, 0, 0), bool))
+
+
+# -- 4. memory-bounded pooling weights and masker, same results -------------------------------
+def reference_coverage(masks, grid_hw, cell_hw):
+    """The implementation before memory bounding: the whole stack to float at once."""
+    masks = torch.as_tensor(masks)
+    rows = _axis_overlap(masks.shape[1], grid_hw[0], cell_hw[0])
+    cols = _axis_overlap(masks.shape[2], grid_hw[1], cell_hw[1])
+    return torch.einsum("ih,nhw,jw->nij", rows, masks.float(), cols).flatten(1) / (cell_hw[0] * cell_hw[1])
+
+
+@pytest.mark.parametrize("block_elements", [1 << 24, 5000, 37])  # whole masks, bands of rows, single rows
+def test_bounded_cell_coverage_equals_the_whole_stack_version(block_elements):
+    rng = np.random.default_rng(0)
+    masks = rng.random((7, 53, 71)) < 0.3
+    masks[:, 0, 0] = True
+    expected = reference_coverage(masks, (6, 6), (71 / 6, 71 / 6))
+    got = cell_coverage(masks, (6, 6), (71 / 6, 71 / 6), block_elements=block_elements)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def reference_felzenszwalb(rgb, scales=(100.0, 400.0), min_area_frac=0.002, max_masks=64):
+    """The masker before memory bounding: every candidate mask at full size, then sort."""
+    from skimage.segmentation import felzenszwalb
+
+    h, w = rgb.shape[:2]
+    min_area = max(16, int(min_area_frac * h * w))
+    masks = []
+    for scale in scales:
+        labels = felzenszwalb(rgb, scale=scale, sigma=0.8, min_size=min_area)
+        counts = np.bincount(labels.ravel())
+        masks.extend(labels == label for label in np.flatnonzero(counts >= min_area))
+    masks.sort(key=lambda m: -int(m.sum()))
+    return np.stack(masks[:max_masks])
+
+
+def test_felzenszwalb_masker_equals_the_version_it_replaced(photo):
+    for max_masks in (5, 64):
+        proposals = FelzenszwalbMasker(max_masks=max_masks)(photo)
+        np.testing.assert_array_equal(stack_masks(proposals, photo.shape[:2]), reference_felzenszwalb(photo, max_masks=max_masks))
+
+
+def test_stack_masks_reuses_the_proposals_stack():
+    masks = np.zeros((3, 8, 8), bool)
+    masks[:, 2:5, 2:5] = True
+    proposals = to_proposals(masks)
+    assert stack_masks(proposals, (8, 8)) is masks
+    separate = [p for p in to_proposals(masks.copy())][::-1]  # not rows of one stack in order: copied
+    assert stack_masks(separate, (8, 8)) is not masks
+
+
+# -- 15. the default preset is the real one --------------------------------------------------------
+def test_commands_default_to_real_weights_and_say_how_to_get_them(tmp_path, photo):
+    image = tmp_path / "a.png"
+    Image.fromarray(photo).save(image)
+    for args in (["index", str(image), "--db", str(tmp_path / "db")], ["embed", str(image), "-t", "a cat"],
+                 ["segment", str(image), "--classes", "a,b", "--out", str(tmp_path / "l.png")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        line = result.output.strip()
+        assert "\n" not in line and "b16" in line and "usesearch models pull b16" in line and "--preset tiny" in line, line
+
+
+# -- 16. paths relative to the indexed folder ---------------------------------------------------------
+def test_query_table_shows_paths_relative_to_the_indexed_folder(tmp_path):
+    from indexer import IndexOptions, index_paths
+    from tests.test_index_query import OPTS, write_photos
+
+    photos = write_photos(tmp_path / "deeply" / "nested" / "archive" / "photos")
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    result = runner.invoke(app, ["query", "a cat", "--db", str(tmp_path / "db"), "-k", "4"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    table = result.output.split("paths under")[0]
+    rows = [line for line in table.splitlines() if line.startswith("│")]
+    assert len(rows) == 4  # one line per hit: nothing wrapped
+    assert all(".png" in row and str(tmp_path) not in row for row in rows)
+
+
+# -- 17. 16-bit label maps ---------------------------------------------------------------------------------
+def test_more_than_255_classes_give_a_16_bit_label_map_that_round_trips(tmp_path):
+    masks = np.zeros((2, 4, 5), bool)
+    masks[0, :2] = True
+    masks[1, 2:, :3] = True
+    probs = np.zeros((2, 847))
+    probs[0, 300], probs[1, 846] = 1.0, 1.0
+    labels = pixel_labels(masks, probs)
+    assert labels.dtype == np.uint16 and labels[0, 0] == 300 and labels[3, 0] == 846 and labels[3, 4] == 65535
+    save_label_map(labels, tmp_path / "l.png")
+    np.testing.assert_array_equal(read_label_map(tmp_path / "l.png"), labels.astype(np.int64))
+    assert pixel_labels(masks, np.eye(2, 150)[[0, 1]]).dtype == np.uint8
+
+
+# -- 20. head ensembles -----------------------------------------------------------------------------------------
+def test_ensemble_averages_class_probabilities(tiny_use, tiny_crop, photo, photo_masks):
+    names = ["a face", "the sky", "a flag"]
+    one, two = (class_probabilities(m, photo, photo_masks, names) for m in (tiny_use, tiny_crop))
+    np.testing.assert_allclose(class_probabilities([tiny_use, tiny_crop], photo, photo_masks, names), (one + two) / 2, atol=1e-6)
+
+
+def test_segment_takes_head_more_than_once(trained_tiny_head, tmp_path):
+    head, test_dir = trained_tiny_head
+    image = next((test_dir).rglob("*.png"))
+    outputs = []
+    for heads in ([head], [head, head]):
+        out = tmp_path / f"labels{len(heads)}.png"
+        args = ["segment", str(image), "--classes", "circle,square,triangle", "--out", str(out)]
+        for h in heads:
+            args += ["--head", str(h)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        outputs.append(np.asarray(Image.open(out)))
+    np.testing.assert_array_equal(outputs[0], outputs[1])  # the same head twice: the same average
