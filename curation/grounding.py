@@ -94,6 +94,48 @@ class GroundingDinoGrounder:
         text = caption.text.strip()
         if not text.endswith("."):
             text += "."  # Grounding DINO's phrase separator ends every query
+        windows = self.windows(text)
+        matches = [m for window in windows for m in self._ground(rgb, window)]
+        if len(windows) > 1:
+            matches = merge_window_matches(matches, self.nms_iou)
+        return [box_texts(m, caption.source) for m in matches if m.box_xyxy[2] > m.box_xyxy[0] and m.box_xyxy[3] > m.box_xyxy[1]]
+
+    def _tokens(self, text: str) -> int:
+        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def windows(self, text: str) -> list[str]:
+        """The caption as queries that fit Grounding DINO's text length (256 tokens):
+        whole sentences packed greedily, a sentence longer than that cut between
+        words. Detailed MLLM captions run far past 256 tokens; without this the model
+        fails and the whole image is lost."""
+        limit = int(getattr(self.model.config, "max_text_len", 256)) - 3  # [CLS], [SEP] and a closing "."
+        if self._tokens(text) <= limit:
+            return [text]
+        pieces = []
+        for sentence in (s.text.strip() for s in self.parser(text).sents):
+            if not sentence:
+                continue
+            if self._tokens(sentence) <= limit:
+                pieces.append(sentence)
+                continue
+            current: list[str] = []
+            for word in sentence.split():
+                if current and self._tokens(" ".join([*current, word])) > limit:
+                    pieces.append(" ".join(current))
+                    current = []
+                current.append(word)
+            pieces.append(" ".join(current))
+        windows, current = [], ""
+        for piece in pieces:
+            joined = f"{current} {piece}".strip()
+            if current and self._tokens(joined) > limit:
+                windows.append(current)
+                joined = piece
+            current = joined
+        windows.append(current)
+        return [w if w.endswith(".") else w + "." for w in windows]
+
+    def _ground(self, rgb: np.ndarray, text: str) -> list[Match]:
         expressions = referring_expressions(self.parser(text))
         if not expressions:
             return []
@@ -107,5 +149,18 @@ class GroundingDinoGrounder:
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         probs = outputs.logits[0].float().sigmoid().cpu()
-        matches = match_boxes_to_phrases(probs, boxes, spans, expressions, self.box_threshold, self.nms_iou)
-        return [box_texts(m, caption.source) for m in matches if m.box_xyxy[2] > m.box_xyxy[0] and m.box_xyxy[3] > m.box_xyxy[1]]
+        return match_boxes_to_phrases(probs, boxes, spans, expressions, self.box_threshold, self.nms_iou)
+
+
+def merge_window_matches(matches: list[Match], nms_iou: float = BOX_NMS_IOU) -> list[Match]:
+    """Boxes from several windows of one caption: the same phrase grounded to the same
+    place in two windows is one box (NMS per phrase); different phrases all stay."""
+    by_phrase: dict[str, list[Match]] = {}
+    for m in matches:
+        by_phrase.setdefault(m.expression.phrase.lower(), []).append(m)
+    kept = []
+    for group in by_phrase.values():
+        boxes = torch.tensor([m.box_xyxy for m in group], dtype=torch.float32)
+        scores = torch.tensor([m.score for m in group], dtype=torch.float32)
+        kept += [group[i] for i in nms(boxes, scores, nms_iou).tolist()]
+    return kept

@@ -69,6 +69,18 @@ def test_tiny_grounding_dino_gives_phrase_and_expression_pairs(grounder):
             assert box.texts[1].kind == "expression" and box.texts[1].text.startswith(box.texts[0].text)
 
 
+def test_captions_longer_than_grounding_dinos_text_limit_are_grounded_in_sentence_windows(grounder):
+    rgb = np.ascontiguousarray(data.astronaut()[::4, ::4])
+    sentences = ["A woman in a white suit holds a helmet next to a flag.", "The flag is next to a rocket."] * 30
+    caption = TextRef(" ".join(sentences), "mllm_caption", "caption")
+    assert grounder._tokens(caption.text) > 256  # the length that used to crash the model
+    windows = grounder.windows(caption.text)
+    assert len(windows) > 1 and all(grounder._tokens(w) + 2 <= 256 for w in windows)
+    assert " ".join(windows) == caption.text  # whole sentences, in order, nothing dropped
+    boxes = grounder(rgb, caption)
+    assert boxes and {b.texts[0].text for b in boxes} <= {"A woman", "a white suit", "a helmet", "a flag", "The flag", "a rocket"}
+
+
 def test_captioned_source_curates_end_to_end(grounder, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

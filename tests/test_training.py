@@ -55,7 +55,7 @@ def test_augmentation_keeps_masks_on_their_pixels():
     for seed in range(20):
         rng = np.random.default_rng(seed)
         out_rgb, out_masks, keep = augment(rgb, masks, rng, crop=64)
-        assert out_rgb.shape == (64, 64, 3) and out_masks.shape[1:] == (64, 64) and len(out_masks) == len(keep)
+        assert out_rgb.shape[:2] == out_masks.shape[1:] and max(out_rgb.shape[:2]) <= 64 and len(out_masks) == len(keep)
         assert all(m.any() for m in out_masks)  # cropped-away segments are dropped, not kept empty
         if 0 in keep:
             m = out_masks[list(keep).index(0)]
@@ -63,6 +63,26 @@ def test_augmentation_keeps_masks_on_their_pixels():
             assert (out_rgb[inner][:, 0] > 200).all()  # mask interior sits on red pixels
             red = (out_rgb[..., 0] > 250) & (out_rgb[..., 1] < 5)
             assert (m[red]).mean() > 0.95  # and red pixels are (almost all, edges aside) in the mask
+
+
+def test_training_crops_are_padded_like_inference_images():
+    """A crop smaller than the crop size reaches the encoder padded with each
+    backbone's mean colour, exactly as inference letterboxes a whole image."""
+    from usesearch.factory import create_use
+    from usesearch.head import letterbox_weights
+
+    use = create_use("tiny")
+    rgb = np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8)
+    masks = np.zeros((1, 60, 80), bool)
+    masks[0, 10:50, 20:70] = True
+    out_rgb, out_masks, _ = augment(rgb, masks, np.random.default_rng(0), crop=80, scale=(1.0, 1.0))
+    np.testing.assert_array_equal(out_rgb, rgb)  # the whole image: nothing to crop, nothing added
+    for train, infer in zip(use.pixels(out_rgb, canvas=80), use.pixels(rgb)):
+        torch.testing.assert_close(train, infer)
+    torch.testing.assert_close(letterbox_weights(out_masks, use.preset.grid, canvas=80), letterbox_weights(masks, use.preset.grid))
+    small, _, _ = augment(rgb, masks, np.random.default_rng(0), crop=120, scale=(1.0, 1.0))
+    clip_px = use.pixels(small, canvas=120)[0]
+    assert float(clip_px[:, -1, -1].abs().max()) == 0.0  # padding is the mean colour: zero after normalisation
 
 
 @pytest.fixture(scope="module")

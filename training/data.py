@@ -43,7 +43,11 @@ def decode_masks(rles: list[dict]) -> np.ndarray:
 def augment(
     rgb: np.ndarray, masks: np.ndarray, rng: np.random.Generator, crop: int, scale: tuple[float, float] = (0.5, 2.0)
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> (crop x crop RGB, [M, crop, crop] masks, indices of the segments that survive)."""
+    """-> (RGB, [M, h, w] masks, indices of the segments that survive). The crop is at
+    most crop x crop and is *not* padded here: the model letterboxes it onto a
+    crop-sized canvas (``USE.pixels(rgb, canvas=crop)``), padding with each
+    backbone's mean colour exactly as at inference, where black padding would be
+    seen by attention and the cls tokens as image content."""
     factor = rng.uniform(*scale)
     h, w = rgb.shape[:2]
     nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
@@ -52,11 +56,9 @@ def augment(
     resized = np.stack([np.asarray(Image.fromarray(m).resize((nw, nh), Image.NEAREST)) for m in masks]) if len(masks) else np.zeros((0, nh, nw), bool)
     top = int(rng.integers(0, max(nh - crop, 0) + 1))
     left = int(rng.integers(0, max(nw - crop, 0) + 1))
-    out_rgb = np.zeros((crop, crop, 3), np.uint8)  # smaller than the crop: pad (black, bottom/right)
-    out_masks = np.zeros((len(masks), crop, crop), bool)
     ch, cw = min(crop, nh - top), min(crop, nw - left)
-    out_rgb[:ch, :cw] = image[top : top + ch, left : left + cw]
-    out_masks[:, :ch, :cw] = resized[:, top : top + ch, left : left + cw]
+    out_rgb = np.ascontiguousarray(image[top : top + ch, left : left + cw])
+    out_masks = np.ascontiguousarray(resized[:, top : top + ch, left : left + cw])
     keep = np.flatnonzero(out_masks.reshape(len(masks), -1).any(1))
     return out_rgb, out_masks[keep], keep
 

@@ -79,10 +79,10 @@ class Trainer:
             rgb, masks, keep = augment(rgb, masks, rng, self.cfg.crop, self.cfg.scale)
             if len(keep) == 0:
                 continue
-            c, d = self.use.pixels(rgb)
+            c, d = self.use.pixels(rgb, canvas=self.cfg.crop)  # mean-colour padding, as at inference
             clip_px.append(c)
             dino_px.append(d)
-            weights.append(letterbox_weights(masks, self.use.preset.grid))
+            weights.append(letterbox_weights(masks, self.use.preset.grid, canvas=self.cfg.crop))
             image_index += [len(clip_px) - 1] * len(keep)
             texts += [sample.texts[k][int(rng.integers(len(sample.texts[k])))] for k in keep]  # one text per segment
         if not texts:

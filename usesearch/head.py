@@ -73,11 +73,12 @@ def patch_weights(masks: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) ->
     return cell_coverage(masks, grid_hw, (h // gh, w // gw))
 
 
-def letterbox_weights(masks: np.ndarray | torch.Tensor, grid: int) -> torch.Tensor:
+def letterbox_weights(masks: np.ndarray | torch.Tensor, grid: int, canvas: int | None = None) -> torch.Tensor:
     """Weights for masks of an image that the encoder letterboxed into a square
-    (longest side scaled to the input, padding at the bottom/right)."""
-    h, w = torch.as_tensor(masks).shape[-2:]
-    cell = max(h, w) / grid
+    (longest side, or ``canvas`` pixels, scaled to the input; padding at the
+    bottom/right)."""
+    h, w = masks.shape[-2:]
+    cell = (canvas or max(h, w)) / grid
     return cell_coverage(masks, (grid, grid), (cell, cell))
 
 

@@ -82,13 +82,15 @@ def normalize(rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) 
     return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-def letterbox(rgb: np.ndarray, side: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def letterbox(rgb: np.ndarray, side: int, mean: tuple[float, ...], std: tuple[float, ...], canvas: int | None = None) -> torch.Tensor:
     """Longest side scaled to ``side``, padded bottom/right with the mean colour
     (zero after normalisation) -> [3, side, side]. Padding instead of squashing
     keeps shapes undistorted, and puts grid cells at the same image positions for
-    every backbone whatever its input size."""
+    every backbone whatever its input size. ``canvas``: the image lies on a square
+    of this many of its pixels (a training crop smaller than the crop size) instead
+    of its own longest side."""
     h, w = rgb.shape[:2]
-    scale = side / max(h, w)
+    scale = side / (canvas or max(h, w))
     new_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
     resized = np.array(Image.fromarray(rgb).resize(new_hw[::-1], Image.BICUBIC))
     out = torch.zeros(3, side, side)

@@ -45,11 +45,12 @@ class USE(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.encoder.trainable_named_parameters()] + list(self.head.parameters())
 
-    def pixels(self, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image -> letterboxed inputs for CLIP and DINOv2 (same grid, own sizes)."""
+    def pixels(self, rgb: np.ndarray, canvas: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image -> letterboxed inputs for CLIP and DINOv2 (same grid, own sizes);
+        ``canvas`` as in ``letterbox`` (training crops)."""
         return (
-            letterbox(rgb, self.preset.clip.image_size, *self.clip_mean_std),
-            letterbox(rgb, self.preset.dino.image_size, *self.dino_mean_std),
+            letterbox(rgb, self.preset.clip.image_size, *self.clip_mean_std, canvas=canvas),
+            letterbox(rgb, self.preset.dino.image_size, *self.dino_mean_std, canvas=canvas),
         )
 
     def backbone_tokens(self, clip_pixels: torch.Tensor, dino_pixels: torch.Tensor) -> BackboneTokens:
