@@ -247,7 +247,9 @@ def test_a_token_guards_every_request(served):
     assert "token" in client.get("/api/search?q=cat").json()["detail"]
     assert client.get("/api/search?q=cat", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     # A browser opens the page once with ?token=, then its <img> requests carry the cookie.
-    assert client.get(f"/?token={TOKEN}").status_code == 200
+    page = client.get(f"/?token={TOKEN}&x=1")
+    assert page.status_code == 200 and page.history and page.history[0].status_code == 303
+    assert str(page.url).endswith("/?x=1")  # the token left the address bar; the cookie holds it
     assert client.get("/api/segments/1/tile.png").status_code == 200
     client.cookies.clear()
     assert client.get("/api/segments/1/tile.png").status_code == 401
@@ -335,6 +337,117 @@ def test_the_serve_command_answers_over_http_with_its_token(served):
                 time.sleep(0.25)
         assert response.status_code == 200 and len(response.json()["hits"]) == 24
         assert httpx.get(f"{base}/api/search", params={"q": "a cat"}).status_code == 401
+        assert httpx.get(f"{base}/api/info", params={"token": TOKEN}).status_code == 200
     finally:
         server.terminate()
         server.wait(30)
+    log = server.stdout.read()
+    assert "GET /api/info?token=REDACTED" in log and TOKEN not in log  # the access log never holds the token
+
+
+def test_one_decode_per_image_however_many_requests_wait_for_it(served, monkeypatch):
+    import threading
+    import time
+
+    from indexer.web import render
+
+    _, index, _ = served
+    cache = render.ImageCache(max_decodes=1)
+    records = [index.store.image(i) for i in (1, 2, 3)]
+    running, peak, real_decode = [0], [0], cache._decode
+
+    def slow_decode(record):
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        try:
+            return real_decode(record)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(cache, "_decode", slow_decode)
+    results = []
+    threads = [threading.Thread(target=lambda r=records[i % 3]: results.append((r.id, cache.rgb(r)))) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 24 and cache.decoded == 3 and peak[0] == 1
+    for image_id, rgb in results:
+        assert rgb is cache._images[(image_id, index.store.image(image_id).sha256)]
+
+
+def test_cross_site_requests_are_refused(served):
+    _, _, client = served
+    for headers in ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "http://evil.example"}, {"Origin": "http://127.0.0.1:9999"}):
+        response = client.get("/api/search", params={"q": "a cat"}, headers=headers)
+        assert response.status_code == 403 and "cross-site" in response.json()["detail"], headers
+    assert client.get("/api/search", params={"q": "a cat"}, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+    assert client.get("/api/search", params={"q": "a cat"}, headers={"Origin": "http://testserver"}).status_code == 200
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}  # a shared link, followed
+    assert client.get("/", headers=link).status_code == 200
+
+
+def test_no_third_party_doc_pages_and_short_422s(served):
+    _, _, client = served
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    response = client.get("/api/search", params={"q": "x" * 60_000})  # near the URL length clients allow
+    assert response.status_code == 422 and len(response.content) < 2000
+
+
+def test_a_served_photo_replaced_by_a_fifo_is_a_410_at_once(tmp_path):
+    import os
+    import threading
+
+    photos = write_photos(tmp_path / "photos", ("astronaut",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    index = SegmentIndex.open(tmp_path / "db")
+    client = TestClient(create_app(index), raise_server_exceptions=False)
+    target = next(photos.rglob("astronaut.png"))
+    target.unlink()
+    os.mkfifo(target)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(r=client.get("/api/segments/1/tile.png")))
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive() and result["r"].status_code == 410 and "regular file" in result["r"].text
+    index.close()
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(served):
+    import asyncio
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from indexer.web import server_config
+
+    _, index, _ = served
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(server_config(create_app(index), "127.0.0.1", port, header_timeout=1.0))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+        slow.settimeout(10)
+        start = time.monotonic()
+        assert slow.recv(100) == b"" and time.monotonic() - start < 5  # closed by the server
+        slow.close()
+        fine = socket.create_connection(("127.0.0.1", port))
+        fine.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        fine.settimeout(30)
+        assert fine.recv(20).startswith(b"HTTP/1.1 200")
+        fine.close()
+    finally:
+        server.should_exit = True
+        thread.join(30)

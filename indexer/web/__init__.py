@@ -6,9 +6,58 @@ import os
 from pathlib import Path
 
 from .app import MAX_K, create_app
-from .security import LOOPBACK_NAMES, TOKEN_ENV, check_bind, is_loopback
+from .security import LOOPBACK_NAMES, TOKEN_ENV, RedactTokenFilter, check_bind, is_loopback
 
-__all__ = ["MAX_K", "TOKEN_ENV", "create_app", "serve"]
+__all__ = ["MAX_K", "TOKEN_ENV", "create_app", "serve", "server_config"]
+
+HEADER_TIMEOUT_S = 10.0  # a client must finish its request headers this fast
+KEEP_ALIVE_S = 5  # an idle kept-alive connection closes after this
+MAX_CONNECTIONS = 64  # beyond this, new requests get 503 at once
+
+
+def _header_timeout_protocol(timeout: float):
+    """uvicorn's h11 protocol with a deadline for request headers: uvicorn has none,
+    so a client that never finishes its headers would hold a connection forever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        def _arm_header_deadline(self) -> None:
+            self._cycle_at_arm = self.cycle
+            self._header_deadline = self.loop.call_later(timeout, self._header_deadline_passed)
+
+        def _header_deadline_passed(self) -> None:
+            # No new request started since the deadline was armed: headers never came.
+            if self.cycle is self._cycle_at_arm and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._header_deadline.cancel()
+            self._arm_header_deadline()  # the next request on this connection gets its own
+
+        def connection_lost(self, exc) -> None:
+            self._header_deadline.cancel()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
+
+
+def server_config(app, host: str, port: int, header_timeout: float = HEADER_TIMEOUT_S):
+    """uvicorn's settings for the app: time limits and a connection bound, and an
+    access log with any token redacted."""
+    import logging
+
+    import uvicorn
+
+    logging.getLogger("uvicorn.access").addFilter(RedactTokenFilter())
+    return uvicorn.Config(
+        app, host=host, port=port, log_level="info", http=_header_timeout_protocol(header_timeout),
+        timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=16 * 1024,
+    )
 
 
 def serve(
@@ -29,6 +78,6 @@ def serve(
     index = SegmentIndex.open(Path(db_dir), db_url=db_url, device=device)
     try:
         allowed_hosts = [*LOOPBACK_NAMES, host] if is_loopback(host) else None
-        uvicorn.run(create_app(index, token, allowed_hosts), host=host, port=port, log_level="info")
+        uvicorn.Server(server_config(create_app(index, token, allowed_hosts), host, port)).run()
     finally:
         index.close()

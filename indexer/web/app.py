@@ -22,13 +22,14 @@ from sqlalchemy.exc import OperationalError
 from ..search import MAX_QUERY_CHARS, Hit, SegmentIndex
 from ..store import DONE, SegmentRow
 from . import apidoc, render
-from .security import HostCheckMiddleware, TokenMiddleware
+from .security import HostCheckMiddleware, SameOriginMiddleware, TokenMiddleware
 
 log = logging.getLogger("usesearch.serve")
 
 MAX_K = 200
 MAX_GLOB_CHARS = 512
 MAX_ID = 2**63 - 1  # SQLite's integer range: larger ids are a 422, not an overflow
+MAX_ECHO_CHARS = 200  # of a bad input, quoted back in a 422
 
 SegmentId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A segment id from a search result.")]
 ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="An image id from a segment or search result.")]
@@ -98,6 +99,13 @@ def _segment_out(row: SegmentRow | Hit, with_mask: bool, **extra) -> dict[str, A
     )
 
 
+def _shorten(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + f"... ({len(text)} characters)"
+
+
 def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app over an opened index. The model loads here, once, so that the first
     query is as quick as the rest and a model/index mismatch stops startup.
@@ -113,7 +121,12 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         summary="Open-vocabulary segment search over one index.",
         description=f"Index model: {model.fingerprint}. Pictures are PNG/JPEG; ids come from search results.",
         version="1",
+        # Swagger UI and ReDoc load scripts from a CDN into this origin; /api renders
+        # the same schema with nothing from outside.
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(SameOriginMiddleware)
     if token is not None:
         app.add_middleware(TokenMiddleware, token=token)
     if allowed_hosts is not None:
@@ -139,8 +152,11 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError):
-        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"detail": "; ".join(problems), "errors": exc.errors()}, status_code=422)
+        # Never echo a whole input back: a 100 KB query would make a 100 KB error.
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:MAX_ECHO_CHARS], "type": e.get("type"),
+                   "input": _shorten(e.get("input"))} for e in exc.errors()[:10]]
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
+        return JSONResponse({"detail": "; ".join(problems), "errors": errors}, status_code=422)
 
     # -- lookups -------------------------------------------------------------------------
     def segment_row(segment_id: int) -> SegmentRow:

@@ -25,30 +25,65 @@ class ImageGoneError(UsesearchError):
 
 class ImageCache:
     """The last few decoded images: a results page asks for many tiles of few images.
-    Bounded in bytes, since one 24-megapixel photo decodes to 72 MB."""
 
-    def __init__(self, max_bytes: int = 512 * 2**20):
+    Bounded in bytes, since one 24-megapixel photo decodes to 72 MB. Each image is
+    decoded once however many requests wait for it (the others wait for that
+    decode), and at most ``max_decodes`` decodes run at a time, so a burst of tile
+    requests for huge photos cannot multiply the decode memory."""
+
+    def __init__(self, max_bytes: int = 512 * 2**20, max_decodes: int = 2):
         self.max_bytes = max_bytes
         self._images: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self._pending: dict[tuple[int, str], threading.Event] = {}
+        self._errors: dict[tuple[int, str], ImageGoneError] = {}
+        self._decodes = threading.BoundedSemaphore(max_decodes)
+        self.decoded = 0  # decodes done: how many times a file was read and decoded
 
     def rgb(self, record: ImageRecord) -> np.ndarray:
         key = (record.id, record.sha256 or "")
-        with self._lock:
-            if key in self._images:
-                self._images.move_to_end(key)
-                return self._images[key]
+        while True:
+            with self._lock:
+                if key in self._images:
+                    self._images.move_to_end(key)
+                    return self._images[key]
+                waiting = self._pending.get(key)
+                if waiting is None:  # this request decodes; the others wait for it
+                    self._pending[key] = threading.Event()
+                    break
+            waiting.wait()
+            with self._lock:
+                if key in self._errors:
+                    raise self._errors[key]
         try:
+            with self._decodes:
+                rgb = self._decode(record)
+        except ImageGoneError as exc:
+            with self._lock:
+                self._errors[key] = exc
+            raise
+        else:
+            with self._lock:
+                self._errors.pop(key, None)
+                self._images[key] = rgb
+                while len(self._images) > 1 and sum(a.nbytes for a in self._images.values()) > self.max_bytes:
+                    self._images.popitem(last=False)
+            return rgb
+        finally:
+            with self._lock:
+                self._pending.pop(key).set()
+
+    def _decode(self, record: ImageRecord) -> np.ndarray:
+        self.decoded += 1
+        try:
+            # read_bytes opens non-blocking and refuses anything but a regular file,
+            # so a FIFO swapped in under an indexed name never holds a worker.
             data, sha256 = read_bytes(record.fs_path, name=record.path)
             rgb = decode(data, record.path)
         except (OSError, UsesearchError) as exc:
             raise ImageGoneError(f"image {record.id} can no longer be read from where it was indexed: {exc}") from exc
         if sha256 != record.sha256 or rgb.shape[:2] != (record.height, record.width):
             raise ImageGoneError(f"image {record.id} changed on disk since it was indexed; run `usesearch index` again")
-        with self._lock:
-            self._images[key] = rgb
-            while len(self._images) > 1 and sum(a.nbytes for a in self._images.values()) > self.max_bytes:
-                self._images.popitem(last=False)
         return rgb
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
+import re
 import socket
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from usesearch.errors import UsesearchError
 
@@ -70,10 +72,17 @@ class TokenMiddleware(BaseHTTPMiddleware):
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        response = await call_next(request)
         if request.query_params.get(TOKEN_QUERY):
+            if request.method == "GET" and request.url.path == "/":
+                # The page: keep the token in the cookie and take it out of the
+                # address bar (and so out of history, bookmarks and shared links).
+                rest = urlencode([(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True) if k != TOKEN_QUERY])
+                response: Response = RedirectResponse("/" + (f"?{rest}" if rest else ""), status_code=303)
+            else:
+                response = await call_next(request)
             response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict")
-        return response
+            return response
+        return await call_next(request)
 
 
 class HostCheckMiddleware(BaseHTTPMiddleware):
@@ -93,3 +102,41 @@ class HostCheckMiddleware(BaseHTTPMiddleware):
             return JSONResponse({"detail": "this server only answers requests addressed to " + ", ".join(sorted(self.hosts))},
                                 status_code=400)
         return await call_next(request)
+
+
+class SameOriginMiddleware(BaseHTTPMiddleware):
+    """Refuse requests another site's page makes (403): a page on any origin can make
+    the browser call a loopback server, and read nothing but still make it work.
+    Browsers say where a request comes from (``Sec-Fetch-Site``, ``Origin``);
+    scripts and curl send neither and pass. Following a link (a top-level
+    navigation) stays allowed, so a shared search link opens."""
+
+    async def dispatch(self, request: Request, call_next) -> Response:
+        site = request.headers.get("sec-fetch-site")
+        navigation = request.method == "GET" and request.headers.get("sec-fetch-mode") == "navigate"
+        origin = request.headers.get("origin")
+        foreign = site not in (None, "same-origin", "none") and not navigation
+        if origin is not None and not navigation:  # scheme aside: a TLS proxy may sit in front
+            foreign = foreign or urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
+        if foreign:
+            return JSONResponse({"detail": "cross-site requests are refused"}, status_code=403)
+        return await call_next(request)
+
+
+_TOKEN_IN_URL = re.compile(rf"(?<=[?&]){TOKEN_QUERY}=[^&\s]*")
+
+
+def redact(text: str) -> str:
+    """``?token=SECRET`` -> ``?token=REDACTED``: for anything logged."""
+    return _TOKEN_IN_URL.sub(f"{TOKEN_QUERY}=REDACTED", text)
+
+
+class RedactTokenFilter(logging.Filter):
+    """Keeps the token out of uvicorn's access log (the request line carries the query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
