@@ -52,7 +52,8 @@ def build_store(db: Path, data: np.ndarray, images: int, rng: np.random.Generato
                              masker="none", masker_params={}, factory=vectors.DEFAULT_FACTORY))
     with store.sessions.begin() as s:
         s.execute(insert(ImageRecord), [
-            {"id": i + 1, "path": f"/archive/{i % 100:02d}/img{i:07d}.jpg", "sha256": f"{i:064x}",
+            {"id": i + 1, "path": f"/archive/{i % 100:02d}/img{i:07d}.jpg", "fs_path": f"/archive/{i % 100:02d}/img{i:07d}.jpg".encode(),
+             "sha256": f"{i:064x}",
              "width": 640, "height": 480, "status": "done"} for i in range(images)
         ])
     rle = "PPP1e0P2001O0000O1O001N101O001O0O2N1O1O1N2N1O2N2N2M3M3M4K6J8G]Q`0"  # a typical small mask
@@ -144,10 +145,12 @@ def main() -> None:
         print(f"FAISS alone, {args.approx} {args.param}: {percentiles(approx_t)}   recall@10 vs exact {recall:.3f}")
 
         for name, index in (("exact", exact), (args.approx, approx)):
-            vectors.write_atomic(index, db / FAISS_FILE)
+            vectors.write_atomic(vectors.Vectors(index), db / FAISS_FILE, store, args.dim, vectors.DEFAULT_FACTORY)
             ix = SegmentIndex(db, store)
-            ix.index = index  # the warm in-process index, as a server holds it
-            for label, filters in (("k=10", {}), ("k=10 --per-image --min-area 1000", {"per_image": True, "min_area": 1000})):
+            ix.index = vectors.Vectors(index)  # the warm in-process index, as a server holds it
+            for label, filters in (("k=10", {}), ("k=10 --per-image --min-area 1000", {"per_image": True, "min_area": 1000}),
+                                   ("k=10 --path (1% of images)", {"path": "/archive/07/*"}),
+                                   ("k=10 --path matching nothing", {"path": "*/nomatch/*"})):
                 t, _ = timed(lambda q: ix.search_vector(q, 10, **filters), queries)
                 print(f"whole path after text, {name:>6}, {label:<34}: {percentiles(t)}")
 

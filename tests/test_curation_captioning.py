@@ -55,7 +55,7 @@ def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):
         Image.fromarray(getattr(data, name)()[::4, ::4]).save(photos / f"{name}.png")
     runner = CliRunner()
     args = ["curate", "run", str(photos), "--out", str(tmp_path / "ds"), "--captioner", "tiny", "--grounder", "tiny",
-            "--pred-iou-thresh", "-10", "--stability-thresh", "-10"]
+            "--pred-iou-thresh", "-10", "--stability-thresh", "-10", "--preset", "tiny"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "2 images curated" in result.output
