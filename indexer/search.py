@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,9 +57,50 @@ class Hit:
         return self.image_fs_path if self.image_fs_path is not None else self.image
 
 
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds back new readers. Searches
+    read the FAISS index side by side; only bringing it up to date writes."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class SegmentIndex:
     """Read side of an index: reads only committed data, and picks up what a running
-    indexer commits without reopening."""
+    indexer commits without reopening. Safe to share between threads: searches run
+    side by side (no search holds up another for its whole run); the model's text
+    encoder is used by one thread at a time."""
 
     def __init__(self, db_dir: Path, store: Store, model=None):
         self.db_dir = db_dir
@@ -68,6 +112,8 @@ class SegmentIndex:
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
         self.index, _ = vectors.load(db_dir / FAISS_FILE, store, self.info.dim, self.info.factory)
+        self._index_lock = ReadWriteLock()
+        self._model_lock = threading.Lock()
 
     @classmethod
     def open(cls, db_dir: str | os.PathLike, db_url: str | None = None, model=None, device: str | None = None) -> SegmentIndex:
@@ -98,8 +144,10 @@ class SegmentIndex:
         """Bring the in-memory FAISS index up to the store's committed state."""
         generation = self.store.generation()
         if generation != self._generation:
-            vectors.reconcile(self.index, self.store)
-            self._generation = generation
+            with self._index_lock.writing():
+                if generation != self._generation:  # another thread may have done it meanwhile
+                    vectors.reconcile(self.index, self.store)
+                    self._generation = generation
 
     # -- search ------------------------------------------------------------------
     def query(self, text: str, k: int = 10, **filters) -> list[Hit]:
@@ -107,7 +155,9 @@ class SegmentIndex:
             raise ValueError("the query text is empty")
         if len(text) > MAX_QUERY_CHARS:
             raise ValueError(f"the query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
-        return self.search_vector(self.model.embed_text([text])[0], k, **filters)
+        with self._model_lock:
+            vector = self.model.embed_text([text])[0]
+        return self.search_vector(vector, k, **filters)
 
     def similar(self, segment_id: int, k: int = 10, **filters) -> list[Hit]:
         """Segments most like a given one (query by example), itself excluded."""
@@ -138,12 +188,13 @@ class SegmentIndex:
             return []
         available = self.index.ntotal if allowed is None else len(allowed)
         fetch = k if not per_image else max(4 * k, 64)
-        while True:
-            scores, ids = self.index.search(vector, fetch, allowed, exclude)
-            hits = self._hits(scores, ids, k, per_image)
-            if len(hits) >= k or fetch >= available:
-                return hits
-            fetch = min(available, fetch * 4)
+        with self._index_lock.reading():
+            while True:
+                scores, ids = self.index.search(vector, fetch, allowed, exclude)
+                hits = self._hits(scores, ids, k, per_image)
+                if len(hits) >= k or fetch >= available:
+                    return hits
+                fetch = min(available, fetch * 4)
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray, k: int, per_image: bool) -> list[Hit]:
         rows = self.store.rows(ids.tolist())

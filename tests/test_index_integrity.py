@@ -234,6 +234,13 @@ def test_non_utf8_names_reopen_exactly_and_never_collide(tmp_path):
     out = tmp_path / "sheet.png"
     result = runner.invoke(app, ["query", "a red square", "--db", str(db), "--show", str(out)])
     assert result.exit_code == 0 and out.is_file(), result.output
+    from fastapi.testclient import TestClient
+
+    from indexer.web import create_app
+
+    client = TestClient(create_app(ix))
+    for hit in hits:  # the web app opens both files: no 410 for the name that is not UTF-8
+        assert client.get(f"/api/segments/{hit.segment_id}/tile.png").status_code == 200
 
 
 def test_index_made_by_older_usesearch_is_upgraded_without_losing_segments(small_index):

@@ -451,3 +451,31 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(served):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_a_slow_search_does_not_hold_up_the_others(served, monkeypatch):
+    import threading
+
+    _, index, client = served
+    real = index.store.filtered_segment_ids
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(*args, **kwargs):  # a filtered search that takes long (a huge archive)
+        entered.set()
+        release.wait(20)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(index.store, "filtered_segment_ids", slow)
+    slow_search = threading.Thread(target=lambda: client.get("/api/search", params={"q": "fur", "path": "*/sub/*"}))
+    slow_search.start()
+    assert entered.wait(20)
+    quick = {}
+    other = threading.Thread(target=lambda: quick.update(r=client.get("/api/search", params={"q": "a cat", "k": 3})))
+    other.start()
+    other.join(15)
+    finished_first = not other.is_alive()
+    release.set()
+    slow_search.join(30)
+    other.join(30)
+    assert finished_first, "a quick search waited for a slow one"
+    assert quick["r"].status_code == 200

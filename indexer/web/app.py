@@ -7,7 +7,6 @@ the store and the store's path is read. No route takes a path from the request.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from importlib import resources
 from typing import Annotated, Any
@@ -113,8 +112,6 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     ``allowed_hosts`` limits the Host header; ``serve`` sets it to the loopback names
     on a loopback bind, so a web page cannot reach the server by DNS rebinding."""
     model = index.model
-    # One lock for the FAISS index (refresh() mutates it) and the model.
-    lock = threading.Lock()
     images = render.ImageCache()
     app = FastAPI(
         title="usesearch",
@@ -173,9 +170,8 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
 
     def searched(run, with_masks: bool, **echo) -> SearchOut:
         start = time.perf_counter()
-        with lock:
-            hits = run()
-            total = int(index.index.ntotal)
+        hits = run()  # searches run side by side: SegmentIndex locks only what it must
+        total = int(index.index.ntotal)
         return SearchOut(
             took_ms=1000 * (time.perf_counter() - start), segments_indexed=total, **echo,
             hits=[HitOut(**_segment_out(h, with_masks, rank=h.rank, score=h.score)) for h in hits],
@@ -244,9 +240,8 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     @app.get("/api/info", tags=["index"])
     def info() -> dict[str, Any]:
         """What the index holds and which model answers."""
-        with lock:
-            index.refresh()
-            stats = index.stats()
+        index.refresh()
+        stats = index.stats()
         return {**stats, "limits": {"max_query_chars": MAX_QUERY_CHARS, "max_k": MAX_K}}
 
     # -- the page --------------------------------------------------------------------------
