@@ -16,6 +16,12 @@ from usesearch.rle import segmentation_to_rle
 from usesearch.sam import load_sam
 
 MASKERS = ("sam", "felzenszwalb", "coco")
+# SAM's mask-quality settings as the CLI spells them.
+SAM_FLAGS = {
+    "points_per_side": "--points-per-side", "points_per_batch": "--points-per-batch", "pred_iou_thresh": "--pred-iou-thresh",
+    "stability_score_thresh": "--stability-thresh", "box_nms_thresh": "--box-nms-thresh", "crop_n_layers": "--crop-layers",
+    "min_mask_region_area": "--min-region-area",
+}
 
 
 class CocoMasker:
@@ -65,6 +71,11 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | None = No
     noise: there the weight-free Felzenszwalb masker gives real-looking regions."""
     if name is None:
         name = "felzenszwalb" if preset.sam.checkpoint is None and "sam_checkpoint" not in options else "sam"
+    misplaced = [SAM_FLAGS[k] for k in options if k in SAM_FLAGS] if name != "sam" else []
+    if misplaced:
+        own = {"felzenszwalb": "none", "coco": "--masks FILE.json"}.get(name, "none")
+        raise UsesearchError(f"{', '.join(misplaced)} apply to --masker sam only; this run uses masker {name} "
+                             f"(its options: {own}){' (the default for the random-weight tiny preset)' if name == 'felzenszwalb' else ''}")
     if name == "sam":
         sam = load_sam(preset.sam, preset.name, options.pop("sam_checkpoint", None), device or "cpu")
         return SamMasker(sam, **options)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from usesearch.errors import UsesearchError
 from usesearch.factory import choose_preset, load_model, resolve_embedder
@@ -118,10 +117,6 @@ def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
     return existing
 
 
-def encode_rle(mask: np.ndarray) -> str:
-    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
-
-
 def index_paths(
     paths: list[str | os.PathLike],
     db_dir: str | os.PathLike,
@@ -206,7 +201,7 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
         report.model_seconds += time.perf_counter() - model_start
         segments = [
             dict(
-                x=p.bbox[0], y=p.bbox[1], w=p.bbox[2], h=p.bbox[3], area=p.area, rle_counts=encode_rle(p.mask),
+                x=p.bbox[0], y=p.bbox[1], w=p.bbox[2], h=p.bbox[3], area=p.area, rle_counts=p.rle["counts"],
                 predicted_iou=p.predicted_iou, stability_score=p.stability_score,
                 embedding=e.tobytes(),
             )

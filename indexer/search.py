@@ -21,6 +21,7 @@ from .store import SegmentRow, Store, info_summary
 
 MAX_QUERY_CHARS = 1000
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
+PUSHDOWN_SHARE = 0.2  # a path glob keeping at most this share of the images becomes a FAISS id selection
 
 
 def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:
@@ -176,33 +177,47 @@ class SegmentIndex:
         min_area: int = 0,
         exclude: set[int] | frozenset[int] = frozenset(),
     ) -> list[Hit]:
-        """Top ``k`` segments for a unit vector. The path and area filters and the
-        exclusions are resolved in the database and handed to FAISS as an id
-        selection, so a filter matching little costs little; ``per_image`` fetches
-        more candidates until k distinct images are found or none are left."""
+        """Top ``k`` segments for a unit vector.
+
+        A path glob is resolved against the images in the database first. When it
+        keeps a small share of them, their segment ids (and the exclusions) go to
+        FAISS as an id selection, so a narrow filter costs less than none and one
+        matching nothing costs nothing. A broad glob, and ``min_area``, are checked on
+        the candidates instead, fetching more until k hits (k distinct images with
+        ``per_image``) are found or none are left: resolving most of the index's ids
+        per query would cost more than it saves."""
         if k < 1:
             raise ValueError("k must be at least 1")
         self.refresh()
-        allowed = self.store.filtered_segment_ids(path, min_area) if (path or min_area) else None
-        if allowed is not None and not len(allowed):
-            return []
+        allowed, images = None, None
+        if path:
+            images, total_images = self.store.image_ids_matching(path)
+            if not images:
+                return []
+            if len(images) <= PUSHDOWN_SHARE * total_images:
+                allowed = self.store.segment_ids_of_images(images, min_area)
+                if not len(allowed):
+                    return []
+                images, min_area = None, 0  # settled by the selection
         available = self.index.ntotal if allowed is None else len(allowed)
-        fetch = k if not per_image else max(4 * k, 64)
+        fetch = k if not (per_image or images or min_area) else max(4 * k, 64)
         with self._index_lock.reading():
             while True:
                 scores, ids = self.index.search(vector, fetch, allowed, exclude)
-                hits = self._hits(scores, ids, k, per_image)
+                hits = self._hits(scores, ids, k, per_image, images, min_area)
                 if len(hits) >= k or fetch >= available:
                     return hits
                 fetch = min(available, fetch * 4)
 
-    def _hits(self, scores: np.ndarray, ids: np.ndarray, k: int, per_image: bool) -> list[Hit]:
+    def _hits(self, scores, ids, k: int, per_image: bool, images: set[int] | None, min_area: int) -> list[Hit]:
         rows = self.store.rows(ids.tolist())
         hits: list[Hit] = []
         seen_images: set[int] = set()
         for score, sid in zip(scores, ids):
             row: SegmentRow | None = rows.get(int(sid))
             if row is None:  # removed by a commit after this search's refresh
+                continue
+            if row.area < min_area or (images is not None and row.image_id not in images):
                 continue
             if per_image:
                 if row.image_id in seen_images:

@@ -350,23 +350,22 @@ class Store:
         with self.sessions() as s:
             return np.fromiter(s.scalars(select(SegmentRecord.id)), dtype=np.int64)
 
-    def filtered_segment_ids(self, path: str | None = None, min_area: int = 0) -> np.ndarray:
-        """Ids of the segments whose image path matches the glob ``path`` and whose area
-        is at least ``min_area``: the filters resolved in the database, for FAISS."""
-        seg = SegmentRecord
+    def image_ids_matching(self, path: str) -> tuple[set[int], int]:
+        """(ids of the done images whose path matches the glob, number of done images)."""
         with self.sessions() as s:
-            if path is None:
-                q = select(seg.id).where(seg.area >= min_area) if min_area else select(seg.id)
-                return np.fromiter(s.scalars(q), dtype=np.int64)
-            images = [i for i, p in s.execute(select(ImageRecord.id, ImageRecord.path).where(ImageRecord.status == DONE))
-                      if fnmatch.fnmatchcase(p, path)]
-            out = []
-            for start in range(0, len(images), 900):  # SQLite's bound-parameter limit
-                q = select(seg.id).where(seg.image_id.in_(images[start : start + 900]))
+            rows = s.execute(select(ImageRecord.id, ImageRecord.path).where(ImageRecord.status == DONE)).all()
+        return {i for i, p in rows if fnmatch.fnmatchcase(p, path)}, len(rows)
+
+    def segment_ids_of_images(self, image_ids: Iterable[int], min_area: int = 0) -> np.ndarray:
+        """Ids of the segments of these images (of at least ``min_area`` pixels)."""
+        seg, wanted, out = SegmentRecord, sorted(image_ids), []
+        with self.sessions() as s:
+            for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
+                q = select(seg.id).where(seg.image_id.in_(wanted[start : start + 900]))
                 if min_area:
                     q = q.where(seg.area >= min_area)
                 out.append(np.fromiter(s.scalars(q), dtype=np.int64))
-            return np.concatenate(out) if out else np.zeros(0, np.int64)
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def embeddings(self, ids: Iterable[int] | None = None, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in batches: all committed segments (streamed), or just ``ids``."""

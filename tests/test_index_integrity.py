@@ -370,11 +370,16 @@ def test_filtered_search_equals_filtered_exact_search_and_a_filter_matching_noth
     vector = ix.model.embed_text(["a cat"])[0]
     areas = sorted(r.area for r in ix.store.rows(ix.store.segment_ids()).values())
     some = int(ix.store.segment_ids()[3])
-    for filters in (dict(path="*/sub/*"), dict(min_area=areas[len(areas) // 2]), dict(per_image=True),
-                    dict(path="*/sub/*", per_image=True, min_area=areas[3]), dict(exclude={some})):
-        got = [h.segment_id for h in ix.search_vector(vector, 5, **filters)]
-        assert got == exact_hits(ix, vector, 5, **filters), filters
-        assert got, filters
+    import indexer.search
+
+    for share in (1.0, 0.0):  # the glob as a FAISS id selection, then checked on candidates
+        monkeypatch.setattr(indexer.search, "PUSHDOWN_SHARE", share)
+        for filters in (dict(path="*/sub/*"), dict(min_area=areas[len(areas) // 2]), dict(per_image=True),
+                        dict(path="*/sub/*", per_image=True, min_area=areas[3]), dict(exclude={some}),
+                        dict(path="*/sub/*", exclude={some}, min_area=areas[5])):
+            got = [h.segment_id for h in ix.search_vector(vector, 5, **filters)]
+            assert got == exact_hits(ix, vector, 5, **filters), (share, filters)
+            assert got, filters
     fetched = []
     real_rows = ix.store.rows
     monkeypatch.setattr(ix.store, "rows", lambda ids: fetched.append(len(ids)) or real_rows(ids))

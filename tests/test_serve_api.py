@@ -457,7 +457,7 @@ def test_a_slow_search_does_not_hold_up_the_others(served, monkeypatch):
     import threading
 
     _, index, client = served
-    real = index.store.filtered_segment_ids
+    real = index.store.image_ids_matching
     entered, release = threading.Event(), threading.Event()
 
     def slow(*args, **kwargs):  # a filtered search that takes long (a huge archive)
@@ -465,7 +465,7 @@ def test_a_slow_search_does_not_hold_up_the_others(served, monkeypatch):
         release.wait(20)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(index.store, "filtered_segment_ids", slow)
+    monkeypatch.setattr(index.store, "image_ids_matching", slow)
     slow_search = threading.Thread(target=lambda: client.get("/api/search", params={"q": "fur", "path": "*/sub/*"}))
     slow_search.start()
     assert entered.wait(20)

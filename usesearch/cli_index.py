@@ -54,7 +54,13 @@ def index(
     head: HeadOpt = None,
     masker: Annotated[Optional[str], typer.Option(help="sam | felzenszwalb | coco (default: sam; felzenszwalb for tiny)")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="COCO JSON of your own masks, for --masker coco.")] = None,
-    points_per_side: Annotated[Optional[int], typer.Option(help="SAM grid prompts per side (default 32).")] = None,
+    points_per_side: Annotated[Optional[int], typer.Option(min=1, help="SAM: grid prompts per side (default 32).")] = None,
+    points_per_batch: Annotated[Optional[int], typer.Option(min=1, help="SAM: prompts per decoder batch (default 64).")] = None,
+    pred_iou_thresh: Annotated[Optional[float], typer.Option(help="SAM: keep masks whose predicted IoU exceeds this (default 0.88).")] = None,
+    stability_thresh: Annotated[Optional[float], typer.Option(help="SAM: keep masks at least this stable (default 0.95).")] = None,
+    box_nms_thresh: Annotated[Optional[float], typer.Option(help="SAM: box IoU above which duplicates go (default 0.7).")] = None,
+    crop_layers: Annotated[Optional[int], typer.Option(min=0, help="SAM: layers of image crops prompted again (default 0).")] = None,
+    min_region_area: Annotated[Optional[int], typer.Option(min=0, help="SAM: remove holes and islands smaller than this (default 0).")] = None,
     factory: Annotated[str, typer.Option(help="FAISS index_factory string for a new index.")] = "IDMap2,Flat",
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
     device: DeviceOpt = None,
@@ -65,9 +71,10 @@ def index(
 
     from indexer import IndexOptions, index_paths
 
-    masker_options = {}
-    if points_per_side is not None:
-        masker_options["points_per_side"] = points_per_side
+    sam_settings = dict(points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
+                        stability_score_thresh=stability_thresh, box_nms_thresh=box_nms_thresh, crop_n_layers=crop_layers,
+                        min_mask_region_area=min_region_area)
+    masker_options = {k: v for k, v in sam_settings.items() if v is not None}
     if masks is not None:
         masker_options["masks_json"] = str(masks)
     options = IndexOptions(

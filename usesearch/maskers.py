@@ -3,23 +3,49 @@ classical one (Felzenszwalb superpixels, scikit-image) for offline runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 from segment_anything.utils.amg import batched_mask_to_box
 
 WORK_PIXELS = 4_000_000  # the Felzenszwalb masker's working size for larger photos
 
 
-@dataclass
 class Proposal:
-    mask: np.ndarray  # bool [H, W]
-    bbox: tuple[int, int, int, int]  # x, y, w, h (COCO)
-    area: int
-    predicted_iou: float | None = None
-    stability_score: float | None = None
+    """One mask proposal. It carries a dense mask, a COCO RLE, or both: whichever the
+    masker made, the other is made on first use (so SAM's RLEs go to the store as
+    they are, and dense masks exist only where a consumer asks for them)."""
+
+    __slots__ = ("_mask", "_rle", "bbox", "area", "predicted_iou", "stability_score")
+
+    def __init__(self, mask: np.ndarray | None = None, bbox: tuple[int, int, int, int] = (0, 0, 0, 0), area: int = 0,
+                 predicted_iou: float | None = None, stability_score: float | None = None, rle: dict | None = None):
+        if mask is None and rle is None:
+            raise ValueError("a proposal needs a mask or an RLE")
+        self._mask, self._rle = mask, rle
+        self.bbox = bbox  # x, y, w, h (COCO: w = x1 - x0 + 1)
+        self.area = area
+        self.predicted_iou = predicted_iou
+        self.stability_score = stability_score
+
+    @property
+    def mask(self) -> np.ndarray:
+        """bool [H, W]."""
+        if self._mask is None:
+            self._mask = mask_utils.decode({"size": self._rle["size"], "counts": self._rle["counts"].encode()}).astype(bool)
+        return self._mask
+
+    @property
+    def rle(self) -> dict:
+        """COCO compressed RLE, ``{"size": [h, w], "counts": str}``."""
+        if self._rle is None:
+            rle = mask_utils.encode(np.asfortranarray(self._mask.astype(np.uint8)))
+            self._rle = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+        return self._rle
+
+    def __repr__(self) -> str:
+        return f"Proposal(bbox={self.bbox}, area={self.area}, predicted_iou={self.predicted_iou}, stability_score={self.stability_score})"
 
 
 class FelzenszwalbMasker:
@@ -66,33 +92,38 @@ class FelzenszwalbMasker:
 
 
 class SamMasker:
-    """segment-anything's SamAutomaticMaskGenerator (grid point prompts, its
-    thresholds and NMS), as in §4.3 of the paper."""
+    """SAM's automatic mask generator (grid point prompts, its thresholds and NMS), as
+    in §4.3 of the paper: ``SamMaskGenerator``, which gives segment-anything's masks
+    for the same keyword arguments without its post-processing cost."""
 
     name = "sam"
+    OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset",
+               "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor",
+               "point_grids", "min_mask_region_area", "output_mode", "autocast")
 
     def __init__(self, sam, points_per_side: int = 32, **amg_kwargs):
-        from segment_anything import SamAutomaticMaskGenerator
+        from .amg import SamMaskGenerator
 
+        unknown = sorted(set(amg_kwargs) - set(self.OPTIONS))
+        if unknown:
+            raise ValueError(f"the sam masker has no option {', '.join(unknown)}; its options: {', '.join(self.OPTIONS)}")
         self.points_per_side = points_per_side
         self.amg_kwargs = amg_kwargs
-        self.generator = SamAutomaticMaskGenerator(sam, points_per_side=points_per_side, **amg_kwargs)
+        self.generator = SamMaskGenerator(sam, points_per_side=points_per_side, **amg_kwargs)
 
     def params(self) -> dict:
-        return {"points_per_side": self.points_per_side, **self.amg_kwargs}
+        # autocast changes no setting of the masks' definition, only their precision on a GPU.
+        return {"points_per_side": self.points_per_side, **{k: v for k, v in self.amg_kwargs.items() if k != "autocast"}}
 
     def __call__(self, rgb: np.ndarray, path: str | None = None) -> list[Proposal]:
-        records = self.generator.generate(rgb)
         return [
             Proposal(
-                mask=r["segmentation"],
-                bbox=tuple(int(v) for v in r["bbox"]),
-                area=int(r["area"]),
-                predicted_iou=float(r["predicted_iou"]),
-                stability_score=float(r["stability_score"]),
+                rle=r.rle,
+                bbox=(r.box_xyxy[0], r.box_xyxy[1], r.box_xyxy[2] - r.box_xyxy[0] + 1, r.box_xyxy[3] - r.box_xyxy[1] + 1),
+                area=r.area, predicted_iou=r.predicted_iou, stability_score=r.stability_score,
             )
-            for r in records
-            if r["area"] > 0
+            for r in self.generator.generate(rgb)
+            if r.area > 0
         ]
 
 
@@ -112,6 +143,9 @@ def stack_masks(proposals: list[Proposal], hw: tuple[int, int]) -> np.ndarray:
     not copied (a 16 MP photo's 64 masks are 1 GB)."""
     if not proposals:
         return np.zeros((0, *hw), bool)
+    if all(p._mask is None for p in proposals):  # RLEs only (SAM): one pycocotools call
+        rles = [{"size": p.rle["size"], "counts": p.rle["counts"].encode()} for p in proposals]
+        return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool, order="C")
     base = proposals[0].mask.base
     if (isinstance(base, np.ndarray) and base.shape == (len(proposals), *hw) and base.dtype == bool
             and all(p.mask.base is base and p.mask.shape == hw and np.may_share_memory(p.mask, base[i]) for i, p in enumerate(proposals))):

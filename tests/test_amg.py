@@ -1,0 +1,147 @@
+"""The mask generator gives segment-anything's masks: checked against the stock
+``SamAutomaticMaskGenerator`` on a seeded tiny SAM, with thresholds low enough that
+many masks survive, with and without crop layers and small-region clean-up."""
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from segment_anything import SamAutomaticMaskGenerator
+from typer.testing import CliRunner
+
+import usesearch
+from usesearch.amg import SamMaskGenerator
+from usesearch.cli import app
+from usesearch.maskers import SamMasker, stack_masks
+from usesearch.sam import load_sam
+
+LOW = dict(pred_iou_thresh=-10.0, stability_score_thresh=-10.0)  # keep (nearly) every proposal
+
+
+@pytest.fixture(scope="module")
+def sam():
+    """The seeded tiny SAM, with its mask decoder's logits replaced by blobs of three
+    sizes around each point prompt (plus the decoder's own output as texture). With
+    random weights every prompt gives nearly the whole image, so NMS, crop-edge and
+    clean-up decisions would never be tested; blobs make them real. Both generators
+    call the same modules, so the comparison is unaffected."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(load_sam(usesearch.get_preset("tiny").sam, "tiny"))
+    seen = {}
+    encode_prompts, decode = model.prompt_encoder.forward, model.mask_decoder.forward
+
+    def prompt_encoder(points, boxes, masks):
+        seen["points"] = points[0]  # [B, 1, 2] in the model's input frame
+        return encode_prompts(points, boxes, masks)
+
+    def mask_decoder(**kwargs):
+        low_res, iou = decode(**kwargs)
+        size = low_res.shape[-1]
+        cell = model.image_encoder.img_size / size
+        centres = (torch.arange(size, dtype=torch.float32) + 0.5) * cell
+        px, py = seen["points"][:, 0, 0].float(), seen["points"][:, 0, 1].float()
+        dist = ((centres[None, None, :] - px[:, None, None]) ** 2 + (centres[None, :, None] - py[:, None, None]) ** 2).sqrt()
+        radii = torch.tensor([18.0, 40.0, 75.0])
+        blobs = (radii[None, :, None, None] - dist[:, None]) / 6 + 0.5 * low_res / low_res.abs().amax().clamp(min=1e-6)
+        return blobs.to(low_res.dtype), iou
+
+    model.prompt_encoder.forward = prompt_encoder
+    model.mask_decoder.forward = mask_decoder
+    return model
+
+
+@pytest.fixture(scope="module")
+def image():
+    from skimage import data
+
+    return np.ascontiguousarray(data.coffee()[::3, ::3])  # 134 x 200: not square, not the model's size
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+@pytest.mark.parametrize("settings", [
+    dict(points_per_side=8, **LOW),
+    dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.5),
+    dict(points_per_side=6, crop_n_layers=1, crop_overlap_ratio=0.3, **LOW),
+    dict(points_per_side=8, min_mask_region_area=40, **LOW),
+    dict(points_per_side=6, crop_n_layers=1, min_mask_region_area=25, points_per_batch=7, **LOW),
+], ids=["plain", "thresholds-0-nms-0.5", "crop-layers", "small-regions", "crops-small-regions-odd-batches"])
+def test_same_masks_as_segment_anythings_generator(sam, image, settings):
+    stock = SamAutomaticMaskGenerator(sam, **settings).generate(image)
+    ours = SamMaskGenerator(sam, **settings).generate(image)
+    assert len(stock) > 20 and len({tuple(a['bbox']) for a in stock}) > 10  # many distinct masks: a real comparison
+    assert len(ours) == len(stock)
+    unmatched = list(range(len(stock)))
+    for record in ours:
+        mask = mask_utils.decode({"size": record.rle["size"], "counts": record.rle["counts"].encode()}).astype(bool)
+        best = max(unmatched, key=lambda j: mask_iou(mask, stock[j]["segmentation"]))
+        reference = stock[best]
+        unmatched.remove(best)
+        assert mask_iou(mask, reference["segmentation"]) >= 0.99
+        x, y, w, h = reference["bbox"]  # segment-anything's xywh: w = x1 - x0
+        assert record.box_xyxy == (x, y, x + w, y + h)
+        assert record.area == reference["area"]
+        assert record.predicted_iou == pytest.approx(reference["predicted_iou"], abs=1e-5)
+        assert record.stability_score == pytest.approx(reference["stability_score"], abs=1e-5)
+    assert not unmatched
+
+
+def test_same_masks_when_the_photo_already_has_the_models_input_size(sam):
+    """Then the second resize of the upscaling is skipped (it would return its input)."""
+    from skimage import data
+
+    photo = np.ascontiguousarray(np.asarray(__import__("PIL.Image").Image.fromarray(data.astronaut()).resize((256, 192))))
+    stock = SamAutomaticMaskGenerator(sam, points_per_side=6, **LOW).generate(photo)
+    ours = SamMaskGenerator(sam, points_per_side=6, **LOW).generate(photo)
+    assert len(ours) == len(stock) > 10
+    for record, reference in zip(ours, stock):
+        mask = mask_utils.decode({"size": record.rle["size"], "counts": record.rle["counts"].encode()}).astype(bool)
+        assert np.array_equal(mask, reference["segmentation"])
+        assert record.stability_score == pytest.approx(reference["stability_score"], abs=1e-6)
+
+
+def test_same_order_as_segment_anything(sam, image):
+    stock = SamAutomaticMaskGenerator(sam, points_per_side=8, **LOW).generate(image)
+    ours = SamMaskGenerator(sam, points_per_side=8, **LOW).generate(image)
+    assert [r.predicted_iou for r in ours] == pytest.approx([a["predicted_iou"] for a in stock], abs=1e-5)
+
+
+def test_masker_proposals_carry_rle_and_decode_on_use(sam, image):
+    masker = SamMasker(sam, points_per_side=6, **LOW)
+    proposals = masker(image)
+    assert proposals and all(p._mask is None for p in proposals)  # nothing dense until asked for
+    stack = stack_masks(proposals, image.shape[:2])
+    assert stack.shape == (len(proposals), *image.shape[:2]) and stack.flags.c_contiguous
+    for p, mask in zip(proposals, stack):
+        ys, xs = np.nonzero(mask)
+        assert p.bbox == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)  # COCO convention
+        assert p.area == mask.sum() and np.array_equal(p.mask, mask)
+    with pytest.raises(ValueError, match="no option"):
+        SamMasker(sam, points_per_sid=4)
+
+
+def test_index_cli_takes_the_mask_quality_options_and_refuses_them_for_other_maskers(tmp_path, image):
+    from PIL import Image
+
+    from indexer import SegmentIndex
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(image).save(photos / "coffee.png")
+    runner = CliRunner()
+    result = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--masker", "sam",
+                                 "--points-per-side", "6", "--points-per-batch", "10", "--pred-iou-thresh", "-10",
+                                 "--stability-thresh", "-10", "--box-nms-thresh", "0.6", "--crop-layers", "1",
+                                 "--min-region-area", "10"])
+    assert result.exit_code == 0, result.output
+    info = SegmentIndex.open(tmp_path / "db").info
+    assert info.masker == "sam" and info.masker_params == {
+        "points_per_side": 6, "points_per_batch": 10, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0,
+        "box_nms_thresh": 0.6, "crop_n_layers": 1, "min_mask_region_area": 10}
+    result = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db2"), "--preset", "tiny", "--points-per-side", "8"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--points-per-side" in result.output and "felzenszwalb" in result.output, result.output

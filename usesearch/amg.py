@@ -1,0 +1,263 @@
+"""SAM's automatic mask generator at the cost of its model.
+
+Gives the masks segment-anything's ``SamAutomaticMaskGenerator`` gives for the same
+settings (grid point prompts per crop, predicted-IoU and stability filters, box NMS
+per crop and across crops, small-region clean-up), built on its model and its cheap
+tensor helpers (``segment_anything.utils.amg``). What differs is where the time
+goes: the stock generator turns every surviving mask into a Python RLE per batch
+and deep-copies the growing lists at every step; here candidates stay tensors on
+the model's device (their 256x256 low-resolution logits, scores and boxes) until
+NMS has chosen the kept set, and only the kept masks are upscaled again, thresholded
+and RLE-encoded, once, by pycocotools. The upscaled logits of a mask are a fixed
+function of its low-resolution logits, so recomputing them gives the same mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+from segment_anything.modeling import Sam
+from segment_anything.predictor import SamPredictor
+from segment_anything.utils.amg import (
+    batch_iterator, batched_mask_to_box, build_all_layer_point_grids, calculate_stability_score,
+    generate_crop_boxes, is_box_near_crop_edge, remove_small_regions, uncrop_boxes_xyxy, uncrop_masks, uncrop_points,
+)
+from torchvision.ops import batched_nms, box_area
+
+ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time: bounds memory for large photos
+
+
+@dataclass
+class Candidates:
+    """Masks not yet materialised: low-resolution logits and what filtering needs."""
+
+    low_res: torch.Tensor  # [N, 1, 256, 256] float32 logits
+    iou: torch.Tensor  # [N] predicted IoU
+    stability: torch.Tensor  # [N]
+    boxes: torch.Tensor  # [N, 4] XYXY, inclusive max (segment-anything's convention)
+    points: torch.Tensor  # [N, 2] the prompt of each mask
+    crop: torch.Tensor  # [N] index into the crop list
+
+    def __getitem__(self, keep) -> Candidates:
+        return Candidates(*(t[keep] for t in (self.low_res, self.iou, self.stability, self.boxes, self.points, self.crop)))
+
+    def __len__(self) -> int:
+        return len(self.iou)
+
+    @staticmethod
+    def cat(parts: list[Candidates], device) -> Candidates:
+        if not parts:
+            empty = torch.zeros(0, device=device)
+            return Candidates(empty.reshape(0, 1, 256, 256), empty, empty, empty.reshape(0, 4).long(),
+                              empty.reshape(0, 2).double(), empty.long())
+        return Candidates(*(torch.cat(ts) for ts in zip(*((p.low_res, p.iou, p.stability, p.boxes, p.points, p.crop) for p in parts))))
+
+
+@dataclass
+class MaskRecord:
+    """One generated mask: COCO RLE (str counts) and the stock generator's fields."""
+
+    rle: dict
+    area: int
+    box_xyxy: tuple[int, int, int, int]  # inclusive max, as segment-anything's boxes
+    predicted_iou: float
+    stability_score: float
+    point: tuple[float, float]
+    crop_box: tuple[int, int, int, int]  # XYXY
+
+
+class SamMaskGenerator:
+    """Drop-in for ``SamAutomaticMaskGenerator``: same arguments, same masks.
+
+    ``autocast``: run the image encoder and mask decoder in bfloat16 (None: on for
+    CUDA devices that support bfloat16, off elsewhere; masks are then close to, not
+    identical with, float32 ones). Scores, upscaling and thresholds stay float32."""
+
+    def __init__(
+        self,
+        model: Sam,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",  # accepted for compatibility: records always carry RLE
+        autocast: bool | None = None,
+    ):
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side and point_grids")
+        self.point_grids = point_grids or build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        if len(self.point_grids) < crop_n_layers + 1:
+            raise ValueError(f"point_grids has {len(self.point_grids)} grids for {crop_n_layers + 1} crop layers")
+        self.predictor = SamPredictor(model)
+        self.model = model
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.min_mask_region_area = min_mask_region_area
+        device = model.device
+        if autocast is None:
+            autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast = bool(autocast)
+
+    def _autocast(self):
+        return torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    # -- candidates ---------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, image: np.ndarray) -> list[MaskRecord]:
+        orig_size = image.shape[:2]
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        crops = []  # (crop box, model input size, crop size) per crop
+        parts = []
+        for index, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs)):
+            part, input_size, crop_hw = self._crop_candidates(image, crop_box, layer, index, orig_size)
+            crops.append((crop_box, input_size, crop_hw))
+            parts.append(part)
+        cands = Candidates.cat(parts, self.model.device)
+        if len(crop_boxes) > 1 and len(cands):
+            crop_xyxy = torch.tensor(crop_boxes, device=cands.boxes.device)[cands.crop]
+            keep = _nms(cands.boxes, 1 / box_area(crop_xyxy), self.crop_nms_thresh)
+            cands = cands[keep]
+        return self._materialise(cands, crops, orig_size)
+
+    def _crop_candidates(self, image, crop_box, layer, index, orig_size):
+        x0, y0, x1, y1 = crop_box
+        cropped = image[y0:y1, x0:x1, :]
+        crop_hw = cropped.shape[:2]
+        with self._autocast():
+            self.predictor.set_image(cropped)
+        input_size = self.predictor.input_size
+        points_for_image = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]
+        parts = [self._batch_candidates(points, crop_hw, crop_box, orig_size, input_size)
+                 for (points,) in batch_iterator(self.points_per_batch, points_for_image)]
+        self.predictor.reset_image()
+        cands = Candidates.cat(parts, self.model.device)
+        keep = _nms(cands.boxes, cands.iou, self.box_nms_thresh)
+        cands = cands[keep]
+        cands.boxes = uncrop_boxes_xyxy(cands.boxes, crop_box)
+        cands.points = uncrop_points(cands.points, crop_box)
+        cands.crop = torch.full((len(cands),), index, dtype=torch.long, device=cands.iou.device)
+        return cands, input_size, crop_hw
+
+    def _batch_candidates(self, points, crop_hw, crop_box, orig_size, input_size) -> Candidates:
+        device = self.model.device
+        in_points = torch.as_tensor(self.predictor.transform.apply_coords(points, crop_hw), device=device)
+        in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
+        with self._autocast():
+            sparse, dense = self.model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=self.predictor.features, image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+            )
+        per_point = low_res.shape[1]
+        low_res = low_res.float().flatten(0, 1)[:, None]
+        iou = iou.float().flatten(0, 1)
+        points = torch.as_tensor(points.repeat(per_point, axis=0), device=device)
+        # The IoU filter needs no mask: apply it before anything is upscaled.
+        if self.pred_iou_thresh > 0.0:
+            keep = iou > self.pred_iou_thresh
+            low_res, iou, points = low_res[keep], iou[keep], points[keep]
+        logits = self._upscale(low_res, input_size, crop_hw)
+        stability = calculate_stability_score(logits, self.model.mask_threshold, self.stability_score_offset)
+        if self.stability_score_thresh > 0.0:
+            keep = stability >= self.stability_score_thresh
+            logits, low_res, iou, points, stability = logits[keep], low_res[keep], iou[keep], points[keep], stability[keep]
+        boxes = batched_mask_to_box(logits > self.model.mask_threshold)
+        del logits
+        keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
+        empty = torch.zeros(len(iou), dtype=torch.long, device=device)
+        return Candidates(low_res, iou, stability, boxes, points, empty)[keep]
+
+    def _upscale(self, low_res: torch.Tensor, input_size, crop_hw) -> torch.Tensor:
+        """``Sam.postprocess_masks`` ([N, 1, h, w] -> [N, H, W] logits), without its second
+        resize when the crop already has the input's size: bilinear resizing to the same
+        size returns its input exactly, and costs as much as the first resize."""
+        side = self.model.image_encoder.img_size
+        logits = F.interpolate(low_res, (side, side), mode="bilinear", align_corners=False)
+        logits = logits[..., : input_size[0], : input_size[1]]
+        if tuple(logits.shape[-2:]) != tuple(crop_hw):
+            logits = F.interpolate(logits, crop_hw, mode="bilinear", align_corners=False)
+        return logits[:, 0]
+
+    # -- the kept masks -------------------------------------------------------------------
+    def _masks(self, cands: Candidates, crops, orig_size) -> torch.Tensor:
+        """Full-image bool masks [n, H, W] of a few candidates, from their logits."""
+        h, w = orig_size
+        out = torch.zeros(len(cands), h, w, dtype=torch.bool, device=cands.iou.device)
+        for index in torch.unique(cands.crop).tolist():
+            rows = cands.crop == index
+            crop_box, input_size, crop_hw = crops[index]
+            logits = self._upscale(cands.low_res[rows], input_size, crop_hw)
+            out[rows] = uncrop_masks(logits > self.model.mask_threshold, crop_box, h, w)
+        return out
+
+    def _materialise(self, cands: Candidates, crops, orig_size) -> list[MaskRecord]:
+        rles: list[dict] = []
+        boxes = cands.boxes.cpu()
+        unchanged = []
+        for start in range(0, len(cands), ENCODE_CHUNK):
+            masks = self._masks(cands[start : start + ENCODE_CHUNK], crops, orig_size)
+            if self.min_mask_region_area > 0:
+                masks, flags = self._remove_small_regions(masks)
+                unchanged += flags
+                boxes[start : start + len(masks)] = batched_mask_to_box(masks)
+            rles += encode(masks)
+        order = torch.arange(len(cands))
+        if self.min_mask_region_area > 0 and len(cands):
+            # As segment-anything: a mask the clean-up changed loses NMS ties to any that it left alone.
+            order = _nms(boxes, torch.tensor(unchanged, dtype=torch.float32), max(self.box_nms_thresh, self.crop_nms_thresh))
+        iou, stability, points, crop = (t.cpu() for t in (cands.iou, cands.stability, cands.points, cands.crop))
+        return [
+            MaskRecord(
+                rle=rles[i], area=int(mask_utils.area(rles[i])), box_xyxy=tuple(int(v) for v in boxes[i]),
+                predicted_iou=float(iou[i]), stability_score=float(stability[i]),
+                point=tuple(float(v) for v in points[i]), crop_box=tuple(crops[int(crop[i])][0]),
+            )
+            for i in order.tolist()
+        ]
+
+    def _remove_small_regions(self, masks: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """segment-anything's clean-up (holes, then islands, with OpenCV), per mask:
+        connected components have no batched form."""
+        cleaned, flags = [], []
+        for mask in masks.cpu().numpy():
+            mask, holes = remove_small_regions(mask, self.min_mask_region_area, mode="holes")
+            mask, islands = remove_small_regions(mask, self.min_mask_region_area, mode="islands")
+            cleaned.append(mask)
+            flags.append(float(not holes and not islands))
+        return torch.from_numpy(np.stack(cleaned)) if cleaned else masks.cpu(), flags
+
+
+def _nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Box NMS exactly as segment-anything calls it (torchvision's batched_nms with one
+    category), so ties among equal scores resolve the same way."""
+    return batched_nms(boxes.float(), scores, torch.zeros(len(boxes), device=boxes.device), iou_threshold=threshold)
+
+
+def encode(masks: torch.Tensor) -> list[dict]:
+    """Bool masks [N, H, W] (any device) -> COCO compressed RLEs with str counts, in one
+    pycocotools call (it wants column-major H x W x N uint8)."""
+    if not len(masks):
+        return []
+    fortran = masks.transpose(1, 2).contiguous().to(torch.uint8).cpu().numpy().transpose(2, 1, 0)
+    rles = mask_utils.encode(fortran)
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
