@@ -2,7 +2,9 @@
 
 Uses random weights for b16 (compute does not depend on weight values), so it runs
 offline. "Outside the models" is decode + hashing + RLE + store + FAISS: everything
-in the per-image loop except the masker and the embedder.
+in the per-image loop except the masker and the embedder. "Masker post" is the share
+of the masker's own time that is not SAM's forward passes (image encoder, prompt
+encoder and mask decoder): upscaling, scores, NMS, RLE.
 
     python benchmarks/index_throughput.py [--presets tiny,b16] [--images 8] [--points-per-side 16]
 """
@@ -58,7 +60,8 @@ def main() -> None:
         photos = Path(tmp) / "photos"
         write_photos(photos, args.images, args.side)
         print(f"{args.images} images of {args.side}x{args.side * 3 // 4}, masker {args.masker}, {args.threads} threads")
-        print(f"{'preset':>8} {'img/s':>8} {'seg/s':>8} {'segments':>9} {'loop s':>8} {'model s':>8} {'outside':>8}")
+        print(f"{'preset':>8} {'img/s':>8} {'seg/s':>8} {'segments':>9} {'loop s':>8} {'model s':>8} {'outside':>8} "
+              f"{'masker s':>9} {'masker post':>12}")
         for name in args.presets.split(","):
             patched = {**presets.PRESETS, name: random_weights(presets.PRESETS[name])}
             # Random-weight SAM masks never pass SAM's quality thresholds; turn them
@@ -76,9 +79,12 @@ def main() -> None:
                 options = IndexOptions(preset=name, embedder=embedder, masker=args.masker, masker_options=masker_options)
                 report = index_paths([photos], Path(tmp) / f"db-{name}", options)
             outside = 1 - report.model_seconds / report.loop_seconds
+            post = (f"{1 - report.masker_forward_seconds / report.masker_seconds:>11.1%}"
+                    if report.masker_forward_seconds else f"{'n/a':>11}")
             print(
                 f"{name:>8} {report.done / report.loop_seconds:>8.3f} {report.segments / report.loop_seconds:>8.1f} "
-                f"{report.segments:>9} {report.loop_seconds:>8.1f} {report.model_seconds:>8.1f} {outside:>7.1%}"
+                f"{report.segments:>9} {report.loop_seconds:>8.1f} {report.model_seconds:>8.1f} {outside:>7.1%} "
+                f"{report.masker_seconds:>9.1f} {post}"
             )
 
 

@@ -62,6 +62,8 @@ class IndexReport:
     segments: int = 0
     seconds: float = 0.0
     model_seconds: float = 0.0  # inside the masker and the embedder
+    masker_seconds: float = 0.0  # inside the masker
+    masker_forward_seconds: float = 0.0  # of which SAM's forward passes (encoder, decoder), where the masker reports them
     loop_seconds: float = 0.0  # the per-image loop, without start-up (model loading)
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -196,7 +198,10 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
         rgb = decode(data, found.path, options.max_pixels)
         hw = rgb.shape[:2]
         model_start = time.perf_counter()
+        forward_before = _forward_seconds(masker)
         proposals = masker(rgb, found.path)
+        report.masker_seconds += time.perf_counter() - model_start
+        report.masker_forward_seconds += _forward_seconds(masker) - forward_before
         embeddings = model.embed_segments(rgb, stack_masks(proposals, hw))
         report.model_seconds += time.perf_counter() - model_start
         segments = [
@@ -219,6 +224,11 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
             index.add(np.asarray(added, np.int64), embeddings)
     report.done += 1
     report.segments += len(added)
+
+
+def _forward_seconds(masker) -> float:
+    seconds = getattr(getattr(masker, "generator", None), "seconds", None)
+    return seconds["encoder"] + seconds["decoder"] if seconds else 0.0
 
 
 def _record_failure(found, sha256, exc: BaseException, store: Store, index, report: IndexReport) -> None:

@@ -14,6 +14,7 @@ function of its low-resolution logits, so recomputing them gives the same mask.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +116,13 @@ class SamMaskGenerator:
         if autocast is None:
             autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.autocast = bool(autocast)
+        # Wall seconds spent, for benchmarks: in the image encoder, in the prompt
+        # encoder + mask decoder, and in all of generate() (the rest is post-processing).
+        self.seconds = {"encoder": 0.0, "decoder": 0.0, "total": 0.0}
+
+    def _sync(self) -> None:
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def _autocast(self):
         return torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.autocast)
@@ -122,6 +130,13 @@ class SamMaskGenerator:
     # -- candidates ---------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> list[MaskRecord]:
+        start = time.perf_counter()
+        try:
+            return self._generate(image)
+        finally:
+            self.seconds["total"] += time.perf_counter() - start
+
+    def _generate(self, image: np.ndarray) -> list[MaskRecord]:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         crops = []  # (crop box, model input size, crop size) per crop
@@ -141,8 +156,11 @@ class SamMaskGenerator:
         x0, y0, x1, y1 = crop_box
         cropped = image[y0:y1, x0:x1, :]
         crop_hw = cropped.shape[:2]
+        start = time.perf_counter()
         with self._autocast():
             self.predictor.set_image(cropped)
+        self._sync()
+        self.seconds["encoder"] += time.perf_counter() - start
         input_size = self.predictor.input_size
         points_for_image = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]
         parts = [self._batch_candidates(points, crop_hw, crop_box, orig_size, input_size)
@@ -160,12 +178,15 @@ class SamMaskGenerator:
         device = self.model.device
         in_points = torch.as_tensor(self.predictor.transform.apply_coords(points, crop_hw), device=device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
+        start = time.perf_counter()
         with self._autocast():
             sparse, dense = self.model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
             low_res, iou = self.model.mask_decoder(
                 image_embeddings=self.predictor.features, image_pe=self.model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
             )
+        self._sync()
+        self.seconds["decoder"] += time.perf_counter() - start
         per_point = low_res.shape[1]
         low_res = low_res.float().flatten(0, 1)[:, None]
         iou = iou.float().flatten(0, 1)
