@@ -61,8 +61,9 @@ def build_store(db: Path, data: np.ndarray, images: int, rng: np.random.Generato
         rows = [
             {"id": start + j + 1, "image_id": int(rng.integers(images)) + 1, "x": 10, "y": 20, "w": 60, "h": 40,
              "area": int(a), "rle_counts": rle, "predicted_iou": 0.9, "stability_score": 0.95,
-             "embedding": data[start + j].tobytes()}
-            for j, a in enumerate(rng.integers(50, 50_000, min(50_000, len(data) - start)))
+             "vec_chunk": int(c), "vec_row": int(r)}
+            for j, (a, c, r) in enumerate(zip(rng.integers(50, 50_000, min(50_000, len(data) - start)),
+                                             *store.files().append(data[start : start + 50_000])))
         ]
         with store.sessions.begin() as s:
             s.execute(insert(SegmentRecord), rows)

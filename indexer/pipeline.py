@@ -208,20 +208,20 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
             dict(
                 x=p.bbox[0], y=p.bbox[1], w=p.bbox[2], h=p.bbox[3], area=p.area, rle_counts=p.rle["counts"],
                 predicted_iou=p.predicted_iou, stability_score=p.stability_score,
-                embedding=e.tobytes(),
             )
-            for p, e in zip(proposals, embeddings)
+            for p in proposals
         ]
     except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
         _record_failure(found, sha256, exc, store, index, report)
         return
-    removed, added = store.save_image(found.key, found.path, sha256, hw, segments)
+    removed, added = store.save_image(found.key, found.path, sha256, hw, segments, embeddings)
     index.remove(removed)
     if added:
         if not index.is_trained:
             vectors.reconcile(index, store)  # trains on what the store now holds
         else:
-            index.add(np.asarray(added, np.int64), embeddings)
+            # What the embedding files hold (float16), so a rebuild gives the same scores.
+            index.add(np.asarray(added, np.int64), embeddings.astype(np.float16).astype(np.float32))
     report.done += 1
     report.segments += len(added)
 

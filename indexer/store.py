@@ -1,7 +1,8 @@
 """Segment metadata and embeddings in SQL (SQLite by default) through SQLAlchemy 2.0.
 
-The database is the source of truth: every embedding is stored with its segment,
-one transaction per image, so the FAISS file can always be rebuilt from it.
+The database is the source of truth: one transaction per image records its segments
+and where their embeddings lie in the append-only float16 files beside it
+(``embeddings.py``), so the FAISS file can always be rebuilt from the two.
 
 An image is keyed by the exact bytes of its path (``fs_path``), so a file whose
 name is not UTF-8 can be opened again and never collides with another; ``path``
@@ -16,6 +17,7 @@ import fnmatch
 import json
 import logging
 import os
+from pathlib import Path
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +26,13 @@ import numpy as np
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine, event, func, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 from usesearch.errors import UsesearchError
+
+from . import migrations
+from .embeddings import FOLDER as EMBEDDINGS_FOLDER
+from .embeddings import EmbeddingFiles
 
 DONE, FAILED = "done", "failed"
 
@@ -89,7 +94,9 @@ class SegmentRecord(Base):
     rle_counts: Mapped[str] = mapped_column(Text)  # COCO compressed RLE of the full-size mask
     predicted_iou: Mapped[float | None] = mapped_column(Float)
     stability_score: Mapped[float | None] = mapped_column(Float)
-    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, unit norm
+    # The embedding: row ``vec_row`` of chunk file ``vec_chunk`` (see embeddings.py).
+    vec_chunk: Mapped[int]
+    vec_row: Mapped[int]
     image: Mapped[ImageRecord] = relationship(back_populates="segments")
 
 
@@ -140,9 +147,14 @@ class Store:
     alters tables, and falls back to an immutable open where SQLite cannot write its
     side files (a read-only folder or mount)."""
 
-    def __init__(self, url: str, read_only: bool = False):
+    def __init__(self, url: str, read_only: bool = False, folder: str | os.PathLike | None = None):
         self.url = url
         self.read_only = read_only
+        database = make_url(url).database if url.startswith("sqlite") else None
+        if folder is None and not database:
+            raise ValueError("a store on a database server needs the folder for its embedding files")
+        # Embedding files live in the index folder (beside segments.sqlite).
+        self.folder = Path(folder) if folder is not None else Path(database).parent
         self.engine = create_engine(url)
         sqlite = self.engine.dialect.name == "sqlite"
         if sqlite:
@@ -158,86 +170,17 @@ class Store:
                 tables = set(inspect(self.engine).get_table_names())
             if "index_info" not in tables:
                 raise UsesearchError(f"{make_url(url).database or url} is not a usesearch index (it has no index_info table)")
-            missing = self._missing_columns()
+            missing = migrations.missing_columns(self.engine)
             if missing:
                 raise UsesearchError(
                     f"this index needs an upgrade ({', '.join(missing[:3])} missing): run `usesearch info` on it once "
                     "where it is writable, or `usesearch index` again"
                 )
         else:
+            migrations.upgrade(self.engine, self.folder)
             Base.metadata.create_all(self.engine)
-            self._upgrade_schema()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    def _missing_columns(self) -> list[str]:
-        inspector = inspect(self.engine)
-        return [
-            f"{table.name}.{column.name}"
-            for table in Base.metadata.sorted_tables
-            for column in table.columns
-            if column.name not in {c["name"] for c in inspector.get_columns(table.name)}
-        ]
-
-    def _upgrade_schema(self) -> None:
-        """Bring an index made by an older usesearch up to date: new columns with a
-        default (or nullable) are added; the images table gains its byte-exact key."""
-        inspector = inspect(self.engine)
-        if "fs_path" not in {c["name"] for c in inspector.get_columns("images")}:
-            self._migrate_images_fs_path()
-        for table in Base.metadata.sorted_tables:
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                default = column.default.arg if column.default is not None and column.default.is_scalar else None
-                if default is None and not column.nullable:
-                    raise UsesearchError(
-                        f"this index was made by an older usesearch (table {table.name} lacks {column.name}); "
-                        "index into a new --db"
-                    )
-                with self.engine.begin() as conn:
-                    ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(self.engine.dialect)}"
-                    conn.execute(text(ddl + (f" DEFAULT {int(default)}" if default is not None else "")))
-
-    def _migrate_images_fs_path(self) -> None:
-        """Older indexes keyed images by their display path (unique). Rebuild the table
-        with the byte-exact key, SQLite's documented way (new table, copy, drop,
-        rename) with foreign keys off so no segment is cascaded away."""
-        if self.engine.dialect.name != "sqlite":
-            raise UsesearchError("this index was made by an older usesearch; index into a new --db")
-        log.warning("upgrading this index's images table to byte-exact paths (once)")
-        images = Base.metadata.tables["images"]
-        # On the raw connection with explicit BEGIN/COMMIT: pysqlite would otherwise
-        # run the DDL outside any transaction, and the pragma must precede BEGIN.
-        raw = self.engine.raw_connection()
-        try:
-            con = raw.driver_connection
-            con.isolation_level = None
-            con.execute("PRAGMA foreign_keys=OFF")
-            con.execute("BEGIN")
-            try:
-                con.execute("ALTER TABLE images RENAME TO images_old")
-                for index in images.indexes:
-                    con.execute(f"DROP INDEX IF EXISTS {index.name}")
-                con.execute(str(CreateTable(images).compile(self.engine)))
-                for index in images.indexes:
-                    con.execute(str(CreateIndex(index).compile(self.engine)))
-                columns = [r[1] for r in con.execute("PRAGMA table_info(images_old)")]
-                shared = [c for c in columns if c in images.c and c != "fs_path"]
-                rows = con.execute(f"SELECT {', '.join(shared)} FROM images_old").fetchall()
-                con.executemany(
-                    f"INSERT INTO images ({', '.join(shared)}, fs_path) VALUES ({', '.join('?' * (len(shared) + 1))})",
-                    [(*row, os.fsencode(row[shared.index("path")])) for row in rows],
-                )
-                con.execute("DROP TABLE images_old")
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            finally:
-                con.execute("PRAGMA foreign_keys=ON")
-        finally:
-            raw.close()
+        self._files: EmbeddingFiles | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -283,10 +226,16 @@ class Store:
         sha256: str | None,
         hw: tuple[int, int] | None,
         segments: Iterable[dict[str, Any]] = (),
+        vectors: np.ndarray | None = None,
         error: BaseException | None = None,
     ) -> tuple[list[int], list[int]]:
-        """Replace whatever the file had by this result, in one transaction.
+        """Replace whatever the file had by this result, in one transaction; the
+        segments' ``vectors`` are written (and fsynced) to the embedding files first.
         Returns (segment ids removed, segment ids added)."""
+        segments = list(segments)
+        if segments:
+            chunks, rows = self.files().append(vectors)
+            segments = [{**seg, "vec_chunk": int(c), "vec_row": int(r)} for seg, c, r in zip(segments, chunks, rows)]
         with self.sessions.begin() as s:
             old = s.scalar(select(ImageRecord).where(ImageRecord.fs_path == fs_path))
             attempts = 1
@@ -367,29 +316,36 @@ class Store:
                 out.append(np.fromiter(s.scalars(q), dtype=np.int64))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
+    def files(self) -> EmbeddingFiles:
+        if self._files is None:
+            info = self.info()
+            if info is None:
+                raise UsesearchError("this index has no identity yet, so no embedding dimension")
+            self._files = EmbeddingFiles(self.folder / EMBEDDINGS_FOLDER, info.dim)
+        return self._files
+
     def embeddings(self, ids: Iterable[int] | None = None, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) in batches: all committed segments (streamed), or just ``ids``."""
-        query = select(SegmentRecord.id, SegmentRecord.embedding).order_by(SegmentRecord.id)
+        """(ids, float32 vectors) in batches: all committed segments (streamed, in id
+        order), or just ``ids``."""
+        seg = SegmentRecord
+        query = select(seg.id, seg.vec_chunk, seg.vec_row).order_by(seg.id)
         with self.sessions() as s:
             if ids is None:
                 parts = s.execute(query).yield_per(batch).partitions(batch)
             else:
                 wanted = [int(i) for i in ids]
                 # 900 per query: SQLite's bound-parameter limit.
-                parts = (s.execute(query.where(SegmentRecord.id.in_(wanted[i : i + 900]))).all() for i in range(0, len(wanted), 900))
+                parts = (s.execute(query.where(seg.id.in_(wanted[i : i + 900]))).all() for i in range(0, len(wanted), 900))
             for part in parts:
                 if part:
-                    yield (
-                        np.fromiter((r[0] for r in part), np.int64, len(part)),
-                        np.stack([np.frombuffer(r[1], np.float32) for r in part]),
-                    )
+                    table = np.array([tuple(r) for r in part], np.int64)
+                    yield table[:, 0], self.files().read(table[:, 1], table[:, 2])
 
     def rows(self, ids: Iterable[int]) -> dict[int, SegmentRow]:
         wanted = [int(i) for i in ids]
         out: dict[int, SegmentRow] = {}
         with self.sessions() as s:
             for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
-                # Named columns, not the ORM entity: the embedding blob stays on disk.
                 seg = SegmentRecord
                 q = (
                     select(seg.id, seg.image_id, ImageRecord.path, ImageRecord.fs_path, ImageRecord.height, ImageRecord.width,

@@ -247,8 +247,18 @@ def test_index_made_by_older_usesearch_is_upgraded_without_losing_segments(small
     import sqlite3
 
     photos, db = small_index
-    before = SegmentIndex.open(db).query("a cat", k=5)
+    ix = SegmentIndex.open(db)
+    before = ix.query("a cat", k=5)
+    blobs = [(v.astype(np.float32).tobytes(), int(i)) for ids, vecs in ix.store.embeddings() for i, v in zip(ids, vecs)]
+    ix.close()
+    shutil.rmtree(db / "embeddings")
     con = sqlite3.connect(db / DB_FILE)
+    # Embeddings as float32 blobs in the segments table, as before the embedding files.
+    con.execute("ALTER TABLE segments ADD COLUMN embedding BLOB")
+    con.executemany("UPDATE segments SET embedding = ? WHERE id = ?", blobs)
+    con.execute("ALTER TABLE segments DROP COLUMN vec_chunk")
+    con.execute("ALTER TABLE segments DROP COLUMN vec_row")
+    con.commit()
     # The previous schema: images keyed by a unique display path, no fs_path, no checksum.
     con.executescript("""
         PRAGMA foreign_keys=OFF;
@@ -263,6 +273,8 @@ def test_index_made_by_older_usesearch_is_upgraded_without_losing_segments(small
     again = index_paths([photos], db, IndexOptions(**OPTS))
     assert again.skipped == 4 and again.done == 0
     assert SegmentIndex.open(db).query("a cat", k=5) == before
+    columns = {r[1] for r in sqlite3.connect(db / DB_FILE).execute("PRAGMA table_info(segments)")}
+    assert "embedding" not in columns and {"vec_chunk", "vec_row"} <= columns and (db / "embeddings").is_dir()
 
 
 # -- 9. symlinks stay inside the roots ----------------------------------------------------------

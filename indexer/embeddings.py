@@ -1,0 +1,111 @@
+"""Segment embeddings in append-only float16 files beside the database.
+
+``embeddings/chunk-000000.f16``, ``chunk-000001.f16``, ...: raw float16 rows of the
+index's dimension, at most ``CHUNK_ROWS`` rows a file. The database keeps, per
+segment, which chunk and row hold its vector. Rows are appended and fsynced
+*before* the database transaction that references them commits, so a committed
+segment always points at a complete row; a kill in between leaves unreferenced
+rows at the end of a chunk, which are never read (the next append starts after
+them, on a row boundary). Readers memory-map the chunks.
+
+float16 halves the bytes of float32 and keeps cosine scores of unit vectors to
+about 1e-3, far below the gaps between ranked segments that matter; FAISS gets
+float32 copies.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+CHUNK_ROWS = 1 << 20  # 1.5 GB per chunk at 768-d
+FOLDER = "embeddings"
+_NAME = re.compile(r"chunk-(\d{6})\.f16$")
+
+
+class EmbeddingFiles:
+    def __init__(self, folder: str | os.PathLike, dim: int, chunk_rows: int = CHUNK_ROWS):
+        self.folder = Path(folder)
+        self.dim = dim
+        self.row_bytes = 2 * dim
+        self.chunk_rows = chunk_rows
+        self._maps: dict[int, np.memmap] = {}
+
+    def path(self, chunk: int) -> Path:
+        return self.folder / f"chunk-{chunk:06d}.f16"
+
+    def chunks(self) -> list[int]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := _NAME.match(p.name)))
+
+    # -- writing (one writer: the index's lock) ------------------------------------------
+    def append(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Write rows durably; returns (chunk, row) of each. Rows of one call may span
+        two chunks."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float16)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"expected [N, {self.dim}] vectors, got {vectors.shape}")
+        chunks, rows = np.empty(len(vectors), np.int64), np.empty(len(vectors), np.int64)
+        if not len(vectors):
+            return chunks, rows
+        self.folder.mkdir(parents=True, exist_ok=True)
+        existing = self.chunks()
+        chunk = existing[-1] if existing else 0
+        done = 0
+        while done < len(vectors):
+            with open(self.path(chunk), "ab") as f:
+                size = f.seek(0, os.SEEK_END)
+                start = -(-size // self.row_bytes)  # a torn row from a kill is skipped, never reused
+                if start >= self.chunk_rows:
+                    chunk += 1
+                    continue
+                if start * self.row_bytes != size:
+                    f.write(b"\0" * (start * self.row_bytes - size))
+                take = min(len(vectors) - done, self.chunk_rows - start)
+                f.write(vectors[done : done + take].tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            chunks[done : done + take] = chunk
+            rows[done : done + take] = np.arange(start, start + take)
+            done += take
+            if done < len(vectors):
+                chunk += 1
+        _fsync_dir(self.folder)
+        return chunks, rows
+
+    # -- reading ----------------------------------------------------------------------------
+    def _map(self, chunk: int, need_rows: int) -> np.memmap:
+        mapped = self._maps.get(chunk)
+        if mapped is None or len(mapped) < need_rows:  # the file grew since it was mapped
+            rows = self.path(chunk).stat().st_size // self.row_bytes
+            if rows < need_rows:
+                raise OSError(f"{self.path(chunk)} holds {rows} rows; the database refers to row {need_rows - 1}")
+            mapped = np.memmap(self.path(chunk), dtype=np.float16, mode="r", shape=(rows, self.dim))
+            self._maps[chunk] = mapped
+        return mapped
+
+    def read(self, chunks: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """float32 [N, dim] of the given (chunk, row) pairs."""
+        out = np.empty((len(rows), self.dim), np.float32)
+        chunks, rows = np.asarray(chunks, np.int64), np.asarray(rows, np.int64)
+        for chunk in np.unique(chunks).tolist():
+            pick = chunks == chunk
+            mapped = self._map(chunk, int(rows[pick].max()) + 1)
+            order = np.argsort(rows[pick])  # ascending rows: sequential reads on a cold cache
+            out[np.flatnonzero(pick)[order]] = mapped[rows[pick][order]]
+        return out
+
+    def bytes_on_disk(self) -> int:
+        return sum(self.path(c).stat().st_size for c in self.chunks())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
