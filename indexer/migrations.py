@@ -71,7 +71,11 @@ def _add_plain_columns(engine: Engine) -> None:
                 )
             ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
             with engine.begin() as conn:
-                conn.execute(text(ddl + (f" DEFAULT {int(default)}" if default is not None else "")))
+                if isinstance(default, str):
+                    ddl += f" DEFAULT '{default}'"
+                elif default is not None:
+                    ddl += f" DEFAULT {int(default)}"
+                conn.execute(text(ddl))
 
 
 def _images_fs_path(engine: Engine) -> None:

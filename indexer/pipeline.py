@@ -8,6 +8,7 @@ half-written image; the FAISS file is reconciled with the store on every open.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -22,12 +23,13 @@ from usesearch.errors import UsesearchError
 from usesearch.factory import choose_preset, load_model, resolve_embedder
 from usesearch.maskers import stack_masks
 
-from . import vectors
+from . import index_choice, vectors
 from .files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode, read_bytes, walk
 from .maskers import build_masker
 from .store import DONE, IndexInfo, Store, info_summary
 
 DB_FILE, FAISS_FILE, LOCK_FILE = "segments.sqlite", "vectors.faiss", "writer.lock"
+log = logging.getLogger("usesearch.index")
 
 
 class IndexMismatchError(UsesearchError):
@@ -46,7 +48,7 @@ class IndexOptions:
     masker: str | None = None  # None: 'sam', or 'felzenszwalb' for the random-weight tiny preset
     masker_options: dict = field(default_factory=dict)
     device: str | None = None
-    factory: str = vectors.DEFAULT_FACTORY
+    factory: str | None = None  # None: chosen by the collection's size (index_choice.py), and again as it grows
     retry_failed: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -145,10 +147,12 @@ def index_paths(
             IndexInfo(
                 preset=model.preset.name, embedder=model.kind, fingerprint=model.fingerprint,
                 head=str(Path(options.head).resolve()) if options.head else None, dim=model.dim,
-                masker=masker.name, masker_params=masker.params(), factory=options.factory,
+                masker=masker.name, masker_params=masker.params(),
+                factory=options.factory or index_choice.choose(0, model.dim).factory,
+                index_mode="fixed" if options.factory else "auto",
             ),
         )
-        index, _ = vectors.load(db_dir / FAISS_FILE, store, info.dim, info.factory)
+        index, _ = vectors.load(db_dir / FAISS_FILE, store, info.dim, info.factory, options.device)
 
         def write(index):
             return vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, info.factory)
@@ -164,6 +168,7 @@ def index_paths(
                 if time.monotonic() - last_write > options.faiss_every_s:
                     index = write(index)
                     last_write = time.monotonic()
+            index = _follow_growth(index, store, info, db_dir)
             index = write(index)
         except KeyboardInterrupt:
             report.interrupted = True  # finished images are committed; keep them
@@ -224,6 +229,20 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
             index.add(np.asarray(added, np.int64), embeddings.astype(np.float16).astype(np.float32))
     report.done += 1
     report.segments += len(added)
+
+
+def _follow_growth(index: vectors.Vectors, store: Store, info: IndexInfo, db_dir: Path) -> vectors.Vectors:
+    """An automatic index that the collection has outgrown (or shrunk out of) is
+    rebuilt as the index its size calls for."""
+    n = index.ntotal
+    if info.index_mode != "auto" or not index_choice.outgrown(info.factory, n, info.dim):
+        return index
+    choice = index_choice.choose(n, info.dim)
+    log.warning("%s: %d segments outgrew %s; building %s", db_dir, n, info.factory, choice.describe(n, info.dim))
+    rebuilt = vectors.rebuild(store, info.dim, choice.factory, index.device)
+    store.set_factory(choice.factory)
+    info.factory = choice.factory
+    return rebuilt
 
 
 def _forward_seconds(masker) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.factory import load_model
 
-from . import vectors
+from . import index_choice, vectors
 from .pipeline import DB_FILE, FAISS_FILE, IndexMismatchError, check_db_dir, db_url_for
 from .store import SegmentRow, Store, info_summary
 
@@ -103,7 +103,7 @@ class SegmentIndex:
     side by side (no search holds up another for its whole run); the model's text
     encoder is used by one thread at a time."""
 
-    def __init__(self, db_dir: Path, store: Store, model=None):
+    def __init__(self, db_dir: Path, store: Store, model=None, device: str | None = None):
         self.db_dir = db_dir
         self.store = store
         self.info = store.info()
@@ -112,16 +112,15 @@ class SegmentIndex:
         self._model = model
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
-        self.index, _ = vectors.load(db_dir / FAISS_FILE, store, self.info.dim, self.info.factory)
+        self._device = device
+        self.index, _ = vectors.load(db_dir / FAISS_FILE, store, self.info.dim, self.info.factory, device)
         self._index_lock = ReadWriteLock()
         self._model_lock = threading.Lock()
 
     @classmethod
     def open(cls, db_dir: str | os.PathLike, db_url: str | None = None, model=None, device: str | None = None) -> SegmentIndex:
         db_dir = Path(db_dir)
-        index = cls(db_dir, open_store(db_dir, db_url, read_only=True), model)
-        index._device = device
-        return index
+        return cls(db_dir, open_store(db_dir, db_url, read_only=True), model, device)
 
     def close(self) -> None:
         self.store.close()
@@ -131,7 +130,7 @@ class SegmentIndex:
     def model(self):
         if self._model is None:
             self._model = load_model(
-                self.info.preset, embedder=self.info.embedder, head=self.info.head, device=getattr(self, "_device", None)
+                self.info.preset, embedder=self.info.embedder, head=self.info.head, device=self._device
             )
         if self._model.fingerprint != self.info.fingerprint:
             raise IndexMismatchError(
@@ -203,11 +202,28 @@ class SegmentIndex:
         fetch = k if not (per_image or images or min_area) else max(4 * k, 64)
         with self._index_lock.reading():
             while True:
-                scores, ids = self.index.search(vector, fetch, allowed, exclude)
+                scores, ids = self._candidates(vector, fetch, allowed, exclude)
                 hits = self._hits(scores, ids, k, per_image, images, min_area)
                 if len(hits) >= k or fetch >= available:
                     return hits
                 fetch = min(available, fetch * 4)
+
+    def _candidates(self, vector: np.ndarray, fetch: int, allowed, exclude) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``fetch`` (scores, ids). A compressed index gives approximate scores:
+        more candidates are taken and re-scored exactly against the embedding files."""
+        if self.index.exact:
+            return self.index.search(vector, fetch, allowed, exclude)
+        _, ids = self.index.search(vector, max(fetch, index_choice.rerank_candidates(fetch)), allowed, exclude)
+        ids_read, vectors_read = [], []
+        for part_ids, part_vectors in self.store.embeddings(ids):
+            ids_read.append(part_ids)
+            vectors_read.append(part_vectors)
+        if not ids_read:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        ids = np.concatenate(ids_read)
+        scores = np.concatenate(vectors_read) @ np.asarray(vector, np.float32)
+        order = np.argsort(-scores, kind="stable")[:fetch]
+        return scores[order], ids[order]
 
     def _hits(self, scores, ids, k: int, per_image: bool, images: set[int] | None, min_area: int) -> list[Hit]:
         rows = self.store.rows(ids.tolist())
@@ -249,14 +265,27 @@ class SegmentIndex:
             "masker": self.info.masker,
             "masker_params": self.info.masker_params,
             "factory": self.info.factory,
+            "index_mode": self.info.index_mode,
+            "index_choice": self._index_explanation(),
             "dim": self.info.dim,
             "vectors": int(self.index.ntotal),
             "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal"),
             "bytes_faiss": size(FAISS_FILE),
+            "bytes_embeddings": self.store.files().bytes_on_disk(),
+            **vectors.faiss_runtime(),
         }
 
+    def _index_explanation(self) -> str:
+        n = int(self.index.ntotal)
+        if self.info.index_mode == "fixed":
+            return f"{self.info.factory}: chosen with --factory (automatic choice off)"
+        choice = index_choice.choose(n, self.info.dim)
+        if choice.factory == self.info.factory:
+            return choice.describe(n, self.info.dim)
+        return f"{self.info.factory}: chosen when the collection was smaller; now {choice.factory} would be ({choice.reason})"
 
-def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str | None = None) -> int:
+
+def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str | None = None, device: str | None = None) -> int:
     """Rebuild the FAISS file from the stored embeddings, optionally with another factory."""
     from .pipeline import writer_lock
 
@@ -267,10 +296,12 @@ def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str |
             info = store.info()
             if info is None:
                 raise UsesearchError(f"{db_dir} holds no index yet")
-            factory = factory or info.factory
-            index = vectors.rebuild(store, info.dim, factory)
+            mode = "fixed" if factory else info.index_mode
+            if not factory:  # automatic: what the collection's size calls for now
+                factory = index_choice.choose(len(store.segment_ids()), info.dim).factory if mode == "auto" else info.factory
+            index = vectors.rebuild(store, info.dim, factory, device)
             vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory)
-            store.set_factory(factory)
+            store.set_factory(factory, mode)
             return int(index.ntotal)
         finally:
             store.close()

@@ -54,6 +54,8 @@ class IndexInfo(Base):
     masker: Mapped[str] = mapped_column(String(64))
     masker_params: Mapped[dict[str, Any]] = mapped_column(JSON)
     factory: Mapped[str] = mapped_column(String(256))
+    # "auto": the factory follows the collection's size (index_choice.py); "fixed": --factory chose it.
+    index_mode: Mapped[str] = mapped_column(String(8), default="auto")
     # Bumped in the same transaction as every image write: readers compare one
     # integer to learn whether committed segments changed.
     generation: Mapped[int] = mapped_column(default=0)
@@ -198,9 +200,12 @@ class Store:
         with self.sessions() as s:
             return s.scalar(select(IndexInfo.generation)) or 0
 
-    def set_factory(self, factory: str) -> None:
+    def set_factory(self, factory: str, mode: str | None = None) -> None:
         with self.sessions.begin() as s:
-            s.scalar(select(IndexInfo)).factory = factory
+            info = s.scalar(select(IndexInfo))
+            info.factory = factory
+            if mode is not None:
+                info.index_mode = mode
 
     def vectors_checksum(self) -> str | None:
         with self.sessions() as s:

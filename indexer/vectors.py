@@ -28,6 +28,8 @@ import numpy as np
 
 from usesearch.errors import UsesearchError
 
+from . import faiss_gpu
+from .index_choice import nprobe_for, train_size_for
 from .store import Store
 
 DEFAULT_FACTORY = "IDMap2,Flat"  # exact inner product over unit vectors = cosine
@@ -45,7 +47,9 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def new_index(dim: int, factory: str) -> faiss.Index:
-    if not factory.startswith("IDMap2"):
+    # IVF indexes keep the segment ids in their inverted lists; anything else is
+    # wrapped in an IDMap2 (which costs a reverse map, ~50 bytes per vector).
+    if not factory.startswith("IDMap") and "IVF" not in factory:
         factory = "IDMap2," + factory
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -53,17 +57,33 @@ def new_index(dim: int, factory: str) -> faiss.Index:
         raise ValueError(f"invalid FAISS factory string {factory!r}: {str(exc).splitlines()[-1]}") from None
 
 
+def _ivf(index: faiss.Index):
+    try:
+        return faiss.extract_index_ivf(index)  # also behind an OPQ pre-transform
+    except RuntimeError:
+        return None
+
+
 def index_ids(index: faiss.Index) -> np.ndarray:
-    return faiss.vector_to_array(faiss.downcast_index(index).id_map).astype(np.int64)
+    """Every segment id the index holds: an IDMap2's id list, or an IVF's lists."""
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexIDMap2):
+        return faiss.vector_to_array(outer.id_map).astype(np.int64)
+    invlists = _ivf(index).invlists
+    parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+             for i in range(invlists.nlist) if invlists.list_size(i)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def _search_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
     """Search parameters of the right class for the wrapped index (IVF and HNSW check
     the type), carrying its current nprobe / efSearch and the selector."""
-    inner = faiss.downcast_index(faiss.downcast_index(index).index)
-    if isinstance(inner, faiss.IndexIVF):
+    outer = faiss.downcast_index(index)
+    inner = faiss.downcast_index(outer.index) if isinstance(outer, faiss.IndexIDMap2) else outer
+    ivf = _ivf(index)
+    if ivf is not None:
         params = faiss.SearchParametersIVF()
-        params.nprobe = inner.nprobe
+        params.nprobe = ivf.nprobe
     elif isinstance(inner, faiss.IndexHNSW):
         params = faiss.SearchParametersHNSW()
         params.efSearch = inner.hnsw.efSearch
@@ -74,12 +94,15 @@ def _search_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.Sear
 
 
 class Vectors:
-    """One store's FAISS index (an ``IDMap2``), plus the stale ids of index types that
+    """One store's FAISS index (an ``IDMap2``, or an IVF with its own ids), plus the stale ids of index types that
     cannot remove vectors."""
 
-    def __init__(self, index: faiss.Index):
+    def __init__(self, index: faiss.Index, device: str | None = "cpu"):
         self.index = index
         self.stale = np.zeros(0, np.int64)
+        self.device = device
+        self._gpu: faiss.Index | None = None  # mirror for unfiltered searches (faiss_gpu.py)
+        self._gpu_current = False
 
     @property
     def ntotal(self) -> int:
@@ -89,17 +112,26 @@ class Vectors:
     def is_trained(self) -> bool:
         return bool(self.index.is_trained)
 
+    @property
+    def exact(self) -> bool:
+        """Scores are exact inner products (a flat index), not approximations that
+        must be re-scored."""
+        outer = faiss.downcast_index(self.index)
+        return isinstance(outer, faiss.IndexIDMap2) and isinstance(faiss.downcast_index(outer.index), faiss.IndexFlat)
+
     def ids(self) -> np.ndarray:
         have = index_ids(self.index)
         return np.setdiff1d(have, self.stale, assume_unique=True) if len(self.stale) else have
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+        self._gpu_current = False
 
     def remove(self, ids) -> None:
         ids = np.asarray(ids, np.int64)
         if not len(ids):
             return
+        self._gpu_current = False
         try:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
         except RuntimeError:  # e.g. HNSW: "remove_ids not implemented"
@@ -126,18 +158,35 @@ class Vectors:
             selector = not_dropped if selector is None else faiss.IDSelectorAnd(selector, not_dropped)
             keep.append(selector)
         if selector is None:
-            scores, ids = self.index.search(query, k)
+            scores, ids = self._unfiltered().search(query, k)
         else:
             scores, ids = self.index.search(query, k, params=_search_params(self.index, selector))
         found = ids[0] >= 0
         return scores[0][found], ids[0][found]
 
 
-def _train_if_needed(index: faiss.Index, store: Store) -> None:
+    def _unfiltered(self) -> faiss.Index:
+        """The GPU mirror when there is one (refreshed after changes), else the CPU index."""
+        if not faiss_gpu.wanted(self.device):
+            return self.index
+        if not self._gpu_current:
+            self._gpu, self._gpu_current = faiss_gpu.mirror(self.index), True
+        return self._gpu if self._gpu is not None else self.index
+
+
+def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu") -> None:
+    """Train on a bounded random sample of the stored vectors (never all of them in
+    memory): the size the automatic choice asks for, at most TRAIN_MAX."""
     if index.is_trained:
         return
-    vectors = [v for _, v in store.embeddings()]
+    ids = store.segment_ids()
+    nlist = _ivf(index).nlist if _ivf(index) is not None else 0
+    size = train_size_for(len(ids), nlist)
+    sample = np.sort(np.random.default_rng(0).choice(ids, size, replace=False)) if size < len(ids) else ids
+    vectors = [v for _, v in store.embeddings(sample)]
     data = np.concatenate(vectors) if vectors else np.zeros((0, index.d), np.float32)
+    if faiss_gpu.wanted(device):
+        faiss_gpu.train_on_gpu(index)
     try:
         index.train(data)
     except RuntimeError as exc:
@@ -145,14 +194,16 @@ def _train_if_needed(index: faiss.Index, store: Store) -> None:
             f"FAISS index needs training and {len(data)} vectors are not enough: "
             f"{str(exc).splitlines()[-1]}. Index more images, or use the exact factory '{DEFAULT_FACTORY}'."
         ) from None
+    if nlist:
+        _ivf(index).nprobe = nprobe_for(nlist)
 
 
-def rebuild(store: Store, dim: int, factory: str) -> Vectors:
+def rebuild(store: Store, dim: int, factory: str, device: str | None = "cpu") -> Vectors:
     index = new_index(dim, factory)
-    _train_if_needed(index, store)
+    _train_if_needed(index, store, device)
     for ids, vectors in store.embeddings():
         index.add_with_ids(vectors, ids)
-    return Vectors(index)
+    return Vectors(index, device)
 
 
 def reconcile(vectors: Vectors, store: Store) -> tuple[int, int]:
@@ -163,7 +214,7 @@ def reconcile(vectors: Vectors, store: Store) -> tuple[int, int]:
     missing = np.setdiff1d(committed, have, assume_unique=True)
     vectors.remove(extra)
     if len(missing):
-        _train_if_needed(vectors.index, store)
+        _train_if_needed(vectors.index, store, vectors.device)
         for ids, batch in store.embeddings(missing):
             vectors.add(ids, batch)
     return len(extra), len(missing)
@@ -174,7 +225,7 @@ def write_atomic(vectors: Vectors, path: Path, store: Store, dim: int, factory: 
     Returns the index now in use. A full disk is a ``DiskFullError`` naming the path;
     the temporary file never stays behind."""
     if len(vectors.stale):
-        vectors = rebuild(store, dim, factory)
+        vectors = rebuild(store, dim, factory, vectors.device)
     if path.is_dir():
         raise UsesearchError(f"{path} is a folder, not a FAISS file: move it away (it is rebuilt from the database)")
     tmp = path.with_name(path.name + ".tmp")
@@ -230,25 +281,36 @@ def _read_verified(path: Path, store: Store, dim: int) -> tuple[faiss.Index | No
             index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
         except RuntimeError:
             return None, "FAISS cannot read it"
-    if not isinstance(faiss.downcast_index(index), faiss.IndexIDMap2):
-        return None, f"it holds a {type(faiss.downcast_index(index)).__name__}, not an IDMap2 index"
+    if not isinstance(faiss.downcast_index(index), faiss.IndexIDMap2) and _ivf(index) is None:
+        return None, f"it holds a {type(faiss.downcast_index(index)).__name__}, not an IDMap2 or IVF index"
     if index.metric_type != faiss.METRIC_INNER_PRODUCT or index.d != dim:
         return None, f"it has metric {index.metric_type} and dimension {index.d}, not inner product over {dim}"
     return index, ""
 
 
-def load(path: Path, store: Store, dim: int, factory: str) -> tuple[Vectors, tuple[int, int]]:
+def load(path: Path, store: Store, dim: int, factory: str, device: str | None = "cpu") -> tuple[Vectors, tuple[int, int]]:
     """The index for a store: its file when it is verified, else rebuilt from the
-    store; then reconciled with the store."""
+    store; then reconciled with the store. ``device`` as in ``faiss_gpu.wanted``."""
     if path.exists() and not path.is_file():
         raise UsesearchError(f"{path} is not a file: move it away (the vector index is rebuilt from the database)")
     if not path.exists():
-        vectors = Vectors(new_index(dim, factory))
+        vectors = Vectors(new_index(dim, factory), device)
         return vectors, reconcile(vectors, store)
     index, why = _read_verified(path, store, dim)
     if index is None:
         log.warning("%s does not match the database (%s); rebuilding it from the database", path, why)
-        vectors = rebuild(store, dim, factory)
+        vectors = rebuild(store, dim, factory, device)
         return vectors, (0, vectors.ntotal)
-    vectors = Vectors(index)
+    vectors = Vectors(index, device)
     return vectors, reconcile(vectors, store)
+
+
+def faiss_runtime() -> dict:
+    """Which faiss this is and whether it can use a GPU here (for ``usesearch info``)."""
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    return {
+        "faiss_version": faiss.__version__,
+        "faiss_gpu_support": hasattr(faiss, "StandardGpuResources"),
+        "faiss_gpus": gpus,
+        "faiss_device": "cuda" if faiss_gpu.available() else "cpu",
+    }

@@ -61,7 +61,7 @@ def index(
     box_nms_thresh: Annotated[Optional[float], typer.Option(help="SAM: box IoU above which duplicates go (default 0.7).")] = None,
     crop_layers: Annotated[Optional[int], typer.Option(min=0, help="SAM: layers of image crops prompted again (default 0).")] = None,
     min_region_area: Annotated[Optional[int], typer.Option(min=0, help="SAM: remove holes and islands smaller than this (default 0).")] = None,
-    factory: Annotated[str, typer.Option(help="FAISS index_factory string for a new index.")] = "IDMap2,Flat",
+    factory: Annotated[Optional[str], typer.Option(help="FAISS index_factory string for a new index (default: chosen by size, again as it grows).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
     device: DeviceOpt = None,
     db_url: DbUrlOpt = None,
@@ -194,13 +194,14 @@ def failures(db: DbOpt, db_url: DbUrlOpt = None) -> None:
 @user_errors
 def reindex_cmd(
     db: DbOpt,
-    factory: Annotated[Optional[str], typer.Option(help="New FAISS index_factory string (default: keep).")] = None,
+    factory: Annotated[Optional[str], typer.Option(help="FAISS index_factory string, fixed from now on (default: the automatic choice for the size now, or the fixed one kept).")] = None,
     db_url: DbUrlOpt = None,
+    device: DeviceOpt = None,
 ) -> None:
-    """Rebuild the FAISS file from the embeddings kept in the store."""
+    """Rebuild the FAISS file from the embedding files (and choose its type again)."""
     from indexer import reindex
 
-    console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url)} vectors")
+    console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, device)} vectors")
 
 
 @app.command()

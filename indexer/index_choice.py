@@ -1,0 +1,97 @@
+"""Which FAISS index an index folder holds, chosen from its size as autofaiss would.
+
+Small collections are searched exactly (every vector, float32 in memory). Past
+``EXACT_UP_TO`` segments the vectors in memory are compressed: an inverted file of
+``nlist`` clusters with product-quantised codes (64 bytes per vector, after an OPQ
+rotation that spreads variance evenly over the sub-quantisers), and each query's
+top candidates are re-scored exactly against the float16 embedding files, so
+recall stays high with under 100 bytes per segment in memory.
+
+The choice is data: a factory string, the reasons and the costs, shown by
+``usesearch info``. ``--factory`` forces one and turns the automatic choice off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+EXACT_UP_TO = 200_000  # segments; an exact scan of 200k x 768 float32 takes ~60 ms on 2 cores
+PQ_BYTES = 64  # bytes per vector in a compressed index
+EXACT_ID_BYTES = 60  # IDMap2: an id list and a reverse hash map
+IVF_ID_BYTES = 8  # an IVF keeps each id once, in its inverted list
+RERANK_MIN = 200  # candidates re-scored exactly per query, at least
+RERANK_PER_HIT = 20  # ... or this many per hit asked for
+TRAIN_PER_CLUSTER = 64  # training sample size per IVF cluster (FAISS warns below 39)
+TRAIN_MAX = 400_000  # ... and never more than this many vectors in memory for training
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    factory: str
+    reason: str
+    exact: bool  # False: candidates are re-scored against the embedding files
+    nprobe: int | None = None
+    train_size: int = 0
+
+    def bytes_per_segment(self, dim: int) -> int:
+        return 4 * dim + EXACT_ID_BYTES if self.exact else PQ_BYTES + IVF_ID_BYTES
+
+    def describe(self, n: int, dim: int) -> str:
+        memory = self.bytes_per_segment(dim) * n
+        return f"{self.factory}: {self.reason}; about {self.bytes_per_segment(dim)} bytes per segment in memory ({memory / 2**20:.0f} MiB now)"
+
+
+def nlist_for(n: int) -> int:
+    """Clusters: about 4 sqrt(n), a power of two, 1024..65536 (autofaiss's rule of thumb)."""
+    return int(min(65536, max(1024, 2 ** round(math.log2(4 * math.sqrt(n))))))
+
+
+def nprobe_for(nlist: int) -> int:
+    """Clusters visited per query: enough for recall once candidates are re-scored."""
+    return max(16, nlist // 64)
+
+
+def train_size_for(n: int, nlist: int) -> int:
+    """Vectors to train on: TRAIN_PER_CLUSTER per cluster, within [10k, TRAIN_MAX]."""
+    return min(n, TRAIN_MAX, max(TRAIN_PER_CLUSTER * nlist, 10_000))
+
+
+def pq_m(dim: int) -> int:
+    """Sub-quantisers: PQ_BYTES, or the largest divisor of dim below it."""
+    return max(m for m in range(1, PQ_BYTES + 1) if dim % m == 0)
+
+
+def choose(n: int, dim: int) -> IndexChoice:
+    if n <= EXACT_UP_TO:
+        return IndexChoice("IDMap2,Flat", f"{n} segments are few enough to compare every one exactly (up to {EXACT_UP_TO})", True)
+    nlist = nlist_for(n)
+    m = pq_m(dim)
+    opq = f"OPQ{m}," if dim >= 256 else ""
+    return IndexChoice(
+        f"{opq}IVF{nlist},PQ{m}",
+        f"{n} segments: past {EXACT_UP_TO} an exact scan costs too much time and memory, so {nlist} clusters "
+        f"with {m}-byte codes{' after an OPQ rotation' if opq else ''}, top candidates re-scored exactly",
+        False,
+        nprobe=nprobe_for(nlist),
+        train_size=train_size_for(n, nlist),
+    )
+
+
+def outgrown(current_factory: str, n: int, dim: int) -> bool:
+    """True when the automatic choice for n segments is another index than the current
+    one: exact past the threshold, or an IVF with a quarter (or four times) the
+    clusters it should have."""
+    wanted = choose(n, dim)
+    if wanted.factory == current_factory:
+        return False
+    if wanted.exact != ("IVF" not in current_factory):
+        return True
+    if wanted.exact:
+        return False
+    have = int(current_factory.split("IVF")[1].split(",")[0])
+    return not (nlist_for(n) / 4 <= have <= nlist_for(n) * 4)
+
+
+def rerank_candidates(k: int) -> int:
+    return max(RERANK_MIN, RERANK_PER_HIT * k)

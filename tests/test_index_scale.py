@@ -1,0 +1,130 @@
+"""Archive scale on one machine: the index type follows the collection's size, a
+compressed index re-scores its candidates exactly, training uses a bounded sample,
+and FAISS's GPU path where there is one."""
+
+import numpy as np
+import pytest
+from sqlalchemy import insert
+
+import indexer.index_choice as index_choice
+from indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from indexer.pipeline import db_url_for
+from indexer.store import ImageRecord, IndexInfo, SegmentRecord, Store
+from tests.test_index_query import OPTS, write_photos
+
+
+def synthetic_index(db, n=20_000, dim=64, images=200, seed=0):
+    """An index of n clustered unit vectors (near-duplicates inside clusters, as CLIP
+    scores are), without models: the store, the embedding files and metadata."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((300, dim)).astype(np.float32)
+    data = centres[rng.integers(0, 300, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    db.mkdir(parents=True)
+    store = Store(db_url_for(db, None))
+    store.set_info(IndexInfo(preset="tiny", embedder="use", fingerprint="synthetic", head=None, dim=dim,
+                             masker="none", masker_params={}, factory="IDMap2,Flat"))
+    with store.sessions.begin() as s:
+        s.execute(insert(ImageRecord), [{"id": i + 1, "path": f"/a/{i % 10}/{i}.jpg", "fs_path": f"/a/{i % 10}/{i}.jpg".encode(),
+                                         "sha256": f"{i:064x}", "width": 8, "height": 8, "status": "done"} for i in range(images)])
+    chunks, rows = store.files().append(data)
+    with store.sessions.begin() as s:
+        s.execute(insert(SegmentRecord), [
+            {"id": i + 1, "image_id": i % images + 1, "x": 0, "y": 0, "w": 1, "h": 1, "area": int(1 + i % 97), "rle_counts": "11",
+             "vec_chunk": int(c), "vec_row": int(r)} for i, (c, r) in enumerate(zip(chunks, rows))])
+    store.close()
+    return data
+
+
+def test_choice_by_size():
+    small, large = index_choice.choose(1000, 768), index_choice.choose(10_000_000, 768)
+    assert small.exact and small.factory == "IDMap2,Flat"
+    assert not large.exact and large.factory.startswith("OPQ64,IVF") and large.factory.endswith(",PQ64")
+    assert large.bytes_per_segment(768) <= 100  # the archive-scale memory target
+    assert large.train_size <= index_choice.TRAIN_MAX
+    assert index_choice.outgrown("IDMap2,Flat", index_choice.EXACT_UP_TO + 1, 768)
+    assert not index_choice.outgrown("IDMap2,Flat", 10, 768)
+    assert not index_choice.outgrown(large.factory, 11_000_000, 768)  # close enough: no rebuild per image
+
+
+def test_compressed_index_rescores_candidates_and_keeps_recall(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_choice, "EXACT_UP_TO", 5_000)
+    monkeypatch.setattr(index_choice, "nlist_for", lambda n: 64)
+    monkeypatch.setattr(index_choice, "pq_m", lambda dim: 8)  # quick to train; the re-scoring is what is tested
+    data = synthetic_index(tmp_path / "db", n=10_000)
+    assert reindex(tmp_path / "db") == len(data)  # automatic: past the threshold, so compressed
+    ix = SegmentIndex.open(tmp_path / "db")
+    assert "IVF64,PQ" in ix.info.factory and ix.info.index_mode == "auto" and not ix.index.exact
+    rng = np.random.default_rng(1)
+    recalls = []
+    for q in data[rng.integers(0, len(data), 30)] + 0.1 * rng.standard_normal((30, data.shape[1])).astype(np.float32):
+        q /= np.linalg.norm(q)
+        exact = np.argsort(-(data.astype(np.float16).astype(np.float32) @ q))[:10] + 1
+        hits = ix.search_vector(q, 10)
+        recalls.append(len(set(exact) & {h.segment_id for h in hits}) / 10)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert np.mean(recalls) >= 0.95
+    stats = ix.stats()
+    assert "re-scored" in stats["index_choice"] and stats["faiss_device"] in ("cpu", "cuda")
+
+
+def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(index_choice, "EXACT_UP_TO", 20)
+    real_choose = index_choice.choose
+    # A small IVF the few test segments can train (the real one needs thousands).
+    monkeypatch.setattr(index_choice, "choose", lambda n, dim: real_choose(n, dim) if n <= 20 else index_choice.IndexChoice(
+        "IVF4,Flat", "test", False, nprobe=4, train_size=n))
+    photos = write_photos(tmp_path / "photos", ("astronaut",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert SegmentIndex.open(tmp_path / "db").info.factory == "IDMap2,Flat"
+    write_photos(photos, ("chelsea", "coffee", "rocket"))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    ix = SegmentIndex.open(tmp_path / "db")
+    assert ix.info.factory == "IVF4,Flat" and ix.index.ntotal == len(ix.store.segment_ids())
+    assert any("outgrew" in r.getMessage() for r in caplog.records)
+    fixed = tmp_path / "fixed"
+    index_paths([photos], fixed, IndexOptions(**{**OPTS, "factory": "IDMap2,Flat"}))
+    assert SegmentIndex.open(fixed).info.index_mode == "fixed" and SegmentIndex.open(fixed).info.factory == "IDMap2,Flat"
+
+
+def test_training_reads_a_bounded_sample(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_choice, "TRAIN_MAX", 3000)
+    synthetic_index(tmp_path / "db", n=12_000)
+    store = Store(db_url_for(tmp_path / "db", None))
+    read = []
+    real = store.embeddings
+    monkeypatch.setattr(store, "embeddings", lambda ids=None, **kw: (read.append(len(ids) if ids is not None else -1), real(ids, **kw))[1])
+    from indexer import vectors
+
+    vectors._train_if_needed(vectors.new_index(64, "IVF64,Flat"), store)
+    assert read == [3000]
+
+
+def test_gpu_faiss_path():
+    from indexer import faiss_gpu
+
+    if not faiss_gpu.available():
+        pytest.skip(f"no GPU faiss here (faiss {__import__('faiss').__version__}, CPU build or no CUDA device); "
+                    f"on a CUDA machine: {faiss_gpu.INSTALL}")
+    import faiss
+
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((5000, 64)).astype(np.float32)
+    index = faiss.index_factory(64, "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
+    faiss_gpu.train_on_gpu(index)
+    index.train(data)
+    index.add_with_ids(data, np.arange(5000))
+    gpu = faiss_gpu.mirror(index)
+    assert gpu is not None
+    np.testing.assert_array_equal(gpu.search(data[:5], 1)[1][:, 0], np.arange(5))
+
+
+def test_cuda_asked_for_without_gpu_faiss_is_a_clear_error():
+    from indexer import faiss_gpu
+    from usesearch.errors import UsesearchError
+
+    if faiss_gpu.available():
+        pytest.skip("this machine has GPU faiss")
+    with pytest.raises(UsesearchError, match="faiss-gpu"):
+        faiss_gpu.wanted("cuda")
+    assert not faiss_gpu.wanted(None) and not faiss_gpu.wanted("cpu")
