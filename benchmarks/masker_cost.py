@@ -24,7 +24,7 @@ from segment_anything.utils.amg import batch_iterator, build_point_grid
 from skimage import data
 
 from usesearch.amg import SamMaskGenerator
-from usesearch.sam import SAM_ARCHITECTURES, build_sam_architecture
+from usesearch.sam import SAM_TYPES, build_sam
 
 SETTINGS = {"thresholds 0": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0), "defaults": {}}
 
@@ -63,7 +63,7 @@ def timed(fn) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[16, 32])
-    parser.add_argument("--arch", default="vit_b", choices=sorted(SAM_ARCHITECTURES))
+    parser.add_argument("--arch", default="vit_b", choices=SAM_TYPES)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--points-per-batch", type=int, default=64)
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    sam = build_sam_architecture(SAM_ARCHITECTURES[args.arch]).to(args.device).eval()
+    sam = build_sam(args.arch).to(args.device).eval()
     photo = Image.fromarray(data.astronaut()).resize((1024, 1024), Image.BICUBIC)
     image = np.asarray(photo)
     print(f"SAM {args.arch}, random weights, {image.shape[1]}x{image.shape[0]} photo, {args.device}, "

@@ -33,7 +33,7 @@ print(report.done, report.segments, time.perf_counter() - start, resource.getrus
 DECODE_CONCURRENTLY = """
 import resource, sys, threading, time
 import numpy as np
-from indexer.files import read_bytes
+from usesearch.files import read_bytes
 from indexer.web.render import ImageCache
 from types import SimpleNamespace
 path = sys.argv[1]

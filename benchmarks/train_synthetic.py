@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 import usesearch
-from indexer.maskers import build_masker
+from usesearch.maskers import build_masker
 from training.data import load_samples
 from training.synthetic import semseg_classes, top1_accuracy, write_dataset, write_semseg
 from training.train import TrainConfig, Trainer

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.ops import nms
+from torchvision.ops import box_convert, nms
 
 from usesearch.errors import UsesearchError
 
@@ -144,8 +144,7 @@ class GroundingDinoGrounder:
         spans = [None if e <= s or text[s:e] == "." else (s, e) for s, e in offsets]
         outputs = self.model(**inputs)
         h, w = rgb.shape[:2]
-        cx, cy, bw, bh = outputs.pred_boxes[0].float().cpu().unbind(-1)
-        boxes = torch.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], dim=-1)
+        boxes = box_convert(outputs.pred_boxes[0].float().cpu(), "cxcywh", "xyxy") * torch.tensor([w, h, w, h], dtype=torch.float32)
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         probs = outputs.logits[0].float().sigmoid().cpu()

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from segment_anything.utils.amg import calculate_stability_score, remove_small_regions
+from torchvision.ops import box_convert
+
+from usesearch import rle
 
 from .records import BoxText, Segment, TextRef
 
@@ -33,11 +35,11 @@ NMS_IOU = 0.7  # paper §4.1
 
 
 def to_segment(mask: np.ndarray, texts: list[TextRef], score: float) -> Segment:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+    encoded = rle.encode(mask)
+    x, y, w, h = rle.bbox(encoded)
     return Segment(
-        rle={"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-        bbox=(x, y, w, h), area=int(mask_utils.area(rle)), texts=list(texts), score=float(score),
+        rle=encoded,
+        bbox=(x, y, w, h), area=rle.area(encoded), texts=list(texts), score=float(score),
     )
 
 
@@ -71,7 +73,7 @@ def masks_from_boxes(predictor, rgb: np.ndarray, boxes: list[BoxText], cfg: BoxM
     if not prompted:
         return out
     predictor.set_image(rgb)
-    xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (b.bbox for b in prompted)], dtype=torch.float32)
+    xyxy = box_convert(torch.tensor([b.bbox for b in prompted], dtype=torch.float32), "xywh", "xyxy")
     boxes_t = predictor.transform.apply_boxes_torch(xyxy, hw).to(predictor.device)
     with torch.inference_mode():
         logits, iou_preds, _ = predictor.predict_torch(None, None, boxes=boxes_t, multimask_output=True, return_logits=True)
@@ -92,8 +94,7 @@ def mask_nms(segments: list[Segment], iou_threshold: float = NMS_IOU) -> list[Se
     if not segments:
         return []
     order = sorted(range(len(segments)), key=lambda i: (-segments[i].score, -segments[i].area, i))
-    rles = [{"size": s.rle["size"], "counts": s.rle["counts"].encode()} for s in segments]
-    ious = np.asarray(mask_utils.iou(rles, rles, [0] * len(rles))).reshape(len(rles), len(rles))
+    ious = rle.iou_matrix([s.rle for s in segments])
     kept: list[int] = []
     merged: dict[int, list[TextRef]] = {}
     for i in order:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from indexer.files import decode, read_bytes
+from usesearch.files import decode, read_bytes
 from usesearch.errors import UsesearchError
 
 from .cache import StageCache

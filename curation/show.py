@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 
+from usesearch import rle
 from usesearch.errors import UsesearchError
 from usesearch.images import read_image
 
@@ -28,7 +28,7 @@ def render(record: dict[str, Any], out: str | os.PathLike, alpha: float = 0.45) 
     rgb = read_image(record["path"]).astype(np.float32)
     labels = []
     for i, seg in enumerate(sorted(record["segments"], key=lambda s: -s["area"])):
-        mask = mask_utils.decode({"size": seg["rle"]["size"], "counts": seg["rle"]["counts"].encode()}).astype(bool)
+        mask = rle.decode(seg["rle"])
         colour = np.array(colorsys.hsv_to_rgb((i * 0.618) % 1, 0.8, 1.0)) * 255
         rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colour
         labels.append((seg["bbox"], tuple(int(c) for c in colour), "; ".join(t["text"] for t in seg["texts"])[:80]))

@@ -8,10 +8,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from pycocotools import mask as mask_utils
 
-from indexer.files import walk
-from usesearch.rle import segmentation_to_rle
+from usesearch.files import walk
+from usesearch import rle
 
 from .records import BoxText, ImageItem, Segment, TextRef
 
@@ -59,14 +58,13 @@ def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | o
         h, w = img["height"], img["width"]
         segments = []
         for ann in anns[img["id"]]:
-            rle = segmentation_to_rle(ann["segmentation"], h, w)
-            area = int(mask_utils.area(rle))
+            encoded = rle.to_str(rle.segmentation_to_rle(ann["segmentation"], h, w))
+            area = rle.area(encoded)
             if area == 0:
                 continue
             segments.append(
                 Segment(
-                    rle={"size": [h, w], "counts": rle["counts"].decode("ascii")},
-                    bbox=tuple(int(round(v)) for v in mask_utils.toBbox(rle)), area=area,
+                    rle=encoded, bbox=tuple(rle.bbox(encoded)), area=area,
                     texts=[TextRef(names[ann["category_id"]], "coco_category", "category")],
                 )
             )

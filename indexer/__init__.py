@@ -1,4 +1,7 @@
-"""Indexing and search: images -> SAM masks -> segment embeddings -> SQLite + FAISS."""
+"""Indexing and search: images -> masks -> segment embeddings -> a store (SQL
+metadata, float16 embedding files) and a FAISS index chosen by size; ``web`` serves it.
+
+Imports the core (``usesearch``) and nothing of ``curation`` or ``training``."""
 
 from .pipeline import IndexLockedError, IndexMismatchError, IndexOptions, IndexReport, index_paths
 from .search import Hit, SegmentIndex, reindex

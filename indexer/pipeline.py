@@ -24,8 +24,8 @@ from usesearch.factory import choose_preset, load_model, resolve_embedder
 from usesearch.maskers import stack_masks
 
 from . import index_choice, vectors
-from .files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode, read_bytes, walk
-from .maskers import build_masker
+from usesearch.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode, read_bytes, walk
+from usesearch.maskers import build_masker
 from .store import DONE, IndexInfo, Store, info_summary
 
 DB_FILE, FAISS_FILE, LOCK_FILE = "segments.sqlite", "vectors.faiss", "writer.lock"

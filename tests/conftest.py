@@ -5,7 +5,10 @@ import tempfile
 
 # Before anything imports huggingface_hub: hub calls fail fast instead of retrying,
 # and the caches are empty, so "weights are missing" is what every real preset sees.
-_home = tempfile.mkdtemp(prefix="usesearch-test-home-")
+# Idempotent: test modules import helpers from here (as tests.conftest), which runs
+# this file a second time; it must not move the caches mid-session.
+_home = os.environ.get("USESEARCH_TEST_HOME") or tempfile.mkdtemp(prefix="usesearch-test-home-")
+os.environ["USESEARCH_TEST_HOME"] = _home
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = os.path.join(_home, "hf")
 os.environ["HF_HUB_CACHE"] = os.path.join(_home, "hf", "hub")
@@ -61,3 +64,48 @@ def trained_tiny_head(tmp_path_factory):
     cfg = TrainConfig(preset="tiny", batch_images=8, crop=128, max_steps=300, lr=2e-3, checkpoint_every=10**9)
     Trainer(load_samples([train_dir]), root / "run", cfg).run()
     return root / "run" / "head", test_dir
+
+
+# -- shared by the index, serving and export tests --------------------------------------
+OPTS = dict(preset="tiny", masker="felzenszwalb", masker_options={"max_masks": 8})
+
+
+def write_photos(folder, names=("astronaut", "chelsea", "coffee", "rocket")):
+    """Small real photos (scikit-image's), every other one in a subfolder ``sub``."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        sub = folder / ("sub" if i % 2 else "")
+        sub.mkdir(exist_ok=True)
+        image = Image.fromarray(getattr(data, name)())
+        image.thumbnail((96, 96))
+        image.save(sub / f"{name}.png")
+    return folder
+
+
+def segment_table(db):
+    """(image, bbox, area, rle) per segment: what an index holds, independent of ids."""
+    from indexer import SegmentIndex
+
+    ix = SegmentIndex.open(db)
+    rows = ix.store.rows(ix.store.segment_ids())
+    ix.close()
+    return sorted((os.path.basename(r.image_path), r.bbox, r.area, r.rle_counts) for r in rows.values())
+
+
+def assert_consistent(db):
+    """The vector file on disk holds exactly the committed segments, each once."""
+    import faiss
+
+    from indexer import SegmentIndex
+    from indexer.pipeline import FAISS_FILE
+    from indexer.vectors import index_ids
+
+    ix = SegmentIndex.open(db)
+    on_disk = faiss.read_index(str(db / FAISS_FILE))
+    committed = np.sort(ix.store.segment_ids())
+    assert len(np.unique(committed)) == len(committed)
+    np.testing.assert_array_equal(np.sort(index_ids(on_disk)), committed)
+    ix.close()

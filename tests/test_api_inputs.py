@@ -106,7 +106,7 @@ def test_commands_default_to_real_weights_and_say_how_to_get_them(tmp_path, phot
 # -- 16. paths relative to the indexed folder ---------------------------------------------------------
 def test_query_table_shows_paths_relative_to_the_indexed_folder(tmp_path):
     from indexer import IndexOptions, index_paths
-    from tests.test_index_query import OPTS, write_photos
+    from tests.conftest import OPTS, write_photos
 
     photos = write_photos(tmp_path / "deeply" / "nested" / "archive" / "photos")
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))

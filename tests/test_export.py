@@ -10,7 +10,7 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from indexer import IndexOptions, index_paths
-from tests.test_index_query import OPTS, write_photos
+from tests.conftest import OPTS, write_photos
 from usesearch.cli import app
 
 

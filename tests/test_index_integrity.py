@@ -22,7 +22,7 @@ from indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from indexer.pipeline import DB_FILE, FAISS_FILE
 from indexer.store import Store
 from indexer.vectors import index_ids
-from tests.test_index_query import OPTS, assert_consistent, write_photos
+from tests.conftest import OPTS, assert_consistent, write_photos
 from usesearch.cli import app
 
 runner = CliRunner()
@@ -166,9 +166,10 @@ def test_read_commands_work_on_a_read_only_index(small_index):
         home = os.path.join(archive, "home")
         os.mkdir(home)
         os.chmod(home, 0o777)
-        for name in os.listdir(ro):
-            os.chmod(os.path.join(ro, name), 0o444)
-        os.chmod(ro, 0o555)
+        for dirpath, dirnames, filenames in os.walk(ro, topdown=False):
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o444)
+            os.chmod(dirpath, 0o555)
         env = {**os.environ, "HOME": home, "USESEARCH_HOME": home, "XDG_CACHE_HOME": home, "HF_HOME": home, "PYTHONPATH": os.getcwd()}
         for command in (["query", "a cat", "-k", "3", "--json"], ["info"], ["failures"]):
             done = subprocess.run([*prefix, sys.executable, "-m", "usesearch", *command, "--db", ro],
@@ -364,7 +365,7 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
 
 
 def test_truncated_image_error_names_the_file(tmp_path):
-    from indexer.files import decode
+    from usesearch.files import decode
 
     buf = tempfile.SpooledTemporaryFile()
     Image.new("RGB", (64, 64), (9, 9, 9)).save(buf, "JPEG")

@@ -15,21 +15,8 @@ from typer.testing import CliRunner
 from indexer import IndexLockedError, IndexMismatchError, IndexOptions, SegmentIndex, index_paths, reindex
 from indexer.pipeline import FAISS_FILE, writer_lock
 from indexer.vectors import index_ids, write_atomic
+from tests.conftest import OPTS, assert_consistent, segment_table, write_photos
 from usesearch.cli import app
-
-OPTS = dict(preset="tiny", masker="felzenszwalb", masker_options={"max_masks": 8})
-
-
-def write_photos(folder, names=("astronaut", "chelsea", "coffee", "rocket")):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(names):
-        sub = folder / ("sub" if i % 2 else "")
-        sub.mkdir(exist_ok=True)
-        image = Image.fromarray(getattr(data, name)())
-        image.thumbnail((96, 96))
-        image.save(sub / f"{name}.png")
-    return folder
-
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
@@ -37,23 +24,6 @@ def indexed(tmp_path_factory):
     photos = write_photos(root / "photos")
     report = index_paths([photos], root / "db", IndexOptions(**OPTS))
     return root, photos, report
-
-
-def segment_table(db):
-    """(image, bbox, area, rle) per segment: what an index holds, independent of ids."""
-    ix = SegmentIndex.open(db)
-    rows = ix.store.rows(ix.store.segment_ids())
-    ix.close()
-    return sorted((os.path.basename(r.image_path), r.bbox, r.area, r.rle_counts) for r in rows.values())
-
-
-def assert_consistent(db):
-    ix = SegmentIndex.open(db)
-    on_disk = faiss.read_index(str(db / FAISS_FILE))
-    committed = np.sort(ix.store.segment_ids())
-    assert len(np.unique(committed)) == len(committed)
-    np.testing.assert_array_equal(np.sort(index_ids(on_disk)), committed)
-    ix.close()
 
 
 def test_query_returns_k_hits_with_masks_that_decode_to_the_image(indexed):

@@ -16,8 +16,8 @@ from PIL import Image
 from skimage import data
 
 from indexer import IndexOptions, SegmentIndex, index_paths
-from indexer.files import decode
-from tests.test_index_query import OPTS, assert_consistent, segment_table, write_photos
+from usesearch.files import decode
+from tests.conftest import OPTS, assert_consistent, segment_table, write_photos
 
 
 def _png_header_only(width: int, height: int) -> bytes:

@@ -10,7 +10,7 @@ import indexer.index_choice as index_choice
 from indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from indexer.pipeline import db_url_for
 from indexer.store import ImageRecord, IndexInfo, SegmentRecord, Store
-from tests.test_index_query import OPTS, write_photos
+from tests.conftest import OPTS, write_photos
 
 
 def synthetic_index(db, n=20_000, dim=64, images=200, seed=0):

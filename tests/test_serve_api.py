@@ -17,7 +17,7 @@ from indexer import IndexMismatchError, IndexOptions, SegmentIndex, index_paths
 from indexer.search import MAX_QUERY_CHARS
 from indexer.web import MAX_K, create_app
 from indexer.web.security import check_bind, is_loopback
-from tests.test_index_query import OPTS, write_photos
+from tests.conftest import OPTS, write_photos
 from usesearch.cli import app as cli_app
 from usesearch.errors import UsesearchError
 from usesearch.visualize import OUTLINE, decode_mask

@@ -16,7 +16,7 @@ from PIL import Image
 
 from indexer import IndexOptions, SegmentIndex, index_paths
 from indexer.web import create_app
-from tests.test_index_query import OPTS, write_photos
+from tests.conftest import OPTS, write_photos
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = os.environ.get("USESEARCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

@@ -11,7 +11,7 @@ import usesearch
 from training.data import augment, load_samples
 from training.loss import LOGIT_SCALE, segment_text_loss
 from training.synthetic import class_texts, top1_accuracy, write_dataset
-from training.train import TrainConfig, Trainer, poly_lr
+from training.train import TrainConfig, Trainer
 
 
 def reference_loss(s, t, scale, same_text=None):
@@ -42,8 +42,14 @@ def test_paper_defaults_and_polynomial_decay():
     cfg = TrainConfig()
     assert (cfg.epochs, cfg.batch_images, cfg.lr, cfg.weight_decay, cfg.poly_power, cfg.crop, cfg.scale) == (
         5, 32, 1e-3, 0.01, 0.9, 560, (0.5, 2.0))
-    assert poly_lr(0, 100, 1e-3, 0.9) == 1e-3
-    assert poly_lr(50, 100, 1e-3, 0.9) == pytest.approx(1e-3 * 0.5**0.9)
+    # torch's PolynomialLR is the paper's poly schedule, lr = base (1 - step/total)^0.9.
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=1e-3)
+    schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=100, power=0.9)
+    for step in range(100):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (1 - step / 100) ** 0.9, rel=1e-9, abs=1e-15)
+        optimizer.step()
+        schedule.step()
 
 
 def test_augmentation_keeps_masks_on_their_pixels():
@@ -105,6 +111,9 @@ def test_resume_reproduces_the_uninterrupted_run(synthetic, tmp_path):
     assert resumed.step == 2
     resumed.run()
     assert _losses(tmp_path / "b") == pytest.approx(_losses(tmp_path / "a"), abs=1e-5)
+    for out in ("a", "b"):  # the schedule, through a resume too: lr = base (1 - step/total)^0.9
+        lrs = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / out / "log.csv"))]
+        assert lrs == pytest.approx([cfg.lr * (1 - step / 4) ** 0.9 for step in range(4)], rel=1e-5)
     a, b = usesearch.load_model(tmp_path / "a" / "head"), usesearch.load_model(tmp_path / "b" / "head")
     assert a.fingerprint == b.fingerprint
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from curation.dataset import read_records
+from usesearch import rle
 from usesearch.images import read_image
 
 
@@ -30,14 +30,14 @@ def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
             if segs:
                 samples.append(Sample(
                     record["path"],
-                    [{"size": s["rle"]["size"], "counts": s["rle"]["counts"].encode()} for s in segs],
+                    [s["rle"] for s in segs],
                     [[t["text"] for t in s["texts"]] for s in segs],
                 ))
     return samples
 
 
 def decode_masks(rles: list[dict]) -> np.ndarray:
-    return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1).astype(bool))
+    return rle.decode_stack(rles)
 
 
 def augment(

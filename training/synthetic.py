@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 from curation.dataset import DatasetWriter
 from curation.masks import to_segment
 from curation.records import TextRef
-from indexer.files import read_bytes
+from usesearch import rle
+from usesearch.files import read_bytes
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 60, 220), "yellow": (235, 215, 30)}
 SHAPES = ("circle", "square", "triangle")
@@ -126,7 +127,6 @@ def write_semseg(out: str | os.PathLike, n_images: int, seed: int = 0, size: int
 
 def write_parts_coco(out: str | os.PathLike, n_images: int, seed: int = 0, size: int = 128) -> Path:
     """PartImageNet-like COCO file: every house's roof and body as part annotations."""
-    from pycocotools import mask as mask_utils
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -144,11 +144,10 @@ def write_parts_coco(out: str | os.PathLike, n_images: int, seed: int = 0, size:
         images.append({"id": image_id, "file_name": f"{image_id:05d}.png", "height": size, "width": size})
         parts = [(1, r) for r in roofs] + [(2, h & ~r) for h, r in zip(houses, roofs)]
         for category, mask in parts:
-            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            encoded = rle.encode(mask)
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": category, "iscrowd": 0,
-                "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                "area": float(rle.area(encoded)), "bbox": [float(v) for v in rle.bbox(encoded)], "segmentation": encoded,
             })
     path = out / "parts.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -159,7 +158,6 @@ def write_instances_coco(out: str | os.PathLike, n_images: int, seed: int = 0, w
                          size: int = 128) -> tuple[Path, set[int]]:
     """COCO instances of the synthetic shapes with a fraction of labels deliberately wrong.
     Returns the JSON path and the ids of the planted wrong annotations."""
-    from pycocotools import mask as mask_utils
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -179,10 +177,9 @@ def write_instances_coco(out: str | os.PathLike, n_images: int, seed: int = 0, w
             if rng.random() < wrong_fraction:
                 category = int(rng.choice([c["id"] for c in categories if c["id"] != category]))
                 planted.add(len(annotations) + 1)
-            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            encoded = rle.encode(mask)
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": category, "iscrowd": 0,
-                                "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+                                "area": float(rle.area(encoded)), "bbox": [float(v) for v in rle.bbox(encoded)], "segmentation": encoded})
     path = out / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path, planted

@@ -9,16 +9,15 @@ derives from (seed, epoch) or (seed, step), so ``resume`` continues exactly.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from usesearch.checkpoint import save_head
 from usesearch.factory import create_use_and_clip, resolve_device
@@ -47,10 +46,6 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-def poly_lr(step: int, total: int, base: float, power: float) -> float:
-    return base * (1 - step / total) ** power
-
-
 class Trainer:
     def __init__(self, samples: list[Sample], out: str | os.PathLike, cfg: TrainConfig):
         self.samples, self.out, self.cfg = samples, Path(out), cfg
@@ -61,6 +56,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.use.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = math.ceil(len(samples) / cfg.batch_images)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        # lr = base (1 - step/total)^0.9, stepped once per training step.
+        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=self.total_steps, power=cfg.poly_power)
         self.step = 0
         self.amp = self.device.type == "cuda"
 
@@ -113,9 +110,7 @@ class Trainer:
             self.use.train()
             while self.step < (until or self.total_steps):
                 start = time.perf_counter()
-                lr = poly_lr(self.step, self.total_steps, self.cfg.lr, self.cfg.poly_power)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                lr = self.optimizer.param_groups[0]["lr"]
                 batch = self.make_batch(self.step)
                 loss = None
                 if batch is not None:
@@ -123,6 +118,9 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
+                with warnings.catch_warnings():  # a step without a batch still advances the schedule
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.scheduler.step()
                 self.step += 1
                 n = 0 if batch is None else len(batch[4])
                 log.writerow([self.step, (self.step - 1) // self.steps_per_epoch, f"{loss.item() if loss is not None else float('nan'):.6f}",
@@ -140,32 +138,20 @@ class Trainer:
         extra = {"step": self.step, "train_config": asdict(self.cfg)}
         save_head(self.out / "head", self.use.trainable_state_dict(), self.use.preset, extra)
         save_head(self.out / f"step-{self.step:07d}", self.use.trainable_state_dict(), self.use.preset, extra)
-        opt_tensors, opt_meta = {}, {"step": self.step, "param_steps": []}
-        for i, p in enumerate(self.use.trainable_parameters()):
-            state = self.optimizer.state.get(p, {})
-            if state:
-                opt_tensors[f"{i}.exp_avg"] = state["exp_avg"].detach().cpu().contiguous()
-                opt_tensors[f"{i}.exp_avg_sq"] = state["exp_avg_sq"].detach().cpu().contiguous()
-                opt_meta["param_steps"].append([i, float(state["step"])])
-        save_file(opt_tensors, str(self.out / "optimizer.safetensors.tmp"))
-        os.replace(self.out / "optimizer.safetensors.tmp", self.out / "optimizer.safetensors")
-        (self.out / "trainer.json").write_text(json.dumps(opt_meta))
+        # Optimizer and schedule through their own state_dicts, read back with weights_only=True.
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        torch.save(state, self.out / "trainer.pt.tmp")
+        os.replace(self.out / "trainer.pt.tmp", self.out / "trainer.pt")
 
     def resume(self) -> None:
-        meta_path = self.out / "trainer.json"
-        if not meta_path.is_file():
+        path = self.out / "trainer.pt"
+        if not path.is_file():
             return
         from usesearch.checkpoint import load_head
 
         state, _ = load_head(self.out / "head", self.use.preset)
         self.use.load_state_dict(state, strict=False)
-        meta = json.loads(meta_path.read_text())
-        tensors = load_file(str(self.out / "optimizer.safetensors"))
-        params = self.use.trainable_parameters()
-        for i, steps in meta["param_steps"]:
-            self.optimizer.state[params[i]] = {
-                "step": torch.tensor(steps),
-                "exp_avg": tensors[f"{i}.exp_avg"].to(self.device),
-                "exp_avg_sq": tensors[f"{i}.exp_avg_sq"].to(self.device),
-            }
+        meta = torch.load(path, map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(meta["optimizer"])
+        self.scheduler.load_state_dict(meta["scheduler"])
         self.step = meta["step"]

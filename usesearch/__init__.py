@@ -1,5 +1,11 @@
 """usesearch: open-vocabulary segment search with Universal Segment Embeddings.
 
+The core: model presets and weights, backbones, the USE encoder and head, text
+prompts, image reading (``images``, ``files``), masks (``rle``), maskers and their
+registry (``maskers``, ``amg``, ``sam``), semantic segmentation and the CLI.
+It imports nothing from ``indexer``, ``curation`` or ``training``, except in the
+CLI wiring (``cli_*.py``), which joins the stages.
+
 The public names load lazily (PEP 562) so that the CLI's ``--help`` and the light
 modules do not pay for importing torch, open_clip and timm.
 """

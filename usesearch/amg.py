@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 from segment_anything.modeling import Sam
 from segment_anything.predictor import SamPredictor
 from segment_anything.utils.amg import (
@@ -28,6 +27,8 @@ from segment_anything.utils.amg import (
     generate_crop_boxes, is_box_near_crop_edge, remove_small_regions, uncrop_boxes_xyxy, uncrop_masks, uncrop_points,
 )
 from torchvision.ops import batched_nms, box_area
+
+from . import rle
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time: bounds memory for large photos
 
@@ -239,7 +240,7 @@ class SamMaskGenerator:
                 masks, flags = self._remove_small_regions(masks)
                 unchanged += flags
                 boxes[start : start + len(masks)] = batched_mask_to_box(masks)
-            rles += encode(masks)
+            rles += rle.encode_stack(masks)
         order = torch.arange(len(cands))
         if self.min_mask_region_area > 0 and len(cands):
             # As segment-anything: a mask the clean-up changed loses NMS ties to any that it left alone.
@@ -247,7 +248,7 @@ class SamMaskGenerator:
         iou, stability, points, crop = (t.cpu() for t in (cands.iou, cands.stability, cands.points, cands.crop))
         return [
             MaskRecord(
-                rle=rles[i], area=int(mask_utils.area(rles[i])), box_xyxy=tuple(int(v) for v in boxes[i]),
+                rle=rles[i], area=rle.area(rles[i]), box_xyxy=tuple(int(v) for v in boxes[i]),
                 predicted_iou=float(iou[i]), stability_score=float(stability[i]),
                 point=tuple(float(v) for v in points[i]), crop_box=tuple(crops[int(crop[i])][0]),
             )
@@ -272,13 +273,3 @@ def _nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.T
     return batched_nms(boxes.float(), scores, torch.zeros(len(boxes), device=boxes.device), iou_threshold=threshold)
 
 
-def encode(masks: torch.Tensor) -> list[dict]:
-    """Bool masks [N, H, W] (any device) -> COCO compressed RLEs with str counts, in one
-    pycocotools call (it wants column-major H x W x N uint8)."""
-    if not len(masks):
-        return []
-    fortran = masks.transpose(1, 2).contiguous().to(torch.uint8).cpu().numpy().transpose(2, 1, 0)
-    rles = mask_utils.encode(fortran)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles

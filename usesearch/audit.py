@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from .images import read_image
-from .rle import segmentation_to_rle
+from . import rle
 from .semseg import class_probabilities
 from .visualize import segment_tile
 
@@ -50,7 +49,7 @@ def audit_coco(model, coco: dict, images_dir: str | os.PathLike) -> list[Suspect
         path = str(Path(images_dir) / img["file_name"])
         rgb = read_image(path)
         h, w = rgb.shape[:2]
-        masks = np.stack([mask_utils.decode(segmentation_to_rle(a["segmentation"], h, w)).astype(bool) for a in anns])
+        masks = np.stack([rle.decode(a["segmentation"], h, w) for a in anns])
         keep = masks.reshape(len(masks), -1).any(1)
         probs = class_probabilities(model, rgb, masks[keep], class_names)
         for ann, p in zip([a for a, k in zip(anns, keep) if k], probs):
@@ -99,9 +98,9 @@ def write_report(suspects: list[Suspect], coco: dict, out: str | os.PathLike, to
     for rank, s in enumerate(suspects[:top], 1):
         rgb = read_image(s.image)
         ann = anns[s.annotation_id]
-        mask = mask_utils.decode(segmentation_to_rle(ann["segmentation"], *rgb.shape[:2])).astype(bool)
+        mask = rle.decode(ann["segmentation"], *rgb.shape[:2])
         buffer = io.BytesIO()
-        segment_tile(rgb, mask, [int(v) for v in mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))], 160).save(buffer, "PNG")
+        segment_tile(rgb, mask, rle.bbox(rle.encode(mask)), 160).save(buffer, "PNG")
         cards.append(
             f'<figure><img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
             f"<figcaption>#{rank} ann {s.annotation_id}<br>label <b>{html.escape(s.labelled)}</b>"

@@ -67,7 +67,7 @@ def _segmenter(preset, embedder, heads, masker, points_per_side, device):
     """The models (one per --head: their class probabilities are averaged, the
     paper's ensemble of curated-data and COCO heads) and the masker."""
     from .factory import choose_preset, load_model, resolve_embedder
-    from indexer.maskers import build_masker
+    from .maskers import build_masker
 
     heads = [str(h) for h in heads or []] or [None]
     models = []

@@ -1,13 +1,21 @@
-"""Class-agnostic mask proposals: SAM's automatic mask generator, or a weight-free
-classical one (Felzenszwalb superpixels, scikit-image) for offline runs."""
+"""Class-agnostic mask proposals, and the one registry of maskers (``build_masker``):
+SAM's automatic mask generator, a weight-free classical one (Felzenszwalb
+superpixels, scikit-image) for offline runs, and bring-your-own COCO masks."""
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 from segment_anything.utils.amg import batched_mask_to_box
+
+from . import rle
+from .config import PresetConfig
+from .errors import UsesearchError
 
 WORK_PIXELS = 4_000_000  # the Felzenszwalb masker's working size for larger photos
 
@@ -33,15 +41,14 @@ class Proposal:
     def mask(self) -> np.ndarray:
         """bool [H, W]."""
         if self._mask is None:
-            self._mask = mask_utils.decode({"size": self._rle["size"], "counts": self._rle["counts"].encode()}).astype(bool)
+            self._mask = rle.decode(self._rle)
         return self._mask
 
     @property
     def rle(self) -> dict:
         """COCO compressed RLE, ``{"size": [h, w], "counts": str}``."""
         if self._rle is None:
-            rle = mask_utils.encode(np.asfortranarray(self._mask.astype(np.uint8)))
-            self._rle = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+            self._rle = rle.encode(self._mask)
         return self._rle
 
     def __repr__(self) -> str:
@@ -144,10 +151,85 @@ def stack_masks(proposals: list[Proposal], hw: tuple[int, int]) -> np.ndarray:
     if not proposals:
         return np.zeros((0, *hw), bool)
     if all(p._mask is None for p in proposals):  # RLEs only (SAM): one pycocotools call
-        rles = [{"size": p.rle["size"], "counts": p.rle["counts"].encode()} for p in proposals]
-        return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool, order="C")
+        return rle.decode_stack([p.rle for p in proposals], hw)
     base = proposals[0].mask.base
     if (isinstance(base, np.ndarray) and base.shape == (len(proposals), *hw) and base.dtype == bool
             and all(p.mask.base is base and p.mask.shape == hw and np.may_share_memory(p.mask, base[i]) for i, p in enumerate(proposals))):
         return base
     return np.stack([p.mask for p in proposals])
+
+
+# -- the registry: a masker by name (bring-your-own COCO masks included) --------------
+MASKERS = ("sam", "felzenszwalb", "coco")
+# SAM's mask-quality settings as the CLI spells them.
+SAM_FLAGS = {
+    "points_per_side": "--points-per-side", "points_per_batch": "--points-per-batch", "pred_iou_thresh": "--pred-iou-thresh",
+    "stability_score_thresh": "--stability-thresh", "box_nms_thresh": "--box-nms-thresh", "crop_n_layers": "--crop-layers",
+    "min_mask_region_area": "--min-region-area",
+}
+
+
+class CocoMasker:
+    """Masks from a COCO annotations JSON (RLE or polygons), matched to images by
+    file name relative to the JSON's ``images[].file_name``; lets users bring masks
+    from any segmenter."""
+
+    name = "coco"
+
+    def __init__(self, masks_json: str | os.PathLike):
+        self.masks_json = str(Path(masks_json).resolve())
+        coco = json.loads(Path(masks_json).read_text())
+        by_image: dict[int, list] = {}
+        for ann in coco.get("annotations", []):
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        self.by_name = {img["file_name"]: (img, by_image.get(img["id"], [])) for img in coco.get("images", [])}
+
+    def params(self) -> dict:
+        return {"masks_json": self.masks_json}
+
+    def _lookup(self, path: str):
+        parts = Path(path).parts
+        for i in range(len(parts)):  # longest matching suffix of the path
+            hit = self.by_name.get("/".join(parts[i:]))
+            if hit:
+                return hit
+        return None
+
+    def __call__(self, rgb: np.ndarray, path: str | None = None) -> list[Proposal]:
+        hit = self._lookup(path or "")
+        if hit is None:
+            return []
+        info, anns = hit
+        h, w = rgb.shape[:2]
+        if (info.get("height"), info.get("width")) not in ((h, w), (None, None)):
+            raise UsesearchError(f"{path}: masks are {info['height']}x{info['width']} but the image is {h}x{w}")
+        masks = []
+        for ann in anns:
+            mask = rle.decode(ann["segmentation"], h, w)
+            if mask.any():
+                masks.append(mask)
+        return to_proposals(np.stack(masks) if masks else np.zeros((0, h, w), bool))
+
+
+def build_masker(name: str | None, preset: PresetConfig, device: str | None = None, **options):
+    """``None`` picks SAM, except for the random-weight tiny preset whose SAM gives
+    noise: there the weight-free Felzenszwalb masker gives real-looking regions."""
+    if name is None:
+        name = "felzenszwalb" if preset.sam.checkpoint is None and "sam_checkpoint" not in options else "sam"
+    misplaced = [SAM_FLAGS[k] for k in options if k in SAM_FLAGS] if name != "sam" else []
+    if misplaced:
+        own = {"felzenszwalb": "none", "coco": "--masks FILE.json"}.get(name, "none")
+        raise UsesearchError(f"{', '.join(misplaced)} apply to --masker sam only; this run uses masker {name} "
+                             f"(its options: {own}){' (the default for the random-weight tiny preset)' if name == 'felzenszwalb' else ''}")
+    if name == "sam":
+        from .sam import load_sam
+
+        sam = load_sam(preset.sam, preset.name, options.pop("sam_checkpoint", None), device or "cpu")
+        return SamMasker(sam, **options)
+    if name == "felzenszwalb":
+        return FelzenszwalbMasker(**options)
+    if name == "coco":
+        if "masks_json" not in options:
+            raise UsesearchError("--masker coco needs --masks FILE.json (COCO annotations with RLE or polygons)")
+        return CocoMasker(options["masks_json"])
+    raise UsesearchError(f"unknown masker {name!r}; choose one of {', '.join(MASKERS)}")

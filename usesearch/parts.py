@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
+from .rle import encode
 
 DATA = Path(__file__).parent / "data"
 
@@ -32,8 +32,7 @@ def part_detections(probabilities: np.ndarray, num_parts: int) -> list[tuple[int
 def to_results(image_id: int, masks: np.ndarray, detections, category_ids: list[int]) -> list[dict]:
     out = []
     for i, part, score in detections:
-        rle = mask_utils.encode(np.asfortranarray(masks[i].astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
+        rle = encode(masks[i])
         out.append({"image_id": image_id, "category_id": category_ids[part], "segmentation": rle, "score": score})
     return out
 

@@ -1,5 +1,5 @@
-"""SAM model registry: segment-anything's own classes at the official sizes, plus a
-tiny one (small encoder *and* decoder) with seeded random weights for tests.
+"""SAM for a preset: segment-anything's registry builds the official sizes, a tiny
+one (small encoder *and* decoder) with seeded random weights serves tests.
 
 Checkpoints are loaded here rather than by ``segment_anything.build_sam`` because
 that calls ``torch.load`` without ``weights_only=True``.
@@ -8,10 +8,10 @@ that calls ``torch.load`` without ``weights_only=True``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import partial
 
 import torch
+from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from .backbones import seeded
@@ -20,67 +20,41 @@ from .errors import UsesearchError
 from .weights import require, sam_status, verify_sha256
 
 
-@dataclass(frozen=True)
-class SamArchitecture:
-    encoder_embed_dim: int
-    encoder_depth: int
-    encoder_num_heads: int
-    encoder_global_attn_indexes: tuple[int, ...]
-    image_size: int = 1024
-    patch_size: int = 16
-    window_size: int = 14
-    prompt_embed_dim: int = 256
-    decoder_mlp_dim: int = 2048
-    decoder_num_heads: int = 8
-    iou_head_hidden_dim: int = 256
+SAM_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
+# The tiny SAM: small encoder *and* decoder, 256-px input; seeded random weights.
+TINY = dict(embed_dim=32, depth=2, heads=2, global_attn=(1,), image_size=256, patch_size=16, window_size=4,
+            prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2, iou_hidden=32)
 
 
-# The official three, as in segment_anything.build_sam, and a tiny one.
-SAM_ARCHITECTURES: dict[str, SamArchitecture] = {
-    "vit_h": SamArchitecture(1280, 32, 16, (7, 15, 23, 31)),
-    "vit_l": SamArchitecture(1024, 24, 16, (5, 11, 17, 23)),
-    "vit_b": SamArchitecture(768, 12, 12, (2, 5, 8, 11)),
-    "tiny": SamArchitecture(
-        32, 2, 2, (1,), image_size=256, window_size=4,
-        prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32,
-    ),
-}
+def build_sam(model_type: str) -> Sam:
+    """A SAM of this type with freshly initialised weights: the official three from
+    segment-anything's own registry (with no checkpoint, so it loads nothing), the
+    tiny one built here from segment-anything's classes."""
+    if model_type == "tiny":
+        return _build_tiny()
+    if model_type not in SAM_TYPES:
+        raise UsesearchError(f"unknown SAM type {model_type!r}; choose one of {', '.join(SAM_TYPES)}")
+    return sam_model_registry[model_type](checkpoint=None).eval()
 
 
-def build_sam_architecture(arch: SamArchitecture) -> Sam:
-    grid = arch.image_size // arch.patch_size
+def _build_tiny() -> Sam:
+    t = TINY
+    grid = t["image_size"] // t["patch_size"]
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=arch.encoder_depth,
-            embed_dim=arch.encoder_embed_dim,
-            img_size=arch.image_size,
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=arch.encoder_num_heads,
-            patch_size=arch.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=arch.encoder_global_attn_indexes,
-            window_size=arch.window_size,
-            out_chans=arch.prompt_embed_dim,
+            depth=t["depth"], embed_dim=t["embed_dim"], img_size=t["image_size"], mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=t["heads"], patch_size=t["patch_size"],
+            qkv_bias=True, use_rel_pos=True, global_attn_indexes=t["global_attn"], window_size=t["window_size"],
+            out_chans=t["prompt_dim"],
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=arch.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(arch.image_size, arch.image_size),
-            mask_in_chans=16,
+            embed_dim=t["prompt_dim"], image_embedding_size=(grid, grid),
+            input_image_size=(t["image_size"], t["image_size"]), mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=2,
-                embedding_dim=arch.prompt_embed_dim,
-                mlp_dim=arch.decoder_mlp_dim,
-                num_heads=arch.decoder_num_heads,
-            ),
-            transformer_dim=arch.prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=arch.iou_head_hidden_dim,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=t["prompt_dim"], mlp_dim=t["decoder_mlp_dim"], num_heads=t["decoder_heads"]),
+            transformer_dim=t["prompt_dim"], iou_head_depth=3, iou_head_hidden_dim=t["iou_hidden"],
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
@@ -96,15 +70,14 @@ def load_sam(
 ) -> Sam:
     """SAM for a preset: its checkpoint from ``checkpoint`` or ``$USESEARCH_HOME``
     (SHA-256 checked when it is the official file), or seeded random for tiny."""
-    arch = SAM_ARCHITECTURES[cfg.model_type]
     status = sam_status(cfg, checkpoint)
     if not status.needed:
         with seeded(cfg.seed):
-            return build_sam_architecture(arch).to(device)
+            return build_sam(cfg.model_type).to(device)
     path = require(status, preset_name)
     if checkpoint is None:
         verify_sha256(path, cfg.sha256)
-    sam = build_sam_architecture(arch)
+    sam = build_sam(cfg.model_type)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         sam.load_state_dict(state)

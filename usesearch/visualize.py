@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 from skimage.segmentation import find_boundaries
+
+from . import rle as rle_codec
 
 
 
@@ -34,7 +35,7 @@ def label_overlay(rgb: np.ndarray, labels: np.ndarray, names: Sequence[str], alp
 
 
 def decode_mask(rle: dict) -> np.ndarray:
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+    return rle_codec.decode(rle)
 
 
 TINT = (255, 40, 40)

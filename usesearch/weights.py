@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,15 +145,15 @@ def verify_sha256(path: Path, expected: str | None) -> None:
 
 
 def _download(url: str, dest: Path, sha256: str | None) -> None:
+    """torch.hub's downloader: a progress bar, a temporary file renamed into place
+    only when complete, and a hash check (its prefix; the full SHA-256 below)."""
+    from torch.hub import download_url_to_file
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                shutil.copyfileobj(response, tmp)
-        except Exception as exc:
-            os.unlink(tmp.name)
-            raise UsesearchError(f"could not download {url}: {exc}") from None
-    os.replace(tmp.name, dest)
+    try:
+        download_url_to_file(url, str(dest), hash_prefix=sha256, progress=True)
+    except Exception as exc:  # noqa: BLE001 - network and hash errors alike become one line
+        raise UsesearchError(f"could not download {url}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     verify_sha256(dest, sha256)
 
 

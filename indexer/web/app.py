@@ -18,6 +18,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 
+from usesearch.errors import NotFoundError
+
 from ..search import MAX_QUERY_CHARS, Hit, SegmentIndex
 from ..store import DONE, SegmentRow
 from . import apidoc, render
@@ -134,9 +136,9 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     async def bad_value(_: Request, exc: ValueError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    @app.exception_handler(KeyError)
-    async def not_found(_: Request, exc: KeyError):
-        return JSONResponse({"detail": exc.args[0] if exc.args else "not found"}, status_code=404)
+    @app.exception_handler(NotFoundError)  # not KeyError: a bug inside a lookup is a 500, not "not found"
+    async def not_found(_: Request, exc: NotFoundError):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(render.ImageGoneError)
     async def image_gone(_: Request, exc: render.ImageGoneError):
@@ -159,13 +161,13 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     def segment_row(segment_id: int) -> SegmentRow:
         row = index.store.rows([segment_id]).get(segment_id)
         if row is None:
-            raise KeyError(f"no segment with id {segment_id}")
+            raise NotFoundError(f"no segment with id {segment_id}")
         return row
 
     def image_record(image_id: int):
         record = index.store.image(image_id)
         if record is None or record.status != DONE:
-            raise KeyError(f"no indexed image with id {image_id}")
+            raise NotFoundError(f"no indexed image with id {image_id}")
         return record
 
     def searched(run, with_masks: bool, **echo) -> SearchOut:

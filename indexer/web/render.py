@@ -16,7 +16,7 @@ from PIL import Image
 from usesearch.errors import UsesearchError
 from usesearch.visualize import OUTLINE, TINT, decode_mask, outline, segment_tile
 
-from ..files import decode, read_bytes
+from usesearch.files import decode, read_bytes
 from ..store import ImageRecord, SegmentRow
 
 class ImageGoneError(UsesearchError):

@@ -1,0 +1,162 @@
+"""An archive-scale index on one machine: build time, bytes per segment, latency, recall.
+
+Builds an index folder of N segments (768-d, over N/100 images in nested folders)
+without models: metadata in SQLite, float16 embedding files, then `reindex` with the
+automatic index choice (exact while small, OPQ+IVF+PQ with exact re-scoring past
+that). Two kinds of concepts are mixed:
+  * clustered: tight clusters on the sphere, like distinct objects;
+  * hard: diffuse clusters where a query's 10th and 100th exact neighbours differ by
+    less than 0.05 in cosine, like CLIP text-to-segment scores (low and close).
+It prints build time, bytes per segment in memory (the FAISS index) and on disk,
+query p50/p99 after the text embedding (no filter, a 1% path filter, --per-image),
+and recall@10 against exact search for each kind of query.
+
+    python benchmarks/scale.py --n 200000            # a few minutes
+    python benchmarks/scale.py --n 10000000 --folder /big/disk/scale   # the archive target, ~1 h on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from sqlalchemy import insert
+
+from indexer import SegmentIndex, index_choice, reindex
+from indexer.pipeline import DB_FILE, FAISS_FILE, db_url_for
+from indexer.store import ImageRecord, IndexInfo, SegmentRecord, Store
+
+DIM = 768
+BATCH = 200_000
+TIGHT, DIFFUSE = 0.6, 2.2  # noise/centre norm ratio: cos(member, centre) ~ 0.86 and ~ 0.41
+
+
+def concepts(rng: np.random.Generator, n_concepts: int) -> tuple[np.ndarray, np.ndarray]:
+    centres = rng.standard_normal((n_concepts, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    spread = np.where(np.arange(n_concepts) % 2 == 0, TIGHT, DIFFUSE).astype(np.float32)  # even: clustered, odd: hard
+    return centres, spread
+
+
+def members(rng, centres, spread, labels) -> np.ndarray:
+    noise = rng.standard_normal((len(labels), DIM)).astype(np.float32) / np.sqrt(DIM)
+    out = centres[labels] + spread[labels, None] * noise
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def build(folder: Path, n: int, rng, centres, spread) -> float:
+    start = time.perf_counter()
+    store = Store(db_url_for(folder, None))
+    store.set_info(IndexInfo(preset="bench", embedder="use", fingerprint="bench", head=None, dim=DIM, masker="none",
+                             masker_params={}, factory="IDMap2,Flat", index_mode="auto"))
+    images = max(1, n // 100)
+    with store.sessions.begin() as s:
+        for lo in range(0, images, BATCH):
+            s.execute(insert(ImageRecord), [
+                {"id": i + 1, "path": f"/archive/{i % 100:02d}/{i // 100 % 100:02d}/img{i:08d}.jpg",
+                 "fs_path": f"/archive/{i % 100:02d}/{i // 100 % 100:02d}/img{i:08d}.jpg".encode(),
+                 "sha256": f"{i:064x}", "width": 640, "height": 480, "status": "done"} for i in range(lo, min(images, lo + BATCH))])
+    weights = 1.0 / np.arange(1, len(centres) + 1) ** 0.7  # a few common concepts, a long tail
+    weights /= weights.sum()
+    rle = "PPP1e0P2001O0000O1O001N101O001O0O2N1O1O1N2N1O2N2N2M3M3M4K6J8G]Q`0"  # a typical small mask
+    for lo in range(0, n, BATCH):
+        count = min(BATCH, n - lo)
+        labels = rng.choice(len(centres), count, p=weights)
+        chunks, rows = store.files().append(members(rng, centres, spread, labels))
+        areas = rng.integers(50, 50_000, count)
+        image_ids = rng.integers(1, images + 1, count)
+        with store.sessions.begin() as s:
+            s.execute(insert(SegmentRecord), [
+                {"id": lo + j + 1, "image_id": int(image_ids[j]), "x": 10, "y": 20, "w": 60, "h": 40, "area": int(areas[j]),
+                 "rle_counts": rle, "predicted_iou": 0.9, "stability_score": 0.95, "vec_chunk": int(chunks[j]), "vec_row": int(rows[j])}
+                for j in range(count)])
+        print(f"  stored {lo + count} segments ({time.perf_counter() - start:.0f} s)", flush=True)
+    store.close()
+    return time.perf_counter() - start
+
+
+def exact_top(store: Store, queries: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (scores, ids) of the top k for every query, streaming the embedding files."""
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), k), np.int64)
+    for ids, vectors in store.embeddings(batch=BATCH):
+        scores = queries @ vectors.T
+        s = np.concatenate([best_s, scores], axis=1)
+        i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+    order = np.argsort(-best_s, axis=1)
+    return np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+
+
+def percentiles(samples: list[float]) -> str:
+    ms = np.asarray(samples) * 1000
+    return f"p50 {np.percentile(ms, 50):7.1f} ms  p99 {np.percentile(ms, 99):7.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200_000)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--concepts", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--folder", type=Path, default=None, help="where to build (default: a temporary folder, removed)")
+    parser.add_argument("--device", default=None, help="cpu or cuda for FAISS (default: a GPU where faiss has one)")
+    parser.add_argument("--exact-up-to", type=int, default=None, help="override the exact-search threshold (to try the compressed index on a small N)")
+    args = parser.parse_args()
+    if args.exact_up_to is not None:
+        index_choice.EXACT_UP_TO = args.exact_up_to
+    faiss.omp_set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    centres, spread = concepts(rng, args.concepts)
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="usesearch-scale-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        print(f"building {args.n} segments in {folder}")
+        store_s = build(folder, args.n, rng, centres, spread)
+        start = time.perf_counter()
+        reindex(folder, device=args.device)
+        index_s = time.perf_counter() - start
+        ix = SegmentIndex.open(folder, device=args.device)
+        stats = ix.stats()
+        print(f"index: {stats['index_choice']}")
+        print(f"build: store + embedding files {store_s:.0f} s, FAISS index {index_s:.0f} s (faiss {stats['faiss_version']} "
+              f"on {stats['faiss_device']})")
+        in_memory = faiss.serialize_index(ix.index.index).nbytes  # the codes, ids and codebooks that searches hold
+        on_disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        print(f"bytes per segment: {in_memory / args.n:.1f} in memory (FAISS), {on_disk / args.n:.0f} on disk "
+              f"(database {(folder / DB_FILE).stat().st_size / args.n:.0f}, embeddings {stats['bytes_embeddings'] / args.n:.0f}, "
+              f"FAISS {(folder / FAISS_FILE).stat().st_size / args.n:.0f})")
+
+        picks = rng.integers(0, args.concepts, args.queries)
+        queries = members(rng, centres, spread, picks)  # near a concept but not a stored vector, like a text query
+        truth_s, truth = exact_top(ix.store, queries)
+        gap = truth_s[:, 9] - truth_s[:, 99]
+        for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1)):
+            print(f"{kind:>9} queries: {mask.sum()}, exact 10th - 100th neighbour cosine gap median {np.median(gap[mask]):.3f}")
+        for label, filters in (("no filter", {}), ("--path (1% of images)", {"path": "/archive/07/*"}), ("--per-image", {"per_image": True})):
+            times, found = [], []
+            for q in queries:
+                t = time.perf_counter()
+                hits = ix.search_vector(q, 10, **filters)
+                times.append(time.perf_counter() - t)
+                found.append([h.segment_id for h in hits])
+            line = f"query, {label:<22}: {percentiles(times)}"
+            if not filters:
+                recall = np.array([len(set(f) & set(t[:10].tolist())) / 10 for f, t in zip(found, truth)])
+                line += "   recall@10 " + ", ".join(f"{kind} {recall[mask].mean():.3f}"
+                                                     for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1)))
+            print(line, flush=True)
+        ix.close()
+    finally:
+        if args.folder is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
