@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from usesearch.files import decode, read_bytes
 from usesearch.errors import UsesearchError
+from usesearch.reports import RunReport
 
 from .cache import StageCache
 from .dataset import DatasetWriter
@@ -45,14 +46,9 @@ class Captioner(Protocol):
 
 
 @dataclass
-class CurateReport:
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
+class CurateReport(RunReport):
     pairs: int = 0
     pairs_after_nms: int = 0
-    seconds: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 def curate(
@@ -122,7 +118,6 @@ def curate(
 
 
 def _record_failure(path: Path, image: str, exc: BaseException, report: CurateReport) -> None:
-    report.failed += 1
-    report.failures.append((image, f"{type(exc).__name__}: {exc}"))
+    report.record_failure(image, exc)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"path": image, "error": f"{type(exc).__name__}: {exc}"}) + "\n")

@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from usesearch.errors import UsesearchError
+from usesearch.reports import RunReport
 from usesearch.factory import choose_preset, load_model, resolve_embedder
 from usesearch.maskers import stack_masks
 
@@ -57,18 +58,13 @@ class IndexOptions:
 
 
 @dataclass
-class IndexReport:
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
+class IndexReport(RunReport):
     segments: int = 0
-    seconds: float = 0.0
     model_seconds: float = 0.0  # inside the masker and the embedder
     masker_seconds: float = 0.0  # inside the masker
     masker_forward_seconds: float = 0.0  # of which SAM's forward passes (encoder, decoder), where the masker reports them
     loop_seconds: float = 0.0  # the per-image loop, without start-up (model loading)
     interrupted: bool = False
-    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 def db_url_for(db_dir: Path, db_url: str | None) -> str:
@@ -253,5 +249,4 @@ def _forward_seconds(masker) -> float:
 def _record_failure(found, sha256, exc: BaseException, store: Store, index, report: IndexReport) -> None:
     removed, _ = store.save_image(found.key, found.path, sha256, None, error=exc)
     index.remove(removed)
-    report.failed += 1
-    report.failures.append((found.path, f"{type(exc).__name__}: {exc}"))
+    report.record_failure(found.path, exc)

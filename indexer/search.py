@@ -14,6 +14,7 @@ import numpy as np
 
 from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.factory import load_model
+from usesearch.model import SegmentEmbedder
 
 from . import index_choice, vectors
 from .pipeline import DB_FILE, FAISS_FILE, IndexMismatchError, check_db_dir, db_url_for
@@ -103,7 +104,7 @@ class SegmentIndex:
     side by side (no search holds up another for its whole run); the model's text
     encoder is used by one thread at a time."""
 
-    def __init__(self, db_dir: Path, store: Store, model=None, device: str | None = None):
+    def __init__(self, db_dir: Path, store: Store, model: SegmentEmbedder | None = None, device: str | None = None):
         self.db_dir = db_dir
         self.store = store
         self.info = store.info()

@@ -104,6 +104,17 @@ def test_same_masks_when_the_photo_already_has_the_models_input_size(sam):
         assert record.stability_score == pytest.approx(reference["stability_score"], abs=1e-6)
 
 
+def test_stability_score_equals_segment_anythings():
+    import torch
+    from segment_anything.utils.amg import calculate_stability_score
+
+    from usesearch.amg import stability_score
+
+    logits = torch.randn(12, 300, 200, generator=torch.Generator().manual_seed(0)) * 3
+    for view in (logits, logits[:, :250, :150]):  # contiguous, and a crop of the padded frame
+        assert torch.equal(stability_score(view, 0.0, 1.0), calculate_stability_score(view, 0.0, 1.0))
+
+
 def test_same_order_as_segment_anything(sam, image):
     stock = SamAutomaticMaskGenerator(sam, points_per_side=8, **LOW).generate(image)
     ours = SamMaskGenerator(sam, points_per_side=8, **LOW).generate(image)

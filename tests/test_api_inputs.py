@@ -95,7 +95,7 @@ def test_stack_masks_reuses_the_proposals_stack():
 def test_commands_default_to_real_weights_and_say_how_to_get_them(tmp_path, photo):
     image = tmp_path / "a.png"
     Image.fromarray(photo).save(image)
-    for args in (["index", str(image), "--db", str(tmp_path / "db")], ["embed", str(image), "-t", "a cat"],
+    for args in (["index", str(image), "--db", str(tmp_path / "db")], ["embed", str(image), "a cat"],
                  ["segment", str(image), "--classes", "a,b", "--out", str(tmp_path / "l.png")]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)

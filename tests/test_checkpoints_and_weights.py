@@ -83,7 +83,7 @@ def test_cli_reports_missing_weights_in_one_line(tmp_path):
 
     image = tmp_path / "cat.png"
     Image.fromarray(data.chelsea()[::8, ::8]).save(image)
-    result = CliRunner().invoke(app, ["embed", str(image), "-t", "cat", "--preset", "b16", "--embedder", "crop"])
+    result = CliRunner().invoke(app, ["embed", str(image), "cat", "--preset", "b16", "--embedder", "crop"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert "error: clip weights for preset 'b16' are not on this machine" in result.output

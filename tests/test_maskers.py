@@ -34,6 +34,6 @@ def test_cli_embed_ranks_segments_for_each_text(tmp_path, photo):
 
     image = tmp_path / "astronaut.png"
     Image.fromarray(photo).save(image)
-    result = CliRunner().invoke(app, ["embed", str(image), "-t", "a face", "-t", "a flag", "--top", "2", "--preset", "tiny"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["embed", str(image), "a face", "a flag", "-k", "2", "--preset", "tiny"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "a face" in result.output and "a flag" in result.output and "use-tiny-" in result.output

@@ -59,7 +59,7 @@ def test_segment_and_eval_semseg_cli_on_synthetic_data(tmp_path):
     assert Image.open(overlay).size[1] >= 128
     report = tmp_path / "miou.json"
     result = runner.invoke(app, ["eval", "semseg", "--images", str(root / "images"), "--labels", str(root / "labels"),
-                                 "--classes", str(root / "classes.txt"), "--json", str(report), "--preset", "tiny"])
+                                 "--classes-file", str(root / "classes.txt"), "--out", str(report), "--preset", "tiny"])
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert data["images"] == 3 and 0 <= data["mIoU"] <= 1 and set(data["per_class"]) == set(names)
@@ -79,7 +79,7 @@ def test_eval_parts_cli_on_synthetic_parts(tmp_path):
     coco_json = write_parts_coco(tmp_path / "parts", 3, seed=5)
     report = tmp_path / "parts.json"
     result = CliRunner().invoke(app, ["eval", "parts", "--images", str(tmp_path / "parts" / "images"),
-                                      "--coco-json", str(coco_json), "--json", str(report), "--preset", "tiny"])
+                                      "--coco", str(coco_json), "--out", str(report), "--preset", "tiny"])
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert 0.0 <= data["mAP"] <= 1.0 and "mAP_mask@[0.5:0.95]" in result.output

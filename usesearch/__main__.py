@@ -1,5 +1,5 @@
 """``python -m usesearch``: the same CLI as the ``usesearch`` script."""
 
-from .cli import app
+from .cli_compat import main
 
-app(prog_name="usesearch")
+main()

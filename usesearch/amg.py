@@ -197,7 +197,7 @@ class SamMaskGenerator:
             keep = iou > self.pred_iou_thresh
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         logits = self._upscale(low_res, input_size, crop_hw)
-        stability = calculate_stability_score(logits, self.model.mask_threshold, self.stability_score_offset)
+        stability = stability_score(logits, self.model.mask_threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
             keep = stability >= self.stability_score_thresh
             logits, low_res, iou, points, stability = logits[keep], low_res[keep], iou[keep], points[keep], stability[keep]
@@ -265,6 +265,19 @@ class SamMaskGenerator:
             cleaned.append(mask)
             flags.append(float(not holes and not islands))
         return torch.from_numpy(np.stack(cleaned)) if cleaned else masks.cpu(), flags
+
+
+def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    """segment-anything's ``calculate_stability_score`` (pixels above threshold+offset
+    over pixels above threshold-offset), the same numbers. On a CPU NumPy's
+    count_nonzero counts a few times faster than torch's bool sums, and this is the
+    largest cost the generator adds to the model's."""
+    if logits.device.type != "cpu" or not len(logits):
+        return calculate_stability_score(logits, threshold, offset)
+    flat = logits.detach().numpy().reshape(len(logits), -1)
+    above_high = np.count_nonzero(flat > threshold + offset, axis=1).astype(np.int32)
+    above_low = np.count_nonzero(flat > threshold - offset, axis=1).astype(np.int32)
+    return torch.from_numpy(above_high) / torch.from_numpy(above_low)  # int32 / int32, as segment-anything divides
 
 
 def _nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:

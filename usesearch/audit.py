@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import read_image
+from .model import SegmentEmbedder
 from . import rle
 from .semseg import class_probabilities
 from .visualize import segment_tile
@@ -33,7 +34,7 @@ class Suspect:
     predicted_probability: float
 
 
-def audit_coco(model, coco: dict, images_dir: str | os.PathLike) -> list[Suspect]:
+def audit_coco(model: SegmentEmbedder, coco: dict, images_dir: str | os.PathLike) -> list[Suspect]:
     """All annotations, most suspect first."""
     names = {c["id"]: c["name"] for c in coco["categories"]}
     category_ids = sorted(names)

@@ -107,11 +107,11 @@ def models_pull(preset: Annotated[str, typer.Argument(help="Preset whose weights
 @user_errors
 def embed(
     image: Annotated[Path, typer.Argument(help="An image file.", exists=True, dir_okay=False)],
-    text: Annotated[list[str], typer.Option("--text", "-t", help="A query; repeat for several.")],
+    text: Annotated[list[str], typer.Argument(help="One or more texts to rank the segments by.")],
     preset: PresetOpt = None,
     embedder: Annotated[Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")] = None,
     head: HeadOpt = None,
-    top: Annotated[int, typer.Option(help="Segments shown per text.")] = 3,
+    k: Annotated[int, typer.Option("-k", min=1, help="Segments shown per text.")] = 3,
     device: DeviceOpt = None,
 ) -> None:
     """Propose segments in one image (weight-free superpixel masker) and rank them per text."""
@@ -121,7 +121,7 @@ def embed(
 
     preset = choose_preset(preset, head)
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
-    _print_ranking(model, image, read_image(image), FelzenszwalbMasker(), text, top)
+    _print_ranking(model, image, read_image(image), FelzenszwalbMasker(), text, k)
 
 
 def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: int) -> None:
@@ -145,4 +145,4 @@ def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: 
 
 
 # Index-stage commands register themselves on ``app``.
-from . import cli_curate, cli_index, cli_train  # noqa: E402,F401
+from . import cli_curate, cli_eval, cli_index, cli_train  # noqa: E402,F401

@@ -53,7 +53,7 @@ def index(
     embedder: Annotated[Optional[str], typer.Option(help="use | crop (default: use where a head exists)")] = None,
     head: HeadOpt = None,
     masker: Annotated[Optional[str], typer.Option(help="sam | felzenszwalb | coco (default: sam; felzenszwalb for tiny)")] = None,
-    masks: Annotated[Optional[Path], typer.Option(help="COCO JSON of your own masks, for --masker coco.")] = None,
+    coco: Annotated[Optional[Path], typer.Option("--coco", help="COCO JSON of your own masks, for --masker coco.")] = None,
     points_per_side: Annotated[Optional[int], typer.Option(min=1, help="SAM: grid prompts per side (default 32).")] = None,
     points_per_batch: Annotated[Optional[int], typer.Option(min=1, help="SAM: prompts per decoder batch (default 64).")] = None,
     pred_iou_thresh: Annotated[Optional[float], typer.Option(help="SAM: keep masks whose predicted IoU exceeds this (default 0.88).")] = None,
@@ -75,8 +75,8 @@ def index(
                         stability_score_thresh=stability_thresh, box_nms_thresh=box_nms_thresh, crop_n_layers=crop_layers,
                         min_mask_region_area=min_region_area)
     masker_options = {k: v for k, v in sam_settings.items() if v is not None}
-    if masks is not None:
-        masker_options["masks_json"] = str(masks)
+    if coco is not None:
+        masker_options["masks_json"] = str(coco)
     options = IndexOptions(
         preset=preset, embedder=embedder, head=str(head) if head else None, masker=masker, masker_options=masker_options,
         device=device, factory=factory, retry_failed=retry_failed, db_url=db_url,
@@ -226,7 +226,7 @@ def serve(
 def demo(
     preset: Annotated[str, typer.Option("--preset", "-p", help="Preset to try first; falls back to tiny.")] = "b16",
     out: Annotated[Path, typer.Option(help="Folder for the sample photos and the index.")] = Path("usesearch-demo"),
-    query_text: Annotated[str, typer.Option("--query", help="Text to search for.")] = "a cat's face",
+    query_text: Annotated[str, typer.Argument(help="Text to search for.")] = "a cat's face",
 ) -> None:
     """Offline demo: index scikit-image's bundled photos and run a query."""
     from .presets import get_preset

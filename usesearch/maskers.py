@@ -218,7 +218,7 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | None = No
         name = "felzenszwalb" if preset.sam.checkpoint is None and "sam_checkpoint" not in options else "sam"
     misplaced = [SAM_FLAGS[k] for k in options if k in SAM_FLAGS] if name != "sam" else []
     if misplaced:
-        own = {"felzenszwalb": "none", "coco": "--masks FILE.json"}.get(name, "none")
+        own = {"felzenszwalb": "none", "coco": "--coco FILE.json"}.get(name, "none")
         raise UsesearchError(f"{', '.join(misplaced)} apply to --masker sam only; this run uses masker {name} "
                              f"(its options: {own}){' (the default for the random-weight tiny preset)' if name == 'felzenszwalb' else ''}")
     if name == "sam":
@@ -230,6 +230,6 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | None = No
         return FelzenszwalbMasker(**options)
     if name == "coco":
         if "masks_json" not in options:
-            raise UsesearchError("--masker coco needs --masks FILE.json (COCO annotations with RLE or polygons)")
+            raise UsesearchError("--masker coco needs --coco FILE.json (COCO annotations with RLE or polygons)")
         return CocoMasker(options["masks_json"])
     raise UsesearchError(f"unknown masker {name!r}; choose one of {', '.join(MASKERS)}")

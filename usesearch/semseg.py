@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from .model import SegmentEmbedder
 
 # Same scale the head is trained with (training.loss.LOGIT_SCALE), so probabilities
 # at inference are the ones the loss shaped.
@@ -36,7 +40,7 @@ def label_dtype(num_classes: int) -> tuple[type, int]:
     raise ValueError(f"{num_classes} classes do not fit a 16-bit label map")
 
 
-def class_probabilities(models, rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+def class_probabilities(models: SegmentEmbedder | Sequence[SegmentEmbedder], rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     """[N masks, C classes] softmax probabilities; averaged over an ensemble of models."""
     models = models if isinstance(models, (list, tuple)) else [models]
     total = 0
@@ -63,7 +67,7 @@ def pixel_labels(masks: np.ndarray, probabilities: np.ndarray, chunk: int = 64) 
     return labels
 
 
-def segment_image(models, rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+def segment_image(models: SegmentEmbedder | Sequence[SegmentEmbedder], rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     if len(masks) == 0:
         dtype, unlabelled = label_dtype(len(class_names))
         return np.full(rgb.shape[:2], unlabelled, dtype)
