@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -35,19 +39,52 @@ def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
     return names
 
 
-def _segmenter(preset, embedder, heads, masker, points_per_side, device):
-    """The models (one per --head: their class probabilities are averaged, the
-    paper's ensemble of curated-data and COCO heads) and the masker."""
-    from .factory import choose_preset, load_model, resolve_embedder
-    from .maskers import build_masker
+@dataclass
+class Segmenter:
+    """The model options segment and eval share, declared once (``with_segmenter``)."""
 
-    heads = [str(h) for h in heads or []] or [None]
-    models = []
-    for head in heads:
-        name = choose_preset(preset, head)
-        models.append(load_model(name, embedder=resolve_embedder(name, embedder, head), device=device, head=head))
-    options = {"points_per_side": points_per_side} if (masker or "sam") == "sam" and points_per_side else {}
-    return models, build_masker(masker, models[0].preset, device, **options)
+    preset: Optional[str] = None
+    embedder: Optional[str] = None
+    head: Optional[list[Path]] = None
+    masker: Optional[str] = None
+    points_per_side: Optional[int] = None
+    device: Optional[str] = None
+
+    def build(self):
+        """The models (one per --head: their class probabilities are averaged, the
+        paper's ensemble of curated-data and COCO heads) and the masker."""
+        from .factory import choose_preset, load_model, resolve_embedder
+        from .maskers import build_masker
+
+        models = []
+        for head in [str(h) for h in self.head or []] or [None]:
+            name = choose_preset(self.preset, head)
+            models.append(load_model(name, embedder=resolve_embedder(name, self.embedder, head), device=self.device, head=head))
+        options = {"points_per_side": self.points_per_side} if (self.masker or "sam") == "sam" and self.points_per_side else {}
+        return models, build_masker(self.masker, models[0].preset, self.device, **options)
+
+
+_SEGMENTER_OPTIONS = {"preset": PresetOpt, "embedder": EmbedOpt, "head": HeadsOpt, "masker": MaskerOpt,
+                      "points_per_side": PointsOpt, "device": DeviceOpt}
+
+
+def with_segmenter(command):
+    """Give a command the shared model options (Typer reads the signature made here)
+    and hand them to it as one ``segmenter: Segmenter`` argument."""
+    signature = inspect.signature(command)
+    hints = typing.get_type_hints(command, include_extras=True)  # the Annotated objects, not their strings
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "segmenter"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+              for name, annotation in _SEGMENTER_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        segmenter = Segmenter(**{name: kwargs.pop(name, None) for name in _SEGMENTER_OPTIONS})
+        return command(*args, segmenter=segmenter, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own + shared)
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return wrapper
 
 
 def _read_and_mask(path: Path | str, masker, name: str | None = None):
@@ -73,18 +110,15 @@ def _report(result: dict, as_json: bool, out: Optional[Path], rows: dict[str, fl
 
 @app.command()
 @user_errors
+@with_segmenter
 def segment(
     image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option(help="Label map PNG: class index per pixel (8 or 16 bit); 255 / 65535 where no mask covers it.")],
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     overlay: Annotated[Optional[Path], typer.Option(help="PNG of the image coloured by class, with a legend.")] = None,
-    preset: PresetOpt = None,
-    embedder: EmbedOpt = None,
-    head: HeadsOpt = None,
-    masker: MaskerOpt = None,
-    points_per_side: PointsOpt = None,
-    device: DeviceOpt = None,
+    *,
+    segmenter: Segmenter,
 ) -> None:
     """Open-vocabulary semantic segmentation of one image (paper §4.3)."""
     import numpy as np
@@ -93,7 +127,7 @@ def segment(
     from .visualize import label_overlay
 
     names = _classes(classes, classes_file)
-    models, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
+    models, mask_proposer = segmenter.build()
     rgb, masks = _read_and_mask(image, mask_proposer)
     labels = segment_image(models, rgb, masks, names)
     save_label_map(labels, out)
@@ -105,6 +139,7 @@ def segment(
 
 @eval_app.command("semseg")
 @user_errors
+@with_segmenter
 def eval_semseg(
     images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
     labels: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Label PNGs named like the images (8 or 16 bit).")],
@@ -114,12 +149,8 @@ def eval_semseg(
     reduce_zero_label: Annotated[bool, typer.Option(help="ADE20K: label 0 is 'other' (ignored), classes start at 1.")] = False,
     as_json: JsonOpt = False,
     out: OutJsonOpt = None,
-    preset: PresetOpt = None,
-    embedder: EmbedOpt = None,
-    head: HeadsOpt = None,
-    masker: MaskerOpt = None,
-    points_per_side: PointsOpt = None,
-    device: DeviceOpt = None,
+    *,
+    segmenter: Segmenter,
 ) -> None:
     """mIoU over a dataset in the ADE20K / Pascal Context layout."""
     import numpy as np
@@ -127,7 +158,7 @@ def eval_semseg(
     from .semseg import confusion, miou, read_label_map, segment_image
 
     names = _classes(classes, classes_file)
-    models, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
+    models, mask_proposer = segmenter.build()
     matrix = np.zeros((len(names), len(names) + 1), np.int64)
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     for path in files:
@@ -145,17 +176,14 @@ def eval_semseg(
 
 @eval_app.command("parts")
 @user_errors
+@with_segmenter
 def eval_parts(
     images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
     coco: CocoOpt,
     as_json: JsonOpt = False,
     out: OutJsonOpt = None,
-    preset: PresetOpt = None,
-    embedder: EmbedOpt = None,
-    head: HeadsOpt = None,
-    masker: MaskerOpt = None,
-    points_per_side: PointsOpt = None,
-    device: DeviceOpt = None,
+    *,
+    segmenter: Segmenter,
 ) -> None:
     """Part segmentation mAP@[0.5:0.95] (paper §4.4): parts vs. COCO-stuff and super-category background classes."""
     import contextlib
@@ -171,7 +199,7 @@ def eval_parts(
     category_ids = sorted(annotations.cats)
     parts = [annotations.cats[c]["name"] for c in category_ids]
     names = parts + background_classes()
-    models, mask_proposer = _segmenter(preset, embedder, head, masker, points_per_side, device)
+    models, mask_proposer = segmenter.build()
     results = []
     for image_id in sorted(annotations.imgs):
         name = annotations.imgs[image_id]["file_name"]
