@@ -28,6 +28,32 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda 
 DEBUG_ENV = "USESEARCH_DEBUG"
 
 
+def shared_options(into: str, make, options: dict):
+    """Give a command options declared once for several commands: ``options`` maps
+    each name to (Annotated type, default); Typer reads the signature made here, and
+    the command receives them as one object, ``make(**values)``, in ``into``."""
+    import inspect
+    import typing
+
+    def decorate(command):
+        signature = inspect.signature(command)
+        hints = typing.get_type_hints(command, include_extras=True)  # the Annotated objects, not their strings
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != into]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                  for name, (annotation, default) in options.items()]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            values = {name: kwargs.pop(name, default) for name, (_, default) in options.items()}
+            return command(*args, **{into: make(**values)}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=own + shared)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+        return wrapper
+
+    return decorate
+
+
 def _one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .cli import DeviceOpt, PresetOpt, app, console, user_errors
+from .cli import DeviceOpt, PresetOpt, app, console, shared_options, user_errors
 
 HeadsOpt = Annotated[Optional[list[Path]], typer.Option(
     "--head", help="Head checkpoint; repeat to ensemble several (class probabilities averaged).")]
@@ -64,27 +61,10 @@ class Segmenter:
         return models, build_masker(self.masker, models[0].preset, self.device, **options)
 
 
-_SEGMENTER_OPTIONS = {"preset": PresetOpt, "embedder": EmbedOpt, "head": HeadsOpt, "masker": MaskerOpt,
-                      "points_per_side": PointsOpt, "device": DeviceOpt}
-
-
-def with_segmenter(command):
-    """Give a command the shared model options (Typer reads the signature made here)
-    and hand them to it as one ``segmenter: Segmenter`` argument."""
-    signature = inspect.signature(command)
-    hints = typing.get_type_hints(command, include_extras=True)  # the Annotated objects, not their strings
-    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "segmenter"]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
-              for name, annotation in _SEGMENTER_OPTIONS.items()]
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        segmenter = Segmenter(**{name: kwargs.pop(name, None) for name in _SEGMENTER_OPTIONS})
-        return command(*args, segmenter=segmenter, **kwargs)
-
-    wrapper.__signature__ = signature.replace(parameters=own + shared)
-    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
-    return wrapper
+with_segmenter = shared_options("segmenter", Segmenter, {
+    "preset": (PresetOpt, None), "embedder": (EmbedOpt, None), "head": (HeadsOpt, None), "masker": (MaskerOpt, None),
+    "points_per_side": (PointsOpt, None), "device": (DeviceOpt, None),
+})
 
 
 def _read_and_mask(path: Path | str, masker, name: str | None = None):

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from .cli import DeviceOpt, HeadOpt, PresetOpt, app, console, user_errors
+from .cli import DeviceOpt, HeadOpt, PresetOpt, app, console, shared_options, user_errors
 
 # A string, not a Path: Path("") would silently turn an empty --db into the current folder.
 DbOpt = Annotated[str, typer.Option("--db", help="Index folder (SQLite metadata, FAISS vectors, lock).")]
@@ -118,52 +119,66 @@ def _print_hits(hits, as_json: bool, title: str, folder: str | None = None) -> N
     console.print(table)
 
 
+@dataclass
+class SearchOptions:
+    """What query and similar share: how many hits, which, and where they go."""
+
+    k: int = 10
+    as_json: bool = False
+    per_image: bool = False
+    path: Optional[str] = None
+    min_area: int = 0
+    show: Optional[Path] = None
+    export_coco: Optional[Path] = None
+    db_url: Optional[str] = None
+
+    def filters(self) -> dict:
+        return {"k": self.k, "per_image": self.per_image, "path": self.path, "min_area": self.min_area}
+
+    def output(self, hits, title: str, name: str, index) -> None:
+        _print_hits(hits, self.as_json, title, index.store.common_folder())
+        _outputs(hits, name, self.show, self.export_coco)
+
+
+with_search_options = shared_options("search", SearchOptions, {
+    "k": (KOpt, 10), "as_json": (JsonOpt, False), "per_image": (PerImageOpt, False), "path": (PathOpt, None),
+    "min_area": (MinAreaOpt, 0), "show": (ShowOpt, None), "export_coco": (ExportOpt, None), "db_url": (DbUrlOpt, None),
+})
+
+
 @app.command()
 @user_errors
+@with_search_options
 def query(
     text: Annotated[str, typer.Argument(help="What to look for, e.g. 'red apple behind the rabbit'.")],
     db: DbOpt,
-    k: KOpt = 10,
-    as_json: JsonOpt = False,
-    per_image: PerImageOpt = False,
-    path: PathOpt = None,
-    min_area: MinAreaOpt = 0,
-    show: ShowOpt = None,
-    export_coco: ExportOpt = None,
     device: DeviceOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    search: SearchOptions,
 ) -> None:
     """Rank the index's segments against a text."""
     from indexer import SegmentIndex
 
-    index = SegmentIndex.open(db, db_url=db_url, device=device)
-    hits = index.query(text, k=k, per_image=per_image, path=path, min_area=min_area)
-    _print_hits(hits, as_json, f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})",
-                index.store.common_folder())
-    _outputs(hits, text, show, export_coco)
+    index = SegmentIndex.open(db, db_url=search.db_url, device=device)
+    hits = index.query(text, **search.filters())
+    search.output(hits, f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})", text, index)
 
 
 @app.command()
 @user_errors
+@with_search_options
 def similar(
     segment_id: Annotated[int, typer.Argument(help="A segment id from a query result.")],
     db: DbOpt,
-    k: KOpt = 10,
-    as_json: JsonOpt = False,
-    per_image: PerImageOpt = False,
-    path: PathOpt = None,
-    min_area: MinAreaOpt = 0,
-    show: ShowOpt = None,
-    export_coco: ExportOpt = None,
-    db_url: DbUrlOpt = None,
+    *,
+    search: SearchOptions,
 ) -> None:
     """Segments most like a given one (query by example)."""
     from indexer import SegmentIndex
 
-    index = SegmentIndex.open(db, db_url=db_url)
-    hits = index.similar(segment_id, k=k, per_image=per_image, path=path, min_area=min_area)
-    _print_hits(hits, as_json, f"like segment {segment_id}", index.store.common_folder())
-    _outputs(hits, f"like segment {segment_id}", show, export_coco)
+    index = SegmentIndex.open(db, db_url=search.db_url)
+    hits = index.similar(segment_id, **search.filters())
+    search.output(hits, f"like segment {segment_id}", f"like segment {segment_id}", index)
 
 
 @app.command()
