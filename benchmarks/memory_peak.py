@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 
 INDEX_ONE = """
 import resource, sys, time
@@ -52,7 +50,6 @@ print(cache.decoded, time.perf_counter() - start, baseline, resource.getrusage(r
 
 
 def photo(path: str, megapixels: float) -> tuple[int, int]:
-    import numpy as np
     from PIL import Image
     from skimage import data
 

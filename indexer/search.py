@@ -215,14 +215,11 @@ class SegmentIndex:
         if self.index.exact:
             return self.index.search(vector, fetch, allowed, exclude)
         _, ids = self.index.search(vector, max(fetch, index_choice.rerank_candidates(fetch)), allowed, exclude)
-        ids_read, vectors_read = [], []
-        for part_ids, part_vectors in self.store.embeddings(ids):
-            ids_read.append(part_ids)
-            vectors_read.append(part_vectors)
-        if not ids_read:
+        parts = list(self.store.embeddings(ids))
+        if not parts:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        ids = np.concatenate(ids_read)
-        scores = np.concatenate(vectors_read) @ np.asarray(vector, np.float32)
+        ids = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts]) @ np.asarray(vector, np.float32)
         order = np.argsort(-scores, kind="stable")[:fetch]
         return scores[order], ids[order]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine, event, func, inspect, select, text, update
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine, event, func, inspect, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker

@@ -94,8 +94,8 @@ def _search_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.Sear
 
 
 class Vectors:
-    """One store's FAISS index (an ``IDMap2``, or an IVF with its own ids), plus the stale ids of index types that
-    cannot remove vectors."""
+    """One store's FAISS index (an ``IDMap2``, or an IVF with its own ids), plus the
+    stale ids of index types that cannot remove vectors."""
 
     def __init__(self, index: faiss.Index, device: str | None = "cpu"):
         self.index = index
@@ -164,7 +164,6 @@ class Vectors:
         found = ids[0] >= 0
         return scores[0][found], ids[0][found]
 
-
     def _unfiltered(self) -> faiss.Index:
         """The GPU mirror when there is one (refreshed after changes), else the CPU index."""
         if not faiss_gpu.wanted(self.device):
@@ -180,7 +179,8 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
     if index.is_trained:
         return
     ids = store.segment_ids()
-    nlist = _ivf(index).nlist if _ivf(index) is not None else 0
+    ivf = _ivf(index)
+    nlist = ivf.nlist if ivf is not None else 0
     size = train_size_for(len(ids), nlist)
     sample = np.sort(np.random.default_rng(0).choice(ids, size, replace=False)) if size < len(ids) else ids
     vectors = [v for _, v in store.embeddings(sample)]
@@ -194,8 +194,8 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
             f"FAISS index needs training and {len(data)} vectors are not enough: "
             f"{str(exc).splitlines()[-1]}. Index more images, or use the exact factory '{DEFAULT_FACTORY}'."
         ) from None
-    if nlist:
-        _ivf(index).nprobe = nprobe_for(nlist)
+    if ivf is not None:
+        ivf.nprobe = nprobe_for(nlist)
 
 
 def rebuild(store: Store, dim: int, factory: str, device: str | None = "cpu") -> Vectors:

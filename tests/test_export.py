@@ -4,7 +4,6 @@ import contextlib
 import io
 import json
 
-import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 from typer.testing import CliRunner

@@ -6,7 +6,6 @@ import errno
 import logging
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -20,8 +19,6 @@ from typer.testing import CliRunner
 
 from indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from indexer.pipeline import DB_FILE, FAISS_FILE
-from indexer.store import Store
-from indexer.vectors import index_ids
 from tests.conftest import OPTS, assert_consistent, write_photos
 from usesearch.cli import app
 

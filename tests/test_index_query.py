@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 
-import faiss
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,7 +13,7 @@ from typer.testing import CliRunner
 
 from indexer import IndexLockedError, IndexMismatchError, IndexOptions, SegmentIndex, index_paths, reindex
 from indexer.pipeline import FAISS_FILE, writer_lock
-from indexer.vectors import index_ids, write_atomic
+from indexer.vectors import write_atomic
 from tests.conftest import OPTS, assert_consistent, segment_table, write_photos
 from usesearch.cli import app
 

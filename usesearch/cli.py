@@ -66,6 +66,7 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import errno
         import os
 
         try:
@@ -76,7 +77,7 @@ def user_errors(fn):
             if os.environ.get(DEBUG_ENV):
                 raise
             code, message = 2, _one_line(exc)
-            if "database or disk is full" in str(exc) or getattr(exc, "errno", None) == 28:
+            if "database or disk is full" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
                 message = f"disk full: {getattr(exc, 'filename', None) or message}"
             elif isinstance(exc, (UsesearchError, ValueError)):
                 pass

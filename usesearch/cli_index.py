@@ -5,6 +5,7 @@ The only core module that imports ``indexer``: the CLI joins the stages.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ def _outputs(hits, name: str, show: Optional[Path], export: Optional[Path]) -> N
         try:
             export.write_text(json.dumps(hits_to_coco(hits, name)))
         except OSError as exc:
-            reason = "disk full" if exc.errno == 28 else exc.strerror or str(exc)
+            reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
             raise UsesearchError(f"cannot write {export}: {reason}") from None
         typer.echo(f"wrote {export}", err=True)
 

@@ -104,16 +104,15 @@ class SamMasker:
     for the same keyword arguments without its post-processing cost."""
 
     name = "sam"
-    OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset",
-               "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor",
-               "point_grids", "min_mask_region_area", "output_mode", "autocast")
-
     def __init__(self, sam, points_per_side: int = 32, **amg_kwargs):
+        import inspect
+
         from .amg import SamMaskGenerator
 
-        unknown = sorted(set(amg_kwargs) - set(self.OPTIONS))
+        options = [name for name in inspect.signature(SamMaskGenerator).parameters if name != "model"]
+        unknown = sorted(set(amg_kwargs) - set(options))
         if unknown:
-            raise ValueError(f"the sam masker has no option {', '.join(unknown)}; its options: {', '.join(self.OPTIONS)}")
+            raise ValueError(f"the sam masker has no option {', '.join(unknown)}; its options: {', '.join(options)}")
         self.points_per_side = points_per_side
         self.amg_kwargs = amg_kwargs
         self.generator = SamMaskGenerator(sam, points_per_side=points_per_side, **amg_kwargs)

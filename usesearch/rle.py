@@ -47,8 +47,10 @@ def encode_stack(masks) -> list[dict]:
     pycocotools call (it wants column-major H x W x N uint8)."""
     if not len(masks):
         return []
-    if hasattr(masks, "transpose") and hasattr(masks, "contiguous"):  # torch: reorder on its device first
-        fortran = masks.transpose(1, 2).contiguous().to(dtype=__import__("torch").uint8).cpu().numpy().transpose(2, 1, 0)
+    if not isinstance(masks, np.ndarray):  # a torch tensor: reorder on its own device first
+        import torch
+
+        fortran = masks.transpose(1, 2).contiguous().to(torch.uint8).cpu().numpy().transpose(2, 1, 0)
     else:
         fortran = np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0))
     return [_ours(rle) for rle in mask_utils.encode(fortran)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import threading
+from concurrent.futures import Future
 from collections import OrderedDict
 
 import numpy as np
@@ -35,43 +36,40 @@ class ImageCache:
         self.max_bytes = max_bytes
         self._images: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self._pending: dict[tuple[int, str], threading.Event] = {}
-        self._errors: dict[tuple[int, str], ImageGoneError] = {}
+        self._pending: dict[tuple[int, str], Future] = {}  # decodes in progress, for the requests that wait
         self._decodes = threading.BoundedSemaphore(max_decodes)
         self.decoded = 0  # decodes done: how many times a file was read and decoded
 
     def rgb(self, record: ImageRecord) -> np.ndarray:
         key = (record.id, record.sha256 or "")
-        while True:
-            with self._lock:
-                if key in self._images:
-                    self._images.move_to_end(key)
-                    return self._images[key]
-                waiting = self._pending.get(key)
-                if waiting is None:  # this request decodes; the others wait for it
-                    self._pending[key] = threading.Event()
-                    break
-            waiting.wait()
-            with self._lock:
-                if key in self._errors:
-                    raise self._errors[key]
+        with self._lock:
+            if key in self._images:
+                self._images.move_to_end(key)
+                return self._images[key]
+            pending = self._pending.get(key)
+            if pending is None:  # this request decodes; the others wait for its result
+                pending = self._pending[key] = Future()
+                decoding = True
+            else:
+                decoding = False
+        if not decoding:
+            return pending.result()  # the decoded image, or the decode's ImageGoneError
         try:
             with self._decodes:
                 rgb = self._decode(record)
-        except ImageGoneError as exc:
-            with self._lock:
-                self._errors[key] = exc
+        except BaseException as exc:
+            pending.set_exception(exc)
             raise
         else:
+            pending.set_result(rgb)
             with self._lock:
-                self._errors.pop(key, None)
                 self._images[key] = rgb
                 while len(self._images) > 1 and sum(a.nbytes for a in self._images.values()) > self.max_bytes:
                     self._images.popitem(last=False)
             return rgb
         finally:
             with self._lock:
-                self._pending.pop(key).set()
+                self._pending.pop(key, None)
 
     def _decode(self, record: ImageRecord) -> np.ndarray:
         self.decoded += 1
