@@ -22,7 +22,7 @@ import numpy as np
 from usesearch.errors import UsesearchError
 from usesearch.reports import RunReport
 from usesearch.factory import choose_preset, load_model, resolve_embedder
-from usesearch.maskers import stack_masks
+from usesearch.maskers import proposal_masks
 
 from . import index_choice, vectors
 from usesearch.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode, read_bytes, walk
@@ -157,10 +157,12 @@ def index_paths(
         loop_start = time.perf_counter()
         try:
             files = list(walk(paths))
-            for found in files:
-                _index_one(found, store, index, model, masker, options, report)
+            per_call = max(1, getattr(masker, "images_per_call", 1))
+            for start in range(0, len(files), per_call):
+                group = files[start : start + per_call]
+                _index_group(group, store, index, model, masker, options, report)
                 if progress:
-                    progress(report, found.path, len(files))
+                    progress(report, group[-1].path, len(files))
                 if time.monotonic() - last_write > options.faiss_every_s:
                     index = write(index)
                     last_write = time.monotonic()
@@ -182,8 +184,43 @@ def index_paths(
     return report
 
 
-def _index_one(found, store: Store, index, model, masker, options: IndexOptions, report: IndexReport) -> None:
-    sha256 = hw = None
+@dataclass
+class _Decoded:
+    found: object  # files.Found
+    sha256: str
+    rgb: np.ndarray
+
+
+def _index_group(group, store: Store, index, model, masker, options: IndexOptions, report: IndexReport) -> None:
+    """Index a few files: each read, checked and decoded on its own; their masks made
+    in one masker call where the masker batches photos (SAM's image encoder)."""
+    decoded = [d for d in (_decode_one(found, store, index, options, report) for found in group) if d is not None]
+    if not decoded:
+        return
+    model_start = time.perf_counter()
+    forward_before = _forward_seconds(masker)
+    try:
+        if len(decoded) > 1:
+            batches = masker.batch([d.rgb for d in decoded], [d.found.path for d in decoded])
+        else:
+            batches = [masker(decoded[0].rgb, decoded[0].found.path)]
+    except Exception:  # noqa: BLE001 - one photo's failure must not cost the others: retry them one by one
+        if len(decoded) == 1:
+            batches = [None]
+        else:
+            for d in decoded:
+                _index_group([d.found], store, index, model, masker, options, report)
+            return
+    report.masker_seconds += time.perf_counter() - model_start
+    report.model_seconds += time.perf_counter() - model_start
+    report.masker_forward_seconds += _forward_seconds(masker) - forward_before
+    for d, proposals in zip(decoded, batches):
+        _embed_and_save(d, proposals, store, index, model, masker, report)
+
+
+def _decode_one(found, store: Store, index, options: IndexOptions, report: IndexReport) -> _Decoded | None:
+    """A file's bytes, hash and pixels; None when it is skipped or has failed (recorded)."""
+    sha256 = None
     try:
         if found.error is not None:
             raise found.error
@@ -191,19 +228,27 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
         existing = store.image_by_path(found.key)
         if existing is not None and existing.sha256 == sha256 and (existing.status == DONE or not options.retry_failed):
             report.skipped += 1
-            return
+            return None
         duplicate = store.done_with_hash(sha256)
         if existing is None and duplicate is not None:
             report.skipped += 1  # same pixels already indexed under another path
-            return
-        rgb = decode(data, found.path, options.max_pixels)
-        hw = rgb.shape[:2]
+            return None
+        return _Decoded(found, sha256, decode(data, found.path, options.max_pixels))
+    except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
+        _record_failure(found, sha256, exc, store, index, report)
+        return None
+
+
+def _embed_and_save(d: _Decoded, proposals, store: Store, index, model, masker, report: IndexReport) -> None:
+    hw = d.rgb.shape[:2]
+    try:
+        if proposals is None:  # the masker failed on this photo alone: say why
+            model_start = time.perf_counter()
+            proposals = masker(d.rgb, d.found.path)
+            report.masker_seconds += time.perf_counter() - model_start
+            report.model_seconds += time.perf_counter() - model_start
         model_start = time.perf_counter()
-        forward_before = _forward_seconds(masker)
-        proposals = masker(rgb, found.path)
-        report.masker_seconds += time.perf_counter() - model_start
-        report.masker_forward_seconds += _forward_seconds(masker) - forward_before
-        embeddings = model.embed_segments(rgb, stack_masks(proposals, hw))
+        embeddings = model.embed_segments(d.rgb, proposal_masks(proposals, hw))
         report.model_seconds += time.perf_counter() - model_start
         segments = [
             dict(
@@ -213,9 +258,9 @@ def _index_one(found, store: Store, index, model, masker, options: IndexOptions,
             for p in proposals
         ]
     except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
-        _record_failure(found, sha256, exc, store, index, report)
+        _record_failure(d.found, d.sha256, exc, store, index, report)
         return
-    removed, added = store.save_image(found.key, found.path, sha256, hw, segments, embeddings)
+    removed, added = store.save_image(d.found.key, d.found.path, d.sha256, hw, segments, embeddings)
     index.remove(removed)
     if added:
         if not index.is_trained:

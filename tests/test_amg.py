@@ -2,6 +2,8 @@
 ``SamAutomaticMaskGenerator`` on a seeded tiny SAM, with thresholds low enough that
 many masks survive, with and without crop layers and small-region clean-up."""
 
+import os
+
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -13,6 +15,8 @@ from usesearch.amg import SamMaskGenerator
 from usesearch.cli import app
 from usesearch.maskers import SamMasker, stack_masks
 from usesearch.sam import load_sam
+
+from .conftest import assert_consistent, segment_table
 
 LOW = dict(pred_iou_thresh=-10.0, stability_score_thresh=-10.0)  # keep (nearly) every proposal
 
@@ -156,3 +160,56 @@ def test_index_cli_takes_the_mask_quality_options_and_refuses_them_for_other_mas
     result = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db2"), "--preset", "tiny", "--points-per-side", "8"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--points-per-side" in result.output and "felzenszwalb" in result.output, result.output
+
+
+@pytest.mark.parametrize("settings", [dict(points_per_side=6, **LOW), dict(points_per_side=4, crop_n_layers=1, **LOW)],
+                         ids=["plain", "crop-layers"])
+def test_photos_encoded_in_batches_give_each_photos_own_masks(sam, image, settings):
+    """Several photos (of different sizes) through the image encoder at once, their crops
+    split across encoder calls: each photo's masks are those it gets on its own."""
+    from skimage import data
+
+    photos = [image, np.ascontiguousarray(data.astronaut()[::4, ::3]), np.ascontiguousarray(data.rocket()[::3, ::2])]
+    alone = [SamMaskGenerator(sam, **settings).generate(p) for p in photos]
+    batched = SamMaskGenerator(sam, encoder_batch=2, **settings)
+    together = batched.generate_batch(photos)
+    assert len(together) == len(photos)
+    for ours, reference, photo in zip(together, alone, photos):
+        assert len(ours) == len(reference) > 5
+        for a, b in zip(ours, reference):
+            assert a.rle["size"] == list(photo.shape[:2])
+            a_mask, b_mask = (mask_utils.decode({"size": r.rle["size"], "counts": r.rle["counts"].encode()}).astype(bool)
+                              for r in (a, b))
+            assert mask_iou(a_mask, b_mask) >= 0.99 and a.box_xyxy == b.box_xyxy
+            assert a.predicted_iou == pytest.approx(b.predicted_iou, abs=1e-4)
+    assert SamMasker(sam, points_per_side=4, encoder_batch=2).params() == {"points_per_side": 4}
+
+
+def test_indexing_photos_in_encoder_batches_gives_the_same_index(tmp_path, image):
+    """``index --encoder-batch 3``: photos go through SAM's encoder together, yet the
+    index equals a one-by-one run, and a corrupt file among them is recorded alone."""
+    from PIL import Image
+    from skimage import data
+
+    from indexer import SegmentIndex
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(image).save(photos / "a.png")
+    Image.fromarray(np.ascontiguousarray(data.astronaut()[::4, ::4])).save(photos / "b.png")
+    (photos / "c.png").write_bytes(b"not a png")
+    Image.fromarray(np.ascontiguousarray(data.chelsea()[::3, ::3])).save(photos / "d.png")
+    contents = []
+    for batch in ("1", "3"):
+        db = tmp_path / f"db{batch}"
+        result = CliRunner().invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny", "--masker", "sam",
+                                          "--points-per-side", "4", "--pred-iou-thresh", "-10", "--stability-thresh", "-10", "--box-nms-thresh", "1",
+                                          "--encoder-batch", batch])
+        assert result.exit_code == 0, result.output
+        contents.append(segment_table(db))
+        index = SegmentIndex.open(db)
+        assert [os.path.basename(f.path) for f in index.store.failures()] == ["c.png"]
+        index.close()
+        assert_consistent(db)
+    assert len(contents[0]) > 6 and {c[0] for c in contents[0]} == {"a.png", "b.png", "d.png"}
+    assert contents[0] == contents[1]

@@ -117,3 +117,16 @@ def test_crop_ignores_pixels_outside_the_mask_but_inside_its_box(tiny_crop, phot
 def test_use_and_crop_share_the_text_space(tiny_use, tiny_crop):
     np.testing.assert_allclose(tiny_use.embed_text(["a rabbit"]), tiny_crop.embed_text(["a rabbit"]), atol=1e-6)
     assert tiny_use.dim == tiny_crop.dim
+
+
+def test_rle_masks_embed_as_their_dense_masks(tiny_use, photo, photo_masks):
+    """The indexer hands SAM's RLEs to the embedder undecoded; the vectors are those
+    of the dense masks, for the USE head and the crop baseline alike."""
+    from usesearch import rle
+
+    as_rle = rle.RleStack(rle.encode_stack(photo_masks), photo.shape[:2])
+    np.testing.assert_allclose(tiny_use.embed_segments(photo, as_rle), tiny_use.embed_segments(photo, photo_masks), atol=1e-5)
+    crop = usesearch.load_model("tiny", embedder="crop")
+    np.testing.assert_allclose(crop.embed_segments(photo, as_rle), crop.embed_segments(photo, photo_masks), atol=1e-6)
+    with pytest.raises(ValueError, match="like the image"):
+        tiny_use.embed_segments(photo[:50], as_rle)

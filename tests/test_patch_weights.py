@@ -62,3 +62,43 @@ def test_fractional_cells_keep_tiny_masks():
     w = letterbox_weights(masks, 4)
     assert w.sum() > 0
     assert torch.isclose(w.sum() * 2.5 * 2.5, torch.tensor(1.0))
+
+
+def _random_masks(rng, n, h, w):
+    """Rectangles, speckle, full and single-pixel masks: runs that cross columns, runs
+    of one pixel, a run to the image's last pixel."""
+    masks = rng.random((n, h, w)) < rng.random((n, 1, 1))
+    masks[0] = True
+    masks[1] = False
+    masks[1, h - 1, w - 1] = True
+    masks[2] = False
+    masks[2, h // 3 :, : w // 2] = True
+    return masks
+
+
+def test_rle_runs_are_the_masks_pixels():
+    from usesearch import rle
+
+    rng = np.random.default_rng(0)
+    for h, w in [(1, 1), (7, 3), (40, 65), (300, 200)]:
+        for mask in _random_masks(rng, 6, h, w):
+            starts, ends = rle.runs(rle.encode(mask))
+            flat = np.zeros(h * w, bool)
+            for s, e in zip(starts, ends):
+                flat[s:e] = True
+            np.testing.assert_array_equal(flat.reshape(w, h).T, mask)  # COCO's column-major order
+            assert len(starts) == len(ends) and np.all(starts < ends)
+
+
+@pytest.mark.parametrize("hw,grid", [((97, 131), 16), ((256, 256), 16), ((61, 20), 24)])
+def test_weights_from_rle_runs_equal_weights_from_dense_masks(hw, grid):
+    from usesearch import rle
+
+    rng = np.random.default_rng(1)
+    masks = _random_masks(rng, 8, *hw)
+    dense = letterbox_weights(masks, grid)
+    from_runs = letterbox_weights(rle.RleStack(rle.encode_stack(masks), hw), grid)
+    assert from_runs.shape == dense.shape and from_runs.dtype == torch.float32
+    torch.testing.assert_close(from_runs, dense, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        letterbox_weights(rle.RleStack(rle.encode_stack(np.zeros((1, *hw), bool)), hw), grid)

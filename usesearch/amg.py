@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
-from segment_anything.predictor import SamPredictor
 from segment_anything.utils.amg import (
     batch_iterator, batched_mask_to_box, build_all_layer_point_grids, calculate_stability_score,
     generate_crop_boxes, is_box_near_crop_edge, remove_small_regions, uncrop_boxes_xyxy, uncrop_masks, uncrop_points,
 )
+from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import batched_nms, box_area
 
 from . import rle
@@ -77,7 +77,10 @@ class SamMaskGenerator:
 
     ``autocast``: run the image encoder and mask decoder in bfloat16 (None: on for
     CUDA devices that support bfloat16, off elsewhere; masks are then close to, not
-    identical with, float32 ones). Scores, upscaling and thresholds stay float32."""
+    identical with, float32 ones). Scores, upscaling and thresholds stay float32.
+
+    ``encoder_batch``: crops (photos, when there are no crop layers) per image-encoder
+    call in ``generate_batch``; 1 on a CPU, where batching gains nothing."""
 
     def __init__(
         self,
@@ -96,13 +99,14 @@ class SamMaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",  # accepted for compatibility: records always carry RLE
         autocast: bool | None = None,
+        encoder_batch: int = 1,
     ):
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
         self.point_grids = point_grids or build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
         if len(self.point_grids) < crop_n_layers + 1:
             raise ValueError(f"point_grids has {len(self.point_grids)} grids for {crop_n_layers + 1} crop layers")
-        self.predictor = SamPredictor(model)
+        self.transform = ResizeLongestSide(model.image_encoder.img_size)  # SamPredictor's
         self.model = model
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
@@ -113,6 +117,9 @@ class SamMaskGenerator:
         self.crop_nms_thresh = crop_nms_thresh
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
+        if encoder_batch < 1:
+            raise ValueError(f"encoder_batch must be at least 1, got {encoder_batch}")
+        self.encoder_batch = encoder_batch
         device = model.device
         if autocast is None:
             autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -131,59 +138,83 @@ class SamMaskGenerator:
     # -- candidates ---------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> list[MaskRecord]:
+        return self.generate_batch([image])[0]
+
+    @torch.no_grad()
+    def generate_batch(self, images: list[np.ndarray]) -> list[list[MaskRecord]]:
+        """Masks of several photos, their crops through the image encoder
+        ``encoder_batch`` at a time (a GPU is busier with a batch; the masks are
+        those of ``generate`` on each photo)."""
         start = time.perf_counter()
         try:
-            return self._generate(image)
+            jobs = []  # (photo, crop box, layer) for every crop of every photo
+            for n, image in enumerate(images):
+                boxes, layers = generate_crop_boxes(image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio)
+                jobs += [(n, box, layer) for box, layer in zip(boxes, layers)]
+            features: dict[int, list] = {n: [] for n in range(len(images))}
+            for chunk in batch_iterator(self.encoder_batch, jobs):
+                (chunk,) = chunk
+                encoded = self._encode([images[n][box[1]:box[3], box[0]:box[2], :] for n, box, _ in chunk])
+                for (n, box, layer), (feats, input_size) in zip(chunk, encoded):
+                    features[n].append((box, layer, feats, input_size))
+            return [self._generate(image, features[n]) for n, image in enumerate(images)]
         finally:
             self.seconds["total"] += time.perf_counter() - start
 
-    def _generate(self, image: np.ndarray) -> list[MaskRecord]:
+    def _encode(self, crops: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """``SamPredictor.set_image`` for several crops in one encoder call: each
+        resized to the long side, normalised and padded by the model's own helpers."""
+        start = time.perf_counter()
+        inputs, sizes = [], []
+        for crop in crops:
+            resized = torch.as_tensor(self.transform.apply_image(crop), device=self.model.device)
+            resized = resized.permute(2, 0, 1).contiguous()[None]
+            sizes.append(tuple(resized.shape[-2:]))
+            inputs.append(self.model.preprocess(resized))
+        with self._autocast():
+            features = self.model.image_encoder(torch.cat(inputs))
+        self._sync()
+        self.seconds["encoder"] += time.perf_counter() - start
+        return [(features[i : i + 1], sizes[i]) for i in range(len(crops))]
+
+    def _generate(self, image: np.ndarray, crop_features: list) -> list[MaskRecord]:
         orig_size = image.shape[:2]
-        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         crops = []  # (crop box, model input size, crop size) per crop
         parts = []
-        for index, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs)):
-            part, input_size, crop_hw = self._crop_candidates(image, crop_box, layer, index, orig_size)
+        for index, (crop_box, layer, feats, input_size) in enumerate(crop_features):
+            part, crop_hw = self._crop_candidates(feats, input_size, crop_box, layer, index, orig_size)
             crops.append((crop_box, input_size, crop_hw))
             parts.append(part)
         cands = Candidates.cat(parts, self.model.device)
-        if len(crop_boxes) > 1 and len(cands):
-            crop_xyxy = torch.tensor(crop_boxes, device=cands.boxes.device)[cands.crop]
+        if len(crop_features) > 1 and len(cands):
+            crop_xyxy = torch.tensor([c[0] for c in crops], device=cands.boxes.device)[cands.crop]
             keep = _nms(cands.boxes, 1 / box_area(crop_xyxy), self.crop_nms_thresh)
             cands = cands[keep]
         return self._materialise(cands, crops, orig_size)
 
-    def _crop_candidates(self, image, crop_box, layer, index, orig_size):
+    def _crop_candidates(self, features, input_size, crop_box, layer, index, orig_size):
         x0, y0, x1, y1 = crop_box
-        cropped = image[y0:y1, x0:x1, :]
-        crop_hw = cropped.shape[:2]
-        start = time.perf_counter()
-        with self._autocast():
-            self.predictor.set_image(cropped)
-        self._sync()
-        self.seconds["encoder"] += time.perf_counter() - start
-        input_size = self.predictor.input_size
+        crop_hw = (y1 - y0, x1 - x0)
         points_for_image = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]
-        parts = [self._batch_candidates(points, crop_hw, crop_box, orig_size, input_size)
+        parts = [self._batch_candidates(features, points, crop_hw, crop_box, orig_size, input_size)
                  for (points,) in batch_iterator(self.points_per_batch, points_for_image)]
-        self.predictor.reset_image()
         cands = Candidates.cat(parts, self.model.device)
         keep = _nms(cands.boxes, cands.iou, self.box_nms_thresh)
         cands = cands[keep]
         cands.boxes = uncrop_boxes_xyxy(cands.boxes, crop_box)
         cands.points = uncrop_points(cands.points, crop_box)
         cands.crop = torch.full((len(cands),), index, dtype=torch.long, device=cands.iou.device)
-        return cands, input_size, crop_hw
+        return cands, crop_hw
 
-    def _batch_candidates(self, points, crop_hw, crop_box, orig_size, input_size) -> Candidates:
+    def _batch_candidates(self, features, points, crop_hw, crop_box, orig_size, input_size) -> Candidates:
         device = self.model.device
-        in_points = torch.as_tensor(self.predictor.transform.apply_coords(points, crop_hw), device=device)
+        in_points = torch.as_tensor(self.transform.apply_coords(points, crop_hw), device=device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
         start = time.perf_counter()
         with self._autocast():
             sparse, dense = self.model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
             low_res, iou = self.model.mask_decoder(
-                image_embeddings=self.predictor.features, image_pe=self.model.prompt_encoder.get_dense_pe(),
+                image_embeddings=features, image_pe=self.model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
             )
         self._sync()

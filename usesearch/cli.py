@@ -154,13 +154,13 @@ def embed(
 def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: int) -> None:
     import numpy as np
 
-    from .maskers import stack_masks
+    from .maskers import proposal_masks
 
     proposals = masker(rgb)
     if not proposals:
         console.print(f"{name}: no segments found")
         return
-    vectors = model.embed_segments(rgb, stack_masks(proposals, rgb.shape[:2]))
+    vectors = model.embed_segments(rgb, proposal_masks(proposals, rgb.shape[:2]))
     scores = vectors @ model.embed_text(texts).T
     table = Table(title=f"{name}: {len(proposals)} segments, model {model.fingerprint}")
     for column in ("text", "rank", "score", "bbox (x, y, w, h)", "area"):

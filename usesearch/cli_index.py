@@ -63,6 +63,7 @@ def index(
     box_nms_thresh: Annotated[Optional[float], typer.Option(help="SAM: box IoU above which duplicates go (default 0.7).")] = None,
     crop_layers: Annotated[Optional[int], typer.Option(min=0, help="SAM: layers of image crops prompted again (default 0).")] = None,
     min_region_area: Annotated[Optional[int], typer.Option(min=0, help="SAM: remove holes and islands smaller than this (default 0).")] = None,
+    encoder_batch: Annotated[Optional[int], typer.Option(min=1, help="SAM: photos per image-encoder call (default 4 on a GPU, 1 on a CPU).")] = None,
     factory: Annotated[Optional[str], typer.Option(help="FAISS index_factory string for a new index (default: chosen by size, again as it grows).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
     device: DeviceOpt = None,
@@ -75,7 +76,7 @@ def index(
 
     sam_settings = dict(points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
                         stability_score_thresh=stability_thresh, box_nms_thresh=box_nms_thresh, crop_n_layers=crop_layers,
-                        min_mask_region_area=min_region_area)
+                        min_mask_region_area=min_region_area, encoder_batch=encoder_batch)
     masker_options = {k: v for k, v in sam_settings.items() if v is not None}
     if coco is not None:
         masker_options["masks_json"] = str(coco)
@@ -88,7 +89,7 @@ def index(
 
     def progress(report, path, total):
         bar.total = total
-        bar.update(1)
+        bar.update(report.done + report.skipped + report.failed - bar.n)
         elapsed = max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(seg_s=f"{report.segments / elapsed:.1f}", failed=report.failed)
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import rle
+
 
 def _axis_overlap(num_pixels: int, num_cells: int, cell_size: float) -> torch.Tensor:
     """[num_cells, num_pixels]: length of pixel [y, y+1) inside cell [i*s, (i+1)*s)."""
@@ -63,6 +65,37 @@ def cell_coverage(
     return out
 
 
+def rle_cell_coverage(
+    masks: rle.RleStack, grid_hw: tuple[int, int], cell_hw: tuple[float, float]
+) -> torch.Tensor:
+    """``cell_coverage`` read from the RLE runs, with no pixels decoded. A pixel's
+    share of a cell is rows[i, y] * cols[j, x]; summed over a run of column-major
+    pixels [s, e) it is F(e) - F(s), where F is a prefix sum that separates into the
+    rows' prefix sums and the columns' (so each mask costs two [gh, R] x [R, gw]
+    products over its R runs). Float64 inside: the prefix sums reach H * W."""
+    n, h, w = masks.shape
+    gh, gw = grid_hw
+    if n == 0:
+        return torch.zeros(0, gh * gw)
+    rows = _axis_overlap(h, gh, cell_hw[0]).double()  # [gh, H]
+    cols = _axis_overlap(w, gw, cell_hw[1]).double()  # [gw, W]
+    row_prefix = F.pad(rows.cumsum(1), (1, 0))  # [gh, H + 1]: rows[:, :y] summed
+    col_prefix = F.pad(cols.cumsum(1), (1, 0))  # [gw, W + 1]: cols[:, :x] summed
+    col_at = F.pad(cols, (0, 1))  # [gw, W + 1]: column x = W is past the image
+    full = row_prefix[:, h]  # a whole column's share in each row of cells
+    out = torch.zeros(n, gh, gw, dtype=torch.float64)
+    for i, r in enumerate(masks.rles):
+        starts, ends = (torch.from_numpy(v) for v in rle.runs(r))
+        xs, ys, xe, ye = starts // h, starts % h, ends // h, ends % h
+        out[i] = (torch.outer(full, (col_prefix[:, xe] - col_prefix[:, xs]).sum(1))
+                  + row_prefix[:, ye] @ col_at[:, xe].T - row_prefix[:, ys] @ col_at[:, xs].T)
+    out = (out.flatten(1) / (cell_hw[0] * cell_hw[1])).float()
+    empty = torch.nonzero(out.sum(1) <= 0).flatten().tolist()
+    if empty:
+        raise ValueError(f"masks {empty[:10]} are empty; every segment needs at least one pixel")
+    return out
+
+
 def patch_weights(masks: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
     """Bool masks [N,H,W] with H, W multiples of the grid -> [N, gh*gw] coverage fractions."""
     masks = torch.as_tensor(masks)
@@ -73,12 +106,14 @@ def patch_weights(masks: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) ->
     return cell_coverage(masks, grid_hw, (h // gh, w // gw))
 
 
-def letterbox_weights(masks: np.ndarray | torch.Tensor, grid: int, canvas: int | None = None) -> torch.Tensor:
-    """Weights for masks of an image that the encoder letterboxed into a square
-    (longest side, or ``canvas`` pixels, scaled to the input; padding at the
-    bottom/right)."""
+def letterbox_weights(masks: np.ndarray | torch.Tensor | rle.RleStack, grid: int, canvas: int | None = None) -> torch.Tensor:
+    """Weights for masks (dense, or RLEs) of an image that the encoder letterboxed
+    into a square (longest side, or ``canvas`` pixels, scaled to the input; padding
+    at the bottom/right)."""
     h, w = masks.shape[-2:]
     cell = (canvas or max(h, w)) / grid
+    if isinstance(masks, rle.RleStack):
+        return rle_cell_coverage(masks, (grid, grid), (cell, cell))
     return cell_coverage(masks, (grid, grid), (cell, cell))
 
 

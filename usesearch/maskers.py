@@ -118,17 +118,32 @@ class SamMasker:
         self.generator = SamMaskGenerator(sam, points_per_side=points_per_side, **amg_kwargs)
 
     def params(self) -> dict:
-        # autocast changes no setting of the masks' definition, only their precision on a GPU.
-        return {"points_per_side": self.points_per_side, **{k: v for k, v in self.amg_kwargs.items() if k != "autocast"}}
+        # autocast and encoder_batch change no setting of the masks' definition, only
+        # their precision on a GPU and how the work is batched.
+        return {"points_per_side": self.points_per_side,
+                **{k: v for k, v in self.amg_kwargs.items() if k not in ("autocast", "encoder_batch")}}
+
+    @property
+    def images_per_call(self) -> int:
+        """Photos an indexer should hand to ``batch`` at once."""
+        return self.generator.encoder_batch
 
     def __call__(self, rgb: np.ndarray, path: str | None = None) -> list[Proposal]:
+        return self.batch([rgb])[0]
+
+    def batch(self, rgbs: list[np.ndarray], paths: list[str] | None = None) -> list[list[Proposal]]:
+        """Proposals of several photos: their image-encoder passes batched."""
+        return [self._proposals(records) for records in self.generator.generate_batch(rgbs)]
+
+    @staticmethod
+    def _proposals(records) -> list[Proposal]:
         return [
             Proposal(
                 rle=r.rle,
                 bbox=(r.box_xyxy[0], r.box_xyxy[1], r.box_xyxy[2] - r.box_xyxy[0] + 1, r.box_xyxy[3] - r.box_xyxy[1] + 1),
                 area=r.area, predicted_iou=r.predicted_iou, stability_score=r.stability_score,
             )
-            for r in self.generator.generate(rgb)
+            for r in records
             if r.area > 0
         ]
 
@@ -158,13 +173,21 @@ def stack_masks(proposals: list[Proposal], hw: tuple[int, int]) -> np.ndarray:
     return np.stack([p.mask for p in proposals])
 
 
+def proposal_masks(proposals: list[Proposal], hw: tuple[int, int]) -> np.ndarray | rle.RleStack:
+    """The masks to hand an embedder: SAM's RLEs as they are (the pooling weights
+    are read from the runs; nothing dense is made), otherwise ``stack_masks``."""
+    if proposals and all(p._mask is None for p in proposals):
+        return rle.RleStack([p.rle for p in proposals], hw)
+    return stack_masks(proposals, hw)
+
+
 # -- the registry: a masker by name (bring-your-own COCO masks included) --------------
 MASKERS = ("sam", "felzenszwalb", "coco")
 # SAM's mask-quality settings as the CLI spells them.
 SAM_FLAGS = {
     "points_per_side": "--points-per-side", "points_per_batch": "--points-per-batch", "pred_iou_thresh": "--pred-iou-thresh",
     "stability_score_thresh": "--stability-thresh", "box_nms_thresh": "--box-nms-thresh", "crop_n_layers": "--crop-layers",
-    "min_mask_region_area": "--min-region-area",
+    "min_mask_region_area": "--min-region-area", "encoder_batch": "--encoder-batch",
 }
 
 
@@ -224,6 +247,9 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | None = No
         from .sam import load_sam
 
         sam = load_sam(preset.sam, preset.name, options.pop("sam_checkpoint", None), device or "cpu")
+        # A GPU's encoder is busier with a few photos at once (ViT-H: ~1 GB of activations
+        # each in bf16); a CPU gains nothing from batching.
+        options.setdefault("encoder_batch", 4 if sam.device.type == "cuda" else 1)
         return SamMasker(sam, **options)
     if name == "felzenszwalb":
         return FelzenszwalbMasker(**options)

@@ -24,6 +24,7 @@ from .config import PresetConfig
 from .encoder import BackboneTokens, USEImageEncoder
 from .head import SegmentEmbeddingHead, letterbox_weights
 from .images import as_masks, letterbox, to_rgb_array
+from .rle import RleStack
 from .text import CLASSNAME_TEMPLATES, EXPRESSION_TEMPLATES, TextEncoder
 
 
@@ -111,7 +112,11 @@ class USEEmbedder(_TextMixin):
 
     @torch.inference_mode()
     def embed_from_features(self, z: torch.Tensor, masks, image_hw: tuple[int, int]) -> np.ndarray:
-        masks = as_masks(masks, image_hw)
+        if isinstance(masks, RleStack):  # pooling weights straight from the runs
+            if tuple(masks.hw) != tuple(image_hw):
+                raise ValueError(f"masks must be {image_hw[0]}x{image_hw[1]} like the image, got {masks.hw[0]}x{masks.hw[1]}")
+        else:
+            masks = as_masks(masks, image_hw)
         if len(masks) == 0:
             return np.zeros((0, self.dim), np.float32)
         weights = letterbox_weights(masks, self.preset.grid).to(self.device)
@@ -158,7 +163,7 @@ class CropEmbedder(_TextMixin):
     @torch.inference_mode()
     def embed_segments(self, image, masks) -> np.ndarray:
         rgb = to_rgb_array(image)
-        masks = as_masks(masks, rgb.shape[:2])
+        masks = as_masks(masks.decode() if isinstance(masks, RleStack) else masks, rgb.shape[:2])
         if len(masks) == 0:
             return np.zeros((0, self.dim), np.float32)
         if not bool(masks.flatten(1).any(1).all()):  # any(): no int64 copy of the stack
