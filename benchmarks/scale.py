@@ -99,6 +99,23 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {np.percentile(ms, 50):7.1f} ms  p99 {np.percentile(ms, 99):7.1f} ms"
 
 
+def sweep(ix: SegmentIndex, queries: np.ndarray, truth: np.ndarray, picks: np.ndarray, settings: str) -> None:
+    """Recall and latency of the compressed index as --nprobe and --rerank grow."""
+    nlist = faiss.extract_index_ivf(ix.index.index).nlist
+    print(f"recall against effort (nlist {nlist}):")
+    for setting in settings.split():
+        nprobe, rerank = (int(v) for v in setting.split(":"))
+        times, found = [], []
+        for q in queries:
+            t = time.perf_counter()
+            found.append([h.segment_id for h in ix.search_vector(q, 10, nprobe=nprobe, rerank=rerank)])
+            times.append(time.perf_counter() - t)
+        recall = np.array([len(set(f) & set(t[:10].tolist())) / 10 for f, t in zip(found, truth)])
+        print(f"  --nprobe {nprobe:<5} --rerank {rerank:<6}: {percentiles(times)}   recall@10 "
+              + ", ".join(f"{kind} {recall[mask].mean():.3f}" for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1))),
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200_000)
@@ -108,6 +125,8 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=None, help="where to build (default: a temporary folder, removed)")
     parser.add_argument("--device", default=None, help="cpu or cuda for FAISS (default: a GPU where faiss has one)")
     parser.add_argument("--exact-up-to", type=int, default=None, help="override the exact-search threshold (to try the compressed index on a small N)")
+    parser.add_argument("--sweep", default="16:200 64:1000 256:4000 1024:10000",
+                        help="NPROBE:RERANK settings to measure recall at (compressed index only)")
     args = parser.parse_args()
     if args.exact_up_to is not None:
         index_choice.EXACT_UP_TO = args.exact_up_to
@@ -152,6 +171,8 @@ def main() -> None:
                 line += "   recall@10 " + ", ".join(f"{kind} {recall[mask].mean():.3f}"
                                                      for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1)))
             print(line, flush=True)
+        if not ix.index.exact:
+            sweep(ix, queries, truth, picks, args.sweep)
         ix.close()
     finally:
         if args.folder is None:

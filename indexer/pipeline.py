@@ -19,6 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from usesearch.errors import UsesearchError
 from usesearch.reports import RunReport
 from usesearch.factory import choose_preset, load_model, resolve_embedder
@@ -27,7 +29,7 @@ from usesearch.maskers import proposal_masks
 from . import index_choice, vectors
 from usesearch.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode, read_bytes, walk
 from usesearch.maskers import build_masker
-from .store import DONE, IndexInfo, Store, info_summary
+from .store import DONE, CatalogUnavailableError, IndexInfo, Store, info_summary
 
 DB_FILE, FAISS_FILE, LOCK_FILE = "segments.sqlite", "vectors.faiss", "writer.lock"
 log = logging.getLogger("usesearch.index")
@@ -125,63 +127,130 @@ def index_paths(
 ) -> IndexReport:
     """Index every image under ``paths`` into ``db_dir``; safe to re-run and to kill."""
     options = options or IndexOptions()
+    db_dir = check_paths(paths, db_dir)
+    report = IndexReport()
+    start = time.perf_counter()
+    model, masker = load_models(options)  # first: missing weights must not leave an empty index folder behind
+    with Writer(db_dir, options, identity(model, masker, options)) as writer:
+        files = list(walk(paths))
+        per_call = max(1, getattr(masker, "images_per_call", 1))
+
+        def groups():
+            for first in range(0, len(files), per_call):
+                group = files[first : first + per_call]
+                _index_group(group, writer, model, masker, options, report)
+                yield group[-1].path
+
+        writer.run(groups(), report, lambda path: progress and progress(report, path, len(files)))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Path:
     db_dir = check_db_dir(db_dir)
     missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
     if missing:  # before the lock: a typo must not leave an empty index folder behind
         raise UsesearchError(f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    report = IndexReport()
-    start = time.perf_counter()
-    # Models first: missing weights must not leave an empty index folder behind either.
+    return db_dir
+
+
+def load_models(options: IndexOptions):
+    """(segment embedder, masker) for these options."""
     preset = choose_preset(options.preset, options.head)
     embedder = resolve_embedder(preset, options.embedder, options.head)
     model = load_model(preset, embedder=embedder, device=options.device, head=options.head)
-    masker = build_masker(options.masker, model.preset, options.device, **options.masker_options)
-    with writer_lock(db_dir):
-        store = Store(db_url_for(db_dir, options.db_url))
-        info = check_identity(
-            store,
-            IndexInfo(
-                preset=model.preset.name, embedder=model.kind, fingerprint=model.fingerprint,
-                head=str(Path(options.head).resolve()) if options.head else None, dim=model.dim,
-                masker=masker.name, masker_params=masker.params(),
-                factory=options.factory or index_choice.choose(0, model.dim).factory,
-                index_mode="fixed" if options.factory else "auto",
-            ),
-        )
-        index, _ = vectors.load(db_dir / FAISS_FILE, store, info.dim, info.factory, options.device)
+    return model, build_masker(options.masker, model.preset, options.device, **options.masker_options)
 
-        def write(index):
-            return vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, info.factory)
 
+def identity(model, masker, options: IndexOptions) -> IndexInfo:
+    return IndexInfo(
+        preset=model.preset.name, embedder=model.kind, fingerprint=model.fingerprint,
+        head=str(Path(options.head).resolve()) if options.head else None, dim=model.dim,
+        masker=masker.name, masker_params=masker.params(),
+        factory=options.factory or index_choice.choose(0, model.dim).factory,
+        index_mode="fixed" if options.factory else "auto",
+    )
+
+
+class Writer:
+    """The one writer of an index folder: its lock, its store (checked against the
+    model's identity) and its FAISS file. Every image is committed through it, one
+    transaction each, by the sequential indexer and by the Ray driver alike."""
+
+    def __init__(self, db_dir: Path, options: IndexOptions, info: IndexInfo):
+        self.db_dir, self.options, self.wanted = db_dir, options, info
+
+    def __enter__(self) -> Writer:
+        self._lock = writer_lock(self.db_dir)
+        self._lock.__enter__()
+        try:
+            self.store = Store(db_url_for(self.db_dir, self.options.db_url), folder=self.db_dir)
+            self.info = check_identity(self.store, self.wanted)
+            self.index, _ = vectors.load(self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory, self.options.device)
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.store.close()
+        finally:
+            self._lock.__exit__(*exc)
+
+    def skip(self, key: bytes, sha256: str) -> bool:
+        """True when this file needs no work: done (or failed, unless retrying) with
+        the same content, or its content is already indexed under another path."""
+        existing = self.store.image_by_path(key)
+        if existing is not None and existing.sha256 == sha256 and (existing.status == DONE or not self.options.retry_failed):
+            return True
+        return existing is None and self.store.done_with_hash(sha256) is not None
+
+    def commit(self, key: bytes, path: str, sha256: str, hw, segments: list[dict], embeddings: np.ndarray, report: IndexReport) -> None:
+        removed, added = self.store.save_image(key, path, sha256, hw, segments, embeddings)
+        self.index.remove(removed)
+        if added:
+            if not self.index.is_trained:
+                vectors.reconcile(self.index, self.store)  # trains on what the store now holds
+            else:
+                # What the embedding files hold (float16), so a rebuild gives the same scores.
+                self.index.add(np.asarray(added, np.int64), embeddings.astype(np.float16).astype(np.float32))
+        report.done += 1
+        report.segments += len(added)
+
+    def fail(self, key: bytes, path: str, sha256: str | None, exc: BaseException, report: IndexReport) -> None:
+        removed, _ = self.store.save_image(key, path, sha256, None, error=exc)
+        self.index.remove(removed)
+        report.record_failure(path, exc)
+
+    def write(self) -> None:
+        self.index = vectors.write_atomic(self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory)
+
+    def run(self, steps, report: IndexReport, progress: Callable[[str], None]) -> None:
+        """Drive ``steps`` (each commits some images and yields a path for progress),
+        writing the FAISS file every ``faiss_every_s``, at the end (after following
+        the collection's growth) and on Ctrl-C."""
         last_write = time.monotonic()
         loop_start = time.perf_counter()
         try:
-            files = list(walk(paths))
-            per_call = max(1, getattr(masker, "images_per_call", 1))
-            for start in range(0, len(files), per_call):
-                group = files[start : start + per_call]
-                _index_group(group, store, index, model, masker, options, report)
-                if progress:
-                    progress(report, group[-1].path, len(files))
-                if time.monotonic() - last_write > options.faiss_every_s:
-                    index = write(index)
+            for path in steps:
+                progress(path)
+                if time.monotonic() - last_write > self.options.faiss_every_s:
+                    self.write()
                     last_write = time.monotonic()
-            index = _follow_growth(index, store, info, db_dir)
-            index = write(index)
+            self.index = _follow_growth(self.index, self.store, self.info, self.db_dir)
+            self.write()
         except KeyboardInterrupt:
             report.interrupted = True  # finished images are committed; keep them
-            write(index)
+            self.write()
         except Exception as exc:
             if vectors.is_disk_full(exc):
                 # What is committed stays committed; the vector file catches up on the next open.
-                raise vectors.DiskFullError(f"disk full: cannot write the index in {db_dir}; free space and run "
+                raise vectors.DiskFullError(f"disk full: cannot write the index in {self.db_dir}; free space and run "
                                             "`usesearch index` again (finished images are kept)") from None
             raise
         finally:
-            store.close()
             report.loop_seconds = time.perf_counter() - loop_start
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 @dataclass
@@ -191,10 +260,10 @@ class _Decoded:
     rgb: np.ndarray
 
 
-def _index_group(group, store: Store, index, model, masker, options: IndexOptions, report: IndexReport) -> None:
+def _index_group(group, writer: Writer, model, masker, options: IndexOptions, report: IndexReport) -> None:
     """Index a few files: each read, checked and decoded on its own; their masks made
     in one masker call where the masker batches photos (SAM's image encoder)."""
-    decoded = [d for d in (_decode_one(found, store, index, options, report) for found in group) if d is not None]
+    decoded = [d for d in (_decode_one(found, writer, options, report) for found in group) if d is not None]
     if not decoded:
         return
     model_start = time.perf_counter()
@@ -209,67 +278,56 @@ def _index_group(group, store: Store, index, model, masker, options: IndexOption
             batches = [None]
         else:
             for d in decoded:
-                _index_group([d.found], store, index, model, masker, options, report)
+                _index_group([d.found], writer, model, masker, options, report)
             return
     report.masker_seconds += time.perf_counter() - model_start
     report.model_seconds += time.perf_counter() - model_start
     report.masker_forward_seconds += _forward_seconds(masker) - forward_before
     for d, proposals in zip(decoded, batches):
-        _embed_and_save(d, proposals, store, index, model, masker, report)
+        try:
+            segments, embeddings = segment_records(d.rgb, d.found.path, proposals, model, masker, report)
+        except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
+            writer.fail(d.found.key, d.found.path, d.sha256, exc, report)
+            continue
+        writer.commit(d.found.key, d.found.path, d.sha256, d.rgb.shape[:2], segments, embeddings, report)
 
 
-def _decode_one(found, store: Store, index, options: IndexOptions, report: IndexReport) -> _Decoded | None:
+def _decode_one(found, writer: Writer, options: IndexOptions, report: IndexReport) -> _Decoded | None:
     """A file's bytes, hash and pixels; None when it is skipped or has failed (recorded)."""
     sha256 = None
     try:
         if found.error is not None:
             raise found.error
         data, sha256 = read_bytes(found.fs_path, options.max_bytes, found.path)
-        existing = store.image_by_path(found.key)
-        if existing is not None and existing.sha256 == sha256 and (existing.status == DONE or not options.retry_failed):
+        if writer.skip(found.key, sha256):
             report.skipped += 1
             return None
-        duplicate = store.done_with_hash(sha256)
-        if existing is None and duplicate is not None:
-            report.skipped += 1  # same pixels already indexed under another path
-            return None
         return _Decoded(found, sha256, decode(data, found.path, options.max_pixels))
+    except (SQLAlchemyError, CatalogUnavailableError):
+        raise  # the catalog's trouble, not the image's: never recorded against it
     except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
-        _record_failure(found, sha256, exc, store, index, report)
+        writer.fail(found.key, found.path, sha256, exc, report)
         return None
 
 
-def _embed_and_save(d: _Decoded, proposals, store: Store, index, model, masker, report: IndexReport) -> None:
-    hw = d.rgb.shape[:2]
-    try:
-        if proposals is None:  # the masker failed on this photo alone: say why
-            model_start = time.perf_counter()
-            proposals = masker(d.rgb, d.found.path)
-            report.masker_seconds += time.perf_counter() - model_start
-            report.model_seconds += time.perf_counter() - model_start
+def segment_records(rgb: np.ndarray, path: str, proposals, model, masker, report: IndexReport) -> tuple[list[dict], np.ndarray]:
+    """(segment rows, embeddings) of one photo from its proposals (None: the masker
+    failed on a batch, so it runs on this photo alone and any error is this photo's)."""
+    hw = rgb.shape[:2]
+    if proposals is None:
         model_start = time.perf_counter()
-        embeddings = model.embed_segments(d.rgb, proposal_masks(proposals, hw))
+        proposals = masker(rgb, path)
+        report.masker_seconds += time.perf_counter() - model_start
         report.model_seconds += time.perf_counter() - model_start
-        segments = [
-            dict(
-                x=p.bbox[0], y=p.bbox[1], w=p.bbox[2], h=p.bbox[3], area=p.area, rle_counts=p.rle["counts"],
-                predicted_iou=p.predicted_iou, stability_score=p.stability_score,
-            )
-            for p in proposals
-        ]
-    except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
-        _record_failure(d.found, d.sha256, exc, store, index, report)
-        return
-    removed, added = store.save_image(d.found.key, d.found.path, d.sha256, hw, segments, embeddings)
-    index.remove(removed)
-    if added:
-        if not index.is_trained:
-            vectors.reconcile(index, store)  # trains on what the store now holds
-        else:
-            # What the embedding files hold (float16), so a rebuild gives the same scores.
-            index.add(np.asarray(added, np.int64), embeddings.astype(np.float16).astype(np.float32))
-    report.done += 1
-    report.segments += len(added)
+    model_start = time.perf_counter()
+    embeddings = model.embed_segments(rgb, proposal_masks(proposals, hw))
+    report.model_seconds += time.perf_counter() - model_start
+    segments = [
+        dict(x=p.bbox[0], y=p.bbox[1], w=p.bbox[2], h=p.bbox[3], area=p.area, rle_counts=p.rle["counts"],
+             predicted_iou=p.predicted_iou, stability_score=p.stability_score)
+        for p in proposals
+    ]
+    return segments, embeddings
 
 
 def _follow_growth(index: vectors.Vectors, store: Store, info: IndexInfo, db_dir: Path) -> vectors.Vectors:
@@ -289,9 +347,3 @@ def _follow_growth(index: vectors.Vectors, store: Store, info: IndexInfo, db_dir
 def _forward_seconds(masker) -> float:
     seconds = getattr(getattr(masker, "generator", None), "seconds", None)
     return seconds["encoder"] + seconds["decoder"] if seconds else 0.0
-
-
-def _record_failure(found, sha256, exc: BaseException, store: Store, index, report: IndexReport) -> None:
-    removed, _ = store.save_image(found.key, found.path, sha256, None, error=exc)
-    index.remove(removed)
-    report.record_failure(found.path, exc)

@@ -23,6 +23,8 @@ from .store import SegmentRow, Store, info_summary
 MAX_QUERY_CHARS = 1000
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 PUSHDOWN_SHARE = 0.2  # a path glob keeping at most this share of the images becomes a FAISS id selection
+AREA_PUSHDOWN_MAX = 200_000  # a --min-area keeping at most about this many segments becomes one too
+SCAN_UP_TO = 20_000  # a selection this small is scored exactly from the embedding files, not searched
 
 
 def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:
@@ -30,7 +32,7 @@ def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False)
     db_dir = check_db_dir(db_dir)
     if db_url is None and not (db_dir / DB_FILE).is_file():
         raise UsesearchError(f"no index at {db_dir} (no {DB_FILE}); run `usesearch index PATH --db {db_dir}` first")
-    return Store(db_url_for(db_dir, db_url), read_only=read_only)
+    return Store(db_url_for(db_dir, db_url), read_only=read_only, folder=db_dir)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class SegmentIndex:
         self._model = model
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
+        self._stats_cache: dict[str, tuple[int, Any]] = {}
         self._device = device
         self.index, _ = vectors.load(db_dir / FAISS_FILE, store, self.info.dim, self.info.factory, device)
         self._index_lock = ReadWriteLock()
@@ -176,51 +179,83 @@ class SegmentIndex:
         path: str | None = None,
         min_area: int = 0,
         exclude: set[int] | frozenset[int] = frozenset(),
+        nprobe: int | None = None,
+        rerank: int | None = None,
     ) -> list[Hit]:
         """Top ``k`` segments for a unit vector.
 
-        A path glob is resolved against the images in the database first. When it
-        keeps a small share of them, their segment ids (and the exclusions) go to
-        FAISS as an id selection, so a narrow filter costs less than none and one
-        matching nothing costs nothing. A broad glob, and ``min_area``, are checked on
-        the candidates instead, fetching more until k hits (k distinct images with
-        ``per_image``) are found or none are left: resolving most of the index's ids
-        per query would cost more than it saves."""
+        Filters are resolved in the database first where they are narrow: a path glob
+        keeping a small share of the images, or a ``min_area`` keeping few segments,
+        becomes an id selection that FAISS searches within (a selection of at most
+        ``SCAN_UP_TO`` segments is simply scored exactly), so a narrow filter costs
+        less than none and one matching nothing costs nothing. Broad filters are
+        checked on the candidates instead, fetching more until k hits (k distinct
+        images with ``per_image``) are found or none are left: resolving most of the
+        index's ids per query would cost more than it saves.
+
+        ``nprobe`` (clusters visited) and ``rerank`` (candidates re-scored exactly)
+        trade speed for recall on a compressed index; None: the index's own."""
         if k < 1:
             raise ValueError("k must be at least 1")
         self.refresh()
-        allowed, images = None, None
-        if path:
-            images, total_images = self.store.image_ids_matching(path)
-            if not images:
-                return []
-            if len(images) <= PUSHDOWN_SHARE * total_images:
-                allowed = self.store.segment_ids_of_images(images, min_area)
-                if not len(allowed):
-                    return []
-                images, min_area = None, 0  # settled by the selection
+        allowed, images = self._selection(path, min_area)
+        if images == set() or (allowed is not None and not len(allowed)):
+            return []  # nothing can match
+        if allowed is not None:
+            min_area = 0  # settled by the selection
         available = self.index.ntotal if allowed is None else len(allowed)
         fetch = k if not (per_image or images or min_area) else max(4 * k, 64)
         with self._index_lock.reading():
             while True:
-                scores, ids = self._candidates(vector, fetch, allowed, exclude)
+                scores, ids = self._candidates(vector, fetch, allowed, exclude, nprobe, rerank)
                 hits = self._hits(scores, ids, k, per_image, images, min_area)
                 if len(hits) >= k or fetch >= available:
                     return hits
                 fetch = min(available, fetch * 4)
 
-    def _candidates(self, vector: np.ndarray, fetch: int, allowed, exclude) -> tuple[np.ndarray, np.ndarray]:
+    def _selection(self, path: str | None, min_area: int) -> tuple[np.ndarray | None, set[int] | None]:
+        """(segment ids to search within, or None; image ids to check candidates
+        against, or None). An empty result means nothing can match."""
+        images = None
+        if path:
+            images = self.store.image_ids_matching(path)
+            if not images:
+                return None, set()
+            if len(images) <= PUSHDOWN_SHARE * self._cached("done_images", self.store.done_image_count):
+                return self.store.segment_ids_of_images(images, min_area), None
+        if min_area and images is None:
+            sample = self._cached("area_sample", self.store.sample_areas)
+            if len(sample) and np.mean(sample >= min_area) * self.index.ntotal <= AREA_PUSHDOWN_MAX:
+                return self.store.segment_ids_with_area(min_area), None
+        return None, images
+
+    def _cached(self, name: str, compute):
+        """A statistic of the store, recomputed when a commit has changed it."""
+        generation = self.store.generation()
+        held = self._stats_cache.get(name)
+        if held is None or held[0] != generation:
+            held = self._stats_cache[name] = (generation, compute())
+        return held[1]
+
+    def _candidates(self, vector, fetch: int, allowed, exclude, nprobe=None, rerank=None) -> tuple[np.ndarray, np.ndarray]:
         """The top ``fetch`` (scores, ids). A compressed index gives approximate scores:
         more candidates are taken and re-scored exactly against the embedding files."""
+        if allowed is not None and len(allowed) <= SCAN_UP_TO:
+            return self._rescore(vector, np.setdiff1d(allowed, np.fromiter(exclude, np.int64, len(exclude))), fetch)
         if self.index.exact:
             return self.index.search(vector, fetch, allowed, exclude)
-        _, ids = self.index.search(vector, max(fetch, index_choice.rerank_candidates(fetch)), allowed, exclude)
+        wanted = max(fetch, rerank if rerank is not None else index_choice.rerank_candidates(fetch))
+        _, ids = self.index.search(vector, wanted, allowed, exclude, nprobe=nprobe)
+        return self._rescore(vector, ids, fetch)
+
+    def _rescore(self, vector, ids: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of ``ids`` (committed ones) from the embedding files; the top ``fetch``."""
         parts = list(self.store.embeddings(ids))
         if not parts:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         ids = np.concatenate([p[0] for p in parts])
         scores = np.concatenate([p[1] for p in parts]) @ np.asarray(vector, np.float32)
-        order = np.argsort(-scores, kind="stable")[:fetch]
+        order = np.lexsort((ids, -scores))[:fetch]  # ties: the lower id first, as FAISS's flat search
         return scores[order], ids[order]
 
     def _hits(self, scores, ids, k: int, per_image: bool, images: set[int] | None, min_area: int) -> list[Hit]:

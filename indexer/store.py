@@ -17,6 +17,7 @@ import fnmatch
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +36,23 @@ from .embeddings import FOLDER as EMBEDDINGS_FOLDER
 from .embeddings import EmbeddingFiles
 
 DONE, FAILED = "done", "failed"
+RETRY_SECONDS = 60.0  # how long a write waits for an unreachable database server
+
+
+class CatalogUnavailableError(UsesearchError):
+    """The catalog's database server stayed unreachable."""
+
+
+def _first_line(exc: OperationalError) -> str:
+    return (str(exc.orig or exc).strip().splitlines() or ["?"])[0]
+
+
+def server_url(url: str) -> str:
+    """``postgresql://`` means the psycopg (3) driver, the one usesearch installs."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
 
 
 class Base(DeclarativeBase):
@@ -157,7 +175,19 @@ class Store:
             raise ValueError("a store on a database server needs the folder for its embedding files")
         # Embedding files live in the index folder (beside segments.sqlite).
         self.folder = Path(folder) if folder is not None else Path(database).parent
-        self.engine = create_engine(url)
+        self.engine = create_engine(url) if url.startswith("sqlite") else create_engine(
+            server_url(url), pool_pre_ping=True)  # a restarted server's dead connections are replaced, not used
+        try:
+            self._open(url, read_only)
+        except OperationalError as exc:
+            if self.engine.dialect.name == "sqlite":
+                raise
+            raise CatalogUnavailableError(f"cannot reach the catalog database at "
+                                          f"{make_url(url).render_as_string(hide_password=True)}: {_first_line(exc)}") from None
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._files: EmbeddingFiles | None = None
+
+    def _open(self, url: str, read_only: bool) -> None:
         sqlite = self.engine.dialect.name == "sqlite"
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_read_pragmas if read_only else _sqlite_pragmas)
@@ -181,8 +211,6 @@ class Store:
         else:
             migrations.upgrade(self.engine, self.folder)
             Base.metadata.create_all(self.engine)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._files: EmbeddingFiles | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -217,12 +245,15 @@ class Store:
 
     # -- images ------------------------------------------------------------------
     def image_by_path(self, fs_path: bytes) -> ImageRecord | None:
-        with self.sessions() as s:
-            return s.scalar(select(ImageRecord).where(ImageRecord.fs_path == fs_path))
+        return self._retrying(lambda: self._one(select(ImageRecord).where(ImageRecord.fs_path == fs_path)))
 
     def done_with_hash(self, sha256: str) -> ImageRecord | None:
+        return self._retrying(lambda: self._one(
+            select(ImageRecord).where(ImageRecord.sha256 == sha256, ImageRecord.status == DONE).limit(1)))
+
+    def _one(self, query):
         with self.sessions() as s:
-            return s.scalar(select(ImageRecord).where(ImageRecord.sha256 == sha256, ImageRecord.status == DONE).limit(1))
+            return s.scalar(query)
 
     def save_image(
         self,
@@ -241,6 +272,30 @@ class Store:
         if segments:
             chunks, rows = self.files().append(vectors)
             segments = [{**seg, "vec_chunk": int(c), "vec_row": int(r)} for seg, c, r in zip(segments, chunks, rows)]
+        return self._retrying(lambda: self._save_image(fs_path, path, sha256, hw, segments, error))
+
+    def _retrying(self, write):
+        """A write transaction, tried again while a database server is unreachable
+        (restarting, failing over): each try commits all or nothing, so a retry never
+        leaves half an image; past ``RETRY_SECONDS`` a one-line error."""
+        waited, pause = 0.0, 0.5
+        while True:
+            try:
+                return write()
+            except OperationalError as exc:
+                if self.engine.dialect.name == "sqlite" or waited >= RETRY_SECONDS:
+                    if self.engine.dialect.name == "sqlite":
+                        raise
+                    raise CatalogUnavailableError(
+                        f"the catalog database at {make_url(self.url).render_as_string(hide_password=True)} is unreachable "
+                        f"({_first_line(exc)}); finished images are kept, "
+                        "run again to resume") from None
+                log.warning("catalog database unreachable, retrying in %.1f s", pause)
+                time.sleep(pause)
+                waited += pause
+                pause = min(pause * 2, 8.0)
+
+    def _save_image(self, fs_path, path, sha256, hw, segments, error) -> tuple[list[int], list[int]]:
         with self.sessions.begin() as s:
             old = s.scalar(select(ImageRecord).where(ImageRecord.fs_path == fs_path))
             attempts = 1
@@ -292,8 +347,9 @@ class Store:
     def common_folder(self) -> str | None:
         """The deepest folder holding every indexed image. Paths sort so that the
         common prefix of the first and the last is that of all: two index lookups."""
+        path = ImageRecord.path if self.engine.dialect.name == "sqlite" else ImageRecord.path.collate("C")  # bytewise order
         with self.sessions() as s:
-            first, last = s.execute(select(func.min(ImageRecord.path), func.max(ImageRecord.path))).one()
+            first, last = s.execute(select(func.min(path), func.max(path))).one()
         if first is None:
             return None
         prefix = os.path.commonprefix([first, last])
@@ -304,11 +360,38 @@ class Store:
         with self.sessions() as s:
             return np.fromiter(s.scalars(select(SegmentRecord.id)), dtype=np.int64)
 
-    def image_ids_matching(self, path: str) -> tuple[set[int], int]:
-        """(ids of the done images whose path matches the glob, number of done images)."""
+    def image_ids_matching(self, path: str) -> set[int]:
+        """Ids of the done images whose path matches the glob. The glob's literal
+        prefix is looked up in the path index, so a glob under one folder reads that
+        folder's rows, not every image's."""
+        prefix = path[: min((path.find(c) for c in "*?[" if c in path), default=len(path))]
+        query = select(ImageRecord.id, ImageRecord.path).where(ImageRecord.status == DONE)
+        if prefix:
+            query = query.where(_starts_with(ImageRecord.path, prefix, self.engine.dialect.name))
         with self.sessions() as s:
-            rows = s.execute(select(ImageRecord.id, ImageRecord.path).where(ImageRecord.status == DONE)).all()
-        return {i for i, p in rows if fnmatch.fnmatchcase(p, path)}, len(rows)
+            rows = s.execute(query).all()
+        return {i for i, p in rows if fnmatch.fnmatchcase(p, path)}
+
+    def done_image_count(self) -> int:
+        with self.sessions() as s:
+            return s.scalar(select(func.count()).select_from(ImageRecord).where(ImageRecord.status == DONE)) or 0
+
+    def sample_areas(self, size: int = 10_000, seed: int = 0) -> np.ndarray:
+        """Areas of about ``size`` segments picked at random (by id, through the
+        primary key): enough to estimate how many a --min-area keeps."""
+        with self.sessions() as s:
+            low, high = s.execute(select(func.min(SegmentRecord.id), func.max(SegmentRecord.id))).one()
+            if low is None:
+                return np.zeros(0, np.int64)
+            ids = np.unique(np.random.default_rng(seed).integers(low, high + 1, size)).tolist()
+            out = [np.fromiter(s.scalars(select(SegmentRecord.area).where(SegmentRecord.id.in_(ids[i : i + 900]))), np.int64)
+                   for i in range(0, len(ids), 900)]  # 900: SQLite's bound-parameter limit
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def segment_ids_with_area(self, min_area: int) -> np.ndarray:
+        """Ids of the segments of at least ``min_area`` pixels (through the area index)."""
+        with self.sessions() as s:
+            return np.fromiter(s.scalars(select(SegmentRecord.id).where(SegmentRecord.area >= min_area)), np.int64)
 
     def segment_ids_of_images(self, image_ids: Iterable[int], min_area: int = 0) -> np.ndarray:
         """Ids of the segments of these images (of at least ``min_area`` pixels)."""
@@ -364,6 +447,15 @@ class Store:
                         r.rle_counts, r.predicted_iou, r.stability_score,
                     )
         return out
+
+
+def _starts_with(column, prefix: str, dialect: str):
+    """``column`` starts with ``prefix``, in a form the path index can answer. SQLite
+    compares text bytewise (BINARY collation), so a range does it; elsewhere (a
+    PostgreSQL locale collation orders differently) an escaped LIKE."""
+    if dialect == "sqlite":
+        return (column >= prefix) & (column < prefix + "\U0010ffff")
+    return column.startswith(prefix, autoescape=True)
 
 
 def info_summary(info: IndexInfo) -> str:

@@ -75,7 +75,7 @@ def index_ids(index: faiss.Index) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def _search_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
+def _search_params(index: faiss.Index, selector: faiss.IDSelector | None, nprobe: int | None = None) -> faiss.SearchParameters:
     """Search parameters of the right class for the wrapped index (IVF and HNSW check
     the type), carrying its current nprobe / efSearch and the selector."""
     outer = faiss.downcast_index(index)
@@ -83,7 +83,7 @@ def _search_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.Sear
     ivf = _ivf(index)
     if ivf is not None:
         params = faiss.SearchParametersIVF()
-        params.nprobe = ivf.nprobe
+        params.nprobe = min(ivf.nlist, nprobe) if nprobe else ivf.nprobe
     elif isinstance(inner, faiss.IndexHNSW):
         params = faiss.SearchParametersHNSW()
         params.efSearch = inner.hnsw.efSearch
@@ -137,10 +137,12 @@ class Vectors:
         except RuntimeError:  # e.g. HNSW: "remove_ids not implemented"
             self.stale = np.union1d(self.stale, np.intersect1d(ids, self.ids()))
 
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded=()) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded=(),
+               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (scores, ids) for one query among ``allowed`` ids (all when None),
         never returning stale or ``excluded`` ids. Filters go to FAISS as an IDSelector,
-        so a narrow filter costs less than none."""
+        so a narrow filter costs less than none. ``nprobe``: clusters an IVF visits
+        for this search (None: its own setting)."""
         query = np.ascontiguousarray(query, np.float32).reshape(1, -1)
         k = min(k, self.ntotal if allowed is None else len(allowed))
         if k <= 0:
@@ -157,10 +159,10 @@ class Vectors:
             keep += [batch, not_dropped]
             selector = not_dropped if selector is None else faiss.IDSelectorAnd(selector, not_dropped)
             keep.append(selector)
-        if selector is None:
+        if selector is None and nprobe is None:
             scores, ids = self._unfiltered().search(query, k)
         else:
-            scores, ids = self.index.search(query, k, params=_search_params(self.index, selector))
+            scores, ids = self.index.search(query, k, params=_search_params(self.index, selector, nprobe))
         found = ids[0] >= 0
         return scores[0][found], ids[0][found]
 

@@ -85,17 +85,17 @@ def write_photos(folder, names=("astronaut", "chelsea", "coffee", "rocket")):
     return folder
 
 
-def segment_table(db):
+def segment_table(db, db_url=None):
     """(image, bbox, area, rle) per segment: what an index holds, independent of ids."""
     from indexer import SegmentIndex
 
-    ix = SegmentIndex.open(db)
+    ix = SegmentIndex.open(db, db_url=db_url)
     rows = ix.store.rows(ix.store.segment_ids())
     ix.close()
     return sorted((os.path.basename(r.image_path), r.bbox, r.area, r.rle_counts) for r in rows.values())
 
 
-def assert_consistent(db):
+def assert_consistent(db, db_url=None):
     """The vector file on disk holds exactly the committed segments, each once."""
     import faiss
 
@@ -103,9 +103,27 @@ def assert_consistent(db):
     from indexer.pipeline import FAISS_FILE
     from indexer.vectors import index_ids
 
-    ix = SegmentIndex.open(db)
+    ix = SegmentIndex.open(db, db_url=db_url)
     on_disk = faiss.read_index(str(db / FAISS_FILE))
     committed = np.sort(ix.store.segment_ids())
     assert len(np.unique(committed)) == len(committed)
     np.testing.assert_array_equal(np.sort(index_ids(on_disk)), committed)
     ix.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for this test session (tests/postgres.py)."""
+    from tests.postgres import Server, bin_dir
+
+    if bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed here and tests/install-services.sh could not install it (needs root)")
+    server = Server().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture()
+def pg_url(postgres_server) -> str:
+    """A fresh database on the session's PostgreSQL server."""
+    return postgres_server.new_database()

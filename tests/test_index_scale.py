@@ -128,3 +128,85 @@ def test_cuda_asked_for_without_gpu_faiss_is_a_clear_error():
     with pytest.raises(UsesearchError, match="faiss-gpu"):
         faiss_gpu.wanted("cuda")
     assert not faiss_gpu.wanted(None) and not faiss_gpu.wanted("cpu")
+
+
+@pytest.fixture()
+def compressed(tmp_path, monkeypatch):
+    """A small compressed index (IVF64,PQ8 with re-scoring) over synthetic vectors."""
+    monkeypatch.setattr(index_choice, "EXACT_UP_TO", 5_000)
+    monkeypatch.setattr(index_choice, "nlist_for", lambda n: 64)
+    monkeypatch.setattr(index_choice, "pq_m", lambda dim: 8)
+    data = synthetic_index(tmp_path / "db", n=10_000)
+    reindex(tmp_path / "db")
+    ix = SegmentIndex.open(tmp_path / "db")
+    yield ix, data.astype(np.float16).astype(np.float32)
+    ix.close()
+
+
+def exact_filtered(data, q, keep: np.ndarray, k: int) -> list[int]:
+    """Brute force: ids (1-based) of the top k among ``keep`` (a boolean per row)."""
+    scores = np.where(keep, data @ q, -np.inf)
+    order = np.lexsort((np.arange(len(data)), -scores))
+    return [int(i) + 1 for i in order[:k] if keep[i]]
+
+
+def test_narrow_min_area_is_an_id_selection_scored_exactly(compressed, monkeypatch):
+    """--min-area keeping few segments is resolved through the area index and scored
+    exactly, without FAISS; results equal the brute-force filtered search."""
+    import indexer.search
+
+    monkeypatch.setattr(indexer.search, "AREA_PUSHDOWN_MAX", 1000)  # of 10,000 here; 200,000 of millions in use
+    ix, data = compressed
+    areas = np.array([1 + i % 97 for i in range(len(data))])
+    searched = []
+    real = ix.index.search
+    monkeypatch.setattr(ix.index, "search", lambda *a, **kw: searched.append(1) or real(*a, **kw))
+    rng = np.random.default_rng(3)
+    for q in data[rng.integers(0, len(data), 5)]:
+        hits = ix.search_vector(q, 10, min_area=95)  # 3 in 97 segments: about 300
+        assert [h.segment_id for h in hits] == exact_filtered(data, q, areas >= 95, 10)
+        assert all(h.area >= 95 for h in hits)
+    assert not searched
+    broad = ix.search_vector(data[0], 10, min_area=2)  # keeps nearly all: checked on FAISS's candidates
+    assert searched and len(broad) == 10 and all(h.area >= 2 for h in broad)
+
+
+def test_narrow_path_glob_reads_only_its_folder_and_scores_exactly(compressed, monkeypatch):
+    ix, data = compressed
+    images = np.arange(len(data)) % 200  # image i + 1 holds segments i, i + 200, ...; its path is /a/{i % 10}/{i}.jpg
+    under_3 = (images % 10 == 3) & (images < 100)  # /a/3/?.jpg and /a/3/??.jpg: images 3, 13, ..., 93
+    q = data[17]
+    hits = ix.search_vector(q, 10, path="/a/3/??.jpg")
+    assert [h.segment_id for h in hits] == exact_filtered(data, q, under_3 & (images >= 10), 10)
+    assert [h.segment_id for h in ix.search_vector(q, 10, path="/a/3/?.jpg")] == exact_filtered(data, q, images == 3, 10)
+    assert {h.image for h in ix.search_vector(q, 5, path="*/3/1?.jpg")} == {"/a/3/13.jpg"}  # no literal prefix
+    assert ix.search_vector(q, 5, path="/a/3[") == []  # an unclosed class is literal, and matches nothing
+    from sqlalchemy import event
+
+    statements = []
+    event.listen(ix.store.engine, "before_cursor_execute", lambda conn, cursor, sql, params, *a: statements.append(params))
+    assert ix.store.image_ids_matching("/a/1/1*") == {i + 1 for i in range(200) if i % 10 == 1 and str(i).startswith("1")}
+    assert any("/a/1/1" in map(str, params) for params in statements)  # the literal prefix went to the path index
+
+
+def test_nprobe_and_rerank_trade_speed_for_recall(compressed):
+    """Every cluster visited and every vector re-scored: the compressed index answers
+    exactly; the CLI takes both settings."""
+    ix, data = compressed
+    rng = np.random.default_rng(4)
+    for q in data[rng.integers(0, len(data), 5)] + 0.3 * rng.standard_normal((5, data.shape[1])).astype(np.float32):
+        q /= np.linalg.norm(q)
+        hits = ix.search_vector(q, 10, nprobe=64, rerank=len(data))
+        assert [h.segment_id for h in hits] == exact_filtered(data, q, np.ones(len(data), bool), 10)
+    from typer.testing import CliRunner
+
+    from usesearch.cli import app
+
+    result = CliRunner().invoke(app, ["similar", "5", "--db", str(ix.db_dir), "--nprobe", "64", "--rerank", "10000", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    found = [h["segment_id"] for h in json.loads(result.output)]
+    keep = np.ones(len(data), bool)
+    keep[4] = False
+    assert found == exact_filtered(data, data[4], keep, 10)

@@ -28,7 +28,7 @@ CHROMIUM_ARGS = [
 # An image name that is also markup: the page must show it as text.
 HOSTILE_NAME = "<i id=injected>cup.png"
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here: `sh tests/install-browser.sh` installs Debian's")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here: `sh tests/install-services.sh` installs Debian's")
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 PerImageOpt = Annotated[bool, typer.Option("--per-image", help="Keep only the best segment of each image.")]
 PathOpt = Annotated[Optional[str], typer.Option("--path", help="Only images whose path matches this glob.")]
 MinAreaOpt = Annotated[int, typer.Option("--min-area", min=0, help="Only segments of at least this many pixels.")]
+NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", min=1, help="Compressed index: clusters visited per query (more: slower, higher recall).")]
+RerankOpt = Annotated[Optional[int], typer.Option("--rerank", min=1, help="Compressed index: candidates re-scored exactly per query (default max(200, 20 k)).")]
 ShowOpt = Annotated[Optional[Path], typer.Option("--show", help="Write a contact sheet PNG of the hits.")]
 ExportOpt = Annotated[Optional[Path], typer.Option("--export-coco", help="Write the hits as a COCO annotations/results JSON.")]
 
@@ -133,9 +135,12 @@ class SearchOptions:
     show: Optional[Path] = None
     export_coco: Optional[Path] = None
     db_url: Optional[str] = None
+    nprobe: Optional[int] = None
+    rerank: Optional[int] = None
 
     def filters(self) -> dict:
-        return {"k": self.k, "per_image": self.per_image, "path": self.path, "min_area": self.min_area}
+        return {"k": self.k, "per_image": self.per_image, "path": self.path, "min_area": self.min_area,
+                "nprobe": self.nprobe, "rerank": self.rerank}
 
     def output(self, hits, title: str, name: str, index) -> None:
         _print_hits(hits, self.as_json, title, index.store.common_folder())
@@ -145,6 +150,7 @@ class SearchOptions:
 with_search_options = shared_options("search", SearchOptions, {
     "k": (KOpt, 10), "as_json": (JsonOpt, False), "per_image": (PerImageOpt, False), "path": (PathOpt, None),
     "min_area": (MinAreaOpt, 0), "show": (ShowOpt, None), "export_coco": (ExportOpt, None), "db_url": (DbUrlOpt, None),
+    "nprobe": (NprobeOpt, None), "rerank": (RerankOpt, None),
 })
 
 

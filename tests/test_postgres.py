@@ -1,0 +1,105 @@
+"""The catalog in a real PostgreSQL server (``--db-url``): the same index, queries,
+resume after kill -9 and reconciliation as with SQLite, and a server that restarts
+or cannot be reached mid-run is a retry or a one-line error, never half an image."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from indexer import IndexOptions, SegmentIndex, index_paths
+from usesearch.cli import app
+from tests.conftest import OPTS, assert_consistent, segment_table, write_photos
+
+NAMES = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def done_images(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("select count(*) from images where status = 'done'")).scalar()
+    except Exception:  # noqa: BLE001 - tables not created yet
+        return 0
+    finally:
+        engine.dispose()
+
+
+def test_index_query_and_info_on_postgresql_equal_sqlite(tmp_path, pg_url):
+    photos = write_photos(tmp_path / "photos", NAMES)
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    runner = CliRunner()
+    for db, extra in ((tmp_path / "pg", ["--db-url", pg_url]), (tmp_path / "lite", [])):
+        result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny", *extra])
+        assert result.exit_code == 0, result.output
+    assert not (tmp_path / "pg" / "segments.sqlite").exists()  # the catalog is on the server
+    assert (tmp_path / "pg" / "embeddings").is_dir()  # the vectors beside the FAISS file
+    assert segment_table(tmp_path / "pg", pg_url) == segment_table(tmp_path / "lite")
+    assert_consistent(tmp_path / "pg", pg_url)
+    pg, lite = SegmentIndex.open(tmp_path / "pg", db_url=pg_url), SegmentIndex.open(tmp_path / "lite")
+    assert [f.path.rsplit("/", 1)[-1] for f in pg.store.failures()] == ["broken.png"]
+    assert pg.store.common_folder() == lite.store.common_folder()
+    for filters in ({}, {"path": "*/sub/*"}, {"per_image": True}, {"min_area": 200}):
+        a, b = pg.query("a cat", k=6, **filters), lite.query("a cat", k=6, **filters)
+        assert a and [(h.image, h.bbox, round(h.score, 5)) for h in a] == [(h.image, h.bbox, round(h.score, 5)) for h in b]
+    pg.close()
+    lite.close()
+    result = runner.invoke(app, ["query", "a cat", "--db", str(tmp_path / "pg"), "--db-url", pg_url, "--json"])
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "pg"), "--preset", "tiny", "--db-url", pg_url])
+    assert "0 images indexed" in again.output and "5 skipped" in again.output, again.output
+
+
+def test_kill_dash_nine_then_resume_on_postgresql_equals_one_clean_run(tmp_path, pg_url):
+    photos = write_photos(tmp_path / "photos", NAMES + ("hubble_deep_field", "immunohistochemistry", "retina", "coins"))
+    for i in range(2):  # more work so the kill lands mid-run
+        write_photos(tmp_path / "photos" / f"copy{i}", NAMES[i:] + NAMES[:i])
+    db = tmp_path / "db"
+    code = ("import sys; from indexer import IndexOptions, index_paths; "
+            "index_paths([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', "
+            "masker_options={'max_masks': 8}, db_url=sys.argv[3]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(photos), str(db), pg_url], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline, done = time.time() + 120, 0
+    while time.time() < deadline and proc.poll() is None and done < 3:
+        done = done_images(pg_url)
+        time.sleep(0.05)
+    assert proc.poll() is None, "the indexer finished before it could be killed; give it more work"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = index_paths([photos], db, IndexOptions(**OPTS, db_url=pg_url))
+    assert resumed.skipped >= done >= 3 and resumed.failed == 0
+    index_paths([photos], tmp_path / "clean", IndexOptions(**OPTS))
+    assert segment_table(db, pg_url) == segment_table(tmp_path / "clean")
+    assert_consistent(db, pg_url)
+
+
+def test_server_restart_mid_run_is_retried_without_losing_or_doubling_an_image(tmp_path, pg_url, postgres_server):
+    photos = write_photos(tmp_path / "photos", NAMES)
+    restarted = []
+
+    def restart_after_first(report, path, total):
+        if report.done == 1 and not restarted:
+            postgres_server.stop("immediate")  # every connection dies; writes wait for the server to return
+            restarted.append(threading.Timer(2.0, postgres_server.start))
+            restarted[0].start()
+
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, db_url=pg_url), restart_after_first)
+    restarted[0].join()
+    assert report.done == len(NAMES) and report.failed == 0
+    index_paths([photos], tmp_path / "clean", IndexOptions(**OPTS))
+    assert segment_table(tmp_path / "db", pg_url) == segment_table(tmp_path / "clean")
+    assert_consistent(tmp_path / "db", pg_url)
+
+
+def test_unreachable_server_is_a_one_line_error(tmp_path, pg_url, monkeypatch):
+    photos = write_photos(tmp_path / "photos", NAMES[:1])
+    wrong = pg_url.replace("host=", "host=/nonexistent")
+    result = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--db-url", wrong])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "cannot reach the catalog database" in result.output and len(result.output.strip().splitlines()) == 1, result.output
