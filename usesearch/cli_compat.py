@@ -41,6 +41,19 @@ def modernise(argv: list[str]) -> tuple[list[str], list[str]]:
     return out + moved, notes
 
 
+def optional_values(argv: list[str]) -> list[str]:
+    """``--ray`` takes an optional address: a bare ``--ray`` (nothing after it that
+    looks like an address: ``auto``, ``local``, or something with a ``:``) means
+    ``--ray local``. Click options cannot have optional values, so it is filled in here."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if arg == "--ray" and not (following and (following in ("auto", "local") or ":" in following)):
+            out.append("local")
+    return out
+
+
 def _rename(command: list[str], arg: str, value: str | None):
     """(new spelling or '<positional>', message, whether it takes the value) or None."""
     head = command[0] if command else ""
@@ -63,7 +76,7 @@ def main() -> None:
     """The ``usesearch`` entry point."""
     from .cli import app
 
-    argv, notes = modernise(sys.argv[1:])
+    argv, notes = modernise(optional_values(sys.argv[1:]))
     for note in notes:
         print(f"deprecated: {note}; the old spelling goes in the next release", file=sys.stderr)
     app(argv, prog_name="usesearch")

@@ -70,6 +70,8 @@ def index(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
     device: DeviceOpt = None,
     db_url: DbUrlOpt = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: a bare --ray starts Ray on this machine; --ray ADDRESS joins that cluster.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="With --ray: model actors (default: one per GPU, else one per 2 CPUs).")] = None,
 ) -> None:
     """Segment and embed every image under PATHS into the index at --db (incremental, resumable)."""
     from tqdm import tqdm
@@ -95,7 +97,14 @@ def index(
         elapsed = max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(seg_s=f"{report.segments / elapsed:.1f}", failed=report.failed)
 
-    report = index_paths(paths, db, options, progress)
+    if workers is not None and ray is None:
+        raise UsesearchError("--workers applies to --ray runs only")
+    if ray is not None:
+        from indexer.distributed import index_paths_ray
+
+        report = index_paths_ray(paths, db, options, progress, address=ray, workers=workers)
+    else:
+        report = index_paths(paths, db, options, progress)
     bar.close()
     state = "interrupted; finished work is kept" if report.interrupted else "finished"
     console.print(

@@ -1,0 +1,246 @@
+"""``index_paths_ray``: the same indexing as ``index_paths``, as a Ray Data pipeline.
+
+    files (driver) -> read + hash (CPU tasks) -> skip what the catalog has (driver)
+      -> decode (CPU tasks) -> masks + embeddings (a pool of actors, each holding the
+         masker and the model once; one GPU each where there are GPUs)
+      -> a fragment file per image (segments, RLE masks, float16 embeddings)
+      -> the driver, the single committer: one catalog transaction per image
+
+Nothing is lost or doubled when a part dies: Ray restarts a dead actor and retries
+its batch (fragments are written under the image's content hash with an atomic
+rename, so a retry rewrites the same file); the committer skips an image the
+catalog already has with that content; a fragment left by a killed driver is
+committed by the next run instead of computed again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from usesearch.errors import UsesearchError
+from usesearch.files import decode, read_bytes, walk
+
+from .pipeline import IndexOptions, IndexReport, Writer, check_paths, identity, load_models, segment_records
+
+FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
+log = logging.getLogger("usesearch.index")
+
+
+def fragment_path(db_dir: str | os.PathLike, sha256: str) -> Path:
+    return Path(db_dir) / FRAGMENTS / f"{sha256}.npz"
+
+
+def write_fragment(path: Path, hw, segments: list[dict], embeddings: np.ndarray) -> None:
+    """Atomically (a temporary name, fsync, rename): a reader sees all of it or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    meta = {"hw": list(hw), "segments": segments}
+    np.savez(buffer, embeddings=np.asarray(embeddings, np.float16).reshape(len(segments), -1),
+             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_fragment(path: Path) -> tuple[tuple[int, int], list[dict], np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(data["meta"].tobytes())
+        return tuple(meta["hw"]), meta["segments"], data["embeddings"].astype(np.float32)
+
+
+# -- the stages, run by Ray workers ---------------------------------------------------
+def _hash_files(batch: dict, max_bytes: int) -> dict:
+    """Read and hash each file (no decoding): what the catalog is checked against."""
+    shas, errors = [], []
+    for fs_path, path in zip(batch["fs_path"], batch["path"]):
+        try:
+            shas.append(read_bytes(os.fsdecode(bytes(fs_path)), max_bytes, path)[1])
+            errors.append("")
+        except Exception as exc:  # noqa: BLE001 - recorded by the committer
+            shas.append("")
+            errors.append(_error_text(exc))
+    return {**batch, "sha256": np.array(shas, object), "error": np.array(errors, object)}
+
+
+def _decode_files(batch: dict, max_bytes: int, max_pixels: int) -> dict:
+    images, errors = [], []
+    for fs_path, path, sha in zip(batch["fs_path"], batch["path"], batch["sha256"]):
+        try:
+            data, now = read_bytes(os.fsdecode(bytes(fs_path)), max_bytes, path)
+            if now != sha:
+                raise UsesearchError(f"{path} changed while it was being indexed; run again to index its new content")
+            images.append(decode(data, path, max_pixels))
+            errors.append("")
+        except Exception as exc:  # noqa: BLE001 - recorded by the committer
+            images.append(np.zeros((0, 0, 3), np.uint8))
+            errors.append(_error_text(exc))
+    return {**batch, "rgb": np.array(images + [None], object)[:-1], "error": np.array(errors, object)}
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+class SegmentWorker:
+    """A Ray actor: the masker and the model, loaded once, turn decoded photos into
+    fragment files."""
+
+    def __init__(self, options: IndexOptions, db_dir: str, threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.options, self.db_dir = options, db_dir
+        self.model, self.masker = load_models(options)
+
+    def __call__(self, batch: dict) -> dict:
+        segments_out, errors = [], list(batch["error"])
+        for i, (rgb, path, sha) in enumerate(zip(batch["rgb"], batch["path"], batch["sha256"])):
+            count = 0
+            if not errors[i]:
+                try:
+                    segments, embeddings = segment_records(rgb, path, None, self.model, self.masker, IndexReport())
+                    write_fragment(fragment_path(self.db_dir, sha), rgb.shape[:2], segments, embeddings)
+                    count = len(segments)
+                except Exception as exc:  # noqa: BLE001 - recorded by the committer
+                    errors[i] = _error_text(exc)
+            segments_out.append(count)
+        return {"fs_path": batch["fs_path"], "path": batch["path"], "sha256": batch["sha256"],
+                "error": np.array(errors, object), "segments": np.array(segments_out, np.int64)}
+
+
+class WorkerError(UsesearchError):
+    """An image's failure in a Ray worker, as the committer records it."""
+
+
+def _worker_error(text: str) -> WorkerError:
+    """The failure a worker reported, recorded under its original class name (as the
+    sequential indexer records it)."""
+    name, _, message = text.partition(": ")
+    return type(name if name.isidentifier() else "WorkerError", (WorkerError,), {})(message)
+
+
+# -- the driver -----------------------------------------------------------------------
+def index_paths_ray(
+    paths: list[str | os.PathLike],
+    db_dir: str | os.PathLike,
+    options: IndexOptions | None = None,
+    progress: Callable[[IndexReport, str, int], None] | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+) -> IndexReport:
+    """Index ``paths`` into ``db_dir`` on Ray: ``address`` None or "local" starts Ray on
+    this machine, anything else joins that cluster (``ray.init(address=...)``)."""
+    import ray
+    import ray.data
+
+    options = options or IndexOptions()
+    db_dir = check_paths(paths, db_dir).resolve()
+    report = IndexReport()
+    start = time.perf_counter()
+    model, masker = load_models(options)  # the identity, and missing weights said before any work
+    with Writer(db_dir, options, identity(model, masker, options)) as writer:
+        del model, masker
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=None if address in (None, "local") else address, include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.WARNING)
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        try:
+            files = list(walk(paths))
+            pending = _pending(files, writer, options, report)
+            done_before = report.done + report.skipped + report.failed
+
+            def commits():
+                for row in _compute(pending, db_dir, options, workers):
+                    _commit(row, writer, db_dir, report)
+                    yield row["path"]
+
+            writer.run(commits(), report, lambda path: progress and progress(report, path, len(files)))
+            log.info("ray: %d images committed, %d before the pipeline", report.done, done_before)
+        finally:
+            if started_here:
+                ray.shutdown()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) -> list[dict]:
+    """Hash every file on Ray's CPU workers; record what cannot be read, skip what the
+    catalog has, and keep the rest (in walk order, so commits follow it)."""
+    import ray.data
+
+    readable = []
+    for found in files:
+        if found.error is not None:
+            writer.fail(found.key, found.path, None, found.error, report)
+        else:
+            readable.append({"fs_path": found.key, "path": found.path})
+    if not readable:
+        return []
+    hashed = ray.data.from_items(readable).map_batches(_hash_files, fn_kwargs={"max_bytes": options.max_bytes}, batch_size=16)
+    pending, seen = [], set()
+    for row in hashed.iter_rows():
+        key, path, sha = bytes(row["fs_path"]), row["path"], row["sha256"]
+        if row["error"]:
+            writer.fail(key, path, None, _worker_error(row["error"]), report)
+        elif writer.skip(key, sha) or sha in seen:
+            report.skipped += 1  # done, or the same pixels under another path
+        else:
+            seen.add(sha)
+            pending.append({"fs_path": key, "path": path, "sha256": sha})
+    order = {bytes(f["fs_path"]): i for i, f in enumerate(readable)}
+    return sorted(pending, key=lambda r: order[r["fs_path"]])
+
+
+def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: int | None):
+    """Rows of computed images, in ``pending``'s order: those whose fragment a killed
+    run left behind first, then the rest through decode and the actor pool."""
+    import ray
+    import ray.data
+
+    ready = [r for r in pending if fragment_path(db_dir, r["sha256"]).is_file()]
+    yield from ({**r, "error": "", "segments": -1} for r in ready)
+    todo = [r for r in pending if not fragment_path(db_dir, r["sha256"]).is_file()]
+    if not todo:
+        return
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # commits in walk order, as the sequential indexer
+    context.enable_progress_bars = False  # the CLI shows its own
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    actors = workers or max(1, gpus or cpus // 2)
+    per_actor = max(1, cpus // actors) if not gpus else 1
+    per_call = options.masker_options.get("encoder_batch", 4 if gpus else 1)
+    decoded = ray.data.from_items(todo).map_batches(
+        _decode_files, fn_kwargs={"max_bytes": options.max_bytes, "max_pixels": options.max_pixels}, batch_size=per_call)
+    # One logical CPU per actor (more would leave none for decoding: a stall), but as
+    # many torch threads as its share of the machine's cores.
+    computed = decoded.map_batches(
+        SegmentWorker, fn_constructor_kwargs={"options": options, "db_dir": str(db_dir), "threads": per_actor},
+        batch_size=per_call, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0, num_cpus=1)
+    yield from computed.iter_rows()
+
+
+def _commit(row: dict, writer: Writer, db_dir: Path, report: IndexReport) -> None:
+    key, path, sha = bytes(row["fs_path"]), row["path"], row["sha256"]
+    fragment = fragment_path(db_dir, sha)
+    if writer.skip(key, sha):  # a retried task's twin, or the same pixels committed meanwhile
+        report.skipped += 1
+    elif row["error"]:
+        writer.fail(key, path, sha, _worker_error(row["error"]), report)
+    else:
+        hw, segments, embeddings = read_fragment(fragment)
+        writer.commit(key, path, sha, hw, segments, embeddings, report)
+    fragment.unlink(missing_ok=True)  # after the commit: a kill before it leaves the fragment for the next run

@@ -1,0 +1,144 @@
+"""Indexing on Ray (``index --ray``), locally with two CPU workers: the index equals a
+sequential run's (segments, masks, embeddings), also when a worker or the driver is
+killed with kill -9 mid-run, and with the catalog in PostgreSQL."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray", reason="the distributed extra is not installed: pip install -e '.[distributed]'")
+
+from indexer import IndexOptions, SegmentIndex, index_paths  # noqa: E402
+from indexer.distributed import FRAGMENTS, index_paths_ray  # noqa: E402
+from tests.conftest import OPTS, assert_consistent, segment_table, write_photos  # noqa: E402
+
+NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = write_photos(tmp_path_factory.mktemp("ray") / "photos", NAMES)
+    (folder / "broken.png").write_bytes(b"\x89PNG broken")
+    write_photos(folder / "again", NAMES[:1])  # the same pixels under another path: indexed once
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sequential(photos, tmp_path_factory):
+    db = tmp_path_factory.mktemp("sequential") / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    return db
+
+
+def vectors_by_segment(db, db_url=None) -> dict:
+    ix = SegmentIndex.open(db, db_url=db_url)
+    rows = ix.store.rows(ix.store.segment_ids())
+    out = {}
+    for ids, vecs in ix.store.embeddings(list(rows)):
+        for i, v in zip(ids, vecs):
+            r = rows[int(i)]
+            out[(os.path.basename(r.image_path), r.bbox, r.rle_counts)] = v
+    ix.close()
+    return out
+
+
+def assert_same_index(db, reference, db_url=None):
+    assert segment_table(db, db_url) == segment_table(reference)
+    a, b = vectors_by_segment(db, db_url), vectors_by_segment(reference)
+    assert a.keys() == b.keys() and len(a) > 20
+    np.testing.assert_allclose(np.stack([a[k] for k in b]), np.stack(list(b.values())), atol=2e-3)
+    assert_consistent(db, db_url)
+    ix = SegmentIndex.open(db, db_url=db_url)
+    assert [os.path.basename(f.path) for f in ix.store.failures()] == ["broken.png"]
+    assert ix.store.failures()[0].error_class == "ImageReadError"  # the worker's error, under its own name
+    ix.close()
+    assert not list((Path(db) / FRAGMENTS).glob("*.npz"))  # every fragment committed and removed
+
+
+def test_ray_index_equals_a_sequential_run(ray_local, photos, sequential, tmp_path):
+    seen = []
+    report = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), lambda r, path, total: seen.append(r.segments))
+    assert report.done == len(NAMES) and report.failed == 1 and report.skipped == 1
+    assert seen == sorted(seen) and seen[-1] == report.segments > 0  # progress as images commit
+    assert_same_index(tmp_path / "db", sequential)
+    again = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert again.done == 0 and again.skipped == len(NAMES) + 2  # the failed one is skipped too, unless retried
+
+
+def test_ray_index_with_the_catalog_in_postgresql(ray_local, photos, sequential, tmp_path, pg_url):
+    index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS, db_url=pg_url))
+    assert_same_index(tmp_path / "db", sequential, pg_url)
+
+
+def _segment_worker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"SegmentWorker" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost_or_doubled(ray_local, photos, sequential, tmp_path):
+    killed = []
+
+    def kill_a_worker(report, path, total):
+        if report.done >= 1 and not killed:
+            for pid in _segment_worker_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), kill_a_worker)
+    assert killed, "no Ray worker was found to kill"
+    assert_same_index(tmp_path / "db", sequential)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, sequential, tmp_path):
+    db = tmp_path / "db"
+    code = ("import sys; from indexer import IndexOptions; from indexer.distributed import index_paths_ray; "
+            "index_paths_ray([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', "
+            "masker_options={'max_masks': 8}), workers=1)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(photos), str(db)], env={**os.environ, "PYTHONPATH": os.getcwd()},
+                            start_new_session=True)
+    deadline, done = time.time() + 240, 0
+    while time.time() < deadline and proc.poll() is None and done < 2:
+        try:
+            with sqlite3.connect(db / "segments.sqlite", timeout=5) as con:
+                done = con.execute("select count(*) from images where status = 'done'").fetchone()[0]
+        except sqlite3.Error:
+            pass
+        time.sleep(0.1)
+    assert proc.poll() is None, "the driver finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # the driver only: its Ray processes are left to notice
+    proc.wait()
+    threading.Timer(30, _kill_group, (proc.pid,)).start()  # then tidy up what is left
+    resumed = index_paths_ray([photos], db, IndexOptions(**OPTS))
+    assert resumed.skipped >= done >= 2
+    assert_same_index(db, sequential)
