@@ -69,7 +69,8 @@ def build(folder: Path, n: int, rng, centres, spread) -> float:
         labels = rng.choice(len(centres), count, p=weights)
         chunks, rows = store.files().append(members(rng, centres, spread, labels))
         areas = rng.integers(50, 50_000, count)
-        image_ids = rng.integers(1, images + 1, count)
+        # Each image's segments are consecutive, as the indexer commits them (one image per transaction).
+        image_ids = (np.arange(lo, lo + count) * images) // n + 1
         with store.sessions.begin() as s:
             s.execute(insert(SegmentRecord), [
                 {"id": lo + j + 1, "image_id": int(image_ids[j]), "x": 10, "y": 20, "w": 60, "h": 40, "area": int(areas[j]),

@@ -56,6 +56,7 @@ class IndexOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
     db_url: str | None = None
+    shard_size: int | None = None  # segments per FAISS shard (0: one shard); None: as the index has it
     faiss_every_s: float = 120.0  # also written at the end and on Ctrl-C
 
 
@@ -186,7 +187,11 @@ class Writer:
         try:
             self.store = Store(db_url_for(self.db_dir, self.options.db_url), folder=self.db_dir)
             self.info = check_identity(self.store, self.wanted)
-            self.index, _ = vectors.load(self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory, self.options.device)
+            if self.options.shard_size is not None and self.options.shard_size != self.info.shard_size:
+                self.store.set_shard_size(self.options.shard_size)  # the next load lays the shards out anew
+                self.info.shard_size = self.options.shard_size
+            self.index, _ = vectors.load(self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory,
+                                         self.options.device, self.info.shard_size)
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
@@ -338,7 +343,7 @@ def _follow_growth(index: vectors.Vectors, store: Store, info: IndexInfo, db_dir
         return index
     choice = index_choice.choose(n, info.dim)
     log.warning("%s: %d segments outgrew %s; building %s", db_dir, n, info.factory, choice.describe(n, info.dim))
-    rebuilt = vectors.rebuild(store, info.dim, choice.factory, index.device)
+    rebuilt = vectors.rebuild(store, info.dim, choice.factory, index.device, info.shard_size)
     store.set_factory(choice.factory)
     info.factory = choice.factory
     return rebuilt

@@ -117,7 +117,7 @@ class SegmentIndex:
         self._generation = store.generation()
         self._stats_cache: dict[str, tuple[int, Any]] = {}
         self._device = device
-        self.index, _ = vectors.load(db_dir / FAISS_FILE, store, self.info.dim, self.info.factory, device)
+        self.index, _ = vectors.load(db_dir / FAISS_FILE, store, self.info.dim, self.info.factory, device, self.info.shard_size)
         self._index_lock = ReadWriteLock()
         self._model_lock = threading.Lock()
 
@@ -303,7 +303,9 @@ class SegmentIndex:
             "dim": self.info.dim,
             "vectors": int(self.index.ntotal),
             "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal"),
-            "bytes_faiss": size(FAISS_FILE),
+            "bytes_faiss": sum(p.stat().st_size for p in vectors.shard_files(self.db_dir / FAISS_FILE)),
+            "shards": len(self.index.shards),
+            "shard_size": self.info.shard_size,
             "bytes_embeddings": self.store.files().bytes_on_disk(),
             **vectors.faiss_runtime(),
         }
@@ -318,8 +320,10 @@ class SegmentIndex:
         return f"{self.info.factory}: chosen when the collection was smaller; now {choice.factory} would be ({choice.reason})"
 
 
-def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str | None = None, device: str | None = None) -> int:
-    """Rebuild the FAISS file from the stored embeddings, optionally with another factory."""
+def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str | None = None, device: str | None = None,
+            shard_size: int | None = None) -> int:
+    """Rebuild the FAISS file from the stored embeddings, optionally with another
+    factory or another shard size (segments per shard; 0: one shard)."""
     from .pipeline import writer_lock
 
     db_dir = Path(db_dir)
@@ -332,9 +336,11 @@ def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str |
             mode = "fixed" if factory else info.index_mode
             if not factory:  # automatic: what the collection's size calls for now
                 factory = index_choice.choose(len(store.segment_ids()), info.dim).factory if mode == "auto" else info.factory
-            index = vectors.rebuild(store, info.dim, factory, device)
+            shard_size = info.shard_size if shard_size is None else shard_size
+            index = vectors.rebuild(store, info.dim, factory, device, shard_size)
             vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory)
             store.set_factory(factory, mode)
+            store.set_shard_size(shard_size)
             return int(index.ntotal)
         finally:
             store.close()

@@ -77,9 +77,20 @@ class IndexInfo(Base):
     # Bumped in the same transaction as every image write: readers compare one
     # integer to learn whether committed segments changed.
     generation: Mapped[int] = mapped_column(default=0)
-    # SHA-256 of the FAISS file as last written: a file that does not match is rebuilt.
+    # SHA-256 of the FAISS file (shard 0) as last written: a file that does not match is rebuilt.
     vectors_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Segment ids per FAISS shard (ids 1..shard_size in shard 0, the next in shard 1...);
+    # 0: one shard. Shards share one trained quantizer and codebook.
+    shard_size: Mapped[int] = mapped_column(default=0)
     created: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
+
+
+class VectorShard(Base):
+    """SHA-256 of each FAISS shard file past the first, as last written."""
+
+    __tablename__ = "vector_shards"
+    shard: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
 
 
 class ImageRecord(Base):
@@ -235,13 +246,22 @@ class Store:
             if mode is not None:
                 info.index_mode = mode
 
-    def vectors_checksum(self) -> str | None:
+    def vectors_checksum(self, shard: int = 0) -> str | None:
         with self.sessions() as s:
-            return s.scalar(select(IndexInfo.vectors_sha256))
+            if shard == 0:
+                return s.scalar(select(IndexInfo.vectors_sha256))
+            return s.scalar(select(VectorShard.sha256).where(VectorShard.shard == shard))
 
-    def set_vectors_checksum(self, sha256: str) -> None:
+    def set_vectors_checksum(self, sha256: str, shard: int = 0) -> None:
         with self.sessions.begin() as s:
-            s.execute(update(IndexInfo).values(vectors_sha256=sha256))
+            if shard == 0:
+                s.execute(update(IndexInfo).values(vectors_sha256=sha256))
+            else:
+                s.merge(VectorShard(shard=shard, sha256=sha256))
+
+    def set_shard_size(self, shard_size: int) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(IndexInfo).values(shard_size=shard_size))
 
     # -- images ------------------------------------------------------------------
     def image_by_path(self, fs_path: bytes) -> ImageRecord | None:

@@ -94,19 +94,32 @@ def _search_params(index: faiss.Index, selector: faiss.IDSelector | None, nprobe
 
 
 class Vectors:
-    """One store's FAISS index (an ``IDMap2``, or an IVF with its own ids), plus the
-    stale ids of index types that cannot remove vectors."""
+    """One store's FAISS index: one or more shards (an ``IDMap2``, or an IVF with its
+    own ids, each), plus the stale ids of index types that cannot remove vectors.
 
-    def __init__(self, index: faiss.Index, device: str | None = "cpu"):
-        self.index = index
+    With ``shard_size`` > 0, segment id i lives in shard (i - 1) // shard_size. Every
+    shard is a copy of one trained empty index (the same coarse quantizer and
+    codebook), so scores compare across shards and a search of all of them, merged
+    by score, answers exactly as one index with the same contents. New segments
+    land in the last shard, so a write rewrites only the shards that changed."""
+
+    def __init__(self, index: faiss.Index | list[faiss.Index], device: str | None = "cpu", shard_size: int = 0):
+        self.shards = list(index) if isinstance(index, list) else [index]
+        self.shard_size = shard_size
         self.stale = np.zeros(0, np.int64)
         self.device = device
+        self.dirty = set(range(len(self.shards)))  # shards changed since they were last written
         self._gpu: faiss.Index | None = None  # mirror for unfiltered searches (faiss_gpu.py)
         self._gpu_current = False
 
     @property
+    def index(self) -> faiss.Index:
+        """The first shard: the index type, its training and its parameters."""
+        return self.shards[0]
+
+    @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal) - len(self.stale)
+        return sum(int(shard.ntotal) for shard in self.shards) - len(self.stale)
 
     @property
     def is_trained(self) -> bool:
@@ -120,11 +133,31 @@ class Vectors:
         return isinstance(outer, faiss.IndexIDMap2) and isinstance(faiss.downcast_index(outer.index), faiss.IndexFlat)
 
     def ids(self) -> np.ndarray:
-        have = index_ids(self.index)
+        have = np.concatenate([index_ids(shard) for shard in self.shards])
         return np.setdiff1d(have, self.stale, assume_unique=True) if len(self.stale) else have
 
+    def _by_shard(self, ids: np.ndarray):
+        """(shard number, positions in ids) for each shard the ids fall into."""
+        if not self.shard_size:
+            yield 0, np.arange(len(ids))
+            return
+        numbers = (ids - 1) // self.shard_size
+        for number in np.unique(numbers).tolist():
+            yield number, np.flatnonzero(numbers == number)
+
+    def _shard(self, number: int) -> faiss.Index:
+        while len(self.shards) <= number:  # a new shard: the trained index, empty
+            fresh = faiss.clone_index(self.shards[0])
+            fresh.reset()
+            self.shards.append(fresh)
+            self.dirty.add(len(self.shards) - 1)
+        return self.shards[number]
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+        ids, vectors = np.asarray(ids, np.int64), np.ascontiguousarray(vectors, np.float32)
+        for number, rows in self._by_shard(ids):
+            self._shard(number).add_with_ids(vectors[rows], ids[rows])
+            self.dirty.add(number)
         self._gpu_current = False
 
     def remove(self, ids) -> None:
@@ -132,17 +165,21 @@ class Vectors:
         if not len(ids):
             return
         self._gpu_current = False
-        try:
-            self.index.remove_ids(faiss.IDSelectorBatch(ids))
-        except RuntimeError:  # e.g. HNSW: "remove_ids not implemented"
-            self.stale = np.union1d(self.stale, np.intersect1d(ids, self.ids()))
+        for number, rows in self._by_shard(ids):
+            if number >= len(self.shards):
+                continue
+            try:
+                self.shards[number].remove_ids(faiss.IDSelectorBatch(ids[rows]))
+                self.dirty.add(number)
+            except RuntimeError:  # e.g. HNSW: "remove_ids not implemented"
+                self.stale = np.union1d(self.stale, np.intersect1d(ids[rows], index_ids(self.shards[number])))
 
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded=(),
                nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (scores, ids) for one query among ``allowed`` ids (all when None),
-        never returning stale or ``excluded`` ids. Filters go to FAISS as an IDSelector,
-        so a narrow filter costs less than none. ``nprobe``: clusters an IVF visits
-        for this search (None: its own setting)."""
+        never returning stale or ``excluded`` ids, over all shards merged by score.
+        Filters go to FAISS as an IDSelector, so a narrow filter costs less than none.
+        ``nprobe``: clusters an IVF visits for this search (None: its own setting)."""
         query = np.ascontiguousarray(query, np.float32).reshape(1, -1)
         k = min(k, self.ntotal if allowed is None else len(allowed))
         if k <= 0:
@@ -159,12 +196,18 @@ class Vectors:
             keep += [batch, not_dropped]
             selector = not_dropped if selector is None else faiss.IDSelectorAnd(selector, not_dropped)
             keep.append(selector)
-        if selector is None and nprobe is None:
+        if selector is None and nprobe is None and len(self.shards) == 1:
             scores, ids = self._unfiltered().search(query, k)
-        else:
-            scores, ids = self.index.search(query, k, params=_search_params(self.index, selector, nprobe))
-        found = ids[0] >= 0
-        return scores[0][found], ids[0][found]
+            found = ids[0] >= 0
+            return scores[0][found], ids[0][found]
+        params = _search_params(self.index, selector, nprobe)
+        parts = [shard.search(query, min(k, int(shard.ntotal)), params=params) for shard in self.shards if shard.ntotal]
+        scores = np.concatenate([p[0][0] for p in parts]) if parts else np.zeros(0, np.float32)
+        ids = np.concatenate([p[1][0] for p in parts]) if parts else np.zeros(0, np.int64)
+        found = ids >= 0
+        scores, ids = scores[found], ids[found]
+        order = np.lexsort((ids, -scores))[:k]  # by score; ties: the lower id first
+        return scores[order], ids[order]
 
     def _unfiltered(self) -> faiss.Index:
         """The GPU mirror when there is one (refreshed after changes), else the CPU index."""
@@ -200,12 +243,28 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
         ivf.nprobe = nprobe_for(nlist)
 
 
-def rebuild(store: Store, dim: int, factory: str, device: str | None = "cpu") -> Vectors:
+def rebuild(store: Store, dim: int, factory: str, device: str | None = "cpu", shard_size: int = 0) -> Vectors:
+    """A new index of the store's embeddings: trained once on a bounded sample, then
+    filled shard by shard (streamed, in id order)."""
     index = new_index(dim, factory)
     _train_if_needed(index, store, device)
-    for ids, vectors in store.embeddings():
-        index.add_with_ids(vectors, ids)
-    return Vectors(index, device)
+    vectors = Vectors(index, device, shard_size)
+    for ids, batch in store.embeddings():
+        vectors.add(ids, batch)
+    return vectors
+
+
+def shard_path(path: Path, number: int) -> Path:
+    """Shard 0 is ``vectors.faiss``; shard n is ``vectors-000n.faiss`` beside it."""
+    return path if number == 0 else path.with_name(f"{path.stem}-{number:04d}{path.suffix}")
+
+
+def shard_files(path: Path) -> list[Path]:
+    """The shard files on disk, in order, stopping at the first gap."""
+    files = []
+    while shard_path(path, len(files)).exists():
+        files.append(shard_path(path, len(files)))
+    return files
 
 
 def reconcile(vectors: Vectors, store: Store) -> tuple[int, int]:
@@ -223,11 +282,20 @@ def reconcile(vectors: Vectors, store: Store) -> tuple[int, int]:
 
 
 def write_atomic(vectors: Vectors, path: Path, store: Store, dim: int, factory: str) -> Vectors:
-    """Write the index (compacted first if it holds stale ids) and record its checksum.
-    Returns the index now in use. A full disk is a ``DiskFullError`` naming the path;
-    the temporary file never stays behind."""
+    """Write the shards that changed (all, compacted, if the index holds stale ids)
+    and record their checksums. Returns the index now in use. A full disk is a
+    ``DiskFullError`` naming the path; a temporary file never stays behind."""
     if len(vectors.stale):
-        vectors = rebuild(store, dim, factory, vectors.device)
+        vectors = rebuild(store, dim, factory, vectors.device, vectors.shard_size)
+    for number in sorted(vectors.dirty | ({0} if not path.exists() else set())):
+        _write_file(vectors.shards[number], shard_path(path, number), store, number)
+    for extra in shard_files(path)[len(vectors.shards):]:  # left by an index with more shards
+        extra.unlink()
+    vectors.dirty.clear()
+    return vectors
+
+
+def _write_file(index: faiss.Index, path: Path, store: Store, shard: int) -> None:
     if path.is_dir():
         raise UsesearchError(f"{path} is a folder, not a FAISS file: move it away (it is rebuilt from the database)")
     tmp = path.with_name(path.name + ".tmp")
@@ -245,7 +313,7 @@ def write_atomic(vectors: Vectors, path: Path, store: Store, dim: int, factory: 
                 return len(chunk)
 
             try:
-                faiss.write_index(vectors.index, faiss.PyCallbackIOWriter(write))
+                faiss.write_index(index, faiss.PyCallbackIOWriter(write))
                 f.flush()
             except (RuntimeError, OSError) as exc:
                 raise (failure[0] if failure else exc) from None
@@ -261,21 +329,22 @@ def write_atomic(vectors: Vectors, path: Path, store: Store, dim: int, factory: 
         if is_disk_full(exc):
             raise DiskFullError(f"disk full: cannot write {path}; free space and run the command again (nothing committed was lost)") from None
         raise
-    store.set_vectors_checksum(digest.hexdigest())
-    return vectors
+    store.set_vectors_checksum(digest.hexdigest(), shard)
 
 
-def _read_verified(path: Path, store: Store, dim: int) -> tuple[faiss.Index | None, str]:
+
+
+def _read_verified(path: Path, store: Store, dim: int, shard: int = 0) -> tuple[faiss.Index | None, str]:
     """The file's index when it is the one the store recorded, else (None, why)."""
     with open(path, "rb") as f:
         digest = hashlib.sha256()
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
-        recorded = store.vectors_checksum()
+        recorded = store.vectors_checksum(shard)
         if recorded is None:
             return None, "no checksum is recorded for it (made by an older usesearch, or never finished)"
         if digest.hexdigest() != recorded:
-            recorded = store.vectors_checksum()  # a writer may have replaced it meanwhile
+            recorded = store.vectors_checksum(shard)  # a writer may have replaced it meanwhile
             if digest.hexdigest() != recorded:
                 return None, "its checksum does not match the one the database recorded"
         f.seek(0)
@@ -290,20 +359,33 @@ def _read_verified(path: Path, store: Store, dim: int) -> tuple[faiss.Index | No
     return index, ""
 
 
-def load(path: Path, store: Store, dim: int, factory: str, device: str | None = "cpu") -> tuple[Vectors, tuple[int, int]]:
-    """The index for a store: its file when it is verified, else rebuilt from the
-    store; then reconciled with the store. ``device`` as in ``faiss_gpu.wanted``."""
+def load(path: Path, store: Store, dim: int, factory: str, device: str | None = "cpu",
+         shard_size: int = 0) -> tuple[Vectors, tuple[int, int]]:
+    """The index for a store: its shard files when each is verified (and holds the
+    ids its number says), else rebuilt from the store; then reconciled with the
+    store. ``device`` as in ``faiss_gpu.wanted``."""
     if path.exists() and not path.is_file():
         raise UsesearchError(f"{path} is not a file: move it away (the vector index is rebuilt from the database)")
     if not path.exists():
-        vectors = Vectors(new_index(dim, factory), device)
+        vectors = Vectors(new_index(dim, factory), device, shard_size)
         return vectors, reconcile(vectors, store)
-    index, why = _read_verified(path, store, dim)
-    if index is None:
+    shards, why = [], ""
+    for number, file in enumerate(shard_files(path)):
+        index, why = _read_verified(file, store, dim, number)
+        if index is None:
+            why = f"{file.name}: {why}"
+            break
+        ids = index_ids(index)
+        if (number and not shard_size) or (shard_size and len(ids) and bool(np.any((ids - 1) // shard_size != number))):
+            index, why = None, f"{file.name} holds segments of another shard layout"
+            break
+        shards.append(index)
+    if len(shards) < len(shard_files(path)) or not shards:
         log.warning("%s does not match the database (%s); rebuilding it from the database", path, why)
-        vectors = rebuild(store, dim, factory, device)
+        vectors = rebuild(store, dim, factory, device, shard_size)
         return vectors, (0, vectors.ntotal)
-    vectors = Vectors(index, device)
+    vectors = Vectors(shards, device, shard_size)
+    vectors.dirty.clear()  # as on disk
     return vectors, reconcile(vectors, store)
 
 

@@ -103,11 +103,13 @@ def assert_consistent(db, db_url=None):
     from indexer.pipeline import FAISS_FILE
     from indexer.vectors import index_ids
 
+    from indexer.vectors import shard_files
+
     ix = SegmentIndex.open(db, db_url=db_url)
-    on_disk = faiss.read_index(str(db / FAISS_FILE))
+    on_disk = np.concatenate([index_ids(faiss.read_index(str(f))) for f in shard_files(db / FAISS_FILE)])
     committed = np.sort(ix.store.segment_ids())
     assert len(np.unique(committed)) == len(committed)
-    np.testing.assert_array_equal(np.sort(index_ids(on_disk)), committed)
+    np.testing.assert_array_equal(np.sort(on_disk), committed)
     ix.close()
 
 

@@ -27,6 +27,7 @@ PathOpt = Annotated[Optional[str], typer.Option("--path", help="Only images whos
 MinAreaOpt = Annotated[int, typer.Option("--min-area", min=0, help="Only segments of at least this many pixels.")]
 NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", min=1, help="Compressed index: clusters visited per query (more: slower, higher recall).")]
 RerankOpt = Annotated[Optional[int], typer.Option("--rerank", min=1, help="Compressed index: candidates re-scored exactly per query (default max(200, 20 k)).")]
+ShardSizeOpt = Annotated[Optional[int], typer.Option("--shard-size", min=0, help="Segments per FAISS shard (0: one shard); shards share one trained quantizer, so they answer as one index and a write rewrites only the shards that changed.")]
 ShowOpt = Annotated[Optional[Path], typer.Option("--show", help="Write a contact sheet PNG of the hits.")]
 ExportOpt = Annotated[Optional[Path], typer.Option("--export-coco", help="Write the hits as a COCO annotations/results JSON.")]
 
@@ -70,6 +71,7 @@ def index(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
     device: DeviceOpt = None,
     db_url: DbUrlOpt = None,
+    shard_size: ShardSizeOpt = None,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: a bare --ray starts Ray on this machine; --ray ADDRESS joins that cluster.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="With --ray: model actors (default: one per GPU, else one per 2 CPUs).")] = None,
 ) -> None:
@@ -86,7 +88,7 @@ def index(
         masker_options["masks_json"] = str(coco)
     options = IndexOptions(
         preset=preset, embedder=embedder, head=str(head) if head else None, masker=masker, masker_options=masker_options,
-        device=device, factory=factory, retry_failed=retry_failed, db_url=db_url,
+        device=device, factory=factory, retry_failed=retry_failed, db_url=db_url, shard_size=shard_size,
     )
     bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
     start = time.perf_counter()
@@ -229,11 +231,12 @@ def reindex_cmd(
     factory: Annotated[Optional[str], typer.Option(help="FAISS index_factory string, fixed from now on (default: the automatic choice for the size now, or the fixed one kept).")] = None,
     db_url: DbUrlOpt = None,
     device: DeviceOpt = None,
+    shard_size: ShardSizeOpt = None,
 ) -> None:
     """Rebuild the FAISS file from the embedding files (and choose its type again)."""
     from indexer import reindex
 
-    console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, device)} vectors")
+    console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, device, shard_size)} vectors")
 
 
 @app.command()

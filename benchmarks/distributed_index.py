@@ -1,0 +1,113 @@
+"""Distributed indexing and sharded search on this machine.
+
+1. Images/s indexing the same photos sequentially and with ``--ray`` (local Ray,
+   ``--workers`` model actors): the pipeline's overhead (Ray start-up, moving
+   decoded photos, fragment files, the single committer) against one process.
+2. Query latency of an index split into ``--shards`` shards against one index of the
+   same segments (synthetic 768-d vectors, as benchmarks/scale.py builds them).
+
+    python benchmarks/distributed_index.py [--images 16] [--workers 2] [--n 1000000] [--shards 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from indexer.distributed import index_paths_ray
+
+from index_throughput import write_photos
+from scale import build, concepts, members, percentiles
+
+
+def indexing(args, tmp: Path) -> None:
+    photos = tmp / "photos"
+    write_photos(photos, args.images, args.side)
+    options = IndexOptions(preset="tiny", masker="sam", masker_options={
+        "points_per_side": args.points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    sequential = index_paths([photos], tmp / "sequential", options)
+    sequential_s = time.perf_counter() - start
+    import ray
+
+    start = time.perf_counter()
+    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
+    startup_s = time.perf_counter() - start
+    distributed = index_paths_ray([photos], tmp / "ray", options, workers=args.workers)
+    ray_s = time.perf_counter() - start
+    ray.shutdown()
+    assert distributed.segments == sequential.segments, (distributed.segments, sequential.segments)
+    print(f"{args.images} photos of {args.side}x{args.side * 3 // 4}, tiny preset, SAM masker at {args.points_per_side}x"
+          f"{args.points_per_side} points, thresholds 0; {sequential.segments} segments")
+    print(f"sequential (1 process, {args.threads} threads): {sequential_s:7.1f} s   {args.images / sequential_s:6.2f} img/s")
+    print(f"--ray ({args.workers} actors, {args.threads} CPUs):      {ray_s:7.1f} s   {args.images / ray_s:6.2f} img/s "
+          f"(Ray start-up {startup_s:.1f} s; without it {args.images / (ray_s - startup_s):.2f} img/s)")
+    print(f"pipeline overhead: {(ray_s - startup_s) / sequential_s - 1:+.0%} wall time after start-up")
+
+
+def sharded_search(args, tmp: Path) -> None:
+    faiss.omp_set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    centres, spread = concepts(rng, 20_000)
+    one, sharded = tmp / "one", tmp / "sharded"
+    one.mkdir()
+    build(one, args.n, rng, centres, spread)
+    shutil.copytree(one, sharded)
+    start = time.perf_counter()
+    reindex(one)
+    one_s = time.perf_counter() - start
+    start = time.perf_counter()
+    reindex(sharded, shard_size=-(-args.n // args.shards))
+    sharded_s = time.perf_counter() - start
+    queries = members(rng, centres, spread, rng.integers(0, len(centres), args.queries))
+    print(f"{args.n} segments; build: one index {one_s:.0f} s, {args.shards} shards {sharded_s:.0f} s")
+    indexes = {"one index": SegmentIndex.open(one), f"{args.shards} shards": SegmentIndex.open(sharded)}
+    print(f"index: {indexes['one index'].stats()['index_choice']}")
+    found = {}
+    for name, ix in indexes.items():
+        for label, filters in (("no filter", {}), ("--path (1%)", {"path": "/archive/07/*"}), ("--per-image", {"per_image": True})):
+            times, hits = [], []
+            for q in queries:
+                t = time.perf_counter()
+                hits.append([h.segment_id for h in ix.search_vector(q, 10, **filters)])
+                times.append(time.perf_counter() - t)
+            found[name, label] = hits
+            print(f"  {name:<10} {label:<12}: {percentiles(times)}")
+    same = all(found["one index", label] == found[f"{args.shards} shards", label]
+               for label in ("no filter", "--path (1%)", "--per-image"))
+    print(f"sharded answers identical to one index: {same}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--side", type=int, default=512)
+    parser.add_argument("--points-per-side", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n", type=int, default=200_000, help="segments for the shard comparison")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--skip", choices=("indexing", "search"), default=None)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="usesearch-distributed-"))
+    try:
+        if args.skip != "indexing":
+            indexing(args, tmp)
+        if args.skip != "search":
+            sharded_search(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

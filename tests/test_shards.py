@@ -1,0 +1,77 @@
+"""A sharded index (``--shard-size``) answers every query exactly as one index with the
+same contents, with and without filters; its shards share one trained quantizer, a
+write rewrites only the shards that changed, and a damaged shard is rebuilt."""
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+
+import indexer.index_choice as index_choice
+from indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from indexer.pipeline import FAISS_FILE
+from indexer.vectors import shard_files
+from tests.conftest import OPTS, assert_consistent, write_photos
+from tests.test_index_scale import synthetic_index
+
+
+def answers(ix: SegmentIndex, queries: np.ndarray) -> list:
+    out = []
+    for q in queries:
+        for filters in ({}, {"path": "/a/3/*"}, {"path": "/a/[1-7]/*"}, {"min_area": 90}, {"min_area": 5},
+                        {"per_image": True}, {"exclude": {5, 17}}, {"nprobe": 8, "rerank": 300}):
+            hits = ix.search_vector(q, 15, **filters)
+            out.append([(h.segment_id, round(h.score, 5)) for h in hits])
+    return out
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["exact", "ivf-pq"])
+def test_sharded_index_answers_as_one_index(tmp_path, monkeypatch, compressed):
+    if compressed:
+        monkeypatch.setattr(index_choice, "EXACT_UP_TO", 5_000)
+        monkeypatch.setattr(index_choice, "nlist_for", lambda n: 32)
+        monkeypatch.setattr(index_choice, "pq_m", lambda dim: 8)
+    data = synthetic_index(tmp_path / "one", n=8_000)
+    shutil.copytree(tmp_path / "one", tmp_path / "four")
+    reindex(tmp_path / "one")
+    reindex(tmp_path / "four", shard_size=2_000)
+    one, four = SegmentIndex.open(tmp_path / "one"), SegmentIndex.open(tmp_path / "four")
+    assert len(one.index.shards) == 1 and len(four.index.shards) == 4 == len(shard_files(tmp_path / "four" / FAISS_FILE))
+    assert four.stats()["shards"] == 4 and four.index.exact == (not compressed)
+    if compressed:  # one trained quantizer and codebook for all shards
+        import faiss
+
+        centroids = [faiss.vector_to_array(faiss.downcast_index(faiss.extract_index_ivf(s).quantizer).codes)
+                     for s in four.index.shards]
+        assert all(np.array_equal(c, centroids[0]) for c in centroids)
+    queries = data[np.random.default_rng(0).integers(0, len(data), 6)]
+    assert answers(four, queries) == answers(one, queries)
+    assert all(len(a) for a in answers(four, queries[:1]))
+
+
+def test_sharded_index_grows_by_rewriting_only_its_last_shard(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS, shard_size=10))
+    files = shard_files(db / FAISS_FILE)
+    assert len(files) >= 2
+    before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    write_photos(photos, ("rocket",))
+    index_paths([photos], db, IndexOptions(**OPTS))  # the shard size is the index's own from now on
+    after = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in shard_files(db / FAISS_FILE)}
+    unchanged = [name for name in before if before[name] == after.get(name)]
+    assert unchanged == list(before)[:-1]  # all but the last (partly filled) shard kept as they were
+    last = list(before)[-1]
+    assert len(after) > len(before) or after[last] != before[last]
+    assert_consistent(db)
+    ix = SegmentIndex.open(db)
+    reference = ix.query("a rocket", k=8)
+    ix.close()
+    (db / FAISS_FILE).write_bytes(b"damaged")  # shard 0
+    ix = SegmentIndex.open(db)
+    assert [h.segment_id for h in ix.query("a rocket", k=8)] == [h.segment_id for h in reference]
+    ix.close()
+    reindex(db, shard_size=0)  # back to one shard: the extra files go
+    assert shard_files(db / FAISS_FILE) == [db / FAISS_FILE]
+    assert_consistent(db)
