@@ -28,30 +28,47 @@ from index_throughput import write_photos
 from scale import build, concepts, members, percentiles
 
 
+def steady_rate(times: list[float]) -> float:
+    """Images/s between the first and the last commit: start-up (Ray, model loading
+    in each actor) excluded."""
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
+
+
 def indexing(args, tmp: Path) -> None:
     photos = tmp / "photos"
     write_photos(photos, args.images, args.side)
     options = IndexOptions(preset="tiny", masker="sam", masker_options={
-        "points_per_side": args.points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
+        "points_per_side": args.points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+        "box_nms_thresh": 1.0})
     torch.set_num_threads(args.threads)
+    commits = {"sequential": [], "ray": []}
+
+    def timer(name):
+        def progress(report, path, total):
+            while len(commits[name]) < report.done:
+                commits[name].append(time.perf_counter())
+        return progress
+
     start = time.perf_counter()
-    sequential = index_paths([photos], tmp / "sequential", options)
+    sequential = index_paths([photos], tmp / "sequential", options, timer("sequential"))
     sequential_s = time.perf_counter() - start
     import ray
 
     start = time.perf_counter()
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
     startup_s = time.perf_counter() - start
-    distributed = index_paths_ray([photos], tmp / "ray", options, workers=args.workers)
+    distributed = index_paths_ray([photos], tmp / "ray", options, timer("ray"), workers=args.workers)
     ray_s = time.perf_counter() - start
     ray.shutdown()
     assert distributed.segments == sequential.segments, (distributed.segments, sequential.segments)
+    seq_rate, ray_rate = steady_rate(commits["sequential"]), steady_rate(commits["ray"])
     print(f"{args.images} photos of {args.side}x{args.side * 3 // 4}, tiny preset, SAM masker at {args.points_per_side}x"
           f"{args.points_per_side} points, thresholds 0; {sequential.segments} segments")
-    print(f"sequential (1 process, {args.threads} threads): {sequential_s:7.1f} s   {args.images / sequential_s:6.2f} img/s")
-    print(f"--ray ({args.workers} actors, {args.threads} CPUs):      {ray_s:7.1f} s   {args.images / ray_s:6.2f} img/s "
-          f"(Ray start-up {startup_s:.1f} s; without it {args.images / (ray_s - startup_s):.2f} img/s)")
-    print(f"pipeline overhead: {(ray_s - startup_s) / sequential_s - 1:+.0%} wall time after start-up")
+    print(f"sequential (1 process, {args.threads} threads): {sequential_s:6.1f} s wall, "
+          f"{seq_rate:5.2f} img/s between first and last commit")
+    print(f"--ray ({args.workers} actors, {args.threads} CPUs):      {ray_s:6.1f} s wall (Ray start-up {startup_s:.1f} s, "
+          f"first commit after {commits['ray'][0] - start:.1f} s), {ray_rate:5.2f} img/s between first and last commit")
+    print(f"pipeline overhead at steady state: {seq_rate / ray_rate - 1:+.0%} time per image")
 
 
 def sharded_search(args, tmp: Path) -> None:

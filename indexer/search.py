@@ -214,19 +214,19 @@ class SegmentIndex:
                 fetch = min(available, fetch * 4)
 
     def _selection(self, path: str | None, min_area: int) -> tuple[np.ndarray | None, set[int] | None]:
-        """(segment ids to search within, or None; image ids to check candidates
-        against, or None). An empty result means nothing can match."""
+        """(the segments to search within, as [n, 3] (id, chunk, row), or None; image
+        ids to check candidates against, or None). Empty means nothing can match."""
         images = None
         if path:
             images = self.store.image_ids_matching(path)
             if not images:
                 return None, set()
             if len(images) <= PUSHDOWN_SHARE * self._cached("done_images", self.store.done_image_count):
-                return self.store.segment_ids_of_images(images, min_area), None
+                return self.store.segment_locations_of_images(images, min_area), None
         if min_area and images is None:
             sample = self._cached("area_sample", self.store.sample_areas)
             if len(sample) and np.mean(sample >= min_area) * self.index.ntotal <= AREA_PUSHDOWN_MAX:
-                return self.store.segment_ids_with_area(min_area), None
+                return self.store.segment_locations_with_area(min_area), None
         return None, images
 
     def _cached(self, name: str, compute):
@@ -240,12 +240,17 @@ class SegmentIndex:
     def _candidates(self, vector, fetch: int, allowed, exclude, nprobe=None, rerank=None) -> tuple[np.ndarray, np.ndarray]:
         """The top ``fetch`` (scores, ids). A compressed index gives approximate scores:
         more candidates are taken and re-scored exactly against the embedding files."""
-        if allowed is not None and len(allowed) <= SCAN_UP_TO:
-            return self._rescore(vector, np.setdiff1d(allowed, np.fromiter(exclude, np.int64, len(exclude))), fetch)
+        if allowed is not None and len(allowed) <= SCAN_UP_TO:  # read where they lie, no lookups
+            if exclude:
+                allowed = allowed[~np.isin(allowed[:, 0], np.fromiter(exclude, np.int64, len(exclude)))]
+            scores = self.store.files().read(allowed[:, 1], allowed[:, 2]) @ np.asarray(vector, np.float32)
+            order = np.lexsort((allowed[:, 0], -scores))[:fetch]  # ties: the lower id first, as FAISS's flat search
+            return scores[order], allowed[order, 0]
+        ids_allowed = None if allowed is None else allowed[:, 0]
         if self.index.exact:
-            return self.index.search(vector, fetch, allowed, exclude)
+            return self.index.search(vector, fetch, ids_allowed, exclude)
         wanted = max(fetch, rerank if rerank is not None else index_choice.rerank_candidates(fetch))
-        _, ids = self.index.search(vector, wanted, allowed, exclude, nprobe=nprobe)
+        _, ids = self.index.search(vector, wanted, ids_allowed, exclude, nprobe=nprobe)
         return self._rescore(vector, ids, fetch)
 
     def _rescore(self, vector, ids: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:

@@ -408,21 +408,26 @@ class Store:
                    for i in range(0, len(ids), 900)]  # 900: SQLite's bound-parameter limit
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    def segment_ids_with_area(self, min_area: int) -> np.ndarray:
-        """Ids of the segments of at least ``min_area`` pixels (through the area index)."""
-        with self.sessions() as s:
-            return np.fromiter(s.scalars(select(SegmentRecord.id).where(SegmentRecord.area >= min_area)), np.int64)
+    def segment_locations_with_area(self, min_area: int) -> np.ndarray:
+        """[n, 3] (id, chunk, row) of the segments of at least ``min_area`` pixels
+        (through the area index): a selection, and where its embeddings lie."""
+        seg = SegmentRecord
+        return self._locations([select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.area >= min_area)])
 
-    def segment_ids_of_images(self, image_ids: Iterable[int], min_area: int = 0) -> np.ndarray:
-        """Ids of the segments of these images (of at least ``min_area`` pixels)."""
-        seg, wanted, out = SegmentRecord, sorted(image_ids), []
-        with self.sessions() as s:
-            for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
-                q = select(seg.id).where(seg.image_id.in_(wanted[start : start + 900]))
-                if min_area:
-                    q = q.where(seg.area >= min_area)
-                out.append(np.fromiter(s.scalars(q), dtype=np.int64))
-        return np.concatenate(out) if out else np.zeros(0, np.int64)
+    def segment_locations_of_images(self, image_ids: Iterable[int], min_area: int = 0) -> np.ndarray:
+        """[n, 3] (id, chunk, row) of the segments of these images (of at least
+        ``min_area`` pixels)."""
+        seg, wanted = SegmentRecord, sorted(image_ids)
+        queries = []
+        for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
+            q = select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.image_id.in_(wanted[start : start + 900]))
+            queries.append(q.where(seg.area >= min_area) if min_area else q)
+        return self._locations(queries)
+
+    def _locations(self, queries) -> np.ndarray:
+        with self.engine.connect() as conn:  # plain rows: no ORM objects for thousands of ids
+            values = [v for q in queries for row in conn.execute(q) for v in tuple(row)]
+        return np.fromiter(values, np.int64, len(values)).reshape(-1, 3)
 
     def files(self) -> EmbeddingFiles:
         if self._files is None:
