@@ -178,15 +178,17 @@ class Writer:
     model's identity) and its FAISS file. Every image is committed through it, one
     transaction each, by the sequential indexer and by the Ray driver alike."""
 
-    def __init__(self, db_dir: Path, options: IndexOptions, info: IndexInfo):
-        self.db_dir, self.options, self.wanted = db_dir, options, info
+    def __init__(self, db_dir: Path, options: IndexOptions, info: IndexInfo | None):
+        self.db_dir, self.options, self.wanted = db_dir, options, info  # None: the index's own identity
 
     def __enter__(self) -> Writer:
         self._lock = writer_lock(self.db_dir)
         self._lock.__enter__()
         try:
             self.store = Store(db_url_for(self.db_dir, self.options.db_url), folder=self.db_dir)
-            self.info = check_identity(self.store, self.wanted)
+            self.info = check_identity(self.store, self.wanted) if self.wanted is not None else self.store.info()
+            if self.info is None:
+                raise UsesearchError(f"{self.db_dir} holds no index yet")
             if self.options.shard_size is not None and self.options.shard_size != self.info.shard_size:
                 self.store.set_shard_size(self.options.shard_size)  # the next load lays the shards out anew
                 self.info.shard_size = self.options.shard_size
@@ -227,6 +229,12 @@ class Writer:
         removed, _ = self.store.save_image(key, path, sha256, None, error=exc)
         self.index.remove(removed)
         report.record_failure(path, exc)
+
+    def remove_image(self, image_id: int) -> int:
+        """Remove an image with its segments (one transaction) and their vectors."""
+        removed = self.store.remove_image(image_id)
+        self.index.remove(removed)
+        return len(removed)
 
     def write(self) -> None:
         self.index = vectors.write_atomic(self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory)

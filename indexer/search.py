@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from usesearch import rle
 from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.factory import load_model
 from usesearch.model import SegmentEmbedder
 
 from . import index_choice, vectors
+from .prune import gone_images
 from .pipeline import DB_FILE, FAISS_FILE, IndexMismatchError, check_db_dir, db_url_for
 from .store import SegmentRow, Store, info_summary
 
@@ -24,6 +26,7 @@ MAX_QUERY_CHARS = 1000
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 PUSHDOWN_SHARE = 0.2  # a path glob keeping at most this share of the images becomes a FAISS id selection
 AREA_PUSHDOWN_MAX = 200_000  # a --min-area keeping at most about this many segments becomes one too
+DISTINCT_OVERLAP = 0.8  # --distinct: this share of the smaller mask inside the other makes two hits one region
 SCAN_UP_TO = 20_000  # a selection this small is scored exactly from the embedding files, not searched
 
 
@@ -181,8 +184,15 @@ class SegmentIndex:
         exclude: set[int] | frozenset[int] = frozenset(),
         nprobe: int | None = None,
         rerank: int | None = None,
+        min_score: float | None = None,
+        distinct: bool = False,
     ) -> list[Hit]:
-        """Top ``k`` segments for a unit vector.
+        """Top ``k`` segments for a unit vector (fewer when ``min_score`` cuts them off:
+        only hits scoring at least that are returned).
+
+        ``distinct``: a hit whose mask mostly lies inside, or mostly contains, a
+        better-ranked hit of the same image (``DISTINCT_OVERLAP`` of the smaller mask,
+        measured on the stored RLEs) is dropped, so k hits are k different regions.
 
         Filters are resolved in the database first where they are narrow: a path glob
         keeping a small share of the images, or a ``min_area`` keeping few segments,
@@ -204,13 +214,16 @@ class SegmentIndex:
         if allowed is not None:
             min_area = 0  # settled by the selection
         available = self.index.ntotal if allowed is None else len(allowed)
-        fetch = k if not (per_image or images or min_area) else max(4 * k, 64)
+        fetch = k if not (per_image or images or min_area or distinct) else max(4 * k, 64)
         with self._index_lock.reading():
             while True:
                 scores, ids = self._candidates(vector, fetch, allowed, exclude, nprobe, rerank)
-                hits = self._hits(scores, ids, k, per_image, images, min_area)
-                if len(hits) >= k or fetch >= available:
-                    return hits
+                if min_score is not None:
+                    below = scores < min_score
+                    scores, ids = scores[~below], ids[~below]
+                hits = self._hits(scores, ids, k, per_image, images, min_area, distinct)
+                if len(hits) >= k or fetch >= available or (min_score is not None and below.any()):
+                    return hits  # (candidates come best first: past the cut-off there is nothing more)
                 fetch = min(available, fetch * 4)
 
     def _selection(self, path: str | None, min_area: int) -> tuple[np.ndarray | None, set[int] | None]:
@@ -263,10 +276,12 @@ class SegmentIndex:
         order = np.lexsort((ids, -scores))[:fetch]  # ties: the lower id first, as FAISS's flat search
         return scores[order], ids[order]
 
-    def _hits(self, scores, ids, k: int, per_image: bool, images: set[int] | None, min_area: int) -> list[Hit]:
+    def _hits(self, scores, ids, k: int, per_image: bool, images: set[int] | None, min_area: int,
+              distinct: bool = False) -> list[Hit]:
         rows = self.store.rows(ids.tolist())
         hits: list[Hit] = []
         seen_images: set[int] = set()
+        kept_masks: dict[int, list[dict]] = {}  # per image, the masks of the hits kept (distinct)
         for score, sid in zip(scores, ids):
             row: SegmentRow | None = rows.get(int(sid))
             if row is None:  # removed by a commit after this search's refresh
@@ -277,10 +292,16 @@ class SegmentIndex:
                 if row.image_id in seen_images:
                     continue
                 seen_images.add(row.image_id)
+            mask = {"size": list(row.image_hw), "counts": row.rle_counts}
+            if distinct:
+                better = kept_masks.setdefault(row.image_id, [])
+                if better and rle.overlap_of_smaller([mask], better).max() >= DISTINCT_OVERLAP:
+                    continue  # a part of a better hit, or a whole around one
+                better.append(mask)
             hits.append(
                 Hit(
                     rank=len(hits) + 1, score=float(score), segment_id=row.id, image_id=row.image_id, image=row.image_path, bbox=row.bbox,
-                    area=row.area, mask={"size": list(row.image_hw), "counts": row.rle_counts},
+                    area=row.area, mask=mask,
                     predicted_iou=row.predicted_iou, stability_score=row.stability_score, image_fs_path=row.image_fs_path,
                 )
             )
@@ -310,6 +331,7 @@ class SegmentIndex:
             "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal"),
             "bytes_faiss": sum(p.stat().st_size for p in vectors.shard_files(self.db_dir / FAISS_FILE)),
             "shards": len(self.index.shards),
+            "files_gone": len(gone_images(self.store.image_files())),  # since indexing: `usesearch prune` removes them
             "shard_size": self.info.shard_size,
             "bytes_embeddings": self.store.files().bytes_on_disk(),
             **vectors.faiss_runtime(),

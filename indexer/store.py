@@ -342,6 +342,24 @@ class Store:
             s.flush()
             return removed, [seg.id for seg in record.segments]
 
+    def remove_image(self, image_id: int) -> list[int]:
+        """Delete an image and its segments in one transaction; their segment ids."""
+        def remove() -> list[int]:
+            with self.sessions.begin() as s:
+                record = s.get(ImageRecord, image_id)
+                if record is None:
+                    return []
+                removed = list(s.scalars(select(SegmentRecord.id).where(SegmentRecord.image_id == image_id)))
+                s.delete(record)
+                s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+                return removed
+        return self._retrying(remove)
+
+    def image_files(self) -> list[tuple[int, bytes, str]]:
+        """(id, fs_path, path) of every image the index has, done or failed."""
+        with self.sessions() as s:
+            return [tuple(r) for r in s.execute(select(ImageRecord.id, ImageRecord.fs_path, ImageRecord.path).order_by(ImageRecord.id))]
+
     def image(self, image_id: int) -> ImageRecord | None:
         with self.sessions() as s:
             return s.get(ImageRecord, image_id)

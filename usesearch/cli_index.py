@@ -27,6 +27,8 @@ PathOpt = Annotated[Optional[str], typer.Option("--path", help="Only images whos
 MinAreaOpt = Annotated[int, typer.Option("--min-area", min=0, help="Only segments of at least this many pixels.")]
 NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", min=1, help="Compressed index: clusters visited per query (more: slower, higher recall).")]
 RerankOpt = Annotated[Optional[int], typer.Option("--rerank", min=1, help="Compressed index: candidates re-scored exactly per query (default max(200, 20 k)).")]
+MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Only hits scoring at least this (cosine); k may then return fewer.")]
+DistinctOpt = Annotated[bool, typer.Option("--distinct", help="Drop a hit that mostly lies inside (or mostly contains) a better hit of the same photo.")]
 ShardSizeOpt = Annotated[Optional[int], typer.Option("--shard-size", min=0, help="Segments per FAISS shard (0: one shard); shards share one trained quantizer, so they answer as one index and a write rewrites only the shards that changed.")]
 ShowOpt = Annotated[Optional[Path], typer.Option("--show", help="Write a contact sheet PNG of the hits.")]
 ExportOpt = Annotated[Optional[Path], typer.Option("--export-coco", help="Write the hits as a COCO annotations/results JSON.")]
@@ -72,6 +74,7 @@ def index(
     device: DeviceOpt = None,
     db_url: DbUrlOpt = None,
     shard_size: ShardSizeOpt = None,
+    prune_gone: Annotated[bool, typer.Option("--prune", help="Also remove images under PATHS whose files are gone since they were indexed.")] = False,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: a bare --ray starts Ray on this machine; --ray ADDRESS joins that cluster.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="With --ray: model actors (default: one per GPU, else one per 2 CPUs).")] = None,
 ) -> None:
@@ -108,6 +111,11 @@ def index(
     else:
         report = index_paths(paths, db, options, progress)
     bar.close()
+    if prune_gone and not report.interrupted:
+        from indexer.prune import prune
+
+        pruned = prune(db, paths, options)
+        console.print(f"pruned {pruned.images_removed} images whose files are gone ({pruned.segments_removed} segments)")
     state = "interrupted; finished work is kept" if report.interrupted else "finished"
     console.print(
         f"{state}: {report.done} images indexed, {report.skipped} skipped, {report.failed} failed, "
@@ -148,10 +156,12 @@ class SearchOptions:
     db_url: Optional[str] = None
     nprobe: Optional[int] = None
     rerank: Optional[int] = None
+    min_score: Optional[float] = None
+    distinct: bool = False
 
     def filters(self) -> dict:
         return {"k": self.k, "per_image": self.per_image, "path": self.path, "min_area": self.min_area,
-                "nprobe": self.nprobe, "rerank": self.rerank}
+                "nprobe": self.nprobe, "rerank": self.rerank, "min_score": self.min_score, "distinct": self.distinct}
 
     def output(self, hits, title: str, name: str, index) -> None:
         _print_hits(hits, self.as_json, title, index.store.common_folder())
@@ -161,7 +171,7 @@ class SearchOptions:
 with_search_options = shared_options("search", SearchOptions, {
     "k": (KOpt, 10), "as_json": (JsonOpt, False), "per_image": (PerImageOpt, False), "path": (PathOpt, None),
     "min_area": (MinAreaOpt, 0), "show": (ShowOpt, None), "export_coco": (ExportOpt, None), "db_url": (DbUrlOpt, None),
-    "nprobe": (NprobeOpt, None), "rerank": (RerankOpt, None),
+    "nprobe": (NprobeOpt, None), "rerank": (RerankOpt, None), "min_score": (MinScoreOpt, None), "distinct": (DistinctOpt, False),
 })
 
 
@@ -222,6 +232,23 @@ def failures(db: DbOpt, db_url: DbUrlOpt = None) -> None:
 
     for record in open_store(db, db_url, read_only=True).failures():
         console.print(f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})", markup=False)
+
+
+@app.command("prune")
+@user_errors
+def prune_cmd(
+    db: DbOpt,
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Only images under these folders (default: all).")] = None,
+    db_url: DbUrlOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Remove them even when every file is gone (an unmounted disk?).")] = False,
+) -> None:
+    """Remove images whose files are gone or unreadable since indexing, with their segments and vectors."""
+    from indexer import IndexOptions
+    from indexer.prune import prune
+
+    report = prune(db, paths or None, IndexOptions(db_url=db_url), force=force)
+    state = "interrupted; removals so far are kept" if report.interrupted else "finished"
+    console.print(f"{state}: {report.images_removed} images removed ({report.segments_removed} segments)")
 
 
 @app.command("reindex")

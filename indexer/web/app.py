@@ -39,6 +39,8 @@ PathGlob = Annotated[str | None, Query(max_length=MAX_GLOB_CHARS, description="O
 MinArea = Annotated[int, Query(ge=0, le=2**40, description="Only segments of at least this many pixels.")]
 PerImage = Annotated[bool, Query(description="Keep only the best segment of each image.")]
 WithMasks = Annotated[bool, Query(description="Include each hit's COCO RLE mask.")]
+MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, description="Only hits scoring at least this (cosine).")]
+Distinct = Annotated[bool, Query(description="Drop a hit that mostly lies inside (or mostly contains) a better hit of the same image.")]
 
 STATIC = resources.files(__package__) / "static"
 # Segment ids are never reused (AUTOINCREMENT) and a changed image file is refused,
@@ -184,18 +186,20 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     def search_text(
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")],
         k: KParam = 24, path: PathGlob = None, min_area: MinArea = 0, per_image: PerImage = False, with_masks: WithMasks = False,
+        min_score: MinScore = None, distinct: Distinct = False,
     ) -> SearchOut:
         """Segments ranked by similarity to a text (prompt-template ensemble, cached per text)."""
-        return searched(lambda: index.query(q, k=k, path=path, min_area=min_area, per_image=per_image), with_masks, query=q)
+        return searched(lambda: index.query(q, k=k, path=path, min_area=min_area, per_image=per_image, min_score=min_score,
+                                            distinct=distinct), with_masks, query=q)
 
     @app.get("/api/segments/{segment_id}/similar", response_model=SearchOut, tags=["search"])
     def search_like(
         segment_id: SegmentId, k: KParam = 24, path: PathGlob = None, min_area: MinArea = 0,
-        per_image: PerImage = False, with_masks: WithMasks = False,
+        per_image: PerImage = False, with_masks: WithMasks = False, min_score: MinScore = None, distinct: Distinct = False,
     ) -> SearchOut:
         """More like this: segments most similar to a given one, itself excluded."""
-        return searched(lambda: index.similar(segment_id, k=k, path=path, min_area=min_area, per_image=per_image),
-                        with_masks, like_segment=segment_id)
+        return searched(lambda: index.similar(segment_id, k=k, path=path, min_area=min_area, per_image=per_image,
+                                              min_score=min_score, distinct=distinct), with_masks, like_segment=segment_id)
 
     @app.get("/api/segments/{segment_id}", response_model=SegmentOut, tags=["segments"])
     def segment(segment_id: SegmentId) -> SegmentOut:

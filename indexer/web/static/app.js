@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const FILTERS = ["path", "min_area", "per_image", "k"];
+const FILTERS = ["path", "min_area", "per_image", "distinct", "min_score", "k"];
 const VIEW_SIZE = 1024;
 let current = null; // segment shown in the viewer
 
@@ -26,6 +26,9 @@ function filtersFromForm() {
   const minArea = parseInt($("min-area").value, 10);
   if (minArea > 0) params.set("min_area", String(minArea));
   if ($("per-image").checked) params.set("per_image", "true");
+  if ($("distinct").checked) params.set("distinct", "true");
+  const minScore = $("min-score").value.trim();
+  if (minScore !== "") params.set("min_score", minScore);
   params.set("k", $("k").value);
   return params;
 }
@@ -35,8 +38,10 @@ function formFromParams(params) {
   $("path").value = params.get("path") || "";
   $("min-area").value = params.get("min_area") || "0";
   $("per-image").checked = params.get("per_image") === "true";
+  $("distinct").checked = params.get("distinct") === "true";
+  $("min-score").value = params.get("min_score") || "";
   if (params.get("k")) $("k").value = params.get("k");
-  if (params.get("path") || params.get("min_area") || params.get("per_image")) $("filters").open = true;
+  if (["path", "min_area", "per_image", "distinct", "min_score"].some((name) => params.get(name))) $("filters").open = true;
 }
 
 function go(params) {

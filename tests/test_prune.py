@@ -1,0 +1,94 @@
+"""prune: images whose files are gone since indexing leave the index with their
+segments and vectors, crash-safely; `info` counts them; an unmounted disk is not
+taken for a deleted archive."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from typer.testing import CliRunner
+
+from indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from tests.conftest import OPTS, assert_consistent, segment_table, write_photos
+from tests.test_index_scale import synthetic_index
+from usesearch.cli import app
+
+NAMES = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def test_prune_removes_what_is_gone_and_leaves_what_a_clean_index_has(tmp_path):
+    photos = write_photos(tmp_path / "photos", NAMES)
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    (photos / "astronaut.png").unlink()  # gone
+    (photos / "coffee.png").unlink()
+    (photos / "coffee.png").mkdir()  # no longer a regular file
+    runner = CliRunner()
+    info = runner.invoke(app, ["info", "--db", str(db), "--json"])
+    assert '"files_gone": 2' in info.output, info.output
+    result = runner.invoke(app, ["prune", "--db", str(db)])
+    assert result.exit_code == 0 and "2 images removed" in result.output, result.output
+    clean = tmp_path / "clean"
+    index_paths([photos], clean, IndexOptions(**OPTS))
+    assert segment_table(db) == segment_table(clean)
+    assert_consistent(db)
+    ix = SegmentIndex.open(db)
+    assert ix.stats()["files_gone"] == 0 and {os.path.basename(h.image) for h in ix.query("a cat", k=50)} <= {"chelsea.png", "rocket.png"}
+    ix.close()
+
+
+def test_index_prune_only_touches_the_folders_it_was_given(tmp_path):
+    a, b = write_photos(tmp_path / "a", NAMES[:2]), write_photos(tmp_path / "b", NAMES[2:])
+    db = tmp_path / "db"
+    index_paths([a, b], db, IndexOptions(preset="tiny"))  # the CLI's defaults below
+    (a / "astronaut.png").unlink()
+    (b / "coffee.png").unlink()
+    result = CliRunner().invoke(app, ["index", str(a), "--db", str(db), "--preset", "tiny", "--prune"])
+    assert result.exit_code == 0 and "pruned 1 images" in result.output, result.output
+    ix = SegmentIndex.open(db)
+    assert sorted(os.path.basename(p) for _, _, p in ix.store.image_files()) == ["chelsea.png", "coffee.png", "rocket.png"]
+    ix.close()
+
+
+def test_everything_gone_is_refused_without_force(tmp_path):
+    synthetic_index(tmp_path / "db", n=300, dim=16, images=30)  # paths under /a/: none exist here
+    reindex(tmp_path / "db")
+    runner = CliRunner()
+    result = runner.invoke(app, ["prune", "--db", str(tmp_path / "db")])
+    assert result.exit_code == 2 and "is the disk mounted" in result.output and "Traceback" not in result.output
+    assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 30
+    result = runner.invoke(app, ["prune", "--db", str(tmp_path / "db"), "--force"])
+    assert result.exit_code == 0 and "30 images removed (300 segments)" in result.output, result.output
+    assert_consistent(tmp_path / "db")
+
+
+def test_kill_dash_nine_during_prune_then_resume(tmp_path):
+    db = tmp_path / "db"
+    synthetic_index(db, n=12_000, dim=16, images=3_000)
+    reindex(db)
+    code = "import sys; from indexer.prune import prune; prune(sys.argv[1], force=True)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline, left = time.time() + 120, 3_000
+    while time.time() < deadline and proc.poll() is None and left > 2_500:
+        try:
+            with sqlite3.connect(db / "segments.sqlite", timeout=5) as con:
+                left = con.execute("select count(*) from images").fetchone()[0]
+        except sqlite3.Error:
+            pass
+        time.sleep(0.02)
+    assert proc.poll() is None, "prune finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < left < 3_000
+    ix = SegmentIndex.open(db)  # usable at once: the vectors are reconciled with what was committed
+    assert ix.index.ntotal == len(ix.store.segment_ids()) == 4 * ix.stats()["images_done"]
+    ix.close()
+    result = CliRunner().invoke(app, ["prune", "--db", str(db), "--force"])
+    assert result.exit_code == 0, result.output
+    ix = SegmentIndex.open(db)
+    assert ix.stats()["images_done"] == 0 and ix.index.ntotal == 0
+    ix.close()
+    assert_consistent(db)
