@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from segment_anything.utils.amg import calculate_stability_score, remove_small_regions
+from segment_anything.utils.amg import remove_small_regions
+
+from usesearch.region import pick_most_stable
 from torchvision.ops import box_convert
 
 from usesearch import rle
@@ -52,12 +54,6 @@ def clean_mask(mask: np.ndarray, min_area: int) -> np.ndarray:
     mask, _ = remove_small_regions(mask, min_area, mode="holes")
     mask, _ = remove_small_regions(mask, min_area, mode="islands")
     return mask
-
-
-def pick_most_stable(logits: torch.Tensor, iou_preds: torch.Tensor, mask_threshold: float, offset: float):
-    """[M,H,W] logits of one prompt -> (index, stability scores [M])."""
-    stability = calculate_stability_score(logits, mask_threshold, offset)
-    return int(torch.argmax(stability)), stability
 
 
 def masks_from_boxes(predictor, rgb: np.ndarray, boxes: list[BoxText], cfg: BoxMaskConfig = BoxMaskConfig()) -> list[Segment]:

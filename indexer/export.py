@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from usesearch.images import read_image
-from usesearch.visualize import decode_mask, segment_tile
+from usesearch.visualize import decode_mask, outline, segment_tile
 
 from .search import Hit
 
@@ -32,6 +32,18 @@ def contact_sheet(hits: Sequence[Hit], out: str | os.PathLike, tile: int = 192, 
         draw.text((left + 4, top + tile + 15), Path(hit.image).name[:30], fill=(80, 80, 80))
     out = Path(out)
     sheet.save(out)
+    return out
+
+
+def region_picture(rgb: np.ndarray, region, show: str | os.PathLike) -> Path:
+    """The photo with the searched region tinted and outlined, beside ``show``
+    (``hits.png`` -> ``hits-region.png``)."""
+    show = Path(show)
+    out = show.with_name(f"{show.stem}-region{show.suffix or '.png'}")
+    picture = rgb.astype(np.float32)
+    picture[region.mask] = 0.55 * picture[region.mask] + 0.45 * np.array([255, 64, 32], np.float32)
+    picture[outline(region.mask)] = (255, 255, 0)
+    Image.fromarray(picture.astype(np.uint8)).save(out)
     return out
 
 

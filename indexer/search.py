@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from usesearch import region as region_lib
 from usesearch import rle
+from usesearch.images import to_rgb_array
 from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.factory import load_model
 from usesearch.model import SegmentEmbedder
@@ -116,6 +118,7 @@ class SegmentIndex:
         if self.info is None:
             raise UsesearchError(f"{db_dir} holds no index yet; run `usesearch index PATH --db {db_dir}` first")
         self._model = model
+        self._sam = None  # for queries by a region of a photo, loaded on first use
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
         self._stats_cache: dict[str, tuple[int, Any]] = {}
@@ -173,6 +176,33 @@ class SegmentIndex:
         if not found:
             raise NotFoundError(f"no segment with id {segment_id}")
         return self.search_vector(found[0][1][0], k, exclude={segment_id}, **filters)
+
+    def region(self, image, point: tuple[float, float] | None = None, box: tuple[float, float, float, float] | None = None,
+               mask: np.ndarray | None = None) -> region_lib.Region:
+        """The region of ``image`` (any photo: RGB array or PIL) a query by region
+        searches for: ``mask`` as given, or SAM's most stable mask for ``point`` (x, y)
+        or ``box`` (x, y, w, h), with the SAM of the index's preset."""
+        rgb = to_rgb_array(image)
+        if mask is not None:
+            if point is not None or box is not None:
+                raise UsesearchError("give a mask, or a point or box for SAM, not both")
+            return region_lib.from_mask(mask, rgb.shape[:2])
+        with self._model_lock:
+            if self._sam is None:
+                from usesearch import get_preset
+                from usesearch.sam import load_sam
+
+                preset = get_preset(self.info.preset)
+                self._sam = load_sam(preset.sam, preset.name, None, self._device or "cpu")
+            return region_lib.prompt(self._sam, rgb, point=point, box=box)
+
+    def similar_region(self, image, point=None, box=None, mask=None, k: int = 10, **filters) -> list[Hit]:
+        """Segments most like a region of any photo (need not be indexed): see ``region``."""
+        picked = self.region(image, point=point, box=box, mask=mask)
+        rgb = to_rgb_array(image)
+        with self._model_lock:
+            vector = self.model.embed_segments(rgb, picked.mask[None])[0]
+        return self.search_vector(vector, k, **filters)
 
     def search_vector(
         self,

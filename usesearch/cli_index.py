@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from .errors import UsesearchError
 from .cli import DeviceOpt, HeadOpt, PresetOpt, app, console, shared_options, user_errors
 
 # A string, not a Path: Path("") would silently turn an empty --db into the current folder.
@@ -197,17 +198,45 @@ def query(
 @user_errors
 @with_search_options
 def similar(
-    segment_id: Annotated[int, typer.Argument(help="A segment id from a query result.")],
     db: DbOpt,
+    segment_id: Annotated[Optional[int], typer.Argument(help="A segment id from a query result (or use --image).")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Search for a region of this photo (need not be indexed).")] = None,
+    point: Annotated[Optional[str], typer.Option("--point", help="With --image: X,Y in pixels; SAM picks the region there.")] = None,
+    box: Annotated[Optional[str], typer.Option("--box", help="With --image: X,Y,W,H in pixels; SAM picks the region in it.")] = None,
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="With --image: a PNG whose non-zero pixels are the region.")] = None,
+    device: DeviceOpt = None,
     *,
     search: SearchOptions,
 ) -> None:
-    """Segments most like a given one (query by example)."""
+    """Segments most like a given one (query by example), or like a region of any photo."""
     from indexer import SegmentIndex
+    from usesearch import region as region_lib
 
-    index = SegmentIndex.open(db, db_url=search.db_url)
-    hits = index.similar(segment_id, **search.filters())
-    search.output(hits, f"like segment {segment_id}", f"like segment {segment_id}", index)
+    if (segment_id is None) == (image is None):
+        raise UsesearchError("give a SEGMENT_ID, or --image PHOTO with --point, --box or --mask")
+    if image is None and (point or box or mask):
+        raise UsesearchError("--point, --box and --mask choose a region of --image PHOTO")
+    index = SegmentIndex.open(db, db_url=search.db_url, device=device)
+    if segment_id is not None:
+        hits = index.similar(segment_id, **search.filters())
+        search.output(hits, f"like segment {segment_id}", f"like segment {segment_id}", index)
+        return
+    from usesearch.files import decode, read_bytes
+
+    rgb = decode(read_bytes(str(image))[0], str(image))  # the indexer's safeguards: regular files, size, bombs
+    mask_array = None
+    if mask is not None:
+        mask_array = decode(read_bytes(str(mask))[0], str(mask)).any(axis=2)
+    picked = index.region(rgb, point=region_lib.parse_point(point) if point else None,
+                          box=region_lib.parse_box(box) if box else None, mask=mask_array)
+    how = "the mask given" if picked.stability_score is None else f"SAM, stability {picked.stability_score:.3f}"
+    typer.echo(f"region: bbox {list(picked.bbox)}, {picked.area} pixels ({how})", err=True)
+    if search.show:
+        from indexer.export import region_picture
+
+        typer.echo(f"wrote {region_picture(rgb, picked, search.show)}", err=True)
+    hits = index.search_vector(index.model.embed_segments(rgb, picked.mask[None])[0], **search.filters())
+    search.output(hits, f"like a region of {image.name}", f"like a region of {image.name}", index)
 
 
 @app.command()

@@ -1,0 +1,79 @@
+"""Query by a region of any photo: a point or a box prompts SAM (its most stable
+mask), or a mask is given; the region is embedded with the index's own model."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from indexer import IndexOptions, SegmentIndex, index_paths
+from tests.conftest import OPTS, write_photos
+from usesearch import rle
+from usesearch.cli import app
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("region")
+    photos = write_photos(root / "photos", ("astronaut", "chelsea", "coffee", "rocket"))
+    index_paths([photos], root / "db", IndexOptions(**OPTS))
+    return root, photos
+
+
+def test_a_region_of_a_photo_outside_the_index_finds_its_indexed_twin_first(indexed, tmp_path):
+    root, photos = indexed
+    outside = tmp_path / "copy-of-chelsea.png"
+    outside.write_bytes((photos / "sub" / "chelsea.png").read_bytes())  # not under the indexed folder
+    ix = SegmentIndex.open(root / "db")
+    twin = next(h for h in ix.query("a cat", k=50) if h.image.endswith("chelsea.png"))
+    mask = rle.decode(twin.mask)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    result = CliRunner().invoke(app, ["similar", "--db", str(root / "db"), "--image", str(outside), "--mask",
+                                      str(tmp_path / "mask.png"), "--json", "-k", "3", "--show", str(tmp_path / "hits.png")])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert hits[0]["segment_id"] == twin.segment_id and hits[0]["score"] == pytest.approx(1.0, abs=2e-3)
+    assert f"region: bbox {list(twin.bbox)}, {twin.area} pixels (the mask given)" in result.stderr
+    assert (tmp_path / "hits-region.png").is_file() and (tmp_path / "hits.png").is_file()
+    api = ix.similar_region(np.asarray(Image.open(outside).convert("RGB")), mask=mask, k=3)
+    assert [h.segment_id for h in api] == [h["segment_id"] for h in hits]
+
+
+def test_a_point_or_a_box_prompts_sam_for_its_most_stable_mask(indexed):
+    root, photos = indexed
+    ix = SegmentIndex.open(root / "db")
+    rgb = np.asarray(Image.open(photos / "astronaut.png").convert("RGB"))
+    by_point = ix.region(rgb, point=(40, 30))
+    assert by_point.mask.shape == rgb.shape[:2] and by_point.area == int(by_point.mask.sum()) > 0
+    assert by_point.stability_score is not None and by_point.bbox[2] > 0
+    by_box = ix.region(rgb, box=(10, 10, 50, 40))
+    assert by_box.area == int(by_box.mask.sum()) > 0
+    hits = ix.similar_region(rgb, box=(10, 10, 50, 40), k=4, per_image=True)
+    assert len(hits) == 4 and len({h.image_id for h in hits}) == 4
+    result = CliRunner().invoke(app, ["similar", "--db", str(root / "db"), "--image", str(photos / "astronaut.png"),
+                                      "--point", "40,30", "-k", "2"])
+    assert result.exit_code == 0 and "SAM, stability" in result.output, result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--point", "40"], "2 comma-separated numbers"),
+    (["--point", "4000,3"], "outside"),
+    (["--box", "1,2,0,5"], "must be positive"),
+    ([], "one of --point"),
+    (["--point", "4,4", "--box", "1,1,5,5"], "one of --point"),
+])
+def test_bad_region_options_are_one_line_errors(indexed, args, message):
+    root, photos = indexed
+    result = CliRunner().invoke(app, ["similar", "--db", str(root / "db"), "--image", str(photos / "astronaut.png"), *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_similar_needs_a_segment_or_a_photo(indexed, tmp_path):
+    root, photos = indexed
+    runner = CliRunner()
+    assert "give a SEGMENT_ID" in runner.invoke(app, ["similar", "--db", str(root / "db")]).output
+    (tmp_path / "bomb.png").write_bytes(b"not an image")
+    result = runner.invoke(app, ["similar", "--db", str(root / "db"), "--image", str(tmp_path / "bomb.png"), "--point", "1,1"])
+    assert result.exit_code == 2 and "cannot read image" in result.output

@@ -1,0 +1,105 @@
+"""A region of any photo, picked by a point or a box: SAM prompted once, its most
+stable of three masks kept (as curation does, paper §4.1), or a mask given outright.
+What ``similar --image`` searches for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from segment_anything.utils.amg import calculate_stability_score
+
+from . import rle
+from .errors import UsesearchError
+
+
+@dataclass(frozen=True)
+class Region:
+    """The region searched for: its mask (bool [H, W]) and how SAM rated it."""
+
+    mask: np.ndarray
+    bbox: tuple[int, int, int, int]  # x, y, w, h (COCO)
+    area: int
+    stability_score: float | None = None  # None: a mask given, not prompted
+    predicted_iou: float | None = None
+
+    @property
+    def rle(self) -> dict:
+        return rle.encode(self.mask)
+
+
+def pick_most_stable(logits: torch.Tensor, iou_preds: torch.Tensor, mask_threshold: float, offset: float):
+    """[M,H,W] logits of one prompt -> (index, stability scores [M])."""
+    stability = calculate_stability_score(logits, mask_threshold, offset)
+    return int(torch.argmax(stability)), stability
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    return tuple(_numbers(text, 2, "--point X,Y"))
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    x, y, w, h = _numbers(text, 4, "--box X,Y,W,H")
+    if w <= 0 or h <= 0:
+        raise UsesearchError(f"--box {text}: width and height must be positive")
+    return x, y, w, h
+
+
+def _numbers(text: str, count: int, spelling: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count or not all(np.isfinite(values)):
+        raise UsesearchError(f"{spelling}: expected {count} comma-separated numbers (pixels), got {text!r}")
+    return values
+
+
+def from_mask(mask: np.ndarray, hw: tuple[int, int]) -> Region:
+    mask = np.asarray(mask)
+    if mask.ndim == 3:  # a PNG read with colour channels: any non-zero channel is inside
+        mask = mask.any(axis=2)
+    if mask.shape != tuple(hw):
+        raise UsesearchError(f"the mask is {mask.shape[0]}x{mask.shape[1]} but the photo is {hw[0]}x{hw[1]}")
+    mask = mask != 0
+    if not mask.any():
+        raise UsesearchError("the mask is empty: mark the region with non-zero pixels")
+    return _region(mask, None, None)
+
+
+def prompt(sam, rgb: np.ndarray, point: tuple[float, float] | None = None,
+           box: tuple[float, float, float, float] | None = None, stability_offset: float = 1.0) -> Region:
+    """SAM's most stable mask for a point (x, y) or a box (x, y, w, h) in pixels."""
+    from segment_anything import SamPredictor
+
+    h, w = rgb.shape[:2]
+    if (point is None) == (box is None):
+        raise UsesearchError("give one of --point X,Y and --box X,Y,W,H (or --mask MASK.png)")
+    if point is not None and not (0 <= point[0] < w and 0 <= point[1] < h):
+        raise UsesearchError(f"--point {point[0]:g},{point[1]:g} lies outside the {w}x{h} photo")
+    if box is not None and (box[0] >= w or box[1] >= h or box[0] + box[2] <= 0 or box[1] + box[3] <= 0):
+        raise UsesearchError(f"--box {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} photo")
+    predictor = SamPredictor(sam)
+    predictor.set_image(rgb)
+    with torch.inference_mode():
+        if point is not None:
+            coords = predictor.transform.apply_coords(np.array([point], np.float32), (h, w))
+            logits, ious, _ = predictor.predict(point_coords=coords, point_labels=np.array([1]), multimask_output=True,
+                                                return_logits=True)
+        else:
+            x, y, bw, bh = box
+            xyxy = predictor.transform.apply_boxes(np.array([[x, y, x + bw, y + bh]], np.float32), (h, w))
+            logits, ious, _ = predictor.predict(box=xyxy[0], multimask_output=True, return_logits=True)
+    logits, ious = torch.from_numpy(logits), torch.from_numpy(ious)
+    best, stability = pick_most_stable(logits, ious, sam.mask_threshold, stability_offset)
+    mask = (logits[best] > sam.mask_threshold).numpy()
+    if not mask.any():
+        raise UsesearchError("SAM found no region there; try another point, a box, or --mask")
+    return _region(mask, float(stability[best]), float(ious[best]))
+
+
+def _region(mask: np.ndarray, stability: float | None, iou: float | None) -> Region:
+    ys, xs = np.nonzero(mask)
+    bbox = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+    return Region(mask, bbox, int(mask.sum()), stability, iou)
