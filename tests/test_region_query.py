@@ -77,3 +77,37 @@ def test_similar_needs_a_segment_or_a_photo(indexed, tmp_path):
     (tmp_path / "bomb.png").write_bytes(b"not an image")
     result = runner.invoke(app, ["similar", "--db", str(root / "db"), "--image", str(tmp_path / "bomb.png"), "--point", "1,1"])
     assert result.exit_code == 2 and "cannot read image" in result.output
+
+
+def test_upload_route_searches_a_region_and_refuses_bad_uploads(indexed, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    import indexer.web.app as web
+    from indexer.web import create_app
+
+    root, photos = indexed
+    before = sorted(p.name for p in photos.rglob("*"))
+    ix = SegmentIndex.open(root / "db")
+    client = TestClient(create_app(ix, token="s3cret"))
+    photo = (photos / "astronaut.png").read_bytes()
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.post("/api/region-search?point=40,30", content=photo).status_code == 401  # the same token as everything
+    response = client.post("/api/region-search?point=40,30&k=3&per_image=true", content=photo, headers=auth)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["hits"]) == 3 and body["region"]["area"] > 0 and body["region"]["overlay"].startswith("data:image/png;base64,")
+    assert rle.area(body["region"]["mask"]) == body["region"]["area"]
+    assert client.post("/api/region-search?point=40,30", content=b"", headers=auth).status_code == 400
+    assert client.post("/api/region-search?point=40,30", content=b"not an image", headers=auth).status_code == 400
+    assert client.post("/api/region-search?point=4000,30", content=photo, headers=auth).status_code == 400
+    assert client.post("/api/region-search", content=photo, headers=auth).status_code == 400  # no point or box
+    monkeypatch.setattr(web, "MAX_UPLOAD_BYTES", 1000)
+    assert client.post("/api/region-search?point=40,30", content=photo, headers=auth).status_code == 413
+    monkeypatch.setattr(web, "MAX_UPLOAD_BYTES", 20 * 2**20)
+    import io
+
+    bomb = io.BytesIO()
+    Image.new("L", (20_000, 20_000)).save(bomb, "PNG")  # 400 MP: refused from its header, never decoded
+    response = client.post("/api/region-search?point=1,1", content=bomb.getvalue(), headers=auth)
+    assert response.status_code == 400 and "pixels" in response.json()["detail"]
+    assert sorted(p.name for p in photos.rglob("*")) == before  # nothing written into the indexed folders

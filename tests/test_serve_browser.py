@@ -143,3 +143,33 @@ def test_filters_errors_and_names_shown_as_text(server, page):
     assert "no segment with id 99999999" in page.inner_text("#status")
     assert page.query_selector_all(".tile") == []
     assert page.errors == []
+
+
+def test_search_by_a_region_of_a_photo(server, page, tmp_path):
+    """Pick a photo that is not in the index, click a point on it: SAM's region comes
+    back drawn on the photo, and the results are segments like it."""
+    url, index = server
+    photo = tmp_path / "holiday.png"
+    from skimage import data
+
+    Image.fromarray(data.chelsea()).resize((300, 225)).save(photo)
+    page.goto("about:blank")
+    page.goto(url)
+    page.click("#region-search summary")
+    page.set_input_files("#region-file", str(photo))
+    page.wait_for_selector("#region-stage:not([hidden])")
+    page.wait_for_function("() => { const i = document.getElementById('region-photo'); return i.complete && i.naturalWidth === 300; }")
+    box = page.query_selector("#region-photo").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.4)
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('like the region')")
+    page.wait_for_function(TILES_LOADED, arg=6)
+    assert page.evaluate("() => document.getElementById('region-photo').src.startsWith('data:image/png')")
+    page.screenshot(path=ARTIFACTS / "serve-4-region.png")
+    # Drag a box: a box prompt, the same flow.
+    page.evaluate("() => { document.getElementById('status').textContent = ''; }")
+    page.mouse.move(box["x"] + 20, box["y"] + 20)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 120, box["y"] + 100, steps=5)
+    page.mouse.up()
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('like the region')")
+    assert page.errors == []

@@ -18,7 +18,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 
-from usesearch.errors import NotFoundError
+from fastapi.concurrency import run_in_threadpool
+
+from usesearch import region as region_lib
+from usesearch.errors import NotFoundError, UsesearchError
+from usesearch.files import DEFAULT_MAX_PIXELS, decode
 
 from ..search import MAX_QUERY_CHARS, Hit, SegmentIndex
 from ..store import DONE, SegmentRow
@@ -31,6 +35,7 @@ MAX_K = 200
 MAX_GLOB_CHARS = 512
 MAX_ID = 2**63 - 1  # SQLite's integer range: larger ids are a 422, not an overflow
 MAX_ECHO_CHARS = 200  # of a bad input, quoted back in a 422
+MAX_UPLOAD_BYTES = 20 * 2**20  # a photo uploaded for a region search
 
 SegmentId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A segment id from a search result.")]
 ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="An image id from a segment or search result.")]
@@ -79,6 +84,18 @@ class SearchOut(BaseModel):
     hits: list[HitOut]
 
 
+class RegionOut(BaseModel):
+    bbox: list[int]
+    area: int
+    stability_score: float | None = None
+    mask: dict[str, Any]  # COCO RLE of the region in the uploaded photo
+    overlay: str  # the photo with the region drawn, as a PNG data URL
+
+
+class RegionSearchOut(SearchOut):
+    region: RegionOut
+
+
 class ImageOut(BaseModel):
     image_id: int
     image: str
@@ -109,6 +126,26 @@ def _shorten(value: Any) -> Any:
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + f"... ({len(text)} characters)"
 
 
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) past ``limit`` bytes without reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadTooLargeError(f"the photo is {int(declared)} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise UploadTooLargeError(f"the photo is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    if not size:
+        raise ValueError("send the photo's file as the request body")
+    return b"".join(chunks)
+
+
+class UploadTooLargeError(UsesearchError):
+    """An upload over MAX_UPLOAD_BYTES."""
+
+
 def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app over an opened index. The model loads here, once, so that the first
     query is as quick as the rest and a model/index mismatch stops startup.
@@ -116,6 +153,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     ``allowed_hosts`` limits the Host header; ``serve`` sets it to the loopback names
     on a loopback bind, so a web page cannot reach the server by DNS rebinding."""
     model = index.model
+    index_model_lock = index._model_lock  # the embedder serves one request at a time
     images = render.ImageCache()
     app = FastAPI(
         title="usesearch",
@@ -136,6 +174,14 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     # -- errors: a bad request is a 4xx with a message, never a 500 -------------------
     @app.exception_handler(ValueError)
     async def bad_value(_: Request, exc: ValueError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(UploadTooLargeError)
+    async def too_large(_: Request, exc: UploadTooLargeError):
+        return JSONResponse({"detail": str(exc)}, status_code=413)
+
+    @app.exception_handler(UsesearchError)  # a bad upload or region: the one-line reason
+    async def user_error(_: Request, exc: UsesearchError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     @app.exception_handler(NotFoundError)  # not KeyError: a bug inside a lookup is a 500, not "not found"
@@ -200,6 +246,29 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         """More like this: segments most similar to a given one, itself excluded."""
         return searched(lambda: index.similar(segment_id, k=k, path=path, min_area=min_area, per_image=per_image,
                                               min_score=min_score, distinct=distinct), with_masks, like_segment=segment_id)
+
+    @app.post("/api/region-search", response_model=RegionSearchOut, tags=["search"])
+    async def search_region(
+        request: Request,
+        point: Annotated[str | None, Query(max_length=64, description="X,Y in the photo's pixels: SAM picks the region there.")] = None,
+        box: Annotated[str | None, Query(max_length=128, description="X,Y,W,H in the photo's pixels: SAM picks the region in it.")] = None,
+        k: KParam = 24, path: PathGlob = None, min_area: MinArea = 0, per_image: PerImage = False, with_masks: WithMasks = False,
+        min_score: MinScore = None, distinct: Distinct = False,
+    ) -> RegionSearchOut:
+        """Segments most like a region of any photo: the request body is the photo's
+        file (at most ``MAX_UPLOAD_BYTES``; decoded with the indexer's safeguards and
+        kept in memory only), the region a point or a box that prompts SAM."""
+        data = await _read_capped(request, MAX_UPLOAD_BYTES)
+        rgb = await run_in_threadpool(decode, data, "the uploaded photo", DEFAULT_MAX_PIXELS)
+        picked = await run_in_threadpool(
+            index.region, rgb, region_lib.parse_point(point) if point else None, region_lib.parse_box(box) if box else None)
+        with index_model_lock:
+            vector = model.embed_segments(rgb, picked.mask[None])[0]
+        result = await run_in_threadpool(searched, lambda: index.search_vector(
+            vector, k, path=path, min_area=min_area, per_image=per_image, min_score=min_score, distinct=distinct), with_masks)
+        region = RegionOut(bbox=list(picked.bbox), area=picked.area, stability_score=picked.stability_score,
+                           mask=picked.rle, overlay=render.region_overlay_data_url(rgb, picked.mask))
+        return RegionSearchOut(**result.model_dump(), region=region)
 
     @app.get("/api/segments/{segment_id}", response_model=SegmentOut, tags=["segments"])
     def segment(segment_id: SegmentId) -> SegmentOut:

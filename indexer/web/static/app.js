@@ -176,7 +176,83 @@ async function showInfo() {
   }
 }
 
+// -- search by a region of any photo: the file goes to the server in the request
+// body only (never stored); a click is a point prompt, a drag a box prompt.
+let regionFile = null;
+let regionPhoto = null; // data URL of the photo as chosen (the page's CSP allows data: images)
+
+function pickRegionPhoto(file) {
+  if (!file) return;
+  regionFile = file;
+  const reader = new FileReader();
+  reader.onload = () => {
+    regionPhoto = reader.result;
+    $("region-photo").src = regionPhoto;
+    $("region-stage").hidden = false;
+    $("region-search").open = true;
+    setStatus("click a point, or drag a box, on the photo");
+  };
+  reader.readAsDataURL(file);
+}
+
+function photoPixel(event) {
+  const img = $("region-photo");
+  const rect = img.getBoundingClientRect();
+  const x = Math.min(img.naturalWidth - 1, Math.max(0, (event.clientX - rect.left) * img.naturalWidth / rect.width));
+  const y = Math.min(img.naturalHeight - 1, Math.max(0, (event.clientY - rect.top) * img.naturalHeight / rect.height));
+  return [Math.round(x), Math.round(y), event.clientX - rect.left, event.clientY - rect.top];
+}
+
+async function searchRegion(prompt) {
+  const params = filtersFromForm();
+  for (const [key, value] of Object.entries(prompt)) params.set(key, value);
+  setStatus("finding the region and searching…");
+  try {
+    const response = await fetch(`/api/region-search?${params}`, { method: "POST", body: regionFile,
+      headers: { "Content-Type": regionFile.type || "application/octet-stream", Accept: "application/json" } });
+    const result = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(result.detail || `${response.status} ${response.statusText}`);
+    $("region-photo").src = result.region.overlay; // the region SAM chose, drawn on the photo
+    $("results").replaceChildren(...result.hits.map(tile));
+    setStatus(`${result.hits.length} segments like the region (${result.region.area} px) in ${result.took_ms.toFixed(0)} ms`);
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+}
+
+function wireRegionSearch() {
+  const img = $("region-photo");
+  let start = null;
+  $("region-file").addEventListener("change", (event) => pickRegionPhoto(event.target.files[0]));
+  document.addEventListener("dragover", (event) => event.preventDefault());
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    pickRegionPhoto(event.dataTransfer.files[0]);
+  });
+  img.addEventListener("dragstart", (event) => event.preventDefault());
+  img.addEventListener("mousedown", (event) => { start = photoPixel(event); });
+  img.addEventListener("mousemove", (event) => {
+    if (!start) return;
+    const now = photoPixel(event);
+    const box = $("region-box");
+    box.hidden = false;
+    Object.assign(box.style, { left: `${Math.min(start[2], now[2])}px`, top: `${Math.min(start[3], now[3])}px`,
+      width: `${Math.abs(now[2] - start[2])}px`, height: `${Math.abs(now[3] - start[3])}px` });
+  });
+  img.addEventListener("mouseup", (event) => {
+    if (!start) return;
+    const end = photoPixel(event);
+    $("region-box").hidden = true;
+    img.src = regionPhoto; // the plain photo until the new region comes back
+    const [x0, y0, x1, y1] = [Math.min(start[0], end[0]), Math.min(start[1], end[1]), Math.max(start[0], end[0]), Math.max(start[1], end[1])];
+    const dragged = Math.abs(end[2] - start[2]) > 4 || Math.abs(end[3] - start[3]) > 4;
+    start = null;
+    searchRegion(dragged ? { box: `${x0},${y0},${x1 - x0 + 1},${y1 - y0 + 1}` } : { point: `${end[0]},${end[1]}` });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  wireRegionSearch();
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const query = $("q").value.trim();
