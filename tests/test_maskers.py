@@ -1,6 +1,7 @@
 """Mask proposers: weight-free superpixels and SAM's automatic mask generator."""
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 import usesearch
@@ -37,3 +38,44 @@ def test_cli_embed_ranks_segments_for_each_text(tmp_path, photo):
     result = CliRunner().invoke(app, ["embed", str(image), "a face", "a flag", "-k", "2", "--preset", "tiny"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "a face" in result.output and "a flag" in result.output and "use-tiny-" in result.output
+
+
+def test_sam2_masker_produces_masks_through_index(tmp_path):
+    """--masker sam2: SAM 2.1's generator (the seeded 256-px Hiera-T for the tiny
+    preset), with the same mask-quality options as --masker sam."""
+    pytest.importorskip("sam2", reason="the sam2 extra is not installed: pip install -e '.[sam2]'")
+    from typer.testing import CliRunner
+
+    from indexer import SegmentIndex
+    from tests.conftest import write_photos
+    from usesearch.cli import app
+
+    photos = write_photos(tmp_path / "photos", ("coffee", "chelsea"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--masker", "sam2",
+                                 "--points-per-side", "4", "--pred-iou-thresh", "-10", "--stability-thresh", "-10",
+                                 "--box-nms-thresh", "1"])
+    assert result.exit_code == 0, result.output
+    ix = SegmentIndex.open(tmp_path / "db")
+    assert ix.info.masker == "sam2" and ix.info.masker_params == {
+        "model": "tiny", "points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0, "box_nms_thresh": 1.0}
+    rows = ix.store.rows(ix.store.segment_ids())
+    assert len(rows) >= 4 and ix.stats()["images_done"] == 2
+    from usesearch import rle
+
+    for row in rows.values():  # each stored box and area is its mask's
+        mask = {"size": list(row.image_hw), "counts": row.rle_counts}
+        assert rle.area(mask) == row.area and tuple(rle.bbox(mask)) == row.bbox
+    ix.close()
+    wrong = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db2"), "--preset", "tiny", "--masker", "sam2",
+                                "--encoder-batch", "2"])
+    assert wrong.exit_code == 2 and "--encoder-batch" in wrong.output and "Traceback" not in wrong.output
+
+
+def test_sam2_real_models_say_where_their_weights_go():
+    pytest.importorskip("sam2", reason="the sam2 extra is not installed")
+    from usesearch.errors import UsesearchError
+    from usesearch.sam2_models import load_sam2
+
+    with pytest.raises(UsesearchError, match=r"models pull sam2:hiera_l.*sam2\.1_hiera_large\.pt"):
+        load_sam2("hiera_l")

@@ -120,12 +120,17 @@ def models_list() -> None:
 
 @models_app.command("pull")
 @user_errors
-def models_pull(preset: Annotated[str, typer.Argument(help="Preset whose weights to download.")]) -> None:
-    """Download a preset's missing weights (CLIP, DINOv2, SAM) into their caches."""
+def models_pull(preset: Annotated[str, typer.Argument(help="Preset whose weights to download, or sam2:MODEL for --masker sam2.")]) -> None:
+    """Download a preset's missing weights (CLIP, DINOv2, SAM), or a SAM 2.1 model's, into their caches."""
     from .presets import get_preset
     from .weights import pull
 
-    done = pull(get_preset(preset))
+    if preset.startswith("sam2:"):
+        from .sam2_models import pull_sam2
+
+        done = pull_sam2(preset.split(":", 1)[1])
+    else:
+        done = pull(get_preset(preset))
     for line in done or [f"all weights of {preset!r} are already present"]:
         console.print(line)
 

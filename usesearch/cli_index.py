@@ -60,7 +60,7 @@ def index(
     preset: PresetOpt = None,
     embedder: Annotated[Optional[str], typer.Option(help="use | crop (default: use where a head exists)")] = None,
     head: HeadOpt = None,
-    masker: Annotated[Optional[str], typer.Option(help="sam | felzenszwalb | coco (default: sam; felzenszwalb for tiny)")] = None,
+    masker: Annotated[Optional[str], typer.Option(help="sam | sam2 | felzenszwalb | coco (default: sam; felzenszwalb for tiny)")] = None,
     coco: Annotated[Optional[Path], typer.Option("--coco", help="COCO JSON of your own masks, for --masker coco.")] = None,
     points_per_side: Annotated[Optional[int], typer.Option(min=1, help="SAM: grid prompts per side (default 32).")] = None,
     points_per_batch: Annotated[Optional[int], typer.Option(min=1, help="SAM: prompts per decoder batch (default 64).")] = None,

@@ -148,6 +148,43 @@ class SamMasker:
         ]
 
 
+class Sam2Masker:
+    """SAM 2.1's automatic mask generator (the ``sam2`` package), with the same
+    mask-quality options as ``--masker sam``."""
+
+    name = "sam2"
+
+    def __init__(self, model, model_name: str, points_per_side: int = 32, **amg_kwargs):
+        import inspect
+
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+        from .sam2_models import automatic_mask_generator
+
+        options = [n for n in inspect.signature(SAM2AutomaticMaskGenerator).parameters if n not in ("model", "output_mode")]
+        unknown = sorted(set(amg_kwargs) - set(options))
+        if unknown:
+            raise UsesearchError(f"the sam2 masker has no option {', '.join(SAM_FLAGS.get(u, u) for u in unknown)}")
+        self.model_name, self.points_per_side, self.amg_kwargs = model_name, points_per_side, amg_kwargs
+        self.generator = automatic_mask_generator(model, points_per_side=points_per_side, **amg_kwargs)
+
+    def params(self) -> dict:
+        return {"model": self.model_name, "points_per_side": self.points_per_side, **self.amg_kwargs}
+
+    def __call__(self, rgb: np.ndarray, path: str | None = None) -> list[Proposal]:
+        out = []
+        for r in self.generator.generate(rgb):
+            if r["area"] <= 0:
+                continue
+            x, y, w, h = (int(v) for v in r["bbox"])  # SAM's xywh: w = x1 - x0
+            counts = r["segmentation"]["counts"]
+            out.append(Proposal(rle={"size": [int(v) for v in r["segmentation"]["size"]],
+                                     "counts": counts if isinstance(counts, str) else counts.decode("ascii")},
+                                bbox=(x, y, w + 1, h + 1), area=int(r["area"]),
+                                predicted_iou=float(r["predicted_iou"]), stability_score=float(r["stability_score"])))
+        return out
+
+
 def to_proposals(masks: np.ndarray) -> list[Proposal]:
     if len(masks) == 0:
         return []
@@ -182,7 +219,7 @@ def proposal_masks(proposals: list[Proposal], hw: tuple[int, int]) -> np.ndarray
 
 
 # -- the registry: a masker by name (bring-your-own COCO masks included) --------------
-MASKERS = ("sam", "felzenszwalb", "coco")
+MASKERS = ("sam", "sam2", "felzenszwalb", "coco")
 # SAM's mask-quality settings as the CLI spells them.
 SAM_FLAGS = {
     "points_per_side": "--points-per-side", "points_per_batch": "--points-per-batch", "pred_iou_thresh": "--pred-iou-thresh",
@@ -238,10 +275,13 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | None = No
     noise: there the weight-free Felzenszwalb masker gives real-looking regions."""
     if name is None:
         name = "felzenszwalb" if preset.sam.checkpoint is None and "sam_checkpoint" not in options else "sam"
-    misplaced = [SAM_FLAGS[k] for k in options if k in SAM_FLAGS] if name != "sam" else []
+    misplaced = [SAM_FLAGS[k] for k in options if k in SAM_FLAGS] if name not in ("sam", "sam2") else []
+    if name == "sam2" and "encoder_batch" in options:
+        misplaced = ["--encoder-batch"]
     if misplaced:
-        own = {"felzenszwalb": "none", "coco": "--coco FILE.json"}.get(name, "none")
-        raise UsesearchError(f"{', '.join(misplaced)} apply to --masker sam only; this run uses masker {name} "
+        own = {"felzenszwalb": "none", "coco": "--coco FILE.json", "sam2": "SAM's mask-quality options but --encoder-batch"}.get(name, "none")
+        applies = "--masker sam only" if name == "sam2" else "--masker sam and sam2 only"
+        raise UsesearchError(f"{', '.join(misplaced)} apply to {applies}; this run uses masker {name} "
                              f"(its options: {own}){' (the default for the random-weight tiny preset)' if name == 'felzenszwalb' else ''}")
     if name == "sam":
         from .sam import load_sam
@@ -251,6 +291,12 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | None = No
         # each in bf16); a CPU gains nothing from batching.
         options.setdefault("encoder_batch", 4 if sam.device.type == "cuda" else 1)
         return SamMasker(sam, **options)
+    if name == "sam2":
+        from .sam2_models import load_sam2
+
+        model_name = options.pop("sam2_model", None) or ("tiny" if preset.sam.checkpoint is None else "hiera_l")
+        model = load_sam2(model_name, options.pop("sam2_checkpoint", None), device or "cpu")
+        return Sam2Masker(model, model_name, **options)
     if name == "felzenszwalb":
         return FelzenszwalbMasker(**options)
     if name == "coco":

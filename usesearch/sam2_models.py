@@ -1,0 +1,100 @@
+"""SAM 2.1 for ``--masker sam2``: the ``sam2`` package's own configs and builder
+(an optional extra: ``pip install -e '.[sam2]'``), checkpoints from
+``$USESEARCH_HOME`` (or a path), and a ``tiny`` model (SAM 2.1 Hiera-T at a
+256-px input, seeded random weights) for tests and offline runs.
+
+Checkpoints are loaded here with ``weights_only=True`` rather than by
+``sam2.build_sam``, which unpickles them fully."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .backbones import seeded
+from .errors import UsesearchError
+from .weights import WeightStatus, require, usesearch_home, verify_sha256
+
+RELEASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+
+
+@dataclass(frozen=True)
+class Sam2Config:
+    config: str  # the sam2 package's hydra config
+    checkpoint: str | None  # file name under $USESEARCH_HOME; None: seeded random
+    image_size: int = 1024
+    sha256: str | None = None  # not published by the release; checked when set
+    seed: int = 0
+
+
+SAM2_MODELS = {
+    "tiny": Sam2Config("configs/sam2.1/sam2.1_hiera_t.yaml", None, image_size=256, seed=5),
+    "hiera_t": Sam2Config("configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt"),
+    "hiera_s": Sam2Config("configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt"),
+    "hiera_b+": Sam2Config("configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt"),
+    "hiera_l": Sam2Config("configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
+}
+
+
+def sam2_status(name: str, checkpoint: str | os.PathLike | None = None) -> WeightStatus:
+    cfg = SAM2_MODELS[name]
+    if cfg.checkpoint is None and checkpoint is None:
+        return WeightStatus("sam2", name, False, None, "", "seeded random")
+    expected = os.fspath(checkpoint) if checkpoint else os.fspath(usesearch_home() / str(cfg.checkpoint))
+    from pathlib import Path
+
+    found = Path(expected) if Path(expected).is_file() else None
+    return WeightStatus("sam2", f"SAM 2.1 {name}", True, found, expected, RELEASE + str(cfg.checkpoint))
+
+
+def load_sam2(name: str, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    """A SAM2Base model in eval mode."""
+    if name not in SAM2_MODELS:
+        raise UsesearchError(f"unknown SAM 2 model {name!r}; choose one of {', '.join(SAM2_MODELS)}")
+    try:
+        from sam2.build_sam import build_sam2
+    except ImportError:
+        raise UsesearchError("--masker sam2 needs the sam2 package: pip install -e '.[sam2]'") from None
+    cfg = SAM2_MODELS[name]
+    status = sam2_status(name, checkpoint)
+    path = require(status, f"sam2:{name}") if status.needed else None
+    overrides = [f"++model.image_size={cfg.image_size}"] if cfg.image_size != 1024 else []
+    with seeded(cfg.seed):
+        model = build_sam2(cfg.config, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=overrides)
+    if path is not None:
+        if checkpoint is None:
+            verify_sha256(path, cfg.sha256)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"] if "model" in state else state)
+        except Exception as exc:
+            raise UsesearchError(f"{path} is not a SAM 2.1 {name} checkpoint: {exc}") from None
+    return model.to(device).eval()
+
+
+def automatic_mask_generator(model, **options):
+    """``SAM2AutomaticMaskGenerator`` with RLE output. Its image predictor assumes the
+    1024-px input's feature sizes; they follow the model's input size here."""
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    generator = SAM2AutomaticMaskGenerator(model, output_mode="coco_rle", **options)
+    side = model.image_size // 4
+    generator.predictor._bb_feat_sizes = [(side, side), (side // 2, side // 2), (side // 4, side // 4)]
+    return generator
+
+
+def pull_sam2(name: str) -> list[str]:
+    """``usesearch models pull sam2:NAME``: fetch a SAM 2.1 checkpoint into $USESEARCH_HOME."""
+    from pathlib import Path
+
+    from .weights import _download
+
+    if name not in SAM2_MODELS:
+        raise UsesearchError(f"unknown SAM 2 model {name!r}; choose one of {', '.join(SAM2_MODELS)}")
+    status = sam2_status(name)
+    if not status.needed or status.present:
+        return []
+    _download(status.source, Path(status.expected), SAM2_MODELS[name].sha256)
+    return [f"sam2: downloaded {status.expected}"]
