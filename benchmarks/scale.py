@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=None, help="where to build (default: a temporary folder, removed)")
     parser.add_argument("--device", default=None, help="cpu or cuda for FAISS (default: a GPU where faiss has one)")
     parser.add_argument("--exact-up-to", type=int, default=None, help="override the exact-search threshold (to try the compressed index on a small N)")
+    parser.add_argument("--reuse", action="store_true", help="with --folder: query the index built there by an earlier run")
     parser.add_argument("--sweep", default="16:200 64:1000 256:4000 1024:10000",
                         help="NPROBE:RERANK settings to measure recall at (compressed index only)")
     args = parser.parse_args()
@@ -137,11 +138,15 @@ def main() -> None:
     folder = args.folder or Path(tempfile.mkdtemp(prefix="usesearch-scale-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        print(f"building {args.n} segments in {folder}")
-        store_s = build(folder, args.n, rng, centres, spread)
-        start = time.perf_counter()
-        reindex(folder, device=args.device)
-        index_s = time.perf_counter() - start
+        if args.reuse and (folder / DB_FILE).is_file():
+            print(f"reusing the index in {folder} (queries only)")
+            store_s = index_s = 0.0
+        else:
+            print(f"building {args.n} segments in {folder}")
+            store_s = build(folder, args.n, rng, centres, spread)
+            start = time.perf_counter()
+            reindex(folder, device=args.device)
+            index_s = time.perf_counter() - start
         ix = SegmentIndex.open(folder, device=args.device)
         stats = ix.stats()
         print(f"index: {stats['index_choice']}")

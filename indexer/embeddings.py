@@ -95,8 +95,14 @@ class EmbeddingFiles:
         for chunk in np.unique(chunks).tolist():
             pick = chunks == chunk
             mapped = self._map(chunk, int(rows[pick].max()) + 1)
-            order = np.argsort(rows[pick])  # ascending rows: sequential reads on a cold cache
-            out[np.flatnonzero(pick)[order]] = mapped[rows[pick][order]]
+            order = np.argsort(rows[pick], kind="stable")  # ascending rows: sequential reads on a cold cache
+            wanted, dest = rows[pick][order], np.flatnonzero(pick)[order]
+            breaks = np.flatnonzero((np.diff(wanted) != 1) | (np.diff(dest) != 1)) + 1
+            if len(breaks) * 16 < len(wanted):  # long runs (an image's segments): copy slices, not rows
+                for a, b in zip(np.concatenate(([0], breaks)), np.concatenate((breaks, [len(wanted)]))):
+                    out[dest[a] : dest[a] + b - a] = mapped[wanted[a] : wanted[a] + b - a]
+            else:
+                out[dest] = mapped[wanted]
         return out
 
     def bytes_on_disk(self) -> int:

@@ -29,7 +29,8 @@ MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 PUSHDOWN_SHARE = 0.2  # a path glob keeping at most this share of the images becomes a FAISS id selection
 AREA_PUSHDOWN_MAX = 200_000  # a --min-area keeping at most about this many segments becomes one too
 DISTINCT_OVERLAP = 0.8  # --distinct: this share of the smaller mask inside the other makes two hits one region
-SCAN_UP_TO = 20_000  # a selection this small is scored exactly from the embedding files, not searched
+SCAN_UP_TO = 20_000
+CACHE_ENTRIES = 32  # resolved filters and store statistics kept per index  # a selection this small is scored exactly from the embedding files, not searched
 
 
 def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:
@@ -121,7 +122,7 @@ class SegmentIndex:
         self._sam = None  # for queries by a region of a photo, loaded on first use
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
-        self._stats_cache: dict[str, tuple[int, Any]] = {}
+        self._stats_cache: dict[Any, tuple[int, Any]] = {}
         self._device = device
         self.index, _ = vectors.load(db_dir / FAISS_FILE, store, self.info.dim, self.info.factory, device, self.info.shard_size)
         self._index_lock = ReadWriteLock()
@@ -258,7 +259,14 @@ class SegmentIndex:
 
     def _selection(self, path: str | None, min_area: int) -> tuple[np.ndarray | None, set[int] | None]:
         """(the segments to search within, as [n, 3] (id, chunk, row), or None; image
-        ids to check candidates against, or None). Empty means nothing can match."""
+        ids to check candidates against, or None). Empty means nothing can match.
+        Kept until the next commit: a user searching one folder again and again pays
+        for resolving it once."""
+        if not path and not min_area:
+            return None, None
+        return self._cached(("selection", path, min_area), lambda: self._resolve(path, min_area))
+
+    def _resolve(self, path: str | None, min_area: int) -> tuple[np.ndarray | None, set[int] | None]:
         images = None
         if path:
             images = self.store.image_ids_matching(path)
@@ -272,12 +280,15 @@ class SegmentIndex:
                 return self.store.segment_locations_with_area(min_area), None
         return None, images
 
-    def _cached(self, name: str, compute):
-        """A statistic of the store, recomputed when a commit has changed it."""
+    def _cached(self, name, compute):
+        """A statistic of the store (or a resolved filter), recomputed when a commit
+        has changed the store; the oldest go past ``CACHE_ENTRIES``."""
         generation = self.store.generation()
         held = self._stats_cache.get(name)
         if held is None or held[0] != generation:
             held = self._stats_cache[name] = (generation, compute())
+            while len(self._stats_cache) > CACHE_ENTRIES:
+                self._stats_cache.pop(next(iter(self._stats_cache)))
         return held[1]
 
     def _candidates(self, vector, fetch: int, allowed, exclude, nprobe=None, rerank=None) -> tuple[np.ndarray, np.ndarray]:

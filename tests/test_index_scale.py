@@ -210,3 +210,15 @@ def test_nprobe_and_rerank_trade_speed_for_recall(compressed):
     keep = np.ones(len(data), bool)
     keep[4] = False
     assert found == exact_filtered(data, data[4], keep, 10)
+
+
+def test_embedding_files_read_runs_and_scattered_rows_alike(tmp_path):
+    """Rows read as slices (an image's consecutive segments) or one by one give the
+    same vectors, in the order asked for."""
+    from indexer.embeddings import EmbeddingFiles
+
+    files = EmbeddingFiles(tmp_path / "emb", 8)
+    data = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float16)
+    chunks, rows = files.append(data)
+    for pick in (np.arange(100, 400), np.r_[np.arange(10, 60), np.arange(300, 320)], np.array([7, 3, 400, 401, 5])):
+        np.testing.assert_array_equal(files.read(chunks[pick], rows[pick]), data[pick].astype(np.float32))
