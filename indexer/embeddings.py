@@ -91,6 +91,25 @@ class EmbeddingFiles:
     def read(self, chunks: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """float32 [N, dim] of the given (chunk, row) pairs."""
         out = np.empty((len(rows), self.dim), np.float32)
+        for dest, block in self._blocks(chunks, rows):
+            out[dest] = block
+        return out
+
+    def scores(self, chunks: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """float32 inner products of the given rows with ``query``, block by block:
+        no float32 copy of all the rows is made (torch converts float16 several times
+        faster than NumPy)."""
+        import torch
+
+        q = torch.from_numpy(np.ascontiguousarray(query, np.float32))
+        out = np.empty(len(rows), np.float32)
+        for dest, block in self._blocks(chunks, rows):
+            out[dest] = (torch.from_numpy(np.array(block)).float() @ q).numpy()  # a writable copy: the map is read-only
+        return out
+
+    def _blocks(self, chunks: np.ndarray, rows: np.ndarray, most: int = 4096):
+        """(destination positions, float16 rows) covering the request: slices of the
+        memory map where rows run on (an image's segments), copies elsewhere."""
         chunks, rows = np.asarray(chunks, np.int64), np.asarray(rows, np.int64)
         for chunk in np.unique(chunks).tolist():
             pick = chunks == chunk
@@ -98,12 +117,14 @@ class EmbeddingFiles:
             order = np.argsort(rows[pick], kind="stable")  # ascending rows: sequential reads on a cold cache
             wanted, dest = rows[pick][order], np.flatnonzero(pick)[order]
             breaks = np.flatnonzero((np.diff(wanted) != 1) | (np.diff(dest) != 1)) + 1
-            if len(breaks) * 16 < len(wanted):  # long runs (an image's segments): copy slices, not rows
+            if len(breaks) * 16 < len(wanted):  # long runs: slices, not row copies
                 for a, b in zip(np.concatenate(([0], breaks)), np.concatenate((breaks, [len(wanted)]))):
-                    out[dest[a] : dest[a] + b - a] = mapped[wanted[a] : wanted[a] + b - a]
+                    for lo in range(a, b, most):
+                        hi = min(b, lo + most)
+                        yield slice(dest[lo], dest[lo] + hi - lo), mapped[wanted[lo] : wanted[lo] + hi - lo]
             else:
-                out[dest] = mapped[wanted]
-        return out
+                for lo in range(0, len(wanted), most):
+                    yield dest[lo : lo + most], mapped[wanted[lo : lo + most]]
 
     def bytes_on_disk(self) -> int:
         return sum(self.path(c).stat().st_size for c in self.chunks())

@@ -297,7 +297,7 @@ class SegmentIndex:
         if allowed is not None and len(allowed) <= SCAN_UP_TO:  # read where they lie, no lookups
             if exclude:
                 allowed = allowed[~np.isin(allowed[:, 0], np.fromiter(exclude, np.int64, len(exclude)))]
-            scores = self.store.files().read(allowed[:, 1], allowed[:, 2]) @ np.asarray(vector, np.float32)
+            scores = self.store.files().scores(allowed[:, 1], allowed[:, 2], vector)
             order = np.lexsort((allowed[:, 0], -scores))[:fetch]  # ties: the lower id first, as FAISS's flat search
             return scores[order], allowed[order, 0]
         ids_allowed = None if allowed is None else allowed[:, 0]
