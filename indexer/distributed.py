@@ -244,3 +244,45 @@ def _commit(row: dict, writer: Writer, db_dir: Path, report: IndexReport) -> Non
         hw, segments, embeddings = read_fragment(fragment)
         writer.commit(key, path, sha, hw, segments, embeddings, report)
     fragment.unlink(missing_ok=True)  # after the commit: a kill before it leaves the fragment for the next run
+
+
+# -- shards filled in parallel ----------------------------------------------------------
+def rebuild_on_ray(store, dim: int, factory: str, device: str | None = "cpu", shard_size: int = 0):
+    """``vectors.rebuild`` with the shards filled by Ray tasks: the index is trained
+    once here (a bounded sample), and each task fills a copy of it with its shard's
+    id range, read from the store and the embedding files every machine can reach."""
+    import faiss
+    import ray
+
+    from . import vectors
+
+    template = vectors.new_index(dim, factory)
+    vectors._train_if_needed(template, store, device)
+    ids = store.segment_ids()
+    if not shard_size or not len(ids):
+        built = vectors.Vectors(template, device, shard_size)
+        for batch_ids, batch in store.embeddings():
+            built.add(batch_ids, batch)
+        return built
+    trained = ray.put(faiss.serialize_index(template))
+    fill = ray.remote(_fill_shard)
+    count = int((ids.max() - 1) // shard_size) + 1
+    parts = ray.get([fill.remote(trained, store.url, str(store.folder), number, shard_size) for number in range(count)])
+    return vectors.Vectors([faiss.deserialize_index(part) for part in parts], device, shard_size)
+
+
+def _fill_shard(trained, url: str, folder: str, number: int, shard_size: int):
+    """A Ray task: shard ``number`` (ids number * shard_size + 1 ...), serialized."""
+    import faiss
+
+    from .store import Store
+
+    store = Store(url, read_only=True, folder=folder)
+    try:
+        index = faiss.deserialize_index(trained)
+        ids = store.segment_ids_between(number * shard_size + 1, (number + 1) * shard_size)
+        for batch_ids, batch in store.embeddings(ids):
+            index.add_with_ids(batch, batch_ids)
+        return faiss.serialize_index(index)
+    finally:
+        store.close()

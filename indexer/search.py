@@ -389,9 +389,11 @@ class SegmentIndex:
 
 
 def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str | None = None, device: str | None = None,
-            shard_size: int | None = None) -> int:
+            shard_size: int | None = None, build=None) -> int:
     """Rebuild the FAISS file from the stored embeddings, optionally with another
-    factory or another shard size (segments per shard; 0: one shard)."""
+    factory or another shard size (segments per shard; 0: one shard). ``build``:
+    how the index is filled (``vectors.rebuild``, or ``distributed.rebuild_on_ray``
+    to fill the shards in parallel on Ray)."""
     from .pipeline import writer_lock
 
     db_dir = Path(db_dir)
@@ -405,7 +407,7 @@ def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str |
             if not factory:  # automatic: what the collection's size calls for now
                 factory = index_choice.choose(len(store.segment_ids()), info.dim).factory if mode == "auto" else info.factory
             shard_size = info.shard_size if shard_size is None else shard_size
-            index = vectors.rebuild(store, info.dim, factory, device, shard_size)
+            index = (build or vectors.rebuild)(store, info.dim, factory, device, shard_size)
             vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory)
             store.set_factory(factory, mode)
             store.set_shard_size(shard_size)

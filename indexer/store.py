@@ -398,6 +398,12 @@ class Store:
         with self.sessions() as s:
             return np.fromiter(s.scalars(select(SegmentRecord.id)), dtype=np.int64)
 
+    def segment_ids_between(self, low: int, high: int) -> np.ndarray:
+        """Committed segment ids in [low, high], through the primary key."""
+        with self.sessions() as s:
+            q = select(SegmentRecord.id).where(SegmentRecord.id >= low, SegmentRecord.id <= high).order_by(SegmentRecord.id)
+            return np.fromiter(s.scalars(q), dtype=np.int64)
+
     def image_ids_matching(self, path: str) -> set[int]:
         """Ids of the done images whose path matches the glob. The glob's literal
         prefix is looked up in the path index, so a glob under one folder reads that

@@ -142,3 +142,22 @@ def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, seq
     resumed = index_paths_ray([photos], db, IndexOptions(**OPTS))
     assert resumed.skipped >= done >= 2
     assert_same_index(db, sequential)
+
+
+def test_shards_filled_in_parallel_on_ray_answer_as_a_local_rebuild(ray_local, tmp_path):
+    import shutil
+
+    from indexer import reindex
+    from indexer.distributed import rebuild_on_ray
+    from tests.test_index_scale import synthetic_index
+    from tests.test_shards import answers
+
+    data = synthetic_index(tmp_path / "local", n=6_000)
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    reindex(tmp_path / "local", shard_size=1_500)
+    assert reindex(tmp_path / "ray", shard_size=1_500, build=rebuild_on_ray) == len(data)
+    local, on_ray = SegmentIndex.open(tmp_path / "local"), SegmentIndex.open(tmp_path / "ray")
+    assert len(on_ray.index.shards) == 4 and [s.ntotal for s in on_ray.index.shards] == [s.ntotal for s in local.index.shards]
+    queries = data[np.random.default_rng(0).integers(0, len(data), 4)]
+    assert answers(on_ray, queries) == answers(local, queries)
+    assert_consistent(tmp_path / "ray")

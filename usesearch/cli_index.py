@@ -288,11 +288,24 @@ def reindex_cmd(
     db_url: DbUrlOpt = None,
     device: DeviceOpt = None,
     shard_size: ShardSizeOpt = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Fill the shards in parallel on Ray: a bare --ray starts Ray here; --ray ADDRESS joins a cluster.")] = None,
 ) -> None:
     """Rebuild the FAISS file from the embedding files (and choose its type again)."""
     from indexer import reindex
 
-    console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, device, shard_size)} vectors")
+    if ray is None:
+        console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, device, shard_size)} vectors")
+        return
+    import ray as ray_lib
+
+    from indexer.distributed import rebuild_on_ray
+
+    ray_lib.init(address=None if ray == "local" else ray, include_dashboard=False, log_to_driver=False)
+    try:
+        count = reindex(db, factory, db_url, device, shard_size, build=rebuild_on_ray)
+    finally:
+        ray_lib.shutdown()
+    console.print(f"rebuilt FAISS index with {count} vectors, its shards filled on Ray")
 
 
 @app.command()
