@@ -20,7 +20,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,6 @@ from usesearch.files import decode, read_bytes, walk
 from .pipeline import IndexOptions, IndexReport, Writer, check_paths, identity, load_models, segment_records
 
 FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
-log = logging.getLogger("usesearch.index")
 
 
 def fragment_path(db_dir: str | os.PathLike, sha256: str) -> Path:
@@ -131,6 +131,27 @@ def _worker_error(text: str) -> WorkerError:
 
 
 # -- the driver -----------------------------------------------------------------------
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Ray for one command: the one already initialised in this process, else a
+    local one (``address`` None or "local") or the cluster at ``address``, shut down
+    afterwards. Ray Data's own progress output is off: the CLI shows its own."""
+    import ray
+    import ray.data
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=None if address in (None, "local") else address, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def index_paths_ray(
     paths: list[str | os.PathLike],
     db_dir: str | os.PathLike,
@@ -141,37 +162,22 @@ def index_paths_ray(
 ) -> IndexReport:
     """Index ``paths`` into ``db_dir`` on Ray: ``address`` None or "local" starts Ray on
     this machine, anything else joins that cluster (``ray.init(address=...)``)."""
-    import ray
-    import ray.data
-
     options = options or IndexOptions()
     db_dir = check_paths(paths, db_dir).resolve()
     report = IndexReport()
     start = time.perf_counter()
     model, masker = load_models(options)  # the identity, and missing weights said before any work
-    with Writer(db_dir, options, identity(model, masker, options)) as writer:
+    with Writer(db_dir, options, identity(model, masker, options)) as writer, ray_session(address):
         del model, masker
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=None if address in (None, "local") else address, include_dashboard=False,
-                     log_to_driver=False, logging_level=logging.WARNING)
-            ray.data.DataContext.get_current().enable_progress_bars = False
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
-        try:
-            files = list(walk(paths))
-            pending = _pending(files, writer, options, report)
-            done_before = report.done + report.skipped + report.failed
+        files = list(walk(paths))
+        pending = _pending(files, writer, options, report)
 
-            def commits():
-                for row in _compute(pending, db_dir, options, workers):
-                    _commit(row, writer, db_dir, report)
-                    yield row["path"]
+        def commits():
+            for row in _compute(pending, db_dir, options, workers):
+                _commit(row, writer, db_dir, report)
+                yield row["path"]
 
-            writer.run(commits(), report, lambda path: progress and progress(report, path, len(files)))
-            log.info("ray: %d images committed, %d before the pipeline", report.done, done_before)
-        finally:
-            if started_here:
-                ray.shutdown()
+        writer.run(commits(), report, lambda path: progress and progress(report, path, len(files)))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -256,14 +262,11 @@ def rebuild_on_ray(store, dim: int, factory: str, device: str | None = "cpu", sh
 
     from . import vectors
 
+    ids = store.segment_ids()
+    if not shard_size or not len(ids):  # one shard: nothing to spread
+        return vectors.rebuild(store, dim, factory, device, shard_size)
     template = vectors.new_index(dim, factory)
     vectors._train_if_needed(template, store, device)
-    ids = store.segment_ids()
-    if not shard_size or not len(ids):
-        built = vectors.Vectors(template, device, shard_size)
-        for batch_ids, batch in store.embeddings():
-            built.add(batch_ids, batch)
-        return built
     trained = ray.put(faiss.serialize_index(template))
     fill = ray.remote(_fill_shard)
     count = int((ids.max() - 1) // shard_size) + 1

@@ -29,8 +29,8 @@ MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 PUSHDOWN_SHARE = 0.2  # a path glob keeping at most this share of the images becomes a FAISS id selection
 AREA_PUSHDOWN_MAX = 200_000  # a --min-area keeping at most about this many segments becomes one too
 DISTINCT_OVERLAP = 0.8  # --distinct: this share of the smaller mask inside the other makes two hits one region
-SCAN_UP_TO = 20_000
-CACHE_ENTRIES = 32  # resolved filters and store statistics kept per index  # a selection this small is scored exactly from the embedding files, not searched
+SCAN_UP_TO = 20_000  # a selection this small is scored exactly from the embedding files, not searched
+CACHE_ENTRIES = 32  # resolved filters and store statistics kept per index
 
 
 def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:
@@ -199,7 +199,12 @@ class SegmentIndex:
 
     def similar_region(self, image, point=None, box=None, mask=None, k: int = 10, **filters) -> list[Hit]:
         """Segments most like a region of any photo (need not be indexed): see ``region``."""
-        picked = self.region(image, point=point, box=box, mask=mask)
+        rgb = to_rgb_array(image)
+        return self.search_region(rgb, self.region(rgb, point=point, box=box, mask=mask), k, **filters)
+
+    def search_region(self, image, picked: region_lib.Region, k: int = 10, **filters) -> list[Hit]:
+        """Segments most like a region already picked (``region``) of ``image``,
+        embedded with the index's own model."""
         rgb = to_rgb_array(image)
         with self._model_lock:
             vector = self.model.embed_segments(rgb, picked.mask[None])[0]
@@ -297,25 +302,20 @@ class SegmentIndex:
         if allowed is not None and len(allowed) <= SCAN_UP_TO:  # read where they lie, no lookups
             if exclude:
                 allowed = allowed[~np.isin(allowed[:, 0], np.fromiter(exclude, np.int64, len(exclude)))]
-            scores = self.store.files().scores(allowed[:, 1], allowed[:, 2], vector)
-            order = np.lexsort((allowed[:, 0], -scores))[:fetch]  # ties: the lower id first, as FAISS's flat search
-            return scores[order], allowed[order, 0]
+            return self._exact_top(vector, allowed, fetch)
         ids_allowed = None if allowed is None else allowed[:, 0]
         if self.index.exact:
             return self.index.search(vector, fetch, ids_allowed, exclude)
         wanted = max(fetch, rerank if rerank is not None else index_choice.rerank_candidates(fetch))
         _, ids = self.index.search(vector, wanted, ids_allowed, exclude, nprobe=nprobe)
-        return self._rescore(vector, ids, fetch)
+        return self._exact_top(vector, self.store.segment_locations(ids), fetch)
 
-    def _rescore(self, vector, ids: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact scores of ``ids`` (committed ones) from the embedding files; the top ``fetch``."""
-        parts = list(self.store.embeddings(ids))
-        if not parts:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        ids = np.concatenate([p[0] for p in parts])
-        scores = np.concatenate([p[1] for p in parts]) @ np.asarray(vector, np.float32)
-        order = np.lexsort((ids, -scores))[:fetch]  # ties: the lower id first, as FAISS's flat search
-        return scores[order], ids[order]
+    def _exact_top(self, vector, locations: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``fetch`` (scores, ids) of segments given as [n, 3] (id, chunk, row),
+        scored exactly against the embedding files."""
+        scores = self.store.files().scores(locations[:, 1], locations[:, 2], vector)
+        order = np.lexsort((locations[:, 0], -scores))[:fetch]  # ties: the lower id first, as FAISS's flat search
+        return scores[order], locations[order, 0]
 
     def _hits(self, scores, ids, k: int, per_image: bool, images: set[int] | None, min_area: int,
               distinct: bool = False) -> list[Hit]:
@@ -351,11 +351,15 @@ class SegmentIndex:
         return hits
 
     # -- maintenance -------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self, check_files: bool = False) -> dict[str, Any]:
+        """Counts, model, index type and sizes. ``check_files`` also counts the image
+        files gone since indexing (``files_gone``): a stat per image, so ``usesearch
+        info`` asks for it and the web page's every load does not."""
         def size(name: str) -> int:
             p = self.db_dir / name
             return p.stat().st_size if p.is_file() else 0
 
+        gone = {"files_gone": len(gone_images(self.store.image_files()))} if check_files else {}
         return {
             **self.store.counts(),
             "preset": self.info.preset,
@@ -372,7 +376,7 @@ class SegmentIndex:
             "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal"),
             "bytes_faiss": sum(p.stat().st_size for p in vectors.shard_files(self.db_dir / FAISS_FILE)),
             "shards": len(self.index.shards),
-            "files_gone": len(gone_images(self.store.image_files())),  # since indexing: `usesearch prune` removes them
+            **gone,  # since indexing: `usesearch prune` removes them
             "shard_size": self.info.shard_size,
             "bytes_embeddings": self.store.files().bytes_on_disk(),
             **vectors.faiss_runtime(),

@@ -448,6 +448,12 @@ class Store:
             queries.append(q.where(seg.area >= min_area) if min_area else q)
         return self._locations(queries)
 
+    def segment_locations(self, ids: Iterable[int]) -> np.ndarray:
+        """[n, 3] (id, chunk, row) of these segments (the committed ones)."""
+        seg, wanted = SegmentRecord, [int(i) for i in ids]
+        return self._locations([select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.id.in_(wanted[i : i + 900]))
+                                for i in range(0, len(wanted), 900)])  # 900: SQLite's bound-parameter limit
+
     def _locations(self, queries) -> np.ndarray:
         with self.engine.connect() as conn:  # plain rows: no ORM objects for thousands of ids
             values = [v for q in queries for row in conn.execute(q) for v in tuple(row)]

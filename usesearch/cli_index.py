@@ -235,7 +235,7 @@ def similar(
         from indexer.export import region_picture
 
         typer.echo(f"wrote {region_picture(rgb, picked, search.show)}", err=True)
-    hits = index.search_vector(index.model.embed_segments(rgb, picked.mask[None])[0], **search.filters())
+    hits = index.search_region(rgb, picked, **search.filters())
     search.output(hits, f"like a region of {image.name}", f"like a region of {image.name}", index)
 
 
@@ -245,7 +245,7 @@ def info(db: DbOpt, as_json: JsonOpt = False, db_url: DbUrlOpt = None) -> None:
     """Images done/failed, segments, model, index type and sizes on disk."""
     from indexer import SegmentIndex
 
-    stats = SegmentIndex.open(db, db_url=db_url).stats()
+    stats = SegmentIndex.open(db, db_url=db_url).stats(check_files=True)
     if as_json:
         print(json.dumps(stats, indent=1, default=str))
         return
@@ -296,15 +296,10 @@ def reindex_cmd(
     if ray is None:
         console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, device, shard_size)} vectors")
         return
-    import ray as ray_lib
+    from indexer.distributed import ray_session, rebuild_on_ray
 
-    from indexer.distributed import rebuild_on_ray
-
-    ray_lib.init(address=None if ray == "local" else ray, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(ray):
         count = reindex(db, factory, db_url, device, shard_size, build=rebuild_on_ray)
-    finally:
-        ray_lib.shutdown()
     console.print(f"rebuilt FAISS index with {count} vectors, its shards filled on Ray")
 
 

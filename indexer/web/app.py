@@ -153,7 +153,6 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     ``allowed_hosts`` limits the Host header; ``serve`` sets it to the loopback names
     on a loopback bind, so a web page cannot reach the server by DNS rebinding."""
     model = index.model
-    index_model_lock = index._model_lock  # the embedder serves one request at a time
     images = render.ImageCache()
     app = FastAPI(
         title="usesearch",
@@ -262,10 +261,8 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         rgb = await run_in_threadpool(decode, data, "the uploaded photo", DEFAULT_MAX_PIXELS)
         picked = await run_in_threadpool(
             index.region, rgb, region_lib.parse_point(point) if point else None, region_lib.parse_box(box) if box else None)
-        with index_model_lock:
-            vector = model.embed_segments(rgb, picked.mask[None])[0]
-        result = await run_in_threadpool(searched, lambda: index.search_vector(
-            vector, k, path=path, min_area=min_area, per_image=per_image, min_score=min_score, distinct=distinct), with_masks)
+        result = await run_in_threadpool(searched, lambda: index.search_region(
+            rgb, picked, k, path=path, min_area=min_area, per_image=per_image, min_score=min_score, distinct=distinct), with_masks)
         region = RegionOut(bbox=list(picked.bbox), area=picked.area, stability_score=picked.stability_score,
                            mask=picked.rle, overlay=render.region_overlay_data_url(rgb, picked.mask))
         return RegionSearchOut(**result.model_dump(), region=region)
