@@ -105,14 +105,9 @@ class SamMasker:
 
     name = "sam"
     def __init__(self, sam, points_per_side: int = 32, **amg_kwargs):
-        import inspect
-
         from .amg import SamMaskGenerator
 
-        options = [name for name in inspect.signature(SamMaskGenerator).parameters if name != "model"]
-        unknown = sorted(set(amg_kwargs) - set(options))
-        if unknown:
-            raise ValueError(f"the sam masker has no option {', '.join(unknown)}; its options: {', '.join(options)}")
+        _check_options(self.name, SamMaskGenerator, amg_kwargs)
         self.points_per_side = points_per_side
         self.amg_kwargs = amg_kwargs
         self.generator = SamMaskGenerator(sam, points_per_side=points_per_side, **amg_kwargs)
@@ -148,6 +143,18 @@ class SamMasker:
         ]
 
 
+def _check_options(masker: str, generator, given: dict, fixed: tuple[str, ...] = ()) -> None:
+    """The keyword arguments a masker passes on must be its generator's own (read
+    from the generator's signature, so the two cannot drift apart)."""
+    import inspect
+
+    options = [n for n in inspect.signature(generator).parameters if n != "model" and n not in fixed]
+    unknown = sorted(set(given) - set(options))
+    if unknown:
+        raise ValueError(f"the {masker} masker has no option {', '.join(SAM_FLAGS.get(u, u) for u in unknown)}; "
+                         f"its options: {', '.join(options)}")
+
+
 class Sam2Masker:
     """SAM 2.1's automatic mask generator (the ``sam2`` package), with the same
     mask-quality options as ``--masker sam``."""
@@ -155,16 +162,11 @@ class Sam2Masker:
     name = "sam2"
 
     def __init__(self, model, model_name: str, points_per_side: int = 32, **amg_kwargs):
-        import inspect
-
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
         from .sam2_models import automatic_mask_generator
 
-        options = [n for n in inspect.signature(SAM2AutomaticMaskGenerator).parameters if n not in ("model", "output_mode")]
-        unknown = sorted(set(amg_kwargs) - set(options))
-        if unknown:
-            raise UsesearchError(f"the sam2 masker has no option {', '.join(SAM_FLAGS.get(u, u) for u in unknown)}")
+        _check_options(self.name, SAM2AutomaticMaskGenerator, amg_kwargs, fixed=("output_mode",))
         self.model_name, self.points_per_side, self.amg_kwargs = model_name, points_per_side, amg_kwargs
         self.generator = automatic_mask_generator(model, points_per_side=points_per_side, **amg_kwargs)
 
@@ -177,10 +179,7 @@ class Sam2Masker:
             if r["area"] <= 0:
                 continue
             x, y, w, h = (int(v) for v in r["bbox"])  # SAM's xywh: w = x1 - x0
-            counts = r["segmentation"]["counts"]
-            out.append(Proposal(rle={"size": [int(v) for v in r["segmentation"]["size"]],
-                                     "counts": counts if isinstance(counts, str) else counts.decode("ascii")},
-                                bbox=(x, y, w + 1, h + 1), area=int(r["area"]),
+            out.append(Proposal(rle=rle.to_str(r["segmentation"]), bbox=(x, y, w + 1, h + 1), area=int(r["area"]),
                                 predicted_iou=float(r["predicted_iou"]), stability_score=float(r["stability_score"])))
         return out
 
@@ -226,6 +225,8 @@ SAM_FLAGS = {
     "stability_score_thresh": "--stability-thresh", "box_nms_thresh": "--box-nms-thresh", "crop_n_layers": "--crop-layers",
     "min_mask_region_area": "--min-region-area", "encoder_batch": "--encoder-batch",
 }
+# Which maskers take which of them (encoder batches are this project's generator's).
+SAM_FLAG_USERS = {"sam": set(SAM_FLAGS), "sam2": set(SAM_FLAGS) - {"encoder_batch"}}
 
 
 class CocoMasker:
@@ -275,14 +276,14 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | None = No
     noise: there the weight-free Felzenszwalb masker gives real-looking regions."""
     if name is None:
         name = "felzenszwalb" if preset.sam.checkpoint is None and "sam_checkpoint" not in options else "sam"
-    misplaced = [SAM_FLAGS[k] for k in options if k in SAM_FLAGS] if name not in ("sam", "sam2") else []
-    if name == "sam2" and "encoder_batch" in options:
-        misplaced = ["--encoder-batch"]
+    accepted = SAM_FLAG_USERS.get(name, set())
+    misplaced = [SAM_FLAGS[k] for k in options if k in SAM_FLAGS and k not in accepted]
     if misplaced:
-        own = {"felzenszwalb": "none", "coco": "--coco FILE.json", "sam2": "SAM's mask-quality options but --encoder-batch"}.get(name, "none")
-        applies = "--masker sam only" if name == "sam2" else "--masker sam and sam2 only"
-        raise UsesearchError(f"{', '.join(misplaced)} apply to {applies}; this run uses masker {name} "
-                             f"(its options: {own}){' (the default for the random-weight tiny preset)' if name == 'felzenszwalb' else ''}")
+        users = sorted(n for n, flags in SAM_FLAG_USERS.items() if all(f in flags for f in options if f in SAM_FLAGS))
+        own = ", ".join(SAM_FLAGS[f] for f in SAM_FLAGS if f in accepted) or {"coco": "--coco FILE.json"}.get(name, "none")
+        raise UsesearchError(f"{', '.join(misplaced)} apply to --masker {' and '.join(users) or 'sam'} only; this run uses "
+                             f"masker {name} (its options: {own})"
+                             f"{' (the default for the random-weight tiny preset)' if name == 'felzenszwalb' else ''}")
     if name == "sam":
         from .sam import load_sam
 

@@ -55,16 +55,14 @@ def _pycoco(rle: dict) -> dict:
 
 
 def to_str(rle: dict) -> dict:
-    """pycocotools' RLE (bytes counts) -> ours (str counts)."""
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-_ours = to_str
+    """A compressed RLE with bytes (pycocotools') or str counts -> ours (str counts)."""
+    counts = rle["counts"]
+    return {"size": [int(s) for s in rle["size"]], "counts": counts if isinstance(counts, str) else counts.decode("ascii")}
 
 
 def encode(mask: np.ndarray) -> dict:
     """One bool (or 0/1) mask [H, W] -> compressed RLE with str counts."""
-    return _ours(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
+    return to_str(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
 
 
 def encode_stack(masks) -> list[dict]:
@@ -78,7 +76,7 @@ def encode_stack(masks) -> list[dict]:
         fortran = masks.transpose(1, 2).contiguous().to(torch.uint8).cpu().numpy().transpose(2, 1, 0)
     else:
         fortran = np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0))
-    return [_ours(rle) for rle in mask_utils.encode(fortran)]
+    return [to_str(rle) for rle in mask_utils.encode(fortran)]
 
 
 def decode(segmentation: Any, height: int | None = None, width: int | None = None) -> np.ndarray:
