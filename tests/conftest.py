@@ -129,3 +129,41 @@ def postgres_server():
 def pg_url(postgres_server) -> str:
     """A fresh database on the session's PostgreSQL server."""
     return postgres_server.new_database()
+
+
+# -- kill -9 tests: run a step in another process, kill it when it is partly done --------
+def run_python(code: str, *args, **popen):
+    """``python -c code args...`` in another process, importing this checkout."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env={**os.environ, "PYTHONPATH": os.getcwd()}, **popen)
+
+
+def sqlite_count(db_file, sql: str):
+    """One count from an index's SQLite file while another process writes it (None
+    while it cannot be read)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db_file, timeout=5) as con:
+            return con.execute(sql).fetchone()[0]
+    except sqlite3.Error:
+        return None
+
+
+def kill_when(proc, probe, reached, start, timeout: float = 120, every: float = 0.05):
+    """Poll ``probe()`` while ``proc`` runs; once ``reached(value)``, kill it with
+    SIGKILL. Returns the last value read (``start`` until one is)."""
+    import signal
+    import time
+
+    deadline, value = time.time() + timeout, start
+    while time.time() < deadline and proc.poll() is None and not reached(value):
+        time.sleep(every)
+        read = probe()
+        value = value if read is None else read
+    assert proc.poll() is None, "the process finished before it could be killed; give it more work"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return value

@@ -4,11 +4,7 @@ killed with kill -9 mid-run, and with the catalog in PostgreSQL."""
 
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +14,7 @@ pytest.importorskip("ray", reason="the distributed extra is not installed: pip i
 
 from indexer import IndexOptions, SegmentIndex, index_paths  # noqa: E402
 from indexer.distributed import FRAGMENTS, index_paths_ray  # noqa: E402
-from tests.conftest import OPTS, assert_consistent, segment_table, write_photos  # noqa: E402
+from tests.conftest import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos  # noqa: E402
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 
@@ -125,19 +121,10 @@ def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, seq
     code = ("import sys; from indexer import IndexOptions; from indexer.distributed import index_paths_ray; "
             "index_paths_ray([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', "
             "masker_options={'max_masks': 8}), workers=1)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(photos), str(db)], env={**os.environ, "PYTHONPATH": os.getcwd()},
-                            start_new_session=True)
-    deadline, done = time.time() + 240, 0
-    while time.time() < deadline and proc.poll() is None and done < 2:
-        try:
-            with sqlite3.connect(db / "segments.sqlite", timeout=5) as con:
-                done = con.execute("select count(*) from images where status = 'done'").fetchone()[0]
-        except sqlite3.Error:
-            pass
-        time.sleep(0.1)
-    assert proc.poll() is None, "the driver finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)  # the driver only: its Ray processes are left to notice
-    proc.wait()
+    proc = run_python(code, photos, db, start_new_session=True)
+    # The driver only: its Ray processes are left to notice.
+    done = kill_when(proc, lambda: sqlite_count(db / "segments.sqlite", "select count(*) from images where status = 'done'"),
+                     lambda n: n >= 2, start=0, timeout=240, every=0.1)
     threading.Timer(30, _kill_group, (proc.pid,)).start()  # then tidy up what is left
     resumed = index_paths_ray([photos], db, IndexOptions(**OPTS))
     assert resumed.skipped >= done >= 2

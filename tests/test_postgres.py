@@ -2,20 +2,14 @@
 resume after kill -9 and reconciliation as with SQLite, and a server that restarts
 or cannot be reached mid-run is a retry or a one-line error, never half an image."""
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 
-import pytest
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from indexer import IndexOptions, SegmentIndex, index_paths
 from usesearch.cli import app
-from tests.conftest import OPTS, assert_consistent, segment_table, write_photos
+from tests.conftest import OPTS, assert_consistent, kill_when, run_python, segment_table, write_photos
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 
@@ -64,14 +58,7 @@ def test_kill_dash_nine_then_resume_on_postgresql_equals_one_clean_run(tmp_path,
     code = ("import sys; from indexer import IndexOptions, index_paths; "
             "index_paths([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', "
             "masker_options={'max_masks': 8}, db_url=sys.argv[3]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(photos), str(db), pg_url], env={**os.environ, "PYTHONPATH": os.getcwd()})
-    deadline, done = time.time() + 120, 0
-    while time.time() < deadline and proc.poll() is None and done < 3:
-        done = done_images(pg_url)
-        time.sleep(0.05)
-    assert proc.poll() is None, "the indexer finished before it could be killed; give it more work"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    done = kill_when(run_python(code, photos, db, pg_url), lambda: done_images(pg_url), lambda n: n >= 3, start=0)
     resumed = index_paths([photos], db, IndexOptions(**OPTS, db_url=pg_url))
     assert resumed.skipped >= done >= 3 and resumed.failed == 0
     index_paths([photos], tmp_path / "clean", IndexOptions(**OPTS))

@@ -3,16 +3,11 @@ segments and vectors, crash-safely; `info` counts them; an unmounted disk is not
 taken for a deleted archive."""
 
 import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 
 from typer.testing import CliRunner
 
 from indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from tests.conftest import OPTS, assert_consistent, segment_table, write_photos
+from tests.conftest import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos
 from tests.test_index_scale import synthetic_index
 from usesearch.cli import app
 
@@ -36,7 +31,7 @@ def test_prune_removes_what_is_gone_and_leaves_what_a_clean_index_has(tmp_path):
     assert segment_table(db) == segment_table(clean)
     assert_consistent(db)
     ix = SegmentIndex.open(db)
-    assert ix.stats()["files_gone"] == 0 and {os.path.basename(h.image) for h in ix.query("a cat", k=50)} <= {"chelsea.png", "rocket.png"}
+    assert ix.stats(check_files=True)["files_gone"] == 0 and {os.path.basename(h.image) for h in ix.query("a cat", k=50)} <= {"chelsea.png", "rocket.png"}
     ix.close()
 
 
@@ -70,18 +65,8 @@ def test_kill_dash_nine_during_prune_then_resume(tmp_path):
     synthetic_index(db, n=12_000, dim=16, images=3_000)
     reindex(db)
     code = "import sys; from indexer.prune import prune; prune(sys.argv[1], force=True)"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], env={**os.environ, "PYTHONPATH": os.getcwd()})
-    deadline, left = time.time() + 120, 3_000
-    while time.time() < deadline and proc.poll() is None and left > 2_500:
-        try:
-            with sqlite3.connect(db / "segments.sqlite", timeout=5) as con:
-                left = con.execute("select count(*) from images").fetchone()[0]
-        except sqlite3.Error:
-            pass
-        time.sleep(0.02)
-    assert proc.poll() is None, "prune finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    left = kill_when(run_python(code, db), lambda: sqlite_count(db / "segments.sqlite", "select count(*) from images"),
+                     lambda n: n <= 2_500, start=3_000, every=0.02)
     assert 0 < left < 3_000
     ix = SegmentIndex.open(db)  # usable at once: the vectors are reconciled with what was committed
     assert ix.index.ntotal == len(ix.store.segment_ids()) == 4 * ix.stats()["images_done"]
