@@ -82,18 +82,18 @@ def main() -> None:
     for side in args.sides:
         encoder, decoder = model_forward(sam, image, side, args.points_per_batch, args.device, args.autocast)
         model = encoder + decoder
-        print(f"{side}x{side} points: model forward {model:.1f} s (encoder {encoder:.1f} s, decoder + upscaling {decoder:.1f} s)")
+        print(f"{side}x{side} points: model forward {model:.3f} s (encoder {encoder:.3f} s, decoder + upscaling {decoder:.3f} s)")
         for name, settings in SETTINGS.items():
             ours_gen = SamMaskGenerator(sam, points_per_side=side, points_per_batch=args.points_per_batch,
                                         autocast=args.autocast, **settings)
             ours_s, masks = timed(lambda: [ours_gen.generate(image) for _ in range(args.repeat)][-1])
             ours_s /= args.repeat
-            line = (f"  {name:<13} ours {ours_s:7.1f} s/image ({len(masks)} masks, {ours_s / model:.2f}x the model, "
+            line = (f"  {name:<13} ours {ours_s:7.3f} s/image ({len(masks)} masks, {ours_s / model:.2f}x the model, "
                     f"{1 / ours_s:.2f} images/s)")
             if not args.skip_stock:
                 stock_gen = SamAutomaticMaskGenerator(sam, points_per_side=side, points_per_batch=args.points_per_batch, **settings)
                 stock_s, stock_masks = timed(lambda: stock_gen.generate(image))
-                line += f"   stock {stock_s:7.1f} s ({len(stock_masks)} masks, {stock_s / model:.2f}x the model): ours {stock_s / ours_s:.1f}x faster"
+                line += f"   stock {stock_s:7.3f} s ({len(stock_masks)} masks, {stock_s / model:.2f}x the model): ours {stock_s / ours_s:.1f}x faster"
             print(line, flush=True)
 
 
