@@ -33,6 +33,7 @@ from indexer.store import ImageRecord, IndexInfo, SegmentRecord, Store
 
 DIM = 768
 BATCH = 200_000
+PATH_1PC = "/archive/07/*"  # a 1% path filter: images i with i % 100 == 7
 TIGHT, DIFFUSE = 0.6, 2.2  # noise/centre norm ratio: cos(member, centre) ~ 0.86 and ~ 0.41
 
 
@@ -81,18 +82,19 @@ def build(folder: Path, n: int, rng, centres, spread) -> float:
     return time.perf_counter() - start
 
 
-def exact_top(store: Store, queries: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (scores, ids) of the top k for every query, streaming the embedding files."""
-    best_s = np.full((len(queries), k), -np.inf, np.float32)
-    best_i = np.zeros((len(queries), k), np.int64)
+def exact_top(store: Store, queries: np.ndarray, keep, k: int = 100) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exact (scores, ids) of the top k for every query, streaming the embedding files
+    once: among all segments, and among those whose ids ``keep`` says True of."""
+    best = [(np.full((len(queries), k), -np.inf, np.float32), np.zeros((len(queries), k), np.int64)) for _ in range(2)]
     for ids, vectors in store.embeddings(batch=BATCH):
         scores = queries @ vectors.T
-        s = np.concatenate([best_s, scores], axis=1)
-        i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
-    order = np.argsort(-best_s, axis=1)
-    return np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+        for which, part in enumerate((scores, np.where(keep(ids), scores, -np.inf))):
+            s = np.concatenate([best[which][0], part], axis=1)
+            i = np.concatenate([best[which][1], np.broadcast_to(ids, part.shape)], axis=1)
+            top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            best[which] = (np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1))
+    orders = [np.argsort(-s, axis=1) for s, _ in best]
+    return [(np.take_along_axis(s, o, 1), np.take_along_axis(i, o, 1)) for (s, i), o in zip(best, orders)]
 
 
 def percentiles(samples: list[float]) -> str:
@@ -127,6 +129,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda for FAISS (default: a GPU where faiss has one)")
     parser.add_argument("--exact-up-to", type=int, default=None, help="override the exact-search threshold (to try the compressed index on a small N)")
     parser.add_argument("--reuse", action="store_true", help="with --folder: query the index built there by an earlier run")
+    parser.add_argument("--store-only", action="store_true", help="with --folder: build the database and embedding files, then stop")
+    parser.add_argument("--reindex", action="store_true", help="with --reuse: rebuild the FAISS index (timed) before the queries")
     parser.add_argument("--sweep", default="16:200 64:1000 256:4000 1024:10000",
                         help="NPROBE:RERANK settings to measure recall at (compressed index only)")
     args = parser.parse_args()
@@ -138,12 +142,15 @@ def main() -> None:
     folder = args.folder or Path(tempfile.mkdtemp(prefix="usesearch-scale-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
+        store_s = index_s = 0.0
         if args.reuse and (folder / DB_FILE).is_file():
-            print(f"reusing the index in {folder} (queries only)")
-            store_s = index_s = 0.0
+            print(f"reusing the segments in {folder}" + ("" if args.reindex else " and their index (queries only)"))
         else:
             print(f"building {args.n} segments in {folder}")
             store_s = build(folder, args.n, rng, centres, spread)
+            if args.store_only:
+                return
+        if not args.reuse or args.reindex:
             start = time.perf_counter()
             reindex(folder, device=args.device)
             index_s = time.perf_counter() - start
@@ -160,11 +167,13 @@ def main() -> None:
 
         picks = rng.integers(0, args.concepts, args.queries)
         queries = members(rng, centres, spread, picks)  # near a concept but not a stored vector, like a text query
-        truth_s, truth = exact_top(ix.store, queries)
+        images = max(1, args.n // 100)
+        in_folder = lambda ids: ((ids - 1) * images // args.n) % 100 == 7  # the images of PATH_1PC (see build)
+        (truth_s, truth), (_, truth_path) = exact_top(ix.store, queries, in_folder)
         gap = truth_s[:, 9] - truth_s[:, 99]
         for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1)):
             print(f"{kind:>9} queries: {mask.sum()}, exact 10th - 100th neighbour cosine gap median {np.median(gap[mask]):.3f}")
-        for label, filters in (("no filter", {}), ("--path (1% of images)", {"path": "/archive/07/*"}), ("--per-image", {"per_image": True})):
+        for label, filters in (("no filter", {}), ("--path (1% of images)", {"path": PATH_1PC}), ("--per-image", {"per_image": True})):
             times, found = [], []
             for q in queries:
                 t = time.perf_counter()
@@ -172,8 +181,9 @@ def main() -> None:
                 times.append(time.perf_counter() - t)
                 found.append([h.segment_id for h in hits])
             line = f"query, {label:<22}: {percentiles(times)}"
-            if not filters:
-                recall = np.array([len(set(f) & set(t[:10].tolist())) / 10 for f, t in zip(found, truth)])
+            if not filters or "path" in filters:
+                exact = truth if not filters else truth_path
+                recall = np.array([len(set(f) & set(t[:10].tolist())) / 10 for f, t in zip(found, exact)])
                 line += "   recall@10 " + ", ".join(f"{kind} {recall[mask].mean():.3f}"
                                                      for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1)))
             print(line, flush=True)

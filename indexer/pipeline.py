@@ -26,7 +26,7 @@ from usesearch.reports import RunReport
 from usesearch.factory import choose_preset, load_model, resolve_embedder
 from usesearch.maskers import proposal_masks
 
-from . import index_choice, vectors
+from . import faiss_gpu, index_choice, vectors
 from usesearch.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode, read_bytes, walk
 from usesearch.maskers import build_masker
 from .store import DONE, CatalogUnavailableError, IndexInfo, Store, info_summary
@@ -347,9 +347,10 @@ def _follow_growth(index: vectors.Vectors, store: Store, info: IndexInfo, db_dir
     """An automatic index that the collection has outgrown (or shrunk out of) is
     rebuilt as the index its size calls for."""
     n = index.ntotal
-    if info.index_mode != "auto" or not index_choice.outgrown(info.factory, n, info.dim):
+    gpu = faiss_gpu.wanted(index.device)
+    if info.index_mode != "auto" or not index_choice.outgrown(info.factory, n, info.dim, gpu):
         return index
-    choice = index_choice.choose(n, info.dim)
+    choice = index_choice.choose(n, info.dim, gpu)
     log.warning("%s: %d segments outgrew %s; building %s", db_dir, n, info.factory, choice.describe(n, info.dim))
     rebuilt = vectors.rebuild(store, info.dim, choice.factory, index.device, info.shard_size)
     store.set_factory(choice.factory)

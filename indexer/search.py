@@ -19,7 +19,8 @@ from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.factory import load_model
 from usesearch.model import SegmentEmbedder
 
-from . import index_choice, vectors
+from . import faiss_gpu, index_choice, vectors
+from .compact import dead_bytes
 from .prune import gone_images
 from .pipeline import DB_FILE, FAISS_FILE, IndexMismatchError, check_db_dir, db_url_for
 from .store import SegmentRow, Store, info_summary
@@ -353,13 +354,15 @@ class SegmentIndex:
     # -- maintenance -------------------------------------------------------------
     def stats(self, check_files: bool = False) -> dict[str, Any]:
         """Counts, model, index type and sizes. ``check_files`` also counts the image
-        files gone since indexing (``files_gone``): a stat per image, so ``usesearch
-        info`` asks for it and the web page's every load does not."""
+        files gone since indexing (``files_gone``: a stat per image) and the embedding
+        bytes no segment refers to (``bytes_embeddings_dead``: ``prune`` gives them
+        back), so ``usesearch info`` asks for it and the web page's every load does not."""
         def size(name: str) -> int:
             p = self.db_dir / name
             return p.stat().st_size if p.is_file() else 0
 
-        gone = {"files_gone": len(gone_images(self.store.image_files()))} if check_files else {}
+        gone = {"files_gone": len(gone_images(self.store.image_files())),
+                "bytes_embeddings_dead": dead_bytes(self.store)} if check_files else {}
         return {
             **self.store.counts(),
             "preset": self.info.preset,
@@ -386,7 +389,7 @@ class SegmentIndex:
         n = int(self.index.ntotal)
         if self.info.index_mode == "fixed":
             return f"{self.info.factory}: chosen with --factory (automatic choice off)"
-        choice = index_choice.choose(n, self.info.dim)
+        choice = index_choice.choose(n, self.info.dim, faiss_gpu.wanted(self.index.device))
         if choice.factory == self.info.factory:
             return choice.describe(n, self.info.dim)
         return f"{self.info.factory}: chosen when the collection was smaller; now {choice.factory} would be ({choice.reason})"
@@ -409,7 +412,7 @@ def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str |
                 raise UsesearchError(f"{db_dir} holds no index yet")
             mode = "fixed" if factory else info.index_mode
             if not factory:  # automatic: what the collection's size calls for now
-                factory = index_choice.choose(len(store.segment_ids()), info.dim).factory if mode == "auto" else info.factory
+                factory = index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(device)).factory if mode == "auto" else info.factory
             shard_size = info.shard_size if shard_size is None else shard_size
             index = (build or vectors.rebuild)(store, info.dim, factory, device, shard_size)
             vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory)

@@ -39,7 +39,9 @@ def synthetic_index(db, n=20_000, dim=64, images=200, seed=0):
 def test_choice_by_size():
     small, large = index_choice.choose(1000, 768), index_choice.choose(10_000_000, 768)
     assert small.exact and small.factory == "IDMap2,Flat"
-    assert not large.exact and large.factory.startswith("OPQ64,IVF") and large.factory.endswith(",PQ64")
+    # 64-byte codes either way: 4-bit fast-scan on a CPU, 8-bit PQ (what GPU IVF-PQ searches) on a GPU.
+    assert not large.exact and large.factory == "IVF4096,PQ128x4fs"
+    assert index_choice.choose(10_000_000, 768, gpu=True).factory == "IVF4096,PQ64"
     assert large.bytes_per_segment(768) <= 100  # the archive-scale memory target
     assert large.train_size <= index_choice.TRAIN_MAX
     assert index_choice.outgrown("IDMap2,Flat", index_choice.EXACT_UP_TO + 1, 768)
@@ -50,7 +52,7 @@ def test_choice_by_size():
 def test_compressed_index_rescores_candidates_and_keeps_recall(tmp_path, monkeypatch):
     monkeypatch.setattr(index_choice, "EXACT_UP_TO", 5_000)
     monkeypatch.setattr(index_choice, "nlist_for", lambda n: 64)
-    monkeypatch.setattr(index_choice, "pq_m", lambda dim: 8)  # quick to train; the re-scoring is what is tested
+    monkeypatch.setattr(index_choice, "pq_m", lambda dim, bits=8: 8)  # quick to train; the re-scoring is what is tested
     data = synthetic_index(tmp_path / "db", n=10_000)
     assert reindex(tmp_path / "db") == len(data)  # automatic: past the threshold, so compressed
     ix = SegmentIndex.open(tmp_path / "db")
@@ -72,7 +74,7 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     monkeypatch.setattr(index_choice, "EXACT_UP_TO", 20)
     real_choose = index_choice.choose
     # A small IVF the few test segments can train (the real one needs thousands).
-    monkeypatch.setattr(index_choice, "choose", lambda n, dim: real_choose(n, dim) if n <= 20 else index_choice.IndexChoice(
+    monkeypatch.setattr(index_choice, "choose", lambda n, dim, gpu=False: real_choose(n, dim) if n <= 20 else index_choice.IndexChoice(
         "IVF4,Flat", "test", False, nprobe=4, train_size=n))
     photos = write_photos(tmp_path / "photos", ("astronaut",))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
@@ -135,7 +137,7 @@ def compressed(tmp_path, monkeypatch):
     """A small compressed index (IVF64,PQ8 with re-scoring) over synthetic vectors."""
     monkeypatch.setattr(index_choice, "EXACT_UP_TO", 5_000)
     monkeypatch.setattr(index_choice, "nlist_for", lambda n: 64)
-    monkeypatch.setattr(index_choice, "pq_m", lambda dim: 8)
+    monkeypatch.setattr(index_choice, "pq_m", lambda dim, bits=8: 8)
     data = synthetic_index(tmp_path / "db", n=10_000)
     reindex(tmp_path / "db")
     ix = SegmentIndex.open(tmp_path / "db")

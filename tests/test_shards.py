@@ -31,7 +31,7 @@ def test_sharded_index_answers_as_one_index(tmp_path, monkeypatch, compressed):
     if compressed:
         monkeypatch.setattr(index_choice, "EXACT_UP_TO", 5_000)
         monkeypatch.setattr(index_choice, "nlist_for", lambda n: 32)
-        monkeypatch.setattr(index_choice, "pq_m", lambda dim: 8)
+        monkeypatch.setattr(index_choice, "pq_m", lambda dim, bits=8: 8)
     data = synthetic_index(tmp_path / "one", n=8_000)
     shutil.copytree(tmp_path / "one", tmp_path / "four")
     reindex(tmp_path / "one")
