@@ -27,11 +27,11 @@ _NAME = re.compile(r"chunk-(\d{6})\.f16$")
 
 
 class EmbeddingFiles:
-    def __init__(self, folder: str | os.PathLike, dim: int, chunk_rows: int = CHUNK_ROWS):
+    def __init__(self, folder: str | os.PathLike, dim: int, chunk_rows: int | None = None):
         self.folder = Path(folder)
         self.dim = dim
         self.row_bytes = 2 * dim
-        self.chunk_rows = chunk_rows
+        self.chunk_rows = chunk_rows or CHUNK_ROWS
         self._maps: dict[int, np.memmap] = {}
 
     def path(self, chunk: int) -> Path:
@@ -125,6 +125,18 @@ class EmbeddingFiles:
             else:
                 for lo in range(0, len(wanted), most):
                     yield dest[lo : lo + most], mapped[wanted[lo : lo + most]]
+
+    def rows_in(self, chunk: int) -> int:
+        return self.path(chunk).stat().st_size // self.row_bytes
+
+    def remove(self, chunk: int) -> int:
+        """Delete a chunk no segment refers to any more (``compact``); its size in bytes."""
+        path = self.path(chunk)
+        size = path.stat().st_size
+        self._maps.pop(chunk, None)
+        path.unlink()
+        _fsync_dir(self.folder)
+        return size
 
     def bytes_on_disk(self) -> int:
         return sum(self.path(c).stat().st_size for c in self.chunks())

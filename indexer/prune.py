@@ -1,5 +1,6 @@
 """``prune``: images whose files are gone (or can no longer be read) since they were
-indexed leave the index, with their segments and vectors.
+indexed leave the index, with their segments and vectors; then the embedding files
+give back the disk of removed segments (``compact``).
 
 Each removal is one transaction, like each add, and the FAISS file is reconciled with
 the committed segments whenever an index opens, so a kill at any moment leaves a
@@ -18,6 +19,7 @@ from pathlib import Path
 from usesearch.errors import UsesearchError
 from usesearch.reports import RunReport
 
+from .compact import compact
 from .pipeline import DB_FILE, IndexOptions, Writer, check_db_dir
 
 
@@ -25,6 +27,7 @@ from .pipeline import DB_FILE, IndexOptions, Writer, check_db_dir
 class PruneReport(RunReport):
     images_removed: int = 0
     segments_removed: int = 0
+    embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
     loop_seconds: float = 0.0
     interrupted: bool = False
 
@@ -102,5 +105,7 @@ def prune(
                 yield path
 
         writer.run(removals(), report, lambda path: progress and progress(report, path, len(gone)))
+        if not report.interrupted:
+            report.embedding_bytes_freed = compact(writer.store).bytes_freed
     report.seconds = time.perf_counter() - start
     return report

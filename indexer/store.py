@@ -265,10 +265,10 @@ class Store:
 
     # -- images ------------------------------------------------------------------
     def image_by_path(self, fs_path: bytes) -> ImageRecord | None:
-        return self._retrying(lambda: self._one(select(ImageRecord).where(ImageRecord.fs_path == fs_path)))
+        return self.retrying(lambda: self._one(select(ImageRecord).where(ImageRecord.fs_path == fs_path)))
 
     def done_with_hash(self, sha256: str) -> ImageRecord | None:
-        return self._retrying(lambda: self._one(
+        return self.retrying(lambda: self._one(
             select(ImageRecord).where(ImageRecord.sha256 == sha256, ImageRecord.status == DONE).limit(1)))
 
     def _one(self, query):
@@ -292,9 +292,9 @@ class Store:
         if segments:
             chunks, rows = self.files().append(vectors)
             segments = [{**seg, "vec_chunk": int(c), "vec_row": int(r)} for seg, c, r in zip(segments, chunks, rows)]
-        return self._retrying(lambda: self._save_image(fs_path, path, sha256, hw, segments, error))
+        return self.retrying(lambda: self._save_image(fs_path, path, sha256, hw, segments, error))
 
-    def _retrying(self, write):
+    def retrying(self, write):
         """A write transaction, tried again while a database server is unreachable
         (restarting, failing over): each try commits all or nothing, so a retry never
         leaves half an image; past ``RETRY_SECONDS`` a one-line error."""
@@ -353,7 +353,7 @@ class Store:
                 s.delete(record)
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
                 return removed
-        return self._retrying(remove)
+        return self.retrying(remove)
 
     def image_files(self) -> list[tuple[int, bytes, str]]:
         """(id, fs_path, path) of every image the index has, done or failed."""

@@ -6,6 +6,7 @@ import os
 
 from typer.testing import CliRunner
 
+import indexer.embeddings as embeddings
 from indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from tests.conftest import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos
 from tests.test_index_scale import synthetic_index
@@ -48,7 +49,8 @@ def test_index_prune_only_touches_the_folders_it_was_given(tmp_path):
     ix.close()
 
 
-def test_everything_gone_is_refused_without_force(tmp_path):
+def test_everything_gone_is_refused_without_force(tmp_path, monkeypatch):
+    monkeypatch.setattr(embeddings, "CHUNK_ROWS", 50)  # 6 chunk files
     synthetic_index(tmp_path / "db", n=300, dim=16, images=30)  # paths under /a/: none exist here
     reindex(tmp_path / "db")
     runner = CliRunner()
@@ -57,6 +59,9 @@ def test_everything_gone_is_refused_without_force(tmp_path):
     assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 30
     result = runner.invoke(app, ["prune", "--db", str(tmp_path / "db"), "--force"])
     assert result.exit_code == 0 and "30 images removed (300 segments)" in result.output, result.output
+    # The embedding files give their disk back: every closed chunk is gone, the newest stays.
+    assert "embedding files: 0.01 MiB given back" in result.output, result.output  # 5 x 50 rows x 32 bytes
+    assert sorted(p.name for p in (tmp_path / "db" / "embeddings").iterdir()) == ["chunk-000005.f16"]
     assert_consistent(tmp_path / "db")
 
 

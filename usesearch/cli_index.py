@@ -271,13 +271,16 @@ def prune_cmd(
     db_url: DbUrlOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Remove them even when every file is gone (an unmounted disk?).")] = False,
 ) -> None:
-    """Remove images whose files are gone or unreadable since indexing, with their segments and vectors."""
+    """Remove images whose files are gone or unreadable since indexing, with their segments and vectors;
+    then give back the disk their embedding rows (and those of re-indexed photos) took."""
     from indexer import IndexOptions
     from indexer.prune import prune
 
     report = prune(db, paths or None, IndexOptions(db_url=db_url), force=force)
     state = "interrupted; removals so far are kept" if report.interrupted else "finished"
     console.print(f"{state}: {report.images_removed} images removed ({report.segments_removed} segments)")
+    if report.embedding_bytes_freed:
+        console.print(f"embedding files: {report.embedding_bytes_freed / 2**20:.2f} MiB given back")
 
 
 @app.command("reindex")
