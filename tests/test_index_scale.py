@@ -224,3 +224,30 @@ def test_embedding_files_read_runs_and_scattered_rows_alike(tmp_path):
     chunks, rows = files.append(data)
     for pick in (np.arange(100, 400), np.r_[np.arange(10, 60), np.arange(300, 320)], np.array([7, 3, 400, 401, 5])):
         np.testing.assert_array_equal(files.read(chunks[pick], rows[pick]), data[pick].astype(np.float32))
+    np.testing.assert_array_equal(files.gather(chunks[pick], rows[pick]), data[pick])
+
+
+@pytest.mark.parametrize("scale", [1.0, 7.5])
+def test_float16_prefilter_keeps_every_exact_top_row(scale):
+    """top_rows scores a float16 product first and re-scores only the rows near the
+    fetch-th best: the result equals the exact float32 top, near-ties included (rows
+    1e-4 apart, far below float16's rounding of the product), with and without an
+    exclusion mask, for unit rows and longer ones."""
+    from indexer.embeddings import top_rows
+
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((40, 64)).astype(np.float32)
+    rows = base[rng.integers(0, 40, 30_000)] + 1e-4 * rng.standard_normal((30_000, 64)).astype(np.float32)
+    rows = (scale * rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float16)
+    exact_rows = rows.astype(np.float32)
+    max_norm = float(np.linalg.norm(exact_rows, axis=1).max())
+    keep = rng.random(len(rows)) < 0.7
+    for q in rng.standard_normal((6, 64)).astype(np.float32):
+        q /= np.linalg.norm(q)
+        for mask in (None, keep):
+            exact = np.where(mask if mask is not None else True, exact_rows @ q, -np.inf)
+            want = np.lexsort((np.arange(len(rows)), -exact))[:25]
+            positions, scores = top_rows(rows, q, 25, max_norm, mask)
+            got = positions[np.lexsort((positions, -scores))[:25]]
+            np.testing.assert_array_equal(got, want)
+            assert len(positions) < len(rows) // 4  # a prefilter: most rows never scored exactly
