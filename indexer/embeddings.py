@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,9 +86,9 @@ class EmbeddingFiles:
             rows = self.path(chunk).stat().st_size // self.row_bytes
             if rows < need_rows:
                 raise OSError(f"{self.path(chunk)} holds {rows} rows; the database refers to row {need_rows - 1}")
-            # Copy-on-write ("c"): writable views for torch, and nothing is ever written back;
-            # a plain ndarray view: slicing a memmap subclass costs ~10 us a block.
-            mapped = np.memmap(self.path(chunk), dtype=np.float16, mode="c", shape=(rows, self.dim)).view(np.ndarray)
+            # Read-only (a private writable map would count every chunk against the memory
+            # commit limit); a plain ndarray view: slicing a memmap subclass costs ~10 us a block.
+            mapped = np.memmap(self.path(chunk), dtype=np.float16, mode="r", shape=(rows, self.dim)).view(np.ndarray)
             self._maps[chunk] = mapped
         return mapped
 
@@ -114,7 +115,7 @@ class EmbeddingFiles:
             if filled + len(block) > len(buffer):
                 out[np.concatenate(dests)] = (buffer[:filled] @ q).numpy()
                 filled, dests = 0, []
-            buffer[filled : filled + len(block)].copy_(torch.from_numpy(block))
+            buffer[filled : filled + len(block)].copy_(_tensor(block))
             dests.append(np.arange(dest.start, dest.stop) if isinstance(dest, slice) else dest)
             filled += len(block)
         if filled:
@@ -169,6 +170,16 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _tensor(block: np.ndarray):
+    """A torch view of float16 rows that are only read (a read-only map's slice
+    included: torch warns that it cannot protect them from writes, and none happen)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(block)
 
 
 def top_rows(matrix: np.ndarray, query: np.ndarray, fetch: int, max_norm: float,
