@@ -146,7 +146,7 @@ def main() -> None:
         print(f"FAISS alone, {args.approx} {args.param}: {percentiles(approx_t)}   recall@10 vs exact {recall:.3f}")
 
         for name, index in (("exact", exact), (args.approx, approx)):
-            vectors.write_atomic(vectors.Vectors(index), db / FAISS_FILE, store, args.dim, vectors.DEFAULT_FACTORY)
+            vectors.write_atomic(vectors.Vectors(index), db / FAISS_FILE, store, args.dim, vectors.DEFAULT_FACTORY, in_sync=True)
             ix = SegmentIndex(db, store)
             ix.index = vectors.Vectors(index)  # the warm in-process index, as a server holds it
             for label, filters in (("k=10", {}), ("k=10 --per-image --min-area 1000", {"per_image": True, "min_area": 1000}),

@@ -194,6 +194,7 @@ class Writer:
                 self.info.shard_size = self.options.shard_size
             self.index, _ = vectors.load(self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory,
                                          self.options.device, self.info.shard_size)
+            self.in_sync = True  # loaded: verified, then reconciled unless written at this generation
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
@@ -213,31 +214,44 @@ class Writer:
             return True
         return existing is None and self.store.done_with_hash(sha256) is not None
 
+    @contextmanager
+    def _changing(self):
+        """A store change and the index change that mirrors it: until both are done
+        (an interruption between them included) a write must not record that the
+        index holds the store's generation."""
+        self.in_sync = False
+        yield
+        self.in_sync = True
+
     def commit(self, key: bytes, path: str, sha256: str, hw, segments: list[dict], embeddings: np.ndarray, report: IndexReport) -> None:
-        removed, added = self.store.save_image(key, path, sha256, hw, segments, embeddings)
-        self.index.remove(removed)
-        if added:
-            if not self.index.is_trained:
-                vectors.reconcile(self.index, self.store)  # trains on what the store now holds
-            else:
-                # What the embedding files hold (float16), so a rebuild gives the same scores.
-                self.index.add(np.asarray(added, np.int64), embeddings.astype(np.float16).astype(np.float32))
+        with self._changing():
+            removed, added = self.store.save_image(key, path, sha256, hw, segments, embeddings)
+            self.index.remove(removed)
+            if added:
+                if not self.index.is_trained:
+                    vectors.reconcile(self.index, self.store)  # trains on what the store now holds
+                else:
+                    # What the embedding files hold (float16), so a rebuild gives the same scores.
+                    self.index.add(np.asarray(added, np.int64), embeddings.astype(np.float16).astype(np.float32))
         report.done += 1
         report.segments += len(added)
 
     def fail(self, key: bytes, path: str, sha256: str | None, exc: BaseException, report: IndexReport) -> None:
-        removed, _ = self.store.save_image(key, path, sha256, None, error=exc)
-        self.index.remove(removed)
+        with self._changing():
+            removed, _ = self.store.save_image(key, path, sha256, None, error=exc)
+            self.index.remove(removed)
         report.record_failure(path, exc)
 
     def remove_image(self, image_id: int) -> int:
         """Remove an image with its segments (one transaction) and their vectors."""
-        removed = self.store.remove_image(image_id)
-        self.index.remove(removed)
+        with self._changing():
+            removed = self.store.remove_image(image_id)
+            self.index.remove(removed)
         return len(removed)
 
     def write(self) -> None:
-        self.index = vectors.write_atomic(self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory)
+        self.index = vectors.write_atomic(self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory,
+                                          in_sync=self.in_sync)
 
     def run(self, steps, report: IndexReport, progress: Callable[[str], None]) -> None:
         """Drive ``steps`` (each commits some images and yields a path for progress),

@@ -107,5 +107,6 @@ def prune(
         writer.run(removals(), report, lambda path: progress and progress(report, path, len(gone)))
         if not report.interrupted:
             report.embedding_bytes_freed = compact(writer.store).bytes_freed
+            writer.write()  # the files are unchanged; record that they hold this generation too
     report.seconds = time.perf_counter() - start
     return report

@@ -437,7 +437,7 @@ def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str |
                 factory = index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(device)).factory if mode == "auto" else info.factory
             shard_size = info.shard_size if shard_size is None else shard_size
             index = (build or vectors.rebuild)(store, info.dim, factory, device, shard_size)
-            vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory)
+            vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)  # rebuilt from the store
             store.set_factory(factory, mode)
             store.set_shard_size(shard_size)
             return int(index.ntotal)

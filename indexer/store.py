@@ -93,6 +93,16 @@ class VectorShard(Base):
     sha256: Mapped[str] = mapped_column(String(64))
 
 
+class VectorState(Base):
+    """The generation the FAISS files (every shard) held exactly when last written (one
+    row): an index opening at that generation skips comparing every id with the store.
+    A table of its own, so an index made before it still opens read-only."""
+
+    __tablename__ = "vector_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    generation: Mapped[int | None]  # None while the files are being written, or not in sync
+
+
 class ImageRecord(Base):
     __tablename__ = "images"
     __table_args__ = (Index("ix_images_sha256", "sha256"), Index("ix_images_path", "path"))
@@ -211,6 +221,7 @@ class Store:
                 self.engine.dispose()
                 self.engine = create_engine(_immutable_url(url))
                 tables = set(inspect(self.engine).get_table_names())
+            self._has_vector_state = "vector_state" in tables  # made by a writable open since
             if "index_info" not in tables:
                 raise UsesearchError(f"{make_url(url).database or url} is not a usesearch index (it has no index_info table)")
             missing = migrations.missing_columns(self.engine)
@@ -222,6 +233,7 @@ class Store:
         else:
             migrations.upgrade(self.engine, self.folder)
             Base.metadata.create_all(self.engine)
+            self._has_vector_state = True
 
     def close(self) -> None:
         self.engine.dispose()
@@ -258,6 +270,16 @@ class Store:
                 s.execute(update(IndexInfo).values(vectors_sha256=sha256))
             else:
                 s.merge(VectorShard(shard=shard, sha256=sha256))
+
+    def vectors_generation(self) -> int | None:
+        if not self._has_vector_state:
+            return None
+        with self.sessions() as s:
+            return s.scalar(select(VectorState.generation))
+
+    def set_vectors_generation(self, generation: int | None) -> None:
+        with self.sessions.begin() as s:
+            s.merge(VectorState(id=1, generation=generation))
 
     def set_shard_size(self, shard_size: int) -> None:
         with self.sessions.begin() as s:

@@ -81,7 +81,7 @@ def test_hnsw_reader_excludes_uncommitted_vectors_it_cannot_remove(tmp_path):
     ix.index.add(np.array([10**9]), vector[None])  # a vector whose image never committed
     from indexer.vectors import write_atomic
 
-    write_atomic(ix.index, db / FAISS_FILE, ix.store, ix.info.dim, ix.info.factory)
+    write_atomic(ix.index, db / FAISS_FILE, ix.store, ix.info.dim, ix.info.factory, in_sync=False)
     reader = SegmentIndex.open(db)
     assert 10**9 not in {h.segment_id for h in reader.search_vector(vector, k=50)}
     assert reader.index.ntotal == len(reader.store.segment_ids())
