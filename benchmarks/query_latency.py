@@ -29,7 +29,8 @@ from sqlalchemy import insert
 from indexer import vectors
 from indexer.pipeline import FAISS_FILE, db_url_for
 from indexer.search import SegmentIndex
-from indexer.store import ImageRecord, IndexInfo, SegmentRecord, Store
+from indexer.records import ImageRecord, IndexInfo, SegmentRecord
+from indexer.store import Store
 
 
 def clustered(n: int, dim: int, clusters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,8 @@ from sqlalchemy import insert
 
 from indexer import SegmentIndex, index_choice, reindex
 from indexer.pipeline import DB_FILE, FAISS_FILE, db_url_for
-from indexer.store import ImageRecord, IndexInfo, SegmentRecord, Store
+from indexer.records import ImageRecord, IndexInfo, SegmentRecord
+from indexer.store import Store
 
 DIM = 768
 BATCH = 200_000

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import func, select, update
 
-from .store import IndexInfo, SegmentRecord, Store
+from .records import IndexInfo, SegmentRecord
+from .store import Store
 
 DEAD_SHARE = 0.25  # rewrite a chunk once this share of its rows is dead
 MOVE_BATCH = 65_536  # rows read, appended and committed at a time (~200 MB at 768-d)

@@ -23,7 +23,7 @@ BATCH = 50_000
 
 
 def missing_columns(engine: Engine) -> list[str]:
-    from .store import Base
+    from .records import Base
 
     inspector = inspect(engine)
     tables = set(inspector.get_table_names())
@@ -53,7 +53,7 @@ def upgrade(engine: Engine, folder: Path) -> None:
 
 
 def _add_plain_columns(engine: Engine) -> None:
-    from .store import Base
+    from .records import Base
 
     inspector = inspect(engine)
     tables = set(inspector.get_table_names())
@@ -82,7 +82,7 @@ def _images_fs_path(engine: Engine) -> None:
     """Older indexes keyed images by their display path (unique). Rebuild the table
     with the byte-exact key, SQLite's documented way (new table, copy, drop, rename)
     with foreign keys off so no segment is cascaded away."""
-    from .store import Base
+    from .records import Base
 
     if engine.dialect.name != "sqlite":
         raise UsesearchError("this index was made by an older usesearch; index into a new --db")

@@ -29,7 +29,8 @@ from usesearch.maskers import proposal_masks
 from . import faiss_gpu, index_choice, vectors
 from usesearch.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode, read_bytes, walk
 from usesearch.maskers import build_masker
-from .store import DONE, CatalogUnavailableError, IndexInfo, Store, info_summary
+from .records import DONE, IndexInfo, info_summary
+from .store import CatalogUnavailableError, Store
 
 DB_FILE, FAISS_FILE, LOCK_FILE = "segments.sqlite", "vectors.faiss", "writer.lock"
 log = logging.getLogger("usesearch.index")

@@ -24,7 +24,8 @@ from .compact import dead_bytes
 from .prune import gone_images
 from .pipeline import DB_FILE, FAISS_FILE, IndexMismatchError, check_db_dir, db_url_for
 from .embeddings import top_rows
-from .store import SegmentRow, Store, info_summary
+from .records import SegmentRow, info_summary
+from .store import Store
 
 MAX_QUERY_CHARS = 1000
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range

@@ -284,7 +284,7 @@ def test_walk_never_leaves_the_folders_it_was_given(tmp_path):
     report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     ix = SegmentIndex.open(tmp_path / "db")
     with ix.store.sessions() as s:
-        from indexer.store import ImageRecord
+        from indexer.records import ImageRecord
 
         paths = [r.path for r in s.query(ImageRecord)]
     assert paths and all(p.startswith(str(photos) + "/") for p in paths)

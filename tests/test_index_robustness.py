@@ -80,7 +80,7 @@ def test_each_bad_input_is_indexed_or_recorded(bad_inputs, monkeypatch):
     assert "PermissionError" in failed["locked"]
     assert "symbolic links" in failed["self.jpg"]
     with ix.store.sessions() as s:
-        from indexer.store import ImageRecord
+        from indexer.records import ImageRecord
 
         done = {os.path.basename(r.path): r for r in s.query(ImageRecord).filter_by(status="done")}
     assert set(done) == {"cmyk.jpg", "sixteen.png", "palette.png", "animated.gif", "rotated.jpg", "caf\\xe9.png", "nomasks.png"}

@@ -9,7 +9,8 @@ from sqlalchemy import insert
 import indexer.index_choice as index_choice
 from indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from indexer.pipeline import db_url_for
-from indexer.store import ImageRecord, IndexInfo, SegmentRecord, Store
+from indexer.records import ImageRecord, IndexInfo, SegmentRecord
+from indexer.store import Store
 from tests.conftest import OPTS, write_photos
 
 

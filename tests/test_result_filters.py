@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from indexer import SegmentIndex, reindex
 from indexer.pipeline import db_url_for
-from indexer.store import ImageRecord, IndexInfo, SegmentRecord, Store
+from indexer.records import ImageRecord, IndexInfo, SegmentRecord
+from indexer.store import Store
 from usesearch import rle
 
 H = W = 40

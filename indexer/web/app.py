@@ -25,7 +25,7 @@ from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.files import DEFAULT_MAX_PIXELS, decode
 
 from ..search import MAX_QUERY_CHARS, Hit, SegmentIndex
-from ..store import DONE, SegmentRow
+from ..records import DONE, SegmentRow
 from . import apidoc, render
 from .security import HostCheckMiddleware, SameOriginMiddleware, TokenMiddleware
 

@@ -18,7 +18,7 @@ from usesearch.errors import UsesearchError
 from usesearch.visualize import OUTLINE, TINT, decode_mask, outline, segment_tile
 
 from usesearch.files import decode, read_bytes
-from ..store import ImageRecord, SegmentRow
+from ..records import ImageRecord, SegmentRow
 
 class ImageGoneError(UsesearchError):
     """The indexed file can no longer be read as it was indexed (moved, deleted, edited)."""

@@ -1,0 +1,124 @@
+"""The catalog's tables (SQLAlchemy 2.0 typed models) and the row type queries return.
+
+``store.py`` reads and writes them; ``migrations.py`` upgrades an older index's
+tables to these.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+DONE, FAILED = "done", "failed"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class IndexInfo(Base):
+    """The one row that says which embedding space (and masker) the index lives in."""
+
+    __tablename__ = "index_info"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    preset: Mapped[str] = mapped_column(String(64))
+    embedder: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    head: Mapped[str | None] = mapped_column(Text)
+    dim: Mapped[int] = mapped_column(Integer)
+    masker: Mapped[str] = mapped_column(String(64))
+    masker_params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    factory: Mapped[str] = mapped_column(String(256))
+    # "auto": the factory follows the collection's size (index_choice.py); "fixed": --factory chose it.
+    index_mode: Mapped[str] = mapped_column(String(8), default="auto")
+    # Bumped in the same transaction as every image write: readers compare one
+    # integer to learn whether committed segments changed.
+    generation: Mapped[int] = mapped_column(default=0)
+    # SHA-256 of the FAISS file (shard 0) as last written: a file that does not match is rebuilt.
+    vectors_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Segment ids per FAISS shard (ids 1..shard_size in shard 0, the next in shard 1...);
+    # 0: one shard. Shards share one trained quantizer and codebook.
+    shard_size: Mapped[int] = mapped_column(default=0)
+    created: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
+
+
+class VectorShard(Base):
+    """SHA-256 of each FAISS shard file past the first, as last written."""
+
+    __tablename__ = "vector_shards"
+    shard: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class VectorState(Base):
+    """The generation the FAISS files (every shard) held exactly when last written (one
+    row): an index opening at that generation skips comparing every id with the store.
+    A table of its own, so an index made before it still opens read-only."""
+
+    __tablename__ = "vector_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    generation: Mapped[int | None]  # None while the files are being written, or not in sync
+
+
+class ImageRecord(Base):
+    __tablename__ = "images"
+    __table_args__ = (Index("ix_images_sha256", "sha256"), Index("ix_images_path", "path"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fs_path: Mapped[bytes] = mapped_column(LargeBinary, unique=True)  # exactly what the OS opens
+    path: Mapped[str] = mapped_column(Text)  # display form (undecodable bytes as \xNN)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    status: Mapped[str] = mapped_column(String(8))
+    error_class: Mapped[str | None] = mapped_column(String(128))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=1)
+    updated: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
+    segments: Mapped[list[SegmentRecord]] = relationship(back_populates="image", cascade="all, delete-orphan")
+
+
+class SegmentRecord(Base):
+    __tablename__ = "segments"
+    # AUTOINCREMENT: SQLite must never hand a deleted segment's id to a new one,
+    # or a stale FAISS vector would answer for it.
+    __table_args__ = ({"sqlite_autoincrement": True},)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    x: Mapped[int]
+    y: Mapped[int]
+    w: Mapped[int]
+    h: Mapped[int]
+    area: Mapped[int] = mapped_column(index=True)
+    rle_counts: Mapped[str] = mapped_column(Text)  # COCO compressed RLE of the full-size mask
+    predicted_iou: Mapped[float | None] = mapped_column(Float)
+    stability_score: Mapped[float | None] = mapped_column(Float)
+    # The embedding: row ``vec_row`` of chunk file ``vec_chunk`` (see embeddings.py).
+    vec_chunk: Mapped[int]
+    vec_row: Mapped[int]
+    image: Mapped[ImageRecord] = relationship(back_populates="segments")
+
+
+@dataclass(frozen=True)
+class SegmentRow:
+    """A segment's metadata joined with its image, as queries return it."""
+
+    id: int
+    image_id: int
+    image_path: str
+    image_fs_path: bytes
+    image_hw: tuple[int, int]
+    bbox: tuple[int, int, int, int]
+    area: int
+    rle_counts: str
+    predicted_iou: float | None
+    stability_score: float | None
+
+
+def info_summary(info: IndexInfo) -> str:
+    return f"preset {info.preset!r}, embedder {info.embedder!r}, model {info.fingerprint}" + (
+        f", head {info.head}" if info.head else ""
+    )
