@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 CHUNK_ROWS = 1 << 20  # 1.5 GB per chunk at 768-d
-SCORE_ROWS = 4096  # rows converted to float32 and scored at a time
 FOLDER = "embeddings"
 _NAME = re.compile(r"chunk-(\d{6})\.f16$")
 
@@ -92,9 +91,10 @@ class EmbeddingFiles:
             self._maps[chunk] = mapped
         return mapped
 
-    def read(self, chunks: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """float32 [N, dim] of the given (chunk, row) pairs."""
-        out = np.empty((len(rows), self.dim), np.float32)
+    def read(self, chunks: np.ndarray, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """[N, dim] rows of the given (chunk, row) pairs, contiguous, as ``dtype``
+        (float16: the stored bits, as compaction copies them and a scan reads them)."""
+        out = np.empty((len(rows), self.dim), dtype)
         for dest, block in self._blocks(chunks, rows):
             out[dest] = block
         return out
@@ -103,30 +103,10 @@ class EmbeddingFiles:
         """float32 inner products of the given rows with ``query``, block by block:
         no float32 copy of all the rows is made (torch converts float16 several times
         faster than NumPy)."""
-        import torch
-
-        q = torch.from_numpy(np.ascontiguousarray(query, np.float32))
+        q = torch_tensor(np.ascontiguousarray(query, np.float32))
         out = np.empty(len(rows), np.float32)
-        # Blocks (often one image's few rows) are gathered into one reused float32 buffer
-        # and scored a buffer at a time: per-block conversions and products cost ~3x more.
-        buffer = torch.empty((min(len(rows), SCORE_ROWS), self.dim))
-        filled, dests = 0, []
-        for dest, block in self._blocks(chunks, rows, SCORE_ROWS):
-            if filled + len(block) > len(buffer):
-                out[np.concatenate(dests)] = (buffer[:filled] @ q).numpy()
-                filled, dests = 0, []
-            buffer[filled : filled + len(block)].copy_(_tensor(block))
-            dests.append(np.arange(dest.start, dest.stop) if isinstance(dest, slice) else dest)
-            filled += len(block)
-        if filled:
-            out[np.concatenate(dests)] = (buffer[:filled] @ q).numpy()
-        return out
-
-    def gather(self, chunks: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """float16 [N, dim] of the given (chunk, row) pairs, contiguous in memory."""
-        out = np.empty((len(rows), self.dim), np.float16)
-        for dest, block in self._blocks(chunks, rows, 1 << 20):
-            out[dest] = block
+        for dest, block in self._blocks(chunks, rows):
+            out[dest] = (torch_tensor(block).float() @ q).numpy()
         return out
 
     def _blocks(self, chunks: np.ndarray, rows: np.ndarray, most: int = 4096):
@@ -172,14 +152,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _tensor(block: np.ndarray):
-    """A torch view of float16 rows that are only read (a read-only map's slice
-    included: torch warns that it cannot protect them from writes, and none happen)."""
+def torch_tensor(array: np.ndarray):
+    """A torch view of rows that are only read (a read-only map's slice included:
+    torch warns that it cannot protect them from writes, and none happen)."""
     import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(block)
+        return torch.from_numpy(array)
 
 
 def top_rows(matrix: np.ndarray, query: np.ndarray, fetch: int, max_norm: float,
@@ -193,10 +173,8 @@ def top_rows(matrix: np.ndarray, query: np.ndarray, fetch: int, max_norm: float,
     the fetch-th best are then scored exactly. Its error is at most 2^-10 |x| |q| (the
     query and the result are each rounded once to float16); the bound used is twice
     that. Every row whose exact score reaches the fetch-th best is in the superset."""
-    import torch
-
     q = np.ascontiguousarray(query, np.float32)
-    approx = (torch.from_numpy(matrix) @ torch.from_numpy(q).half()).float().numpy()
+    approx = (torch_tensor(matrix) @ torch_tensor(q).half()).float().numpy()
     if keep is not None:
         approx[~keep] = -np.inf
     fetch = min(fetch, int(np.isfinite(approx).sum()))

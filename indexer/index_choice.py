@@ -77,12 +77,12 @@ def choose(n: int, dim: int, gpu: bool = False) -> IndexChoice:
     if n <= EXACT_UP_TO:
         return IndexChoice("IDMap2,Flat", f"{n} segments are few enough to compare every one exactly (up to {EXACT_UP_TO})", True)
     nlist = nlist_for(n)
-    m = pq_m(dim, 8 if gpu else 4)
-    codes = f"PQ{m}" if gpu else f"PQ{m}x4fs"
+    bits = 8 if gpu else 4  # GPU IVF-PQ searches 8-bit codes; on a CPU, 4-bit fast-scan
+    m = pq_m(dim, bits)
     return IndexChoice(
-        f"IVF{nlist},{codes}",
+        f"IVF{nlist},PQ{m}" + ("" if gpu else "x4fs"),
         f"{n} segments: past {EXACT_UP_TO} an exact scan costs too much time and memory, so {nlist} clusters "
-        f"with {m * (8 if gpu else 4) // 8}-byte codes ({'8-bit, as GPU IVF-PQ searches them' if gpu else '4-bit fast-scan'}), "
+        f"with {m * bits // 8}-byte codes ({'8-bit, as GPU IVF-PQ searches them' if gpu else '4-bit fast-scan'}), "
         "top candidates re-scored exactly",
         False,
         nprobe=nprobe_for(nlist),

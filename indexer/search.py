@@ -310,9 +310,7 @@ class SegmentIndex:
             keep = ~np.isin(allowed[:, 0], np.fromiter(exclude, np.int64, len(exclude))) if exclude else None
             matrix, max_norm = self._selection_rows(allowed)
             positions, scores = top_rows(matrix, vector, fetch, max_norm, keep)
-            ids = allowed[positions, 0]
-            order = np.lexsort((ids, -scores))[:fetch]  # ties: the lower id first, as FAISS's flat search
-            return scores[order], ids[order]
+            return _ranked(scores, allowed[positions, 0], fetch)
         ids_allowed = None if allowed is None else allowed[:, 0]
         if self.index.exact:
             return self.index.search(vector, fetch, ids_allowed, exclude)
@@ -329,7 +327,7 @@ class SegmentIndex:
         if held is None or held[0] is not allowed:
             import torch
 
-            matrix = self.store.files().gather(allowed[:, 1], allowed[:, 2])
+            matrix = self.store.files().read(allowed[:, 1], allowed[:, 2], np.float16)
             max_norm = float(torch.linalg.vector_norm(torch.from_numpy(matrix), dim=1, dtype=torch.float32).max()) if len(matrix) else 0.0
             held = self._held_rows = (allowed, matrix, max_norm)
         return held[1], held[2]
@@ -337,9 +335,7 @@ class SegmentIndex:
     def _exact_top(self, vector, locations: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``fetch`` (scores, ids) of segments given as [n, 3] (id, chunk, row),
         scored exactly against the embedding files."""
-        scores = self.store.files().scores(locations[:, 1], locations[:, 2], vector)
-        order = np.lexsort((locations[:, 0], -scores))[:fetch]  # ties: the lower id first, as FAISS's flat search
-        return scores[order], locations[order, 0]
+        return _ranked(self.store.files().scores(locations[:, 1], locations[:, 2], vector), locations[:, 0], fetch)
 
     def _hits(self, scores, ids, k: int, per_image: bool, images: set[int] | None, min_area: int,
               distinct: bool = False) -> list[Hit]:
@@ -416,6 +412,12 @@ class SegmentIndex:
         if choice.factory == self.info.factory:
             return choice.describe(n, self.info.dim)
         return f"{self.info.factory}: chosen when the collection was smaller; now {choice.factory} would be ({choice.reason})"
+
+
+def _ranked(scores: np.ndarray, ids: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``fetch`` (scores, ids), best first; ties: the lower id first, as FAISS's flat search."""
+    order = np.lexsort((ids, -scores))[:fetch]
+    return scores[order], ids[order]
 
 
 def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str | None = None, device: str | None = None,

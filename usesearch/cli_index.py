@@ -27,7 +27,7 @@ PerImageOpt = Annotated[bool, typer.Option("--per-image", help="Keep only the be
 PathOpt = Annotated[Optional[str], typer.Option("--path", help="Only images whose path matches this glob.")]
 MinAreaOpt = Annotated[int, typer.Option("--min-area", min=0, help="Only segments of at least this many pixels.")]
 NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", min=1, help="Compressed index: clusters visited per query (more: slower, higher recall).")]
-RerankOpt = Annotated[Optional[int], typer.Option("--rerank", min=1, help="Compressed index: candidates re-scored exactly per query (default max(200, 20 k)).")]
+RerankOpt = Annotated[Optional[int], typer.Option("--rerank", min=1, help="Compressed index: candidates re-scored exactly per query (default max(1000, 100 k)).")]
 MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Only hits scoring at least this (cosine); k may then return fewer.")]
 DistinctOpt = Annotated[bool, typer.Option("--distinct", help="Drop a hit that mostly lies inside (or mostly contains) a better hit of the same photo.")]
 ShardSizeOpt = Annotated[Optional[int], typer.Option("--shard-size", min=0, help="Segments per FAISS shard (0: one shard); shards share one trained quantizer, so they answer as one index and a write rewrites only the shards that changed.")]
@@ -117,6 +117,7 @@ def index(
 
         pruned = prune(db, paths, options)
         console.print(f"pruned {pruned.images_removed} images whose files are gone ({pruned.segments_removed} segments)")
+        _print_freed(pruned)
     state = "interrupted; finished work is kept" if report.interrupted else "finished"
     console.print(
         f"{state}: {report.done} images indexed, {report.skipped} skipped, {report.failed} failed, "
@@ -279,6 +280,10 @@ def prune_cmd(
     report = prune(db, paths or None, IndexOptions(db_url=db_url), force=force)
     state = "interrupted; removals so far are kept" if report.interrupted else "finished"
     console.print(f"{state}: {report.images_removed} images removed ({report.segments_removed} segments)")
+    _print_freed(report)
+
+
+def _print_freed(report) -> None:
     if report.embedding_bytes_freed:
         console.print(f"embedding files: {report.embedding_bytes_freed / 2**20:.2f} MiB given back")
 
