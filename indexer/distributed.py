@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 from usesearch.errors import UsesearchError
 from usesearch.files import decode, read_bytes, walk
 
+from . import faiss_gpu
 from .pipeline import IndexOptions, IndexReport, Writer, check_paths, identity, load_models, segment_records
 
 FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
@@ -164,22 +166,49 @@ def index_paths_ray(
     this machine, anything else joins that cluster (``ray.init(address=...)``)."""
     options = options or IndexOptions()
     db_dir = check_paths(paths, db_dir).resolve()
-    report = IndexReport()
+    report = IndexReport(devices=[faiss_gpu.note(options.faiss_device)])  # refuses an impossible --faiss-device
+    if options.device not in (None, "auto"):
+        _actor_device(options.device, gpus=1)  # refuses a device no worker can have, before anything loads
     start = time.perf_counter()
-    model, masker = load_models(options)  # the identity, and missing weights said before any work
+    # The identity, and missing weights said before any work; on the CPU, since the
+    # models that compute run in the actors (on their GPUs) and this machine may have none.
+    model, masker = load_models(replace(options, device="cpu"))
     with Writer(db_dir, options, identity(model, masker, options)) as writer, ray_session(address):
+        import ray
+
         del model, masker
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        device = _actor_device(options.device, gpus)
+        report.devices.insert(0, f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers "
+                                 f"(the cluster has {gpus} GPU(s))")
         files = list(walk(paths))
         pending = _pending(files, writer, options, report)
 
         def commits():
-            for row in _compute(pending, db_dir, options, workers):
+            for row in _compute(pending, db_dir, replace(options, device=device), workers):
                 _commit(row, writer, db_dir, report)
                 yield row["path"]
 
         writer.run(commits(), report, lambda path: progress and progress(report, path, len(files)))
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _actor_device(device: str | None, gpus: int) -> str:
+    """The models' device in every actor, by the rule of ``usesearch.devices``: the
+    cluster's GPUs where it has them (one per actor), else its CPUs; ``cuda`` with no
+    GPU in the cluster is refused, ``cpu`` keeps the actors off the GPUs."""
+    if device in (None, "auto"):
+        return "cuda" if gpus else "cpu"
+    if device.startswith("cuda"):
+        if device != "cuda":
+            raise UsesearchError(f"--device {device}: on Ray each actor gets a GPU of its own; give --device cuda")
+        if not gpus:
+            raise UsesearchError("--device cuda: this Ray cluster has no GPU; use --device cpu, or join a cluster with GPUs")
+        return "cuda"
+    if device != "cpu":
+        raise UsesearchError(f"--device {device}: usesearch runs its models on cpu or cuda")
+    return "cpu"
 
 
 def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) -> list[dict]:
@@ -224,7 +253,7 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # commits in walk order, as the sequential indexer
     context.enable_progress_bars = False  # the CLI shows its own
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if options.device == "cuda" else 0
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = workers or max(1, gpus or cpus // 2)
     per_actor = max(1, cpus // actors) if not gpus else 1

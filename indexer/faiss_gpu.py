@@ -1,5 +1,10 @@
 """FAISS on a GPU, where the installed faiss has GPU support and a CUDA device is here.
 
+FAISS decides its own device, apart from the models' ``--device``: most GPU machines
+have torch with CUDA beside faiss from PyPI without it, and index on the GPU with
+FAISS on the CPU. ``--faiss-device`` forces it (``resolve``); ``note`` is the one
+line run summaries and ``usesearch info`` print about it.
+
 The CPU index stays the truth and the file format; the GPU holds a mirror of it for
 searches without filters (classic GPU indexes ignore an IDSelector, so filtered
 searches, and any search while removed ids await a rebuild, run on the CPU index),
@@ -29,13 +34,38 @@ def available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def wanted(device: str | None) -> bool:
-    """``None``/``auto``: the GPU when there is one; ``cpu``: never; ``cuda``: must."""
-    if device == "cpu" or (device is not None and device.startswith("cpu")):
-        return False
-    if device is not None and device.startswith("cuda") and not available():
-        raise UsesearchError(f"--device cuda: this faiss ({faiss.__version__}) has no GPU support or sees no GPU; {INSTALL}")
-    return available()
+FAISS_DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve(faiss_device: str | None) -> str:
+    """FAISS's device, ``"cuda"`` or ``"cpu"``. ``None``/``auto``: the GPU where this
+    faiss has GPU support and sees a GPU, else the CPU; ``cpu``: the CPU; ``cuda``:
+    the GPU or a one-line refusal (call it before loading models)."""
+    if faiss_device in (None, "auto"):
+        return "cuda" if available() else "cpu"
+    if faiss_device not in FAISS_DEVICES:
+        raise UsesearchError(f"--faiss-device {faiss_device!r}: choose one of {', '.join(FAISS_DEVICES)}")
+    if faiss_device == "cuda" and not available():
+        why = "has no GPU support" if not hasattr(faiss, "StandardGpuResources") else "sees no GPU"
+        raise UsesearchError(f"--faiss-device cuda: this faiss ({faiss.__version__}) {why}; {INSTALL}, "
+                             "or leave FAISS on the CPU (the models still use the GPU)")
+    return faiss_device
+
+
+def wanted(faiss_device: str | None) -> bool:
+    """True when FAISS should run on the GPU (``resolve`` as a yes or no)."""
+    return resolve(faiss_device) == "cuda"
+
+
+def note(faiss_device: str | None) -> str:
+    """One line: where FAISS runs, and why."""
+    if resolve(faiss_device) == "cuda":
+        return f"FAISS on the GPU (faiss {faiss.__version__}, {faiss.get_num_gpus()} GPU(s))"
+    if faiss_device == "cpu":
+        return f"FAISS on the CPU (--faiss-device cpu; faiss {faiss.__version__})"
+    if not hasattr(faiss, "StandardGpuResources"):
+        return f"FAISS on the CPU: this faiss ({faiss.__version__}) has no GPU support (for FAISS on the GPU: {INSTALL})"
+    return f"FAISS on the CPU: faiss {faiss.__version__} sees no GPU"
 
 
 def resources():

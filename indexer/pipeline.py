@@ -19,18 +19,19 @@ from typing import Iterator
 
 import numpy as np
 
-from sqlalchemy.exc import SQLAlchemyError
 
+from usesearch.devices import describe as describe_device, resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.reports import RunReport
 from usesearch.factory import choose_preset, load_model, resolve_embedder
 from usesearch.maskers import proposal_masks
 
-from . import faiss_gpu, index_choice, vectors
-from usesearch.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode, read_bytes, walk
+from . import faiss_gpu, index_choice, read_ahead, vectors
+from usesearch.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, walk
 from usesearch.maskers import build_masker
+from usesearch.sam_fast import compile_modules
 from .records import DONE, IndexInfo, info_summary
-from .store import CatalogUnavailableError, Store
+from .store import Store
 
 DB_FILE, FAISS_FILE, LOCK_FILE = "segments.sqlite", "vectors.faiss", "writer.lock"
 log = logging.getLogger("usesearch.index")
@@ -51,7 +52,8 @@ class IndexOptions:
     head: str | None = None
     masker: str | None = None  # None: 'sam', or 'felzenszwalb' for the random-weight tiny preset
     masker_options: dict = field(default_factory=dict)
-    device: str | None = None
+    device: str | None = None  # the models' (usesearch.devices): None is CUDA when torch sees it, else the CPU
+    faiss_device: str | None = None  # FAISS's (faiss_gpu.resolve): None is the GPU only where this faiss has GPU support
     factory: str | None = None  # None: chosen by the collection's size (index_choice.py), and again as it grows
     retry_failed: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -59,6 +61,7 @@ class IndexOptions:
     db_url: str | None = None
     shard_size: int | None = None  # segments per FAISS shard (0: one shard); None: as the index has it
     faiss_every_s: float = 120.0  # also written at the end and on Ctrl-C
+    compile: bool = False  # torch.compile SAM and the backbones (for long GPU runs)
 
 
 @dataclass
@@ -69,6 +72,11 @@ class IndexReport(RunReport):
     masker_forward_seconds: float = 0.0  # of which SAM's forward passes (encoder, decoder), where the masker reports them
     loop_seconds: float = 0.0  # the per-image loop, without start-up (model loading)
     interrupted: bool = False
+    devices: list[str] = field(default_factory=list)  # where the models and FAISS ran, a line each
+    stages: dict[str, float] = field(default_factory=dict)  # wall seconds by stage, for benchmarks
+
+    def add_stage(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
 
 
 def db_url_for(db_dir: Path, db_url: str | None) -> str:
@@ -130,18 +138,25 @@ def index_paths(
     """Index every image under ``paths`` into ``db_dir``; safe to re-run and to kill."""
     options = options or IndexOptions()
     db_dir = check_paths(paths, db_dir)
-    report = IndexReport()
+    report = IndexReport(devices=check_devices(options))
     start = time.perf_counter()
     model, masker = load_models(options)  # first: missing weights must not leave an empty index folder behind
     with Writer(db_dir, options, identity(model, masker, options)) as writer:
         files = list(walk(paths))
         per_call = max(1, getattr(masker, "images_per_call", 1))
+        workers = read_ahead.workers_for(getattr(model, "device", "cpu"))
 
         def groups():
-            for first in range(0, len(files), per_call):
-                group = files[first : first + per_call]
-                _index_group(group, writer, model, masker, options, report)
-                yield group[-1].path
+            group: list[read_ahead.Photo] = []
+            for path, photo in read_ahead.photos(files, writer, options, report, workers, ahead=2 * per_call + workers):
+                if photo is not None:
+                    group.append(photo)
+                if len(group) == per_call:
+                    _index_group(group, writer, model, masker, report)
+                    group = []
+                yield path
+            if group:
+                _index_group(group, writer, model, masker, report)
 
         writer.run(groups(), report, lambda path: progress and progress(report, path, len(files)))
     report.seconds = time.perf_counter() - start
@@ -156,12 +171,25 @@ def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Pa
     return db_dir
 
 
+def check_devices(options: IndexOptions) -> list[str]:
+    """Where the models and FAISS will run, a line each; a device that cannot work
+    (``--device cuda`` without CUDA, ``--faiss-device cuda`` with faiss-cpu) is
+    refused here, before any model loads or any photo is read."""
+    return [describe_device(resolve_device(options.device)), faiss_gpu.note(options.faiss_device)]
+
+
 def load_models(options: IndexOptions):
-    """(segment embedder, masker) for these options."""
+    """(segment embedder, masker) for these options, every model on one device."""
+    device = resolve_device(options.device)
     preset = choose_preset(options.preset, options.head)
     embedder = resolve_embedder(preset, options.embedder, options.head)
-    model = load_model(preset, embedder=embedder, device=options.device, head=options.head)
-    return model, build_masker(options.masker, model.preset, options.device, **options.masker_options)
+    model = load_model(preset, embedder=embedder, device=device, head=options.head)
+    masker = build_masker(options.masker, model.preset, device, **options.masker_options)
+    if options.compile:
+        sam = getattr(getattr(masker, "generator", None), "model", None)
+        backbones = model.use.encoder if hasattr(model, "use") else model.model.visual
+        compile_modules(backbones, *([sam.image_encoder, sam.mask_decoder] if sam is not None else []))
+    return model, masker
 
 
 def identity(model, masker, options: IndexOptions) -> IndexInfo:
@@ -194,7 +222,7 @@ class Writer:
                 self.store.set_shard_size(self.options.shard_size)  # the next load lays the shards out anew
                 self.info.shard_size = self.options.shard_size
             self.index, _ = vectors.load(self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory,
-                                         self.options.device, self.info.shard_size)
+                                         faiss_gpu.resolve(self.options.faiss_device), self.info.shard_size)
             self.in_sync = True  # loaded: verified, then reconciled unless written at this generation
         except BaseException:
             self._lock.__exit__(None, None, None)
@@ -226,7 +254,9 @@ class Writer:
 
     def commit(self, key: bytes, path: str, sha256: str, hw, segments: list[dict], embeddings: np.ndarray, report: IndexReport) -> None:
         with self._changing():
+            start = time.perf_counter()
             removed, added = self.store.save_image(key, path, sha256, hw, segments, embeddings)
+            middle = time.perf_counter()
             self.index.remove(removed)
             if added:
                 if not self.index.is_trained:
@@ -234,6 +264,8 @@ class Writer:
                 else:
                     # What the embedding files hold (float16), so a rebuild gives the same scores.
                     self.index.add(np.asarray(added, np.int64), embeddings.astype(np.float16).astype(np.float32))
+        report.add_stage("store", middle - start)
+        report.add_stage("FAISS", time.perf_counter() - middle)
         report.done += 1
         report.segments += len(added)
 
@@ -281,61 +313,36 @@ class Writer:
             report.loop_seconds = time.perf_counter() - loop_start
 
 
-@dataclass
-class _Decoded:
-    found: object  # files.Found
-    sha256: str
-    rgb: np.ndarray
-
-
-def _index_group(group, writer: Writer, model, masker, options: IndexOptions, report: IndexReport) -> None:
-    """Index a few files: each read, checked and decoded on its own; their masks made
-    in one masker call where the masker batches photos (SAM's image encoder)."""
-    decoded = [d for d in (_decode_one(found, writer, options, report) for found in group) if d is not None]
-    if not decoded:
-        return
+def _index_group(group: list[read_ahead.Photo], writer: Writer, model, masker, report: IndexReport) -> None:
+    """Index a few decoded photos: their masks made in one masker call where the
+    masker batches photos (SAM's image encoder), each committed on its own."""
     model_start = time.perf_counter()
-    forward_before = _forward_seconds(masker)
+    before = _stage_seconds(model, masker)
     try:
-        if len(decoded) > 1:
-            batches = masker.batch([d.rgb for d in decoded], [d.found.path for d in decoded])
+        if len(group) > 1:
+            batches = masker.batch([p.rgb for p in group], [p.found.path for p in group])
         else:
-            batches = [masker(decoded[0].rgb, decoded[0].found.path)]
+            batches = [masker(group[0].rgb, group[0].found.path)]
     except Exception:  # noqa: BLE001 - one photo's failure must not cost the others: retry them one by one
-        if len(decoded) == 1:
+        if len(group) == 1:
             batches = [None]
         else:
-            for d in decoded:
-                _index_group([d.found], writer, model, masker, options, report)
+            for photo in group:
+                _index_group([photo], writer, model, masker, report)
             return
     report.masker_seconds += time.perf_counter() - model_start
     report.model_seconds += time.perf_counter() - model_start
-    report.masker_forward_seconds += _forward_seconds(masker) - forward_before
-    for d, proposals in zip(decoded, batches):
+    for photo, proposals in zip(group, batches):
         try:
-            segments, embeddings = segment_records(d.rgb, d.found.path, proposals, model, masker, report)
+            segments, embeddings = segment_records(photo.rgb, photo.found.path, proposals, model, masker, report)
         except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
-            writer.fail(d.found.key, d.found.path, d.sha256, exc, report)
+            writer.fail(photo.found.key, photo.found.path, photo.sha256, exc, report)
             continue
-        writer.commit(d.found.key, d.found.path, d.sha256, d.rgb.shape[:2], segments, embeddings, report)
-
-
-def _decode_one(found, writer: Writer, options: IndexOptions, report: IndexReport) -> _Decoded | None:
-    """A file's bytes, hash and pixels; None when it is skipped or has failed (recorded)."""
-    sha256 = None
-    try:
-        if found.error is not None:
-            raise found.error
-        data, sha256 = read_bytes(found.fs_path, options.max_bytes, found.path)
-        if writer.skip(found.key, sha256):
-            report.skipped += 1
-            return None
-        return _Decoded(found, sha256, decode(data, found.path, options.max_pixels))
-    except (SQLAlchemyError, CatalogUnavailableError):
-        raise  # the catalog's trouble, not the image's: never recorded against it
-    except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
-        writer.fail(found.key, found.path, sha256, exc, report)
-        return None
+        writer.commit(photo.found.key, photo.found.path, photo.sha256, photo.rgb.shape[:2], segments, embeddings, report)
+    after = _stage_seconds(model, masker)
+    for stage, seconds in after.items():
+        report.add_stage(stage, seconds - before.get(stage, 0.0))
+    report.masker_forward_seconds += sum(after.get(s, 0.0) - before.get(s, 0.0) for s in ("SAM encoder", "SAM decoder"))
 
 
 def segment_records(rgb: np.ndarray, path: str, proposals, model, masker, report: IndexReport) -> tuple[list[dict], np.ndarray]:
@@ -373,6 +380,14 @@ def _follow_growth(index: vectors.Vectors, store: Store, info: IndexInfo, db_dir
     return rebuilt
 
 
-def _forward_seconds(masker) -> float:
-    seconds = getattr(getattr(masker, "generator", None), "seconds", None)
-    return seconds["encoder"] + seconds["decoder"] if seconds else 0.0
+def _stage_seconds(model, masker) -> dict[str, float]:
+    """The models' own clocks by stage (SAM's generator, the USE embedder), where they keep them."""
+    out = {}
+    sam = getattr(getattr(masker, "generator", None), "seconds", None)
+    if sam:
+        out.update({"SAM encoder": sam["encoder"], "SAM decoder": sam["decoder"], "RLE": sam["rle"],
+                    "SAM post-processing": sam["total"] - sam["encoder"] - sam["decoder"] - sam["rle"]})
+    embedder = getattr(model, "seconds", None)
+    if embedder:
+        out.update({"backbones": embedder["backbones"], "pooling": embedder["pooling"]})
+    return out

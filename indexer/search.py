@@ -14,6 +14,7 @@ import numpy as np
 
 from usesearch import region as region_lib
 from usesearch import rle
+from usesearch.devices import resolve_device
 from usesearch.images import to_rgb_array
 from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.factory import load_model
@@ -116,7 +117,10 @@ class SegmentIndex:
     side by side (no search holds up another for its whole run); the model's text
     encoder is used by one thread at a time."""
 
-    def __init__(self, db_dir: Path, store: Store, model: SegmentEmbedder | None = None, device: str | None = None):
+    def __init__(self, db_dir: Path, store: Store, model: SegmentEmbedder | None = None, device: str | None = None,
+                 faiss_device: str | None = None):
+        """``device``: where the models run (``usesearch.devices``); ``faiss_device``:
+        where FAISS searches (``faiss_gpu.resolve``); each defaults on its own."""
         self.db_dir = db_dir
         self.store = store
         self.info = store.info()
@@ -128,15 +132,18 @@ class SegmentIndex:
         self._generation = store.generation()
         self._stats_cache: dict[Any, tuple[int, Any]] = {}
         self._held_rows: tuple[np.ndarray, np.ndarray, float] | None = None  # see _selection_rows
-        self._device = device
-        self.index, _ = vectors.load(db_dir / FAISS_FILE, store, self.info.dim, self.info.factory, device, self.info.shard_size)
+        self._device, self._faiss_device = resolve_device(device), faiss_device  # every model on one device
+        self.index, _ = vectors.load(db_dir / FAISS_FILE, store, self.info.dim, self.info.factory,
+                                     faiss_gpu.resolve(faiss_device), self.info.shard_size)
         self._index_lock = ReadWriteLock()
         self._model_lock = threading.Lock()
 
     @classmethod
-    def open(cls, db_dir: str | os.PathLike, db_url: str | None = None, model=None, device: str | None = None) -> SegmentIndex:
+    def open(cls, db_dir: str | os.PathLike, db_url: str | None = None, model=None, device: str | None = None,
+             faiss_device: str | None = None) -> SegmentIndex:
         db_dir = Path(db_dir)
-        return cls(db_dir, open_store(db_dir, db_url, read_only=True), model, device)
+        resolve_device(device), faiss_gpu.resolve(faiss_device)  # an impossible device is refused before any loading
+        return cls(db_dir, open_store(db_dir, db_url, read_only=True), model, device, faiss_device)
 
     def close(self) -> None:
         self.store.close()
@@ -199,7 +206,7 @@ class SegmentIndex:
                 from usesearch.sam import load_sam
 
                 preset = get_preset(self.info.preset)
-                self._sam = load_sam(preset.sam, preset.name, None, self._device or "cpu")
+                self._sam = load_sam(preset.sam, preset.name, None, self._device)
             return region_lib.prompt(self._sam, rgb, point=point, box=box)
 
     def similar_region(self, image, point=None, box=None, mask=None, k: int = 10, **filters) -> list[Hit]:
@@ -402,6 +409,8 @@ class SegmentIndex:
             "shard_size": self.info.shard_size,
             "bytes_embeddings": self.store.files().bytes_on_disk(),
             **vectors.faiss_runtime(),
+            "faiss_device": self.index.device,
+            "faiss_note": faiss_gpu.note(self._faiss_device),
         }
 
     def _index_explanation(self) -> str:
@@ -420,7 +429,7 @@ def _ranked(scores: np.ndarray, ids: np.ndarray, fetch: int) -> tuple[np.ndarray
     return scores[order], ids[order]
 
 
-def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str | None = None, device: str | None = None,
+def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str | None = None, faiss_device: str | None = None,
             shard_size: int | None = None, build=None) -> int:
     """Rebuild the FAISS file from the stored embeddings, optionally with another
     factory or another shard size (segments per shard; 0: one shard). ``build``:
@@ -429,6 +438,7 @@ def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str |
     from .pipeline import writer_lock
 
     db_dir = Path(db_dir)
+    faiss_device = faiss_gpu.resolve(faiss_device)
     store = open_store(db_dir, db_url)  # refuses a folder with no index before the lock creates one
     with writer_lock(db_dir):
         try:
@@ -437,9 +447,9 @@ def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str |
                 raise UsesearchError(f"{db_dir} holds no index yet")
             mode = "fixed" if factory else info.index_mode
             if not factory:  # automatic: what the collection's size calls for now
-                factory = index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(device)).factory if mode == "auto" else info.factory
+                factory = index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(faiss_device)).factory if mode == "auto" else info.factory
             shard_size = info.shard_size if shard_size is None else shard_size
-            index = (build or vectors.rebuild)(store, info.dim, factory, device, shard_size)
+            index = (build or vectors.rebuild)(store, info.dim, factory, faiss_device, shard_size)
             vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)  # rebuilt from the store
             store.set_factory(factory, mode)
             store.set_shard_size(shard_size)

@@ -409,5 +409,4 @@ def faiss_runtime() -> dict:
         "faiss_version": faiss.__version__,
         "faiss_gpu_support": hasattr(faiss, "StandardGpuResources"),
         "faiss_gpus": gpus,
-        "faiss_device": "cuda" if faiss_gpu.available() else "cpu",
     }

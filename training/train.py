@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from usesearch.checkpoint import save_head
-from usesearch.factory import create_use_and_clip, resolve_device
+from usesearch.devices import resolve_device
+from usesearch.factory import create_use_and_clip
 from usesearch.head import letterbox_weights
 from usesearch.text import EXPRESSION_TEMPLATES, TextEncoder
 

@@ -30,7 +30,10 @@ from torchvision.ops import batched_nms, box_area
 
 from . import rle
 
-ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time: bounds memory for large photos
+ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU: bounds memory for large photos
+GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (256 MB of bool)
+CPU_POINTS_PER_BATCH = 64  # segment-anything's default; a CPU gains nothing from more
+GPU_MEMORY_SHARE = 0.4  # of the free GPU memory, what one prompt batch's masks may take
 
 
 @dataclass
@@ -80,13 +83,22 @@ class SamMaskGenerator:
     identical with, float32 ones). Scores, upscaling and thresholds stay float32.
 
     ``encoder_batch``: crops (photos, when there are no crop layers) per image-encoder
-    call in ``generate_batch``; 1 on a CPU, where batching gains nothing."""
+    call in ``generate_batch``; 1 on a CPU, where batching gains nothing.
+
+    ``points_per_batch`` None: 64 on a CPU; on a GPU as many as fit in
+    ``GPU_MEMORY_SHARE`` of its free memory (all 1,024 of a 32x32 grid on an H200).
+    The batch size changes no mask: filters and NMS run on all of a crop's candidates.
+
+    ``masks_per_photo`` (benchmarks only): keep exactly this many of each photo's
+    candidates, NMS's survivors first, then the best it suppressed, through the same
+    post-processing. Random weights leave ~1 mask per photo after NMS; real ones
+    ~50-150, and the per-segment work must be timed at that count."""
 
     def __init__(
         self,
         model: Sam,
         points_per_side: int | None = 32,
-        points_per_batch: int = 64,
+        points_per_batch: int | None = None,
         pred_iou_thresh: float = 0.88,
         stability_score_thresh: float = 0.95,
         stability_score_offset: float = 1.0,
@@ -100,6 +112,7 @@ class SamMaskGenerator:
         output_mode: str = "binary_mask",  # accepted for compatibility: records always carry RLE
         autocast: bool | None = None,
         encoder_batch: int = 1,
+        masks_per_photo: int | None = None,
     ):
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
@@ -120,13 +133,15 @@ class SamMaskGenerator:
         if encoder_batch < 1:
             raise ValueError(f"encoder_batch must be at least 1, got {encoder_batch}")
         self.encoder_batch = encoder_batch
+        self.masks_per_photo = masks_per_photo
         device = model.device
         if autocast is None:
             autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.autocast = bool(autocast)
         # Wall seconds spent, for benchmarks: in the image encoder, in the prompt
-        # encoder + mask decoder, and in all of generate() (the rest is post-processing).
-        self.seconds = {"encoder": 0.0, "decoder": 0.0, "total": 0.0}
+        # encoder + mask decoder, in RLE encoding (with the one transfer of the kept
+        # masks' runs), and in all of generate() (the rest is post-processing).
+        self.seconds = {"encoder": 0.0, "decoder": 0.0, "rle": 0.0, "total": 0.0}
 
     def _sync(self) -> None:
         if self.model.device.type == "cuda":
@@ -188,23 +203,40 @@ class SamMaskGenerator:
         cands = Candidates.cat(parts, self.model.device)
         if len(crop_features) > 1 and len(cands):
             crop_xyxy = torch.tensor([c[0] for c in crops], device=cands.boxes.device)[cands.crop]
-            keep = _nms(cands.boxes, 1 / box_area(crop_xyxy), self.crop_nms_thresh)
-            cands = cands[keep]
+            scores = 1 / box_area(crop_xyxy)
+            cands = cands[self._keep(_nms(cands.boxes, scores, self.crop_nms_thresh), scores)]
         return self._materialise(cands, crops, orig_size)
 
     def _crop_candidates(self, features, input_size, crop_box, layer, index, orig_size):
         x0, y0, x1, y1 = crop_box
         crop_hw = (y1 - y0, x1 - x0)
         points_for_image = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]
+        per_batch = self.points_per_batch or self._points_that_fit(crop_hw, len(points_for_image))
         parts = [self._batch_candidates(features, points, crop_hw, crop_box, orig_size, input_size)
-                 for (points,) in batch_iterator(self.points_per_batch, points_for_image)]
+                 for (points,) in batch_iterator(per_batch, points_for_image)]
         cands = Candidates.cat(parts, self.model.device)
-        keep = _nms(cands.boxes, cands.iou, self.box_nms_thresh)
-        cands = cands[keep]
+        cands = cands[self._keep(_nms(cands.boxes, cands.iou, self.box_nms_thresh), cands.iou)]
         cands.boxes = uncrop_boxes_xyxy(cands.boxes, crop_box)
         cands.points = uncrop_points(cands.points, crop_box)
         cands.crop = torch.full((len(cands),), index, dtype=torch.long, device=cands.iou.device)
         return cands, crop_hw
+
+    def _points_that_fit(self, crop_hw, points: int) -> int:
+        if self.model.device.type != "cuda":
+            return CPU_POINTS_PER_BATCH
+        free, _ = torch.cuda.mem_get_info(self.model.device)
+        return prompt_batch(free, self.model.image_encoder.img_size, crop_hw, points)
+
+    def _keep(self, kept: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """NMS's survivors; with ``masks_per_photo``, topped up (or cut) to that many
+        with the best-scoring candidates NMS suppressed."""
+        if self.masks_per_photo is None:
+            return kept
+        suppressed = torch.ones(len(scores), dtype=torch.bool, device=scores.device)
+        suppressed[kept] = False
+        rest = torch.nonzero(suppressed).flatten()
+        rest = rest[torch.argsort(scores[rest], descending=True, stable=True)]
+        return torch.cat([kept, rest])[: self.masks_per_photo]
 
     def _batch_candidates(self, features, points, crop_hw, crop_box, orig_size, input_size) -> Candidates:
         device = self.model.device
@@ -262,21 +294,28 @@ class SamMaskGenerator:
         return out
 
     def _materialise(self, cands: Candidates, crops, orig_size) -> list[MaskRecord]:
+        # The kept candidates' scores, boxes and prompts in one transfer.
+        fields = torch.cat([cands.iou[:, None].double(), cands.stability[:, None].double(), cands.points.double(),
+                            cands.crop[:, None].double(), cands.boxes.double()], dim=1).cpu()
+        iou, stability, points, crop, boxes = fields[:, 0], fields[:, 1], fields[:, 2:4], fields[:, 4].long(), fields[:, 5:].long()
         rles: list[dict] = []
-        boxes = cands.boxes.cpu()
         unchanged = []
-        for start in range(0, len(cands), ENCODE_CHUNK):
-            masks = self._masks(cands[start : start + ENCODE_CHUNK], crops, orig_size)
+        # A CPU encodes a few masks at a time (memory); a GPU as many as GPU_ENCODE_PIXELS
+        # allows (every mask of a photo up to ~4 MP), their runs then read in one transfer.
+        chunk = ENCODE_CHUNK if cands.iou.device.type == "cpu" else max(1, GPU_ENCODE_PIXELS // (orig_size[0] * orig_size[1]))
+        for start in range(0, len(cands), chunk):
+            masks = self._masks(cands[start : start + chunk], crops, orig_size)
             if self.min_mask_region_area > 0:
                 masks, flags = self._remove_small_regions(masks)
                 unchanged += flags
                 boxes[start : start + len(masks)] = batched_mask_to_box(masks)
+            rle_start = time.perf_counter()
             rles += rle.encode_stack(masks)
+            self.seconds["rle"] += time.perf_counter() - rle_start
         order = torch.arange(len(cands))
         if self.min_mask_region_area > 0 and len(cands):
             # As segment-anything: a mask the clean-up changed loses NMS ties to any that it left alone.
             order = _nms(boxes, torch.tensor(unchanged, dtype=torch.float32), max(self.box_nms_thresh, self.crop_nms_thresh))
-        iou, stability, points, crop = (t.cpu() for t in (cands.iou, cands.stability, cands.points, cands.crop))
         return [
             MaskRecord(
                 rle=rles[i], area=rle.area(rles[i]), box_xyxy=tuple(int(v) for v in boxes[i]),
@@ -296,6 +335,16 @@ class SamMaskGenerator:
             cleaned.append(mask)
             flags.append(float(not holes and not islands))
         return torch.from_numpy(np.stack(cleaned)) if cleaned else masks.cpu(), flags
+
+
+def prompt_batch(free_bytes: int, side: int, crop_hw: tuple[int, int], points: int) -> int:
+    """Prompts per decoder batch on a GPU with ``free_bytes`` free: as many as fit in
+    ``GPU_MEMORY_SHARE`` of it (each prompt's three masks as float32 logits at the
+    larger of the model's canvas and the crop, with their thresholded copies and
+    counts: ~8 bytes a pixel), in multiples of 64, at least 64, at most ``points``."""
+    per_point = 3 * max(side * side, crop_hw[0] * crop_hw[1]) * 8
+    fit = int(free_bytes * GPU_MEMORY_SHARE) // per_point // CPU_POINTS_PER_BATCH * CPU_POINTS_PER_BATCH
+    return max(CPU_POINTS_PER_BATCH, min(points, fit))
 
 
 def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:

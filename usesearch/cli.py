@@ -22,7 +22,10 @@ PresetOpt = Annotated[Optional[str], typer.Option(
     "--preset", "-p", help="Model preset: b16, l14-336, or tiny (random weights, for trials). Default: the --head's preset, else b16.")]
 EmbedderOpt = Annotated[str, typer.Option("--embedder", help="'use' (trained head) or 'crop' (training-free).")]
 HeadOpt = Annotated[Optional[Path], typer.Option("--head", help="Head checkpoint (.safetensors + .json).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda if present).")]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="Where every model runs: cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu).")]
+FaissDeviceOpt = Annotated[Optional[str], typer.Option(
+    "--faiss-device", help="Where FAISS runs: cpu or cuda (default: cuda only where the installed faiss has GPU support).")]
 
 
 DEBUG_ENV = "USESEARCH_DEBUG"

@@ -58,7 +58,7 @@ def run(
     from curation.masks import BoxMaskConfig
     from curation.pipeline import curate
 
-    from .factory import resolve_device
+    from .devices import resolve_device
     from .factory import DEFAULT_PRESET
     from .presets import get_preset
     from .sam import load_sam

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from .errors import UsesearchError
-from .cli import DeviceOpt, HeadOpt, PresetOpt, app, console, shared_options, user_errors
+from .cli import DeviceOpt, FaissDeviceOpt, HeadOpt, PresetOpt, app, console, shared_options, user_errors
 
 # A string, not a Path: Path("") would silently turn an empty --db into the current folder.
 DbOpt = Annotated[str, typer.Option("--db", help="Index folder (SQLite metadata, FAISS vectors, lock).")]
@@ -73,11 +73,13 @@ def index(
     factory: Annotated[Optional[str], typer.Option(help="FAISS index_factory string for a new index (default: chosen by size, again as it grows).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
     device: DeviceOpt = None,
+    faiss_device: FaissDeviceOpt = None,
     db_url: DbUrlOpt = None,
     shard_size: ShardSizeOpt = None,
     prune_gone: Annotated[bool, typer.Option("--prune", help="Also remove images under PATHS whose files are gone since they were indexed.")] = False,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: a bare --ray starts Ray on this machine; --ray ADDRESS joins that cluster.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="With --ray: model actors (default: one per GPU, else one per 2 CPUs).")] = None,
+    compile_models: Annotated[bool, typer.Option("--compile", help="torch.compile SAM and the backbones: minutes of compiling first, for long GPU runs.")] = False,
 ) -> None:
     """Segment and embed every image under PATHS into the index at --db (incremental, resumable)."""
     from tqdm import tqdm
@@ -92,7 +94,7 @@ def index(
         masker_options["masks_json"] = str(coco)
     options = IndexOptions(
         preset=preset, embedder=embedder, head=str(head) if head else None, masker=masker, masker_options=masker_options,
-        device=device, factory=factory, retry_failed=retry_failed, db_url=db_url, shard_size=shard_size,
+        device=device, faiss_device=faiss_device, factory=factory, compile=compile_models, retry_failed=retry_failed, db_url=db_url, shard_size=shard_size,
     )
     bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
     start = time.perf_counter()
@@ -123,6 +125,8 @@ def index(
         f"{state}: {report.done} images indexed, {report.skipped} skipped, {report.failed} failed, "
         f"{report.segments} segments in {report.seconds:.1f} s"
     )
+    for line in report.devices:
+        console.print(f"  {line}", markup=False)
     for path, reason in report.failures[:10]:
         console.print(f"  failed: {path}: {reason}", markup=False)
     if report.interrupted:
@@ -184,13 +188,14 @@ def query(
     text: Annotated[str, typer.Argument(help="What to look for, e.g. 'red apple behind the rabbit'.")],
     db: DbOpt,
     device: DeviceOpt = None,
+    faiss_device: FaissDeviceOpt = None,
     *,
     search: SearchOptions,
 ) -> None:
     """Rank the index's segments against a text."""
     from indexer import SegmentIndex
 
-    index = SegmentIndex.open(db, db_url=search.db_url, device=device)
+    index = SegmentIndex.open(db, db_url=search.db_url, device=device, faiss_device=faiss_device)
     hits = index.query(text, **search.filters())
     search.output(hits, f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})", text, index)
 
@@ -206,6 +211,7 @@ def similar(
     box: Annotated[Optional[str], typer.Option("--box", help="With --image: X,Y,W,H in pixels; SAM picks the region in it.")] = None,
     mask: Annotated[Optional[Path], typer.Option("--mask", help="With --image: a PNG whose non-zero pixels are the region.")] = None,
     device: DeviceOpt = None,
+    faiss_device: FaissDeviceOpt = None,
     *,
     search: SearchOptions,
 ) -> None:
@@ -217,7 +223,7 @@ def similar(
         raise UsesearchError("give a SEGMENT_ID, or --image PHOTO with --point, --box or --mask")
     if image is None and (point or box or mask):
         raise UsesearchError("--point, --box and --mask choose a region of --image PHOTO")
-    index = SegmentIndex.open(db, db_url=search.db_url, device=device)
+    index = SegmentIndex.open(db, db_url=search.db_url, device=device, faiss_device=faiss_device)
     if segment_id is not None:
         hits = index.similar(segment_id, **search.filters())
         search.output(hits, f"like segment {segment_id}", f"like segment {segment_id}", index)
@@ -242,11 +248,11 @@ def similar(
 
 @app.command()
 @user_errors
-def info(db: DbOpt, as_json: JsonOpt = False, db_url: DbUrlOpt = None) -> None:
-    """Images done/failed, segments, model, index type and sizes on disk."""
+def info(db: DbOpt, as_json: JsonOpt = False, db_url: DbUrlOpt = None, faiss_device: FaissDeviceOpt = None) -> None:
+    """Images done/failed, segments, model, index type, sizes on disk, and where FAISS runs."""
     from indexer import SegmentIndex
 
-    stats = SegmentIndex.open(db, db_url=db_url).stats(check_files=True)
+    stats = SegmentIndex.open(db, db_url=db_url, faiss_device=faiss_device).stats(check_files=True)
     if as_json:
         print(json.dumps(stats, indent=1, default=str))
         return
@@ -294,7 +300,7 @@ def reindex_cmd(
     db: DbOpt,
     factory: Annotated[Optional[str], typer.Option(help="FAISS index_factory string, fixed from now on (default: the automatic choice for the size now, or the fixed one kept).")] = None,
     db_url: DbUrlOpt = None,
-    device: DeviceOpt = None,
+    faiss_device: FaissDeviceOpt = None,
     shard_size: ShardSizeOpt = None,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Fill the shards in parallel on Ray: a bare --ray starts Ray here; --ray ADDRESS joins a cluster.")] = None,
 ) -> None:
@@ -302,12 +308,12 @@ def reindex_cmd(
     from indexer import reindex
 
     if ray is None:
-        console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, device, shard_size)} vectors")
+        console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, faiss_device, shard_size)} vectors")
         return
     from indexer.distributed import ray_session, rebuild_on_ray
 
     with ray_session(ray):
-        count = reindex(db, factory, db_url, device, shard_size, build=rebuild_on_ray)
+        count = reindex(db, factory, db_url, faiss_device, shard_size, build=rebuild_on_ray)
     console.print(f"rebuilt FAISS index with {count} vectors, its shards filled on Ray")
 
 
@@ -320,12 +326,13 @@ def serve(
     token: Annotated[Optional[str], typer.Option(envvar="USESEARCH_TOKEN", show_envvar=True,
                                                  help="Shared secret every request must carry (Bearer header or ?token= once).")] = None,
     device: DeviceOpt = None,
+    faiss_device: FaissDeviceOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
     """Search page and JSON API over an index (docs at /docs); picks up what a running indexer adds."""
     from indexer.web import serve as run_server
 
-    run_server(db, host=host, port=port, token=token, db_url=db_url, device=device)
+    run_server(db, host=host, port=port, token=token, db_url=db_url, device=device, faiss_device=faiss_device)
 
 
 @app.command()

@@ -9,6 +9,7 @@ import torch
 from .backbones import Clip, build_clip, build_dino, seeded
 from .checkpoint import is_checkpoint, load_head, read_head_config, state_digest
 from .config import PresetConfig
+from .devices import resolve_device
 from .errors import NoTrainedHeadError, UsesearchError
 from .model import USE, CropEmbedder, USEEmbedder
 from .presets import PRESETS, get_preset
@@ -32,15 +33,6 @@ def resolve_embedder(preset_name: str, embedder: str | None, head) -> str:
     if embedder:
         return embedder
     return "use" if head or get_preset(preset_name).head.seeded_random else "crop"
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsesearchError("--device cuda was asked for but no CUDA GPU is available")
-    return device
 
 
 def create_use(preset: PresetConfig | str) -> USE:

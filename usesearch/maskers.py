@@ -15,6 +15,7 @@ from segment_anything.utils.amg import batched_mask_to_box
 
 from . import rle
 from .config import PresetConfig
+from .devices import resolve_device
 from .errors import UsesearchError
 
 WORK_PIXELS = 4_000_000  # the Felzenszwalb masker's working size for larger photos
@@ -271,8 +272,9 @@ class CocoMasker:
         return to_proposals(np.stack(masks) if masks else np.zeros((0, h, w), bool))
 
 
-def build_masker(name: str | None, preset: PresetConfig, device: str | None = None, **options):
-    """``None`` picks SAM, except for the random-weight tiny preset whose SAM gives
+def build_masker(name: str | None, preset: PresetConfig, device: str | torch.device | None = None, **options):
+    """``device`` as every model's (``usesearch.devices``: None is CUDA when torch sees it).
+    ``None`` picks SAM, except for the random-weight tiny preset whose SAM gives
     noise: there the weight-free Felzenszwalb masker gives real-looking regions."""
     if name is None:
         name = "felzenszwalb" if preset.sam.checkpoint is None and "sam_checkpoint" not in options else "sam"
@@ -287,7 +289,7 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | None = No
     if name == "sam":
         from .sam import load_sam
 
-        sam = load_sam(preset.sam, preset.name, options.pop("sam_checkpoint", None), device or "cpu")
+        sam = load_sam(preset.sam, preset.name, options.pop("sam_checkpoint", None), resolve_device(device))
         # A GPU's encoder is busier with a few photos at once (ViT-H: ~1 GB of activations
         # each in bf16); a CPU gains nothing from batching.
         options.setdefault("encoder_batch", 4 if sam.device.type == "cuda" else 1)
@@ -296,7 +298,7 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | None = No
         from .sam2_models import load_sam2
 
         model_name = options.pop("sam2_model", None) or ("tiny" if preset.sam.checkpoint is None else "hiera_l")
-        model = load_sam2(model_name, options.pop("sam2_checkpoint", None), device or "cpu")
+        model = load_sam2(model_name, options.pop("sam2_checkpoint", None), resolve_device(device))
         return Sam2Masker(model, model_name, **options)
     if name == "felzenszwalb":
         return FelzenszwalbMasker(**options)

@@ -9,6 +9,7 @@ CLIP joint space, so every later stage works with either.
 from __future__ import annotations
 
 import hashlib
+import time
 import json
 from collections.abc import Sequence
 from typing import Protocol
@@ -21,6 +22,7 @@ from torch import nn
 
 from .backbones import Clip, dino_mean_std
 from .config import PresetConfig
+from .devices import bf16_autocast, on_gpu
 from .encoder import BackboneTokens, USEImageEncoder
 from .head import SegmentEmbeddingHead, letterbox_weights
 from .images import as_masks, letterbox, to_rgb_array
@@ -97,6 +99,7 @@ class USEEmbedder(_TextMixin):
         self.use = use.to(device).eval()
         self.preset = use.preset
         self.device = device
+        self.seconds = {"backbones": 0.0, "pooling": 0.0}  # wall time in embed_segments, for benchmarks
         self.dim = clip.embed_dim
         self.text = TextEncoder(clip.model, clip.tokenizer, device)
         self.fingerprint = f"use-{self.preset.name}-" + _digest(
@@ -105,10 +108,13 @@ class USEEmbedder(_TextMixin):
 
     @torch.inference_mode()
     def image_features(self, image) -> torch.Tensor:
-        """Patch features z [grid*grid, D] of one image; reuse them for any number of masks."""
+        """Patch features z [grid*grid, D] (float32) of one image; reuse them for any
+        number of masks. On a GPU the backbones and LLNs run under bfloat16 autocast."""
         rgb = to_rgb_array(image)
         clip_px, dino_px = self.use.pixels(rgb)
-        return self.use.encoder(clip_px[None].to(self.device), dino_px[None].to(self.device))[0]
+        with bf16_autocast(self.device):
+            z = self.use.encoder(clip_px[None].to(self.device), dino_px[None].to(self.device))[0]
+        return z.float()
 
     @torch.inference_mode()
     def embed_from_features(self, z: torch.Tensor, masks, image_hw: tuple[int, int]) -> np.ndarray:
@@ -126,7 +132,15 @@ class USEEmbedder(_TextMixin):
         """One image and its bool masks [N,H,W] -> unit vectors [N, dim] (float32).
         The image encoder runs once whatever N is."""
         rgb = to_rgb_array(image)
-        return self.embed_from_features(self.image_features(rgb), masks, rgb.shape[:2])
+        start = time.perf_counter()
+        z = self.image_features(rgb)
+        if on_gpu(self.device):
+            torch.cuda.synchronize(self.device)  # so the backbones' time is theirs, not pooling's
+        middle = time.perf_counter()
+        out = self.embed_from_features(z, masks, rgb.shape[:2])
+        self.seconds["backbones"] += middle - start
+        self.seconds["pooling"] += time.perf_counter() - middle
+        return out
 
 
 class CropEmbedder(_TextMixin):
@@ -174,7 +188,9 @@ class CropEmbedder(_TextMixin):
             batch = torch.stack(
                 [self._crop_pixels(rgb, masks[i], boxes[i]) for i in range(start, min(start + self.batch_size, len(masks)))]
             )
-            out.append(F.normalize(self.model.encode_image(batch.to(self.device)).float(), dim=-1))
+            with bf16_autocast(self.device):
+                features = self.model.encode_image(batch.to(self.device))
+            out.append(F.normalize(features.float(), dim=-1))
         return torch.cat(out).cpu().numpy()
 
 

@@ -66,17 +66,44 @@ def encode(mask: np.ndarray) -> dict:
 
 
 def encode_stack(masks) -> list[dict]:
-    """Masks [N, H, W] (numpy or a torch tensor on any device) -> RLEs, in one
-    pycocotools call (it wants column-major H x W x N uint8)."""
+    """Masks [N, H, W] (numpy or a torch tensor on any device) -> RLEs. On a CPU, one
+    pycocotools call (it wants column-major H x W x N uint8); a tensor on a GPU is
+    run-length coded there (``encode_runs``), so only its run boundaries cross to
+    the host, not its pixels."""
     if not len(masks):
         return []
-    if not isinstance(masks, np.ndarray):  # a torch tensor: reorder on its own device first
+    if not isinstance(masks, np.ndarray):
         import torch
 
-        fortran = masks.transpose(1, 2).contiguous().to(torch.uint8).cpu().numpy().transpose(2, 1, 0)
+        if masks.device.type != "cpu":
+            return encode_runs(masks)
+        fortran = masks.transpose(1, 2).contiguous().to(torch.uint8).numpy().transpose(2, 1, 0)
     else:
         fortran = np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0))
     return [to_str(rle) for rle in mask_utils.encode(fortran)]
+
+
+def encode_runs(masks) -> list[dict]:
+    """Bool masks [N, H, W] as a torch tensor on any device -> RLEs (str counts),
+    the same as ``encode_stack`` gives. The run boundaries (where a mask's
+    column-major pixels change value) are found on the tensor's device and read
+    back in one transfer; pycocotools then packs each mask's run lengths."""
+    import torch
+
+    n, h, w = masks.shape
+    flat = masks.transpose(1, 2).reshape(n, h * w)  # COCO's column-major order, one row per mask
+    mask_of, at = torch.nonzero(flat[:, 1:] != flat[:, :-1], as_tuple=True)  # sorted by mask, then pixel
+    found = torch.cat([flat[:, 0].long(), mask_of, at + 1]).cpu().numpy()  # the one transfer
+    starts_on, mask_of, bounds = found[:n].astype(bool), found[n : n + len(at)], found[n + len(at) :]
+    split = np.searchsorted(mask_of, np.arange(n + 1))
+    uncompressed = []
+    for i in range(n):
+        edges = np.concatenate(([0], bounds[split[i] : split[i + 1]], [h * w]))
+        counts = np.diff(edges)
+        if starts_on[i]:  # COCO counts start with a background run, empty here
+            counts = np.concatenate(([0], counts))
+        uncompressed.append({"size": [h, w], "counts": counts.tolist()})
+    return [to_str(r) for r in mask_utils.frPyObjects(uncompressed, h, w)]
 
 
 def decode(segmentation: Any, height: int | None = None, width: int | None = None) -> np.ndarray:

@@ -67,6 +67,7 @@ def serve(
     token: str | None = None,
     db_url: str | None = None,
     device: str | None = None,
+    faiss_device: str | None = None,
 ) -> None:
     """Open the index, load its model once, and answer until interrupted."""
     import uvicorn
@@ -75,7 +76,7 @@ def serve(
 
     token = token or os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)  # before the slow model load: a refusal should be instant
-    index = SegmentIndex.open(Path(db_dir), db_url=db_url, device=device)
+    index = SegmentIndex.open(Path(db_dir), db_url=db_url, device=device, faiss_device=faiss_device)
     try:
         allowed_hosts = [*LOOPBACK_NAMES, host] if is_loopback(host) else None
         uvicorn.Server(server_config(create_app(index, token, allowed_hosts), host, port)).run()

@@ -1,0 +1,120 @@
+"""Photos read, hashed and decoded by a pool of threads running ahead of the models.
+
+On a GPU the models take tens of milliseconds a photo, as long as reading, hashing
+and decoding a JPEG; done in line they would leave the card idle half the time.
+PIL's decoders and hashlib release the GIL, so threads suffice. The catalog is asked
+(skip) and failures are recorded in the calling thread only: the pool never touches
+the store, and the photos come out in walk order, as the sequential indexer commits.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from usesearch.files import decode, read_bytes
+
+
+@dataclass
+class Photo:
+    found: object  # files.Found
+    sha256: str
+    rgb: np.ndarray
+
+
+def workers_for(device) -> int:
+    """Reader threads: a GPU run wants photos as fast as several cores decode them;
+    a CPU run's models use every core, so one reader thread just overlaps them."""
+    if getattr(device, "type", device) != "cuda":
+        return 1
+    return max(2, min(8, (os.cpu_count() or 2) - 1))
+
+
+def ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: int) -> Iterator[tuple[object, Future]]:
+    """(item, future of ``fn(item)``) in the order of ``items``, at most ``ahead`` in
+    flight. ``items`` is pulled in the caller's thread, so a generator may use the
+    store while it chooses what to submit."""
+    items = iter(items)
+    pending: deque = deque()
+
+    def fill() -> None:
+        while len(pending) < ahead:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            pending.append((item, pool.submit(_timed, fn, item)))
+
+    fill()
+    while pending:
+        item, future = pending.popleft()
+        fill()  # keep the pool busy while the caller waits on this one
+        yield item, future
+
+
+def _timed(fn: Callable, item):
+    start = time.perf_counter()
+    return fn(item), time.perf_counter() - start
+
+
+def photos(files: list, writer, options, report, workers: int, ahead: int) -> Iterator[tuple[str, Photo | None]]:
+    """(path, photo) for each file in order: the photo to index, or None when it was
+    skipped or its failure recorded (the path is for progress). A file whose content
+    is already indexed, or met earlier in this run, is skipped."""
+    seen: set[str] = set()
+    with ThreadPoolExecutor(workers, thread_name_prefix="usesearch-read") as pool:
+
+        def read(found):
+            if found.error is not None:
+                raise found.error
+            return read_bytes(found.fs_path, options.max_bytes, found.path)
+
+        def to_decode():
+            for found, future in ordered_map(pool, read, files, ahead):
+                try:
+                    (data, sha256), seconds = _wait(future, report)
+                    report.add_stage("read + hash (workers)", seconds)
+                except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
+                    writer.fail(found.key, found.path, None, exc, report)
+                    yield found.path, None
+                    continue
+                if writer.skip(found.key, sha256) or sha256 in seen:
+                    report.skipped += 1
+                    yield found.path, None
+                    continue
+                seen.add(sha256)
+                yield found.path, (found, data, sha256)
+
+        def decode_one(entry):
+            path, job = entry
+            return None if job is None else decode(job[1], job[0].path, options.max_pixels)
+
+        for (path, job), future in ordered_map(pool, decode_one, to_decode(), ahead):
+            if job is None:
+                yield path, None
+                continue
+            found, _, sha256 = job
+            try:
+                rgb, seconds = _wait(future, report)
+                report.add_stage("decode (workers)", seconds)
+            except Exception as exc:  # noqa: BLE001
+                writer.fail(found.key, found.path, sha256, exc, report)
+                yield path, None
+                continue
+            yield path, Photo(found, sha256, rgb)
+
+
+def _wait(future: Future, report):
+    """A worker's result; the time the loop waited for it is the read stage's cost to
+    the models (zero while the pool keeps ahead)."""
+    start = time.perf_counter()
+    try:
+        return future.result()
+    finally:
+        report.add_stage("waiting for photos", time.perf_counter() - start)

@@ -1,0 +1,150 @@
+"""One meaning of --device (where every model runs; CUDA when torch sees it) and FAISS
+on a device of its own (the GPU only where the installed faiss has GPU support).
+CUDA is reported as available by monkeypatching torch: every loader is then asked
+for CUDA, while the models are really built on the CPU so the run completes."""
+
+from pathlib import Path
+
+import faiss
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import usesearch
+from indexer import IndexOptions, SegmentIndex, faiss_gpu, index_paths
+from indexer.distributed import _actor_device
+from usesearch.cli import app
+from usesearch.cli_compat import modernise
+from usesearch.devices import resolve_device
+from usesearch.errors import UsesearchError
+
+from .conftest import OPTS, write_photos
+
+
+def fake_cuda(monkeypatch, gpus: int = 1) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
+
+def spy_loaders(monkeypatch, asked: list) -> None:
+    """Record the device each model loader is asked for; build the model on the CPU."""
+    import indexer.pipeline
+    import indexer.search
+    import usesearch.sam
+
+    for module, name in ((indexer.pipeline, "load_model"), (indexer.search, "load_model"), (usesearch.sam, "load_sam")):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            if "device" in kwargs:
+                asked.append((_name, torch.device(kwargs["device"])))
+                kwargs["device"] = "cpu"
+            else:  # load_sam(cfg, preset, checkpoint, device)
+                asked.append((_name, torch.device(args[3])))
+                args = (*args[:3], "cpu")
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+
+
+def test_the_default_device_is_cuda_when_torch_sees_it_else_the_cpu(monkeypatch):
+    assert resolve_device(None) == torch.device("cpu") == resolve_device("auto")
+    fake_cuda(monkeypatch, gpus=2)
+    assert resolve_device(None) == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(UsesearchError, match="2 CUDA GPU"):
+        resolve_device("cuda:2")
+    for wrong in ("tpu", "mps", "gpu!"):
+        with pytest.raises(UsesearchError, match="--device"):
+            resolve_device(wrong)
+
+
+def test_every_model_an_index_run_loads_is_asked_for_cuda_and_faiss_stays_on_the_cpu(monkeypatch, tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
+    fake_cuda(monkeypatch)
+    asked: list = []
+    spy_loaders(monkeypatch, asked)
+    options = IndexOptions(preset="tiny", masker="sam", masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0})
+    report = index_paths([photos], tmp_path / "db", options)
+    assert {name for name, _ in asked} == {"load_model", "load_sam"}
+    assert all(device == torch.device("cuda") for _, device in asked), asked
+    assert report.done == 2 and report.segments > 0
+    assert report.devices[0].startswith("models on cuda:0 (Fake GPU, bfloat16)")
+    if not hasattr(faiss, "StandardGpuResources"):  # faiss-cpu, as the README installs it
+        assert "FAISS on the CPU" in report.devices[1] and "no GPU support" in report.devices[1]
+    stats = SegmentIndex.open(tmp_path / "db", device="cpu").stats()
+    assert stats["vectors"] == report.segments and stats["faiss_device"] == faiss_gpu.resolve(None)
+    assert stats["faiss_note"] == faiss_gpu.note(None)
+
+
+def test_a_query_loads_its_models_and_the_region_sam_on_the_default_device(monkeypatch, tmp_path, photo):
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))
+    fake_cuda(monkeypatch)
+    asked: list = []
+    spy_loaders(monkeypatch, asked)
+    index = SegmentIndex.open(tmp_path / "db")
+    assert index.query("a cat", k=1)
+    index.region(photo, point=(20, 20))
+    assert [name for name, _ in asked] == ["load_model", "load_sam"]
+    assert all(device == torch.device("cuda") for _, device in asked), asked
+
+
+@pytest.mark.skipif(faiss_gpu.available(), reason="this faiss has a GPU: --faiss-device cuda is possible here")
+def test_impossible_devices_are_refused_in_one_line_before_any_model_loads(monkeypatch, tmp_path):
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    import indexer.pipeline
+
+    monkeypatch.setattr(indexer.pipeline, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    runner = CliRunner()
+    cases = [
+        (["index", str(photos), "--db", str(tmp_path / "a"), "--preset", "tiny", "--faiss-device", "cuda"], "has no GPU support"),
+        (["index", str(photos), "--db", str(tmp_path / "b"), "--preset", "tiny", "--faiss-device", "tpu"], "choose one of"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["index", str(photos), "--db", str(tmp_path / "c"), "--preset", "tiny", "--device", "cuda"], "torch sees no CUDA GPU"))
+    for args, reason in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert reason in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        assert not Path(args[3]).exists(), "a refused run must leave no index folder behind"
+
+
+@pytest.mark.skipif(faiss_gpu.available(), reason="this faiss has a GPU")
+def test_search_commands_refuse_faiss_on_a_gpu_without_gpu_faiss_and_work_by_default(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))
+    runner = CliRunner()
+    for args in (["query", "a cat", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"],
+                 ["info", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"],
+                 ["reindex", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "--faiss-device cuda" in result.output, (args, result.output)
+    result = runner.invoke(app, ["info", "--db", str(tmp_path / "db")])
+    assert result.exit_code == 0 and "FAISS on the CPU" in result.output, result.output
+    result = runner.invoke(app, ["query", "a cat", "--db", str(tmp_path / "db"), "-k", "1", "--json"])
+    assert result.exit_code == 0, result.output
+
+
+def test_reindex_device_is_now_faiss_device():
+    got, notes = modernise(["reindex", "--db", "d", "--device", "cpu"])
+    assert got == ["reindex", "--db", "d", "--faiss-device", "cpu"] and "faiss-device" in notes[0]
+    assert modernise(["index", "p", "--db", "d", "--device", "cpu"]) == (["index", "p", "--db", "d", "--device", "cpu"], [])
+
+
+def test_ray_actors_follow_the_same_rule():
+    assert _actor_device(None, gpus=0) == "cpu" and _actor_device(None, gpus=2) == "cuda"
+    assert _actor_device("cpu", gpus=2) == "cpu" and _actor_device("cuda", gpus=1) == "cuda"
+    with pytest.raises(UsesearchError, match="no GPU"):
+        _actor_device("cuda", gpus=0)
+    with pytest.raises(UsesearchError, match="GPU of its own"):
+        _actor_device("cuda:1", gpus=2)
+
+
+def test_faiss_device_resolution():
+    assert faiss_gpu.resolve("cpu") == "cpu" and faiss_gpu.resolve(None) == ("cuda" if faiss_gpu.available() else "cpu")
+    assert faiss_gpu.note("cpu").startswith("FAISS on the CPU (--faiss-device cpu")
+    with pytest.raises(UsesearchError, match="choose one of"):
+        faiss_gpu.resolve("gpu")

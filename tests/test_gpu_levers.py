@@ -1,0 +1,148 @@
+"""The levers of the GPU path, checked on the CPU against what they replace: SDPA
+attention in SAM's image encoder (segment-anything's product), run-length coding on
+the masks' device (pycocotools' RLE), prompt batches sized to the card, the
+benchmark's mask count, per-stage timings, and photos read ahead of the models."""
+
+import copy
+import shutil
+import types
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from segment_anything import SamAutomaticMaskGenerator
+from segment_anything.modeling.image_encoder import Attention, Block
+
+from indexer import IndexOptions, SegmentIndex, index_paths
+from usesearch import rle
+from usesearch.files import walk
+from usesearch.amg import SamMaskGenerator, prompt_batch
+from usesearch.sam_fast import _sdpa_forward, use_sdpa
+
+from .conftest import OPTS, write_photos
+from .test_amg import LOW, image, mask_iou, sam  # noqa: F401 - fixtures shared with the generator's tests
+
+
+def stock_attention(model):
+    """A copy whose image encoder runs segment-anything's own attention again."""
+    model = copy.deepcopy(model)
+    for module in model.image_encoder.modules():
+        if isinstance(module, Attention) and "forward" in vars(module):
+            del module.forward
+    return model
+
+
+@pytest.mark.parametrize("window", [0, 14], ids=["global-64x64", "windowed-padded"])
+def test_sdpa_attention_gives_segment_anythings_block_output(window):
+    torch.manual_seed(0)
+    block = Block(dim=64, num_heads=4, use_rel_pos=True, window_size=window, input_size=(64, 64) if not window else (14, 14)).eval()
+    for p in (block.attn.rel_pos_h, block.attn.rel_pos_w):
+        torch.nn.init.normal_(p, std=0.5)  # zero-initialised by default: make the bias matter
+    fast = copy.deepcopy(block)
+    fast.attn.forward = types.MethodType(_sdpa_forward, fast.attn)
+    x = torch.randn(2, 64, 64, 64)
+    with torch.no_grad():
+        expected, got = block(x), fast(x)
+    assert (expected - x).abs().max() > 0.1  # the block does something
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+
+
+def test_load_sam_routes_the_encoder_through_sdpa_and_gives_the_stock_masks(sam, image):
+    assert getattr(sam, "sdpa", False) and sum("forward" in vars(m) for m in sam.image_encoder.modules()) == 2
+    stock_model = stock_attention(sam)
+    pixels = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(sam.image_encoder(pixels), stock_model.image_encoder(pixels), atol=1e-5, rtol=1e-5)
+    stock = SamAutomaticMaskGenerator(stock_model, points_per_side=8, **LOW).generate(image)
+    ours = SamMaskGenerator(sam, points_per_side=8, **LOW).generate(image)
+    assert len(ours) == len(stock) > 20
+    for record, reference in zip(ours, stock):
+        assert mask_iou(rle.decode(record.rle), reference["segmentation"]) >= 0.99
+
+
+def test_prompt_batches_are_sized_to_the_free_memory():
+    h200, card_8gb = 130 * 2**30, 8 * 2**30
+    assert prompt_batch(h200, 1024, (768, 1024), 1024) == 1024  # all of a 32x32 grid at once
+    assert prompt_batch(card_8gb, 1024, (768, 1024), 1024) == 128
+    assert prompt_batch(card_8gb, 1024, (3000, 4000), 1024) == 64  # a 12 MP photo's masks are larger
+    assert prompt_batch(2**20, 1024, (768, 1024), 1024) == 64  # never below segment-anything's default
+    for free in (2**30, 2**33, 2**37):
+        assert prompt_batch(free, 1024, (768, 1024), 1024) % 64 == 0
+
+
+def test_the_batch_size_changes_no_mask(sam, image):
+    one = SamMaskGenerator(sam, points_per_side=8, points_per_batch=64, **LOW).generate(image)
+    all_at_once = SamMaskGenerator(sam, points_per_side=8, points_per_batch=1024, **LOW).generate(image)
+    assert [r.rle for r in one] == [r.rle for r in all_at_once] and len(one) > 20
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 23), st.integers(1, 19), st.floats(0.0, 1.0), st.integers(0, 2**31))
+def test_run_length_coding_on_the_device_equals_pycocotools(n, h, w, density, seed):
+    masks = np.random.default_rng(seed).random((n, h, w)) < density
+    masks[0, 0, 0], masks[-1, -1, -1] = True, False  # a run at each end of the pixel order
+    assert rle.encode_runs(torch.from_numpy(masks)) == rle.encode_stack(masks)
+
+
+def test_run_length_coding_edge_cases():
+    masks = np.zeros((4, 7, 5), bool)
+    masks[1] = True
+    masks[2, 3, 2] = True
+    masks[3, :, 4] = True  # the last column: the last run reaches the end
+    assert rle.encode_runs(torch.from_numpy(masks)) == rle.encode_stack(masks)
+    assert [rle.area(r) for r in rle.encode_runs(torch.from_numpy(masks))] == [0, 35, 1, 7]
+
+
+def test_masks_per_photo_keeps_that_many_with_nms_survivors_first(sam, image):
+    kept = SamMaskGenerator(sam, points_per_side=8, **LOW).generate(image)
+    topped = SamMaskGenerator(sam, points_per_side=8, masks_per_photo=len(kept) + 30, **LOW).generate(image)
+    assert len(topped) == len(kept) + 30
+    assert {r.rle["counts"] for r in kept} <= {r.rle["counts"] for r in topped}
+    cut = SamMaskGenerator(sam, points_per_side=8, masks_per_photo=5, **LOW).generate(image)
+    assert len(cut) == 5 and {r.rle["counts"] for r in cut} <= {r.rle["counts"] for r in kept}
+
+
+def test_an_index_run_reports_the_time_of_every_stage(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
+    options = IndexOptions(preset="tiny", masker="sam", device="cpu",
+                           masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0})
+    report = index_paths([photos], tmp_path / "db", options)
+    expected = {"read + hash (workers)", "decode (workers)", "waiting for photos", "SAM encoder", "SAM decoder",
+                "SAM post-processing", "RLE", "backbones", "pooling", "store", "FAISS"}
+    assert set(report.stages) == expected
+    assert all(seconds >= 0 for seconds in report.stages.values())
+    assert report.stages["SAM encoder"] > 0 and report.stages["backbones"] > 0 and report.stages["store"] > 0
+    in_loop = sum(v for k, v in report.stages.items() if "workers" not in k)
+    assert in_loop <= report.loop_seconds
+    assert report.masker_forward_seconds == pytest.approx(report.stages["SAM encoder"] + report.stages["SAM decoder"])
+
+
+def test_photos_read_ahead_are_committed_in_walk_order_and_copies_once(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee", "rocket"))
+    shutil.copy(photos / "astronaut.png", photos / "copy-of-astronaut.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))
+    assert (report.done, report.skipped, report.failed) == (4, 1, 1)
+    index = SegmentIndex.open(tmp_path / "db", device="cpu")
+    committed = [path for _, _, path in sorted(index.store.image_files())]
+    walked = [found.path for found in walk([photos])]
+    assert len(committed) >= 4 and committed == [p for p in walked if p in committed]
+    assert "copy-of-astronaut.png" not in " ".join(committed)  # the copy came later in the walk: skipped
+
+
+def test_compile_traces_the_models_and_changes_no_segment(tmp_path, monkeypatch):
+    """``--compile`` through TorchDynamo (the eager backend here: inductor's C++
+    build takes minutes on two cores); the index equals an uncompiled one."""
+    from usesearch import sam_fast
+
+    from .conftest import segment_table
+
+    monkeypatch.setattr(sam_fast, "COMPILE_BACKEND", "eager")
+    photos = write_photos(tmp_path / "photos", ("astronaut",))
+    options = dict(preset="tiny", masker="sam", device="cpu",
+                   masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0})
+    plain = index_paths([photos], tmp_path / "plain", IndexOptions(**options))
+    compiled = index_paths([photos], tmp_path / "compiled", IndexOptions(**options, compile=True))
+    assert plain.segments == compiled.segments > 0
+    assert segment_table(tmp_path / "plain") == segment_table(tmp_path / "compiled")

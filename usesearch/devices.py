@@ -1,0 +1,60 @@
+"""Where the models run: one rule for every model a command loads.
+
+``--device`` means the models' device and nothing else (SAM, SAM 2, CLIP, DINOv2,
+the head, the region query's SAM, curation's and training's models). Its default
+is CUDA when torch sees a GPU, else the CPU. FAISS picks its own device
+(``indexer.faiss_gpu.resolve``, ``--faiss-device``): a torch with CUDA beside a
+faiss without GPU support is the common case and must index on the GPU.
+
+``check`` refuses a device that cannot work before any model is loaded, so a
+typo costs nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import UsesearchError
+
+CHOICES = "cpu, cuda or cuda:N"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when torch sees a GPU, else the CPU. An explicit
+    device that this machine lacks is refused in one line."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsesearchError(f"--device {device!r} is not a device; give {CHOICES}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsesearchError(f"--device {device} was asked for but torch sees no CUDA GPU "
+                                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsesearchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                                 f"numbered from 0")
+    elif device.type != "cpu":
+        raise UsesearchError(f"--device {device}: usesearch runs its models on {CHOICES}")
+    return device
+
+
+def on_gpu(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def bf16_autocast(device: torch.device):
+    """bfloat16 autocast on a GPU that has it (backbones and SAM: half the bytes,
+    the tensor cores' rate); a no-op elsewhere, so CPU results are float32 as before."""
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def describe(device: torch.device) -> str:
+    """One line for run summaries: where the models ran."""
+    if device.type != "cuda":
+        return "models on the CPU"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    precision = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return f"models on {device.type}:{index} ({torch.cuda.get_device_name(index)}, {precision})"
