@@ -18,18 +18,20 @@ from indexer import IndexOptions, SegmentIndex, index_paths
 from usesearch import rle
 from usesearch.files import walk
 from usesearch.amg import SamMaskGenerator, prompt_batch
-from usesearch.sam_fast import _sdpa_forward, use_sdpa
+from usesearch.sam import build_sam
+from usesearch.sam_fast import _sdpa_forward, share_image_tokens
 
 from .conftest import OPTS, write_photos
 from .test_amg import LOW, image, mask_iou, sam  # noqa: F401 - fixtures shared with the generator's tests
 
 
-def stock_attention(model):
-    """A copy whose image encoder runs segment-anything's own attention again."""
+def stock_sam(model):
+    """A copy that runs segment-anything's own code again (encoder attention, decoder)."""
     model = copy.deepcopy(model)
     for module in model.image_encoder.modules():
         if isinstance(module, Attention) and "forward" in vars(module):
             del module.forward
+    vars(model.mask_decoder).pop("predict_masks", None)
     return model
 
 
@@ -48,9 +50,10 @@ def test_sdpa_attention_gives_segment_anythings_block_output(window):
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
 
 
-def test_load_sam_routes_the_encoder_through_sdpa_and_gives_the_stock_masks(sam, image):
+def test_load_sam_runs_both_levers_and_gives_the_stock_masks(sam, image):
     assert getattr(sam, "sdpa", False) and sum("forward" in vars(m) for m in sam.image_encoder.modules()) == 2
-    stock_model = stock_attention(sam)
+    assert "predict_masks" in vars(sam.mask_decoder)
+    stock_model = stock_sam(sam)
     pixels = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         torch.testing.assert_close(sam.image_encoder(pixels), stock_model.image_encoder(pixels), atol=1e-5, rtol=1e-5)
@@ -59,6 +62,36 @@ def test_load_sam_routes_the_encoder_through_sdpa_and_gives_the_stock_masks(sam,
     assert len(ours) == len(stock) > 20
     for record, reference in zip(ours, stock):
         assert mask_iou(rle.decode(record.rle), reference["segmentation"]) >= 0.99
+
+
+@pytest.mark.parametrize("arch", ["tiny", "vit_b"])
+def test_the_decoder_with_shared_image_tokens_gives_segment_anythings_outputs(arch):
+    torch.manual_seed(0)
+    stock = build_sam(arch).eval()
+    for p in stock.mask_decoder.parameters():  # zero-initialised parts would hide a wrong path
+        p.data.add_(0.02 * torch.randn_like(p))
+    fast = share_image_tokens(copy.deepcopy(stock))
+    side = stock.image_encoder.img_size
+    grid = side // 16
+    features = torch.randn(1, stock.prompt_encoder.embed_dim, grid, grid)
+    points = torch.rand(9, 1, 2) * side
+    projected = []
+    fast.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.register_forward_hook(
+        lambda module, args, out: projected.append(args[0].shape[0]))
+    with torch.no_grad():
+        for boxes in (None, torch.tensor([[10.0, 20.0, 120.0, 200.0]]).repeat(9, 1)):
+            sparse, dense = stock.prompt_encoder(points=(points, torch.ones(9, 1, dtype=torch.int)), boxes=boxes, masks=None)
+            args = dict(image_embeddings=features, image_pe=stock.prompt_encoder.get_dense_pe(),
+                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+            expected, got = stock.mask_decoder(**args), fast.mask_decoder(**args)
+            torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got[1], expected[1], atol=1e-5, rtol=1e-5)
+        # A mask prompt makes each prompt's image tokens differ: segment-anything's path.
+        mask_in = torch.randn(9, 1, 4 * grid, 4 * grid)
+        sparse, dense = stock.prompt_encoder(points=(points, torch.ones(9, 1, dtype=torch.int)), boxes=None, masks=mask_in)
+        args.update(sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+        torch.testing.assert_close(fast.mask_decoder(**args)[0], stock.mask_decoder(**args)[0], atol=1e-5, rtol=1e-5)
+    assert projected == [1, 1, 9]  # the image tokens projected once per photo, unless a mask prompt differs
 
 
 def test_prompt_batches_are_sized_to_the_free_memory():
@@ -146,3 +179,36 @@ def test_compile_traces_the_models_and_changes_no_segment(tmp_path, monkeypatch)
     compiled = index_paths([photos], tmp_path / "compiled", IndexOptions(**options, compile=True))
     assert plain.segments == compiled.segments > 0
     assert segment_table(tmp_path / "plain") == segment_table(tmp_path / "compiled")
+
+
+def test_a_known_path_changed_to_content_met_earlier_in_the_run_is_indexed_again(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("chelsea", "coffee"))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))
+    # A new file earlier in the walk, and the known chelsea.png overwritten, both with astronaut's pixels.
+    write_photos(tmp_path / "astro", ("astronaut",))
+    shutil.copy(tmp_path / "astro" / "astronaut.png", photos / "a-new.png")
+    shutil.copy(tmp_path / "astro" / "astronaut.png", photos / "chelsea.png")
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))
+    assert (report.done, report.skipped) == (2, 1)
+    store = SegmentIndex.open(tmp_path / "db", device="cpu").store
+    hashes = {path.rsplit("/", 1)[-1]: store.image(image_id).sha256 for image_id, _, path in store.image_files()}
+    assert hashes["chelsea.png"] == hashes["a-new.png"]  # the old pixels' segments are gone
+
+
+def test_photos_past_pils_limit_decode_in_parallel_threads_without_leaving_it_changed(monkeypatch):
+    import io
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from usesearch.files import decode
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # these 40x40 photos are past it, within ours
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(buffer, format="PNG")
+    filters = list(warnings.filters)
+    with ThreadPoolExecutor(8) as pool:
+        shapes = list(pool.map(lambda i: decode(buffer.getvalue(), f"{i}.png", max_pixels=10_000).shape, range(400)))
+    assert shapes == [(40, 40, 3)] * 400
+    assert Image.MAX_IMAGE_PIXELS == 1000 and warnings.filters == filters
