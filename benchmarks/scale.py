@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--concepts", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--folder", type=Path, default=None, help="where to build (default: a temporary folder, removed)")
-    parser.add_argument("--device", default=None, help="cpu or cuda for FAISS (default: a GPU where faiss has one)")
+    parser.add_argument("--faiss-device", default=None, help="cpu or cuda for FAISS (default: a GPU where faiss has one)")
     parser.add_argument("--exact-up-to", type=int, default=None, help="override the exact-search threshold (to try the compressed index on a small N)")
     parser.add_argument("--reuse", action="store_true", help="with --folder: query the index built there by an earlier run")
     parser.add_argument("--store-only", action="store_true", help="with --folder: build the database and embedding files, then stop")
@@ -153,9 +153,9 @@ def main() -> None:
                 return
         if not args.reuse or args.reindex:
             start = time.perf_counter()
-            reindex(folder, device=args.device)
+            reindex(folder, faiss_device=args.faiss_device)
             index_s = time.perf_counter() - start
-        ix = SegmentIndex.open(folder, device=args.device)
+        ix = SegmentIndex.open(folder, device="cpu", faiss_device=args.faiss_device)
         stats = ix.stats()
         print(f"index: {stats['index_choice']}")
         print(f"build: store + embedding files {store_s:.0f} s, FAISS index {index_s:.0f} s (faiss {stats['faiss_version']} "

@@ -235,13 +235,14 @@ class Writer:
         finally:
             self._lock.__exit__(*exc)
 
-    def skip(self, key: bytes, sha256: str) -> bool:
+    def skip(self, key: bytes, sha256: str, coming: set[str] = frozenset()) -> bool:
         """True when this file needs no work: done (or failed, unless retrying) with
-        the same content, or its content is already indexed under another path."""
+        the same content, or it is a new path whose content is already indexed under
+        another path or ``coming`` (about to be, earlier in this run)."""
         existing = self.store.image_by_path(key)
         if existing is not None and existing.sha256 == sha256 and (existing.status == DONE or not self.options.retry_failed):
             return True
-        return existing is None and self.store.done_with_hash(sha256) is not None
+        return existing is None and (sha256 in coming or self.store.done_with_hash(sha256) is not None)
 
     @contextmanager
     def _changing(self):

@@ -65,49 +65,56 @@ def _timed(fn: Callable, item):
 
 def photos(files: list, writer, options, report, workers: int, ahead: int) -> Iterator[tuple[str, Photo | None]]:
     """(path, photo) for each file in order: the photo to index, or None when it was
-    skipped or its failure recorded (the path is for progress). A file whose content
-    is already indexed, or met earlier in this run, is skipped."""
+    skipped or its failure recorded (the path is for progress). A new path whose
+    content is already indexed, or met earlier in this run, is skipped; a known path
+    whose content changed is indexed again."""
     seen: set[str] = set()
-    with ThreadPoolExecutor(workers, thread_name_prefix="usesearch-read") as pool:
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="usesearch-read")
+    try:
+        yield from _photos(pool, files, writer, options, report, ahead, seen)
+    finally:  # also on Ctrl-C: queued reads are dropped, not finished
+        pool.shutdown(wait=True, cancel_futures=True)
 
-        def read(found):
-            if found.error is not None:
-                raise found.error
-            return read_bytes(found.fs_path, options.max_bytes, found.path)
 
-        def to_decode():
-            for found, future in ordered_map(pool, read, files, ahead):
-                try:
-                    (data, sha256), seconds = _wait(future, report)
-                    report.add_stage("read + hash (workers)", seconds)
-                except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
-                    writer.fail(found.key, found.path, None, exc, report)
-                    yield found.path, None
-                    continue
-                if writer.skip(found.key, sha256) or sha256 in seen:
-                    report.skipped += 1
-                    yield found.path, None
-                    continue
-                seen.add(sha256)
-                yield found.path, (found, data, sha256)
+def _photos(pool, files, writer, options, report, ahead, seen: set[str]):
+    def read(found):
+        if found.error is not None:
+            raise found.error
+        return read_bytes(found.fs_path, options.max_bytes, found.path)
 
-        def decode_one(entry):
-            path, job = entry
-            return None if job is None else decode(job[1], job[0].path, options.max_pixels)
-
-        for (path, job), future in ordered_map(pool, decode_one, to_decode(), ahead):
-            if job is None:
-                yield path, None
-                continue
-            found, _, sha256 = job
+    def to_decode():
+        for found, future in ordered_map(pool, read, files, ahead):
             try:
-                rgb, seconds = _wait(future, report)
-                report.add_stage("decode (workers)", seconds)
-            except Exception as exc:  # noqa: BLE001
-                writer.fail(found.key, found.path, sha256, exc, report)
-                yield path, None
+                (data, sha256), seconds = _wait(future, report)
+                report.add_stage("read + hash (workers)", seconds)
+            except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
+                writer.fail(found.key, found.path, None, exc, report)
+                yield found.path, None
                 continue
-            yield path, Photo(found, sha256, rgb)
+            if writer.skip(found.key, sha256, coming=seen):
+                report.skipped += 1
+                yield found.path, None
+                continue
+            seen.add(sha256)
+            yield found.path, (found, data, sha256)
+
+    def decode_one(entry):
+        path, job = entry
+        return None if job is None else decode(job[1], job[0].path, options.max_pixels)
+
+    for (path, job), future in ordered_map(pool, decode_one, to_decode(), ahead):
+        if job is None:
+            yield path, None
+            continue
+        found, _, sha256 = job
+        try:
+            rgb, seconds = _wait(future, report)
+            report.add_stage("decode (workers)", seconds)
+        except Exception as exc:  # noqa: BLE001
+            writer.fail(found.key, found.path, sha256, exc, report)
+            yield path, None
+            continue
+        yield path, Photo(found, sha256, rgb)
 
 
 def _wait(future: Future, report):

@@ -31,7 +31,7 @@ from torchvision.ops import batched_nms, box_area
 from . import rle
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU: bounds memory for large photos
-GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (256 MB of bool)
+GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)
 CPU_POINTS_PER_BATCH = 64  # segment-anything's default; a CPU gains nothing from more
 GPU_MEMORY_SHARE = 0.4  # of the free GPU memory, what one prompt batch's masks may take
 
@@ -134,6 +134,7 @@ class SamMaskGenerator:
             raise ValueError(f"encoder_batch must be at least 1, got {encoder_batch}")
         self.encoder_batch = encoder_batch
         self.masks_per_photo = masks_per_photo
+        self._prompt_batches: dict = {}  # (crop size, prompts) -> prompts per decoder batch on this GPU
         device = model.device
         if autocast is None:
             autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -222,10 +223,16 @@ class SamMaskGenerator:
         return cands, crop_hw
 
     def _points_that_fit(self, crop_hw, points: int) -> int:
+        """``prompt_batch`` for this card, once per crop size (stable shapes: no
+        recompiles under ``--compile``, and no shrinking as the allocator caches)."""
         if self.model.device.type != "cuda":
             return CPU_POINTS_PER_BATCH
-        free, _ = torch.cuda.mem_get_info(self.model.device)
-        return prompt_batch(free, self.model.image_encoder.img_size, crop_hw, points)
+        key = (tuple(crop_hw), points)
+        if key not in self._prompt_batches:
+            free, _ = torch.cuda.mem_get_info(self.model.device)
+            free += torch.cuda.memory_reserved(self.model.device) - torch.cuda.memory_allocated(self.model.device)
+            self._prompt_batches[key] = prompt_batch(free, self.model.image_encoder.img_size, crop_hw, points)
+        return self._prompt_batches[key]
 
     def _keep(self, kept: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """NMS's survivors; with ``masks_per_photo``, topped up (or cut) to that many
@@ -301,8 +308,12 @@ class SamMaskGenerator:
         rles: list[dict] = []
         unchanged = []
         # A CPU encodes a few masks at a time (memory); a GPU as many as GPU_ENCODE_PIXELS
-        # allows (every mask of a photo up to ~4 MP), their runs then read in one transfer.
-        chunk = ENCODE_CHUNK if cands.iou.device.type == "cpu" else max(1, GPU_ENCODE_PIXELS // (orig_size[0] * orig_size[1]))
+        # allows (each mask is float32 logits at the model's canvas and at the photo's
+        # size, then bool: every mask of a 1 MP photo at once), their runs then read in
+        # one transfer.
+        side = self.model.image_encoder.img_size
+        chunk = ENCODE_CHUNK if cands.iou.device.type == "cpu" else max(
+            1, GPU_ENCODE_PIXELS // max(orig_size[0] * orig_size[1], side * side))
         for start in range(0, len(cands), chunk):
             masks = self._masks(cands[start : start + chunk], crops, orig_size)
             if self.min_mask_region_area > 0:

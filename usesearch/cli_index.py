@@ -63,7 +63,7 @@ def index(
     masker: Annotated[Optional[str], typer.Option(help="sam | sam2 | felzenszwalb | coco (default: sam; felzenszwalb for tiny)")] = None,
     coco: Annotated[Optional[Path], typer.Option("--coco", help="COCO JSON of your own masks, for --masker coco.")] = None,
     points_per_side: Annotated[Optional[int], typer.Option(min=1, help="SAM: grid prompts per side (default 32).")] = None,
-    points_per_batch: Annotated[Optional[int], typer.Option(min=1, help="SAM: prompts per decoder batch (default 64).")] = None,
+    points_per_batch: Annotated[Optional[int], typer.Option(min=1, help="SAM: prompts per decoder batch (default 64 on a CPU; on a GPU as many as its free memory holds).")] = None,
     pred_iou_thresh: Annotated[Optional[float], typer.Option(help="SAM: keep masks whose predicted IoU exceeds this (default 0.88).")] = None,
     stability_thresh: Annotated[Optional[float], typer.Option(help="SAM: keep masks at least this stable (default 0.95).")] = None,
     box_nms_thresh: Annotated[Optional[float], typer.Option(help="SAM: box IoU above which duplicates go (default 0.7).")] = None,

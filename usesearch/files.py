@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import stat
 import warnings
 from collections.abc import Iterator
@@ -106,6 +107,9 @@ def read_bytes(fs_path: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES, name: s
     return data, hashlib.sha256(data).hexdigest()
 
 
+_PIL_LIMIT = threading.Lock()
+
+
 def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Bytes -> RGB uint8 with EXIF orientation applied. Pixel count is checked from
     the header first, so a decompression bomb is refused without decoding it."""
@@ -120,12 +124,18 @@ def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
         raise ImageReadError(f"cannot read image {name}: {exc}") from exc
     if w * h > max_pixels:
         raise ImageReadError(f"cannot read image {name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-    with warnings.catch_warnings():
+    if Image.MAX_IMAGE_PIXELS is None or w * h <= Image.MAX_IMAGE_PIXELS:
+        # Within PIL's own limit: nothing process-wide changes, so photos decode in
+        # parallel threads (the indexer's read-ahead pool).
+        return read_image(io.BytesIO(data), name=name)
+    # Past PIL's limit but within ours: PIL's limit is raised for this decode. It is
+    # process-wide state, so one such photo at a time; a photo decoding meanwhile
+    # on the path above is within both limits and unaffected.
+    with _PIL_LIMIT, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         previous = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = max_pixels
         try:
-            rgb = read_image(io.BytesIO(data), name=name)
+            return read_image(io.BytesIO(data), name=name)
         finally:
             Image.MAX_IMAGE_PIXELS = previous
-    return rgb
