@@ -31,7 +31,8 @@ from usesearch.errors import UsesearchError
 from usesearch.files import decode, read_bytes, walk
 
 from . import faiss_gpu
-from .pipeline import IndexOptions, IndexReport, Writer, check_paths, identity, load_models, segment_records
+from .compute import segment_records
+from .pipeline import IndexOptions, IndexReport, Writer, check_paths, identity, load_models
 
 FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
 

@@ -11,7 +11,9 @@ import fcntl
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +26,9 @@ from usesearch.devices import describe as describe_device, resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.reports import RunReport
 from usesearch.factory import choose_preset, load_model, resolve_embedder
-from usesearch.maskers import proposal_masks
 
 from . import faiss_gpu, index_choice, read_ahead, vectors
+from .compute import Computed, ModelStage
 from usesearch.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, walk
 from usesearch.maskers import build_masker
 from usesearch.sam_fast import compile_modules
@@ -144,21 +146,31 @@ def index_paths(
     with Writer(db_dir, options, identity(model, masker, options)) as writer:
         files = list(walk(paths))
         per_call = max(1, getattr(masker, "images_per_call", 1))
-        workers = read_ahead.workers_for(getattr(model, "device", "cpu"))
+        on_gpu = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
+        workers = read_ahead.workers_for("cuda" if on_gpu else "cpu")
+        stage = ModelStage(model, masker, overlap=on_gpu)
 
         def groups():
             group: list[read_ahead.Photo] = []
+            computing: deque[Future] = deque()
             for path, photo in read_ahead.photos(files, writer, options, report, workers, ahead=2 * per_call + workers):
                 if photo is not None:
                     group.append(photo)
                 if len(group) == per_call:
-                    _index_group(group, writer, model, masker, report)
+                    computing.append(stage.submit(group))
                     group = []
+                    while len(computing) > stage.ahead:
+                        _commit_group(computing.popleft().result(), writer, report)
                 yield path
             if group:
-                _index_group(group, writer, model, masker, report)
+                computing.append(stage.submit(group))
+            while computing:
+                _commit_group(computing.popleft().result(), writer, report)
 
-        writer.run(groups(), report, lambda path: progress and progress(report, path, len(files)))
+        try:
+            writer.run(groups(), report, lambda path: progress and progress(report, path, len(files)))
+        finally:
+            stage.close()
     report.seconds = time.perf_counter() - start
     return report
 
@@ -314,56 +326,19 @@ class Writer:
             report.loop_seconds = time.perf_counter() - loop_start
 
 
-def _index_group(group: list[read_ahead.Photo], writer: Writer, model, masker, report: IndexReport) -> None:
-    """Index a few decoded photos: their masks made in one masker call where the
-    masker batches photos (SAM's image encoder), each committed on its own."""
-    model_start = time.perf_counter()
-    before = _stage_seconds(model, masker)
-    try:
-        if len(group) > 1:
-            batches = masker.batch([p.rgb for p in group], [p.found.path for p in group])
+def _commit_group(done: Computed, writer: Writer, report: IndexReport) -> None:
+    """Commit a computed group, each photo (or its failure) in its own transaction."""
+    for photo, outcome in zip(done.photos, done.outcomes):
+        found = photo.found
+        if isinstance(outcome, BaseException):
+            writer.fail(found.key, found.path, photo.sha256, outcome, report)
         else:
-            batches = [masker(group[0].rgb, group[0].found.path)]
-    except Exception:  # noqa: BLE001 - one photo's failure must not cost the others: retry them one by one
-        if len(group) == 1:
-            batches = [None]
-        else:
-            for photo in group:
-                _index_group([photo], writer, model, masker, report)
-            return
-    report.masker_seconds += time.perf_counter() - model_start
-    report.model_seconds += time.perf_counter() - model_start
-    for photo, proposals in zip(group, batches):
-        try:
-            segments, embeddings = segment_records(photo.rgb, photo.found.path, proposals, model, masker, report)
-        except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
-            writer.fail(photo.found.key, photo.found.path, photo.sha256, exc, report)
-            continue
-        writer.commit(photo.found.key, photo.found.path, photo.sha256, photo.rgb.shape[:2], segments, embeddings, report)
-    after = _stage_seconds(model, masker)
-    for stage, seconds in after.items():
-        report.add_stage(stage, seconds - before.get(stage, 0.0))
-    report.masker_forward_seconds += sum(after.get(s, 0.0) - before.get(s, 0.0) for s in ("SAM encoder", "SAM decoder"))
-
-
-def segment_records(rgb: np.ndarray, path: str, proposals, model, masker, report: IndexReport) -> tuple[list[dict], np.ndarray]:
-    """(segment rows, embeddings) of one photo from its proposals (None: the masker
-    failed on a batch, so it runs on this photo alone and any error is this photo's)."""
-    hw = rgb.shape[:2]
-    if proposals is None:
-        model_start = time.perf_counter()
-        proposals = masker(rgb, path)
-        report.masker_seconds += time.perf_counter() - model_start
-        report.model_seconds += time.perf_counter() - model_start
-    model_start = time.perf_counter()
-    embeddings = model.embed_segments(rgb, proposal_masks(proposals, hw))
-    report.model_seconds += time.perf_counter() - model_start
-    segments = [
-        dict(x=p.bbox[0], y=p.bbox[1], w=p.bbox[2], h=p.bbox[3], area=p.area, rle_counts=p.rle["counts"],
-             predicted_iou=p.predicted_iou, stability_score=p.stability_score)
-        for p in proposals
-    ]
-    return segments, embeddings
+            writer.commit(found.key, found.path, photo.sha256, photo.rgb.shape[:2], *outcome, report)
+    for stage, seconds in done.stages.items():
+        report.add_stage(stage, seconds)
+    report.masker_seconds += done.masker_seconds
+    report.model_seconds += done.model_seconds
+    report.masker_forward_seconds += done.stages.get("SAM encoder", 0.0) + done.stages.get("SAM decoder", 0.0)
 
 
 def _follow_growth(index: vectors.Vectors, store: Store, info: IndexInfo, db_dir: Path) -> vectors.Vectors:
@@ -379,16 +354,3 @@ def _follow_growth(index: vectors.Vectors, store: Store, info: IndexInfo, db_dir
     store.set_factory(choice.factory)
     info.factory = choice.factory
     return rebuilt
-
-
-def _stage_seconds(model, masker) -> dict[str, float]:
-    """The models' own clocks by stage (SAM's generator, the USE embedder), where they keep them."""
-    out = {}
-    sam = getattr(getattr(masker, "generator", None), "seconds", None)
-    if sam:
-        out.update({"SAM encoder": sam["encoder"], "SAM decoder": sam["decoder"], "RLE": sam["rle"],
-                    "SAM post-processing": sam["total"] - sam["encoder"] - sam["decoder"] - sam["rle"]})
-    embedder = getattr(model, "seconds", None)
-    if embedder:
-        out.update({"backbones": embedder["backbones"], "pooling": embedder["pooling"]})
-    return out

@@ -212,3 +212,30 @@ def test_photos_past_pils_limit_decode_in_parallel_threads_without_leaving_it_ch
         shapes = list(pool.map(lambda i: decode(buffer.getvalue(), f"{i}.png", max_pixels=10_000).shape, range(400)))
     assert shapes == [(40, 40, 3)] * 400
     assert Image.MAX_IMAGE_PIXELS == 1000 and warnings.filters == filters
+
+
+def test_models_a_group_ahead_of_the_commits_give_the_same_index(tmp_path, monkeypatch):
+    """On a GPU the models run in a thread one group ahead of the commits; forced on
+    here, the index equals the in-line one, a corrupt photo is recorded (as soon as it
+    is read), and the indexed photos are committed in walk order."""
+    import indexer.pipeline
+    from indexer.compute import ModelStage
+
+    from .conftest import segment_table
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee", "rocket", "camera"))
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    options = dict(preset="tiny", masker="sam", device="cpu",
+                   masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0,
+                                   "encoder_batch": 2})
+    inline = index_paths([photos], tmp_path / "inline", IndexOptions(**options))
+    threads = []
+    monkeypatch.setattr(indexer.pipeline, "ModelStage",
+                        lambda model, masker, overlap: threads.append(1) or ModelStage(model, masker, overlap=True))
+    ahead = index_paths([photos], tmp_path / "ahead", IndexOptions(**options))
+    assert threads and (ahead.done, ahead.failed, ahead.segments) == (inline.done, inline.failed, inline.segments) == (5, 1, inline.segments)
+    assert segment_table(tmp_path / "ahead") == segment_table(tmp_path / "inline")
+    store = SegmentIndex.open(tmp_path / "ahead", device="cpu").store
+    failed = {record.path for record in store.failures()}
+    committed = [path for _, _, path in sorted(store.image_files()) if path not in failed]
+    assert len(committed) == 5 and committed == [found.path for found in walk([photos]) if found.path in committed]

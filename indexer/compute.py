@@ -1,0 +1,114 @@
+"""The models' side of the sequential indexer: photos -> masks -> segment rows and
+embeddings, apart from the commits.
+
+``compute_group`` never touches the store, so on a GPU it runs in a thread of its
+own one group ahead of the commits (``ModelStage``): while the card computes the
+next photos, this thread's caller writes the last ones' rows, RLEs, embedding rows
+and FAISS entries, and the card does not wait for SQLite. On a CPU the models use
+every core and a group takes tens of seconds, so it runs in line (Ctrl-C stays
+immediate and nothing changes there).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from usesearch.maskers import proposal_masks
+
+
+@dataclass
+class Computed:
+    """A group's outcome: per photo (segment rows, embeddings) or the exception that
+    photo met, and the models' clocks while computing it."""
+
+    photos: list
+    outcomes: list = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+    masker_seconds: float = 0.0
+    model_seconds: float = 0.0
+
+
+def compute_group(group: list, model, masker) -> Computed:
+    """Masks of a few decoded photos in one masker call where the masker batches
+    photos (SAM's image encoder), then each photo's embeddings. A batch that fails is
+    retried photo by photo, so one photo's failure is its own."""
+    done = Computed(group)
+    before = stage_seconds(model, masker)
+    start = time.perf_counter()
+    try:
+        if len(group) > 1:
+            batches = masker.batch([p.rgb for p in group], [p.found.path for p in group])
+        else:
+            batches = [masker(group[0].rgb, group[0].found.path)]
+    except Exception:  # noqa: BLE001 - one photo's failure must not cost the others
+        batches = [None] * len(group)  # each photo alone, below
+    else:
+        done.masker_seconds += time.perf_counter() - start
+        done.model_seconds += time.perf_counter() - start
+    for photo, proposals in zip(group, batches):
+        try:
+            done.outcomes.append(segment_records(photo.rgb, photo.found.path, proposals, model, masker, done))
+        except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
+            done.outcomes.append(exc)
+    after = stage_seconds(model, masker)
+    done.stages = {stage: seconds - before.get(stage, 0.0) for stage, seconds in after.items()}
+    return done
+
+
+def segment_records(rgb: np.ndarray, path: str, proposals, model, masker, clock) -> tuple[list[dict], np.ndarray]:
+    """(segment rows, embeddings) of one photo from its proposals (None: the masker
+    failed on a batch, so it runs on this photo alone and any error is this photo's).
+    ``clock`` (a report) gets the seconds spent in the masker and the models."""
+    hw = rgb.shape[:2]
+    if proposals is None:
+        start = time.perf_counter()
+        proposals = masker(rgb, path)
+        clock.masker_seconds += time.perf_counter() - start
+        clock.model_seconds += time.perf_counter() - start
+    start = time.perf_counter()
+    embeddings = model.embed_segments(rgb, proposal_masks(proposals, hw))
+    clock.model_seconds += time.perf_counter() - start
+    segments = [
+        dict(x=p.bbox[0], y=p.bbox[1], w=p.bbox[2], h=p.bbox[3], area=p.area, rle_counts=p.rle["counts"],
+             predicted_iou=p.predicted_iou, stability_score=p.stability_score)
+        for p in proposals
+    ]
+    return segments, embeddings
+
+
+def stage_seconds(model, masker) -> dict[str, float]:
+    """The models' own clocks by stage (SAM's generator, the USE embedder), where they keep them."""
+    out = {}
+    sam = getattr(getattr(masker, "generator", None), "seconds", None)
+    if sam:
+        out.update({"SAM encoder": sam["encoder"], "SAM decoder": sam["decoder"], "RLE": sam["rle"],
+                    "SAM post-processing": sam["total"] - sam["encoder"] - sam["decoder"] - sam["rle"]})
+    embedder = getattr(model, "seconds", None)
+    if embedder:
+        out.update({"backbones": embedder["backbones"], "pooling": embedder["pooling"]})
+    return out
+
+
+class ModelStage:
+    """``compute_group`` in one thread a group ahead of the caller (``overlap``, on a
+    GPU), or in line. ``submit`` returns a future either way."""
+
+    def __init__(self, model, masker, overlap: bool):
+        self.model, self.masker = model, masker
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="usesearch-models") if overlap else None
+        self.ahead = 1 if overlap else 0  # groups computing while the caller commits
+
+    def submit(self, group: list) -> Future:
+        if self.pool is not None:
+            return self.pool.submit(compute_group, group, self.model, self.masker)
+        future: Future = Future()
+        future.set_result(compute_group(group, self.model, self.masker))
+        return future
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
