@@ -1,17 +1,30 @@
-"""Indexing throughput (images/s) and the share of wall time spent outside the models.
+"""Indexing throughput as a user runs it: photos/s from disk to committed index, and
+where the time goes, stage by stage.
 
-Uses random weights for b16 (compute does not depend on weight values), so it runs
-offline. "Outside the models" is decode + hashing + RLE + store + FAISS: everything
-in the per-image loop except the masker and the embedder. "Masker post" is the share
-of the masker's own time that is not SAM's forward passes (image encoder, prompt
-encoder and mask decoder): upscaling, scores, NMS, RLE.
+Runs ``index_paths`` on the default device (CUDA when torch sees it, FAISS where the
+installed faiss can run it), with the real architectures and random weights
+(compute does not depend on weight values), so it runs offline. Random-weight SAM
+keeps ~1 mask per photo; ``--masks-per-photo N`` has the generator keep N
+candidates through the same post-processing (default 100: what real weights give
+on everyday photos), so pooling, RLE, the store and FAISS are timed at a real
+count. A few warm-up photos go first (CUDA context, cuDNN autotuning), into an
+index of their own.
 
-    python benchmarks/index_throughput.py [--presets tiny,b16] [--images 8] [--points-per-side 16]
+Stages: read + hash and decode run in worker threads ahead of the models ("waiting
+for photos" is what they cost the loop); SAM encoder, decoder (prompt encoder + mask
+decoder), post-processing (upscaling, scores, NMS, the kept masks) and RLE (with its
+transfer) are the generator's own clocks; backbones (CLIP + DINOv2 + LLNs) and
+pooling (+ projection) the embedder's; store and FAISS the commit's.
+
+    python benchmarks/index_throughput.py [--presets l14-336,b16] [--images 32] [--side 1024]
+        [--points-per-side 32] [--masks-per-photo 100] [--device cpu|cuda] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -25,67 +38,105 @@ from indexer import IndexOptions, index_paths
 from usesearch import presets
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins")
+STAGES = ("waiting for photos", "SAM encoder", "SAM decoder", "SAM post-processing", "RLE", "backbones", "pooling",
+          "store", "FAISS")
 
 
 def random_weights(preset):
-    """Same architecture, weights not loaded (SAM included)."""
+    """Same architecture, weights not loaded (SAM included), a seeded random head so
+    the 'use' path (the product's) is what is timed."""
     return replace(
         preset,
         clip=replace(preset.clip, pretrained=None),
         dino=replace(preset.dino, pretrained=False),
         sam=replace(preset.sam, checkpoint=None),
+        head=replace(preset.head, seeded_random=True),
     )
 
 
-def write_photos(folder: Path, n: int, side: int) -> None:
+def write_photos(folder: Path, n: int, side: int, first: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
+    for i in range(first, first + n):
         photo = Image.fromarray(getattr(data, NAMES[i % len(NAMES)])()).convert("RGB")
         photo = photo.resize((side, side * 3 // 4)).rotate(7 * i)  # distinct contents
-        photo.save(folder / f"{i:04d}.jpg", quality=90)
+        photo.save(folder / f"{i:05d}.jpg", quality=90)
+    return folder
+
+
+def run(name: str, photos: Path, db: Path, args) -> dict:
+    patched = {**presets.PRESETS, name: random_weights(presets.PRESETS[name])}
+    masker_options = {}
+    if args.masker == "sam":
+        # Random-weight masks never pass SAM's quality thresholds: thresholds off, and
+        # the count set by --masks-per-photo.
+        masker_options = {"points_per_side": args.points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+        if args.masks_per_photo:
+            masker_options["masks_per_photo"] = args.masks_per_photo
+        if args.points_per_batch:
+            masker_options["points_per_batch"] = args.points_per_batch
+        if args.encoder_batch:
+            masker_options["encoder_batch"] = args.encoder_batch
+    with mock.patch.dict(presets.PRESETS, patched):
+        options = IndexOptions(preset=name, embedder="use", masker=args.masker, masker_options=masker_options,
+                               device=args.device, compile=args.compile)
+        report = index_paths([photos], db, options)
+    return {"preset": name, "photos": report.done, "failed": report.failed, "segments": report.segments,
+            "loop_s": report.loop_seconds, "photos_per_s": report.done / report.loop_seconds,
+            "segments_per_s": report.segments / report.loop_seconds, "devices": report.devices,
+            "stages_s": report.stages}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="tiny,b16")
     parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=None, help="photos indexed first, untimed (default: 2 on a GPU, 0 on a CPU)")
     parser.add_argument("--side", type=int, default=640)
     parser.add_argument("--points-per-side", type=int, default=16)
+    parser.add_argument("--points-per-batch", type=int, default=None, help="default: the generator's (64 on a CPU, sized to a GPU)")
+    parser.add_argument("--encoder-batch", type=int, default=None)
+    parser.add_argument("--masks-per-photo", type=int, default=100, help="0: as the generator leaves them")
     parser.add_argument("--masker", default="sam", help="sam (the paper's) or felzenszwalb")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default=None, help="the models' device (default: as a user gets it)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the models (index --compile)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    warmup = args.warmup if args.warmup is not None else (2 if cuda else 0)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        photos = Path(tmp) / "photos"
-        write_photos(photos, args.images, args.side)
-        print(f"{args.images} images of {args.side}x{args.side * 3 // 4}, masker {args.masker}, {args.threads} threads")
-        print(f"{'preset':>8} {'img/s':>8} {'seg/s':>8} {'segments':>9} {'loop s':>8} {'model s':>8} {'outside':>8} "
-              f"{'masker s':>9} {'masker post':>12}")
+        photos = write_photos(Path(tmp) / "photos", args.images, args.side, first=warmup)
+        print(f"{args.images} photos of {args.side}x{args.side * 3 // 4}, masker {args.masker}, "
+              f"{args.points_per_side}x{args.points_per_side} points, masks per photo {args.masks_per_photo or 'as kept'}, "
+              f"{args.threads} threads, torch {torch.__version__}"
+              + (f", {torch.cuda.get_device_name()}" if cuda else ", no GPU"), flush=True)
         for name in args.presets.split(","):
-            patched = {**presets.PRESETS, name: random_weights(presets.PRESETS[name])}
-            # Random-weight SAM masks never pass SAM's quality thresholds; turn them
-            # off so the number of segments (and the work per segment) is realistic.
-            masker_options = (
-                {"points_per_side": args.points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
-                if args.masker == "sam" else {}
-            )
-            embedder = "use" if name == "tiny" else "crop"
-            if name != "tiny":
-                # A seeded random head so the 'use' path (the product's) is what is timed.
-                patched[name] = replace(patched[name], head=replace(patched[name].head, seeded_random=True))
-                embedder = "use"
-            with mock.patch.dict(presets.PRESETS, patched):
-                options = IndexOptions(preset=name, embedder=embedder, masker=args.masker, masker_options=masker_options)
-                report = index_paths([photos], Path(tmp) / f"db-{name}", options)
-            outside = 1 - report.model_seconds / report.loop_seconds
-            post = (f"{1 - report.masker_forward_seconds / report.masker_seconds:>11.1%}"
-                    if report.masker_forward_seconds else f"{'n/a':>11}")
-            print(
-                f"{name:>8} {report.done / report.loop_seconds:>8.3f} {report.segments / report.loop_seconds:>8.1f} "
-                f"{report.segments:>9} {report.loop_seconds:>8.1f} {report.model_seconds:>8.1f} {outside:>7.1%} "
-                f"{report.masker_seconds:>9.1f} {post}"
-            )
+            if warmup:
+                run(name, write_photos(Path(tmp) / f"warmup-{name}", warmup, args.side), Path(tmp) / f"warm-{name}", args)
+            result = run(name, photos, Path(tmp) / f"db-{name}", args)
+            results.append(result)
+            print_result(result)
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1))
+
+
+def print_result(r: dict) -> None:
+    print(f"\n{r['preset']}: {r['photos_per_s']:.3f} photos/s, {r['segments_per_s']:.1f} segments/s "
+          f"({r['photos']} photos, {r['segments']} segments, {r['failed']} failed, loop {r['loop_s']:.2f} s)")
+    for line in r["devices"]:
+        print(f"  {line}")
+    per_photo = max(r["photos"], 1)
+    accounted = 0.0
+    for stage in STAGES:
+        seconds = r["stages_s"].get(stage, 0.0)
+        accounted += seconds
+        print(f"  {stage:<22} {1000 * seconds / per_photo:9.2f} ms/photo {seconds / r['loop_s']:7.1%}")
+    other = r["loop_s"] - accounted
+    print(f"  {'other (loop, sync)':<22} {1000 * other / per_photo:9.2f} ms/photo {other / r['loop_s']:7.1%}")
+    for stage in ("read + hash (workers)", "decode (workers)"):
+        print(f"  {stage:<22} {1000 * r['stages_s'].get(stage, 0.0) / per_photo:9.2f} ms/photo (in worker threads)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""SAM as ``load_sam`` hands it out (SDPA attention in the encoder, image tokens
+shared across prompts in the decoder) against segment-anything's own code: time of
+the image encoder and of the mask decoder for N point prompts, and the largest
+difference of their outputs.
+
+    python benchmarks/sam_levers.py [--arch vit_b] [--prompts 64] [--device cpu|cuda] [--autocast]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from usesearch.sam import build_sam
+from usesearch.sam_fast import speed_up
+
+
+def timed(fn, device: str, repeat: int):
+    fn()  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        out = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeat, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="vit_b")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--autocast", action="store_true", help="bfloat16, as the generator runs on a GPU")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    stock = build_sam(args.arch).to(args.device).eval()
+    fast = speed_up(copy.deepcopy(stock))
+    side = stock.image_encoder.img_size
+    pixels = torch.randn(1, 3, side, side, device=args.device)
+    points = torch.rand(args.prompts, 1, 2, device=args.device) * side
+    labels = torch.ones(args.prompts, 1, dtype=torch.int, device=args.device)
+    print(f"SAM {args.arch}, {args.device}, {args.prompts} prompts, autocast={args.autocast}, {args.threads} threads")
+    with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.autocast):
+        results = {}
+        for name, sam in (("segment-anything", stock), ("usesearch", fast)):
+            encoder_s, features = timed(lambda sam=sam: sam.image_encoder(pixels), args.device, args.repeat)
+            sparse, dense = sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+
+            def decode(sam=sam, features=features, sparse=sparse, dense=dense):
+                return sam.mask_decoder(image_embeddings=features, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+
+            decoder_s, (low_res, _) = timed(decode, args.device, args.repeat)
+            results[name] = (encoder_s, decoder_s, features.float(), low_res.float())
+            print(f"  {name:<17} encoder {encoder_s:8.3f} s   decoder ({args.prompts} prompts) {decoder_s:8.3f} s", flush=True)
+    (enc0, dec0, f0, m0), (enc1, dec1, f1, m1) = results.values()
+    print(f"  speed-up: encoder {enc0 / enc1:.2f}x, decoder {dec0 / dec1:.2f}x; largest difference: "
+          f"features {(f0 - f1).abs().max():.2e} (of {f0.abs().max():.2e}), mask logits {(m0 - m1).abs().max():.2e}")
+
+
+if __name__ == "__main__":
+    main()
