@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from .store import Store
 
 MAX_QUERY_CHARS = 1000
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
+MAX_MIN_AREA = 2**40  # past any photo's pixel count, and within every SQL integer type
 PUSHDOWN_SHARE = 0.2  # a path glob keeping at most this share of the images becomes a FAISS id selection
 AREA_PUSHDOWN_MAX = 200_000  # a --min-area keeping at most about this many segments becomes one too
 DISTINCT_OVERLAP = 0.8  # --distinct: this share of the smaller mask inside the other makes two hits one region
@@ -253,8 +255,7 @@ class SegmentIndex:
 
         ``nprobe`` (clusters visited) and ``rerank`` (candidates re-scored exactly)
         trade speed for recall on a compressed index; None: the index's own."""
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        check_filters(k, min_area, min_score)
         self.refresh()
         allowed, images = self._selection(path, min_area)
         if images == set() or (allowed is not None and not len(allowed)):
@@ -421,6 +422,17 @@ class SegmentIndex:
         if choice.factory == self.info.factory:
             return choice.describe(n, self.info.dim)
         return f"{self.info.factory}: chosen when the collection was smaller; now {choice.factory} would be ({choice.reason})"
+
+
+def check_filters(k: int, min_area: int, min_score: float | None) -> None:
+    """The filters' ranges, alike for the CLI, the web API and Python: a NaN score
+    would silently switch its filter off, a huge area overflow SQL's integers."""
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    if not 0 <= min_area <= MAX_MIN_AREA:
+        raise ValueError(f"--min-area must be between 0 and {MAX_MIN_AREA} pixels, got {min_area}")
+    if min_score is not None and not (math.isfinite(min_score) and -1.0 <= min_score <= 1.0):
+        raise ValueError(f"--min-score must be a number from -1 to 1 (a cosine), got {min_score}")
 
 
 def _ranked(scores: np.ndarray, ids: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:

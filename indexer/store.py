@@ -311,6 +311,11 @@ class Store:
         return prefix if prefix.endswith("/") else os.path.dirname(prefix) + "/"
 
     # -- segments ----------------------------------------------------------------
+    def max_segment_id(self) -> int:
+        """The highest committed segment id (0 when there is none)."""
+        with self.sessions() as s:
+            return s.scalar(select(func.max(SegmentRecord.id))) or 0
+
     def segment_ids(self) -> np.ndarray:
         with self.sessions() as s:
             return np.fromiter(s.scalars(select(SegmentRecord.id)), dtype=np.int64)

@@ -389,6 +389,12 @@ def load(path: Path, store: Store, dim: int, factory: str, device: str | None = 
             index, why = None, f"{file.name} holds segments of another shard layout"
             break
         shards.append(index)
+    last = store.max_segment_id()
+    if shards and len(shards) == len(shard_files(path)) and shard_size and last and (last - 1) // shard_size >= len(shards):
+        # The shards are a contiguous run of files: one deleted (or never written)
+        # would silently hide every segment from it on.
+        shards, why = [], (f"{shard_path(path, len(shards)).name} is missing: the database's segments (ids up to {last}) "
+                           f"need {(last - 1) // shard_size + 1} shards of {shard_size}")
     if len(shards) < len(shard_files(path)) or not shards:
         log.warning("%s does not match the database (%s); rebuilding it from the database", path, why)
         vectors = rebuild(store, dim, factory, device, shard_size)

@@ -10,13 +10,16 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import UsesearchError
 
 app = typer.Typer(help="Open-vocabulary segment search (USE: Universal Segment Embeddings).", no_args_is_help=True)
 models_app = typer.Typer(help="Model presets and their weights.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-console = Console()
+# No markup: what is printed is data (file names like `x[/]y.png`, query texts), never
+# instructions to rich; the few styled words say so with ``Text(..., style=...)``.
+console = Console(markup=False)
 
 PresetOpt = Annotated[Optional[str], typer.Option(
     "--preset", "-p", help="Model preset: b16, l14-336, or tiny (random weights, for trials). Default: the --head's preset, else b16.")]
@@ -111,11 +114,11 @@ def models_list() -> None:
     for preset in PRESETS.values():
         for i, status in enumerate(preset_status(preset)):
             if not status.needed:
-                state, where = "[cyan]seeded random[/]", ""
+                state, where = Text("seeded random", style="cyan"), ""
             elif status.present:
-                state, where = "[green]present[/]", str(status.path)
+                state, where = Text("present", style="green"), str(status.path)
             else:
-                state, where = "[red]missing[/]", f"put at {status.expected}"
+                state, where = Text("missing", style="red"), f"put at {status.expected}"
             table.add_row(preset.name if i == 0 else "", status.component, status.name, state, where)
         table.add_section()
     console.print(table)

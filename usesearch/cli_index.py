@@ -349,9 +349,9 @@ def demo(
     missing = [s for s in preset_status(get_preset(preset)) if not s.present]
     if missing:
         console.print(
-            f"[yellow]{preset} weights are not on this machine ({', '.join(s.component for s in missing)}; "
+            f"{preset} weights are not on this machine ({', '.join(s.component for s in missing)}; "
             f"`usesearch models pull {preset}` fetches them): running with the random-weight 'tiny' preset, "
-            "so the ranking below shows the pipeline working, not real matches.[/]"
+            "so the ranking below shows the pipeline working, not real matches.", style="yellow"
         )
         preset = "tiny"
     photos = _write_sample_photos(out / "photos")

@@ -24,7 +24,7 @@ from usesearch import region as region_lib
 from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.files import DEFAULT_MAX_PIXELS, decode
 
-from ..search import MAX_QUERY_CHARS, Hit, SegmentIndex
+from ..search import MAX_MIN_AREA, MAX_QUERY_CHARS, Hit, SegmentIndex
 from ..records import DONE, SegmentRow
 from . import apidoc, render
 from .security import HostCheckMiddleware, SameOriginMiddleware, TokenMiddleware
@@ -41,7 +41,7 @@ SegmentId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A segment id 
 ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="An image id from a segment or search result.")]
 KParam = Annotated[int, Query(ge=1, le=MAX_K, description="Number of hits.")]
 PathGlob = Annotated[str | None, Query(max_length=MAX_GLOB_CHARS, description="Only images whose indexed path matches this glob, e.g. '*/2024/*'.")]
-MinArea = Annotated[int, Query(ge=0, le=2**40, description="Only segments of at least this many pixels.")]
+MinArea = Annotated[int, Query(ge=0, le=MAX_MIN_AREA, description="Only segments of at least this many pixels.")]
 PerImage = Annotated[bool, Query(description="Keep only the best segment of each image.")]
 WithMasks = Annotated[bool, Query(description="Include each hit's COCO RLE mask.")]
 MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, description="Only hits scoring at least this (cosine).")]

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import re
 import socket
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
 
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -123,12 +123,19 @@ class SameOriginMiddleware(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-_TOKEN_IN_URL = re.compile(rf"(?<=[?&]){TOKEN_QUERY}=[^&\s]*")
+_QUERY_PAIR = re.compile(r"(?<=[?&;])([^=&;\s]*)=([^&;\s]*)")
 
 
 def redact(text: str) -> str:
-    """``?token=SECRET`` -> ``?token=REDACTED``: for anything logged."""
-    return _TOKEN_IN_URL.sub(f"{TOKEN_QUERY}=REDACTED", text)
+    """``?token=SECRET`` -> ``?token=REDACTED``: for anything logged. Each query
+    parameter's name is decoded first, as the server decodes it, so ``%74oken=`` or
+    ``to%6Ben=`` is redacted as surely as ``token=``."""
+
+    def one(match: re.Match) -> str:
+        name = match.group(1)
+        return f"{name}=REDACTED" if unquote_plus(name).strip().lower() == TOKEN_QUERY else match.group(0)
+
+    return _QUERY_PAIR.sub(one, text)
 
 
 class RedactTokenFilter(logging.Filter):

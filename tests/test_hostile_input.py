@@ -1,0 +1,78 @@
+"""Defects found by attacking the index (issue 21): each test failed before its fix.
+Wrong answers must never come back silently; bad input is a one-line error (exit 2);
+what is shown or logged is data, never markup or a secret."""
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from indexer.pipeline import FAISS_FILE
+from indexer.vectors import shard_files, shard_path
+from indexer.web.security import redact
+from usesearch.cli import app
+
+from .conftest import OPTS, write_photos
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sharded")
+    photos = write_photos(folder / "photos", ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins"))
+    index_paths([photos], folder / "db", IndexOptions(**OPTS))
+    reindex(folder / "db", shard_size=10)
+    return folder / "db"
+
+
+@pytest.mark.parametrize("which", ["middle", "last"])
+def test_a_deleted_shard_is_rebuilt_never_skipped(sharded, tmp_path, which):
+    db = tmp_path / "db"
+    shutil.copytree(sharded, db)
+    files = shard_files(db / FAISS_FILE)
+    assert len(files) >= 3
+    (files[1] if which == "middle" else files[-1]).unlink()
+    index = SegmentIndex.open(db)
+    assert index.index.ntotal == index.store.counts()["segments"] > 0
+    vector = next(iter(index.store.embeddings([index.store.max_segment_id()])))[1][0]
+    assert index.search_vector(vector, k=1)[0].segment_id == index.store.max_segment_id()  # found in the last shard
+
+
+def test_the_token_is_redacted_in_every_encoding():
+    for line in ("GET /api/search?q=cat&%74oken=SECRET HTTP/1.1", "GET /?token=SECRET", "GET /x?a=1&to%6Ben=SECRET&b=2",
+                 "GET /x?%54OKEN=SECRET", "GET /x?q=1;token=SECRET"):
+        assert "SECRET" not in redact(line) and "REDACTED" in redact(line), line
+    assert redact("GET /x?q=token%3Dno&tok=1") == "GET /x?q=token%3Dno&tok=1"  # a value naming it is no token
+
+
+def test_markup_in_file_names_is_shown_as_is(tmp_path):
+    photos = tmp_path / "photos"
+    write_photos(tmp_path / "src", ("astronaut", "chelsea", "coffee"))
+    (photos / "br[ack]et").mkdir(parents=True)
+    (photos / "x[").mkdir()  # so the path reads x[/]y.png: rich's closing tag
+    shutil.copy(tmp_path / "src" / "astronaut.png", photos / "x[" / "]y.png")
+    shutil.copy(tmp_path / "src" / "sub" / "chelsea.png", photos / "br[ack]et" / "7.png")
+    shutil.copy(tmp_path / "src" / "coffee.png", photos / "[bold]w.png")
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    result = CliRunner().invoke(app, ["query", "a photo", "--db", str(tmp_path / "db"), "-k", "50", "--per-image"])
+    assert result.exit_code == 0, result.output
+    flat = result.output.replace("\n", "").replace("│", "").replace(" ", "")
+    for name in ("x[/]y.png", "br[ack]et/7.png", "[bold]w.png"):
+        assert name in flat, (name, result.output)
+
+
+def test_filters_out_of_range_are_one_line_errors_alike_in_the_cli_and_python(sharded):
+    runner = CliRunner()
+    for args, words in ((["--min-score", "nan"], "--min-score"), (["--min-score", "inf"], "--min-score"),
+                        (["--min-area", "99999999999999999999"], "--min-area"), (["--min-area", str(2**40 + 1)], "--min-area")):
+        result = runner.invoke(app, ["query", "a cat", "--db", str(sharded), *args])
+        assert result.exit_code == 2 and words in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    index = SegmentIndex.open(sharded)
+    vector = np.ones(index.info.dim, np.float32) / math.sqrt(index.info.dim)
+    for bad in (dict(min_score=float("nan")), dict(min_area=-1), dict(min_area=2**40 + 1)):
+        with pytest.raises(ValueError):
+            index.search_vector(vector, **bad)
+    assert index.search_vector(vector, k=3, min_area=2**40) == []  # the largest area allowed matches nothing
