@@ -227,6 +227,7 @@ class Writer:
         self._lock.__enter__()
         try:
             self.store = Store(db_url_for(self.db_dir, self.options.db_url), folder=self.db_dir)
+            self.store.claim()
             self.info = check_identity(self.store, self.wanted) if self.wanted is not None else self.store.info()
             if self.info is None:
                 raise UsesearchError(f"{self.db_dir} holds no index yet")

@@ -64,6 +64,17 @@ class VectorState(Base):
     generation: Mapped[int | None]  # None while the files are being written, or not in sync
 
 
+class IndexIdentity(Base):
+    """Which index folder this catalog belongs to (one row): the id also written in
+    the folder's ``embeddings/index-id``, since the catalog's (chunk, row) pointers
+    mean something only in that folder's embedding files. A table of its own, so an
+    index made before it still opens read-only."""
+
+    __tablename__ = "index_identity"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder_id: Mapped[str] = mapped_column(String(36))
+
+
 class ImageRecord(Base):
     __tablename__ = "images"
     __table_args__ = (Index("ix_images_sha256", "sha256"), Index("ix_images_path", "path"))

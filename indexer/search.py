@@ -454,6 +454,7 @@ def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str |
     store = open_store(db_dir, db_url)  # refuses a folder with no index before the lock creates one
     with writer_lock(db_dir):
         try:
+            store.claim()
             info = store.info()
             if info is None:
                 raise UsesearchError(f"{db_dir} holds no index yet")

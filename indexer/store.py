@@ -28,7 +28,7 @@ from sqlalchemy.orm import sessionmaker
 
 from usesearch.errors import UsesearchError
 
-from . import migrations
+from . import identity, migrations
 from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord, SegmentRow, VectorShard, VectorState
 from .embeddings import FOLDER as EMBEDDINGS_FOLDER
 from .embeddings import EmbeddingFiles
@@ -102,6 +102,23 @@ class Store:
                                           f"{make_url(url).render_as_string(hide_password=True)}: {_first_line(exc)}") from None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._files: EmbeddingFiles | None = None
+        self._catalog_lock = None
+        if read_only:
+            try:
+                identity.check(self, assign=False)
+            except BaseException:
+                self.engine.dispose()
+                raise
+
+    def claim(self) -> None:
+        """For the one writer (under the folder's lock): lock the catalog, then check
+        (and give a new or older index) the id that pairs it with this folder."""
+        self._catalog_lock = identity.lock_catalog(self)
+        try:
+            identity.check(self, assign=True)
+        except BaseException:
+            self.close()
+            raise
 
     def _open(self, url: str, read_only: bool) -> None:
         sqlite = self.engine.dialect.name == "sqlite"
@@ -131,6 +148,11 @@ class Store:
             self._has_vector_state = True
 
     def close(self) -> None:
+        lock, self._catalog_lock = self._catalog_lock, None
+        try:
+            identity.unlock_catalog(lock)
+        except Exception:  # noqa: BLE001 - a dead server connection released it already
+            pass
         self.engine.dispose()
 
     # -- identity ----------------------------------------------------------------

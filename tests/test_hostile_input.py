@@ -76,3 +76,45 @@ def test_filters_out_of_range_are_one_line_errors_alike_in_the_cli_and_python(sh
         with pytest.raises(ValueError):
             index.search_vector(vector, **bad)
     assert index.search_vector(vector, k=3, min_area=2**40) == []  # the largest area allowed matches nothing
+
+
+def test_a_catalog_copied_into_another_index_folder_is_refused_never_rebuilt(tmp_path):
+    from indexer.identity import IndexIdentityError
+    from indexer.pipeline import DB_FILE
+
+    for name, photo in (("a", "astronaut"), ("b", "coffee")):
+        index_paths([write_photos(tmp_path / f"photos-{name}", (photo,))], tmp_path / name, IndexOptions(**OPTS))
+    shutil.copy(tmp_path / "a" / DB_FILE, tmp_path / "b" / DB_FILE)
+    (tmp_path / "b" / FAISS_FILE).unlink()  # what would have been "rebuilt from the database"
+    with pytest.raises(IndexIdentityError, match="belongs to index"):
+        SegmentIndex.open(tmp_path / "b")
+    runner = CliRunner()
+    for args in (["query", "a cat", "--db", str(tmp_path / "b")], ["reindex", "--db", str(tmp_path / "b")],
+                 ["index", str(tmp_path / "photos-b"), "--db", str(tmp_path / "b"), "--preset", "tiny"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "belongs to index" in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "b" / FAISS_FILE).exists()
+
+
+def test_one_postgresql_catalog_one_folder_and_one_writer(tmp_path, pg_url):
+    from indexer.identity import CatalogLockedError, IndexIdentityError
+    from indexer.pipeline import Writer
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    index_paths([photos], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))
+    assert SegmentIndex.open(tmp_path / "a", db_url=pg_url).index.ntotal > 0
+    # Another folder with this catalog: refused to read, refused to write, whether new or another index's.
+    index_paths([photos], tmp_path / "other", IndexOptions(**OPTS))
+    for folder in (tmp_path / "new", tmp_path / "other"):
+        folder.mkdir(exist_ok=True)
+        with pytest.raises(IndexIdentityError):
+            SegmentIndex.open(folder, db_url=pg_url)
+        with pytest.raises(IndexIdentityError):
+            index_paths([photos], folder, IndexOptions(**OPTS, db_url=pg_url))
+    # A second writer on the catalog is refused while the first holds it, whatever its folder.
+    with Writer(tmp_path / "a", IndexOptions(db_url=pg_url), None):
+        with pytest.raises(CatalogLockedError, match="another indexer is writing"):
+            index_paths([photos], tmp_path / "new2", IndexOptions(**OPTS, db_url=pg_url))
+    again = index_paths([photos], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))  # released
+    assert again.skipped == 2

@@ -266,6 +266,7 @@ def test_index_made_by_older_usesearch_is_upgraded_without_losing_segments(small
         INSERT INTO images_v1 SELECT id, path, sha256, width, height, status, error_class, error_message, attempts, updated FROM images;
         DROP TABLE images; ALTER TABLE images_v1 RENAME TO images;
         ALTER TABLE index_info DROP COLUMN vectors_sha256;
+        DROP TABLE index_identity;
     """)
     con.close()
     again = index_paths([photos], db, IndexOptions(**OPTS))

@@ -1,0 +1,140 @@
+"""A catalog belongs to one index folder, and one writer at a time.
+
+The catalog (SQLite in the folder, or a PostgreSQL database) points at rows of the
+folder's embedding files by (chunk, row); paired with another folder's files those
+pointers name other photos' vectors, and a rebuild from them answers with the wrong
+segments. So each index has an id, written in the catalog (``index_identity``) and
+in the folder (``embeddings/index-id``) and compared on every open: a mismatch is
+refused in one line naming both, never "rebuilt".
+
+An index made before ids is given one on its first writable open (the folder's file
+first, then the catalog: a kill between the two leaves a folder id and an unmarked
+catalog, which the next open adopts). A catalog on a PostgreSQL server is also
+locked by its writer (a session advisory lock, released when the connection ends,
+kill -9 included): the folder's lock cannot stop a second indexer that names another
+folder for the same catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from sqlalchemy import inspect, select, text
+
+from usesearch.errors import UsesearchError
+
+from .embeddings import FOLDER, EmbeddingFiles
+from .records import IndexIdentity, SegmentRecord
+
+ID_FILE = "index-id"
+LOCK_KEY = 0x7573_6573_6561_7263  # "usesearc": one writer per PostgreSQL database
+log = logging.getLogger("usesearch.index")
+
+
+class IndexIdentityError(UsesearchError):
+    """A catalog and an index folder that belong to different indexes."""
+
+
+class CatalogLockedError(UsesearchError):
+    """Another writer holds the catalog."""
+
+
+def check(store, assign: bool) -> None:
+    """Refuse a catalog paired with another index's folder; with ``assign`` (a writer
+    holding the locks) give a new or older index its id."""
+    id_file = store.folder / FOLDER / ID_FILE
+    folder_id = id_file.read_text().strip() if id_file.is_file() else None
+    catalog_id = _catalog_id(store)
+    where = _describe(store)
+    if catalog_id is not None and folder_id is not None:
+        if catalog_id != folder_id:
+            raise IndexIdentityError(f"{where} belongs to index {catalog_id}, but {store.folder} holds index {folder_id}: "
+                                     "its segments point into another folder's embedding files; use the --db folder it was "
+                                     "made with, or another catalog")
+        return
+    has_segments, has_chunks = _has_segments(store), bool(EmbeddingFiles(store.folder / FOLDER, 1).chunks())
+    if catalog_id is not None:  # an unmarked folder
+        if has_segments or has_chunks:
+            raise IndexIdentityError(f"{where} belongs to index {catalog_id}, and {store.folder} is not its folder "
+                                     f"({'it holds other embedding files' if has_chunks else 'its embedding files are not there'}); "
+                                     "use the --db folder it was made with, or a new catalog")
+        if assign:
+            _write_file(id_file, catalog_id)
+        return
+    if folder_id is not None:  # an unmarked catalog
+        if has_chunks and not has_segments and _has_identity_table(store):
+            raise IndexIdentityError(f"{store.folder} holds index {folder_id}'s embedding files, and {where} is not its "
+                                     "catalog; use that index's catalog (--db-url), or a new --db folder")
+        if assign:
+            if has_segments:
+                log.warning("%s: adopting %s's id for its catalog (a run stopped while giving an older index its id)",
+                            store.folder, folder_id)
+            _write_catalog(store, folder_id)
+        return
+    if assign:  # a new index, or one made before ids
+        new = str(uuid.uuid4())
+        _write_file(id_file, new)
+        _write_catalog(store, new)
+
+
+def lock_catalog(store):
+    """Hold the catalog for this writer (PostgreSQL; SQLite's catalog is a file in the
+    folder, which the folder's lock covers). Returns the connection holding it."""
+    if store.engine.dialect.name != "postgresql":
+        return None
+    connection = store.engine.connect()
+    if not connection.execute(text("select pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}).scalar():
+        connection.close()
+        raise CatalogLockedError(f"another indexer is writing to {_describe(store)}; wait for it to finish "
+                                 "(one writer per catalog, whatever its --db folder)")
+    connection.commit()  # the lock is the session's, not the transaction's
+    return connection
+
+
+def unlock_catalog(connection) -> None:
+    if connection is not None:
+        try:
+            connection.execute(text("select pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+        finally:
+            connection.close()
+
+
+def _catalog_id(store) -> str | None:
+    if not _has_identity_table(store):
+        return None
+    with store.sessions() as s:
+        return s.scalar(select(IndexIdentity.folder_id))
+
+
+def _has_identity_table(store) -> bool:
+    return "index_identity" in set(inspect(store.engine).get_table_names())
+
+
+def _has_segments(store) -> bool:
+    with store.sessions() as s:
+        return s.scalar(select(SegmentRecord.id).limit(1)) is not None
+
+
+def _write_catalog(store, folder_id: str) -> None:
+    with store.sessions.begin() as s:
+        s.merge(IndexIdentity(id=1, folder_id=folder_id))
+
+
+def _write_file(path: Path, folder_id: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(folder_id + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _describe(store) -> str:
+    url = store.engine.url
+    if url.get_backend_name() == "sqlite":
+        return f"the catalog {url.database}"
+    return f"the catalog {url.render_as_string(hide_password=True)}"
