@@ -64,7 +64,7 @@ def compact(store: Store, dead_share: float = DEAD_SHARE) -> CompactReport:
                                         .order_by(SegmentRecord.vec_chunk, SegmentRecord.vec_row)).all(), np.int64).reshape(-1, 3)
         for lo in range(0, len(moving), MOVE_BATCH):
             part = moving[lo : lo + MOVE_BATCH]
-            new_chunks, new_rows = files.append(files.read(part[:, 1], part[:, 2], np.float16))  # the same bits
+            new_chunks, new_rows = files.append(files.read(part[:, 1], part[:, 2], np.float16, ids=part[:, 0]))  # the same bits
             _point_at(store, part[:, 0], new_chunks, new_rows)
             report.rows_moved += len(part)
     live = live_rows(store)

@@ -64,6 +64,7 @@ class IndexOptions:
     shard_size: int | None = None  # segments per FAISS shard (0: one shard); None: as the index has it
     faiss_every_s: float = 120.0  # also written at the end and on Ctrl-C
     compile: bool = False  # torch.compile SAM and the backbones (for long GPU runs)
+    repair: bool = False  # first drop photos with damaged embedding rows, so this run embeds them again
 
 
 @dataclass
@@ -75,6 +76,7 @@ class IndexReport(RunReport):
     loop_seconds: float = 0.0  # the per-image loop, without start-up (model loading)
     interrupted: bool = False
     devices: list[str] = field(default_factory=list)  # where the models and FAISS ran, a line each
+    repaired: int = 0  # photos whose damaged embedding rows were dropped, to be embedded again
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds by stage, for benchmarks
 
     def add_stage(self, stage: str, seconds: float) -> None:
@@ -144,6 +146,11 @@ def index_paths(
     start = time.perf_counter()
     model, masker = load_models(options)  # first: missing weights must not leave an empty index folder behind
     with Writer(db_dir, options, identity(model, masker, options)) as writer:
+        if options.repair:
+            damaged = writer.store.damaged_images()
+            for image_id in damaged:  # their photos are then new to the catalog: embedded again below
+                writer.remove_image(image_id)
+            report.repaired = len(damaged)
         files = list(walk(paths))
         per_call = max(1, getattr(masker, "images_per_call", 1))
         on_gpu = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"

@@ -335,7 +335,10 @@ class SegmentIndex:
         if held is None or held[0] is not allowed:
             import torch
 
-            matrix = self.store.files().read(allowed[:, 1], allowed[:, 2], np.float16)
+            # Unverified: checksumming up to SCAN_UP_TO rows would cost more than the scan.
+            # Rebuilds, re-scoring and `similar` verify what they read, and `index
+            # --repair` finds every damaged row.
+            matrix = self.store.files().read(allowed[:, 1], allowed[:, 2], np.float16, verify=False)
             max_norm = float(torch.linalg.vector_norm(torch.from_numpy(matrix), dim=1, dtype=torch.float32).max()) if len(matrix) else 0.0
             held = self._held_rows = (allowed, matrix, max_norm)
         return held[1], held[2]
@@ -343,7 +346,8 @@ class SegmentIndex:
     def _exact_top(self, vector, locations: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``fetch`` (scores, ids) of segments given as [n, 3] (id, chunk, row),
         scored exactly against the embedding files."""
-        return _ranked(self.store.files().scores(locations[:, 1], locations[:, 2], vector), locations[:, 0], fetch)
+        return _ranked(self.store.files().scores(locations[:, 1], locations[:, 2], vector, ids=locations[:, 0]),
+                       locations[:, 0], fetch)
 
     def _hits(self, scores, ids, k: int, per_image: bool, images: set[int] | None, min_area: int,
               distinct: bool = False) -> list[Hit]:

@@ -426,7 +426,17 @@ class Store:
             for part in parts:
                 if part:
                     table = np.array([tuple(r) for r in part], np.int64)
-                    yield table[:, 0], self.files().read(table[:, 1], table[:, 2])
+                    yield table[:, 0], self.files().read(table[:, 1], table[:, 2], ids=table[:, 0])
+
+    def damaged_images(self, batch: int = 50_000) -> list[int]:
+        """Images with a segment whose embedding row fails its checksum (every row read)."""
+        seg, found = SegmentRecord, set()
+        query = select(seg.image_id, seg.vec_chunk, seg.vec_row).order_by(seg.id)
+        with self.sessions() as s:
+            for part in s.execute(query).yield_per(batch).partitions(batch):
+                table = np.array([tuple(r) for r in part], np.int64)
+                found.update(table[self.files().damaged(table[:, 1], table[:, 2]), 0].tolist())
+        return sorted(found)
 
     def rows(self, ids: Iterable[int]) -> dict[int, SegmentRow]:
         wanted = [int(i) for i in ids]

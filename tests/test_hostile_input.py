@@ -118,3 +118,53 @@ def test_one_postgresql_catalog_one_folder_and_one_writer(tmp_path, pg_url):
             index_paths([photos], tmp_path / "new2", IndexOptions(**OPTS, db_url=pg_url))
     again = index_paths([photos], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))  # released
     assert again.skipped == 2
+
+
+def test_bit_flips_in_an_embedding_chunk_are_found_named_and_repaired(tmp_path):
+    from .conftest import assert_consistent, segment_table
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
+    db = tmp_path / "db"
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny"]).exit_code == 0
+    before = segment_table(db)
+    index = SegmentIndex.open(db)
+    locations = index.store.segment_locations(index.store.segment_ids())  # [id, chunk, row]
+    first = int(locations[(locations[:, 1] == 0) & (locations[:, 2] == 0), 0][0])  # the segment of row 0
+    row_bytes, index = 2 * index.info.dim, index.close()
+    chunk = db / "embeddings" / "chunk-000000.f16"
+    data = bytearray(chunk.read_bytes())
+    for i in range(2, row_bytes, 7):  # a few bytes of row 0 only
+        data[i] ^= 0x5A
+    chunk.write_bytes(bytes(data))
+    for args in (["reindex", "--db", str(db)], ["similar", str(first), "--db", str(db)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "damaged" in result.output and f"(segments {first})" in result.output, result.output
+        assert "--repair" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny", "--repair"])
+    assert result.exit_code == 0 and "repair: 1 photos" in result.output, result.output
+    assert segment_table(db) == before  # the photo embedded again: the same segments
+    assert runner.invoke(app, ["reindex", "--db", str(db)]).exit_code == 0
+    assert_consistent(db)
+
+
+def test_each_row_checksum_catches_any_single_bit_flip_and_older_rows_read_unverified(tmp_path):
+    from indexer.embeddings import DamagedRowsError, EmbeddingFiles
+
+    files = EmbeddingFiles(tmp_path, dim=12, chunk_rows=50)
+    vectors = np.random.default_rng(0).standard_normal((70, 12)).astype(np.float16)
+    chunks, rows = files.append(vectors)
+    path = files.path(0)
+    for bit in range(0, 12 * 16, 5):  # every 5th bit of row 3
+        data = bytearray(path.read_bytes())
+        data[3 * 24 + bit // 8] ^= 1 << (bit % 8)
+        path.write_bytes(bytes(data))
+        fresh = EmbeddingFiles(tmp_path, dim=12, chunk_rows=50)
+        assert np.flatnonzero(fresh.damaged(chunks, rows)).tolist() == [3], bit
+        with pytest.raises(DamagedRowsError, match="segments 1003"):
+            fresh.read(chunks, rows, ids=np.arange(1000, 1070))
+        data[3 * 24 + bit // 8] ^= 1 << (bit % 8)
+        path.write_bytes(bytes(data))
+    np.testing.assert_array_equal(EmbeddingFiles(tmp_path, dim=12, chunk_rows=50).read(chunks, rows, np.float16), vectors)
+    files.sums_path(0).unlink()  # a chunk written before checksums: read as it is
+    assert not EmbeddingFiles(tmp_path, dim=12, chunk_rows=50).damaged(chunks, rows).any()

@@ -80,6 +80,7 @@ def index(
     ray: Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: a bare --ray starts Ray on this machine; --ray ADDRESS joins that cluster.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="With --ray: model actors (default: one per GPU, else one per 2 CPUs).")] = None,
     compile_models: Annotated[bool, typer.Option("--compile", help="torch.compile SAM and the backbones: minutes of compiling first, for long GPU runs.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Check every embedding row's checksum; photos with damaged rows are embedded again.")] = False,
 ) -> None:
     """Segment and embed every image under PATHS into the index at --db (incremental, resumable)."""
     from tqdm import tqdm
@@ -94,7 +95,7 @@ def index(
         masker_options["masks_json"] = str(coco)
     options = IndexOptions(
         preset=preset, embedder=embedder, head=str(head) if head else None, masker=masker, masker_options=masker_options,
-        device=device, faiss_device=faiss_device, factory=factory, compile=compile_models, retry_failed=retry_failed, db_url=db_url, shard_size=shard_size,
+        device=device, faiss_device=faiss_device, factory=factory, compile=compile_models, repair=repair, retry_failed=retry_failed, db_url=db_url, shard_size=shard_size,
     )
     bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
     start = time.perf_counter()
@@ -125,6 +126,8 @@ def index(
         f"{state}: {report.done} images indexed, {report.skipped} skipped, {report.failed} failed, "
         f"{report.segments} segments in {report.seconds:.1f} s"
     )
+    if repair:
+        console.print(f"  repair: {report.repaired} photos had damaged embedding rows and were embedded again")
     for line in report.devices:
         console.print(f"  {line}", markup=False)
     for path, reason in report.failures[:10]:
