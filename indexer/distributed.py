@@ -49,11 +49,15 @@ def write_fragment(path: Path, hw, segments: list[dict], embeddings: np.ndarray)
     np.savez(buffer, embeddings=np.asarray(embeddings, np.float16).reshape(len(segments), -1),
              meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+        raise
 
 
 def read_fragment(path: Path) -> tuple[tuple[int, int], list[dict], np.ndarray]:

@@ -92,6 +92,9 @@ def check_db_dir(db_dir: str | os.PathLike) -> Path:
     if not os.fspath(db_dir).strip():
         raise UsesearchError("--db is empty: name the index folder")
     db_dir = Path(db_dir)
+    if db_dir.is_symlink() and not db_dir.exists():
+        raise UsesearchError(f"--db {db_dir} is a symbolic link to {os.readlink(db_dir)}, which does not exist: "
+                             "create that folder, or name another")
     if db_dir.exists() and not db_dir.is_dir():
         raise UsesearchError(f"--db {db_dir} is a file; an index is a folder (give a new or existing index folder)")
     return db_dir

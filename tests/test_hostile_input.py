@@ -168,3 +168,36 @@ def test_each_row_checksum_catches_any_single_bit_flip_and_older_rows_read_unver
     np.testing.assert_array_equal(EmbeddingFiles(tmp_path, dim=12, chunk_rows=50).read(chunks, rows, np.float16), vectors)
     files.sums_path(0).unlink()  # a chunk written before checksums: read as it is
     assert not EmbeddingFiles(tmp_path, dim=12, chunk_rows=50).damaged(chunks, rows).any()
+
+
+def test_a_dangling_db_symlink_and_a_fragment_on_a_full_disk(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from indexer.distributed import fragment_path, write_fragment
+
+    (tmp_path / "db").symlink_to(tmp_path / "gone")
+    result = CliRunner().invoke(app, ["index", str(write_photos(tmp_path / "photos", ("coffee",))), "--db", str(tmp_path / "db"),
+                                      "--preset", "tiny"])
+    assert result.exit_code == 2 and "symbolic link" in result.output and "does not exist" in result.output, result.output
+    target = fragment_path(tmp_path / "idx", "ab" * 32)
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(builtins, "open", lambda p, mode="r", *a, **k: FullDisk(real_open(p, mode, *a, **k))
+                        if str(p).endswith(".tmp") else real_open(p, mode, *a, **k))
+    with pytest.raises(OSError):
+        write_fragment(target, (4, 4), [{"x": 0}], np.zeros((1, 8), np.float32))
+    assert list(target.parent.iterdir()) == []

@@ -111,3 +111,44 @@ def test_upload_route_searches_a_region_and_refuses_bad_uploads(indexed, monkeyp
     response = client.post("/api/region-search?point=1,1", content=bomb.getvalue(), headers=auth)
     assert response.status_code == 400 and "pixels" in response.json()["detail"]
     assert sorted(p.name for p in photos.rglob("*")) == before  # nothing written into the indexed folders
+
+
+def test_region_uploads_share_one_pixel_budget_with_every_decode(indexed, monkeypatch):
+    """Concurrent uploads wait for their pixels to fit (never over the budget), a
+    full budget for the whole wait is a 503 with Retry-After, and a photo larger than
+    the budget is refused outright."""
+    import io
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    import indexer.web.app as web
+    from indexer.web import create_app
+    from indexer.web.budget import PixelBudget
+
+    root, _ = indexed
+    big = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 800, 3), np.uint8)).save(big, "PNG")
+    pixels = 600 * 800
+    budgets = []
+    monkeypatch.setattr(web, "PixelBudget", lambda: budgets.append(PixelBudget(pixels=2 * pixels, wait_s=60)) or budgets[-1])
+    client = TestClient(create_app(SegmentIndex.open(root / "db")))
+    codes = []
+    threads = [threading.Thread(target=lambda: codes.append(
+        client.post("/api/region-search?point=100,100&k=2", content=big.getvalue()).status_code)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert codes == [200] * 6 and 0 < budgets[-1].peak <= 2 * pixels and budgets[-1].in_use == 0
+    # A budget held elsewhere (a thumbnail's decode) for longer than the wait: 503, then it frees.
+    monkeypatch.setattr(web, "PixelBudget", lambda: budgets.append(PixelBudget(pixels=pixels, wait_s=0.2)) or budgets[-1])
+    client = TestClient(create_app(SegmentIndex.open(root / "db")))
+    with budgets[-1].hold(1):
+        response = client.post("/api/region-search?point=100,100", content=big.getvalue())
+    assert response.status_code == 503 and response.headers["retry-after"] == "5", response.text
+    assert client.post("/api/region-search?point=100,100", content=big.getvalue()).status_code == 200
+    monkeypatch.setattr(web, "PixelBudget", lambda: PixelBudget(pixels=pixels // 2))
+    client = TestClient(create_app(SegmentIndex.open(root / "db")))
+    response = client.post("/api/region-search?point=100,100", content=big.getvalue())
+    assert response.status_code == 400 and "at most" in response.json()["detail"]

@@ -352,8 +352,8 @@ def test_one_decode_per_image_however_many_requests_wait_for_it(served, monkeypa
     from indexer.web import render
 
     _, index, _ = served
-    cache = render.ImageCache(max_decodes=1)
     records = [index.store.image(i) for i in (1, 2, 3)]
+    cache = render.ImageCache(budget=render.PixelBudget(pixels=max(r.width * r.height for r in records)))
     running, peak, real_decode = [0], [0], cache._decode
 
     def slow_decode(record):
@@ -479,3 +479,58 @@ def test_a_slow_search_does_not_hold_up_the_others(served, monkeypatch):
     other.join(30)
     assert finished_first, "a quick search waited for a slow one"
     assert quick["r"].status_code == 200
+
+
+def test_one_client_holding_unfinished_headers_cannot_shut_out_the_others(served):
+    """Slowloris from one address (127.0.0.2) opening more sockets than the global cap:
+    past its per-client share they are closed at once, and a client at another address
+    (127.0.0.1) is still answered."""
+    import asyncio
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from indexer.web import MAX_CONNECTIONS, MAX_PER_CLIENT, server_config
+
+    _, index, _ = served
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(server_config(create_app(index), "127.0.0.1", port, header_timeout=30.0))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    attackers = []
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for _ in range(MAX_CONNECTIONS + 6):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+            attackers.append(s)
+        time.sleep(0.5)
+        closed = 0
+        for s in attackers:
+            s.settimeout(0.05)
+            try:
+                closed += s.recv(1) == b""
+            except ConnectionResetError:  # closed by the server with our headers unread
+                closed += 1
+            except (TimeoutError, socket.timeout):
+                pass
+        assert closed == len(attackers) - MAX_PER_CLIENT
+        fine = socket.create_connection(("127.0.0.1", port))
+        fine.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        fine.settimeout(30)
+        assert fine.recv(20).startswith(b"HTTP/1.1 200")
+        fine.close()
+    finally:
+        for s in attackers:
+            s.close()
+        server.should_exit = True
+        thread.join(30)

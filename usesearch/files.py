@@ -110,9 +110,9 @@ def read_bytes(fs_path: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES, name: s
 _PIL_LIMIT = threading.Lock()
 
 
-def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Bytes -> RGB uint8 with EXIF orientation applied. Pixel count is checked from
-    the header first, so a decompression bomb is refused without decoding it."""
+def pixel_count(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """The photo's width x height from its header (nothing decoded); the same one-line
+    errors as ``decode`` for what is not an image or past ``max_pixels``."""
     if not data:
         raise ImageReadError(f"cannot read image {name}: file is empty")
     try:
@@ -124,7 +124,14 @@ def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
         raise ImageReadError(f"cannot read image {name}: {exc}") from exc
     if w * h > max_pixels:
         raise ImageReadError(f"cannot read image {name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-    if Image.MAX_IMAGE_PIXELS is None or w * h <= Image.MAX_IMAGE_PIXELS:
+    return w * h
+
+
+def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes -> RGB uint8 with EXIF orientation applied. Pixel count is checked from
+    the header first, so a decompression bomb is refused without decoding it."""
+    pixels = pixel_count(data, name, max_pixels)
+    if Image.MAX_IMAGE_PIXELS is None or pixels <= Image.MAX_IMAGE_PIXELS:
         # Within PIL's own limit: nothing process-wide changes, so photos decode in
         # parallel threads (the indexer's read-ahead pool).
         return read_image(io.BytesIO(data), name=name)

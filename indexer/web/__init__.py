@@ -13,12 +13,21 @@ __all__ = ["MAX_K", "TOKEN_ENV", "create_app", "serve", "server_config"]
 HEADER_TIMEOUT_S = 10.0  # a client must finish its request headers this fast
 KEEP_ALIVE_S = 5  # an idle kept-alive connection closes after this
 MAX_CONNECTIONS = 64  # beyond this, new requests get 503 at once
+MAX_PER_CLIENT = 24  # connections one address may hold: one client alone cannot reach MAX_CONNECTIONS
 
 
-def _header_timeout_protocol(timeout: float):
-    """uvicorn's h11 protocol with a deadline for request headers: uvicorn has none,
-    so a client that never finishes its headers would hold a connection forever."""
+def _header_timeout_protocol(timeout: float, per_client: int = MAX_PER_CLIENT):
+    """uvicorn's h11 protocol with a deadline for request headers (uvicorn has none,
+    so a client that never finishes its headers would hold a connection forever) and
+    a cap on the connections one address holds, checked as a connection opens, before
+    any request or token: renewing unfinished headers from one machine (slowloris)
+    would otherwise fill the global cap and turn every request into a 503. Behind a
+    reverse proxy every connection comes from the proxy: limit per client there."""
+    from collections import Counter
+
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    held: Counter = Counter()  # open connections per client address, across this server's protocols
 
     class HeaderTimeoutProtocol(H11Protocol):
         def _arm_header_deadline(self) -> None:
@@ -32,7 +41,12 @@ def _header_timeout_protocol(timeout: float):
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            self._client = peer[0] if isinstance(peer, tuple) and peer else None
+            held[self._client] += 1
             self._arm_header_deadline()
+            if held[self._client] > per_client:
+                transport.close()  # this address holds its share already
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -41,6 +55,9 @@ def _header_timeout_protocol(timeout: float):
 
         def connection_lost(self, exc) -> None:
             self._header_deadline.cancel()
+            held[self._client] -= 1
+            if held[self._client] <= 0:
+                del held[self._client]
             super().connection_lost(exc)
 
     return HeaderTimeoutProtocol

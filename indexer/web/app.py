@@ -22,8 +22,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from usesearch import region as region_lib
 from usesearch.errors import NotFoundError, UsesearchError
-from usesearch.files import DEFAULT_MAX_PIXELS, decode
+from usesearch.files import DEFAULT_MAX_PIXELS, decode, pixel_count
 
+from .budget import PixelBudget, ServerBusyError
 from ..search import MAX_MIN_AREA, MAX_QUERY_CHARS, Hit, SegmentIndex
 from ..records import DONE, SegmentRow
 from . import apidoc, render
@@ -153,7 +154,8 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     ``allowed_hosts`` limits the Host header; ``serve`` sets it to the loopback names
     on a loopback bind, so a web page cannot reach the server by DNS rebinding."""
     model = index.model
-    images = render.ImageCache()
+    budget = PixelBudget()  # every decode's, region uploads included
+    images = render.ImageCache(budget=budget)
     app = FastAPI(
         title="usesearch",
         summary="Open-vocabulary segment search over one index.",
@@ -182,6 +184,10 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     @app.exception_handler(UsesearchError)  # a bad upload or region: the one-line reason
     async def user_error(_: Request, exc: UsesearchError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(ServerBusyError)
+    async def busy(_: Request, exc: ServerBusyError):
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(NotFoundError)  # not KeyError: a bug inside a lookup is a 500, not "not found"
     async def not_found(_: Request, exc: NotFoundError):
@@ -258,14 +264,21 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         file (at most ``MAX_UPLOAD_BYTES``; decoded with the indexer's safeguards and
         kept in memory only), the region a point or a box that prompts SAM."""
         data = await _read_capped(request, MAX_UPLOAD_BYTES)
-        rgb = await run_in_threadpool(decode, data, "the uploaded photo", DEFAULT_MAX_PIXELS)
-        picked = await run_in_threadpool(
-            index.region, rgb, region_lib.parse_point(point) if point else None, region_lib.parse_box(box) if box else None)
-        result = await run_in_threadpool(searched, lambda: index.search_region(
-            rgb, picked, k, path=path, min_area=min_area, per_image=per_image, min_score=min_score, distinct=distinct), with_masks)
-        region = RegionOut(bbox=list(picked.bbox), area=picked.area, stability_score=picked.stability_score,
-                           mask=picked.rle, overlay=render.region_overlay_data_url(rgb, picked.mask))
-        return RegionSearchOut(**result.model_dump(), region=region)
+        return await run_in_threadpool(_region_search, data, point, box, k, path, min_area, per_image, min_score, distinct,
+                                       with_masks)
+
+    def _region_search(data, point, box, k, path, min_area, per_image, min_score, distinct, with_masks):
+        """Decode, region, search and overlay, all under the photo's share of the pixel budget."""
+        with budget.hold(pixel_count(data, "the uploaded photo", DEFAULT_MAX_PIXELS)):
+            rgb = decode(data, "the uploaded photo", DEFAULT_MAX_PIXELS)
+            picked = index.region(rgb, region_lib.parse_point(point) if point else None,
+                                  region_lib.parse_box(box) if box else None)
+            result = searched(lambda: index.search_region(
+                rgb, picked, k, path=path, min_area=min_area, per_image=per_image, min_score=min_score, distinct=distinct),
+                with_masks)
+            region = RegionOut(bbox=list(picked.bbox), area=picked.area, stability_score=picked.stability_score,
+                               mask=picked.rle, overlay=render.region_overlay_data_url(rgb, picked.mask))
+            return RegionSearchOut(**result.model_dump(), region=region)
 
     @app.get("/api/segments/{segment_id}", response_model=SegmentOut, tags=["segments"])
     def segment(segment_id: SegmentId) -> SegmentOut:

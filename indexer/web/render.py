@@ -18,6 +18,8 @@ from usesearch.errors import UsesearchError
 from usesearch.visualize import OUTLINE, TINT, decode_mask, outline, segment_tile
 
 from usesearch.files import decode, read_bytes
+
+from .budget import PixelBudget
 from ..records import ImageRecord, SegmentRow
 
 class ImageGoneError(UsesearchError):
@@ -29,15 +31,16 @@ class ImageCache:
 
     Bounded in bytes, since one 24-megapixel photo decodes to 72 MB. Each image is
     decoded once however many requests wait for it (the others wait for that
-    decode), and at most ``max_decodes`` decodes run at a time, so a burst of tile
-    requests for huge photos cannot multiply the decode memory."""
+    decode), and decodes hold the server's one pixel ``budget`` (region uploads draw
+    on it too), so a burst of tile requests for huge photos cannot multiply the
+    decode memory."""
 
-    def __init__(self, max_bytes: int = 512 * 2**20, max_decodes: int = 2):
+    def __init__(self, max_bytes: int = 512 * 2**20, budget: PixelBudget | None = None):
         self.max_bytes = max_bytes
         self._images: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, str], Future] = {}  # decodes in progress, for the requests that wait
-        self._decodes = threading.BoundedSemaphore(max_decodes)
+        self.budget = budget or PixelBudget()
         self.decoded = 0  # decodes done: how many times a file was read and decoded
 
     def rgb(self, record: ImageRecord) -> np.ndarray:
@@ -55,7 +58,7 @@ class ImageCache:
         if not decoding:
             return pending.result()  # the decoded image, or the decode's ImageGoneError
         try:
-            with self._decodes:
+            with self.budget.hold((record.width or 1) * (record.height or 1)):
                 rgb = self._decode(record)
         except BaseException as exc:
             pending.set_exception(exc)
