@@ -61,7 +61,7 @@ def test_everything_gone_is_refused_without_force(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "30 images removed (300 segments)" in result.output, result.output
     # The embedding files give their disk back: every closed chunk is gone, the newest stays.
     assert "embedding files: 0.01 MiB given back" in result.output, result.output  # 5 x 50 rows x 32 bytes
-    assert sorted(p.name for p in (tmp_path / "db" / "embeddings").iterdir()) == ["chunk-000005.f16", "index-id"]
+    assert sorted(p.name for p in (tmp_path / "db" / "embeddings").iterdir()) == ["chunk-000005.f16", "chunk-000005.sum", "index-id"]
     assert_consistent(tmp_path / "db")
 
 
