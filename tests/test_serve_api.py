@@ -3,6 +3,7 @@ masks, files only by id, limits, 4xx for bad requests, tokens, live data."""
 
 import io
 import shutil
+from contextlib import contextmanager
 from urllib.parse import quote
 
 import numpy as np
@@ -415,7 +416,9 @@ def test_a_served_photo_replaced_by_a_fifo_is_a_410_at_once(tmp_path):
     index.close()
 
 
-def test_a_client_that_never_finishes_its_headers_is_disconnected(served):
+@contextmanager
+def live_server(index, header_timeout: float):
+    """The app under uvicorn with ``server_config``'s limits, on a free loopback port."""
     import asyncio
     import socket
     import threading
@@ -425,11 +428,10 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(served):
 
     from indexer.web import server_config
 
-    _, index, _ = served
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(server_config(create_app(index), "127.0.0.1", port, header_timeout=1.0))
+    server = uvicorn.Server(server_config(create_app(index), "127.0.0.1", port, header_timeout=header_timeout))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
     try:
@@ -437,6 +439,18 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(served):
         while not server.started:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(served):
+    import socket
+    import time
+
+    _, index, _ = served
+    with live_server(index, header_timeout=1.0) as port:
         slow = socket.create_connection(("127.0.0.1", port))
         slow.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
         slow.settimeout(10)
@@ -448,9 +462,6 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(served):
         fine.settimeout(30)
         assert fine.recv(20).startswith(b"HTTP/1.1 200")
         fine.close()
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_a_slow_search_does_not_hold_up_the_others(served, monkeypatch):
@@ -485,28 +496,14 @@ def test_one_client_holding_unfinished_headers_cannot_shut_out_the_others(served
     """Slowloris from one address (127.0.0.2) opening more sockets than the global cap:
     past its per-client share they are closed at once, and a client at another address
     (127.0.0.1) is still answered."""
-    import asyncio
     import socket
-    import threading
     import time
 
-    import uvicorn
-
-    from indexer.web import MAX_CONNECTIONS, MAX_PER_CLIENT, server_config
+    from indexer.web import MAX_CONNECTIONS, MAX_PER_CLIENT
 
     _, index, _ = served
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(server_config(create_app(index), "127.0.0.1", port, header_timeout=30.0))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
     attackers = []
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with live_server(index, header_timeout=30.0) as port:
         for _ in range(MAX_CONNECTIONS + 6):
             s = socket.socket()
             s.bind(("127.0.0.2", 0))
@@ -529,8 +526,5 @@ def test_one_client_holding_unfinished_headers_cannot_shut_out_the_others(served
         fine.settimeout(30)
         assert fine.recv(20).startswith(b"HTTP/1.1 200")
         fine.close()
-    finally:
         for s in attackers:
             s.close()
-        server.should_exit = True
-        thread.join(30)
