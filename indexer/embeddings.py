@@ -17,7 +17,8 @@ any burst of flipped bits up to 32 long is caught, and nearly every other damage
 written and fsynced with the rows. Reads verify the rows they read
 (rebuilds, ``reindex``, re-scoring, ``similar``, compaction), so a damaged row is a
 ``DamagedRowsError`` naming its segments, never a silently wrong vector. Rows written
-before checksums existed have none and are read unverified.
+before checksums existed have none and are read unverified until ``reindex`` or
+``index --repair`` gives them one (``backfill_sums``).
 """
 
 from __future__ import annotations
@@ -115,9 +116,18 @@ class EmbeddingFiles:
         return chunks, rows
 
     def _write_sums(self, chunk: int, start: int, sums: np.ndarray) -> None:
-        """The rows' checksums at their rows' places (a torn row's place stays a hole)."""
+        """The rows' checksums at their rows' places. Rows before ``start`` that have
+        none (a chunk begun before checksums, or a torn row a kill left) get theirs
+        first, from their bits as they are: a hole would read as a wrong checksum."""
         fd = os.open(self.sums_path(chunk), os.O_WRONLY | os.O_CREAT, 0o644)
         try:
+            have = os.fstat(fd).st_size // 4
+            if have < start:
+                with open(self.path(chunk), "rb") as data:
+                    data.seek(have * self.row_bytes)
+                    older = np.frombuffer(data.read((start - have) * self.row_bytes), np.float16)
+                gap = row_sums(older.reshape(-1, self.dim)) if len(older) else np.zeros(0, np.uint32)
+                os.pwrite(fd, np.pad(gap, (0, start - have - len(gap))).astype("<u4").tobytes(), have * 4)
             os.pwrite(fd, sums.astype("<u4").tobytes(), start * 4)
             os.fsync(fd)
         finally:
@@ -205,6 +215,23 @@ class EmbeddingFiles:
             else:
                 for lo in range(0, len(wanted), most):
                     yield chunk, dest[lo : lo + most], wanted[lo : lo + most], mapped[wanted[lo : lo + most]]
+
+    def backfill_sums(self, block_rows: int = 1 << 16) -> int:
+        """Checksums for rows that have none (written before checksums existed), from
+        the rows as they are now; ``reindex`` and ``index --repair`` call it, under the
+        writer's lock. Returns how many rows got one."""
+        done = 0
+        for chunk in self.chunks():
+            sums_path = self.sums_path(chunk)
+            have = sums_path.stat().st_size // 4 if sums_path.is_file() else 0
+            total = self.rows_in(chunk)
+            if have >= total:
+                continue
+            mapped = self._map(chunk, total)
+            for start in range(have, total, block_rows):
+                self._write_sums(chunk, start, row_sums(mapped[start : min(total, start + block_rows)]))
+            done += total - have
+        return done
 
     def rows_in(self, chunk: int) -> int:
         return self.path(chunk).stat().st_size // self.row_bytes

@@ -466,6 +466,7 @@ def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str |
             if not factory:  # automatic: what the collection's size calls for now
                 factory = index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(faiss_device)).factory if mode == "auto" else info.factory
             shard_size = info.shard_size if shard_size is None else shard_size
+            store.files().backfill_sums()  # rows from before checksums get theirs: verified from now on
             index = (build or vectors.rebuild)(store, info.dim, factory, faiss_device, shard_size)
             vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)  # rebuilt from the store
             store.set_factory(factory, mode)

@@ -429,7 +429,9 @@ class Store:
                     yield table[:, 0], self.files().read(table[:, 1], table[:, 2], ids=table[:, 0])
 
     def damaged_images(self, batch: int = 50_000) -> list[int]:
-        """Images with a segment whose embedding row fails its checksum (every row read)."""
+        """Images with a segment whose embedding row fails its checksum (every row read;
+        rows written before checksums get one first, from the rows as they are)."""
+        self.files().backfill_sums()
         seg, found = SegmentRecord, set()
         query = select(seg.image_id, seg.vec_chunk, seg.vec_row).order_by(seg.id)
         with self.sessions() as s:

@@ -168,6 +168,12 @@ def test_each_row_checksum_catches_any_single_bit_flip_and_older_rows_read_unver
     np.testing.assert_array_equal(EmbeddingFiles(tmp_path, dim=12, chunk_rows=50).read(chunks, rows, np.float16), vectors)
     files.sums_path(0).unlink()  # a chunk written before checksums: read as it is
     assert not EmbeddingFiles(tmp_path, dim=12, chunk_rows=50).damaged(chunks, rows).any()
+    older = EmbeddingFiles(tmp_path, dim=12, chunk_rows=50)
+    assert older.backfill_sums() == 50 and older.backfill_sums() == 0  # then verified like the rest
+    data = bytearray(path.read_bytes())
+    data[7 * 24] ^= 1
+    path.write_bytes(bytes(data))
+    assert np.flatnonzero(EmbeddingFiles(tmp_path, dim=12, chunk_rows=50).damaged(chunks, rows)).tolist() == [7]
 
 
 def test_a_dangling_db_symlink_and_a_fragment_on_a_full_disk(tmp_path, monkeypatch):
@@ -201,3 +207,20 @@ def test_a_dangling_db_symlink_and_a_fragment_on_a_full_disk(tmp_path, monkeypat
     with pytest.raises(OSError):
         write_fragment(target, (4, 4), [{"x": 0}], np.zeros((1, 8), np.float32))
     assert list(target.parent.iterdir()) == []
+
+
+def test_rows_appended_to_a_chunk_begun_before_checksums_leave_its_older_rows_verifiable(tmp_path):
+    from indexer.embeddings import EmbeddingFiles
+
+    rng = np.random.default_rng(1)
+    files = EmbeddingFiles(tmp_path, dim=8, chunk_rows=100)
+    old_chunks, old_rows = files.append(rng.standard_normal((30, 8)).astype(np.float16))
+    files.sums_path(0).unlink()  # as an index made before checksums left it
+    new_chunks, new_rows = EmbeddingFiles(tmp_path, dim=8, chunk_rows=100).append(rng.standard_normal((10, 8)).astype(np.float16))
+    chunks, rows = np.concatenate([old_chunks, new_chunks]), np.concatenate([old_rows, new_rows])
+    assert not EmbeddingFiles(tmp_path, dim=8, chunk_rows=100).damaged(chunks, rows).any()
+    path = files.path(0)
+    data = bytearray(path.read_bytes())
+    data[5 * 16] ^= 4  # an older row
+    path.write_bytes(bytes(data))
+    assert np.flatnonzero(EmbeddingFiles(tmp_path, dim=8, chunk_rows=100).damaged(chunks, rows)).tolist() == [5]
