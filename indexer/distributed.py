@@ -178,7 +178,8 @@ def index_paths_ray(
     # The identity, and missing weights said before any work; on the CPU, since the
     # models that compute run in the actors (on their GPUs) and this machine may have none.
     model, masker = load_models(replace(options, device="cpu"))
-    with Writer(db_dir, options, identity(model, masker, options)) as writer, ray_session(address):
+    with Writer(db_dir, options, identity(model, masker, options), paths) as writer, ray_session(address):
+        report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         import ray
 
         del model, masker

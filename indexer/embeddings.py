@@ -124,10 +124,12 @@ class EmbeddingFiles:
             have = os.fstat(fd).st_size // 4
             if have < start:
                 with open(self.path(chunk), "rb") as data:
-                    data.seek(have * self.row_bytes)
-                    older = np.frombuffer(data.read((start - have) * self.row_bytes), np.float16)
-                gap = row_sums(older.reshape(-1, self.dim)) if len(older) else np.zeros(0, np.uint32)
-                os.pwrite(fd, np.pad(gap, (0, start - have - len(gap))).astype("<u4").tobytes(), have * 4)
+                    for lo in range(have, start, 1 << 16):  # 96 MB at a time at 768-d
+                        hi = min(start, lo + (1 << 16))
+                        data.seek(lo * self.row_bytes)
+                        older = np.frombuffer(data.read((hi - lo) * self.row_bytes), np.float16)
+                        gap = row_sums(older.reshape(-1, self.dim)) if len(older) else np.zeros(0, np.uint32)
+                        os.pwrite(fd, np.pad(gap, (0, hi - lo - len(gap))).astype("<u4").tobytes(), lo * 4)
             os.pwrite(fd, sums.astype("<u4").tobytes(), start * 4)
             os.fsync(fd)
         finally:
@@ -186,7 +188,7 @@ class EmbeddingFiles:
 
     def _mismatch(self, chunk: int, at: np.ndarray, block: np.ndarray) -> np.ndarray:
         sums = self._sums.get(chunk)
-        if sums is None or (len(sums) and at.max() >= len(sums)):
+        if sums is None or at.max() >= len(sums):  # new rows (or their first checksums) since it was read
             path = self.sums_path(chunk)
             sums = np.fromfile(path, "<u4") if path.is_file() else np.zeros(0, np.uint32)
             self._sums[chunk] = sums

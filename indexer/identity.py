@@ -131,6 +131,11 @@ def _write_file(path: Path, folder_id: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)  # the rename itself must survive a power loss
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _describe(store) -> str:

@@ -76,7 +76,8 @@ class IndexReport(RunReport):
     loop_seconds: float = 0.0  # the per-image loop, without start-up (model loading)
     interrupted: bool = False
     devices: list[str] = field(default_factory=list)  # where the models and FAISS ran, a line each
-    repaired: int = 0  # photos whose damaged embedding rows were dropped, to be embedded again
+    repaired: list[str] = field(default_factory=list)  # photos with damaged embedding rows, embedded again
+    unrepaired: list[str] = field(default_factory=list)  # damaged ones outside the folders indexed: left
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds by stage, for benchmarks
 
     def add_stage(self, stage: str, seconds: float) -> None:
@@ -148,12 +149,8 @@ def index_paths(
     report = IndexReport(devices=check_devices(options))
     start = time.perf_counter()
     model, masker = load_models(options)  # first: missing weights must not leave an empty index folder behind
-    with Writer(db_dir, options, identity(model, masker, options)) as writer:
-        if options.repair:
-            damaged = writer.store.damaged_images()
-            for image_id in damaged:  # their photos are then new to the catalog: embedded again below
-                writer.remove_image(image_id)
-            report.repaired = len(damaged)
+    with Writer(db_dir, options, identity(model, masker, options), paths) as writer:
+        report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         files = list(walk(paths))
         per_call = max(1, getattr(masker, "images_per_call", 1))
         on_gpu = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
@@ -229,12 +226,16 @@ class Writer:
     model's identity) and its FAISS file. Every image is committed through it, one
     transaction each, by the sequential indexer and by the Ray driver alike."""
 
-    def __init__(self, db_dir: Path, options: IndexOptions, info: IndexInfo | None):
+    def __init__(self, db_dir: Path, options: IndexOptions, info: IndexInfo | None, paths: list | None = None):
         self.db_dir, self.options, self.wanted = db_dir, options, info  # None: the index's own identity
+        self.paths = paths  # the folders being indexed: ``--repair`` drops damaged photos under them only
+        self.repaired: list[str] = []  # photos whose damaged embedding rows were dropped, to be embedded again
+        self.unrepaired: list[str] = []  # damaged ones outside ``paths``: left as they are
 
     def __enter__(self) -> Writer:
         self._lock = writer_lock(self.db_dir)
         self._lock.__enter__()
+        self.store = None
         try:
             self.store = Store(db_url_for(self.db_dir, self.options.db_url), folder=self.db_dir)
             self.store.claim()
@@ -244,13 +245,33 @@ class Writer:
             if self.options.shard_size is not None and self.options.shard_size != self.info.shard_size:
                 self.store.set_shard_size(self.options.shard_size)  # the next load lays the shards out anew
                 self.info.shard_size = self.options.shard_size
+            if self.options.repair:  # before the FAISS load, which may rebuild from the damaged rows
+                self._drop_damaged()
             self.index, _ = vectors.load(self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory,
                                          faiss_gpu.resolve(self.options.faiss_device), self.info.shard_size)
             self.in_sync = True  # loaded: verified, then reconciled unless written at this generation
         except BaseException:
-            self._lock.__exit__(None, None, None)
+            try:
+                if self.store is not None:
+                    self.store.close()  # and with it the catalog's lock
+            finally:
+                self._lock.__exit__(None, None, None)
             raise
         return self
+
+    def _drop_damaged(self) -> None:
+        """``--repair``: photos under ``paths`` with a damaged embedding row lose their
+        segments (one transaction each), so the walk finds them new and embeds them
+        again; damaged photos elsewhere are left and named."""
+        roots = [os.path.realpath(os.fspath(p)) for p in self.paths or []]
+        for image_id in self.store.damaged_images():
+            record = self.store.image(image_id)
+            real = os.path.realpath(os.fsdecode(record.fs_path))
+            if any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+                self.store.remove_image(image_id)
+                self.repaired.append(record.path)
+            else:
+                self.unrepaired.append(record.path)
 
     def __exit__(self, *exc) -> None:
         try:

@@ -389,19 +389,21 @@ def load(path: Path, store: Store, dim: int, factory: str, device: str | None = 
             index, why = None, f"{file.name} holds segments of another shard layout"
             break
         shards.append(index)
+    # The shard files are read as a contiguous run: a deleted (or not yet written) one
+    # ends it, and the shards after it would silently be missing from every search.
+    # Their segments are then added from the store by the reconcile below.
     last = store.max_segment_id()
-    if shards and len(shards) == len(shard_files(path)) and shard_size and last and (last - 1) // shard_size >= len(shards):
-        # The shards are a contiguous run of files: one deleted (or never written)
-        # would silently hide every segment from it on.
-        shards, why = [], (f"{shard_path(path, len(shards)).name} is missing: the database's segments (ids up to {last}) "
-                           f"need {(last - 1) // shard_size + 1} shards of {shard_size}")
+    covered = not (shards and shard_size and last and (last - 1) // shard_size >= len(shards))
+    if not covered and store.vectors_checksum(len(shards)) is not None:
+        log.warning("%s is missing (the database recorded it); its segments are added from the database",
+                    shard_path(path, len(shards)).name)
     if len(shards) < len(shard_files(path)) or not shards:
         log.warning("%s does not match the database (%s); rebuilding it from the database", path, why)
         vectors = rebuild(store, dim, factory, device, shard_size)
         return vectors, (0, vectors.ntotal)
     vectors = Vectors(shards, device, shard_size)
     vectors.dirty.clear()  # as on disk
-    if written_at[0] == written_at[1] and (store.generation(), store.vectors_generation()) == written_at:
+    if covered and written_at[0] == written_at[1] and (store.generation(), store.vectors_generation()) == written_at:
         # Verified files written at this very generation, which nothing changed since:
         # comparing every id with the store (17 s at 10M segments) would find nothing.
         return vectors, (0, 0)

@@ -42,7 +42,7 @@ def test_a_deleted_shard_is_rebuilt_never_skipped(sharded, tmp_path, which):
 
 def test_the_token_is_redacted_in_every_encoding():
     for line in ("GET /api/search?q=cat&%74oken=SECRET HTTP/1.1", "GET /?token=SECRET", "GET /x?a=1&to%6Ben=SECRET&b=2",
-                 "GET /x?%54OKEN=SECRET", "GET /x?q=1;token=SECRET"):
+                 "GET /x?%54OKEN=SECRET", "GET /x?q=1;token=SECRET", "GET /x?token=abcdefghijklmnop;SECRET"):
         assert "SECRET" not in redact(line) and "REDACTED" in redact(line), line
     assert redact("GET /x?q=token%3Dno&tok=1") == "GET /x?q=token%3Dno&tok=1"  # a value naming it is no token
 
@@ -141,6 +141,11 @@ def test_bit_flips_in_an_embedding_chunk_are_found_named_and_repaired(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "damaged" in result.output and f"(segments {first})" in result.output, result.output
         assert "--repair" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    # The damaged photo (the first indexed, astronaut.png) is not under sub/: named and left as it is.
+    result = runner.invoke(app, ["index", str(photos / "sub"), "--db", str(db), "--preset", "tiny", "--repair"])
+    assert result.exit_code == 0 and "repair: 0 photos" in result.output, result.output
+    assert "left as it is" in result.output and "astronaut.png" in result.output.replace("\n", ""), result.output
+    (db / FAISS_FILE).unlink()  # a rebuild on open would read the damaged row first: repair comes before it
     result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny", "--repair"])
     assert result.exit_code == 0 and "repair: 1 photos" in result.output, result.output
     assert segment_table(db) == before  # the photo embedded again: the same segments
@@ -224,3 +229,11 @@ def test_rows_appended_to_a_chunk_begun_before_checksums_leave_its_older_rows_ve
     data[5 * 16] ^= 4  # an older row
     path.write_bytes(bytes(data))
     assert np.flatnonzero(EmbeddingFiles(tmp_path, dim=8, chunk_rows=100).damaged(chunks, rows)).tolist() == [5]
+
+
+def test_connections_count_against_an_ipv4_address_or_an_ipv6_64():
+    from indexer.web import _client_key
+
+    assert _client_key("203.0.113.7") == "203.0.113.7" and _client_key("::ffff:203.0.113.7") == "203.0.113.7"
+    assert _client_key("2001:db8:1:2:aaaa::1") == _client_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert _client_key("2001:db8:1:3::1") != _client_key("2001:db8:1:2::1")

@@ -127,7 +127,9 @@ def index(
         f"{report.segments} segments in {report.seconds:.1f} s"
     )
     if repair:
-        console.print(f"  repair: {report.repaired} photos had damaged embedding rows and were embedded again")
+        console.print(f"  repair: {len(report.repaired)} photos had damaged embedding rows and were embedded again")
+        for path in report.unrepaired[:10]:
+            console.print(f"  damaged but not under the folders given, so left as it is: {path}")
     for line in report.devices:
         console.print(f"  {line}", markup=False)
     for path, reason in report.failures[:10]:
@@ -331,11 +333,13 @@ def serve(
     device: DeviceOpt = None,
     faiss_device: FaissDeviceOpt = None,
     db_url: DbUrlOpt = None,
+    max_per_client: Annotated[Optional[int], typer.Option(min=0, help="Connections one address (an IPv6 /64) may hold (default 24); 0: no limit, for a reverse proxy that limits per client itself.")] = None,
 ) -> None:
     """Search page and JSON API over an index (docs at /docs); picks up what a running indexer adds."""
     from indexer.web import serve as run_server
 
-    run_server(db, host=host, port=port, token=token, db_url=db_url, device=device, faiss_device=faiss_device)
+    run_server(db, host=host, port=port, token=token, db_url=db_url, device=device, faiss_device=faiss_device,
+               per_client=max_per_client)
 
 
 @app.command()

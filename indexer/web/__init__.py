@@ -16,6 +16,20 @@ MAX_CONNECTIONS = 64  # beyond this, new requests get 503 at once
 MAX_PER_CLIENT = 24  # connections one address may hold: one client alone cannot reach MAX_CONNECTIONS
 
 
+def _client_key(address: str) -> str:
+    """Who a connection counts against: an IPv4 address, or an IPv6 /64 (one host
+    commonly holds a whole /64); an IPv4-mapped IPv6 address as its IPv4 one."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
+
+
 def _header_timeout_protocol(timeout: float, per_client: int = MAX_PER_CLIENT):
     """uvicorn's h11 protocol with a deadline for request headers (uvicorn has none,
     so a client that never finishes its headers would hold a connection forever) and
@@ -42,10 +56,10 @@ def _header_timeout_protocol(timeout: float, per_client: int = MAX_PER_CLIENT):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             peer = transport.get_extra_info("peername")
-            self._client = peer[0] if isinstance(peer, tuple) and peer else None
+            self._client = _client_key(peer[0]) if isinstance(peer, tuple) and peer else None
             held[self._client] += 1
             self._arm_header_deadline()
-            if held[self._client] > per_client:
+            if per_client and held[self._client] > per_client:
                 transport.close()  # this address holds its share already
 
         def on_response_complete(self) -> None:
@@ -63,7 +77,7 @@ def _header_timeout_protocol(timeout: float, per_client: int = MAX_PER_CLIENT):
     return HeaderTimeoutProtocol
 
 
-def server_config(app, host: str, port: int, header_timeout: float = HEADER_TIMEOUT_S):
+def server_config(app, host: str, port: int, header_timeout: float = HEADER_TIMEOUT_S, per_client: int = MAX_PER_CLIENT):
     """uvicorn's settings for the app: time limits and a connection bound, and an
     access log with any token redacted."""
     import logging
@@ -72,7 +86,7 @@ def server_config(app, host: str, port: int, header_timeout: float = HEADER_TIME
 
     logging.getLogger("uvicorn.access").addFilter(RedactTokenFilter())
     return uvicorn.Config(
-        app, host=host, port=port, log_level="info", http=_header_timeout_protocol(header_timeout),
+        app, host=host, port=port, log_level="info", http=_header_timeout_protocol(header_timeout, per_client),
         timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=16 * 1024,
     )
 
@@ -85,6 +99,7 @@ def serve(
     db_url: str | None = None,
     device: str | None = None,
     faiss_device: str | None = None,
+    per_client: int | None = None,  # None: MAX_PER_CLIENT
 ) -> None:
     """Open the index, load its model once, and answer until interrupted."""
     import uvicorn
@@ -96,6 +111,7 @@ def serve(
     index = SegmentIndex.open(Path(db_dir), db_url=db_url, device=device, faiss_device=faiss_device)
     try:
         allowed_hosts = [*LOOPBACK_NAMES, host] if is_loopback(host) else None
-        uvicorn.Server(server_config(create_app(index, token, allowed_hosts), host, port)).run()
+        uvicorn.Server(server_config(create_app(index, token, allowed_hosts), host, port,
+                                     per_client=MAX_PER_CLIENT if per_client is None else per_client)).run()
     finally:
         index.close()

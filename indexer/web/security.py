@@ -123,19 +123,23 @@ class SameOriginMiddleware(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-_QUERY_PAIR = re.compile(r"(?<=[?&;])([^=&;\s]*)=([^&;\s]*)")
+# A query read two ways: as the server splits it (on "&" only, so a value may hold ";"),
+# and with ";" as a separator too, as other parsers do.
+_QUERY_PAIRS = (re.compile(r"(?<=[?&])([^=&\s]*)=([^&\s]*)"), re.compile(r"(?<=[?&;])([^=&;\s]*)=([^&;\s]*)"))
 
 
 def redact(text: str) -> str:
     """``?token=SECRET`` -> ``?token=REDACTED``: for anything logged. Each query
     parameter's name is decoded first, as the server decodes it, so ``%74oken=`` or
-    ``to%6Ben=`` is redacted as surely as ``token=``."""
+    ``to%6Ben=`` is redacted as surely as ``token=``, and its whole value goes."""
 
     def one(match: re.Match) -> str:
         name = match.group(1)
         return f"{name}=REDACTED" if unquote_plus(name).strip().lower() == TOKEN_QUERY else match.group(0)
 
-    return _QUERY_PAIR.sub(one, text)
+    for pairs in _QUERY_PAIRS:
+        text = pairs.sub(one, text)
+    return text
 
 
 class RedactTokenFilter(logging.Filter):
