@@ -148,3 +148,49 @@ def test_faiss_device_resolution():
     assert faiss_gpu.note("cpu").startswith("FAISS on the CPU (--faiss-device cpu")
     with pytest.raises(UsesearchError, match="choose one of"):
         faiss_gpu.resolve("gpu")
+
+
+@pytest.mark.parametrize("command", ["embed", "segment", "query", "similar-region"])
+def test_every_command_that_loads_models_asks_for_the_default_device(command, monkeypatch, tmp_path, photo):
+    """With CUDA reported as available, each loader a command reaches is asked for a
+    device that resolves to CUDA (never a hard-coded CPU); the models are really built
+    on the CPU so the command completes."""
+    import indexer.search
+    import usesearch.factory
+    import usesearch.maskers
+    import usesearch.sam
+    from PIL import Image
+
+    from usesearch.devices import resolve_device as resolve
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(photo).save(image)
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))
+    fake_cuda(monkeypatch)
+    asked: list = []
+    for module, name, at in ((usesearch.factory, "load_model", "device"), (indexer.search, "load_model", "device"),
+                             (usesearch.maskers, "build_masker", 2), (usesearch.sam, "load_sam", 3)):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _name=name, _at=at, **kwargs):
+            if isinstance(_at, str) or len(args) <= _at:
+                key = _at if isinstance(_at, str) else "device"
+                asked.append((_name, resolve(kwargs.get(key))))
+                kwargs[key] = "cpu"
+            else:
+                asked.append((_name, resolve(args[_at])))
+                args = (*args[:_at], "cpu", *args[_at + 1:])
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    db = str(tmp_path / "db")
+    args = {
+        "embed": ["embed", str(image), "a cat", "--preset", "tiny"],
+        "segment": ["segment", str(image), "--classes", "sky,face", "--out", str(tmp_path / "labels.png"), "--preset", "tiny"],
+        "query": ["query", "a cat", "--db", db, "-k", "1"],
+        "similar-region": ["similar", "--db", db, "--image", str(image), "--point", "20,20", "-k", "1"],
+    }[command]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert asked and all(device == torch.device("cuda") for _, device in asked), asked
