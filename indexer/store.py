@@ -393,10 +393,33 @@ class Store:
         return self._locations(queries)
 
     def segment_locations(self, ids: Iterable[int]) -> np.ndarray:
-        """[n, 3] (id, chunk, row) of these segments (the committed ones)."""
+        """[n, 3] (id, chunk, row) of these segments (the committed ones), in no set
+        order. SQLite takes every id as one JSON parameter through its own driver: a
+        compressed index's 1,000 re-scored candidates cost 2.4 ms here, not 4.9 ms in
+        900-id IN lists through SQLAlchemy (``scale.py``'s 200k index)."""
         seg, wanted = SegmentRecord, [int(i) for i in ids]
+        if self.engine.dialect.name == "sqlite" and wanted:
+            found = self._sqlite_locations(wanted)
+            if found is not None:
+                return found
         return self._locations([select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.id.in_(wanted[i : i + 900]))
                                 for i in range(0, len(wanted), 900)])  # 900: SQLite's bound-parameter limit
+
+    def _sqlite_locations(self, wanted: list[int]) -> np.ndarray | None:
+        """None where this SQLite lacks ``json_each`` (then the IN lists serve)."""
+        import json
+        import sqlite3
+
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.connection.dbapi_connection.execute(
+                    "SELECT id, vec_chunk, vec_row FROM segments WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(wanted),)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "json_each" not in str(exc):
+                raise
+            return None
+        return np.array(rows, np.int64).reshape(-1, 3)
 
     def _locations(self, queries) -> np.ndarray:
         with self.engine.connect() as conn:  # plain rows: no ORM objects for thousands of ids

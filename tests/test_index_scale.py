@@ -252,3 +252,19 @@ def test_float16_prefilter_keeps_every_exact_top_row(scale):
             got = positions[np.lexsort((positions, -scores))[:25]]
             np.testing.assert_array_equal(got, want)
             assert len(positions) < len(rows) // 4  # a prefilter: most rows never scored exactly
+
+
+def test_candidate_locations_in_one_json_parameter_equal_the_in_lists(tmp_path):
+    from sqlalchemy import select
+
+    from indexer.records import SegmentRecord
+    from indexer.search import open_store
+
+    synthetic_index(tmp_path / "db", n=3_000, dim=8, images=30)
+    store = open_store(tmp_path / "db", read_only=True)
+    wanted = np.random.default_rng(1).choice(np.arange(1, 3_001), 2_000, replace=False).tolist() + [5_000, 10**12]
+    fast = store.segment_locations(wanted)
+    seg = SegmentRecord
+    plain = store._locations([select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.id.in_(wanted[i : i + 900]))
+                              for i in range(0, len(wanted), 900)])
+    assert len(fast) == 2_000 and sorted(map(tuple, fast.tolist())) == sorted(map(tuple, plain.tolist()))
