@@ -240,6 +240,7 @@ class Store:
         waited, pause = 0.0, 0.5
         while True:
             try:
+                self._keep_catalog_lock()
                 return write()
             except OperationalError as exc:
                 if self.engine.dialect.name == "sqlite" or waited >= RETRY_SECONDS:
@@ -253,6 +254,25 @@ class Store:
                 time.sleep(pause)
                 waited += pause
                 pause = min(pause * 2, 8.0)
+
+    def _keep_catalog_lock(self) -> None:
+        """A writer's PostgreSQL lock lives as long as its session: a server restart
+        ends both, and the pool reconnects the writes quietly. Each write first checks
+        the lock's session (one round trip) and takes the lock again where it is gone,
+        refused in one line if another writer took it meanwhile."""
+        if self._catalog_lock is None:
+            return
+        try:
+            self._catalog_lock.exec_driver_sql("SELECT 1")
+            return
+        except Exception:  # noqa: BLE001 - a dropped session, whatever the driver calls it
+            pass
+        try:
+            self._catalog_lock.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self._catalog_lock = None
+        self._catalog_lock = identity.lock_catalog(self)  # while the server is down: OperationalError, retried
 
     def _save_image(self, fs_path, path, sha256, hw, segments, error) -> tuple[list[int], list[int]]:
         with self.sessions.begin() as s:

@@ -237,3 +237,16 @@ def test_connections_count_against_an_ipv4_address_or_an_ipv6_64():
     assert _client_key("203.0.113.7") == "203.0.113.7" and _client_key("::ffff:203.0.113.7") == "203.0.113.7"
     assert _client_key("2001:db8:1:2:aaaa::1") == _client_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert _client_key("2001:db8:1:3::1") != _client_key("2001:db8:1:2::1")
+
+
+def test_a_writer_takes_its_catalog_lock_again_after_the_server_restarts(tmp_path, pg_url, postgres_server):
+    from indexer.identity import CatalogLockedError
+    from indexer.pipeline import Writer
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    index_paths([photos], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))
+    with Writer(tmp_path / "a", IndexOptions(db_url=pg_url), None) as writer:
+        postgres_server.restart()  # the lock ended with its session
+        writer.store.retrying(lambda: writer.store.generation())  # the writer's next write takes it again
+        with pytest.raises(CatalogLockedError):
+            index_paths([photos], tmp_path / "b", IndexOptions(**OPTS, db_url=pg_url))
