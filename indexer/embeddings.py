@@ -177,14 +177,13 @@ class EmbeddingFiles:
         """bool per (chunk, row): its bits no longer match its checksum."""
         bad = np.zeros(len(rows), bool)
         for chunk, dest, at, block in self._blocks(chunks, rows):
-            bad[np.arange(len(rows))[dest]] = self._mismatch(chunk, at, block)
+            bad[dest] = self._mismatch(chunk, at, block)
         return bad
 
     def _verify(self, chunk: int, at: np.ndarray, block: np.ndarray, dest, ids: np.ndarray | None) -> None:
         bad = self._mismatch(chunk, at, block)
         if bad.any():
-            where = np.arange(len(ids))[dest][bad] if ids is not None else None
-            raise DamagedRowsError(self.path(chunk), at[bad], None if where is None else ids[where])
+            raise DamagedRowsError(self.path(chunk), at[bad], None if ids is None else ids[dest][bad])
 
     def _mismatch(self, chunk: int, at: np.ndarray, block: np.ndarray) -> np.ndarray:
         sums = self._sums.get(chunk)
@@ -218,7 +217,7 @@ class EmbeddingFiles:
                 for lo in range(0, len(wanted), most):
                     yield chunk, dest[lo : lo + most], wanted[lo : lo + most], mapped[wanted[lo : lo + most]]
 
-    def backfill_sums(self, block_rows: int = 1 << 16) -> int:
+    def backfill_sums(self) -> int:
         """Checksums for rows that have none (written before checksums existed), from
         the rows as they are now; ``reindex`` and ``index --repair`` call it, under the
         writer's lock. Returns how many rows got one."""
@@ -227,12 +226,9 @@ class EmbeddingFiles:
             sums_path = self.sums_path(chunk)
             have = sums_path.stat().st_size // 4 if sums_path.is_file() else 0
             total = self.rows_in(chunk)
-            if have >= total:
-                continue
-            mapped = self._map(chunk, total)
-            for start in range(have, total, block_rows):
-                self._write_sums(chunk, start, row_sums(mapped[start : min(total, start + block_rows)]))
-            done += total - have
+            if have < total:
+                self._write_sums(chunk, total, np.zeros(0, np.uint32))  # fills the gap up to the last row
+                done += total - have
         return done
 
     def rows_in(self, chunk: int) -> int:

@@ -153,8 +153,8 @@ def index_paths(
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         files = list(walk(paths))
         per_call = max(1, getattr(masker, "images_per_call", 1))
-        on_gpu = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
-        workers = read_ahead.workers_for("cuda" if on_gpu else "cpu")
+        on_gpu = model.device.type == "cuda"
+        workers = read_ahead.workers_for(on_gpu)
         stage = ModelStage(model, masker, overlap=on_gpu)
 
         def groups():

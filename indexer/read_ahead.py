@@ -28,10 +28,10 @@ class Photo:
     rgb: np.ndarray
 
 
-def workers_for(device) -> int:
+def workers_for(on_gpu: bool) -> int:
     """Reader threads: a GPU run wants photos as fast as several cores decode them;
     a CPU run's models use every core, so one reader thread just overlaps them."""
-    if getattr(device, "type", device) != "cuda":
+    if not on_gpu:
         return 1
     return max(2, min(8, (os.cpu_count() or 2) - 1))
 

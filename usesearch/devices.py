@@ -40,10 +40,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def on_gpu(device: torch.device) -> bool:
-    return device.type == "cuda"
-
-
 def bf16_autocast(device: torch.device):
     """bfloat16 autocast on a GPU that has it (backbones and SAM: half the bytes,
     the tensor cores' rate); a no-op elsewhere, so CPU results are float32 as before."""

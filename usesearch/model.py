@@ -22,7 +22,7 @@ from torch import nn
 
 from .backbones import Clip, dino_mean_std
 from .config import PresetConfig
-from .devices import bf16_autocast, on_gpu
+from .devices import bf16_autocast
 from .encoder import BackboneTokens, USEImageEncoder
 from .head import SegmentEmbeddingHead, letterbox_weights
 from .images import as_masks, letterbox, to_rgb_array
@@ -134,7 +134,7 @@ class USEEmbedder(_TextMixin):
         rgb = to_rgb_array(image)
         start = time.perf_counter()
         z = self.image_features(rgb)
-        if on_gpu(self.device):
+        if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the backbones' time is theirs, not pooling's
         middle = time.perf_counter()
         out = self.embed_from_features(z, masks, rgb.shape[:2])
