@@ -21,8 +21,8 @@ import faiss
 import numpy as np
 import torch
 
-from indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from indexer.distributed import index_paths_ray
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from usesearch.indexer.distributed import index_paths_ray
 
 from index_throughput import write_photos
 from scale import build, concepts, members, percentiles

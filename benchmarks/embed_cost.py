@@ -18,9 +18,9 @@ import torch
 from skimage import data
 from skimage.transform import resize
 
-from usesearch.backbones import build_clip, build_dino, seeded
-from usesearch.model import USE, CropEmbedder, USEEmbedder
-from usesearch.presets import get_preset
+from usesearch.models.backbones import build_clip, build_dino, seeded
+from usesearch.models.model import USE, CropEmbedder, USEEmbedder
+from usesearch.models.presets import get_preset
 
 
 def random_weight_preset(name: str):

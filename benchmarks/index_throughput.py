@@ -34,8 +34,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from indexer import IndexOptions, index_paths
-from usesearch import presets
+from usesearch.indexer import IndexOptions, index_paths
+from usesearch.models import presets
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins")
 STAGES = ("waiting for photos", "SAM encoder", "SAM decoder", "SAM post-processing", "RLE", "backbones", "pooling",

@@ -1,4 +1,4 @@
-"""SAM automatic masks: segment-anything's stock generator vs ``usesearch.amg``.
+"""SAM automatic masks: segment-anything's stock generator vs ``usesearch.masks.amg``.
 
 ViT-B architecture with random weights (compute does not depend on weight values),
 one 1024-px photo, 16x16 and 32x32 point grids, quality thresholds at 0 (every
@@ -23,8 +23,8 @@ from segment_anything.predictor import SamPredictor
 from segment_anything.utils.amg import batch_iterator, build_point_grid
 from skimage import data
 
-from usesearch.amg import SamMaskGenerator
-from usesearch.sam import SAM_TYPES, build_sam
+from usesearch.masks.amg import SamMaskGenerator
+from usesearch.masks.sam import SAM_TYPES, build_sam
 
 SETTINGS = {"thresholds 0": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0), "defaults": {}}
 

@@ -22,7 +22,7 @@ import tempfile
 
 INDEX_ONE = """
 import resource, sys, time
-from indexer import IndexOptions, index_paths
+from usesearch.indexer import IndexOptions, index_paths
 start = time.perf_counter()
 report = index_paths([sys.argv[1]], sys.argv[2], IndexOptions(preset="tiny", masker="felzenszwalb"))
 print(report.done, report.segments, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -31,8 +31,8 @@ print(report.done, report.segments, time.perf_counter() - start, resource.getrus
 DECODE_CONCURRENTLY = """
 import resource, sys, threading, time
 import numpy as np
-from usesearch.files import read_bytes
-from indexer.web.render import ImageCache
+from usesearch.io.files import read_bytes
+from usesearch.indexer.web.render import ImageCache
 from types import SimpleNamespace
 path = sys.argv[1]
 data, sha = read_bytes(path)

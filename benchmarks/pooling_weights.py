@@ -10,8 +10,8 @@ import time
 import numpy as np
 import torch
 
-from usesearch import rle
-from usesearch.head import letterbox_weights
+from usesearch.masks import rle
+from usesearch.models.head import letterbox_weights
 
 
 def main() -> None:

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from sqlalchemy import insert
 
-from indexer import vectors
-from indexer.pipeline import FAISS_FILE, db_url_for
-from indexer.search import SegmentIndex
-from indexer.records import ImageRecord, IndexInfo, SegmentRecord
-from indexer.store import Store
+from usesearch.indexer import vectors
+from usesearch.indexer.pipeline import FAISS_FILE, db_url_for
+from usesearch.indexer.search import SegmentIndex
+from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
+from usesearch.indexer.store import Store
 
 
 def clustered(n: int, dim: int, clusters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -86,9 +86,9 @@ def timed(fn, queries) -> tuple[list[float], list]:
 
 
 def text_timings() -> None:
-    from usesearch.backbones import build_clip
-    from usesearch.presets import get_preset
-    from usesearch.text import TextEncoder
+    from usesearch.models.backbones import build_clip
+    from usesearch.models.presets import get_preset
+    from usesearch.models.text import TextEncoder
 
     for name in ("tiny", "b16"):
         cfg = replace(get_preset(name).clip, pretrained=None)

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from usesearch.sam import build_sam
-from usesearch.sam_fast import speed_up
+from usesearch.masks.sam import build_sam
+from usesearch.masks.sam_fast import speed_up
 
 
 def timed(fn, device: str, repeat: int):

@@ -27,10 +27,10 @@ import faiss
 import numpy as np
 from sqlalchemy import insert
 
-from indexer import SegmentIndex, index_choice, reindex
-from indexer.pipeline import DB_FILE, FAISS_FILE, db_url_for
-from indexer.records import ImageRecord, IndexInfo, SegmentRecord
-from indexer.store import Store
+from usesearch.indexer import SegmentIndex, index_choice, reindex
+from usesearch.indexer.pipeline import DB_FILE, FAISS_FILE, db_url_for
+from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
+from usesearch.indexer.store import Store
 
 DIM = 768
 BATCH = 200_000

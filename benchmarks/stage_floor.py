@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from usesearch import presets
-from usesearch.sam import build_sam
-from usesearch.sam_fast import speed_up
+from usesearch.models import presets
+from usesearch.masks.sam import build_sam
+from usesearch.masks.sam_fast import speed_up
 
 
 class WrittenBytes(TorchDispatchMode):
@@ -108,7 +108,7 @@ def main() -> None:
     masks_bytes = args.masks * h * w  # bool masks of the kept ones, read for their runs
     rows.append((f"RLE of {args.masks} masks (runs on the GPU)", 2.0 * args.masks * h * w, 3.0 * masks_bytes))
 
-    from usesearch.factory import create_use_and_clip
+    from usesearch.models.factory import create_use_and_clip
 
     random = replace(preset, clip=replace(preset.clip, pretrained=None), dino=replace(preset.dino, pretrained=False),
                      head=replace(preset.head, seeded_random=True))

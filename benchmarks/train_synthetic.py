@@ -20,12 +20,12 @@ import torch
 from PIL import Image
 
 import usesearch
-from usesearch.maskers import build_masker
-from training.data import load_samples
-from training.synthetic import semseg_classes, top1_accuracy, write_dataset, write_semseg
-from training.train import TrainConfig, Trainer
-from usesearch.images import read_image
-from usesearch.semseg import confusion, miou, segment_image
+from usesearch.masks.maskers import build_masker
+from usesearch.training.data import load_samples
+from usesearch.training.synthetic import semseg_classes, top1_accuracy, write_dataset, write_semseg
+from usesearch.training.train import TrainConfig, Trainer
+from usesearch.io.images import read_image
+from usesearch.tasks.semseg import confusion, miou, segment_image
 
 
 def semseg_miou(model, root: Path) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from usesearch.backbones import seeded
+from usesearch.models.backbones import seeded
 from usesearch.errors import UsesearchError
 
 from .records import TextRef

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from segment_anything.utils.amg import remove_small_regions
 
-from usesearch.region import pick_most_stable
+from usesearch.masks.region import pick_most_stable
 from torchvision.ops import box_convert
 
-from usesearch import rle
+from usesearch.masks import rle
 
 from .records import BoxText, Segment, TextRef
 

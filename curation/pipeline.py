@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from usesearch.files import decode, read_bytes
+from usesearch.io.files import decode, read_bytes
 from usesearch.errors import UsesearchError
 from usesearch.reports import RunReport
 

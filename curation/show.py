@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from usesearch import rle
+from usesearch.masks import rle
 from usesearch.errors import UsesearchError
-from usesearch.images import read_image
+from usesearch.io.images import read_image
 
 from .dataset import read_records
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-from usesearch.files import walk
-from usesearch import rle
+from usesearch.io.files import walk
+from usesearch.masks import rle
 
 from .records import BoxText, ImageItem, Segment, TextRef
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import string
 
 
-from usesearch.backbones import seeded
+from usesearch.models.backbones import seeded
 
 _WORDS = (
     "a an the this that there is are and of in on at behind with its his her their to from by near next "

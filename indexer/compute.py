@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from usesearch.maskers import proposal_masks
+from usesearch.masks.maskers import proposal_masks
 
 
 @dataclass

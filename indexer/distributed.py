@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from usesearch.errors import UsesearchError
-from usesearch.files import decode, read_bytes, walk
+from usesearch.io.files import decode, read_bytes, walk
 
 from . import faiss_gpu
 from .compute import segment_records

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from usesearch.images import read_image
-from usesearch.visualize import decode_mask, outline, segment_tile
+from usesearch.io.images import read_image
+from usesearch.tasks.visualize import decode_mask, outline, segment_tile
 
 from .search import Hit
 

@@ -25,13 +25,13 @@ import numpy as np
 from usesearch.devices import describe as describe_device, resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.reports import RunReport
-from usesearch.factory import choose_preset, load_model, resolve_embedder
+from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead, vectors
 from .compute import Computed, ModelStage
-from usesearch.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, walk
-from usesearch.maskers import build_masker
-from usesearch.sam_fast import compile_modules
+from usesearch.io.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, walk
+from usesearch.masks.maskers import build_masker
+from usesearch.masks.sam_fast import compile_modules
 from .records import DONE, IndexInfo, info_summary
 from .store import Store
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from usesearch.files import decode, read_bytes
+from usesearch.io.files import decode, read_bytes
 
 
 @dataclass

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from usesearch import region as region_lib
-from usesearch import rle
+from usesearch.masks import region as region_lib
+from usesearch.masks import rle
 from usesearch.devices import resolve_device
-from usesearch.images import to_rgb_array
+from usesearch.io.images import to_rgb_array
 from usesearch.errors import NotFoundError, UsesearchError
-from usesearch.factory import load_model
-from usesearch.model import SegmentEmbedder
+from usesearch.models.factory import load_model
+from usesearch.models.model import SegmentEmbedder
 
 from . import faiss_gpu, index_choice, vectors
 from .compact import dead_bytes
@@ -205,7 +205,7 @@ class SegmentIndex:
         with self._model_lock:
             if self._sam is None:
                 from usesearch import get_preset
-                from usesearch.sam import load_sam
+                from usesearch.masks.sam import load_sam
 
                 preset = get_preset(self.info.preset)
                 self._sam = load_sam(preset.sam, preset.name, None, self._device)

@@ -55,9 +55,9 @@ def photo_masks(photo) -> np.ndarray:
 def trained_tiny_head(tmp_path_factory):
     """A tiny head trained 300 steps on the synthetic world (~30 s), shared by the tests
     that need a model whose scores mean something."""
-    from training.data import load_samples
-    from training.synthetic import write_dataset
-    from training.train import TrainConfig, Trainer
+    from usesearch.training.data import load_samples
+    from usesearch.training.synthetic import write_dataset
+    from usesearch.training.train import TrainConfig, Trainer
 
     root = tmp_path_factory.mktemp("trained")
     train_dir, test_dir = write_dataset(root / "train", 96, seed=1), write_dataset(root / "test", 24, seed=2)
@@ -87,7 +87,7 @@ def write_photos(folder, names=("astronaut", "chelsea", "coffee", "rocket")):
 
 def segment_table(db, db_url=None):
     """(image, bbox, area, rle) per segment: what an index holds, independent of ids."""
-    from indexer import SegmentIndex
+    from usesearch.indexer import SegmentIndex
 
     ix = SegmentIndex.open(db, db_url=db_url)
     rows = ix.store.rows(ix.store.segment_ids())
@@ -99,11 +99,11 @@ def assert_consistent(db, db_url=None):
     """The vector file on disk holds exactly the committed segments, each once."""
     import faiss
 
-    from indexer import SegmentIndex
-    from indexer.pipeline import FAISS_FILE
-    from indexer.vectors import index_ids
+    from usesearch.indexer import SegmentIndex
+    from usesearch.indexer.pipeline import FAISS_FILE
+    from usesearch.indexer.vectors import index_ids
 
-    from indexer.vectors import shard_files
+    from usesearch.indexer.vectors import shard_files
 
     ix = SegmentIndex.open(db, db_url=db_url)
     on_disk = np.concatenate([index_ids(faiss.read_index(str(f))) for f in shard_files(db / FAISS_FILE)])

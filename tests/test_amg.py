@@ -11,10 +11,10 @@ from segment_anything import SamAutomaticMaskGenerator
 from typer.testing import CliRunner
 
 import usesearch
-from usesearch.amg import SamMaskGenerator
-from usesearch.cli import app
-from usesearch.maskers import SamMasker, stack_masks
-from usesearch.sam import load_sam
+from usesearch.masks.amg import SamMaskGenerator
+from usesearch.cli.app import app
+from usesearch.masks.maskers import SamMasker, stack_masks
+from usesearch.masks.sam import load_sam
 
 from .conftest import assert_consistent, segment_table
 
@@ -112,7 +112,7 @@ def test_stability_score_equals_segment_anythings():
     import torch
     from segment_anything.utils.amg import calculate_stability_score
 
-    from usesearch.amg import stability_score
+    from usesearch.masks.amg import stability_score
 
     logits = torch.randn(12, 300, 200, generator=torch.Generator().manual_seed(0)) * 3
     for view in (logits, logits[:, :250, :150]):  # contiguous, and a crop of the padded frame
@@ -142,7 +142,7 @@ def test_masker_proposals_carry_rle_and_decode_on_use(sam, image):
 def test_index_cli_takes_the_mask_quality_options_and_refuses_them_for_other_maskers(tmp_path, image):
     from PIL import Image
 
-    from indexer import SegmentIndex
+    from usesearch.indexer import SegmentIndex
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -191,7 +191,7 @@ def test_indexing_photos_in_encoder_batches_gives_the_same_index(tmp_path, image
     from PIL import Image
     from skimage import data
 
-    from indexer import SegmentIndex
+    from usesearch.indexer import SegmentIndex
 
     photos = tmp_path / "photos"
     photos.mkdir()

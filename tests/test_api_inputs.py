@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from usesearch.cli import app
-from usesearch.head import _axis_overlap, cell_coverage
-from usesearch.maskers import FelzenszwalbMasker, stack_masks, to_proposals
-from usesearch.semseg import class_probabilities, pixel_labels, read_label_map, save_label_map
+from usesearch.cli.app import app
+from usesearch.models.head import _axis_overlap, cell_coverage
+from usesearch.masks.maskers import FelzenszwalbMasker, stack_masks, to_proposals
+from usesearch.tasks.semseg import class_probabilities, pixel_labels, read_label_map, save_label_map
 
 runner = CliRunner()
 
@@ -105,7 +105,7 @@ def test_commands_default_to_real_weights_and_say_how_to_get_them(tmp_path, phot
 
 # -- 16. paths relative to the indexed folder ---------------------------------------------------------
 def test_query_table_shows_paths_relative_to_the_indexed_folder(tmp_path):
-    from indexer import IndexOptions, index_paths
+    from usesearch.indexer import IndexOptions, index_paths
     from tests.conftest import OPTS, write_photos
 
     photos = write_photos(tmp_path / "deeply" / "nested" / "archive" / "photos")

@@ -5,8 +5,8 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from training.synthetic import write_instances_coco
-from usesearch.cli import app
+from usesearch.training.synthetic import write_instances_coco
+from usesearch.cli.app import app
 
 
 def test_planted_wrong_labels_rank_at_the_top(trained_tiny_head, tmp_path):

@@ -11,9 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 import usesearch
-from usesearch.cli import app
-from usesearch.sam import load_sam
-from usesearch.weights import sha256_file
+from usesearch.cli.app import app
+from usesearch.masks.sam import load_sam
+from usesearch.models.weights import sha256_file
 
 
 @pytest.fixture()

@@ -4,7 +4,7 @@ release, with a deprecation message."""
 import subprocess
 import sys
 
-from usesearch.cli_compat import modernise
+from usesearch.cli.compat import modernise
 
 
 def test_old_spellings_are_rewritten_with_a_message(tmp_path):

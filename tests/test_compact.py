@@ -5,12 +5,12 @@ point leaves a consistent index that a re-run finishes."""
 import numpy as np
 import pytest
 
-import indexer.compact as compact_mod
-import indexer.embeddings as embeddings
-from indexer import SegmentIndex, reindex
-from indexer.compact import compact, dead_bytes
-from indexer.pipeline import db_url_for
-from indexer.store import Store
+import usesearch.indexer.compact as compact_mod
+import usesearch.indexer.embeddings as embeddings
+from usesearch.indexer import SegmentIndex, reindex
+from usesearch.indexer.compact import compact, dead_bytes
+from usesearch.indexer.pipeline import db_url_for
+from usesearch.indexer.store import Store
 from tests.conftest import assert_consistent
 from tests.test_index_scale import synthetic_index
 

@@ -9,9 +9,9 @@ from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
 
-from curation.captioning import CAPTION_PROMPT, SAMPLING, TransformersCaptioner
-from curation.tiny import tiny_llava
-from usesearch.cli import app
+from usesearch.curation.captioning import CAPTION_PROMPT, SAMPLING, TransformersCaptioner
+from usesearch.curation.tiny import tiny_llava
+from usesearch.cli.app import app
 from usesearch.errors import UsesearchError
 
 

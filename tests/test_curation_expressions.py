@@ -5,7 +5,7 @@ import pytest
 spacy = pytest.importorskip("spacy")
 from spacy.tokens import Doc  # noqa: E402
 
-from curation.expressions import load_parser, referring_expressions  # noqa: E402
+from usesearch.curation.expressions import load_parser, referring_expressions  # noqa: E402
 from usesearch.errors import UsesearchError  # noqa: E402
 
 CAPTION = (

@@ -10,15 +10,15 @@ from segment_anything import SamPredictor
 from skimage import data
 
 import usesearch
-from curation.dataset import read_records, read_segments, stats
-from curation.expressions import Expression
-from curation.grounding import BOX_NMS_IOU, BOX_THRESHOLD, GroundingDinoGrounder, match_boxes_to_phrases
-from curation.masks import BoxMaskConfig
-from curation.pipeline import curate
-from curation.records import TextRef
-from curation.sources import coco_captions_source
-from curation.tiny import tiny_grounding_dino, tiny_parser
-from usesearch.sam import load_sam
+from usesearch.curation.dataset import read_records, read_segments, stats
+from usesearch.curation.expressions import Expression
+from usesearch.curation.grounding import BOX_NMS_IOU, BOX_THRESHOLD, GroundingDinoGrounder, match_boxes_to_phrases
+from usesearch.curation.masks import BoxMaskConfig
+from usesearch.curation.pipeline import curate
+from usesearch.curation.records import TextRef
+from usesearch.curation.sources import coco_captions_source
+from usesearch.curation.tiny import tiny_grounding_dino, tiny_parser
+from usesearch.masks.sam import load_sam
 
 CAPTION = "the right side of the rabbit is red."
 # Tokens: [CLS] the right side of the rabbit is red . [SEP]

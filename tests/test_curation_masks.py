@@ -10,9 +10,9 @@ from segment_anything import SamPredictor
 from segment_anything.utils.amg import calculate_stability_score
 
 import usesearch
-from curation.masks import NMS_IOU, BoxMaskConfig, clean_mask, mask_nms, masks_from_boxes, pick_most_stable, to_segment
-from curation.records import BoxText, TextRef
-from usesearch.sam import load_sam
+from usesearch.curation.masks import NMS_IOU, BoxMaskConfig, clean_mask, mask_nms, masks_from_boxes, pick_most_stable, to_segment
+from usesearch.curation.records import BoxText, TextRef
+from usesearch.masks.sam import load_sam
 
 
 def test_paper_constants():

@@ -11,12 +11,12 @@ from skimage import data
 from typer.testing import CliRunner
 
 import usesearch
-from curation.dataset import read_records, read_segments, stats
-from curation.masks import BoxMaskConfig
-from curation.pipeline import CurationConfigError, curate
-from curation.sources import coco_captions_source, coco_instances_source, visual_genome_source
-from usesearch.cli import app
-from usesearch.sam import load_sam
+from usesearch.curation.dataset import read_records, read_segments, stats
+from usesearch.curation.masks import BoxMaskConfig
+from usesearch.curation.pipeline import CurationConfigError, curate
+from usesearch.curation.sources import coco_captions_source, coco_instances_source, visual_genome_source
+from usesearch.cli.app import app
+from usesearch.masks.sam import load_sam
 
 
 @pytest.fixture()

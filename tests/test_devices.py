@@ -11,10 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 import usesearch
-from indexer import IndexOptions, SegmentIndex, faiss_gpu, index_paths
-from indexer.distributed import _actor_device
-from usesearch.cli import app
-from usesearch.cli_compat import modernise
+from usesearch.indexer import IndexOptions, SegmentIndex, faiss_gpu, index_paths
+from usesearch.indexer.distributed import _actor_device
+from usesearch.cli.app import app
+from usesearch.cli.compat import modernise
 from usesearch.devices import resolve_device
 from usesearch.errors import UsesearchError
 
@@ -31,11 +31,11 @@ def fake_cuda(monkeypatch, gpus: int = 1) -> None:
 
 def spy_loaders(monkeypatch, asked: list) -> None:
     """Record the device each model loader is asked for; build the model on the CPU."""
-    import indexer.pipeline
-    import indexer.search
-    import usesearch.sam
+    import usesearch.indexer.pipeline
+    import usesearch.indexer.search
+    import usesearch.masks.sam
 
-    for module, name in ((indexer.pipeline, "load_model"), (indexer.search, "load_model"), (usesearch.sam, "load_sam")):
+    for module, name in ((usesearch.indexer.pipeline, "load_model"), (usesearch.indexer.search, "load_model"), (usesearch.masks.sam, "load_sam")):
         real = getattr(module, name)
 
         def spy(*args, _real=real, _name=name, **kwargs):
@@ -95,9 +95,9 @@ def test_a_query_loads_its_models_and_the_region_sam_on_the_default_device(monke
 @pytest.mark.skipif(faiss_gpu.available(), reason="this faiss has a GPU: --faiss-device cuda is possible here")
 def test_impossible_devices_are_refused_in_one_line_before_any_model_loads(monkeypatch, tmp_path):
     photos = write_photos(tmp_path / "photos", ("coffee",))
-    import indexer.pipeline
+    import usesearch.indexer.pipeline
 
-    monkeypatch.setattr(indexer.pipeline, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(usesearch.indexer.pipeline, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     runner = CliRunner()
     cases = [
         (["index", str(photos), "--db", str(tmp_path / "a"), "--preset", "tiny", "--faiss-device", "cuda"], "has no GPU support"),
@@ -155,10 +155,10 @@ def test_every_command_that_loads_models_asks_for_the_default_device(command, mo
     """With CUDA reported as available, each loader a command reaches is asked for a
     device that resolves to CUDA (never a hard-coded CPU); the models are really built
     on the CPU so the command completes."""
-    import indexer.search
-    import usesearch.factory
-    import usesearch.maskers
-    import usesearch.sam
+    import usesearch.indexer.search
+    import usesearch.models.factory
+    import usesearch.masks.maskers
+    import usesearch.masks.sam
     from PIL import Image
 
     from usesearch.devices import resolve_device as resolve
@@ -169,8 +169,8 @@ def test_every_command_that_loads_models_asks_for_the_default_device(command, mo
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))
     fake_cuda(monkeypatch)
     asked: list = []
-    for module, name, at in ((usesearch.factory, "load_model", "device"), (indexer.search, "load_model", "device"),
-                             (usesearch.maskers, "build_masker", 2), (usesearch.sam, "load_sam", 3)):
+    for module, name, at in ((usesearch.models.factory, "load_model", "device"), (usesearch.indexer.search, "load_model", "device"),
+                             (usesearch.masks.maskers, "build_masker", 2), (usesearch.masks.sam, "load_sam", 3)):
         real = getattr(module, name)
 
         def spy(*args, _real=real, _name=name, _at=at, **kwargs):

@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("ray", reason="the distributed extra is not installed: pip install -e '.[distributed]'")
 
-from indexer import IndexOptions, SegmentIndex, index_paths  # noqa: E402
-from indexer.distributed import FRAGMENTS, index_paths_ray  # noqa: E402
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths  # noqa: E402
+from usesearch.indexer.distributed import FRAGMENTS, index_paths_ray  # noqa: E402
 from tests.conftest import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos  # noqa: E402
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -118,7 +118,7 @@ def _kill_group(pgid: int) -> None:
 
 def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, sequential, tmp_path):
     db = tmp_path / "db"
-    code = ("import sys; from indexer import IndexOptions; from indexer.distributed import index_paths_ray; "
+    code = ("import sys; from usesearch.indexer import IndexOptions; from usesearch.indexer.distributed import index_paths_ray; "
             "index_paths_ray([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', "
             "masker_options={'max_masks': 8}), workers=1)")
     proc = run_python(code, photos, db, start_new_session=True)
@@ -134,8 +134,8 @@ def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, seq
 def test_shards_filled_in_parallel_on_ray_answer_as_a_local_rebuild(ray_local, tmp_path):
     import shutil
 
-    from indexer import reindex
-    from indexer.distributed import rebuild_on_ray
+    from usesearch.indexer import reindex
+    from usesearch.indexer.distributed import rebuild_on_ray
     from tests.test_index_scale import synthetic_index
     from tests.test_shards import answers
 

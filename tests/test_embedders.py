@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import usesearch
-from usesearch.text import TextEncoder
+from usesearch.models.text import TextEncoder
 
 
 def test_embed_segments_gives_unit_float32_rows(tiny_use, photo, photo_masks):
@@ -122,7 +122,7 @@ def test_use_and_crop_share_the_text_space(tiny_use, tiny_crop):
 def test_rle_masks_embed_as_their_dense_masks(tiny_use, photo, photo_masks):
     """The indexer hands SAM's RLEs to the embedder undecoded; the vectors are those
     of the dense masks, for the USE head and the crop baseline alike."""
-    from usesearch import rle
+    from usesearch.masks import rle
 
     as_rle = rle.RleStack(rle.encode_stack(photo_masks), photo.shape[:2])
     np.testing.assert_allclose(tiny_use.embed_segments(photo, as_rle), tiny_use.embed_segments(photo, photo_masks), atol=1e-5)

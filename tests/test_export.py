@@ -8,9 +8,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
-from indexer import IndexOptions, index_paths
+from usesearch.indexer import IndexOptions, index_paths
 from tests.conftest import OPTS, write_photos
-from usesearch.cli import app
+from usesearch.cli.app import app
 
 
 def test_query_show_and_export_coco(tmp_path):

@@ -14,12 +14,12 @@ from hypothesis import given, settings, strategies as st
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling.image_encoder import Attention, Block
 
-from indexer import IndexOptions, SegmentIndex, index_paths
-from usesearch import rle
-from usesearch.files import walk
-from usesearch.amg import SamMaskGenerator, prompt_batch
-from usesearch.sam import build_sam
-from usesearch.sam_fast import _sdpa_forward, share_image_tokens
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+from usesearch.masks import rle
+from usesearch.io.files import walk
+from usesearch.masks.amg import SamMaskGenerator, prompt_batch
+from usesearch.masks.sam import build_sam
+from usesearch.masks.sam_fast import _sdpa_forward, share_image_tokens
 
 from .conftest import OPTS, write_photos
 from .test_amg import LOW, image, mask_iou, sam  # noqa: F401 - fixtures shared with the generator's tests
@@ -167,7 +167,7 @@ def test_photos_read_ahead_are_committed_in_walk_order_and_copies_once(tmp_path)
 def test_compile_traces_the_models_and_changes_no_segment(tmp_path, monkeypatch):
     """``--compile`` through TorchDynamo (the eager backend here: inductor's C++
     build takes minutes on two cores); the index equals an uncompiled one."""
-    from usesearch import sam_fast
+    from usesearch.masks import sam_fast
 
     from .conftest import segment_table
 
@@ -202,7 +202,7 @@ def test_photos_past_pils_limit_decode_in_parallel_threads_without_leaving_it_ch
 
     from PIL import Image
 
-    from usesearch.files import decode
+    from usesearch.io.files import decode
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # these 40x40 photos are past it, within ours
     buffer = io.BytesIO()
@@ -218,8 +218,8 @@ def test_models_a_group_ahead_of_the_commits_give_the_same_index(tmp_path, monke
     """On a GPU the models run in a thread one group ahead of the commits; forced on
     here, the index equals the in-line one, a corrupt photo is recorded (as soon as it
     is read), and the indexed photos are committed in walk order."""
-    import indexer.pipeline
-    from indexer.compute import ModelStage
+    import usesearch.indexer.pipeline
+    from usesearch.indexer.compute import ModelStage
 
     from .conftest import segment_table
 
@@ -230,7 +230,7 @@ def test_models_a_group_ahead_of_the_commits_give_the_same_index(tmp_path, monke
                                    "encoder_batch": 2})
     inline = index_paths([photos], tmp_path / "inline", IndexOptions(**options))
     threads = []
-    monkeypatch.setattr(indexer.pipeline, "ModelStage",
+    monkeypatch.setattr(usesearch.indexer.pipeline, "ModelStage",
                         lambda model, masker, overlap: threads.append(1) or ModelStage(model, masker, overlap=True))
     ahead = index_paths([photos], tmp_path / "ahead", IndexOptions(**options))
     assert threads and (ahead.done, ahead.failed, ahead.segments) == (inline.done, inline.failed, inline.segments) == (5, 1, inline.segments)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from indexer.pipeline import FAISS_FILE
-from indexer.vectors import shard_files, shard_path
-from indexer.web.security import redact
-from usesearch.cli import app
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from usesearch.indexer.pipeline import FAISS_FILE
+from usesearch.indexer.vectors import shard_files, shard_path
+from usesearch.indexer.web.security import redact
+from usesearch.cli.app import app
 
 from .conftest import OPTS, write_photos
 
@@ -79,8 +79,8 @@ def test_filters_out_of_range_are_one_line_errors_alike_in_the_cli_and_python(sh
 
 
 def test_a_catalog_copied_into_another_index_folder_is_refused_never_rebuilt(tmp_path):
-    from indexer.identity import IndexIdentityError
-    from indexer.pipeline import DB_FILE
+    from usesearch.indexer.identity import IndexIdentityError
+    from usesearch.indexer.pipeline import DB_FILE
 
     for name, photo in (("a", "astronaut"), ("b", "coffee")):
         index_paths([write_photos(tmp_path / f"photos-{name}", (photo,))], tmp_path / name, IndexOptions(**OPTS))
@@ -98,8 +98,8 @@ def test_a_catalog_copied_into_another_index_folder_is_refused_never_rebuilt(tmp
 
 
 def test_one_postgresql_catalog_one_folder_and_one_writer(tmp_path, pg_url):
-    from indexer.identity import CatalogLockedError, IndexIdentityError
-    from indexer.pipeline import Writer
+    from usesearch.indexer.identity import CatalogLockedError, IndexIdentityError
+    from usesearch.indexer.pipeline import Writer
 
     photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
     index_paths([photos], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))
@@ -154,7 +154,7 @@ def test_bit_flips_in_an_embedding_chunk_are_found_named_and_repaired(tmp_path):
 
 
 def test_each_row_checksum_catches_any_single_bit_flip_and_older_rows_read_unverified(tmp_path):
-    from indexer.embeddings import DamagedRowsError, EmbeddingFiles
+    from usesearch.indexer.embeddings import DamagedRowsError, EmbeddingFiles
 
     files = EmbeddingFiles(tmp_path, dim=12, chunk_rows=50)
     vectors = np.random.default_rng(0).standard_normal((70, 12)).astype(np.float16)
@@ -185,7 +185,7 @@ def test_a_dangling_db_symlink_and_a_fragment_on_a_full_disk(tmp_path, monkeypat
     import builtins
     import errno
 
-    from indexer.distributed import fragment_path, write_fragment
+    from usesearch.indexer.distributed import fragment_path, write_fragment
 
     (tmp_path / "db").symlink_to(tmp_path / "gone")
     result = CliRunner().invoke(app, ["index", str(write_photos(tmp_path / "photos", ("coffee",))), "--db", str(tmp_path / "db"),
@@ -215,7 +215,7 @@ def test_a_dangling_db_symlink_and_a_fragment_on_a_full_disk(tmp_path, monkeypat
 
 
 def test_rows_appended_to_a_chunk_begun_before_checksums_leave_its_older_rows_verifiable(tmp_path):
-    from indexer.embeddings import EmbeddingFiles
+    from usesearch.indexer.embeddings import EmbeddingFiles
 
     rng = np.random.default_rng(1)
     files = EmbeddingFiles(tmp_path, dim=8, chunk_rows=100)
@@ -232,7 +232,7 @@ def test_rows_appended_to_a_chunk_begun_before_checksums_leave_its_older_rows_ve
 
 
 def test_connections_count_against_an_ipv4_address_or_an_ipv6_64():
-    from indexer.web import _client_key
+    from usesearch.indexer.web import _client_key
 
     assert _client_key("203.0.113.7") == "203.0.113.7" and _client_key("::ffff:203.0.113.7") == "203.0.113.7"
     assert _client_key("2001:db8:1:2:aaaa::1") == _client_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
@@ -240,8 +240,8 @@ def test_connections_count_against_an_ipv4_address_or_an_ipv6_64():
 
 
 def test_a_writer_takes_its_catalog_lock_again_after_the_server_restarts(tmp_path, pg_url, postgres_server):
-    from indexer.identity import CatalogLockedError
-    from indexer.pipeline import Writer
+    from usesearch.indexer.identity import CatalogLockedError
+    from usesearch.indexer.pipeline import Writer
 
     photos = write_photos(tmp_path / "photos", ("coffee",))
     index_paths([photos], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))

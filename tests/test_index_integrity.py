@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from indexer.pipeline import DB_FILE, FAISS_FILE
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from usesearch.indexer.pipeline import DB_FILE, FAISS_FILE
 from tests.conftest import OPTS, assert_consistent, write_photos
-from usesearch.cli import app
+from usesearch.cli.app import app
 
 runner = CliRunner()
 
@@ -79,7 +79,7 @@ def test_hnsw_reader_excludes_uncommitted_vectors_it_cannot_remove(tmp_path):
     ix = SegmentIndex.open(db)
     vector = ix.index.index.reconstruct(int(ix.store.segment_ids()[0]))
     ix.index.add(np.array([10**9]), vector[None])  # a vector whose image never committed
-    from indexer.vectors import write_atomic
+    from usesearch.indexer.vectors import write_atomic
 
     write_atomic(ix.index, db / FAISS_FILE, ix.store, ix.info.dim, ix.info.factory, in_sync=False)
     reader = SegmentIndex.open(db)
@@ -234,7 +234,7 @@ def test_non_utf8_names_reopen_exactly_and_never_collide(tmp_path):
     assert result.exit_code == 0 and out.is_file(), result.output
     from fastapi.testclient import TestClient
 
-    from indexer.web import create_app
+    from usesearch.indexer.web import create_app
 
     client = TestClient(create_app(ix))
     for hit in hits:  # the web app opens both files: no 410 for the name that is not UTF-8
@@ -285,7 +285,7 @@ def test_walk_never_leaves_the_folders_it_was_given(tmp_path):
     report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     ix = SegmentIndex.open(tmp_path / "db")
     with ix.store.sessions() as s:
-        from indexer.records import ImageRecord
+        from usesearch.indexer.records import ImageRecord
 
         paths = [r.path for r in s.query(ImageRecord)]
     assert paths and all(p.startswith(str(photos) + "/") for p in paths)
@@ -298,18 +298,18 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeyp
     write_photos(photos, ("coins",))
     from sqlalchemy.exc import OperationalError
 
-    import indexer.store
+    import usesearch.indexer.store
 
     def full(*args, **kwargs):
         raise OperationalError("INSERT", {}, Exception("database or disk is full"))
 
-    monkeypatch.setattr(indexer.store.Store, "save_image", full)
+    monkeypatch.setattr(usesearch.indexer.store.Store, "save_image", full)
     result = runner.invoke(app, ["index", str(photos), "--db", str(db.parent / "db2"), "--preset", "tiny"])
     assert result.exit_code == 2
     assert "disk full" in result.output and "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
     monkeypatch.undo()
 
-    import indexer.vectors
+    import usesearch.indexer.vectors
 
     class FullDisk:  # the temp file fills the disk after its first bytes
         def __init__(self, f):
@@ -330,7 +330,7 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeyp
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    monkeypatch.setattr(indexer.vectors, "open", lambda p, mode="r": FullDisk(open(p, mode)) if "w" in mode else open(p, mode),
+    monkeypatch.setattr(usesearch.indexer.vectors, "open", lambda p, mode="r": FullDisk(open(p, mode)) if "w" in mode else open(p, mode),
                         raising=False)
     result = runner.invoke(app, ["reindex", "--db", str(db)])
     assert result.exit_code == 2 and "disk full" in result.output and str(db / FAISS_FILE) in result.output, result.output
@@ -363,7 +363,7 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
 
 
 def test_truncated_image_error_names_the_file(tmp_path):
-    from usesearch.files import decode
+    from usesearch.io.files import decode
 
     buf = tempfile.SpooledTemporaryFile()
     Image.new("RGB", (64, 64), (9, 9, 9)).save(buf, "JPEG")
@@ -381,10 +381,10 @@ def test_filtered_search_equals_filtered_exact_search_and_a_filter_matching_noth
     vector = ix.model.embed_text(["a cat"])[0]
     areas = sorted(r.area for r in ix.store.rows(ix.store.segment_ids()).values())
     some = int(ix.store.segment_ids()[3])
-    import indexer.search
+    import usesearch.indexer.search
 
     for share in (1.0, 0.0):  # the glob as a FAISS id selection, then checked on candidates
-        monkeypatch.setattr(indexer.search, "PUSHDOWN_SHARE", share)
+        monkeypatch.setattr(usesearch.indexer.search, "PUSHDOWN_SHARE", share)
         for filters in (dict(path="*/sub/*"), dict(min_area=areas[len(areas) // 2]), dict(per_image=True),
                         dict(path="*/sub/*", per_image=True, min_area=areas[3]), dict(exclude={some}),
                         dict(path="*/sub/*", exclude={some}, min_area=areas[5])):

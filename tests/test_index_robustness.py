@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from indexer import IndexOptions, SegmentIndex, index_paths
-from usesearch.files import decode
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+from usesearch.io.files import decode
 from tests.conftest import OPTS, assert_consistent, segment_table, write_photos
 
 
@@ -80,7 +80,7 @@ def test_each_bad_input_is_indexed_or_recorded(bad_inputs, monkeypatch):
     assert "PermissionError" in failed["locked"]
     assert "symbolic links" in failed["self.jpg"]
     with ix.store.sessions() as s:
-        from indexer.records import ImageRecord
+        from usesearch.indexer.records import ImageRecord
 
         done = {os.path.basename(r.path): r for r in s.query(ImageRecord).filter_by(status="done")}
     assert set(done) == {"cmyk.jpg", "sixteen.png", "palette.png", "animated.gif", "rotated.jpg", "caf\\xe9.png", "nomasks.png"}
@@ -111,7 +111,7 @@ def test_kill_dash_nine_then_resume_equals_one_clean_run(tmp_path):
             Image.open(p).rotate(90 * (i + 1), expand=True).save(p)
     db = tmp_path / "db"
     code = (
-        "import sys; from indexer import IndexOptions, index_paths; "
+        "import sys; from usesearch.indexer import IndexOptions, index_paths; "
         f"index_paths([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', masker_options={{'max_masks': 8}}))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(photos), str(db)], env={**os.environ, "PYTHONPATH": os.getcwd()})
@@ -139,7 +139,7 @@ def test_kill_dash_nine_then_resume_equals_one_clean_run(tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_finished_images(tmp_path, monkeypatch):
-    from usesearch.maskers import FelzenszwalbMasker
+    from usesearch.masks.maskers import FelzenszwalbMasker
 
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
     calls = []

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from sqlalchemy import insert
 
-import indexer.index_choice as index_choice
-from indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from indexer.pipeline import db_url_for
-from indexer.records import ImageRecord, IndexInfo, SegmentRecord
-from indexer.store import Store
+import usesearch.indexer.index_choice as index_choice
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from usesearch.indexer.pipeline import db_url_for
+from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
+from usesearch.indexer.store import Store
 from tests.conftest import OPTS, write_photos
 
 
@@ -97,14 +97,14 @@ def test_training_reads_a_bounded_sample(tmp_path, monkeypatch):
     read = []
     real = store.embeddings
     monkeypatch.setattr(store, "embeddings", lambda ids=None, **kw: (read.append(len(ids) if ids is not None else -1), real(ids, **kw))[1])
-    from indexer import vectors
+    from usesearch.indexer import vectors
 
     vectors._train_if_needed(vectors.new_index(64, "IVF64,Flat"), store)
     assert read == [3000]
 
 
 def test_gpu_faiss_path():
-    from indexer import faiss_gpu
+    from usesearch.indexer import faiss_gpu
 
     if not faiss_gpu.available():
         pytest.skip(f"no GPU faiss here (faiss {__import__('faiss').__version__}, CPU build or no CUDA device); "
@@ -123,7 +123,7 @@ def test_gpu_faiss_path():
 
 
 def test_cuda_asked_for_without_gpu_faiss_is_a_clear_error():
-    from indexer import faiss_gpu
+    from usesearch.indexer import faiss_gpu
     from usesearch.errors import UsesearchError
 
     if faiss_gpu.available():
@@ -156,9 +156,9 @@ def exact_filtered(data, q, keep: np.ndarray, k: int) -> list[int]:
 def test_narrow_min_area_is_an_id_selection_scored_exactly(compressed, monkeypatch):
     """--min-area keeping few segments is resolved through the area index and scored
     exactly, without FAISS; results equal the brute-force filtered search."""
-    import indexer.search
+    import usesearch.indexer.search
 
-    monkeypatch.setattr(indexer.search, "AREA_PUSHDOWN_MAX", 1000)  # of 10,000 here; 200,000 of millions in use
+    monkeypatch.setattr(usesearch.indexer.search, "AREA_PUSHDOWN_MAX", 1000)  # of 10,000 here; 200,000 of millions in use
     ix, data = compressed
     areas = np.array([1 + i % 97 for i in range(len(data))])
     searched = []
@@ -203,7 +203,7 @@ def test_nprobe_and_rerank_trade_speed_for_recall(compressed):
         assert [h.segment_id for h in hits] == exact_filtered(data, q, np.ones(len(data), bool), 10)
     from typer.testing import CliRunner
 
-    from usesearch.cli import app
+    from usesearch.cli.app import app
 
     result = CliRunner().invoke(app, ["similar", "5", "--db", str(ix.db_dir), "--nprobe", "64", "--rerank", "10000", "--json"])
     assert result.exit_code == 0, result.output
@@ -218,7 +218,7 @@ def test_nprobe_and_rerank_trade_speed_for_recall(compressed):
 def test_embedding_files_read_runs_and_scattered_rows_alike(tmp_path):
     """Rows read as slices (an image's consecutive segments) or one by one give the
     same vectors, in the order asked for."""
-    from indexer.embeddings import EmbeddingFiles
+    from usesearch.indexer.embeddings import EmbeddingFiles
 
     files = EmbeddingFiles(tmp_path / "emb", 8)
     data = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float16)
@@ -234,7 +234,7 @@ def test_float16_prefilter_keeps_every_exact_top_row(scale):
     fetch-th best: the result equals the exact float32 top, near-ties included (rows
     1e-4 apart, far below float16's rounding of the product), with and without an
     exclusion mask, for unit rows and longer ones."""
-    from indexer.embeddings import top_rows
+    from usesearch.indexer.embeddings import top_rows
 
     rng = np.random.default_rng(7)
     base = rng.standard_normal((40, 64)).astype(np.float32)
@@ -257,8 +257,8 @@ def test_float16_prefilter_keeps_every_exact_top_row(scale):
 def test_candidate_locations_in_one_json_parameter_equal_the_in_lists(tmp_path):
     from sqlalchemy import select
 
-    from indexer.records import SegmentRecord
-    from indexer.search import open_store
+    from usesearch.indexer.records import SegmentRecord
+    from usesearch.indexer.search import open_store
 
     synthetic_index(tmp_path / "db", n=3_000, dim=8, images=30)
     store = open_store(tmp_path / "db", read_only=True)

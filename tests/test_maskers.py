@@ -5,9 +5,9 @@ import pytest
 from typer.testing import CliRunner
 
 import usesearch
-from usesearch.cli import app
-from usesearch.maskers import FelzenszwalbMasker, SamMasker
-from usesearch.sam import load_sam
+from usesearch.cli.app import app
+from usesearch.masks.maskers import FelzenszwalbMasker, SamMasker
+from usesearch.masks.sam import load_sam
 
 
 def test_felzenszwalb_proposals_are_consistent_records(photo):
@@ -46,9 +46,9 @@ def test_sam2_masker_produces_masks_through_index(tmp_path):
     pytest.importorskip("sam2", reason="the sam2 extra is not installed: pip install -e '.[sam2]'")
     from typer.testing import CliRunner
 
-    from indexer import SegmentIndex
+    from usesearch.indexer import SegmentIndex
     from tests.conftest import write_photos
-    from usesearch.cli import app
+    from usesearch.cli.app import app
 
     photos = write_photos(tmp_path / "photos", ("coffee", "chelsea"))
     runner = CliRunner()
@@ -61,7 +61,7 @@ def test_sam2_masker_produces_masks_through_index(tmp_path):
         "model": "tiny", "points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0, "box_nms_thresh": 1.0}
     rows = ix.store.rows(ix.store.segment_ids())
     assert len(rows) >= 4 and ix.stats()["images_done"] == 2
-    from usesearch import rle
+    from usesearch.masks import rle
 
     for row in rows.values():  # each stored box and area is its mask's
         mask = {"size": list(row.image_hw), "counts": row.rle_counts}
@@ -75,7 +75,7 @@ def test_sam2_masker_produces_masks_through_index(tmp_path):
 def test_sam2_real_models_say_where_their_weights_go():
     pytest.importorskip("sam2", reason="the sam2 extra is not installed")
     from usesearch.errors import UsesearchError
-    from usesearch.sam2_models import load_sam2
+    from usesearch.masks.sam2_models import load_sam2
 
     with pytest.raises(UsesearchError, match=r"models pull sam2:hiera_l.*sam2\.1_hiera_large\.pt"):
         load_sam2("hiera_l")

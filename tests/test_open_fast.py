@@ -5,8 +5,8 @@ may not hold exactly the committed segments, the comparison still runs."""
 import numpy as np
 import pytest
 
-import indexer.vectors as vectors
-from indexer import IndexOptions, SegmentIndex, index_paths, reindex
+import usesearch.indexer.vectors as vectors
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from tests.conftest import OPTS, write_photos
 from tests.test_index_scale import synthetic_index
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from usesearch import patch_weights
-from usesearch.head import letterbox_weights
+from usesearch.models.head import letterbox_weights
 
 
 def test_half_covered_cell_weighs_one_half():
@@ -77,7 +77,7 @@ def _random_masks(rng, n, h, w):
 
 
 def test_rle_runs_are_the_masks_pixels():
-    from usesearch import rle
+    from usesearch.masks import rle
 
     rng = np.random.default_rng(0)
     for h, w in [(1, 1), (7, 3), (40, 65), (300, 200)]:
@@ -92,7 +92,7 @@ def test_rle_runs_are_the_masks_pixels():
 
 @pytest.mark.parametrize("hw,grid", [((97, 131), 16), ((256, 256), 16), ((61, 20), 24)])
 def test_weights_from_rle_runs_equal_weights_from_dense_masks(hw, grid):
-    from usesearch import rle
+    from usesearch.masks import rle
 
     rng = np.random.default_rng(1)
     masks = _random_masks(rng, 8, *hw)

@@ -7,8 +7,8 @@ import threading
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from indexer import IndexOptions, SegmentIndex, index_paths
-from usesearch.cli import app
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+from usesearch.cli.app import app
 from tests.conftest import OPTS, assert_consistent, kill_when, run_python, segment_table, write_photos
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -55,7 +55,7 @@ def test_kill_dash_nine_then_resume_on_postgresql_equals_one_clean_run(tmp_path,
     for i in range(2):  # more work so the kill lands mid-run
         write_photos(tmp_path / "photos" / f"copy{i}", NAMES[i:] + NAMES[:i])
     db = tmp_path / "db"
-    code = ("import sys; from indexer import IndexOptions, index_paths; "
+    code = ("import sys; from usesearch.indexer import IndexOptions, index_paths; "
             "index_paths([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', "
             "masker_options={'max_masks': 8}, db_url=sys.argv[3]))")
     done = kill_when(run_python(code, photos, db, pg_url), lambda: done_images(pg_url), lambda n: n >= 3, start=0)

@@ -6,11 +6,11 @@ import os
 
 from typer.testing import CliRunner
 
-import indexer.embeddings as embeddings
-from indexer import IndexOptions, SegmentIndex, index_paths, reindex
+import usesearch.indexer.embeddings as embeddings
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from tests.conftest import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos
 from tests.test_index_scale import synthetic_index
-from usesearch.cli import app
+from usesearch.cli.app import app
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 
@@ -69,7 +69,7 @@ def test_kill_dash_nine_during_prune_then_resume(tmp_path):
     db = tmp_path / "db"
     synthetic_index(db, n=12_000, dim=16, images=3_000)
     reindex(db)
-    code = "import sys; from indexer.prune import prune; prune(sys.argv[1], force=True)"
+    code = "import sys; from usesearch.indexer.prune import prune; prune(sys.argv[1], force=True)"
     left = kill_when(run_python(code, db), lambda: sqlite_count(db / "segments.sqlite", "select count(*) from images"),
                      lambda n: n <= 2_500, start=3_000, every=0.02)
     assert 0 < left < 3_000

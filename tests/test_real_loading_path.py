@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 import usesearch
-from usesearch.backbones import build_clip, build_dino
-from usesearch.model import USE
-from usesearch.presets import TINY_CLIP_NAME
+from usesearch.models.backbones import build_clip, build_dino
+from usesearch.models.model import USE
+from usesearch.models.presets import TINY_CLIP_NAME
 
 
 @pytest.fixture()

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from indexer import IndexOptions, SegmentIndex, index_paths
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
 from tests.conftest import OPTS, write_photos
-from usesearch import rle
-from usesearch.cli import app
+from usesearch.masks import rle
+from usesearch.cli.app import app
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,8 @@ def test_similar_needs_a_segment_or_a_photo(indexed, tmp_path):
 def test_upload_route_searches_a_region_and_refuses_bad_uploads(indexed, monkeypatch):
     from fastapi.testclient import TestClient
 
-    import indexer.web.app as web
-    from indexer.web import create_app
+    import usesearch.indexer.web.app as web
+    from usesearch.indexer.web import create_app
 
     root, photos = indexed
     before = sorted(p.name for p in photos.rglob("*"))
@@ -122,9 +122,9 @@ def test_region_uploads_share_one_pixel_budget_with_every_decode(indexed, monkey
 
     from fastapi.testclient import TestClient
 
-    import indexer.web.app as web
-    from indexer.web import create_app
-    from indexer.web.budget import PixelBudget
+    import usesearch.indexer.web.app as web
+    from usesearch.indexer.web import create_app
+    from usesearch.indexer.web.budget import PixelBudget
 
     root, _ = indexed
     big = io.BytesIO()

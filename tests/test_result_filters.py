@@ -7,11 +7,11 @@ import pytest
 from sqlalchemy import insert
 from typer.testing import CliRunner
 
-from indexer import SegmentIndex, reindex
-from indexer.pipeline import db_url_for
-from indexer.records import ImageRecord, IndexInfo, SegmentRecord
-from indexer.store import Store
-from usesearch import rle
+from usesearch.indexer import SegmentIndex, reindex
+from usesearch.indexer.pipeline import db_url_for
+from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
+from usesearch.indexer.store import Store
+from usesearch.masks import rle
 
 H = W = 40
 
@@ -84,7 +84,7 @@ def test_distinct_drops_parts_of_better_hits_and_wholes_around_them(hand_built):
 
 
 def test_cli_and_web_take_min_score_and_distinct(hand_built):
-    from usesearch.cli import app
+    from usesearch.cli.app import app
 
     result = CliRunner().invoke(app, ["similar", "2", "--db", str(hand_built.db_dir), "--distinct", "--min-score", "0.5", "--json"])
     assert result.exit_code == 0, result.output
@@ -99,7 +99,7 @@ def test_cli_and_web_take_min_score_and_distinct(hand_built):
         images.setdefault(h["image_id"], []).append(h["mask"])
     from fastapi.testclient import TestClient
 
-    from indexer.web import create_app
+    from usesearch.indexer.web import create_app
 
     client = TestClient(create_app(hand_built))
     response = client.get("/api/segments/2/similar", params={"k": 10, "distinct": "true", "min_score": 0.5})

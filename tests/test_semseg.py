@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from training.synthetic import semseg_classes, write_semseg
-from usesearch.cli import app
-from usesearch.semseg import UNLABELLED, confusion, miou, pixel_labels
+from usesearch.training.synthetic import semseg_classes, write_semseg
+from usesearch.cli.app import app
+from usesearch.tasks.semseg import UNLABELLED, confusion, miou, pixel_labels
 
 
 def test_pixels_sum_probabilities_over_covering_masks():
@@ -66,7 +66,7 @@ def test_segment_and_eval_semseg_cli_on_synthetic_data(tmp_path):
 
 
 def test_only_masks_whose_top_class_is_a_part_are_scored():
-    from usesearch.parts import background_classes, part_detections
+    from usesearch.tasks.parts import background_classes, part_detections
 
     assert len(background_classes()) == 91 + 11  # COCO-stuff classes + PartImageNet super-categories
     probs = np.array([[0.7, 0.1, 0.2], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]])  # 2 parts, 1 background class
@@ -74,7 +74,7 @@ def test_only_masks_whose_top_class_is_a_part_are_scored():
 
 
 def test_eval_parts_cli_on_synthetic_parts(tmp_path):
-    from training.synthetic import write_parts_coco
+    from usesearch.training.synthetic import write_parts_coco
 
     coco_json = write_parts_coco(tmp_path / "parts", 3, seed=5)
     report = tmp_path / "parts.json"

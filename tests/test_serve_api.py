@@ -14,14 +14,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from indexer import IndexMismatchError, IndexOptions, SegmentIndex, index_paths
-from indexer.search import MAX_QUERY_CHARS
-from indexer.web import MAX_K, create_app
-from indexer.web.security import check_bind, is_loopback
+from usesearch.indexer import IndexMismatchError, IndexOptions, SegmentIndex, index_paths
+from usesearch.indexer.search import MAX_QUERY_CHARS
+from usesearch.indexer.web import MAX_K, create_app
+from usesearch.indexer.web.security import check_bind, is_loopback
 from tests.conftest import OPTS, write_photos
-from usesearch.cli import app as cli_app
+from usesearch.cli.app import app as cli_app
 from usesearch.errors import UsesearchError
-from usesearch.visualize import OUTLINE, decode_mask
+from usesearch.tasks.visualize import OUTLINE, decode_mask
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -100,7 +100,7 @@ def test_segment_metadata_mask_tile_overlay_and_image(served):
 
 
 def test_decoded_images_are_cached_within_a_byte_budget(served):
-    from indexer.web.render import ImageCache
+    from usesearch.indexer.web.render import ImageCache
 
     _, index, _ = served
     records = [index.store.image(i) for i in (1, 2, 3)]
@@ -221,7 +221,7 @@ def test_new_segments_from_a_running_indexer_are_served_without_restart(tmp_path
 
 def test_the_model_loads_once_and_must_match_the_index(served, monkeypatch):
     root, _, _ = served
-    import indexer.search as search
+    import usesearch.indexer.search as search
 
     loads = []
     real = search.load_model
@@ -257,7 +257,7 @@ def test_a_token_guards_every_request(served):
 
 
 def test_a_loopback_server_refuses_other_host_names(served):
-    from indexer.web.security import LOOPBACK_NAMES
+    from usesearch.indexer.web.security import LOOPBACK_NAMES
 
     client = TestClient(create_app(served[1], allowed_hosts=LOOPBACK_NAMES), base_url="http://127.0.0.1:8000")
     assert client.get("/api/info").status_code == 200
@@ -350,7 +350,7 @@ def test_one_decode_per_image_however_many_requests_wait_for_it(served, monkeypa
     import threading
     import time
 
-    from indexer.web import render
+    from usesearch.indexer.web import render
 
     _, index, _ = served
     records = [index.store.image(i) for i in (1, 2, 3)]
@@ -426,7 +426,7 @@ def live_server(index, header_timeout: float):
 
     import uvicorn
 
-    from indexer.web import server_config
+    from usesearch.indexer.web import server_config
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -499,7 +499,7 @@ def test_one_client_holding_unfinished_headers_cannot_shut_out_the_others(served
     import socket
     import time
 
-    from indexer.web import MAX_CONNECTIONS, MAX_PER_CLIENT
+    from usesearch.indexer.web import MAX_CONNECTIONS, MAX_PER_CLIENT
 
     _, index, _ = served
     attackers = []

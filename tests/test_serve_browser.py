@@ -14,8 +14,8 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from indexer import IndexOptions, SegmentIndex, index_paths
-from indexer.web import create_app
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+from usesearch.indexer.web import create_app
 from tests.conftest import OPTS, write_photos
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"

@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-import indexer.index_choice as index_choice
-from indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from indexer.pipeline import FAISS_FILE
-from indexer.vectors import shard_files
+import usesearch.indexer.index_choice as index_choice
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from usesearch.indexer.pipeline import FAISS_FILE
+from usesearch.indexer.vectors import shard_files
 from tests.conftest import OPTS, assert_consistent, write_photos
 from tests.test_index_scale import synthetic_index
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import usesearch
-from training.data import augment, load_samples
-from training.loss import LOGIT_SCALE, segment_text_loss
-from training.synthetic import class_texts, top1_accuracy, write_dataset
-from training.train import TrainConfig, Trainer
+from usesearch.training.data import augment, load_samples
+from usesearch.training.loss import LOGIT_SCALE, segment_text_loss
+from usesearch.training.synthetic import class_texts, top1_accuracy, write_dataset
+from usesearch.training.train import TrainConfig, Trainer
 
 
 def reference_loss(s, t, scale, same_text=None):
@@ -74,8 +74,8 @@ def test_augmentation_keeps_masks_on_their_pixels():
 def test_training_crops_are_padded_like_inference_images():
     """A crop smaller than the crop size reaches the encoder padded with each
     backbone's mean colour, exactly as inference letterboxes a whole image."""
-    from usesearch.factory import create_use
-    from usesearch.head import letterbox_weights
+    from usesearch.models.factory import create_use
+    from usesearch.models.head import letterbox_weights
 
     use = create_use("tiny")
     rgb = np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8)
@@ -129,7 +129,7 @@ def test_training_beats_chance_and_the_untrained_head(trained_tiny_head):
 def test_cli_train_writes_a_loadable_head_and_resumes(synthetic, tmp_path):
     from typer.testing import CliRunner
 
-    from usesearch.cli import app
+    from usesearch.cli.app import app
 
     args = ["train", str(synthetic[1]), "--out", str(tmp_path / "run"), "--batch-images", "4", "--crop", "96",
             "--max-steps", "3", "--checkpoint-every", "2", "--preset", "tiny"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import usesearch
-from usesearch.encoder import LLN
+from usesearch.models.encoder import LLN
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from curation.dataset import read_records
-from usesearch import rle
-from usesearch.images import read_image
+from usesearch.curation.dataset import read_records
+from usesearch.masks import rle
+from usesearch.io.images import read_image
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 # The paper writes exp(s·t/τ) with "τ = 30". With unit vectors s·t lies in [-1, 1], so
 # dividing by 30 would flatten every softmax to near-uniform; the value only makes
 # sense as a logit *scale* (logits = 30 · s·t), CLIP's convention, which we use.
-from usesearch.semseg import LOGIT_SCALE  # noqa: E402  (one definition: inference uses the same)
+from usesearch.tasks.semseg import LOGIT_SCALE  # noqa: E402  (one definition: inference uses the same)
 
 
 def segment_text_loss(

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from curation.dataset import DatasetWriter
-from curation.masks import to_segment
-from curation.records import TextRef
-from usesearch import rle
-from usesearch.files import read_bytes
+from usesearch.curation.dataset import DatasetWriter
+from usesearch.curation.masks import to_segment
+from usesearch.curation.records import TextRef
+from usesearch.masks import rle
+from usesearch.io.files import read_bytes
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 60, 220), "yellow": (235, 215, 30)}
 SHAPES = ("circle", "square", "triangle")
@@ -87,7 +87,7 @@ def write_dataset(out: str | os.PathLike, n_images: int, seed: int = 0, size: in
 
 def top1_accuracy(model, dataset_dir: str | os.PathLike) -> float:
     """Held-out segment -> text top-1 accuracy among all class texts."""
-    from training.data import load_image, load_samples
+    from usesearch.training.data import load_image, load_samples
 
     names = class_texts()
     text = model.embed_text(names)

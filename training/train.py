@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from usesearch.checkpoint import save_head
+from usesearch.models.checkpoint import save_head
 from usesearch.devices import resolve_device
-from usesearch.factory import create_use_and_clip
-from usesearch.head import letterbox_weights
-from usesearch.text import EXPRESSION_TEMPLATES, TextEncoder
+from usesearch.models.factory import create_use_and_clip
+from usesearch.models.head import letterbox_weights
+from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder
 
 from .data import Sample, augment, load_image
 from .loss import LOGIT_SCALE, segment_text_loss
@@ -148,7 +148,7 @@ class Trainer:
         path = self.out / "trainer.pt"
         if not path.is_file():
             return
-        from usesearch.checkpoint import load_head
+        from usesearch.models.checkpoint import load_head
 
         state, _ = load_head(self.out / "head", self.use.preset)
         self.use.load_state_dict(state, strict=False)

@@ -12,20 +12,20 @@ modules do not pay for importing torch, open_clip and timm.
 
 from importlib import import_module
 
-from .errors import CheckpointMismatchError, MissingWeightsError, NoTrainedHeadError, UsesearchError
+from usesearch.errors import CheckpointMismatchError, MissingWeightsError, NoTrainedHeadError, UsesearchError
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": ".factory",
-    "create_use": ".factory",
-    "patch_weights": ".head",
-    "load_head": ".checkpoint",
-    "save_head": ".checkpoint",
-    "PRESETS": ".presets",
-    "get_preset": ".presets",
-    "EXPRESSION_TEMPLATES": ".text",
-    "CLASSNAME_TEMPLATES": ".text",
+    "load_model": "usesearch.models.factory",
+    "create_use": "usesearch.models.factory",
+    "patch_weights": "usesearch.models.head",
+    "load_head": "usesearch.models.checkpoint",
+    "save_head": "usesearch.models.checkpoint",
+    "PRESETS": "usesearch.models.presets",
+    "get_preset": "usesearch.models.presets",
+    "EXPRESSION_TEMPLATES": "usesearch.models.text",
+    "CLASSNAME_TEMPLATES": "usesearch.models.text",
 }
 
 __all__ = ["CheckpointMismatchError", "MissingWeightsError", "NoTrainedHeadError", "UsesearchError", *_LAZY]
@@ -33,7 +33,7 @@ __all__ = ["CheckpointMismatchError", "MissingWeightsError", "NoTrainedHeadError
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(import_module(_LAZY[name], __name__), name)
+        value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'usesearch' has no attribute {name!r}")

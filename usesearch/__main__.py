@@ -1,5 +1,5 @@
 """``python -m usesearch``: the same CLI as the ``usesearch`` script."""
 
-from .cli_compat import main
+from usesearch.cli.compat import main
 
 main()

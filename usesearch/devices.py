@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UsesearchError
+from usesearch.errors import UsesearchError
 
 CHOICES = "cpu, cuda or cuda:N"
 

@@ -20,9 +20,9 @@ from sqlalchemy.exc import OperationalError
 
 from fastapi.concurrency import run_in_threadpool
 
-from usesearch import region as region_lib
+from usesearch.masks import region as region_lib
 from usesearch.errors import NotFoundError, UsesearchError
-from usesearch.files import DEFAULT_MAX_PIXELS, decode, pixel_count
+from usesearch.io.files import DEFAULT_MAX_PIXELS, decode, pixel_count
 
 from .budget import PixelBudget, ServerBusyError
 from ..search import MAX_MIN_AREA, MAX_QUERY_CHARS, Hit, SegmentIndex

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from usesearch.errors import UsesearchError
-from usesearch.files import DEFAULT_MAX_PIXELS
+from usesearch.io.files import DEFAULT_MAX_PIXELS
 
 BUDGET_PIXELS = 2 * DEFAULT_MAX_PIXELS  # ~2 GB of decode and region work at once
 WAIT_S = 20.0

@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 
 from usesearch.errors import UsesearchError
-from usesearch.visualize import OUTLINE, TINT, decode_mask, outline, segment_tile
+from usesearch.tasks.visualize import OUTLINE, TINT, decode_mask, outline, segment_tile
 
-from usesearch.files import decode, read_bytes
+from usesearch.io.files import decode, read_bytes
 
 from .budget import PixelBudget
 from ..records import ImageRecord, SegmentRow

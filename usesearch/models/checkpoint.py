@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import PresetConfig
-from .errors import CheckpointMismatchError, UsesearchError
+from usesearch.models.config import PresetConfig
+from usesearch.errors import CheckpointMismatchError, UsesearchError
 
 FORMAT = "usesearch-head"
 VERSION = 1

@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from segment_anything.utils.amg import batched_mask_to_box
 from torch import nn
 
-from .backbones import Clip, dino_mean_std
-from .config import PresetConfig
-from .devices import bf16_autocast
-from .encoder import BackboneTokens, USEImageEncoder
-from .head import SegmentEmbeddingHead, letterbox_weights
-from .images import as_masks, letterbox, to_rgb_array
-from .rle import RleStack
-from .text import CLASSNAME_TEMPLATES, EXPRESSION_TEMPLATES, TextEncoder
+from usesearch.models.backbones import Clip, dino_mean_std
+from usesearch.models.config import PresetConfig
+from usesearch.devices import bf16_autocast
+from usesearch.models.encoder import BackboneTokens, USEImageEncoder
+from usesearch.models.head import SegmentEmbeddingHead, letterbox_weights
+from usesearch.io.images import as_masks, letterbox, to_rgb_array
+from usesearch.masks.rle import RleStack
+from usesearch.models.text import CLASSNAME_TEMPLATES, EXPRESSION_TEMPLATES, TextEncoder
 
 
 class USE(nn.Module):

@@ -8,16 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import DeviceOpt, PresetOpt, app, console, user_errors
+from usesearch.cli.options import DeviceOpt, PresetOpt, console, user_errors
+
+app = typer.Typer()
 
 curate_app = typer.Typer(help="Curate segment-text pairs for training (paper §3.1).", no_args_is_help=True)
-app.add_typer(curate_app, name="curate")
 
 SOURCES = ("folder", "coco-captions", "coco-instances", "vg")
 
 
 def _source(source: str, path: Path, images: Optional[Path]):
-    from curation import sources
+    from usesearch.curation import sources
 
     if source == "folder":
         return sources.folder_source(path)
@@ -55,13 +56,13 @@ def run(
     from segment_anything import SamPredictor
     from tqdm import tqdm
 
-    from curation.masks import BoxMaskConfig
-    from curation.pipeline import curate
+    from usesearch.curation.masks import BoxMaskConfig
+    from usesearch.curation.pipeline import curate
 
-    from .devices import resolve_device
-    from .factory import DEFAULT_PRESET
-    from .presets import get_preset
-    from .sam import load_sam
+    from usesearch.devices import resolve_device
+    from usesearch.models.factory import DEFAULT_PRESET
+    from usesearch.models.presets import get_preset
+    from usesearch.masks.sam import load_sam
 
     device = resolve_device(device)
     items = _source(source, path, images)
@@ -88,11 +89,11 @@ def run(
 
 
 def _grounder(name: str, spacy_model: str, device):
-    from curation.expressions import load_parser
-    from curation.grounding import GroundingDinoGrounder
+    from usesearch.curation.expressions import load_parser
+    from usesearch.curation.grounding import GroundingDinoGrounder
 
     if name == "tiny":
-        from curation.tiny import tiny_grounding_dino
+        from usesearch.curation.tiny import tiny_grounding_dino
 
         model, processor = tiny_grounding_dino()
         return GroundingDinoGrounder(model, processor, load_parser(spacy_model), device)
@@ -100,10 +101,10 @@ def _grounder(name: str, spacy_model: str, device):
 
 
 def _captioner(name: str, revision: Optional[str], trust_remote_code: bool, device):
-    from curation.captioning import TransformersCaptioner
+    from usesearch.curation.captioning import TransformersCaptioner
 
     if name == "tiny":
-        from curation.tiny import tiny_llava
+        from usesearch.curation.tiny import tiny_llava
 
         model, processor = tiny_llava()
         return TransformersCaptioner(model, processor, "tiny-llava", device, max_new_tokens=24)
@@ -118,7 +119,7 @@ def show(
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curated.png"),
 ) -> None:
     """Draw one image's segments (masks tinted, texts written) to a PNG for eyeballing quality."""
-    from curation.show import find_record, render
+    from usesearch.curation.show import find_record, render
 
     console.print(f"wrote {render(find_record(dataset, image), out)}")
 
@@ -130,7 +131,7 @@ def stats_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The paper's Table 1 columns (pairs, pairs after NMS, unique expressions) and per-source counts."""
-    from curation.dataset import stats
+    from usesearch.curation.dataset import stats
 
     result = stats(dataset)
     if as_json:

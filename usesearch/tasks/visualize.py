@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from skimage.segmentation import find_boundaries
 
-from . import rle as rle_codec
+from usesearch.masks import rle as rle_codec
 
 
 

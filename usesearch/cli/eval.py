@@ -10,7 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import DeviceOpt, PresetOpt, app, console, shared_options, user_errors
+from usesearch.cli.options import DeviceOpt, PresetOpt, console, shared_options, user_errors
+
+app = typer.Typer()
 
 HeadsOpt = Annotated[Optional[list[Path]], typer.Option(
     "--head", help="Head checkpoint; repeat to ensemble several (class probabilities averaged).")]
@@ -24,7 +26,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 OutJsonOpt = Annotated[Optional[Path], typer.Option("--out", help="Also write the result as a JSON file.")]
 
 eval_app = typer.Typer(help="Evaluate on benchmarks (paper §4.3, §4.4) and audit datasets.", no_args_is_help=True)
-app.add_typer(eval_app, name="eval")
 
 
 def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
@@ -50,8 +51,8 @@ class Segmenter:
     def build(self):
         """The models (one per --head: their class probabilities are averaged, the
         paper's ensemble of curated-data and COCO heads) and the masker."""
-        from .factory import choose_preset, load_model, resolve_embedder
-        from .maskers import build_masker
+        from usesearch.models.factory import choose_preset, load_model, resolve_embedder
+        from usesearch.masks.maskers import build_masker
 
         models = []
         for head in [str(h) for h in self.head or []] or [None]:
@@ -69,8 +70,8 @@ with_segmenter = shared_options("segmenter", Segmenter, {
 
 def _read_and_mask(path: Path | str, masker, name: str | None = None):
     """One image file -> (RGB, its masks [N, H, W])."""
-    from .images import read_image
-    from .maskers import stack_masks
+    from usesearch.io.images import read_image
+    from usesearch.masks.maskers import stack_masks
 
     rgb = read_image(path)
     return rgb, stack_masks(masker(rgb, name or str(path)), rgb.shape[:2])
@@ -103,8 +104,8 @@ def segment(
     """Open-vocabulary semantic segmentation of one image (paper §4.3)."""
     import numpy as np
 
-    from .semseg import save_label_map, segment_image
-    from .visualize import label_overlay
+    from usesearch.tasks.semseg import save_label_map, segment_image
+    from usesearch.tasks.visualize import label_overlay
 
     names = _classes(classes, classes_file)
     models, mask_proposer = segmenter.build()
@@ -135,7 +136,7 @@ def eval_semseg(
     """mIoU over a dataset in the ADE20K / Pascal Context layout."""
     import numpy as np
 
-    from .semseg import confusion, miou, read_label_map, segment_image
+    from usesearch.tasks.semseg import confusion, miou, read_label_map, segment_image
 
     names = _classes(classes, classes_file)
     models, mask_proposer = segmenter.build()
@@ -171,8 +172,8 @@ def eval_parts(
 
     from pycocotools.coco import COCO
 
-    from .parts import background_classes, mask_map, part_detections, to_results
-    from .semseg import class_probabilities
+    from usesearch.tasks.parts import background_classes, mask_map, part_detections, to_results
+    from usesearch.tasks.semseg import class_probabilities
 
     with contextlib.redirect_stdout(io.StringIO()):
         annotations = COCO(str(coco))
@@ -209,8 +210,8 @@ def audit(
     device: DeviceOpt = None,
 ) -> None:
     """Rank ground-truth annotations by how strongly the model disagrees with their labels."""
-    from .audit import audit_coco, write_report
-    from .factory import choose_preset, load_model, resolve_embedder
+    from usesearch.tasks.audit import audit_coco, write_report
+    from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
     preset = choose_preset(preset, head)
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)

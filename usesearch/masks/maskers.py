@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from segment_anything.utils.amg import batched_mask_to_box
 
-from . import rle
-from .config import PresetConfig
-from .devices import resolve_device
-from .errors import UsesearchError
+from usesearch.masks import rle
+from usesearch.models.config import PresetConfig
+from usesearch.devices import resolve_device
+from usesearch.errors import UsesearchError
 
 WORK_PIXELS = 4_000_000  # the Felzenszwalb masker's working size for larger photos
 
@@ -106,7 +106,7 @@ class SamMasker:
 
     name = "sam"
     def __init__(self, sam, points_per_side: int = 32, **amg_kwargs):
-        from .amg import SamMaskGenerator
+        from usesearch.masks.amg import SamMaskGenerator
 
         _check_options(self.name, SamMaskGenerator, amg_kwargs)
         self.points_per_side = points_per_side
@@ -165,7 +165,7 @@ class Sam2Masker:
     def __init__(self, model, model_name: str, points_per_side: int = 32, **amg_kwargs):
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-        from .sam2_models import automatic_mask_generator
+        from usesearch.masks.sam2_models import automatic_mask_generator
 
         _check_options(self.name, SAM2AutomaticMaskGenerator, amg_kwargs, fixed=("output_mode",))
         self.model_name, self.points_per_side, self.amg_kwargs = model_name, points_per_side, amg_kwargs
@@ -287,7 +287,7 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | torch.dev
                              f"masker {name} (its options: {own})"
                              f"{' (the default for the random-weight tiny preset)' if name == 'felzenszwalb' else ''}")
     if name == "sam":
-        from .sam import load_sam
+        from usesearch.masks.sam import load_sam
 
         sam = load_sam(preset.sam, preset.name, options.pop("sam_checkpoint", None), resolve_device(device))
         # A GPU's encoder is busier with a few photos at once (ViT-H: ~1 GB of activations
@@ -295,7 +295,7 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | torch.dev
         options.setdefault("encoder_batch", 4 if sam.device.type == "cuda" else 1)
         return SamMasker(sam, **options)
     if name == "sam2":
-        from .sam2_models import load_sam2
+        from usesearch.masks.sam2_models import load_sam2
 
         model_name = options.pop("sam2_model", None) or ("tiny" if preset.sam.checkpoint is None else "hiera_l")
         model = load_sam2(model_name, options.pop("sam2_checkpoint", None), resolve_device(device))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import ClipConfig, DinoConfig, HeadConfig, PresetConfig, SamConfig
-from .errors import UnknownPresetError
+from usesearch.models.config import ClipConfig, DinoConfig, HeadConfig, PresetConfig, SamConfig
+from usesearch.errors import UnknownPresetError
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from segment_anything.utils.amg import calculate_stability_score
 
-from . import rle
-from .errors import UsesearchError
+from usesearch.masks import rle
+from usesearch.errors import UsesearchError
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .errors import UsesearchError
-from .cli import DeviceOpt, FaissDeviceOpt, HeadOpt, PresetOpt, app, console, shared_options, user_errors
+from usesearch.errors import UsesearchError
+from usesearch.cli.options import DeviceOpt, FaissDeviceOpt, HeadOpt, PresetOpt, console, shared_options, user_errors
+
+app = typer.Typer()
 
 # A string, not a Path: Path("") would silently turn an empty --db into the current folder.
 DbOpt = Annotated[str, typer.Option("--db", help="Index folder (SQLite metadata, FAISS vectors, lock).")]
@@ -36,7 +38,7 @@ ExportOpt = Annotated[Optional[Path], typer.Option("--export-coco", help="Write 
 
 
 def _outputs(hits, name: str, show: Optional[Path], export: Optional[Path]) -> None:
-    from indexer.export import contact_sheet, hits_to_coco
+    from usesearch.indexer.export import contact_sheet, hits_to_coco
 
     # Status on stderr: stdout may be carrying --json.
     if show:
@@ -85,7 +87,7 @@ def index(
     """Segment and embed every image under PATHS into the index at --db (incremental, resumable)."""
     from tqdm import tqdm
 
-    from indexer import IndexOptions, index_paths
+    from usesearch.indexer import IndexOptions, index_paths
 
     sam_settings = dict(points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
                         stability_score_thresh=stability_thresh, box_nms_thresh=box_nms_thresh, crop_n_layers=crop_layers,
@@ -109,14 +111,14 @@ def index(
     if workers is not None and ray is None:
         raise UsesearchError("--workers applies to --ray runs only")
     if ray is not None:
-        from indexer.distributed import index_paths_ray
+        from usesearch.indexer.distributed import index_paths_ray
 
         report = index_paths_ray(paths, db, options, progress, address=ray, workers=workers)
     else:
         report = index_paths(paths, db, options, progress)
     bar.close()
     if prune_gone and not report.interrupted:
-        from indexer.prune import prune
+        from usesearch.indexer.prune import prune
 
         pruned = prune(db, paths, options)
         console.print(f"pruned {pruned.images_removed} images whose files are gone ({pruned.segments_removed} segments)")
@@ -198,7 +200,7 @@ def query(
     search: SearchOptions,
 ) -> None:
     """Rank the index's segments against a text."""
-    from indexer import SegmentIndex
+    from usesearch.indexer import SegmentIndex
 
     index = SegmentIndex.open(db, db_url=search.db_url, device=device, faiss_device=faiss_device)
     hits = index.query(text, **search.filters())
@@ -221,8 +223,8 @@ def similar(
     search: SearchOptions,
 ) -> None:
     """Segments most like a given one (query by example), or like a region of any photo."""
-    from indexer import SegmentIndex
-    from usesearch import region as region_lib
+    from usesearch.indexer import SegmentIndex
+    from usesearch.masks import region as region_lib
 
     if (segment_id is None) == (image is None):
         raise UsesearchError("give a SEGMENT_ID, or --image PHOTO with --point, --box or --mask")
@@ -233,7 +235,7 @@ def similar(
         hits = index.similar(segment_id, **search.filters())
         search.output(hits, f"like segment {segment_id}", f"like segment {segment_id}", index)
         return
-    from usesearch.files import decode, read_bytes
+    from usesearch.io.files import decode, read_bytes
 
     rgb = decode(read_bytes(str(image))[0], str(image))  # the indexer's safeguards: regular files, size, bombs
     mask_array = None
@@ -244,7 +246,7 @@ def similar(
     how = "the mask given" if picked.stability_score is None else f"SAM, stability {picked.stability_score:.3f}"
     typer.echo(f"region: bbox {list(picked.bbox)}, {picked.area} pixels ({how})", err=True)
     if search.show:
-        from indexer.export import region_picture
+        from usesearch.indexer.export import region_picture
 
         typer.echo(f"wrote {region_picture(rgb, picked, search.show)}", err=True)
     hits = index.search_region(rgb, picked, **search.filters())
@@ -255,7 +257,7 @@ def similar(
 @user_errors
 def info(db: DbOpt, as_json: JsonOpt = False, db_url: DbUrlOpt = None, faiss_device: FaissDeviceOpt = None) -> None:
     """Images done/failed, segments, model, index type, sizes on disk, and where FAISS runs."""
-    from indexer import SegmentIndex
+    from usesearch.indexer import SegmentIndex
 
     stats = SegmentIndex.open(db, db_url=db_url, faiss_device=faiss_device).stats(check_files=True)
     if as_json:
@@ -269,7 +271,7 @@ def info(db: DbOpt, as_json: JsonOpt = False, db_url: DbUrlOpt = None, faiss_dev
 @user_errors
 def failures(db: DbOpt, db_url: DbUrlOpt = None) -> None:
     """Each file that failed to index, with its reason."""
-    from indexer.search import open_store
+    from usesearch.indexer.search import open_store
 
     for record in open_store(db, db_url, read_only=True).failures():
         console.print(f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})", markup=False)
@@ -285,8 +287,8 @@ def prune_cmd(
 ) -> None:
     """Remove images whose files are gone or unreadable since indexing, with their segments and vectors;
     then give back the disk their embedding rows (and those of re-indexed photos) took."""
-    from indexer import IndexOptions
-    from indexer.prune import prune
+    from usesearch.indexer import IndexOptions
+    from usesearch.indexer.prune import prune
 
     report = prune(db, paths or None, IndexOptions(db_url=db_url), force=force)
     state = "interrupted; removals so far are kept" if report.interrupted else "finished"
@@ -310,12 +312,12 @@ def reindex_cmd(
     ray: Annotated[Optional[str], typer.Option("--ray", help="Fill the shards in parallel on Ray: a bare --ray starts Ray here; --ray ADDRESS joins a cluster.")] = None,
 ) -> None:
     """Rebuild the FAISS file from the embedding files (and choose its type again)."""
-    from indexer import reindex
+    from usesearch.indexer import reindex
 
     if ray is None:
         console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, faiss_device, shard_size)} vectors")
         return
-    from indexer.distributed import ray_session, rebuild_on_ray
+    from usesearch.indexer.distributed import ray_session, rebuild_on_ray
 
     with ray_session(ray):
         count = reindex(db, factory, db_url, faiss_device, shard_size, build=rebuild_on_ray)
@@ -336,7 +338,7 @@ def serve(
     max_per_client: Annotated[Optional[int], typer.Option(min=0, help="Connections one address (an IPv6 /64) may hold (default 24); 0: no limit, for a reverse proxy that limits per client itself.")] = None,
 ) -> None:
     """Search page and JSON API over an index (docs at /docs); picks up what a running indexer adds."""
-    from indexer.web import serve as run_server
+    from usesearch.indexer.web import serve as run_server
 
     run_server(db, host=host, port=port, token=token, db_url=db_url, device=device, faiss_device=faiss_device,
                per_client=max_per_client)
@@ -350,8 +352,8 @@ def demo(
     query_text: Annotated[str, typer.Argument(help="Text to search for.")] = "a cat's face",
 ) -> None:
     """Offline demo: index scikit-image's bundled photos and run a query."""
-    from .presets import get_preset
-    from .weights import preset_status
+    from usesearch.models.presets import get_preset
+    from usesearch.models.weights import preset_status
 
     missing = [s for s in preset_status(get_preset(preset)) if not s.present]
     if missing:

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import DeviceOpt, PresetOpt, app, console, user_errors
+from usesearch.cli.options import DeviceOpt, PresetOpt, console, user_errors
+
+app = typer.Typer()
 
 
 @app.command()
@@ -30,10 +32,10 @@ def train(
     """Train the USE head (LLNs, block scales, projection) with the segment-text contrastive loss."""
     from tqdm import tqdm
 
-    from training.data import load_samples
-    from training.train import TrainConfig, Trainer
+    from usesearch.training.data import load_samples
+    from usesearch.training.train import TrainConfig, Trainer
 
-    from .factory import DEFAULT_PRESET
+    from usesearch.models.factory import DEFAULT_PRESET
 
     samples = load_samples(datasets)
     if not samples:

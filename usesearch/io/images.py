@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import UsesearchError
+from usesearch.errors import UsesearchError
 
 
 class ImageReadError(UsesearchError):

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .backbones import seeded
-from .errors import UsesearchError
-from .weights import WeightStatus, require, usesearch_home, verify_sha256
+from usesearch.models.backbones import seeded
+from usesearch.errors import UsesearchError
+from usesearch.models.weights import WeightStatus, require, usesearch_home, verify_sha256
 
 RELEASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 
@@ -89,7 +89,7 @@ def pull_sam2(name: str) -> list[str]:
     """``usesearch models pull sam2:NAME``: fetch a SAM 2.1 checkpoint into $USESEARCH_HOME."""
     from pathlib import Path
 
-    from .weights import _download
+    from usesearch.models.weights import _download
 
     if name not in SAM2_MODELS:
         raise UsesearchError(f"unknown SAM 2 model {name!r}; choose one of {', '.join(SAM2_MODELS)}")

@@ -76,7 +76,7 @@ def _rename(command: list[str], arg: str, value: str | None):
 
 def main() -> None:
     """The ``usesearch`` entry point."""
-    from .cli import app
+    from usesearch.cli.app import app
 
     argv, notes = modernise(optional_values(sys.argv[1:]))
     for note in notes:

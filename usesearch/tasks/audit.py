@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import read_image
-from .model import SegmentEmbedder
-from . import rle
-from .semseg import class_probabilities
-from .visualize import segment_tile
+from usesearch.io.images import read_image
+from usesearch.models.model import SegmentEmbedder
+from usesearch.masks import rle
+from usesearch.tasks.semseg import class_probabilities
+from usesearch.tasks.visualize import segment_tile
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ClipConfig, DinoConfig, PresetConfig, SamConfig
-from .errors import MissingWeightsError, UsesearchError
+from usesearch.models.config import ClipConfig, DinoConfig, PresetConfig, SamConfig
+from usesearch.errors import MissingWeightsError, UsesearchError
 
 _CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -14,11 +14,11 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .backbones import seeded
-from .config import SamConfig
-from .errors import UsesearchError
-from .sam_fast import speed_up
-from .weights import require, sam_status, verify_sha256
+from usesearch.models.backbones import seeded
+from usesearch.models.config import SamConfig
+from usesearch.errors import UsesearchError
+from usesearch.masks.sam_fast import speed_up
+from usesearch.models.weights import require, sam_status, verify_sha256
 
 
 SAM_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")

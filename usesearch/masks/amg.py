@@ -28,7 +28,7 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import batched_nms, box_area
 
-from . import rle
+from usesearch.masks import rle
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU: bounds memory for large photos
 GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)

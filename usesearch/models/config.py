@@ -48,7 +48,7 @@ class DinoConfig:
 class SamConfig:
     """A segment-anything model; ``checkpoint`` is a file name, not a path."""
 
-    model_type: str  # one of usesearch.sam.SAM_TYPES
+    model_type: str  # one of usesearch.masks.sam.SAM_TYPES
     checkpoint: str | None
     url: str | None = None
     sha256: str | None = None

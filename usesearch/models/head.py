@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import rle
+from usesearch.masks import rle
 
 
 def _axis_overlap(num_pixels: int, num_cells: int, cell_size: float) -> torch.Tensor:

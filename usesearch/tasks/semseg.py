@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 if TYPE_CHECKING:
-    from .model import SegmentEmbedder
+    from usesearch.models.model import SegmentEmbedder
 
 # Same scale the head is trained with (training.loss.LOGIT_SCALE), so probabilities
 # at inference are the ones the loss shaped.

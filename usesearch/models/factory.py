@@ -6,13 +6,13 @@ import os
 
 import torch
 
-from .backbones import Clip, build_clip, build_dino, seeded
-from .checkpoint import is_checkpoint, load_head, read_head_config, state_digest
-from .config import PresetConfig
-from .devices import resolve_device
-from .errors import NoTrainedHeadError, UsesearchError
-from .model import USE, CropEmbedder, USEEmbedder
-from .presets import PRESETS, get_preset
+from usesearch.models.backbones import Clip, build_clip, build_dino, seeded
+from usesearch.models.checkpoint import is_checkpoint, load_head, read_head_config, state_digest
+from usesearch.models.config import PresetConfig
+from usesearch.devices import resolve_device
+from usesearch.errors import NoTrainedHeadError, UsesearchError
+from usesearch.models.model import USE, CropEmbedder, USEEmbedder
+from usesearch.models.presets import PRESETS, get_preset
 
 
 DEFAULT_PRESET = "b16"  # real weights; `tiny` (random) only when asked for, or by `demo`

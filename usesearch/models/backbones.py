@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ClipConfig, DinoConfig
-from .weights import clip_status, dino_status, require
+from usesearch.models.config import ClipConfig, DinoConfig
+from usesearch.models.weights import clip_status, dino_status, require
 
 
 @contextlib.contextmanager
@@ -91,7 +91,7 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False) -> 
     import open_clip
 
     if cfg.custom_config is not None and open_clip.get_model_config(cfg.model_name) is None:
-        from .presets import MODEL_CONFIG_DIR
+        from usesearch.models.presets import MODEL_CONFIG_DIR
 
         open_clip.add_model_config(MODEL_CONFIG_DIR / f"{cfg.model_name}.json")
     kwargs = {} if native_size else {"force_image_size": cfg.image_size}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from .rle import encode
+from usesearch.masks.rle import encode
 
 DATA = Path(__file__).parent / "data"
 

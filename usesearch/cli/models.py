@@ -1,0 +1,97 @@
+"""``usesearch models list|pull`` and ``usesearch embed``: the model presets, their
+weights, and one image's segments ranked by texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from usesearch.cli.options import DeviceOpt, HeadOpt, PresetOpt, console, user_errors
+
+app = typer.Typer()
+models_app = typer.Typer(help="Model presets and their weights.", no_args_is_help=True)
+
+
+@models_app.command("list")
+@user_errors
+def models_list() -> None:
+    """Show each preset and whether its weights are on this machine."""
+    from usesearch.models.presets import PRESETS
+    from usesearch.models.weights import preset_status, usesearch_home
+
+    table = Table(title=f"usesearch presets (USESEARCH_HOME={usesearch_home()})")
+    for column in ("preset", "component", "weights", "status", "location"):
+        table.add_column(column, overflow="fold")
+    for preset in PRESETS.values():
+        for i, status in enumerate(preset_status(preset)):
+            if not status.needed:
+                state, where = Text("seeded random", style="cyan"), ""
+            elif status.present:
+                state, where = Text("present", style="green"), str(status.path)
+            else:
+                state, where = Text("missing", style="red"), f"put at {status.expected}"
+            table.add_row(preset.name if i == 0 else "", status.component, status.name, state, where)
+        table.add_section()
+    console.print(table)
+
+
+@models_app.command("pull")
+@user_errors
+def models_pull(preset: Annotated[str, typer.Argument(help="Preset whose weights to download, or sam2:MODEL for --masker sam2.")]) -> None:
+    """Download a preset's missing weights (CLIP, DINOv2, SAM), or a SAM 2.1 model's, into their caches."""
+    from usesearch.models.presets import get_preset
+    from usesearch.models.weights import pull
+
+    if preset.startswith("sam2:"):
+        from usesearch.masks.sam2_models import pull_sam2
+
+        done = pull_sam2(preset.split(":", 1)[1])
+    else:
+        done = pull(get_preset(preset))
+    for line in done or [f"all weights of {preset!r} are already present"]:
+        console.print(line)
+
+
+@app.command()
+@user_errors
+def embed(
+    image: Annotated[Path, typer.Argument(help="An image file.", exists=True, dir_okay=False)],
+    text: Annotated[list[str], typer.Argument(help="One or more texts to rank the segments by.")],
+    preset: PresetOpt = None,
+    embedder: Annotated[Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")] = None,
+    head: HeadOpt = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="Segments shown per text.")] = 3,
+    device: DeviceOpt = None,
+) -> None:
+    """Propose segments in one image (weight-free superpixel masker) and rank them per text."""
+    from usesearch.models.factory import choose_preset, load_model, resolve_embedder
+    from usesearch.io.images import read_image
+    from usesearch.masks.maskers import FelzenszwalbMasker
+
+    preset = choose_preset(preset, head)
+    model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
+    _print_ranking(model, image, read_image(image), FelzenszwalbMasker(), text, k)
+
+
+def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: int) -> None:
+    import numpy as np
+
+    from usesearch.masks.maskers import proposal_masks
+
+    proposals = masker(rgb)
+    if not proposals:
+        console.print(f"{name}: no segments found")
+        return
+    vectors = model.embed_segments(rgb, proposal_masks(proposals, rgb.shape[:2]))
+    scores = vectors @ model.embed_text(texts).T
+    table = Table(title=f"{name}: {len(proposals)} segments, model {model.fingerprint}")
+    for column in ("text", "rank", "score", "bbox (x, y, w, h)", "area"):
+        table.add_column(column)
+    for j, query in enumerate(texts):
+        for rank, i in enumerate(np.argsort(-scores[:, j])[:top], 1):
+            table.add_row(query if rank == 1 else "", str(rank), f"{scores[i, j]:.3f}", str(proposals[i].bbox), str(proposals[i].area))
+    console.print(table)
