@@ -20,12 +20,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from index_throughput import write_photos
+from scale import build, concepts, members, percentiles
 
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from usesearch.indexer.distributed import index_paths_ray
-
-from index_throughput import write_photos
-from scale import build, concepts, members, percentiles
 
 
 def steady_rate(times: list[float]) -> float:
@@ -37,9 +36,16 @@ def steady_rate(times: list[float]) -> float:
 def indexing(args, tmp: Path) -> None:
     photos = tmp / "photos"
     write_photos(photos, args.images, args.side)
-    options = IndexOptions(preset="tiny", masker="sam", masker_options={
-        "points_per_side": args.points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
-        "box_nms_thresh": 1.0})
+    options = IndexOptions(
+        preset="tiny",
+        masker="sam",
+        masker_options={
+            "points_per_side": args.points_per_side,
+            "pred_iou_thresh": 0.0,
+            "stability_score_thresh": 0.0,
+            "box_nms_thresh": 1.0,
+        },
+    )
     torch.set_num_threads(args.threads)
     commits = {"sequential": [], "ray": []}
 
@@ -47,6 +53,7 @@ def indexing(args, tmp: Path) -> None:
         def progress(report, path, total):
             while len(commits[name]) < report.done:
                 commits[name].append(time.perf_counter())
+
         return progress
 
     start = time.perf_counter()
@@ -62,12 +69,18 @@ def indexing(args, tmp: Path) -> None:
     ray.shutdown()
     assert distributed.segments == sequential.segments, (distributed.segments, sequential.segments)
     seq_rate, ray_rate = steady_rate(commits["sequential"]), steady_rate(commits["ray"])
-    print(f"{args.images} photos of {args.side}x{args.side * 3 // 4}, tiny preset, SAM masker at {args.points_per_side}x"
-          f"{args.points_per_side} points, thresholds 0; {sequential.segments} segments")
-    print(f"sequential (1 process, {args.threads} threads): {sequential_s:6.1f} s wall, "
-          f"{seq_rate:5.2f} img/s between first and last commit")
-    print(f"--ray ({args.workers} actors, {args.threads} CPUs):      {ray_s:6.1f} s wall (Ray start-up {startup_s:.1f} s, "
-          f"first commit after {commits['ray'][0] - start:.1f} s), {ray_rate:5.2f} img/s between first and last commit")
+    print(
+        f"{args.images} photos of {args.side}x{args.side * 3 // 4}, tiny preset, SAM masker at {args.points_per_side}x"
+        f"{args.points_per_side} points, thresholds 0; {sequential.segments} segments"
+    )
+    print(
+        f"sequential (1 process, {args.threads} threads): {sequential_s:6.1f} s wall, "
+        f"{seq_rate:5.2f} img/s between first and last commit"
+    )
+    print(
+        f"--ray ({args.workers} actors, {args.threads} CPUs):      {ray_s:6.1f} s wall (Ray start-up {startup_s:.1f} s, "
+        f"first commit after {commits['ray'][0] - start:.1f} s), {ray_rate:5.2f} img/s between first and last commit"
+    )
     print(f"pipeline overhead at steady state: {seq_rate / ray_rate - 1:+.0%} time per image")
 
 
@@ -91,7 +104,11 @@ def sharded_search(args, tmp: Path) -> None:
     print(f"index: {indexes['one index'].stats()['index_choice']}")
     found = {}
     for name, ix in indexes.items():
-        for label, filters in (("no filter", {}), ("--path (1%)", {"path": "/archive/07/*"}), ("--per-image", {"per_image": True})):
+        for label, filters in (
+            ("no filter", {}),
+            ("--path (1%)", {"path": "/archive/07/*"}),
+            ("--per-image", {"per_image": True}),
+        ):
             times, hits = [], []
             for q in queries:
                 t = time.perf_counter()
@@ -99,8 +116,10 @@ def sharded_search(args, tmp: Path) -> None:
                 times.append(time.perf_counter() - t)
             found[name, label] = hits
             print(f"  {name:<10} {label:<12}: {percentiles(times)}")
-    same = all(found["one index", label] == found[f"{args.shards} shards", label]
-               for label in ("no filter", "--path (1%)", "--per-image"))
+    same = all(
+        found["one index", label] == found[f"{args.shards} shards", label]
+        for label in ("no filter", "--path (1%)", "--per-image")
+    )
     print(f"sharded answers identical to one index: {same}")
 
 

@@ -33,7 +33,9 @@ def blob_masks(h: int, w: int, n: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     cy, cx = rng.uniform(0, h, n), rng.uniform(0, w, n)
     ry, rx = rng.uniform(0.03, 0.35, n) * h, rng.uniform(0.03, 0.35, n) * w
-    return ((yy[None] - cy[:, None, None]) / ry[:, None, None]) ** 2 + ((xx[None] - cx[:, None, None]) / rx[:, None, None]) ** 2 <= 1
+    return ((yy[None] - cy[:, None, None]) / ry[:, None, None]) ** 2 + (
+        (xx[None] - cx[:, None, None]) / rx[:, None, None]
+    ) ** 2 <= 1
 
 
 def best_of(fn, repeats: int) -> float:
@@ -64,8 +66,10 @@ def main() -> None:
     rgb = (resize(data.astronaut(), (480, 640), preserve_range=True)).astype(np.uint8)
     rng = np.random.default_rng(0)
     print(f"preset {preset.name} (random weights), image 640x480, {args.threads} threads, best of {args.repeats}")
-    print(f"USE: CLIP {preset.clip.model_name} at {preset.clip.image_size} px + DINOv2 at {preset.dino.image_size} px, "
-          f"grid {preset.grid}x{preset.grid}; crop: CLIP at {crop.clip.native_image_size} px per mask")
+    print(
+        f"USE: CLIP {preset.clip.model_name} at {preset.clip.image_size} px + DINOv2 at {preset.dino.image_size} px, "
+        f"grid {preset.grid}x{preset.grid}; crop: CLIP at {crop.clip.native_image_size} px per mask"
+    )
 
     use.embed_segments(rgb, blob_masks(480, 640, 2, rng))  # warm-up
     encoder_s = best_of(lambda: use.image_features(rgb), args.repeats)

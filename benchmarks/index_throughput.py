@@ -38,8 +38,17 @@ from usesearch.indexer import IndexOptions, index_paths
 from usesearch.models import presets
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins")
-STAGES = ("waiting for photos", "SAM encoder", "SAM decoder", "SAM post-processing", "RLE", "backbones", "pooling",
-          "store", "FAISS")
+STAGES = (
+    "waiting for photos",
+    "SAM encoder",
+    "SAM decoder",
+    "SAM post-processing",
+    "RLE",
+    "backbones",
+    "pooling",
+    "store",
+    "FAISS",
+)
 
 
 def random_weights(preset):
@@ -69,7 +78,11 @@ def run(name: str, photos: Path, db: Path, args) -> dict:
     if args.masker == "sam":
         # Random-weight masks never pass SAM's quality thresholds: thresholds off, and
         # the count set by --masks-per-photo.
-        masker_options = {"points_per_side": args.points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+        masker_options = {
+            "points_per_side": args.points_per_side,
+            "pred_iou_thresh": 0.0,
+            "stability_score_thresh": 0.0,
+        }
         if args.masks_per_photo:
             masker_options["masks_per_photo"] = args.masks_per_photo
         if args.points_per_batch:
@@ -77,23 +90,40 @@ def run(name: str, photos: Path, db: Path, args) -> dict:
         if args.encoder_batch:
             masker_options["encoder_batch"] = args.encoder_batch
     with mock.patch.dict(presets.PRESETS, patched):
-        options = IndexOptions(preset=name, embedder="use", masker=args.masker, masker_options=masker_options,
-                               device=args.device, compile=args.compile)
+        options = IndexOptions(
+            preset=name,
+            embedder="use",
+            masker=args.masker,
+            masker_options=masker_options,
+            device=args.device,
+            compile=args.compile,
+        )
         report = index_paths([photos], db, options)
-    return {"preset": name, "photos": report.done, "failed": report.failed, "segments": report.segments,
-            "loop_s": report.loop_seconds, "photos_per_s": report.done / report.loop_seconds,
-            "segments_per_s": report.segments / report.loop_seconds, "devices": report.devices,
-            "stages_s": report.stages}
+    return {
+        "preset": name,
+        "photos": report.done,
+        "failed": report.failed,
+        "segments": report.segments,
+        "loop_s": report.loop_seconds,
+        "photos_per_s": report.done / report.loop_seconds,
+        "segments_per_s": report.segments / report.loop_seconds,
+        "devices": report.devices,
+        "stages_s": report.stages,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="tiny,b16")
     parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=None, help="photos indexed first, untimed (default: 2 on a GPU, 0 on a CPU)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="photos indexed first, untimed (default: 2 on a GPU, 0 on a CPU)"
+    )
     parser.add_argument("--side", type=int, default=640)
     parser.add_argument("--points-per-side", type=int, default=16)
-    parser.add_argument("--points-per-batch", type=int, default=None, help="default: the generator's (64 on a CPU, sized to a GPU)")
+    parser.add_argument(
+        "--points-per-batch", type=int, default=None, help="default: the generator's (64 on a CPU, sized to a GPU)"
+    )
     parser.add_argument("--encoder-batch", type=int, default=None)
     parser.add_argument("--masks-per-photo", type=int, default=100, help="0: as the generator leaves them")
     parser.add_argument("--masker", default="sam", help="sam (the paper's) or felzenszwalb")
@@ -108,23 +138,35 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         photos = write_photos(Path(tmp) / "photos", args.images, args.side, first=warmup)
-        print(f"{args.images} photos of {args.side}x{args.side * 3 // 4}, masker {args.masker}, "
-              f"{args.points_per_side}x{args.points_per_side} points, masks per photo {args.masks_per_photo or 'as kept'}, "
-              f"{args.threads} threads, torch {torch.__version__}"
-              + (f", {torch.cuda.get_device_name()}" if cuda else ", no GPU"), flush=True)
+        print(
+            f"{args.images} photos of {args.side}x{args.side * 3 // 4}, masker {args.masker}, "
+            f"{args.points_per_side}x{args.points_per_side} points, masks per photo {args.masks_per_photo or 'as kept'}, "
+            f"{args.threads} threads, torch {torch.__version__}"
+            + (f", {torch.cuda.get_device_name()}" if cuda else ", no GPU"),
+            flush=True,
+        )
         for name in args.presets.split(","):
             if warmup:
-                run(name, write_photos(Path(tmp) / f"warmup-{name}", warmup, args.side), Path(tmp) / f"warm-{name}", args)
+                run(
+                    name,
+                    write_photos(Path(tmp) / f"warmup-{name}", warmup, args.side),
+                    Path(tmp) / f"warm-{name}",
+                    args,
+                )
             result = run(name, photos, Path(tmp) / f"db-{name}", args)
             results.append(result)
             print_result(result)
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1))
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1)
+        )
 
 
 def print_result(r: dict) -> None:
-    print(f"\n{r['preset']}: {r['photos_per_s']:.3f} photos/s, {r['segments_per_s']:.1f} segments/s "
-          f"({r['photos']} photos, {r['segments']} segments, {r['failed']} failed, loop {r['loop_s']:.2f} s)")
+    print(
+        f"\n{r['preset']}: {r['photos_per_s']:.3f} photos/s, {r['segments_per_s']:.1f} segments/s "
+        f"({r['photos']} photos, {r['segments']} segments, {r['failed']} failed, loop {r['loop_s']:.2f} s)"
+    )
     for line in r["devices"]:
         print(f"  {line}")
     per_photo = max(r["photos"], 1)

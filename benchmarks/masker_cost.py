@@ -35,7 +35,9 @@ def sync(device: str) -> None:
 
 
 @torch.no_grad()
-def model_forward(sam, image: np.ndarray, side: int, points_per_batch: int, device: str, autocast: bool) -> tuple[float, float]:
+def model_forward(
+    sam, image: np.ndarray, side: int, points_per_batch: int, device: str, autocast: bool
+) -> tuple[float, float]:
     """(encoder s, decoder s): what any grid-prompted generator must run in the model."""
     predictor = SamPredictor(sam)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
@@ -67,7 +69,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--points-per-batch", type=int, default=64)
-    parser.add_argument("--autocast", action="store_true", help="bfloat16 encoder and decoder (ours; the model figure too)")
+    parser.add_argument(
+        "--autocast", action="store_true", help="bfloat16 encoder and decoder (ours; the model figure too)"
+    )
     parser.add_argument("--skip-stock", action="store_true")
     parser.add_argument("--repeat", type=int, default=1, help="images per setting (images/s on a GPU)")
     args = parser.parse_args()
@@ -76,22 +80,31 @@ def main() -> None:
     sam = build_sam(args.arch).to(args.device).eval()
     photo = Image.fromarray(data.astronaut()).resize((1024, 1024), Image.BICUBIC)
     image = np.asarray(photo)
-    print(f"SAM {args.arch}, random weights, {image.shape[1]}x{image.shape[0]} photo, {args.device}, "
-          f"{args.threads} threads, {args.points_per_batch} points per batch, autocast={args.autocast}")
+    print(
+        f"SAM {args.arch}, random weights, {image.shape[1]}x{image.shape[0]} photo, {args.device}, "
+        f"{args.threads} threads, {args.points_per_batch} points per batch, autocast={args.autocast}"
+    )
     model_forward(sam, image, 4, args.points_per_batch, args.device, args.autocast)  # warm up
     for side in args.sides:
         encoder, decoder = model_forward(sam, image, side, args.points_per_batch, args.device, args.autocast)
         model = encoder + decoder
-        print(f"{side}x{side} points: model forward {model:.3f} s (encoder {encoder:.3f} s, decoder + upscaling {decoder:.3f} s)")
+        print(
+            f"{side}x{side} points: model forward {model:.3f} s (encoder {encoder:.3f} s, decoder + upscaling {decoder:.3f} s)"
+        )
         for name, settings in SETTINGS.items():
-            ours_gen = SamMaskGenerator(sam, points_per_side=side, points_per_batch=args.points_per_batch,
-                                        autocast=args.autocast, **settings)
+            ours_gen = SamMaskGenerator(
+                sam, points_per_side=side, points_per_batch=args.points_per_batch, autocast=args.autocast, **settings
+            )
             ours_s, masks = timed(lambda: [ours_gen.generate(image) for _ in range(args.repeat)][-1])
             ours_s /= args.repeat
-            line = (f"  {name:<13} ours {ours_s:7.3f} s/image ({len(masks)} masks, {ours_s / model:.2f}x the model, "
-                    f"{1 / ours_s:.2f} images/s)")
+            line = (
+                f"  {name:<13} ours {ours_s:7.3f} s/image ({len(masks)} masks, {ours_s / model:.2f}x the model, "
+                f"{1 / ours_s:.2f} images/s)"
+            )
             if not args.skip_stock:
-                stock_gen = SamAutomaticMaskGenerator(sam, points_per_side=side, points_per_batch=args.points_per_batch, **settings)
+                stock_gen = SamAutomaticMaskGenerator(
+                    sam, points_per_side=side, points_per_batch=args.points_per_batch, **settings
+                )
                 stock_s, stock_masks = timed(lambda: stock_gen.generate(image))
                 line += f"   stock {stock_s:7.3f} s ({len(stock_masks)} masks, {stock_s / model:.2f}x the model): ours {stock_s / ours_s:.1f}x faster"
             print(line, flush=True)

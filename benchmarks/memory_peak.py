@@ -76,14 +76,18 @@ def main() -> None:
         w, h = photo(os.path.join(folder, "big.jpg"), args.megapixels)
         done, segments, seconds, peak_kb = run(INDEX_ONE, folder, os.path.join(tmp, "db"))
         stack = int(segments) * w * h
-        print(f"index one {w}x{h} photo ({w * h / 1e6:.1f} MP), {segments} masks: peak RSS {int(peak_kb) / 2**20:.2f} GB "
-              f"in {float(seconds):.1f} s; one mask stack is {stack / 2**30:.2f} GB")
+        print(
+            f"index one {w}x{h} photo ({w * h / 1e6:.1f} MP), {segments} masks: peak RSS {int(peak_kb) / 2**20:.2f} GB "
+            f"in {float(seconds):.1f} s; one mask stack is {stack / 2**30:.2f} GB"
+        )
         big = os.path.join(tmp, "huge.jpg")
         w, h = photo(big, args.serve_megapixels)
         decoded, seconds, base_kb, peak_kb = run(DECODE_CONCURRENTLY, big)
-        print(f"24 concurrent picture requests for one {w}x{h} photo ({w * h / 1e6:.0f} MP, {w * h * 3 / 2**30:.2f} GB decoded): "
-              f"{decoded} decode(s), {float(seconds):.1f} s, peak RSS {int(peak_kb) / 2**20:.2f} GB "
-              f"({(int(peak_kb) - int(base_kb)) / 2**20:.2f} GB above the baseline)")
+        print(
+            f"24 concurrent picture requests for one {w}x{h} photo ({w * h / 1e6:.0f} MP, {w * h * 3 / 2**30:.2f} GB decoded): "
+            f"{decoded} decode(s), {float(seconds):.1f} s, peak RSS {int(peak_kb) / 2**20:.2f} GB "
+            f"({(int(peak_kb) - int(base_kb)) / 2**20:.2f} GB above the baseline)"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ def main() -> None:
     end = time.perf_counter()
     print(f"{args.masks} masks of {args.side}x{args.side}, grid {args.grid}, {args.threads} threads")
     print(f"decode + dense coverage: {middle - start:.3f} s")
-    print(f"from the RLE runs:       {end - middle:.3f} s ({(middle - start) / (end - middle):.0f}x), "
-          f"max difference {float((dense - runs).abs().max()):.1e}")
+    print(
+        f"from the RLE runs:       {end - middle:.3f} s ({(middle - start) / (end - middle):.0f}x), "
+        f"max difference {float((dense - runs).abs().max()):.1e}"
+    )
 
 
 if __name__ == "__main__":

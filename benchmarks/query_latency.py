@@ -28,8 +28,8 @@ from sqlalchemy import insert
 
 from usesearch.indexer import vectors
 from usesearch.indexer.pipeline import FAISS_FILE, db_url_for
-from usesearch.indexer.search import SegmentIndex
 from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
+from usesearch.indexer.search import SegmentIndex
 from usesearch.indexer.store import Store
 
 
@@ -49,22 +49,57 @@ def clustered(n: int, dim: int, clusters: int, rng: np.random.Generator) -> tupl
 
 def build_store(db: Path, data: np.ndarray, images: int, rng: np.random.Generator) -> Store:
     store = Store(db_url_for(db, None))
-    store.set_info(IndexInfo(preset="bench", embedder="use", fingerprint="bench", head=None, dim=data.shape[1],
-                             masker="none", masker_params={}, factory=vectors.DEFAULT_FACTORY))
+    store.set_info(
+        IndexInfo(
+            preset="bench",
+            embedder="use",
+            fingerprint="bench",
+            head=None,
+            dim=data.shape[1],
+            masker="none",
+            masker_params={},
+            factory=vectors.DEFAULT_FACTORY,
+        )
+    )
     with store.sessions.begin() as s:
-        s.execute(insert(ImageRecord), [
-            {"id": i + 1, "path": f"/archive/{i % 100:02d}/img{i:07d}.jpg", "fs_path": f"/archive/{i % 100:02d}/img{i:07d}.jpg".encode(),
-             "sha256": f"{i:064x}",
-             "width": 640, "height": 480, "status": "done"} for i in range(images)
-        ])
+        s.execute(
+            insert(ImageRecord),
+            [
+                {
+                    "id": i + 1,
+                    "path": f"/archive/{i % 100:02d}/img{i:07d}.jpg",
+                    "fs_path": f"/archive/{i % 100:02d}/img{i:07d}.jpg".encode(),
+                    "sha256": f"{i:064x}",
+                    "width": 640,
+                    "height": 480,
+                    "status": "done",
+                }
+                for i in range(images)
+            ],
+        )
     rle = "PPP1e0P2001O0000O1O001N101O001O0O2N1O1O1N2N1O2N2N2M3M3M4K6J8G]Q`0"  # a typical small mask
     for start in range(0, len(data), 50_000):
         rows = [
-            {"id": start + j + 1, "image_id": int(rng.integers(images)) + 1, "x": 10, "y": 20, "w": 60, "h": 40,
-             "area": int(a), "rle_counts": rle, "predicted_iou": 0.9, "stability_score": 0.95,
-             "vec_chunk": int(c), "vec_row": int(r)}
-            for j, (a, c, r) in enumerate(zip(rng.integers(50, 50_000, min(50_000, len(data) - start)),
-                                             *store.files().append(data[start : start + 50_000])))
+            {
+                "id": start + j + 1,
+                "image_id": int(rng.integers(images)) + 1,
+                "x": 10,
+                "y": 20,
+                "w": 60,
+                "h": 40,
+                "area": int(a),
+                "rle_counts": rle,
+                "predicted_iou": 0.9,
+                "stability_score": 0.95,
+                "vec_chunk": int(c),
+                "vec_row": int(r),
+            }
+            for j, (a, c, r) in enumerate(
+                zip(
+                    rng.integers(50, 50_000, min(50_000, len(data) - start)),
+                    *store.files().append(data[start : start + 50_000]),
+                )
+            )
         ]
         with store.sessions.begin() as s:
             s.execute(insert(SegmentRecord), rows)
@@ -97,7 +132,9 @@ def text_timings() -> None:
         text.embed(["warm up"])
         cold, _ = timed(lambda q: text.embed([q]), [f"a red apple number {i} behind the rabbit" for i in range(20)])
         warm, _ = timed(lambda q: text.embed([q]), [f"a red apple number {i} behind the rabbit" for i in range(20)])
-        print(f"text embedding {name:>4} ({cfg.model_name}, 4 templates): new query {percentiles(cold)}; cached {percentiles(warm)}")
+        print(
+            f"text embedding {name:>4} ({cfg.model_name}, 4 templates): new query {percentiles(cold)}; cached {percentiles(warm)}"
+        )
 
 
 def main() -> None:
@@ -126,7 +163,9 @@ def main() -> None:
         db = Path(tmp)
         start = time.perf_counter()
         store = build_store(db, data, args.images, rng)
-        print(f"store: {args.n} segments, {args.dim}-d, metadata + embeddings in SQLite: {time.perf_counter() - start:.0f} s")
+        print(
+            f"store: {args.n} segments, {args.dim}-d, metadata + embeddings in SQLite: {time.perf_counter() - start:.0f} s"
+        )
         ids = np.arange(1, args.n + 1, dtype=np.int64)
         exact = vectors.new_index(args.dim, vectors.DEFAULT_FACTORY)
         exact.add_with_ids(data, ids)
@@ -147,12 +186,17 @@ def main() -> None:
         print(f"FAISS alone, {args.approx} {args.param}: {percentiles(approx_t)}   recall@10 vs exact {recall:.3f}")
 
         for name, index in (("exact", exact), (args.approx, approx)):
-            vectors.write_atomic(vectors.Vectors(index), db / FAISS_FILE, store, args.dim, vectors.DEFAULT_FACTORY, in_sync=True)
+            vectors.write_atomic(
+                vectors.Vectors(index), db / FAISS_FILE, store, args.dim, vectors.DEFAULT_FACTORY, in_sync=True
+            )
             ix = SegmentIndex(db, store)
             ix.index = vectors.Vectors(index)  # the warm in-process index, as a server holds it
-            for label, filters in (("k=10", {}), ("k=10 --per-image --min-area 1000", {"per_image": True, "min_area": 1000}),
-                                   ("k=10 --path (1% of images)", {"path": "/archive/07/*"}),
-                                   ("k=10 --path matching nothing", {"path": "*/nomatch/*"})):
+            for label, filters in (
+                ("k=10", {}),
+                ("k=10 --per-image --min-area 1000", {"per_image": True, "min_area": 1000}),
+                ("k=10 --path (1% of images)", {"path": "/archive/07/*"}),
+                ("k=10 --path matching nothing", {"path": "*/nomatch/*"}),
+            ):
                 t, _ = timed(lambda q: ix.search_vector(q, 10, **filters), queries)
                 print(f"whole path after text, {name:>6}, {label:<34}: {percentiles(t)}")
 

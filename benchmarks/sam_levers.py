@@ -55,15 +55,25 @@ def main() -> None:
             sparse, dense = sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)
 
             def decode(sam=sam, features=features, sparse=sparse, dense=dense):
-                return sam.mask_decoder(image_embeddings=features, image_pe=sam.prompt_encoder.get_dense_pe(),
-                                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+                return sam.mask_decoder(
+                    image_embeddings=features,
+                    image_pe=sam.prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=True,
+                )
 
             decoder_s, (low_res, _) = timed(decode, args.device, args.repeat)
             results[name] = (encoder_s, decoder_s, features.float(), low_res.float())
-            print(f"  {name:<17} encoder {encoder_s:8.3f} s   decoder ({args.prompts} prompts) {decoder_s:8.3f} s", flush=True)
+            print(
+                f"  {name:<17} encoder {encoder_s:8.3f} s   decoder ({args.prompts} prompts) {decoder_s:8.3f} s",
+                flush=True,
+            )
     (enc0, dec0, f0, m0), (enc1, dec1, f1, m1) = results.values()
-    print(f"  speed-up: encoder {enc0 / enc1:.2f}x, decoder {dec0 / dec1:.2f}x; largest difference: "
-          f"features {(f0 - f1).abs().max():.2e} (of {f0.abs().max():.2e}), mask logits {(m0 - m1).abs().max():.2e}")
+    print(
+        f"  speed-up: encoder {enc0 / enc1:.2f}x, decoder {dec0 / dec1:.2f}x; largest difference: "
+        f"features {(f0 - f1).abs().max():.2e} (of {f0.abs().max():.2e}), mask logits {(m0 - m1).abs().max():.2e}"
+    )
 
 
 if __name__ == "__main__":

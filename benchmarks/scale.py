@@ -54,15 +54,37 @@ def members(rng, centres, spread, labels) -> np.ndarray:
 def build(folder: Path, n: int, rng, centres, spread) -> float:
     start = time.perf_counter()
     store = Store(db_url_for(folder, None))
-    store.set_info(IndexInfo(preset="bench", embedder="use", fingerprint="bench", head=None, dim=DIM, masker="none",
-                             masker_params={}, factory="IDMap2,Flat", index_mode="auto"))
+    store.set_info(
+        IndexInfo(
+            preset="bench",
+            embedder="use",
+            fingerprint="bench",
+            head=None,
+            dim=DIM,
+            masker="none",
+            masker_params={},
+            factory="IDMap2,Flat",
+            index_mode="auto",
+        )
+    )
     images = max(1, n // 100)
     with store.sessions.begin() as s:
         for lo in range(0, images, BATCH):
-            s.execute(insert(ImageRecord), [
-                {"id": i + 1, "path": f"/archive/{i % 100:02d}/{i // 100 % 100:02d}/img{i:08d}.jpg",
-                 "fs_path": f"/archive/{i % 100:02d}/{i // 100 % 100:02d}/img{i:08d}.jpg".encode(),
-                 "sha256": f"{i:064x}", "width": 640, "height": 480, "status": "done"} for i in range(lo, min(images, lo + BATCH))])
+            s.execute(
+                insert(ImageRecord),
+                [
+                    {
+                        "id": i + 1,
+                        "path": f"/archive/{i % 100:02d}/{i // 100 % 100:02d}/img{i:08d}.jpg",
+                        "fs_path": f"/archive/{i % 100:02d}/{i // 100 % 100:02d}/img{i:08d}.jpg".encode(),
+                        "sha256": f"{i:064x}",
+                        "width": 640,
+                        "height": 480,
+                        "status": "done",
+                    }
+                    for i in range(lo, min(images, lo + BATCH))
+                ],
+            )
     weights = 1.0 / np.arange(1, len(centres) + 1) ** 0.7  # a few common concepts, a long tail
     weights /= weights.sum()
     rle = "PPP1e0P2001O0000O1O001N101O001O0O2N1O1O1N2N1O2N2N2M3M3M4K6J8G]Q`0"  # a typical small mask
@@ -74,10 +96,26 @@ def build(folder: Path, n: int, rng, centres, spread) -> float:
         # Each image's segments are consecutive, as the indexer commits them (one image per transaction).
         image_ids = (np.arange(lo, lo + count) * images) // n + 1
         with store.sessions.begin() as s:
-            s.execute(insert(SegmentRecord), [
-                {"id": lo + j + 1, "image_id": int(image_ids[j]), "x": 10, "y": 20, "w": 60, "h": 40, "area": int(areas[j]),
-                 "rle_counts": rle, "predicted_iou": 0.9, "stability_score": 0.95, "vec_chunk": int(chunks[j]), "vec_row": int(rows[j])}
-                for j in range(count)])
+            s.execute(
+                insert(SegmentRecord),
+                [
+                    {
+                        "id": lo + j + 1,
+                        "image_id": int(image_ids[j]),
+                        "x": 10,
+                        "y": 20,
+                        "w": 60,
+                        "h": 40,
+                        "area": int(areas[j]),
+                        "rle_counts": rle,
+                        "predicted_iou": 0.9,
+                        "stability_score": 0.95,
+                        "vec_chunk": int(chunks[j]),
+                        "vec_row": int(rows[j]),
+                    }
+                    for j in range(count)
+                ],
+            )
         print(f"  stored {lo + count} segments ({time.perf_counter() - start:.0f} s)", flush=True)
     store.close()
     return time.perf_counter() - start
@@ -115,9 +153,14 @@ def sweep(ix: SegmentIndex, queries: np.ndarray, truth: np.ndarray, picks: np.nd
             found.append([h.segment_id for h in ix.search_vector(q, 10, nprobe=nprobe, rerank=rerank)])
             times.append(time.perf_counter() - t)
         recall = np.array([len(set(f) & set(t[:10].tolist())) / 10 for f, t in zip(found, truth)])
-        print(f"  --nprobe {nprobe:<5} --rerank {rerank:<6}: {percentiles(times)}   recall@10 "
-              + ", ".join(f"{kind} {recall[mask].mean():.3f}" for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1))),
-              flush=True)
+        print(
+            f"  --nprobe {nprobe:<5} --rerank {rerank:<6}: {percentiles(times)}   recall@10 "
+            + ", ".join(
+                f"{kind} {recall[mask].mean():.3f}"
+                for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1))
+            ),
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -126,14 +169,32 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--concepts", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--folder", type=Path, default=None, help="where to build (default: a temporary folder, removed)")
-    parser.add_argument("--faiss-device", default=None, help="cpu or cuda for FAISS (default: a GPU where faiss has one)")
-    parser.add_argument("--exact-up-to", type=int, default=None, help="override the exact-search threshold (to try the compressed index on a small N)")
-    parser.add_argument("--reuse", action="store_true", help="with --folder: query the index built there by an earlier run")
-    parser.add_argument("--store-only", action="store_true", help="with --folder: build the database and embedding files, then stop")
-    parser.add_argument("--reindex", action="store_true", help="with --reuse: rebuild the FAISS index (timed) before the queries")
-    parser.add_argument("--sweep", default="16:200 64:1000 256:4000 1024:10000",
-                        help="NPROBE:RERANK settings to measure recall at (compressed index only)")
+    parser.add_argument(
+        "--folder", type=Path, default=None, help="where to build (default: a temporary folder, removed)"
+    )
+    parser.add_argument(
+        "--faiss-device", default=None, help="cpu or cuda for FAISS (default: a GPU where faiss has one)"
+    )
+    parser.add_argument(
+        "--exact-up-to",
+        type=int,
+        default=None,
+        help="override the exact-search threshold (to try the compressed index on a small N)",
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="with --folder: query the index built there by an earlier run"
+    )
+    parser.add_argument(
+        "--store-only", action="store_true", help="with --folder: build the database and embedding files, then stop"
+    )
+    parser.add_argument(
+        "--reindex", action="store_true", help="with --reuse: rebuild the FAISS index (timed) before the queries"
+    )
+    parser.add_argument(
+        "--sweep",
+        default="16:200 64:1000 256:4000 1024:10000",
+        help="NPROBE:RERANK settings to measure recall at (compressed index only)",
+    )
     args = parser.parse_args()
     if args.exact_up_to is not None:
         index_choice.EXACT_UP_TO = args.exact_up_to
@@ -158,13 +219,17 @@ def main() -> None:
         ix = SegmentIndex.open(folder, device="cpu", faiss_device=args.faiss_device)
         stats = ix.stats()
         print(f"index: {stats['index_choice']}")
-        print(f"build: store + embedding files {store_s:.0f} s, FAISS index {index_s:.0f} s (faiss {stats['faiss_version']} "
-              f"on {stats['faiss_device']})")
+        print(
+            f"build: store + embedding files {store_s:.0f} s, FAISS index {index_s:.0f} s (faiss {stats['faiss_version']} "
+            f"on {stats['faiss_device']})"
+        )
         in_memory = faiss.serialize_index(ix.index.index).nbytes  # the codes, ids and codebooks that searches hold
         on_disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        print(f"bytes per segment: {in_memory / args.n:.1f} in memory (FAISS), {on_disk / args.n:.0f} on disk "
-              f"(database {(folder / DB_FILE).stat().st_size / args.n:.0f}, embeddings {stats['bytes_embeddings'] / args.n:.0f}, "
-              f"FAISS {(folder / FAISS_FILE).stat().st_size / args.n:.0f})")
+        print(
+            f"bytes per segment: {in_memory / args.n:.1f} in memory (FAISS), {on_disk / args.n:.0f} on disk "
+            f"(database {(folder / DB_FILE).stat().st_size / args.n:.0f}, embeddings {stats['bytes_embeddings'] / args.n:.0f}, "
+            f"FAISS {(folder / FAISS_FILE).stat().st_size / args.n:.0f})"
+        )
 
         picks = rng.integers(0, args.concepts, args.queries)
         queries = members(rng, centres, spread, picks)  # near a concept but not a stored vector, like a text query
@@ -173,8 +238,14 @@ def main() -> None:
         (truth_s, truth), (_, truth_path) = exact_top(ix.store, queries, in_folder)
         gap = truth_s[:, 9] - truth_s[:, 99]
         for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1)):
-            print(f"{kind:>9} queries: {mask.sum()}, exact 10th - 100th neighbour cosine gap median {np.median(gap[mask]):.3f}")
-        for label, filters in (("no filter", {}), ("--path (1% of images)", {"path": PATH_1PC}), ("--per-image", {"per_image": True})):
+            print(
+                f"{kind:>9} queries: {mask.sum()}, exact 10th - 100th neighbour cosine gap median {np.median(gap[mask]):.3f}"
+            )
+        for label, filters in (
+            ("no filter", {}),
+            ("--path (1% of images)", {"path": PATH_1PC}),
+            ("--per-image", {"per_image": True}),
+        ):
             times, found = [], []
             for q in queries:
                 t = time.perf_counter()
@@ -185,8 +256,10 @@ def main() -> None:
             if not filters or "path" in filters:
                 exact = truth if not filters else truth_path
                 recall = np.array([len(set(f) & set(t[:10].tolist())) / 10 for f, t in zip(found, exact)])
-                line += "   recall@10 " + ", ".join(f"{kind} {recall[mask].mean():.3f}"
-                                                     for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1)))
+                line += "   recall@10 " + ", ".join(
+                    f"{kind} {recall[mask].mean():.3f}"
+                    for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1))
+                )
             print(line, flush=True)
         if not ix.index.exact:
             sweep(ix, queries, truth, picks, args.sweep)

@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_throughput import random_weights, write_photos  # noqa: E402
 
+from usesearch import presets  # noqa: E402
 from usesearch.indexer import IndexOptions, index_paths  # noqa: E402
 from usesearch.indexer.web import serve  # noqa: E402
-from usesearch import presets  # noqa: E402
 
 WORDS = "red green blue small large round striped wooden metal shiny dog cat cup face rocket coin sky tree".split()
 
@@ -65,14 +65,26 @@ def main() -> None:
         write_photos(photos, args.images, args.side)
         options = IndexOptions(preset=args.preset, masker="felzenszwalb", masker_options={"max_masks": 64})
         indexed = index_paths([photos], db, options)
-        print(f"{args.images} images of {args.side}x{args.side * 3 // 4}, {indexed.segments} segments, preset {args.preset}, "
-              f"{args.threads} threads")
+        print(
+            f"{args.images} images of {args.side}x{args.side * 3 // 4}, {indexed.segments} segments, preset {args.preset}, "
+            f"{args.threads} threads"
+        )
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         started = time.perf_counter()
-        command = [sys.executable, __file__, "--preset", args.preset, "--threads", str(args.threads), "--serve", str(db), str(port)]
+        command = [
+            sys.executable,
+            __file__,
+            "--preset",
+            args.preset,
+            "--threads",
+            str(args.threads),
+            "--serve",
+            str(db),
+            str(port),
+        ]
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while True:
             try:
@@ -84,6 +96,7 @@ def main() -> None:
 
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=120) as client:
+
             def get(url: str, **params) -> httpx.Response:
                 response = client.get(url, params=params)
                 response.raise_for_status()
@@ -94,12 +107,20 @@ def main() -> None:
             report("search, repeated text (k=24)", [timed(lambda q=q: get("/api/search", q=q)) for q in queries])
             hits = get("/api/search", q="a red cup", k=24).json()["hits"]
             ids = [h["segment_id"] for h in hits]
-            report("more like this (k=24)", [timed(lambda i=i: get(f"/api/segments/{i}/similar")) for i in ids[: args.repeats]])
+            report(
+                "more like this (k=24)",
+                [timed(lambda i=i: get(f"/api/segments/{i}/similar")) for i in ids[: args.repeats]],
+            )
             report("segment metadata + RLE", [timed(lambda i=i: get(f"/api/segments/{i}")) for i in ids])
             report("mask.png (full resolution)", [timed(lambda i=i: get(f"/api/segments/{i}/mask.png")) for i in ids])
-            report("tile.png 192 px (image decoded, cached)", [timed(lambda i=i: get(f"/api/segments/{i}/tile.png")) for i in ids])
+            report(
+                "tile.png 192 px (image decoded, cached)",
+                [timed(lambda i=i: get(f"/api/segments/{i}/tile.png")) for i in ids],
+            )
             image_ids = sorted({h["image_id"] for h in hits})
-            report("thumbnail.jpg 1024 px", [timed(lambda i=i: get(f"/api/images/{i}/thumbnail.jpg")) for i in image_ids])
+            report(
+                "thumbnail.jpg 1024 px", [timed(lambda i=i: get(f"/api/images/{i}/thumbnail.jpg")) for i in image_ids]
+            )
             report("overlay.png 1024 px", [timed(lambda i=i: get(f"/api/segments/{i}/overlay.png")) for i in ids])
 
             def page(q: str) -> None:
@@ -107,7 +128,10 @@ def main() -> None:
                 with ThreadPoolExecutor(6) as pool:  # a browser's connections per host
                     list(pool.map(lambda h: get(h["tile_url"]), found))
 
-            report("results page: search + 24 tiles", [timed(lambda q=q: page(q)) for q in queries[: max(5, args.repeats // 3)]])
+            report(
+                "results page: search + 24 tiles",
+                [timed(lambda q=q: page(q)) for q in queries[: max(5, args.repeats // 3)]],
+            )
         server.terminate()
         server.wait()
 

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from usesearch.models import presets
 from usesearch.masks.sam import build_sam
 from usesearch.masks.sam_fast import speed_up
+from usesearch.models import presets
 
 
 class WrittenBytes(TorchDispatchMode):
@@ -38,11 +38,18 @@ class WrittenBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and func not in (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default,
-                                                            torch.ops.aten.expand.default, torch.ops.aten.permute.default,
-                                                            torch.ops.aten.t.default, torch.ops.aten.transpose.int,
-                                                            torch.ops.aten.slice.Tensor, torch.ops.aten.select.int,
-                                                            torch.ops.aten.unsqueeze.default, torch.ops.aten.detach.default):
+            if isinstance(t, torch.Tensor) and func not in (
+                torch.ops.aten.view.default,
+                torch.ops.aten._unsafe_view.default,
+                torch.ops.aten.expand.default,
+                torch.ops.aten.permute.default,
+                torch.ops.aten.t.default,
+                torch.ops.aten.transpose.int,
+                torch.ops.aten.slice.Tensor,
+                torch.ops.aten.select.int,
+                torch.ops.aten.unsqueeze.default,
+                torch.ops.aten.detach.default,
+            ):
                 size = self.itemsize if (t.is_floating_point() and self.itemsize) else t.element_size()
                 self.total += t.numel() * size
         return out
@@ -66,13 +73,15 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=100, help="masks kept per photo")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=768)
-    parser.add_argument("--tflops", type=float, default=790.0, help="dense bfloat16 rate reached in practice (H200: ~790)")
+    parser.add_argument(
+        "--tflops", type=float, default=790.0, help="dense bfloat16 rate reached in practice (H200: ~790)"
+    )
     parser.add_argument("--tbps", type=float, default=4.8, help="memory bandwidth, TB/s (H200: 4.8)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     preset = presets.PRESETS[args.preset]
-    points, h, w = args.points_per_side ** 2, args.height, args.width
+    points, h, w = args.points_per_side**2, args.height, args.width
     rows = []
 
     with torch.device("meta"):
@@ -87,8 +96,13 @@ def main() -> None:
     dense = torch.empty(1, 256, side // 16, side // 16, device="meta").expand(points, -1, -1, -1)  # no mask prompts
 
     def decode():
-        return sam.mask_decoder(image_embeddings=feats, image_pe=feats, sparse_prompt_embeddings=sparse,
-                                dense_prompt_embeddings=dense, multimask_output=True)
+        return sam.mask_decoder(
+            image_embeddings=feats,
+            image_pe=feats,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
 
     flops, moved = measure(decode)
     rows.append((f"SAM decoder, {points} prompts", flops, moved + weight_bytes(sam.mask_decoder)))
@@ -97,7 +111,7 @@ def main() -> None:
 
     def post():  # upscaling to the canvas and the photo, stability (two thresholds), boxes' masks: float32 as the generator
         logits = F.interpolate(low_res, (side, side), mode="bilinear", align_corners=False)[..., :h, :w]
-        if (h, w) != (side, side)[: 2] and max(h, w) != side:
+        if (h, w) != (side, side)[:2] and max(h, w) != side:
             logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
         for threshold in (1.0, -1.0, 0.0):
             (logits > threshold).sum((-1, -2))
@@ -110,15 +124,24 @@ def main() -> None:
 
     from usesearch.models.factory import create_use_and_clip
 
-    random = replace(preset, clip=replace(preset.clip, pretrained=None), dino=replace(preset.dino, pretrained=False),
-                     head=replace(preset.head, seeded_random=True))
+    random = replace(
+        preset,
+        clip=replace(preset.clip, pretrained=None),
+        dino=replace(preset.dino, pretrained=False),
+        head=replace(preset.head, seeded_random=True),
+    )
     use, _ = create_use_and_clip(random)
     use.eval()
     clip_px = torch.randn(1, 3, preset.clip.image_size, preset.clip.image_size)
     dino_px = torch.randn(1, 3, preset.dino.image_size, preset.dino.image_size)
     flops, moved = measure(lambda: use.encoder(clip_px, dino_px))
-    rows.append((f"backbones (CLIP {preset.clip.image_size}px + DINOv2 {preset.dino.image_size}px + LLNs)", flops,
-                 moved + weight_bytes(use.encoder)))
+    rows.append(
+        (
+            f"backbones (CLIP {preset.clip.image_size}px + DINOv2 {preset.dino.image_size}px + LLNs)",
+            flops,
+            moved + weight_bytes(use.encoder),
+        )
+    )
     with torch.no_grad():
         z = use.encoder(clip_px, dino_px)
     weights = torch.rand(args.masks, preset.grid * preset.grid)
@@ -126,15 +149,19 @@ def main() -> None:
     rows.append((f"pooling + projection, {args.masks} masks", flops, moved + weight_bytes(use.head)))
 
     peak, bandwidth = args.tflops * 1e12, args.tbps * 1e12
-    print(f"preset {args.preset}: {w}x{h} photo, {points} prompts, {args.masks} masks kept; "
-          f"peak {args.tflops:g} TFLOP/s bf16, {args.tbps:g} TB/s")
+    print(
+        f"preset {args.preset}: {w}x{h} photo, {points} prompts, {args.masks} masks kept; "
+        f"peak {args.tflops:g} TFLOP/s bf16, {args.tbps:g} TB/s"
+    )
     print(f"{'stage':<58} {'GFLOP':>9} {'MB':>9} {'floor ms':>9}  bound")
     total = 0.0
     for name, flops, moved in rows:
         compute, memory = flops / peak, moved / bandwidth
         total += max(compute, memory)
-        print(f"{name:<58} {flops / 1e9:9.1f} {moved / 1e6:9.1f} {1000 * max(compute, memory):9.2f}  "
-              f"{'compute' if compute >= memory else 'memory'}")
+        print(
+            f"{name:<58} {flops / 1e9:9.1f} {moved / 1e6:9.1f} {1000 * max(compute, memory):9.2f}  "
+            f"{'compute' if compute >= memory else 'memory'}"
+        )
     print(f"{'floor per photo':<58} {'':>9} {'':>9} {1000 * total:9.2f}  ({1 / total:.0f} photos/s at best)")
 
 

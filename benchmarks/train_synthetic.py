@@ -20,12 +20,12 @@ import torch
 from PIL import Image
 
 import usesearch
+from usesearch.io.images import read_image
 from usesearch.masks.maskers import build_masker
+from usesearch.tasks.semseg import confusion, miou, segment_image
 from usesearch.training.data import load_samples
 from usesearch.training.synthetic import semseg_classes, top1_accuracy, write_dataset, write_semseg
 from usesearch.training.train import TrainConfig, Trainer
-from usesearch.io.images import read_image
-from usesearch.tasks.semseg import confusion, miou, segment_image
 
 
 def semseg_miou(model, root: Path) -> float:
@@ -55,21 +55,27 @@ def main() -> None:
         train_dir = write_dataset(tmp / "train", args.train_images, seed=1)
         test_dir = write_dataset(tmp / "test", args.test_images, seed=2)
         semseg_dir = write_semseg(tmp / "semseg", args.test_images, seed=3)
-        cfg = TrainConfig(preset="tiny", batch_images=args.batch, crop=128, max_steps=args.steps, lr=args.lr, checkpoint_every=10**9)
+        cfg = TrainConfig(
+            preset="tiny", batch_images=args.batch, crop=128, max_steps=args.steps, lr=args.lr, checkpoint_every=10**9
+        )
         start = time.perf_counter()
         Trainer(load_samples([train_dir]), tmp / "run", cfg).run()
         seconds = time.perf_counter() - start
         rows = list(csv.DictReader(open(tmp / "run" / "log.csv")))
         segments = sum(int(r["segments"]) for r in rows)
-        print(f"trained {args.steps} steps x {args.batch} images in {seconds:.0f} s: {segments / seconds:.1f} segments/s, "
-              f"{args.steps * args.batch / seconds:.1f} images/s; loss {rows[0]['loss']} -> {rows[-1]['loss']}")
+        print(
+            f"trained {args.steps} steps x {args.batch} images in {seconds:.0f} s: {segments / seconds:.1f} segments/s, "
+            f"{args.steps * args.batch / seconds:.1f} images/s; loss {rows[0]['loss']} -> {rows[-1]['loss']}"
+        )
         print(f"chance top-1: {1 / 20:.3f}")
         for name, model in (
             ("untrained head", usesearch.load_model("tiny")),
             ("trained head", usesearch.load_model(tmp / "run" / "head")),
             ("crop baseline", usesearch.load_model("tiny", embedder="crop")),
         ):
-            print(f"{name:>15}: held-out top-1 {top1_accuracy(model, test_dir):.3f}   semseg mIoU {100 * semseg_miou(model, semseg_dir):.1f}")
+            print(
+                f"{name:>15}: held-out top-1 {top1_accuracy(model, test_dir):.3f}   semseg mIoU {100 * semseg_miou(model, semseg_dir):.1f}"
+            )
 
 
 if __name__ == "__main__":

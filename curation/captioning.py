@@ -6,19 +6,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from usesearch.errors import UsesearchError, first_line
 from usesearch.models.backbones import seeded
-from usesearch.errors import UsesearchError
 
 from .records import TextRef
 
-CAPTION_PROMPT = (
-    "Describe this image in detail. In your description, specifically mention ALL VISIBLE parts of each object in the image."
-)
+CAPTION_PROMPT = "Describe this image in detail. In your description, specifically mention ALL VISIBLE parts of each object in the image."
 SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.4, "top_k": 5}  # paper §4.1 (CogVLM-17B)
 
 
 class TransformersCaptioner:
-    def __init__(self, model, processor, name: str, device: str | torch.device = "cpu", max_new_tokens: int = 256, seed: int = 0):
+    def __init__(
+        self, model, processor, name: str, device: str | torch.device = "cpu", max_new_tokens: int = 256, seed: int = 0
+    ):
         self.model = model.to(device).eval()
         self.processor = processor
         self.name = name
@@ -27,7 +27,9 @@ class TransformersCaptioner:
         self.seed = seed
 
     @classmethod
-    def from_pretrained(cls, name: str, revision: str | None = None, trust_remote_code: bool = False, device="cpu", **kwargs):
+    def from_pretrained(
+        cls, name: str, revision: str | None = None, trust_remote_code: bool = False, device="cpu", **kwargs
+    ):
         if trust_remote_code and not revision:
             raise UsesearchError(
                 f"{name} needs remote code; it only runs from an explicitly pinned revision "
@@ -37,10 +39,12 @@ class TransformersCaptioner:
 
         try:
             processor = AutoProcessor.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-            model = AutoModelForImageTextToText.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+            model = AutoModelForImageTextToText.from_pretrained(
+                name, revision=revision, trust_remote_code=trust_remote_code
+            )
         except OSError as exc:
             raise UsesearchError(
-                f"captioning model {name!r} is not available: {str(exc).splitlines()[0]}. Download it where the "
+                f"captioning model {name!r} is not available: {first_line(exc)}. Download it where the "
                 "network is reachable (it lands in the Hugging Face cache), or pass a local folder."
             ) from None
         return cls(model, processor, name, device, **kwargs)

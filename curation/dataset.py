@@ -48,7 +48,9 @@ class DatasetWriter:
         self._in_shard = shard_size  # start a new shard per run: old ones stay untouched
         self._file = None
 
-    def write(self, path: str, sha256: str, hw: tuple[int, int], segments: list[Segment], pairs_before_nms: int) -> None:
+    def write(
+        self, path: str, sha256: str, hw: tuple[int, int], segments: list[Segment], pairs_before_nms: int
+    ) -> None:
         if self._in_shard >= self.shard_size:
             if self._file:
                 self._file.close()
@@ -56,8 +58,12 @@ class DatasetWriter:
             self._shard += 1
             self._in_shard = 0
         record = {
-            "path": path, "sha256": sha256, "height": hw[0], "width": hw[1],
-            "pairs_before_nms": pairs_before_nms, "segments": [s.to_json() for s in segments],
+            "path": path,
+            "sha256": sha256,
+            "height": hw[0],
+            "width": hw[1],
+            "pairs_before_nms": pairs_before_nms,
+            "segments": [s.to_json() for s in segments],
         }
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()
@@ -68,7 +74,11 @@ class DatasetWriter:
     def close(self, extra: dict[str, Any] | None = None) -> None:
         if self._file:
             self._file.close()
-        manifest = {"format": FORMAT, "version": 1, "shards": sorted(p.name for p in (self.dir / "shards").glob("*.jsonl"))}
+        manifest = {
+            "format": FORMAT,
+            "version": 1,
+            "shards": sorted(p.name for p in (self.dir / "shards").glob("*.jsonl")),
+        }
         manifest.update(extra or {})
         tmp = self.dir / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=2))
@@ -92,6 +102,11 @@ def stats(dataset_dir: str | os.PathLike) -> dict[str, Any]:
                 by_source[t["source"]] += 1
                 by_kind[t["kind"]] += 1
     return {
-        "images": images, "segments": segments, "pairs": pairs, "pairs_after_nms": pairs_nms,
-        "unique_expressions": len(unique), "pairs_by_source": dict(by_source), "pairs_by_kind": dict(by_kind),
+        "images": images,
+        "segments": segments,
+        "pairs": pairs,
+        "pairs_after_nms": pairs_nms,
+        "unique_expressions": len(unique),
+        "pairs_by_source": dict(by_source),
+        "pairs_by_kind": dict(by_kind),
     }

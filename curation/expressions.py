@@ -61,9 +61,12 @@ def referring_expressions(doc) -> list[Expression]:
         text = "".join(t.text_with_ws for t in tokens).strip()
         out.append(
             Expression(
-                phrase=chunk.text, expression=text,
-                start_char=tokens[0].idx, end_char=tokens[-1].idx + len(tokens[-1].text),
-                phrase_start_char=chunk.start_char, phrase_end_char=chunk.end_char,
+                phrase=chunk.text,
+                expression=text,
+                start_char=tokens[0].idx,
+                end_char=tokens[-1].idx + len(tokens[-1].text),
+                phrase_start_char=chunk.start_char,
+                phrase_end_char=chunk.end_char,
             )
         )
     return out

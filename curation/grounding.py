@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_convert, nms
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import UsesearchError, first_line
 
 from .expressions import Expression, referring_expressions
 from .records import BoxText, TextRef
@@ -65,8 +65,15 @@ def box_texts(match: Match, source: str) -> BoxText:
 class GroundingDinoGrounder:
     """transformers' GroundingDinoForObjectDetection behind the curation ``Grounder`` interface."""
 
-    def __init__(self, model, processor, parser, device: str | torch.device = "cpu",
-                 box_threshold: float = BOX_THRESHOLD, nms_iou: float = BOX_NMS_IOU):
+    def __init__(
+        self,
+        model,
+        processor,
+        parser,
+        device: str | torch.device = "cpu",
+        box_threshold: float = BOX_THRESHOLD,
+        nms_iou: float = BOX_NMS_IOU,
+    ):
         self.model = model.to(device).eval()
         self.processor = processor
         self.parser = parser
@@ -75,7 +82,9 @@ class GroundingDinoGrounder:
         self.nms_iou = nms_iou
 
     @classmethod
-    def from_pretrained(cls, name: str, parser, device: str | torch.device = "cpu", revision: str | None = None, **kwargs):
+    def from_pretrained(
+        cls, name: str, parser, device: str | torch.device = "cpu", revision: str | None = None, **kwargs
+    ):
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
         try:
@@ -83,7 +92,7 @@ class GroundingDinoGrounder:
             model = GroundingDinoForObjectDetection.from_pretrained(name, revision=revision)
         except OSError as exc:
             raise UsesearchError(
-                f"Grounding DINO weights {name!r} are not available: {str(exc).splitlines()[0]}. "
+                f"Grounding DINO weights {name!r} are not available: {first_line(exc)}. "
                 "Download them where the network is reachable (they land in the Hugging Face cache), "
                 "or pass a local folder."
             ) from None
@@ -98,7 +107,11 @@ class GroundingDinoGrounder:
         matches = [m for window in windows for m in self._ground(rgb, window)]
         if len(windows) > 1:
             matches = merge_window_matches(matches, self.nms_iou)
-        return [box_texts(m, caption.source) for m in matches if m.box_xyxy[2] > m.box_xyxy[0] and m.box_xyxy[3] > m.box_xyxy[1]]
+        return [
+            box_texts(m, caption.source)
+            for m in matches
+            if m.box_xyxy[2] > m.box_xyxy[0] and m.box_xyxy[3] > m.box_xyxy[1]
+        ]
 
     def _tokens(self, text: str) -> int:
         return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -144,7 +157,9 @@ class GroundingDinoGrounder:
         spans = [None if e <= s or text[s:e] == "." else (s, e) for s, e in offsets]
         outputs = self.model(**inputs)
         h, w = rgb.shape[:2]
-        boxes = box_convert(outputs.pred_boxes[0].float().cpu(), "cxcywh", "xyxy") * torch.tensor([w, h, w, h], dtype=torch.float32)
+        boxes = box_convert(outputs.pred_boxes[0].float().cpu(), "cxcywh", "xyxy") * torch.tensor(
+            [w, h, w, h], dtype=torch.float32
+        )
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         probs = outputs.logits[0].float().sigmoid().cpu()

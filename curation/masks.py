@@ -15,11 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from segment_anything.utils.amg import remove_small_regions
-
-from usesearch.masks.region import pick_most_stable
 from torchvision.ops import box_convert
 
 from usesearch.masks import rle
+from usesearch.masks.region import pick_most_stable
 
 from .records import BoxText, Segment, TextRef
 
@@ -41,7 +40,10 @@ def to_segment(mask: np.ndarray, texts: list[TextRef], score: float) -> Segment:
     x, y, w, h = rle.bbox(encoded)
     return Segment(
         rle=encoded,
-        bbox=(x, y, w, h), area=rle.area(encoded), texts=list(texts), score=float(score),
+        bbox=(x, y, w, h),
+        area=rle.area(encoded),
+        texts=list(texts),
+        score=float(score),
     )
 
 
@@ -56,7 +58,9 @@ def clean_mask(mask: np.ndarray, min_area: int) -> np.ndarray:
     return mask
 
 
-def masks_from_boxes(predictor, rgb: np.ndarray, boxes: list[BoxText], cfg: BoxMaskConfig = BoxMaskConfig()) -> list[Segment]:
+def masks_from_boxes(
+    predictor, rgb: np.ndarray, boxes: list[BoxText], cfg: BoxMaskConfig = BoxMaskConfig()
+) -> list[Segment]:
     """``predictor`` is a segment_anything ``SamPredictor``; the image is embedded once."""
     hw = rgb.shape[:2]
     out: list[Segment] = []
@@ -72,7 +76,9 @@ def masks_from_boxes(predictor, rgb: np.ndarray, boxes: list[BoxText], cfg: BoxM
     xyxy = box_convert(torch.tensor([b.bbox for b in prompted], dtype=torch.float32), "xywh", "xyxy")
     boxes_t = predictor.transform.apply_boxes_torch(xyxy, hw).to(predictor.device)
     with torch.inference_mode():
-        logits, iou_preds, _ = predictor.predict_torch(None, None, boxes=boxes_t, multimask_output=True, return_logits=True)
+        logits, iou_preds, _ = predictor.predict_torch(
+            None, None, boxes=boxes_t, multimask_output=True, return_logits=True
+        )
     threshold = predictor.model.mask_threshold
     for box, box_logits, box_ious in zip(prompted, logits, iou_preds):
         best, stability = pick_most_stable(box_logits, box_ious, threshold, cfg.stability_score_offset)
@@ -102,6 +108,8 @@ def mask_nms(segments: list[Segment], iou_threshold: float = NMS_IOU) -> list[Se
             kept.append(i)
             merged[i] = list(dict.fromkeys(segments[i].texts))
     return [
-        Segment(rle=segments[i].rle, bbox=segments[i].bbox, area=segments[i].area, texts=merged[i], score=segments[i].score)
+        Segment(
+            rle=segments[i].rle, bbox=segments[i].bbox, area=segments[i].area, texts=merged[i], score=segments[i].score
+        )
         for i in kept
     ]

@@ -19,18 +19,14 @@ from typing import Protocol
 
 import numpy as np
 
+from usesearch.errors import CurationConfigError
 from usesearch.io.files import decode, read_bytes
-from usesearch.errors import UsesearchError
 from usesearch.reports import RunReport
 
 from .cache import StageCache
 from .dataset import DatasetWriter
 from .masks import NMS_IOU, BoxMaskConfig, mask_nms, masks_from_boxes
 from .records import BoxText, ImageItem, TextRef
-
-
-class CurationConfigError(UsesearchError):
-    """A problem with the run's set-up (a missing model), not with one image."""
 
 
 class Grounder(Protocol):
@@ -91,7 +87,8 @@ def curate(
                     if box_cache.get(key) is None:
                         box_cache.put(key, [asdict(b) for b in grounder(rgb, caption)])
                     boxes.extend(
-                        BoxText(tuple(b["bbox"]), [TextRef(**t) for t in b["texts"]], b["score"]) for b in box_cache.get(key)
+                        BoxText(tuple(b["bbox"]), [TextRef(**t) for t in b["texts"]], b["score"])
+                        for b in box_cache.get(key)
                     )
                 segments = list(item.segments)
                 if boxes:

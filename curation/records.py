@@ -55,6 +55,9 @@ class Segment:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Segment:
         return cls(
-            rle=data["rle"], bbox=tuple(data["bbox"]), area=data["area"],
-            texts=[TextRef(**t) for t in data["texts"]], score=data.get("score", 1.0),
+            rle=data["rle"],
+            bbox=tuple(data["bbox"]),
+            area=data["area"],
+            texts=[TextRef(**t) for t in data["texts"]],
+            score=data.get("score", 1.0),
         )

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from usesearch.masks import rle
 from usesearch.errors import UsesearchError
 from usesearch.io.images import read_image
+from usesearch.masks import rle
 
 from .dataset import read_records
 

@@ -8,7 +8,6 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-
 from usesearch.io.files import walk
 from usesearch.masks import rle
 
@@ -32,7 +31,9 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
         yield ImageItem(path=str(Path(images_dir) / img["file_name"]), captions=captions[img["id"]], mllm_caption=True)
 
 
-def visual_genome_source(region_descriptions_json: str | os.PathLike, images_dir: str | os.PathLike) -> Iterator[ImageItem]:
+def visual_genome_source(
+    region_descriptions_json: str | os.PathLike, images_dir: str | os.PathLike
+) -> Iterator[ImageItem]:
     """VG ``region_descriptions.json``: human box-text pairs, straight to SAM (no captioning, no grounding)."""
     for entry in json.loads(Path(region_descriptions_json).read_text()):
         regions = entry.get("regions", [])
@@ -64,7 +65,9 @@ def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | o
                 continue
             segments.append(
                 Segment(
-                    rle=encoded, bbox=tuple(rle.bbox(encoded)), area=area,
+                    rle=encoded,
+                    bbox=tuple(rle.bbox(encoded)),
+                    area=area,
                     texts=[TextRef(names[ann["category_id"]], "coco_category", "category")],
                 )
             )

@@ -3,7 +3,18 @@ metadata, float16 embedding files) and a FAISS index chosen by size; ``web`` ser
 
 Imports the core (``usesearch``) and nothing of ``curation`` or ``training``."""
 
-from .pipeline import IndexLockedError, IndexMismatchError, IndexOptions, IndexReport, index_paths
+from usesearch.errors import IndexLockedError, IndexMismatchError
+
+from .pipeline import IndexOptions, IndexReport, index_paths
 from .search import Hit, SegmentIndex, reindex
 
-__all__ = ["Hit", "IndexLockedError", "IndexMismatchError", "IndexOptions", "IndexReport", "SegmentIndex", "index_paths", "reindex"]
+__all__ = [
+    "Hit",
+    "IndexLockedError",
+    "IndexMismatchError",
+    "IndexOptions",
+    "IndexReport",
+    "SegmentIndex",
+    "index_paths",
+    "reindex",
+]

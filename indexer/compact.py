@@ -59,12 +59,19 @@ def compact(store: Store, dead_share: float = DEAD_SHARE) -> CompactReport:
     to_move = [c for c in closed if 0 < live.get(c, 0) and 1 - live[c] / max(1, files.rows_in(c)) >= dead_share]
     if to_move:
         with store.sessions() as s:
-            moving = np.array(s.execute(select(SegmentRecord.id, SegmentRecord.vec_chunk, SegmentRecord.vec_row)
-                                        .where(SegmentRecord.vec_chunk.in_(to_move))
-                                        .order_by(SegmentRecord.vec_chunk, SegmentRecord.vec_row)).all(), np.int64).reshape(-1, 3)
+            moving = np.array(
+                s.execute(
+                    select(SegmentRecord.id, SegmentRecord.vec_chunk, SegmentRecord.vec_row)
+                    .where(SegmentRecord.vec_chunk.in_(to_move))
+                    .order_by(SegmentRecord.vec_chunk, SegmentRecord.vec_row)
+                ).all(),
+                np.int64,
+            ).reshape(-1, 3)
         for lo in range(0, len(moving), MOVE_BATCH):
             part = moving[lo : lo + MOVE_BATCH]
-            new_chunks, new_rows = files.append(files.read(part[:, 1], part[:, 2], np.float16, ids=part[:, 0]))  # the same bits
+            new_chunks, new_rows = files.append(
+                files.read(part[:, 1], part[:, 2], np.float16, ids=part[:, 0])
+            )  # the same bits
             _point_at(store, part[:, 0], new_chunks, new_rows)
             report.rows_moved += len(part)
     live = live_rows(store)
@@ -78,7 +85,10 @@ def compact(store: Store, dead_share: float = DEAD_SHARE) -> CompactReport:
 def _point_at(store: Store, ids: np.ndarray, chunks: np.ndarray, rows: np.ndarray) -> None:
     def write():
         with store.sessions.begin() as s:
-            s.execute(update(SegmentRecord), [{"id": int(i), "vec_chunk": int(c), "vec_row": int(r)}
-                                             for i, c, r in zip(ids, chunks, rows)])
+            s.execute(
+                update(SegmentRecord),
+                [{"id": int(i), "vec_chunk": int(c), "vec_row": int(r)} for i, c, r in zip(ids, chunks, rows)],
+            )
             s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+
     store.retrying(write)

@@ -73,8 +73,16 @@ def segment_records(rgb: np.ndarray, path: str, proposals, model, masker, clock)
     embeddings = model.embed_segments(rgb, proposal_masks(proposals, hw))
     clock.model_seconds += time.perf_counter() - start
     segments = [
-        dict(x=p.bbox[0], y=p.bbox[1], w=p.bbox[2], h=p.bbox[3], area=p.area, rle_counts=p.rle["counts"],
-             predicted_iou=p.predicted_iou, stability_score=p.stability_score)
+        dict(
+            x=p.bbox[0],
+            y=p.bbox[1],
+            w=p.bbox[2],
+            h=p.bbox[3],
+            area=p.area,
+            rle_counts=p.rle["counts"],
+            predicted_iou=p.predicted_iou,
+            stability_score=p.stability_score,
+        )
         for p in proposals
     ]
     return segments, embeddings
@@ -85,8 +93,14 @@ def stage_seconds(model, masker) -> dict[str, float]:
     out = {}
     sam = getattr(getattr(masker, "generator", None), "seconds", None)
     if sam:
-        out.update({"SAM encoder": sam["encoder"], "SAM decoder": sam["decoder"], "RLE": sam["rle"],
-                    "SAM post-processing": sam["total"] - sam["encoder"] - sam["decoder"] - sam["rle"]})
+        out.update(
+            {
+                "SAM encoder": sam["encoder"],
+                "SAM decoder": sam["decoder"],
+                "RLE": sam["rle"],
+                "SAM post-processing": sam["total"] - sam["encoder"] - sam["decoder"] - sam["rle"],
+            }
+        )
     embedder = getattr(model, "seconds", None)
     if embedder:
         out.update({"backbones": embedder["backbones"], "pooling": embedder["pooling"]})

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import UsesearchError, WorkerError, first_line
 from usesearch.io.files import decode, read_bytes, walk
 
 from . import faiss_gpu
@@ -46,8 +46,11 @@ def write_fragment(path: Path, hw, segments: list[dict], embeddings: np.ndarray)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     meta = {"hw": list(hw), "segments": segments}
-    np.savez(buffer, embeddings=np.asarray(embeddings, np.float16).reshape(len(segments), -1),
-             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    np.savez(
+        buffer,
+        embeddings=np.asarray(embeddings, np.float16).reshape(len(segments), -1),
+        meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+    )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -96,7 +99,7 @@ def _decode_files(batch: dict, max_bytes: int, max_pixels: int) -> dict:
 
 
 def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return f"{type(exc).__name__}: {first_line(exc) if str(exc).strip() else ''}"
 
 
 class SegmentWorker:
@@ -122,12 +125,13 @@ class SegmentWorker:
                 except Exception as exc:  # noqa: BLE001 - recorded by the committer
                     errors[i] = _error_text(exc)
             segments_out.append(count)
-        return {"fs_path": batch["fs_path"], "path": batch["path"], "sha256": batch["sha256"],
-                "error": np.array(errors, object), "segments": np.array(segments_out, np.int64)}
-
-
-class WorkerError(UsesearchError):
-    """An image's failure in a Ray worker, as the committer records it."""
+        return {
+            "fs_path": batch["fs_path"],
+            "path": batch["path"],
+            "sha256": batch["sha256"],
+            "error": np.array(errors, object),
+            "segments": np.array(segments_out, np.int64),
+        }
 
 
 def _worker_error(text: str) -> WorkerError:
@@ -148,8 +152,12 @@ def ray_session(address: str | None = None) -> Iterator[None]:
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=None if address in (None, "local") else address, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(
+            address=None if address in (None, "local") else address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
         ray.data.DataContext.get_current().enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
@@ -185,8 +193,9 @@ def index_paths_ray(
         del model, masker
         gpus = int(ray.cluster_resources().get("GPU", 0))
         device = _actor_device(options.device, gpus)
-        report.devices.insert(0, f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers "
-                                 f"(the cluster has {gpus} GPU(s))")
+        report.devices.insert(
+            0, f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers (the cluster has {gpus} GPU(s))"
+        )
         files = list(walk(paths))
         pending = _pending(files, writer, options, report)
 
@@ -210,7 +219,9 @@ def _actor_device(device: str | None, gpus: int) -> str:
         if device != "cuda":
             raise UsesearchError(f"--device {device}: on Ray each actor gets a GPU of its own; give --device cuda")
         if not gpus:
-            raise UsesearchError("--device cuda: this Ray cluster has no GPU; use --device cpu, or join a cluster with GPUs")
+            raise UsesearchError(
+                "--device cuda: this Ray cluster has no GPU; use --device cpu, or join a cluster with GPUs"
+            )
         return "cuda"
     if device != "cpu":
         raise UsesearchError(f"--device {device}: usesearch runs its models on cpu or cuda")
@@ -230,7 +241,9 @@ def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) 
             readable.append({"fs_path": found.key, "path": found.path})
     if not readable:
         return []
-    hashed = ray.data.from_items(readable).map_batches(_hash_files, fn_kwargs={"max_bytes": options.max_bytes}, batch_size=16)
+    hashed = ray.data.from_items(readable).map_batches(
+        _hash_files, fn_kwargs={"max_bytes": options.max_bytes}, batch_size=16
+    )
     pending, seen = [], set()
     for row in hashed.iter_rows():
         key, path, sha = bytes(row["fs_path"]), row["path"], row["sha256"]
@@ -265,12 +278,18 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     per_actor = max(1, cpus // actors) if not gpus else 1
     per_call = options.masker_options.get("encoder_batch", 4 if gpus else 1)
     decoded = ray.data.from_items(todo).map_batches(
-        _decode_files, fn_kwargs={"max_bytes": options.max_bytes, "max_pixels": options.max_pixels}, batch_size=per_call)
+        _decode_files, fn_kwargs={"max_bytes": options.max_bytes, "max_pixels": options.max_pixels}, batch_size=per_call
+    )
     # One logical CPU per actor (more would leave none for decoding: a stall), but as
     # many torch threads as its share of the machine's cores.
     computed = decoded.map_batches(
-        SegmentWorker, fn_constructor_kwargs={"options": options, "db_dir": str(db_dir), "threads": per_actor},
-        batch_size=per_call, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0, num_cpus=1)
+        SegmentWorker,
+        fn_constructor_kwargs={"options": options, "db_dir": str(db_dir), "threads": per_actor},
+        batch_size=per_call,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=1 if gpus else 0,
+        num_cpus=1,
+    )
     yield from computed.iter_rows()
 
 

@@ -31,22 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import DamagedRowsError
 
 CHUNK_ROWS = 1 << 20  # 1.5 GB per chunk at 768-d
 FOLDER = "embeddings"
 _NAME = re.compile(r"chunk-(\d{6})\.f16$")
-
-
-class DamagedRowsError(UsesearchError):
-    """Embedding rows whose bits no longer match their checksums."""
-
-    def __init__(self, path: Path, rows: np.ndarray, ids: np.ndarray | None):
-        self.path, self.rows, self.ids = path, rows, ids
-        which = (f"segments {', '.join(map(str, ids[:8].tolist()))}{' ...' if len(ids) > 8 else ''}" if ids is not None
-                 else f"rows {', '.join(map(str, rows[:8].tolist()))}")
-        super().__init__(f"{len(rows)} embedding rows in {path} are damaged ({which}): run `usesearch index PATHS --db DIR "
-                         "--repair` to re-embed their photos, or restore the file from a backup")
 
 
 def row_sums(block: np.ndarray) -> np.ndarray:
@@ -149,8 +138,9 @@ class EmbeddingFiles:
             self._maps[chunk] = mapped
         return mapped
 
-    def read(self, chunks: np.ndarray, rows: np.ndarray, dtype=np.float32, ids: np.ndarray | None = None,
-             verify: bool = True) -> np.ndarray:
+    def read(
+        self, chunks: np.ndarray, rows: np.ndarray, dtype=np.float32, ids: np.ndarray | None = None, verify: bool = True
+    ) -> np.ndarray:
         """[N, dim] rows of the given (chunk, row) pairs, contiguous, as ``dtype``
         (float16: the stored bits, as compaction copies them and a scan reads them),
         each checked against its checksum unless ``verify`` is off (``ids``: the
@@ -162,7 +152,9 @@ class EmbeddingFiles:
             out[dest] = block
         return out
 
-    def scores(self, chunks: np.ndarray, rows: np.ndarray, query: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    def scores(
+        self, chunks: np.ndarray, rows: np.ndarray, query: np.ndarray, ids: np.ndarray | None = None
+    ) -> np.ndarray:
         """float32 inner products of the given (verified) rows with ``query``, block by
         block: no float32 copy of all the rows is made (torch converts float16 several
         times faster than NumPy)."""
@@ -211,8 +203,12 @@ class EmbeddingFiles:
                 for a, b in zip(np.concatenate(([0], breaks)), np.concatenate((breaks, [len(wanted)]))):
                     for lo in range(a, b, most):
                         hi = min(b, lo + most)
-                        yield (chunk, slice(dest[lo], dest[lo] + hi - lo), wanted[lo:hi],
-                               mapped[wanted[lo] : wanted[lo] + hi - lo])
+                        yield (
+                            chunk,
+                            slice(dest[lo], dest[lo] + hi - lo),
+                            wanted[lo:hi],
+                            mapped[wanted[lo] : wanted[lo] + hi - lo],
+                        )
             else:
                 for lo in range(0, len(wanted), most):
                     yield chunk, dest[lo : lo + most], wanted[lo : lo + most], mapped[wanted[lo : lo + most]]
@@ -267,8 +263,9 @@ def torch_tensor(array: np.ndarray):
         return torch.from_numpy(array)
 
 
-def top_rows(matrix: np.ndarray, query: np.ndarray, fetch: int, max_norm: float,
-             keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def top_rows(
+    matrix: np.ndarray, query: np.ndarray, fetch: int, max_norm: float, keep: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(positions, exact float32 scores) of a superset of the ``fetch`` best rows of a
     float16 ``matrix`` (rows of norm at most ``max_norm``) for ``query``, among the
     rows ``keep`` allows (all when None).
@@ -289,4 +286,3 @@ def top_rows(matrix: np.ndarray, query: np.ndarray, fetch: int, max_norm: float,
     kth = np.partition(approx, len(approx) - fetch)[len(approx) - fetch]
     positions = np.flatnonzero(approx >= kth - 2 * error)
     return positions, matrix[positions].astype(np.float32) @ q
-

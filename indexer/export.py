@@ -55,10 +55,21 @@ def hits_to_coco(hits: Sequence[Hit], query: str) -> dict:
         if hit.image not in images:
             h, w = hit.mask["size"]
             images[hit.image] = {"id": len(images) + 1, "file_name": hit.image, "height": h, "width": w}
-        annotations.append({
-            "id": len(annotations) + 1, "image_id": images[hit.image]["id"], "category_id": 1,
-            "segmentation": dict(hit.mask), "bbox": list(hit.bbox), "area": hit.area, "iscrowd": 0,
-            "score": hit.score, "segment_id": hit.segment_id,
-        })
-    return {"images": list(images.values()), "annotations": annotations,
-            "categories": [{"id": 1, "name": query, "supercategory": "query"}]}
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": images[hit.image]["id"],
+                "category_id": 1,
+                "segmentation": dict(hit.mask),
+                "bbox": list(hit.bbox),
+                "area": hit.area,
+                "iscrowd": 0,
+                "score": hit.score,
+                "segment_id": hit.segment_id,
+            }
+        )
+    return {
+        "images": list(images.values()),
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": query, "supercategory": "query"}],
+    }

@@ -25,7 +25,7 @@ import faiss
 
 from usesearch.errors import UsesearchError
 
-log = logging.getLogger("usesearch.index")
+log = logging.getLogger(__name__)
 INSTALL = "pip uninstall -y faiss-cpu && pip install faiss-gpu-cu12"
 _resources = None
 
@@ -47,8 +47,10 @@ def resolve(faiss_device: str | None) -> str:
         raise UsesearchError(f"--faiss-device {faiss_device!r}: choose one of {', '.join(FAISS_DEVICES)}")
     if faiss_device == "cuda" and not available():
         why = "has no GPU support" if not hasattr(faiss, "StandardGpuResources") else "sees no GPU"
-        raise UsesearchError(f"--faiss-device cuda: this faiss ({faiss.__version__}) {why}; {INSTALL}, "
-                             "or leave FAISS on the CPU (the models still use the GPU)")
+        raise UsesearchError(
+            f"--faiss-device cuda: this faiss ({faiss.__version__}) {why}; {INSTALL}, "
+            "or leave FAISS on the CPU (the models still use the GPU)"
+        )
     return faiss_device
 
 
@@ -64,7 +66,9 @@ def note(faiss_device: str | None) -> str:
     if faiss_device == "cpu":
         return f"FAISS on the CPU (--faiss-device cpu; faiss {faiss.__version__})"
     if not hasattr(faiss, "StandardGpuResources"):
-        return f"FAISS on the CPU: this faiss ({faiss.__version__}) has no GPU support (for FAISS on the GPU: {INSTALL})"
+        return (
+            f"FAISS on the CPU: this faiss ({faiss.__version__}) has no GPU support (for FAISS on the GPU: {INSTALL})"
+        )
     return f"FAISS on the CPU: faiss {faiss.__version__} sees no GPU"
 
 

@@ -24,22 +24,14 @@ from pathlib import Path
 
 from sqlalchemy import inspect, select, text
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import CatalogLockedError, IndexIdentityError
 
 from .embeddings import FOLDER, EmbeddingFiles
 from .records import IndexIdentity, SegmentRecord
 
 ID_FILE = "index-id"
 LOCK_KEY = 0x7573_6573_6561_7263  # "usesearc": one writer per PostgreSQL database
-log = logging.getLogger("usesearch.index")
-
-
-class IndexIdentityError(UsesearchError):
-    """A catalog and an index folder that belong to different indexes."""
-
-
-class CatalogLockedError(UsesearchError):
-    """Another writer holds the catalog."""
+log = logging.getLogger(__name__)
 
 
 def check(store, assign: bool) -> None:
@@ -51,27 +43,36 @@ def check(store, assign: bool) -> None:
     where = _describe(store)
     if catalog_id is not None and folder_id is not None:
         if catalog_id != folder_id:
-            raise IndexIdentityError(f"{where} belongs to index {catalog_id}, but {store.folder} holds index {folder_id}: "
-                                     "its segments point into another folder's embedding files; use the --db folder it was "
-                                     "made with, or another catalog")
+            raise IndexIdentityError(
+                f"{where} belongs to index {catalog_id}, but {store.folder} holds index {folder_id}: "
+                "its segments point into another folder's embedding files; use the --db folder it was "
+                "made with, or another catalog"
+            )
         return
     has_segments, has_chunks = _has_segments(store), bool(EmbeddingFiles(store.folder / FOLDER, 1).chunks())
     if catalog_id is not None:  # an unmarked folder
         if has_segments or has_chunks:
-            raise IndexIdentityError(f"{where} belongs to index {catalog_id}, and {store.folder} is not its folder "
-                                     f"({'it holds other embedding files' if has_chunks else 'its embedding files are not there'}); "
-                                     "use the --db folder it was made with, or a new catalog")
+            raise IndexIdentityError(
+                f"{where} belongs to index {catalog_id}, and {store.folder} is not its folder "
+                f"({'it holds other embedding files' if has_chunks else 'its embedding files are not there'}); "
+                "use the --db folder it was made with, or a new catalog"
+            )
         if assign:
             _write_file(id_file, catalog_id)
         return
     if folder_id is not None:  # an unmarked catalog
         if has_chunks and not has_segments and _has_identity_table(store):
-            raise IndexIdentityError(f"{store.folder} holds index {folder_id}'s embedding files, and {where} is not its "
-                                     "catalog; use that index's catalog (--db-url), or a new --db folder")
+            raise IndexIdentityError(
+                f"{store.folder} holds index {folder_id}'s embedding files, and {where} is not its "
+                "catalog; use that index's catalog (--db-url), or a new --db folder"
+            )
         if assign:
             if has_segments:
-                log.warning("%s: adopting %s's id for its catalog (a run stopped while giving an older index its id)",
-                            store.folder, folder_id)
+                log.warning(
+                    "%s: adopting %s's id for its catalog (a run stopped while giving an older index its id)",
+                    store.folder,
+                    folder_id,
+                )
             _write_catalog(store, folder_id)
         return
     if assign:  # a new index, or one made before ids
@@ -88,8 +89,10 @@ def lock_catalog(store):
     connection = store.engine.connect()
     if not connection.execute(text("select pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}).scalar():
         connection.close()
-        raise CatalogLockedError(f"another indexer is writing to {_describe(store)}; wait for it to finish "
-                                 "(one writer per catalog, whatever its --db folder)")
+        raise CatalogLockedError(
+            f"another indexer is writing to {_describe(store)}; wait for it to finish "
+            "(one writer per catalog, whatever its --db folder)"
+        )
     connection.commit()  # the lock is the session's, not the transaction's
     return connection
 

@@ -75,7 +75,9 @@ def pq_m(dim: int, bits: int = 8) -> int:
 def choose(n: int, dim: int, gpu: bool = False) -> IndexChoice:
     """The index for n segments of dim dimensions; ``gpu``: it will be searched on a GPU."""
     if n <= EXACT_UP_TO:
-        return IndexChoice("IDMap2,Flat", f"{n} segments are few enough to compare every one exactly (up to {EXACT_UP_TO})", True)
+        return IndexChoice(
+            "IDMap2,Flat", f"{n} segments are few enough to compare every one exactly (up to {EXACT_UP_TO})", True
+        )
     nlist = nlist_for(n)
     bits = 8 if gpu else 4  # GPU IVF-PQ searches 8-bit codes; on a CPU, 4-bit fast-scan
     m = pq_m(dim, bits)

@@ -18,7 +18,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from usesearch.errors import UsesearchError
 
-log = logging.getLogger("usesearch.index")
+log = logging.getLogger(__name__)
 BATCH = 50_000
 
 
@@ -140,14 +140,18 @@ def _embeddings_to_files(engine: Engine, folder: Path) -> None:
                 conn.execute(text(f"ALTER TABLE segments ADD COLUMN {column} INTEGER NOT NULL DEFAULT -1"))
         last = 0
         while True:
-            rows = conn.execute(text("SELECT id, embedding FROM segments WHERE id > :last ORDER BY id LIMIT :n"),
-                                {"last": last, "n": BATCH}).all()
+            rows = conn.execute(
+                text("SELECT id, embedding FROM segments WHERE id > :last ORDER BY id LIMIT :n"),
+                {"last": last, "n": BATCH},
+            ).all()
             if not rows:
                 break
             vectors = np.stack([np.frombuffer(blob, np.float32) for _, blob in rows])
             chunks, positions = files.append(vectors)
-            conn.execute(text("UPDATE segments SET vec_chunk = :c, vec_row = :r WHERE id = :i"),
-                         [{"c": int(c), "r": int(r), "i": int(i)} for (i, _), c, r in zip(rows, chunks, positions)])
+            conn.execute(
+                text("UPDATE segments SET vec_chunk = :c, vec_row = :r WHERE id = :i"),
+                [{"c": int(c), "r": int(r), "i": int(i)} for (i, _), c, r in zip(rows, chunks, positions)],
+            )
             last = rows[-1][0]
         conn.execute(text("ALTER TABLE segments DROP COLUMN embedding"))
     if engine.dialect.name == "sqlite":

@@ -21,30 +21,22 @@ from typing import Iterator
 
 import numpy as np
 
-
-from usesearch.devices import describe as describe_device, resolve_device
-from usesearch.errors import UsesearchError
-from usesearch.reports import RunReport
-from usesearch.models.factory import choose_preset, load_model, resolve_embedder
-
-from . import faiss_gpu, index_choice, read_ahead, vectors
-from .compute import Computed, ModelStage
+from usesearch.devices import describe as describe_device
+from usesearch.devices import resolve_device
+from usesearch.errors import DiskFullError, IndexLockedError, IndexMismatchError, UsesearchError, is_disk_full
 from usesearch.io.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, walk
 from usesearch.masks.maskers import build_masker
 from usesearch.masks.sam_fast import compile_modules
+from usesearch.models.factory import choose_preset, load_model, resolve_embedder
+from usesearch.reports import RunReport
+
+from . import faiss_gpu, index_choice, read_ahead, vectors
+from .compute import Computed, ModelStage
 from .records import DONE, IndexInfo, info_summary
 from .store import Store
 
 DB_FILE, FAISS_FILE, LOCK_FILE = "segments.sqlite", "vectors.faiss", "writer.lock"
-log = logging.getLogger("usesearch.index")
-
-
-class IndexMismatchError(UsesearchError):
-    """The index was built with another model or masker than the one asked for."""
-
-
-class IndexLockedError(UsesearchError):
-    """Another indexer is writing to this index."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +47,9 @@ class IndexOptions:
     masker: str | None = None  # None: 'sam', or 'felzenszwalb' for the random-weight tiny preset
     masker_options: dict = field(default_factory=dict)
     device: str | None = None  # the models' (usesearch.devices): None is CUDA when torch sees it, else the CPU
-    faiss_device: str | None = None  # FAISS's (faiss_gpu.resolve): None is the GPU only where this faiss has GPU support
+    faiss_device: str | None = (
+        None  # FAISS's (faiss_gpu.resolve): None is the GPU only where this faiss has GPU support
+    )
     factory: str | None = None  # None: chosen by the collection's size (index_choice.py), and again as it grows
     retry_failed: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -72,7 +66,9 @@ class IndexReport(RunReport):
     segments: int = 0
     model_seconds: float = 0.0  # inside the masker and the embedder
     masker_seconds: float = 0.0  # inside the masker
-    masker_forward_seconds: float = 0.0  # of which SAM's forward passes (encoder, decoder), where the masker reports them
+    masker_forward_seconds: float = (
+        0.0  # of which SAM's forward passes (encoder, decoder), where the masker reports them
+    )
     loop_seconds: float = 0.0  # the per-image loop, without start-up (model loading)
     interrupted: bool = False
     devices: list[str] = field(default_factory=list)  # where the models and FAISS ran, a line each
@@ -94,8 +90,10 @@ def check_db_dir(db_dir: str | os.PathLike) -> Path:
         raise UsesearchError("--db is empty: name the index folder")
     db_dir = Path(db_dir)
     if db_dir.is_symlink() and not db_dir.exists():
-        raise UsesearchError(f"--db {db_dir} is a symbolic link to {os.readlink(db_dir)}, which does not exist: "
-                             "create that folder, or name another")
+        raise UsesearchError(
+            f"--db {db_dir} is a symbolic link to {os.readlink(db_dir)}, which does not exist: "
+            "create that folder, or name another"
+        )
     if db_dir.exists() and not db_dir.is_dir():
         raise UsesearchError(f"--db {db_dir} is a file; an index is a folder (give a new or existing index folder)")
     return db_dir
@@ -110,7 +108,9 @@ def writer_lock(db_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise IndexLockedError(f"another indexer (pid {holder}) is writing to {db_dir}; wait for it to finish") from None
+            raise IndexLockedError(
+                f"another indexer (pid {holder}) is writing to {db_dir}; wait for it to finish"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
@@ -186,7 +186,9 @@ def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Pa
     db_dir = check_db_dir(db_dir)
     missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
     if missing:  # before the lock: a typo must not leave an empty index folder behind
-        raise UsesearchError(f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise UsesearchError(
+            f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     return db_dir
 
 
@@ -213,9 +215,13 @@ def load_models(options: IndexOptions):
 
 def identity(model, masker, options: IndexOptions) -> IndexInfo:
     return IndexInfo(
-        preset=model.preset.name, embedder=model.kind, fingerprint=model.fingerprint,
-        head=str(Path(options.head).resolve()) if options.head else None, dim=model.dim,
-        masker=masker.name, masker_params=masker.params(),
+        preset=model.preset.name,
+        embedder=model.kind,
+        fingerprint=model.fingerprint,
+        head=str(Path(options.head).resolve()) if options.head else None,
+        dim=model.dim,
+        masker=masker.name,
+        masker_params=masker.params(),
         factory=options.factory or index_choice.choose(0, model.dim).factory,
         index_mode="fixed" if options.factory else "auto",
     )
@@ -247,8 +253,14 @@ class Writer:
                 self.info.shard_size = self.options.shard_size
             if self.options.repair:  # before the FAISS load, which may rebuild from the damaged rows
                 self._drop_damaged()
-            self.index, _ = vectors.load(self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory,
-                                         faiss_gpu.resolve(self.options.faiss_device), self.info.shard_size)
+            self.index, _ = vectors.load(
+                self.db_dir / FAISS_FILE,
+                self.store,
+                self.info.dim,
+                self.info.factory,
+                faiss_gpu.resolve(self.options.faiss_device),
+                self.info.shard_size,
+            )
             self.in_sync = True  # loaded: verified, then reconciled unless written at this generation
         except BaseException:
             try:
@@ -284,7 +296,11 @@ class Writer:
         the same content, or it is a new path whose content is already indexed under
         another path or ``coming`` (about to be, earlier in this run)."""
         existing = self.store.image_by_path(key)
-        if existing is not None and existing.sha256 == sha256 and (existing.status == DONE or not self.options.retry_failed):
+        if (
+            existing is not None
+            and existing.sha256 == sha256
+            and (existing.status == DONE or not self.options.retry_failed)
+        ):
             return True
         return existing is None and (sha256 in coming or self.store.done_with_hash(sha256) is not None)
 
@@ -297,7 +313,9 @@ class Writer:
         yield
         self.in_sync = True
 
-    def commit(self, key: bytes, path: str, sha256: str, hw, segments: list[dict], embeddings: np.ndarray, report: IndexReport) -> None:
+    def commit(
+        self, key: bytes, path: str, sha256: str, hw, segments: list[dict], embeddings: np.ndarray, report: IndexReport
+    ) -> None:
         with self._changing():
             start = time.perf_counter()
             removed, added = self.store.save_image(key, path, sha256, hw, segments, embeddings)
@@ -328,8 +346,9 @@ class Writer:
         return len(removed)
 
     def write(self) -> None:
-        self.index = vectors.write_atomic(self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory,
-                                          in_sync=self.in_sync)
+        self.index = vectors.write_atomic(
+            self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory, in_sync=self.in_sync
+        )
 
     def run(self, steps, report: IndexReport, progress: Callable[[str], None]) -> None:
         """Drive ``steps`` (each commits some images and yields a path for progress),
@@ -349,10 +368,12 @@ class Writer:
             report.interrupted = True  # finished images are committed; keep them
             self.write()
         except Exception as exc:
-            if vectors.is_disk_full(exc):
+            if is_disk_full(exc):
                 # What is committed stays committed; the vector file catches up on the next open.
-                raise vectors.DiskFullError(f"disk full: cannot write the index in {self.db_dir}; free space and run "
-                                            "`usesearch index` again (finished images are kept)") from None
+                raise DiskFullError(
+                    f"disk full: cannot write the index in {self.db_dir}; free space and run "
+                    "`usesearch index` again (finished images are kept)"
+                ) from None
             raise
         finally:
             report.loop_seconds = time.perf_counter() - loop_start

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import EverythingGoneError, UsesearchError
 from usesearch.reports import RunReport
 
 from .compact import compact
@@ -30,10 +30,6 @@ class PruneReport(RunReport):
     embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
     loop_seconds: float = 0.0
     interrupted: bool = False
-
-
-class EverythingGoneError(UsesearchError):
-    """Every file is gone: more likely an unmounted disk than a deleted archive."""
 
 
 def file_gone(fs_path: bytes) -> str | None:
@@ -95,8 +91,10 @@ def prune(
         considered = under_folders(writer.store.image_files(), under)
         gone = gone_images(considered)
         if not force and len(gone) == len(considered) > ALL_GONE_GUARD:
-            raise EverythingGoneError(f"all {len(considered)} indexed files are gone (is the disk mounted?); nothing was "
-                                      "removed. Run `usesearch prune --force` to remove them all.")
+            raise EverythingGoneError(
+                f"all {len(considered)} indexed files are gone (is the disk mounted?); nothing was "
+                "removed. Run `usesearch prune --force` to remove them all."
+            )
 
         def removals():
             for image_id, path, _why in gone:

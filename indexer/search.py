@@ -13,19 +13,19 @@ from typing import Any
 
 import numpy as np
 
+from usesearch.devices import resolve_device
+from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
+from usesearch.io.images import to_rgb_array
 from usesearch.masks import region as region_lib
 from usesearch.masks import rle
-from usesearch.devices import resolve_device
-from usesearch.io.images import to_rgb_array
-from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.models.factory import load_model
 from usesearch.models.model import SegmentEmbedder
 
 from . import faiss_gpu, index_choice, vectors
 from .compact import dead_bytes
-from .prune import gone_images
-from .pipeline import DB_FILE, FAISS_FILE, IndexMismatchError, check_db_dir, db_url_for
 from .embeddings import top_rows
+from .pipeline import DB_FILE, FAISS_FILE, check_db_dir, db_url_for
+from .prune import gone_images
 from .records import SegmentRow, info_summary
 from .store import Store
 
@@ -119,8 +119,14 @@ class SegmentIndex:
     side by side (no search holds up another for its whole run); the model's text
     encoder is used by one thread at a time."""
 
-    def __init__(self, db_dir: Path, store: Store, model: SegmentEmbedder | None = None, device: str | None = None,
-                 faiss_device: str | None = None):
+    def __init__(
+        self,
+        db_dir: Path,
+        store: Store,
+        model: SegmentEmbedder | None = None,
+        device: str | None = None,
+        faiss_device: str | None = None,
+    ):
         """``device``: where the models run (``usesearch.devices``); ``faiss_device``:
         where FAISS searches (``faiss_gpu.resolve``); each defaults on its own."""
         self.db_dir = db_dir
@@ -135,14 +141,26 @@ class SegmentIndex:
         self._stats_cache: dict[Any, tuple[int, Any]] = {}
         self._held_rows: tuple[np.ndarray, np.ndarray, float] | None = None  # see _selection_rows
         self._device, self._faiss_device = resolve_device(device), faiss_device  # every model on one device
-        self.index, _ = vectors.load(db_dir / FAISS_FILE, store, self.info.dim, self.info.factory,
-                                     faiss_gpu.resolve(faiss_device), self.info.shard_size)
+        self.index, _ = vectors.load(
+            db_dir / FAISS_FILE,
+            store,
+            self.info.dim,
+            self.info.factory,
+            faiss_gpu.resolve(faiss_device),
+            self.info.shard_size,
+        )
         self._index_lock = ReadWriteLock()
         self._model_lock = threading.Lock()
 
     @classmethod
-    def open(cls, db_dir: str | os.PathLike, db_url: str | None = None, model=None, device: str | None = None,
-             faiss_device: str | None = None) -> SegmentIndex:
+    def open(
+        cls,
+        db_dir: str | os.PathLike,
+        db_url: str | None = None,
+        model=None,
+        device: str | None = None,
+        faiss_device: str | None = None,
+    ) -> SegmentIndex:
         db_dir = Path(db_dir)
         resolve_device(device), faiss_gpu.resolve(faiss_device)  # an impossible device is refused before any loading
         return cls(db_dir, open_store(db_dir, db_url, read_only=True), model, device, faiss_device)
@@ -192,8 +210,13 @@ class SegmentIndex:
             raise NotFoundError(f"no segment with id {segment_id}")
         return self.search_vector(found[0][1][0], k, exclude={segment_id}, **filters)
 
-    def region(self, image, point: tuple[float, float] | None = None, box: tuple[float, float, float, float] | None = None,
-               mask: np.ndarray | None = None) -> region_lib.Region:
+    def region(
+        self,
+        image,
+        point: tuple[float, float] | None = None,
+        box: tuple[float, float, float, float] | None = None,
+        mask: np.ndarray | None = None,
+    ) -> region_lib.Region:
         """The region of ``image`` (any photo: RGB array or PIL) a query by region
         searches for: ``mask`` as given, or SAM's most stable mask for ``point`` (x, y)
         or ``box`` (x, y, w, h), with the SAM of the index's preset."""
@@ -309,7 +332,9 @@ class SegmentIndex:
                 self._stats_cache.pop(next(iter(self._stats_cache)))
         return held[1]
 
-    def _candidates(self, vector, k: int, fetch: int, allowed, exclude, nprobe=None, rerank=None) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(
+        self, vector, k: int, fetch: int, allowed, exclude, nprobe=None, rerank=None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The top ``fetch`` (scores, ids) for a search asking for ``k`` hits. A compressed
         index gives approximate scores: more candidates (as many as ``k`` calls for, or
         ``fetch`` when more are needed to fill ``k`` after filters) are re-scored exactly
@@ -339,18 +364,26 @@ class SegmentIndex:
             # Rebuilds, re-scoring and `similar` verify what they read, and `index
             # --repair` finds every damaged row.
             matrix = self.store.files().read(allowed[:, 1], allowed[:, 2], np.float16, verify=False)
-            max_norm = float(torch.linalg.vector_norm(torch.from_numpy(matrix), dim=1, dtype=torch.float32).max()) if len(matrix) else 0.0
+            max_norm = (
+                float(torch.linalg.vector_norm(torch.from_numpy(matrix), dim=1, dtype=torch.float32).max())
+                if len(matrix)
+                else 0.0
+            )
             held = self._held_rows = (allowed, matrix, max_norm)
         return held[1], held[2]
 
     def _exact_top(self, vector, locations: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``fetch`` (scores, ids) of segments given as [n, 3] (id, chunk, row),
         scored exactly against the embedding files."""
-        return _ranked(self.store.files().scores(locations[:, 1], locations[:, 2], vector, ids=locations[:, 0]),
-                       locations[:, 0], fetch)
+        return _ranked(
+            self.store.files().scores(locations[:, 1], locations[:, 2], vector, ids=locations[:, 0]),
+            locations[:, 0],
+            fetch,
+        )
 
-    def _hits(self, scores, ids, k: int, per_image: bool, images: set[int] | None, min_area: int,
-              distinct: bool = False) -> list[Hit]:
+    def _hits(
+        self, scores, ids, k: int, per_image: bool, images: set[int] | None, min_area: int, distinct: bool = False
+    ) -> list[Hit]:
         rows = self.store.rows(ids.tolist())
         hits: list[Hit] = []
         seen_images: set[int] = set()
@@ -373,9 +406,17 @@ class SegmentIndex:
                 better.append(mask)
             hits.append(
                 Hit(
-                    rank=len(hits) + 1, score=float(score), segment_id=row.id, image_id=row.image_id, image=row.image_path, bbox=row.bbox,
-                    area=row.area, mask=mask,
-                    predicted_iou=row.predicted_iou, stability_score=row.stability_score, image_fs_path=row.image_fs_path,
+                    rank=len(hits) + 1,
+                    score=float(score),
+                    segment_id=row.id,
+                    image_id=row.image_id,
+                    image=row.image_path,
+                    bbox=row.bbox,
+                    area=row.area,
+                    mask=mask,
+                    predicted_iou=row.predicted_iou,
+                    stability_score=row.stability_score,
+                    image_fs_path=row.image_fs_path,
                 )
             )
             if len(hits) == k:
@@ -388,12 +429,16 @@ class SegmentIndex:
         files gone since indexing (``files_gone``: a stat per image) and the embedding
         bytes no segment refers to (``bytes_embeddings_dead``: ``prune`` gives them
         back), so ``usesearch info`` asks for it and the web page's every load does not."""
+
         def size(name: str) -> int:
             p = self.db_dir / name
             return p.stat().st_size if p.is_file() else 0
 
-        gone = {"files_gone": len(gone_images(self.store.image_files())),
-                "bytes_embeddings_dead": dead_bytes(self.store)} if check_files else {}
+        gone = (
+            {"files_gone": len(gone_images(self.store.image_files())), "bytes_embeddings_dead": dead_bytes(self.store)}
+            if check_files
+            else {}
+        )
         return {
             **self.store.counts(),
             "preset": self.info.preset,
@@ -445,8 +490,14 @@ def _ranked(scores: np.ndarray, ids: np.ndarray, fetch: int) -> tuple[np.ndarray
     return scores[order], ids[order]
 
 
-def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str | None = None, faiss_device: str | None = None,
-            shard_size: int | None = None, build=None) -> int:
+def reindex(
+    db_dir: str | os.PathLike,
+    factory: str | None = None,
+    db_url: str | None = None,
+    faiss_device: str | None = None,
+    shard_size: int | None = None,
+    build=None,
+) -> int:
     """Rebuild the FAISS file from the stored embeddings, optionally with another
     factory or another shard size (segments per shard; 0: one shard). ``build``:
     how the index is filled (``vectors.rebuild``, or ``distributed.rebuild_on_ray``
@@ -464,11 +515,17 @@ def reindex(db_dir: str | os.PathLike, factory: str | None = None, db_url: str |
                 raise UsesearchError(f"{db_dir} holds no index yet")
             mode = "fixed" if factory else info.index_mode
             if not factory:  # automatic: what the collection's size calls for now
-                factory = index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(faiss_device)).factory if mode == "auto" else info.factory
+                factory = (
+                    index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(faiss_device)).factory
+                    if mode == "auto"
+                    else info.factory
+                )
             shard_size = info.shard_size if shard_size is None else shard_size
             store.files().backfill_sums()  # rows from before checksums get theirs: verified from now on
             index = (build or vectors.rebuild)(store, info.dim, factory, faiss_device, shard_size)
-            vectors.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)  # rebuilt from the store
+            vectors.write_atomic(
+                index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True
+            )  # rebuilt from the store
             store.set_factory(factory, mode)
             store.set_shard_size(shard_size)
             return int(index.ntotal)

@@ -16,8 +16,8 @@ import fnmatch
 import logging
 import os
 import time
-from pathlib import Path
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,22 +26,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import CatalogUnavailableError, UsesearchError, first_line
 
 from . import identity, migrations
-from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord, SegmentRow, VectorShard, VectorState
 from .embeddings import FOLDER as EMBEDDINGS_FOLDER
 from .embeddings import EmbeddingFiles
+from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord, SegmentRow, VectorShard, VectorState
 
 RETRY_SECONDS = 60.0  # how long a write waits for an unreachable database server
-
-
-class CatalogUnavailableError(UsesearchError):
-    """The catalog's database server stayed unreachable."""
-
-
-def _first_line(exc: OperationalError) -> str:
-    return (str(exc.orig or exc).strip().splitlines() or ["?"])[0]
 
 
 def server_url(url: str) -> str:
@@ -75,7 +67,7 @@ def _immutable_url(url: str) -> str:
     return f"sqlite:///file:{database}?mode=ro&immutable=1&uri=true"
 
 
-log = logging.getLogger("usesearch.index")
+log = logging.getLogger(__name__)
 
 
 class Store:
@@ -91,15 +83,18 @@ class Store:
             raise ValueError("a store on a database server needs the folder for its embedding files")
         # Embedding files live in the index folder (beside segments.sqlite).
         self.folder = Path(folder) if folder is not None else Path(database).parent
-        self.engine = create_engine(url) if url.startswith("sqlite") else create_engine(
-            server_url(url), pool_pre_ping=True)  # a restarted server's dead connections are replaced, not used
+        self.engine = (
+            create_engine(url) if url.startswith("sqlite") else create_engine(server_url(url), pool_pre_ping=True)
+        )  # a restarted server's dead connections are replaced, not used
         try:
             self._open(url, read_only)
         except OperationalError as exc:
             if self.engine.dialect.name == "sqlite":
                 raise
-            raise CatalogUnavailableError(f"cannot reach the catalog database at "
-                                          f"{make_url(url).render_as_string(hide_password=True)}: {_first_line(exc)}") from None
+            raise CatalogUnavailableError(
+                f"cannot reach the catalog database at "
+                f"{make_url(url).render_as_string(hide_password=True)}: {first_line(exc.orig or exc)}"
+            ) from None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._files: EmbeddingFiles | None = None
         self._catalog_lock = None
@@ -135,7 +130,9 @@ class Store:
                 tables = set(inspect(self.engine).get_table_names())
             self._has_vector_state = "vector_state" in tables  # made by a writable open since
             if "index_info" not in tables:
-                raise UsesearchError(f"{make_url(url).database or url} is not a usesearch index (it has no index_info table)")
+                raise UsesearchError(
+                    f"{make_url(url).database or url} is not a usesearch index (it has no index_info table)"
+                )
             missing = migrations.missing_columns(self.engine)
             if missing:
                 raise UsesearchError(
@@ -207,8 +204,11 @@ class Store:
         return self.retrying(lambda: self._one(select(ImageRecord).where(ImageRecord.fs_path == fs_path)))
 
     def done_with_hash(self, sha256: str) -> ImageRecord | None:
-        return self.retrying(lambda: self._one(
-            select(ImageRecord).where(ImageRecord.sha256 == sha256, ImageRecord.status == DONE).limit(1)))
+        return self.retrying(
+            lambda: self._one(
+                select(ImageRecord).where(ImageRecord.sha256 == sha256, ImageRecord.status == DONE).limit(1)
+            )
+        )
 
     def _one(self, query):
         with self.sessions() as s:
@@ -248,8 +248,9 @@ class Store:
                         raise
                     raise CatalogUnavailableError(
                         f"the catalog database at {make_url(self.url).render_as_string(hide_password=True)} is unreachable "
-                        f"({_first_line(exc)}); finished images are kept, "
-                        "run again to resume") from None
+                        f"({first_line(exc.orig or exc)}); finished images are kept, "
+                        "run again to resume"
+                    ) from None
                 log.warning("catalog database unreachable, retrying in %.1f s", pause)
                 time.sleep(pause)
                 waited += pause
@@ -303,6 +304,7 @@ class Store:
 
     def remove_image(self, image_id: int) -> list[int]:
         """Delete an image and its segments in one transaction; their segment ids."""
+
         def remove() -> list[int]:
             with self.sessions.begin() as s:
                 record = s.get(ImageRecord, image_id)
@@ -312,12 +314,18 @@ class Store:
                 s.delete(record)
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
                 return removed
+
         return self.retrying(remove)
 
     def image_files(self) -> list[tuple[int, bytes, str]]:
         """(id, fs_path, path) of every image the index has, done or failed."""
         with self.sessions() as s:
-            return [tuple(r) for r in s.execute(select(ImageRecord.id, ImageRecord.fs_path, ImageRecord.path).order_by(ImageRecord.id))]
+            return [
+                tuple(r)
+                for r in s.execute(
+                    select(ImageRecord.id, ImageRecord.fs_path, ImageRecord.path).order_by(ImageRecord.id)
+                )
+            ]
 
     def image(self, image_id: int) -> ImageRecord | None:
         with self.sessions() as s:
@@ -344,7 +352,9 @@ class Store:
     def common_folder(self) -> str | None:
         """The deepest folder holding every indexed image. Paths sort so that the
         common prefix of the first and the last is that of all: two index lookups."""
-        path = ImageRecord.path if self.engine.dialect.name == "sqlite" else ImageRecord.path.collate("C")  # bytewise order
+        path = (
+            ImageRecord.path if self.engine.dialect.name == "sqlite" else ImageRecord.path.collate("C")
+        )  # bytewise order
         with self.sessions() as s:
             first, last = s.execute(select(func.min(path), func.max(path))).one()
         if first is None:
@@ -365,7 +375,11 @@ class Store:
     def segment_ids_between(self, low: int, high: int) -> np.ndarray:
         """Committed segment ids in [low, high], through the primary key."""
         with self.sessions() as s:
-            q = select(SegmentRecord.id).where(SegmentRecord.id >= low, SegmentRecord.id <= high).order_by(SegmentRecord.id)
+            q = (
+                select(SegmentRecord.id)
+                .where(SegmentRecord.id >= low, SegmentRecord.id <= high)
+                .order_by(SegmentRecord.id)
+            )
             return np.fromiter(s.scalars(q), dtype=np.int64)
 
     def image_ids_matching(self, path: str) -> set[int]:
@@ -392,8 +406,12 @@ class Store:
             if low is None:
                 return np.zeros(0, np.int64)
             ids = np.unique(np.random.default_rng(seed).integers(low, high + 1, size)).tolist()
-            out = [np.fromiter(s.scalars(select(SegmentRecord.area).where(SegmentRecord.id.in_(ids[i : i + 900]))), np.int64)
-                   for i in range(0, len(ids), 900)]  # 900: SQLite's bound-parameter limit
+            out = [
+                np.fromiter(
+                    s.scalars(select(SegmentRecord.area).where(SegmentRecord.id.in_(ids[i : i + 900]))), np.int64
+                )
+                for i in range(0, len(ids), 900)
+            ]  # 900: SQLite's bound-parameter limit
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def segment_locations_with_area(self, min_area: int) -> np.ndarray:
@@ -422,8 +440,12 @@ class Store:
             found = self._sqlite_locations(wanted)
             if found is not None:
                 return found
-        return self._locations([select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.id.in_(wanted[i : i + 900]))
-                                for i in range(0, len(wanted), 900)])  # 900: SQLite's bound-parameter limit
+        return self._locations(
+            [
+                select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.id.in_(wanted[i : i + 900]))
+                for i in range(0, len(wanted), 900)
+            ]
+        )  # 900: SQLite's bound-parameter limit
 
     def _sqlite_locations(self, wanted: list[int]) -> np.ndarray | None:
         """None where this SQLite lacks ``json_each`` (then the IN lists serve)."""
@@ -434,7 +456,8 @@ class Store:
             with self.engine.connect() as conn:
                 rows = conn.connection.dbapi_connection.execute(
                     "SELECT id, vec_chunk, vec_row FROM segments WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(wanted),)).fetchall()
+                    (json.dumps(wanted),),
+                ).fetchall()
         except sqlite3.OperationalError as exc:
             if "json_each" not in str(exc):
                 raise
@@ -454,7 +477,9 @@ class Store:
             self._files = EmbeddingFiles(self.folder / EMBEDDINGS_FOLDER, info.dim)
         return self._files
 
-    def embeddings(self, ids: Iterable[int] | None = None, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def embeddings(
+        self, ids: Iterable[int] | None = None, batch: int = 50_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, float32 vectors) in batches: all committed segments (streamed, in id
         order), or just ``ids``."""
         seg = SegmentRecord
@@ -465,7 +490,9 @@ class Store:
             else:
                 wanted = [int(i) for i in ids]
                 # 900 per query: SQLite's bound-parameter limit.
-                parts = (s.execute(query.where(seg.id.in_(wanted[i : i + 900]))).all() for i in range(0, len(wanted), 900))
+                parts = (
+                    s.execute(query.where(seg.id.in_(wanted[i : i + 900]))).all() for i in range(0, len(wanted), 900)
+                )
             for part in parts:
                 if part:
                     table = np.array([tuple(r) for r in part], np.int64)
@@ -490,15 +517,37 @@ class Store:
             for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
                 seg = SegmentRecord
                 q = (
-                    select(seg.id, seg.image_id, ImageRecord.path, ImageRecord.fs_path, ImageRecord.height, ImageRecord.width,
-                           seg.x, seg.y, seg.w, seg.h, seg.area, seg.rle_counts, seg.predicted_iou, seg.stability_score)
+                    select(
+                        seg.id,
+                        seg.image_id,
+                        ImageRecord.path,
+                        ImageRecord.fs_path,
+                        ImageRecord.height,
+                        ImageRecord.width,
+                        seg.x,
+                        seg.y,
+                        seg.w,
+                        seg.h,
+                        seg.area,
+                        seg.rle_counts,
+                        seg.predicted_iou,
+                        seg.stability_score,
+                    )
                     .join(ImageRecord)
                     .where(seg.id.in_(wanted[start : start + 900]))
                 )
                 for r in s.execute(q):
                     out[r.id] = SegmentRow(
-                        r.id, r.image_id, r.path, r.fs_path, (r.height, r.width), (r.x, r.y, r.w, r.h), r.area,
-                        r.rle_counts, r.predicted_iou, r.stability_score,
+                        r.id,
+                        r.image_id,
+                        r.path,
+                        r.fs_path,
+                        (r.height, r.width),
+                        (r.x, r.y, r.w, r.h),
+                        r.area,
+                        r.rle_counts,
+                        r.predicted_iou,
+                        r.stability_score,
                     )
         return out
 

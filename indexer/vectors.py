@@ -17,7 +17,6 @@ The FAISS file is a cache of the store's embeddings; the database is the truth.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -26,24 +25,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import DiskFullError, UsesearchError, is_disk_full
 
 from . import faiss_gpu
 from .index_choice import nprobe_for, train_size_for
 from .store import Store
 
 DEFAULT_FACTORY = "IDMap2,Flat"  # exact inner product over unit vectors = cosine
-log = logging.getLogger("usesearch.index")
-
-
-class DiskFullError(UsesearchError):
-    """The disk holding the index is full; nothing committed was lost."""
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return "database or disk is full" in str(exc) or "No space left on device" in str(exc)
+log = logging.getLogger(__name__)
 
 
 def new_index(dim: int, factory: str) -> faiss.Index:
@@ -70,12 +59,17 @@ def index_ids(index: faiss.Index) -> np.ndarray:
     if isinstance(outer, faiss.IndexIDMap2):
         return faiss.vector_to_array(outer.id_map).astype(np.int64)
     invlists = _ivf(index).invlists
-    parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
-             for i in range(invlists.nlist) if invlists.list_size(i)]
+    parts = [
+        faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+        for i in range(invlists.nlist)
+        if invlists.list_size(i)
+    ]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def _search_params(index: faiss.Index, selector: faiss.IDSelector | None, nprobe: int | None = None) -> faiss.SearchParameters:
+def _search_params(
+    index: faiss.Index, selector: faiss.IDSelector | None, nprobe: int | None = None
+) -> faiss.SearchParameters:
     """Search parameters of the right class for the wrapped index (IVF and HNSW check
     the type), carrying its current nprobe / efSearch and the selector."""
     outer = faiss.downcast_index(index)
@@ -174,8 +168,9 @@ class Vectors:
             except RuntimeError:  # e.g. HNSW: "remove_ids not implemented"
                 self.stale = np.union1d(self.stale, np.intersect1d(ids[rows], index_ids(self.shards[number])))
 
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded=(),
-               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded=(), nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (scores, ids) for one query among ``allowed`` ids (all when None),
         never returning stale or ``excluded`` ids, over all shards merged by score.
         Filters go to FAISS as an IDSelector, so a narrow filter costs less than none.
@@ -294,7 +289,7 @@ def write_atomic(vectors: Vectors, path: Path, store: Store, dim: int, factory: 
         in_sync = True
     for number in sorted(vectors.dirty | ({0} if not path.exists() else set())):
         _write_file(vectors.shards[number], shard_path(path, number), store, number)
-    for extra in shard_files(path)[len(vectors.shards):]:  # left by an index with more shards
+    for extra in shard_files(path)[len(vectors.shards) :]:  # left by an index with more shards
         extra.unlink()
     vectors.dirty.clear()
     if in_sync:
@@ -310,6 +305,7 @@ def _write_file(index: faiss.Index, path: Path, store: Store, shard: int) -> Non
     failure: list[BaseException] = []
     try:
         with open(tmp, "wb") as f:
+
             def write(chunk: bytes) -> int:
                 try:
                     f.write(chunk)
@@ -334,11 +330,11 @@ def _write_file(index: faiss.Index, path: Path, store: Store, shard: int) -> Non
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if is_disk_full(exc):
-            raise DiskFullError(f"disk full: cannot write {path}; free space and run the command again (nothing committed was lost)") from None
+            raise DiskFullError(
+                f"disk full: cannot write {path}; free space and run the command again (nothing committed was lost)"
+            ) from None
         raise
     store.set_vectors_checksum(digest.hexdigest(), shard)
-
-
 
 
 def _read_verified(path: Path, store: Store, dim: int, shard: int = 0) -> tuple[faiss.Index | None, str]:
@@ -366,8 +362,9 @@ def _read_verified(path: Path, store: Store, dim: int, shard: int = 0) -> tuple[
     return index, ""
 
 
-def load(path: Path, store: Store, dim: int, factory: str, device: str | None = "cpu",
-         shard_size: int = 0) -> tuple[Vectors, tuple[int, int]]:
+def load(
+    path: Path, store: Store, dim: int, factory: str, device: str | None = "cpu", shard_size: int = 0
+) -> tuple[Vectors, tuple[int, int]]:
     """The index for a store: its shard files when each is verified (and holds the
     ids its number says), else rebuilt from the store; then reconciled with the
     store. ``device`` as in ``faiss_gpu.wanted``."""
@@ -395,8 +392,10 @@ def load(path: Path, store: Store, dim: int, factory: str, device: str | None = 
     last = store.max_segment_id()
     covered = not (shards and shard_size and last and (last - 1) // shard_size >= len(shards))
     if not covered and store.vectors_checksum(len(shards)) is not None:
-        log.warning("%s is missing (the database recorded it); its segments are added from the database",
-                    shard_path(path, len(shards)).name)
+        log.warning(
+            "%s is missing (the database recorded it); its segments are added from the database",
+            shard_path(path, len(shards)).name,
+        )
     if len(shards) < len(shard_files(path)) or not shards:
         log.warning("%s does not match the database (%s); rebuilding it from the database", path, why)
         vectors = rebuild(store, dim, factory, device, shard_size)

@@ -5,8 +5,7 @@ import tempfile
 
 # Before anything imports huggingface_hub: hub calls fail fast instead of retrying,
 # and the caches are empty, so "weights are missing" is what every real preset sees.
-# Idempotent: test modules import helpers from here (as tests.conftest), which runs
-# this file a second time; it must not move the caches mid-session.
+# Idempotent: a subprocess a test starts inherits the variables and keeps them.
 _home = os.environ.get("USESEARCH_TEST_HOME") or tempfile.mkdtemp(prefix="usesearch-test-home-")
 os.environ["USESEARCH_TEST_HOME"] = _home
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -66,53 +65,6 @@ def trained_tiny_head(tmp_path_factory):
     return root / "run" / "head", test_dir
 
 
-# -- shared by the index, serving and export tests --------------------------------------
-OPTS = dict(preset="tiny", masker="felzenszwalb", masker_options={"max_masks": 8})
-
-
-def write_photos(folder, names=("astronaut", "chelsea", "coffee", "rocket")):
-    """Small real photos (scikit-image's), every other one in a subfolder ``sub``."""
-    from PIL import Image
-    from skimage import data
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(names):
-        sub = folder / ("sub" if i % 2 else "")
-        sub.mkdir(exist_ok=True)
-        image = Image.fromarray(getattr(data, name)())
-        image.thumbnail((96, 96))
-        image.save(sub / f"{name}.png")
-    return folder
-
-
-def segment_table(db, db_url=None):
-    """(image, bbox, area, rle) per segment: what an index holds, independent of ids."""
-    from usesearch.indexer import SegmentIndex
-
-    ix = SegmentIndex.open(db, db_url=db_url)
-    rows = ix.store.rows(ix.store.segment_ids())
-    ix.close()
-    return sorted((os.path.basename(r.image_path), r.bbox, r.area, r.rle_counts) for r in rows.values())
-
-
-def assert_consistent(db, db_url=None):
-    """The vector file on disk holds exactly the committed segments, each once."""
-    import faiss
-
-    from usesearch.indexer import SegmentIndex
-    from usesearch.indexer.pipeline import FAISS_FILE
-    from usesearch.indexer.vectors import index_ids
-
-    from usesearch.indexer.vectors import shard_files
-
-    ix = SegmentIndex.open(db, db_url=db_url)
-    on_disk = np.concatenate([index_ids(faiss.read_index(str(f))) for f in shard_files(db / FAISS_FILE)])
-    committed = np.sort(ix.store.segment_ids())
-    assert len(np.unique(committed)) == len(committed)
-    np.testing.assert_array_equal(np.sort(on_disk), committed)
-    ix.close()
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
     """A real PostgreSQL server for this test session (tests/postgres.py)."""
@@ -131,39 +83,49 @@ def pg_url(postgres_server) -> str:
     return postgres_server.new_database()
 
 
-# -- kill -9 tests: run a step in another process, kill it when it is partly done --------
-def run_python(code: str, *args, **popen):
-    """``python -c code args...`` in another process, importing this checkout."""
-    import subprocess
-    import sys
+# -- a tiny SAM whose masks are blobs around each prompt: the mask generator's tests --
+@pytest.fixture(scope="module")
+def sam():
+    """The seeded tiny SAM, with its mask decoder's logits replaced by blobs of three
+    sizes around each point prompt (plus the decoder's own output as texture). With
+    random weights every prompt gives nearly the whole image, so NMS, crop-edge and
+    clean-up decisions would never be tested; blobs make them real. Both generators
+    call the same modules, so the comparison is unaffected."""
+    import copy
 
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env={**os.environ, "PYTHONPATH": os.getcwd()}, **popen)
+    import torch
+
+    import usesearch
+    from usesearch.masks.sam import load_sam
+
+    model = copy.deepcopy(load_sam(usesearch.get_preset("tiny").sam, "tiny"))
+    seen = {}
+    encode_prompts, decode = model.prompt_encoder.forward, model.mask_decoder.forward
+
+    def prompt_encoder(points, boxes, masks):
+        seen["points"] = points[0]  # [B, 1, 2] in the model's input frame
+        return encode_prompts(points, boxes, masks)
+
+    def mask_decoder(**kwargs):
+        low_res, iou = decode(**kwargs)
+        size = low_res.shape[-1]
+        cell = model.image_encoder.img_size / size
+        centres = (torch.arange(size, dtype=torch.float32) + 0.5) * cell
+        px, py = seen["points"][:, 0, 0].float(), seen["points"][:, 0, 1].float()
+        dist = (
+            (centres[None, None, :] - px[:, None, None]) ** 2 + (centres[None, :, None] - py[:, None, None]) ** 2
+        ).sqrt()
+        radii = torch.tensor([18.0, 40.0, 75.0])
+        blobs = (radii[None, :, None, None] - dist[:, None]) / 6 + 0.5 * low_res / low_res.abs().amax().clamp(min=1e-6)
+        return blobs.to(low_res.dtype), iou
+
+    model.prompt_encoder.forward = prompt_encoder
+    model.mask_decoder.forward = mask_decoder
+    return model
 
 
-def sqlite_count(db_file, sql: str):
-    """One count from an index's SQLite file while another process writes it (None
-    while it cannot be read)."""
-    import sqlite3
+@pytest.fixture(scope="module")
+def image():
+    from skimage import data
 
-    try:
-        with sqlite3.connect(db_file, timeout=5) as con:
-            return con.execute(sql).fetchone()[0]
-    except sqlite3.Error:
-        return None
-
-
-def kill_when(proc, probe, reached, start, timeout: float = 120, every: float = 0.05):
-    """Poll ``probe()`` while ``proc`` runs; once ``reached(value)``, kill it with
-    SIGKILL. Returns the last value read (``start`` until one is)."""
-    import signal
-    import time
-
-    deadline, value = time.time() + timeout, start
-    while time.time() < deadline and proc.poll() is None and not reached(value):
-        time.sleep(every)
-        read = probe()
-        value = value if read is None else read
-    assert proc.poll() is None, "the process finished before it could be killed; give it more work"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return value
+    return np.ascontiguousarray(data.coffee()[::3, ::3])  # 134 x 200: not square, not the model's size

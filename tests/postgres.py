@@ -47,10 +47,30 @@ class Server:
 
     def start(self) -> "Server":
         if not self.data.exists():
-            self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "usesearch", "--auth=trust",
-                      "--encoding=UTF8", "--no-locale", "--no-sync")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "60",
-                  "-o", f"-k {self.socket} -c listen_addresses='' -c fsync=off -c max_connections=200", "start")
+            self._run(
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "usesearch",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            )
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-k {self.socket} -c listen_addresses='' -c fsync=off -c max_connections=200",
+            "start",
+        )
         return self
 
     def stop(self, mode: str = "fast") -> None:

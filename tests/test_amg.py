@@ -10,74 +10,27 @@ from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator
 from typer.testing import CliRunner
 
-import usesearch
-from usesearch.masks.amg import SamMaskGenerator
+from tests.helpers import LOW, assert_consistent, mask_iou, segment_table
 from usesearch.cli.app import app
+from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.maskers import SamMasker, stack_masks
-from usesearch.masks.sam import load_sam
-
-from .conftest import assert_consistent, segment_table
-
-LOW = dict(pred_iou_thresh=-10.0, stability_score_thresh=-10.0)  # keep (nearly) every proposal
 
 
-@pytest.fixture(scope="module")
-def sam():
-    """The seeded tiny SAM, with its mask decoder's logits replaced by blobs of three
-    sizes around each point prompt (plus the decoder's own output as texture). With
-    random weights every prompt gives nearly the whole image, so NMS, crop-edge and
-    clean-up decisions would never be tested; blobs make them real. Both generators
-    call the same modules, so the comparison is unaffected."""
-    import copy
-
-    import torch
-
-    model = copy.deepcopy(load_sam(usesearch.get_preset("tiny").sam, "tiny"))
-    seen = {}
-    encode_prompts, decode = model.prompt_encoder.forward, model.mask_decoder.forward
-
-    def prompt_encoder(points, boxes, masks):
-        seen["points"] = points[0]  # [B, 1, 2] in the model's input frame
-        return encode_prompts(points, boxes, masks)
-
-    def mask_decoder(**kwargs):
-        low_res, iou = decode(**kwargs)
-        size = low_res.shape[-1]
-        cell = model.image_encoder.img_size / size
-        centres = (torch.arange(size, dtype=torch.float32) + 0.5) * cell
-        px, py = seen["points"][:, 0, 0].float(), seen["points"][:, 0, 1].float()
-        dist = ((centres[None, None, :] - px[:, None, None]) ** 2 + (centres[None, :, None] - py[:, None, None]) ** 2).sqrt()
-        radii = torch.tensor([18.0, 40.0, 75.0])
-        blobs = (radii[None, :, None, None] - dist[:, None]) / 6 + 0.5 * low_res / low_res.abs().amax().clamp(min=1e-6)
-        return blobs.to(low_res.dtype), iou
-
-    model.prompt_encoder.forward = prompt_encoder
-    model.mask_decoder.forward = mask_decoder
-    return model
-
-
-@pytest.fixture(scope="module")
-def image():
-    from skimage import data
-
-    return np.ascontiguousarray(data.coffee()[::3, ::3])  # 134 x 200: not square, not the model's size
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
-
-
-@pytest.mark.parametrize("settings", [
-    dict(points_per_side=8, **LOW),
-    dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.5),
-    dict(points_per_side=6, crop_n_layers=1, crop_overlap_ratio=0.3, **LOW),
-    dict(points_per_side=8, min_mask_region_area=40, **LOW),
-    dict(points_per_side=6, crop_n_layers=1, min_mask_region_area=25, points_per_batch=7, **LOW),
-], ids=["plain", "thresholds-0-nms-0.5", "crop-layers", "small-regions", "crops-small-regions-odd-batches"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(points_per_side=8, **LOW),
+        dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.5),
+        dict(points_per_side=6, crop_n_layers=1, crop_overlap_ratio=0.3, **LOW),
+        dict(points_per_side=8, min_mask_region_area=40, **LOW),
+        dict(points_per_side=6, crop_n_layers=1, min_mask_region_area=25, points_per_batch=7, **LOW),
+    ],
+    ids=["plain", "thresholds-0-nms-0.5", "crop-layers", "small-regions", "crops-small-regions-odd-batches"],
+)
 def test_same_masks_as_segment_anythings_generator(sam, image, settings):
     stock = SamAutomaticMaskGenerator(sam, **settings).generate(image)
     ours = SamMaskGenerator(sam, **settings).generate(image)
-    assert len(stock) > 20 and len({tuple(a['bbox']) for a in stock}) > 10  # many distinct masks: a real comparison
+    assert len(stock) > 20 and len({tuple(a["bbox"]) for a in stock}) > 10  # many distinct masks: a real comparison
     assert len(ours) == len(stock)
     unmatched = list(range(len(stock)))
     for record in ours:
@@ -98,7 +51,9 @@ def test_same_masks_when_the_photo_already_has_the_models_input_size(sam):
     """Then the second resize of the upscaling is skipped (it would return its input)."""
     from skimage import data
 
-    photo = np.ascontiguousarray(np.asarray(__import__("PIL.Image").Image.fromarray(data.astronaut()).resize((256, 192))))
+    photo = np.ascontiguousarray(
+        np.asarray(__import__("PIL.Image").Image.fromarray(data.astronaut()).resize((256, 192)))
+    )
     stock = SamAutomaticMaskGenerator(sam, points_per_side=6, **LOW).generate(photo)
     ours = SamMaskGenerator(sam, points_per_side=6, **LOW).generate(photo)
     assert len(ours) == len(stock) > 10
@@ -148,22 +103,56 @@ def test_index_cli_takes_the_mask_quality_options_and_refuses_them_for_other_mas
     photos.mkdir()
     Image.fromarray(image).save(photos / "coffee.png")
     runner = CliRunner()
-    result = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--masker", "sam",
-                                 "--points-per-side", "6", "--points-per-batch", "10", "--pred-iou-thresh", "-10",
-                                 "--stability-thresh", "-10", "--box-nms-thresh", "0.6", "--crop-layers", "1",
-                                 "--min-region-area", "10"])
+    result = runner.invoke(
+        app,
+        [
+            "index",
+            str(photos),
+            "--db",
+            str(tmp_path / "db"),
+            "--preset",
+            "tiny",
+            "--masker",
+            "sam",
+            "--points-per-side",
+            "6",
+            "--points-per-batch",
+            "10",
+            "--pred-iou-thresh",
+            "-10",
+            "--stability-thresh",
+            "-10",
+            "--box-nms-thresh",
+            "0.6",
+            "--crop-layers",
+            "1",
+            "--min-region-area",
+            "10",
+        ],
+    )
     assert result.exit_code == 0, result.output
     info = SegmentIndex.open(tmp_path / "db").info
     assert info.masker == "sam" and info.masker_params == {
-        "points_per_side": 6, "points_per_batch": 10, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0,
-        "box_nms_thresh": 0.6, "crop_n_layers": 1, "min_mask_region_area": 10}
-    result = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db2"), "--preset", "tiny", "--points-per-side", "8"])
+        "points_per_side": 6,
+        "points_per_batch": 10,
+        "pred_iou_thresh": -10.0,
+        "stability_score_thresh": -10.0,
+        "box_nms_thresh": 0.6,
+        "crop_n_layers": 1,
+        "min_mask_region_area": 10,
+    }
+    result = runner.invoke(
+        app, ["index", str(photos), "--db", str(tmp_path / "db2"), "--preset", "tiny", "--points-per-side", "8"]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--points-per-side" in result.output and "felzenszwalb" in result.output, result.output
 
 
-@pytest.mark.parametrize("settings", [dict(points_per_side=6, **LOW), dict(points_per_side=4, crop_n_layers=1, **LOW)],
-                         ids=["plain", "crop-layers"])
+@pytest.mark.parametrize(
+    "settings",
+    [dict(points_per_side=6, **LOW), dict(points_per_side=4, crop_n_layers=1, **LOW)],
+    ids=["plain", "crop-layers"],
+)
 def test_photos_encoded_in_batches_give_each_photos_own_masks(sam, image, settings):
     """Several photos (of different sizes) through the image encoder at once, their crops
     split across encoder calls: each photo's masks are those it gets on its own."""
@@ -178,8 +167,10 @@ def test_photos_encoded_in_batches_give_each_photos_own_masks(sam, image, settin
         assert len(ours) == len(reference) > 5
         for a, b in zip(ours, reference):
             assert a.rle["size"] == list(photo.shape[:2])
-            a_mask, b_mask = (mask_utils.decode({"size": r.rle["size"], "counts": r.rle["counts"].encode()}).astype(bool)
-                              for r in (a, b))
+            a_mask, b_mask = (
+                mask_utils.decode({"size": r.rle["size"], "counts": r.rle["counts"].encode()}).astype(bool)
+                for r in (a, b)
+            )
             assert mask_iou(a_mask, b_mask) >= 0.99 and a.box_xyxy == b.box_xyxy
             assert a.predicted_iou == pytest.approx(b.predicted_iou, abs=1e-4)
     assert SamMasker(sam, points_per_side=4, encoder_batch=2).params() == {"points_per_side": 4}
@@ -202,9 +193,29 @@ def test_indexing_photos_in_encoder_batches_gives_the_same_index(tmp_path, image
     contents = []
     for batch in ("1", "3"):
         db = tmp_path / f"db{batch}"
-        result = CliRunner().invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny", "--masker", "sam",
-                                          "--points-per-side", "4", "--pred-iou-thresh", "-10", "--stability-thresh", "-10", "--box-nms-thresh", "1",
-                                          "--encoder-batch", batch])
+        result = CliRunner().invoke(
+            app,
+            [
+                "index",
+                str(photos),
+                "--db",
+                str(db),
+                "--preset",
+                "tiny",
+                "--masker",
+                "sam",
+                "--points-per-side",
+                "4",
+                "--pred-iou-thresh",
+                "-10",
+                "--stability-thresh",
+                "-10",
+                "--box-nms-thresh",
+                "1",
+                "--encoder-batch",
+                batch,
+            ],
+        )
         assert result.exit_code == 0, result.output
         contents.append(segment_table(db))
         index = SegmentIndex.open(db)

@@ -10,8 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from usesearch.cli.app import app
-from usesearch.models.head import _axis_overlap, cell_coverage
 from usesearch.masks.maskers import FelzenszwalbMasker, stack_masks, to_proposals
+from usesearch.models.head import _axis_overlap, cell_coverage
 from usesearch.tasks.semseg import class_probabilities, pixel_labels, read_label_map, save_label_map
 
 runner = CliRunner()
@@ -79,7 +79,9 @@ def reference_felzenszwalb(rgb, scales=(100.0, 400.0), min_area_frac=0.002, max_
 def test_felzenszwalb_masker_equals_the_version_it_replaced(photo):
     for max_masks in (5, 64):
         proposals = FelzenszwalbMasker(max_masks=max_masks)(photo)
-        np.testing.assert_array_equal(stack_masks(proposals, photo.shape[:2]), reference_felzenszwalb(photo, max_masks=max_masks))
+        np.testing.assert_array_equal(
+            stack_masks(proposals, photo.shape[:2]), reference_felzenszwalb(photo, max_masks=max_masks)
+        )
 
 
 def test_stack_masks_reuses_the_proposals_stack():
@@ -95,18 +97,23 @@ def test_stack_masks_reuses_the_proposals_stack():
 def test_commands_default_to_real_weights_and_say_how_to_get_them(tmp_path, photo):
     image = tmp_path / "a.png"
     Image.fromarray(photo).save(image)
-    for args in (["index", str(image), "--db", str(tmp_path / "db")], ["embed", str(image), "a cat"],
-                 ["segment", str(image), "--classes", "a,b", "--out", str(tmp_path / "l.png")]):
+    for args in (
+        ["index", str(image), "--db", str(tmp_path / "db")],
+        ["embed", str(image), "a cat"],
+        ["segment", str(image), "--classes", "a,b", "--out", str(tmp_path / "l.png")],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         line = result.output.strip()
-        assert "\n" not in line and "b16" in line and "usesearch models pull b16" in line and "--preset tiny" in line, line
+        assert "\n" not in line and "b16" in line and "usesearch models pull b16" in line and "--preset tiny" in line, (
+            line
+        )
 
 
 # -- 16. paths relative to the indexed folder ---------------------------------------------------------
 def test_query_table_shows_paths_relative_to_the_indexed_folder(tmp_path):
+    from tests.helpers import OPTS, write_photos
     from usesearch.indexer import IndexOptions, index_paths
-    from tests.conftest import OPTS, write_photos
 
     photos = write_photos(tmp_path / "deeply" / "nested" / "archive" / "photos")
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
@@ -136,7 +143,9 @@ def test_more_than_255_classes_give_a_16_bit_label_map_that_round_trips(tmp_path
 def test_ensemble_averages_class_probabilities(tiny_use, tiny_crop, photo, photo_masks):
     names = ["a face", "the sky", "a flag"]
     one, two = (class_probabilities(m, photo, photo_masks, names) for m in (tiny_use, tiny_crop))
-    np.testing.assert_allclose(class_probabilities([tiny_use, tiny_crop], photo, photo_masks, names), (one + two) / 2, atol=1e-6)
+    np.testing.assert_allclose(
+        class_probabilities([tiny_use, tiny_crop], photo, photo_masks, names), (one + two) / 2, atol=1e-6
+    )
 
 
 def test_segment_takes_head_more_than_once(trained_tiny_head, tmp_path):

@@ -5,16 +5,31 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from usesearch.training.synthetic import write_instances_coco
 from usesearch.cli.app import app
+from usesearch.training.synthetic import write_instances_coco
 
 
 def test_planted_wrong_labels_rank_at_the_top(trained_tiny_head, tmp_path):
     head, _ = trained_tiny_head
     coco_json, planted = write_instances_coco(tmp_path / "data", 30, seed=7, wrong_fraction=0.15)
     out = tmp_path / "audit"
-    result = CliRunner().invoke(app, ["eval", "audit", "--coco", str(coco_json), "--images", str(tmp_path / "data" / "images"),
-                                      "--head", str(head), "--out", str(out), "-k", "10"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "audit",
+            "--coco",
+            str(coco_json),
+            "--images",
+            str(tmp_path / "data" / "images"),
+            "--head",
+            str(head),
+            "--out",
+            str(out),
+            "-k",
+            "10",
+        ],
+    )
     assert result.exit_code == 0, result.output
     suspects = json.loads((out / "suspects.json").read_text())
     ranked = [s["annotation_id"] for s in suspects]

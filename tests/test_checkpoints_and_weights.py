@@ -78,8 +78,8 @@ def test_missing_weights_fail_fast_with_where_to_put_them(embedder):
 
 
 def test_cli_reports_missing_weights_in_one_line(tmp_path):
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     image = tmp_path / "cat.png"
     Image.fromarray(data.chelsea()[::8, ::8]).save(image)

@@ -7,12 +7,12 @@ import pytest
 
 import usesearch.indexer.compact as compact_mod
 import usesearch.indexer.embeddings as embeddings
+from tests.helpers import assert_consistent
+from tests.test_index_scale import synthetic_index
 from usesearch.indexer import SegmentIndex, reindex
 from usesearch.indexer.compact import compact, dead_bytes
 from usesearch.indexer.pipeline import db_url_for
 from usesearch.indexer.store import Store
-from tests.conftest import assert_consistent
-from tests.test_index_scale import synthetic_index
 
 N, IMAGES, CHUNK = 3_000, 300, 500
 

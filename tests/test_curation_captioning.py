@@ -9,9 +9,9 @@ from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
 
+from usesearch.cli.app import app
 from usesearch.curation.captioning import CAPTION_PROMPT, SAMPLING, TransformersCaptioner
 from usesearch.curation.tiny import tiny_llava
-from usesearch.cli.app import app
 from usesearch.errors import UsesearchError
 
 
@@ -28,7 +28,9 @@ def test_captioner_prompts_verbatim_and_samples_with_paper_settings(monkeypatch)
     seen = {}
     real_generate, real_template = model.generate, processor.apply_chat_template
     monkeypatch.setattr(model, "generate", lambda **kw: seen.update(kw) or real_generate(**kw))
-    monkeypatch.setattr(processor, "apply_chat_template", lambda m, **kw: seen.update(messages=m) or real_template(m, **kw))
+    monkeypatch.setattr(
+        processor, "apply_chat_template", lambda m, **kw: seen.update(messages=m) or real_template(m, **kw)
+    )
     caption = captioner(np.ascontiguousarray(data.chelsea()[::8, ::8]))
     assert caption.source == "mllm_caption" and caption.kind == "caption" and caption.text
     assert seen["messages"][0]["content"][1]["text"] == CAPTION_PROMPT
@@ -39,12 +41,16 @@ def test_captioner_prompts_verbatim_and_samples_with_paper_settings(monkeypatch)
 
 def test_remote_code_needs_a_pinned_revision():
     with pytest.raises(UsesearchError, match="pinned revision"):
-        TransformersCaptioner.from_pretrained("THUDM/cogvlm-chat-hf", trust_remote_code=True)  # offline-ok: refused before any hub call
+        TransformersCaptioner.from_pretrained(
+            "THUDM/cogvlm-chat-hf", trust_remote_code=True
+        )  # offline-ok: refused before any hub call
 
 
 def test_missing_captioner_weights_are_a_clear_error():
     with pytest.raises(UsesearchError, match="not available"):
-        TransformersCaptioner.from_pretrained("no-such-org/no-such-model")  # offline-ok: HF_HUB_OFFLINE=1, must fail fast
+        TransformersCaptioner.from_pretrained(
+            "no-such-org/no-such-model"
+        )  # offline-ok: HF_HUB_OFFLINE=1, must fail fast
 
 
 def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):
@@ -54,8 +60,23 @@ def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):
     for name in ("astronaut", "coffee"):
         Image.fromarray(getattr(data, name)()[::4, ::4]).save(photos / f"{name}.png")
     runner = CliRunner()
-    args = ["curate", "run", str(photos), "--out", str(tmp_path / "ds"), "--captioner", "tiny", "--grounder", "tiny",
-            "--pred-iou-thresh", "-10", "--stability-thresh", "-10", "--preset", "tiny"]
+    args = [
+        "curate",
+        "run",
+        str(photos),
+        "--out",
+        str(tmp_path / "ds"),
+        "--captioner",
+        "tiny",
+        "--grounder",
+        "tiny",
+        "--pred-iou-thresh",
+        "-10",
+        "--stability-thresh",
+        "-10",
+        "--preset",
+        "tiny",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "2 images curated" in result.output

@@ -13,10 +13,56 @@ CAPTION = (
     "visible behind the rabbit ."
 )
 HEADS = [1, 1, 4, 4, 1, 1, 8, 8, 5, 8, 11, 9, 1, 14, 1, 17, 17, 14, 17, 18, 21, 19, 14]
-DEPS = ["expl", "ROOT", "det", "amod", "attr", "prep", "det", "amod", "pobj", "prep", "det", "pobj", "cc",
-        "expl", "conj", "det", "amod", "attr", "amod", "prep", "det", "pobj", "punct"]
-POS = ["PRON", "AUX", "DET", "ADJ", "NOUN", "ADP", "DET", "ADJ", "NOUN", "ADP", "DET", "NOUN", "CCONJ",
-       "PRON", "AUX", "DET", "ADJ", "NOUN", "ADJ", "ADP", "DET", "NOUN", "PUNCT"]
+DEPS = [
+    "expl",
+    "ROOT",
+    "det",
+    "amod",
+    "attr",
+    "prep",
+    "det",
+    "amod",
+    "pobj",
+    "prep",
+    "det",
+    "pobj",
+    "cc",
+    "expl",
+    "conj",
+    "det",
+    "amod",
+    "attr",
+    "amod",
+    "prep",
+    "det",
+    "pobj",
+    "punct",
+]
+POS = [
+    "PRON",
+    "AUX",
+    "DET",
+    "ADJ",
+    "NOUN",
+    "ADP",
+    "DET",
+    "ADJ",
+    "NOUN",
+    "ADP",
+    "DET",
+    "NOUN",
+    "CCONJ",
+    "PRON",
+    "AUX",
+    "DET",
+    "ADJ",
+    "NOUN",
+    "ADJ",
+    "ADP",
+    "DET",
+    "NOUN",
+    "PUNCT",
+]
 
 
 def paper_doc():

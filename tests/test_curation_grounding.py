@@ -41,9 +41,14 @@ def test_each_box_goes_to_its_best_tokens_noun_phrase():
     probs[2, 8] = 0.7  # "red": in no noun phrase -> no pair
     probs[3, 3] = 0.6  # same box as query 0, lower score -> removed by box NMS
     probs[4, 6] = 0.04  # below the 0.05 box threshold
-    boxes = torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60], [0, 0, 10, 9.5], [70, 70, 80, 80]], dtype=torch.float32)
+    boxes = torch.tensor(
+        [[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60], [0, 0, 10, 9.5], [70, 70, 80, 80]], dtype=torch.float32
+    )
     matches = match_boxes_to_phrases(probs, boxes, SPANS, EXPRESSIONS)
-    assert [(m.expression.phrase, m.score) for m in matches] == [("the right side", pytest.approx(0.9)), ("the rabbit", pytest.approx(0.8))]
+    assert [(m.expression.phrase, m.score) for m in matches] == [
+        ("the right side", pytest.approx(0.9)),
+        ("the rabbit", pytest.approx(0.8)),
+    ]
     assert matches[0].box_xyxy == (0, 0, 10, 10)
 
 
@@ -78,7 +83,14 @@ def test_captions_longer_than_grounding_dinos_text_limit_are_grounded_in_sentenc
     assert len(windows) > 1 and all(grounder._tokens(w) + 2 <= 256 for w in windows)
     assert " ".join(windows) == caption.text  # whole sentences, in order, nothing dropped
     boxes = grounder(rgb, caption)
-    assert boxes and {b.texts[0].text for b in boxes} <= {"A woman", "a white suit", "a helmet", "a flag", "The flag", "a rocket"}
+    assert boxes and {b.texts[0].text for b in boxes} <= {
+        "A woman",
+        "a white suit",
+        "a helmet",
+        "a flag",
+        "The flag",
+        "a rocket",
+    }
 
 
 def test_captioned_source_curates_end_to_end(grounder, tmp_path):
@@ -86,13 +98,19 @@ def test_captioned_source_curates_end_to_end(grounder, tmp_path):
     images.mkdir()
     Image.fromarray(data.astronaut()[::4, ::4]).save(images / "a.jpg")
     captions = tmp_path / "captions.json"
-    captions.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.jpg"}],
-        "annotations": [{"image_id": 1, "caption": "A woman in a white suit holds a helmet."}],
-    }))
+    captions.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.jpg"}],
+                "annotations": [{"image_id": 1, "caption": "A woman in a white suit holds a helmet."}],
+            }
+        )
+    )
     predictor = SamPredictor(load_sam(usesearch.get_preset("tiny").sam, "tiny"))
     loose = BoxMaskConfig(pred_iou_thresh=-10, stability_score_thresh=-10, min_region_area=0)
-    report = curate(coco_captions_source(captions, images), tmp_path / "ds", predictor, grounder=grounder, mask_config=loose)
+    report = curate(
+        coco_captions_source(captions, images), tmp_path / "ds", predictor, grounder=grounder, mask_config=loose
+    )
     assert report.done == 1 and report.pairs > 0 and report.pairs_after_nms <= report.pairs
     [record] = read_records(tmp_path / "ds")
     sources = {t.source for s in read_segments(record) for t in s.texts}

@@ -10,7 +10,15 @@ from segment_anything import SamPredictor
 from segment_anything.utils.amg import calculate_stability_score
 
 import usesearch
-from usesearch.curation.masks import NMS_IOU, BoxMaskConfig, clean_mask, mask_nms, masks_from_boxes, pick_most_stable, to_segment
+from usesearch.curation.masks import (
+    NMS_IOU,
+    BoxMaskConfig,
+    clean_mask,
+    mask_nms,
+    masks_from_boxes,
+    pick_most_stable,
+    to_segment,
+)
 from usesearch.curation.records import BoxText, TextRef
 from usesearch.masks.sam import load_sam
 
@@ -62,10 +70,14 @@ def test_box_prompts_run_through_sam_and_respect_thresholds(predictor, photo):
     box = BoxText((20, 20, 60, 60), [TextRef("a face", "vg", "region")])
     strict = masks_from_boxes(predictor, photo, [box], BoxMaskConfig(pred_iou_thresh=2.0))
     assert strict == []  # nothing reaches an impossible predicted IoU
-    loose = masks_from_boxes(predictor, photo, [box], BoxMaskConfig(pred_iou_thresh=-10, stability_score_thresh=-10, min_region_area=0))
+    loose = masks_from_boxes(
+        predictor, photo, [box], BoxMaskConfig(pred_iou_thresh=-10, stability_score_thresh=-10, min_region_area=0)
+    )
     assert len(loose) == 1
     for seg in loose:
-        assert mask_utils.decode({"size": seg.rle["size"], "counts": seg.rle["counts"].encode()}).shape == photo.shape[:2]
+        assert (
+            mask_utils.decode({"size": seg.rle["size"], "counts": seg.rle["counts"].encode()}).shape == photo.shape[:2]
+        )
         assert seg.texts == box.texts
 
 

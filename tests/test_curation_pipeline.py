@@ -11,11 +11,12 @@ from skimage import data
 from typer.testing import CliRunner
 
 import usesearch
+from usesearch.cli.app import app
 from usesearch.curation.dataset import read_records, read_segments, stats
 from usesearch.curation.masks import BoxMaskConfig
-from usesearch.curation.pipeline import CurationConfigError, curate
+from usesearch.curation.pipeline import curate
 from usesearch.curation.sources import coco_captions_source, coco_instances_source, visual_genome_source
-from usesearch.cli.app import app
+from usesearch.errors import CurationConfigError
 from usesearch.masks.sam import load_sam
 
 
@@ -35,8 +36,18 @@ def coco(tmp_path):
             {"id": 3, "file_name": "broken.jpg", "height": 10, "width": 10},
         ],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": {"size": [75, 113], "counts": square["counts"].decode()}},
-            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": [[10, 10, 30, 10, 30, 31, 10, 31]]},  # same square
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": {"size": [75, 113], "counts": square["counts"].decode()},
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": [[10, 10, 30, 10, 30, 31, 10, 31]],
+            },  # same square
             {"id": 3, "image_id": 2, "category_id": 2, "segmentation": [[40, 20, 110, 20, 110, 80, 40, 80]]},
         ],
     }
@@ -67,10 +78,23 @@ def test_visual_genome_boxes_go_through_sam(tmp_path):
     images = tmp_path / "vg"
     images.mkdir()
     Image.fromarray(data.astronaut()[::4, ::4]).save(images / "7.jpg")
-    regions = [{"id": 7, "regions": [
-        {"region_id": 1, "image_id": 7, "x": 10, "y": 10, "width": 50, "height": 60, "phrase": "the astronaut's face"},
-        {"region_id": 2, "image_id": 7, "x": 0, "y": 0, "width": 128, "height": 128, "phrase": "a photo"},
-    ]}]
+    regions = [
+        {
+            "id": 7,
+            "regions": [
+                {
+                    "region_id": 1,
+                    "image_id": 7,
+                    "x": 10,
+                    "y": 10,
+                    "width": 50,
+                    "height": 60,
+                    "phrase": "the astronaut's face",
+                },
+                {"region_id": 2, "image_id": 7, "x": 0, "y": 0, "width": 128, "height": 128, "phrase": "a photo"},
+            ],
+        }
+    ]
     ann = tmp_path / "region_descriptions.json"
     ann.write_text(json.dumps(regions))
     predictor = SamPredictor(load_sam(usesearch.get_preset("tiny").sam, "tiny"))
@@ -87,7 +111,11 @@ def test_visual_genome_boxes_go_through_sam(tmp_path):
 def test_captioned_sources_are_refused_without_a_grounder(tmp_path, coco):
     root, images, _ = coco
     captions = root / "captions.json"
-    captions.write_text(json.dumps({"images": [{"id": 1, "file_name": "cat.jpg"}], "annotations": [{"image_id": 1, "caption": "A cat."}]}))
+    captions.write_text(
+        json.dumps(
+            {"images": [{"id": 1, "file_name": "cat.jpg"}], "annotations": [{"image_id": 1, "caption": "A cat."}]}
+        )
+    )
     with pytest.raises(CurationConfigError, match="no grounding model"):
         curate(coco_captions_source(captions, images), tmp_path / "ds")
 
@@ -95,7 +123,22 @@ def test_captioned_sources_are_refused_without_a_grounder(tmp_path, coco):
 def test_cli_curate_run_and_stats(coco):
     root, images, ann = coco
     runner = CliRunner()
-    run = runner.invoke(app, ["curate", "run", str(ann), "--source", "coco-instances", "--images", str(images), "--out", str(root / "cli-ds"), "--preset", "tiny"])
+    run = runner.invoke(
+        app,
+        [
+            "curate",
+            "run",
+            str(ann),
+            "--source",
+            "coco-instances",
+            "--images",
+            str(images),
+            "--out",
+            str(root / "cli-ds"),
+            "--preset",
+            "tiny",
+        ],
+    )
     assert run.exit_code == 0, run.output
     result = runner.invoke(app, ["curate", "stats", str(root / "cli-ds"), "--json"])
     assert json.loads(result.output)["pairs_after_nms"] == 2

@@ -10,15 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import usesearch
-from usesearch.indexer import IndexOptions, SegmentIndex, faiss_gpu, index_paths
-from usesearch.indexer.distributed import _actor_device
+from tests.helpers import OPTS, write_photos
 from usesearch.cli.app import app
 from usesearch.cli.compat import modernise
 from usesearch.devices import resolve_device
 from usesearch.errors import UsesearchError
-
-from .conftest import OPTS, write_photos
+from usesearch.indexer import IndexOptions, SegmentIndex, faiss_gpu, index_paths
+from usesearch.indexer.distributed import _actor_device
 
 
 def fake_cuda(monkeypatch, gpus: int = 1) -> None:
@@ -35,7 +33,11 @@ def spy_loaders(monkeypatch, asked: list) -> None:
     import usesearch.indexer.search
     import usesearch.masks.sam
 
-    for module, name in ((usesearch.indexer.pipeline, "load_model"), (usesearch.indexer.search, "load_model"), (usesearch.masks.sam, "load_sam")):
+    for module, name in (
+        (usesearch.indexer.pipeline, "load_model"),
+        (usesearch.indexer.search, "load_model"),
+        (usesearch.masks.sam, "load_sam"),
+    ):
         real = getattr(module, name)
 
         def spy(*args, _real=real, _name=name, **kwargs):
@@ -66,7 +68,11 @@ def test_every_model_an_index_run_loads_is_asked_for_cuda_and_faiss_stays_on_the
     fake_cuda(monkeypatch)
     asked: list = []
     spy_loaders(monkeypatch, asked)
-    options = IndexOptions(preset="tiny", masker="sam", masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0})
+    options = IndexOptions(
+        preset="tiny",
+        masker="sam",
+        masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0},
+    )
     report = index_paths([photos], tmp_path / "db", options)
     assert {name for name, _ in asked} == {"load_model", "load_sam"}
     assert all(device == torch.device("cuda") for _, device in asked), asked
@@ -100,11 +106,22 @@ def test_impossible_devices_are_refused_in_one_line_before_any_model_loads(monke
     monkeypatch.setattr(usesearch.indexer.pipeline, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     runner = CliRunner()
     cases = [
-        (["index", str(photos), "--db", str(tmp_path / "a"), "--preset", "tiny", "--faiss-device", "cuda"], "has no GPU support"),
-        (["index", str(photos), "--db", str(tmp_path / "b"), "--preset", "tiny", "--faiss-device", "tpu"], "choose one of"),
+        (
+            ["index", str(photos), "--db", str(tmp_path / "a"), "--preset", "tiny", "--faiss-device", "cuda"],
+            "has no GPU support",
+        ),
+        (
+            ["index", str(photos), "--db", str(tmp_path / "b"), "--preset", "tiny", "--faiss-device", "tpu"],
+            "choose one of",
+        ),
     ]
     if not torch.cuda.is_available():
-        cases.append((["index", str(photos), "--db", str(tmp_path / "c"), "--preset", "tiny", "--device", "cuda"], "torch sees no CUDA GPU"))
+        cases.append(
+            (
+                ["index", str(photos), "--db", str(tmp_path / "c"), "--preset", "tiny", "--device", "cuda"],
+                "torch sees no CUDA GPU",
+            )
+        )
     for args, reason in cases:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
@@ -117,9 +134,11 @@ def test_search_commands_refuse_faiss_on_a_gpu_without_gpu_faiss_and_work_by_def
     photos = write_photos(tmp_path / "photos", ("coffee",))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))
     runner = CliRunner()
-    for args in (["query", "a cat", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"],
-                 ["info", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"],
-                 ["reindex", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"]):
+    for args in (
+        ["query", "a cat", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"],
+        ["info", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"],
+        ["reindex", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "--faiss-device cuda" in result.output, (args, result.output)
     result = runner.invoke(app, ["info", "--db", str(tmp_path / "db")])
@@ -131,7 +150,10 @@ def test_search_commands_refuse_faiss_on_a_gpu_without_gpu_faiss_and_work_by_def
 def test_reindex_device_is_now_faiss_device():
     got, notes = modernise(["reindex", "--db", "d", "--device", "cpu"])
     assert got == ["reindex", "--db", "d", "--faiss-device", "cpu"] and "faiss-device" in notes[0]
-    assert modernise(["index", "p", "--db", "d", "--device", "cpu"]) == (["index", "p", "--db", "d", "--device", "cpu"], [])
+    assert modernise(["index", "p", "--db", "d", "--device", "cpu"]) == (
+        ["index", "p", "--db", "d", "--device", "cpu"],
+        [],
+    )
 
 
 def test_ray_actors_follow_the_same_rule():
@@ -155,12 +177,12 @@ def test_every_command_that_loads_models_asks_for_the_default_device(command, mo
     """With CUDA reported as available, each loader a command reaches is asked for a
     device that resolves to CUDA (never a hard-coded CPU); the models are really built
     on the CPU so the command completes."""
-    import usesearch.indexer.search
-    import usesearch.models.factory
-    import usesearch.masks.maskers
-    import usesearch.masks.sam
     from PIL import Image
 
+    import usesearch.indexer.search
+    import usesearch.masks.maskers
+    import usesearch.masks.sam
+    import usesearch.models.factory
     from usesearch.devices import resolve_device as resolve
 
     image = tmp_path / "photo.png"
@@ -169,8 +191,12 @@ def test_every_command_that_loads_models_asks_for_the_default_device(command, mo
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))
     fake_cuda(monkeypatch)
     asked: list = []
-    for module, name, at in ((usesearch.models.factory, "load_model", "device"), (usesearch.indexer.search, "load_model", "device"),
-                             (usesearch.masks.maskers, "build_masker", 2), (usesearch.masks.sam, "load_sam", 3)):
+    for module, name, at in (
+        (usesearch.models.factory, "load_model", "device"),
+        (usesearch.indexer.search, "load_model", "device"),
+        (usesearch.masks.maskers, "build_masker", 2),
+        (usesearch.masks.sam, "load_sam", 3),
+    ):
         real = getattr(module, name)
 
         def spy(*args, _real=real, _name=name, _at=at, **kwargs):
@@ -180,14 +206,23 @@ def test_every_command_that_loads_models_asks_for_the_default_device(command, mo
                 kwargs[key] = "cpu"
             else:
                 asked.append((_name, resolve(args[_at])))
-                args = (*args[:_at], "cpu", *args[_at + 1:])
+                args = (*args[:_at], "cpu", *args[_at + 1 :])
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(module, name, spy)
     db = str(tmp_path / "db")
     args = {
         "embed": ["embed", str(image), "a cat", "--preset", "tiny"],
-        "segment": ["segment", str(image), "--classes", "sky,face", "--out", str(tmp_path / "labels.png"), "--preset", "tiny"],
+        "segment": [
+            "segment",
+            str(image),
+            "--classes",
+            "sky,face",
+            "--out",
+            str(tmp_path / "labels.png"),
+            "--preset",
+            "tiny",
+        ],
         "query": ["query", "a cat", "--db", db, "-k", "1"],
         "similar-region": ["similar", "--db", db, "--image", str(image), "--point", "20,20", "-k", "1"],
     }[command]

@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("ray", reason="the distributed extra is not installed: pip install -e '.[distributed]'")
 
+from tests.helpers import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos  # noqa: E402
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths  # noqa: E402
 from usesearch.indexer.distributed import FRAGMENTS, index_paths_ray  # noqa: E402
-from tests.conftest import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos  # noqa: E402
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 
@@ -70,7 +70,9 @@ def assert_same_index(db, reference, db_url=None):
 
 def test_ray_index_equals_a_sequential_run(ray_local, photos, sequential, tmp_path):
     seen = []
-    report = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), lambda r, path, total: seen.append(r.segments))
+    report = index_paths_ray(
+        [photos], tmp_path / "db", IndexOptions(**OPTS), lambda r, path, total: seen.append(r.segments)
+    )
     assert report.done == len(NAMES) and report.failed == 1 and report.skipped == 1
     assert seen == sorted(seen) and seen[-1] == report.segments > 0  # progress as images commit
     assert_same_index(tmp_path / "db", sequential)
@@ -118,13 +120,21 @@ def _kill_group(pgid: int) -> None:
 
 def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, sequential, tmp_path):
     db = tmp_path / "db"
-    code = ("import sys; from usesearch.indexer import IndexOptions; from usesearch.indexer.distributed import index_paths_ray; "
-            "index_paths_ray([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', "
-            "masker_options={'max_masks': 8}), workers=1)")
+    code = (
+        "import sys; from usesearch.indexer import IndexOptions; from usesearch.indexer.distributed import index_paths_ray; "
+        "index_paths_ray([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', "
+        "masker_options={'max_masks': 8}), workers=1)"
+    )
     proc = run_python(code, photos, db, start_new_session=True)
     # The driver only: its Ray processes are left to notice.
-    done = kill_when(proc, lambda: sqlite_count(db / "segments.sqlite", "select count(*) from images where status = 'done'"),
-                     lambda n: n >= 2, start=0, timeout=240, every=0.1)
+    done = kill_when(
+        proc,
+        lambda: sqlite_count(db / "segments.sqlite", "select count(*) from images where status = 'done'"),
+        lambda n: n >= 2,
+        start=0,
+        timeout=240,
+        every=0.1,
+    )
     threading.Timer(30, _kill_group, (proc.pid,)).start()  # then tidy up what is left
     resumed = index_paths_ray([photos], db, IndexOptions(**OPTS))
     assert resumed.skipped >= done >= 2
@@ -134,17 +144,19 @@ def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, seq
 def test_shards_filled_in_parallel_on_ray_answer_as_a_local_rebuild(ray_local, tmp_path):
     import shutil
 
-    from usesearch.indexer import reindex
-    from usesearch.indexer.distributed import rebuild_on_ray
     from tests.test_index_scale import synthetic_index
     from tests.test_shards import answers
+    from usesearch.indexer import reindex
+    from usesearch.indexer.distributed import rebuild_on_ray
 
     data = synthetic_index(tmp_path / "local", n=6_000)
     shutil.copytree(tmp_path / "local", tmp_path / "ray")
     reindex(tmp_path / "local", shard_size=1_500)
     assert reindex(tmp_path / "ray", shard_size=1_500, build=rebuild_on_ray) == len(data)
     local, on_ray = SegmentIndex.open(tmp_path / "local"), SegmentIndex.open(tmp_path / "ray")
-    assert len(on_ray.index.shards) == 4 and [s.ntotal for s in on_ray.index.shards] == [s.ntotal for s in local.index.shards]
+    assert len(on_ray.index.shards) == 4 and [s.ntotal for s in on_ray.index.shards] == [
+        s.ntotal for s in local.index.shards
+    ]
     queries = data[np.random.default_rng(0).integers(0, len(data), 4)]
     assert answers(on_ray, queries) == answers(local, queries)
     assert_consistent(tmp_path / "ray")

@@ -125,7 +125,9 @@ def test_rle_masks_embed_as_their_dense_masks(tiny_use, photo, photo_masks):
     from usesearch.masks import rle
 
     as_rle = rle.RleStack(rle.encode_stack(photo_masks), photo.shape[:2])
-    np.testing.assert_allclose(tiny_use.embed_segments(photo, as_rle), tiny_use.embed_segments(photo, photo_masks), atol=1e-5)
+    np.testing.assert_allclose(
+        tiny_use.embed_segments(photo, as_rle), tiny_use.embed_segments(photo, photo_masks), atol=1e-5
+    )
     crop = usesearch.load_model("tiny", embedder="crop")
     np.testing.assert_allclose(crop.embed_segments(photo, as_rle), crop.embed_segments(photo, photo_masks), atol=1e-6)
     with pytest.raises(ValueError, match="like the image"):

@@ -8,17 +8,31 @@ from PIL import Image
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
-from usesearch.indexer import IndexOptions, index_paths
-from tests.conftest import OPTS, write_photos
+from tests.helpers import OPTS, write_photos
 from usesearch.cli.app import app
+from usesearch.indexer import IndexOptions, index_paths
 
 
 def test_query_show_and_export_coco(tmp_path):
     photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     sheet, coco_file = tmp_path / "hits.png", tmp_path / "hits.json"
-    result = CliRunner().invoke(app, ["query", "a red cup", "--db", str(tmp_path / "db"), "-k", "7", "--json",
-                                      "--show", str(sheet), "--export-coco", str(coco_file)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "query",
+            "a red cup",
+            "--db",
+            str(tmp_path / "db"),
+            "-k",
+            "7",
+            "--json",
+            "--show",
+            str(sheet),
+            "--export-coco",
+            str(coco_file),
+        ],
+    )
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)  # status lines went to stderr
     assert Image.open(sheet).size == (5 * 192, 2 * (192 + 30))

@@ -10,19 +10,18 @@ import types
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling.image_encoder import Attention, Block
 
+from tests.helpers import LOW, OPTS, mask_iou, write_photos
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
-from usesearch.masks import rle
 from usesearch.io.files import walk
+from usesearch.masks import rle
 from usesearch.masks.amg import SamMaskGenerator, prompt_batch
 from usesearch.masks.sam import build_sam
 from usesearch.masks.sam_fast import _sdpa_forward, share_image_tokens
-
-from .conftest import OPTS, write_photos
-from .test_amg import LOW, image, mask_iou, sam  # noqa: F401 - fixtures shared with the generator's tests
 
 
 def stock_sam(model):
@@ -38,7 +37,9 @@ def stock_sam(model):
 @pytest.mark.parametrize("window", [0, 14], ids=["global-64x64", "windowed-padded"])
 def test_sdpa_attention_gives_segment_anythings_block_output(window):
     torch.manual_seed(0)
-    block = Block(dim=64, num_heads=4, use_rel_pos=True, window_size=window, input_size=(64, 64) if not window else (14, 14)).eval()
+    block = Block(
+        dim=64, num_heads=4, use_rel_pos=True, window_size=window, input_size=(64, 64) if not window else (14, 14)
+    ).eval()
     for p in (block.attn.rel_pos_h, block.attn.rel_pos_w):
         torch.nn.init.normal_(p, std=0.5)  # zero-initialised by default: make the bias matter
     fast = copy.deepcopy(block)
@@ -77,18 +78,28 @@ def test_the_decoder_with_shared_image_tokens_gives_segment_anythings_outputs(ar
     points = torch.rand(9, 1, 2) * side
     projected = []
     fast.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.register_forward_hook(
-        lambda module, args, out: projected.append(args[0].shape[0]))
+        lambda module, args, out: projected.append(args[0].shape[0])
+    )
     with torch.no_grad():
         for boxes in (None, torch.tensor([[10.0, 20.0, 120.0, 200.0]]).repeat(9, 1)):
-            sparse, dense = stock.prompt_encoder(points=(points, torch.ones(9, 1, dtype=torch.int)), boxes=boxes, masks=None)
-            args = dict(image_embeddings=features, image_pe=stock.prompt_encoder.get_dense_pe(),
-                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+            sparse, dense = stock.prompt_encoder(
+                points=(points, torch.ones(9, 1, dtype=torch.int)), boxes=boxes, masks=None
+            )
+            args = dict(
+                image_embeddings=features,
+                image_pe=stock.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
             expected, got = stock.mask_decoder(**args), fast.mask_decoder(**args)
             torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(got[1], expected[1], atol=1e-5, rtol=1e-5)
         # A mask prompt makes each prompt's image tokens differ: segment-anything's path.
         mask_in = torch.randn(9, 1, 4 * grid, 4 * grid)
-        sparse, dense = stock.prompt_encoder(points=(points, torch.ones(9, 1, dtype=torch.int)), boxes=None, masks=mask_in)
+        sparse, dense = stock.prompt_encoder(
+            points=(points, torch.ones(9, 1, dtype=torch.int)), boxes=None, masks=mask_in
+        )
         args.update(sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
         torch.testing.assert_close(fast.mask_decoder(**args)[0], stock.mask_decoder(**args)[0], atol=1e-5, rtol=1e-5)
     assert projected == [1, 1, 9]  # the image tokens projected once per photo, unless a mask prompt differs
@@ -138,11 +149,26 @@ def test_masks_per_photo_keeps_that_many_with_nms_survivors_first(sam, image):
 
 def test_an_index_run_reports_the_time_of_every_stage(tmp_path):
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
-    options = IndexOptions(preset="tiny", masker="sam", device="cpu",
-                           masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0})
+    options = IndexOptions(
+        preset="tiny",
+        masker="sam",
+        device="cpu",
+        masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0},
+    )
     report = index_paths([photos], tmp_path / "db", options)
-    expected = {"read + hash (workers)", "decode (workers)", "waiting for photos", "SAM encoder", "SAM decoder",
-                "SAM post-processing", "RLE", "backbones", "pooling", "store", "FAISS"}
+    expected = {
+        "read + hash (workers)",
+        "decode (workers)",
+        "waiting for photos",
+        "SAM encoder",
+        "SAM decoder",
+        "SAM post-processing",
+        "RLE",
+        "backbones",
+        "pooling",
+        "store",
+        "FAISS",
+    }
     assert set(report.stages) == expected
     assert all(seconds >= 0 for seconds in report.stages.values())
     assert report.stages["SAM encoder"] > 0 and report.stages["backbones"] > 0 and report.stages["store"] > 0
@@ -167,14 +193,17 @@ def test_photos_read_ahead_are_committed_in_walk_order_and_copies_once(tmp_path)
 def test_compile_traces_the_models_and_changes_no_segment(tmp_path, monkeypatch):
     """``--compile`` through TorchDynamo (the eager backend here: inductor's C++
     build takes minutes on two cores); the index equals an uncompiled one."""
+    from tests.helpers import segment_table
     from usesearch.masks import sam_fast
-
-    from .conftest import segment_table
 
     monkeypatch.setattr(sam_fast, "COMPILE_BACKEND", "eager")
     photos = write_photos(tmp_path / "photos", ("astronaut",))
-    options = dict(preset="tiny", masker="sam", device="cpu",
-                   masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0})
+    options = dict(
+        preset="tiny",
+        masker="sam",
+        device="cpu",
+        masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0},
+    )
     plain = index_paths([photos], tmp_path / "plain", IndexOptions(**options))
     compiled = index_paths([photos], tmp_path / "compiled", IndexOptions(**options, compile=True))
     assert plain.segments == compiled.segments > 0
@@ -219,21 +248,35 @@ def test_models_a_group_ahead_of_the_commits_give_the_same_index(tmp_path, monke
     here, the index equals the in-line one, a corrupt photo is recorded (as soon as it
     is read), and the indexed photos are committed in walk order."""
     import usesearch.indexer.pipeline
+    from tests.helpers import segment_table
     from usesearch.indexer.compute import ModelStage
-
-    from .conftest import segment_table
 
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee", "rocket", "camera"))
     (photos / "broken.png").write_bytes(b"\x89PNG not really")
-    options = dict(preset="tiny", masker="sam", device="cpu",
-                   masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0,
-                                   "encoder_batch": 2})
+    options = dict(
+        preset="tiny",
+        masker="sam",
+        device="cpu",
+        masker_options={
+            "points_per_side": 4,
+            "pred_iou_thresh": -10.0,
+            "stability_score_thresh": -10.0,
+            "encoder_batch": 2,
+        },
+    )
     inline = index_paths([photos], tmp_path / "inline", IndexOptions(**options))
     threads = []
-    monkeypatch.setattr(usesearch.indexer.pipeline, "ModelStage",
-                        lambda model, masker, overlap: threads.append(1) or ModelStage(model, masker, overlap=True))
+    monkeypatch.setattr(
+        usesearch.indexer.pipeline,
+        "ModelStage",
+        lambda model, masker, overlap: threads.append(1) or ModelStage(model, masker, overlap=True),
+    )
     ahead = index_paths([photos], tmp_path / "ahead", IndexOptions(**options))
-    assert threads and (ahead.done, ahead.failed, ahead.segments) == (inline.done, inline.failed, inline.segments) == (5, 1, inline.segments)
+    assert threads and (ahead.done, ahead.failed, ahead.segments) == (inline.done, inline.failed, inline.segments) == (
+        5,
+        1,
+        inline.segments,
+    )
     assert segment_table(tmp_path / "ahead") == segment_table(tmp_path / "inline")
     store = SegmentIndex.open(tmp_path / "ahead", device="cpu").store
     failed = {record.path for record in store.failures()}

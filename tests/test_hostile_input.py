@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers import OPTS, write_photos
+from usesearch.cli.app import app
+from usesearch.errors import CatalogLockedError, DamagedRowsError, IndexIdentityError
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from usesearch.indexer.pipeline import FAISS_FILE
-from usesearch.indexer.vectors import shard_files, shard_path
+from usesearch.indexer.vectors import shard_files
 from usesearch.indexer.web.security import redact
-from usesearch.cli.app import app
-
-from .conftest import OPTS, write_photos
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,14 @@ def test_a_deleted_shard_is_rebuilt_never_skipped(sharded, tmp_path, which):
 
 
 def test_the_token_is_redacted_in_every_encoding():
-    for line in ("GET /api/search?q=cat&%74oken=SECRET HTTP/1.1", "GET /?token=SECRET", "GET /x?a=1&to%6Ben=SECRET&b=2",
-                 "GET /x?%54OKEN=SECRET", "GET /x?q=1;token=SECRET", "GET /x?token=abcdefghijklmnop;SECRET"):
+    for line in (
+        "GET /api/search?q=cat&%74oken=SECRET HTTP/1.1",
+        "GET /?token=SECRET",
+        "GET /x?a=1&to%6Ben=SECRET&b=2",
+        "GET /x?%54OKEN=SECRET",
+        "GET /x?q=1;token=SECRET",
+        "GET /x?token=abcdefghijklmnop;SECRET",
+    ):
         assert "SECRET" not in redact(line) and "REDACTED" in redact(line), line
     assert redact("GET /x?q=token%3Dno&tok=1") == "GET /x?q=token%3Dno&tok=1"  # a value naming it is no token
 
@@ -65,8 +71,12 @@ def test_markup_in_file_names_is_shown_as_is(tmp_path):
 
 def test_filters_out_of_range_are_one_line_errors_alike_in_the_cli_and_python(sharded):
     runner = CliRunner()
-    for args, words in ((["--min-score", "nan"], "--min-score"), (["--min-score", "inf"], "--min-score"),
-                        (["--min-area", "99999999999999999999"], "--min-area"), (["--min-area", str(2**40 + 1)], "--min-area")):
+    for args, words in (
+        (["--min-score", "nan"], "--min-score"),
+        (["--min-score", "inf"], "--min-score"),
+        (["--min-area", "99999999999999999999"], "--min-area"),
+        (["--min-area", str(2**40 + 1)], "--min-area"),
+    ):
         result = runner.invoke(app, ["query", "a cat", "--db", str(sharded), *args])
         assert result.exit_code == 2 and words in result.output, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1, result.output
@@ -79,7 +89,6 @@ def test_filters_out_of_range_are_one_line_errors_alike_in_the_cli_and_python(sh
 
 
 def test_a_catalog_copied_into_another_index_folder_is_refused_never_rebuilt(tmp_path):
-    from usesearch.indexer.identity import IndexIdentityError
     from usesearch.indexer.pipeline import DB_FILE
 
     for name, photo in (("a", "astronaut"), ("b", "coffee")):
@@ -89,8 +98,11 @@ def test_a_catalog_copied_into_another_index_folder_is_refused_never_rebuilt(tmp
     with pytest.raises(IndexIdentityError, match="belongs to index"):
         SegmentIndex.open(tmp_path / "b")
     runner = CliRunner()
-    for args in (["query", "a cat", "--db", str(tmp_path / "b")], ["reindex", "--db", str(tmp_path / "b")],
-                 ["index", str(tmp_path / "photos-b"), "--db", str(tmp_path / "b"), "--preset", "tiny"]):
+    for args in (
+        ["query", "a cat", "--db", str(tmp_path / "b")],
+        ["reindex", "--db", str(tmp_path / "b")],
+        ["index", str(tmp_path / "photos-b"), "--db", str(tmp_path / "b"), "--preset", "tiny"],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "belongs to index" in result.output, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1, result.output
@@ -98,7 +110,6 @@ def test_a_catalog_copied_into_another_index_folder_is_refused_never_rebuilt(tmp
 
 
 def test_one_postgresql_catalog_one_folder_and_one_writer(tmp_path, pg_url):
-    from usesearch.indexer.identity import CatalogLockedError, IndexIdentityError
     from usesearch.indexer.pipeline import Writer
 
     photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
@@ -121,7 +132,7 @@ def test_one_postgresql_catalog_one_folder_and_one_writer(tmp_path, pg_url):
 
 
 def test_bit_flips_in_an_embedding_chunk_are_found_named_and_repaired(tmp_path):
-    from .conftest import assert_consistent, segment_table
+    from tests.helpers import assert_consistent, segment_table
 
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
     db = tmp_path / "db"
@@ -139,7 +150,9 @@ def test_bit_flips_in_an_embedding_chunk_are_found_named_and_repaired(tmp_path):
     chunk.write_bytes(bytes(data))
     for args in (["reindex", "--db", str(db)], ["similar", str(first), "--db", str(db)]):
         result = runner.invoke(app, args)
-        assert result.exit_code == 2 and "damaged" in result.output and f"(segments {first})" in result.output, result.output
+        assert result.exit_code == 2 and "damaged" in result.output and f"(segments {first})" in result.output, (
+            result.output
+        )
         assert "--repair" in result.output and len(result.output.strip().splitlines()) == 1, result.output
     # The damaged photo (the first indexed, astronaut.png) is not under sub/: named and left as it is.
     result = runner.invoke(app, ["index", str(photos / "sub"), "--db", str(db), "--preset", "tiny", "--repair"])
@@ -154,7 +167,7 @@ def test_bit_flips_in_an_embedding_chunk_are_found_named_and_repaired(tmp_path):
 
 
 def test_each_row_checksum_catches_any_single_bit_flip_and_older_rows_read_unverified(tmp_path):
-    from usesearch.indexer.embeddings import DamagedRowsError, EmbeddingFiles
+    from usesearch.indexer.embeddings import EmbeddingFiles
 
     files = EmbeddingFiles(tmp_path, dim=12, chunk_rows=50)
     vectors = np.random.default_rng(0).standard_normal((70, 12)).astype(np.float16)
@@ -170,7 +183,9 @@ def test_each_row_checksum_catches_any_single_bit_flip_and_older_rows_read_unver
             fresh.read(chunks, rows, ids=np.arange(1000, 1070))
         data[3 * 24 + bit // 8] ^= 1 << (bit % 8)
         path.write_bytes(bytes(data))
-    np.testing.assert_array_equal(EmbeddingFiles(tmp_path, dim=12, chunk_rows=50).read(chunks, rows, np.float16), vectors)
+    np.testing.assert_array_equal(
+        EmbeddingFiles(tmp_path, dim=12, chunk_rows=50).read(chunks, rows, np.float16), vectors
+    )
     files.sums_path(0).unlink()  # a chunk written before checksums: read as it is
     assert not EmbeddingFiles(tmp_path, dim=12, chunk_rows=50).damaged(chunks, rows).any()
     older = EmbeddingFiles(tmp_path, dim=12, chunk_rows=50)
@@ -188,9 +203,20 @@ def test_a_dangling_db_symlink_and_a_fragment_on_a_full_disk(tmp_path, monkeypat
     from usesearch.indexer.distributed import fragment_path, write_fragment
 
     (tmp_path / "db").symlink_to(tmp_path / "gone")
-    result = CliRunner().invoke(app, ["index", str(write_photos(tmp_path / "photos", ("coffee",))), "--db", str(tmp_path / "db"),
-                                      "--preset", "tiny"])
-    assert result.exit_code == 2 and "symbolic link" in result.output and "does not exist" in result.output, result.output
+    result = CliRunner().invoke(
+        app,
+        [
+            "index",
+            str(write_photos(tmp_path / "photos", ("coffee",))),
+            "--db",
+            str(tmp_path / "db"),
+            "--preset",
+            "tiny",
+        ],
+    )
+    assert result.exit_code == 2 and "symbolic link" in result.output and "does not exist" in result.output, (
+        result.output
+    )
     target = fragment_path(tmp_path / "idx", "ab" * 32)
     real_open = builtins.open
 
@@ -207,8 +233,13 @@ def test_a_dangling_db_symlink_and_a_fragment_on_a_full_disk(tmp_path, monkeypat
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(builtins, "open", lambda p, mode="r", *a, **k: FullDisk(real_open(p, mode, *a, **k))
-                        if str(p).endswith(".tmp") else real_open(p, mode, *a, **k))
+    monkeypatch.setattr(
+        builtins,
+        "open",
+        lambda p, mode="r", *a, **k: (
+            FullDisk(real_open(p, mode, *a, **k)) if str(p).endswith(".tmp") else real_open(p, mode, *a, **k)
+        ),
+    )
     with pytest.raises(OSError):
         write_fragment(target, (4, 4), [{"x": 0}], np.zeros((1, 8), np.float32))
     assert list(target.parent.iterdir()) == []
@@ -221,7 +252,9 @@ def test_rows_appended_to_a_chunk_begun_before_checksums_leave_its_older_rows_ve
     files = EmbeddingFiles(tmp_path, dim=8, chunk_rows=100)
     old_chunks, old_rows = files.append(rng.standard_normal((30, 8)).astype(np.float16))
     files.sums_path(0).unlink()  # as an index made before checksums left it
-    new_chunks, new_rows = EmbeddingFiles(tmp_path, dim=8, chunk_rows=100).append(rng.standard_normal((10, 8)).astype(np.float16))
+    new_chunks, new_rows = EmbeddingFiles(tmp_path, dim=8, chunk_rows=100).append(
+        rng.standard_normal((10, 8)).astype(np.float16)
+    )
     chunks, rows = np.concatenate([old_chunks, new_chunks]), np.concatenate([old_rows, new_rows])
     assert not EmbeddingFiles(tmp_path, dim=8, chunk_rows=100).damaged(chunks, rows).any()
     path = files.path(0)
@@ -240,7 +273,6 @@ def test_connections_count_against_an_ipv4_address_or_an_ipv6_64():
 
 
 def test_a_writer_takes_its_catalog_lock_again_after_the_server_restarts(tmp_path, pg_url, postgres_server):
-    from usesearch.indexer.identity import CatalogLockedError
     from usesearch.indexer.pipeline import Writer
 
     photos = write_photos(tmp_path / "photos", ("coffee",))

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.helpers import OPTS, assert_consistent, write_photos
+from usesearch.cli.app import app
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from usesearch.indexer.pipeline import DB_FILE, FAISS_FILE
-from tests.conftest import OPTS, assert_consistent, write_photos
-from usesearch.cli.app import app
 
 runner = CliRunner()
 
@@ -121,8 +121,11 @@ def test_corrupt_or_foreign_vector_files_are_rebuilt_from_the_database(small_ind
     flipped = bytearray(raw)
     middle = len(raw) // 2
     flipped[middle : middle + 64] = b"\x7f" * 64  # vectors, not the header: still a readable file
-    corruptions = {"flipped": lambda: (db / FAISS_FILE).write_bytes(bytes(flipped)),
-                   "metric": lambda: _rewrite(db, l2_index()), "type": lambda: _rewrite(db, plain_index())}
+    corruptions = {
+        "flipped": lambda: (db / FAISS_FILE).write_bytes(bytes(flipped)),
+        "metric": lambda: _rewrite(db, l2_index()),
+        "type": lambda: _rewrite(db, plain_index()),
+    }
     for name, corrupt in corruptions.items():
         corrupt()
         caplog.clear()
@@ -167,10 +170,22 @@ def test_read_commands_work_on_a_read_only_index(small_index):
             for name in filenames:
                 os.chmod(os.path.join(dirpath, name), 0o444)
             os.chmod(dirpath, 0o555)
-        env = {**os.environ, "HOME": home, "USESEARCH_HOME": home, "XDG_CACHE_HOME": home, "HF_HOME": home, "PYTHONPATH": os.getcwd()}
+        env = {
+            **os.environ,
+            "HOME": home,
+            "USESEARCH_HOME": home,
+            "XDG_CACHE_HOME": home,
+            "HF_HOME": home,
+            "PYTHONPATH": os.getcwd(),
+        }
         for command in (["query", "a cat", "-k", "3", "--json"], ["info"], ["failures"]):
-            done = subprocess.run([*prefix, sys.executable, "-m", "usesearch", *command, "--db", ro],
-                                  capture_output=True, text=True, timeout=120, env=env)
+            done = subprocess.run(
+                [*prefix, sys.executable, "-m", "usesearch", *command, "--db", ro],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+            )
             assert done.returncode == 0, (command, done.stderr[-2000:])
         assert sorted(os.listdir(ro)) == sorted(os.listdir(db))  # no side files left
     finally:
@@ -188,7 +203,9 @@ def test_readers_never_create_tables_in_a_database_that_is_not_an_index(tmp_path
     for command in (["info"], ["query", "x"], ["failures"]):
         result = runner.invoke(app, [*command, "--db", str(folder)])
         assert result.exit_code == 2 and "not a usesearch index" in result.output, result.output
-    tables = {r[0] for r in sqlite3.connect(folder / DB_FILE).execute("select name from sqlite_master where type='table'")}
+    tables = {
+        r[0] for r in sqlite3.connect(folder / DB_FILE).execute("select name from sqlite_master where type='table'")
+    }
     assert tables == {"notes"}
 
 
@@ -200,8 +217,13 @@ def test_fifos_devices_and_oversized_files_are_recorded_not_read(tmp_path):
     big = Image.new("RGB", (600, 600))
     big.save(photos / "big.bmp")
     result = {}
-    worker = threading.Thread(target=lambda: result.update(report=index_paths(
-        [photos], tmp_path / "db", IndexOptions(**OPTS, max_bytes=(photos / "big.bmp").stat().st_size - 1))))
+    worker = threading.Thread(
+        target=lambda: result.update(
+            report=index_paths(
+                [photos], tmp_path / "db", IndexOptions(**OPTS, max_bytes=(photos / "big.bmp").stat().st_size - 1)
+            )
+        )
+    )
     worker.start()
     worker.join(120)
     assert not worker.is_alive(), "indexing blocked on a FIFO or an endless file"
@@ -306,7 +328,11 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeyp
     monkeypatch.setattr(usesearch.indexer.store.Store, "save_image", full)
     result = runner.invoke(app, ["index", str(photos), "--db", str(db.parent / "db2"), "--preset", "tiny"])
     assert result.exit_code == 2
-    assert "disk full" in result.output and "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
+    assert (
+        "disk full" in result.output
+        and "Traceback" not in result.output
+        and len(result.output.strip().splitlines()) <= 2
+    )
     monkeypatch.undo()
 
     import usesearch.indexer.vectors
@@ -330,10 +356,16 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeyp
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    monkeypatch.setattr(usesearch.indexer.vectors, "open", lambda p, mode="r": FullDisk(open(p, mode)) if "w" in mode else open(p, mode),
-                        raising=False)
+    monkeypatch.setattr(
+        usesearch.indexer.vectors,
+        "open",
+        lambda p, mode="r": FullDisk(open(p, mode)) if "w" in mode else open(p, mode),
+        raising=False,
+    )
     result = runner.invoke(app, ["reindex", "--db", str(db)])
-    assert result.exit_code == 2 and "disk full" in result.output and str(db / FAISS_FILE) in result.output, result.output
+    assert result.exit_code == 2 and "disk full" in result.output and str(db / FAISS_FILE) in result.output, (
+        result.output
+    )
     assert not (db / (FAISS_FILE + ".tmp")).exists()
     monkeypatch.undo()
     assert SegmentIndex.open(db).query("a coin", k=3)  # nothing lost
@@ -375,7 +407,9 @@ def test_truncated_image_error_names_the_file(tmp_path):
 
 
 # -- 6. filters resolved in the database ------------------------------------------------------------
-def test_filtered_search_equals_filtered_exact_search_and_a_filter_matching_nothing_costs_nothing(small_index, monkeypatch):
+def test_filtered_search_equals_filtered_exact_search_and_a_filter_matching_nothing_costs_nothing(
+    small_index, monkeypatch
+):
     _, db = small_index
     ix = SegmentIndex.open(db)
     vector = ix.model.embed_text(["a cat"])[0]
@@ -385,9 +419,14 @@ def test_filtered_search_equals_filtered_exact_search_and_a_filter_matching_noth
 
     for share in (1.0, 0.0):  # the glob as a FAISS id selection, then checked on candidates
         monkeypatch.setattr(usesearch.indexer.search, "PUSHDOWN_SHARE", share)
-        for filters in (dict(path="*/sub/*"), dict(min_area=areas[len(areas) // 2]), dict(per_image=True),
-                        dict(path="*/sub/*", per_image=True, min_area=areas[3]), dict(exclude={some}),
-                        dict(path="*/sub/*", exclude={some}, min_area=areas[5])):
+        for filters in (
+            dict(path="*/sub/*"),
+            dict(min_area=areas[len(areas) // 2]),
+            dict(per_image=True),
+            dict(path="*/sub/*", per_image=True, min_area=areas[3]),
+            dict(exclude={some}),
+            dict(path="*/sub/*", exclude={some}, min_area=areas[5]),
+        ):
             got = [h.segment_id for h in ix.search_vector(vector, 5, **filters)]
             assert got == exact_hits(ix, vector, 5, **filters), (share, filters)
             assert got, filters

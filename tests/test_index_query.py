@@ -11,11 +11,13 @@ from pycocotools import mask as mask_utils
 from skimage import data
 from typer.testing import CliRunner
 
-from usesearch.indexer import IndexLockedError, IndexMismatchError, IndexOptions, SegmentIndex, index_paths, reindex
+from tests.helpers import OPTS, assert_consistent, segment_table, write_photos
+from usesearch.cli.app import app
+from usesearch.errors import IndexLockedError, IndexMismatchError
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from usesearch.indexer.pipeline import FAISS_FILE, writer_lock
 from usesearch.indexer.vectors import write_atomic
-from tests.conftest import OPTS, assert_consistent, segment_table, write_photos
-from usesearch.cli.app import app
+
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):

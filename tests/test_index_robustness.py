@@ -15,13 +15,14 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from tests.helpers import OPTS, assert_consistent, segment_table, write_photos
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
 from usesearch.io.files import decode
-from tests.conftest import OPTS, assert_consistent, segment_table, write_photos
 
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height: a decompression bomb's signature."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -57,13 +58,16 @@ def bad_inputs(tmp_path_factory):
     (d / "locked").mkdir()
     Image.new("RGB", (40, 40), (120, 120, 120)).save(d / "nomasks.png")
     masks_json = root / "masks.json"
-    masks_json.write_text('{"images": [{"id": 1, "file_name": "nomasks.png", "height": 40, "width": 40}], "annotations": []}')
+    masks_json.write_text(
+        '{"images": [{"id": 1, "file_name": "nomasks.png", "height": 40, "width": 40}], "annotations": []}'
+    )
     return root, d
 
 
 def test_each_bad_input_is_indexed_or_recorded(bad_inputs, monkeypatch):
     root, d = bad_inputs
     real_scandir = os.scandir
+
     # Root can read any folder, so simulate the permission error an unreadable one gives.
     def scandir(path):
         if os.fspath(path).endswith("locked"):
@@ -83,7 +87,15 @@ def test_each_bad_input_is_indexed_or_recorded(bad_inputs, monkeypatch):
         from usesearch.indexer.records import ImageRecord
 
         done = {os.path.basename(r.path): r for r in s.query(ImageRecord).filter_by(status="done")}
-    assert set(done) == {"cmyk.jpg", "sixteen.png", "palette.png", "animated.gif", "rotated.jpg", "caf\\xe9.png", "nomasks.png"}
+    assert set(done) == {
+        "cmyk.jpg",
+        "sixteen.png",
+        "palette.png",
+        "animated.gif",
+        "rotated.jpg",
+        "caf\\xe9.png",
+        "nomasks.png",
+    }
     assert (done["rotated.jpg"].width, done["rotated.jpg"].height) == (48, 72)  # EXIF applied
     assert report.done == 7 and report.failed == 6 and not report.interrupted
     assert_consistent(root / "db")
@@ -91,7 +103,11 @@ def test_each_bad_input_is_indexed_or_recorded(bad_inputs, monkeypatch):
 
 def test_image_with_no_masks_is_done_with_zero_segments(bad_inputs):
     root, d = bad_inputs
-    report = index_paths([d / "nomasks.png"], root / "coco-db", IndexOptions(preset="tiny", masker="coco", masker_options={"masks_json": str(root / "masks.json")}))
+    report = index_paths(
+        [d / "nomasks.png"],
+        root / "coco-db",
+        IndexOptions(preset="tiny", masker="coco", masker_options={"masks_json": str(root / "masks.json")}),
+    )
     assert (report.done, report.segments, report.failed) == (1, 0, 0)
 
 
@@ -112,9 +128,11 @@ def test_kill_dash_nine_then_resume_equals_one_clean_run(tmp_path):
     db = tmp_path / "db"
     code = (
         "import sys; from usesearch.indexer import IndexOptions, index_paths; "
-        f"index_paths([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', masker_options={{'max_masks': 8}}))"
+        "index_paths([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', masker_options={'max_masks': 8}))"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(photos), str(db)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(photos), str(db)], env={**os.environ, "PYTHONPATH": os.getcwd()}
+    )
     deadline = time.time() + 120
     done = 0
     while time.time() < deadline and proc.poll() is None:

@@ -7,11 +7,11 @@ import pytest
 from sqlalchemy import insert
 
 import usesearch.indexer.index_choice as index_choice
+from tests.helpers import OPTS, write_photos
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from usesearch.indexer.pipeline import db_url_for
 from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
 from usesearch.indexer.store import Store
-from tests.conftest import OPTS, write_photos
 
 
 def synthetic_index(db, n=20_000, dim=64, images=200, seed=0):
@@ -23,16 +23,54 @@ def synthetic_index(db, n=20_000, dim=64, images=200, seed=0):
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     db.mkdir(parents=True)
     store = Store(db_url_for(db, None))
-    store.set_info(IndexInfo(preset="tiny", embedder="use", fingerprint="synthetic", head=None, dim=dim,
-                             masker="none", masker_params={}, factory="IDMap2,Flat"))
+    store.set_info(
+        IndexInfo(
+            preset="tiny",
+            embedder="use",
+            fingerprint="synthetic",
+            head=None,
+            dim=dim,
+            masker="none",
+            masker_params={},
+            factory="IDMap2,Flat",
+        )
+    )
     with store.sessions.begin() as s:
-        s.execute(insert(ImageRecord), [{"id": i + 1, "path": f"/a/{i % 10}/{i}.jpg", "fs_path": f"/a/{i % 10}/{i}.jpg".encode(),
-                                         "sha256": f"{i:064x}", "width": 8, "height": 8, "status": "done"} for i in range(images)])
+        s.execute(
+            insert(ImageRecord),
+            [
+                {
+                    "id": i + 1,
+                    "path": f"/a/{i % 10}/{i}.jpg",
+                    "fs_path": f"/a/{i % 10}/{i}.jpg".encode(),
+                    "sha256": f"{i:064x}",
+                    "width": 8,
+                    "height": 8,
+                    "status": "done",
+                }
+                for i in range(images)
+            ],
+        )
     chunks, rows = store.files().append(data)
     with store.sessions.begin() as s:
-        s.execute(insert(SegmentRecord), [
-            {"id": i + 1, "image_id": i % images + 1, "x": 0, "y": 0, "w": 1, "h": 1, "area": int(1 + i % 97), "rle_counts": "11",
-             "vec_chunk": int(c), "vec_row": int(r)} for i, (c, r) in enumerate(zip(chunks, rows))])
+        s.execute(
+            insert(SegmentRecord),
+            [
+                {
+                    "id": i + 1,
+                    "image_id": i % images + 1,
+                    "x": 0,
+                    "y": 0,
+                    "w": 1,
+                    "h": 1,
+                    "area": int(1 + i % 97),
+                    "rle_counts": "11",
+                    "vec_chunk": int(c),
+                    "vec_row": int(r),
+                }
+                for i, (c, r) in enumerate(zip(chunks, rows))
+            ],
+        )
     store.close()
     return data
 
@@ -75,8 +113,15 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     monkeypatch.setattr(index_choice, "EXACT_UP_TO", 20)
     real_choose = index_choice.choose
     # A small IVF the few test segments can train (the real one needs thousands).
-    monkeypatch.setattr(index_choice, "choose", lambda n, dim, gpu=False: real_choose(n, dim) if n <= 20 else index_choice.IndexChoice(
-        "IVF4,Flat", "test", False, nprobe=4, train_size=n))
+    monkeypatch.setattr(
+        index_choice,
+        "choose",
+        lambda n, dim, gpu=False: (
+            real_choose(n, dim)
+            if n <= 20
+            else index_choice.IndexChoice("IVF4,Flat", "test", False, nprobe=4, train_size=n)
+        ),
+    )
     photos = write_photos(tmp_path / "photos", ("astronaut",))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     assert SegmentIndex.open(tmp_path / "db").info.factory == "IDMap2,Flat"
@@ -87,7 +132,9 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     assert any("outgrew" in r.getMessage() for r in caplog.records)
     fixed = tmp_path / "fixed"
     index_paths([photos], fixed, IndexOptions(**{**OPTS, "factory": "IDMap2,Flat"}))
-    assert SegmentIndex.open(fixed).info.index_mode == "fixed" and SegmentIndex.open(fixed).info.factory == "IDMap2,Flat"
+    assert (
+        SegmentIndex.open(fixed).info.index_mode == "fixed" and SegmentIndex.open(fixed).info.factory == "IDMap2,Flat"
+    )
 
 
 def test_training_reads_a_bounded_sample(tmp_path, monkeypatch):
@@ -96,7 +143,11 @@ def test_training_reads_a_bounded_sample(tmp_path, monkeypatch):
     store = Store(db_url_for(tmp_path / "db", None))
     read = []
     real = store.embeddings
-    monkeypatch.setattr(store, "embeddings", lambda ids=None, **kw: (read.append(len(ids) if ids is not None else -1), real(ids, **kw))[1])
+    monkeypatch.setattr(
+        store,
+        "embeddings",
+        lambda ids=None, **kw: (read.append(len(ids) if ids is not None else -1), real(ids, **kw))[1],
+    )
     from usesearch.indexer import vectors
 
     vectors._train_if_needed(vectors.new_index(64, "IVF64,Flat"), store)
@@ -107,8 +158,10 @@ def test_gpu_faiss_path():
     from usesearch.indexer import faiss_gpu
 
     if not faiss_gpu.available():
-        pytest.skip(f"no GPU faiss here (faiss {__import__('faiss').__version__}, CPU build or no CUDA device); "
-                    f"on a CUDA machine: {faiss_gpu.INSTALL}")
+        pytest.skip(
+            f"no GPU faiss here (faiss {__import__('faiss').__version__}, CPU build or no CUDA device); "
+            f"on a CUDA machine: {faiss_gpu.INSTALL}"
+        )
     import faiss
 
     rng = np.random.default_rng(0)
@@ -123,8 +176,8 @@ def test_gpu_faiss_path():
 
 
 def test_cuda_asked_for_without_gpu_faiss_is_a_clear_error():
-    from usesearch.indexer import faiss_gpu
     from usesearch.errors import UsesearchError
+    from usesearch.indexer import faiss_gpu
 
     if faiss_gpu.available():
         pytest.skip("this machine has GPU faiss")
@@ -158,7 +211,9 @@ def test_narrow_min_area_is_an_id_selection_scored_exactly(compressed, monkeypat
     exactly, without FAISS; results equal the brute-force filtered search."""
     import usesearch.indexer.search
 
-    monkeypatch.setattr(usesearch.indexer.search, "AREA_PUSHDOWN_MAX", 1000)  # of 10,000 here; 200,000 of millions in use
+    monkeypatch.setattr(
+        usesearch.indexer.search, "AREA_PUSHDOWN_MAX", 1000
+    )  # of 10,000 here; 200,000 of millions in use
     ix, data = compressed
     areas = np.array([1 + i % 97 for i in range(len(data))])
     searched = []
@@ -181,14 +236,20 @@ def test_narrow_path_glob_reads_only_its_folder_and_scores_exactly(compressed, m
     q = data[17]
     hits = ix.search_vector(q, 10, path="/a/3/??.jpg")
     assert [h.segment_id for h in hits] == exact_filtered(data, q, under_3 & (images >= 10), 10)
-    assert [h.segment_id for h in ix.search_vector(q, 10, path="/a/3/?.jpg")] == exact_filtered(data, q, images == 3, 10)
+    assert [h.segment_id for h in ix.search_vector(q, 10, path="/a/3/?.jpg")] == exact_filtered(
+        data, q, images == 3, 10
+    )
     assert {h.image for h in ix.search_vector(q, 5, path="*/3/1?.jpg")} == {"/a/3/13.jpg"}  # no literal prefix
     assert ix.search_vector(q, 5, path="/a/3[") == []  # an unclosed class is literal, and matches nothing
     from sqlalchemy import event
 
     statements = []
-    event.listen(ix.store.engine, "before_cursor_execute", lambda conn, cursor, sql, params, *a: statements.append(params))
-    assert ix.store.image_ids_matching("/a/1/1*") == {i + 1 for i in range(200) if i % 10 == 1 and str(i).startswith("1")}
+    event.listen(
+        ix.store.engine, "before_cursor_execute", lambda conn, cursor, sql, params, *a: statements.append(params)
+    )
+    assert ix.store.image_ids_matching("/a/1/1*") == {
+        i + 1 for i in range(200) if i % 10 == 1 and str(i).startswith("1")
+    }
     assert any("/a/1/1" in map(str, params) for params in statements)  # the literal prefix went to the path index
 
 
@@ -205,7 +266,9 @@ def test_nprobe_and_rerank_trade_speed_for_recall(compressed):
 
     from usesearch.cli.app import app
 
-    result = CliRunner().invoke(app, ["similar", "5", "--db", str(ix.db_dir), "--nprobe", "64", "--rerank", "10000", "--json"])
+    result = CliRunner().invoke(
+        app, ["similar", "5", "--db", str(ix.db_dir), "--nprobe", "64", "--rerank", "10000", "--json"]
+    )
     assert result.exit_code == 0, result.output
     import json
 
@@ -265,6 +328,10 @@ def test_candidate_locations_in_one_json_parameter_equal_the_in_lists(tmp_path):
     wanted = np.random.default_rng(1).choice(np.arange(1, 3_001), 2_000, replace=False).tolist() + [5_000, 10**12]
     fast = store.segment_locations(wanted)
     seg = SegmentRecord
-    plain = store._locations([select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.id.in_(wanted[i : i + 900]))
-                              for i in range(0, len(wanted), 900)])
+    plain = store._locations(
+        [
+            select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.id.in_(wanted[i : i + 900]))
+            for i in range(0, len(wanted), 900)
+        ]
+    )
     assert len(fast) == 2_000 and sorted(map(tuple, fast.tolist())) == sorted(map(tuple, plain.tolist()))

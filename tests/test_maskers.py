@@ -35,7 +35,9 @@ def test_cli_embed_ranks_segments_for_each_text(tmp_path, photo):
 
     image = tmp_path / "astronaut.png"
     Image.fromarray(photo).save(image)
-    result = CliRunner().invoke(app, ["embed", str(image), "a face", "a flag", "-k", "2", "--preset", "tiny"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app, ["embed", str(image), "a face", "a flag", "-k", "2", "--preset", "tiny"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     assert "a face" in result.output and "a flag" in result.output and "use-tiny-" in result.output
 
@@ -46,19 +48,42 @@ def test_sam2_masker_produces_masks_through_index(tmp_path):
     pytest.importorskip("sam2", reason="the sam2 extra is not installed: pip install -e '.[sam2]'")
     from typer.testing import CliRunner
 
-    from usesearch.indexer import SegmentIndex
-    from tests.conftest import write_photos
+    from tests.helpers import write_photos
     from usesearch.cli.app import app
+    from usesearch.indexer import SegmentIndex
 
     photos = write_photos(tmp_path / "photos", ("coffee", "chelsea"))
     runner = CliRunner()
-    result = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--masker", "sam2",
-                                 "--points-per-side", "4", "--pred-iou-thresh", "-10", "--stability-thresh", "-10",
-                                 "--box-nms-thresh", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "index",
+            str(photos),
+            "--db",
+            str(tmp_path / "db"),
+            "--preset",
+            "tiny",
+            "--masker",
+            "sam2",
+            "--points-per-side",
+            "4",
+            "--pred-iou-thresh",
+            "-10",
+            "--stability-thresh",
+            "-10",
+            "--box-nms-thresh",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     ix = SegmentIndex.open(tmp_path / "db")
     assert ix.info.masker == "sam2" and ix.info.masker_params == {
-        "model": "tiny", "points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0, "box_nms_thresh": 1.0}
+        "model": "tiny",
+        "points_per_side": 4,
+        "pred_iou_thresh": -10.0,
+        "stability_score_thresh": -10.0,
+        "box_nms_thresh": 1.0,
+    }
     rows = ix.store.rows(ix.store.segment_ids())
     assert len(rows) >= 4 and ix.stats()["images_done"] == 2
     from usesearch.masks import rle
@@ -67,8 +92,21 @@ def test_sam2_masker_produces_masks_through_index(tmp_path):
         mask = {"size": list(row.image_hw), "counts": row.rle_counts}
         assert rle.area(mask) == row.area and tuple(rle.bbox(mask)) == row.bbox
     ix.close()
-    wrong = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db2"), "--preset", "tiny", "--masker", "sam2",
-                                "--encoder-batch", "2"])
+    wrong = runner.invoke(
+        app,
+        [
+            "index",
+            str(photos),
+            "--db",
+            str(tmp_path / "db2"),
+            "--preset",
+            "tiny",
+            "--masker",
+            "sam2",
+            "--encoder-batch",
+            "2",
+        ],
+    )
     assert wrong.exit_code == 2 and "--encoder-batch" in wrong.output and "Traceback" not in wrong.output
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import usesearch.indexer.vectors as vectors
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from tests.conftest import OPTS, write_photos
+from tests.helpers import OPTS, write_photos
 from tests.test_index_scale import synthetic_index
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
 
 
 @pytest.fixture()

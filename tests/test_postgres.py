@@ -7,9 +7,9 @@ import threading
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+from tests.helpers import OPTS, assert_consistent, kill_when, run_python, segment_table, write_photos
 from usesearch.cli.app import app
-from tests.conftest import OPTS, assert_consistent, kill_when, run_python, segment_table, write_photos
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 
@@ -41,12 +41,16 @@ def test_index_query_and_info_on_postgresql_equal_sqlite(tmp_path, pg_url):
     assert pg.store.common_folder() == lite.store.common_folder()
     for filters in ({}, {"path": "*/sub/*"}, {"per_image": True}, {"min_area": 200}):
         a, b = pg.query("a cat", k=6, **filters), lite.query("a cat", k=6, **filters)
-        assert a and [(h.image, h.bbox, round(h.score, 5)) for h in a] == [(h.image, h.bbox, round(h.score, 5)) for h in b]
+        assert a and [(h.image, h.bbox, round(h.score, 5)) for h in a] == [
+            (h.image, h.bbox, round(h.score, 5)) for h in b
+        ]
     pg.close()
     lite.close()
     result = runner.invoke(app, ["query", "a cat", "--db", str(tmp_path / "pg"), "--db-url", pg_url, "--json"])
     assert result.exit_code == 0, result.output
-    again = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "pg"), "--preset", "tiny", "--db-url", pg_url])
+    again = runner.invoke(
+        app, ["index", str(photos), "--db", str(tmp_path / "pg"), "--preset", "tiny", "--db-url", pg_url]
+    )
     assert "0 images indexed" in again.output and "5 skipped" in again.output, again.output
 
 
@@ -55,9 +59,11 @@ def test_kill_dash_nine_then_resume_on_postgresql_equals_one_clean_run(tmp_path,
     for i in range(2):  # more work so the kill lands mid-run
         write_photos(tmp_path / "photos" / f"copy{i}", NAMES[i:] + NAMES[:i])
     db = tmp_path / "db"
-    code = ("import sys; from usesearch.indexer import IndexOptions, index_paths; "
-            "index_paths([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', "
-            "masker_options={'max_masks': 8}, db_url=sys.argv[3]))")
+    code = (
+        "import sys; from usesearch.indexer import IndexOptions, index_paths; "
+        "index_paths([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', "
+        "masker_options={'max_masks': 8}, db_url=sys.argv[3]))"
+    )
     done = kill_when(run_python(code, photos, db, pg_url), lambda: done_images(pg_url), lambda n: n >= 3, start=0)
     resumed = index_paths([photos], db, IndexOptions(**OPTS, db_url=pg_url))
     assert resumed.skipped >= done >= 3 and resumed.failed == 0
@@ -87,6 +93,10 @@ def test_server_restart_mid_run_is_retried_without_losing_or_doubling_an_image(t
 def test_unreachable_server_is_a_one_line_error(tmp_path, pg_url, monkeypatch):
     photos = write_photos(tmp_path / "photos", NAMES[:1])
     wrong = pg_url.replace("host=", "host=/nonexistent")
-    result = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--db-url", wrong])
+    result = CliRunner().invoke(
+        app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--db-url", wrong]
+    )
     assert result.exit_code != 0 and "Traceback" not in result.output
-    assert "cannot reach the catalog database" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert "cannot reach the catalog database" in result.output and len(result.output.strip().splitlines()) == 1, (
+        result.output
+    )

@@ -7,10 +7,10 @@ import os
 from typer.testing import CliRunner
 
 import usesearch.indexer.embeddings as embeddings
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from tests.conftest import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos
+from tests.helpers import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos
 from tests.test_index_scale import synthetic_index
 from usesearch.cli.app import app
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 
@@ -32,7 +32,9 @@ def test_prune_removes_what_is_gone_and_leaves_what_a_clean_index_has(tmp_path):
     assert segment_table(db) == segment_table(clean)
     assert_consistent(db)
     ix = SegmentIndex.open(db)
-    assert ix.stats(check_files=True)["files_gone"] == 0 and {os.path.basename(h.image) for h in ix.query("a cat", k=50)} <= {"chelsea.png", "rocket.png"}
+    assert ix.stats(check_files=True)["files_gone"] == 0 and {
+        os.path.basename(h.image) for h in ix.query("a cat", k=50)
+    } <= {"chelsea.png", "rocket.png"}
     ix.close()
 
 
@@ -45,7 +47,11 @@ def test_index_prune_only_touches_the_folders_it_was_given(tmp_path):
     result = CliRunner().invoke(app, ["index", str(a), "--db", str(db), "--preset", "tiny", "--prune"])
     assert result.exit_code == 0 and "pruned 1 images" in result.output, result.output
     ix = SegmentIndex.open(db)
-    assert sorted(os.path.basename(p) for _, _, p in ix.store.image_files()) == ["chelsea.png", "coffee.png", "rocket.png"]
+    assert sorted(os.path.basename(p) for _, _, p in ix.store.image_files()) == [
+        "chelsea.png",
+        "coffee.png",
+        "rocket.png",
+    ]
     ix.close()
 
 
@@ -61,7 +67,11 @@ def test_everything_gone_is_refused_without_force(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "30 images removed (300 segments)" in result.output, result.output
     # The embedding files give their disk back: every closed chunk is gone, the newest stays.
     assert "embedding files: 0.01 MiB given back" in result.output, result.output  # 5 x 50 rows x 32 bytes
-    assert sorted(p.name for p in (tmp_path / "db" / "embeddings").iterdir()) == ["chunk-000005.f16", "chunk-000005.sum", "index-id"]
+    assert sorted(p.name for p in (tmp_path / "db" / "embeddings").iterdir()) == [
+        "chunk-000005.f16",
+        "chunk-000005.sum",
+        "index-id",
+    ]
     assert_consistent(tmp_path / "db")
 
 
@@ -70,8 +80,13 @@ def test_kill_dash_nine_during_prune_then_resume(tmp_path):
     synthetic_index(db, n=12_000, dim=16, images=3_000)
     reindex(db)
     code = "import sys; from usesearch.indexer.prune import prune; prune(sys.argv[1], force=True)"
-    left = kill_when(run_python(code, db), lambda: sqlite_count(db / "segments.sqlite", "select count(*) from images"),
-                     lambda n: n <= 2_500, start=3_000, every=0.02)
+    left = kill_when(
+        run_python(code, db),
+        lambda: sqlite_count(db / "segments.sqlite", "select count(*) from images"),
+        lambda n: n <= 2_500,
+        start=3_000,
+        every=0.02,
+    )
     assert 0 < left < 3_000
     ix = SegmentIndex.open(db)  # usable at once: the vectors are reconciled with what was committed
     assert ix.index.ntotal == len(ix.store.segment_ids()) == 4 * ix.stats()["images_done"]

@@ -30,7 +30,9 @@ def local_weights(tmp_path, monkeypatch):
     (tmp_path / "weights").mkdir()
     save_file(dino.state_dict(), str(tmp_path / "weights" / f"{tiny.dino.timm_name}.safetensors"))
     # offline-ok: "pretrained" here means the local files written above
-    preset = replace(tiny, clip=replace(tiny.clip, pretrained=str(clip_file)), dino=replace(tiny.dino, pretrained=True))  # offline-ok
+    preset = replace(
+        tiny, clip=replace(tiny.clip, pretrained=str(clip_file)), dino=replace(tiny.dino, pretrained=True)
+    )  # offline-ok
     return preset, clip, dino
 
 

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
-from tests.conftest import OPTS, write_photos
-from usesearch.masks import rle
+from tests.helpers import OPTS, write_photos
 from usesearch.cli.app import app
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+from usesearch.masks import rle
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,23 @@ def test_a_region_of_a_photo_outside_the_index_finds_its_indexed_twin_first(inde
     twin = next(h for h in ix.query("a cat", k=50) if h.image.endswith("chelsea.png"))
     mask = rle.decode(twin.mask)
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    result = CliRunner().invoke(app, ["similar", "--db", str(root / "db"), "--image", str(outside), "--mask",
-                                      str(tmp_path / "mask.png"), "--json", "-k", "3", "--show", str(tmp_path / "hits.png")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "similar",
+            "--db",
+            str(root / "db"),
+            "--image",
+            str(outside),
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--json",
+            "-k",
+            "3",
+            "--show",
+            str(tmp_path / "hits.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)
     assert hits[0]["segment_id"] == twin.segment_id and hits[0]["score"] == pytest.approx(1.0, abs=2e-3)
@@ -52,21 +67,28 @@ def test_a_point_or_a_box_prompts_sam_for_its_most_stable_mask(indexed):
     assert by_box.area == int(by_box.mask.sum()) > 0
     hits = ix.similar_region(rgb, box=(10, 10, 50, 40), k=4, per_image=True)
     assert len(hits) == 4 and len({h.image_id for h in hits}) == 4
-    result = CliRunner().invoke(app, ["similar", "--db", str(root / "db"), "--image", str(photos / "astronaut.png"),
-                                      "--point", "40,30", "-k", "2"])
+    result = CliRunner().invoke(
+        app,
+        ["similar", "--db", str(root / "db"), "--image", str(photos / "astronaut.png"), "--point", "40,30", "-k", "2"],
+    )
     assert result.exit_code == 0 and "SAM, stability" in result.output, result.output
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--point", "40"], "2 comma-separated numbers"),
-    (["--point", "4000,3"], "outside"),
-    (["--box", "1,2,0,5"], "must be positive"),
-    ([], "one of --point"),
-    (["--point", "4,4", "--box", "1,1,5,5"], "one of --point"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--point", "40"], "2 comma-separated numbers"),
+        (["--point", "4000,3"], "outside"),
+        (["--box", "1,2,0,5"], "must be positive"),
+        ([], "one of --point"),
+        (["--point", "4,4", "--box", "1,1,5,5"], "one of --point"),
+    ],
+)
 def test_bad_region_options_are_one_line_errors(indexed, args, message):
     root, photos = indexed
-    result = CliRunner().invoke(app, ["similar", "--db", str(root / "db"), "--image", str(photos / "astronaut.png"), *args])
+    result = CliRunner().invoke(
+        app, ["similar", "--db", str(root / "db"), "--image", str(photos / "astronaut.png"), *args]
+    )
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
 
 
@@ -75,7 +97,9 @@ def test_similar_needs_a_segment_or_a_photo(indexed, tmp_path):
     runner = CliRunner()
     assert "give a SEGMENT_ID" in runner.invoke(app, ["similar", "--db", str(root / "db")]).output
     (tmp_path / "bomb.png").write_bytes(b"not an image")
-    result = runner.invoke(app, ["similar", "--db", str(root / "db"), "--image", str(tmp_path / "bomb.png"), "--point", "1,1"])
+    result = runner.invoke(
+        app, ["similar", "--db", str(root / "db"), "--image", str(tmp_path / "bomb.png"), "--point", "1,1"]
+    )
     assert result.exit_code == 2 and "cannot read image" in result.output
 
 
@@ -91,11 +115,17 @@ def test_upload_route_searches_a_region_and_refuses_bad_uploads(indexed, monkeyp
     client = TestClient(create_app(ix, token="s3cret"))
     photo = (photos / "astronaut.png").read_bytes()
     auth = {"Authorization": "Bearer s3cret"}
-    assert client.post("/api/region-search?point=40,30", content=photo).status_code == 401  # the same token as everything
+    assert (
+        client.post("/api/region-search?point=40,30", content=photo).status_code == 401
+    )  # the same token as everything
     response = client.post("/api/region-search?point=40,30&k=3&per_image=true", content=photo, headers=auth)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert len(body["hits"]) == 3 and body["region"]["area"] > 0 and body["region"]["overlay"].startswith("data:image/png;base64,")
+    assert (
+        len(body["hits"]) == 3
+        and body["region"]["area"] > 0
+        and body["region"]["overlay"].startswith("data:image/png;base64,")
+    )
     assert rle.area(body["region"]["mask"]) == body["region"]["area"]
     assert client.post("/api/region-search?point=40,30", content=b"", headers=auth).status_code == 400
     assert client.post("/api/region-search?point=40,30", content=b"not an image", headers=auth).status_code == 400
@@ -131,18 +161,28 @@ def test_region_uploads_share_one_pixel_budget_with_every_decode(indexed, monkey
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 800, 3), np.uint8)).save(big, "PNG")
     pixels = 600 * 800
     budgets = []
-    monkeypatch.setattr(web, "PixelBudget", lambda: budgets.append(PixelBudget(pixels=2 * pixels, wait_s=60)) or budgets[-1])
+    monkeypatch.setattr(
+        web, "PixelBudget", lambda: budgets.append(PixelBudget(pixels=2 * pixels, wait_s=60)) or budgets[-1]
+    )
     client = TestClient(create_app(SegmentIndex.open(root / "db")))
     codes = []
-    threads = [threading.Thread(target=lambda: codes.append(
-        client.post("/api/region-search?point=100,100&k=2", content=big.getvalue()).status_code)) for _ in range(6)]
+    threads = [
+        threading.Thread(
+            target=lambda: codes.append(
+                client.post("/api/region-search?point=100,100&k=2", content=big.getvalue()).status_code
+            )
+        )
+        for _ in range(6)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
     assert codes == [200] * 6 and 0 < budgets[-1].peak <= 2 * pixels and budgets[-1].in_use == 0
     # A budget held elsewhere (a thumbnail's decode) for longer than the wait: 503, then it frees.
-    monkeypatch.setattr(web, "PixelBudget", lambda: budgets.append(PixelBudget(pixels=pixels, wait_s=0.2)) or budgets[-1])
+    monkeypatch.setattr(
+        web, "PixelBudget", lambda: budgets.append(PixelBudget(pixels=pixels, wait_s=0.2)) or budgets[-1]
+    )
     client = TestClient(create_app(SegmentIndex.open(root / "db")))
     with budgets[-1].hold(1):
         response = client.post("/api/region-search?point=100,100", content=big.getvalue())

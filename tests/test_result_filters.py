@@ -24,12 +24,12 @@ def box(y0, y1, x0, x1) -> str:
 
 # (image, mask, score against the query e0)
 SEGMENTS = [
-    (1, box(0, 20, 0, 20), 0.90),   # 1: a whole
-    (1, box(0, 10, 0, 10), 0.85),   # 2: its part
-    (2, box(5, 30, 5, 30), 0.80),   # 3: another photo's region
+    (1, box(0, 20, 0, 20), 0.90),  # 1: a whole
+    (1, box(0, 10, 0, 10), 0.85),  # 2: its part
+    (2, box(5, 30, 5, 30), 0.80),  # 3: another photo's region
     (1, box(25, 40, 25, 40), 0.70),  # 4: elsewhere in photo 1
-    (2, box(0, 40, 0, 40), 0.60),   # 5: photo 2 whole, around segment 3
-    (2, box(32, 40, 0, 8), 0.30),   # 6
+    (2, box(0, 40, 0, 40), 0.60),  # 5: photo 2 whole, around segment 3
+    (2, box(32, 40, 0, 8), 0.30),  # 6
 ]
 
 
@@ -38,20 +38,57 @@ def hand_built(tmp_path, tiny_use):
     db = tmp_path / "db"
     db.mkdir()
     store = Store(db_url_for(db, None))
-    store.set_info(IndexInfo(preset="tiny", embedder="use", fingerprint=tiny_use.fingerprint, head=None, dim=8, masker="none",
-                             masker_params={}, factory="IDMap2,Flat"))
+    store.set_info(
+        IndexInfo(
+            preset="tiny",
+            embedder="use",
+            fingerprint=tiny_use.fingerprint,
+            head=None,
+            dim=8,
+            masker="none",
+            masker_params={},
+            factory="IDMap2,Flat",
+        )
+    )
     with store.sessions.begin() as s:
-        s.execute(insert(ImageRecord), [{"id": i, "path": f"/p/{i}.png", "fs_path": f"/p/{i}.png".encode(), "sha256": f"{i:064x}",
-                                         "width": W, "height": H, "status": "done"} for i in (1, 2)])
+        s.execute(
+            insert(ImageRecord),
+            [
+                {
+                    "id": i,
+                    "path": f"/p/{i}.png",
+                    "fs_path": f"/p/{i}.png".encode(),
+                    "sha256": f"{i:064x}",
+                    "width": W,
+                    "height": H,
+                    "status": "done",
+                }
+                for i in (1, 2)
+            ],
+        )
     vectors = np.zeros((len(SEGMENTS), 8), np.float32)
     for i, (_, _, score) in enumerate(SEGMENTS):
         vectors[i, 0], vectors[i, 1 + i % 7] = score, np.sqrt(1 - score**2)  # cosine with e0 is the score
     chunks, rows = store.files().append(vectors)
     with store.sessions.begin() as s:
-        s.execute(insert(SegmentRecord), [
-            {"id": i + 1, "image_id": image, "x": 0, "y": 0, "w": 1, "h": 1, "area": int(rle.area({"size": [H, W], "counts": m})),
-             "rle_counts": m, "vec_chunk": int(c), "vec_row": int(r)}
-            for i, ((image, m, _), c, r) in enumerate(zip(SEGMENTS, chunks, rows))])
+        s.execute(
+            insert(SegmentRecord),
+            [
+                {
+                    "id": i + 1,
+                    "image_id": image,
+                    "x": 0,
+                    "y": 0,
+                    "w": 1,
+                    "h": 1,
+                    "area": int(rle.area({"size": [H, W], "counts": m})),
+                    "rle_counts": m,
+                    "vec_chunk": int(c),
+                    "vec_row": int(r),
+                }
+                for i, ((image, m, _), c, r) in enumerate(zip(SEGMENTS, chunks, rows))
+            ],
+        )
     store.close()
     reindex(db)
     ix = SegmentIndex.open(db)
@@ -79,14 +116,18 @@ def test_distinct_drops_parts_of_better_hits_and_wholes_around_them(hand_built):
     assert ids(hand_built.search_vector(E0, 2, distinct=True)) == [1, 3]
     assert ids(hand_built.search_vector(E0, 10, distinct=True, min_score=0.75)) == [1, 3]
     assert ids(hand_built.search_vector(E0, 10)) == [1, 2, 3, 4, 5, 6]  # without it, all of them
-    overlap = rle.overlap_of_smaller([{"size": [H, W], "counts": SEGMENTS[1][1]}], [{"size": [H, W], "counts": SEGMENTS[0][1]}])
+    overlap = rle.overlap_of_smaller(
+        [{"size": [H, W], "counts": SEGMENTS[1][1]}], [{"size": [H, W], "counts": SEGMENTS[0][1]}]
+    )
     assert overlap.shape == (1, 1) and overlap[0, 0] == pytest.approx(1.0)
 
 
 def test_cli_and_web_take_min_score_and_distinct(hand_built):
     from usesearch.cli.app import app
 
-    result = CliRunner().invoke(app, ["similar", "2", "--db", str(hand_built.db_dir), "--distinct", "--min-score", "0.5", "--json"])
+    result = CliRunner().invoke(
+        app, ["similar", "2", "--db", str(hand_built.db_dir), "--distinct", "--min-score", "0.5", "--json"]
+    )
     assert result.exit_code == 0, result.output
     import json
 
@@ -104,5 +145,7 @@ def test_cli_and_web_take_min_score_and_distinct(hand_built):
     client = TestClient(create_app(hand_built))
     response = client.get("/api/segments/2/similar", params={"k": 10, "distinct": "true", "min_score": 0.5})
     assert response.status_code == 200, response.text
-    assert [h["segment_id"] for h in response.json()["hits"]] == ids(hand_built.similar(2, 10, distinct=True, min_score=0.5))
+    assert [h["segment_id"] for h in response.json()["hits"]] == ids(
+        hand_built.similar(2, 10, distinct=True, min_score=0.5)
+    )
     assert client.get("/api/segments/2/similar", params={"min_score": 3}).status_code == 422

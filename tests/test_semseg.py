@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from usesearch.training.synthetic import semseg_classes, write_semseg
 from usesearch.cli.app import app
 from usesearch.tasks.semseg import UNLABELLED, confusion, miou, pixel_labels
+from usesearch.training.synthetic import semseg_classes, write_semseg
 
 
 def test_pixels_sum_probabilities_over_covering_masks():
@@ -51,15 +51,43 @@ def test_segment_and_eval_semseg_cli_on_synthetic_data(tmp_path):
     runner = CliRunner()
     names = semseg_classes()
     out, overlay = tmp_path / "labels.png", tmp_path / "overlay.png"
-    result = runner.invoke(app, ["segment", str(root / "images" / "00000.png"), "--classes", ",".join(names),
-                                 "--out", str(out), "--overlay", str(overlay), "--preset", "tiny"])
+    result = runner.invoke(
+        app,
+        [
+            "segment",
+            str(root / "images" / "00000.png"),
+            "--classes",
+            ",".join(names),
+            "--out",
+            str(out),
+            "--overlay",
+            str(overlay),
+            "--preset",
+            "tiny",
+        ],
+    )
     assert result.exit_code == 0, result.output
     labels = np.asarray(Image.open(out))
     assert labels.shape == (128, 128) and set(np.unique(labels)) <= set(range(len(names))) | {UNLABELLED}
     assert Image.open(overlay).size[1] >= 128
     report = tmp_path / "miou.json"
-    result = runner.invoke(app, ["eval", "semseg", "--images", str(root / "images"), "--labels", str(root / "labels"),
-                                 "--classes-file", str(root / "classes.txt"), "--out", str(report), "--preset", "tiny"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "semseg",
+            "--images",
+            str(root / "images"),
+            "--labels",
+            str(root / "labels"),
+            "--classes-file",
+            str(root / "classes.txt"),
+            "--out",
+            str(report),
+            "--preset",
+            "tiny",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert data["images"] == 3 and 0 <= data["mIoU"] <= 1 and set(data["per_class"]) == set(names)
@@ -78,8 +106,21 @@ def test_eval_parts_cli_on_synthetic_parts(tmp_path):
 
     coco_json = write_parts_coco(tmp_path / "parts", 3, seed=5)
     report = tmp_path / "parts.json"
-    result = CliRunner().invoke(app, ["eval", "parts", "--images", str(tmp_path / "parts" / "images"),
-                                      "--coco", str(coco_json), "--out", str(report), "--preset", "tiny"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "parts",
+            "--images",
+            str(tmp_path / "parts" / "images"),
+            "--coco",
+            str(coco_json),
+            "--out",
+            str(report),
+            "--preset",
+            "tiny",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert 0.0 <= data["mAP"] <= 1.0 and "mAP_mask@[0.5:0.95]" in result.output

@@ -8,19 +8,19 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from usesearch.indexer import IndexMismatchError, IndexOptions, SegmentIndex, index_paths
+from tests.helpers import OPTS, write_photos
+from usesearch.cli.app import app as cli_app
+from usesearch.errors import IndexMismatchError, UsesearchError
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
 from usesearch.indexer.search import MAX_QUERY_CHARS
 from usesearch.indexer.web import MAX_K, create_app
 from usesearch.indexer.web.security import check_bind, is_loopback
-from tests.conftest import OPTS, write_photos
-from usesearch.cli.app import app as cli_app
-from usesearch.errors import UsesearchError
 from usesearch.tasks.visualize import OUTLINE, decode_mask
 
 TOKEN = "s3cret-token-for-tests-0123456789"
@@ -118,8 +118,13 @@ def test_page_assets_and_api_docs_are_served(served):
     assert page.status_code == 200 and 'id="q"' in page.text and "Content-Security-Policy" in page.headers
     assert client.get("/app.js").status_code == 200 and client.get("/style.css").status_code == 200
     spec = client.get("/openapi.json").json()
-    for route in ("/api/search", "/api/segments/{segment_id}/similar", "/api/segments/{segment_id}",
-                  "/api/segments/{segment_id}/mask.png", "/api/images/{image_id}/thumbnail.jpg"):
+    for route in (
+        "/api/search",
+        "/api/segments/{segment_id}/similar",
+        "/api/segments/{segment_id}",
+        "/api/segments/{segment_id}/mask.png",
+        "/api/images/{image_id}/thumbnail.jpg",
+    ):
         assert route in spec["paths"]
     reference = client.get("/api")  # readable offline, unlike /docs's CDN-hosted Swagger UI
     assert reference.status_code == 200 and "GET /api/segments/{segment_id}/similar" in reference.text
@@ -215,7 +220,9 @@ def test_new_segments_from_a_running_indexer_are_served_without_restart(tmp_path
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))  # another process would do the same
     after = client.get("/api/search", params={"q": "a cup", "k": 50}).json()
     assert after["segments_indexed"] > before["segments_indexed"]
-    assert any("coffee" in h["image"] for h in after["hits"]) and not any("coffee" in h["image"] for h in before["hits"])
+    assert any("coffee" in h["image"] for h in after["hits"]) and not any(
+        "coffee" in h["image"] for h in before["hits"]
+    )
     assert client.get("/api/info").json()["images_done"] == 2
 
 
@@ -242,7 +249,15 @@ def test_the_model_loads_once_and_must_match_the_index(served, monkeypatch):
 def test_a_token_guards_every_request(served):
     _, index, _ = served
     client = TestClient(create_app(index, token=TOKEN))
-    for url in ("/", "/app.js", "/openapi.json", "/docs", "/api/search?q=cat", "/api/segments/1/tile.png", "/api/images/1/thumbnail.jpg"):
+    for url in (
+        "/",
+        "/app.js",
+        "/openapi.json",
+        "/docs",
+        "/api/search?q=cat",
+        "/api/segments/1/tile.png",
+        "/api/images/1/thumbnail.jpg",
+    ):
         assert client.get(url).status_code == 401, url
         assert client.get(url, headers={"Authorization": "Bearer wrong-token-wrong-token"}).status_code == 401, url
     assert "token" in client.get("/api/search?q=cat").json()["detail"]
@@ -323,7 +338,10 @@ def test_the_serve_command_answers_over_http_with_its_token(served):
     env = {**os.environ, "USESEARCH_TOKEN": TOKEN}
     server = subprocess.Popen(
         [sys.executable, "-m", "usesearch", "serve", "--db", str(served[0] / "db"), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -331,7 +349,9 @@ def test_the_serve_command_answers_over_http_with_its_token(served):
         while True:
             assert server.poll() is None, server.stdout.read()
             try:
-                response = httpx.get(f"{base}/api/search", params={"q": "a cat"}, headers={"Authorization": f"Bearer {TOKEN}"})
+                response = httpx.get(
+                    f"{base}/api/search", params={"q": "a cat"}, headers={"Authorization": f"Bearer {TOKEN}"}
+                )
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "usesearch serve did not start listening"
@@ -368,7 +388,9 @@ def test_one_decode_per_image_however_many_requests_wait_for_it(served, monkeypa
 
     monkeypatch.setattr(cache, "_decode", slow_decode)
     results = []
-    threads = [threading.Thread(target=lambda r=records[i % 3]: results.append((r.id, cache.rgb(r)))) for i in range(24)]
+    threads = [
+        threading.Thread(target=lambda r=records[i % 3]: results.append((r.id, cache.rgb(r)))) for i in range(24)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -380,11 +402,17 @@ def test_one_decode_per_image_however_many_requests_wait_for_it(served, monkeypa
 
 def test_cross_site_requests_are_refused(served):
     _, _, client = served
-    for headers in ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}, {"Sec-Fetch-Site": "same-site"},
-                    {"Origin": "http://evil.example"}, {"Origin": "http://127.0.0.1:9999"}):
+    for headers in (
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://evil.example"},
+        {"Origin": "http://127.0.0.1:9999"},
+    ):
         response = client.get("/api/search", params={"q": "a cat"}, headers=headers)
         assert response.status_code == 403 and "cross-site" in response.json()["detail"], headers
-    assert client.get("/api/search", params={"q": "a cat"}, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+    assert (
+        client.get("/api/search", params={"q": "a cat"}, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+    )
     assert client.get("/api/search", params={"q": "a cat"}, headers={"Origin": "http://testserver"}).status_code == 200
     link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}  # a shared link, followed
     assert client.get("/", headers=link).status_code == 200

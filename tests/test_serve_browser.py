@@ -14,21 +14,29 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from tests.helpers import OPTS, write_photos
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
 from usesearch.indexer.web import create_app
-from tests.conftest import OPTS, write_photos
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = os.environ.get("USESEARCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # A closed network: without these, chromium keeps trying to reach Google's services.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
 ]
 # An image name that is also markup: the page must show it as text.
 HOSTILE_NAME = "<i id=injected>cup.png"
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here: `sh tests/install-services.sh` installs Debian's")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium here: `sh tests/install-services.sh` installs Debian's"
+)
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +111,15 @@ def test_type_a_query_see_tiles_with_overlays_and_open_one(server, page):
     first = expected[0]
     tiles[0].click()
     page.wait_for_selector("#viewer:not([hidden])")
-    page.wait_for_function("() => ['viewer-image', 'viewer-overlay'].every(id => { const i = document.getElementById(id); return i.complete && i.naturalWidth > 0; })")
-    image_size = page.evaluate("() => [document.getElementById('viewer-image').naturalWidth, document.getElementById('viewer-image').naturalHeight]")
-    overlay_size = page.evaluate("() => [document.getElementById('viewer-overlay').naturalWidth, document.getElementById('viewer-overlay').naturalHeight]")
+    page.wait_for_function(
+        "() => ['viewer-image', 'viewer-overlay'].every(id => { const i = document.getElementById(id); return i.complete && i.naturalWidth > 0; })"
+    )
+    image_size = page.evaluate(
+        "() => [document.getElementById('viewer-image').naturalWidth, document.getElementById('viewer-image').naturalHeight]"
+    )
+    overlay_size = page.evaluate(
+        "() => [document.getElementById('viewer-overlay').naturalWidth, document.getElementById('viewer-overlay').naturalHeight]"
+    )
     assert image_size == overlay_size, "the mask layer lines up with the image"
     assert str(first.segment_id) in page.inner_text("#viewer-meta") and first.image in page.inner_text("#viewer-meta")
     others = page.query_selector_all("#image-segments img")
@@ -158,7 +172,9 @@ def test_search_by_a_region_of_a_photo(server, page, tmp_path):
     page.click("#region-search summary")
     page.set_input_files("#region-file", str(photo))
     page.wait_for_selector("#region-stage:not([hidden])")
-    page.wait_for_function("() => { const i = document.getElementById('region-photo'); return i.complete && i.naturalWidth === 300; }")
+    page.wait_for_function(
+        "() => { const i = document.getElementById('region-photo'); return i.complete && i.naturalWidth === 300; }"
+    )
     box = page.query_selector("#region-photo").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.4)
     page.wait_for_function("() => document.getElementById('status').textContent.includes('like the region')")

@@ -9,18 +9,26 @@ import numpy as np
 import pytest
 
 import usesearch.indexer.index_choice as index_choice
+from tests.helpers import OPTS, assert_consistent, write_photos
+from tests.test_index_scale import synthetic_index
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
 from usesearch.indexer.pipeline import FAISS_FILE
 from usesearch.indexer.vectors import shard_files
-from tests.conftest import OPTS, assert_consistent, write_photos
-from tests.test_index_scale import synthetic_index
 
 
 def answers(ix: SegmentIndex, queries: np.ndarray) -> list:
     out = []
     for q in queries:
-        for filters in ({}, {"path": "/a/3/*"}, {"path": "/a/[1-7]/*"}, {"min_area": 90}, {"min_area": 5},
-                        {"per_image": True}, {"exclude": {5, 17}}, {"nprobe": 8, "rerank": 300}):
+        for filters in (
+            {},
+            {"path": "/a/3/*"},
+            {"path": "/a/[1-7]/*"},
+            {"min_area": 90},
+            {"min_area": 5},
+            {"per_image": True},
+            {"exclude": {5, 17}},
+            {"nprobe": 8, "rerank": 300},
+        ):
             hits = ix.search_vector(q, 15, **filters)
             out.append([(h.segment_id, round(h.score, 5)) for h in hits])
     return out
@@ -37,13 +45,17 @@ def test_sharded_index_answers_as_one_index(tmp_path, monkeypatch, compressed):
     reindex(tmp_path / "one")
     reindex(tmp_path / "four", shard_size=2_000)
     one, four = SegmentIndex.open(tmp_path / "one"), SegmentIndex.open(tmp_path / "four")
-    assert len(one.index.shards) == 1 and len(four.index.shards) == 4 == len(shard_files(tmp_path / "four" / FAISS_FILE))
+    assert len(one.index.shards) == 1 and len(four.index.shards) == 4 == len(
+        shard_files(tmp_path / "four" / FAISS_FILE)
+    )
     assert four.stats()["shards"] == 4 and four.index.exact == (not compressed)
     if compressed:  # one trained quantizer and codebook for all shards
         import faiss
 
-        centroids = [faiss.vector_to_array(faiss.downcast_index(faiss.extract_index_ivf(s).quantizer).codes)
-                     for s in four.index.shards]
+        centroids = [
+            faiss.vector_to_array(faiss.downcast_index(faiss.extract_index_ivf(s).quantizer).codes)
+            for s in four.index.shards
+        ]
         assert all(np.array_equal(c, centroids[0]) for c in centroids)
     queries = data[np.random.default_rng(0).integers(0, len(data), 6)]
     assert answers(four, queries) == answers(one, queries)

@@ -41,7 +41,14 @@ def test_loss_matches_equation_one():
 def test_paper_defaults_and_polynomial_decay():
     cfg = TrainConfig()
     assert (cfg.epochs, cfg.batch_images, cfg.lr, cfg.weight_decay, cfg.poly_power, cfg.crop, cfg.scale) == (
-        5, 32, 1e-3, 0.01, 0.9, 560, (0.5, 2.0))
+        5,
+        32,
+        1e-3,
+        0.01,
+        0.9,
+        560,
+        (0.5, 2.0),
+    )
     # torch's PolynomialLR is the paper's poly schedule, lr = base (1 - step/total)^0.9.
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=1e-3)
@@ -85,7 +92,9 @@ def test_training_crops_are_padded_like_inference_images():
     np.testing.assert_array_equal(out_rgb, rgb)  # the whole image: nothing to crop, nothing added
     for train, infer in zip(use.pixels(out_rgb, canvas=80), use.pixels(rgb)):
         torch.testing.assert_close(train, infer)
-    torch.testing.assert_close(letterbox_weights(out_masks, use.preset.grid, canvas=80), letterbox_weights(masks, use.preset.grid))
+    torch.testing.assert_close(
+        letterbox_weights(out_masks, use.preset.grid, canvas=80), letterbox_weights(masks, use.preset.grid)
+    )
     small, _, _ = augment(rgb, masks, np.random.default_rng(0), crop=120, scale=(1.0, 1.0))
     clip_px = use.pixels(small, canvas=120)[0]
     assert float(clip_px[:, -1, -1].abs().max()) == 0.0  # padding is the mean colour: zero after normalisation
@@ -131,8 +140,22 @@ def test_cli_train_writes_a_loadable_head_and_resumes(synthetic, tmp_path):
 
     from usesearch.cli.app import app
 
-    args = ["train", str(synthetic[1]), "--out", str(tmp_path / "run"), "--batch-images", "4", "--crop", "96",
-            "--max-steps", "3", "--checkpoint-every", "2", "--preset", "tiny"]
+    args = [
+        "train",
+        str(synthetic[1]),
+        "--out",
+        str(tmp_path / "run"),
+        "--batch-images",
+        "4",
+        "--crop",
+        "96",
+        "--max-steps",
+        "3",
+        "--checkpoint-every",
+        "2",
+        "--preset",
+        "tiny",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert len(_losses(tmp_path / "run")) == 3

@@ -85,11 +85,15 @@ def test_z_is_concat_of_merged_clip_cls_merged_dino_cls(use, pixels):
 
 def test_only_llns_block_scales_and_projection_train(use):
     trainable = {n for n, p in use.named_parameters() if p.requires_grad}
-    expected = {n for n, _ in use.named_parameters() if n.startswith(("encoder.clip_llns", "encoder.dino_llns", "head.proj"))}
+    expected = {
+        n for n, _ in use.named_parameters() if n.startswith(("encoder.clip_llns", "encoder.dino_llns", "head.proj"))
+    }
     expected |= {"encoder.alpha", "encoder.beta"}
     assert trainable == expected
     assert set(use.trainable_state_dict()) == expected
-    assert all(not p.requires_grad for n, p in use.named_parameters() if n.startswith(("encoder.clip_visual", "encoder.dino.")))
+    assert all(
+        not p.requires_grad for n, p in use.named_parameters() if n.startswith(("encoder.clip_visual", "encoder.dino."))
+    )
 
 
 def test_backbones_stay_frozen_and_in_eval_during_training(use, pixels):
@@ -141,4 +145,8 @@ def test_paper_presets_name_the_paper_backbones():
     assert p.dino.timm_name == "vit_large_patch14_dinov2.lvd142m" and p.dino.last_blocks == 6
     assert p.sam.model_type == "vit_h" and p.sam.checkpoint == "sam_vit_h_4b8939.pth"
     b = usesearch.get_preset("b16")
-    assert (b.clip.model_name, b.dino.timm_name, b.sam.model_type) == ("ViT-B-16", "vit_base_patch14_dinov2.lvd142m", "vit_b")
+    assert (b.clip.model_name, b.dino.timm_name, b.sam.model_type) == (
+        "ViT-B-16",
+        "vit_base_patch14_dinov2.lvd142m",
+        "vit_b",
+    )

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 
 from usesearch.curation.dataset import read_records
-from usesearch.masks import rle
 from usesearch.io.images import read_image
+from usesearch.masks import rle
 
 
 @dataclass
@@ -28,11 +28,13 @@ def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
         for record in read_records(directory):
             segs = [s for s in record["segments"] if s["texts"]]
             if segs:
-                samples.append(Sample(
-                    record["path"],
-                    [s["rle"] for s in segs],
-                    [[t["text"] for t in s["texts"]] for s in segs],
-                ))
+                samples.append(
+                    Sample(
+                        record["path"],
+                        [s["rle"] for s in segs],
+                        [[t["text"] for t in s["texts"]] for s in segs],
+                    )
+                )
     return samples
 
 
@@ -53,7 +55,11 @@ def augment(
     nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
     image = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
     # Nearest for masks: a mask pixel follows the image pixel it sits on.
-    resized = np.stack([np.asarray(Image.fromarray(m).resize((nw, nh), Image.NEAREST)) for m in masks]) if len(masks) else np.zeros((0, nh, nw), bool)
+    resized = (
+        np.stack([np.asarray(Image.fromarray(m).resize((nw, nh), Image.NEAREST)) for m in masks])
+        if len(masks)
+        else np.zeros((0, nh, nw), bool)
+    )
     top = int(rng.integers(0, max(nh - crop, 0) + 1))
     left = int(rng.integers(0, max(nw - crop, 0) + 1))
     ch, cw = min(crop, nh - top), min(crop, nw - left)

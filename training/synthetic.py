@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 from usesearch.curation.dataset import DatasetWriter
 from usesearch.curation.masks import to_segment
 from usesearch.curation.records import TextRef
-from usesearch.masks import rle
 from usesearch.io.files import read_bytes
+from usesearch.masks import rle
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 60, 220), "yellow": (235, 215, 30)}
 SHAPES = ("circle", "square", "triangle")
@@ -145,17 +145,25 @@ def write_parts_coco(out: str | os.PathLike, n_images: int, seed: int = 0, size:
         parts = [(1, r) for r in roofs] + [(2, h & ~r) for h, r in zip(houses, roofs)]
         for category, mask in parts:
             encoded = rle.encode(mask)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": category, "iscrowd": 0,
-                "area": float(rle.area(encoded)), "bbox": [float(v) for v in rle.bbox(encoded)], "segmentation": encoded,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "iscrowd": 0,
+                    "area": float(rle.area(encoded)),
+                    "bbox": [float(v) for v in rle.bbox(encoded)],
+                    "segmentation": encoded,
+                }
+            )
     path = out / "parts.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path
 
 
-def write_instances_coco(out: str | os.PathLike, n_images: int, seed: int = 0, wrong_fraction: float = 0.15,
-                         size: int = 128) -> tuple[Path, set[int]]:
+def write_instances_coco(
+    out: str | os.PathLike, n_images: int, seed: int = 0, wrong_fraction: float = 0.15, size: int = 128
+) -> tuple[Path, set[int]]:
     """COCO instances of the synthetic shapes with a fraction of labels deliberately wrong.
     Returns the JSON path and the ids of the planted wrong annotations."""
 
@@ -178,8 +186,17 @@ def write_instances_coco(out: str | os.PathLike, n_images: int, seed: int = 0, w
                 category = int(rng.choice([c["id"] for c in categories if c["id"] != category]))
                 planted.add(len(annotations) + 1)
             encoded = rle.encode(mask)
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": category, "iscrowd": 0,
-                                "area": float(rle.area(encoded)), "bbox": [float(v) for v in rle.bbox(encoded)], "segmentation": encoded})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": category,
+                    "iscrowd": 0,
+                    "area": float(rle.area(encoded)),
+                    "bbox": [float(v) for v in rle.bbox(encoded)],
+                    "segmentation": encoded,
+                }
+            )
     path = out / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path, planted

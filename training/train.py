@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from usesearch.models.checkpoint import save_head
 from usesearch.devices import resolve_device
+from usesearch.models.checkpoint import save_head
 from usesearch.models.factory import create_use_and_clip
 from usesearch.models.head import letterbox_weights
 from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder
@@ -58,7 +58,9 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(samples) / cfg.batch_images)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         # lr = base (1 - step/total)^0.9, stepped once per training step.
-        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=self.total_steps, power=cfg.poly_power)
+        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(
+            self.optimizer, total_iters=self.total_steps, power=cfg.poly_power
+        )
         self.step = 0
         self.amp = self.device.type == "cuda"
 
@@ -124,8 +126,16 @@ class Trainer:
                     self.scheduler.step()
                 self.step += 1
                 n = 0 if batch is None else len(batch[4])
-                log.writerow([self.step, (self.step - 1) // self.steps_per_epoch, f"{loss.item() if loss is not None else float('nan'):.6f}",
-                              f"{lr:.6g}", n, f"{time.perf_counter() - start:.3f}"])
+                log.writerow(
+                    [
+                        self.step,
+                        (self.step - 1) // self.steps_per_epoch,
+                        f"{loss.item() if loss is not None else float('nan'):.6f}",
+                        f"{lr:.6g}",
+                        n,
+                        f"{time.perf_counter() - start:.3f}",
+                    ]
+                )
                 f.flush()
                 if progress:
                     progress(self.step, self.total_steps, loss.item() if loss is not None else float("nan"))

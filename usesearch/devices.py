@@ -30,11 +30,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise UsesearchError(f"--device {device!r} is not a device; give {CHOICES}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsesearchError(f"--device {device} was asked for but torch sees no CUDA GPU "
-                                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu")
+            raise UsesearchError(
+                f"--device {device} was asked for but torch sees no CUDA GPU "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsesearchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                                 f"numbered from 0")
+            raise UsesearchError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
+            )
     elif device.type != "cpu":
         raise UsesearchError(f"--device {device}: usesearch runs its models on {CHOICES}")
     return device

@@ -1,4 +1,32 @@
-"""Errors that carry a message meant for the user, not a stack trace."""
+"""Every error usesearch raises on purpose, in one module with stable names, and the two
+rules that read any exception: its first line, and whether it means a full disk.
+
+Each carries a message meant for the user, not a stack trace: the CLI prints it in one
+line (``usesearch.cli.options.user_errors``), the web app as JSON."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, else its type's name: what a
+    one-line error shows of a library's many-line message."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk or quota, however it surfaces: an OSError's errno, or SQLite's and
+    FAISS's own words for it."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "database or disk is full" in str(exc) or "No space left on device" in str(exc)
 
 
 class UsesearchError(Exception):
@@ -27,3 +55,75 @@ class NotFoundError(UsesearchError, KeyError):
 
 class UnknownPresetError(NotFoundError):
     """A preset name that is not in the registry."""
+
+
+# Reading inputs.
+class ImageReadError(UsesearchError):
+    """A file that is not a readable image; indexers record it and go on."""
+
+
+# The index: its folder, catalog and vector files.
+class IndexMismatchError(UsesearchError):
+    """The index was built with another model or masker than the one asked for."""
+
+
+class IndexLockedError(UsesearchError):
+    """Another indexer is writing to this index."""
+
+
+class IndexIdentityError(UsesearchError):
+    """A catalog and an index folder that belong to different indexes."""
+
+
+class CatalogLockedError(UsesearchError):
+    """Another writer holds the catalog."""
+
+
+class CatalogUnavailableError(UsesearchError):
+    """The catalog's database server stayed unreachable."""
+
+
+class DiskFullError(UsesearchError):
+    """The disk holding the index is full; nothing committed was lost."""
+
+
+class DamagedRowsError(UsesearchError):
+    """Embedding rows whose bits no longer match their checksums."""
+
+    def __init__(self, path: Path, rows: np.ndarray, ids: np.ndarray | None):
+        self.path, self.rows, self.ids = path, rows, ids
+        which = (
+            f"segments {', '.join(map(str, ids[:8].tolist()))}{' ...' if len(ids) > 8 else ''}"
+            if ids is not None
+            else f"rows {', '.join(map(str, rows[:8].tolist()))}"
+        )
+        super().__init__(
+            f"{len(rows)} embedding rows in {path} are damaged ({which}): run `usesearch index PATHS --db DIR "
+            "--repair` to re-embed their photos, or restore the file from a backup"
+        )
+
+
+class EverythingGoneError(UsesearchError):
+    """Every file is gone: more likely an unmounted disk than a deleted archive."""
+
+
+class WorkerError(UsesearchError):
+    """An image's failure in a Ray worker, as the committer records it."""
+
+
+# Serving.
+class ImageGoneError(UsesearchError):
+    """The indexed file can no longer be read as it was indexed (moved, deleted, edited)."""
+
+
+class ServerBusyError(UsesearchError):
+    """The pixel budget stayed full for the whole wait."""
+
+
+class UploadTooLargeError(UsesearchError):
+    """An upload over MAX_UPLOAD_BYTES."""
+
+
+# Curation.
+class CurationConfigError(UsesearchError):
+    """A problem with the run's set-up (a missing model), not with one image."""

@@ -77,7 +77,9 @@ def _header_timeout_protocol(timeout: float, per_client: int = MAX_PER_CLIENT):
     return HeaderTimeoutProtocol
 
 
-def server_config(app, host: str, port: int, header_timeout: float = HEADER_TIMEOUT_S, per_client: int = MAX_PER_CLIENT):
+def server_config(
+    app, host: str, port: int, header_timeout: float = HEADER_TIMEOUT_S, per_client: int = MAX_PER_CLIENT
+):
     """uvicorn's settings for the app: time limits and a connection bound, and an
     access log with any token redacted."""
     import logging
@@ -86,8 +88,14 @@ def server_config(app, host: str, port: int, header_timeout: float = HEADER_TIME
 
     logging.getLogger("uvicorn.access").addFilter(RedactTokenFilter())
     return uvicorn.Config(
-        app, host=host, port=port, log_level="info", http=_header_timeout_protocol(header_timeout, per_client),
-        timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=16 * 1024,
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        http=_header_timeout_protocol(header_timeout, per_client),
+        timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=MAX_CONNECTIONS,
+        h11_max_incomplete_event_size=16 * 1024,
     )
 
 
@@ -111,7 +119,13 @@ def serve(
     index = SegmentIndex.open(Path(db_dir), db_url=db_url, device=device, faiss_device=faiss_device)
     try:
         allowed_hosts = [*LOOPBACK_NAMES, host] if is_loopback(host) else None
-        uvicorn.Server(server_config(create_app(index, token, allowed_hosts), host, port,
-                                     per_client=MAX_PER_CLIENT if per_client is None else per_client)).run()
+        uvicorn.Server(
+            server_config(
+                create_app(index, token, allowed_hosts),
+                host,
+                port,
+                per_client=MAX_PER_CLIENT if per_client is None else per_client,
+            )
+        ).run()
     finally:
         index.close()

@@ -38,7 +38,7 @@ def render(spec: dict[str, Any]) -> str:
         f"<h1>{escape(info.get('title', 'API'))} API</h1>",
         f"<p>{escape(info.get('summary', ''))} {escape(info.get('description', ''))}</p>",
         "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a>. Errors are JSON "
-        "<code>{\"detail\": message}</code> with a 4xx status.</p>",
+        '<code>{"detail": message}</code> with a 4xx status.</p>',
     ]
     for path, methods in spec.get("paths", {}).items():
         for method, op in methods.items():
@@ -59,6 +59,8 @@ def render(spec: dict[str, Any]) -> str:
                 out.append("</table>")
             for status, response in op.get("responses", {}).items():
                 kinds = ", ".join(response.get("content", {})) or "no body"
-                out.append(f"<p><b>{escape(status)}</b> {escape(response.get('description', ''))} <i>({escape(kinds)})</i></p>")
+                out.append(
+                    f"<p><b>{escape(status)}</b> {escape(response.get('description', ''))} <i>({escape(kinds)})</i></p>"
+                )
     out.append("</body></html>")
     return "\n".join(out)

@@ -13,24 +13,23 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 
-from fastapi.concurrency import run_in_threadpool
-
-from usesearch.masks import region as region_lib
-from usesearch.errors import NotFoundError, UsesearchError
+from usesearch.errors import ImageGoneError, NotFoundError, ServerBusyError, UploadTooLargeError, UsesearchError
 from usesearch.io.files import DEFAULT_MAX_PIXELS, decode, pixel_count
+from usesearch.masks import region as region_lib
 
-from .budget import PixelBudget, ServerBusyError
-from ..search import MAX_MIN_AREA, MAX_QUERY_CHARS, Hit, SegmentIndex
 from ..records import DONE, SegmentRow
+from ..search import MAX_MIN_AREA, MAX_QUERY_CHARS, Hit, SegmentIndex
 from . import apidoc, render
+from .budget import PixelBudget
 from .security import HostCheckMiddleware, SameOriginMiddleware, TokenMiddleware
 
-log = logging.getLogger("usesearch.serve")
+log = logging.getLogger(__name__)
 
 MAX_K = 200
 MAX_GLOB_CHARS = 512
@@ -41,12 +40,17 @@ MAX_UPLOAD_BYTES = 20 * 2**20  # a photo uploaded for a region search
 SegmentId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A segment id from a search result.")]
 ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="An image id from a segment or search result.")]
 KParam = Annotated[int, Query(ge=1, le=MAX_K, description="Number of hits.")]
-PathGlob = Annotated[str | None, Query(max_length=MAX_GLOB_CHARS, description="Only images whose indexed path matches this glob, e.g. '*/2024/*'.")]
+PathGlob = Annotated[
+    str | None,
+    Query(max_length=MAX_GLOB_CHARS, description="Only images whose indexed path matches this glob, e.g. '*/2024/*'."),
+]
 MinArea = Annotated[int, Query(ge=0, le=MAX_MIN_AREA, description="Only segments of at least this many pixels.")]
 PerImage = Annotated[bool, Query(description="Keep only the best segment of each image.")]
 WithMasks = Annotated[bool, Query(description="Include each hit's COCO RLE mask.")]
 MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, description="Only hits scoring at least this (cosine).")]
-Distinct = Annotated[bool, Query(description="Drop a hit that mostly lies inside (or mostly contains) a better hit of the same image.")]
+Distinct = Annotated[
+    bool, Query(description="Drop a hit that mostly lies inside (or mostly contains) a better hit of the same image.")
+]
 
 STATIC = resources.files(__package__) / "static"
 # Segment ids are never reused (AUTOINCREMENT) and a changed image file is refused,
@@ -113,10 +117,18 @@ def _segment_out(row: SegmentRow | Hit, with_mask: bool, **extra) -> dict[str, A
     if with_mask:
         mask = row.mask if isinstance(row, Hit) else {"size": list(row.image_hw), "counts": row.rle_counts}
     return dict(
-        segment_id=sid, image_id=row.image_id, image=image, bbox=list(row.bbox), area=row.area,
-        predicted_iou=row.predicted_iou, stability_score=row.stability_score, mask=mask,
-        tile_url=f"/api/segments/{sid}/tile.png", mask_url=f"/api/segments/{sid}/mask.png",
-        image_url=f"/api/images/{row.image_id}", **extra,
+        segment_id=sid,
+        image_id=row.image_id,
+        image=image,
+        bbox=list(row.bbox),
+        area=row.area,
+        predicted_iou=row.predicted_iou,
+        stability_score=row.stability_score,
+        mask=mask,
+        tile_url=f"/api/segments/{sid}/tile.png",
+        mask_url=f"/api/segments/{sid}/mask.png",
+        image_url=f"/api/images/{row.image_id}",
+        **extra,
     )
 
 
@@ -141,10 +153,6 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     if not size:
         raise ValueError("send the photo's file as the request body")
     return b"".join(chunks)
-
-
-class UploadTooLargeError(UsesearchError):
-    """An upload over MAX_UPLOAD_BYTES."""
 
 
 def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
@@ -193,8 +201,8 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     async def not_found(_: Request, exc: NotFoundError):
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
-    @app.exception_handler(render.ImageGoneError)
-    async def image_gone(_: Request, exc: render.ImageGoneError):
+    @app.exception_handler(ImageGoneError)
+    async def image_gone(_: Request, exc: ImageGoneError):
         return JSONResponse({"detail": str(exc)}, status_code=410)
 
     @app.exception_handler(OperationalError)
@@ -205,8 +213,15 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError):
         # Never echo a whole input back: a 100 KB query would make a 100 KB error.
-        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:MAX_ECHO_CHARS], "type": e.get("type"),
-                   "input": _shorten(e.get("input"))} for e in exc.errors()[:10]]
+        errors = [
+            {
+                "loc": list(e.get("loc", ())),
+                "msg": str(e.get("msg", ""))[:MAX_ECHO_CHARS],
+                "type": e.get("type"),
+                "input": _shorten(e.get("input")),
+            }
+            for e in exc.errors()[:10]
+        ]
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
         return JSONResponse({"detail": "; ".join(problems), "errors": errors}, status_code=422)
 
@@ -228,7 +243,9 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         hits = run()  # searches run side by side: SegmentIndex locks only what it must
         total = int(index.index.ntotal)
         return SearchOut(
-            took_ms=1000 * (time.perf_counter() - start), segments_indexed=total, **echo,
+            took_ms=1000 * (time.perf_counter() - start),
+            segments_indexed=total,
+            **echo,
             hits=[HitOut(**_segment_out(h, with_masks, rank=h.rank, score=h.score)) for h in hits],
         )
 
@@ -236,48 +253,101 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     @app.get("/api/search", response_model=SearchOut, tags=["search"])
     def search_text(
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")],
-        k: KParam = 24, path: PathGlob = None, min_area: MinArea = 0, per_image: PerImage = False, with_masks: WithMasks = False,
-        min_score: MinScore = None, distinct: Distinct = False,
+        k: KParam = 24,
+        path: PathGlob = None,
+        min_area: MinArea = 0,
+        per_image: PerImage = False,
+        with_masks: WithMasks = False,
+        min_score: MinScore = None,
+        distinct: Distinct = False,
     ) -> SearchOut:
         """Segments ranked by similarity to a text (prompt-template ensemble, cached per text)."""
-        return searched(lambda: index.query(q, k=k, path=path, min_area=min_area, per_image=per_image, min_score=min_score,
-                                            distinct=distinct), with_masks, query=q)
+        return searched(
+            lambda: index.query(
+                q, k=k, path=path, min_area=min_area, per_image=per_image, min_score=min_score, distinct=distinct
+            ),
+            with_masks,
+            query=q,
+        )
 
     @app.get("/api/segments/{segment_id}/similar", response_model=SearchOut, tags=["search"])
     def search_like(
-        segment_id: SegmentId, k: KParam = 24, path: PathGlob = None, min_area: MinArea = 0,
-        per_image: PerImage = False, with_masks: WithMasks = False, min_score: MinScore = None, distinct: Distinct = False,
+        segment_id: SegmentId,
+        k: KParam = 24,
+        path: PathGlob = None,
+        min_area: MinArea = 0,
+        per_image: PerImage = False,
+        with_masks: WithMasks = False,
+        min_score: MinScore = None,
+        distinct: Distinct = False,
     ) -> SearchOut:
         """More like this: segments most similar to a given one, itself excluded."""
-        return searched(lambda: index.similar(segment_id, k=k, path=path, min_area=min_area, per_image=per_image,
-                                              min_score=min_score, distinct=distinct), with_masks, like_segment=segment_id)
+        return searched(
+            lambda: index.similar(
+                segment_id,
+                k=k,
+                path=path,
+                min_area=min_area,
+                per_image=per_image,
+                min_score=min_score,
+                distinct=distinct,
+            ),
+            with_masks,
+            like_segment=segment_id,
+        )
 
     @app.post("/api/region-search", response_model=RegionSearchOut, tags=["search"])
     async def search_region(
         request: Request,
-        point: Annotated[str | None, Query(max_length=64, description="X,Y in the photo's pixels: SAM picks the region there.")] = None,
-        box: Annotated[str | None, Query(max_length=128, description="X,Y,W,H in the photo's pixels: SAM picks the region in it.")] = None,
-        k: KParam = 24, path: PathGlob = None, min_area: MinArea = 0, per_image: PerImage = False, with_masks: WithMasks = False,
-        min_score: MinScore = None, distinct: Distinct = False,
+        point: Annotated[
+            str | None, Query(max_length=64, description="X,Y in the photo's pixels: SAM picks the region there.")
+        ] = None,
+        box: Annotated[
+            str | None, Query(max_length=128, description="X,Y,W,H in the photo's pixels: SAM picks the region in it.")
+        ] = None,
+        k: KParam = 24,
+        path: PathGlob = None,
+        min_area: MinArea = 0,
+        per_image: PerImage = False,
+        with_masks: WithMasks = False,
+        min_score: MinScore = None,
+        distinct: Distinct = False,
     ) -> RegionSearchOut:
         """Segments most like a region of any photo: the request body is the photo's
         file (at most ``MAX_UPLOAD_BYTES``; decoded with the indexer's safeguards and
         kept in memory only), the region a point or a box that prompts SAM."""
         data = await _read_capped(request, MAX_UPLOAD_BYTES)
-        return await run_in_threadpool(_region_search, data, point, box, k, path, min_area, per_image, min_score, distinct,
-                                       with_masks)
+        return await run_in_threadpool(
+            _region_search, data, point, box, k, path, min_area, per_image, min_score, distinct, with_masks
+        )
 
     def _region_search(data, point, box, k, path, min_area, per_image, min_score, distinct, with_masks):
         """Decode, region, search and overlay, all under the photo's share of the pixel budget."""
         with budget.hold(pixel_count(data, "the uploaded photo", DEFAULT_MAX_PIXELS)):
             rgb = decode(data, "the uploaded photo", DEFAULT_MAX_PIXELS)
-            picked = index.region(rgb, region_lib.parse_point(point) if point else None,
-                                  region_lib.parse_box(box) if box else None)
-            result = searched(lambda: index.search_region(
-                rgb, picked, k, path=path, min_area=min_area, per_image=per_image, min_score=min_score, distinct=distinct),
-                with_masks)
-            region = RegionOut(bbox=list(picked.bbox), area=picked.area, stability_score=picked.stability_score,
-                               mask=picked.rle, overlay=render.region_overlay_data_url(rgb, picked.mask))
+            picked = index.region(
+                rgb, region_lib.parse_point(point) if point else None, region_lib.parse_box(box) if box else None
+            )
+            result = searched(
+                lambda: index.search_region(
+                    rgb,
+                    picked,
+                    k,
+                    path=path,
+                    min_area=min_area,
+                    per_image=per_image,
+                    min_score=min_score,
+                    distinct=distinct,
+                ),
+                with_masks,
+            )
+            region = RegionOut(
+                bbox=list(picked.bbox),
+                area=picked.area,
+                stability_score=picked.stability_score,
+                mask=picked.rle,
+                overlay=render.region_overlay_data_url(rgb, picked.mask),
+            )
             return RegionSearchOut(**result.model_dump(), region=region)
 
     @app.get("/api/segments/{segment_id}", response_model=SegmentOut, tags=["segments"])
@@ -285,24 +355,55 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         """One segment's metadata, with its COCO RLE mask."""
         return SegmentOut(**_segment_out(segment_row(segment_id), True))
 
-    @app.get("/api/segments/{segment_id}/mask.png", tags=["segments"], response_class=Response,
-             responses={200: {"content": {"image/png": {}}, "description": "Full-resolution mask, 255 inside."}})
+    @app.get(
+        "/api/segments/{segment_id}/mask.png",
+        tags=["segments"],
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": "Full-resolution mask, 255 inside."}},
+    )
     def segment_mask(segment_id: SegmentId) -> Response:
         """The segment's mask at the image's full resolution (8-bit PNG: 255 inside, 0 outside)."""
-        return Response(render.mask_png(segment_row(segment_id)), media_type="image/png", headers=SEGMENT_PICTURE_HEADERS)
+        return Response(
+            render.mask_png(segment_row(segment_id)), media_type="image/png", headers=SEGMENT_PICTURE_HEADERS
+        )
 
-    @app.get("/api/segments/{segment_id}/tile.png", tags=["segments"], response_class=Response,
-             responses={200: {"content": {"image/png": {}}, "description": "A crop around the segment, mask tinted and outlined."}})
-    def segment_tile(segment_id: SegmentId, size: Annotated[int, Query(ge=32, le=512, description="Long side in pixels.")] = 192) -> Response:
+    @app.get(
+        "/api/segments/{segment_id}/tile.png",
+        tags=["segments"],
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "A crop around the segment, mask tinted and outlined."}
+        },
+    )
+    def segment_tile(
+        segment_id: SegmentId, size: Annotated[int, Query(ge=32, le=512, description="Long side in pixels.")] = 192
+    ) -> Response:
         """A square crop around the segment with its mask tinted and outlined (410 if the image left the disk)."""
         row = segment_row(segment_id)
-        return Response(render.tile(images.rgb(image_record(row.image_id)), row, size), media_type="image/png", headers=SEGMENT_PICTURE_HEADERS)
+        return Response(
+            render.tile(images.rgb(image_record(row.image_id)), row, size),
+            media_type="image/png",
+            headers=SEGMENT_PICTURE_HEADERS,
+        )
 
-    @app.get("/api/segments/{segment_id}/overlay.png", tags=["segments"], response_class=Response,
-             responses={200: {"content": {"image/png": {}}, "description": "Transparent layer matching the image thumbnail of the same size."}})
-    def segment_overlay(segment_id: SegmentId, size: Annotated[int, Query(ge=32, le=2048, description="Long side in pixels.")] = 1024) -> Response:
+    @app.get(
+        "/api/segments/{segment_id}/overlay.png",
+        tags=["segments"],
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"image/png": {}},
+                "description": "Transparent layer matching the image thumbnail of the same size.",
+            }
+        },
+    )
+    def segment_overlay(
+        segment_id: SegmentId, size: Annotated[int, Query(ge=32, le=2048, description="Long side in pixels.")] = 1024
+    ) -> Response:
         """A transparent RGBA layer showing the mask, the size of the image's thumbnail with the same ``size``."""
-        return Response(render.overlay(segment_row(segment_id), size), media_type="image/png", headers=SEGMENT_PICTURE_HEADERS)
+        return Response(
+            render.overlay(segment_row(segment_id), size), media_type="image/png", headers=SEGMENT_PICTURE_HEADERS
+        )
 
     @app.get("/api/images/{image_id}", response_model=ImageOut, tags=["images"])
     def image(image_id: ImageId) -> ImageOut:
@@ -311,14 +412,23 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         ids = index.store.image_segment_ids(image_id)  # largest first
         rows = index.store.rows(ids)
         return ImageOut(
-            image_id=record.id, image=record.path, width=record.width, height=record.height,
+            image_id=record.id,
+            image=record.path,
+            width=record.width,
+            height=record.height,
             thumbnail_url=f"/api/images/{record.id}/thumbnail.jpg",
             segments=[SegmentOut(**_segment_out(rows[i], False)) for i in ids if i in rows],
         )
 
-    @app.get("/api/images/{image_id}/thumbnail.jpg", tags=["images"], response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}, "description": "The image, long side at most `size`."}})
-    def image_thumbnail(image_id: ImageId, size: Annotated[int, Query(ge=32, le=2048, description="Long side in pixels.")] = 1024) -> Response:
+    @app.get(
+        "/api/images/{image_id}/thumbnail.jpg",
+        tags=["images"],
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}, "description": "The image, long side at most `size`."}},
+    )
+    def image_thumbnail(
+        image_id: ImageId, size: Annotated[int, Query(ge=32, le=2048, description="Long side in pixels.")] = 1024
+    ) -> Response:
         """The image as JPEG, long side at most ``size`` (never enlarged; 410 if it left the disk)."""
         return Response(render.thumbnail(images.rgb(image_record(image_id)), size), media_type="image/jpeg")
 
@@ -335,9 +445,13 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
 
     @app.get("/api", include_in_schema=False)
     def api_reference() -> Response:
-        return HTMLResponse(apidoc.render(app.openapi()), headers={
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'", "X-Content-Type-Options": "nosniff",
-        })
+        return HTMLResponse(
+            apidoc.render(app.openapi()),
+            headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     @app.get("/", include_in_schema=False)
     def page() -> Response:

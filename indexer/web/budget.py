@@ -15,15 +15,11 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import ServerBusyError, UsesearchError
 from usesearch.io.files import DEFAULT_MAX_PIXELS
 
 BUDGET_PIXELS = 2 * DEFAULT_MAX_PIXELS  # ~2 GB of decode and region work at once
 WAIT_S = 20.0
-
-
-class ServerBusyError(UsesearchError):
-    """The pixel budget stayed full for the whole wait."""
 
 
 class PixelBudget:

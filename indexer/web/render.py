@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import io
 import threading
-from concurrent.futures import Future
 from collections import OrderedDict
+from concurrent.futures import Future
 
 import numpy as np
 from PIL import Image
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import ImageGoneError, UsesearchError
+from usesearch.io.files import decode, read_bytes
 from usesearch.tasks.visualize import OUTLINE, TINT, decode_mask, outline, segment_tile
 
-from usesearch.io.files import decode, read_bytes
-
-from .budget import PixelBudget
 from ..records import ImageRecord, SegmentRow
-
-class ImageGoneError(UsesearchError):
-    """The indexed file can no longer be read as it was indexed (moved, deleted, edited)."""
+from .budget import PixelBudget
 
 
 class ImageCache:

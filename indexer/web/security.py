@@ -40,7 +40,9 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, token: str | None) -> None:
     """Refuse to listen beyond this machine without a token."""
     if token is not None and len(token) < 16:
-        raise UsesearchError("the token is too short: use at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+        raise UsesearchError(
+            "the token is too short: use at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+        )
     if token is None and not is_loopback(host):
         raise UsesearchError(
             f"--host {host} lets other machines connect: give a token with --token or ${TOKEN_ENV}, "
@@ -68,7 +70,9 @@ class TokenMiddleware(BaseHTTPMiddleware):
         given = presented_token(request)
         if given is None or not hmac.compare_digest(given.encode(), self.token):
             return JSONResponse(
-                {"detail": "missing or wrong token: send 'Authorization: Bearer TOKEN', or open the page once with ?token=TOKEN"},
+                {
+                    "detail": "missing or wrong token: send 'Authorization: Bearer TOKEN', or open the page once with ?token=TOKEN"
+                },
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
@@ -76,7 +80,9 @@ class TokenMiddleware(BaseHTTPMiddleware):
             if request.method == "GET" and request.url.path == "/":
                 # The page: keep the token in the cookie and take it out of the
                 # address bar (and so out of history, bookmarks and shared links).
-                rest = urlencode([(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True) if k != TOKEN_QUERY])
+                rest = urlencode(
+                    [(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True) if k != TOKEN_QUERY]
+                )
                 response: Response = RedirectResponse("/" + (f"?{rest}" if rest else ""), status_code=303)
             else:
                 response = await call_next(request)
@@ -99,8 +105,10 @@ class HostCheckMiddleware(BaseHTTPMiddleware):
         except ValueError:
             name = None
         if name not in self.hosts:
-            return JSONResponse({"detail": "this server only answers requests addressed to " + ", ".join(sorted(self.hosts))},
-                                status_code=400)
+            return JSONResponse(
+                {"detail": "this server only answers requests addressed to " + ", ".join(sorted(self.hosts))},
+                status_code=400,
+            )
         return await call_next(request)
 
 

@@ -64,7 +64,11 @@ def _rename(command: list[str], arg: str, value: str | None):
     if arg == "--top" and head in ("embed", "eval"):
         return "-k", "`--top N` is now `-k N`", True
     if head == "reindex" and arg == "--device":
-        return "--faiss-device", "`reindex --device` is now `--faiss-device` (--device is where models run; reindex runs none)", True
+        return (
+            "--faiss-device",
+            "`reindex --device` is now `--faiss-device` (--device is where models run; reindex runs none)",
+            True,
+        )
     if arg in ("--coco-json", "--masks"):
         return "--coco", f"`{arg} FILE` is now `--coco FILE`", True
     if command == ["eval", "semseg"] and arg == "--classes" and value and os.path.isfile(value) and "," not in value:

@@ -41,10 +41,18 @@ def run(
     out: Annotated[Path, typer.Option(help="Dataset folder to write (re-runs resume).")],
     source: Annotated[str, typer.Option(help=f"Source layout: {', '.join(SOURCES)}.")] = "folder",
     images: Annotated[Optional[Path], typer.Option(help="Image folder of a JSON source.", file_okay=False)] = None,
-    captioner: Annotated[Optional[str], typer.Option(help="MLLM (transformers image-text-to-text name or folder), or 'tiny'.")] = None,
-    captioner_revision: Annotated[Optional[str], typer.Option(help="Pinned revision; required with --trust-remote-code.")] = None,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow the captioner's own code (needs a pinned revision).")] = False,
-    grounder: Annotated[str, typer.Option(help="Grounding DINO name or folder, or 'tiny'.")] = "IDEA-Research/grounding-dino-tiny",
+    captioner: Annotated[
+        Optional[str], typer.Option(help="MLLM (transformers image-text-to-text name or folder), or 'tiny'.")
+    ] = None,
+    captioner_revision: Annotated[
+        Optional[str], typer.Option(help="Pinned revision; required with --trust-remote-code.")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Allow the captioner's own code (needs a pinned revision).")
+    ] = False,
+    grounder: Annotated[
+        str, typer.Option(help="Grounding DINO name or folder, or 'tiny'.")
+    ] = "IDEA-Research/grounding-dino-tiny",
     spacy_model: Annotated[str, typer.Option(help="spaCy English pipeline for noun chunks.")] = "en_core_web_sm",
     preset: PresetOpt = None,
     sam_checkpoint: Annotated[Optional[Path], typer.Option(help="SAM checkpoint instead of the preset's.")] = None,
@@ -58,24 +66,29 @@ def run(
 
     from usesearch.curation.masks import BoxMaskConfig
     from usesearch.curation.pipeline import curate
-
     from usesearch.devices import resolve_device
+    from usesearch.masks.sam import load_sam
     from usesearch.models.factory import DEFAULT_PRESET
     from usesearch.models.presets import get_preset
-    from usesearch.masks.sam import load_sam
 
     device = resolve_device(device)
     items = _source(source, path, images)
     needs_text = source in ("folder", "coco-captions")
     the_grounder = _grounder(grounder, spacy_model, device) if needs_text else None
-    the_captioner = _captioner(captioner, captioner_revision, trust_remote_code, device) if captioner and needs_text else None
+    the_captioner = (
+        _captioner(captioner, captioner_revision, trust_remote_code, device) if captioner and needs_text else None
+    )
     if source == "folder" and the_captioner is None:
         raise ValueError("a folder has no captions: pass --captioner (a model name, or 'tiny')")
     p = get_preset(preset or DEFAULT_PRESET)
     predictor = None if source == "coco-instances" else SamPredictor(load_sam(p.sam, p.name, sam_checkpoint, device))
     bar = tqdm(unit="img", disable=None)
     report = curate(
-        items, out, predictor, grounder=the_grounder, captioner=the_captioner,
+        items,
+        out,
+        predictor,
+        grounder=the_grounder,
+        captioner=the_captioner,
         mask_config=BoxMaskConfig(pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_thresh),
         progress=lambda r: bar.update(1),
     )

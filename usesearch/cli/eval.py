@@ -14,13 +14,17 @@ from usesearch.cli.options import DeviceOpt, PresetOpt, console, shared_options,
 
 app = typer.Typer()
 
-HeadsOpt = Annotated[Optional[list[Path]], typer.Option(
-    "--head", help="Head checkpoint; repeat to ensemble several (class probabilities averaged).")]
+HeadsOpt = Annotated[
+    Optional[list[Path]],
+    typer.Option("--head", help="Head checkpoint; repeat to ensemble several (class probabilities averaged)."),
+]
 MaskerOpt = Annotated[Optional[str], typer.Option(help="sam | felzenszwalb (default: sam; felzenszwalb for tiny).")]
 EmbedOpt = Annotated[Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")]
 PointsOpt = Annotated[Optional[int], typer.Option(min=1, help="SAM: grid prompts per side (default 32).")]
 ClassesOpt = Annotated[Optional[str], typer.Option(help="Class names, comma-separated.")]
-ClassesFileOpt = Annotated[Optional[Path], typer.Option(help="Class names, one per line (in label order).", exists=True, dir_okay=False)]
+ClassesFileOpt = Annotated[
+    Optional[Path], typer.Option(help="Class names, one per line (in label order).", exists=True, dir_okay=False)
+]
 CocoOpt = Annotated[Path, typer.Option("--coco", exists=True, dir_okay=False, help="COCO annotations JSON.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
 OutJsonOpt = Annotated[Optional[Path], typer.Option("--out", help="Also write the result as a JSON file.")]
@@ -51,21 +55,35 @@ class Segmenter:
     def build(self):
         """The models (one per --head: their class probabilities are averaged, the
         paper's ensemble of curated-data and COCO heads) and the masker."""
-        from usesearch.models.factory import choose_preset, load_model, resolve_embedder
         from usesearch.masks.maskers import build_masker
+        from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
         models = []
         for head in [str(h) for h in self.head or []] or [None]:
             name = choose_preset(self.preset, head)
-            models.append(load_model(name, embedder=resolve_embedder(name, self.embedder, head), device=self.device, head=head))
-        options = {"points_per_side": self.points_per_side} if (self.masker or "sam") == "sam" and self.points_per_side else {}
+            models.append(
+                load_model(name, embedder=resolve_embedder(name, self.embedder, head), device=self.device, head=head)
+            )
+        options = (
+            {"points_per_side": self.points_per_side}
+            if (self.masker or "sam") == "sam" and self.points_per_side
+            else {}
+        )
         return models, build_masker(self.masker, models[0].preset, self.device, **options)
 
 
-with_segmenter = shared_options("segmenter", Segmenter, {
-    "preset": (PresetOpt, None), "embedder": (EmbedOpt, None), "head": (HeadsOpt, None), "masker": (MaskerOpt, None),
-    "points_per_side": (PointsOpt, None), "device": (DeviceOpt, None),
-})
+with_segmenter = shared_options(
+    "segmenter",
+    Segmenter,
+    {
+        "preset": (PresetOpt, None),
+        "embedder": (EmbedOpt, None),
+        "head": (HeadsOpt, None),
+        "masker": (MaskerOpt, None),
+        "points_per_side": (PointsOpt, None),
+        "device": (DeviceOpt, None),
+    },
+)
 
 
 def _read_and_mask(path: Path | str, masker, name: str | None = None):
@@ -77,7 +95,9 @@ def _read_and_mask(path: Path | str, masker, name: str | None = None):
     return rgb, stack_masks(masker(rgb, name or str(path)), rgb.shape[:2])
 
 
-def _report(result: dict, as_json: bool, out: Optional[Path], rows: dict[str, float | None], total: tuple[str, str]) -> None:
+def _report(
+    result: dict, as_json: bool, out: Optional[Path], rows: dict[str, float | None], total: tuple[str, str]
+) -> None:
     if out:
         out.write_text(json.dumps(result, indent=1))
     if as_json:
@@ -94,7 +114,10 @@ def _report(result: dict, as_json: bool, out: Optional[Path], rows: dict[str, fl
 @with_segmenter
 def segment(
     image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
-    out: Annotated[Path, typer.Option(help="Label map PNG: class index per pixel (8 or 16 bit); 255 / 65535 where no mask covers it.")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Label map PNG: class index per pixel (8 or 16 bit); 255 / 65535 where no mask covers it."),
+    ],
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     overlay: Annotated[Optional[Path], typer.Option(help="PNG of the image coloured by class, with a legend.")] = None,
@@ -123,11 +146,17 @@ def segment(
 @with_segmenter
 def eval_semseg(
     images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
-    labels: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Label PNGs named like the images (8 or 16 bit).")],
+    labels: Annotated[
+        Path, typer.Option(exists=True, file_okay=False, help="Label PNGs named like the images (8 or 16 bit).")
+    ],
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
-    ignore_index: Annotated[int, typer.Option(help="Ground-truth value to ignore (ADE-847 conversions use 65535).")] = 255,
-    reduce_zero_label: Annotated[bool, typer.Option(help="ADE20K: label 0 is 'other' (ignored), classes start at 1.")] = False,
+    ignore_index: Annotated[
+        int, typer.Option(help="Ground-truth value to ignore (ADE-847 conversions use 65535).")
+    ] = 255,
+    reduce_zero_label: Annotated[
+        bool, typer.Option(help="ADE20K: label 0 is 'other' (ignored), classes start at 1.")
+    ] = False,
     as_json: JsonOpt = False,
     out: OutJsonOpt = None,
     *,
@@ -193,8 +222,13 @@ def eval_parts(
         overall, per_category = mask_map(annotations, results)
     fingerprint = "+".join(m.fingerprint for m in models)
     result = {"mAP": overall, "per_category": per_category, "detections": len(results), "model": fingerprint}
-    _report(result, as_json, out, per_category,
-            ("mAP_mask@[0.5:0.95]", f"{100 * overall:.2f}  ({len(results)} part detections, {fingerprint})"))
+    _report(
+        result,
+        as_json,
+        out,
+        per_category,
+        ("mAP_mask@[0.5:0.95]", f"{100 * overall:.2f}  ({len(results)} part detections, {fingerprint})"),
+    )
 
 
 @eval_app.command("audit")
@@ -202,7 +236,9 @@ def eval_parts(
 def audit(
     coco: CocoOpt,
     images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
-    out: Annotated[Path, typer.Option(help="Folder for suspects.csv/.json, summary.json and report.html.")] = Path("audit"),
+    out: Annotated[Path, typer.Option(help="Folder for suspects.csv/.json, summary.json and report.html.")] = Path(
+        "audit"
+    ),
     k: Annotated[int, typer.Option("-k", min=1, help="Suspects shown in the HTML report.")] = 50,
     preset: PresetOpt = None,
     embedder: EmbedOpt = None,
@@ -210,8 +246,8 @@ def audit(
     device: DeviceOpt = None,
 ) -> None:
     """Rank ground-truth annotations by how strongly the model disagrees with their labels."""
-    from usesearch.tasks.audit import audit_coco, write_report
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder
+    from usesearch.tasks.audit import audit_coco, write_report
 
     preset = choose_preset(preset, head)
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
@@ -219,5 +255,8 @@ def audit(
     suspects = audit_coco(model, data, images)
     write_report(suspects, data, out, k)
     for rank, s in enumerate(suspects[:10], 1):
-        console.print(f"{rank:>3}  ann {s.annotation_id}: labelled {s.labelled!r}, model says {s.predicted!r} (margin {s.margin:+.3f})", markup=False)
+        console.print(
+            f"{rank:>3}  ann {s.annotation_id}: labelled {s.labelled!r}, model says {s.predicted!r} (margin {s.margin:+.3f})",
+            markup=False,
+        )
     console.print(f"wrote {out}/suspects.csv, summary.json, report.html", markup=False)

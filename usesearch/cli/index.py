@@ -5,7 +5,6 @@ The only core module that imports ``indexer``: the CLI joins the stages.
 
 from __future__ import annotations
 
-import errno
 import json
 import time
 from dataclasses import dataclass
@@ -15,26 +14,53 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from usesearch.errors import UsesearchError
 from usesearch.cli.options import DeviceOpt, FaissDeviceOpt, HeadOpt, PresetOpt, console, shared_options, user_errors
+from usesearch.errors import UsesearchError, is_disk_full
 
 app = typer.Typer()
 
 # A string, not a Path: Path("") would silently turn an empty --db into the current folder.
 DbOpt = Annotated[str, typer.Option("--db", help="Index folder (SQLite metadata, FAISS vectors, lock).")]
-DbUrlOpt = Annotated[Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata instead of SQLite in --db.")]
+DbUrlOpt = Annotated[
+    Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata instead of SQLite in --db.")
+]
 KOpt = Annotated[int, typer.Option("-k", min=1, max=1000, help="Number of hits.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 PerImageOpt = Annotated[bool, typer.Option("--per-image", help="Keep only the best segment of each image.")]
 PathOpt = Annotated[Optional[str], typer.Option("--path", help="Only images whose path matches this glob.")]
 MinAreaOpt = Annotated[int, typer.Option("--min-area", min=0, help="Only segments of at least this many pixels.")]
-NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", min=1, help="Compressed index: clusters visited per query (more: slower, higher recall).")]
-RerankOpt = Annotated[Optional[int], typer.Option("--rerank", min=1, help="Compressed index: candidates re-scored exactly per query (default max(1000, 100 k)).")]
-MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Only hits scoring at least this (cosine); k may then return fewer.")]
-DistinctOpt = Annotated[bool, typer.Option("--distinct", help="Drop a hit that mostly lies inside (or mostly contains) a better hit of the same photo.")]
-ShardSizeOpt = Annotated[Optional[int], typer.Option("--shard-size", min=0, help="Segments per FAISS shard (0: one shard); shards share one trained quantizer, so they answer as one index and a write rewrites only the shards that changed.")]
+NprobeOpt = Annotated[
+    Optional[int],
+    typer.Option("--nprobe", min=1, help="Compressed index: clusters visited per query (more: slower, higher recall)."),
+]
+RerankOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--rerank", min=1, help="Compressed index: candidates re-scored exactly per query (default max(1000, 100 k))."
+    ),
+]
+MinScoreOpt = Annotated[
+    Optional[float],
+    typer.Option("--min-score", help="Only hits scoring at least this (cosine); k may then return fewer."),
+]
+DistinctOpt = Annotated[
+    bool,
+    typer.Option(
+        "--distinct", help="Drop a hit that mostly lies inside (or mostly contains) a better hit of the same photo."
+    ),
+]
+ShardSizeOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--shard-size",
+        min=0,
+        help="Segments per FAISS shard (0: one shard); shards share one trained quantizer, so they answer as one index and a write rewrites only the shards that changed.",
+    ),
+]
 ShowOpt = Annotated[Optional[Path], typer.Option("--show", help="Write a contact sheet PNG of the hits.")]
-ExportOpt = Annotated[Optional[Path], typer.Option("--export-coco", help="Write the hits as a COCO annotations/results JSON.")]
+ExportOpt = Annotated[
+    Optional[Path], typer.Option("--export-coco", help="Write the hits as a COCO annotations/results JSON.")
+]
 
 
 def _outputs(hits, name: str, show: Optional[Path], export: Optional[Path]) -> None:
@@ -44,12 +70,10 @@ def _outputs(hits, name: str, show: Optional[Path], export: Optional[Path]) -> N
     if show:
         typer.echo(f"wrote {contact_sheet(hits, show)}", err=True)
     if export:
-        from usesearch.errors import UsesearchError
-
         try:
             export.write_text(json.dumps(hits_to_coco(hits, name)))
         except OSError as exc:
-            reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            reason = "disk full" if is_disk_full(exc) else exc.strerror or str(exc)
             raise UsesearchError(f"cannot write {export}: {reason}") from None
         typer.echo(f"wrote {export}", err=True)
 
@@ -62,42 +86,107 @@ def index(
     preset: PresetOpt = None,
     embedder: Annotated[Optional[str], typer.Option(help="use | crop (default: use where a head exists)")] = None,
     head: HeadOpt = None,
-    masker: Annotated[Optional[str], typer.Option(help="sam | sam2 | felzenszwalb | coco (default: sam; felzenszwalb for tiny)")] = None,
-    coco: Annotated[Optional[Path], typer.Option("--coco", help="COCO JSON of your own masks, for --masker coco.")] = None,
-    points_per_side: Annotated[Optional[int], typer.Option(min=1, help="SAM: grid prompts per side (default 32).")] = None,
-    points_per_batch: Annotated[Optional[int], typer.Option(min=1, help="SAM: prompts per decoder batch (default 64 on a CPU; on a GPU as many as its free memory holds).")] = None,
-    pred_iou_thresh: Annotated[Optional[float], typer.Option(help="SAM: keep masks whose predicted IoU exceeds this (default 0.88).")] = None,
-    stability_thresh: Annotated[Optional[float], typer.Option(help="SAM: keep masks at least this stable (default 0.95).")] = None,
-    box_nms_thresh: Annotated[Optional[float], typer.Option(help="SAM: box IoU above which duplicates go (default 0.7).")] = None,
-    crop_layers: Annotated[Optional[int], typer.Option(min=0, help="SAM: layers of image crops prompted again (default 0).")] = None,
-    min_region_area: Annotated[Optional[int], typer.Option(min=0, help="SAM: remove holes and islands smaller than this (default 0).")] = None,
-    encoder_batch: Annotated[Optional[int], typer.Option(min=1, help="SAM: photos per image-encoder call (default 4 on a GPU, 1 on a CPU).")] = None,
-    factory: Annotated[Optional[str], typer.Option(help="FAISS index_factory string for a new index (default: chosen by size, again as it grows).")] = None,
+    masker: Annotated[
+        Optional[str], typer.Option(help="sam | sam2 | felzenszwalb | coco (default: sam; felzenszwalb for tiny)")
+    ] = None,
+    coco: Annotated[
+        Optional[Path], typer.Option("--coco", help="COCO JSON of your own masks, for --masker coco.")
+    ] = None,
+    points_per_side: Annotated[
+        Optional[int], typer.Option(min=1, help="SAM: grid prompts per side (default 32).")
+    ] = None,
+    points_per_batch: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="SAM: prompts per decoder batch (default 64 on a CPU; on a GPU as many as its free memory holds).",
+        ),
+    ] = None,
+    pred_iou_thresh: Annotated[
+        Optional[float], typer.Option(help="SAM: keep masks whose predicted IoU exceeds this (default 0.88).")
+    ] = None,
+    stability_thresh: Annotated[
+        Optional[float], typer.Option(help="SAM: keep masks at least this stable (default 0.95).")
+    ] = None,
+    box_nms_thresh: Annotated[
+        Optional[float], typer.Option(help="SAM: box IoU above which duplicates go (default 0.7).")
+    ] = None,
+    crop_layers: Annotated[
+        Optional[int], typer.Option(min=0, help="SAM: layers of image crops prompted again (default 0).")
+    ] = None,
+    min_region_area: Annotated[
+        Optional[int], typer.Option(min=0, help="SAM: remove holes and islands smaller than this (default 0).")
+    ] = None,
+    encoder_batch: Annotated[
+        Optional[int], typer.Option(min=1, help="SAM: photos per image-encoder call (default 4 on a GPU, 1 on a CPU).")
+    ] = None,
+    factory: Annotated[
+        Optional[str],
+        typer.Option(help="FAISS index_factory string for a new index (default: chosen by size, again as it grows)."),
+    ] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
     device: DeviceOpt = None,
     faiss_device: FaissDeviceOpt = None,
     db_url: DbUrlOpt = None,
     shard_size: ShardSizeOpt = None,
-    prune_gone: Annotated[bool, typer.Option("--prune", help="Also remove images under PATHS whose files are gone since they were indexed.")] = False,
-    ray: Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: a bare --ray starts Ray on this machine; --ray ADDRESS joins that cluster.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="With --ray: model actors (default: one per GPU, else one per 2 CPUs).")] = None,
-    compile_models: Annotated[bool, typer.Option("--compile", help="torch.compile SAM and the backbones: minutes of compiling first, for long GPU runs.")] = False,
-    repair: Annotated[bool, typer.Option("--repair", help="Check every embedding row's checksum; photos with damaged rows are embedded again.")] = False,
+    prune_gone: Annotated[
+        bool,
+        typer.Option("--prune", help="Also remove images under PATHS whose files are gone since they were indexed."),
+    ] = False,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray", help="Run on Ray: a bare --ray starts Ray on this machine; --ray ADDRESS joins that cluster."
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(min=1, help="With --ray: model actors (default: one per GPU, else one per 2 CPUs).")
+    ] = None,
+    compile_models: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="torch.compile SAM and the backbones: minutes of compiling first, for long GPU runs."
+        ),
+    ] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="Check every embedding row's checksum; photos with damaged rows are embedded again."
+        ),
+    ] = False,
 ) -> None:
     """Segment and embed every image under PATHS into the index at --db (incremental, resumable)."""
     from tqdm import tqdm
 
     from usesearch.indexer import IndexOptions, index_paths
 
-    sam_settings = dict(points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
-                        stability_score_thresh=stability_thresh, box_nms_thresh=box_nms_thresh, crop_n_layers=crop_layers,
-                        min_mask_region_area=min_region_area, encoder_batch=encoder_batch)
+    sam_settings = dict(
+        points_per_side=points_per_side,
+        points_per_batch=points_per_batch,
+        pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_thresh,
+        box_nms_thresh=box_nms_thresh,
+        crop_n_layers=crop_layers,
+        min_mask_region_area=min_region_area,
+        encoder_batch=encoder_batch,
+    )
     masker_options = {k: v for k, v in sam_settings.items() if v is not None}
     if coco is not None:
         masker_options["masks_json"] = str(coco)
     options = IndexOptions(
-        preset=preset, embedder=embedder, head=str(head) if head else None, masker=masker, masker_options=masker_options,
-        device=device, faiss_device=faiss_device, factory=factory, compile=compile_models, repair=repair, retry_failed=retry_failed, db_url=db_url, shard_size=shard_size,
+        preset=preset,
+        embedder=embedder,
+        head=str(head) if head else None,
+        masker=masker,
+        masker_options=masker_options,
+        device=device,
+        faiss_device=faiss_device,
+        factory=factory,
+        compile=compile_models,
+        repair=repair,
+        retry_failed=retry_failed,
+        db_url=db_url,
+        shard_size=shard_size,
     )
     bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
     start = time.perf_counter()
@@ -121,7 +210,9 @@ def index(
         from usesearch.indexer.prune import prune
 
         pruned = prune(db, paths, options)
-        console.print(f"pruned {pruned.images_removed} images whose files are gone ({pruned.segments_removed} segments)")
+        console.print(
+            f"pruned {pruned.images_removed} images whose files are gone ({pruned.segments_removed} segments)"
+        )
         _print_freed(pruned)
     state = "interrupted; finished work is kept" if report.interrupted else "finished"
     console.print(
@@ -150,7 +241,7 @@ def _print_hits(hits, as_json: bool, title: str, folder: str | None = None) -> N
     for column in ("rank", "score", "segment", "image", "bbox (x, y, w, h)", "area"):
         table.add_column(column, overflow="fold")
     for h in hits:
-        image = h.image[len(folder):] if folder and h.image.startswith(folder) else h.image
+        image = h.image[len(folder) :] if folder and h.image.startswith(folder) else h.image
         table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), image, str(h.bbox), str(h.area))
     console.print(table)
 
@@ -173,19 +264,40 @@ class SearchOptions:
     distinct: bool = False
 
     def filters(self) -> dict:
-        return {"k": self.k, "per_image": self.per_image, "path": self.path, "min_area": self.min_area,
-                "nprobe": self.nprobe, "rerank": self.rerank, "min_score": self.min_score, "distinct": self.distinct}
+        return {
+            "k": self.k,
+            "per_image": self.per_image,
+            "path": self.path,
+            "min_area": self.min_area,
+            "nprobe": self.nprobe,
+            "rerank": self.rerank,
+            "min_score": self.min_score,
+            "distinct": self.distinct,
+        }
 
     def output(self, hits, title: str, name: str, index) -> None:
         _print_hits(hits, self.as_json, title, index.store.common_folder())
         _outputs(hits, name, self.show, self.export_coco)
 
 
-with_search_options = shared_options("search", SearchOptions, {
-    "k": (KOpt, 10), "as_json": (JsonOpt, False), "per_image": (PerImageOpt, False), "path": (PathOpt, None),
-    "min_area": (MinAreaOpt, 0), "show": (ShowOpt, None), "export_coco": (ExportOpt, None), "db_url": (DbUrlOpt, None),
-    "nprobe": (NprobeOpt, None), "rerank": (RerankOpt, None), "min_score": (MinScoreOpt, None), "distinct": (DistinctOpt, False),
-})
+with_search_options = shared_options(
+    "search",
+    SearchOptions,
+    {
+        "k": (KOpt, 10),
+        "as_json": (JsonOpt, False),
+        "per_image": (PerImageOpt, False),
+        "path": (PathOpt, None),
+        "min_area": (MinAreaOpt, 0),
+        "show": (ShowOpt, None),
+        "export_coco": (ExportOpt, None),
+        "db_url": (DbUrlOpt, None),
+        "nprobe": (NprobeOpt, None),
+        "rerank": (RerankOpt, None),
+        "min_score": (MinScoreOpt, None),
+        "distinct": (DistinctOpt, False),
+    },
+)
 
 
 @app.command()
@@ -204,7 +316,9 @@ def query(
 
     index = SegmentIndex.open(db, db_url=search.db_url, device=device, faiss_device=faiss_device)
     hits = index.query(text, **search.filters())
-    search.output(hits, f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})", text, index)
+    search.output(
+        hits, f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})", text, index
+    )
 
 
 @app.command()
@@ -212,11 +326,21 @@ def query(
 @with_search_options
 def similar(
     db: DbOpt,
-    segment_id: Annotated[Optional[int], typer.Argument(help="A segment id from a query result (or use --image).")] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Search for a region of this photo (need not be indexed).")] = None,
-    point: Annotated[Optional[str], typer.Option("--point", help="With --image: X,Y in pixels; SAM picks the region there.")] = None,
-    box: Annotated[Optional[str], typer.Option("--box", help="With --image: X,Y,W,H in pixels; SAM picks the region in it.")] = None,
-    mask: Annotated[Optional[Path], typer.Option("--mask", help="With --image: a PNG whose non-zero pixels are the region.")] = None,
+    segment_id: Annotated[
+        Optional[int], typer.Argument(help="A segment id from a query result (or use --image).")
+    ] = None,
+    image: Annotated[
+        Optional[Path], typer.Option("--image", help="Search for a region of this photo (need not be indexed).")
+    ] = None,
+    point: Annotated[
+        Optional[str], typer.Option("--point", help="With --image: X,Y in pixels; SAM picks the region there.")
+    ] = None,
+    box: Annotated[
+        Optional[str], typer.Option("--box", help="With --image: X,Y,W,H in pixels; SAM picks the region in it.")
+    ] = None,
+    mask: Annotated[
+        Optional[Path], typer.Option("--mask", help="With --image: a PNG whose non-zero pixels are the region.")
+    ] = None,
     device: DeviceOpt = None,
     faiss_device: FaissDeviceOpt = None,
     *,
@@ -241,8 +365,12 @@ def similar(
     mask_array = None
     if mask is not None:
         mask_array = decode(read_bytes(str(mask))[0], str(mask)).any(axis=2)
-    picked = index.region(rgb, point=region_lib.parse_point(point) if point else None,
-                          box=region_lib.parse_box(box) if box else None, mask=mask_array)
+    picked = index.region(
+        rgb,
+        point=region_lib.parse_point(point) if point else None,
+        box=region_lib.parse_box(box) if box else None,
+        mask=mask_array,
+    )
     how = "the mask given" if picked.stability_score is None else f"SAM, stability {picked.stability_score:.3f}"
     typer.echo(f"region: bbox {list(picked.bbox)}, {picked.area} pixels ({how})", err=True)
     if search.show:
@@ -274,16 +402,22 @@ def failures(db: DbOpt, db_url: DbUrlOpt = None) -> None:
     from usesearch.indexer.search import open_store
 
     for record in open_store(db, db_url, read_only=True).failures():
-        console.print(f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})", markup=False)
+        console.print(
+            f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})", markup=False
+        )
 
 
 @app.command("prune")
 @user_errors
 def prune_cmd(
     db: DbOpt,
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Only images under these folders (default: all).")] = None,
+    paths: Annotated[
+        Optional[list[Path]], typer.Argument(help="Only images under these folders (default: all).")
+    ] = None,
     db_url: DbUrlOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Remove them even when every file is gone (an unmounted disk?).")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Remove them even when every file is gone (an unmounted disk?).")
+    ] = False,
 ) -> None:
     """Remove images whose files are gone or unreadable since indexing, with their segments and vectors;
     then give back the disk their embedding rows (and those of re-indexed photos) took."""
@@ -305,11 +439,22 @@ def _print_freed(report) -> None:
 @user_errors
 def reindex_cmd(
     db: DbOpt,
-    factory: Annotated[Optional[str], typer.Option(help="FAISS index_factory string, fixed from now on (default: the automatic choice for the size now, or the fixed one kept).")] = None,
+    factory: Annotated[
+        Optional[str],
+        typer.Option(
+            help="FAISS index_factory string, fixed from now on (default: the automatic choice for the size now, or the fixed one kept)."
+        ),
+    ] = None,
     db_url: DbUrlOpt = None,
     faiss_device: FaissDeviceOpt = None,
     shard_size: ShardSizeOpt = None,
-    ray: Annotated[Optional[str], typer.Option("--ray", help="Fill the shards in parallel on Ray: a bare --ray starts Ray here; --ray ADDRESS joins a cluster.")] = None,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            help="Fill the shards in parallel on Ray: a bare --ray starts Ray here; --ray ADDRESS joins a cluster.",
+        ),
+    ] = None,
 ) -> None:
     """Rebuild the FAISS file from the embedding files (and choose its type again)."""
     from usesearch.indexer import reindex
@@ -330,18 +475,38 @@ def serve(
     db: DbOpt,
     host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    token: Annotated[Optional[str], typer.Option(envvar="USESEARCH_TOKEN", show_envvar=True,
-                                                 help="Shared secret every request must carry (Bearer header or ?token= once).")] = None,
+    token: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="USESEARCH_TOKEN",
+            show_envvar=True,
+            help="Shared secret every request must carry (Bearer header or ?token= once).",
+        ),
+    ] = None,
     device: DeviceOpt = None,
     faiss_device: FaissDeviceOpt = None,
     db_url: DbUrlOpt = None,
-    max_per_client: Annotated[Optional[int], typer.Option(min=0, help="Connections one address (an IPv6 /64) may hold (default 24); 0: no limit, for a reverse proxy that limits per client itself.")] = None,
+    max_per_client: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="Connections one address (an IPv6 /64) may hold (default 24); 0: no limit, for a reverse proxy that limits per client itself.",
+        ),
+    ] = None,
 ) -> None:
     """Search page and JSON API over an index (docs at /docs); picks up what a running indexer adds."""
     from usesearch.indexer.web import serve as run_server
 
-    run_server(db, host=host, port=port, token=token, db_url=db_url, device=device, faiss_device=faiss_device,
-               per_client=max_per_client)
+    run_server(
+        db,
+        host=host,
+        port=port,
+        token=token,
+        db_url=db_url,
+        device=device,
+        faiss_device=faiss_device,
+        per_client=max_per_client,
+    )
 
 
 @app.command()
@@ -360,13 +525,17 @@ def demo(
         console.print(
             f"{preset} weights are not on this machine ({', '.join(s.component for s in missing)}; "
             f"`usesearch models pull {preset}` fetches them): running with the random-weight 'tiny' preset, "
-            "so the ranking below shows the pipeline working, not real matches.", style="yellow"
+            "so the ranking below shows the pipeline working, not real matches.",
+            style="yellow",
         )
         preset = "tiny"
     photos = _write_sample_photos(out / "photos")
     index(paths=[photos], db=str(out / f"db-{preset}"), preset=preset)
     query(text=query_text, db=str(out / f"db-{preset}"), k=5, per_image=True)
-    console.print(f"Browse these segments: usesearch serve --db {out / f'db-{preset}'}  (then open http://127.0.0.1:8000)", markup=False)
+    console.print(
+        f"Browse these segments: usesearch serve --db {out / f'db-{preset}'}  (then open http://127.0.0.1:8000)",
+        markup=False,
+    )
 
 
 def _write_sample_photos(folder: Path) -> Path:
@@ -375,7 +544,16 @@ def _write_sample_photos(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     # All shipped inside the scikit-image wheel (no download).
-    for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins"):
+    for name in (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "retina",
+        "coins",
+    ):
         target = folder / f"{name}.jpg"
         if not target.exists():
             photo = Image.fromarray(getattr(data, name)()).convert("RGB")

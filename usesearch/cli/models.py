@@ -41,7 +41,9 @@ def models_list() -> None:
 
 @models_app.command("pull")
 @user_errors
-def models_pull(preset: Annotated[str, typer.Argument(help="Preset whose weights to download, or sam2:MODEL for --masker sam2.")]) -> None:
+def models_pull(
+    preset: Annotated[str, typer.Argument(help="Preset whose weights to download, or sam2:MODEL for --masker sam2.")],
+) -> None:
     """Download a preset's missing weights (CLIP, DINOv2, SAM), or a SAM 2.1 model's, into their caches."""
     from usesearch.models.presets import get_preset
     from usesearch.models.weights import pull
@@ -62,15 +64,17 @@ def embed(
     image: Annotated[Path, typer.Argument(help="An image file.", exists=True, dir_okay=False)],
     text: Annotated[list[str], typer.Argument(help="One or more texts to rank the segments by.")],
     preset: PresetOpt = None,
-    embedder: Annotated[Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")] = None,
+    embedder: Annotated[
+        Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")
+    ] = None,
     head: HeadOpt = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Segments shown per text.")] = 3,
     device: DeviceOpt = None,
 ) -> None:
     """Propose segments in one image (weight-free superpixel masker) and rank them per text."""
-    from usesearch.models.factory import choose_preset, load_model, resolve_embedder
     from usesearch.io.images import read_image
     from usesearch.masks.maskers import FelzenszwalbMasker
+    from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
     preset = choose_preset(preset, head)
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
@@ -93,5 +97,11 @@ def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: 
         table.add_column(column)
     for j, query in enumerate(texts):
         for rank, i in enumerate(np.argsort(-scores[:, j])[:top], 1):
-            table.add_row(query if rank == 1 else "", str(rank), f"{scores[i, j]:.3f}", str(proposals[i].bbox), str(proposals[i].area))
+            table.add_row(
+                query if rank == 1 else "",
+                str(rank),
+                f"{scores[i, j]:.3f}",
+                str(proposals[i].bbox),
+                str(proposals[i].area),
+            )
     console.print(table)

@@ -11,20 +11,35 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import UsesearchError, first_line, is_disk_full
 
 # No markup: what is printed is data (file names like `x[/]y.png`, query texts), never
 # instructions to rich; the few styled words say so with ``Text(..., style=...)``.
 console = Console(markup=False)
 
-PresetOpt = Annotated[Optional[str], typer.Option(
-    "--preset", "-p", help="Model preset: b16, l14-336, or tiny (random weights, for trials). Default: the --head's preset, else b16.")]
+PresetOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--preset",
+        "-p",
+        help="Model preset: b16, l14-336, or tiny (random weights, for trials). Default: the --head's preset, else b16.",
+    ),
+]
 EmbedderOpt = Annotated[str, typer.Option("--embedder", help="'use' (trained head) or 'crop' (training-free).")]
 HeadOpt = Annotated[Optional[Path], typer.Option("--head", help="Head checkpoint (.safetensors + .json).")]
-DeviceOpt = Annotated[Optional[str], typer.Option(
-    "--device", help="Where every model runs: cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu).")]
-FaissDeviceOpt = Annotated[Optional[str], typer.Option(
-    "--faiss-device", help="Where FAISS runs: cpu or cuda (default: cuda only where the installed faiss has GPU support).")]
+DeviceOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--device", help="Where every model runs: cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu)."
+    ),
+]
+FaissDeviceOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--faiss-device",
+        help="Where FAISS runs: cpu or cuda (default: cuda only where the installed faiss has GPU support).",
+    ),
+]
 
 
 DEBUG_ENV = "USESEARCH_DEBUG"
@@ -40,9 +55,15 @@ def shared_options(into: str, make, options: dict):
     def decorate(command):
         signature = inspect.signature(command)
         hints = typing.get_type_hints(command, include_extras=True)  # the Annotated objects, not their strings
-        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != into]
-        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-                  for name, (annotation, default) in options.items()]
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in signature.parameters.values()
+            if p.name != into
+        ]
+        shared = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+            for name, (annotation, default) in options.items()
+        ]
 
         @functools.wraps(command)
         def wrapper(*args, **kwargs):
@@ -56,11 +77,6 @@ def shared_options(into: str, make, options: dict):
     return decorate
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def user_errors(fn):
     """Every failure ends in one line on stderr and a non-zero exit, never a wall of
     frames: 2 for what the user can fix (bad input, missing file, full disk, busy
@@ -68,7 +84,6 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        import errno
         import os
 
         try:
@@ -78,8 +93,8 @@ def user_errors(fn):
         except Exception as exc:
             if os.environ.get(DEBUG_ENV):
                 raise
-            code, message = 2, _one_line(exc)
-            if "database or disk is full" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
+            code, message = 2, first_line(exc)
+            if is_disk_full(exc):
                 message = f"disk full: {getattr(exc, 'filename', None) or message}"
             elif isinstance(exc, (UsesearchError, ValueError)):
                 pass
@@ -87,7 +102,7 @@ def user_errors(fn):
                 where = exc.filename if exc.filename is not None else ""
                 message = f"{where}: {exc.strerror or message}" if where else message
             elif type(exc).__module__.startswith("sqlalchemy"):
-                message = f"database: {_one_line(getattr(exc, 'orig', None) or exc)}"  # locked, corrupt or unreachable
+                message = f"database: {first_line(getattr(exc, 'orig', None) or exc)}"  # locked, corrupt or unreachable
             else:
                 code = 1
                 message = f"unexpected {type(exc).__name__}: {message} (set {DEBUG_ENV}=1 to see the traceback)"

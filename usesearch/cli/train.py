@@ -15,7 +15,9 @@ app = typer.Typer()
 @app.command()
 @user_errors
 def train(
-    datasets: Annotated[list[Path], typer.Argument(help="Curated dataset folders (usesearch curate run).", exists=True, file_okay=False)],
+    datasets: Annotated[
+        list[Path], typer.Argument(help="Curated dataset folders (usesearch curate run).", exists=True, file_okay=False)
+    ],
     out: Annotated[Path, typer.Option(help="Run folder: head checkpoints, optimizer state, log.csv.")],
     preset: PresetOpt = None,
     epochs: Annotated[int, typer.Option(min=1)] = 5,
@@ -25,23 +27,34 @@ def train(
     crop: Annotated[int, typer.Option(help="Random square crop after the random resize.")] = 560,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
     checkpoint_every: Annotated[int, typer.Option(min=1)] = 500,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     device: DeviceOpt = None,
 ) -> None:
     """Train the USE head (LLNs, block scales, projection) with the segment-text contrastive loss."""
     from tqdm import tqdm
 
+    from usesearch.models.factory import DEFAULT_PRESET
     from usesearch.training.data import load_samples
     from usesearch.training.train import TrainConfig, Trainer
-
-    from usesearch.models.factory import DEFAULT_PRESET
 
     samples = load_samples(datasets)
     if not samples:
         raise ValueError("the datasets hold no segment with a text")
-    cfg = TrainConfig(preset=preset or DEFAULT_PRESET, epochs=epochs, batch_images=batch_images, lr=lr, weight_decay=weight_decay,
-                      crop=crop, max_steps=max_steps, checkpoint_every=checkpoint_every, seed=seed, device=device)
+    cfg = TrainConfig(
+        preset=preset or DEFAULT_PRESET,
+        epochs=epochs,
+        batch_images=batch_images,
+        lr=lr,
+        weight_decay=weight_decay,
+        crop=crop,
+        max_steps=max_steps,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+        device=device,
+    )
     trainer = Trainer(samples, out, cfg)
     if resume:
         trainer.resume()
@@ -53,4 +66,6 @@ def train(
 
     head = trainer.run(progress)
     bar.close()
-    console.print(f"trained {trainer.step} steps on {len(samples)} images; head: {head} (use it with --head {out / 'head'})")
+    console.print(
+        f"trained {trainer.step} steps on {len(samples)} images; head: {head} (use it with --head {out / 'head'})"
+    )

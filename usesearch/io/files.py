@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import threading
 import stat
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from usesearch.io.images import ImageReadError, read_image
+from usesearch.errors import ImageReadError
+from usesearch.io.images import read_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP; larger is refused from the header, before decoding

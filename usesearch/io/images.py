@@ -9,11 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from usesearch.errors import UsesearchError
-
-
-class ImageReadError(UsesearchError):
-    """A file that is not a readable image; indexers record it and go on."""
+from usesearch.errors import ImageReadError
 
 
 def read_image(path: str | PathLike | BinaryIO, name: str | None = None) -> np.ndarray:
@@ -82,7 +78,9 @@ def normalize(rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) 
     return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-def letterbox(rgb: np.ndarray, side: int, mean: tuple[float, ...], std: tuple[float, ...], canvas: int | None = None) -> torch.Tensor:
+def letterbox(
+    rgb: np.ndarray, side: int, mean: tuple[float, ...], std: tuple[float, ...], canvas: int | None = None
+) -> torch.Tensor:
     """Longest side scaled to ``side``, padded bottom/right with the mean colour
     (zero after normalisation) -> [3, side, side]. Padding instead of squashing
     keeps shapes undistorted, and puts grid cells at the same image positions for

@@ -22,8 +22,16 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.amg import (
-    batch_iterator, batched_mask_to_box, build_all_layer_point_grids, calculate_stability_score,
-    generate_crop_boxes, is_box_near_crop_edge, remove_small_regions, uncrop_boxes_xyxy, uncrop_masks, uncrop_points,
+    batch_iterator,
+    batched_mask_to_box,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    remove_small_regions,
+    uncrop_boxes_xyxy,
+    uncrop_masks,
+    uncrop_points,
 )
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import batched_nms, box_area
@@ -48,7 +56,9 @@ class Candidates:
     crop: torch.Tensor  # [N] index into the crop list
 
     def __getitem__(self, keep) -> Candidates:
-        return Candidates(*(t[keep] for t in (self.low_res, self.iou, self.stability, self.boxes, self.points, self.crop)))
+        return Candidates(
+            *(t[keep] for t in (self.low_res, self.iou, self.stability, self.boxes, self.points, self.crop))
+        )
 
     def __len__(self) -> int:
         return len(self.iou)
@@ -57,9 +67,17 @@ class Candidates:
     def cat(parts: list[Candidates], device) -> Candidates:
         if not parts:
             empty = torch.zeros(0, device=device)
-            return Candidates(empty.reshape(0, 1, 256, 256), empty, empty, empty.reshape(0, 4).long(),
-                              empty.reshape(0, 2).double(), empty.long())
-        return Candidates(*(torch.cat(ts) for ts in zip(*((p.low_res, p.iou, p.stability, p.boxes, p.points, p.crop) for p in parts))))
+            return Candidates(
+                empty.reshape(0, 1, 256, 256),
+                empty,
+                empty,
+                empty.reshape(0, 4).long(),
+                empty.reshape(0, 2).double(),
+                empty.long(),
+            )
+        return Candidates(
+            *(torch.cat(ts) for ts in zip(*((p.low_res, p.iou, p.stability, p.boxes, p.points, p.crop) for p in parts)))
+        )
 
 
 @dataclass
@@ -116,7 +134,9 @@ class SamMaskGenerator:
     ):
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
-        self.point_grids = point_grids or build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        self.point_grids = point_grids or build_all_layer_point_grids(
+            points_per_side, crop_n_layers, crop_n_points_downscale_factor
+        )
         if len(self.point_grids) < crop_n_layers + 1:
             raise ValueError(f"point_grids has {len(self.point_grids)} grids for {crop_n_layers + 1} crop layers")
         self.transform = ResizeLongestSide(model.image_encoder.img_size)  # SamPredictor's
@@ -170,7 +190,7 @@ class SamMaskGenerator:
             features: dict[int, list] = {n: [] for n in range(len(images))}
             for chunk in batch_iterator(self.encoder_batch, jobs):
                 (chunk,) = chunk
-                encoded = self._encode([images[n][box[1]:box[3], box[0]:box[2], :] for n, box, _ in chunk])
+                encoded = self._encode([images[n][box[1] : box[3], box[0] : box[2], :] for n, box, _ in chunk])
                 for (n, box, layer), (feats, input_size) in zip(chunk, encoded):
                     features[n].append((box, layer, feats, input_size))
             return [self._generate(image, features[n]) for n, image in enumerate(images)]
@@ -213,8 +233,10 @@ class SamMaskGenerator:
         crop_hw = (y1 - y0, x1 - x0)
         points_for_image = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]
         per_batch = self.points_per_batch or self._points_that_fit(crop_hw, len(points_for_image))
-        parts = [self._batch_candidates(features, points, crop_hw, crop_box, orig_size, input_size)
-                 for (points,) in batch_iterator(per_batch, points_for_image)]
+        parts = [
+            self._batch_candidates(features, points, crop_hw, crop_box, orig_size, input_size)
+            for (points,) in batch_iterator(per_batch, points_for_image)
+        ]
         cands = Candidates.cat(parts, self.model.device)
         cands = cands[self._keep(_nms(cands.boxes, cands.iou, self.box_nms_thresh), cands.iou)]
         cands.boxes = uncrop_boxes_xyxy(cands.boxes, crop_box)
@@ -251,10 +273,15 @@ class SamMaskGenerator:
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
         start = time.perf_counter()
         with self._autocast():
-            sparse, dense = self.model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
+            sparse, dense = self.model.prompt_encoder(
+                points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None
+            )
             low_res, iou = self.model.mask_decoder(
-                image_embeddings=features, image_pe=self.model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+                image_embeddings=features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
             )
         self._sync()
         self.seconds["decoder"] += time.perf_counter() - start
@@ -270,7 +297,13 @@ class SamMaskGenerator:
         stability = stability_score(logits, self.model.mask_threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
             keep = stability >= self.stability_score_thresh
-            logits, low_res, iou, points, stability = logits[keep], low_res[keep], iou[keep], points[keep], stability[keep]
+            logits, low_res, iou, points, stability = (
+                logits[keep],
+                low_res[keep],
+                iou[keep],
+                points[keep],
+                stability[keep],
+            )
         boxes = batched_mask_to_box(logits > self.model.mask_threshold)
         del logits
         keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
@@ -302,9 +335,23 @@ class SamMaskGenerator:
 
     def _materialise(self, cands: Candidates, crops, orig_size) -> list[MaskRecord]:
         # The kept candidates' scores, boxes and prompts in one transfer.
-        fields = torch.cat([cands.iou[:, None].double(), cands.stability[:, None].double(), cands.points.double(),
-                            cands.crop[:, None].double(), cands.boxes.double()], dim=1).cpu()
-        iou, stability, points, crop, boxes = fields[:, 0], fields[:, 1], fields[:, 2:4], fields[:, 4].long(), fields[:, 5:].long()
+        fields = torch.cat(
+            [
+                cands.iou[:, None].double(),
+                cands.stability[:, None].double(),
+                cands.points.double(),
+                cands.crop[:, None].double(),
+                cands.boxes.double(),
+            ],
+            dim=1,
+        ).cpu()
+        iou, stability, points, crop, boxes = (
+            fields[:, 0],
+            fields[:, 1],
+            fields[:, 2:4],
+            fields[:, 4].long(),
+            fields[:, 5:].long(),
+        )
         rles: list[dict] = []
         unchanged = []
         # A CPU encodes a few masks at a time (memory); a GPU as many as GPU_ENCODE_PIXELS
@@ -312,8 +359,11 @@ class SamMaskGenerator:
         # size, then bool: every mask of a 1 MP photo at once), their runs then read in
         # one transfer.
         side = self.model.image_encoder.img_size
-        chunk = ENCODE_CHUNK if cands.iou.device.type == "cpu" else max(
-            1, GPU_ENCODE_PIXELS // max(orig_size[0] * orig_size[1], side * side))
+        chunk = (
+            ENCODE_CHUNK
+            if cands.iou.device.type == "cpu"
+            else max(1, GPU_ENCODE_PIXELS // max(orig_size[0] * orig_size[1], side * side))
+        )
         for start in range(0, len(cands), chunk):
             masks = self._masks(cands[start : start + chunk], crops, orig_size)
             if self.min_mask_region_area > 0:
@@ -326,12 +376,18 @@ class SamMaskGenerator:
         order = torch.arange(len(cands))
         if self.min_mask_region_area > 0 and len(cands):
             # As segment-anything: a mask the clean-up changed loses NMS ties to any that it left alone.
-            order = _nms(boxes, torch.tensor(unchanged, dtype=torch.float32), max(self.box_nms_thresh, self.crop_nms_thresh))
+            order = _nms(
+                boxes, torch.tensor(unchanged, dtype=torch.float32), max(self.box_nms_thresh, self.crop_nms_thresh)
+            )
         return [
             MaskRecord(
-                rle=rles[i], area=rle.area(rles[i]), box_xyxy=tuple(int(v) for v in boxes[i]),
-                predicted_iou=float(iou[i]), stability_score=float(stability[i]),
-                point=tuple(float(v) for v in points[i]), crop_box=tuple(crops[int(crop[i])][0]),
+                rle=rles[i],
+                area=rle.area(rles[i]),
+                box_xyxy=tuple(int(v) for v in boxes[i]),
+                predicted_iou=float(iou[i]),
+                stability_score=float(stability[i]),
+                point=tuple(float(v) for v in points[i]),
+                crop_box=tuple(crops[int(crop[i])][0]),
             )
             for i in order.tolist()
         ]
@@ -375,5 +431,3 @@ def _nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.T
     """Box NMS exactly as segment-anything calls it (torchvision's batched_nms with one
     category), so ties among equal scores resolve the same way."""
     return batched_nms(boxes.float(), scores, torch.zeros(len(boxes), device=boxes.device), iou_threshold=threshold)
-
-

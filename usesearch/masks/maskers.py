@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from segment_anything.utils.amg import batched_mask_to_box
 
-from usesearch.masks import rle
-from usesearch.models.config import PresetConfig
 from usesearch.devices import resolve_device
 from usesearch.errors import UsesearchError
+from usesearch.masks import rle
+from usesearch.models.config import PresetConfig
 
 WORK_PIXELS = 4_000_000  # the Felzenszwalb masker's working size for larger photos
 
@@ -28,8 +28,15 @@ class Proposal:
 
     __slots__ = ("_mask", "_rle", "bbox", "area", "predicted_iou", "stability_score")
 
-    def __init__(self, mask: np.ndarray | None = None, bbox: tuple[int, int, int, int] = (0, 0, 0, 0), area: int = 0,
-                 predicted_iou: float | None = None, stability_score: float | None = None, rle: dict | None = None):
+    def __init__(
+        self,
+        mask: np.ndarray | None = None,
+        bbox: tuple[int, int, int, int] = (0, 0, 0, 0),
+        area: int = 0,
+        predicted_iou: float | None = None,
+        stability_score: float | None = None,
+        rle: dict | None = None,
+    ):
         if mask is None and rle is None:
             raise ValueError("a proposal needs a mask or an RLE")
         self._mask, self._rle = mask, rle
@@ -77,8 +84,13 @@ class FelzenszwalbMasker:
         # Superpixels of a huge photo are found at WORK_PIXELS and their label map
         # scaled back: the graph of a 16 MP image alone would take gigabytes.
         shrink = min(1.0, (WORK_PIXELS / (h * w)) ** 0.5)
-        work = rgb if shrink == 1.0 else np.asarray(
-            Image.fromarray(rgb).resize((max(1, round(w * shrink)), max(1, round(h * shrink))), Image.BILINEAR))
+        work = (
+            rgb
+            if shrink == 1.0
+            else np.asarray(
+                Image.fromarray(rgb).resize((max(1, round(w * shrink)), max(1, round(h * shrink))), Image.BILINEAR)
+            )
+        )
         min_area = max(16, int(self.min_area_frac * work.shape[0] * work.shape[1]))
         label_maps, candidates = [], []
         for level, scale in enumerate(self.scales):
@@ -92,7 +104,9 @@ class FelzenszwalbMasker:
         # ones ever become full-size masks.
         chosen = sorted(candidates)[: self.max_masks]
         if shrink != 1.0:
-            label_maps = [np.asarray(Image.fromarray(m.astype(np.int32)).resize((w, h), Image.NEAREST)) for m in label_maps]
+            label_maps = [
+                np.asarray(Image.fromarray(m.astype(np.int32)).resize((w, h), Image.NEAREST)) for m in label_maps
+            ]
         masks = np.empty((len(chosen), h, w), bool)
         for i, (_, level, label) in enumerate(chosen):
             np.equal(label_maps[level], label, out=masks[i])
@@ -105,6 +119,7 @@ class SamMasker:
     for the same keyword arguments without its post-processing cost."""
 
     name = "sam"
+
     def __init__(self, sam, points_per_side: int = 32, **amg_kwargs):
         from usesearch.masks.amg import SamMaskGenerator
 
@@ -116,8 +131,10 @@ class SamMasker:
     def params(self) -> dict:
         # autocast and encoder_batch change no setting of the masks' definition, only
         # their precision on a GPU and how the work is batched.
-        return {"points_per_side": self.points_per_side,
-                **{k: v for k, v in self.amg_kwargs.items() if k not in ("autocast", "encoder_batch")}}
+        return {
+            "points_per_side": self.points_per_side,
+            **{k: v for k, v in self.amg_kwargs.items() if k not in ("autocast", "encoder_batch")},
+        }
 
     @property
     def images_per_call(self) -> int:
@@ -136,8 +153,15 @@ class SamMasker:
         return [
             Proposal(
                 rle=r.rle,
-                bbox=(r.box_xyxy[0], r.box_xyxy[1], r.box_xyxy[2] - r.box_xyxy[0] + 1, r.box_xyxy[3] - r.box_xyxy[1] + 1),
-                area=r.area, predicted_iou=r.predicted_iou, stability_score=r.stability_score,
+                bbox=(
+                    r.box_xyxy[0],
+                    r.box_xyxy[1],
+                    r.box_xyxy[2] - r.box_xyxy[0] + 1,
+                    r.box_xyxy[3] - r.box_xyxy[1] + 1,
+                ),
+                area=r.area,
+                predicted_iou=r.predicted_iou,
+                stability_score=r.stability_score,
             )
             for r in records
             if r.area > 0
@@ -152,8 +176,10 @@ def _check_options(masker: str, generator, given: dict, fixed: tuple[str, ...] =
     options = [n for n in inspect.signature(generator).parameters if n != "model" and n not in fixed]
     unknown = sorted(set(given) - set(options))
     if unknown:
-        raise ValueError(f"the {masker} masker has no option {', '.join(SAM_FLAGS.get(u, u) for u in unknown)}; "
-                         f"its options: {', '.join(options)}")
+        raise ValueError(
+            f"the {masker} masker has no option {', '.join(SAM_FLAGS.get(u, u) for u in unknown)}; "
+            f"its options: {', '.join(options)}"
+        )
 
 
 class Sam2Masker:
@@ -180,8 +206,15 @@ class Sam2Masker:
             if r["area"] <= 0:
                 continue
             x, y, w, h = (int(v) for v in r["bbox"])  # SAM's xywh: w = x1 - x0
-            out.append(Proposal(rle=rle.to_str(r["segmentation"]), bbox=(x, y, w + 1, h + 1), area=int(r["area"]),
-                                predicted_iou=float(r["predicted_iou"]), stability_score=float(r["stability_score"])))
+            out.append(
+                Proposal(
+                    rle=rle.to_str(r["segmentation"]),
+                    bbox=(x, y, w + 1, h + 1),
+                    area=int(r["area"]),
+                    predicted_iou=float(r["predicted_iou"]),
+                    stability_score=float(r["stability_score"]),
+                )
+            )
         return out
 
 
@@ -204,8 +237,15 @@ def stack_masks(proposals: list[Proposal], hw: tuple[int, int]) -> np.ndarray:
     if all(p._mask is None for p in proposals):  # RLEs only (SAM): one pycocotools call
         return rle.decode_stack([p.rle for p in proposals], hw)
     base = proposals[0].mask.base
-    if (isinstance(base, np.ndarray) and base.shape == (len(proposals), *hw) and base.dtype == bool
-            and all(p.mask.base is base and p.mask.shape == hw and np.may_share_memory(p.mask, base[i]) for i, p in enumerate(proposals))):
+    if (
+        isinstance(base, np.ndarray)
+        and base.shape == (len(proposals), *hw)
+        and base.dtype == bool
+        and all(
+            p.mask.base is base and p.mask.shape == hw and np.may_share_memory(p.mask, base[i])
+            for i, p in enumerate(proposals)
+        )
+    ):
         return base
     return np.stack([p.mask for p in proposals])
 
@@ -222,9 +262,14 @@ def proposal_masks(proposals: list[Proposal], hw: tuple[int, int]) -> np.ndarray
 MASKERS = ("sam", "sam2", "felzenszwalb", "coco")
 # SAM's mask-quality settings as the CLI spells them.
 SAM_FLAGS = {
-    "points_per_side": "--points-per-side", "points_per_batch": "--points-per-batch", "pred_iou_thresh": "--pred-iou-thresh",
-    "stability_score_thresh": "--stability-thresh", "box_nms_thresh": "--box-nms-thresh", "crop_n_layers": "--crop-layers",
-    "min_mask_region_area": "--min-region-area", "encoder_batch": "--encoder-batch",
+    "points_per_side": "--points-per-side",
+    "points_per_batch": "--points-per-batch",
+    "pred_iou_thresh": "--pred-iou-thresh",
+    "stability_score_thresh": "--stability-thresh",
+    "box_nms_thresh": "--box-nms-thresh",
+    "crop_n_layers": "--crop-layers",
+    "min_mask_region_area": "--min-region-area",
+    "encoder_batch": "--encoder-batch",
 }
 # Which maskers take which of them (encoder batches are this project's generator's).
 SAM_FLAG_USERS = {"sam": set(SAM_FLAGS), "sam2": set(SAM_FLAGS) - {"encoder_batch"}}
@@ -282,10 +327,14 @@ def build_masker(name: str | None, preset: PresetConfig, device: str | torch.dev
     misplaced = [SAM_FLAGS[k] for k in options if k in SAM_FLAGS and k not in accepted]
     if misplaced:
         users = sorted(n for n, flags in SAM_FLAG_USERS.items() if all(f in flags for f in options if f in SAM_FLAGS))
-        own = ", ".join(SAM_FLAGS[f] for f in SAM_FLAGS if f in accepted) or {"coco": "--coco FILE.json"}.get(name, "none")
-        raise UsesearchError(f"{', '.join(misplaced)} apply to --masker {' and '.join(users) or 'sam'} only; this run uses "
-                             f"masker {name} (its options: {own})"
-                             f"{' (the default for the random-weight tiny preset)' if name == 'felzenszwalb' else ''}")
+        own = ", ".join(SAM_FLAGS[f] for f in SAM_FLAGS if f in accepted) or {"coco": "--coco FILE.json"}.get(
+            name, "none"
+        )
+        raise UsesearchError(
+            f"{', '.join(misplaced)} apply to --masker {' and '.join(users) or 'sam'} only; this run uses "
+            f"masker {name} (its options: {own})"
+            f"{' (the default for the random-weight tiny preset)' if name == 'felzenszwalb' else ''}"
+        )
     if name == "sam":
         from usesearch.masks.sam import load_sam
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from segment_anything.utils.amg import calculate_stability_score
 
-from usesearch.masks import rle
 from usesearch.errors import UsesearchError
+from usesearch.masks import rle
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,13 @@ def from_mask(mask: np.ndarray, hw: tuple[int, int]) -> Region:
     return _region(mask, None, None)
 
 
-def prompt(sam, rgb: np.ndarray, point: tuple[float, float] | None = None,
-           box: tuple[float, float, float, float] | None = None, stability_offset: float = 1.0) -> Region:
+def prompt(
+    sam,
+    rgb: np.ndarray,
+    point: tuple[float, float] | None = None,
+    box: tuple[float, float, float, float] | None = None,
+    stability_offset: float = 1.0,
+) -> Region:
     """SAM's most stable mask for a point (x, y) or a box (x, y, w, h) in pixels."""
     from segment_anything import SamPredictor
 
@@ -85,8 +90,9 @@ def prompt(sam, rgb: np.ndarray, point: tuple[float, float] | None = None,
     with torch.inference_mode():
         if point is not None:
             coords = predictor.transform.apply_coords(np.array([point], np.float32), (h, w))
-            logits, ious, _ = predictor.predict(point_coords=coords, point_labels=np.array([1]), multimask_output=True,
-                                                return_logits=True)
+            logits, ious, _ = predictor.predict(
+                point_coords=coords, point_labels=np.array([1]), multimask_output=True, return_logits=True
+            )
         else:
             x, y, bw, bh = box
             xyxy = predictor.transform.apply_boxes(np.array([[x, y, x + bw, y + bh]], np.float32), (h, w))

@@ -57,7 +57,10 @@ def _pycoco(rle: dict) -> dict:
 def to_str(rle: dict) -> dict:
     """A compressed RLE with bytes (pycocotools') or str counts -> ours (str counts)."""
     counts = rle["counts"]
-    return {"size": [int(s) for s in rle["size"]], "counts": counts if isinstance(counts, str) else counts.decode("ascii")}
+    return {
+        "size": [int(s) for s in rle["size"]],
+        "counts": counts if isinstance(counts, str) else counts.decode("ascii"),
+    }
 
 
 def encode(mask: np.ndarray) -> dict:

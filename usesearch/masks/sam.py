@@ -14,17 +14,27 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from usesearch.models.backbones import seeded
-from usesearch.models.config import SamConfig
 from usesearch.errors import UsesearchError
 from usesearch.masks.sam_fast import speed_up
+from usesearch.models.backbones import seeded
+from usesearch.models.config import SamConfig
 from usesearch.models.weights import require, sam_status, verify_sha256
-
 
 SAM_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
 # The tiny SAM: small encoder *and* decoder, 256-px input; seeded random weights.
-TINY = dict(embed_dim=32, depth=2, heads=2, global_attn=(1,), image_size=256, patch_size=16, window_size=4,
-            prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2, iou_hidden=32)
+TINY = dict(
+    embed_dim=32,
+    depth=2,
+    heads=2,
+    global_attn=(1,),
+    image_size=256,
+    patch_size=16,
+    window_size=4,
+    prompt_dim=32,
+    decoder_mlp_dim=64,
+    decoder_heads=2,
+    iou_hidden=32,
+)
 
 
 def build_sam(model_type: str) -> Sam:
@@ -43,19 +53,33 @@ def _build_tiny() -> Sam:
     grid = t["image_size"] // t["patch_size"]
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=t["depth"], embed_dim=t["embed_dim"], img_size=t["image_size"], mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=t["heads"], patch_size=t["patch_size"],
-            qkv_bias=True, use_rel_pos=True, global_attn_indexes=t["global_attn"], window_size=t["window_size"],
+            depth=t["depth"],
+            embed_dim=t["embed_dim"],
+            img_size=t["image_size"],
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=t["heads"],
+            patch_size=t["patch_size"],
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=t["global_attn"],
+            window_size=t["window_size"],
             out_chans=t["prompt_dim"],
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=t["prompt_dim"], image_embedding_size=(grid, grid),
-            input_image_size=(t["image_size"], t["image_size"]), mask_in_chans=16,
+            embed_dim=t["prompt_dim"],
+            image_embedding_size=(grid, grid),
+            input_image_size=(t["image_size"], t["image_size"]),
+            mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=t["prompt_dim"], mlp_dim=t["decoder_mlp_dim"], num_heads=t["decoder_heads"]),
-            transformer_dim=t["prompt_dim"], iou_head_depth=3, iou_head_hidden_dim=t["iou_hidden"],
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=t["prompt_dim"], mlp_dim=t["decoder_mlp_dim"], num_heads=t["decoder_heads"]
+            ),
+            transformer_dim=t["prompt_dim"],
+            iou_head_depth=3,
+            iou_head_hidden_dim=t["iou_hidden"],
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from usesearch.models.backbones import seeded
 from usesearch.errors import UsesearchError
+from usesearch.models.backbones import seeded
 from usesearch.models.weights import WeightStatus, require, usesearch_home, verify_sha256
 
 RELEASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"

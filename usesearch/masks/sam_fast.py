@@ -83,10 +83,14 @@ def _predict_masks_shared(self, image_embeddings, image_pe, sparse_prompt_embedd
     copied per prompt nor projected per prompt in the first layer (a fifth of the
     decoder's FLOPs at 1,024 prompts). Anything else takes segment-anything's path."""
     if dense_prompt_embeddings.stride(0) != 0 or image_embeddings.shape[0] != 1:
-        return type(self).predict_masks(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        return type(self).predict_masks(
+            self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
     transformer = self.transformer
     output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-    tokens = torch.cat((output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1), sparse_prompt_embeddings), dim=1)
+    tokens = torch.cat(
+        (output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1), sparse_prompt_embeddings), dim=1
+    )
     src = image_embeddings + dense_prompt_embeddings[:1]
     _, c, h, w = src.shape
     keys, key_pe = src.flatten(2).permute(0, 2, 1), image_pe.flatten(2).permute(0, 2, 1)  # [1, HW, C]

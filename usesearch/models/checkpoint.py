@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from usesearch.models.config import PresetConfig
 from usesearch.errors import CheckpointMismatchError, UsesearchError
+from usesearch.models.config import PresetConfig
 
 FORMAT = "usesearch-head"
 VERSION = 1
@@ -61,7 +61,10 @@ def save_head(
         **(extra or {}),
     }
     # Write-then-rename so a crash never leaves a half-written checkpoint.
-    for target, write in ((weights, lambda p: save_file(tensors, str(p))), (config, lambda p: p.write_text(json.dumps(meta, indent=2)))):
+    for target, write in (
+        (weights, lambda p: save_file(tensors, str(p))),
+        (config, lambda p: p.write_text(json.dumps(meta, indent=2))),
+    ):
         tmp = target.with_name(target.name + ".tmp")
         write(tmp)
         os.replace(tmp, target)

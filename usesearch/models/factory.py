@@ -6,14 +6,13 @@ import os
 
 import torch
 
+from usesearch.devices import resolve_device
+from usesearch.errors import NoTrainedHeadError, UsesearchError
 from usesearch.models.backbones import Clip, build_clip, build_dino, seeded
 from usesearch.models.checkpoint import is_checkpoint, load_head, read_head_config, state_digest
 from usesearch.models.config import PresetConfig
-from usesearch.devices import resolve_device
-from usesearch.errors import NoTrainedHeadError, UsesearchError
 from usesearch.models.model import USE, CropEmbedder, USEEmbedder
 from usesearch.models.presets import PRESETS, get_preset
-
 
 DEFAULT_PRESET = "b16"  # real weights; `tiny` (random) only when asked for, or by `demo`
 
@@ -85,5 +84,7 @@ def load_model(
         missing, unexpected = use.load_state_dict(state, strict=False)
         missing = [k for k in missing if k in use.trainable_state_dict()]
         if missing or unexpected:
-            raise UsesearchError(f"head checkpoint {head} does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise UsesearchError(
+                f"head checkpoint {head} does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
     return USEEmbedder(use, clip, device, state_digest(use.trainable_state_dict()))

@@ -65,9 +65,7 @@ def cell_coverage(
     return out
 
 
-def rle_cell_coverage(
-    masks: rle.RleStack, grid_hw: tuple[int, int], cell_hw: tuple[float, float]
-) -> torch.Tensor:
+def rle_cell_coverage(masks: rle.RleStack, grid_hw: tuple[int, int], cell_hw: tuple[float, float]) -> torch.Tensor:
     """``cell_coverage`` read from the RLE runs, with no pixels decoded. A pixel's
     share of a cell is rows[i, y] * cols[j, x]; summed over a run of column-major
     pixels [s, e) it is F(e) - F(s), where F is a prefix sum that separates into the
@@ -87,8 +85,11 @@ def rle_cell_coverage(
     for i, r in enumerate(masks.rles):
         starts, ends = (torch.from_numpy(v) for v in rle.runs(r))
         xs, ys, xe, ye = starts // h, starts % h, ends // h, ends % h
-        out[i] = (torch.outer(full, (col_prefix[:, xe] - col_prefix[:, xs]).sum(1))
-                  + row_prefix[:, ye] @ col_at[:, xe].T - row_prefix[:, ys] @ col_at[:, xs].T)
+        out[i] = (
+            torch.outer(full, (col_prefix[:, xe] - col_prefix[:, xs]).sum(1))
+            + row_prefix[:, ye] @ col_at[:, xe].T
+            - row_prefix[:, ys] @ col_at[:, xs].T
+        )
     out = (out.flatten(1) / (cell_hw[0] * cell_hw[1])).float()
     empty = torch.nonzero(out.sum(1) <= 0).flatten().tolist()
     if empty:
@@ -106,7 +107,9 @@ def patch_weights(masks: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) ->
     return cell_coverage(masks, grid_hw, (h // gh, w // gw))
 
 
-def letterbox_weights(masks: np.ndarray | torch.Tensor | rle.RleStack, grid: int, canvas: int | None = None) -> torch.Tensor:
+def letterbox_weights(
+    masks: np.ndarray | torch.Tensor | rle.RleStack, grid: int, canvas: int | None = None
+) -> torch.Tensor:
     """Weights for masks (dense, or RLEs) of an image that the encoder letterboxed
     into a square (longest side, or ``canvas`` pixels, scaled to the input; padding
     at the bottom/right)."""

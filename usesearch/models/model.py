@@ -9,8 +9,8 @@ CLIP joint space, so every later stage works with either.
 from __future__ import annotations
 
 import hashlib
-import time
 import json
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from segment_anything.utils.amg import batched_mask_to_box
 from torch import nn
 
-from usesearch.models.backbones import Clip, dino_mean_std
-from usesearch.models.config import PresetConfig
 from usesearch.devices import bf16_autocast
-from usesearch.models.encoder import BackboneTokens, USEImageEncoder
-from usesearch.models.head import SegmentEmbeddingHead, letterbox_weights
 from usesearch.io.images import as_masks, letterbox, to_rgb_array
 from usesearch.masks.rle import RleStack
+from usesearch.models.backbones import Clip, dino_mean_std
+from usesearch.models.config import PresetConfig
+from usesearch.models.encoder import BackboneTokens, USEImageEncoder
+from usesearch.models.head import SegmentEmbeddingHead, letterbox_weights
 from usesearch.models.text import CLASSNAME_TEMPLATES, EXPRESSION_TEMPLATES, TextEncoder
 
 
@@ -120,7 +120,9 @@ class USEEmbedder(_TextMixin):
     def embed_from_features(self, z: torch.Tensor, masks, image_hw: tuple[int, int]) -> np.ndarray:
         if isinstance(masks, RleStack):  # pooling weights straight from the runs
             if tuple(masks.hw) != tuple(image_hw):
-                raise ValueError(f"masks must be {image_hw[0]}x{image_hw[1]} like the image, got {masks.hw[0]}x{masks.hw[1]}")
+                raise ValueError(
+                    f"masks must be {image_hw[0]}x{image_hw[1]} like the image, got {masks.hw[0]}x{masks.hw[1]}"
+                )
         else:
             masks = as_masks(masks, image_hw)
         if len(masks) == 0:
@@ -186,7 +188,10 @@ class CropEmbedder(_TextMixin):
         out = []
         for start in range(0, len(masks), self.batch_size):
             batch = torch.stack(
-                [self._crop_pixels(rgb, masks[i], boxes[i]) for i in range(start, min(start + self.batch_size, len(masks)))]
+                [
+                    self._crop_pixels(rgb, masks[i], boxes[i])
+                    for i in range(start, min(start + self.batch_size, len(masks)))
+                ]
             )
             with bf16_autocast(self.device):
                 features = self.model.encode_image(batch.to(self.device))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from usesearch.models.config import ClipConfig, DinoConfig, HeadConfig, PresetConfig, SamConfig
 from usesearch.errors import UnknownPresetError
+from usesearch.models.config import ClipConfig, DinoConfig, HeadConfig, PresetConfig, SamConfig
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 
@@ -55,9 +55,7 @@ PRESETS: dict[str, PresetConfig] = {
     "tiny": PresetConfig(
         name="tiny",
         description="Small configs of the same classes with seeded random weights (tests, offline demo)",
-        clip=ClipConfig(
-            TINY_CLIP_NAME, None, image_size=128, patch_size=16, custom_config=TINY_CLIP_CONFIG, seed=1
-        ),
+        clip=ClipConfig(TINY_CLIP_NAME, None, image_size=128, patch_size=16, custom_config=TINY_CLIP_CONFIG, seed=1),
         dino=DinoConfig(
             "vit_small_patch14_dinov2",
             False,

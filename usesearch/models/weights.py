@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from usesearch.errors import MissingWeightsError, UsesearchError, first_line
 from usesearch.models.config import ClipConfig, DinoConfig, PresetConfig, SamConfig
-from usesearch.errors import MissingWeightsError, UsesearchError
 
 _CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -153,7 +153,7 @@ def _download(url: str, dest: Path, sha256: str | None) -> None:
     try:
         download_url_to_file(url, str(dest), hash_prefix=sha256, progress=True)
     except Exception as exc:  # noqa: BLE001 - network and hash errors alike become one line
-        raise UsesearchError(f"could not download {url}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise UsesearchError(f"could not download {url}: {first_line(exc)}") from None
     verify_sha256(dest, sha256)
 
 

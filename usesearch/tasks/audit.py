@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from usesearch.io.images import read_image
-from usesearch.models.model import SegmentEmbedder
 from usesearch.masks import rle
+from usesearch.models.model import SegmentEmbedder
 from usesearch.tasks.semseg import class_probabilities
 from usesearch.tasks.visualize import segment_tile
 
@@ -59,8 +59,17 @@ def audit_coco(model: SegmentEmbedder, coco: dict, images_dir: str | os.PathLike
             others[label] = -1
             best_other = int(others.argmax())
             top = int(p.argmax())
-            rows.append(Suspect(ann["id"], path, class_names[label], class_names[top],
-                                float(p[best_other] - p[label]), float(p[label]), float(p[top])))
+            rows.append(
+                Suspect(
+                    ann["id"],
+                    path,
+                    class_names[label],
+                    class_names[top],
+                    float(p[best_other] - p[label]),
+                    float(p[label]),
+                    float(p[top]),
+                )
+            )
     return sorted(rows, key=lambda r: -r.margin)
 
 

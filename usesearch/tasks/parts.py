@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from usesearch.masks.rle import encode
 
 DATA = Path(__file__).parent / "data"

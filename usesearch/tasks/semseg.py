@@ -40,7 +40,9 @@ def label_dtype(num_classes: int) -> tuple[type, int]:
     raise ValueError(f"{num_classes} classes do not fit a 16-bit label map")
 
 
-def class_probabilities(models: SegmentEmbedder | Sequence[SegmentEmbedder], rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+def class_probabilities(
+    models: SegmentEmbedder | Sequence[SegmentEmbedder], rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]
+) -> np.ndarray:
     """[N masks, C classes] softmax probabilities; averaged over an ensemble of models."""
     models = models if isinstance(models, (list, tuple)) else [models]
     total = 0
@@ -67,7 +69,9 @@ def pixel_labels(masks: np.ndarray, probabilities: np.ndarray, chunk: int = 64) 
     return labels
 
 
-def segment_image(models: SegmentEmbedder | Sequence[SegmentEmbedder], rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+def segment_image(
+    models: SegmentEmbedder | Sequence[SegmentEmbedder], rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]
+) -> np.ndarray:
     if len(masks) == 0:
         dtype, unlabelled = label_dtype(len(class_names))
         return np.full(rgb.shape[:2], unlabelled, dtype)

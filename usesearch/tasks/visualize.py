@@ -12,7 +12,6 @@ from skimage.segmentation import find_boundaries
 from usesearch.masks import rle as rle_codec
 
 
-
 def palette(n: int) -> np.ndarray:
     return (np.array([colorsys.hsv_to_rgb((i * 0.618) % 1, 0.75, 0.95) for i in range(n)]) * 255).astype(np.uint8)
 
@@ -47,7 +46,9 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return find_boundaries(mask, mode="inner", connectivity=1)
 
 
-def segment_tile(rgb: np.ndarray, mask: np.ndarray, bbox: Sequence[int], tile: int, margin: float = 0.25) -> Image.Image:
+def segment_tile(
+    rgb: np.ndarray, mask: np.ndarray, bbox: Sequence[int], tile: int, margin: float = 0.25
+) -> Image.Image:
     """A square crop around the segment: mask tinted, its outline drawn, context kept."""
     x, y, w, h = bbox
     side = int(max(w, h) * (1 + 2 * margin)) + 2

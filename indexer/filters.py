@@ -1,0 +1,46 @@
+"""Which segments a search returns, and how hard it looks: one typed object taken by
+every search (``SegmentIndex.query``, ``similar``, ``similar_region``, ``search_vector``),
+built by the CLI from its flags and by the web app from its query parameters.
+
+Its ranges are checked when it is made, alike for Python, the CLI and the web API: a
+NaN score would silently switch its filter off, a huge area overflow SQL's integers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MAX_MIN_AREA = 2**40  # past any photo's pixel count, and within every SQL integer type
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """``per_image``: only the best segment of each image. ``path``: only images whose
+    path matches this glob. ``min_area``: only segments of at least this many pixels.
+    ``min_score``: only hits scoring at least this cosine (k may then return fewer).
+    ``distinct``: drop a hit that mostly lies inside, or mostly contains, a better hit
+    of the same image. ``nprobe`` (clusters visited) and ``rerank`` (candidates
+    re-scored exactly) trade speed for recall on a compressed index; None: the index's own."""
+
+    per_image: bool = False
+    path: str | None = None
+    min_area: int = 0
+    min_score: float | None = None
+    distinct: bool = False
+    nprobe: int | None = None
+    rerank: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_area <= MAX_MIN_AREA:
+            raise ValueError(f"--min-area must be between 0 and {MAX_MIN_AREA} pixels, got {self.min_area}")
+        if self.min_score is not None and not (math.isfinite(self.min_score) and -1.0 <= self.min_score <= 1.0):
+            raise ValueError(f"--min-score must be a number from -1 to 1 (a cosine), got {self.min_score}")
+        for name in ("nprobe", "rerank"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be at least 1, got {value}")
+
+
+def check_k(k: int) -> None:
+    if k < 1:
+        raise ValueError("k must be at least 1")

@@ -1,0 +1,98 @@
+"""Helpers the test modules share (imported as ``tests.helpers``); the fixtures are in
+conftest.py, which pytest loads itself."""
+
+import os
+
+import numpy as np
+
+# -- shared by the index, serving and export tests --------------------------------------
+OPTS = dict(preset="tiny", masker="felzenszwalb", masker_options={"max_masks": 8})
+
+
+def write_photos(folder, names=("astronaut", "chelsea", "coffee", "rocket")):
+    """Small real photos (scikit-image's), every other one in a subfolder ``sub``."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        sub = folder / ("sub" if i % 2 else "")
+        sub.mkdir(exist_ok=True)
+        image = Image.fromarray(getattr(data, name)())
+        image.thumbnail((96, 96))
+        image.save(sub / f"{name}.png")
+    return folder
+
+
+def segment_table(db, db_url=None):
+    """(image, bbox, area, rle) per segment: what an index holds, independent of ids."""
+    from usesearch.indexer import SegmentIndex
+
+    ix = SegmentIndex.open(db, db_url=db_url)
+    rows = ix.store.rows(ix.store.segment_ids())
+    ix.close()
+    return sorted((os.path.basename(r.image_path), r.bbox, r.area, r.rle_counts) for r in rows.values())
+
+
+def assert_consistent(db, db_url=None):
+    """The vector file on disk holds exactly the committed segments, each once."""
+    import faiss
+
+    from usesearch.indexer import SegmentIndex
+    from usesearch.indexer.pipeline import FAISS_FILE
+    from usesearch.indexer.vectors import index_ids, shard_files
+
+    ix = SegmentIndex.open(db, db_url=db_url)
+    on_disk = np.concatenate([index_ids(faiss.read_index(str(f))) for f in shard_files(db / FAISS_FILE)])
+    committed = np.sort(ix.store.segment_ids())
+    assert len(np.unique(committed)) == len(committed)
+    np.testing.assert_array_equal(np.sort(on_disk), committed)
+    ix.close()
+
+
+# -- kill -9 tests: run a step in another process, kill it when it is partly done --------
+def run_python(code: str, *args, **popen):
+    """``python -c code args...`` in another process, importing this checkout."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)], env={**os.environ, "PYTHONPATH": os.getcwd()}, **popen
+    )
+
+
+def sqlite_count(db_file, sql: str):
+    """One count from an index's SQLite file while another process writes it (None
+    while it cannot be read)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db_file, timeout=5) as con:
+            return con.execute(sql).fetchone()[0]
+    except sqlite3.Error:
+        return None
+
+
+def kill_when(proc, probe, reached, start, timeout: float = 120, every: float = 0.05):
+    """Poll ``probe()`` while ``proc`` runs; once ``reached(value)``, kill it with
+    SIGKILL. Returns the last value read (``start`` until one is)."""
+    import signal
+    import time
+
+    deadline, value = time.time() + timeout, start
+    while time.time() < deadline and proc.poll() is None and not reached(value):
+        time.sleep(every)
+        read = probe()
+        value = value if read is None else read
+    assert proc.poll() is None, "the process finished before it could be killed; give it more work"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return value
+
+
+# -- shared by the mask generator's tests ------------------------------------------
+LOW = dict(pred_iou_thresh=-10.0, stability_score_thresh=-10.0)  # keep (nearly) every proposal
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
