@@ -140,7 +140,8 @@ def main() -> None:
         photos = write_photos(Path(tmp) / "photos", args.images, args.side, first=warmup)
         print(
             f"{args.images} photos of {args.side}x{args.side * 3 // 4}, masker {args.masker}, "
-            f"{args.points_per_side}x{args.points_per_side} points, masks per photo {args.masks_per_photo or 'as kept'}, "
+            f"{args.points_per_side}x{args.points_per_side} points, "
+            f"masks per photo {args.masks_per_photo or 'as kept'}, "
             f"{args.threads} threads, torch {torch.__version__}"
             + (f", {torch.cuda.get_device_name()}" if cuda else ", no GPU"),
             flush=True,

@@ -89,7 +89,8 @@ def main() -> None:
         encoder, decoder = model_forward(sam, image, side, args.points_per_batch, args.device, args.autocast)
         model = encoder + decoder
         print(
-            f"{side}x{side} points: model forward {model:.3f} s (encoder {encoder:.3f} s, decoder + upscaling {decoder:.3f} s)"
+            f"{side}x{side} points: model forward {model:.3f} s "
+            f"(encoder {encoder:.3f} s, decoder + upscaling {decoder:.3f} s)"
         )
         for name, settings in SETTINGS.items():
             ours_gen = SamMaskGenerator(
@@ -106,7 +107,10 @@ def main() -> None:
                     sam, points_per_side=side, points_per_batch=args.points_per_batch, **settings
                 )
                 stock_s, stock_masks = timed(lambda: stock_gen.generate(image))
-                line += f"   stock {stock_s:7.3f} s ({len(stock_masks)} masks, {stock_s / model:.2f}x the model): ours {stock_s / ours_s:.1f}x faster"
+                line += (
+                    f"   stock {stock_s:7.3f} s ({len(stock_masks)} masks, {stock_s / model:.2f}x the model): "
+                    f"ours {stock_s / ours_s:.1f}x faster"
+                )
             print(line, flush=True)
 
 

@@ -109,7 +109,8 @@ def main() -> None:
 
     low_res = torch.empty(3 * points, 1, 256, 256, device="meta")
 
-    def post():  # upscaling to the canvas and the photo, stability (two thresholds), boxes' masks: float32 as the generator
+    # Upscaling to the canvas and the photo, stability (two thresholds), boxes' masks: float32 as the generator.
+    def post():
         logits = F.interpolate(low_res, (side, side), mode="bilinear", align_corners=False)[..., :h, :w]
         if (h, w) != (side, side)[:2] and max(h, w) != side:
             logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)

@@ -64,7 +64,8 @@ def main() -> None:
         rows = list(csv.DictReader(open(tmp / "run" / "log.csv")))
         segments = sum(int(r["segments"]) for r in rows)
         print(
-            f"trained {args.steps} steps x {args.batch} images in {seconds:.0f} s: {segments / seconds:.1f} segments/s, "
+            f"trained {args.steps} steps x {args.batch} images in {seconds:.0f} s: "
+            f"{segments / seconds:.1f} segments/s, "
             f"{args.steps * args.batch / seconds:.1f} images/s; loss {rows[0]['loss']} -> {rows[-1]['loss']}"
         )
         print(f"chance top-1: {1 / 20:.3f}")
@@ -74,7 +75,8 @@ def main() -> None:
             ("crop baseline", usesearch.load_model("tiny", embedder="crop")),
         ):
             print(
-                f"{name:>15}: held-out top-1 {top1_accuracy(model, test_dir):.3f}   semseg mIoU {100 * semseg_miou(model, semseg_dir):.1f}"
+                f"{name:>15}: held-out top-1 {top1_accuracy(model, test_dir):.3f}   "
+                f"semseg mIoU {100 * semseg_miou(model, semseg_dir):.1f}"
             )
 
 

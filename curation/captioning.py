@@ -6,12 +6,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from usesearch.errors import UsesearchError, first_line
+from usesearch.errors import UsesearchError
 from usesearch.models.backbones import seeded
 
+from .pretrained import load_pretrained
 from .records import TextRef
 
-CAPTION_PROMPT = "Describe this image in detail. In your description, specifically mention ALL VISIBLE parts of each object in the image."
+CAPTION_PROMPT = (
+    "Describe this image in detail. "
+    "In your description, specifically mention ALL VISIBLE parts of each object in the image."
+)
 SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.4, "top_k": 5}  # paper §4.1 (CogVLM-17B)
 
 
@@ -35,18 +39,15 @@ class TransformersCaptioner:
                 f"{name} needs remote code; it only runs from an explicitly pinned revision "
                 "(--captioner-revision COMMIT_SHA), so the code you audited is the code that runs"
             )
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
-        try:
-            processor = AutoProcessor.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-            model = AutoModelForImageTextToText.from_pretrained(
-                name, revision=revision, trust_remote_code=trust_remote_code
-            )
-        except OSError as exc:
-            raise UsesearchError(
-                f"captioning model {name!r} is not available: {first_line(exc)}. Download it where the "
-                "network is reachable (it lands in the Hugging Face cache), or pass a local folder."
-            ) from None
+        model, processor = load_pretrained(
+            AutoModelForImageTextToText,
+            name,
+            "captioning model",
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
         return cls(model, processor, name, device, **kwargs)
 
     @torch.inference_mode()

@@ -14,7 +14,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .records import Segment
 
@@ -46,12 +46,12 @@ class DatasetWriter:
         self.done: set[str] = {r["sha256"] for r in read_records(self.dir)}
         self._shard = len(list((self.dir / "shards").glob("*.jsonl")))
         self._in_shard = shard_size  # start a new shard per run: old ones stay untouched
-        self._file = None
+        self._file: TextIO | None = None
 
     def write(
         self, path: str, sha256: str, hw: tuple[int, int], segments: list[Segment], pairs_before_nms: int
     ) -> None:
-        if self._in_shard >= self.shard_size:
+        if self._file is None or self._in_shard >= self.shard_size:
             if self._file:
                 self._file.close()
             self._file = open(self.dir / "shards" / f"shard-{self._shard:05d}.jsonl", "a", encoding="utf-8")

@@ -11,9 +11,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_convert, nms
 
-from usesearch.errors import UsesearchError, first_line
-
 from .expressions import Expression, referring_expressions
+from .pretrained import load_pretrained
 from .records import BoxText, TextRef
 
 BOX_THRESHOLD = 0.05  # paper §4.1
@@ -47,10 +46,13 @@ def match_boxes_to_phrases(
     kept = candidates[nms(boxes_xyxy[candidates].float(), scores[candidates].float(), nms_iou)]
     matches = []
     for q in kept.tolist():
-        start = token_spans[int(best_token[q])][0]
+        span = token_spans[int(best_token[q])]
+        assert span is not None  # special tokens scored 0, below any box threshold
+        start = span[0]
         owner = next((e for e in expressions if e.phrase_start_char <= start < e.phrase_end_char), None)
         if owner is not None:  # a box whose best token is in no noun phrase grounds nothing
-            matches.append(Match(tuple(float(v) for v in boxes_xyxy[q]), float(scores[q]), owner))
+            x0, y0, x1, y1 = boxes_xyxy[q].tolist()
+            matches.append(Match((x0, y0, x1, y1), float(scores[q]), owner))
     return matches
 
 
@@ -85,17 +87,11 @@ class GroundingDinoGrounder:
     def from_pretrained(
         cls, name: str, parser, device: str | torch.device = "cpu", revision: str | None = None, **kwargs
     ):
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection
+        from transformers import GroundingDinoForObjectDetection
 
-        try:
-            processor = AutoProcessor.from_pretrained(name, revision=revision)
-            model = GroundingDinoForObjectDetection.from_pretrained(name, revision=revision)
-        except OSError as exc:
-            raise UsesearchError(
-                f"Grounding DINO weights {name!r} are not available: {first_line(exc)}. "
-                "Download them where the network is reachable (they land in the Hugging Face cache), "
-                "or pass a local folder."
-            ) from None
+        model, processor = load_pretrained(
+            GroundingDinoForObjectDetection, name, "Grounding DINO model", revision=revision
+        )
         return cls(model, processor, parser, device, **kwargs)
 
     @torch.inference_mode()
@@ -131,14 +127,15 @@ class GroundingDinoGrounder:
             if self._tokens(sentence) <= limit:
                 pieces.append(sentence)
                 continue
-            current: list[str] = []
+            words: list[str] = []
             for word in sentence.split():
-                if current and self._tokens(" ".join([*current, word])) > limit:
-                    pieces.append(" ".join(current))
-                    current = []
-                current.append(word)
-            pieces.append(" ".join(current))
-        windows, current = [], ""
+                if words and self._tokens(" ".join([*words, word])) > limit:
+                    pieces.append(" ".join(words))
+                    words = []
+                words.append(word)
+            pieces.append(" ".join(words))
+        windows: list[str] = []
+        current = ""
         for piece in pieces:
             joined = f"{current} {piece}".strip()
             if current and self._tokens(joined) > limit:

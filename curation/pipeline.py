@@ -80,9 +80,11 @@ def curate(
                     if caption_cache.get(key) is None:
                         caption_cache.put(key, asdict(captioner(rgb)))
                     captions.append(TextRef(**caption_cache.get(key)))
-                if captions and grounder is None:
-                    raise CurationConfigError("this source has captions to ground, and no grounding model was given")
                 for caption in captions:
+                    if grounder is None:
+                        raise CurationConfigError(
+                            "this source has captions to ground, and no grounding model was given"
+                        )
                     key = f"{sha256}:{caption.source}:{caption.text}"
                     if box_cache.get(key) is None:
                         box_cache.put(key, [asdict(b) for b in grounder(rgb, caption)])

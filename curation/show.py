@@ -34,8 +34,8 @@ def render(record: dict[str, Any], out: str | os.PathLike, alpha: float = 0.45) 
         labels.append((seg["bbox"], tuple(int(c) for c in colour), "; ".join(t["text"] for t in seg["texts"])[:80]))
     canvas = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    for (x, y, w, h), colour, text in labels:
-        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour, width=1)
+    for (x, y, w, h), outline, text in labels:
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=outline, width=1)
         draw.text((x + 2, y + 1), text, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
     out = Path(out)
     canvas.save(out)

@@ -43,7 +43,8 @@ def tiny_grounding_dino(seed: int = 5):
     assert (vocab["[CLS]"], vocab["[SEP]"], vocab["."]) == (101, 102, 1012)
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
     config = GroundingDinoConfig(
-        backbone_config=SwinConfig(
+        # out_features goes through SwinConfig's __post_init__ kwargs, which its dataclass signature hides.
+        backbone_config=SwinConfig(  # type: ignore[call-arg]
             embed_dim=16,
             depths=[1, 1, 1, 1],
             num_heads=[1, 1, 1, 1],
@@ -71,7 +72,6 @@ def tiny_grounding_dino(seed: int = 5):
         num_feature_levels=3,
         encoder_n_points=2,
         decoder_n_points=2,
-        use_timm_backbone=False,
     )
     with seeded(seed):
         model = GroundingDinoForObjectDetection(config).eval()

@@ -67,7 +67,7 @@ def test_stability_score_equals_segment_anythings():
     import torch
     from segment_anything.utils.amg import calculate_stability_score
 
-    from usesearch.masks.amg import stability_score
+    from usesearch.masks.amg_utils import stability_score
 
     logits = torch.randn(12, 300, 200, generator=torch.Generator().manual_seed(0)) * 3
     for view in (logits, logits[:, :250, :150]):  # contiguous, and a crop of the padded frame

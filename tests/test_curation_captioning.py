@@ -17,7 +17,8 @@ from usesearch.errors import UsesearchError
 
 def test_paper_prompt_and_sampling():
     assert CAPTION_PROMPT == (
-        "Describe this image in detail. In your description, specifically mention ALL VISIBLE parts of each object in the image."
+        "Describe this image in detail. "
+        "In your description, specifically mention ALL VISIBLE parts of each object in the image."
     )
     assert SAMPLING == {"do_sample": True, "temperature": 0.8, "top_p": 0.4, "top_k": 5}
 

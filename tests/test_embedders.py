@@ -89,7 +89,10 @@ def test_tiny_is_deterministic_across_builds_and_processes(tiny_use, photo, phot
     again = usesearch.load_model("tiny", device="cpu")
     assert again.fingerprint == tiny_use.fingerprint
     np.testing.assert_array_equal(again.embed_segments(photo, photo_masks), tiny_use.embed_segments(photo, photo_masks))
-    code = "import usesearch; m = usesearch.load_model('tiny', device='cpu'); print(m.fingerprint, float(m.embed_text(['x'])[0, 0]))"
+    code = (
+        "import usesearch; m = usesearch.load_model('tiny', device='cpu'); "
+        "print(m.fingerprint, float(m.embed_text(['x'])[0, 0]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == tiny_use.fingerprint
     assert float(out[1]) == pytest.approx(float(tiny_use.embed_text(["x"])[0, 0]), abs=1e-6)

@@ -19,7 +19,8 @@ from tests.helpers import LOW, OPTS, mask_iou, write_photos
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
 from usesearch.io.files import walk
 from usesearch.masks import rle
-from usesearch.masks.amg import SamMaskGenerator, prompt_batch
+from usesearch.masks.amg import SamMaskGenerator
+from usesearch.masks.amg_utils import prompt_batch
 from usesearch.masks.sam import build_sam
 from usesearch.masks.sam_fast import _sdpa_forward, share_image_tokens
 

@@ -53,10 +53,10 @@ def augment(
     factor = rng.uniform(*scale)
     h, w = rgb.shape[:2]
     nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
-    image = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+    image = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BILINEAR))
     # Nearest for masks: a mask pixel follows the image pixel it sits on.
     resized = (
-        np.stack([np.asarray(Image.fromarray(m).resize((nw, nh), Image.NEAREST)) for m in masks])
+        np.stack([np.asarray(Image.fromarray(m).resize((nw, nh), Image.Resampling.NEAREST)) for m in masks])
         if len(masks)
         else np.zeros((0, nh, nw), bool)
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -28,7 +29,9 @@ def class_texts() -> list[str]:
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     coarse = rng.uniform(60, 160, (4, 4, 3))
-    smooth = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.BICUBIC), np.float32)
+    smooth = np.asarray(
+        Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC), np.float32
+    )
     return np.clip(smooth + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
 
 
@@ -125,13 +128,28 @@ def write_semseg(out: str | os.PathLike, n_images: int, seed: int = 0, size: int
     return out
 
 
+def _annotation(annotation_id: int, image_id: int, category: int, mask: np.ndarray) -> dict[str, Any]:
+    """A COCO annotation of one mask, its segmentation an RLE."""
+    encoded = rle.encode(mask)
+    return {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": category,
+        "iscrowd": 0,
+        "area": float(rle.area(encoded)),
+        "bbox": [float(v) for v in rle.bbox(encoded)],
+        "segmentation": encoded,
+    }
+
+
 def write_parts_coco(out: str | os.PathLike, n_images: int, seed: int = 0, size: int = 128) -> Path:
     """PartImageNet-like COCO file: every house's roof and body as part annotations."""
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     categories = [{"id": 1, "name": "roof"}, {"id": 2, "name": "wall"}]
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     rng = np.random.default_rng(seed)
     while len(images) < n_images:
         rgb, objects = scene(rng, size)
@@ -144,18 +162,7 @@ def write_parts_coco(out: str | os.PathLike, n_images: int, seed: int = 0, size:
         images.append({"id": image_id, "file_name": f"{image_id:05d}.png", "height": size, "width": size})
         parts = [(1, r) for r in roofs] + [(2, h & ~r) for h, r in zip(houses, roofs)]
         for category, mask in parts:
-            encoded = rle.encode(mask)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": category,
-                    "iscrowd": 0,
-                    "area": float(rle.area(encoded)),
-                    "bbox": [float(v) for v in rle.bbox(encoded)],
-                    "segmentation": encoded,
-                }
-            )
+            annotations.append(_annotation(len(annotations) + 1, image_id, category, mask))
     path = out / "parts.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path
@@ -170,9 +177,11 @@ def write_instances_coco(
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     names = semseg_classes()[1:]
-    categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    categories: list[dict[str, Any]] = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
     rng = np.random.default_rng(seed)
-    images, annotations, planted = [], [], set()
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    planted: set[int] = set()
     for i in range(n_images):
         rgb, objects = scene(rng, size)
         Image.fromarray(rgb).save(out / "images" / f"{i:05d}.png")
@@ -185,18 +194,7 @@ def write_instances_coco(
             if rng.random() < wrong_fraction:
                 category = int(rng.choice([c["id"] for c in categories if c["id"] != category]))
                 planted.add(len(annotations) + 1)
-            encoded = rle.encode(mask)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": i + 1,
-                    "category_id": category,
-                    "iscrowd": 0,
-                    "area": float(rle.area(encoded)),
-                    "bbox": [float(v) for v in rle.bbox(encoded)],
-                    "segmentation": encoded,
-                }
-            )
+            annotations.append(_annotation(len(annotations) + 1, i + 1, category, mask))
     path = out / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path, planted

@@ -17,9 +17,9 @@ def read_image(path: str | PathLike | BinaryIO, name: str | None = None) -> np.n
     masks line up with what viewers show, and return RGB uint8 HxWx3. ``name`` is what
     errors call the image (for a file object, whose repr means nothing to a user)."""
     try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im = ImageOps.exif_transpose(im)
+        with Image.open(path) as opened:
+            opened.seek(0)
+            im = ImageOps.exif_transpose(opened)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
                 array = np.asarray(im, dtype=np.uint32)
@@ -90,7 +90,7 @@ def letterbox(
     h, w = rgb.shape[:2]
     scale = side / (canvas or max(h, w))
     new_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
-    resized = np.array(Image.fromarray(rgb).resize(new_hw[::-1], Image.BICUBIC))
+    resized = np.array(Image.fromarray(rgb).resize(new_hw[::-1], Image.Resampling.BICUBIC))
     out = torch.zeros(3, side, side)
     out[:, : new_hw[0], : new_hw[1]] = normalize(resized, mean, std)
     return out

@@ -25,7 +25,6 @@ from segment_anything.utils.amg import (
     batch_iterator,
     batched_mask_to_box,
     build_all_layer_point_grids,
-    calculate_stability_score,
     generate_crop_boxes,
     is_box_near_crop_edge,
     remove_small_regions,
@@ -34,50 +33,13 @@ from segment_anything.utils.amg import (
     uncrop_points,
 )
 from segment_anything.utils.transforms import ResizeLongestSide
-from torchvision.ops import batched_nms, box_area
+from torchvision.ops import box_area
 
 from usesearch.masks import rle
+from usesearch.masks.amg_utils import CPU_POINTS_PER_BATCH, Candidates, nms, prompt_batch, stability_score
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU: bounds memory for large photos
 GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)
-CPU_POINTS_PER_BATCH = 64  # segment-anything's default; a CPU gains nothing from more
-GPU_MEMORY_SHARE = 0.4  # of the free GPU memory, what one prompt batch's masks may take
-
-
-@dataclass
-class Candidates:
-    """Masks not yet materialised: low-resolution logits and what filtering needs."""
-
-    low_res: torch.Tensor  # [N, 1, 256, 256] float32 logits
-    iou: torch.Tensor  # [N] predicted IoU
-    stability: torch.Tensor  # [N]
-    boxes: torch.Tensor  # [N, 4] XYXY, inclusive max (segment-anything's convention)
-    points: torch.Tensor  # [N, 2] the prompt of each mask
-    crop: torch.Tensor  # [N] index into the crop list
-
-    def __getitem__(self, keep) -> Candidates:
-        return Candidates(
-            *(t[keep] for t in (self.low_res, self.iou, self.stability, self.boxes, self.points, self.crop))
-        )
-
-    def __len__(self) -> int:
-        return len(self.iou)
-
-    @staticmethod
-    def cat(parts: list[Candidates], device) -> Candidates:
-        if not parts:
-            empty = torch.zeros(0, device=device)
-            return Candidates(
-                empty.reshape(0, 1, 256, 256),
-                empty,
-                empty,
-                empty.reshape(0, 4).long(),
-                empty.reshape(0, 2).double(),
-                empty.long(),
-            )
-        return Candidates(
-            *(torch.cat(ts) for ts in zip(*((p.low_res, p.iou, p.stability, p.boxes, p.points, p.crop) for p in parts)))
-        )
 
 
 @dataclass
@@ -205,7 +167,7 @@ class SamMaskGenerator:
         for crop in crops:
             resized = torch.as_tensor(self.transform.apply_image(crop), device=self.model.device)
             resized = resized.permute(2, 0, 1).contiguous()[None]
-            sizes.append(tuple(resized.shape[-2:]))
+            sizes.append((resized.shape[-2], resized.shape[-1]))
             inputs.append(self.model.preprocess(resized))
         with self._autocast():
             features = self.model.image_encoder(torch.cat(inputs))
@@ -225,7 +187,7 @@ class SamMaskGenerator:
         if len(crop_features) > 1 and len(cands):
             crop_xyxy = torch.tensor([c[0] for c in crops], device=cands.boxes.device)[cands.crop]
             scores = 1 / box_area(crop_xyxy)
-            cands = cands[self._keep(_nms(cands.boxes, scores, self.crop_nms_thresh), scores)]
+            cands = cands[self._keep(nms(cands.boxes, scores, self.crop_nms_thresh), scores)]
         return self._materialise(cands, crops, orig_size)
 
     def _crop_candidates(self, features, input_size, crop_box, layer, index, orig_size):
@@ -238,7 +200,7 @@ class SamMaskGenerator:
             for (points,) in batch_iterator(per_batch, points_for_image)
         ]
         cands = Candidates.cat(parts, self.model.device)
-        cands = cands[self._keep(_nms(cands.boxes, cands.iou, self.box_nms_thresh), cands.iou)]
+        cands = cands[self._keep(nms(cands.boxes, cands.iou, self.box_nms_thresh), cands.iou)]
         cands.boxes = uncrop_boxes_xyxy(cands.boxes, crop_box)
         cands.points = uncrop_points(cands.points, crop_box)
         cands.crop = torch.full((len(cands),), index, dtype=torch.long, device=cands.iou.device)
@@ -376,17 +338,17 @@ class SamMaskGenerator:
         order = torch.arange(len(cands))
         if self.min_mask_region_area > 0 and len(cands):
             # As segment-anything: a mask the clean-up changed loses NMS ties to any that it left alone.
-            order = _nms(
+            order = nms(
                 boxes, torch.tensor(unchanged, dtype=torch.float32), max(self.box_nms_thresh, self.crop_nms_thresh)
             )
         return [
             MaskRecord(
                 rle=rles[i],
                 area=rle.area(rles[i]),
-                box_xyxy=tuple(int(v) for v in boxes[i]),
+                box_xyxy=tuple(boxes[i].tolist()),
                 predicted_iou=float(iou[i]),
                 stability_score=float(stability[i]),
-                point=tuple(float(v) for v in points[i]),
+                point=tuple(points[i].tolist()),
                 crop_box=tuple(crops[int(crop[i])][0]),
             )
             for i in order.tolist()
@@ -402,32 +364,3 @@ class SamMaskGenerator:
             cleaned.append(mask)
             flags.append(float(not holes and not islands))
         return torch.from_numpy(np.stack(cleaned)) if cleaned else masks.cpu(), flags
-
-
-def prompt_batch(free_bytes: int, side: int, crop_hw: tuple[int, int], points: int) -> int:
-    """Prompts per decoder batch on a GPU with ``free_bytes`` free: as many as fit in
-    ``GPU_MEMORY_SHARE`` of it (each prompt's three masks as float32 logits at the
-    larger of the model's canvas and the crop, with their thresholded copies and
-    counts: ~8 bytes a pixel), in multiples of 64, at least 64, at most ``points``."""
-    per_point = 3 * max(side * side, crop_hw[0] * crop_hw[1]) * 8
-    fit = int(free_bytes * GPU_MEMORY_SHARE) // per_point // CPU_POINTS_PER_BATCH * CPU_POINTS_PER_BATCH
-    return max(CPU_POINTS_PER_BATCH, min(points, fit))
-
-
-def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
-    """segment-anything's ``calculate_stability_score`` (pixels above threshold+offset
-    over pixels above threshold-offset), the same numbers. On a CPU NumPy's
-    count_nonzero counts a few times faster than torch's bool sums, and this is the
-    largest cost the generator adds to the model's."""
-    if logits.device.type != "cpu" or not len(logits):
-        return calculate_stability_score(logits, threshold, offset)
-    flat = logits.detach().numpy().reshape(len(logits), -1)
-    above_high = np.count_nonzero(flat > threshold + offset, axis=1).astype(np.int32)
-    above_low = np.count_nonzero(flat > threshold - offset, axis=1).astype(np.int32)
-    return torch.from_numpy(above_high) / torch.from_numpy(above_low)  # int32 / int32, as segment-anything divides
-
-
-def _nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Box NMS exactly as segment-anything calls it (torchvision's batched_nms with one
-    category), so ties among equal scores resolve the same way."""
-    return batched_nms(boxes.float(), scores, torch.zeros(len(boxes), device=boxes.device), iou_threshold=threshold)

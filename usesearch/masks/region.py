@@ -36,7 +36,8 @@ def pick_most_stable(logits: torch.Tensor, iou_preds: torch.Tensor, mask_thresho
 
 
 def parse_point(text: str) -> tuple[float, float]:
-    return tuple(_numbers(text, 2, "--point X,Y"))
+    x, y = _numbers(text, 2, "--point X,Y")
+    return x, y
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -59,7 +60,7 @@ def _numbers(text: str, count: int, spelling: str) -> list[float]:
 def from_mask(mask: np.ndarray, hw: tuple[int, int]) -> Region:
     mask = np.asarray(mask)
     if mask.ndim == 3:  # a PNG read with colour channels: any non-zero channel is inside
-        mask = mask.any(axis=2)
+        mask = np.any(mask, axis=2)
     if mask.shape != tuple(hw):
         raise UsesearchError(f"the mask is {mask.shape[0]}x{mask.shape[1]} but the photo is {hw[0]}x{hw[1]}")
     mask = mask != 0
@@ -94,6 +95,7 @@ def prompt(
                 point_coords=coords, point_labels=np.array([1]), multimask_output=True, return_logits=True
             )
         else:
+            assert box is not None  # exactly one of point and box, checked above
             x, y, bw, bh = box
             xyxy = predictor.transform.apply_boxes(np.array([[x, y, x + bw, y + bh]], np.float32), (h, w))
             logits, ious, _ = predictor.predict(box=xyxy[0], multimask_output=True, return_logits=True)

@@ -39,9 +39,10 @@ class RleStack:
         return decode_stack(self.rles, self.hw)
 
 
-def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
+def segmentation_to_rle(segmentation: Any, height: int | None, width: int | None) -> dict:
     """A COCO ``segmentation`` (polygons, uncompressed RLE or compressed RLE with str or
-    bytes counts) -> compressed RLE with bytes counts, as pycocotools wants it."""
+    bytes counts) -> compressed RLE with bytes counts, as pycocotools wants it. Polygons
+    need the image's height and width; an RLE carries its own size."""
     if isinstance(segmentation, list):
         return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     if isinstance(segmentation["counts"], list):
@@ -95,9 +96,10 @@ def encode_runs(masks) -> list[dict]:
 
     n, h, w = masks.shape
     flat = masks.transpose(1, 2).reshape(n, h * w)  # COCO's column-major order, one row per mask
-    mask_of, at = torch.nonzero(flat[:, 1:] != flat[:, :-1], as_tuple=True)  # sorted by mask, then pixel
-    found = torch.cat([flat[:, 0].long(), mask_of, at + 1]).cpu().numpy()  # the one transfer
-    starts_on, mask_of, bounds = found[:n].astype(bool), found[n : n + len(at)], found[n + len(at) :]
+    change_mask, change_at = torch.nonzero(flat[:, 1:] != flat[:, :-1], as_tuple=True)  # sorted by mask, then pixel
+    found = torch.cat([flat[:, 0].long(), change_mask, change_at + 1]).cpu().numpy()  # the one transfer
+    changes = len(change_at)
+    starts_on, mask_of, bounds = found[:n].astype(bool), found[n : n + changes], found[n + changes :]
     split = np.searchsorted(mask_of, np.arange(n + 1))
     uncompressed = []
     for i in range(n):

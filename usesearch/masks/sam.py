@@ -8,6 +8,7 @@ that calls ``torch.load`` without ``weights_only=True``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -21,20 +22,26 @@ from usesearch.models.config import SamConfig
 from usesearch.models.weights import require, sam_status, verify_sha256
 
 SAM_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
-# The tiny SAM: small encoder *and* decoder, 256-px input; seeded random weights.
-TINY = dict(
-    embed_dim=32,
-    depth=2,
-    heads=2,
-    global_attn=(1,),
-    image_size=256,
-    patch_size=16,
-    window_size=4,
-    prompt_dim=32,
-    decoder_mlp_dim=64,
-    decoder_heads=2,
-    iou_hidden=32,
-)
+
+
+@dataclass(frozen=True)
+class _TinySam:
+    """The tiny SAM: small encoder *and* decoder, 256-px input; seeded random weights."""
+
+    embed_dim: int = 32
+    depth: int = 2
+    heads: int = 2
+    global_attn: tuple[int, ...] = (1,)
+    image_size: int = 256
+    patch_size: int = 16
+    window_size: int = 4
+    prompt_dim: int = 32
+    decoder_mlp_dim: int = 64
+    decoder_heads: int = 2
+    iou_hidden: int = 32
+
+
+TINY = _TinySam()
 
 
 def build_sam(model_type: str) -> Sam:
@@ -50,36 +57,36 @@ def build_sam(model_type: str) -> Sam:
 
 def _build_tiny() -> Sam:
     t = TINY
-    grid = t["image_size"] // t["patch_size"]
+    grid = t.image_size // t.patch_size
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=t["depth"],
-            embed_dim=t["embed_dim"],
-            img_size=t["image_size"],
+            depth=t.depth,
+            embed_dim=t.embed_dim,
+            img_size=t.image_size,
             mlp_ratio=4,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=t["heads"],
-            patch_size=t["patch_size"],
+            num_heads=t.heads,
+            patch_size=t.patch_size,
             qkv_bias=True,
             use_rel_pos=True,
-            global_attn_indexes=t["global_attn"],
-            window_size=t["window_size"],
-            out_chans=t["prompt_dim"],
+            global_attn_indexes=t.global_attn,
+            window_size=t.window_size,
+            out_chans=t.prompt_dim,
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=t["prompt_dim"],
+            embed_dim=t.prompt_dim,
             image_embedding_size=(grid, grid),
-            input_image_size=(t["image_size"], t["image_size"]),
+            input_image_size=(t.image_size, t.image_size),
             mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
-                depth=2, embedding_dim=t["prompt_dim"], mlp_dim=t["decoder_mlp_dim"], num_heads=t["decoder_heads"]
+                depth=2, embedding_dim=t.prompt_dim, mlp_dim=t.decoder_mlp_dim, num_heads=t.decoder_heads
             ),
-            transformer_dim=t["prompt_dim"],
+            transformer_dim=t.prompt_dim,
             iou_head_depth=3,
-            iou_head_hidden_dim=t["iou_hidden"],
+            iou_head_hidden_dim=t.iou_hidden,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],

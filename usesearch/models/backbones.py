@@ -11,12 +11,19 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from usesearch.models.config import ClipConfig, DinoConfig
 from usesearch.models.weights import clip_status, dino_status, require
+
+if TYPE_CHECKING:
+    # open_clip ships no type information, so to mypy its CLIP is Any; the name still says what
+    # the field holds. timm is typed: DINOv2 is its VisionTransformer.
+    from open_clip import CLIP
+    from timm.models.vision_transformer import VisionTransformer
 
 
 @contextlib.contextmanager
@@ -65,7 +72,7 @@ def freeze(module: nn.Module) -> nn.Module:
 class Clip:
     """A whole open_clip model (image and text towers) plus its tokenizer and normalisation."""
 
-    model: nn.Module
+    model: CLIP
     tokenizer: object
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -98,7 +105,7 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False) -> 
     if cfg.pretrained is None:
         with seeded(cfg.seed), _quiet_root_logger():
             model = open_clip.create_model(cfg.model_name, pretrained=None, **kwargs)
-        pre = {}
+        pre: dict[str, Any] = {}
     else:
         path = require(clip_status(cfg), preset_name)
         pre = open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained) or {}
@@ -116,7 +123,7 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False) -> 
     )
 
 
-def build_dino(cfg: DinoConfig, preset_name: str) -> nn.Module:
+def build_dino(cfg: DinoConfig, preset_name: str) -> VisionTransformer:
     import timm
 
     kwargs = dict(img_size=cfg.image_size, dynamic_img_size=True, num_classes=0, **cfg.overrides)
@@ -129,9 +136,11 @@ def build_dino(cfg: DinoConfig, preset_name: str) -> nn.Module:
             model = timm.create_model(
                 cfg.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
             )
-    return freeze(model)
+    # timm.create_model is typed to return any nn.Module; the DINOv2 names build a VisionTransformer.
+    return cast("VisionTransformer", freeze(model))
 
 
 def dino_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    cfg = model.pretrained_cfg
+    # timm attaches pretrained_cfg to the models it builds, outside the class's declared attributes.
+    cfg = cast(dict[str, Any], model.pretrained_cfg)
     return tuple(cfg["mean"]), tuple(cfg["std"])

@@ -9,9 +9,15 @@ LLNs and the block scales are the encoder's only trainable parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    # open_clip is untyped (Any to mypy); timm's DINOv2 is its typed VisionTransformer.
+    from open_clip.transformer import VisionTransformer as ClipVisionTower
+    from timm.models.vision_transformer import VisionTransformer as DinoTower
 
 
 class LLN(nn.Sequential):
@@ -32,7 +38,7 @@ class BackboneTokens:
 
 
 class USEImageEncoder(nn.Module):
-    def __init__(self, clip_visual: nn.Module, dino: nn.Module, lln_dim: int, dino_last_blocks: int = 6):
+    def __init__(self, clip_visual: ClipVisionTower, dino: DinoTower, lln_dim: int, dino_last_blocks: int = 6):
         super().__init__()
         self.clip_visual = clip_visual
         self.dino = dino
@@ -71,8 +77,10 @@ class USEImageEncoder(nn.Module):
         clip_out = self.clip_visual.forward_intermediates(
             clip_pixels, indices=self.clip_block_indices, output_fmt="NLC"
         )
-        dino_final, dino_inter = self.dino.forward_intermediates(
-            dino_pixels, indices=self.dino_block_indices, output_fmt="NLC"
+        # Neither intermediates_only nor output_dict: timm returns (final tokens, intermediates).
+        dino_final, dino_inter = cast(
+            tuple[torch.Tensor, list[torch.Tensor]],
+            self.dino.forward_intermediates(dino_pixels, indices=self.dino_block_indices, output_fmt="NLC"),
         )
         clip_blocks = torch.stack(clip_out["image_intermediates"], dim=1)
         dino_blocks = torch.stack(dino_inter, dim=1)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -29,9 +29,12 @@ from usesearch.models.encoder import BackboneTokens, USEImageEncoder
 from usesearch.models.head import SegmentEmbeddingHead, letterbox_weights
 from usesearch.models.text import CLASSNAME_TEMPLATES, EXPRESSION_TEMPLATES, TextEncoder
 
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
 
 class USE(nn.Module):
-    def __init__(self, preset: PresetConfig, clip: Clip, dino: nn.Module):
+    def __init__(self, preset: PresetConfig, clip: Clip, dino: VisionTransformer):
         super().__init__()
         self.preset = preset
         self.encoder = USEImageEncoder(clip.model.visual, dino, preset.head.lln_dim, preset.dino.last_blocks)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from open_clip import CLIP  # untyped package: Any to mypy
 
 # Paper §4.2: the four templates used for referring expressions.
 EXPRESSION_TEMPLATES: tuple[str, ...] = (
@@ -43,7 +47,7 @@ TEMPLATE_SETS = {"expression": EXPRESSION_TEMPLATES, "classname": CLASSNAME_TEMP
 class TextEncoder:
     """Embeds texts as the normalised mean of their normalised per-template embeddings."""
 
-    def __init__(self, clip_model: torch.nn.Module, tokenizer, device: torch.device, cache_size: int = 100_000):
+    def __init__(self, clip_model: CLIP, tokenizer, device: torch.device, cache_size: int = 100_000):
         self.model = clip_model
         self.tokenizer = tokenizer
         self.device = device

@@ -95,10 +95,11 @@ def preset_status(preset: PresetConfig) -> list[WeightStatus]:
     return [clip_status(preset.clip), dino_status(preset.dino), sam_status(preset.sam)]
 
 
-def require(status: WeightStatus, preset_name: str) -> Path | None:
-    """Path of a needed file, or a ``MissingWeightsError`` that says where to put it."""
+def require(status: WeightStatus, preset_name: str) -> Path:
+    """Path of a needed file, or a ``MissingWeightsError`` that says where to put it.
+    Callers ask only for needed files: a seeded-random component has none."""
     if not status.needed:
-        return None
+        raise ValueError(f"{status.component} {status.name} is seeded random: there is no file to require")
     if status.path is None:
         raise MissingWeightsError(
             f"{status.component} weights for preset {preset_name!r} are not on this machine: "

@@ -51,7 +51,7 @@ def audit_coco(model: SegmentEmbedder, coco: dict, images_dir: str | os.PathLike
         rgb = read_image(path)
         h, w = rgb.shape[:2]
         masks = np.stack([rle.decode(a["segmentation"], h, w) for a in anns])
-        keep = masks.reshape(len(masks), -1).any(1)
+        keep = np.any(masks.reshape(len(masks), -1), axis=1)
         probs = class_probabilities(model, rgb, masks[keep], class_names)
         for ann, p in zip([a for a, k in zip(anns, keep) if k], probs):
             label = category_ids.index(ann["category_id"])
@@ -75,7 +75,7 @@ def audit_coco(model: SegmentEmbedder, coco: dict, images_dir: str | os.PathLike
 
 def summary(suspects: list[Suspect]) -> dict:
     per_class: dict[str, dict] = {}
-    confused = Counter()
+    confused: Counter[tuple[str, str]] = Counter()
     for s in suspects:
         entry = per_class.setdefault(s.labelled, {"annotations": 0, "agree": 0})
         entry["annotations"] += 1

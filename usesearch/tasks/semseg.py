@@ -31,7 +31,7 @@ UNLABELLED = 255  # in uint8 label maps
 UNLABELLED_16 = 65535  # in uint16 label maps (256 classes or more)
 
 
-def label_dtype(num_classes: int) -> tuple[type, int]:
+def label_dtype(num_classes: int) -> tuple[type[np.unsignedinteger], int]:
     """(dtype, unlabelled value) of a label map for this many classes."""
     if num_classes < UNLABELLED:
         return np.uint8, UNLABELLED
@@ -44,13 +44,13 @@ def class_probabilities(
     models: SegmentEmbedder | Sequence[SegmentEmbedder], rgb: np.ndarray, masks: np.ndarray, class_names: Sequence[str]
 ) -> np.ndarray:
     """[N masks, C classes] softmax probabilities; averaged over an ensemble of models."""
-    models = models if isinstance(models, (list, tuple)) else [models]
-    total = 0
-    for model in models:
+    ensemble = models if isinstance(models, Sequence) else [models]
+    total = np.zeros((), np.float32)  # broadcasts: adding the first model's [N, C] gives exactly its values
+    for model in ensemble:
         segments = model.embed_segments(rgb, masks)
         texts = model.embed_classes(list(class_names))
         total = total + torch.softmax(torch.from_numpy(LOGIT_SCALE * segments @ texts.T), dim=1).numpy()
-    return total / len(models)
+    return total / len(ensemble)
 
 
 def pixel_labels(masks: np.ndarray, probabilities: np.ndarray, chunk: int = 64) -> np.ndarray:

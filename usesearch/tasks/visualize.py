@@ -59,8 +59,8 @@ def segment_tile(
     scale = tile / max(crop.size)  # small segments are enlarged too
     size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
     # Tint and outline at display size, so the outline stays crisp and one width at any scale.
-    pixels = np.asarray(crop.resize(size, Image.LANCZOS), dtype=np.float32)
-    m = np.asarray(Image.fromarray(mask[y0:y1, x0:x1]).resize(size, Image.NEAREST))
+    pixels = np.asarray(crop.resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
+    m = np.asarray(Image.fromarray(mask[y0:y1, x0:x1]).resize(size, Image.Resampling.NEAREST))
     pixels[m] = 0.6 * pixels[m] + 0.4 * np.array(TINT)
     pixels[outline(m)] = OUTLINE
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))

@@ -1,0 +1,24 @@
+"""Loading a transformers model and its processor for a curation stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from usesearch.errors import UsesearchError, first_line
+
+
+def load_pretrained(model_class: Any, name: str, what: str, **options: Any) -> tuple[Any, Any]:
+    """(model, processor) of ``name``, a hub id in the Hugging Face cache or a local
+    folder, both loaded with ``options`` (revision, trust_remote_code); or an error
+    that says how to get them. ``what`` names the model in that error."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(name, **options)
+        model = model_class.from_pretrained(name, **options)
+    except OSError as exc:
+        raise UsesearchError(
+            f"{what} {name!r} is not available: {first_line(exc)}. Download it where the network is "
+            "reachable (it lands in the Hugging Face cache), or pass a local folder."
+        ) from None
+    return model, processor

@@ -1,0 +1,80 @@
+"""The mask generator's pure helpers (``amg.py`` holds the generator), as segment-anything
+keeps its own in ``segment_anything.utils.amg``: the candidates' tensor container, the
+decoder batch that fits a GPU, the stability score and box NMS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from segment_anything.utils.amg import calculate_stability_score
+from torchvision.ops import batched_nms
+
+CPU_POINTS_PER_BATCH = 64  # segment-anything's default; a CPU gains nothing from more
+GPU_MEMORY_SHARE = 0.4  # of the free GPU memory, what one prompt batch's masks may take
+
+
+@dataclass
+class Candidates:
+    """Masks not yet materialised: low-resolution logits and what filtering needs."""
+
+    low_res: torch.Tensor  # [N, 1, 256, 256] float32 logits
+    iou: torch.Tensor  # [N] predicted IoU
+    stability: torch.Tensor  # [N]
+    boxes: torch.Tensor  # [N, 4] XYXY, inclusive max (segment-anything's convention)
+    points: torch.Tensor  # [N, 2] the prompt of each mask
+    crop: torch.Tensor  # [N] index into the crop list
+
+    def __getitem__(self, keep) -> Candidates:
+        return Candidates(
+            *(t[keep] for t in (self.low_res, self.iou, self.stability, self.boxes, self.points, self.crop))
+        )
+
+    def __len__(self) -> int:
+        return len(self.iou)
+
+    @staticmethod
+    def cat(parts: list[Candidates], device) -> Candidates:
+        if not parts:
+            empty = torch.zeros(0, device=device)
+            return Candidates(
+                empty.reshape(0, 1, 256, 256),
+                empty,
+                empty,
+                empty.reshape(0, 4).long(),
+                empty.reshape(0, 2).double(),
+                empty.long(),
+            )
+        return Candidates(
+            *(torch.cat(ts) for ts in zip(*((p.low_res, p.iou, p.stability, p.boxes, p.points, p.crop) for p in parts)))
+        )
+
+
+def prompt_batch(free_bytes: int, side: int, crop_hw: tuple[int, int], points: int) -> int:
+    """Prompts per decoder batch on a GPU with ``free_bytes`` free: as many as fit in
+    ``GPU_MEMORY_SHARE`` of it (each prompt's three masks as float32 logits at the
+    larger of the model's canvas and the crop, with their thresholded copies and
+    counts: ~8 bytes a pixel), in multiples of 64, at least 64, at most ``points``."""
+    per_point = 3 * max(side * side, crop_hw[0] * crop_hw[1]) * 8
+    fit = int(free_bytes * GPU_MEMORY_SHARE) // per_point // CPU_POINTS_PER_BATCH * CPU_POINTS_PER_BATCH
+    return max(CPU_POINTS_PER_BATCH, min(points, fit))
+
+
+def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    """segment-anything's ``calculate_stability_score`` (pixels above threshold+offset
+    over pixels above threshold-offset), the same numbers. On a CPU NumPy's
+    count_nonzero counts a few times faster than torch's bool sums, and this is the
+    largest cost the generator adds to the model's."""
+    if logits.device.type != "cpu" or not len(logits):
+        return calculate_stability_score(logits, threshold, offset)
+    flat = logits.detach().numpy().reshape(len(logits), -1)
+    above_high = np.count_nonzero(flat > threshold + offset, axis=1).astype(np.int32)
+    above_low = np.count_nonzero(flat > threshold - offset, axis=1).astype(np.int32)
+    return torch.from_numpy(above_high) / torch.from_numpy(above_low)  # int32 / int32, as segment-anything divides
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Box NMS exactly as segment-anything calls it (torchvision's batched_nms with one
+    category), so ties among equal scores resolve the same way."""
+    return batched_nms(boxes.float(), scores, torch.zeros(len(boxes), device=boxes.device), iou_threshold=threshold)
