@@ -23,7 +23,7 @@ import torch
 from index_throughput import write_photos
 from scale import build, concepts, members, percentiles
 
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
+from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
 from usesearch.indexer.distributed import index_paths_ray
 
 
@@ -78,7 +78,8 @@ def indexing(args, tmp: Path) -> None:
         f"{seq_rate:5.2f} img/s between first and last commit"
     )
     print(
-        f"--ray ({args.workers} actors, {args.threads} CPUs):      {ray_s:6.1f} s wall (Ray start-up {startup_s:.1f} s, "
+        f"--ray ({args.workers} actors, {args.threads} CPUs):      {ray_s:6.1f} s wall "
+        f"(Ray start-up {startup_s:.1f} s, "
         f"first commit after {commits['ray'][0] - start:.1f} s), {ray_rate:5.2f} img/s between first and last commit"
     )
     print(f"pipeline overhead at steady state: {seq_rate / ray_rate - 1:+.0%} time per image")
@@ -105,14 +106,14 @@ def sharded_search(args, tmp: Path) -> None:
     found = {}
     for name, ix in indexes.items():
         for label, filters in (
-            ("no filter", {}),
-            ("--path (1%)", {"path": "/archive/07/*"}),
-            ("--per-image", {"per_image": True}),
+            ("no filter", SearchFilters()),
+            ("--path (1%)", SearchFilters(path="/archive/07/*")),
+            ("--per-image", SearchFilters(per_image=True)),
         ):
             times, hits = [], []
             for q in queries:
                 t = time.perf_counter()
-                hits.append([h.segment_id for h in ix.search_vector(q, 10, **filters)])
+                hits.append([h.segment_id for h in ix.search_vector(q, 10, filters)])
                 times.append(time.perf_counter() - t)
             found[name, label] = hits
             print(f"  {name:<10} {label:<12}: {percentiles(times)}")

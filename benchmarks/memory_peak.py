@@ -84,7 +84,8 @@ def main() -> None:
         w, h = photo(big, args.serve_megapixels)
         decoded, seconds, base_kb, peak_kb = run(DECODE_CONCURRENTLY, big)
         print(
-            f"24 concurrent picture requests for one {w}x{h} photo ({w * h / 1e6:.0f} MP, {w * h * 3 / 2**30:.2f} GB decoded): "
+            f"24 concurrent picture requests for one {w}x{h} photo "
+            f"({w * h / 1e6:.0f} MP, {w * h * 3 / 2**30:.2f} GB decoded): "
             f"{decoded} decode(s), {float(seconds):.1f} s, peak RSS {int(peak_kb) / 2**20:.2f} GB "
             f"({(int(peak_kb) - int(base_kb)) / 2**20:.2f} GB above the baseline)"
         )

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from sqlalchemy import insert
 
-from usesearch.indexer import vectors
-from usesearch.indexer.pipeline import FAISS_FILE, db_url_for
+from usesearch.indexer import SearchFilters, vector_files, vectors
+from usesearch.indexer.folder import FAISS_FILE, db_url_for
 from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
 from usesearch.indexer.search import SegmentIndex
 from usesearch.indexer.store import Store
@@ -133,7 +133,8 @@ def text_timings() -> None:
         cold, _ = timed(lambda q: text.embed([q]), [f"a red apple number {i} behind the rabbit" for i in range(20)])
         warm, _ = timed(lambda q: text.embed([q]), [f"a red apple number {i} behind the rabbit" for i in range(20)])
         print(
-            f"text embedding {name:>4} ({cfg.model_name}, 4 templates): new query {percentiles(cold)}; cached {percentiles(warm)}"
+            f"text embedding {name:>4} ({cfg.model_name}, 4 templates): "
+            f"new query {percentiles(cold)}; cached {percentiles(warm)}"
         )
 
 
@@ -164,7 +165,8 @@ def main() -> None:
         start = time.perf_counter()
         store = build_store(db, data, args.images, rng)
         print(
-            f"store: {args.n} segments, {args.dim}-d, metadata + embeddings in SQLite: {time.perf_counter() - start:.0f} s"
+            f"store: {args.n} segments, {args.dim}-d, metadata + embeddings in SQLite: "
+            f"{time.perf_counter() - start:.0f} s"
         )
         ids = np.arange(1, args.n + 1, dtype=np.int64)
         exact = vectors.new_index(args.dim, vectors.DEFAULT_FACTORY)
@@ -186,18 +188,18 @@ def main() -> None:
         print(f"FAISS alone, {args.approx} {args.param}: {percentiles(approx_t)}   recall@10 vs exact {recall:.3f}")
 
         for name, index in (("exact", exact), (args.approx, approx)):
-            vectors.write_atomic(
+            vector_files.write_atomic(
                 vectors.Vectors(index), db / FAISS_FILE, store, args.dim, vectors.DEFAULT_FACTORY, in_sync=True
             )
             ix = SegmentIndex(db, store)
             ix.index = vectors.Vectors(index)  # the warm in-process index, as a server holds it
             for label, filters in (
-                ("k=10", {}),
-                ("k=10 --per-image --min-area 1000", {"per_image": True, "min_area": 1000}),
-                ("k=10 --path (1% of images)", {"path": "/archive/07/*"}),
-                ("k=10 --path matching nothing", {"path": "*/nomatch/*"}),
+                ("k=10", SearchFilters()),
+                ("k=10 --per-image --min-area 1000", SearchFilters(per_image=True, min_area=1000)),
+                ("k=10 --path (1% of images)", SearchFilters(path="/archive/07/*")),
+                ("k=10 --path matching nothing", SearchFilters(path="*/nomatch/*")),
             ):
-                t, _ = timed(lambda q: ix.search_vector(q, 10, **filters), queries)
+                t, _ = timed(lambda q: ix.search_vector(q, 10, filters), queries)
                 print(f"whole path after text, {name:>6}, {label:<34}: {percentiles(t)}")
 
 

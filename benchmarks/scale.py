@@ -27,8 +27,8 @@ import faiss
 import numpy as np
 from sqlalchemy import insert
 
-from usesearch.indexer import SegmentIndex, index_choice, reindex
-from usesearch.indexer.pipeline import DB_FILE, FAISS_FILE, db_url_for
+from usesearch.indexer import SearchFilters, SegmentIndex, index_choice, reindex
+from usesearch.indexer.folder import DB_FILE, FAISS_FILE, db_url_for
 from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
 from usesearch.indexer.store import Store
 
@@ -150,7 +150,7 @@ def sweep(ix: SegmentIndex, queries: np.ndarray, truth: np.ndarray, picks: np.nd
         times, found = [], []
         for q in queries:
             t = time.perf_counter()
-            found.append([h.segment_id for h in ix.search_vector(q, 10, nprobe=nprobe, rerank=rerank)])
+            found.append([h.segment_id for h in ix.search_vector(q, 10, SearchFilters(nprobe=nprobe, rerank=rerank))])
             times.append(time.perf_counter() - t)
         recall = np.array([len(set(f) & set(t[:10].tolist())) / 10 for f, t in zip(found, truth)])
         print(
@@ -220,41 +220,46 @@ def main() -> None:
         stats = ix.stats()
         print(f"index: {stats['index_choice']}")
         print(
-            f"build: store + embedding files {store_s:.0f} s, FAISS index {index_s:.0f} s (faiss {stats['faiss_version']} "
+            f"build: store + embedding files {store_s:.0f} s, FAISS index {index_s:.0f} s "
+            f"(faiss {stats['faiss_version']} "
             f"on {stats['faiss_device']})"
         )
         in_memory = faiss.serialize_index(ix.index.index).nbytes  # the codes, ids and codebooks that searches hold
         on_disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         print(
             f"bytes per segment: {in_memory / args.n:.1f} in memory (FAISS), {on_disk / args.n:.0f} on disk "
-            f"(database {(folder / DB_FILE).stat().st_size / args.n:.0f}, embeddings {stats['bytes_embeddings'] / args.n:.0f}, "
+            f"(database {(folder / DB_FILE).stat().st_size / args.n:.0f}, "
+            f"embeddings {stats['bytes_embeddings'] / args.n:.0f}, "
             f"FAISS {(folder / FAISS_FILE).stat().st_size / args.n:.0f})"
         )
 
         picks = rng.integers(0, args.concepts, args.queries)
         queries = members(rng, centres, spread, picks)  # near a concept but not a stored vector, like a text query
         images = max(1, args.n // 100)
-        in_folder = lambda ids: ((ids - 1) * images // args.n) % 100 == 7  # the images of PATH_1PC (see build)
+
+        def in_folder(ids: np.ndarray) -> np.ndarray:  # the images of PATH_1PC (see build)
+            return ((ids - 1) * images // args.n) % 100 == 7
+
         (truth_s, truth), (_, truth_path) = exact_top(ix.store, queries, in_folder)
         gap = truth_s[:, 9] - truth_s[:, 99]
         for kind, mask in (("clustered", picks % 2 == 0), ("hard", picks % 2 == 1)):
             print(
-                f"{kind:>9} queries: {mask.sum()}, exact 10th - 100th neighbour cosine gap median {np.median(gap[mask]):.3f}"
+                f"{kind:>9} queries: {mask.sum()}, "
+                f"exact 10th - 100th neighbour cosine gap median {np.median(gap[mask]):.3f}"
             )
-        for label, filters in (
-            ("no filter", {}),
-            ("--path (1% of images)", {"path": PATH_1PC}),
-            ("--per-image", {"per_image": True}),
+        for label, filters, exact in (
+            ("no filter", SearchFilters(), truth),
+            ("--path (1% of images)", SearchFilters(path=PATH_1PC), truth_path),
+            ("--per-image", SearchFilters(per_image=True), None),  # no exact answer to compare with
         ):
             times, found = [], []
             for q in queries:
                 t = time.perf_counter()
-                hits = ix.search_vector(q, 10, **filters)
+                hits = ix.search_vector(q, 10, filters)
                 times.append(time.perf_counter() - t)
                 found.append([h.segment_id for h in hits])
             line = f"query, {label:<22}: {percentiles(times)}"
-            if not filters or "path" in filters:
-                exact = truth if not filters else truth_path
+            if exact is not None:
                 recall = np.array([len(set(f) & set(t[:10].tolist())) / 10 for f, t in zip(found, exact)])
                 line += "   recall@10 " + ", ".join(
                     f"{kind} {recall[mask].mean():.3f}"

@@ -66,7 +66,8 @@ def main() -> None:
         options = IndexOptions(preset=args.preset, masker="felzenszwalb", masker_options={"max_masks": 64})
         indexed = index_paths([photos], db, options)
         print(
-            f"{args.images} images of {args.side}x{args.side * 3 // 4}, {indexed.segments} segments, preset {args.preset}, "
+            f"{args.images} images of {args.side}x{args.side * 3 // 4}, {indexed.segments} segments, "
+            f"preset {args.preset}, "
             f"{args.threads} threads"
         )
 

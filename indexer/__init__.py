@@ -5,8 +5,12 @@ Imports the core (``usesearch``) and nothing of ``curation`` or ``training``."""
 
 from usesearch.errors import IndexLockedError, IndexMismatchError
 
-from .pipeline import IndexOptions, IndexReport, index_paths
-from .search import Hit, SegmentIndex, reindex
+from .filters import SearchFilters
+from .hits import Hit
+from .maintenance import reindex
+from .options import IndexOptions, IndexReport
+from .pipeline import index_paths
+from .search import SegmentIndex
 
 __all__ = [
     "Hit",
@@ -14,6 +18,7 @@ __all__ = [
     "IndexMismatchError",
     "IndexOptions",
     "IndexReport",
+    "SearchFilters",
     "SegmentIndex",
     "index_paths",
     "reindex",

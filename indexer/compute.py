@@ -19,20 +19,22 @@ import numpy as np
 
 from usesearch.masks.maskers import proposal_masks
 
+from .read_ahead import Photo
+
 
 @dataclass
 class Computed:
     """A group's outcome: per photo (segment rows, embeddings) or the exception that
     photo met, and the models' clocks while computing it."""
 
-    photos: list
-    outcomes: list = field(default_factory=list)
+    photos: list[Photo]
+    outcomes: list[tuple[list[dict], np.ndarray] | BaseException] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
     masker_seconds: float = 0.0
     model_seconds: float = 0.0
 
 
-def compute_group(group: list, model, masker) -> Computed:
+def compute_group(group: list[Photo], model, masker) -> Computed:
     """Masks of a few decoded photos in one masker call where the masker batches
     photos (SAM's image encoder), then each photo's embeddings. A batch that fails is
     retried photo by photo, so one photo's failure is its own."""
@@ -116,10 +118,10 @@ class ModelStage:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="usesearch-models") if overlap else None
         self.ahead = 1 if overlap else 0  # groups computing while the caller commits
 
-    def submit(self, group: list) -> Future:
+    def submit(self, group: list[Photo]) -> Future[Computed]:
         if self.pool is not None:
             return self.pool.submit(compute_group, group, self.model, self.masker)
-        future: Future = Future()
+        future: Future[Computed] = Future()
         future.set_result(compute_group(group, self.model, self.masker))
         return future
 

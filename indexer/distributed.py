@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,9 @@ from usesearch.io.files import decode, read_bytes, walk
 
 from . import faiss_gpu
 from .compute import segment_records
-from .pipeline import IndexOptions, IndexReport, Writer, check_paths, identity, load_models
+from .options import IndexOptions, IndexReport
+from .pipeline import check_paths, identity, load_models
+from .writer import Writer
 
 FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
 
@@ -241,9 +244,7 @@ def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) 
             readable.append({"fs_path": found.key, "path": found.path})
     if not readable:
         return []
-    hashed = ray.data.from_items(readable).map_batches(
-        _hash_files, fn_kwargs={"max_bytes": options.max_bytes}, batch_size=16
-    )
+    hashed = ray.data.from_items(readable).map_batches(partial(_hash_files, max_bytes=options.max_bytes), batch_size=16)
     pending, seen = [], set()
     for row in hashed.iter_rows():
         key, path, sha = bytes(row["fs_path"]), row["path"], row["sha256"]
@@ -277,9 +278,8 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     actors = workers or max(1, gpus or cpus // 2)
     per_actor = max(1, cpus // actors) if not gpus else 1
     per_call = options.masker_options.get("encoder_batch", 4 if gpus else 1)
-    decoded = ray.data.from_items(todo).map_batches(
-        _decode_files, fn_kwargs={"max_bytes": options.max_bytes, "max_pixels": options.max_pixels}, batch_size=per_call
-    )
+    decode_files = partial(_decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels)
+    decoded = ray.data.from_items(todo).map_batches(decode_files, batch_size=per_call)
     # One logical CPU per actor (more would leave none for decoding: a stall), but as
     # many torch threads as its share of the machine's cores.
     computed = decoded.map_batches(

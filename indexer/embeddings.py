@@ -44,7 +44,7 @@ def row_sums(block: np.ndarray) -> np.ndarray:
     block = np.ascontiguousarray(block, np.float16)
     if not len(block):
         return np.zeros(0, np.uint32)
-    raw, width = memoryview(block).cast("B"), block.shape[1] * 2
+    raw, width = memoryview(block.data).cast("B"), block.shape[1] * 2
     return np.fromiter((zlib.crc32(raw[i * width : (i + 1) * width]) for i in range(len(block))), np.uint32, len(block))
 
 
@@ -54,7 +54,7 @@ class EmbeddingFiles:
         self.dim = dim
         self.row_bytes = 2 * dim
         self.chunk_rows = chunk_rows or CHUNK_ROWS
-        self._maps: dict[int, np.memmap] = {}
+        self._maps: dict[int, np.ndarray] = {}  # plain views of read-only maps
         self._sums: dict[int, np.ndarray] = {}
 
     def path(self, chunk: int) -> Path:
@@ -126,7 +126,7 @@ class EmbeddingFiles:
         self._sums.pop(chunk, None)
 
     # -- reading ----------------------------------------------------------------------------
-    def _map(self, chunk: int, need_rows: int) -> np.memmap:
+    def _map(self, chunk: int, need_rows: int) -> np.ndarray:
         mapped = self._maps.get(chunk)
         if mapped is None or len(mapped) < need_rows:  # the file grew since it was mapped
             rows = self.path(chunk).stat().st_size // self.row_bytes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -12,7 +13,7 @@ from PIL import Image, ImageDraw
 from usesearch.io.images import read_image
 from usesearch.tasks.visualize import decode_mask, outline, segment_tile
 
-from .search import Hit
+from .hits import Hit
 
 
 def contact_sheet(hits: Sequence[Hit], out: str | os.PathLike, tile: int = 192, columns: int = 5) -> Path:
@@ -23,7 +24,7 @@ def contact_sheet(hits: Sequence[Hit], out: str | os.PathLike, tile: int = 192, 
     images: dict[int, np.ndarray] = {}
     for i, hit in enumerate(hits):
         if hit.image_id not in images:
-            images[hit.image_id] = read_image(hit.file, name=hit.image)
+            images[hit.image_id] = read_image(os.fsdecode(hit.file), name=hit.image)  # the same file, as str
         rgb = images[hit.image_id]
         tile_image = segment_tile(rgb, decode_mask(hit.mask), hit.bbox, tile)
         left, top = (i % columns) * tile, (i // columns) * (tile + caption)
@@ -50,7 +51,7 @@ def region_picture(rgb: np.ndarray, region, show: str | os.PathLike) -> Path:
 def hits_to_coco(hits: Sequence[Hit], query: str) -> dict:
     """A COCO annotations file that is also a results file (each annotation has a score)."""
     images: dict[str, dict] = {}
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     for hit in hits:
         if hit.image not in images:
             h, w = hit.mask["size"]

@@ -47,7 +47,10 @@ class IndexChoice:
 
     def describe(self, n: int, dim: int) -> str:
         memory = self.bytes_per_segment(dim) * n
-        return f"{self.factory}: {self.reason}; about {self.bytes_per_segment(dim)} bytes per segment in memory ({memory / 2**20:.0f} MiB now)"
+        return (
+            f"{self.factory}: {self.reason}; about {self.bytes_per_segment(dim)} bytes per segment in memory "
+            f"({memory / 2**20:.0f} MiB now)"
+        )
 
 
 def nlist_for(n: int) -> int:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import ColumnDefault, Engine, inspect, text
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from usesearch.errors import UsesearchError
@@ -64,10 +64,12 @@ def _add_plain_columns(engine: Engine) -> None:
         for column in table.columns:
             if column.name in present:
                 continue
-            default = column.default.arg if column.default is not None and column.default.is_scalar else None
+            scalar = isinstance(column.default, ColumnDefault) and column.default.is_scalar
+            default = column.default.arg if isinstance(column.default, ColumnDefault) and scalar else None
             if default is None and not column.nullable:
                 raise UsesearchError(
-                    f"this index was made by an older usesearch (table {table.name} lacks {column.name}); index into a new --db"
+                    f"this index was made by an older usesearch (table {table.name} lacks {column.name}); "
+                    "index into a new --db"
                 )
             ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
             with engine.begin() as conn:
@@ -93,6 +95,8 @@ def _images_fs_path(engine: Engine) -> None:
     raw = engine.raw_connection()
     try:
         con = raw.driver_connection
+        if con is None:
+            raise UsesearchError("cannot upgrade this index: its database connection is closed")
         con.isolation_level = None
         con.execute("PRAGMA foreign_keys=OFF")
         con.execute("BEGIN")

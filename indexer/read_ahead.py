@@ -15,15 +15,23 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
-from usesearch.io.files import decode, read_bytes
+from usesearch.io.files import Found, decode, read_bytes
+
+from .options import IndexOptions, IndexReport
+from .writer import Writer
+
+T = TypeVar("T")
+R = TypeVar("R")
+Read = tuple[Found, bytes, str]  # a file, its bytes and their SHA-256
 
 
 @dataclass
 class Photo:
-    found: object  # files.Found
+    found: Found
     sha256: str
     rgb: np.ndarray
 
@@ -36,17 +44,19 @@ def workers_for(on_gpu: bool) -> int:
     return max(2, min(8, (os.cpu_count() or 2) - 1))
 
 
-def ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: int) -> Iterator[tuple[object, Future]]:
+def ordered_map(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int
+) -> Iterator[tuple[T, Future[tuple[R, float]]]]:
     """(item, future of ``fn(item)``) in the order of ``items``, at most ``ahead`` in
     flight. ``items`` is pulled in the caller's thread, so a generator may use the
     store while it chooses what to submit."""
-    items = iter(items)
-    pending: deque = deque()
+    remaining = iter(items)
+    pending: deque[tuple[T, Future[tuple[R, float]]]] = deque()
 
     def fill() -> None:
         while len(pending) < ahead:
             try:
-                item = next(items)
+                item = next(remaining)
             except StopIteration:
                 return
             pending.append((item, pool.submit(_timed, fn, item)))
@@ -58,12 +68,14 @@ def ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: 
         yield item, future
 
 
-def _timed(fn: Callable, item):
+def _timed(fn: Callable[[T], R], item: T) -> tuple[R, float]:
     start = time.perf_counter()
     return fn(item), time.perf_counter() - start
 
 
-def photos(files: list, writer, options, report, workers: int, ahead: int) -> Iterator[tuple[str, Photo | None]]:
+def photos(
+    files: list[Found], writer: Writer, options: IndexOptions, report: IndexReport, workers: int, ahead: int
+) -> Iterator[tuple[str, Photo | None]]:
     """(path, photo) for each file in order: the photo to index, or None when it was
     skipped or its failure recorded (the path is for progress). A new path whose
     content is already indexed, or met earlier in this run, is skipped; a known path
@@ -76,13 +88,21 @@ def photos(files: list, writer, options, report, workers: int, ahead: int) -> It
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _photos(pool, files, writer, options, report, ahead, seen: set[str]):
-    def read(found):
+def _photos(
+    pool: ThreadPoolExecutor,
+    files: list[Found],
+    writer: Writer,
+    options: IndexOptions,
+    report: IndexReport,
+    ahead: int,
+    seen: set[str],
+) -> Iterator[tuple[str, Photo | None]]:
+    def read(found: Found) -> tuple[bytes, str]:
         if found.error is not None:
             raise found.error
         return read_bytes(found.fs_path, options.max_bytes, found.path)
 
-    def to_decode():
+    def to_decode() -> Iterator[tuple[str, Read | None]]:
         for found, future in ordered_map(pool, read, files, ahead):
             try:
                 (data, sha256), seconds = _wait(future, report)
@@ -98,7 +118,8 @@ def _photos(pool, files, writer, options, report, ahead, seen: set[str]):
             seen.add(sha256)
             yield found.path, (found, data, sha256)
 
-    def decode_one(entry):
+    def decode_one(entry: tuple[str, Read | None]) -> np.ndarray | None:
+        """The photo's pixels; None where there is nothing to decode (skipped or failed)."""
         path, job = entry
         return None if job is None else decode(job[1], job[0].path, options.max_pixels)
 
@@ -114,10 +135,10 @@ def _photos(pool, files, writer, options, report, ahead, seen: set[str]):
             writer.fail(found.key, found.path, sha256, exc, report)
             yield path, None
             continue
-        yield path, Photo(found, sha256, rgb)
+        yield path, Photo(found, sha256, rgb) if rgb is not None else None
 
 
-def _wait(future: Future, report):
+def _wait(future: Future[tuple[T, float]], report: IndexReport) -> tuple[T, float]:
     """A worker's result; the time the loop waited for it is the read stage's cost to
     the models (zero while the pool keeps ahead)."""
     start = time.perf_counter()

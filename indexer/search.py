@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,61 +15,24 @@ from usesearch.devices import resolve_device
 from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
 from usesearch.io.images import to_rgb_array
 from usesearch.masks import region as region_lib
-from usesearch.masks import rle
 from usesearch.models.factory import load_model
 from usesearch.models.model import SegmentEmbedder
 
-from . import faiss_gpu, index_choice, vectors
-from .compact import dead_bytes
+from . import faiss_gpu, index_choice, vector_files, vectors
 from .embeddings import top_rows
-from .pipeline import DB_FILE, FAISS_FILE, check_db_dir, db_url_for
-from .prune import gone_images
-from .records import SegmentRow, info_summary
+from .filters import SearchFilters, check_k
+from .folder import DB_FILE, FAISS_FILE, open_store
+from .hits import Hit, to_hits
+from .maintenance import dead_bytes, gone_images
+from .records import IndexInfo, info_summary
+from .selection import Selections
 from .store import Store
+from .vectors import ranked
 
 MAX_QUERY_CHARS = 1000
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
-MAX_MIN_AREA = 2**40  # past any photo's pixel count, and within every SQL integer type
-PUSHDOWN_SHARE = 0.2  # a path glob keeping at most this share of the images becomes a FAISS id selection
-AREA_PUSHDOWN_MAX = 200_000  # a --min-area keeping at most about this many segments becomes one too
-DISTINCT_OVERLAP = 0.8  # --distinct: this share of the smaller mask inside the other makes two hits one region
 SCAN_UP_TO = 150_000  # a selection this small is scored exactly from the embedding files (~40 ms on 2 cores),
 # not searched: on a compressed index an IVF's probed lists hold few of a narrow selection's best segments
-CACHE_ENTRIES = 32  # resolved filters and store statistics kept per index
-
-
-def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:
-    """The store of an existing index; a clear error where there is none."""
-    db_dir = check_db_dir(db_dir)
-    if db_url is None and not (db_dir / DB_FILE).is_file():
-        raise UsesearchError(f"no index at {db_dir} (no {DB_FILE}); run `usesearch index PATH --db {db_dir}` first")
-    return Store(db_url_for(db_dir, db_url), read_only=read_only, folder=db_dir)
-
-
-@dataclass(frozen=True)
-class Hit:
-    rank: int
-    score: float
-    segment_id: int
-    image_id: int
-    image: str
-    bbox: tuple[int, int, int, int]  # x, y, w, h
-    area: int
-    mask: dict[str, Any]  # COCO compressed RLE: {"size": [h, w], "counts": str}
-    predicted_iou: float | None = None
-    stability_score: float | None = None
-    image_fs_path: bytes | None = field(default=None, repr=False)  # the exact file, for opening it
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        del out["image_fs_path"]
-        out["bbox"] = list(self.bbox)
-        return out
-
-    @property
-    def file(self) -> str | bytes:
-        """What ``open`` takes for this hit's image, also for names that are not UTF-8."""
-        return self.image_fs_path if self.image_fs_path is not None else self.image
 
 
 class ReadWriteLock:
@@ -131,17 +92,16 @@ class SegmentIndex:
         where FAISS searches (``faiss_gpu.resolve``); each defaults on its own."""
         self.db_dir = db_dir
         self.store = store
-        self.info = store.info()
-        if self.info is None:
+        info = store.info()
+        if info is None:
             raise UsesearchError(f"{db_dir} holds no index yet; run `usesearch index PATH --db {db_dir}` first")
+        self.info: IndexInfo = info
         self._model = model
         self._sam = None  # for queries by a region of a photo, loaded on first use
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
-        self._stats_cache: dict[Any, tuple[int, Any]] = {}
-        self._held_rows: tuple[np.ndarray, np.ndarray, float] | None = None  # see _selection_rows
         self._device, self._faiss_device = resolve_device(device), faiss_device  # every model on one device
-        self.index, _ = vectors.load(
+        self.index, _ = vector_files.load(
             db_dir / FAISS_FILE,
             store,
             self.info.dim,
@@ -149,6 +109,7 @@ class SegmentIndex:
             faiss_gpu.resolve(faiss_device),
             self.info.shard_size,
         )
+        self._selections = Selections(store, lambda: self.index.ntotal)
         self._index_lock = ReadWriteLock()
         self._model_lock = threading.Lock()
 
@@ -193,22 +154,22 @@ class SegmentIndex:
                     self._generation = generation
 
     # -- search ------------------------------------------------------------------
-    def query(self, text: str, k: int = 10, **filters) -> list[Hit]:
+    def query(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         if not text or not text.strip():
             raise ValueError("the query text is empty")
         if len(text) > MAX_QUERY_CHARS:
             raise ValueError(f"the query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
         with self._model_lock:
             vector = self.model.embed_text([text])[0]
-        return self.search_vector(vector, k, **filters)
+        return self.search_vector(vector, k, filters)
 
-    def similar(self, segment_id: int, k: int = 10, **filters) -> list[Hit]:
+    def similar(self, segment_id: int, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         """Segments most like a given one (query by example), itself excluded."""
         self.refresh()
         found = list(self.store.embeddings([segment_id])) if 1 <= segment_id <= MAX_SEGMENT_ID else []
         if not found:
             raise NotFoundError(f"no segment with id {segment_id}")
-        return self.search_vector(found[0][1][0], k, exclude={segment_id}, **filters)
+        return self.search_vector(found[0][1][0], k, filters, exclude=frozenset({segment_id}))
 
     def region(
         self,
@@ -234,38 +195,37 @@ class SegmentIndex:
                 self._sam = load_sam(preset.sam, preset.name, None, self._device)
             return region_lib.prompt(self._sam, rgb, point=point, box=box)
 
-    def similar_region(self, image, point=None, box=None, mask=None, k: int = 10, **filters) -> list[Hit]:
+    def similar_region(
+        self, image, point=None, box=None, mask=None, k: int = 10, filters: SearchFilters | None = None
+    ) -> list[Hit]:
         """Segments most like a region of any photo (need not be indexed): see ``region``."""
         rgb = to_rgb_array(image)
-        return self.search_region(rgb, self.region(rgb, point=point, box=box, mask=mask), k, **filters)
+        return self.search_region(rgb, self.region(rgb, point=point, box=box, mask=mask), k, filters)
 
-    def search_region(self, image, picked: region_lib.Region, k: int = 10, **filters) -> list[Hit]:
+    def search_region(
+        self, image, picked: region_lib.Region, k: int = 10, filters: SearchFilters | None = None
+    ) -> list[Hit]:
         """Segments most like a region already picked (``region``) of ``image``,
         embedded with the index's own model."""
         rgb = to_rgb_array(image)
         with self._model_lock:
             vector = self.model.embed_segments(rgb, picked.mask[None])[0]
-        return self.search_vector(vector, k, **filters)
+        return self.search_vector(vector, k, filters)
 
     def search_vector(
         self,
         vector: np.ndarray,
         k: int = 10,
-        per_image: bool = False,
-        path: str | None = None,
-        min_area: int = 0,
+        filters: SearchFilters | None = None,
         exclude: set[int] | frozenset[int] = frozenset(),
-        nprobe: int | None = None,
-        rerank: int | None = None,
-        min_score: float | None = None,
-        distinct: bool = False,
     ) -> list[Hit]:
-        """Top ``k`` segments for a unit vector (fewer when ``min_score`` cuts them off:
-        only hits scoring at least that are returned).
+        """Top ``k`` segments for a unit vector that pass ``filters`` (``SearchFilters``;
+        None: no filter), never one of ``exclude``: fewer when ``min_score`` cuts them
+        off (only hits scoring at least that are returned).
 
         ``distinct``: a hit whose mask mostly lies inside, or mostly contains, a
-        better-ranked hit of the same image (``DISTINCT_OVERLAP`` of the smaller mask,
-        measured on the stored RLEs) is dropped, so k hits are k different regions.
+        better-ranked hit of the same image (``hits.DISTINCT_OVERLAP`` of the smaller
+        mask, measured on the stored RLEs) is dropped, so k hits are k different regions.
 
         Filters are resolved in the database first where they are narrow: a path glob
         keeping a small share of the images, or a ``min_area`` keeping few segments,
@@ -278,59 +238,26 @@ class SegmentIndex:
 
         ``nprobe`` (clusters visited) and ``rerank`` (candidates re-scored exactly)
         trade speed for recall on a compressed index; None: the index's own."""
-        check_filters(k, min_area, min_score)
+        check_k(k)
+        filters = filters or SearchFilters()
+        per_image, min_score, distinct = filters.per_image, filters.min_score, filters.distinct
         self.refresh()
-        allowed, images = self._selection(path, min_area)
+        allowed, images = self._selections.resolve(filters.path, filters.min_area)
         if images == set() or (allowed is not None and not len(allowed)):
             return []  # nothing can match
-        if allowed is not None:
-            min_area = 0  # settled by the selection
+        min_area = 0 if allowed is not None else filters.min_area  # or settled by the selection
         available = self.index.ntotal if allowed is None else len(allowed)
         fetch = k if not (per_image or images or min_area or distinct) else max(4 * k, 64)
         with self._index_lock.reading():
             while True:
-                scores, ids = self._candidates(vector, k, fetch, allowed, exclude, nprobe, rerank)
+                scores, ids = self._candidates(vector, k, fetch, allowed, exclude, filters.nprobe, filters.rerank)
                 if min_score is not None:
                     below = scores < min_score
                     scores, ids = scores[~below], ids[~below]
-                hits = self._hits(scores, ids, k, per_image, images, min_area, distinct)
+                hits = to_hits(self.store.rows(ids.tolist()), scores, ids, k, per_image, images, min_area, distinct)
                 if len(hits) >= k or fetch >= available or (min_score is not None and below.any()):
                     return hits  # (candidates come best first: past the cut-off there is nothing more)
                 fetch = min(available, fetch * 4)
-
-    def _selection(self, path: str | None, min_area: int) -> tuple[np.ndarray | None, set[int] | None]:
-        """(the segments to search within, as [n, 3] (id, chunk, row), or None; image
-        ids to check candidates against, or None). Empty means nothing can match.
-        Kept until the next commit: a user searching one folder again and again pays
-        for resolving it once."""
-        if not path and not min_area:
-            return None, None
-        return self._cached(("selection", path, min_area), lambda: self._resolve(path, min_area))
-
-    def _resolve(self, path: str | None, min_area: int) -> tuple[np.ndarray | None, set[int] | None]:
-        images = None
-        if path:
-            images = self.store.image_ids_matching(path)
-            if not images:
-                return None, set()
-            if len(images) <= PUSHDOWN_SHARE * self._cached("done_images", self.store.done_image_count):
-                return self.store.segment_locations_of_images(images, min_area), None
-        if min_area and images is None:
-            sample = self._cached("area_sample", self.store.sample_areas)
-            if len(sample) and np.mean(sample >= min_area) * self.index.ntotal <= AREA_PUSHDOWN_MAX:
-                return self.store.segment_locations_with_area(min_area), None
-        return None, images
-
-    def _cached(self, name, compute):
-        """A statistic of the store (or a resolved filter), recomputed when a commit
-        has changed the store; the oldest go past ``CACHE_ENTRIES``."""
-        generation = self.store.generation()
-        held = self._stats_cache.get(name)
-        if held is None or held[0] != generation:
-            held = self._stats_cache[name] = (generation, compute())
-            while len(self._stats_cache) > CACHE_ENTRIES:
-                self._stats_cache.pop(next(iter(self._stats_cache)))
-        return held[1]
 
     def _candidates(
         self, vector, k: int, fetch: int, allowed, exclude, nprobe=None, rerank=None
@@ -341,9 +268,9 @@ class SegmentIndex:
         against the embedding files."""
         if allowed is not None and len(allowed) <= SCAN_UP_TO:  # read where they lie, no lookups
             keep = ~np.isin(allowed[:, 0], np.fromiter(exclude, np.int64, len(exclude))) if exclude else None
-            matrix, max_norm = self._selection_rows(allowed)
+            matrix, max_norm = self._selections.rows(allowed)
             positions, scores = top_rows(matrix, vector, fetch, max_norm, keep)
-            return _ranked(scores, allowed[positions, 0], fetch)
+            return ranked(scores, allowed[positions, 0], fetch)
         ids_allowed = None if allowed is None else allowed[:, 0]
         if self.index.exact:
             return self.index.search(vector, fetch, ids_allowed, exclude)
@@ -351,79 +278,16 @@ class SegmentIndex:
         _, ids = self.index.search(vector, wanted, ids_allowed, exclude, nprobe=nprobe)
         return self._exact_top(vector, self.store.segment_locations(ids), fetch)
 
-    def _selection_rows(self, allowed: np.ndarray) -> tuple[np.ndarray, float]:
-        """The float16 rows of a selection and their largest norm, kept for the most
-        recent selection only (at most SCAN_UP_TO rows: 230 MB at 768-d), so searching
-        one folder again and again reads its rows once. ``allowed`` arrays are
-        themselves cached per filter until a commit, so identity says it is the same."""
-        held = self._held_rows
-        if held is None or held[0] is not allowed:
-            import torch
-
-            # Unverified: checksumming up to SCAN_UP_TO rows would cost more than the scan.
-            # Rebuilds, re-scoring and `similar` verify what they read, and `index
-            # --repair` finds every damaged row.
-            matrix = self.store.files().read(allowed[:, 1], allowed[:, 2], np.float16, verify=False)
-            max_norm = (
-                float(torch.linalg.vector_norm(torch.from_numpy(matrix), dim=1, dtype=torch.float32).max())
-                if len(matrix)
-                else 0.0
-            )
-            held = self._held_rows = (allowed, matrix, max_norm)
-        return held[1], held[2]
-
     def _exact_top(self, vector, locations: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``fetch`` (scores, ids) of segments given as [n, 3] (id, chunk, row),
         scored exactly against the embedding files."""
-        return _ranked(
+        return ranked(
             self.store.files().scores(locations[:, 1], locations[:, 2], vector, ids=locations[:, 0]),
             locations[:, 0],
             fetch,
         )
 
-    def _hits(
-        self, scores, ids, k: int, per_image: bool, images: set[int] | None, min_area: int, distinct: bool = False
-    ) -> list[Hit]:
-        rows = self.store.rows(ids.tolist())
-        hits: list[Hit] = []
-        seen_images: set[int] = set()
-        kept_masks: dict[int, list[dict]] = {}  # per image, the masks of the hits kept (distinct)
-        for score, sid in zip(scores, ids):
-            row: SegmentRow | None = rows.get(int(sid))
-            if row is None:  # removed by a commit after this search's refresh
-                continue
-            if row.area < min_area or (images is not None and row.image_id not in images):
-                continue
-            if per_image:
-                if row.image_id in seen_images:
-                    continue
-                seen_images.add(row.image_id)
-            mask = {"size": list(row.image_hw), "counts": row.rle_counts}
-            if distinct:
-                better = kept_masks.setdefault(row.image_id, [])
-                if better and rle.overlap_of_smaller([mask], better).max() >= DISTINCT_OVERLAP:
-                    continue  # a part of a better hit, or a whole around one
-                better.append(mask)
-            hits.append(
-                Hit(
-                    rank=len(hits) + 1,
-                    score=float(score),
-                    segment_id=row.id,
-                    image_id=row.image_id,
-                    image=row.image_path,
-                    bbox=row.bbox,
-                    area=row.area,
-                    mask=mask,
-                    predicted_iou=row.predicted_iou,
-                    stability_score=row.stability_score,
-                    image_fs_path=row.image_fs_path,
-                )
-            )
-            if len(hits) == k:
-                break
-        return hits
-
-    # -- maintenance -------------------------------------------------------------
+    # -- statistics --------------------------------------------------------------
     def stats(self, check_files: bool = False) -> dict[str, Any]:
         """Counts, model, index type and sizes. ``check_files`` also counts the image
         files gone since indexing (``files_gone``: a stat per image) and the embedding
@@ -453,7 +317,7 @@ class SegmentIndex:
             "dim": self.info.dim,
             "vectors": int(self.index.ntotal),
             "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal"),
-            "bytes_faiss": sum(p.stat().st_size for p in vectors.shard_files(self.db_dir / FAISS_FILE)),
+            "bytes_faiss": sum(p.stat().st_size for p in vector_files.shard_files(self.db_dir / FAISS_FILE)),
             "shards": len(self.index.shards),
             **gone,  # since indexing: `usesearch prune` removes them
             "shard_size": self.info.shard_size,
@@ -470,64 +334,7 @@ class SegmentIndex:
         choice = index_choice.choose(n, self.info.dim, faiss_gpu.wanted(self.index.device))
         if choice.factory == self.info.factory:
             return choice.describe(n, self.info.dim)
-        return f"{self.info.factory}: chosen when the collection was smaller; now {choice.factory} would be ({choice.reason})"
-
-
-def check_filters(k: int, min_area: int, min_score: float | None) -> None:
-    """The filters' ranges, alike for the CLI, the web API and Python: a NaN score
-    would silently switch its filter off, a huge area overflow SQL's integers."""
-    if k < 1:
-        raise ValueError("k must be at least 1")
-    if not 0 <= min_area <= MAX_MIN_AREA:
-        raise ValueError(f"--min-area must be between 0 and {MAX_MIN_AREA} pixels, got {min_area}")
-    if min_score is not None and not (math.isfinite(min_score) and -1.0 <= min_score <= 1.0):
-        raise ValueError(f"--min-score must be a number from -1 to 1 (a cosine), got {min_score}")
-
-
-def _ranked(scores: np.ndarray, ids: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top ``fetch`` (scores, ids), best first; ties: the lower id first, as FAISS's flat search."""
-    order = np.lexsort((ids, -scores))[:fetch]
-    return scores[order], ids[order]
-
-
-def reindex(
-    db_dir: str | os.PathLike,
-    factory: str | None = None,
-    db_url: str | None = None,
-    faiss_device: str | None = None,
-    shard_size: int | None = None,
-    build=None,
-) -> int:
-    """Rebuild the FAISS file from the stored embeddings, optionally with another
-    factory or another shard size (segments per shard; 0: one shard). ``build``:
-    how the index is filled (``vectors.rebuild``, or ``distributed.rebuild_on_ray``
-    to fill the shards in parallel on Ray)."""
-    from .pipeline import writer_lock
-
-    db_dir = Path(db_dir)
-    faiss_device = faiss_gpu.resolve(faiss_device)
-    store = open_store(db_dir, db_url)  # refuses a folder with no index before the lock creates one
-    with writer_lock(db_dir):
-        try:
-            store.claim()
-            info = store.info()
-            if info is None:
-                raise UsesearchError(f"{db_dir} holds no index yet")
-            mode = "fixed" if factory else info.index_mode
-            if not factory:  # automatic: what the collection's size calls for now
-                factory = (
-                    index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(faiss_device)).factory
-                    if mode == "auto"
-                    else info.factory
-                )
-            shard_size = info.shard_size if shard_size is None else shard_size
-            store.files().backfill_sums()  # rows from before checksums get theirs: verified from now on
-            index = (build or vectors.rebuild)(store, info.dim, factory, faiss_device, shard_size)
-            vectors.write_atomic(
-                index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True
-            )  # rebuilt from the store
-            store.set_factory(factory, mode)
-            store.set_shard_size(shard_size)
-            return int(index.ntotal)
-        finally:
-            store.close()
+        return (
+            f"{self.info.factory}: chosen when the collection was smaller; "
+            f"now {choice.factory} would be ({choice.reason})"
+        )

@@ -12,16 +12,13 @@ and an index on a read-only medium is opened immutable.
 
 from __future__ import annotations
 
-import fnmatch
-import logging
 import os
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import create_engine, event, func, inspect, select, update
+from sqlalchemy import Connection, create_engine, event, func, inspect, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
@@ -29,48 +26,16 @@ from sqlalchemy.orm import sessionmaker
 from usesearch.errors import CatalogUnavailableError, UsesearchError, first_line
 
 from . import identity, migrations
+from .catalog import immutable_url, server_url, shown_url, sqlite_pragmas, sqlite_read_pragmas, while_reachable
 from .embeddings import FOLDER as EMBEDDINGS_FOLDER
 from .embeddings import EmbeddingFiles
-from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord, SegmentRow, VectorShard, VectorState
+from .lookups import SearchLookups
+from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord, VectorShard, VectorState
 
-RETRY_SECONDS = 60.0  # how long a write waits for an unreachable database server
-
-
-def server_url(url: str) -> str:
-    """``postgresql://`` means the psycopg (3) driver, the one usesearch installs."""
-    parsed = make_url(url)
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed.render_as_string(hide_password=False)
+T = TypeVar("T")
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets queries read committed data while the indexer writes.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-def _sqlite_read_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-def _immutable_url(url: str) -> str:
-    """SQLite URL that opens the file read-only and immutable: no -wal/-shm side
-    files, which a read-only folder or medium cannot hold."""
-    database = make_url(url).database
-    return f"sqlite:///file:{database}?mode=ro&immutable=1&uri=true"
-
-
-log = logging.getLogger(__name__)
-
-
-class Store:
+class Store(SearchLookups):
     """``read_only=True`` is for readers (query, info, serve): it never creates or
     alters tables, and falls back to an immutable open where SQLite cannot write its
     side files (a read-only folder or mount)."""
@@ -79,10 +44,13 @@ class Store:
         self.url = url
         self.read_only = read_only
         database = make_url(url).database if url.startswith("sqlite") else None
-        if folder is None and not database:
-            raise ValueError("a store on a database server needs the folder for its embedding files")
         # Embedding files live in the index folder (beside segments.sqlite).
-        self.folder = Path(folder) if folder is not None else Path(database).parent
+        if folder is not None:
+            self.folder = Path(folder)
+        elif database:
+            self.folder = Path(database).parent
+        else:
+            raise ValueError("a store on a database server needs the folder for its embedding files")
         self.engine = (
             create_engine(url) if url.startswith("sqlite") else create_engine(server_url(url), pool_pre_ping=True)
         )  # a restarted server's dead connections are replaced, not used
@@ -92,12 +60,11 @@ class Store:
             if self.engine.dialect.name == "sqlite":
                 raise
             raise CatalogUnavailableError(
-                f"cannot reach the catalog database at "
-                f"{make_url(url).render_as_string(hide_password=True)}: {first_line(exc.orig or exc)}"
+                f"cannot reach the catalog database at {shown_url(url)}: {first_line(exc.orig or exc)}"
             ) from None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._files: EmbeddingFiles | None = None
-        self._catalog_lock = None
+        self._catalog_lock: Connection | None = None
         if read_only:
             try:
                 identity.check(self, assign=False)
@@ -118,7 +85,7 @@ class Store:
     def _open(self, url: str, read_only: bool) -> None:
         sqlite = self.engine.dialect.name == "sqlite"
         if sqlite:
-            event.listen(self.engine, "connect", _sqlite_read_pragmas if read_only else _sqlite_pragmas)
+            event.listen(self.engine, "connect", sqlite_read_pragmas if read_only else sqlite_pragmas)
         if read_only:
             try:
                 tables = set(inspect(self.engine).get_table_names())
@@ -126,7 +93,7 @@ class Store:
                 if not sqlite:
                     raise
                 self.engine.dispose()
-                self.engine = create_engine(_immutable_url(url))
+                self.engine = create_engine(immutable_url(url))
                 tables = set(inspect(self.engine).get_table_names())
             self._has_vector_state = "vector_state" in tables  # made by a writable open since
             if "index_info" not in tables:
@@ -168,6 +135,8 @@ class Store:
     def set_factory(self, factory: str, mode: str | None = None) -> None:
         with self.sessions.begin() as s:
             info = s.scalar(select(IndexInfo))
+            if info is None:
+                raise UsesearchError("this index has no identity yet, so no factory to change")
             info.factory = factory
             if mode is not None:
                 info.index_mode = mode
@@ -229,32 +198,22 @@ class Store:
         Returns (segment ids removed, segment ids added)."""
         segments = list(segments)
         if segments:
+            if vectors is None:
+                raise ValueError("segments come with their vectors")
             chunks, rows = self.files().append(vectors)
             segments = [{**seg, "vec_chunk": int(c), "vec_row": int(r)} for seg, c, r in zip(segments, chunks, rows)]
         return self.retrying(lambda: self._save_image(fs_path, path, sha256, hw, segments, error))
 
-    def retrying(self, write):
+    def retrying(self, write: Callable[[], T]) -> T:
         """A write transaction, tried again while a database server is unreachable
-        (restarting, failing over): each try commits all or nothing, so a retry never
-        leaves half an image; past ``RETRY_SECONDS`` a one-line error."""
-        waited, pause = 0.0, 0.5
-        while True:
-            try:
-                self._keep_catalog_lock()
-                return write()
-            except OperationalError as exc:
-                if self.engine.dialect.name == "sqlite" or waited >= RETRY_SECONDS:
-                    if self.engine.dialect.name == "sqlite":
-                        raise
-                    raise CatalogUnavailableError(
-                        f"the catalog database at {make_url(self.url).render_as_string(hide_password=True)} is unreachable "
-                        f"({first_line(exc.orig or exc)}); finished images are kept, "
-                        "run again to resume"
-                    ) from None
-                log.warning("catalog database unreachable, retrying in %.1f s", pause)
-                time.sleep(pause)
-                waited += pause
-                pause = min(pause * 2, 8.0)
+        (``catalog.while_reachable``: each try commits all or nothing, so a retry
+        never leaves half an image), each try first keeping the catalog's lock."""
+
+        def attempt() -> T:
+            self._keep_catalog_lock()
+            return write()
+
+        return attempt() if self.engine.dialect.name == "sqlite" else while_reachable(attempt, self.url)
 
     def _keep_catalog_lock(self) -> None:
         """A writer's PostgreSQL lock lives as long as its session: a server restart
@@ -320,12 +279,8 @@ class Store:
     def image_files(self) -> list[tuple[int, bytes, str]]:
         """(id, fs_path, path) of every image the index has, done or failed."""
         with self.sessions() as s:
-            return [
-                tuple(r)
-                for r in s.execute(
-                    select(ImageRecord.id, ImageRecord.fs_path, ImageRecord.path).order_by(ImageRecord.id)
-                )
-            ]
+            query = select(ImageRecord.id, ImageRecord.fs_path, ImageRecord.path).order_by(ImageRecord.id)
+            return [(image_id, fs_path, path) for image_id, fs_path, path in s.execute(query)]
 
     def image(self, image_id: int) -> ImageRecord | None:
         with self.sessions() as s:
@@ -382,93 +337,6 @@ class Store:
             )
             return np.fromiter(s.scalars(q), dtype=np.int64)
 
-    def image_ids_matching(self, path: str) -> set[int]:
-        """Ids of the done images whose path matches the glob. The glob's literal
-        prefix is looked up in the path index, so a glob under one folder reads that
-        folder's rows, not every image's."""
-        prefix = path[: min((path.find(c) for c in "*?[" if c in path), default=len(path))]
-        query = select(ImageRecord.id, ImageRecord.path).where(ImageRecord.status == DONE)
-        if prefix:
-            query = query.where(_starts_with(ImageRecord.path, prefix, self.engine.dialect.name))
-        with self.sessions() as s:
-            rows = s.execute(query).all()
-        return {i for i, p in rows if fnmatch.fnmatchcase(p, path)}
-
-    def done_image_count(self) -> int:
-        with self.sessions() as s:
-            return s.scalar(select(func.count()).select_from(ImageRecord).where(ImageRecord.status == DONE)) or 0
-
-    def sample_areas(self, size: int = 10_000, seed: int = 0) -> np.ndarray:
-        """Areas of about ``size`` segments picked at random (by id, through the
-        primary key): enough to estimate how many a --min-area keeps."""
-        with self.sessions() as s:
-            low, high = s.execute(select(func.min(SegmentRecord.id), func.max(SegmentRecord.id))).one()
-            if low is None:
-                return np.zeros(0, np.int64)
-            ids = np.unique(np.random.default_rng(seed).integers(low, high + 1, size)).tolist()
-            out = [
-                np.fromiter(
-                    s.scalars(select(SegmentRecord.area).where(SegmentRecord.id.in_(ids[i : i + 900]))), np.int64
-                )
-                for i in range(0, len(ids), 900)
-            ]  # 900: SQLite's bound-parameter limit
-        return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-    def segment_locations_with_area(self, min_area: int) -> np.ndarray:
-        """[n, 3] (id, chunk, row) of the segments of at least ``min_area`` pixels
-        (through the area index): a selection, and where its embeddings lie."""
-        seg = SegmentRecord
-        return self._locations([select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.area >= min_area)])
-
-    def segment_locations_of_images(self, image_ids: Iterable[int], min_area: int = 0) -> np.ndarray:
-        """[n, 3] (id, chunk, row) of the segments of these images (of at least
-        ``min_area`` pixels)."""
-        seg, wanted = SegmentRecord, sorted(image_ids)
-        queries = []
-        for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
-            q = select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.image_id.in_(wanted[start : start + 900]))
-            queries.append(q.where(seg.area >= min_area) if min_area else q)
-        return self._locations(queries)
-
-    def segment_locations(self, ids: Iterable[int]) -> np.ndarray:
-        """[n, 3] (id, chunk, row) of these segments (the committed ones), in no set
-        order. SQLite takes every id as one JSON parameter through its own driver: a
-        compressed index's 1,000 re-scored candidates cost 2.4 ms here, not 4.9 ms in
-        900-id IN lists through SQLAlchemy (``scale.py``'s 200k index)."""
-        seg, wanted = SegmentRecord, [int(i) for i in ids]
-        if self.engine.dialect.name == "sqlite" and wanted:
-            found = self._sqlite_locations(wanted)
-            if found is not None:
-                return found
-        return self._locations(
-            [
-                select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.id.in_(wanted[i : i + 900]))
-                for i in range(0, len(wanted), 900)
-            ]
-        )  # 900: SQLite's bound-parameter limit
-
-    def _sqlite_locations(self, wanted: list[int]) -> np.ndarray | None:
-        """None where this SQLite lacks ``json_each`` (then the IN lists serve)."""
-        import json
-        import sqlite3
-
-        try:
-            with self.engine.connect() as conn:
-                rows = conn.connection.dbapi_connection.execute(
-                    "SELECT id, vec_chunk, vec_row FROM segments WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(wanted),),
-                ).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "json_each" not in str(exc):
-                raise
-            return None
-        return np.array(rows, np.int64).reshape(-1, 3)
-
-    def _locations(self, queries) -> np.ndarray:
-        with self.engine.connect() as conn:  # plain rows: no ORM objects for thousands of ids
-            values = [v for q in queries for row in conn.execute(q) for v in tuple(row)]
-        return np.fromiter(values, np.int64, len(values)).reshape(-1, 3)
-
     def files(self) -> EmbeddingFiles:
         if self._files is None:
             info = self.info()
@@ -509,53 +377,3 @@ class Store:
                 table = np.array([tuple(r) for r in part], np.int64)
                 found.update(table[self.files().damaged(table[:, 1], table[:, 2]), 0].tolist())
         return sorted(found)
-
-    def rows(self, ids: Iterable[int]) -> dict[int, SegmentRow]:
-        wanted = [int(i) for i in ids]
-        out: dict[int, SegmentRow] = {}
-        with self.sessions() as s:
-            for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
-                seg = SegmentRecord
-                q = (
-                    select(
-                        seg.id,
-                        seg.image_id,
-                        ImageRecord.path,
-                        ImageRecord.fs_path,
-                        ImageRecord.height,
-                        ImageRecord.width,
-                        seg.x,
-                        seg.y,
-                        seg.w,
-                        seg.h,
-                        seg.area,
-                        seg.rle_counts,
-                        seg.predicted_iou,
-                        seg.stability_score,
-                    )
-                    .join(ImageRecord)
-                    .where(seg.id.in_(wanted[start : start + 900]))
-                )
-                for r in s.execute(q):
-                    out[r.id] = SegmentRow(
-                        r.id,
-                        r.image_id,
-                        r.path,
-                        r.fs_path,
-                        (r.height, r.width),
-                        (r.x, r.y, r.w, r.h),
-                        r.area,
-                        r.rle_counts,
-                        r.predicted_iou,
-                        r.stability_score,
-                    )
-        return out
-
-
-def _starts_with(column, prefix: str, dialect: str):
-    """``column`` starts with ``prefix``, in a form the path index can answer. SQLite
-    compares text bytewise (BINARY collation), so a range does it; elsewhere (a
-    PostgreSQL locale collation orders differently) an escaped LIKE."""
-    if dialect == "sqlite":
-        return (column >= prefix) & (column < prefix + "\U0010ffff")
-    return column.startswith(prefix, autoescape=True)

@@ -5,13 +5,13 @@ point leaves a consistent index that a re-run finishes."""
 import numpy as np
 import pytest
 
-import usesearch.indexer.compact as compact_mod
 import usesearch.indexer.embeddings as embeddings
+import usesearch.indexer.maintenance as compact_mod
 from tests.helpers import assert_consistent
 from tests.test_index_scale import synthetic_index
 from usesearch.indexer import SegmentIndex, reindex
-from usesearch.indexer.compact import compact, dead_bytes
-from usesearch.indexer.pipeline import db_url_for
+from usesearch.indexer.folder import db_url_for
+from usesearch.indexer.maintenance import compact, dead_bytes
 from usesearch.indexer.store import Store
 
 N, IMAGES, CHUNK = 3_000, 300, 500

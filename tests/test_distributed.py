@@ -121,7 +121,8 @@ def _kill_group(pgid: int) -> None:
 def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, sequential, tmp_path):
     db = tmp_path / "db"
     code = (
-        "import sys; from usesearch.indexer import IndexOptions; from usesearch.indexer.distributed import index_paths_ray; "
+        "import sys; from usesearch.indexer import IndexOptions; "
+        "from usesearch.indexer.distributed import index_paths_ray; "
         "index_paths_ray([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', "
         "masker_options={'max_masks': 8}), workers=1)"
     )

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from tests.helpers import OPTS, write_photos
 from usesearch.cli.app import app
 from usesearch.errors import CatalogLockedError, DamagedRowsError, IndexIdentityError
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from usesearch.indexer.pipeline import FAISS_FILE
-from usesearch.indexer.vectors import shard_files
+from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
+from usesearch.indexer.folder import FAISS_FILE
+from usesearch.indexer.vector_files import shard_files
 from usesearch.indexer.web.security import redact
 
 
@@ -84,12 +84,13 @@ def test_filters_out_of_range_are_one_line_errors_alike_in_the_cli_and_python(sh
     vector = np.ones(index.info.dim, np.float32) / math.sqrt(index.info.dim)
     for bad in (dict(min_score=float("nan")), dict(min_area=-1), dict(min_area=2**40 + 1)):
         with pytest.raises(ValueError):
-            index.search_vector(vector, **bad)
-    assert index.search_vector(vector, k=3, min_area=2**40) == []  # the largest area allowed matches nothing
+            index.search_vector(vector, filters=SearchFilters(**bad))
+    largest = SearchFilters(min_area=2**40)
+    assert index.search_vector(vector, k=3, filters=largest) == []  # the largest area allowed matches nothing
 
 
 def test_a_catalog_copied_into_another_index_folder_is_refused_never_rebuilt(tmp_path):
-    from usesearch.indexer.pipeline import DB_FILE
+    from usesearch.indexer.folder import DB_FILE
 
     for name, photo in (("a", "astronaut"), ("b", "coffee")):
         index_paths([write_photos(tmp_path / f"photos-{name}", (photo,))], tmp_path / name, IndexOptions(**OPTS))
@@ -110,7 +111,7 @@ def test_a_catalog_copied_into_another_index_folder_is_refused_never_rebuilt(tmp
 
 
 def test_one_postgresql_catalog_one_folder_and_one_writer(tmp_path, pg_url):
-    from usesearch.indexer.pipeline import Writer
+    from usesearch.indexer.writer import Writer
 
     photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
     index_paths([photos], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))
@@ -273,7 +274,7 @@ def test_connections_count_against_an_ipv4_address_or_an_ipv6_64():
 
 
 def test_a_writer_takes_its_catalog_lock_again_after_the_server_restarts(tmp_path, pg_url, postgres_server):
-    from usesearch.indexer.pipeline import Writer
+    from usesearch.indexer.writer import Writer
 
     photos = write_photos(tmp_path / "photos", ("coffee",))
     index_paths([photos], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))

@@ -19,10 +19,15 @@ from typer.testing import CliRunner
 
 from tests.helpers import OPTS, assert_consistent, write_photos
 from usesearch.cli.app import app
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from usesearch.indexer.pipeline import DB_FILE, FAISS_FILE
+from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
+from usesearch.indexer.folder import DB_FILE, FAISS_FILE
 
 runner = CliRunner()
+
+
+def search(ix, vector, k, exclude=frozenset(), **filters):
+    """``search_vector`` with its filters given as keywords, beside ``exact_hits``."""
+    return ix.search_vector(vector, k, SearchFilters(**filters), exclude=exclude)
 
 
 def exact_hits(ix, vector, k, path=None, min_area=0, per_image=False, exclude=()):
@@ -79,7 +84,7 @@ def test_hnsw_reader_excludes_uncommitted_vectors_it_cannot_remove(tmp_path):
     ix = SegmentIndex.open(db)
     vector = ix.index.index.reconstruct(int(ix.store.segment_ids()[0]))
     ix.index.add(np.array([10**9]), vector[None])  # a vector whose image never committed
-    from usesearch.indexer.vectors import write_atomic
+    from usesearch.indexer.vector_files import write_atomic
 
     write_atomic(ix.index, db / FAISS_FILE, ix.store, ix.info.dim, ix.info.factory, in_sync=False)
     reader = SegmentIndex.open(db)
@@ -246,7 +251,7 @@ def test_non_utf8_names_reopen_exactly_and_never_collide(tmp_path):
     again = index_paths([photos], db, IndexOptions(**OPTS))
     assert (first.done, again.done, again.skipped) == (2, 0, 2)
     ix = SegmentIndex.open(db)
-    hits = ix.query("a red square", k=50, per_image=True)
+    hits = ix.query("a red square", k=50, filters=SearchFilters(per_image=True))
     assert {h.file for h in hits} == {raw, os.fsencode(str(literal))}
     for hit in hits:
         with open(hit.file, "rb") as f:
@@ -285,7 +290,8 @@ def test_index_made_by_older_usesearch_is_upgraded_without_losing_segments(small
         CREATE TABLE images_v1 (id INTEGER NOT NULL PRIMARY KEY, path TEXT NOT NULL UNIQUE, sha256 VARCHAR(64),
             width INTEGER, height INTEGER, status VARCHAR(8) NOT NULL, error_class VARCHAR(128), error_message TEXT,
             attempts INTEGER NOT NULL, updated DATETIME NOT NULL);
-        INSERT INTO images_v1 SELECT id, path, sha256, width, height, status, error_class, error_message, attempts, updated FROM images;
+        INSERT INTO images_v1 SELECT id, path, sha256, width, height, status, error_class, error_message,
+            attempts, updated FROM images;
         DROP TABLE images; ALTER TABLE images_v1 RENAME TO images;
         ALTER TABLE index_info DROP COLUMN vectors_sha256;
         DROP TABLE index_identity;
@@ -335,7 +341,7 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeyp
     )
     monkeypatch.undo()
 
-    import usesearch.indexer.vectors
+    import usesearch.indexer.vector_files
 
     class FullDisk:  # the temp file fills the disk after its first bytes
         def __init__(self, f):
@@ -357,7 +363,7 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeyp
             return getattr(self.f, name)
 
     monkeypatch.setattr(
-        usesearch.indexer.vectors,
+        usesearch.indexer.vector_files,
         "open",
         lambda p, mode="r": FullDisk(open(p, mode)) if "w" in mode else open(p, mode),
         raising=False,
@@ -415,10 +421,10 @@ def test_filtered_search_equals_filtered_exact_search_and_a_filter_matching_noth
     vector = ix.model.embed_text(["a cat"])[0]
     areas = sorted(r.area for r in ix.store.rows(ix.store.segment_ids()).values())
     some = int(ix.store.segment_ids()[3])
-    import usesearch.indexer.search
+    import usesearch.indexer.selection
 
     for share in (1.0, 0.0):  # the glob as a FAISS id selection, then checked on candidates
-        monkeypatch.setattr(usesearch.indexer.search, "PUSHDOWN_SHARE", share)
+        monkeypatch.setattr(usesearch.indexer.selection, "PUSHDOWN_SHARE", share)
         for filters in (
             dict(path="*/sub/*"),
             dict(min_area=areas[len(areas) // 2]),
@@ -427,11 +433,11 @@ def test_filtered_search_equals_filtered_exact_search_and_a_filter_matching_noth
             dict(exclude={some}),
             dict(path="*/sub/*", exclude={some}, min_area=areas[5]),
         ):
-            got = [h.segment_id for h in ix.search_vector(vector, 5, **filters)]
+            got = [h.segment_id for h in search(ix, vector, 5, **filters)]
             assert got == exact_hits(ix, vector, 5, **filters), (share, filters)
             assert got, filters
     fetched = []
     real_rows = ix.store.rows
     monkeypatch.setattr(ix.store, "rows", lambda ids: fetched.append(len(ids)) or real_rows(ids))
-    assert ix.search_vector(vector, 5, path="*/nomatch/*") == []
+    assert ix.search_vector(vector, 5, SearchFilters(path="*/nomatch/*")) == []
     assert sum(fetched) == 0

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from tests.helpers import OPTS, assert_consistent, segment_table, write_photos
 from usesearch.cli.app import app
 from usesearch.errors import IndexLockedError, IndexMismatchError
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from usesearch.indexer.pipeline import FAISS_FILE, writer_lock
-from usesearch.indexer.vectors import write_atomic
+from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
+from usesearch.indexer.folder import FAISS_FILE, writer_lock
+from usesearch.indexer.vector_files import write_atomic
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +45,13 @@ def test_query_returns_k_hits_with_masks_that_decode_to_the_image(indexed):
 def test_filters_still_return_k_hits(indexed):
     root, photos, _ = indexed
     ix = SegmentIndex.open(root / "db")
-    per_image = ix.query("a cat", k=4, per_image=True)
+    per_image = ix.query("a cat", k=4, filters=SearchFilters(per_image=True))
     assert len({h.image for h in per_image}) == 4
-    in_sub = ix.query("a cat", k=8, path="*/sub/*")
+    in_sub = ix.query("a cat", k=8, filters=SearchFilters(path="*/sub/*"))
     assert len(in_sub) == 8 and all("/sub/" in h.image for h in in_sub)
-    big = ix.query("a cat", k=5, min_area=500)
+    big = ix.query("a cat", k=5, filters=SearchFilters(min_area=500))
     assert len(big) == 5 and all(h.area >= 500 for h in big)
-    assert ix.query("a cat", k=3, path="*/nothing/*") == []
+    assert ix.query("a cat", k=3, filters=SearchFilters(path="*/nothing/*")) == []
     like = ix.similar(per_image[0].segment_id, k=3)
     assert per_image[0].segment_id not in {h.segment_id for h in like} and len(like) == 3
 

@@ -128,7 +128,8 @@ def test_kill_dash_nine_then_resume_equals_one_clean_run(tmp_path):
     db = tmp_path / "db"
     code = (
         "import sys; from usesearch.indexer import IndexOptions, index_paths; "
-        "index_paths([sys.argv[1]], sys.argv[2], IndexOptions(preset='tiny', masker='felzenszwalb', masker_options={'max_masks': 8}))"
+        "index_paths([sys.argv[1]], sys.argv[2], "
+        "IndexOptions(preset='tiny', masker='felzenszwalb', masker_options={'max_masks': 8}))"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(photos), str(db)], env={**os.environ, "PYTHONPATH": os.getcwd()}

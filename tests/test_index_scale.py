@@ -8,8 +8,8 @@ from sqlalchemy import insert
 
 import usesearch.indexer.index_choice as index_choice
 from tests.helpers import OPTS, write_photos
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from usesearch.indexer.pipeline import db_url_for
+from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
+from usesearch.indexer.folder import db_url_for
 from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
 from usesearch.indexer.store import Store
 
@@ -209,10 +209,10 @@ def exact_filtered(data, q, keep: np.ndarray, k: int) -> list[int]:
 def test_narrow_min_area_is_an_id_selection_scored_exactly(compressed, monkeypatch):
     """--min-area keeping few segments is resolved through the area index and scored
     exactly, without FAISS; results equal the brute-force filtered search."""
-    import usesearch.indexer.search
+    import usesearch.indexer.selection
 
     monkeypatch.setattr(
-        usesearch.indexer.search, "AREA_PUSHDOWN_MAX", 1000
+        usesearch.indexer.selection, "AREA_PUSHDOWN_MAX", 1000
     )  # of 10,000 here; 200,000 of millions in use
     ix, data = compressed
     areas = np.array([1 + i % 97 for i in range(len(data))])
@@ -221,11 +221,11 @@ def test_narrow_min_area_is_an_id_selection_scored_exactly(compressed, monkeypat
     monkeypatch.setattr(ix.index, "search", lambda *a, **kw: searched.append(1) or real(*a, **kw))
     rng = np.random.default_rng(3)
     for q in data[rng.integers(0, len(data), 5)]:
-        hits = ix.search_vector(q, 10, min_area=95)  # 3 in 97 segments: about 300
+        hits = ix.search_vector(q, 10, SearchFilters(min_area=95))  # 3 in 97 segments: about 300
         assert [h.segment_id for h in hits] == exact_filtered(data, q, areas >= 95, 10)
         assert all(h.area >= 95 for h in hits)
     assert not searched
-    broad = ix.search_vector(data[0], 10, min_area=2)  # keeps nearly all: checked on FAISS's candidates
+    broad = ix.search_vector(data[0], 10, SearchFilters(min_area=2))  # keeps nearly all: checked on FAISS's candidates
     assert searched and len(broad) == 10 and all(h.area >= 2 for h in broad)
 
 
@@ -234,13 +234,14 @@ def test_narrow_path_glob_reads_only_its_folder_and_scores_exactly(compressed, m
     images = np.arange(len(data)) % 200  # image i + 1 holds segments i, i + 200, ...; its path is /a/{i % 10}/{i}.jpg
     under_3 = (images % 10 == 3) & (images < 100)  # /a/3/?.jpg and /a/3/??.jpg: images 3, 13, ..., 93
     q = data[17]
-    hits = ix.search_vector(q, 10, path="/a/3/??.jpg")
+    hits = ix.search_vector(q, 10, SearchFilters(path="/a/3/??.jpg"))
     assert [h.segment_id for h in hits] == exact_filtered(data, q, under_3 & (images >= 10), 10)
-    assert [h.segment_id for h in ix.search_vector(q, 10, path="/a/3/?.jpg")] == exact_filtered(
+    assert [h.segment_id for h in ix.search_vector(q, 10, SearchFilters(path="/a/3/?.jpg"))] == exact_filtered(
         data, q, images == 3, 10
     )
-    assert {h.image for h in ix.search_vector(q, 5, path="*/3/1?.jpg")} == {"/a/3/13.jpg"}  # no literal prefix
-    assert ix.search_vector(q, 5, path="/a/3[") == []  # an unclosed class is literal, and matches nothing
+    no_prefix, unclosed = SearchFilters(path="*/3/1?.jpg"), SearchFilters(path="/a/3[")
+    assert {h.image for h in ix.search_vector(q, 5, no_prefix)} == {"/a/3/13.jpg"}  # no literal prefix
+    assert ix.search_vector(q, 5, unclosed) == []  # an unclosed class is literal, and matches nothing
     from sqlalchemy import event
 
     statements = []
@@ -260,7 +261,7 @@ def test_nprobe_and_rerank_trade_speed_for_recall(compressed):
     rng = np.random.default_rng(4)
     for q in data[rng.integers(0, len(data), 5)] + 0.3 * rng.standard_normal((5, data.shape[1])).astype(np.float32):
         q /= np.linalg.norm(q)
-        hits = ix.search_vector(q, 10, nprobe=64, rerank=len(data))
+        hits = ix.search_vector(q, 10, SearchFilters(nprobe=64, rerank=len(data)))
         assert [h.segment_id for h in hits] == exact_filtered(data, q, np.ones(len(data), bool), 10)
     from typer.testing import CliRunner
 
@@ -320,8 +321,8 @@ def test_float16_prefilter_keeps_every_exact_top_row(scale):
 def test_candidate_locations_in_one_json_parameter_equal_the_in_lists(tmp_path):
     from sqlalchemy import select
 
+    from usesearch.indexer.folder import open_store
     from usesearch.indexer.records import SegmentRecord
-    from usesearch.indexer.search import open_store
 
     synthetic_index(tmp_path / "db", n=3_000, dim=8, images=30)
     store = open_store(tmp_path / "db", read_only=True)

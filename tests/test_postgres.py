@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tests.helpers import OPTS, assert_consistent, kill_when, run_python, segment_table, write_photos
 from usesearch.cli.app import app
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 
@@ -40,7 +40,7 @@ def test_index_query_and_info_on_postgresql_equal_sqlite(tmp_path, pg_url):
     assert [f.path.rsplit("/", 1)[-1] for f in pg.store.failures()] == ["broken.png"]
     assert pg.store.common_folder() == lite.store.common_folder()
     for filters in ({}, {"path": "*/sub/*"}, {"per_image": True}, {"min_area": 200}):
-        a, b = pg.query("a cat", k=6, **filters), lite.query("a cat", k=6, **filters)
+        a, b = pg.query("a cat", 6, SearchFilters(**filters)), lite.query("a cat", 6, SearchFilters(**filters))
         assert a and [(h.image, h.bbox, round(h.score, 5)) for h in a] == [
             (h.image, h.bbox, round(h.score, 5)) for h in b
         ]

@@ -79,7 +79,7 @@ def test_kill_dash_nine_during_prune_then_resume(tmp_path):
     db = tmp_path / "db"
     synthetic_index(db, n=12_000, dim=16, images=3_000)
     reindex(db)
-    code = "import sys; from usesearch.indexer.prune import prune; prune(sys.argv[1], force=True)"
+    code = "import sys; from usesearch.indexer.maintenance import prune; prune(sys.argv[1], force=True)"
     left = kill_when(
         run_python(code, db),
         lambda: sqlite_count(db / "segments.sqlite", "select count(*) from images"),

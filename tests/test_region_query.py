@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from tests.helpers import OPTS, write_photos
 from usesearch.cli.app import app
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths
 from usesearch.masks import rle
 
 
@@ -65,7 +65,7 @@ def test_a_point_or_a_box_prompts_sam_for_its_most_stable_mask(indexed):
     assert by_point.stability_score is not None and by_point.bbox[2] > 0
     by_box = ix.region(rgb, box=(10, 10, 50, 40))
     assert by_box.area == int(by_box.mask.sum()) > 0
-    hits = ix.similar_region(rgb, box=(10, 10, 50, 40), k=4, per_image=True)
+    hits = ix.similar_region(rgb, box=(10, 10, 50, 40), k=4, filters=SearchFilters(per_image=True))
     assert len(hits) == 4 and len({h.image_id for h in hits}) == 4
     result = CliRunner().invoke(
         app,

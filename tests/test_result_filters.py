@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import insert
 from typer.testing import CliRunner
 
-from usesearch.indexer import SegmentIndex, reindex
-from usesearch.indexer.pipeline import db_url_for
+from usesearch.indexer import SearchFilters, SegmentIndex, reindex
+from usesearch.indexer.folder import db_url_for
 from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
 from usesearch.indexer.store import Store
 from usesearch.masks import rle
@@ -104,17 +104,18 @@ def ids(hits):
 
 
 def test_min_score_keeps_only_hits_at_or_above_it(hand_built):
-    assert ids(hand_built.search_vector(E0, 10, min_score=0.75)) == [1, 2, 3]
-    assert ids(hand_built.search_vector(E0, 2, min_score=0.75)) == [1, 2]
-    assert ids(hand_built.search_vector(E0, 10, min_score=0.70)) == [1, 2, 3, 4]  # at the cut-off: kept
-    assert hand_built.search_vector(E0, 10, min_score=0.95) == []
-    assert ids(hand_built.search_vector(E0, 10, min_score=0.65, path="/p/2.png")) == [3]
+    assert ids(hand_built.search_vector(E0, 10, SearchFilters(min_score=0.75))) == [1, 2, 3]
+    assert ids(hand_built.search_vector(E0, 2, SearchFilters(min_score=0.75))) == [1, 2]
+    assert ids(hand_built.search_vector(E0, 10, SearchFilters(min_score=0.70))) == [1, 2, 3, 4]  # at the cut-off: kept
+    assert hand_built.search_vector(E0, 10, SearchFilters(min_score=0.95)) == []
+    assert ids(hand_built.search_vector(E0, 10, SearchFilters(min_score=0.65, path="/p/2.png"))) == [3]
 
 
 def test_distinct_drops_parts_of_better_hits_and_wholes_around_them(hand_built):
-    assert ids(hand_built.search_vector(E0, 4, distinct=True)) == [1, 3, 4, 6]  # 2 lies in 1; 5 contains 3
-    assert ids(hand_built.search_vector(E0, 2, distinct=True)) == [1, 3]
-    assert ids(hand_built.search_vector(E0, 10, distinct=True, min_score=0.75)) == [1, 3]
+    distinct = SearchFilters(distinct=True)
+    assert ids(hand_built.search_vector(E0, 4, distinct)) == [1, 3, 4, 6]  # 2 lies in 1; 5 contains 3
+    assert ids(hand_built.search_vector(E0, 2, distinct)) == [1, 3]
+    assert ids(hand_built.search_vector(E0, 10, SearchFilters(distinct=True, min_score=0.75))) == [1, 3]
     assert ids(hand_built.search_vector(E0, 10)) == [1, 2, 3, 4, 5, 6]  # without it, all of them
     overlap = rle.overlap_of_smaller(
         [{"size": [H, W], "counts": SEGMENTS[1][1]}], [{"size": [H, W], "counts": SEGMENTS[0][1]}]
@@ -146,6 +147,6 @@ def test_cli_and_web_take_min_score_and_distinct(hand_built):
     response = client.get("/api/segments/2/similar", params={"k": 10, "distinct": "true", "min_score": 0.5})
     assert response.status_code == 200, response.text
     assert [h["segment_id"] for h in response.json()["hits"]] == ids(
-        hand_built.similar(2, 10, distinct=True, min_score=0.5)
+        hand_built.similar(2, 10, SearchFilters(distinct=True, min_score=0.5))
     )
     assert client.get("/api/segments/2/similar", params={"min_score": 3}).status_code == 422

@@ -79,7 +79,10 @@ def page(server):
         browser.close()
 
 
-TILES_LOADED = "n => { const t = [...document.querySelectorAll('.tile img')]; return t.length >= n && t.slice(0, n).every(i => i.complete && i.naturalWidth > 0); }"
+TILES_LOADED = (
+    "n => { const t = [...document.querySelectorAll('.tile img')]; "
+    "return t.length >= n && t.slice(0, n).every(i => i.complete && i.naturalWidth > 0); }"
+)
 # Count the outline colour's pixels in the first tile as the browser decoded it.
 OUTLINE_PIXELS = """() => {
   const img = document.querySelector('.tile img');
@@ -112,13 +115,16 @@ def test_type_a_query_see_tiles_with_overlays_and_open_one(server, page):
     tiles[0].click()
     page.wait_for_selector("#viewer:not([hidden])")
     page.wait_for_function(
-        "() => ['viewer-image', 'viewer-overlay'].every(id => { const i = document.getElementById(id); return i.complete && i.naturalWidth > 0; })"
+        "() => ['viewer-image', 'viewer-overlay'].every(id => { "
+        "const i = document.getElementById(id); return i.complete && i.naturalWidth > 0; })"
     )
     image_size = page.evaluate(
-        "() => [document.getElementById('viewer-image').naturalWidth, document.getElementById('viewer-image').naturalHeight]"
+        "() => [document.getElementById('viewer-image').naturalWidth, "
+        "document.getElementById('viewer-image').naturalHeight]"
     )
     overlay_size = page.evaluate(
-        "() => [document.getElementById('viewer-overlay').naturalWidth, document.getElementById('viewer-overlay').naturalHeight]"
+        "() => [document.getElementById('viewer-overlay').naturalWidth, "
+        "document.getElementById('viewer-overlay').naturalHeight]"
     )
     assert image_size == overlay_size, "the mask layer lines up with the image"
     assert str(first.segment_id) in page.inner_text("#viewer-meta") and first.image in page.inner_text("#viewer-meta")

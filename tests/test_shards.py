@@ -11,9 +11,9 @@ import pytest
 import usesearch.indexer.index_choice as index_choice
 from tests.helpers import OPTS, assert_consistent, write_photos
 from tests.test_index_scale import synthetic_index
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths, reindex
-from usesearch.indexer.pipeline import FAISS_FILE
-from usesearch.indexer.vectors import shard_files
+from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
+from usesearch.indexer.folder import FAISS_FILE
+from usesearch.indexer.vector_files import shard_files
 
 
 def answers(ix: SegmentIndex, queries: np.ndarray) -> list:
@@ -29,7 +29,8 @@ def answers(ix: SegmentIndex, queries: np.ndarray) -> list:
             {"exclude": {5, 17}},
             {"nprobe": 8, "rerank": 300},
         ):
-            hits = ix.search_vector(q, 15, **filters)
+            exclude = filters.pop("exclude", frozenset())
+            hits = ix.search_vector(q, 15, SearchFilters(**filters), exclude=exclude)
             out.append([(h.segment_id, round(h.score, 5)) for h in hits])
     return out
 

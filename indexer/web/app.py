@@ -8,49 +8,48 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 
 from usesearch.errors import ImageGoneError, NotFoundError, ServerBusyError, UploadTooLargeError, UsesearchError
 from usesearch.io.files import DEFAULT_MAX_PIXELS, decode, pixel_count
 from usesearch.masks import region as region_lib
 
-from ..records import DONE, SegmentRow
-from ..search import MAX_MIN_AREA, MAX_QUERY_CHARS, Hit, SegmentIndex
+from ..filters import SearchFilters
+from ..hits import Hit
+from ..records import DONE, ImageRecord, SegmentRow
+from ..search import MAX_QUERY_CHARS, SegmentIndex
 from . import apidoc, render
 from .budget import PixelBudget
+from .schema import (
+    MAX_K,
+    Filters,
+    HitOut,
+    ImageId,
+    ImageOut,
+    KParam,
+    PictureSize,
+    RegionOut,
+    RegionSearchOut,
+    SearchOut,
+    SegmentId,
+    SegmentOut,
+    WithMasks,
+    segment_out,
+)
 from .security import HostCheckMiddleware, SameOriginMiddleware, TokenMiddleware
 
 log = logging.getLogger(__name__)
 
-MAX_K = 200
-MAX_GLOB_CHARS = 512
-MAX_ID = 2**63 - 1  # SQLite's integer range: larger ids are a 422, not an overflow
 MAX_ECHO_CHARS = 200  # of a bad input, quoted back in a 422
 MAX_UPLOAD_BYTES = 20 * 2**20  # a photo uploaded for a region search
-
-SegmentId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A segment id from a search result.")]
-ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="An image id from a segment or search result.")]
-KParam = Annotated[int, Query(ge=1, le=MAX_K, description="Number of hits.")]
-PathGlob = Annotated[
-    str | None,
-    Query(max_length=MAX_GLOB_CHARS, description="Only images whose indexed path matches this glob, e.g. '*/2024/*'."),
-]
-MinArea = Annotated[int, Query(ge=0, le=MAX_MIN_AREA, description="Only segments of at least this many pixels.")]
-PerImage = Annotated[bool, Query(description="Keep only the best segment of each image.")]
-WithMasks = Annotated[bool, Query(description="Include each hit's COCO RLE mask.")]
-MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, description="Only hits scoring at least this (cosine).")]
-Distinct = Annotated[
-    bool, Query(description="Drop a hit that mostly lies inside (or mostly contains) a better hit of the same image.")
-]
 
 STATIC = resources.files(__package__) / "static"
 # Segment ids are never reused (AUTOINCREMENT) and a changed image file is refused,
@@ -60,76 +59,6 @@ PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }
-
-
-class SegmentOut(BaseModel):
-    segment_id: int
-    image_id: int
-    image: str
-    bbox: list[int]
-    area: int
-    predicted_iou: float | None = None
-    stability_score: float | None = None
-    mask: dict[str, Any] | None = None
-    tile_url: str
-    mask_url: str
-    image_url: str
-
-
-class HitOut(SegmentOut):
-    rank: int
-    score: float
-
-
-class SearchOut(BaseModel):
-    query: str | None = None
-    like_segment: int | None = None
-    took_ms: float
-    segments_indexed: int
-    hits: list[HitOut]
-
-
-class RegionOut(BaseModel):
-    bbox: list[int]
-    area: int
-    stability_score: float | None = None
-    mask: dict[str, Any]  # COCO RLE of the region in the uploaded photo
-    overlay: str  # the photo with the region drawn, as a PNG data URL
-
-
-class RegionSearchOut(SearchOut):
-    region: RegionOut
-
-
-class ImageOut(BaseModel):
-    image_id: int
-    image: str
-    width: int
-    height: int
-    thumbnail_url: str
-    segments: list[SegmentOut]
-
-
-def _segment_out(row: SegmentRow | Hit, with_mask: bool, **extra) -> dict[str, Any]:
-    sid = row.segment_id if isinstance(row, Hit) else row.id
-    image = row.image if isinstance(row, Hit) else row.image_path
-    mask = None
-    if with_mask:
-        mask = row.mask if isinstance(row, Hit) else {"size": list(row.image_hw), "counts": row.rle_counts}
-    return dict(
-        segment_id=sid,
-        image_id=row.image_id,
-        image=image,
-        bbox=list(row.bbox),
-        area=row.area,
-        predicted_iou=row.predicted_iou,
-        stability_score=row.stability_score,
-        mask=mask,
-        tile_url=f"/api/segments/{sid}/tile.png",
-        mask_url=f"/api/segments/{sid}/mask.png",
-        image_url=f"/api/images/{row.image_id}",
-        **extra,
-    )
 
 
 def _shorten(value: Any) -> Any:
@@ -232,13 +161,13 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
             raise NotFoundError(f"no segment with id {segment_id}")
         return row
 
-    def image_record(image_id: int):
+    def image_record(image_id: int) -> ImageRecord:
         record = index.store.image(image_id)
         if record is None or record.status != DONE:
             raise NotFoundError(f"no indexed image with id {image_id}")
         return record
 
-    def searched(run, with_masks: bool, **echo) -> SearchOut:
+    def searched(run: Callable[[], list[Hit]], with_masks: bool, **echo: Any) -> SearchOut:
         start = time.perf_counter()
         hits = run()  # searches run side by side: SegmentIndex locks only what it must
         total = int(index.index.ntotal)
@@ -246,59 +175,31 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
             took_ms=1000 * (time.perf_counter() - start),
             segments_indexed=total,
             **echo,
-            hits=[HitOut(**_segment_out(h, with_masks, rank=h.rank, score=h.score)) for h in hits],
+            hits=[HitOut(**segment_out(h, with_masks, rank=h.rank, score=h.score)) for h in hits],
         )
 
     # -- JSON API ------------------------------------------------------------------------
     @app.get("/api/search", response_model=SearchOut, tags=["search"])
     def search_text(
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")],
+        filters: Filters,
         k: KParam = 24,
-        path: PathGlob = None,
-        min_area: MinArea = 0,
-        per_image: PerImage = False,
         with_masks: WithMasks = False,
-        min_score: MinScore = None,
-        distinct: Distinct = False,
     ) -> SearchOut:
         """Segments ranked by similarity to a text (prompt-template ensemble, cached per text)."""
-        return searched(
-            lambda: index.query(
-                q, k=k, path=path, min_area=min_area, per_image=per_image, min_score=min_score, distinct=distinct
-            ),
-            with_masks,
-            query=q,
-        )
+        return searched(lambda: index.query(q, k, filters), with_masks, query=q)
 
     @app.get("/api/segments/{segment_id}/similar", response_model=SearchOut, tags=["search"])
     def search_like(
-        segment_id: SegmentId,
-        k: KParam = 24,
-        path: PathGlob = None,
-        min_area: MinArea = 0,
-        per_image: PerImage = False,
-        with_masks: WithMasks = False,
-        min_score: MinScore = None,
-        distinct: Distinct = False,
+        segment_id: SegmentId, filters: Filters, k: KParam = 24, with_masks: WithMasks = False
     ) -> SearchOut:
         """More like this: segments most similar to a given one, itself excluded."""
-        return searched(
-            lambda: index.similar(
-                segment_id,
-                k=k,
-                path=path,
-                min_area=min_area,
-                per_image=per_image,
-                min_score=min_score,
-                distinct=distinct,
-            ),
-            with_masks,
-            like_segment=segment_id,
-        )
+        return searched(lambda: index.similar(segment_id, k, filters), with_masks, like_segment=segment_id)
 
     @app.post("/api/region-search", response_model=RegionSearchOut, tags=["search"])
     async def search_region(
         request: Request,
+        filters: Filters,
         point: Annotated[
             str | None, Query(max_length=64, description="X,Y in the photo's pixels: SAM picks the region there.")
         ] = None,
@@ -306,41 +207,24 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
             str | None, Query(max_length=128, description="X,Y,W,H in the photo's pixels: SAM picks the region in it.")
         ] = None,
         k: KParam = 24,
-        path: PathGlob = None,
-        min_area: MinArea = 0,
-        per_image: PerImage = False,
         with_masks: WithMasks = False,
-        min_score: MinScore = None,
-        distinct: Distinct = False,
     ) -> RegionSearchOut:
         """Segments most like a region of any photo: the request body is the photo's
         file (at most ``MAX_UPLOAD_BYTES``; decoded with the indexer's safeguards and
         kept in memory only), the region a point or a box that prompts SAM."""
         data = await _read_capped(request, MAX_UPLOAD_BYTES)
-        return await run_in_threadpool(
-            _region_search, data, point, box, k, path, min_area, per_image, min_score, distinct, with_masks
-        )
+        return await run_in_threadpool(_region_search, data, point, box, k, filters, with_masks)
 
-    def _region_search(data, point, box, k, path, min_area, per_image, min_score, distinct, with_masks):
+    def _region_search(
+        data: bytes, point: str | None, box: str | None, k: int, filters: SearchFilters, with_masks: bool
+    ) -> RegionSearchOut:
         """Decode, region, search and overlay, all under the photo's share of the pixel budget."""
         with budget.hold(pixel_count(data, "the uploaded photo", DEFAULT_MAX_PIXELS)):
             rgb = decode(data, "the uploaded photo", DEFAULT_MAX_PIXELS)
             picked = index.region(
                 rgb, region_lib.parse_point(point) if point else None, region_lib.parse_box(box) if box else None
             )
-            result = searched(
-                lambda: index.search_region(
-                    rgb,
-                    picked,
-                    k,
-                    path=path,
-                    min_area=min_area,
-                    per_image=per_image,
-                    min_score=min_score,
-                    distinct=distinct,
-                ),
-                with_masks,
-            )
+            result = searched(lambda: index.search_region(rgb, picked, k, filters), with_masks)
             region = RegionOut(
                 bbox=list(picked.bbox),
                 area=picked.area,
@@ -353,7 +237,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     @app.get("/api/segments/{segment_id}", response_model=SegmentOut, tags=["segments"])
     def segment(segment_id: SegmentId) -> SegmentOut:
         """One segment's metadata, with its COCO RLE mask."""
-        return SegmentOut(**_segment_out(segment_row(segment_id), True))
+        return SegmentOut(**segment_out(segment_row(segment_id), True))
 
     @app.get(
         "/api/segments/{segment_id}/mask.png",
@@ -397,9 +281,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
             }
         },
     )
-    def segment_overlay(
-        segment_id: SegmentId, size: Annotated[int, Query(ge=32, le=2048, description="Long side in pixels.")] = 1024
-    ) -> Response:
+    def segment_overlay(segment_id: SegmentId, size: PictureSize = 1024) -> Response:
         """A transparent RGBA layer showing the mask, the size of the image's thumbnail with the same ``size``."""
         return Response(
             render.overlay(segment_row(segment_id), size), media_type="image/png", headers=SEGMENT_PICTURE_HEADERS
@@ -409,6 +291,8 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     def image(image_id: ImageId) -> ImageOut:
         """An indexed image and its segments, largest first."""
         record = image_record(image_id)
+        if record.width is None or record.height is None:  # recorded with every done image
+            raise NotFoundError(f"no indexed image with id {image_id}")
         ids = index.store.image_segment_ids(image_id)  # largest first
         rows = index.store.rows(ids)
         return ImageOut(
@@ -417,7 +301,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
             width=record.width,
             height=record.height,
             thumbnail_url=f"/api/images/{record.id}/thumbnail.jpg",
-            segments=[SegmentOut(**_segment_out(rows[i], False)) for i in ids if i in rows],
+            segments=[SegmentOut(**segment_out(rows[i], False)) for i in ids if i in rows],
         )
 
     @app.get(
@@ -426,9 +310,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}, "description": "The image, long side at most `size`."}},
     )
-    def image_thumbnail(
-        image_id: ImageId, size: Annotated[int, Query(ge=32, le=2048, description="Long side in pixels.")] = 1024
-    ) -> Response:
+    def image_thumbnail(image_id: ImageId, size: PictureSize = 1024) -> Response:
         """The image as JPEG, long side at most ``size`` (never enlarged; 410 if it left the disk)."""
         return Response(render.thumbnail(images.rgb(image_record(image_id)), size), media_type="image/jpeg")
 

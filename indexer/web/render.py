@@ -119,14 +119,14 @@ def display_size(hw: tuple[int, int], longest: int) -> tuple[int, int]:
 def thumbnail(rgb: np.ndarray, longest: int) -> bytes:
     image = Image.fromarray(rgb)
     size = display_size(rgb.shape[:2], longest)
-    return jpeg(image if size == image.size else image.resize(size, Image.LANCZOS))
+    return jpeg(image if size == image.size else image.resize(size, Image.Resampling.LANCZOS))
 
 
 def overlay(row: SegmentRow, longest: int) -> bytes:
     """A transparent RGBA layer the size of the image's thumbnail: the mask tinted and
     outlined, to lay over ``thumbnail(..., longest)`` in the browser."""
     size = display_size(row.image_hw, longest)
-    mask = np.asarray(Image.fromarray(row_mask(row)).resize(size, Image.NEAREST))
+    mask = np.asarray(Image.fromarray(row_mask(row)).resize(size, Image.Resampling.NEAREST))
     layer = np.zeros((*mask.shape, 4), np.uint8)
     layer[mask] = (*TINT, 110)
     layer[outline(mask)] = (*OUTLINE, 255)
@@ -139,8 +139,8 @@ def region_overlay_data_url(rgb: np.ndarray, mask: np.ndarray, longest: int = 76
     import base64
 
     size = display_size(rgb.shape[:2], longest)
-    picture = np.asarray(Image.fromarray(rgb).resize(size, Image.LANCZOS)).astype(np.float32)
-    small = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    picture = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS)).astype(np.float32)
+    small = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
     picture[small] = 0.6 * picture[small] + 0.4 * np.array(TINT, np.float32)
     picture[outline(small)] = OUTLINE
     return "data:image/png;base64," + base64.b64encode(png(Image.fromarray(picture.astype(np.uint8)))).decode()

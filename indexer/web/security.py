@@ -31,7 +31,7 @@ def is_loopback(host: str) -> bool:
     except ValueError:
         pass
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}  # the host part of each address
     except OSError:
         return False
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
@@ -41,7 +41,8 @@ def check_bind(host: str, token: str | None) -> None:
     """Refuse to listen beyond this machine without a token."""
     if token is not None and len(token) < 16:
         raise UsesearchError(
-            "the token is too short: use at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+            "the token is too short: use at least 16 characters "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
         )
     if token is None and not is_loopback(host):
         raise UsesearchError(
@@ -71,7 +72,8 @@ class TokenMiddleware(BaseHTTPMiddleware):
         if given is None or not hmac.compare_digest(given.encode(), self.token):
             return JSONResponse(
                 {
-                    "detail": "missing or wrong token: send 'Authorization: Bearer TOKEN', or open the page once with ?token=TOKEN"
+                    "detail": "missing or wrong token: send 'Authorization: Bearer TOKEN', "
+                    "or open the page once with ?token=TOKEN"
                 },
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},

@@ -1,0 +1,87 @@
+"""How a store reaches its catalog database: the driver a URL means, SQLite's
+settings (WAL, so queries read while the indexer writes) and its immutable read-only
+open, and the retry of a write while a database server is unreachable."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+
+from usesearch.errors import CatalogUnavailableError, first_line
+
+RETRY_SECONDS = 60.0  # how long a write waits for an unreachable database server
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def server_url(url: str) -> str:
+    """``postgresql://`` means the psycopg (3) driver, the one usesearch installs."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def shown_url(url: str) -> str:
+    """The URL as messages show it: without its password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets queries read committed data while the indexer writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def immutable_url(url: str) -> str:
+    """SQLite URL that opens the file read-only and immutable: no -wal/-shm side
+    files, which a read-only folder or medium cannot hold."""
+    database = make_url(url).database
+    return f"sqlite:///file:{database}?mode=ro&immutable=1&uri=true"
+
+
+def while_reachable(attempt: Callable[[], T], url: str) -> T:
+    """``attempt`` (a write transaction on a database server), tried again while the
+    server is unreachable (restarting, failing over): 0.5 s, then twice as long each
+    time up to 8 s, until ``RETRY_SECONDS`` have been waited; then a one-line
+    ``CatalogUnavailableError``. Each try commits all or nothing, so a retry never
+    leaves half an image."""
+
+    def waited_long_enough(state: RetryCallState) -> bool:
+        return state.idle_for >= RETRY_SECONDS
+
+    def announce(state: RetryCallState) -> None:
+        pause = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("catalog database unreachable, retrying in %.1f s", pause)
+
+    def give_up(state: RetryCallState) -> NoReturn:
+        failed = state.outcome.exception() if state.outcome is not None else None
+        reason = first_line(getattr(failed, "orig", None) or failed) if failed is not None else "no answer"
+        raise CatalogUnavailableError(
+            f"the catalog database at {shown_url(url)} is unreachable "
+            f"({reason}); finished images are kept, run again to resume"
+        ) from None
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(OperationalError),
+        stop=waited_long_enough,
+        wait=wait_exponential(multiplier=0.5, max=8.0),
+        before_sleep=announce,
+        retry_error_callback=give_up,
+    )
+    return retrying(attempt)

@@ -1,0 +1,78 @@
+"""What an index folder is: the files in it, the argument that names it, the catalog
+it uses and the lock its one writer holds."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from usesearch.errors import IndexLockedError, UsesearchError
+
+from .store import Store
+
+DB_FILE, FAISS_FILE, LOCK_FILE = "segments.sqlite", "vectors.faiss", "writer.lock"
+
+
+def db_url_for(db_dir: Path, db_url: str | None) -> str:
+    return db_url or f"sqlite:///{db_dir / DB_FILE}"
+
+
+def check_db_dir(db_dir: str | os.PathLike) -> Path:
+    """An index folder argument that can be one: not empty, not an existing file."""
+    if not os.fspath(db_dir).strip():
+        raise UsesearchError("--db is empty: name the index folder")
+    db_dir = Path(db_dir)
+    if db_dir.is_symlink() and not db_dir.exists():
+        raise UsesearchError(
+            f"--db {db_dir} is a symbolic link to {os.readlink(db_dir)}, which does not exist: "
+            "create that folder, or name another"
+        )
+    if db_dir.exists() and not db_dir.is_dir():
+        raise UsesearchError(f"--db {db_dir} is a file; an index is a folder (give a new or existing index folder)")
+    return db_dir
+
+
+def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:
+    """The store of an existing index; a clear error where there is none."""
+    db_dir = check_db_dir(db_dir)
+    if db_url is None and not (db_dir / DB_FILE).is_file():
+        raise UsesearchError(f"no index at {db_dir} (no {DB_FILE}); run `usesearch index PATH --db {db_dir}` first")
+    return Store(db_url_for(db_dir, db_url), read_only=read_only, folder=db_dir)
+
+
+def _write_pid(fd: int) -> None:
+    """The holder's pid in the lock file, for the message another writer gets."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+
+@contextmanager
+def writer_lock(db_dir: Path) -> Iterator[None]:
+    """The folder's one writer. An OS lock (flock) on ``LOCK_FILE``, so it ends with
+    its process, however that dies; taken at once or refused (``IndexLockedError``),
+    never waited for. The file stays: a lock on a pathname that a release removed
+    could be taken twice."""
+    db_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(
+        db_dir / LOCK_FILE,
+        mode=0o644,
+        thread_local=False,  # a writer may be closed by another thread than opened it
+        blocking=False,
+        preserve_lock_file=True,
+        on_acquired=_write_pid,
+    )
+    try:
+        lock.acquire()
+    except Timeout:
+        with open(db_dir / LOCK_FILE, "rb") as f:
+            holder = f.read(64).decode(errors="replace").strip() or "?"
+        message = f"another indexer (pid {holder}) is writing to {db_dir}; wait for it to finish"
+        raise IndexLockedError(message) from None
+    try:
+        yield
+    finally:
+        lock.release()

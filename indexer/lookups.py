@@ -1,0 +1,164 @@
+"""The store's reads that searches make: which images and segments a filter keeps,
+where the embedding rows of segments lie, and the rows that hits are made of. A
+part of ``Store`` (its base class), kept apart from its writes."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import sqlite3
+from collections.abc import Iterable
+
+import numpy as np
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .records import DONE, ImageRecord, SegmentRecord, SegmentRow
+
+SQL_PARAMETERS = 900  # ids per IN list: SQLite's bound-parameter limit
+
+
+class SearchLookups:
+    """Read-only queries over the catalog, by a ``Store``'s engine and sessions."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    def image_ids_matching(self, path: str) -> set[int]:
+        """Ids of the done images whose path matches the glob. The glob's literal
+        prefix is looked up in the path index, so a glob under one folder reads that
+        folder's rows, not every image's."""
+        prefix = path[: min((path.find(c) for c in "*?[" if c in path), default=len(path))]
+        query = select(ImageRecord.id, ImageRecord.path).where(ImageRecord.status == DONE)
+        if prefix:
+            query = query.where(_starts_with(ImageRecord.path, prefix, self.engine.dialect.name))
+        with self.sessions() as s:
+            rows = s.execute(query).all()
+        return {i for i, p in rows if fnmatch.fnmatchcase(p, path)}
+
+    def done_image_count(self) -> int:
+        with self.sessions() as s:
+            return s.scalar(select(func.count()).select_from(ImageRecord).where(ImageRecord.status == DONE)) or 0
+
+    def sample_areas(self, size: int = 10_000, seed: int = 0) -> np.ndarray:
+        """Areas of about ``size`` segments picked at random (by id, through the
+        primary key): enough to estimate how many a --min-area keeps."""
+        with self.sessions() as s:
+            low, high = s.execute(select(func.min(SegmentRecord.id), func.max(SegmentRecord.id))).one()
+            if low is None:
+                return np.zeros(0, np.int64)
+            ids = np.unique(np.random.default_rng(seed).integers(low, high + 1, size)).tolist()
+            out = [
+                np.fromiter(
+                    s.scalars(select(SegmentRecord.area).where(SegmentRecord.id.in_(ids[i : i + SQL_PARAMETERS]))),
+                    np.int64,
+                )
+                for i in range(0, len(ids), SQL_PARAMETERS)
+            ]
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def segment_locations_with_area(self, min_area: int) -> np.ndarray:
+        """[n, 3] (id, chunk, row) of the segments of at least ``min_area`` pixels
+        (through the area index): a selection, and where its embeddings lie."""
+        seg = SegmentRecord
+        return self._locations([select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.area >= min_area)])
+
+    def segment_locations_of_images(self, image_ids: Iterable[int], min_area: int = 0) -> np.ndarray:
+        """[n, 3] (id, chunk, row) of the segments of these images (of at least
+        ``min_area`` pixels)."""
+        seg, wanted = SegmentRecord, sorted(image_ids)
+        queries = []
+        for start in range(0, len(wanted), SQL_PARAMETERS):
+            q = select(seg.id, seg.vec_chunk, seg.vec_row).where(
+                seg.image_id.in_(wanted[start : start + SQL_PARAMETERS])
+            )
+            queries.append(q.where(seg.area >= min_area) if min_area else q)
+        return self._locations(queries)
+
+    def segment_locations(self, ids: Iterable[int]) -> np.ndarray:
+        """[n, 3] (id, chunk, row) of these segments (the committed ones), in no set
+        order. SQLite takes every id as one JSON parameter through its own driver: a
+        compressed index's 1,000 re-scored candidates cost 2.4 ms here, not 4.9 ms in
+        900-id IN lists through SQLAlchemy (``scale.py``'s 200k index)."""
+        seg, wanted = SegmentRecord, [int(i) for i in ids]
+        if self.engine.dialect.name == "sqlite" and wanted:
+            found = self._sqlite_locations(wanted)
+            if found is not None:
+                return found
+        return self._locations(
+            [
+                select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.id.in_(wanted[i : i + SQL_PARAMETERS]))
+                for i in range(0, len(wanted), SQL_PARAMETERS)
+            ]
+        )
+
+    def _sqlite_locations(self, wanted: list[int]) -> np.ndarray | None:
+        """None where this SQLite lacks ``json_each`` (then the IN lists serve)."""
+        try:
+            with self.engine.connect() as conn:
+                cursor = conn.connection.cursor()
+                cursor.execute(
+                    "SELECT id, vec_chunk, vec_row FROM segments WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(wanted),),
+                )
+                rows = cursor.fetchall()
+        except sqlite3.OperationalError as exc:
+            if "json_each" not in str(exc):
+                raise
+            return None
+        return np.array(rows, np.int64).reshape(-1, 3)
+
+    def _locations(self, queries) -> np.ndarray:
+        with self.engine.connect() as conn:  # plain rows: no ORM objects for thousands of ids
+            values = [v for q in queries for row in conn.execute(q) for v in tuple(row)]
+        return np.fromiter(values, np.int64, len(values)).reshape(-1, 3)
+
+    def rows(self, ids: Iterable[int]) -> dict[int, SegmentRow]:
+        wanted = [int(i) for i in ids]
+        out: dict[int, SegmentRow] = {}
+        with self.sessions() as s:
+            for start in range(0, len(wanted), SQL_PARAMETERS):
+                seg = SegmentRecord
+                q = (
+                    select(
+                        seg.id,
+                        seg.image_id,
+                        ImageRecord.path,
+                        ImageRecord.fs_path,
+                        ImageRecord.height,
+                        ImageRecord.width,
+                        seg.x,
+                        seg.y,
+                        seg.w,
+                        seg.h,
+                        seg.area,
+                        seg.rle_counts,
+                        seg.predicted_iou,
+                        seg.stability_score,
+                    )
+                    .join(ImageRecord)
+                    .where(seg.id.in_(wanted[start : start + SQL_PARAMETERS]))
+                )
+                for r in s.execute(q):
+                    out[r.id] = SegmentRow(
+                        r.id,
+                        r.image_id,
+                        r.path,
+                        r.fs_path,
+                        (r.height, r.width),
+                        (r.x, r.y, r.w, r.h),
+                        r.area,
+                        r.rle_counts,
+                        r.predicted_iou,
+                        r.stability_score,
+                    )
+        return out
+
+
+def _starts_with(column, prefix: str, dialect: str):
+    """``column`` starts with ``prefix``, in a form the path index can answer. SQLite
+    compares text bytewise (BINARY collation), so a range does it; elsewhere (a
+    PostgreSQL locale collation orders differently) an escaped LIKE."""
+    if dialect == "sqlite":
+        return (column >= prefix) & (column < prefix + "\U0010ffff")
+    return column.startswith(prefix, autoescape=True)

@@ -1,0 +1,245 @@
+"""Maintenance of an index folder: the writes that are not indexing.
+
+``reindex`` rebuilds the FAISS files from the stored embeddings (another factory or
+shard size, or the one the collection's size now calls for).
+
+``prune``: images whose files are gone (or can no longer be read) since they were
+indexed leave the index, with their segments and vectors; then the embedding files
+give back the disk of removed segments (``compact``). Each removal is one
+transaction, like each add, and the FAISS file is reconciled with the committed
+segments whenever an index opens, so a kill at any moment leaves a consistent index
+and a re-run finishes the job.
+
+``compact``: the embedding files are append-only (a reader never sees a row change
+under it), so the rows of removed segments (pruned photos, photos indexed again
+after a change, the torn tail of a killed run) stay where they are. ``compact``
+copies the live rows of every closed chunk that is at least ``DEAD_SHARE`` dead to
+the end of the files, points their segments at the copies, batch by batch in
+committed transactions, and deletes a chunk file only once no committed segment
+refers to it. A kill at any moment leaves each segment pointing at a complete row
+(the old or the copy); the copies a kill left unreferenced are dead rows a later run
+reclaims, and a chunk left unreferenced is deleted by it. Segment ids do not change,
+so the FAISS index is untouched. Searches running in other processes see the move
+as a commit (the store's generation), which drops their cached locations; a chunk
+they have mapped stays readable until they unmap it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, select, update
+
+from usesearch.errors import EverythingGoneError, UsesearchError
+from usesearch.reports import RunReport
+
+from . import faiss_gpu, index_choice, vector_files, vectors
+from .folder import DB_FILE, FAISS_FILE, check_db_dir, open_store, writer_lock
+from .options import IndexOptions
+from .records import IndexInfo, SegmentRecord
+from .store import Store
+from .writer import Writer
+
+
+# -- reindex -----------------------------------------------------------------------------
+def reindex(
+    db_dir: str | os.PathLike,
+    factory: str | None = None,
+    db_url: str | None = None,
+    faiss_device: str | None = None,
+    shard_size: int | None = None,
+    build: Callable[[Store, int, str, str | None, int], vectors.Vectors] | None = None,
+) -> int:
+    """Rebuild the FAISS file from the stored embeddings, optionally with another
+    factory or another shard size (segments per shard; 0: one shard). ``build``:
+    how the index is filled (``vectors.rebuild``, or ``distributed.rebuild_on_ray``
+    to fill the shards in parallel on Ray)."""
+    db_dir = Path(db_dir)
+    faiss_device = faiss_gpu.resolve(faiss_device)
+    store = open_store(db_dir, db_url)  # refuses a folder with no index before the lock creates one
+    with writer_lock(db_dir):
+        try:
+            store.claim()
+            info = store.info()
+            if info is None:
+                raise UsesearchError(f"{db_dir} holds no index yet")
+            mode = "fixed" if factory else info.index_mode
+            if not factory:  # automatic: what the collection's size calls for now
+                factory = (
+                    index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(faiss_device)).factory
+                    if mode == "auto"
+                    else info.factory
+                )
+            shard_size = info.shard_size if shard_size is None else shard_size
+            store.files().backfill_sums()  # rows from before checksums get theirs: verified from now on
+            index = (build or vectors.rebuild)(store, info.dim, factory, faiss_device, shard_size)
+            vector_files.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)
+            store.set_factory(factory, mode)
+            store.set_shard_size(shard_size)
+            return int(index.ntotal)
+        finally:
+            store.close()
+
+
+# -- prune -------------------------------------------------------------------------------
+@dataclass
+class PruneReport(RunReport):
+    images_removed: int = 0
+    segments_removed: int = 0
+    embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
+    loop_seconds: float = 0.0
+    interrupted: bool = False
+
+
+def file_gone(fs_path: bytes) -> str | None:
+    """Why a file indexed earlier cannot be indexed now (None: it still can): missing,
+    no longer a regular file, or unreadable. Content changes are ``index``'s job."""
+    try:
+        st = os.stat(fs_path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot be reached ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file any more"
+    if not os.access(fs_path, os.R_OK):
+        return "not readable"
+    return None
+
+
+def under_folders(images, under: list[str | os.PathLike] | None):
+    """The (id, fs_path, path) rows whose files lie under ``under`` (all when None)."""
+    if not under:
+        return list(images)
+    # abspath, as the indexer's walk keys files: a folder named through a symlink matches.
+    roots = [os.fsencode(os.path.abspath(os.fspath(p))).rstrip(b"/") + b"/" for p in under]
+    return [row for row in images if any(bytes(row[1]).startswith(root) for root in roots)]
+
+
+def gone_images(images) -> list[tuple[int, str, str]]:
+    """(id, path, why) of the images whose files are gone."""
+    out = []
+    for image_id, fs_path, path in images:
+        why = file_gone(bytes(fs_path))
+        if why:
+            out.append((image_id, path, why))
+    return out
+
+
+ALL_GONE_GUARD = 10
+
+
+def prune(
+    db_dir: str | os.PathLike,
+    under: list[str | os.PathLike] | None = None,
+    options: IndexOptions | None = None,
+    progress: Callable[[PruneReport, str, int], None] | None = None,
+    force: bool = False,
+) -> PruneReport:
+    """Remove from the index at ``db_dir`` every image whose file is gone (under the
+    folders ``under``, or anywhere when None). When every one of more than
+    ``ALL_GONE_GUARD`` images is gone, nothing is removed unless ``force``: an
+    unmounted disk must not empty an index."""
+    options = options or IndexOptions()
+    db_dir = check_db_dir(db_dir)
+    if options.db_url is None and not (db_dir / DB_FILE).is_file():  # before the lock makes the folder
+        raise UsesearchError(f"no index at {db_dir} (no {DB_FILE})")
+    report = PruneReport()
+    start = time.perf_counter()
+    with Writer(Path(db_dir), options, None) as writer:
+        considered = under_folders(writer.store.image_files(), under)
+        gone = gone_images(considered)
+        if not force and len(gone) == len(considered) > ALL_GONE_GUARD:
+            raise EverythingGoneError(
+                f"all {len(considered)} indexed files are gone (is the disk mounted?); nothing was "
+                "removed. Run `usesearch prune --force` to remove them all."
+            )
+
+        def removals():
+            for image_id, path, _why in gone:
+                report.segments_removed += writer.remove_image(image_id)
+                report.images_removed += 1
+                yield path
+
+        writer.run(removals(), report, lambda path: progress and progress(report, path, len(gone)))
+        if not report.interrupted:
+            report.embedding_bytes_freed = compact(writer.store).bytes_freed
+            writer.write()  # the files are unchanged; record that they hold this generation too
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+# -- compact -----------------------------------------------------------------------------
+DEAD_SHARE = 0.25  # rewrite a chunk once this share of its rows is dead
+MOVE_BATCH = 65_536  # rows read, appended and committed at a time (~200 MB at 768-d)
+
+
+@dataclass
+class CompactReport:
+    chunks_removed: int = 0
+    rows_moved: int = 0
+    bytes_freed: int = 0
+
+
+def live_rows(store: Store) -> dict[int, int]:
+    """Committed segments per chunk."""
+    with store.sessions() as s:
+        return dict(s.execute(select(SegmentRecord.vec_chunk, func.count()).group_by(SegmentRecord.vec_chunk)).all())
+
+
+def dead_bytes(store: Store) -> int:
+    """Bytes of the embedding files that no committed segment refers to."""
+    files = store.files()
+    return files.bytes_on_disk() - sum(live_rows(store).values()) * files.row_bytes
+
+
+def compact(store: Store, dead_share: float = DEAD_SHARE) -> CompactReport:
+    """Rewrite the chunks that are at least ``dead_share`` dead (the newest, still
+    being appended to, is left alone) and delete those no segment refers to. Call it
+    holding the index's writer lock (``writer.Writer``)."""
+    files, report = store.files(), CompactReport()
+    chunks = files.chunks()
+    live = live_rows(store)
+    closed = chunks[:-1]  # appends go to the last chunk: never move rows out of it
+    to_move = [c for c in closed if 0 < live.get(c, 0) and 1 - live[c] / max(1, files.rows_in(c)) >= dead_share]
+    if to_move:
+        with store.sessions() as s:
+            moving = np.array(
+                s.execute(
+                    select(SegmentRecord.id, SegmentRecord.vec_chunk, SegmentRecord.vec_row)
+                    .where(SegmentRecord.vec_chunk.in_(to_move))
+                    .order_by(SegmentRecord.vec_chunk, SegmentRecord.vec_row)
+                ).all(),
+                np.int64,
+            ).reshape(-1, 3)
+        for lo in range(0, len(moving), MOVE_BATCH):
+            part = moving[lo : lo + MOVE_BATCH]
+            new_chunks, new_rows = files.append(
+                files.read(part[:, 1], part[:, 2], np.float16, ids=part[:, 0])
+            )  # the same bits
+            _point_at(store, part[:, 0], new_chunks, new_rows)
+            report.rows_moved += len(part)
+    live = live_rows(store)
+    for chunk in closed:
+        if not live.get(chunk):
+            report.bytes_freed += files.remove(chunk)
+            report.chunks_removed += 1
+    return report
+
+
+def _point_at(store: Store, ids: np.ndarray, chunks: np.ndarray, rows: np.ndarray) -> None:
+    def write():
+        with store.sessions.begin() as s:
+            s.execute(
+                update(SegmentRecord),
+                [{"id": int(i), "vec_chunk": int(c), "vec_row": int(r)} for i, c, r in zip(ids, chunks, rows)],
+            )
+            s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+
+    store.retrying(write)

@@ -1,0 +1,47 @@
+"""What an indexing run is asked to do (``IndexOptions``) and what it did
+(``IndexReport``), alike for the sequential indexer, the Ray one and ``prune``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from usesearch.io.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from usesearch.reports import RunReport
+
+
+@dataclass
+class IndexOptions:
+    preset: str | None = None  # None: the head's preset, else b16 (real weights)
+    embedder: str | None = None  # None: 'use' where a head exists (or is given), else 'crop'
+    head: str | None = None
+    masker: str | None = None  # None: 'sam', or 'felzenszwalb' for the random-weight tiny preset
+    masker_options: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None  # the models' (usesearch.devices): None is CUDA when torch sees it, else the CPU
+    faiss_device: str | None = None  # FAISS's (faiss_gpu.resolve): None is the GPU only where this faiss supports one
+    factory: str | None = None  # None: chosen by the collection's size (index_choice.py), and again as it grows
+    retry_failed: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    db_url: str | None = None
+    shard_size: int | None = None  # segments per FAISS shard (0: one shard); None: as the index has it
+    faiss_every_s: float = 120.0  # also written at the end and on Ctrl-C
+    compile: bool = False  # torch.compile SAM and the backbones (for long GPU runs)
+    repair: bool = False  # first drop photos with damaged embedding rows, so this run embeds them again
+
+
+@dataclass
+class IndexReport(RunReport):
+    segments: int = 0
+    model_seconds: float = 0.0  # inside the masker and the embedder
+    masker_seconds: float = 0.0  # inside the masker
+    masker_forward_seconds: float = 0.0  # of which SAM's forward passes (encoder, decoder), where the masker says
+    loop_seconds: float = 0.0  # the per-image loop, without start-up (model loading)
+    interrupted: bool = False
+    devices: list[str] = field(default_factory=list)  # where the models and FAISS ran, a line each
+    repaired: list[str] = field(default_factory=list)  # photos with damaged embedding rows, embedded again
+    unrepaired: list[str] = field(default_factory=list)  # damaged ones outside the folders indexed: left
+    stages: dict[str, float] = field(default_factory=dict)  # wall seconds by stage, for benchmarks
+
+    def add_stage(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds

@@ -1,0 +1,120 @@
+"""The JSON API's shapes: the query parameters its routes take (with their limits,
+which the OpenAPI schema and ``/api`` show) and the models its answers are made of."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Query
+from fastapi import Path as PathParam
+from pydantic import BaseModel
+
+from ..filters import MAX_MIN_AREA, SearchFilters
+from ..hits import Hit
+from ..records import SegmentRow
+
+MAX_K = 200
+MAX_GLOB_CHARS = 512
+MAX_ID = 2**63 - 1  # SQLite's integer range: larger ids are a 422, not an overflow
+
+SegmentId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A segment id from a search result.")]
+ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="An image id from a segment or search result.")]
+KParam = Annotated[int, Query(ge=1, le=MAX_K, description="Number of hits.")]
+PathGlob = Annotated[
+    str | None,
+    Query(max_length=MAX_GLOB_CHARS, description="Only images whose indexed path matches this glob, e.g. '*/2024/*'."),
+]
+MinArea = Annotated[int, Query(ge=0, le=MAX_MIN_AREA, description="Only segments of at least this many pixels.")]
+PerImage = Annotated[bool, Query(description="Keep only the best segment of each image.")]
+WithMasks = Annotated[bool, Query(description="Include each hit's COCO RLE mask.")]
+MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, description="Only hits scoring at least this (cosine).")]
+Distinct = Annotated[
+    bool, Query(description="Drop a hit that mostly lies inside (or mostly contains) a better hit of the same image.")
+]
+PictureSize = Annotated[int, Query(ge=32, le=2048, description="Long side in pixels.")]
+
+
+def search_filters(
+    path: PathGlob = None,
+    min_area: MinArea = 0,
+    per_image: PerImage = False,
+    min_score: MinScore = None,
+    distinct: Distinct = False,
+) -> SearchFilters:
+    """The filters of every search route, from its query parameters (a FastAPI
+    dependency): one list of them, and one ``SearchFilters`` check of their ranges
+    (its ValueError is a 400, like every bad value)."""
+    return SearchFilters(per_image=per_image, path=path, min_area=min_area, min_score=min_score, distinct=distinct)
+
+
+Filters = Annotated[SearchFilters, Depends(search_filters)]
+
+
+class SegmentOut(BaseModel):
+    segment_id: int
+    image_id: int
+    image: str
+    bbox: list[int]
+    area: int
+    predicted_iou: float | None = None
+    stability_score: float | None = None
+    mask: dict[str, Any] | None = None
+    tile_url: str
+    mask_url: str
+    image_url: str
+
+
+class HitOut(SegmentOut):
+    rank: int
+    score: float
+
+
+class SearchOut(BaseModel):
+    query: str | None = None
+    like_segment: int | None = None
+    took_ms: float
+    segments_indexed: int
+    hits: list[HitOut]
+
+
+class RegionOut(BaseModel):
+    bbox: list[int]
+    area: int
+    stability_score: float | None = None
+    mask: dict[str, Any]  # COCO RLE of the region in the uploaded photo
+    overlay: str  # the photo with the region drawn, as a PNG data URL
+
+
+class RegionSearchOut(SearchOut):
+    region: RegionOut
+
+
+class ImageOut(BaseModel):
+    image_id: int
+    image: str
+    width: int
+    height: int
+    thumbnail_url: str
+    segments: list[SegmentOut]
+
+
+def segment_out(row: SegmentRow | Hit, with_mask: bool, **extra: Any) -> dict[str, Any]:
+    """A segment's (or a hit's) fields for ``SegmentOut``, with the URLs of its pictures."""
+    if isinstance(row, Hit):
+        sid, image, mask = row.segment_id, row.image, row.mask
+    else:
+        sid, image, mask = row.id, row.image_path, {"size": list(row.image_hw), "counts": row.rle_counts}
+    return dict(
+        segment_id=sid,
+        image_id=row.image_id,
+        image=image,
+        bbox=list(row.bbox),
+        area=row.area,
+        predicted_iou=row.predicted_iou,
+        stability_score=row.stability_score,
+        mask=mask if with_mask else None,
+        tile_url=f"/api/segments/{sid}/tile.png",
+        mask_url=f"/api/segments/{sid}/mask.png",
+        image_url=f"/api/images/{row.image_id}",
+        **extra,
+    )

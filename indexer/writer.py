@@ -1,0 +1,243 @@
+"""``Writer``: the one writer of an index folder, through which every image is
+committed (one store transaction each) by the sequential indexer, the Ray driver and
+``prune`` alike, and which keeps the FAISS index and its files in step with the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+import numpy as np
+
+from usesearch.errors import DiskFullError, IndexMismatchError, UsesearchError, is_disk_full
+
+from . import faiss_gpu, index_choice, vector_files, vectors
+from .folder import FAISS_FILE, db_url_for, writer_lock
+from .options import IndexOptions, IndexReport
+from .records import DONE, IndexInfo, info_summary
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class LoopReport(Protocol):
+    """What ``Writer.run`` records in a run's report (``IndexReport``, ``PruneReport``)."""
+
+    interrupted: bool
+    loop_seconds: float
+
+
+def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
+    """First run records the model; later runs must match it."""
+    existing = store.info()
+    if existing is None:
+        store.set_info(info)
+        return info
+    if existing.fingerprint != info.fingerprint:
+        raise IndexMismatchError(
+            f"this index was built with {info_summary(existing)}; refusing to add segments from "
+            f"{info_summary(info)}. Use the same --preset/--embedder/--head, or a new --db."
+        )
+    if (existing.masker, existing.masker_params) != (info.masker, info.masker_params):
+        raise IndexMismatchError(
+            f"this index was built with masker {existing.masker} {existing.masker_params}; "
+            f"this run asks for {info.masker} {info.masker_params}. Use the same masker or a new --db."
+        )
+    return existing
+
+
+class Writer:
+    """The one writer of an index folder: its lock, its store (checked against the
+    model's identity) and its FAISS file. Every image is committed through it, one
+    transaction each, by the sequential indexer and by the Ray driver alike."""
+
+    store: Store
+    info: IndexInfo
+    index: vectors.Vectors
+
+    def __init__(
+        self,
+        db_dir: Path,
+        options: IndexOptions,
+        info: IndexInfo | None,
+        paths: Sequence[str | os.PathLike] | None = None,
+    ):
+        self.db_dir, self.options, self.wanted = db_dir, options, info  # None: the index's own identity
+        self.paths = paths  # the folders being indexed: ``--repair`` drops damaged photos under them only
+        self.repaired: list[str] = []  # photos whose damaged embedding rows were dropped, to be embedded again
+        self.unrepaired: list[str] = []  # damaged ones outside ``paths``: left as they are
+        self.in_sync = True
+
+    def __enter__(self) -> Writer:
+        self._lock: AbstractContextManager[None] = writer_lock(self.db_dir)
+        self._lock.__enter__()
+        store = None
+        try:
+            store = self.store = Store(db_url_for(self.db_dir, self.options.db_url), folder=self.db_dir)
+            store.claim()
+            info = check_identity(store, self.wanted) if self.wanted is not None else store.info()
+            if info is None:
+                raise UsesearchError(f"{self.db_dir} holds no index yet")
+            self.info = info
+            if self.options.shard_size is not None and self.options.shard_size != info.shard_size:
+                store.set_shard_size(self.options.shard_size)  # the next load lays the shards out anew
+                info.shard_size = self.options.shard_size
+            if self.options.repair:  # before the FAISS load, which may rebuild from the damaged rows
+                self._drop_damaged()
+            self.index, _ = vector_files.load(
+                self.db_dir / FAISS_FILE,
+                store,
+                info.dim,
+                info.factory,
+                faiss_gpu.resolve(self.options.faiss_device),
+                info.shard_size,
+            )
+            self.in_sync = True  # loaded: verified, then reconciled unless written at this generation
+        except BaseException:
+            try:
+                if store is not None:
+                    store.close()  # and with it the catalog's lock
+            finally:
+                self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def _drop_damaged(self) -> None:
+        """``--repair``: photos under ``paths`` with a damaged embedding row lose their
+        segments (one transaction each), so the walk finds them new and embeds them
+        again; damaged photos elsewhere are left and named."""
+        roots = [os.path.realpath(os.fspath(p)) for p in self.paths or []]
+        for image_id in self.store.damaged_images():
+            record = self.store.image(image_id)
+            if record is None:
+                continue
+            real = os.path.realpath(os.fsdecode(record.fs_path))
+            if any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+                self.store.remove_image(image_id)
+                self.repaired.append(record.path)
+            else:
+                self.unrepaired.append(record.path)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        try:
+            self.store.close()
+        finally:
+            self._lock.__exit__(kind, exc, trace)
+
+    def skip(self, key: bytes, sha256: str, coming: set[str] | frozenset[str] = frozenset()) -> bool:
+        """True when this file needs no work: done (or failed, unless retrying) with
+        the same content, or it is a new path whose content is already indexed under
+        another path or ``coming`` (about to be, earlier in this run)."""
+        existing = self.store.image_by_path(key)
+        if (
+            existing is not None
+            and existing.sha256 == sha256
+            and (existing.status == DONE or not self.options.retry_failed)
+        ):
+            return True
+        return existing is None and (sha256 in coming or self.store.done_with_hash(sha256) is not None)
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """A store change and the index change that mirrors it: until both are done
+        (an interruption between them included) a write must not record that the
+        index holds the store's generation."""
+        self.in_sync = False
+        yield
+        self.in_sync = True
+
+    def commit(
+        self,
+        key: bytes,
+        path: str,
+        sha256: str,
+        hw: tuple[int, int],
+        segments: list[dict],
+        embeddings: np.ndarray,
+        report: IndexReport,
+    ) -> None:
+        with self._changing():
+            start = time.perf_counter()
+            removed, added = self.store.save_image(key, path, sha256, hw, segments, embeddings)
+            middle = time.perf_counter()
+            self.index.remove(removed)
+            if added:
+                if not self.index.is_trained:
+                    vectors.reconcile(self.index, self.store)  # trains on what the store now holds
+                else:
+                    # What the embedding files hold (float16), so a rebuild gives the same scores.
+                    self.index.add(np.asarray(added, np.int64), embeddings.astype(np.float16).astype(np.float32))
+        report.add_stage("store", middle - start)
+        report.add_stage("FAISS", time.perf_counter() - middle)
+        report.done += 1
+        report.segments += len(added)
+
+    def fail(self, key: bytes, path: str, sha256: str | None, exc: BaseException, report: IndexReport) -> None:
+        with self._changing():
+            removed, _ = self.store.save_image(key, path, sha256, None, error=exc)
+            self.index.remove(removed)
+        report.record_failure(path, exc)
+
+    def remove_image(self, image_id: int) -> int:
+        """Remove an image with its segments (one transaction) and their vectors."""
+        with self._changing():
+            removed = self.store.remove_image(image_id)
+            self.index.remove(removed)
+        return len(removed)
+
+    def write(self) -> None:
+        self.index = vector_files.write_atomic(
+            self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory, in_sync=self.in_sync
+        )
+
+    def run(self, steps: Iterable[str], report: LoopReport, progress: Callable[[str], object]) -> None:
+        """Drive ``steps`` (each commits some images and yields a path for progress),
+        writing the FAISS file every ``faiss_every_s``, at the end (after following
+        the collection's growth) and on Ctrl-C."""
+        last_write = time.monotonic()
+        loop_start = time.perf_counter()
+        try:
+            for path in steps:
+                progress(path)
+                if time.monotonic() - last_write > self.options.faiss_every_s:
+                    self.write()
+                    last_write = time.monotonic()
+            self.index = _follow_growth(self.index, self.store, self.info, self.db_dir)
+            self.write()
+        except KeyboardInterrupt:
+            report.interrupted = True  # finished images are committed; keep them
+            self.write()
+        except Exception as exc:
+            if is_disk_full(exc):
+                # What is committed stays committed; the vector file catches up on the next open.
+                raise DiskFullError(
+                    f"disk full: cannot write the index in {self.db_dir}; free space and run "
+                    "`usesearch index` again (finished images are kept)"
+                ) from None
+            raise
+        finally:
+            report.loop_seconds = time.perf_counter() - loop_start
+
+
+def _follow_growth(index: vectors.Vectors, store: Store, info: IndexInfo, db_dir: Path) -> vectors.Vectors:
+    """An automatic index that the collection has outgrown (or shrunk out of) is
+    rebuilt as the index its size calls for."""
+    n = index.ntotal
+    gpu = faiss_gpu.wanted(index.device)
+    if info.index_mode != "auto" or not index_choice.outgrown(info.factory, n, info.dim, gpu):
+        return index
+    choice = index_choice.choose(n, info.dim, gpu)
+    log.warning("%s: %d segments outgrew %s; building %s", db_dir, n, info.factory, choice.describe(n, info.dim))
+    rebuilt = vectors.rebuild(store, info.dim, choice.factory, index.device, info.shard_size)
+    store.set_factory(choice.factory)
+    info.factory = choice.factory
+    return rebuilt
