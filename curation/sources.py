@@ -1,21 +1,26 @@
-"""Source readers: each yields ``ImageItem`` records for the same pipeline (paper §3.1)."""
+"""Source readers, each yielding ``ImageItem`` records for the same pipeline (paper
+§3.1), and their registry ``SOURCES``, which the CLI reads (``curate run --source``).
+
+Light to import: the CLI lists the sources in its help before any model is loaded,
+so the readers import the file walker and the RLE module (torch, pycocotools) when
+they run."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-
-from usesearch.io.files import walk
-from usesearch.masks import rle
 
 from .records import BoxText, ImageItem, Segment, TextRef
 
 
 def folder_source(folder: str | os.PathLike) -> Iterator[ImageItem]:
     """Images only: captions will come from the MLLM."""
+    from usesearch.io.files import walk
+
     for found in walk([folder]):
         if found.error is None:
             yield ImageItem(path=found.fs_path, mllm_caption=True)
@@ -50,6 +55,8 @@ def visual_genome_source(
 
 def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | os.PathLike) -> Iterator[ImageItem]:
     """COCO instance annotations: ground-truth masks with category names, already segment-text pairs."""
+    from usesearch.masks import rle
+
     coco = json.loads(Path(instances_json).read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
     anns = defaultdict(list)
@@ -63,10 +70,11 @@ def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | o
             area = rle.area(encoded)
             if area == 0:
                 continue
+            x, y, bw, bh = rle.bbox(encoded)
             segments.append(
                 Segment(
                     rle=encoded,
-                    bbox=tuple(rle.bbox(encoded)),
+                    bbox=(x, y, bw, bh),
                     area=area,
                     texts=[TextRef(names[ann["category_id"]], "coco_category", "category")],
                 )
@@ -74,4 +82,66 @@ def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | o
         yield ImageItem(path=str(Path(images_dir) / img["file_name"]), segments=segments)
 
 
-__all__ = ["folder_source", "coco_captions_source", "visual_genome_source", "coco_instances_source"]
+@dataclass(frozen=True)
+class Source:
+    """One source of ``SOURCES``: its reader and what the pipeline needs for it."""
+
+    read: Callable[..., Iterator[ImageItem]]
+    description: str
+    # The path given is an annotation JSON and the images are in a folder of their
+    # own (``read(json, images_dir)``); else the path is the image folder (``read(folder)``).
+    annotations: bool
+    # Its texts are captions whose phrases Grounding DINO boxes (a grounder is needed,
+    # and MLLM captions may be added).
+    grounded: bool
+    # It has no text of its own: every caption comes from the MLLM.
+    needs_captioner: bool = False
+    # Its boxes prompt SAM; False: its masks are given.
+    prompts_sam: bool = True
+
+
+SOURCES: dict[str, Source] = {
+    "folder": Source(
+        folder_source,
+        "a folder of images, captioned by the MLLM",
+        annotations=False,
+        grounded=True,
+        needs_captioner=True,
+    ),
+    "coco-captions": Source(
+        coco_captions_source, "COCO captions JSON (captions_train2017.json)", annotations=True, grounded=True
+    ),
+    "coco-instances": Source(
+        coco_instances_source,
+        "COCO instances JSON: ground-truth masks and category names",
+        annotations=True,
+        grounded=False,
+        prompts_sam=False,
+    ),
+    "vg": Source(
+        visual_genome_source, "Visual Genome region_descriptions.json: box-text pairs", annotations=True, grounded=False
+    ),
+}
+
+
+def read_source(name: str, path: str | os.PathLike, images: str | os.PathLike | None = None) -> Iterator[ImageItem]:
+    """The items of source ``name`` (a key of ``SOURCES``) at ``path``."""
+    source = SOURCES.get(name)
+    if source is None:
+        raise ValueError(f"unknown source {name!r}; choose one of {', '.join(SOURCES)}")
+    if not source.annotations:
+        return source.read(path)
+    if images is None:
+        raise ValueError(f"--source {name} needs --images DIR")
+    return source.read(path, images)
+
+
+__all__ = [
+    "SOURCES",
+    "Source",
+    "coco_captions_source",
+    "coco_instances_source",
+    "folder_source",
+    "read_source",
+    "visual_genome_source",
+]

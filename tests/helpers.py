@@ -39,8 +39,9 @@ def assert_consistent(db, db_url=None):
     import faiss
 
     from usesearch.indexer import SegmentIndex
-    from usesearch.indexer.pipeline import FAISS_FILE
-    from usesearch.indexer.vectors import index_ids, shard_files
+    from usesearch.indexer.folder import FAISS_FILE
+    from usesearch.indexer.vector_files import shard_files
+    from usesearch.indexer.vectors import index_ids
 
     ix = SegmentIndex.open(db, db_url=db_url)
     on_disk = np.concatenate([index_ids(faiss.read_index(str(f))) for f in shard_files(db / FAISS_FILE)])
@@ -96,3 +97,18 @@ LOW = dict(pred_iou_thresh=-10.0, stability_score_thresh=-10.0)  # keep (nearly)
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+# -- shared by the command-line tests ---------------------------------------------------
+def parsed(args: list[str]) -> tuple[str, dict]:
+    """(command name, the parameters its function receives) for a usesearch command
+    line, as click parses it, without running the command."""
+    import typer
+
+    from usesearch.cli.app import app
+
+    command, args = typer.main.get_command(app), list(args)
+    while hasattr(command, "get_command"):  # a group: down to the command named next
+        name = args.pop(0)
+        command = command.get_command(None, name)
+    return str(command.name), dict(command.make_context(name, args).params)

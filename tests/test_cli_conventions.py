@@ -1,43 +1,132 @@
 """One spelling per concept across commands; old spellings still work for one
 release, with a deprecation message."""
 
+import json
 import subprocess
 import sys
 
-from usesearch.cli.compat import modernise
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import parsed
+from usesearch.cli.app import app, with_ray_address
 
 
-def test_old_spellings_are_rewritten_with_a_message(tmp_path):
-    classes = tmp_path / "classes.txt"
-    classes.write_text("sky\ntree\n")
-    cases = [
-        (
-            ["audit", "--coco", "a.json", "--images", "i", "--top", "5"],
-            ["eval", "audit", "--coco", "a.json", "--images", "i", "-k", "5"],
-        ),
-        (
-            ["embed", "p.jpg", "-t", "a cat", "--text", "a dog", "--top", "2"],
-            ["embed", "p.jpg", "-k", "2", "a cat", "a dog"],
-        ),
-        (["demo", "--query", "a cup"], ["demo", "a cup"]),
-        (
-            ["eval", "parts", "--coco-json", "p.json", "--json", "r.json"],
-            ["eval", "parts", "--coco", "p.json", "--out", "r.json"],
-        ),
-        (["eval", "semseg", "--classes", str(classes)], ["eval", "semseg", "--classes-file", str(classes)]),
-        (
-            ["index", "photos", "--db", "d", "--masker", "coco", "--masks", "m.json"],
-            ["index", "photos", "--db", "d", "--masker", "coco", "--coco", "m.json"],
-        ),
-    ]
-    for old, new in cases:
-        got, notes = modernise(old)
-        assert got == new and notes, old
+@pytest.fixture
+def files(tmp_path):
+    """The files the spellings below name (their options check that they exist)."""
+    from PIL import Image
+
+    for name in ("a.json", "p.json", "m.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "i").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "p.jpg")
+    return tmp_path
+
+
+RENAMED = [
+    (
+        ["audit", "--coco", "a.json", "--images", "i", "--top", "5"],
+        ["eval", "audit", "--coco", "a.json", "--images", "i", "-k", "5"],
+    ),
+    (
+        ["embed", "p.jpg", "-t", "a cat", "--text", "a dog", "--top", "2"],
+        ["embed", "p.jpg", "-k", "2", "a cat", "a dog"],
+    ),
+    (["demo", "--query", "a cup"], ["demo", "a cup"]),
+    (["demo", "--out", "d"], ["demo", "--demo-dir", "d"]),
+    (
+        ["eval", "parts", "--coco-json", "p.json", "--images", "i"],
+        ["eval", "parts", "--coco", "p.json", "--images", "i"],
+    ),
+    (
+        ["index", "photos", "--db", "d", "--masker", "coco", "--masks", "m.json"],
+        ["index", "photos", "--db", "d", "--masker", "coco", "--coco", "m.json"],
+    ),
+    (
+        ["index", "p", "--db", "d", "--stability-thresh", "0.5", "--crop-layers", "1", "--min-region-area", "9"],
+        [
+            "index",
+            "p",
+            "--db",
+            "d",
+            "--stability-score-thresh",
+            "0.5",
+            "--crop-n-layers",
+            "1",
+            "--min-mask-region-area",
+            "9",
+        ],
+    ),
+    (["reindex", "--db", "d", "--device", "cpu"], ["reindex", "--db", "d", "--faiss-device", "cpu"]),
+    (["train", "i", "--out", "r"], ["train", "i", "--run-dir", "r"]),
+    (["curate", "run", "i", "--out", "ds"], ["curate", "run", "i", "--dataset-dir", "ds"]),
+    (
+        ["eval", "audit", "--coco", "a.json", "--images", "i", "--out", "r"],
+        ["eval", "audit", "--coco", "a.json", "--images", "i", "--report-dir", "r"],
+    ),
+]
+
+
+@pytest.mark.parametrize("old,new", RENAMED, ids=[" ".join(old) for old, _ in RENAMED])
+def test_an_old_spelling_means_what_the_new_one_does(old, new, files, capsys, monkeypatch):
+    monkeypatch.chdir(files)
+    assert parsed(new) == parsed(old)
+    notes = capsys.readouterr().err.splitlines()
+    assert notes and all(
+        n.startswith("deprecated: ") and n.endswith("the old spelling goes in the next release") for n in notes
+    )
+
+
+def test_todays_spellings_say_nothing(files, capsys, monkeypatch):
+    monkeypatch.chdir(files)
     for current in (
-        ["eval", "semseg", "--classes", "sky,tree", "--json"],
+        ["eval", "semseg", "--images", "i", "--labels", "i", "--classes", "sky,tree", "--json"],
         ["query", "a cat", "--db", "d", "-k", "3", "--json"],
+        ["index", "p", "--db", "d", "--device", "cpu"],
     ):
-        assert modernise(current) == (current, [])
+        parsed(current)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_old_audit_command_says_what_replaced_it(files):
+    result = CliRunner().invoke(
+        app, ["audit", "--coco", str(files / "a.json"), "--images", str(files / "i"), "-p", "nope"]
+    )
+    assert result.exit_code == 2 and "deprecated: `usesearch audit` is now `usesearch eval audit`" in result.stderr
+
+
+def test_old_eval_spellings_give_the_same_result(tmp_path):
+    """`eval semseg --classes FILE` (now --classes-file) and `eval ... --json FILE` (now --out)."""
+    from usesearch.training.synthetic import write_parts_coco, write_semseg
+
+    root = write_semseg(tmp_path / "semseg", 1, seed=4)
+    semseg = ["eval", "semseg", "--images", str(root / "images"), "--labels", str(root / "labels"), "-p", "tiny"]
+    parts_json = write_parts_coco(tmp_path / "parts", 1, seed=5)
+    parts = ["eval", "parts", "--images", str(tmp_path / "parts" / "images"), "-p", "tiny"]
+    runner = CliRunner()
+    for old, new, note in (
+        (
+            [*semseg, "--classes", str(root / "classes.txt"), "--json", str(tmp_path / "old.json")],
+            [*semseg, "--classes-file", str(root / "classes.txt"), "--out", str(tmp_path / "new.json")],
+            "`eval semseg --classes FILE` is now `--classes-file FILE`",
+        ),
+        (
+            [*parts, "--coco-json", str(parts_json), "--json", str(tmp_path / "old.json")],
+            [*parts, "--coco", str(parts_json), "--out", str(tmp_path / "new.json")],
+            "`eval ... --json FILE` is now `--out FILE`",
+        ),
+    ):
+        was, now = runner.invoke(app, old), runner.invoke(app, new)
+        assert was.exit_code == now.exit_code == 0, (was.output, now.output)
+        assert was.stdout == now.stdout and note in was.stderr and now.stderr == ""
+        assert json.loads((tmp_path / "old.json").read_text()) == json.loads((tmp_path / "new.json").read_text())
+
+
+def test_a_bare_ray_means_this_machine():
+    assert with_ray_address(["index", "p", "--db", "d", "--ray"]) == ["index", "p", "--db", "d", "--ray", "local"]
+    assert with_ray_address(["index", "--ray", "p", "--db", "d"]) == ["index", "--ray", "local", "p", "--db", "d"]
+    assert with_ray_address(["index", "--ray", "10.0.0.1:6379", "p"]) == ["index", "--ray", "10.0.0.1:6379", "p"]
 
 
 def test_the_installed_entry_point_accepts_an_old_spelling(tmp_path):

@@ -133,7 +133,7 @@ def test_cli_curate_run_and_stats(coco):
             "coco-instances",
             "--images",
             str(images),
-            "--out",
+            "--dataset-dir",
             str(root / "cli-ds"),
             "--preset",
             "tiny",

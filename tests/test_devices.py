@@ -10,9 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.helpers import OPTS, write_photos
+from tests.helpers import OPTS, parsed, write_photos
 from usesearch.cli.app import app
-from usesearch.cli.compat import modernise
 from usesearch.devices import resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.indexer import IndexOptions, SegmentIndex, faiss_gpu, index_paths
@@ -147,13 +146,13 @@ def test_search_commands_refuse_faiss_on_a_gpu_without_gpu_faiss_and_work_by_def
     assert result.exit_code == 0, result.output
 
 
-def test_reindex_device_is_now_faiss_device():
-    got, notes = modernise(["reindex", "--db", "d", "--device", "cpu"])
-    assert got == ["reindex", "--db", "d", "--faiss-device", "cpu"] and "faiss-device" in notes[0]
-    assert modernise(["index", "p", "--db", "d", "--device", "cpu"]) == (
-        ["index", "p", "--db", "d", "--device", "cpu"],
-        [],
-    )
+def test_reindex_device_is_now_faiss_device(capsys):
+    old, new = ["reindex", "--db", "d", "--device", "cpu"], ["reindex", "--db", "d", "--faiss-device", "cpu"]
+    assert parsed(old) == parsed(new)
+    notes = capsys.readouterr().err.splitlines()
+    assert len(notes) == 1 and "faiss-device" in notes[0]
+    assert parsed(["index", "p", "--db", "d", "--device", "cpu"])[1]["device"] == "cpu"
+    assert capsys.readouterr().err == ""
 
 
 def test_ray_actors_follow_the_same_rule():

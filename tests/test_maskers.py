@@ -69,7 +69,7 @@ def test_sam2_masker_produces_masks_through_index(tmp_path):
             "4",
             "--pred-iou-thresh",
             "-10",
-            "--stability-thresh",
+            "--stability-score-thresh",
             "-10",
             "--box-nms-thresh",
             "1",

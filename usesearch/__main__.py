@@ -1,5 +1,5 @@
 """``python -m usesearch``: the same CLI as the ``usesearch`` script."""
 
-from usesearch.cli.compat import main
+from usesearch.cli.app import main
 
 main()

@@ -1,17 +1,40 @@
-"""The ``usesearch`` command: every command module's commands under one Typer app.
+"""The ``usesearch`` command: every command module's commands under one Typer app,
+and the entry point (``main``).
 
 The one module that imports the command modules; they import only ``options`` and
 the library, so the CLI has no circle of imports."""
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from usesearch.cli import curate, eval, index, models, train
+from usesearch.cli import curate, eval, index, models, search, train
 
 app = typer.Typer(help="Open-vocabulary segment search (USE: Universal Segment Embeddings).", no_args_is_help=True)
-for commands in (models.app, index.app, eval.app, train.app):
+for commands in (models.app, index.app, search.app, eval.app, train.app):
     app.add_typer(commands)  # no name: their commands sit at the top level
 app.add_typer(models.models_app, name="models")
 app.add_typer(eval.eval_app, name="eval")
 app.add_typer(curate.curate_app, name="curate")
+
+
+def with_ray_address(argv: list[str]) -> list[str]:
+    """``--ray`` takes an optional address: a bare ``--ray`` (nothing after it that
+    looks like an address: ``auto``, ``local``, or something with a ``:``) means
+    ``--ray local``. Click's options with an optional value take whatever word
+    follows that does not start with a dash, so ``index --ray photos/`` would make
+    the folder the address: the address is told by its look here instead."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if arg == "--ray" and not (following and (following in ("auto", "local") or ":" in following)):
+            out.append("local")
+    return out
+
+
+def main() -> None:
+    """The ``usesearch`` entry point."""
+    app(with_ray_address(sys.argv[1:]), prog_name="usesearch")

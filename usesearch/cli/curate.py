@@ -1,4 +1,4 @@
-"""CLI wiring for curation: ``usesearch curate run`` and ``usesearch curate stats``."""
+"""CLI wiring for curation: ``usesearch curate run``, ``curate show`` and ``curate stats``."""
 
 from __future__ import annotations
 
@@ -8,39 +8,47 @@ from typing import Annotated, Optional
 
 import typer
 
-from usesearch.cli.options import DeviceOpt, PresetOpt, console, user_errors
+from usesearch.cli.options import (
+    DeviceOpt,
+    Formerly,
+    JsonOpt,
+    MaybeImagesOpt,
+    PresetOpt,
+    Typer,
+    console,
+    out_file,
+    user_errors,
+    with_sam_settings,
+)
+from usesearch.curation.sources import SOURCES
+from usesearch.errors import UsesearchError
+from usesearch.masks.settings import SamSettings
 
-app = typer.Typer()
+app = Typer()
 
-curate_app = typer.Typer(help="Curate segment-text pairs for training (paper §3.1).", no_args_is_help=True)
+curate_app = Typer(help="Curate segment-text pairs for training (paper §3.1).", no_args_is_help=True)
 
-SOURCES = ("folder", "coco-captions", "coco-instances", "vg")
-
-
-def _source(source: str, path: Path, images: Optional[Path]):
-    from usesearch.curation import sources
-
-    if source == "folder":
-        return sources.folder_source(path)
-    if images is None:
-        raise ValueError(f"--source {source} needs --images DIR")
-    readers = {
-        "coco-captions": sources.coco_captions_source,
-        "coco-instances": sources.coco_instances_source,
-        "vg": sources.visual_genome_source,
-    }
-    if source not in readers:
-        raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
-    return readers[source](path, images)
+# curate run prompts SAM with boxes, not with a grid: of SAM's settings it takes the
+# thresholds and the clean-up of small regions, by the names of its BoxMaskConfig.
+BOX_PROMPT_SETTINGS = {
+    "pred_iou_thresh": "pred_iou_thresh",
+    "stability_score_thresh": "stability_score_thresh",
+    "min_mask_region_area": "min_region_area",
+}
 
 
 @curate_app.command("run")
 @user_errors
+@with_sam_settings
 def run(
     path: Annotated[Path, typer.Argument(help="A folder of images, or the source's annotation JSON.", exists=True)],
-    out: Annotated[Path, typer.Option(help="Dataset folder to write (re-runs resume).")],
-    source: Annotated[str, typer.Option(help=f"Source layout: {', '.join(SOURCES)}.")] = "folder",
-    images: Annotated[Optional[Path], typer.Option(help="Image folder of a JSON source.", file_okay=False)] = None,
+    dataset_dir: Annotated[
+        Path, typer.Option("--dataset-dir", help="Dataset folder to write (re-runs resume)."), Formerly("--out")
+    ],
+    source: Annotated[
+        str, typer.Option(help="Source layout: " + "; ".join(f"{n}: {s.description}" for n, s in SOURCES.items()))
+    ] = "folder",
+    images: MaybeImagesOpt = None,
     captioner: Annotated[
         Optional[str], typer.Option(help="MLLM (transformers image-text-to-text name or folder), or 'tiny'.")
     ] = None,
@@ -56,9 +64,9 @@ def run(
     spacy_model: Annotated[str, typer.Option(help="spaCy English pipeline for noun chunks.")] = "en_core_web_sm",
     preset: PresetOpt = None,
     sam_checkpoint: Annotated[Optional[Path], typer.Option(help="SAM checkpoint instead of the preset's.")] = None,
-    pred_iou_thresh: Annotated[float, typer.Option(help="SAM predicted-IoU threshold (paper: 0.6).")] = 0.6,
-    stability_thresh: Annotated[float, typer.Option(help="SAM stability threshold (paper: 0.6).")] = 0.6,
     device: DeviceOpt = None,
+    *,
+    sam: SamSettings,
 ) -> None:
     """Curate segment-text pairs: MLLM captions, referring expressions, grounding, SAM box prompts, mask NMS."""
     from segment_anything import SamPredictor
@@ -66,30 +74,40 @@ def run(
 
     from usesearch.curation.masks import BoxMaskConfig
     from usesearch.curation.pipeline import curate
+    from usesearch.curation.sources import read_source
     from usesearch.devices import resolve_device
     from usesearch.masks.sam import load_sam
     from usesearch.models.factory import DEFAULT_PRESET
     from usesearch.models.presets import get_preset
 
-    device = resolve_device(device)
-    items = _source(source, path, images)
-    needs_text = source in ("folder", "coco-captions")
-    the_grounder = _grounder(grounder, spacy_model, device) if needs_text else None
+    grid = [SamSettings.flag(name) for name in sam.given() if name not in BOX_PROMPT_SETTINGS]
+    if grid:
+        raise UsesearchError(
+            f"{', '.join(grid)} set SAM's automatic mask generator (index, segment, eval); curate run prompts SAM "
+            f"with boxes (its settings: {', '.join(map(SamSettings.flag, BOX_PROMPT_SETTINGS))})"
+        )
+    mask_config = BoxMaskConfig(**{BOX_PROMPT_SETTINGS[name]: value for name, value in sam.given().items()})
+    the_device = resolve_device(device)
+    items = read_source(source, path, images)
+    kind = SOURCES[source]
+    the_grounder = _grounder(grounder, spacy_model, the_device) if kind.grounded else None
     the_captioner = (
-        _captioner(captioner, captioner_revision, trust_remote_code, device) if captioner and needs_text else None
+        _captioner(captioner, captioner_revision, trust_remote_code, the_device)
+        if captioner and kind.grounded
+        else None
     )
-    if source == "folder" and the_captioner is None:
-        raise ValueError("a folder has no captions: pass --captioner (a model name, or 'tiny')")
+    if kind.needs_captioner and the_captioner is None:
+        raise ValueError(f"a {source} has no captions: pass --captioner (a model name, or 'tiny')")
     p = get_preset(preset or DEFAULT_PRESET)
-    predictor = None if source == "coco-instances" else SamPredictor(load_sam(p.sam, p.name, sam_checkpoint, device))
+    predictor = SamPredictor(load_sam(p.sam, p.name, sam_checkpoint, the_device)) if kind.prompts_sam else None
     bar = tqdm(unit="img", disable=None)
     report = curate(
         items,
-        out,
+        dataset_dir,
         predictor,
         grounder=the_grounder,
         captioner=the_captioner,
-        mask_config=BoxMaskConfig(pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_thresh),
+        mask_config=mask_config,
         progress=lambda r: bar.update(1),
     )
     bar.close()
@@ -98,7 +116,7 @@ def run(
         f"{report.pairs} pairs, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
     )
     for image, reason in report.failures[:10]:
-        console.print(f"  failed: {image}: {reason}", markup=False)
+        console.print(f"  failed: {image}: {reason}")
 
 
 def _grounder(name: str, spacy_model: str, device):
@@ -129,7 +147,7 @@ def _captioner(name: str, revision: Optional[str], trust_remote_code: bool, devi
 def show(
     dataset: Annotated[Path, typer.Argument(help="A curated dataset folder.", exists=True, file_okay=False)],
     image: Annotated[str, typer.Argument(help="The image: its path, file name or sha256.")],
-    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curated.png"),
+    out: Annotated[Path, out_file("PNG to write.")] = Path("curated.png"),
 ) -> None:
     """Draw one image's segments (masks tinted, texts written) to a PNG for eyeballing quality."""
     from usesearch.curation.show import find_record, render
@@ -141,7 +159,7 @@ def show(
 @user_errors
 def stats_cmd(
     dataset: Annotated[Path, typer.Argument(help="A curated dataset folder.", exists=True, file_okay=False)],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """The paper's Table 1 columns (pairs, pairs after NMS, unique expressions) and per-source counts."""
     from usesearch.curation.dataset import stats
@@ -151,4 +169,4 @@ def stats_cmd(
         print(json.dumps(result, indent=1))
         return
     for key, value in result.items():
-        console.print(f"{key:>18}: {value}", markup=False)
+        console.print(f"{key:>18}: {value}")

@@ -3,33 +3,42 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from usesearch.cli.options import DeviceOpt, PresetOpt, console, shared_options, user_errors
+from usesearch.cli.options import (
+    ClassesFileOpt,
+    ClassesOpt,
+    CocoOpt,
+    DeviceOpt,
+    EmbedderOpt,
+    Formerly,
+    HeadOpt,
+    HeadsOpt,
+    ImagesOpt,
+    JsonOpt,
+    MaskerOpt,
+    OutJsonOpt,
+    PresetOpt,
+    TopKOpt,
+    Typer,
+    console,
+    deprecated,
+    out_file,
+    shared_options,
+    user_errors,
+    with_sam_settings,
+)
+from usesearch.errors import UsesearchError
+from usesearch.masks.settings import SamSettings
 
-app = typer.Typer()
-
-HeadsOpt = Annotated[
-    Optional[list[Path]],
-    typer.Option("--head", help="Head checkpoint; repeat to ensemble several (class probabilities averaged)."),
-]
-MaskerOpt = Annotated[Optional[str], typer.Option(help="sam | felzenszwalb (default: sam; felzenszwalb for tiny).")]
-EmbedOpt = Annotated[Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")]
-PointsOpt = Annotated[Optional[int], typer.Option(min=1, help="SAM: grid prompts per side (default 32).")]
-ClassesOpt = Annotated[Optional[str], typer.Option(help="Class names, comma-separated.")]
-ClassesFileOpt = Annotated[
-    Optional[Path], typer.Option(help="Class names, one per line (in label order).", exists=True, dir_okay=False)
-]
-CocoOpt = Annotated[Path, typer.Option("--coco", exists=True, dir_okay=False, help="COCO annotations JSON.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
-OutJsonOpt = Annotated[Optional[Path], typer.Option("--out", help="Also write the result as a JSON file.")]
-
-eval_app = typer.Typer(help="Evaluate on benchmarks (paper §4.3, §4.4) and audit datasets.", no_args_is_help=True)
+app = Typer()
+eval_app = Typer(help="Evaluate on benchmarks (paper §4.3, §4.4) and audit datasets.", no_args_is_help=True)
 
 
 def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
@@ -41,49 +50,33 @@ def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
     return names
 
 
-@dataclass
+@dataclass(frozen=True)
 class Segmenter:
     """The model options segment and eval share, declared once (``with_segmenter``)."""
 
-    preset: Optional[str] = None
-    embedder: Optional[str] = None
-    head: Optional[list[Path]] = None
-    masker: Optional[str] = None
-    points_per_side: Optional[int] = None
-    device: Optional[str] = None
+    preset: PresetOpt = None
+    embedder: EmbedderOpt = None
+    head: HeadsOpt = None
+    masker: MaskerOpt = None
+    device: DeviceOpt = None
 
-    def build(self):
+    def build(self, sam: SamSettings):
         """The models (one per --head: their class probabilities are averaged, the
         paper's ensemble of curated-data and COCO heads) and the masker."""
         from usesearch.masks.maskers import build_masker
         from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
         models = []
-        for head in [str(h) for h in self.head or []] or [None]:
+        heads: list[str | None] = [str(h) for h in self.head or []] or [None]
+        for head in heads:
             name = choose_preset(self.preset, head)
             models.append(
                 load_model(name, embedder=resolve_embedder(name, self.embedder, head), device=self.device, head=head)
             )
-        options = (
-            {"points_per_side": self.points_per_side}
-            if (self.masker or "sam") == "sam" and self.points_per_side
-            else {}
-        )
-        return models, build_masker(self.masker, models[0].preset, self.device, **options)
+        return models, build_masker(self.masker, models[0].preset, self.device, **sam.given())
 
 
-with_segmenter = shared_options(
-    "segmenter",
-    Segmenter,
-    {
-        "preset": (PresetOpt, None),
-        "embedder": (EmbedOpt, None),
-        "head": (HeadsOpt, None),
-        "masker": (MaskerOpt, None),
-        "points_per_side": (PointsOpt, None),
-        "device": (DeviceOpt, None),
-    },
-)
+with_segmenter = shared_options("segmenter", Segmenter)
 
 
 def _read_and_mask(path: Path | str, masker, name: str | None = None):
@@ -95,34 +88,58 @@ def _read_and_mask(path: Path | str, masker, name: str | None = None):
     return rgb, stack_masks(masker(rgb, name or str(path)), rgb.shape[:2])
 
 
-def _report(
-    result: dict, as_json: bool, out: Optional[Path], rows: dict[str, float | None], total: tuple[str, str]
-) -> None:
-    if out:
-        out.write_text(json.dumps(result, indent=1))
-    if as_json:
-        print(json.dumps(result, indent=1))
-        return
-    width = max([len(total[0]), *map(len, rows)]) + 2
-    for name, value in rows.items():
-        console.print(f"{name:>{width}}: {'-' if value is None else f'{100 * value:.1f}'}", markup=False)
-    console.print(f"{total[0]:>{width}}: {total[1]}", markup=False)
+# `eval ... --json FILE` once wrote the result to FILE: click hands the FILE, a word
+# these commands otherwise refuse, over as an extra argument (``Report.write``).
+TAKING_OLD_JSON_FILE = {"allow_extra_args": True}
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where an evaluation's result goes: a table (or JSON) on stdout, and a JSON file."""
+
+    as_json: JsonOpt = False
+    out: OutJsonOpt = None
+
+    def taking(self, extra: list[str]) -> Report:
+        """This report, read with the extra arguments click passed on (checked before
+        any work): the one after a ``--json`` is the old spelling's FILE."""
+        if not extra:
+            return self
+        if not self.as_json or len(extra) > 1:
+            raise UsesearchError(f"got unexpected extra arguments ({' '.join(extra)})")
+        deprecated("`eval ... --json FILE` is now `--out FILE` (`--json` prints JSON)")
+        return Report(as_json=False, out=self.out or Path(extra[0]))
+
+    def write(self, result: dict, rows: dict[str, float | None], total: tuple[str, str]) -> None:
+        if self.out:
+            self.out.write_text(json.dumps(result, indent=1))
+        if self.as_json:
+            print(json.dumps(result, indent=1))
+            return
+        width = max([len(total[0]), *map(len, rows)]) + 2
+        for name, value in rows.items():
+            console.print(f"{name:>{width}}: {'-' if value is None else f'{100 * value:.1f}'}")
+        console.print(f"{total[0]:>{width}}: {total[1]}")
+
+
+with_report = shared_options("report", Report)
 
 
 @app.command()
 @user_errors
 @with_segmenter
+@with_sam_settings
 def segment(
     image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     out: Annotated[
-        Path,
-        typer.Option(help="Label map PNG: class index per pixel (8 or 16 bit); 255 / 65535 where no mask covers it."),
+        Path, out_file("Label map PNG: class index per pixel (8 or 16 bit); 255 / 65535 where no mask covers it.")
     ],
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     overlay: Annotated[Optional[Path], typer.Option(help="PNG of the image coloured by class, with a legend.")] = None,
     *,
     segmenter: Segmenter,
+    sam: SamSettings,
 ) -> None:
     """Open-vocabulary semantic segmentation of one image (paper §4.3)."""
     import numpy as np
@@ -131,21 +148,24 @@ def segment(
     from usesearch.tasks.visualize import label_overlay
 
     names = _classes(classes, classes_file)
-    models, mask_proposer = segmenter.build()
+    models, mask_proposer = segmenter.build(sam)
     rgb, masks = _read_and_mask(image, mask_proposer)
     labels = segment_image(models, rgb, masks, names)
     save_label_map(labels, out)
     if overlay:
         label_overlay(rgb, labels, names).save(overlay)
     present = [names[i] for i in np.unique(labels) if i < len(names)]
-    console.print(f"{len(masks)} masks; classes found: {', '.join(present) or 'none'}; wrote {out}", markup=False)
+    console.print(f"{len(masks)} masks; classes found: {', '.join(present) or 'none'}; wrote {out}")
 
 
-@eval_app.command("semseg")
+@eval_app.command("semseg", context_settings=TAKING_OLD_JSON_FILE)
 @user_errors
 @with_segmenter
+@with_sam_settings
+@with_report
 def eval_semseg(
-    images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
+    ctx: typer.Context,
+    images: ImagesOpt,
     labels: Annotated[
         Path, typer.Option(exists=True, file_okay=False, help="Label PNGs named like the images (8 or 16 bit).")
     ],
@@ -157,18 +177,23 @@ def eval_semseg(
     reduce_zero_label: Annotated[
         bool, typer.Option(help="ADE20K: label 0 is 'other' (ignored), classes start at 1.")
     ] = False,
-    as_json: JsonOpt = False,
-    out: OutJsonOpt = None,
     *,
     segmenter: Segmenter,
+    sam: SamSettings,
+    report: Report,
 ) -> None:
     """mIoU over a dataset in the ADE20K / Pascal Context layout."""
     import numpy as np
 
     from usesearch.tasks.semseg import confusion, miou, read_label_map, segment_image
 
+    report = report.taking(ctx.args)
+    if classes and "," not in classes and Path(classes).is_file():
+        deprecated("`eval semseg --classes FILE` is now `--classes-file FILE`")
+        classes_file = Path(classes)
+        classes = None
     names = _classes(classes, classes_file)
-    models, mask_proposer = segmenter.build()
+    models, mask_proposer = segmenter.build(sam)
     matrix = np.zeros((len(names), len(names) + 1), np.int64)
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     for path in files:
@@ -179,21 +204,25 @@ def eval_semseg(
         matrix += confusion(segment_image(models, rgb, masks, names), gt, len(names), ignore_index)
     mean, per_class = miou(matrix)
     fingerprint = "+".join(m.fingerprint for m in models)
-    per_class = {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, per_class)}
-    result = {"mIoU": mean, "images": len(files), "model": fingerprint, "per_class": per_class}
-    _report(result, as_json, out, per_class, ("mIoU", f"{100 * mean:.2f}  ({len(files)} images, {fingerprint})"))
+    scores = {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, per_class)}
+    result = {"mIoU": mean, "images": len(files), "model": fingerprint, "per_class": scores}
+    total = ("mIoU", f"{100 * mean:.2f}  ({len(files)} images, {fingerprint})")
+    report.write(result, scores, total)
 
 
-@eval_app.command("parts")
+@eval_app.command("parts", context_settings=TAKING_OLD_JSON_FILE)
 @user_errors
 @with_segmenter
+@with_sam_settings
+@with_report
 def eval_parts(
-    images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
+    ctx: typer.Context,
+    images: ImagesOpt,
     coco: CocoOpt,
-    as_json: JsonOpt = False,
-    out: OutJsonOpt = None,
     *,
     segmenter: Segmenter,
+    sam: SamSettings,
+    report: Report,
 ) -> None:
     """Part segmentation mAP@[0.5:0.95] (paper §4.4): parts vs. COCO-stuff and super-category background classes."""
     import contextlib
@@ -204,12 +233,13 @@ def eval_parts(
     from usesearch.tasks.parts import background_classes, mask_map, part_detections, to_results
     from usesearch.tasks.semseg import class_probabilities
 
+    report = report.taking(ctx.args)
     with contextlib.redirect_stdout(io.StringIO()):
         annotations = COCO(str(coco))
     category_ids = sorted(annotations.cats)
     parts = [annotations.cats[c]["name"] for c in category_ids]
     names = parts + background_classes()
-    models, mask_proposer = segmenter.build()
+    models, mask_proposer = segmenter.build(sam)
     results = []
     for image_id in sorted(annotations.imgs):
         name = annotations.imgs[image_id]["file_name"]
@@ -222,27 +252,24 @@ def eval_parts(
         overall, per_category = mask_map(annotations, results)
     fingerprint = "+".join(m.fingerprint for m in models)
     result = {"mAP": overall, "per_category": per_category, "detections": len(results), "model": fingerprint}
-    _report(
-        result,
-        as_json,
-        out,
-        per_category,
-        ("mAP_mask@[0.5:0.95]", f"{100 * overall:.2f}  ({len(results)} part detections, {fingerprint})"),
-    )
+    total = ("mAP_mask@[0.5:0.95]", f"{100 * overall:.2f}  ({len(results)} part detections, {fingerprint})")
+    report.write(result, per_category, total)
 
 
 @eval_app.command("audit")
 @user_errors
 def audit(
     coco: CocoOpt,
-    images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
-    out: Annotated[Path, typer.Option(help="Folder for suspects.csv/.json, summary.json and report.html.")] = Path(
-        "audit"
-    ),
-    k: Annotated[int, typer.Option("-k", min=1, help="Suspects shown in the HTML report.")] = 50,
+    images: ImagesOpt,
+    report_dir: Annotated[
+        Path,
+        typer.Option("--report-dir", help="Folder for suspects.csv/.json, summary.json and report.html."),
+        Formerly("--out"),
+    ] = Path("audit"),
+    k: TopKOpt = 50,
     preset: PresetOpt = None,
-    embedder: EmbedOpt = None,
-    head: Annotated[Optional[Path], typer.Option(help="Head checkpoint.")] = None,
+    embedder: EmbedderOpt = None,
+    head: HeadOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Rank ground-truth annotations by how strongly the model disagrees with their labels."""
@@ -253,10 +280,19 @@ def audit(
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
     data = json.loads(coco.read_text())
     suspects = audit_coco(model, data, images)
-    write_report(suspects, data, out, k)
+    write_report(suspects, data, report_dir, k)
     for rank, s in enumerate(suspects[:10], 1):
         console.print(
-            f"{rank:>3}  ann {s.annotation_id}: labelled {s.labelled!r}, model says {s.predicted!r} (margin {s.margin:+.3f})",
-            markup=False,
+            f"{rank:>3}  ann {s.annotation_id}: labelled {s.labelled!r}, model says {s.predicted!r} "
+            f"(margin {s.margin:+.3f})"
         )
-    console.print(f"wrote {out}/suspects.csv, summary.json, report.html", markup=False)
+    console.print(f"wrote {report_dir}/suspects.csv, summary.json, report.html")
+
+
+@functools.wraps(audit)
+def old_audit(*args: Any, **kwargs: Any) -> None:
+    deprecated("`usesearch audit` is now `usesearch eval audit`")
+    audit(*args, **kwargs)
+
+
+app.command("audit", hidden=True)(old_audit)

@@ -4,16 +4,26 @@ weights, and one image's segments ranked by texts."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from usesearch.cli.options import DeviceOpt, HeadOpt, PresetOpt, console, user_errors
+from usesearch.cli.options import (
+    DeviceOpt,
+    EmbedderOpt,
+    Formerly,
+    HeadOpt,
+    PresetOpt,
+    TopKOpt,
+    Typer,
+    console,
+    user_errors,
+)
 
-app = typer.Typer()
-models_app = typer.Typer(help="Model presets and their weights.", no_args_is_help=True)
+app = Typer()
+models_app = Typer(help="Model presets and their weights.", no_args_is_help=True)
 
 
 @models_app.command("list")
@@ -62,13 +72,15 @@ def models_pull(
 @user_errors
 def embed(
     image: Annotated[Path, typer.Argument(help="An image file.", exists=True, dir_okay=False)],
-    text: Annotated[list[str], typer.Argument(help="One or more texts to rank the segments by.")],
+    text: Annotated[
+        list[str],
+        typer.Argument(help="One or more texts to rank the segments by."),
+        Formerly("-t", "--text", note="`embed -t TEXT` is now `embed IMAGE TEXT...`"),
+    ],
     preset: PresetOpt = None,
-    embedder: Annotated[
-        Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")
-    ] = None,
+    embedder: EmbedderOpt = None,
     head: HeadOpt = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="Segments shown per text.")] = 3,
+    k: TopKOpt = 3,
     device: DeviceOpt = None,
 ) -> None:
     """Propose segments in one image (weight-free superpixel masker) and rank them per text."""

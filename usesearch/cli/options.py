@@ -1,32 +1,167 @@
 """What the command modules share, declared once: the console, the one-line error
-rule (``user_errors``), and the options several commands take."""
+rule (``user_errors``), the options several commands take (one spelling per concept:
+README, "Command overview"), the groups of them one object stands for
+(``shared_options``: where an index is, SAM's settings, the search filters), and the
+command group whose commands still take their old spellings for one release
+(``Typer``, ``Formerly``)."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, get_args
 
 import typer
 from rich.console import Console
 
 from usesearch.errors import UsesearchError, first_line, is_disk_full
+from usesearch.masks.settings import SAM_SETTINGS, SamSettings
+
+if TYPE_CHECKING:
+    from usesearch.indexer.filters import SearchFilters
 
 # No markup: what is printed is data (file names like `x[/]y.png`, query texts), never
 # instructions to rich; the few styled words say so with ``Text(..., style=...)``.
 console = Console(markup=False)
+KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 
+
+# -- old spellings, kept for one release -------------------------------------------------
+def deprecated(note: str) -> None:
+    print(f"deprecated: {note}; the old spelling goes in the next release", file=sys.stderr)
+
+
+class Formerly:
+    """Annotated metadata: an old spelling (one or more flags) of the option or
+    argument it annotates. ``note`` is the deprecation line (default: "`OLD` is now `NEW`")."""
+
+    def __init__(self, *flags: str, note: str = ""):
+        self.flags, self.note = flags, note
+
+
+def signature_of(fn: Callable[..., Any]) -> inspect.Signature:
+    """``fn``'s signature with its parameters' annotations evaluated, as Typer reads
+    them (the Annotated objects). An annotation naming what is imported only for type
+    checking stays as written: such a parameter is no option, it receives a group's object."""
+    signature = inspect.signature(fn)
+    namespace = vars(sys.modules[inspect.unwrap(fn).__module__])
+
+    def evaluated(annotation: Any) -> Any:
+        try:
+            return eval(annotation, namespace) if isinstance(annotation, str) else annotation
+        except NameError:
+            return annotation
+
+    return signature.replace(
+        parameters=[p.replace(annotation=evaluated(p.annotation)) for p in signature.parameters.values()],
+        return_annotation=inspect.Signature.empty,
+    )
+
+
+def taking_old_spellings(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` with a hidden option for each old spelling its parameters declare.
+
+    An old spelling given hands its value to the parameter as the context's default
+    for it (click's ``default_map``): the parameter is processed after the options on
+    the command line, so it finds the value there and runs it through its own type and
+    checks, and a required parameter is not missing. Given as well, the new spelling wins."""
+    signature = signature_of(command)
+    aliases = []
+    for param in signature.parameters.values():
+        olds = [m for m in get_args(param.annotation)[1:] if isinstance(m, Formerly)]
+        for i, old in enumerate(olds):
+            hidden = typer.Option(*old.flags, hidden=True, expose_value=False, callback=_handing_to(param.name, old))
+            annotation: Any = Annotated[Optional[get_args(param.annotation)[0]], hidden]
+            aliases.append(
+                inspect.Parameter(f"{param.name}__formerly_{i}", KEYWORD_ONLY, default=None, annotation=annotation)
+            )
+    if not aliases:
+        return command
+
+    @functools.wraps(command)
+    def taking(*args: Any, **kwargs: Any) -> Any:
+        for alias in aliases:
+            kwargs.pop(alias.name, None)
+        return command(*args, **kwargs)
+
+    parameters = [*signature.parameters.values(), *aliases]
+    taking.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]  # read by Typer
+    taking.__annotations__ = {p.name: p.annotation for p in parameters}
+    return taking
+
+
+def _handing_to(name: str, old: Formerly) -> Callable[..., None]:
+    def hand(ctx: typer.Context, value: Any) -> None:
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            return
+        if not ctx.resilient_parsing:
+            deprecated(old.note or f"`{max(old.flags, key=len)}` is now `--{name.replace('_', '-')}`")
+        ctx.default_map = {**(ctx.default_map or {}), name: value}
+
+    return hand
+
+
+class Typer(typer.Typer):
+    """A group of usesearch commands: each takes the old spellings its parameters declare."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        register = super().command(*args, **kwargs)
+
+        def decorator(command: Callable[..., Any]) -> Callable[..., Any]:
+            register(taking_old_spellings(command))
+            return command
+
+        return decorator
+
+
+def shared_options(into: str, make: Callable[..., Any]):
+    """Give a command options declared once for several commands: the parameters of
+    ``make`` (a function or dataclass whose parameters are Typer options). Typer reads
+    the signature made here, and the command receives them as one object,
+    ``make(**values)``, in its parameter ``into``."""
+    options = signature_of(make).parameters
+
+    def decorate(command):
+        signature = signature_of(command)
+        own = [p for p in signature.parameters.values() if p.name != into]
+        shared = [p.replace(kind=KEYWORD_ONLY) for p in options.values()]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            values = {name: kwargs.pop(name, p.default) for name, p in options.items()}
+            return command(*args, **{into: make(**values)}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=own + shared)  # read by Typer
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+        return wrapper
+
+    return decorate
+
+
+# -- the model and where it runs ----------------------------------------------------------
 PresetOpt = Annotated[
     Optional[str],
     typer.Option(
         "--preset",
         "-p",
-        help="Model preset: b16, l14-336, or tiny (random weights, for trials). Default: the --head's preset, else b16.",
+        help="Model preset: b16, l14-336, or tiny (random weights, for trials). "
+        "Default: the --head's preset, else b16.",
     ),
 ]
-EmbedderOpt = Annotated[str, typer.Option("--embedder", help="'use' (trained head) or 'crop' (training-free).")]
-HeadOpt = Annotated[Optional[Path], typer.Option("--head", help="Head checkpoint (.safetensors + .json).")]
+EmbedderOpt = Annotated[
+    Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")
+]
+_head = typer.Option(
+    "--head",
+    help="Head checkpoint (.safetensors + .json); segment and eval take several, their class probabilities averaged.",
+)
+HeadOpt = Annotated[Optional[Path], _head]
+HeadsOpt = Annotated[Optional[list[Path]], _head]
 DeviceOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -40,41 +175,193 @@ FaissDeviceOpt = Annotated[
         help="Where FAISS runs: cpu or cuda (default: cuda only where the installed faiss has GPU support).",
     ),
 ]
+MaskerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--masker",
+        help="sam | sam2 | felzenszwalb | coco (default: sam; felzenszwalb for the random-weight tiny preset).",
+    ),
+]
+
+# -- the index ---------------------------------------------------------------------------
+# A string, not a Path: Path("") would silently turn an empty --db into the current folder.
+DbOpt = Annotated[str, typer.Option("--db", help="Index folder (SQLite metadata, FAISS vectors, lock).")]
+DbUrlOpt = Annotated[
+    Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata instead of SQLite in --db.")
+]
+FactoryOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--factory",
+        help="FAISS index_factory string; given to reindex, fixed from then on (default: chosen by the index's size, "
+        "again as it grows).",
+    ),
+]
+ShardSizeOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--shard-size",
+        min=0,
+        help="Segments per FAISS shard (0: one shard); shards share one trained quantizer, so they answer as one "
+        "index and a write rewrites only the shards that changed.",
+    ),
+]
+# A bare --ray is filled in as --ray local by the entry point (``app.main``).
+RayOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray",
+        help="Run on Ray (index: the models; reindex: filling the shards): a bare --ray starts Ray on this machine; "
+        "--ray ADDRESS joins that cluster.",
+    ),
+]
 
 
+@dataclass(frozen=True)
+class IndexAt:
+    """An index to search and where searching it runs: what query, similar and serve share."""
+
+    db: DbOpt
+    db_url: DbUrlOpt = None
+    device: DeviceOpt = None
+    faiss_device: FaissDeviceOpt = None
+
+    def open(self):
+        from usesearch.indexer import SegmentIndex
+
+        return SegmentIndex.open(self.db, db_url=self.db_url, device=self.device, faiss_device=self.faiss_device)
+
+
+with_index_at = shared_options("at", IndexAt)
+
+# -- inputs and outputs ------------------------------------------------------------------
+_coco = typer.Option(
+    "--coco",
+    exists=True,
+    dir_okay=False,
+    help="COCO annotations JSON: your own masks (index --masker coco), parts (eval parts), labels (eval audit).",
+)
+_coco_json = Formerly("--coco-json", note="`--coco-json FILE` is now `--coco FILE`")
+_masks = Formerly("--masks", note="`--masks FILE` is now `--coco FILE`")
+CocoOpt = Annotated[Path, _coco, _coco_json, _masks]
+MaybeCocoOpt = Annotated[Optional[Path], _coco, _coco_json, _masks]
+_images = typer.Option("--images", exists=True, file_okay=False, help="Image folder.")
+ImagesOpt = Annotated[Path, _images]
+MaybeImagesOpt = Annotated[Optional[Path], _images]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Class names, comma-separated.")]
+ClassesFileOpt = Annotated[
+    Optional[Path],
+    typer.Option("--classes-file", help="Class names, one per line (in label order).", exists=True, dir_okay=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+KOpt = Annotated[int, typer.Option("-k", min=1, max=1000, help="How many results (hits, segments, suspects).")]
+TopKOpt = Annotated[KOpt, Formerly("--top", note="`--top N` is now `-k N`")]
+
+
+def out_file(what: str) -> Any:
+    """``--out``: always a file written (a folder written has a flag of its own, named
+    for what it holds); ``what`` says which file."""
+    return typer.Option("--out", dir_okay=False, help=what)
+
+
+OutJsonOpt = Annotated[Optional[Path], out_file("Also write the result to this JSON file.")]
+
+
+# -- SAM's settings, for every command that runs SAM -------------------------------------
+# Each flag is its setting's name with dashes (``SamSettings.flag``): (help, lower bound, old spelling).
+SAM_FLAGS: dict[str, tuple[str, int | None, str | None]] = {
+    "points_per_side": ("grid prompts per side (default 32)", 1, None),
+    "points_per_batch": ("prompts per decoder batch (default 64 on a CPU; on a GPU as many as fit)", 1, None),
+    "pred_iou_thresh": ("keep masks whose predicted IoU exceeds this (default 0.88; curate: 0.6)", None, None),
+    "stability_score_thresh": (
+        "keep masks this stable or more (default 0.95; curate: 0.6)",
+        None,
+        "--stability-thresh",
+    ),
+    "box_nms_thresh": ("box IoU above which duplicates go (default 0.7)", None, None),
+    "crop_n_layers": ("layers of image crops prompted again (default 0)", 0, "--crop-layers"),
+    "min_mask_region_area": (
+        "remove holes and islands under this area (default 0; curate: 100)",
+        0,
+        "--min-region-area",
+    ),
+    "encoder_batch": ("photos per image-encoder call (default 4 on a GPU, 1 on a CPU)", 1, None),
+}
+
+
+def sam_settings(**values: Any) -> SamSettings:
+    """SAM's settings from their flags."""
+    return SamSettings(**values)
+
+
+def _sam_flag(name: str, kind: Any) -> inspect.Parameter:
+    help, low, old = SAM_FLAGS[name]
+    option = typer.Option(SamSettings.flag(name), min=low, help=f"SAM: {help}.")
+    annotation = Annotated[kind, option, Formerly(old)] if old else Annotated[kind, option]
+    return inspect.Parameter(name, KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+_kinds = typing.get_type_hints(SamSettings)
+sam_settings.__signature__ = inspect.Signature([_sam_flag(n, _kinds[n]) for n in SAM_SETTINGS])  # type: ignore[attr-defined]
+with_sam_settings = shared_options("sam", sam_settings)
+
+
+# -- search: which hits (``SearchFilters``), how many and where they go --------------------
+def search_filters(
+    per_image: Annotated[bool, typer.Option("--per-image", help="Keep only the best segment of each image.")] = False,
+    path: Annotated[Optional[str], typer.Option("--path", help="Only images whose path matches this glob.")] = None,
+    min_area: Annotated[int, typer.Option("--min-area", min=0, help="Only segments of at least this many pixels.")] = 0,
+    min_score: Annotated[
+        Optional[float],
+        typer.Option("--min-score", help="Only hits scoring at least this (cosine); k may then return fewer."),
+    ] = None,
+    distinct: Annotated[
+        bool, typer.Option("--distinct", help="Drop a hit mostly lying in, or holding, a better hit of the same photo.")
+    ] = False,
+    nprobe: Annotated[
+        Optional[int], typer.Option("--nprobe", min=1, help="Compressed index: clusters visited per query.")
+    ] = None,
+    rerank: Annotated[
+        Optional[int],
+        typer.Option(
+            "--rerank", min=1, help="Compressed index: candidates re-scored exactly (default max(1000, 100 k))."
+        ),
+    ] = None,
+) -> SearchFilters:
+    """The search filters from their flags, for query and similar."""
+    from usesearch.indexer.filters import SearchFilters
+
+    return SearchFilters(
+        per_image=per_image,
+        path=path,
+        min_area=min_area,
+        min_score=min_score,
+        distinct=distinct,
+        nprobe=nprobe,
+        rerank=rerank,
+    )
+
+
+with_search_filters = shared_options("filters", search_filters)
+
+
+@dataclass(frozen=True)
+class SearchOutput:
+    """How many hits a search returns and where they go."""
+
+    k: KOpt = 10
+    as_json: JsonOpt = False
+    show: Annotated[Optional[Path], typer.Option("--show", help="Write a contact sheet PNG of the hits.")] = None
+    export_coco: Annotated[
+        Optional[Path], typer.Option("--export-coco", help="Write the hits as a COCO annotations/results JSON.")
+    ] = None
+
+
+with_search_output = shared_options("output", SearchOutput)
+
+
+# -- failures ----------------------------------------------------------------------------
 DEBUG_ENV = "USESEARCH_DEBUG"
-
-
-def shared_options(into: str, make, options: dict):
-    """Give a command options declared once for several commands: ``options`` maps
-    each name to (Annotated type, default); Typer reads the signature made here, and
-    the command receives them as one object, ``make(**values)``, in ``into``."""
-    import inspect
-    import typing
-
-    def decorate(command):
-        signature = inspect.signature(command)
-        hints = typing.get_type_hints(command, include_extras=True)  # the Annotated objects, not their strings
-        own = [
-            p.replace(annotation=hints.get(p.name, p.annotation))
-            for p in signature.parameters.values()
-            if p.name != into
-        ]
-        shared = [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-            for name, (annotation, default) in options.items()
-        ]
-
-        @functools.wraps(command)
-        def wrapper(*args, **kwargs):
-            values = {name: kwargs.pop(name, default) for name, (_, default) in options.items()}
-            return command(*args, **{into: make(**values)}, **kwargs)
-
-        wrapper.__signature__ = signature.replace(parameters=own + shared)
-        wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
-        return wrapper
-
-    return decorate
 
 
 def user_errors(fn):

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from usesearch.cli.options import DeviceOpt, PresetOpt, console, user_errors
+from usesearch.cli.options import DeviceOpt, Formerly, PresetOpt, Typer, console, user_errors
 
-app = typer.Typer()
+app = Typer()
 
 
 @app.command()
@@ -18,7 +19,11 @@ def train(
     datasets: Annotated[
         list[Path], typer.Argument(help="Curated dataset folders (usesearch curate run).", exists=True, file_okay=False)
     ],
-    out: Annotated[Path, typer.Option(help="Run folder: head checkpoints, optimizer state, log.csv.")],
+    run_dir: Annotated[
+        Path,
+        typer.Option("--run-dir", help="Run folder: head checkpoints, optimizer state, log.csv."),
+        Formerly("--out"),
+    ],
     preset: PresetOpt = None,
     epochs: Annotated[int, typer.Option(min=1)] = 5,
     batch_images: Annotated[int, typer.Option(min=1, help="Images per batch (all their segments).")] = 32,
@@ -28,7 +33,7 @@ def train(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
     checkpoint_every: Annotated[int, typer.Option(min=1)] = 500,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")
+        bool, typer.Option("--resume", help="Continue the run in --run-dir exactly where it stopped.")
     ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     device: DeviceOpt = None,
@@ -40,7 +45,8 @@ def train(
     from usesearch.training.data import load_samples
     from usesearch.training.train import TrainConfig, Trainer
 
-    samples = load_samples(datasets)
+    folders: list[str | os.PathLike] = list(datasets)
+    samples = load_samples(folders)
     if not samples:
         raise ValueError("the datasets hold no segment with a text")
     cfg = TrainConfig(
@@ -55,7 +61,7 @@ def train(
         seed=seed,
         device=device,
     )
-    trainer = Trainer(samples, out, cfg)
+    trainer = Trainer(samples, run_dir, cfg)
     if resume:
         trainer.resume()
     bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", disable=None)
@@ -67,5 +73,5 @@ def train(
     head = trainer.run(progress)
     bar.close()
     console.print(
-        f"trained {trainer.step} steps on {len(samples)} images; head: {head} (use it with --head {out / 'head'})"
+        f"trained {trainer.step} steps on {len(samples)} images; head: {head} (use it with --head {run_dir / 'head'})"
     )

@@ -1,12 +1,14 @@
-"""Class-agnostic mask proposals, and the one registry of maskers (``build_masker``):
-SAM's automatic mask generator, a weight-free classical one (Felzenszwalb
-superpixels, scikit-image) for offline runs, and bring-your-own COCO masks."""
+"""Class-agnostic mask proposals, and the one registry of maskers (``MASKERS``, built
+by ``build_masker``): SAM's and SAM 2.1's automatic mask generators, a weight-free
+classical one (Felzenszwalb superpixels, scikit-image) for offline runs, and
+bring-your-own COCO masks."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ from segment_anything.utils.amg import batched_mask_to_box
 from usesearch.devices import resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.masks import rle
+from usesearch.masks.settings import SAM_SETTINGS, Masker, MaskerKind, SamSettings
 from usesearch.models.config import PresetConfig
 
 WORK_PIXELS = 4_000_000  # the Felzenszwalb masker's working size for larger photos
@@ -56,11 +59,14 @@ class Proposal:
     def rle(self) -> dict:
         """COCO compressed RLE, ``{"size": [h, w], "counts": str}``."""
         if self._rle is None:
-            self._rle = rle.encode(self._mask)
+            self._rle = rle.encode(self.mask)
         return self._rle
 
     def __repr__(self) -> str:
-        return f"Proposal(bbox={self.bbox}, area={self.area}, predicted_iou={self.predicted_iou}, stability_score={self.stability_score})"
+        return (
+            f"Proposal(bbox={self.bbox}, area={self.area}, predicted_iou={self.predicted_iou}, "
+            f"stability_score={self.stability_score})"
+        )
 
 
 class FelzenszwalbMasker:
@@ -84,13 +90,8 @@ class FelzenszwalbMasker:
         # Superpixels of a huge photo are found at WORK_PIXELS and their label map
         # scaled back: the graph of a 16 MP image alone would take gigabytes.
         shrink = min(1.0, (WORK_PIXELS / (h * w)) ** 0.5)
-        work = (
-            rgb
-            if shrink == 1.0
-            else np.asarray(
-                Image.fromarray(rgb).resize((max(1, round(w * shrink)), max(1, round(h * shrink))), Image.BILINEAR)
-            )
-        )
+        small = (max(1, round(w * shrink)), max(1, round(h * shrink)))
+        work = rgb if shrink == 1.0 else np.asarray(Image.fromarray(rgb).resize(small, Image.Resampling.BILINEAR))
         min_area = max(16, int(self.min_area_frac * work.shape[0] * work.shape[1]))
         label_maps, candidates = [], []
         for level, scale in enumerate(self.scales):
@@ -105,7 +106,8 @@ class FelzenszwalbMasker:
         chosen = sorted(candidates)[: self.max_masks]
         if shrink != 1.0:
             label_maps = [
-                np.asarray(Image.fromarray(m.astype(np.int32)).resize((w, h), Image.NEAREST)) for m in label_maps
+                np.asarray(Image.fromarray(m.astype(np.int32)).resize((w, h), Image.Resampling.NEAREST))
+                for m in label_maps
             ]
         masks = np.empty((len(chosen), h, w), bool)
         for i, (_, level, label) in enumerate(chosen):
@@ -176,10 +178,8 @@ def _check_options(masker: str, generator, given: dict, fixed: tuple[str, ...] =
     options = [n for n in inspect.signature(generator).parameters if n != "model" and n not in fixed]
     unknown = sorted(set(given) - set(options))
     if unknown:
-        raise ValueError(
-            f"the {masker} masker has no option {', '.join(SAM_FLAGS.get(u, u) for u in unknown)}; "
-            f"its options: {', '.join(options)}"
-        )
+        named = ", ".join(SamSettings.flag(u) if u in SAM_SETTINGS else u for u in unknown)
+        raise ValueError(f"the {masker} masker has no option {named}; its options: {', '.join(options)}")
 
 
 class Sam2Masker:
@@ -258,23 +258,6 @@ def proposal_masks(proposals: list[Proposal], hw: tuple[int, int]) -> np.ndarray
     return stack_masks(proposals, hw)
 
 
-# -- the registry: a masker by name (bring-your-own COCO masks included) --------------
-MASKERS = ("sam", "sam2", "felzenszwalb", "coco")
-# SAM's mask-quality settings as the CLI spells them.
-SAM_FLAGS = {
-    "points_per_side": "--points-per-side",
-    "points_per_batch": "--points-per-batch",
-    "pred_iou_thresh": "--pred-iou-thresh",
-    "stability_score_thresh": "--stability-thresh",
-    "box_nms_thresh": "--box-nms-thresh",
-    "crop_n_layers": "--crop-layers",
-    "min_mask_region_area": "--min-region-area",
-    "encoder_batch": "--encoder-batch",
-}
-# Which maskers take which of them (encoder batches are this project's generator's).
-SAM_FLAG_USERS = {"sam": set(SAM_FLAGS), "sam2": set(SAM_FLAGS) - {"encoder_batch"}}
-
-
 class CocoMasker:
     """Masks from a COCO annotations JSON (RLE or polygons), matched to images by
     file name relative to the JSON's ``images[].file_name``; lets users bring masks
@@ -317,42 +300,96 @@ class CocoMasker:
         return to_proposals(np.stack(masks) if masks else np.zeros((0, h, w), bool))
 
 
-def build_masker(name: str | None, preset: PresetConfig, device: str | torch.device | None = None, **options):
-    """``device`` as every model's (``usesearch.devices``: None is CUDA when torch sees it).
-    ``None`` picks SAM, except for the random-weight tiny preset whose SAM gives
-    noise: there the weight-free Felzenszwalb masker gives real-looking regions."""
+# -- the registry: a masker by name ----------------------------------------------------
+
+
+def _sam(preset: PresetConfig, device: str | torch.device | None, options: dict[str, Any]) -> Masker:
+    from usesearch.masks.sam import load_sam
+
+    sam = load_sam(preset.sam, preset.name, options.pop("sam_checkpoint", None), resolve_device(device))
+    # A GPU's encoder is busier with a few photos at once (ViT-H: ~1 GB of activations
+    # each in bf16); a CPU gains nothing from batching.
+    options.setdefault("encoder_batch", 4 if sam.device.type == "cuda" else 1)
+    return SamMasker(sam, **options)
+
+
+def _sam2(preset: PresetConfig, device: str | torch.device | None, options: dict[str, Any]) -> Masker:
+    from usesearch.masks.sam2_models import load_sam2
+
+    model_name = options.pop("sam2_model", None) or ("tiny" if preset.sam.checkpoint is None else "hiera_l")
+    model = load_sam2(model_name, options.pop("sam2_checkpoint", None), resolve_device(device))
+    return Sam2Masker(model, model_name, **options)
+
+
+def _coco(preset: PresetConfig, device: str | torch.device | None, options: dict[str, Any]) -> Masker:
+    if "masks_json" not in options:
+        raise UsesearchError("--masker coco needs --coco FILE.json (COCO annotations with RLE or polygons)")
+    return CocoMasker(options["masks_json"])
+
+
+MASKERS: dict[str, MaskerKind] = {
+    "sam": MaskerKind(
+        _sam,
+        "SAM's automatic mask generator, grid point prompts (paper §4.3)",
+        settings=frozenset(SAM_SETTINGS),
+        options=None,
+        default_for="trained",
+    ),
+    "sam2": MaskerKind(
+        _sam2,
+        "SAM 2.1's automatic mask generator (Hiera-L; a seeded 256-px Hiera-T for the tiny preset)",
+        settings=frozenset(SAM_SETTINGS) - {"encoder_batch"},
+        options=None,
+        requires="sam2",
+    ),
+    "felzenszwalb": MaskerKind(
+        lambda preset, device, options: FelzenszwalbMasker(**options),
+        "weight-free superpixels at two scales (scikit-image), for offline runs",
+        options=("scales", "min_area_frac", "max_masks"),
+        default_for="random",
+    ),
+    "coco": MaskerKind(
+        _coco,
+        "your own masks from a COCO annotations JSON (RLE or polygons)",
+        options=("masks_json",),
+        flags="--coco FILE.json",
+    ),
+}
+
+
+def build_masker(
+    name: str | None, preset: PresetConfig, device: str | torch.device | None = None, **options: Any
+) -> Masker:
+    """The masker ``name`` of ``MASKERS`` with ``options`` (SAM's settings are
+    ``SamSettings.given()``); ``device`` as every model's (``usesearch.devices``: None
+    is CUDA when torch sees it). ``None`` picks SAM, except for the random-weight tiny
+    preset whose SAM gives noise: there the weight-free Felzenszwalb masker gives
+    real-looking regions. Options the masker does not take are refused in one line."""
     if name is None:
-        name = "felzenszwalb" if preset.sam.checkpoint is None and "sam_checkpoint" not in options else "sam"
-    accepted = SAM_FLAG_USERS.get(name, set())
-    misplaced = [SAM_FLAGS[k] for k in options if k in SAM_FLAGS and k not in accepted]
-    if misplaced:
-        users = sorted(n for n, flags in SAM_FLAG_USERS.items() if all(f in flags for f in options if f in SAM_FLAGS))
-        own = ", ".join(SAM_FLAGS[f] for f in SAM_FLAGS if f in accepted) or {"coco": "--coco FILE.json"}.get(
-            name, "none"
-        )
-        raise UsesearchError(
-            f"{', '.join(misplaced)} apply to --masker {' and '.join(users) or 'sam'} only; this run uses "
-            f"masker {name} (its options: {own})"
-            f"{' (the default for the random-weight tiny preset)' if name == 'felzenszwalb' else ''}"
-        )
-    if name == "sam":
-        from usesearch.masks.sam import load_sam
+        wanted = "random" if preset.sam.checkpoint is None and "sam_checkpoint" not in options else "trained"
+        name = next(n for n, kind in MASKERS.items() if kind.default_for == wanted)
+    kind = MASKERS.get(name)
+    if kind is None:
+        raise UsesearchError(f"unknown masker {name!r}; choose one of {', '.join(MASKERS)}")
+    refused = [
+        o
+        for o in options
+        if o not in kind.settings and (o in SAM_SETTINGS or (kind.options is not None and o not in kind.options))
+    ]
+    if refused:
+        raise UsesearchError(_refusal(name, kind, refused))
+    return kind.build(preset, device, dict(options))
 
-        sam = load_sam(preset.sam, preset.name, options.pop("sam_checkpoint", None), resolve_device(device))
-        # A GPU's encoder is busier with a few photos at once (ViT-H: ~1 GB of activations
-        # each in bf16); a CPU gains nothing from batching.
-        options.setdefault("encoder_batch", 4 if sam.device.type == "cuda" else 1)
-        return SamMasker(sam, **options)
-    if name == "sam2":
-        from usesearch.masks.sam2_models import load_sam2
 
-        model_name = options.pop("sam2_model", None) or ("tiny" if preset.sam.checkpoint is None else "hiera_l")
-        model = load_sam2(model_name, options.pop("sam2_checkpoint", None), resolve_device(device))
-        return Sam2Masker(model, model_name, **options)
-    if name == "felzenszwalb":
-        return FelzenszwalbMasker(**options)
-    if name == "coco":
-        if "masks_json" not in options:
-            raise UsesearchError("--masker coco needs --coco FILE.json (COCO annotations with RLE or polygons)")
-        return CocoMasker(options["masks_json"])
-    raise UsesearchError(f"unknown masker {name!r}; choose one of {', '.join(MASKERS)}")
+def _refusal(name: str, kind: MaskerKind, refused: list[str]) -> str:
+    settings = [o for o in refused if o in SAM_SETTINGS]
+    if not settings:
+        own = ", ".join(kind.options or ()) or "none"
+        return f"the {name} masker has no option {', '.join(refused)}; its options: {own}"
+    users = sorted(n for n, k in MASKERS.items() if set(settings) <= k.settings)
+    own = ", ".join(SamSettings.flag(s) for s in SAM_SETTINGS if s in kind.settings) or kind.flags or "none"
+    tiny = " (the default for the random-weight tiny preset)" if kind.default_for == "random" else ""
+    return (
+        f"{', '.join(map(SamSettings.flag, settings))} apply to --masker {' and '.join(users) or 'sam'} only; "
+        f"this run uses masker {name} (its options: {own}){tiny}"
+    )

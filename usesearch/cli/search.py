@@ -1,0 +1,245 @@
+"""CLI wiring for searching an index: query, similar, serve, and the offline demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from usesearch.cli.options import (
+    Formerly,
+    IndexAt,
+    PresetOpt,
+    SearchOutput,
+    Typer,
+    console,
+    user_errors,
+    with_index_at,
+    with_search_filters,
+    with_search_output,
+)
+from usesearch.errors import UsesearchError, is_disk_full
+
+if TYPE_CHECKING:
+    from usesearch.indexer import SearchFilters
+
+app = Typer()
+
+
+def _output(hits, output: SearchOutput, title: str, name: str, index) -> None:
+    """The hits as JSON with full paths, or a table with paths relative to the folder
+    that holds every indexed image (absolute paths wrap over several lines at 80
+    columns); then the contact sheet and COCO file asked for."""
+    from usesearch.indexer.export import contact_sheet, hits_to_coco
+
+    folder = index.store.common_folder()
+    if output.as_json:
+        print(json.dumps([h.to_dict() for h in hits], indent=1))
+    else:
+        table = Table(title=title, caption=f"paths under {folder}" if folder else None)
+        for column in ("rank", "score", "segment", "image", "bbox (x, y, w, h)", "area"):
+            table.add_column(column, overflow="fold")
+        for h in hits:
+            image = h.image[len(folder) :] if folder and h.image.startswith(folder) else h.image
+            table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), image, str(h.bbox), str(h.area))
+        console.print(table)
+    # Status on stderr: stdout may be carrying --json.
+    if output.show:
+        typer.echo(f"wrote {contact_sheet(hits, output.show)}", err=True)
+    if output.export_coco:
+        try:
+            output.export_coco.write_text(json.dumps(hits_to_coco(hits, name)))
+        except OSError as exc:
+            reason = "disk full" if is_disk_full(exc) else exc.strerror or str(exc)
+            raise UsesearchError(f"cannot write {output.export_coco}: {reason}") from None
+        typer.echo(f"wrote {output.export_coco}", err=True)
+
+
+@app.command()
+@user_errors
+@with_index_at
+@with_search_filters
+@with_search_output
+def query(
+    text: Annotated[str, typer.Argument(help="What to look for, e.g. 'red apple behind the rabbit'.")],
+    *,
+    at: IndexAt,
+    output: SearchOutput,
+    filters: SearchFilters,
+) -> None:
+    """Rank the index's segments against a text."""
+    index = at.open()
+    hits = index.query(text, output.k, filters)
+    title = f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})"
+    _output(hits, output, title, text, index)
+
+
+@app.command()
+@user_errors
+@with_index_at
+@with_search_filters
+@with_search_output
+def similar(
+    segment_id: Annotated[
+        Optional[int], typer.Argument(help="A segment id from a query result (or use --image).")
+    ] = None,
+    image: Annotated[
+        Optional[Path], typer.Option("--image", help="Search for a region of this photo (need not be indexed).")
+    ] = None,
+    point: Annotated[
+        Optional[str], typer.Option("--point", help="With --image: X,Y in pixels; SAM picks the region there.")
+    ] = None,
+    box: Annotated[
+        Optional[str], typer.Option("--box", help="With --image: X,Y,W,H in pixels; SAM picks the region in it.")
+    ] = None,
+    mask: Annotated[
+        Optional[Path], typer.Option("--mask", help="With --image: a PNG whose non-zero pixels are the region.")
+    ] = None,
+    *,
+    at: IndexAt,
+    output: SearchOutput,
+    filters: SearchFilters,
+) -> None:
+    """Segments most like a given one (query by example), or like a region of any photo."""
+    from usesearch.masks import region as region_lib
+
+    if (segment_id is None) == (image is None):
+        raise UsesearchError("give a SEGMENT_ID, or --image PHOTO with --point, --box or --mask")
+    if image is None and (point or box or mask):
+        raise UsesearchError("--point, --box and --mask choose a region of --image PHOTO")
+    index = at.open()
+    if segment_id is not None:
+        hits = index.similar(segment_id, output.k, filters)
+        _output(hits, output, f"like segment {segment_id}", f"like segment {segment_id}", index)
+        return
+    assert image is not None  # one of the two, checked above
+    import numpy as np
+
+    from usesearch.io.files import decode, read_bytes
+
+    rgb = decode(read_bytes(str(image))[0], str(image))  # the indexer's safeguards: regular files, size, bombs
+    mask_array = None
+    if mask is not None:
+        mask_array = np.asarray(decode(read_bytes(str(mask))[0], str(mask)).any(axis=2))
+    picked = index.region(
+        rgb,
+        point=region_lib.parse_point(point) if point else None,
+        box=region_lib.parse_box(box) if box else None,
+        mask=mask_array,
+    )
+    how = "the mask given" if picked.stability_score is None else f"SAM, stability {picked.stability_score:.3f}"
+    typer.echo(f"region: bbox {list(picked.bbox)}, {picked.area} pixels ({how})", err=True)
+    if output.show:
+        from usesearch.indexer.export import region_picture
+
+        typer.echo(f"wrote {region_picture(rgb, picked, output.show)}", err=True)
+    hits = index.search_region(rgb, picked, output.k, filters)
+    _output(hits, output, f"like a region of {image.name}", f"like a region of {image.name}", index)
+
+
+@app.command()
+@user_errors
+@with_index_at
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    token: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="USESEARCH_TOKEN",
+            show_envvar=True,
+            help="Shared secret every request must carry (Bearer header or ?token= once).",
+        ),
+    ] = None,
+    max_per_client: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="Connections one address (an IPv6 /64) may hold (default 24); 0: no limit, for a reverse proxy "
+            "that limits per client itself.",
+        ),
+    ] = None,
+    *,
+    at: IndexAt,
+) -> None:
+    """Search page and JSON API over an index (docs at /docs); picks up what a running indexer adds."""
+    from usesearch.indexer.web import serve as run_server
+
+    run_server(
+        at.db,
+        host=host,
+        port=port,
+        token=token,
+        db_url=at.db_url,
+        device=at.device,
+        faiss_device=at.faiss_device,
+        per_client=max_per_client,
+    )
+
+
+@app.command()
+@user_errors
+def demo(
+    ctx: typer.Context,
+    query_text: Annotated[
+        str,
+        typer.Argument(help="Text to search for."),
+        Formerly("--query", note="`demo --query TEXT` is now `demo TEXT`"),
+    ] = "a cat's face",
+    preset: PresetOpt = None,
+    demo_dir: Annotated[
+        Path, typer.Option("--demo-dir", help="Folder for the sample photos and the index."), Formerly("--out")
+    ] = Path("usesearch-demo"),
+) -> None:
+    """Offline demo: index scikit-image's bundled photos and run a query (tiny preset where weights are missing)."""
+    from usesearch.models.presets import get_preset
+    from usesearch.models.weights import preset_status
+
+    preset = preset or "b16"
+    missing = [s for s in preset_status(get_preset(preset)) if not s.present]
+    if missing:
+        console.print(
+            f"{preset} weights are not on this machine ({', '.join(s.component for s in missing)}; "
+            f"`usesearch models pull {preset}` fetches them): running with the random-weight 'tiny' preset, "
+            "so the ranking below shows the pipeline working, not real matches.",
+            style="yellow",
+        )
+        preset = "tiny"
+    photos = _write_sample_photos(demo_dir / "photos")
+    db = str(demo_dir / f"db-{preset}")
+    # The two commands by name, as a user would run them (no command module imports another).
+    commands = ctx.find_root().command.commands  # type: ignore[attr-defined]  # the root is a group
+    for args in (
+        ["index", str(photos), "--db", db, "--preset", preset],
+        ["query", query_text, "--db", db, "-k", "5", "--per-image"],
+    ):
+        with commands[args[0]].make_context(args[0], args[1:], parent=ctx) as run:
+            commands[args[0]].invoke(run)
+    console.print(f"Browse these segments: usesearch serve --db {db}  (then open http://127.0.0.1:8000)")
+
+
+def _write_sample_photos(folder: Path) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    # All shipped inside the scikit-image wheel (no download).
+    for name in (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "retina",
+        "coins",
+    ):
+        target = folder / f"{name}.jpg"
+        if not target.exists():
+            photo = Image.fromarray(getattr(data, name)()).convert("RGB")
+            photo.thumbnail((640, 640))
+            photo.save(target, quality=92)
+    return folder
