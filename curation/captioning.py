@@ -9,7 +9,7 @@ import torch
 from usesearch.errors import UsesearchError
 from usesearch.models.backbones import seeded
 
-from .pretrained import load_pretrained
+from .pretrained import PretrainedStage, load_pretrained
 from .records import TextRef
 
 CAPTION_PROMPT = (
@@ -19,14 +19,12 @@ CAPTION_PROMPT = (
 SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.4, "top_k": 5}  # paper §4.1 (CogVLM-17B)
 
 
-class TransformersCaptioner:
+class TransformersCaptioner(PretrainedStage):
     def __init__(
         self, model, processor, name: str, device: str | torch.device = "cpu", max_new_tokens: int = 256, seed: int = 0
     ):
-        self.model = model.to(device).eval()
-        self.processor = processor
+        super().__init__(model, processor, device)
         self.name = name
-        self.device = device
         self.max_new_tokens = max_new_tokens
         self.seed = seed
 

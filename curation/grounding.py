@@ -12,7 +12,7 @@ import torch
 from torchvision.ops import box_convert, nms
 
 from .expressions import Expression, referring_expressions
-from .pretrained import load_pretrained
+from .pretrained import PretrainedStage, load_pretrained
 from .records import BoxText, TextRef
 
 BOX_THRESHOLD = 0.05  # paper §4.1
@@ -64,7 +64,7 @@ def box_texts(match: Match, source: str) -> BoxText:
     return BoxText((x0, y0, x1 - x0, y1 - y0), texts, match.score)
 
 
-class GroundingDinoGrounder:
+class GroundingDinoGrounder(PretrainedStage):
     """transformers' GroundingDinoForObjectDetection behind the curation ``Grounder`` interface."""
 
     def __init__(
@@ -76,10 +76,8 @@ class GroundingDinoGrounder:
         box_threshold: float = BOX_THRESHOLD,
         nms_iou: float = BOX_NMS_IOU,
     ):
-        self.model = model.to(device).eval()
-        self.processor = processor
+        super().__init__(model, processor, device)
         self.parser = parser
-        self.device = device
         self.box_threshold = box_threshold
         self.nms_iou = nms_iou
 

@@ -7,6 +7,16 @@ from typing import Any
 from usesearch.errors import UsesearchError, first_line
 
 
+class PretrainedStage:
+    """A curation stage around a transformers model and its processor, the model in
+    eval mode on ``device``."""
+
+    def __init__(self, model: Any, processor: Any, device: Any = "cpu"):
+        self.model = model.to(device).eval()
+        self.processor = processor
+        self.device = device
+
+
 def load_pretrained(model_class: Any, name: str, what: str, **options: Any) -> tuple[Any, Any]:
     """(model, processor) of ``name``, a hub id in the Hugging Face cache or a local
     folder, both loaded with ``options`` (revision, trust_remote_code); or an error

@@ -90,10 +90,10 @@ class Source:
     description: str
     # The path given is an annotation JSON and the images are in a folder of their
     # own (``read(json, images_dir)``); else the path is the image folder (``read(folder)``).
-    annotations: bool
+    annotations: bool = True
     # Its texts are captions whose phrases Grounding DINO boxes (a grounder is needed,
     # and MLLM captions may be added).
-    grounded: bool
+    grounded: bool = False
     # It has no text of its own: every caption comes from the MLLM.
     needs_captioner: bool = False
     # Its boxes prompt SAM; False: its masks are given.
@@ -108,19 +108,9 @@ SOURCES: dict[str, Source] = {
         grounded=True,
         needs_captioner=True,
     ),
-    "coco-captions": Source(
-        coco_captions_source, "COCO captions JSON (captions_train2017.json)", annotations=True, grounded=True
-    ),
-    "coco-instances": Source(
-        coco_instances_source,
-        "COCO instances JSON: ground-truth masks and category names",
-        annotations=True,
-        grounded=False,
-        prompts_sam=False,
-    ),
-    "vg": Source(
-        visual_genome_source, "Visual Genome region_descriptions.json: box-text pairs", annotations=True, grounded=False
-    ),
+    "coco-captions": Source(coco_captions_source, "COCO captions JSON (captions_train2017.json)", grounded=True),
+    "coco-instances": Source(coco_instances_source, "COCO instances JSON: masks and category names", prompts_sam=False),
+    "vg": Source(visual_genome_source, "Visual Genome region_descriptions.json: box-text pairs"),
 }
 
 

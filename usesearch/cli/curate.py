@@ -8,25 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from usesearch.cli.options import (
-    DeviceOpt,
-    Formerly,
-    JsonOpt,
-    MaybeImagesOpt,
-    PresetOpt,
-    Typer,
-    console,
-    out_file,
-    user_errors,
-    with_sam_settings,
-)
+from usesearch.cli import options as opts
 from usesearch.curation.sources import SOURCES
 from usesearch.errors import UsesearchError
 from usesearch.masks.settings import SamSettings
 
-app = Typer()
+app = opts.Typer()
 
-curate_app = Typer(help="Curate segment-text pairs for training (paper §3.1).", no_args_is_help=True)
+curate_app = opts.Typer(help="Curate segment-text pairs for training (paper §3.1).", no_args_is_help=True)
 
 # curate run prompts SAM with boxes, not with a grid: of SAM's settings it takes the
 # thresholds and the clean-up of small regions, by the names of its BoxMaskConfig.
@@ -38,17 +27,17 @@ BOX_PROMPT_SETTINGS = {
 
 
 @curate_app.command("run")
-@user_errors
-@with_sam_settings
+@opts.user_errors
+@opts.with_sam_settings
 def run(
     path: Annotated[Path, typer.Argument(help="A folder of images, or the source's annotation JSON.", exists=True)],
     dataset_dir: Annotated[
-        Path, typer.Option("--dataset-dir", help="Dataset folder to write (re-runs resume)."), Formerly("--out")
+        Path, typer.Option("--dataset-dir", help="Dataset folder to write (re-runs resume)."), opts.Formerly("--out")
     ],
     source: Annotated[
         str, typer.Option(help="Source layout: " + "; ".join(f"{n}: {s.description}" for n, s in SOURCES.items()))
     ] = "folder",
-    images: MaybeImagesOpt = None,
+    images: opts.MaybeImagesOpt = None,
     captioner: Annotated[
         Optional[str], typer.Option(help="MLLM (transformers image-text-to-text name or folder), or 'tiny'.")
     ] = None,
@@ -62,9 +51,9 @@ def run(
         str, typer.Option(help="Grounding DINO name or folder, or 'tiny'.")
     ] = "IDEA-Research/grounding-dino-tiny",
     spacy_model: Annotated[str, typer.Option(help="spaCy English pipeline for noun chunks.")] = "en_core_web_sm",
-    preset: PresetOpt = None,
+    preset: opts.PresetOpt = None,
     sam_checkpoint: Annotated[Optional[Path], typer.Option(help="SAM checkpoint instead of the preset's.")] = None,
-    device: DeviceOpt = None,
+    device: opts.DeviceOpt = None,
     *,
     sam: SamSettings,
 ) -> None:
@@ -111,12 +100,12 @@ def run(
         progress=lambda r: bar.update(1),
     )
     bar.close()
-    console.print(
+    opts.console.print(
         f"{report.done} images curated, {report.skipped} skipped, {report.failed} failed: "
         f"{report.pairs} pairs, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
     )
     for image, reason in report.failures[:10]:
-        console.print(f"  failed: {image}: {reason}")
+        opts.console.print(f"  failed: {image}: {reason}")
 
 
 def _grounder(name: str, spacy_model: str, device):
@@ -143,23 +132,23 @@ def _captioner(name: str, revision: Optional[str], trust_remote_code: bool, devi
 
 
 @curate_app.command("show")
-@user_errors
+@opts.user_errors
 def show(
     dataset: Annotated[Path, typer.Argument(help="A curated dataset folder.", exists=True, file_okay=False)],
     image: Annotated[str, typer.Argument(help="The image: its path, file name or sha256.")],
-    out: Annotated[Path, out_file("PNG to write.")] = Path("curated.png"),
+    out: Annotated[Path, opts.out_file("PNG to write.")] = Path("curated.png"),
 ) -> None:
     """Draw one image's segments (masks tinted, texts written) to a PNG for eyeballing quality."""
     from usesearch.curation.show import find_record, render
 
-    console.print(f"wrote {render(find_record(dataset, image), out)}")
+    opts.console.print(f"wrote {render(find_record(dataset, image), out)}")
 
 
 @curate_app.command("stats")
-@user_errors
+@opts.user_errors
 def stats_cmd(
     dataset: Annotated[Path, typer.Argument(help="A curated dataset folder.", exists=True, file_okay=False)],
-    as_json: JsonOpt = False,
+    as_json: opts.JsonOpt = False,
 ) -> None:
     """The paper's Table 1 columns (pairs, pairs after NMS, unique expressions) and per-source counts."""
     from usesearch.curation.dataset import stats
@@ -169,4 +158,4 @@ def stats_cmd(
         print(json.dumps(result, indent=1))
         return
     for key, value in result.items():
-        console.print(f"{key:>18}: {value}")
+        opts.console.print(f"{key:>18}: {value}")

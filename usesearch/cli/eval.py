@@ -11,34 +11,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from usesearch.cli.options import (
-    ClassesFileOpt,
-    ClassesOpt,
-    CocoOpt,
-    DeviceOpt,
-    EmbedderOpt,
-    Formerly,
-    HeadOpt,
-    HeadsOpt,
-    ImagesOpt,
-    JsonOpt,
-    MaskerOpt,
-    OutJsonOpt,
-    PresetOpt,
-    TopKOpt,
-    Typer,
-    console,
-    deprecated,
-    out_file,
-    shared_options,
-    user_errors,
-    with_sam_settings,
-)
+from usesearch.cli import options as opts
 from usesearch.errors import UsesearchError
 from usesearch.masks.settings import SamSettings
 
-app = Typer()
-eval_app = Typer(help="Evaluate on benchmarks (paper §4.3, §4.4) and audit datasets.", no_args_is_help=True)
+app = opts.Typer()
+eval_app = opts.Typer(help="Evaluate on benchmarks (paper §4.3, §4.4) and audit datasets.", no_args_is_help=True)
 
 
 def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
@@ -54,11 +32,11 @@ def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
 class Segmenter:
     """The model options segment and eval share, declared once (``with_segmenter``)."""
 
-    preset: PresetOpt = None
-    embedder: EmbedderOpt = None
-    head: HeadsOpt = None
-    masker: MaskerOpt = None
-    device: DeviceOpt = None
+    preset: opts.PresetOpt = None
+    embedder: opts.EmbedderOpt = None
+    head: opts.HeadsOpt = None
+    masker: opts.MaskerOpt = None
+    device: opts.DeviceOpt = None
 
     def build(self, sam: SamSettings):
         """The models (one per --head: their class probabilities are averaged, the
@@ -76,7 +54,7 @@ class Segmenter:
         return models, build_masker(self.masker, models[0].preset, self.device, **sam.given())
 
 
-with_segmenter = shared_options("segmenter", Segmenter)
+with_segmenter = opts.shared_options("segmenter", Segmenter)
 
 
 def _read_and_mask(path: Path | str, masker, name: str | None = None):
@@ -97,8 +75,8 @@ TAKING_OLD_JSON_FILE = {"allow_extra_args": True}
 class Report:
     """Where an evaluation's result goes: a table (or JSON) on stdout, and a JSON file."""
 
-    as_json: JsonOpt = False
-    out: OutJsonOpt = None
+    as_json: opts.JsonOpt = False
+    out: opts.OutJsonOpt = None
 
     def taking(self, extra: list[str]) -> Report:
         """This report, read with the extra arguments click passed on (checked before
@@ -107,7 +85,7 @@ class Report:
             return self
         if not self.as_json or len(extra) > 1:
             raise UsesearchError(f"got unexpected extra arguments ({' '.join(extra)})")
-        deprecated("`eval ... --json FILE` is now `--out FILE` (`--json` prints JSON)")
+        opts.deprecated("`eval ... --json FILE` is now `--out FILE` (`--json` prints JSON)")
         return Report(as_json=False, out=self.out or Path(extra[0]))
 
     def write(self, result: dict, rows: dict[str, float | None], total: tuple[str, str]) -> None:
@@ -118,24 +96,24 @@ class Report:
             return
         width = max([len(total[0]), *map(len, rows)]) + 2
         for name, value in rows.items():
-            console.print(f"{name:>{width}}: {'-' if value is None else f'{100 * value:.1f}'}")
-        console.print(f"{total[0]:>{width}}: {total[1]}")
+            opts.console.print(f"{name:>{width}}: {'-' if value is None else f'{100 * value:.1f}'}")
+        opts.console.print(f"{total[0]:>{width}}: {total[1]}")
 
 
-with_report = shared_options("report", Report)
+with_report = opts.shared_options("report", Report)
 
 
 @app.command()
-@user_errors
+@opts.user_errors
 @with_segmenter
-@with_sam_settings
+@opts.with_sam_settings
 def segment(
     image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     out: Annotated[
-        Path, out_file("Label map PNG: class index per pixel (8 or 16 bit); 255 / 65535 where no mask covers it.")
+        Path, opts.out_file("Label map PNG: class index per pixel (8 or 16 bit); 255 / 65535 where no mask covers it.")
     ],
-    classes: ClassesOpt = None,
-    classes_file: ClassesFileOpt = None,
+    classes: opts.ClassesOpt = None,
+    classes_file: opts.ClassesFileOpt = None,
     overlay: Annotated[Optional[Path], typer.Option(help="PNG of the image coloured by class, with a legend.")] = None,
     *,
     segmenter: Segmenter,
@@ -155,22 +133,22 @@ def segment(
     if overlay:
         label_overlay(rgb, labels, names).save(overlay)
     present = [names[i] for i in np.unique(labels) if i < len(names)]
-    console.print(f"{len(masks)} masks; classes found: {', '.join(present) or 'none'}; wrote {out}")
+    opts.console.print(f"{len(masks)} masks; classes found: {', '.join(present) or 'none'}; wrote {out}")
 
 
 @eval_app.command("semseg", context_settings=TAKING_OLD_JSON_FILE)
-@user_errors
+@opts.user_errors
 @with_segmenter
-@with_sam_settings
+@opts.with_sam_settings
 @with_report
 def eval_semseg(
     ctx: typer.Context,
-    images: ImagesOpt,
+    images: opts.ImagesOpt,
     labels: Annotated[
         Path, typer.Option(exists=True, file_okay=False, help="Label PNGs named like the images (8 or 16 bit).")
     ],
-    classes: ClassesOpt = None,
-    classes_file: ClassesFileOpt = None,
+    classes: opts.ClassesOpt = None,
+    classes_file: opts.ClassesFileOpt = None,
     ignore_index: Annotated[
         int, typer.Option(help="Ground-truth value to ignore (ADE-847 conversions use 65535).")
     ] = 255,
@@ -189,7 +167,7 @@ def eval_semseg(
 
     report = report.taking(ctx.args)
     if classes and "," not in classes and Path(classes).is_file():
-        deprecated("`eval semseg --classes FILE` is now `--classes-file FILE`")
+        opts.deprecated("`eval semseg --classes FILE` is now `--classes-file FILE`")
         classes_file = Path(classes)
         classes = None
     names = _classes(classes, classes_file)
@@ -211,14 +189,14 @@ def eval_semseg(
 
 
 @eval_app.command("parts", context_settings=TAKING_OLD_JSON_FILE)
-@user_errors
+@opts.user_errors
 @with_segmenter
-@with_sam_settings
+@opts.with_sam_settings
 @with_report
 def eval_parts(
     ctx: typer.Context,
-    images: ImagesOpt,
-    coco: CocoOpt,
+    images: opts.ImagesOpt,
+    coco: opts.CocoOpt,
     *,
     segmenter: Segmenter,
     sam: SamSettings,
@@ -257,20 +235,20 @@ def eval_parts(
 
 
 @eval_app.command("audit")
-@user_errors
+@opts.user_errors
 def audit(
-    coco: CocoOpt,
-    images: ImagesOpt,
+    coco: opts.CocoOpt,
+    images: opts.ImagesOpt,
     report_dir: Annotated[
         Path,
         typer.Option("--report-dir", help="Folder for suspects.csv/.json, summary.json and report.html."),
-        Formerly("--out"),
+        opts.Formerly("--out"),
     ] = Path("audit"),
-    k: TopKOpt = 50,
-    preset: PresetOpt = None,
-    embedder: EmbedderOpt = None,
-    head: HeadOpt = None,
-    device: DeviceOpt = None,
+    k: opts.TopKOpt = 50,
+    preset: opts.PresetOpt = None,
+    embedder: opts.EmbedderOpt = None,
+    head: opts.HeadOpt = None,
+    device: opts.DeviceOpt = None,
 ) -> None:
     """Rank ground-truth annotations by how strongly the model disagrees with their labels."""
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder
@@ -282,16 +260,16 @@ def audit(
     suspects = audit_coco(model, data, images)
     write_report(suspects, data, report_dir, k)
     for rank, s in enumerate(suspects[:10], 1):
-        console.print(
+        opts.console.print(
             f"{rank:>3}  ann {s.annotation_id}: labelled {s.labelled!r}, model says {s.predicted!r} "
             f"(margin {s.margin:+.3f})"
         )
-    console.print(f"wrote {report_dir}/suspects.csv, summary.json, report.html")
+    opts.console.print(f"wrote {report_dir}/suspects.csv, summary.json, report.html")
 
 
 @functools.wraps(audit)
 def old_audit(*args: Any, **kwargs: Any) -> None:
-    deprecated("`usesearch audit` is now `usesearch eval audit`")
+    opts.deprecated("`usesearch audit` is now `usesearch eval audit`")
     audit(*args, **kwargs)
 
 

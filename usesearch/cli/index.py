@@ -13,54 +13,35 @@ from typing import Annotated, Optional
 
 import typer
 
-from usesearch.cli.options import (
-    DbOpt,
-    DbUrlOpt,
-    DeviceOpt,
-    EmbedderOpt,
-    FactoryOpt,
-    FaissDeviceOpt,
-    Formerly,
-    HeadOpt,
-    JsonOpt,
-    MaskerOpt,
-    MaybeCocoOpt,
-    PresetOpt,
-    RayOpt,
-    ShardSizeOpt,
-    Typer,
-    console,
-    user_errors,
-    with_sam_settings,
-)
+from usesearch.cli import options as opts
 from usesearch.errors import UsesearchError
 from usesearch.masks.settings import SamSettings
 
-app = Typer()
+app = opts.Typer()
 
 
 @app.command()
-@user_errors
-@with_sam_settings
+@opts.user_errors
+@opts.with_sam_settings
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively).")],
-    db: DbOpt,
-    preset: PresetOpt = None,
-    embedder: EmbedderOpt = None,
-    head: HeadOpt = None,
-    masker: MaskerOpt = None,
-    coco: MaybeCocoOpt = None,
-    factory: FactoryOpt = None,
+    db: opts.DbOpt,
+    preset: opts.PresetOpt = None,
+    embedder: opts.EmbedderOpt = None,
+    head: opts.HeadOpt = None,
+    masker: opts.MaskerOpt = None,
+    coco: opts.MaybeCocoOpt = None,
+    factory: opts.FactoryOpt = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
-    device: DeviceOpt = None,
-    faiss_device: FaissDeviceOpt = None,
-    db_url: DbUrlOpt = None,
-    shard_size: ShardSizeOpt = None,
+    device: opts.DeviceOpt = None,
+    faiss_device: opts.FaissDeviceOpt = None,
+    db_url: opts.DbUrlOpt = None,
+    shard_size: opts.ShardSizeOpt = None,
     prune_gone: Annotated[
         bool,
         typer.Option("--prune", help="Also remove images under PATHS whose files are gone since they were indexed."),
     ] = False,
-    ray: RayOpt = None,
+    ray: opts.RayOpt = None,
     workers: Annotated[
         Optional[int], typer.Option(min=1, help="With --ray: model actors (default: one per GPU, else one per 2 CPUs).")
     ] = None,
@@ -125,30 +106,37 @@ def index(
         from usesearch.indexer.maintenance import prune
 
         pruned = prune(db, folders, options)
-        console.print(
+        opts.console.print(
             f"pruned {pruned.images_removed} images whose files are gone ({pruned.segments_removed} segments)"
         )
         _print_freed(pruned)
     state = "interrupted; finished work is kept" if report.interrupted else "finished"
-    console.print(
+    opts.console.print(
         f"{state}: {report.done} images indexed, {report.skipped} skipped, {report.failed} failed, "
         f"{report.segments} segments in {report.seconds:.1f} s"
     )
     if repair:
-        console.print(f"  repair: {len(report.repaired)} photos had damaged embedding rows and were embedded again")
+        opts.console.print(
+            f"  repair: {len(report.repaired)} photos had damaged embedding rows and were embedded again"
+        )
         for path in report.unrepaired[:10]:
-            console.print(f"  damaged but not under the folders given, so left as it is: {path}")
+            opts.console.print(f"  damaged but not under the folders given, so left as it is: {path}")
     for line in report.devices:
-        console.print(f"  {line}")
+        opts.console.print(f"  {line}")
     for path, reason in report.failures[:10]:
-        console.print(f"  failed: {path}: {reason}")
+        opts.console.print(f"  failed: {path}: {reason}")
     if report.interrupted:
         raise typer.Exit(130)
 
 
 @app.command()
-@user_errors
-def info(db: DbOpt, as_json: JsonOpt = False, db_url: DbUrlOpt = None, faiss_device: FaissDeviceOpt = None) -> None:
+@opts.user_errors
+def info(
+    db: opts.DbOpt,
+    as_json: opts.JsonOpt = False,
+    db_url: opts.DbUrlOpt = None,
+    faiss_device: opts.FaissDeviceOpt = None,
+) -> None:
     """Images done/failed, segments, model, index type, sizes on disk, and where FAISS runs."""
     from usesearch.indexer import SegmentIndex
 
@@ -157,27 +145,27 @@ def info(db: DbOpt, as_json: JsonOpt = False, db_url: DbUrlOpt = None, faiss_dev
         print(json.dumps(stats, indent=1, default=str))
         return
     for key, value in stats.items():
-        console.print(f"{key:>16}: {value}")
+        opts.console.print(f"{key:>16}: {value}")
 
 
 @app.command()
-@user_errors
-def failures(db: DbOpt, db_url: DbUrlOpt = None) -> None:
+@opts.user_errors
+def failures(db: opts.DbOpt, db_url: opts.DbUrlOpt = None) -> None:
     """Each file that failed to index, with its reason."""
     from usesearch.indexer.folder import check_db_dir, open_store
 
     for record in open_store(check_db_dir(db), db_url, read_only=True).failures():
-        console.print(f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})")
+        opts.console.print(f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})")
 
 
 @app.command("prune")
-@user_errors
+@opts.user_errors
 def prune_cmd(
-    db: DbOpt,
+    db: opts.DbOpt,
     paths: Annotated[
         Optional[list[Path]], typer.Argument(help="Only images under these folders (default: all).")
     ] = None,
-    db_url: DbUrlOpt = None,
+    db_url: opts.DbUrlOpt = None,
     force: Annotated[
         bool, typer.Option("--force", help="Remove them even when every file is gone (an unmounted disk?).")
     ] = False,
@@ -190,39 +178,39 @@ def prune_cmd(
     folders: list[str | os.PathLike] | None = list(paths) if paths else None
     report = prune(db, folders, IndexOptions(db_url=db_url), force=force)
     state = "interrupted; removals so far are kept" if report.interrupted else "finished"
-    console.print(f"{state}: {report.images_removed} images removed ({report.segments_removed} segments)")
+    opts.console.print(f"{state}: {report.images_removed} images removed ({report.segments_removed} segments)")
     _print_freed(report)
 
 
 def _print_freed(report) -> None:
     if report.embedding_bytes_freed:
-        console.print(f"embedding files: {report.embedding_bytes_freed / 2**20:.2f} MiB given back")
+        opts.console.print(f"embedding files: {report.embedding_bytes_freed / 2**20:.2f} MiB given back")
 
 
 @app.command("reindex")
-@user_errors
+@opts.user_errors
 def reindex_cmd(
-    db: DbOpt,
-    factory: FactoryOpt = None,
-    db_url: DbUrlOpt = None,
+    db: opts.DbOpt,
+    factory: opts.FactoryOpt = None,
+    db_url: opts.DbUrlOpt = None,
     faiss_device: Annotated[
-        FaissDeviceOpt,
-        Formerly(
+        opts.FaissDeviceOpt,
+        opts.Formerly(
             "--device",
             note="`reindex --device` is now `--faiss-device` (--device is where models run; reindex runs none)",
         ),
     ] = None,
-    shard_size: ShardSizeOpt = None,
-    ray: RayOpt = None,
+    shard_size: opts.ShardSizeOpt = None,
+    ray: opts.RayOpt = None,
 ) -> None:
     """Rebuild the FAISS file from the embedding files (and choose its type again)."""
     from usesearch.indexer import reindex
 
     if ray is None:
-        console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, faiss_device, shard_size)} vectors")
+        opts.console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, faiss_device, shard_size)} vectors")
         return
     from usesearch.indexer.distributed import ray_session, rebuild_on_ray
 
     with ray_session(ray):
         count = reindex(db, factory, db_url, faiss_device, shard_size, build=rebuild_on_ray)
-    console.print(f"rebuilt FAISS index with {count} vectors, its shards filled on Ray")
+    opts.console.print(f"rebuilt FAISS index with {count} vectors, its shards filled on Ray")

@@ -10,24 +10,14 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from usesearch.cli.options import (
-    DeviceOpt,
-    EmbedderOpt,
-    Formerly,
-    HeadOpt,
-    PresetOpt,
-    TopKOpt,
-    Typer,
-    console,
-    user_errors,
-)
+from usesearch.cli import options as opts
 
-app = Typer()
-models_app = Typer(help="Model presets and their weights.", no_args_is_help=True)
+app = opts.Typer()
+models_app = opts.Typer(help="Model presets and their weights.", no_args_is_help=True)
 
 
 @models_app.command("list")
-@user_errors
+@opts.user_errors
 def models_list() -> None:
     """Show each preset and whether its weights are on this machine."""
     from usesearch.models.presets import PRESETS
@@ -46,11 +36,11 @@ def models_list() -> None:
                 state, where = Text("missing", style="red"), f"put at {status.expected}"
             table.add_row(preset.name if i == 0 else "", status.component, status.name, state, where)
         table.add_section()
-    console.print(table)
+    opts.console.print(table)
 
 
 @models_app.command("pull")
-@user_errors
+@opts.user_errors
 def models_pull(
     preset: Annotated[str, typer.Argument(help="Preset whose weights to download, or sam2:MODEL for --masker sam2.")],
 ) -> None:
@@ -65,23 +55,23 @@ def models_pull(
     else:
         done = pull(get_preset(preset))
     for line in done or [f"all weights of {preset!r} are already present"]:
-        console.print(line)
+        opts.console.print(line)
 
 
 @app.command()
-@user_errors
+@opts.user_errors
 def embed(
     image: Annotated[Path, typer.Argument(help="An image file.", exists=True, dir_okay=False)],
     text: Annotated[
         list[str],
         typer.Argument(help="One or more texts to rank the segments by."),
-        Formerly("-t", "--text", note="`embed -t TEXT` is now `embed IMAGE TEXT...`"),
+        opts.Formerly("-t", "--text", note="`embed -t TEXT` is now `embed IMAGE TEXT...`"),
     ],
-    preset: PresetOpt = None,
-    embedder: EmbedderOpt = None,
-    head: HeadOpt = None,
-    k: TopKOpt = 3,
-    device: DeviceOpt = None,
+    preset: opts.PresetOpt = None,
+    embedder: opts.EmbedderOpt = None,
+    head: opts.HeadOpt = None,
+    k: opts.TopKOpt = 3,
+    device: opts.DeviceOpt = None,
 ) -> None:
     """Propose segments in one image (weight-free superpixel masker) and rank them per text."""
     from usesearch.io.images import read_image
@@ -100,7 +90,7 @@ def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: 
 
     proposals = masker(rgb)
     if not proposals:
-        console.print(f"{name}: no segments found")
+        opts.console.print(f"{name}: no segments found")
         return
     vectors = model.embed_segments(rgb, proposal_masks(proposals, rgb.shape[:2]))
     scores = vectors @ model.embed_text(texts).T
@@ -116,4 +106,4 @@ def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: 
                 str(proposals[i].bbox),
                 str(proposals[i].area),
             )
-    console.print(table)
+    opts.console.print(table)

@@ -9,27 +9,24 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from usesearch.cli.options import (
-    Formerly,
-    IndexAt,
-    PresetOpt,
-    SearchOutput,
-    Typer,
-    console,
-    user_errors,
-    with_index_at,
-    with_search_filters,
-    with_search_output,
-)
+from usesearch.cli import options as opts
 from usesearch.errors import UsesearchError, is_disk_full
 
 if TYPE_CHECKING:
     from usesearch.indexer import SearchFilters
 
-app = Typer()
+app = opts.Typer()
+
+# A region of any photo, for ``similar --image``.
+RegionPhotoOpt = Annotated[
+    Optional[Path], typer.Option(help="Search for a region of this photo (need not be indexed).")
+]
+PointOpt = Annotated[Optional[str], typer.Option(help="With --image: X,Y in pixels; SAM picks the region there.")]
+BoxOpt = Annotated[Optional[str], typer.Option(help="With --image: X,Y,W,H in pixels; SAM picks the region in it.")]
+MaskOpt = Annotated[Optional[Path], typer.Option(help="With --image: a PNG whose non-zero pixels are the region.")]
 
 
-def _output(hits, output: SearchOutput, title: str, name: str, index) -> None:
+def _output(hits, output: opts.SearchOutput, title: str, name: str, index) -> None:
     """The hits as JSON with full paths, or a table with paths relative to the folder
     that holds every indexed image (absolute paths wrap over several lines at 80
     columns); then the contact sheet and COCO file asked for."""
@@ -45,7 +42,7 @@ def _output(hits, output: SearchOutput, title: str, name: str, index) -> None:
         for h in hits:
             image = h.image[len(folder) :] if folder and h.image.startswith(folder) else h.image
             table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), image, str(h.bbox), str(h.area))
-        console.print(table)
+        opts.console.print(table)
     # Status on stderr: stdout may be carrying --json.
     if output.show:
         typer.echo(f"wrote {contact_sheet(hits, output.show)}", err=True)
@@ -59,15 +56,15 @@ def _output(hits, output: SearchOutput, title: str, name: str, index) -> None:
 
 
 @app.command()
-@user_errors
-@with_index_at
-@with_search_filters
-@with_search_output
+@opts.user_errors
+@opts.with_index_at
+@opts.with_search_filters
+@opts.with_search_output
 def query(
     text: Annotated[str, typer.Argument(help="What to look for, e.g. 'red apple behind the rabbit'.")],
     *,
-    at: IndexAt,
-    output: SearchOutput,
+    at: opts.IndexAt,
+    output: opts.SearchOutput,
     filters: SearchFilters,
 ) -> None:
     """Rank the index's segments against a text."""
@@ -78,29 +75,21 @@ def query(
 
 
 @app.command()
-@user_errors
-@with_index_at
-@with_search_filters
-@with_search_output
+@opts.user_errors
+@opts.with_index_at
+@opts.with_search_filters
+@opts.with_search_output
 def similar(
     segment_id: Annotated[
         Optional[int], typer.Argument(help="A segment id from a query result (or use --image).")
     ] = None,
-    image: Annotated[
-        Optional[Path], typer.Option("--image", help="Search for a region of this photo (need not be indexed).")
-    ] = None,
-    point: Annotated[
-        Optional[str], typer.Option("--point", help="With --image: X,Y in pixels; SAM picks the region there.")
-    ] = None,
-    box: Annotated[
-        Optional[str], typer.Option("--box", help="With --image: X,Y,W,H in pixels; SAM picks the region in it.")
-    ] = None,
-    mask: Annotated[
-        Optional[Path], typer.Option("--mask", help="With --image: a PNG whose non-zero pixels are the region.")
-    ] = None,
+    image: RegionPhotoOpt = None,
+    point: PointOpt = None,
+    box: BoxOpt = None,
+    mask: MaskOpt = None,
     *,
-    at: IndexAt,
-    output: SearchOutput,
+    at: opts.IndexAt,
+    output: opts.SearchOutput,
     filters: SearchFilters,
 ) -> None:
     """Segments most like a given one (query by example), or like a region of any photo."""
@@ -141,8 +130,8 @@ def similar(
 
 
 @app.command()
-@user_errors
-@with_index_at
+@opts.user_errors
+@opts.with_index_at
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
@@ -163,7 +152,7 @@ def serve(
         ),
     ] = None,
     *,
-    at: IndexAt,
+    at: opts.IndexAt,
 ) -> None:
     """Search page and JSON API over an index (docs at /docs); picks up what a running indexer adds."""
     from usesearch.indexer.web import serve as run_server
@@ -181,17 +170,17 @@ def serve(
 
 
 @app.command()
-@user_errors
+@opts.user_errors
 def demo(
     ctx: typer.Context,
     query_text: Annotated[
         str,
         typer.Argument(help="Text to search for."),
-        Formerly("--query", note="`demo --query TEXT` is now `demo TEXT`"),
+        opts.Formerly("--query", note="`demo --query TEXT` is now `demo TEXT`"),
     ] = "a cat's face",
-    preset: PresetOpt = None,
+    preset: opts.PresetOpt = None,
     demo_dir: Annotated[
-        Path, typer.Option("--demo-dir", help="Folder for the sample photos and the index."), Formerly("--out")
+        Path, typer.Option("--demo-dir", help="Folder for the sample photos and the index."), opts.Formerly("--out")
     ] = Path("usesearch-demo"),
 ) -> None:
     """Offline demo: index scikit-image's bundled photos and run a query (tiny preset where weights are missing)."""
@@ -201,7 +190,7 @@ def demo(
     preset = preset or "b16"
     missing = [s for s in preset_status(get_preset(preset)) if not s.present]
     if missing:
-        console.print(
+        opts.console.print(
             f"{preset} weights are not on this machine ({', '.join(s.component for s in missing)}; "
             f"`usesearch models pull {preset}` fetches them): running with the random-weight 'tiny' preset, "
             "so the ranking below shows the pipeline working, not real matches.",
@@ -218,7 +207,7 @@ def demo(
     ):
         with commands[args[0]].make_context(args[0], args[1:], parent=ctx) as run:
             commands[args[0]].invoke(run)
-    console.print(f"Browse these segments: usesearch serve --db {db}  (then open http://127.0.0.1:8000)")
+    opts.console.print(f"Browse these segments: usesearch serve --db {db}  (then open http://127.0.0.1:8000)")
 
 
 def _write_sample_photos(folder: Path) -> Path:

@@ -8,13 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from usesearch.cli.options import DeviceOpt, Formerly, PresetOpt, Typer, console, user_errors
+from usesearch.cli import options as opts
 
-app = Typer()
+app = opts.Typer()
 
 
 @app.command()
-@user_errors
+@opts.user_errors
 def train(
     datasets: Annotated[
         list[Path], typer.Argument(help="Curated dataset folders (usesearch curate run).", exists=True, file_okay=False)
@@ -22,9 +22,9 @@ def train(
     run_dir: Annotated[
         Path,
         typer.Option("--run-dir", help="Run folder: head checkpoints, optimizer state, log.csv."),
-        Formerly("--out"),
+        opts.Formerly("--out"),
     ],
-    preset: PresetOpt = None,
+    preset: opts.PresetOpt = None,
     epochs: Annotated[int, typer.Option(min=1)] = 5,
     batch_images: Annotated[int, typer.Option(min=1, help="Images per batch (all their segments).")] = 32,
     lr: Annotated[float, typer.Option()] = 1e-3,
@@ -36,7 +36,7 @@ def train(
         bool, typer.Option("--resume", help="Continue the run in --run-dir exactly where it stopped.")
     ] = False,
     seed: Annotated[int, typer.Option()] = 0,
-    device: DeviceOpt = None,
+    device: opts.DeviceOpt = None,
 ) -> None:
     """Train the USE head (LLNs, block scales, projection) with the segment-text contrastive loss."""
     from tqdm import tqdm
@@ -72,6 +72,6 @@ def train(
 
     head = trainer.run(progress)
     bar.close()
-    console.print(
+    opts.console.print(
         f"trained {trainer.step} steps on {len(samples)} images; head: {head} (use it with --head {run_dir / 'head'})"
     )

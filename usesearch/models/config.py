@@ -12,8 +12,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True, kw_only=True)
+class BackboneConfig:
+    """What the USE encoder needs of either backbone: the side of the image fed to it
+    and its patch size (their ratio is the patch grid, which must be the same for both
+    backbones), and the seed of its weights where they are seeded-random."""
+
+    image_size: int
+    patch_size: int
+    seed: int = 0
+
+
 @dataclass(frozen=True)
-class ClipConfig:
+class ClipConfig(BackboneConfig):
     """A CLIP model built by open_clip.
 
     ``model_name`` is an open_clip config name; ``custom_config`` (tiny preset)
@@ -25,23 +36,17 @@ class ClipConfig:
 
     model_name: str
     pretrained: str | None
-    image_size: int
-    patch_size: int
     custom_config: dict[str, Any] | None = None
-    seed: int = 0
 
 
 @dataclass(frozen=True)
-class DinoConfig:
+class DinoConfig(BackboneConfig):
     """A DINOv2 ViT built by timm (``pretrained`` selects its hub weights)."""
 
     timm_name: str
     pretrained: bool
-    image_size: int
-    patch_size: int
     last_blocks: int = 6  # paper §3.2 / §4.2: only the last 6 DINOv2 blocks
     overrides: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
 
 
 @dataclass(frozen=True)
