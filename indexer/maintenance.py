@@ -27,24 +27,24 @@ they have mapped stays readable until they unmap it.
 from __future__ import annotations
 
 import os
-import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from usesearch.errors import EverythingGoneError, UsesearchError
 from usesearch.reports import RunReport
 
-from . import faiss_gpu, index_choice, vector_files, vectors
+from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE, check_db_dir, open_store, writer_lock
+from .leftovers import gone_images, live_rows, under_folders
 from .options import IndexOptions
 from .records import IndexInfo, SegmentRecord
 from .store import Store
-from .writer import Writer
+from .writer import Writer, calibrate_index
 
 
 # -- reindex -----------------------------------------------------------------------------
@@ -55,11 +55,19 @@ def reindex(
     faiss_device: str | None = None,
     shard_size: int | None = None,
     build: Callable[[Store, int, str, str | None, int], vectors.Vectors] | None = None,
+    recall_target: float | None = None,
+    text_queries: bool = True,
+    queries: Mapping[str, np.ndarray] | None = None,
 ) -> int:
     """Rebuild the FAISS file from the stored embeddings, optionally with another
     factory or another shard size (segments per shard; 0: one shard). ``build``:
     how the index is filled (``vectors.rebuild``, or ``distributed.rebuild_on_ray``
-    to fill the shards in parallel on Ray)."""
+    to fill the shards in parallel on Ray). A compressed index is then calibrated
+    (``calibration.py``) for ``recall_target`` (None: the one asked for last, else
+    0.95), with text queries through the index's model when ``text_queries`` and it
+    loads (a few seconds, small beside a rebuild), else with image queries only;
+    ``queries`` (typed query vectors by kind, e.g. ``{"text": array}``) stand for
+    the model's: then it is not loaded."""
     db_dir = Path(db_dir)
     faiss_device = faiss_gpu.resolve(faiss_device)
     store = open_store(db_dir, db_url)  # refuses a folder with no index before the lock creates one
@@ -82,6 +90,9 @@ def reindex(
             vector_files.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)
             store.set_factory(factory, mode)
             store.set_shard_size(shard_size)
+            if vectors.ivf_of(index.index) is not None and index.ntotal:  # the index calibration tunes
+                model = calibration.model_for(info) if text_queries and not queries else None
+                calibrate_index(db_dir, store, index, model, recall_target, queries)
             return int(index.ntotal)
         finally:
             store.close()
@@ -95,41 +106,6 @@ class PruneReport(RunReport):
     embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
     loop_seconds: float = 0.0
     interrupted: bool = False
-
-
-def file_gone(fs_path: bytes) -> str | None:
-    """Why a file indexed earlier cannot be indexed now (None: it still can): missing,
-    no longer a regular file, or unreadable. Content changes are ``index``'s job."""
-    try:
-        st = os.stat(fs_path)
-    except FileNotFoundError:
-        return "missing"
-    except OSError as exc:
-        return f"cannot be reached ({exc.strerror})"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file any more"
-    if not os.access(fs_path, os.R_OK):
-        return "not readable"
-    return None
-
-
-def under_folders(images, under: list[str | os.PathLike] | None):
-    """The (id, fs_path, path) rows whose files lie under ``under`` (all when None)."""
-    if not under:
-        return list(images)
-    # abspath, as the indexer's walk keys files: a folder named through a symlink matches.
-    roots = [os.fsencode(os.path.abspath(os.fspath(p))).rstrip(b"/") + b"/" for p in under]
-    return [row for row in images if any(bytes(row[1]).startswith(root) for root in roots)]
-
-
-def gone_images(images) -> list[tuple[int, str, str]]:
-    """(id, path, why) of the images whose files are gone."""
-    out = []
-    for image_id, fs_path, path in images:
-        why = file_gone(bytes(fs_path))
-        if why:
-            out.append((image_id, path, why))
-    return out
 
 
 ALL_GONE_GUARD = 10
@@ -185,18 +161,6 @@ class CompactReport:
     chunks_removed: int = 0
     rows_moved: int = 0
     bytes_freed: int = 0
-
-
-def live_rows(store: Store) -> dict[int, int]:
-    """Committed segments per chunk."""
-    with store.sessions() as s:
-        return dict(s.execute(select(SegmentRecord.vec_chunk, func.count()).group_by(SegmentRecord.vec_chunk)).all())
-
-
-def dead_bytes(store: Store) -> int:
-    """Bytes of the embedding files that no committed segment refers to."""
-    files = store.files()
-    return files.bytes_on_disk() - sum(live_rows(store).values()) * files.row_bytes
 
 
 def compact(store: Store, dead_share: float = DEAD_SHARE) -> CompactReport:

@@ -28,6 +28,7 @@ class IndexOptions:
     faiss_every_s: float = 120.0  # also written at the end and on Ctrl-C
     compile: bool = False  # torch.compile SAM and the backbones (for long GPU runs)
     repair: bool = False  # first drop photos with damaged embedding rows, so this run embeds them again
+    recall_target: float | None = None  # recall@10 a compressed index is calibrated for; None: as stored, else 0.95
 
 
 @dataclass

@@ -42,7 +42,7 @@ def index_paths(
     report = IndexReport(devices=check_devices(options))
     start = time.perf_counter()
     model, masker = load_models(options)  # first: missing weights must not leave an empty index folder behind
-    with Writer(db_dir, options, identity(model, masker, options), paths) as writer:
+    with Writer(db_dir, options, identity(model, masker, options), paths, model) as writer:
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         files = list(walk(paths))
         per_call = max(1, getattr(masker, "images_per_call", 1))

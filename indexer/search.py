@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,12 @@ from usesearch.masks import region as region_lib
 from usesearch.models.factory import load_model
 from usesearch.models.model import SegmentEmbedder
 
-from . import faiss_gpu, index_choice, vector_files, vectors
+from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .embeddings import top_rows
 from .filters import SearchFilters, check_k
 from .folder import DB_FILE, FAISS_FILE, open_store
 from .hits import Hit, to_hits
-from .maintenance import dead_bytes, gone_images
+from .leftovers import dead_bytes, gone_images
 from .records import IndexInfo, info_summary
 from .selection import Selections
 from .store import Store
@@ -87,9 +88,12 @@ class SegmentIndex:
         model: SegmentEmbedder | None = None,
         device: str | None = None,
         faiss_device: str | None = None,
+        loaded: vectors.Vectors | None = None,
     ):
         """``device``: where the models run (``usesearch.devices``); ``faiss_device``:
-        where FAISS searches (``faiss_gpu.resolve``); each defaults on its own."""
+        where FAISS searches (``faiss_gpu.resolve``); each defaults on its own.
+        ``loaded``: the store's FAISS index already in memory (the writer's, to
+        calibrate it), instead of loading its files."""
         self.db_dir = db_dir
         self.store = store
         info = store.info()
@@ -101,14 +105,20 @@ class SegmentIndex:
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
         self._device, self._faiss_device = resolve_device(device), faiss_device  # every model on one device
-        self.index, _ = vector_files.load(
-            db_dir / FAISS_FILE,
-            store,
-            self.info.dim,
-            self.info.factory,
-            faiss_gpu.resolve(faiss_device),
-            self.info.shard_size,
-        )
+        if loaded is not None:
+            self.index = loaded
+        else:
+            self.index, _ = vector_files.load(
+                db_dir / FAISS_FILE,
+                store,
+                self.info.dim,
+                self.info.factory,
+                faiss_gpu.resolve(faiss_device),
+                self.info.shard_size,
+            )
+        # The search effort measured on this very index (None: exact, or not measured).
+        self.calibration = calibration.load(db_dir, self.index)
+        calibration.apply(self.index, self.calibration)
         self._selections = Selections(store, lambda: self.index.ntotal)
         self._index_lock = ReadWriteLock()
         self._model_lock = threading.Lock()
@@ -237,7 +247,8 @@ class SegmentIndex:
         index's ids per query would cost more than it saves.
 
         ``nprobe`` (clusters visited) and ``rerank`` (candidates re-scored exactly)
-        trade speed for recall on a compressed index; None: the index's own."""
+        trade speed for recall on a compressed index; None: the index's own
+        (``calibration.py``: measured on its data)."""
         check_k(k)
         filters = filters or SearchFilters()
         per_image, min_score, distinct = filters.per_image, filters.min_score, filters.distinct
@@ -274,7 +285,9 @@ class SegmentIndex:
         ids_allowed = None if allowed is None else allowed[:, 0]
         if self.index.exact:
             return self.index.search(vector, fetch, ids_allowed, exclude)
-        wanted = max(fetch, rerank if rerank is not None else index_choice.rerank_candidates(k))
+        if rerank is None:
+            rerank = self.calibration.rerank_for(k) if self.calibration else index_choice.rerank_candidates(k)
+        wanted = max(fetch, rerank)
         _, ids = self.index.search(vector, wanted, ids_allowed, exclude, nprobe=nprobe)
         return self._exact_top(vector, self.store.segment_locations(ids), fetch)
 
@@ -314,6 +327,8 @@ class SegmentIndex:
             "factory": self.info.factory,
             "index_mode": self.info.index_mode,
             "index_choice": self._index_explanation(),
+            "recall": self._recall_explanation(),
+            "calibration": asdict(self.calibration) if self.calibration else None,  # with its curve
             "dim": self.info.dim,
             "vectors": int(self.index.ntotal),
             "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal"),
@@ -326,6 +341,17 @@ class SegmentIndex:
             "faiss_device": self.index.device,
             "faiss_note": faiss_gpu.note(self._faiss_device),
         }
+
+    def _recall_explanation(self) -> str:
+        if self.index.exact:
+            return "1.00: exact search (every segment compared)"
+        if self.calibration is None:
+            nprobe = vectors.ivf_of(self.index.index)
+            return (
+                f"not measured (nprobe {nprobe.nprobe if nprobe else '?'}, rerank {index_choice.rerank_candidates(10)}"
+                "): `usesearch reindex` measures it"
+            )
+        return self.calibration.describe()
 
     def _index_explanation(self) -> str:
         n = int(self.index.ntotal)

@@ -58,7 +58,7 @@ def index_ids(index: faiss.Index) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def _search_params(
+def search_params(
     index: faiss.Index, selector: faiss.IDSelector | None, nprobe: int | None = None
 ) -> faiss.SearchParameters:
     """Search parameters of the right class for the wrapped index (IVF and HNSW check
@@ -195,12 +195,16 @@ class Vectors:
             scores, ids = self._unfiltered().search(query, k)
             found = ids[0] >= 0
             return scores[0][found], ids[0][found]
-        params = _search_params(self.index, selector, nprobe)
+        params = search_params(self.index, selector, nprobe)
         parts = [shard.search(query, min(k, int(shard.ntotal)), params=params) for shard in self.shards if shard.ntotal]
         scores = np.concatenate([p[0][0] for p in parts]) if parts else np.zeros(0, np.float32)
         ids = np.concatenate([p[1][0] for p in parts]) if parts else np.zeros(0, np.int64)
         found = ids >= 0
         return ranked(scores[found], ids[found], k)
+
+    def refresh_mirror(self) -> None:
+        """Copy the index to its GPU mirror again before the next search (after a change of its parameters)."""
+        self._gpu_current = False
 
     def _unfiltered(self) -> faiss.Index:
         """The GPU mirror when there is one (refreshed after changes), else the CPU index."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -18,10 +18,11 @@ import numpy as np
 
 from usesearch.errors import DiskFullError, IndexMismatchError, UsesearchError, is_disk_full
 
-from . import faiss_gpu, index_choice, vector_files, vectors
+from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import FAISS_FILE, db_url_for, writer_lock
 from .options import IndexOptions, IndexReport
 from .records import DONE, IndexInfo, info_summary
+from .search import SegmentIndex
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,10 @@ class Writer:
         options: IndexOptions,
         info: IndexInfo | None,
         paths: Sequence[str | os.PathLike] | None = None,
+        model=None,
     ):
         self.db_dir, self.options, self.wanted = db_dir, options, info  # None: the index's own identity
+        self.model = model  # the run's embedder, for text queries when calibrating (None: image queries only)
         self.paths = paths  # the folders being indexed: ``--repair`` drops damaged photos under them only
         self.repaired: list[str] = []  # photos whose damaged embedding rows were dropped, to be embedded again
         self.unrepaired: list[str] = []  # damaged ones outside ``paths``: left as they are
@@ -199,6 +202,20 @@ class Writer:
             self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory, in_sync=self.in_sync
         )
 
+    def calibrate(self, force: bool = False) -> calibration.Calibration | None:
+        """Measure a compressed index's recall and choose its search defaults
+        (``calibration.py``) when it has no calibration of its own yet (new, rebuilt
+        or grown into another index), when another ``recall_target`` is asked, or
+        when ``force``d (``reindex``). Only an IVF index has the knobs it sets: an
+        exact index needs none, and HNSW's search depth is not calibrated."""
+        if vectors.ivf_of(self.index.index) is None or not self.index.is_trained or not self.index.ntotal:
+            return None
+        current = calibration.load(self.db_dir, self.index)
+        target = self.options.recall_target
+        if current is not None and not force and target in (None, current.target):
+            return current
+        return calibrate_index(self.db_dir, self.store, self.index, self.model, target)
+
     def run(self, steps: Iterable[str], report: LoopReport, progress: Callable[[str], object]) -> None:
         """Drive ``steps`` (each commits some images and yields a path for progress),
         writing the FAISS file every ``faiss_every_s``, at the end (after following
@@ -213,6 +230,7 @@ class Writer:
                     last_write = time.monotonic()
             self.index = _follow_growth(self.index, self.store, self.info, self.db_dir)
             self.write()
+            self.calibrate()
         except KeyboardInterrupt:
             report.interrupted = True  # finished images are committed; keep them
             self.write()
@@ -226,6 +244,25 @@ class Writer:
             raise
         finally:
             report.loop_seconds = time.perf_counter() - loop_start
+
+
+def calibrate_index(
+    db_dir: Path,
+    store: Store,
+    index: vectors.Vectors,
+    model=None,
+    target: float | None = None,
+    queries: Mapping[str, np.ndarray] | None = None,
+) -> calibration.Calibration:
+    """Calibrate the writer's index in memory (``calibration.calibrate`` on the real
+    search path) and store the result beside its files. ``target``: None keeps the
+    one asked for last; ``queries``: typed query vectors by kind, instead of the
+    model's vocabulary."""
+    ix = SegmentIndex(db_dir, store, model, loaded=index)
+    measured = calibration.calibrate(ix, model, target or calibration.stored_target(db_dir), queries=queries)
+    calibration.write(db_dir, measured)
+    log.info("%s: calibrated in %.1f s: %s", db_dir, measured.seconds, measured.describe())
+    return measured
 
 
 def _follow_growth(index: vectors.Vectors, store: Store, info: IndexInfo, db_dir: Path) -> vectors.Vectors:

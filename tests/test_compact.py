@@ -11,7 +11,8 @@ from tests.helpers import assert_consistent
 from tests.test_index_scale import synthetic_index
 from usesearch.indexer import SegmentIndex, reindex
 from usesearch.indexer.folder import db_url_for
-from usesearch.indexer.maintenance import compact, dead_bytes
+from usesearch.indexer.leftovers import dead_bytes
+from usesearch.indexer.maintenance import compact
 from usesearch.indexer.store import Store
 
 N, IMAGES, CHUNK = 3_000, 300, 500

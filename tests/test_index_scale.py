@@ -14,12 +14,12 @@ from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
 from usesearch.indexer.store import Store
 
 
-def synthetic_index(db, n=20_000, dim=64, images=200, seed=0):
+def synthetic_index(db, n=20_000, dim=64, images=200, seed=0, noise=0.35):
     """An index of n clustered unit vectors (near-duplicates inside clusters, as CLIP
     scores are), without models: the store, the embedding files and metadata."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((300, dim)).astype(np.float32)
-    data = centres[rng.integers(0, 300, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+    data = centres[rng.integers(0, 300, n)] + noise * rng.standard_normal((n, dim)).astype(np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     db.mkdir(parents=True)
     store = Store(db_url_for(db, None))

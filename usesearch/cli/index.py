@@ -37,6 +37,7 @@ def index(
     faiss_device: opts.FaissDeviceOpt = None,
     db_url: opts.DbUrlOpt = None,
     shard_size: opts.ShardSizeOpt = None,
+    recall_target: opts.RecallTargetOpt = None,
     prune_gone: Annotated[
         bool,
         typer.Option("--prune", help="Also remove images under PATHS whose files are gone since they were indexed."),
@@ -78,6 +79,7 @@ def index(
         device=device,
         faiss_device=faiss_device,
         factory=factory,
+        recall_target=recall_target,
         compile=compile_models,
         repair=repair,
         retry_failed=retry_failed,
@@ -145,6 +147,8 @@ def info(
         print(json.dumps(stats, indent=1, default=str))
         return
     for key, value in stats.items():
+        if key == "calibration":  # its curve: with --json; the line is "recall"
+            continue
         opts.console.print(f"{key:>16}: {value}")
 
 
@@ -202,15 +206,20 @@ def reindex_cmd(
     ] = None,
     shard_size: opts.ShardSizeOpt = None,
     ray: opts.RayOpt = None,
+    recall_target: opts.RecallTargetOpt = None,
 ) -> None:
-    """Rebuild the FAISS file from the embedding files (and choose its type again)."""
+    """Rebuild the FAISS file from the embedding files (and choose its type again); a compressed index
+    is then calibrated: its recall measured and its search effort chosen (shown by `info`)."""
     from usesearch.indexer import reindex
 
     if ray is None:
-        opts.console.print(f"rebuilt FAISS index with {reindex(db, factory, db_url, faiss_device, shard_size)} vectors")
+        count = reindex(db, factory, db_url, faiss_device, shard_size, recall_target=recall_target)
+        opts.console.print(f"rebuilt FAISS index with {count} vectors")
         return
     from usesearch.indexer.distributed import ray_session, rebuild_on_ray
 
     with ray_session(ray):
-        count = reindex(db, factory, db_url, faiss_device, shard_size, build=rebuild_on_ray)
+        count = reindex(
+            db, factory, db_url, faiss_device, shard_size, build=rebuild_on_ray, recall_target=recall_target
+        )
     opts.console.print(f"rebuilt FAISS index with {count} vectors, its shards filled on Ray")

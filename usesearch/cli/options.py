@@ -14,13 +14,18 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 
 from usesearch.errors import UsesearchError, first_line, is_disk_full
 from usesearch.masks.settings import SAM_SETTINGS, SamSettings
+
+from .spellings import Formerly as Formerly
+from .spellings import Typer as Typer
+from .spellings import deprecated as deprecated
+from .spellings import signature_of
 
 if TYPE_CHECKING:
     from usesearch.indexer.filters import SearchFilters
@@ -29,94 +34,6 @@ if TYPE_CHECKING:
 # instructions to rich; the few styled words say so with ``Text(..., style=...)``.
 console = Console(markup=False)
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
-
-
-# -- old spellings, kept for one release -------------------------------------------------
-def deprecated(note: str) -> None:
-    print(f"deprecated: {note}; the old spelling goes in the next release", file=sys.stderr)
-
-
-class Formerly:
-    """Annotated metadata: an old spelling (one or more flags) of the option or
-    argument it annotates. ``note`` is the deprecation line (default: "`OLD` is now `NEW`")."""
-
-    def __init__(self, *flags: str, note: str = ""):
-        self.flags, self.note = flags, note
-
-
-def signature_of(fn: Callable[..., Any]) -> inspect.Signature:
-    """``fn``'s signature with its parameters' annotations evaluated, as Typer reads
-    them (the Annotated objects). An annotation naming what is imported only for type
-    checking stays as written: such a parameter is no option, it receives a group's object."""
-    signature = inspect.signature(fn)
-    namespace = vars(sys.modules[inspect.unwrap(fn).__module__])
-
-    def evaluated(annotation: Any) -> Any:
-        try:
-            return eval(annotation, namespace) if isinstance(annotation, str) else annotation
-        except NameError:
-            return annotation
-
-    return signature.replace(
-        parameters=[p.replace(annotation=evaluated(p.annotation)) for p in signature.parameters.values()],
-        return_annotation=inspect.Signature.empty,
-    )
-
-
-def taking_old_spellings(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``command`` with a hidden option for each old spelling its parameters declare.
-
-    An old spelling given hands its value to the parameter as the context's default
-    for it (click's ``default_map``): the parameter is processed after the options on
-    the command line, so it finds the value there and runs it through its own type and
-    checks, and a required parameter is not missing. Given as well, the new spelling wins."""
-    signature = signature_of(command)
-    aliases = []
-    for param in signature.parameters.values():
-        olds = [m for m in get_args(param.annotation)[1:] if isinstance(m, Formerly)]
-        for i, old in enumerate(olds):
-            hidden = typer.Option(*old.flags, hidden=True, expose_value=False, callback=_handing_to(param.name, old))
-            annotation: Any = Annotated[Optional[get_args(param.annotation)[0]], hidden]
-            aliases.append(
-                inspect.Parameter(f"{param.name}__formerly_{i}", KEYWORD_ONLY, default=None, annotation=annotation)
-            )
-    if not aliases:
-        return command
-
-    @functools.wraps(command)
-    def taking(*args: Any, **kwargs: Any) -> Any:
-        for alias in aliases:
-            kwargs.pop(alias.name, None)
-        return command(*args, **kwargs)
-
-    parameters = [*signature.parameters.values(), *aliases]
-    taking.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]  # read by Typer
-    taking.__annotations__ = {p.name: p.annotation for p in parameters}
-    return taking
-
-
-def _handing_to(name: str, old: Formerly) -> Callable[..., None]:
-    def hand(ctx: typer.Context, value: Any) -> None:
-        if value is None or (isinstance(value, (list, tuple)) and not value):
-            return
-        if not ctx.resilient_parsing:
-            deprecated(old.note or f"`{max(old.flags, key=len)}` is now `--{name.replace('_', '-')}`")
-        ctx.default_map = {**(ctx.default_map or {}), name: value}
-
-    return hand
-
-
-class Typer(typer.Typer):
-    """A group of usesearch commands: each takes the old spellings its parameters declare."""
-
-    def command(self, *args: Any, **kwargs: Any) -> Any:
-        register = super().command(*args, **kwargs)
-
-        def decorator(command: Callable[..., Any]) -> Callable[..., Any]:
-            register(taking_old_spellings(command))
-            return command
-
-        return decorator
 
 
 def shared_options(into: str, make: Callable[..., Any]):
@@ -207,6 +124,15 @@ ShardSizeOpt = Annotated[
     ),
 ]
 # A bare --ray is filled in as --ray local by the entry point (``app.main``).
+RecallTargetOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--recall-target",
+        min=0.0,
+        max=1.0,
+        help="Recall@10 a compressed index is calibrated for (default: as last asked, else 0.95); shown by `info`.",
+    ),
+]
 RayOpt = Annotated[
     Optional[str],
     typer.Option(

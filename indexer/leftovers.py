@@ -1,0 +1,61 @@
+"""What an index holds that its photos no longer need, measured without writing:
+images whose files are gone since indexing (``prune`` removes them) and embedding
+bytes no committed segment refers to (``compact`` gives them back). ``usesearch
+info`` reads them; the writes that act on them are in ``maintenance.py``."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from sqlalchemy import func, select
+
+from .records import SegmentRecord
+from .store import Store
+
+
+def file_gone(fs_path: bytes) -> str | None:
+    """Why a file indexed earlier cannot be indexed now (None: it still can): missing,
+    no longer a regular file, or unreadable. Content changes are ``index``'s job."""
+    try:
+        st = os.stat(fs_path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot be reached ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file any more"
+    if not os.access(fs_path, os.R_OK):
+        return "not readable"
+    return None
+
+
+def under_folders(images, under: list[str | os.PathLike] | None):
+    """The (id, fs_path, path) rows whose files lie under ``under`` (all when None)."""
+    if not under:
+        return list(images)
+    # abspath, as the indexer's walk keys files: a folder named through a symlink matches.
+    roots = [os.fsencode(os.path.abspath(os.fspath(p))).rstrip(b"/") + b"/" for p in under]
+    return [row for row in images if any(bytes(row[1]).startswith(root) for root in roots)]
+
+
+def gone_images(images) -> list[tuple[int, str, str]]:
+    """(id, path, why) of the images whose files are gone."""
+    out = []
+    for image_id, fs_path, path in images:
+        why = file_gone(bytes(fs_path))
+        if why:
+            out.append((image_id, path, why))
+    return out
+
+
+def live_rows(store: Store) -> dict[int, int]:
+    """Committed segments per chunk."""
+    with store.sessions() as s:
+        return dict(s.execute(select(SegmentRecord.vec_chunk, func.count()).group_by(SegmentRecord.vec_chunk)).all())
+
+
+def dead_bytes(store: Store) -> int:
+    """Bytes of the embedding files that no committed segment refers to."""
+    files = store.files()
+    return files.bytes_on_disk() - sum(live_rows(store).values()) * files.row_bytes
