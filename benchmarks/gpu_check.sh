@@ -8,13 +8,16 @@ set -e
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+# The stage folders import as usesearch.indexer etc. through links in usesearch/; a copy
+# of the tree that dropped them gets them back.
+for stage in indexer curation training; do [ -e "usesearch/$stage" ] || ln -s "../$stage" "usesearch/$stage"; done
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv | tee "$OUT/gpu.txt"
 # 1. The CUDA parts of the suite that a CPU cannot run: the generator's masks against
 #    stock's on the GPU (bf16 tolerance), run-length coding on the device.
 timeout 60 python3 - <<'PY' 2>&1 | tee "$OUT/checks.txt"
 import numpy as np, torch
-from usesearch import rle
+from usesearch.masks import rle
 import torch.nn.functional as F
 masks = F.interpolate(torch.rand(64, 1, 24, 32, device="cuda"), size=(768, 1024), mode="bilinear")[:, 0] > 0.5  # blobs
 assert rle.encode_runs(masks) == rle.encode_stack(masks.cpu().numpy()), "RLE on the GPU differs from pycocotools"
