@@ -239,25 +239,20 @@ def query_vectors(
 
 def exact_top(store: Store, vectors: np.ndarray, excluded: np.ndarray, k: int = K) -> np.ndarray:
     """[m, k] ids of each query's exact top ``k`` over the stored float16 rows (as
-    the search re-scores them; ties: the lower id), excluding its own; one streamed
-    pass over the embedding files in blocks."""
-    m = len(vectors)
-    best_scores = np.full((m, 0), -np.inf, np.float32)
-    best_ids = np.zeros((m, 0), np.int64)
+    the search re-scores them), excluding its own; one streamed pass over the
+    embedding files in blocks, merged by FAISS's ``ResultHeap``."""
+    heap = faiss.ResultHeap(len(vectors), k, keep_max=True)
     for ids, batch in store.embeddings():
         scores = vectors @ batch.T  # [m, b]
-        own = excluded[:, None] == ids[None, :]
-        scores[own] = -np.inf
-        if scores.shape[1] > k:
+        scores[excluded[:, None] == ids[None, :]] = -np.inf
+        if scores.shape[1] > k:  # each block's own top k first: the heap then sees [m, k], not [m, b]
             top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
             scores, block_ids = np.take_along_axis(scores, top, 1), ids[top]
         else:
             block_ids = np.broadcast_to(ids, scores.shape)
-        all_scores = np.concatenate([best_scores, scores], 1)
-        all_ids = np.concatenate([best_ids, block_ids], 1)
-        order = np.lexsort((all_ids, -all_scores), axis=-1)[:, :k]
-        best_scores, best_ids = np.take_along_axis(all_scores, order, 1), np.take_along_axis(all_ids, order, 1)
-    return best_ids
+        heap.add_result(np.ascontiguousarray(scores, np.float32), np.ascontiguousarray(block_ids, np.int64))
+    heap.finalize()
+    return heap.I
 
 
 def _candidates(index: Vectors, vectors: np.ndarray, excluded: np.ndarray, fetch: int, nprobe: int) -> list:
