@@ -258,7 +258,7 @@ def calibrate_index(
     search path) and store the result beside its files. ``target``: None keeps the
     one asked for last; ``queries``: typed query vectors by kind, instead of the
     model's vocabulary."""
-    ix = SegmentIndex(db_dir, store, model, loaded=index)
+    ix = SegmentIndex(db_dir, store, model, loaded=index, locations="memory")  # timed as a server searches
     measured = calibration.calibrate(ix, model, target or calibration.stored_target(db_dir), queries=queries)
     calibration.write(db_dir, measured)
     log.info("%s: calibrated in %.1f s: %s", db_dir, measured.seconds, measured.describe())

@@ -116,7 +116,9 @@ def serve(
 
     token = token or os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)  # before the slow model load: a refusal should be instant
-    index = SegmentIndex.open(Path(db_dir), db_url=db_url, device=device, faiss_device=faiss_device)
+    index = SegmentIndex.open(
+        Path(db_dir), db_url=db_url, device=device, faiss_device=faiss_device, locations="background"
+    )  # a server answers many searches: candidates' locations are held in memory once built
     try:
         allowed_hosts = [*LOOPBACK_NAMES, host] if is_loopback(host) else None
         uvicorn.Server(
