@@ -55,6 +55,22 @@ def members(rng, centres, spread, labels) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+def concept_weights(n_concepts: int) -> np.ndarray:
+    """How often each concept is drawn for a stored segment: a few common concepts, a long tail."""
+    weights = 1.0 / np.arange(1, n_concepts + 1) ** 0.7
+    return weights / weights.sum()
+
+
+def of_size(n: int, n_concepts: int, members_wanted: int, count: int) -> np.ndarray:
+    """``count`` concepts (clustered and hard alternating, as the generator makes them)
+    whose expected number of stored members is nearest ``members_wanted``."""
+    expected = n * concept_weights(n_concepts)
+    order = np.argsort(np.abs(np.log(expected / members_wanted)), kind="stable")
+    clustered = [c for c in order if c % 2 == 0][: count // 2]
+    hard = [c for c in order if c % 2 == 1][: count - count // 2]
+    return np.array(clustered + hard)
+
+
 def build(folder: Path, n: int, rng, centres, spread) -> float:
     start = time.perf_counter()
     store = Store(db_url_for(folder, None))
@@ -89,8 +105,7 @@ def build(folder: Path, n: int, rng, centres, spread) -> float:
                     for i in range(lo, min(images, lo + BATCH))
                 ],
             )
-    weights = 1.0 / np.arange(1, len(centres) + 1) ** 0.7  # a few common concepts, a long tail
-    weights /= weights.sum()
+    weights = concept_weights(len(centres))
     rle = "PPP1e0P2001O0000O1O001N101O001O0O2N1O1O1N2N1O2N2N2M3M3M4K6J8G]Q`0"  # a typical small mask
     for lo in range(0, n, BATCH):
         count = min(BATCH, n - lo)
@@ -167,6 +182,35 @@ def sweep(ix: SegmentIndex, queries: np.ndarray, truth: np.ndarray, picks: np.nd
         )
 
 
+def recall_by_concept_size(
+    ix: SegmentIndex, rng, centres: np.ndarray, spread: np.ndarray, n: int, per_size: int
+) -> None:
+    """Recall@10 at the index's defaults of queries whose concept has about 10, 100 or
+    1,000 stored members (expected counts; the generator draws concepts by weight)."""
+    expected = n * concept_weights(len(centres))
+    picks = {size: of_size(n, len(centres), size, per_size) for size in (10, 100, 1000)}
+    flat = np.concatenate(list(picks.values()))
+    queries = members(rng, centres, spread, flat)
+    (_, truth), _ = exact_top(ix.store, queries, lambda ids: np.zeros(len(ids), bool))
+    print("recall@10 by the query concept's size (the defaults):")
+    at = 0
+    for size, chosen in picks.items():
+        times, recall = [], []
+        for q, t in zip(queries[at : at + len(chosen)], truth[at : at + len(chosen)]):
+            start = time.perf_counter()
+            found = {h.segment_id for h in ix.search_vector(q, 10)}
+            times.append(time.perf_counter() - start)
+            recall.append(len(found & set(t[:10].tolist())) / 10)
+        at += len(chosen)
+        got = np.array(recall)
+        print(
+            f"  ~{size:>5} members ({expected[chosen].min():.0f}-{expected[chosen].max():.0f} expected): "
+            f"clustered {got[chosen % 2 == 0].mean():.3f}, hard {got[chosen % 2 == 1].mean():.3f}   "
+            f"{percentiles(times)}",
+            flush=True,
+        )
+
+
 def held_out(centres: np.ndarray, spread: np.ndarray, count: int) -> dict[str, np.ndarray] | None:
     """``count`` queries of the benchmark's own kind for calibration, from another seed
     than the measured ones: by kind, clustered and hard as they come (about half each)."""
@@ -216,6 +260,12 @@ def main() -> None:
         default="16:200 64:1000 256:4000 1024:10000",
         help="NPROBE:RERANK settings to measure recall at (compressed index only)",
     )
+    parser.add_argument(
+        "--per-size",
+        type=int,
+        default=20,
+        help="queries for each concept size (about 10, 100, 1,000 members) whose recall is reported (0: none)",
+    )
     args = parser.parse_args()
     if args.exact_up_to is not None:
         index_choice.EXACT_UP_TO = args.exact_up_to
@@ -238,6 +288,21 @@ def main() -> None:
             reindex(folder, faiss_device=args.faiss_device, queries=held_out(centres, spread, args.calibration_queries))
             index_s = time.perf_counter() - start
         ix = SegmentIndex.open(folder, device="cpu", faiss_device=args.faiss_device)
+        picks = rng.integers(0, args.concepts, args.queries)
+        queries = members(rng, centres, spread, picks)  # near a concept but not a stored vector, like a text query
+        if not ix.index.exact:  # re-scoring's locations: asked of the catalog per search, then held in memory
+            times = []
+            for q in queries:
+                t = time.perf_counter()
+                ix.search_vector(q, 10)
+                times.append(time.perf_counter() - t)
+            start = time.perf_counter()
+            ix.hold_locations()
+            print(
+                f"locations of re-scored candidates: from the catalog, query {percentiles(times)}; "
+                f"held in memory ({time.perf_counter() - start:.1f} s to build, "
+                f"{ix.stats()['location_map_bytes'] / args.n:.1f} B per segment): see below"
+            )
         stats = ix.stats()
         print(f"index: {stats['index_choice']}")
         if ix.calibration is not None:
@@ -256,8 +321,6 @@ def main() -> None:
             f"FAISS {(folder / FAISS_FILE).stat().st_size / args.n:.0f})"
         )
 
-        picks = rng.integers(0, args.concepts, args.queries)
-        queries = members(rng, centres, spread, picks)  # near a concept but not a stored vector, like a text query
         images = max(1, args.n // 100)
 
         def in_folder(ids: np.ndarray) -> np.ndarray:  # the images of PATH_1PC (see build)
@@ -308,6 +371,8 @@ def main() -> None:
             print(f"  p50 predicted {cal.p50_ms:.1f} ms / measured {p50:.1f} ms ({cal.note or 'image queries'})")
         if not ix.index.exact:
             sweep(ix, queries, truth, picks, args.sweep)
+        if args.per_size:
+            recall_by_concept_size(ix, rng, centres, spread, args.n, args.per_size)
         ix.close()
     finally:
         if args.folder is None:

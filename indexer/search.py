@@ -134,12 +134,9 @@ class SegmentIndex:
         self._selections = Selections(store, lambda: self.index.ntotal)
         self._index_lock = ReadWriteLock()
         self._model_lock = threading.Lock()
-        self._locations = LocationMap(store) if locations != "catalog" and not self.index.exact else None
-        if self._locations is not None:
-            if locations == "memory":
-                self._locations.sync()
-            else:
-                threading.Thread(target=self._locations.sync, name="usesearch-locations", daemon=True).start()
+        self._locations: LocationMap | None = None
+        if locations != "catalog":
+            self.hold_locations(background=locations == "background")
 
     @classmethod
     def open(
@@ -172,6 +169,18 @@ class SegmentIndex:
                 f"{self._model.fingerprint}. Query it with the model it was built with."
             )
         return self._model
+
+    def hold_locations(self, background: bool = False) -> None:
+        """From now on, look re-scored candidates' locations up in memory (a
+        ``LocationMap``), built now or, with ``background``, in a thread while searches
+        still ask the catalog. An exact index re-scores nothing: it holds none."""
+        if self._locations is not None or self.index.exact:
+            return
+        self._locations = LocationMap(self.store)
+        if background:
+            threading.Thread(target=self._locations.sync, name="usesearch-locations", daemon=True).start()
+        else:
+            self._locations.sync()
 
     # -- freshness ---------------------------------------------------------------
     def refresh(self) -> None:
@@ -357,6 +366,7 @@ class SegmentIndex:
             "vectors": int(self.index.ntotal),
             "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal"),
             "bytes_faiss": sum(p.stat().st_size for p in vector_files.shard_files(self.db_dir / FAISS_FILE)),
+            "location_map_bytes": self._locations.nbytes if self._locations is not None else 0,  # (a server's)
             "shards": len(self.index.shards),
             **gone,  # since indexing: `usesearch prune` removes them
             "shard_size": self.info.shard_size,
