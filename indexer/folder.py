@@ -10,7 +10,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from usesearch.errors import IndexLockedError, UsesearchError
+from usesearch.errors import IndexLockedError, IndexUpgradeNeededError, UsesearchError
 
 from .store import Store
 
@@ -41,7 +41,22 @@ def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False)
     db_dir = check_db_dir(db_dir)
     if db_url is None and not (db_dir / DB_FILE).is_file():
         raise UsesearchError(f"no index at {db_dir} (no {DB_FILE}); run `usesearch index PATH --db {db_dir}` first")
-    return Store(db_url_for(db_dir, db_url), read_only=read_only, folder=db_dir)
+    url = db_url_for(db_dir, db_url)
+    try:
+        return Store(url, read_only=read_only, folder=db_dir)
+    except IndexUpgradeNeededError:
+        if not os.access(db_dir, os.W_OK):
+            raise
+    # An index made by an older usesearch, opened to be read: upgraded first (the columns
+    # added are cheap, none is lost), as its writer would, holding the writer's lock.
+    try:
+        with writer_lock(db_dir):
+            Store(url, folder=db_dir).close()
+    except IndexLockedError:
+        raise IndexUpgradeNeededError(
+            f"this index needs an upgrade, which waits for the indexer writing to {db_dir} to finish"
+        ) from None
+    return Store(url, read_only=True, folder=db_dir)
 
 
 def _write_pid(fd: int) -> None:

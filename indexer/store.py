@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from usesearch.errors import CatalogUnavailableError, UsesearchError, first_line
+from usesearch.errors import CatalogUnavailableError, IndexUpgradeNeededError, UsesearchError, first_line
 
 from . import identity, migrations
 from .catalog import immutable_url, server_url, shown_url, sqlite_pragmas, sqlite_read_pragmas, while_reachable
@@ -102,9 +102,9 @@ class Store(SearchLookups):
                 )
             missing = migrations.missing_columns(self.engine)
             if missing:
-                raise UsesearchError(
-                    f"this index needs an upgrade ({', '.join(missing[:3])} missing): run `usesearch info` on it once "
-                    "where it is writable, or `usesearch index` again"
+                raise IndexUpgradeNeededError(
+                    f"this index needs an upgrade ({', '.join(missing[:3])} missing), which only a writable open "
+                    "makes: run any usesearch command on it where its folder is writable and no indexer is writing"
                 )
         else:
             migrations.upgrade(self.engine, self.folder)

@@ -304,6 +304,28 @@ def test_index_made_by_older_usesearch_is_upgraded_without_losing_segments(small
     assert "embedding" not in columns and {"vec_chunk", "vec_row"} <= columns and (db / "embeddings").is_dir()
 
 
+def test_an_old_index_opened_to_be_read_is_upgraded_first_unless_an_indexer_is_writing(tmp_path):
+    import sqlite3
+
+    from tests.test_index_scale import synthetic_index
+    from usesearch.errors import IndexUpgradeNeededError, first_line
+    from usesearch.indexer.folder import writer_lock
+
+    data = synthetic_index(tmp_path / "db", n=300, dim=16)
+    con = sqlite3.connect(tmp_path / "db" / DB_FILE)
+    con.execute("ALTER TABLE segments DROP COLUMN stability_score")  # a column an older usesearch lacked
+    con.commit()
+    con.close()
+    with writer_lock(tmp_path / "db"):  # an indexer writing: no upgrade under its feet, one line
+        with pytest.raises(IndexUpgradeNeededError) as refused:
+            SegmentIndex.open(tmp_path / "db")
+    assert "waits for the indexer" in first_line(refused.value) and "\n" not in str(refused.value)
+    hits = SegmentIndex.open(tmp_path / "db").search_vector(data[3], 3)  # a reader's open upgrades it
+    assert hits[0].segment_id == 4
+    columns = {r[1] for r in sqlite3.connect(tmp_path / "db" / DB_FILE).execute("PRAGMA table_info(segments)")}
+    assert "stability_score" in columns
+
+
 # -- 9. symlinks stay inside the roots ----------------------------------------------------------
 def test_walk_never_leaves_the_folders_it_was_given(tmp_path):
     outside = write_photos(tmp_path / "outside", ("coffee",))

@@ -71,6 +71,10 @@ class IndexLockedError(UsesearchError):
     """Another indexer is writing to this index."""
 
 
+class IndexUpgradeNeededError(UsesearchError):
+    """An index made by an older usesearch, opened where it cannot be upgraded."""
+
+
 class IndexIdentityError(UsesearchError):
     """A catalog and an index folder that belong to different indexes."""
 
