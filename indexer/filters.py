@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .records import ANNOTATION, PROPOSAL
+
+SOURCES = (ANNOTATION, PROPOSAL)
 MAX_MIN_AREA = 2**40  # past any photo's pixel count, and within every SQL integer type
 
 
@@ -18,6 +21,9 @@ class SearchFilters:
     """``per_image``: only the best segment of each image. ``path``: only images whose
     path matches this glob. ``min_area``: only segments of at least this many pixels.
     ``min_score``: only hits scoring at least this cosine (k may then return fewer).
+    ``label``, ``split``: only annotation segments of this class, of this split (a
+    labelled dataset indexed with ``--coco``). ``source``: only ``"annotation"`` or only
+    ``"proposal"`` segments (a masker's).
     ``distinct``: drop a hit that mostly lies inside, or mostly contains, a better hit
     of the same image. ``nprobe`` (clusters visited) and ``rerank`` (candidates
     re-scored exactly) trade speed for recall on a compressed index; None: the index's own."""
@@ -29,12 +35,20 @@ class SearchFilters:
     distinct: bool = False
     nprobe: int | None = None
     rerank: int | None = None
+    label: str | None = None
+    split: str | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_area <= MAX_MIN_AREA:
             raise ValueError(f"--min-area must be between 0 and {MAX_MIN_AREA} pixels, got {self.min_area}")
         if self.min_score is not None and not (math.isfinite(self.min_score) and -1.0 <= self.min_score <= 1.0):
             raise ValueError(f"--min-score must be a number from -1 to 1 (a cosine), got {self.min_score}")
+        if self.source not in (None, *SOURCES):
+            raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        for name in ("label", "split"):
+            if getattr(self, name) == "":
+                raise ValueError(f"--{name} must name a {'class' if name == 'label' else 'split'}, got ''")
         for name in ("nprobe", "rerank"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -135,6 +135,11 @@ class SearchLookups:
                         seg.rle_counts,
                         seg.predicted_iou,
                         seg.stability_score,
+                        seg.source,
+                        seg.annotation_id,
+                        seg.category,
+                        seg.iscrowd,
+                        seg.split,
                     )
                     .join(ImageRecord)
                     .where(seg.id.in_(wanted[start : start + SQL_PARAMETERS]))
@@ -151,6 +156,11 @@ class SearchLookups:
                         r.rle_counts,
                         r.predicted_iou,
                         r.stability_score,
+                        r.source,
+                        r.annotation_id,
+                        r.category,
+                        r.iscrowd,
+                        r.split,
                     )
         return out
 

@@ -3,7 +3,7 @@ writable open. Each step says what it does in one line; none loses a segment.
 
 - images keyed by their display path -> keyed by the exact path bytes (``fs_path``);
 - float32 embeddings as blobs in the database -> float16 embedding files beside it;
-- new columns that have a default or may be NULL are added.
+- new columns that have a default or may be NULL are added, with the indexes declared on them.
 """
 
 from __future__ import annotations
@@ -73,11 +73,31 @@ def _add_plain_columns(engine: Engine) -> None:
                 )
             ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
             with engine.begin() as conn:
-                if isinstance(default, str):
+                if isinstance(default, bool):  # PostgreSQL takes no integer for a boolean
+                    ddl += f" DEFAULT {'TRUE' if default else 'FALSE'}"
+                elif isinstance(default, str):
                     ddl += f" DEFAULT '{default}'"
                 elif default is not None:
                     ddl += f" DEFAULT {int(default)}"
                 conn.execute(text(ddl))
+    _add_missing_indexes(engine)
+
+
+def _add_missing_indexes(engine: Engine) -> None:
+    """Indexes declared on columns an older table lacked (``create_all`` makes a
+    table's indexes only with the table)."""
+    from .records import Base
+
+    inspector = inspect(engine)
+    tables = set(inspector.get_table_names())
+    for table in Base.metadata.sorted_tables:
+        if table.name not in tables:
+            continue
+        present = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in present:
+                with engine.begin() as conn:
+                    conn.execute(CreateIndex(index))
 
 
 def _images_fs_path(engine: Engine) -> None:

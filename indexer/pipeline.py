@@ -26,7 +26,7 @@ from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage
 from .folder import check_db_dir
 from .options import IndexOptions, IndexReport
-from .records import IndexInfo
+from .records import NO_MASKER, IndexInfo
 from .writer import Writer
 
 
@@ -92,13 +92,17 @@ def check_devices(options: IndexOptions) -> list[str]:
     return [describe_device(resolve_device(options.device)), faiss_gpu.note(options.faiss_device)]
 
 
-def load_models(options: IndexOptions):
-    """(segment embedder, masker) for these options, every model on one device."""
-    device = resolve_device(options.device)
+def load_embedder(options: IndexOptions):
+    """The segment embedder for these options (no masker: a labelled dataset's own masks)."""
     preset = choose_preset(options.preset, options.head)
     embedder = resolve_embedder(preset, options.embedder, options.head)
-    model = load_model(preset, embedder=embedder, device=device, head=options.head)
-    masker = build_masker(options.masker, model.preset, device, **options.masker_options)
+    return load_model(preset, embedder=embedder, device=resolve_device(options.device), head=options.head)
+
+
+def load_models(options: IndexOptions):
+    """(segment embedder, masker) for these options, every model on one device."""
+    model = load_embedder(options)
+    masker = build_masker(options.masker, model.preset, resolve_device(options.device), **options.masker_options)
     if options.compile:
         sam = getattr(getattr(masker, "generator", None), "model", None)
         backbones = model.use.encoder if hasattr(model, "use") else model.model.visual
@@ -107,14 +111,16 @@ def load_models(options: IndexOptions):
 
 
 def identity(model, masker, options: IndexOptions) -> IndexInfo:
+    """The index's identity for this run; ``masker`` None for a labelled dataset's own
+    masks, which any masker's index takes."""
     return IndexInfo(
         preset=model.preset.name,
         embedder=model.kind,
         fingerprint=model.fingerprint,
         head=str(Path(options.head).resolve()) if options.head else None,
         dim=model.dim,
-        masker=masker.name,
-        masker_params=masker.params(),
+        masker=masker.name if masker is not None else NO_MASKER,
+        masker_params=masker.params() if masker is not None else {},
         factory=options.factory or index_choice.choose(0, model.dim).factory,
         index_mode="fixed" if options.factory else "auto",
     )

@@ -10,10 +10,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 DONE, FAILED = "done", "failed"
+# What made a segment (``SegmentRecord.source``): a masker's proposal, or an annotation
+# of a labelled dataset (``usesearch index IMAGES --coco FILE.json``).
+PROPOSAL, ANNOTATION = "proposal", "annotation"
+NO_MASKER = "none"  # IndexInfo.masker of an index holding annotations only, until a masker run names its own
 
 
 class Base(DeclarativeBase):
@@ -88,6 +92,9 @@ class ImageRecord(Base):
     error_class: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(default=1)
+    # False while the photo holds only a labelled dataset's annotations: a masker run
+    # still has to make its proposals (an index made before annotations: every row True).
+    proposals_made: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     updated: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
     segments: Mapped[list[SegmentRecord]] = relationship(back_populates="image", cascade="all, delete-orphan")
 
@@ -110,6 +117,13 @@ class SegmentRecord(Base):
     # The embedding: row ``vec_row`` of chunk file ``vec_chunk`` (see embeddings.py).
     vec_chunk: Mapped[int]
     vec_row: Mapped[int]
+    # PROPOSAL, or ANNOTATION with the COCO annotation's id, class name, iscrowd and
+    # split (the COCO file's stem unless named); NULL for proposals.
+    source: Mapped[str] = mapped_column(String(16), default=PROPOSAL, server_default=PROPOSAL, index=True)
+    annotation_id: Mapped[int | None] = mapped_column(BigInteger)
+    category: Mapped[str | None] = mapped_column(String(256), index=True)
+    iscrowd: Mapped[bool | None] = mapped_column(Boolean)
+    split: Mapped[str | None] = mapped_column(String(128), index=True)
     image: Mapped[ImageRecord] = relationship(back_populates="segments")
 
 
@@ -127,6 +141,54 @@ class SegmentRow:
     rle_counts: str
     predicted_iou: float | None
     stability_score: float | None
+    source: str = PROPOSAL
+    annotation_id: int | None = None
+    category: str | None = None
+    iscrowd: bool | None = None
+    split: str | None = None
+
+
+class AnnotationProblem(Base):
+    """An annotation (or a whole COCO image entry) of a labelled dataset that could not
+    be indexed, and why: a photo missing, a broken RLE or polygon, a duplicate id, an
+    unknown category, an empty mask. Photos that cannot be read are image failures
+    (``ImageRecord``) like any other; these are the dataset's own faults. A re-run of a
+    split records its problems afresh. A table of its own, so an index made before it
+    still opens read-only."""
+
+    __tablename__ = "annotation_problems"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    split: Mapped[str] = mapped_column(String(128), index=True)
+    coco_file: Mapped[str] = mapped_column(Text)
+    file_name: Mapped[str | None] = mapped_column(Text)  # the COCO image entry's, where known
+    annotation_id: Mapped[int | None] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+
+
+class LabelledFile(Base):
+    """Which COCO file(s) each split of a labelled dataset was indexed from: a re-run
+    removes the annotations its file no longer has only where the split is that file's
+    alone (two files indexed as one split keep each other's). A table of its own, so an
+    index made before it still opens read-only."""
+
+    __tablename__ = "labelled_files"
+    split: Mapped[str] = mapped_column(String(128), primary_key=True)
+    coco_file: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    indexed: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
+
+
+class AuditReview(Base):
+    """A person's verdict on one item of an audit list (``usesearch audit``, the web
+    app's audit view): ``ok`` (the label is right) or ``wrong``. Keyed by what the item
+    is, not by its rank or run, so a verdict outlives every re-run of the audit. A table
+    of its own, made on the first verdict where an older index lacks it."""
+
+    __tablename__ = "audit_reviews"
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)  # the list: swapped, overlooked, ...
+    item: Mapped[str] = mapped_column(String(512), primary_key=True)  # e.g. "val:1234" (split:annotation id)
+    verdict: Mapped[str] = mapped_column(String(8))
+    reviewed: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
 
 
 def info_summary(info: IndexInfo) -> str:

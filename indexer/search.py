@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from .hits import Hit, to_hits
 from .leftovers import dead_bytes, gone_images
 from .locations import LocationMap
 from .records import IndexInfo, info_summary
+from .rwlock import ReadWriteLock
 from .selection import Selections
 from .store import Store
 from .vectors import ranked
@@ -36,45 +35,6 @@ LOCATIONS = ("catalog", "memory", "background")  # see SegmentIndex.__init__
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 SCAN_UP_TO = 150_000  # a selection this small is scored exactly from the embedding files (~40 ms on 2 cores),
 # not searched: on a compressed index an IVF's probed lists hold few of a narrow selection's best segments
-
-
-class ReadWriteLock:
-    """Many readers or one writer; a waiting writer holds back new readers. Searches
-    read the FAISS index side by side; only bringing it up to date writes."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._cond:
-            while self._writing or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
 
 
 class SegmentIndex:
@@ -96,14 +56,9 @@ class SegmentIndex:
         """``device``: where the models run (``usesearch.devices``); ``faiss_device``:
         where FAISS searches (``faiss_gpu.resolve``); each defaults on its own.
         ``loaded``: the store's FAISS index already in memory (the writer's, to
-        calibrate it), instead of loading its files.
-
-        ``locations``: how a compressed index learns where its re-scored candidates'
-        embeddings lie. "catalog": asked per search (right for one query: ~2.4 ms per
-        1,000 candidates at 200k, ~10 ms at 10M); "memory": a ``LocationMap`` built now
-        (~1 s per million segments, 6 bytes each), answering in microseconds;
-        "background": built in a thread while the first searches ask the catalog (a
-        server)."""
+        calibrate it), instead of loading its files. ``locations``: where re-scored
+        candidates' rows are looked up: "catalog" (per search: one query), "memory" or
+        "background" (``hold_locations``: a server)."""
         if locations not in LOCATIONS:
             raise ValueError(f"locations must be one of {', '.join(LOCATIONS)}, not {locations!r}")
         self.db_dir = db_dir
@@ -158,6 +113,11 @@ class SegmentIndex:
 
     # -- model -------------------------------------------------------------------
     @property
+    def device(self):
+        """Where this index's models run (``usesearch.devices``)."""
+        return self._device
+
+    @property
     def model(self):
         if self._model is None:
             self._model = load_model(
@@ -171,9 +131,10 @@ class SegmentIndex:
         return self._model
 
     def hold_locations(self, background: bool = False) -> None:
-        """From now on, look re-scored candidates' locations up in memory (a
-        ``LocationMap``), built now or, with ``background``, in a thread while searches
-        still ask the catalog. An exact index re-scores nothing: it holds none."""
+        """From now on, look re-scored candidates' rows up in memory (a ``LocationMap``:
+        ~1 s per million segments to build, 6 bytes each; the catalog costs ~2.4 ms per
+        1,000 candidates at 200k, ~10 ms at 10M), built now or, with ``background``, in
+        a thread while searches still ask the catalog. An exact index holds none."""
         if self._locations is not None or self.index.exact:
             return
         self._locations = LocationMap(self.store)
@@ -196,13 +157,16 @@ class SegmentIndex:
 
     # -- search ------------------------------------------------------------------
     def query(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
+        return self.search_vector(self.text_vector(text), k, filters)
+
+    def text_vector(self, text: str) -> np.ndarray:
+        """A query text through the index's own model (its text encoder, one thread at a time)."""
         if not text or not text.strip():
             raise ValueError("the query text is empty")
         if len(text) > MAX_QUERY_CHARS:
             raise ValueError(f"the query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
         with self._model_lock:
-            vector = self.model.embed_text([text])[0]
-        return self.search_vector(vector, k, filters)
+            return self.model.embed_text([text])[0]
 
     def similar(self, segment_id: int, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         """Segments most like a given one (query by example), itself excluded."""
@@ -284,7 +248,9 @@ class SegmentIndex:
         filters = filters or SearchFilters()
         per_image, min_score, distinct = filters.per_image, filters.min_score, filters.distinct
         self.refresh()
-        allowed, images = self._selections.resolve(filters.path, filters.min_area)
+        allowed, images = self._selections.resolve(
+            filters.path, filters.min_area, filters.label, filters.split, filters.source
+        )
         if images == set() or (allowed is not None and not len(allowed)):
             return []  # nothing can match
         min_area = 0 if allowed is not None else filters.min_area  # or settled by the selection

@@ -1,9 +1,11 @@
 """Which segments a filtered search looks among. A path glob keeping a small share of
 the images, or a ``min_area`` keeping few segments, is resolved in the database into
 an id selection (FAISS searches within it, or its rows are scored exactly); broader
-filters are left to be checked on the candidates. A resolved filter, and the store
-statistics that decide, are kept until the next commit: a user searching one folder
-again and again pays for resolving it once."""
+filters are left to be checked on the candidates. A class, split or source (a
+labelled dataset's ``--label``, ``--split``) is always resolved, through its index:
+no candidate carries them. A resolved filter, and the store statistics that decide,
+are kept until the next commit: a user searching one folder again and again pays for
+resolving it once."""
 
 from __future__ import annotations
 
@@ -32,21 +34,38 @@ class Selections:
         self._cache: dict[Hashable, tuple[int, Any]] = {}
         self._held_rows: tuple[np.ndarray, np.ndarray, float] | None = None
 
-    def resolve(self, path: str | None, min_area: int) -> Selection:
+    def resolve(
+        self,
+        path: str | None,
+        min_area: int,
+        label: str | None = None,
+        split: str | None = None,
+        source: str | None = None,
+    ) -> Selection:
         """(the segments to search within, as [n, 3] (id, chunk, row), or None; image
         ids to check candidates against, or None). Empty means nothing can match."""
-        if not path and not min_area:
+        if not path and not min_area and label is None and split is None and source is None:
             return None, None
-        return self.cached(("selection", path, min_area), lambda: self._resolve(path, min_area))
+        return self.cached(
+            ("selection", path, min_area, label, split, source),
+            lambda: self._resolve(path, min_area, label, split, source),
+        )
 
-    def _resolve(self, path: str | None, min_area: int) -> Selection:
+    def _resolve(
+        self, path: str | None, min_area: int, label: str | None, split: str | None, source: str | None
+    ) -> Selection:
         images = None
+        labelled = label is not None or split is not None or source is not None
         if path:
             images = self.store.image_ids_matching(path)
             if not images:
                 return None, set()
             if len(images) <= PUSHDOWN_SHARE * self.cached("done_images", self.store.done_image_count):
+                if labelled:
+                    return self.store.segment_locations_labelled(label, split, source, min_area, images), None
                 return self.store.segment_locations_of_images(images, min_area), None
+        if labelled:  # the path, where broad, is checked on the candidates
+            return self.store.segment_locations_labelled(label, split, source, min_area), images
         if min_area and images is None:
             sample = self.cached("area_sample", self.store.sample_areas)
             if len(sample) and np.mean(sample >= min_area) * self._ntotal() <= AREA_PUSHDOWN_MAX:

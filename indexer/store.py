@@ -26,6 +26,8 @@ from sqlalchemy.orm import sessionmaker
 from usesearch.errors import CatalogUnavailableError, IndexUpgradeNeededError, UsesearchError, first_line
 
 from . import identity, migrations
+from .annotation_lookups import AnnotationLookups
+from .annotation_writes import AnnotationWrites
 from .catalog import immutable_url, server_url, shown_url, sqlite_pragmas, sqlite_read_pragmas, while_reachable
 from .embeddings import FOLDER as EMBEDDINGS_FOLDER
 from .embeddings import EmbeddingFiles
@@ -35,7 +37,7 @@ from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord, 
 T = TypeVar("T")
 
 
-class Store(SearchLookups):
+class Store(SearchLookups, AnnotationLookups, AnnotationWrites):
     """``read_only=True`` is for readers (query, info, serve): it never creates or
     alters tables, and falls back to an immutable open where SQLite cannot write its
     side files (a read-only folder or mount)."""
@@ -240,6 +242,8 @@ class Store(SearchLookups):
             attempts = 1
             removed: list[int] = []
             if old is not None:
+                if error is None and old.status == DONE and old.sha256 == sha256:
+                    return self.replace_proposals(s, old, segments)  # its annotations stay
                 attempts = old.attempts + 1
                 removed = list(s.scalars(select(SegmentRecord.id).where(SegmentRecord.image_id == old.id)))
                 s.delete(old)

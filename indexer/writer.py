@@ -21,7 +21,7 @@ from usesearch.errors import DiskFullError, IndexMismatchError, UsesearchError, 
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import FAISS_FILE, db_url_for, writer_lock
 from .options import IndexOptions, IndexReport
-from .records import DONE, IndexInfo, info_summary
+from .records import DONE, NO_MASKER, IndexInfo, info_summary
 from .search import SegmentIndex
 from .store import Store
 
@@ -46,6 +46,11 @@ def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
             f"this index was built with {info_summary(existing)}; refusing to add segments from "
             f"{info_summary(info)}. Use the same --preset/--embedder/--head, or a new --db."
         )
+    if info.masker == NO_MASKER:  # a labelled dataset's annotations: any masker's index takes them
+        return existing
+    if existing.masker == NO_MASKER:  # annotations only so far: the first masker run names the masker
+        store.set_masker(info.masker, info.masker_params)
+        existing.masker, existing.masker_params = info.masker, info.masker_params
     if (existing.masker, existing.masker_params) != (info.masker, info.masker_params):
         raise IndexMismatchError(
             f"this index was built with masker {existing.masker} {existing.masker_params}; "
@@ -144,8 +149,8 @@ class Writer:
         if (
             existing is not None
             and existing.sha256 == sha256
-            and (existing.status == DONE or not self.options.retry_failed)
-        ):
+            and (existing.proposals_made if existing.status == DONE else not self.options.retry_failed)
+        ):  # a photo holding only a labelled dataset's annotations still needs its proposals
             return True
         return existing is None and (sha256 in coming or self.store.done_with_hash(sha256) is not None)
 
@@ -168,12 +173,21 @@ class Writer:
         embeddings: np.ndarray,
         report: IndexReport,
     ) -> None:
+        """One photo's proposals, replacing its old ones (``Store.save_image``)."""
+        self.apply(lambda: self.store.save_image(key, path, sha256, hw, segments, embeddings), embeddings, report)
+        report.done += 1
+
+    def apply(
+        self, write: Callable[[], tuple[list[int], list[int]]], embeddings: np.ndarray | None, report: IndexReport
+    ) -> tuple[list[int], list[int]]:
+        """A store transaction (``write``: it returns the segment ids it removed and
+        those it added, whose ``embeddings`` these are), mirrored in FAISS."""
         with self._changing():
             start = time.perf_counter()
-            removed, added = self.store.save_image(key, path, sha256, hw, segments, embeddings)
+            removed, added = write()
             middle = time.perf_counter()
             self.index.remove(removed)
-            if added:
+            if added and embeddings is not None:
                 if not self.index.is_trained:
                     vectors.reconcile(self.index, self.store)  # trains on what the store now holds
                 else:
@@ -181,8 +195,8 @@ class Writer:
                     self.index.add(np.asarray(added, np.int64), embeddings.astype(np.float16).astype(np.float32))
         report.add_stage("store", middle - start)
         report.add_stage("FAISS", time.perf_counter() - middle)
-        report.done += 1
         report.segments += len(added)
+        return removed, added
 
     def fail(self, key: bytes, path: str, sha256: str | None, exc: BaseException, report: IndexReport) -> None:
         with self._changing():

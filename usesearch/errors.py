@@ -62,6 +62,21 @@ class ImageReadError(UsesearchError):
     """A file that is not a readable image; indexers record it and go on."""
 
 
+class CocoFileError(UsesearchError):
+    """A file given as COCO annotations that is not one (not JSON, or without COCO's
+    ``images``, ``annotations`` and ``categories`` lists): refused before anything runs."""
+
+
+class AnnotationError(UsesearchError):
+    """One annotation (or image entry) of a labelled dataset that cannot be indexed: a
+    photo missing, a broken RLE or polygon, a duplicate id, an unknown category, an
+    empty mask. ``kind`` names which; the index records it and goes on."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 # The index: its folder, catalog and vector files.
 class IndexMismatchError(UsesearchError):
     """The index was built with another model or masker than the one asked for."""

@@ -32,6 +32,21 @@ Distinct = Annotated[
     bool, Query(description="Drop a hit that mostly lies inside (or mostly contains) a better hit of the same image.")
 ]
 PictureSize = Annotated[int, Query(ge=32, le=2048, description="Long side in pixels.")]
+Refine = Annotated[
+    str | None,
+    Query(pattern="^sam3$", description="'sam3': SAM 3 segments the query's phrase in the top photos (second stage)."),
+]
+Label = Annotated[
+    str | None, Query(min_length=1, max_length=256, description="Only annotation segments of this class.")
+]
+Split = Annotated[
+    str | None, Query(min_length=1, max_length=128, description="Only annotation segments of this split.")
+]
+Source = Annotated[
+    str | None,
+    Query(pattern="^(annotation|proposal)$", description="Only a labelled dataset's annotations, or only proposals."),
+]
+RefineTop = Annotated[int, Query(ge=1, le=200, description="With refine: photos of the search SAM 3 looks at.")]
 
 
 def search_filters(
@@ -40,11 +55,23 @@ def search_filters(
     per_image: PerImage = False,
     min_score: MinScore = None,
     distinct: Distinct = False,
+    label: Label = None,
+    split: Split = None,
+    source: Source = None,
 ) -> SearchFilters:
     """The filters of every search route, from its query parameters (a FastAPI
     dependency): one list of them, and one ``SearchFilters`` check of their ranges
     (its ValueError is a 400, like every bad value)."""
-    return SearchFilters(per_image=per_image, path=path, min_area=min_area, min_score=min_score, distinct=distinct)
+    return SearchFilters(
+        per_image=per_image,
+        path=path,
+        min_area=min_area,
+        min_score=min_score,
+        distinct=distinct,
+        label=label,
+        split=split,
+        source=source,
+    )
 
 
 Filters = Annotated[SearchFilters, Depends(search_filters)]
@@ -62,11 +89,20 @@ class SegmentOut(BaseModel):
     tile_url: str
     mask_url: str
     image_url: str
+    # A labelled dataset's annotation (index --coco): its id, class and split; a segment's
+    # own metadata carries them, hits do not.
+    annotation_id: int | None = None
+    category: str | None = None
+    split: str | None = None
 
 
 class HitOut(SegmentOut):
     rank: int
     score: float
+    # A SAM 3 instance (?refine=sam3): score is SAM 3's; use_score and segment_id are the
+    # best-overlapping stored segment's (segment_id 0: none); tile_url is a data URL.
+    use_score: float | None = None
+    refined_by: str | None = None
 
 
 class SearchOut(BaseModel):
@@ -74,6 +110,8 @@ class SearchOut(BaseModel):
     like_segment: int | None = None
     took_ms: float
     segments_indexed: int
+    refined_photos: int | None = None  # ?refine=sam3: photos SAM 3 looked at
+    image_steps: int | None = None  # of them, photos whose image step ran (not cached)
     hits: list[HitOut]
 
 
@@ -100,10 +138,12 @@ class ImageOut(BaseModel):
 
 def segment_out(row: SegmentRow | Hit, with_mask: bool, **extra: Any) -> dict[str, Any]:
     """A segment's (or a hit's) fields for ``SegmentOut``, with the URLs of its pictures."""
+    labels: dict[str, Any] = {}
     if isinstance(row, Hit):
         sid, image, mask = row.segment_id, row.image, row.mask
     else:
         sid, image, mask = row.id, row.image_path, {"size": list(row.image_hw), "counts": row.rle_counts}
+        labels = {"annotation_id": row.annotation_id, "category": row.category, "split": row.split}
     return dict(
         segment_id=sid,
         image_id=row.image_id,
@@ -116,5 +156,6 @@ def segment_out(row: SegmentRow | Hit, with_mask: bool, **extra: Any) -> dict[st
         tile_url=f"/api/segments/{sid}/tile.png",
         mask_url=f"/api/segments/{sid}/mask.png",
         image_url=f"/api/images/{row.image_id}",
+        **labels,
         **extra,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,6 +32,7 @@ def index(
     head: opts.HeadOpt = None,
     masker: opts.MaskerOpt = None,
     coco: opts.MaybeCocoOpt = None,
+    split: opts.SplitOpt = None,
     factory: opts.FactoryOpt = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
     device: opts.DeviceOpt = None,
@@ -61,14 +63,28 @@ def index(
     *,
     sam: SamSettings,
 ) -> None:
-    """Segment and embed every image under PATHS into the index at --db (incremental, resumable)."""
+    """Segment and embed every image under PATHS into the index at --db (incremental, resumable).
+    With --coco FILE.json (and no --masker coco), a labelled dataset: each annotation becomes a segment
+    with its id, class and split; with --masker too, the masker's proposals of the same photos follow."""
     from tqdm import tqdm
 
     from usesearch.indexer import IndexOptions, index_paths
 
     folders: list[str | os.PathLike] = list(paths)
     masker_options = sam.given()
-    if coco is not None:
+    labelled = coco is not None and masker != "coco"  # --masker coco: the file's masks are proposals
+    if split is not None and not labelled:
+        raise UsesearchError(
+            "--split names a labelled dataset's split: it goes with --coco FILE.json, not --masker coco"
+        )
+    if labelled and ray is not None:
+        raise UsesearchError("a labelled dataset (--coco) is indexed on this process: leave out --ray")
+    if labelled and masker is None and masker_options:
+        raise UsesearchError(
+            f"{', '.join(map(SamSettings.flag, sorted(masker_options)))}: SAM's settings need a masker run "
+            "(--masker sam) beside --coco"
+        )
+    if coco is not None and not labelled:
         masker_options["masks_json"] = str(coco)
     options = IndexOptions(
         preset=preset,
@@ -97,6 +113,20 @@ def index(
 
     if workers is not None and ray is None:
         raise UsesearchError("--workers applies to --ray runs only")
+    if labelled:
+        from usesearch.indexer.coco_index import index_coco
+
+        assert coco is not None
+        labels = index_coco(folders, coco, db, replace(options, masker_options={}), split, progress)
+        bar.close()
+        _print_labelled(labels, db)
+        if labels.interrupted:
+            raise typer.Exit(130)
+        if masker is None:
+            if prune_gone:
+                _prune(db, folders, options)
+            return
+        bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
     if ray is not None:
         from usesearch.indexer.distributed import index_paths_ray
 
@@ -105,13 +135,7 @@ def index(
         report = index_paths(folders, db, options, progress)
     bar.close()
     if prune_gone and not report.interrupted:
-        from usesearch.indexer.maintenance import prune
-
-        pruned = prune(db, folders, options)
-        opts.console.print(
-            f"pruned {pruned.images_removed} images whose files are gone ({pruned.segments_removed} segments)"
-        )
-        _print_freed(pruned)
+        _prune(db, folders, options)
     state = "interrupted; finished work is kept" if report.interrupted else "finished"
     opts.console.print(
         f"{state}: {report.done} images indexed, {report.skipped} skipped, {report.failed} failed, "
@@ -131,6 +155,38 @@ def index(
         raise typer.Exit(130)
 
 
+def _prune(db: str, folders: list[str | os.PathLike], options) -> None:
+    from usesearch.indexer.maintenance import prune
+
+    pruned = prune(db, folders, options)
+    opts.console.print(
+        f"pruned {pruned.images_removed} images whose files are gone ({pruned.segments_removed} segments)"
+    )
+    _print_freed(pruned)
+
+
+def _print_labelled(report, db: str) -> None:
+    state = "interrupted; finished work is kept" if report.interrupted else "finished"
+    opts.console.print(
+        f"{state}: split {report.split!r}: {report.segments} annotations indexed from {report.done} photos, "
+        f"{report.relabelled} relabelled, {report.removed} removed, {report.skipped} photos already done, "
+        f"{report.failed} failed, {len(report.problems)} problems in {report.seconds:.1f} s"
+    )
+    for line in report.devices:
+        opts.console.print(f"  {line}")
+    if report.shared_with:
+        opts.console.print(
+            f"  split {report.split!r} was also indexed from {', '.join(report.shared_with)}: annotations absent "
+            "from this file are kept"
+        )
+    for path, reason in report.failures[:10]:
+        opts.console.print(f"  failed: {path}: {reason}")
+    for line in report.problems[:10]:
+        opts.console.print(f"  problem: {line}")
+    if len(report.problems) + len(report.failures) > 10:
+        opts.console.print(f"  (all of them: usesearch failures --db {db})")
+
+
 @app.command()
 @opts.user_errors
 def info(
@@ -142,24 +198,36 @@ def info(
     """Images done/failed, segments, model, index type, sizes on disk, and where FAISS runs."""
     from usesearch.indexer import SegmentIndex
 
-    stats = SegmentIndex.open(db, db_url=db_url, faiss_device=faiss_device).stats(check_files=True)
+    index = SegmentIndex.open(db, db_url=db_url, faiss_device=faiss_device)
+    stats = {**index.stats(check_files=True), **index.store.label_summary()}
     if as_json:
         print(json.dumps(stats, indent=1, default=str))
         return
+    by_class = stats.pop("annotations_by_class")
     for key, value in stats.items():
         if key == "calibration":  # its curve: with --json; the line is "recall"
             continue
         opts.console.print(f"{key:>16}: {value}")
+    for split_name, counts in by_class.items():  # a line per split: its classes, most annotated first
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        opts.console.print(f"{'split ' + split_name:>16}: " + ", ".join(f"{name} {n}" for name, n in ranked))
 
 
 @app.command()
 @opts.user_errors
 def failures(db: opts.DbOpt, db_url: opts.DbUrlOpt = None) -> None:
-    """Each file that failed to index, with its reason."""
+    """Each file that failed to index, with its reason; then each annotation of a labelled dataset
+    (--coco) that could not be indexed, with its split, photo, id and reason."""
     from usesearch.indexer.folder import check_db_dir, open_store
 
-    for record in open_store(check_db_dir(db), db_url, read_only=True).failures():
-        opts.console.print(f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})")
+    store = open_store(check_db_dir(db), db_url, read_only=True)
+    for record in store.failures():
+        line = f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})"
+        opts.console.print(line, soft_wrap=True)  # a line a file, however long: it is data
+    for problem in store.annotation_problems():
+        where = problem.file_name or Path(problem.coco_file).name
+        annotation = f" annotation {problem.annotation_id}" if problem.annotation_id is not None else ""
+        opts.console.print(f"{where}{annotation}\t[{problem.split}] {problem.kind}: {problem.message}", soft_wrap=True)
 
 
 @app.command("prune")

@@ -165,12 +165,21 @@ _coco = typer.Option(
     "--coco",
     exists=True,
     dir_okay=False,
-    help="COCO annotations JSON: your own masks (index --masker coco), parts (eval parts), labels (eval audit).",
+    help="COCO annotations JSON: a labelled dataset indexed by its own masks (index), your own masks as "
+    "proposals (index --masker coco), parts (eval parts), labels (eval audit).",
 )
 _coco_json = Formerly("--coco-json", note="`--coco-json FILE` is now `--coco FILE`")
 _masks = Formerly("--masks", note="`--masks FILE` is now `--coco FILE`")
 CocoOpt = Annotated[Path, _coco, _coco_json, _masks]
 MaybeCocoOpt = Annotated[Optional[Path], _coco, _coco_json, _masks]
+SplitOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--split",
+        help="A labelled dataset's split: the one its annotations go into (index --coco; default: the COCO "
+        "file's stem), or the only one searched (query, similar).",
+    ),
+]
 _images = typer.Option("--images", exists=True, file_okay=False, help="Image folder.")
 ImagesOpt = Annotated[Path, _images]
 MaybeImagesOpt = Annotated[Optional[Path], _images]
@@ -253,6 +262,16 @@ def search_filters(
             "--rerank", min=1, help="Compressed index: candidates re-scored exactly (default max(1000, 100 k))."
         ),
     ] = None,
+    label: Annotated[
+        Optional[str], typer.Option("--label", help="Only annotation segments of this class (index --coco).")
+    ] = None,
+    split: SplitOpt = None,
+    source: Annotated[
+        Optional[str],
+        typer.Option(
+            "--source", help="Only annotation segments (a labelled dataset's) or only proposal ones (a masker's)."
+        ),
+    ] = None,
 ) -> SearchFilters:
     """The search filters from their flags, for query and similar."""
     from usesearch.indexer.filters import SearchFilters
@@ -265,6 +284,9 @@ def search_filters(
         distinct=distinct,
         nprobe=nprobe,
         rerank=rerank,
+        label=label,
+        split=split,
+        source=source,
     )
 
 

@@ -130,7 +130,13 @@ def decode_stack(rles: list[dict], hw: tuple[int, int] | None = None) -> np.ndar
 
 def runs(rle: dict) -> tuple[np.ndarray, np.ndarray]:
     """Foreground runs of a compressed RLE without decoding it to pixels: int64
-    ``starts``, ``ends`` (exclusive) as column-major (COCO) flat pixel indices.
+    ``starts``, ``ends`` (exclusive) as column-major (COCO) flat pixel indices."""
+    bounds = np.cumsum(run_lengths(rle))  # runs alternate background, foreground from pixel 0
+    return bounds[0::2][: len(bounds) // 2], bounds[1::2]
+
+
+def run_lengths(rle: dict) -> np.ndarray:
+    """The int64 run lengths of a compressed RLE (background first, alternating).
 
     pycocotools has no public reader of the counts, so this vectorises its
     ``rleFrString`` in NumPy: 6-bit characters from 48, 5 data bits and a
@@ -138,7 +144,7 @@ def runs(rle: dict) -> tuple[np.ndarray, np.ndarray]:
     after the third are stored as a difference to the count two before."""
     chars = np.frombuffer(_pycoco(rle)["counts"], np.uint8).astype(np.int64) - 48
     if not len(chars):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64)
     last = (chars & 0x20) == 0  # the final character of each count
     group = np.concatenate(([0], np.cumsum(last)[:-1]))
     first = np.flatnonzero(np.concatenate(([True], last[:-1])))
@@ -150,8 +156,47 @@ def runs(rle: dict) -> tuple[np.ndarray, np.ndarray]:
     counts = values.copy()
     counts[2::2] = np.cumsum(values[2::2])  # count[m] += count[m - 2] for m > 2
     counts[1::2] = np.cumsum(values[1::2])
-    bounds = np.cumsum(counts)  # runs alternate background, foreground from pixel 0
-    return bounds[0::2][: len(bounds) // 2], bounds[1::2]
+    return counts
+
+
+def checked(segmentation: Any, height: int, width: int) -> dict:
+    """A COCO ``segmentation`` from a file not trusted (polygons, uncompressed or
+    compressed RLE) -> compressed RLE (str counts) of an ``height`` x ``width`` photo;
+    what pycocotools would misread is refused with a one-line ``ValueError`` first: it
+    reads past the end of an RLE whose runs fall short of the photo, hangs on a NaN
+    coordinate and crashes on huge ones."""
+    if isinstance(segmentation, list):
+        if not segmentation or not all(isinstance(p, list) for p in segmentation):
+            raise ValueError("polygons must be a non-empty list of coordinate lists")
+        limit = 2 * max(height, width) + 16  # a few pixels outside the photo are common; far outside, a fault
+        for polygon in segmentation:
+            if len(polygon) < 6 or len(polygon) % 2:
+                raise ValueError(f"a polygon needs an even number of coordinates, at least 6; got {len(polygon)}")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon):
+                raise ValueError("polygon coordinates must be numbers")
+            values = np.asarray(polygon, np.float64)
+            if not np.isfinite(values).all() or np.abs(values).max() > limit:
+                raise ValueError(f"polygon coordinates must be finite and near the {width}x{height} photo")
+        return to_str(segmentation_to_rle(segmentation, height, width))
+    if not isinstance(segmentation, dict) or not {"size", "counts"} <= segmentation.keys():
+        raise ValueError("a segmentation must be polygons or an RLE with size and counts")
+    size, counts = segmentation["size"], segmentation["counts"]
+    if not isinstance(size, list) or size != [height, width]:
+        raise ValueError(f"the RLE's size is {size!r} but the photo is {height}x{width} (h x w)")
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= height * width for c in counts):
+            raise ValueError("an uncompressed RLE's counts must be whole numbers of pixels")
+        lengths = np.asarray(counts, np.int64)
+    elif isinstance(counts, (str, bytes)):
+        chars = np.frombuffer(counts.encode("utf-8") if isinstance(counts, str) else counts, np.uint8)
+        if len(chars) and ((chars < 48).any() or (chars > 111).any() or (int(chars[-1]) - 48) & 0x20):
+            raise ValueError("the RLE's counts are not a COCO compressed string")
+        lengths = run_lengths({"size": size, "counts": counts})
+    else:
+        raise ValueError("an RLE's counts must be a list of numbers or a compressed string")
+    if len(lengths) and lengths.min() < 0 or int(lengths.sum()) != height * width:
+        raise ValueError(f"the RLE's runs do not cover the photo's {height}x{width} = {height * width} pixels")
+    return to_str(segmentation_to_rle(segmentation, height, width))
 
 
 def iou_matrix(rles: list[dict]) -> np.ndarray:
@@ -168,6 +213,23 @@ def overlap_of_smaller(a: list[dict], b: list[dict]) -> np.ndarray:
     a_in_b = np.asarray(mask_utils.iou(pa, pb, [1] * len(pb))).reshape(len(pa), len(pb))
     b_in_a = np.asarray(mask_utils.iou(pb, pa, [1] * len(pa))).reshape(len(pb), len(pa)).T
     return np.maximum(a_in_b, b_in_a)
+
+
+def iou_between(a: list[dict], b: list[dict]) -> np.ndarray:
+    """[len(a), len(b)] mask IoU of every mask of ``a`` with every mask of ``b`` (one image)."""
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    pa, pb = [_pycoco(r) for r in a], [_pycoco(r) for r in b]
+    return np.asarray(mask_utils.iou(pa, pb, [0] * len(pb))).reshape(len(pa), len(pb))
+
+
+def covered_by(a: list[dict], b: list[dict]) -> np.ndarray:
+    """[len(a), len(b)]: |a ∩ b| / |a|, the share of each ``a`` mask inside each ``b``
+    mask (pycocotools' IoU with ``iscrowd`` set)."""
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    pa, pb = [_pycoco(r) for r in a], [_pycoco(r) for r in b]
+    return np.asarray(mask_utils.iou(pa, pb, [1] * len(pb))).reshape(len(pa), len(pb))
 
 
 def area(rle: dict) -> int:

@@ -1,0 +1,224 @@
+"""The store's reads over a labelled dataset indexed by its own masks (``usesearch
+index IMAGES --coco FILE.json``): annotation segments and proposal segments as numpy
+columns streamed in id order (so an audit can resume after the last id it finished),
+their masks, their photos' content hashes, counts per source, split and category, and
+the dataset's recorded problems. A part of ``Store`` (its base class), like
+``lookups.py``; the embeddings themselves are read with ``store.files().read``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .records import ANNOTATION, DONE, PROPOSAL, AnnotationProblem, ImageRecord, SegmentRecord
+
+BATCH = 100_000  # rows per streamed batch: ~10 MB of columns
+SQL_PARAMETERS = 900  # ids per IN list: SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class SegmentColumns:
+    """Segments as columns, one entry per segment. ``chunk``/``row`` locate each
+    embedding (``store.files().read(chunk, row)``). ``category`` and ``split`` index
+    the lists the batch came with (``categories``, ``splits``: ``Store.categories()``
+    and ``Store.splits()`` when it was read); -1 for a proposal, which has neither."""
+
+    id: np.ndarray  # int64
+    image_id: np.ndarray  # int64
+    chunk: np.ndarray  # int64
+    row: np.ndarray  # int64
+    area: np.ndarray  # int64
+    bbox: np.ndarray  # int64 [n, 4]: x, y, w, h
+    annotation_id: np.ndarray  # int64; -1 for a proposal
+    category: np.ndarray  # int32 index into ``categories``; -1: none
+    split: np.ndarray  # int32 index into ``splits``; -1: none
+    iscrowd: np.ndarray  # bool (False for a proposal)
+    categories: tuple[str, ...]
+    splits: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+
+class AnnotationLookups:
+    """Read-only queries over annotation and proposal segments, by a ``Store``'s engine."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    def categories(self) -> list[str]:
+        """The class names of the annotation segments, sorted."""
+        return self._distinct(SegmentRecord.category)
+
+    def splits(self) -> list[str]:
+        """The splits of the annotation segments, sorted."""
+        return self._distinct(SegmentRecord.split)
+
+    def _distinct(self, column) -> list[str]:
+        with self.sessions() as s:
+            query = select(column).where(SegmentRecord.source == ANNOTATION, column.is_not(None)).distinct()
+            return sorted(s.scalars(query))
+
+    def annotation_segments(
+        self, split: str | None = None, category: str | None = None, after: int = 0, batch: int = BATCH
+    ) -> Iterator[SegmentColumns]:
+        """Annotation segments (of one split, one category, or all), in id order from
+        the first id past ``after``, ``batch`` at a time."""
+        seg = SegmentRecord
+        query = _columns().where(seg.source == ANNOTATION)
+        if split is not None:
+            query = query.where(seg.split == split)
+        if category is not None:
+            query = query.where(seg.category == category)
+        yield from self._stream(query.where(seg.id > after).order_by(seg.id), batch)
+
+    def proposal_segments(
+        self, image_ids: Iterable[int] | None = None, after: int = 0, batch: int = BATCH
+    ) -> Iterator[SegmentColumns]:
+        """Proposal segments (of these images, or all), in id order from the first id
+        past ``after`` (with ``image_ids``: in id order within each 900 images), ``batch``
+        at a time."""
+        seg = SegmentRecord
+        query = _columns().where(seg.source == PROPOSAL, seg.id > after).order_by(seg.id)
+        if image_ids is None:
+            yield from self._stream(query, batch)
+            return
+        wanted = sorted({int(i) for i in image_ids})
+        for start in range(0, len(wanted), SQL_PARAMETERS):
+            yield from self._stream(query.where(seg.image_id.in_(wanted[start : start + SQL_PARAMETERS])), batch)
+
+    def _stream(self, query, batch: int) -> Iterator[SegmentColumns]:
+        categories, splits = tuple(self.categories()), tuple(self.splits())
+        category_index = {name: i for i, name in enumerate(categories)}
+        split_index = {name: i for i, name in enumerate(splits)}
+        with self.engine.connect() as conn:
+            for part in conn.execution_options(yield_per=batch).execute(query).partitions(batch):
+                table = np.array([r[:9] for r in part], np.int64).reshape(-1, 9)
+                yield SegmentColumns(
+                    id=table[:, 0],
+                    image_id=table[:, 1],
+                    chunk=table[:, 2],
+                    row=table[:, 3],
+                    area=table[:, 4],
+                    bbox=table[:, 5:9],
+                    annotation_id=np.array([-1 if r[9] is None else r[9] for r in part], np.int64),
+                    category=np.array([category_index.get(r[10], -1) for r in part], np.int32),
+                    split=np.array([split_index.get(r[11], -1) for r in part], np.int32),
+                    iscrowd=np.array([bool(r[12]) for r in part], bool),
+                    categories=categories,
+                    splits=splits,
+                )
+
+    def segment_masks(self, ids: Iterable[int]) -> dict[int, dict]:
+        """COCO compressed RLEs (``{"size": [h, w], "counts": str}``) of these segments."""
+        seg, wanted = SegmentRecord, sorted({int(i) for i in ids})
+        out: dict[int, dict] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), SQL_PARAMETERS):
+                query = (
+                    select(seg.id, ImageRecord.height, ImageRecord.width, seg.rle_counts)
+                    .join(ImageRecord)
+                    .where(seg.id.in_(wanted[start : start + SQL_PARAMETERS]))
+                )
+                out.update({i: {"size": [h, w], "counts": counts} for i, h, w, counts in conn.execute(query)})
+        return out
+
+    def image_hashes(self, image_ids: Iterable[int] | None = None) -> dict[int, str]:
+        """The SHA-256 of each done photo's bytes (of these images, or all)."""
+        query = select(ImageRecord.id, ImageRecord.sha256).where(ImageRecord.status == DONE)
+        out: dict[int, str] = {}
+        with self.engine.connect() as conn:
+            if image_ids is None:
+                out.update((i, sha) for i, sha in conn.execute(query) if sha is not None)
+                return out
+            wanted = sorted({int(i) for i in image_ids})
+            for start in range(0, len(wanted), SQL_PARAMETERS):
+                rows = conn.execute(query.where(ImageRecord.id.in_(wanted[start : start + SQL_PARAMETERS])))
+                out.update((i, sha) for i, sha in rows if sha is not None)
+            return out
+
+    def label_counts(self) -> list[tuple[str, str | None, str | None, int]]:
+        """(source, split, category, segments) for each combination present."""
+        seg = SegmentRecord
+        with self.sessions() as s:
+            query = select(seg.source, seg.split, seg.category, func.count()).group_by(
+                seg.source, seg.split, seg.category
+            )
+            rows = [(source, split, category, int(n)) for source, split, category, n in s.execute(query)]
+        return sorted(rows, key=lambda r: (r[0], r[1] or "", r[2] or ""))
+
+    def label_summary(self) -> dict[str, dict]:
+        """Segments per source, and annotation segments per split and per split and
+        class (``usesearch info``)."""
+        by_source: dict[str, int] = {}
+        by_split: dict[str, int] = {}
+        by_category: dict[str, dict[str, int]] = {}
+        for source, split, category, n in self.label_counts():
+            by_source[source] = by_source.get(source, 0) + n
+            if source == ANNOTATION:
+                by_split[split or ""] = by_split.get(split or "", 0) + n
+                by_category.setdefault(split or "", {})[category or ""] = n
+        return {"segments_by_source": by_source, "annotations_by_split": by_split, "annotations_by_class": by_category}
+
+    def annotation_problems(self, split: str | None = None) -> list[AnnotationProblem]:
+        """The labelled dataset's recorded problems (of one split, or all), in the
+        order they were met; none in an index made before they were recorded."""
+        if AnnotationProblem.__tablename__ not in inspect(self.engine).get_table_names():
+            return []
+        query = select(AnnotationProblem).order_by(AnnotationProblem.id)
+        if split is not None:
+            query = query.where(AnnotationProblem.split == split)
+        with self.sessions() as s:
+            return list(s.scalars(query))
+
+    def segment_locations_labelled(
+        self,
+        label: str | None = None,
+        split: str | None = None,
+        source: str | None = None,
+        min_area: int = 0,
+        image_ids: Iterable[int] | None = None,
+    ) -> np.ndarray:
+        """[n, 3] (id, chunk, row) of the segments of this class, split and source (of
+        at least ``min_area`` pixels; of these images): a search's selection, resolved
+        through the category, split and source indexes."""
+        seg = SegmentRecord
+        query = select(seg.id, seg.vec_chunk, seg.vec_row)
+        for column, value in ((seg.category, label), (seg.split, split), (seg.source, source)):
+            if value is not None:
+                query = query.where(column == value)
+        if min_area:
+            query = query.where(seg.area >= min_area)
+        queries = [query]
+        if image_ids is not None:
+            wanted = sorted(image_ids)
+            queries = [
+                query.where(seg.image_id.in_(wanted[i : i + SQL_PARAMETERS]))
+                for i in range(0, len(wanted), SQL_PARAMETERS)
+            ]
+        with self.engine.connect() as conn:
+            values = [v for q in queries for row in conn.execute(q) for v in tuple(row)]
+        return np.fromiter(values, np.int64, len(values)).reshape(-1, 3)
+
+
+def _columns():
+    seg = SegmentRecord
+    return select(
+        seg.id,
+        seg.image_id,
+        seg.vec_chunk,
+        seg.vec_row,
+        seg.area,
+        seg.x,
+        seg.y,
+        seg.w,
+        seg.h,
+        seg.annotation_id,
+        seg.category,
+        seg.split,
+        seg.iscrowd,
+    )

@@ -1,0 +1,209 @@
+"""The store's writes for a labelled dataset indexed by its own masks: a photo's
+annotations added beside its proposals (and its proposals replaced beside its
+annotations), one transaction per photo like every image write, and the dataset's
+recorded problems. A part of ``Store`` (its base class), like ``annotation_lookups.py``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from usesearch.errors import AnnotationError
+
+from .embeddings import EmbeddingFiles
+from .records import (
+    ANNOTATION,
+    DONE,
+    PROPOSAL,
+    AnnotationProblem,
+    ImageRecord,
+    IndexInfo,
+    LabelledFile,
+    SegmentRecord,
+)
+
+SQL_PARAMETERS = 900  # ids per IN list: SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class StoredAnnotation:
+    """What a re-run compares an annotation of the file with."""
+
+    segment_id: int
+    category: str | None
+    iscrowd: bool
+    rle_counts: str
+
+
+class AnnotationWrites:
+    """Writes of annotation segments and problems, by a ``Store``'s sessions."""
+
+    sessions: sessionmaker[Session]
+    files: Callable[[], EmbeddingFiles]
+    retrying: Callable[[Callable[[], Any]], Any]
+
+    def stored_annotations(self, image_id: int, split: str) -> dict[int, StoredAnnotation]:
+        """A photo's annotations of one split as stored, by annotation id."""
+        seg = SegmentRecord
+        query = select(seg.annotation_id, seg.id, seg.category, seg.iscrowd, seg.rle_counts).where(
+            seg.image_id == image_id, seg.source == ANNOTATION, seg.split == split
+        )
+        with self.sessions() as s:
+            rows = s.execute(query)
+            return {a: StoredAnnotation(i, c, bool(crowd), counts) for a, i, c, crowd, counts in rows if a is not None}
+
+    def save_annotations(
+        self,
+        fs_path: bytes,
+        path: str,
+        sha256: str,
+        hw: tuple[int, int],
+        segments: Iterable[dict[str, Any]],
+        vectors: np.ndarray | None,
+        drop: Iterable[int] = (),
+        relabel: Mapping[int, tuple[str, bool]] | None = None,
+    ) -> tuple[list[int], list[int]]:
+        """A photo's annotation segments brought up to its COCO file, in one
+        transaction: ``segments`` added (their ``vectors`` written to the embedding
+        files first), the annotation segments ``drop`` removed, and ``relabel``'s
+        given a new (class, iscrowd) in place. A photo the index holds with the same
+        content keeps its other segments (its proposals, its annotations of other
+        splits); one it lacks, failed on, or holds with other content is (re)made with
+        these alone, and a masker run still owes it its proposals. Returns (segment
+        ids removed, segment ids added)."""
+        segments = list(segments)
+        if segments:
+            if vectors is None:
+                raise ValueError("segments come with their vectors")
+            chunks, rows = self.files().append(vectors)
+            segments = [{**seg, "vec_chunk": int(c), "vec_row": int(r)} for seg, c, r in zip(segments, chunks, rows)]
+        dropped, relabelled = sorted(set(drop)), dict(relabel or {})
+        result: tuple[list[int], list[int]] = self.retrying(
+            lambda: self._save_annotations(fs_path, path, sha256, hw, segments, dropped, relabelled)
+        )
+        return result
+
+    def _save_annotations(self, fs_path, path, sha256, hw, segments, drop, relabel) -> tuple[list[int], list[int]]:
+        seg = SegmentRecord
+        with self.sessions.begin() as s:
+            record = s.scalar(select(ImageRecord).where(ImageRecord.fs_path == fs_path))
+            removed: list[int] = []
+            if record is not None and (record.status != DONE or record.sha256 != sha256):
+                removed = list(s.scalars(select(seg.id).where(seg.image_id == record.id)))
+                s.delete(record)
+                s.flush()
+                record = None
+            if record is None:
+                record = ImageRecord(
+                    fs_path=fs_path,
+                    path=path,
+                    sha256=sha256,
+                    height=hw[0],
+                    width=hw[1],
+                    status=DONE,
+                    proposals_made=False,
+                )
+                s.add(record)
+                s.flush()
+            else:
+                mine = (seg.image_id == record.id) & (seg.source == ANNOTATION)
+                for start in range(0, len(drop), SQL_PARAMETERS):
+                    ids = drop[start : start + SQL_PARAMETERS]
+                    removed += list(s.scalars(select(seg.id).where(mine, seg.id.in_(ids))))
+                    s.execute(delete(seg).where(mine, seg.id.in_(ids)).execution_options(synchronize_session=False))
+                for segment_id, (category, iscrowd) in relabel.items():
+                    s.execute(update(seg).where(mine, seg.id == segment_id).values(category=category, iscrowd=iscrowd))
+            added = [SegmentRecord(image_id=record.id, source=ANNOTATION, **fields) for fields in segments]
+            s.add_all(added)
+            s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+            s.flush()
+            return removed, [a.id for a in added]
+
+    def drop_annotations_except(self, split: str, keep: set[int]) -> tuple[list[int], list[int]]:
+        """Remove the split's annotation segments whose annotation id is not in
+        ``keep`` (the ids its COCO file now has), in one transaction. Returns
+        (segment ids removed, [])."""
+        seg = SegmentRecord
+
+        def drop() -> tuple[list[int], list[int]]:
+            with self.sessions.begin() as s:
+                query = select(seg.id, seg.annotation_id).where(seg.source == ANNOTATION, seg.split == split)
+                gone = [i for i, annotation_id in s.execute(query) if annotation_id not in keep]
+                for start in range(0, len(gone), SQL_PARAMETERS):
+                    ids = gone[start : start + SQL_PARAMETERS]
+                    s.execute(delete(seg).where(seg.id.in_(ids)).execution_options(synchronize_session=False))
+                if gone:
+                    s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+                return gone, []
+
+        result: tuple[list[int], list[int]] = self.retrying(drop)
+        return result
+
+    def replace_proposals(self, s: Session, record: ImageRecord, segments: list[dict]) -> tuple[list[int], list[int]]:
+        """Within ``Store.save_image``'s transaction: a photo the index holds with the
+        same content gets these proposals in place of its old ones; its annotations stay."""
+        seg = SegmentRecord
+        mine = (seg.image_id == record.id) & (seg.source == PROPOSAL)
+        removed = list(s.scalars(select(seg.id).where(mine)))
+        s.execute(delete(seg).where(mine).execution_options(synchronize_session=False))
+        record.proposals_made = True
+        record.attempts += 1
+        record.updated = dt.datetime.now(dt.timezone.utc)
+        added = [SegmentRecord(image_id=record.id, **fields) for fields in segments]
+        s.add_all(added)
+        s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+        s.flush()
+        return removed, [a.id for a in added]
+
+    def record_problems(
+        self, split: str, coco_file: str, problems: Iterable[tuple[str | None, int | None, AnnotationError]]
+    ) -> None:
+        """Record a labelled dataset's problems (file name, annotation id, the error)."""
+        rows = [
+            dict(
+                split=split,
+                coco_file=coco_file,
+                file_name=file_name,
+                annotation_id=annotation_id,
+                kind=error.kind,
+                message=str(error)[:2000],
+            )
+            for file_name, annotation_id, error in problems
+        ]
+        if rows:
+            self.retrying(lambda: self._add_problems(rows))
+
+    def _add_problems(self, rows: list[dict]) -> None:
+        with self.sessions.begin() as s:
+            s.execute(insert(AnnotationProblem), rows)
+
+    def forget_problems(self, split: str) -> None:
+        """A split's problems go before it is indexed again, which records them afresh."""
+
+        def forget() -> None:
+            with self.sessions.begin() as s:
+                s.execute(delete(AnnotationProblem).where(AnnotationProblem.split == split))
+
+        self.retrying(forget)
+
+    def note_file(self, split: str, coco_file: str) -> set[str]:
+        """Record that ``split`` is indexed from ``coco_file``; every file it was indexed from."""
+
+        def note() -> set[str]:
+            with self.sessions.begin() as s:
+                s.merge(LabelledFile(split=split, coco_file=coco_file, indexed=dt.datetime.now(dt.timezone.utc)))
+                return set(s.scalars(select(LabelledFile.coco_file).where(LabelledFile.split == split)))
+
+        files: set[str] = self.retrying(note)
+        return files
+
+    def set_masker(self, masker: str, params: dict) -> None:
+        """The masker of an index that held only annotations: its first masker run's."""
+        with self.sessions.begin() as s:
+            s.execute(update(IndexInfo).values(masker=masker, masker_params=params))

@@ -1,0 +1,197 @@
+"""A labelled dataset as COCO annotations, read for indexing by its own masks
+(``usesearch index IMAGES --coco FILE.json``): the file is refused in one line when
+it is not COCO at all, before anything runs; within it, each fault (an annotation
+of no image entry or of an unknown category, a duplicate id, a broken RLE or
+polygon, an empty mask) is an ``AnnotationError`` to record, and the rest is indexed.
+
+Masks are checked against the photo's real size (``rle.checked``) when the photo is
+read; everything else here is checked from the JSON alone."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from usesearch.errors import AnnotationError, CocoFileError, first_line
+from usesearch.masks import rle
+
+# The kinds of fault recorded (``AnnotationProblem.kind``).
+PHOTO_MISSING = "photo missing"
+UNKNOWN_IMAGE = "unknown image"
+UNKNOWN_CATEGORY = "unknown category"
+DUPLICATE_ID = "duplicate id"
+BROKEN_ANNOTATION = "broken annotation"
+BROKEN_MASK = "broken mask"
+EMPTY_MASK = "empty mask"
+SIZE_MISMATCH = "size mismatch"
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One annotation as it will be stored (its mask still the file's ``segmentation``)."""
+
+    id: int
+    category: str
+    iscrowd: bool
+    segmentation: Any
+
+
+@dataclass
+class ImageEntry:
+    """A COCO ``images`` entry and its annotations that passed the JSON's checks."""
+
+    id: int
+    file_name: str
+    height: int | None
+    width: int | None
+    annotations: list[Annotation] = field(default_factory=list)
+
+
+@dataclass
+class CocoDataset:
+    """A COCO file's image entries (in file order) with their annotations, and the
+    faults found in the JSON, each an ``AnnotationError`` with the entry's file name
+    (or None) and the annotation id (or None)."""
+
+    path: Path
+    images: list[ImageEntry]
+    problems: list[tuple[str | None, int | None, AnnotationError]]
+
+    @property
+    def annotation_count(self) -> int:
+        return sum(len(entry.annotations) for entry in self.images)
+
+
+def read_coco(path: str | os.PathLike) -> CocoDataset:
+    """Read and check a COCO annotations file. A file that is not COCO (unreadable,
+    not JSON, no ``images``/``annotations``/``categories`` lists) raises
+    ``CocoFileError``; faults of single entries are collected, not raised."""
+    path = Path(path)
+    try:
+        coco = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CocoFileError(f"{path} is not a COCO annotations file: {first_line(exc)}") from None
+    lists = ("images", "annotations", "categories")
+    if not isinstance(coco, dict) or not all(isinstance(coco.get(key), list) for key in lists):
+        raise CocoFileError(f"{path} is not a COCO annotations file: it needs the lists {', '.join(lists)}")
+    problems: list[tuple[str | None, int | None, AnnotationError]] = []
+    categories = _categories(coco["categories"], problems)
+    images: dict[int, ImageEntry] = {}
+    for item in coco["images"]:
+        entry = _image_entry(item, problems)
+        if entry is None:
+            continue
+        if entry.id in images:
+            problems.append((entry.file_name, None, AnnotationError(DUPLICATE_ID, f"image id {entry.id} repeated")))
+            continue
+        images[entry.id] = entry
+    seen: set[int] = set()
+    for item in coco["annotations"]:
+        try:
+            image_id, annotation = _annotation(item, categories, seen)
+        except AnnotationError as exc:
+            ann_id = item.get("id") if isinstance(item, dict) and _is_int(item.get("id")) else None
+            problems.append((None, ann_id, exc))
+            continue
+        entry = images.get(image_id)
+        if entry is None:
+            problems.append(
+                (None, annotation.id, AnnotationError(UNKNOWN_IMAGE, f"annotation of image id {image_id}, not listed"))
+            )
+            continue
+        entry.annotations.append(annotation)
+    return CocoDataset(path.resolve(), _one_entry_a_photo(images.values(), problems), problems)
+
+
+def _one_entry_a_photo(entries: Iterable[ImageEntry], problems: list) -> list[ImageEntry]:
+    """Entries naming the same file become one (a photo's annotations are all its
+    entries'), each repeat a problem: otherwise each would undo the other's on a re-run."""
+    by_file: dict[str, ImageEntry] = {}
+    for entry in entries:
+        first = by_file.setdefault(os.path.normpath(entry.file_name), entry)
+        if first is not entry:
+            first.annotations += entry.annotations
+            message = (
+                f"image entries {first.id} and {entry.id} name the same file: their annotations are indexed together"
+            )
+            problems.append((entry.file_name, None, AnnotationError(DUPLICATE_ID, message)))
+    return list(by_file.values())
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _categories(items: list, problems: list) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for item in items:
+        if not isinstance(item, dict) or not _is_int(item.get("id")) or not isinstance(item.get("name"), str):
+            problems.append(
+                (None, None, AnnotationError(BROKEN_ANNOTATION, f"a category without id and name: {item!r}"[:200]))
+            )
+        elif item["id"] in names:
+            problems.append((None, None, AnnotationError(DUPLICATE_ID, f"category id {item['id']} repeated")))
+        else:
+            names[item["id"]] = item["name"]
+    return names
+
+
+def _image_entry(item: Any, problems: list) -> ImageEntry | None:
+    if not isinstance(item, dict) or not _is_int(item.get("id")) or not isinstance(item.get("file_name"), str):
+        problems.append(
+            (None, None, AnnotationError(BROKEN_ANNOTATION, f"an image entry without id and file_name: {item!r}"[:200]))
+        )
+        return None
+    height: Any = item.get("height")
+    width: Any = item.get("width")
+    if _is_int(height) and _is_int(width) and height > 0 and width > 0:
+        return ImageEntry(item["id"], item["file_name"], height, width)
+    return ImageEntry(item["id"], item["file_name"], None, None)  # sized by the photo when it is read
+
+
+def _annotation(item: Any, categories: dict[int, str], seen: set[int]) -> tuple[int, Annotation]:
+    if not isinstance(item, dict) or not all(_is_int(item.get(k)) for k in ("id", "image_id", "category_id")):
+        raise AnnotationError(BROKEN_ANNOTATION, "an annotation needs whole-number id, image_id and category_id")
+    if "segmentation" not in item:
+        raise AnnotationError(BROKEN_MASK, "the annotation has no segmentation")
+    if item["id"] in seen:
+        raise AnnotationError(DUPLICATE_ID, f"annotation id {item['id']} repeated (the first is kept)")
+    seen.add(item["id"])
+    category = categories.get(item["category_id"])
+    if category is None:
+        raise AnnotationError(UNKNOWN_CATEGORY, f"category id {item['category_id']} is not among the categories")
+    annotation = Annotation(item["id"], category, bool(item.get("iscrowd", 0)), item["segmentation"])
+    return item["image_id"], annotation
+
+
+def photo_path(folders: list[str], file_name: str) -> str | None:
+    """The file an entry names, under the first of ``folders`` that has it, spelled
+    as the folder walk spells it (the store's key); None where none has it or the
+    name leads outside its folder."""
+    for folder in folders:
+        root = os.path.abspath(folder)
+        candidate = os.path.normpath(os.path.join(root, file_name))
+        if not candidate.startswith(root.rstrip(os.sep) + os.sep):
+            continue
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def masks_of(entry: ImageEntry, height: int, width: int) -> Iterator[tuple[Annotation, dict | AnnotationError]]:
+    """Each annotation of a photo read at ``height`` x ``width``, with its compressed
+    RLE (str counts) or the fault that keeps it out."""
+    for annotation in entry.annotations:
+        try:
+            mask = rle.checked(annotation.segmentation, height, width)
+        except ValueError as exc:
+            yield annotation, AnnotationError(BROKEN_MASK, str(exc))
+            continue
+        if rle.area(mask) == 0:
+            yield annotation, AnnotationError(EMPTY_MASK, "the mask covers no pixel")
+            continue
+        yield annotation, mask

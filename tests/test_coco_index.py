@@ -1,0 +1,471 @@
+"""A labelled dataset indexed by its own masks (``usesearch index IMAGES --coco FILE.json``):
+annotations kept with their ids, classes, crowd flags and splits beside a masker's
+proposals of the same photos, searched with --label/--split/--source, counted by
+``info``, never embedded twice; and every fault of the dataset recorded in one line
+while the rest is indexed."""
+
+import json
+import re
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.helpers import OPTS, write_photos
+from usesearch.cli.app import app
+from usesearch.errors import CocoFileError
+from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths
+from usesearch.indexer.coco_index import index_coco
+from usesearch.indexer.folder import DB_FILE
+from usesearch.masks import rle
+
+TINY = ["--preset", "tiny"]
+CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "rocket"}, {"id": 3, "name": "cup"}]
+
+
+def _box(h, w, top, left, bottom, right):
+    mask = np.zeros((h, w), bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def write_coco(path, photos, names, first_id, categories=CATEGORIES):
+    """Two annotations a photo, one as an RLE and one as a polygon: classes by photo."""
+    images, annotations = [], []
+    for i, name in enumerate(names):
+        w, h = Image.open(photos / name).size
+        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+        category = 1 if "chelsea" in name else 2 if "rocket" in name else 3
+        box = rle.encode(_box(h, w, h // 4, w // 4, h // 2, w // 2))
+        polygon = [[2, 2, w - 3, 2, w - 3, h - 3, 2, h - 3]]
+        annotations += [
+            {"id": first_id + 2 * i, "image_id": i + 1, "category_id": category, "segmentation": box, "iscrowd": 0},
+            {
+                "id": first_id + 2 * i + 1,
+                "image_id": i + 1,
+                "category_id": category,
+                "segmentation": polygon,
+                "iscrowd": 1,
+            },
+        ]
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """Photos, a train and a val COCO file over them, and an index of both made with the CLI."""
+    root = tmp_path_factory.mktemp("coco")
+    photos = write_photos(root / "photos")
+    train = write_coco(root / "instances_train.json", photos, ["sub/chelsea.png", "sub/rocket.png"], 100)
+    val = write_coco(root / "instances_val.json", photos, ["astronaut.png", "coffee.png", "sub/rocket.png"], 500)
+    db = root / "db"
+    runner = CliRunner()
+    for coco, split in ((train, ["--split", "train"]), (val, [])):  # val: the file's stem names it
+        result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(coco), *split, *TINY])
+        assert result.exit_code == 0, result.output
+    return root, photos, db
+
+
+def test_annotations_are_indexed_with_their_ids_classes_and_splits(labelled):
+    root, photos, db = labelled
+    ix = SegmentIndex.open(db)
+    rows = ix.store.rows(ix.store.segment_ids())
+    got = sorted(
+        (r.split, r.annotation_id, r.category, r.iscrowd, r.image_path[len(str(photos)) + 1 :]) for r in rows.values()
+    )
+    assert got == [
+        ("instances_val", 500, "cup", False, "astronaut.png"),
+        ("instances_val", 501, "cup", True, "astronaut.png"),
+        ("instances_val", 502, "cup", False, "coffee.png"),
+        ("instances_val", 503, "cup", True, "coffee.png"),
+        ("instances_val", 504, "rocket", False, "sub/rocket.png"),
+        ("instances_val", 505, "rocket", True, "sub/rocket.png"),
+        ("train", 100, "cat", False, "sub/chelsea.png"),
+        ("train", 101, "cat", True, "sub/chelsea.png"),
+        ("train", 102, "rocket", False, "sub/rocket.png"),
+        ("train", 103, "rocket", True, "sub/rocket.png"),
+    ]
+    assert all(r.source == "annotation" for r in rows.values())
+    # One photo, one image record, whatever splits annotate it; its mask is the file's.
+    rocket = [r for r in rows.values() if r.image_path.endswith("rocket.png")]
+    assert len({r.image_id for r in rocket}) == 1 and len(rocket) == 4
+    w, h = Image.open(photos / "sub/rocket.png").size
+    box = next(r for r in rocket if r.annotation_id == 102)
+    assert (
+        rle.decode({"size": [h, w], "counts": box.rle_counts}).sum()
+        == box.area
+        == (h // 2 - h // 4) * (w // 2 - w // 4)
+    )
+    # The read API an audit streams: columns, classes and splits by index.
+    batches = list(ix.store.annotation_segments(split="train", batch=3))
+    assert [len(b) for b in batches] == [3, 1]
+    train = batches[0]
+    assert train.categories == ("cat", "cup", "rocket") and train.splits == ("instances_val", "train")
+    assert [train.categories[c] for c in train.category] == ["cat", "cat", "rocket"]
+    assert set(train.split.tolist()) == {1} and train.annotation_id.tolist() == [100, 101, 102]
+    assert list(ix.store.proposal_segments()) == []
+    vectors = ix.store.files().read(train.chunk, train.row)
+    assert vectors.shape == (3, ix.info.dim) and np.isfinite(vectors).all()
+
+
+def test_a_rerun_adds_nothing_twice(labelled):
+    root, photos, db = labelled
+    before = sqlite3.connect(db / DB_FILE).execute("SELECT count(*) FROM segments").fetchone()[0]
+    report = index_coco([photos], root / "instances_val.json", db, IndexOptions(preset="tiny"))
+    assert (report.done, report.segments, report.skipped) == (0, 0, 3) and report.problems == []
+    assert sqlite3.connect(db / DB_FILE).execute("SELECT count(*) FROM segments").fetchone()[0] == before == 10
+
+
+def test_label_and_split_filter_query_and_similar(labelled):
+    root, photos, db = labelled
+    runner = CliRunner()
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--label", "rocket", "--json", "-k", "20"])
+    assert result.exit_code == 0, result.output
+    assert sorted(h["segment_id"] for h in json.loads(result.output)) == sorted(
+        r.id for r in SegmentIndex.open(db).store.rows(range(1, 11)).values() if r.category == "rocket"
+    )
+    ix = SegmentIndex.open(db)
+    only = ix.query("a cat", k=20, filters=SearchFilters(label="rocket", split="train"))
+    rows = ix.store.rows([h.segment_id for h in only])
+    assert sorted(r.annotation_id for r in rows.values()) == [102, 103]
+    like = ix.similar(only[0].segment_id, k=20, filters=SearchFilters(split="instances_val"))
+    assert len(like) == 6 and {ix.store.rows([h.segment_id])[h.segment_id].split for h in like} == {"instances_val"}
+    assert ix.query("a cat", k=5, filters=SearchFilters(label="dog")) == []
+    assert ix.query("a cat", k=5, filters=SearchFilters(source="proposal")) == []
+    with_path = ix.query("a cat", k=20, filters=SearchFilters(label="rocket", path="*/sub/*"))
+    assert len(with_path) == 4
+
+
+def test_info_counts_segments_per_source_split_and_class(labelled):
+    root, photos, db = labelled
+    result = CliRunner().invoke(app, ["info", "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert stats["segments_by_source"] == {"annotation": 10}
+    assert stats["annotations_by_split"] == {"instances_val": 6, "train": 4}
+    assert stats["annotations_by_class"] == {"instances_val": {"cup": 4, "rocket": 2}, "train": {"cat": 2, "rocket": 2}}
+    table = CliRunner().invoke(app, ["info", "--db", str(db)])
+    assert "split train: cat 2, rocket 2" in table.output
+
+
+def test_proposals_and_annotations_of_the_same_photos_sit_side_by_side(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png", "sub/rocket.png"], 1)
+    db = tmp_path / "db"
+    first = index_paths([photos], db, IndexOptions(**OPTS))  # proposals first
+    labels = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    again = index_paths([photos], db, IndexOptions(**OPTS))
+    assert first.segments > 0 and labels.segments == 4 and again.skipped == 2 and again.done == 0
+    summary = SegmentIndex.open(db).store.label_summary()["segments_by_source"]
+    assert summary == {"proposal": first.segments, "annotation": 4}
+    # Annotations first, then a masker run: the photos still get their proposals, once.
+    other = tmp_path / "other"
+    index_coco([photos], coco, other, IndexOptions(preset="tiny"))
+    assert SegmentIndex.open(other).info.masker == "none"
+    made = index_paths([photos], other, IndexOptions(**OPTS))
+    assert made.done == 2 and index_paths([photos], other, IndexOptions(**OPTS)).skipped == 2
+    ix = SegmentIndex.open(other)
+    assert ix.info.masker == "felzenszwalb"
+    assert ix.store.label_summary()["segments_by_source"] == {"proposal": made.segments, "annotation": 4}
+    props = [b for b in ix.store.proposal_segments()]
+    assert sum(len(b) for b in props) == made.segments and all((b.annotation_id == -1).all() for b in props)
+    assert len(ix.query("a cat", k=100, filters=SearchFilters(source="annotation"))) == 4
+
+
+def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("chelsea", "coffee"))
+    w, h = Image.open(photos / "chelsea.png").size
+    good = rle.encode(_box(h, w, 2, 2, 20, 20))
+    short = {"size": [h, w], "counts": [5, 5]}  # runs stop short: pycocotools would read past them
+    images = [
+        {"id": 1, "file_name": "chelsea.png", "height": h, "width": w},
+        {"id": 2, "file_name": "gone.png", "height": 10, "width": 10},
+        {"id": 3, "file_name": "sub/coffee.png", "height": 1, "width": 1},
+    ]
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": good},
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": good},  # duplicate id
+        {"id": 2, "image_id": 1, "category_id": 9, "segmentation": good},  # unknown category
+        {"id": 3, "image_id": 1, "category_id": 1, "segmentation": short},  # broken RLE
+        {"id": 4, "image_id": 1, "category_id": 1, "segmentation": [[1, 2, float("nan"), 4, 5, 6]]},  # broken polygon
+        {"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[1, 2, 3]]},  # broken polygon
+        {"id": 6, "image_id": 1, "category_id": 1, "segmentation": rle.encode(np.zeros((h, w), bool))},  # empty
+        {"id": 7, "image_id": 2, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]},  # missing photo
+        {"id": 8, "image_id": 3, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]},  # wrong size
+        {"id": 9, "image_id": 42, "category_id": 1, "segmentation": good},  # no such image entry
+        {"id": 10, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 30, 2, 30, 30]]},
+    ]
+    coco = tmp_path / "mixed.json"
+    coco.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES[:1]}))
+    db = tmp_path / "db"
+    runner = CliRunner()
+    result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(coco), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "2 annotations indexed from 1 photos" in result.output
+    ix = SegmentIndex.open(db)
+    assert sorted(r.annotation_id for r in ix.store.rows(ix.store.segment_ids()).values()) == [1, 10]
+    problems = {(p.annotation_id, p.kind) for p in ix.store.annotation_problems()}
+    assert problems == {
+        (1, "duplicate id"),
+        (2, "unknown category"),
+        (3, "broken mask"),
+        (4, "broken mask"),
+        (5, "broken mask"),
+        (6, "empty mask"),
+        (None, "photo missing"),
+        (None, "size mismatch"),
+        (9, "unknown image"),
+    }
+    listed = runner.invoke(app, ["failures", "--db", str(db)])
+    lines = listed.output.strip().splitlines()
+    assert len(lines) == 9 and all(" [mixed] " in line for line in lines)
+    assert any(re.match(r"gone.png\s+\[mixed\] photo missing: no such photo", line) for line in lines)
+    assert any(
+        re.match(r"chelsea.png annotation 3\s+\[mixed\] broken mask: the RLE's runs do not cover", line)
+        for line in lines
+    )
+    # A re-run records the same problems once, and embeds nothing again.
+    report = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    assert report.segments == 0 and len(report.problems) == 9
+    assert len(ix.store.annotation_problems()) == 9
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"\x89PNG not json", "not a COCO annotations file"),
+        (b"[1, 2]", "needs the lists images, annotations, categories"),
+        (b'{"images": [], "annotations": {}}', "needs the lists images, annotations, categories"),
+    ],
+)
+def test_a_file_that_is_not_coco_is_refused_in_one_line_before_anything_runs(tmp_path, content, why):
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    result = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--coco", str(bad), *TINY])
+    assert result.exit_code == 2 and why in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "db").exists()
+    with pytest.raises(CocoFileError):
+        index_coco([photos], bad, tmp_path / "db")
+
+
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["--split", "val"], "--split names a labelled dataset's split"),
+        (["--coco", "{coco}", "--points-per-side", "8"], "--points-per-side: SAM's settings need a masker run"),
+        (["--coco", "{coco}", "--ray"], "leave out --ray"),
+    ],
+)
+def test_options_that_do_not_go_with_a_labelled_dataset_are_refused(tmp_path, args, why):
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    coco = write_coco(tmp_path / "val.json", photos, ["coffee.png"], 1)
+    args = [a.format(coco=coco) for a in args]
+    result = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), *args, *TINY])
+    assert result.exit_code == 2 and why in result.stderr, result.output
+    assert not (tmp_path / "db").exists()
+
+
+def test_an_older_index_gains_the_label_columns_and_their_indexes(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    con = sqlite3.connect(db / DB_FILE)
+    for name in ("source", "category", "split"):
+        con.execute(f"DROP INDEX ix_segments_{name}")
+    for name in ("source", "annotation_id", "category", "iscrowd", "split"):
+        con.execute(f"ALTER TABLE segments DROP COLUMN {name}")
+    con.execute("ALTER TABLE images DROP COLUMN proposals_made")
+    con.commit()
+    con.close()
+    again = index_paths([photos], db, IndexOptions(**OPTS))  # the first writable open upgrades it
+    assert again.skipped == 1 and again.done == 0  # an old photo counts as having its proposals
+    con = sqlite3.connect(db / DB_FILE)
+    columns = {r[1] for r in con.execute("PRAGMA table_info(segments)")}
+    indexes = {r[1] for r in con.execute("PRAGMA index_list(segments)")}
+    assert {"source", "annotation_id", "category", "iscrowd", "split"} <= columns
+    assert {"ix_segments_source", "ix_segments_category", "ix_segments_split"} <= indexes
+    assert con.execute("SELECT DISTINCT source FROM segments").fetchall() == [("proposal",)]
+
+
+@pytest.mark.parametrize(
+    "segmentation",
+    [
+        [[1, 2, 3, 4, 5]],
+        [[0, 0, 1e12, 0, 1e12, 1e12]],
+        [],
+        {"size": [10, 12], "counts": [50, 100]},
+        {"size": [10, 12], "counts": "!!"},
+        {"size": [20, 20], "counts": [400]},
+        {"counts": "abc"},
+        None,
+    ],
+)
+def test_broken_masks_are_refused_before_pycocotools_reads_them(segmentation):
+    with pytest.raises(ValueError):
+        rle.checked(segmentation, 10, 12)
+    box = _box(10, 12, 2, 3, 5, 9)
+    assert rle.checked(rle.encode(box), 10, 12) == rle.encode(box)
+    flat = np.zeros(120, bool)
+    flat[5:15] = True  # COCO counts run down the columns
+    uncompressed = rle.checked({"size": [10, 12], "counts": [5, 10, 105]}, 10, 12)
+    assert uncompressed == rle.encode(flat.reshape((10, 12), order="F"))
+
+
+def test_a_labelled_dataset_on_postgresql_and_an_older_catalog_upgraded_there(tmp_path, pg_url):
+    from sqlalchemy import create_engine, text
+
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS, db_url=pg_url))
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:  # the catalog as an older usesearch made it
+        for name in ("source", "annotation_id", "category", "iscrowd", "split"):
+            conn.execute(text(f"ALTER TABLE segments DROP COLUMN {name}"))
+        conn.execute(text("ALTER TABLE images DROP COLUMN proposals_made"))
+    engine.dispose()
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png", "sub/rocket.png"], 1)
+    report = index_coco([photos], coco, db, IndexOptions(preset="tiny", db_url=pg_url))
+    assert report.segments == 4 and report.problems == []
+    assert index_paths([photos], db, IndexOptions(**OPTS, db_url=pg_url)).skipped == 2  # proposals kept as made
+    ix = SegmentIndex.open(db, db_url=pg_url)
+    hits = ix.query("a cat", k=10, filters=SearchFilters(label="cat", split="val"))
+    assert sorted(ix.store.rows([h.segment_id for h in hits])[h.segment_id].annotation_id for h in hits) == [1, 2]
+    assert ix.store.label_summary()["annotations_by_class"] == {"val": {"cat": 2, "rocket": 2}}
+
+
+def test_the_web_api_filters_by_label_split_and_source_and_shows_a_segments_labels(labelled):
+    from fastapi.testclient import TestClient
+
+    from usesearch.indexer.web import create_app
+
+    root, photos, db = labelled
+    client = TestClient(create_app(SegmentIndex.open(db)))
+    hits = client.get("/api/search", params={"q": "a cat", "k": 50, "label": "rocket", "split": "train"}).json()["hits"]
+    labels = [client.get(f"/api/segments/{h['segment_id']}").json() for h in hits]
+    assert sorted((s["annotation_id"], s["category"], s["split"]) for s in labels) == [
+        (102, "rocket", "train"),
+        (103, "rocket", "train"),
+    ]
+    assert client.get("/api/search", params={"q": "a cat", "source": "proposal"}).json()["hits"] == []
+    assert client.get("/api/search", params={"q": "a cat", "source": "masks"}).status_code in (400, 422)
+
+
+def test_a_rerun_follows_an_edited_file_relabelled_reshaped_and_removed_annotations(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    coco = write_coco(tmp_path / "train.json", photos, ["chelsea.png", "sub/rocket.png"], 1)
+    db = tmp_path / "db"
+    index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    ix = SegmentIndex.open(db)
+    before = {r.annotation_id: r for r in ix.store.rows(ix.store.segment_ids()).values()}
+    edited = json.loads(coco.read_text())
+    anns = {a["id"]: a for a in edited["annotations"]}
+    anns[1]["category_id"] = 3  # a label fixed after review: no new embedding
+    anns[2]["iscrowd"] = 0
+    anns[3]["segmentation"] = [[1, 1, 20, 1, 20, 20]]  # a mask redrawn: embedded again
+    edited["annotations"] = [a for a in edited["annotations"] if a["id"] != 4]  # an annotation deleted
+    coco.write_text(json.dumps(edited))
+    report = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    assert (report.relabelled, report.removed, report.segments) == (2, 2, 1)
+    after = {r.annotation_id: r for r in ix.store.rows(ix.store.segment_ids()).values()}
+    assert sorted(after) == [1, 2, 3]
+    assert (after[1].id, after[1].category) == (before[1].id, "cup") and not after[2].iscrowd
+    w, h = Image.open(photos / "sub/rocket.png").size
+    redrawn = rle.checked([[1, 1, 20, 1, 20, 20]], h, w)
+    assert after[3].id != before[3].id and after[3].rle_counts == redrawn["counts"] != before[3].rle_counts
+    assert [h.segment_id for h in ix.query("a cup", k=5, filters=SearchFilters(label="cup"))] == [after[1].id]
+    again = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    assert (again.relabelled, again.removed, again.segments, again.skipped) == (0, 0, 0, 2)
+
+
+def test_two_files_indexed_as_one_split_keep_each_others_annotations(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    first = write_coco(tmp_path / "part1.json", photos, ["chelsea.png"], 1)
+    second = write_coco(tmp_path / "part2.json", photos, ["sub/rocket.png"], 1)  # the same ids, other photos
+    db = tmp_path / "db"
+    index_coco([photos], first, db, IndexOptions(preset="tiny"), split="train")
+    report = index_coco([photos], second, db, IndexOptions(preset="tiny"), split="train")
+    assert report.segments == 2 and report.removed == 0 and report.shared_with == [str(first.resolve())]
+    again = index_coco([photos], first, db, IndexOptions(preset="tiny"), split="train")
+    assert (again.segments, again.removed, again.skipped) == (0, 0, 1)
+    ix = SegmentIndex.open(db)
+    assert ix.store.label_summary()["annotations_by_class"] == {"train": {"cat": 2, "rocket": 2}}
+
+
+def test_kill_dash_nine_mid_run_then_resume_equals_one_clean_run(tmp_path):
+    from tests.helpers import assert_consistent, kill_when, run_python, sqlite_count
+
+    # Twelve photos (more work than commits can finish before the kill lands, even on a loaded machine).
+    kinds = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
+    photos = write_photos(tmp_path / "photos", kinds)
+    write_photos(tmp_path / "photos" / "copy", kinds[::-1])
+    names = sorted(str(p.relative_to(photos)) for p in photos.rglob("*.png"))
+    assert len(names) == 12
+    coco = write_coco(tmp_path / "train.json", photos, names, 1)
+    killed = tmp_path / "killed"
+    code = (
+        "import sys; from usesearch.indexer import IndexOptions; from usesearch.indexer.coco_index import index_coco; "
+        "index_coco([sys.argv[1]], sys.argv[2], sys.argv[3], IndexOptions(preset='tiny'))"
+    )
+    proc = run_python(code, photos, coco, killed)
+    count = "SELECT count(*) FROM segments WHERE source = 'annotation'"
+    at_kill = kill_when(proc, lambda: sqlite_count(killed / DB_FILE, count), lambda n: n >= 2, 0)
+    assert 2 <= at_kill < 2 * len(names)
+    resumed = index_coco([photos], coco, killed, IndexOptions(preset="tiny"))
+    ix = SegmentIndex.open(killed)
+    got = sorted(
+        (r.image_path, r.annotation_id, r.category, r.rle_counts)
+        for r in ix.store.rows(ix.store.segment_ids()).values()
+    )
+    dataset = json.loads(coco.read_text())
+    entries = {e["id"]: e for e in dataset["images"]}
+    names = {c["id"]: c["name"] for c in dataset["categories"]}
+    expected = []  # what one clean run stores: each annotation once
+    for a in dataset["annotations"]:
+        entry = entries[a["image_id"]]
+        mask = rle.checked(a["segmentation"], entry["height"], entry["width"])
+        expected.append((str(photos / entry["file_name"]), a["id"], names[a["category_id"]], mask["counts"]))
+    assert resumed.skipped >= 1 and got == sorted(expected)
+    assert_consistent(killed)
+
+
+def test_reading_a_coco_file_keeps_one_entry_a_photo_and_the_first_of_each_id(tmp_path):
+    from usesearch.indexer.coco_source import read_coco
+
+    poly = [[1, 1, 5, 1, 5, 5]]
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "height": 8, "width": 8},
+            {"id": 2, "file_name": "./a.png", "height": 8, "width": 8},  # the same photo again
+            {"id": 1, "file_name": "b.png"},  # a repeated image id: the first is kept
+            {"file_name": "c.png"},  # no id
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "segmentation": poly},
+            {"id": 11, "image_id": 2, "category_id": 1, "segmentation": poly, "iscrowd": 1},
+            {"id": 12, "image_id": 2, "category_id": 1},  # no segmentation
+            {"id": "13", "image_id": 2, "category_id": 1, "segmentation": poly},  # an id that is not a number
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 1, "name": "dog"}, {"name": "nameless"}],
+    }
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(coco))
+    dataset = read_coco(path)
+    assert [(e.id, e.file_name, [(a.id, a.category, a.iscrowd) for a in e.annotations]) for e in dataset.images] == [
+        (1, "a.png", [(10, "cat", False), (11, "cat", True)])
+    ]
+    assert sorted(((f, a, e.kind) for f, a, e in dataset.problems), key=str) == sorted(
+        [
+            (None, None, "duplicate id"),  # category 1 again
+            (None, None, "broken annotation"),  # the nameless category
+            ("b.png", None, "duplicate id"),
+            (None, None, "broken annotation"),  # the image entry without an id
+            (None, 12, "broken mask"),
+            (None, None, "broken annotation"),  # the annotation whose id is a string
+            ("./a.png", None, "duplicate id"),
+        ],
+        key=str,
+    )
