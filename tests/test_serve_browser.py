@@ -195,3 +195,38 @@ def test_search_by_a_region_of_a_photo(server, page, tmp_path):
     page.mouse.up()
     page.wait_for_function("() => document.getElementById('status').textContent.includes('like the region')")
     assert page.errors == []
+
+
+def test_refine_with_sam3_toggle(server, page):
+    """The filters' "Refine with SAM 3" toggle: the tiles are SAM 3's instances in the
+    search's top photos (the seeded tiny SAM 3 for a tiny index), drawn inline."""
+    pytest.importorskip("sam3", reason="the sam3 extra is not installed: pip install -e '.[sam3]'")
+    from usesearch.indexer.refine import RefineOptions, Refiner
+
+    url, index = server
+    page.goto("about:blank")
+    page.goto(url)
+    page.click("#filters summary")
+    page.check("#refine")
+    page.fill("#refine-top", "2")
+    page.select_option("#k", "12")
+    page.fill("#q", "a cup of coffee")
+    page.press("#q", "Enter")
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('SAM 3 instances')")
+    page.wait_for_function(TILES_LOADED, arg=1)
+    expected = Refiner(index, RefineOptions(top=2)).query("a cup of coffee", k=12)
+    tiles = page.query_selector_all(".tile")
+    assert len(tiles) == len(expected) > 0
+    assert all("refined" in (t.get_attribute("class") or "") for t in tiles)
+    assert [int(t.get_attribute("data-segment-id")) for t in tiles] == [h.segment_id for h in expected]
+    assert page.evaluate("() => document.querySelector('.tile img').src.startsWith('data:image/png')")
+    assert page.evaluate(OUTLINE_PIXELS) > 20, "the tile shows SAM 3's mask outlined"
+    assert "refine=sam3" in page.url and "refine_top=2" in page.url  # the toggle lives in the URL too
+    assert "top 2 photos" in page.inner_text("#status")
+    page.screenshot(path=ARTIFACTS / "serve-5-refine.png")
+    page.goto("about:blank")
+    page.goto(f"{url}/#q=a+cup+of+coffee&k=12")  # the toggle off again: stored segments
+    page.wait_for_function(TILES_LOADED, arg=1)
+    assert not page.query_selector_all(".tile.refined")
+    assert not page.is_checked("#refine")
+    assert page.errors == []

@@ -36,19 +36,35 @@ def models_list() -> None:
                 state, where = Text("missing", style="red"), f"put at {status.expected}"
             table.add_row(preset.name if i == 0 else "", status.component, status.name, state, where)
         table.add_section()
+    from usesearch.masks.sam3 import sam3_status
+
+    sam3 = sam3_status()  # query --refine sam3 (the tiny preset's indexes refine with a seeded tiny SAM 3)
+    state, where = (
+        (Text("present", style="green"), str(sam3.path))
+        if sam3.present
+        else (Text("missing", style="red"), f"put at {sam3.expected}")
+    )
+    table.add_row("--refine sam3", sam3.component, sam3.name, state, where)
     opts.console.print(table)
 
 
 @models_app.command("pull")
 @opts.user_errors
 def models_pull(
-    preset: Annotated[str, typer.Argument(help="Preset whose weights to download, or sam2:MODEL for --masker sam2.")],
+    preset: Annotated[
+        str,
+        typer.Argument(help="Preset whose weights to fetch, sam2:MODEL for --masker sam2, or sam3 for --refine sam3."),
+    ],
 ) -> None:
-    """Download a preset's missing weights (CLIP, DINOv2, SAM), or a SAM 2.1 model's, into their caches."""
+    """Download a preset's missing weights (CLIP, DINOv2, SAM), a SAM 2.1 model's, or SAM 3's, into their caches."""
     from usesearch.models.presets import get_preset
     from usesearch.models.weights import pull
 
-    if preset.startswith("sam2:"):
+    if preset == "sam3":
+        from usesearch.masks.sam3 import pull_sam3
+
+        done = pull_sam3()
+    elif preset.startswith("sam2:"):
         from usesearch.masks.sam2_models import pull_sam2
 
         done = pull_sam2(preset.split(":", 1)[1])

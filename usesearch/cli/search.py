@@ -24,6 +24,18 @@ RegionPhotoOpt = Annotated[
 PointOpt = Annotated[Optional[str], typer.Option(help="With --image: X,Y in pixels; SAM picks the region there.")]
 BoxOpt = Annotated[Optional[str], typer.Option(help="With --image: X,Y,W,H in pixels; SAM picks the region in it.")]
 MaskOpt = Annotated[Optional[Path], typer.Option(help="With --image: a PNG whose non-zero pixels are the region.")]
+# A second stage for ``query``: SAM 3 segments the phrase in the search's top photos.
+RefineOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--refine",
+        help="A second stage: 'sam3' segments the query's phrase in the top photos (pip install -e '.[sam3]').",
+    ),
+]
+RefineTopOpt = Annotated[
+    Optional[int], typer.Option("--refine-top", min=1, max=200, help="With --refine: photos SAM 3 looks at (20).")
+]
+REFINE_DISK_BYTES = 4 << 30  # SAM 3's image step on disk in the index folder: 20 photos at float32
 
 
 def _output(hits, output: opts.SearchOutput, title: str, name: str, index) -> None:
@@ -62,16 +74,41 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index) -> No
 @opts.with_search_output
 def query(
     text: Annotated[str, typer.Argument(help="What to look for, e.g. 'red apple behind the rabbit'.")],
+    refine: RefineOpt = None,
+    refine_top: RefineTopOpt = None,
     *,
     at: opts.IndexAt,
     output: opts.SearchOutput,
     filters: SearchFilters,
 ) -> None:
-    """Rank the index's segments against a text."""
+    """Rank the index's segments against a text (with --refine sam3: SAM 3's instances in the top photos)."""
+    if refine is None:
+        if refine_top is not None:
+            raise UsesearchError("--refine-top goes with --refine sam3")
+        index = at.open()
+        hits = index.query(text, output.k, filters)
+        title = f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})"
+        _output(hits, output, title, text, index)
+        return
+    from usesearch.indexer.refine import DEFAULT_TOP, REFINERS, RefineOptions, Refiner
+
+    if refine not in REFINERS:
+        raise UsesearchError(f"--refine {refine!r}: choose {', '.join(REFINERS)}")
     index = at.open()
-    hits = index.query(text, output.k, filters)
-    title = f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})"
-    _output(hits, output, title, text, index)
+    options = RefineOptions(top=refine_top or DEFAULT_TOP, device=at.device, disk_bytes=REFINE_DISK_BYTES)
+    refiner = Refiner(index, options)
+    try:
+        hits = refiner.query(text, output.k, filters)
+        done = refiner.last
+        title = (
+            f"{text!r}: {len(hits)} SAM 3 instances in the top {done.photos} photos "
+            f"({done.image_steps} image steps, {done.cached} cached; {done.ms['total']:.0f} ms)"
+        )
+        for line in done.skipped:
+            typer.echo(f"skipped {line}", err=True)
+        _output(hits, output, title, text, index)
+    finally:
+        refiner.close()  # after the answer: waits for the image steps being written to the cache
 
 
 @app.command()

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const FILTERS = ["path", "min_area", "per_image", "distinct", "min_score", "k"];
+const FILTERS = ["path", "min_area", "per_image", "distinct", "min_score", "k", "refine", "refine_top"];
 const VIEW_SIZE = 1024;
 let current = null; // segment shown in the viewer
 
@@ -30,6 +30,10 @@ function filtersFromForm() {
   const minScore = $("min-score").value.trim();
   if (minScore !== "") params.set("min_score", minScore);
   params.set("k", $("k").value);
+  if ($("refine").checked) {
+    params.set("refine", "sam3");
+    params.set("refine_top", $("refine-top").value || "20");
+  }
   return params;
 }
 
@@ -41,7 +45,9 @@ function formFromParams(params) {
   $("distinct").checked = params.get("distinct") === "true";
   $("min-score").value = params.get("min_score") || "";
   if (params.get("k")) $("k").value = params.get("k");
-  if (["path", "min_area", "per_image", "distinct", "min_score"].some((name) => params.get(name))) $("filters").open = true;
+  $("refine").checked = params.get("refine") === "sam3";
+  $("refine-top").value = params.get("refine_top") || "20";
+  if (["path", "min_area", "per_image", "distinct", "min_score", "refine"].some((name) => params.get(name))) $("filters").open = true;
 }
 
 function go(params) {
@@ -55,14 +61,18 @@ function tile(hit) {
   figure.className = "tile";
   figure.tabIndex = 0;
   figure.dataset.segmentId = hit.segment_id;
+  if (hit.refined_by) figure.classList.add("refined");
   const img = document.createElement("img");
-  img.src = hit.tile_url;
-  img.alt = `segment ${hit.segment_id} of ${hit.image}`;
+  img.src = hit.tile_url; // a refined hit's tile comes inline (data URL): its mask is no stored segment
+  img.alt = hit.refined_by ? `SAM 3 instance in ${hit.image}` : `segment ${hit.segment_id} of ${hit.image}`;
   img.loading = "lazy";
   const caption = document.createElement("figcaption");
   const score = document.createElement("span");
   score.className = "score";
   score.textContent = `#${hit.rank} ${hit.score.toFixed(3)}`;
+  if (hit.refined_by) {
+    score.title = `SAM 3 score; best-overlapping stored segment's USE score: ${hit.use_score == null ? "none" : hit.use_score.toFixed(3)}`;
+  }
   const name = document.createElement("span");
   name.className = "name";
   name.textContent = hit.image.split(/[\\/]/).pop();
@@ -76,8 +86,9 @@ function tile(hit) {
     event.stopPropagation();
     moreLike(hit.segment_id);
   });
-  figure.append(img, caption, like);
-  const open = () => openSegment(hit.segment_id);
+  figure.append(img, caption);
+  if (hit.segment_id) figure.append(like); // a refined hit: more like the stored segment it overlaps best
+  const open = () => hit.segment_id && openSegment(hit.segment_id);
   figure.addEventListener("click", open);
   figure.addEventListener("keydown", (event) => { if (event.key === "Enter") open(); });
   return figure;
@@ -98,7 +109,11 @@ async function runSearch() {
     const result = await getJSON(url);
     $("results").replaceChildren(...result.hits.map(tile));
     const what = like ? `segments like #${like}` : `“${query}”`;
-    setStatus(`${result.hits.length} of ${result.segments_indexed} segments for ${what} in ${result.took_ms.toFixed(0)} ms`);
+    if (result.refined_photos != null) {
+      setStatus(`${result.hits.length} SAM 3 instances of ${what} in the top ${result.refined_photos} photos (${result.image_steps} not cached) in ${result.took_ms.toFixed(0)} ms`);
+    } else {
+      setStatus(`${result.hits.length} of ${result.segments_indexed} segments for ${what} in ${result.took_ms.toFixed(0)} ms`);
+    }
   } catch (error) {
     $("results").replaceChildren();
     setStatus(error.message, true);

@@ -1,0 +1,144 @@
+"""SAM 3's image step kept per photo, so a second phrase over the same photos costs
+the phrase step only: a bounded LRU in memory and, optionally, a bounded folder of
+safetensors files next to the index (a query from the command line is a new process
+each time: only the folder carries the image step from one to the next).
+
+Entries are keyed by the photo's content hash (SHA-256, as the catalog records it) in
+a folder per SAM 3 model identity (weights and device kind), so a changed photo or
+other weights never meet old features. Files are written by one background thread,
+off the query's path, atomically (a temporary file renamed into place); the oldest
+files go past the folder's bound. A file that fails to load is dropped and recomputed."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+CACHE_FOLDER = "sam3-cache"  # in the index folder
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+Features = list[torch.Tensor]
+
+
+def features_bytes(features: Features) -> int:
+    return sum(t.numel() * t.element_size() for t in features)
+
+
+class ImageStateCache:
+    """``get(key)`` / ``put(key, features)``; ``memory_bytes`` bounds what stays in
+    memory (on the model's device), ``folder`` with ``disk_bytes`` what stays on disk."""
+
+    def __init__(self, memory_bytes: int, folder: Path | None = None, disk_bytes: int = 0):
+        self.memory_bytes, self.disk_bytes = memory_bytes, disk_bytes
+        self.folder = folder if folder is not None and disk_bytes > 0 else None
+        self._memory: OrderedDict[str, Features] = OrderedDict()
+        self._lock = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self.hits_memory = self.hits_disk = self.misses = 0
+
+    def get(self, key: str, device: torch.device) -> Features | None:
+        with self._lock:
+            found = self._memory.get(key)
+            if found is not None:
+                self._memory.move_to_end(key)
+                self.hits_memory += 1
+                return found
+        found = self._load(key, device)
+        if found is None:
+            with self._lock:
+                self.misses += 1
+            return None
+        with self._lock:
+            self.hits_disk += 1
+        self._remember(key, found)
+        return found
+
+    def put(self, key: str, features: Features) -> None:
+        self._remember(key, features)
+        if self.folder is not None and _KEY.match(key):
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="usesearch-sam3-cache")
+            cpu = [t.detach() for t in features]
+            self._pending.append(self._writer.submit(self._write, key, cpu))
+
+    def flush(self) -> None:
+        """Wait for the files being written (before a process exits)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        self.flush()
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    # -- memory ------------------------------------------------------------------
+    def _remember(self, key: str, features: Features) -> None:
+        size = features_bytes(features)
+        if size > self.memory_bytes:
+            return
+        with self._lock:
+            self._memory[key] = features
+            self._memory.move_to_end(key)
+            while sum(features_bytes(f) for f in self._memory.values()) > self.memory_bytes:
+                self._memory.popitem(last=False)
+
+    # -- disk --------------------------------------------------------------------
+    def _path(self, key: str) -> Path | None:
+        if self.folder is None or not _KEY.match(key):
+            return None
+        return self.folder / f"{key}.safetensors"
+
+    def _load(self, key: str, device: torch.device) -> Features | None:
+        from safetensors.torch import load_file
+
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            tensors = load_file(path, device=str(device))
+            features = [tensors[f"level{i}"] for i in range(len(tensors))]
+            os.utime(path)  # recently used: kept longest
+            return features
+        except Exception:  # noqa: BLE001 - a torn or foreign file is recomputed, never fatal
+            path.unlink(missing_ok=True)
+            return None
+
+    def _write(self, key: str, features: Features) -> None:
+        from safetensors.torch import save_file
+
+        path = self._path(key)
+        assert path is not None and self.folder is not None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            os.close(fd)
+            save_file({f"level{i}": t.cpu().contiguous() for i, t in enumerate(features)}, tmp)
+            os.replace(tmp, path)
+            self._bound_folder()
+        except OSError:
+            # A read-only or full disk: the cache is an optimisation, the query's answer stands.
+            if "tmp" in locals():
+                Path(tmp).unlink(missing_ok=True)
+
+    def _bound_folder(self) -> None:
+        assert self.folder is not None
+        files = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+        total = sum(p.stat().st_size for p in files)
+        for old in files[:-1]:  # the newest file stays even past the bound
+            if total <= self.disk_bytes:
+                break
+            total -= old.stat().st_size
+            old.unlink(missing_ok=True)

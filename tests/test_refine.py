@@ -1,0 +1,257 @@
+"""``query --refine sam3``: SAM 3 (the seeded tiny model, built from the sam3 package's
+own classes) segments the query's phrase in the top photos of a USE search."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.helpers import OPTS, write_photos
+from usesearch.cli.app import app
+from usesearch.errors import MissingWeightsError, UsesearchError
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+from usesearch.indexer.filters import SearchFilters
+from usesearch.indexer.refine import RefinedHit, RefineOptions, Refiner
+from usesearch.io.images import read_image
+from usesearch.masks import rle
+
+pytest.importorskip("sam3", reason="the sam3 extra is not installed: pip install -e '.[sam3]'")
+
+from usesearch.masks import sam3 as sam3_lib  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refine")
+    index_paths([write_photos(root / "photos")], root / "db", IndexOptions(**OPTS))
+    return root / "db"
+
+
+@pytest.fixture(scope="module")
+def index(db):
+    opened = SegmentIndex.open(db)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="module")
+def refiner(index):
+    """One tiny SAM 3 over the top 3 photos, its cache warm after the first test."""
+    return Refiner(index, RefineOptions(top=3))
+
+
+def counting_image_steps(refiner: Refiner, monkeypatch) -> list[int]:
+    """Counts the SAM 3 image steps (one per photo not found in a cache) of the
+    refiner's model, for this test."""
+    calls: list[int] = []
+    encode = refiner.sam3.encode_images
+
+    def counted(rgbs):
+        calls.extend(rgb.shape[0] for rgb in rgbs)
+        return encode(rgbs)
+
+    monkeypatch.setattr(refiner.sam3, "encode_images", counted)
+    return calls
+
+
+def test_tiny_sam3_is_seeded_and_finite():
+    a, b = sam3_lib.load_sam3("tiny", device="cpu"), sam3_lib.load_sam3("tiny", device="cpu")
+    first, second = a.model.state_dict(), b.model.state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)  # no weight left to uninitialised memory
+    encoder = a.model.backbone.language_backbone.encoder
+    assert torch.isfinite(encoder.positional_embedding).all() and torch.isfinite(encoder.text_projection).all()
+    assert sum(p.numel() for p in a.model.parameters()) < 5_000_000
+
+
+def test_refined_masks_decode_to_the_photos_size(refiner):
+    hits = refiner.query("a cat", k=30)
+    assert hits and all(isinstance(h, RefinedHit) for h in hits)
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert {h.photo_rank for h in hits} <= {1, 2, 3}
+    for hit in hits:
+        photo = read_image(hit.image)
+        mask = rle.decode(hit.mask)
+        assert mask.shape == photo.shape[:2]
+        assert mask.sum() == hit.area > 0
+        x, y, w, h = hit.bbox
+        assert 0 <= x and x + w <= photo.shape[1] and 0 <= y and y + h <= photo.shape[0]
+
+
+def test_use_score_is_the_best_overlapping_stored_segments(index, refiner):
+    hit = refiner.query("a rocket", k=1)[0]
+    ids = index.store.image_segment_ids(hit.image_id)
+    rows = index.store.rows(ids)
+    stored = [{"size": list(rows[i].image_hw), "counts": rows[i].rle_counts} for i in ids]
+    ious = rle.iou_between([hit.mask], stored)[0]
+    assert ids[int(ious.argmax())] == hit.segment_id and hit.overlap == pytest.approx(ious.max())
+    vector = index.model.embed_text(["a rocket"])[0]
+    (_, embedding), *_ = list(index.store.embeddings([hit.segment_id]))
+    assert hit.use_score == pytest.approx(float(embedding[0] @ vector), abs=1e-5)
+
+
+def test_a_second_phrase_reuses_the_image_step(index, refiner, monkeypatch):
+    fresh = Refiner(index, RefineOptions(top=3), sam3=refiner.sam3)
+    steps = counting_image_steps(fresh, monkeypatch)
+    fresh.query("a cat", k=5)
+    assert len(steps) == 3 and fresh.last.image_steps == 3
+    fresh.query("a rocket", k=5)
+    assert len(steps) == 3 and fresh.last.cached == 3  # the phrase step only
+
+    uncached = Refiner(index, RefineOptions(top=3, memory_bytes=0), sam3=refiner.sam3)
+    uncached.query("a cat", k=5)
+    uncached.query("a rocket", k=5)
+    assert len(steps) == 3 + 6  # nothing kept: every query runs the image step again
+
+
+def test_the_disk_cache_carries_the_image_step_to_a_new_process(db, index, refiner, monkeypatch):
+    on_disk = RefineOptions(top=2, disk_bytes=1 << 30)
+    writer = Refiner(index, on_disk, sam3=refiner.sam3)
+    before = writer.query("a cat", k=10)
+    writer.close()  # waits for the files
+    files = list((db / "sam3-cache").rglob("*.safetensors"))
+    assert len(files) == 2
+
+    reader = Refiner(index, on_disk, sam3=refiner.sam3)
+    steps = counting_image_steps(reader, monkeypatch)
+    after = reader.query("a cat", k=10)
+    assert steps == [] and reader.last.cached == 2
+    assert [(h.image, h.score, h.mask) for h in after] == [(h.image, h.score, h.mask) for h in before]
+    files[0].write_bytes(b"torn")  # a damaged file is recomputed, not fatal
+    again = Refiner(index, on_disk, sam3=refiner.sam3)
+    again.query("a cat", k=10)
+    assert len(steps) == 1
+    again.close()
+    reader.close()
+
+
+def test_filters_apply_to_refined_hits(refiner):
+    per_image = refiner.query("a cat", k=10, filters=SearchFilters(per_image=True))
+    assert len({h.image_id for h in per_image}) == len(per_image) >= 2
+    big = refiner.query("a cat", k=50, filters=SearchFilters(min_area=3000))
+    assert big and all(h.area >= 3000 for h in big)
+    distinct = refiner.query("a cat", k=50, filters=SearchFilters(distinct=True))
+    everything = refiner.query("a cat", k=50)
+    assert len(distinct) < len(everything)
+
+
+def test_missing_extra_is_one_line(monkeypatch, index):
+    monkeypatch.setitem(__import__("sys").modules, "sam3.model.sam3_image", None)
+    with pytest.raises(UsesearchError, match=r"pip install -e '\.\[sam3\]'") as caught:
+        Refiner(index)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_weights_are_one_line(monkeypatch, tmp_path, index):
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    monkeypatch.setattr(sam3_lib, "_hub_cached", lambda *a: None)
+    with pytest.raises(MissingWeightsError, match="usesearch models pull sam3") as caught:
+        Refiner(index, RefineOptions(model="sam3"))
+    assert "\n" not in str(caught.value) and str(tmp_path / "sam3.pt") in str(caught.value)
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    tiny = sam3_lib.load_sam3("tiny", device="cpu")
+    state = {f"detector.{k}": v + 1 for k, v in tiny.model.state_dict().items() if v.is_floating_point()}
+    state.update({f"detector.{k}": v for k, v in tiny.model.state_dict().items() if not v.is_floating_point()})
+    path = tmp_path / "sam3-tiny.pt"
+    torch.save({"model": state}, path)
+    loaded = sam3_lib.load_sam3("tiny", checkpoint=path, device="cpu")
+    key = "backbone.language_backbone.encoder.text_projection"
+    assert torch.equal(loaded.model.state_dict()[key], tiny.model.state_dict()[key] + 1)
+    assert loaded.identity != tiny.identity
+
+    torch.save({"model": {k: v for k, v in list(state.items())[1:]}}, path)  # one weight short
+    with pytest.raises(UsesearchError, match="not a SAM 3 image checkpoint"):
+        sam3_lib.load_sam3("tiny", checkpoint=path, device="cpu")
+    path.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(UsesearchError, match="is not a SAM 3 checkpoint"):
+        sam3_lib.load_sam3("tiny", checkpoint=path, device="cpu")
+
+
+def test_cli_refine_json_show_and_coco(db, tmp_path):
+    from pycocotools.coco import COCO
+
+    sheet, coco = tmp_path / "sheet.png", tmp_path / "hits.json"
+    args = ["query", "a cat", "--db", str(db), "--refine", "sam3", "--refine-top", "2", "-k", "4"]
+    result = runner.invoke(app, [*args, "--json", "--show", str(sheet), "--export-coco", str(coco)])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout[: result.stdout.rindex("]") + 1])
+    assert len(hits) == 4 and all(h["refined_by"] == "sam3" and "use_score" in h for h in hits)
+    assert rle.decode(hits[0]["mask"]).shape == tuple(hits[0]["mask"]["size"])
+    assert sheet.stat().st_size > 0
+    loaded = COCO(str(coco))
+    assert len(loaded.getAnnIds()) == 4
+    assert np.array_equal(loaded.annToMask(loaded.anns[1]), rle.decode(hits[0]["mask"]))
+
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0 and "SAM 3 instances in the top 2 photos" in table.output
+
+
+def test_cli_refine_errors_are_one_line(db, monkeypatch):
+    wrong = runner.invoke(app, ["query", "a cat", "--db", str(db), "--refine", "sam9"])
+    assert wrong.exit_code == 2 and "choose sam3" in wrong.output
+    alone = runner.invoke(app, ["query", "a cat", "--db", str(db), "--refine-top", "3"])
+    assert alone.exit_code == 2 and "--refine-top goes with --refine sam3" in alone.output
+    monkeypatch.setitem(__import__("sys").modules, "sam3.model.sam3_image", None)
+    missing = runner.invoke(app, ["query", "a cat", "--db", str(db), "--refine", "sam3"])
+    assert missing.exit_code == 2 and len(missing.output.strip().splitlines()) == 1
+    assert "pip install -e '.[sam3]'" in missing.output
+
+
+def test_photos_batched_through_sam3_get_what_each_gets_alone(index, refiner):
+    alone = Refiner(index, RefineOptions(top=3, batch=1), sam3=refiner.sam3)
+    batched = Refiner(index, RefineOptions(top=3, batch=3), sam3=refiner.sam3)
+    one, many = alone.query("a cat", k=40), batched.query("a cat", k=40)
+    assert alone.last.image_steps == batched.last.image_steps == 3  # both ran the image step
+    assert len(one) == len(many) == 40
+    assert [h.score for h in many] == pytest.approx([h.score for h in one], abs=1e-5)
+    same = [rle.iou_between([a.mask], [b.mask])[0, 0] for a, b in zip(one, many)]
+    assert min(same) > 0.99
+
+
+def test_the_api_refines_on_request(index, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from usesearch.indexer.web import create_app
+
+    client = TestClient(create_app(index))
+    answer = client.get("/api/search", params={"q": "a cat", "refine": "sam3", "refine_top": 2, "k": 3})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["refined_photos"] == 2 and len(body["hits"]) == 3
+    for hit in body["hits"]:
+        assert hit["refined_by"] == "sam3" and hit["tile_url"].startswith("data:image/png;base64,")
+        assert rle.decode(hit["mask"]).sum() == hit["area"]
+    plain = client.get("/api/search", params={"q": "a cat", "k": 3}).json()
+    assert all(h["refined_by"] is None for h in plain["hits"]) and plain["refined_photos"] is None
+    assert client.get("/api/search", params={"q": "a cat", "refine": "sam9"}).status_code == 422
+    assert client.get("/api/search", params={"q": "a cat", "refine": "sam3", "refine_top": 0}).status_code == 422
+
+    monkeypatch.setitem(__import__("sys").modules, "sam3.model.sam3_image", None)
+    missing = TestClient(create_app(index)).get("/api/search", params={"q": "a cat", "refine": "sam3"})
+    assert missing.status_code == 400 and "pip install -e '.[sam3]'" in missing.json()["detail"]
+
+
+def test_a_photo_changed_since_indexing_is_skipped_and_said(index, refiner):
+    from pathlib import Path
+
+    from PIL import Image
+
+    fresh = Refiner(index, RefineOptions(top=3, memory_bytes=0), sam3=refiner.sam3)  # nothing cached
+    first = fresh.query("a cat", k=40)
+    changed = Path(first[0].image)
+    original = changed.read_bytes()
+    try:
+        Image.open(changed).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed)
+        hits = fresh.query("a cat", k=40)
+    finally:
+        changed.write_bytes(original)
+    assert len(fresh.last.skipped) == 1 and "changed on disk" in fresh.last.skipped[0]
+    assert hits and str(changed) not in {h.image for h in hits}
+    assert {h.image for h in hits} == {h.image for h in first} - {str(changed)}
