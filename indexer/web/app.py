@@ -27,7 +27,9 @@ from ..hits import Hit
 from ..records import DONE, ImageRecord, SegmentRow
 from ..search import MAX_QUERY_CHARS, SegmentIndex
 from . import apidoc, render
+from .audit import add_audit_routes
 from .budget import PixelBudget
+from .refined import RefinedSearch
 from .schema import (
     MAX_K,
     Filters,
@@ -36,6 +38,8 @@ from .schema import (
     ImageOut,
     KParam,
     PictureSize,
+    Refine,
+    RefineTop,
     RegionOut,
     RegionSearchOut,
     SearchOut,
@@ -93,6 +97,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     model = index.model
     budget = PixelBudget()  # every decode's, region uploads included
     images = render.ImageCache(budget=budget)
+    refined = RefinedSearch(index, images)  # SAM 3 loads on the first refined search
     app = FastAPI(
         title="usesearch",
         summary="Open-vocabulary segment search over one index.",
@@ -185,8 +190,13 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         filters: Filters,
         k: KParam = 24,
         with_masks: WithMasks = False,
+        refine: Refine = None,
+        refine_top: RefineTop = 20,
     ) -> SearchOut:
-        """Segments ranked by similarity to a text (prompt-template ensemble, cached per text)."""
+        """Segments ranked by similarity to a text (prompt-template ensemble, cached per text); with
+        ``refine=sam3``, SAM 3's instances of the text in the top ``refine_top`` photos (masks included)."""
+        if refine:
+            return refined.search(q, k, filters, refine_top)
         return searched(lambda: index.query(q, k, filters), with_masks, query=q)
 
     @app.get("/api/segments/{segment_id}/similar", response_model=SearchOut, tags=["search"])
@@ -346,5 +356,20 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     @app.get("/style.css", include_in_schema=False)
     def style() -> Response:
         return static("style.css", "text/css; charset=utf-8")
+
+    # -- the audit view (web/audit.py): the lists of the last `usesearch audit`, and verdicts --
+    add_audit_routes(app, index)
+
+    @app.get("/audit", include_in_schema=False)
+    def audit_page() -> Response:
+        return static("audit.html", "text/html; charset=utf-8")
+
+    @app.get("/audit.js", include_in_schema=False)
+    def audit_script() -> Response:
+        return static("audit.js", "text/javascript; charset=utf-8")
+
+    @app.get("/audit.css", include_in_schema=False)
+    def audit_style() -> Response:
+        return static("audit.css", "text/css; charset=utf-8")
 
     return app

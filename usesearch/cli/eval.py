@@ -269,8 +269,7 @@ def audit(
 
 @functools.wraps(audit)
 def old_audit(*args: Any, **kwargs: Any) -> None:
+    """The old spelling ``audit --coco FILE --images DIR``: ``audit`` is now the index's
+    audit (``cli/audit.py``), which hands such a command line here (``app.py`` wires it)."""
     opts.deprecated("`usesearch audit` is now `usesearch eval audit`")
     audit(*args, **kwargs)
-
-
-app.command("audit", hidden=True)(old_audit)

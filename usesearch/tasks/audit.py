@@ -53,24 +53,31 @@ def audit_coco(model: SegmentEmbedder, coco: dict, images_dir: str | os.PathLike
         masks = np.stack([rle.decode(a["segmentation"], h, w) for a in anns])
         keep = np.any(masks.reshape(len(masks), -1), axis=1)
         probs = class_probabilities(model, rgb, masks[keep], class_names)
-        for ann, p in zip([a for a, k in zip(anns, keep) if k], probs):
-            label = category_ids.index(ann["category_id"])
-            others = p.copy()
-            others[label] = -1
-            best_other = int(others.argmax())
+        kept = [a for a, k in zip(anns, keep) if k]
+        labels = np.array([category_ids.index(a["category_id"]) for a in kept], np.int64)
+        margins, _ = label_margins(probs, labels)
+        for ann, p, label, margin in zip(kept, probs, labels, margins):
             top = int(p.argmax())
             rows.append(
                 Suspect(
-                    ann["id"],
-                    path,
-                    class_names[label],
-                    class_names[top],
-                    float(p[best_other] - p[label]),
-                    float(p[label]),
-                    float(p[top]),
+                    ann["id"], path, class_names[label], class_names[top], float(margin), float(p[label]), float(p[top])
                 )
             )
     return sorted(rows, key=lambda r: -r.margin)
+
+
+def label_margins(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N, C] class probabilities and [N] labelled classes -> (margin, best other class):
+    the best other class's probability minus the label's (> 0: the model prefers another
+    class). The one definition of a suspect label, here and in the index's audit."""
+    labels = np.asarray(labels, np.int64)
+    if not len(labels):
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    rows = np.arange(len(labels))
+    others = np.array(probs, np.float32, copy=True)
+    others[rows, labels] = -np.inf
+    best_other = others.argmax(1)
+    return (probs[rows, best_other] - probs[rows, labels]).astype(np.float32), best_other
 
 
 def summary(suspects: list[Suspect]) -> dict:

@@ -1,0 +1,93 @@
+"""The audit's lists as files a person reads: per list ``KIND.json``, ``KIND.csv`` and
+a contact sheet ``KIND.png`` of the first items, reviewed items left out unless asked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from usesearch.errors import UsesearchError, first_line
+
+from ..export import contact_sheet
+from ..hits import Hit
+from ..store import Store
+
+CSV_COLUMNS = {
+    "swapped": ["labelled", "preferred", "labelled_probability", "preferred_probability"],
+    "overlooked": ["proposed", "covered"],
+    "badly_located": ["labelled", "iou", "proposal_id"],
+    "leaks": ["kind", "splits", "images", "paths"],
+    "outliers": ["labelled"],
+}
+COMMON = ["rank", "item", "score", "segment_id", "annotation_id", "split", "image_id", "image"]
+
+
+def unreviewed(items: list[dict], kind: str, verdicts: dict[tuple[str, str], str]) -> list[dict]:
+    return [i for i in items if (kind, i["item"]) not in verdicts]
+
+
+def write_lists(
+    lists: dict[str, list[dict]],
+    store: Store,
+    report_dir: str | os.PathLike,
+    k: int,
+    verdicts: dict[tuple[str, str], str],
+    include_reviewed: bool = False,
+    sheets: bool = True,
+) -> dict[str, list[dict]]:
+    """Write each list's first ``k`` items (reviewed ones left out unless
+    ``include_reviewed``, then with their verdict); returns what was written."""
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for kind, items in lists.items():
+        shown = items if include_reviewed else unreviewed(items, kind, verdicts)
+        shown = [{**i, "verdict": verdicts.get((kind, i["item"]))} for i in shown[:k]]
+        written[kind] = shown
+        (out / f"{kind}.json").write_text(json.dumps(shown, indent=1))
+        with open(out / f"{kind}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            columns = COMMON + CSV_COLUMNS[kind] + ["verdict"]
+            writer.writerow(columns)
+            for item in shown:
+                writer.writerow([_cell(item.get(c)) for c in columns])
+        if sheets and shown:
+            try:
+                _sheet(shown, store, out / f"{kind}.png")
+            except (UsesearchError, OSError) as exc:  # a photo moved since indexing: the lists still stand
+                print(f"contact sheet {kind}.png skipped: {first_line(exc)}")
+    return written
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _sheet(items: list[dict], store: Store, path: Path) -> None:
+    rows = store.rows(i["segment_id"] for i in items if i.get("segment_id") is not None)
+    hits = []
+    for item in items:
+        row = rows.get(item["segment_id"]) if item.get("segment_id") is not None else None
+        if row is None:
+            continue
+        hits.append(
+            Hit(
+                rank=item["rank"],
+                score=float(item["score"]),
+                segment_id=row.id,
+                image_id=row.image_id,
+                image=row.image_path,
+                bbox=row.bbox,
+                area=row.area,
+                mask={"size": list(row.image_hw), "counts": row.rle_counts},
+                image_fs_path=row.image_fs_path,
+            )
+        )
+    if hits:
+        contact_sheet(hits, path)

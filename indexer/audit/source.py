@@ -1,0 +1,146 @@
+"""What the audit reads from an index: the labelled dataset's annotations (classes,
+splits, where their embeddings lie) in id order, the segments of a batch of photos
+with their masks, and the photos' content hashes. Plain rows through the store's
+engine, streamed in batches: nothing holds every annotation at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import func, select
+
+from usesearch.errors import UsesearchError
+
+from ..lookups import SQL_PARAMETERS
+from ..records import ANNOTATION, DONE, PROPOSAL, ImageRecord, SegmentRecord
+from ..store import Store
+
+SEG = SegmentRecord
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """A batch of annotations, in id order: arrays of equal length."""
+
+    ids: np.ndarray
+    image_ids: np.ndarray
+    labels: np.ndarray  # index into the dataset's classes
+    splits: np.ndarray  # index into the dataset's splits
+    chunks: np.ndarray
+    rows: np.ndarray
+    last: int  # the last id read (crowd annotations included): where the next batch starts
+
+
+@dataclass(frozen=True)
+class PhotoSegments:
+    """The annotations and proposals of a batch of photos, with their masks."""
+
+    ids: np.ndarray
+    image_ids: np.ndarray
+    is_annotation: np.ndarray
+    crowd: np.ndarray
+    labels: np.ndarray  # -1 for proposals
+    chunks: np.ndarray
+    rows: np.ndarray
+    areas: np.ndarray
+    masks: list[dict]  # COCO RLE, str counts
+
+
+class DatasetReader:
+    """The store's labelled dataset (``AnnotationLookups``), with the reads by photo
+    that the audit adds: photos with annotations in id order, and all their segments."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.classes: list[str] = store.categories()
+        self.splits: list[str] = store.splits()
+        self._class = {name: i for i, name in enumerate(self.classes)}
+        with store.sessions() as s:
+            self.annotations = s.scalar(select(func.count()).where(SEG.source == ANNOTATION)) or 0
+            self.proposals = s.scalar(select(func.count()).where(SEG.source == PROPOSAL)) or 0
+
+    def annotation_batches(self, after: int, batch: int, split: str | None = None):
+        """``Annotations`` (of one split, or all) with ids past ``after``, in id order;
+        crowd annotations left out (one mask over many objects has no single class)."""
+        for cols in self.store.annotation_segments(split=split, after=after, batch=batch):
+            if tuple(cols.categories) != tuple(self.classes):
+                raise UsesearchError("the index's classes changed while it was audited; run the audit again")
+            keep = ~cols.iscrowd & (cols.category >= 0)
+            yield Annotations(
+                cols.id[keep],
+                cols.image_id[keep],
+                cols.category[keep].astype(np.int64),
+                cols.split[keep].astype(np.int64),
+                cols.chunk[keep],
+                cols.row[keep],
+                last=int(cols.id[-1]),
+            )
+
+    def photo_batches(self, after: int, batch: int):
+        """(image ids, ``PhotoSegments``) of the photos with annotations past image id
+        ``after``, ``batch`` photos at a time, in id order."""
+        annotated = select(SEG.image_id).where(SEG.source == ANNOTATION).distinct().order_by(SEG.image_id)
+        while True:
+            with self.store.engine.connect() as conn:
+                images = [i for (i,) in conn.execute(annotated.where(SEG.image_id > after).limit(batch))]
+            if not images:
+                return
+            yield np.array(images, np.int64), self.segments_of(images)
+            after = images[-1]
+
+    def segments_of(self, image_ids: list[int]) -> PhotoSegments:
+        query = (
+            select(
+                SEG.id,
+                SEG.image_id,
+                SEG.source,
+                SEG.category,
+                SEG.iscrowd,
+                SEG.vec_chunk,
+                SEG.vec_row,
+                SEG.rle_counts,
+                SEG.area,
+                ImageRecord.height,
+                ImageRecord.width,
+            )
+            .join(ImageRecord)
+            .where(ImageRecord.status == DONE)
+            .order_by(SEG.image_id, SEG.id)
+        )
+        found: list = []
+        with self.store.engine.connect() as conn:
+            for start in range(0, len(image_ids), SQL_PARAMETERS):
+                found += conn.execute(query.where(SEG.image_id.in_(image_ids[start : start + SQL_PARAMETERS]))).all()
+        if not found:
+            empty = np.zeros(0, np.int64)
+            return PhotoSegments(empty, empty, empty.astype(bool), empty.astype(bool), empty, empty, empty, empty, [])
+        ids, images, sources, categories, crowd, chunks, rows, counts, areas, heights, widths = zip(*found)
+        annotated = np.array(sources) == ANNOTATION
+        labels = np.array([self._class.get(c, -1) for c in categories], np.int64)
+        return PhotoSegments(
+            np.array(ids, np.int64),
+            np.array(images, np.int64),
+            annotated,
+            np.array([bool(c) for c in crowd], bool),
+            np.where(annotated, labels, -1),
+            np.array(chunks, np.int64),
+            np.array(rows, np.int64),
+            np.array(areas, np.float64),
+            [{"size": [h, w], "counts": c} for h, w, c in zip(heights, widths, counts)],
+        )
+
+    def photo_splits(self) -> tuple[dict[int, set[str]], dict[int, int]]:
+        """Per annotated photo: the splits its annotations are in, and how many it has."""
+        splits: dict[int, set[str]] = {}
+        counts: dict[int, int] = {}
+        query = (
+            select(SEG.image_id, SEG.split, func.count())
+            .where(SEG.source == ANNOTATION)
+            .group_by(SEG.image_id, SEG.split)
+        )
+        with self.store.engine.connect() as conn:
+            for image_id, split, n in conn.execute(query):
+                splits.setdefault(image_id, set()).add(split or "")
+                counts[image_id] = counts.get(image_id, 0) + n
+        return splits, counts

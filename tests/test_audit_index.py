@@ -1,0 +1,303 @@
+"""Auditing a labelled dataset through the index (``usesearch audit --db``): each list's
+rule on arrays, then planted errors found at the top of their lists in a small
+index, a kill -9 mid-audit resuming to the same lists, and reviews surviving re-runs."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import kill_when, run_python
+from usesearch.cli.app import app
+from usesearch.indexer.audit import LISTS, AuditConfig, audit_index, leaks, reviews, scores
+from usesearch.indexer.audit.planted import PlantedConfig, write_planted
+from usesearch.indexer.audit.ranked import Ranked
+from usesearch.masks import rle
+
+
+def unit(rows):
+    rows = np.asarray(rows, np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def box(y0, x0, y1, x1, hw=(40, 40)):
+    mask = np.zeros(hw, bool)
+    mask[y0:y1, x0:x1] = True
+    return rle.encode(mask)
+
+
+# -- the rules, on arrays ------------------------------------------------------------------
+def test_swapped_margin_is_positive_only_where_another_class_wins():
+    classes = np.eye(3, 8, dtype=np.float32)
+    e = unit([[1, 0.1, 0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0]])
+    margin, preferred, p_label, p_preferred = scores.swapped(e, np.array([0, 2]), classes)
+    assert margin[0] < 0 < margin[1]
+    assert preferred.tolist() == [1, 1] and p_preferred[1] > p_label[1]
+
+
+def test_swapped_hears_the_datasets_own_classes_where_the_text_says_nothing():
+    rng = np.random.default_rng(0)
+    centres = unit(rng.normal(size=(2, 8)))
+    e = unit(np.repeat(centres, 5, 0) + 0.05 * rng.normal(size=(10, 8)))
+    labels = np.repeat([0, 1], 5)
+    labels[0] = 1  # a class-0 look-alike labelled 1
+    sums = np.zeros((2, 8))
+    np.add.at(sums, labels, e)
+    silent = np.zeros((2, 8), np.float32)  # uniform text probabilities: no opinion
+    assert np.allclose(scores.swapped(e, labels, silent)[0], 0)
+    margin, preferred, _, _ = scores.swapped(e, labels, silent, sums, np.bincount(labels))
+    assert margin[0] > 0.3 and preferred[0] == 0 and (margin[1:] < 0).all()
+
+
+def test_centroid_distance_leaves_the_annotation_out_of_its_class():
+    e = unit([[1, 0], [1, 0.05], [0, 1], [1, 0]])
+    labels = np.array([0, 0, 0, 1])
+    sums = np.zeros((2, 2))
+    np.add.at(sums, labels, e)
+    counts = np.bincount(labels, minlength=2)
+    d = scores.centroid_distances(e, labels, sums, counts)
+    assert d[2] > 0.9 > 0.4 > d[0]  # the odd one out, against the other two
+    assert d[0] == pytest.approx(1 - e[0] @ unit([e[1] + e[2]])[0], abs=1e-5)  # itself left out
+    assert np.isnan(d[3])  # alone in its class: nothing to compare with
+
+
+def test_overlooked_needs_no_annotation_around_and_a_class_it_resembles():
+    annotation = box(0, 0, 20, 20)
+    proposals = [box(2, 2, 18, 18), box(25, 25, 38, 38), box(22, 0, 38, 15)]  # inside; free; free
+    covered = scores.coverage(scores.overlaps(proposals, [annotation])[0])
+    assert covered[0] == 1 and covered[1] == 0
+    protos = unit([[1, 0, 0], [0, 1, 0]])
+    score, proposed = scores.overlooked(unit([[1, 0, 0], [0, 1, 0.1], [0, 0.2, 1]]), covered, protos)
+    assert np.isnan(score[0]) and score[1] > score[2] and proposed[1] == 1
+
+
+def test_badly_located_compares_with_the_same_class_proposal():
+    truth, shifted = box(0, 0, 20, 20), box(8, 8, 28, 28)
+    neighbour = box(8, 8, 28, 28)  # another class's object where the shifted mask lies
+    _, ious = scores.overlaps([box(0, 0, 20, 20), neighbour], [truth, shifted])
+    assert ious[1, 1] == 1 and ious[1, 0] == pytest.approx(144 / 656)  # the IoU, from the shares and areas
+    located, best = scores.badly_located(ious, np.array([0, 0]), [0, 1])
+    assert located[0] == pytest.approx(0) and located[1] > 0.5 and best.tolist() == [0, 0]
+    alone, _ = scores.badly_located(np.zeros((1, 0)), np.array([0]), [])
+    assert np.isnan(alone[0])
+
+
+def test_ranked_keeps_the_best_whatever_the_batches():
+    rng = np.random.default_rng(0)
+    values, keys = rng.random(100).round(1), np.arange(100)  # many ties: broken by key
+    whole = Ranked(10)
+    whole.push(score=values, key=keys)
+    pieces = Ranked(10)
+    for lo in range(0, 100, 7):
+        pieces.push(score=values[lo : lo + 7], key=keys[lo : lo + 7])
+    assert [r["key"] for r in whole.rows()] == [r["key"] for r in pieces.rows()]
+    assert whole.rows()[0]["score"] == values.max()
+    restored = Ranked.from_state(10, "x", whole.state("x"))
+    assert restored.rows() == whole.rows()
+
+
+def test_leaks_exact_and_near_duplicates_across_splits_grouped():
+    exact = leaks.exact_groups(
+        {1: "a", 2: "a", 3: "b", 4: "c"}, {1: {"train"}, 2: {"val"}, 3: {"train", "val"}, 4: {"val"}}
+    )
+    assert [g["images"] for g in exact] == [[1, 2], [3]]
+    rng = np.random.default_rng(1)
+    train = unit(rng.normal(size=(6, 16)))
+    val = unit(np.vstack([train[:2] + 0.01 * rng.normal(size=(2, 16)), rng.normal(size=(2, 16))]))
+    index = leaks.base_index(16, 4)
+    val_ids = np.arange(101, 105)
+    index.add_with_ids(val, val_ids)
+    pairs = leaks.near_pairs(index, val_ids, np.ones(4, np.int64), train, np.arange(1, 7), np.zeros(6, np.int64))
+    assert sorted(pairs[:, :2].astype(int).tolist()) == [[1, 101], [2, 102]]
+    segment_image = {1: 10, 2: 10, 101: 20, 102: 20}
+    same_places = {1: (0, 0, 0.5, 0.5), 2: (0.5, 0.5, 0.4, 0.4), 101: (0, 0, 0.5, 0.5), 102: (0.5, 0.5, 0.4, 0.4)}
+    groups = leaks.near_groups(pairs, segment_image, same_places, {10: 2, 20: 2}, {10: {"train"}, 20: {"val"}})
+    assert [g["images"] for g in groups] == [[10, 20]] and groups[0]["score"] > 0.97
+    # The same objects elsewhere in the photo, or one of three matched: a weaker leak.
+    moved = {**same_places, 101: (0.5, 0, 0.5, 0.5)}
+    assert leaks.near_groups(pairs, segment_image, moved, {10: 2, 20: 2}, {})[0]["score"] < 0.55
+    assert leaks.near_groups(pairs, segment_image, same_places, {10: 6, 20: 6}, {})[0]["score"] < 0.35
+
+
+# -- through an index: a small labelled dataset with planted errors ----------------------------
+CONFIG = PlantedConfig(photos=60, seed=3)
+
+
+@pytest.fixture(scope="module")
+def planted_index(trained_tiny_head, tmp_path_factory):
+    """A planted world indexed with the trained tiny head (annotations and proposals)."""
+    import usesearch
+
+    head, _ = trained_tiny_head
+    root = tmp_path_factory.mktemp("planted")
+    planted, _ = write_planted(root / "db", root / "photos", usesearch.load_model(head), CONFIG, head)
+    return root / "db", planted
+
+
+@pytest.fixture
+def db(planted_index, tmp_path):
+    """A copy of the planted index of one's own (audits write into the folder and catalog)."""
+    import shutil
+
+    shutil.copytree(planted_index[0], tmp_path / "db")
+    return tmp_path / "db"
+
+
+def audit_cli(db, *more):
+    result = CliRunner().invoke(app, ["audit", "--db", str(db), "--report-dir", str(db.parent / "report"), *more])
+    assert result.exit_code == 0, result.output
+    return {kind: json.loads((db.parent / "report" / f"{kind}.json").read_text()) for kind in LISTS}
+
+
+def test_each_planted_kind_is_found_at_the_top_of_its_list(db, planted_index):
+    _, planted = planted_index
+    lists = audit_cli(db, "-k", "40")
+    truth = {
+        "swapped": lambda i: i["item"] in planted.errors["swapped"],
+        "badly_located": lambda i: i["item"] in planted.errors["badly_located"],
+        "outliers": lambda i: i["item"] in planted.errors["outliers"],
+        "overlooked": lambda i: i["segment_id"] in planted.errors["overlooked"],
+        "leaks": lambda i: bool(set(i["images"]) & planted.copies),
+    }
+    annotation_errors = ("swapped", "badly_located", "outliers")
+    for kind, is_planted in truth.items():
+        # Among this kind and the clean items (a mask over background is badly located too, and so on).
+        others = set().union(*(planted.errors[k] for k in annotation_errors if k != kind))
+        items = [i for i in lists[kind] if kind in ("overlooked", "leaks") or i["item"] not in others]
+        planted_here = len(planted.errors[kind])
+        assert planted_here >= 2 and items, kind
+        top = items[: min(planted_here, 5)]
+        # A random order would put about one planted item in ten at the top; the audit puts most there.
+        assert sum(map(is_planted, top)) >= 0.5 * len(top), (kind, [is_planted(i) for i in items[:planted_here]])
+    assert {i["kind"] for i in lists["leaks"] if set(i["images"]) & planted.copies} == {
+        "same content",
+        "near duplicate",
+    }
+    for kind in LISTS:
+        assert (db.parent / "report" / f"{kind}.csv").read_text().startswith("rank,item,score")
+        assert (db.parent / "report" / f"{kind}.png").stat().st_size > 1000  # a contact sheet of the tiles
+
+
+SLOW_AUDIT = """
+import sys, time
+from usesearch.indexer.audit import AuditConfig, audit_index, source
+reading = source.DatasetReader.segments_of
+def slowly(self, image_ids):  # room to be killed between the photo pass's checkpoints
+    time.sleep(0.3)
+    return reading(self, image_ids)
+source.DatasetReader.segments_of = slowly
+audit_index(sys.argv[1], config=AuditConfig(batch=7, photo_batch=4))
+"""
+
+
+def checkpoint_phase(db):
+    try:
+        with np.load(db / "audit" / "checkpoint.npz") as saved:
+            meta = json.loads(str(saved["meta"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    return meta["phase"], meta["after"]
+
+
+def test_a_killed_audit_resumes_to_the_same_lists(db, tmp_path):
+    import shutil
+
+    untouched = tmp_path / "untouched"
+    shutil.copytree(db, untouched)
+    config = AuditConfig(batch=7, photo_batch=4)
+    proc = run_python(SLOW_AUDIT, db)
+    at = kill_when(proc, lambda: checkpoint_phase(db), lambda p: p is not None and p[0] == "photos" and p[1] > 0, None)
+    assert at[0] == "photos" and not (db / "audit" / "lists.json").exists()
+    said: list[str] = []
+    resumed = audit_index(db, config=config, say=said.append)
+    assert any(line.startswith("resuming the audit at its photos pass") for line in said), said
+    assert resumed == audit_index(untouched, config=config)  # the lists of an audit never killed
+    assert sum(len(v) for v in resumed["lists"].values()) > 50
+
+
+def test_reviews_survive_a_rerun(db):
+    from usesearch.indexer.folder import open_store
+
+    first = audit_cli(db, "-k", "10")
+    judged = first["swapped"][0]["item"]
+    store = open_store(db, read_only=True)  # as the web app marks them: through a reader's catalog
+    reviews.mark(store.engine, "swapped", judged, "wrong")
+    store.close()
+    again = audit_cli(db, "-k", "10")
+    assert judged not in {i["item"] for i in again["swapped"]}
+    assert again["swapped"][0]["item"] == first["swapped"][1]["item"]
+    shown = audit_cli(db, "-k", "10", "--include-reviewed")
+    assert shown["swapped"][0]["item"] == judged and shown["swapped"][0]["verdict"] == "wrong"
+    assert shown["swapped"][1]["verdict"] is None
+
+
+# -- the web app's audit view, in a browser ---------------------------------------------------
+@pytest.fixture
+def audit_server(db):
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from usesearch.indexer import SegmentIndex
+    from usesearch.indexer.web import create_app
+
+    audit_index(db)
+    index = SegmentIndex.open(db)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    uv = uvicorn.Server(uvicorn.Config(create_app(index), log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert uv.started, "the server did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", index
+    uv.should_exit = True
+    thread.join(10)
+    index.close()
+
+
+def test_the_audit_view_pages_through_a_list_and_keeps_verdicts(audit_server, db):
+    from tests.test_serve_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+
+    if CHROMIUM is None:
+        pytest.skip("no chromium here: `sh tests/install-services.sh` installs Debian's")
+    from playwright.sync_api import sync_playwright
+
+    url, index = audit_server
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        # bypass_csp: Playwright's own waits evaluate strings; the page itself runs under its CSP.
+        page = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{url}/audit#list=badly_located")
+        page.wait_for_selector(".audit-item")
+        cards = page.locator(".audit-item")
+        first = cards.first.get_attribute("data-item")
+        assert cards.count() > 1 and page.locator("#list-badly_located.current").count() == 1
+        # Masks drawn: the tile of the annotation and that of its best proposal, loaded.
+        pictures = cards.first.locator(".pictures img")
+        assert pictures.count() == 2
+        page.wait_for_function(
+            "[...document.querySelectorAll('.audit-item img')].slice(0, 2).every(i => i.naturalWidth > 0)"
+        )
+        cards.first.locator("button[data-verdict=wrong]").click()
+        page.wait_for_selector(f".audit-item.wrong[data-item='{first}']")
+        assert reviews.verdicts(index.store.engine, "badly_located") == {("badly_located", first): "wrong"}
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "audit-view.png"))
+        page.reload()
+        page.wait_for_selector(".audit-item")
+        assert page.locator(".audit-item").first.get_attribute("data-item") != first  # reviewed: left out
+        page.locator("#include-reviewed").check()
+        page.wait_for_selector(f".audit-item.wrong[data-item='{first}']")
+        page.locator("#list-leaks").click()
+        page.wait_for_selector(".audit-item .pictures img[src*='thumbnail']")  # a leak shows its photos
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('leaks')")
+        browser.close()
+    assert errors == []

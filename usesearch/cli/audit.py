@@ -1,0 +1,78 @@
+"""CLI wiring for ``audit --db DIR``: a labelled dataset in an index, audited from what
+the index stores, its five lists written as JSON, CSV and contact sheets.
+
+For one release ``audit --coco FILE --images DIR`` (no ``--db``) still means ``eval
+audit``, with a deprecation line: ``AuditCommand`` hands such a command line to the
+old command that ``app.py`` gives it (command modules do not import each other)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Optional
+
+import typer
+from typer.core import TyperCommand
+
+from usesearch.cli import options as opts
+
+app = opts.Typer()
+OLD_FLAGS = ("--coco", "--images")
+
+
+class AuditCommand(TyperCommand):
+    """``audit``: the index's audit, or, given ``--coco``/``--images`` and no ``--db``,
+    the old spelling of ``eval audit`` (``old``: its callback, set by ``app.py``)."""
+
+    old: ClassVar[tuple[Callable[..., Any], ...]] = ()  # a tuple: a function here would bind as a method
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        flags = {a.split("=", 1)[0] for a in args}
+        if self.old and "--db" not in flags and flags & set(OLD_FLAGS):
+            legacy = opts.Typer()
+            legacy.command("audit", hidden=True)(self.old[0])
+            return typer.main.get_command(legacy).make_context(info_name, list(args), parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+@app.command("audit", cls=AuditCommand)
+@opts.user_errors
+def audit(
+    db: opts.DbOpt,
+    db_url: opts.DbUrlOpt = None,
+    report_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--report-dir",
+            help="Folder for each list's JSON, CSV and contact sheet (default: DIR/audit/report).",
+        ),
+    ] = None,
+    k: opts.KOpt = 50,
+    include_reviewed: Annotated[
+        bool, typer.Option("--include-reviewed", help="Show items already marked ok or wrong, with their verdict.")
+    ] = False,
+    sheets: Annotated[bool, typer.Option("--sheets/--no-sheets", help="Draw a contact sheet per list.")] = True,
+    batch: Annotated[int, typer.Option("--batch", min=1, hidden=True, help="Annotations per checkpoint.")] = 20_000,
+    device: opts.DeviceOpt = None,
+) -> None:
+    """Audit a labelled dataset indexed with `index IMAGES --coco FILE.json`: swapped labels, overlooked
+    objects, badly located masks, leaks between splits, outliers. Resumes after a kill."""
+    from usesearch.indexer.audit import AuditConfig, audit_index, report, reviews
+    from usesearch.indexer.folder import open_store
+
+    result = audit_index(db, db_url, AuditConfig(batch=batch), device=device, say=opts.console.print)
+    store = open_store(Path(db), db_url, read_only=True)
+    try:
+        verdicts = reviews.verdicts(store.engine)
+        out = Path(report_dir) if report_dir is not None else Path(db) / "audit" / "report"
+        written = report.write_lists(result["lists"], store, out, k, verdicts, include_reviewed, sheets)
+    finally:
+        store.close()
+    for kind, items in written.items():
+        reviewed = sum(1 for key in verdicts if key[0] == kind)
+        first = items[0] if items else None
+        line = f"{kind:>14}: {len(result['lists'][kind])} found, {reviewed} reviewed"
+        if first is not None:
+            line += f"; first: {first['item']} (score {first['score']:.3f}, {first.get('image') or ''})"
+        opts.console.print(line)
+    opts.console.print(f"wrote {out}/{{{','.join(written)}}}.json, .csv, .png")
