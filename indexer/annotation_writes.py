@@ -79,10 +79,7 @@ class AnnotationWrites:
         ids removed, segment ids added)."""
         segments = list(segments)
         if segments:
-            if vectors is None:
-                raise ValueError("segments come with their vectors")
-            chunks, rows = self.files().append(vectors)
-            segments = [{**seg, "vec_chunk": int(c), "vec_row": int(r)} for seg, c, r in zip(segments, chunks, rows)]
+            segments = self.files().place(segments, vectors)
         dropped, relabelled = sorted(set(drop)), dict(relabel or {})
         result: tuple[list[int], list[int]] = self.retrying(
             lambda: self._save_annotations(fs_path, path, sha256, hw, segments, dropped, relabelled)

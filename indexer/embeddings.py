@@ -113,6 +113,13 @@ class EmbeddingFiles:
         _fsync_dir(self.folder)
         return chunks, rows
 
+    def place(self, segments: list[dict], vectors: np.ndarray | None) -> list[dict]:
+        """Write each segment's vector durably (``append``); the segments with where it lies."""
+        if vectors is None:
+            raise ValueError("segments come with their vectors")
+        chunks, rows = self.append(vectors)
+        return [{**seg, "vec_chunk": int(c), "vec_row": int(r)} for seg, c, r in zip(segments, chunks, rows)]
+
     def _write_sums(self, chunk: int, start: int, sums: np.ndarray) -> None:
         """The rows' checksums at their rows' places. Rows before ``start`` that have
         none (a chunk begun before checksums, or a torn row a kill left) get theirs

@@ -200,10 +200,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites):
         Returns (segment ids removed, segment ids added)."""
         segments = list(segments)
         if segments:
-            if vectors is None:
-                raise ValueError("segments come with their vectors")
-            chunks, rows = self.files().append(vectors)
-            segments = [{**seg, "vec_chunk": int(c), "vec_row": int(r)} for seg, c, r in zip(segments, chunks, rows)]
+            segments = self.files().place(segments, vectors)
         return self.retrying(lambda: self._save_image(fs_path, path, sha256, hw, segments, error))
 
     def retrying(self, write: Callable[[], T]) -> T:

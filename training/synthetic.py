@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from usesearch.curation.dataset import DatasetWriter
 from usesearch.curation.masks import to_segment
 from usesearch.curation.records import TextRef
 from usesearch.io.files import read_bytes
 from usesearch.masks import rle
+from usesearch.tasks.shapes import background, shape_mask
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 60, 220), "yellow": (235, 215, 30)}
 SHAPES = ("circle", "square", "triangle")
@@ -27,30 +28,9 @@ def class_texts() -> list[str]:
     return names + [f"the {c} house" for c in COLOURS] + [f"the roof of the {c} house" for c in COLOURS]
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    coarse = rng.uniform(60, 160, (4, 4, 3))
-    smooth = np.asarray(
-        Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC), np.float32
-    )
-    return np.clip(smooth + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
-
-
-def _draw(kind: str, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    canvas = Image.new("1", (size, size))
-    draw = ImageDraw.Draw(canvas)
-    x0, y0, x1, y1 = box
-    if kind == "circle":
-        draw.ellipse(box, fill=1)
-    elif kind == "square":
-        draw.rectangle(box, fill=1)
-    else:
-        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=1)
-    return np.asarray(canvas, bool)
-
-
 def scene(rng: np.random.Generator, size: int = 128):
     """-> (RGB, [(mask, [texts])]) with 2-3 objects in free cells of a 2x2 layout."""
-    rgb = _background(rng, size)
+    rgb = background(rng, size)
     cell = size // 2
     objects = []
     for cx, cy in rng.permutation([(0, 0), (1, 0), (0, 1), (1, 1)])[: rng.integers(2, 4)]:
@@ -59,15 +39,15 @@ def scene(rng: np.random.Generator, size: int = 128):
         x0 = int(cx * cell + rng.integers(2, cell - s - 1))
         y0 = int(cy * cell + rng.integers(2, cell - s - 1))
         if rng.random() < 0.25:  # a house: a body and a roof of another shade
-            body = _draw("square", (x0, y0 + s // 2, x0 + s, y0 + s), size)
-            roof = _draw("triangle", (x0, y0, x0 + s, y0 + s // 2), size) & ~body
+            body = shape_mask("square", (x0, y0 + s // 2, x0 + s, y0 + s), size)
+            roof = shape_mask("triangle", (x0, y0, x0 + s, y0 + s // 2), size) & ~body
             rgb[body] = COLOURS[colour]
             rgb[roof] = (np.asarray(COLOURS[colour]) * 0.55).astype(np.uint8)
             objects.append((body | roof, [f"the {colour} house"]))
             objects.append((roof, [f"the roof of the {colour} house"]))
         else:
             kind = SHAPES[rng.integers(len(SHAPES))]
-            mask = _draw(kind, (x0, y0, x0 + s, y0 + s), size)
+            mask = shape_mask(kind, (x0, y0, x0 + s, y0 + s), size)
             rgb[mask] = COLOURS[colour]
             objects.append((mask, [f"{colour} {kind}", f"a {colour} {kind}"]))
     return rgb, objects

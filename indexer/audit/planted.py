@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy import ndimage
+
+from usesearch.tasks.shapes import background, shape_mask
 
 from ..folder import db_url_for, writer_lock
 from ..index_choice import choose
@@ -61,40 +63,21 @@ class Planted:
     class_names: list = field(default_factory=lambda: list(CLASSES))
 
 
-def _background(rng, size):
-    coarse = rng.uniform(60, 160, (4, 4, 3)).astype(np.uint8)
-    smooth = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), np.float32)
-    return np.clip(smooth + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
-
-
-def _shape(kind: str, box, size: int) -> np.ndarray:
-    canvas = Image.new("1", (size, size))
-    draw = ImageDraw.Draw(canvas)
-    x0, y0, x1, y1 = box
-    if kind == "circle":
-        draw.ellipse(box, fill=1)
-    elif kind == "square":
-        draw.rectangle(box, fill=1)
-    else:
-        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=1)
-    return np.asarray(canvas, bool)
-
-
 def scene(rng, size: int):
     """(RGB, [(mask, class index)], background blob mask) with 2-3 shapes in a 2x2 layout."""
-    rgb, cell, objects = _background(rng, size), size // 2, []
+    rgb, cell, objects = background(rng, size), size // 2, []
     cells = rng.permutation([(0, 0), (1, 0), (0, 1), (1, 1)])
     count = int(rng.integers(2, 4))
     for cx, cy in cells[:count]:
         colour, kind = int(rng.integers(len(COLOURS))), int(rng.integers(len(SHAPES)))
         s = int(rng.integers(cell * 5 // 10, cell * 8 // 10))
         x0, y0 = int(cx * cell + rng.integers(2, cell - s - 1)), int(cy * cell + rng.integers(2, cell - s - 1))
-        mask = _shape(SHAPES[kind], (x0, y0, x0 + s, y0 + s), size)
+        mask = shape_mask(SHAPES[kind], (x0, y0, x0 + s, y0 + s), size)
         rgb[mask] = list(COLOURS.values())[colour]
         objects.append((mask, colour * len(SHAPES) + kind))
     cx, cy = cells[count]  # a free cell: a blob of background
     r = cell // 4
-    blob = _shape("circle", (cx * cell + r, cy * cell + r, cx * cell + 3 * r, cy * cell + 3 * r), size)
+    blob = shape_mask("circle", (cx * cell + r, cy * cell + r, cx * cell + 3 * r, cy * cell + 3 * r), size)
     return rgb, objects, blob
 
 

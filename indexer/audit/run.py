@@ -15,13 +15,12 @@ audit resumes where it stopped and ends with the same lists:
    located);
 3. annotations against every split but the largest in FAISS (near-duplicate leaks),
    then photos with the same content in two splits.
-
-Memory is bounded by the batch, the classes' sums and the ``keep`` best items of
-each list; the near-duplicate index holds the smaller splits (float16 rows)."""
+Memory: the batch, the classes' sums, each list's ``keep`` best, the smaller splits' rows."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable
@@ -365,12 +364,9 @@ def _save(path: Path, identity: str, state: _State) -> None:
         arrays.update(ranked.state(kind))
     meta = {"identity": identity, "phase": state.phase, "after": state.after}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **{"meta": np.array(json.dumps(meta)), **arrays})  # type: ignore[arg-type]  # names, not flags
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{"meta": np.array(json.dumps(meta)), **arrays})  # type: ignore[arg-type]  # names, not flags
+    _atomic_write(path, buffer.getvalue())
 
 
 def _load(path: Path, identity: str, config: AuditConfig, classes: int, dim: int) -> _State | None:
