@@ -2,6 +2,7 @@
 conftest.py, which pytest loads itself."""
 
 import os
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -112,3 +113,30 @@ def parsed(args: list[str]) -> tuple[str, dict]:
         name = args.pop(0)
         command = command.get_command(None, name)
     return str(command.name), dict(command.make_context(name, args).params)
+
+
+@contextmanager
+def serving(index):
+    """The web app over ``index`` on a free loopback port, in a thread; yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from usesearch.indexer.web import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    uv = uvicorn.Server(uvicorn.Config(create_app(index), log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert uv.started, "the server did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        uv.should_exit = True
+        thread.join(10)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import kill_when, run_python
+from tests.helpers import kill_when, run_python, serving
 from usesearch.cli.app import app
 from usesearch.indexer.audit import LISTS, AuditConfig, audit_index, leaks, reviews, scores
 from usesearch.indexer.audit.planted import PlantedConfig, write_planted
@@ -235,29 +235,13 @@ def test_reviews_survive_a_rerun(db):
 # -- the web app's audit view, in a browser ---------------------------------------------------
 @pytest.fixture
 def audit_server(db):
-    import socket
-    import threading
-    import time
-
-    import uvicorn
 
     from usesearch.indexer import SegmentIndex
-    from usesearch.indexer.web import create_app
 
     audit_index(db)
     index = SegmentIndex.open(db)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(create_app(index), log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert uv.started, "the server did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", index
-    uv.should_exit = True
-    thread.join(10)
+    with serving(index) as url:
+        yield url, index
     index.close()
 
 

@@ -5,18 +5,13 @@ Screenshots go to ``artifacts/`` (git-ignored) for people to look at.
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 from PIL import Image
 
-from tests.helpers import OPTS, write_photos
+from tests.helpers import OPTS, serving, write_photos
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
-from usesearch.indexer.web import create_app
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = os.environ.get("USESEARCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,18 +42,8 @@ def server(tmp_path_factory):
     Image.open(next(photos.rglob("coffee.png"))).transpose(Image.FLIP_LEFT_RIGHT).save(photos / HOSTILE_NAME)
     index_paths([photos], root / "db", IndexOptions(**OPTS))
     index = SegmentIndex.open(root / "db")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(create_app(index), log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert uv.started, "the server did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", index
-    uv.should_exit = True
-    thread.join(10)
+    with serving(index) as url:
+        yield url, index
     index.close()
 
 

@@ -217,19 +217,20 @@ def overlap_of_smaller(a: list[dict], b: list[dict]) -> np.ndarray:
 
 def iou_between(a: list[dict], b: list[dict]) -> np.ndarray:
     """[len(a), len(b)] mask IoU of every mask of ``a`` with every mask of ``b`` (one image)."""
-    if not a or not b:
-        return np.zeros((len(a), len(b)))
-    pa, pb = [_pycoco(r) for r in a], [_pycoco(r) for r in b]
-    return np.asarray(mask_utils.iou(pa, pb, [0] * len(pb))).reshape(len(pa), len(pb))
+    return _pairwise(a, b, crowd=0)
 
 
 def covered_by(a: list[dict], b: list[dict]) -> np.ndarray:
     """[len(a), len(b)]: |a ∩ b| / |a|, the share of each ``a`` mask inside each ``b``
     mask (pycocotools' IoU with ``iscrowd`` set)."""
+    return _pairwise(a, b, crowd=1)
+
+
+def _pairwise(a: list[dict], b: list[dict], crowd: int) -> np.ndarray:
     if not a or not b:
         return np.zeros((len(a), len(b)))
     pa, pb = [_pycoco(r) for r in a], [_pycoco(r) for r in b]
-    return np.asarray(mask_utils.iou(pa, pb, [1] * len(pb))).reshape(len(pa), len(pb))
+    return np.asarray(mask_utils.iou(pa, pb, [crowd] * len(pb))).reshape(len(pa), len(pb))
 
 
 def area(rle: dict) -> int:
