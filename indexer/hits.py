@@ -10,7 +10,7 @@ import numpy as np
 
 from usesearch.masks import rle
 
-from .records import SegmentRow
+from .records import PROPOSAL, SegmentRow
 
 DISTINCT_OVERLAP = 0.8  # --distinct: this share of the smaller mask inside the other makes two hits one region
 
@@ -28,6 +28,33 @@ class Hit:
     predicted_iou: float | None = None
     stability_score: float | None = None
     image_fs_path: bytes | None = field(default=None, repr=False)  # the exact file, for opening it
+    # Where the segment came from: a SAM "proposal", a labelled dataset's "annotation"
+    # (index --coco) with its id, class and split, or a "sam3" instance (query --refine).
+    source: str = PROPOSAL
+    annotation_id: int | None = None
+    category: str | None = None
+    split: str | None = None
+
+    @classmethod
+    def from_row(cls, row: SegmentRow, rank: int, score: float) -> Hit:
+        """The hit of a stored segment, with everything its row says about it."""
+        return cls(
+            rank=rank,
+            score=score,
+            segment_id=row.id,
+            image_id=row.image_id,
+            image=row.image_path,
+            bbox=row.bbox,
+            area=row.area,
+            mask={"size": list(row.image_hw), "counts": row.rle_counts},
+            predicted_iou=row.predicted_iou,
+            stability_score=row.stability_score,
+            image_fs_path=row.image_fs_path,
+            source=row.source,
+            annotation_id=row.annotation_id,
+            category=row.category,
+            split=row.split,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -67,27 +94,13 @@ def to_hits(
             if row.image_id in seen_images:
                 continue
             seen_images.add(row.image_id)
-        mask = {"size": list(row.image_hw), "counts": row.rle_counts}
+        hit = Hit.from_row(row, len(hits) + 1, float(score))
         if distinct:
             better = kept_masks.setdefault(row.image_id, [])
-            if better and rle.overlap_of_smaller([mask], better).max() >= DISTINCT_OVERLAP:
+            if better and rle.overlap_of_smaller([hit.mask], better).max() >= DISTINCT_OVERLAP:
                 continue  # a part of a better hit, or a whole around one
-            better.append(mask)
-        hits.append(
-            Hit(
-                rank=len(hits) + 1,
-                score=float(score),
-                segment_id=row.id,
-                image_id=row.image_id,
-                image=row.image_path,
-                bbox=row.bbox,
-                area=row.area,
-                mask=mask,
-                predicted_iou=row.predicted_iou,
-                stability_score=row.stability_score,
-                image_fs_path=row.image_fs_path,
-            )
-        )
+            better.append(hit.mask)
+        hits.append(hit)
         if len(hits) == k:
             break
     return hits

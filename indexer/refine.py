@@ -212,6 +212,7 @@ class Refiner:
                     use_score=stored[best][2] if best is not None else None,
                     overlap=float(row[best]) if best is not None else 0.0,
                     photo_rank=photo_rank,
+                    source="sam3",
                 )
             )
         return out

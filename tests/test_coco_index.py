@@ -10,6 +10,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,6 +20,7 @@ from usesearch.errors import CocoFileError
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths
 from usesearch.indexer.coco_index import index_coco
 from usesearch.indexer.folder import DB_FILE
+from usesearch.indexer.web import create_app
 from usesearch.masks import rle
 
 TINY = ["--preset", "tiny"]
@@ -124,13 +126,24 @@ def test_label_and_split_filter_query_and_similar(labelled):
     runner = CliRunner()
     result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--label", "rocket", "--json", "-k", "20"])
     assert result.exit_code == 0, result.output
-    assert sorted(h["segment_id"] for h in json.loads(result.output)) == sorted(
-        r.id for r in SegmentIndex.open(db).store.rows(range(1, 11)).values() if r.category == "rocket"
-    )
+    found = json.loads(result.output)
+    rows = SegmentIndex.open(db).store.rows(range(1, 11))
+    assert sorted(h["segment_id"] for h in found) == sorted(r.id for r in rows.values() if r.category == "rocket")
+    # Each hit says which annotation it is: its id, class and split, as stored.
+    for h in found:
+        row = rows[h["segment_id"]]
+        assert (h["source"], h["category"], h["split"]) == ("annotation", "rocket", row.split)
+        assert h["annotation_id"] == row.annotation_id
+    asked = ["query", "a cat", "--db", str(db), "--label", "rocket", "--split", "train"]
+    table = runner.invoke(app, asked, env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "label" in table.output and "rocket [train]" in table.output
     ix = SegmentIndex.open(db)
     only = ix.query("a cat", k=20, filters=SearchFilters(label="rocket", split="train"))
-    rows = ix.store.rows([h.segment_id for h in only])
-    assert sorted(r.annotation_id for r in rows.values()) == [102, 103]
+    assert sorted(h.annotation_id for h in only) == [102, 103] and {h.split for h in only} == {"train"}
+    served = TestClient(create_app(ix)).get("/api/search", params={"q": "a cat", "label": "rocket", "split": "train"})
+    assert [(h["category"], h["split"], h["annotation_id"]) for h in served.json()["hits"]] == [
+        (h.category, h.split, h.annotation_id) for h in only
+    ]
     like = ix.similar(only[0].segment_id, k=20, filters=SearchFilters(split="instances_val"))
     assert len(like) == 6 and {ix.store.rows([h.segment_id])[h.segment_id].split for h in like} == {"instances_val"}
     assert ix.query("a cat", k=5, filters=SearchFilters(label="dog")) == []

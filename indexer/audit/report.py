@@ -76,18 +76,6 @@ def _sheet(items: list[dict], store: Store, path: Path) -> None:
         row = rows.get(item["segment_id"]) if item.get("segment_id") is not None else None
         if row is None:
             continue
-        hits.append(
-            Hit(
-                rank=item["rank"],
-                score=float(item["score"]),
-                segment_id=row.id,
-                image_id=row.image_id,
-                image=row.image_path,
-                bbox=row.bbox,
-                area=row.area,
-                mask={"size": list(row.image_hw), "counts": row.rle_counts},
-                image_fs_path=row.image_fs_path,
-            )
-        )
+        hits.append(Hit.from_row(row, item["rank"], float(item["score"])))
     if hits:
         contact_sheet(hits, path)

@@ -89,8 +89,8 @@ class SegmentOut(BaseModel):
     tile_url: str
     mask_url: str
     image_url: str
-    # A labelled dataset's annotation (index --coco): its id, class and split; a segment's
-    # own metadata carries them, hits do not.
+    # A labelled dataset's annotation (index --coco): its id, class and split.
+    source: str | None = None
     annotation_id: int | None = None
     category: str | None = None
     split: str | None = None
@@ -138,12 +138,11 @@ class ImageOut(BaseModel):
 
 def segment_out(row: SegmentRow | Hit, with_mask: bool, **extra: Any) -> dict[str, Any]:
     """A segment's (or a hit's) fields for ``SegmentOut``, with the URLs of its pictures."""
-    labels: dict[str, Any] = {}
     if isinstance(row, Hit):
         sid, image, mask = row.segment_id, row.image, row.mask
     else:
         sid, image, mask = row.id, row.image_path, {"size": list(row.image_hw), "counts": row.rle_counts}
-        labels = {"annotation_id": row.annotation_id, "category": row.category, "split": row.split}
+    labels = {"source": row.source, "annotation_id": row.annotation_id, "category": row.category, "split": row.split}
     return dict(
         segment_id=sid,
         image_id=row.image_id,

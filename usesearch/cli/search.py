@@ -49,11 +49,13 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index) -> No
         print(json.dumps([h.to_dict() for h in hits], indent=1))
     else:
         table = Table(title=title, caption=f"paths under {folder}" if folder else None)
-        for column in ("rank", "score", "segment", "image", "bbox (x, y, w, h)", "area"):
+        labelled = any(h.source == "annotation" for h in hits)  # a labelled dataset's: its class and split too
+        for column in ("rank", "score", "segment", "image", "bbox (x, y, w, h)", "area") + ("label",) * labelled:
             table.add_column(column, overflow="fold")
         for h in hits:
             image = h.image[len(folder) :] if folder and h.image.startswith(folder) else h.image
-            table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), image, str(h.bbox), str(h.area))
+            label = (f"{h.category} [{h.split}]" if h.source == "annotation" else h.source,) * labelled
+            table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), image, str(h.bbox), str(h.area), *label)
         opts.console.print(table)
     # Status on stderr: stdout may be carrying --json.
     if output.show:
