@@ -7,7 +7,7 @@ from usesearch.errors import IndexLockedError, IndexMismatchError
 
 from .filters import SearchFilters
 from .hits import Hit
-from .maintenance import reindex
+from .maintenance import recalibrate, reindex
 from .options import IndexOptions, IndexReport
 from .pipeline import index_paths
 from .search import SegmentIndex
@@ -21,5 +21,6 @@ __all__ = [
     "SearchFilters",
     "SegmentIndex",
     "index_paths",
+    "recalibrate",
     "reindex",
 ]

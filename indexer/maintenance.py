@@ -1,7 +1,8 @@
 """Maintenance of an index folder: the writes that are not indexing.
 
 ``reindex`` rebuilds the FAISS files from the stored embeddings (another factory or
-shard size, or the one the collection's size now calls for).
+shard size, or the one the collection's size now calls for); ``recalibrate``
+measures a compressed index's recall again and chooses its search effort.
 
 ``prune``: images whose files are gone (or can no longer be read) since they were
 indexed leave the index, with their segments and vectors; then the embedding files
@@ -94,6 +95,34 @@ def reindex(
                 model = calibration.model_for(info) if text_queries and not queries else None
                 calibrate_index(db_dir, store, index, model, recall_target, queries)
             return int(index.ntotal)
+        finally:
+            store.close()
+
+
+def recalibrate(
+    db_dir: str | os.PathLike,
+    db_url: str | None = None,
+    recall_target: float | None = None,
+    text_queries: bool = True,
+    queries: Mapping[str, np.ndarray] | None = None,
+) -> calibration.Calibration:
+    """Measure the compressed index at ``db_dir`` again and choose its search effort
+    (as ``reindex`` does after a rebuild, without the rebuild): after the machine was
+    busy when it was measured, on the machine that will serve it, or for another
+    ``recall_target``. Arguments as for ``reindex``."""
+    db_dir = Path(db_dir)
+    store = open_store(db_dir, db_url)
+    with writer_lock(db_dir):  # a writer adding vectors meanwhile would move the truth
+        try:
+            store.claim()
+            info = store.info()
+            if info is None:
+                raise UsesearchError(f"{db_dir} holds no index yet")
+            index, _ = vector_files.load(db_dir / FAISS_FILE, store, info.dim, info.factory, "cpu", info.shard_size)
+            if vectors.ivf_of(index.index) is None or not index.ntotal:
+                raise UsesearchError(f"{db_dir} has an exact index ({info.factory}): its recall is 1, nothing to tune")
+            model = calibration.model_for(info) if text_queries and not queries else None
+            return calibrate_index(db_dir, store, index, model, recall_target, queries)
         finally:
             store.close()
 

@@ -27,6 +27,8 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+REGROWTH = 2  # an index this many times larger (or smaller) than when calibrated is calibrated again
+
 
 class LoopReport(Protocol):
     """What ``Writer.run`` records in a run's report (``IndexReport``, ``PruneReport``)."""
@@ -219,14 +221,17 @@ class Writer:
     def calibrate(self, force: bool = False) -> calibration.Calibration | None:
         """Measure a compressed index's recall and choose its search defaults
         (``calibration.py``) when it has no calibration of its own yet (new, rebuilt
-        or grown into another index), when another ``recall_target`` is asked, or
-        when ``force``d (``reindex``). Only an IVF index has the knobs it sets: an
-        exact index needs none, and HNSW's search depth is not calibrated."""
-        if vectors.ivf_of(self.index.index) is None or not self.index.is_trained or not self.index.ntotal:
+        or grown into another index), when it has grown (or shrunk) ``REGROWTH``-fold
+        since it was measured (its lists are fuller: a query needs other settings),
+        when another ``recall_target`` is asked, or when ``force``d (``reindex``).
+        Only an IVF index has the knobs it sets: an exact index needs none, and
+        HNSW's search depth is not calibrated."""
+        n = self.index.ntotal
+        if vectors.ivf_of(self.index.index) is None or not self.index.is_trained or not n:
             return None
         current = calibration.load(self.db_dir, self.index)
         target = self.options.recall_target
-        if current is not None and not force and target in (None, current.target):
+        if current is not None and not force and not outdated(current, n, target):
             return current
         return calibrate_index(self.db_dir, self.store, self.index, self.model, target)
 
@@ -258,6 +263,13 @@ class Writer:
             raise
         finally:
             report.loop_seconds = time.perf_counter() - loop_start
+
+
+def outdated(current: calibration.Calibration, segments: int, target: float | None) -> bool:
+    """Whether an index of ``segments`` asked for ``target`` (None: any) needs measuring
+    again: another target, or ``REGROWTH``-fold more (or fewer) segments than measured."""
+    resized = max(segments, current.segments) >= REGROWTH * max(1, min(segments, current.segments))
+    return resized or target not in (None, current.target)
 
 
 def calibrate_index(

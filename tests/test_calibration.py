@@ -180,3 +180,47 @@ def test_info_shows_it_and_an_exact_index_has_none(tmp_path, weak_defaults):
     flat = SegmentIndex.open(tmp_path / "flat")
     assert flat.index.exact and flat.calibration is None and flat.stats()["recall"].startswith("1.00")
     assert not (tmp_path / "flat" / calibration.FILE).exists()
+
+
+def test_calibrate_measures_again_without_a_rebuild_and_says_when_the_machine_was_busy(
+    tmp_path, weak_defaults, monkeypatch
+):
+    synthetic_index(tmp_path / "db", n=4000, dim=64)
+    synthetic_index(tmp_path / "flat", n=500, dim=64)
+    reindex(tmp_path / "db", FACTORY, text_queries=False)
+    faiss_file = (tmp_path / "db" / "vectors.faiss").read_bytes()
+    monkeypatch.setattr(calibration, "_load_per_core", lambda: 1.6)  # as if the machine were busy
+    runner = CliRunner()
+    result = runner.invoke(app, ["calibrate", "--db", str(tmp_path / "db"), "--recall-target", "0.9"])
+    assert result.exit_code == 0, result.output
+    assert "busy machine (load 1.6 per core)" in " ".join(result.output.split())
+    assert (tmp_path / "db" / "vectors.faiss").read_bytes() == faiss_file  # measured, not rebuilt
+    again = SegmentIndex.open(tmp_path / "db").calibration
+    assert again is not None and again.target == 0.9 and again.load_per_core == 1.6 and again.recall >= 0.9
+    refused = runner.invoke(app, ["calibrate", "--db", str(tmp_path / "flat")])
+    assert refused.exit_code != 0 and "exact index" in refused.output and "Traceback" not in refused.output
+
+
+def test_settings_are_timed_in_turn_so_load_slows_them_alike():
+    order = []
+
+    class Searcher:  # records which setting each timed search used
+        def search_vector(self, vector, k, settings, exclude=frozenset()):
+            order.append(settings.nprobe)
+            return []
+
+    settings = [(1, 20), (4, 20), (16, 50)]
+    p50s = calibration._interleaved_p50s(Searcher(), np.zeros((6, 4)), np.zeros(6, int), settings, range(6))
+    assert len(p50s) == 3 and sorted(order) == sorted([1, 4, 16] * 6)
+    rounds = [order[i : i + 3] for i in range(0, 18, 3)]
+    assert all(sorted(r) == [1, 4, 16] for r in rounds)  # each query: every setting once
+    assert len({r[0] for r in rounds}) == 3  # and the setting timed first rotates
+
+
+def test_an_index_is_measured_again_once_it_has_grown_or_shrunk_twofold():
+    from usesearch.indexer.writer import outdated
+
+    measured = calibration.Calibration("f", FACTORY, 1000, 8, 100, 0.96, {"image": 0.96}, 5.0, True, target=0.95)
+    assert not outdated(measured, 1999, None) and not outdated(measured, 1500, 0.95)
+    assert outdated(measured, 2000, None) and outdated(measured, 500, None)
+    assert outdated(measured, 1000, 0.9)  # another target

@@ -291,3 +291,14 @@ def reindex_cmd(
             db, factory, db_url, faiss_device, shard_size, build=rebuild_on_ray, recall_target=recall_target
         )
     opts.console.print(f"rebuilt FAISS index with {count} vectors, its shards filled on Ray")
+
+
+@app.command()
+@opts.user_errors
+def calibrate(db: opts.DbOpt, db_url: opts.DbUrlOpt = None, recall_target: opts.RecallTargetOpt = None) -> None:
+    """Measure a compressed index's recall again and choose its search effort, without a rebuild:
+    when it was measured on a busy machine, on the machine that serves it, or for another target."""
+    from usesearch.indexer import recalibrate
+
+    measured = recalibrate(db, db_url, recall_target)
+    opts.console.print(f"calibrated in {measured.seconds:.0f} s: {measured.describe()}")
