@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from usesearch.io.atomic import write_atomic
+
 from .records import Segment
 
 FORMAT = "usesearch-segments"
@@ -80,9 +82,7 @@ class DatasetWriter:
             "shards": sorted(p.name for p in (self.dir / "shards").glob("*.jsonl")),
         }
         manifest.update(extra or {})
-        tmp = self.dir / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, self.dir / MANIFEST)
+        write_atomic(self.dir / MANIFEST, json.dumps(manifest, indent=2))
 
 
 def stats(dataset_dir: str | os.PathLike) -> dict[str, Any]:

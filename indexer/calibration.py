@@ -54,6 +54,7 @@ import numpy as np
 
 from usesearch import tasks
 from usesearch.errors import first_line
+from usesearch.io.atomic import write_atomic
 from usesearch.models.factory import load_model
 
 from . import index_choice
@@ -180,16 +181,7 @@ def stored_target(folder: Path) -> float:
 
 def write(folder: Path, calibration: Calibration) -> None:
     """Atomically: a reader sees the old file or the new one."""
-    path = Path(folder) / FILE
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(asdict(calibration), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(Path(folder) / FILE, json.dumps(asdict(calibration), indent=1))
 
 
 def apply(index: Vectors, calibration: Calibration | None) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from usesearch.errors import UsesearchError, WorkerError, first_line
+from usesearch.io.atomic import write_atomic
 from usesearch.io.files import decode, read_bytes, walk
 
 from . import faiss_gpu
@@ -54,16 +55,7 @@ def write_fragment(path: Path, hw, segments: list[dict], embeddings: np.ndarray)
         embeddings=np.asarray(embeddings, np.float16).reshape(len(segments), -1),
         meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
-        raise
+    write_atomic(path, buffer.getvalue())  # a full disk leaves nothing half-written behind
 
 
 def read_fragment(path: Path) -> tuple[tuple[int, int], list[dict], np.ndarray]:

@@ -18,13 +18,13 @@ folder for the same catalog.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from pathlib import Path
 
 from sqlalchemy import inspect, select, text
 
 from usesearch.errors import CatalogLockedError, IndexIdentityError
+from usesearch.io.atomic import write_atomic
 
 from .embeddings import FOLDER, EmbeddingFiles
 from .records import IndexIdentity, SegmentRecord
@@ -128,17 +128,7 @@ def _write_catalog(store, folder_id: str) -> None:
 
 def _write_file(path: Path, folder_id: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(folder_id + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)  # the rename itself must survive a power loss
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, folder_id + "\n", sync_folder=True)  # the rename itself must survive a power loss
 
 
 def _describe(store) -> str:

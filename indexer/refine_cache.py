@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+
+from usesearch.io.atomic import write_atomic
 
 CACHE_FOLDER = "sam3-cache"  # in the index folder
 _KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -121,17 +122,13 @@ class ImageStateCache:
 
         path = self._path(key)
         assert path is not None and self.folder is not None
+        tensors = {f"level{i}": t.cpu().contiguous() for i, t in enumerate(features)}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-            os.close(fd)
-            save_file({f"level{i}": t.cpu().contiguous() for i, t in enumerate(features)}, tmp)
-            os.replace(tmp, path)
+            write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
             self._bound_folder()
         except OSError:
-            # A read-only or full disk: the cache is an optimisation, the query's answer stands.
-            if "tmp" in locals():
-                Path(tmp).unlink(missing_ok=True)
+            pass  # a read-only or full disk: the cache is an optimisation, the query's answer stands
 
     def _bound_folder(self) -> None:
         assert self.folder is not None

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from usesearch.devices import resolve_device
+from usesearch.io.atomic import write_atomic
 from usesearch.models.checkpoint import save_head
 from usesearch.models.factory import create_use_and_clip
 from usesearch.models.head import letterbox_weights
@@ -151,8 +152,7 @@ class Trainer:
         save_head(self.out / f"step-{self.step:07d}", self.use.trainable_state_dict(), self.use.preset, extra)
         # Optimizer and schedule through their own state_dicts, read back with weights_only=True.
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        torch.save(state, self.out / "trainer.pt.tmp")
-        os.replace(self.out / "trainer.pt.tmp", self.out / "trainer.pt")
+        write_atomic(self.out / "trainer.pt", lambda path: torch.save(state, path))
 
     def resume(self) -> None:
         path = self.out / "trainer.pt"

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from usesearch.errors import IndexMismatchError, UsesearchError
+from usesearch.io.atomic import write_atomic
 
 from ..folder import open_store
 from ..records import IndexInfo, info_summary
@@ -103,7 +104,7 @@ def audit_index(
             _leak_pass(store, reader, state, config, save)
         result = _resolve(store, reader, state, config)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / RESULT, json.dumps(result).encode())
+        write_atomic(folder / RESULT, json.dumps(result).encode())
         return result
     finally:
         store.close()
@@ -366,7 +367,7 @@ def _save(path: Path, identity: str, state: _State) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **{"meta": np.array(json.dumps(meta)), **arrays})  # type: ignore[arg-type]  # names, not flags
-    _atomic_write(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def _load(path: Path, identity: str, config: AuditConfig, classes: int, dim: int) -> _State | None:
@@ -383,15 +384,6 @@ def _load(path: Path, identity: str, config: AuditConfig, classes: int, dim: int
         return None
     lists = {kind: Ranked.from_state(config.keep, kind, arrays) for kind in LISTS if kind != "leaks"}
     return _State(meta["phase"], int(meta["after"]), arrays["sums"], arrays["counts"], lists, arrays["pairs"])
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_lists(db_dir: str | os.PathLike) -> dict | None:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from usesearch.errors import CheckpointMismatchError, UsesearchError
+from usesearch.io.atomic import write_atomic
 from usesearch.models.config import PresetConfig
 
 FORMAT = "usesearch-head"
@@ -61,13 +62,8 @@ def save_head(
         **(extra or {}),
     }
     # Write-then-rename so a crash never leaves a half-written checkpoint.
-    for target, write in (
-        (weights, lambda p: save_file(tensors, str(p))),
-        (config, lambda p: p.write_text(json.dumps(meta, indent=2))),
-    ):
-        tmp = target.with_name(target.name + ".tmp")
-        write(tmp)
-        os.replace(tmp, target)
+    write_atomic(weights, lambda p: save_file(tensors, str(p)))
+    write_atomic(config, json.dumps(meta, indent=2))
     return weights
 
 

@@ -1,0 +1,40 @@
+"""Files replaced whole: write a temporary file beside the target, flush it to disk,
+rename it over the target. A reader, or the next run after a crash or a kill, sees
+the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomic(
+    path: str | os.PathLike, data: bytes | str | Callable[[Path], object], *, sync_folder: bool = False
+) -> None:
+    """Replace ``path`` with ``data`` (bytes, text, or a function that writes the file
+    it is given: ``safetensors.save_file``, ``torch.save``). ``sync_folder``: flush the
+    folder too, so that the rename itself survives a power loss. The temporary file
+    never outlives a failure (a full disk leaves the old file, nothing beside it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if callable(data):
+            data(tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if sync_folder:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
