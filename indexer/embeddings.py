@@ -158,6 +158,14 @@ class EmbeddingFiles:
             self._maps[chunk], self._mmaps[chunk] = mapped, mm
         return mapped
 
+    def let_go(self) -> None:
+        """Drop this process's hold on the pages of the chunks read so far: they stay
+        in the page cache (a later read finds them there) but leave its resident memory,
+        which a pass that streams every row once would otherwise grow to the files' size."""
+        if hasattr(mmap, "MADV_DONTNEED"):
+            for mm in self._mmaps.values():
+                mm.madvise(mmap.MADV_DONTNEED)
+
     def _advise(self, chunk: int, wanted: np.ndarray) -> None:
         """Ask the kernel for the pages of the (ascending) ``wanted`` rows all at once, so
         that a cold cache reads them in parallel rather than one page fault at a time;

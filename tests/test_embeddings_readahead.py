@@ -78,3 +78,26 @@ def test_cached_probe_sees_a_page_just_read(tmp_path):
     mapped = files._map(0, len(data))
     assert float(mapped[0].astype(np.float32).sum()) == float(data[0].astype(np.float32).sum())  # faults page 0 in
     assert EmbeddingFiles._cached(mapped, np.array([0]))
+
+
+def _resident_kb(path) -> int:
+    """This process's resident kB of the mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_let_go_drops_the_rows_read_from_resident_memory_and_they_read_the_same(tmp_path):
+    files, data, chunks, rows = _files(tmp_path, rows=20_000, dim=128)  # 5 MB
+    first = files.read(chunks, rows, np.float16)
+    path = files.path(int(chunks[0]))
+    held = _resident_kb(path)
+    assert held >= 4_000  # every page of the chunk was touched
+    files.let_go()
+    assert _resident_kb(path) < held / 10
+    assert np.array_equal(files.read(chunks, rows, np.float16), first) and np.array_equal(first, data)

@@ -30,11 +30,11 @@ from ..folder import db_url_for, writer_lock
 from ..index_choice import choose
 from ..records import ANNOTATION, PROPOSAL, IndexInfo
 from ..store import Store
+from .items import LISTS
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 60, 220), "yellow": (235, 215, 30)}
 SHAPES = ("circle", "square", "triangle")
 CLASSES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
-LISTS_PLANTED = ("swapped", "overlooked", "badly_located", "leaks", "outliers")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class PlantedConfig:
 class Planted:
     """The truth: review keys of the planted items of each list, and of every item."""
 
-    errors: dict[str, set] = field(default_factory=lambda: {k: set() for k in LISTS_PLANTED})
+    errors: dict[str, set] = field(default_factory=lambda: {k: set() for k in LISTS})
     annotations: set = field(default_factory=set)  # every "split:annotation id"
     proposals: set = field(default_factory=set)  # every proposal segment id
     val_photos: set = field(default_factory=set)  # image ids of val photos

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,10 +37,10 @@ from ..folder import open_store
 from ..records import IndexInfo, info_summary
 from ..store import Store
 from . import leaks, scores
+from .items import LISTS, resolve
 from .ranked import Ranked
 from .source import DatasetReader
 
-LISTS = ("swapped", "overlooked", "badly_located", "leaks", "outliers")
 FOLDER, CHECKPOINT, RESULT = "audit", "checkpoint.npz", "lists.json"
 PHASES = ("annotations", "photos", "leaks", "done")
 
@@ -96,13 +97,19 @@ def audit_index(
             say(f"resuming the audit at its {state.phase} pass (after id {state.after})")
         save = lambda: _save(folder / CHECKPOINT, identity, state)  # noqa: E731
         say(f"{reader.annotations} annotations of {len(reader.classes)} classes, {reader.proposals} proposals")
-        if state.phase == "annotations":
-            _annotation_pass(store, reader, state, config, save)
-        if state.phase == "photos":
-            _photo_pass(store, reader, class_vectors, state, config, save)
-        if state.phase == "leaks":
-            _leak_pass(store, reader, state, config, save)
-        result = _resolve(store, reader, state, config)
+        passes = {
+            "annotations": lambda: _annotation_pass(store, reader, state, config, save),
+            "photos": lambda: _photo_pass(store, reader, class_vectors, state, config, save),
+            "leaks": lambda: _leak_pass(store, reader, state, config, save),
+        }
+        for phase, run in passes.items():
+            if state.phase == phase:
+                start = time.perf_counter()
+                run()
+                say(f"{phase} pass: {time.perf_counter() - start:.0f} s")
+        start = time.perf_counter()
+        result = resolve(store, reader, state.lists, state.pairs, config.keep, config.near_duplicate)
+        say(f"lists resolved: {time.perf_counter() - start:.0f} s")
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / RESULT, json.dumps(result).encode())
         return result
@@ -139,6 +146,7 @@ def _annotation_pass(store, reader, state: _State, config: AuditConfig, save) ->
             labels, starts = np.unique(batch.labels[order], return_index=True)
             state.sums[labels] += np.add.reduceat(e[order].astype(np.float64), starts, axis=0)
             state.counts[labels] += np.diff(np.append(starts, len(order)))
+            files.let_go()  # every row is read once: bounded memory, not the files' size
         state.after = batch.last
         save()
     state.phase, state.after = "photos", 0
@@ -150,6 +158,7 @@ def _photo_pass(store, reader, class_vectors, state: _State, config: AuditConfig
     protos = scores.prototypes(state.sums, state.counts)
     for images, segs in reader.photo_batches(state.after, config.photo_batch):
         e = files.read(segs.chunks, segs.rows, ids=segs.ids)
+        files.let_go()
         ann = segs.is_annotation & ~segs.crowd & (segs.labels >= 0)
         labels = segs.labels[ann]
         margin, preferred, p_label, p_preferred = scores.swapped(
@@ -229,115 +238,19 @@ def _leak_pass(store, reader, state: _State, config: AuditConfig, save) -> None:
         for lo in range(0, len(base_ids), config.batch):
             part = slice(lo, lo + config.batch)
             index.add_with_ids(files.read(chunks[part], rows[part], ids=base_ids[part]), base_ids[part])
+            files.let_go()
         # The largest split asks the base; every split does where two or more are in it.
         asking = largest if len(sizes) == 2 else None
         for batch in reader.annotation_batches(state.after, config.batch, split=asking):
             if len(batch.ids):
                 e = files.read(batch.chunks, batch.rows, ids=batch.ids)
+                files.let_go()
                 found = leaks.near_pairs(index, base_ids, base_split, e, batch.ids, batch.splits, config.near_duplicate)
                 state.pairs = np.concatenate([state.pairs, found])
             state.after = batch.last
             save()
     state.phase, state.after = "done", 0
     save()
-
-
-# -- the lists, with what a person needs to judge each item --------------------------------------
-def _resolve(store: Store, reader: DatasetReader, state: _State, config: AuditConfig) -> dict:
-    classes = reader.classes
-    wanted = set()
-    for kind in ("swapped", "overlooked", "badly_located", "outliers"):
-        wanted.update(state.lists[kind].columns.get("key", np.zeros(0, np.int64)).tolist())
-    photo_splits, photo_counts = reader.photo_splits()
-    pair_ids = np.unique(state.pairs[:, :2].astype(np.int64)) if len(state.pairs) else np.zeros(0, np.int64)
-    paired = store.rows(pair_ids)
-    segment_image = {i: r.image_id for i, r in paired.items()}
-    segment_box = {i: _relative_box(r) for i, r in paired.items()}
-    near = leaks.near_groups(
-        state.pairs, segment_image, segment_box, photo_counts, photo_splits, threshold=config.near_duplicate
-    )
-    exact = leaks.exact_groups(store.image_hashes(photo_splits), photo_splits)
-    # A near-duplicate group that is the same file seen twice says nothing new.
-    exact_sets = {frozenset(g["images"]) for g in exact}
-    groups = (exact + [g for g in near if frozenset(g["images"]) not in exact_sets])[: config.keep]
-    for g in groups:
-        g["segment_id"] = int(g["segments"][0][0]) if g.get("segments") else None
-        wanted.update(s for s in [g["segment_id"]] if s is not None)
-    rows = store.rows(wanted)
-    photo_paths = {}
-    for g in groups:
-        for image_id in g["images"]:
-            if image_id not in photo_paths:
-                record = store.image(image_id)
-                photo_paths[image_id] = record.path if record is not None else None
-
-    def common(item: dict, segment_id: int | None) -> dict:
-        row = rows.get(segment_id) if segment_id is not None else None
-        return {
-            **item,
-            "segment_id": segment_id,
-            "image_id": row.image_id if row else item.get("image_id"),
-            "image": row.image_path if row else None,
-            "bbox": list(row.bbox) if row else None,
-        }
-
-    def annotation(row) -> dict:
-        return {"item": f"{row.split}:{row.annotation_id}", "annotation_id": row.annotation_id, "split": row.split}
-
-    out: dict[str, list[dict]] = {kind: [] for kind in LISTS}
-    for r in state.lists["swapped"].rows():
-        row = rows.get(r["key"])
-        if row is not None:
-            out["swapped"].append(
-                common(
-                    {
-                        **annotation(row),
-                        "score": round(r["score"], 6),
-                        "labelled": classes[r["label"]],
-                        "preferred": classes[r["preferred"]],
-                        "labelled_probability": round(r["p_label"], 6),
-                        "preferred_probability": round(r["p_preferred"], 6),
-                    },
-                    r["key"],
-                )
-            )
-    for r in state.lists["outliers"].rows():
-        row = rows.get(r["key"])
-        if row is not None:
-            out["outliers"].append(
-                common({**annotation(row), "score": round(r["score"], 6), "labelled": classes[r["label"]]}, r["key"])
-            )
-    for r in state.lists["badly_located"].rows():
-        row = rows.get(r["key"])
-        if row is not None:
-            item = {**annotation(row), "score": round(r["score"], 6), "labelled": classes[r["label"]]}
-            item.update(iou=round(1 - r["score"], 6), proposal_id=int(r["proposal"]) if r["proposal"] >= 0 else None)
-            out["badly_located"].append(common(item, r["key"]))
-    for r in state.lists["overlooked"].rows():
-        if r["key"] in rows:
-            item = {"item": f"segment:{r['key']}", "score": round(r["score"], 6), "proposed": classes[r["label"]]}
-            out["overlooked"].append(common({**item, "covered": round(r["covered"], 6)}, r["key"]))
-    for g in groups:
-        item = {
-            "item": "images:" + ",".join(map(str, g["images"])),
-            "score": g["score"],
-            "kind": g["kind"],
-            "images": g["images"],
-            "paths": [photo_paths[i] for i in g["images"]],
-            "splits": g["splits"],
-            "segments": g.get("segments", []),
-            "image_id": g["images"][0],
-        }
-        out["leaks"].append(common(item, g["segment_id"]))
-    for items in out.values():
-        for rank, item in enumerate(items, 1):
-            item["rank"] = rank
-    return {"classes": classes, "splits": reader.splits, "generation": store.generation(), "lists": out}
-
-
-def _relative_box(row) -> tuple[float, float, float, float]:
-    (h, w), (x, y, bw, bh) = row.image_hw, row.bbox
-    return x / w, y / h, bw / w, bh / h
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
