@@ -331,14 +331,22 @@ def build_scale(folder: Path, n: int, seed: int = 0) -> np.ndarray:
 
 
 AUDIT_CHILD = """
-import sys, time, resource
+import sys, threading, time, resource
 import numpy as np, torch, faiss
 torch.set_num_threads(int(sys.argv[3])); faiss.omp_set_num_threads(int(sys.argv[3]))
 from usesearch.indexer.audit import AuditConfig, audit_index
+peak_anon = [0]
+def sample():  # the process's own memory, without the file pages it maps (the page cache's)
+    while True:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+        peak_anon[0] = max(peak_anon[0], kb)
+        time.sleep(0.2)
+threading.Thread(target=sample, daemon=True).start()
 start = time.perf_counter()
-result = audit_index(sys.argv[1], class_vectors=np.load(sys.argv[2]), say=print)
+result = audit_index(sys.argv[1], class_vectors=np.load(sys.argv[2]), say=lambda line: print(line, flush=True))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-print(f"audit: {time.perf_counter() - start:.1f} s; peak RSS {peak:.2f} GB")
+print(f"audit: {time.perf_counter() - start:.1f} s; peak RSS {peak:.2f} GB (anonymous {peak_anon[0] / 2**20:.2f} GB)")
 print({k: len(v) for k, v in result["lists"].items()})
 """
 

@@ -59,16 +59,17 @@ def reindex(
     recall_target: float | None = None,
     text_queries: bool = True,
     queries: Mapping[str, np.ndarray] | None = None,
+    latency_budget_ms: float | None = None,
 ) -> int:
     """Rebuild the FAISS file from the stored embeddings, optionally with another
     factory or another shard size (segments per shard; 0: one shard). ``build``:
     how the index is filled (``vectors.rebuild``, or ``distributed.rebuild_on_ray``
     to fill the shards in parallel on Ray). A compressed index is then calibrated
-    (``calibration.py``) for ``recall_target`` (None: the one asked for last, else
-    0.95), with text queries through the index's model when ``text_queries`` and it
-    loads (a few seconds, small beside a rebuild), else with image queries only;
-    ``queries`` (typed query vectors by kind, e.g. ``{"text": array}``) stand for
-    the model's: then it is not loaded."""
+    (``calibration``) for ``recall_target`` within ``latency_budget_ms`` (p50; 0: none;
+    None: the ones asked for last, else 0.95 and 50 ms), with text queries through
+    the index's model when ``text_queries`` and it loads (a few seconds, small beside
+    a rebuild), else with image queries only; ``queries`` (typed query vectors by
+    kind, e.g. ``{"text": array}``) stand for the model's: then it is not loaded."""
     db_dir = Path(db_dir)
     faiss_device = faiss_gpu.resolve(faiss_device)
     store = open_store(db_dir, db_url)  # refuses a folder with no index before the lock creates one
@@ -93,7 +94,7 @@ def reindex(
             store.set_shard_size(shard_size)
             if vectors.ivf_of(index.index) is not None and index.ntotal:  # the index calibration tunes
                 model = calibration.model_for(info) if text_queries and not queries else None
-                calibrate_index(db_dir, store, index, model, recall_target, queries)
+                calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
             return int(index.ntotal)
         finally:
             store.close()
@@ -105,11 +106,12 @@ def recalibrate(
     recall_target: float | None = None,
     text_queries: bool = True,
     queries: Mapping[str, np.ndarray] | None = None,
+    latency_budget_ms: float | None = None,
 ) -> calibration.Calibration:
     """Measure the compressed index at ``db_dir`` again and choose its search effort
     (as ``reindex`` does after a rebuild, without the rebuild): after the machine was
     busy when it was measured, on the machine that will serve it, or for another
-    ``recall_target``. Arguments as for ``reindex``."""
+    ``recall_target`` or ``latency_budget_ms``. Arguments as for ``reindex``."""
     db_dir = Path(db_dir)
     store = open_store(db_dir, db_url)
     with writer_lock(db_dir):  # a writer adding vectors meanwhile would move the truth
@@ -122,7 +124,7 @@ def recalibrate(
             if vectors.ivf_of(index.index) is None or not index.ntotal:
                 raise UsesearchError(f"{db_dir} has an exact index ({info.factory}): its recall is 1, nothing to tune")
             model = calibration.model_for(info) if text_queries and not queries else None
-            return calibrate_index(db_dir, store, index, model, recall_target, queries)
+            return calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
         finally:
             store.close()
 

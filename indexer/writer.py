@@ -279,13 +279,17 @@ def calibrate_index(
     model=None,
     target: float | None = None,
     queries: Mapping[str, np.ndarray] | None = None,
+    budget_ms: float | None = None,
 ) -> calibration.Calibration:
     """Calibrate the writer's index in memory (``calibration.calibrate`` on the real
-    search path) and store the result beside its files. ``target``: None keeps the
-    one asked for last; ``queries``: typed query vectors by kind, instead of the
-    model's vocabulary."""
+    search path) and store the result beside its files. ``target`` and ``budget_ms``
+    (0: none): None keeps the ones asked for last; ``queries``: typed query vectors
+    by kind, instead of the model's vocabulary."""
     ix = SegmentIndex(db_dir, store, model, loaded=index, locations="memory")  # timed as a server searches
-    measured = calibration.calibrate(ix, model, target or calibration.stored_target(db_dir), queries=queries)
+    asked_before = calibration.stored(db_dir)
+    target = asked_before[0] if target is None else target
+    budget_ms = asked_before[1] if budget_ms is None else budget_ms
+    measured = calibration.calibrate(ix, model, target, budget_ms, queries=queries)
     calibration.write(db_dir, measured)
     log.info("%s: calibrated in %.1f s: %s", db_dir, measured.seconds, measured.describe())
     return measured

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import usesearch.indexer.calibration as calibration
+import usesearch.indexer.calibration.choice as choice
 import usesearch.indexer.index_choice as index_choice
 from tests.test_index_scale import synthetic_index
 from usesearch.cli.app import app
@@ -189,14 +190,20 @@ def test_calibrate_measures_again_without_a_rebuild_and_says_when_the_machine_wa
     synthetic_index(tmp_path / "flat", n=500, dim=64)
     reindex(tmp_path / "db", FACTORY, text_queries=False)
     faiss_file = (tmp_path / "db" / "vectors.faiss").read_bytes()
-    monkeypatch.setattr(calibration, "_load_per_core", lambda: 1.6)  # as if the machine were busy
+    monkeypatch.setattr(choice, "load_per_core", lambda: 1.6)  # as if the machine were busy
     runner = CliRunner()
-    result = runner.invoke(app, ["calibrate", "--db", str(tmp_path / "db"), "--recall-target", "0.9"])
+    asked = ["calibrate", "--db", str(tmp_path / "db"), "--recall-target", "0.9", "--latency-budget", "0"]
+    result = runner.invoke(app, asked)
     assert result.exit_code == 0, result.output
     assert "busy machine (load 1.6 per core)" in " ".join(result.output.split())
     assert (tmp_path / "db" / "vectors.faiss").read_bytes() == faiss_file  # measured, not rebuilt
     again = SegmentIndex.open(tmp_path / "db").calibration
     assert again is not None and again.target == 0.9 and again.load_per_core == 1.6 and again.recall >= 0.9
+    assert again.budget_ms == 0 and again.met and " ms)" not in again.describe().split("target")[-1]
+    monkeypatch.setattr(choice, "load_per_core", lambda: 0.1)
+    assert runner.invoke(app, ["calibrate", "--db", str(tmp_path / "db")]).exit_code == 0
+    kept = SegmentIndex.open(tmp_path / "db").calibration  # what was asked for last is kept
+    assert (kept.target, kept.budget_ms) == (0.9, 0) and "busy" not in kept.describe()
     refused = runner.invoke(app, ["calibrate", "--db", str(tmp_path / "flat")])
     assert refused.exit_code != 0 and "exact index" in refused.output and "Traceback" not in refused.output
 
@@ -210,7 +217,7 @@ def test_settings_are_timed_in_turn_so_load_slows_them_alike():
             return []
 
     settings = [(1, 20), (4, 20), (16, 50)]
-    p50s = calibration._interleaved_p50s(Searcher(), np.zeros((6, 4)), np.zeros(6, int), settings, range(6))
+    p50s = choice.interleaved_p50s(Searcher(), np.zeros((6, 4)), np.zeros(6, int), settings, range(6))
     assert len(p50s) == 3 and sorted(order) == sorted([1, 4, 16] * 6)
     rounds = [order[i : i + 3] for i in range(0, 18, 3)]
     assert all(sorted(r) == [1, 4, 16] for r in rounds)  # each query: every setting once
@@ -224,3 +231,34 @@ def test_an_index_is_measured_again_once_it_has_grown_or_shrunk_twofold():
     assert not outdated(measured, 1999, None) and not outdated(measured, 1500, 0.95)
     assert outdated(measured, 2000, None) and outdated(measured, 500, None)
     assert outdated(measured, 1000, 0.9)  # another target
+
+
+@pytest.mark.parametrize(
+    "target, budget, chosen, met",
+    [
+        (0.8, 50, (2, 20), True),  # met within the budget: the fewest lists, the fewest candidates
+        (0.99, 50, (4, 50), False),  # met only past the budget: the best recall the budget affords
+        (0.99, 0, (16, 20), True),  # no budget: the target decides
+        (0.8, 5, (1, 20), False),  # nothing affordable: the cheapest
+    ],
+)
+def test_the_budget_bounds_the_choice_and_the_target_chooses_within_it(monkeypatch, target, budget, chosen, met):
+    nprobes, reranks = [1, 2, 4, 8, 16], [20, 50]
+    recall = {1: 0.6, 2: 0.85, 4: 0.9, 8: 0.95, 16: 0.995}
+    curve = {
+        (p, r): {"recall": recall[p] + (0.003 if r == 50 else 0), "recall_kinds": {"text": recall[p]}}
+        for p in nprobes
+        for r in reranks
+    }
+    timed = []
+
+    def run(ix, vectors, excluded, setting, rows):  # a cost that grows with lists and candidates
+        timed.append(setting)
+        return [], setting[0] * 10 + setting[1] / 10
+
+    monkeypatch.setattr(choice, "run", run)
+    picked = choice.choose(None, np.zeros((20, 4)), np.zeros(20, int), curve, nprobes, reranks, target, budget)
+    assert (picked.setting, picked.met) == (chosen, met)
+    assert "p50_ms" in curve[chosen] and curve[chosen]["p50_ms"] == chosen[0] * 10 + chosen[1] / 10
+    if budget:  # what the budget affords is found by bisection, not by timing the whole grid
+        assert len(set(timed)) < len(curve)

@@ -275,30 +275,45 @@ def reindex_cmd(
     shard_size: opts.ShardSizeOpt = None,
     ray: opts.RayOpt = None,
     recall_target: opts.RecallTargetOpt = None,
+    latency_budget: opts.LatencyBudgetOpt = None,
 ) -> None:
     """Rebuild the FAISS file from the embedding files (and choose its type again); a compressed index
     is then calibrated: its recall measured and its search effort chosen (shown by `info`)."""
     from usesearch.indexer import reindex
 
     if ray is None:
-        count = reindex(db, factory, db_url, faiss_device, shard_size, recall_target=recall_target)
+        count = reindex(
+            db, factory, db_url, faiss_device, shard_size, recall_target=recall_target, latency_budget_ms=latency_budget
+        )
         opts.console.print(f"rebuilt FAISS index with {count} vectors")
         return
     from usesearch.indexer.distributed import ray_session, rebuild_on_ray
 
     with ray_session(ray):
         count = reindex(
-            db, factory, db_url, faiss_device, shard_size, build=rebuild_on_ray, recall_target=recall_target
+            db,
+            factory,
+            db_url,
+            faiss_device,
+            shard_size,
+            build=rebuild_on_ray,
+            recall_target=recall_target,
+            latency_budget_ms=latency_budget,
         )
     opts.console.print(f"rebuilt FAISS index with {count} vectors, its shards filled on Ray")
 
 
 @app.command()
 @opts.user_errors
-def calibrate(db: opts.DbOpt, db_url: opts.DbUrlOpt = None, recall_target: opts.RecallTargetOpt = None) -> None:
+def calibrate(
+    db: opts.DbOpt,
+    db_url: opts.DbUrlOpt = None,
+    recall_target: opts.RecallTargetOpt = None,
+    latency_budget: opts.LatencyBudgetOpt = None,
+) -> None:
     """Measure a compressed index's recall again and choose its search effort, without a rebuild:
     when it was measured on a busy machine, on the machine that serves it, or for another target."""
     from usesearch.indexer import recalibrate
 
-    measured = recalibrate(db, db_url, recall_target)
+    measured = recalibrate(db, db_url, recall_target, latency_budget_ms=latency_budget)
     opts.console.print(f"calibrated in {measured.seconds:.0f} s: {measured.describe()}")

@@ -133,6 +133,15 @@ RecallTargetOpt = Annotated[
         help="Recall@10 a compressed index is calibrated for (default: as last asked, else 0.95); shown by `info`.",
     ),
 ]
+LatencyBudgetOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--latency-budget",
+        min=0.0,
+        help="Median ms a query of a compressed index may take: calibration meets the recall target within it, "
+        "else gets the best recall it affords (default: as last asked, else 50; 0: none).",
+    ),
+]
 RayOpt = Annotated[
     Optional[str],
     typer.Option(

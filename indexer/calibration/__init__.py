@@ -1,0 +1,240 @@
+"""How hard a compressed index must look, measured on its own data.
+
+A compressed (IVF-PQ) index visits ``nprobe`` of its lists and re-scores ``rerank``
+candidates exactly; how many a query needs depends on the data and on the queries.
+So whenever one is built or rebuilt (or ``usesearch calibrate`` asks), ``calibrate``
+measures it:
+
+- queries (``truth.py``): ``IMAGE_QUERIES`` stored segments (each excluded from its
+  own results, kind "image") and typed queries: where the index's model is at hand,
+  COCO's class names through the model's own ``embed_text`` (kind "text", what a
+  typed query goes through), or query vectors the caller gives by kind
+  (``queries=``: a benchmark's own query generator, a log of real queries);
+- the truth: their exact top ``K`` from the float16 embedding files, one streamed
+  pass in blocks, so memory stays bounded;
+- the curve: for each ``nprobe`` (powers of two from the index's default up to all
+  lists) one FAISS search of the largest ``RERANKS`` candidates gives the recall at
+  every number re-scored;
+- the headline recall, which the target is for: the mean over the typed queries
+  (every kind but "image", pooled, so kinds count in the proportion given), else
+  over the image ones. Not "every kind meets the target": one hard kind (diffuse
+  concepts whose 10th and 100th neighbours are within 0.05 in cosine) would drive
+  the choice to every list whatever the others need. Each kind's recall is kept
+  beside it and ``describe`` names the worst, so a weak kind stays visible;
+- the choice (``choice.py``): the latency budget bounds it, the target chooses
+  within it; then the chosen setting is measured on the search path with every
+  query, which is the recall ``info`` shows. The machine's load while timing is kept
+  and ``describe`` flags a busy machine.
+
+The result is ``calibration.json`` in the index folder, written atomically, keyed by
+a fingerprint of the trained index (coarse centroids and codebook): a rebuilt
+index does not match it, so a stale calibration is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from usesearch.errors import first_line
+from usesearch.io.atomic import write_atomic
+from usesearch.models.factory import load_model
+
+from .. import index_choice
+from ..records import IndexInfo
+from ..vectors import Vectors, ivf_of
+from .choice import BUSY, Searcher, choose, run
+from .truth import CLASSES, IMAGE_QUERIES, K, by_kind, candidates, exact_top, headline, query_vectors, recalls
+
+__all__ = ["CLASSES", "IMAGE_QUERIES", "Calibration", "calibrate", "exact_top", "load", "query_vectors", "write"]
+
+log = logging.getLogger(__name__)
+
+FILE = "calibration.json"
+VERSION = 2  # 2: the headline is the typed queries' mean, kinds may be given
+TARGET = 0.95  # recall@K the typed queries must reach on average
+BUDGET_MS = 50.0  # p50 latency a setting may take
+RERANKS = (1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000, 10000)  # one FAISS search gives every one
+
+
+@dataclass
+class Calibration:
+    fingerprint: str  # of the trained index measured (``trained_fingerprint``)
+    factory: str
+    segments: int  # in the index when measured
+    nprobe: int  # the chosen defaults
+    rerank: int
+    recall: float  # measured at them on the search path: the typed queries' mean (else the image ones')
+    recall_kinds: dict[str, float]  # by kind: "text" (or the caller's kinds), "image"
+    p50_ms: float
+    met: bool  # the target was met within the budget
+    target: float = TARGET
+    budget_ms: float = BUDGET_MS  # 0: none
+    k: int = K
+    queries: dict[str, int] = field(default_factory=dict)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    note: str = ""
+    version: int = VERSION
+    load_per_core: float = 0.0  # the machine's load while the settings were timed (``BUSY`` and above: busy)
+
+    def rerank_for(self, k: int) -> int:
+        """Candidates to re-score for ``k`` hits: as measured for ``K``, more for more."""
+        return max(self.rerank, -(-self.rerank * k // self.k))
+
+    def worst(self) -> tuple[str, float]:
+        """The kind of query with the lowest recall, and that recall."""
+        return min(self.recall_kinds.items(), key=lambda kv: kv[1], default=("", self.recall))
+
+    def describe(self) -> str:
+        kinds = ", ".join(f"{kind} {value:.2f}" for kind, value in self.recall_kinds.items())
+        worst = f"; worst {self.worst()[0]}" if len(self.recall_kinds) > 1 else ""
+        line = (
+            f"recall@{self.k} {self.recall:.2f} ({kinds}{worst}) at nprobe {self.nprobe}, rerank {self.rerank}: "
+            f"~{self.p50_ms:.0f} ms (measured at {self.segments} segments"
+        )
+        busy = f"; timed on a busy machine (load {self.load_per_core:.1f} per core)" * (self.load_per_core >= BUSY)
+        budget = f" within {self.budget_ms:.0f} ms" if self.budget_ms > 0 else ""
+        if not self.met:
+            return line + f"; target {self.target} not met{budget}: the best recall it affords{busy})"
+        return line + f"; target {self.target}{budget}{busy})"
+
+
+def trained_fingerprint(index: Vectors) -> str | None:
+    """What a calibration is tied to: the trained state of an IVF (its coarse
+    centroids and codebook), None for an exact index. Adding or removing vectors
+    keeps it; any retraining (a rebuild, another factory) changes it."""
+    ivf = ivf_of(index.index)
+    if ivf is None:
+        return None
+    digest = hashlib.sha256(f"{ivf.d} {ivf.nlist} {type(ivf).__name__}".encode())
+    digest.update(faiss.serialize_index(ivf.quantizer).tobytes())
+    pq = getattr(ivf, "pq", None)
+    if pq is not None:
+        digest.update(faiss.vector_to_array(pq.centroids).tobytes())
+    return digest.hexdigest()
+
+
+def load(folder: Path, index: Vectors) -> Calibration | None:
+    """The folder's calibration when it measured this very index, else None."""
+    fingerprint = trained_fingerprint(index)
+    path = Path(folder) / FILE
+    if fingerprint is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        found = Calibration(**data) if data.get("version") == VERSION else None
+    except (ValueError, TypeError, OSError):
+        return None  # unreadable or from another version: as if none
+    return found if found is not None and found.fingerprint == fingerprint else None
+
+
+def model_for(info: IndexInfo):
+    """The index's own model for text queries, or None where it does not load here
+    (weights not downloaded, a head file moved) or is not the one it was built with."""
+    try:
+        model = load_model(info.preset, embedder=info.embedder, head=info.head, device="cpu")
+    except Exception as exc:  # noqa: BLE001 - any reason: calibrate with image queries only
+        log.warning("calibrating with image queries only: the index's model does not load (%s)", first_line(exc))
+        return None
+    return model if model.fingerprint == info.fingerprint else None
+
+
+def stored(folder: Path) -> tuple[float, float]:
+    """(target, budget ms) the folder's last calibration was asked for (kept across
+    rebuilds), else (``TARGET``, ``BUDGET_MS``)."""
+    try:
+        data = json.loads((Path(folder) / FILE).read_text())
+        return float(data["target"]), float(data.get("budget_ms", BUDGET_MS))
+    except (ValueError, TypeError, KeyError, OSError):
+        return TARGET, BUDGET_MS
+
+
+def write(folder: Path, calibration: Calibration) -> None:
+    """Atomically: a reader sees the old file or the new one."""
+    write_atomic(Path(folder) / FILE, json.dumps(asdict(calibration), indent=1))
+
+
+def apply(index: Vectors, calibration: Calibration | None) -> None:
+    """Make the calibrated ``nprobe`` the index's own (also for a GPU mirror)."""
+    if calibration is None:
+        return
+    for shard in index.shards:
+        ivf = ivf_of(shard)
+        if ivf is not None:
+            ivf.nprobe = min(ivf.nlist, calibration.nprobe)
+    index.refresh_mirror()
+
+
+def calibrate(
+    ix: Searcher,
+    model=None,
+    target: float = TARGET,
+    budget_ms: float = BUDGET_MS,
+    note: str = "",
+    queries: Mapping[str, np.ndarray] | None = None,
+) -> Calibration:
+    """Measure ``ix`` (a compressed index) and choose its defaults: see the module.
+    ``queries``: typed query vectors by kind (e.g. ``{"text": array}``), used
+    instead of the model's vocabulary; ``budget_ms`` 0: no latency budget."""
+    start = time.perf_counter()
+    index = ix.index
+    ivf = ivf_of(index.index)
+    fingerprint = trained_fingerprint(index)
+    if ivf is None or fingerprint is None:
+        raise ValueError("an exact index needs no calibration (its recall is 1)")
+    vectors, excluded, kinds = query_vectors(ix.store, model, given=queries)
+    truth = exact_top(ix.store, vectors, excluded, K)
+    n = index.ntotal
+    reranks = sorted({min(r, n) for r in RERANKS})
+    nprobes, p = [], max(1, min(index_choice.nprobe_for(ivf.nlist), ivf.nlist))  # from the default
+    while p < ivf.nlist:
+        nprobes.append(p)
+        p *= 2
+    nprobes.append(ivf.nlist)
+    curve: dict[tuple[int, int], dict[str, Any]] = {}
+    for p in nprobes:
+        found = candidates(index, vectors, excluded, reranks[-1], p)
+        for r in reranks:
+            values = recalls([c[:r].tolist() for c in found], truth)
+            curve[p, r] = {
+                "nprobe": p,
+                "rerank": r,
+                "recall": headline(values, kinds),
+                "recall_kinds": by_kind(values, kinds),
+            }
+    choice = choose(ix, vectors, excluded, curve, nprobes, reranks, target, budget_ms)
+    hits, p50 = run(ix, vectors, excluded, choice.setting, range(len(vectors)))
+    values = recalls(hits, truth)
+    kinds_recall = by_kind(values, kinds)
+    if not note and queries:
+        note = "typed queries given by the caller: " + ", ".join(k for k in kinds_recall if k != "image")
+    elif not note and model is None:
+        note = "image queries only: the model was not at hand"
+    return Calibration(
+        fingerprint=fingerprint,
+        factory=ix.info.factory,
+        segments=n,
+        nprobe=choice.setting[0],
+        rerank=choice.setting[1],
+        recall=headline(values, kinds),
+        recall_kinds=kinds_recall,
+        p50_ms=round(p50, 2),
+        met=choice.met and headline(values, kinds) >= target,
+        target=target,
+        budget_ms=budget_ms,
+        queries={kind: int((kinds == kind).sum()) for kind in kinds_recall},
+        curve=list(curve.values()),
+        seconds=round(time.perf_counter() - start, 2),
+        note=note,
+        load_per_core=choice.load_per_core,
+    )

@@ -1,0 +1,136 @@
+"""Which search effort a compressed index gets, from its recall curve and timings on
+the real search path (``SegmentIndex``: FAISS, the row lookups and the exact
+re-scoring from the embedding files).
+
+The latency budget bounds the choice and the recall target chooses within it:
+
+1. what the budget affords: time grows with the lists visited and the candidates
+   re-scored, so for each number of candidates (fewest first) the most lists whose
+   p50 stays within it are found by bisection, within what fewer candidates afforded;
+2. among the affordable settings, for each number of candidates the fewest lists that
+   meet the target; those few are timed again, in turn query by query (load elsewhere
+   on the machine then slows them alike, and their ranking holds), and the fastest
+   within the budget wins;
+3. where no affordable setting meets the target: the best recall the budget affords,
+   and ``met`` is False; where nothing is affordable, the cheapest setting.
+
+A budget of 0 (or less) is none: every setting is affordable, and the target decides."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..filters import SearchFilters
+from ..records import IndexInfo
+from ..store import Store
+from ..vectors import Vectors
+from .truth import SEED, K
+
+LATENCY_QUERIES = 16  # timed per setting compared
+PROBE_QUERIES = 6  # timed per setting while finding what the budget affords
+BUSY = 0.75  # load per core above which the timings are flagged as taken on a busy machine
+
+Setting = tuple[int, int]  # (nprobe, rerank)
+
+
+class Searcher(Protocol):
+    """What is calibrated: ``SegmentIndex`` (its store, vectors and search path)."""
+
+    store: Store
+    index: Vectors
+    info: IndexInfo
+
+    def search_vector(self, vector, k: int = 10, filters: SearchFilters | None = None, exclude=frozenset()) -> list: ...
+
+
+@dataclass(frozen=True)
+class Choice:
+    setting: Setting
+    met: bool  # an affordable setting met the target and its p50 stayed within the budget
+    load_per_core: float  # the machine's load while the settings were timed
+
+
+def run(ix: Searcher, vectors, excluded, setting: Setting, rows) -> tuple[list[list[int]], float]:
+    """Hits of the given queries on the real search path, and their p50 in ms."""
+    found, times = [], []
+    settings = SearchFilters(nprobe=setting[0], rerank=setting[1])
+    for i in rows:
+        exclude = frozenset({int(excluded[i])}) if excluded[i] else frozenset()
+        start = time.perf_counter()
+        hits = ix.search_vector(vectors[i], K, settings, exclude=exclude)
+        times.append(time.perf_counter() - start)
+        found.append([h.segment_id for h in hits])
+    return found, float(np.median(times) * 1000) if times else 0.0
+
+
+def interleaved_p50s(ix: Searcher, vectors, excluded, settings: list[Setting], rows) -> list[float]:
+    """p50 ms of each setting, timed in turn query by query (the order rotating)."""
+    times: list[list[float]] = [[] for _ in settings]
+    for turn, i in enumerate(rows):
+        for j in np.roll(np.arange(len(settings)), turn):
+            times[j].append(run(ix, vectors, excluded, settings[j], [i])[1])
+    return [float(np.median(t)) if t else 0.0 for t in times]
+
+
+def load_per_core() -> float:
+    """The machine's 1-minute load average per core."""
+    return round(os.getloadavg()[0] / max(1, os.cpu_count() or 1), 2) if hasattr(os, "getloadavg") else 0.0
+
+
+def affordable(
+    p50: Callable[[Setting], float], nprobes: list[int], reranks: list[int], budget_ms: float
+) -> dict[int, int]:
+    """For each rerank, the position in ``nprobes`` of the most lists whose p50 is
+    within ``budget_ms`` (-1: none), by bisection; the cost grows with both."""
+    out, top = {}, len(nprobes) - 1
+    for r in reranks:
+        lo, hi = -1, top  # nprobes[lo] is affordable (-1: none yet), those past hi are not
+        while lo < hi and budget_ms > 0:
+            mid = (lo + hi + 1) // 2
+            if p50((nprobes[mid], r)) <= budget_ms:
+                lo = mid
+            else:
+                hi = mid - 1
+        out[r] = top = lo if budget_ms > 0 else top
+    return out
+
+
+def choose(
+    ix: Searcher,
+    vectors: np.ndarray,
+    excluded: np.ndarray,
+    curve: dict[Setting, dict[str, Any]],
+    nprobes: list[int],
+    reranks: list[int],
+    target: float,
+    budget_ms: float,
+) -> Choice:
+    """The setting to search at (see the module); timings go into ``curve`` as ``p50_ms``."""
+    rows = np.random.default_rng(SEED).permutation(len(vectors))
+    run(ix, vectors, excluded, (nprobes[0], reranks[0]), rows[:2])  # warm the caches
+    load = load_per_core()
+
+    def probe(setting: Setting) -> float:
+        curve[setting]["p50_ms"] = round(run(ix, vectors, excluded, setting, rows[:PROBE_QUERIES])[1], 2)
+        return curve[setting]["p50_ms"]
+
+    most = affordable(probe, nprobes, reranks, budget_ms)
+    within = [(p, r) for r in reranks for p in nprobes[: most[r] + 1]]
+    meeting = [s for s in within if curve[s]["recall_kinds"] and curve[s]["recall"] >= target]
+    if meeting:  # per rerank, the fewest lists meeting the target
+        compared = [min(s for s in meeting if s[1] == r) for r in dict.fromkeys(s[1] for s in meeting)]
+    elif within:
+        compared = [max(within, key=lambda s: (curve[s]["recall"], -s[0], -s[1]))]
+    else:
+        compared = [(nprobes[0], reranks[0])]
+    for setting, p50 in zip(compared, interleaved_p50s(ix, vectors, excluded, compared, rows[:LATENCY_QUERIES])):
+        curve[setting]["p50_ms"] = round(p50, 2)
+    kept = [s for s in compared if budget_ms <= 0 or curve[s]["p50_ms"] <= budget_ms]
+    best = min(kept or compared, key=lambda s: curve[s]["p50_ms"])
+    return Choice(best, bool(meeting) and bool(kept), max(load, load_per_core()))
