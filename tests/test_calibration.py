@@ -209,19 +209,27 @@ def test_calibrate_measures_again_without_a_rebuild_and_says_when_the_machine_wa
 
 
 def test_settings_are_timed_in_turn_so_load_slows_them_alike():
-    order = []
+    order, asked = [], []
 
-    class Searcher:  # records which setting each timed search used
+    class Searcher:  # records which setting and which query each timed search used
         def search_vector(self, vector, k, settings, exclude=frozenset()):
             order.append(settings.nprobe)
+            asked.append(int(vector[0]))
             return []
 
     settings = [(1, 20), (4, 20), (16, 50)]
-    p50s = choice.interleaved_p50s(Searcher(), np.zeros((6, 4)), np.zeros(6, int), settings, range(6))
+    rows = choice.Queries(18).take(18)
+    vectors = np.arange(18.0)[:, None] * np.ones((1, 4))
+    p50s = choice.interleaved_p50s(Searcher(), vectors, np.zeros(18, int), settings, rows)
     assert len(p50s) == 3 and sorted(order) == sorted([1, 4, 16] * 6)
+    assert sorted(asked) == list(range(18))  # every timing a query of its own
     rounds = [order[i : i + 3] for i in range(0, 18, 3)]
-    assert all(sorted(r) == [1, 4, 16] for r in rounds)  # each query: every setting once
+    assert all(sorted(r) == [1, 4, 16] for r in rounds)  # each turn: every setting once
     assert len({r[0] for r in rounds}) == 3  # and the setting timed first rotates
+    # No query is timed twice while unused ones remain: another's cached rows would flatter it.
+    queries = choice.Queries(10)
+    assert sorted(np.concatenate([queries.take(4), queries.take(6)]).tolist()) == list(range(10))
+    assert len(set(queries.take(10).tolist())) == 10
 
 
 def test_an_index_is_measured_again_once_it_has_grown_or_shrunk_twofold():
