@@ -242,15 +242,18 @@ def test_an_index_is_measured_again_once_it_has_grown_or_shrunk_twofold():
 
 
 @pytest.mark.parametrize(
-    "target, budget, chosen, met",
+    "target, budget, headroom, chosen, met",
     [
-        (0.8, 50, (2, 20), True),  # met within the budget: the fewest lists, the fewest candidates
-        (0.99, 50, (4, 50), False),  # met only past the budget: the best recall the budget affords
-        (0.99, 0, (16, 20), True),  # no budget: the target decides
-        (0.8, 5, (1, 20), False),  # nothing affordable: the cheapest
+        (0.8, 50, 1.0, (2, 20), True),  # met within the budget: the fewest lists, the fewest candidates
+        (0.99, 50, 1.0, (4, 50), False),  # met only past the budget: the best recall the budget affords
+        (0.9, 50, 2.0, (2, 50), False),  # (4, *) would fit 50 ms, not with twice its time as headroom
+        (0.99, 0, 1.0, (16, 20), True),  # no budget: the target decides
+        (0.8, 5, 1.0, (1, 20), False),  # nothing affordable: the cheapest
     ],
 )
-def test_the_budget_bounds_the_choice_and_the_target_chooses_within_it(monkeypatch, target, budget, chosen, met):
+def test_the_budget_bounds_the_choice_and_the_target_chooses_within_it(
+    monkeypatch, target, budget, headroom, chosen, met
+):
     nprobes, reranks = [1, 2, 4, 8, 16], [20, 50]
     recall = {1: 0.6, 2: 0.85, 4: 0.9, 8: 0.95, 16: 0.995}
     curve = {
@@ -265,6 +268,7 @@ def test_the_budget_bounds_the_choice_and_the_target_chooses_within_it(monkeypat
         return [], setting[0] * 10 + setting[1] / 10
 
     monkeypatch.setattr(choice, "run", run)
+    monkeypatch.setattr(choice, "HEADROOM", headroom)
     picked = choice.choose(None, np.zeros((20, 4)), np.zeros(20, int), curve, nprobes, reranks, target, budget)
     assert (picked.setting, picked.met) == (chosen, met)
     assert "p50_ms" in curve[chosen] and curve[chosen]["p50_ms"] == chosen[0] * 10 + chosen[1] / 10
