@@ -360,6 +360,7 @@ def scale_run(args) -> None:
             start = time.perf_counter()
             np.save(vectors, build_scale(folder, args.annotations, args.seed))
             print(f"built {args.annotations} annotations in {time.perf_counter() - start:.0f} s")
+        shutil.rmtree(folder / "audit", ignore_errors=True)  # a finished audit's checkpoint would be reused
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": os.getcwd()}
         cores = ",".join(str(c) for c in range(args.threads))
         command = [
