@@ -1,2 +1,3 @@
-"""Reading inputs: finding image files and opening them safely (``files``), and anything
-image-like to RGB (``images``)."""
+"""Reading inputs and writing files safely: finding image files and opening them
+safely (``files``), anything image-like to RGB (``images``), and files replaced whole
+(``atomic``)."""
