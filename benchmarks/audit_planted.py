@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -60,22 +59,22 @@ def planted_run(args) -> None:
 
     import usesearch
     from usesearch.indexer.audit import AuditConfig, audit_index
-    from usesearch.indexer.audit.planted import PlantedConfig, write_planted
+    from usesearch.indexer.audit.planted import PlantedConfig, load_truth, save_truth, write_planted
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.folder or Path(scratch)
         tmp.mkdir(parents=True, exist_ok=True)
-        saved = tmp / "planted.pickle"  # the truth, for --reuse
+        saved = tmp / "planted.npz"  # the truth, for --reuse
         start = time.perf_counter()
         if args.reuse and saved.is_file():
-            planted, world = pickle.loads(saved.read_bytes())
+            planted, world = load_truth(saved)
             shutil.rmtree(tmp / "db" / "audit", ignore_errors=True)
         else:
             head = args.head or train_head(tmp, args.steps)
             config = PlantedConfig(photos=args.photos, seed=args.seed)
             planted, world = write_planted(tmp / "db", tmp / "photos", usesearch.load_model(head), config, head)
-            saved.write_bytes(pickle.dumps((planted, world)))
+            save_truth(saved, planted, world)
         print(
             f"planted world: {len(world)} photos (copies included), {len(planted.annotations)} annotations, "
             f"{len(planted.proposals)} proposals, written in {time.perf_counter() - start:.0f} s; planted: "

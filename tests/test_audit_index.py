@@ -285,3 +285,18 @@ def test_the_audit_view_pages_through_a_list_and_keeps_verdicts(audit_server, db
         page.wait_for_function("document.getElementById('status').textContent.startsWith('leaks')")
         browser.close()
     assert errors == []
+
+
+def test_the_planted_truth_saved_for_reuse_reads_back_equal_without_pickle(tmp_path):
+    from usesearch.indexer.audit.planted import Planted, load_truth, save_truth
+
+    planted = Planted(annotations={"train:1", "val:2"}, proposals={7, 9}, val_photos={2}, copies={3})
+    planted.errors["swapped"].add("train:1")
+    planted.errors["overlooked"].add(9)
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    world = {1: (rgb, [(5, 0, "train")], [7, 9])}
+    save_truth(tmp_path / "truth.npz", planted, world)
+    again, world_again = load_truth(tmp_path / "truth.npz")
+    assert again == planted
+    assert list(world_again) == [1] and np.array_equal(world_again[1][0], rgb)
+    assert world_again[1][1:] == ([(5, 0, "train")], [7, 9])

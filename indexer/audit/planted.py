@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,4 +234,35 @@ def write_planted(
             planted.copies.add(copy_id)
             planted.errors["leaks"].add(copy_id)
         store.close()
+    return planted, world
+
+
+def save_truth(path: Path, planted: Planted, world: dict) -> None:
+    """The truth and the world ``write_planted`` returned, to reuse an index it wrote:
+    JSON and arrays (no pickle: a folder named on a command line may not be trusted
+    to hold code)."""
+    sets = {name: sorted(value, key=str) for name, value in vars(planted).items() if isinstance(value, set)}
+    meta = {
+        "sets": sets,
+        "errors": {kind: sorted(keys, key=str) for kind, keys in planted.errors.items()},
+        "class_names": planted.class_names,
+        "world": {str(i): [labelled, list(proposals)] for i, (_, labelled, proposals) in world.items()},
+    }
+    arrays = {f"rgb{i}": rgb for i, (rgb, _, _) in world.items()}
+    np.savez(path, meta=np.array(json.dumps(meta, default=int)), **arrays)
+
+
+def load_truth(path: Path) -> tuple[Planted, dict]:
+    """What ``save_truth`` wrote."""
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        world = {
+            int(i): (data[f"rgb{i}"], [tuple(a) for a in labelled], proposals)
+            for i, (labelled, proposals) in meta["world"].items()
+        }
+    planted = Planted(
+        errors={kind: set(keys) for kind, keys in meta["errors"].items()},
+        class_names=meta["class_names"],
+        **{name: set(values) for name, values in meta["sets"].items()},
+    )
     return planted, world
