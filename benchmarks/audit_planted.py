@@ -176,7 +176,7 @@ def cleanlab_scores(planted, world, classes: list[str], db: Path, tuned: bool = 
     labels_of = np.array([classes.index(rows[i].category) for i in annotated])
     sums = np.zeros((len(classes), info.dim))
     np.add.at(sums, labels_of, np.array([vectors[i] for i in annotated], np.float64))
-    protos = prototypes(sums, np.bincount(labels_of, minlength=len(classes)))
+    protos = prototypes(sums)
 
     def probabilities(ids: list[int]) -> np.ndarray:
         e = np.array([vectors[i] for i in ids], np.float32).reshape(-1, info.dim)

@@ -14,10 +14,10 @@ import numpy as np
 from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from .lookups import SQL_PARAMETERS
 from .records import ANNOTATION, DONE, PROPOSAL, AnnotationProblem, ImageRecord, SegmentRecord
 
 BATCH = 100_000  # rows per streamed batch: ~10 MB of columns
-SQL_PARAMETERS = 900  # ids per IN list: SQLite's bound-parameter limit
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from usesearch.errors import AnnotationError
 
 from .embeddings import EmbeddingFiles
+from .lookups import SQL_PARAMETERS
 from .records import (
     ANNOTATION,
     DONE,
@@ -27,8 +28,6 @@ from .records import (
     LabelledFile,
     SegmentRecord,
 )
-
-SQL_PARAMETERS = 900  # ids per IN list: SQLite's bound-parameter limit
 
 
 @dataclass(frozen=True)

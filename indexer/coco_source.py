@@ -61,10 +61,6 @@ class CocoDataset:
     images: list[ImageEntry]
     problems: list[tuple[str | None, int | None, AnnotationError]]
 
-    @property
-    def annotation_count(self) -> int:
-        return sum(len(entry.annotations) for entry in self.images)
-
 
 def read_coco(path: str | os.PathLike) -> CocoDataset:
     """Read and check a COCO annotations file. A file that is not COCO (unreadable,

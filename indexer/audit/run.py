@@ -155,7 +155,7 @@ def _annotation_pass(store, reader, state: _State, config: AuditConfig, save) ->
 
 def _photo_pass(store, reader, class_vectors, state: _State, config: AuditConfig, save) -> None:
     files = store.files()
-    protos = scores.prototypes(state.sums, state.counts)
+    protos = scores.prototypes(state.sums)
     for images, segs in reader.photo_batches(state.after, config.photo_batch):
         e = files.read(segs.chunks, segs.rows, ids=segs.ids)
         files.let_go()

@@ -30,14 +30,20 @@ def class_probabilities(embeddings: np.ndarray, class_vectors: np.ndarray) -> np
     return torch.softmax(logits, dim=1).numpy()
 
 
+def _others_cosine(e: np.ndarray, labels: np.ndarray, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine of each annotation with the sum of the *other* members of its class, which
+    is the direction of their mean; True where there are none)."""
+    others = (sums[labels] - e).astype(np.float32)
+    norms = np.linalg.norm(others, axis=1)
+    return np.einsum("nd,nd->n", e, others) / np.where(norms == 0, 1, norms), norms == 0
+
+
 def prototype_probabilities(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarray, counts: np.ndarray):
     """[N, C] softmax over the cosines with each class's mean annotation (its own class's
     taken without the annotation itself): what the dataset's other labels say."""
     e = np.asarray(embeddings, np.float32)
-    cos = e @ prototypes(sums, counts).T
-    own = (sums[labels] - e).astype(np.float32)
-    norms = np.linalg.norm(own, axis=1)
-    cos[np.arange(len(e)), labels] = np.einsum("nd,nd->n", e, own) / np.where(norms == 0, 1, norms)
+    cos = e @ prototypes(sums).T
+    cos[np.arange(len(e)), labels] = _others_cosine(e, labels, sums)[0]
     cos[:, counts == 0] = -1
     logits = torch.from_numpy(LOGIT_SCALE * cos)
     return torch.softmax(logits, dim=1).numpy().astype(np.float32)
@@ -67,17 +73,14 @@ def centroid_distances(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndar
     """1 - cosine of each annotation with the mean of the *other* members of its class
     (its own embedding taken out of the class sum); NaN where it is its class's only one."""
     e = np.asarray(embeddings, np.float32)
-    others = (sums[labels] - e).astype(np.float32)
-    norms = np.linalg.norm(others, axis=1)
-    lonely = (counts[labels] < 2) | (norms == 0)
-    lengths = np.maximum(np.linalg.norm(e, axis=1), 1e-12)
-    cos = np.einsum("nd,nd->n", e, others) / np.where(norms == 0, 1, norms) / lengths
-    out = 1 - cos
+    cos, none = _others_cosine(e, labels, sums)
+    lonely = (counts[labels] < 2) | none
+    out = 1 - cos / np.maximum(np.linalg.norm(e, axis=1), 1e-12)
     out[lonely] = np.nan
     return out.astype(np.float32)
 
 
-def prototypes(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def prototypes(sums: np.ndarray) -> np.ndarray:
     """[C, d] unit mean embedding of each class's annotations (zero where it has none):
     what the dataset itself calls each class."""
     norms = np.linalg.norm(sums, axis=1, keepdims=True)

@@ -112,17 +112,20 @@ def affordable(
     p50: Callable[[Setting], float], nprobes: list[int], reranks: list[int], budget_ms: float
 ) -> dict[int, int]:
     """For each rerank, the position in ``nprobes`` of the most lists whose p50 is
-    within ``budget_ms`` (-1: none), by bisection; the cost grows with both."""
+    within ``budget_ms`` (-1: none; no budget: every list), by bisection; the cost
+    grows with both."""
     out, top = {}, len(nprobes) - 1
+    if budget_ms <= 0:
+        return dict.fromkeys(reranks, top)
     for r in reranks:
         lo, hi = -1, top  # nprobes[lo] is affordable (-1: none yet), those past hi are not
-        while lo < hi and budget_ms > 0:
+        while lo < hi:
             mid = (lo + hi + 1) // 2
             if p50((nprobes[mid], r)) <= budget_ms:
                 lo = mid
             else:
                 hi = mid - 1
-        out[r] = top = lo if budget_ms > 0 else top
+        out[r] = top = lo
     return out
 
 

@@ -201,18 +201,14 @@ def checked(segmentation: Any, height: int, width: int) -> dict:
 
 def iou_matrix(rles: list[dict]) -> np.ndarray:
     """[N, N] mask IoU between the RLEs (of one image)."""
-    coco = [_pycoco(r) for r in rles]
-    return np.asarray(mask_utils.iou(coco, coco, [0] * len(coco))).reshape(len(coco), len(coco))
+    return iou_between(rles, rles)
 
 
 def overlap_of_smaller(a: list[dict], b: list[dict]) -> np.ndarray:
     """[len(a), len(b)]: |a ∩ b| / min(|a|, |b|), 1.0 where one mask lies wholly in the
     other. pycocotools' IoU with ``iscrowd`` set divides the intersection by the first
     mask's area, so the two directions give both containments."""
-    pa, pb = [_pycoco(r) for r in a], [_pycoco(r) for r in b]
-    a_in_b = np.asarray(mask_utils.iou(pa, pb, [1] * len(pb))).reshape(len(pa), len(pb))
-    b_in_a = np.asarray(mask_utils.iou(pb, pa, [1] * len(pa))).reshape(len(pb), len(pa)).T
-    return np.maximum(a_in_b, b_in_a)
+    return np.maximum(covered_by(a, b), covered_by(b, a).T)
 
 
 def iou_between(a: list[dict], b: list[dict]) -> np.ndarray:
