@@ -3,8 +3,9 @@ checked on candidates rather than resolved in the database, applied best first."
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -68,6 +69,9 @@ class Hit:
         return self.image_fs_path if self.image_fs_path is not None else self.image
 
 
+H = TypeVar("H", bound=Hit)
+
+
 def to_hits(
     rows: dict[int, SegmentRow],
     scores: np.ndarray,
@@ -79,28 +83,34 @@ def to_hits(
     distinct: bool = False,
 ) -> list[Hit]:
     """The first ``k`` hits among candidates (``scores``, ``ids``, best first, with
-    their ``rows``) that pass the filters checked on candidates: ``min_area``, the
-    image ids a path glob matched (``images``), ``per_image`` and ``distinct``."""
-    hits: list[Hit] = []
-    seen_images: set[int] = set()
-    kept_masks: dict[int, list[dict]] = {}  # per image, the masks of the hits kept (distinct)
-    for score, sid in zip(scores, ids):
-        row: SegmentRow | None = rows.get(int(sid))
-        if row is None:  # removed by a commit after this search's refresh
+    their ``rows``) that pass the filters checked on candidates: the image ids a path
+    glob matched (``images``), then ``first_hits``' ``min_area``, ``per_image`` and
+    ``distinct``."""
+    candidates = (
+        Hit.from_row(row, 0, float(score))
+        for score, row in ((score, rows.get(int(sid))) for score, sid in zip(scores, ids))
+        # None: removed by a commit after this search's refresh
+        if row is not None and (images is None or row.image_id in images)
+    )
+    return first_hits(candidates, k, per_image, min_area, distinct)
+
+
+def first_hits(candidates: Iterable[H], k: int, per_image: bool, min_area: int, distinct: bool) -> list[H]:
+    """The first ``k`` of ``candidates`` (best first) of at least ``min_area`` pixels,
+    one per image where ``per_image``, none mostly inside (or mostly around) a better one
+    of its image where ``distinct``; ranked 1..k. For stored segments and SAM 3's alike."""
+    hits: list[H] = []
+    kept: dict[int, list[dict]] = {}  # per image, the masks of the hits kept
+    for hit in candidates:
+        if hit.area < min_area:
             continue
-        if row.area < min_area or (images is not None and row.image_id not in images):
+        better = kept.setdefault(hit.image_id, [])
+        if per_image and better:
             continue
-        if per_image:
-            if row.image_id in seen_images:
-                continue
-            seen_images.add(row.image_id)
-        hit = Hit.from_row(row, len(hits) + 1, float(score))
-        if distinct:
-            better = kept_masks.setdefault(row.image_id, [])
-            if better and rle.overlap_of_smaller([hit.mask], better).max() >= DISTINCT_OVERLAP:
-                continue  # a part of a better hit, or a whole around one
-            better.append(hit.mask)
-        hits.append(hit)
+        if distinct and better and rle.overlap_of_smaller([hit.mask], better).max() >= DISTINCT_OVERLAP:
+            continue  # a part of a better hit, or a whole around one
+        better.append(hit.mask)
+        hits.append(replace(hit, rank=len(hits) + 1))
         if len(hits) == k:
             break
     return hits

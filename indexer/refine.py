@@ -34,7 +34,7 @@ from usesearch.io.files import decode, read_bytes
 from usesearch.masks import rle
 
 from .filters import SearchFilters, check_k
-from .hits import DISTINCT_OVERLAP, Hit
+from .hits import Hit, first_hits
 from .refine_cache import CACHE_FOLDER, ImageStateCache
 
 REFINERS = ("sam3",)
@@ -123,8 +123,6 @@ class Refiner:
         """``query`` with its report returned (for callers in several threads)."""
         check_k(k)
         top = self.options.top if top is None else replace(self.options, top=top).top  # checked as the options are
-        if not text or not text.strip():
-            raise ValueError("the query text is empty")
         filters = filters or SearchFilters()
         report, started = RefineReport(), time.perf_counter()
         index = self.index
@@ -146,7 +144,7 @@ class Refiner:
                     found += self._hits(photo, rank, instances, vector)
         report.ms["sam3"] = _ms(phrase)
         found.sort(key=lambda h: (-h.score, -(h.use_score if h.use_score is not None else -2.0), h.photo_rank))
-        hits = _filtered(found, k, filters)
+        hits = first_hits(found, k, filters.per_image, filters.min_area, filters.distinct)
         report.ms["total"] = _ms(started)
         return hits, report
 
@@ -230,25 +228,6 @@ class Refiner:
             for i in ids
             if i in rows and i in scores
         ]
-
-
-def _filtered(found: list[RefinedHit], k: int, filters: SearchFilters) -> list[RefinedHit]:
-    """The first ``k`` that pass ``min_area``, ``per_image`` and ``distinct``, ranked 1..k."""
-    hits: list[RefinedHit] = []
-    kept: dict[int, list[dict]] = {}
-    for hit in found:
-        if hit.area < filters.min_area:
-            continue
-        better = kept.setdefault(hit.image_id, [])
-        if filters.per_image and better:
-            continue
-        if filters.distinct and better and rle.overlap_of_smaller([hit.mask], better).max() >= DISTINCT_OVERLAP:
-            continue
-        better.append(hit.mask)
-        hits.append(replace(hit, rank=len(hits) + 1))
-        if len(hits) == k:
-            break
-    return hits
 
 
 def _ms(since: float) -> float:

@@ -43,23 +43,17 @@ class ImageStateCache:
         self._lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
-        self.hits_memory = self.hits_disk = self.misses = 0
+        self._bytes = 0  # of the features in memory
 
     def get(self, key: str, device: torch.device) -> Features | None:
         with self._lock:
             found = self._memory.get(key)
             if found is not None:
                 self._memory.move_to_end(key)
-                self.hits_memory += 1
                 return found
         found = self._load(key, device)
-        if found is None:
-            with self._lock:
-                self.misses += 1
-            return None
-        with self._lock:
-            self.hits_disk += 1
-        self._remember(key, found)
+        if found is not None:
+            self._remember(key, found)
         return found
 
     def put(self, key: str, features: Features) -> None:
@@ -82,19 +76,17 @@ class ImageStateCache:
             self._writer.shutdown()
             self._writer = None
 
-    def __len__(self) -> int:
-        return len(self._memory)
-
     # -- memory ------------------------------------------------------------------
     def _remember(self, key: str, features: Features) -> None:
         size = features_bytes(features)
         if size > self.memory_bytes:
             return
         with self._lock:
+            replaced = self._memory.pop(key, None)
+            self._bytes += size - (features_bytes(replaced) if replaced is not None else 0)
             self._memory[key] = features
-            self._memory.move_to_end(key)
-            while sum(features_bytes(f) for f in self._memory.values()) > self.memory_bytes:
-                self._memory.popitem(last=False)
+            while self._bytes > self.memory_bytes:
+                self._bytes -= features_bytes(self._memory.popitem(last=False)[1])
 
     # -- disk --------------------------------------------------------------------
     def _path(self, key: str) -> Path | None:

@@ -218,12 +218,13 @@ class Writer:
             self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory, in_sync=self.in_sync
         )
 
-    def calibrate(self, force: bool = False) -> calibration.Calibration | None:
+    def calibrate(self) -> calibration.Calibration | None:
         """Measure a compressed index's recall and choose its search defaults
-        (``calibration.py``) when it has no calibration of its own yet (new, rebuilt
+        (``calibration``) when it has no calibration of its own yet (new, rebuilt
         or grown into another index), when it has grown (or shrunk) ``REGROWTH``-fold
         since it was measured (its lists are fuller: a query needs other settings),
-        when another ``recall_target`` is asked, or when ``force``d (``reindex``).
+        or when another ``recall_target`` is asked (``reindex`` and ``recalibrate``
+        always measure, through ``calibrate_index``).
         Only an IVF index has the knobs it sets: an exact index needs none, and
         HNSW's search depth is not calibrated."""
         n = self.index.ntotal
@@ -231,7 +232,7 @@ class Writer:
             return None
         current = calibration.load(self.db_dir, self.index)
         target = self.options.recall_target
-        if current is not None and not force and not outdated(current, n, target):
+        if current is not None and not outdated(current, n, target):
             return current
         return calibrate_index(self.db_dir, self.store, self.index, self.model, target)
 
