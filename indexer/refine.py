@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -135,51 +136,60 @@ class Refiner:
             phrase = time.perf_counter()
             encoded = self.sam3.encode_text(text)
             report.ms["text"] = _ms(phrase)
-            ready = self._features(photos, report)
-            for start in range(0, len(ready), self._batch):
-                group = ready[start : start + self._batch]
-                hws = [tuple(photo.mask["size"]) for _, photo, _ in group]
-                every = self.sam3.segment_many([f for _, _, f in group], encoded, hws, self.options.threshold)
-                for (rank, photo, _), instances in zip(group, every):
-                    found += self._hits(photo, rank, instances, vector)
+            for group in self._groups(photos, report):  # one batch of image features alive at a time
+                found += self._segment(group, encoded, vector)
+                del group  # before the next batch's features are made
         report.ms["sam3"] = _ms(phrase)
         found.sort(key=lambda h: (-h.score, -(h.use_score if h.use_score is not None else -2.0), h.photo_rank))
         hits = first_hits(found, k, filters.per_image, filters.min_area, filters.distinct)
         report.ms["total"] = _ms(started)
         return hits, report
 
-    def _features(self, photos: list[Hit], report: RefineReport) -> list[tuple[int, Hit, list]]:
-        """(USE rank, photo, SAM 3 image features) of the photos that can be read: from
-        the cache, else computed in batches (photos decoded a batch at a time) and kept."""
+    def _groups(self, photos: list[Hit], report: RefineReport) -> Iterator[list[tuple[int, Hit, list]]]:
+        """(USE rank, photo, SAM 3 image features) of the photos that can be read, a
+        batch of photos at a time: from the cache, else decoded and computed together
+        and kept. Only the cache (bounded) and the batch being segmented hold features:
+        at ``--refine-top 200`` on a GPU all of them at once would take 11-22 GB."""
+        ranked = list(enumerate(photos, 1))
+        for start in range(0, len(ranked), self._batch):
+            group = self._ready(ranked[start : start + self._batch], report)
+            if group:  # every photo of the batch skipped: nothing to segment
+                yield group
+            del group  # before the next batch's features are made
+
+    def _ready(self, window: list[tuple[int, Hit]], report: RefineReport) -> list[tuple[int, Hit, list]]:
         ready: dict[int, list] = {}
-        missing = []
-        for rank, photo in enumerate(photos, 1):
+        decoded = []
+        for rank, photo in window:
             record = self.index.store.image(photo.image_id)
             if record is None or not record.sha256:
                 report.skipped.append(f"{photo.image}: no longer in the index")
                 continue
             features = self.cache.get(record.sha256, self.sam3.device)
-            if features is None:
-                missing.append((rank, record))
-            else:
+            if features is not None:
                 ready[rank] = features
                 report.cached += 1
-        for start in range(0, len(missing), self._batch):
-            decoded = []
-            for rank, record in missing[start : start + self._batch]:
-                try:
-                    data, sha256 = read_bytes(record.fs_path, name=record.path)
-                    if sha256 != record.sha256:
-                        raise UsesearchError("changed on disk since it was indexed; run `usesearch index` again")
-                    decoded.append((rank, record.sha256, decode(data, record.path)))
-                except (OSError, UsesearchError) as exc:
-                    report.skipped.append(f"{record.path}: {first_line(exc)}")
-            if decoded:
-                for (rank, key, _), features in zip(decoded, self.sam3.encode_images([rgb for _, _, rgb in decoded])):
-                    ready[rank] = features
-                    self.cache.put(key, features)
-                    report.image_steps += 1
-        return [(rank, photo, ready[rank]) for rank, photo in enumerate(photos, 1) if rank in ready]
+                continue
+            try:
+                data, sha256 = read_bytes(record.fs_path, name=record.path)
+                if sha256 != record.sha256:
+                    raise UsesearchError("changed on disk since it was indexed; run `usesearch index` again")
+                decoded.append((rank, record.sha256, decode(data, record.path)))
+            except (OSError, UsesearchError) as exc:
+                report.skipped.append(f"{record.path}: {first_line(exc)}")
+        if decoded:
+            for (rank, key, _), features in zip(decoded, self.sam3.encode_images([rgb for _, _, rgb in decoded])):
+                ready[rank] = features
+                self.cache.put(key, features)
+                report.image_steps += 1
+        return [(rank, photo, ready[rank]) for rank, photo in window if rank in ready]
+
+    def _segment(self, group: list[tuple[int, Hit, list]], encoded: dict, vector: np.ndarray) -> list[RefinedHit]:
+        """The refined hits of one batch (a function of its own: its locals, which hold
+        the batch's features, go when it returns)."""
+        hws = [tuple(photo.mask["size"]) for _, photo, _ in group]
+        every = self.sam3.segment_many([features for _, _, features in group], encoded, hws, self.options.threshold)
+        return [hit for (rank, photo, _), found in zip(group, every) for hit in self._hits(photo, rank, found, vector)]
 
     @property
     def _batch(self) -> int:
