@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from usesearch.masks import rle
 
 from .records import PROPOSAL, SegmentRow
+
+if TYPE_CHECKING:
+    from .selection import Labels, Selection
 
 DISTINCT_OVERLAP = 0.8  # --distinct: this share of the smaller mask inside the other makes two hits one region
 
@@ -78,21 +81,33 @@ def to_hits(
     ids: np.ndarray,
     k: int,
     per_image: bool,
-    images: set[int] | None,
-    min_area: int,
+    checked: Selection,
     distinct: bool = False,
 ) -> list[Hit]:
     """The first ``k`` hits among candidates (``scores``, ``ids``, best first, with
-    their ``rows``) that pass the filters checked on candidates: the image ids a path
-    glob matched (``images``), then ``first_hits``' ``min_area``, ``per_image`` and
-    ``distinct``."""
+    their ``rows``) that pass the filters a selection leaves to the candidates: the
+    image ids a path glob matched, the class, split and source, then ``first_hits``'
+    ``min_area``, ``per_image`` and ``distinct``."""
+    images, labels = checked.images, checked.labels
     candidates = (
         Hit.from_row(row, 0, float(score))
         for score, row in ((score, rows.get(int(sid))) for score, sid in zip(scores, ids))
         # None: removed by a commit after this search's refresh
-        if row is not None and (images is None or row.image_id in images)
+        if row is not None
+        and (images is None or row.image_id in images)
+        and (labels is None or has_labels(row, labels))
     )
-    return first_hits(candidates, k, per_image, min_area, distinct)
+    return first_hits(candidates, k, per_image, checked.min_area, distinct)
+
+
+def has_labels(row: SegmentRow, labels: Labels) -> bool:
+    """Whether the row is of this class, split and source (None: any)."""
+    label, split, source = labels
+    return (
+        (label is None or row.category == label)
+        and (split is None or row.split == split)
+        and (source is None or row.source == source)
+    )
 
 
 def first_hits(candidates: Iterable[H], k: int, per_image: bool, min_area: int, distinct: bool) -> list[H]:

@@ -8,6 +8,7 @@ import fnmatch
 import json
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import Engine, func, select
@@ -16,6 +17,35 @@ from sqlalchemy.orm import Session, sessionmaker
 from .records import DONE, ImageRecord, SegmentRecord, SegmentRow
 
 SQL_PARAMETERS = 900  # ids per IN list: SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class SegmentSample:
+    """Columns of segments picked at random (``SearchLookups.sample_segments``)."""
+
+    area: np.ndarray  # int64
+    source: np.ndarray  # object (str)
+    split: np.ndarray  # object (str or None)
+    category: np.ndarray  # object (str or None)
+
+    @classmethod
+    def of(cls, rows: list[tuple]) -> SegmentSample:
+        columns = list(zip(*rows)) if rows else [(), (), (), ()]
+        return cls(np.array(columns[0], np.int64), *(np.array(c, object) for c in columns[1:]))
+
+    def __len__(self) -> int:
+        return len(self.area)
+
+    def share(
+        self, min_area: int = 0, label: str | None = None, split: str | None = None, source: str | None = None
+    ) -> float:
+        """The share of the sample with at least ``min_area`` pixels, of this class,
+        split and source (None: any); 0 for an empty sample."""
+        keep = self.area >= min_area
+        for column, value in ((self.category, label), (self.split, split), (self.source, source)):
+            if value is not None:
+                keep &= column == value
+        return float(keep.mean()) if len(keep) else 0.0
 
 
 class SearchLookups:
@@ -40,22 +70,23 @@ class SearchLookups:
         with self.sessions() as s:
             return s.scalar(select(func.count()).select_from(ImageRecord).where(ImageRecord.status == DONE)) or 0
 
-    def sample_areas(self, size: int = 10_000, seed: int = 0) -> np.ndarray:
-        """Areas of about ``size`` segments picked at random (by id, through the
-        primary key): enough to estimate how many a --min-area keeps."""
+    def sample_segments(self, size: int = 10_000, seed: int = 0) -> SegmentSample:
+        """Area, source, split and class of about ``size`` segments picked at random
+        (by id, through the primary key): enough to estimate the share a filter keeps."""
+        seg = SegmentRecord
         with self.sessions() as s:
-            low, high = s.execute(select(func.min(SegmentRecord.id), func.max(SegmentRecord.id))).one()
+            low, high = s.execute(select(func.min(seg.id), func.max(seg.id))).one()
             if low is None:
-                return np.zeros(0, np.int64)
+                return SegmentSample.of([])
             ids = np.unique(np.random.default_rng(seed).integers(low, high + 1, size)).tolist()
-            out = [
-                np.fromiter(
-                    s.scalars(select(SegmentRecord.area).where(SegmentRecord.id.in_(ids[i : i + SQL_PARAMETERS]))),
-                    np.int64,
-                )
+            rows = [
+                tuple(row)
                 for i in range(0, len(ids), SQL_PARAMETERS)
+                for row in s.execute(
+                    select(seg.area, seg.source, seg.split, seg.category).where(seg.id.in_(ids[i : i + SQL_PARAMETERS]))
+                )
             ]
-        return np.concatenate(out) if out else np.zeros(0, np.int64)
+        return SegmentSample.of(rows)
 
     def segment_locations_with_area(self, min_area: int) -> np.ndarray:
         """[n, 3] (id, chunk, row) of the segments of at least ``min_area`` pixels

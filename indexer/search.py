@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import asdict
@@ -233,8 +234,9 @@ class SegmentIndex:
         mask, measured on the stored RLEs) is dropped, so k hits are k different regions.
 
         Filters are resolved in the database first where they are narrow: a path glob
-        keeping a small share of the images, or a ``min_area`` keeping few segments,
-        becomes an id selection that FAISS searches within (a selection of at most
+        keeping a small share of the images, or a ``min_area``, class, split or source
+        keeping few segments (``selection.py``), becomes an id selection that FAISS
+        searches within (a selection of at most
         ``SCAN_UP_TO`` segments is simply scored exactly), so a narrow filter costs
         less than none and one matching nothing costs nothing. Broad filters are
         checked on the candidates instead, fetching more until k hits (k distinct
@@ -248,21 +250,22 @@ class SegmentIndex:
         filters = filters or SearchFilters()
         per_image, min_score, distinct = filters.per_image, filters.min_score, filters.distinct
         self.refresh()
-        allowed, images = self._selections.resolve(
-            filters.path, filters.min_area, filters.label, filters.split, filters.source
-        )
-        if images == set() or (allowed is not None and not len(allowed)):
+        selection = self._selections.resolve(filters)
+        if selection.empty:
             return []  # nothing can match
-        min_area = 0 if allowed is not None else filters.min_area  # or settled by the selection
+        allowed = selection.allowed
         available = self.index.ntotal if allowed is None else len(allowed)
-        fetch = k if not (per_image or images or min_area or distinct) else max(4 * k, 64)
+        checked = selection.images is not None or selection.labels is not None or selection.min_area
+        fetch = k if not (per_image or checked or distinct) else max(4 * k, 64)
+        if 0 < selection.kept < 1:  # enough candidates at once that about 2k pass the checks
+            fetch = min(available, max(fetch, math.ceil(2 * k / selection.kept)))
         with self._index_lock.reading():
             while True:
                 scores, ids = self._candidates(vector, k, fetch, allowed, exclude, filters.nprobe, filters.rerank)
                 if min_score is not None:
                     below = scores < min_score
                     scores, ids = scores[~below], ids[~below]
-                hits = to_hits(self.store.rows(ids.tolist()), scores, ids, k, per_image, images, min_area, distinct)
+                hits = to_hits(self.store.rows(ids.tolist()), scores, ids, k, per_image, selection, distinct)
                 if len(hits) >= k or fetch >= available or (min_score is not None and below.any()):
                     return hits  # (candidates come best first: past the cut-off there is nothing more)
                 fetch = min(available, fetch * 4)

@@ -1,27 +1,48 @@
 """Which segments a filtered search looks among. A path glob keeping a small share of
-the images, or a ``min_area`` keeping few segments, is resolved in the database into
-an id selection (FAISS searches within it, or its rows are scored exactly); broader
-filters are left to be checked on the candidates. A class, split or source (a
-labelled dataset's ``--label``, ``--split``) is always resolved, through its index:
-no candidate carries them. A resolved filter, and the store statistics that decide,
-are kept until the next commit: a user searching one folder again and again pays for
-resolving it once."""
+the images, or a ``min_area``, class, split or source keeping few segments, is
+resolved in the database into an id selection (FAISS searches within it, or its rows
+are scored exactly); broader filters are left to be checked on the candidates, whose
+rows carry the image, area, class, split and source. How many segments a filter keeps
+is estimated from a random sample of the catalog's rows. A resolved filter, and the
+store statistics that decide, are kept until the next commit: a user searching one
+folder again and again pays for resolving it once."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from .filters import SearchFilters
 from .store import Store
 
 PUSHDOWN_SHARE = 0.2  # a path glob keeping at most this share of the images becomes a FAISS id selection
-AREA_PUSHDOWN_MAX = 200_000  # a --min-area keeping at most about this many segments becomes one too
+SELECTION_MAX = (
+    200_000  # a --min-area, --label, --split or --source keeping at most about this many segments becomes one too
+)
 CACHE_ENTRIES = 32  # resolved filters and store statistics kept per index
 
 T = TypeVar("T")
-Selection = tuple[np.ndarray | None, set[int] | None]
+Labels = tuple[str | None, str | None, str | None]  # class, split, source (None: any)
+
+
+class Selection(NamedTuple):
+    """What a search looks among. ``allowed``: the segments to search within, as [n, 3]
+    (id, chunk, row), or None (all). Checked on the candidates: ``images`` (image ids,
+    or None), ``labels`` (class, split, source; or None) and ``min_area`` (0: settled).
+    ``kept``: the estimated share of candidates those checks keep (to fetch enough at
+    once). Empty means nothing can match."""
+
+    allowed: np.ndarray | None = None
+    images: set[int] | None = None
+    labels: Labels | None = None
+    min_area: int = 0
+    kept: float = 1.0
+
+    @property
+    def empty(self) -> bool:
+        return self.images == set() or (self.allowed is not None and not len(self.allowed))
 
 
 class Selections:
@@ -34,43 +55,44 @@ class Selections:
         self._cache: dict[Hashable, tuple[int, Any]] = {}
         self._held_rows: tuple[np.ndarray, np.ndarray, float] | None = None
 
-    def resolve(
-        self,
-        path: str | None,
-        min_area: int,
-        label: str | None = None,
-        split: str | None = None,
-        source: str | None = None,
-    ) -> Selection:
-        """(the segments to search within, as [n, 3] (id, chunk, row), or None; image
-        ids to check candidates against, or None). Empty means nothing can match."""
-        if not path and not min_area and label is None and split is None and source is None:
-            return None, None
-        return self.cached(
-            ("selection", path, min_area, label, split, source),
-            lambda: self._resolve(path, min_area, label, split, source),
-        )
+    def resolve(self, filters: SearchFilters) -> Selection:
+        """The selection for these filters' path, min_area, label, split and source."""
+        f = filters
+        if not f.path and not f.min_area and f.label is None and f.split is None and f.source is None:
+            return Selection()
+        key = ("selection", f.path, f.min_area, f.label, f.split, f.source)
+        return self.cached(key, lambda: self._resolve(f.path, f.min_area, (f.label, f.split, f.source)))
 
-    def _resolve(
-        self, path: str | None, min_area: int, label: str | None, split: str | None, source: str | None
-    ) -> Selection:
+    def _resolve(self, path: str | None, min_area: int, labels: Labels) -> Selection:
         images = None
-        labelled = label is not None or split is not None or source is not None
+        labelled = labels != (None, None, None)
         if path:
             images = self.store.image_ids_matching(path)
             if not images:
-                return None, set()
+                return Selection(images=set())
             if len(images) <= PUSHDOWN_SHARE * self.cached("done_images", self.store.done_image_count):
                 if labelled:
-                    return self.store.segment_locations_labelled(label, split, source, min_area, images), None
-                return self.store.segment_locations_of_images(images, min_area), None
-        if labelled:  # the path, where broad, is checked on the candidates
-            return self.store.segment_locations_labelled(label, split, source, min_area), images
-        if min_area and images is None:
-            sample = self.cached("area_sample", self.store.sample_areas)
-            if len(sample) and np.mean(sample >= min_area) * self._ntotal() <= AREA_PUSHDOWN_MAX:
-                return self.store.segment_locations_with_area(min_area), None
-        return None, images
+                    return Selection(self.store.segment_locations_labelled(*labels, min_area, images))
+                return Selection(self.store.segment_locations_of_images(images, min_area))
+        # The path, where broad, is checked on the candidates.
+        if labelled and self._few(0, labels):
+            return Selection(self.store.segment_locations_labelled(*labels, min_area), images)
+        checked = labels if labelled else None
+        if min_area and images is None and self._few(min_area):
+            return Selection(self.store.segment_locations_with_area(min_area), None, checked, 0, self._kept(0, checked))
+        return Selection(None, images, checked, min_area, self._kept(min_area, checked))
+
+    def _few(self, min_area: int, labels: Labels = (None, None, None)) -> bool:
+        """Whether a filter keeps at most about ``SELECTION_MAX`` segments (or none of
+        the sample: rare, or absent)."""
+        sample = self.cached("sample", self.store.sample_segments)
+        share = sample.share(min_area, *labels)
+        return not len(sample) or share == 0 or share * self._ntotal() <= SELECTION_MAX
+
+    def _kept(self, min_area: int, labels: Labels | None) -> float:
+        if not min_area and labels is None:
+            return 1.0
+        return self.cached("sample", self.store.sample_segments).share(min_area, *(labels or (None, None, None)))
 
     def cached(self, name: Hashable, compute: Callable[[], T]) -> T:
         """A statistic of the store (or a resolved filter), recomputed when a commit

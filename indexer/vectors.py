@@ -80,8 +80,9 @@ def search_params(
 
 
 def ranked(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top ``k`` (scores, ids), best first; ties: the lower id first, as FAISS's
-    flat search. One rule for merging shards and for scoring rows exactly."""
+    """The top ``k`` (scores, ids), best first; ties: the lower id first. One rule for
+    FAISS's answers (its heap orders equal scores as it happens to), merging shards,
+    and scoring rows exactly."""
     order = np.lexsort((ids, -scores))[:k]
     return scores[order], ids[order]
 
@@ -194,7 +195,7 @@ class Vectors:
         if selector is None and nprobe is None and len(self.shards) == 1:
             scores, ids = self._unfiltered().search(query, k)
             found = ids[0] >= 0
-            return scores[0][found], ids[0][found]
+            return ranked(scores[0][found], ids[0][found], k)  # FAISS's heap leaves equal scores in no set order
         params = search_params(self.index, selector, nprobe)
         parts = [shard.search(query, min(k, int(shard.ntotal)), params=params) for shard in self.shards if shard.ntotal]
         scores = np.concatenate([p[0][0] for p in parts]) if parts else np.zeros(0, np.float32)

@@ -152,6 +152,49 @@ def test_label_and_split_filter_query_and_similar(labelled):
     assert len(with_path) == 4
 
 
+def test_broad_labels_are_checked_on_the_candidates_with_the_same_hits(labelled, monkeypatch):
+    """A class, split or source keeping many segments is checked on the candidates
+    (rows carry them) instead of resolved into an id selection of millions: the hits
+    are those the database resolution gives. A class the sample lacks is resolved."""
+    import usesearch.indexer.selection
+
+    root, photos, db = labelled
+    asks = [
+        SearchFilters(label="rocket"),
+        SearchFilters(split="train"),
+        SearchFilters(source="annotation", per_image=True),
+        SearchFilters(label="rocket", split="instances_val", min_area=1000),
+        SearchFilters(split="instances_val", path="*/sub/*"),
+    ]
+
+    def run(ix):
+        calls: list[tuple] = []
+        real = ix.store.segment_locations_labelled
+        monkeypatch.setattr(ix.store, "segment_locations_labelled", lambda *a: calls.append(a) or real(*a))
+        return [ix.query("a cat", k=5, filters=f) for f in asks], calls
+
+    ix = SegmentIndex.open(db)
+    resolved, resolving = run(ix)  # 10 segments: every filter is narrow, resolved in the database
+    ix.close()
+    monkeypatch.setattr(usesearch.indexer.selection, "SELECTION_MAX", 0)  # now every one is broad
+    ix = SegmentIndex.open(db)
+    checked, checking = run(ix)
+    assert ix.query("a cat", k=5, filters=SearchFilters(label="dog")) == [] and len(checking) == 1
+    ix.close()
+    assert len(resolving) == len(asks) and checking[0][0] == "dog"  # only the class nothing has was resolved
+    assert all(hits for hits in resolved)
+    # FAISS and the exact scan round scores differently: equal masks of one photo (the
+    # rocket is in both splits) may swap places, so the photos and scores are compared.
+    for ask, by_check, by_resolving in zip(asks, checked, resolved):
+        assert [h.image_id for h in by_check] == [h.image_id for h in by_resolving]
+        assert [h.score for h in by_check] == pytest.approx([h.score for h in by_resolving], abs=1e-6)
+        if not ask.per_image:
+            assert {h.segment_id for h in by_check} == {h.segment_id for h in by_resolving}
+        for h in by_check:
+            assert ask.label in (None, h.category) and ask.split in (None, h.split) and h.area >= ask.min_area
+    assert {(h.category, h.split) for h in checked[3]} == {("rocket", "instances_val")}
+
+
 def test_info_counts_segments_per_source_split_and_class(labelled):
     root, photos, db = labelled
     result = CliRunner().invoke(app, ["info", "--db", str(db), "--json"])

@@ -212,7 +212,7 @@ def test_narrow_min_area_is_an_id_selection_scored_exactly(compressed, monkeypat
     import usesearch.indexer.selection
 
     monkeypatch.setattr(
-        usesearch.indexer.selection, "AREA_PUSHDOWN_MAX", 1000
+        usesearch.indexer.selection, "SELECTION_MAX", 1000
     )  # of 10,000 here; 200,000 of millions in use
     ix, data = compressed
     areas = np.array([1 + i % 97 for i in range(len(data))])
