@@ -81,8 +81,8 @@ def main() -> None:
     timed("annotation_segments(category='class3')", lambda: sum(map(len, store.annotation_segments(category="class3"))))
     timed("label_summary()", lambda: store.label_summary()["annotations_by_split"])
     timed(
-        "segment_locations_labelled('class3', 'train')",
-        lambda: len(store.segment_locations_labelled("class3", "train")),
+        "segment_locations_where(label='class3', split='train')",
+        lambda: len(store.segment_locations_where(label="class3", split="train")),
     )
     timed("image_hashes()", lambda: f"{len(store.image_hashes()):,} photos")
     timed("segment_masks(10,000 ids)", lambda: len(store.segment_masks(range(1, 10_001))))

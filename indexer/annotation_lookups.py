@@ -175,35 +175,6 @@ class AnnotationLookups:
         with self.sessions() as s:
             return list(s.scalars(query))
 
-    def segment_locations_labelled(
-        self,
-        label: str | None = None,
-        split: str | None = None,
-        source: str | None = None,
-        min_area: int = 0,
-        image_ids: Iterable[int] | None = None,
-    ) -> np.ndarray:
-        """[n, 3] (id, chunk, row) of the segments of this class, split and source (of
-        at least ``min_area`` pixels; of these images): a search's selection, resolved
-        through the category, split and source indexes."""
-        seg = SegmentRecord
-        query = select(seg.id, seg.vec_chunk, seg.vec_row)
-        for column, value in ((seg.category, label), (seg.split, split), (seg.source, source)):
-            if value is not None:
-                query = query.where(column == value)
-        if min_area:
-            query = query.where(seg.area >= min_area)
-        queries = [query]
-        if image_ids is not None:
-            wanted = sorted(image_ids)
-            queries = [
-                query.where(seg.image_id.in_(wanted[i : i + SQL_PARAMETERS]))
-                for i in range(0, len(wanted), SQL_PARAMETERS)
-            ]
-        with self.engine.connect() as conn:
-            values = [v for q in queries for row in conn.execute(q) for v in tuple(row)]
-        return np.fromiter(values, np.int64, len(values)).reshape(-1, 3)
-
 
 def _columns():
     seg = SegmentRecord

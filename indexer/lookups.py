@@ -88,23 +88,34 @@ class SearchLookups:
             ]
         return SegmentSample.of(rows)
 
-    def segment_locations_with_area(self, min_area: int) -> np.ndarray:
-        """[n, 3] (id, chunk, row) of the segments of at least ``min_area`` pixels
-        (through the area index): a selection, and where its embeddings lie."""
+    def segment_locations_where(
+        self,
+        images: Iterable[int] | None = None,
+        min_area: int = 0,
+        label: str | None = None,
+        split: str | None = None,
+        source: str | None = None,
+    ) -> np.ndarray:
+        """[n, 3] (id, chunk, row) of the segments of these images (None: any), of at
+        least ``min_area`` pixels, of this class, split and source (None: any): a
+        search's selection, found through the image, area, category, split and source
+        indexes, with where each embedding lies."""
         seg = SegmentRecord
-        return self._locations([select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.area >= min_area)])
-
-    def segment_locations_of_images(self, image_ids: Iterable[int], min_area: int = 0) -> np.ndarray:
-        """[n, 3] (id, chunk, row) of the segments of these images (of at least
-        ``min_area`` pixels)."""
-        seg, wanted = SegmentRecord, sorted(image_ids)
-        queries = []
-        for start in range(0, len(wanted), SQL_PARAMETERS):
-            q = select(seg.id, seg.vec_chunk, seg.vec_row).where(
-                seg.image_id.in_(wanted[start : start + SQL_PARAMETERS])
-            )
-            queries.append(q.where(seg.area >= min_area) if min_area else q)
-        return self._locations(queries)
+        query = select(seg.id, seg.vec_chunk, seg.vec_row)
+        for column, value in ((seg.category, label), (seg.split, split), (seg.source, source)):
+            if value is not None:
+                query = query.where(column == value)
+        if min_area:
+            query = query.where(seg.area >= min_area)
+        if images is None:
+            return self._locations([query])
+        wanted = sorted(images)
+        return self._locations(
+            [
+                query.where(seg.image_id.in_(wanted[i : i + SQL_PARAMETERS]))
+                for i in range(0, len(wanted), SQL_PARAMETERS)
+            ]
+        )
 
     def segment_locations(self, ids: Iterable[int]) -> np.ndarray:
         """[n, 3] (id, chunk, row) of these segments (the committed ones), in no set

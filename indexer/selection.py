@@ -71,15 +71,14 @@ class Selections:
             if not images:
                 return Selection(images=set())
             if len(images) <= PUSHDOWN_SHARE * self.cached("done_images", self.store.done_image_count):
-                if labelled:
-                    return Selection(self.store.segment_locations_labelled(*labels, min_area, images))
-                return Selection(self.store.segment_locations_of_images(images, min_area))
+                return Selection(self.store.segment_locations_where(images, min_area, *labels))
         # The path, where broad, is checked on the candidates.
         if labelled and self._few(0, labels):
-            return Selection(self.store.segment_locations_labelled(*labels, min_area), images)
+            return Selection(self.store.segment_locations_where(None, min_area, *labels), images)
         checked = labels if labelled else None
         if min_area and images is None and self._few(min_area):
-            return Selection(self.store.segment_locations_with_area(min_area), None, checked, 0, self._kept(0, checked))
+            allowed = self.store.segment_locations_where(None, min_area)
+            return Selection(allowed, None, checked, 0, self._kept(0, checked))
         return Selection(None, images, checked, min_area, self._kept(min_area, checked))
 
     def _few(self, min_area: int, labels: Labels = (None, None, None)) -> bool:

@@ -169,8 +169,8 @@ def test_broad_labels_are_checked_on_the_candidates_with_the_same_hits(labelled,
 
     def run(ix):
         calls: list[tuple] = []
-        real = ix.store.segment_locations_labelled
-        monkeypatch.setattr(ix.store, "segment_locations_labelled", lambda *a: calls.append(a) or real(*a))
+        real = ix.store.segment_locations_where
+        monkeypatch.setattr(ix.store, "segment_locations_where", lambda *a: calls.append(a) or real(*a))
         return [ix.query("a cat", k=5, filters=f) for f in asks], calls
 
     ix = SegmentIndex.open(db)
@@ -181,7 +181,7 @@ def test_broad_labels_are_checked_on_the_candidates_with_the_same_hits(labelled,
     checked, checking = run(ix)
     assert ix.query("a cat", k=5, filters=SearchFilters(label="dog")) == [] and len(checking) == 1
     ix.close()
-    assert len(resolving) == len(asks) and checking[0][0] == "dog"  # only the class nothing has was resolved
+    assert len(resolving) == len(asks) and checking[0][2] == "dog"  # only the class nothing has was resolved
     assert all(hits for hits in resolved)
     # FAISS and the exact scan round scores differently: equal masks of one photo (the
     # rocket is in both splits) may swap places, so the photos and scores are compared.
