@@ -188,7 +188,7 @@ def main() -> None:
         print(f"FAISS alone, {args.approx} {args.param}: {percentiles(approx_t)}   recall@10 vs exact {recall:.3f}")
 
         for name, index in (("exact", exact), (args.approx, approx)):
-            vector_files.write_atomic(
+            vector_files.write_index_files(
                 vectors.Vectors(index), db / FAISS_FILE, store, args.dim, vectors.DEFAULT_FACTORY, in_sync=True
             )
             ix = SegmentIndex(db, store)

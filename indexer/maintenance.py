@@ -89,7 +89,7 @@ def reindex(
             shard_size = info.shard_size if shard_size is None else shard_size
             store.files().backfill_sums()  # rows from before checksums get theirs: verified from now on
             index = (build or vectors.rebuild)(store, info.dim, factory, faiss_device, shard_size)
-            vector_files.write_atomic(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)
+            vector_files.write_index_files(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)
             store.set_factory(factory, mode)
             store.set_shard_size(shard_size)
             if vectors.ivf_of(index.index) is not None and index.ntotal:  # the index calibration tunes

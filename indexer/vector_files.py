@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from usesearch.errors import DiskFullError, UsesearchError, is_disk_full
+from usesearch.io.atomic import write_atomic
 
 from . import vectors
 from .store import Store
@@ -43,7 +43,7 @@ def shard_files(path: Path) -> list[Path]:
     return files
 
 
-def write_atomic(index: Vectors, path: Path, store: Store, dim: int, factory: str, *, in_sync: bool) -> Vectors:
+def write_index_files(index: Vectors, path: Path, store: Store, dim: int, factory: str, *, in_sync: bool) -> Vectors:
     """Write the shards that changed (all, compacted, if the index holds stale ids)
     and record their checksums and, when ``in_sync`` (the index holds exactly the
     committed segments: not so after a commit whose vectors were never applied), the
@@ -67,10 +67,12 @@ def write_atomic(index: Vectors, path: Path, store: Store, dim: int, factory: st
 def _write_file(index: faiss.Index, path: Path, store: Store, shard: int) -> None:
     if path.is_dir():
         raise UsesearchError(f"{path} is a folder, not a FAISS file: move it away (it is rebuilt from the database)")
-    tmp = path.with_name(path.name + ".tmp")
     digest = hashlib.sha256()
-    failure: list[BaseException] = []
-    try:
+
+    def write_to(tmp: Path) -> None:
+        """FAISS's bytes streamed into ``tmp`` through a callback, hashed on the way
+        (no second read of a file of gigabytes)."""
+        failure: list[OSError] = []
         with open(tmp, "wb") as f:
 
             def write(chunk: bytes) -> int:
@@ -83,20 +85,13 @@ def _write_file(index: faiss.Index, path: Path, store: Store, shard: int) -> Non
                 return len(chunk)
 
             try:
-                writer = faiss.PyCallbackIOWriter(write)  # type: ignore[attr-defined]  # missing from faiss's stub
-                faiss.write_index(index, writer)
-                f.flush()
+                faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]  # missing from faiss's stub
             except (RuntimeError, OSError) as exc:
                 raise (failure[0] if failure else exc) from None
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+
+    try:
+        write_atomic(path, write_to, sync_folder=True)
+    except Exception as exc:  # noqa: BLE001 - a full disk surfaces as an OSError or in FAISS's words
         if is_disk_full(exc):
             raise DiskFullError(
                 f"disk full: cannot write {path}; free space and run the command again (nothing committed was lost)"

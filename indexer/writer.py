@@ -214,7 +214,7 @@ class Writer:
         return len(removed)
 
     def write(self) -> None:
-        self.index = vector_files.write_atomic(
+        self.index = vector_files.write_index_files(
             self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory, in_sync=self.in_sync
         )
 

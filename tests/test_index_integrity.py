@@ -84,9 +84,9 @@ def test_hnsw_reader_excludes_uncommitted_vectors_it_cannot_remove(tmp_path):
     ix = SegmentIndex.open(db)
     vector = ix.index.index.reconstruct(int(ix.store.segment_ids()[0]))
     ix.index.add(np.array([10**9]), vector[None])  # a vector whose image never committed
-    from usesearch.indexer.vector_files import write_atomic
+    from usesearch.indexer.vector_files import write_index_files
 
-    write_atomic(ix.index, db / FAISS_FILE, ix.store, ix.info.dim, ix.info.factory, in_sync=False)
+    write_index_files(ix.index, db / FAISS_FILE, ix.store, ix.info.dim, ix.info.factory, in_sync=False)
     reader = SegmentIndex.open(db)
     assert 10**9 not in {h.segment_id for h in reader.search_vector(vector, k=50)}
     assert reader.index.ntotal == len(reader.store.segment_ids())
@@ -394,7 +394,7 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeyp
     assert result.exit_code == 2 and "disk full" in result.output and str(db / FAISS_FILE) in result.output, (
         result.output
     )
-    assert not (db / (FAISS_FILE + ".tmp")).exists()
+    assert not [p for p in db.iterdir() if p.name.endswith(".tmp")]  # no temporary file left beside it
     monkeypatch.undo()
     assert SegmentIndex.open(db).query("a coin", k=3)  # nothing lost
 

@@ -16,7 +16,7 @@ from usesearch.cli.app import app
 from usesearch.errors import IndexLockedError, IndexMismatchError
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
 from usesearch.indexer.folder import FAISS_FILE, writer_lock
-from usesearch.indexer.vector_files import write_atomic
+from usesearch.indexer.vector_files import write_index_files
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +113,11 @@ def test_faiss_file_is_reconciled_with_committed_segments(indexed, tmp_path):
     n = ix.store.counts()["segments"]
     # A FAISS file holding a vector the store never committed (crash between the two).
     ix.index.add(np.array([10**9]), np.ones((1, ix.info.dim), np.float32))
-    write_atomic(ix.index, db / FAISS_FILE, ix.store, ix.info.dim, ix.info.factory, in_sync=False)
+    write_index_files(ix.index, db / FAISS_FILE, ix.store, ix.info.dim, ix.info.factory, in_sync=False)
     assert SegmentIndex.open(db).index.ntotal == n
     # A stale FAISS file missing committed vectors, then a corrupt one, then none.
     ix.index.remove(np.arange(1, 6))
-    write_atomic(ix.index, db / FAISS_FILE, ix.store, ix.info.dim, ix.info.factory, in_sync=False)
+    write_index_files(ix.index, db / FAISS_FILE, ix.store, ix.info.dim, ix.info.factory, in_sync=False)
     assert SegmentIndex.open(db).query("a cat", k=5) == expected
     (db / FAISS_FILE).write_bytes(b"garbage")
     assert SegmentIndex.open(db).query("a cat", k=5) == expected
