@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,32 +73,24 @@ def reindex(
     kind, e.g. ``{"text": array}``) stand for the model's: then it is not loaded."""
     db_dir = Path(db_dir)
     faiss_device = faiss_gpu.resolve(faiss_device)
-    store = open_store(db_dir, db_url)  # refuses a folder with no index before the lock creates one
-    with writer_lock(db_dir):
-        try:
-            store.claim()
-            info = store.info()
-            if info is None:
-                raise UsesearchError(f"{db_dir} holds no index yet")
-            mode = "fixed" if factory else info.index_mode
-            if not factory:  # automatic: what the collection's size calls for now
-                factory = (
-                    index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(faiss_device)).factory
-                    if mode == "auto"
-                    else info.factory
-                )
-            shard_size = info.shard_size if shard_size is None else shard_size
-            store.files().backfill_sums()  # rows from before checksums get theirs: verified from now on
-            index = (build or vectors.rebuild)(store, info.dim, factory, faiss_device, shard_size)
-            vector_files.write_index_files(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)
-            store.set_factory(factory, mode)
-            store.set_shard_size(shard_size)
-            if vectors.ivf_of(index.index) is not None and index.ntotal:  # the index calibration tunes
-                model = calibration.model_for(info) if text_queries and not queries else None
-                calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
-            return int(index.ntotal)
-        finally:
-            store.close()
+    with _claimed(db_dir, db_url) as (store, info):
+        mode = "fixed" if factory else info.index_mode
+        if not factory:  # automatic: what the collection's size calls for now
+            factory = (
+                index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(faiss_device)).factory
+                if mode == "auto"
+                else info.factory
+            )
+        shard_size = info.shard_size if shard_size is None else shard_size
+        store.files().backfill_sums()  # rows from before checksums get theirs: verified from now on
+        index = (build or vectors.rebuild)(store, info.dim, factory, faiss_device, shard_size)
+        vector_files.write_index_files(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)
+        store.set_factory(factory, mode)
+        store.set_shard_size(shard_size)
+        if vectors.ivf_of(index.index) is not None and index.ntotal:  # the index calibration tunes
+            model = calibration.model_for(info) if text_queries and not queries else None
+            calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
+        return int(index.ntotal)
 
 
 def recalibrate(
@@ -113,18 +106,26 @@ def recalibrate(
     busy when it was measured, on the machine that will serve it, or for another
     ``recall_target`` or ``latency_budget_ms``. Arguments as for ``reindex``."""
     db_dir = Path(db_dir)
-    store = open_store(db_dir, db_url)
-    with writer_lock(db_dir):  # a writer adding vectors meanwhile would move the truth
+    with _claimed(db_dir, db_url) as (store, info):
+        index, _ = vector_files.load(db_dir / FAISS_FILE, store, info.dim, info.factory, "cpu", info.shard_size)
+        if vectors.ivf_of(index.index) is None or not index.ntotal:
+            raise UsesearchError(f"{db_dir} has an exact index ({info.factory}): its recall is 1, nothing to tune")
+        model = calibration.model_for(info) if text_queries and not queries else None
+        return calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
+
+
+@contextmanager
+def _claimed(db_dir: Path, db_url: str | None) -> Iterator[tuple[Store, IndexInfo]]:
+    """The index's store and its info, claimed under the writer lock (a writer adding
+    vectors meanwhile would move what is rebuilt or measured); closed after."""
+    store = open_store(db_dir, db_url)  # refuses a folder with no index before the lock creates one
+    with writer_lock(db_dir):
         try:
             store.claim()
             info = store.info()
             if info is None:
                 raise UsesearchError(f"{db_dir} holds no index yet")
-            index, _ = vector_files.load(db_dir / FAISS_FILE, store, info.dim, info.factory, "cpu", info.shard_size)
-            if vectors.ivf_of(index.index) is None or not index.ntotal:
-                raise UsesearchError(f"{db_dir} has an exact index ({info.factory}): its recall is 1, nothing to tune")
-            model = calibration.model_for(info) if text_queries and not queries else None
-            return calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
+            yield store, info
         finally:
             store.close()
 
