@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import ColumnDefault, Engine, inspect, text
+from sqlalchemy import ColumnDefault, Engine, inspect, literal, text
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from usesearch.errors import UsesearchError
@@ -72,13 +72,11 @@ def _add_plain_columns(engine: Engine) -> None:
                     "index into a new --db"
                 )
             ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
+            if default is not None:  # rendered by the dialect: a boolean is 1 in SQLite, true in PostgreSQL
+                ddl += (
+                    f" DEFAULT {literal(default, column.type).compile(engine, compile_kwargs={'literal_binds': True})}"
+                )
             with engine.begin() as conn:
-                if isinstance(default, bool):  # PostgreSQL takes no integer for a boolean
-                    ddl += f" DEFAULT {'TRUE' if default else 'FALSE'}"
-                elif isinstance(default, str):
-                    ddl += f" DEFAULT '{default}'"
-                elif default is not None:
-                    ddl += f" DEFAULT {int(default)}"
                 conn.execute(text(ddl))
     _add_missing_indexes(engine)
 
