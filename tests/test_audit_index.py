@@ -68,7 +68,7 @@ def test_overlooked_needs_no_annotation_around_and_a_class_it_resembles():
     covered = scores.coverage(scores.overlaps(proposals, [annotation])[0])
     assert covered[0] == 1 and covered[1] == 0
     protos = unit([[1, 0, 0], [0, 1, 0]])
-    score, proposed = scores.overlooked(unit([[1, 0, 0], [0, 1, 0.1], [0, 0.2, 1]]), covered, protos)
+    score, proposed = scores.overlooked(unit([[1, 0, 0], [0, 1, 0.1], [0, 0.2, 1]]) @ protos.T, covered)
     assert np.isnan(score[0]) and score[1] > score[2] and proposed[1] == 1
 
 

@@ -177,7 +177,8 @@ def _photo_pass(store, reader, class_vectors, state: _State, config: AuditConfig
         state.lists["outliers"].push(
             score=distance, key=segs.ids[ann], image_id=segs.image_ids[ann], label=segs.labels[ann]
         )
-        likeliest = np.argsort(-(e @ protos.T), axis=1)[:, : scores.SAME_CLASS_TOP]
+        class_sims = e @ protos.T  # [segments, classes]: once a batch, for both lists
+        likeliest = np.argsort(-class_sims, axis=1)[:, : scores.SAME_CLASS_TOP]
         found: dict[str, list] = {"overlooked": [], "badly_located": []}  # per photo; pushed once a batch
         bounds = np.flatnonzero(np.diff(segs.image_ids)) + 1
         for lo, hi in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(segs.ids)]))):
@@ -189,7 +190,7 @@ def _photo_pass(store, reader, class_vectors, state: _State, config: AuditConfig
                 [segs.masks[i] for i in p], [segs.masks[i] for i in a], segs.areas[p], segs.areas[a]
             )
             covered = scores.coverage(shares)
-            score, proposed = scores.overlooked(e[p], covered, protos, config.max_covered)
+            score, proposed = scores.overlooked(class_sims[p], covered, config.max_covered)
             found["overlooked"].append(
                 dict(score=score, key=segs.ids[p], image_id=segs.image_ids[p], label=proposed, covered=covered)
             )

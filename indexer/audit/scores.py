@@ -88,16 +88,14 @@ def prototypes(sums: np.ndarray) -> np.ndarray:
 
 
 def overlooked(
-    proposal_embeddings: np.ndarray,
-    covered: np.ndarray,
-    class_prototypes: np.ndarray,
-    max_covered: float = OVERLOOKED_MAX_COVERED,
+    class_sims: np.ndarray, covered: np.ndarray, max_covered: float = OVERLOOKED_MAX_COVERED
 ) -> tuple[np.ndarray, np.ndarray]:
     """(score, proposed class) per proposal: its cosine with the closest class prototype
     where at most ``max_covered`` of it lies inside an annotation of its photo, NaN
-    elsewhere (it is annotated). ``covered``: [P] the largest share of each proposal
-    inside one annotation (``coverage``)."""
-    sims = np.asarray(proposal_embeddings, np.float32) @ class_prototypes.T
+    elsewhere (it is annotated). ``class_sims``: [P, C] each proposal's cosine with
+    each class prototype (``prototypes``); ``covered``: [P] the largest share of each
+    proposal inside one annotation (``coverage``)."""
+    sims = np.asarray(class_sims, np.float32)
     proposed = sims.argmax(1) if sims.shape[1] else np.zeros(len(sims), np.int64)
     score = sims[np.arange(len(sims)), proposed] if sims.shape[1] else np.full(len(sims), np.nan, np.float32)
     score = np.where(covered <= max_covered, score, np.nan).astype(np.float32)
