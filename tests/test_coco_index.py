@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from tests.helpers import OPTS, write_photos
 from usesearch.cli.app import app
-from usesearch.errors import CocoFileError
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths
 from usesearch.indexer.coco_index import index_coco
 from usesearch.indexer.folder import DB_FILE
@@ -287,25 +286,6 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
     report = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
     assert report.segments == 0 and len(report.problems) == 9
     assert len(ix.store.annotation_problems()) == 9
-
-
-@pytest.mark.parametrize(
-    "content, why",
-    [
-        (b"\x89PNG not json", "not a COCO annotations file"),
-        (b"[1, 2]", "needs the lists images, annotations, categories"),
-        (b'{"images": [], "annotations": {}}', "needs the lists images, annotations, categories"),
-    ],
-)
-def test_a_file_that_is_not_coco_is_refused_in_one_line_before_anything_runs(tmp_path, content, why):
-    photos = write_photos(tmp_path / "photos", ("coffee",))
-    bad = tmp_path / "bad.json"
-    bad.write_bytes(content)
-    result = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--coco", str(bad), *TINY])
-    assert result.exit_code == 2 and why in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "db").exists()
-    with pytest.raises(CocoFileError):
-        index_coco([photos], bad, tmp_path / "db")
 
 
 @pytest.mark.parametrize(

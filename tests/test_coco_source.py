@@ -1,0 +1,80 @@
+"""Reading a COCO file for ``index --coco`` (``coco_source.read_coco``): streamed, not
+loaded whole, with what reading it whole gives; a file that is not COCO refused in
+one line before anything runs."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import write_photos
+from tests.test_coco_index import TINY, write_coco
+from usesearch.cli.app import app
+from usesearch.errors import CocoFileError
+from usesearch.indexer.coco_index import index_coco
+
+
+def test_a_streamed_file_reads_as_the_whole_file_does(tmp_path, monkeypatch):
+    """A strict JSON file is streamed (never loaded whole), and gives what reading it
+    whole gives: entries, annotations, their masks exactly, and every fault."""
+    import ijson
+
+    from usesearch.indexer import coco_source
+
+    photos = write_photos(tmp_path / "photos")
+    path = write_coco(tmp_path / "c.json", photos, ["sub/chelsea.png", "sub/rocket.png", "coffee.png"], 1)
+    coco = json.loads(path.read_text())
+    coco["annotations"] += [
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]},  # a repeated id
+        {"id": 90, "image_id": 7, "category_id": 1, "segmentation": [[1.25, 1, 5, 1, 5, 5.5], [0, 0, 3, 0, 3, 3]]},
+        {"id": 91, "image_id": 2, "category_id": 3, "segmentation": [[0.1, 0.2, 7.3, 0.4, 7.5, 9.25, 1, 2]]},
+        {"id": 92, "image_id": 2, "category_id": 3, "segmentation": [[1, 2, "x", 4, 5, 6]]},  # kept as it is
+    ]
+    path.write_text(json.dumps(coco))
+
+    def described(dataset):
+        return (
+            [
+                (e.id, e.file_name, [(a.id, a.category, a.iscrowd, a.mask_source()) for a in e.annotations])
+                for e in dataset.images
+            ],
+            [(name, ann_id, str(exc)) for name, ann_id, exc in dataset.problems],
+        )
+
+    real_loads = json.loads
+    monkeypatch.setattr(coco_source.json, "loads", lambda *a: pytest.fail("a strict JSON file was loaded whole"))
+    streamed = coco_source.read_coco(path)
+    monkeypatch.setattr(coco_source.json, "loads", real_loads)
+    polygons = [a.segmentation for e in streamed.images for a in e.annotations if a.id == 91]
+    assert isinstance(polygons[0][0], np.ndarray)  # held as an array, given back as the file's numbers
+    monkeypatch.setattr(ijson, "items", lambda *a, **k: (_ for _ in ()).throw(ijson.JSONError("not strict")))
+    whole = coco_source.read_coco(path)
+    assert described(streamed) == described(whole)
+    assert len(streamed.problems) == 2 and sum(len(e.annotations) for e in streamed.images) == 8
+    assert [a.mask_source() for e in whole.images for a in e.annotations if a.id == 91] == [
+        [[0.1, 0.2, 7.3, 0.4, 7.5, 9.25, 1, 2]]
+    ]
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"\x89PNG not json", "not a COCO annotations file"),
+        (b"[1, 2]", "needs the lists images, annotations, categories"),
+        (b'{"images": [], "annotations": {}}', "needs the lists images, annotations, categories"),
+        (b'{"images": [], "categories": [], "annotations": {}}', "needs the lists images, annotations, categories"),
+        (b'{"images": [], "categories": []}', "needs the lists images, annotations, categories"),
+        (b'{"images": [], "categories": [], "annotations": [{"id": 1', "not a COCO annotations file"),  # cut short
+        (b"[NaN]", "needs the lists images, annotations, categories"),  # not strict JSON: read whole, then judged
+    ],
+)
+def test_a_file_that_is_not_coco_is_refused_in_one_line_before_anything_runs(tmp_path, content, why):
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    result = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--coco", str(bad), *TINY])
+    assert result.exit_code == 2 and why in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "db").exists()
+    with pytest.raises(CocoFileError):
+        index_coco([photos], bad, tmp_path / "db")
