@@ -236,7 +236,10 @@ def _compact(segmentation: Any) -> Any:
             for p in segmentation
         )
     ):
-        return tuple(np.asarray(p, np.float64) for p in segmentation)
+        try:
+            return tuple(np.asarray(p, np.float64) for p in segmentation)
+        except OverflowError:  # a number past any float (10**400): ``rle.checked`` refuses it in one line
+            return segmentation
     return segmentation
 
 

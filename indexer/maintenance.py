@@ -119,15 +119,15 @@ def _claimed(db_dir: Path, db_url: str | None) -> Iterator[tuple[Store, IndexInf
     """The index's store and its info, claimed under the writer lock (a writer adding
     vectors meanwhile would move what is rebuilt or measured); closed after."""
     store = open_store(db_dir, db_url)  # refuses a folder with no index before the lock creates one
-    with writer_lock(db_dir):
-        try:
+    try:
+        with writer_lock(db_dir):
             store.claim()
             info = store.info()
             if info is None:
                 raise UsesearchError(f"{db_dir} holds no index yet")
             yield store, info
-        finally:
-            store.close()
+    finally:  # also when another writer holds the lock
+        store.close()
 
 
 # -- prune -------------------------------------------------------------------------------

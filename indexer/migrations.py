@@ -77,7 +77,7 @@ def _add_plain_columns(engine: Engine) -> None:
                     f" DEFAULT {literal(default, column.type).compile(engine, compile_kwargs={'literal_binds': True})}"
                 )
             with engine.begin() as conn:
-                conn.execute(text(ddl))
+                conn.exec_driver_sql(ddl)  # not text(): a colon in a default is no bind parameter
     _add_missing_indexes(engine)
 
 

@@ -50,6 +50,8 @@ def write_index_files(index: Vectors, path: Path, store: Store, dim: int, factor
     generation they hold. Returns the index now in use. A full disk is a
     ``DiskFullError`` naming the path; a temporary file never stays behind."""
     generation = store.generation()  # stable: the caller is the one writer
+    for stale in path.parent.glob(f".{path.stem}*{path.suffix}.*.tmp"):  # a write killed past its cleanup
+        stale.unlink(missing_ok=True)
     store.set_vectors_generation(None)  # until every file is written, and for good if not in sync
     if len(index.stale):
         index = rebuild(store, dim, factory, index.device, index.shard_size)

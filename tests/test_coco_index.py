@@ -181,10 +181,19 @@ def test_broad_labels_are_checked_on_the_candidates_with_the_same_hits(labelled,
     assert ix.query("a cat", k=5, filters=SearchFilters(label="dog")) == [] and len(checking) == 1
     ix.close()
     assert len(resolving) == len(asks) and checking[0][2] == "dog"  # only the class nothing has was resolved
+    # A narrow --min-area becomes the selection, the broad class and split are checked on its candidates.
+    no_labels = (None, None, None)
+    monkeypatch.setattr(
+        usesearch.indexer.selection.Selections, "_few", lambda self, area, labels=no_labels: not any(labels)
+    )
+    ix = SegmentIndex.open(db)
+    area_first, by_area = run(ix)
+    ix.close()
+    assert by_area == [(None, 1000)]  # only the ask with a --min-area, resolved without its labels
     assert all(hits for hits in resolved)
     # FAISS and the exact scan round scores differently: equal masks of one photo (the
     # rocket is in both splits) may swap places, so the photos and scores are compared.
-    for ask, by_check, by_resolving in zip(asks, checked, resolved):
+    for ask, by_check, by_resolving in [*zip(asks, checked, resolved), *zip(asks, area_first, resolved)]:
         assert [h.image_id for h in by_check] == [h.image_id for h in by_resolving]
         assert [h.score for h in by_check] == pytest.approx([h.score for h in by_resolving], abs=1e-6)
         if not ask.per_image:

@@ -78,3 +78,22 @@ def test_a_file_that_is_not_coco_is_refused_in_one_line_before_anything_runs(tmp
     assert not (tmp_path / "db").exists()
     with pytest.raises(CocoFileError):
         index_coco([photos], bad, tmp_path / "db")
+
+
+def test_a_coordinate_past_any_float_is_one_annotations_fault(tmp_path):
+    """ijson refuses 10**400 (so the file is read whole); the polygon holding it is
+    refused in one line when its photo is read, and the others are kept."""
+    from usesearch.errors import AnnotationError
+    from usesearch.indexer.coco_source import masks_of, read_coco
+
+    images = [{"id": 1, "file_name": "a.png", "height": 20, "width": 20}]
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 10**400, 1, 5, 5]]},
+        {"id": 2, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 9, 1, 9, 9]]},
+    ]
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}]}))
+    (entry,) = read_coco(path).images
+    masks = dict((a.id, mask) for a, mask in masks_of(entry, 20, 20))
+    assert isinstance(masks[1], AnnotationError) and "finite and near" in str(masks[1])
+    assert isinstance(masks[2], dict) and masks[2]["size"] == [20, 20]

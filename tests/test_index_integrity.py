@@ -397,6 +397,11 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeyp
     assert not [p for p in db.iterdir() if p.name.endswith(".tmp")]  # no temporary file left beside it
     monkeypatch.undo()
     assert SegmentIndex.open(db).query("a coin", k=3)  # nothing lost
+    # A write killed outright (no cleanup ran) left its temporary file: the next write takes it away.
+    killed = db / f".{FAISS_FILE}.99999.tmp"
+    killed.write_bytes(b"half of a FAISS file")
+    assert runner.invoke(app, ["reindex", "--db", str(db)]).exit_code == 0
+    assert not killed.exists() and (db / FAISS_FILE).is_file()
 
 
 # -- 11. bad arguments: one line, non-zero exit -------------------------------------------------

@@ -259,16 +259,19 @@ def test_a_photo_changed_since_indexing_is_skipped_and_said(index, refiner):
 
 def test_only_one_batch_of_image_features_is_held_at_a_time(index, refiner, monkeypatch):
     """The features of the top photos are segmented a batch at a time, not gathered
-    first: with nothing cached, no more than one batch's features are alive when SAM 3
-    segments (at --refine-top 200 on a GPU, all at once would take 11-22 GB)."""
+    first: with nothing cached, one batch's features are alive when SAM 3 segments,
+    and none when the next batch is encoded (at --refine-top 200 on a GPU, all at
+    once would take 11-22 GB)."""
     import weakref
 
     uncached = Refiner(index, RefineOptions(top=3, batch=1, memory_bytes=0), sam3=refiner.sam3)
     made: list[weakref.ref] = []
+    alive_when_encoding: list[int] = []
     alive_when_segmenting: list[int] = []
     encode, segment = refiner.sam3.encode_images, refiner.sam3.segment_many
 
     def encoding(rgbs):
+        alive_when_encoding.append(sum(ref() is not None for ref in made))  # the last batch's: gone by now
         features = encode(rgbs)
         made.extend(weakref.ref(f[0]) for f in features)
         return features
@@ -281,5 +284,5 @@ def test_only_one_batch_of_image_features_is_held_at_a_time(index, refiner, monk
     monkeypatch.setattr(refiner.sam3, "segment_many", segmenting)
     hits = uncached.query("a cat", k=40)
     assert len(made) == 3 and uncached.last.image_steps == 3
-    assert alive_when_segmenting == [1, 1, 1]
+    assert alive_when_encoding == [0, 0, 0] and alive_when_segmenting == [1, 1, 1]
     assert len(hits) == 40

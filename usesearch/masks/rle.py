@@ -174,7 +174,10 @@ def checked(segmentation: Any, height: int, width: int) -> dict:
                 raise ValueError(f"a polygon needs an even number of coordinates, at least 6; got {len(polygon)}")
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon):
                 raise ValueError("polygon coordinates must be numbers")
-            values = np.asarray(polygon, np.float64)
+            try:
+                values = np.asarray(polygon, np.float64)
+            except OverflowError:  # an integer past any float
+                values = np.array([np.inf])
             if not np.isfinite(values).all() or np.abs(values).max() > limit:
                 raise ValueError(f"polygon coordinates must be finite and near the {width}x{height} photo")
         return to_str(segmentation_to_rle(segmentation, height, width))
