@@ -181,6 +181,17 @@ def _index_photo(
     if entry.height is not None and (entry.height, entry.width) != (height, width):
         message = f"the entry says {entry.width}x{entry.height} but the photo is {width}x{height}"
         _record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(SIZE_MISMATCH, message))])
+        if existing is not None and existing.status == DONE and existing.sha256 and existing.height and existing.width:
+            # Its annotations of this split, stored by an earlier run, go: a fresh run keeps none either.
+            stale = [old.segment_id for old in store.stored_annotations(existing.id, split).values()]
+            if stale:
+                same_sha, same_hw = existing.sha256, (existing.height, existing.width)  # the record stays as it is
+                removed, _ = writer.apply(
+                    lambda: store.save_annotations(found.key, found.path, same_sha, same_hw, [], None, stale),
+                    None,
+                    report,
+                )
+                report.removed += len(removed)
         return
     stored = store.stored_annotations(existing.id, split) if existing is not None and same else {}
     problems: list[Problem] = []

@@ -1,6 +1,7 @@
-"""Reading a COCO file for ``index --coco`` (``coco_source.read_coco``): streamed, not
-loaded whole, with what reading it whole gives; a file that is not COCO refused in
-one line before anything runs."""
+"""A COCO file for ``index --coco``: read (``coco_source.read_coco``) streamed, not
+loaded whole, with what reading it whole gives; refused in one line before anything
+runs when it is not COCO; and indexed again after it changed, to what a fresh run of
+the changed file gives."""
 
 import json
 
@@ -97,3 +98,30 @@ def test_a_coordinate_past_any_float_is_one_annotations_fault(tmp_path):
     masks = dict((a.id, mask) for a, mask in masks_of(entry, 20, 20))
     assert isinstance(masks[1], AnnotationError) and "finite and near" in str(masks[1])
     assert isinstance(masks[2], dict) and masks[2]["size"] == [20, 20]
+
+
+def test_an_entry_whose_size_turned_wrong_loses_its_stored_annotations(tmp_path):
+    """A re-run after an entry's size was changed to one the photo does not have
+    records the mismatch and drops that photo's annotations of the split, as a fresh
+    run of the changed file keeps none."""
+    from usesearch.indexer import IndexOptions, SegmentIndex
+
+    photos = write_photos(tmp_path / "photos")
+    names = ["sub/chelsea.png", "sub/rocket.png", "coffee.png"]
+    path = write_coco(tmp_path / "train.json", photos, names, 1)
+    index_coco([photos], path, tmp_path / "db", IndexOptions(preset="tiny"))
+    coco = json.loads(path.read_text())
+    coco["images"][1]["width"] = 999  # sub/rocket.png's entry
+    path.write_text(json.dumps(coco))
+    report = index_coco([photos], path, tmp_path / "db", IndexOptions(preset="tiny"))
+    fresh = index_coco([photos], path, tmp_path / "fresh", IndexOptions(preset="tiny"))
+    assert report.removed == 2 and any("size mismatch" in line for line in report.problems)
+
+    def annotations(db):
+        ix = SegmentIndex.open(db)
+        rows = ix.store.rows(ix.store.segment_ids())
+        ix.close()
+        return sorted((r.annotation_id, r.category, r.image_path.rsplit("/", 1)[1]) for r in rows.values())
+
+    assert annotations(tmp_path / "db") == annotations(tmp_path / "fresh") and len(annotations(tmp_path / "fresh")) == 4
+    assert fresh.problems == report.problems
