@@ -140,9 +140,6 @@ class PruneReport(RunReport):
     interrupted: bool = False
 
 
-ALL_GONE_GUARD = 10
-
-
 def prune(
     db_dir: str | os.PathLike,
     under: list[str | os.PathLike] | None = None,
@@ -151,9 +148,9 @@ def prune(
     force: bool = False,
 ) -> PruneReport:
     """Remove from the index at ``db_dir`` every image whose file is gone (under the
-    folders ``under``, or anywhere when None). When every one of more than
-    ``ALL_GONE_GUARD`` images is gone, nothing is removed unless ``force``: an
-    unmounted disk must not empty an index."""
+    folders ``under``, or anywhere when None). When every one of them is gone,
+    however few, nothing is removed unless ``force``: an unmounted disk must not
+    empty an index."""
     options = options or IndexOptions()
     db_dir = check_db_dir(db_dir)
     if options.db_url is None and not (db_dir / DB_FILE).is_file():  # before the lock makes the folder
@@ -163,7 +160,7 @@ def prune(
     with Writer(Path(db_dir), options, None) as writer:
         considered = under_folders(writer.store.image_files(), under)
         gone = gone_images(considered)
-        if not force and len(gone) == len(considered) > ALL_GONE_GUARD:
+        if not force and len(gone) == len(considered) > 0:
             raise EverythingGoneError(
                 f"all {len(considered)} indexed files are gone (is the disk mounted?); nothing was "
                 "removed. Run `usesearch prune --force` to remove them all."

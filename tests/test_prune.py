@@ -55,6 +55,14 @@ def test_index_prune_only_touches_the_folders_it_was_given(tmp_path):
     ix.close()
 
 
+def test_a_small_index_whose_files_are_all_gone_is_refused_too(tmp_path):
+    """However few the photos, all of them gone looks like an unmounted disk."""
+    synthetic_index(tmp_path / "db", n=4, dim=16, images=2)  # paths under /a/: none exist here
+    result = CliRunner().invoke(app, ["prune", "--db", str(tmp_path / "db")])
+    assert result.exit_code == 2 and "all 2 indexed files are gone" in result.output
+    assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 2
+
+
 def test_everything_gone_is_refused_without_force(tmp_path, monkeypatch):
     monkeypatch.setattr(embeddings, "CHUNK_ROWS", 50)  # 6 chunk files
     synthetic_index(tmp_path / "db", n=300, dim=16, images=30)  # paths under /a/: none exist here
