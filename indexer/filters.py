@@ -19,7 +19,8 @@ MAX_MIN_AREA = 2**40  # past any photo's pixel count, and within every SQL integ
 @dataclass(frozen=True)
 class SearchFilters:
     """``per_image``: only the best segment of each image. ``path``: only images whose
-    path matches this glob. ``min_area``: only segments of at least this many pixels.
+    path matches this glob (a relative one from any folder on: ``2024/*`` is
+    ``*/2024/*``). ``min_area``: only segments of at least this many pixels.
     ``min_score``: only hits scoring at least this cosine (k may then return fewer).
     ``label``, ``split``: only annotation segments of this class, of this split (a
     labelled dataset indexed with ``--coco``). ``source``: only ``"annotation"`` or only

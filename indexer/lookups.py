@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,9 +56,10 @@ class SearchLookups:
     sessions: sessionmaker[Session]
 
     def image_ids_matching(self, path: str) -> set[int]:
-        """Ids of the done images whose path matches the glob. The glob's literal
-        prefix is looked up in the path index, so a glob under one folder reads that
-        folder's rows, not every image's."""
+        """Ids of the done images whose path matches the glob (``path_glob``). The
+        glob's literal prefix is looked up in the path index, so a glob under one
+        folder reads that folder's rows, not every image's."""
+        path = path_glob(path)
         prefix = path[: min((path.find(c) for c in "*?[" if c in path), default=len(path))]
         query = select(ImageRecord.id, ImageRecord.path).where(ImageRecord.status == DONE)
         if prefix:
@@ -205,6 +207,14 @@ class SearchLookups:
                         r.split,
                     )
         return out
+
+
+def path_glob(glob: str) -> str:
+    """The glob a ``--path`` means against the stored absolute paths: an absolute one
+    (or one starting with ``*``) as it is; a relative one matches the end of a path from
+    any folder on, as the paths the query table shows under their common folder read:
+    ``2024/*`` is ``*/2024/*``."""
+    return glob if glob.startswith(("/", "*")) or os.path.isabs(glob) else "*/" + glob
 
 
 def _starts_with(column, prefix: str, dialect: str):

@@ -253,7 +253,10 @@ with_sam_settings = shared_options("sam", sam_settings)
 # -- search: which hits (``SearchFilters``), how many and where they go --------------------
 def search_filters(
     per_image: Annotated[bool, typer.Option("--per-image", help="Keep only the best segment of each image.")] = False,
-    path: Annotated[Optional[str], typer.Option("--path", help="Only images whose path matches this glob.")] = None,
+    path: Annotated[
+        Optional[str],
+        typer.Option("--path", help="Only images whose path matches this glob ('2024/*': under any folder 2024)."),
+    ] = None,
     min_area: Annotated[int, typer.Option("--min-area", min=0, help="Only segments of at least this many pixels.")] = 0,
     min_score: Annotated[
         Optional[float],

@@ -38,7 +38,7 @@ RefineTopOpt = Annotated[
 REFINE_DISK_BYTES = 4 << 30  # SAM 3's image step on disk in the index folder: 20 photos at float32
 
 
-def _output(hits, output: opts.SearchOutput, title: str, name: str, index) -> None:
+def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filters: SearchFilters) -> None:
     """The hits as JSON with full paths, or a table with paths relative to the folder
     that holds every indexed image (absolute paths wrap over several lines at 80
     columns); then the contact sheet and COCO file asked for."""
@@ -58,6 +58,8 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index) -> No
             table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), image, str(h.bbox), str(h.area), *label)
         opts.console.print(table)
     # Status on stderr: stdout may be carrying --json.
+    for line in [] if hits else _why_none(index, filters):
+        typer.echo(line, err=True)
     if output.show:
         typer.echo(f"wrote {contact_sheet(hits, output.show)}", err=True)
     if output.export_coco:
@@ -67,6 +69,26 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index) -> No
             reason = "disk full" if is_disk_full(exc) else exc.strerror or str(exc)
             raise UsesearchError(f"cannot write {output.export_coco}: {reason}") from None
         typer.echo(f"wrote {output.export_coco}", err=True)
+
+
+def _why_none(index, filters: SearchFilters) -> list[str]:
+    """Why a search found nothing, where a filter names what the index does not have."""
+    store, why = index.store, []
+    if filters.path and not store.image_ids_matching(filters.path):
+        folder = store.common_folder()
+        why.append(
+            f"no indexed photo's path matches --path {filters.path!r}" + (f" (under {folder})" if folder else "")
+        )
+    for flag, noun, wanted, names in (
+        ("--label", "class", filters.label, store.categories),
+        ("--split", "split", filters.split, store.splits),
+    ):
+        if wanted is not None:
+            have = names()
+            if wanted not in have:
+                listed = ", ".join(have[:20]) + (", ..." if len(have) > 20 else "") if have else "none"
+                why.append(f"{flag} {wanted!r}: the index has no such {noun} (it has: {listed})")
+    return why
 
 
 @app.command()
@@ -90,7 +112,7 @@ def query(
         index = at.open()
         hits = index.query(text, output.k, filters)
         title = f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})"
-        _output(hits, output, title, text, index)
+        _output(hits, output, title, text, index, filters)
         return
     from usesearch.indexer.refine import DEFAULT_TOP, REFINERS, RefineOptions, Refiner
 
@@ -108,7 +130,7 @@ def query(
         )
         for line in done.skipped:
             typer.echo(f"skipped {line}", err=True)
-        _output(hits, output, title, text, index)
+        _output(hits, output, title, text, index, filters)
     finally:
         refiner.close()  # after the answer: waits for the image steps being written to the cache
 
@@ -141,7 +163,7 @@ def similar(
     index = at.open()
     if segment_id is not None:
         hits = index.similar(segment_id, output.k, filters)
-        _output(hits, output, f"like segment {segment_id}", f"like segment {segment_id}", index)
+        _output(hits, output, f"like segment {segment_id}", f"like segment {segment_id}", index, filters)
         return
     assert image is not None  # one of the two, checked above
     import numpy as np
@@ -165,7 +187,7 @@ def similar(
 
         typer.echo(f"wrote {region_picture(rgb, picked, output.show)}", err=True)
     hits = index.search_region(rgb, picked, output.k, filters)
-    _output(hits, output, f"like a region of {image.name}", f"like a region of {image.name}", index)
+    _output(hits, output, f"like a region of {image.name}", f"like a region of {image.name}", index, filters)
 
 
 @app.command()

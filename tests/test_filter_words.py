@@ -1,0 +1,56 @@
+"""Filters as a user writes them: a relative ``--path`` glob matches under any folder
+(as the query table shows paths, under their common folder), and a search that finds
+nothing because a filter names what the index lacks says so in one line each."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import write_photos
+from tests.test_coco_index import write_coco
+from usesearch.cli.app import app
+from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex
+from usesearch.indexer.coco_index import index_coco
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    root = tmp_path_factory.mktemp("words")
+    photos = write_photos(root / "photos")  # chelsea and rocket in photos/sub
+    coco = write_coco(root / "train.json", photos, ["sub/chelsea.png", "sub/rocket.png", "coffee.png"], 1)
+    index_coco([photos], coco, root / "db", IndexOptions(preset="tiny"), split="train")
+    return root / "db"
+
+
+def test_a_relative_path_glob_matches_under_any_folder(db):
+    ix = SegmentIndex.open(db)
+    relative = ix.query("a cat", k=20, filters=SearchFilters(path="sub/*"))
+    absolute = ix.query("a cat", k=20, filters=SearchFilters(path="*/sub/*"))
+    assert len(relative) == 4 and [h.segment_id for h in relative] == [h.segment_id for h in absolute]
+    assert {h.image.rsplit("/", 2)[1] for h in relative} == {"sub"}
+    assert ix.query("a cat", k=5, filters=SearchFilters(path="hub/*")) == []
+    ix.close()
+    shown = runner.invoke(app, ["query", "a cat", "--db", str(db), "--path", "sub/r*", "--json"])
+    assert shown.exit_code == 0 and {h["image"].rsplit("/", 1)[1] for h in json.loads(shown.stdout)} == {"rocket.png"}
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--path", "nowhere/*"], "no indexed photo's path matches --path 'nowhere/*' (under "),
+        (["--label", "dog"], "--label 'dog': the index has no such class (it has: cat, cup, rocket)"),
+        (["--split", "test"], "--split 'test': the index has no such split (it has: train)"),
+    ],
+)
+def test_a_filter_naming_what_the_index_lacks_is_said(db, flags, said):
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--json", *flags])
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+    assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_filter_the_index_has_says_nothing_more(db):
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--json", "--label", "cat", "--min-score", "0.99"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == [] and result.stderr == ""
