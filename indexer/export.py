@@ -10,30 +10,46 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from usesearch.errors import UsesearchError
 from usesearch.io.images import read_image
 from usesearch.tasks.visualize import decode_mask, outline, segment_tile
 
 from .hits import Hit
 
 
-def contact_sheet(hits: Sequence[Hit], out: str | os.PathLike, tile: int = 192, columns: int = 5) -> Path:
+def contact_sheet(
+    hits: Sequence[Hit], out: str | os.PathLike, tile: int = 192, columns: int = 5
+) -> tuple[Path, list[str]]:
+    """The hits' segments as tiles on one picture at ``out``, each captioned with its
+    rank, score and photo. A photo that can no longer be read (gone since it was
+    indexed, or damaged) gets a grey tile, so the others still show: returns the
+    picture's path and those photos."""
     rows = max(1, -(-len(hits) // columns))
     caption = 30
     sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    images: dict[int, np.ndarray] = {}
+    images: dict[int, np.ndarray | None] = {}
+    unreadable: list[str] = []
     for i, hit in enumerate(hits):
         if hit.image_id not in images:
-            images[hit.image_id] = read_image(os.fsdecode(hit.file), name=hit.image)  # the same file, as str
+            try:
+                images[hit.image_id] = read_image(os.fsdecode(hit.file), name=hit.image)  # the same file, as str
+            except UsesearchError:
+                images[hit.image_id] = None
+                unreadable.append(hit.image)
         rgb = images[hit.image_id]
-        tile_image = segment_tile(rgb, decode_mask(hit.mask), hit.bbox, tile)
         left, top = (i % columns) * tile, (i // columns) * (tile + caption)
-        sheet.paste(tile_image, (left + (tile - tile_image.width) // 2, top + (tile - tile_image.height) // 2))
+        if rgb is None:
+            draw.rectangle((left + 8, top + 8, left + tile - 8, top + tile - 8), fill=(200, 200, 200))
+            draw.text((left + 16, top + tile // 2 - 6), "photo unreadable", fill=(60, 60, 60))
+        else:
+            tile_image = segment_tile(rgb, decode_mask(hit.mask), hit.bbox, tile)
+            sheet.paste(tile_image, (left + (tile - tile_image.width) // 2, top + (tile - tile_image.height) // 2))
         draw.text((left + 4, top + tile + 2), f"#{hit.rank}  {hit.score:.3f}", fill=(0, 0, 0))
         draw.text((left + 4, top + tile + 15), Path(hit.image).name[:30], fill=(80, 80, 80))
     out = Path(out)
     sheet.save(out)
-    return out
+    return out, unreadable
 
 
 def region_picture(rgb: np.ndarray, region, show: str | os.PathLike) -> Path:

@@ -44,3 +44,35 @@ def test_query_show_and_export_coco(tmp_path):
         assert ann["score"] == hit["score"] and ann["bbox"] == hit["bbox"]
         assert int(coco.annToMask(ann).sum()) == hit["area"]
         assert coco.imgs[ann["image_id"]]["file_name"] == hit["image"]
+
+
+def test_a_photo_gone_since_indexing_is_a_grey_tile_and_said(tmp_path):
+    """The sheet is still written when a hit's photo can no longer be read; the
+    others keep their tiles, and stderr names the photo and what to do."""
+    import numpy as np
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    (photos / "sub" / "coffee.png").unlink()
+    sheet = tmp_path / "hits.png"
+    args = [
+        "query",
+        "a red cup",
+        "--db",
+        str(tmp_path / "db"),
+        "-k",
+        "10",
+        "--per-image",
+        "--json",
+        "--show",
+        str(sheet),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert len(hits) == 2 and "1 photo(s) could not be read, shown grey" in result.stderr
+    assert "coffee.png" in result.stderr and "usesearch prune" in result.stderr
+    tiles = np.asarray(Image.open(sheet))
+    gone = [i for i, h in enumerate(hits) if h["image"].endswith("coffee.png")][0]
+    tile = tiles[20:60, gone * 192 + 20 : gone * 192 + 60]  # inside the grey square, above its text
+    assert (tile == 200).all()

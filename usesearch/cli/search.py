@@ -61,7 +61,15 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
     for line in [] if hits else _why_none(index, filters):
         typer.echo(line, err=True)
     if output.show:
-        typer.echo(f"wrote {contact_sheet(hits, output.show)}", err=True)
+        sheet, unreadable = contact_sheet(hits, output.show)
+        typer.echo(f"wrote {sheet}", err=True)
+        if unreadable:
+            names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+            typer.echo(
+                f"{len(unreadable)} photo(s) could not be read, shown grey: {names} "
+                "(gone since indexing? `usesearch prune` removes them from the index)",
+                err=True,
+            )
     if output.export_coco:
         try:
             output.export_coco.write_text(json.dumps(hits_to_coco(hits, name)))
