@@ -108,8 +108,14 @@ def recalibrate(
     db_dir = Path(db_dir)
     with _claimed(db_dir, db_url) as (store, info):
         index, _ = vector_files.load(db_dir / FAISS_FILE, store, info.dim, info.factory, "cpu", info.shard_size)
-        if vectors.ivf_of(index.index) is None or not index.ntotal:
+        if not index.ntotal:
+            raise UsesearchError(f"{db_dir} holds no vectors yet: nothing to measure")
+        if index.exact:
             raise UsesearchError(f"{db_dir} has an exact index ({info.factory}): its recall is 1, nothing to tune")
+        if vectors.ivf_of(index.index) is None:
+            raise UsesearchError(
+                f"{db_dir} has a {info.factory} index: calibration measures IVF indexes only (their nprobe and rerank)"
+            )
         model = calibration.model_for(info) if text_queries and not queries else None
         return calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
 

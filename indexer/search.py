@@ -349,10 +349,12 @@ class SegmentIndex:
         if self.index.exact:
             return "1.00: exact search (every segment compared)"
         if self.calibration is None:
-            nprobe = vectors.ivf_of(self.index.index)
+            ivf = vectors.ivf_of(self.index.index)
+            if ivf is None:  # HNSW and other graphs: calibration tunes an IVF's nprobe and rerank
+                return f"not measured ({self.info.factory} is approximate; calibration measures IVF indexes only)"
             return (
-                f"not measured (nprobe {nprobe.nprobe if nprobe else '?'}, rerank {index_choice.rerank_candidates(10)}"
-                "): `usesearch reindex` measures it"
+                f"not measured (nprobe {ivf.nprobe}, rerank {index_choice.rerank_candidates(10)}"
+                "): `usesearch calibrate` measures it"
             )
         return self.calibration.describe()
 

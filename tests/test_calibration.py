@@ -206,6 +206,10 @@ def test_calibrate_measures_again_without_a_rebuild_and_says_when_the_machine_wa
     assert (kept.target, kept.budget_ms) == (0.9, 0) and "busy" not in kept.describe()
     refused = runner.invoke(app, ["calibrate", "--db", str(tmp_path / "flat")])
     assert refused.exit_code != 0 and "exact index" in refused.output and "Traceback" not in refused.output
+    reindex(tmp_path / "flat", factory="HNSW32")  # approximate, but no IVF: said as such, not as exact
+    graph = runner.invoke(app, ["calibrate", "--db", str(tmp_path / "flat")])
+    assert graph.exit_code == 2 and "HNSW32 index: calibration measures IVF indexes only" in graph.output
+    assert "not measured (HNSW32 is approximate" in SegmentIndex.open(tmp_path / "flat").stats()["recall"]
 
 
 def test_settings_are_timed_in_turn_so_load_slows_them_alike():

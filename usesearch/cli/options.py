@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 # No markup: what is printed is data (file names like `x[/]y.png`, query texts), never
 # instructions to rich; the few styled words say so with ``Text(..., style=...)``.
-console = Console(markup=False)
+console = Console(markup=False, soft_wrap=True)  # a message is one line, piped or not: grep finds it whole
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 
 

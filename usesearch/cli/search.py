@@ -223,7 +223,7 @@ def serve(
     *,
     at: opts.IndexAt,
 ) -> None:
-    """Search page and JSON API over an index (docs at /docs); picks up what a running indexer adds."""
+    """Search page and JSON API over an index (its reference at /api); picks up what a running indexer adds."""
     from usesearch.indexer.web import serve as run_server
 
     run_server(
