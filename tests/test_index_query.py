@@ -137,3 +137,17 @@ def test_reader_sees_newly_committed_segments_without_reopening(tmp_path):
     index_paths([photos], db, IndexOptions(**OPTS))
     hits = reader.query("a cup", k=100)
     assert len(hits) > before and any("coffee" in h.image for h in hits)
+
+
+def test_a_run_whose_masker_finds_nothing_says_so_and_why(tmp_path):
+    """The tiny preset's SAM (random weights) finds no region: the run says so, and
+    names the masker that works there, rather than finishing quietly with 0 segments."""
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--masker", "sam"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "1 images indexed" in result.output and "0 segments" in result.output
+    assert (
+        "no masks: the masker found no region in 1 photo(s) (the tiny preset's SAM has random weights" in result.output
+    )
+    plain = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "felz"), "--preset", "tiny"])
+    assert plain.exit_code == 0 and "no masks" not in plain.output

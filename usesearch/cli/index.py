@@ -151,6 +151,16 @@ def index(
         opts.console.print(f"  {line}")
     for path, reason in report.failures[:10]:
         opts.console.print(f"  failed: {path}: {reason}")
+    if report.done and not report.segments:
+        random_sam = preset == "tiny" and masker in ("sam", "sam2")
+        opts.console.print(
+            f"  no masks: the masker found no region in {report.done} photo(s)"
+            + (
+                " (the tiny preset's SAM has random weights; its default masker, felzenszwalb, needs none)"
+                if random_sam
+                else ""
+            )
+        )
     if report.interrupted:
         raise typer.Exit(130)
 
