@@ -147,6 +147,7 @@ def db(planted_index, tmp_path):
 def audit_cli(db, *more):
     result = CliRunner().invoke(app, ["audit", "--db", str(db), "--report-dir", str(db.parent / "report"), *more])
     assert result.exit_code == 0, result.output
+    audit_cli.output = result.output  # type: ignore[attr-defined]
     return {kind: json.loads((db.parent / "report" / f"{kind}.json").read_text()) for kind in LISTS}
 
 
@@ -174,6 +175,8 @@ def test_each_planted_kind_is_found_at_the_top_of_its_list(db, planted_index):
         "same content",
         "near duplicate",
     }
+    leak_line = next(line for line in audit_cli.output.splitlines() if line.strip().startswith("leaks:"))
+    assert leak_line.endswith((".png)", ".jpg)"))  # the first leak names its photo(s), never ", )"
     for kind in LISTS:
         assert (db.parent / "report" / f"{kind}.csv").read_text().startswith("rank,item,score")
         assert (db.parent / "report" / f"{kind}.png").stat().st_size > 1000  # a contact sheet of the tiles

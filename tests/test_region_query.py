@@ -96,6 +96,12 @@ def test_similar_needs_a_segment_or_a_photo(indexed, tmp_path):
     root, photos = indexed
     runner = CliRunner()
     assert "give a SEGMENT_ID" in runner.invoke(app, ["similar", "--db", str(root / "db")]).output
+    both = ["similar", "5", "--db", str(root / "db"), "--image", str(photos / "astronaut.png"), "--point", "1,1"]
+    assert "give a SEGMENT_ID or --image PHOTO, not both" in runner.invoke(app, both).output
+    tiny_mask = tmp_path / "mask.png"
+    Image.new("L", (20, 10), 255).save(tiny_mask)  # 20 wide, 10 high
+    small = ["similar", "--db", str(root / "db"), "--image", str(photos / "astronaut.png"), "--mask", str(tiny_mask)]
+    assert "the mask is 20x10 but the photo is" in runner.invoke(app, small).output  # width x height, as elsewhere
     (tmp_path / "bomb.png").write_bytes(b"not an image")
     result = runner.invoke(
         app, ["similar", "--db", str(root / "db"), "--image", str(tmp_path / "bomb.png"), "--point", "1,1"]

@@ -73,6 +73,7 @@ def audit(
         first = items[0] if items else None
         line = f"{kind:>14}: {len(result['lists'][kind])} found, {reviewed} reviewed"
         if first is not None:
-            line += f"; first: {first['item']} (score {first['score']:.3f}, {first.get('image') or ''})"
+            where = first.get("image") or " and ".join(first.get("paths", []))  # a leak: its photos
+            line += f"; first: {first['item']} (score {first['score']:.3f}, {where})"
         opts.console.print(line)
     opts.console.print(f"wrote {out}/{{{','.join(written)}}}.json, .csv, .png")

@@ -164,7 +164,9 @@ def similar(
     """Segments most like a given one (query by example), or like a region of any photo."""
     from usesearch.masks import region as region_lib
 
-    if (segment_id is None) == (image is None):
+    if segment_id is not None and image is not None:
+        raise UsesearchError("give a SEGMENT_ID or --image PHOTO, not both")
+    if segment_id is None and image is None:
         raise UsesearchError("give a SEGMENT_ID, or --image PHOTO with --point, --box or --mask")
     if image is None and (point or box or mask):
         raise UsesearchError("--point, --box and --mask choose a region of --image PHOTO")

@@ -62,7 +62,7 @@ def from_mask(mask: np.ndarray, hw: tuple[int, int]) -> Region:
     if mask.ndim == 3:  # a PNG read with colour channels: any non-zero channel is inside
         mask = np.any(mask, axis=2)
     if mask.shape != tuple(hw):
-        raise UsesearchError(f"the mask is {mask.shape[0]}x{mask.shape[1]} but the photo is {hw[0]}x{hw[1]}")
+        raise UsesearchError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the photo is {hw[1]}x{hw[0]} (w x h)")
     mask = mask != 0
     if not mask.any():
         raise UsesearchError("the mask is empty: mark the region with non-zero pixels")
