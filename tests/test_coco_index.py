@@ -291,6 +291,11 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
         re.match(r"chelsea.png annotation 3\s+\[mixed\] broken mask: the RLE's runs do not cover", line)
         for line in lines
     )
+    as_json = json.loads(runner.invoke(app, ["failures", "--db", str(db), "--json"]).stdout)
+    assert as_json["files"] == [] and len(as_json["annotations"]) == 9
+    assert {(a["annotation_id"], a["kind"], a["split"]) for a in as_json["annotations"]} == {
+        (p.annotation_id, p.kind, "mixed") for p in ix.store.annotation_problems()
+    }
     # A re-run records the same problems once, and embeds nothing again.
     report = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
     assert report.segments == 0 and len(report.problems) == 9

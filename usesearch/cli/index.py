@@ -225,12 +225,30 @@ def info(
 
 @app.command()
 @opts.user_errors
-def failures(db: opts.DbOpt, db_url: opts.DbUrlOpt = None) -> None:
+def failures(db: opts.DbOpt, db_url: opts.DbUrlOpt = None, as_json: opts.JsonOpt = False) -> None:
     """Each file that failed to index, with its reason; then each annotation of a labelled dataset
     (--coco) that could not be indexed, with its split, photo, id and reason."""
     from usesearch.indexer.folder import check_db_dir, open_store
 
     store = open_store(check_db_dir(db), db_url, read_only=True)
+    if as_json:
+        files = [
+            {"path": r.path, "error": r.error_class, "message": r.error_message, "attempts": r.attempts}
+            for r in store.failures()
+        ]
+        annotations = [
+            {
+                "coco_file": p.coco_file,
+                "split": p.split,
+                "file_name": p.file_name,
+                "annotation_id": p.annotation_id,
+                "kind": p.kind,
+                "message": p.message,
+            }
+            for p in store.annotation_problems()
+        ]
+        print(json.dumps({"files": files, "annotations": annotations}, indent=1))
+        return
     for record in store.failures():
         line = f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})"
         opts.console.print(line, soft_wrap=True)  # a line a file, however long: it is data
