@@ -38,7 +38,7 @@ from .coco_source import (
 from .compute import segment_records
 from .options import IndexOptions, IndexReport
 from .pipeline import check_devices, check_paths, identity, load_embedder
-from .records import DONE
+from .records import DONE, ImageRecord
 from .writer import Writer
 
 Problem = tuple[str | None, int | None, AnnotationError]
@@ -77,7 +77,7 @@ def index_coco(
     folders = [os.fspath(p) for p in paths]
     with Writer(db_dir, options, identity(model, None, options), paths, model) as writer:
         writer.store.forget_problems(split)  # recorded afresh below: a re-run lists each once
-        _record(writer, report, split, dataset, dataset.problems)
+        record(writer, report, split, dataset, dataset.problems)
         steps = _photos(dataset, folders, writer, model, options, report, split)
         total = len(dataset.images)
         writer.run(steps, report, lambda path: progress and progress(report, path, total))
@@ -85,7 +85,7 @@ def index_coco(
     return report
 
 
-def _record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, problems: list[Problem]) -> None:
+def record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, problems: list[Problem]) -> None:
     writer.store.record_problems(split, str(dataset.path), problems)
     for file_name, annotation_id, error in problems:
         where = " ".join(
@@ -108,26 +108,15 @@ def _photos(
     """Each image entry's annotations committed (or its faults recorded), yielding its
     file name for progress; photos are read and hashed a few ahead in a thread."""
 
-    def found_entries() -> Iterator[tuple[ImageEntry, Found]]:
-        for entry in dataset.images:
-            if not entry.annotations:
-                continue
-            path = photo_path(folders, entry.file_name)
-            if path is None:
-                message = f"no such photo under {', '.join(folders)} ({len(entry.annotations)} annotations)"
-                _record(
-                    writer, report, split, dataset, [(entry.file_name, None, AnnotationError(PHOTO_MISSING, message))]
-                )
-                continue
-            yield entry, Found(display_path(path), path)
-
     def read(job: tuple[ImageEntry, Found]) -> tuple[bytes, str]:
         found = job[1]
         return read_bytes(found.fs_path, options.max_bytes, found.path)
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="usesearch-read")
     try:
-        for (entry, found), future in read_ahead.ordered_map(pool, read, found_entries(), ahead=4):
+        for (entry, found), future in read_ahead.ordered_map(
+            pool, read, located_entries(dataset, folders, writer, report, split), ahead=4
+        ):
             try:
                 (data, sha256), _ = future.result()
             except Exception as exc:  # noqa: BLE001 - any per-photo failure is recorded and the run goes on
@@ -138,8 +127,28 @@ def _photos(
             yield entry.file_name
     finally:  # also on Ctrl-C: queued reads are dropped, not finished
         pool.shutdown(wait=True, cancel_futures=True)
-    # A whole pass done: the split's annotations that the file no longer has at all go,
-    # where the split is this file's alone.
+    finish_pass(writer, report, split, dataset)
+
+
+def located_entries(
+    dataset: CocoDataset, folders: list[str], writer: Writer, report: CocoReport, split: str
+) -> Iterator[tuple[ImageEntry, Found]]:
+    """Each entry with annotations, with its photo under ``folders``; a photo missing is
+    recorded as the entry's problem."""
+    for entry in dataset.images:
+        if not entry.annotations:
+            continue
+        path = photo_path(folders, entry.file_name)
+        if path is None:
+            message = f"no such photo under {', '.join(folders)} ({len(entry.annotations)} annotations)"
+            record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(PHOTO_MISSING, message))])
+            continue
+        yield entry, Found(display_path(path), path)
+
+
+def finish_pass(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset) -> None:
+    """A whole pass done: the split's annotations that the file no longer has at all
+    go, where the split is this file's alone."""
     files = writer.store.note_file(split, str(dataset.path))
     if files == {str(dataset.path)}:
         keep = {annotation.id for entry in dataset.images for annotation in entry.annotations}
@@ -166,77 +175,136 @@ def _index_photo(
     crowd flag set in place, those the file no longer has on this photo removed. A
     photo whose stored content is the same is not decoded unless a mask is new."""
     store = writer.store
-    existing = store.image_by_path(found.key)
-    same = existing is not None and existing.status == DONE and existing.sha256 == sha256
+    existing, stored, hw = stored_state(store, found.key, sha256, split)
     rgb = None
-    if existing is not None and same and existing.height and existing.width:
-        height, width = existing.height, existing.width
-    else:
+    if hw is None:
         try:
             rgb = decode(data, found.path, options.max_pixels)
         except Exception as exc:  # noqa: BLE001 - any per-photo failure is recorded and the run goes on
             writer.fail(found.key, found.path, sha256, exc, report)
             return
-        height, width = rgb.shape[:2]
-    if entry.height is not None and (entry.height, entry.width) != (height, width):
-        message = f"the entry says {entry.width}x{entry.height} but the photo is {width}x{height}"
-        _record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(SIZE_MISMATCH, message))])
-        if existing is not None and existing.status == DONE and existing.sha256 and existing.height and existing.width:
-            # Its annotations of this split, stored by an earlier run, go: a fresh run keeps none either.
-            stale = [old.segment_id for old in store.stored_annotations(existing.id, split).values()]
-            if stale:
-                same_sha, same_hw = existing.sha256, (existing.height, existing.width)  # the record stays as it is
-                removed, _ = writer.apply(
-                    lambda: store.save_annotations(found.key, found.path, same_sha, same_hw, [], None, stale),
-                    None,
-                    report,
-                )
-                report.removed += len(removed)
+        hw = rgb.shape[:2]
+    fault = size_fault(entry, hw)
+    if fault is not None:
+        wrong_size(writer, report, split, dataset, found, existing, fault)
         return
-    stored = store.stored_annotations(existing.id, split) if existing is not None and same else {}
-    problems: list[Problem] = []
-    new: list[tuple[Annotation, dict]] = []
-    drop: list[int] = []
-    relabel: dict[int, tuple[str, bool]] = {}
-    for annotation, mask in masks_of(entry, height, width):
-        old = stored.pop(annotation.id, None)
-        if isinstance(mask, AnnotationError):
-            problems.append((entry.file_name, annotation.id, mask))
-            drop += [old.segment_id] if old is not None else []  # the file's mask is broken now: the stale one goes
-        elif old is not None and old.rle_counts == mask["counts"]:
-            if (old.category, old.iscrowd) != (annotation.category, annotation.iscrowd):
-                relabel[old.segment_id] = (annotation.category, annotation.iscrowd)
-        else:
-            drop += [old.segment_id] if old is not None else []
-            new.append((annotation, mask))
-    drop += [old.segment_id for old in stored.values()]  # no longer annotated on this photo
-    _record(writer, report, split, dataset, problems)
-    if not (new or drop or relabel):
+    plan = plan_photo(entry, hw, stored)
+    record(writer, report, split, dataset, plan.problems)
+    if plan.empty:
         report.skipped += 1
         return
     segments: list[dict] = []
     embeddings = None
-    if new:
-        proposals = [Proposal(rle=mask, bbox=_bbox(mask), area=rle.area(mask)) for _, mask in new]
+    if plan.new:
         try:
             rgb = rgb if rgb is not None else decode(data, found.path, options.max_pixels)
-            segments, embeddings = segment_records(rgb, found.path, proposals, model, None, report)
+            segments, embeddings = embed_new(rgb, found.path, plan.new, model, report, split)
         except Exception as exc:  # noqa: BLE001 - as an indexer's per-photo failure
             writer.fail(found.key, found.path, sha256, exc, report)
             return
-        for segment, (annotation, _) in zip(segments, new):
-            segment.update(
-                annotation_id=annotation.id, category=annotation.category, iscrowd=annotation.iscrowd, split=split
-            )
-    hw = (height, width)
+    commit_photo(writer, found, sha256, hw, plan, segments, embeddings, report)
+
+
+@dataclass
+class Plan:
+    """One photo's annotations of a split against what the index holds: ``new``
+    (annotation, checked mask) to embed, stored segments to ``drop``, (class, crowd
+    flag) to set in place by segment (``relabel``), and the faults found."""
+
+    new: list[tuple[Annotation, dict]] = field(default_factory=list)
+    drop: list[int] = field(default_factory=list)
+    relabel: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.new or self.drop or self.relabel)
+
+
+def stored_state(store, key: bytes, sha256: str, split: str) -> tuple[ImageRecord | None, dict, tuple[int, int] | None]:
+    """(the photo's record or None, its stored annotations of the split by annotation
+    id, its size) where the index holds this content; else (record, {}, None): the
+    photo must be read to be sized."""
+    existing = store.image_by_path(key)
+    if existing is None or existing.status != DONE or existing.sha256 != sha256:
+        return existing, {}, None
+    stored = store.stored_annotations(existing.id, split)
+    return existing, stored, (existing.height, existing.width) if existing.height and existing.width else None
+
+
+def size_fault(entry: ImageEntry, hw: tuple[int, int]) -> Problem | None:
+    height, width = hw
+    if entry.height is None or (entry.height, entry.width) == (height, width):
+        return None
+    message = f"the entry says {entry.width}x{entry.height} but the photo is {width}x{height}"
+    return entry.file_name, None, AnnotationError(SIZE_MISMATCH, message)
+
+
+def wrong_size(
+    writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, found: Found, existing, fault: Problem
+) -> None:
+    """The entry's size is not the photo's: recorded, and its annotations of this split
+    that an earlier run stored go (a fresh run of the changed file keeps none)."""
+    record(writer, report, split, dataset, [fault])
+    if existing is None or existing.status != DONE or not (existing.sha256 and existing.height and existing.width):
+        return
+    store = writer.store
+    stale = [old.segment_id for old in store.stored_annotations(existing.id, split).values()]
+    if stale:
+        same_sha, same_hw = existing.sha256, (existing.height, existing.width)  # the record stays as it is
+        removed, _ = writer.apply(
+            lambda: store.save_annotations(found.key, found.path, same_sha, same_hw, [], None, stale), None, report
+        )
+        report.removed += len(removed)
+
+
+def plan_photo(entry: ImageEntry, hw: tuple[int, int], stored: dict) -> Plan:
+    """What bringing the photo's ``stored`` annotations (by annotation id; {} for a
+    photo new or changed) up to the entry's takes, its masks checked at size ``hw``."""
+    plan, stored = Plan(), dict(stored)
+    for annotation, mask in masks_of(entry, *hw):
+        old = stored.pop(annotation.id, None)
+        if isinstance(mask, AnnotationError):
+            plan.problems.append((entry.file_name, annotation.id, mask))
+            plan.drop += (
+                [old.segment_id] if old is not None else []
+            )  # the file's mask is broken now: the stale one goes
+        elif old is not None and old.rle_counts == mask["counts"]:
+            if (old.category, old.iscrowd) != (annotation.category, annotation.iscrowd):
+                plan.relabel[old.segment_id] = (annotation.category, annotation.iscrowd)
+        else:
+            plan.drop += [old.segment_id] if old is not None else []
+            plan.new.append((annotation, mask))
+    plan.drop += [old.segment_id for old in stored.values()]  # no longer annotated on this photo
+    return plan
+
+
+def embed_new(
+    rgb, path: str, new: list[tuple[Annotation, dict]], model, clock, split: str
+) -> tuple[list[dict], object]:
+    """(segment rows with their annotation's id, class, crowd flag and split, embeddings)."""
+    proposals = [Proposal(rle=mask, bbox=_bbox(mask), area=rle.area(mask)) for _, mask in new]
+    segments, embeddings = segment_records(rgb, path, proposals, model, None, clock)
+    for segment, (annotation, _) in zip(segments, new):
+        segment.update(
+            annotation_id=annotation.id, category=annotation.category, iscrowd=annotation.iscrowd, split=split
+        )
+    return segments, embeddings
+
+
+def commit_photo(writer: Writer, found: Found, sha256: str, hw, plan: Plan, segments, embeddings, report) -> None:
+    """The photo's new segments added, and the plan's drops and relabels, in one transaction."""
+    store = writer.store
     removed, _ = writer.apply(
-        lambda: store.save_annotations(found.key, found.path, sha256, hw, segments, embeddings, drop, relabel),
+        lambda: store.save_annotations(
+            found.key, found.path, sha256, tuple(hw), segments, embeddings, plan.drop, plan.relabel
+        ),
         embeddings,
         report,
     )
     report.done += 1
     report.removed += len(removed)
-    report.relabelled += len(relabel)
+    report.relabelled += len(plan.relabel)
 
 
 def _bbox(mask: dict) -> tuple[int, int, int, int]:

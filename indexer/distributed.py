@@ -45,23 +45,28 @@ def fragment_path(db_dir: str | os.PathLike, sha256: str) -> Path:
     return Path(db_dir) / FRAGMENTS / f"{sha256}.npz"
 
 
-def write_fragment(path: Path, hw, segments: list[dict], embeddings: np.ndarray) -> None:
-    """Atomically (a temporary name, fsync, rename): a reader sees all of it or none."""
+def write_fragment(path: Path, hw, segments: list[dict], embeddings: np.ndarray, **extra) -> None:
+    """Atomically (a temporary name, fsync, rename): a reader sees all of it or none.
+    ``extra``: more of what the worker found, as JSON (``read_fragment``'s last value)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    meta = {"hw": list(hw), "segments": segments}
+    meta = {**extra, "hw": list(hw), "segments": segments}
     np.savez(
         buffer,
-        embeddings=np.asarray(embeddings, np.float16).reshape(len(segments), -1),
+        embeddings=np.asarray(embeddings, np.float16).reshape(len(segments), -1)
+        if len(segments)
+        else np.zeros((0, 0), np.float16),  # none: a photo whose annotations were all refused
         meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
     )
     write_atomic(path, buffer.getvalue())  # a full disk leaves nothing half-written behind
 
 
-def read_fragment(path: Path) -> tuple[tuple[int, int], list[dict], np.ndarray]:
+def read_fragment(path: Path) -> tuple[tuple[int, int], list[dict], np.ndarray, dict]:
+    """(size, segment rows, embeddings, the rest of what the worker wrote)."""
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(data["meta"].tobytes())
-        return tuple(meta["hw"]), meta["segments"], data["embeddings"].astype(np.float32)
+        hw, segments = tuple(meta.pop("hw")), meta.pop("segments")
+        return hw, segments, data["embeddings"].astype(np.float32), meta
 
 
 # -- the stages, run by Ray workers ---------------------------------------------------
@@ -262,6 +267,19 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     todo = [r for r in pending if not fragment_path(db_dir, r["sha256"]).is_file()]
     if not todo:
         return
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if options.device == "cuda" else 0
+    per_call = options.masker_options.get("encoder_batch", 4 if gpus else 1)
+    decode_files = partial(_decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels)
+    decoded = ray.data.from_items(todo).map_batches(decode_files, batch_size=per_call)
+    yield from through_actors(decoded, SegmentWorker, options, db_dir, workers, per_call).iter_rows()
+
+
+def through_actors(dataset, worker: type, options: IndexOptions, db_dir: Path, workers: int | None, per_call: int):
+    """``dataset`` through a pool of ``worker`` actors (one GPU each where the cluster
+    has them and ``options.device`` is cuda; else a share of the CPUs each), in order."""
+    import ray
+    import ray.data
+
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # commits in walk order, as the sequential indexer
     context.enable_progress_bars = False  # the CLI shows its own
@@ -269,20 +287,16 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = workers or max(1, gpus or cpus // 2)
     per_actor = max(1, cpus // actors) if not gpus else 1
-    per_call = options.masker_options.get("encoder_batch", 4 if gpus else 1)
-    decode_files = partial(_decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels)
-    decoded = ray.data.from_items(todo).map_batches(decode_files, batch_size=per_call)
     # One logical CPU per actor (more would leave none for decoding: a stall), but as
     # many torch threads as its share of the machine's cores.
-    computed = decoded.map_batches(
-        SegmentWorker,
+    return dataset.map_batches(
+        worker,
         fn_constructor_kwargs={"options": options, "db_dir": str(db_dir), "threads": per_actor},
         batch_size=per_call,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if gpus else 0,
         num_cpus=1,
     )
-    yield from computed.iter_rows()
 
 
 def _commit(row: dict, writer: Writer, db_dir: Path, report: IndexReport) -> None:
@@ -293,7 +307,7 @@ def _commit(row: dict, writer: Writer, db_dir: Path, report: IndexReport) -> Non
     elif row["error"]:
         writer.fail(key, path, sha, _worker_error(row["error"]), report)
     else:
-        hw, segments, embeddings = read_fragment(fragment)
+        hw, segments, embeddings, _ = read_fragment(fragment)
         writer.commit(key, path, sha, hw, segments, embeddings, report)
     fragment.unlink(missing_ok=True)  # after the commit: a kill before it leaves the fragment for the next run
 

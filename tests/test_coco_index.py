@@ -307,7 +307,6 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
     [
         (["--split", "val"], "--split names a labelled dataset's split"),
         (["--coco", "{coco}", "--points-per-side", "8"], "--points-per-side: SAM's settings need a masker run"),
-        (["--coco", "{coco}", "--ray"], "leave out --ray"),
     ],
 )
 def test_options_that_do_not_go_with_a_labelled_dataset_are_refused(tmp_path, args, why):

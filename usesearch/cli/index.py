@@ -77,8 +77,6 @@ def index(
         raise UsesearchError(
             "--split names a labelled dataset's split: it goes with --coco FILE.json, not --masker coco"
         )
-    if labelled and ray is not None:
-        raise UsesearchError("a labelled dataset (--coco) is indexed on this process: leave out --ray")
     if labelled and masker is None and masker_options:
         raise UsesearchError(
             f"{', '.join(map(SamSettings.flag, sorted(masker_options)))}: SAM's settings need a masker run "
@@ -114,10 +112,16 @@ def index(
     if workers is not None and ray is None:
         raise UsesearchError("--workers applies to --ray runs only")
     if labelled:
-        from usesearch.indexer.coco_index import index_coco
-
         assert coco is not None
-        labels = index_coco(folders, coco, db, replace(options, masker_options={}), split, progress)
+        labelled_options = replace(options, masker_options={})
+        if ray is not None:
+            from usesearch.indexer.coco_ray import index_coco_ray
+
+            labels = index_coco_ray(folders, coco, db, labelled_options, split, progress, address=ray, workers=workers)
+        else:
+            from usesearch.indexer.coco_index import index_coco
+
+            labels = index_coco(folders, coco, db, labelled_options, split, progress)
         bar.close()
         _print_labelled(labels, db)
         if labels.interrupted:

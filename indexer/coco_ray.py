@@ -1,0 +1,272 @@
+"""``index_coco_ray``: a labelled dataset indexed by its own masks (``index IMAGES
+--coco FILE.json --ray``), the same as ``index_coco`` but with the photos hashed on
+Ray's CPU workers and the annotations embedded by a pool of actors (one GPU each
+where the cluster has them):
+
+    entries (driver) -> read + hash (CPU tasks) -> plan each photo (driver): what the
+      index holds of it decides; a relabel or a removal is committed at once
+      -> photos with masks to embed -> decode + check the masks + embed (actors)
+      -> a fragment file per photo -> the driver, the single committer
+
+A photo the index holds with the same content is planned against its stored
+annotations (no pixels read unless a mask is new), as ``index_coco`` does; any other
+is sized, checked and embedded by its actor. Nothing is lost or doubled when a part
+dies: the catalog is the truth, so a re-run plans again from what was committed (the
+fragments a killed run left are dropped, not trusted: the file may have changed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from usesearch.errors import AnnotationError, UsesearchError
+from usesearch.io.files import Found, decode, read_bytes
+
+from . import faiss_gpu
+from .coco_index import (
+    CocoReport,
+    Plan,
+    Problem,
+    commit_photo,
+    embed_new,
+    finish_pass,
+    located_entries,
+    plan_photo,
+    record,
+    size_fault,
+    stored_state,
+    wrong_size,
+)
+from .coco_source import Annotation, CocoDataset, ImageEntry, read_coco
+from .distributed import (
+    FRAGMENTS,
+    _actor_device,
+    _error_text,
+    _hash_files,
+    _worker_error,
+    ray_session,
+    read_fragment,
+    through_actors,
+    write_fragment,
+)
+from .options import IndexOptions, IndexReport
+from .pipeline import check_paths, identity, load_embedder
+from .writer import Writer
+
+
+def fragment_of(db_dir: str | os.PathLike, number: int, sha256: str, split: str) -> Path:
+    """Beside the masker runs' fragments, under a name of its own (a photo's annotations
+    of a split are not its proposals), one per entry: two entries may name photos of
+    the same content."""
+    tag = hashlib.sha256(split.encode()).hexdigest()[:12]
+    return Path(db_dir) / FRAGMENTS / f"coco-{tag}-{number}-{sha256[:16]}.npz"
+
+
+class AnnotationWorker:
+    """A Ray actor: the embedder, loaded once, turns photos and their annotations into
+    fragment files (segment rows, embeddings, and the faults found in the masks)."""
+
+    def __init__(self, options: IndexOptions, db_dir: str, threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.options, self.db_dir = options, db_dir
+        self.model = load_embedder(options)
+
+    def __call__(self, batch: dict) -> dict:
+        errors = list(batch["error"])
+        for i, (fs_path, path, sha) in enumerate(zip(batch["fs_path"], batch["path"], batch["sha256"])):
+            try:
+                self._one(os.fsdecode(bytes(fs_path)), path, sha, batch, i)
+            except Exception as exc:  # noqa: BLE001 - recorded by the committer
+                errors[i] = _error_text(exc)
+        return {**batch, "error": np.array(errors, object)}
+
+    def _one(self, fs_path: str, path: str, sha: str, batch: dict, i: int) -> None:
+        data, now = read_bytes(fs_path, self.options.max_bytes, path)
+        if now != sha:
+            raise UsesearchError(f"{path} changed while it was being indexed; run again to index its new content")
+        rgb = decode(data, path, self.options.max_pixels)
+        hw = rgb.shape[:2]
+        height, width = int(batch["height"][i]), int(batch["width"][i])
+        entry = ImageEntry(
+            0,
+            str(batch["file_name"][i]),
+            height or None,
+            width or None,
+            [Annotation(a, c, bool(crowd), s) for a, c, crowd, s in json.loads(batch["annotations"][i])],
+        )
+        split, fault = str(batch["split"][i]), size_fault(entry, hw)
+        segments: list[dict] = []
+        embeddings = np.zeros((0, 0), np.float32)
+        problems = [fault] if fault is not None else []
+        if fault is None:
+            plan = plan_photo(entry, hw, {})
+            problems = plan.problems
+            if plan.new:
+                segments, found = embed_new(rgb, path, plan.new, self.model, IndexReport(), split)
+                embeddings = np.asarray(found)
+        write_fragment(
+            fragment_of(self.db_dir, int(batch["entry"][i]), sha, split),
+            hw,
+            segments,
+            embeddings,
+            problems=[[annotation_id, error.kind, str(error)] for _, annotation_id, error in problems],
+            sized=fault is None,
+        )
+
+
+def index_coco_ray(
+    paths: list[str | os.PathLike],
+    coco_file: str | os.PathLike,
+    db_dir: str | os.PathLike,
+    options: IndexOptions | None = None,
+    split: str | None = None,
+    progress: Callable[[IndexReport, str, int], None] | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+) -> CocoReport:
+    """``index_coco`` on Ray: ``address`` None or "local" starts Ray on this machine,
+    anything else joins that cluster. A file that is not COCO is refused first."""
+    options = options or IndexOptions()
+    dataset = read_coco(coco_file)  # before anything: a wrong file must not leave an index folder behind
+    split = split or Path(coco_file).stem
+    db_dir = check_paths(paths, db_dir).resolve()
+    report = CocoReport(devices=[faiss_gpu.note(options.faiss_device)], split=split)
+    if options.device not in (None, "auto"):
+        _actor_device(options.device, gpus=1)  # refuses a device no worker can have, before anything loads
+    start = time.perf_counter()
+    model = load_embedder(replace(options, device="cpu"))  # the identity; the actors compute
+    folders = [os.fspath(p) for p in paths]
+    with Writer(db_dir, options, identity(model, None, options), paths) as writer, ray_session(address):
+        import ray
+
+        del model
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        device = _actor_device(options.device, gpus)
+        report.devices.insert(0, f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers ({gpus} GPU(s))")
+        for left in (db_dir / FRAGMENTS).glob("coco-*.npz"):  # a killed run's: planned again from the catalog
+            left.unlink()
+        writer.store.forget_problems(split)  # recorded afresh below: a re-run lists each once
+        record(writer, report, split, dataset, dataset.problems)
+        located = list(located_entries(dataset, folders, writer, report, split))
+        steps = _steps(located, dataset, writer, report, split, db_dir, replace(options, device=device), workers)
+        total = len(dataset.images)
+        writer.run(steps, report, lambda path: progress and progress(report, path, total))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _steps(
+    located: list[tuple[ImageEntry, Found]],
+    dataset: CocoDataset,
+    writer: Writer,
+    report: CocoReport,
+    split: str,
+    db_dir: Path,
+    options: IndexOptions,
+    workers: int | None,
+) -> Iterator[str]:
+    """Each photo planned (and, where nothing is to embed, committed) as its hash comes
+    back, then each embedded photo committed in the entries' order."""
+    import ray.data
+
+    if not located:
+        finish_pass(writer, report, split, dataset)
+        return
+    rows = [{"fs_path": found.key, "path": found.path, "entry": i} for i, (_, found) in enumerate(located)]
+    hashed = ray.data.from_items(rows).map_batches(partial(_hash_files, max_bytes=options.max_bytes), batch_size=16)
+    jobs: list[dict] = []
+    plans: dict[int, Plan] = {}
+    for row in hashed.iter_rows():
+        number = int(row["entry"])
+        entry, found = located[number]
+        if row["error"]:
+            writer.fail(found.key, found.path, None, _worker_error(row["error"]), report)
+            yield entry.file_name
+            continue
+        sha = row["sha256"]
+        existing, stored, hw = stored_state(writer.store, found.key, sha, split)
+        annotations: list = [[a.id, a.category, a.iscrowd, a.mask_source()] for a in entry.annotations]
+        if hw is not None:  # the same content, sized: planned here, like index_coco
+            fault = size_fault(entry, hw)
+            if fault is not None:
+                wrong_size(writer, report, split, dataset, found, existing, fault)
+                yield entry.file_name
+                continue
+            plan = plan_photo(entry, hw, stored)
+            record(writer, report, split, dataset, plan.problems)
+            if plan.empty or not plan.new:
+                if plan.empty:
+                    report.skipped += 1
+                else:
+                    commit_photo(writer, found, sha, hw, plan, [], None, report)
+                yield entry.file_name
+                continue
+            plans[number] = plan
+            annotations = [[a.id, a.category, a.iscrowd, mask] for a, mask in plan.new]  # checked already
+        jobs.append(
+            {
+                "fs_path": found.key,
+                "path": found.path,
+                "sha256": sha,
+                "entry": number,
+                "error": "",
+                "file_name": entry.file_name,
+                "height": entry.height or 0,
+                "width": entry.width or 0,
+                "split": split,
+                "annotations": json.dumps(annotations),
+            }
+        )
+    if jobs:
+        computed = through_actors(ray.data.from_items(jobs), AnnotationWorker, options, db_dir, workers, per_call=1)
+        for row in computed.iter_rows():
+            entry, found = located[int(row["entry"])]
+            _commit(row, entry, found, plans.get(int(row["entry"])), writer, report, split, dataset, db_dir)
+            yield entry.file_name
+    finish_pass(writer, report, split, dataset)
+
+
+def _commit(
+    row: dict,
+    entry: ImageEntry,
+    found: Found,
+    plan: Plan | None,
+    writer: Writer,
+    report: CocoReport,
+    split: str,
+    dataset: CocoDataset,
+    db_dir: Path,
+) -> None:
+    """One embedded photo committed as ``index_coco`` commits it: with the plan made
+    from its stored annotations, or (a photo new or changed) with its worker's."""
+    sha = row["sha256"]
+    fragment = fragment_of(db_dir, int(row["entry"]), sha, split)
+    if row["error"]:
+        writer.fail(found.key, found.path, sha, _worker_error(row["error"]), report)
+        fragment.unlink(missing_ok=True)
+        return
+    hw, segments, embeddings, found_there = read_fragment(fragment)
+    problems: list[Problem] = [
+        (entry.file_name, a, AnnotationError(kind, message)) for a, kind, message in found_there["problems"]
+    ]
+    if not found_there["sized"]:  # the entry's size is not the photo's
+        existing = writer.store.image_by_path(found.key)
+        wrong_size(writer, report, split, dataset, found, existing, problems[0])
+    else:
+        record(writer, report, split, dataset, problems)
+        plan = plan or Plan()  # a photo new or changed: nothing stored to drop or relabel
+        if not segments and plan.empty:
+            report.skipped += 1  # every mask broken: nothing to store, as index_coco
+        else:
+            commit_photo(writer, found, sha, hw, plan, segments, embeddings if segments else None, report)
+    fragment.unlink(missing_ok=True)  # after the commit: a kill before it leaves it for the next run to drop

@@ -1,0 +1,118 @@
+"""A labelled dataset indexed on Ray (``index IMAGES --coco FILE.json --ray``), locally
+with two CPU workers: the index equals a sequential run's (annotations, masks,
+embeddings, problems), and a re-run on Ray brings it up to a changed file as a
+sequential re-run does: a relabel in place, a redrawn mask embedded again, a removed
+annotation gone, nothing else embedded."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+pytest.importorskip("ray", reason="the distributed extra is not installed: pip install -e '.[distributed]'")
+
+from tests.helpers import write_photos  # noqa: E402
+from tests.test_coco_index import write_coco  # noqa: E402
+from usesearch.cli.app import app  # noqa: E402
+from usesearch.indexer import IndexOptions, SegmentIndex  # noqa: E402
+from usesearch.indexer.coco_index import index_coco  # noqa: E402
+from usesearch.indexer.coco_ray import index_coco_ray  # noqa: E402
+from usesearch.indexer.distributed import FRAGMENTS  # noqa: E402
+from usesearch.masks import rle  # noqa: E402
+
+TINY = IndexOptions(preset="tiny")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Photos and a COCO file with clean annotations and one of each fault the photo
+    decides: a broken polygon, a photo missing, an entry whose size is wrong."""
+    root = tmp_path_factory.mktemp("coco-ray")
+    photos = write_photos(root / "photos")
+    coco_file = write_coco(root / "train.json", photos, ["sub/chelsea.png", "sub/rocket.png", "coffee.png"], 1)
+    coco = json.loads(coco_file.read_text())
+    w, h = Image.open(photos / "astronaut.png").size
+    coco["images"] += [
+        {"id": 10, "file_name": "astronaut.png", "height": h, "width": w + 5},  # the wrong size
+        {"id": 11, "file_name": "gone.png", "height": 8, "width": 8},
+    ]
+    coco["annotations"] += [
+        {"id": 40, "image_id": 1, "category_id": 1, "segmentation": [[1, 2, 3]]},  # too few coordinates
+        {"id": 41, "image_id": 10, "category_id": 2, "segmentation": [[1, 1, 9, 1, 9, 9]]},
+        {"id": 42, "image_id": 11, "category_id": 2, "segmentation": [[1, 1, 5, 1, 5, 5]]},
+    ]
+    coco_file.write_text(json.dumps(coco))
+    return photos, coco_file
+
+
+def annotations(db) -> dict:
+    """annotation id -> (class, crowd, split, photo, mask counts, embedding)."""
+    ix = SegmentIndex.open(db)
+    rows = ix.store.rows(ix.store.segment_ids())
+    vectors = {int(i): v for ids, vecs in ix.store.embeddings(list(rows)) for i, v in zip(ids, vecs)}
+    ix.close()
+    return {
+        r.annotation_id: (r.category, r.iscrowd, r.split, r.image_path.rsplit("/", 1)[1], r.rle_counts, vectors[r.id])
+        for r in rows.values()
+    }
+
+
+def assert_same(db, reference):
+    mine, theirs = annotations(db), annotations(reference)
+    assert sorted(mine) == sorted(theirs) and mine
+    for key in mine:
+        assert mine[key][:5] == theirs[key][:5], key
+        np.testing.assert_allclose(mine[key][5], theirs[key][5], atol=2e-3)
+
+
+def test_a_labelled_dataset_on_ray_equals_a_sequential_run(ray_local, world, tmp_path):
+    photos, coco = world
+    sequential = index_coco([photos], coco, tmp_path / "seq", TINY, split="train")
+    on_ray = index_coco_ray([photos], coco, tmp_path / "ray", TINY, split="train")
+    assert_same(tmp_path / "ray", tmp_path / "seq")
+    assert (on_ray.done, on_ray.segments, on_ray.failed) == (sequential.done, sequential.segments, 0) == (3, 6, 0), (
+        on_ray.failures
+    )
+    assert sorted(on_ray.problems) == sorted(sequential.problems) and len(on_ray.problems) == 3
+    assert {line.split(": ")[1] for line in on_ray.problems} == {"broken mask", "size mismatch", "photo missing"}
+    assert not list((tmp_path / "ray" / FRAGMENTS).glob("*.npz"))  # each fragment gone once committed
+    again = index_coco_ray([photos], coco, tmp_path / "ray", TINY, split="train")
+    assert (again.segments, again.done, again.skipped) == (0, 0, 3)  # nothing embedded twice
+
+
+def test_a_rerun_on_ray_follows_a_changed_file_as_a_sequential_rerun(ray_local, world, tmp_path):
+    photos, coco_file = world
+    index_coco([photos], coco_file, tmp_path / "seq", TINY, split="train")
+    shutil.copytree(tmp_path / "seq", tmp_path / "ray")
+    coco = json.loads(coco_file.read_text())
+    by_id = {a["id"]: a for a in coco["annotations"]}
+    by_id[1]["category_id"] = 3  # relabelled
+    h, w = by_id[3]["segmentation"]["size"]
+    redrawn = np.zeros((h, w), bool)
+    redrawn[2:20, 5:30] = True
+    by_id[3]["segmentation"] = rle.encode(redrawn)  # a new mask: embedded again
+    coco["annotations"] = [a for a in coco["annotations"] if a["id"] != 5]  # gone from the file
+    changed = tmp_path / "train.json"
+    changed.write_text(json.dumps(coco))
+    sequential = index_coco([photos], changed, tmp_path / "seq", TINY, split="train")
+    args = ["index", str(photos), "--db", str(tmp_path / "ray"), "--coco", str(changed), "--split", "train"]
+    result = CliRunner().invoke(app, [*args, "--preset", "tiny", "--ray", "local"])  # Ray as this process has it
+    assert result.exit_code == 0, result.output
+    assert_same(tmp_path / "ray", tmp_path / "seq")
+    assert (sequential.relabelled, sequential.segments, sequential.removed, sequential.done) == (1, 1, 2, 3)
+    assert "models on Ray's CPU workers" in result.output and annotations(tmp_path / "ray")[1][0] == "cup"
+    assert "split 'train': 1 annotations indexed from 3 photos, 1 relabelled, 2 removed" in result.output, (
+        result.output[-900:]
+    )
