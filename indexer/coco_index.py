@@ -26,6 +26,7 @@ from usesearch.masks.maskers import Proposal
 
 from . import read_ahead
 from .coco_source import (
+    DUPLICATE_ID,
     PHOTO_MISSING,
     SIZE_MISMATCH,
     Annotation,
@@ -132,9 +133,12 @@ def _photos(
 
 def located_entries(
     dataset: CocoDataset, folders: list[str], writer: Writer, report: CocoReport, split: str
-) -> Iterator[tuple[ImageEntry, Found]]:
+) -> list[tuple[ImageEntry, Found]]:
     """Each entry with annotations, with its photo under ``folders``; a photo missing is
-    recorded as the entry's problem."""
+    recorded as the entry's problem. Entries whose names lead to the same file
+    (``sub/x.png`` and ``x.png`` under two folders) become one, as entries naming the
+    same file do (``coco_source``): otherwise each run would undo the other's."""
+    located: dict[bytes, tuple[ImageEntry, Found]] = {}
     for entry in dataset.images:
         if not entry.annotations:
             continue
@@ -143,7 +147,15 @@ def located_entries(
             message = f"no such photo under {', '.join(folders)} ({len(entry.annotations)} annotations)"
             record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(PHOTO_MISSING, message))])
             continue
-        yield entry, Found(display_path(path), path)
+        found = Found(display_path(path), path)
+        first = located.setdefault(found.key, (entry, found))[0]
+        if first is not entry:
+            first.annotations += entry.annotations
+            message = (
+                f"image entries {first.id} and {entry.id} name the same photo: their annotations are indexed together"
+            )
+            record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(DUPLICATE_ID, message))])
+    return list(located.values())
 
 
 def finish_pass(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset) -> None:
@@ -223,8 +235,8 @@ class Plan:
 
 def stored_state(store, key: bytes, sha256: str, split: str) -> tuple[ImageRecord | None, dict, tuple[int, int] | None]:
     """(the photo's record or None, its stored annotations of the split by annotation
-    id, its size) where the index holds this content; else (record, {}, None): the
-    photo must be read to be sized."""
+    id, its size or None) where the index holds this content, else (record, {}, None).
+    A size of None: the photo must be read to be sized."""
     existing = store.image_by_path(key)
     if existing is None or existing.status != DONE or existing.sha256 != sha256:
         return existing, {}, None

@@ -5,7 +5,7 @@ where the cluster has them):
 
     entries (driver) -> read + hash (CPU tasks) -> plan each photo (driver): what the
       index holds of it decides; a relabel or a removal is committed at once
-      -> photos with masks to embed -> decode + check the masks + embed (actors)
+      -> photos with masks to embed -> decode (CPU tasks) -> check the masks + embed (actors)
       -> a fragment file per photo -> the driver, the single committer
 
 A photo the index holds with the same content is planned against its stored
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from usesearch.errors import AnnotationError, UsesearchError
-from usesearch.io.files import Found, decode, read_bytes
+from usesearch.errors import AnnotationError
+from usesearch.io.files import Found
 
 from . import faiss_gpu
 from .coco_index import (
@@ -49,6 +49,7 @@ from .coco_source import Annotation, CocoDataset, ImageEntry, read_coco
 from .distributed import (
     FRAGMENTS,
     _actor_device,
+    _decode_files,
     _error_text,
     _hash_files,
     _worker_error,
@@ -83,18 +84,22 @@ class AnnotationWorker:
 
     def __call__(self, batch: dict) -> dict:
         errors = list(batch["error"])
-        for i, (fs_path, path, sha) in enumerate(zip(batch["fs_path"], batch["path"], batch["sha256"])):
+        for i, rgb in enumerate(batch["rgb"]):
+            if errors[i]:
+                continue  # not read or not decoded: recorded by the committer
             try:
-                self._one(os.fsdecode(bytes(fs_path)), path, sha, batch, i)
+                self._one(rgb, batch, i)
             except Exception as exc:  # noqa: BLE001 - recorded by the committer
                 errors[i] = _error_text(exc)
-        return {**batch, "error": np.array(errors, object)}
+        return {
+            "fs_path": batch["fs_path"],
+            "path": batch["path"],
+            "sha256": batch["sha256"],
+            "entry": batch["entry"],
+            "error": np.array(errors, object),
+        }
 
-    def _one(self, fs_path: str, path: str, sha: str, batch: dict, i: int) -> None:
-        data, now = read_bytes(fs_path, self.options.max_bytes, path)
-        if now != sha:
-            raise UsesearchError(f"{path} changed while it was being indexed; run again to index its new content")
-        rgb = decode(data, path, self.options.max_pixels)
+    def _one(self, rgb: np.ndarray, batch: dict, i: int) -> None:
         hw = rgb.shape[:2]
         height, width = int(batch["height"][i]), int(batch["width"][i])
         entry = ImageEntry(
@@ -112,10 +117,10 @@ class AnnotationWorker:
             plan = plan_photo(entry, hw, {})
             problems = plan.problems
             if plan.new:
-                segments, found = embed_new(rgb, path, plan.new, self.model, IndexReport(), split)
+                segments, found = embed_new(rgb, str(batch["path"][i]), plan.new, self.model, IndexReport(), split)
                 embeddings = np.asarray(found)
         write_fragment(
-            fragment_of(self.db_dir, int(batch["entry"][i]), sha, split),
+            fragment_of(self.db_dir, int(batch["entry"][i]), str(batch["sha256"][i]), split),
             hw,
             segments,
             embeddings,
@@ -196,6 +201,8 @@ def _steps(
         sha = row["sha256"]
         existing, stored, hw = stored_state(writer.store, found.key, sha, split)
         annotations: list = [[a.id, a.category, a.iscrowd, a.mask_source()] for a in entry.annotations]
+        if hw is None and stored:  # the same content stored without its size: embedded again in place
+            plans[number] = Plan(drop=[old.segment_id for old in stored.values()])
         if hw is not None:  # the same content, sized: planned here, like index_coco
             fault = size_fault(entry, hw)
             if fault is not None:
@@ -228,7 +235,10 @@ def _steps(
             }
         )
     if jobs:
-        computed = through_actors(ray.data.from_items(jobs), AnnotationWorker, options, db_dir, workers, per_call=1)
+        jobs.sort(key=lambda job: job["entry"])  # committed in the entries' order, as index_coco
+        decode_files = partial(_decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels)
+        decoded = ray.data.from_items(jobs).map_batches(decode_files, batch_size=1)  # on CPU tasks, ahead
+        computed = through_actors(decoded, AnnotationWorker, options, db_dir, workers, per_call=1)
         for row in computed.iter_rows():
             entry, found = located[int(row["entry"])]
             _commit(row, entry, found, plans.get(int(row["entry"])), writer, report, split, dataset, db_dir)

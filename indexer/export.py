@@ -22,8 +22,8 @@ def contact_sheet(
 ) -> tuple[Path, list[str]]:
     """The hits' segments as tiles on one picture at ``out``, each captioned with its
     rank, score and photo. A photo that can no longer be read (gone since it was
-    indexed, or damaged) gets a grey tile, so the others still show: returns the
-    picture's path and those photos."""
+    indexed, or damaged) or whose size changed gets a grey tile, so the others still
+    show: returns the picture's path and those photos."""
     rows = max(1, -(-len(hits) // columns))
     caption = 30
     sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), (255, 255, 255))
@@ -33,7 +33,10 @@ def contact_sheet(
     for i, hit in enumerate(hits):
         if hit.image_id not in images:
             try:
-                images[hit.image_id] = read_image(os.fsdecode(hit.file), name=hit.image)  # the same file, as str
+                read = read_image(os.fsdecode(hit.file), name=hit.image)  # the same file, as str
+                if read.shape[:2] != tuple(hit.mask["size"]):  # changed since indexing: the mask is another photo's
+                    raise UsesearchError(f"{hit.image} changed since it was indexed")
+                images[hit.image_id] = read
             except UsesearchError:
                 images[hit.image_id] = None
                 unreadable.append(hit.image)

@@ -125,3 +125,23 @@ def test_an_entry_whose_size_turned_wrong_loses_its_stored_annotations(tmp_path)
 
     assert annotations(tmp_path / "db") == annotations(tmp_path / "fresh") and len(annotations(tmp_path / "fresh")) == 4
     assert fresh.problems == report.problems
+
+
+def test_two_entries_leading_to_one_photo_are_indexed_together_and_stay_put(tmp_path):
+    """'sub/chelsea.png' under the first folder and 'chelsea.png' under the second are
+    one photo: their annotations are indexed together (a problem says so), and a
+    re-run embeds nothing (each entry would otherwise undo the other's)."""
+    from usesearch.indexer import IndexOptions
+
+    photos = write_photos(tmp_path / "photos")  # chelsea is in photos/sub
+    first = write_coco(tmp_path / "a.json", photos, ["sub/chelsea.png"], 1)
+    coco = json.loads(first.read_text())
+    coco["images"].append({**coco["images"][0], "id": 2, "file_name": "chelsea.png"})
+    coco["annotations"] += [{**a, "id": a["id"] + 10, "image_id": 2} for a in coco["annotations"]]
+    first.write_text(json.dumps(coco))
+    folders = [photos, photos / "sub"]
+    report = index_coco(folders, first, tmp_path / "db", IndexOptions(preset="tiny"), split="train")
+    assert (report.done, report.segments) == (1, 4)
+    assert any("name the same photo" in line for line in report.problems)
+    again = index_coco(folders, first, tmp_path / "db", IndexOptions(preset="tiny"), split="train")
+    assert (again.segments, again.removed, again.skipped) == (0, 0, 1)

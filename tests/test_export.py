@@ -70,9 +70,22 @@ def test_a_photo_gone_since_indexing_is_a_grey_tile_and_said(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)
-    assert len(hits) == 2 and "1 photo(s) could not be read, shown grey" in result.stderr
+    assert len(hits) == 2 and "1 photo(s) could not be read or changed, shown grey" in result.stderr
     assert "coffee.png" in result.stderr and "usesearch prune" in result.stderr
     tiles = np.asarray(Image.open(sheet))
     gone = [i for i, h in enumerate(hits) if h["image"].endswith("coffee.png")][0]
     tile = tiles[20:60, gone * 192 + 20 : gone * 192 + 60]  # inside the grey square, above its text
     assert (tile == 200).all()
+
+
+def test_a_photo_resized_since_indexing_is_a_grey_tile_not_a_crash(tmp_path):
+    """Its stored mask belongs to the old pixels: laid over the new ones it would be
+    wrong, or an empty crop."""
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    coffee = photos / "sub" / "coffee.png"
+    Image.open(coffee).resize((20, 12)).save(coffee)
+    args = ["query", "a red cup", "--db", str(tmp_path / "db"), "--per-image", "--show", str(tmp_path / "s.png")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "1 photo(s) could not be read or changed" in result.stderr
+    assert "coffee.png" in result.stderr and (tmp_path / "s.png").is_file()

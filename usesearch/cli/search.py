@@ -66,8 +66,8 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
         if unreadable:
             names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
             typer.echo(
-                f"{len(unreadable)} photo(s) could not be read, shown grey: {names} "
-                "(gone since indexing? `usesearch prune` removes them from the index)",
+                f"{len(unreadable)} photo(s) could not be read or changed, shown grey: {names} "
+                "(gone since indexing: `usesearch prune` removes them; changed: `usesearch index` again)",
                 err=True,
             )
     if output.export_coco:
