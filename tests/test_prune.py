@@ -105,3 +105,19 @@ def test_kill_dash_nine_during_prune_then_resume(tmp_path):
     assert ix.stats()["images_done"] == 0 and ix.index.ntotal == 0
     ix.close()
     assert_consistent(db)
+
+
+def test_index_says_which_indexed_photos_are_gone(tmp_path):
+    """A re-run over a folder whose photos were deleted says so and what removes them,
+    rather than leaving an index that still answers with them in silence."""
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny"]
+    runner = CliRunner()
+    assert "are gone" not in runner.invoke(app, args).output
+    (photos / "sub" / "coffee.png").unlink()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "1 indexed photo(s) under these folders are gone" in again.output
+    assert "coffee.png: missing" in again.output and "usesearch prune --db" in again.output
+    pruned = runner.invoke(app, [*args, "--prune"])
+    assert pruned.exit_code == 0 and "pruned 1 images" in pruned.output and "under these folders" not in pruned.output
+    assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 1

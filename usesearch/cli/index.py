@@ -165,8 +165,28 @@ def index(
                 else ""
             )
         )
+    if not prune_gone and not report.interrupted:
+        _say_gone(db, folders, db_url)
     if report.interrupted:
         raise typer.Exit(130)
+
+
+def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:
+    """The photos indexed under these folders whose files are gone: a line, not a
+    silent index that still answers with them (one stat each; the walk just warmed them)."""
+    from usesearch.indexer.folder import open_store
+    from usesearch.indexer.leftovers import gone_images, under_folders
+
+    store = open_store(Path(db), db_url, read_only=True)
+    try:
+        gone = gone_images(under_folders(store.image_files(), folders))
+    finally:
+        store.close()
+    if gone:
+        opts.console.print(
+            f"  {len(gone)} indexed photo(s) under these folders are gone ({gone[0][1]}: {gone[0][2]}"
+            f"{', ...' if len(gone) > 1 else ''}): `usesearch prune --db {db}` or `index --prune` removes them"
+        )
 
 
 def _prune(db: str, folders: list[str | os.PathLike], options) -> None:
