@@ -129,3 +129,14 @@ def image():
     from skimage import data
 
     return np.ascontiguousarray(data.coffee()[::3, ::3])  # 134 x 200: not square, not the model's size
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """Ray on this machine with two CPU workers, for a test module (the distributed
+    extra's tests skip themselves where ray is not installed)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

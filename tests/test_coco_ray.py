@@ -28,15 +28,6 @@ TINY = IndexOptions(preset="tiny")
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Photos and a COCO file with clean annotations and one of each fault the photo
     decides: a broken polygon, a photo missing, an entry whose size is wrong."""

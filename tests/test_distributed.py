@@ -20,15 +20,6 @@ NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immun
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     folder = write_photos(tmp_path_factory.mktemp("ray") / "photos", NAMES)
     (folder / "broken.png").write_bytes(b"\x89PNG broken")
