@@ -163,3 +163,11 @@ def test_cli_train_writes_a_loadable_head_and_resumes(synthetic, tmp_path):
     assert model.kind == "use" and model.fingerprint != usesearch.load_model("tiny").fingerprint
     again = CliRunner().invoke(app, args + ["--resume"])
     assert again.exit_code == 0 and "trained 3 steps" in again.output
+    # A run folder holding a run is never overwritten, nor resumed on another schedule.
+    anew = CliRunner().invoke(app, args)
+    assert anew.exit_code == 2 and "holds a run already: --resume continues it" in anew.output
+    longer = [*args[:-4], "--max-steps", "5", *args[-2:], "--resume"]
+    changed = CliRunner().invoke(app, longer)
+    assert changed.exit_code == 2 and "--max-steps 3 (now 5)" in changed.output, changed.output
+    assert len(_losses(tmp_path / "run")) == 3  # nothing written by either
+    assert CliRunner().invoke(app, [*args[:-4], "--max-steps", "0", *args[-2:]]).exit_code == 2

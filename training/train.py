@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from usesearch.devices import resolve_device
+from usesearch.errors import UsesearchError
 from usesearch.io.atomic import write_atomic
 from usesearch.models.checkpoint import save_head
 from usesearch.models.factory import create_use_and_clip
@@ -46,6 +47,16 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     extra: dict = field(default_factory=dict)
+
+
+# The settings that fix a run's schedule: a resumed run keeps them.
+SCHEDULE = ("epochs", "batch_images", "lr", "weight_decay", "max_steps", "seed", "crop")
+
+
+def check_new_run(out: str | os.PathLike) -> None:
+    """A run folder that holds a run is continued with ``--resume``, never overwritten."""
+    if (Path(out) / "trainer.pt").is_file():
+        raise UsesearchError(f"{out} holds a run already: --resume continues it, or give another --run-dir")
 
 
 class Trainer:
@@ -155,12 +166,25 @@ class Trainer:
         write_atomic(self.out / "trainer.pt", lambda path: torch.save(state, path))
 
     def resume(self) -> None:
+        """Continue the run in ``out`` where it stopped. Its schedule (steps, learning
+        rate) was fixed when it started: settings that shape it must be the same."""
         path = self.out / "trainer.pt"
         if not path.is_file():
             return
         from usesearch.models.checkpoint import load_head
 
-        state, _ = load_head(self.out / "head", self.use.preset)
+        state, meta = load_head(self.out / "head", self.use.preset)
+        started = meta.get("train_config") or {}
+        changed = [
+            f"--{name.replace('_', '-')} {started[name]} (now {getattr(self.cfg, name)})"
+            for name in SCHEDULE
+            if name in started and started[name] != getattr(self.cfg, name)
+        ]
+        if changed:
+            raise UsesearchError(
+                f"--resume continues the run in {self.out} as it was started: {', '.join(changed)}; "
+                "give those again, or start a new run in another --run-dir"
+            )
         self.use.load_state_dict(state, strict=False)
         meta = torch.load(path, map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(meta["optimizer"])

@@ -29,8 +29,10 @@ def train(
     batch_images: Annotated[int, typer.Option(min=1, help="Images per batch (all their segments).")] = 32,
     lr: Annotated[float, typer.Option()] = 1e-3,
     weight_decay: Annotated[float, typer.Option()] = 0.01,
-    crop: Annotated[int, typer.Option(help="Random square crop after the random resize.")] = 560,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
+    crop: Annotated[int, typer.Option(min=16, help="Random square crop after the random resize.")] = 560,
+    max_steps: Annotated[
+        Optional[int], typer.Option(min=1, help="Stop after this many steps (overrides epochs).")
+    ] = None,
     checkpoint_every: Annotated[int, typer.Option(min=1)] = 500,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --run-dir exactly where it stopped.")
@@ -43,8 +45,10 @@ def train(
 
     from usesearch.models.factory import DEFAULT_PRESET
     from usesearch.training.data import load_samples
-    from usesearch.training.train import TrainConfig, Trainer
+    from usesearch.training.train import TrainConfig, Trainer, check_new_run
 
+    if not resume:
+        check_new_run(run_dir)  # before the datasets and models load
     folders: list[str | os.PathLike] = list(datasets)
     samples = load_samples(folders)
     if not samples:
