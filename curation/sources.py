@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from usesearch.io.coco_json import load_coco_json
+
 from .records import BoxText, ImageItem, Segment, TextRef
 
 
@@ -28,7 +30,7 @@ def folder_source(folder: str | os.PathLike) -> Iterator[ImageItem]:
 
 def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.PathLike) -> Iterator[ImageItem]:
     """``captions_train2017.json`` layout: ground-truth captions per image."""
-    coco = json.loads(Path(captions_json).read_text())
+    coco = load_coco_json(captions_json, ("images", "annotations"))
     captions = defaultdict(list)
     for ann in coco["annotations"]:
         captions[ann["image_id"]].append(TextRef(ann["caption"].strip(), "gt_caption", "caption"))
@@ -57,7 +59,7 @@ def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | o
     """COCO instance annotations: ground-truth masks with category names, already segment-text pairs."""
     from usesearch.masks import rle
 
-    coco = json.loads(Path(instances_json).read_text())
+    coco = load_coco_json(instances_json)
     names = {c["id"]: c["name"] for c in coco["categories"]}
     anns = defaultdict(list)
     for ann in coco["annotations"]:
@@ -123,7 +125,7 @@ def read_source(name: str, path: str | os.PathLike, images: str | os.PathLike | 
         return source.read(path)
     if images is None:
         raise ValueError(f"--source {name} needs --images DIR")
-    return source.read(path, images)
+    return source.read(path, os.path.abspath(images))  # each item's path absolute: a dataset read from anywhere
 
 
 __all__ = [

@@ -145,3 +145,38 @@ def test_two_entries_leading_to_one_photo_are_indexed_together_and_stay_put(tmp_
     assert any("name the same photo" in line for line in report.problems)
     again = index_coco(folders, first, tmp_path / "db", IndexOptions(preset="tiny"), split="train")
     assert (again.segments, again.removed, again.skipped) == (0, 0, 1)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "audit", "--coco", "{bad}", "--images", "{photos}", "--report-dir", "{out}"],
+        ["eval", "parts", "--coco", "{bad}", "--images", "{photos}"],
+        ["curate", "run", "{bad}", "--source", "coco-instances", "--images", "{photos}", "--dataset-dir", "{out}"],
+    ],
+)
+@pytest.mark.parametrize(
+    "content, why", [(b'{"a": 1}', "it needs the lists images, annotations"), (b"{'a'", "not a COCO annotations file")]
+)
+def test_every_command_taking_a_coco_file_refuses_one_that_is_not_in_one_line(tmp_path, command, content, why):
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    args = [a.format(bad=bad, photos=photos, out=tmp_path / "out") for a in command]
+    result = CliRunner().invoke(app, [*args, "--preset", "tiny"])
+    assert result.exit_code == 2 and why in result.stderr and str(bad) in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_dataset_curated_from_coco_names_its_photos_by_absolute_path(tmp_path, monkeypatch):
+    """So it trains and shows from any folder, as a folder source's does."""
+    from usesearch.curation.dataset import read_records
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    coco = write_coco(tmp_path / "inst.json", photos, ["coffee.png"], 1)
+    monkeypatch.chdir(tmp_path)
+    args = ["curate", "run", "inst.json", "--source", "coco-instances", "--images", "photos"]
+    result = CliRunner().invoke(app, [*args, "--dataset-dir", "pairs", "--preset", "tiny"])
+    assert result.exit_code == 0, result.output
+    paths = [record["path"] for record in read_records(tmp_path / "pairs")]
+    assert paths == [str(photos / "coffee.png")] and coco.is_file()

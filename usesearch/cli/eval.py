@@ -13,6 +13,7 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.errors import UsesearchError
+from usesearch.io.coco_json import load_coco_json
 from usesearch.masks.settings import SamSettings
 
 app = opts.Typer()
@@ -212,6 +213,7 @@ def eval_parts(
     from usesearch.tasks.semseg import class_probabilities
 
     report = report.taking(ctx.args)
+    load_coco_json(coco)  # one line for a file that is not COCO, before pycocotools and the models
     with contextlib.redirect_stdout(io.StringIO()):
         annotations = COCO(str(coco))
     category_ids = sorted(annotations.cats)
@@ -254,9 +256,9 @@ def audit(
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder
     from usesearch.tasks.audit import audit_coco, write_report
 
+    data = load_coco_json(coco)  # before the model: a file that is not COCO is one line
     preset = choose_preset(preset, head)
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
-    data = json.loads(coco.read_text())
     suspects = audit_coco(model, data, images)
     write_report(suspects, data, report_dir, k)
     for rank, s in enumerate(suspects[:10], 1):
