@@ -143,3 +143,20 @@ def test_the_installed_entry_point_accepts_an_old_spelling(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "deprecated: `embed -t TEXT` is now `embed IMAGE TEXT...`" in done.stderr and "a cat" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/nowhere/x.png"], "does not exist"),
+        (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/x.jpg"], "write a .png"),
+        (["query", "a cat", "--db", "{d}/i", "--show", "{d}/nowhere/s.png"], "does not exist"),
+        (["query", "a cat", "--db", "{d}/i", "--export-coco", "{d}/nowhere/h.json"], "does not exist"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args, why):
+    """Checked as the command starts, not after its models ran: one line, exit 2."""
+    result = CliRunner().invoke(app, [a.format(d=files) for a in args] + ["--preset", "tiny"] * (args[0] == "segment"))
+    said = " ".join(result.output.replace("│", " ").split())  # typer boxes a usage error over lines
+    assert result.exit_code == 2 and why in said and "Traceback" not in said, result.output
+    assert not (files / "x.jpg").exists()

@@ -115,7 +115,10 @@ def segment(
     ],
     classes: opts.ClassesOpt = None,
     classes_file: opts.ClassesFileOpt = None,
-    overlay: Annotated[Optional[Path], typer.Option(help="PNG of the image coloured by class, with a legend.")] = None,
+    overlay: Annotated[
+        Optional[Path],
+        typer.Option(help="PNG of the image coloured by class, with a legend.", callback=opts.writable_file),
+    ] = None,
     *,
     segmenter: Segmenter,
     sam: SamSettings,
@@ -126,6 +129,9 @@ def segment(
     from usesearch.tasks.semseg import save_label_map, segment_image
     from usesearch.tasks.visualize import label_overlay
 
+    for flag, path in (("--out", out), ("--overlay", overlay)):
+        if path is not None and path.suffix.lower() != ".png":  # JPEG would invent class ids between the real ones
+            raise UsesearchError(f"{flag} {path}: write a .png (a label map must keep its exact values)")
     names = _classes(classes, classes_file)
     models, mask_proposer = segmenter.build(sam)
     rgb, masks = _read_and_mask(image, mask_proposer)

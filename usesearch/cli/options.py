@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -202,10 +203,22 @@ KOpt = Annotated[int, typer.Option("-k", min=1, max=1000, help="How many results
 TopKOpt = Annotated[KOpt, Formerly("--top", note="`--top N` is now `-k N`")]
 
 
+def writable_file(value: Path | None) -> Path | None:
+    """A file to be written: its folder must exist and take writes, checked before any
+    work (a model run whose result cannot be written is time lost)."""
+    if value is not None:
+        folder = value.parent
+        if not folder.is_dir():
+            raise typer.BadParameter(f"folder {folder} does not exist: make it first, or write elsewhere")
+        if not os.access(folder, os.W_OK):
+            raise typer.BadParameter(f"folder {folder} cannot be written to")
+    return value
+
+
 def out_file(what: str) -> Any:
     """``--out``: always a file written (a folder written has a flag of its own, named
     for what it holds); ``what`` says which file."""
-    return typer.Option("--out", dir_okay=False, help=what)
+    return typer.Option("--out", dir_okay=False, help=what, callback=writable_file)
 
 
 OutJsonOpt = Annotated[Optional[Path], out_file("Also write the result to this JSON file.")]
@@ -311,9 +324,14 @@ class SearchOutput:
 
     k: KOpt = 10
     as_json: JsonOpt = False
-    show: Annotated[Optional[Path], typer.Option("--show", help="Write a contact sheet PNG of the hits.")] = None
+    show: Annotated[
+        Optional[Path], typer.Option("--show", help="Write a contact sheet PNG of the hits.", callback=writable_file)
+    ] = None
     export_coco: Annotated[
-        Optional[Path], typer.Option("--export-coco", help="Write the hits as a COCO annotations/results JSON.")
+        Optional[Path],
+        typer.Option(
+            "--export-coco", help="Write the hits as a COCO annotations/results JSON.", callback=writable_file
+        ),
     ] = None
 
 
