@@ -160,3 +160,30 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args
     said = " ".join(result.output.replace("│", " ").split())  # typer boxes a usage error over lines
     assert result.exit_code == 2 and why in said and "Traceback" not in said, result.output
     assert not (files / "x.jpg").exists()
+
+
+def test_inputs_that_are_not_what_they_say_are_one_line(files):
+    """A folder that is not a curated dataset, and a class file with no names or not
+    text, each said in one line naming it."""
+    (files / "empty.txt").write_text("\n\n")
+    cases = [
+        (["train", str(files / "i"), "--run-dir", str(files / "run")], "is not a curated dataset (no manifest.json)"),
+        (
+            [
+                "segment",
+                str(files / "p.jpg"),
+                "--classes-file",
+                str(files / "empty.txt"),
+                "--out",
+                str(files / "o.png"),
+            ],
+            "holds no class name",
+        ),
+        (
+            ["segment", str(files / "p.jpg"), "--classes-file", str(files / "p.jpg"), "--out", str(files / "o.png")],
+            "cannot read it as text",
+        ),
+    ]
+    for args, why in cases:
+        result = CliRunner().invoke(app, [*args, "--preset", "tiny"])
+        assert result.exit_code == 2 and why in result.output and len(result.output.strip().splitlines()) == 1, args

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from usesearch.curation.dataset import read_records
+from usesearch.curation.dataset import MANIFEST, read_records
+from usesearch.errors import UsesearchError
 from usesearch.io.images import read_image
 from usesearch.masks import rle
 
@@ -23,8 +25,14 @@ class Sample:
 
 
 def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
+    """Every image with segments that have texts, from curated dataset folders (a
+    folder that is not one is refused in one line)."""
     samples = []
     for directory in dataset_dirs:
+        if not (Path(directory) / MANIFEST).is_file():
+            raise UsesearchError(
+                f"{directory} is not a curated dataset (no {MANIFEST}): make one with `usesearch curate run`"
+            )
         for record in read_records(directory):
             segs = [s for s in record["segments"] if s["texts"]]
             if segs:

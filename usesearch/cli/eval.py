@@ -23,7 +23,13 @@ eval_app = opts.Typer(help="Evaluate on benchmarks (paper §4.3, §4.4) and audi
 def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
     names = [c.strip() for c in (classes or "").split(",") if c.strip()]
     if classes_file:
-        names += [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+        try:
+            listed = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsesearchError(f"--classes-file {classes_file}: cannot read it as text ({exc})") from None
+        if not listed:
+            raise UsesearchError(f"--classes-file {classes_file} holds no class name (one a line)")
+        names += listed
     if not names:
         raise ValueError("give class names with --classes 'sky,tree,...' or --classes-file FILE")
     return names
