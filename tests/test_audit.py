@@ -48,3 +48,7 @@ def test_planted_wrong_labels_rank_at_the_top(trained_tiny_head, tmp_path):
     assert summary["annotations"] == len(ranked) and 0 <= summary["agreement"] <= 1
     assert "most_confused" in summary and (out / "report.html").read_text().count("<figure>") == 10
     assert (out / "suspects.csv").read_text().splitlines()[0].startswith("rank,annotation_id")
+    # -k bounds what is shown; the files keep the whole ranking, and the last line says which is which.
+    printed = [line for line in result.output.splitlines() if " ann " in line and "labelled" in line]
+    assert len(printed) == 10 and len(ranked) > 10
+    assert f"suspects.json (all {len(ranked)} annotations ranked)" in result.output and "(the top 10)" in result.output

@@ -273,12 +273,15 @@ def audit(
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
     suspects = audit_coco(model, data, images)
     write_report(suspects, data, report_dir, k)
-    for rank, s in enumerate(suspects[:10], 1):
+    for rank, s in enumerate(suspects[: min(k, 10)], 1):
         opts.console.print(
             f"{rank:>3}  ann {s.annotation_id}: labelled {s.labelled!r}, model says {s.predicted!r} "
             f"(margin {s.margin:+.3f})"
         )
-    opts.console.print(f"wrote {report_dir}/suspects.csv, summary.json, report.html")
+    opts.console.print(
+        f"wrote {report_dir}/suspects.csv and suspects.json (all {len(suspects)} annotations ranked), "
+        f"summary.json, report.html (the top {min(k, len(suspects))})"
+    )
 
 
 @functools.wraps(audit)
