@@ -211,11 +211,11 @@ def _steps(
                 continue
             plan = plan_photo(entry, hw, stored)
             record(writer, report, split, dataset, plan.problems)
-            if plan.empty or not plan.new:
-                if plan.empty:
-                    report.skipped += 1
-                else:
-                    commit_photo(writer, found, sha, hw, plan, [], None, report)
+            if plan.empty:
+                report.skipped += 1
+            elif not plan.new:  # a relabel or a removal: no pixels, no actor
+                commit_photo(writer, found, sha, hw, plan, [], None, report)
+            if not plan.new:
                 yield entry.file_name
                 continue
             plans[number] = plan

@@ -9,7 +9,6 @@ read; everything else here is checked from the JSON alone."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from usesearch.errors import AnnotationError, CocoFileError, first_line
+from usesearch.io.coco_json import load_coco_json, not_coco
 from usesearch.masks import rle
 
 # The kinds of fault recorded (``AnnotationProblem.kind``).
@@ -93,21 +93,16 @@ def read_coco(path: str | os.PathLike) -> CocoDataset:
                 images, categories = _top_level_list(f, "images"), _top_level_list(f, "categories")
                 return _dataset(path, images, categories, _streamed_annotations(path, f))
         except ijson.JSONError:
-            coco = json.loads(path.read_bytes())
-            if not isinstance(coco, dict):
-                raise CocoFileError(_NOT_COCO.format(path=path)) from None
-            return _dataset(path, *(coco.get(key) for key in ("images", "categories", "annotations")))
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            coco = load_coco_json(path)
+            return _dataset(path, coco["images"], coco["categories"], coco["annotations"])
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise CocoFileError(f"{path} is not a COCO annotations file: {first_line(exc)}") from None
-
-
-_NOT_COCO = "{path} is not a COCO annotations file: it needs the lists images, annotations, categories"
 
 
 def _dataset(path: Path, images_items: Any, category_items: Any, annotation_items: Any) -> CocoDataset:
     """The checked dataset, from the file's three lists (None where one is missing)."""
     if not all(isinstance(items, (list, Iterator)) for items in (images_items, category_items, annotation_items)):
-        raise CocoFileError(_NOT_COCO.format(path=path))
+        raise not_coco(path)
     problems: list[tuple[str | None, int | None, AnnotationError]] = []
     categories = _categories(category_items, problems)
     images: dict[int, ImageEntry] = {}
@@ -135,7 +130,7 @@ def _streamed_annotations(path: Path, f) -> Iterator[Any]:
     for count, item in enumerate(ijson.items(f, "annotations.item", use_float=True), 1):
         yield item
     if not count and _top_level_list(f, "annotations") is None:
-        raise CocoFileError(_NOT_COCO.format(path=path))
+        raise not_coco(path)
 
 
 def _top_level_list(f, key: str) -> list | None:

@@ -44,9 +44,11 @@ def test_a_streamed_file_reads_as_the_whole_file_does(tmp_path, monkeypatch):
         )
 
     real_loads = json.loads
-    monkeypatch.setattr(coco_source.json, "loads", lambda *a: pytest.fail("a strict JSON file was loaded whole"))
+    from usesearch.io import coco_json  # where a file is loaded whole
+
+    monkeypatch.setattr(coco_json.json, "loads", lambda *a: pytest.fail("a strict JSON file was loaded whole"))
     streamed = coco_source.read_coco(path)
-    monkeypatch.setattr(coco_source.json, "loads", real_loads)
+    monkeypatch.setattr(coco_json.json, "loads", real_loads)
     polygons = [a.segmentation for e in streamed.images for a in e.annotations if a.id == 91]
     assert isinstance(polygons[0][0], np.ndarray)  # held as an array, given back as the file's numbers
     monkeypatch.setattr(ijson, "items", lambda *a, **k: (_ for _ in ()).throw(ijson.JSONError("not strict")))

@@ -23,5 +23,10 @@ def load_coco_json(path: str | os.PathLike, needs: tuple[str, ...] = LISTS) -> d
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CocoFileError(f"{path} is not a COCO annotations file: {first_line(exc)}") from None
     if not isinstance(coco, dict) or not all(isinstance(coco.get(key), list) for key in needs):
-        raise CocoFileError(f"{path} is not a COCO annotations file: it needs the lists {', '.join(needs)}")
+        raise not_coco(path, needs)
     return coco
+
+
+def not_coco(path: str | os.PathLike, needs: tuple[str, ...] = LISTS) -> CocoFileError:
+    """The one-line refusal of a file that lacks COCO's lists."""
+    return CocoFileError(f"{path} is not a COCO annotations file: it needs the lists {', '.join(needs)}")
