@@ -131,3 +131,51 @@ def test_sam_checkpoint_is_verified_by_sha256(tmp_path, monkeypatch):
     missing = replace(sam_cfg, checkpoint="absent.pth")
     with pytest.raises(usesearch.MissingWeightsError, match=str(tmp_path / "absent.pth")):
         load_sam(missing, "b16")
+
+
+def _fake_hub_download(partial: bytes, succeed: bool):
+    """Stands in for huggingface_hub.hf_hub_download(local_dir=...): it leaves a lock file
+    and, when ``partial``, an incomplete download behind, as the real one does."""
+
+    def download(repo_id, filename, local_dir):
+        meta = Path(local_dir) / ".cache" / "huggingface" / "download"
+        meta.mkdir(parents=True)
+        (meta / f"{filename}.lock").touch()
+        if partial:
+            (meta / f"{filename}.incomplete").write_bytes(partial)
+        if not succeed:
+            raise OSError("Name or service not known\nsecond line of the hub's message")
+        (Path(local_dir) / filename).write_bytes(b"the checkpoint")
+        return str(Path(local_dir) / filename)
+
+    return download
+
+
+@pytest.mark.parametrize("partial", [b"", b"half a checkpoint"])
+def test_failed_sam3_pull_leaves_no_lock_and_keeps_only_a_resumable_partial(tmp_path, monkeypatch, partial):
+    import huggingface_hub
+
+    from usesearch.masks.sam3 import pull_sam3
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub_download(partial, succeed=False))
+    with pytest.raises(usesearch.UsesearchError, match="could not download sam3.pt") as err:
+        pull_sam3()
+    assert "\n" not in str(err.value)
+    assert not list(tmp_path.rglob("*.lock"))
+    assert [p.read_bytes() for p in tmp_path.rglob("*.incomplete")] == ([partial] if partial else [])
+    if not partial:
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_sam3_pull_moves_the_checkpoint_into_place_and_drops_the_staging(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from usesearch.masks.sam3 import pull_sam3, sam3_status
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub_download(b"", succeed=True))
+    assert pull_sam3() == [f"sam3: downloaded {tmp_path / 'sam3.pt'}"]
+    assert [p.name for p in tmp_path.iterdir()] == ["sam3.pt"]
+    assert (tmp_path / "sam3.pt").read_bytes() == b"the checkpoint"
+    assert sam3_status().present

@@ -223,19 +223,46 @@ def load_sam3(
 
 
 def pull_sam3() -> list[str]:
-    """``usesearch models pull sam3``: SAM 3's checkpoint from Hugging Face into $USESEARCH_HOME."""
+    """``usesearch models pull sam3``: SAM 3's checkpoint from Hugging Face into $USESEARCH_HOME.
+
+    The download goes through a staging folder that is moved into place whole, so a
+    failed or interrupted pull leaves no lock file or metadata in $USESEARCH_HOME; a
+    partial download is kept there only so that the next pull resumes it."""
     status = sam3_status()
     if status.present:
         return []
+    import logging
+    import shutil
+
     from huggingface_hub import hf_hub_download
 
+    staging = usesearch_home() / ".sam3-download"
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would print a second, longer copy of the error
     try:
-        hf_hub_download(HF_REPO, CHECKPOINT, local_dir=usesearch_home())
+        fetched = Path(hf_hub_download(HF_REPO, CHECKPOINT, local_dir=staging))
+        os.replace(fetched, usesearch_home() / CHECKPOINT)
     except Exception as exc:  # noqa: BLE001 - gated, offline or not logged in: one line
         from usesearch.errors import first_line
 
+        _tidy_staging(staging)
         raise UsesearchError(
             f"could not download {CHECKPOINT} from hf.co/{HF_REPO} (gated: accept its licence on the model page, "
             f"then `hf auth login`): {first_line(exc)}"
         ) from None
+    finally:
+        hub_log.setLevel(level)
+    shutil.rmtree(staging, ignore_errors=True)
     return [f"sam3: downloaded {usesearch_home() / CHECKPOINT}"]
+
+
+def _tidy_staging(staging: Path) -> None:
+    """After a failed pull: drop Hugging Face's lock files, and the whole staging folder
+    unless it holds a partial download (``*.incomplete``) worth resuming."""
+    import shutil
+
+    for lock in staging.rglob("*.lock"):
+        lock.unlink(missing_ok=True)
+    if not any(part.stat().st_size for part in staging.rglob("*.incomplete")):
+        shutil.rmtree(staging, ignore_errors=True)
