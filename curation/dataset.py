@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from usesearch.errors import UsesearchError
 from usesearch.io.atomic import write_atomic
 
 from .records import Segment
@@ -24,7 +25,25 @@ FORMAT = "usesearch-segments"
 MANIFEST = "manifest.json"
 
 
-def read_records(dataset_dir: str | os.PathLike) -> Iterator[dict[str, Any]]:
+def require_dataset(dataset_dir: str | os.PathLike) -> Path:
+    """The folder, if it is a curated dataset; else one line saying what it is instead
+    (a curation killed before its end has shards but no manifest yet)."""
+    folder = Path(dataset_dir)
+    if (folder / MANIFEST).is_file():
+        return folder
+    if any((folder / "shards").glob("*.jsonl")):
+        raise UsesearchError(
+            f"{folder} is an unfinished curation (no {MANIFEST} yet): run the same `usesearch curate run` "
+            "again to finish it (it resumes)"
+        )
+    raise UsesearchError(f"{folder} is not a curated dataset (no {MANIFEST}): make one with `usesearch curate run`")
+
+
+def read_records(dataset_dir: str | os.PathLike, *, finished: bool = True) -> Iterator[dict[str, Any]]:
+    """Every image record, in shard order. ``finished=False`` (the writer resuming) also
+    reads a folder that has no manifest yet."""
+    if finished:
+        require_dataset(dataset_dir)
     for shard in sorted((Path(dataset_dir) / "shards").glob("*.jsonl")):
         with open(shard, encoding="utf-8") as f:
             for line in f:
@@ -45,7 +64,7 @@ class DatasetWriter:
         self.dir = Path(dataset_dir)
         (self.dir / "shards").mkdir(parents=True, exist_ok=True)
         self.shard_size = shard_size
-        self.done: set[str] = {r["sha256"] for r in read_records(self.dir)}
+        self.done: set[str] = {r["sha256"] for r in read_records(self.dir, finished=False)}
         self._shard = len(list((self.dir / "shards").glob("*.jsonl")))
         self._in_shard = shard_size  # start a new shard per run: old ones stay untouched
         self._file: TextIO | None = None

@@ -184,6 +184,16 @@ def test_inputs_that_are_not_what_they_say_are_one_line(files):
             "cannot read it as text",
         ),
     ]
+    cases = [([*args, "--preset", "tiny"], why) for args, why in cases]
+    unfinished = files / "unfinished"
+    (unfinished / "shards").mkdir(parents=True)
+    (unfinished / "shards" / "shard-00000.jsonl").write_text("")  # a curation killed before its manifest
+    for folder, why in [(files / "i", "is not a curated dataset"), (unfinished, "is an unfinished curation")]:
+        cases += [
+            (["curate", "stats", str(folder)], why),
+            (["curate", "show", str(folder), "p.jpg", "--out", str(files / "s.png")], why),
+            (["train", str(folder), "--run-dir", str(files / "run"), "--preset", "tiny"], why),
+        ]
     for args, why in cases:
-        result = CliRunner().invoke(app, [*args, "--preset", "tiny"])
+        result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and why in result.output and len(result.output.strip().splitlines()) == 1, args

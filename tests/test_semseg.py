@@ -124,3 +124,28 @@ def test_eval_parts_cli_on_synthetic_parts(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert 0.0 <= data["mAP"] <= 1.0 and "mAP_mask@[0.5:0.95]" in result.output
+
+
+def _label(path, value, shape=(128, 128)):
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+
+
+@pytest.mark.parametrize(
+    "spoil, why",
+    [
+        (lambda root: [p.unlink() for p in (root / "images").iterdir()], "holds no image"),
+        (lambda root: (root / "labels" / "00001.png").unlink(), "1 of 3 images have no label PNG"),
+        (lambda root: _label(root / "labels" / "00002.png", 0, (64, 128)), "is 128x64 but its image is 128x128"),
+        (lambda root: _label(root / "labels" / "00002.png", 200), "holds class id 200, past the"),
+        (lambda root: [_label(p, 255) for p in (root / "labels").iterdir()], "no pixel of"),
+    ],
+)
+def test_eval_semseg_refuses_ground_truth_that_cannot_be_scored_in_one_line(tmp_path, spoil, why):
+    """An empty folder, a missing or misfit label map, a class id past the class list, or
+    no labelled pixel would give a nan, a traceback or a wrong mIoU: each is one line."""
+    root = write_semseg(tmp_path / "semseg", 3, seed=4)
+    spoil(root)
+    args = ["eval", "semseg", "--images", str(root / "images"), "--labels", str(root / "labels")]
+    result = CliRunner().invoke(app, [*args, "--classes-file", str(root / "classes.txt"), "--preset", "tiny"])
+    assert result.exit_code == 2, result.output
+    assert why in result.output and len(result.output.strip().splitlines()) == 1, result.output

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from usesearch.curation.dataset import MANIFEST, read_records
-from usesearch.errors import UsesearchError
+from usesearch.curation.dataset import read_records
 from usesearch.io.images import read_image
 from usesearch.masks import rle
 
@@ -29,10 +27,6 @@ def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
     folder that is not one is refused in one line)."""
     samples = []
     for directory in dataset_dirs:
-        if not (Path(directory) / MANIFEST).is_file():
-            raise UsesearchError(
-                f"{directory} is not a curated dataset (no {MANIFEST}): make one with `usesearch curate run`"
-            )
         for record in read_records(directory):
             segs = [s for s in record["segments"] if s["texts"]]
             if segs:

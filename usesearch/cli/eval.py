@@ -176,7 +176,7 @@ def eval_semseg(
     """mIoU over a dataset in the ADE20K / Pascal Context layout."""
     import numpy as np
 
-    from usesearch.tasks.semseg import confusion, miou, read_label_map, segment_image
+    from usesearch.tasks.semseg import confusion, ground_truth_pairs, miou, read_ground_truth, segment_image
 
     report = report.taking(ctx.args)
     if classes and "," not in classes and Path(classes).is_file():
@@ -184,20 +184,20 @@ def eval_semseg(
         classes_file = Path(classes)
         classes = None
     names = _classes(classes, classes_file)
+    pairs = ground_truth_pairs(images, labels)
     models, mask_proposer = segmenter.build(sam)
     matrix = np.zeros((len(names), len(names) + 1), np.int64)
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    for path in files:
-        gt = read_label_map(labels / f"{path.stem}.png")
-        if reduce_zero_label:
-            gt = np.where(gt == 0, ignore_index, gt - 1)
+    for path, label in pairs:
         rgb, masks = _read_and_mask(path, mask_proposer)
+        gt = read_ground_truth(label, rgb.shape[:2], len(names), ignore_index, reduce_zero_label)
         matrix += confusion(segment_image(models, rgb, masks, names), gt, len(names), ignore_index)
+    if not matrix.any():
+        raise UsesearchError(f"no pixel of {labels} is labelled: every one is the ignored value {ignore_index}")
     mean, per_class = miou(matrix)
     fingerprint = "+".join(m.fingerprint for m in models)
     scores = {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, per_class)}
-    result = {"mIoU": mean, "images": len(files), "model": fingerprint, "per_class": scores}
-    total = ("mIoU", f"{100 * mean:.2f}  ({len(files)} images, {fingerprint})")
+    result = {"mIoU": mean, "images": len(pairs), "model": fingerprint, "per_class": scores}
+    total = ("mIoU", f"{100 * mean:.2f}  ({len(pairs)} images, {fingerprint})")
     report.write(result, scores, total)
 
 

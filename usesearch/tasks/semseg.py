@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
+
+from usesearch.errors import UsesearchError
 
 if TYPE_CHECKING:
     from usesearch.models.model import SegmentEmbedder
@@ -87,6 +90,53 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
     """A ground-truth label PNG (8 or 16 bit) as int64 class ids."""
     with Image.open(path) as image:
         return np.asarray(image).astype(np.int64)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def ground_truth_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
+    """(image, label PNG) for every image in the folder, checked before any model runs:
+    a folder with no image, or an image without its label PNG, is one line."""
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsesearchError(f"{images} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    pairs = [(path, labels / f"{path.stem}.png") for path in files]
+    missing = [label.name for _, label in pairs if not label.is_file()]
+    if missing:
+        raise UsesearchError(
+            f"{len(missing)} of {len(pairs)} images have no label PNG in {labels} (first: {missing[0]}); "
+            "labels are named like their images"
+        )
+    return pairs
+
+
+def read_ground_truth(
+    label: Path, image_hw: tuple[int, int], num_classes: int, ignore_index: int, reduce_zero_label: bool
+) -> np.ndarray:
+    """A label map as class ids, refused in one line when it does not fit its image or
+    holds a value that is neither a class nor ``ignore_index`` (a class list too short,
+    or ADE20K's layout read without ``--reduce-zero-label``)."""
+    try:
+        gt = read_label_map(label)
+    except (OSError, ValueError) as exc:
+        raise UsesearchError(f"{label}: not a readable label PNG ({exc})") from None
+    if gt.ndim != 2:
+        raise UsesearchError(f"{label}: a label map has one channel of class ids, this one has {gt.shape[2]}")
+    if gt.shape != image_hw:
+        raise UsesearchError(
+            f"{label} is {gt.shape[1]}x{gt.shape[0]} but its image is {image_hw[1]}x{image_hw[0]} (width x height)"
+        )
+    if reduce_zero_label:
+        gt = np.where(gt == 0, ignore_index, gt - 1)
+    stray = np.unique(gt[(gt != ignore_index) & ((gt < 0) | (gt >= num_classes))])
+    if len(stray):
+        raise UsesearchError(
+            f"{label} holds class id {int(stray[0])}, past the {num_classes} classes given "
+            f"(ignored value {ignore_index}); check the class list"
+            + ("" if reduce_zero_label else ", or --reduce-zero-label for ADE20K's layout")
+        )
+    return gt
 
 
 def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
