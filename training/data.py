@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from usesearch.curation.dataset import read_records
+from usesearch.errors import UsesearchError
 from usesearch.io.images import read_image
 from usesearch.masks import rle
 
@@ -72,4 +73,10 @@ def augment(
 
 
 def load_image(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    return read_image(sample.path), decode_masks(sample.rles)
+    """The photo and its masks, refused when they do not fit each other (a photo replaced
+    since curation, or one whose EXIF rotation its annotations did not follow)."""
+    rgb, masks = read_image(sample.path), decode_masks(sample.rles)
+    if masks.shape[1:] != rgb.shape[:2]:
+        h, w = masks.shape[1:]
+        raise UsesearchError(f"its masks are {w}x{h} but the photo is {rgb.shape[1]}x{rgb.shape[0]}")
+    return rgb, masks

@@ -9,17 +9,20 @@ derives from (seed, epoch) or (seed, step), so ``resume`` continues exactly.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from usesearch.devices import resolve_device
+from usesearch.devices import bf16_autocast, resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import write_atomic
 from usesearch.models.checkpoint import save_head
@@ -53,6 +56,23 @@ class TrainConfig:
 SCHEDULE = ("epochs", "batch_images", "lr", "weight_decay", "max_steps", "seed", "crop")
 
 
+# Non-finite losses in a row that stop a run (one is skipped: a bad batch, not a bad run).
+NON_FINITE_LIMIT = 3
+
+
+def data_identity(samples: list[Sample]) -> dict:
+    """What a resumed run must train on: the same images, in the same order, with the
+    same segments (the data order and the schedule's length derive from them)."""
+    listing = json.dumps([(s.path, len(s.rles)) for s in samples])
+    return {"images": len(samples), "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def text_key(text: str) -> str:
+    """Texts CLIP's tokenizer cannot tell apart (it lowercases and folds whitespace) are
+    one text: the loss must not make them each other's negatives."""
+    return " ".join(text.lower().split())
+
+
 def check_new_run(out: str | os.PathLike) -> None:
     """A run folder that holds a run is continued with ``--resume``, never overwritten."""
     if (Path(out) / "trainer.pt").is_file():
@@ -60,8 +80,11 @@ def check_new_run(out: str | os.PathLike) -> None:
 
 
 class Trainer:
-    def __init__(self, samples: list[Sample], out: str | os.PathLike, cfg: TrainConfig):
+    def __init__(
+        self, samples: list[Sample], out: str | os.PathLike, cfg: TrainConfig, say: Callable[[str], None] | None = None
+    ):
         self.samples, self.out, self.cfg = samples, Path(out), cfg
+        self.say = say or (lambda line: None)  # one line per photo skipped
         self.device = resolve_device(cfg.device)
         use, clip = create_use_and_clip(cfg.preset)
         self.use = use.to(self.device)
@@ -74,7 +97,9 @@ class Trainer:
             self.optimizer, total_iters=self.total_steps, power=cfg.poly_power
         )
         self.step = 0
-        self.amp = self.device.type == "cuda"
+        self.data = data_identity(samples)
+        self.unreadable: dict[str, str] = {}  # photo -> why; skipped, said once, listed in unreadable.txt
+        self.non_finite = 0  # losses that were not finite, in a row
 
     # -- one step ------------------------------------------------------------------
     def batch_indices(self, step: int) -> list[int]:
@@ -87,7 +112,13 @@ class Trainer:
         clip_px, dino_px, weights, image_index, texts = [], [], [], [], []
         for i in self.batch_indices(step):
             sample = self.samples[i]
-            rgb, masks = load_image(sample)
+            if sample.path in self.unreadable:
+                continue
+            try:
+                rgb, masks = load_image(sample)
+            except (OSError, ValueError, UsesearchError) as exc:  # the same photo fails every epoch: skip it
+                self._skip(sample.path, str(exc).splitlines()[0])
+                continue
             rgb, masks, keep = augment(rgb, masks, rng, self.cfg.crop, self.cfg.scale)
             if len(keep) == 0:
                 continue
@@ -103,11 +134,15 @@ class Trainer:
 
     def loss_on(self, batch) -> torch.Tensor:
         clip_px, dino_px, weights, image_index, texts = batch
-        position = {t: i for i, t in enumerate(dict.fromkeys(texts))}
-        unique = list(position)
-        text_ids = torch.tensor([position[t] for t in texts], device=self.device)
-        text_vectors = torch.from_numpy(self.text.embed(unique, EXPRESSION_TEMPLATES)).to(self.device)[text_ids]
-        with torch.autocast(self.device.type, enabled=self.amp):
+        first: dict[str, str] = {}  # one text per key, the first seen, to embed
+        for t in texts:
+            first.setdefault(text_key(t), t)
+        position = {key: i for i, key in enumerate(first)}
+        text_ids = torch.tensor([position[text_key(t)] for t in texts], device=self.device)
+        vectors = self.text.embed(list(first.values()), EXPRESSION_TEMPLATES)
+        text_vectors = torch.from_numpy(vectors).to(self.device)[text_ids]
+        # bfloat16 as at inference (float16 would need a gradient scaler); float32 on a CPU.
+        with bf16_autocast(self.device):
             tokens = self.use.backbone_tokens(clip_px.to(self.device), dino_px.to(self.device))
             segments = self.use(tokens, weights.to(self.device), image_index.to(self.device))
         return segment_text_loss(segments.float(), text_vectors, text_ids, self.cfg.logit_scale)
@@ -130,9 +165,11 @@ class Trainer:
                 loss = None
                 if batch is not None:
                     loss = self.loss_on(batch)
+                    self._check_finite(loss)
                     self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
+                    if self.non_finite == 0:  # a non-finite loss is logged, its step not taken
+                        loss.backward()
+                        self.optimizer.step()
                 with warnings.catch_warnings():  # a step without a batch still advances the schedule
                     warnings.simplefilter("ignore", UserWarning)
                     self.scheduler.step()
@@ -156,14 +193,32 @@ class Trainer:
         self.use.eval()
         return self.out / "head.safetensors"
 
+    def _skip(self, path: str, why: str) -> None:
+        self.unreadable[path] = why
+        self.say(f"training skips {path}: {why}")
+        with open(self.out / "unreadable.txt", "a", encoding="utf-8") as f:
+            f.write(f"{path}\t{why}\n")
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        self.non_finite = 0 if torch.isfinite(loss) else self.non_finite + 1
+        if self.non_finite >= NON_FINITE_LIMIT:
+            raise UsesearchError(
+                f"the loss was not finite for {self.non_finite} steps running (to step {self.step + 1}); "
+                f"--resume continues from the last checkpoint; a lower --lr may be needed"
+            )
+
     # -- checkpoints: safetensors + JSON, never pickles ----------------------------------
     def save(self) -> None:
-        extra = {"step": self.step, "train_config": asdict(self.cfg)}
-        save_head(self.out / "head", self.use.trainable_state_dict(), self.use.preset, extra)
-        save_head(self.out / f"step-{self.step:07d}", self.use.trainable_state_dict(), self.use.preset, extra)
+        """The step's head, then ``trainer.pt`` naming that step, then the latest-head
+        copy: a kill anywhere leaves ``trainer.pt`` naming a step whose head is whole,
+        and ``resume`` loads that head, so weights, optimizer and step always agree."""
+        extra = {"step": self.step, "train_config": asdict(self.cfg), "data": self.data}
+        weights = self.use.trainable_state_dict()
+        save_head(self.out / f"step-{self.step:07d}", weights, self.use.preset, extra)
         # Optimizer and schedule through their own state_dicts, read back with weights_only=True.
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
         write_atomic(self.out / "trainer.pt", lambda path: torch.save(state, path))
+        save_head(self.out / "head", weights, self.use.preset, extra)
 
     def resume(self) -> None:
         """Continue the run in ``out`` where it stopped. Its schedule (steps, learning
@@ -173,7 +228,8 @@ class Trainer:
             return
         from usesearch.models.checkpoint import load_head
 
-        state, meta = load_head(self.out / "head", self.use.preset)
+        trainer_state = torch.load(path, map_location=self.device, weights_only=True)
+        state, meta = load_head(self.out / f"step-{trainer_state['step']:07d}", self.use.preset)
         started = meta.get("train_config") or {}
         changed = [
             f"--{name.replace('_', '-')} {started[name]} (now {getattr(self.cfg, name)})"
@@ -185,8 +241,30 @@ class Trainer:
                 f"--resume continues the run in {self.out} as it was started: {', '.join(changed)}; "
                 "give those again, or start a new run in another --run-dir"
             )
+        if meta.get("data", self.data) != self.data:
+            raise UsesearchError(
+                f"--resume continues the run in {self.out} on the data it started on: "
+                f"{meta['data']['images']} images (now {self.data['images']}"
+                + (")" if meta["data"]["images"] != self.data["images"] else ", other ones or in another order)")
+                + "; give the same dataset folders, or start a new run in another --run-dir"
+            )
         self.use.load_state_dict(state, strict=False)
-        meta = torch.load(path, map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(meta["optimizer"])
-        self.scheduler.load_state_dict(meta["scheduler"])
-        self.step = meta["step"]
+        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        self.scheduler.load_state_dict(trainer_state["scheduler"])
+        self.step = trainer_state["step"]
+        self._trim_log()
+
+    def _trim_log(self) -> None:
+        """Drop the log rows of steps past the checkpoint: they will be trained, and logged, again."""
+        log_path = self.out / "log.csv"
+        if not log_path.is_file():
+            return
+        with open(log_path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= self.step]
+
+        def write(target: Path) -> None:
+            with open(target, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
+
+        write_atomic(log_path, write)

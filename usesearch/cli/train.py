@@ -65,7 +65,7 @@ def train(
         seed=seed,
         device=device,
     )
-    trainer = Trainer(samples, run_dir, cfg)
+    trainer = Trainer(samples, run_dir, cfg, say=lambda line: typer.echo(line, err=True))
     if resume:
         trainer.resume()
     bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", disable=None)
@@ -79,3 +79,7 @@ def train(
     opts.console.print(
         f"trained {trainer.step} steps on {len(samples)} images; head: {head} (use it with --head {run_dir / 'head'})"
     )
+    if trainer.unreadable:
+        opts.console.print(
+            f"skipped {len(trainer.unreadable)} photo(s) that could not be read: listed in {run_dir / 'unreadable.txt'}"
+        )

@@ -90,4 +90,6 @@ def load_head(path: str | os.PathLike, preset: PresetConfig) -> tuple[dict[str, 
             f"(CLIP {preset.clip.model_name}, DINOv2 {preset.dino.timm_name})"
         )
     state = load_file(str(checkpoint_paths(path)[0]))
+    if "sha256" in meta and state_digest(state) != meta["sha256"]:
+        raise UsesearchError(f"head checkpoint {path}: its weights are not the ones its config names (sha256 differs)")
     return state, meta

@@ -1,0 +1,116 @@
+"""Training survives what a long run meets: a kill between checkpoint files, a resume
+on other data, an unreadable photo, a non-finite loss, a tampered checkpoint."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import usesearch
+from usesearch.models.checkpoint import load_head
+from usesearch.training import train as train_module
+from usesearch.training.data import load_samples
+from usesearch.training.synthetic import write_dataset
+from usesearch.training.train import TrainConfig, Trainer, text_key
+
+CFG = TrainConfig(preset="tiny", batch_images=4, crop=96, max_steps=6, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return load_samples([write_dataset(tmp_path_factory.mktemp("faults") / "train", 16, seed=3)])
+
+
+def _log_steps(out):
+    return [int(r["step"]) for r in csv.DictReader(open(out / "log.csv"))]
+
+
+def test_a_kill_between_checkpoint_files_resumes_weights_and_optimizer_of_one_step(samples, tmp_path, monkeypatch):
+    """Killed after step 4's head was written but before trainer.pt: the resume must
+    start from step 2 with step 2's weights, and end where an unbroken run ends."""
+    Trainer(samples, tmp_path / "whole", CFG).run()
+    real_write = train_module.write_atomic
+
+    def killed_at_step_4(path, data, **kw):
+        if path.name == "trainer.pt" and (tmp_path / "cut" / "step-0000004.json").is_file():
+            raise KeyboardInterrupt
+        return real_write(path, data, **kw)
+
+    monkeypatch.setattr(train_module, "write_atomic", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(samples, tmp_path / "cut", CFG).run()
+    monkeypatch.setattr(train_module, "write_atomic", real_write)
+    resumed = Trainer(samples, tmp_path / "cut", CFG)
+    resumed.resume()
+    assert resumed.step == 2
+    resumed.run()
+    assert _log_steps(tmp_path / "cut") == [1, 2, 3, 4, 5, 6]  # the rows past the checkpoint are not doubled
+    whole, cut = (load_head(tmp_path / out / "head", usesearch.get_preset("tiny"))[0] for out in ("whole", "cut"))
+    assert all(torch.allclose(whole[k], cut[k], atol=1e-5) for k in whole)
+
+
+def test_resume_on_other_data_is_refused(samples, tmp_path):
+    Trainer(samples, tmp_path, CFG).run(until=2)
+    for other in (samples[:8], samples[::-1]):
+        with pytest.raises(usesearch.UsesearchError, match="on the data it started on: 16 images"):
+            Trainer(other, tmp_path, CFG).resume()
+
+
+def test_an_unreadable_photo_is_skipped_and_listed(samples, tmp_path):
+    from dataclasses import replace
+
+    gone = replace(samples[0], path=str(tmp_path / "gone.png"))
+    from usesearch.masks import rle
+
+    misfit = replace(samples[1], rles=[rle.encode(np.zeros((7, 5), bool))])
+    broken = [gone, misfit, *samples[2:]]
+    said = []
+    trainer = Trainer(broken, tmp_path / "run", replace(CFG, max_steps=4, batch_images=8), say=said.append)
+    trainer.run()
+    assert trainer.step == 4 and set(trainer.unreadable) == {gone.path, misfit.path}
+    assert "masks are 5x7 but the photo is" in trainer.unreadable[misfit.path]
+    assert (tmp_path / "run" / "unreadable.txt").read_text().splitlines()[0].startswith(f"{gone.path}\t")
+    assert len(said) == len(trainer.unreadable)  # said once per photo, not once per epoch
+
+
+def test_masks_that_do_not_fit_their_photo_are_refused(samples):
+    from dataclasses import replace
+
+    from usesearch.masks import rle
+    from usesearch.training.data import load_image
+
+    rgb, _ = load_image(samples[0])
+    rotated = rle.encode(np.zeros((rgb.shape[1], rgb.shape[0] + 1), bool))  # EXIF-rotated shape
+    with pytest.raises(usesearch.UsesearchError, match="masks are .* but the photo is"):
+        load_image(replace(samples[0], rles=[rotated]))
+
+
+def test_a_non_finite_loss_takes_no_step_and_three_in_a_row_stop_the_run(samples, tmp_path, monkeypatch):
+    trainer = Trainer(samples, tmp_path, CFG)
+    before = {k: v.clone() for k, v in trainer.use.trainable_state_dict().items()}
+    monkeypatch.setattr(trainer, "loss_on", lambda batch: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(usesearch.UsesearchError, match="not finite for 3 steps running"):
+        trainer.run()
+    after = trainer.use.trainable_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_texts_clip_cannot_tell_apart_are_one_text_in_the_loss():
+    """Same-text masking keys on what the tokenizer sees: case and spacing fold."""
+    from usesearch.models.factory import create_use_and_clip
+
+    tokenizer = create_use_and_clip("tiny")[1].tokenizer
+    a, b = "A red  apple", "a red apple"
+    assert torch.equal(tokenizer([a]), tokenizer([b])) and text_key(a) == text_key(b)
+    assert text_key("a red apple") != text_key("a green apple")
+
+
+def test_a_head_whose_weights_do_not_match_its_config_is_refused(samples, tmp_path):
+    Trainer(samples, tmp_path, CFG).run(until=2)
+    config = tmp_path / "head.json"
+    meta = json.loads(config.read_text())
+    config.write_text(json.dumps({**meta, "sha256": "0" * 64}))
+    with pytest.raises(usesearch.UsesearchError, match="sha256 differs"):
+        load_head(tmp_path / "head", usesearch.get_preset("tiny"))
