@@ -1,5 +1,5 @@
 """Reading a large COCO file for ``index --coco``: time and peak memory of
-``coco_source.read_coco`` over a synthetic file shaped like COCO's instances (polygons
+``io.coco_dataset.read_coco`` over a synthetic file shaped like COCO's instances (polygons
 of ~25 points, a few compressed RLE crowds, categories listed last as COCO does).
 Each read runs in a fresh process, so its peak is its own.
 
@@ -63,7 +63,7 @@ def write_coco(path: Path, annotations: int, seed: int = 0) -> None:
 
 READ = """
 import resource, sys, time
-from usesearch.indexer.coco_source import read_coco
+from usesearch.io.coco_dataset import read_coco
 start = time.perf_counter()
 dataset = read_coco(sys.argv[1])
 seconds = time.perf_counter() - start

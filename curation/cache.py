@@ -15,11 +15,15 @@ class StageCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._data: dict[str, Any] = {}
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            text = self.path.read_bytes()
+            whole = text[: text.rfind(b"\n") + 1]
+            if len(whole) < len(text):  # a torn last line: cut, or the next entry would be glued to it
+                os.truncate(self.path, len(whole))
+            for line in whole.decode("utf-8", errors="replace").splitlines():
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # torn last line
+                    continue  # a line torn in the middle of an older file
                 self._data[entry["key"]] = entry["value"]
 
     def get(self, key: str) -> Any:

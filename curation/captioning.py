@@ -48,6 +48,11 @@ class TransformersCaptioner(PretrainedStage):
         )
         return cls(model, processor, name, device, **kwargs)
 
+    @property
+    def identity(self) -> str:
+        """What a cached caption depends on (the cache key's model part)."""
+        return f"{self.name}|{self.model_identity()}|tokens={self.max_new_tokens}|seed={self.seed}"
+
     @torch.inference_mode()
     def __call__(self, rgb: np.ndarray) -> TextRef:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]}]

@@ -1,6 +1,6 @@
 """The curated dataset on disk: JSONL shards of image records plus a manifest.
 
-One line per image: ``{"path", "sha256", "width", "height", "pairs_before_nms",
+One line per image and source: ``{"path", "source", "sha256", "width", "height", "pairs_before_nms",
 "segments": [{"rle": {"size", "counts"}, "bbox", "area", "score", "texts": [{"text",
 "source", "kind"}]}]}``. Masks are COCO compressed RLE (``pycocotools.mask.decode``).
 Lines are appended and flushed one image at a time; a torn last line from a crash
@@ -57,17 +57,38 @@ def read_segments(record: dict[str, Any]) -> list[Segment]:
     return [Segment.from_json(s) for s in record["segments"]]
 
 
-class DatasetWriter:
-    """Appends image records; knows which images (by content hash) are already done."""
+LOCK_FILE = ".curate.lock"
 
-    def __init__(self, dataset_dir: str | os.PathLike, shard_size: int = 1000):
+
+class DatasetWriter:
+    """Appends image records; knows which images (by source and content hash) are
+    done. One writer a folder: a second curate run into it is refused, not interleaved."""
+
+    def __init__(self, dataset_dir: str | os.PathLike, shard_size: int = 1000, source: str = ""):
+        from filelock import FileLock, Timeout
+
         self.dir = Path(dataset_dir)
         (self.dir / "shards").mkdir(parents=True, exist_ok=True)
-        self.shard_size = shard_size
-        self.done: set[str] = {r["sha256"] for r in read_records(self.dir, finished=False)}
-        self._shard = len(list((self.dir / "shards").glob("*.jsonl")))
-        self._in_shard = shard_size  # start a new shard per run: old ones stay untouched
+        self._lock = FileLock(self.dir / LOCK_FILE, blocking=False, preserve_lock_file=True, thread_local=False)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise UsesearchError(f"another curate run is writing to {self.dir}; wait for it to finish") from None
+        self.shard_size, self.source = shard_size, source
+        # A record is done for its own source only: a second source of the same photo
+        # adds its own pairs. Records written before sources were kept count for any.
+        self.done: set[tuple[str | None, str]] = {
+            (r.get("source"), r["sha256"]) for r in read_records(self.dir, finished=False)
+        }
+        # After the highest shard, never into one: an old shard stays as it is (a gap
+        # from a deleted shard must not send new records into an existing file).
+        numbers = [int(p.stem.rsplit("-", 1)[-1]) for p in (self.dir / "shards").glob("shard-*.jsonl")]
+        self._shard = max(numbers, default=-1) + 1
+        self._in_shard = shard_size  # start a new shard per run
         self._file: TextIO | None = None
+
+    def is_done(self, sha256: str) -> bool:
+        return (self.source, sha256) in self.done or (None, sha256) in self.done
 
     def write(
         self, path: str, sha256: str, hw: tuple[int, int], segments: list[Segment], pairs_before_nms: int
@@ -80,6 +101,7 @@ class DatasetWriter:
             self._in_shard = 0
         record = {
             "path": path,
+            "source": self.source,
             "sha256": sha256,
             "height": hw[0],
             "width": hw[1],
@@ -89,19 +111,22 @@ class DatasetWriter:
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
-        self.done.add(sha256)
+        self.done.add((self.source, sha256))
         self._in_shard += 1
 
     def close(self, extra: dict[str, Any] | None = None) -> None:
-        if self._file:
-            self._file.close()
-        manifest = {
-            "format": FORMAT,
-            "version": 1,
-            "shards": sorted(p.name for p in (self.dir / "shards").glob("*.jsonl")),
-        }
-        manifest.update(extra or {})
-        write_atomic(self.dir / MANIFEST, json.dumps(manifest, indent=2))
+        try:
+            if self._file:
+                self._file.close()
+            manifest = {
+                "format": FORMAT,
+                "version": 1,
+                "shards": sorted(p.name for p in (self.dir / "shards").glob("*.jsonl")),
+            }
+            manifest.update(extra or {})
+            write_atomic(self.dir / MANIFEST, json.dumps(manifest, indent=2))
+        finally:
+            self._lock.release()
 
 
 def stats(dataset_dir: str | os.PathLike) -> dict[str, Any]:

@@ -40,20 +40,20 @@ def match_boxes_to_phrases(
     valid = torch.tensor([span is not None for span in token_spans])
     probs = token_probs[:, : len(token_spans)].masked_fill(~valid, 0.0)
     scores, best_token = probs.max(dim=1)
-    candidates = torch.nonzero(scores > box_threshold).flatten()
-    if len(candidates) == 0:
-        return []
-    kept = candidates[nms(boxes_xyxy[candidates].float(), scores[candidates].float(), nms_iou)]
-    matches = []
-    for q in kept.tolist():
+    owners: dict[int, Expression] = {}
+    for q in torch.nonzero(scores > box_threshold).flatten().tolist():
         span = token_spans[int(best_token[q])]
         assert span is not None  # special tokens scored 0, below any box threshold
-        start = span[0]
-        owner = next((e for e in expressions if e.phrase_start_char <= start < e.phrase_end_char), None)
+        owner = next((e for e in expressions if e.phrase_start_char <= span[0] < e.phrase_end_char), None)
         if owner is not None:  # a box whose best token is in no noun phrase grounds nothing
-            x0, y0, x1, y1 = boxes_xyxy[q].tolist()
-            matches.append(Match((x0, y0, x1, y1), float(scores[q]), owner))
-    return matches
+            owners[q] = owner
+    if not owners:
+        return []
+    # NMS among the boxes that ground a phrase only: one that grounds nothing must not
+    # suppress one that does.
+    candidates = torch.tensor(list(owners))
+    kept = candidates[nms(boxes_xyxy[candidates].float(), scores[candidates].float(), nms_iou)]
+    return [Match(tuple(boxes_xyxy[q].tolist()), float(scores[q]), owners[q]) for q in kept.tolist()]
 
 
 def box_texts(match: Match, source: str) -> BoxText:
@@ -91,6 +91,13 @@ class GroundingDinoGrounder(PretrainedStage):
             GroundingDinoForObjectDetection, name, "Grounding DINO model", revision=revision
         )
         return cls(model, processor, parser, device, **kwargs)
+
+    @property
+    def identity(self) -> str:
+        """What cached boxes depend on: the model, its thresholds and the phrase parser."""
+        meta = getattr(self.parser, "meta", {}) or {}
+        parser = f"{meta.get('name', type(self.parser).__name__)}-{meta.get('version', '')}"
+        return f"{self.model_identity()}|box={self.box_threshold}|nms={self.nms_iou}|parser={parser}"
 
     @torch.inference_mode()
     def __call__(self, rgb: np.ndarray, caption: TextRef) -> list[BoxText]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -24,9 +24,13 @@ from usesearch.io.files import decode, read_bytes
 from usesearch.reports import RunReport
 
 from .cache import StageCache
-from .dataset import DatasetWriter
+from .dataset import MANIFEST, DatasetWriter
 from .masks import NMS_IOU, BoxMaskConfig, mask_nms, masks_from_boxes
 from .records import BoxText, ImageItem, TextRef
+from .sources import annotation_segments
+
+if TYPE_CHECKING:
+    from usesearch.io.coco_dataset import Problem
 
 
 class Grounder(Protocol):
@@ -45,6 +49,7 @@ class Captioner(Protocol):
 class CurateReport(RunReport):
     pairs: int = 0
     pairs_after_nms: int = 0
+    problems: int = 0  # faults in the source's annotations, recorded in failures.jsonl
 
 
 def curate(
@@ -56,27 +61,35 @@ def curate(
     captioner: Captioner | None = None,
     mask_config: BoxMaskConfig = BoxMaskConfig(),
     nms_iou: float = NMS_IOU,
+    source: str = "",
     progress: Callable[[CurateReport], None] | None = None,
 ) -> CurateReport:
-    """``predictor``: a segment_anything SamPredictor, needed for box sources."""
-    writer = DatasetWriter(out_dir)
+    """``predictor``: a segment_anything SamPredictor, needed for box sources.
+    ``source`` names the items' source: a photo is done once per source."""
+    settings = {"mask_config": asdict(mask_config), "nms_iou": nms_iou}
+    check_same_settings(out_dir, settings)
+    writer = DatasetWriter(out_dir, source=source)
     report = CurateReport()
     start = time.perf_counter()
-    failures_path = Path(out_dir) / "failures.jsonl"
+    failures = FailureLog(Path(out_dir) / "failures.jsonl")
     caption_cache = StageCache(Path(out_dir) / "cache" / "captions.jsonl")
     box_cache = StageCache(Path(out_dir) / "cache" / "boxes.jsonl")
     try:
         for item in items:
+            problems = list(item.problems)
             try:
+                if not item.photo:
+                    continue
                 data, sha256 = read_bytes(item.path)
-                if sha256 in writer.done:
+                if writer.is_done(sha256):
                     report.skipped += 1
+                    problems = []  # counted by the run that curated it
                     continue
                 rgb = decode(data, item.path)
                 boxes = list(item.boxes)
                 captions = list(item.captions)
                 if item.mllm_caption and captioner is not None:
-                    key = f"{sha256}:{captioner.name}"
+                    key = f"{sha256}:{stage_identity(captioner)}"
                     if caption_cache.get(key) is None:
                         caption_cache.put(key, asdict(captioner(rgb)))
                     captions.append(TextRef(**caption_cache.get(key)))
@@ -85,7 +98,7 @@ def curate(
                         raise CurationConfigError(
                             "this source has captions to ground, and no grounding model was given"
                         )
-                    key = f"{sha256}:{caption.source}:{caption.text}"
+                    key = f"{sha256}:{stage_identity(grounder)}:{caption.source}:{caption.text}"
                     if box_cache.get(key) is None:
                         box_cache.put(key, [asdict(b) for b in grounder(rgb, caption)])
                     boxes.extend(
@@ -93,6 +106,10 @@ def curate(
                         for b in box_cache.get(key)
                     )
                 segments = list(item.segments)
+                if item.annotations is not None:
+                    found, faults = annotation_segments(item.annotations, rgb.shape[:2])
+                    segments += found
+                    problems += faults
                 if boxes:
                     if predictor is None:
                         raise CurationConfigError("box sources need SAM: pass a SamPredictor")
@@ -102,8 +119,10 @@ def curate(
             except CurationConfigError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failing image is recorded and skipped
-                _record_failure(failures_path, item.path, exc, report)
+                failures.failure(item.path, exc, report)
                 continue
+            finally:
+                failures.problems(item.path, problems, report)
             writer.write(item.path, sha256, rgb.shape[:2], kept, pairs)
             report.done += 1
             report.pairs += pairs
@@ -111,12 +130,60 @@ def curate(
             if progress:
                 progress(report)
     finally:
-        writer.close({"mask_config": mask_config.__dict__, "nms_iou": nms_iou})
+        writer.close(settings)
         report.seconds = time.perf_counter() - start
     return report
 
 
-def _record_failure(path: Path, image: str, exc: BaseException, report: CurateReport) -> None:
-    report.record_failure(image, exc)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"path": image, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+def stage_identity(stage: object) -> str:
+    """A model stage as its cached outputs are keyed: its ``identity`` (model, commit,
+    settings) where it has one, else its name."""
+    return str(getattr(stage, "identity", None) or getattr(stage, "name", None) or type(stage).__name__)
+
+
+def check_same_settings(out_dir: str | os.PathLike, settings: dict) -> None:
+    """A dataset is curated with one set of mask settings: a re-run with others would
+    leave its manifest describing records it did not make."""
+    manifest = Path(out_dir) / MANIFEST
+    if not manifest.is_file():
+        return
+    before = json.loads(manifest.read_text())
+    changed = [
+        f"{name} {before[group][name]} (now {value})"
+        for group in ("mask_config",)
+        for name, value in settings[group].items()
+        if name in before.get(group, {}) and before[group][name] != value
+    ]
+    if "nms_iou" in before and before["nms_iou"] != settings["nms_iou"]:
+        changed.append(f"nms_iou {before['nms_iou']} (now {settings['nms_iou']})")
+    if changed:
+        raise CurationConfigError(
+            f"{out_dir} was curated with other mask settings: {', '.join(changed)}; "
+            "give the same, or curate into another --dataset-dir"
+        )
+
+
+class FailureLog:
+    """``failures.jsonl``: a photo that failed, or a fault in a source's annotations,
+    one line each; a re-run that meets the same fault again does not repeat its line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seen = set(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else set()
+
+    def add(self, line: dict) -> None:
+        text = json.dumps(line, ensure_ascii=False)
+        if text in self.seen:
+            return
+        self.seen.add(text)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+    def failure(self, image: str, exc: BaseException, report: CurateReport) -> None:
+        report.record_failure(image, exc)
+        self.add({"path": image, "error": f"{type(exc).__name__}: {exc}"})
+
+    def problems(self, image: str, problems: list[Problem], report: CurateReport) -> None:
+        report.problems += len(problems)
+        for file_name, annotation, error in problems:
+            self.add({"path": file_name or image, "annotation": annotation, "error": f"{error.kind}: {error}"})

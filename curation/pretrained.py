@@ -16,6 +16,14 @@ class PretrainedStage:
         self.processor = processor
         self.device = device
 
+    def model_identity(self) -> str:
+        """The model as its cache keys name it: hub id or folder, and the commit when
+        known, so a cached output is never reused for another model."""
+        config = getattr(self.model, "config", None)
+        name = getattr(config, "_name_or_path", "") or type(self.model).__name__
+        commit = getattr(config, "_commit_hash", None)
+        return f"{name}@{commit}" if commit else name
+
 
 def load_pretrained(model_class: Any, name: str, what: str, **options: Any) -> tuple[Any, Any]:
     """(model, processor) of ``name``, a hub id in the Hugging Face cache or a local

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from usesearch.io.coco_dataset import ImageEntry, Problem
 
 # Where a text came from (paper §3.1 sources) and what kind of text it is.
 SOURCES = ("gt_caption", "mllm_caption", "vg", "coco_category")
@@ -34,7 +37,12 @@ class ImageItem:
     captions: list[TextRef] = field(default_factory=list)  # to be grounded
     mllm_caption: bool = False  # folders and caption datasets get an MLLM caption too
     boxes: list[BoxText] = field(default_factory=list)  # human boxes (VG): straight to SAM
-    segments: list[Segment] = field(default_factory=list)  # human masks (COCO instances): done already
+    segments: list[Segment] = field(default_factory=list)  # human masks, made already
+    # COCO instances: the entry whose masks are made at the photo's real size, once it is read.
+    annotations: ImageEntry | None = None
+    # Faults the reader found (a broken annotation, a missing photo): recorded, the rest curated.
+    problems: list[Problem] = field(default_factory=list)
+    photo: bool = True  # False: an item that only carries problems (no photo to curate)
 
 
 @dataclass

@@ -2,19 +2,23 @@
 §3.1), and their registry ``SOURCES``, which the CLI reads (``curate run --source``).
 
 Light to import: the CLI lists the sources in its help before any model is loaded,
-so the readers import the file walker and the RLE module (torch, pycocotools) when
-they run."""
+so the readers import the file walker, the COCO reader and the RLE module (torch,
+pycocotools) when they run."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from usesearch.errors import AnnotationError, CocoFileError, first_line
 from usesearch.io.coco_json import load_coco_json
+
+if TYPE_CHECKING:
+    from usesearch.io.coco_dataset import ImageEntry, Problem
 
 from .records import BoxText, ImageItem, Segment, TextRef
 
@@ -29,59 +33,142 @@ def folder_source(folder: str | os.PathLike) -> Iterator[ImageItem]:
 
 
 def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.PathLike) -> Iterator[ImageItem]:
-    """``captions_train2017.json`` layout: ground-truth captions per image."""
+    """``captions_train2017.json`` layout: ground-truth captions per image. A caption
+    that is not one is recorded (the rest are curated); a file with none at all (an
+    instances file given by mistake) is refused in one line."""
+    from usesearch.io.coco_dataset import photo_path
+
     coco = load_coco_json(captions_json, ("images", "annotations"))
-    captions = defaultdict(list)
+    captions: defaultdict[Any, list[TextRef]] = defaultdict(list)
+    loose: list[Problem] = []
     for ann in coco["annotations"]:
-        captions[ann["image_id"]].append(TextRef(ann["caption"].strip(), "gt_caption", "caption"))
-    for img in sorted(coco["images"], key=lambda i: i["id"]):
-        yield ImageItem(path=str(Path(images_dir) / img["file_name"]), captions=captions[img["id"]], mllm_caption=True)
+        text = ann.get("caption") if isinstance(ann, dict) else None
+        if isinstance(text, str) and text.strip() and _is_key(ann.get("image_id")):
+            captions[ann["image_id"]].append(TextRef(text.strip(), "gt_caption", "caption"))
+        else:
+            loose.append(_broken(None, f"not a caption with an image_id: {ann!r}"))
+    if coco["annotations"] and not captions:
+        raise CocoFileError(f"{captions_json} holds no caption: for a COCO instances file use --source coco-instances")
+    entries = [img for img in coco["images"] if isinstance(img, dict) and _is_key(img.get("id"))]
+    loose += [_broken(None, f"an image entry without id: {img!r}") for img in coco["images"] if img not in entries]
+    if loose:
+        yield ImageItem(path=str(captions_json), problems=loose, photo=False)
+    for img in sorted(entries, key=lambda i: str(i["id"])):
+        path = photo_path([str(images_dir)], str(img.get("file_name", "")))
+        if path is None:
+            yield _missing(captions_json, images_dir, str(img.get("file_name")))
+            continue
+        yield ImageItem(path=path, captions=captions[img["id"]], mllm_caption=True)
 
 
 def visual_genome_source(
     region_descriptions_json: str | os.PathLike, images_dir: str | os.PathLike
 ) -> Iterator[ImageItem]:
-    """VG ``region_descriptions.json``: human box-text pairs, straight to SAM (no captioning, no grounding)."""
-    for entry in json.loads(Path(region_descriptions_json).read_text()):
-        regions = entry.get("regions", [])
-        if not regions:
+    """VG ``region_descriptions.json``: human box-text pairs, straight to SAM (no
+    captioning, no grounding). Streamed (the file is ~700 MB); photos are looked for in
+    ``images_dir`` and its subfolders (VG ships them as ``VG_100K`` and ``VG_100K_2``);
+    a region without a phrase or a box is recorded and the image's others are kept."""
+    import ijson
+
+    folders = [str(images_dir), *sorted(str(p) for p in Path(images_dir).iterdir() if p.is_dir())]
+    with open(region_descriptions_json, "rb") as f:
+        if f.read(64).lstrip()[:1] != b"[":
+            raise CocoFileError(
+                f"{region_descriptions_json} is not Visual Genome's region_descriptions.json (a list of images)"
+            )
+        f.seek(0)
+        try:
+            for entry in ijson.items(f, "item", use_float=True):
+                yield from _vg_item(entry, folders, region_descriptions_json)
+        except ijson.JSONError as exc:
+            raise CocoFileError(f"{region_descriptions_json} is not valid JSON ({first_line(exc)})") from None
+
+
+def _vg_item(entry: Any, folders: list[str], source: str | os.PathLike) -> Iterator[ImageItem]:
+    regions = entry.get("regions") if isinstance(entry, dict) else None
+    if not isinstance(regions, list):
+        yield ImageItem(path=str(source), problems=[_broken(None, f"not an image's regions: {entry!r}")], photo=False)
+        return
+    from usesearch.io.coco_dataset import photo_path
+
+    image_id = entry.get("id", regions[0].get("image_id") if regions and isinstance(regions[0], dict) else None)
+    if not regions or not _is_key(image_id):
+        return
+    boxes, problems = [], []
+    for r in regions:
+        try:
+            x, y, w, h = (float(r[key]) for key in ("x", "y", "width", "height"))
+            phrase = r["phrase"].strip()
+        except (KeyError, TypeError, ValueError, AttributeError):
+            problems.append(_broken(f"{image_id}.jpg", f"a region without a phrase and a box: {r!r}"))
             continue
-        image_id = regions[0]["image_id"]
-        boxes = [
-            BoxText((r["x"], r["y"], r["width"], r["height"]), [TextRef(r["phrase"].strip(), "vg", "region")])
-            for r in regions
-            if r["phrase"].strip() and r["width"] > 0 and r["height"] > 0
-        ]
-        yield ImageItem(path=str(Path(images_dir) / f"{image_id}.jpg"), boxes=boxes)
+        if phrase and w > 0 and h > 0:
+            boxes.append(BoxText((x, y, w, h), [TextRef(phrase, "vg", "region")]))
+    path = photo_path(folders, f"{image_id}.jpg")
+    if path is None:
+        yield _missing(source, folders[0], f"{image_id}.jpg")
+        return
+    yield ImageItem(path=path, boxes=boxes, problems=problems)
 
 
 def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | os.PathLike) -> Iterator[ImageItem]:
-    """COCO instance annotations: ground-truth masks with category names, already segment-text pairs."""
+    """COCO instance annotations: ground-truth masks with category names, already
+    segment-text pairs. Read and checked as ``index --coco`` reads them; the masks are
+    made in the pipeline at the photo's real size (``annotation_segments``)."""
+    from usesearch.io.coco_dataset import photo_path, read_coco
+
+    dataset = read_coco(instances_json)
+    by_photo: defaultdict[str | None, list[Problem]] = defaultdict(list)
+    for problem in dataset.problems:
+        by_photo[problem[0]].append(problem)
+    if by_photo.get(None):
+        yield ImageItem(path=str(instances_json), problems=by_photo.pop(None), photo=False)
+    for entry in dataset.images:
+        path = photo_path([str(images_dir)], entry.file_name)
+        if path is None:
+            yield _missing(instances_json, images_dir, entry.file_name)
+            continue
+        yield ImageItem(path=path, annotations=entry, problems=by_photo.pop(entry.file_name, []))
+
+
+def annotation_segments(entry: ImageEntry, hw: tuple[int, int]) -> tuple[list[Segment], list[Problem]]:
+    """A COCO entry's annotations as segments, their masks checked at the photo's size
+    ``hw``: an entry whose size is not the photo's gives none (the masks would not sit
+    on its pixels), a broken or empty mask is a problem of its own."""
+    from usesearch.io.coco_dataset import masks_of, size_fault
     from usesearch.masks import rle
 
-    coco = load_coco_json(instances_json)
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    anns = defaultdict(list)
-    for ann in coco["annotations"]:
-        anns[ann["image_id"]].append(ann)
-    for img in sorted(coco["images"], key=lambda i: i["id"]):
-        h, w = img["height"], img["width"]
-        segments = []
-        for ann in anns[img["id"]]:
-            encoded = rle.to_str(rle.segmentation_to_rle(ann["segmentation"], h, w))
-            area = rle.area(encoded)
-            if area == 0:
-                continue
-            x, y, bw, bh = rle.bbox(encoded)
-            segments.append(
-                Segment(
-                    rle=encoded,
-                    bbox=(x, y, bw, bh),
-                    area=area,
-                    texts=[TextRef(names[ann["category_id"]], "coco_category", "category")],
-                )
-            )
-        yield ImageItem(path=str(Path(images_dir) / img["file_name"]), segments=segments)
+    fault = size_fault(entry, hw)
+    if fault is not None:
+        return [], [fault]
+    segments: list[Segment] = []
+    problems: list[Problem] = []
+    for annotation, mask in masks_of(entry, *hw):
+        if isinstance(mask, AnnotationError):
+            problems.append((entry.file_name, annotation.id, mask))
+            continue
+        x, y, w, h = rle.bbox(mask)
+        text = TextRef(annotation.category, "coco_category", "category")
+        segments.append(Segment(rle=mask, bbox=(x, y, w, h), area=rle.area(mask), texts=[text]))
+    return segments, problems
+
+
+def _is_key(value: Any) -> bool:
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+def _broken(file_name: str | None, message: str) -> Problem:
+    from usesearch.io.coco_dataset import BROKEN_ANNOTATION
+
+    return file_name, None, AnnotationError(BROKEN_ANNOTATION, message[:200])
+
+
+def _missing(source: str | os.PathLike, images_dir: str | os.PathLike, file_name: str) -> ImageItem:
+    """A photo the file names and the folder lacks (or a name leading out of it): recorded."""
+    from usesearch.io.coco_dataset import PHOTO_MISSING
+
+    fault = AnnotationError(PHOTO_MISSING, f"no {file_name} under {images_dir}")
+    return ImageItem(path=os.path.join(str(images_dir), file_name), problems=[(file_name, None, fault)], photo=False)
 
 
 @dataclass(frozen=True)
@@ -130,6 +217,7 @@ def read_source(name: str, path: str | os.PathLike, images: str | os.PathLike | 
 
 __all__ = [
     "SOURCES",
+    "annotation_segments",
     "Source",
     "coco_captions_source",
     "coco_instances_source",

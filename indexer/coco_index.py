@@ -20,29 +20,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from usesearch.errors import AnnotationError
+from usesearch.io.coco_dataset import (
+    DUPLICATE_ID,
+    PHOTO_MISSING,
+    Annotation,
+    CocoDataset,
+    ImageEntry,
+    Problem,
+    masks_of,
+    photo_path,
+    read_coco,
+    size_fault,
+)
 from usesearch.io.files import Found, decode, display_path, read_bytes
 from usesearch.masks import rle
 from usesearch.masks.maskers import Proposal
 
 from . import read_ahead
-from .coco_source import (
-    DUPLICATE_ID,
-    PHOTO_MISSING,
-    SIZE_MISMATCH,
-    Annotation,
-    CocoDataset,
-    ImageEntry,
-    masks_of,
-    photo_path,
-    read_coco,
-)
 from .compute import segment_records
 from .options import IndexOptions, IndexReport
 from .pipeline import check_devices, check_paths, identity, load_embedder
 from .records import DONE, ImageRecord
 from .writer import Writer
-
-Problem = tuple[str | None, int | None, AnnotationError]
 
 
 @dataclass
@@ -137,7 +136,7 @@ def located_entries(
     """Each entry with annotations, with its photo under ``folders``; a photo missing is
     recorded as the entry's problem. Entries whose names lead to the same file
     (``sub/x.png`` and ``x.png`` under two folders) become one, as entries naming the
-    same file do (``coco_source``): otherwise each run would undo the other's."""
+    same file do (``io.coco_dataset``): otherwise each run would undo the other's."""
     located: dict[bytes, tuple[ImageEntry, Found]] = {}
     for entry in dataset.images:
         if not entry.annotations:
@@ -242,14 +241,6 @@ def stored_state(store, key: bytes, sha256: str, split: str) -> tuple[ImageRecor
         return existing, {}, None
     stored = store.stored_annotations(existing.id, split)
     return existing, stored, (existing.height, existing.width) if existing.height and existing.width else None
-
-
-def size_fault(entry: ImageEntry, hw: tuple[int, int]) -> Problem | None:
-    height, width = hw
-    if entry.height is None or (entry.height, entry.width) == (height, width):
-        return None
-    message = f"the entry says {entry.width}x{entry.height} but the photo is {width}x{height}"
-    return entry.file_name, None, AnnotationError(SIZE_MISMATCH, message)
 
 
 def wrong_size(

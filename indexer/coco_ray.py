@@ -28,24 +28,22 @@ from pathlib import Path
 import numpy as np
 
 from usesearch.errors import AnnotationError
+from usesearch.io.coco_dataset import Annotation, CocoDataset, ImageEntry, Problem, read_coco, size_fault
 from usesearch.io.files import Found
 
 from . import faiss_gpu
 from .coco_index import (
     CocoReport,
     Plan,
-    Problem,
     commit_photo,
     embed_new,
     finish_pass,
     located_entries,
     plan_photo,
     record,
-    size_fault,
     stored_state,
     wrong_size,
 )
-from .coco_source import Annotation, CocoDataset, ImageEntry, read_coco
 from .distributed import (
     FRAGMENTS,
     _actor_device,

@@ -1,4 +1,4 @@
-"""A COCO file for ``index --coco``: read (``coco_source.read_coco``) streamed, not
+"""A COCO file for ``index --coco``: read (``io.coco_dataset.read_coco``) streamed, not
 loaded whole, with what reading it whole gives; refused in one line before anything
 runs when it is not COCO; and indexed again after it changed, to what a fresh run of
 the changed file gives."""
@@ -21,7 +21,7 @@ def test_a_streamed_file_reads_as_the_whole_file_does(tmp_path, monkeypatch):
     whole gives: entries, annotations, their masks exactly, and every fault."""
     import ijson
 
-    from usesearch.indexer import coco_source
+    from usesearch.io import coco_dataset
 
     photos = write_photos(tmp_path / "photos")
     path = write_coco(tmp_path / "c.json", photos, ["sub/chelsea.png", "sub/rocket.png", "coffee.png"], 1)
@@ -47,12 +47,12 @@ def test_a_streamed_file_reads_as_the_whole_file_does(tmp_path, monkeypatch):
     from usesearch.io import coco_json  # where a file is loaded whole
 
     monkeypatch.setattr(coco_json.json, "loads", lambda *a: pytest.fail("a strict JSON file was loaded whole"))
-    streamed = coco_source.read_coco(path)
+    streamed = coco_dataset.read_coco(path)
     monkeypatch.setattr(coco_json.json, "loads", real_loads)
     polygons = [a.segmentation for e in streamed.images for a in e.annotations if a.id == 91]
     assert isinstance(polygons[0][0], np.ndarray)  # held as an array, given back as the file's numbers
     monkeypatch.setattr(ijson, "items", lambda *a, **k: (_ for _ in ()).throw(ijson.JSONError("not strict")))
-    whole = coco_source.read_coco(path)
+    whole = coco_dataset.read_coco(path)
     assert described(streamed) == described(whole)
     assert len(streamed.problems) == 2 and sum(len(e.annotations) for e in streamed.images) == 8
     assert [a.mask_source() for e in whole.images for a in e.annotations if a.id == 91] == [
@@ -87,7 +87,7 @@ def test_a_coordinate_past_any_float_is_one_annotations_fault(tmp_path):
     """ijson refuses 10**400 (so the file is read whole); the polygon holding it is
     refused in one line when its photo is read, and the others are kept."""
     from usesearch.errors import AnnotationError
-    from usesearch.indexer.coco_source import masks_of, read_coco
+    from usesearch.io.coco_dataset import masks_of, read_coco
 
     images = [{"id": 1, "file_name": "a.png", "height": 20, "width": 20}]
     annotations = [

@@ -482,7 +482,7 @@ def test_kill_dash_nine_mid_run_then_resume_equals_one_clean_run(tmp_path):
 
 
 def test_reading_a_coco_file_keeps_one_entry_a_photo_and_the_first_of_each_id(tmp_path):
-    from usesearch.indexer.coco_source import read_coco
+    from usesearch.io.coco_dataset import read_coco
 
     poly = [[1, 1, 5, 1, 5, 5]]
     coco = {

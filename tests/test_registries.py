@@ -120,8 +120,9 @@ def test_every_curation_source_reads_a_tiny_fixture(name, tmp_path):
     assert Path(item.path) == images / "7.jpg" and source.description
     texts = [t.text for t in item.captions] + [t.text for b in item.boxes for t in b.texts]
     texts += [t.text for s in item.segments for t in s.texts]
+    texts += [a.category for a in item.annotations.annotations] if item.annotations else []
     assert texts or item.mllm_caption
-    assert bool(item.segments) == (not source.prompts_sam)  # given masks need no SAM
+    assert bool(item.segments or item.annotations) == (not source.prompts_sam)  # given masks need no SAM
     assert (item.mllm_caption or bool(item.captions)) == source.grounded
     if source.annotations:
         with pytest.raises(ValueError, match=f"--source {name} needs --images DIR"):

@@ -97,6 +97,7 @@ def run(
         grounder=the_grounder,
         captioner=the_captioner,
         mask_config=mask_config,
+        source=source,
         progress=lambda r: bar.update(1),
     )
     bar.close()
@@ -106,6 +107,9 @@ def run(
     )
     for image, reason in report.failures[:10]:
         opts.console.print(f"  failed: {image}: {reason}")
+    if report.failed or report.problems:
+        faults = f"{report.problems} fault(s) in the source's annotations" if report.problems else "the failures"
+        opts.console.print(f"{faults}: listed in {dataset_dir / 'failures.jsonl'}")
 
 
 def _grounder(name: str, spacy_model: str, device):

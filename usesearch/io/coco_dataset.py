@@ -1,5 +1,6 @@
 """A labelled dataset as COCO annotations, read for indexing by its own masks
-(``usesearch index IMAGES --coco FILE.json``): the file is refused in one line when
+(``usesearch index IMAGES --coco FILE.json``) and for curation (``curate run
+--source coco-instances``): the file is refused in one line when
 it is not COCO at all, before anything runs; within it, each fault (an annotation
 of no image entry or of an unknown category, a duplicate id, a broken RLE or
 polygon, an empty mask) is an ``AnnotationError`` to record, and the rest is indexed.
@@ -250,6 +251,20 @@ def photo_path(folders: list[str], file_name: str) -> str | None:
         if os.path.isfile(candidate):
             return candidate
     return None
+
+
+# A fault as recorded: the entry's file name (or None), the annotation id (or None), what is wrong.
+Problem = tuple[str | None, int | None, AnnotationError]
+
+
+def size_fault(entry: ImageEntry, hw: tuple[int, int]) -> Problem | None:
+    """The entry's size is not the photo's (a photo replaced, or rotated by its EXIF
+    orientation): none of its masks can be trusted to sit on the photo's pixels."""
+    height, width = hw
+    if entry.height is None or (entry.height, entry.width) == (height, width):
+        return None
+    message = f"the entry says {entry.width}x{entry.height} but the photo is {width}x{height}"
+    return entry.file_name, None, AnnotationError(SIZE_MISMATCH, message)
 
 
 def masks_of(entry: ImageEntry, height: int, width: int) -> Iterator[tuple[Annotation, dict | AnnotationError]]:

@@ -1,0 +1,180 @@
+"""Curation keeps going through what real sources hold: broken annotations, missing or
+rotated photos, a second source of the same photo, torn caches, changed models or
+settings, and a second writer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+import usesearch
+from usesearch.curation.cache import StageCache
+from usesearch.curation.dataset import DatasetWriter, read_records, read_segments
+from usesearch.curation.grounding import match_boxes_to_phrases
+from usesearch.curation.masks import BoxMaskConfig
+from usesearch.curation.pipeline import curate
+from usesearch.curation.records import BoxText, ImageItem, Segment, TextRef
+from usesearch.curation.sources import coco_captions_source, coco_instances_source, visual_genome_source
+from usesearch.errors import CocoFileError, CurationConfigError
+from usesearch.masks import rle
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(data.chelsea()[::4, ::4]).save(images / "cat.png")  # 113 x 75
+    Image.fromarray(data.coffee()[::4, ::4]).save(images / "cup.png")  # 150 x 100
+    return images
+
+
+def _failures(folder):
+    return [json.loads(line) for line in (folder / "failures.jsonl").read_text().splitlines()]
+
+
+def test_coco_instances_faults_are_recorded_and_the_rest_curated(tmp_path, photos):
+    square = [[10, 10, 30, 10, 30, 30, 10, 30]]
+    coco = {
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "cup"}],
+        "images": [
+            {"id": 1, "file_name": "cat.png", "height": 75, "width": 113},
+            {"id": 2, "file_name": "cup.png", "height": 150, "width": 100},  # rotated: the photo is 150 x 100
+            {"id": 3, "file_name": "gone.png", "height": 9, "width": 9},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": square},
+            {"id": 2, "image_id": 1, "category_id": 7, "segmentation": square},  # unknown category
+            {"id": 3, "image_id": 1, "category_id": 1, "segmentation": [[1, 2, "x", 4, 5, 6]]},  # broken polygon
+            {"id": 4, "image_id": 9, "category_id": 1, "segmentation": square},  # unknown image
+            {"id": 5, "image_id": 2, "category_id": 2, "segmentation": square},
+        ],
+    }
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(coco))
+    report = curate(coco_instances_source(path, photos), tmp_path / "ds")
+    assert report.done == 2 and report.problems == 5
+    records = {r["path"].rsplit("/", 1)[1]: r for r in read_records(tmp_path / "ds")}
+    assert [t.text for s in read_segments(records["cat.png"]) for t in s.texts] == ["cat"]
+    assert read_segments(records["cup.png"]) == []  # its masks would not sit on the rotated photo's pixels
+    kinds = sorted(f["error"].split(":")[0] for f in _failures(tmp_path / "ds"))
+    assert kinds == ["broken mask", "photo missing", "size mismatch", "unknown category", "unknown image"]
+    again = curate(coco_instances_source(path, photos), tmp_path / "ds")
+    assert again.done == 0 and len(_failures(tmp_path / "ds")) == 5  # a re-run repeats no line
+
+
+def test_a_caption_file_without_captions_is_refused_and_a_bad_caption_recorded(tmp_path, photos):
+    instances = tmp_path / "instances.json"
+    instances.write_text(json.dumps({"images": [{"id": 1, "file_name": "cat.png"}], "annotations": [{"id": 1}]}))
+    with pytest.raises(CocoFileError, match="holds no caption: for a COCO instances file use --source coco-instances"):
+        list(coco_captions_source(instances, photos))
+    captions = tmp_path / "captions.json"
+    images = [{"id": 1, "file_name": "cat.png"}, {"file_name": "no-id.png"}]
+    annotations = [{"image_id": 1, "caption": "A cat."}, {"image_id": 1}]
+    captions.write_text(json.dumps({"images": images, "annotations": annotations}))
+    items = list(coco_captions_source(captions, photos))
+    assert [len(i.problems) for i in items] == [2, 0] and items[1].captions[0].text == "A cat."
+
+
+def test_visual_genome_is_streamed_from_its_subfolders_and_faults_recorded(tmp_path):
+    images = tmp_path / "VG"
+    (images / "VG_100K_2").mkdir(parents=True)
+    Image.fromarray(data.astronaut()[::4, ::4]).save(images / "VG_100K_2" / "7.jpg")
+    regions = [
+        {"id": 7, "regions": [{"image_id": 7, "x": 10, "y": 10, "width": 50, "height": 60, "phrase": "a face"}]},
+        {"id": 7, "regions": [{"image_id": 7, "x": 1, "y": 1, "width": 5}]},  # no phrase, no height
+        {"id": 8, "regions": [{"image_id": 8, "x": 1, "y": 1, "width": 5, "height": 5, "phrase": "gone"}]},
+        "not an image",
+    ]
+    path = tmp_path / "region_descriptions.json"
+    path.write_text(json.dumps(regions))
+    items = list(visual_genome_source(path, images))
+    assert items[0].path == str(images / "VG_100K_2" / "7.jpg") and items[0].boxes[0].texts[0].text == "a face"
+    assert [len(i.problems) for i in items] == [0, 1, 1, 1] and [i.photo for i in items] == [True, True, False, False]
+    path.write_text(json.dumps({"regions": []}))
+    with pytest.raises(CocoFileError, match="is not Visual Genome's region_descriptions.json"):
+        list(visual_genome_source(path, images))
+
+
+def _segment(hw, text):
+    mask = np.zeros(hw, bool)
+    mask[5:20, 5:20] = True
+    encoded = rle.encode(mask)
+    return Segment(
+        rle=encoded, bbox=tuple(rle.bbox(encoded)), area=rle.area(encoded), texts=[TextRef(text, "vg", "region")]
+    )
+
+
+def test_a_second_source_of_the_same_photo_adds_its_pairs(tmp_path, photos):
+    item = lambda text: ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), text)])  # noqa: E731
+    assert curate([item("a cat")], tmp_path / "ds", source="one").done == 1
+    assert curate([item("a tabby")], tmp_path / "ds", source="two").done == 1
+    again = curate([item("a tabby")], tmp_path / "ds", source="two")
+    assert (again.done, again.skipped) == (0, 1)
+    texts = sorted(t.text for r in read_records(tmp_path / "ds") for s in read_segments(r) for t in s.texts)
+    assert texts == ["a cat", "a tabby"]
+
+
+def test_other_mask_settings_on_a_curated_folder_are_refused(tmp_path, photos):
+    curate([], tmp_path / "ds")
+    with pytest.raises(CurationConfigError, match="pred_iou_thresh 0.6 \\(now 0.8\\)"):
+        curate([], tmp_path / "ds", mask_config=BoxMaskConfig(pred_iou_thresh=0.8))
+
+
+class CountingGrounder:
+    def __init__(self, identity):
+        self.identity, self.calls = identity, 0
+
+    def __call__(self, rgb, caption):
+        self.calls += 1
+        return [BoxText((0, 0, rgb.shape[1], rgb.shape[0]), [TextRef("a cat", caption.source, "phrase")])]
+
+
+def test_cached_boxes_are_reused_for_the_same_grounder_only(tmp_path, photos):
+    item = ImageItem(path=str(photos / "cat.png"), captions=[TextRef("A cat.", "gt_caption", "caption")])
+    first, same, other = (CountingGrounder(i) for i in ("dino-a|box=0.05", "dino-a|box=0.05", "dino-a|box=0.3"))
+    for n, grounder in enumerate((first, same, other)):
+        curate([item], tmp_path / "ds", object(), grounder=grounder, source="s")  # whole-photo boxes: no SAM call
+        (tmp_path / "ds" / "shards").rename(tmp_path / f"shards-{n}")  # as if killed before its record
+    assert (first.calls, same.calls, other.calls) == (1, 0, 1)  # the same identity reused the cache
+
+
+def test_a_torn_cache_line_does_not_swallow_the_next_entry(tmp_path):
+    path = tmp_path / "boxes.jsonl"
+    cache = StageCache(path)
+    cache.put("a", 1)
+    with open(path, "a") as f:
+        f.write('{"key": "b", "val')  # killed mid-write
+    reopened = StageCache(path)
+    reopened.put("c", 3)
+    assert (StageCache(path).get("a"), StageCache(path).get("c")) == (1, 3)
+
+
+def test_one_writer_a_folder_and_new_shards_after_the_highest(tmp_path):
+    writer = DatasetWriter(tmp_path)
+    with pytest.raises(usesearch.UsesearchError, match="another curate run is writing to"):
+        DatasetWriter(tmp_path)
+    writer.write("a.png", "0" * 64, (4, 4), [], 0)
+    writer.close()
+    (tmp_path / "shards" / "shard-00000.jsonl").rename(tmp_path / "shards" / "shard-00003.jsonl")
+    later = DatasetWriter(tmp_path)
+    later.write("b.png", "1" * 64, (4, 4), [], 0)
+    later.close()
+    shards = sorted(p.name for p in (tmp_path / "shards").iterdir())
+    assert shards == ["shard-00003.jsonl", "shard-00004.jsonl"]
+    assert (tmp_path / "shards" / "shard-00003.jsonl").read_text().count("\n") == 1
+
+
+def test_a_box_that_grounds_no_phrase_does_not_suppress_one_that_does():
+    from usesearch.curation.expressions import Expression
+
+    spans = [None, (0, 3), (4, 7), (8, 14), None]  # [CLS] the red rabbit [SEP]
+    rabbit = Expression("the red rabbit", "the red rabbit", 0, 14, 4, 14)
+    probs = torch.zeros(2, 5)
+    probs[0, 1] = 0.7  # "the": in no phrase span (the phrase starts at "red")
+    probs[1, 3] = 0.6  # "rabbit"
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 9.8]])
+    [match] = match_boxes_to_phrases(probs, boxes, spans, [rabbit])
+    assert match.expression is rabbit and match.score == pytest.approx(0.6)
