@@ -87,6 +87,10 @@ def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):
     assert len(captions) == 2
     rerun = runner.invoke(app, args)
     assert "0 images curated, 2 skipped" in rerun.output
+    # With the paper's thresholds the random-weight SAM keeps no mask: said, with the way to a plumbing check.
+    strict = runner.invoke(app, [*args[:4], str(tmp_path / "strict"), *args[5:9], "--preset", "tiny"])
+    assert strict.exit_code == 0 and "0 after NMS" in strict.output, strict.output
+    assert "no pair was kept: the tiny preset's random-weight SAM" in strict.output and "-10 for both" in strict.output
     assert (tmp_path / "ds" / "cache" / "captions.jsonl").read_text().splitlines() == captions  # nothing recomputed
     png = tmp_path / "show.png"
     shown = runner.invoke(app, ["curate", "show", str(tmp_path / "ds"), "astronaut.png", "--out", str(png)])

@@ -10,25 +10,19 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.curation.sources import SOURCES
-from usesearch.errors import UsesearchError
 from usesearch.masks.settings import SamSettings
 
 app = opts.Typer()
 
 curate_app = opts.Typer(help="Curate segment-text pairs for training (paper §3.1).", no_args_is_help=True)
 
-# curate run prompts SAM with boxes, not with a grid: of SAM's settings it takes the
-# thresholds and the clean-up of small regions, by the names of its BoxMaskConfig.
-BOX_PROMPT_SETTINGS = {
-    "pred_iou_thresh": "pred_iou_thresh",
-    "stability_score_thresh": "stability_score_thresh",
-    "min_mask_region_area": "min_region_area",
-}
+# SAM's settings that box prompts take (opts.BOX_PROMPT_SETTINGS), by the names of BoxMaskConfig.
+BOX_MASK_CONFIG_NAMES = {"min_mask_region_area": "min_region_area"}
 
 
 @curate_app.command("run")
 @opts.user_errors
-@opts.with_sam_settings
+@opts.with_box_prompt_settings
 def run(
     path: Annotated[Path, typer.Argument(help="A folder of images, or the source's annotation JSON.", exists=True)],
     dataset_dir: Annotated[
@@ -69,13 +63,7 @@ def run(
     from usesearch.models.factory import DEFAULT_PRESET
     from usesearch.models.presets import get_preset
 
-    grid = [SamSettings.flag(name) for name in sam.given() if name not in BOX_PROMPT_SETTINGS]
-    if grid:
-        raise UsesearchError(
-            f"{', '.join(grid)} set SAM's automatic mask generator (index, segment, eval); curate run prompts SAM "
-            f"with boxes (its settings: {', '.join(map(SamSettings.flag, BOX_PROMPT_SETTINGS))})"
-        )
-    mask_config = BoxMaskConfig(**{BOX_PROMPT_SETTINGS[name]: value for name, value in sam.given().items()})
+    mask_config = BoxMaskConfig(**{BOX_MASK_CONFIG_NAMES.get(name, name): value for name, value in sam.given().items()})
     the_device = resolve_device(device)
     items = read_source(source, path, images)
     kind = SOURCES[source]
@@ -107,6 +95,13 @@ def run(
     )
     for image, reason in report.failures[:10]:
         opts.console.print(f"  failed: {image}: {reason}")
+    if report.done and not report.pairs_after_nms and kind.prompts_sam:
+        weights = "the tiny preset's random-weight SAM" if p.name == "tiny" else "SAM"
+        opts.console.print(
+            f"no pair was kept: {weights} gave no mask that passes --pred-iou-thresh and --stability-score-thresh "
+            f"({mask_config.pred_iou_thresh}, {mask_config.stability_score_thresh}); "
+            + ("-10 for both keeps every mask (a plumbing check)" if p.name == "tiny" else "lower them to keep more")
+        )
     if report.failed or report.problems:
         faults = f"{report.problems} fault(s) in the source's annotations" if report.problems else "the failures"
         opts.console.print(f"{faults}: listed in {dataset_dir / 'failures.jsonl'}")

@@ -258,9 +258,20 @@ def _sam_flag(name: str, kind: Any) -> inspect.Parameter:
     return inspect.Parameter(name, KEYWORD_ONLY, default=None, annotation=annotation)
 
 
+def box_prompt_settings(**values: Any) -> SamSettings:
+    """SAM's settings that box prompts take (``curate run``): no grid, no crops."""
+    return SamSettings(**values)
+
+
+# curate run prompts SAM with boxes: of its settings, the thresholds and the clean-up.
+BOX_PROMPT_SETTINGS = ("pred_iou_thresh", "stability_score_thresh", "min_mask_region_area")
 _kinds = typing.get_type_hints(SamSettings)
 sam_settings.__signature__ = inspect.Signature([_sam_flag(n, _kinds[n]) for n in SAM_SETTINGS])  # type: ignore[attr-defined]
+box_prompt_settings.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [_sam_flag(n, _kinds[n]) for n in BOX_PROMPT_SETTINGS]
+)
 with_sam_settings = shared_options("sam", sam_settings)
+with_box_prompt_settings = shared_options("sam", box_prompt_settings)
 
 
 # -- search: which hits (``SearchFilters``), how many and where they go --------------------
