@@ -58,10 +58,16 @@ def clean_mask(mask: np.ndarray, min_area: int) -> np.ndarray:
     return mask
 
 
+# Boxes per decoder call: their logits are full-size floats (3 x H x W each), so a
+# Visual Genome photo's hundreds of regions at once would take gigabytes.
+BOX_BATCH = 64
+
+
 def masks_from_boxes(
-    predictor, rgb: np.ndarray, boxes: list[BoxText], cfg: BoxMaskConfig = BoxMaskConfig()
+    predictor, rgb: np.ndarray, boxes: list[BoxText], cfg: BoxMaskConfig = BoxMaskConfig(), batch: int = BOX_BATCH
 ) -> list[Segment]:
-    """``predictor`` is a segment_anything ``SamPredictor``; the image is embedded once."""
+    """``predictor`` is a segment_anything ``SamPredictor``; the image is embedded once
+    and the boxes decoded ``batch`` at a time."""
     hw = rgb.shape[:2]
     out: list[Segment] = []
     prompted = []
@@ -73,20 +79,23 @@ def masks_from_boxes(
     if not prompted:
         return out
     predictor.set_image(rgb)
-    xyxy = box_convert(torch.tensor([b.bbox for b in prompted], dtype=torch.float32), "xywh", "xyxy")
-    boxes_t = predictor.transform.apply_boxes_torch(xyxy, hw).to(predictor.device)
-    with torch.inference_mode():
-        logits, iou_preds, _ = predictor.predict_torch(
-            None, None, boxes=boxes_t, multimask_output=True, return_logits=True
-        )
     threshold = predictor.model.mask_threshold
-    for box, box_logits, box_ious in zip(prompted, logits, iou_preds):
-        best, stability = pick_most_stable(box_logits, box_ious, threshold, cfg.stability_score_offset)
-        if float(box_ious[best]) < cfg.pred_iou_thresh or float(stability[best]) < cfg.stability_score_thresh:
-            continue
-        mask = clean_mask((box_logits[best] > threshold).cpu().numpy(), cfg.min_region_area)
-        if mask.any():
-            out.append(to_segment(mask, box.texts, float(stability[best])))
+    for start in range(0, len(prompted), batch):
+        chunk = prompted[start : start + batch]
+        xyxy = box_convert(torch.tensor([b.bbox for b in chunk], dtype=torch.float32), "xywh", "xyxy")
+        boxes_t = predictor.transform.apply_boxes_torch(xyxy, hw).to(predictor.device)
+        with torch.inference_mode():
+            logits, iou_preds, _ = predictor.predict_torch(
+                None, None, boxes=boxes_t, multimask_output=True, return_logits=True
+            )
+        for box, box_logits, box_ious in zip(chunk, logits, iou_preds):
+            best, stability = pick_most_stable(box_logits, box_ious, threshold, cfg.stability_score_offset)
+            if float(box_ious[best]) < cfg.pred_iou_thresh or float(stability[best]) < cfg.stability_score_thresh:
+                continue
+            mask = clean_mask((box_logits[best] > threshold).cpu().numpy(), cfg.min_region_area)
+            if mask.any():
+                out.append(to_segment(mask, box.texts, float(stability[best])))
+        del logits, iou_preds
     return out
 
 

@@ -81,6 +81,18 @@ def test_box_prompts_run_through_sam_and_respect_thresholds(predictor, photo):
         assert seg.texts == box.texts
 
 
+def test_boxes_decoded_in_batches_give_the_masks_of_one_call(predictor, photo):
+    """Batching bounds the full-size logits' memory; the masks stay the same."""
+    boxes = [BoxText((x, y, 30, 40), [TextRef(f"box {x} {y}", "vg", "region")]) for x in (5, 40, 80) for y in (5, 60)]
+    loose = BoxMaskConfig(pred_iou_thresh=-10, stability_score_thresh=-10, min_region_area=0)
+    whole = masks_from_boxes(predictor, photo, boxes, loose, batch=len(boxes))
+    assert len(whole) == len(boxes)
+    for batch in (1, 4):
+        batched = masks_from_boxes(predictor, photo, boxes, loose, batch=batch)
+        assert [s.texts for s in batched] == [s.texts for s in whole]
+        assert [s.rle for s in batched] == [s.rle for s in whole]
+
+
 def _square(size, x, y, w, h, text):
     mask = np.zeros((size, size), bool)
     mask[y : y + h, x : x + w] = True
