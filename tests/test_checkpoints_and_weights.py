@@ -96,6 +96,11 @@ def test_cli_help_and_models_list():
     assert listing.exit_code == 0, listing.output
     for name in ("l14-336", "b16", "tiny", "missing", "seeded random", "sam_vit_h_4b8939.pth"):
         assert name in listing.output
+    rows = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
+    by_preset = {(r["preset"], r["component"]): r for r in rows}
+    assert set(by_preset) >= {(p, c) for p in ("l14-336", "b16", "tiny") for c in ("clip", "dino", "sam")}
+    assert all(r["present"] and not r["needed"] for (p, _), r in by_preset.items() if p == "tiny")
+    assert not by_preset[("b16", "sam")]["present"] and by_preset[("b16", "sam")]["expected"].endswith(".pth")
 
 
 def test_sam_tiny_is_seeded_and_checkpoints_load_weights_only(tmp_path):

@@ -1,11 +1,14 @@
 """Mask proposers: weight-free superpixels and SAM's automatic mask generator."""
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 import usesearch
 from usesearch.cli.app import app
+from usesearch.masks import rle
 from usesearch.masks.maskers import FelzenszwalbMasker, SamMasker
 from usesearch.masks.sam import load_sam
 
@@ -40,6 +43,17 @@ def test_cli_embed_ranks_segments_for_each_text(tmp_path, photo):
     )
     assert result.exit_code == 0, result.output
     assert "a face" in result.output and "a flag" in result.output and "use-tiny-" in result.output
+    as_json = CliRunner().invoke(
+        app, ["embed", str(image), "a face", "a flag", "-k", "2", "--preset", "tiny", "--json"]
+    )
+    rows = json.loads(as_json.stdout)
+    assert [(r["text"], r["rank"]) for r in rows] == [("a face", 1), ("a face", 2), ("a flag", 1), ("a flag", 2)]
+    assert rows[0]["score"] >= rows[1]["score"] and rows[0]["model"].startswith("use-tiny-")
+    for row in rows:  # each mask as COCO RLE, its area and box the table's
+        mask = rle.decode(row["mask"])
+        assert (
+            mask.shape == photo.shape[:2] and mask.sum() == row["area"] and list(rle.bbox(row["mask"])) == row["bbox"]
+        )
 
 
 def test_sam2_masker_produces_masks_through_index(tmp_path):

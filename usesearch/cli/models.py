@@ -3,6 +3,7 @@ weights, and one image's segments ranked by texts."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -18,11 +19,21 @@ models_app = opts.Typer(help="Model presets and their weights.", no_args_is_help
 
 @models_app.command("list")
 @opts.user_errors
-def models_list() -> None:
+def models_list(as_json: opts.JsonOpt = False) -> None:
     """Show each preset and whether its weights are on this machine."""
+    from usesearch.masks.sam3 import sam3_status
     from usesearch.models.presets import PRESETS
     from usesearch.models.weights import preset_status, usesearch_home
 
+    if as_json:  # one row per component: a script checks "present" before a long run
+        rows = [
+            {"preset": preset.name, **_status_row(status)}
+            for preset in PRESETS.values()
+            for status in preset_status(preset)
+        ]
+        rows.append({"preset": "--refine sam3", **_status_row(sam3_status())})
+        print(json.dumps(rows, indent=1))
+        return
     table = Table(title=f"usesearch presets (USESEARCH_HOME={usesearch_home()})")
     for column in ("preset", "component", "weights", "status", "location"):
         table.add_column(column, overflow="fold")
@@ -36,8 +47,6 @@ def models_list() -> None:
                 state, where = Text("missing", style="red"), f"put at {status.expected}"
             table.add_row(preset.name if i == 0 else "", status.component, status.name, state, where)
         table.add_section()
-    from usesearch.masks.sam3 import sam3_status
-
     sam3 = sam3_status()  # query --refine sam3 (the tiny preset's indexes refine with a seeded tiny SAM 3)
     state, where = (
         (Text("present", style="green"), str(sam3.path))
@@ -46,6 +55,18 @@ def models_list() -> None:
     )
     table.add_row("--refine sam3", sam3.component, sam3.name, state, where)
     opts.console.print(table)
+
+
+def _status_row(status) -> dict:
+    return {
+        "component": status.component,
+        "weights": status.name,
+        "needed": status.needed,
+        "present": status.present,
+        "path": str(status.path) if status.path else None,
+        "expected": status.expected,
+        "source": status.source,
+    }
 
 
 @models_app.command("pull")
@@ -88,6 +109,7 @@ def embed(
     head: opts.HeadOpt = None,
     k: opts.TopKOpt = 3,
     device: opts.DeviceOpt = None,
+    as_json: opts.JsonOpt = False,
 ) -> None:
     """Propose segments in one image (weight-free superpixel masker) and rank them per text."""
     from usesearch.io.images import read_image
@@ -96,20 +118,41 @@ def embed(
 
     preset = choose_preset(preset, head)
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
-    _print_ranking(model, image, read_image(image), FelzenszwalbMasker(), text, k)
+    _print_ranking(model, image, read_image(image), FelzenszwalbMasker(), text, k, as_json)
 
 
-def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: int) -> None:
+def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: int, as_json: bool = False) -> None:
+    import json
+
     import numpy as np
 
     from usesearch.masks.maskers import proposal_masks
 
     proposals = masker(rgb)
     if not proposals:
-        opts.console.print(f"{name}: no segments found")
+        typer.echo(f"{name}: no segments found", err=as_json)
+        if as_json:
+            print("[]")
         return
     vectors = model.embed_segments(rgb, proposal_masks(proposals, rgb.shape[:2]))
     scores = vectors @ model.embed_text(texts).T
+    if as_json:  # one row per (text, rank), named as query --json names a hit's fields
+        rows = [
+            {
+                "text": query,
+                "rank": rank,
+                "score": float(scores[i, j]),
+                "image": str(name),
+                "bbox": list(proposals[i].bbox),
+                "area": int(proposals[i].area),
+                "mask": proposals[i].rle,
+                "model": model.fingerprint,
+            }
+            for j, query in enumerate(texts)
+            for rank, i in enumerate(np.argsort(-scores[:, j])[:top], 1)
+        ]
+        print(json.dumps(rows, indent=1))
+        return
     table = Table(title=f"{name}: {len(proposals)} segments, model {model.fingerprint}")
     for column in ("text", "rank", "score", "bbox (x, y, w, h)", "area"):
         table.add_column(column)
