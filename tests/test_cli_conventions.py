@@ -145,6 +145,23 @@ def test_the_installed_entry_point_accepts_an_old_spelling(tmp_path):
     assert "deprecated: `embed -t TEXT` is now `embed IMAGE TEXT...`" in done.stderr and "a cat" in done.stdout
 
 
+def test_a_command_line_click_cannot_parse_is_one_line(tmp_path):
+    """An unknown flag, a missing argument, a value of the wrong kind: one line on
+    stderr naming the command's help, exit 2, as every other failure."""
+    cases = [
+        (["query", "--bogus"], "No such option: --bogus (see `usesearch query --help`)"),
+        (["index"], "Missing argument 'paths'. (see `usesearch index --help`)"),
+        (["query", "a cat", "--db", str(tmp_path), "-k", "many"], "Invalid value for '-k'"),
+        (["nosuch"], "No such command 'nosuch'. (see `usesearch --help`)"),
+    ]
+    for args, why in cases:
+        done = subprocess.run([sys.executable, "-m", "usesearch", *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stdout == "", (args, done.stdout)
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()] and why in done.stderr, (args, done.stderr)
+    helped = subprocess.run([sys.executable, "-m", "usesearch", "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "Usage: usesearch" in helped.stdout
+
+
 @pytest.mark.parametrize(
     "args, why",
     [

@@ -37,5 +37,19 @@ def with_ray_address(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """The ``usesearch`` entry point."""
-    app(with_ray_address(sys.argv[1:]), prog_name="usesearch")
+    """The ``usesearch`` entry point. A command line click cannot parse (an unknown
+    flag, a missing argument, a value of the wrong kind) is one line on stderr, as
+    every other failure is, where click would draw a box under a usage line."""
+    try:
+        code = app(with_ray_address(sys.argv[1:]), prog_name="usesearch", standalone_mode=False)
+    except Exception as exc:  # click's (Typer vendors click: its classes have no public name to catch)
+        if type(exc).__name__ == "Abort":  # Ctrl-C at a prompt
+            print("error: aborted", file=sys.stderr)
+            sys.exit(1)
+        if not callable(getattr(exc, "format_message", None)):
+            raise
+        ctx = getattr(exc, "ctx", None)  # a usage error's command
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
