@@ -46,10 +46,11 @@ def main() -> None:
         if type(exc).__name__ == "Abort":  # Ctrl-C at a prompt
             print("error: aborted", file=sys.stderr)
             sys.exit(1)
-        if not callable(getattr(exc, "format_message", None)):
+        format_message = getattr(exc, "format_message", None)
+        if not callable(format_message):
             raise
         ctx = getattr(exc, "ctx", None)  # a usage error's command
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
+        print(f"error: {format_message()}{hint}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)
