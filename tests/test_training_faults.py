@@ -114,3 +114,15 @@ def test_a_head_whose_weights_do_not_match_its_config_is_refused(samples, tmp_pa
     config.write_text(json.dumps({**meta, "sha256": "0" * 64}))
     with pytest.raises(usesearch.UsesearchError, match="sha256 differs"):
         load_head(tmp_path / "head", usesearch.get_preset("tiny"))
+
+
+def test_batches_are_the_same_whatever_the_loader_threads(samples, tmp_path):
+    """Photos are prepared on several threads, in any order: each one's draws depend on
+    (seed, step, position) only, so the batch is the one a single thread makes."""
+    from dataclasses import replace
+
+    one, four = (Trainer(samples, tmp_path / str(n), replace(CFG, loader_threads=n)) for n in (1, 4))
+    for step in (0, 5):
+        a, b = one.make_batch(step), four.make_batch(step)
+        assert a[4] == b[4] and torch.equal(a[3], b[3])
+        assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3]))

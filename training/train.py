@@ -16,6 +16,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,10 @@ class TrainConfig:
     max_steps: int | None = None
     seed: int = 0
     device: str | None = None
+    # Photos read, augmented and preprocessed at once, and the next batch made while
+    # this one trains: on a GPU, one thread's JPEG decoding would be the step's floor.
+    # Not part of the schedule: any number gives the same batches.
+    loader_threads: int = min(8, os.cpu_count() or 1)
     extra: dict = field(default_factory=dict)
 
 
@@ -107,27 +112,42 @@ class Trainer:
         order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.samples))
         return order[within * self.cfg.batch_images : (within + 1) * self.cfg.batch_images].tolist()
 
+    def prepare(self, step: int, position: int, index: int):
+        """One photo of step ``step``'s batch, at ``position`` in it: read, augmented,
+        preprocessed, one text drawn per segment. Its draws come from (seed, step,
+        position) alone, so photos are prepared in any order, on any thread. None: a
+        photo with no segment left in its crop; a str: why it cannot be read."""
+        sample = self.samples[index]
+        if sample.path in self.unreadable:
+            return None
+        try:
+            rgb, masks = load_image(sample)
+        except (OSError, ValueError, UsesearchError) as exc:  # the same photo fails every epoch: skip it
+            return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        rng = np.random.default_rng([self.cfg.seed, 10**6 + step, position])
+        rgb, masks, keep = augment(rgb, masks, rng, self.cfg.crop, self.cfg.scale)
+        if len(keep) == 0:
+            return None
+        c, d = self.use.pixels(rgb, canvas=self.cfg.crop)  # mean-colour padding, as at inference
+        weights = letterbox_weights(masks, self.use.preset.grid, canvas=self.cfg.crop)
+        texts = [sample.texts[k][int(rng.integers(len(sample.texts[k])))] for k in keep]  # one text per segment
+        return c, d, weights, texts
+
     def make_batch(self, step: int):
-        rng = np.random.default_rng([self.cfg.seed, 10**6 + step])
+        indices = self.batch_indices(step)
+        with ThreadPoolExecutor(max(1, self.cfg.loader_threads)) as pool:
+            prepared = list(pool.map(self.prepare, [step] * len(indices), range(len(indices)), indices))
         clip_px, dino_px, weights, image_index, texts = [], [], [], [], []
-        for i in self.batch_indices(step):
-            sample = self.samples[i]
-            if sample.path in self.unreadable:
-                continue
-            try:
-                rgb, masks = load_image(sample)
-            except (OSError, ValueError, UsesearchError) as exc:  # the same photo fails every epoch: skip it
-                self._skip(sample.path, str(exc).splitlines()[0])
-                continue
-            rgb, masks, keep = augment(rgb, masks, rng, self.cfg.crop, self.cfg.scale)
-            if len(keep) == 0:
-                continue
-            c, d = self.use.pixels(rgb, canvas=self.cfg.crop)  # mean-colour padding, as at inference
-            clip_px.append(c)
-            dino_px.append(d)
-            weights.append(letterbox_weights(masks, self.use.preset.grid, canvas=self.cfg.crop))
-            image_index += [len(clip_px) - 1] * len(keep)
-            texts += [sample.texts[k][int(rng.integers(len(sample.texts[k])))] for k in keep]  # one text per segment
+        for index, photo in zip(indices, prepared):
+            if isinstance(photo, str):
+                self._skip(self.samples[index].path, photo)
+            elif photo is not None:
+                c, d, w, photo_texts = photo
+                clip_px.append(c)
+                dino_px.append(d)
+                weights.append(w)
+                image_index += [len(clip_px) - 1] * len(photo_texts)
+                texts += photo_texts
         if not texts:
             return None
         return torch.stack(clip_px), torch.stack(dino_px), torch.cat(weights), torch.tensor(image_index), texts
@@ -158,40 +178,53 @@ class Trainer:
             if new_log:
                 log.writerow(["step", "epoch", "loss", "lr", "segments", "seconds"])
             self.use.train()
-            while self.step < (until or self.total_steps):
-                start = time.perf_counter()
-                lr = self.optimizer.param_groups[0]["lr"]
-                batch = self.make_batch(self.step)
-                loss = None
-                if batch is not None:
-                    loss = self.loss_on(batch)
-                    self._check_finite(loss)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if self.non_finite == 0:  # a non-finite loss is logged, its step not taken
-                        loss.backward()
-                        self.optimizer.step()
-                with warnings.catch_warnings():  # a step without a batch still advances the schedule
-                    warnings.simplefilter("ignore", UserWarning)
-                    self.scheduler.step()
-                self.step += 1
-                n = 0 if batch is None else len(batch[4])
-                log.writerow(
-                    [
-                        self.step,
-                        (self.step - 1) // self.steps_per_epoch,
-                        f"{loss.item() if loss is not None else float('nan'):.6f}",
-                        f"{lr:.6g}",
-                        n,
-                        f"{time.perf_counter() - start:.3f}",
-                    ]
-                )
-                f.flush()
-                if progress:
-                    progress(self.step, self.total_steps, loss.item() if loss is not None else float("nan"))
-                if self.step % self.cfg.checkpoint_every == 0 or self.step in (self.total_steps, until):
-                    self.save()
+            end = until or self.total_steps
+            ahead = ThreadPoolExecutor(1)  # the next batch is made while this one trains
+            pending = ahead.submit(self.make_batch, self.step) if self.step < end else None
+            try:
+                while pending is not None:
+                    start = time.perf_counter()
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    batch = pending.result()
+                    pending = ahead.submit(self.make_batch, self.step + 1) if self.step + 1 < end else None
+                    loss = self.train_step(batch)
+                    n = 0 if batch is None else len(batch[4])
+                    log.writerow(
+                        [
+                            self.step,
+                            (self.step - 1) // self.steps_per_epoch,
+                            f"{loss.item() if loss is not None else float('nan'):.6f}",
+                            f"{lr:.6g}",
+                            n,
+                            f"{time.perf_counter() - start:.3f}",
+                        ]
+                    )
+                    f.flush()
+                    if progress:
+                        progress(self.step, self.total_steps, loss.item() if loss is not None else float("nan"))
+                    if self.step % self.cfg.checkpoint_every == 0 or self.step in (self.total_steps, until):
+                        self.save()
+            finally:
+                ahead.shutdown(wait=False, cancel_futures=True)
         self.use.eval()
         return self.out / "head.safetensors"
+
+    def train_step(self, batch) -> torch.Tensor | None:
+        """One optimizer step on ``batch`` (None: no photo of it kept a segment), and the
+        schedule's step, which a step without a batch takes too."""
+        loss = None
+        if batch is not None:
+            loss = self.loss_on(batch)
+            self._check_finite(loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.non_finite == 0:  # a non-finite loss is logged, its step not taken
+                loss.backward()
+                self.optimizer.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        self.step += 1
+        return loss
 
     def _skip(self, path: str, why: str) -> None:
         self.unreadable[path] = why
