@@ -13,11 +13,13 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import write_atomic
+from usesearch.io.locks import one_writer
 
 from .records import Segment
 
@@ -65,15 +67,14 @@ class DatasetWriter:
     done. One writer a folder: a second curate run into it is refused, not interleaved."""
 
     def __init__(self, dataset_dir: str | os.PathLike, shard_size: int = 1000, source: str = ""):
-        from filelock import FileLock, Timeout
-
         self.dir = Path(dataset_dir)
         (self.dir / "shards").mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(self.dir / LOCK_FILE, blocking=False, preserve_lock_file=True, thread_local=False)
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise UsesearchError(f"another curate run is writing to {self.dir}; wait for it to finish") from None
+
+        def refusal(holder: str) -> Exception:
+            return UsesearchError(f"another curate run (pid {holder}) is writing to {self.dir}; wait for it to finish")
+
+        self._lock = ExitStack()
+        self._lock.enter_context(one_writer(self.dir / LOCK_FILE, refusal))
         self.shard_size, self.source = shard_size, source
         # A record is done for its own source only: a second source of the same photo
         # adds its own pairs. Records written before sources were kept count for any.
@@ -126,7 +127,7 @@ class DatasetWriter:
             manifest.update(extra or {})
             write_atomic(self.dir / MANIFEST, json.dumps(manifest, indent=2))
         finally:
-            self._lock.release()
+            self._lock.close()
 
 
 def stats(dataset_dir: str | os.PathLike) -> dict[str, Any]:

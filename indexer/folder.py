@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from usesearch.errors import IndexLockedError, IndexUpgradeNeededError, UsesearchError
+from usesearch.io.locks import one_writer
 
 from .store import Store
 
@@ -59,35 +58,12 @@ def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False)
     return Store(url, read_only=True, folder=db_dir)
 
 
-def _write_pid(fd: int) -> None:
-    """The holder's pid in the lock file, for the message another writer gets."""
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-
-
 @contextmanager
 def writer_lock(db_dir: Path) -> Iterator[None]:
-    """The folder's one writer. An OS lock (flock) on ``LOCK_FILE``, so it ends with
-    its process, however that dies; taken at once or refused (``IndexLockedError``),
-    never waited for. The file stays: a lock on a pathname that a release removed
-    could be taken twice."""
-    db_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(
-        db_dir / LOCK_FILE,
-        mode=0o644,
-        thread_local=False,  # a writer may be closed by another thread than opened it
-        blocking=False,
-        preserve_lock_file=True,
-        on_acquired=_write_pid,
-    )
-    try:
-        lock.acquire()
-    except Timeout:
-        with open(db_dir / LOCK_FILE, "rb") as f:
-            holder = f.read(64).decode(errors="replace").strip() or "?"
-        message = f"another indexer (pid {holder}) is writing to {db_dir}; wait for it to finish"
-        raise IndexLockedError(message) from None
-    try:
+    """The folder's one writer (``io.locks.one_writer``), refused with ``IndexLockedError``."""
+
+    def refusal(holder: str) -> Exception:
+        return IndexLockedError(f"another indexer (pid {holder}) is writing to {db_dir}; wait for it to finish")
+
+    with one_writer(db_dir / LOCK_FILE, refusal):
         yield
-    finally:
-        lock.release()

@@ -126,3 +126,16 @@ def test_batches_are_the_same_whatever_the_loader_threads(samples, tmp_path):
         a, b = one.make_batch(step), four.make_batch(step)
         assert a[4] == b[4] and torch.equal(a[3], b[3])
         assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3]))
+
+
+def test_one_training_run_a_run_folder(samples, tmp_path):
+    """A second run into a folder a run is writing to is refused, not interleaved."""
+    from usesearch.io.locks import one_writer
+    from usesearch.training.train import LOCK_FILE
+
+    with one_writer(tmp_path / LOCK_FILE, RuntimeError):  # as a run in another process holds it
+        with pytest.raises(usesearch.UsesearchError, match="another training run .* is writing to"):
+            Trainer(samples, tmp_path, CFG).run(until=1)
+    assert not (tmp_path / "log.csv").exists()
+    Trainer(samples, tmp_path, CFG).run(until=1)  # released: the folder is free again
+    assert (tmp_path / "step-0000001.json").is_file()

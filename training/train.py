@@ -26,6 +26,7 @@ import torch
 from usesearch.devices import bf16_autocast, resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import write_atomic
+from usesearch.io.locks import one_writer
 from usesearch.models.checkpoint import save_head
 from usesearch.models.factory import create_use_and_clip
 from usesearch.models.head import letterbox_weights
@@ -60,6 +61,8 @@ class TrainConfig:
 # The settings that fix a run's schedule: a resumed run keeps them.
 SCHEDULE = ("epochs", "batch_images", "lr", "weight_decay", "max_steps", "seed", "crop")
 
+
+LOCK_FILE = ".train.lock"  # one training run a run folder
 
 # Non-finite losses in a row that stop a run (one is skipped: a bad batch, not a bad run).
 NON_FINITE_LIMIT = 3
@@ -170,7 +173,19 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------
     def run(self, progress=None, until: int | None = None) -> Path:
         """Train to the end (or to step ``until``, e.g. to test resuming)."""
+        with self._one_writer():
+            return self._run(progress, until)
+
+    def _one_writer(self):
+        def refusal(holder: str) -> Exception:
+            return UsesearchError(
+                f"another training run (pid {holder}) is writing to {self.out}; wait for it to finish"
+            )
+
         self.out.mkdir(parents=True, exist_ok=True)
+        return one_writer(self.out / LOCK_FILE, refusal)
+
+    def _run(self, progress, until: int | None) -> Path:
         log_path = self.out / "log.csv"
         new_log = not log_path.exists() or self.step == 0
         with open(log_path, "w" if new_log else "a", newline="") as f:
@@ -285,7 +300,8 @@ class Trainer:
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.step = trainer_state["step"]
-        self._trim_log()
+        with self._one_writer():  # not under a run still going
+            self._trim_log()
 
     def _trim_log(self) -> None:
         """Drop the log rows of steps past the checkpoint: they will be trained, and logged, again."""
