@@ -149,3 +149,34 @@ def test_eval_semseg_refuses_ground_truth_that_cannot_be_scored_in_one_line(tmp_
     result = CliRunner().invoke(app, [*args, "--classes-file", str(root / "classes.txt"), "--preset", "tiny"])
     assert result.exit_code == 2, result.output
     assert why in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_class_lists_keep_every_id_in_its_place(tmp_path):
+    """A class's id is its place in the list: a blank line inside the file, or both
+    ways at once, is refused; a name given twice keeps both scores."""
+    from usesearch.cli.eval import _classes, report_names
+    from usesearch.errors import UsesearchError
+
+    gapped = tmp_path / "gapped.txt"
+    gapped.write_text("cat\n\ncup\n")
+    with pytest.raises(UsesearchError, match="line 2 is blank"):
+        _classes(None, gapped)
+    trailing = tmp_path / "trailing.txt"
+    trailing.write_text("cat\ncup\n\n")
+    assert _classes(None, trailing) == ["cat", "cup"]
+    with pytest.raises(UsesearchError, match="not both"):
+        _classes("cat,cup", trailing)
+    with pytest.raises(UsesearchError, match="an empty name at place 2"):
+        _classes("cat,,cup", None)
+    assert report_names(["cat", "dog", "cat"]) == ["cat [0]", "dog", "cat [2]"]
+
+
+def test_reduce_zero_label_keeps_the_ignored_value_ignored(tmp_path):
+    """ADE20K's layout: 0 is 'other' and ignored, 1.. are the classes; a pixel already
+    at the ignored value stays ignored (255 - 1 would have made it class 254)."""
+    from usesearch.tasks.semseg import read_ground_truth
+
+    gt = np.array([[0, 1, 2, 255]], np.uint8)
+    Image.fromarray(gt).save(tmp_path / "l.png")
+    read = read_ground_truth(tmp_path / "l.png", (1, 4), num_classes=2, ignore_index=255, reduce_zero_label=True)
+    assert read.tolist() == [[255, 0, 1, 255]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -21,18 +22,38 @@ eval_app = opts.Typer(help="Evaluate on benchmarks (paper §4.3, §4.4) and audi
 
 
 def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
-    names = [c.strip() for c in (classes or "").split(",") if c.strip()]
+    """The class names, in label order: a class's id is its place in the list, so a
+    blank line inside the file (which would shift every later id) is refused, and so
+    are the two ways at once."""
+    if classes and classes_file:
+        raise UsesearchError("give --classes or --classes-file, not both: a class's id is its place in one list")
     if classes_file:
         try:
-            listed = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+            lines = classes_file.read_text().strip("\n").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise UsesearchError(f"--classes-file {classes_file}: cannot read it as text ({exc})") from None
-        if not listed:
+        names = [line.strip() for line in lines]
+        if not any(names):
             raise UsesearchError(f"--classes-file {classes_file} holds no class name (one a line)")
-        names += listed
-    if not names:
+        if "" in names:
+            raise UsesearchError(
+                f"--classes-file {classes_file}: line {names.index('') + 1} is blank, and a class's id is its line "
+                "(name every class, in label order)"
+            )
+        return names
+    names = [c.strip() for c in (classes or "").split(",")]
+    if not any(names):
         raise ValueError("give class names with --classes 'sky,tree,...' or --classes-file FILE")
+    if "" in names:
+        raise UsesearchError(f"--classes {classes!r} has an empty name at place {names.index('') + 1}")
     return names
+
+
+def report_names(names: list[str]) -> list[str]:
+    """Each class's name in a report, the id added where a name occurs twice (one
+    per-class score must not overwrite another's)."""
+    counts = Counter(names)
+    return [name if counts[name] == 1 else f"{name} [{i}]" for i, name in enumerate(names)]
 
 
 @dataclass(frozen=True)
@@ -195,7 +216,7 @@ def eval_semseg(
         raise UsesearchError(f"no pixel of {labels} is labelled: every one is the ignored value {ignore_index}")
     mean, per_class = miou(matrix)
     fingerprint = "+".join(m.fingerprint for m in models)
-    scores = {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, per_class)}
+    scores = {n: (None if np.isnan(v) else float(v)) for n, v in zip(report_names(names), per_class)}
     result = {"mIoU": mean, "images": len(pairs), "model": fingerprint, "per_class": scores}
     total = ("mIoU", f"{100 * mean:.2f}  ({len(pairs)} images, {fingerprint})")
     report.write(result, scores, total)

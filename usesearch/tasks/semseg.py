@@ -92,15 +92,14 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(image).astype(np.int64)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
 def ground_truth_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
     """(image, label PNG) for every image in the folder, checked before any model runs:
     a folder with no image, or an image without its label PNG, is one line."""
+    from usesearch.io.files import IMAGE_SUFFIXES
+
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise UsesearchError(f"{images} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+        raise UsesearchError(f"{images} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
     pairs = [(path, labels / f"{path.stem}.png") for path in files]
     missing = [label.name for _, label in pairs if not label.is_file()]
     if missing:
@@ -127,8 +126,8 @@ def read_ground_truth(
         raise UsesearchError(
             f"{label} is {gt.shape[1]}x{gt.shape[0]} but its image is {image_hw[1]}x{image_hw[0]} (width x height)"
         )
-    if reduce_zero_label:
-        gt = np.where(gt == 0, ignore_index, gt - 1)
+    if reduce_zero_label:  # ADE20K: 0 is "other", ignored; the ignored value stays ignored
+        gt = np.where((gt == 0) | (gt == ignore_index), ignore_index, gt - 1)
     stray = np.unique(gt[(gt != ignore_index) & ((gt < 0) | (gt >= num_classes))])
     if len(stray):
         raise UsesearchError(
