@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -68,6 +69,7 @@ class DatasetWriter:
 
     def __init__(self, dataset_dir: str | os.PathLike, shard_size: int = 1000, source: str = ""):
         self.dir = Path(dataset_dir)
+        self.created = not self.dir.exists()  # a run that leaves nothing in it takes it back
         (self.dir / "shards").mkdir(parents=True, exist_ok=True)
 
         def refusal(holder: str) -> Exception:
@@ -115,10 +117,23 @@ class DatasetWriter:
         self.done.add((self.source, sha256))
         self._in_shard += 1
 
-    def close(self, extra: dict[str, Any] | None = None) -> None:
+    def close(self, extra: dict[str, Any] | None = None, finished: bool = True) -> None:
+        """End the run: the manifest is written when it ``finished`` (a run cut short by
+        an error or a kill leaves the folder an unfinished curation, which the next run
+        resumes). A folder this run made and left nothing in (a refused source, no
+        photo found) is taken back, so it is not mistaken for a dataset."""
         try:
             if self._file:
                 self._file.close()
+            if (
+                self.created
+                and not self._file
+                and not any(p.is_file() and p.name != LOCK_FILE for p in self.dir.rglob("*"))
+            ):
+                shutil.rmtree(self.dir, ignore_errors=True)
+                return
+            if not finished:
+                return
             manifest = {
                 "format": FORMAT,
                 "version": 1,

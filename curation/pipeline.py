@@ -74,6 +74,7 @@ def curate(
     failures = FailureLog(Path(out_dir) / "failures.jsonl")
     caption_cache = StageCache(Path(out_dir) / "cache" / "captions.jsonl")
     box_cache = StageCache(Path(out_dir) / "cache" / "boxes.jsonl")
+    finished = False
     try:
         for item in items:
             problems = list(item.problems)
@@ -129,8 +130,9 @@ def curate(
             report.pairs_after_nms += sum(len(s.texts) for s in kept)
             if progress:
                 progress(report)
+        finished = True
     finally:
-        writer.close(settings)
+        writer.close(settings, finished)
         report.seconds = time.perf_counter() - start
     return report
 

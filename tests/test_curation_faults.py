@@ -118,9 +118,26 @@ def test_a_second_source_of_the_same_photo_adds_its_pairs(tmp_path, photos):
 
 
 def test_other_mask_settings_on_a_curated_folder_are_refused(tmp_path, photos):
-    curate([], tmp_path / "ds")
+    curate([ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])], tmp_path / "ds")
     with pytest.raises(CurationConfigError, match="pred_iou_thresh 0.6 \\(now 0.8\\)"):
         curate([], tmp_path / "ds", mask_config=BoxMaskConfig(pred_iou_thresh=0.8))
+
+
+def test_a_run_cut_short_leaves_an_unfinished_curation_and_a_refused_one_leaves_nothing(tmp_path, photos):
+    def cut_after_one():
+        yield ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        curate(cut_after_one(), tmp_path / "ds")
+    assert not (tmp_path / "ds" / "manifest.json").exists()  # not mistaken for a finished dataset
+    with pytest.raises(usesearch.UsesearchError, match="is an unfinished curation"):
+        list(read_records(tmp_path / "ds"))
+    assert curate([], tmp_path / "ds").done == 0 and len(list(read_records(tmp_path / "ds"))) == 1  # resumed
+    (tmp_path / "vg.json").write_text(json.dumps({"not": "a list"}))
+    with pytest.raises(CocoFileError):
+        curate(visual_genome_source(tmp_path / "vg.json", photos), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
 
 
 class CountingGrounder:
@@ -178,3 +195,27 @@ def test_a_box_that_grounds_no_phrase_does_not_suppress_one_that_does():
     boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 9.8]])
     [match] = match_boxes_to_phrases(probs, boxes, spans, [rabbit])
     assert match.expression is rabbit and match.score == pytest.approx(0.6)
+
+
+def test_curate_run_refuses_what_its_source_would_not_use_and_an_empty_folder(tmp_path, photos):
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "c.json").write_text("{}")
+    ds = ["--dataset-dir", str(tmp_path / "ds")]
+    cases = [
+        (["curate", "run", str(tmp_path / "empty"), *ds, "--captioner", "tiny"], "found no photo to curate there"),
+        (["curate", "run", str(tmp_path / "c.json"), *ds], "is a file and --source folder reads a folder"),
+        (
+            ["curate", "run", str(tmp_path / "c.json"), "--source", "coco-instances", "--images", str(photos), *ds]
+            + ["--pred-iou-thresh", "0.1", "--grounder", "tiny"],
+            "--pred-iou-thresh, --grounder would do nothing",
+        ),
+    ]
+    for args, why in cases:
+        result = CliRunner().invoke(app, [*args, "--preset", "tiny"])
+        assert result.exit_code == 2 and why in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "ds").exists()  # no refused run left a folder that looks like a dataset

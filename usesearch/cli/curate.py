@@ -10,11 +10,14 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.curation.sources import SOURCES
+from usesearch.errors import UsesearchError
 from usesearch.masks.settings import SamSettings
 
 app = opts.Typer()
 
 curate_app = opts.Typer(help="Curate segment-text pairs for training (paper §3.1).", no_args_is_help=True)
+
+DEFAULT_GROUNDER = "IDEA-Research/grounding-dino-tiny"
 
 # SAM's settings that box prompts take (opts.BOX_PROMPT_SETTINGS), by the names of BoxMaskConfig.
 BOX_MASK_CONFIG_NAMES = {"min_mask_region_area": "min_region_area"}
@@ -41,9 +44,7 @@ def run(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow the captioner's own code (needs a pinned revision).")
     ] = False,
-    grounder: Annotated[
-        str, typer.Option(help="Grounding DINO name or folder, or 'tiny'.")
-    ] = "IDEA-Research/grounding-dino-tiny",
+    grounder: Annotated[str, typer.Option(help="Grounding DINO name or folder, or 'tiny'.")] = DEFAULT_GROUNDER,
     spacy_model: Annotated[str, typer.Option(help="spaCy English pipeline for noun chunks.")] = "en_core_web_sm",
     preset: opts.PresetOpt = None,
     sam_checkpoint: Annotated[Optional[Path], typer.Option(help="SAM checkpoint instead of the preset's.")] = None,
@@ -52,6 +53,8 @@ def run(
     sam: SamSettings,
 ) -> None:
     """Curate segment-text pairs: MLLM captions, referring expressions, grounding, SAM box prompts, mask NMS."""
+    import itertools
+
     from segment_anything import SamPredictor
     from tqdm import tqdm
 
@@ -64,8 +67,20 @@ def run(
     from usesearch.models.presets import get_preset
 
     mask_config = BoxMaskConfig(**{BOX_MASK_CONFIG_NAMES.get(name, name): value for name, value in sam.given().items()})
+    kind = SOURCES.get(source)
+    if kind is not None:
+        _refuse_unused(source, kind, sam, sam_checkpoint, captioner, grounder)
+    if kind is not None and not kind.annotations and path.is_file():
+        raise UsesearchError(
+            f"{path} is a file and --source {source} reads a folder of photos; for an annotation file give its "
+            f"--source ({', '.join(n for n, k in SOURCES.items() if k.annotations)})"
+        )
     the_device = resolve_device(device)
     items = read_source(source, path, images)
+    first = next(items, None)  # the source read (a file that is not its kind refused) before any model loads
+    if first is None:
+        raise UsesearchError(f"{path}: --source {source} found no photo to curate there")
+    items = itertools.chain([first], items)
     kind = SOURCES[source]
     the_grounder = _grounder(grounder, spacy_model, the_device) if kind.grounded else None
     the_captioner = (
@@ -105,6 +120,19 @@ def run(
     if report.failed or report.problems:
         faults = f"{report.problems} fault(s) in the source's annotations" if report.problems else "the failures"
         opts.console.print(f"{faults}: listed in {dataset_dir / 'failures.jsonl'}")
+
+
+def _refuse_unused(source: str, kind, sam: SamSettings, sam_checkpoint, captioner, grounder: str) -> None:
+    """A flag this source's pipeline never reads is refused: taken silently, it would be
+    written into the manifest as if it had shaped the data."""
+    unused = []
+    if not kind.prompts_sam:
+        unused += [SamSettings.flag(name) for name in sam.given()] + ["--sam-checkpoint"] * bool(sam_checkpoint)
+    if not kind.grounded:
+        unused += ["--captioner"] * bool(captioner) + ["--grounder"] * (grounder != DEFAULT_GROUNDER)
+    if unused:
+        does = "has its own masks (SAM does not run)" if not kind.prompts_sam else "has its own texts"
+        raise UsesearchError(f"--source {source} {does}: {', '.join(unused)} would do nothing; leave them out")
 
 
 def _grounder(name: str, spacy_model: str, device):
