@@ -2,6 +2,7 @@
 half of one, and nothing left beside it when the write fails."""
 
 import pytest
+import torch
 
 from usesearch.io.atomic import write_atomic
 
@@ -27,3 +28,22 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     with pytest.raises(OSError, match="No space"):
         write_atomic(target, half_then_fail)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_new_file_gets_the_umask_mode_and_a_replaced_one_keeps_its_own(tmp_path):
+    """safetensors writes its files 0600: a checkpoint written so could not be read by
+    the other users of a shared run folder."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from usesearch.io.atomic import NEW_FILE_MODE, write_atomic
+
+    def private(path):
+        save_file({"a": torch.zeros(2)}, str(path))
+
+    write_atomic(tmp_path / "head.safetensors", private)
+    assert os.stat(tmp_path / "head.safetensors").st_mode & 0o777 == NEW_FILE_MODE
+    os.chmod(tmp_path / "head.safetensors", 0o640)
+    write_atomic(tmp_path / "head.safetensors", private)
+    assert os.stat(tmp_path / "head.safetensors").st_mode & 0o777 == 0o640

@@ -139,3 +139,17 @@ def test_one_training_run_a_run_folder(samples, tmp_path):
     assert not (tmp_path / "log.csv").exists()
     Trainer(samples, tmp_path, CFG).run(until=1)  # released: the folder is free again
     assert (tmp_path / "step-0000001.json").is_file()
+
+
+def test_steps_whose_batch_has_no_negative_are_counted(samples, tmp_path):
+    """One image a batch with one text: the loss is 0 and nothing is learned; counted,
+    so the run can say so."""
+    from dataclasses import replace
+
+    single = [replace(s, rles=s.rles[:1], texts=s.texts[:1]) for s in samples[:4]]
+    trainer = Trainer(single, tmp_path, replace(CFG, batch_images=1, max_steps=3))
+    trainer.run()
+    assert trainer.steps_without_negatives == 3
+    rich = Trainer(samples, tmp_path / "rich", replace(CFG, max_steps=2))
+    rich.run()
+    assert rich.steps_without_negatives == 0

@@ -108,6 +108,9 @@ class Trainer:
         self.data = data_identity(samples)
         self.unreadable: dict[str, str] = {}  # photo -> why; skipped, said once, listed in unreadable.txt
         self.non_finite = 0  # losses that were not finite, in a row
+        # Steps whose batch held fewer than two different texts: the loss has no negative
+        # there (it is 0) and teaches nothing; said at the end of a run.
+        self.steps_without_negatives = 0
 
     # -- one step ------------------------------------------------------------------
     def batch_indices(self, step: int) -> list[int]:
@@ -228,6 +231,8 @@ class Trainer:
         """One optimizer step on ``batch`` (None: no photo of it kept a segment), and the
         schedule's step, which a step without a batch takes too."""
         loss = None
+        if batch is None or len({text_key(t) for t in batch[4]}) < 2:
+            self.steps_without_negatives += 1
         if batch is not None:
             loss = self.loss_on(batch)
             self._check_finite(loss)

@@ -79,6 +79,11 @@ def train(
     opts.console.print(
         f"trained {trainer.step} steps on {len(samples)} images; head: {head} (use it with --head {run_dir / 'head'})"
     )
+    if trainer.steps_without_negatives:
+        opts.console.print(
+            f"{trainer.steps_without_negatives} of {trainer.step} steps had fewer than two different texts in their "
+            "batch: the contrastive loss has no negative there and learned nothing; more --batch-images helps"
+        )
     if trainer.unreadable:
         opts.console.print(
             f"skipped {len(trainer.unreadable)} photo(s) that could not be read: listed in {run_dir / 'unreadable.txt'}"

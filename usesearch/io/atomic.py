@@ -8,6 +8,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+# The mode a new file gets here (the process's umask read once, at import, before any
+# thread could race the two calls that read it).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+NEW_FILE_MODE = 0o666 & ~_UMASK
+
 
 def write_atomic(
     path: str | os.PathLike, data: bytes | str | Callable[[Path], object], *, sync_folder: bool = False
@@ -29,6 +35,10 @@ def write_atomic(
             os.fsync(fd)
         finally:
             os.close(fd)
+        # The target's mode where it exists, else a new file's: a writer function may
+        # make its file private (safetensors writes 0600), which would lock other users
+        # of a shared folder out of a checkpoint.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else NEW_FILE_MODE)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
