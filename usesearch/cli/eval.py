@@ -286,23 +286,29 @@ def audit(
     device: opts.DeviceOpt = None,
 ) -> None:
     """Rank ground-truth annotations by how strongly the model disagrees with their labels."""
+    from usesearch.io.coco_dataset import read_coco
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder
     from usesearch.tasks.audit import audit_coco, write_report
 
-    data = load_coco_json(coco)  # before the model: a file that is not COCO is one line
+    if report_dir.exists() and not report_dir.is_dir():
+        raise UsesearchError(f"--report-dir {report_dir} is a file: name a folder")
+    data = read_coco(coco)  # before the model: a file that is not COCO is one line
     preset = choose_preset(preset, head)
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
-    suspects = audit_coco(model, data, images)
-    write_report(suspects, data, report_dir, k)
+    suspects, problems = audit_coco(model, data, images)
+    write_report(suspects, report_dir, k, problems)
     for rank, s in enumerate(suspects[: min(k, 10)], 1):
+        says = f"model says {s.predicted!r}" if s.margin > 0 else f"model agrees (next {s.best_other!r})"
         opts.console.print(
-            f"{rank:>3}  ann {s.annotation_id}: labelled {s.labelled!r}, model says {s.predicted!r} "
-            f"(margin {s.margin:+.3f})"
+            f"{rank:>3}  ann {s.annotation_id}: labelled {s.labelled!r}, {says} (margin {s.margin:+.3f})"
         )
+    disagreeing = sum(s.margin > 0 for s in suspects)
     opts.console.print(
-        f"wrote {report_dir}/suspects.csv and suspects.json (all {len(suspects)} annotations ranked), "
-        f"summary.json, report.html (the top {min(k, len(suspects))})"
+        f"the model prefers another class for {disagreeing} of {len(suspects)} annotations; wrote {report_dir}/"
+        f"suspects.csv and suspects.json (all ranked), summary.json, report.html (the top {min(k, len(suspects))})"
     )
+    if problems:
+        opts.console.print(f"{len(problems)} annotation(s) or photo(s) could not be audited: listed in problems.json")
 
 
 @functools.wraps(audit)

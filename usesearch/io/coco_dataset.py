@@ -71,6 +71,7 @@ class CocoDataset:
     path: Path
     images: list[ImageEntry]
     problems: list[tuple[str | None, int | None, AnnotationError]]
+    categories: dict[int, str] = field(default_factory=dict)  # every category, by id (with none annotated too)
 
 
 def read_coco(path: str | os.PathLike) -> CocoDataset:
@@ -118,7 +119,7 @@ def _dataset(path: Path, images_items: Any, category_items: Any, annotation_item
     seen: set[int] = set()
     for item in annotation_items:
         _add_annotation(item, categories, seen, images, problems)
-    return CocoDataset(path.resolve(), _one_entry_a_photo(images.values(), problems), problems)
+    return CocoDataset(path.resolve(), _one_entry_a_photo(images.values(), problems), problems, categories)
 
 
 def _streamed_annotations(path: Path, f) -> Iterator[Any]:

@@ -10,12 +10,15 @@ import html
 import io
 import json
 import os
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from usesearch.errors import AnnotationError, UsesearchError, first_line
+from usesearch.io.coco_dataset import PHOTO_MISSING, CocoDataset, Problem, masks_of, photo_path, size_fault
 from usesearch.io.images import read_image
 from usesearch.masks import rle
 from usesearch.models.model import SegmentEmbedder
@@ -32,38 +35,75 @@ class Suspect:
     margin: float  # > 0: the model prefers another class
     labelled_probability: float
     predicted_probability: float
+    best_other: str  # the likeliest class other than the label (the margin's other side)
+    mask: dict = field(repr=False, compare=False)  # COCO RLE, for the report's tiles; not in the files
+
+    def row(self) -> dict:
+        """The suspect as suspects.json writes it (without its mask)."""
+        out = asdict(self)
+        del out["mask"]
+        return out
 
 
-def audit_coco(model: SegmentEmbedder, coco: dict, images_dir: str | os.PathLike) -> list[Suspect]:
-    """All annotations, most suspect first."""
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    category_ids = sorted(names)
-    class_names = [names[c] for c in category_ids]
-    by_image = defaultdict(list)
-    for ann in coco["annotations"]:
-        by_image[ann["image_id"]].append(ann)
-    rows = []
-    for img in coco["images"]:
-        anns = by_image.get(img["id"])
-        if not anns:
+def audit_coco(
+    model: SegmentEmbedder, dataset: CocoDataset, images_dir: str | os.PathLike
+) -> tuple[list[Suspect], list[Problem]]:
+    """All annotations, most suspect first, and what could not be audited: the file's
+    faults, a photo missing or unreadable, an entry whose size is not its photo's, a
+    broken or empty mask; each is recorded and the rest audited."""
+    class_names = list(dict.fromkeys(dataset.categories[c] for c in sorted(dataset.categories)))
+    if len(class_names) < 2:
+        raise UsesearchError(
+            f"{dataset.path} names {len(class_names)} category: an audit weighs each label against the others"
+        )
+    if not any(entry.annotations for entry in dataset.images):
+        raise UsesearchError(f"{dataset.path} holds no annotation to audit")
+    problems: list[Problem] = list(dataset.problems)
+    rows: list[Suspect] = []
+    for entry in dataset.images:
+        if not entry.annotations:
             continue
-        path = str(Path(images_dir) / img["file_name"])
-        rgb = read_image(path)
-        h, w = rgb.shape[:2]
-        masks = np.stack([rle.decode(a["segmentation"], h, w) for a in anns])
-        keep = np.any(masks.reshape(len(masks), -1), axis=1)
-        probs = class_probabilities(model, rgb, masks[keep], class_names)
-        kept = [a for a, k in zip(anns, keep) if k]
-        labels = np.array([category_ids.index(a["category_id"]) for a in kept], np.int64)
-        margins, _ = label_margins(probs, labels)
-        for ann, p, label, margin in zip(kept, probs, labels, margins):
+        path = photo_path([str(images_dir)], entry.file_name)
+        try:
+            if path is None:
+                raise AnnotationError(PHOTO_MISSING, f"no {entry.file_name} under {images_dir}")
+            rgb = read_image(path)
+        except (OSError, UsesearchError) as exc:
+            error = exc if isinstance(exc, AnnotationError) else AnnotationError(PHOTO_MISSING, first_line(exc))
+            problems.append((entry.file_name, None, error))
+            continue
+        wrong_size = size_fault(entry, rgb.shape[:2])
+        if wrong_size is not None:
+            problems.append(wrong_size)
+            continue
+        kept, masks = [], []
+        for annotation, mask in masks_of(entry, *rgb.shape[:2]):
+            if isinstance(mask, AnnotationError):
+                problems.append((entry.file_name, annotation.id, mask))
+            else:
+                kept.append((annotation, mask))
+                masks.append(rle.decode(mask))
+        if not kept:
+            continue
+        probs = class_probabilities(model, rgb, np.stack(masks), class_names)
+        labels = np.array([class_names.index(a.category) for a, _ in kept], np.int64)
+        margins, best_other = label_margins(probs, labels)
+        for (annotation, mask), p, label, margin, other in zip(kept, probs, labels, margins, best_other):
             top = int(p.argmax())
             rows.append(
                 Suspect(
-                    ann["id"], path, class_names[label], class_names[top], float(margin), float(p[label]), float(p[top])
+                    annotation.id,
+                    path,
+                    class_names[label],
+                    class_names[top],
+                    float(margin),
+                    float(p[label]),
+                    float(p[top]),
+                    class_names[other],
+                    mask,
                 )
             )
-    return sorted(rows, key=lambda r: -r.margin)
+    return sorted(rows, key=lambda r: -r.margin), problems
 
 
 def label_margins(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +139,9 @@ def summary(suspects: list[Suspect]) -> dict:
     }
 
 
-def write_report(suspects: list[Suspect], coco: dict, out: str | os.PathLike, top: int = 50) -> Path:
+def write_report(
+    suspects: list[Suspect], out: str | os.PathLike, top: int = 50, problems: list[Problem] | None = None
+) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "suspects.csv", "w", newline="") as f:
@@ -107,17 +149,22 @@ def write_report(suspects: list[Suspect], coco: dict, out: str | os.PathLike, to
         writer.writerow(["rank", "annotation_id", "image", "labelled", "predicted", "margin"])
         for rank, s in enumerate(suspects, 1):
             writer.writerow([rank, s.annotation_id, s.image, s.labelled, s.predicted, f"{s.margin:.4f}"])
-    (out / "suspects.json").write_text(json.dumps([asdict(s) for s in suspects], indent=1))
+    (out / "suspects.json").write_text(json.dumps([s.row() for s in suspects], indent=1))
+    faults = [
+        {"image": image, "annotation_id": annotation, "kind": error.kind, "error": str(error)}
+        for image, annotation, error in problems or []
+    ]
+    (out / "problems.json").write_text(json.dumps(faults, indent=1))
     stats = summary(suspects)
     (out / "summary.json").write_text(json.dumps(stats, indent=1))
-    anns = {a["id"]: a for a in coco["annotations"]}
     cards = []
     for rank, s in enumerate(suspects[:top], 1):
-        rgb = read_image(s.image)
-        ann = anns[s.annotation_id]
-        mask = rle.decode(ann["segmentation"], *rgb.shape[:2])
         buffer = io.BytesIO()
-        segment_tile(rgb, mask, rle.bbox(rle.encode(mask)), 160).save(buffer, "PNG")
+        try:
+            tile = segment_tile(read_image(s.image), rle.decode(s.mask), rle.bbox(s.mask), 160)
+        except (OSError, UsesearchError):  # gone since it was audited: a grey tile, the card stays
+            tile = Image.new("RGB", (160, 160), (200, 200, 200))
+        tile.save(buffer, "PNG")
         cards.append(
             f'<figure><img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
             f"<figcaption>#{rank} ann {s.annotation_id}<br>label <b>{html.escape(s.labelled)}</b>"
