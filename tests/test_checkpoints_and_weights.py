@@ -122,6 +122,16 @@ def test_sam_tiny_is_seeded_and_checkpoints_load_weights_only(tmp_path):
     with pytest.raises(usesearch.UsesearchError, match="not a SAM"):
         load_sam(preset.sam, "tiny", checkpoint=evil)
     assert not Path("/should-not-run").exists()
+    # A file named by --sam-checkpoint: missing is said as such (no `models pull` brings it), junk names torch's reason.
+    with pytest.raises(usesearch.MissingWeightsError, match="--sam-checkpoint .*absent.pth: no such file"):
+        load_sam(preset.sam, "tiny", checkpoint=tmp_path / "absent.pth")
+    (tmp_path / "junk.pth").write_bytes(b"junk\n")
+    with pytest.raises(usesearch.UsesearchError, match="is not a SAM checkpoint \\(torch cannot read it: "):
+        load_sam(preset.sam, "tiny", checkpoint=tmp_path / "junk.pth")
+    other = {k: v for k, v in a.state_dict().items() if not k.startswith("mask_decoder")}
+    torch.save(other, tmp_path / "partial.pth")
+    with pytest.raises(usesearch.UsesearchError, match="is not a SAM tiny checkpoint \\(preset 'tiny' builds"):
+        load_sam(preset.sam, "tiny", checkpoint=tmp_path / "partial.pth")
 
 
 def test_sam_checkpoint_is_verified_by_sha256(tmp_path, monkeypatch):

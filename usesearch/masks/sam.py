@@ -15,7 +15,7 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import MissingWeightsError, UsesearchError, first_line
 from usesearch.masks.sam_fast import speed_up
 from usesearch.models.backbones import seeded
 from usesearch.models.config import SamConfig
@@ -109,13 +109,23 @@ def load_sam(
     if not status.needed:
         with seeded(cfg.seed):
             return speed_up(build_sam(cfg.model_type)).to(device)
+    if checkpoint is not None and status.path is None:  # the file named, not the preset's: no pull brings it
+        raise MissingWeightsError(f"--sam-checkpoint {checkpoint}: no such file")
     path = require(status, preset_name)
     if checkpoint is None:
         verify_sha256(path, cfg.sha256)
     sam = build_sam(cfg.model_type)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UsesearchError(
+            f"{path} is not a SAM checkpoint (torch cannot read it: {type(exc).__name__}: {first_line(exc)})"
+        ) from None
+    try:
         sam.load_state_dict(state)
     except Exception as exc:
-        raise UsesearchError(f"{path} is not a SAM {cfg.model_type} checkpoint: {exc}") from None
+        raise UsesearchError(
+            f"{path} is not a SAM {cfg.model_type} checkpoint (preset {preset_name!r} builds SAM {cfg.model_type}): "
+            f"{first_line(exc)}"
+        ) from None
     return speed_up(sam).to(device)
