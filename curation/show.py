@@ -18,10 +18,27 @@ from .dataset import read_records
 
 
 def find_record(dataset_dir: str | os.PathLike, image: str) -> dict[str, Any]:
+    """The photo ``image`` names (its path, the end of its path, its file name or its
+    sha256), with the segments of every source that curated it. A name that fits
+    several photos is refused, naming them."""
+    tail = "/" + image.lstrip("./")
+    found: dict[str, dict[str, Any]] = {}
     for record in read_records(dataset_dir):
-        if record["path"] == image or Path(record["path"]).name == image or record["sha256"] == image:
-            return record
-    raise UsesearchError(f"{image!r} is not in the dataset at {dataset_dir} (match by path, file name or sha256)")
+        path = record["path"]
+        if image in (path, record["sha256"], Path(path).name) or path.endswith(tail):
+            merged = found.setdefault(record["sha256"], {**record, "segments": []})
+            merged["segments"] = merged["segments"] + record["segments"]
+    if not found:
+        raise UsesearchError(
+            f"{image!r} is not in the dataset at {dataset_dir} (match by path, end of path, file name or sha256)"
+        )
+    if len(found) > 1:
+        paths = sorted(r["path"] for r in found.values())
+        more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+        raise UsesearchError(
+            f"{image!r} names {len(paths)} photos: {', '.join(paths[:3])}{more}; give more of its path"
+        )
+    return next(iter(found.values()))
 
 
 def render(record: dict[str, Any], out: str | os.PathLike, alpha: float = 0.45) -> Path:

@@ -219,3 +219,19 @@ def test_curate_run_refuses_what_its_source_would_not_use_and_an_empty_folder(tm
         assert result.exit_code == 2 and why in result.output, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "ds").exists()  # no refused run left a folder that looks like a dataset
+
+
+def test_curate_show_finds_a_photo_by_the_end_of_its_path_and_refuses_an_ambiguous_name(tmp_path, photos):
+    from usesearch.curation.show import find_record
+
+    (photos / "b").mkdir()
+    Image.fromarray(data.astronaut()[::4, ::4]).save(photos / "b" / "cat.png")  # another photo, same name
+    item = lambda path, text: ImageItem(path=str(path), segments=[_segment((75, 113), text)])  # noqa: E731
+    curate([item(photos / "cat.png", "a cat")], tmp_path / "ds", source="one")
+    curate([item(photos / "cat.png", "a tabby")], tmp_path / "ds", source="two")
+    curate([ImageItem(path=str(photos / "b" / "cat.png"))], tmp_path / "ds", source="one")
+    with pytest.raises(usesearch.UsesearchError, match="'cat.png' names 2 photos: .*give more of its path"):
+        find_record(tmp_path / "ds", "cat.png")
+    both = find_record(tmp_path / "ds", "images/cat.png")  # the end of a path; both sources' segments
+    assert sorted(t["text"] for s in both["segments"] for t in s["texts"]) == ["a cat", "a tabby"]
+    assert find_record(tmp_path / "ds", "b/cat.png")["segments"] == []

@@ -168,7 +168,13 @@ def show(
     """Draw one image's segments (masks tinted, texts written) to a PNG for eyeballing quality."""
     from usesearch.curation.show import find_record, render
 
-    opts.console.print(f"wrote {render(find_record(dataset, image), out)}")
+    record = find_record(dataset, image)
+    written = render(record, out)
+    if record["segments"]:
+        texts = sum(len(segment["texts"]) for segment in record["segments"])
+        opts.console.print(f"wrote {written}: {len(record['segments'])} segments, {texts} texts")
+    else:
+        opts.console.print(f"wrote {written}: {record['path']} has no segment in the dataset (its photo alone)")
 
 
 @curate_app.command("stats")
