@@ -180,3 +180,13 @@ def test_reduce_zero_label_keeps_the_ignored_value_ignored(tmp_path):
     Image.fromarray(gt).save(tmp_path / "l.png")
     read = read_ground_truth(tmp_path / "l.png", (1, 4), num_classes=2, ignore_index=255, reduce_zero_label=True)
     assert read.tolist() == [[255, 0, 1, 255]]
+
+
+def test_segment_writes_its_overlay_as_any_picture_and_says_so(tmp_path):
+    """The label map must be a PNG (exact values); the overlay is a picture for people."""
+    root = write_semseg(tmp_path / "semseg", 1, seed=5)
+    image, out, overlay = root / "images" / "00000.png", tmp_path / "l.png", tmp_path / "o.jpg"
+    args = ["segment", str(image), "--classes", "red circle,blue square", "--out", str(out), "--overlay", str(overlay)]
+    result = CliRunner().invoke(app, [*args, "--preset", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out} and {overlay}" in result.output and Image.open(overlay).format == "JPEG"

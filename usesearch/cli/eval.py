@@ -152,22 +152,29 @@ def segment(
 ) -> None:
     """Open-vocabulary semantic segmentation of one image (paper §4.3)."""
     import numpy as np
+    from PIL import Image
 
     from usesearch.tasks.semseg import save_label_map, segment_image
     from usesearch.tasks.visualize import label_overlay
 
-    for flag, path in (("--out", out), ("--overlay", overlay)):
-        if path is not None and path.suffix.lower() != ".png":  # JPEG would invent class ids between the real ones
-            raise UsesearchError(f"{flag} {path}: write a .png (a label map must keep its exact values)")
+    if out.suffix.lower() != ".png":  # JPEG would invent class ids between the real ones
+        raise UsesearchError(f"--out {out}: write a .png (a label map must keep its exact values)")
+    if overlay is not None and overlay.suffix.lower() not in Image.registered_extensions():
+        raise UsesearchError(f"--overlay {overlay}: name a picture file (.png, .jpg, .webp)")
     names = _classes(classes, classes_file)
     models, mask_proposer = segmenter.build(sam)
     rgb, masks = _read_and_mask(image, mask_proposer)
     labels = segment_image(models, rgb, masks, names)
     save_label_map(labels, out)
     if overlay:
-        label_overlay(rgb, labels, names).save(overlay)
+        label_overlay(rgb, labels, names).convert("RGB").save(overlay)
     present = [names[i] for i in np.unique(labels) if i < len(names)]
-    opts.console.print(f"{len(masks)} masks; classes found: {', '.join(present) or 'none'}; wrote {out}")
+    wrote = f"{out} and {overlay}" if overlay else str(out)
+    opts.console.print(f"{len(masks)} masks; classes found: {', '.join(present) or 'none'}; wrote {wrote}")
+    if not len(masks) and segmenter.preset == "tiny" and (segmenter.masker or "").startswith("sam"):
+        opts.console.print(
+            "  no masks: the tiny preset's SAM has random weights; its default masker, felzenszwalb, needs none"
+        )
 
 
 @eval_app.command("semseg", context_settings=TAKING_OLD_JSON_FILE)
