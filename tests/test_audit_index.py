@@ -3,6 +3,7 @@ rule on arrays, then planted errors found at the top of their lists in a small
 index, a kill -9 mid-audit resuming to the same lists, and reviews surviving re-runs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,6 +181,20 @@ def test_each_planted_kind_is_found_at_the_top_of_its_list(db, planted_index):
     for kind in LISTS:
         assert (db.parent / "report" / f"{kind}.csv").read_text().startswith("rank,item,score")
         assert (db.parent / "report" / f"{kind}.png").stat().st_size > 1000  # a contact sheet of the tiles
+    assert "contact sheets " in audit_cli.output and "drawn grey" not in audit_cli.output
+    # --no-sheets says no sheet was drawn; a report folder that is a file is refused before the passes.
+    (db.parent / "report-file").write_text("")
+    bare = CliRunner().invoke(app, ["audit", "--db", str(db), "--report-dir", str(db.parent / "bare"), "--no-sheets"])
+    assert bare.exit_code == 0 and "contact sheets" not in bare.output and not list((db.parent / "bare").glob("*.png"))
+    refused = CliRunner().invoke(app, ["audit", "--db", str(db), "--report-dir", str(db.parent / "report-file")])
+    assert refused.exit_code == 2 and "is a file: name a folder" in refused.output
+    gone = Path(lists["swapped"][0]["image"])  # a photo removed since indexing: drawn grey, and said
+    gone.rename(gone.with_suffix(".away"))
+    try:
+        audit_cli(db, "-k", "40")
+    finally:
+        gone.with_suffix(".away").rename(gone)
+    assert "could not be read or changed, drawn grey" in audit_cli.output and gone.name in audit_cli.output
 
 
 SLOW_AUDIT = """

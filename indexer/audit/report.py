@@ -36,12 +36,14 @@ def write_lists(
     verdicts: dict[tuple[str, str], str],
     include_reviewed: bool = False,
     sheets: bool = True,
-) -> dict[str, list[dict]]:
+) -> tuple[dict[str, list[dict]], list[str]]:
     """Write each list's first ``k`` items (reviewed ones left out unless
-    ``include_reviewed``, then with their verdict); returns what was written."""
+    ``include_reviewed``, then with their verdict); returns what was written, and the
+    photos the contact sheets could not read (gone or changed since indexing)."""
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
+    unreadable: set[str] = set()
     for kind, items in lists.items():
         shown = items if include_reviewed else unreviewed(items, kind, verdicts)
         shown = [{**i, "verdict": verdicts.get((kind, i["item"]))} for i in shown[:k]]
@@ -55,10 +57,10 @@ def write_lists(
                 writer.writerow([_cell(item.get(c)) for c in columns])
         if sheets and shown:
             try:
-                _sheet(shown, store, out / f"{kind}.png")
-            except (UsesearchError, OSError) as exc:  # a photo moved since indexing: the lists still stand
+                unreadable.update(_sheet(shown, store, out / f"{kind}.png"))
+            except (UsesearchError, OSError) as exc:  # the sheet could not be written: the lists still stand
                 print(f"contact sheet {kind}.png skipped: {first_line(exc)}")
-    return written
+    return written, sorted(unreadable)
 
 
 def _cell(value) -> str:
@@ -69,7 +71,8 @@ def _cell(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _sheet(items: list[dict], store: Store, path: Path) -> None:
+def _sheet(items: list[dict], store: Store, path: Path) -> list[str]:
+    """The list's contact sheet; the photos it could not read (drawn grey)."""
     rows = store.rows(i["segment_id"] for i in items if i.get("segment_id") is not None)
     hits = []
     for item in items:
@@ -77,5 +80,4 @@ def _sheet(items: list[dict], store: Store, path: Path) -> None:
         if row is None:
             continue
         hits.append(Hit.from_row(row, item["rank"], float(item["score"])))
-    if hits:
-        contact_sheet(hits, path)
+    return contact_sheet(hits, path)[1] if hits else []

@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperCommand
 
 from usesearch.cli import options as opts
+from usesearch.errors import UsesearchError
 
 app = opts.Typer()
 OLD_FLAGS = ("--coco", "--images")
@@ -60,12 +61,14 @@ def audit(
     from usesearch.indexer.audit import AuditConfig, audit_index, report, reviews
     from usesearch.indexer.folder import open_store
 
+    out = Path(report_dir) if report_dir is not None else Path(db) / "audit" / "report"
+    if out.exists() and not out.is_dir():  # before the passes, not after them
+        raise UsesearchError(f"--report-dir {out} is a file: name a folder")
     result = audit_index(db, db_url, AuditConfig(batch=batch), device=device, say=opts.console.print)
     store = open_store(Path(db), db_url, read_only=True)
     try:
         verdicts = reviews.verdicts(store.engine)
-        out = Path(report_dir) if report_dir is not None else Path(db) / "audit" / "report"
-        written = report.write_lists(result["lists"], store, out, k, verdicts, include_reviewed, sheets)
+        written, unreadable = report.write_lists(result["lists"], store, out, k, verdicts, include_reviewed, sheets)
     finally:
         store.close()
     for kind, items in written.items():
@@ -76,4 +79,14 @@ def audit(
             where = first.get("image") or " and ".join(first.get("paths", []))  # a leak: its photos
             line += f"; first: {first['item']} (score {first['score']:.3f}, {where})"
         opts.console.print(line)
-    opts.console.print(f"wrote {out}/{{{','.join(written)}}}.json, .csv, .png")
+    drawn = [kind for kind, items in written.items() if items] if sheets else []
+    opts.console.print(
+        f"wrote {out}/{{{','.join(written)}}}.json, .csv"
+        + (f"; contact sheets {', '.join(drawn)}.png" if drawn else "")
+    )
+    if unreadable:
+        names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+        opts.console.print(
+            f"{len(unreadable)} photo(s) could not be read or changed, drawn grey: {names} "
+            "(gone since indexing: `usesearch prune` removes them; changed: `usesearch index` again)"
+        )
