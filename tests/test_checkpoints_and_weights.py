@@ -173,6 +173,7 @@ def test_failed_sam3_pull_leaves_no_lock_and_keeps_only_a_resumable_partial(tmp_
     from usesearch.masks.sam3 import pull_sam3
 
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the fake stands in for the network
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub_download(partial, succeed=False))
     with pytest.raises(usesearch.UsesearchError, match="could not download sam3.pt") as err:
         pull_sam3()
@@ -189,8 +190,25 @@ def test_sam3_pull_moves_the_checkpoint_into_place_and_drops_the_staging(tmp_pat
     from usesearch.masks.sam3 import pull_sam3, sam3_status
 
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub_download(b"", succeed=True))
     assert pull_sam3() == [f"sam3: downloaded {tmp_path / 'sam3.pt'}"]
     assert [p.name for p in tmp_path.iterdir()] == ["sam3.pt"]
     assert (tmp_path / "sam3.pt").read_bytes() == b"the checkpoint"
     assert sam3_status().present
+
+
+def test_a_pull_from_hugging_face_while_offline_says_so(tmp_path, monkeypatch):
+    """Not the hub's 'check your connection', nor SAM 3's advice for a gated model."""
+    import huggingface_hub
+
+    from usesearch.masks.sam3 import pull_sam3
+    from usesearch.models.weights import pull
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(usesearch.UsesearchError, match="SAM 3 .* comes from Hugging Face and HF_HUB_OFFLINE is set"):
+        pull_sam3()
+    with pytest.raises(usesearch.UsesearchError, match="CLIP .* comes from Hugging Face and HF_HUB_OFFLINE is set"):
+        pull(usesearch.get_preset("b16"))
+    assert list(tmp_path.iterdir()) == []

@@ -30,7 +30,7 @@ from usesearch.devices import bf16_autocast, resolve_device
 from usesearch.errors import MissingWeightsError, UsesearchError
 from usesearch.masks.sam3_build import TINY, Sam3Architecture, build_sam3, fill_uninitialised, import_sam3
 from usesearch.models.backbones import seeded
-from usesearch.models.weights import WeightStatus, _hub_cached, usesearch_home
+from usesearch.models.weights import WeightStatus, _hub_cached, refuse_when_offline, usesearch_home
 
 HF_REPO, CHECKPOINT = "facebook/sam3", "sam3.pt"
 
@@ -236,6 +236,7 @@ def pull_sam3() -> list[str]:
 
     from huggingface_hub import hf_hub_download
 
+    refuse_when_offline(f"SAM 3 (hf.co/{HF_REPO})")
     staging = usesearch_home() / ".sam3-download"
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level

@@ -158,6 +158,17 @@ def _download(url: str, dest: Path, sha256: str | None) -> None:
     verify_sha256(dest, sha256)
 
 
+def refuse_when_offline(what: str) -> None:
+    """A download from Hugging Face with ``HF_HUB_OFFLINE`` set cannot start: said as
+    such, not as the hub's 'check your connection' (or a gated model's advice)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise UsesearchError(
+            f"{what} comes from Hugging Face and HF_HUB_OFFLINE is set: unset it where the network is reachable"
+        )
+
+
 def pull(preset: PresetConfig) -> list[str]:
     """Fetch every missing weights file of a preset; returns what was done, per component."""
     done = []
@@ -165,18 +176,20 @@ def pull(preset: PresetConfig) -> list[str]:
     if clip.needed and not clip.present:
         import open_clip
 
+        refuse_when_offline(f"CLIP {clip.name} ({clip.source})")
         try:
             open_clip.download_pretrained(open_clip.get_pretrained_cfg(preset.clip.model_name, preset.clip.pretrained))
         except Exception as exc:
-            raise UsesearchError(f"could not download CLIP weights ({clip.source}): {exc}") from None
+            raise UsesearchError(f"could not download CLIP weights ({clip.source}): {first_line(exc)}") from None
         done.append(f"clip: downloaded {clip.name}")
     if dino.needed and not dino.present:
         from huggingface_hub import hf_hub_download
 
+        refuse_when_offline(f"DINOv2 {dino.name} ({dino.source})")
         try:
             hf_hub_download(f"timm/{preset.dino.timm_name}", _TIMM_HUB_FILES[0])
         except Exception as exc:
-            raise UsesearchError(f"could not download DINOv2 weights ({dino.source}): {exc}") from None
+            raise UsesearchError(f"could not download DINOv2 weights ({dino.source}): {first_line(exc)}") from None
         done.append(f"dino: downloaded {dino.name}")
     if sam.needed and not sam.present:
         _download(str(preset.sam.url), Path(sam.expected), preset.sam.sha256)
