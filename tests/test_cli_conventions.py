@@ -169,6 +169,12 @@ def test_a_command_line_click_cannot_parse_is_one_line(tmp_path):
         (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/x.jpg"], "write a .png"),
         (["query", "a cat", "--db", "{d}/i", "--show", "{d}/nowhere/s.png"], "does not exist"),
         (["query", "a cat", "--db", "{d}/i", "--export-coco", "{d}/nowhere/h.json"], "does not exist"),
+        # A folder to write that is a file: refused at once, not at the first write after the work.
+        (["train", "{d}/i", "--run-dir", "{d}/p.json"], "is a file: name a folder"),
+        (["curate", "run", "{d}/i", "--dataset-dir", "{d}/p.json"], "is a file: name a folder"),
+        (["eval", "audit", "--coco", "{d}/a.json", "--images", "{d}/i", "--report-dir", "{d}/p.json"], "is a file"),
+        (["audit", "--db", "{d}/i", "--report-dir", "{d}/p.json"], "is a file: name a folder"),
+        (["demo", "--demo-dir", "{d}/p.json"], "is a file: name a folder"),
     ],
 )
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args, why):

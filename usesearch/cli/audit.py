@@ -15,7 +15,6 @@ import typer
 from typer.core import TyperCommand
 
 from usesearch.cli import options as opts
-from usesearch.errors import UsesearchError
 
 app = opts.Typer()
 OLD_FLAGS = ("--coco", "--images")
@@ -46,6 +45,7 @@ def audit(
         typer.Option(
             "--report-dir",
             help="Folder for each list's JSON, CSV and contact sheet (default: DIR/audit/report).",
+            callback=opts.folder_to_write,
         ),
     ] = None,
     k: opts.KOpt = 50,
@@ -62,8 +62,6 @@ def audit(
     from usesearch.indexer.folder import open_store
 
     out = Path(report_dir) if report_dir is not None else Path(db) / "audit" / "report"
-    if out.exists() and not out.is_dir():  # before the passes, not after them
-        raise UsesearchError(f"--report-dir {out} is a file: name a folder")
     result = audit_index(db, db_url, AuditConfig(batch=batch), device=device, say=opts.console.print)
     store = open_store(Path(db), db_url, read_only=True)
     try:

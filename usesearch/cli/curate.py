@@ -29,7 +29,9 @@ BOX_MASK_CONFIG_NAMES = {"min_mask_region_area": "min_region_area"}
 def run(
     path: Annotated[Path, typer.Argument(help="A folder of images, or the source's annotation JSON.", exists=True)],
     dataset_dir: Annotated[
-        Path, typer.Option("--dataset-dir", help="Dataset folder to write (re-runs resume)."), opts.Formerly("--out")
+        Path,
+        typer.Option("--dataset-dir", help="Dataset folder to write (re-runs resume).", callback=opts.folder_to_write),
+        opts.Formerly("--out"),
     ],
     source: Annotated[
         str, typer.Option(help="Source layout: " + "; ".join(f"{n}: {s.description}" for n, s in SOURCES.items()))

@@ -283,7 +283,11 @@ def audit(
     images: opts.ImagesOpt,
     report_dir: Annotated[
         Path,
-        typer.Option("--report-dir", help="Folder for suspects.csv/.json, summary.json and report.html."),
+        typer.Option(
+            "--report-dir",
+            help="Folder for suspects.csv/.json, summary.json and report.html.",
+            callback=opts.folder_to_write,
+        ),
         opts.Formerly("--out"),
     ] = Path("audit"),
     k: opts.TopKOpt = 50,
@@ -297,8 +301,6 @@ def audit(
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder
     from usesearch.tasks.audit import audit_coco, write_report
 
-    if report_dir.exists() and not report_dir.is_dir():
-        raise UsesearchError(f"--report-dir {report_dir} is a file: name a folder")
     data = read_coco(coco)  # before the model: a file that is not COCO is one line
     preset = choose_preset(preset, head)
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)

@@ -215,6 +215,14 @@ def writable_file(value: Path | None) -> Path | None:
     return value
 
 
+def folder_to_write(value: Path | None) -> Path | None:
+    """A folder a command writes into (made when missing): a file by that name is
+    refused as the command starts, not when its first write fails after the work."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file: name a folder (it is made when missing)")
+    return value
+
+
 def out_file(what: str) -> Any:
     """``--out``: always a file written (a folder written has a flag of its own, named
     for what it holds); ``what`` says which file."""

@@ -251,7 +251,9 @@ def demo(
     ] = "a cat's face",
     preset: opts.PresetOpt = None,
     demo_dir: Annotated[
-        Path, typer.Option("--demo-dir", help="Folder for the sample photos and the index."), opts.Formerly("--out")
+        Path,
+        typer.Option("--demo-dir", help="Folder for the sample photos and the index.", callback=opts.folder_to_write),
+        opts.Formerly("--out"),
     ] = Path("usesearch-demo"),
 ) -> None:
     """Offline demo: index scikit-image's bundled photos and run a query (tiny preset where weights are missing)."""

@@ -21,7 +21,11 @@ def train(
     ],
     run_dir: Annotated[
         Path,
-        typer.Option("--run-dir", help="Run folder: head checkpoints, optimizer state, log.csv."),
+        typer.Option(
+            "--run-dir",
+            help="Run folder: head checkpoints, optimizer state, log.csv.",
+            callback=opts.folder_to_write,
+        ),
         opts.Formerly("--out"),
     ],
     preset: opts.PresetOpt = None,
