@@ -131,3 +131,17 @@ def test_sam2_real_models_say_where_their_weights_go():
 
     with pytest.raises(UsesearchError, match=r"models pull sam2:hiera_l.*sam2\.1_hiera_large\.pt"):
         load_sam2("hiera_l")
+
+
+def test_the_sam2_masker_builds_without_torch_s_jit_warning():
+    """sam2's predictor scripts its transforms with torch.jit, which torch now warns of
+    on every run: not the user's concern, so not on their screen."""
+    import warnings
+
+    pytest.importorskip("sam2", reason="the sam2 extra is not installed: pip install -e '.[sam2]'")
+    from usesearch.masks.maskers import build_masker
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_masker("sam2", usesearch.get_preset("tiny"))
+    assert not [w for w in caught if "torch.jit.script" in str(w.message)]

@@ -9,6 +9,7 @@ Checkpoints are loaded here with ``weights_only=True`` rather than by
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,9 @@ def automatic_mask_generator(model, **options):
     1024-px input's feature sizes; they follow the model's input size here."""
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-    generator = SAM2AutomaticMaskGenerator(model, output_mode="coco_rle", **options)
+    with warnings.catch_warnings():  # its predictor scripts its transforms with torch.jit, which torch warns of
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+        generator = SAM2AutomaticMaskGenerator(model, output_mode="coco_rle", **options)
     side = model.image_size // 4
     generator.predictor._bb_feat_sizes = [(side, side), (side // 2, side // 2), (side // 4, side // 4)]
     return generator
