@@ -212,3 +212,17 @@ def test_a_pull_from_hugging_face_while_offline_says_so(tmp_path, monkeypatch):
     with pytest.raises(usesearch.UsesearchError, match="CLIP .* comes from Hugging Face and HF_HUB_OFFLINE is set"):
         pull(usesearch.get_preset("b16"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pull_checks_a_present_sam_checkpoint_instead_of_skipping_it(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from usesearch.models import weights
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    tiny = usesearch.get_preset("tiny")
+    preset = replace(tiny, sam=replace(usesearch.get_preset("b16").sam, model_type="tiny"))
+    (tmp_path / preset.sam.checkpoint).write_bytes(b"junk")
+    monkeypatch.setattr(weights, "_download", lambda *a: pytest.fail("a present file is checked, not fetched"))
+    with pytest.raises(usesearch.UsesearchError, match="has SHA-256 .* expected .*Delete it"):
+        weights.pull(preset)

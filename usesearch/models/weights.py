@@ -191,7 +191,9 @@ def pull(preset: PresetConfig) -> list[str]:
         except Exception as exc:
             raise UsesearchError(f"could not download DINOv2 weights ({dino.source}): {first_line(exc)}") from None
         done.append(f"dino: downloaded {dino.name}")
-    if sam.needed and not sam.present:
+    if sam.needed and sam.path is not None:
+        verify_sha256(sam.path, preset.sam.sha256)  # a present file that is not the checkpoint is said, not skipped
+    elif sam.needed:
         _download(str(preset.sam.url), Path(sam.expected), preset.sam.sha256)
         done.append(f"sam: downloaded {sam.expected}")
     return done
