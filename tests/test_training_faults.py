@@ -153,3 +153,14 @@ def test_steps_whose_batch_has_no_negative_are_counted(samples, tmp_path):
     rich = Trainer(samples, tmp_path / "rich", replace(CFG, max_steps=2))
     rich.run()
     assert rich.steps_without_negatives == 0
+
+
+def test_keep_checkpoints_keeps_the_newest_step_heads_and_resume_still_works(samples, tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(CFG, checkpoint_every=1, keep_checkpoints=2)
+    Trainer(samples, tmp_path, cfg).run(until=4)
+    assert sorted(p.name for p in tmp_path.glob("step-*.json")) == ["step-0000003.json", "step-0000004.json"]
+    resumed = Trainer(samples, tmp_path, cfg)
+    resumed.resume()
+    assert resumed.step == 4

@@ -55,6 +55,8 @@ class TrainConfig:
     # this one trains: on a GPU, one thread's JPEG decoding would be the step's floor.
     # Not part of the schedule: any number gives the same batches.
     loader_threads: int = min(8, os.cpu_count() or 1)
+    # Step heads kept (the newest); None keeps every one (l14-336: ~126 MB each).
+    keep_checkpoints: int | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -272,6 +274,18 @@ class Trainer:
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
         write_atomic(self.out / "trainer.pt", lambda path: torch.save(state, path))
         save_head(self.out / "head", weights, self.use.preset, extra)
+        self._drop_old_checkpoints()
+
+    def _drop_old_checkpoints(self) -> None:
+        """Keep the newest ``keep_checkpoints`` step heads (all when None); the one
+        ``trainer.pt`` names is the newest, so a resume always finds its head."""
+        keep = self.cfg.keep_checkpoints
+        if keep is None:
+            return
+        steps = sorted({int(p.stem.split("-")[1]) for p in self.out.glob("step-*.json")})
+        for step in steps[: max(len(steps) - keep, 0)]:
+            for suffix in (".safetensors", ".json"):
+                (self.out / f"step-{step:07d}{suffix}").unlink(missing_ok=True)
 
     def resume(self) -> None:
         """Continue the run in ``out`` where it stopped. Its schedule (steps, learning

@@ -38,6 +38,10 @@ def train(
         Optional[int], typer.Option(min=1, help="Stop after this many steps (overrides epochs).")
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(min=1)] = 500,
+    keep_checkpoints: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Keep only the newest N step-* heads (default: all; l14-336's are ~126 MB each)."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --run-dir exactly where it stopped.")
     ] = False,
@@ -66,6 +70,7 @@ def train(
         crop=crop,
         max_steps=max_steps,
         checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
         seed=seed,
         device=device,
     )
