@@ -220,3 +220,21 @@ def test_inputs_that_are_not_what_they_say_are_one_line(files):
     for args, why in cases:
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and why in result.output and len(result.output.strip().splitlines()) == 1, args
+
+
+def test_index_json_is_its_report_alone_on_stdout(tmp_path):
+    """A script reads the run's counts from stdout; the status lines go to stderr."""
+    from tests.helpers import write_photos
+    from tests.test_coco_index import write_coco
+
+    photos = write_photos(tmp_path / "photos", ("coffee", "chelsea"))
+    coco = write_coco(tmp_path / "c.json", photos, ["coffee.png", "sub/chelsea.png"], 2)
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--json"]
+    plain = CliRunner().invoke(app, args)
+    assert plain.exit_code == 0, plain.output
+    report = json.loads(plain.stdout)
+    assert set(report) == {"proposals"} and report["proposals"]["done"] == 2 and report["proposals"]["segments"] > 0
+    labelled = CliRunner().invoke(app, [*args, "--coco", str(coco)])
+    assert labelled.exit_code == 0, labelled.output
+    report = json.loads(labelled.stdout)
+    assert set(report) == {"annotations"} and report["annotations"]["segments"] == 4

@@ -60,115 +60,141 @@ def index(
             "--repair", help="Check every embedding row's checksum; photos with damaged rows are embedded again."
         ),
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run's report as JSON on stdout (status lines go to stderr).")
+    ] = False,
     *,
     sam: SamSettings,
 ) -> None:
     """Segment and embed every image under PATHS into the index at --db (incremental, resumable).
     With --coco FILE.json (and no --masker coco), a labelled dataset: each annotation becomes a segment
     with its id, class and split; with --masker too, the masker's proposals of the same photos follow."""
-    from tqdm import tqdm
+    reports: dict[str, object] = {}  # what --json prints: "annotations" and/or "proposals"
 
-    from usesearch.indexer import IndexOptions, index_paths
+    def run() -> None:
+        from tqdm import tqdm
 
-    folders: list[str | os.PathLike] = list(paths)
-    masker_options = sam.given()
-    labelled = coco is not None and masker != "coco"  # --masker coco: the file's masks are proposals
-    if split is not None and not labelled:
-        raise UsesearchError(
-            "--split names a labelled dataset's split: it goes with --coco FILE.json, not --masker coco"
-        )
-    if labelled and masker is None and masker_options:
-        raise UsesearchError(
-            f"{', '.join(map(SamSettings.flag, sorted(masker_options)))}: SAM's settings need a masker run "
-            "(--masker sam) beside --coco"
-        )
-    if coco is not None and not labelled:
-        masker_options["masks_json"] = str(coco)
-    options = IndexOptions(
-        preset=preset,
-        embedder=embedder,
-        head=str(head) if head else None,
-        masker=masker,
-        masker_options=masker_options,
-        device=device,
-        faiss_device=faiss_device,
-        factory=factory,
-        recall_target=recall_target,
-        compile=compile_models,
-        repair=repair,
-        retry_failed=retry_failed,
-        db_url=db_url,
-        shard_size=shard_size,
-    )
-    bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
-    start = time.perf_counter()
+        from usesearch.indexer import IndexOptions, index_paths
 
-    def progress(report, path, total):
-        bar.total = total
-        bar.update(report.done + report.skipped + report.failed - bar.n)
-        elapsed = max(time.perf_counter() - start, 1e-9)
-        bar.set_postfix(seg_s=f"{report.segments / elapsed:.1f}", failed=report.failed)
-
-    if workers is not None and ray is None:
-        raise UsesearchError("--workers applies to --ray runs only")
-    if labelled:
-        assert coco is not None
-        labelled_options = replace(options, masker_options={})
-        if ray is not None:
-            from usesearch.indexer.coco_ray import index_coco_ray
-
-            labels = index_coco_ray(folders, coco, db, labelled_options, split, progress, address=ray, workers=workers)
-        else:
-            from usesearch.indexer.coco_index import index_coco
-
-            labels = index_coco(folders, coco, db, labelled_options, split, progress)
-        bar.close()
-        _print_labelled(labels, db)
-        if labels.interrupted:
-            raise typer.Exit(130)
-        if masker is None:
-            if prune_gone:
-                _prune(db, folders, options)
-            return
-        bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
-    if ray is not None:
-        from usesearch.indexer.distributed import index_paths_ray
-
-        report = index_paths_ray(folders, db, options, progress, address=ray, workers=workers)
-    else:
-        report = index_paths(folders, db, options, progress)
-    bar.close()
-    if prune_gone and not report.interrupted:
-        _prune(db, folders, options)
-    state = "interrupted; finished work is kept" if report.interrupted else "finished"
-    opts.console.print(
-        f"{state}: {report.done} images indexed, {report.skipped} skipped, {report.failed} failed, "
-        f"{report.segments} segments in {report.seconds:.1f} s"
-    )
-    if repair:
-        opts.console.print(
-            f"  repair: {len(report.repaired)} photos had damaged embedding rows and were embedded again"
-        )
-        for path in report.unrepaired[:10]:
-            opts.console.print(f"  damaged but not under the folders given, so left as it is: {path}")
-    for line in report.devices:
-        opts.console.print(f"  {line}")
-    for path, reason in report.failures[:10]:
-        opts.console.print(f"  failed: {path}: {reason}")
-    if report.done and not report.segments:
-        random_sam = preset == "tiny" and masker in ("sam", "sam2")
-        opts.console.print(
-            f"  no masks: the masker found no region in {report.done} photo(s)"
-            + (
-                " (the tiny preset's SAM has random weights; its default masker, felzenszwalb, needs none)"
-                if random_sam
-                else ""
+        folders: list[str | os.PathLike] = list(paths)
+        masker_options = sam.given()
+        labelled = coco is not None and masker != "coco"  # --masker coco: the file's masks are proposals
+        if split is not None and not labelled:
+            raise UsesearchError(
+                "--split names a labelled dataset's split: it goes with --coco FILE.json, not --masker coco"
             )
+        if labelled and masker is None and masker_options:
+            raise UsesearchError(
+                f"{', '.join(map(SamSettings.flag, sorted(masker_options)))}: SAM's settings need a masker run "
+                "(--masker sam) beside --coco"
+            )
+        if coco is not None and not labelled:
+            masker_options["masks_json"] = str(coco)
+        options = IndexOptions(
+            preset=preset,
+            embedder=embedder,
+            head=str(head) if head else None,
+            masker=masker,
+            masker_options=masker_options,
+            device=device,
+            faiss_device=faiss_device,
+            factory=factory,
+            recall_target=recall_target,
+            compile=compile_models,
+            repair=repair,
+            retry_failed=retry_failed,
+            db_url=db_url,
+            shard_size=shard_size,
         )
-    if not prune_gone and not report.interrupted:
-        _say_gone(db, folders, db_url)
-    if report.interrupted:
-        raise typer.Exit(130)
+        bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
+        start = time.perf_counter()
+
+        def progress(report, path, total):
+            bar.total = total
+            bar.update(report.done + report.skipped + report.failed - bar.n)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(seg_s=f"{report.segments / elapsed:.1f}", failed=report.failed)
+
+        if workers is not None and ray is None:
+            raise UsesearchError("--workers applies to --ray runs only")
+        if labelled:
+            assert coco is not None
+            labelled_options = replace(options, masker_options={})
+            if ray is not None:
+                from usesearch.indexer.coco_ray import index_coco_ray
+
+                labels = index_coco_ray(
+                    folders, coco, db, labelled_options, split, progress, address=ray, workers=workers
+                )
+            else:
+                from usesearch.indexer.coco_index import index_coco
+
+                labels = index_coco(folders, coco, db, labelled_options, split, progress)
+            reports["annotations"] = labels
+            bar.close()
+            _print_labelled(labels, db)
+            if labels.interrupted:
+                raise typer.Exit(130)
+            if masker is None:
+                if prune_gone:
+                    _prune(db, folders, options)
+                return
+            bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
+        if ray is not None:
+            from usesearch.indexer.distributed import index_paths_ray
+
+            report = index_paths_ray(folders, db, options, progress, address=ray, workers=workers)
+        else:
+            report = index_paths(folders, db, options, progress)
+        reports["proposals"] = report
+        bar.close()
+        if prune_gone and not report.interrupted:
+            _prune(db, folders, options)
+        state = "interrupted; finished work is kept" if report.interrupted else "finished"
+        opts.console.print(
+            f"{state}: {report.done} images indexed, {report.skipped} skipped, {report.failed} failed, "
+            f"{report.segments} segments in {report.seconds:.1f} s"
+        )
+        if repair:
+            opts.console.print(
+                f"  repair: {len(report.repaired)} photos had damaged embedding rows and were embedded again"
+            )
+            for path in report.unrepaired[:10]:
+                opts.console.print(f"  damaged but not under the folders given, so left as it is: {path}")
+        for line in report.devices:
+            opts.console.print(f"  {line}")
+        for path, reason in report.failures[:10]:
+            opts.console.print(f"  failed: {path}: {reason}")
+        if report.done and not report.segments:
+            random_sam = preset == "tiny" and masker in ("sam", "sam2")
+            opts.console.print(
+                f"  no masks: the masker found no region in {report.done} photo(s)"
+                + (
+                    " (the tiny preset's SAM has random weights; its default masker, felzenszwalb, needs none)"
+                    if random_sam
+                    else ""
+                )
+            )
+        if not prune_gone and not report.interrupted:
+            _say_gone(db, folders, db_url)
+        if report.interrupted:
+            raise typer.Exit(130)
+
+    try:
+        run()
+    except typer.Exit:  # interrupted: what was finished is reported too
+        _print_json(reports, as_json)
+        raise
+    _print_json(reports, as_json)
+
+
+def _print_json(reports: dict[str, object], as_json: bool) -> None:
+    """``index --json``: the run's reports, on stdout alone (status lines are on stderr)."""
+    if as_json and reports:
+        import dataclasses
+        import json
+
+        print(json.dumps({name: dataclasses.asdict(r) for name, r in reports.items()}, indent=1, default=str))  # type: ignore[call-overload]
 
 
 def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:

@@ -370,6 +370,10 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         import os
 
+        # With --json, stdout carries the JSON alone: every status line goes to stderr.
+        saved_file = console.file
+        if kwargs.get("as_json") is True:
+            console.file = sys.stderr
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
@@ -392,5 +396,7 @@ def user_errors(fn):
                 message = f"unexpected {type(exc).__name__}: {message} (set {DEBUG_ENV}=1 to see the traceback)"
             print(f"error: {message}", file=sys.stderr)
             raise typer.Exit(code) from None
+        finally:
+            console.file = saved_file
 
     return wrapper
