@@ -114,6 +114,7 @@ class Report:
         if not self.as_json or len(extra) > 1:
             raise UsesearchError(f"got unexpected extra arguments ({' '.join(extra)})")
         opts.deprecated("`eval ... --json FILE` is now `--out FILE` (`--json` prints JSON)")
+        opts.console.stderr = False  # the table after all: on stdout (user_errors put it on stderr for --json)
         return Report(as_json=False, out=self.out or Path(extra[0]))
 
     def write(self, result: dict, rows: dict[str, float | None], total: tuple[str, str]) -> None:

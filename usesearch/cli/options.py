@@ -371,9 +371,10 @@ def user_errors(fn):
         import os
 
         # With --json, stdout carries the JSON alone: every status line goes to stderr.
-        saved_file = console.file
-        if kwargs.get("as_json") is True:
-            console.file = sys.stderr
+        # (rich's ``stderr`` flag, not its ``file``: a file saved and restored would pin
+        # one stream, which a test runner closes after each invocation.)
+        to_stderr = console.stderr
+        console.stderr = to_stderr or kwargs.get("as_json") is True
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
@@ -397,6 +398,6 @@ def user_errors(fn):
             print(f"error: {message}", file=sys.stderr)
             raise typer.Exit(code) from None
         finally:
-            console.file = saved_file
+            console.stderr = to_stderr
 
     return wrapper
