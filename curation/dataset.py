@@ -28,15 +28,23 @@ FORMAT = "usesearch-segments"
 MANIFEST = "manifest.json"
 
 
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def require_dataset(dataset_dir: str | os.PathLike) -> Path:
-    """The folder, if it is a curated dataset; else one line saying what it is instead
-    (a curation killed before its end has shards but no manifest yet)."""
+    """The folder, if it is a finished curated dataset; else one line saying what it is
+    instead (a curation cut short, first or re-run, is unfinished until a run ends)."""
     folder = Path(dataset_dir)
-    if (folder / MANIFEST).is_file():
+    manifest = read_manifest(folder)
+    if manifest is not None and manifest.get("finished", True):
         return folder
-    if any((folder / "shards").glob("*.jsonl")):
+    if manifest is not None or any((folder / "shards").glob("*.jsonl")):
         raise UsesearchError(
-            f"{folder} is an unfinished curation (no {MANIFEST} yet): run the same `usesearch curate run` "
+            f"{folder} is an unfinished curation (a run was cut short): run the same `usesearch curate run` "
             "again to finish it (it resumes)"
         )
     raise UsesearchError(f"{folder} is not a curated dataset (no {MANIFEST}): make one with `usesearch curate run`")
@@ -67,7 +75,13 @@ class DatasetWriter:
     """Appends image records; knows which images (by source and content hash) are
     done. One writer a folder: a second curate run into it is refused, not interleaved."""
 
-    def __init__(self, dataset_dir: str | os.PathLike, shard_size: int = 1000, source: str = ""):
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        shard_size: int = 1000,
+        source: str = "",
+        settings: dict[str, Any] | None = None,
+    ):
         self.dir = Path(dataset_dir)
         self.created = not self.dir.exists()  # a run that leaves nothing in it takes it back
         (self.dir / "shards").mkdir(parents=True, exist_ok=True)
@@ -78,6 +92,9 @@ class DatasetWriter:
         self._lock = ExitStack()
         self._lock.enter_context(one_writer(self.dir / LOCK_FILE, refusal))
         self.shard_size, self.source = shard_size, source
+        # What the manifest records: the settings of every run so far, this one's over them.
+        self.before = read_manifest(self.dir)
+        self.settings = {**{k: v for k, v in (self.before or {}).items() if k not in _OWN}, **(settings or {})}
         # A record is done for its own source only: a second source of the same photo
         # adds its own pairs. Records written before sources were kept count for any.
         self.done: set[tuple[str | None, str]] = {
@@ -96,6 +113,8 @@ class DatasetWriter:
     def write(
         self, path: str, sha256: str, hw: tuple[int, int], segments: list[Segment], pairs_before_nms: int
     ) -> None:
+        if self._file is None:  # this run's first record: the folder is unfinished until the run ends
+            self._write_manifest(finished=False)
         if self._file is None or self._in_shard >= self.shard_size:
             if self._file:
                 self._file.close()
@@ -117,11 +136,11 @@ class DatasetWriter:
         self.done.add((self.source, sha256))
         self._in_shard += 1
 
-    def close(self, extra: dict[str, Any] | None = None, finished: bool = True) -> None:
-        """End the run: the manifest is written when it ``finished`` (a run cut short by
-        an error or a kill leaves the folder an unfinished curation, which the next run
-        resumes). A folder this run made and left nothing in (a refused source, no
-        photo found) is taken back, so it is not mistaken for a dataset."""
+    def close(self, finished: bool = True) -> None:
+        """End the run: a run that ``finished`` marks the folder finished; one cut short
+        by an error or a kill leaves it unfinished (when it wrote anything), which the
+        next run resumes. A folder this run made and left nothing in (a refused source,
+        no photo found) is taken back, so it is not mistaken for a dataset."""
         try:
             if self._file:
                 self._file.close()
@@ -132,27 +151,34 @@ class DatasetWriter:
             ):
                 shutil.rmtree(self.dir, ignore_errors=True)
                 return
-            if not finished:
-                return
-            manifest = {
-                "format": FORMAT,
-                "version": 1,
-                "shards": sorted(p.name for p in (self.dir / "shards").glob("*.jsonl")),
-            }
-            manifest.update(extra or {})
-            write_atomic(self.dir / MANIFEST, json.dumps(manifest, indent=2))
+            if finished:
+                self._write_manifest(finished=True)
         finally:
             self._lock.close()
+
+    def _write_manifest(self, finished: bool) -> None:
+        manifest = {
+            "format": FORMAT,
+            "version": 1,
+            "finished": finished,
+            "shards": sorted(p.name for p in (self.dir / "shards").glob("*.jsonl")),
+            **self.settings,
+        }
+        write_atomic(self.dir / MANIFEST, json.dumps(manifest, indent=2))
+
+
+_OWN = ("format", "version", "finished", "shards")  # the manifest's own keys; the rest are settings
 
 
 def stats(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     """The paper's Table 1 columns (pairs, pairs after NMS, unique expressions) and per-source counts."""
-    pairs = pairs_nms = images = segments = 0
+    pairs = pairs_nms = segments = 0
+    photos: set[str] = set()  # a photo curated by several sources counts once
     unique: set[str] = set()
     by_source: Counter[str] = Counter()
     by_kind: Counter[str] = Counter()
     for record in read_records(dataset_dir):
-        images += 1
+        photos.add(record["sha256"])
         pairs += record["pairs_before_nms"]
         for seg in record["segments"]:
             segments += 1
@@ -162,7 +188,7 @@ def stats(dataset_dir: str | os.PathLike) -> dict[str, Any]:
                 by_source[t["source"]] += 1
                 by_kind[t["kind"]] += 1
     return {
-        "images": images,
+        "images": len(photos),
         "segments": segments,
         "pairs": pairs,
         "pairs_after_nms": pairs_nms,

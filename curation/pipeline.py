@@ -24,7 +24,7 @@ from usesearch.io.files import decode, read_bytes
 from usesearch.reports import RunReport
 
 from .cache import StageCache
-from .dataset import MANIFEST, DatasetWriter
+from .dataset import DatasetWriter, read_manifest
 from .masks import NMS_IOU, BoxMaskConfig, mask_nms, masks_from_boxes
 from .records import BoxText, ImageItem, TextRef
 from .sources import annotation_segments
@@ -59,16 +59,17 @@ def curate(
     *,
     grounder: Grounder | None = None,
     captioner: Captioner | None = None,
-    mask_config: BoxMaskConfig = BoxMaskConfig(),
+    mask_config: BoxMaskConfig | None = BoxMaskConfig(),
     nms_iou: float = NMS_IOU,
     source: str = "",
     progress: Callable[[CurateReport], None] | None = None,
 ) -> CurateReport:
     """``predictor``: a segment_anything SamPredictor, needed for box sources.
-    ``source`` names the items' source: a photo is done once per source."""
-    settings = {"mask_config": asdict(mask_config), "nms_iou": nms_iou}
+    ``source`` names the items' source: a photo is done once per source.
+    ``mask_config``: None for a source whose masks are given (SAM does not run)."""
+    settings: dict = {"nms_iou": nms_iou} | ({"mask_config": asdict(mask_config)} if mask_config else {})
     check_same_settings(out_dir, settings)
-    writer = DatasetWriter(out_dir, source=source)
+    writer = DatasetWriter(out_dir, source=source, settings=settings)
     report = CurateReport()
     start = time.perf_counter()
     failures = FailureLog(Path(out_dir) / "failures.jsonl")
@@ -91,9 +92,13 @@ def curate(
                 captions = list(item.captions)
                 if item.mllm_caption and captioner is not None:
                     key = f"{sha256}:{stage_identity(captioner)}"
-                    if caption_cache.get(key) is None:
-                        caption_cache.put(key, asdict(captioner(rgb)))
-                    captions.append(TextRef(**caption_cache.get(key)))
+                    # Keyed by the captioner's name alone before: such a caption is reused,
+                    # not sampled again at an MLLM's cost.
+                    cached = caption_cache.get(key) or caption_cache.get(f"{sha256}:{captioner.name}")
+                    if cached is None:
+                        cached = asdict(captioner(rgb))
+                        caption_cache.put(key, cached)
+                    captions.append(TextRef(**cached))
                 for caption in captions:
                     if grounder is None:
                         raise CurationConfigError(
@@ -114,7 +119,7 @@ def curate(
                 if boxes:
                     if predictor is None:
                         raise CurationConfigError("box sources need SAM: pass a SamPredictor")
-                    segments.extend(masks_from_boxes(predictor, rgb, boxes, mask_config))
+                    segments.extend(masks_from_boxes(predictor, rgb, boxes, mask_config or BoxMaskConfig()))
                 pairs = sum(len(s.texts) for s in segments)
                 kept = mask_nms(segments, nms_iou)
             except CurationConfigError:
@@ -132,7 +137,7 @@ def curate(
                 progress(report)
         finished = True
     finally:
-        writer.close(settings, finished)
+        writer.close(finished)
         report.seconds = time.perf_counter() - start
     return report
 
@@ -144,17 +149,14 @@ def stage_identity(stage: object) -> str:
 
 
 def check_same_settings(out_dir: str | os.PathLike, settings: dict) -> None:
-    """A dataset is curated with one set of mask settings: a re-run with others would
-    leave its manifest describing records it did not make."""
-    manifest = Path(out_dir) / MANIFEST
-    if not manifest.is_file():
-        return
-    before = json.loads(manifest.read_text())
+    """A dataset is curated with one set of mask settings, finished or not: a run with
+    others would leave its manifest describing records it did not make. Only settings
+    both runs used are compared (a source with given masks runs no SAM)."""
+    before = read_manifest(Path(out_dir)) or {}
     changed = [
-        f"{name} {before[group][name]} (now {value})"
-        for group in ("mask_config",)
-        for name, value in settings[group].items()
-        if name in before.get(group, {}) and before[group][name] != value
+        f"{name} {before['mask_config'][name]} (now {value})"
+        for name, value in (settings.get("mask_config") or {}).items()
+        if name in (before.get("mask_config") or {}) and before["mask_config"][name] != value
     ]
     if "nms_iou" in before and before["nms_iou"] != settings["nms_iou"]:
         changed.append(f"nms_iou {before['nms_iou']} (now {settings['nms_iou']})")

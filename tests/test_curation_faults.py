@@ -115,12 +115,34 @@ def test_a_second_source_of_the_same_photo_adds_its_pairs(tmp_path, photos):
     assert (again.done, again.skipped) == (0, 1)
     texts = sorted(t.text for r in read_records(tmp_path / "ds") for s in read_segments(r) for t in s.texts)
     assert texts == ["a cat", "a tabby"]
+    # One photo, not two: counted once, and trained as one sample whose duplicate masks merged their texts.
+    from usesearch.curation.dataset import stats
+    from usesearch.training.data import load_samples
+
+    assert stats(tmp_path / "ds")["images"] == 1
+    [sample] = load_samples([tmp_path / "ds"])
+    assert len(sample.rles) == 1 and sorted(sample.texts[0]) == ["a cat", "a tabby"]
 
 
 def test_other_mask_settings_on_a_curated_folder_are_refused(tmp_path, photos):
-    curate([ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])], tmp_path / "ds")
+    cat = ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])
+    curate([cat], tmp_path / "ds")
     with pytest.raises(CurationConfigError, match="pred_iou_thresh 0.6 \\(now 0.8\\)"):
         curate([], tmp_path / "ds", mask_config=BoxMaskConfig(pred_iou_thresh=0.8))
+    # A source with given masks runs no SAM: it joins whatever SAM settings the folder has, both ways round.
+    cup = ImageItem(path=str(photos / "cup.png"), segments=[_segment((100, 150), "a cup")])
+    assert curate([cup], tmp_path / "ds", mask_config=None, source="given").done == 1
+    curate([cup], tmp_path / "other", mask_config=None, source="given")
+    assert curate([cat], tmp_path / "other", mask_config=BoxMaskConfig(pred_iou_thresh=0.8)).done == 1
+
+    def cut_after_one():
+        yield ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # an unfinished curation keeps its settings too
+        curate(cut_after_one(), tmp_path / "cut", mask_config=BoxMaskConfig(pred_iou_thresh=0.5))
+    with pytest.raises(CurationConfigError, match="pred_iou_thresh 0.5 \\(now 0.6\\)"):
+        curate([], tmp_path / "cut")
 
 
 def test_a_run_cut_short_leaves_an_unfinished_curation_and_a_refused_one_leaves_nothing(tmp_path, photos):
@@ -130,10 +152,17 @@ def test_a_run_cut_short_leaves_an_unfinished_curation_and_a_refused_one_leaves_
 
     with pytest.raises(KeyboardInterrupt):
         curate(cut_after_one(), tmp_path / "ds")
-    assert not (tmp_path / "ds" / "manifest.json").exists()  # not mistaken for a finished dataset
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["finished"] is False  # not taken as whole
     with pytest.raises(usesearch.UsesearchError, match="is an unfinished curation"):
         list(read_records(tmp_path / "ds"))
     assert curate([], tmp_path / "ds").done == 0 and len(list(read_records(tmp_path / "ds"))) == 1  # resumed
+    # A re-run into the finished dataset, cut short in turn, leaves it unfinished: no partial data passes as whole.
+    with pytest.raises(KeyboardInterrupt):
+        curate(cut_after_one(), tmp_path / "ds", source="another")
+    with pytest.raises(usesearch.UsesearchError, match="is an unfinished curation"):
+        list(read_records(tmp_path / "ds"))
+    curate([], tmp_path / "ds", source="another")
+    assert len(list(read_records(tmp_path / "ds"))) == 2
     (tmp_path / "vg.json").write_text(json.dumps({"not": "a list"}))
     with pytest.raises(CocoFileError):
         curate(visual_genome_source(tmp_path / "vg.json", photos), tmp_path / "refused")

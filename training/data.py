@@ -24,20 +24,27 @@ class Sample:
 
 
 def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
-    """Every image with segments that have texts, from curated dataset folders (a
-    folder that is not one is refused in one line)."""
-    samples = []
+    """Every photo with segments that have texts, from curated dataset folders (a
+    folder that is not one is refused in one line). A photo curated by several sources
+    (or in several folders) is one sample: its segments merged by mask NMS, as one
+    curation merges an image's duplicates, so one source's text for an object is never
+    a negative for another's text for the same object."""
+    from usesearch.curation.dataset import read_segments
+    from usesearch.curation.masks import mask_nms
+
+    by_photo: dict[str, tuple[str, list]] = {}
     for directory in dataset_dirs:
         for record in read_records(directory):
-            segs = [s for s in record["segments"] if s["texts"]]
-            if segs:
-                samples.append(
-                    Sample(
-                        record["path"],
-                        [s["rle"] for s in segs],
-                        [[t["text"] for t in s["texts"]] for s in segs],
-                    )
-                )
+            segments = [s for s in read_segments(record) if s.texts]
+            if segments:
+                path, merged = by_photo.setdefault(record["sha256"], (record["path"], []))
+                merged.append(segments)
+    samples = []
+    for path, groups in by_photo.values():
+        segments = groups[0] if len(groups) == 1 else mask_nms([s for group in groups for s in group])
+        samples.append(
+            Sample(path, [s.rle for s in segments], [list(dict.fromkeys(t.text for t in s.texts)) for s in segments])
+        )
     return samples
 
 

@@ -56,7 +56,7 @@ def scene(rng: np.random.Generator, size: int = 128):
 def write_dataset(out: str | os.PathLike, n_images: int, seed: int = 0, size: int = 128) -> Path:
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    writer = DatasetWriter(out)
+    writer = DatasetWriter(out, settings={"synthetic": {"seed": seed, "size": size}})
     rng = np.random.default_rng(seed)
     for i in range(n_images):
         rgb, objects = scene(rng, size)
@@ -64,7 +64,7 @@ def write_dataset(out: str | os.PathLike, n_images: int, seed: int = 0, size: in
         Image.fromarray(rgb).save(path)
         segments = [to_segment(m, [TextRef(t, "gt_caption", "expression") for t in texts], 1.0) for m, texts in objects]
         writer.write(str(path), read_bytes(str(path))[1], rgb.shape[:2], segments, len(segments))
-    writer.close({"synthetic": {"seed": seed, "size": size}})
+    writer.close()
     return out
 
 

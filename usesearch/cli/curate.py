@@ -101,7 +101,7 @@ def run(
         predictor,
         grounder=the_grounder,
         captioner=the_captioner,
-        mask_config=mask_config,
+        mask_config=mask_config if kind.prompts_sam else None,
         source=source,
         progress=lambda r: bar.update(1),
     )
