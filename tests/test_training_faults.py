@@ -164,3 +164,55 @@ def test_keep_checkpoints_keeps_the_newest_step_heads_and_resume_still_works(sam
     resumed = Trainer(samples, tmp_path, cfg)
     resumed.resume()
     assert resumed.step == 4
+
+
+def test_keep_checkpoints_never_drops_the_head_trainer_pt_names(samples, tmp_path, monkeypatch):
+    """A killed run left step 4's head but trainer.pt at step 2; the resumed run,
+    keeping one head, must keep its own newest (3), not the stale 4."""
+    from dataclasses import replace
+
+    real_write = train_module.write_atomic
+
+    def killed_at_step_4(path, data, **kw):
+        if path.name == "trainer.pt" and (tmp_path / "step-0000004.json").is_file():
+            raise KeyboardInterrupt
+        return real_write(path, data, **kw)
+
+    monkeypatch.setattr(train_module, "write_atomic", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(samples, tmp_path, CFG).run()
+    monkeypatch.setattr(train_module, "write_atomic", real_write)
+    cfg = replace(CFG, checkpoint_every=1, keep_checkpoints=1)
+    resumed = Trainer(samples, tmp_path, cfg)
+    resumed.resume()
+    resumed.run(until=3)
+    assert [p.name for p in tmp_path.glob("step-*.json")] == ["step-0000003.json"]
+    again = Trainer(samples, tmp_path, cfg)
+    again.resume()
+    assert again.step == 3
+
+
+def test_threads_and_the_prefetched_batch_train_as_one_thread_does(samples, tmp_path):
+    from dataclasses import replace
+
+    for n in (1, 4):
+        Trainer(samples, tmp_path / str(n), replace(CFG, loader_threads=n, max_steps=4)).run()
+    assert _losses(tmp_path / "1") == pytest.approx(_losses(tmp_path / "4"), abs=1e-6)
+
+
+def _losses(out):
+    return [float(r["loss"]) for r in csv.DictReader(open(out / "log.csv"))]
+
+
+def test_an_unreadable_photo_is_listed_once_across_a_resume(samples, tmp_path):
+    from dataclasses import replace
+
+    gone = replace(samples[0], path=str(tmp_path / "gone.png"))
+    data = [gone, *samples[1:]]
+    cfg = replace(CFG, batch_images=8, max_steps=6, checkpoint_every=2)
+    Trainer(data, tmp_path / "run", cfg).run(until=2)
+    resumed = Trainer(data, tmp_path / "run", cfg)
+    resumed.resume()
+    resumed.run()
+    lines = (tmp_path / "run" / "unreadable.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [gone.path] and gone.path in resumed.unreadable

@@ -142,13 +142,24 @@ class Trainer:
         return c, d, weights, texts
 
     def make_batch(self, step: int):
+        """Step ``step``'s batch (None: no photo kept a segment); photos that cannot be
+        read are skipped and recorded."""
+        batch, unreadable = self.prepare_batch(step)
+        for path, why in unreadable:
+            self._skip(path, why)
+        return batch
+
+    def prepare_batch(self, step: int):
+        """(batch, [(photo, why it cannot be read)]): no side effect, so the next batch
+        is prepared on a thread while this one trains, and recorded on the main one."""
         indices = self.batch_indices(step)
         with ThreadPoolExecutor(max(1, self.cfg.loader_threads)) as pool:
             prepared = list(pool.map(self.prepare, [step] * len(indices), range(len(indices)), indices))
         clip_px, dino_px, weights, image_index, texts = [], [], [], [], []
+        unreadable = []
         for index, photo in zip(indices, prepared):
             if isinstance(photo, str):
-                self._skip(self.samples[index].path, photo)
+                unreadable.append((self.samples[index].path, photo))
             elif photo is not None:
                 c, d, w, photo_texts = photo
                 clip_px.append(c)
@@ -157,8 +168,9 @@ class Trainer:
                 image_index += [len(clip_px) - 1] * len(photo_texts)
                 texts += photo_texts
         if not texts:
-            return None
-        return torch.stack(clip_px), torch.stack(dino_px), torch.cat(weights), torch.tensor(image_index), texts
+            return None, unreadable
+        batch = torch.stack(clip_px), torch.stack(dino_px), torch.cat(weights), torch.tensor(image_index), texts
+        return batch, unreadable
 
     def loss_on(self, batch) -> torch.Tensor:
         clip_px, dino_px, weights, image_index, texts = batch
@@ -191,6 +203,8 @@ class Trainer:
         return one_writer(self.out / LOCK_FILE, refusal)
 
     def _run(self, progress, until: int | None) -> Path:
+        if self.step == 0:  # checked again under the lock: a run may have ended here since the command started
+            check_new_run(self.out)
         log_path = self.out / "log.csv"
         new_log = not log_path.exists() or self.step == 0
         with open(log_path, "w" if new_log else "a", newline="") as f:
@@ -200,13 +214,15 @@ class Trainer:
             self.use.train()
             end = until or self.total_steps
             ahead = ThreadPoolExecutor(1)  # the next batch is made while this one trains
-            pending = ahead.submit(self.make_batch, self.step) if self.step < end else None
+            pending = ahead.submit(self.prepare_batch, self.step) if self.step < end else None
             try:
                 while pending is not None:
                     start = time.perf_counter()
                     lr = self.optimizer.param_groups[0]["lr"]
-                    batch = pending.result()
-                    pending = ahead.submit(self.make_batch, self.step + 1) if self.step + 1 < end else None
+                    batch, unreadable = pending.result()
+                    pending = ahead.submit(self.prepare_batch, self.step + 1) if self.step + 1 < end else None
+                    for path, why in unreadable:
+                        self._skip(path, why)
                     loss = self.train_step(batch)
                     n = 0 if batch is None else len(batch[4])
                     log.writerow(
@@ -224,8 +240,8 @@ class Trainer:
                         progress(self.step, self.total_steps, loss.item() if loss is not None else float("nan"))
                     if self.step % self.cfg.checkpoint_every == 0 or self.step in (self.total_steps, until):
                         self.save()
-            finally:
-                ahead.shutdown(wait=False, cancel_futures=True)
+            finally:  # the batch being prepared ends before the run (and its lock) does
+                ahead.shutdown(wait=True, cancel_futures=True)
         self.use.eval()
         return self.out / "head.safetensors"
 
@@ -249,6 +265,8 @@ class Trainer:
         return loss
 
     def _skip(self, path: str, why: str) -> None:
+        if path in self.unreadable:  # met again in a batch prepared before it was recorded
+            return
         self.unreadable[path] = why
         self.say(f"training skips {path}: {why}")
         with open(self.out / "unreadable.txt", "a", encoding="utf-8") as f:
@@ -283,7 +301,11 @@ class Trainer:
         if keep is None:
             return
         steps = sorted({int(p.stem.split("-")[1]) for p in self.out.glob("step-*.json")})
-        for step in steps[: max(len(steps) - keep, 0)]:
+        # Heads past this step are a killed run's leftovers (this run will write them
+        # again): they go first, and this step's head, the one trainer.pt names, stays.
+        stale = [step for step in steps if step > self.step]
+        older = [step for step in steps if step <= self.step]
+        for step in stale + older[: max(len(older) - keep, 0)]:
             for suffix in (".safetensors", ".json"):
                 (self.out / f"step-{step:07d}{suffix}").unlink(missing_ok=True)
 
@@ -321,6 +343,11 @@ class Trainer:
         self.step = trainer_state["step"]
         with self._one_writer():  # not under a run still going
             self._trim_log()
+        listed = self.out / "unreadable.txt"
+        if listed.is_file():  # skipped by the run so far: skipped again without a second line
+            for line in listed.read_text(encoding="utf-8").splitlines():
+                photo, _, why = line.partition("\t")
+                self.unreadable.setdefault(photo, why)
 
     def _trim_log(self) -> None:
         """Drop the log rows of steps past the checkpoint: they will be trained, and logged, again."""
