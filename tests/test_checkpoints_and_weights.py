@@ -169,6 +169,7 @@ def _fake_hub_download(partial: bytes, succeed: bool):
 @pytest.mark.parametrize("partial", [b"", b"half a checkpoint"])
 def test_failed_sam3_pull_leaves_no_lock_and_keeps_only_a_resumable_partial(tmp_path, monkeypatch, partial):
     import huggingface_hub
+    import huggingface_hub.constants
 
     from usesearch.masks.sam3 import pull_sam3
 
@@ -186,6 +187,7 @@ def test_failed_sam3_pull_leaves_no_lock_and_keeps_only_a_resumable_partial(tmp_
 
 def test_sam3_pull_moves_the_checkpoint_into_place_and_drops_the_staging(tmp_path, monkeypatch):
     import huggingface_hub
+    import huggingface_hub.constants
 
     from usesearch.masks.sam3 import pull_sam3, sam3_status
 
@@ -201,6 +203,7 @@ def test_sam3_pull_moves_the_checkpoint_into_place_and_drops_the_staging(tmp_pat
 def test_a_pull_from_hugging_face_while_offline_says_so(tmp_path, monkeypatch):
     """Not the hub's 'check your connection', nor SAM 3's advice for a gated model."""
     import huggingface_hub
+    import huggingface_hub.constants
 
     from usesearch.masks.sam3 import pull_sam3
     from usesearch.models.weights import pull
@@ -226,3 +229,27 @@ def test_pull_checks_a_present_sam_checkpoint_instead_of_skipping_it(tmp_path, m
     monkeypatch.setattr(weights, "_download", lambda *a: pytest.fail("a present file is checked, not fetched"))
     with pytest.raises(usesearch.UsesearchError, match="has SHA-256 .* expected .*Delete it"):
         weights.pull(preset)
+
+
+def test_a_sam3_pull_cut_short_or_gated_leaves_no_lock_and_says_why(tmp_path, monkeypatch):
+    import huggingface_hub
+    import huggingface_hub.constants
+    from huggingface_hub.errors import GatedRepoError
+
+    from usesearch.masks.sam3 import pull_sam3
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    gated = GatedRepoError.__new__(GatedRepoError)  # as the hub raises it for a licence not accepted
+    gated.args = ("401 Client Error",)
+    for raised, expect in ((KeyboardInterrupt(), KeyboardInterrupt), (gated, usesearch.UsesearchError)):
+
+        def download(repo_id, filename, local_dir, raised=raised):
+            _fake_hub_download(b"", succeed=True)(repo_id, filename, local_dir)
+            raise raised
+
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+        with pytest.raises(expect) as caught:
+            pull_sam3()
+        assert not list(tmp_path.rglob("*.lock")), raised
+    assert "it is gated: accept its licence" in str(caught.value)

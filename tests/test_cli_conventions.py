@@ -160,6 +160,10 @@ def test_a_command_line_click_cannot_parse_is_one_line(tmp_path):
         assert done.stderr.strip().splitlines() == [done.stderr.strip()] and why in done.stderr, (args, done.stderr)
     helped = subprocess.run([sys.executable, "-m", "usesearch", "--help"], capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "Usage: usesearch" in helped.stdout
+    bare = subprocess.run([sys.executable, "-m", "usesearch", "curate"], capture_output=True, text=True, timeout=120)
+    assert (
+        "Usage: usesearch curate" in bare.stdout + bare.stderr and "error:" not in bare.stderr
+    )  # help, no empty error
 
 
 @pytest.mark.parametrize(
@@ -167,6 +171,7 @@ def test_a_command_line_click_cannot_parse_is_one_line(tmp_path):
     [
         (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/nowhere/x.png"], "does not exist"),
         (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/x.jpg"], "write a .png"),
+        (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/x.png", "--overlay", "{d}/o.psd"], "a picture"),
         (["query", "a cat", "--db", "{d}/i", "--show", "{d}/nowhere/s.png"], "does not exist"),
         (["query", "a cat", "--db", "{d}/i", "--export-coco", "{d}/nowhere/h.json"], "does not exist"),
         # A folder to write that is a file: refused at once, not at the first write after the work.

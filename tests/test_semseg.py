@@ -140,9 +140,13 @@ def _label(path, value, shape=(128, 128)):
         (lambda root: [_label(p, 255) for p in (root / "labels").iterdir()], "no pixel of"),
     ],
 )
-def test_eval_semseg_refuses_ground_truth_that_cannot_be_scored_in_one_line(tmp_path, spoil, why):
+def test_eval_semseg_refuses_ground_truth_that_cannot_be_scored_in_one_line(tmp_path, spoil, why, monkeypatch):
     """An empty folder, a missing or misfit label map, a class id past the class list, or
-    no labelled pixel would give a nan, a traceback or a wrong mIoU: each is one line."""
+    no labelled pixel would give a nan, a traceback or a wrong mIoU: each is one line,
+    said before any model is built."""
+    from usesearch.cli import eval as eval_cli
+
+    monkeypatch.setattr(eval_cli.Segmenter, "build", lambda *a: pytest.fail("models built before the check"))
     root = write_semseg(tmp_path / "semseg", 3, seed=4)
     spoil(root)
     args = ["eval", "semseg", "--images", str(root / "images"), "--labels", str(root / "labels")]

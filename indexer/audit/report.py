@@ -7,6 +7,7 @@ import csv
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from usesearch.errors import UsesearchError, first_line
 
@@ -28,6 +29,15 @@ def unreviewed(items: list[dict], kind: str, verdicts: dict[tuple[str, str], str
     return [i for i in items if (kind, i["item"]) not in verdicts]
 
 
+class Written(NamedTuple):
+    """What ``write_lists`` wrote: each list's items, the lists whose contact sheet was
+    drawn, and the photos the sheets could not read (gone or changed since indexing)."""
+
+    lists: dict[str, list[dict]]
+    sheets: list[str]
+    unreadable: list[str]
+
+
 def write_lists(
     lists: dict[str, list[dict]],
     store: Store,
@@ -36,13 +46,13 @@ def write_lists(
     verdicts: dict[tuple[str, str], str],
     include_reviewed: bool = False,
     sheets: bool = True,
-) -> tuple[dict[str, list[dict]], list[str]]:
+) -> Written:
     """Write each list's first ``k`` items (reviewed ones left out unless
-    ``include_reviewed``, then with their verdict); returns what was written, and the
-    photos the contact sheets could not read (gone or changed since indexing)."""
+    ``include_reviewed``, then with their verdict)."""
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
+    drawn: list[str] = []
     unreadable: set[str] = set()
     for kind, items in lists.items():
         shown = items if include_reviewed else unreviewed(items, kind, verdicts)
@@ -57,10 +67,14 @@ def write_lists(
                 writer.writerow([_cell(item.get(c)) for c in columns])
         if sheets and shown:
             try:
-                unreadable.update(_sheet(shown, store, out / f"{kind}.png"))
+                missing = _sheet(shown, store, out / f"{kind}.png")
             except (UsesearchError, OSError) as exc:  # the sheet could not be written: the lists still stand
                 print(f"contact sheet {kind}.png skipped: {first_line(exc)}")
-    return written, sorted(unreadable)
+                continue
+            if missing is not None:
+                drawn.append(kind)
+                unreadable.update(missing)
+    return Written(written, drawn, sorted(unreadable))
 
 
 def _cell(value) -> str:
@@ -71,8 +85,9 @@ def _cell(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _sheet(items: list[dict], store: Store, path: Path) -> list[str]:
-    """The list's contact sheet; the photos it could not read (drawn grey)."""
+def _sheet(items: list[dict], store: Store, path: Path) -> list[str] | None:
+    """The list's contact sheet; the photos it could not read (drawn grey); None when
+    no item has a stored segment to draw (no sheet is written)."""
     rows = store.rows(i["segment_id"] for i in items if i.get("segment_id") is not None)
     hits = []
     for item in items:
@@ -80,4 +95,4 @@ def _sheet(items: list[dict], store: Store, path: Path) -> list[str]:
         if row is None:
             continue
         hits.append(Hit.from_row(row, item["rank"], float(item["score"])))
-    return contact_sheet(hits, path)[1] if hits else []
+    return contact_sheet(hits, path)[1] if hits else None

@@ -49,6 +49,8 @@ def main() -> None:
         format_message = getattr(exc, "format_message", None)
         if not callable(format_message):
             raise
+        if not format_message():  # a group called bare: click printed its help, and there is nothing to add
+            sys.exit(getattr(exc, "exit_code", 2))
         ctx = getattr(exc, "ctx", None)  # a usage error's command
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {format_message()}{hint}", file=sys.stderr)

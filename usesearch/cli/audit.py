@@ -66,7 +66,9 @@ def audit(
     store = open_store(Path(db), db_url, read_only=True)
     try:
         verdicts = reviews.verdicts(store.engine)
-        written, unreadable = report.write_lists(result["lists"], store, out, k, verdicts, include_reviewed, sheets)
+        written, drawn, unreadable = report.write_lists(
+            result["lists"], store, out, k, verdicts, include_reviewed, sheets
+        )
     finally:
         store.close()
     for kind, items in written.items():
@@ -77,7 +79,6 @@ def audit(
             where = first.get("image") or " and ".join(first.get("paths", []))  # a leak: its photos
             line += f"; first: {first['item']} (score {first['score']:.3f}, {where})"
         opts.console.print(line)
-    drawn = [kind for kind, items in written.items() if items] if sheets else []
     opts.console.print(
         f"wrote {out}/{{{','.join(written)}}}.json, .csv"
         + (f"; contact sheets {', '.join(drawn)}.png" if drawn else "")

@@ -160,7 +160,8 @@ def segment(
 
     if out.suffix.lower() != ".png":  # JPEG would invent class ids between the real ones
         raise UsesearchError(f"--out {out}: write a .png (a label map must keep its exact values)")
-    if overlay is not None and overlay.suffix.lower() not in Image.registered_extensions():
+    formats = Image.registered_extensions()
+    if overlay is not None and formats.get(overlay.suffix.lower()) not in Image.SAVE:  # Pillow writes it
         raise UsesearchError(f"--overlay {overlay}: name a picture file (.png, .jpg, .webp)")
     names = _classes(classes, classes_file)
     models, mask_proposer = segmenter.build(sam)
@@ -205,7 +206,14 @@ def eval_semseg(
     """mIoU over a dataset in the ADE20K / Pascal Context layout."""
     import numpy as np
 
-    from usesearch.tasks.semseg import confusion, ground_truth_pairs, miou, read_ground_truth, segment_image
+    from usesearch.tasks.semseg import (
+        check_ground_truth,
+        confusion,
+        ground_truth_pairs,
+        miou,
+        read_ground_truth,
+        segment_image,
+    )
 
     report = report.taking(ctx.args)
     if classes and "," not in classes and Path(classes).is_file():
@@ -214,14 +222,13 @@ def eval_semseg(
         classes = None
     names = _classes(classes, classes_file)
     pairs = ground_truth_pairs(images, labels)
+    check_ground_truth(pairs, len(names), ignore_index, reduce_zero_label)
     models, mask_proposer = segmenter.build(sam)
     matrix = np.zeros((len(names), len(names) + 1), np.int64)
     for path, label in pairs:
         rgb, masks = _read_and_mask(path, mask_proposer)
         gt = read_ground_truth(label, rgb.shape[:2], len(names), ignore_index, reduce_zero_label)
         matrix += confusion(segment_image(models, rgb, masks, names), gt, len(names), ignore_index)
-    if not matrix.any():
-        raise UsesearchError(f"no pixel of {labels} is labelled: every one is the ignored value {ignore_index}")
     mean, per_class = miou(matrix)
     fingerprint = "+".join(m.fingerprint for m in models)
     scores = {n: (None if np.isnan(v) else float(v)) for n, v in zip(report_names(names), per_class)}

@@ -38,7 +38,10 @@ def write_atomic(
         # The target's mode where it exists, else a new file's: a writer function may
         # make its file private (safetensors writes 0600), which would lock other users
         # of a shared folder out of a checkpoint.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else NEW_FILE_MODE)
+        try:
+            os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else NEW_FILE_MODE)
+        except OSError:  # a file system without modes (vfat, some network mounts): its own rule stands
+            pass
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

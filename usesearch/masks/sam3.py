@@ -244,14 +244,21 @@ def pull_sam3() -> list[str]:
     try:
         fetched = Path(hf_hub_download(HF_REPO, CHECKPOINT, local_dir=staging))
         os.replace(fetched, usesearch_home() / CHECKPOINT)
-    except Exception as exc:  # noqa: BLE001 - gated, offline or not logged in: one line
-        from usesearch.errors import first_line
+    except BaseException as exc:  # a Ctrl-C leaves no lock file either
+        from huggingface_hub.errors import GatedRepoError
+
+        from usesearch.errors import first_line, is_disk_full
 
         _tidy_staging(staging)
-        raise UsesearchError(
-            f"could not download {CHECKPOINT} from hf.co/{HF_REPO} (gated: accept its licence on the model page, "
-            f"then `hf auth login`): {first_line(exc)}"
-        ) from None
+        if not isinstance(exc, Exception):
+            raise
+        if isinstance(exc, GatedRepoError):
+            why = "it is gated: accept its licence on the model page, then `hf auth login`"
+        elif is_disk_full(exc):
+            why = f"the disk under {usesearch_home()} is full (it takes about 3.5 GB)"
+        else:
+            why = first_line(exc)
+        raise UsesearchError(f"could not download {CHECKPOINT} from hf.co/{HF_REPO}: {why}") from None
     finally:
         hub_log.setLevel(level)
     shutil.rmtree(staging, ignore_errors=True)

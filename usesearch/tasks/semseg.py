@@ -110,6 +110,29 @@ def ground_truth_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def check_ground_truth(
+    pairs: list[tuple[Path, Path]], num_classes: int, ignore_index: int, reduce_zero_label: bool
+) -> None:
+    """Every label map read and checked against its photo's size before any model runs
+    (``read_ground_truth``'s refusals), and at least one pixel labelled: a bad last map
+    must not end a run that scored every other image."""
+    labelled = False
+    for image, label in pairs:
+        try:
+            with Image.open(image) as opened:
+                width, height = opened.size
+                if opened.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF-rotated a quarter turn, as it is read
+                    width, height = height, width
+        except OSError as exc:
+            raise UsesearchError(f"{image}: not a readable image ({exc})") from None
+        gt = read_ground_truth(label, (height, width), num_classes, ignore_index, reduce_zero_label)
+        labelled = labelled or bool((gt != ignore_index).any())
+    if not labelled:
+        raise UsesearchError(
+            f"no pixel of {pairs[0][1].parent} is labelled: every one is the ignored value {ignore_index}"
+        )
+
+
 def read_ground_truth(
     label: Path, image_hw: tuple[int, int], num_classes: int, ignore_index: int, reduce_zero_label: bool
 ) -> np.ndarray:
