@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from usesearch.cli import options as opts
+from usesearch.cli import sam_options
 from usesearch.curation.sources import SOURCES
 from usesearch.errors import UsesearchError
 from usesearch.masks.settings import SamSettings
@@ -19,13 +20,13 @@ curate_app = opts.Typer(help="Curate segment-text pairs for training (paper §3.
 
 DEFAULT_GROUNDER = "IDEA-Research/grounding-dino-tiny"
 
-# SAM's settings that box prompts take (opts.BOX_PROMPT_SETTINGS), by the names of BoxMaskConfig.
+# SAM's settings that box prompts take (sam_options.BOX_PROMPT_SETTINGS), by the names of BoxMaskConfig.
 BOX_MASK_CONFIG_NAMES = {"min_mask_region_area": "min_region_area"}
 
 
 @curate_app.command("run")
 @opts.user_errors
-@opts.with_box_prompt_settings
+@sam_options.with_box_prompt_settings
 def run(
     path: Annotated[Path, typer.Argument(help="A folder of images, or the source's annotation JSON.", exists=True)],
     dataset_dir: Annotated[

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from usesearch.cli import options as opts
+from usesearch.cli import sam_options
 from usesearch.errors import UsesearchError
 from usesearch.io.coco_json import load_coco_json
 from usesearch.masks.settings import SamSettings
@@ -135,7 +136,7 @@ with_report = opts.shared_options("report", Report)
 @app.command()
 @opts.user_errors
 @with_segmenter
-@opts.with_sam_settings
+@sam_options.with_sam_settings
 def segment(
     image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     out: Annotated[
@@ -182,7 +183,7 @@ def segment(
 @eval_app.command("semseg", context_settings=TAKING_OLD_JSON_FILE)
 @opts.user_errors
 @with_segmenter
-@opts.with_sam_settings
+@sam_options.with_sam_settings
 @with_report
 def eval_semseg(
     ctx: typer.Context,
@@ -240,7 +241,7 @@ def eval_semseg(
 @eval_app.command("parts", context_settings=TAKING_OLD_JSON_FILE)
 @opts.user_errors
 @with_segmenter
-@opts.with_sam_settings
+@sam_options.with_sam_settings
 @with_report
 def eval_parts(
     ctx: typer.Context,

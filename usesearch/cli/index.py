@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from usesearch.cli import options as opts
+from usesearch.cli import sam_options
 from usesearch.errors import UsesearchError
 from usesearch.masks.settings import SamSettings
 
@@ -23,7 +24,7 @@ app = opts.Typer()
 
 @app.command()
 @opts.user_errors
-@opts.with_sam_settings
+@sam_options.with_sam_settings
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively).")],
     db: opts.DbOpt,

@@ -1,7 +1,8 @@
 """What the command modules share, declared once: the console, the one-line error
 rule (``user_errors``), the options several commands take (one spelling per concept:
 README, "Command overview"), the groups of them one object stands for
-(``shared_options``: where an index is, SAM's settings, the search filters), and the
+(``shared_options``: where an index is, the search filters; SAM's settings are in
+``sam_options``), and the
 command group whose commands still take their old spellings for one release
 (``Typer``, ``Formerly``)."""
 
@@ -11,7 +12,6 @@ import functools
 import inspect
 import os
 import sys
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,6 @@ import typer
 from rich.console import Console
 
 from usesearch.errors import UsesearchError, first_line, is_disk_full
-from usesearch.masks.settings import SAM_SETTINGS, SamSettings
 
 from .spellings import Formerly as Formerly
 from .spellings import Typer as Typer
@@ -230,56 +229,6 @@ def out_file(what: str) -> Any:
 
 
 OutJsonOpt = Annotated[Optional[Path], out_file("Also write the result to this JSON file.")]
-
-
-# -- SAM's settings, for every command that runs SAM -------------------------------------
-# Each flag is its setting's name with dashes (``SamSettings.flag``): (help, lower bound, old spelling).
-SAM_FLAGS: dict[str, tuple[str, int | None, str | None]] = {
-    "points_per_side": ("grid prompts per side (default 32)", 1, None),
-    "points_per_batch": ("prompts per decoder batch (default 64 on a CPU; on a GPU as many as fit)", 1, None),
-    "pred_iou_thresh": ("keep masks whose predicted IoU exceeds this (default 0.88; curate: 0.6)", None, None),
-    "stability_score_thresh": (
-        "keep masks this stable or more (default 0.95; curate: 0.6)",
-        None,
-        "--stability-thresh",
-    ),
-    "box_nms_thresh": ("box IoU above which duplicates go (default 0.7)", None, None),
-    "crop_n_layers": ("layers of image crops prompted again (default 0)", 0, "--crop-layers"),
-    "min_mask_region_area": (
-        "remove holes and islands under this area (default 0; curate: 100)",
-        0,
-        "--min-region-area",
-    ),
-    "encoder_batch": ("photos per image-encoder call (default 4 on a GPU, 1 on a CPU)", 1, None),
-}
-
-
-def sam_settings(**values: Any) -> SamSettings:
-    """SAM's settings from their flags."""
-    return SamSettings(**values)
-
-
-def _sam_flag(name: str, kind: Any) -> inspect.Parameter:
-    help, low, old = SAM_FLAGS[name]
-    option = typer.Option(SamSettings.flag(name), min=low, help=f"SAM: {help}.")
-    annotation = Annotated[kind, option, Formerly(old)] if old else Annotated[kind, option]
-    return inspect.Parameter(name, KEYWORD_ONLY, default=None, annotation=annotation)
-
-
-def box_prompt_settings(**values: Any) -> SamSettings:
-    """SAM's settings that box prompts take (``curate run``): no grid, no crops."""
-    return SamSettings(**values)
-
-
-# curate run prompts SAM with boxes: of its settings, the thresholds and the clean-up.
-BOX_PROMPT_SETTINGS = ("pred_iou_thresh", "stability_score_thresh", "min_mask_region_area")
-_kinds = typing.get_type_hints(SamSettings)
-sam_settings.__signature__ = inspect.Signature([_sam_flag(n, _kinds[n]) for n in SAM_SETTINGS])  # type: ignore[attr-defined]
-box_prompt_settings.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [_sam_flag(n, _kinds[n]) for n in BOX_PROMPT_SETTINGS]
-)
-with_sam_settings = shared_options("sam", sam_settings)
-with_box_prompt_settings = shared_options("sam", box_prompt_settings)
 
 
 # -- search: which hits (``SearchFilters``), how many and where they go --------------------
