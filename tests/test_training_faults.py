@@ -216,3 +216,30 @@ def test_an_unreadable_photo_is_listed_once_across_a_resume(samples, tmp_path):
     resumed.run()
     lines = (tmp_path / "run" / "unreadable.txt").read_text().splitlines()
     assert [line.split("\t")[0] for line in lines] == [gone.path] and gone.path in resumed.unreadable
+
+
+def test_train_and_curate_json_are_their_reports_alone_on_stdout(tmp_path):
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    data = write_dataset(tmp_path / "data", 4, seed=5)
+    args = ["train", str(data), "--run-dir", str(tmp_path / "run"), "--preset", "tiny", "--crop", "96"]
+    trained = CliRunner().invoke(app, [*args, "--max-steps", "1", "--batch-images", "2", "--json"])
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads(trained.stdout)
+    assert summary["steps"] == 1 and summary["images"] == 4 and summary["unreadable"] == {}
+    coco = {
+        "categories": [{"id": 1, "name": "shape"}],
+        "images": [{"id": 1, "file_name": "5-00000.png", "height": 128, "width": 128}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 40, 2, 40, 40, 2, 40]]}],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    curated = CliRunner().invoke(
+        app,
+        ["curate", "run", str(tmp_path / "c.json"), "--source", "coco-instances", "--images", str(data / "images")]
+        + ["--dataset-dir", str(tmp_path / "ds"), "--json"],
+    )
+    assert curated.exit_code == 0, curated.output
+    report = json.loads(curated.stdout)
+    assert report["done"] == 1 and report["pairs"] == 1 and report["failures"] == []

@@ -52,6 +52,9 @@ def run(
     preset: opts.PresetOpt = None,
     sam_checkpoint: Annotated[Optional[Path], typer.Option(help="SAM checkpoint instead of the preset's.")] = None,
     device: opts.DeviceOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run's report as JSON on stdout (status lines go to stderr).")
+    ] = False,
     *,
     sam: SamSettings,
 ) -> None:
@@ -123,6 +126,10 @@ def run(
     if report.failed or report.problems:
         faults = f"{report.problems} fault(s) in the source's annotations" if report.problems else "the failures"
         opts.console.print(f"{faults}: listed in {dataset_dir / 'failures.jsonl'}")
+    if as_json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(report), indent=1))
 
 
 def _refuse_unused(source: str, kind, sam: SamSettings, sam_checkpoint, captioner, grounder: str) -> None:

@@ -47,6 +47,9 @@ def train(
     ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     device: opts.DeviceOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run's summary as JSON on stdout (status lines go to stderr).")
+    ] = False,
 ) -> None:
     """Train the USE head (LLNs, block scales, projection) with the segment-text contrastive loss."""
     from tqdm import tqdm
@@ -93,6 +96,17 @@ def train(
             f"{trainer.steps_without_negatives} of {trainer.step} steps had fewer than two different texts in their "
             "batch: the contrastive loss has no negative there and learned nothing; more --batch-images helps"
         )
+    if as_json:
+        import json
+
+        summary = {
+            "steps": trainer.step,
+            "images": len(samples),
+            "head": str(run_dir / "head"),
+            "steps_without_negatives": trainer.steps_without_negatives,
+            "unreadable": trainer.unreadable,
+        }
+        print(json.dumps(summary, indent=1))
     if trainer.unreadable:
         opts.console.print(
             f"skipped {len(trainer.unreadable)} photo(s) that could not be read: listed in {run_dir / 'unreadable.txt'}"
