@@ -30,9 +30,10 @@ MANIFEST = "manifest.json"
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((folder / MANIFEST).read_text())
+        manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def require_dataset(dataset_dir: str | os.PathLike) -> Path:

@@ -243,3 +243,11 @@ def test_train_and_curate_json_are_their_reports_alone_on_stdout(tmp_path):
     assert curated.exit_code == 0, curated.output
     report = json.loads(curated.stdout)
     assert report["done"] == 1 and report["pairs"] == 1 and report["failures"] == []
+
+
+def test_a_new_run_does_not_inherit_the_skips_of_a_run_killed_before_its_first_checkpoint(samples, tmp_path):
+    (tmp_path / "unreadable.txt").write_text(f"{samples[0].path}\tcannot read\n")  # left by the killed run
+    Trainer(samples, tmp_path, CFG).run(until=2)
+    resumed = Trainer(samples, tmp_path, CFG)
+    resumed.resume()
+    assert resumed.unreadable == {} and not (tmp_path / "unreadable.txt").exists()

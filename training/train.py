@@ -205,6 +205,8 @@ class Trainer:
     def _run(self, progress, until: int | None) -> Path:
         if self.step == 0:  # checked again under the lock: a run may have ended here since the command started
             check_new_run(self.out)
+            # A run killed before its first checkpoint left its skips: this run finds its own.
+            (self.out / "unreadable.txt").unlink(missing_ok=True)
         log_path = self.out / "log.csv"
         new_log = not log_path.exists() or self.step == 0
         with open(log_path, "w" if new_log else "a", newline="") as f:
