@@ -133,20 +133,13 @@ def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | o
 
 def annotation_segments(entry: ImageEntry, hw: tuple[int, int]) -> tuple[list[Segment], list[Problem]]:
     """A COCO entry's annotations as segments, their masks checked at the photo's size
-    ``hw``: an entry whose size is not the photo's gives none (the masks would not sit
-    on its pixels), a broken or empty mask is a problem of its own."""
-    from usesearch.io.coco_dataset import masks_of, size_fault
+    ``hw`` (``io.coco_dataset.checked_masks``), and the faults found."""
+    from usesearch.io.coco_dataset import checked_masks
     from usesearch.masks import rle
 
-    fault = size_fault(entry, hw)
-    if fault is not None:
-        return [], [fault]
-    segments: list[Segment] = []
-    problems: list[Problem] = []
-    for annotation, mask in masks_of(entry, *hw):
-        if isinstance(mask, AnnotationError):
-            problems.append((entry.file_name, annotation.id, mask))
-            continue
+    kept, problems = checked_masks(entry, hw)
+    segments = []
+    for annotation, mask in kept:
         x, y, w, h = rle.bbox(mask)
         text = TextRef(annotation.category, "coco_category", "category")
         segments.append(Segment(rle=mask, bbox=(x, y, w, h), area=rle.area(mask), texts=[text]))

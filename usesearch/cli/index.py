@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -18,6 +18,9 @@ from usesearch.cli import options as opts
 from usesearch.cli import sam_options
 from usesearch.errors import UsesearchError
 from usesearch.masks.settings import SamSettings
+
+if TYPE_CHECKING:
+    from usesearch.indexer.options import IndexReport
 
 app = opts.Typer()
 
@@ -70,7 +73,7 @@ def index(
     """Segment and embed every image under PATHS into the index at --db (incremental, resumable).
     With --coco FILE.json (and no --masker coco), a labelled dataset: each annotation becomes a segment
     with its id, class and split; with --masker too, the masker's proposals of the same photos follow."""
-    reports: dict[str, object] = {}  # what --json prints: "annotations" and/or "proposals"
+    reports: dict[str, IndexReport] = {}  # what --json prints: "annotations" and/or "proposals"
 
     def run() -> None:
         from tqdm import tqdm
@@ -189,13 +192,10 @@ def index(
     _print_json(reports, as_json)
 
 
-def _print_json(reports: dict[str, object], as_json: bool) -> None:
+def _print_json(reports: dict[str, IndexReport], as_json: bool) -> None:
     """``index --json``: the run's reports, on stdout alone (status lines are on stderr)."""
     if as_json and reports:
-        import dataclasses
-        import json
-
-        print(json.dumps({name: dataclasses.asdict(r) for name, r in reports.items()}, indent=1, default=str))  # type: ignore[call-overload]
+        print(json.dumps({name: asdict(r) for name, r in reports.items()}, indent=1, default=str))
 
 
 def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:

@@ -281,3 +281,20 @@ def masks_of(entry: ImageEntry, height: int, width: int) -> Iterator[tuple[Annot
             yield annotation, AnnotationError(EMPTY_MASK, "the mask covers no pixel")
             continue
         yield annotation, mask
+
+
+def checked_masks(entry: ImageEntry, hw: tuple[int, int]) -> tuple[list[tuple[Annotation, dict]], list[Problem]]:
+    """The entry's annotations with their masks at the photo's size ``hw``, and the
+    faults: an entry whose size is not the photo's gives no mask (none would sit on its
+    pixels), a broken or empty mask is a fault of its own."""
+    fault = size_fault(entry, hw)
+    if fault is not None:
+        return [], [fault]
+    kept: list[tuple[Annotation, dict]] = []
+    problems: list[Problem] = []
+    for annotation, mask in masks_of(entry, *hw):
+        if isinstance(mask, AnnotationError):
+            problems.append((entry.file_name, annotation.id, mask))
+        else:
+            kept.append((annotation, mask))
+    return kept, problems

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from usesearch.errors import AnnotationError, UsesearchError, first_line
-from usesearch.io.coco_dataset import PHOTO_MISSING, CocoDataset, Problem, masks_of, photo_path, size_fault
+from usesearch.io.coco_dataset import PHOTO_MISSING, CocoDataset, Problem, checked_masks, photo_path
 from usesearch.io.images import read_image
 from usesearch.masks import rle
 from usesearch.models.model import SegmentEmbedder
@@ -64,28 +64,22 @@ def audit_coco(
         if not entry.annotations:
             continue
         path = photo_path([str(images_dir)], entry.file_name)
+        if path is None:
+            problems.append(
+                (entry.file_name, None, AnnotationError(PHOTO_MISSING, f"no {entry.file_name} under {images_dir}"))
+            )
+            continue
         try:
-            if path is None:
-                raise AnnotationError(PHOTO_MISSING, f"no {entry.file_name} under {images_dir}")
             rgb = read_image(path)
         except (OSError, UsesearchError) as exc:
-            error = exc if isinstance(exc, AnnotationError) else AnnotationError(PHOTO_MISSING, first_line(exc))
-            problems.append((entry.file_name, None, error))
+            problems.append((entry.file_name, None, AnnotationError(PHOTO_MISSING, first_line(exc))))
             continue
-        wrong_size = size_fault(entry, rgb.shape[:2])
-        if wrong_size is not None:
-            problems.append(wrong_size)
-            continue
-        kept, masks = [], []
-        for annotation, mask in masks_of(entry, *rgb.shape[:2]):
-            if isinstance(mask, AnnotationError):
-                problems.append((entry.file_name, annotation.id, mask))
-            else:
-                kept.append((annotation, mask))
-                masks.append(rle.decode(mask))
+        kept, faults = checked_masks(entry, rgb.shape[:2])
+        problems += faults
         if not kept:
             continue
-        probs = class_probabilities(model, rgb, np.stack(masks), class_names)
+        masks = np.stack([rle.decode(mask) for _, mask in kept])
+        probs = class_probabilities(model, rgb, masks, class_names)
         labels = np.array([class_names.index(a.category) for a, _ in kept], np.int64)
         margins, best_other = label_margins(probs, labels)
         for (annotation, mask), p, label, margin, other in zip(kept, probs, labels, margins, best_other):
