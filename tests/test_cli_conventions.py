@@ -243,3 +243,28 @@ def test_index_json_is_its_report_alone_on_stdout(tmp_path):
     assert labelled.exit_code == 0, labelled.output
     report = json.loads(labelled.stdout)
     assert set(report) == {"annotations"} and report["annotations"]["segments"] == 4
+
+
+def test_a_run_where_every_photo_failed_exits_3_and_one_with_any_photo_done_exits_0(tmp_path):
+    """A script must not read "every photo failed" as success; failures beside finished
+    work are recorded and the run is a success, as before."""
+    from tests.helpers import write_photos
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (broken / name).write_bytes(b"not a photo: " + name.encode())
+    db = tmp_path / "db"
+    args = ["index", str(broken), "--db", str(db), "--preset", "tiny", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3, result.output
+    assert "every photo this run tried failed (2)" in result.stderr
+    assert json.loads(result.stdout)["proposals"]["failed"] == 2  # the report is printed all the same
+    write_photos(broken, ("coffee",))
+    mixed = CliRunner().invoke(app, [*args, "--retry-failed"])
+    assert mixed.exit_code == 0, mixed.output
+    assert json.loads(mixed.stdout)["proposals"]["done"] == 1
+    (broken / "coffee.png").unlink()
+    curate = ["curate", "run", str(broken), "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
+    curated = CliRunner().invoke(app, [*curate, "--captioner", "tiny", "--grounder", "tiny"])
+    assert curated.exit_code == 3 and "every photo this run tried failed (2)" in curated.stderr, curated.output

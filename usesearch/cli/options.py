@@ -310,6 +310,18 @@ with_search_output = shared_options("output", SearchOutput)
 DEBUG_ENV = "USESEARCH_DEBUG"
 
 
+ALL_FAILED_EXIT = 3
+
+
+def exit_if_all_failed(done: int, failed: int, what: str) -> None:
+    """A run that tried photos and finished none exits 3 (after its summary): a script
+    must not read "every photo failed" as success. Some failures beside finished work
+    exit 0, each one recorded, as before."""
+    if failed and not done:
+        print(f"error: every {what} this run tried failed ({failed}); nothing was added", file=sys.stderr)
+        raise typer.Exit(ALL_FAILED_EXIT)
+
+
 def user_errors(fn):
     """Every failure ends in one line on stderr and a non-zero exit, never a wall of
     frames: 2 for what the user can fix (bad input, missing file, full disk, busy
