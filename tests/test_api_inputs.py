@@ -3,6 +3,8 @@ mask pooling against the implementation it replaced, the bounded Felzenszwalb
 masker against the one it replaced, real-weight defaults, 16-bit label maps and
 head ensembles."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +163,8 @@ def test_segment_takes_head_more_than_once(trained_tiny_head, tmp_path):
         assert result.exit_code == 0, result.output
         outputs.append(np.asarray(Image.open(out)))
     np.testing.assert_array_equal(outputs[0], outputs[1])  # the same head twice: the same average
+    result = runner.invoke(app, [*args, "--json"])  # per class found: its id and the share of pixels it has
+    found = json.loads(result.stdout)["classes"]
+    ids, counts = np.unique(outputs[1], return_counts=True)
+    assert [(c["id"], c["pixels"]) for c in found] == [(i, n) for i, n in zip(ids.tolist(), counts.tolist()) if i < 3]
+    assert found and {c["class"] for c in found} <= {"circle", "square", "triangle"}

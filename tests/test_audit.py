@@ -84,6 +84,10 @@ def test_eval_audit_records_what_it_cannot_audit_and_goes_on(trained_tiny_head, 
     audited = {s["image"].rsplit("/", 1)[1] for s in json.loads((tmp_path / "audit" / "suspects.json").read_text())}
     assert audited == {i["file_name"] for i in coco["images"][3:]}
     assert "4 annotation(s) or photo(s) could not be audited" in result.output
+    as_json = CliRunner().invoke(app, [*args, "--report-dir", str(tmp_path / "audit2"), "--json", "-k", "3"])
+    summary = json.loads(as_json.stdout)  # the summary and the top 3, on stdout alone
+    ranked = json.loads((tmp_path / "audit" / "suspects.json").read_text())
+    assert summary["problems"] == 4 and summary["annotations"] == len(ranked) and summary["top"] == ranked[:3]
     coco["categories"] = coco["categories"][:1]
     coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] == coco["categories"][0]["id"]]
     coco_json.write_text(json.dumps(coco))

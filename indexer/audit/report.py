@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,7 +70,7 @@ def write_lists(
             try:
                 missing = _sheet(shown, store, out / f"{kind}.png")
             except (UsesearchError, OSError) as exc:  # the sheet could not be written: the lists still stand
-                print(f"contact sheet {kind}.png skipped: {first_line(exc)}")
+                print(f"contact sheet {kind}.png skipped: {first_line(exc)}", file=sys.stderr)  # stdout: --json
                 continue
             if missing is not None:
                 drawn.append(kind)

@@ -7,6 +7,7 @@ old command that ``app.py`` gives it (command modules do not import each other).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Optional
@@ -55,6 +56,7 @@ def audit(
     sheets: Annotated[bool, typer.Option("--sheets/--no-sheets", help="Draw a contact sheet per list.")] = True,
     batch: Annotated[int, typer.Option("--batch", min=1, hidden=True, help="Annotations per checkpoint.")] = 20_000,
     device: opts.DeviceOpt = None,
+    as_json: opts.JsonOpt = False,
 ) -> None:
     """Audit a labelled dataset indexed with `index IMAGES --coco FILE.json`: swapped labels, overlooked
     objects, badly located masks, leaks between splits, outliers. Resumes after a kill."""
@@ -83,6 +85,18 @@ def audit(
         f"wrote {out}/{{{','.join(written)}}}.json, .csv"
         + (f"; contact sheets {', '.join(drawn)}.png" if drawn else "")
     )
+    if as_json:  # per list: how many found and reviewed, its files, and the top k items as its JSON has them
+        lists = {
+            kind: {
+                "found": len(result["lists"][kind]),
+                "reviewed": sum(1 for key in verdicts if key[0] == kind),
+                "files": [str(out / f"{kind}.{ext}") for ext in ("json", "csv")]
+                + ([str(out / f"{kind}.png")] if kind in drawn else []),
+                "top": items,
+            }
+            for kind, items in written.items()
+        }
+        print(json.dumps({"report_dir": str(out), "lists": lists, "unreadable": unreadable}, indent=1, default=str))
     if unreadable:
         names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
         opts.console.print(

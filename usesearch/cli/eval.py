@@ -148,6 +148,7 @@ def segment(
         Optional[Path],
         typer.Option(help="PNG of the image coloured by class, with a legend.", callback=opts.writable_file),
     ] = None,
+    as_json: opts.JsonOpt = False,
     *,
     segmenter: Segmenter,
     sam: SamSettings,
@@ -171,7 +172,26 @@ def segment(
     save_label_map(labels, out)
     if overlay:
         label_overlay(rgb, labels, names).convert("RGB").save(overlay)
-    present = [names[i] for i in np.unique(labels) if i < len(names)]
+    ids, pixels = np.unique(labels, return_counts=True)
+    present = [names[i] for i in ids if i < len(names)]
+    if as_json:  # per class found: its id in the label map and the share of the photo it covers
+        found = [
+            {"class": names[i], "id": int(i), "pixels": int(n), "fraction": round(int(n) / labels.size, 6)}
+            for i, n in zip(ids, pixels)
+            if i < len(names)
+        ]
+        print(
+            json.dumps(
+                {
+                    "image": str(image),
+                    "label_map": str(out),
+                    "overlay": overlay and str(overlay),
+                    "masks": len(masks),
+                    "classes": found,
+                },
+                indent=1,
+            )
+        )
     wrote = f"{out} and {overlay}" if overlay else str(out)
     opts.console.print(f"{len(masks)} masks; classes found: {', '.join(present) or 'none'}; wrote {wrote}")
     if not len(masks) and segmenter.preset == "tiny" and (segmenter.masker or "").startswith("sam"):
@@ -304,11 +324,12 @@ def audit(
     embedder: opts.EmbedderOpt = None,
     head: opts.HeadOpt = None,
     device: opts.DeviceOpt = None,
+    as_json: opts.JsonOpt = False,
 ) -> None:
     """Rank ground-truth annotations by how strongly the model disagrees with their labels."""
     from usesearch.io.coco_dataset import read_coco
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder
-    from usesearch.tasks.audit import audit_coco, write_report
+    from usesearch.tasks.audit import audit_coco, summary, write_report
 
     data = read_coco(coco)  # before the model: a file that is not COCO is one line
     preset = choose_preset(preset, head)
@@ -327,6 +348,9 @@ def audit(
     )
     if problems:
         opts.console.print(f"{len(problems)} annotation(s) or photo(s) could not be audited: listed in problems.json")
+    if as_json:  # the summary and the top k; every suspect is in suspects.json
+        top = [s.row() for s in suspects[:k]]
+        print(json.dumps({"report_dir": str(report_dir), **summary(suspects), "problems": len(problems), "top": top}))
 
 
 @functools.wraps(audit)
