@@ -59,14 +59,17 @@ def curate(
     *,
     grounder: Grounder | None = None,
     captioner: Captioner | None = None,
-    mask_config: BoxMaskConfig | None = BoxMaskConfig(),
+    mask_config: BoxMaskConfig | None = None,
     nms_iou: float = NMS_IOU,
     source: str = "",
     progress: Callable[[CurateReport], None] | None = None,
 ) -> CurateReport:
     """``predictor``: a segment_anything SamPredictor, needed for box sources.
     ``source`` names the items' source: a photo is done once per source.
-    ``mask_config``: None for a source whose masks are given (SAM does not run)."""
+    ``mask_config``: SAM's settings for box prompts (default: ``BoxMaskConfig()`` where a
+    predictor is given); recorded only where SAM runs, so a given-mask source records none."""
+    if mask_config is None and predictor is not None:
+        mask_config = BoxMaskConfig()
     settings: dict = {"nms_iou": nms_iou} | ({"mask_config": asdict(mask_config)} if mask_config else {})
     check_same_settings(out_dir, settings)
     writer = DatasetWriter(out_dir, source=source, settings=settings)

@@ -126,7 +126,7 @@ def test_a_second_source_of_the_same_photo_adds_its_pairs(tmp_path, photos):
 
 def test_other_mask_settings_on_a_curated_folder_are_refused(tmp_path, photos):
     cat = ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])
-    curate([cat], tmp_path / "ds")
+    curate([cat], tmp_path / "ds", mask_config=BoxMaskConfig())
     with pytest.raises(CurationConfigError, match="pred_iou_thresh 0.6 \\(now 0.8\\)"):
         curate([], tmp_path / "ds", mask_config=BoxMaskConfig(pred_iou_thresh=0.8))
     # A source with given masks runs no SAM: it joins whatever SAM settings the folder has, both ways round.
@@ -142,7 +142,10 @@ def test_other_mask_settings_on_a_curated_folder_are_refused(tmp_path, photos):
     with pytest.raises(KeyboardInterrupt):  # an unfinished curation keeps its settings too
         curate(cut_after_one(), tmp_path / "cut", mask_config=BoxMaskConfig(pred_iou_thresh=0.5))
     with pytest.raises(CurationConfigError, match="pred_iou_thresh 0.5 \\(now 0.6\\)"):
-        curate([], tmp_path / "cut")
+        curate([], tmp_path / "cut", mask_config=BoxMaskConfig())
+    # With no predictor (SAM cannot run) the Python API records no SAM settings by default.
+    curate([cup], tmp_path / "api", source="given")
+    assert "mask_config" not in json.loads((tmp_path / "api" / "manifest.json").read_text())
 
 
 def test_a_run_cut_short_leaves_an_unfinished_curation_and_a_refused_one_leaves_nothing(tmp_path, photos):
