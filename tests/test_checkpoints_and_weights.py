@@ -126,6 +126,9 @@ def test_sam_tiny_is_seeded_and_checkpoints_load_weights_only(tmp_path):
     with pytest.raises(usesearch.MissingWeightsError, match="--sam-checkpoint .*absent.pth: no such file"):
         load_sam(preset.sam, "tiny", checkpoint=tmp_path / "absent.pth")
     (tmp_path / "junk.pth").write_bytes(b"junk\n")
+    with pytest.raises(usesearch.UsesearchError, match="junk.pth are damaged \\(not a torch checkpoint"):
+        load_sam(preset.sam, "tiny", checkpoint=tmp_path / "junk.pth")
+    (tmp_path / "junk.pth").write_bytes(pickle.dumps([1]))  # a pickle, but not of tensors: torch's reason
     with pytest.raises(usesearch.UsesearchError, match="is not a SAM checkpoint \\(torch cannot read it: "):
         load_sam(preset.sam, "tiny", checkpoint=tmp_path / "junk.pth")
     other = {k: v for k, v in a.state_dict().items() if not k.startswith("mask_decoder")}
@@ -139,7 +142,7 @@ def test_sam_checkpoint_is_verified_by_sha256(tmp_path, monkeypatch):
 
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
     sam_cfg = replace(usesearch.get_preset("b16").sam, model_type="tiny")
-    (tmp_path / sam_cfg.checkpoint).write_bytes(b"not the real checkpoint")
+    torch.save({"not": torch.zeros(1)}, tmp_path / sam_cfg.checkpoint)  # a whole file, not the real checkpoint
     with pytest.raises(usesearch.UsesearchError, match="SHA-256"):
         load_sam(sam_cfg, "b16")
     assert sha256_file(tmp_path / sam_cfg.checkpoint) != sam_cfg.sha256
@@ -197,7 +200,7 @@ def test_sam3_pull_moves_the_checkpoint_into_place_and_drops_the_staging(tmp_pat
     assert pull_sam3() == [f"sam3: downloaded {tmp_path / 'sam3.pt'}"]
     assert [p.name for p in tmp_path.iterdir()] == ["sam3.pt"]
     assert (tmp_path / "sam3.pt").read_bytes() == b"the checkpoint"
-    assert sam3_status().present
+    assert sam3_status().path == tmp_path / "sam3.pt"  # (the fake's bytes are no checkpoint: damaged, not missing)
 
 
 def test_a_pull_from_hugging_face_while_offline_says_so(tmp_path, monkeypatch):
@@ -227,8 +230,50 @@ def test_pull_checks_a_present_sam_checkpoint_instead_of_skipping_it(tmp_path, m
     preset = replace(tiny, sam=replace(usesearch.get_preset("b16").sam, model_type="tiny"))
     (tmp_path / preset.sam.checkpoint).write_bytes(b"junk")
     monkeypatch.setattr(weights, "_download", lambda *a: pytest.fail("a present file is checked, not fetched"))
+    with pytest.raises(usesearch.UsesearchError, match="are damaged \\(not a torch checkpoint.*delete the file"):
+        weights.pull(preset)
+    torch.save({"x": torch.zeros(2)}, tmp_path / preset.sam.checkpoint)  # whole, but not the checkpoint
     with pytest.raises(usesearch.UsesearchError, match="has SHA-256 .* expected .*Delete it"):
         weights.pull(preset)
+
+
+def test_a_truncated_or_foreign_weights_file_is_damaged_not_present(tmp_path, monkeypatch):
+    """A cut-short download or an error page saved under the weights' name is found from
+    the file's structure (no hashing): `models list` says damaged, loading and pulling
+    refuse it in one line, and whole files of each format pass."""
+    from safetensors.torch import save_file
+
+    from usesearch.models import weights
+
+    whole = tmp_path / "whole.safetensors"
+    save_file({"a": torch.zeros(3, 4), "b": torch.ones(5)}, whole)
+    torch.save({"a": torch.zeros(3)}, tmp_path / "whole.bin")
+    (tmp_path / "legacy.bin").write_bytes(pickle.dumps({"a": 1}, protocol=2))  # torch's pre-zip format
+    assert [weights.file_fault(tmp_path / n) for n in ("whole.safetensors", "whole.bin", "legacy.bin")] == [None] * 3
+    data = whole.read_bytes()
+    cases = {
+        "cut.safetensors": (data[:-3], "truncated: "),
+        "page.safetensors": (b"<!doctype html><title>404</title>", "not a safetensors file"),
+        "cut.bin": ((tmp_path / "whole.bin").read_bytes()[:-30], "not a torch checkpoint"),
+        "page.bin": (b"<html>rate limited</html>", "not a torch checkpoint"),
+    }
+    for name, (content, fault) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        assert fault in (weights.file_fault(tmp_path / name) or ""), name
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    b16 = usesearch.get_preset("b16")
+    local = tmp_path / "weights" / f"{b16.dino.timm_name}.safetensors"
+    local.parent.mkdir()
+    local.write_bytes(data[:-3])
+    rows = json.loads(CliRunner().invoke(app, ["models", "list", "--json"]).stdout)
+    dino = next(r for r in rows if (r["preset"], r["component"]) == ("b16", "dino"))
+    assert dino["path"] == str(local) and not dino["present"] and dino["fault"].startswith("truncated")
+    with pytest.raises(usesearch.UsesearchError, match="dino weights .* are damaged \\(truncated.*models pull"):
+        weights.require(weights.dino_status(b16.dino), "b16")
+    with pytest.raises(usesearch.UsesearchError, match="are damaged"):
+        weights.pull(b16)  # refused before any download: the damaged file would still be read first
+    listing = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "250"})
+    assert "damaged" in listing.output
 
 
 def test_a_sam3_pull_cut_short_or_gated_leaves_no_lock_and_says_why(tmp_path, monkeypatch):

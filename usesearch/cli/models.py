@@ -43,6 +43,8 @@ def models_list(as_json: opts.JsonOpt = False) -> None:
                 state, where = Text("seeded random", style="cyan"), ""
             elif status.present:
                 state, where = Text("present", style="green"), str(status.path)
+            elif status.fault is not None:
+                state, where = Text("damaged", style="red"), f"{status.path}: {status.fault}; delete it, pull again"
             else:
                 state, where = Text("missing", style="red"), f"put at {status.expected}"
             table.add_row(preset.name if i == 0 else "", status.component, status.name, state, where)
@@ -63,6 +65,7 @@ def _status_row(status) -> dict:
         "weights": status.name,
         "needed": status.needed,
         "present": status.present,
+        "fault": status.fault,  # a file found that cannot be whole (truncated, not weights)
         "path": str(status.path) if status.path else None,
         "expected": status.expected,
         "source": status.source,

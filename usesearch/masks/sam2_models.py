@@ -16,7 +16,7 @@ import torch
 
 from usesearch.errors import UsesearchError
 from usesearch.models.backbones import seeded
-from usesearch.models.weights import WeightStatus, require, usesearch_home, verify_sha256
+from usesearch.models.weights import WeightStatus, file_fault, require, usesearch_home, verify_sha256
 
 RELEASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 
@@ -47,7 +47,9 @@ def sam2_status(name: str, checkpoint: str | os.PathLike | None = None) -> Weigh
     from pathlib import Path
 
     found = Path(expected) if Path(expected).is_file() else None
-    return WeightStatus("sam2", f"SAM 2.1 {name}", True, found, expected, RELEASE + str(cfg.checkpoint))
+    return WeightStatus(
+        "sam2", f"SAM 2.1 {name}", True, found, expected, RELEASE + str(cfg.checkpoint), file_fault(found)
+    )
 
 
 def load_sam2(name: str, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu"):

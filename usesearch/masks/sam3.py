@@ -30,7 +30,7 @@ from usesearch.devices import bf16_autocast, resolve_device
 from usesearch.errors import MissingWeightsError, UsesearchError
 from usesearch.masks.sam3_build import TINY, Sam3Architecture, build_sam3, fill_uninitialised, import_sam3
 from usesearch.models.backbones import seeded
-from usesearch.models.weights import WeightStatus, _hub_cached, refuse_when_offline, usesearch_home
+from usesearch.models.weights import WeightStatus, _hub_cached, damaged, file_fault, refuse_when_offline, usesearch_home
 
 HF_REPO, CHECKPOINT = "facebook/sam3", "sam3.pt"
 
@@ -59,7 +59,8 @@ def sam3_status(name: str = "sam3", checkpoint: str | os.PathLike | None = None)
     found = expected if expected.is_file() else None
     if found is None and checkpoint is None:
         found = _hub_cached(HF_REPO, (CHECKPOINT,))
-    return WeightStatus("sam3", "SAM 3", True, found, str(expected), f"hf.co/{HF_REPO} ({CHECKPOINT}, gated)")
+    source = f"hf.co/{HF_REPO} ({CHECKPOINT}, gated)"
+    return WeightStatus("sam3", "SAM 3", True, found, str(expected), source, file_fault(found))
 
 
 def load_checkpoint(model: Any, path: Path) -> None:
@@ -203,6 +204,8 @@ def load_sam3(
     device = resolve_device(device)
     import_sam3()
     status = sam3_status(name, checkpoint)
+    if status.fault is not None:
+        raise UsesearchError(damaged(status))
     if status.needed and status.path is None:
         raise MissingWeightsError(
             f"SAM 3 weights are not on this machine: put {CHECKPOINT} at {status.expected}, or run "

@@ -33,10 +33,47 @@ class WeightStatus:
     path: Path | None  # where the file was found
     expected: str  # where a user can put it, for the error message
     source: str  # where `models pull` fetches it from
+    fault: str | None = None  # why the file found cannot be its weights (see ``file_fault``)
 
     @property
     def present(self) -> bool:
-        return not self.needed or self.path is not None
+        """Needs no file, or has one that looks whole (a damaged one is not present)."""
+        return not self.needed or (self.path is not None and self.fault is None)
+
+
+SAFETENSORS_HEADER_LIMIT = 100 << 20  # safetensors' own limit on a header's size
+
+
+def file_fault(path: Path | None) -> str | None:
+    """Why a weights file cannot be whole, from its structure alone: a safetensors file's
+    header must account for its exact size; a torch checkpoint must be a zip archive
+    with its directory at the end, or a legacy pickle. A truncated download or an HTML
+    error page saved under the name is caught here, without hashing gigabytes (SAM's
+    checkpoint is hashed too, where it is loaded or pulled)."""
+    import json
+    import zipfile
+
+    if path is None:
+        return None
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if path.suffix != ".safetensors":
+                if zipfile.is_zipfile(f) or (f.seek(0) == 0 and f.read(1) == b"\x80"):  # zip, or a legacy pickle
+                    return None
+                return "not a torch checkpoint (neither a zip archive nor a pickle)"
+            length = int.from_bytes(f.read(8), "little")
+            if not 0 < length <= min(size - 8, SAFETENSORS_HEADER_LIMIT):
+                return f"not a safetensors file ({size} bytes, no header)"
+            header = json.loads(f.read(length))
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+        if 8 + length + max(ends, default=0) != size:
+            return f"truncated: {size} bytes where its header says {8 + length + max(ends, default=0)}"
+    except OSError as exc:
+        return exc.strerror or first_line(exc)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return "not a safetensors file (its header is not one)"
+    return None
 
 
 def _hub_cached(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
@@ -71,7 +108,8 @@ def clip_status(cfg: ClipConfig) -> WeightStatus:
     repo = _clip_repo(cfg)
     found = _first_existing(local) or (_hub_cached(repo, _CLIP_HUB_FILES) if repo else None)
     source = f"hf.co/{repo} ({_CLIP_HUB_FILES[0]})" if repo else f"open_clip tag {cfg.pretrained}"
-    return WeightStatus("clip", f"{cfg.model_name} ({cfg.pretrained})", True, found, str(local[0]), source)
+    name = f"{cfg.model_name} ({cfg.pretrained})"
+    return WeightStatus("clip", name, True, found, str(local[0]), source, file_fault(found))
 
 
 def dino_status(cfg: DinoConfig) -> WeightStatus:
@@ -80,7 +118,8 @@ def dino_status(cfg: DinoConfig) -> WeightStatus:
     local = usesearch_home() / "weights" / f"{cfg.timm_name}.safetensors"
     repo = f"timm/{cfg.timm_name}"
     found = _first_existing([local]) or _hub_cached(repo, _TIMM_HUB_FILES)
-    return WeightStatus("dino", cfg.timm_name, True, found, str(local), f"hf.co/{repo} ({_TIMM_HUB_FILES[0]})")
+    source = f"hf.co/{repo} ({_TIMM_HUB_FILES[0]})"
+    return WeightStatus("dino", cfg.timm_name, True, found, str(local), source, file_fault(found))
 
 
 def sam_status(cfg: SamConfig, checkpoint: str | os.PathLike | None = None) -> WeightStatus:
@@ -88,7 +127,7 @@ def sam_status(cfg: SamConfig, checkpoint: str | os.PathLike | None = None) -> W
         return WeightStatus("sam", cfg.model_type, False, None, "", "seeded random")
     expected = Path(checkpoint) if checkpoint else usesearch_home() / str(cfg.checkpoint)
     found = expected if expected.is_file() else None
-    return WeightStatus("sam", f"SAM {cfg.model_type}", True, found, str(expected), cfg.url or "")
+    return WeightStatus("sam", f"SAM {cfg.model_type}", True, found, str(expected), cfg.url or "", file_fault(found))
 
 
 def preset_status(preset: PresetConfig) -> list[WeightStatus]:
@@ -100,6 +139,8 @@ def require(status: WeightStatus, preset_name: str) -> Path:
     Callers ask only for needed files: a seeded-random component has none."""
     if not status.needed:
         raise ValueError(f"{status.component} {status.name} is seeded random: there is no file to require")
+    if status.fault is not None:
+        raise UsesearchError(damaged(status))
     if status.path is None:
         raise MissingWeightsError(
             f"{status.component} weights for preset {preset_name!r} are not on this machine: "
@@ -108,6 +149,13 @@ def require(status: WeightStatus, preset_name: str) -> Path:
             "Or try the pipeline with `--preset tiny` (seeded random weights: runs offline, ranks nothing)."
         )
     return status.path
+
+
+def damaged(status: WeightStatus) -> str:
+    return (
+        f"{status.component} weights {status.path} are damaged ({status.fault}): delete the file and run "
+        "`usesearch models pull` again"
+    )
 
 
 # -- SHA-256 verification -----------------------------------------------------------
@@ -173,6 +221,9 @@ def pull(preset: PresetConfig) -> list[str]:
     """Fetch every missing weights file of a preset; returns what was done, per component."""
     done = []
     clip, dino, sam = preset_status(preset)
+    for status in (clip, dino, sam):
+        if status.fault is not None:  # a file of the user's, not ours to delete; a download beside it would not be read
+            raise UsesearchError(damaged(status))
     if clip.needed and not clip.present:
         import open_clip
 
