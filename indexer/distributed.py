@@ -188,6 +188,7 @@ def index_paths_ray(
     model, masker = load_models(replace(options, device="cpu"))
     with Writer(db_dir, options, identity(model, masker, options), paths) as writer, ray_session(address):
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
+        report.annotations_dropped = writer.annotations_dropped
         import ray
 
         del model, masker

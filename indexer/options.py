@@ -42,6 +42,7 @@ class IndexReport(RunReport):
     devices: list[str] = field(default_factory=list)  # where the models and FAISS ran, a line each
     repaired: list[str] = field(default_factory=list)  # photos with damaged embedding rows, embedded again
     unrepaired: list[str] = field(default_factory=list)  # damaged ones outside the folders indexed: left
+    annotations_dropped: int = 0  # annotations whose rows were damaged: `index --coco` embeds them again
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds by stage, for benchmarks
 
     def add_stage(self, stage: str, seconds: float) -> None:

@@ -44,6 +44,7 @@ def index_paths(
     model, masker = load_models(options)  # first: missing weights must not leave an empty index folder behind
     with Writer(db_dir, options, identity(model, masker, options), paths, model) as writer:
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
+        report.annotations_dropped = writer.annotations_dropped
         files = list(walk(paths))
         per_call = max(1, getattr(masker, "images_per_call", 1))
         on_gpu = model.device.type == "cuda"

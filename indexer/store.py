@@ -241,6 +241,13 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites):
             if old is not None:
                 if error is None and old.status == DONE and old.sha256 == sha256:
                     return self.replace_proposals(s, old, segments)  # its annotations stay
+                if error is not None and old.status == DONE:
+                    # Indexed before, failing now (unreadable for a while, a lower --max-bytes, a
+                    # file being replaced): what it had is kept, the failure is noted on it
+                    # (`failures` lists it) and cleared by the next run that reads it.
+                    old.error_class, old.error_message = type(error).__name__, str(error)[:2000]
+                    old.attempts += 1
+                    return [], []
                 attempts = old.attempts + 1
                 removed = list(s.scalars(select(SegmentRecord.id).where(SegmentRecord.image_id == old.id)))
                 s.delete(old)
@@ -292,9 +299,20 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites):
             q = select(SegmentRecord.id).where(SegmentRecord.image_id == image_id).order_by(SegmentRecord.area.desc())
             return list(s.scalars(q))
 
+    def clear_failure(self, image_id: int) -> None:
+        def clear() -> None:
+            with self.sessions.begin() as s:
+                values = {"error_class": None, "error_message": None}
+                s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(**values))
+
+        self.retrying(clear)
+
     def failures(self) -> list[ImageRecord]:
+        """Files that failed, and indexed files whose last run failed (status DONE, an
+        error noted: their segments are kept)."""
+        failing = (ImageRecord.status == FAILED) | ImageRecord.error_class.is_not(None)
         with self.sessions() as s:
-            return list(s.scalars(select(ImageRecord).where(ImageRecord.status == FAILED).order_by(ImageRecord.path)))
+            return list(s.scalars(select(ImageRecord).where(failing).order_by(ImageRecord.path)))
 
     def counts(self) -> dict[str, int]:
         with self.sessions() as s:

@@ -83,6 +83,7 @@ class Writer:
         self.paths = paths  # the folders being indexed: ``--repair`` drops damaged photos under them only
         self.repaired: list[str] = []  # photos whose damaged embedding rows were dropped, to be embedded again
         self.unrepaired: list[str] = []  # damaged ones outside ``paths``: left as they are
+        self.annotations_dropped = 0  # annotations with a damaged row: `index --coco` embeds them again
         self.in_sync = True
 
     def __enter__(self) -> Writer:
@@ -121,8 +122,9 @@ class Writer:
 
     def _drop_damaged(self) -> None:
         """``--repair``: photos under ``paths`` with a damaged embedding row lose their
-        segments (one transaction each), so the walk finds them new and embeds them
-        again; damaged photos elsewhere are left and named."""
+        proposals and their damaged annotations (one transaction each), so the walk
+        makes their proposals again (``index --coco`` the annotations); their sound
+        annotations stay. Damaged photos elsewhere are left and named."""
         roots = [os.path.realpath(os.fspath(p)) for p in self.paths or []]
         for image_id in self.store.damaged_images():
             record = self.store.image(image_id)
@@ -130,7 +132,7 @@ class Writer:
                 continue
             real = os.path.realpath(os.fsdecode(record.fs_path))
             if any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
-                self.store.remove_image(image_id)
+                self.annotations_dropped += len(self.store.drop_damaged(image_id))
                 self.repaired.append(record.path)
             else:
                 self.unrepaired.append(record.path)
@@ -153,6 +155,8 @@ class Writer:
             and existing.sha256 == sha256
             and (existing.proposals_made if existing.status == DONE else not self.options.retry_failed)
         ):  # a photo holding only a labelled dataset's annotations still needs its proposals
+            if existing.status == DONE and existing.error_class is not None:
+                self.store.clear_failure(existing.id)  # read whole again: the failure noted on it is over
             return True
         return existing is None and (sha256 in coming or self.store.done_with_hash(sha256) is not None)
 
@@ -201,10 +205,13 @@ class Writer:
         return removed, added
 
     def fail(self, key: bytes, path: str, sha256: str | None, exc: BaseException, report: IndexReport) -> None:
+        """A file that failed: recorded as failed, or, indexed before, kept as it was
+        with the failure noted (``Store.save_image``)."""
+        existing = self.store.image_by_path(key)
         with self._changing():
             removed, _ = self.store.save_image(key, path, sha256, None, error=exc)
             self.index.remove(removed)
-        report.record_failure(path, exc)
+        report.record_failure(path, exc, kept=existing is not None and existing.status == DONE)
 
     def remove_image(self, image_id: int) -> int:
         """Remove an image with its segments (one transaction) and their vectors."""

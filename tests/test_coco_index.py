@@ -239,6 +239,63 @@ def test_proposals_and_annotations_of_the_same_photos_sit_side_by_side(tmp_path)
     assert len(ix.query("a cat", k=100, filters=SearchFilters(source="annotation"))) == 4
 
 
+def test_a_photo_failing_on_a_rerun_keeps_its_segments_and_a_repair_keeps_its_sound_annotations(tmp_path):
+    """Nothing indexed is lost to a failure: a re-run that cannot read an indexed photo
+    (here a lower --max-bytes) notes the failure on it and keeps its segments, and
+    ``--repair`` of a damaged photo re-makes its proposals and drops only the
+    annotations whose own rows are damaged, which ``index --coco`` embeds again."""
+    from sqlalchemy import select
+
+    from tests.helpers import assert_consistent
+    from usesearch.indexer.records import ImageRecord, SegmentRecord
+
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png", "sub/rocket.png"], 1)
+    db = tmp_path / "db"
+    first = index_paths([photos], db, IndexOptions(**OPTS))
+    index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    whole = {"proposal": first.segments, "annotation": 4}
+    unreadable = index_paths([photos], db, IndexOptions(**OPTS, max_bytes=100))
+    assert unreadable.failed == 2 and all(
+        why.endswith("(indexed before: its segments are kept)") for _, why in unreadable.failures
+    )
+    ix = SegmentIndex.open(db)
+    assert ix.store.label_summary()["segments_by_source"] == whole and ix.index.ntotal == sum(whole.values())
+    ix.close()
+    listed = json.loads(CliRunner().invoke(app, ["failures", "--db", str(db), "--json"]).stdout)
+    assert [(f["kept"], f["error"]) for f in listed["files"]] == [(True, "ImageReadError")] * 2
+    assert index_paths([photos], db, IndexOptions(**OPTS)).skipped == 2  # read whole again: the notes are cleared
+    assert json.loads(CliRunner().invoke(app, ["failures", "--db", str(db), "--json"]).stdout)["files"] == []
+    ix = SegmentIndex.open(db)  # one annotation row and one proposal row of chelsea damaged
+    with ix.store.sessions() as s:
+        rows = s.execute(
+            select(SegmentRecord.source, SegmentRecord.annotation_id, SegmentRecord.vec_chunk, SegmentRecord.vec_row)
+            .join(ImageRecord)
+            .where(ImageRecord.path.like("%chelsea.png"))
+            .order_by(SegmentRecord.id)
+        ).all()
+    dim = ix.info.dim
+    ix.close()
+    annotation = next(r for r in rows if r.source == "annotation")
+    proposal = next(r for r in rows if r.source == "proposal")
+    for row in (annotation, proposal):
+        chunk = db / "embeddings" / f"chunk-{row.vec_chunk:06d}.f16"
+        data = bytearray(chunk.read_bytes())
+        data[row.vec_row * 2 * dim + 3] ^= 0x5A
+        chunk.write_bytes(bytes(data))
+    repaired = index_paths([photos], db, IndexOptions(**OPTS, repair=True))
+    assert [p.rsplit("/", 1)[1] for p in repaired.repaired] == ["chelsea.png"] and repaired.annotations_dropped == 1
+    ix = SegmentIndex.open(db)
+    assert ix.store.label_summary()["segments_by_source"] == {"proposal": first.segments, "annotation": 3}
+    ix.close()
+    again = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    assert again.segments == 1  # the dropped annotation alone is embedded again
+    ix = SegmentIndex.open(db)
+    assert ix.store.label_summary()["segments_by_source"] == whole
+    ix.close()
+    assert_consistent(db)
+
+
 def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tmp_path):
     photos = write_photos(tmp_path / "photos", ("chelsea", "coffee"))
     w, h = Image.open(photos / "chelsea.png").size

@@ -13,6 +13,8 @@ class RunReport:
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, "ErrorType: message")
 
-    def record_failure(self, path: str, exc: BaseException) -> None:
+    def record_failure(self, path: str, exc: BaseException, kept: bool = False) -> None:
+        """``kept``: the file was indexed before, and what it had stays in the index."""
         self.failed += 1
-        self.failures.append((path, f"{type(exc).__name__}: {exc}"))
+        note = " (indexed before: its segments are kept)" if kept else ""
+        self.failures.append((path, f"{type(exc).__name__}: {exc}{note}"))

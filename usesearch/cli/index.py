@@ -164,6 +164,11 @@ def index(
             opts.console.print(
                 f"  repair: {len(report.repaired)} photos had damaged embedding rows and were embedded again"
             )
+            if report.annotations_dropped:
+                opts.console.print(
+                    f"  repair: {report.annotations_dropped} annotations had damaged rows and were removed: "
+                    "`usesearch index PATHS --coco FILE` embeds them again"
+                )
             for path in report.unrepaired[:10]:
                 opts.console.print(f"  damaged but not under the folders given, so left as it is: {path}")
         for line in report.devices:
@@ -282,11 +287,18 @@ def failures(db: opts.DbOpt, db_url: opts.DbUrlOpt = None, as_json: opts.JsonOpt
     """Each file that failed to index, with its reason; then each annotation of a labelled dataset
     (--coco) that could not be indexed, with its split, photo, id and reason."""
     from usesearch.indexer.folder import check_db_dir, open_store
+    from usesearch.indexer.records import DONE
 
     store = open_store(check_db_dir(db), db_url, read_only=True)
     if as_json:
         files = [
-            {"path": r.path, "error": r.error_class, "message": r.error_message, "attempts": r.attempts}
+            {
+                "path": r.path,
+                "error": r.error_class,
+                "message": r.error_message,
+                "attempts": r.attempts,
+                "kept": r.status == DONE,  # indexed before the failure: its segments are kept
+            }
             for r in store.failures()
         ]
         annotations = [
@@ -303,7 +315,8 @@ def failures(db: opts.DbOpt, db_url: opts.DbUrlOpt = None, as_json: opts.JsonOpt
         print(json.dumps({"files": files, "annotations": annotations}, indent=1))
         return
     for record in store.failures():
-        line = f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts})"
+        kept = "; indexed before: its segments are kept" if record.status == DONE else ""
+        line = f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts}{kept})"
         opts.console.print(line, soft_wrap=True)  # a line a file, however long: it is data
     for problem in store.annotation_problems():
         where = problem.file_name or Path(problem.coco_file).name
