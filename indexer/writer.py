@@ -255,7 +255,18 @@ class Writer:
                 if time.monotonic() - last_write > self.options.faiss_every_s:
                     self.write()
                     last_write = time.monotonic()
-            self.index = _follow_growth(self.index, self.store, self.info, self.db_dir)
+            grown = _follow_growth(self.index, self.info, self.store, self.db_dir)
+            if grown is not None:
+                before = self.info.factory
+                self.index, self.info.factory = grown
+                try:
+                    self.write()
+                except BaseException:
+                    self.info.factory = before
+                    raise
+                # Recorded once its file is written: a write cut short leaves the old factory
+                # on record, and the next run grows the index again.
+                self.store.set_factory(self.info.factory)
             self.write()
             self.calibrate()
         except KeyboardInterrupt:
@@ -303,16 +314,15 @@ def calibrate_index(
     return measured
 
 
-def _follow_growth(index: vectors.Vectors, store: Store, info: IndexInfo, db_dir: Path) -> vectors.Vectors:
-    """An automatic index that the collection has outgrown (or shrunk out of) is
-    rebuilt as the index its size calls for."""
+def _follow_growth(
+    index: vectors.Vectors, info: IndexInfo, store: Store, db_dir: Path
+) -> tuple[vectors.Vectors, str] | None:
+    """An automatic index that the collection has outgrown (or shrunk out of), rebuilt
+    as the index its size calls for, with that index's factory; None when it fits."""
     n = index.ntotal
     gpu = faiss_gpu.wanted(index.device)
     if info.index_mode != "auto" or not index_choice.outgrown(info.factory, n, info.dim, gpu):
-        return index
+        return None
     choice = index_choice.choose(n, info.dim, gpu)
     log.warning("%s: %d segments outgrew %s; building %s", db_dir, n, info.factory, choice.describe(n, info.dim))
-    rebuilt = vectors.rebuild(store, info.dim, choice.factory, index.device, info.shard_size)
-    store.set_factory(choice.factory)
-    info.factory = choice.factory
-    return rebuilt
+    return vectors.rebuild(store, info.dim, choice.factory, index.device, info.shard_size), choice.factory

@@ -126,6 +126,23 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     assert SegmentIndex.open(tmp_path / "db").info.factory == "IDMap2,Flat"
     write_photos(photos, ("chelsea", "coffee", "rocket"))
+    # The grown index's file cannot be written (a full disk): the old factory stays on record
+    # beside the old file, so the next run grows the index again instead of staying exact.
+    from usesearch.errors import DiskFullError
+    from usesearch.indexer import vector_files
+
+    real_write, writes = vector_files.write_index_files, []
+
+    def full_once_grown(index, *args, **kwargs):
+        if not index.exact and not writes:
+            writes.append(1)
+            raise OSError(28, "No space left on device")
+        return real_write(index, *args, **kwargs)
+
+    monkeypatch.setattr(vector_files, "write_index_files", full_once_grown)
+    with pytest.raises(DiskFullError):
+        index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert writes and SegmentIndex.open(tmp_path / "db").info.factory == "IDMap2,Flat"
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     ix = SegmentIndex.open(tmp_path / "db")
     assert ix.info.factory == "IVF4,Flat" and ix.index.ntotal == len(ix.store.segment_ids())
