@@ -61,6 +61,26 @@ def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
     return existing
 
 
+def check_factory(existing: IndexInfo | None, factory: str, wanted: IndexInfo | None, db_dir: Path) -> None:
+    """``--factory`` names a new index's type, one it can build from nothing: a type
+    that must be trained first (IVF) would be trained on the first photo's few vectors,
+    or fail on them and leave a folder that no run opens. On an existing index it must
+    name the type it has (``reindex --factory`` changes it), never be ignored."""
+    if existing is not None:
+        if existing.factory != factory:
+            raise UsesearchError(
+                f"--factory {factory}: this index is {existing.factory} ({existing.index_mode}); "
+                f"`usesearch reindex --db {db_dir} --factory {factory}` changes its type"
+            )
+        return
+    if wanted is not None and not vectors.new_index(wanted.dim, factory).is_trained:
+        raise UsesearchError(
+            f"--factory {factory} must be trained on the vectors it will hold, and a new index has none: "
+            f"index without --factory (the index grows into IVF by itself), or then run "
+            f"`usesearch reindex --db {db_dir} --factory {factory}`"
+        )
+
+
 class Writer:
     """The one writer of an index folder: its lock, its store (checked against the
     model's identity) and its FAISS file. Every image is committed through it, one
@@ -93,6 +113,8 @@ class Writer:
         try:
             store = self.store = Store(db_url_for(self.db_dir, self.options.db_url), folder=self.db_dir)
             store.claim()
+            if self.options.factory:
+                check_factory(store.info(), self.options.factory, self.wanted, self.db_dir)
             info = check_identity(store, self.wanted) if self.wanted is not None else store.info()
             if info is None:
                 raise UsesearchError(f"{self.db_dir} holds no index yet")

@@ -149,6 +149,15 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     assert any("outgrew" in r.getMessage() for r in caplog.records)
     fixed = tmp_path / "fixed"
     index_paths([photos], fixed, IndexOptions(**{**OPTS, "factory": "IDMap2,Flat"}))
+    # A type to train cannot start a new index (it would train on the first photo, or fail
+    # on it and leave a folder no run opens); another type than an index has is refused too.
+    from usesearch.errors import UsesearchError
+
+    with pytest.raises(UsesearchError, match="IVF16,Flat must be trained .* reindex --db"):
+        index_paths([photos], tmp_path / "ivf", IndexOptions(**{**OPTS, "factory": "IVF16,Flat"}))
+    assert index_paths([photos], tmp_path / "ivf", IndexOptions(**OPTS)).done == 4  # the folder is usable
+    with pytest.raises(UsesearchError, match="this index is IDMap2,Flat \\(fixed\\); .*reindex"):
+        index_paths([photos], fixed, IndexOptions(**{**OPTS, "factory": "HNSW32"}))
     assert (
         SegmentIndex.open(fixed).info.index_mode == "fixed" and SegmentIndex.open(fixed).info.factory == "IDMap2,Flat"
     )
