@@ -55,6 +55,12 @@ class SearchLookups:
     engine: Engine
     sessions: sessionmaker[Session]
 
+    def segments_up_to(self, high: int) -> int:
+        """How many committed segments have an id of at most ``high`` (a range of the
+        primary key: ids that commit later are higher, so this is stable while they do)."""
+        with self.sessions() as s:
+            return s.scalar(select(func.count(SegmentRecord.id)).where(SegmentRecord.id <= high)) or 0
+
     def image_ids_matching(self, path: str) -> set[int]:
         """Ids of the done images whose path matches the glob (``path_glob``). The
         glob's literal prefix is looked up in the path index, so a glob under one

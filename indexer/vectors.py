@@ -254,6 +254,12 @@ def rebuild(store: Store, dim: int, factory: str, device: str | None = "cpu", sh
 
 def reconcile(vectors: Vectors, store: Store) -> tuple[int, int]:
     """Make the index hold exactly the store's committed segments. Returns (removed, added)."""
+    removed, added, _ = reconcile_all(vectors, store)
+    return removed, added
+
+
+def reconcile_all(vectors: Vectors, store: Store) -> tuple[int, int, int]:
+    """``reconcile``, also returning the highest id the index now holds (0: none)."""
     have = vectors.ids()
     committed = store.segment_ids()
     extra = np.setdiff1d(have, committed, assume_unique=True)
@@ -263,7 +269,7 @@ def reconcile(vectors: Vectors, store: Store) -> tuple[int, int]:
         _train_if_needed(vectors.index, store, vectors.device)
         for ids, batch in store.embeddings(missing):
             vectors.add(ids, batch)
-    return len(extra), len(missing)
+    return len(extra), len(missing), int(committed.max()) if len(committed) else 0
 
 
 def faiss_runtime() -> dict:

@@ -139,6 +139,42 @@ def test_reader_sees_newly_committed_segments_without_reopening(tmp_path):
     assert len(hits) > before and any("coffee" in h.image for h in hits)
 
 
+def test_a_reader_adds_new_commits_alone_and_compares_every_id_only_after_a_removal(tmp_path, monkeypatch):
+    """A server searching while an indexer commits: each commit is a new generation,
+    and comparing every id with the store after each one (17 s at 10M segments, under
+    the lock) made every search pay it. New segments are added by id; a removal is
+    found by counting, and only then is every id compared."""
+    from tests.test_index_integrity import change_photo
+    from usesearch.indexer import vectors
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    reader = SegmentIndex.open(db)
+    full, real = [], vectors.reconcile_all
+    monkeypatch.setattr(vectors, "reconcile_all", lambda *a: full.append(1) or real(*a))
+
+    def holds_exactly_the_store():
+        ids = reader.index.ids()
+        return len(ids) == len(set(ids.tolist())) and set(ids.tolist()) == set(reader.store.segment_ids().tolist())
+
+    reader.refresh()  # nothing changed: nothing done
+    assert not full
+    write_photos(photos, ("coffee",))
+    index_paths([photos], db, IndexOptions(**OPTS))
+    reader.refresh()  # once, to learn the highest id the index holds
+    assert len(full) == 1 and holds_exactly_the_store()
+    write_photos(photos, ("rocket", "camera"))
+    index_paths([photos], db, IndexOptions(**OPTS))
+    reader.refresh()  # new segments alone: added by id, no duplicate
+    assert len(full) == 1 and holds_exactly_the_store()
+    change_photo(photos, "astronaut")  # its old segments are removed, new ones added
+    index_paths([photos], db, IndexOptions(**OPTS))
+    reader.refresh()
+    assert len(full) == 2 and holds_exactly_the_store()
+    assert any("astronaut" in h.image for h in reader.query("a person", k=200))
+
+
 def test_a_run_whose_masker_finds_nothing_says_so_and_why(tmp_path):
     """The tiny preset's SAM (random weights) finds no region: the run says so, and
     names the masker that works there, rather than finishing quietly with 0 segments."""
