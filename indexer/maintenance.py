@@ -229,7 +229,19 @@ def compact(store: Store, dead_share: float = DEAD_SHARE) -> CompactReport:
         if not live.get(chunk):
             report.bytes_freed += files.remove(chunk)
             report.chunks_removed += 1
+    if report.chunks_removed:
+        # A new generation after the unlinks: a server's location map synced between the last
+        # re-pointing commit and an unlink would otherwise keep pointing into a deleted chunk.
+        _new_generation(store)
     return report
+
+
+def _new_generation(store: Store) -> None:
+    def write():
+        with store.sessions.begin() as s:
+            s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+
+    store.retrying(write)
 
 
 def _point_at(store: Store, ids: np.ndarray, chunks: np.ndarray, rows: np.ndarray) -> None:

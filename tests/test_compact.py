@@ -88,3 +88,29 @@ def test_an_interrupted_compaction_loses_nothing_and_a_rerun_finishes(pruned, mo
     files = store.files()
     assert dead_bytes(store) == files.bytes_on_disk() - len(before) * files.row_bytes
     assert_consistent(db)
+
+
+def test_a_server_syncing_just_before_a_chunk_is_deleted_never_reads_the_deleted_chunk(pruned, monkeypatch):
+    """A compressed index's server holds re-scored candidates' locations in memory. A
+    sync between compaction's last re-pointing commit and a chunk's deletion kept
+    the old locations, and with no new generation after the deletion, its searches
+    read the deleted file until some later commit."""
+    db, store = pruned
+    reindex(db, "IVF8,Flat")
+    queries = np.random.default_rng(6).standard_normal((5, 16)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    before = SegmentIndex.open(db)
+    answers = [[h.segment_id for h in before.search_vector(q, 20)] for q in queries]
+    before.close()
+    ix = SegmentIndex.open(db, locations="memory")  # no search yet: no chunk mapped before the deletions
+    real_remove, synced = embeddings.EmbeddingFiles.remove, []
+
+    def remove_after_a_sync(files, chunk):
+        ix.refresh()  # a search arriving just before the unlink
+        synced.append(chunk)
+        return real_remove(files, chunk)
+
+    monkeypatch.setattr(embeddings.EmbeddingFiles, "remove", remove_after_a_sync)
+    assert compact(store).chunks_removed == 5 and len(synced) == 5
+    assert [[h.segment_id for h in ix.search_vector(q, 20)] for q in queries] == answers
+    ix.close()
