@@ -158,6 +158,18 @@ class EmbeddingFiles:
             self._maps[chunk], self._mmaps[chunk] = mapped, mm
         return mapped
 
+    def release_removed(self) -> int:
+        """Unmap the chunks deleted since they were mapped (by another process's
+        ``compact``): a reader holding their maps kept their disk space in use. The
+        mapping goes once no array read from it is left. Returns how many."""
+        present = set(self.chunks())
+        gone = [chunk for chunk in self._mmaps if chunk not in present]
+        for chunk in gone:
+            self._maps.pop(chunk, None)
+            self._mmaps.pop(chunk, None)
+            self._sums.pop(chunk, None)
+        return len(gone)
+
     def let_go(self) -> None:
         """Drop this process's hold on the pages of the chunks read so far: they stay
         in the page cache (a later read finds them there) but leave its resident memory,

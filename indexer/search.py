@@ -153,6 +153,7 @@ class SegmentIndex:
             with self._index_lock.writing():
                 if generation != self._generation:  # another thread may have done it meanwhile
                     self._catch_up()
+                    self.store.files().release_removed()  # no search reads meanwhile: the lock is ours
                     self._generation = generation
         if self._locations is not None and self._locations.ready:
             self._locations.sync(generation)  # a no-op at the generation it holds

@@ -114,3 +114,22 @@ def test_a_server_syncing_just_before_a_chunk_is_deleted_never_reads_the_deleted
     assert compact(store).chunks_removed == 5 and len(synced) == 5
     assert [[h.segment_id for h in ix.search_vector(q, 20)] for q in queries] == answers
     ix.close()
+
+
+def test_a_server_lets_go_of_the_chunks_a_compaction_deleted(pruned):
+    """A reader's maps of deleted chunks kept their blocks in use: the disk a prune
+    reported freed was not given back while a server ran."""
+    db, store = pruned
+    ix = SegmentIndex.open(db)
+    located = ix.store.segment_locations(ix.store.segment_ids())  # [id, chunk, row]
+    for chunk in np.unique(located[:, 1]):
+        ix.similar(int(located[located[:, 1] == chunk, 0][0]), k=3)  # maps the chunk
+
+    def deleted_chunks_mapped():
+        with open("/proc/self/maps") as maps:
+            return [line for line in maps if str(db / "embeddings") in line and line.rstrip().endswith("(deleted)")]
+
+    assert compact(store).chunks_removed == 5 and len(deleted_chunks_mapped()) == 5  # still held by the reader
+    ix.similar(int(located[0, 0]), k=3)  # its next search: a new generation, the maps of deleted chunks go
+    assert deleted_chunks_mapped() == []
+    ix.close()
