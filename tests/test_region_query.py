@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from tests.helpers import OPTS, write_photos
 from usesearch.cli.app import app
+from usesearch.errors import UsesearchError
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths
 from usesearch.masks import rle
 
@@ -198,3 +199,32 @@ def test_region_uploads_share_one_pixel_budget_with_every_decode(indexed, monkey
     client = TestClient(create_app(SegmentIndex.open(root / "db")))
     response = client.post("/api/region-search?point=100,100", content=big.getvalue())
     assert response.status_code == 400 and "at most" in response.json()["detail"]
+
+
+def test_a_point_and_a_box_reach_sam_scaled_once_to_its_input():
+    """``SamPredictor.predict`` takes prompts in the photo's pixels and scales them to
+    SAM's input itself; scaled before too, they landed at (S / long side)² of the place
+    asked (a point at the middle of a 640-px photo went to SAM at a fifth of the way)."""
+    from usesearch.masks import region
+    from usesearch.masks.sam import build_sam
+
+    sam = build_sam("tiny")  # its input is 256 px: a 640x512 photo is scaled by 0.4
+    seen = {}
+    encode = sam.prompt_encoder.forward
+
+    def spy(points, boxes, masks):
+        seen["points"] = None if points is None else points[0][0, 0].tolist()
+        seen["boxes"] = None if boxes is None else boxes.reshape(-1).tolist()
+        return encode(points, boxes, masks)
+
+    sam.prompt_encoder.forward = spy
+    rgb = np.random.default_rng(0).integers(0, 255, (512, 640, 3), dtype=np.uint8)
+    for prompt, key, expected in (
+        ({"point": (320.0, 256.0)}, "points", [128.0, 102.4]),
+        ({"box": (100.0, 100.0, 200.0, 200.0)}, "boxes", [40.0, 40.0, 120.0, 120.0]),
+    ):
+        try:
+            region.prompt(sam, rgb, **prompt)
+        except UsesearchError:
+            pass  # random weights may find no region; what reached SAM is the point
+        assert seen[key] == pytest.approx(expected, abs=0.2), prompt  # (its rounding of 512 * 0.4: 205 rows)

@@ -89,16 +89,17 @@ def prompt(
     predictor = SamPredictor(sam)
     predictor.set_image(rgb)
     with torch.inference_mode():
+        # In the photo's pixels: ``SamPredictor.predict`` scales prompts to SAM's input itself.
         if point is not None:
-            coords = predictor.transform.apply_coords(np.array([point], np.float32), (h, w))
+            coords = np.array([point], np.float32)
             logits, ious, _ = predictor.predict(
                 point_coords=coords, point_labels=np.array([1]), multimask_output=True, return_logits=True
             )
         else:
             assert box is not None  # exactly one of point and box, checked above
             x, y, bw, bh = box
-            xyxy = predictor.transform.apply_boxes(np.array([[x, y, x + bw, y + bh]], np.float32), (h, w))
-            logits, ious, _ = predictor.predict(box=xyxy[0], multimask_output=True, return_logits=True)
+            xyxy = np.array([x, y, x + bw, y + bh], np.float32)
+            logits, ious, _ = predictor.predict(box=xyxy, multimask_output=True, return_logits=True)
     logits, ious = torch.from_numpy(logits), torch.from_numpy(ious)
     best, stability = pick_most_stable(logits, ious, sam.mask_threshold, stability_offset)
     mask = (logits[best] > sam.mask_threshold).numpy()
