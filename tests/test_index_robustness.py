@@ -177,3 +177,45 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_images(tmp_path, monkeypatch):
     monkeypatch.setattr(FelzenszwalbMasker, "__call__", original)
     rest = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     assert (rest.done, rest.skipped) == (2, 1)
+
+
+def test_a_masker_files_broken_masks_fail_their_photo_in_one_line_and_the_rest_is_indexed(tmp_path):
+    """``--masker coco``: an RLE whose runs fall short of the photo (pycocotools read
+    past its end and indexed garbage), one of another size, or an entry without its
+    keys is named, never a bare KeyError; the other photos are indexed."""
+    import json
+
+    from usesearch.errors import CocoFileError
+    from usesearch.masks import rle
+    from usesearch.masks.maskers import CocoMasker
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for shade, name in enumerate(("good.png", "short.png", "other.png")):
+        Image.new("RGB", (30, 20), (90, 90, 90 + shade)).save(photos / name)  # each its own content
+    whole = np.zeros((20, 30), bool)
+    whole[5:15, 5:20] = True
+    images = [
+        {"id": i, "file_name": n, "height": 20, "width": 30}
+        for i, n in enumerate(["good.png", "short.png", "other.png"])
+    ]
+    annotations = [
+        {"id": 1, "image_id": 0, "segmentation": rle.encode(whole)},
+        {"id": 2, "image_id": 1, "segmentation": {"size": [20, 30], "counts": [5, 10]}},  # 15 of 600 pixels
+        {"id": 3, "image_id": 2, "segmentation": {"size": [40, 50], "counts": [100, 1900]}},
+    ]
+    masks = tmp_path / "masks.json"
+    masks.write_text(json.dumps({"images": images, "annotations": annotations}))
+    report = index_paths(
+        [photos], tmp_path / "db", IndexOptions(preset="tiny", masker="coco", masker_options={"masks_json": str(masks)})
+    )
+    failed = dict(report.failures)
+    assert (
+        report.done == 1
+        and report.segments == 1
+        and set(failed) == {str(photos / "short.png"), str(photos / "other.png")}
+    )
+    assert all("the mask of annotation" in why and "is broken" in why for why in failed.values())
+    masks.write_text(json.dumps({"images": images, "annotations": [{"id": 4, "image_id": 0}]}))
+    with pytest.raises(CocoFileError, match="annotation #0 has no image_id or no segmentation"):
+        CocoMasker(masks)

@@ -5,9 +5,7 @@ bring-your-own COCO masks."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +16,7 @@ from segment_anything.utils.amg import batched_mask_to_box
 from usesearch.devices import resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.masks import rle
+from usesearch.masks.coco_masker import CocoMaskFile
 from usesearch.masks.settings import SAM_SETTINGS, Masker, MaskerKind, SamSettings
 from usesearch.models.config import PresetConfig
 
@@ -259,45 +258,19 @@ def proposal_masks(proposals: list[Proposal], hw: tuple[int, int]) -> np.ndarray
 
 
 class CocoMasker:
-    """Masks from a COCO annotations JSON (RLE or polygons), matched to images by
-    file name relative to the JSON's ``images[].file_name``; lets users bring masks
-    from any segmenter."""
+    """Masks a user brings from any segmenter, as a COCO file (``coco_masker.py``)."""
 
     name = "coco"
 
     def __init__(self, masks_json: str | os.PathLike):
-        self.masks_json = str(Path(masks_json).resolve())
-        coco = json.loads(Path(masks_json).read_text())
-        by_image: dict[int, list] = {}
-        for ann in coco.get("annotations", []):
-            by_image.setdefault(ann["image_id"], []).append(ann)
-        self.by_name = {img["file_name"]: (img, by_image.get(img["id"], [])) for img in coco.get("images", [])}
+        self.file = CocoMaskFile(masks_json)
+        self.masks_json = self.file.masks_json
 
     def params(self) -> dict:
         return {"masks_json": self.masks_json}
 
-    def _lookup(self, path: str):
-        parts = Path(path).parts
-        for i in range(len(parts)):  # longest matching suffix of the path
-            hit = self.by_name.get("/".join(parts[i:]))
-            if hit:
-                return hit
-        return None
-
     def __call__(self, rgb: np.ndarray, path: str | None = None) -> list[Proposal]:
-        hit = self._lookup(path or "")
-        if hit is None:
-            return []
-        info, anns = hit
-        h, w = rgb.shape[:2]
-        if (info.get("height"), info.get("width")) not in ((h, w), (None, None)):
-            raise UsesearchError(f"{path}: masks are {info['height']}x{info['width']} but the image is {h}x{w}")
-        masks = []
-        for ann in anns:
-            mask = rle.decode(ann["segmentation"], h, w)
-            if mask.any():
-                masks.append(mask)
-        return to_proposals(np.stack(masks) if masks else np.zeros((0, h, w), bool))
+        return to_proposals(self.file.masks(rgb.shape[:2], path))
 
 
 # -- the registry: a masker by name ----------------------------------------------------
