@@ -145,3 +145,34 @@ def test_the_sam2_masker_builds_without_torch_s_jit_warning():
         warnings.simplefilter("always")
         build_masker("sam2", usesearch.get_preset("tiny"))
     assert not [w for w in caught if "torch.jit.script" in str(w.message)]
+
+
+def test_a_batch_size_is_no_part_of_an_index_identity_and_a_mask_setting_is(tmp_path):
+    """``--points-per-batch`` changes no mask (how the work is batched): a re-run with
+    another is no other masker, nor is an index that recorded it before it left the
+    identity; ``--points-per-side`` is refused."""
+    from sqlalchemy import update
+
+    from tests.helpers import write_photos
+    from usesearch.errors import IndexMismatchError
+    from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+    from usesearch.indexer.records import IndexInfo
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    db = tmp_path / "db"
+
+    def run(**settings):
+        low = {"pred_iou_thresh": -10.0, "stability_score_thresh": -10.0, **settings}
+        return index_paths([photos], db, IndexOptions(preset="tiny", masker="sam", masker_options=low))
+
+    assert run(points_per_side=4, points_per_batch=8).done == 1
+    params = SegmentIndex.open(db).info.masker_params
+    assert "points_per_batch" not in params and params["points_per_side"] == 4
+    assert run(points_per_side=4, points_per_batch=16).skipped == 1
+    ix = SegmentIndex.open(db)  # as an older usesearch recorded it
+    with ix.store.sessions.begin() as s:
+        s.execute(update(IndexInfo).values(masker_params={**params, "points_per_batch": 8}))
+    ix.close()
+    assert run(points_per_side=4, points_per_batch=32).skipped == 1
+    with pytest.raises(IndexMismatchError, match="points_per_side"):
+        run(points_per_side=8)

@@ -130,12 +130,7 @@ class SamMasker:
         self.generator = SamMaskGenerator(sam, points_per_side=points_per_side, **amg_kwargs)
 
     def params(self) -> dict:
-        # autocast and encoder_batch change no setting of the masks' definition, only
-        # their precision on a GPU and how the work is batched.
-        return {
-            "points_per_side": self.points_per_side,
-            **{k: v for k, v in self.amg_kwargs.items() if k not in ("autocast", "encoder_batch")},
-        }
+        return {"points_per_side": self.points_per_side, **mask_defining(self.amg_kwargs)}
 
     @property
     def images_per_call(self) -> int:
@@ -271,6 +266,16 @@ class CocoMasker:
 
     def __call__(self, rgb: np.ndarray, path: str | None = None) -> list[Proposal]:
         return to_proposals(self.file.masks(rgb.shape[:2], path))
+
+
+# How the work is batched and its precision on a GPU: no setting of the masks'
+# definition (``amg.py``), so not part of an index's identity.
+NOT_MASK_DEFINING = ("points_per_batch", "autocast", "encoder_batch")
+
+
+def mask_defining(params: dict) -> dict:
+    """A masker's settings that define its masks: another batch size may resume an index."""
+    return {k: v for k, v in params.items() if k not in NOT_MASK_DEFINING}
 
 
 # -- the registry: a masker by name ----------------------------------------------------
