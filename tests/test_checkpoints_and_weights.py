@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,28 @@ def test_a_sam3_pull_cut_short_or_gated_leaves_no_lock_and_says_why(tmp_path, mo
             pull_sam3()
         assert not list(tmp_path.rglob("*.lock")), raised
     assert "it is gated: accept its licence" in str(caught.value)
+
+
+def test_a_damaged_head_checkpoint_is_one_line_naming_its_file(tmp_path):
+    """A config without its backbones, one that is not JSON or not an object, and weights
+    cut short: each a UsesearchError naming the file, never a KeyError or safetensors' error."""
+    from usesearch.models.checkpoint import load_head, save_head
+
+    tiny = usesearch.get_preset("tiny")
+    weights = save_head(tmp_path / "head", {"w": torch.arange(6.0)}, tiny)
+    config = weights.with_suffix(".json")
+    state, _ = load_head(tmp_path / "head", tiny)
+    assert torch.equal(state["w"], torch.arange(6.0))
+    good = config.read_text()
+    for text, said in (
+        (json.dumps({**json.loads(good), "backbones": None}), "is damaged: it does not name the backbones"),
+        ("{not json", "is not a usesearch head config: "),
+        ("[1, 2]", "is not a usesearch head config (format='list')"),
+    ):
+        config.write_text(text)
+        with pytest.raises(usesearch.UsesearchError, match=re.escape(said)):
+            load_head(tmp_path / "head", tiny)
+    config.write_text(good)
+    weights.write_bytes(weights.read_bytes()[:-4])
+    with pytest.raises(usesearch.UsesearchError, match="head.safetensors is damaged: truncated"):
+        load_head(tmp_path / "head", tiny)

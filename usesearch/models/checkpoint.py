@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from usesearch.errors import CheckpointMismatchError, UsesearchError
+from usesearch.errors import CheckpointMismatchError, UsesearchError, first_line
 from usesearch.io.atomic import write_atomic
 from usesearch.models.config import PresetConfig
+from usesearch.models.weights import file_fault
 
 FORMAT = "usesearch-head"
 VERSION = 1
@@ -71,9 +72,17 @@ def read_head_config(path: str | os.PathLike) -> dict[str, Any]:
     weights, config = checkpoint_paths(path)
     if not (weights.is_file() and config.is_file()):
         raise UsesearchError(f"no head checkpoint at {path}: expected {weights} and {config}")
-    meta = json.loads(config.read_text())
-    if meta.get("format") != FORMAT:
-        raise UsesearchError(f"{config} is not a usesearch head config (format={meta.get('format')!r})")
+    try:
+        meta = json.loads(config.read_text())
+    except (OSError, ValueError) as exc:  # not JSON, or not text
+        raise UsesearchError(f"{config} is not a usesearch head config: {first_line(exc)}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise UsesearchError(f"{config} is not a usesearch head config (format={found!r})")
+    if not isinstance(meta.get("backbones"), dict) or not all(
+        isinstance(meta["backbones"].get(part), dict) for part in ("clip", "dino")
+    ):
+        raise UsesearchError(f"{config} is damaged: it does not name the backbones the head was trained for")
     return meta
 
 
@@ -85,11 +94,19 @@ def load_head(path: str | os.PathLike, preset: PresetConfig) -> tuple[dict[str, 
     if meta.get("backbones") != expected or meta.get("lln_dim") != preset.head.lln_dim:
         raise CheckpointMismatchError(
             f"head checkpoint {path} was trained for preset {meta.get('preset')!r} "
-            f"(CLIP {meta['backbones']['clip']['model_name']}, DINOv2 {meta['backbones']['dino']['timm_name']}) "
+            f"(CLIP {meta['backbones']['clip'].get('model_name')}, "
+            f"DINOv2 {meta['backbones']['dino'].get('timm_name')}) "
             f"and cannot be loaded onto preset {preset.name!r} "
             f"(CLIP {preset.clip.model_name}, DINOv2 {preset.dino.timm_name})"
         )
-    state = load_file(str(checkpoint_paths(path)[0]))
+    weights = checkpoint_paths(path)[0]
+    fault = file_fault(weights)
+    if fault is not None:
+        raise UsesearchError(f"head checkpoint {weights} is damaged: {fault}")
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error type, whatever it reads
+        raise UsesearchError(f"head checkpoint {weights} cannot be read: {first_line(exc)}") from None
     if "sha256" in meta and state_digest(state) != meta["sha256"]:
         raise UsesearchError(f"head checkpoint {path}: its weights are not the ones its config names (sha256 differs)")
     return state, meta
