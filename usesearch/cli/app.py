@@ -10,11 +10,11 @@ import sys
 
 import typer
 
-from usesearch.cli import audit, curate, eval, index, models, search, train
+from usesearch.cli import audit, curate, eval, index, models, search, train, upkeep
 
 app = typer.Typer(help="Open-vocabulary segment search (USE: Universal Segment Embeddings).", no_args_is_help=True)
 audit.AuditCommand.old = (eval.old_audit,)  # `audit --coco FILE --images DIR`, the old spelling of `eval audit`
-for commands in (models.app, index.app, search.app, eval.app, audit.app, train.app):
+for commands in (models.app, index.app, upkeep.app, search.app, eval.app, audit.app, train.app):
     app.add_typer(commands)  # no name: their commands sit at the top level
 app.add_typer(models.models_app, name="models")
 app.add_typer(eval.eval_app, name="eval")

@@ -1,4 +1,5 @@
-"""CLI wiring for building and keeping an index: index, info, failures, prune, reindex.
+"""CLI wiring for building an index: index, and prune (also `index --prune`); `upkeep.py`
+has the commands that inspect and rebuild one.
 
 With ``search``, the CLI modules that import ``indexer``: the CLI joins the stages.
 """
@@ -175,6 +176,7 @@ def index(
             opts.console.print(f"  {line}")
         for path, reason in report.failures[:10]:
             opts.console.print(f"  failed: {path}: {reason}")
+        _say_moved_and_copies(report)
         if report.done and not report.segments:
             random_sam = preset == "tiny" and masker in ("sam", "sam2")
             opts.console.print(
@@ -203,6 +205,22 @@ def _print_json(reports: dict[str, IndexReport], as_json: bool) -> None:
     """``index --json``: the run's reports, on stdout alone (status lines are on stderr)."""
     if as_json and reports:
         print(json.dumps({name: asdict(r) for name, r in reports.items()}, indent=1, default=str))
+
+
+def _say_moved_and_copies(report: IndexReport) -> None:
+    if report.moved:
+        old, new = report.moved[0]
+        more = f" and {len(report.moved) - 1} more" if len(report.moved) > 1 else ""
+        opts.console.print(
+            f"  {len(report.moved)} photo(s) renamed or moved, their segments kept ({old} -> {new}{more})"
+        )
+    if report.copies:
+        path, twin = report.copies[0]
+        more = f" and {len(report.copies) - 1} more" if len(report.copies) > 1 else ""
+        opts.console.print(
+            f"  {len(report.copies)} skipped as copies of a photo indexed under another path "
+            f"({path} = {twin or 'a photo earlier in this run'}{more})"
+        )
 
 
 def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:
@@ -255,75 +273,6 @@ def _print_labelled(report, db: str) -> None:
         opts.console.print(f"  (all of them: usesearch failures --db {db})")
 
 
-@app.command()
-@opts.user_errors
-def info(
-    db: opts.DbOpt,
-    as_json: opts.JsonOpt = False,
-    db_url: opts.DbUrlOpt = None,
-    faiss_device: opts.FaissDeviceOpt = None,
-) -> None:
-    """Images done/failed, segments, model, index type, sizes on disk, and where FAISS runs."""
-    from usesearch.indexer import SegmentIndex
-
-    index = SegmentIndex.open(db, db_url=db_url, faiss_device=faiss_device)
-    stats = {**index.stats(check_files=True), **index.store.label_summary()}
-    if as_json:
-        print(json.dumps(stats, indent=1, default=str))
-        return
-    by_class = stats.pop("annotations_by_class")
-    for key, value in stats.items():
-        if key == "calibration":  # its curve: with --json; the line is "recall"
-            continue
-        opts.console.print(f"{key:>16}: {value}")
-    for split_name, counts in by_class.items():  # a line per split: its classes, most annotated first
-        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        opts.console.print(f"{'split ' + split_name:>16}: " + ", ".join(f"{name} {n}" for name, n in ranked))
-
-
-@app.command()
-@opts.user_errors
-def failures(db: opts.DbOpt, db_url: opts.DbUrlOpt = None, as_json: opts.JsonOpt = False) -> None:
-    """Each file that failed to index, with its reason; then each annotation of a labelled dataset
-    (--coco) that could not be indexed, with its split, photo, id and reason."""
-    from usesearch.indexer.folder import check_db_dir, open_store
-    from usesearch.indexer.records import DONE
-
-    store = open_store(check_db_dir(db), db_url, read_only=True)
-    if as_json:
-        files = [
-            {
-                "path": r.path,
-                "error": r.error_class,
-                "message": r.error_message,
-                "attempts": r.attempts,
-                "kept": r.status == DONE,  # indexed before the failure: its segments are kept
-            }
-            for r in store.failures()
-        ]
-        annotations = [
-            {
-                "coco_file": p.coco_file,
-                "split": p.split,
-                "file_name": p.file_name,
-                "annotation_id": p.annotation_id,
-                "kind": p.kind,
-                "message": p.message,
-            }
-            for p in store.annotation_problems()
-        ]
-        print(json.dumps({"files": files, "annotations": annotations}, indent=1))
-        return
-    for record in store.failures():
-        kept = "; indexed before: its segments are kept" if record.status == DONE else ""
-        line = f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts}{kept})"
-        opts.console.print(line, soft_wrap=True)  # a line a file, however long: it is data
-    for problem in store.annotation_problems():
-        where = problem.file_name or Path(problem.coco_file).name
-        annotation = f" annotation {problem.annotation_id}" if problem.annotation_id is not None else ""
-        opts.console.print(f"{where}{annotation}\t[{problem.split}] {problem.kind}: {problem.message}", soft_wrap=True)
-
-
 @app.command("prune")
 @opts.user_errors
 def prune_cmd(
@@ -351,63 +300,3 @@ def prune_cmd(
 def _print_freed(report) -> None:
     if report.embedding_bytes_freed:
         opts.console.print(f"embedding files: {report.embedding_bytes_freed / 2**20:.2f} MiB given back")
-
-
-@app.command("reindex")
-@opts.user_errors
-def reindex_cmd(
-    db: opts.DbOpt,
-    factory: opts.FactoryOpt = None,
-    db_url: opts.DbUrlOpt = None,
-    faiss_device: Annotated[
-        opts.FaissDeviceOpt,
-        opts.Formerly(
-            "--device",
-            note="`reindex --device` is now `--faiss-device` (--device is where models run; reindex runs none)",
-        ),
-    ] = None,
-    shard_size: opts.ShardSizeOpt = None,
-    ray: opts.RayOpt = None,
-    recall_target: opts.RecallTargetOpt = None,
-    latency_budget: opts.LatencyBudgetOpt = None,
-) -> None:
-    """Rebuild the FAISS file from the embedding files (and choose its type again); a compressed index
-    is then calibrated: its recall measured and its search effort chosen (shown by `info`)."""
-    from usesearch.indexer import reindex
-
-    if ray is None:
-        count = reindex(
-            db, factory, db_url, faiss_device, shard_size, recall_target=recall_target, latency_budget_ms=latency_budget
-        )
-        opts.console.print(f"rebuilt FAISS index with {count} vectors")
-        return
-    from usesearch.indexer.distributed import ray_session, rebuild_on_ray
-
-    with ray_session(ray):
-        count = reindex(
-            db,
-            factory,
-            db_url,
-            faiss_device,
-            shard_size,
-            build=rebuild_on_ray,
-            recall_target=recall_target,
-            latency_budget_ms=latency_budget,
-        )
-    opts.console.print(f"rebuilt FAISS index with {count} vectors, its shards filled on Ray")
-
-
-@app.command()
-@opts.user_errors
-def calibrate(
-    db: opts.DbOpt,
-    db_url: opts.DbUrlOpt = None,
-    recall_target: opts.RecallTargetOpt = None,
-    latency_budget: opts.LatencyBudgetOpt = None,
-) -> None:
-    """Measure a compressed index's recall again and choose its search effort, without a rebuild:
-    when it was measured on a busy machine, on the machine that serves it, or for another target."""
-    from usesearch.indexer import recalibrate
-
-    measured = recalibrate(db, db_url, recall_target, latency_budget_ms=latency_budget)
-    opts.console.print(f"calibrated in {measured.seconds:.0f} s: {measured.describe()}")
