@@ -142,32 +142,6 @@ class AnnotationWrites:
         result: tuple[list[int], list[int]] = self.retrying(drop)
         return result
 
-    def drop_damaged(self, image_id: int) -> list[int]:
-        """``--repair`` of one photo, in one transaction: all its proposals go (the
-        walk makes them again: ``proposals_made`` is cleared), and of its annotations
-        only those whose own row is damaged (``index --coco`` embeds them again; the
-        others stay). Returns the annotation ids dropped."""
-        seg = SegmentRecord
-
-        def drop() -> list[int]:
-            with self.sessions.begin() as s:
-                query = select(seg.id, seg.source, seg.annotation_id, seg.vec_chunk, seg.vec_row)
-                rows = s.execute(query.where(seg.image_id == image_id)).all()
-                if not rows:
-                    return []
-                table = np.array([(r.vec_chunk, r.vec_row) for r in rows], np.int64)
-                damaged = self.files().damaged(table[:, 0], table[:, 1])
-                gone = [r for r, bad in zip(rows, damaged) if r.source == PROPOSAL or bad]
-                for start in range(0, len(gone), SQL_PARAMETERS):
-                    ids = [r.id for r in gone[start : start + SQL_PARAMETERS]]
-                    s.execute(delete(seg).where(seg.id.in_(ids)).execution_options(synchronize_session=False))
-                s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(proposals_made=False))
-                s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
-                return [r.annotation_id for r in gone if r.source != PROPOSAL]
-
-        result: list[int] = self.retrying(drop)
-        return result
-
     def replace_proposals(self, s: Session, record: ImageRecord, segments: list[dict]) -> tuple[list[int], list[int]]:
         """Within ``Store.save_image``'s transaction: a photo the index holds with the
         same content gets these proposals in place of its old ones; its annotations stay."""

@@ -189,6 +189,7 @@ def index_paths_ray(
     with Writer(db_dir, options, identity(model, masker, options), paths) as writer, ray_session(address):
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         report.annotations_dropped = writer.annotations_dropped
+        report.moved, report.copies = writer.moved, writer.copies
         import ray
 
         del model, masker
@@ -243,12 +244,13 @@ def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) 
     if not readable:
         return []
     hashed = ray.data.from_items(readable).map_batches(partial(_hash_files, max_bytes=options.max_bytes), batch_size=16)
-    pending, seen = [], set()
+    pending: list[dict] = []
+    seen: set[str] = set()
     for row in hashed.iter_rows():
         key, path, sha = bytes(row["fs_path"]), row["path"], row["sha256"]
         if row["error"]:
             writer.fail(key, path, None, _worker_error(row["error"]), report)
-        elif writer.skip(key, sha) or sha in seen:
+        elif writer.skip(key, sha, coming=seen, path=path):
             report.skipped += 1  # done, or the same pixels under another path
         else:
             seen.add(sha)

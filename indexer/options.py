@@ -43,6 +43,8 @@ class IndexReport(RunReport):
     repaired: list[str] = field(default_factory=list)  # photos with damaged embedding rows, embedded again
     unrepaired: list[str] = field(default_factory=list)  # damaged ones outside the folders indexed: left
     annotations_dropped: int = 0  # annotations whose rows were damaged: `index --coco` embeds them again
+    moved: list[tuple[str, str]] = field(default_factory=list)  # (old path, new path) of photos renamed or moved
+    copies: list[tuple[str, str]] = field(default_factory=list)  # (path, indexed photo of the same content) skipped
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds by stage, for benchmarks
 
     def add_stage(self, stage: str, seconds: float) -> None:

@@ -45,6 +45,7 @@ def index_paths(
     with Writer(db_dir, options, identity(model, masker, options), paths, model) as writer:
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         report.annotations_dropped = writer.annotations_dropped
+        report.moved, report.copies = writer.moved, writer.copies
         files = list(walk(paths))
         per_call = max(1, getattr(masker, "images_per_call", 1))
         on_gpu = model.device.type == "cuda"

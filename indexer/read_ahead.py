@@ -111,7 +111,7 @@ def _photos(
                 writer.fail(found.key, found.path, None, exc, report)
                 yield found.path, None
                 continue
-            if writer.skip(found.key, sha256, coming=seen):
+            if writer.skip(found.key, sha256, coming=seen, path=found.path):
                 report.skipped += 1
                 yield found.path, None
                 continue

@@ -31,13 +31,14 @@ from .annotation_writes import AnnotationWrites
 from .catalog import immutable_url, server_url, shown_url, sqlite_pragmas, sqlite_read_pragmas, while_reachable
 from .embeddings import FOLDER as EMBEDDINGS_FOLDER
 from .embeddings import EmbeddingFiles
+from .image_writes import ImageWrites
 from .lookups import SearchLookups
 from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord, VectorShard, VectorState
 
 T = TypeVar("T")
 
 
-class Store(SearchLookups, AnnotationLookups, AnnotationWrites):
+class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
     """``read_only=True`` is for readers (query, info, serve): it never creates or
     alters tables, and falls back to an immutable open where SQLite cannot write its
     side files (a read-only folder or mount)."""
@@ -298,14 +299,6 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites):
         with self.sessions() as s:
             q = select(SegmentRecord.id).where(SegmentRecord.image_id == image_id).order_by(SegmentRecord.area.desc())
             return list(s.scalars(q))
-
-    def clear_failure(self, image_id: int) -> None:
-        def clear() -> None:
-            with self.sessions.begin() as s:
-                values = {"error_class": None, "error_message": None}
-                s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(**values))
-
-        self.retrying(clear)
 
     def failures(self) -> list[ImageRecord]:
         """Files that failed, and indexed files whose last run failed (status DONE, an

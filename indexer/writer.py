@@ -106,6 +106,8 @@ class Writer:
         self.repaired: list[str] = []  # photos whose damaged embedding rows were dropped, to be embedded again
         self.unrepaired: list[str] = []  # damaged ones outside ``paths``: left as they are
         self.annotations_dropped = 0  # annotations with a damaged row: `index --coco` embeds them again
+        self.moved: list[tuple[str, str]] = []  # (old path, new path): a photo renamed or moved since indexed
+        self.copies: list[tuple[str, str]] = []  # (path, the indexed photo it repeats; "": one earlier in this run)
         self.in_sync = True
 
     def __enter__(self) -> Writer:
@@ -169,10 +171,14 @@ class Writer:
         finally:
             self._lock.__exit__(kind, exc, trace)
 
-    def skip(self, key: bytes, sha256: str, coming: set[str] | frozenset[str] = frozenset()) -> bool:
+    def skip(
+        self, key: bytes, sha256: str, coming: set[str] | frozenset[str] = frozenset(), path: str | None = None
+    ) -> bool:
         """True when this file needs no work: done (or failed, unless retrying) with
         the same content, or it is a new path whose content is already indexed under
-        another path or ``coming`` (about to be, earlier in this run)."""
+        another path or ``coming`` (about to be, earlier in this run). A photo renamed
+        or moved (its content indexed under a path now gone) takes its record along;
+        a copy of a photo still there is counted in ``copies``."""
         existing = self.store.image_by_path(key)
         if (
             existing is not None
@@ -182,7 +188,19 @@ class Writer:
             if existing.status == DONE and existing.error_class is not None:
                 self.store.clear_failure(existing.id)  # read whole again: the failure noted on it is over
             return True
-        return existing is None and (sha256 in coming or self.store.done_with_hash(sha256) is not None)
+        if existing is not None:
+            return False
+        holder = None if sha256 in coming else self.store.done_with_hash(sha256)
+        if holder is None:
+            if sha256 in coming and path is not None:
+                self.copies.append((path, ""))
+            return sha256 in coming
+        if path is not None and not os.path.lexists(holder.fs_path):  # moved: the record follows the photo
+            self.store.move_image(holder.id, key, path)
+            self.moved.append((holder.path, path))
+        elif path is not None:
+            self.copies.append((path, holder.path))
+        return True
 
     @contextmanager
     def _changing(self) -> Iterator[None]:

@@ -86,6 +86,39 @@ def test_rerun_skips_adds_new_and_reindexes_changed(tmp_path):
     assert_consistent(db)
 
 
+def test_a_renamed_or_moved_photo_keeps_its_segments_and_a_copy_is_said(tmp_path):
+    """A photo renamed (or its folder moved) was skipped as a copy of its old path's
+    record, whose path then pointed at no file; a prune removed the record and the
+    photo was in no query. Its record now follows it. A copy of a photo that is still
+    there is skipped and said."""
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    before = sorted(row[1:] for row in segment_table(db))  # (each row's first field: the photo's name)
+    (photos / "astronaut.png").rename(photos / "renamed.png")
+    (photos / "sub").rename(photos / "moved")
+    shutil.copy(photos / "renamed.png", photos / "zcopy.png")  # walked after renamed.png
+    report = index_paths([photos], db, IndexOptions(**OPTS))
+    assert (report.done, report.skipped) == (0, 3) and sorted(new for _, new in report.moved) == [
+        str(photos / "moved" / "chelsea.png"),
+        str(photos / "renamed.png"),
+    ]
+    assert [(c.rsplit("/", 1)[1], twin.rsplit("/", 1)[1]) for c, twin in report.copies] == [
+        ("zcopy.png", "renamed.png")
+    ]
+    assert sorted(row[1:] for row in segment_table(db)) == before  # the same segments, nothing embedded again
+    ix = SegmentIndex.open(db)
+    assert {h.image for h in ix.query("a photo", k=100)} == {
+        str(photos / "renamed.png"),
+        str(photos / "moved" / "chelsea.png"),
+    }
+    ix.close()
+    from usesearch.indexer.maintenance import prune
+
+    assert prune(db, [photos], IndexOptions(**OPTS)).images_removed == 0  # no record points at a gone file
+    assert_consistent(db)
+
+
 def test_index_refuses_another_model_and_queries_refuse_a_foreign_model(indexed, tmp_path):
     root, photos, _ = indexed
     with pytest.raises(IndexMismatchError, match=r"built with preset 'tiny', embedder 'use', model use-tiny-"):

@@ -1,0 +1,68 @@
+"""Writes of one photo's record that keep its segments: moved to a new path, a
+failure noted on it cleared, its damaged rows dropped for ``--repair``; by a
+``Store``'s sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from .embeddings import EmbeddingFiles
+from .lookups import SQL_PARAMETERS
+from .records import PROPOSAL, ImageRecord, IndexInfo, SegmentRecord
+
+
+class ImageWrites:
+    """A ``Store``'s writes of one photo's record."""
+
+    sessions: sessionmaker[Session]
+    files: Callable[[], EmbeddingFiles]
+    retrying: Callable[[Callable[[], Any]], Any]
+
+    def move_image(self, image_id: int, fs_path: bytes, path: str) -> None:
+        """A photo renamed or moved: its record (segments, annotations) under its new path."""
+
+        def move() -> None:
+            with self.sessions.begin() as s:
+                s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(fs_path=fs_path, path=path))
+                s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+
+        self.retrying(move)
+
+    def clear_failure(self, image_id: int) -> None:
+        def clear() -> None:
+            with self.sessions.begin() as s:
+                values = {"error_class": None, "error_message": None}
+                s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(**values))
+
+        self.retrying(clear)
+
+    def drop_damaged(self, image_id: int) -> list[int]:
+        """``--repair`` of one photo, in one transaction: all its proposals go (the
+        walk makes them again: ``proposals_made`` is cleared), and of its annotations
+        only those whose own row is damaged (``index --coco`` embeds them again; the
+        others stay). Returns the annotation ids dropped."""
+        seg = SegmentRecord
+
+        def drop() -> list[int]:
+            with self.sessions.begin() as s:
+                query = select(seg.id, seg.source, seg.annotation_id, seg.vec_chunk, seg.vec_row)
+                rows = s.execute(query.where(seg.image_id == image_id)).all()
+                if not rows:
+                    return []
+                table = np.array([(r.vec_chunk, r.vec_row) for r in rows], np.int64)
+                damaged = self.files().damaged(table[:, 0], table[:, 1])
+                gone = [r for r, bad in zip(rows, damaged) if r.source == PROPOSAL or bad]
+                for start in range(0, len(gone), SQL_PARAMETERS):
+                    ids = [r.id for r in gone[start : start + SQL_PARAMETERS]]
+                    s.execute(delete(seg).where(seg.id.in_(ids)).execution_options(synchronize_session=False))
+                s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(proposals_made=False))
+                s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+                return [r.annotation_id for r in gone if r.source != PROPOSAL]
+
+        result: list[int] = self.retrying(drop)
+        return result
