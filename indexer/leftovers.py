@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection
 
 from sqlalchemy import func, select
 
@@ -39,12 +40,14 @@ def under_folders(images, under: list[str | os.PathLike] | None):
     return [row for row in images if any(bytes(row[1]).startswith(root) for root in roots)]
 
 
-def gone_images(images) -> list[tuple[int, str, str]]:
-    """(id, path, why) of the images whose files are gone."""
+def gone_images(images, failed: Collection[int] = ()) -> list[tuple[int, str, str]]:
+    """(id, path, why) of the images whose files are gone. A file that ``failed`` (ids)
+    to index is gone only when missing: one still there (a FIFO, an unreadable file)
+    fails again at the next run, and removing its record would only repeat it."""
     out = []
     for image_id, fs_path, path in images:
         why = file_gone(bytes(fs_path))
-        if why:
+        if why and (why == "missing" or image_id not in failed):
             out.append((image_id, path, why))
     return out
 

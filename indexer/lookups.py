@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .records import DONE, ImageRecord, SegmentRecord, SegmentRow
+from .records import DONE, FAILED, ImageRecord, SegmentRecord, SegmentRow
 
 SQL_PARAMETERS = 900  # ids per IN list: SQLite's bound-parameter limit
 
@@ -54,6 +54,11 @@ class SearchLookups:
 
     engine: Engine
     sessions: sessionmaker[Session]
+
+    def failed_image_ids(self) -> set[int]:
+        """The images whose files failed to index (never indexed: no segment)."""
+        with self.sessions() as s:
+            return set(s.scalars(select(ImageRecord.id).where(ImageRecord.status == FAILED)))
 
     def segments_up_to(self, high: int) -> int:
         """How many committed segments have an id of at most ``high`` (a range of the

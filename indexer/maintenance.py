@@ -165,7 +165,7 @@ def prune(
     start = time.perf_counter()
     with Writer(Path(db_dir), options, None) as writer:
         considered = under_folders(writer.store.image_files(), under)
-        gone = gone_images(considered)
+        gone = gone_images(considered, writer.store.failed_image_ids())
         if not force and len(gone) == len(considered) > 0:
             raise EverythingGoneError(
                 f"all {len(considered)} indexed files are gone (is the disk mounted?); nothing was "

@@ -335,7 +335,10 @@ class SegmentIndex:
             return p.stat().st_size if p.is_file() else 0
 
         gone = (
-            {"files_gone": len(gone_images(self.store.image_files())), "bytes_embeddings_dead": dead_bytes(self.store)}
+            {
+                "files_gone": len(gone_images(self.store.image_files(), self.store.failed_image_ids())),
+                "bytes_embeddings_dead": dead_bytes(self.store),
+            }
             if check_files
             else {}
         )

@@ -38,6 +38,26 @@ def test_prune_removes_what_is_gone_and_leaves_what_a_clean_index_has(tmp_path):
     ix.close()
 
 
+def test_a_file_that_failed_is_no_indexed_photo_gone_unless_it_is_missing(tmp_path):
+    """A FIFO (or an unreadable file) fails each run; it was said to be an "indexed photo
+    gone", and a prune removed its record only for the next run to fail it again."""
+    photos = write_photos(tmp_path / "photos", NAMES[:2])
+    os.mkfifo(photos / "pipe.jpg")
+    (photos / "broken.png").write_bytes(b"not a photo")
+    db = tmp_path / "db"
+    runner = CliRunner()
+    result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny"])
+    assert result.exit_code == 0 and "2 failed" in result.output and "are gone" not in result.output, result.output
+    (photos / "broken.png").unlink()  # a failed file now missing: its record has nothing left to say
+    info = runner.invoke(app, ["info", "--db", str(db), "--json"])
+    assert '"files_gone": 1' in info.output, info.output
+    result = runner.invoke(app, ["prune", "--db", str(db)])
+    assert result.exit_code == 0 and "1 images removed" in result.output, result.output
+    ix = SegmentIndex.open(db)
+    assert [os.path.basename(r.path) for r in ix.store.failures()] == ["pipe.jpg"]
+    ix.close()
+
+
 def test_index_prune_only_touches_the_folders_it_was_given(tmp_path):
     a, b = write_photos(tmp_path / "a", NAMES[:2]), write_photos(tmp_path / "b", NAMES[2:])
     db = tmp_path / "db"

@@ -231,7 +231,8 @@ def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> 
 
     store = open_store(Path(db), db_url, read_only=True)
     try:
-        gone = gone_images(under_folders(store.image_files(), folders))
+        failed = store.failed_image_ids()  # never indexed: not "indexed photos gone"
+        gone = gone_images([row for row in under_folders(store.image_files(), folders) if row[0] not in failed])
     finally:
         store.close()
     if gone:
