@@ -268,3 +268,17 @@ def test_a_run_where_every_photo_failed_exits_3_and_one_with_any_photo_done_exit
     curate = ["curate", "run", str(broken), "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
     curated = CliRunner().invoke(app, [*curate, "--captioner", "tiny", "--grounder", "tiny"])
     assert curated.exit_code == 3 and "every photo this run tried failed (2)" in curated.stderr, curated.output
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(tmp_path):
+    """`usesearch query ... --json | head`: the closed pipe was "error: [Errno 32] Broken
+    pipe" (exit 2), or Python's own "Exception ignored" lines at exit."""
+    big_output = (
+        "import json, sys; dumps = json.dumps; json.dumps = lambda *a, **k: dumps(*a, **k) * 2000; "
+        "sys.argv = ['usesearch', 'models', 'list', '--json']; from usesearch.cli.app import main; main()"
+    )
+    child = subprocess.Popen([sys.executable, "-c", big_output], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.read(10)
+    child.stdout.close()
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 1 and stderr == b"", stderr

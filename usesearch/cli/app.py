@@ -36,12 +36,24 @@ def with_ray_address(argv: list[str]) -> list[str]:
     return out
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush meets no closed pipe."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main() -> None:
     """The ``usesearch`` entry point. A command line click cannot parse (an unknown
     flag, a missing argument, a value of the wrong kind) is one line on stderr, as
     every other failure is, where click would draw a box under a usage line."""
     try:
         code = app(with_ray_address(sys.argv[1:]), prog_name="usesearch", standalone_mode=False)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+    except BrokenPipeError:  # `usesearch query ... | head`: the reader had enough (exit 1, as click does)
+        _quiet_stdout()
+        sys.exit(1)
     except Exception as exc:  # click's (Typer vendors click: its classes have no public name to catch)
         if type(exc).__name__ == "Abort":  # Ctrl-C at a prompt
             print("error: aborted", file=sys.stderr)

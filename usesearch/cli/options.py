@@ -338,7 +338,7 @@ def user_errors(fn):
         console.stderr = to_stderr or kwargs.get("as_json") is True
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort, KeyboardInterrupt, BrokenPipeError):  # a closed pipe: ``app.main``
             raise
         except Exception as exc:
             if os.environ.get(DEBUG_ENV):
