@@ -30,7 +30,7 @@ import numpy as np
 
 from usesearch.errors import UsesearchError, WorkerError, first_line
 from usesearch.io.atomic import write_atomic
-from usesearch.io.files import decode, read_bytes, walk
+from usesearch.io.files import decode, photos_under, read_bytes
 
 from . import faiss_gpu
 from .compute import segment_records
@@ -185,6 +185,7 @@ def index_paths_ray(
     start = time.perf_counter()
     # The identity, and missing weights said before any work; on the CPU, since the
     # models that compute run in the actors (on their GPUs) and this machine may have none.
+    files = photos_under(paths)
     model, masker = load_models(replace(options, device="cpu"))
     with Writer(db_dir, options, identity(model, masker, options), paths) as writer, ray_session(address):
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
@@ -198,7 +199,6 @@ def index_paths_ray(
         report.devices.insert(
             0, f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers (the cluster has {gpus} GPU(s))"
         )
-        files = list(walk(paths))
         pending = _pending(files, writer, options, report)
 
         def commits():

@@ -17,7 +17,7 @@ from pathlib import Path
 from usesearch.devices import describe as describe_device
 from usesearch.devices import resolve_device
 from usesearch.errors import UsesearchError
-from usesearch.io.files import walk
+from usesearch.io.files import photos_under
 from usesearch.masks.maskers import build_masker
 from usesearch.masks.sam_fast import compile_modules
 from usesearch.models.factory import choose_preset, load_model, resolve_embedder
@@ -41,12 +41,12 @@ def index_paths(
     db_dir = check_paths(paths, db_dir)
     report = IndexReport(devices=check_devices(options))
     start = time.perf_counter()
+    files = photos_under(paths)  # before the models: a folder with no photo is one line
     model, masker = load_models(options)  # first: missing weights must not leave an empty index folder behind
     with Writer(db_dir, options, identity(model, masker, options), paths, model) as writer:
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         report.annotations_dropped = writer.annotations_dropped
         report.moved, report.copies = writer.moved, writer.copies
-        files = list(walk(paths))
         per_call = max(1, getattr(masker, "images_per_call", 1))
         on_gpu = model.device.type == "cuda"
         workers = read_ahead.workers_for(on_gpu)

@@ -264,6 +264,11 @@ def test_a_run_where_every_photo_failed_exits_3_and_one_with_any_photo_done_exit
     mixed = CliRunner().invoke(app, [*args, "--retry-failed"])
     assert mixed.exit_code == 0, mixed.output
     assert json.loads(mixed.stdout)["proposals"]["done"] == 1
+    (tmp_path / "empty").mkdir()  # no photo at all: refused before any model or index folder
+    empty = CliRunner().invoke(
+        app, ["index", str(tmp_path / "empty"), "--db", str(tmp_path / "db2"), "--preset", "tiny"]
+    )
+    assert empty.exit_code == 2 and "no photo under" in empty.stderr and not (tmp_path / "db2").exists()
     (broken / "coffee.png").unlink()
     curate = ["curate", "run", str(broken), "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
     curated = CliRunner().invoke(app, [*curate, "--captioner", "tiny", "--grounder", "tiny"])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from usesearch.errors import ImageReadError
+from usesearch.errors import ImageReadError, UsesearchError
 from usesearch.io.images import read_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
@@ -41,6 +41,16 @@ class Found:
 
 def display_path(fs_path: str) -> str:
     return os.fsencode(fs_path).decode("utf-8", "backslashreplace")
+
+
+def photos_under(paths: list[str | os.PathLike]) -> list[Found]:
+    """``walk``'s files, refused in one line when there is none: a wrong folder, or a
+    disk not mounted, would otherwise make an empty index bound to the run's model."""
+    files = list(walk(paths))
+    if not files:
+        kinds = ", ".join(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
+        raise UsesearchError(f"no photo under {', '.join(map(str, paths))} (index reads {kinds})")
+    return files
 
 
 def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
