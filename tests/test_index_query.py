@@ -68,6 +68,10 @@ def test_cli_query_json_info_and_failures(indexed):
     info = json.loads(runner.invoke(app, ["info", "--db", str(root / "db"), "--json"]).output)
     assert info["images_done"] == 4 and info["vectors"] == info["segments"] and info["preset"] == "tiny"
     assert runner.invoke(app, ["query", "x" * 1001, "--db", str(root / "db")]).exit_code == 2
+    none = runner.invoke(app, ["failures", "--db", str(root / "db")])  # says so, rather than nothing
+    assert none.exit_code == 0 and none.output.strip() == "no file failed to index and no annotation was refused"
+    pulled = runner.invoke(app, ["models", "pull", "tiny"])
+    assert pulled.exit_code == 0 and "has no weights to pull: its models are seeded random" in pulled.output
 
 
 def test_rerun_skips_adds_new_and_reindexes_changed(tmp_path):

@@ -72,7 +72,9 @@ def test_every_masker_refuses_the_sam_settings_it_does_not_take(name):
     for setting in SAM_SETTINGS:
         if setting in kind.settings:
             continue
-        with pytest.raises(UsesearchError, match=f"^{SamSettings.flag(setting)} apply to --masker .* only") as refused:
+        with pytest.raises(
+            UsesearchError, match=f"^{SamSettings.flag(setting)} applies to --masker .* only"
+        ) as refused:
             build_masker(name, usesearch.get_preset("tiny"), "cpu", **{setting: 1})
         assert "\n" not in str(refused.value) and f"this run uses masker {name}" in str(refused.value)
     if kind.options is not None:

@@ -93,6 +93,11 @@ def models_pull(
 
         done = pull_sam2(preset.split(":", 1)[1])
     else:
+        from usesearch.models.weights import preset_status
+
+        if not any(status.needed for status in preset_status(get_preset(preset))):
+            opts.console.print(f"preset {preset!r} has no weights to pull: its models are seeded random")
+            return
         done = pull(get_preset(preset))
     for line in done or [f"all weights of {preset!r} are already present"]:
         opts.console.print(line)

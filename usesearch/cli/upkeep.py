@@ -70,11 +70,14 @@ def failures(db: opts.DbOpt, db_url: opts.DbUrlOpt = None, as_json: opts.JsonOpt
         ]
         print(json.dumps({"files": files, "annotations": annotations}, indent=1))
         return
-    for record in store.failures():
+    failed, problems = store.failures(), store.annotation_problems()
+    if not failed and not problems:
+        opts.console.print("no file failed to index and no annotation was refused")
+    for record in failed:
         kept = "; indexed before: its segments are kept" if record.status == DONE else ""
         line = f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts}{kept})"
         opts.console.print(line, soft_wrap=True)  # a line a file, however long: it is data
-    for problem in store.annotation_problems():
+    for problem in problems:
         where = problem.file_name or Path(problem.coco_file).name
         annotation = f" annotation {problem.annotation_id}" if problem.annotation_id is not None else ""
         opts.console.print(f"{where}{annotation}\t[{problem.split}] {problem.kind}: {problem.message}", soft_wrap=True)
@@ -90,7 +93,7 @@ def reindex_cmd(
         opts.FaissDeviceOpt,
         opts.Formerly(
             "--device",
-            note="`reindex --device` is now `--faiss-device` (--device is where models run; reindex runs none)",
+            note="`reindex --device` is now `--faiss-device` (where FAISS builds and searches)",
         ),
     ] = None,
     shard_size: opts.ShardSizeOpt = None,

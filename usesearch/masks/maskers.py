@@ -368,6 +368,7 @@ def _refusal(name: str, kind: MaskerKind, refused: list[str]) -> str:
     own = ", ".join(SamSettings.flag(s) for s in SAM_SETTINGS if s in kind.settings) or kind.flags or "none"
     tiny = " (the default for the random-weight tiny preset)" if kind.default_for == "random" else ""
     return (
-        f"{', '.join(map(SamSettings.flag, settings))} apply to --masker {' and '.join(users) or 'sam'} only; "
+        f"{', '.join(map(SamSettings.flag, settings))} appl{'y' if len(settings) > 1 else 'ies'} to --masker "
+        f"{' and '.join(users) or 'sam'} only; "
         f"this run uses masker {name} (its options: {own}){tiny}"
     )
