@@ -146,7 +146,7 @@ def segment(
     classes_file: opts.ClassesFileOpt = None,
     overlay: Annotated[
         Optional[Path],
-        typer.Option(help="PNG of the image coloured by class, with a legend.", callback=opts.writable_file),
+        typer.Option(help="PNG of the image coloured by class, with a legend.", callback=opts.picture_file),
     ] = None,
     as_json: opts.JsonOpt = False,
     *,
@@ -155,16 +155,12 @@ def segment(
 ) -> None:
     """Open-vocabulary semantic segmentation of one image (paper §4.3)."""
     import numpy as np
-    from PIL import Image
 
     from usesearch.tasks.semseg import save_label_map, segment_image
     from usesearch.tasks.visualize import label_overlay
 
     if out.suffix.lower() != ".png":  # JPEG would invent class ids between the real ones
         raise UsesearchError(f"--out {out}: write a .png (a label map must keep its exact values)")
-    formats = Image.registered_extensions()
-    if overlay is not None and formats.get(overlay.suffix.lower()) not in Image.SAVE:  # Pillow writes it
-        raise UsesearchError(f"--overlay {overlay}: name a picture file (.png, .jpg, .webp)")
     names = _classes(classes, classes_file)
     models, mask_proposer = segmenter.build(sam)
     rgb, masks = _read_and_mask(image, mask_proposer)

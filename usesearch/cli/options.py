@@ -214,6 +214,19 @@ def writable_file(value: Path | None) -> Path | None:
     return value
 
 
+def picture_file(value: Path | None) -> Path | None:
+    """A picture to be written (``--show``, ``--overlay``): a writable file whose name
+    Pillow can write, checked before any work."""
+    from PIL import Image
+
+    if value is not None:
+        if value.is_dir():
+            raise typer.BadParameter(f"{value} is a folder: name a picture file (.png, .jpg, .webp)")
+        if Image.registered_extensions().get(value.suffix.lower()) not in Image.SAVE:
+            raise typer.BadParameter(f"{value}: name a picture file (.png, .jpg, .webp)")
+    return writable_file(value)
+
+
 def folder_to_write(value: Path | None) -> Path | None:
     """A folder a command writes into (made when missing): a file by that name is
     refused as the command starts, not when its first write fails after the work."""
@@ -293,7 +306,7 @@ class SearchOutput:
     k: KOpt = 10
     as_json: JsonOpt = False
     show: Annotated[
-        Optional[Path], typer.Option("--show", help="Write a contact sheet PNG of the hits.", callback=writable_file)
+        Optional[Path], typer.Option("--show", help="Write a contact sheet PNG of the hits.", callback=picture_file)
     ] = None
     export_coco: Annotated[
         Optional[Path],
