@@ -139,6 +139,7 @@ def _claimed(db_dir: Path, db_url: str | None) -> Iterator[tuple[Store, IndexInf
 # -- prune -------------------------------------------------------------------------------
 @dataclass
 class PruneReport(RunReport):
+    considered: int = 0  # indexed images under the folders given (all when none)
     images_removed: int = 0
     segments_removed: int = 0
     embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
@@ -165,11 +166,13 @@ def prune(
     start = time.perf_counter()
     with Writer(Path(db_dir), options, None) as writer:
         considered = under_folders(writer.store.image_files(), under)
+        report.considered = len(considered)
         gone = gone_images(considered, writer.store.failed_image_ids())
         if not force and len(gone) == len(considered) > 0:
+            scope = "".join(f" {os.fspath(p)}" for p in under or [])
             raise EverythingGoneError(
-                f"all {len(considered)} indexed files are gone (is the disk mounted?); nothing was "
-                "removed. Run `usesearch prune --force` to remove them all."
+                f"all {len(considered)} indexed files{' under' + scope if scope else ''} are gone (is the disk "
+                f"mounted?); nothing was removed. `usesearch prune{scope} --db {db_dir} --force` removes them"
             )
 
         def removals():

@@ -90,6 +90,12 @@ def test_everything_gone_is_refused_without_force(tmp_path, monkeypatch):
     runner = CliRunner()
     result = runner.invoke(app, ["prune", "--db", str(tmp_path / "db")])
     assert result.exit_code == 2 and "is the disk mounted" in result.output and "Traceback" not in result.output
+    said = " ".join(result.output.split())  # the command to run, as it can be run
+    assert f"`usesearch prune --db {tmp_path / 'db'} --force` removes them" in said, said
+    scoped = runner.invoke(app, ["prune", "/a", "--db", str(tmp_path / "db")])
+    assert "all 30 indexed files under /a are gone" in " ".join(scoped.output.split()), scoped.output
+    elsewhere = runner.invoke(app, ["prune", str(tmp_path / "nope"), "--db", str(tmp_path / "db")])
+    assert elsewhere.exit_code == 0 and "no indexed photo lies under" in elsewhere.output, elsewhere.output
     assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 30
     result = runner.invoke(app, ["prune", "--db", str(tmp_path / "db"), "--force"])
     assert result.exit_code == 0 and "30 images removed (300 segments)" in result.output, result.output

@@ -293,6 +293,8 @@ def prune_cmd(
 
     folders: list[str | os.PathLike] | None = list(paths) if paths else None
     report = prune(db, folders, IndexOptions(db_url=db_url), force=force)
+    if folders and not report.considered:  # a typo, or a folder never indexed: said, not "0 removed" alone
+        opts.console.print(f"no indexed photo lies under {', '.join(map(str, folders))}")
     state = "interrupted; removals so far are kept" if report.interrupted else "finished"
     opts.console.print(f"{state}: {report.images_removed} images removed ({report.segments_removed} segments)")
     _print_freed(report)
