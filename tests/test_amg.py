@@ -133,8 +133,7 @@ def test_index_cli_takes_the_mask_quality_options_and_refuses_them_for_other_mas
     assert result.exit_code == 0, result.output
     info = SegmentIndex.open(tmp_path / "db").info
     assert info.masker == "sam" and info.masker_params == {
-        "points_per_side": 6,
-        "points_per_batch": 10,
+        "points_per_side": 6,  # (--points-per-batch changes no mask: no part of the identity)
         "pred_iou_thresh": -10.0,
         "stability_score_thresh": -10.0,
         "box_nms_thresh": 0.6,
