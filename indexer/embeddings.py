@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from usesearch.errors import DamagedRowsError
+from usesearch.errors import DamagedRowsError, UsesearchError
 
 CHUNK_ROWS = 1 << 20  # 1.5 GB per chunk at 768-d
 FOLDER = "embeddings"
@@ -145,9 +145,15 @@ class EmbeddingFiles:
     def _map(self, chunk: int, need_rows: int) -> np.ndarray:
         mapped = self._maps.get(chunk)
         if mapped is None or len(mapped) < need_rows:  # the file grew since it was mapped
-            rows = self.path(chunk).stat().st_size // self.row_bytes
+            repair = "`usesearch index PATHS --db DIR --repair` re-embeds their photos (or restore it from a backup)"
+            try:
+                rows = self.path(chunk).stat().st_size // self.row_bytes
+            except FileNotFoundError:
+                raise UsesearchError(f"{self.path(chunk)} is missing: {repair}") from None
             if rows < need_rows:
-                raise OSError(f"{self.path(chunk)} holds {rows} rows; the database refers to row {need_rows - 1}")
+                raise UsesearchError(
+                    f"{self.path(chunk)} holds {rows} rows; the database refers to row {need_rows - 1}: {repair}"
+                )
             # Read-only (a private writable map would count every chunk against the memory
             # commit limit); a plain ndarray view: slicing a memmap subclass costs ~10 us a block.
             with open(self.path(chunk), "rb") as f:
@@ -221,10 +227,15 @@ class EmbeddingFiles:
         return out
 
     def damaged(self, chunks: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """bool per (chunk, row): its bits no longer match its checksum."""
-        bad = np.zeros(len(rows), bool)
-        for chunk, dest, at, block in self._blocks(chunks, rows):
-            bad[dest] = self._mismatch(chunk, at, block)
+        """bool per (chunk, row): its bits no longer match its checksum, or its chunk
+        file is gone or cut short of it (``--repair`` embeds such rows again too)."""
+        chunks, rows = np.asarray(chunks, np.int64), np.asarray(rows, np.int64)
+        present = set(self.chunks())
+        length = {c: self.rows_in(c) if c in present else 0 for c in np.unique(chunks).tolist()}
+        bad = rows >= np.array([length[c] for c in chunks.tolist()], np.int64).reshape(rows.shape)
+        whole = np.flatnonzero(~bad)
+        for chunk, dest, at, block in self._blocks(chunks[whole], rows[whole]):
+            bad[whole[dest]] = self._mismatch(chunk, at, block)
         return bad
 
     def _verify(self, chunk: int, at: np.ndarray, block: np.ndarray, dest, ids: np.ndarray | None) -> None:

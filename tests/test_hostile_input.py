@@ -167,6 +167,32 @@ def test_bit_flips_in_an_embedding_chunk_are_found_named_and_repaired(tmp_path):
     assert_consistent(db)
 
 
+def test_a_missing_or_cut_embedding_chunk_is_repaired_like_damaged_rows(tmp_path, monkeypatch):
+    """A chunk file deleted (or cut short) by hand: every read named the file only, and
+    --repair, which re-embeds damaged rows, stopped on it too."""
+    import usesearch.indexer.embeddings as embeddings
+    from tests.helpers import assert_consistent, segment_table
+
+    monkeypatch.setattr(embeddings, "CHUNK_ROWS", 8)  # a chunk a photo or so
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    before = segment_table(db)
+    chunks = sorted((db / "embeddings").glob("chunk-*.f16"))
+    assert len(chunks) >= 3
+    chunks[0].unlink()
+    chunks[1].write_bytes(chunks[1].read_bytes()[:100])
+    (db / FAISS_FILE).unlink()  # a rebuild reads every row
+    result = CliRunner().invoke(app, ["reindex", "--db", str(db)])
+    assert result.exit_code == 2 and "is missing: `usesearch index PATHS --db DIR --repair`" in result.output, (
+        result.output
+    )
+    repaired = index_paths([photos], db, IndexOptions(**OPTS, repair=True))
+    assert repaired.repaired and repaired.done == len(repaired.repaired)
+    assert segment_table(db) == before
+    assert_consistent(db)
+
+
 def test_each_row_checksum_catches_any_single_bit_flip_and_older_rows_read_unverified(tmp_path):
     from usesearch.indexer.embeddings import EmbeddingFiles
 
