@@ -12,12 +12,16 @@ they are kept in: ``vector_files.py``).
 
 from __future__ import annotations
 
+import logging
+
 import faiss
 import numpy as np
 
 from . import faiss_gpu
 from .index_choice import nprobe_for, train_size_for
 from .store import Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "IDMap2,Flat"  # exact inner product over unit vectors = cosine
 
@@ -228,6 +232,7 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
     sample = np.sort(np.random.default_rng(0).choice(ids, size, replace=False)) if size < len(ids) else ids
     vectors = [v for _, v in store.embeddings(sample)]
     data = np.concatenate(vectors) if vectors else np.zeros((0, index.d), np.float32)
+    _one_line_on_few_points(index, len(data))
     if faiss_gpu.wanted(device):
         faiss_gpu.train_on_gpu(index)
     try:
@@ -239,6 +244,29 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
         ) from None
     if ivf is not None:
         ivf.nprobe = nprobe_for(nlist)
+
+
+FAISS_POINTS_PER_CLUSTER = 39  # faiss's ClusteringParameters.min_points_per_centroid
+
+
+def _one_line_on_few_points(index: faiss.Index, n: int) -> None:
+    """Training on fewer points than FAISS asks for said in one line: FAISS prints its
+    own warning from C++ for every k-means it runs (each PQ sub-quantizer too), eight
+    lines or more per rebuild. Its threshold only decides that warning."""
+    ivf = ivf_of(index)
+    pq = getattr(faiss.downcast_index(ivf), "pq", None) if ivf is not None else None  # IVF-PQ's codebooks
+    parts = [p for p in (ivf, pq) if p is not None and hasattr(p, "cp")]
+    clusters = max([ivf.nlist if ivf is not None else 0] + [p.ksub for p in parts if hasattr(p, "ksub")])
+    for part in parts:
+        part.cp.min_points_per_centroid = 1
+    if parts and n < FAISS_POINTS_PER_CLUSTER * clusters:
+        log.warning(
+            "training %d clusters on %d vectors (FAISS asks for %d): recall is low until the index grows, "
+            "or `usesearch reindex` chooses a smaller index",
+            clusters,
+            n,
+            FAISS_POINTS_PER_CLUSTER * clusters,
+        )
 
 
 def rebuild(store: Store, dim: int, factory: str, device: str | None = "cpu", shard_size: int = 0) -> Vectors:

@@ -362,3 +362,15 @@ def test_candidate_locations_in_one_json_parameter_equal_the_in_lists(tmp_path):
         ]
     )
     assert len(fast) == 2_000 and sorted(map(tuple, fast.tolist())) == sorted(map(tuple, plain.tolist()))
+
+
+def test_training_on_few_points_is_one_line_not_faiss_warning_per_k_means(tmp_path, capfd, caplog):
+    """FAISS printed "WARNING clustering N points to K centroids" from C++ for the
+    coarse quantizer and every PQ sub-quantizer: eight lines or more per rebuild."""
+    synthetic_index(tmp_path / "db", n=600, dim=16, images=20)
+    with caplog.at_level("WARNING"):
+        reindex(tmp_path / "db", "IVF4,PQ4")
+    assert "WARNING clustering" not in capfd.readouterr().err
+    said = [r.getMessage() for r in caplog.records if "training" in r.getMessage()]
+    assert len(said) == 1 and "training 256 clusters on 600 vectors (FAISS asks for 9984)" in said[0], said
+    assert SegmentIndex.open(tmp_path / "db").index.ntotal == 600
