@@ -213,6 +213,9 @@ def test_info_counts_segments_per_source_split_and_class(labelled):
     assert stats["annotations_by_class"] == {"instances_val": {"cup": 4, "rocket": 2}, "train": {"cat": 2, "rocket": 2}}
     table = CliRunner().invoke(app, ["info", "--db", str(db)])
     assert "split train: cat 2, rocket 2" in table.output
+    lines = {line.split(":", 1)[0].strip(): line for line in table.output.splitlines()}
+    assert lines["segments_by_source"].endswith(": annotation 10") and lines["head"].endswith(": -")  # read, not repr
+    assert len({line.index(":") for line in lines.values()}) == 1  # one column, however long a key
 
 
 def test_proposals_and_annotations_of_the_same_photos_sit_side_by_side(tmp_path):
