@@ -162,18 +162,18 @@ class SegmentIndex:
         """While an indexer commits, each commit is a new generation. Ids only grow (one
         writer; never reused), so the segments committed since are those above the
         highest one known: added alone. Removals (a changed or pruned photo) show as
-        fewer segments up to that id than the index holds, and only then (and once,
+        fewer segments committed than the index holds, and only then (and once,
         to learn the highest id) is every id compared with the store
         (``vectors.reconcile_all``: 17 s at 10M segments, which each search paid,
         under the lock, after every commit)."""
         known = self._known_up_to
         if known is not None and self.index.is_trained:
-            high = self.store.max_segment_id()
+            high, count = self.store.segments_now()
             if high > known:
                 for ids, batch in self.store.embeddings(self.store.segment_ids_between(known + 1, high)):
                     self.index.add(ids, batch)
-                self._known_up_to = known = high
-            if self.index.ntotal == self.store.segments_up_to(known):
+                self._known_up_to = high
+            if self.index.ntotal == count:
                 return
         _, _, self._known_up_to = vectors.reconcile_all(self.index, self.store)  # also trains an untrained index
 
