@@ -34,6 +34,7 @@ from usesearch.io.files import decode, photos_under, read_bytes
 
 from . import faiss_gpu
 from .compute import segment_records
+from .folder import is_new
 from .options import IndexOptions, IndexReport
 from .pipeline import check_paths, identity, load_models
 from .writer import Writer
@@ -185,7 +186,7 @@ def index_paths_ray(
     start = time.perf_counter()
     # The identity, and missing weights said before any work; on the CPU, since the
     # models that compute run in the actors (on their GPUs) and this machine may have none.
-    files = photos_under(paths)
+    files = photos_under(paths, refuse_none=is_new(db_dir, options))
     model, masker = load_models(replace(options, device="cpu"))
     with Writer(db_dir, options, identity(model, masker, options), paths) as writer, ray_session(address):
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired

@@ -67,3 +67,8 @@ def writer_lock(db_dir: Path) -> Iterator[None]:
 
     with one_writer(db_dir / LOCK_FILE, refusal):
         yield
+
+
+def is_new(db_dir: Path, options) -> bool:
+    """No index at ``db_dir`` yet (a catalog on a server: taken as there, it cannot be told from the folder)."""
+    return options.db_url is None and not (Path(db_dir) / DB_FILE).exists()

@@ -24,7 +24,7 @@ from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage
-from .folder import check_db_dir
+from .folder import check_db_dir, is_new
 from .options import IndexOptions, IndexReport
 from .records import NO_MASKER, IndexInfo
 from .writer import Writer
@@ -41,7 +41,7 @@ def index_paths(
     db_dir = check_paths(paths, db_dir)
     report = IndexReport(devices=check_devices(options))
     start = time.perf_counter()
-    files = photos_under(paths)  # before the models: a folder with no photo is one line
+    files = photos_under(paths, refuse_none=is_new(db_dir, options))  # before the models
     model, masker = load_models(options)  # first: missing weights must not leave an empty index folder behind
     with Writer(db_dir, options, identity(model, masker, options), paths, model) as writer:
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired

@@ -175,12 +175,16 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
     def image_by_path(self, fs_path: bytes) -> ImageRecord | None:
         return self.retrying(lambda: self._one(select(ImageRecord).where(ImageRecord.fs_path == fs_path)))
 
-    def done_with_hash(self, sha256: str) -> ImageRecord | None:
-        return self.retrying(
-            lambda: self._one(
-                select(ImageRecord).where(ImageRecord.sha256 == sha256, ImageRecord.status == DONE).limit(1)
-            )
-        )
+    def done_with_hash(self, sha256: str, most: int = 16) -> list[ImageRecord]:
+        """The done images of this content, oldest first (several where ``index --coco``
+        indexed copies under their own names)."""
+
+        def read() -> list[ImageRecord]:
+            query = select(ImageRecord).where(ImageRecord.sha256 == sha256, ImageRecord.status == DONE)
+            with self.sessions() as s:
+                return list(s.scalars(query.order_by(ImageRecord.id).limit(most)))
+
+        return self.retrying(read)
 
     def _one(self, query):
         with self.sessions() as s:

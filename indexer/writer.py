@@ -190,16 +190,17 @@ class Writer:
             return True
         if existing is not None:
             return False
-        holder = None if sha256 in coming else self.store.done_with_hash(sha256)
-        if holder is None:
+        holders = [] if sha256 in coming else self.store.done_with_hash(sha256)
+        if not holders:
             if sha256 in coming and path is not None:
                 self.copies.append((path, ""))
             return sha256 in coming
-        if path is not None and not os.path.lexists(holder.fs_path):  # moved: the record follows the photo
-            self.store.move_image(holder.id, key, path)
-            self.moved.append((holder.path, path))
+        gone = [h for h in holders if not os.path.lexists(h.fs_path)]
+        if path is not None and gone:  # moved: the record follows the photo
+            self.store.move_image(gone[0].id, key, path)
+            self.moved.append((gone[0].path, path))
         elif path is not None:
-            self.copies.append((path, holder.path))
+            self.copies.append((path, holders[0].path))
         return True
 
     @contextmanager

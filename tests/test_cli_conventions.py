@@ -260,12 +260,14 @@ def test_a_run_where_every_photo_failed_exits_3_and_one_with_any_photo_done_exit
     args = ["index", str(broken), "--db", str(db), "--preset", "tiny", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 3, result.output
-    assert "every photo this run tried failed (2)" in result.stderr
+    assert "every photo failed (2); nothing is indexed" in result.stderr
     assert json.loads(result.stdout)["proposals"]["failed"] == 2  # the report is printed all the same
     write_photos(broken, ("coffee",))
     mixed = CliRunner().invoke(app, [*args, "--retry-failed"])
     assert mixed.exit_code == 0, mixed.output
     assert json.loads(mixed.stdout)["proposals"]["done"] == 1
+    again = CliRunner().invoke(app, [*args, "--retry-failed"])  # a whole index, its bad files failing again
+    assert again.exit_code == 0 and json.loads(again.stdout)["proposals"]["skipped"] == 1, again.output
     (tmp_path / "empty").mkdir()  # no photo at all: refused before any model or index folder
     empty = CliRunner().invoke(
         app, ["index", str(tmp_path / "empty"), "--db", str(tmp_path / "db2"), "--preset", "tiny"]
@@ -274,7 +276,7 @@ def test_a_run_where_every_photo_failed_exits_3_and_one_with_any_photo_done_exit
     (broken / "coffee.png").unlink()
     curate = ["curate", "run", str(broken), "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
     curated = CliRunner().invoke(app, [*curate, "--captioner", "tiny", "--grounder", "tiny"])
-    assert curated.exit_code == 3 and "every photo this run tried failed (2)" in curated.stderr, curated.output
+    assert curated.exit_code == 3 and "every photo failed (2)" in curated.stderr, curated.output
 
 
 def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(tmp_path):

@@ -147,3 +147,28 @@ def test_index_says_which_indexed_photos_are_gone(tmp_path):
     pruned = runner.invoke(app, [*args, "--prune"])
     assert pruned.exit_code == 0 and "pruned 1 images" in pruned.output and "under these folders" not in pruned.output
     assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 1
+
+
+def test_index_prune_of_an_emptied_folder_prunes_it_and_a_new_index_of_one_is_refused(tmp_path):
+    """No photo under the folders given: a new index is refused (a wrong path, a disk not
+    mounted); an existing one's folder may have been emptied, and --prune reaches the
+    prune's own guard, which names the command that removes them."""
+    photos = write_photos(tmp_path / "photos", NAMES[:1])
+    (tmp_path / "keep").mkdir()
+    write_photos(tmp_path / "keep", NAMES[1:2])
+    db = tmp_path / "db"
+    runner = CliRunner()
+    assert (
+        runner.invoke(
+            app, ["index", str(photos), str(tmp_path / "keep"), "--db", str(db), "--preset", "tiny"]
+        ).exit_code
+        == 0
+    )
+    (photos / "astronaut.png").unlink()
+    result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny", "--prune"])
+    said = " ".join(result.output.split())  # the prune's own guard, naming its command, not "no photo under"
+    assert result.exit_code == 2 and f"`usesearch prune {photos} --db {db} --force` removes them" in said, said
+    forced = runner.invoke(app, ["prune", str(photos), "--db", str(db), "--force"])
+    assert forced.exit_code == 0 and "1 images removed" in forced.output, forced.output
+    refused = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "new"), "--preset", "tiny"])
+    assert refused.exit_code == 2 and "no photo under" in refused.output

@@ -130,7 +130,7 @@ def run(
         from dataclasses import asdict
 
         print(json.dumps(asdict(report), indent=1))
-    opts.exit_if_all_failed(report.done, report.failed, "photo")
+    opts.exit_if_all_failed(report.done, report.skipped, report.failed, "photo")
 
 
 def _refuse_unused(source: str, kind, sam: SamSettings, sam_checkpoint, captioner, grounder: str) -> None:

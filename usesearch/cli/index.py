@@ -143,7 +143,7 @@ def index(
             if masker is None:
                 if prune_gone:
                     _prune(db, folders, options)
-                opts.exit_if_all_failed(labels.done, labels.failed, "photo")
+                opts.exit_if_all_failed(labels.done, labels.skipped, labels.failed, "photo")
                 return
             bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
         if ray is not None:
@@ -191,7 +191,7 @@ def index(
             _say_gone(db, folders, db_url)
         if report.interrupted:
             raise typer.Exit(130)
-        opts.exit_if_all_failed(report.done, report.failed, "photo")
+        opts.exit_if_all_failed(report.done, report.skipped, report.failed, "photo")
 
     try:
         run()

@@ -323,15 +323,28 @@ with_search_output = shared_options("output", SearchOutput)
 DEBUG_ENV = "USESEARCH_DEBUG"
 
 
+def stdout_closed() -> bool:
+    """Whether the reader of stdout has gone (a pipe whose other end closed)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test runner's stream)
+        return False
+
+
 ALL_FAILED_EXIT = 3
 
 
-def exit_if_all_failed(done: int, failed: int, what: str) -> None:
-    """A run that tried photos and finished none exits 3 (after its summary): a script
-    must not read "every photo failed" as success. Some failures beside finished work
-    exit 0, each one recorded, as before."""
-    if failed and not done:
-        print(f"error: every {what} this run tried failed ({failed}); nothing was added", file=sys.stderr)
+def exit_if_all_failed(done: int, skipped: int, failed: int, what: str) -> None:
+    """A run in which every photo failed (none done, none already done before) exits 3,
+    after its summary: a script must not read "nothing is indexed" as success. Failures
+    beside photos done, now or before, exit 0, each one recorded: a re-run of a whole
+    index with one bad file is no failed run."""
+    if failed and not done and not skipped:
+        print(f"error: every {what} failed ({failed}); nothing is indexed", file=sys.stderr)
         raise typer.Exit(ALL_FAILED_EXIT)
 
 
@@ -351,8 +364,13 @@ def user_errors(fn):
         console.stderr = to_stderr or kwargs.get("as_json") is True
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt, BrokenPipeError):  # a closed pipe: ``app.main``
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError as exc:
+            if stdout_closed():  # `... | head`: ended quietly by ``app.main``; another pipe is an error
+                raise
+            print(f"error: {first_line(exc)}", file=sys.stderr)
+            raise typer.Exit(2) from None
         except Exception as exc:
             if os.environ.get(DEBUG_ENV):
                 raise

@@ -43,11 +43,12 @@ def display_path(fs_path: str) -> str:
     return os.fsencode(fs_path).decode("utf-8", "backslashreplace")
 
 
-def photos_under(paths: list[str | os.PathLike]) -> list[Found]:
-    """``walk``'s files, refused in one line when there is none: a wrong folder, or a
-    disk not mounted, would otherwise make an empty index bound to the run's model."""
+def photos_under(paths: list[str | os.PathLike], refuse_none: bool = True) -> list[Found]:
+    """``walk``'s files, refused in one line when there is none and ``refuse_none`` (a
+    new index: a wrong folder, or a disk not mounted, would make an empty index bound
+    to the run's model; an existing one's folders may have been emptied, for a prune)."""
     files = list(walk(paths))
-    if not files:
+    if not files and refuse_none:
         kinds = ", ".join(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
         raise UsesearchError(f"no photo under {', '.join(map(str, paths))} (index reads {kinds})")
     return files
