@@ -41,39 +41,35 @@ class WeightStatus:
         return not self.needed or (self.path is not None and self.fault is None)
 
 
-SAFETENSORS_HEADER_LIMIT = 100 << 20  # safetensors' own limit on a header's size
-
-
 def file_fault(path: Path | None) -> str | None:
-    """Why a weights file cannot be whole, from its structure alone: a safetensors file's
-    header must account for its exact size; a torch checkpoint must be a zip archive
-    with its directory at the end, or a legacy pickle. A truncated download or an HTML
-    error page saved under the name is caught here, without hashing gigabytes (SAM's
-    checkpoint is hashed too, where it is loaded or pulled)."""
-    import json
+    """Why a weights file cannot be whole, from its structure alone: a safetensors file
+    must open (safetensors checks that its header covers the file exactly); a torch
+    checkpoint must be a zip archive with its directory at the end, or a legacy
+    pickle. A truncated download or an HTML error page saved under the name is caught
+    here, without hashing gigabytes (SAM's checkpoint is hashed too, where it is loaded
+    or pulled)."""
     import zipfile
+
+    from safetensors import SafetensorError, safe_open
 
     if path is None:
         return None
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            if path.suffix != ".safetensors":
+        if path.suffix != ".safetensors":
+            with open(path, "rb") as f:
                 if zipfile.is_zipfile(f) or (f.seek(0) == 0 and f.read(1) == b"\x80"):  # zip, or a legacy pickle
                     return None
-                return "not a torch checkpoint (neither a zip archive nor a pickle)"
-            length = int.from_bytes(f.read(8), "little")
-            if not 0 < length <= min(size - 8, SAFETENSORS_HEADER_LIMIT):
-                return f"not a safetensors file ({size} bytes, no header)"
-            header = json.loads(f.read(length))
-        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
-        if 8 + length + max(ends, default=0) != size:
-            return f"truncated: {size} bytes where its header says {8 + length + max(ends, default=0)}"
+            return "not a torch checkpoint (neither a zip archive nor a pickle)"
+        with safe_open(str(path), framework="pt"):
+            return None
     except OSError as exc:
         return exc.strerror or first_line(exc)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return "not a safetensors file (its header is not one)"
-    return None
+    except SafetensorError as exc:  # its words: "incomplete metadata, file not fully covered", "header too small"
+        reason = first_line(exc).removeprefix("Error while deserializing header: ")
+        size = path.stat().st_size
+        if "not fully covered" in reason:
+            return f"truncated: {size} bytes that its header does not account for exactly"
+        return f"not a safetensors file ({size} bytes, {reason})"
 
 
 def _hub_cached(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
