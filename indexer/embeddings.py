@@ -230,9 +230,11 @@ class EmbeddingFiles:
         """bool per (chunk, row): its bits no longer match its checksum, or its chunk
         file is gone or cut short of it (``--repair`` embeds such rows again too)."""
         chunks, rows = np.asarray(chunks, np.int64), np.asarray(rows, np.int64)
-        present = set(self.chunks())
-        length = {c: self.rows_in(c) if c in present else 0 for c in np.unique(chunks).tolist()}
-        bad = rows >= np.array([length[c] for c in chunks.tolist()], np.int64).reshape(rows.shape)
+        present, wanted = set(self.chunks()), np.unique(chunks).tolist()
+        length = np.zeros(max(wanted, default=-1) + 1, np.int64)  # rows each chunk file holds (0: gone)
+        for chunk in wanted:
+            length[chunk] = self.rows_in(chunk) if chunk in present else 0
+        bad = rows >= length[chunks]
         whole = np.flatnonzero(~bad)
         for chunk, dest, at, block in self._blocks(chunks[whole], rows[whole]):
             bad[whole[dest]] = self._mismatch(chunk, at, block)
