@@ -54,11 +54,46 @@ def gone_images(images, failed: Collection[int] = ()) -> list[tuple[int, str, st
 
 def live_rows(store: Store) -> dict[int, int]:
     """Committed segments per chunk."""
+    return {chunk: count for chunk, (count, _) in _live_extent(store).items()}
+
+
+def _live_extent(store: Store) -> dict[int, tuple[int, int]]:
+    """(committed segments, highest row) per chunk."""
+    row = SegmentRecord.vec_row
     with store.sessions() as s:
-        return dict(s.execute(select(SegmentRecord.vec_chunk, func.count()).group_by(SegmentRecord.vec_chunk)).all())
+        rows = s.execute(select(SegmentRecord.vec_chunk, func.count(), func.max(row)).group_by(SegmentRecord.vec_chunk))
+        return {chunk: (count, top) for chunk, count, top in rows}
 
 
 def dead_bytes(store: Store) -> int:
-    """Bytes of the embedding files that no committed segment refers to."""
-    files = store.files()
-    return files.bytes_on_disk() - sum(live_rows(store).values()) * files.row_bytes
+    """Bytes of the embedding files that no committed segment refers to (a chunk file
+    gone or cut short, see ``short_chunks``, adds none: it is damage, not waste)."""
+    files, extent = store.files(), _live_extent(store)
+    return sum(max(0, size - extent.get(c, (0, 0))[0] * files.row_bytes) for c, size in _chunk_sizes(files).items())
+
+
+def short_chunks(store: Store) -> dict[str, int]:
+    """Chunk files that committed segments refer to but that are gone or cut short of
+    them: file name -> segments whose embedding is lost (``index --repair``)."""
+    files, out = store.files(), {}
+    sizes = _chunk_sizes(files)
+    for chunk, (count, top) in sorted(_live_extent(store).items()):
+        rows = sizes.get(chunk, 0) // files.row_bytes
+        if rows > top:
+            continue
+        if rows:  # cut short: only the segments past its end
+            with store.sessions() as s:
+                past = (SegmentRecord.vec_chunk == chunk) & (SegmentRecord.vec_row >= rows)
+                count = s.execute(select(func.count()).where(past)).scalar_one()
+        out[files.path(chunk).name] = count
+    return out
+
+
+def _chunk_sizes(files) -> dict[int, int]:
+    sizes = {}
+    for chunk in files.chunks():
+        try:
+            sizes[chunk] = files.path(chunk).stat().st_size
+        except FileNotFoundError:  # a compaction deleted it meanwhile
+            continue
+    return sizes

@@ -23,7 +23,7 @@ from .embeddings import top_rows
 from .filters import SearchFilters, check_k
 from .folder import DB_FILE, FAISS_FILE, open_store
 from .hits import Hit, to_hits
-from .leftovers import dead_bytes, gone_images
+from .leftovers import dead_bytes, gone_images, short_chunks
 from .locations import LocationMap
 from .records import IndexInfo, info_summary
 from .rwlock import ReadWriteLock
@@ -326,9 +326,10 @@ class SegmentIndex:
     # -- statistics --------------------------------------------------------------
     def stats(self, check_files: bool = False) -> dict[str, Any]:
         """Counts, model, index type and sizes. ``check_files`` also counts the image
-        files gone since indexing (``files_gone``: a stat per image) and the embedding
+        files gone since indexing (``files_gone``: a stat per image), the embedding
         bytes no segment refers to (``bytes_embeddings_dead``: ``prune`` gives them
-        back), so ``usesearch info`` asks for it and the web page's every load does not."""
+        back) and the embedding files gone or cut short (``embeddings_lost``): ``usesearch
+        info`` asks for them, the web page's every load does not."""
 
         def size(name: str) -> int:
             p = self.db_dir / name
@@ -338,6 +339,7 @@ class SegmentIndex:
             {
                 "files_gone": len(gone_images(self.store.image_files(), self.store.failed_image_ids())),
                 "bytes_embeddings_dead": dead_bytes(self.store),
+                "embeddings_lost": short_chunks(self.store),  # file -> segments: `index --repair`
             }
             if check_files
             else {}

@@ -2,8 +2,10 @@
 Wrong answers must never come back silently; bad input is a one-line error (exit 2);
 what is shown or logged is data, never markup or a secret."""
 
+import json
 import math
 import shutil
+import sqlite3
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from tests.helpers import OPTS, write_photos
 from usesearch.cli.app import app
 from usesearch.errors import CatalogLockedError, DamagedRowsError, IndexIdentityError
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
-from usesearch.indexer.folder import FAISS_FILE
+from usesearch.indexer.folder import DB_FILE, FAISS_FILE
 from usesearch.indexer.vector_files import shard_files
 from usesearch.indexer.web.security import redact
 
@@ -182,6 +184,15 @@ def test_a_missing_or_cut_embedding_chunk_is_repaired_like_damaged_rows(tmp_path
     assert len(chunks) >= 3
     chunks[0].unlink()
     chunks[1].write_bytes(chunks[1].read_bytes()[:100])
+    con = sqlite3.connect(db / DB_FILE)
+    chunk_rows = dict(con.execute("select vec_chunk, count(*) from segments group by vec_chunk"))
+    kept = len(chunks[1].read_bytes()) // (2 * con.execute("select dim from index_info").fetchone()[0])
+    past_end = con.execute(f"select count(*) from segments where vec_chunk = 1 and vec_row >= {kept}").fetchone()[0]
+    con.close()
+    shown = CliRunner().invoke(app, ["info", "--db", str(db), "--json"])
+    stats = json.loads(shown.output)  # info names what is lost instead of a negative count of spare bytes
+    assert stats["embeddings_lost"] == {chunks[0].name: chunk_rows[0], chunks[1].name: past_end} and past_end > 0
+    assert stats["bytes_embeddings_dead"] == 0
     (db / FAISS_FILE).unlink()  # a rebuild reads every row
     result = CliRunner().invoke(app, ["reindex", "--db", str(db)])
     assert result.exit_code == 2 and "is missing: `usesearch index PATHS --db DIR --repair`" in result.output, (
@@ -191,6 +202,7 @@ def test_a_missing_or_cut_embedding_chunk_is_repaired_like_damaged_rows(tmp_path
     assert repaired.repaired and repaired.done == len(repaired.repaired)
     assert segment_table(db) == before
     assert_consistent(db)
+    assert json.loads(CliRunner().invoke(app, ["info", "--db", str(db), "--json"]).output)["embeddings_lost"] == {}
 
 
 def test_each_row_checksum_catches_any_single_bit_flip_and_older_rows_read_unverified(tmp_path):

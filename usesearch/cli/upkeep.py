@@ -35,6 +35,12 @@ def info(
     for split_name, counts in by_class.items():  # a line per split: its classes, most annotated first
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         opts.console.print(f"{'split ' + split_name:>{width}}: " + ", ".join(f"{name} {n}" for name, n in ranked))
+    if stats["embeddings_lost"]:
+        opts.console.print(
+            f"{sum(stats['embeddings_lost'].values())} segment(s) lost their embedding with a file gone or cut short: "
+            f"`usesearch index PATHS --db {db} --repair` embeds them again",
+            style="yellow",
+        )
 
 
 def _shown(value) -> str:
