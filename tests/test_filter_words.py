@@ -54,3 +54,59 @@ def test_a_filter_naming_what_the_index_lacks_is_said(db, flags, said):
 def test_a_filter_the_index_has_says_nothing_more(db):
     result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--json", "--label", "cat", "--min-score", "0.99"])
     assert result.exit_code == 0 and json.loads(result.stdout) == [] and result.stderr == ""
+
+
+TRICKY_PATHS = [
+    "/a/2024/x.jpg",
+    "/b/2024/Y.JPG",
+    "/a/2024x/z.jpg",
+    "/c/50%_off/p.jpg",
+    "/c/50a_off/q.jpg",
+    "/c/50%Xoff/r.jpg",
+    "/d/[ab]/s.jpg",
+    "/d/a/t.jpg",
+    "/e/2O24/u.jpg",
+]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    "glob",
+    ["2024/*", "*/2024*", "*.JPG", "*.jpg", "50%_off/*", "50?_off/*", "*[ab]/*", "[[]ab]/*", "*/a/*", "*", "u.jpg"],
+)
+def test_a_glob_without_a_prefix_matches_what_fnmatch_matches(tmp_path, request, backend, glob):
+    """A glob with no literal prefix has its longest literal part found by the database
+    first (LIKE: maybe case-blind, ``%`` and ``_`` its own wildcards): the result must
+    still be exactly fnmatch's, case and all."""
+    import fnmatch
+
+    from sqlalchemy import event, insert
+
+    from usesearch.indexer.folder import db_url_for
+    from usesearch.indexer.lookups import path_glob
+    from usesearch.indexer.records import ImageRecord
+    from usesearch.indexer.store import Store
+
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else db_url_for(tmp_path, None)
+    store = Store(url, folder=tmp_path)
+    rows = [
+        {
+            "id": i + 1,
+            "path": p,
+            "fs_path": p.encode(),
+            "sha256": f"{i:064x}",
+            "width": 8,
+            "height": 8,
+            "status": "done",
+        }
+        for i, p in enumerate(TRICKY_PATHS)
+    ]
+    with store.sessions.begin() as s:
+        s.execute(insert(ImageRecord), rows)
+    sent: list = []
+    event.listen(store.engine, "before_cursor_execute", lambda conn, cursor, sql, params, *a: sent.append(params))
+    expected = {i + 1 for i, p in enumerate(TRICKY_PATHS) if fnmatch.fnmatchcase(p, path_glob(glob))}
+    assert store.image_ids_matching(glob) == expected
+    if glob == "2024/*":  # its literal part went to the database
+        assert any("/2024/" in str(params) for params in sent), sent
+    store.close()
