@@ -17,7 +17,7 @@ from usesearch.errors import CatalogLockedError, DamagedRowsError, IndexIdentity
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
 from usesearch.indexer.folder import DB_FILE, FAISS_FILE
 from usesearch.indexer.vector_files import shard_files
-from usesearch.indexer.web.security import redact
+from usesearch.indexer.web.security import LOGGED_CHARS, logged, redact
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,8 @@ def test_the_token_is_redacted_in_every_encoding():
     ):
         assert "SECRET" not in redact(line) and "REDACTED" in redact(line), line
     assert redact("GET /x?q=token%3Dno&tok=1") == "GET /x?q=token%3Dno&tok=1"  # a value naming it is no token
+    long = logged("/api/search?q=" + "cat " * 5000 + "&token=SECRET")  # cut, and the token still goes
+    assert len(long) < LOGGED_CHARS + 30 and long.endswith("(20029 chars)") and "SECRET" not in long
 
 
 def test_markup_in_file_names_is_shown_as_is(tmp_path):

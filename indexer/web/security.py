@@ -152,12 +152,22 @@ def redact(text: str) -> str:
     return text
 
 
+LOGGED_CHARS = 300  # of a request's path and query: a client can send 16 KB of it per request
+
+
+def logged(text: str) -> str:
+    """A request line as the access log keeps it: token redacted, cut to ``LOGGED_CHARS``."""
+    text = redact(text)
+    return text if len(text) <= LOGGED_CHARS else f"{text[:LOGGED_CHARS]}... ({len(text)} chars)"
+
+
 class RedactTokenFilter(logging.Filter):
-    """Keeps the token out of uvicorn's access log (the request line carries the query)."""
+    """Keeps the token out of uvicorn's access log (the request line carries the query),
+    and a long query from filling it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(logged(a) if isinstance(a, str) else a for a in record.args)
         elif isinstance(record.msg, str):
-            record.msg = redact(record.msg)
+            record.msg = logged(record.msg)
         return True
