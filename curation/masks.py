@@ -48,7 +48,12 @@ def to_segment(mask: np.ndarray, texts: list[TextRef], score: float) -> Segment:
 
 
 def covers_image(bbox: tuple[float, float, float, float], hw: tuple[int, int], fraction: float) -> bool:
-    return bbox[2] * bbox[3] > fraction * hw[0] * hw[1]
+    """§3.1: a box over ``fraction`` of the image stands for the whole image. Its part
+    inside the image counts (a Visual Genome box may run past an edge)."""
+    x, y, w, h = bbox
+    inside_w = max(0.0, min(x + w, hw[1]) - max(x, 0.0))
+    inside_h = max(0.0, min(y + h, hw[0]) - max(y, 0.0))
+    return inside_w * inside_h > fraction * hw[0] * hw[1]
 
 
 def clean_mask(mask: np.ndarray, min_area: int) -> np.ndarray:

@@ -64,6 +64,9 @@ def test_box_over_ninety_percent_is_the_whole_image_without_sam():
     small = BoxText((0, 0, 30, 40), big.texts)  # 60%: goes to SAM
     with pytest.raises(AssertionError):
         masks_from_boxes(NoSam(), rgb, [small])
+    past_edge = BoxText((20, 0, 39, 50), big.texts)  # 39 x 50 as written, but only 20 x 50 (50%) inside
+    with pytest.raises(AssertionError):
+        masks_from_boxes(NoSam(), rgb, [past_edge])
 
 
 def test_box_prompts_run_through_sam_and_respect_thresholds(predictor, photo):
