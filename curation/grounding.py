@@ -47,13 +47,11 @@ def match_boxes_to_phrases(
         owner = next((e for e in expressions if e.phrase_start_char <= span[0] < e.phrase_end_char), None)
         if owner is not None:  # a box whose best token is in no noun phrase grounds nothing
             owners[q] = owner
-    if not owners:
-        return []
-    # NMS among the boxes that ground a phrase only: one that grounds nothing must not
-    # suppress one that does.
-    candidates = torch.tensor(list(owners))
-    kept = candidates[nms(boxes_xyxy[candidates].float(), scores[candidates].float(), nms_iou)]
-    return [Match(tuple(boxes_xyxy[q].tolist()), float(scores[q]), owners[q]) for q in kept.tolist()]
+    # NMS among the boxes that ground a phrase only (one that grounds nothing must not
+    # suppress one that does), per phrase: two phrases grounded in one place both keep
+    # their box, and mask NMS then merges their texts onto one segment (§3.1).
+    matches = [Match(tuple(boxes_xyxy[q].tolist()), float(scores[q]), owner) for q, owner in owners.items()]
+    return nms_per_phrase(matches, nms_iou)
 
 
 def box_texts(match: Match, source: str) -> BoxText:
@@ -97,7 +95,7 @@ class GroundingDinoGrounder(PretrainedStage):
         """What cached boxes depend on: the model, its thresholds and the phrase parser."""
         meta = getattr(self.parser, "meta", {}) or {}
         parser = f"{meta.get('name', type(self.parser).__name__)}-{meta.get('version', '')}"
-        return f"{self.model_identity()}|box={self.box_threshold}|nms={self.nms_iou}|parser={parser}"
+        return f"{self.model_identity()}|box={self.box_threshold}|nms-per-phrase={self.nms_iou}|parser={parser}"
 
     @torch.inference_mode()
     def __call__(self, rgb: np.ndarray, caption: TextRef) -> list[BoxText]:
@@ -107,7 +105,7 @@ class GroundingDinoGrounder(PretrainedStage):
         windows = self.windows(text)
         matches = [m for window in windows for m in self._ground(rgb, window)]
         if len(windows) > 1:
-            matches = merge_window_matches(matches, self.nms_iou)
+            matches = nms_per_phrase(matches, self.nms_iou)
         return [
             box_texts(m, caption.source)
             for m in matches
@@ -168,9 +166,9 @@ class GroundingDinoGrounder(PretrainedStage):
         return match_boxes_to_phrases(probs, boxes, spans, expressions, self.box_threshold, self.nms_iou)
 
 
-def merge_window_matches(matches: list[Match], nms_iou: float = BOX_NMS_IOU) -> list[Match]:
-    """Boxes from several windows of one caption: the same phrase grounded to the same
-    place in two windows is one box (NMS per phrase); different phrases all stay."""
+def nms_per_phrase(matches: list[Match], nms_iou: float = BOX_NMS_IOU) -> list[Match]:
+    """The same phrase grounded to the same place twice (by two queries, or in two
+    windows of one caption) is one box, its best; different phrases all stay."""
     by_phrase: dict[str, list[Match]] = {}
     for m in matches:
         by_phrase.setdefault(m.expression.phrase.lower(), []).append(m)

