@@ -21,9 +21,11 @@ EXPRESSION_TEMPLATES: tuple[str, ...] = (
     "a photo of {} in the scene",
 )
 
-# §4.3 embeds class names with "the prompt template used in [10]". We use the
-# 14-template ViLD ensemble that two-stage segmenters (OVSeg, SAN) use for class
-# names; the paper's expression templates are drawn from it.
+# §4.3 embeds class names with "the prompt template used in [10]": [10] is CLIP-S4
+# (He et al., CVPR 2023), whose templates neither the paper nor anything reachable
+# here lists. We use the 14-template ensemble of ViLD (Gu et al., the paper's [8])
+# that two-stage segmenters (OVSeg, SAN) use for class names; the paper's expression
+# templates are drawn from it.
 CLASSNAME_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
     "This is a photo of a {}",
