@@ -253,6 +253,27 @@ def test_curate_run_refuses_what_its_source_would_not_use_and_an_empty_folder(tm
     assert not (tmp_path / "ds").exists()  # no refused run left a folder that looks like a dataset
 
 
+def test_curate_run_prompts_sam_vit_h_by_default_and_refuses_it_missing_before_other_models_load(
+    tmp_path, photos, monkeypatch
+):
+    """§4.1 curates with SAM ViT-H: with no --preset, curate asks for the paper's
+    preset's SAM (index's default preset has ViT-B), and missing weights are said in
+    one line before the grounder or captioner loads."""
+    from typer.testing import CliRunner
+
+    import usesearch.cli.curate as curate_cli
+    from usesearch.cli.app import app
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path / "no-weights"))
+    loaded = []
+    monkeypatch.setattr(curate_cli, "_grounder", lambda *a: loaded.append("grounder"))
+    monkeypatch.setattr(curate_cli, "_captioner", lambda *a: loaded.append("captioner"))
+    args = ["curate", "run", str(photos), "--dataset-dir", str(tmp_path / "ds"), "--captioner", "tiny"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "SAM vit_h" in result.output and "l14-336" in result.output, result.output
+    assert loaded == []
+
+
 def test_curate_show_finds_a_photo_by_the_end_of_its_path_and_refuses_an_ambiguous_name(tmp_path, photos):
     from usesearch.curation.show import find_record
 

@@ -19,6 +19,7 @@ app = opts.Typer()
 curate_app = opts.Typer(help="Curate segment-text pairs for training (paper §3.1).", no_args_is_help=True)
 
 DEFAULT_GROUNDER = "IDEA-Research/grounding-dino-tiny"
+CURATION_PRESET = "l14-336"  # its SAM is ViT-H, the paper's for curation (§4.1); index's default stays b16
 
 # SAM's settings that box prompts take (sam_options.BOX_PROMPT_SETTINGS), by the names of BoxMaskConfig.
 BOX_MASK_CONFIG_NAMES = {"min_mask_region_area": "min_region_area"}
@@ -49,7 +50,15 @@ def run(
     ] = False,
     grounder: Annotated[str, typer.Option(help="Grounding DINO name or folder, or 'tiny'.")] = DEFAULT_GROUNDER,
     spacy_model: Annotated[str, typer.Option(help="spaCy English pipeline for noun chunks.")] = "en_core_web_sm",
-    preset: opts.PresetOpt = None,
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset",
+            "-p",
+            help="Preset whose SAM the boxes prompt: l14-336 (SAM ViT-H, as the paper curates, §4.1), "
+            "b16 (ViT-B: faster, coarser masks), or tiny (random weights, for trials).",
+        ),
+    ] = CURATION_PRESET,
     sam_checkpoint: Annotated[Optional[Path], typer.Option(help="SAM checkpoint instead of the preset's.")] = None,
     device: opts.DeviceOpt = None,
     as_json: Annotated[
@@ -69,7 +78,6 @@ def run(
     from usesearch.curation.sources import read_source
     from usesearch.devices import resolve_device
     from usesearch.masks.sam import load_sam
-    from usesearch.models.factory import DEFAULT_PRESET
     from usesearch.models.presets import get_preset
 
     mask_config = BoxMaskConfig(**{BOX_MASK_CONFIG_NAMES.get(name, name): value for name, value in sam.given().items()})
@@ -82,12 +90,15 @@ def run(
             f"--source ({', '.join(n for n, k in SOURCES.items() if k.annotations)})"
         )
     the_device = resolve_device(device)
+    p = get_preset(preset)
     items = read_source(source, path, images)
     first = next(items, None)  # the source read (a file that is not its kind refused) before any model loads
     if first is None:
         raise UsesearchError(f"{path}: --source {source} found no photo to curate there")
     items = itertools.chain([first], items)
     kind = SOURCES[source]
+    # SAM first: missing weights are refused before a captioner's gigabytes load.
+    predictor = SamPredictor(load_sam(p.sam, p.name, sam_checkpoint, the_device)) if kind.prompts_sam else None
     the_grounder = _grounder(grounder, spacy_model, the_device) if kind.grounded else None
     the_captioner = (
         _captioner(captioner, captioner_revision, trust_remote_code, the_device)
@@ -96,8 +107,6 @@ def run(
     )
     if kind.needs_captioner and the_captioner is None:
         raise ValueError(f"a {source} has no captions: pass --captioner (a model name, or 'tiny')")
-    p = get_preset(preset or DEFAULT_PRESET)
-    predictor = SamPredictor(load_sam(p.sam, p.name, sam_checkpoint, the_device)) if kind.prompts_sam else None
     bar = tqdm(unit="img", disable=None)
     report = curate(
         items,
