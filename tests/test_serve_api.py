@@ -201,11 +201,22 @@ def test_an_image_gone_from_disk_is_a_410_not_a_500(tmp_path):
     index = SegmentIndex.open(tmp_path / "db")
     client = TestClient(create_app(index), raise_server_exceptions=False)
     hit = client.get("/api/search", params={"q": "cup", "k": 1}).json()["hits"][0]
-    Image.new("RGB", (7, 5)).save(hit["image"])  # edited since indexing
-    changed = client.get(hit["tile_url"])
-    assert changed.status_code == 410 and "changed on disk" in changed.json()["detail"]
+    thumbnail = f"/api/images/{hit['image_id']}/thumbnail.jpg"
+    assert client.get(hit["tile_url"]).status_code == 200  # decoded and cached: later requests check the file
+    import usesearch.indexer.web.render as render
+
+    decodes = []
+    real_decode = render.decode
+    render.decode = lambda *a: decodes.append(a) or real_decode(*a)
+    try:
+        Image.new("RGB", (3000, 2000)).save(hit["image"])  # edited since indexing, and far bigger
+        changed = client.get(hit["tile_url"])
+        assert changed.status_code == 410 and "changed on disk" in changed.json()["detail"]
+        assert decodes == []  # refused by its checksum: the pixel budget held was for the indexed photo
+    finally:
+        render.decode = real_decode
     shutil.rmtree(photos)
-    gone = client.get(f"/api/images/{hit['image_id']}/thumbnail.jpg")
+    gone = client.get(thumbnail)
     assert gone.status_code == 410 and "can no longer be read" in gone.json()["detail"]
     assert client.get(hit["mask_url"]).status_code == 200  # masks live in the store
 

@@ -7,6 +7,7 @@ request names: the store's path is the only file the server will open.
 from __future__ import annotations
 
 import io
+import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
@@ -36,15 +37,19 @@ class ImageCache:
         self._images: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, str], Future] = {}  # decodes in progress, for the requests that wait
+        self._seen: dict[tuple[int, str], tuple[int, int, int] | None] = {}  # each file's state when decoded
         self.budget = budget or PixelBudget()
         self.decoded = 0  # decodes done: how many times a file was read and decoded
 
     def rgb(self, record: ImageRecord) -> np.ndarray:
         key = (record.id, record.sha256 or "")
+        seen = _file_state(record)  # a photo moved or rewritten since it was decoded is read again
         with self._lock:
             if key in self._images:
-                self._images.move_to_end(key)
-                return self._images[key]
+                if seen is not None and self._seen.get(key) == seen:
+                    self._images.move_to_end(key)
+                    return self._images[key]
+                del self._images[key]
             pending = self._pending.get(key)
             if pending is None:  # this request decodes; the others wait for its result
                 pending = self._pending[key] = Future()
@@ -62,9 +67,9 @@ class ImageCache:
         else:
             pending.set_result(rgb)
             with self._lock:
-                self._images[key] = rgb
+                self._images[key], self._seen[key] = rgb, seen
                 while len(self._images) > 1 and sum(a.nbytes for a in self._images.values()) > self.max_bytes:
-                    self._images.popitem(last=False)
+                    self._seen.pop(self._images.popitem(last=False)[0], None)
             return rgb
         finally:
             with self._lock:
@@ -72,16 +77,30 @@ class ImageCache:
 
     def _decode(self, record: ImageRecord) -> np.ndarray:
         self.decoded += 1
+        changed = f"image {record.id} changed on disk since it was indexed; run `usesearch index` again"
         try:
             # read_bytes opens non-blocking and refuses anything but a regular file,
             # so a FIFO swapped in under an indexed name never holds a worker.
             data, sha256 = read_bytes(record.fs_path, name=record.path)
+            if sha256 != record.sha256:  # before decoding: the budget held is for the indexed photo's pixels
+                raise ImageGoneError(changed)
             rgb = decode(data, record.path)
+        except ImageGoneError:
+            raise
         except (OSError, UsesearchError) as exc:
             raise ImageGoneError(f"image {record.id} can no longer be read from where it was indexed: {exc}") from exc
-        if sha256 != record.sha256 or rgb.shape[:2] != (record.height, record.width):
-            raise ImageGoneError(f"image {record.id} changed on disk since it was indexed; run `usesearch index` again")
+        if rgb.shape[:2] != (record.height, record.width):
+            raise ImageGoneError(changed)
         return rgb
+
+
+def _file_state(record: ImageRecord) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a record's file now; None when it cannot be reached."""
+    try:
+        st = os.stat(record.fs_path)
+    except (OSError, ValueError):
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def png(image: Image.Image) -> bytes:
