@@ -427,6 +427,12 @@ def test_cross_site_requests_are_refused(served):
     assert client.get("/api/search", params={"q": "a cat"}, headers={"Origin": "http://testserver"}).status_code == 200
     link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}  # a shared link, followed
     assert client.get("/", headers=link).status_code == 200
+    # Behind a reverse proxy the Host is the upstream's (127.0.0.1:8000), the Origin the public site's.
+    proxied = {"Host": "127.0.0.1:8000", "Origin": "https://photos.example.com"}
+    assert client.get("/api/info", headers={**proxied, "Sec-Fetch-Site": "same-origin"}).status_code == 200
+    assert client.get("/api/info", headers={**proxied, "X-Forwarded-Host": "photos.example.com"}).status_code == 200
+    assert client.get("/api/info", headers={**proxied, "Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert client.get("/api/info", headers=proxied).status_code == 403  # an old browser, no forwarded host
 
 
 def test_no_third_party_doc_pages_and_short_422s(served):

@@ -119,15 +119,21 @@ class SameOriginMiddleware(BaseHTTPMiddleware):
     the browser call a loopback server, and read nothing but still make it work.
     Browsers say where a request comes from (``Sec-Fetch-Site``, ``Origin``);
     scripts and curl send neither and pass. Following a link (a top-level
-    navigation) stays allowed, so a shared search link opens."""
+    navigation) stays allowed, so a shared search link opens.
+
+    ``Sec-Fetch-Site``, which no page can set, is believed where a browser sends it:
+    behind a reverse proxy the Host the server sees is the proxy's upstream, never
+    the page's origin. Only a browser without it has ``Origin`` compared with the
+    Host (or the proxy's ``X-Forwarded-Host``)."""
 
     async def dispatch(self, request: Request, call_next) -> Response:
         site = request.headers.get("sec-fetch-site")
         navigation = request.method == "GET" and request.headers.get("sec-fetch-mode") == "navigate"
         origin = request.headers.get("origin")
         foreign = site not in (None, "same-origin", "none") and not navigation
-        if origin is not None and not navigation:  # scheme aside: a TLS proxy may sit in front
-            foreign = foreign or urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
+        if site is None and origin is not None and not navigation:  # scheme aside: a TLS proxy may sit in front
+            hosts = {request.headers.get(name, "").lower() for name in ("host", "x-forwarded-host")}
+            foreign = urlsplit(origin).netloc.lower() not in hosts - {""}
         if foreign:
             return JSONResponse({"detail": "cross-site requests are refused"}, status_code=403)
         return await call_next(request)
