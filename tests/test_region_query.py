@@ -137,7 +137,12 @@ def test_upload_route_searches_a_region_and_refuses_bad_uploads(indexed, monkeyp
     assert client.post("/api/region-search?point=40,30", content=b"", headers=auth).status_code == 400
     assert client.post("/api/region-search?point=40,30", content=b"not an image", headers=auth).status_code == 400
     assert client.post("/api/region-search?point=4000,30", content=photo, headers=auth).status_code == 400
-    assert client.post("/api/region-search", content=photo, headers=auth).status_code == 400  # no point or box
+    nothing = client.post("/api/region-search", content=photo, headers=auth)  # no point or box: said in API terms
+    assert nothing.status_code == 400 and "point=X,Y" in nothing.json()["detail"], nothing.text
+    form = client.post("/api/region-search?point=40,30", files={"file": ("a.png", photo)}, headers=auth)
+    assert form.status_code == 400 and "raw request body" in form.json()["detail"]
+    outside = client.post("/api/region-search?point=4000,30", content=photo, headers=auth).json()["detail"]
+    assert outside.startswith("point 4000,30 lies outside") and "--" not in outside
     monkeypatch.setattr(web, "MAX_UPLOAD_BYTES", 1000)
     assert client.post("/api/region-search?point=40,30", content=photo, headers=auth).status_code == 413
     monkeypatch.setattr(web, "MAX_UPLOAD_BYTES", 20 * 2**20)

@@ -573,3 +573,56 @@ def test_one_client_holding_unfinished_headers_cannot_shut_out_the_others(served
         fine.close()
         for s in attackers:
             s.close()
+
+
+def test_head_is_answered_wherever_get_is_and_bodies_are_capped_per_route(served):
+    """HEAD (monitors, ``curl -I``) gets GET's status and headers without a body; a JSON
+    route takes at most ``MAX_BODY_BYTES`` (a declared larger body is a 413 unread)."""
+    from usesearch.indexer.web.transport import MAX_BODY_BYTES
+
+    _, _, client = served
+    for path in ("/api/info", "/", "/api/segments/1/tile.png"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    assert client.head("/api/segments/999999/tile.png").status_code == 404
+    huge = b'{"item": "x", "verdict": "ok", "pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    refused = client.post("/api/audit/swapped/review", content=huge, headers={"Content-Type": "application/json"})
+    assert refused.status_code == 413 and "limit" in refused.json()["detail"]
+
+
+def test_a_client_gone_mid_upload_ends_its_request_quietly(served):
+    """A cancelled upload: the app returns without raising (uvicorn logged ~170 lines
+    of traceback for each), and the server goes on answering."""
+    import asyncio
+
+    _, _, client = served
+    app = client.app
+    messages = iter(
+        [{"type": "http.request", "body": b"\x89PNG" * 100, "more_body": True}, {"type": "http.disconnect"}]
+    )
+    sent: list = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/region-search",
+        "raw_path": b"/api/region-search",
+        "query_string": b"point=1,1",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-length", b"5000000")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(app(scope, receive, send))  # raises nothing
+    assert not any(m.get("status") == 500 for m in sent)
+    assert client.get("/api/info").status_code == 200

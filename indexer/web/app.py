@@ -49,11 +49,13 @@ from .schema import (
     segment_out,
 )
 from .security import HostCheckMiddleware, SameOriginMiddleware, TokenMiddleware
+from .transport import MAX_BODY_BYTES, Transport
 
 log = logging.getLogger(__name__)
 
 MAX_ECHO_CHARS = 200  # of a bad input, quoted back in a 422
 MAX_UPLOAD_BYTES = 20 * 2**20  # a photo uploaded for a region search
+REGION_SEARCH = "/api/region-search"
 
 STATIC = resources.files(__package__) / "static"
 # Segment ids are never reused (AUTOINCREMENT) and a changed image file is refused,
@@ -72,20 +74,18 @@ def _shorten(value: Any) -> Any:
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + f"... ({len(text)} characters)"
 
 
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) past ``limit`` bytes without reading the rest."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise UploadTooLargeError(f"the photo is {int(declared)} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadTooLargeError(f"the photo is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    if not size:
+async def _photo_body(request: Request) -> bytes:
+    """The uploaded photo: the request body (its size capped by ``Transport``)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ValueError("send the photo's file as the raw request body (curl --data-binary @PHOTO), not as a form")
+    data = await request.body()
+    if not data:
         raise ValueError("send the photo's file as the request body")
-    return b"".join(chunks)
+    return data
+
+
+def _body_limit(path: str) -> int:
+    return MAX_UPLOAD_BYTES if path == REGION_SEARCH else MAX_BODY_BYTES
 
 
 def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
@@ -113,6 +113,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         app.add_middleware(TokenMiddleware, token=token)
     if allowed_hosts is not None:
         app.add_middleware(HostCheckMiddleware, hosts=allowed_hosts)
+    app.add_middleware(Transport, limit_for=_body_limit)  # outermost: HEAD is GET to the others
 
     # -- errors: a bad request is a 4xx with a message, never a 500 -------------------
     @app.exception_handler(ValueError)
@@ -206,7 +207,18 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         """More like this: segments most similar to a given one, itself excluded."""
         return searched(lambda: index.similar(segment_id, k, filters), with_masks, like_segment=segment_id)
 
-    @app.post("/api/region-search", response_model=RegionSearchOut, tags=["search"])
+    @app.post(
+        REGION_SEARCH,
+        response_model=RegionSearchOut,
+        tags=["search"],
+        openapi_extra={  # the photo is read from the raw body, which FastAPI cannot describe by itself
+            "requestBody": {
+                "required": True,
+                "description": "The photo's file, as is (not a form): JPEG, PNG, WebP, ...",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
     async def search_region(
         request: Request,
         filters: Filters,
@@ -222,7 +234,9 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         """Segments most like a region of any photo: the request body is the photo's
         file (at most ``MAX_UPLOAD_BYTES``; decoded with the indexer's safeguards and
         kept in memory only), the region a point or a box that prompts SAM."""
-        data = await _read_capped(request, MAX_UPLOAD_BYTES)
+        if (point is None) == (box is None):
+            raise ValueError("give one of the query parameters point=X,Y and box=X,Y,W,H (the photo is the body)")
+        data = await _photo_body(request)
         return await run_in_threadpool(_region_search, data, point, box, k, filters, with_masks)
 
     def _region_search(

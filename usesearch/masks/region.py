@@ -36,14 +36,14 @@ def pick_most_stable(logits: torch.Tensor, iou_preds: torch.Tensor, mask_thresho
 
 
 def parse_point(text: str) -> tuple[float, float]:
-    x, y = _numbers(text, 2, "--point X,Y")
+    x, y = _numbers(text, 2, "point X,Y")
     return x, y
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
-    x, y, w, h = _numbers(text, 4, "--box X,Y,W,H")
+    x, y, w, h = _numbers(text, 4, "box X,Y,W,H")
     if w <= 0 or h <= 0:
-        raise UsesearchError(f"--box {text}: width and height must be positive")
+        raise UsesearchError(f"box {text}: width and height must be positive")
     return x, y, w, h
 
 
@@ -83,9 +83,9 @@ def prompt(
     if (point is None) == (box is None):
         raise UsesearchError("give one of --point X,Y and --box X,Y,W,H (or --mask MASK.png)")
     if point is not None and not (0 <= point[0] < w and 0 <= point[1] < h):
-        raise UsesearchError(f"--point {point[0]:g},{point[1]:g} lies outside the {w}x{h} photo")
+        raise UsesearchError(f"point {point[0]:g},{point[1]:g} lies outside the {w}x{h} photo")
     if box is not None and (box[0] >= w or box[1] >= h or box[0] + box[2] <= 0 or box[1] + box[3] <= 0):
-        raise UsesearchError(f"--box {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} photo")
+        raise UsesearchError(f"box {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} photo")
     predictor = SamPredictor(sam)
     predictor.set_image(rgb)
     with torch.inference_mode():
@@ -104,7 +104,7 @@ def prompt(
     best, stability = pick_most_stable(logits, ious, sam.mask_threshold, stability_offset)
     mask = (logits[best] > sam.mask_threshold).numpy()
     if not mask.any():
-        raise UsesearchError("SAM found no region there; try another point, a box, or --mask")
+        raise UsesearchError("SAM found no region there; try another point, or a box")
     return _region(mask, float(stability[best]), float(ious[best]))
 
 
