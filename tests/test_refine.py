@@ -233,6 +233,22 @@ def test_the_api_refines_on_request(index, monkeypatch):
     assert client.get("/api/search", params={"q": "a cat", "refine": "sam9"}).status_code == 422
     assert client.get("/api/search", params={"q": "a cat", "refine": "sam3", "refine_top": 0}).status_code == 422
 
+    from pathlib import Path
+
+    from PIL import Image
+
+    top = Path(plain["hits"][0]["image"])  # changed since indexing: skipped, and the answer says so
+    original = top.read_bytes()
+    try:
+        Image.open(top).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(top)
+        fresh = TestClient(create_app(index)).get("/api/search", params={"q": "a cat", "refine": "sam3", "k": 3})
+    finally:
+        top.write_bytes(original)
+    skipped = fresh.json()["skipped"]
+    assert fresh.status_code == 200 and len(skipped) == 1 and "changed on disk" in skipped[0], fresh.text
+    assert str(top) not in {h["image"] for h in fresh.json()["hits"]}
+    assert body["skipped"] == [] and plain["skipped"] is None
+
     monkeypatch.setitem(__import__("sys").modules, "sam3.model.sam3_image", None)
     missing = TestClient(create_app(index)).get("/api/search", params={"q": "a cat", "refine": "sam3"})
     assert missing.status_code == 400 and "pip install -e '.[sam3]'" in missing.json()["detail"]

@@ -42,6 +42,7 @@ class RefinedSearch:
             segments_indexed=int(self.index.index.ntotal),
             refined_photos=report.photos,
             image_steps=report.image_steps,
+            skipped=report.skipped,
             hits=[HitOut(**self._fields(hit)) for hit in hits],
         )
 

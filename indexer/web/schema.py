@@ -112,6 +112,7 @@ class SearchOut(BaseModel):
     segments_indexed: int
     refined_photos: int | None = None  # ?refine=sam3: photos SAM 3 looked at
     image_steps: int | None = None  # of them, photos whose image step ran (not cached)
+    skipped: list[str] | None = None  # of them, photos that could not be read, each with its reason
     hits: list[HitOut]
 
 

@@ -110,7 +110,9 @@ async function runSearch() {
     $("results").replaceChildren(...result.hits.map(tile));
     const what = like ? `segments like #${like}` : `“${query}”`;
     if (result.refined_photos != null) {
-      setStatus(`${result.hits.length} SAM 3 instances of ${what} in the top ${result.refined_photos} photos (${result.image_steps} not cached) in ${result.took_ms.toFixed(0)} ms`);
+      const skipped = result.skipped && result.skipped.length
+        ? `; ${result.skipped.length} photo(s) skipped, e.g. ${result.skipped[0]}` : "";
+      setStatus(`${result.hits.length} SAM 3 instances of ${what} in the top ${result.refined_photos} photos (${result.image_steps} not cached) in ${result.took_ms.toFixed(0)} ms${skipped}`);
     } else {
       setStatus(`${result.hits.length} of ${result.segments_indexed} segments for ${what} in ${result.took_ms.toFixed(0)} ms`);
     }
