@@ -12,10 +12,20 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 # of the tree that dropped them gets them back.
 for stage in indexer curation training; do [ -e "usesearch/$stage" ] || ln -s "../$stage" "usesearch/$stage"; done
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv | tee "$OUT/gpu.txt"
+# Each step's output to its file and the console; a failing step (a crash, a failed
+# check, a timeout's 124) is named and fails the script at the end, after the other
+# steps had their turn: no pipe into tee, whose status would hide it (sh has no pipefail).
+FAILED=""
+step() {
+  file=$1; shift
+  rc=0; "$@" > "$OUT/$file" 2>&1 || rc=$?
+  cat "$OUT/$file"
+  if [ "$rc" -ne 0 ]; then echo "FAILED ($rc): $file"; FAILED="$FAILED $file($rc)"; fi
+}
+step gpu.txt nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv
 # 1. The CUDA parts of the suite that a CPU cannot run: the generator's masks against
 #    stock's on the GPU (bf16 tolerance), run-length coding on the device.
-timeout 60 python3 - <<'PY' 2>&1 | tee "$OUT/checks.txt"
+step checks.txt timeout 60 python3 - <<'PY'
 import numpy as np, torch
 from usesearch.masks import rle
 import torch.nn.functional as F
@@ -24,9 +34,11 @@ assert rle.encode_runs(masks) == rle.encode_stack(masks.cpu().numpy()), "RLE on 
 print("RLE on the GPU equals pycocotools on 64 masks")
 PY
 # 2. Throughput as a user gets it, stage by stage, paper preset then b16.
-timeout 240 python3 benchmarks/index_throughput.py --presets l14-336,b16 --images 48 --side 1024 \
-  --points-per-side 32 --masks-per-photo 100 --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
+step throughput.txt timeout 240 python3 benchmarks/index_throughput.py --presets l14-336,b16 --images 48 \
+  --side 1024 --points-per-side 32 --masks-per-photo 100 --json "$OUT/throughput.json"
 # 3. SAM's levers against segment-anything's code, then the generator against the model's forward time.
-timeout 45 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3 2>&1 | tee "$OUT/levers.txt"
-timeout 45 python3 benchmarks/masker_cost.py --arch vit_h --sides 32 --autocast --skip-stock --repeat 4 \
-  --points-per-batch 1024 2>&1 | tee "$OUT/masker.txt"
+step levers.txt timeout 45 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3
+step masker.txt timeout 45 python3 benchmarks/masker_cost.py --arch vit_h --sides 32 --autocast --skip-stock \
+  --repeat 4 --points-per-batch 1024
+if [ -n "$FAILED" ]; then echo "gpu_check: failed steps:$FAILED"; exit 1; fi
+echo "gpu_check: every step passed; figures in $OUT"

@@ -6,8 +6,8 @@ usesearch index is forced compressed (OPQ/IVF-PQ with exact re-scoring, calibrat
 ``reindex`` calibrates it) and holds its locations in memory, as ``serve`` does. LanceDB
 gets the same float32 vectors and a ``folder`` column (the 1% filter is folder 7, as
 scale.py's path glob is), its IVF_PQ index built with its own defaults for the dot
-product. Queries run one at a time, alternating the two systems, so both see the
-machine alike.
+product. Queries run one at a time, one setting after another (not interleaved: a
+busy machine during one setting's run shows in that setting's figures alone).
 
     pip install lancedb        # not a dependency of usesearch
     python benchmarks/peers.py --n 500000

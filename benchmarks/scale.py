@@ -297,6 +297,8 @@ def main() -> None:
             recalibrate(folder, queries=held_out(centres, spread, args.calibration_queries))
             print(f"calibrated again in {time.perf_counter() - start:.0f} s")
         ix = SegmentIndex.open(folder, device="cpu", faiss_device=args.faiss_device)
+        if args.reuse:  # the figures per segment are of the index reopened, whatever --n says
+            args.n = int(ix.index.ntotal)
         picks = rng.integers(0, args.concepts, args.queries)
         queries = members(rng, centres, spread, picks)  # near a concept but not a stored vector, like a text query
         if not ix.index.exact:  # re-scoring's locations: asked of the catalog per search, then held in memory

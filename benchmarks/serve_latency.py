@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_throughput import random_weights, write_photos  # noqa: E402
 
-from usesearch import presets  # noqa: E402
 from usesearch.indexer import IndexOptions, index_paths  # noqa: E402
 from usesearch.indexer.web import serve  # noqa: E402
+from usesearch.models import presets  # noqa: E402
 
 WORDS = "red green blue small large round striped wooden metal shiny dog cat cup face rocket coin sky tree".split()
 
