@@ -171,3 +171,31 @@ def test_cli_train_writes_a_loadable_head_and_resumes(synthetic, tmp_path):
     assert changed.exit_code == 2 and "--max-steps 3 (now 5)" in changed.output, changed.output
     assert len(_losses(tmp_path / "run")) == 3  # nothing written by either
     assert CliRunner().invoke(app, [*args[:-4], "--max-steps", "0", *args[-2:]]).exit_code == 2
+    mistyped = [*args[:3], str(tmp_path / "rnu"), *args[4:], "--resume"]
+    refused = CliRunner().invoke(app, mistyped)
+    assert refused.exit_code == 2 and "holds no checkpoint to continue" in refused.output, refused.output
+
+
+def test_cli_train_interrupted_says_how_to_continue(synthetic, tmp_path, monkeypatch):
+    import json
+    import os
+    import signal
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    def ctrl_c_at_step_2(self, progress=None, until=None):
+        return real_run(self, lambda step, *a: step == 2 and os.kill(os.getpid(), signal.SIGINT), until)
+
+    from usesearch.training.train import Trainer
+
+    real_run = Trainer.run
+    monkeypatch.setattr(Trainer, "run", ctrl_c_at_step_2)
+    args = ["train", str(synthetic[1]), "--run-dir", str(tmp_path / "run"), "--batch-images", "4", "--crop", "96"]
+    result = CliRunner().invoke(
+        app, [*args, "--max-steps", "5", "--checkpoint-every", "10", "--preset", "tiny", "--json"]
+    )
+    assert result.exit_code == 130, result.output
+    assert "interrupted after step 2 of 5; checkpoint written" in result.stderr
+    assert json.loads(result.stdout) == {"steps": 2, "interrupted": True, "resumable": True}

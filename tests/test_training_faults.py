@@ -52,10 +52,54 @@ def test_a_kill_between_checkpoint_files_resumes_weights_and_optimizer_of_one_st
 
 
 def test_resume_on_other_data_is_refused(samples, tmp_path):
+    from dataclasses import replace
+
     Trainer(samples, tmp_path, CFG).run(until=2)
-    for other in (samples[:8], samples[::-1]):
+    retexted = [replace(s, texts=[["something else"] for _ in s.texts]) for s in samples]  # same photos and counts
+    for other in (samples[:8], samples[::-1], retexted):
         with pytest.raises(usesearch.UsesearchError, match="on the data it started on: 16 images"):
             Trainer(other, tmp_path, CFG).resume()
+    with pytest.raises(usesearch.UsesearchError, match="holds no checkpoint to continue"):
+        Trainer(samples, tmp_path / "mistyped", CFG).resume()  # never starts over silently
+
+
+def test_ctrl_c_finishes_the_step_writes_its_checkpoint_and_resume_ends_as_one_run(samples, tmp_path):
+    """The first Ctrl-C stops training between steps with that step's checkpoint
+    written (checkpoint_every 2, interrupted at step 3): nothing trained is lost."""
+    import os
+    import signal
+
+    Trainer(samples, tmp_path / "whole", CFG).run()
+
+    def ctrl_c_at_step_3(step, total, loss):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = Trainer(samples, tmp_path / "cut", CFG)
+    with pytest.raises(KeyboardInterrupt):
+        cut.run(ctrl_c_at_step_3)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    resumed = Trainer(samples, tmp_path / "cut", CFG)
+    resumed.resume()
+    assert resumed.step == 3
+    resumed.run()
+    assert _log_steps(tmp_path / "cut") == [1, 2, 3, 4, 5, 6]
+    whole, cut_head = (load_head(tmp_path / out / "head", usesearch.get_preset("tiny"))[0] for out in ("whole", "cut"))
+    assert all(torch.allclose(whole[k], cut_head[k], atol=1e-5) for k in whole)
+
+
+def test_a_photo_replaced_since_curation_is_skipped_even_at_its_size(samples, tmp_path):
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from usesearch.training.data import load_image
+
+    rgb, _ = load_image(samples[0])
+    other = tmp_path / "same-size.png"
+    Image.new("RGB", (rgb.shape[1], rgb.shape[0])).save(other)  # black, the curated photo's size
+    with pytest.raises(usesearch.UsesearchError, match="changed since it was curated"):
+        load_image(replace(samples[0], path=str(other)))
 
 
 def test_an_unreadable_photo_is_skipped_and_listed(samples, tmp_path):

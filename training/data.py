@@ -4,6 +4,8 @@ pixels exactly, and segments cropped away are dropped."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 
@@ -12,7 +14,7 @@ from PIL import Image
 
 from usesearch.curation.dataset import read_records
 from usesearch.errors import UsesearchError
-from usesearch.io.images import read_image
+from usesearch.io.files import decode, read_bytes
 from usesearch.masks import rle
 
 
@@ -21,6 +23,22 @@ class Sample:
     path: str
     rles: list[dict]
     texts: list[list[str]]  # every text of each segment; one is sampled per step
+    sha256: str | None = None  # the photo's, as curated: a file replaced since is refused
+
+
+def data_identity(samples: list[Sample]) -> dict:
+    """What a resumed run must train on: the same images, in the same order, with the
+    same segments (the data order and the schedule's length derive from them), and
+    the same masks, texts and photo contents (``content``)."""
+    listing = json.dumps([(s.path, len(s.rles)) for s in samples])
+    content = hashlib.sha256()
+    for s in samples:
+        content.update(json.dumps([s.sha256, [r["counts"] for r in s.rles], s.texts], default=str).encode())
+    return {
+        "images": len(samples),
+        "sha256": hashlib.sha256(listing.encode()).hexdigest(),
+        "content": content.hexdigest(),
+    }
 
 
 def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
@@ -40,11 +58,10 @@ def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
                 path, merged = by_photo.setdefault(record["sha256"], (record["path"], []))
                 merged.append(segments)
     samples = []
-    for path, groups in by_photo.values():
+    for sha256, (path, groups) in by_photo.items():
         segments = groups[0] if len(groups) == 1 else mask_nms([s for group in groups for s in group])
-        samples.append(
-            Sample(path, [s.rle for s in segments], [list(dict.fromkeys(t.text for t in s.texts)) for s in segments])
-        )
+        texts = [list(dict.fromkeys(t.text for t in s.texts)) for s in segments]
+        samples.append(Sample(path, [s.rle for s in segments], texts, sha256))
     return samples
 
 
@@ -82,7 +99,10 @@ def augment(
 def load_image(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """The photo and its masks, refused when they do not fit each other (a photo replaced
     since curation, or one whose EXIF rotation its annotations did not follow)."""
-    rgb, masks = read_image(sample.path), decode_masks(sample.rles)
+    data, sha256 = read_bytes(sample.path)
+    if sample.sha256 is not None and sha256 != sample.sha256:
+        raise UsesearchError("the photo changed since it was curated (its SHA-256 differs): curate it again")
+    rgb, masks = decode(data, sample.path), decode_masks(sample.rles)
     if masks.shape[1:] != rgb.shape[:2]:
         h, w = masks.shape[1:]
         raise UsesearchError(f"its masks are {w}x{h} but the photo is {rgb.shape[1]}x{rgb.shape[0]}")

@@ -9,14 +9,15 @@ derives from (seed, epoch) or (seed, step), so ``resume`` continues exactly.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import math
 import os
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from usesearch.models.factory import create_use_and_clip
 from usesearch.models.head import letterbox_weights
 from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder
 
-from .data import Sample, augment, load_image
+from .data import Sample, augment, data_identity, load_image
 from .loss import LOGIT_SCALE, segment_text_loss
 
 
@@ -68,13 +69,6 @@ LOCK_FILE = ".train.lock"  # one training run a run folder
 
 # Non-finite losses in a row that stop a run (one is skipped: a bad batch, not a bad run).
 NON_FINITE_LIMIT = 3
-
-
-def data_identity(samples: list[Sample]) -> dict:
-    """What a resumed run must train on: the same images, in the same order, with the
-    same segments (the data order and the schedule's length derive from them)."""
-    listing = json.dumps([(s.path, len(s.rles)) for s in samples])
-    return {"images": len(samples), "sha256": hashlib.sha256(listing.encode()).hexdigest()}
 
 
 def text_key(text: str) -> str:
@@ -189,9 +183,11 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------
     def run(self, progress=None, until: int | None = None) -> Path:
-        """Train to the end (or to step ``until``, e.g. to test resuming)."""
-        with self._one_writer():
-            return self._run(progress, until)
+        """Train to the end (or to step ``until``, e.g. to test resuming). Ctrl-C (or a
+        SIGTERM) lets the step being trained finish, writes its checkpoint, and raises
+        ``KeyboardInterrupt``: ``resume`` continues from that step, nothing lost."""
+        with self._one_writer(), _stop_requests() as stop:
+            return self._run(progress, until, stop)
 
     def _one_writer(self):
         def refusal(holder: str) -> Exception:
@@ -202,7 +198,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         return one_writer(self.out / LOCK_FILE, refusal)
 
-    def _run(self, progress, until: int | None) -> Path:
+    def _run(self, progress, until: int | None, stop: threading.Event | None = None) -> Path:
         if self.step == 0:  # checked again under the lock: a run may have ended here since the command started
             check_new_run(self.out)
             # A run killed before its first checkpoint left its skips: this run finds its own.
@@ -242,6 +238,10 @@ class Trainer:
                         progress(self.step, self.total_steps, loss.item() if loss is not None else float("nan"))
                     if self.step % self.cfg.checkpoint_every == 0 or self.step in (self.total_steps, until):
                         self.save()
+                    elif stop is not None and stop.is_set():
+                        self.save()
+                    if stop is not None and stop.is_set():
+                        raise KeyboardInterrupt(f"interrupted after step {self.step}")
             finally:  # the batch being prepared ends before the run (and its lock) does
                 ahead.shutdown(wait=True, cancel_futures=True)
         self.use.eval()
@@ -313,10 +313,14 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue the run in ``out`` where it stopped. Its schedule (steps, learning
-        rate) was fixed when it started: settings that shape it must be the same."""
+        rate) was fixed when it started: settings that shape it must be the same. A
+        folder with no checkpoint is refused (a mistyped --run-dir would start over)."""
         path = self.out / "trainer.pt"
         if not path.is_file():
-            return
+            raise UsesearchError(
+                f"--resume: {self.out} holds no checkpoint to continue (no trainer.pt); "
+                "without --resume a new run starts there"
+            )
         from usesearch.models.checkpoint import load_head
 
         trainer_state = torch.load(path, map_location=self.device, weights_only=True)
@@ -332,11 +336,16 @@ class Trainer:
                 f"--resume continues the run in {self.out} as it was started: {', '.join(changed)}; "
                 "give those again, or start a new run in another --run-dir"
             )
-        if meta.get("data", self.data) != self.data:
+        started_on = meta.get("data", self.data)
+        if {key: self.data[key] for key in started_on if key in self.data} != started_on:  # older runs: no content
             raise UsesearchError(
                 f"--resume continues the run in {self.out} on the data it started on: "
                 f"{meta['data']['images']} images (now {self.data['images']}"
-                + (")" if meta["data"]["images"] != self.data["images"] else ", other ones or in another order)")
+                + (
+                    ")"
+                    if meta["data"]["images"] != self.data["images"]
+                    else ", other ones, masks or texts, or in another order)"
+                )
                 + "; give the same dataset folders, or start a new run in another --run-dir"
             )
         self.use.load_state_dict(state, strict=False)
@@ -365,3 +374,26 @@ class Trainer:
                 csv.writer(f).writerows(kept)
 
         write_atomic(log_path, write)
+
+
+@contextmanager
+def _stop_requests() -> Iterator[threading.Event | None]:
+    """Set by the first Ctrl-C or SIGTERM: the loop stops between steps (a step cut
+    mid-update leaves weights and optimizer apart); a second stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    stop = threading.Event()
+
+    def request(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        os.write(2, b"\nstopping after this step, its checkpoint written (Ctrl-C again stops at once)\n")
+
+    before = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -86,7 +87,22 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
 
-    head = trainer.run(progress)
+    try:
+        head = trainer.run(progress)
+    except KeyboardInterrupt:
+        bar.close()
+        saved = (run_dir / "trainer.pt").is_file()
+        opts.console.print(
+            f"interrupted after step {trainer.step} of {trainer.total_steps}; "
+            + (
+                f"checkpoint written: the same command with --resume continues (--run-dir {run_dir})"
+                if saved
+                else "no checkpoint was written yet"
+            )
+        )
+        if as_json:
+            print(json.dumps({"steps": trainer.step, "interrupted": True, "resumable": saved}, indent=1))
+        raise typer.Exit(130) from None
     bar.close()
     opts.console.print(
         f"trained {trainer.step} steps on {len(samples)} images; head: {head} (use it with --head {run_dir / 'head'})"
@@ -97,8 +113,6 @@ def train(
             "batch: the contrastive loss has no negative there and learned nothing; more --batch-images helps"
         )
     if as_json:
-        import json
-
         summary = {
             "steps": trainer.step,
             "images": len(samples),
