@@ -26,14 +26,25 @@ from .records import Segment
 
 FORMAT = "usesearch-segments"
 MANIFEST = "manifest.json"
+LOCK_FILE = ".curate.lock"
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest (None: there is none). A damaged one is refused in one line: it
+    holds the settings a re-run must match, which must not silently become none."""
+    path = folder / MANIFEST
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
-    return manifest if isinstance(manifest, dict) else None
+    except (OSError, ValueError) as exc:
+        manifest = exc
+    if not isinstance(manifest, dict):
+        raise UsesearchError(
+            f"{path} is damaged ({manifest if isinstance(manifest, Exception) else 'not a JSON object'}): "
+            "delete it and run the same `usesearch curate run` again, which writes it anew (the shards are kept)"
+        )
+    return manifest
 
 
 def require_dataset(dataset_dir: str | os.PathLike) -> Path:
@@ -44,11 +55,27 @@ def require_dataset(dataset_dir: str | os.PathLike) -> Path:
     if manifest is not None and manifest.get("finished", True):
         return folder
     if manifest is not None or any((folder / "shards").glob("*.jsonl")):
+        writing = _writer_now(folder)
+        if writing:
+            raise UsesearchError(f"{folder} is being curated now (curate run, pid {writing}): wait for it to finish")
         raise UsesearchError(
             f"{folder} is an unfinished curation (a run was cut short): run the same `usesearch curate run` "
             "again to finish it (it resumes)"
         )
     raise UsesearchError(f"{folder} is not a curated dataset (no {MANIFEST}): make one with `usesearch curate run`")
+
+
+def _writer_now(folder: Path) -> str | None:
+    """The pid of a curate run writing to ``folder`` now (None: none, or it cannot tell)."""
+    if not (folder / LOCK_FILE).is_file():
+        return None
+    try:
+        with one_writer(folder / LOCK_FILE, UsesearchError):  # refused with the holder's pid
+            return None
+    except UsesearchError as refused:
+        return str(refused)
+    except OSError:  # a read-only folder: no lock can be taken to find out
+        return None
 
 
 def read_records(dataset_dir: str | os.PathLike, *, finished: bool = True) -> Iterator[dict[str, Any]]:
@@ -57,19 +84,49 @@ def read_records(dataset_dir: str | os.PathLike, *, finished: bool = True) -> It
     if finished:
         require_dataset(dataset_dir)
     for shard in sorted((Path(dataset_dir) / "shards").glob("*.jsonl")):
-        with open(shard, encoding="utf-8") as f:
-            for line in f:
+        with open(shard, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
                 try:
-                    yield json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # a torn final line from an interrupted run
+                    if not line.endswith("\n"):  # a torn final line from an interrupted run (runs never append to it)
+                        continue
+                    raise UsesearchError(_damaged(shard, number, "not JSON")) from None
+                why = _record_fault(record)
+                if why:
+                    raise UsesearchError(_damaged(shard, number, why))
+                yield record
+
+
+def _damaged(shard: Path, number: int, why: str) -> str:
+    return (
+        f"{shard} line {number} is damaged ({why}): restore the file, or move it away and run "
+        "`usesearch curate run` again to curate its photos anew"
+    )
+
+
+def _record_fault(record: Any) -> str | None:
+    """What is wrong with an image record read back (None: nothing), checked before any
+    reader trusts its keys."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [key for key in ("path", "sha256", "segments") if key not in record]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if not isinstance(record["segments"], list):
+        return "its segments are not a list"
+    for k, segment in enumerate(record["segments"]):
+        if not isinstance(segment, dict) or not {"rle", "bbox", "area", "texts"} <= segment.keys():
+            return f"segment {k} lacks rle, bbox, area or texts"
+        if not isinstance(segment["texts"], list) or not all(
+            isinstance(t, dict) and {"text", "source", "kind"} <= t.keys() for t in segment["texts"]
+        ):
+            return f"segment {k} has a text without text, source or kind"
+    return None
 
 
 def read_segments(record: dict[str, Any]) -> list[Segment]:
     return [Segment.from_json(s) for s in record["segments"]]
-
-
-LOCK_FILE = ".curate.lock"
 
 
 class DatasetWriter:
@@ -180,7 +237,7 @@ def stats(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     by_kind: Counter[str] = Counter()
     for record in read_records(dataset_dir):
         photos.add(record["sha256"])
-        pairs += record["pairs_before_nms"]
+        pairs += record.get("pairs_before_nms", 0)
         for seg in record["segments"]:
             segments += 1
             pairs_nms += len(seg["texts"])
