@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from usesearch.errors import CurationConfigError
+from usesearch.io.atomic import write_atomic
 from usesearch.io.files import decode, read_bytes
 from usesearch.reports import RunReport
 
@@ -65,6 +66,7 @@ def curate(
     progress: Callable[[CurateReport], None] | None = None,
 ) -> CurateReport:
     """``predictor``: a segment_anything SamPredictor, needed for box sources.
+    ``progress(report)`` after each photo curated or skipped as done.
     ``source`` names the items' source: a photo is done once per source.
     ``mask_config``: SAM's settings for box prompts (default: ``BoxMaskConfig()`` where a
     predictor is given); recorded only where SAM runs, so a given-mask source records none."""
@@ -89,6 +91,9 @@ def curate(
                 if writer.is_done(sha256):
                     report.skipped += 1
                     problems = []  # counted by the run that curated it
+                    failures.clear(item.path)
+                    if progress:
+                        progress(report)
                     continue
                 rgb = decode(data, item.path)
                 boxes = list(item.boxes)
@@ -133,6 +138,7 @@ def curate(
             finally:
                 failures.problems(item.path, problems, report)
             writer.write(item.path, sha256, rgb.shape[:2], kept, pairs)
+            failures.clear(item.path)
             report.done += 1
             report.pairs += pairs
             report.pairs_after_nms += sum(len(s.texts) for s in kept)
@@ -141,6 +147,8 @@ def curate(
         finished = True
     finally:
         writer.close(finished)
+        if writer.dir.exists():  # not a folder the run took back
+            failures.close()
         report.seconds = time.perf_counter() - start
     return report
 
@@ -172,11 +180,31 @@ def check_same_settings(out_dir: str | os.PathLike, settings: dict) -> None:
 
 class FailureLog:
     """``failures.jsonl``: a photo that failed, or a fault in a source's annotations,
-    one line each; a re-run that meets the same fault again does not repeat its line."""
+    one line each; a re-run that meets the same fault again does not repeat its line,
+    and a photo curated since it failed loses its line when the run ends (``close``)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.seen = set(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else set()
+        self.cleared: set[str] = set()
+
+    def clear(self, image: str) -> None:
+        """``image`` is curated: a failure recorded for it is out of date."""
+        self.cleared.add(image)
+
+    def close(self) -> None:
+        def stale(line: str) -> bool:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                return False
+            return isinstance(entry, dict) and "annotation" not in entry and entry.get("path") in self.cleared
+
+        dropped = {line for line in self.seen if stale(line)}
+        if dropped:  # the source's annotation faults stay: they are still in the source
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line not in dropped]
+            write_atomic(self.path, "".join(line + "\n" for line in kept))
+            self.seen -= dropped
 
     def add(self, line: dict) -> None:
         text = json.dumps(line, ensure_ascii=False)

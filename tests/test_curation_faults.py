@@ -354,3 +354,49 @@ def test_curate_show_finds_a_photo_by_the_end_of_its_path_and_refuses_an_ambiguo
     both = find_record(tmp_path / "ds", "images/cat.png")  # the end of a path; both sources' segments
     assert sorted(t["text"] for s in both["segments"] for t in s["texts"]) == ["a cat", "a tabby"]
     assert find_record(tmp_path / "ds", "b/cat.png")["segments"] == []
+
+
+def test_a_photo_curated_after_it_failed_leaves_failures_jsonl(tmp_path, photos):
+    """failures.jsonl lists what is still wrong: a photo fixed and curated by a later run
+    loses its line; a fault in the source's annotations stays (the source still has it)."""
+    good = (photos / "cat.png").read_bytes()
+    (photos / "cat.png").write_bytes(good[:200])  # cut short
+    item = ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])
+    assert curate([item], tmp_path / "ds").failed == 1
+    failures = tmp_path / "ds" / "failures.jsonl"
+    with open(failures, "a") as f:  # a source fault recorded for the same photo
+        f.write(json.dumps({"path": str(photos / "cat.png"), "annotation": 7, "error": "bad"}) + "\n")
+    (photos / "cat.png").write_bytes(good)
+    assert curate([item], tmp_path / "ds").done == 1
+    assert [entry.get("annotation") for entry in _failures(tmp_path / "ds")] == [7]
+
+
+def test_curate_run_interrupted_says_what_is_kept_and_asks_for_captions_before_models(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import usesearch.cli.curate as curate_cli
+    import usesearch.curation.pipeline as pipeline
+    from tests.helpers import write_photos
+    from tests.test_coco_index import write_coco
+    from usesearch.cli.app import app
+
+    photos = write_photos(tmp_path / "photos", ("coffee", "chelsea"))
+    write_coco(tmp_path / "inst.json", photos, ["coffee.png", "sub/chelsea.png"], 1)
+    real = pipeline.curate
+
+    def cut_after_one(items, *args, **kw):
+        def one_then_ctrl_c():
+            yield next(iter(items))
+            raise KeyboardInterrupt
+
+        return real(one_then_ctrl_c(), *args, **kw)
+
+    monkeypatch.setattr(pipeline, "curate", cut_after_one)
+    args = ["curate", "run", str(tmp_path / "inst.json"), "--source", "coco-instances", "--images", str(photos)]
+    result = CliRunner().invoke(app, [*args, "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny", "--json"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted; finished work is kept: 1 images curated" in result.stderr
+    assert json.loads(result.stdout)["interrupted"] is True and json.loads(result.stdout)["done"] == 1
+    monkeypatch.setattr(curate_cli, "_grounder", lambda *a: pytest.fail("the grounder loaded"))
+    no_captioner = CliRunner().invoke(app, ["curate", "run", str(photos), "--dataset-dir", str(tmp_path / "d2")])
+    assert no_captioner.exit_code == 2 and "pass --captioner" in no_captioner.output, no_captioner.output

@@ -40,7 +40,11 @@ def run(
     ] = "folder",
     images: opts.MaybeImagesOpt = None,
     captioner: Annotated[
-        Optional[str], typer.Option(help="MLLM (transformers image-text-to-text name or folder), or 'tiny'.")
+        Optional[str],
+        typer.Option(
+            help="MLLM (transformers image-text-to-text name or folder), or 'tiny'; "
+            "needed for --source folder (photos have no captions of their own)."
+        ),
     ] = None,
     captioner_revision: Annotated[
         Optional[str], typer.Option(help="Pinned revision; required with --trust-remote-code.")
@@ -74,7 +78,7 @@ def run(
     from tqdm import tqdm
 
     from usesearch.curation.masks import BoxMaskConfig
-    from usesearch.curation.pipeline import curate
+    from usesearch.curation.pipeline import CurateReport, curate
     from usesearch.curation.sources import read_source
     from usesearch.devices import resolve_device
     from usesearch.masks.sam import load_sam
@@ -97,6 +101,8 @@ def run(
         raise UsesearchError(f"{path}: --source {source} found no photo to curate there")
     items = itertools.chain([first], items)
     kind = SOURCES[source]
+    if kind.needs_captioner and not captioner:
+        raise ValueError(f"a {source} has no captions: pass --captioner (a model name, or 'tiny')")
     # SAM first: missing weights are refused before a captioner's gigabytes load.
     predictor = SamPredictor(load_sam(p.sam, p.name, sam_checkpoint, the_device)) if kind.prompts_sam else None
     the_grounder = _grounder(grounder, spacy_model, the_device) if kind.grounded else None
@@ -105,19 +111,36 @@ def run(
         if captioner and kind.grounded
         else None
     )
-    if kind.needs_captioner and the_captioner is None:
-        raise ValueError(f"a {source} has no captions: pass --captioner (a model name, or 'tiny')")
     bar = tqdm(unit="img", disable=None)
-    report = curate(
-        items,
-        dataset_dir,
-        predictor,
-        grounder=the_grounder,
-        captioner=the_captioner,
-        mask_config=mask_config if kind.prompts_sam else None,
-        source=source,
-        progress=lambda r: bar.update(1),
-    )
+    so_far = CurateReport()  # the run's own report, as it goes: what an interrupted run says
+
+    def progress(report: CurateReport) -> None:
+        nonlocal so_far
+        so_far = report
+        bar.update(1)
+
+    try:
+        report = curate(
+            items,
+            dataset_dir,
+            predictor,
+            grounder=the_grounder,
+            captioner=the_captioner,
+            mask_config=mask_config if kind.prompts_sam else None,
+            source=source,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        opts.console.print(
+            f"interrupted; finished work is kept: {so_far.done} images curated, {so_far.skipped} skipped, "
+            f"{so_far.failed} failed; the same command again finishes it (it resumes)"
+        )
+        if as_json:
+            from dataclasses import asdict
+
+            print(json.dumps({**asdict(so_far), "interrupted": True}, indent=1))
+        raise typer.Exit(130) from None
     bar.close()
     opts.console.print(
         f"{report.done} images curated, {report.skipped} skipped, {report.failed} failed: "
