@@ -192,6 +192,30 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args
     assert not (files / "x.jpg").exists()
 
 
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["index", "{d}/i", "--db", "{d}/dataset"], "holds a curated dataset: give an index a folder of its own"),
+        (["index", "{d}/i", "--db", "{d}/run"], "holds a training run: give an index a folder of its own"),
+        (["curate", "run", "{d}/i", "--dataset-dir", "{d}/index"], "holds an index: give a curated dataset"),
+        (["curate", "run", "{d}/i", "--dataset-dir", "{d}/run"], "holds a training run: give a curated dataset"),
+        (["train", "{d}/dataset", "--run-dir", "{d}/dataset"], "holds a curated dataset: give a training run"),
+        (["train", "{d}/dataset", "--run-dir", "{d}/index"], "holds an index: give a training run"),
+    ],
+)
+def test_a_command_never_writes_into_another_commands_folder(files, args, why):
+    """An index, a curated dataset and a training run each keep their own folder: their
+    files mixed, each reader would meet the other's (all three were written at exit 0)."""
+    for name, mark in (("index", "segments.sqlite"), ("dataset", "manifest.json"), ("run", "trainer.pt")):
+        (files / name).mkdir(exist_ok=True)
+        (files / name / mark).write_text("{}")
+    before = sorted(p.relative_to(files) for p in files.rglob("*"))
+    result = CliRunner().invoke(app, [a.format(d=files) for a in args] + ["--preset", "tiny"])
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and why in said, result.output
+    assert sorted(p.relative_to(files) for p in files.rglob("*")) == before  # nothing written
+
+
 def test_inputs_that_are_not_what_they_say_are_one_line(files):
     """A folder that is not a curated dataset, and a class file with no names or not
     text, each said in one line naming it."""

@@ -32,7 +32,11 @@ def run(
     path: Annotated[Path, typer.Argument(help="A folder of images, or the source's annotation JSON.", exists=True)],
     dataset_dir: Annotated[
         Path,
-        typer.Option("--dataset-dir", help="Dataset folder to write (re-runs resume).", callback=opts.folder_to_write),
+        typer.Option(
+            "--dataset-dir",
+            help="Dataset folder to write (re-runs resume).",
+            callback=opts.folder_for("a curated dataset"),
+        ),
         opts.Formerly("--out"),
     ],
     source: Annotated[

@@ -81,6 +81,7 @@ def index(
 
         from usesearch.indexer import IndexOptions, index_paths
 
+        opts.refuse_other_kind(db, "an index")
         folders: list[str | os.PathLike] = list(paths)
         masker_options = sam.given()
         labelled = coco is not None and masker != "coco"  # --masker coco: the file's masks are proposals

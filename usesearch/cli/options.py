@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,11 @@ from rich.console import Console
 
 from usesearch.errors import UsesearchError, first_line, is_disk_full
 
+from .paths import folder_for as folder_for
+from .paths import folder_to_write as folder_to_write
+from .paths import picture_file as picture_file
+from .paths import refuse_other_kind as refuse_other_kind
+from .paths import writable_file as writable_file
 from .spellings import Formerly as Formerly
 from .spellings import Typer as Typer
 from .spellings import deprecated as deprecated
@@ -200,39 +204,6 @@ ClassesFileOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 KOpt = Annotated[int, typer.Option("-k", min=1, max=1000, help="How many results (hits, segments, suspects).")]
 TopKOpt = Annotated[KOpt, Formerly("--top", note="`--top N` is now `-k N`")]
-
-
-def writable_file(value: Path | None) -> Path | None:
-    """A file to be written: its folder must exist and take writes, checked before any
-    work (a model run whose result cannot be written is time lost)."""
-    if value is not None:
-        folder = value.parent
-        if not folder.is_dir():
-            raise typer.BadParameter(f"folder {folder} does not exist: make it first, or write elsewhere")
-        if not os.access(folder, os.W_OK):
-            raise typer.BadParameter(f"folder {folder} cannot be written to")
-    return value
-
-
-def picture_file(value: Path | None) -> Path | None:
-    """A picture to be written (``--show``, ``--overlay``): a writable file whose name
-    Pillow can write, checked before any work."""
-    from PIL import Image
-
-    if value is not None:
-        if value.is_dir():
-            raise typer.BadParameter(f"{value} is a folder: name a picture file (.png, .jpg, .webp)")
-        if Image.registered_extensions().get(value.suffix.lower()) not in Image.SAVE:
-            raise typer.BadParameter(f"{value}: name a picture file (.png, .jpg, .webp)")
-    return writable_file(value)
-
-
-def folder_to_write(value: Path | None) -> Path | None:
-    """A folder a command writes into (made when missing): a file by that name is
-    refused as the command starts, not when its first write fails after the work."""
-    if value is not None and value.exists() and not value.is_dir():
-        raise typer.BadParameter(f"{value} is a file: name a folder (it is made when missing)")
-    return value
 
 
 def out_file(what: str) -> Any:

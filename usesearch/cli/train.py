@@ -25,7 +25,7 @@ def train(
         typer.Option(
             "--run-dir",
             help="Run folder: head checkpoints, optimizer state, log.csv.",
-            callback=opts.folder_to_write,
+            callback=opts.folder_for("a training run"),
         ),
         opts.Formerly("--out"),
     ],

@@ -1,0 +1,77 @@
+"""Paths a command writes, checked as it starts: a file that can be written, a picture
+file Pillow can write, a folder (made when missing) that holds no other command's
+files. Typer callbacks; ``options`` re-exports them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+
+from usesearch.errors import UsesearchError
+
+
+def writable_file(value: Path | None) -> Path | None:
+    """A file to be written: its folder must exist and take writes, checked before any
+    work (a model run whose result cannot be written is time lost)."""
+    if value is not None:
+        folder = value.parent
+        if not folder.is_dir():
+            raise typer.BadParameter(f"folder {folder} does not exist: make it first, or write elsewhere")
+        if not os.access(folder, os.W_OK):
+            raise typer.BadParameter(f"folder {folder} cannot be written to")
+    return value
+
+
+def picture_file(value: Path | None) -> Path | None:
+    """A picture to be written (``--show``, ``--overlay``): a writable file whose name
+    Pillow can write, checked before any work."""
+    from PIL import Image
+
+    if value is not None:
+        if value.is_dir():
+            raise typer.BadParameter(f"{value} is a folder: name a picture file (.png, .jpg, .webp)")
+        if Image.registered_extensions().get(value.suffix.lower()) not in Image.SAVE:
+            raise typer.BadParameter(f"{value}: name a picture file (.png, .jpg, .webp)")
+    return writable_file(value)
+
+
+def folder_to_write(value: Path | None) -> Path | None:
+    """A folder a command writes into (made when missing): a file by that name is
+    refused as the command starts, not when its first write fails after the work."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file: name a folder (it is made when missing)")
+    return value
+
+
+# What each command's folder holds, by the files that only it writes.
+FOLDER_MARKS = {
+    "an index": ("segments.sqlite", "vectors.faiss"),
+    "a curated dataset": ("manifest.json", "shards"),
+    "a training run": ("trainer.pt", "log.csv"),
+}
+
+
+def folder_for(kind: str) -> Callable[[Path | None], Path | None]:
+    """A ``folder_to_write`` for ``kind`` (a key of ``FOLDER_MARKS``) that also refuses a
+    folder holding another kind: their files would mix, and each reader would then
+    find the other's (an index in a dataset, a training run in an index)."""
+
+    def check(value: Path | None) -> Path | None:
+        folder_to_write(value)
+        if value is not None and value.is_dir():
+            try:
+                refuse_other_kind(value, kind)
+            except UsesearchError as exc:
+                raise typer.BadParameter(str(exc)) from None
+        return value
+
+    return check
+
+
+def refuse_other_kind(folder: str | os.PathLike, kind: str) -> None:
+    for other, marks in FOLDER_MARKS.items():
+        if other != kind and any((Path(folder) / mark).exists() for mark in marks):
+            raise UsesearchError(f"{folder} holds {other}: give {kind} a folder of its own")
