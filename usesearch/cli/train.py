@@ -105,7 +105,8 @@ def train(
         raise typer.Exit(130) from None
     bar.close()
     opts.console.print(
-        f"trained {trainer.step} steps on {len(samples)} images; head: {head} (use it with --head {run_dir / 'head'})"
+        f"trained {trainer.step} steps on {len(samples) - len(trainer.unreadable)} images; "
+        f"head: {head} (use it with --head {run_dir / 'head'})"
     )
     if trainer.steps_without_negatives:
         opts.console.print(
@@ -115,7 +116,7 @@ def train(
     if as_json:
         summary = {
             "steps": trainer.step,
-            "images": len(samples),
+            "images": len(samples) - len(trainer.unreadable),  # trained on: the skipped are in "unreadable"
             "head": str(run_dir / "head"),
             "steps_without_negatives": trainer.steps_without_negatives,
             "unreadable": trainer.unreadable,
