@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .lookups import SQL_PARAMETERS
-from .records import ANNOTATION, DONE, PROPOSAL, AnnotationProblem, ImageRecord, SegmentRecord
+from .records import ANNOTATION, DONE, PROPOSAL, AnnotationProblem, ImageRecord, LabelledFile, SegmentRecord
 
 BATCH = 100_000  # rows per streamed batch: ~10 MB of columns
 
@@ -174,6 +174,24 @@ class AnnotationLookups:
             query = query.where(AnnotationProblem.split == split)
         with self.sessions() as s:
             return list(s.scalars(query))
+
+    def split_files(self, split: str) -> set[str]:
+        """The COCO files ``split`` was indexed from (none before the table existed)."""
+        if LabelledFile.__tablename__ not in inspect(self.engine).get_table_names():
+            return set()
+        with self.sessions() as s:
+            return set(s.scalars(select(LabelledFile.coco_file).where(LabelledFile.split == split)))
+
+    def annotation_photos(self, split: str) -> dict[int, bytes]:
+        """Annotation id -> the photo (its path bytes) holding it, for one split."""
+        seg, image = SegmentRecord, ImageRecord
+        query = (
+            select(seg.annotation_id, image.fs_path)
+            .join(image, image.id == seg.image_id)
+            .where(seg.source == ANNOTATION, seg.split == split, seg.annotation_id.is_not(None))
+        )
+        with self.sessions() as s:
+            return {annotation: bytes(fs_path) for annotation, fs_path in s.execute(query) if annotation is not None}
 
 
 def _columns():

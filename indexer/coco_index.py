@@ -137,6 +137,9 @@ def located_entries(
     recorded as the entry's problem. Entries whose names lead to the same file
     (``sub/x.png`` and ``x.png`` under two folders) become one, as entries naming the
     same file do (``io.coco_dataset``): otherwise each run would undo the other's."""
+    store = writer.store
+    report.shared_with = sorted(store.split_files(split) - {str(dataset.path)})
+    elsewhere = store.annotation_photos(split) if report.shared_with else {}
     located: dict[bytes, tuple[ImageEntry, Found]] = {}
     for entry in dataset.images:
         if not entry.annotations:
@@ -147,6 +150,24 @@ def located_entries(
             record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(PHOTO_MISSING, message))])
             continue
         found = Found(display_path(path), path)
+        if elsewhere:  # a split shared by files: an id another photo holds is another file's
+            clashes = [a for a in entry.annotations if elsewhere.get(a.id, found.key) != found.key]
+            for annotation in clashes:
+                message = (
+                    f"annotation id {annotation.id} is already in split {split!r} on another photo "
+                    f"({', '.join(report.shared_with)}): ids must be unique across a split's files; "
+                    "not indexed (give this file a --split of its own)"
+                )
+                record(
+                    writer,
+                    report,
+                    split,
+                    dataset,
+                    [(entry.file_name, annotation.id, AnnotationError(DUPLICATE_ID, message))],
+                )
+            entry.annotations = [a for a in entry.annotations if a not in clashes]
+            if not entry.annotations:
+                continue
         first = located.setdefault(found.key, (entry, found))[0]
         if first is not entry:
             first.annotations += entry.annotations
@@ -197,9 +218,9 @@ def _index_photo(
         hw = rgb.shape[:2]
     fault = size_fault(entry, hw)
     if fault is not None:
-        wrong_size(writer, report, split, dataset, found, existing, fault)
+        wrong_size(writer, report, split, dataset, found, existing, fault, entry)
         return
-    plan = plan_photo(entry, hw, stored)
+    plan = plan_photo(entry, hw, stored, keep_absent=bool(report.shared_with))
     record(writer, report, split, dataset, plan.problems)
     if plan.empty:
         report.skipped += 1
@@ -244,7 +265,14 @@ def stored_state(store, key: bytes, sha256: str, split: str) -> tuple[ImageRecor
 
 
 def wrong_size(
-    writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, found: Found, existing, fault: Problem
+    writer: Writer,
+    report: CocoReport,
+    split: str,
+    dataset: CocoDataset,
+    found: Found,
+    existing,
+    fault: Problem,
+    entry: ImageEntry,
 ) -> None:
     """The entry's size is not the photo's: recorded, and its annotations of this split
     that an earlier run stored go (a fresh run of the changed file keeps none)."""
@@ -252,7 +280,9 @@ def wrong_size(
     if existing is None or existing.status != DONE or not (existing.sha256 and existing.height and existing.width):
         return
     store = writer.store
-    stale = [old.segment_id for old in store.stored_annotations(existing.id, split).values()]
+    stored = store.stored_annotations(existing.id, split)
+    ours = {a.id for a in entry.annotations} if report.shared_with else stored.keys()  # a shared split: ours alone
+    stale = [old.segment_id for annotation_id, old in stored.items() if annotation_id in ours]
     if stale:
         same_sha, same_hw = existing.sha256, (existing.height, existing.width)  # the record stays as it is
         removed, _ = writer.apply(
@@ -261,9 +291,11 @@ def wrong_size(
         report.removed += len(removed)
 
 
-def plan_photo(entry: ImageEntry, hw: tuple[int, int], stored: dict) -> Plan:
+def plan_photo(entry: ImageEntry, hw: tuple[int, int], stored: dict, keep_absent: bool = False) -> Plan:
     """What bringing the photo's ``stored`` annotations (by annotation id; {} for a
-    photo new or changed) up to the entry's takes, its masks checked at size ``hw``."""
+    photo new or changed) up to the entry's takes, its masks checked at size ``hw``.
+    ``keep_absent``: the split is shared with other files, so a stored annotation this
+    entry lacks may be theirs, and stays."""
     plan, stored = Plan(), dict(stored)
     for annotation, mask in masks_of(entry, *hw):
         old = stored.pop(annotation.id, None)
@@ -278,7 +310,8 @@ def plan_photo(entry: ImageEntry, hw: tuple[int, int], stored: dict) -> Plan:
         else:
             plan.drop += [old.segment_id] if old is not None else []
             plan.new.append((annotation, mask))
-    plan.drop += [old.segment_id for old in stored.values()]  # no longer annotated on this photo
+    if not keep_absent:
+        plan.drop += [old.segment_id for old in stored.values()]  # no longer annotated on this photo
     return plan
 
 

@@ -200,14 +200,15 @@ def _steps(
         existing, stored, hw = stored_state(writer.store, found.key, sha, split)
         annotations: list = [[a.id, a.category, a.iscrowd, a.mask_source()] for a in entry.annotations]
         if hw is None and stored:  # the same content stored without its size: embedded again in place
-            plans[number] = Plan(drop=[old.segment_id for old in stored.values()])
+            ours = {a.id for a in entry.annotations} if report.shared_with else stored.keys()
+            plans[number] = Plan(drop=[old.segment_id for a, old in stored.items() if a in ours])
         if hw is not None:  # the same content, sized: planned here, like index_coco
             fault = size_fault(entry, hw)
             if fault is not None:
-                wrong_size(writer, report, split, dataset, found, existing, fault)
+                wrong_size(writer, report, split, dataset, found, existing, fault, entry)
                 yield entry.file_name
                 continue
-            plan = plan_photo(entry, hw, stored)
+            plan = plan_photo(entry, hw, stored, keep_absent=bool(report.shared_with))
             record(writer, report, split, dataset, plan.problems)
             if plan.empty:
                 report.skipped += 1
@@ -269,7 +270,7 @@ def _commit(
     ]
     if not found_there["sized"]:  # the entry's size is not the photo's
         existing = writer.store.image_by_path(found.key)
-        wrong_size(writer, report, split, dataset, found, existing, problems[0])
+        wrong_size(writer, report, split, dataset, found, existing, problems[0], entry)
     else:
         record(writer, report, split, dataset, problems)
         plan = plan or Plan()  # a photo new or changed: nothing stored to drop or relabel

@@ -491,17 +491,29 @@ def test_a_rerun_follows_an_edited_file_relabelled_reshaped_and_removed_annotati
 
 
 def test_two_files_indexed_as_one_split_keep_each_others_annotations(tmp_path):
+    """Also on a photo both files annotate (its stored annotations this file lacks are
+    the other's), and both ways round; an id the split already holds from the other
+    file is refused as a problem (the audit and failures name annotations by split and
+    id), never put in place of the other file's."""
     photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
-    first = write_coco(tmp_path / "part1.json", photos, ["chelsea.png"], 1)
-    second = write_coco(tmp_path / "part2.json", photos, ["sub/rocket.png"], 1)  # the same ids, other photos
+    first = write_coco(tmp_path / "part1.json", photos, ["chelsea.png", "sub/rocket.png"], 1)  # ids 1-4
+    second = write_coco(tmp_path / "part2.json", photos, ["sub/rocket.png"], 10)  # ids 10, 11, a shared photo
     db = tmp_path / "db"
     index_coco([photos], first, db, IndexOptions(preset="tiny"), split="train")
     report = index_coco([photos], second, db, IndexOptions(preset="tiny"), split="train")
     assert report.segments == 2 and report.removed == 0 and report.shared_with == [str(first.resolve())]
     again = index_coco([photos], first, db, IndexOptions(preset="tiny"), split="train")
-    assert (again.segments, again.removed, again.skipped) == (0, 0, 1)
+    assert (again.segments, again.removed, again.skipped) == (0, 0, 2)
     ix = SegmentIndex.open(db)
-    assert ix.store.label_summary()["annotations_by_class"] == {"train": {"cat": 2, "rocket": 2}}
+    assert ix.store.label_summary()["annotations_by_class"] == {"train": {"cat": 2, "rocket": 4}}
+    ids = lambda: sorted(ix.store.annotation_photos("train"))  # noqa: E731
+    assert ids() == [1, 2, 3, 4, 10, 11]
+    clashing = write_coco(tmp_path / "part3.json", photos, ["chelsea.png", "sub/rocket.png"], 3)  # ids 3-6
+    third = index_coco([photos], clashing, db, IndexOptions(preset="tiny"), split="train")
+    assert sum("annotation id 3 is already in split 'train' on another photo" in p for p in third.problems) == 1
+    assert sum("already in split" in p for p in third.problems) == 2 and third.removed == 0
+    assert ids() == [1, 2, 3, 4, 5, 6, 10, 11]  # 5 and 6 are new; 3 and 4 stay part1's
+    ix.close()
 
 
 def test_kill_dash_nine_mid_run_then_resume_equals_one_clean_run(tmp_path):

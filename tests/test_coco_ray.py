@@ -86,7 +86,9 @@ def test_a_labelled_dataset_on_ray_equals_a_sequential_run(ray_local, world, tmp
 
 def test_a_rerun_on_ray_follows_a_changed_file_as_a_sequential_rerun(ray_local, world, tmp_path):
     photos, coco_file = world
-    index_coco([photos], coco_file, tmp_path / "seq", TINY, split="train")
+    changed = tmp_path / "train.json"  # the file changes in place (another file would share the split)
+    shutil.copy(coco_file, changed)
+    index_coco([photos], changed, tmp_path / "seq", TINY, split="train")
     shutil.copytree(tmp_path / "seq", tmp_path / "ray")
     coco = json.loads(coco_file.read_text())
     by_id = {a["id"]: a for a in coco["annotations"]}
@@ -96,7 +98,6 @@ def test_a_rerun_on_ray_follows_a_changed_file_as_a_sequential_rerun(ray_local, 
     redrawn[2:20, 5:30] = True
     by_id[3]["segmentation"] = rle.encode(redrawn)  # a new mask: embedded again
     coco["annotations"] = [a for a in coco["annotations"] if a["id"] != 5]  # gone from the file
-    changed = tmp_path / "train.json"
     changed.write_text(json.dumps(coco))
     sequential = index_coco([photos], changed, tmp_path / "seq", TINY, split="train")
     args = ["index", str(photos), "--db", str(tmp_path / "ray"), "--coco", str(changed), "--split", "train"]
