@@ -55,6 +55,14 @@ def test_a_region_of_a_photo_outside_the_index_finds_its_indexed_twin_first(inde
     assert (tmp_path / "hits-region.png").is_file() and (tmp_path / "hits.png").is_file()
     api = ix.similar_region(np.asarray(Image.open(outside).convert("RGB")), mask=mask, k=3)
     assert [h.segment_id for h in api] == [h["segment_id"] for h in hits]
+    # The same region drawn on a transparent layer (black, opaque inside): the opaque pixels
+    # are the region (composited on white, the whole photo but it was searched).
+    layer = np.zeros((*mask.shape, 4), np.uint8)
+    layer[mask, 3] = 255
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    args = ["similar", "--db", str(root / "db"), "--image", str(outside), "--mask", str(tmp_path / "layer.png")]
+    drawn = CliRunner().invoke(app, [*args, "--json", "-k", "3"])
+    assert f"region: bbox {list(twin.bbox)}, {twin.area} pixels (the mask given)" in drawn.stderr, drawn.output
 
 
 def test_a_point_or_a_box_prompts_sam_for_its_most_stable_mask(indexed):

@@ -176,14 +176,13 @@ def similar(
         _output(hits, output, f"like segment {segment_id}", f"like segment {segment_id}", index, filters)
         return
     assert image is not None  # one of the two, checked above
-    import numpy as np
 
     from usesearch.io.files import decode, read_bytes
 
     rgb = decode(read_bytes(str(image))[0], str(image))  # the indexer's safeguards: regular files, size, bombs
     mask_array = None
     if mask is not None:
-        mask_array = np.asarray(decode(read_bytes(str(mask))[0], str(mask)).any(axis=2))
+        mask_array = region_lib.read_mask(read_bytes(str(mask))[0], str(mask))
     picked = index.region(
         rgb,
         point=region_lib.parse_point(point) if point else None,

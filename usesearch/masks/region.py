@@ -57,6 +57,31 @@ def _numbers(text: str, count: int, spelling: str) -> list[float]:
     return values
 
 
+def read_mask(data: bytes, name: str) -> np.ndarray:
+    """A mask picture's bytes -> bool [H, W] (EXIF orientation applied, as to photos).
+    Where its alpha varies, the opaque pixels are inside (a region drawn on a
+    transparent layer, whatever its colour); else any non-zero colour is."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from usesearch.io.files import pixel_count
+
+    pixel_count(data, name)  # what is not a picture, or a decompression bomb: one line, nothing decoded
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.seek(0)
+            picture = ImageOps.exif_transpose(opened)
+            if "A" in picture.getbands() or "transparency" in picture.info:
+                alpha = picture.convert("RGBA").getchannel("A")
+                low, high = alpha.getextrema()
+                if low != high:
+                    return np.asarray(np.asarray(alpha) > 0)
+            return np.asarray(np.asarray(picture.convert("RGB")).any(axis=2))
+    except (OSError, ValueError) as exc:
+        raise UsesearchError(f"cannot read mask {name}: {exc}") from exc
+
+
 def from_mask(mask: np.ndarray, hw: tuple[int, int]) -> Region:
     mask = np.asarray(mask)
     if mask.ndim == 3:  # a PNG read with colour channels: any non-zero channel is inside
