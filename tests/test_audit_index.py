@@ -37,6 +37,18 @@ def test_swapped_margin_is_positive_only_where_another_class_wins():
     assert preferred.tolist() == [1, 1] and p_preferred[1] > p_label[1]
 
 
+def test_a_dataset_of_one_class_has_nothing_swapped():
+    """With one class no other can be preferred: no margin to rank (each annotation was
+    listed as swapped with its own class), and the task's margin says nothing is preferred."""
+    from usesearch.tasks.audit import label_margins
+
+    e = np.eye(3, 4, dtype=np.float32)
+    margin, preferred, p_label, _ = scores.swapped(e, np.zeros(3, np.int64), np.eye(1, 4, dtype=np.float32))
+    assert np.isnan(margin).all() and (preferred == 0).all() and np.allclose(p_label, 1)
+    margins, others = label_margins(np.ones((2, 1), np.float32), np.zeros(2, np.int64))
+    assert margins.tolist() == [-1.0, -1.0] and others.tolist() == [0, 0]
+
+
 def test_swapped_hears_the_datasets_own_classes_where_the_text_says_nothing():
     rng = np.random.default_rng(0)
     centres = unit(rng.normal(size=(2, 8)))

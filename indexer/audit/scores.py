@@ -65,6 +65,7 @@ def swapped(
     if sums is not None and counts is not None:
         probs = (probs + prototype_probabilities(embeddings, labels, sums, counts)) / 2
     margin, preferred = label_margins(probs, labels)
+    margin = np.where(preferred == labels, np.nan, margin)  # a dataset of one class: nothing can be swapped
     rows = np.arange(len(labels))
     return margin, preferred, probs[rows, labels], probs[rows, preferred]
 

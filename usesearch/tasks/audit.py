@@ -108,6 +108,8 @@ def label_margins(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     if not len(labels):
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     rows = np.arange(len(labels))
+    if probs.shape[1] < 2:  # no other class to prefer: the label itself, and the margin as if one had none
+        return (-probs[rows, labels]).astype(np.float32), labels
     others = np.array(probs, np.float32, copy=True)
     others[rows, labels] = -np.inf
     best_other = others.argmax(1)
