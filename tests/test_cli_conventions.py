@@ -315,3 +315,30 @@ def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(tmp_path):
     child.stdout.close()
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 1 and stderr == b"", stderr
+
+
+def test_segment_refuses_a_fifo_and_masker_coco_before_models_load_and_reads_a_bom(files, monkeypatch):
+    """A FIFO named as the photo hung `segment` for ever (plain Image.open); --masker coco
+    asked for a --coco that segment has not; a BOM became part of the first class name."""
+    import json
+    import os
+
+    from usesearch.cli.eval import Segmenter
+
+    monkeypatch.setattr(Segmenter, "build", lambda self, sam: pytest.fail("models loaded"))
+    os.mkfifo(files / "fifo.png")
+    base = ["segment", "--classes", "cat,dog", "--out", str(files / "o.png"), "--preset", "tiny"]
+    fifo = CliRunner().invoke(app, [*base, str(files / "fifo.png")])
+    assert fifo.exit_code == 2 and "not a regular file" in fifo.output, fifo.output
+    coco = CliRunner().invoke(app, [*base, str(files / "p.jpg"), "--masker", "coco"])
+    assert coco.exit_code == 2 and "here use sam, sam2 or felzenszwalb" in coco.output, coco.output
+    monkeypatch.undo()
+    (files / "bom.txt").write_bytes("\ufeffperson\nsky\n".encode())
+    from usesearch.cli.eval import _classes
+
+    assert _classes(None, files / "bom.txt") == ["person", "sky"]
+    args = ["segment", str(files / "p.jpg"), "--classes-file", str(files / "bom.txt"), "--out", str(files / "o.png")]
+    done = CliRunner().invoke(app, [*args, "--preset", "tiny", "--json"])
+    assert done.exit_code == 0, done.output
+    assert {c["class"] for c in json.loads(done.stdout)["classes"]} <= {"person", "sky"}
+    assert json.loads(done.stdout)["classes"]  # some class was found, and none is "\ufeffperson"

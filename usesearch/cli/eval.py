@@ -30,7 +30,7 @@ def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
         raise UsesearchError("give --classes or --classes-file, not both: a class's id is its place in one list")
     if classes_file:
         try:
-            lines = classes_file.read_text().strip("\n").splitlines()
+            lines = classes_file.read_text(encoding="utf-8-sig").strip("\n").splitlines()  # a BOM is no name
         except (OSError, UnicodeDecodeError) as exc:
             raise UsesearchError(f"--classes-file {classes_file}: cannot read it as text ({exc})") from None
         names = [line.strip() for line in lines]
@@ -67,11 +67,21 @@ class Segmenter:
     masker: opts.MaskerOpt = None
     device: opts.DeviceOpt = None
 
+    def check(self) -> None:
+        """What cannot work, said before any model loads."""
+        if self.masker == "coco":  # its masks come from a COCO file, which only `index` takes
+            raise UsesearchError(
+                "--masker coco reads a COCO file's masks, given to `index --coco FILE.json --masker coco`; "
+                "here use sam, sam2 or felzenszwalb"
+            )
+
     def build(self, sam: SamSettings):
         """The models (one per --head: their class probabilities are averaged, the
         paper's ensemble of curated-data and COCO heads) and the masker."""
         from usesearch.masks.maskers import build_masker
         from usesearch.models.factory import choose_preset, load_model, resolve_embedder
+
+        self.check()
 
         models = []
         heads: list[str | None] = [str(h) for h in self.head or []] or [None]
@@ -86,12 +96,19 @@ class Segmenter:
 with_segmenter = opts.shared_options("segmenter", Segmenter)
 
 
+def _read_photo(path: Path | str, name: str | None = None):
+    """One image file -> RGB, with the indexer's safeguards (a regular file, its size,
+    no decompression bomb): a FIFO named as the image hung ``segment`` for ever."""
+    from usesearch.io.files import decode, read_bytes
+
+    return decode(read_bytes(str(path), name=name)[0], name or str(path))
+
+
 def _read_and_mask(path: Path | str, masker, name: str | None = None):
     """One image file -> (RGB, its masks [N, H, W])."""
-    from usesearch.io.images import read_image
     from usesearch.masks.maskers import stack_masks
 
-    rgb = read_image(path)
+    rgb = _read_photo(path, name)
     return rgb, stack_masks(masker(rgb, name or str(path)), rgb.shape[:2])
 
 
@@ -161,13 +178,21 @@ def segment(
 
     if out.suffix.lower() != ".png":  # JPEG would invent class ids between the real ones
         raise UsesearchError(f"--out {out}: write a .png (a label map must keep its exact values)")
+    from usesearch.masks.maskers import stack_masks
+
     names = _classes(classes, classes_file)
+    segmenter.check()
+    rgb = _read_photo(image)  # a FIFO, a bomb, a broken file: refused before the models load
     models, mask_proposer = segmenter.build(sam)
-    rgb, masks = _read_and_mask(image, mask_proposer)
+    masks = stack_masks(mask_proposer(rgb, str(image)), rgb.shape[:2])
     labels = segment_image(models, rgb, masks, names)
     save_label_map(labels, out)
     if overlay:
-        label_overlay(rgb, labels, names).convert("RGB").save(overlay)
+        try:
+            label_overlay(rgb, labels, names).convert("RGB").save(overlay)
+        except BaseException:
+            out.unlink(missing_ok=True)  # no label map from a run that failed
+            raise
     ids, pixels = np.unique(labels, return_counts=True)
     present = [names[i] for i in ids if i < len(names)]
     if as_json:  # per class found: its id in the label map and the share of the photo it covers
