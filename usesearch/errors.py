@@ -139,10 +139,6 @@ class ServerBusyError(UsesearchError):
     """The pixel budget stayed full for the whole wait."""
 
 
-class UploadTooLargeError(UsesearchError):
-    """An upload over MAX_UPLOAD_BYTES."""
-
-
 # Curation.
 class CurationConfigError(UsesearchError):
     """A problem with the run's set-up (a missing model), not with one image."""

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 
-from usesearch.errors import ImageGoneError, NotFoundError, ServerBusyError, UploadTooLargeError, UsesearchError
+from usesearch.errors import ImageGoneError, NotFoundError, ServerBusyError, UsesearchError
 from usesearch.io.files import DEFAULT_MAX_PIXELS, decode, pixel_count
 from usesearch.masks import region as region_lib
 
@@ -119,10 +119,6 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     @app.exception_handler(ValueError)
     async def bad_value(_: Request, exc: ValueError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    @app.exception_handler(UploadTooLargeError)
-    async def too_large(_: Request, exc: UploadTooLargeError):
-        return JSONResponse({"detail": str(exc)}, status_code=413)
 
     @app.exception_handler(UsesearchError)  # a bad upload or region: the one-line reason
     async def user_error(_: Request, exc: UsesearchError):

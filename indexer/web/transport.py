@@ -11,15 +11,13 @@ from collections.abc import Callable
 
 from starlette.requests import ClientDisconnect
 
-from usesearch.errors import UploadTooLargeError
-
 MAX_BODY_BYTES = 64 * 2**10  # a JSON request (an audit verdict is ~100 bytes)
 
 
 class Transport:
     """``limit_for(path)``: the most body bytes a request to ``path`` may send. A body
-    declared larger gets a 413 before anything is read; one streamed past it stops
-    the route with ``UploadTooLargeError`` (its handler answers 413)."""
+    declared larger gets a 413 before anything is read; one streamed past it ends
+    the app's reading there, and its answer is a 413 too."""
 
     def __init__(self, app, limit_for: Callable[[str], int]):
         self.app = app
@@ -34,30 +32,45 @@ class Transport:
         if declared.isdigit() and int(declared) > limit:
             await _json(send, 413, f"the request body is {int(declared)} bytes; the limit here is {limit}")
             return
-        received = 0
+        received, over, answered = 0, False, False
+        head = scope["method"] == "HEAD"
+        if head:  # GET's answer, headers alone (Starlette's own routes do the same)
+            scope = {**scope, "method": "GET"}
 
         async def limited() -> dict:
-            nonlocal received
+            # Past the limit the app is told the client left: an exception raised here
+            # would reach the routes wrapped by the middlewares' task groups (a 500).
+            nonlocal received, over
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise UploadTooLargeError(f"the request body is over the limit here of {limit} bytes")
+                    over = True
+                    return {"type": "http.disconnect"}
             return message
 
-        if scope["method"] == "HEAD":  # GET's answer, headers alone (Starlette's own routes do the same)
-            scope = {**scope, "method": "GET"}
-            inner_send = send
-
-            async def send(message: dict) -> None:
-                if message["type"] == "http.response.body":
-                    message = {**message, "body": b""}
-                await inner_send(message)
+        async def answer(message: dict) -> None:
+            nonlocal answered
+            if over:  # whatever the app makes of the cut body (FastAPI: a 400), the answer is a 413
+                if not answered:
+                    answered = True
+                    await _json(send, 413, f"the request body is over the limit here of {limit} bytes")
+                return
+            answered = answered or message["type"] == "http.response.start"
+            if head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
 
         try:
-            await self.app(scope, limited, send)
-        except ClientDisconnect:  # the client went away mid-upload: nobody is left to answer
-            return
+            await self.app(scope, limited, answer)
+        except Exception as exc:
+            gone = isinstance(exc, ClientDisconnect) or (
+                isinstance(exc, BaseExceptionGroup) and exc.split(ClientDisconnect)[1] is None
+            )
+            if not (over or gone):
+                raise
+        if over and not answered:
+            await _json(send, 413, f"the request body is over the limit here of {limit} bytes")
 
 
 async def _json(send, status: int, detail: str) -> None:
