@@ -84,14 +84,15 @@ def read_records(dataset_dir: str | os.PathLike, *, finished: bool = True) -> It
     if finished:
         require_dataset(dataset_dir)
     for shard in sorted((Path(dataset_dir) / "shards").glob("*.jsonl")):
-        with open(shard, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, 1):
+        with open(shard, "rb") as f:
+            for number, raw in enumerate(f, 1):
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    if not line.endswith("\n"):  # a torn final line from an interrupted run (runs never append to it)
+                    record = json.loads(raw.decode("utf-8"))  # strict: a flipped byte must not pass as U+FFFD
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    if not raw.endswith(b"\n"):  # a torn final line from an interrupted run (runs never append to it)
                         continue
-                    raise UsesearchError(_damaged(shard, number, "not JSON")) from None
+                    why = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+                    raise UsesearchError(_damaged(shard, number, why)) from None
                 why = _record_fault(record)
                 if why:
                     raise UsesearchError(_damaged(shard, number, why))

@@ -295,3 +295,17 @@ def test_a_new_run_does_not_inherit_the_skips_of_a_run_killed_before_its_first_c
     resumed = Trainer(samples, tmp_path, CFG)
     resumed.resume()
     assert resumed.unreadable == {} and not (tmp_path / "unreadable.txt").exists()
+
+
+def test_ctrl_c_during_the_last_step_is_a_finished_run(samples, tmp_path):
+    """The run ends at its last step anyway: no interruption to report, the head whole."""
+    import os
+    import signal
+
+    def ctrl_c_at_the_end(step, total, loss):
+        if step == total:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer = Trainer(samples, tmp_path, CFG)
+    head = trainer.run(ctrl_c_at_the_end)  # raises nothing
+    assert trainer.step == CFG.max_steps and head.is_file()

@@ -240,7 +240,7 @@ class Trainer:
                         self.save()
                     elif stop is not None and stop.is_set():
                         self.save()
-                    if stop is not None and stop.is_set():
+                    if stop is not None and stop.is_set() and self.step < end:  # the last step ends the run
                         raise KeyboardInterrupt(f"interrupted after step {self.step}")
             finally:  # the batch being prepared ends before the run (and its lock) does
                 ahead.shutdown(wait=True, cancel_futures=True)
