@@ -91,11 +91,11 @@ def read_records(dataset_dir: str | os.PathLike, *, finished: bool = True) -> It
                 except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                     if not raw.endswith(b"\n"):  # a torn final line from an interrupted run (runs never append to it)
                         continue
-                    why = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not JSON"
-                    raise UsesearchError(_damaged(shard, number, why)) from None
-                why = _record_fault(record)
-                if why:
-                    raise UsesearchError(_damaged(shard, number, why))
+                    unreadable = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+                    raise UsesearchError(_damaged(shard, number, unreadable)) from None
+                fault = _record_fault(record)
+                if fault:
+                    raise UsesearchError(_damaged(shard, number, fault))
                 yield record
 
 
