@@ -89,11 +89,13 @@ def test_no_arrow_runs_back_up(low):
 
 
 def test_cli_command_modules_import_only_the_shared_options():
-    # options.py offers what spellings.py holds (the old spellings' machinery), sam_options.py SAM's
-    # flags built with both; nothing else in cli/ is shared.
+    # options.py offers what spellings.py holds (the old spellings' machinery) and paths.py (the
+    # checks of paths a command writes), sam_options.py SAM's flags built with both; nothing else
+    # in cli/ is shared.
     shared = {
-        "usesearch.cli.options": {"usesearch.cli.spellings"},
+        "usesearch.cli.options": {"usesearch.cli.spellings", "usesearch.cli.paths"},
         "usesearch.cli.spellings": set(),
+        "usesearch.cli.paths": set(),
         "usesearch.cli.sam_options": {"usesearch.cli.options", "usesearch.cli.spellings"},
     }
     commands_import = {"usesearch.cli.options", "usesearch.cli.sam_options"}
