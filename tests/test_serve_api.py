@@ -632,3 +632,47 @@ def test_a_client_gone_mid_upload_ends_its_request_quietly(served):
     asyncio.run(app(scope, receive, send))  # raises nothing
     assert not any(m.get("status") == 500 for m in sent)
     assert client.get("/api/info").status_code == 200
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408(served, monkeypatch):
+    """A client trickling its body (a byte every few seconds) is answered 408 at the
+    body's deadline instead of holding a worker for hours; a request without a body
+    has no deadline (a slow search is never cut)."""
+    import asyncio
+
+    import usesearch.indexer.web.transport as transport
+
+    monkeypatch.setattr(transport, "BODY_SECONDS", 0.5)
+    monkeypatch.setattr(transport, "BODY_RATE", 10**12)
+    _, _, client = served
+    sent: list = []
+
+    async def trickle():
+        if not sent:
+            sent.append("first")
+            return {"type": "http.request", "body": b'{"item": ', "more_body": True}
+        await asyncio.sleep(30)  # the rest never comes in time
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/audit/swapped/review",
+        "raw_path": b"/api/audit/swapped/review",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), (b"content-length", b"100")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(asyncio.wait_for(client.app(scope, trickle, send), 10))
+    [start] = [m for m in sent if isinstance(m, dict) and m["type"] == "http.response.start"]
+    body = b"".join(m.get("body", b"") for m in sent if isinstance(m, dict) and m["type"] == "http.response.body")
+    assert start["status"] == 408 and b"did not arrive within" in body, (start, body)
+    assert client.get("/api/info").status_code == 200  # no body: no deadline, whatever it is

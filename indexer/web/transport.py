@@ -1,17 +1,22 @@
-"""What every request gets below the routes: a body size limit per route, HEAD
-answered wherever GET is, and a client gone mid-upload let go without a traceback.
+"""What every request gets below the routes: a body size limit per route and a time
+for the body to arrive, HEAD answered wherever GET is, and a client gone mid-upload
+let go without a traceback.
 
 A plain ASGI middleware (not Starlette's ``BaseHTTPMiddleware``): it must see the
 body as it streams in, and the response's messages as they go out."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
 from starlette.requests import ClientDisconnect
 
 MAX_BODY_BYTES = 64 * 2**10  # a JSON request (an audit verdict is ~100 bytes)
+# A body must arrive within max(BODY_SECONDS, its limit at BODY_RATE): a client sending
+# a byte every few seconds would hold a worker for hours (uvicorn times headers only).
+BODY_SECONDS, BODY_RATE = 30.0, 64 * 2**10
 
 
 class Transport:
@@ -28,11 +33,14 @@ class Transport:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope["path"])
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        declared = dict(scope["headers"]).get(b"content-length", b"").strip()
         if declared.isdigit() and int(declared) > limit:
             await _json(send, 413, f"the request body is {int(declared)} bytes; the limit here is {limit}")
             return
-        received, over, answered = 0, False, False
+        headers = dict(scope["headers"])
+        expects_body = declared not in (b"", b"0") or b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        received, over, slow, answered, body_done = 0, False, False, False, not expects_body
+        deadline = asyncio.get_running_loop().time() + max(BODY_SECONDS, limit / BODY_RATE)
         head = scope["method"] == "HEAD"
         if head:  # GET's answer, headers alone (Starlette's own routes do the same)
             scope = {**scope, "method": "GET"}
@@ -40,21 +48,33 @@ class Transport:
         async def limited() -> dict:
             # Past the limit the app is told the client left: an exception raised here
             # would reach the routes wrapped by the middlewares' task groups (a 500).
-            nonlocal received, over
-            message = await receive()
+            nonlocal received, over, slow, body_done
+            if body_done:  # no body, or after it: a receive waits for the client to leave, no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except TimeoutError:
+                slow = True
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
                     over = True
                     return {"type": "http.disconnect"}
             return message
 
+        def refusal() -> tuple[int, str]:
+            if over:
+                return 413, f"the request body is over the limit here of {limit} bytes"
+            return 408, f"the request body did not arrive within {max(BODY_SECONDS, limit / BODY_RATE):.0f} s"
+
         async def answer(message: dict) -> None:
             nonlocal answered
-            if over:  # whatever the app makes of the cut body (FastAPI: a 400), the answer is a 413
+            if over or slow:  # whatever the app makes of the cut body (FastAPI: a 400), this is the answer
                 if not answered:
                     answered = True
-                    await _json(send, 413, f"the request body is over the limit here of {limit} bytes")
+                    await _json(send, *refusal())
                 return
             answered = answered or message["type"] == "http.response.start"
             if head and message["type"] == "http.response.body":
@@ -67,10 +87,10 @@ class Transport:
             gone = isinstance(exc, ClientDisconnect) or (
                 isinstance(exc, BaseExceptionGroup) and exc.split(ClientDisconnect)[1] is None
             )
-            if not (over or gone):
+            if not (over or slow or gone):
                 raise
-        if over and not answered:
-            await _json(send, 413, f"the request body is over the limit here of {limit} bytes")
+        if (over or slow) and not answered:
+            await _json(send, *refusal())
 
 
 async def _json(send, status: int, detail: str) -> None:
