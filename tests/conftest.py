@@ -50,6 +50,20 @@ def photo_masks(photo) -> np.ndarray:
     return masks
 
 
+@pytest.fixture()
+def photos(tmp_path):
+    """Two small photos, a cat (113 x 75) and a cup (150 x 100), for curation's tests
+    (a module's own ``photos`` fixture overrides this one)."""
+    from PIL import Image
+    from skimage import data
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(data.chelsea()[::4, ::4]).save(images / "cat.png")
+    Image.fromarray(data.coffee()[::4, ::4]).save(images / "cup.png")
+    return images
+
+
 @pytest.fixture(scope="session")
 def trained_tiny_head(tmp_path_factory):
     """A tiny head trained 300 steps on the synthetic world (~30 s), shared by the tests

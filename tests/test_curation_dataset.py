@@ -13,18 +13,6 @@ from usesearch.curation.pipeline import curate
 from usesearch.curation.records import ImageItem
 
 
-@pytest.fixture()
-def photos(tmp_path):
-    from PIL import Image
-    from skimage import data
-
-    images = tmp_path / "images"
-    images.mkdir()
-    Image.fromarray(data.chelsea()[::4, ::4]).save(images / "cat.png")  # 113 x 75
-    Image.fromarray(data.coffee()[::4, ::4]).save(images / "cup.png")  # 150 x 100
-    return images
-
-
 def test_a_damaged_dataset_is_named_by_file_and_line_and_a_torn_last_line_is_not(tmp_path, photos):
     """A damaged line inside a shard, or a record lacking what readers need, stops the
     reader with its file and line (it was skipped, or a KeyError); a torn last line

@@ -22,15 +22,6 @@ from usesearch.errors import CocoFileError, CurationConfigError
 from usesearch.masks import rle
 
 
-@pytest.fixture()
-def photos(tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    Image.fromarray(data.chelsea()[::4, ::4]).save(images / "cat.png")  # 113 x 75
-    Image.fromarray(data.coffee()[::4, ::4]).save(images / "cup.png")  # 150 x 100
-    return images
-
-
 def _failures(folder):
     return [json.loads(line) for line in (folder / "failures.jsonl").read_text().splitlines()]
 
