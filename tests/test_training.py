@@ -199,3 +199,47 @@ def test_cli_train_interrupted_says_how_to_continue(synthetic, tmp_path, monkeyp
     assert result.exit_code == 130, result.output
     assert "interrupted after step 2 of 5; checkpoint written" in result.stderr
     assert json.loads(result.stdout) == {"steps": 2, "interrupted": True, "resumable": True}
+
+
+def test_the_trainer_builds_the_papers_optimizer_and_schedule(synthetic, tmp_path):
+    """Paper §4.2 on the Trainer itself (the config test checks only the numbers):
+    AdamW at 1e-3 with weight decay 0.01 over the head's parameters alone, and the
+    polynomial decay of power 0.9 over the run's steps."""
+    from usesearch.training.data import load_samples
+
+    samples = load_samples([synthetic[1]])
+    trainer = Trainer(samples, tmp_path, TrainConfig(preset="tiny", batch_images=4, crop=96))
+    [group] = trainer.optimizer.param_groups
+    assert type(trainer.optimizer) is torch.optim.AdamW and (group["lr"], group["weight_decay"]) == (1e-3, 0.01)
+    assert {id(p) for p in group["params"]} == {id(p) for p in trainer.use.trainable_parameters()}
+    assert isinstance(trainer.scheduler, torch.optim.lr_scheduler.PolynomialLR)
+    assert (trainer.scheduler.power, trainer.scheduler.total_iters) == (0.9, trainer.total_steps)
+    assert trainer.total_steps == 5 * -(-len(samples) // 4)  # 5 epochs by default
+
+
+def test_the_random_resize_spans_half_to_twice_the_photo():
+    """§4.2's factor from 0.5 to 2: with a crop larger than any resized photo, the
+    crop is the resized photo, so its size shows the factor drawn."""
+    rgb = np.zeros((100, 100, 3), np.uint8)
+    masks = np.ones((1, 100, 100), bool)
+    sides = [augment(rgb, masks, np.random.default_rng(seed), crop=1000)[0].shape[0] for seed in range(200)]
+    assert 50 <= min(sides) < 60 and 190 < max(sides) <= 200
+
+
+def test_each_step_draws_one_of_a_segments_texts_anew(synthetic, tmp_path):
+    """§4.2: one text per segment, drawn at random each step from all its texts."""
+    from dataclasses import replace
+
+    from usesearch.training.data import load_samples
+
+    sample = load_samples([synthetic[1]])[0]
+    several = replace(sample, texts=[["one", "two", "three"] for _ in sample.texts])
+    trainer = Trainer([several], tmp_path, TrainConfig(preset="tiny", batch_images=1, crop=96))
+    drawn = []
+    for step in range(40):
+        prepared = trainer.prepare(step, 0, 0)
+        if prepared is not None:  # None: every segment cropped away this step
+            _, _, weights, texts = prepared
+            assert len(texts) == len(weights) and set(texts) <= {"one", "two", "three"}
+            drawn.append(texts[0])
+    assert len(drawn) > 10 and set(drawn) == {"one", "two", "three"}
