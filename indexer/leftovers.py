@@ -67,17 +67,18 @@ def _live_extent(store: Store) -> dict[int, tuple[int, int]]:
 
 def dead_bytes(store: Store) -> int:
     """Bytes of the embedding files that no committed segment refers to (a chunk file
-    gone or cut short, see ``short_chunks``, adds none: it is damage, not waste)."""
-    files, extent = store.files(), _live_extent(store)
-    return sum(max(0, size - extent.get(c, (0, 0))[0] * files.row_bytes) for c, size in _chunk_sizes(files).items())
+    gone or cut short, see ``embedding_leftovers``, adds none: it is damage, not waste)."""
+    return embedding_leftovers(store)[0]
 
 
-def short_chunks(store: Store) -> dict[str, int]:
-    """Chunk files that committed segments refer to but that are gone or cut short of
-    them: file name -> segments whose embedding is lost (``index --repair``)."""
-    files, out = store.files(), {}
+def embedding_leftovers(store: Store) -> tuple[int, dict[str, int]]:
+    """(bytes no committed segment refers to, the chunk files committed segments refer
+    to that are gone or cut short of them: file name -> segments whose embedding is
+    lost, for ``index --repair``), from one scan of the catalog."""
+    files, extent, lost = store.files(), _live_extent(store), {}
     sizes = _chunk_sizes(files)
-    for chunk, (count, top) in sorted(_live_extent(store).items()):
+    dead = sum(max(0, size - extent.get(c, (0, 0))[0] * files.row_bytes) for c, size in sizes.items())
+    for chunk, (count, top) in sorted(extent.items()):
         rows = sizes.get(chunk, 0) // files.row_bytes
         if rows > top:
             continue
@@ -85,8 +86,8 @@ def short_chunks(store: Store) -> dict[str, int]:
             with store.sessions() as s:
                 past = (SegmentRecord.vec_chunk == chunk) & (SegmentRecord.vec_row >= rows)
                 count = s.execute(select(func.count()).where(past)).scalar_one()
-        out[files.path(chunk).name] = count
-    return out
+        lost[files.path(chunk).name] = count
+    return dead, lost
 
 
 def _chunk_sizes(files) -> dict[int, int]:

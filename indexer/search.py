@@ -23,7 +23,7 @@ from .embeddings import top_rows
 from .filters import SearchFilters, check_k
 from .folder import DB_FILE, FAISS_FILE, open_store
 from .hits import Hit, to_hits
-from .leftovers import dead_bytes, gone_images, short_chunks
+from .leftovers import embedding_leftovers, gone_images
 from .locations import LocationMap
 from .records import IndexInfo, info_summary
 from .rwlock import ReadWriteLock
@@ -335,15 +335,14 @@ class SegmentIndex:
             p = self.db_dir / name
             return p.stat().st_size if p.is_file() else 0
 
-        gone = (
-            {
+        gone = {}
+        if check_files:
+            dead, lost = embedding_leftovers(self.store)
+            gone = {
                 "files_gone": len(gone_images(self.store.image_files(), self.store.failed_image_ids())),
-                "bytes_embeddings_dead": dead_bytes(self.store),
-                "embeddings_lost": short_chunks(self.store),  # file -> segments: `index --repair`
+                "bytes_embeddings_dead": dead,
+                "embeddings_lost": lost,  # file -> segments: `index --repair`
             }
-            if check_files
-            else {}
-        )
         return {
             **self.store.counts(),
             "preset": self.info.preset,

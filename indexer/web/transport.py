@@ -33,48 +33,45 @@ class Transport:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope["path"])
-        declared = dict(scope["headers"]).get(b"content-length", b"").strip()
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"").strip()
         if declared.isdigit() and int(declared) > limit:
             await _json(send, 413, f"the request body is {int(declared)} bytes; the limit here is {limit}")
             return
-        headers = dict(scope["headers"])
         expects_body = declared not in (b"", b"0") or b"chunked" in headers.get(b"transfer-encoding", b"").lower()
-        received, over, slow, answered, body_done = 0, False, False, False, not expects_body
-        deadline = asyncio.get_running_loop().time() + max(BODY_SECONDS, limit / BODY_RATE)
+        allowed_s = max(BODY_SECONDS, limit / BODY_RATE)
+        deadline = asyncio.get_running_loop().time() + allowed_s
+        received, body_done, answered = 0, not expects_body, False
+        refused: tuple[int, str] | None = None  # (status, why) once the body broke a rule
         head = scope["method"] == "HEAD"
         if head:  # GET's answer, headers alone (Starlette's own routes do the same)
             scope = {**scope, "method": "GET"}
 
         async def limited() -> dict:
-            # Past the limit the app is told the client left: an exception raised here
+            # Past a rule the app is told the client left: an exception raised here
             # would reach the routes wrapped by the middlewares' task groups (a 500).
-            nonlocal received, over, slow, body_done
+            nonlocal received, body_done, refused
             if body_done:  # no body, or after it: a receive waits for the client to leave, no deadline
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
             except TimeoutError:
-                slow = True
+                refused = 408, f"the request body did not arrive within {allowed_s:.0f} s"
                 return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
                 if received > limit:
-                    over = True
+                    refused = 413, f"the request body is over the limit here of {limit} bytes"
                     return {"type": "http.disconnect"}
             return message
 
-        def refusal() -> tuple[int, str]:
-            if over:
-                return 413, f"the request body is over the limit here of {limit} bytes"
-            return 408, f"the request body did not arrive within {max(BODY_SECONDS, limit / BODY_RATE):.0f} s"
-
         async def answer(message: dict) -> None:
             nonlocal answered
-            if over or slow:  # whatever the app makes of the cut body (FastAPI: a 400), this is the answer
+            if refused:  # whatever the app makes of the cut body (FastAPI: a 400), this is the answer
                 if not answered:
                     answered = True
-                    await _json(send, *refusal())
+                    await _json(send, *refused)
                 return
             answered = answered or message["type"] == "http.response.start"
             if head and message["type"] == "http.response.body":
@@ -87,10 +84,10 @@ class Transport:
             gone = isinstance(exc, ClientDisconnect) or (
                 isinstance(exc, BaseExceptionGroup) and exc.split(ClientDisconnect)[1] is None
             )
-            if not (over or slow or gone):
+            if not (refused or gone):
                 raise
-        if (over or slow) and not answered:
-            await _json(send, *refusal())
+        if refused and not answered:
+            await _json(send, *refused)
 
 
 async def _json(send, status: int, detail: str) -> None:
