@@ -345,7 +345,7 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
     }
     listed = runner.invoke(app, ["failures", "--db", str(db)])
     lines = listed.output.strip().splitlines()
-    assert len(lines) == 9 and all(" [mixed] " in line for line in lines)
+    assert len(lines) == 9 and all("\t[mixed] " in line for line in lines)
     assert any(re.match(r"gone.png\s+\[mixed\] photo missing: no such photo", line) for line in lines)
     assert any(
         re.match(r"chelsea.png annotation 3\s+\[mixed\] broken mask: the RLE's runs do not cover", line)

@@ -219,3 +219,17 @@ def test_a_masker_files_broken_masks_fail_their_photo_in_one_line_and_the_rest_i
     masks.write_text(json.dumps({"images": images, "annotations": [{"id": 4, "image_id": 0}]}))
     with pytest.raises(CocoFileError, match="annotation #0 has no image_id or no segmentation"):
         CocoMasker(masks)
+
+
+def test_failures_prints_a_line_a_file_even_for_a_name_with_a_newline(tmp_path):
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    (photos / "bad\nname.jpg").write_text("this is not a JPEG")
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    result = CliRunner().invoke(app, ["failures", "--db", str(tmp_path / "db")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{photos}/bad\\nname.jpg\t"), lines

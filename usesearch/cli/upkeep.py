@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 from usesearch.cli import options as opts
+from usesearch.io.files import one_line
 
 app = opts.Typer()
 
@@ -92,12 +93,19 @@ def failures(db: opts.DbOpt, db_url: opts.DbUrlOpt = None, as_json: opts.JsonOpt
         opts.console.print("no file failed to index and no annotation was refused")
     for record in failed:
         kept = "; indexed before: its segments are kept" if record.status == DONE else ""
-        line = f"{record.path}\t{record.error_class}: {record.error_message} (attempts: {record.attempts}{kept})"
-        opts.console.print(line, soft_wrap=True)  # a line a file, however long: it is data
+        why = f"{record.error_class}: {record.error_message} (attempts: {record.attempts}{kept})"
+        _data_line(record.path, why)
     for problem in problems:
         where = problem.file_name or Path(problem.coco_file).name
         annotation = f" annotation {problem.annotation_id}" if problem.annotation_id is not None else ""
-        opts.console.print(f"{where}{annotation}\t[{problem.split}] {problem.kind}: {problem.message}", soft_wrap=True)
+        _data_line(where + annotation, f"[{problem.split}] {problem.kind}: {problem.message}")
+
+
+def _data_line(*fields: str) -> None:
+    """Tab-separated fields, a line each however long (``cut -f1`` gives the files):
+    print, since rich turns tabs into spaces; a control character in a name (a newline)
+    spelt out, since it would split the line."""
+    print("\t".join(map(one_line, fields)))
 
 
 @app.command("reindex")

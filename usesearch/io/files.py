@@ -43,6 +43,15 @@ def display_path(fs_path: str) -> str:
     return os.fsencode(fs_path).decode("utf-8", "backslashreplace")
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters spelt out (a newline as ``\\n``): a name
+    printed in a line of tab-separated output stays one line, its fields in place."""
+    return text.translate(_CONTROL)
+
+
 def photos_under(paths: list[str | os.PathLike], refuse_none: bool = True) -> list[Found]:
     """``walk``'s files, refused in one line when there is none and ``refuse_none`` (a
     new index: a wrong folder, or a disk not mounted, would make an empty index bound
