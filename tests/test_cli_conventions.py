@@ -176,6 +176,7 @@ def test_a_command_line_click_cannot_parse_is_one_line(tmp_path):
         (["query", "a cat", "--db", "{d}/i", "--show", "{d}/i"], "is a folder: name a picture file"),
         (["query", "a cat", "--db", "{d}/i", "--show", "{d}/sheet.txt"], "name a picture file"),
         (["query", "a cat", "--db", "{d}/i", "--export-coco", "{d}/nowhere/h.json"], "does not exist"),
+        (["query", "a cat", "--db", "{d}/i", "--export-coco", "{d}/i"], "is a folder: name a file"),
         # A folder to write that is a file: refused at once, not at the first write after the work.
         (["train", "{d}/i", "--run-dir", "{d}/p.json"], "is a file: name a folder"),
         (["curate", "run", "{d}/i", "--dataset-dir", "{d}/p.json"], "is a file: name a folder"),

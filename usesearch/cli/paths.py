@@ -17,6 +17,8 @@ def writable_file(value: Path | None) -> Path | None:
     """A file to be written: its folder must exist and take writes, checked before any
     work (a model run whose result cannot be written is time lost)."""
     if value is not None:
+        if value.is_dir():
+            raise typer.BadParameter(f"{value} is a folder: name a file")
         folder = value.parent
         if not folder.is_dir():
             raise typer.BadParameter(f"folder {folder} does not exist: make it first, or write elsewhere")
