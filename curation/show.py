@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from usesearch.errors import UsesearchError
+from usesearch.io.atomic import save_picture
 from usesearch.io.images import read_image
 from usesearch.masks import rle
 
@@ -55,5 +56,5 @@ def render(record: dict[str, Any], out: str | os.PathLike, alpha: float = 0.45) 
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=outline, width=1)
         draw.text((x + 2, y + 1), text, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
     out = Path(out)
-    canvas.save(out)
+    save_picture(canvas, out)
     return out

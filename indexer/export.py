@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from usesearch.errors import UsesearchError
+from usesearch.io.atomic import save_picture
 from usesearch.io.images import read_image
 from usesearch.tasks.visualize import decode_mask, outline, segment_tile
 
@@ -51,7 +52,7 @@ def contact_sheet(
         draw.text((left + 4, top + tile + 2), f"#{hit.rank}  {hit.score:.3f}", fill=(0, 0, 0))
         draw.text((left + 4, top + tile + 15), Path(hit.image).name[:30], fill=(80, 80, 80))
     out = Path(out)
-    sheet.save(out)
+    save_picture(sheet, out)
     return out, unreadable
 
 
@@ -63,22 +64,24 @@ def region_picture(rgb: np.ndarray, region, show: str | os.PathLike) -> Path:
     picture = rgb.astype(np.float32)
     picture[region.mask] = 0.55 * picture[region.mask] + 0.45 * np.array([255, 64, 32], np.float32)
     picture[outline(region.mask)] = (255, 255, 0)
-    Image.fromarray(picture.astype(np.uint8)).save(out)
+    save_picture(Image.fromarray(picture.astype(np.uint8)), out)
     return out
 
 
 def hits_to_coco(hits: Sequence[Hit], query: str) -> dict:
-    """A COCO annotations file that is also a results file (each annotation has a score)."""
-    images: dict[str, dict] = {}
+    """A COCO annotations file that is also a results file (each annotation has a score).
+    Its images are keyed by the index's image id: two files may show the same path
+    (a name with undecodable bytes, and one spelling those bytes out)."""
+    images: dict[int, dict] = {}
     annotations: list[dict[str, Any]] = []
     for hit in hits:
-        if hit.image not in images:
+        if hit.image_id not in images:
             h, w = hit.mask["size"]
-            images[hit.image] = {"id": len(images) + 1, "file_name": hit.image, "height": h, "width": w}
+            images[hit.image_id] = {"id": len(images) + 1, "file_name": hit.image, "height": h, "width": w}
         annotations.append(
             {
                 "id": len(annotations) + 1,
-                "image_id": images[hit.image]["id"],
+                "image_id": images[hit.image_id]["id"],
                 "category_id": 1,
                 "segmentation": dict(hit.mask),
                 "bbox": list(hit.bbox),

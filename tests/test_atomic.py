@@ -50,3 +50,53 @@ def test_a_new_file_gets_the_umask_mode_and_a_replaced_one_keeps_its_own(tmp_pat
     os.chmod(tmp_path / "head.safetensors", 0o640)
     write_atomic(tmp_path / "head.safetensors", private)
     assert os.stat(tmp_path / "head.safetensors").st_mode & 0o777 == 0o640
+
+
+def test_a_link_keeps_pointing_at_the_replaced_file(tmp_path):
+    target, link = tmp_path / "real.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    write_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_a_fifo_or_device_is_written_into_not_replaced(tmp_path):
+    """``--export-coco /dev/stdout``: renaming over it would replace the device node
+    (as root, for every process) and the reader would get nothing."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_atomic(fifo, "through the pipe")
+    reader.join(10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_a_picture_that_fails_mid_save_keeps_the_old_one(tmp_path, monkeypatch):
+    """``query --show``, ``segment --out``: a kill or a full disk used to leave a
+    truncated picture where the earlier one was."""
+    from PIL import Image
+
+    from usesearch.io.atomic import save_picture
+
+    target = tmp_path / "sheet.png"
+    save_picture(Image.new("RGB", (8, 4), (255, 0, 0)), target)
+    with Image.open(target) as saved:
+        assert saved.format == "PNG" and saved.size == (8, 4)  # the format from the name, not from ".tmp"
+    real_save = Image.Image.save
+
+    def half_then_fail(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        save_picture(Image.new("RGB", (2, 2)), target)
+    with Image.open(target) as kept:
+        assert kept.size == (8, 4) and [p.name for p in tmp_path.iterdir()] == ["sheet.png"]

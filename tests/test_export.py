@@ -89,3 +89,24 @@ def test_a_photo_resized_since_indexing_is_a_grey_tile_not_a_crash(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0 and "1 photo(s) could not be read or changed" in result.stderr
     assert "coffee.png" in result.stderr and (tmp_path / "s.png").is_file()
+
+
+def test_two_photos_showing_the_same_path_stay_two_coco_images():
+    """A name with undecodable bytes shows as ``lat\\xe9n.png``, as does a file named
+    with that backslash: the export keys images by id, not by the shown name."""
+    import numpy as np
+
+    from usesearch.indexer.export import hits_to_coco
+    from usesearch.indexer.hits import Hit
+    from usesearch.masks import rle
+
+    def hit(rank, image_id, hw):
+        mask = np.zeros(hw, bool)
+        mask[:2, :2] = True
+        return Hit(rank, 0.5, rank, image_id, "p/lat\\xe9n.png", (0, 0, 2, 2), 4, rle.encode(mask))
+
+    coco = hits_to_coco([hit(1, 7, (152, 192)), hit(2, 9, (128, 128)), hit(3, 7, (152, 192))], "q")
+    sizes = {image["id"]: (image["height"], image["width"]) for image in coco["images"]}
+    assert sorted(sizes.values()) == [(128, 128), (152, 192)]
+    for ann in coco["annotations"]:
+        assert tuple(ann["segmentation"]["size"]) == sizes[ann["image_id"]]

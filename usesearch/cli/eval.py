@@ -15,6 +15,7 @@ import typer
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
 from usesearch.errors import UsesearchError
+from usesearch.io.atomic import save_picture, write_atomic
 from usesearch.io.coco_json import load_coco_json
 from usesearch.masks.settings import SamSettings
 
@@ -137,7 +138,7 @@ class Report:
 
     def write(self, result: dict, rows: dict[str, float | None], total: tuple[str, str]) -> None:
         if self.out:
-            self.out.write_text(json.dumps(result, indent=1))
+            write_atomic(self.out, json.dumps(result, indent=1))
         if self.as_json:
             print(json.dumps(result, indent=1))
             return
@@ -189,7 +190,7 @@ def segment(
     save_label_map(labels, out)
     if overlay:
         try:
-            label_overlay(rgb, labels, names).convert("RGB").save(overlay)
+            save_picture(label_overlay(rgb, labels, names).convert("RGB"), overlay)
         except BaseException:
             out.unlink(missing_ok=True)  # no label map from a run that failed
             raise

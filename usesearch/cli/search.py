@@ -11,6 +11,7 @@ from rich.table import Table
 
 from usesearch.cli import options as opts
 from usesearch.errors import UsesearchError, is_disk_full
+from usesearch.io.atomic import save_picture, write_atomic
 
 if TYPE_CHECKING:
     from usesearch.indexer import SearchFilters
@@ -29,7 +30,8 @@ RefineOpt = Annotated[
     Optional[str],
     typer.Option(
         "--refine",
-        help="A second stage: 'sam3' segments the query's phrase in the top photos (pip install -e '.[sam3]').",
+        # \[ : typer's help is rich markup, where "[sam3]" would be a style tag, dropped
+        help="A second stage: 'sam3' segments the query's phrase in the top photos (pip install -e '.\\[sam3]').",
     ),
 ]
 RefineTopOpt = Annotated[
@@ -72,7 +74,7 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
             )
     if output.export_coco:
         try:
-            output.export_coco.write_text(json.dumps(hits_to_coco(hits, name)))
+            write_atomic(output.export_coco, json.dumps(hits_to_coco(hits, name)))
         except OSError as exc:
             reason = "disk full" if is_disk_full(exc) else exc.strerror or str(exc)
             raise UsesearchError(f"cannot write {output.export_coco}: {reason}") from None
@@ -302,5 +304,5 @@ def _write_sample_photos(folder: Path) -> Path:
         if not target.exists():
             photo = Image.fromarray(getattr(data, name)()).convert("RGB")
             photo.thumbnail((640, 640))
-            photo.save(target, quality=92)
+            save_picture(photo, target, quality=92)  # a kill mid-save must not leave a broken photo kept
     return folder

@@ -23,6 +23,11 @@ def write_atomic(
     folder too, so that the rename itself survives a power loss. The temporary file
     never outlives a failure (a full disk leaves the old file, nothing beside it)."""
     path = Path(path)
+    if path.is_symlink():  # the file the link names is replaced; the link stays
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():  # a device or FIFO (/dev/stdout): nothing to replace, written into
+        _write_into(path, data)
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         if callable(data):
@@ -51,3 +56,21 @@ def write_atomic(
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _write_into(path: Path, data: bytes | str | Callable[[Path], object]) -> None:
+    if callable(data):
+        data(path)
+    else:
+        with open(path, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+
+
+def save_picture(image, path: str | os.PathLike, **params) -> None:
+    """Pillow's ``image.save(path)`` through ``write_atomic``: a kill or a full disk
+    leaves the earlier picture, not a broken one. The format is the one ``path``'s
+    extension names (the temporary file's own, ``.tmp``, names none)."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    write_atomic(path, lambda target: image.save(target, fmt, **params))

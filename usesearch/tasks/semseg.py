@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from usesearch.errors import UsesearchError
+from usesearch.io.atomic import save_picture
 
 if TYPE_CHECKING:
     from usesearch.models.model import SegmentEmbedder
@@ -92,7 +93,7 @@ def segment_image(
 
 def save_label_map(labels: np.ndarray, path: str | os.PathLike) -> None:
     """8- or 16-bit greyscale PNG, the label map's own depth."""
-    Image.fromarray(labels).save(path)  # uint16 arrays become 16-bit PNGs ("I;16")
+    save_picture(Image.fromarray(labels), path)  # uint16 arrays become 16-bit PNGs ("I;16")
 
 
 def read_label_map(path: str | os.PathLike) -> np.ndarray:
