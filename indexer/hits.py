@@ -100,6 +100,21 @@ def to_hits(
     return first_hits(candidates, k, per_image, checked.min_area, distinct)
 
 
+def passing_share(rows: dict[int, SegmentRow], checked: Selection) -> float:
+    """The share of candidates (their ``rows``) that pass the checks a selection leaves
+    to the candidates (image, class, split, source, min_area): where it is far below
+    the share of the index that passes them, the filter's segments lie elsewhere."""
+    images, labels, min_area = checked.images, checked.labels, checked.min_area
+    passing = sum(
+        1
+        for row in rows.values()
+        if (images is None or row.image_id in images)
+        and (labels is None or has_labels(row, labels))
+        and row.area >= min_area
+    )
+    return passing / len(rows) if rows else 0.0
+
+
 def has_labels(row: SegmentRow, labels: Labels) -> bool:
     """Whether the row is of this class, split and source (None: any)."""
     label, split, source = labels

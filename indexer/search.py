@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,11 @@ from usesearch.masks import region as region_lib
 from usesearch.models.factory import load_model
 from usesearch.models.model import SegmentEmbedder
 
-from . import calibration, faiss_gpu, index_choice, vector_files, vectors
+from . import calibration, faiss_gpu, index_choice, index_stats, vector_files, vectors
 from .embeddings import top_rows
 from .filters import SearchFilters, check_k
-from .folder import DB_FILE, FAISS_FILE, open_store
-from .hits import Hit, to_hits
-from .leftovers import embedding_leftovers, gone_images
+from .folder import FAISS_FILE, open_store
+from .hits import Hit, passing_share, to_hits
 from .locations import LocationMap
 from .records import IndexInfo, info_summary
 from .rwlock import ReadWriteLock
@@ -32,6 +30,7 @@ from .store import Store
 from .vectors import ranked
 
 MAX_QUERY_CHARS = 1000
+RARE_FETCH_MAX = 32_768  # candidates a filter rare near the query widens to (re-scored: ~50 MB of rows at 768-d)
 LOCATIONS = ("catalog", "memory", "background")  # see SegmentIndex.__init__
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 SCAN_UP_TO = 150_000  # a selection this small is scored exactly from the embedding files (~40 ms on 2 cores),
@@ -280,16 +279,40 @@ class SegmentIndex:
         fetch = k if not (per_image or checked or distinct) else max(4 * k, 64)
         if 0 < selection.kept < 1:  # enough candidates at once that about 2k pass the checks
             fetch = min(available, max(fetch, math.ceil(2 * k / selection.kept)))
+        # An IVF's search sees only the clusters it visits: where those run out of
+        # candidates, or hold far fewer of a filter's segments than the index does (a
+        # folder of other content), the filter's best lie in clusters not visited, and
+        # fetching more from the same ones cannot find them. Such a search visits 4x
+        # the clusters until they are all visited or its hits stop changing.
+        ivf = None if self.index.exact or (allowed is not None and len(allowed) <= SCAN_UP_TO) else self._ivf()
+        nprobe = filters.nprobe  # None: the index's own (its unfiltered search may then run on a GPU mirror)
+        widened: list[int] | None = None  # the hits before the last widening
         with self._index_lock.reading():
             while True:
-                scores, ids = self._candidates(vector, k, fetch, allowed, exclude, filters.nprobe, filters.rerank)
-                if min_score is not None:
-                    below = scores < min_score
-                    scores, ids = scores[~below], ids[~below]
-                hits = to_hits(self.store.rows(ids.tolist()), scores, ids, k, per_image, selection, distinct)
-                if len(hits) >= k or fetch >= available or (min_score is not None and below.any()):
+                scores, ids = self._candidates(vector, k, fetch, allowed, exclude, nprobe, filters.rerank)
+                exhausted = len(ids) < min(fetch, available)  # before the cut: what the visited clusters held
+                cut = min_score is not None and bool((scores < min_score).any())
+                if cut:
+                    scores, ids = scores[scores >= min_score], ids[scores >= min_score]
+                rows = self.store.rows(ids.tolist())
+                hits = to_hits(rows, scores, ids, k, per_image, selection, distinct)
+                if ivf is not None and _ids(hits) != widened:
+                    probed = nprobe or int(ivf.nprobe)
+                    rare = checked and passing_share(rows, selection) < selection.kept / 2
+                    short = len(hits) < k and not cut
+                    deeper = fetch < min(available, RARE_FETCH_MAX)
+                    if (exhausted or rare or short) and (probed < ivf.nlist or (rare and deeper)):
+                        widened, nprobe = _ids(hits), min(ivf.nlist, probed * 4)
+                        if short or (rare and deeper):  # candidates deep enough to hold the filter's best
+                            fetch = min(available, fetch * 4 if short else max(fetch, min(RARE_FETCH_MAX, fetch * 4)))
+                        continue
+                if len(hits) >= k or fetch >= available or cut:
                     return hits  # (candidates come best first: past the cut-off there is nothing more)
                 fetch = min(available, fetch * 4)
+
+    def _ivf(self):
+        """The index's IVF (its nlist, and its nprobe as calibrated), or None."""
+        return vectors.ivf_of(self.index.index)
 
     def _candidates(
         self, vector, k: int, fetch: int, allowed, exclude, nprobe=None, rerank=None
@@ -325,72 +348,12 @@ class SegmentIndex:
 
     # -- statistics --------------------------------------------------------------
     def stats(self, check_files: bool = False) -> dict[str, Any]:
-        """Counts, model, index type and sizes. ``check_files`` also counts the image
-        files gone since indexing (``files_gone``: a stat per image), the embedding
-        bytes no segment refers to (``bytes_embeddings_dead``: ``prune`` gives them
-        back) and the embedding files gone or cut short (``embeddings_lost``): ``usesearch
-        info`` asks for them, the web page's every load does not."""
+        """Counts, model, index type and sizes (``index_stats.stats``). ``check_files``
+        also counts the image files gone since indexing, the embedding bytes no segment
+        refers to and the embedding files gone or cut short: ``usesearch info`` asks for
+        them, the web page's every load does not."""
+        return index_stats.stats(self, check_files)
 
-        def size(name: str) -> int:
-            p = self.db_dir / name
-            return p.stat().st_size if p.is_file() else 0
 
-        gone = {}
-        if check_files:
-            dead, lost = embedding_leftovers(self.store)
-            gone = {
-                "files_gone": len(gone_images(self.store.image_files(), self.store.failed_image_ids())),
-                "bytes_embeddings_dead": dead,
-                "embeddings_lost": lost,  # file -> segments: `index --repair`
-            }
-        return {
-            **self.store.counts(),
-            "preset": self.info.preset,
-            "embedder": self.info.embedder,
-            "fingerprint": self.info.fingerprint,
-            "head": self.info.head,
-            "masker": self.info.masker,
-            "masker_params": self.info.masker_params,
-            "factory": self.info.factory,
-            "index_mode": self.info.index_mode,
-            "index_choice": self._index_explanation(),
-            "recall": self._recall_explanation(),
-            "calibration": asdict(self.calibration) if self.calibration else None,  # with its curve
-            "dim": self.info.dim,
-            "vectors": int(self.index.ntotal),
-            "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal"),
-            "bytes_faiss": sum(p.stat().st_size for p in vector_files.shard_files(self.db_dir / FAISS_FILE)),
-            "location_map_bytes": self._locations.nbytes if self._locations is not None else 0,  # (a server's)
-            "shards": len(self.index.shards),
-            **gone,  # since indexing: `usesearch prune` removes them
-            "shard_size": self.info.shard_size,
-            "bytes_embeddings": self.store.files().bytes_on_disk(),
-            **vectors.faiss_runtime(),
-            "faiss_device": self.index.device,
-            "faiss_note": faiss_gpu.note(self._faiss_device),
-        }
-
-    def _recall_explanation(self) -> str:
-        if self.index.exact:
-            return "1.00: exact search (every segment compared)"
-        if self.calibration is None:
-            ivf = vectors.ivf_of(self.index.index)
-            if ivf is None:  # HNSW and other graphs: calibration tunes an IVF's nprobe and rerank
-                return f"not measured ({self.info.factory} is approximate; calibration measures IVF indexes only)"
-            return (
-                f"not measured (nprobe {ivf.nprobe}, rerank {index_choice.rerank_candidates(10)}"
-                "): `usesearch calibrate` measures it"
-            )
-        return self.calibration.describe()
-
-    def _index_explanation(self) -> str:
-        n = int(self.index.ntotal)
-        if self.info.index_mode == "fixed":
-            return f"{self.info.factory}: chosen with --factory (automatic choice off)"
-        choice = index_choice.choose(n, self.info.dim, faiss_gpu.wanted(self.index.device))
-        if choice.factory == self.info.factory:
-            return choice.describe(n, self.info.dim)
-        return (
-            f"{self.info.factory}: chosen when the collection was smaller; "
-            f"now {choice.factory} would be ({choice.reason})"
-        )
+def _ids(hits: list[Hit]) -> list[int]:
+    return [h.segment_id for h in hits]

@@ -64,22 +64,24 @@ class Selections:
         return self.cached(key, lambda: self._resolve(f.path, f.min_area, (f.label, f.split, f.source)))
 
     def _resolve(self, path: str | None, min_area: int, labels: Labels) -> Selection:
-        images = None
+        images, image_share = None, 1.0
         labelled = labels != (None, None, None)
         if path:
             images = self.store.image_ids_matching(path)
             if not images:
                 return Selection(images=set())
-            if len(images) <= PUSHDOWN_SHARE * self.cached("done_images", self.store.done_image_count):
+            image_share = len(images) / max(1, self.cached("done_images", self.store.done_image_count))
+            if image_share <= PUSHDOWN_SHARE:
                 return Selection(self.store.segment_locations_where(images, min_area, *labels))
-        # The path, where broad, is checked on the candidates.
+        # The path, where broad, is checked on the candidates (its share of the images
+        # standing for its share of the segments).
         if labelled and self._few(0, labels):
-            return Selection(self.store.segment_locations_where(None, min_area, *labels), images)
+            return Selection(self.store.segment_locations_where(None, min_area, *labels), images, kept=image_share)
         checked = labels if labelled else None
         if min_area and images is None and self._few(min_area):
             allowed = self.store.segment_locations_where(None, min_area)
             return Selection(allowed, None, checked, 0, self._kept(0, checked))
-        return Selection(None, images, checked, min_area, self._kept(min_area, checked))
+        return Selection(None, images, checked, min_area, image_share * self._kept(min_area, checked))
 
     def _few(self, min_area: int, labels: Labels = (None, None, None)) -> bool:
         """Whether a filter keeps at most about ``SELECTION_MAX`` segments (or none of

@@ -278,3 +278,36 @@ def test_the_budget_bounds_the_choice_and_the_target_chooses_within_it(
     assert "p50_ms" in curve[chosen] and curve[chosen]["p50_ms"] == chosen[0] * 10 + chosen[1] / 10
     if budget:  # what the budget affords is found by bisection, not by timing the whole grid
         assert len(set(timed)) < len(curve)
+
+
+def test_a_broad_filter_of_other_content_than_the_query_keeps_recall(tmp_path):
+    """A folder holding 30% of the photos but none of the query's kind of content: its
+    best segments lie in clusters the calibrated search does not visit. The search
+    widens (more clusters, deeper candidates) until its hits settle; it used to return
+    the few it found there (recall 0.6 here, and no hit at all for some queries)."""
+    rng = np.random.default_rng(5)
+    in_a = np.array([i for i in range(200) if i % 10 < 3])  # images under /a/0, /a/1, /a/2
+    others = np.setdiff1d(np.arange(200), in_a)
+
+    image = {}
+
+    def image_of(clusters):  # clusters 0-29 in folder a/0-2, the rest elsewhere
+        image["of"] = np.where(clusters < 30, rng.choice(in_a, len(clusters)), rng.choice(others, len(clusters)))
+        return image["of"]
+
+    data = synthetic_index(tmp_path / "db", n=20_000, image_of=image_of)
+    reindex(tmp_path / "db", "IVF128,PQ16x4fs", text_queries=False)
+    ix = SegmentIndex.open(tmp_path / "db")
+    assert ix.calibration is not None and ix.calibration.nprobe < 128  # the search visits some clusters only
+    matching = np.isin(image["of"], in_a)
+    exact = data.astype(np.float16).astype(np.float32)
+    centres = np.random.default_rng(0).standard_normal((300, 64)).astype(np.float32)
+    found = []
+    for c in range(150, 170):  # queries of content folder a/0-2 does not hold
+        q = centres[c] + 0.35 * rng.standard_normal(64).astype(np.float32)
+        q /= np.linalg.norm(q)
+        truth = set((np.argsort(-np.where(matching, exact @ q, -np.inf), kind="stable")[:10] + 1).tolist())
+        hits = ix.search_vector(q, 10, SearchFilters(path="/a/[0-2]/*"))
+        assert len(hits) == 10 and all(h.image.startswith(("/a/0/", "/a/1/", "/a/2/")) for h in hits)
+        found.append(len(truth & {h.segment_id for h in hits}) / 10)
+    assert np.mean(found) >= 0.9, found

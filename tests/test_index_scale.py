@@ -14,12 +14,16 @@ from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
 from usesearch.indexer.store import Store
 
 
-def synthetic_index(db, n=20_000, dim=64, images=200, seed=0, noise=0.35):
+def synthetic_index(db, n=20_000, dim=64, images=200, seed=0, noise=0.35, image_of=None):
     """An index of n clustered unit vectors (near-duplicates inside clusters, as CLIP
-    scores are), without models: the store, the embedding files and metadata."""
+    scores are), without models: the store, the embedding files and metadata. Image
+    ``i`` lies in folder ``/a/{i % 10}/``; segment ``j`` in image ``j % images`` or, with
+    ``image_of`` (cluster numbers -> image numbers), where its cluster puts it."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((300, dim)).astype(np.float32)
-    data = centres[rng.integers(0, 300, n)] + noise * rng.standard_normal((n, dim)).astype(np.float32)
+    clusters = rng.integers(0, 300, n)
+    data = centres[clusters] + noise * rng.standard_normal((n, dim)).astype(np.float32)
+    image = np.arange(n) % images if image_of is None else image_of(clusters)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     db.mkdir(parents=True)
     store = Store(db_url_for(db, None))
@@ -58,7 +62,7 @@ def synthetic_index(db, n=20_000, dim=64, images=200, seed=0, noise=0.35):
             [
                 {
                     "id": i + 1,
-                    "image_id": i % images + 1,
+                    "image_id": int(image[i]) + 1,
                     "x": 0,
                     "y": 0,
                     "w": 1,
