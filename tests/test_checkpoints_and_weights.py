@@ -324,3 +324,30 @@ def test_a_damaged_head_checkpoint_is_one_line_naming_its_file(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-4])
     with pytest.raises(usesearch.UsesearchError, match="head.safetensors is damaged: truncated"):
         load_head(tmp_path / "head", tiny)
+
+
+def test_an_unreadable_or_foreign_weights_file_is_said_as_such(tmp_path, monkeypatch):
+    """A whole file this user may not read is not "damaged, delete it"; a whole file of
+    another model's weights is one line naming it, not torch's wall of missing keys."""
+    from safetensors.torch import save_file
+
+    from usesearch.models import backbones, weights
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    b16 = usesearch.get_preset("b16")
+    local = tmp_path / "weights" / f"{b16.dino.timm_name}.safetensors"
+    local.parent.mkdir()
+    save_file({"not.a.dinov2.key": torch.zeros(3)}, local)
+    with pytest.raises(usesearch.UsesearchError, match=f"{local} holds weights of another model .*pull b16"):
+        backbones.build_dino(b16.dino, "b16")
+    real_access = os.access
+    monkeypatch.setattr(weights.os, "access", lambda p, mode: real_access(p, mode) and str(p) != str(local))
+    with pytest.raises(usesearch.UsesearchError, match="cannot be read by this user: give it read permission"):
+        weights.require(weights.dino_status(b16.dino), "b16")
+    listing = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "250"})
+    assert "unreadable" in listing.output and "damaged" not in listing.output
+
+
+def test_pull_of_an_unknown_name_lists_every_name_it_takes():
+    result = CliRunner().invoke(app, ["models", "pull", "sam2"])
+    assert result.exit_code == 2 and "sam2:MODEL" in result.output and "sam3" in result.output

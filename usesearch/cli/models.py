@@ -12,6 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from usesearch.cli import options as opts
+from usesearch.errors import UsesearchError
+from usesearch.models.weights import UNREADABLE
 
 app = opts.Typer()
 models_app = opts.Typer(help="Model presets and their weights.", no_args_is_help=True)
@@ -43,20 +45,23 @@ def models_list(as_json: opts.JsonOpt = False) -> None:
                 state, where = Text("seeded random", style="cyan"), ""
             elif status.present:
                 state, where = Text("present", style="green"), str(status.path)
-            elif status.fault is not None:
-                state, where = Text("damaged", style="red"), f"{status.path}: {status.fault}; delete it, pull again"
             else:
-                state, where = Text("missing", style="red"), f"put at {status.expected}"
+                state, where = _absent(status)
             table.add_row(preset.name if i == 0 else "", status.component, status.name, state, where)
         table.add_section()
     sam3 = sam3_status()  # query --refine sam3 (the tiny preset's indexes refine with a seeded tiny SAM 3)
-    state, where = (
-        (Text("present", style="green"), str(sam3.path))
-        if sam3.present
-        else (Text("missing", style="red"), f"put at {sam3.expected}")
-    )
+    state, where = (Text("present", style="green"), str(sam3.path)) if sam3.present else _absent(sam3)
     table.add_row("--refine sam3", sam3.component, sam3.name, state, where)
     opts.console.print(table)
+
+
+def _absent(status) -> tuple[Text, str]:
+    """A needed file's state where it is not usable: unreadable, damaged or missing."""
+    if status.fault == UNREADABLE:
+        return Text("unreadable", style="red"), f"{status.path}: give this user read permission"
+    if status.fault is not None:
+        return Text("damaged", style="red"), f"{status.path}: {status.fault}; delete it, pull again"
+    return Text("missing", style="red"), f"put at {status.expected}"
 
 
 def _status_row(status) -> dict:
@@ -81,7 +86,7 @@ def models_pull(
     ],
 ) -> None:
     """Download a preset's missing weights (CLIP, DINOv2, SAM), a SAM 2.1 model's, or SAM 3's, into their caches."""
-    from usesearch.models.presets import get_preset
+    from usesearch.models.presets import PRESETS, get_preset
     from usesearch.models.weights import pull
 
     if preset == "sam3":
@@ -95,6 +100,11 @@ def models_pull(
     else:
         from usesearch.models.weights import preset_status
 
+        if preset not in PRESETS:
+            raise UsesearchError(
+                f"unknown preset {preset!r}: pull one of {', '.join(PRESETS)}, sam2:MODEL (--masker sam2) "
+                "or sam3 (--refine sam3)"
+            )
         if not any(status.needed for status in preset_status(get_preset(preset))):
             opts.console.print(f"preset {preset!r} has no weights to pull: its models are seeded random")
             return

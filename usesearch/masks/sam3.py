@@ -205,7 +205,7 @@ def load_sam3(
     import_sam3()
     status = sam3_status(name, checkpoint)
     if status.fault is not None:
-        raise UsesearchError(damaged(status))
+        raise UsesearchError(damaged(status, "sam3"))
     if status.needed and status.path is None:
         raise MissingWeightsError(
             f"SAM 3 weights are not on this machine: put {CHECKPOINT} at {status.expected}, or run "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from usesearch.errors import UsesearchError, first_line
 from usesearch.models.config import ClipConfig, DinoConfig
 from usesearch.models.weights import clip_status, dino_status, require
 
@@ -109,7 +110,7 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False) -> 
     else:
         path = require(clip_status(cfg), preset_name)
         pre = open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained) or {}
-        with _quiet_hub():
+        with _quiet_hub(), _other_weights(path, cfg.model_name, preset_name):
             model = open_clip.create_model(
                 cfg.model_name, pretrained=str(path), force_quick_gelu=bool(pre.get("quick_gelu")), **kwargs
             )
@@ -132,7 +133,7 @@ def build_dino(cfg: DinoConfig, preset_name: str) -> VisionTransformer:
             model = timm.create_model(cfg.timm_name, pretrained=False, **kwargs)
     else:
         path = require(dino_status(cfg), preset_name)
-        with _quiet_hub():
+        with _quiet_hub(), _other_weights(path, cfg.timm_name, preset_name):
             model = timm.create_model(
                 cfg.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
             )
@@ -144,3 +145,18 @@ def dino_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
     # timm attaches pretrained_cfg to the models it builds, outside the class's declared attributes.
     cfg = cast(dict[str, Any], model.pretrained_cfg)
     return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+@contextlib.contextmanager
+def _other_weights(path, model_name: str, preset_name: str) -> Iterator[None]:
+    """A whole file of another model's weights at the right path (a ViT-L file where
+    ViT-B-16's belongs) fails as torch's wall of missing keys: said in one line."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "state_dict" not in str(exc):
+            raise
+        raise UsesearchError(
+            f"{path} holds weights of another model than {model_name} ({first_line(exc)}): delete it and run "
+            f"`usesearch models pull {preset_name}`"
+        ) from None

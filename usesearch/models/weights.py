@@ -41,6 +41,9 @@ class WeightStatus:
         return not self.needed or (self.path is not None and self.fault is None)
 
 
+UNREADABLE = "cannot be read by this user"
+
+
 def file_fault(path: Path | None) -> str | None:
     """Why a weights file cannot be whole, from its structure alone: a safetensors file
     must open (safetensors checks that its header covers the file exactly); a torch
@@ -54,6 +57,8 @@ def file_fault(path: Path | None) -> str | None:
 
     if path is None:
         return None
+    if not os.access(path, os.R_OK):  # whole, perhaps: said as what it is, never as "damaged, delete it"
+        return UNREADABLE
     try:
         if path.suffix != ".safetensors":
             with open(path, "rb") as f:
@@ -136,7 +141,7 @@ def require(status: WeightStatus, preset_name: str) -> Path:
     if not status.needed:
         raise ValueError(f"{status.component} {status.name} is seeded random: there is no file to require")
     if status.fault is not None:
-        raise UsesearchError(damaged(status))
+        raise UsesearchError(damaged(status, preset_name))
     if status.path is None:
         raise MissingWeightsError(
             f"{status.component} weights for preset {preset_name!r} are not on this machine: "
@@ -147,10 +152,12 @@ def require(status: WeightStatus, preset_name: str) -> Path:
     return status.path
 
 
-def damaged(status: WeightStatus) -> str:
+def damaged(status: WeightStatus, preset_name: str = "PRESET") -> str:
+    if status.fault == UNREADABLE:
+        return f"{status.component} weights {status.path} cannot be read by this user: give it read permission"
     return (
         f"{status.component} weights {status.path} are damaged ({status.fault}): delete the file and run "
-        "`usesearch models pull` again"
+        f"`usesearch models pull {preset_name}` again"
     )
 
 
@@ -178,7 +185,8 @@ def verify_sha256(path: Path, expected: str | None) -> None:
     if actual != expected:
         raise UsesearchError(
             f"{path} has SHA-256 {actual}, expected {expected}: the file is corrupt or a "
-            "different checkpoint. Delete it and run `usesearch models pull` again."
+            "different checkpoint. Delete it and pull it again "
+            "(`usesearch models list` names the preset it belongs to)."
         )
     try:
         marker.write_text(stamp + "\n")
@@ -219,7 +227,7 @@ def pull(preset: PresetConfig) -> list[str]:
     clip, dino, sam = preset_status(preset)
     for status in (clip, dino, sam):
         if status.fault is not None:  # a file of the user's, not ours to delete; a download beside it would not be read
-            raise UsesearchError(damaged(status))
+            raise UsesearchError(damaged(status, preset.name))
     if clip.needed and not clip.present:
         import open_clip
 
