@@ -51,13 +51,14 @@ from .distributed import (
     _error_text,
     _hash_files,
     _worker_error,
+    check_address,
     ray_session,
     read_fragment,
     through_actors,
     write_fragment,
 )
 from .options import IndexOptions, IndexReport
-from .pipeline import check_paths, identity, load_embedder
+from .pipeline import as_built, check_paths, identity, load_embedder
 from .writer import Writer
 
 
@@ -143,9 +144,11 @@ def index_coco_ray(
     dataset = read_coco(coco_file)  # before anything: a wrong file must not leave an index folder behind
     split = split or Path(coco_file).stem
     db_dir = check_paths(paths, db_dir).resolve()
+    options = as_built(db_dir, options)
     report = CocoReport(devices=[faiss_gpu.note(options.faiss_device)], split=split)
     if options.device not in (None, "auto"):
         _actor_device(options.device, gpus=1)  # refuses a device no worker can have, before anything loads
+    check_address(address)
     start = time.perf_counter()
     model = load_embedder(replace(options, device="cpu"))  # the identity; the actors compute
     folders = [os.fspath(p) for p in paths]

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,10 +37,14 @@ from . import faiss_gpu
 from .compute import segment_records
 from .folder import is_new
 from .options import IndexOptions, IndexReport
-from .pipeline import check_paths, identity, load_models
+from .pipeline import as_built, check_paths, identity, load_models
 from .writer import Writer
 
 FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
+# A photo whose computing killed its actor this many times (a native crash, memory
+# exhausted) is recorded as failed: Ray would otherwise restart the actor and retry it
+# forever, and nothing after it would ever be committed.
+MAX_WORKER_DEATHS = 2
 
 
 def fragment_path(db_dir: str | os.PathLike, sha256: str) -> Path:
@@ -114,17 +119,25 @@ class SegmentWorker:
         self.options, self.db_dir = options, db_dir
         self.model, self.masker = load_models(options)
 
+    def segment(self, rgb: np.ndarray, path: str) -> tuple[list[dict], np.ndarray]:
+        return segment_records(rgb, path, None, self.model, self.masker, IndexReport())
+
     def __call__(self, batch: dict) -> dict:
         segments_out, errors = [], list(batch["error"])
         for i, (rgb, path, sha) in enumerate(zip(batch["rgb"], batch["path"], batch["sha256"])):
-            count = 0
-            if not errors[i]:
-                try:
-                    segments, embeddings = segment_records(rgb, path, None, self.model, self.masker, IndexReport())
-                    write_fragment(fragment_path(self.db_dir, sha), rgb.shape[:2], segments, embeddings)
-                    count = len(segments)
-                except Exception as exc:  # noqa: BLE001 - recorded by the committer
-                    errors[i] = _error_text(exc)
+            count = -1  # computed before (the batch's earlier try, whose actor died after it)
+            if not errors[i] and not fragment_path(self.db_dir, sha).is_file():
+                died = _attempt(self.db_dir, sha)
+                if died >= MAX_WORKER_DEATHS:
+                    errors[i] = f"WorkerDied: the Ray worker computing it died {died} times (a crash, or out of memory)"
+                else:
+                    try:
+                        segments, embeddings = self.segment(rgb, path)
+                        write_fragment(fragment_path(self.db_dir, sha), rgb.shape[:2], segments, embeddings)
+                        count = len(segments)
+                    except Exception as exc:  # noqa: BLE001 - recorded by the committer
+                        errors[i] = _error_text(exc)
+                _attempts_path(self.db_dir, sha).unlink(missing_ok=True)  # lived through it
             segments_out.append(count)
         return {
             "fs_path": batch["fs_path"],
@@ -135,6 +148,23 @@ class SegmentWorker:
         }
 
 
+def _attempts_path(db_dir: str | os.PathLike, sha256: str) -> Path:
+    return Path(db_dir) / FRAGMENTS / f"{sha256}.attempts"
+
+
+def _attempt(db_dir: str | os.PathLike, sha256: str) -> int:
+    """Note that an actor starts computing this photo; returns how many actors died
+    doing so before (a note left behind is one that died)."""
+    path = _attempts_path(db_dir, sha256)
+    try:
+        died = int(path.read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        died = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, str(died + 1))
+    return died
+
+
 def _worker_error(text: str) -> WorkerError:
     """The failure a worker reported, recorded under its original class name (as the
     sequential indexer records it)."""
@@ -143,6 +173,21 @@ def _worker_error(text: str) -> WorkerError:
 
 
 # -- the driver -----------------------------------------------------------------------
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse a cluster address (``HOST:PORT`` or ``ray://HOST:PORT``) nothing answers
+    at, in one line and before the index folder is made: ``ray.init`` would retry it
+    for minutes, a warning every few seconds. "auto" and a local Ray are Ray's to find."""
+    if address in (None, "local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UsesearchError(f"--ray {address}: give the cluster's HOST:PORT (or ray://HOST:PORT, or auto)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout).close()
+    except OSError as exc:
+        raise UsesearchError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+
+
 @contextmanager
 def ray_session(address: str | None = None) -> Iterator[None]:
     """Ray for one command: the one already initialised in this process, else a
@@ -180,12 +225,14 @@ def index_paths_ray(
     this machine, anything else joins that cluster (``ray.init(address=...)``)."""
     options = options or IndexOptions()
     db_dir = check_paths(paths, db_dir).resolve()
+    options = as_built(db_dir, options)
     report = IndexReport(devices=[faiss_gpu.note(options.faiss_device)])  # refuses an impossible --faiss-device
     if options.device not in (None, "auto"):
         _actor_device(options.device, gpus=1)  # refuses a device no worker can have, before anything loads
     start = time.perf_counter()
     # The identity, and missing weights said before any work; on the CPU, since the
     # models that compute run in the actors (on their GPUs) and this machine may have none.
+    check_address(address)
     files = photos_under(paths, refuse_none=is_new(db_dir, options))
     model, masker = load_models(replace(options, device="cpu"))
     with Writer(db_dir, options, identity(model, masker, options), paths) as writer, ray_session(address):
@@ -266,9 +313,12 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     import ray
     import ray.data
 
+    for note in (db_dir / FRAGMENTS).glob("*.attempts"):  # a killed run's actors died with it, not of a photo
+        note.unlink(missing_ok=True)
     ready = [r for r in pending if fragment_path(db_dir, r["sha256"]).is_file()]
+    computed = {r["sha256"] for r in ready}
+    todo = [r for r in pending if r["sha256"] not in computed]  # before ``ready``'s commits delete their fragments
     yield from ({**r, "error": "", "segments": -1} for r in ready)
-    todo = [r for r in pending if not fragment_path(db_dir, r["sha256"]).is_file()]
     if not todo:
         return
     gpus = int(ray.cluster_resources().get("GPU", 0)) if options.device == "cuda" else 0

@@ -13,7 +13,13 @@ import pytest
 pytest.importorskip("ray", reason="the distributed extra is not installed: pip install -e '.[distributed]'")
 
 from tests.helpers import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos  # noqa: E402
-from usesearch.indexer import IndexOptions, SegmentIndex, index_paths  # noqa: E402
+from usesearch.errors import UsesearchError  # noqa: E402
+from usesearch.indexer import (  # noqa: E402
+    IndexOptions,
+    SegmentIndex,
+    distributed,  # noqa: E402
+    index_paths,
+)
 from usesearch.indexer.distributed import FRAGMENTS, index_paths_ray  # noqa: E402
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -152,3 +158,50 @@ def test_shards_filled_in_parallel_on_ray_answer_as_a_local_rebuild(ray_local, t
     queries = data[np.random.default_rng(0).integers(0, len(data), 4)]
     assert answers(on_ray, queries) == answers(local, queries)
     assert_consistent(tmp_path / "ray")
+
+
+def test_a_photo_that_kills_its_worker_is_recorded_and_the_rest_indexed(ray_local, photos, monkeypatch, tmp_path):
+    """A native crash or an out-of-memory kill on one photo: Ray restarted the actor and
+    retried the batch forever, and nothing after the photo was ever committed."""
+
+    class CrashesOnCoffee(distributed.SegmentWorker):
+        def segment(self, rgb, path):
+            if path.endswith("coffee.png"):
+                os._exit(1)  # as a segfault or the OOM killer would end it
+            return super().segment(rgb, path)
+
+    monkeypatch.setattr(distributed, "SegmentWorker", CrashesOnCoffee)
+    report = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS))
+    ix = SegmentIndex.open(tmp_path / "db")
+    failed = {os.path.basename(f.path): f for f in ix.store.failures()}
+    assert failed.keys() == {"broken.png", "coffee.png"} and failed["coffee.png"].error_class == "WorkerDied"
+    assert "died 2 times" in failed["coffee.png"].error_message
+    assert report.done == len(NAMES) - 1 and ix.stats()["images_done"] == len(NAMES) - 1
+    assert not list((tmp_path / "db" / FRAGMENTS).iterdir())  # no fragment, no note of an attempt left
+
+
+def test_fragments_a_killed_run_left_are_committed_not_computed_again(tmp_path):
+    """The photos still to compute are chosen before the left fragments' commits delete
+    them: they were sent through the models again, and counted twice."""
+    sha = "ab" * 32
+    fragment = distributed.fragment_path(tmp_path, sha)
+    fragment.parent.mkdir()
+    fragment.write_bytes(b"left by a killed run")
+    (fragment.parent / f"{'cd' * 32}.attempts").write_text("1")  # its actor died with that run
+    rows = []
+    for row in distributed._compute([{"sha256": sha, "path": "p.png"}], tmp_path, IndexOptions(**OPTS), None):
+        rows.append(row)
+        fragment.unlink()  # as the commit does
+    assert [(r["sha256"], r["segments"]) for r in rows] == [(sha, -1)]  # and Ray was never asked to compute
+    assert not list(fragment.parent.iterdir())
+
+
+def test_an_address_nothing_answers_at_is_refused_at_once_leaving_no_index(photos, tmp_path):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(UsesearchError, match="no Ray cluster answers"):
+        index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), address="127.0.0.1:1")
+    with pytest.raises(UsesearchError, match="HOST:PORT"):
+        index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), address="somewhere")
+    assert time.perf_counter() - start < 30 and not (tmp_path / "db").exists()

@@ -136,8 +136,9 @@ def reindex_cmd(
         )
         opts.console.print(f"rebuilt FAISS index with {count} vectors")
         return
-    from usesearch.indexer.distributed import ray_session, rebuild_on_ray
+    from usesearch.indexer.distributed import check_address, ray_session, rebuild_on_ray
 
+    check_address(ray)
     with ray_session(ray):
         count = reindex(
             db,
