@@ -39,7 +39,7 @@ from usesearch.masks.maskers import Proposal
 from . import read_ahead
 from .compute import segment_records
 from .options import IndexOptions, IndexReport
-from .pipeline import check_devices, check_paths, identity, load_embedder
+from .pipeline import as_built, check_devices, check_paths, identity, load_embedder
 from .records import DONE, ImageRecord
 from .writer import Writer
 
@@ -71,6 +71,7 @@ def index_coco(
     dataset = read_coco(coco_file)  # before anything: a wrong file must not leave an index folder behind
     split = split or Path(coco_file).stem
     db_dir = check_paths(paths, db_dir)
+    options = as_built(db_dir, options)
     report = CocoReport(devices=check_devices(options), split=split)
     start = time.perf_counter()
     model = load_embedder(options)

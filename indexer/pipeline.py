@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 
 from usesearch.devices import describe as describe_device
@@ -24,7 +25,7 @@ from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage
-from .folder import check_db_dir, is_new
+from .folder import check_db_dir, is_new, open_store
 from .options import IndexOptions, IndexReport
 from .records import NO_MASKER, IndexInfo
 from .writer import Writer
@@ -39,6 +40,7 @@ def index_paths(
     """Index every image under ``paths`` into ``db_dir``; safe to re-run and to kill."""
     options = options or IndexOptions()
     db_dir = check_paths(paths, db_dir)
+    options = as_built(db_dir, options)
     report = IndexReport(devices=check_devices(options))
     start = time.perf_counter()
     files = photos_under(paths, refuse_none=is_new(db_dir, options))  # before the models
@@ -92,6 +94,30 @@ def check_devices(options: IndexOptions) -> list[str]:
     (``--device cuda`` without CUDA, ``--faiss-device cuda`` with faiss-cpu) is
     refused here, before any model loads or any photo is read."""
     return [describe_device(resolve_device(options.device)), faiss_gpu.note(options.faiss_device)]
+
+
+def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
+    """``options`` for adding to the index at ``db_dir``: where the run names no model
+    (``--preset``, ``--embedder``, ``--head``) or masker, the ones the index was built
+    with. Else ``index NEW --db OLD`` loaded the defaults' (b16's, SAM), sent a ``tiny``
+    index's user to pull b16's weights, and refused the run only after loading them."""
+    if is_new(db_dir, options):
+        return options
+    try:
+        store = open_store(db_dir, options.db_url, read_only=True)
+    except UsesearchError:  # an empty catalog on a server, or a folder to be refused later in its own words
+        return options
+    try:
+        built = store.info()
+    finally:
+        store.close()
+    if built is None:
+        return options
+    if options.preset is None and options.embedder is None and options.head is None:
+        options = replace(options, preset=built.preset, embedder=built.embedder, head=built.head)
+    if options.masker is None and not options.masker_options and built.masker not in (NO_MASKER, "coco"):
+        options = replace(options, masker=built.masker)
+    return options
 
 
 def load_embedder(options: IndexOptions):
