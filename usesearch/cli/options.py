@@ -71,7 +71,7 @@ PresetOpt = Annotated[
         "--preset",
         "-p",
         help="Model preset: b16, l14-336, or tiny (random weights, for trials). "
-        "Default: the --head's preset where a command takes --head, else b16.",
+        "Default: the --head's preset where a command takes --head; adding to an index, the index's; else b16.",
     ),
 ]
 EmbedderOpt = Annotated[
