@@ -2,6 +2,7 @@
 release, with a deprecation message."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -343,3 +344,10 @@ def test_segment_refuses_a_fifo_and_masker_coco_before_models_load_and_reads_a_b
     assert done.exit_code == 0, done.output
     assert {c["class"] for c in json.loads(done.stdout)["classes"]} <= {"person", "sky"}
     assert json.loads(done.stdout)["classes"]  # some class was found, and none is "\ufeffperson"
+
+
+def test_embed_refuses_a_fifo_named_as_its_image_at_once(tmp_path):
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    result = CliRunner().invoke(app, ["embed", str(fifo), "a cat", "--preset", "tiny"])
+    assert result.exit_code == 2 and "not a regular file" in result.stderr

@@ -182,3 +182,56 @@ def test_a_dataset_curated_from_coco_names_its_photos_by_absolute_path(tmp_path,
     assert result.exit_code == 0, result.output
     paths = [record["path"] for record in read_records(tmp_path / "pairs")]
     assert paths == [str(photos / "coffee.png")] and coco.is_file()
+
+
+def test_eval_parts_refuses_missing_photos_before_the_models(tmp_path):
+    """A photo missing at the end of the list threw away every result before it."""
+    from usesearch.training.synthetic import write_parts_coco
+
+    coco_file = write_parts_coco(tmp_path / "parts", 2, seed=5)
+    coco = json.loads(coco_file.read_text())
+    gone = tmp_path / "parts" / "images" / coco["images"][-1]["file_name"]
+    gone.unlink()
+    args = ["eval", "parts", "--coco", str(coco_file), "--images", str(tmp_path / "parts" / "images"), "-p", "tiny"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and f"1 photo(s) {coco_file} names are not under" in result.stderr
+    assert gone.name in result.stderr
+
+
+def test_a_part_category_without_annotations_has_no_ap_null_not_nan():
+    """NaN is not JSON: strict parsers refused ``eval parts --json``'s output."""
+    import contextlib
+    import io
+
+    import numpy as np
+    from pycocotools.coco import COCO
+
+    from usesearch.masks import rle
+    from usesearch.tasks.parts import mask_map
+
+    mask = np.zeros((20, 20), bool)
+    mask[4:12, 4:12] = True
+    segmentation = rle.encode(mask)
+    gt = COCO()
+    gt.dataset = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 20}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": segmentation,
+                "area": 64,
+                "bbox": [4, 4, 8, 8],
+                "iscrowd": 0,
+            }
+        ],
+        "categories": [{"id": 1, "name": "roof"}, {"id": 2, "name": "chimney"}],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        overall, per_category = mask_map(
+            gt, [{"image_id": 1, "category_id": 1, "segmentation": segmentation, "score": 0.9}]
+        )
+    assert per_category["chimney"] is None and per_category["roof"] == pytest.approx(1.0) == overall
+    assert json.loads(json.dumps(per_category), parse_constant=lambda c: pytest.fail(c)) == per_category

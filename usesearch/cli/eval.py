@@ -100,9 +100,9 @@ with_segmenter = opts.shared_options("segmenter", Segmenter)
 def _read_photo(path: Path | str, name: str | None = None):
     """One image file -> RGB, with the indexer's safeguards (a regular file, its size,
     no decompression bomb): a FIFO named as the image hung ``segment`` for ever."""
-    from usesearch.io.files import decode, read_bytes
+    from usesearch.io.files import read_photo
 
-    return decode(read_bytes(str(path), name=name)[0], name or str(path))
+    return read_photo(path, name)
 
 
 def _read_and_mask(path: Path | str, masker, name: str | None = None):
@@ -307,6 +307,10 @@ def eval_parts(
     load_coco_json(coco)  # one line for a file that is not COCO, before pycocotools and the models
     with contextlib.redirect_stdout(io.StringIO()):
         annotations = COCO(str(coco))
+    missing = [entry["file_name"] for entry in annotations.imgs.values() if not (images / entry["file_name"]).is_file()]
+    if missing:  # before the models: a photo missing at the end lost every result before it
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UsesearchError(f"{len(missing)} photo(s) {coco} names are not under {images}: {shown}")
     category_ids = sorted(annotations.cats)
     parts = [annotations.cats[c]["name"] for c in category_ids]
     names = parts + background_classes()

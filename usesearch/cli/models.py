@@ -130,13 +130,13 @@ def embed(
     as_json: opts.JsonOpt = False,
 ) -> None:
     """Propose segments in one image (weight-free superpixel masker) and rank them per text."""
-    from usesearch.io.images import read_image
+    from usesearch.io.files import read_photo
     from usesearch.masks.maskers import FelzenszwalbMasker
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
     preset = choose_preset(preset, head)
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
-    _print_ranking(model, image, read_image(image), FelzenszwalbMasker(), text, k, as_json)
+    _print_ranking(model, image, read_photo(image), FelzenszwalbMasker(), text, k, as_json)
 
 
 def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: int, as_json: bool = False) -> None:

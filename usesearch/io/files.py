@@ -128,6 +128,19 @@ def read_bytes(fs_path: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES, name: s
     return data, hashlib.sha256(data).hexdigest()
 
 
+def read_photo(path: str | os.PathLike, name: str | None = None):
+    """One image file -> RGB, with the indexer's safeguards (a regular file, its size,
+    no decompression bomb): a FIFO named as the photo is refused, never waited on."""
+    name = name or display_path(os.fspath(path))
+    return decode(read_bytes(os.fspath(path), name=name)[0], name)
+
+
+def refuse_special(path: str | os.PathLike) -> None:
+    """Refuse a FIFO, device or folder before Pillow opens it (it would block on a FIFO)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ImageReadError(f"cannot read image {display_path(os.fspath(path))}: not a regular file")
+
+
 _PIL_LIMIT = threading.Lock()
 
 

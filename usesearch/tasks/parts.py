@@ -52,5 +52,6 @@ def mask_map(coco_gt, results: list[dict]) -> tuple[float, dict]:
     per_category = {}
     for k, cat_id in enumerate(evaluator.params.catIds):
         p = precision[:, :, k, 0, -1]
-        per_category[coco_gt.cats[cat_id]["name"]] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
+        # None (JSON null): a category with no annotation has no AP (NaN is not JSON)
+        per_category[coco_gt.cats[cat_id]["name"]] = float(p[p > -1].mean()) if (p > -1).any() else None
     return float(evaluator.stats[0]), per_category

@@ -24,6 +24,7 @@ from PIL import Image
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
+from usesearch.io.files import refuse_special
 
 if TYPE_CHECKING:
     from usesearch.models.model import SegmentEmbedder
@@ -129,6 +130,7 @@ def check_ground_truth(
     labelled = False
     for image, label in pairs:
         try:
+            refuse_special(image)
             with Image.open(image) as opened:
                 width, height = opened.size
                 if opened.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF-rotated a quarter turn, as it is read
