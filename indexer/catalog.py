@@ -9,10 +9,10 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
-from usesearch.errors import CatalogUnavailableError, first_line
+from usesearch.errors import CatalogUnavailableError, UsesearchError, first_line
 
 RETRY_SECONDS = 60.0  # how long a write waits for an unreachable database server
 log = logging.getLogger(__name__)
@@ -20,10 +20,19 @@ T = TypeVar("T")
 
 
 def server_url(url: str) -> str:
-    """``postgresql://`` means the psycopg (3) driver, the one usesearch installs."""
-    parsed = make_url(url)
-    if parsed.drivername == "postgresql":
+    """``postgresql://`` (or ``postgres://``, as Heroku and others write it) means the
+    psycopg (3) driver, the one usesearch installs; another database is refused."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UsesearchError("--db-url: not a database URL (postgresql://USER@HOST/DB)") from None
+    if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if not parsed.drivername.startswith("postgresql"):
+        raise UsesearchError(
+            f"--db-url {shown_url(url)}: the catalog goes in PostgreSQL (postgresql://USER@HOST/DB), "
+            "or in the index folder without --db-url (SQLite)"
+        )
     return parsed.render_as_string(hide_password=False)
 
 

@@ -100,3 +100,18 @@ def test_unreachable_server_is_a_one_line_error(tmp_path, pg_url, monkeypatch):
     assert "cannot reach the catalog database" in result.output and len(result.output.strip().splitlines()) == 1, (
         result.output
     )
+
+
+def test_a_catalog_url_is_postgresql_in_either_spelling_and_nothing_else(tmp_path):
+    import pytest
+
+    from usesearch.errors import UsesearchError
+    from usesearch.indexer.catalog import server_url
+
+    assert server_url("postgres://me@db/photos") == server_url("postgresql://me@db/photos")
+    assert server_url("postgres://me@db/photos").startswith("postgresql+psycopg://")
+    for url, why in (("mysql://me@db/photos", "the catalog goes in PostgreSQL"), ("::", "not a database URL")):
+        with pytest.raises(UsesearchError, match=why):
+            server_url(url)
+    result = CliRunner().invoke(app, ["info", "--db", str(tmp_path), "--db-url", "mysql://me:secret@db/x"])
+    assert result.exit_code == 2 and "PostgreSQL" in result.stderr and "secret" not in result.stderr
