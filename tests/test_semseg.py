@@ -25,13 +25,21 @@ def test_pixels_sum_probabilities_over_covering_masks():
 
 
 def reference_miou(pred, gt, num_classes, ignore=255):
+    """Over the classes the ground truth has (detectron2's rule)."""
     ious = []
     for c in range(num_classes):
         p, g = (pred == c) & (gt != ignore), (gt == c)
-        union = (p | g).sum()
-        if union:
-            ious.append((p & g).sum() / union)
+        if g.any():
+            ious.append((p & g).sum() / (p | g).sum())
     return float(np.mean(ious))
+
+
+def test_a_class_predicted_but_never_labelled_does_not_count():
+    """detectron2's SemSegEvaluator gives 0.75 here (classes 0 and 1); counting class 2,
+    which only the prediction has, as an IoU of 0 gave 0.5."""
+    gt, pred = np.array([[0, 0, 1, 1]]), np.array([[0, 0, 1, 2]])
+    mean, per_class = miou(confusion(pred, gt, 3))
+    assert mean == pytest.approx(0.75) and np.isnan(per_class[2])
 
 
 def test_miou_matches_a_direct_reference():

@@ -184,12 +184,16 @@ def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: 
 
 
 def miou(matrix: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean IoU over classes that occur in ground truth or prediction; per-class IoU (nan if absent)."""
+    """Mean IoU over the classes that occur in the ground truth; per-class IoU (nan for
+    a class the ground truth lacks). detectron2's ``SemSegEvaluator`` rule, which the
+    methods the paper compares with (§4.2, Table 2) report: a class predicted but never
+    labelled does not count as an IoU of 0 (mmseg's rule, lower where, as in ADE-847's
+    validation set, most classes never occur)."""
     num_classes = matrix.shape[0]
     tp = np.diag(matrix[:, :num_classes]).astype(np.float64)
     gt_total = matrix.sum(1)
     pred_total = matrix[:, :num_classes].sum(0)
     union = gt_total + pred_total - tp
     with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
+        iou = np.where(gt_total > 0, tp / union, np.nan)
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"), iou
