@@ -14,7 +14,9 @@ import usesearch.indexer.calibration.choice as choice
 import usesearch.indexer.index_choice as index_choice
 from tests.test_index_scale import synthetic_index
 from usesearch.cli.app import app
+from usesearch.errors import UsesearchError
 from usesearch.indexer import SearchFilters, SegmentIndex, reindex
+from usesearch.indexer.maintenance import recalibrate
 
 FACTORY = "IVF64,PQ16x4fs"
 
@@ -142,6 +144,11 @@ def test_a_rebuilt_index_does_not_use_the_old_calibration(tmp_path, weak_default
     assert ix.calibration is not None and ix.calibration.target == 0.9 and ix.calibration.factory.startswith("IVF32")
     reindex(tmp_path / "db", text_queries=False)  # a reindex keeps the target asked for last
     assert SegmentIndex.open(tmp_path / "db").calibration.target == 0.9
+    kept = (tmp_path / "db" / calibration.FILE).read_text()
+    for target in (-1.0, 1.5, float("nan")):  # refused through the API too, not kept for the next run
+        with pytest.raises(UsesearchError, match="from 0 to 1"):
+            recalibrate(tmp_path / "db", recall_target=target, text_queries=False)
+    assert (tmp_path / "db" / calibration.FILE).read_text() == kept
     shutil.copy(old, tmp_path / "db" / calibration.FILE)  # the calibration of the earlier build, put back
     ix = SegmentIndex.open(tmp_path / "db")
     assert ix.calibration is None and "not measured" in ix.stats()["recall"]

@@ -45,7 +45,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from usesearch.errors import first_line
+from usesearch.errors import UsesearchError, first_line
 from usesearch.io.atomic import write_atomic
 from usesearch.models.factory import load_model
 
@@ -186,6 +186,10 @@ def calibrate(
     """Measure ``ix`` (a compressed index) and choose its defaults: see the module.
     ``queries``: typed query vectors by kind (e.g. ``{"text": array}``), used
     instead of the model's vocabulary; ``budget_ms`` 0: no latency budget."""
+    if not 0.0 <= target <= 1.0:  # nan too: it would be kept and reused by every later calibration
+        raise UsesearchError(f"recall target {target}: a share of the true top {K} found, from 0 to 1")
+    if not budget_ms >= 0.0:
+        raise UsesearchError(f"latency budget {budget_ms} ms: give 0 (none) or more")
     start = time.perf_counter()
     index = ix.index
     ivf = ivf_of(index.index)
