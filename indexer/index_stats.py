@@ -48,7 +48,7 @@ def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:
         "calibration": asdict(index.calibration) if index.calibration else None,  # with its curve
         "dim": index.info.dim,
         "vectors": int(index.index.ntotal),
-        "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal"),
+        "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal") if _on_sqlite(index) else _server_bytes(index),
         "bytes_faiss": sum(p.stat().st_size for p in vector_files.shard_files(index.db_dir / FAISS_FILE)),
         "location_map_bytes": index._locations.nbytes if index._locations is not None else 0,  # (a server's)
         "shards": len(index.index.shards),
@@ -85,3 +85,19 @@ def _index_explanation(index: SegmentIndex) -> str:
     return (
         f"{index.info.factory}: chosen when the collection was smaller; now {choice.factory} would be ({choice.reason})"
     )
+
+
+def _on_sqlite(index: SegmentIndex) -> bool:
+    return index.store.engine.dialect.name == "sqlite"
+
+
+def _server_bytes(index: SegmentIndex) -> int | None:
+    """The catalog's database on its server, as PostgreSQL counts it (None: not told)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with index.store.sessions() as s:
+            return int(s.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+    except SQLAlchemyError:
+        return None

@@ -39,6 +39,7 @@ def test_index_query_and_info_on_postgresql_equal_sqlite(tmp_path, pg_url):
     pg, lite = SegmentIndex.open(tmp_path / "pg", db_url=pg_url), SegmentIndex.open(tmp_path / "lite")
     assert [f.path.rsplit("/", 1)[-1] for f in pg.store.failures()] == ["broken.png"]
     assert pg.store.common_folder() == lite.store.common_folder()
+    assert pg.stats()["bytes_db"] > 0 and lite.stats()["bytes_db"] > 0  # the server's database counted, not 0
     for filters in ({}, {"path": "*/sub/*"}, {"per_image": True}, {"min_area": 200}):
         a, b = pg.query("a cat", 6, SearchFilters(**filters)), lite.query("a cat", 6, SearchFilters(**filters))
         assert a and [(h.image, h.bbox, round(h.score, 5)) for h in a] == [
