@@ -184,18 +184,30 @@ def test_a_dataset_curated_from_coco_names_its_photos_by_absolute_path(tmp_path,
     assert paths == [str(photos / "coffee.png")] and coco.is_file()
 
 
-def test_eval_parts_refuses_missing_photos_before_the_models(tmp_path):
-    """A photo missing at the end of the list threw away every result before it."""
+@pytest.mark.parametrize("fault", ["photo missing", "size mismatch", "degenerate polygon"])
+def test_eval_parts_refuses_a_faulty_ground_truth_before_the_models(tmp_path, fault):
+    """A photo missing at the end of the list threw away every result before it; an
+    entry of another size than its photo scored 0 without a word; a polygon pycocotools
+    cannot rasterise was an unexpected error (a NaN in one took it to all the memory)."""
     from usesearch.training.synthetic import write_parts_coco
 
     coco_file = write_parts_coco(tmp_path / "parts", 2, seed=5)
     coco = json.loads(coco_file.read_text())
-    gone = tmp_path / "parts" / "images" / coco["images"][-1]["file_name"]
-    gone.unlink()
+    last = coco["images"][-1]
+    if fault == "photo missing":
+        (tmp_path / "parts" / "images" / last["file_name"]).unlink()
+        why = f"1 photo(s) {coco_file} names are not readable under"
+    elif fault == "size mismatch":
+        last["height"] += 7
+        why = "the entry says"
+    else:
+        coco["annotations"][0]["segmentation"] = [[1.0, 2.0, float("nan"), 4.0, 5.0, 6.0]]
+        why = "annotation fault(s) in"
+    coco_file.write_text(json.dumps(coco))
     args = ["eval", "parts", "--coco", str(coco_file), "--images", str(tmp_path / "parts" / "images"), "-p", "tiny"]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2 and f"1 photo(s) {coco_file} names are not under" in result.stderr
-    assert gone.name in result.stderr
+    assert result.exit_code == 2 and why in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_part_category_without_annotations_has_no_ap_null_not_nan():

@@ -300,17 +300,14 @@ def eval_parts(
 
     from pycocotools.coco import COCO
 
-    from usesearch.tasks.parts import background_classes, mask_map, part_detections, to_results
+    from usesearch.tasks.parts import background_classes, check_ground_truth, mask_map, part_detections, to_results
     from usesearch.tasks.semseg import class_probabilities
 
     report = report.taking(ctx.args)
     load_coco_json(coco)  # one line for a file that is not COCO, before pycocotools and the models
+    check_ground_truth(coco, images)
     with contextlib.redirect_stdout(io.StringIO()):
         annotations = COCO(str(coco))
-    missing = [entry["file_name"] for entry in annotations.imgs.values() if not (images / entry["file_name"]).is_file()]
-    if missing:  # before the models: a photo missing at the end lost every result before it
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise UsesearchError(f"{len(missing)} photo(s) {coco} names are not under {images}: {shown}")
     category_ids = sorted(annotations.cats)
     parts = [annotations.cats[c]["name"] for c in category_ids]
     names = parts + background_classes()

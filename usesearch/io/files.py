@@ -135,12 +135,6 @@ def read_photo(path: str | os.PathLike, name: str | None = None):
     return decode(read_bytes(os.fspath(path), name=name)[0], name)
 
 
-def refuse_special(path: str | os.PathLike) -> None:
-    """Refuse a FIFO, device or folder before Pillow opens it (it would block on a FIFO)."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise ImageReadError(f"cannot read image {display_path(os.fspath(path))}: not a regular file")
-
-
 _PIL_LIMIT = threading.Lock()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from os import PathLike
 from typing import BinaryIO
 
@@ -29,6 +31,21 @@ def read_image(path: str | PathLike | BinaryIO, name: str | None = None) -> np.n
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow signals truncated/corrupt files with any of these.
         raise ImageReadError(f"cannot read image {name or path}: {exc}") from exc
+
+
+def displayed_size(path: str | PathLike) -> tuple[int, int]:
+    """(height, width) of a photo as it is read (an EXIF quarter turn applied), from its
+    header alone; a FIFO or device is refused, not waited on."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ImageReadError(f"cannot read image {os.fspath(path)}: not a regular file")
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+            if opened.getexif().get(0x0112) in (5, 6, 7, 8):
+                width, height = height, width
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"cannot read image {os.fspath(path)}: {exc}") from exc
+    return height, width
 
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:

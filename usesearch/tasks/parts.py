@@ -17,6 +17,39 @@ from usesearch.masks.rle import encode
 DATA = Path(__file__).parent / "data"
 
 
+def check_ground_truth(coco_file: Path, images: Path) -> None:
+    """Every photo the file names under ``images``, of the size its entry says, and every
+    annotation a mask COCOeval can score, checked before any model runs: a photo missing
+    at the end lost every result before it, a wrong size scored 0 without a word, and a
+    NaN in a polygon took pycocotools to all the machine's memory, then a crash."""
+    from usesearch.errors import ImageReadError, UsesearchError
+    from usesearch.io.coco_dataset import checked_masks, read_coco
+    from usesearch.io.images import displayed_size
+
+    dataset = read_coco(coco_file)
+    faults = [
+        f"{name or coco_file.name}{f' annotation {ann}' if ann is not None else ''}: {error}"
+        for name, ann, error in dataset.problems
+    ]
+    missing = []
+    for entry in dataset.images:
+        try:
+            hw = displayed_size(images / entry.file_name)
+        except (OSError, ImageReadError):
+            missing.append(entry.file_name)
+            continue
+        for name, ann, error in checked_masks(entry, hw)[1]:
+            faults.append(f"{name}{f' annotation {ann}' if ann is not None else ''}: {error}")
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UsesearchError(f"{len(missing)} photo(s) {coco_file} names are not readable under {images}: {shown}")
+    if faults:
+        raise UsesearchError(
+            f"{len(faults)} annotation fault(s) in {coco_file}, which COCOeval cannot score; the first: {faults[0]} "
+            "(`usesearch index IMAGES --coco FILE --db DIR`, then `usesearch failures --db DIR`, lists each)"
+        )
+
+
 def background_classes() -> list[str]:
     stuff = (DATA / "coco_stuff_91.txt").read_text().split()
     supers = (DATA / "partimagenet_supercategories.txt").read_text().split()

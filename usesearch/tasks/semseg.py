@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import ImageReadError, UsesearchError
 from usesearch.io.atomic import save_picture
-from usesearch.io.files import refuse_special
+from usesearch.io.images import displayed_size
 
 if TYPE_CHECKING:
     from usesearch.models.model import SegmentEmbedder
@@ -130,12 +130,8 @@ def check_ground_truth(
     labelled = False
     for image, label in pairs:
         try:
-            refuse_special(image)
-            with Image.open(image) as opened:
-                width, height = opened.size
-                if opened.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF-rotated a quarter turn, as it is read
-                    width, height = height, width
-        except OSError as exc:
+            height, width = displayed_size(image)  # EXIF-rotated a quarter turn, as it is read
+        except (OSError, ImageReadError) as exc:
             raise UsesearchError(f"{image}: not a readable image ({exc})") from None
         gt = read_ground_truth(label, (height, width), num_classes, ignore_index, reduce_zero_label)
         labelled = labelled or bool((gt != ignore_index).any())
