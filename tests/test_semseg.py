@@ -146,6 +146,8 @@ def _label(path, value, shape=(128, 128)):
         (lambda root: _label(root / "labels" / "00002.png", 0, (64, 128)), "is 128x64 but its image is 128x128"),
         (lambda root: _label(root / "labels" / "00002.png", 200), "holds class id 200, past the"),
         (lambda root: [_label(p, 255) for p in (root / "labels").iterdir()], "no pixel of"),
+        (lambda root: _label(root / "images" / "00001.jpg", 0), "share a name: one label PNG"),
+        (lambda root: _label(root / "images" / "00001.png", 0), "one folder"),
     ],
 )
 def test_eval_semseg_refuses_ground_truth_that_cannot_be_scored_in_one_line(tmp_path, spoil, why, monkeypatch):
@@ -157,7 +159,8 @@ def test_eval_semseg_refuses_ground_truth_that_cannot_be_scored_in_one_line(tmp_
     monkeypatch.setattr(eval_cli.Segmenter, "build", lambda *a: pytest.fail("models built before the check"))
     root = write_semseg(tmp_path / "semseg", 3, seed=4)
     spoil(root)
-    args = ["eval", "semseg", "--images", str(root / "images"), "--labels", str(root / "labels")]
+    labels = root / ("images" if why == "one folder" else "labels")
+    args = ["eval", "semseg", "--images", str(root / "images"), "--labels", str(labels)]
     result = CliRunner().invoke(app, [*args, "--classes-file", str(root / "classes.txt"), "--preset", "tiny"])
     assert result.exit_code == 2, result.output
     assert why in result.output and len(result.output.strip().splitlines()) == 1, result.output

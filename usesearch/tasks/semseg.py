@@ -14,6 +14,7 @@ Label maps are uint8 (unlabelled 255) up to 255 classes and uint16 (unlabelled
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,9 +109,15 @@ def ground_truth_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
     a folder with no image, or an image without its label PNG, is one line."""
     from usesearch.io.files import IMAGE_SUFFIXES
 
+    if images.resolve() == labels.resolve():  # the label PNGs would be scored as photos, against themselves
+        raise UsesearchError(f"--images and --labels are one folder ({images}): give the photos and labels apart")
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise UsesearchError(f"{images} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    stems = Counter(path.stem for path in files)
+    twins = sorted(path.name for path in files if stems[path.stem] > 1)
+    if twins:  # both would be scored against the one label PNG of that name
+        raise UsesearchError(f"photos {', '.join(twins[:4])} in {images} share a name: one label PNG cannot be both's")
     pairs = [(path, labels / f"{path.stem}.png") for path in files]
     missing = [label.name for _, label in pairs if not label.is_file()]
     if missing:
