@@ -122,6 +122,8 @@ def test_old_eval_spellings_give_the_same_result(tmp_path):
         assert was.exit_code == now.exit_code == 0, (was.output, now.output)
         assert was.stdout == now.stdout and note in was.stderr and now.stderr == ""
         assert json.loads((tmp_path / "old.json").read_text()) == json.loads((tmp_path / "new.json").read_text())
+    nowhere = runner.invoke(app, [*semseg, "--classes-file", str(root / "classes.txt"), "--json", "nodir/r.json"])
+    assert nowhere.exit_code == 2 and "--json nodir/r.json: folder nodir does not exist" in nowhere.stderr
 
 
 def test_a_bare_ray_means_this_machine():

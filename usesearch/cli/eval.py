@@ -134,7 +134,12 @@ class Report:
             raise UsesearchError(f"got unexpected extra arguments ({' '.join(extra)})")
         opts.deprecated("`eval ... --json FILE` is now `--out FILE` (`--json` prints JSON)")
         opts.console.stderr = False  # the table after all: on stdout (user_errors put it on stderr for --json)
-        return Report(as_json=False, out=self.out or Path(extra[0]))
+        out = self.out or Path(extra[0])
+        try:
+            opts.writable_file(out)  # as --out FILE is checked: before the models, not after the evaluation
+        except typer.BadParameter as exc:
+            raise UsesearchError(f"--json {out}: {exc}") from None
+        return Report(as_json=False, out=out)
 
     def write(self, result: dict, rows: dict[str, float | None], total: tuple[str, str]) -> None:
         if self.out:
