@@ -105,6 +105,14 @@ def _read_photo(path: Path | str, name: str | None = None):
     return read_photo(path, name)
 
 
+def _with_progress(items: list) -> Any:
+    """``items`` with a progress bar on stderr, where that is a terminal: an evaluation
+    of a few thousand images runs for hours."""
+    from tqdm import tqdm
+
+    return tqdm(items, unit="img", dynamic_ncols=True, disable=None)
+
+
 def _read_and_mask(path: Path | str, masker, name: str | None = None):
     """One image file -> (RGB, its masks [N, H, W])."""
     from usesearch.masks.maskers import stack_masks
@@ -273,7 +281,7 @@ def eval_semseg(
     check_ground_truth(pairs, len(names), ignore_index, reduce_zero_label)
     models, mask_proposer = segmenter.build(sam)
     matrix = np.zeros((len(names), len(names) + 1), np.int64)
-    for path, label in pairs:
+    for path, label in _with_progress(pairs):
         rgb, masks = _read_and_mask(path, mask_proposer)
         gt = read_ground_truth(label, rgb.shape[:2], len(names), ignore_index, reduce_zero_label)
         matrix += confusion(segment_image(models, rgb, masks, names), gt, len(names), ignore_index)
@@ -318,7 +326,7 @@ def eval_parts(
     names = parts + background_classes()
     models, mask_proposer = segmenter.build(sam)
     results = []
-    for image_id in sorted(annotations.imgs):
+    for image_id in _with_progress(sorted(annotations.imgs)):
         name = annotations.imgs[image_id]["file_name"]
         rgb, masks = _read_and_mask(images / name, mask_proposer, name)
         if not len(masks):
