@@ -302,3 +302,13 @@ def test_only_one_batch_of_image_features_is_held_at_a_time(index, refiner, monk
     assert len(made) == 3 and uncached.last.image_steps == 3
     assert alive_when_encoding == [0, 0, 0] and alive_when_segmenting == [1, 1, 1]
     assert len(hits) == 40
+
+
+def test_a_sam3_file_holding_other_than_weights_is_one_line(tmp_path):
+    from usesearch.errors import UsesearchError
+    from usesearch.masks.sam3 import load_checkpoint
+
+    path = tmp_path / "sam3.pt"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(UsesearchError, match="sam3.pt is not a SAM 3 checkpoint: it holds a list"):
+        load_checkpoint(torch.nn.Linear(1, 1), path)

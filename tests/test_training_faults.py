@@ -61,6 +61,19 @@ def test_resume_on_other_data_is_refused(samples, tmp_path):
             Trainer(other, tmp_path, CFG).resume()
     with pytest.raises(usesearch.UsesearchError, match="holds no checkpoint to continue"):
         Trainer(samples, tmp_path / "mistyped", CFG).resume()  # never starts over silently
+    whole = (tmp_path / "trainer.pt").read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"<html>", pickle_of_a_list()):  # cut short by a full disk; not ours
+        (tmp_path / "trainer.pt").write_bytes(damaged)
+        with pytest.raises(usesearch.UsesearchError, match="trainer.pt is damaged .*train anew, without --resume"):
+            Trainer(samples, tmp_path, CFG).resume()
+
+
+def pickle_of_a_list() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save([1, 2], buffer)
+    return buffer.getvalue()
 
 
 def test_ctrl_c_finishes_the_step_writes_its_checkpoint_and_resume_ends_as_one_run(samples, tmp_path):

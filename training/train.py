@@ -11,13 +11,11 @@ from __future__ import annotations
 import csv
 import math
 import os
-import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 
 from usesearch.devices import bf16_autocast, resolve_device
-from usesearch.errors import UsesearchError
+from usesearch.errors import UsesearchError, first_line
 from usesearch.io.atomic import write_atomic
 from usesearch.io.locks import one_writer
 from usesearch.models.checkpoint import save_head
@@ -35,6 +33,7 @@ from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder
 
 from .data import Sample, augment, data_identity, load_image
 from .loss import LOGIT_SCALE, segment_text_loss
+from .stopping import stop_requests
 
 
 @dataclass
@@ -186,7 +185,7 @@ class Trainer:
         """Train to the end (or to step ``until``, e.g. to test resuming). Ctrl-C (or a
         SIGTERM) lets the step being trained finish, writes its checkpoint, and raises
         ``KeyboardInterrupt``: ``resume`` continues from that step, nothing lost."""
-        with self._one_writer(), _stop_requests() as stop:
+        with self._one_writer(), stop_requests() as stop:
             return self._run(progress, until, stop)
 
     def _one_writer(self):
@@ -323,8 +322,12 @@ class Trainer:
             )
         from usesearch.models.checkpoint import load_head
 
-        trainer_state = torch.load(path, map_location=self.device, weights_only=True)
-        state, meta = load_head(self.out / f"step-{trainer_state['step']:07d}", self.use.preset)
+        try:
+            trainer_state = torch.load(path, map_location=self.device, weights_only=True)
+            step = int(trainer_state["step"])
+        except Exception as exc:  # noqa: BLE001 - cut short by a full disk, or not ours: one line
+            raise UsesearchError(f"--resume: {path} is damaged ({first_line(exc)}); train anew, without --resume")
+        state, meta = load_head(self.out / f"step-{step:07d}", self.use.preset)
         started = meta.get("train_config") or {}
         changed = [
             f"--{name.replace('_', '-')} {started[name]} (now {getattr(self.cfg, name)})"
@@ -374,26 +377,3 @@ class Trainer:
                 csv.writer(f).writerows(kept)
 
         write_atomic(log_path, write)
-
-
-@contextmanager
-def _stop_requests() -> Iterator[threading.Event | None]:
-    """Set by the first Ctrl-C or SIGTERM: the loop stops between steps (a step cut
-    mid-update leaves weights and optimizer apart); a second stops at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield None
-        return
-    stop = threading.Event()
-
-    def request(signum, frame) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        os.write(2, b"\nstopping after this step, its checkpoint written (Ctrl-C again stops at once)\n")
-
-    before = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)

@@ -68,6 +68,8 @@ def load_checkpoint(model: Any, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: one line
         raise UsesearchError(f"{path} is not a SAM 3 checkpoint: {exc}") from None
+    if not isinstance(state, dict):  # a whole pickle of something else
+        raise UsesearchError(f"{path} is not a SAM 3 checkpoint: it holds a {type(state).__name__}, not weights")
     if isinstance(state.get("model"), dict):
         state = state["model"]
     detector = {k.replace("detector.", "", 1): v for k, v in state.items() if k.startswith("detector.")}
