@@ -228,3 +228,15 @@ def test_every_command_that_loads_models_asks_for_the_default_device(command, mo
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert asked and all(device == torch.device("cuda") for _, device in asked), asked
+
+
+def test_the_text_tower_goes_to_the_models_device_with_the_image_towers():
+    """USE moved only CLIP's image tower: on a GPU, text tokens met a text tower left on
+    the CPU and every text query failed. ``meta`` stands in for CUDA (no GPU here)."""
+    from usesearch.models.factory import create_use_and_clip
+    from usesearch.models.model import USEEmbedder
+
+    use, clip = create_use_and_clip("tiny")
+    embedder = USEEmbedder(use, clip, torch.device("meta"), "digest")
+    devices = {p.device.type for p in embedder.text.model.parameters()} | {p.device.type for p in use.parameters()}
+    assert devices == {"meta"}

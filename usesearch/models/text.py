@@ -50,7 +50,9 @@ class TextEncoder:
     """Embeds texts as the normalised mean of their normalised per-template embeddings."""
 
     def __init__(self, clip_model: CLIP, tokenizer, device: torch.device, cache_size: int = 100_000):
-        self.model = clip_model
+        # On the device its tokens go to: USE moves only CLIP's image tower, so the text
+        # tower stayed on the CPU and every text query on a GPU failed (devices differ).
+        self.model = clip_model.to(device)
         self.tokenizer = tokenizer
         self.device = device
         self.cache_size = cache_size
