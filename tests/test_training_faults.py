@@ -322,3 +322,14 @@ def test_ctrl_c_during_the_last_step_is_a_finished_run(samples, tmp_path):
     trainer = Trainer(samples, tmp_path, CFG)
     head = trainer.run(ctrl_c_at_the_end)  # raises nothing
     assert trainer.step == CFG.max_steps and head.is_file()
+
+
+def test_training_runs_under_bf16_autocast_as_it_does_on_a_gpu(samples, tmp_path, monkeypatch):
+    """On a GPU the backbones and the loss run under bfloat16 autocast: the head's
+    pooling wrote a bf16 product into a float32 result and the first step failed.
+    bf16 autocast on the CPU stands in for the GPU's."""
+    monkeypatch.setattr(train_module, "bf16_autocast", lambda device: torch.autocast(device.type, dtype=torch.bfloat16))
+    trainer = Trainer(samples, tmp_path, CFG)
+    trainer.run(until=2)
+    head = trainer.use.head.proj.weight
+    assert head.dtype == torch.float32 and torch.isfinite(head).all() and _log_steps(tmp_path) == [1, 2]

@@ -128,14 +128,18 @@ class SegmentEmbeddingHead(nn.Module):
     def forward(self, z: torch.Tensor, weights: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
         """z [B,P,D] patch features; weights [N,P]; image_index [N] says which image each
         segment is on (all on image 0 when omitted) -> unit vectors [N, out_dim]."""
-        weights = weights.to(z.dtype)
-        if image_index is None:
-            pooled = weights @ z[0]
-        else:
-            # One matmul per image: gathering z per segment would copy [N, P, D].
-            pooled = z.new_empty(weights.shape[0], z.shape[-1])
-            for b in torch.unique(image_index).tolist():
-                rows = image_index == b
-                pooled[rows] = weights[rows] @ z[b]
-        pooled = pooled / weights.sum(1, keepdim=True)
+        # Pooled in float32 whatever autocast is on (training's bf16 on a GPU): a bf16
+        # product written into the float32 result was refused, and an area-weighted sum
+        # over thousands of patches wants float32 anyway. The projection may autocast.
+        with torch.autocast(z.device.type, enabled=False):
+            weights, z = weights.float(), z.float()
+            if image_index is None:
+                pooled = weights @ z[0]
+            else:
+                # One matmul per image: gathering z per segment would copy [N, P, D].
+                pooled = z.new_empty(weights.shape[0], z.shape[-1])
+                for b in torch.unique(image_index).tolist():
+                    rows = image_index == b
+                    pooled[rows] = weights[rows] @ z[b]
+            pooled = pooled / weights.sum(1, keepdim=True)
         return F.normalize(self.proj(pooled), dim=-1)
