@@ -1,7 +1,10 @@
 #!/bin/sh
 # The prepared GPU check: run it as is on a bare CUDA machine (the device tool), from
-# the project's root, after `sh ../shared/device/prepare-wheels.sh` here has put the
-# wheels such an image lacks into .whl/ (carry: [".whl"]). Writes its figures to
+# the project's root, after `sh ../shared/device/prepare-wheels.sh tenacity filelock ijson regex`
+# here has put the wheels such an image lacks into .whl/ (carry: [".whl"]): the script's
+# own list lacks four dependencies usesearch added since (the catalog's retry, the writer's
+# lock, the COCO reader, open_clip's tokenizer), and the first is imported by every
+# indexing run. Step 0 names any module still missing. Writes its figures to
 # $OUT (or ./gpu-check when OUT is unset). About 6 minutes on one H200, most of it building random-weight models.
 #   run: sh benchmarks/gpu_check.sh    (timeout_s 480; its steps stop themselves within 400 s)
 set -e
@@ -23,6 +26,19 @@ step() {
   if [ "$rc" -ne 0 ]; then echo "FAILED ($rc): $file"; FAILED="$FAILED $file($rc)"; fi
 }
 step gpu.txt nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv
+# 0. Everything the steps import, named where missing (else step 2 dies at its imports).
+step imports.txt python3 -c "
+import importlib
+missing = []
+for name in ('open_clip', 'segment_anything', 'faiss', 'sqlalchemy', 'pycocotools', 'tenacity', 'filelock', 'ijson',
+             'regex', 'usesearch.indexer.pipeline', 'usesearch.masks.amg'):
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        missing.append(f'{name} ({exc})')
+assert not missing, 'missing: ' + '; '.join(missing)
+print('every module the steps import is here')
+"
 # 1. The CUDA parts of the suite that a CPU cannot run: the generator's masks against
 #    stock's on the GPU (bf16 tolerance), run-length coding on the device.
 step checks.txt timeout 60 python3 - <<'PY'
