@@ -240,3 +240,14 @@ def test_the_text_tower_goes_to_the_models_device_with_the_image_towers():
     embedder = USEEmbedder(use, clip, torch.device("meta"), "digest")
     devices = {p.device.type for p in embedder.text.model.parameters()} | {p.device.type for p in use.parameters()}
     assert devices == {"meta"}
+
+
+def test_a_gpu_that_only_emulates_bf16_runs_float32(monkeypatch):
+    """T4 and V100 emulate bfloat16, slower than float32: torch's default answer counts them."""
+    from usesearch.devices import bf16_autocast, has_bf16
+
+    fake_cuda(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert not has_bf16(torch.device("cuda")) and not bf16_autocast(torch.device("cuda"))._enabled
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert has_bf16(torch.device("cuda")) and not has_bf16(torch.device("cpu"))

@@ -43,11 +43,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def has_bf16(device: torch.device) -> bool:
+    """A GPU that computes bfloat16 natively (Ampere on). Older cards (T4, V100) only
+    emulate it, slower than float32, which torch's default answer would count."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def bf16_autocast(device: torch.device):
     """bfloat16 autocast on a GPU that has it (backbones and SAM: half the bytes,
     the tensor cores' rate); a no-op elsewhere, so CPU results are float32 as before."""
-    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=has_bf16(device))
 
 
 def describe(device: torch.device) -> str:
@@ -55,5 +60,5 @@ def describe(device: torch.device) -> str:
     if device.type != "cuda":
         return "models on the CPU"
     index = device.index if device.index is not None else torch.cuda.current_device()
-    precision = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    precision = "bfloat16" if has_bf16(device) else "float32"
     return f"models on {device.type}:{index} ({torch.cuda.get_device_name(index)}, {precision})"

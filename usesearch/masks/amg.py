@@ -35,6 +35,7 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import box_area
 
+from usesearch.devices import has_bf16
 from usesearch.masks import rle
 from usesearch.masks.amg_utils import CPU_POINTS_PER_BATCH, Candidates, nms, prompt_batch, stability_score
 
@@ -119,7 +120,7 @@ class SamMaskGenerator:
         self._prompt_batches: dict = {}  # (crop size, prompts) -> prompts per decoder batch on this GPU
         device = model.device
         if autocast is None:
-            autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+            autocast = has_bf16(device)
         self.autocast = bool(autocast)
         # Wall seconds spent, for benchmarks: in the image encoder, in the prompt
         # encoder + mask decoder, in RLE encoding (with the one transfer of the kept
@@ -128,7 +129,7 @@ class SamMaskGenerator:
 
     def _sync(self) -> None:
         if self.model.device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.model.device)  # its GPU's, not the current one (--device cuda:1)
 
     def _autocast(self):
         return torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.autocast)
