@@ -55,6 +55,6 @@ step throughput.txt timeout 240 python3 benchmarks/index_throughput.py --presets
 # 3. SAM's levers against segment-anything's code, then the generator against the model's forward time.
 step levers.txt timeout 45 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3
 step masker.txt timeout 45 python3 benchmarks/masker_cost.py --arch vit_h --sides 32 --autocast --skip-stock \
-  --repeat 4 --points-per-batch 1024
+  --levers --repeat 4 --points-per-batch 1024
 if [ -n "$FAILED" ]; then echo "gpu_check: failed steps:$FAILED"; exit 1; fi
 echo "gpu_check: every step passed; figures in $OUT"

@@ -25,6 +25,7 @@ from skimage import data
 
 from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.sam import SAM_TYPES, build_sam
+from usesearch.masks.sam_fast import speed_up
 
 SETTINGS = {"thresholds 0": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0), "defaults": {}}
 
@@ -73,16 +74,23 @@ def main() -> None:
         "--autocast", action="store_true", help="bfloat16 encoder and decoder (ours; the model figure too)"
     )
     parser.add_argument("--skip-stock", action="store_true")
+    parser.add_argument(
+        "--levers",
+        action="store_true",
+        help="SAM with sam_fast's levers (SDPA, shared image tokens), as load_sam gives",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="images per setting (images/s on a GPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    sam = build_sam(args.arch).to(args.device).eval()
+    sam = build_sam(args.arch)
+    sam = (speed_up(sam) if args.levers else sam).to(args.device).eval()
     photo = Image.fromarray(data.astronaut()).resize((1024, 1024), Image.BICUBIC)
     image = np.asarray(photo)
     print(
         f"SAM {args.arch}, random weights, {image.shape[1]}x{image.shape[0]} photo, {args.device}, "
-        f"{args.threads} threads, {args.points_per_batch} points per batch, autocast={args.autocast}"
+        f"{args.threads} threads, {args.points_per_batch} points per batch, autocast={args.autocast}, "
+        f"levers={args.levers}"
     )
     model_forward(sam, image, 4, args.points_per_batch, args.device, args.autocast)  # warm up
     for side in args.sides:
