@@ -122,6 +122,30 @@ def test_the_batch_size_changes_no_mask(sam, image):
     assert [r.rle for r in one] == [r.rle for r in all_at_once] and len(one) > 20
 
 
+def test_a_prompt_batch_that_runs_out_of_gpu_memory_is_halved_for_good(sam, image, monkeypatch):
+    """Sized once from the free memory; another process may take some later: the batch
+    is halved until it fits (the same masks), not failed for every later photo."""
+    monkeypatch.setattr("usesearch.masks.amg.CPU_POINTS_PER_BATCH", 64)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    generator = SamMaskGenerator(sam, points_per_side=8, **LOW)
+    real, sizes = generator._batch_candidates, []
+
+    def short_of_memory(features, points, *args):
+        sizes.append(len(points))
+        if len(points) > 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(features, points, *args)
+
+    generator._batch_candidates = short_of_memory
+    masks = generator.generate(image)
+    assert sizes[:3] == [64, 32, 16] and set(sizes[2:]) == {16}
+    fitting = SamMaskGenerator(sam, points_per_side=8, points_per_batch=16, **LOW).generate(image)
+    assert [r.rle for r in masks] == [r.rle for r in fitting] and len(masks) > 20
+    sizes.clear()
+    generator.generate(image)
+    assert set(sizes) == {16}  # remembered: the next photo does not run out first
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 5), st.integers(1, 23), st.integers(1, 19), st.floats(0.0, 1.0), st.integers(0, 2**31))
 def test_run_length_coding_on_the_device_equals_pycocotools(n, h, w, density, seed):

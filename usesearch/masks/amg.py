@@ -195,11 +195,20 @@ class SamMaskGenerator:
         x0, y0, x1, y1 = crop_box
         crop_hw = (y1 - y0, x1 - x0)
         points_for_image = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]
-        per_batch = self.points_per_batch or self._points_that_fit(crop_hw, len(points_for_image))
-        parts = [
-            self._batch_candidates(features, points, crop_hw, crop_box, orig_size, input_size)
-            for (points,) in batch_iterator(per_batch, points_for_image)
-        ]
+        key = ((int(crop_hw[0]), int(crop_hw[1])), len(points_for_image))
+        while True:
+            per_batch = self.points_per_batch or self._points_that_fit(key)
+            try:
+                parts = [
+                    self._batch_candidates(features, points, crop_hw, crop_box, orig_size, input_size)
+                    for (points,) in batch_iterator(per_batch, points_for_image)
+                ]
+                break
+            except torch.cuda.OutOfMemoryError:  # another process took memory since it was sized: halve, for good
+                if self.points_per_batch or per_batch == 1:
+                    raise
+                self._prompt_batches[key] = per_batch // 2
+                torch.cuda.empty_cache()
         cands = Candidates.cat(parts, self.model.device)
         cands = cands[self._keep(nms(cands.boxes, cands.iou, self.box_nms_thresh), cands.iou)]
         cands.boxes = uncrop_boxes_xyxy(cands.boxes, crop_box)
@@ -207,16 +216,18 @@ class SamMaskGenerator:
         cands.crop = torch.full((len(cands),), index, dtype=torch.long, device=cands.iou.device)
         return cands, crop_hw
 
-    def _points_that_fit(self, crop_hw, points: int) -> int:
-        """``prompt_batch`` for this card, once per crop size (stable shapes: no
-        recompiles under ``--compile``, and no shrinking as the allocator caches)."""
-        if self.model.device.type != "cuda":
-            return CPU_POINTS_PER_BATCH
-        key = (tuple(crop_hw), points)
+    def _points_that_fit(self, key: tuple[tuple[int, int], int]) -> int:
+        """``prompt_batch`` for this card, once per (crop size, prompts) (stable shapes:
+        no recompiles under ``--compile``, and no shrinking as the allocator caches);
+        halved for good where it ran out of memory."""
         if key not in self._prompt_batches:
-            free, _ = torch.cuda.mem_get_info(self.model.device)
-            free += torch.cuda.memory_reserved(self.model.device) - torch.cuda.memory_allocated(self.model.device)
-            self._prompt_batches[key] = prompt_batch(free, self.model.image_encoder.img_size, crop_hw, points)
+            if self.model.device.type != "cuda":
+                self._prompt_batches[key] = CPU_POINTS_PER_BATCH
+            else:
+                free, _ = torch.cuda.mem_get_info(self.model.device)
+                free += torch.cuda.memory_reserved(self.model.device) - torch.cuda.memory_allocated(self.model.device)
+                crop_hw, points = key
+                self._prompt_batches[key] = prompt_batch(free, self.model.image_encoder.img_size, crop_hw, points)
         return self._prompt_batches[key]
 
     def _keep(self, kept: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
