@@ -13,6 +13,7 @@ The files are a cache of the store's embeddings; the database is the truth.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -102,8 +103,28 @@ def _write_file(index: faiss.Index, path: Path, store: Store, shard: int) -> Non
     store.set_vectors_checksum(digest.hexdigest(), shard)
 
 
-def _read_verified(path: Path, store: Store, dim: int, shard: int = 0) -> tuple[faiss.Index | None, str]:
-    """The file's index when it is the one the store recorded, else (None, why)."""
+def kind_of(index: faiss.Index) -> tuple:
+    """What a factory string fixes in an index: its classes (outside in) and, for an
+    IVF, its number of lists."""
+    outer = faiss.downcast_index(index)
+    inner = faiss.downcast_index(outer.index) if isinstance(outer, faiss.IndexIDMap2) else None
+    ivf = ivf_of(index)
+    return type(outer).__name__, type(inner).__name__ if inner is not None else None, ivf.nlist if ivf else None
+
+
+@functools.lru_cache(maxsize=16)
+def _kind_made(dim: int, factory: str) -> tuple:
+    """``kind_of`` an index of ``factory`` as read back from a file (FAISS writes a flat
+    inner-product index as IndexFlatIP, which the factory builds as IndexFlat)."""
+    return kind_of(faiss.deserialize_index(faiss.serialize_index(new_index(dim, factory))))
+
+
+def _read_verified(
+    path: Path, store: Store, dim: int, shard: int = 0, factory: str | None = None
+) -> tuple[faiss.Index | None, str]:
+    """The file's index when it is the one the store recorded (its checksum, and the
+    kind of index ``factory`` makes: a ``reindex --factory`` killed between writing
+    the files and recording their factory left files of another kind), else (None, why)."""
     with open(path, "rb") as f:
         digest = hashlib.sha256()
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -125,6 +146,8 @@ def _read_verified(path: Path, store: Store, dim: int, shard: int = 0) -> tuple[
         return None, f"it holds a {type(faiss.downcast_index(index)).__name__}, not an IDMap2 or IVF index"
     if index.metric_type != faiss.METRIC_INNER_PRODUCT or index.d != dim:
         return None, f"it has metric {index.metric_type} and dimension {index.d}, not inner product over {dim}"
+    if factory is not None and kind_of(index) != _kind_made(dim, factory):
+        return None, f"it holds another kind of index than the recorded {factory}"
     return index, ""
 
 
@@ -143,7 +166,7 @@ def load(
     written_at = (store.generation(), store.vectors_generation())
     shards, why = [], ""
     for number, file in enumerate(shard_files(path)):
-        index, why = _read_verified(file, store, dim, number)
+        index, why = _read_verified(file, store, dim, number, factory)
         if index is None:
             why = f"{file.name}: {why}"
             break
@@ -157,13 +180,19 @@ def load(
     # Their segments are then added from the store by the reconcile below.
     last = store.max_segment_id()
     covered = not (shards and shard_size and last and (last - 1) // shard_size >= len(shards))
-    if not covered and store.vectors_checksum(len(shards)) is not None:
+    if not covered and not shard_path(path, len(shards)).exists() and store.vectors_checksum(len(shards)) is not None:
         log.warning(
             "%s is missing (the database recorded it); its segments are added from the database",
             shard_path(path, len(shards)).name,
         )
     if len(shards) < len(shard_files(path)) or not shards:
-        log.warning("%s does not match the database (%s); rebuilding it from the database", path, why)
+        log.warning(
+            "%s does not match the database (%s); rebuilding it from the database (`usesearch reindex --db %s` "
+            "writes it back, so that later opens need not)",
+            path,
+            why,
+            path.parent,
+        )
         rebuilt = rebuild(store, dim, factory, device, shard_size)
         return rebuilt, (0, rebuilt.ntotal)
     loaded = Vectors(shards, device, shard_size)

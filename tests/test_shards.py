@@ -88,3 +88,37 @@ def test_sharded_index_grows_by_rewriting_only_its_last_shard(tmp_path):
     reindex(db, shard_size=0)  # back to one shard: the extra files go
     assert shard_files(db / FAISS_FILE) == [db / FAISS_FILE]
     assert_consistent(db)
+
+
+def test_a_reindex_killed_before_recording_its_factory_or_layout_is_read_as_recorded(tmp_path, monkeypatch, caplog):
+    """The new files are written before the catalog records their factory and shard
+    size: a kill between left IVF files trusted as the recorded exact index (searches
+    silently approximate), or every open warning of a shard 'missing' that was there."""
+    import logging
+
+    from usesearch.indexer.store import Store
+
+    data = synthetic_index(tmp_path / "db", n=3000, dim=32)
+    reindex(tmp_path / "db", "IDMap2,Flat", text_queries=False)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the kill, just after the files were written
+
+    monkeypatch.setattr(Store, "set_factory", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reindex(tmp_path / "db", "IVF16,Flat", text_queries=False)
+    monkeypatch.undo()
+    ix = SegmentIndex.open(tmp_path / "db")
+    assert ix.info.factory == "IDMap2,Flat" and ix.index.exact  # as recorded: exact, never silently approximate
+    top = ix.search_vector(data[7], 5)
+    assert top[0].segment_id == 8 and len(top) == 5
+    ix.close()
+    monkeypatch.setattr(Store, "set_shard_size", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reindex(tmp_path / "db", shard_size=1000, text_queries=False)
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING):
+        ix = SegmentIndex.open(tmp_path / "db")
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "another shard layout" in said and "usesearch reindex" in said and "is missing" not in said
+    assert ix.search_vector(data[7], 5)[0].segment_id == 8
