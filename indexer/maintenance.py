@@ -181,7 +181,12 @@ def prune(
                 report.images_removed += 1
                 yield path
 
-        writer.run(removals(), report, lambda path: progress and progress(report, path, len(gone)))
+        writer.run(
+            removals(),
+            report,
+            lambda path: progress and progress(report, path, len(gone)),
+            again="`usesearch prune` again (removals so far are kept)",
+        )
         if not report.interrupted:
             report.embedding_bytes_freed = compact(writer.store).bytes_freed
             writer.write()  # the files are unchanged; record that they hold this generation too

@@ -286,10 +286,17 @@ class Writer:
             return current
         return calibrate_index(self.db_dir, self.store, self.index, self.model, target)
 
-    def run(self, steps: Iterable[str], report: LoopReport, progress: Callable[[str], object]) -> None:
+    def run(
+        self,
+        steps: Iterable[str],
+        report: LoopReport,
+        progress: Callable[[str], object],
+        again: str = "`usesearch index` again (finished images are kept)",
+    ) -> None:
         """Drive ``steps`` (each commits some images and yields a path for progress),
         writing the FAISS file every ``faiss_every_s``, at the end (after following
-        the collection's growth) and on Ctrl-C."""
+        the collection's growth) and on Ctrl-C. ``again``: what a full disk's message
+        tells the user to run once space is freed."""
         last_write = time.monotonic()
         loop_start = time.perf_counter()
         try:
@@ -319,8 +326,7 @@ class Writer:
             if is_disk_full(exc):
                 # What is committed stays committed; the vector file catches up on the next open.
                 raise DiskFullError(
-                    f"disk full: cannot write the index in {self.db_dir}; free space and run "
-                    "`usesearch index` again (finished images are kept)"
+                    f"disk full: cannot write the index in {self.db_dir}; free space and run {again}"
                 ) from None
             raise
         finally:

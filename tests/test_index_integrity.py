@@ -412,7 +412,7 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
         (["index", str(tmp_path / "nonexistent"), "--db", str(new_db), "--preset", "tiny"], "no such file or folder"),
         (["index", str(photos), "--db", str(photos / "astronaut.png"), "--preset", "tiny"], "is a file"),
         (["index", str(photos), "--db", "", "--preset", "tiny"], "--db is empty"),
-        (["query", "a cat", "--db", str(db), "--export-coco", str(tmp_path)], "cannot write"),
+        (["query", "a cat", "--db", str(db), "--export-coco", str(tmp_path)], "is a folder"),
         (["similar", "99999999999999999999", "--db", str(db)], "no segment with id"),
         (["reindex", "--db", str(new_db)], "no index at"),
     ]

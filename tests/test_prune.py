@@ -172,3 +172,20 @@ def test_index_prune_of_an_emptied_folder_prunes_it_and_a_new_index_of_one_is_re
     assert forced.exit_code == 0 and "1 images removed" in forced.output, forced.output
     refused = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "new"), "--preset", "tiny"])
     assert refused.exit_code == 2 and "no photo under" in refused.output
+
+
+def test_a_full_disk_during_prune_says_to_run_prune_again(tmp_path, monkeypatch):
+    import errno
+
+    from usesearch.indexer.writer import Writer
+
+    photos = write_photos(tmp_path / "photos", NAMES)
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    (photos / "astronaut.png").unlink()
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Writer, "write", full)
+    result = CliRunner().invoke(app, ["prune", "--db", str(tmp_path / "db")])
+    assert result.exit_code == 2 and "run `usesearch prune` again (removals so far are kept)" in result.stderr
