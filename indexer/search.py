@@ -14,6 +14,7 @@ from usesearch.devices import resolve_device
 from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
 from usesearch.io.images import to_rgb_array
 from usesearch.masks import region as region_lib
+from usesearch.models.checkpoint import checkpoint_paths
 from usesearch.models.factory import load_model
 from usesearch.models.model import SegmentEmbedder
 
@@ -120,14 +121,19 @@ class SegmentIndex:
 
     @property
     def model(self):
+        head = self.info.head
         if self._model is None:
-            self._model = load_model(
-                self.info.preset, embedder=self.info.embedder, head=self.info.head, device=self._device
-            )
+            if head is not None and not all(f.is_file() for f in checkpoint_paths(head)):
+                raise NotFoundError(
+                    f"this index's head is gone from {head} (moved or deleted since indexing): put it back there; "
+                    "a query needs the head the segments were embedded with"
+                )
+            self._model = load_model(self.info.preset, embedder=self.info.embedder, head=head, device=self._device)
         if self._model.fingerprint != self.info.fingerprint:
+            changed = f" (the head at {head} is no longer the one it was built with: put that one back)" if head else ""
             raise IndexMismatchError(
                 f"this index was built with {info_summary(self.info)}; the model for queries is "
-                f"{self._model.fingerprint}. Query it with the model it was built with."
+                f"{self._model.fingerprint}{changed}. Query it with the model it was built with."
             )
         return self._model
 

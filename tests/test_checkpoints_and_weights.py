@@ -351,3 +351,26 @@ def test_an_unreadable_or_foreign_weights_file_is_said_as_such(tmp_path, monkeyp
 def test_pull_of_an_unknown_name_lists_every_name_it_takes():
     result = CliRunner().invoke(app, ["models", "pull", "sam2"])
     assert result.exit_code == 2 and "sam2:MODEL" in result.output and "sam3" in result.output
+
+
+def test_an_index_whose_head_was_moved_or_replaced_says_so(trained_head, tmp_path):
+    """Its segments were embedded with the head at the path it recorded: a query needs
+    that head, and the message says where to put it back."""
+    from tests.helpers import OPTS, write_photos
+    from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+
+    path, use = trained_head
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**{**OPTS, "head": str(path)}))
+    assert SegmentIndex.open(tmp_path / "db").query("a cup", 3)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for file in path.parent.glob("ckpt*"):
+        file.rename(moved / file.name)
+    with pytest.raises(usesearch.UsesearchError, match=f"this index's head is gone from {path}.*put it back there"):
+        SegmentIndex.open(tmp_path / "db").query("a cup", 3)
+    with torch.no_grad():
+        use.head.proj.weight.mul_(2)
+    usesearch.save_head(tmp_path / "ckpt", use.trainable_state_dict(), use.preset, {"step": 8})  # another head there
+    with pytest.raises(usesearch.UsesearchError, match="is no longer the one it was built with: put that one back"):
+        SegmentIndex.open(tmp_path / "db").query("a cup", 3)
