@@ -374,3 +374,15 @@ def test_an_index_whose_head_was_moved_or_replaced_says_so(trained_head, tmp_pat
     usesearch.save_head(tmp_path / "ckpt", use.trainable_state_dict(), use.preset, {"step": 8})  # another head there
     with pytest.raises(usesearch.UsesearchError, match="is no longer the one it was built with: put that one back"):
         SegmentIndex.open(tmp_path / "db").query("a cup", 3)
+
+
+def test_models_list_has_sam2_and_its_pull_refuses_a_damaged_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    rows = json.loads(CliRunner().invoke(app, ["models", "list", "--json"]).stdout)
+    sam2 = [r for r in rows if r["preset"] == "--masker sam2"]
+    assert {r["weights"] for r in sam2} >= {"SAM 2.1 hiera_l", "SAM 2.1 hiera_t"} and not any(
+        r["present"] for r in sam2
+    )
+    (tmp_path / "sam2.1_hiera_large.pt").write_bytes(b"<html>not a checkpoint</html>")
+    result = CliRunner().invoke(app, ["models", "pull", "sam2:hiera_l"])
+    assert result.exit_code == 2 and "are damaged" in result.stderr and "pull sam2:hiera_l" in result.stderr

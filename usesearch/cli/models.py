@@ -33,6 +33,7 @@ def models_list(as_json: opts.JsonOpt = False) -> None:
             for preset in PRESETS.values()
             for status in preset_status(preset)
         ]
+        rows += [{"preset": "--masker sam2", **_status_row(status)} for status in _sam2_statuses()]
         rows.append({"preset": "--refine sam3", **_status_row(sam3_status())})
         print(json.dumps(rows, indent=1))
         return
@@ -49,10 +50,21 @@ def models_list(as_json: opts.JsonOpt = False) -> None:
                 state, where = _absent(status)
             table.add_row(preset.name if i == 0 else "", status.component, status.name, state, where)
         table.add_section()
+    for i, status in enumerate(_sam2_statuses()):  # pulled as sam2:MODEL
+        state, where = (Text("present", style="green"), str(status.path)) if status.present else _absent(status)
+        table.add_row("--masker sam2" if i == 0 else "", status.component, status.name, state, where)
+    table.add_section()
     sam3 = sam3_status()  # query --refine sam3 (the tiny preset's indexes refine with a seeded tiny SAM 3)
     state, where = (Text("present", style="green"), str(sam3.path)) if sam3.present else _absent(sam3)
     table.add_row("--refine sam3", sam3.component, sam3.name, state, where)
     opts.console.print(table)
+
+
+def _sam2_statuses() -> list:
+    """SAM 2.1's checkpoints (``models pull sam2:MODEL``), the seeded tiny one aside."""
+    from usesearch.masks.sam2_models import SAM2_MODELS, sam2_status
+
+    return [sam2_status(name) for name, cfg in SAM2_MODELS.items() if cfg.checkpoint is not None]
 
 
 def _absent(status) -> tuple[Text, str]:

@@ -94,11 +94,13 @@ def pull_sam2(name: str) -> list[str]:
     """``usesearch models pull sam2:NAME``: fetch a SAM 2.1 checkpoint into $USESEARCH_HOME."""
     from pathlib import Path
 
-    from usesearch.models.weights import _download
+    from usesearch.models.weights import _download, damaged
 
     if name not in SAM2_MODELS:
         raise UsesearchError(f"unknown SAM 2 model {name!r}; choose one of {', '.join(SAM2_MODELS)}")
     status = sam2_status(name)
+    if status.fault is not None:  # a file of the user's, not ours to delete; a download beside it would not be read
+        raise UsesearchError(damaged(status, f"sam2:{name}"))
     if not status.needed or status.present:
         return []
     _download(status.source, Path(status.expected), SAM2_MODELS[name].sha256)
