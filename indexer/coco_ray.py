@@ -152,7 +152,8 @@ def index_coco_ray(
     start = time.perf_counter()
     model = load_embedder(replace(options, device="cpu"))  # the identity; the actors compute
     folders = [os.fspath(p) for p in paths]
-    with Writer(db_dir, options, identity(model, None, options), paths) as writer, ray_session(address):
+    # Ray first: a cluster that cannot be joined ("auto" with none running) leaves no index folder behind.
+    with ray_session(address), Writer(db_dir, options, identity(model, None, options), paths) as writer:
         import ray
 
         del model

@@ -235,7 +235,8 @@ def index_paths_ray(
     check_address(address)
     files = photos_under(paths, refuse_none=is_new(db_dir, options))
     model, masker = load_models(replace(options, device="cpu"))
-    with Writer(db_dir, options, identity(model, masker, options), paths) as writer, ray_session(address):
+    # Ray first: a cluster that cannot be joined ("auto" with none running) leaves no index folder behind.
+    with ray_session(address), Writer(db_dir, options, identity(model, masker, options), paths) as writer:
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         report.annotations_dropped = writer.annotations_dropped
         report.moved, report.copies = writer.moved, writer.copies

@@ -205,3 +205,16 @@ def test_an_address_nothing_answers_at_is_refused_at_once_leaving_no_index(photo
     with pytest.raises(UsesearchError, match="HOST:PORT"):
         index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), address="somewhere")
     assert time.perf_counter() - start < 30 and not (tmp_path / "db").exists()
+
+
+def test_a_cluster_that_cannot_be_joined_leaves_no_index_folder(photos, tmp_path, monkeypatch):
+    import ray
+
+    def no_cluster(*args, **kwargs):
+        raise ConnectionError("Could not find any running Ray instance")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    with pytest.raises(ConnectionError):
+        index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), address="auto")
+    assert not (tmp_path / "db").exists()  # a later run may choose its own model and masker
