@@ -51,14 +51,13 @@ from .distributed import (
     _error_text,
     _hash_files,
     _worker_error,
-    check_address,
-    ray_session,
     read_fragment,
     through_actors,
     write_fragment,
 )
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_paths, identity, load_embedder
+from .ray_cluster import check_address, ray_session
 from .writer import Writer
 
 

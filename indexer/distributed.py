@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
-import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -38,6 +35,7 @@ from .compute import segment_records
 from .folder import is_new
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_paths, identity, load_models
+from .ray_cluster import check_address, ray_session
 from .writer import Writer
 
 FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
@@ -173,46 +171,6 @@ def _worker_error(text: str) -> WorkerError:
 
 
 # -- the driver -----------------------------------------------------------------------
-def check_address(address: str | None, timeout: float = 5.0) -> None:
-    """Refuse a cluster address (``HOST:PORT`` or ``ray://HOST:PORT``) nothing answers
-    at, in one line and before the index folder is made: ``ray.init`` would retry it
-    for minutes, a warning every few seconds. "auto" and a local Ray are Ray's to find."""
-    if address in (None, "local", "auto"):
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise UsesearchError(f"--ray {address}: give the cluster's HOST:PORT (or ray://HOST:PORT, or auto)")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout).close()
-    except OSError as exc:
-        raise UsesearchError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
-
-
-@contextmanager
-def ray_session(address: str | None = None) -> Iterator[None]:
-    """Ray for one command: the one already initialised in this process, else a
-    local one (``address`` None or "local") or the cluster at ``address``, shut down
-    afterwards. Ray Data's own progress output is off: the CLI shows its own."""
-    import ray
-    import ray.data
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=None if address in (None, "local") else address,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
 def index_paths_ray(
     paths: list[str | os.PathLike],
     db_dir: str | os.PathLike,

@@ -4,14 +4,14 @@ the index is of its type and what recall it gives."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import faiss_gpu, index_choice, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE
 from .leftovers import embedding_leftovers, gone_images
 
-if TYPE_CHECKING:
-    from .search import SegmentIndex
+# ``index`` below is a ``search.SegmentIndex`` (not imported: search.py calls this module).
+SegmentIndex = Any
 
 
 def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from .store import Store
 from .vectors import ranked
 
 MAX_QUERY_CHARS = 1000
-RARE_FETCH_MAX = 32_768  # candidates a filter rare near the query widens to (re-scored: ~50 MB of rows at 768-d)
+CANDIDATES_MAX = 32_768  # a compressed index's search re-scores at most these (~50 MB of rows at 768-d)
 LOCATIONS = ("catalog", "memory", "background")  # see SegmentIndex.__init__
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 SCAN_UP_TO = 150_000  # a selection this small is scored exactly from the embedding files (~40 ms on 2 cores),
@@ -289,8 +289,11 @@ class SegmentIndex:
         # candidates, or hold far fewer of a filter's segments than the index does (a
         # folder of other content), the filter's best lie in clusters not visited, and
         # fetching more from the same ones cannot find them. Such a search visits 4x
-        # the clusters until they are all visited or its hits stop changing.
+        # the clusters until they are all visited or its hits stop changing. Its
+        # candidates stop at CANDIDATES_MAX: a query with fewer than k matches (per
+        # image, on 200 photos, k=250) must not re-score the whole index.
         ivf = None if self.index.exact or (allowed is not None and len(allowed) <= SCAN_UP_TO) else self._ivf()
+        cap = available if ivf is None else min(available, max(fetch, CANDIDATES_MAX))
         nprobe = filters.nprobe  # None: the index's own (its unfiltered search may then run on a GPU mirror)
         widened: list[int] | None = None  # the hits before the last widening
         with self._index_lock.reading():
@@ -305,16 +308,15 @@ class SegmentIndex:
                 if ivf is not None and _ids(hits) != widened:
                     probed = nprobe or int(ivf.nprobe)
                     rare = checked and passing_share(rows, selection) < selection.kept / 2
-                    short = len(hits) < k and not cut
-                    deeper = fetch < min(available, RARE_FETCH_MAX)
-                    if (exhausted or rare or short) and (probed < ivf.nlist or (rare and deeper)):
+                    short = exhausted and len(hits) < k and not cut
+                    if (short and probed < ivf.nlist) or (rare and (probed < ivf.nlist or fetch < cap)):
                         widened, nprobe = _ids(hits), min(ivf.nlist, probed * 4)
-                        if short or (rare and deeper):  # candidates deep enough to hold the filter's best
-                            fetch = min(available, fetch * 4 if short else max(fetch, min(RARE_FETCH_MAX, fetch * 4)))
+                        if rare:  # candidates deep enough to hold the filter's best
+                            fetch = min(cap, fetch * 4)
                         continue
-                if len(hits) >= k or fetch >= available or cut:
+                if len(hits) >= k or fetch >= cap or cut:
                     return hits  # (candidates come best first: past the cut-off there is nothing more)
-                fetch = min(available, fetch * 4)
+                fetch = min(cap, fetch * 4)
 
     def _ivf(self):
         """The index's IVF (its nlist, and its nprobe as calibrated), or None."""

@@ -287,7 +287,7 @@ def test_the_budget_bounds_the_choice_and_the_target_chooses_within_it(
         assert len(set(timed)) < len(curve)
 
 
-def test_a_broad_filter_of_other_content_than_the_query_keeps_recall(tmp_path):
+def test_a_broad_filter_of_other_content_than_the_query_keeps_recall(tmp_path, monkeypatch):
     """A folder holding 30% of the photos but none of the query's kind of content: its
     best segments lie in clusters the calibrated search does not visit. The search
     widens (more clusters, deeper candidates) until its hits settle; it used to return
@@ -318,3 +318,12 @@ def test_a_broad_filter_of_other_content_than_the_query_keeps_recall(tmp_path):
         assert len(hits) == 10 and all(h.image.startswith(("/a/0/", "/a/1/", "/a/2/")) for h in hits)
         found.append(len(truth & {h.segment_id for h in hits}) / 10)
     assert np.mean(found) >= 0.9, found
+    # Fewer matches than k (one hit per photo, 200 photos, k=250): the widening stops at
+    # CANDIDATES_MAX candidates, it does not re-score the whole index for each query.
+    import usesearch.indexer.search as search_module
+
+    monkeypatch.setattr(search_module, "CANDIDATES_MAX", 3000)
+    looked_up, real_rows = [], ix.store.rows
+    monkeypatch.setattr(ix.store, "rows", lambda ids: (looked_up.append(len(ids)), real_rows(ids))[1])
+    hits = ix.search_vector(q, 250, SearchFilters(per_image=True))
+    assert 100 < len(hits) < 250 and max(looked_up) <= 3000 and len({h.image_id for h in hits}) == len(hits)

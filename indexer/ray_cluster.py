@@ -1,0 +1,52 @@
+"""Joining Ray for one command: a cluster address checked before anything is made,
+and a session (the one already initialised in this process, a local one, or the
+cluster's) shut down afterwards."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from usesearch.errors import UsesearchError
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse a cluster address (``HOST:PORT`` or ``ray://HOST:PORT``) nothing answers
+    at, in one line and before the index folder is made: ``ray.init`` would retry it
+    for minutes, a warning every few seconds. "auto" and a local Ray are Ray's to find."""
+    if address in (None, "local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UsesearchError(f"--ray {address}: give the cluster's HOST:PORT (or ray://HOST:PORT, or auto)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout).close()
+    except OSError as exc:
+        raise UsesearchError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Ray for one command: the one already initialised in this process, else a
+    local one (``address`` None or "local") or the cluster at ``address``, shut down
+    afterwards. Ray Data's own progress output is off: the CLI shows its own."""
+    import ray
+    import ray.data
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=None if address in (None, "local") else address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
