@@ -100,3 +100,26 @@ def test_a_picture_that_fails_mid_save_keeps_the_old_one(tmp_path, monkeypatch):
         save_picture(Image.new("RGB", (2, 2)), target)
     with Image.open(target) as kept:
         assert kept.size == (8, 4) and [p.name for p in tmp_path.iterdir()] == ["sheet.png"]
+
+
+@pytest.mark.parametrize("mode", ["wb", "ab"])
+def test_dev_stdout_is_written_through_the_processs_own_stdout(tmp_path, mode):
+    """`--export-coco /dev/stdout > out.json` (or `>> log`): resolving the link and
+    renaming over it unlinked the shell's file (or, opened anew, truncated it)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.txt"
+    out.write_bytes(b"kept\n")
+    script = (
+        "from usesearch.io.atomic import write_atomic\n"
+        "print('before', flush=True)\n"
+        "write_atomic('/dev/stdout', 'json\\n')\n"
+        "print('after', flush=True)\n"
+    )
+    with open(out, mode) as stdout:
+        subprocess.run([sys.executable, "-c", script], stdout=stdout, check=True, timeout=60)
+    kept = "kept\n" if mode == "ab" else ""
+    assert out.read_text() == kept + "before\njson\nafter\n"
+    piped = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
+    assert piped.stdout == "before\njson\nafter\n"

@@ -5,6 +5,7 @@ the old file or the new one, never half of one."""
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,11 +24,11 @@ def write_atomic(
     folder too, so that the rename itself survives a power loss. The temporary file
     never outlives a failure (a full disk leaves the old file, nothing beside it)."""
     path = Path(path)
-    if path.is_symlink():  # the file the link names is replaced; the link stays
-        path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file():  # a device or FIFO (/dev/stdout): nothing to replace, written into
+    if _a_stream(path):  # /dev/stdout and the like: written into, never renamed over
         _write_into(path, data)
         return
+    if path.is_symlink():  # the file the link names is replaced; the link stays
+        path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         if callable(data):
@@ -58,12 +59,44 @@ def write_atomic(
             os.close(fd)
 
 
+def _a_stream(path: Path) -> bool:
+    """A device, a FIFO, or a descriptor's name (``/dev/stdout``, ``/dev/fd/N``,
+    ``/proc/self/fd/N``): what it names may be a pipe, or a file the shell opened
+    (``> out.json``, ``>> log``) that a rename would unlink from under it."""
+    if not os.path.exists(path):
+        return False
+    if not path.is_file():
+        return True
+    return os.path.abspath(path).startswith(("/dev/", "/proc/"))
+
+
 def _write_into(path: Path, data: bytes | str | Callable[[Path], object]) -> None:
-    if callable(data):
-        data(path)
-    else:
-        with open(path, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+    """Into a stream: through this process's own descriptor where ``path`` is its
+    stdout or stderr (a second open of ``/dev/stdout`` would truncate a redirected
+    file, or write at another offset than the process's prints), else appended."""
+    import sys
+    import tempfile
+
+    if callable(data):  # a writer function wants a file of its own: its bytes go on
+        with tempfile.TemporaryDirectory() as folder:
+            staged = Path(folder) / path.name
+            data(staged)
+            data = staged.read_bytes()
+    payload = data.encode() if isinstance(data, str) else data
+    target = os.stat(path)
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        try:
+            ours = os.path.samestat(target, os.fstat(fd))
+        except OSError:
+            ours = False
+        if ours:
+            stream.flush()
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            return
+    with open(path, "ab" if stat.S_ISREG(target.st_mode) else "wb") as f:
+        f.write(payload)
 
 
 def save_picture(image, path: str | os.PathLike, **params) -> None:
