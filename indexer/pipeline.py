@@ -116,7 +116,10 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
     if options.preset is None and options.embedder is None and options.head is None:
         options = replace(options, preset=built.preset, embedder=built.embedder, head=built.head)
     if options.masker is None and not options.masker_options and built.masker not in (NO_MASKER, "coco"):
-        options = replace(options, masker=built.masker)
+        # Its settings too (they define its masks: other ones are refused), under the
+        # names the masker takes them by.
+        given = {("sam2_model" if key == "model" else key): value for key, value in built.masker_params.items()}
+        options = replace(options, masker=built.masker, masker_options=given)
     return options
 
 

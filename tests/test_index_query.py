@@ -84,7 +84,7 @@ def test_rerun_skips_adds_new_and_reindexes_changed(tmp_path):
     Image.fromarray(data.rocket()[:96, :96]).save(photos / "sub" / "chelsea.png")  # changed content
     # No model or masker named: the index's own, not the defaults' (b16, whose weights
     # are not here: the run was refused, sent to pull them).
-    third = index_paths([photos], db, IndexOptions(masker_options=OPTS["masker_options"]))
+    third = index_paths([photos], db, IndexOptions())  # its masker's settings too (max_masks 8, not 64)
     assert (third.done, third.skipped) == (2, 1)
     fresh = tmp_path / "fresh"
     index_paths([photos], fresh, IndexOptions(**OPTS))
