@@ -24,6 +24,7 @@ def fake_cuda(monkeypatch, gpus: int = 1) -> None:
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
 
 
 def spy_loaders(monkeypatch, asked: list) -> None:
@@ -246,8 +247,8 @@ def test_a_gpu_that_only_emulates_bf16_runs_float32(monkeypatch):
     """T4 and V100 emulate bfloat16, slower than float32: torch's default answer counts them."""
     from usesearch.devices import bf16_autocast, has_bf16
 
-    fake_cuda(monkeypatch)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert not has_bf16(torch.device("cuda")) and not bf16_autocast(torch.device("cuda"))._enabled
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert has_bf16(torch.device("cuda")) and not has_bf16(torch.device("cpu"))
+    fake_cuda(monkeypatch, gpus=2)
+    capability = {0: (7, 5), 1: (8, 0)}  # a T4 beside an A100: each GPU answers for itself
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[torch.device(device).index])
+    assert not has_bf16(torch.device("cuda:0")) and not bf16_autocast(torch.device("cuda:0"))._enabled
+    assert has_bf16(torch.device("cuda:1")) and not has_bf16(torch.device("cpu"))

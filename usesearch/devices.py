@@ -44,9 +44,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def has_bf16(device: torch.device) -> bool:
-    """A GPU that computes bfloat16 natively (Ampere on). Older cards (T4, V100) only
-    emulate it, slower than float32, which torch's default answer would count."""
-    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    """``device`` is a GPU that computes bfloat16 natively: compute capability 8 on
+    (Ampere). Older cards (T4, V100) only emulate it, slower than float32, which
+    ``torch.cuda.is_bf16_supported()`` counts by default (and it asks the current
+    GPU, not ``device``)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def bf16_autocast(device: torch.device):

@@ -136,7 +136,8 @@ def reindex_cmd(
         )
         opts.console.print(f"rebuilt FAISS index with {count} vectors")
         return
-    from usesearch.indexer.distributed import check_address, ray_session, rebuild_on_ray
+    from usesearch.indexer.distributed import rebuild_on_ray
+    from usesearch.indexer.ray_cluster import check_address, ray_session
 
     check_address(ray)
     with ray_session(ray):
