@@ -325,6 +325,8 @@ class Trainer:
         try:
             trainer_state = torch.load(path, map_location=self.device, weights_only=True)
             step = int(trainer_state["step"])
+        except OSError:  # unreadable, not damaged: said as such, the run still resumable
+            raise
         except Exception as exc:  # noqa: BLE001 - cut short by a full disk, or not ours: one line
             raise UsesearchError(f"--resume: {path} is damaged ({first_line(exc)}); train anew, without --resume")
         state, meta = load_head(self.out / f"step-{step:07d}", self.use.preset)
