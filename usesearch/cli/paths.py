@@ -19,7 +19,8 @@ def writable_file(value: Path | None) -> Path | None:
     if value is not None:
         if value.is_dir():
             raise typer.BadParameter(f"{value} is a folder: name a file")
-        folder = value.parent
+        # A link's file is replaced where it lies (``write_atomic``): its folder is the one written.
+        folder = Path(os.path.realpath(value)).parent if value.is_symlink() else value.parent
         if not folder.is_dir():
             raise typer.BadParameter(f"folder {folder} does not exist: make it first, or write elsewhere")
         if not os.access(folder, os.W_OK):
