@@ -11,12 +11,13 @@ from pathlib import Path
 import typer
 
 from usesearch.errors import UsesearchError
+from usesearch.io.atomic import is_stream
 
 
 def writable_file(value: Path | None) -> Path | None:
     """A file to be written: its folder must exist and take writes, checked before any
     work (a model run whose result cannot be written is time lost)."""
-    if value is not None:
+    if value is not None and not is_stream(value):  # /dev/stdout: written into, as it is
         if value.is_dir():
             raise typer.BadParameter(f"{value} is a folder: name a file")
         # A link's file is replaced where it lies (``write_atomic``): its folder is the one written.

@@ -24,7 +24,7 @@ def write_atomic(
     folder too, so that the rename itself survives a power loss. The temporary file
     never outlives a failure (a full disk leaves the old file, nothing beside it)."""
     path = Path(path)
-    if _a_stream(path):  # /dev/stdout and the like: written into, never renamed over
+    if is_stream(path):  # /dev/stdout and the like: written into, never renamed over
         _write_into(path, data)
         return
     if path.is_symlink():  # the file the link names is replaced; the link stays
@@ -59,7 +59,7 @@ def write_atomic(
             os.close(fd)
 
 
-def _a_stream(path: Path) -> bool:
+def is_stream(path: Path) -> bool:
     """A device, a FIFO, or a descriptor's name (``/dev/stdout``, ``/dev/fd/N``,
     ``/proc/self/fd/N``): what it names may be a pipe, or a file the shell opened
     (``> out.json``, ``>> log``) that a rename would unlink from under it."""
