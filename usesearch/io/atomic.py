@@ -63,7 +63,7 @@ def is_stream(path: Path) -> bool:
     """A device, a FIFO, or a descriptor's name (``/dev/stdout``, ``/dev/fd/N``,
     ``/proc/self/fd/N``): what it names may be a pipe, or a file the shell opened
     (``> out.json``, ``>> log``) that a rename would unlink from under it."""
-    if not os.path.exists(path):
+    if not os.path.exists(path) or path.is_dir():
         return False
     if not path.is_file():
         return True
