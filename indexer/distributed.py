@@ -110,6 +110,8 @@ class SegmentWorker:
     """A Ray actor: the masker and the model, loaded once, turn decoded photos into
     fragment files."""
 
+    max_deaths = MAX_WORKER_DEATHS
+
     def __init__(self, options: IndexOptions, db_dir: str, threads: int):
         import torch
 
@@ -126,8 +128,9 @@ class SegmentWorker:
             count = -1  # computed before (the batch's earlier try, whose actor died after it)
             if not errors[i] and not fragment_path(self.db_dir, sha).is_file():
                 died = _attempt(self.db_dir, sha)
-                if died >= MAX_WORKER_DEATHS:
-                    errors[i] = f"WorkerDied: the Ray worker computing it died {died} times (a crash, or out of memory)"
+                if died >= self.max_deaths:
+                    times = "once" if died == 1 else f"{died} times"
+                    errors[i] = f"WorkerDied: the Ray worker computing it died {times} (a crash, or out of memory)"
                 else:
                     try:
                         segments, embeddings = self.segment(rgb, path)

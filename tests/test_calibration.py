@@ -291,7 +291,8 @@ def test_a_broad_filter_of_other_content_than_the_query_keeps_recall(tmp_path, m
     """A folder holding 30% of the photos but none of the query's kind of content: its
     best segments lie in clusters the calibrated search does not visit. The search
     widens (more clusters, deeper candidates) until its hits settle; it used to return
-    the few it found there (recall 0.6 here, and no hit at all for some queries)."""
+    the few it found there (recall 0.83 here; 0.72 and a query with no hit at all in
+    ``benchmarks/filtered_recall.py``'s larger index)."""
     rng = np.random.default_rng(5)
     in_a = np.array([i for i in range(200) if i % 10 < 3])  # images under /a/0, /a/1, /a/2
     others = np.setdiff1d(np.arange(200), in_a)
@@ -302,10 +303,10 @@ def test_a_broad_filter_of_other_content_than_the_query_keeps_recall(tmp_path, m
         image["of"] = np.where(clusters < 30, rng.choice(in_a, len(clusters)), rng.choice(others, len(clusters)))
         return image["of"]
 
-    data = synthetic_index(tmp_path / "db", n=20_000, image_of=image_of)
-    reindex(tmp_path / "db", "IVF128,PQ16x4fs", text_queries=False)
+    data = synthetic_index(tmp_path / "db", n=10_000, image_of=image_of)
+    reindex(tmp_path / "db", "IVF64,PQ16x4fs", text_queries=False)
     ix = SegmentIndex.open(tmp_path / "db")
-    assert ix.calibration is not None and ix.calibration.nprobe < 128  # the search visits some clusters only
+    assert ix.calibration is not None and ix.calibration.nprobe < 64  # the search visits some clusters only
     matching = np.isin(image["of"], in_a)
     exact = data.astype(np.float16).astype(np.float32)
     centres = np.random.default_rng(0).standard_normal((300, 64)).astype(np.float32)
