@@ -88,30 +88,26 @@ def to_hits(
     their ``rows``) that pass the filters a selection leaves to the candidates: the
     image ids a path glob matched, the class, split and source, then ``first_hits``'
     ``min_area``, ``per_image`` and ``distinct``."""
-    images, labels = checked.images, checked.labels
     candidates = (
         Hit.from_row(row, 0, float(score))
         for score, row in ((score, rows.get(int(sid))) for score, sid in zip(scores, ids))
-        # None: removed by a commit after this search's refresh
-        if row is not None
-        and (images is None or row.image_id in images)
-        and (labels is None or has_labels(row, labels))
+        if row is not None and _in_selection(row, checked)  # None: removed by a commit after this search's refresh
     )
     return first_hits(candidates, k, per_image, checked.min_area, distinct)
+
+
+def _in_selection(row: SegmentRow, checked: Selection) -> bool:
+    """Whether a candidate passes the image and label checks a selection leaves to candidates."""
+    return (checked.images is None or row.image_id in checked.images) and (
+        checked.labels is None or has_labels(row, checked.labels)
+    )
 
 
 def passing_share(rows: dict[int, SegmentRow], checked: Selection) -> float:
     """The share of candidates (their ``rows``) that pass the checks a selection leaves
     to the candidates (image, class, split, source, min_area): where it is far below
     the share of the index that passes them, the filter's segments lie elsewhere."""
-    images, labels, min_area = checked.images, checked.labels, checked.min_area
-    passing = sum(
-        1
-        for row in rows.values()
-        if (images is None or row.image_id in images)
-        and (labels is None or has_labels(row, labels))
-        and row.area >= min_area
-    )
+    passing = sum(1 for row in rows.values() if _in_selection(row, checked) and row.area >= checked.min_area)
     return passing / len(rows) if rows else 0.0
 
 
