@@ -1,4 +1,4 @@
-"""Image inputs: anything image-like to RGB uint8, and the letterbox the encoder uses."""
+"""Image inputs: anything image-like to RGB uint8, read safely (no torch here: every command line imports this)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from os import PathLike
 from typing import BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from usesearch.errors import ImageReadError
@@ -71,43 +70,3 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"the image is empty ({array.shape[1]}x{array.shape[0]} pixels)")
     return np.ascontiguousarray(array[..., :3])
-
-
-def as_masks(masks: np.ndarray | torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
-    """Bool masks [N, H, W] from bool or 0/1 arrays of any memory layout (flipped views
-    included). Any other value (NaN, -1, 0.5, 255) is an error, not "inside"."""
-    if not torch.is_tensor(masks):
-        masks = np.ascontiguousarray(masks)  # negative strides: torch cannot view them
-    masks = torch.as_tensor(masks)
-    if masks.ndim == 2:
-        masks = masks[None]
-    if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(image_hw):
-        raise ValueError(f"masks must be [N, {image_hw[0]}, {image_hw[1]}] like the image, got {tuple(masks.shape)}")
-    if masks.dtype != torch.bool:
-        if masks.is_complex() or not bool(((masks == 0) | (masks == 1)).all()):
-            raise ValueError(f"masks must be bool or 0/1; these {masks.dtype} masks hold other values")
-        masks = masks != 0
-    return masks
-
-
-def normalize(rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)
-    return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-
-
-def letterbox(
-    rgb: np.ndarray, side: int, mean: tuple[float, ...], std: tuple[float, ...], canvas: int | None = None
-) -> torch.Tensor:
-    """Longest side scaled to ``side``, padded bottom/right with the mean colour
-    (zero after normalisation) -> [3, side, side]. Padding instead of squashing
-    keeps shapes undistorted, and puts grid cells at the same image positions for
-    every backbone whatever its input size. ``canvas``: the image lies on a square
-    of this many of its pixels (a training crop smaller than the crop size) instead
-    of its own longest side."""
-    h, w = rgb.shape[:2]
-    scale = side / (canvas or max(h, w))
-    new_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
-    resized = np.array(Image.fromarray(rgb).resize(new_hw[::-1], Image.Resampling.BICUBIC))
-    out = torch.zeros(3, side, side)
-    out[:, : new_hw[0], : new_hw[1]] = normalize(resized, mean, std)
-    return out

@@ -21,12 +21,13 @@ from segment_anything.utils.amg import batched_mask_to_box
 from torch import nn
 
 from usesearch.devices import bf16_autocast
-from usesearch.io.images import as_masks, letterbox, to_rgb_array
+from usesearch.io.images import to_rgb_array
 from usesearch.masks.rle import RleStack
 from usesearch.models.backbones import Clip, dino_mean_std
 from usesearch.models.config import PresetConfig
 from usesearch.models.encoder import BackboneTokens, USEImageEncoder
 from usesearch.models.head import SegmentEmbeddingHead, letterbox_weights
+from usesearch.models.inputs import as_masks, letterbox
 from usesearch.models.text import CLASSNAME_TEMPLATES, EXPRESSION_TEMPLATES, TextEncoder
 
 if TYPE_CHECKING:
