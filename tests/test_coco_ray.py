@@ -69,8 +69,12 @@ def assert_same(db, reference):
         np.testing.assert_allclose(mine[key][5], theirs[key][5], atol=2e-3)
 
 
-def test_a_labelled_dataset_on_ray_equals_a_sequential_run(ray_local, world, tmp_path):
+def test_a_labelled_dataset_on_ray_equals_a_sequential_run_also_after_photos_change(ray_local, world, tmp_path):
+    """Then, as a sequential re-run does: a photo whose pixels changed is embedded again,
+    one damaged since the last run is recorded as failed, and a fragment a killed run
+    left is dropped."""
     photos, coco = world
+    photos = Path(shutil.copytree(photos, tmp_path / "photos"))
     sequential = index_coco([photos], coco, tmp_path / "seq", TINY, split="train")
     on_ray = index_coco_ray([photos], coco, tmp_path / "ray", TINY, split="train")
     assert_same(tmp_path / "ray", tmp_path / "seq")
@@ -82,6 +86,19 @@ def test_a_labelled_dataset_on_ray_equals_a_sequential_run(ray_local, world, tmp
     assert not list((tmp_path / "ray" / FRAGMENTS).glob("*.npz"))  # each fragment gone once committed
     again = index_coco_ray([photos], coco, tmp_path / "ray", TINY, split="train")
     assert (again.segments, again.done, again.skipped) == (0, 0, 3)  # nothing embedded twice
+
+    rocket = photos / "sub" / "rocket.png"
+    Image.open(rocket).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(rocket)  # same size, other pixels
+    (photos / "coffee.png").write_bytes((photos / "coffee.png").read_bytes()[:200])  # damaged
+    left = tmp_path / "ray" / FRAGMENTS / "coco-0123456789ab-1-0123456789abcdef.npz"
+    left.parent.mkdir(exist_ok=True)
+    left.write_bytes(b"a killed run's")
+    sequential = index_coco([photos], coco, tmp_path / "seq", TINY, split="train")
+    on_ray = index_coco_ray([photos], coco, tmp_path / "ray", TINY, split="train")
+    assert not left.exists()
+    assert_same(tmp_path / "ray", tmp_path / "seq")
+    assert [p for p, _ in on_ray.failures] == [p for p, _ in sequential.failures] == [str(photos / "coffee.png")]
+    assert (on_ray.segments, on_ray.done) == (sequential.segments, sequential.done) == (2, 1)  # the rocket's two
 
 
 def test_a_rerun_on_ray_follows_a_changed_file_as_a_sequential_rerun(ray_local, world, tmp_path):
@@ -109,25 +126,3 @@ def test_a_rerun_on_ray_follows_a_changed_file_as_a_sequential_rerun(ray_local, 
     assert "split 'train': 1 annotations indexed from 3 photos, 1 relabelled, 2 removed" in result.output, (
         result.output[-900:]
     )
-
-
-def test_changed_and_damaged_photos_and_a_killed_runs_fragment_on_ray(ray_local, world, tmp_path):
-    """A photo whose pixels changed is embedded again, one damaged since the last run
-    is recorded as failed, and a fragment a killed run left is dropped: as a
-    sequential re-run does."""
-    photos, coco = world
-    photos = Path(shutil.copytree(photos, tmp_path / "photos"))
-    index_coco([photos], coco, tmp_path / "seq", TINY, split="train")
-    index_coco_ray([photos], coco, tmp_path / "ray", TINY, split="train")
-    rocket = photos / "sub" / "rocket.png"
-    Image.open(rocket).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(rocket)  # same size, other pixels
-    (photos / "coffee.png").write_bytes((photos / "coffee.png").read_bytes()[:200])  # damaged
-    left = tmp_path / "ray" / FRAGMENTS / "coco-0123456789ab-1-0123456789abcdef.npz"
-    left.parent.mkdir(exist_ok=True)
-    left.write_bytes(b"a killed run's")
-    sequential = index_coco([photos], coco, tmp_path / "seq", TINY, split="train")
-    on_ray = index_coco_ray([photos], coco, tmp_path / "ray", TINY, split="train")
-    assert not left.exists()
-    assert_same(tmp_path / "ray", tmp_path / "seq")
-    assert [p for p, _ in on_ray.failures] == [p for p, _ in sequential.failures] == [str(photos / "coffee.png")]
-    assert (on_ray.segments, on_ray.done) == (sequential.segments, sequential.done) == (2, 1)  # the rocket's two

@@ -65,18 +65,6 @@ def assert_same_index(db, reference, db_url=None):
     assert not list((Path(db) / FRAGMENTS).glob("*.npz"))  # every fragment committed and removed
 
 
-def test_ray_index_equals_a_sequential_run(ray_local, photos, sequential, tmp_path):
-    seen = []
-    report = index_paths_ray(
-        [photos], tmp_path / "db", IndexOptions(**OPTS), lambda r, path, total: seen.append(r.segments)
-    )
-    assert report.done == len(NAMES) and report.failed == 1 and report.skipped == 1
-    assert seen == sorted(seen) and seen[-1] == report.segments > 0  # progress as images commit
-    assert_same_index(tmp_path / "db", sequential)
-    again = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS))
-    assert again.done == 0 and again.skipped == len(NAMES) + 2  # the failed one is skipped too, unless retried
-
-
 def test_ray_index_with_the_catalog_in_postgresql(ray_local, photos, sequential, tmp_path, pg_url):
     index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS, db_url=pg_url))
     assert_same_index(tmp_path / "db", sequential, pg_url)
@@ -94,18 +82,25 @@ def _segment_worker_pids() -> list[int]:
     return pids
 
 
-def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost_or_doubled(ray_local, photos, sequential, tmp_path):
-    killed = []
+def test_ray_index_equals_a_sequential_run_with_a_worker_killed_mid_run(ray_local, photos, sequential, tmp_path):
+    """A worker killed with kill -9 mid-run is replaced, and nothing is lost or doubled:
+    the index equals a sequential run's, and a rerun has nothing left to do."""
+    seen, killed = [], []
 
     def kill_a_worker(report, path, total):
+        seen.append(report.segments)
         if report.done >= 1 and not killed:
             for pid in _segment_worker_pids():
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
-    index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), kill_a_worker)
+    report = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), kill_a_worker)
     assert killed, "no Ray worker was found to kill"
+    assert report.done == len(NAMES) and report.failed == 1 and report.skipped == 1
+    assert seen == sorted(seen) and seen[-1] == report.segments > 0  # progress as images commit
     assert_same_index(tmp_path / "db", sequential)
+    again = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert again.done == 0 and again.skipped == len(NAMES) + 2  # the failed one is skipped too, unless retried
 
 
 def _kill_group(pgid: int) -> None:
