@@ -128,7 +128,9 @@ class Refiner:
         report, started = RefineReport(), time.perf_counter()
         index = self.index
         vector = index.text_vector(text)
-        photos = index.search_vector(vector, top, replace(filters, per_image=True, distinct=False))
+        # The photos: their best stored segment each, whatever its size (``min_area`` is
+        # for SAM 3's instances: a photo of small stored segments may hold a large one).
+        photos = index.search_vector(vector, top, replace(filters, per_image=True, distinct=False, min_area=0))
         report.photos = len(photos)
         report.ms["use"] = _ms(started)
         found: list[RefinedHit] = []
@@ -165,15 +167,15 @@ class Refiner:
             if record is None or not record.sha256:
                 report.skipped.append(f"{photo.image}: no longer in the index")
                 continue
-            features = self.cache.get(record.sha256, self.sam3.device)
-            if features is not None:
-                ready[rank] = features
-                report.cached += 1
-                continue
-            try:
+            try:  # the file checked even when its features are cached: gone or changed, it is skipped
                 data, sha256 = read_bytes(record.fs_path, name=record.path)
                 if sha256 != record.sha256:
                     raise UsesearchError("changed on disk since it was indexed; run `usesearch index` again")
+                features = self.cache.get(record.sha256, self.sam3.device)
+                if features is not None:
+                    ready[rank] = features
+                    report.cached += 1
+                    continue
                 decoded.append((rank, record.sha256, decode(data, record.path)))
             except (OSError, UsesearchError) as exc:
                 report.skipped.append(f"{record.path}: {first_line(exc)}")

@@ -11,6 +11,7 @@ files go past the folder's bound. A file that fails to load is dropped and recom
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -24,6 +25,7 @@ from usesearch.io.atomic import write_atomic
 
 CACHE_FOLDER = "sam3-cache"  # in the index folder
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+MAX_PENDING = 4  # photos' features waiting for the writer thread, at most
 
 Features = list[torch.Tensor]
 
@@ -58,10 +60,14 @@ class ImageStateCache:
 
     def put(self, key: str, features: Features) -> None:
         self._remember(key, features)
-        if self.folder is not None and _KEY.match(key):
+        if self.folder is not None and _KEY.match(key) and features_bytes(features) <= self.disk_bytes:
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(1, thread_name_prefix="usesearch-sam3-cache")
-            cpu = [t.detach() for t in features]
+            while len(self._pending) >= MAX_PENDING:  # a slow disk: wait, rather than pile copies up
+                self._pending.pop(0).result()
+            # Copied off the GPU now: a queued GPU view would keep the features there after
+            # the batch is segmented (only the batch and the memory cache may hold them).
+            cpu = [t.detach().to("cpu", copy=True) for t in features]
             self._pending.append(self._writer.submit(self._write, key, cpu))
 
     def flush(self) -> None:
@@ -103,11 +109,13 @@ class ImageStateCache:
         try:
             tensors = load_file(path, device=str(device))
             features = [tensors[f"level{i}"] for i in range(len(tensors))]
-            os.utime(path)  # recently used: kept longest
-            return features
         except Exception:  # noqa: BLE001 - a torn or foreign file is recomputed, never fatal
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder: left as it is
+                path.unlink(missing_ok=True)
             return None
+        with contextlib.suppress(OSError):  # a read-only folder goes without the touch
+            os.utime(path)  # recently used: kept longest
+        return features
 
     def _write(self, key: str, features: Features) -> None:
         from safetensors.torch import save_file
@@ -119,8 +127,8 @@ class ImageStateCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
             self._bound_folder()
-        except OSError:
-            pass  # a read-only or full disk: the cache is an optimisation, the query's answer stands
+        except Exception:  # noqa: BLE001 - OSError, or safetensors' own error for a full or read-only disk
+            pass  # the cache is an optimisation: the query's answer stands
 
     def _bound_folder(self) -> None:
         assert self.folder is not None

@@ -358,6 +358,8 @@ def test_embed_refuses_a_fifo_named_as_its_image_at_once(tmp_path):
 def test_the_command_line_starts_without_importing_torch():
     """`usesearch --help` and a mistyped flag answer in a fraction of a second: torch
     (over a second to import) loads only in the commands that run a model."""
-    code = "import sys, usesearch.cli.app; print(sorted(m for m in ('torch', 'faiss', 'sqlalchemy') if m in sys.modules))"
+    code = (
+        "import sys, usesearch.cli.app; print(sorted(m for m in ('torch', 'faiss', 'sqlalchemy') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]

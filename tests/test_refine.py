@@ -216,7 +216,11 @@ def test_photos_batched_through_sam3_get_what_each_gets_alone(index, refiner):
 
 
 def test_the_api_refines_on_request(index, monkeypatch):
+    import base64
+    import io
+
     from fastapi.testclient import TestClient
+    from PIL import Image
 
     from usesearch.indexer.web import create_app
 
@@ -228,6 +232,9 @@ def test_the_api_refines_on_request(index, monkeypatch):
     for hit in body["hits"]:
         assert hit["refined_by"] == "sam3" and hit["tile_url"].startswith("data:image/png;base64,")
         assert rle.decode(hit["mask"]).sum() == hit["area"]
+        assert hit["mask_url"].startswith("data:image/png;base64,")  # its own, not a stored segment's
+        mask = np.array(Image.open(io.BytesIO(base64.b64decode(hit["mask_url"].split(",", 1)[1]))))
+        assert np.array_equal(mask == 255, rle.decode(hit["mask"]))
     plain = client.get("/api/search", params={"q": "a cat", "k": 3}).json()
     assert all(h["refined_by"] is None for h in plain["hits"]) and plain["refined_photos"] is None
     assert client.get("/api/search", params={"q": "a cat", "refine": "sam9"}).status_code == 422
@@ -235,13 +242,12 @@ def test_the_api_refines_on_request(index, monkeypatch):
 
     from pathlib import Path
 
-    from PIL import Image
-
     top = Path(plain["hits"][0]["image"])  # changed since indexing: skipped, and the answer says so
     original = top.read_bytes()
     try:
         Image.open(top).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(top)
-        fresh = TestClient(create_app(index)).get("/api/search", params={"q": "a cat", "refine": "sam3", "k": 3})
+        # The same server: the photo's SAM 3 features are cached, its file changed all the same.
+        fresh = client.get("/api/search", params={"q": "a cat", "refine": "sam3", "k": 3})
     finally:
         top.write_bytes(original)
     skipped = fresh.json()["skipped"]
@@ -259,7 +265,7 @@ def test_a_photo_changed_since_indexing_is_skipped_and_said(index, refiner):
 
     from PIL import Image
 
-    fresh = Refiner(index, RefineOptions(top=3, memory_bytes=0), sam3=refiner.sam3)  # nothing cached
+    fresh = Refiner(index, RefineOptions(top=3), sam3=refiner.sam3)  # its features cached by the first query
     first = fresh.query("a cat", k=40)
     changed = Path(first[0].image)
     original = changed.read_bytes()
@@ -269,8 +275,46 @@ def test_a_photo_changed_since_indexing_is_skipped_and_said(index, refiner):
     finally:
         changed.write_bytes(original)
     assert len(fresh.last.skipped) == 1 and "changed on disk" in fresh.last.skipped[0]
+    assert fresh.last.cached == 2  # the other two from the cache; the changed one's not used
     assert hits and str(changed) not in {h.image for h in hits}
     assert {h.image for h in hits} == {h.image for h in first} - {str(changed)}
+
+
+def test_min_area_is_for_the_refined_instances_not_for_choosing_the_photos(index, refiner):
+    """A photo whose stored segments are all small may hold a large SAM 3 instance."""
+    largest = max(r.area for r in index.store.rows(index.store.segment_ids()).values())
+    hits = refiner.query("a cat", k=40, filters=SearchFilters(min_area=largest + 1))
+    assert refiner.last.photos == 3 and all(h.area > largest for h in hits)
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_the_answer_nothing(tmp_path, monkeypatch):
+    """A read-only folder (no touch, no unlink) and a full disk (safetensors raises its
+    own error, not an OSError): the features come back, or are simply not kept."""
+    import safetensors
+
+    from usesearch.indexer import refine_cache
+
+    key = "ab" * 32
+    features = [torch.ones(2, 3), torch.zeros(4)]
+    cache = refine_cache.ImageStateCache(0, tmp_path / "cache", 1 << 20)
+    cache.put(key, features)
+    cache.flush()
+
+    def refused(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(refine_cache.os, "utime", refused)
+    monkeypatch.setattr(refine_cache.Path, "unlink", refused)
+    loaded = cache.get(key, torch.device("cpu"))
+    assert loaded is not None and torch.equal(loaded[0], features[0])
+
+    def disk_full(*args, **kwargs):
+        raise safetensors.SafetensorError("File too large")
+
+    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
+    cache.put("cd" * 32, features)
+    cache.close()  # the writer's error is not the query's
+    assert cache.get("cd" * 32, torch.device("cpu")) is None
 
 
 def test_only_one_batch_of_image_features_is_held_at_a_time(index, refiner, monkeypatch):
@@ -312,3 +356,12 @@ def test_a_sam3_file_holding_other_than_weights_is_one_line(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(UsesearchError, match="sam3.pt is not a SAM 3 checkpoint: it holds a list"):
         load_checkpoint(torch.nn.Linear(1, 1), path)
+
+
+def test_a_sam3_checkpoint_of_another_shape_is_one_line(tmp_path):
+    from usesearch.masks.sam3 import load_checkpoint
+
+    path = tmp_path / "sam3.pt"
+    torch.save({"detector.weight": torch.zeros(3, 3), "detector.bias": torch.zeros(3)}, path)
+    with pytest.raises(UsesearchError, match=r"weight is \(3, 3\), the model's \(2, 2\)"):
+        load_checkpoint(torch.nn.Linear(2, 2), path)

@@ -9,6 +9,10 @@ import base64
 import threading
 import time
 
+import numpy as np
+from PIL import Image
+
+from usesearch.errors import ImageGoneError, first_line
 from usesearch.masks import rle
 from usesearch.tasks.visualize import segment_tile
 
@@ -36,20 +40,37 @@ class RefinedSearch:
     def search(self, text: str, k: int, filters: SearchFilters, top: int) -> SearchOut:
         start = time.perf_counter()
         hits, report = self.refiner().search(text, k, filters, top=top)
+        out, skipped = [], list(report.skipped)
+        for hit in hits:
+            try:
+                out.append(HitOut(**self._fields(hit)))
+            except ImageGoneError as exc:  # gone or changed since SAM 3 read it: skipped, as SAM 3 skips
+                said = f"{hit.image}: {first_line(exc)}"
+                if said not in skipped:
+                    skipped.append(said)
         return SearchOut(
             query=text,
             took_ms=1000 * (time.perf_counter() - start),
             segments_indexed=int(self.index.index.ntotal),
             refined_photos=report.photos,
             image_steps=report.image_steps,
-            skipped=report.skipped,
-            hits=[HitOut(**self._fields(hit)) for hit in hits],
+            skipped=skipped,
+            hits=out,
         )
 
     def _fields(self, hit: RefinedHit) -> dict:
+        """A hit's fields, its tile and mask inline: a SAM 3 instance is no stored segment,
+        so ``/api/segments/ID/...`` would show the best-overlapping one's (or 404 for 0)."""
         fields = segment_out(hit, True, rank=hit.rank, score=hit.score, use_score=hit.use_score, refined_by="sam3")
         record = self.index.store.image(hit.image_id)
-        if record is not None:
-            picture = segment_tile(self.images.rgb(record), rle.decode(hit.mask), hit.bbox, TILE)
-            fields["tile_url"] = "data:image/png;base64," + base64.b64encode(render.png(picture)).decode()
+        if record is None:
+            raise ImageGoneError(f"{hit.image}: no longer in the index")
+        mask = rle.decode(hit.mask)
+        picture = segment_tile(self.images.rgb(record), mask, hit.bbox, TILE)
+        fields["tile_url"] = _data_url(render.png(picture))
+        fields["mask_url"] = _data_url(render.png(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")))
         return fields
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()

@@ -73,6 +73,13 @@ def load_checkpoint(model: Any, path: Path) -> None:
     if isinstance(state.get("model"), dict):
         state = state["model"]
     detector = {k.replace("detector.", "", 1): v for k, v in state.items() if k.startswith("detector.")}
+    own = model.state_dict()
+    for key, value in detector.items():  # torch would say it in a paragraph per weight
+        if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
+            raise UsesearchError(
+                f"{path} is not this SAM 3's checkpoint: {key} is {tuple(value.shape)}, the model's "
+                f"{tuple(own[key].shape)} (another model size or version)"
+            )
     missing, _ = model.load_state_dict(detector, strict=False)
     if missing:
         raise UsesearchError(
