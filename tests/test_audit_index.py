@@ -129,8 +129,10 @@ def test_leaks_exact_and_near_duplicates_across_splits_grouped():
     assert [g["images"] for g in groups] == [[10, 20]] and groups[0]["score"] > 0.97
     # The same objects elsewhere in the photo, or one of three matched: a weaker leak.
     moved = {**same_places, 101: (0.5, 0, 0.5, 0.5)}
-    assert leaks.near_groups(pairs, segment_image, moved, {10: 2, 20: 2}, {})[0]["score"] < 0.55
-    assert leaks.near_groups(pairs, segment_image, same_places, {10: 6, 20: 6}, {})[0]["score"] < 0.35
+    assert leaks.near_groups(pairs, segment_image, moved, {10: 2, 20: 2}, {}, min_score=0)[0]["score"] < 0.55
+    weak = leaks.near_groups(pairs, segment_image, same_places, {10: 6, 20: 6}, {}, min_score=0)
+    assert weak[0]["score"] < 0.35
+    assert leaks.near_groups(pairs, segment_image, same_places, {10: 6, 20: 6}, {}) == []  # below PAIR_MIN_SCORE
 
 
 # -- through an index: a small labelled dataset with planted errors ----------------------------
@@ -263,6 +265,39 @@ def test_reviews_survive_a_rerun(db):
     shown = audit_cli(db, "-k", "10", "--include-reviewed")
     assert shown["swapped"][0]["item"] == judged and shown["swapped"][0]["verdict"] == "wrong"
     assert shown["swapped"][1]["verdict"] is None
+    assert (db.parent / "report" / "swapped.png").is_file()
+    audit_cli(db, "-k", "10", "--no-sheets")  # no sheet of the last run's items left beside the new lists
+    assert not list((db.parent / "report").glob("*.png")) and (db.parent / "report" / "swapped.csv").is_file()
+
+
+def test_reviewed_items_make_room_for_the_next_ones(db, tmp_path):
+    """A list keeps ``keep`` items besides the reviewed ones: with its first ``keep``
+    reviewed, a re-run ranks the photos again and shows the next ``keep`` (before, the
+    same reviewed items filled it for good), the classes' sums and leak pairs kept."""
+    import shutil
+
+    shutil.copytree(db, tmp_path / "untouched")
+    first = audit_index(db, config=AuditConfig(keep=5))
+    assert len(first["lists"]["swapped"]) == 5
+    from usesearch.indexer.folder import open_store
+
+    store = open_store(db, read_only=True)
+    for item in first["lists"]["swapped"]:
+        reviews.mark(store.engine, "swapped", item["item"], "ok")
+    store.close()
+    said: list[str] = []
+    again = audit_index(db, config=AuditConfig(keep=5), say=said.append)
+    assert any("5 items reviewed: the photo pass runs again" in line for line in said), said
+    wider = audit_index(tmp_path / "untouched", config=AuditConfig(keep=10))
+    assert again["lists"]["swapped"] == wider["lists"]["swapped"]  # the 5 reviewed, then the next 5
+    assert (
+        again["lists"]["leaks"] == first["lists"]["leaks"] and again["lists"]["outliers"] == first["lists"]["outliers"]
+    )
+    said.clear()
+    assert audit_index(db, config=AuditConfig(keep=5), say=said.append) == again  # nothing new reviewed: as it was
+    assert not any("runs again" in line for line in said)
+    (db / "audit" / "checkpoint.npz").write_bytes(b"PK\x03\x04 torn by a copy")
+    assert audit_index(db, config=AuditConfig(keep=5)) == again  # a torn checkpoint: started afresh
 
 
 # -- the web app's audit view, in a browser ---------------------------------------------------

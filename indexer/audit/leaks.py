@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 NEAR_DUPLICATE = 0.97  # cosine at which two annotations are taken for the same content
+PAIR_MIN_SCORE = 0.5  # a pair of photos listed as a leak: half the smaller one's annotations matched, or more
 NEIGHBOURS = 8  # asked per annotation: its own split's copies may come first
 EXACT_UP_TO = 5_000  # base rows searched exactly; past this an inverted file
 NPROBE = 16
@@ -80,11 +81,13 @@ def near_groups(
     image_annotations: dict[int, int],
     image_splits: dict[int, set[str]],
     threshold: float = NEAR_DUPLICATE,
+    min_score: float = PAIR_MIN_SCORE,
 ) -> list[dict]:
     """Pairs of photos linked by near-duplicate annotations, each with its matched
-    annotations. A pair scores the share of the smaller photo's annotations matched,
-    each match weighed by how far its cosine lies past ``threshold`` (toward 1) and by
-    how well the two boxes agree once each is taken relative to its photo
+    annotations, those scoring at least ``min_score``. A pair scores the share of the
+    smaller photo's annotations matched, each match weighed by how far its cosine lies
+    past ``threshold`` (toward 1) and by how well the two boxes agree once each is taken
+    relative to its photo
     (``segment_box``: x, y, w, h as fractions of the photo's width and height): a resized
     or re-encoded copy matches every object, each nearly exactly and at its place; two
     photos that merely show look-alike objects match few, less closely, elsewhere.
@@ -110,12 +113,15 @@ def near_groups(
     out = []
     for pair, found in linked.items():
         smaller = max(1, min(image_annotations.get(pair[0], 1), image_annotations.get(pair[1], 1)))
+        score = round(min(1.0, sum(found.values()) / smaller), 6)
+        if score < min_score:  # a look-alike or two: no copy of the photo
+            continue
         out.append(
             {
                 "images": list(pair),
                 "splits": sorted(set().union(*(image_splits.get(i, set()) for i in pair))),
                 "kind": "near duplicate",
-                "score": round(min(1.0, sum(found.values()) / smaller), 6),
+                "score": score,
                 "segments": sorted(matches[pair])[:50],
             }
         )

@@ -4,6 +4,7 @@ a contact sheet ``KIND.png`` of the first items, reviewed items left out unless 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from usesearch.errors import UsesearchError, first_line
+from usesearch.io.atomic import write_atomic
 
 from ..export import contact_sheet
 from ..hits import Hit
@@ -59,13 +61,15 @@ def write_lists(
         shown = items if include_reviewed else unreviewed(items, kind, verdicts)
         shown = [{**i, "verdict": verdicts.get((kind, i["item"]))} for i in shown[:k]]
         written[kind] = shown
-        (out / f"{kind}.json").write_text(json.dumps(shown, indent=1))
-        with open(out / f"{kind}.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            columns = COMMON + CSV_COLUMNS[kind] + ["verdict"]
-            writer.writerow(columns)
-            for item in shown:
-                writer.writerow([_cell(item.get(c)) for c in columns])
+        write_atomic(out / f"{kind}.json", json.dumps(shown, indent=1))  # whole, or the last run's
+        table = io.StringIO(newline="")
+        writer = csv.writer(table)
+        columns = COMMON + CSV_COLUMNS[kind] + ["verdict"]
+        writer.writerow(columns)
+        for item in shown:
+            writer.writerow([_cell(item.get(c)) for c in columns])
+        write_atomic(out / f"{kind}.csv", table.getvalue())
+        (out / f"{kind}.png").unlink(missing_ok=True)  # a sheet of the last run's items: drawn again, or gone
         if sheets and shown:
             try:
                 missing = _sheet(shown, store, out / f"{kind}.png")

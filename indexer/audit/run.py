@@ -24,6 +24,8 @@ import io
 import json
 import os
 import time
+import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ from usesearch.io.atomic import write_atomic
 from ..folder import open_store
 from ..records import IndexInfo, info_summary
 from ..store import Store
-from . import leaks, scores
+from . import leaks, reviews, scores
 from .items import LISTS, resolve
 from .ranked import Ranked
 from .source import DatasetReader
@@ -62,6 +64,7 @@ class _State:
     counts: np.ndarray
     lists: dict[str, Ranked]
     pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    leaks_done: bool = False  # the leak pass ran: a photo pass run again (longer lists) skips it
 
 
 def audit_index(
@@ -90,11 +93,19 @@ def audit_index(
         identity = _identity(store, reader, config, class_vectors)
         dim = _info(store).dim
         folder = db_dir / FOLDER
-        state = _load(folder / CHECKPOINT, identity, config, len(reader.classes), dim)
+        # Each list holds ``keep`` items besides those already reviewed (left out when
+        # shown): else, its first ``keep`` reviewed, a re-run would show nothing more.
+        reviewed = Counter(kind for kind, _ in reviews.verdicts(store.engine))
+        wanted = {kind: config.keep + reviewed[kind] for kind in LISTS}
+        state = _load(folder / CHECKPOINT, identity, len(reader.classes), dim)
         if state is None:
-            state = _fresh(config, len(reader.classes), dim)
-        elif state.phase != "done":
-            say(f"resuming the audit at its {state.phase} pass (after id {state.after})")
+            state = _fresh(wanted, len(reader.classes), dim)
+        else:
+            was = state.phase
+            if _lengthen(state, wanted):
+                say(f"{sum(reviewed.values())} items reviewed: the photo pass runs again for the next ones")
+            elif was != "done":
+                say(f"resuming the audit at its {state.phase} pass (after id {state.after})")
         save = lambda: _save(folder / CHECKPOINT, identity, state)  # noqa: E731
         say(f"{reader.annotations} annotations of {len(reader.classes)} classes, {reader.proposals} proposals")
         passes = {
@@ -108,7 +119,7 @@ def audit_index(
                 run()
                 say(f"{phase} pass: {time.perf_counter() - start:.0f} s")
         start = time.perf_counter()
-        result = resolve(store, reader, state.lists, state.pairs, config.keep, config.near_duplicate)
+        result = resolve(store, reader, state.lists, state.pairs, wanted["leaks"], config.near_duplicate)
         say(f"lists resolved: {time.perf_counter() - start:.0f} s")
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / RESULT, json.dumps(result).encode())
@@ -212,7 +223,7 @@ def _photo_pass(store, reader, class_vectors, state: _State, config: AuditConfig
                 state.lists[kind].push(**{name: np.concatenate([part[name] for part in parts]) for name in parts[0]})
         state.after = int(images[-1])
         save()
-    state.phase, state.after = "leaks", 0
+    state.phase, state.after = "done" if state.leaks_done else "leaks", 0
     save()
 
 
@@ -250,7 +261,7 @@ def _leak_pass(store, reader, state: _State, config: AuditConfig, save) -> None:
                 state.pairs = np.concatenate([state.pairs, found])
             state.after = batch.last
             save()
-    state.phase, state.after = "done", 0
+    state.phase, state.after, state.leaks_done = "done", 0, True
     save()
 
 
@@ -259,32 +270,57 @@ def _identity(store: Store, reader: DatasetReader, config: AuditConfig, class_ve
     """What a checkpoint belongs to: the index's contents (its generation), the classes
     and their vectors, and the settings. Any change starts the audit afresh."""
     digest = hashlib.sha256(np.ascontiguousarray(class_vectors, np.float32).tobytes()).hexdigest()
-    payload = [store.generation(), reader.classes, reader.splits, asdict(config), digest]
+    settings = {name: value for name, value in asdict(config).items() if name != "keep"}  # see ``_lengthen``
+    payload = [store.generation(), reader.classes, reader.splits, settings, digest]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _fresh(config: AuditConfig, classes: int, dim: int) -> _State:
+def _fresh(wanted: dict[str, int], classes: int, dim: int) -> _State:
     return _State(
         "annotations",
         0,
         np.zeros((classes, dim), np.float64),
         np.zeros(classes, np.int64),
-        {kind: Ranked(config.keep) for kind in LISTS if kind != "leaks"},
+        {kind: Ranked(wanted[kind]) for kind in LISTS if kind != "leaks"},
     )
+
+
+def _lengthen(state: _State, wanted: dict[str, int]) -> bool:
+    """Make each list hold ``wanted`` items. A list that never cut an item just holds
+    more from now on; where one did (its items reviewed since, or a larger ``keep``),
+    the photo pass runs again from the start, the classes' sums and, once made, the
+    leak pairs kept. True where it does."""
+    lists = state.lists
+    cut = any(lists[kind].keep < wanted[kind] and len(lists[kind]) >= lists[kind].keep for kind in lists)
+    if cut and state.phase != "annotations":
+        state.phase, state.after = "photos", 0
+        state.lists = {kind: Ranked(wanted[kind]) for kind in lists}  # every list: the pass pushes them all again
+        if not state.leaks_done:
+            state.pairs = np.zeros((0, 3))  # a leak pass cut short starts again after it
+        return True
+    for kind, ranked in lists.items():
+        ranked.keep = max(ranked.keep, wanted[kind])
+    return False
 
 
 def _save(path: Path, identity: str, state: _State) -> None:
     arrays = {"sums": state.sums, "counts": state.counts, "pairs": state.pairs}
     for kind, ranked in state.lists.items():
         arrays.update(ranked.state(kind))
-    meta = {"identity": identity, "phase": state.phase, "after": state.after}
+    meta = {
+        "identity": identity,
+        "phase": state.phase,
+        "after": state.after,
+        "keep": {kind: ranked.keep for kind, ranked in state.lists.items()},
+        "leaks_done": state.leaks_done,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **{"meta": np.array(json.dumps(meta)), **arrays})  # type: ignore[arg-type]  # names, not flags
     write_atomic(path, buffer.getvalue())
 
 
-def _load(path: Path, identity: str, config: AuditConfig, classes: int, dim: int) -> _State | None:
+def _load(path: Path, identity: str, classes: int, dim: int) -> _State | None:
     """The checkpoint, where it belongs to this very audit (else None: start afresh)."""
     if not path.is_file():
         return None
@@ -294,10 +330,19 @@ def _load(path: Path, identity: str, config: AuditConfig, classes: int, dim: int
             if meta.get("identity") != identity:
                 return None
             arrays = {name: saved[name] for name in saved.files}
-    except (OSError, ValueError, KeyError):  # a torn or foreign file: it is only a head start
+            kept = {kind: int(meta["keep"][kind]) for kind in LISTS if kind != "leaks"}
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        zipfile.BadZipFile,
+    ):  # torn or foreign: a head start only
         return None
-    lists = {kind: Ranked.from_state(config.keep, kind, arrays) for kind in LISTS if kind != "leaks"}
-    return _State(meta["phase"], int(meta["after"]), arrays["sums"], arrays["counts"], lists, arrays["pairs"])
+    lists = {kind: Ranked.from_state(kept[kind], kind, arrays) for kind in kept}
+    done = bool(meta.get("leaks_done"))
+    return _State(meta["phase"], int(meta["after"]), arrays["sums"], arrays["counts"], lists, arrays["pairs"], done)
 
 
 def load_lists(db_dir: str | os.PathLike) -> dict | None:

@@ -64,7 +64,9 @@ def audit(
     from usesearch.indexer.folder import open_store
 
     out = Path(report_dir) if report_dir is not None else Path(db) / "audit" / "report"
-    result = audit_index(db, db_url, AuditConfig(batch=batch), device=device, say=opts.console.print)
+    # Each list holds at least -k unreviewed items (a larger -k than the last run's ranks the photos again).
+    config = AuditConfig(batch=batch, keep=max(AuditConfig.keep, k))
+    result = audit_index(db, db_url, config, device=device, say=opts.console.print)
     store = open_store(Path(db), db_url, read_only=True)
     try:
         verdicts = reviews.verdicts(store.engine)
