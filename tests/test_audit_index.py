@@ -368,3 +368,26 @@ def test_the_planted_truth_saved_for_reuse_reads_back_equal_without_pickle(tmp_p
     assert again == planted
     assert list(world_again) == [1] and np.array_equal(world_again[1][0], rgb)
     assert world_again[1][1:] == ([(5, 0, "train")], [7, 9])
+
+
+def test_an_index_changed_during_the_audit_gives_no_lists(db, monkeypatch):
+    """An `index` run committing mid-audit: lists mixing two indexes are refused, not
+    written as the current ones."""
+    import sqlite3
+
+    from usesearch.errors import UsesearchError
+    from usesearch.indexer.audit import run
+
+    photo_pass = run._photo_pass
+
+    def then_a_commit(*args, **kwargs):
+        photo_pass(*args, **kwargs)
+        with sqlite3.connect(db / "segments.sqlite") as conn:
+            conn.execute("update index_info set generation = generation + 1")
+
+    monkeypatch.setattr(run, "_photo_pass", then_a_commit)
+    with pytest.raises(UsesearchError, match="changed while it was audited"):
+        audit_index(db)
+    assert not (db / "audit" / "lists.json").exists()
+    monkeypatch.undo()
+    assert audit_index(db)["lists"]["swapped"]  # run again: afresh, for the index as it now is

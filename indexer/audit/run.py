@@ -90,6 +90,7 @@ def audit_index(
             )
         if class_vectors is None:
             class_vectors = _class_vectors(store, reader.classes, device)
+        generation = store.generation()  # the index's contents, as the identity names them
         identity = _identity(store, reader, config, class_vectors)
         dim = _info(store).dim
         folder = db_dir / FOLDER
@@ -118,6 +119,11 @@ def audit_index(
                 start = time.perf_counter()
                 run()
                 say(f"{phase} pass: {time.perf_counter() - start:.0f} s")
+        if store.generation() != generation:  # an index run committed meanwhile: lists of two indexes
+            raise UsesearchError(
+                f"{db_dir} changed while it was audited (an `index`, `prune` or `compact` run); "
+                "audit it again once that is done"
+            )
         start = time.perf_counter()
         result = resolve(store, reader, state.lists, state.pairs, wanted["leaks"], config.near_duplicate)
         say(f"lists resolved: {time.perf_counter() - start:.0f} s")
