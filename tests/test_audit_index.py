@@ -370,7 +370,8 @@ def test_the_planted_truth_saved_for_reuse_reads_back_equal_without_pickle(tmp_p
     assert world_again[1][1:] == ([(5, 0, "train")], [7, 9])
 
 
-def test_an_index_changed_during_the_audit_gives_no_lists(db, monkeypatch):
+@pytest.mark.parametrize("step", ["_class_vectors", "_photo_pass"])  # while the model loads; mid-passes
+def test_an_index_changed_during_the_audit_gives_no_lists(db, monkeypatch, step):
     """An `index` run committing mid-audit: lists mixing two indexes are refused, not
     written as the current ones."""
     import sqlite3
@@ -378,14 +379,15 @@ def test_an_index_changed_during_the_audit_gives_no_lists(db, monkeypatch):
     from usesearch.errors import UsesearchError
     from usesearch.indexer.audit import run
 
-    photo_pass = run._photo_pass
+    real = getattr(run, step)
 
     def then_a_commit(*args, **kwargs):
-        photo_pass(*args, **kwargs)
+        done = real(*args, **kwargs)
         with sqlite3.connect(db / "segments.sqlite") as conn:
             conn.execute("update index_info set generation = generation + 1")
+        return done
 
-    monkeypatch.setattr(run, "_photo_pass", then_a_commit)
+    monkeypatch.setattr(run, step, then_a_commit)
     with pytest.raises(UsesearchError, match="changed while it was audited"):
         audit_index(db)
     assert not (db / "audit" / "lists.json").exists()

@@ -82,6 +82,7 @@ def audit_index(
     db_dir = Path(db_dir)
     store = open_store(db_dir, db_url, read_only=True)
     try:
+        generation = store.generation()  # before anything is read: a commit after it is caught at the end
         reader = DatasetReader(store)
         if not reader.classes:
             raise UsesearchError(
@@ -90,7 +91,6 @@ def audit_index(
             )
         if class_vectors is None:
             class_vectors = _class_vectors(store, reader.classes, device)
-        generation = store.generation()  # the index's contents, as the identity names them
         identity = _identity(store, reader, config, class_vectors)
         dim = _info(store).dim
         folder = db_dir / FOLDER

@@ -64,7 +64,7 @@ class RefinedSearch:
         fields = segment_out(hit, True, rank=hit.rank, score=hit.score, use_score=hit.use_score, refined_by="sam3")
         record = self.index.store.image(hit.image_id)
         if record is None:
-            raise ImageGoneError(f"{hit.image}: no longer in the index")
+            raise ImageGoneError("no longer in the index")
         mask = rle.decode(hit.mask)
         picture = segment_tile(self.images.rgb(record), mask, hit.bbox, TILE)
         fields["tile_url"] = _data_url(render.png(picture))
