@@ -93,3 +93,16 @@ def test_eval_audit_records_what_it_cannot_audit_and_goes_on(trained_tiny_head, 
     coco_json.write_text(json.dumps(coco))
     one = CliRunner().invoke(app, [*args, "--report-dir", str(tmp_path / "one")])
     assert one.exit_code == 2 and "names 1 category: an audit weighs each label against the others" in one.output
+
+
+def test_only_the_most_suspect_keep_their_masks_and_the_ranking_is_the_same(tiny_use, tmp_path):
+    """At 10^7 annotations every mask kept was 9 GB; the report draws the top -k only."""
+    from usesearch.io.coco_dataset import read_coco
+    from usesearch.tasks.audit import audit_coco
+
+    coco_json, _ = write_instances_coco(tmp_path / "data", 8, seed=3, wrong_fraction=0.2)
+    every, _ = audit_coco(tiny_use, read_coco(coco_json), tmp_path / "data" / "images", masks_for=10**6)
+    few, _ = audit_coco(tiny_use, read_coco(coco_json), tmp_path / "data" / "images", masks_for=3)
+    assert len(every) > 3 and [s.row() for s in few] == [s.row() for s in every]
+    assert [s.mask is not None for s in few] == [True] * 3 + [False] * (len(few) - 3)
+    assert [s.mask for s in few[:3]] == [s.mask for s in every[:3]]

@@ -370,7 +370,7 @@ def audit(
     data = read_coco(coco)  # before the model: a file that is not COCO is one line
     preset = choose_preset(preset, head)
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
-    suspects, problems = audit_coco(model, data, images)
+    suspects, problems = audit_coco(model, data, images, masks_for=k)
     write_report(suspects, report_dir, k, problems)
     for rank, s in enumerate(suspects[: min(k, 10)], 1):
         says = f"model says {s.predicted!r}" if s.margin > 0 else f"model agrees (next {s.best_other!r})"

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import base64
 import csv
+import heapq
 import html
 import io
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from usesearch.errors import AnnotationError, UsesearchError, first_line
+from usesearch.io.atomic import write_atomic
 from usesearch.io.coco_dataset import PHOTO_MISSING, CocoDataset, Problem, checked_masks, photo_path
 from usesearch.io.images import read_image
 from usesearch.masks import rle
@@ -36,7 +38,8 @@ class Suspect:
     labelled_probability: float
     predicted_probability: float
     best_other: str  # the likeliest class other than the label (the margin's other side)
-    mask: dict = field(repr=False, compare=False)  # COCO RLE, for the report's tiles; not in the files
+    # COCO RLE, for the report's tiles (the first ``masks_for`` suspects only); not in the files.
+    mask: dict | None = field(repr=False, compare=False)
 
     def row(self) -> dict:
         """The suspect as suspects.json writes it (without its mask)."""
@@ -46,11 +49,13 @@ class Suspect:
 
 
 def audit_coco(
-    model: SegmentEmbedder, dataset: CocoDataset, images_dir: str | os.PathLike
+    model: SegmentEmbedder, dataset: CocoDataset, images_dir: str | os.PathLike, masks_for: int = 50
 ) -> tuple[list[Suspect], list[Problem]]:
     """All annotations, most suspect first, and what could not be audited: the file's
     faults, a photo missing or unreadable, an entry whose size is not its photo's, a
-    broken or empty mask; each is recorded and the rest audited."""
+    broken or empty mask; each is recorded and the rest audited. Only the ``masks_for``
+    most suspect keep their masks (the report's tiles): two thirds of a suspect's
+    memory, 9 GB at 10^7 annotations otherwise."""
     class_names = list(dict.fromkeys(dataset.categories[c] for c in sorted(dataset.categories)))
     if len(class_names) < 2:
         raise UsesearchError(
@@ -60,6 +65,7 @@ def audit_coco(
         raise UsesearchError(f"{dataset.path} holds no annotation to audit")
     problems: list[Problem] = list(dataset.problems)
     rows: list[Suspect] = []
+    masked: list[tuple[float, int]] = []  # (margin, -row) of the rows holding a mask: a min-heap, worst first
     for entry in dataset.images:
         if not entry.annotations:
             continue
@@ -84,19 +90,23 @@ def audit_coco(
         margins, best_other = label_margins(probs, labels)
         for (annotation, mask), p, label, margin, other in zip(kept, probs, labels, margins, best_other):
             top = int(p.argmax())
-            rows.append(
-                Suspect(
-                    annotation.id,
-                    path,
-                    class_names[label],
-                    class_names[top],
-                    float(margin),
-                    float(p[label]),
-                    float(p[top]),
-                    class_names[other],
-                    mask,
-                )
+            suspect = Suspect(
+                annotation.id,
+                path,
+                class_names[label],
+                class_names[top],
+                float(margin),
+                float(p[label]),
+                float(p[top]),
+                class_names[other],
+                mask,
             )
+            rows.append(suspect)
+            # Ties go to the earlier row, as the stable sort below orders them.
+            heapq.heappush(masked, (suspect.margin, -(len(rows) - 1)))
+            if len(masked) > masks_for:
+                _, dropped = heapq.heappop(masked)
+                rows[-dropped] = replace(rows[-dropped], mask=None)
     return sorted(rows, key=lambda r: -r.margin), problems
 
 
@@ -138,25 +148,39 @@ def summary(suspects: list[Suspect]) -> dict:
 def write_report(
     suspects: list[Suspect], out: str | os.PathLike, top: int = 50, problems: list[Problem] | None = None
 ) -> Path:
+    """Each file replaced whole (streamed into a temporary file, renamed into place)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "suspects.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["rank", "annotation_id", "image", "labelled", "predicted", "margin"])
-        for rank, s in enumerate(suspects, 1):
-            writer.writerow([rank, s.annotation_id, s.image, s.labelled, s.predicted, f"{s.margin:.4f}"])
-    (out / "suspects.json").write_text(json.dumps([s.row() for s in suspects], indent=1))
+
+    def table(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["rank", "annotation_id", "image", "labelled", "predicted", "margin"])
+            for rank, s in enumerate(suspects, 1):
+                writer.writerow([rank, s.annotation_id, s.image, s.labelled, s.predicted, f"{s.margin:.4f}"])
+
+    def rows(tmp: Path) -> None:  # one suspect at a time: never the whole list as one string
+        with open(tmp, "w") as f:
+            f.write("[")
+            for i, s in enumerate(suspects):
+                f.write(("," if i else "") + "\n " + json.dumps(s.row()))
+            f.write("\n]\n" if suspects else "]\n")
+
+    write_atomic(out / "suspects.csv", table)
+    write_atomic(out / "suspects.json", rows)
     faults = [
         {"image": image, "annotation_id": annotation, "kind": error.kind, "error": str(error)}
         for image, annotation, error in problems or []
     ]
-    (out / "problems.json").write_text(json.dumps(faults, indent=1))
+    write_atomic(out / "problems.json", json.dumps(faults, indent=1))
     stats = summary(suspects)
-    (out / "summary.json").write_text(json.dumps(stats, indent=1))
+    write_atomic(out / "summary.json", json.dumps(stats, indent=1))
     cards = []
     for rank, s in enumerate(suspects[:top], 1):
         buffer = io.BytesIO()
         try:
+            if s.mask is None:  # past audit_coco's ``masks_for``
+                raise UsesearchError("its mask was not kept")
             tile = segment_tile(read_image(s.image), rle.decode(s.mask), rle.bbox(s.mask), 160)
         except (OSError, UsesearchError):  # gone since it was audited: a grey tile, the card stays
             tile = Image.new("RGB", (160, 160), (200, 200, 200))
@@ -173,5 +197,5 @@ def write_report(
         f"<h1>Most suspect annotations</h1><p>{stats['annotations']} annotations, model agrees with "
         f"{100 * stats['agreement']:.1f}% of labels.</p>" + "".join(cards)
     )
-    (out / "report.html").write_text(page)
+    write_atomic(out / "report.html", page)
     return out
