@@ -103,7 +103,9 @@ class Refiner:
         device = self.options.device or index.device  # the index's models' device (--device), by default
         self.sam3 = sam3 or load_sam3(name, self.options.checkpoint, device)
         folder = Path(index.db_dir) / CACHE_FOLDER / self.sam3.identity
-        self.cache = ImageStateCache(self.options.memory_bytes, folder, self.options.disk_bytes)
+        self.cache = ImageStateCache(
+            self.options.memory_bytes, folder, self.options.disk_bytes, bound_over=folder.parent
+        )
         self._lock = threading.Lock()
         self.last = RefineReport()
 

@@ -38,9 +38,15 @@ class ImageStateCache:
     """``get(key)`` / ``put(key, features)``; ``memory_bytes`` bounds what stays in
     memory (on the model's device), ``folder`` with ``disk_bytes`` what stays on disk."""
 
-    def __init__(self, memory_bytes: int, folder: Path | None = None, disk_bytes: int = 0):
+    def __init__(
+        self, memory_bytes: int, folder: Path | None = None, disk_bytes: int = 0, bound_over: Path | None = None
+    ):
+        """``bound_over``: the folder whose files (``*/*.safetensors``: every model
+        identity's) ``disk_bytes`` bounds, where ``folder`` is one of its subfolders;
+        else ``folder`` alone. Else another device or re-pulled weights left theirs for good."""
         self.memory_bytes, self.disk_bytes = memory_bytes, disk_bytes
         self.folder = folder if folder is not None and disk_bytes > 0 else None
+        self.bound_over = bound_over
         self._memory: OrderedDict[str, Features] = OrderedDict()
         self._lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
@@ -132,10 +138,17 @@ class ImageStateCache:
 
     def _bound_folder(self) -> None:
         assert self.folder is not None
-        files = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
-        total = sum(p.stat().st_size for p in files)
-        for old in files[:-1]:  # the newest file stays even past the bound
+        found = self.bound_over.glob("*/*.safetensors") if self.bound_over is not None else self.folder.glob("*")
+        sized = []
+        for path in found:
+            with contextlib.suppress(OSError):  # gone meanwhile (another process's bound)
+                info = path.stat()
+                if path.suffix == ".safetensors":
+                    sized.append((info.st_mtime_ns, info.st_size, path))
+        sized.sort()
+        total = sum(size for _, size, _ in sized)
+        for _, size, old in sized[:-1]:  # the newest file stays even past the bound
             if total <= self.disk_bytes:
                 break
-            total -= old.stat().st_size
+            total -= size
             old.unlink(missing_ok=True)

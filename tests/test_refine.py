@@ -365,3 +365,21 @@ def test_a_sam3_checkpoint_of_another_shape_is_one_line(tmp_path):
     torch.save({"detector.weight": torch.zeros(3, 3), "detector.bias": torch.zeros(3)}, path)
     with pytest.raises(UsesearchError, match=r"weight is \(3, 3\), the model's \(2, 2\)"):
         load_checkpoint(torch.nn.Linear(2, 2), path)
+
+
+def test_the_disk_bound_covers_every_model_identitys_folder(tmp_path):
+    """Another device or re-pulled weights is another identity folder: the bound counts
+    them all, oldest first out (before, each folder was bounded alone, for good)."""
+    import os
+
+    from usesearch.indexer import refine_cache
+
+    root = tmp_path / refine_cache.CACHE_FOLDER
+    (root / "cpu-old").mkdir(parents=True)
+    left = root / "cpu-old" / f"{'ab' * 32}.safetensors"
+    left.write_bytes(b"\0" * 600_000)
+    os.utime(left, (1, 1))  # long unused
+    cache = refine_cache.ImageStateCache(0, root / "cuda-new", 1_000_000, bound_over=root)
+    cache.put("cd" * 32, [torch.zeros(128 * 1024)])  # 512 KiB: with the old file, past the bound
+    cache.close()
+    assert not left.exists() and (root / "cuda-new" / f"{'cd' * 32}.safetensors").is_file()
