@@ -393,3 +393,8 @@ def test_an_index_changed_during_the_audit_gives_no_lists(db, monkeypatch, step)
     assert not (db / "audit" / "lists.json").exists()
     monkeypatch.undo()
     assert audit_index(db)["lists"]["swapped"]  # run again: afresh, for the index as it now is
+
+
+def test_a_pair_found_from_both_sides_is_kept_once_at_its_best_cosine():
+    pairs = np.array([[1, 9, 0.98], [2, 5, 0.99], [1, 9, 0.985], [1, 8, 0.97]])
+    assert leaks.unique_pairs(pairs).tolist() == [[1, 8, 0.97], [1, 9, 0.985], [2, 5, 0.99]]

@@ -74,6 +74,18 @@ def near_pairs(
     return pairs
 
 
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """Each (id, id) pair once, at its best cosine: with three splits or more a pair of
+    two smaller splits is found from both sides (the checkpoint holds it once)."""
+    if not len(pairs):
+        return pairs
+    order = np.lexsort((-pairs[:, 2], pairs[:, 1], pairs[:, 0]))
+    pairs = pairs[order]
+    first = np.ones(len(pairs), bool)
+    first[1:] = (pairs[1:, 0] != pairs[:-1, 0]) | (pairs[1:, 1] != pairs[:-1, 1])
+    return pairs[first]
+
+
 def near_groups(
     pairs: np.ndarray,
     segment_image: dict[int, int],

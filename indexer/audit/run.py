@@ -264,7 +264,7 @@ def _leak_pass(store, reader, state: _State, config: AuditConfig, save) -> None:
                 e = files.read(batch.chunks, batch.rows, ids=batch.ids)
                 files.let_go()
                 found = leaks.near_pairs(index, base_ids, base_split, e, batch.ids, batch.splits, config.near_duplicate)
-                state.pairs = np.concatenate([state.pairs, found])
+                state.pairs = leaks.unique_pairs(np.concatenate([state.pairs, found]))
             state.after = batch.last
             save()
     state.phase, state.after, state.leaks_done = "done", 0, True
