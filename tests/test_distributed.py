@@ -65,11 +65,6 @@ def assert_same_index(db, reference, db_url=None):
     assert not list((Path(db) / FRAGMENTS).glob("*.npz"))  # every fragment committed and removed
 
 
-def test_ray_index_with_the_catalog_in_postgresql(ray_local, photos, sequential, tmp_path, pg_url):
-    index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS, db_url=pg_url))
-    assert_same_index(tmp_path / "db", sequential, pg_url)
-
-
 def _segment_worker_pids() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -82,9 +77,13 @@ def _segment_worker_pids() -> list[int]:
     return pids
 
 
-def test_ray_index_equals_a_sequential_run_with_a_worker_killed_mid_run(ray_local, photos, sequential, tmp_path):
+def test_ray_index_on_postgresql_equals_a_sequential_run_with_a_worker_killed(
+    ray_local, photos, sequential, tmp_path, pg_url
+):
     """A worker killed with kill -9 mid-run is replaced, and nothing is lost or doubled:
-    the index equals a sequential run's, and a rerun has nothing left to do."""
+    the index, its catalog in PostgreSQL, equals a sequential run's on SQLite, and a
+    rerun has nothing left to do. (SQLite on Ray: the driver-killed test, the crash
+    test and test_coco_ray.)"""
     seen, killed = [], []
 
     def kill_a_worker(report, path, total):
@@ -94,12 +93,13 @@ def test_ray_index_equals_a_sequential_run_with_a_worker_killed_mid_run(ray_loca
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
-    report = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), kill_a_worker)
+    options = IndexOptions(**OPTS, db_url=pg_url)
+    report = index_paths_ray([photos], tmp_path / "db", options, kill_a_worker)
     assert killed, "no Ray worker was found to kill"
     assert report.done == len(NAMES) and report.failed == 1 and report.skipped == 1
     assert seen == sorted(seen) and seen[-1] == report.segments > 0  # progress as images commit
-    assert_same_index(tmp_path / "db", sequential)
-    again = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert_same_index(tmp_path / "db", sequential, pg_url)
+    again = index_paths_ray([photos], tmp_path / "db", options)
     assert again.done == 0 and again.skipped == len(NAMES) + 2  # the failed one is skipped too, unless retried
 
 
