@@ -111,17 +111,17 @@ def test_everything_gone_is_refused_without_force(tmp_path, monkeypatch):
 
 def test_kill_dash_nine_during_prune_then_resume(tmp_path):
     db = tmp_path / "db"
-    synthetic_index(db, n=12_000, dim=16, images=3_000)
+    synthetic_index(db, n=6_000, dim=16, images=1_500)
     reindex(db)
     code = "import sys; from usesearch.indexer.maintenance import prune; prune(sys.argv[1], force=True)"
     left = kill_when(
         run_python(code, db),
         lambda: sqlite_count(db / "segments.sqlite", "select count(*) from images"),
-        lambda n: n <= 2_500,
-        start=3_000,
+        lambda n: n <= 1_250,
+        start=1_500,
         every=0.02,
     )
-    assert 0 < left < 3_000
+    assert 0 < left < 1_500
     ix = SegmentIndex.open(db)  # usable at once: the vectors are reconciled with what was committed
     assert ix.index.ntotal == len(ix.store.segment_ids()) == 4 * ix.stats()["images_done"]
     ix.close()
