@@ -22,7 +22,7 @@ import numpy as np
 from usesearch.io.files import Found, decode, read_bytes
 
 from .options import IndexOptions, IndexReport
-from .writer import Writer
+from .writer import PREFETCH, Writer
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -103,7 +103,9 @@ def _photos(
         return read_bytes(found.fs_path, options.max_bytes, found.path)
 
     def to_decode() -> Iterator[tuple[str, Read | None]]:
-        for found, future in ordered_map(pool, read, files, ahead):
+        for at, (found, future) in enumerate(ordered_map(pool, read, files, ahead)):
+            if at % PREFETCH == 0:  # the next paths' records, one query for all (``Writer.skip`` takes them)
+                writer.prefetch([f.key for f in files[at : at + PREFETCH] if f.error is None])
             try:
                 (data, sha256), seconds = _wait(future, report)
                 report.add_stage("read + hash (workers)", seconds)

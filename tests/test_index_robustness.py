@@ -233,3 +233,25 @@ def test_failures_prints_a_line_a_file_even_for_a_name_with_a_newline(tmp_path):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{photos}/bad\\nname.jpg\t"), lines
+
+
+def test_a_rerun_reads_the_catalog_in_batches_and_skips_as_one_query_a_photo_did(tmp_path, monkeypatch):
+    """A re-run over indexed photos looked each up alone (0.7 ms a photo: 12 min at
+    10^6); now the catalog is read ahead in batches, with the same decisions: done ones
+    skipped, a renamed one followed, a copy counted, a new one indexed."""
+    from usesearch.indexer.store import Store
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee", "rocket"))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    (photos / "sub" / "rocket.png").rename(photos / "sub" / "rocket-renamed.png")
+    (photos / "copy.png").write_bytes((photos / "astronaut.png").read_bytes())
+    write_photos(photos / "new", ("camera",))
+    lookups: list[bytes] = []
+    one_by_one = Store.image_by_path
+    monkeypatch.setattr(Store, "image_by_path", lambda self, key: lookups.append(key) or one_by_one(self, key))
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert lookups == []  # every decision from the batch read
+    assert (report.done, report.skipped) == (1, 5)
+    assert [os.path.basename(new) for _, new in report.moved] == ["rocket-renamed.png"]
+    assert [os.path.basename(path) for path, _ in report.copies] == ["copy.png"]
+    assert_consistent(tmp_path / "db")
