@@ -28,10 +28,21 @@ class ImageWrites:
 
         def move() -> None:
             with self.sessions.begin() as s:
-                s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(fs_path=fs_path, path=path))
+                values = {"fs_path": fs_path, "path": path, "file_stat": None}  # read again next time
+                s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(**values))
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
 
         self.retrying(move)
+
+    def set_file_stats(self, rows: list[dict]) -> None:
+        """Files' stats as last read whole with their recorded content (``{"id", "file_stat"}``
+        each), in one transaction."""
+
+        def note() -> None:
+            with self.sessions.begin() as s:
+                s.execute(update(ImageRecord), rows)
+
+        self.retrying(note)
 
     def clear_failure(self, image_id: int) -> None:
         def clear() -> None:

@@ -164,7 +164,7 @@ def _commit_group(done: Computed, writer: Writer, report: IndexReport) -> None:
         if isinstance(outcome, BaseException):
             writer.fail(found.key, found.path, photo.sha256, outcome, report)
         else:
-            writer.commit(found.key, found.path, photo.sha256, photo.rgb.shape[:2], *outcome, report)
+            writer.commit(found.key, found.path, photo.sha256, photo.rgb.shape[:2], *outcome, report, photo.file_stat)
     for stage, seconds in done.stages.items():
         report.add_stage(stage, seconds)
     report.masker_seconds += done.masker_seconds

@@ -4,7 +4,9 @@ On a GPU the models take tens of milliseconds a photo, as long as reading, hashi
 and decoding a JPEG; done in line they would leave the card idle half the time.
 PIL's decoders and hashlib release the GIL, so threads suffice. The catalog is asked
 (skip) and failures are recorded in the calling thread only: the pool never touches
-the store, and the photos come out in walk order, as the sequential indexer commits.
+the store (it consults the records the caller read ahead, ``Writer.unchanged``: a file
+whose stat is the one recorded when it was last read whole is not read again), and the
+photos come out in walk order, as the sequential indexer commits.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import numpy as np
 
 from usesearch.io.files import Found, decode, read_bytes
 
+from .known_images import BATCH
 from .options import IndexOptions, IndexReport
-from .writer import PREFETCH, Writer
+from .writer import Writer
 
 T = TypeVar("T")
 R = TypeVar("R")
-Read = tuple[Found, bytes, str]  # a file, its bytes and their SHA-256
+Read = tuple[Found, bytes, str, str | None]  # a file, its bytes, their SHA-256, its stat before the read
 
 
 @dataclass
@@ -34,6 +37,18 @@ class Photo:
     found: Found
     sha256: str
     rgb: np.ndarray
+    file_stat: str | None = None  # as read before its bytes (``file_stat``)
+
+
+def file_stat(fs_path: str) -> str | None:
+    """What a re-run compares to skip a file unread: size, modification and change
+    times, inode (a copy with ``cp -p`` or ``rsync -t`` keeps the mtime, never the
+    ctime). None where it cannot be had: the read says why."""
+    try:
+        st = os.stat(fs_path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 
 def workers_for(on_gpu: bool) -> int:
@@ -97,28 +112,47 @@ def _photos(
     ahead: int,
     seen: set[str],
 ) -> Iterator[tuple[str, Photo | None]]:
-    def read(found: Found) -> tuple[bytes, str]:
+    def read(found: Found) -> tuple[bytes | None, str, str | None]:
+        """(bytes, SHA-256, stat before the read); no bytes where the file is as it was
+        when last read whole (its recorded SHA-256 then)."""
         if found.error is not None:
             raise found.error
-        return read_bytes(found.fs_path, options.max_bytes, found.path)
+        stat = file_stat(found.fs_path)
+        recorded = writer.known.unchanged(found.key, stat) if stat is not None else None
+        if recorded is not None:
+            return None, recorded, stat
+        return (*read_bytes(found.fs_path, options.max_bytes, found.path), stat)
+
+    def prefetched() -> Iterator[Found]:
+        """The files, the catalog's records of each next ``BATCH`` read in one query
+        before the first of them goes to the pool (``KnownImages``)."""
+        for at, found in enumerate(files):
+            if at % BATCH == 0:
+                writer.known.prefetch([f.key for f in files[at : at + BATCH] if f.error is None])
+            yield found
 
     def to_decode() -> Iterator[tuple[str, Read | None]]:
-        for at, (found, future) in enumerate(ordered_map(pool, read, files, ahead)):
-            if at % PREFETCH == 0:  # the next paths' records, one query for all (``Writer.skip`` takes them)
-                writer.prefetch([f.key for f in files[at : at + PREFETCH] if f.error is None])
+        for found, future in ordered_map(pool, read, prefetched(), ahead):
             try:
-                (data, sha256), seconds = _wait(future, report)
+                (data, sha256, stat), seconds = _wait(future, report)
                 report.add_stage("read + hash (workers)", seconds)
             except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
                 writer.fail(found.key, found.path, None, exc, report)
                 yield found.path, None
                 continue
-            if writer.skip(found.key, sha256, coming=seen, path=found.path):
+            if writer.skip(found.key, sha256, coming=seen, path=found.path, file_stat=stat):
                 report.skipped += 1
                 yield found.path, None
                 continue
+            if data is None:  # not expected (unchanged and done is a skip): read it after all
+                try:
+                    data, sha256 = read_bytes(found.fs_path, options.max_bytes, found.path)
+                except Exception as exc:  # noqa: BLE001
+                    writer.fail(found.key, found.path, None, exc, report)
+                    yield found.path, None
+                    continue
             seen.add(sha256)
-            yield found.path, (found, data, sha256)
+            yield found.path, (found, data, sha256, stat)
 
     def decode_one(entry: tuple[str, Read | None]) -> np.ndarray | None:
         """The photo's pixels; None where there is nothing to decode (skipped or failed)."""
@@ -129,7 +163,7 @@ def _photos(
         if job is None:
             yield path, None
             continue
-        found, _, sha256 = job
+        found, _, sha256, stat = job
         try:
             rgb, seconds = _wait(future, report)
             report.add_stage("decode (workers)", seconds)
@@ -137,7 +171,7 @@ def _photos(
             writer.fail(found.key, found.path, sha256, exc, report)
             yield path, None
             continue
-        yield path, Photo(found, sha256, rgb) if rgb is not None else None
+        yield path, Photo(found, sha256, rgb, stat) if rgb is not None else None
 
 
 def _wait(future: Future[tuple[T, float]], report: IndexReport) -> tuple[T, float]:

@@ -95,6 +95,9 @@ class ImageRecord(Base):
     # False while the photo holds only a labelled dataset's annotations: a masker run
     # still has to make its proposals (an index made before annotations: every row True).
     proposals_made: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # "size:mtime_ns:ctime_ns:inode" of the file as it was before the read that hashed it:
+    # a re-run finding the same skips the file unread (NULL: read and hashed, as before).
+    file_stat: Mapped[str | None] = mapped_column(String(96))
     updated: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
     segments: Mapped[list[SegmentRecord]] = relationship(back_populates="image", cascade="all, delete-orphan")
 

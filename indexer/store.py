@@ -199,6 +199,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         segments: Iterable[dict[str, Any]] = (),
         vectors: np.ndarray | None = None,
         error: BaseException | None = None,
+        file_stat: str | None = None,
     ) -> tuple[list[int], list[int]]:
         """Replace whatever the file had by this result, in one transaction; the
         segments' ``vectors`` are written (and fsynced) to the embedding files first.
@@ -206,7 +207,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         segments = list(segments)
         if segments:
             segments = self.files().place(segments, vectors)
-        return self.retrying(lambda: self._save_image(fs_path, path, sha256, hw, segments, error))
+        return self.retrying(lambda: self._save_image(fs_path, path, sha256, hw, segments, error, file_stat))
 
     def retrying(self, write: Callable[[], T]) -> T:
         """A write transaction, tried again while a database server is unreachable
@@ -238,15 +239,17 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         self._catalog_lock = None
         self._catalog_lock = identity.lock_catalog(self)  # while the server is down: OperationalError, retried
 
-    def _save_image(self, fs_path, path, sha256, hw, segments, error) -> tuple[list[int], list[int]]:
+    def _save_image(self, fs_path, path, sha256, hw, segments, error, file_stat) -> tuple[list[int], list[int]]:
         with self.sessions.begin() as s:
             old = s.scalar(select(ImageRecord).where(ImageRecord.fs_path == fs_path))
             attempts = 1
             removed: list[int] = []
             if old is not None:
                 if error is None and old.status == DONE and old.sha256 == sha256:
+                    old.file_stat = file_stat
                     return self.replace_proposals(s, old, segments)  # its annotations stay
                 if error is not None and old.status == DONE:
+                    old.file_stat = None  # read whole again next time
                     # Indexed before, failing now (unreadable for a while, a lower --max-bytes, a
                     # file being replaced): what it had is kept, the failure is noted on it
                     # (`failures` lists it) and cleared by the next run that reads it.
@@ -267,6 +270,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                 error_class=type(error).__name__ if error is not None else None,
                 error_message=str(error)[:2000] if error is not None else None,
                 attempts=attempts,
+                file_stat=file_stat if error is None else None,
             )
             record.segments = [SegmentRecord(**seg) for seg in segments]
             s.add(record)

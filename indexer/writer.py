@@ -15,21 +15,20 @@ from types import TracebackType
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import select
 
 from usesearch.errors import DiskFullError, IndexMismatchError, UsesearchError, is_disk_full
 from usesearch.masks.maskers import mask_defining
 
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import FAISS_FILE, db_url_for, writer_lock
+from .known_images import KnownImages
 from .options import IndexOptions, IndexReport
-from .records import DONE, NO_MASKER, ImageRecord, IndexInfo, info_summary
+from .records import DONE, NO_MASKER, IndexInfo, info_summary
 from .search import SegmentIndex
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-PREFETCH = 500  # paths looked up in the catalog per query (SQLite allows 32,766 parameters)
 REGROWTH = 2  # an index this many times larger (or smaller) than when calibrated is calibrated again
 
 
@@ -111,7 +110,6 @@ class Writer:
         self.moved: list[tuple[str, str]] = []  # (old path, new path): a photo renamed or moved since indexed
         self.copies: list[tuple[str, str]] = []  # (path, the indexed photo it repeats; "": one earlier in this run)
         self.in_sync = True
-        self._known: dict[bytes, ImageRecord | None] = {}  # ``prefetch``ed records, by path, until ``skip`` takes them
 
     def __enter__(self) -> Writer:
         self._lock: AbstractContextManager[None] = writer_lock(self.db_dir)
@@ -119,6 +117,7 @@ class Writer:
         store = None
         try:
             store = self.store = Store(db_url_for(self.db_dir, self.options.db_url), folder=self.db_dir)
+            self.known = KnownImages(store)
             store.claim()
             if self.options.factory:
                 check_factory(store.info(), self.options.factory, self.wanted, self.db_dir)
@@ -170,19 +169,26 @@ class Writer:
         self, kind: type[BaseException] | None, exc: BaseException | None, trace: TracebackType | None
     ) -> None:
         try:
+            if kind is None:
+                self.known.flush()
             self.store.close()
         finally:
             self._lock.__exit__(kind, exc, trace)
 
     def skip(
-        self, key: bytes, sha256: str, coming: set[str] | frozenset[str] = frozenset(), path: str | None = None
+        self,
+        key: bytes,
+        sha256: str,
+        coming: set[str] | frozenset[str] = frozenset(),
+        path: str | None = None,
+        file_stat: str | None = None,
     ) -> bool:
         """True when this file needs no work: done (or failed, unless retrying) with
         the same content, or it is a new path whose content is already indexed under
         another path or ``coming`` (about to be, earlier in this run). A photo renamed
         or moved (its content indexed under a path now gone) takes its record along;
         a copy of a photo still there is counted in ``copies``."""
-        existing = self._known.pop(key) if key in self._known else self.store.image_by_path(key)
+        existing = self.known.take(key) if key in self.known else self.store.image_by_path(key)
         if (
             existing is not None
             and existing.sha256 == sha256
@@ -190,6 +196,8 @@ class Writer:
         ):  # a photo holding only a labelled dataset's annotations still needs its proposals
             if existing.status == DONE and existing.error_class is not None:
                 self.store.clear_failure(existing.id)  # read whole again: the failure noted on it is over
+            if existing.status == DONE and file_stat is not None and existing.file_stat != file_stat:
+                self.known.note_stat(existing.id, file_stat)  # the next run skips it unread
             return True
         if existing is not None:
             return False
@@ -205,23 +213,6 @@ class Writer:
         elif path is not None:
             self.copies.append((path, holders[0].path))
         return True
-
-    def prefetch(self, keys: Sequence[bytes]) -> None:
-        """The catalog's records of these paths, read in one query for ``skip`` (a re-run
-        over indexed photos made one query a photo: 0.7 ms, 12 min at 10^6). Safe to read
-        ahead: only this writer changes a path's record, and only when ``skip`` reaches it."""
-        wanted = [key for key in dict.fromkeys(keys) if key not in self._known]
-
-        def read(part: list[bytes]) -> dict[bytes, ImageRecord | None]:
-            found: dict[bytes, ImageRecord | None] = dict.fromkeys(part)
-            with self.store.sessions() as s:
-                found.update(
-                    (r.fs_path, r) for r in s.scalars(select(ImageRecord).where(ImageRecord.fs_path.in_(part)))
-                )
-            return found
-
-        for start in range(0, len(wanted), PREFETCH):
-            self._known.update(self.store.retrying(lambda: read(wanted[start : start + PREFETCH])))
 
     @contextmanager
     def _changing(self) -> Iterator[None]:
@@ -241,9 +232,11 @@ class Writer:
         segments: list[dict],
         embeddings: np.ndarray,
         report: IndexReport,
+        file_stat: str | None = None,
     ) -> None:
         """One photo's proposals, replacing its old ones (``Store.save_image``)."""
-        self.apply(lambda: self.store.save_image(key, path, sha256, hw, segments, embeddings), embeddings, report)
+        save = lambda: self.store.save_image(key, path, sha256, hw, segments, embeddings, file_stat=file_stat)  # noqa: E731
+        self.apply(save, embeddings, report)
         report.done += 1
 
     def apply(

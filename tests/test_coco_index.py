@@ -5,6 +5,7 @@ proposals of the same photos, searched with --label/--split/--source, counted by
 while the rest is indexed."""
 
 import json
+import os
 import re
 import sqlite3
 
@@ -258,6 +259,8 @@ def test_a_photo_failing_on_a_rerun_keeps_its_segments_and_a_repair_keeps_its_so
     first = index_paths([photos], db, IndexOptions(**OPTS))
     index_coco([photos], coco, db, IndexOptions(preset="tiny"))
     whole = {"proposal": first.segments, "annotation": 4}
+    for photo in photos.rglob("*.png"):  # touched: read again (unchanged files are skipped unread)
+        os.utime(photo)
     unreadable = index_paths([photos], db, IndexOptions(**OPTS, max_bytes=100))
     assert unreadable.failed == 2 and all(
         why.endswith("(indexed before: its segments are kept)") for _, why in unreadable.failures
@@ -388,6 +391,7 @@ def test_an_older_index_gains_the_label_columns_and_their_indexes(tmp_path):
     for name in ("source", "annotation_id", "category", "iscrowd", "split"):
         con.execute(f"ALTER TABLE segments DROP COLUMN {name}")
     con.execute("ALTER TABLE images DROP COLUMN proposals_made")
+    con.execute("ALTER TABLE images DROP COLUMN file_stat")
     con.commit()
     con.close()
     again = index_paths([photos], db, IndexOptions(**OPTS))  # the first writable open upgrades it
@@ -398,6 +402,8 @@ def test_an_older_index_gains_the_label_columns_and_their_indexes(tmp_path):
     assert {"source", "annotation_id", "category", "iscrowd", "split"} <= columns
     assert {"ix_segments_source", "ix_segments_category", "ix_segments_split"} <= indexes
     assert con.execute("SELECT DISTINCT source FROM segments").fetchall() == [("proposal",)]
+    (stat,) = con.execute("SELECT file_stat FROM images").fetchone()  # read whole once more, its stat noted
+    assert stat.startswith(f"{(photos / 'coffee.png').stat().st_size}:")
 
 
 @pytest.mark.parametrize(

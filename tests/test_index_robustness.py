@@ -255,3 +255,35 @@ def test_a_rerun_reads_the_catalog_in_batches_and_skips_as_one_query_a_photo_did
     assert [os.path.basename(new) for _, new in report.moved] == ["rocket-renamed.png"]
     assert [os.path.basename(path) for path, _ in report.copies] == ["copy.png"]
     assert_consistent(tmp_path / "db")
+
+
+def test_a_rerun_reads_only_the_files_whose_stat_changed(tmp_path, monkeypatch):
+    """A file with the size, times and inode recorded when it was last read whole is
+    skipped unread (a re-run over 3 TB read and hashed every byte). One rewritten with
+    its old size and mtime put back (cp -p, rsync -t) is caught by its ctime and indexed
+    again; one merely touched is read once, then skipped unread again."""
+    from usesearch.indexer import read_ahead
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    reads: list[str] = []
+    read = read_ahead.read_bytes
+    monkeypatch.setattr(
+        read_ahead, "read_bytes", lambda path, *a: reads.append(os.path.basename(path)) or read(path, *a)
+    )
+    assert index_paths([photos], tmp_path / "db", IndexOptions(**OPTS)).skipped == 3 and reads == []
+
+    rewritten = photos / "coffee.png"
+    before = rewritten.stat()
+    data = bytearray(rewritten.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # other bytes, the same size
+    rewritten.write_bytes(bytes(data))
+    os.utime(rewritten, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old mtime put back
+    os.utime(photos / "astronaut.png")  # touched: same bytes, a new mtime
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert sorted(reads) == ["astronaut.png", "coffee.png"]
+    assert (report.done + report.failed, report.skipped) == (1, 2)  # indexed again, or its decode failure noted
+    reads.clear()
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert "astronaut.png" not in reads  # the touched one's new stat was recorded
+    assert_consistent(tmp_path / "db")
