@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .embeddings import EmbeddingFiles
@@ -35,12 +35,14 @@ class ImageWrites:
         self.retrying(move)
 
     def set_file_stats(self, rows: list[dict]) -> None:
-        """Files' stats as last read whole with their recorded content (``{"id", "file_stat"}``
-        each), in one transaction."""
+        """Files' stats as last read whole with their recorded content (``{"row", "content",
+        "stat"}`` each), in one transaction; a row replaced since (other content, or gone)
+        is left as it is."""
+        match = (ImageRecord.id == bindparam("row")) & (ImageRecord.sha256 == bindparam("content"))
 
         def note() -> None:
             with self.sessions.begin() as s:
-                s.execute(update(ImageRecord), rows)
+                s.connection().execute(update(ImageRecord).where(match).values(file_stat=bindparam("stat")), rows)
 
         self.retrying(note)
 

@@ -41,11 +41,11 @@ class KnownImages:
         for start in range(0, len(wanted), BATCH):
             self._records.update(self.store.retrying(lambda: read(wanted[start : start + BATCH])))
 
-    def note_stat(self, image_id: int, file_stat: str) -> None:
+    def note_stat(self, image_id: int, sha256: str, file_stat: str) -> None:
         """A file read whole and found as recorded: its stat, so that the next run skips
         it unread (an index from before stats were kept: once for every photo, so a
         transaction a batch, not a photo). Lost with a kill: it is only a shortcut."""
-        self._stats.append({"id": image_id, "file_stat": file_stat})
+        self._stats.append({"row": image_id, "content": sha256, "stat": file_stat})
         if len(self._stats) >= BATCH:
             self.flush()
 

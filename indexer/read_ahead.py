@@ -27,6 +27,7 @@ from .known_images import BATCH
 from .options import IndexOptions, IndexReport
 from .writer import Writer
 
+RACY_NS = 3_000_000_000  # a file changed this recently is read again next run (git's "racily clean")
 T = TypeVar("T")
 R = TypeVar("R")
 Read = tuple[Found, bytes, str, str | None]  # a file, its bytes, their SHA-256, its stat before the read
@@ -48,6 +49,8 @@ def file_stat(fs_path: str) -> str | None:
         st = os.stat(fs_path)
     except OSError:
         return None
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
+        return None  # changed just now: a write in the same tick (2 s on FAT) would keep this stat
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 

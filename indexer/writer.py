@@ -169,9 +169,11 @@ class Writer:
         self, kind: type[BaseException] | None, exc: BaseException | None, trace: TracebackType | None
     ) -> None:
         try:
-            if kind is None:
-                self.known.flush()
-            self.store.close()
+            try:
+                if kind is None:
+                    self.known.flush()
+            finally:
+                self.store.close()
         finally:
             self._lock.__exit__(kind, exc, trace)
 
@@ -197,7 +199,7 @@ class Writer:
             if existing.status == DONE and existing.error_class is not None:
                 self.store.clear_failure(existing.id)  # read whole again: the failure noted on it is over
             if existing.status == DONE and file_stat is not None and existing.file_stat != file_stat:
-                self.known.note_stat(existing.id, file_stat)  # the next run skips it unread
+                self.known.note_stat(existing.id, sha256, file_stat)  # the next run skips it unread
             return True
         if existing is not None:
             return False

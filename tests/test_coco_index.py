@@ -381,7 +381,10 @@ def test_options_that_do_not_go_with_a_labelled_dataset_are_refused(tmp_path, ar
     assert not (tmp_path / "db").exists()
 
 
-def test_an_older_index_gains_the_label_columns_and_their_indexes(tmp_path):
+def test_an_older_index_gains_the_label_columns_and_their_indexes(tmp_path, monkeypatch):
+    from usesearch.indexer import read_ahead
+
+    monkeypatch.setattr(read_ahead, "RACY_NS", 0)  # the photo was written just now: its stat kept all the same
     photos = write_photos(tmp_path / "photos", ("coffee",))
     db = tmp_path / "db"
     index_paths([photos], db, IndexOptions(**OPTS))

@@ -239,8 +239,10 @@ def test_a_rerun_reads_the_catalog_in_batches_and_skips_as_one_query_a_photo_did
     """A re-run over indexed photos looked each up alone (0.7 ms a photo: 12 min at
     10^6); now the catalog is read ahead in batches, with the same decisions: done ones
     skipped, a renamed one followed, a copy counted, a new one indexed."""
+    from usesearch.indexer import read_ahead
     from usesearch.indexer.store import Store
 
+    monkeypatch.setattr(read_ahead, "RACY_NS", 0)  # photos written just now are not re-read for it
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee", "rocket"))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     (photos / "sub" / "rocket.png").rename(photos / "sub" / "rocket-renamed.png")
@@ -264,6 +266,8 @@ def test_a_rerun_reads_only_the_files_whose_stat_changed(tmp_path, monkeypatch):
     again; one merely touched is read once, then skipped unread again."""
     from usesearch.indexer import read_ahead
 
+    assert read_ahead.file_stat(str(write_photos(tmp_path / "now", ("coffee",)) / "coffee.png")) is None
+    monkeypatch.setattr(read_ahead, "RACY_NS", 0)  # (a file changed within 3 s: racily clean, read again)
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     reads: list[str] = []
@@ -287,3 +291,26 @@ def test_a_rerun_reads_only_the_files_whose_stat_changed(tmp_path, monkeypatch):
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     assert "astronaut.png" not in reads  # the touched one's new stat was recorded
     assert_consistent(tmp_path / "db")
+
+
+def test_a_stat_noted_for_a_row_replaced_since_is_dropped_not_an_error(tmp_path):
+    """A path met twice in one walk (a file named and its folder), rewritten in between:
+    its first stat note names a row the second commit replaced (the run ended in
+    StaleDataError, or the note landed on the new row)."""
+    from usesearch.indexer.folder import open_store
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    store = open_store(tmp_path / "db", None)
+    try:
+        (row,) = [store.image(i) for i in (1,)]
+        notes = [
+            {"row": row.id + 1, "content": row.sha256, "stat": "gone"},  # no such row
+            {"row": row.id, "content": "0" * 64, "stat": "other content"},  # replaced since
+        ]
+        store.set_file_stats(notes)
+        assert store.image(row.id).file_stat == row.file_stat
+        store.set_file_stats([{"row": row.id, "content": row.sha256, "stat": "1:2:3:4"}])
+        assert store.image(row.id).file_stat == "1:2:3:4"
+    finally:
+        store.close()
