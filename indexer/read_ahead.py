@@ -4,7 +4,7 @@ On a GPU the models take tens of milliseconds a photo, as long as reading, hashi
 and decoding a JPEG; done in line they would leave the card idle half the time.
 PIL's decoders and hashlib release the GIL, so threads suffice. The catalog is asked
 (skip) and failures are recorded in the calling thread only: the pool never touches
-the store (it consults the records the caller read ahead, ``Writer.unchanged``: a file
+the store (it consults the records the caller read ahead, ``KnownImages.unchanged``: a file
 whose stat is the one recorded when it was last read whole is not read again), and the
 photos come out in walk order, as the sequential indexer commits.
 """
@@ -147,13 +147,7 @@ def _photos(
                 report.skipped += 1
                 yield found.path, None
                 continue
-            if data is None:  # not expected (unchanged and done is a skip): read it after all
-                try:
-                    data, sha256 = read_bytes(found.fs_path, options.max_bytes, found.path)
-                except Exception as exc:  # noqa: BLE001
-                    writer.fail(found.key, found.path, None, exc, report)
-                    yield found.path, None
-                    continue
+            assert data is not None  # unread only where ``skip`` sees the very record ``unchanged`` saw
             seen.add(sha256)
             yield found.path, (found, data, sha256, stat)
 

@@ -138,13 +138,12 @@ class ImageStateCache:
 
     def _bound_folder(self) -> None:
         assert self.folder is not None
-        found = self.bound_over.glob("*/*.safetensors") if self.bound_over is not None else self.folder.glob("*")
+        found = self.bound_over.glob("*/*.safetensors") if self.bound_over else self.folder.glob("*.safetensors")
         sized = []
         for path in found:
             with contextlib.suppress(OSError):  # gone meanwhile (another process's bound)
                 info = path.stat()
-                if path.suffix == ".safetensors":
-                    sized.append((info.st_mtime_ns, info.st_size, path))
+                sized.append((info.st_mtime_ns, info.st_size, path))
         sized.sort()
         total = sum(size for _, size, _ in sized)
         for _, size, old in sized[:-1]:  # the newest file stays even past the bound

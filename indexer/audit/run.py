@@ -337,14 +337,8 @@ def _load(path: Path, identity: str, classes: int, dim: int) -> _State | None:
                 return None
             arrays = {name: saved[name] for name in saved.files}
             kept = {kind: int(meta["keep"][kind]) for kind in LISTS if kind != "leaks"}
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        EOFError,
-        zipfile.BadZipFile,
-    ):  # torn or foreign: a head start only
+    # Torn or foreign (a killed copy, an older usesearch's): it is only a head start.
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
     lists = {kind: Ranked.from_state(kept[kind], kind, arrays) for kind in kept}
     done = bool(meta.get("leaks_done"))

@@ -268,7 +268,9 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     def segment_mask(segment_id: SegmentId) -> Response:
         """The segment's mask at the image's full resolution (8-bit PNG: 255 inside, 0 outside)."""
         return Response(
-            render.mask_png(segment_row(segment_id)), media_type="image/png", headers=SEGMENT_PICTURE_HEADERS
+            render.mask_png(render.row_mask(segment_row(segment_id))),
+            media_type="image/png",
+            headers=SEGMENT_PICTURE_HEADERS,
         )
 
     @app.get(

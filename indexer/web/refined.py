@@ -9,9 +9,6 @@ import base64
 import threading
 import time
 
-import numpy as np
-from PIL import Image
-
 from usesearch.errors import ImageGoneError, first_line
 from usesearch.masks import rle
 from usesearch.tasks.visualize import segment_tile
@@ -68,7 +65,7 @@ class RefinedSearch:
         mask = rle.decode(hit.mask)
         picture = segment_tile(self.images.rgb(record), mask, hit.bbox, TILE)
         fields["tile_url"] = _data_url(render.png(picture))
-        fields["mask_url"] = _data_url(render.png(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")))
+        fields["mask_url"] = _data_url(render.mask_png(mask))
         return fields
 
 

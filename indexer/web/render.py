@@ -123,9 +123,9 @@ def tile(rgb: np.ndarray, row: SegmentRow, size: int) -> bytes:
     return png(segment_tile(rgb, row_mask(row), row.bbox, size))
 
 
-def mask_png(row: SegmentRow) -> bytes:
-    """The full-resolution mask: 255 inside, 0 outside."""
-    return png(Image.fromarray(row_mask(row).astype(np.uint8) * 255, mode="L"))
+def mask_png(mask: np.ndarray) -> bytes:
+    """A full-resolution bool mask as an 8-bit PNG: 255 inside, 0 outside."""
+    return png(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))
 
 
 def display_size(hw: tuple[int, int], longest: int) -> tuple[int, int]:
