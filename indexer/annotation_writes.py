@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from usesearch.errors import AnnotationError
 
 from .embeddings import EmbeddingFiles
+from .image_writes import add_segments
 from .lookups import SQL_PARAMETERS
 from .records import (
     ANNOTATION,
@@ -116,11 +117,9 @@ class AnnotationWrites:
                     s.execute(delete(seg).where(mine, seg.id.in_(ids)).execution_options(synchronize_session=False))
                 for segment_id, (category, iscrowd) in relabel.items():
                     s.execute(update(seg).where(mine, seg.id == segment_id).values(category=category, iscrowd=iscrowd))
-            added = [SegmentRecord(image_id=record.id, source=ANNOTATION, **fields) for fields in segments]
-            s.add_all(added)
+            added = add_segments(s, record.id, segments, source=ANNOTATION)
             s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
-            s.flush()
-            return removed, [a.id for a in added]
+            return removed, added
 
     def drop_annotations_except(self, split: str, keep: set[int]) -> tuple[list[int], list[int]]:
         """Remove the split's annotation segments whose annotation id is not in
@@ -153,11 +152,10 @@ class AnnotationWrites:
         record.error_class = record.error_message = None  # read whole this time: a failure noted before is over
         record.attempts += 1
         record.updated = dt.datetime.now(dt.timezone.utc)
-        added = [SegmentRecord(image_id=record.id, **fields) for fields in segments]
-        s.add_all(added)
+        s.flush()  # the record's changes before the segments' insert
+        added = add_segments(s, record.id, segments)
         s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
-        s.flush()
-        return removed, [a.id for a in added]
+        return removed, added
 
     def record_problems(
         self, split: str, coco_file: str, problems: Iterable[tuple[str | None, int | None, AnnotationError]]

@@ -8,12 +8,33 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .embeddings import EmbeddingFiles
 from .lookups import SQL_PARAMETERS
 from .records import PROPOSAL, ImageRecord, IndexInfo, SegmentRecord
+
+
+def add_segments(s: Session, image_id: int, segments: list[dict], **fixed: Any) -> list[int]:
+    """Insert one photo's ``segments`` (placed in the embedding files: each has its
+    ``vec_chunk``, ``vec_row``) in one executemany, and return their new ids in the
+    segments' order. The ORM's unit of work inserts rows that need their generated id
+    back one statement each on SQLite (its RETURNING does not keep the parameters'
+    order): 100 statements for a photo's 100 segments. The ids are read back ordered
+    by embedding row instead: the rows were just appended, in the segments' order,
+    after every row that exists."""
+    if not segments:
+        return []
+    seg = SegmentRecord
+    s.execute(insert(seg), [{**fields, "image_id": image_id, **fixed} for fields in segments])
+    chunk, row = segments[0]["vec_chunk"], segments[0]["vec_row"]
+    newer = (seg.vec_chunk > chunk) | ((seg.vec_chunk == chunk) & (seg.vec_row >= row))
+    query = select(seg.id).where(seg.image_id == image_id, newer).order_by(seg.vec_chunk, seg.vec_row)
+    ids = list(s.scalars(query))
+    if len(ids) != len(segments):  # rows that are not the new ones: never commit a wrong mapping
+        raise RuntimeError(f"{len(segments)} segments inserted, {len(ids)} read back for image {image_id}")
+    return ids
 
 
 class ImageWrites:

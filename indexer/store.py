@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Connection, create_engine, event, func, inspect, select, update
+from sqlalchemy import Connection, create_engine, delete, event, func, inspect, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
@@ -31,7 +31,7 @@ from .annotation_writes import AnnotationWrites
 from .catalog import immutable_url, server_url, shown_url, sqlite_pragmas, sqlite_read_pragmas, while_reachable
 from .embeddings import FOLDER as EMBEDDINGS_FOLDER
 from .embeddings import EmbeddingFiles
-from .image_writes import ImageWrites
+from .image_writes import ImageWrites, add_segments
 from .lookups import SearchLookups
 from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord, VectorShard, VectorState
 
@@ -258,6 +258,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                     return [], []
                 attempts = old.attempts + 1
                 removed = list(s.scalars(select(SegmentRecord.id).where(SegmentRecord.image_id == old.id)))
+                s.execute(delete(SegmentRecord).where(SegmentRecord.image_id == old.id))  # one statement, not one a row
                 s.delete(old)
                 s.flush()
             record = ImageRecord(
@@ -272,11 +273,11 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                 attempts=attempts,
                 file_stat=file_stat if error is None else None,
             )
-            record.segments = [SegmentRecord(**seg) for seg in segments]
             s.add(record)
-            s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
             s.flush()
-            return removed, [seg.id for seg in record.segments]
+            added = add_segments(s, record.id, segments)
+            s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+            return removed, added
 
     def remove_image(self, image_id: int) -> list[int]:
         """Delete an image and its segments in one transaction; their segment ids."""
@@ -327,9 +328,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
     def common_folder(self) -> str | None:
         """The deepest folder holding every indexed image. Paths sort so that the
         common prefix of the first and the last is that of all: two index lookups."""
-        path = (
-            ImageRecord.path if self.engine.dialect.name == "sqlite" else ImageRecord.path.collate("C")
-        )  # bytewise order
+        path = ImageRecord.path if self.engine.dialect.name == "sqlite" else ImageRecord.path.collate("C")  # bytewise
         with self.sessions() as s:
             first, last = s.execute(select(func.min(path), func.max(path))).one()
         if first is None:

@@ -1,0 +1,84 @@
+"""A photo's segments go into the catalog in one statement, and every id the store
+hands back is the one whose embedding row holds that segment's vector, on SQLite and
+PostgreSQL: a new photo, a changed one, its proposals replaced beside its annotations,
+annotations added, and a photo whose rows cross into a new embedding chunk."""
+
+import numpy as np
+import pytest
+from sqlalchemy import event
+
+import usesearch.indexer.embeddings as embeddings
+from usesearch.indexer.folder import db_url_for
+from usesearch.indexer.records import IndexInfo
+from usesearch.indexer.store import Store
+
+DIM = 8
+
+
+def segments(n: int, **fields) -> list[dict]:
+    return [
+        dict(x=i, y=i, w=3, h=4, area=10 + i, rle_counts=f"r{i}", predicted_iou=0.9, stability_score=0.95, **fields)
+        for i in range(n)
+    ]
+
+
+def stored(store: Store, ids: list[int]) -> dict[int, np.ndarray]:
+    return {int(i): v for got, vs in store.embeddings(ids) for i, v in zip(got, vs)}
+
+
+def assert_mapped(store: Store, ids: list[int], vectors: np.ndarray) -> None:
+    """Each id's stored vector is the one given at its position."""
+    by_id = stored(store, ids)
+    assert len(ids) == len(vectors) and sorted(by_id) == sorted(ids)
+    for i, v in zip(ids, vectors):
+        np.testing.assert_array_equal(by_id[i], v.astype(np.float16).astype(np.float32))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path, monkeypatch):
+    monkeypatch.setattr(embeddings, "CHUNK_ROWS", 16)  # photos of 7 rows cross chunks
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    db = tmp_path / "db"
+    db.mkdir()
+    store = Store(db_url_for(db, url), folder=db)
+    store.claim()
+    info = dict(preset="tiny", embedder="use", fingerprint="f", head=None, dim=DIM, masker="sam", masker_params={})
+    store.set_info(IndexInfo(**info, factory="IDMap2,Flat", index_mode="auto"))
+    yield store
+    store.close()
+
+
+def test_each_id_handed_back_holds_its_own_segment_vector(store):
+    rng = np.random.default_rng(0)
+    vecs = lambda n: rng.standard_normal((n, DIM)).astype(np.float32)  # noqa: E731
+    inserts: list[int] = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO segments"):
+            inserts.append(len(parameters) if executemany else 1)
+
+    a, b = vecs(7), vecs(7)
+    _, ids_a = store.save_image(b"/a.jpg", "/a.jpg", "a" * 64, (10, 10), segments(7), a)
+    _, ids_b = store.save_image(b"/b.jpg", "/b.jpg", "b" * 64, (10, 10), segments(7), b)
+    assert len(inserts) == 2, "one INSERT statement a photo, not one a segment"
+    assert_mapped(store, ids_a, a)
+    assert_mapped(store, ids_b, b)
+
+    notes = vecs(3)  # annotations of photo a, after its proposals in the embedding files
+    fields = dict(split="val", category="cat", iscrowd=False)
+    annotated = [dict(s, annotation_id=100 + i) for i, s in enumerate(segments(3, **fields))]
+    _, ids_notes = store.save_annotations(b"/a.jpg", "/a.jpg", "a" * 64, (10, 10), annotated, notes)
+    assert_mapped(store, ids_notes, notes)
+
+    again = vecs(7)  # a's proposals made again: its annotations stay
+    removed, ids_again = store.save_image(b"/a.jpg", "/a.jpg", "a" * 64, (10, 10), segments(7), again)
+    assert sorted(removed) == sorted(ids_a) and not set(ids_again) & set(ids_a)
+    assert_mapped(store, ids_again, again)
+    assert_mapped(store, ids_notes, notes)
+
+    changed = vecs(5)  # b's content changed: all of it replaced
+    removed, ids_changed = store.save_image(b"/b.jpg", "/b.jpg", "c" * 64, (10, 10), segments(5), changed)
+    assert sorted(removed) == sorted(ids_b)
+    assert_mapped(store, ids_changed, changed)
+    assert sorted(int(i) for i in store.segment_ids()) == sorted(ids_again + ids_notes + ids_changed)
