@@ -339,13 +339,13 @@ def rebuild_on_ray(store, dim: int, factory: str, device: str | None = "cpu", sh
     from . import vectors
 
     ids = store.segment_ids()
-    if not shard_size or not len(ids):  # one shard: nothing to spread
+    count = int((ids.max() - 1) // shard_size) + 1 if shard_size and len(ids) else 1
+    if count == 1:  # one shard: nothing to spread
         return vectors.rebuild(store, dim, factory, device, shard_size)
     template = vectors.new_index(dim, factory)
     vectors._train_if_needed(template, store, device)
     trained = ray.put(faiss.serialize_index(template))
     fill = ray.remote(_fill_shard)
-    count = int((ids.max() - 1) // shard_size) + 1
     parts = ray.get([fill.remote(trained, store.url, str(store.folder), number, shard_size) for number in range(count)])
     return vectors.Vectors([faiss.deserialize_index(part) for part in parts], device, shard_size)
 

@@ -32,6 +32,9 @@ RERANK_MIN = 1000  # candidates re-scored exactly per query, at least: near-ties
 RERANK_PER_HIT = 100  # big cluster need it (or this many per hit asked for)
 TRAIN_PER_CLUSTER = 64  # training sample size per IVF cluster (FAISS warns below 39)
 TRAIN_MAX = 400_000  # ... and never more than this many vectors in memory for training
+# Segment ids per FAISS shard of a new index: each periodic write of a long run rewrites
+# the last shard only (~0.7 GB of IVF-PQ codes), not the whole index (7 GB at 10^8).
+SHARD_SIZE = 10_000_000
 
 
 @dataclass(frozen=True)

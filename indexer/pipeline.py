@@ -154,6 +154,7 @@ def identity(model, masker, options: IndexOptions) -> IndexInfo:
         masker_params=masker.params() if masker is not None else {},
         factory=options.factory or index_choice.choose(0, model.dim).factory,
         index_mode="fixed" if options.factory else "auto",
+        shard_size=index_choice.SHARD_SIZE if options.shard_size is None else options.shard_size,
     )
 
 

@@ -283,6 +283,22 @@ class Writer:
             self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory, in_sync=self.in_sync
         )
 
+    def grow(self) -> None:
+        """An outgrown automatic index rebuilt as its size calls for, written, then recorded."""
+        grown = _follow_growth(self.index, self.info, self.store, self.db_dir)
+        if grown is None:
+            return
+        before = self.info.factory
+        self.index, self.info.factory = grown
+        try:
+            self.write()
+        except BaseException:
+            self.info.factory = before
+            raise
+        # Recorded once its file is written: a write cut short leaves the old factory
+        # on record, and the next run grows the index again.
+        self.store.set_factory(self.info.factory)
+
     def calibrate(self) -> calibration.Calibration | None:
         """Measure a compressed index's recall and choose its search defaults
         (``calibration``) when it has no calibration of its own yet (new, rebuilt
@@ -318,20 +334,10 @@ class Writer:
             for path in steps:
                 progress(path)
                 if time.monotonic() - last_write > self.options.faiss_every_s:
+                    self.grow()  # a first run of 10^6 photos must not hold 10^8 exact vectors (300 GB)
                     self.write()
                     last_write = time.monotonic()
-            grown = _follow_growth(self.index, self.info, self.store, self.db_dir)
-            if grown is not None:
-                before = self.info.factory
-                self.index, self.info.factory = grown
-                try:
-                    self.write()
-                except BaseException:
-                    self.info.factory = before
-                    raise
-                # Recorded once its file is written: a write cut short leaves the old factory
-                # on record, and the next run grows the index again.
-                self.store.set_factory(self.info.factory)
+            self.grow()
             self.write()
             self.calibrate()
         except KeyboardInterrupt:

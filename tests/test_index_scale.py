@@ -135,12 +135,13 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     from usesearch.errors import DiskFullError
     from usesearch.indexer import vector_files
 
-    real_write, writes = vector_files.write_index_files, []
+    real_write, writes, written = vector_files.write_index_files, [], []
 
     def full_once_grown(index, *args, **kwargs):
         if not index.exact and not writes:
             writes.append(1)
             raise OSError(28, "No space left on device")
+        written.append((index.exact, index.ntotal))
         return real_write(index, *args, **kwargs)
 
     monkeypatch.setattr(vector_files, "write_index_files", full_once_grown)
@@ -159,7 +160,13 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
 
     with pytest.raises(UsesearchError, match="IVF16,Flat must be trained .* reindex --db"):
         index_paths([photos], tmp_path / "ivf", IndexOptions(**{**OPTS, "factory": "IVF16,Flat"}))
-    assert index_paths([photos], tmp_path / "ivf", IndexOptions(**OPTS)).done == 4  # the folder is usable
+    written.clear()
+    assert index_paths([photos], tmp_path / "ivf", IndexOptions(**OPTS, faiss_every_s=0)).done == 4  # usable
+    # Grown at a periodic write during the run, not only at its end (a long first run
+    # would hold every vector exactly until then); a new index has shards of SHARD_SIZE ids.
+    grown, ivf = [n for exact, n in written if not exact], SegmentIndex.open(tmp_path / "ivf")
+    assert grown and grown[0] < ivf.index.ntotal and ivf.info.factory == "IVF4,Flat"
+    assert ivf.info.shard_size == index_choice.SHARD_SIZE
     with pytest.raises(UsesearchError, match="this index is IDMap2,Flat \\(fixed\\); .*reindex"):
         index_paths([photos], fixed, IndexOptions(**{**OPTS, "factory": "HNSW32"}))
     assert (

@@ -123,8 +123,8 @@ ShardSizeOpt = Annotated[
     typer.Option(
         "--shard-size",
         min=0,
-        help="Segments per FAISS shard (0: one shard); shards share one trained quantizer, so they answer as one "
-        "index and a write rewrites only the shards that changed.",
+        help="Segments per FAISS shard (0: one shard; a new index: 10,000,000); shards share one trained quantizer, "
+        "so they answer as one index and a write rewrites only the shards that changed.",
     ),
 ]
 # A bare --ray is filled in as --ray local by the entry point (``app.main``).
