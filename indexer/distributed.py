@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,11 @@ from usesearch.io.files import decode, photos_under, read_bytes
 from . import faiss_gpu
 from .compute import segment_records
 from .folder import is_new
+from .known_images import BATCH
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_paths, identity, load_models
 from .ray_cluster import check_address, ray_session
+from .read_ahead import file_stat
 from .writer import Writer
 
 FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
@@ -75,16 +78,19 @@ def read_fragment(path: Path) -> tuple[tuple[int, int], list[dict], np.ndarray, 
 
 # -- the stages, run by Ray workers ---------------------------------------------------
 def _hash_files(batch: dict, max_bytes: int) -> dict:
-    """Read and hash each file (no decoding): what the catalog is checked against."""
-    shas, errors = [], []
+    """Read and hash each file (no decoding): what the catalog is checked against; and
+    its stat taken before the read ("": none), for the next run to skip it unread."""
+    shas, errors, stats = [], [], []
     for fs_path, path in zip(batch["fs_path"], batch["path"]):
+        stats.append(file_stat(os.fsdecode(bytes(fs_path))) or "")
         try:
             shas.append(read_bytes(os.fsdecode(bytes(fs_path)), max_bytes, path)[1])
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - recorded by the committer
             shas.append("")
             errors.append(_error_text(exc))
-    return {**batch, "sha256": np.array(shas, object), "error": np.array(errors, object)}
+    out = {"sha256": np.array(shas, object), "error": np.array(errors, object), "file_stat": np.array(stats, object)}
+    return {**batch, **out}
 
 
 def _decode_files(batch: dict, max_bytes: int, max_pixels: int) -> dict:
@@ -144,6 +150,7 @@ class SegmentWorker:
             "fs_path": batch["fs_path"],
             "path": batch["path"],
             "sha256": batch["sha256"],
+            "file_stat": batch["file_stat"],
             "error": np.array(errors, object),
             "segments": np.array(segments_out, np.int64),
         }
@@ -241,30 +248,45 @@ def _actor_device(device: str | None, gpus: int) -> str:
 
 
 def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) -> list[dict]:
-    """Hash every file on Ray's CPU workers; record what cannot be read, skip what the
-    catalog has, and keep the rest (in walk order, so commits follow it)."""
+    """Skip unread what is as the catalog last read it (its stat, as the sequential
+    indexer does: ``KnownImages``); hash the rest on Ray's CPU workers, record what
+    cannot be read, skip what the catalog has, and keep the rest (in walk order, so
+    commits follow it). The catalog is asked ``BATCH`` paths a query."""
     import ray.data
 
     readable = []
-    for found in files:
-        if found.error is not None:
-            writer.fail(found.key, found.path, None, found.error, report)
-        else:
-            readable.append({"fs_path": found.key, "path": found.path})
+    for at in range(0, len(files), BATCH):
+        part = files[at : at + BATCH]
+        writer.known.prefetch([f.key for f in part if f.error is None])
+        for found in part:
+            if found.error is not None:
+                writer.fail(found.key, found.path, None, found.error, report)
+                continue
+            stat = file_stat(found.fs_path)
+            recorded = writer.known.unchanged(found.key, stat) if stat is not None else None
+            if recorded is not None and writer.skip(found.key, recorded, path=found.path, file_stat=stat):
+                report.skipped += 1
+            else:
+                readable.append({"fs_path": found.key, "path": found.path})
+                if found.key in writer.known:
+                    writer.known.take(found.key)  # asked again with the hashes: memory stays a batch's
     if not readable:
         return []
     hashed = ray.data.from_items(readable).map_batches(partial(_hash_files, max_bytes=options.max_bytes), batch_size=16)
     pending: list[dict] = []
     seen: set[str] = set()
-    for row in hashed.iter_rows():
-        key, path, sha = bytes(row["fs_path"]), row["path"], row["sha256"]
-        if row["error"]:
-            writer.fail(key, path, None, _worker_error(row["error"]), report)
-        elif writer.skip(key, sha, coming=seen, path=path):
-            report.skipped += 1  # done, or the same pixels under another path
-        else:
-            seen.add(sha)
-            pending.append({"fs_path": key, "path": path, "sha256": sha})
+    rows = iter(hashed.iter_rows())
+    while part := list(islice(rows, BATCH)):
+        writer.known.prefetch([bytes(row["fs_path"]) for row in part])
+        for row in part:
+            key, path, sha, stat = bytes(row["fs_path"]), row["path"], row["sha256"], row["file_stat"] or None
+            if row["error"]:
+                writer.fail(key, path, None, _worker_error(row["error"]), report)
+            elif writer.skip(key, sha, coming=seen, path=path, file_stat=stat):
+                report.skipped += 1  # done, or the same pixels under another path
+            else:
+                seen.add(sha)
+                pending.append({"fs_path": key, "path": path, "sha256": sha, "file_stat": row["file_stat"]})
     order = {bytes(f["fs_path"]): i for i, f in enumerate(readable)}
     return sorted(pending, key=lambda r: order[r["fs_path"]])
 
@@ -324,7 +346,7 @@ def _commit(row: dict, writer: Writer, db_dir: Path, report: IndexReport) -> Non
         writer.fail(key, path, sha, _worker_error(row["error"]), report)
     else:
         hw, segments, embeddings, _ = read_fragment(fragment)
-        writer.commit(key, path, sha, hw, segments, embeddings, report)
+        writer.commit(key, path, sha, hw, segments, embeddings, report, row["file_stat"] or None)
     fragment.unlink(missing_ok=True)  # after the commit: a kill before it leaves the fragment for the next run
 
 

@@ -78,7 +78,7 @@ def _segment_worker_pids() -> list[int]:
 
 
 def test_ray_index_on_postgresql_equals_a_sequential_run_with_a_worker_killed(
-    ray_local, photos, sequential, tmp_path, pg_url
+    ray_local, photos, sequential, tmp_path, pg_url, monkeypatch
 ):
     """A worker killed with kill -9 mid-run is replaced, and nothing is lost or doubled:
     the index, its catalog in PostgreSQL, equals a sequential run's on SQLite, and a
@@ -99,8 +99,15 @@ def test_ray_index_on_postgresql_equals_a_sequential_run_with_a_worker_killed(
     assert report.done == len(NAMES) and report.failed == 1 and report.skipped == 1
     assert seen == sorted(seen) and seen[-1] == report.segments > 0  # progress as images commit
     assert_same_index(tmp_path / "db", sequential, pg_url)
+    import ray.data
+
+    hashed, from_items = [], ray.data.from_items
+    monkeypatch.setattr(ray.data, "from_items", lambda rows: hashed.extend(rows) or from_items(rows))
     again = index_paths_ray([photos], tmp_path / "db", options)
     assert again.done == 0 and again.skipped == len(NAMES) + 2  # the failed one is skipped too, unless retried
+    # Unread where the file's stat is the one its worker took before hashing it: only the
+    # failed file and the copy of another path's pixels (neither has a stat) are read again.
+    assert sorted(os.path.relpath(r["path"], photos) for r in hashed) == ["astronaut.png", "broken.png"]
 
 
 def _kill_group(pgid: int) -> None:
