@@ -27,11 +27,13 @@ def add_segments(s: Session, image_id: int, segments: list[dict], **fixed: Any) 
     if not segments:
         return []
     seg = SegmentRecord
-    s.execute(insert(seg), [{**fields, "image_id": image_id, **fixed} for fields in segments])
     chunk, row = segments[0]["vec_chunk"], segments[0]["vec_row"]
     newer = (seg.vec_chunk > chunk) | ((seg.vec_chunk == chunk) & (seg.vec_row >= row))
     query = select(seg.id).where(seg.image_id == image_id, newer).order_by(seg.vec_chunk, seg.vec_row)
     ids = list(s.scalars(query))
+    if not ids:  # else a retry (``Store.retrying``) of a commit the server made but never acknowledged
+        s.execute(insert(seg), [{**fields, "image_id": image_id, **fixed} for fields in segments])
+        ids = list(s.scalars(query))
     if len(ids) != len(segments):  # rows that are not the new ones: never commit a wrong mapping
         raise RuntimeError(f"{len(segments)} segments inserted, {len(ids)} read back for image {image_id}")
     return ids

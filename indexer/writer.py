@@ -265,7 +265,7 @@ class Writer:
     def fail(self, key: bytes, path: str, sha256: str | None, exc: BaseException, report: IndexReport) -> None:
         """A file that failed: recorded as failed, or, indexed before, kept as it was
         with the failure noted (``Store.save_image``)."""
-        existing = self.store.image_by_path(key)
+        existing = self.known.take(key) if key in self.known else self.store.image_by_path(key)
         with self._changing():
             removed, _ = self.store.save_image(key, path, sha256, None, error=exc)
             self.index.remove(removed)
@@ -288,12 +288,12 @@ class Writer:
         grown = _follow_growth(self.index, self.info, self.store, self.db_dir)
         if grown is None:
             return
-        before = self.info.factory
+        before = self.index, self.info.factory
         self.index, self.info.factory = grown
         try:
             self.write()
-        except BaseException:
-            self.info.factory = before
+        except BaseException:  # Ctrl-C's write then writes the index the record names
+            self.index, self.info.factory = before
             raise
         # Recorded once its file is written: a write cut short leaves the old factory
         # on record, and the next run grows the index again.

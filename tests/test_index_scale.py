@@ -113,10 +113,12 @@ def test_compressed_index_rescores_candidates_and_keeps_recall(tmp_path, monkeyp
     assert "re-scored" in stats["index_choice"] and stats["faiss_device"] in ("cpu", "cuda")
 
 
-def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog):
+@pytest.fixture()
+def small_growth(monkeypatch):
+    """Past 20 segments an index grows into a small IVF the few test segments can train
+    (the real one needs thousands)."""
     monkeypatch.setattr(index_choice, "EXACT_UP_TO", 20)
     real_choose = index_choice.choose
-    # A small IVF the few test segments can train (the real one needs thousands).
     monkeypatch.setattr(
         index_choice,
         "choose",
@@ -126,6 +128,9 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
             else index_choice.IndexChoice("IVF4,Flat", "test", False, nprobe=4, train_size=n)
         ),
     )
+
+
+def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog, small_growth):
     photos = write_photos(tmp_path / "photos", ("astronaut",))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     assert SegmentIndex.open(tmp_path / "db").info.factory == "IDMap2,Flat"
@@ -172,6 +177,31 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     assert (
         SegmentIndex.open(fixed).info.index_mode == "fixed" and SegmentIndex.open(fixed).info.factory == "IDMap2,Flat"
     )
+
+
+def test_ctrl_c_while_the_grown_index_is_written_leaves_the_files_the_catalog_names(
+    tmp_path, monkeypatch, caplog, small_growth
+):
+    """Ctrl-C lands while a run writes the index it has just grown into: the run keeps
+    what it committed, writing the index the catalog still names (it wrote the grown
+    one under the old name, and every later open rebuilt it from the database)."""
+    from usesearch.indexer import vector_files
+
+    real_write, interrupted = vector_files.write_index_files, []
+
+    def ctrl_c_once_grown(index, *args, **kwargs):
+        if not index.exact and not interrupted:
+            interrupted.append(1)
+            raise KeyboardInterrupt
+        return real_write(index, *args, **kwargs)
+
+    monkeypatch.setattr(vector_files, "write_index_files", ctrl_c_once_grown)
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))  # 24 segments
+    assert index_paths([photos], tmp_path / "db", IndexOptions(**OPTS)).interrupted and interrupted
+    caplog.clear()
+    ix = SegmentIndex.open(tmp_path / "db")
+    assert ix.info.factory == "IDMap2,Flat" and ix.index.exact and ix.index.ntotal == len(ix.store.segment_ids())
+    assert not [r for r in caplog.records if "does not match" in r.getMessage()]
 
 
 def test_training_reads_a_bounded_sample(tmp_path, monkeypatch):

@@ -82,3 +82,19 @@ def test_each_id_handed_back_holds_its_own_segment_vector(store):
     assert sorted(removed) == sorted(ids_b)
     assert_mapped(store, ids_changed, changed)
     assert sorted(int(i) for i in store.segment_ids()) == sorted(ids_again + ids_notes + ids_changed)
+
+
+def test_a_write_retried_after_its_unacknowledged_commit_inserts_nothing_twice(store, monkeypatch):
+    """A COMMIT the server made but whose reply was lost is tried again (``Store.retrying``
+    on PostgreSQL): the retry finds the rows that commit wrote instead of inserting them a
+    second time (annotations were doubled), and the ids handed back still hold their vectors."""
+    real = store.retrying
+    monkeypatch.setattr(store, "retrying", lambda write: (real(write), real(write))[1])
+    rng = np.random.default_rng(1)
+    notes, proposals = rng.standard_normal((3, DIM)).astype(np.float32), rng.standard_normal((4, DIM))
+    annotated = [dict(s, annotation_id=i) for i, s in enumerate(segments(3, split="val", category="cat"))]
+    _, ids_notes = store.save_annotations(b"/a.jpg", "/a.jpg", "a" * 64, (10, 10), annotated, notes)
+    _, ids = store.save_image(b"/b.jpg", "/b.jpg", "b" * 64, (10, 10), segments(4), proposals.astype(np.float32))
+    assert_mapped(store, ids_notes, notes)
+    assert_mapped(store, ids, proposals)
+    assert sorted(int(i) for i in store.segment_ids()) == sorted(ids_notes + ids)
