@@ -8,7 +8,7 @@ from typing import Any
 
 from . import faiss_gpu, index_choice, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE
-from .leftovers import embedding_leftovers, gone_images
+from .leftovers import embedding_leftovers, files_gone
 
 # ``index`` below is a ``search.SegmentIndex`` (not imported: search.py calls this module).
 SegmentIndex = Any
@@ -16,7 +16,8 @@ SegmentIndex = Any
 
 def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:
     """Counts, model, index type and sizes. ``check_files`` also counts the image
-    files gone since indexing (``files_gone``: a stat per image), the embedding
+    files gone since indexing (``files_gone``: a stat per image, or per image of a
+    sample of ``files_checked`` past ``leftovers.GONE_CHECKED``), the embedding
     bytes no segment refers to (``bytes_embeddings_dead``: ``prune`` gives them
     back) and the embedding files gone or cut short (``embeddings_lost``): ``usesearch
     info`` asks for them, the web page's every load does not."""
@@ -28,8 +29,10 @@ def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:
     gone = {}
     if check_files:
         dead, lost = embedding_leftovers(index.store)
+        missing, checked = files_gone(index.store)
         gone = {
-            "files_gone": len(gone_images(index.store.image_files(), index.store.failed_image_ids())),
+            "files_gone": missing,  # estimated where fewer than every image were checked
+            "files_checked": checked,
             "bytes_embeddings_dead": dead,
             "embeddings_lost": lost,  # file -> segments: `index --repair`
         }

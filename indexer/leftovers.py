@@ -9,10 +9,14 @@ import os
 import stat
 from collections.abc import Collection
 
+import numpy as np
 from sqlalchemy import func, select
 
-from .records import SegmentRecord
+from .lookups import SQL_PARAMETERS
+from .records import ImageRecord, SegmentRecord
 from .store import Store
+
+GONE_CHECKED = 100_000  # image files ``info`` stats at most: past that, a sample's share estimates the count
 
 
 def file_gone(fs_path: bytes) -> str | None:
@@ -50,6 +54,28 @@ def gone_images(images, failed: Collection[int] = ()) -> list[tuple[int, str, st
         if why and (why == "missing" or image_id not in failed):
             out.append((image_id, path, why))
     return out
+
+
+def files_gone(store: Store, most: int = GONE_CHECKED) -> tuple[int, int]:
+    """(images whose files are gone, images checked), for ``info``: every image up to
+    ``most``; past that a seeded uniform sample of ``most``, whose share gone times
+    the count estimates it (every file of 10^7 took minutes to stat and 2.5 GB to
+    list; ``prune`` checks them all)."""
+    failed = store.failed_image_ids()
+    with store.sessions() as s:
+        total, top = s.execute(select(func.count(ImageRecord.id), func.max(ImageRecord.id))).one()
+    if total <= most:
+        return len(gone_images(store.image_files(), failed)), total
+    rng, tried = np.random.default_rng(0), 0
+    rows: list = []  # (id, fs_path, path)
+    while len(rows) < most and tried < 8:  # twice the ids wanted, over the share of ids in use
+        ids = np.unique(rng.integers(1, top + 1, 2 * (most - len(rows)) * top // total + 16)).tolist()
+        with store.sessions() as s:
+            for at in range(0, len(ids), SQL_PARAMETERS):
+                query = select(ImageRecord.id, ImageRecord.fs_path, ImageRecord.path)
+                rows += s.execute(query.where(ImageRecord.id.in_(ids[at : at + SQL_PARAMETERS]))).all()
+        rows, tried = list({row[0]: row for row in rows}.values())[:most], tried + 1
+    return round(len(gone_images(rows, failed)) * total / max(1, len(rows))), len(rows)
 
 
 def live_rows(store: Store) -> dict[int, int]:

@@ -38,6 +38,40 @@ def test_prune_removes_what_is_gone_and_leaves_what_a_clean_index_has(tmp_path):
     ix.close()
 
 
+def test_info_counts_files_gone_from_a_sample_past_its_bound(tmp_path):
+    """Past ``GONE_CHECKED`` images, ``info`` stats a seeded uniform sample and scales its
+    share gone (every file of 10^7 photos took minutes to stat, and 2.5 GB to list),
+    also where removed images left gaps in the ids; up to it, every file, exactly."""
+    from sqlalchemy import delete, insert
+
+    from usesearch.indexer.folder import db_url_for
+    from usesearch.indexer.leftovers import files_gone
+    from usesearch.indexer.records import DONE, ImageRecord
+    from usesearch.indexer.store import Store
+
+    (tmp_path / "photos").mkdir()
+    db = tmp_path / "db"
+    synthetic_index(db, n=10, dim=8, images=1)
+    store = Store(db_url_for(db, None), folder=db)
+    rows = []
+    for i in range(900):  # every third file exists: 600 gone
+        path = tmp_path / "photos" / f"{i}.jpg"
+        if i % 3 == 0:
+            path.write_bytes(b"x")
+        rows.append(dict(fs_path=os.fsencode(path), path=str(path), sha256=f"{i:064x}", status=DONE))
+    with store.sessions.begin() as s:
+        s.execute(delete(ImageRecord))
+        s.execute(insert(ImageRecord), rows)
+    assert files_gone(store, most=1000) == (600, 900)
+    gone, checked = files_gone(store, most=150)
+    assert checked == 150 and 500 <= gone <= 700
+    with store.sessions.begin() as s:  # ids with gaps: every other image removed
+        s.execute(delete(ImageRecord).where(ImageRecord.id % 2 == 0))
+    gone, checked = files_gone(store, most=150)
+    assert checked == 150 and 250 <= gone <= 350  # of 450, 300 gone
+    store.close()
+
+
 def test_a_file_that_failed_is_no_indexed_photo_gone_unless_it_is_missing(tmp_path):
     """A FIFO (or an unreadable file) fails each run; it was said to be an "indexed photo
     gone", and a prune removed its record only for the next run to fail it again."""
