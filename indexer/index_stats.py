@@ -29,7 +29,7 @@ def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:
     gone = {}
     if check_files:
         dead, lost = embedding_leftovers(index.store)
-        missing, checked = files_gone(index.store)
+        missing, checked, _, _ = files_gone(index.store)
         gone = {
             "files_gone": missing,  # estimated where fewer than every image were checked
             "files_checked": checked,

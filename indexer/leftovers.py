@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Collection
+from typing import NamedTuple
 
 import numpy as np
 from sqlalchemy import func, select
@@ -56,16 +57,32 @@ def gone_images(images, failed: Collection[int] = ()) -> list[tuple[int, str, st
     return out
 
 
-def files_gone(store: Store, most: int = GONE_CHECKED) -> tuple[int, int]:
-    """(images whose files are gone, images checked), for ``info``: every image up to
+class Gone(NamedTuple):
+    number: int  # estimated where ``estimated``
+    checked: int  # images whose files were looked at
+    found: list[tuple[int, str, str]]  # (id, path, why) of the gone ones among them
+    estimated: bool
+
+
+def files_gone(
+    store: Store, under: list[str | os.PathLike] | None = None, most: int = GONE_CHECKED, indexed_only: bool = False
+) -> Gone:
+    """The images under ``under`` (all: None) whose files are gone: every image up to
     ``most``; past that a seeded uniform sample of ``most``, whose share gone times
     the count estimates it (every file of 10^7 took minutes to stat and 2.5 GB to
-    list; ``prune`` checks them all)."""
+    list; ``prune`` checks them all). Failed files are gone only when missing
+    (``gone_images``), or not at all with ``indexed_only``."""
     failed = store.failed_image_ids()
     with store.sessions() as s:
         total, top = s.execute(select(func.count(ImageRecord.id), func.max(ImageRecord.id))).one()
+
+    def gone(rows) -> list[tuple[int, str, str]]:
+        rows = under_folders(rows, under)
+        return gone_images([r for r in rows if r[0] not in failed] if indexed_only else rows, failed)
+
     if total <= most:
-        return len(gone_images(store.image_files(), failed)), total
+        found = gone(store.image_files())
+        return Gone(len(found), total, found, False)
     rng, tried = np.random.default_rng(0), 0
     rows: list = []  # (id, fs_path, path)
     while len(rows) < most and tried < 8:  # twice the ids wanted, over the share of ids in use
@@ -75,7 +92,8 @@ def files_gone(store: Store, most: int = GONE_CHECKED) -> tuple[int, int]:
                 query = select(ImageRecord.id, ImageRecord.fs_path, ImageRecord.path)
                 rows += s.execute(query.where(ImageRecord.id.in_(ids[at : at + SQL_PARAMETERS]))).all()
         rows, tried = list({row[0]: row for row in rows}.values())[:most], tried + 1
-    return round(len(gone_images(rows, failed)) * total / max(1, len(rows))), len(rows)
+    found = gone(rows)
+    return Gone(round(len(found) * total / max(1, len(rows))), len(rows), found, True)
 
 
 def live_rows(store: Store) -> dict[int, int]:

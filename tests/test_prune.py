@@ -62,12 +62,12 @@ def test_info_counts_files_gone_from_a_sample_past_its_bound(tmp_path):
     with store.sessions.begin() as s:
         s.execute(delete(ImageRecord))
         s.execute(insert(ImageRecord), rows)
-    assert files_gone(store, most=1000) == (600, 900)
-    gone, checked = files_gone(store, most=150)
+    assert files_gone(store, most=1000)[:2] == (600, 900)
+    gone, checked, _, _ = files_gone(store, most=150)
     assert checked == 150 and 500 <= gone <= 700
     with store.sessions.begin() as s:  # ids with gaps: every other image removed
         s.execute(delete(ImageRecord).where(ImageRecord.id % 2 == 0))
-    gone, checked = files_gone(store, most=150)
+    gone, checked, _, _ = files_gone(store, most=150)
     assert checked == 150 and 250 <= gone <= 350  # of 450, 300 gone
     store.close()
 
@@ -85,6 +85,11 @@ def test_a_file_that_failed_is_no_indexed_photo_gone_unless_it_is_missing(tmp_pa
     (photos / "broken.png").unlink()  # a failed file now missing: its record has nothing left to say
     info = runner.invoke(app, ["info", "--db", str(db), "--json"])
     assert '"files_gone": 1' in info.output, info.output
+    (photos / "astronaut.png").rename(tmp_path / "away.png")  # an indexed photo gone: the run says so
+    result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny"])
+    assert "  1 indexed photo(s) under these folders are gone (" in result.output, result.output
+    assert "astronaut.png: missing): `usesearch prune" in result.output, result.output
+    (tmp_path / "away.png").rename(photos / "astronaut.png")
     result = runner.invoke(app, ["prune", "--db", str(db)])
     assert result.exit_code == 0 and "1 images removed" in result.output, result.output
     ix = SegmentIndex.open(db)

@@ -226,20 +226,21 @@ def _say_moved_and_copies(report: IndexReport) -> None:
 
 def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:
     """The photos indexed under these folders whose files are gone: a line, not a
-    silent index that still answers with them (one stat each; the walk just warmed them)."""
+    silent index that still answers with them (one stat each, the walk just warmed
+    them; past ``GONE_CHECKED`` photos, of a sample, and the count said as about)."""
     from usesearch.indexer.folder import open_store
-    from usesearch.indexer.leftovers import gone_images, under_folders
+    from usesearch.indexer.leftovers import files_gone
 
     store = open_store(Path(db), db_url, read_only=True)
     try:
-        failed = store.failed_image_ids()  # never indexed: not "indexed photos gone"
-        gone = gone_images([row for row in under_folders(store.image_files(), folders) if row[0] not in failed])
+        count, _, gone, estimated = files_gone(store, folders, indexed_only=True)  # failed: never indexed
     finally:
         store.close()
     if gone:
         opts.console.print(
-            f"  {len(gone)} indexed photo(s) under these folders are gone ({gone[0][1]}: {gone[0][2]}"
-            f"{', ...' if len(gone) > 1 else ''}): `usesearch prune --db {db}` or `index --prune` removes them"
+            f"  {'about ' if estimated else ''}{count} indexed photo(s) under these folders are gone "
+            f"({gone[0][1]}: {gone[0][2]}{', ...' if count > 1 else ''}): "
+            f"`usesearch prune --db {db}` or `index --prune` removes them"
         )
 
 
