@@ -24,6 +24,7 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "IDMap2,Flat"  # exact inner product over unit vectors = cosine
+DEFERRED_ADDS = 2048  # vectors a writer's commits gather before they go into FAISS (``Vectors.add``)
 
 
 def new_index(dim: int, factory: str) -> faiss.Index:
@@ -102,13 +103,27 @@ class Vectors:
     land in the last shard, so a write rewrites only the shards that changed."""
 
     def __init__(self, index: faiss.Index | list[faiss.Index], device: str | None = "cpu", shard_size: int = 0):
-        self.shards = list(index) if isinstance(index, list) else [index]
+        self._shards = list(index) if isinstance(index, list) else [index]
         self.shard_size = shard_size
         self.stale = np.zeros(0, np.int64)
         self.device = device
-        self.dirty = set(range(len(self.shards)))  # shards changed since they were last written
+        self._dirty = set(range(len(self._shards)))  # shards changed since they were last written
         self._gpu: faiss.Index | None = None  # mirror for unfiltered searches (faiss_gpu.py)
         self._gpu_current = False
+        self._deferred: list[tuple[np.ndarray, np.ndarray]] = []  # ``add(..., defer=True)``, not yet in FAISS
+        self._deferred_rows = 0
+
+    @property
+    def shards(self) -> list[faiss.Index]:
+        """The shards, holding every vector added so far (deferred ones go in first)."""
+        self.add_deferred()
+        return self._shards
+
+    @property
+    def dirty(self) -> set[int]:
+        """The shards changed since they were last written (deferred adds included)."""
+        self.add_deferred()
+        return self._dirty
 
     @property
     def index(self) -> faiss.Index:
@@ -144,18 +159,35 @@ class Vectors:
             yield number, np.flatnonzero(numbers == number)
 
     def _shard(self, number: int) -> faiss.Index:
-        while len(self.shards) <= number:  # a new shard: the trained index, empty
-            fresh = faiss.clone_index(self.shards[0])
+        while len(self._shards) <= number:  # a new shard: the trained index, empty
+            fresh = faiss.clone_index(self._shards[0])
             fresh.reset()
-            self.shards.append(fresh)
-            self.dirty.add(len(self.shards) - 1)
-        return self.shards[number]
+            self._shards.append(fresh)
+            self._dirty.add(len(self._shards) - 1)
+        return self._shards[number]
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, defer: bool = False) -> None:
+        """Add vectors under their segment ids. ``defer`` (the one writer's commits,
+        a photo's 100 at a time): they go into FAISS ``DEFERRED_ADDS`` at a time, or as
+        soon as anything reads the shards: an IVF fast-scan add cost 31.6 ms per 100
+        vectors added 100 at a time, 3.7 ms added 1,000 at a time (4,096 lists, 768-d,
+        2 cores). Not for an index that threads search: a search would add them."""
         ids, vectors = np.asarray(ids, np.int64), np.ascontiguousarray(vectors, np.float32)
+        self._deferred.append((ids, vectors))
+        self._deferred_rows += len(ids)
+        if not defer or self._deferred_rows >= DEFERRED_ADDS:
+            self.add_deferred()
+
+    def add_deferred(self) -> None:
+        """The deferred adds into FAISS now (any read of the shards does it first)."""
+        if not self._deferred:
+            return
+        parts, self._deferred, self._deferred_rows = self._deferred, [], 0
+        ids = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        vectors = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
         for number, rows in self._by_shard(ids):
             self._shard(number).add_with_ids(vectors[rows], ids[rows])
-            self.dirty.add(number)
+            self._dirty.add(number)
         self._gpu_current = False
 
     def remove(self, ids) -> None:

@@ -1,7 +1,6 @@
-"""``Writer``: the one writer of an index folder, through which every image is
-committed (one store transaction each) by the sequential indexer, the Ray driver and
-``prune`` alike, and which keeps the FAISS index and its files in step with the store.
-"""
+"""``Writer``: the one writer of an index folder. Every image is committed through it (a
+store transaction each) by the sequential indexer, the Ray driver and ``prune`` alike;
+it keeps the FAISS index and its files in step with the store."""
 
 from __future__ import annotations
 
@@ -65,10 +64,9 @@ def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
 
 
 def check_factory(existing: IndexInfo | None, factory: str, wanted: IndexInfo | None, db_dir: Path) -> None:
-    """``--factory`` names a new index's type, one it can build from nothing: a type
-    that must be trained first (IVF) would be trained on the first photo's few vectors,
-    or fail on them and leave a folder that no run opens. On an existing index it must
-    name the type it has (``reindex --factory`` changes it), never be ignored."""
+    """``--factory`` names a new index's type, one it can build from nothing (an IVF would
+    be trained on the first photo's few vectors, or fail and leave a folder no run opens);
+    on an existing index, the type it has (``reindex --factory`` changes it)."""
     if existing is not None:
         if existing.factory != factory:
             raise UsesearchError(
@@ -86,8 +84,7 @@ def check_factory(existing: IndexInfo | None, factory: str, wanted: IndexInfo | 
 
 class Writer:
     """The one writer of an index folder: its lock, its store (checked against the
-    model's identity) and its FAISS file. Every image is committed through it, one
-    transaction each, by the sequential indexer and by the Ray driver alike."""
+    model's identity) and its FAISS file (see the module's docstring)."""
 
     store: Store
     info: IndexInfo
@@ -220,10 +217,10 @@ class Writer:
     def _changing(self) -> Iterator[None]:
         """A store change and the index change that mirrors it: until both are done
         (an interruption between them included) a write must not record that the
-        index holds the store's generation."""
-        self.in_sync = False
+        index holds the store's generation (nor after: one cut short stays out of sync)."""
+        before, self.in_sync = self.in_sync, False
         yield
-        self.in_sync = True
+        self.in_sync = before
 
     def commit(
         self,
@@ -256,7 +253,8 @@ class Writer:
                     vectors.reconcile(self.index, self.store)  # trains on what the store now holds
                 else:
                     # What the embedding files hold (float16), so a rebuild gives the same scores.
-                    self.index.add(np.asarray(added, np.int64), embeddings.astype(np.float16).astype(np.float32))
+                    as_stored = embeddings.astype(np.float16).astype(np.float32)
+                    self.index.add(np.asarray(added, np.int64), as_stored, defer=True)
         report.add_stage("store", middle - start)
         report.add_stage("FAISS", time.perf_counter() - middle)
         report.segments += len(added)
@@ -279,12 +277,16 @@ class Writer:
         return len(removed)
 
     def write(self) -> None:
+        with self._changing():  # Ctrl-C amid the deferred adds: the files record no generation
+            self.index.add_deferred()
         self.index = vector_files.write_index_files(
             self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory, in_sync=self.in_sync
         )
 
     def grow(self) -> None:
         """An outgrown automatic index rebuilt as its size calls for, written, then recorded."""
+        with self._changing():  # its deferred adds in first (as in ``write``): its size is what it holds
+            self.index.add_deferred()
         grown = _follow_growth(self.index, self.info, self.store, self.db_dir)
         if grown is None:
             return
@@ -305,9 +307,8 @@ class Writer:
         or grown into another index), when it has grown (or shrunk) ``REGROWTH``-fold
         since it was measured (its lists are fuller: a query needs other settings),
         or when another ``recall_target`` is asked (``reindex`` and ``recalibrate``
-        always measure, through ``calibrate_index``).
-        Only an IVF index has the knobs it sets: an exact index needs none, and
-        HNSW's search depth is not calibrated."""
+        always measure, through ``calibrate_index``). Only an IVF index has the knobs
+        it sets: an exact index needs none, and HNSW's search depth is not calibrated."""
         n = self.index.ntotal
         if vectors.ivf_of(self.index.index) is None or not self.index.is_trained or not n:
             return None

@@ -31,23 +31,29 @@ def test_an_index_written_at_this_generation_opens_without_comparing_ids(tmp_pat
     ix.close()
 
 
-def test_an_interruption_between_a_commit_and_its_vectors_is_still_reconciled(tmp_path, monkeypatch, reconciles):
-    """Ctrl-C after an image's commit but before its vectors reach the index: the
-    write on the way out must not record that the files hold that generation."""
+@pytest.mark.parametrize("where", ["add", "add_deferred"])
+def test_an_interruption_between_a_commit_and_its_vectors_is_still_reconciled(tmp_path, monkeypatch, reconciles, where):
+    """Ctrl-C after an image's commit but before its vectors reach the index (as they
+    are handed to it, or as its deferred adds go in, cut short): the write on the way
+    out must not record that the files hold that generation."""
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
     db = tmp_path / "db"
-    real_add, adds = vectors.Vectors.add, []
+    real, calls = getattr(vectors.Vectors, where), []
 
-    def interrupted_on_the_second(self, ids, batch):
-        adds.append(1)
-        if len(adds) == 2:
+    def interrupted_on_the_second(self, *args, **kwargs):
+        if where == "add_deferred" and not self._deferred:
+            return real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            self._deferred.clear()  # cut short: what was deferred never reaches FAISS
             raise KeyboardInterrupt
-        return real_add(self, ids, batch)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(vectors.Vectors, "add", interrupted_on_the_second)
-    report = index_paths([photos], db, IndexOptions(**OPTS))
-    assert report.interrupted and report.done == 1
-    monkeypatch.setattr(vectors.Vectors, "add", real_add)
+    monkeypatch.setattr(vectors.Vectors, where, interrupted_on_the_second)
+    monkeypatch.setattr(vectors, "DEFERRED_ADDS", 1 if where == "add" else 10**6)
+    report = index_paths([photos], db, IndexOptions(**OPTS, faiss_every_s=0))  # a write after each photo
+    assert report.interrupted and report.done >= 1
+    monkeypatch.setattr(vectors.Vectors, where, real)
     reconciles.clear()
     ix = SegmentIndex.open(db)
     committed = np.sort(ix.store.segment_ids())
