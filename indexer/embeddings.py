@@ -90,8 +90,9 @@ class EmbeddingFiles:
         self.folder.mkdir(parents=True, exist_ok=True)
         existing = self.chunks()
         chunk = existing[-1] if existing else 0
-        done = 0
+        done, created = 0, False
         while done < len(vectors):
+            created = created or not (self.path(chunk).exists() and self.sums_path(chunk).exists())
             with open(self.path(chunk), "ab") as f:
                 size = f.seek(0, os.SEEK_END)
                 start = -(-size // self.row_bytes)  # a torn row from a kill is skipped, never reused
@@ -110,7 +111,8 @@ class EmbeddingFiles:
             done += take
             if done < len(vectors):
                 chunk += 1
-        _fsync_dir(self.folder)
+        if created:  # a new name to make durable; appends to existing files need only their own fsync
+            _fsync_dir(self.folder)
         return chunks, rows
 
     def place(self, segments: list[dict], vectors: np.ndarray | None) -> list[dict]:

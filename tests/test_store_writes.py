@@ -98,3 +98,19 @@ def test_a_write_retried_after_its_unacknowledged_commit_inserts_nothing_twice(s
     assert_mapped(store, ids_notes, notes)
     assert_mapped(store, ids, proposals)
     assert sorted(int(i) for i in store.segment_ids()) == sorted(ids_notes + ids)
+
+
+def test_the_folder_is_synced_only_when_a_file_is_created(tmp_path, monkeypatch):
+    """A new chunk's name is made durable (the folder fsynced); an append to files that
+    exist needs only their own fsync (a folder fsync a photo: 60 a second at GPU speed)."""
+    monkeypatch.setattr(embeddings, "CHUNK_ROWS", 16)
+    synced: list[int] = []
+    real = embeddings._fsync_dir
+    monkeypatch.setattr(embeddings, "_fsync_dir", lambda folder: synced.append(1) or real(folder))
+    files = embeddings.EmbeddingFiles(tmp_path / "embeddings", DIM)
+    rows = np.ones((7, DIM), np.float32)
+    files.append(rows)  # chunk 0 created
+    files.append(rows)  # appended
+    assert len(synced) == 1
+    files.append(rows)  # into chunk 1, created
+    assert len(synced) == 2 and files.chunks() == [0, 1]
