@@ -94,6 +94,7 @@ def test_ray_index_on_postgresql_equals_a_sequential_run_with_a_worker_killed(
                 killed.append(pid)
 
     options = IndexOptions(**OPTS, db_url=pg_url)
+    monkeypatch.setattr(distributed, "WINDOW", 5)  # two windows of photos: a Ray pipeline each
     report = index_paths_ray([photos], tmp_path / "db", options, kill_a_worker)
     assert killed, "no Ray worker was found to kill"
     assert report.done == len(NAMES) and report.failed == 1 and report.skipped == 1
