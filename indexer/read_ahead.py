@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from usesearch.io.files import Found, decode, read_bytes
+from usesearch.io.files import Found, decode, read_bytes, stat_signature
 
 from .known_images import BATCH
 from .options import IndexOptions, IndexReport
@@ -51,7 +51,7 @@ def file_stat(fs_path: str) -> str | None:
         return None
     if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
         return None  # changed just now: a write in the same tick (2 s on FAT) would keep this stat
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+    return stat_signature(st)
 
 
 def workers_for(on_gpu: bool) -> int:

@@ -152,6 +152,26 @@ def test_sam_checkpoint_is_verified_by_sha256(tmp_path, monkeypatch):
         load_sam(missing, "b16")
 
 
+def test_a_checkpoint_copied_over_with_its_size_and_mtime_is_hashed_again(tmp_path):
+    """The marker that spares rehashing a verified checkpoint names its size, times and
+    inode: another file of the same size copied over it with its mtime kept (`cp -p`)
+    passed as verified when the marker held size and mtime only."""
+    import hashlib
+    import os
+
+    from usesearch.models.weights import verify_sha256
+
+    path = tmp_path / "sam.pth"
+    path.write_bytes(b"a" * 64)
+    verify_sha256(path, hashlib.sha256(b"a" * 64).hexdigest())  # hashed, marker written
+    assert path.with_name("sam.pth.sha256").is_file()
+    before = path.stat()
+    path.write_bytes(b"b" * 64)  # another checkpoint, same size, its mtime put back
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(usesearch.UsesearchError, match="SHA-256"):
+        verify_sha256(path, hashlib.sha256(b"a" * 64).hexdigest())
+
+
 def _fake_hub_download(partial: bytes, succeed: bool):
     """Stands in for huggingface_hub.hf_hub_download(local_dir=...): it leaves a lock file
     and, when ``partial``, an incomplete download behind, as the real one does."""

@@ -2,6 +2,7 @@
 own classes) segments the query's phrase in the top photos of a USE search."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -165,6 +166,11 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     key = "backbone.language_backbone.encoder.text_projection"
     assert torch.equal(loaded.model.state_dict()[key], tiny.model.state_dict()[key] + 1)
     assert loaded.identity != tiny.identity
+    before = path.stat()  # a fine-tuned checkpoint copied over it with `cp -p`: same size, same mtime
+    torch.save({"model": {k: v * 2 if v.is_floating_point() else v for k, v in state.items()}}, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert sam3_lib.load_sam3("tiny", checkpoint=path, device="cpu").identity != loaded.identity  # its own cache
 
     torch.save({"model": {k: v for k, v in list(state.items())[1:]}}, path)  # one weight short
     with pytest.raises(UsesearchError, match="not a SAM 3 image checkpoint"):

@@ -39,6 +39,13 @@ class Found:
         return os.fsencode(self.fs_path)
 
 
+def stat_signature(st: os.stat_result) -> str:
+    """A file as its metadata says it is: size, modification and change times, inode.
+    A file replaced by one of the same size with its mtime kept (``cp -p``, ``rsync -t``)
+    still has a new ctime, so another signature."""
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
 def display_path(fs_path: str) -> str:
     shown = os.fsencode(fs_path).decode("utf-8", "backslashreplace")
     return fs_path if shown == fs_path else shown  # one string, not two equal ones, for most names

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from usesearch.devices import bf16_autocast, resolve_device
 from usesearch.errors import MissingWeightsError, UsesearchError
+from usesearch.io.files import stat_signature
 from usesearch.masks.sam3_build import TINY, Sam3Architecture, build_sam3, fill_uninitialised, import_sam3
 from usesearch.models.backbones import seeded
 from usesearch.models.weights import WeightStatus, _hub_cached, damaged, file_fault, refuse_when_offline, usesearch_home
@@ -227,8 +228,9 @@ def load_sam3(
             fill_uninitialised(model)
     if status.path is not None:
         load_checkpoint(model, status.path)
-        stat = status.path.stat()
-        identity = f"{name}-{stat.st_size}-{stat.st_mtime_ns}"
+        # Its features are cached under this: a fine-tuned checkpoint copied over it with
+        # `cp -p` has the same size and mtime, never the same ctime.
+        identity = f"{name}-{stat_signature(status.path.stat()).replace(':', '-')}"
     else:
         identity = f"{name}-seed{cfg.seed}"
     return Sam3Model(cfg, model.to(device), device, f"{identity}-{device.type}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usesearch.errors import MissingWeightsError, UsesearchError, first_line
+from usesearch.io.files import stat_signature
 from usesearch.models.config import ClipConfig, DinoConfig, PresetConfig, SamConfig
 
 _CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -173,12 +174,12 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def verify_sha256(path: Path, expected: str | None) -> None:
-    """Hash once; a marker keyed on size and mtime saves rehashing 2.5 GB on every load."""
+    """Hash once; a marker keyed on the file's size, times and inode saves rehashing 2.5 GB
+    on every load (size and mtime alone passed another file copied over it with `cp -p`)."""
     if not expected:
         return
-    stat = path.stat()
     marker = path.with_name(path.name + ".sha256")
-    stamp = f"{expected} {stat.st_size} {stat.st_mtime_ns}"
+    stamp = f"{expected} {stat_signature(path.stat())}"
     if marker.is_file() and marker.read_text().strip() == stamp:
         return
     actual = sha256_file(path)
