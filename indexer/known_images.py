@@ -6,9 +6,13 @@ record read ahead is still the catalog's when ``Writer.skip`` takes it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from sqlalchemy import select
+
+from usesearch.errors import UsesearchError
+from usesearch.io.files import read_bytes, stat_signature
 
 from .records import DONE, ImageRecord
 from .store import Store
@@ -73,3 +77,20 @@ class KnownImages:
         ):
             return None
         return known.sha256
+
+
+def still_holds(record: ImageRecord) -> bool:
+    """Whether the file of an indexed photo still holds the content recorded for it: its
+    stat as recorded, else its bytes hashed again. A file met under a new path with that
+    content is a copy only if so; else it was renamed and another file took the old name
+    (the record follows it; the old name, when met, is indexed as new), not a copy left
+    unindexed while the old name's new content replaced the record. A file that cannot
+    be read counts as holding it, as before: its own read says why."""
+    try:
+        if record.file_stat is not None and stat_signature(os.stat(record.fs_path)) == record.file_stat:
+            return True
+        return read_bytes(record.fs_path)[1] == record.sha256
+    except FileNotFoundError:
+        return False
+    except (OSError, UsesearchError):
+        return True

@@ -20,7 +20,7 @@ from usesearch.masks.maskers import mask_defining
 
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import FAISS_FILE, db_url_for, writer_lock
-from .known_images import KnownImages
+from .known_images import KnownImages, still_holds
 from .options import IndexOptions, IndexReport
 from .records import DONE, NO_MASKER, IndexInfo, info_summary
 from .search import SegmentIndex
@@ -205,7 +205,7 @@ class Writer:
             if sha256 in coming and path is not None:
                 self.copies.append((path, ""))
             return sha256 in coming
-        gone = [h for h in holders if not os.path.lexists(h.fs_path)]
+        gone = [h for h in holders if not still_holds(h)]  # missing, or its file took other content
         if path is not None and gone:  # moved: the record follows the photo
             self.store.move_image(gone[0].id, key, path)
             self.moved.append((gone[0].path, path))

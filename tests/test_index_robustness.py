@@ -259,6 +259,30 @@ def test_a_rerun_reads_the_catalog_in_batches_and_skips_as_one_query_a_photo_did
     assert_consistent(tmp_path / "db")
 
 
+def test_a_photo_renamed_while_another_took_its_name_keeps_its_segments(tmp_path):
+    """a.png renamed b.png, and another photo saved as a.png: b.png was counted a copy of
+    a.png (still there) and skipped, then a.png's new content replaced the record, so
+    b.png's photo was in the index under no name until the next run. The record now
+    follows b.png (a.png no longer holds its content), and a.png is indexed as new."""
+    from PIL import Image
+    from skimage import data
+
+    from tests.helpers import segment_table
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    (photos / "astronaut.png").rename(photos / "b.png")
+    other = Image.fromarray(data.chelsea())
+    other.thumbnail((96, 96))
+    other.save(photos / "astronaut.png")
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert [(os.path.basename(a), os.path.basename(b)) for a, b in report.moved] == [("astronaut.png", "b.png")]
+    assert report.copies == [] and report.done == 1  # only the new a.png computed
+    index_paths([photos], tmp_path / "clean", IndexOptions(**OPTS))
+    assert segment_table(tmp_path / "db") == segment_table(tmp_path / "clean")
+    assert_consistent(tmp_path / "db")
+
+
 def test_a_rerun_reads_only_the_files_whose_stat_changed(tmp_path, monkeypatch):
     """A file with the size, times and inode recorded when it was last read whole is
     skipped unread (a re-run over 3 TB read and hashed every byte). One rewritten with
