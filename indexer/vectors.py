@@ -136,13 +136,13 @@ class Vectors:
 
     @property
     def is_trained(self) -> bool:
-        return bool(self.index.is_trained)
+        return bool(self._shards[0].is_trained)  # (deferred adds change no training: read as they are)
 
     @property
     def exact(self) -> bool:
         """Scores are exact inner products (a flat index), not approximations that
         must be re-scored."""
-        outer = faiss.downcast_index(self.index)
+        outer = faiss.downcast_index(self._shards[0])
         return isinstance(outer, faiss.IndexIDMap2) and isinstance(faiss.downcast_index(outer.index), faiss.IndexFlat)
 
     def ids(self) -> np.ndarray:

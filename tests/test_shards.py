@@ -159,3 +159,24 @@ def test_deferred_adds_answer_as_adds_made_at_once(tmp_path, monkeypatch):
     deferred.add(np.arange(1051, 1061), data[:10], defer=True)
     assert deferred.dirty == {2}  # read with its deferred adds in (ids 801-1200: shard 2), so written
     assert [int(s.ntotal) for s in deferred._shards] == [400, 400, 249]
+
+
+def test_a_runs_commits_reach_faiss_in_batches(tmp_path, monkeypatch):
+    """The writer's commits defer their adds for real: a check made on every commit (is
+    the index trained?) read the shards and so added the last photo's vectors alone."""
+    from usesearch.indexer import vectors
+
+    monkeypatch.setattr(vectors, "DEFERRED_ADDS", 10**6)
+    batches: list[int] = []
+    real = vectors.Vectors.add_deferred
+
+    def counted(self):
+        if self._deferred:
+            batches.append(self._deferred_rows)
+        return real(self)
+
+    monkeypatch.setattr(vectors.Vectors, "add_deferred", counted)
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee", "rocket"))
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert report.done == 4 and batches == [report.segments]  # one batch, at the run's write
+    assert_consistent(tmp_path / "db")
