@@ -39,9 +39,11 @@ def test_prune_removes_what_is_gone_and_leaves_what_a_clean_index_has(tmp_path):
 
 
 def test_info_counts_files_gone_from_a_sample_past_its_bound(tmp_path):
-    """Past ``GONE_CHECKED`` images, ``info`` stats a seeded uniform sample and scales its
-    share gone (every file of 10^7 photos took minutes to stat, and 2.5 GB to list),
-    also where removed images left gaps in the ids; up to it, every file, exactly."""
+    """Past ``GONE_CHECKED`` images, ``info`` stats a sample drawn from every part of the
+    catalog and scales its share gone (every file of 10^7 photos took minutes to stat,
+    and 2.5 GB to list), also where removed images left gaps in the ids; up to it, every
+    file, exactly. A run's folders are chosen before sampling: a small folder of a big
+    catalog is counted whole."""
     from sqlalchemy import delete, insert
 
     from usesearch.indexer.folder import db_url_for
@@ -49,26 +51,36 @@ def test_info_counts_files_gone_from_a_sample_past_its_bound(tmp_path):
     from usesearch.indexer.records import DONE, ImageRecord
     from usesearch.indexer.store import Store
 
-    (tmp_path / "photos").mkdir()
     db = tmp_path / "db"
     synthetic_index(db, n=10, dim=8, images=1)
     store = Store(db_url_for(db, None), folder=db)
-    rows = []
-    for i in range(900):  # every third file exists: 600 gone
-        path = tmp_path / "photos" / f"{i}.jpg"
-        if i % 3 == 0:
-            path.write_bytes(b"x")
-        rows.append(dict(fs_path=os.fsencode(path), path=str(path), sha256=f"{i:064x}", status=DONE))
-    with store.sessions.begin() as s:
-        s.execute(delete(ImageRecord))
-        s.execute(insert(ImageRecord), rows)
+
+    def catalog(exists) -> None:
+        rows = []
+        for i in range(900):
+            path = tmp_path / ("small" if i >= 890 else "photos") / f"{i}.jpg"
+            path.parent.mkdir(exist_ok=True)
+            path.unlink(missing_ok=True)
+            if exists(i):
+                path.write_bytes(b"x")
+            rows.append(dict(fs_path=os.fsencode(path), path=str(path), sha256=f"{i:064x}", status=DONE))
+        with store.sessions.begin() as s:
+            s.execute(delete(ImageRecord))
+            s.execute(insert(ImageRecord), rows)
+
+    catalog(lambda i: i % 3 == 0)  # 600 gone, spread evenly
     assert files_gone(store, most=1000)[:2] == (600, 900)
+    gone, checked, _, estimated = files_gone(store, most=150)
+    assert checked == 150 and estimated and 500 <= gone <= 700
+    catalog(lambda i: i < 450)  # the later half gone: a sample of the first ids saw none
     gone, checked, _, _ = files_gone(store, most=150)
-    assert checked == 150 and 500 <= gone <= 700
+    assert checked == 150 and 370 <= gone <= 530
+    small = files_gone(store, [tmp_path / "small"], most=150)  # 10 photos, all gone
+    assert (small.number, small.checked, small.estimated) == (10, 10, False)
     with store.sessions.begin() as s:  # ids with gaps: every other image removed
         s.execute(delete(ImageRecord).where(ImageRecord.id % 2 == 0))
     gone, checked, _, _ = files_gone(store, most=150)
-    assert checked == 150 and 250 <= gone <= 350  # of 450, 300 gone
+    assert checked == 150 and 170 <= gone <= 280  # of 450, 225 gone
     store.close()
 
 
