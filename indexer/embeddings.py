@@ -65,6 +65,7 @@ class EmbeddingFiles:
         self._mmaps: dict[int, mmap.mmap] = {}  # the maps themselves, for read-ahead advice
         self.read_ahead = _LIBC is not None and hasattr(mmap, "MADV_WILLNEED")
         self._sums: dict[int, np.ndarray] = {}
+        self._named: set[int] = set()  # chunks whose names this process made durable (the folder fsynced)
 
     def path(self, chunk: int) -> Path:
         return self.folder / f"chunk-{chunk:06d}.f16"
@@ -90,9 +91,9 @@ class EmbeddingFiles:
         self.folder.mkdir(parents=True, exist_ok=True)
         existing = self.chunks()
         chunk = existing[-1] if existing else 0
-        done, created = 0, False
+        done, touched = 0, set()
         while done < len(vectors):
-            created = created or not (self.path(chunk).exists() and self.sums_path(chunk).exists())
+            touched.add(chunk)
             with open(self.path(chunk), "ab") as f:
                 size = f.seek(0, os.SEEK_END)
                 start = -(-size // self.row_bytes)  # a torn row from a kill is skipped, never reused
@@ -111,8 +112,9 @@ class EmbeddingFiles:
             done += take
             if done < len(vectors):
                 chunk += 1
-        if created:  # a new name to make durable; appends to existing files need only their own fsync
-            _fsync_dir(self.folder)
+        if touched - self._named:  # once a chunk a process: a run killed before it left a name maybe not durable
+            _fsync_dir(self.folder)  # (later appends to the same files need only their own fsync)
+            self._named |= touched
         return chunks, rows
 
     def place(self, segments: list[dict], vectors: np.ndarray | None) -> list[dict]:
