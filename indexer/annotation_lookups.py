@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine, exists, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .lookups import SQL_PARAMETERS
@@ -140,6 +140,24 @@ class AnnotationLookups:
                 rows = conn.execute(query.where(ImageRecord.id.in_(wanted[start : start + SQL_PARAMETERS])))
                 out.update((i, sha) for i, sha in rows if sha is not None)
             return out
+
+    def contents_across_splits(self) -> dict[int, str]:
+        """The SHA-256 of each annotated done photo whose content (its own or a copy's)
+        has annotations in two splits or more: the audit's exact leaks, found by the
+        database instead of from a dict of every photo's hash."""
+        seg, image = SegmentRecord, ImageRecord
+        annotated = (seg.image_id == image.id) & (seg.source == ANNOTATION)
+        per_split = (
+            select(image.sha256.label("sha"), seg.split.label("split"))
+            .join(image, image.id == seg.image_id)
+            .where(seg.source == ANNOTATION, image.status == DONE, image.sha256.is_not(None))
+            .group_by(image.sha256, seg.split)
+            .subquery()
+        )
+        straddling = select(per_split.c.sha).group_by(per_split.c.sha).having(func.count() > 1)
+        query = select(image.id, image.sha256).where(image.status == DONE, image.sha256.in_(straddling))
+        with self.engine.connect() as conn:
+            return {i: sha for i, sha in conn.execute(query.where(exists().where(annotated))) if sha is not None}
 
     def label_counts(self) -> list[tuple[str, str | None, str | None, int]]:
         """(source, split, category, segments) for each combination present: the

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from tests.helpers import kill_when, run_python, serving
 from usesearch.cli.app import app
-from usesearch.indexer.audit import LISTS, AuditConfig, audit_index, leaks, reviews, scores
+from usesearch.indexer import SegmentIndex
+from usesearch.indexer.audit import LISTS, AuditConfig, audit_index, leaks, reviews, scores, source
 from usesearch.indexer.audit.planted import PlantedConfig, write_planted
 from usesearch.indexer.audit.ranked import Ranked
 from usesearch.masks import rle
@@ -111,9 +112,8 @@ def test_ranked_keeps_the_best_whatever_the_batches():
 
 
 def test_leaks_exact_and_near_duplicates_across_splits_grouped():
-    exact = leaks.exact_groups(
-        {1: "a", 2: "a", 3: "b", 4: "c"}, {1: {"train"}, 2: {"val"}, 3: {"train", "val"}, 4: {"val"}}
-    )
+    splits = {1: {"train"}, 2: {"val"}, 3: {"train", "val"}, 4: {"val"}}
+    exact = leaks.exact_groups({1: "a", 2: "a", 3: "b", 4: "c"}, splits)
     assert [g["images"] for g in exact] == [[1, 2], [3]]
     rng = np.random.default_rng(1)
     train = unit(rng.normal(size=(6, 16)))
@@ -190,6 +190,10 @@ def test_each_planted_kind_is_found_at_the_top_of_its_list(db, planted_index):
         "same content",
         "near duplicate",
     }
+    store = SegmentIndex.open(db).store  # the exact leaks the database finds: every annotated photo's hash gives
+    every = source.DatasetReader(store).photo_splits(store.image_hashes())[0]
+    found = store.contents_across_splits()
+    assert leaks.exact_groups(found, every) == leaks.exact_groups(store.image_hashes(every), every) != []
     leak_line = next(line for line in audit_cli.output.splitlines() if line.strip().startswith("leaks:"))
     assert leak_line.endswith((".png)", ".jpg)"))  # the first leak names its photo(s), never ", )"
     for kind in LISTS:
@@ -290,9 +294,7 @@ def test_reviewed_items_make_room_for_the_next_ones(db, tmp_path):
     assert any("5 items reviewed: the photo pass runs again" in line for line in said), said
     wider = audit_index(tmp_path / "untouched", config=AuditConfig(keep=10))
     assert again["lists"]["swapped"] == wider["lists"]["swapped"]  # the 5 reviewed, then the next 5
-    assert (
-        again["lists"]["leaks"] == first["lists"]["leaks"] and again["lists"]["outliers"] == first["lists"]["outliers"]
-    )
+    assert all(again["lists"][kind] == first["lists"][kind] for kind in ("leaks", "outliers"))
     said.clear()
     assert audit_index(db, config=AuditConfig(keep=5), say=said.append) == again  # nothing new reviewed: as it was
     assert not any("runs again" in line for line in said)
@@ -333,8 +335,7 @@ def test_the_audit_view_pages_through_a_list_and_keeps_verdicts(audit_server, db
         first = cards.first.get_attribute("data-item")
         assert cards.count() > 1 and page.locator("#list-badly_located.current").count() == 1
         # Masks drawn: the tile of the annotation and that of its best proposal, loaded.
-        pictures = cards.first.locator(".pictures img")
-        assert pictures.count() == 2
+        assert cards.first.locator(".pictures img").count() == 2
         page.wait_for_function(
             "[...document.querySelectorAll('.audit-item img')].slice(0, 2).every(i => i.naturalWidth > 0)"
         )

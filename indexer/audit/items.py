@@ -25,13 +25,14 @@ def resolve(
     wanted = set()
     for kind in ("swapped", "overlooked", "badly_located", "outliers"):
         wanted.update(lists[kind].columns.get("key", np.zeros(0, np.int64)).tolist())
-    photo_splits, photo_counts = reader.photo_splits()
     pair_ids = np.unique(pairs[:, :2].astype(np.int64)) if len(pairs) else np.zeros(0, np.int64)
     paired = store.rows(pair_ids)
     segment_image = {i: r.image_id for i, r in paired.items()}
     segment_box = {i: relative_box(r) for i, r in paired.items()}
+    straddling = store.contents_across_splits()
+    photo_splits, photo_counts = reader.photo_splits({*segment_image.values(), *straddling})
     near = leaks.near_groups(pairs, segment_image, segment_box, photo_counts, photo_splits, threshold=near_duplicate)
-    exact = leaks.exact_groups(store.image_hashes(photo_splits), photo_splits)
+    exact = leaks.exact_groups(straddling, photo_splits)
     # A near-duplicate group that is the same file seen twice says nothing new.
     exact_sets = {frozenset(g["images"]) for g in exact}
     groups = (exact + [g for g in near if frozenset(g["images"]) not in exact_sets])[:keep]

@@ -5,6 +5,7 @@ engine, streamed in batches: nothing holds every annotation at once."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,17 +131,18 @@ class DatasetReader:
             [{"size": [h, w], "counts": c} for h, w, c in zip(heights, widths, counts)],
         )
 
-    def photo_splits(self) -> tuple[dict[int, set[str]], dict[int, int]]:
-        """Per annotated photo: the splits its annotations are in, and how many it has."""
+    def photo_splits(self, image_ids: Iterable[int]) -> tuple[dict[int, set[str]], dict[int, int]]:
+        """Per annotated photo of these: the splits its annotations are in, and how many
+        it has (the photos the leaks name, not every annotated photo: 578 MiB of dicts
+        at 10^6 photos)."""
         splits: dict[int, set[str]] = {}
         counts: dict[int, int] = {}
-        query = (
-            select(SEG.image_id, SEG.split, func.count())
-            .where(SEG.source == ANNOTATION)
-            .group_by(SEG.image_id, SEG.split)
-        )
+        query = select(SEG.image_id, SEG.split, func.count()).where(SEG.source == ANNOTATION)
+        wanted = sorted({int(i) for i in image_ids})
         with self.store.engine.connect() as conn:
-            for image_id, split, n in conn.execute(query):
-                splits.setdefault(image_id, set()).add(split or "")
-                counts[image_id] = counts.get(image_id, 0) + n
+            for start in range(0, len(wanted), SQL_PARAMETERS):
+                part = query.where(SEG.image_id.in_(wanted[start : start + SQL_PARAMETERS]))
+                for image_id, split, n in conn.execute(part.group_by(SEG.image_id, SEG.split)):
+                    splits.setdefault(image_id, set()).add(split or "")
+                    counts[image_id] = counts.get(image_id, 0) + n
         return splits, counts
