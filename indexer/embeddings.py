@@ -303,14 +303,17 @@ class EmbeddingFiles:
         """Checksums for rows that have none (written before checksums existed), from
         the rows as they are now; ``reindex`` and ``index --repair`` call it, under the
         writer's lock. Returns how many rows got one."""
-        done = 0
+        done, created = 0, False
         for chunk in self.chunks():
             sums_path = self.sums_path(chunk)
             have = sums_path.stat().st_size // 4 if sums_path.is_file() else 0
             total = self.rows_in(chunk)
             if have < total:
+                created = created or not sums_path.is_file()
                 self._write_sums(chunk, total, np.zeros(0, np.uint32))  # fills the gap up to the last row
                 done += total - have
+        if created:  # a new checksum file's name, made durable
+            _fsync_dir(self.folder)
         return done
 
     def rows_in(self, chunk: int) -> int:

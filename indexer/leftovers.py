@@ -10,7 +10,7 @@ import stat
 from collections.abc import Collection
 from typing import NamedTuple
 
-from sqlalchemy import func, or_, select, true
+from sqlalchemy import BigInteger, cast, func, literal, or_, select, true
 
 from .records import ImageRecord, SegmentRecord
 from .store import Store
@@ -82,7 +82,11 @@ def files_gone(
     with store.sessions() as s:
         total = s.scalar(select(func.count(image.id)).where(scope)) or 0
         estimated = total > most
-        scattered = ((image.id * 2654435761) % 4294967296, image.id)
+        # 64-bit: PostgreSQL types the constants as the 32-bit id otherwise (out of range).
+        scattered = (
+            (cast(image.id, BigInteger) * literal(2654435761, BigInteger)) % literal(2**32, BigInteger),
+            image.id,
+        )
         query = query.order_by(*scattered).limit(most) if estimated else query.order_by(image.id)
         rows = [tuple(row) for row in s.execute(query)]
     found = gone_images([r for r in rows if r[0] not in failed] if indexed_only else rows, failed)

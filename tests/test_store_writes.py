@@ -120,3 +120,26 @@ def test_the_folder_is_synced_once_a_chunk(tmp_path, monkeypatch):
     again.append(rows[:1])
     again.append(rows[:1])
     assert len(synced) == 3
+    files.sums_path(0).unlink()  # rows from before checksums: reindex and --repair write their file
+    assert embeddings.EmbeddingFiles(tmp_path / "embeddings", DIM).backfill_sums() == 16 and len(synced) == 4
+
+
+def test_the_files_gone_sample_runs_on_either_database(store, tmp_path):
+    """``info``'s files-gone sample orders the images by a 64-bit hash of their ids: on
+    PostgreSQL the constants took the 32-bit id's type and the query failed (out of range)."""
+    from sqlalchemy import insert
+
+    from usesearch.indexer.leftovers import files_gone
+    from usesearch.indexer.records import DONE, ImageRecord
+
+    rows = []
+    for i in range(13):
+        path = tmp_path / f"{i}.jpg"
+        if i % 2:
+            path.write_bytes(b"x")
+        rows.append(dict(fs_path=bytes(path), path=str(path), sha256=f"{i:064x}", status=DONE))
+    with store.sessions.begin() as s:
+        s.execute(insert(ImageRecord), rows)
+    sample = files_gone(store, most=5)
+    assert sample.checked == 5 and sample.estimated and 0 < sample.number < 13
+    assert files_gone(store, most=13)[:2] == (7, 13)
