@@ -90,15 +90,16 @@ def test_no_arrow_runs_back_up(low):
 
 def test_cli_command_modules_import_only_the_shared_options():
     # options.py offers what spellings.py holds (the old spellings' machinery) and paths.py (the
-    # checks of paths a command writes), sam_options.py SAM's flags built with both; nothing else
-    # in cli/ is shared.
+    # checks of paths a command writes), sam_options.py SAM's flags built with both, eval_report.py
+    # an evaluation's report and walk built on options; nothing else in cli/ is shared.
     shared = {
         "usesearch.cli.options": {"usesearch.cli.spellings", "usesearch.cli.paths"},
         "usesearch.cli.spellings": set(),
         "usesearch.cli.paths": set(),
         "usesearch.cli.sam_options": {"usesearch.cli.options", "usesearch.cli.spellings"},
+        "usesearch.cli.eval_report": {"usesearch.cli.options"},
     }
-    commands_import = {"usesearch.cli.options", "usesearch.cli.sam_options"}
+    commands_import = {"usesearch.cli.options", "usesearch.cli.sam_options", "usesearch.cli.eval_report"}
     wrong = sorted(
         f"{m} -> {d}"
         for m, deps in GRAPH.items()

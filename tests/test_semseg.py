@@ -101,6 +101,36 @@ def test_segment_and_eval_semseg_cli_on_synthetic_data(tmp_path):
     assert data["images"] == 3 and 0 <= data["mIoU"] <= 1 and set(data["per_class"]) == set(names)
 
 
+@pytest.mark.parametrize("task", ["semseg", "parts"])
+def test_ctrl_c_in_an_evaluation_reports_the_images_done(tmp_path, monkeypatch, task):
+    """An evaluation runs for hours; Ctrl-C lost all of it. Now the result covers the
+    images evaluated whole, says it was interrupted, is written, and the exit is 130."""
+    from usesearch.tasks import semseg
+    from usesearch.training.synthetic import write_parts_coco, write_semseg
+
+    step = "segment_image" if task == "semseg" else "class_probabilities"
+    real, calls = getattr(semseg, step), []
+
+    def interrupted_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(semseg, step, interrupted_on_the_third)
+    if task == "semseg":
+        root = write_semseg(tmp_path / "data", 4, seed=4)
+        args = ["--labels", str(root / "labels"), "--classes-file", str(root / "classes.txt")]
+    else:
+        args = ["--coco", str(write_parts_coco(tmp_path / "data", 4, seed=5))]
+    out = tmp_path / "result.json"
+    command = ["eval", task, "--images", str(tmp_path / "data" / "images"), *args, "--out", str(out), "-p", "tiny"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 130 and "interrupted: 2 of 4 images" in result.output, result.output
+    data = json.loads(out.read_text())
+    assert data["interrupted"] == {"done": 2, "of": 4} and (task == "parts" or data["images"] == 2)
+
+
 def test_only_masks_whose_top_class_is_a_part_are_scored():
     from usesearch.tasks.parts import background_classes, part_detections
 

@@ -14,8 +14,9 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
+from usesearch.cli.eval_report import TAKING_OLD_JSON_FILE, Report, Walk, with_report
 from usesearch.errors import UsesearchError
-from usesearch.io.atomic import save_picture, write_atomic
+from usesearch.io.atomic import save_picture
 from usesearch.io.coco_json import load_coco_json
 from usesearch.masks.settings import SamSettings
 
@@ -105,63 +106,12 @@ def _read_photo(path: Path | str, name: str | None = None):
     return read_photo(path, name)
 
 
-def _with_progress(items: list) -> Any:
-    """``items`` with a progress bar on stderr, where that is a terminal: an evaluation
-    of a few thousand images runs for hours."""
-    from tqdm import tqdm
-
-    return tqdm(items, unit="img", dynamic_ncols=True, disable=None)
-
-
 def _read_and_mask(path: Path | str, masker, name: str | None = None):
     """One image file -> (RGB, its masks [N, H, W])."""
     from usesearch.masks.maskers import stack_masks
 
     rgb = _read_photo(path, name)
     return rgb, stack_masks(masker(rgb, name or str(path)), rgb.shape[:2])
-
-
-# `eval ... --json FILE` once wrote the result to FILE: click hands the FILE, a word
-# these commands otherwise refuse, over as an extra argument (``Report.write``).
-TAKING_OLD_JSON_FILE = {"allow_extra_args": True}
-
-
-@dataclass(frozen=True)
-class Report:
-    """Where an evaluation's result goes: a table (or JSON) on stdout, and a JSON file."""
-
-    as_json: opts.JsonOpt = False
-    out: opts.OutJsonOpt = None
-
-    def taking(self, extra: list[str]) -> Report:
-        """This report, read with the extra arguments click passed on (checked before
-        any work): the one after a ``--json`` is the old spelling's FILE."""
-        if not extra:
-            return self
-        if not self.as_json or len(extra) > 1:
-            raise UsesearchError(f"got unexpected extra arguments ({' '.join(extra)})")
-        opts.deprecated("`eval ... --json FILE` is now `--out FILE` (`--json` prints JSON)")
-        opts.console.stderr = False  # the table after all: on stdout (user_errors put it on stderr for --json)
-        out = self.out or Path(extra[0])
-        try:
-            opts.writable_file(out)  # as --out FILE is checked: before the models, not after the evaluation
-        except typer.BadParameter as exc:
-            raise UsesearchError(f"--json {out}: {exc}") from None
-        return Report(as_json=False, out=out)
-
-    def write(self, result: dict, rows: dict[str, float | None], total: tuple[str, str]) -> None:
-        if self.out:
-            write_atomic(self.out, json.dumps(result, indent=1))
-        if self.as_json:
-            print(json.dumps(result, indent=1))
-            return
-        width = max([len(total[0]), *map(len, rows)]) + 2
-        for name, value in rows.items():
-            opts.console.print(f"{name:>{width}}: {'-' if value is None else f'{100 * value:.1f}'}")
-        opts.console.print(f"{total[0]:>{width}}: {total[1]}")
-
-
-with_report = opts.shared_options("report", Report)
 
 
 @app.command()
@@ -281,16 +231,18 @@ def eval_semseg(
     check_ground_truth(pairs, len(names), ignore_index, reduce_zero_label)
     models, mask_proposer = segmenter.build(sam)
     matrix = np.zeros((len(names), len(names) + 1), np.int64)
-    for path, label in _with_progress(pairs):
-        rgb, masks = _read_and_mask(path, mask_proposer)
-        gt = read_ground_truth(label, rgb.shape[:2], len(names), ignore_index, reduce_zero_label)
-        matrix += confusion(segment_image(models, rgb, masks, names), gt, len(names), ignore_index)
+    with (walk := Walk(pairs)):
+        for path, label in walk:
+            rgb, masks = _read_and_mask(path, mask_proposer)
+            gt = read_ground_truth(label, rgb.shape[:2], len(names), ignore_index, reduce_zero_label)
+            matrix += confusion(segment_image(models, rgb, masks, names), gt, len(names), ignore_index)
     mean, per_class = miou(matrix)
     fingerprint = "+".join(m.fingerprint for m in models)
     scores = {n: (None if np.isnan(v) else float(v)) for n, v in zip(report_names(names), per_class)}
-    result = {"mIoU": mean, "images": len(pairs), "model": fingerprint, "per_class": scores}
-    total = ("mIoU", f"{100 * mean:.2f}  ({len(pairs)} images, {fingerprint})")
+    result = {"mIoU": mean, "images": walk.done, "model": fingerprint, "per_class": scores, **walk.partial()}
+    total = ("mIoU", f"{100 * mean:.2f}  ({walk.said(f'{walk.done} images, {fingerprint}')})")
     report.write(result, scores, total)
+    walk.exit_if_interrupted()
 
 
 @eval_app.command("parts", context_settings=TAKING_OLD_JSON_FILE)
@@ -325,20 +277,22 @@ def eval_parts(
     parts = [annotations.cats[c]["name"] for c in category_ids]
     names = parts + background_classes()
     models, mask_proposer = segmenter.build(sam)
-    results = []
-    for image_id in _with_progress(sorted(annotations.imgs)):
-        name = annotations.imgs[image_id]["file_name"]
-        rgb, masks = _read_and_mask(images / name, mask_proposer, name)
-        if not len(masks):
-            continue
-        detections = part_detections(class_probabilities(models, rgb, masks, names), len(parts))
-        results += to_results(image_id, masks, detections, category_ids)
+    results, image_ids = [], sorted(annotations.imgs)
+    with (walk := Walk(image_ids)):
+        for image_id in walk:
+            name = annotations.imgs[image_id]["file_name"]
+            rgb, masks = _read_and_mask(images / name, mask_proposer, name)
+            if not len(masks):
+                continue
+            detections = part_detections(class_probabilities(models, rgb, masks, names), len(parts))
+            results += to_results(image_id, masks, detections, category_ids)
     with contextlib.redirect_stdout(io.StringIO()):
-        overall, per_category = mask_map(annotations, results)
+        overall, per_category = mask_map(annotations, results, image_ids[: walk.done])  # the images evaluated
     fingerprint = "+".join(m.fingerprint for m in models)
     result = {"mAP": overall, "per_category": per_category, "detections": len(results), "model": fingerprint}
-    total = ("mAP_mask@[0.5:0.95]", f"{100 * overall:.2f}  ({len(results)} part detections, {fingerprint})")
-    report.write(result, per_category, total)
+    said = walk.said(f"{len(results)} part detections, {fingerprint}")
+    report.write({**result, **walk.partial()}, per_category, ("mAP_mask@[0.5:0.95]", f"{100 * overall:.2f}  ({said})"))
+    walk.exit_if_interrupted()
 
 
 @eval_app.command("audit")

@@ -71,13 +71,16 @@ def to_results(image_id: int, masks: np.ndarray, detections, category_ids: list[
     return out
 
 
-def mask_map(coco_gt, results: list[dict]) -> tuple[float, dict]:
-    """mAP_mask@[0.5:0.95] over all part categories, and per-category AP."""
+def mask_map(coco_gt, results: list[dict], image_ids: list[int] | None = None) -> tuple[float, dict]:
+    """mAP_mask@[0.5:0.95] over all part categories, and per-category AP, over
+    ``image_ids`` (all: None; an evaluation cut short counts the images it did)."""
     from pycocotools.cocoeval import COCOeval
 
     if not results:
         return 0.0, {}
     evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="segm")
+    if image_ids is not None:
+        evaluator.params.imgIds = list(image_ids)
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
