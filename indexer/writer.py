@@ -205,7 +205,7 @@ class Writer:
             if sha256 in coming and path is not None:
                 self.copies.append((path, ""))
             return sha256 in coming
-        gone = [h for h in holders if not still_holds(h)]  # missing, or its file took other content
+        gone = [h for h in holders if path is not None and not still_holds(h)]  # missing, or other content now
         if path is not None and gone:  # moved: the record follows the photo
             self.store.move_image(gone[0].id, key, path)
             self.moved.append((gone[0].path, path))
