@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from usesearch.indexer import IndexOptions, index_paths
-from usesearch.indexer.read_ahead import RACY_NS
+from usesearch.indexer.known_images import RACY_NS
 
 OPTIONS = IndexOptions(preset="tiny", masker="felzenszwalb", masker_options={"max_masks": 4})
 

@@ -35,11 +35,10 @@ from usesearch.io.files import decode, photos_under, read_bytes
 from . import faiss_gpu
 from .compute import segment_records
 from .folder import is_new
-from .known_images import BATCH
+from .known_images import BATCH, file_stat
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_paths, identity, load_models
 from .ray_cluster import check_address, ray_session
-from .read_ahead import file_stat
 from .writer import Writer
 
 FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
@@ -88,9 +87,10 @@ def _hash_files(batch: dict, max_bytes: int) -> dict:
     its stat taken before the read ("": none), for the next run to skip it unread."""
     shas, errors, stats = [], [], []
     for fs_path, path in zip(batch["fs_path"], batch["path"]):
-        stats.append(file_stat(os.fsdecode(bytes(fs_path))) or "")
+        name = os.fsdecode(bytes(fs_path))
+        stats.append(file_stat(name) or "")
         try:
-            shas.append(read_bytes(os.fsdecode(bytes(fs_path)), max_bytes, path)[1])
+            shas.append(read_bytes(name, max_bytes, path)[1])
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - recorded by the committer
             shas.append("")
@@ -269,14 +269,13 @@ def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) 
             if found.error is not None:
                 writer.fail(found.key, found.path, None, found.error, report)
                 continue
-            stat = file_stat(found.fs_path)
-            recorded = writer.known.unchanged(found.key, stat) if stat is not None else None
-            if recorded is not None and writer.skip(found.key, recorded, path=found.path, file_stat=stat):
+            key = found.key
+            stat, recorded = writer.known.unchanged(key, found.fs_path)
+            if recorded is not None and writer.skip(key, recorded, path=found.path, file_stat=stat):
                 report.skipped += 1
             else:
-                readable.append({"fs_path": found.key, "path": found.path})
-                if found.key in writer.known:
-                    writer.known.take(found.key)  # asked again with the hashes: memory stays a batch's
+                readable.append({"fs_path": key, "path": found.path})
+                writer.known.forget(key)  # asked again with the hashes: memory stays a batch's
     if not readable:
         return []
     hashed = ray.data.from_items(readable).map_batches(partial(_hash_files, max_bytes=options.max_bytes), batch_size=16)

@@ -7,6 +7,7 @@ record read ahead is still the catalog's when ``Writer.skip`` takes it."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 
 from sqlalchemy import select
@@ -18,6 +19,20 @@ from .records import DONE, ImageRecord
 from .store import Store
 
 BATCH = 500  # paths looked up per query (SQLite allows 32,766 parameters)
+RACY_NS = 3_000_000_000  # a file changed this recently is read again next run (git's "racily clean")
+
+
+def file_stat(fs_path: str) -> str | None:
+    """What a re-run compares to skip a file unread: size, modification and change
+    times, inode (a copy with ``cp -p`` or ``rsync -t`` keeps the mtime, never the
+    ctime). None where it cannot be had: the read says why."""
+    try:
+        st = os.stat(fs_path)
+    except OSError:
+        return None
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
+        return None  # changed just now: a write in the same tick (2 s on FAT) would keep this stat
+    return stat_signature(st)
 
 
 class KnownImages:
@@ -25,9 +40,6 @@ class KnownImages:
         self.store = store
         self._records: dict[bytes, ImageRecord | None] = {}  # by path; None: not in the catalog
         self._stats: list[dict] = []  # stats to record (``note_stat``), a batch a transaction
-
-    def __contains__(self, key: bytes) -> bool:
-        return key in self._records
 
     def prefetch(self, keys: Sequence[bytes]) -> None:
         """The records of these paths, ``BATCH`` a query."""
@@ -59,24 +71,32 @@ class KnownImages:
             self.store.set_file_stats(rows)
 
     def take(self, key: bytes) -> ImageRecord | None:
-        """The record read ahead for this path, forgotten here (the caller may change it)."""
-        return self._records.pop(key)
+        """The catalog's record of this path: the one read ahead, forgotten here (the
+        caller may change it), or, not read ahead, asked for now."""
+        return self._records.pop(key) if key in self._records else self.store.image_by_path(key)
 
-    def unchanged(self, key: bytes, file_stat: str) -> str | None:
-        """The recorded SHA-256 of a path read ahead whose file has the stat it had when
-        it was last read whole, indexed with nothing left to do (no failure noted, its
-        proposals made): skipped without a read. Else None: read and hash it. Called
-        from reader threads: a dictionary read, no catalog access."""
+    def forget(self, key: bytes) -> None:
+        """Drop the record read ahead for this path (it will be asked for again)."""
+        self._records.pop(key, None)
+
+    def unchanged(self, key: bytes, fs_path: str) -> tuple[str | None, str | None]:
+        """(the file's stat now, taken before any read of it; the recorded SHA-256 where
+        that stat is the one recorded when it was last read whole and the photo is
+        indexed with nothing left to do, no failure noted, its proposals made: skipped
+        without a read; else None: read and hash it). Called from reader threads: a
+        stat and a dictionary read, no catalog access."""
+        stat = file_stat(fs_path)
         known = self._records.get(key)
         if (
-            known is None
-            or known.file_stat != file_stat
+            stat is None
+            or known is None
+            or known.file_stat != stat
             or known.status != DONE
             or not known.proposals_made
             or known.error_class is not None
         ):
-            return None
-        return known.sha256
+            return stat, None
+        return stat, known.sha256
 
 
 def still_holds(record: ImageRecord) -> bool:

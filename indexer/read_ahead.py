@@ -21,13 +21,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from usesearch.io.files import Found, decode, read_bytes, stat_signature
+from usesearch.io.files import Found, decode, read_bytes
 
 from .known_images import BATCH
 from .options import IndexOptions, IndexReport
 from .writer import Writer
 
-RACY_NS = 3_000_000_000  # a file changed this recently is read again next run (git's "racily clean")
 T = TypeVar("T")
 R = TypeVar("R")
 Read = tuple[Found, bytes, str, str | None]  # a file, its bytes, their SHA-256, its stat before the read
@@ -39,19 +38,6 @@ class Photo:
     sha256: str
     rgb: np.ndarray
     file_stat: str | None = None  # as read before its bytes (``file_stat``)
-
-
-def file_stat(fs_path: str) -> str | None:
-    """What a re-run compares to skip a file unread: size, modification and change
-    times, inode (a copy with ``cp -p`` or ``rsync -t`` keeps the mtime, never the
-    ctime). None where it cannot be had: the read says why."""
-    try:
-        st = os.stat(fs_path)
-    except OSError:
-        return None
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
-        return None  # changed just now: a write in the same tick (2 s on FAT) would keep this stat
-    return stat_signature(st)
 
 
 def workers_for(on_gpu: bool) -> int:
@@ -120,8 +106,7 @@ def _photos(
         when last read whole (its recorded SHA-256 then)."""
         if found.error is not None:
             raise found.error
-        stat = file_stat(found.fs_path)
-        recorded = writer.known.unchanged(found.key, stat) if stat is not None else None
+        stat, recorded = writer.known.unchanged(found.key, found.fs_path)
         if recorded is not None:
             return None, recorded, stat
         return (*read_bytes(found.fs_path, options.max_bytes, found.path), stat)

@@ -322,8 +322,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             return {
                 "images_done": by_status.get(DONE, 0),
                 "images_failed": by_status.get(FAILED, 0),
-                "segments": s.scalar(select(func.count()).select_from(SegmentRecord))
-                or 0,  # count(*): SQLite's fast path
+                "segments": s.scalar(select(func.count()).select_from(SegmentRecord)) or 0,  # count(*): fast
             }
 
     def common_folder(self) -> str | None:

@@ -187,7 +187,7 @@ class Writer:
         another path or ``coming`` (about to be, earlier in this run). A photo renamed
         or moved (its content indexed under a path now gone) takes its record along;
         a copy of a photo still there is counted in ``copies``."""
-        existing = self.known.take(key) if key in self.known else self.store.image_by_path(key)
+        existing = self.known.take(key)
         if (
             existing is not None
             and existing.sha256 == sha256
@@ -263,7 +263,7 @@ class Writer:
     def fail(self, key: bytes, path: str, sha256: str | None, exc: BaseException, report: IndexReport) -> None:
         """A file that failed: recorded as failed, or, indexed before, kept as it was
         with the failure noted (``Store.save_image``)."""
-        existing = self.known.take(key) if key in self.known else self.store.image_by_path(key)
+        existing = self.known.take(key)
         with self._changing():
             removed, _ = self.store.save_image(key, path, sha256, None, error=exc)
             self.index.remove(removed)

@@ -382,9 +382,9 @@ def test_options_that_do_not_go_with_a_labelled_dataset_are_refused(tmp_path, ar
 
 
 def test_an_older_index_gains_the_label_columns_and_their_indexes(tmp_path, monkeypatch):
-    from usesearch.indexer import read_ahead
+    from usesearch.indexer import known_images
 
-    monkeypatch.setattr(read_ahead, "RACY_NS", 0)  # the photo was written just now: its stat kept all the same
+    monkeypatch.setattr(known_images, "RACY_NS", 0)  # the photo was written just now: its stat kept all the same
     photos = write_photos(tmp_path / "photos", ("coffee",))
     db = tmp_path / "db"
     index_paths([photos], db, IndexOptions(**OPTS))

@@ -239,10 +239,10 @@ def test_a_rerun_reads_the_catalog_in_batches_and_skips_as_one_query_a_photo_did
     """A re-run over indexed photos looked each up alone (0.7 ms a photo: 12 min at
     10^6); now the catalog is read ahead in batches, with the same decisions: done ones
     skipped, a renamed one followed, a copy counted, a new one indexed."""
-    from usesearch.indexer import read_ahead
+    from usesearch.indexer import known_images
     from usesearch.indexer.store import Store
 
-    monkeypatch.setattr(read_ahead, "RACY_NS", 0)  # photos written just now are not re-read for it
+    monkeypatch.setattr(known_images, "RACY_NS", 0)  # photos written just now are not re-read for it
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee", "rocket"))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     (photos / "sub" / "rocket.png").rename(photos / "sub" / "rocket-renamed.png")
@@ -288,10 +288,10 @@ def test_a_rerun_reads_only_the_files_whose_stat_changed(tmp_path, monkeypatch):
     skipped unread (a re-run over 3 TB read and hashed every byte). One rewritten with
     its old size and mtime put back (cp -p, rsync -t) is caught by its ctime and indexed
     again; one merely touched is read once, then skipped unread again."""
-    from usesearch.indexer import read_ahead
+    from usesearch.indexer import known_images, read_ahead
 
-    assert read_ahead.file_stat(str(write_photos(tmp_path / "now", ("coffee",)) / "coffee.png")) is None
-    monkeypatch.setattr(read_ahead, "RACY_NS", 0)  # (a file changed within 3 s: racily clean, read again)
+    assert known_images.file_stat(str(write_photos(tmp_path / "now", ("coffee",)) / "coffee.png")) is None
+    monkeypatch.setattr(known_images, "RACY_NS", 0)  # (a file changed within 3 s: racily clean, read again)
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     reads: list[str] = []
