@@ -17,7 +17,6 @@ from .records import BoxText, TextRef
 
 BOX_THRESHOLD = 0.05  # paper §4.1
 BOX_NMS_IOU = 0.7  # paper §4.1
-DEFAULT_GROUNDING_MODEL = "IDEA-Research/grounding-dino-tiny"  # Swin-T, as in the paper
 
 
 @dataclass(frozen=True)

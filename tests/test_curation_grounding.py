@@ -132,3 +132,17 @@ def test_captioned_source_curates_end_to_end(grounder, tmp_path):
     sources = {t.source for s in read_segments(record) for t in s.texts}
     assert sources == {"gt_caption"}
     assert stats(tmp_path / "ds")["pairs_by_source"]["gt_caption"] == report.pairs_after_nms
+
+
+def test_curate_run_defaults_to_the_papers_grounder_and_sam():
+    """§4.1: boxes from Grounding DINO with a Swin-T backbone, their masks from SAM ViT-H
+    (the ``l14-336`` preset's; ``index`` defaults to ``b16``, ViT-B)."""
+    from typer.main import get_command
+
+    import usesearch
+    from usesearch.cli.app import app
+
+    run = get_command(app).commands["curate"].commands["run"]  # type: ignore[attr-defined]
+    defaults = {param.name: param.default for param in run.params}
+    assert defaults["grounder"] == "IDEA-Research/grounding-dino-tiny"
+    assert usesearch.get_preset(defaults["preset"]).sam.model_type == "vit_h"

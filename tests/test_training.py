@@ -243,3 +243,23 @@ def test_each_step_draws_one_of_a_segments_texts_anew(synthetic, tmp_path):
             assert len(texts) == len(weights) and set(texts) <= {"one", "two", "three"}
             drawn.append(texts[0])
     assert len(drawn) > 10 and set(drawn) == {"one", "two", "three"}
+
+
+def test_the_loss_embeds_each_text_with_the_papers_four_templates(synthetic, tmp_path, monkeypatch):
+    """§4.2: a segment's text enters the loss as the mean embedding of the four
+    expression templates, as queries are embedded; each distinct text once."""
+    from usesearch.models.text import EXPRESSION_TEMPLATES
+
+    trainer = Trainer(load_samples([synthetic[1]]), tmp_path, TrainConfig(preset="tiny", batch_images=1, crop=96))
+    real, asked = trainer.text.embed, []
+
+    def embed(texts, templates):
+        asked.append((list(texts), tuple(templates)))
+        return real(texts, templates)
+
+    monkeypatch.setattr(trainer.text, "embed", embed)
+    batch = next(b for step in range(20) if (b := trainer.prepare_batch(step)[0]) is not None)
+    assert torch.isfinite(trainer.loss_on(batch))
+    ((texts, templates),) = asked
+    assert templates == EXPRESSION_TEMPLATES and len(templates) == 4
+    assert sorted(texts) == sorted(set(batch[-1]))

@@ -144,6 +144,8 @@ def test_paper_presets_name_the_paper_backbones():
     assert (p.clip.model_name, p.clip.pretrained) == ("ViT-L-14-336", "openai")
     assert p.dino.timm_name == "vit_large_patch14_dinov2.lvd142m" and p.dino.last_blocks == 6
     assert p.sam.model_type == "vit_h" and p.sam.checkpoint == "sam_vit_h_4b8939.pth"
+    # §4.2: the model sees the 560-px training crop, a 40x40 grid of /14 patches in both backbones.
+    assert (p.clip.image_size, p.dino.image_size, p.clip.patch_size, p.dino.patch_size) == (560, 560, 14, 14)
     b = usesearch.get_preset("b16")
     assert (b.clip.model_name, b.dino.timm_name, b.sam.model_type) == (
         "ViT-B-16",

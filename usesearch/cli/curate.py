@@ -18,7 +18,7 @@ app = opts.Typer()
 
 curate_app = opts.Typer(help="Curate segment-text pairs for training (paper §3.1).", no_args_is_help=True)
 
-DEFAULT_GROUNDER = "IDEA-Research/grounding-dino-tiny"
+DEFAULT_GROUNDER = "IDEA-Research/grounding-dino-tiny"  # Swin-T, the paper's (§4.1)
 CURATION_PRESET = "l14-336"  # its SAM is ViT-H, the paper's for curation (§4.1); index's default stays b16
 
 # SAM's settings that box prompts take (sam_options.BOX_PROMPT_SETTINGS), by the names of BoxMaskConfig.
