@@ -1,7 +1,7 @@
 """The store's writes for a labelled dataset indexed by its own masks: a photo's
-annotations added beside its proposals (and its proposals replaced beside its
-annotations), one transaction per photo like every image write, and the dataset's
-recorded problems. A part of ``Store`` (its base class), like ``annotation_lookups.py``."""
+annotations added beside its proposals (its proposals replaced beside its
+annotations is ``image_writes.replace_proposals``), one transaction per photo, and
+the dataset's recorded problems. A part of ``Store`` (its base class), like ``annotation_lookups.py``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from .lookups import SQL_PARAMETERS
 from .records import (
     ANNOTATION,
     DONE,
-    PROPOSAL,
     AnnotationProblem,
     ImageRecord,
     IndexInfo,
@@ -140,22 +139,6 @@ class AnnotationWrites:
 
         result: tuple[list[int], list[int]] = self.retrying(drop)
         return result
-
-    def replace_proposals(self, s: Session, record: ImageRecord, segments: list[dict]) -> tuple[list[int], list[int]]:
-        """Within ``Store.save_image``'s transaction: a photo the index holds with the
-        same content gets these proposals in place of its old ones; its annotations stay."""
-        seg = SegmentRecord
-        mine = (seg.image_id == record.id) & (seg.source == PROPOSAL)
-        removed = list(s.scalars(select(seg.id).where(mine)))
-        s.execute(delete(seg).where(mine).execution_options(synchronize_session=False))
-        record.proposals_made = True
-        record.error_class = record.error_message = None  # read whole this time: a failure noted before is over
-        record.attempts += 1
-        record.updated = dt.datetime.now(dt.timezone.utc)
-        s.flush()  # the record's changes before the segments' insert
-        added = add_segments(s, record.id, segments)
-        s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
-        return removed, added
 
     def record_problems(
         self, split: str, coco_file: str, problems: Iterable[tuple[str | None, int | None, AnnotationError]]

@@ -44,17 +44,8 @@ from .coco_index import (
     stored_state,
     wrong_size,
 )
-from .distributed import (
-    FRAGMENTS,
-    _actor_device,
-    _decode_files,
-    _error_text,
-    _hash_files,
-    _worker_error,
-    read_fragment,
-    through_actors,
-    write_fragment,
-)
+from .distributed import _actor_device, _decode_files, _hash_files, through_actors
+from .fragments import FRAGMENTS, error_text, read_fragment, worker_error, write_fragment
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_paths, identity, load_embedder
 from .ray_cluster import check_address, ray_session
@@ -88,7 +79,7 @@ class AnnotationWorker:
             try:
                 self._one(rgb, batch, i)
             except Exception as exc:  # noqa: BLE001 - recorded by the committer
-                errors[i] = _error_text(exc)
+                errors[i] = error_text(exc)
         return {
             "fs_path": batch["fs_path"],
             "path": batch["path"],
@@ -196,7 +187,7 @@ def _steps(
         number = int(row["entry"])
         entry, found = located[number]
         if row["error"]:
-            writer.fail(found.key, found.path, None, _worker_error(row["error"]), report)
+            writer.fail(found.key, found.path, None, worker_error(row["error"]), report)
             yield entry.file_name
             continue
         sha = row["sha256"]
@@ -264,7 +255,7 @@ def _commit(
     sha = row["sha256"]
     fragment = fragment_of(db_dir, int(row["entry"]), sha, split)
     if row["error"]:
-        writer.fail(found.key, found.path, sha, _worker_error(row["error"]), report)
+        writer.fail(found.key, found.path, sha, worker_error(row["error"]), report)
         fragment.unlink(missing_ok=True)
         return
     hw, segments, embeddings, found_there = read_fragment(fragment)

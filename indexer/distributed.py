@@ -3,8 +3,8 @@
     files (driver) -> read + hash (CPU tasks) -> skip what the catalog has (driver)
       -> decode (CPU tasks) -> masks + embeddings (a pool of actors, each holding the
          masker and the model once; one GPU each where there are GPUs)
-      -> a fragment file per image (segments, RLE masks, float16 embeddings)
-      -> the driver, the single committer: one catalog transaction per image
+      -> a fragment file per image (segments, RLE masks, float16 embeddings: ``fragments.py``)
+      -> the driver, the single committer: one catalog transaction per actor call's photos
     (a window of ``WINDOW`` photos at a time)
 
 Nothing is lost or doubled when a part dies: Ray restarts a dead actor and retries
@@ -16,8 +16,6 @@ committed by the next run instead of computed again.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import time
 from collections.abc import Callable
@@ -28,57 +26,34 @@ from pathlib import Path
 
 import numpy as np
 
-from usesearch.errors import UsesearchError, WorkerError, first_line
-from usesearch.io.atomic import write_atomic
+from usesearch.errors import UsesearchError
 from usesearch.io.files import decode, photos_under, read_bytes
 
-from . import faiss_gpu
+from . import faiss_gpu, fragments
 from .compute import segment_records
 from .folder import is_new
+from .fragments import (
+    FRAGMENTS,
+    MAX_WORKER_DEATHS,
+    error_text,
+    fragment_path,
+    read_fragment,
+    worker_error,
+    write_fragment,
+)
+from .image_writes import PhotoWrite
 from .known_images import BATCH, file_stat
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_paths, identity, load_models
 from .ray_cluster import check_address, ray_session
 from .writer import Writer
 
-FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
-# A photo whose computing killed its actor this many times (a native crash, memory
-# exhausted) is recorded as failed: Ray would otherwise restart the actor and retry it
-# forever, and nothing after it would ever be committed.
-MAX_WORKER_DEATHS = 2
 # Photos hashed, computed and committed as one Ray pipeline: the driver holds a window's
 # rows, not the archive's (650 B a photo in its own lists, 6.5 GB at 10^7, besides Ray's copies), and each window's
 # actors load the models once (tens of seconds, against the ~20 minutes a window takes
 # on 8 GPUs at 20 photos/s each).
 WINDOW = 200_000
-
-
-def fragment_path(db_dir: str | os.PathLike, sha256: str) -> Path:
-    return Path(db_dir) / FRAGMENTS / f"{sha256}.npz"
-
-
-def write_fragment(path: Path, hw, segments: list[dict], embeddings: np.ndarray, **extra) -> None:
-    """Atomically (a temporary name, fsync, rename): a reader sees all of it or none.
-    ``extra``: more of what the worker found, as JSON (``read_fragment``'s last value)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    meta = {**extra, "hw": list(hw), "segments": segments}
-    np.savez(
-        buffer,
-        embeddings=np.asarray(embeddings, np.float16).reshape(len(segments), -1)
-        if len(segments)
-        else np.zeros((0, 0), np.float16),  # none: a photo whose annotations were all refused
-        meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-    )
-    write_atomic(path, buffer.getvalue())  # a full disk leaves nothing half-written behind
-
-
-def read_fragment(path: Path) -> tuple[tuple[int, int], list[dict], np.ndarray, dict]:
-    """(size, segment rows, embeddings, the rest of what the worker wrote)."""
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(data["meta"].tobytes())
-        hw, segments = tuple(meta.pop("hw")), meta.pop("segments")
-        return hw, segments, data["embeddings"].astype(np.float32), meta
+LEFT_PER_COMMIT = 16  # photos a transaction of those a killed run left computed
 
 
 # -- the stages, run by Ray workers ---------------------------------------------------
@@ -94,7 +69,7 @@ def _hash_files(batch: dict, max_bytes: int) -> dict:
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - recorded by the committer
             shas.append("")
-            errors.append(_error_text(exc))
+            errors.append(error_text(exc))
     out = {"sha256": np.array(shas, object), "error": np.array(errors, object), "file_stat": np.array(stats, object)}
     return {**batch, **out}
 
@@ -110,12 +85,8 @@ def _decode_files(batch: dict, max_bytes: int, max_pixels: int) -> dict:
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - recorded by the committer
             images.append(np.zeros((0, 0, 3), np.uint8))
-            errors.append(_error_text(exc))
+            errors.append(error_text(exc))
     return {**batch, "rgb": np.array(images + [None], object)[:-1], "error": np.array(errors, object)}
-
-
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {first_line(exc) if str(exc).strip() else ''}"
 
 
 class SegmentWorker:
@@ -139,7 +110,7 @@ class SegmentWorker:
         for i, (rgb, path, sha) in enumerate(zip(batch["rgb"], batch["path"], batch["sha256"])):
             count = -1  # computed before (the batch's earlier try, whose actor died after it)
             if not errors[i] and not fragment_path(self.db_dir, sha).is_file():
-                died = _attempt(self.db_dir, sha)
+                died = fragments.attempt(self.db_dir, sha)
                 if died >= self.max_deaths:
                     times = "once" if died == 1 else f"{died} times"
                     errors[i] = f"WorkerDied: the Ray worker computing it died {times} (a crash, or out of memory)"
@@ -149,8 +120,8 @@ class SegmentWorker:
                         write_fragment(fragment_path(self.db_dir, sha), rgb.shape[:2], segments, embeddings)
                         count = len(segments)
                     except Exception as exc:  # noqa: BLE001 - recorded by the committer
-                        errors[i] = _error_text(exc)
-                _attempts_path(self.db_dir, sha).unlink(missing_ok=True)  # lived through it
+                        errors[i] = error_text(exc)
+                fragments.attempts_path(self.db_dir, sha).unlink(missing_ok=True)  # lived through it
             segments_out.append(count)
         return {
             "fs_path": batch["fs_path"],
@@ -160,30 +131,6 @@ class SegmentWorker:
             "error": np.array(errors, object),
             "segments": np.array(segments_out, np.int64),
         }
-
-
-def _attempts_path(db_dir: str | os.PathLike, sha256: str) -> Path:
-    return Path(db_dir) / FRAGMENTS / f"{sha256}.attempts"
-
-
-def _attempt(db_dir: str | os.PathLike, sha256: str) -> int:
-    """Note that an actor starts computing this photo; returns how many actors died
-    doing so before (a note left behind is one that died)."""
-    path = _attempts_path(db_dir, sha256)
-    try:
-        died = int(path.read_text() or 0)
-    except (FileNotFoundError, ValueError):
-        died = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(str(died + 1))  # no fsync: per photo on a shared disk, and a torn note only reads as 0
-    return died
-
-
-def _worker_error(text: str) -> WorkerError:
-    """The failure a worker reported, recorded under its original class name (as the
-    sequential indexer records it)."""
-    name, _, message = text.partition(": ")
-    return type(name if name.isidentifier() else "WorkerError", (WorkerError,), {})(message)
 
 
 # -- the driver -----------------------------------------------------------------------
@@ -226,9 +173,9 @@ def index_paths_ray(
         def commits():
             for at in range(0, len(files), WINDOW):
                 pending = _pending(files[at : at + WINDOW], writer, options, report)
-                for row in _compute(pending, db_dir, replace(options, device=device), workers):
-                    _commit(row, writer, db_dir, report)
-                    yield row["path"]
+                for rows in _compute(pending, db_dir, replace(options, device=device), workers):
+                    _commit(rows, writer, db_dir, report)
+                    yield from (row["path"] for row in rows)
 
         writer.run(commits(), report, lambda path: progress and progress(report, path, len(files)))
     report.seconds = time.perf_counter() - start
@@ -287,7 +234,7 @@ def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) 
         for row in part:
             key, path, sha, stat = bytes(row["fs_path"]), row["path"], row["sha256"], row["file_stat"] or None
             if row["error"]:
-                writer.fail(key, path, None, _worker_error(row["error"]), report)
+                writer.fail(key, path, None, worker_error(row["error"]), report)
             elif writer.skip(key, sha, coming=seen, path=path, file_stat=stat):
                 report.skipped += 1  # done, or the same pixels under another path
             else:
@@ -298,24 +245,34 @@ def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) 
 
 
 def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: int | None):
-    """Rows of computed images, in ``pending``'s order: those whose fragment a killed
-    run left behind first, then the rest through decode and the actor pool."""
+    """Groups of computed images' rows (an actor call's each), in ``pending``'s order:
+    those whose fragment a killed run left behind first, then the rest through decode
+    and the actor pool."""
     import ray
     import ray.data
 
     for note in (db_dir / FRAGMENTS).glob("*.attempts"):  # a killed run's actors died with it, not of a photo
         note.unlink(missing_ok=True)
-    ready = [r for r in pending if fragment_path(db_dir, r["sha256"]).is_file()]
+    ready = [{**r, "error": "", "segments": -1} for r in pending if fragment_path(db_dir, r["sha256"]).is_file()]
     computed = {r["sha256"] for r in ready}
     todo = [r for r in pending if r["sha256"] not in computed]  # before ``ready``'s commits delete their fragments
-    yield from ({**r, "error": "", "segments": -1} for r in ready)
+    yield from (ready[at : at + LEFT_PER_COMMIT] for at in range(0, len(ready), LEFT_PER_COMMIT))
     if not todo:
         return
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if options.device == "cuda" else 0
-    per_call = options.masker_options.get("encoder_batch", 4 if gpus else 1)
+    per_call = photos_per_call(options, int(ray.cluster_resources().get("GPU", 0)) if options.device == "cuda" else 0)
     decode_files = partial(_decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels)
     decoded = ray.data.from_items(todo).map_batches(decode_files, batch_size=per_call)
-    yield from through_actors(decoded, SegmentWorker, options, db_dir, workers, per_call).iter_rows()
+    # Each block as it comes (an actor call's photos: no wait for more), a transaction each.
+    for block in through_actors(decoded, SegmentWorker, options, db_dir, workers, per_call).iter_batches(
+        batch_size=None, batch_format="numpy"
+    ):
+        columns = {name: values.tolist() for name, values in block.items()}
+        yield [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+def photos_per_call(options: IndexOptions, gpus: int) -> int:
+    """Photos an actor computes a call, and the driver commits in one transaction."""
+    return int(options.masker_options.get("encoder_batch", 4 if gpus else 1))
 
 
 def through_actors(dataset, worker: type, options: IndexOptions, db_dir: Path, workers: int | None, per_call: int):
@@ -343,17 +300,23 @@ def through_actors(dataset, worker: type, options: IndexOptions, db_dir: Path, w
     )
 
 
-def _commit(row: dict, writer: Writer, db_dir: Path, report: IndexReport) -> None:
-    key, path, sha = bytes(row["fs_path"]), row["path"], row["sha256"]
-    fragment = fragment_path(db_dir, sha)
-    if writer.skip(key, sha):  # a retried task's twin, or the same pixels committed meanwhile
-        report.skipped += 1
-    elif row["error"]:
-        writer.fail(key, path, sha, _worker_error(row["error"]), report)
-    else:
-        hw, segments, embeddings, _ = read_fragment(fragment)
-        writer.commit(key, path, sha, hw, segments, embeddings, report, row["file_stat"] or None)
-    fragment.unlink(missing_ok=True)  # after the commit: a kill before it leaves the fragment for the next run
+def _commit(rows: list[dict], writer: Writer, db_dir: Path, report: IndexReport) -> None:
+    """An actor call's photos in one transaction (each failure in its own), then their fragments deleted."""
+    photos: list[PhotoWrite] = []
+    for row in rows:
+        key, path, sha = bytes(row["fs_path"]), row["path"], row["sha256"]
+        # A retried task's twin, the same pixels committed meanwhile, or earlier in this group.
+        if writer.skip(key, sha, coming={photo.sha256 for photo in photos if photo.sha256}):
+            report.skipped += 1
+        elif row["error"]:
+            writer.fail(key, path, sha, worker_error(row["error"]), report)
+        else:
+            hw, segments, embeddings, _ = read_fragment(fragment_path(db_dir, sha))
+            photos.append(PhotoWrite(key, path, sha, hw, segments, embeddings, file_stat=row["file_stat"] or None))
+    if photos:
+        writer.commit(photos, report)
+    for row in rows:  # after the commit: a kill before it leaves the fragments for the next run
+        fragment_path(db_dir, row["sha256"]).unlink(missing_ok=True)
 
 
 # -- shards filled in parallel ----------------------------------------------------------

@@ -1,10 +1,13 @@
-"""Writes of one photo's record that keep its segments: moved to a new path, a
-failure noted on it cleared, its damaged rows dropped for ``--repair``; by a
+"""Writes of photos' records: photos' results saved (several in one transaction:
+``save_images``), and the writes that keep a photo's segments: moved to a new path,
+a failure noted on it cleared, its damaged rows dropped for ``--repair``; by a
 ``Store``'s sessions."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -13,7 +16,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .embeddings import EmbeddingFiles
 from .lookups import SQL_PARAMETERS
-from .records import PROPOSAL, ImageRecord, IndexInfo, SegmentRecord
+from .records import DONE, FAILED, PROPOSAL, ImageRecord, IndexInfo, SegmentRecord
+
+
+@dataclass
+class PhotoWrite:
+    """One file's result for ``save_images``: its segments with their vectors (one
+    row each), or the error it failed with."""
+
+    fs_path: bytes
+    path: str
+    sha256: str | None
+    hw: tuple[int, int] | None
+    segments: list[dict] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    error: BaseException | None = None
+    file_stat: str | None = None
 
 
 def add_segments(s: Session, image_id: int, segments: list[dict], **fixed: Any) -> list[int]:
@@ -39,12 +57,95 @@ def add_segments(s: Session, image_id: int, segments: list[dict], **fixed: Any) 
     return ids
 
 
+def write_photo(s: Session, photo: PhotoWrite) -> tuple[list[int], list[int]]:
+    """Within a transaction: whatever the file had replaced by this result (its
+    segments placed in the embedding files already). Returns (segment ids removed,
+    segment ids added)."""
+    old = s.scalar(select(ImageRecord).where(ImageRecord.fs_path == photo.fs_path))
+    attempts = 1
+    removed: list[int] = []
+    error = photo.error
+    if old is not None:
+        if error is None and old.status == DONE and old.sha256 == photo.sha256:
+            old.file_stat = photo.file_stat
+            return replace_proposals(s, old, photo.segments)  # its annotations stay
+        if error is not None and old.status == DONE:
+            old.file_stat = None  # read whole again next time
+            # Indexed before, failing now (unreadable for a while, a lower --max-bytes, a
+            # file being replaced): what it had is kept, the failure is noted on it
+            # (`failures` lists it) and cleared by the next run that reads it.
+            old.error_class, old.error_message = type(error).__name__, str(error)[:2000]
+            old.attempts += 1
+            return [], []
+        attempts = old.attempts + 1
+        removed = list(s.scalars(select(SegmentRecord.id).where(SegmentRecord.image_id == old.id)))
+        s.execute(delete(SegmentRecord).where(SegmentRecord.image_id == old.id))  # one statement, not one a row
+        s.delete(old)
+        s.flush()
+    record = ImageRecord(
+        fs_path=photo.fs_path,
+        path=photo.path,
+        sha256=photo.sha256,
+        height=photo.hw[0] if photo.hw else None,
+        width=photo.hw[1] if photo.hw else None,
+        status=FAILED if error is not None else DONE,
+        error_class=type(error).__name__ if error is not None else None,
+        error_message=str(error)[:2000] if error is not None else None,
+        attempts=attempts,
+        file_stat=photo.file_stat if error is None else None,
+    )
+    s.add(record)
+    s.flush()
+    added = add_segments(s, record.id, photo.segments)
+    s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+    return removed, added
+
+
+def replace_proposals(s: Session, record: ImageRecord, segments: list[dict]) -> tuple[list[int], list[int]]:
+    """Within ``write_photo``'s transaction: a photo the index holds with the same
+    content gets these proposals in place of its old ones; its annotations stay."""
+    seg = SegmentRecord
+    mine = (seg.image_id == record.id) & (seg.source == PROPOSAL)
+    removed = list(s.scalars(select(seg.id).where(mine)))
+    s.execute(delete(seg).where(mine).execution_options(synchronize_session=False))
+    record.proposals_made = True
+    record.error_class = record.error_message = None  # read whole this time: a failure noted before is over
+    record.attempts += 1
+    record.updated = dt.datetime.now(dt.timezone.utc)
+    s.flush()  # the record's changes before the segments' insert
+    added = add_segments(s, record.id, segments)
+    s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+    return removed, added
+
+
 class ImageWrites:
-    """A ``Store``'s writes of one photo's record."""
+    """A ``Store``'s writes of photos' records."""
 
     sessions: sessionmaker[Session]
     files: Callable[[], EmbeddingFiles]
     retrying: Callable[[Callable[[], Any]], Any]
+
+    def save_images(self, photos: list[PhotoWrite]) -> list[tuple[list[int], list[int]]]:
+        """Each file's result in place of whatever it had, all in one transaction (a
+        kill keeps all of them or none); their vectors are written (and fsynced) to the
+        embedding files first, in one append. Per photo: (segment ids removed, segment
+        ids added). One transaction for a GPU's group of photos, not one a photo, is
+        one commit's round trips and fsyncs (two for the embedding rows, the server's
+        for its log) for all of them."""
+        with_rows = [p for p in photos if p.segments]
+        if with_rows:
+            vectors = [p.vectors for p in with_rows if p.vectors is not None]
+            if len(vectors) < len(with_rows):
+                raise ValueError("segments come with their vectors")
+            placed = iter(self.files().place([seg for p in with_rows for seg in p.segments], np.concatenate(vectors)))
+            photos = [replace(p, segments=[next(placed) for _ in p.segments]) if p.segments else p for p in photos]
+
+        def write() -> list[tuple[list[int], list[int]]]:
+            with self.sessions.begin() as s:
+                return [write_photo(s, photo) for photo in photos]
+
+        result: list[tuple[list[int], list[int]]] = self.retrying(write)
+        return result
 
     def move_image(self, image_id: int, fs_path: bytes, path: str) -> None:
         """A photo renamed or moved: its record (segments, annotations) under its new path."""

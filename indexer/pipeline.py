@@ -1,7 +1,8 @@
 """``index_paths``: images -> masks -> segment embeddings -> store + FAISS.
 
-Each image is one store transaction (its row and all its segments, or its failure),
-so a kill at any moment loses at most the image in flight and never leaves a
+Each computed group of photos (one on a CPU, ``--encoder-batch`` on a GPU) is one
+store transaction (their rows and all their segments; a failure is one of its own),
+so a kill at any moment loses at most the group in flight and never leaves a
 half-written image; the FAISS file is reconciled with the store on every open.
 """
 
@@ -26,6 +27,7 @@ from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage
 from .folder import check_db_dir, is_new, open_store
+from .image_writes import PhotoWrite
 from .options import IndexOptions, IndexReport
 from .records import NO_MASKER, IndexInfo
 from .writer import Writer
@@ -159,13 +161,17 @@ def identity(model, masker, options: IndexOptions) -> IndexInfo:
 
 
 def _commit_group(done: Computed, writer: Writer, report: IndexReport) -> None:
-    """Commit a computed group, each photo (or its failure) in its own transaction."""
+    """Commit a computed group: its photos in one transaction, each failure in its own."""
+    results = []
     for photo, outcome in zip(done.photos, done.outcomes):
         found = photo.found
         if isinstance(outcome, BaseException):
             writer.fail(found.key, found.path, photo.sha256, outcome, report)
         else:
-            writer.commit(found.key, found.path, photo.sha256, photo.rgb.shape[:2], *outcome, report, photo.file_stat)
+            hw = photo.rgb.shape[:2]
+            results.append(PhotoWrite(found.key, found.path, photo.sha256, hw, *outcome, file_stat=photo.file_stat))
+    if results:
+        writer.commit(results, report)
     for stage, seconds in done.stages.items():
         report.add_stage(stage, seconds)
     report.masker_seconds += done.masker_seconds

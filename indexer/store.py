@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Connection, create_engine, delete, event, func, inspect, select, update
+from sqlalchemy import Connection, create_engine, event, func, inspect, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
@@ -31,7 +31,7 @@ from .annotation_writes import AnnotationWrites
 from .catalog import immutable_url, server_url, shown_url, sqlite_pragmas, sqlite_read_pragmas, while_reachable
 from .embeddings import FOLDER as EMBEDDINGS_FOLDER
 from .embeddings import EmbeddingFiles
-from .image_writes import ImageWrites, add_segments
+from .image_writes import ImageWrites, PhotoWrite
 from .lookups import SearchLookups
 from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord, VectorShard, VectorState
 
@@ -201,13 +201,9 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         error: BaseException | None = None,
         file_stat: str | None = None,
     ) -> tuple[list[int], list[int]]:
-        """Replace whatever the file had by this result, in one transaction; the
-        segments' ``vectors`` are written (and fsynced) to the embedding files first.
-        Returns (segment ids removed, segment ids added)."""
-        segments = list(segments)
-        if segments:
-            segments = self.files().place(segments, vectors)
-        return self.retrying(lambda: self._save_image(fs_path, path, sha256, hw, segments, error, file_stat))
+        """Replace whatever the file had by this result, in one transaction
+        (``save_images``, for one photo). Returns (segment ids removed, segment ids added)."""
+        return self.save_images([PhotoWrite(fs_path, path, sha256, hw, list(segments), vectors, error, file_stat)])[0]
 
     def retrying(self, write: Callable[[], T]) -> T:
         """A write transaction, tried again while a database server is unreachable
@@ -238,46 +234,6 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             pass
         self._catalog_lock = None
         self._catalog_lock = identity.lock_catalog(self)  # while the server is down: OperationalError, retried
-
-    def _save_image(self, fs_path, path, sha256, hw, segments, error, file_stat) -> tuple[list[int], list[int]]:
-        with self.sessions.begin() as s:
-            old = s.scalar(select(ImageRecord).where(ImageRecord.fs_path == fs_path))
-            attempts = 1
-            removed: list[int] = []
-            if old is not None:
-                if error is None and old.status == DONE and old.sha256 == sha256:
-                    old.file_stat = file_stat
-                    return self.replace_proposals(s, old, segments)  # its annotations stay
-                if error is not None and old.status == DONE:
-                    old.file_stat = None  # read whole again next time
-                    # Indexed before, failing now (unreadable for a while, a lower --max-bytes, a
-                    # file being replaced): what it had is kept, the failure is noted on it
-                    # (`failures` lists it) and cleared by the next run that reads it.
-                    old.error_class, old.error_message = type(error).__name__, str(error)[:2000]
-                    old.attempts += 1
-                    return [], []
-                attempts = old.attempts + 1
-                removed = list(s.scalars(select(SegmentRecord.id).where(SegmentRecord.image_id == old.id)))
-                s.execute(delete(SegmentRecord).where(SegmentRecord.image_id == old.id))  # one statement, not one a row
-                s.delete(old)
-                s.flush()
-            record = ImageRecord(
-                fs_path=fs_path,
-                path=path,
-                sha256=sha256,
-                height=hw[0] if hw else None,
-                width=hw[1] if hw else None,
-                status=FAILED if error is not None else DONE,
-                error_class=type(error).__name__ if error is not None else None,
-                error_message=str(error)[:2000] if error is not None else None,
-                attempts=attempts,
-                file_stat=file_stat if error is None else None,
-            )
-            s.add(record)
-            s.flush()
-            added = add_segments(s, record.id, segments)
-            s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
-            return removed, added
 
     def remove_image(self, image_id: int) -> list[int]:
         """Delete an image and its segments in one transaction; their segment ids."""

@@ -20,6 +20,7 @@ from usesearch.masks.maskers import mask_defining
 
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import FAISS_FILE, db_url_for, writer_lock
+from .image_writes import PhotoWrite
 from .known_images import KnownImages, still_holds
 from .options import IndexOptions, IndexReport
 from .records import DONE, NO_MASKER, IndexInfo, info_summary
@@ -222,21 +223,12 @@ class Writer:
         yield
         self.in_sync = before
 
-    def commit(
-        self,
-        key: bytes,
-        path: str,
-        sha256: str,
-        hw: tuple[int, int],
-        segments: list[dict],
-        embeddings: np.ndarray,
-        report: IndexReport,
-        file_stat: str | None = None,
-    ) -> None:
-        """One photo's proposals, replacing its old ones (``Store.save_image``)."""
-        save = lambda: self.store.save_image(key, path, sha256, hw, segments, embeddings, file_stat=file_stat)  # noqa: E731
-        self.apply(save, embeddings, report)
-        report.done += 1
+    def commit(self, photos: list[PhotoWrite], report: IndexReport) -> None:
+        """Photos' proposals, each replacing its old ones, in one transaction (``Store.save_images``)."""
+        vectors = [photo.vectors for photo in photos if photo.segments and photo.vectors is not None]
+        save = lambda: _joined(self.store.save_images(photos))  # noqa: E731
+        self.apply(save, np.concatenate(vectors) if vectors else None, report)
+        report.done += len(photos)
 
     def apply(
         self, write: Callable[[], tuple[list[int], list[int]]], embeddings: np.ndarray | None, report: IndexReport
@@ -353,6 +345,11 @@ class Writer:
             raise
         finally:
             report.loop_seconds = time.perf_counter() - loop_start
+
+
+def _joined(results: list[tuple[list[int], list[int]]]) -> tuple[list[int], list[int]]:
+    """Photos' (removed, added) ids as one write's."""
+    return [i for removed, _ in results for i in removed], [i for _, added in results for i in added]
 
 
 def outdated(current: calibration.Calibration, segments: int, target: float | None) -> bool:

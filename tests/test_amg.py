@@ -175,13 +175,23 @@ def test_photos_encoded_in_batches_give_each_photos_own_masks(sam, image, settin
     assert SamMasker(sam, points_per_side=4, encoder_batch=2).params() == {"points_per_side": 4}
 
 
-def test_indexing_photos_in_encoder_batches_gives_the_same_index(tmp_path, image):
-    """``index --encoder-batch 3``: photos go through SAM's encoder together, yet the
-    index equals a one-by-one run, and a corrupt file among them is recorded alone."""
+def test_indexing_photos_in_encoder_batches_gives_the_same_index(tmp_path, image, monkeypatch):
+    """``index --encoder-batch 3``: photos go through SAM's encoder together and into the
+    catalog in one transaction, yet the index equals a one-by-one run, and a corrupt file
+    among them is recorded alone."""
     from PIL import Image
     from skimage import data
 
     from usesearch.indexer import SegmentIndex
+    from usesearch.indexer.store import Store
+
+    real_save, saved_together = Store.save_images, []
+
+    def save_images(store, photos):
+        saved_together.append(sorted(os.path.basename(p.path) for p in photos if p.error is None))
+        return real_save(store, photos)
+
+    monkeypatch.setattr(Store, "save_images", save_images)
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -192,6 +202,7 @@ def test_indexing_photos_in_encoder_batches_gives_the_same_index(tmp_path, image
     contents = []
     for batch in ("1", "3"):
         db = tmp_path / f"db{batch}"
+        saved_together.clear()
         result = CliRunner().invoke(
             app,
             [
@@ -217,6 +228,8 @@ def test_indexing_photos_in_encoder_batches_gives_the_same_index(tmp_path, image
         )
         assert result.exit_code == 0, result.output
         contents.append(segment_table(db))
+        together = [names for names in saved_together if names]  # (c.png's failure: a transaction of its own)
+        assert together == ([["a.png"], ["b.png"], ["d.png"]] if batch == "1" else [["a.png", "b.png", "d.png"]])
         index = SegmentIndex.open(db)
         assert [os.path.basename(f.path) for f in index.store.failures()] == ["c.png"]
         index.close()

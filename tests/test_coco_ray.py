@@ -21,7 +21,7 @@ from usesearch.cli.app import app  # noqa: E402
 from usesearch.indexer import IndexOptions, SegmentIndex  # noqa: E402
 from usesearch.indexer.coco_index import index_coco  # noqa: E402
 from usesearch.indexer.coco_ray import index_coco_ray  # noqa: E402
-from usesearch.indexer.distributed import FRAGMENTS  # noqa: E402
+from usesearch.indexer.fragments import FRAGMENTS  # noqa: E402
 from usesearch.masks import rle  # noqa: E402
 
 TINY = IndexOptions(preset="tiny")

@@ -18,9 +18,10 @@ from usesearch.indexer import (  # noqa: E402
     IndexOptions,
     SegmentIndex,
     distributed,  # noqa: E402
+    fragments,
     index_paths,
 )
-from usesearch.indexer.distributed import FRAGMENTS, index_paths_ray  # noqa: E402
+from usesearch.indexer.distributed import index_paths_ray  # noqa: E402
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 
@@ -62,7 +63,7 @@ def assert_same_index(db, reference, db_url=None):
     assert [os.path.basename(f.path) for f in ix.store.failures()] == ["broken.png"]
     assert ix.store.failures()[0].error_class == "ImageReadError"  # the worker's error, under its own name
     ix.close()
-    assert not list((Path(db) / FRAGMENTS).glob("*.npz"))  # every fragment committed and removed
+    assert not list((Path(db) / fragments.FRAGMENTS).glob("*.npz"))  # every fragment committed and removed
 
 
 def _segment_worker_pids() -> list[int]:
@@ -93,10 +94,18 @@ def test_ray_index_on_postgresql_equals_a_sequential_run_with_a_worker_killed(
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
+    from usesearch.indexer.store import Store
+
+    real_save, together = Store.save_images, []
+    monkeypatch.setattr(
+        Store, "save_images", lambda store, photos: together.append(len(photos)) or real_save(store, photos)
+    )
     options = IndexOptions(**OPTS, db_url=pg_url)
     monkeypatch.setattr(distributed, "WINDOW", 5)  # two windows of photos: a Ray pipeline each
+    monkeypatch.setattr(distributed, "photos_per_call", lambda options, gpus: 2)  # as a GPU's actors take several
     report = index_paths_ray([photos], tmp_path / "db", options, kill_a_worker)
     assert killed, "no Ray worker was found to kill"
+    assert max(together) == 2  # an actor call's photos committed in one transaction
     assert report.done == len(NAMES) and report.failed == 1 and report.skipped == 1
     assert seen == sorted(seen) and seen[-1] == report.segments > 0  # progress as images commit
     assert_same_index(tmp_path / "db", sequential, pg_url)
@@ -183,20 +192,20 @@ def test_a_photo_that_kills_its_worker_is_recorded_and_the_rest_indexed(ray_loca
     assert failed.keys() == {"coffee.png"} and failed["coffee.png"].error_class == "WorkerDied"
     assert "died once" in failed["coffee.png"].error_message
     assert report.done == 2 and ix.stats()["images_done"] == 2  # the photos after it too
-    assert not list((tmp_path / "db" / FRAGMENTS).iterdir())  # no fragment, no note of an attempt left
+    assert not list((tmp_path / "db" / fragments.FRAGMENTS).iterdir())  # no fragment, no note of an attempt left
 
 
 def test_fragments_a_killed_run_left_are_committed_not_computed_again(tmp_path):
     """The photos still to compute are chosen before the left fragments' commits delete
     them: they were sent through the models again, and counted twice."""
     sha = "ab" * 32
-    fragment = distributed.fragment_path(tmp_path, sha)
+    fragment = fragments.fragment_path(tmp_path, sha)
     fragment.parent.mkdir()
     fragment.write_bytes(b"left by a killed run")
     (fragment.parent / f"{'cd' * 32}.attempts").write_text("1")  # its actor died with that run
     rows = []
-    for row in distributed._compute([{"sha256": sha, "path": "p.png"}], tmp_path, IndexOptions(**OPTS), None):
-        rows.append(row)
+    for group in distributed._compute([{"sha256": sha, "path": "p.png"}], tmp_path, IndexOptions(**OPTS), None):
+        rows += group
         fragment.unlink()  # as the commit does
     assert [(r["sha256"], r["segments"]) for r in rows] == [(sha, -1)]  # and Ray was never asked to compute
     assert not list(fragment.parent.iterdir())

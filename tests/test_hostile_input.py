@@ -241,7 +241,7 @@ def test_a_dangling_db_symlink_and_a_fragment_on_a_full_disk(tmp_path, monkeypat
     import builtins
     import errno
 
-    from usesearch.indexer.distributed import fragment_path, write_fragment
+    from usesearch.indexer.fragments import fragment_path, write_fragment
 
     (tmp_path / "db").symlink_to(tmp_path / "gone")
     result = CliRunner().invoke(

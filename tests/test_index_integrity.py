@@ -367,7 +367,7 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeyp
     def full(*args, **kwargs):
         raise OperationalError("INSERT", {}, Exception("database or disk is full"))
 
-    monkeypatch.setattr(usesearch.indexer.store.Store, "save_image", full)
+    monkeypatch.setattr(usesearch.indexer.store.Store, "save_images", full)
     result = runner.invoke(app, ["index", str(photos), "--db", str(db.parent / "db2"), "--preset", "tiny"])
     assert result.exit_code == 2
     assert (

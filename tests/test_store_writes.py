@@ -143,3 +143,55 @@ def test_the_files_gone_sample_runs_on_either_database(store, tmp_path):
     sample = files_gone(store, most=5)
     assert sample.checked == 5 and sample.estimated and 0 < sample.number < 13
     assert files_gone(store, most=13)[:2] == (7, 13)
+
+
+def test_photos_saved_together_are_one_transaction_kept_whole_or_not_at_all(store, monkeypatch):
+    """``save_images``: a GPU's group of photos (a new photo, one whose proposals are
+    made again beside its annotations, one failing) is one transaction, whose ids each
+    hold their own vectors; a group cut short keeps none of its photos, and their rows
+    are simply appended again by the retry. Retried after a commit whose reply was lost,
+    it inserts nothing twice."""
+    from usesearch.indexer import image_writes
+    from usesearch.indexer.image_writes import PhotoWrite
+
+    rng = np.random.default_rng(2)
+    vecs = lambda n: rng.standard_normal((n, DIM)).astype(np.float32)  # noqa: E731
+    notes = vecs(2)
+    annotated = [dict(s, annotation_id=i) for i, s in enumerate(segments(2, split="val", category="cat"))]
+    _, ids_notes = store.save_annotations(b"/a.jpg", "/a.jpg", "a" * 64, (10, 10), annotated, notes)
+    commits: list[int] = []
+    event.listen(store.engine, "commit", lambda conn: commits.append(1))
+
+    def group():
+        a, b = vecs(3), vecs(6)
+        return [
+            PhotoWrite(b"/a.jpg", "/a.jpg", "a" * 64, (10, 10), segments(3), a),
+            PhotoWrite(b"/b.jpg", "/b.jpg", "b" * 64, (10, 10), segments(6), b),
+            PhotoWrite(b"/c.jpg", "/c.jpg", "c" * 64, None, error=OSError("truncated")),
+        ], (a, b)
+
+    real_write, written = image_writes.write_photo, []
+
+    def cut_short(s, photo):
+        written.append(photo.path)
+        if photo.path == "/c.jpg":
+            raise KeyboardInterrupt
+        return real_write(s, photo)
+
+    monkeypatch.setattr(image_writes, "write_photo", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        store.save_images(group()[0])
+    assert written == ["/a.jpg", "/b.jpg", "/c.jpg"] and not commits
+    assert store.image_by_path(b"/b.jpg") is None and sorted(int(i) for i in store.segment_ids()) == sorted(ids_notes)
+
+    monkeypatch.setattr(image_writes, "write_photo", real_write)
+    real_retrying = store.retrying
+    monkeypatch.setattr(store, "retrying", lambda write: (real_retrying(write), real_retrying(write))[1])
+    photos, (a, b) = group()
+    (_, ids_a), (_, ids_b), failed = store.save_images(photos)
+    assert failed == ([], []) and len(commits) == 2  # a try and its retry, a transaction each
+    assert_mapped(store, ids_a, a)
+    assert_mapped(store, ids_b, b)
+    assert_mapped(store, ids_notes, notes)
+    assert sorted(int(i) for i in store.segment_ids()) == sorted(ids_notes + ids_a + ids_b)
+    assert store.image_by_path(b"/c.jpg").error_class == "OSError"

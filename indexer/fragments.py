@@ -1,0 +1,79 @@
+"""What a Ray worker hands the single committer (``distributed.py``, ``coco_ray.py``):
+a fragment file per computed image in the index folder (its segments, RLE masks and
+float16 embeddings, written atomically under the image's content hash, so a retried
+task rewrites the same file), a note per attempt that counts the actors a photo
+killed, and a failure as text."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from usesearch.errors import WorkerError, first_line
+from usesearch.io.atomic import write_atomic
+
+FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
+# A photo whose computing killed its actor this many times (a native crash, memory
+# exhausted) is recorded as failed: Ray would otherwise restart the actor and retry it
+# forever, and nothing after it would ever be committed.
+MAX_WORKER_DEATHS = 2
+
+
+def fragment_path(db_dir: str | os.PathLike, sha256: str) -> Path:
+    return Path(db_dir) / FRAGMENTS / f"{sha256}.npz"
+
+
+def write_fragment(path: Path, hw, segments: list[dict], embeddings: np.ndarray, **extra) -> None:
+    """Atomically (a temporary name, fsync, rename): a reader sees all of it or none.
+    ``extra``: more of what the worker found, as JSON (``read_fragment``'s last value)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    meta = {**extra, "hw": list(hw), "segments": segments}
+    np.savez(
+        buffer,
+        embeddings=np.asarray(embeddings, np.float16).reshape(len(segments), -1)
+        if len(segments)
+        else np.zeros((0, 0), np.float16),  # none: a photo whose annotations were all refused
+        meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+    )
+    write_atomic(path, buffer.getvalue())  # a full disk leaves nothing half-written behind
+
+
+def read_fragment(path: Path) -> tuple[tuple[int, int], list[dict], np.ndarray, dict]:
+    """(size, segment rows, embeddings, the rest of what the worker wrote)."""
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(data["meta"].tobytes())
+        hw, segments = tuple(meta.pop("hw")), meta.pop("segments")
+        return hw, segments, data["embeddings"].astype(np.float32), meta
+
+
+def attempts_path(db_dir: str | os.PathLike, sha256: str) -> Path:
+    return Path(db_dir) / FRAGMENTS / f"{sha256}.attempts"
+
+
+def attempt(db_dir: str | os.PathLike, sha256: str) -> int:
+    """Note that an actor starts computing this photo; returns how many actors died
+    doing so before (a note left behind is one that died)."""
+    path = attempts_path(db_dir, sha256)
+    try:
+        died = int(path.read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        died = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(died + 1))  # no fsync: per photo on a shared disk, and a torn note only reads as 0
+    return died
+
+
+def worker_error(text: str) -> WorkerError:
+    """The failure a worker reported, recorded under its original class name (as the
+    sequential indexer records it)."""
+    name, _, message = text.partition(": ")
+    return type(name if name.isidentifier() else "WorkerError", (WorkerError,), {})(message)
+
+
+def error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {first_line(exc) if str(exc).strip() else ''}"
