@@ -69,6 +69,17 @@ def writer_lock(db_dir: Path) -> Iterator[None]:
         yield
 
 
+def remove_if_bare(db_dir: Path) -> None:
+    """A folder a refused writer made, holding nothing but its lock: gone, as if never made
+    (called with the lock held: a writer after it makes both anew)."""
+    try:
+        if os.listdir(db_dir) == [LOCK_FILE]:
+            (db_dir / LOCK_FILE).unlink()
+            db_dir.rmdir()
+    except OSError:
+        pass
+
+
 def is_new(db_dir: Path, options) -> bool:
     """No index at ``db_dir`` yet (a catalog on a server: taken as there, it cannot be told from the folder)."""
     return options.db_url is None and not (Path(db_dir) / DB_FILE).exists()

@@ -118,6 +118,11 @@ def replace_proposals(s: Session, record: ImageRecord, segments: list[dict]) -> 
     return removed, added
 
 
+def joined(results: list[tuple[list[int], list[int]]]) -> tuple[list[int], list[int]]:
+    """Photos' (removed, added) ids, from ``save_images``, as one write's."""
+    return [i for removed, _ in results for i in removed], [i for _, added in results for i in added]
+
+
 class ImageWrites:
     """A ``Store``'s writes of photos' records."""
 

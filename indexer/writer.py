@@ -15,12 +15,13 @@ from typing import Protocol
 
 import numpy as np
 
+from usesearch import interrupts
 from usesearch.errors import DiskFullError, IndexMismatchError, UsesearchError, is_disk_full
 from usesearch.masks.maskers import mask_defining
 
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
-from .folder import FAISS_FILE, db_url_for, writer_lock
-from .image_writes import PhotoWrite
+from .folder import FAISS_FILE, db_url_for, remove_if_bare, writer_lock
+from .image_writes import PhotoWrite, joined
 from .known_images import KnownImages, still_holds
 from .options import IndexOptions, IndexReport
 from .records import DONE, NO_MASKER, IndexInfo, info_summary
@@ -110,6 +111,7 @@ class Writer:
         self.in_sync = True
 
     def __enter__(self) -> Writer:
+        new_folder = not self.db_dir.exists()
         self._lock: AbstractContextManager[None] = writer_lock(self.db_dir)
         self._lock.__enter__()
         store = None
@@ -141,6 +143,8 @@ class Writer:
             try:
                 if store is not None:
                     store.close()  # and with it the catalog's lock
+                if new_folder:  # refused (another writer has the catalog): no empty folder left behind
+                    remove_if_bare(self.db_dir)
             finally:
                 self._lock.__exit__(None, None, None)
             raise
@@ -226,7 +230,7 @@ class Writer:
     def commit(self, photos: list[PhotoWrite], report: IndexReport) -> None:
         """Photos' proposals, each replacing its old ones, in one transaction (``Store.save_images``)."""
         vectors = [photo.vectors for photo in photos if photo.segments and photo.vectors is not None]
-        save = lambda: _joined(self.store.save_images(photos))  # noqa: E731
+        save = lambda: joined(self.store.save_images(photos))  # noqa: E731
         self.apply(save, np.concatenate(vectors) if vectors else None, report)
         report.done += len(photos)
 
@@ -324,7 +328,9 @@ class Writer:
         last_write = time.monotonic()
         loop_start = time.perf_counter()
         try:
+            interrupts.raise_if_lost()  # one its start-up swallowed: before the first photo's work
             for path in steps:
+                interrupts.raise_if_lost()
                 progress(path)
                 if time.monotonic() - last_write > self.options.faiss_every_s:
                     self.grow()  # a first run of 10^6 photos must not hold 10^8 exact vectors (300 GB)
@@ -334,6 +340,7 @@ class Writer:
             self.write()
             self.calibrate()
         except KeyboardInterrupt:
+            interrupts.handled()
             report.interrupted = True  # finished images are committed; keep them
             self.write()
         except Exception as exc:
@@ -345,11 +352,6 @@ class Writer:
             raise
         finally:
             report.loop_seconds = time.perf_counter() - loop_start
-
-
-def _joined(results: list[tuple[list[int], list[int]]]) -> tuple[list[int], list[int]]:
-    """Photos' (removed, added) ids as one write's."""
-    return [i for removed, _ in results for i in removed], [i for _, added in results for i in added]
 
 
 def outdated(current: calibration.Calibration, segments: int, target: float | None) -> bool:

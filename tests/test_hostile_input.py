@@ -132,6 +132,7 @@ def test_one_postgresql_catalog_one_folder_and_one_writer(tmp_path, pg_url):
     with Writer(tmp_path / "a", IndexOptions(db_url=pg_url), None):
         with pytest.raises(CatalogLockedError, match="another indexer is writing"):
             index_paths([photos], tmp_path / "new2", IndexOptions(**OPTS, db_url=pg_url))
+    assert not (tmp_path / "new2").exists()  # the refused run's folder, holding its lock alone, is gone
     again = index_paths([photos], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))  # released
     assert again.skipped == 2
 

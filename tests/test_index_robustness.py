@@ -179,6 +179,40 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_images(tmp_path, monkeypatch):
     assert (rest.done, rest.skipped) == (2, 1)
 
 
+def test_a_ctrl_c_that_a_finalizer_swallowed_still_interrupts_the_run(tmp_path, monkeypatch):
+    """SIGINT while Python runs a finalizer (SQLAlchemy's event registry has one): the
+    KeyboardInterrupt is printed as "Exception ignored" and dropped, and the run went
+    on to its end, exit 0. The CLI counts each SIGINT; the loop stops at its next step,
+    exit 130, before its first photo's work."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+    from usesearch.indexer import pipeline
+
+    class SwallowsCtrlC:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
+    real_load = pipeline.load_models
+
+    def load_models(options):
+        loaded = real_load(options)
+        SwallowsCtrlC()  # collected at once: its SIGINT raised, and dropped, inside __del__
+        return loaded
+
+    monkeypatch.setattr(pipeline, "load_models", load_models)
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--masker", "felzenszwalb"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130 and "interrupted" in result.output and "0 images indexed" in result.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command's handler is gone
+    monkeypatch.setattr(pipeline, "load_models", real_load)
+    rest = CliRunner().invoke(app, args)
+    assert rest.exit_code == 0 and "3 images indexed" in rest.output, rest.output
+
+
 def test_a_masker_files_broken_masks_fail_their_photo_in_one_line_and_the_rest_is_indexed(tmp_path):
     """``--masker coco``: an RLE whose runs fall short of the photo (pycocotools read
     past its end and indexed garbage), one of another size, or an entry without its

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 from rich.console import Console
 
+from usesearch import interrupts
 from usesearch.errors import UsesearchError, first_line, is_disk_full
 
 from .paths import folder_for as folder_for
@@ -334,7 +335,8 @@ def user_errors(fn):
         to_stderr = console.stderr
         console.stderr = to_stderr or kwargs.get("as_json") is True
         try:
-            return fn(*args, **kwargs)
+            with interrupts.counting():  # a Ctrl-C that a finalizer swallowed still stops a long loop
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except BrokenPipeError as exc:
