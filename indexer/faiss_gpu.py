@@ -46,10 +46,12 @@ def resolve(faiss_device: str | None) -> str:
     if faiss_device not in FAISS_DEVICES:
         raise UsesearchError(f"--faiss-device {faiss_device!r}: choose one of {', '.join(FAISS_DEVICES)}")
     if faiss_device == "cuda" and not available():
+        import torch
+
         why = "has no GPU support" if not hasattr(faiss, "StandardGpuResources") else "sees no GPU"
+        models = " (the models still use the GPU)" if torch.cuda.is_available() else ""  # else there is none
         raise UsesearchError(
-            f"--faiss-device cuda: this faiss ({faiss.__version__}) {why}; {INSTALL}, "
-            "or leave FAISS on the CPU (the models still use the GPU)"
+            f"--faiss-device cuda: this faiss ({faiss.__version__}) {why}; {INSTALL}, or leave FAISS on the CPU{models}"
         )
     return faiss_device
 

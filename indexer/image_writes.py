@@ -71,7 +71,7 @@ def write_photo(s: Session, photo: PhotoWrite) -> tuple[list[int], list[int]]:
             return replace_proposals(s, old, photo.segments)  # its annotations stay
         if error is not None and old.status == DONE:
             old.file_stat = None  # read whole again next time
-            # Indexed before, failing now (unreadable for a while, a lower --max-bytes, a
+            # Indexed before, failing now (unreadable for a while, grown past the size limit, a
             # file being replaced): what it had is kept, the failure is noted on it
             # (`failures` lists it) and cleared by the next run that reads it.
             old.error_class, old.error_message = type(error).__name__, str(error)[:2000]

@@ -115,8 +115,11 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
         store.close()
     if built is None:
         return options
-    if options.preset is None and options.embedder is None and options.head is None:
+    own = options.preset in (None, built.preset) and options.embedder in (None, built.embedder)
+    if options.head is None and own:  # what it names is the index's own: its head too
         options = replace(options, preset=built.preset, embedder=built.embedder, head=built.head)
+    elif options.preset is None and options.head is None:  # another embedder: refused as the index's preset's
+        options = replace(options, preset=built.preset)
     if options.masker is None and not options.masker_options and built.masker not in (NO_MASKER, "coco"):
         # Its settings too (they define its masks: other ones are refused), under the
         # names the masker takes them by.

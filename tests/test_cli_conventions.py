@@ -79,6 +79,23 @@ def test_an_old_spelling_means_what_the_new_one_does(old, new, files, capsys, mo
     )
 
 
+@pytest.mark.parametrize(
+    "both",
+    [
+        ["embed", "p.jpg", "cat", "-t", "dog"],
+        ["embed", "p.jpg", "-t", "dog", "cat"],
+        ["train", "i", "--out", "r", "--run-dir", "s"],
+    ],
+)
+def test_an_old_spelling_beside_its_new_one_is_refused_not_dropped(both, files, monkeypatch):
+    """Given both ways, one value was dropped without a word (``embed IMAGE cat -t dog``
+    ranked 'cat' alone)."""
+    monkeypatch.chdir(files)
+    result = CliRunner().invoke(app, both)
+    said = " ".join(result.output.replace("│", " ").split())  # (click's box wraps it here; `usesearch` says one line)
+    assert result.exit_code == 2 and "is the old spelling of" in said and "give one of them, not both" in said, said
+
+
 def test_todays_spellings_say_nothing(files, capsys, monkeypatch):
     monkeypatch.chdir(files)
     for current in (

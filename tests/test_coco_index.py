@@ -245,7 +245,7 @@ def test_proposals_and_annotations_of_the_same_photos_sit_side_by_side(tmp_path)
 
 def test_a_photo_failing_on_a_rerun_keeps_its_segments_and_a_repair_keeps_its_sound_annotations(tmp_path):
     """Nothing indexed is lost to a failure: a re-run that cannot read an indexed photo
-    (here a lower --max-bytes) notes the failure on it and keeps its segments, and
+    (here a lower IndexOptions.max_bytes) notes the failure on it and keeps its segments, and
     ``--repair`` of a damaged photo re-makes its proposals and drops only the
     annotations whose own rows are damaged, which ``index --coco`` embeds again."""
     from sqlalchemy import select

@@ -127,6 +127,11 @@ def test_impossible_devices_are_refused_in_one_line_before_any_model_loads(monke
         assert result.exit_code == 2, (args, result.output)
         assert reason in result.output and len(result.output.strip().splitlines()) == 1, result.output
         assert not Path(args[3]).exists(), "a refused run must leave no index folder behind"
+    for gpu in (False, True):  # the models' GPU is named only where torch sees one
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        with pytest.raises(UsesearchError) as refused:
+            faiss_gpu.resolve("cuda")
+        assert ("the models still use the GPU" in str(refused.value)) == gpu, refused.value
 
 
 @pytest.mark.skipif(faiss_gpu.available(), reason="this faiss has a GPU")

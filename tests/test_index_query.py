@@ -86,6 +86,10 @@ def test_rerun_skips_adds_new_and_reindexes_changed(tmp_path):
     # are not here: the run was refused, sent to pull them).
     third = index_paths([photos], db, IndexOptions())  # its masker's settings too (max_masks 8, not 64)
     assert (third.done, third.skipped) == (2, 1)
+    # Its own embedder named, and no preset: the index's preset still (b16's was loaded), ...
+    assert index_paths([photos], db, IndexOptions(embedder="use")).skipped == 3
+    with pytest.raises(IndexMismatchError, match="tiny"):  # ... another one refused as the index's preset's
+        index_paths([photos], db, IndexOptions(embedder="crop"))
     fresh = tmp_path / "fresh"
     index_paths([photos], fresh, IndexOptions(**OPTS))
     assert segment_table(db) == segment_table(fresh)  # same as indexing the final folder once

@@ -158,6 +158,7 @@ def run(
             f"no pair was kept: {weights} gave no mask that passes --pred-iou-thresh and --stability-score-thresh "
             f"({mask_config.pred_iou_thresh}, {mask_config.stability_score_thresh}); "
             + ("-10 for both keeps every mask (a plumbing check)" if p.name == "tiny" else "lower them to keep more")
+            + f", into a new --dataset-dir ({dataset_dir} is curated with these)"
         )
     if report.failed or report.problems:
         faults = f"{report.problems} fault(s) in the source's annotations" if report.problems else "the failures"

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Optional, get_args
 import typer
 
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
+CONTEXT = "usesearch__context"  # the command's click context, for the old spellings' check
+OLD_GIVEN = "usesearch.old_spellings"  # in a command's context: the parameters an old flag was given for
 
 
 # -- old spellings, kept for one release -------------------------------------------------
@@ -54,7 +56,8 @@ def taking_old_spellings(command: Callable[..., Any]) -> Callable[..., Any]:
     An old spelling given hands its value to the parameter as the context's default
     for it (click's ``default_map``): the parameter is processed after the options on
     the command line, so it finds the value there and runs it through its own type and
-    checks, and a required parameter is not missing. Given as well, the new spelling wins."""
+    checks, and a required parameter is not missing. Both spellings given are refused
+    (one of the values was dropped without a word)."""
     signature = signature_of(command)
     aliases = []
     for param in signature.parameters.values():
@@ -72,9 +75,18 @@ def taking_old_spellings(command: Callable[..., Any]) -> Callable[..., Any]:
     def taking(*args: Any, **kwargs: Any) -> Any:
         for alias in aliases:
             kwargs.pop(alias.name, None)
+        ctx = kwargs[own_context] if own_context else kwargs.pop(CONTEXT)
+        for name, flag in ctx.meta.get(OLD_GIVEN, {}).items():
+            if ctx.get_parameter_source(name).name != "DEFAULT_MAP":  # the new spelling given too
+                param = next(p for p in ctx.command.params if p.name == name)
+                new = max(param.opts, key=len) if param.param_type_name == "option" else name.upper()
+                raise typer.BadParameter(f"{flag} is the old spelling of {new}: give one of them, not both")
         return command(*args, **kwargs)
 
-    parameters = [*signature.parameters.values(), *aliases]
+    # The command's context (Typer hands in one, to the command's own parameter if it has one).
+    own_context = next((p.name for p in signature.parameters.values() if p.annotation is typer.Context), None)
+    context = [] if own_context else [inspect.Parameter(CONTEXT, KEYWORD_ONLY, annotation=typer.Context)]
+    parameters = [*signature.parameters.values(), *aliases, *context]
     taking.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]  # read by Typer
     taking.__annotations__ = {p.name: p.annotation for p in parameters}
     return taking
@@ -87,6 +99,7 @@ def _handing_to(name: str, old: Formerly) -> Callable[..., None]:
         if not ctx.resilient_parsing:
             deprecated(old.note or f"`{max(old.flags, key=len)}` is now `--{name.replace('_', '-')}`")
         ctx.default_map = {**(ctx.default_map or {}), name: value}
+        ctx.meta.setdefault(OLD_GIVEN, {})[name] = max(old.flags, key=len)
 
     return hand
 
