@@ -293,6 +293,56 @@ def test_a_loopback_server_refuses_other_host_names(served):
     assert client.get("/api/info", headers={"Host": "attacker.example:8000"}).status_code == 400
 
 
+def test_a_port_in_use_is_refused_in_one_line_before_the_index_opens(served, monkeypatch):
+    """uvicorn said so in five log lines after the model had loaded, and exited 3 (the
+    code of "every photo failed")."""
+    import socket
+
+    root, _, _ = served
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(SegmentIndex, "open", lambda *a, **k: pytest.fail("the index was opened"))
+        result = CliRunner().invoke(cli_app, ["serve", "--db", str(root / "db"), "--port", str(port)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "give another --port" in result.output
+
+
+def test_ctrl_c_stops_the_server_quietly_with_exit_130(served):
+    """Ctrl-C twice, as an impatient user does: uvicorn's lifespan task logged a
+    traceback of 40 lines."""
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from tests.helpers import run_python
+
+    root, _, _ = served
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    code = "import sys; from usesearch.cli.app import main; sys.argv[0] = 'usesearch'; main()"
+    args = ("serve", "--db", root / "db", "--port", port)
+    server = run_python(code, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/search?q=cat&k=1", timeout=5).read()
+            break
+        except OSError:
+            assert server.poll() is None, server.stdout.read()
+            time.sleep(0.5)
+    server.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    server.send_signal(signal.SIGINT)
+    said = server.communicate(timeout=60)[0]
+    # 130, or ended by the second SIGINT itself (a shell reports 130 for both)
+    assert server.returncode in (130, -signal.SIGINT) and "Traceback" not in said and "200 OK" in said, said
+
+
 def test_binding_beyond_loopback_needs_a_token(served, monkeypatch):
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         assert is_loopback(host)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from pathlib import Path
+
+from usesearch.errors import UsesearchError
 
 from .app import MAX_K, create_app
 from .security import LOOPBACK_NAMES, TOKEN_ENV, RedactTokenFilter, check_bind, is_loopback
@@ -92,6 +96,7 @@ def server_config(
         host=host,
         port=port,
         log_level="info",
+        lifespan="off",  # the app has no startup or shutdown handlers; with them on, Ctrl-C logged a traceback
         http=_header_timeout_protocol(header_timeout, per_client),
         timeout_keep_alive=KEEP_ALIVE_S,
         limit_concurrency=MAX_CONNECTIONS,
@@ -116,9 +121,14 @@ def serve(
 
     token = token or os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)  # before the slow model load: a refusal should be instant
-    index = SegmentIndex.open(
-        Path(db_dir), db_url=db_url, device=device, faiss_device=faiss_device, locations="background"
-    )  # a server answers many searches: candidates' locations are held in memory once built
+    listening = listening_socket(host, port)  # so is a port in use
+    try:
+        index = SegmentIndex.open(
+            Path(db_dir), db_url=db_url, device=device, faiss_device=faiss_device, locations="background"
+        )  # a server answers many searches: candidates' locations are held in memory once built
+    except BaseException:
+        listening.close()
+        raise
     try:
         allowed_hosts = [*LOOPBACK_NAMES, host] if is_loopback(host) else None
         uvicorn.Server(
@@ -128,6 +138,22 @@ def serve(
                 port,
                 per_client=MAX_PER_CLIENT if per_client is None else per_client,
             )
-        ).run()
+        ).run(sockets=[listening])
     finally:
         index.close()
+        listening.close()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model loads: a port in use (uvicorn said so
+    in five log lines, after the load, and exited 3) is one line, at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a restart needs no wait
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        taken = "; another program listens there: give another --port" if exc.errno == errno.EADDRINUSE else ""
+        raise UsesearchError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{taken}") from None
+    return listening
