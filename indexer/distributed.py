@@ -178,6 +178,7 @@ def index_paths_ray(
                     yield from (row["path"] for row in rows)
 
         writer.run(commits(), report, lambda path: progress and progress(report, path, len(files)))
+        report.failed_before = writer.failed_before
     report.seconds = time.perf_counter() - start
     return report
 

@@ -45,6 +45,7 @@ class IndexReport(RunReport):
     annotations_dropped: int = 0  # annotations whose rows were damaged: `index --coco` embeds them again
     moved: list[tuple[str, str]] = field(default_factory=list)  # (old path, new path) of photos renamed or moved
     copies: list[tuple[str, str]] = field(default_factory=list)  # (path, indexed photo of the same content) skipped
+    failed_before: int = 0  # of those skipped: failed in an earlier run, same content, not retried (--retry-failed)
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds by stage, for benchmarks
 
     def add_stage(self, stage: str, seconds: float) -> None:

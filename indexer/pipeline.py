@@ -77,6 +77,7 @@ def index_paths(
             writer.run(groups(), report, lambda path: progress and progress(report, path, len(files)))
         finally:
             stage.close()
+            report.failed_before = writer.failed_before
     report.seconds = time.perf_counter() - start
     return report
 

@@ -108,6 +108,7 @@ class Writer:
         self.annotations_dropped = 0  # annotations with a damaged row: `index --coco` embeds them again
         self.moved: list[tuple[str, str]] = []  # (old path, new path): a photo renamed or moved since indexed
         self.copies: list[tuple[str, str]] = []  # (path, the indexed photo it repeats; "": one earlier in this run)
+        self.failed_before = 0  # files skipped as failed by an earlier run, with the same content
         self.in_sync = True
 
     def __enter__(self) -> Writer:
@@ -202,6 +203,7 @@ class Writer:
                 self.store.clear_failure(existing.id)  # read whole again: the failure noted on it is over
             if existing.status == DONE and file_stat is not None and existing.file_stat != file_stat:
                 self.known.note_stat(existing.id, sha256, file_stat)  # the next run skips it unread
+            self.failed_before += existing.status != DONE
             return True
         if existing is not None:
             return False

@@ -178,6 +178,11 @@ def index(
         for path, reason in report.failures[:10]:
             opts.console.print(f"  failed: {path}: {reason}")
         _say_moved_and_copies(report)
+        if report.failed_before:
+            opts.console.print(
+                f"  {report.failed_before} of those skipped failed in an earlier run and were not read again: "
+                f"`usesearch failures --db {db}` lists them, --retry-failed tries them again"
+            )
         if report.done and not report.segments:
             random_sam = preset == "tiny" and masker in ("sam", "sam2")
             opts.console.print(
@@ -192,7 +197,8 @@ def index(
             _say_gone(db, folders, db_url)
         if report.interrupted:
             raise typer.Exit(130)
-        opts.exit_if_all_failed(report.done, report.skipped, report.failed, "photo")
+        before = report.failed_before  # a re-run of photos that all failed before is no success either
+        opts.exit_if_all_failed(report.done, report.skipped - before, report.failed + before, "photo")
 
     try:
         run()
