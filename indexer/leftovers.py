@@ -34,13 +34,18 @@ def file_gone(fs_path: bytes) -> str | None:
     return None
 
 
+def named(under: list[str | os.PathLike]) -> list[bytes]:
+    """The paths given, as the indexer's walk keys files (abspath: a folder named through a
+    symlink matches). Each is a photo itself, or a folder whose files lie under it + "/"."""
+    return [os.fsencode(os.path.abspath(os.fspath(p))).rstrip(b"/") for p in under]
+
+
 def under_folders(images, under: list[str | os.PathLike] | None):
-    """The (id, fs_path, path) rows whose files lie under ``under`` (all when None)."""
+    """The (id, fs_path, path) rows whose files are ``under`` or lie under them (all when None)."""
     if not under:
         return list(images)
-    # abspath, as the indexer's walk keys files: a folder named through a symlink matches.
-    roots = [os.fsencode(os.path.abspath(os.fspath(p))).rstrip(b"/") + b"/" for p in under]
-    return [row for row in images if any(bytes(row[1]).startswith(root) for root in roots)]
+    paths = named(under)
+    return [row for row in images if any(bytes(row[1]) == p or bytes(row[1]).startswith(p + b"/") for p in paths)]
 
 
 def gone_images(images, failed: Collection[int] = ()) -> list[tuple[int, str, str]]:
@@ -75,9 +80,10 @@ def files_gone(
     with ``indexed_only``."""
     failed = store.failed_image_ids()
     image = ImageRecord
-    roots = [os.fsencode(os.path.abspath(os.fspath(p))).rstrip(b"/") + b"/" for p in under or []]
+    paths = named(under or [])
     # Every byte string starting with "dir/" sorts from "dir/" up to "dir0" ("0" follows "/").
-    scope = or_(*[(image.fs_path >= root) & (image.fs_path < root[:-1] + b"0") for root in roots]) if roots else true()
+    within = [(image.fs_path == p) | ((image.fs_path >= p + b"/") & (image.fs_path < p + b"0")) for p in paths]
+    scope = or_(*within) if paths else true()
     query = select(image.id, image.fs_path, image.path).where(scope)
     with store.sessions() as s:
         total = s.scalar(select(func.count(image.id)).where(scope)) or 0

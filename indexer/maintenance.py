@@ -42,7 +42,7 @@ from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE, check_db_dir, open_store, writer_lock
-from .leftovers import gone_images, live_rows, under_folders
+from .leftovers import gone_images, live_rows, named, under_folders
 from .options import IndexOptions
 from .records import IndexInfo, SegmentRecord
 from .store import Store
@@ -154,10 +154,10 @@ def prune(
     progress: Callable[[PruneReport, str, int], None] | None = None,
     force: bool = False,
 ) -> PruneReport:
-    """Remove from the index at ``db_dir`` every image whose file is gone (under the
-    folders ``under``, or anywhere when None). When every one of them is gone,
-    however few, nothing is removed unless ``force``: an unmounted disk must not
-    empty an index."""
+    """Remove from the index at ``db_dir`` every image whose file is gone (``under``:
+    these photos, or those under these folders; anywhere when None). When every one of
+    them is gone, however few, nothing is removed unless ``force``: an unmounted disk
+    must not empty an index (photos named one by one are meant, and go)."""
     options = options or IndexOptions()
     db_dir = check_db_dir(db_dir)
     if options.db_url is None and not (db_dir / DB_FILE).is_file():  # before the lock makes the folder
@@ -168,7 +168,8 @@ def prune(
         considered = under_folders(writer.store.image_files(), under)
         report.considered = len(considered)
         gone = gone_images(considered, writer.store.failed_image_ids())
-        if not force and len(gone) == len(considered) > 0:
+        photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}
+        if not force and len(gone) == len(considered) > 0 and not photos_named:  # (named themselves: meant)
             scope = "".join(f" {os.fspath(p)}" for p in under or [])
             raise EverythingGoneError(
                 f"all {len(considered)} indexed files{' under' + scope if scope else ''} are gone (is the disk "

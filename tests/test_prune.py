@@ -124,6 +124,17 @@ def test_index_prune_only_touches_the_folders_it_was_given(tmp_path):
         "rocket.png",
     ]
     ix.close()
+    # A photo named itself, not its folder: it was "no indexed photo", and nothing was removed.
+    ix = SegmentIndex.open(db)
+    where = {os.path.basename(p): p for _, _, p in ix.store.image_files()}
+    ix.close()
+    named = CliRunner().invoke(app, ["prune", where["coffee.png"], "--db", str(db)])
+    assert named.exit_code == 0 and "1 images removed" in named.output, named.output
+    there = CliRunner().invoke(app, ["prune", where["chelsea.png"], "--db", str(db)])
+    assert there.exit_code == 0 and "no indexed photo" not in there.output and "0 images removed" in there.output
+    ix = SegmentIndex.open(db)
+    assert sorted(os.path.basename(p) for _, _, p in ix.store.image_files()) == ["chelsea.png", "rocket.png"]
+    ix.close()
 
 
 def test_a_small_index_whose_files_are_all_gone_is_refused_too(tmp_path):

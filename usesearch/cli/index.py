@@ -287,7 +287,8 @@ def _print_labelled(report, db: str) -> None:
 def prune_cmd(
     db: opts.DbOpt,
     paths: Annotated[
-        Optional[list[Path]], typer.Argument(help="Only images under these folders (default: all).")
+        Optional[list[Path]],
+        typer.Argument(help="Only these photos, or the images under these folders (default: all)."),
     ] = None,
     db_url: opts.DbUrlOpt = None,
     force: Annotated[
