@@ -222,11 +222,18 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args
         (["curate", "run", "{d}/i", "--dataset-dir", "{d}/run"], "holds a training run: give a curated dataset"),
         (["train", "{d}/dataset", "--run-dir", "{d}/dataset"], "holds a curated dataset: give a training run"),
         (["train", "{d}/dataset", "--run-dir", "{d}/index"], "holds an index: give a training run"),
+        (
+            ["eval", "audit", "--coco", "{d}/a.json", "--images", "{d}/i", "--report-dir", "{d}/index"],
+            "an audit report",
+        ),
+        (["demo", "--demo-dir", "{d}/index"], "holds an index: give the demo a folder of its own"),
+        (["index", "{d}/i", "--db", "{d}"], "holds photos (p.jpg): give the index a folder of its own"),
     ],
 )
 def test_a_command_never_writes_into_another_commands_folder(files, args, why):
     """An index, a curated dataset and a training run each keep their own folder: their
-    files mixed, each reader would meet the other's (all three were written at exit 0)."""
+    files mixed, each reader would meet the other's (all three were written at exit 0).
+    So do audit reports and the demo, and a new index is not made among photos."""
     for name, mark in (("index", "segments.sqlite"), ("dataset", "manifest.json"), ("run", "trainer.pt")):
         (files / name).mkdir(exist_ok=True)
         (files / name / mark).write_text("{}")

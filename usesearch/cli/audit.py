@@ -46,7 +46,7 @@ def audit(
         typer.Option(
             "--report-dir",
             help="Folder for each list's JSON, CSV and contact sheet (default: DIR/audit/report).",
-            callback=opts.folder_to_write,
+            callback=opts.folder_for("an audit report"),
         ),
     ] = None,
     k: opts.KOpt = 50,

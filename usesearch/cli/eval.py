@@ -305,7 +305,7 @@ def audit(
         typer.Option(
             "--report-dir",
             help="Folder for suspects.csv/.json, summary.json and report.html.",
-            callback=opts.folder_to_write,
+            callback=opts.folder_for("an audit report"),
         ),
         opts.Formerly("--out"),
     ] = Path("audit"),

@@ -253,7 +253,9 @@ def demo(
     preset: opts.PresetOpt = None,
     demo_dir: Annotated[
         Path,
-        typer.Option("--demo-dir", help="Folder for the sample photos and the index.", callback=opts.folder_to_write),
+        typer.Option(
+            "--demo-dir", help="Folder for the sample photos and the index.", callback=opts.folder_for("the demo")
+        ),
         opts.Formerly("--out"),
     ] = Path("usesearch-demo"),
 ) -> None:
