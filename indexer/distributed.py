@@ -306,8 +306,10 @@ def _commit(rows: list[dict], writer: Writer, db_dir: Path, report: IndexReport)
     photos: list[PhotoWrite] = []
     for row in rows:
         key, path, sha = bytes(row["fs_path"]), row["path"], row["sha256"]
-        # A retried task's twin, the same pixels committed meanwhile, or earlier in this group.
-        if writer.skip(key, sha, coming={photo.sha256 for photo in photos if photo.sha256}):
+        # A retried task's twin (also in this group: the path's old record would not say so), the
+        # same pixels committed meanwhile, or earlier in this group.
+        twin = any(photo.fs_path == key for photo in photos)
+        if twin or writer.skip(key, sha, coming={photo.sha256 for photo in photos if photo.sha256}):
             report.skipped += 1
         elif row["error"]:
             writer.fail(key, path, sha, worker_error(row["error"]), report)

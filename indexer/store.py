@@ -46,6 +46,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
     def __init__(self, url: str, read_only: bool = False, folder: str | os.PathLike | None = None):
         self.url = url
         self.read_only = read_only
+        self.retried = False  # a write was tried again (``retrying``): one try before may have committed
         database = make_url(url).database if url.startswith("sqlite") else None
         # Embedding files live in the index folder (beside segments.sqlite).
         if folder is not None:
@@ -210,7 +211,12 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         (``catalog.while_reachable``: each try commits all or nothing, so a retry
         never leaves half an image), each try first keeping the catalog's lock."""
 
+        tries = 0
+
         def attempt() -> T:
+            nonlocal tries
+            tries += 1
+            self.retried = self.retried or tries > 1  # ``Writer`` then reconciles FAISS with what committed
             self._keep_catalog_lock()
             return write()
 

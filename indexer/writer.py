@@ -30,8 +30,6 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-REGROWTH = 2  # an index this many times larger (or smaller) than when calibrated is calibrated again
-
 
 class LoopReport(Protocol):
     """What ``Writer.run`` records in a run's report (``IndexReport``, ``PruneReport``)."""
@@ -245,8 +243,7 @@ class Writer:
             start = time.perf_counter()
             removed, added = write()
             middle = time.perf_counter()
-            self.index.remove(removed)
-            if added and embeddings is not None:
+            if self._remove(removed) and added and embeddings is not None:
                 if not self.index.is_trained:
                     vectors.reconcile(self.index, self.store)  # trains on what the store now holds
                 else:
@@ -258,20 +255,30 @@ class Writer:
         report.segments += len(added)
         return removed, added
 
+    def _remove(self, removed: list[int]) -> bool:
+        """The removed ids out of FAISS; False where a retried write (an earlier try may have
+        committed, its reply lost: what it removed is unknown) made FAISS the store's instead."""
+        retried, self.store.retried = self.store.retried, False
+        if retried:
+            vectors.reconcile(self.index, self.store)
+        else:
+            self.index.remove(removed)
+        return not retried
+
     def fail(self, key: bytes, path: str, sha256: str | None, exc: BaseException, report: IndexReport) -> None:
         """A file that failed: recorded as failed, or, indexed before, kept as it was
         with the failure noted (``Store.save_image``)."""
         existing = self.known.take(key)
         with self._changing():
             removed, _ = self.store.save_image(key, path, sha256, None, error=exc)
-            self.index.remove(removed)
+            self._remove(removed)
         report.record_failure(path, exc, kept=existing is not None and existing.status == DONE)
 
     def remove_image(self, image_id: int) -> int:
         """Remove an image with its segments (one transaction) and their vectors."""
         with self._changing():
             removed = self.store.remove_image(image_id)
-            self.index.remove(removed)
+            self._remove(removed)
         return len(removed)
 
     def write(self) -> None:
@@ -302,7 +309,7 @@ class Writer:
     def calibrate(self) -> calibration.Calibration | None:
         """Measure a compressed index's recall and choose its search defaults
         (``calibration``) when it has no calibration of its own yet (new, rebuilt
-        or grown into another index), when it has grown (or shrunk) ``REGROWTH``-fold
+        or grown into another index), when it has grown (or shrunk) ``calibration.REGROWTH``-fold
         since it was measured (its lists are fuller: a query needs other settings),
         or when another ``recall_target`` is asked (``reindex`` and ``recalibrate``
         always measure, through ``calibrate_index``). Only an IVF index has the knobs
@@ -312,7 +319,7 @@ class Writer:
             return None
         current = calibration.load(self.db_dir, self.index)
         target = self.options.recall_target
-        if current is not None and not outdated(current, n, target):
+        if current is not None and not calibration.outdated(current, n, target):
             return current
         return calibrate_index(self.db_dir, self.store, self.index, self.model, target)
 
@@ -354,13 +361,6 @@ class Writer:
             raise
         finally:
             report.loop_seconds = time.perf_counter() - loop_start
-
-
-def outdated(current: calibration.Calibration, segments: int, target: float | None) -> bool:
-    """Whether an index of ``segments`` asked for ``target`` (None: any) needs measuring
-    again: another target, or ``REGROWTH``-fold more (or fewer) segments than measured."""
-    resized = max(segments, current.segments) >= REGROWTH * max(1, min(segments, current.segments))
-    return resized or target not in (None, current.target)
 
 
 def calibrate_index(

@@ -244,7 +244,7 @@ def test_settings_are_timed_in_turn_so_load_slows_them_alike():
 
 
 def test_an_index_is_measured_again_once_it_has_grown_or_shrunk_twofold():
-    from usesearch.indexer.writer import outdated
+    from usesearch.indexer.calibration import outdated
 
     measured = calibration.Calibration("f", FACTORY, 1000, 8, 100, 0.96, {"image": 0.96}, 5.0, True, target=0.95)
     assert not outdated(measured, 1999, None) and not outdated(measured, 1500, 0.95)

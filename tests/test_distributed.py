@@ -233,3 +233,25 @@ def test_a_cluster_that_cannot_be_joined_leaves_no_index_folder(photos, tmp_path
     with pytest.raises(ConnectionError):
         index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), address="auto")
     assert not (tmp_path / "db").exists()  # a later run may choose its own model and masker
+
+
+def test_a_twin_within_an_actor_calls_group_is_committed_once(photos, tmp_path):
+    """A retried task's twin in the same group as its first result, for a path whose old
+    record (other content) the group had not yet replaced: both were written, and FAISS
+    kept the vectors of the first, whose rows the second replaced."""
+    from tests.test_store_writes import segments
+    from usesearch.indexer.options import IndexReport
+    from usesearch.indexer.writer import Writer
+
+    index_paths([photos / "sub"], tmp_path / "db", IndexOptions(**OPTS))
+    with Writer(tmp_path / "db", IndexOptions(**OPTS), None) as writer:
+        key, path = next((bytes(k), p) for _, k, p in writer.store.image_files())
+        changed = "f" * 64  # the file's content changed since it was indexed
+        vectors = np.random.default_rng(0).standard_normal((3, writer.info.dim)).astype(np.float32)
+        fragments.write_fragment(fragments.fragment_path(tmp_path / "db", changed), (10, 10), segments(3), vectors)
+        row = {"fs_path": key, "path": path, "sha256": changed, "error": "", "segments": 3, "file_stat": None}
+        report = IndexReport()
+        distributed._commit([row, dict(row)], writer, tmp_path / "db", report)
+        writer.write()
+    assert (report.done, report.skipped, report.segments) == (1, 1, 3)
+    assert_consistent(tmp_path / "db")

@@ -372,3 +372,18 @@ def test_a_stat_noted_for_a_row_replaced_since_is_dropped_not_an_error(tmp_path)
         assert store.image(row.id).file_stat == "1:2:3:4"
     finally:
         store.close()
+
+
+def test_a_commands_ctrl_c_does_not_outlive_it(tmp_path):
+    """A SIGINT counted by one command and never handled (click made it an Abort) must not
+    stop a later run through the Python API: it stopped at its first photo."""
+    import signal
+
+    from usesearch import interrupts
+
+    with pytest.raises(KeyboardInterrupt), interrupts.counting():
+        signal.raise_signal(signal.SIGINT)
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert not report.interrupted and report.done == 1
+    interrupts.raise_if_lost()  # outside a command: never raises

@@ -116,3 +116,24 @@ def test_a_catalog_url_is_postgresql_in_either_spelling_and_nothing_else(tmp_pat
             server_url(url)
     result = CliRunner().invoke(app, ["info", "--db", str(tmp_path), "--db-url", "mysql://me:secret@db/x"])
     assert result.exit_code == 2 and "PostgreSQL" in result.stderr and "secret" not in result.stderr
+
+
+def test_a_write_tried_again_after_its_reply_was_lost_leaves_faiss_as_the_catalog(tmp_path, pg_url, monkeypatch):
+    """The server committed a photo whose content changed, and its reply was lost: the
+    retry found the new record and reported only its own replacement as removed, and the
+    old photo's vectors stayed in FAISS (written as in step with the catalog)."""
+    from PIL import Image
+
+    import usesearch.indexer.store as store_module
+
+    photos = write_photos(tmp_path / "photos", ("chelsea", "coffee"))
+    options = IndexOptions(**OPTS, db_url=pg_url)
+    index_paths([photos], tmp_path / "db", options)
+    chelsea, coffee = next(photos.rglob("chelsea*")), next(photos.rglob("coffee*"))
+    Image.open(coffee).rotate(90).save(chelsea)  # other content: its old segments are replaced
+    real = store_module.while_reachable
+    monkeypatch.setattr(store_module, "while_reachable", lambda attempt, url: (real(attempt, url), attempt())[1])
+    report = index_paths([photos], tmp_path / "db", options)
+    assert (report.done, report.skipped) == (1, 1)
+    monkeypatch.setattr(store_module, "while_reachable", real)
+    assert_consistent(tmp_path / "db", pg_url)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 _received = 0  # SIGINTs since the command began
 _acted_on = 0  # ... of which a KeyboardInterrupt was seen to be handled
+_counting = False  # within ``counting``, on the main thread: else ``raise_if_lost`` never raises
 
 
 def _on_sigint(signum, frame) -> None:
@@ -27,17 +28,20 @@ def _on_sigint(signum, frame) -> None:
 @contextmanager
 def counting() -> Iterator[None]:
     """SIGINT raises ``KeyboardInterrupt``, as Python's own handler does, and is counted."""
-    global _received, _acted_on
+    global _received, _acted_on, _counting
     ours = threading.current_thread() is threading.main_thread()
     if not ours or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield  # not ours to change
         return
     _received = _acted_on = 0
+    _counting = True
     signal.signal(signal.SIGINT, _on_sigint)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        _received = _acted_on = 0  # a command's Ctrl-C is over with it
+        _counting = False
 
 
 def handled() -> None:
@@ -49,6 +53,6 @@ def handled() -> None:
 def raise_if_lost() -> None:
     """Raise the ``KeyboardInterrupt`` of a SIGINT that arrived but never reached a handler."""
     global _acted_on
-    if _received > _acted_on:
+    if _counting and _received > _acted_on and threading.current_thread() is threading.main_thread():
         _acted_on = _received
         raise KeyboardInterrupt

@@ -63,6 +63,7 @@ FILE = "calibration.json"
 VERSION = 2  # 2: the headline is the typed queries' mean, kinds may be given
 TARGET = 0.95  # recall@K the typed queries must reach on average
 BUDGET_MS = 50.0  # p50 latency a setting may take
+REGROWTH = 2  # an index this many times larger (or smaller) than when calibrated is calibrated again
 RERANKS = (1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000, 10000)  # one FAISS search gives every one
 
 
@@ -107,6 +108,13 @@ class Calibration:
         if not self.met:
             return line + f"; target {self.target} not met{budget}: the best recall it affords{busy})"
         return line + f"; target {self.target}{budget}{busy})"
+
+
+def outdated(current: Calibration, segments: int, target: float | None) -> bool:
+    """Whether an index of ``segments`` asked for ``target`` (None: any) needs measuring
+    again: another target, or ``REGROWTH``-fold more (or fewer) segments than measured."""
+    resized = max(segments, current.segments) >= REGROWTH * max(1, min(segments, current.segments))
+    return resized or target not in (None, current.target)
 
 
 def trained_fingerprint(index: Vectors) -> str | None:

@@ -121,14 +121,10 @@ def serve(
 
     token = token or os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)  # before the slow model load: a refusal should be instant
-    listening = listening_socket(host, port)  # so is a port in use
-    try:
-        index = SegmentIndex.open(
-            Path(db_dir), db_url=db_url, device=device, faiss_device=faiss_device, locations="background"
-        )  # a server answers many searches: candidates' locations are held in memory once built
-    except BaseException:
-        listening.close()
-        raise
+    check_port(host, port)  # so is a port in use
+    index = SegmentIndex.open(
+        Path(db_dir), db_url=db_url, device=device, faiss_device=faiss_device, locations="background"
+    )  # a server answers many searches: candidates' locations are held in memory once built
     try:
         allowed_hosts = [*LOOPBACK_NAMES, host] if is_loopback(host) else None
         uvicorn.Server(
@@ -138,22 +134,27 @@ def serve(
                 port,
                 per_client=MAX_PER_CLIENT if per_client is None else per_client,
             )
-        ).run(sockets=[listening])
+        ).run()
     finally:
         index.close()
-        listening.close()
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The server's socket, bound before the model loads: a port in use (uvicorn said so
-    in five log lines, after the load, and exited 3) is one line, at once."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listening = socket.socket(family, socket.SOCK_STREAM)
-    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a restart needs no wait
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that cannot be listened on before the model loads (uvicorn said so
+    in five log lines, after the load, and exited 3): a trial bind at each address the
+    host names, let go at once. uvicorn then binds as it always does (every address of a
+    host name, IPv6 only on IPv6, its startup line with the URL)."""
     try:
-        listening.bind((host, port))
-    except OSError as exc:
-        listening.close()
-        taken = "; another program listens there: give another --port" if exc.errno == errno.EADDRINUSE else ""
-        raise UsesearchError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{taken}") from None
-    return listening
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsesearchError(f"--host {host}: {exc.strerror or exc}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as trial:
+            trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a restart needs no wait
+            if family == socket.AF_INET6:
+                trial.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                trial.bind(address)
+            except OSError as exc:
+                taken = "; another program listens there: give another --port" if exc.errno == errno.EADDRINUSE else ""
+                raise UsesearchError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{taken}") from None
