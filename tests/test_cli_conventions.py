@@ -392,3 +392,40 @@ def test_the_command_line_starts_without_importing_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+
+
+def test_a_ctrl_c_no_command_handled_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    """Ctrl-C before `index` reached its loop exited 130 saying nothing; one that psycopg's
+    clean-up replaced by its own error said "database: can't change 'autocommit' now",
+    exit 2; one while the CLI's libraries load printed a traceback through their imports."""
+    import sys
+
+    from sqlalchemy.exc import OperationalError
+
+    import usesearch.__main__ as entry
+    from tests.helpers import write_photos
+    from usesearch.indexer import pipeline
+
+    def cleanup_replaced_it(options):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise OperationalError("SET", {}, Exception("can't change 'autocommit' now")) from None
+
+    def interrupted(options):
+        raise KeyboardInterrupt
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    for load_models in (interrupted, cleanup_replaced_it):
+        monkeypatch.setattr(pipeline, "load_models", load_models)
+        result = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny"])
+        assert result.exit_code == 130 and result.output.strip() == "interrupted", result.output
+
+    class Loading:  # the CLI's modules, interrupted while they import
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "usesearch.cli.app", Loading())
+    with pytest.raises(SystemExit) as ended:
+        entry.main()
+    assert ended.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"

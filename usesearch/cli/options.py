@@ -320,6 +320,18 @@ def exit_if_all_failed(done: int, skipped: int, failed: int, what: str) -> None:
         raise typer.Exit(ALL_FAILED_EXIT)
 
 
+def interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among what led to ``exc``."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def user_errors(fn):
     """Every failure ends in one line on stderr and a non-zero exit, never a wall of
     frames: 2 for what the user can fix (bad input, missing file, full disk, busy
@@ -337,14 +349,20 @@ def user_errors(fn):
         try:
             with interrupts.counting():  # a Ctrl-C that a finalizer swallowed still stops a long loop
                 return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort):
             raise
+        except KeyboardInterrupt:  # before the command's own handling began (it says what it kept)
+            print("interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
         except BrokenPipeError as exc:
             if stdout_closed():  # `... | head`: ended quietly by ``app.main``; another pipe is an error
                 raise
             print(f"error: {first_line(exc)}", file=sys.stderr)
             raise typer.Exit(2) from None
         except Exception as exc:
+            if interrupted(exc):  # a Ctrl-C a clean-up's error replaced (psycopg's, mid-statement)
+                print("interrupted", file=sys.stderr)
+                raise typer.Exit(130) from None
             if os.environ.get(DEBUG_ENV):
                 raise
             code, message = 2, first_line(exc)
