@@ -229,9 +229,9 @@ class Writer:
 
     def commit(self, photos: list[PhotoWrite], report: IndexReport) -> None:
         """Photos' proposals, each replacing its old ones, in one transaction (``Store.save_images``)."""
-        vectors = [photo.vectors for photo in photos if photo.segments and photo.vectors is not None]
+        rows = [photo.vectors for photo in photos if photo.segments and photo.vectors is not None]
         save = lambda: joined(self.store.save_images(photos))  # noqa: E731
-        self.apply(save, np.concatenate(vectors) if vectors else None, report)
+        self.apply(save, np.concatenate(rows) if rows else None, report)
         report.done += len(photos)
 
     def apply(
