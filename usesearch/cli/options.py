@@ -360,7 +360,9 @@ def user_errors(fn):
             print(f"error: {first_line(exc)}", file=sys.stderr)
             raise typer.Exit(2) from None
         except Exception as exc:
-            if interrupted(exc):  # a Ctrl-C a clean-up's error replaced (psycopg's, mid-statement)
+            # A Ctrl-C a clean-up's error replaced (psycopg's, mid-statement); not an error of
+            # its own that the interruption's handling met (a full disk writing what was kept).
+            if interrupted(exc) and not isinstance(exc, (UsesearchError, OSError)):
                 print("interrupted", file=sys.stderr)
                 raise typer.Exit(130) from None
             if os.environ.get(DEBUG_ENV):
