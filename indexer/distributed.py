@@ -304,18 +304,21 @@ def through_actors(dataset, worker: type, options: IndexOptions, db_dir: Path, w
 def _commit(rows: list[dict], writer: Writer, db_dir: Path, report: IndexReport) -> None:
     """An actor call's photos in one transaction (each failure in its own), then their fragments deleted."""
     photos: list[PhotoWrite] = []
+    keys: set[bytes] = set()  # this group's photos, paths and contents
+    shas: set[str] = set()
     for row in rows:
         key, path, sha = bytes(row["fs_path"]), row["path"], row["sha256"]
         # A retried task's twin (also in this group: the path's old record would not say so), the
         # same pixels committed meanwhile, or earlier in this group.
-        twin = any(photo.fs_path == key for photo in photos)
-        if twin or writer.skip(key, sha, coming={photo.sha256 for photo in photos if photo.sha256}):
+        if key in keys or writer.skip(key, sha, coming=shas):
             report.skipped += 1
         elif row["error"]:
             writer.fail(key, path, sha, worker_error(row["error"]), report)
         else:
             hw, segments, embeddings, _ = read_fragment(fragment_path(db_dir, sha))
             photos.append(PhotoWrite(key, path, sha, hw, segments, embeddings, file_stat=row["file_stat"] or None))
+            keys.add(key)
+            shas.add(sha)
     if photos:
         writer.commit(photos, report)
     for row in rows:  # after the commit: a kill before it leaves the fragments for the next run

@@ -40,12 +40,21 @@ def named(under: list[str | os.PathLike]) -> list[bytes]:
     return [os.fsencode(os.path.abspath(os.fspath(p))).rstrip(b"/") for p in under]
 
 
-def under_folders(images, under: list[str | os.PathLike] | None):
-    """The (id, fs_path, path) rows whose files are ``under`` or lie under them (all when None)."""
-    if not under:
-        return list(images)
-    paths = named(under)
-    return [row for row in images if any(bytes(row[1]) == p or bytes(row[1]).startswith(p + b"/") for p in paths)]
+def in_scope(under: list[str | os.PathLike] | None):
+    """The images that are ``under`` or lie under them (all when None), as a condition the
+    database answers from its index on fs_path: every byte string starting with "dir/"
+    sorts from "dir/" up to "dir0" ("0" follows "/")."""
+    image = ImageRecord
+    paths = named(under or [])
+    within = [(image.fs_path == p) | ((image.fs_path >= p + b"/") & (image.fs_path < p + b"0")) for p in paths]
+    return or_(*within) if paths else true()
+
+
+def images_under(store: Store, under: list[str | os.PathLike] | None) -> list[tuple[int, bytes, str]]:
+    """(id, fs_path, path) of the images ``in_scope``, in id order."""
+    query = select(ImageRecord.id, ImageRecord.fs_path, ImageRecord.path).where(in_scope(under))
+    with store.sessions() as s:
+        return [(image_id, fs_path, path) for image_id, fs_path, path in s.execute(query.order_by(ImageRecord.id))]
 
 
 def gone_images(images, failed: Collection[int] = ()) -> list[tuple[int, str, str]]:
@@ -73,17 +82,13 @@ def files_gone(
     """The images under ``under`` (all: None) whose files are gone: every image up to
     ``most``; past that a sample of ``most``, whose share gone times the count
     estimates it (every file of 10^7 took minutes to stat and 2.5 GB to list; ``prune``
-    checks them all). The folders are chosen in SQL (a range of path bytes: the index
-    on fs_path), and the sample is the first ``most`` in an order that scatters ids
-    (a multiplicative hash: the same sample each time, drawn from every part of the
-    catalog). Failed files are gone only when missing (``gone_images``), or not at all
-    with ``indexed_only``."""
+    checks them all). The folders are chosen in SQL (``in_scope``), and the sample is
+    the first ``most`` in an order that scatters ids (a multiplicative hash: the same
+    sample each time, drawn from every part of the catalog). Failed files are gone only
+    when missing (``gone_images``), or not at all with ``indexed_only``."""
     failed = store.failed_image_ids()
     image = ImageRecord
-    paths = named(under or [])
-    # Every byte string starting with "dir/" sorts from "dir/" up to "dir0" ("0" follows "/").
-    within = [(image.fs_path == p) | ((image.fs_path >= p + b"/") & (image.fs_path < p + b"0")) for p in paths]
-    scope = or_(*within) if paths else true()
+    scope = in_scope(under)
     query = select(image.id, image.fs_path, image.path).where(scope)
     with store.sessions() as s:
         total = s.scalar(select(func.count(image.id)).where(scope)) or 0

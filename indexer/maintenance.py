@@ -42,7 +42,7 @@ from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE, check_db_dir, open_store, writer_lock
-from .leftovers import gone_images, live_rows, named, under_folders
+from .leftovers import gone_images, images_under, live_rows, named
 from .options import IndexOptions
 from .records import IndexInfo, SegmentRecord
 from .store import Store
@@ -165,7 +165,7 @@ def prune(
     report = PruneReport()
     start = time.perf_counter()
     with Writer(Path(db_dir), options, None) as writer:
-        considered = under_folders(writer.store.image_files(), under)
+        considered = images_under(writer.store, under)
         report.considered = len(considered)
         gone = gone_images(considered, writer.store.failed_image_ids())
         photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -332,6 +332,11 @@ def interrupted(exc: BaseException) -> bool:
     return False
 
 
+def interrupted_exit() -> NoReturn:
+    print("interrupted", file=sys.stderr)
+    raise typer.Exit(130) from None
+
+
 def user_errors(fn):
     """Every failure ends in one line on stderr and a non-zero exit, never a wall of
     frames: 2 for what the user can fix (bad input, missing file, full disk, busy
@@ -352,8 +357,7 @@ def user_errors(fn):
         except (typer.Exit, typer.Abort):
             raise
         except KeyboardInterrupt:  # before the command's own handling began (it says what it kept)
-            print("interrupted", file=sys.stderr)
-            raise typer.Exit(130) from None
+            interrupted_exit()
         except BrokenPipeError as exc:
             if stdout_closed():  # `... | head`: ended quietly by ``app.main``; another pipe is an error
                 raise
@@ -363,8 +367,7 @@ def user_errors(fn):
             # A Ctrl-C a clean-up's error replaced (psycopg's, mid-statement); not an error of
             # its own that the interruption's handling met (a full disk writing what was kept).
             if interrupted(exc) and not isinstance(exc, (UsesearchError, OSError)):
-                print("interrupted", file=sys.stderr)
-                raise typer.Exit(130) from None
+                interrupted_exit()
             if os.environ.get(DEBUG_ENV):
                 raise
             code, message = 2, first_line(exc)
