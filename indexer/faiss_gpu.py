@@ -19,7 +19,10 @@ which faiss and which device are in use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 
 import faiss
 
@@ -28,6 +31,15 @@ from usesearch.errors import UsesearchError
 log = logging.getLogger(__name__)
 INSTALL = "pip uninstall -y faiss-cpu && pip install faiss-gpu-cu12"
 _resources = None
+# One StandardGpuResources and the GPU indexes on it serve one thread at a time
+# (faiss's wiki: GPU indexes are not thread-safe, not even for searches), and the
+# web app searches from a pool of threads: every use of them holds this lock.
+LOCK = threading.Lock()
+# Results per query and lists probed per query that classic GPU indexes accept
+# (faiss's getMaxKSelection: 2048; cuVS builds allow more): a search asking for more
+# (a compressed index's re-scored candidates, 2,400 for the web app's 24 hits) runs on
+# the CPU index instead of failing.
+MAX_K = 2048
 
 
 def available() -> bool:
@@ -82,20 +94,44 @@ def resources():
 
 
 def mirror(index: faiss.Index) -> faiss.Index | None:
-    """A GPU copy of a CPU index for searching, or None where the GPU cannot hold it."""
+    """A GPU copy of a CPU index for searching (call it holding ``LOCK``), or None
+    where the GPU cannot hold it."""
     try:
         options = faiss.GpuClonerOptions()
-        options.useFloat16 = True  # IVF-PQ lookup tables in float16: needed past 48-byte codes
+        # IVF-PQ's lookup tables in float16, which it needs past 48-byte codes. Nothing
+        # else: a flat index would store (and score) in float16 too, and an exact index's
+        # scores are final (never re-scored), so its GPU answers would differ from the CPU's.
+        options.useFloat16 = _holds_pq(index)
         return faiss.index_cpu_to_gpu(resources(), 0, index, options)
     except (RuntimeError, AttributeError) as exc:
         log.warning("the GPU cannot hold this index (%s); searching on the CPU", str(exc).splitlines()[-1])
         return None
 
 
-def train_on_gpu(index: faiss.Index) -> None:
-    """Let an IVF index run its coarse k-means on the GPU (FAISS's clustering_index)."""
+def _holds_pq(index: faiss.Index) -> bool:
+    try:
+        return isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQ)
+    except RuntimeError:  # no IVF inside
+        return False
+
+
+@contextlib.contextmanager
+def clustering_on_gpu(index: faiss.Index) -> Iterator[None]:
+    """Within it, an IVF index's training runs its coarse k-means on the GPU (FAISS's
+    ``clustering_index``); the GPU copy is freed after. Assigning it hands the object
+    to C++, which never frees it (and k-means leaves the centroids in it: 200 MB of
+    GPU memory at 65,536 x 768), so it is taken back and dropped."""
     try:
         ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
+    except RuntimeError:  # nothing to cluster
+        yield
         return
-    ivf.clustering_index = faiss.index_cpu_to_gpu(resources(), 0, faiss.IndexFlatL2(ivf.d))
+    with LOCK:
+        helper = faiss.index_cpu_to_gpu(resources(), 0, faiss.IndexFlatL2(ivf.d))
+        ivf.clustering_index = helper
+        try:
+            yield
+        finally:
+            ivf.clustering_index = None  # type: ignore[assignment]  # (a null pointer; the stub says Index)
+            helper.thisown = True  # type: ignore[attr-defined]  # Python's again: freed with the last reference
+            del helper

@@ -12,6 +12,7 @@ they are kept in: ``vector_files.py``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import faiss
@@ -229,7 +230,8 @@ class Vectors:
             keep.append(combined)
             selector = combined
         if selector is None and nprobe is None and len(self.shards) == 1:
-            scores, ids = self._unfiltered().search(query, k)
+            answer = self._search_mirror(query, k)
+            scores, ids = answer if answer is not None else self.index.search(query, k)
             found = ids[0] >= 0
             return ranked(scores[0][found], ids[0][found], k)  # FAISS's heap leaves equal scores in no set order
         params = search_params(self.index, selector, nprobe)
@@ -243,13 +245,25 @@ class Vectors:
         """Copy the index to its GPU mirror again before the next search (after a change of its parameters)."""
         self._gpu_current = False
 
-    def _unfiltered(self) -> faiss.Index:
-        """The GPU mirror when there is one (refreshed after changes), else the CPU index."""
-        if not faiss_gpu.wanted(self.device):
-            return self.index
-        if not self._gpu_current:
-            self._gpu, self._gpu_current = faiss_gpu.mirror(self.index), True
-        return self._gpu if self._gpu is not None else self.index
+    def _search_mirror(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """FAISS's answer from the GPU mirror (built, or built again after changes, on
+        first use); None where FAISS runs on the CPU, the search is past what a GPU
+        index takes (``faiss_gpu.MAX_K``), or the GPU cannot hold or search the index
+        (said once; the CPU index answers until the index changes and a new mirror is tried)."""
+        ivf = ivf_of(self.index)
+        if not faiss_gpu.wanted(self.device) or max(k, ivf.nprobe if ivf is not None else 0) > faiss_gpu.MAX_K:
+            return None
+        with faiss_gpu.LOCK:  # the web app's threads search at once; a GPU index takes one at a time
+            if not self._gpu_current:
+                self._gpu, self._gpu_current = faiss_gpu.mirror(self.index), True
+            if self._gpu is None:
+                return None
+            try:
+                return self._gpu.search(query, k)
+            except RuntimeError as exc:
+                log.warning("FAISS on the GPU failed (%s); searching on the CPU", str(exc).splitlines()[-1])
+                self._gpu = None
+                return None
 
 
 def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu") -> None:
@@ -265,15 +279,14 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
     vectors = [v for _, v in store.embeddings(sample)]
     data = np.concatenate(vectors) if vectors else np.zeros((0, index.d), np.float32)
     _one_line_on_few_points(index, len(data))
-    if faiss_gpu.wanted(device):
-        faiss_gpu.train_on_gpu(index)
-    try:
-        index.train(data)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"FAISS index needs training and {len(data)} vectors are not enough: "
-            f"{str(exc).splitlines()[-1]}. Index more images, or use the exact factory '{DEFAULT_FACTORY}'."
-        ) from None
+    with faiss_gpu.clustering_on_gpu(index) if faiss_gpu.wanted(device) else contextlib.nullcontext():
+        try:
+            index.train(data)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"FAISS index needs training and {len(data)} vectors are not enough: "
+                f"{str(exc).splitlines()[-1]}. Index more images, or use the exact factory '{DEFAULT_FACTORY}'."
+            ) from None
     if ivf is not None:
         ivf.nprobe = nprobe_for(nlist)
 

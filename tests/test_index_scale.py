@@ -1,6 +1,6 @@
 """Archive scale on one machine: the index type follows the collection's size, a
-compressed index re-scores its candidates exactly, training uses a bounded sample,
-and FAISS's GPU path where there is one."""
+compressed index re-scores its candidates exactly, training uses a bounded sample
+(FAISS's GPU path: ``test_faiss_gpu.py``)."""
 
 import numpy as np
 import pytest
@@ -219,38 +219,6 @@ def test_training_reads_a_bounded_sample(tmp_path, monkeypatch):
 
     vectors._train_if_needed(vectors.new_index(64, "IVF64,Flat"), store)
     assert read == [3000]
-
-
-def test_gpu_faiss_path():
-    from usesearch.indexer import faiss_gpu
-
-    if not faiss_gpu.available():
-        pytest.skip(
-            f"no GPU faiss here (faiss {__import__('faiss').__version__}, CPU build or no CUDA device); "
-            f"on a CUDA machine: {faiss_gpu.INSTALL}"
-        )
-    import faiss
-
-    rng = np.random.default_rng(0)
-    data = rng.standard_normal((5000, 64)).astype(np.float32)
-    index = faiss.index_factory(64, "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
-    faiss_gpu.train_on_gpu(index)
-    index.train(data)
-    index.add_with_ids(data, np.arange(5000))
-    gpu = faiss_gpu.mirror(index)
-    assert gpu is not None
-    np.testing.assert_array_equal(gpu.search(data[:5], 1)[1][:, 0], np.arange(5))
-
-
-def test_cuda_asked_for_without_gpu_faiss_is_a_clear_error():
-    from usesearch.errors import UsesearchError
-    from usesearch.indexer import faiss_gpu
-
-    if faiss_gpu.available():
-        pytest.skip("this machine has GPU faiss")
-    with pytest.raises(UsesearchError, match="faiss-gpu"):
-        faiss_gpu.wanted("cuda")
-    assert not faiss_gpu.wanted(None) and not faiss_gpu.wanted("cpu")
 
 
 @pytest.fixture()
