@@ -103,6 +103,7 @@ def run(name: str, photos: Path, db: Path, args) -> dict:
         "preset": name,
         "photos": report.done,
         "failed": report.failed,
+        "failures": report.failures[:3],  # (path, "Error: message"): the first few, to see why
         "segments": report.segments,
         "loop_s": report.loop_seconds,
         "photos_per_s": report.done / report.loop_seconds,
@@ -146,21 +147,36 @@ def main() -> None:
             + (f", {torch.cuda.get_device_name()}" if cuda else ", no GPU"),
             flush=True,
         )
+        broken = []  # a run where photos failed times the failures, not the pipeline: it fails the benchmark
         for name in args.presets.split(","):
             if warmup:
-                run(
+                warm = run(
                     name,
                     write_photos(Path(tmp) / f"warmup-{name}", warmup, args.side),
                     Path(tmp) / f"warm-{name}",
                     args,
                 )
+                if warm["failed"]:
+                    print_failures(f"{name} (warm-up)", warm)
+                    broken.append(f"{name} warm-up")
             result = run(name, photos, Path(tmp) / f"db-{name}", args)
             results.append(result)
             print_result(result)
+            if result["failed"] or not result["photos"]:
+                print_failures(name, result)
+                broken.append(name)
     if args.json:
         args.json.write_text(
             json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1)
         )
+    if broken:
+        raise SystemExit(f"index_throughput: photos failed or none indexed in: {', '.join(broken)}")
+
+
+def print_failures(name: str, r: dict) -> None:
+    print(f"\n{name}: {r['failed']} of {r['photos'] + r['failed']} photos failed; the first:")
+    for path, why in r["failures"]:
+        print(f"  {Path(path).name}: {why}")
 
 
 def print_result(r: dict) -> None:
