@@ -35,30 +35,43 @@ class Computed:
 
 
 def compute_group(group: list[Photo], model, masker) -> Computed:
-    """Masks of a few decoded photos in one masker call where the masker batches
-    photos (SAM's image encoder), then each photo's embeddings. A batch that fails is
-    retried photo by photo, so one photo's failure is its own."""
+    """``compute_photos`` of a group of decoded photos, with the models' clocks."""
     done = Computed(group)
     before = stage_seconds(model, masker)
-    start = time.perf_counter()
-    try:
-        if len(group) > 1:
-            batches = masker.batch([p.rgb for p in group], [p.found.path for p in group])
-        else:
-            batches = [masker(group[0].rgb, group[0].found.path)]
-    except Exception:  # noqa: BLE001 - one photo's failure must not cost the others
-        batches = [None] * len(group)  # each photo alone, below
-    else:
-        done.masker_seconds += time.perf_counter() - start
-        done.model_seconds += time.perf_counter() - start
-    for photo, proposals in zip(group, batches):
-        try:
-            done.outcomes.append(segment_records(photo.rgb, photo.found.path, proposals, model, masker, done))
-        except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
-            done.outcomes.append(exc)
+    done.outcomes = compute_photos([p.rgb for p in group], [p.found.path for p in group], model, masker, done)
     after = stage_seconds(model, masker)
     done.stages = {stage: seconds - before.get(stage, 0.0) for stage, seconds in after.items()}
     return done
+
+
+def photos_per_masker_call(masker) -> int:
+    """Photos to hand the masker at once: several where it batches them (SAM's image
+    encoder, ``--encoder-batch``), else one."""
+    return max(1, getattr(masker, "images_per_call", 1))
+
+
+def compute_photos(
+    rgbs: list[np.ndarray], paths: list[str], model, masker, clock
+) -> list[tuple[list[dict], np.ndarray] | BaseException]:
+    """Each photo's (segment rows, embeddings), or the exception that photo met: the
+    masks of all of them in one masker call (give at most ``photos_per_masker_call``),
+    then each photo's embeddings. A batch that fails is retried photo by photo, so one
+    photo's failure is its own. ``clock`` (a report) gets the masker's and models' seconds."""
+    start = time.perf_counter()
+    try:
+        batches = masker.batch(rgbs, paths) if len(rgbs) > 1 else [masker(rgbs[0], paths[0])]
+    except Exception:  # noqa: BLE001 - one photo's failure must not cost the others
+        batches = [None] * len(rgbs)  # each photo alone, below
+    else:
+        clock.masker_seconds += time.perf_counter() - start
+        clock.model_seconds += time.perf_counter() - start
+    outcomes: list[tuple[list[dict], np.ndarray] | BaseException] = []
+    for rgb, path, proposals in zip(rgbs, paths, batches):
+        try:
+            outcomes.append(segment_records(rgb, path, proposals, model, masker, clock))
+        except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
+            outcomes.append(exc)
+    return outcomes
 
 
 def segment_records(rgb: np.ndarray, path: str, proposals, model, masker, clock) -> tuple[list[dict], np.ndarray]:

@@ -30,7 +30,7 @@ from usesearch.errors import UsesearchError
 from usesearch.io.files import decode, photos_under, read_bytes
 
 from . import faiss_gpu, fragments
-from .compute import segment_records
+from .compute import compute_photos, photos_per_masker_call
 from .folder import is_new
 from .fragments import (
     FRAGMENTS,
@@ -102,34 +102,52 @@ class SegmentWorker:
         self.options, self.db_dir = options, db_dir
         self.model, self.masker = load_models(options)
 
-    def segment(self, rgb: np.ndarray, path: str) -> tuple[list[dict], np.ndarray]:
-        return segment_records(rgb, path, None, self.model, self.masker, IndexReport())
+    def compute(self, rgbs: list[np.ndarray], paths: list[str]) -> list:
+        """Each photo's (segment rows, embeddings) or the exception it met: their masks
+        in one masker call where it batches photos (a GPU's, ``--encoder-batch``)."""
+        return compute_photos(rgbs, paths, self.model, self.masker, IndexReport())
 
     def __call__(self, batch: dict) -> dict:
-        segments_out, errors = [], list(batch["error"])
-        for i, (rgb, path, sha) in enumerate(zip(batch["rgb"], batch["path"], batch["sha256"])):
-            count = -1  # computed before (the batch's earlier try, whose actor died after it)
-            if not errors[i] and not fragment_path(self.db_dir, sha).is_file():
-                died = fragments.attempt(self.db_dir, sha)
-                if died >= self.max_deaths:
-                    times = "once" if died == 1 else f"{died} times"
-                    errors[i] = f"WorkerDied: the Ray worker computing it died {times} (a crash, or out of memory)"
-                else:
-                    try:
-                        segments, embeddings = self.segment(rgb, path)
-                        write_fragment(fragment_path(self.db_dir, sha), rgb.shape[:2], segments, embeddings)
-                        count = len(segments)
-                    except Exception as exc:  # noqa: BLE001 - recorded by the committer
-                        errors[i] = error_text(exc)
+        errors = list(batch["error"])
+        counts = [-1] * len(errors)  # -1: computed before (the batch's earlier try, whose actor died after it)
+        first_tries: list[int] = []
+        retries: list[int] = []
+        for i, sha in enumerate(batch["sha256"]):
+            if errors[i] or fragment_path(self.db_dir, sha).is_file():
+                continue
+            died = fragments.deaths(self.db_dir, sha)
+            if died >= self.max_deaths:
+                times = "once" if died == 1 else f"{died} times"
+                errors[i] = f"WorkerDied: the Ray worker computing it died {times} (a crash, or out of memory)"
+                fragments.attempts_path(self.db_dir, sha).unlink(missing_ok=True)
+            else:
+                (retries if died else first_tries).append(i)
+        # A photo an actor died on is computed alone, so one that kills its worker takes
+        # itself to max_deaths, not the photos it was batched with on its first try.
+        per_call = photos_per_masker_call(self.masker) if self.max_deaths > 1 else 1
+        groups = [first_tries[at : at + per_call] for at in range(0, len(first_tries), per_call)]
+        for group in groups + [[i] for i in retries]:
+            for i in group:
+                fragments.attempt(self.db_dir, batch["sha256"][i])
+            outcomes = self.compute([batch["rgb"][i] for i in group], [batch["path"][i] for i in group])
+            for i, outcome in zip(group, outcomes):
+                sha = batch["sha256"][i]
+                try:
+                    if isinstance(outcome, BaseException):
+                        errors[i] = error_text(outcome)
+                    else:
+                        write_fragment(fragment_path(self.db_dir, sha), batch["rgb"][i].shape[:2], *outcome)
+                        counts[i] = len(outcome[0])
+                except Exception as exc:  # noqa: BLE001 - recorded by the committer (e.g. a full disk)
+                    errors[i] = error_text(exc)
                 fragments.attempts_path(self.db_dir, sha).unlink(missing_ok=True)  # lived through it
-            segments_out.append(count)
         return {
             "fs_path": batch["fs_path"],
             "path": batch["path"],
             "sha256": batch["sha256"],
             "file_stat": batch["file_stat"],
             "error": np.array(errors, object),
-            "segments": np.array(segments_out, np.int64),
+            "segments": np.array(counts, np.int64),
         }
 
 

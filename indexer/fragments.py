@@ -55,17 +55,20 @@ def attempts_path(db_dir: str | os.PathLike, sha256: str) -> Path:
     return Path(db_dir) / FRAGMENTS / f"{sha256}.attempts"
 
 
-def attempt(db_dir: str | os.PathLike, sha256: str) -> int:
-    """Note that an actor starts computing this photo; returns how many actors died
-    doing so before (a note left behind is one that died)."""
-    path = attempts_path(db_dir, sha256)
+def deaths(db_dir: str | os.PathLike, sha256: str) -> int:
+    """How many actors died computing this photo (a note of an attempt left behind is one that died)."""
     try:
-        died = int(path.read_text() or 0)
+        return int(attempts_path(db_dir, sha256).read_text() or 0)
     except (FileNotFoundError, ValueError):
-        died = 0
+        return 0
+
+
+def attempt(db_dir: str | os.PathLike, sha256: str) -> None:
+    """Note that an actor starts computing this photo (removed once it lived through it)."""
+    path = attempts_path(db_dir, sha256)
+    died = deaths(db_dir, sha256)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(str(died + 1))  # no fsync: per photo on a shared disk, and a torn note only reads as 0
-    return died
 
 
 def worker_error(text: str) -> WorkerError:

@@ -25,7 +25,7 @@ from usesearch.masks.sam_fast import compile_modules
 from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
-from .compute import Computed, ModelStage
+from .compute import Computed, ModelStage, photos_per_masker_call
 from .folder import check_db_dir, is_new, open_store
 from .image_writes import PhotoWrite
 from .options import IndexOptions, IndexReport
@@ -51,7 +51,7 @@ def index_paths(
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         report.annotations_dropped = writer.annotations_dropped
         report.moved, report.copies = writer.moved, writer.copies
-        per_call = max(1, getattr(masker, "images_per_call", 1))
+        per_call = photos_per_masker_call(masker)
         on_gpu = model.device.type == "cuda"
         workers = read_ahead.workers_for(on_gpu)
         stage = ModelStage(model, masker, overlap=on_gpu)
