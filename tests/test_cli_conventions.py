@@ -429,3 +429,24 @@ def test_a_ctrl_c_no_command_handled_is_one_line_and_exit_130(tmp_path, monkeypa
     with pytest.raises(SystemExit) as ended:
         entry.main()
     assert ended.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_the_demo_runs_given_its_old_spellings(tmp_path, monkeypatch):
+    """``demo`` runs ``index`` and ``query`` as commands of their own, which share its
+    context's record of the old flags given: they looked up a parameter they do not
+    have and the demo ended in 'unexpected AttributeError'."""
+    from PIL import Image
+    from skimage import data
+
+    import usesearch.cli.search as search_commands
+
+    def two_photos(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("chelsea", "coffee"):
+            Image.fromarray(getattr(data, name)()[::4, ::4]).save(folder / f"{name}.png")
+        return folder
+
+    monkeypatch.setattr(search_commands, "_write_sample_photos", two_photos)
+    result = CliRunner().invoke(app, ["demo", "--query", "a cup", "--out", str(tmp_path / "d"), "--preset", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert "coffee.png" in result.output and "Browse these segments" in result.output

@@ -15,7 +15,7 @@ import typer
 
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 CONTEXT = "usesearch__context"  # the command's click context, for the old spellings' check
-OLD_GIVEN = "usesearch.old_spellings"  # in a command's context: the parameters an old flag was given for
+OLD_GIVEN = "usesearch.old_spellings"  # in contexts' meta: per context, the parameters an old flag was given for
 
 
 # -- old spellings, kept for one release -------------------------------------------------
@@ -76,7 +76,7 @@ def taking_old_spellings(command: Callable[..., Any]) -> Callable[..., Any]:
         for alias in aliases:
             kwargs.pop(alias.name, None)
         ctx = kwargs[own_context] if own_context else kwargs.pop(CONTEXT)
-        for name, flag in ctx.meta.get(OLD_GIVEN, {}).items():
+        for name, flag in ctx.meta.get(OLD_GIVEN, {}).get(ctx, {}).items():
             if ctx.get_parameter_source(name).name != "DEFAULT_MAP":  # the new spelling given too
                 param = next(p for p in ctx.command.params if p.name == name)
                 new = max(param.opts, key=len) if param.param_type_name == "option" else name.upper()
@@ -99,7 +99,9 @@ def _handing_to(name: str, old: Formerly) -> Callable[..., None]:
         if not ctx.resilient_parsing:
             deprecated(old.note or f"`{max(old.flags, key=len)}` is now `--{name.replace('_', '-')}`")
         ctx.default_map = {**(ctx.default_map or {}), name: value}
-        ctx.meta.setdefault(OLD_GIVEN, {})[name] = max(old.flags, key=len)
+        # By context: click shares ``meta`` with the commands a command runs (``demo``
+        # runs ``index`` and ``query``), which have no such parameter.
+        ctx.meta.setdefault(OLD_GIVEN, {}).setdefault(ctx, {})[name] = max(old.flags, key=len)
 
     return hand
 
