@@ -110,3 +110,25 @@ def test_two_photos_showing_the_same_path_stay_two_coco_images():
     assert sorted(sizes.values()) == [(128, 128), (152, 192)]
     for ann in coco["annotations"]:
         assert tuple(ann["segmentation"]["size"]) == sizes[ann["image_id"]]
+
+
+def test_export_coco_to_stdout_leaves_stdout_to_the_coco_file(tmp_path):
+    """`query ... --export-coco /dev/stdout | jq .`: the results table went to stdout
+    ahead of the JSON, and jq stopped at its first line. The listing goes to stderr."""
+    import subprocess
+    import sys
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    for listing in ([], ["--json"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "usesearch", "query", "a red cup", "--db", str(tmp_path / "db"), "-k", "3"]
+            + listing
+            + ["--export-coco", "/dev/stdout"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert len(json.loads(done.stdout)["annotations"]) == 3  # the COCO file, and nothing else
+        assert ("rank" in done.stderr) if not listing else json.loads(done.stderr[: done.stderr.rindex("]") + 1])

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from usesearch.cli import options as opts
 from usesearch.errors import UsesearchError, is_disk_full
-from usesearch.io.atomic import save_picture, write_atomic
+from usesearch.io.atomic import is_own_stdout, save_picture, write_atomic
 
 if TYPE_CHECKING:
     from usesearch.indexer import SearchFilters
@@ -47,8 +49,10 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
     from usesearch.indexer.export import contact_sheet, hits_to_coco
 
     folder = index.store.common_folder()
+    # `--export-coco /dev/stdout | jq .`: the COCO file alone on stdout, the listing on stderr.
+    listing = sys.stderr if output.export_coco and is_own_stdout(output.export_coco) else sys.stdout
     if output.as_json:
-        print(json.dumps([h.to_dict() for h in hits], indent=1))
+        print(json.dumps([h.to_dict() for h in hits], indent=1), file=listing)
     else:
         table = Table(title=title, caption=f"paths under {folder}" if folder else None)
         labelled = any(h.source == "annotation" for h in hits)  # a labelled dataset's: its class and split too
@@ -58,7 +62,7 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
             image = h.image[len(folder) :] if folder and h.image.startswith(folder) else h.image
             label = (f"{h.category} [{h.split}]" if h.source == "annotation" else h.source,) * labelled
             table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), image, str(h.bbox), str(h.area), *label)
-        opts.console.print(table)
+        (opts.console if listing is sys.stdout else Console(stderr=True, markup=False, soft_wrap=True)).print(table)
     # Status on stderr: stdout may be carrying --json.
     for line in [] if hits else _why_none(index, filters):
         typer.echo(line, err=True)

@@ -70,6 +70,15 @@ def is_stream(path: Path) -> bool:
     return os.path.abspath(path).startswith(("/dev/", "/proc/"))
 
 
+def is_own_stdout(path: str | os.PathLike) -> bool:
+    """``path`` is this process's standard output: ``/dev/stdout``, ``/dev/fd/1``, or
+    the very file or pipe it goes to."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(1))
+    except OSError:
+        return False
+
+
 def _write_into(path: Path, data: bytes | str | Callable[[Path], object]) -> None:
     """Into a stream: through this process's own descriptor where ``path`` is its
     stdout or stderr (a second open of ``/dev/stdout`` would truncate a redirected
