@@ -228,13 +228,22 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args
         ),
         (["demo", "--demo-dir", "{d}/index"], "holds an index: give the demo a folder of its own"),
         (["index", "{d}/i", "--db", "{d}"], "holds photos (p.jpg): give the index a folder of its own"),
+        (["index", "{d}/i", "--db", "{d}/report"], "holds an audit report: give an index a folder of its own"),
+        (["train", "{d}/dataset", "--run-dir", "{d}/demo"], "holds the demo: give a training run"),
+        (["curate", "run", "{d}/i", "--dataset-dir", "{d}/report"], "holds an audit report: give a curated"),
     ],
 )
 def test_a_command_never_writes_into_another_commands_folder(files, args, why):
     """An index, a curated dataset and a training run each keep their own folder: their
     files mixed, each reader would meet the other's (all three were written at exit 0).
     So do audit reports and the demo, and a new index is not made among photos."""
-    for name, mark in (("index", "segments.sqlite"), ("dataset", "manifest.json"), ("run", "trainer.pt")):
+    for name, mark in (
+        ("index", "segments.sqlite"),
+        ("dataset", "manifest.json"),
+        ("run", "trainer.pt"),
+        ("report", "suspects.csv"),
+        ("demo", "db-tiny"),
+    ):
         (files / name).mkdir(exist_ok=True)
         (files / name / mark).write_text("{}")
     before = sorted(p.relative_to(files) for p in files.rglob("*"))

@@ -22,6 +22,7 @@ from rich.console import Console
 from usesearch import interrupts
 from usesearch.errors import UsesearchError, first_line, is_disk_full
 
+from .paths import DEMO_INDEX as DEMO_INDEX
 from .paths import folder_for as folder_for
 from .paths import folder_to_write as folder_to_write
 from .paths import picture_file as picture_file

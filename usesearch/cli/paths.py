@@ -12,6 +12,7 @@ import typer
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import is_stream
+from usesearch.models.presets import PRESETS
 
 
 def writable_file(value: Path | None) -> Path | None:
@@ -50,11 +51,15 @@ def folder_to_write(value: Path | None) -> Path | None:
     return value
 
 
+DEMO_INDEX = "db-{preset}"  # the demo's index, in its folder beside the sample photos
+
 # What each command's folder holds, by the files that only it writes.
 FOLDER_MARKS = {
     "an index": ("segments.sqlite", "vectors.faiss"),
     "a curated dataset": ("manifest.json", "shards"),
     "a training run": ("trainer.pt", "log.csv"),
+    "an audit report": ("suspects.csv", "report.html"),
+    "the demo": tuple(DEMO_INDEX.format(preset=name) for name in PRESETS),
 }
 
 

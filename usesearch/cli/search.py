@@ -278,7 +278,7 @@ def demo(
         )
         preset = "tiny"
     photos = _write_sample_photos(demo_dir / "photos")
-    db = str(demo_dir / f"db-{preset}")
+    db = str(demo_dir / opts.DEMO_INDEX.format(preset=preset))
     # The two commands by name, as a user would run them (no command module imports another).
     commands = ctx.find_root().command.commands  # type: ignore[attr-defined]  # the root is a group
     for args in (
