@@ -233,12 +233,15 @@ def search_filters(
         bool, typer.Option("--distinct", help="Drop a hit mostly lying in, or holding, a better hit of the same photo.")
     ] = False,
     nprobe: Annotated[
-        Optional[int], typer.Option("--nprobe", min=1, help="Compressed index: clusters visited per query.")
+        Optional[int],
+        typer.Option("--nprobe", min=1, help="Compressed index: clusters visited per query (default: as calibrated)."),
     ] = None,
     rerank: Annotated[
         Optional[int],
         typer.Option(
-            "--rerank", min=1, help="Compressed index: candidates re-scored exactly (default max(1000, 100 k))."
+            "--rerank",
+            min=1,
+            help="Compressed index: candidates re-scored exactly (default: as calibrated, else max(1000, 100 k)).",
         ),
     ] = None,
     label: Annotated[
