@@ -142,8 +142,11 @@ def load_models(options: IndexOptions):
     masker = build_masker(options.masker, model.preset, resolve_device(options.device), **options.masker_options)
     if options.compile:
         sam = getattr(getattr(masker, "generator", None), "model", None)
-        backbones = model.use.encoder if hasattr(model, "use") else model.model.visual
-        compile_modules(backbones, *([sam.image_encoder, sam.mask_decoder] if sam is not None else []))
+        compile_modules(*([sam.image_encoder, sam.mask_decoder] if sam is not None else []))
+        if hasattr(model, "use"):
+            compile_modules(model.use.encoder)  # one photo a call, at the preset's size
+        else:
+            compile_modules(model.model.visual, dynamic=None)  # ``crop``: as many crops as the photo has segments
     return model, masker
 
 

@@ -235,6 +235,34 @@ def test_compile_traces_the_models_and_changes_no_segment(tmp_path, monkeypatch)
     assert segment_table(tmp_path / "plain") == segment_table(tmp_path / "compiled")
 
 
+def test_a_compiled_crop_tower_takes_any_number_of_crops_without_compiling_each(monkeypatch):
+    """``--compile --embedder crop``: a photo's crops are one batch of any size; with
+    static shapes each size compiled anew until torch's limit (8), after which the rest
+    ran uncompiled. Shapes go dynamic after the second size; the embeddings are unchanged."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from usesearch.indexer.pipeline import load_models
+    from usesearch.masks import sam_fast
+
+    monkeypatch.setattr(sam_fast, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    options = dict(preset="tiny", embedder="crop", masker="felzenszwalb", device="cpu")
+    compiled, _ = load_models(IndexOptions(**options, compile=True))
+    plain, _ = load_models(IndexOptions(**options))
+    rgb = np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8)
+    masks = np.zeros((8, 96, 128), bool)
+    for i in range(8):
+        masks[i, 10 * i : 10 * i + 20, 5 * i : 5 * i + 40] = True
+    for n in range(1, 9):
+        np.testing.assert_allclose(
+            compiled.embed_segments(rgb, masks[:n]), plain.embed_segments(rgb, masks[:n]), atol=1e-5
+        )
+    assert counters["stats"]["unique_graphs"] <= 2  # 8 sizes: static shapes compiled 8 graphs
+    torch._dynamo.reset()
+
+
 def test_a_known_path_changed_to_content_met_earlier_in_the_run_is_indexed_again(tmp_path):
     photos = write_photos(tmp_path / "photos", ("chelsea", "coffee"))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))

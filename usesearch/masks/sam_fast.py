@@ -123,10 +123,13 @@ def speed_up(sam: Sam) -> Sam:
 COMPILE_BACKEND = "inductor"
 
 
-def compile_modules(*modules: torch.nn.Module) -> None:
+def compile_modules(*modules: torch.nn.Module, dynamic: bool | None = False) -> None:
     """``torch.compile`` each module in place (``--compile``): a minute or more of
     compiling when the first photo arrives, for the steady state of a long run.
     Shapes are static (SAM's 1024-px canvas, the backbones' letterbox, fixed prompt
-    batches), so few recompiles follow."""
+    batches), so few recompiles follow. ``dynamic=None`` for a module whose batch
+    varies (the crop tower's last batch of a photo's crops): compiled again once, for
+    any size, where static shapes would recompile for each size until torch's limit
+    (8) and then run the rest uncompiled."""
     for module in modules:
-        module.compile(backend=COMPILE_BACKEND, dynamic=False)
+        module.compile(backend=COMPILE_BACKEND, dynamic=dynamic)
