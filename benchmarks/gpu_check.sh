@@ -39,8 +39,8 @@ for name in ('open_clip', 'segment_anything', 'faiss', 'sqlalchemy', 'pycocotool
 assert not missing, 'missing: ' + '; '.join(missing)
 print('every module the steps import is here')
 "
-# 1. The CUDA parts of the suite that a CPU cannot run: the generator's masks against
-#    stock's on the GPU (bf16 tolerance), run-length coding on the device.
+# 1. The CUDA parts of the suite that a CPU cannot run: run-length coding on the device,
+#    and the generator's masks against stock's on the GPU (the bfloat16 tolerance).
 step checks.txt timeout 60 python3 - <<'PY'
 import numpy as np, torch
 from usesearch.masks import rle
@@ -48,6 +48,22 @@ import torch.nn.functional as F
 masks = F.interpolate(torch.rand(64, 1, 24, 32, device="cuda"), size=(768, 1024), mode="bilinear")[:, 0] > 0.5  # blobs
 assert rle.encode_runs(masks) == rle.encode_stack(masks.cpu().numpy()), "RLE on the GPU differs from pycocotools"
 print("RLE on the GPU equals pycocotools on 64 masks")
+# The generator under the GPU's bfloat16 autocast against stock's float32 masks, on the
+# tests' blob SAM (tests/helpers.py), within the README's tolerance.
+from segment_anything import SamAutomaticMaskGenerator
+from skimage import data
+from tests.helpers import BF16_COUNT, BF16_MATCHED, LOW, bf16_agreement, blob_sam
+from usesearch.masks.amg import SamMaskGenerator
+sam = blob_sam("cuda")
+for name in ("coffee", "astronaut"):
+    image = np.ascontiguousarray(getattr(data, name)()[::3, ::3])
+    stock = SamAutomaticMaskGenerator(sam, points_per_side=8, **LOW).generate(image)
+    generator = SamMaskGenerator(sam, points_per_side=8, **LOW)
+    ours = generator.generate(image)
+    matched, gap = bf16_agreement(stock, ours)
+    print(f"{name}: {len(ours)} masks (autocast {generator.autocast}) against stock's {len(stock)}, "
+          f"{matched:.1%} of stock's matched at IoU >= 0.95")
+    assert matched >= BF16_MATCHED and gap <= BF16_COUNT, "outside the bfloat16 tolerance"
 PY
 # 2. Throughput as a user gets it, stage by stage, paper preset then b16.
 step throughput.txt timeout 240 python3 benchmarks/index_throughput.py --presets l14-336,b16 --images 48 \

@@ -100,42 +100,10 @@ def pg_url(postgres_server) -> str:
 # -- a tiny SAM whose masks are blobs around each prompt: the mask generator's tests --
 @pytest.fixture(scope="module")
 def sam():
-    """The seeded tiny SAM, with its mask decoder's logits replaced by blobs of three
-    sizes around each point prompt (plus the decoder's own output as texture). With
-    random weights every prompt gives nearly the whole image, so NMS, crop-edge and
-    clean-up decisions would never be tested; blobs make them real. Both generators
-    call the same modules, so the comparison is unaffected."""
-    import copy
+    """``tests.helpers.blob_sam``: the seeded tiny SAM whose masks are blobs."""
+    from tests.helpers import blob_sam
 
-    import torch
-
-    import usesearch
-    from usesearch.masks.sam import load_sam
-
-    model = copy.deepcopy(load_sam(usesearch.get_preset("tiny").sam, "tiny"))
-    seen = {}
-    encode_prompts, decode = model.prompt_encoder.forward, model.mask_decoder.forward
-
-    def prompt_encoder(points, boxes, masks):
-        seen["points"] = points[0]  # [B, 1, 2] in the model's input frame
-        return encode_prompts(points, boxes, masks)
-
-    def mask_decoder(**kwargs):
-        low_res, iou = decode(**kwargs)
-        size = low_res.shape[-1]
-        cell = model.image_encoder.img_size / size
-        centres = (torch.arange(size, dtype=torch.float32) + 0.5) * cell
-        px, py = seen["points"][:, 0, 0].float(), seen["points"][:, 0, 1].float()
-        dist = (
-            (centres[None, None, :] - px[:, None, None]) ** 2 + (centres[None, :, None] - py[:, None, None]) ** 2
-        ).sqrt()
-        radii = torch.tensor([18.0, 40.0, 75.0])
-        blobs = (radii[None, :, None, None] - dist[:, None]) / 6 + 0.5 * low_res / low_res.abs().amax().clamp(min=1e-6)
-        return blobs.to(low_res.dtype), iou
-
-    model.prompt_encoder.forward = prompt_encoder
-    model.mask_decoder.forward = mask_decoder
-    return model
+    return blob_sam()
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,27 @@ def test_same_masks_as_segment_anythings_generator(sam, image, settings):
     assert not unmatched
 
 
+@pytest.mark.parametrize("photo", ["coffee", "astronaut"])
+@pytest.mark.parametrize(
+    "settings",
+    [dict(points_per_side=8, **LOW), dict(points_per_side=6, crop_n_layers=1, min_mask_region_area=25, **LOW)],
+    ids=["plain", "crops-small-regions"],
+)
+def test_bfloat16_masks_stay_within_the_documented_tolerance_of_stock(sam, photo, settings):
+    """On a GPU the generator runs SAM under bfloat16 autocast; its masks are stock's
+    float32 masks within ``BF16_*`` (the README's tolerance). bf16 autocast on the CPU
+    stands in for the GPU's here; ``gpu_check.sh`` checks the same on a GPU."""
+    from skimage import data
+
+    from tests.helpers import BF16_COUNT, BF16_MATCHED, bf16_agreement
+
+    image = np.ascontiguousarray(getattr(data, photo)()[::3, ::3])
+    stock = SamAutomaticMaskGenerator(sam, **settings).generate(image)
+    ours = SamMaskGenerator(sam, autocast=True, **settings).generate(image)
+    matched, count_gap = bf16_agreement(stock, ours)
+    assert len(stock) > 100 and matched >= BF16_MATCHED and count_gap <= BF16_COUNT, (matched, count_gap)
+
+
 def test_same_masks_when_the_photo_already_has_the_models_input_size(sam):
     """Then the second resize of the upscaling is skipped (it would return its input)."""
     from skimage import data
