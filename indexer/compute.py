@@ -57,6 +57,9 @@ def compute_photos(
     masks of all of them in one masker call (give at most ``photos_per_masker_call``),
     then each photo's embeddings. A batch that fails is retried photo by photo, so one
     photo's failure is its own. ``clock`` (a report) gets the masker's and models' seconds."""
+    prepare = getattr(model, "prepare", None)
+    if prepare is not None:  # the backbones' resizing, in a thread while SAM runs
+        prepare(rgbs)
     start = time.perf_counter()
     try:
         batches = masker.batch(rgbs, paths) if len(rgbs) > 1 else [masker(rgbs[0], paths[0])]

@@ -152,3 +152,78 @@ def test_paper_presets_name_the_paper_backbones():
         "vit_base_patch14_dinov2.lvd142m",
         "vit_b",
     )
+
+
+def letterbox_as_it_was(rgb, side, mean, std, canvas=None):
+    """The letterbox ``USE.pixels`` replaced (per backbone, all on the CPU), verbatim."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    scale = side / (canvas or max(h, w))
+    new_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = np.array(Image.fromarray(rgb).resize(new_hw[::-1], Image.Resampling.BICUBIC))
+    tensor = torch.from_numpy(small).permute(2, 0, 1).float().div_(255)
+    out = torch.zeros(3, side, side)
+    out[:, : new_hw[0], : new_hw[1]] = (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    return out
+
+
+@pytest.mark.parametrize("preset", ["tiny", "l14-336", "b16"])
+def test_pixels_resize_once_per_size_and_equal_letterbox_per_backbone(preset, monkeypatch):
+    """``USE.pixels`` resizes the photo once per distinct backbone size (l14-336's two
+    are both 560 px) and normalises where the model runs; the inputs are exactly those
+    of letterboxing the photo for each backbone, as before."""
+    from types import SimpleNamespace
+
+    from skimage import data
+
+    from usesearch.models import inputs, model
+    from usesearch.models.presets import get_preset
+
+    config = get_preset(preset)
+    use = SimpleNamespace(
+        preset=config,
+        clip_mean_std=((0.48, 0.46, 0.41), (0.27, 0.26, 0.28)),
+        dino_mean_std=((0.485,) * 3, (0.229,) * 3),
+    )
+    for name in ("resize_for_backbones", "pixels_from"):  # the USE methods ``pixels`` calls, on this stand-in
+        setattr(use, name, getattr(model.USE, name).__get__(use))
+    rgb = np.ascontiguousarray(data.astronaut()[::2, ::3])
+    calls = []
+    monkeypatch.setattr(model, "resized", lambda *a, **k: calls.append(a[1]) or inputs.resized(*a, **k))
+    clip_px, dino_px = model.USE.pixels(use, rgb)
+    assert sorted(calls) == sorted({config.clip.image_size, config.dino.image_size})
+    assert torch.equal(clip_px, letterbox_as_it_was(rgb, config.clip.image_size, *use.clip_mean_std))
+    assert torch.equal(dino_px, letterbox_as_it_was(rgb, config.dino.image_size, *use.dino_mean_std))
+    with_canvas = model.USE.pixels(use, rgb, canvas=600)[1]
+    assert torch.equal(with_canvas, letterbox_as_it_was(rgb, config.dino.image_size, *use.dino_mean_std, canvas=600))
+    assert torch.equal(
+        inputs.letterbox(rgb, 224, *use.clip_mean_std), letterbox_as_it_was(rgb, 224, *use.clip_mean_std)
+    )
+
+
+def test_photos_prepared_while_sam_runs_embed_as_photos_resized_in_line(tiny_use, monkeypatch):
+    """``prepare`` resizes a group's photos for the backbones in the embedder's own
+    thread (on a GPU, while SAM runs; in line, the card waited on PIL): the same
+    embeddings, and a photo nobody prepared is resized where it is embedded."""
+    import threading
+
+    from skimage import data
+
+    photos = [np.ascontiguousarray(data.coffee()[::4, ::4]), np.ascontiguousarray(data.astronaut()[::4, ::4])]
+    masks = [np.zeros(p.shape[:2], bool)[None].repeat(2, 0) for p in photos]
+    for m in masks:
+        m[0, 10:40, 20:70], m[1, 30:, :50] = True, True
+    in_line = [tiny_use.embed_segments(p, m) for p, m in zip(photos, masks)]
+    resized_on, real = [], tiny_use.use.resize_for_backbones
+    monkeypatch.setattr(
+        tiny_use.use,
+        "resize_for_backbones",
+        lambda rgb, canvas=None: resized_on.append(threading.current_thread().name) or real(rgb, canvas),
+    )
+    tiny_use.prepare(photos[:1])
+    prepared = [tiny_use.embed_segments(p, m) for p, m in zip(photos, masks)]
+    for a, b in zip(prepared, in_line):
+        np.testing.assert_array_equal(a, b)
+    assert resized_on[0].startswith("usesearch-resize") and resized_on[1] == threading.current_thread().name
+    assert not tiny_use._prepared  # taken as it was used

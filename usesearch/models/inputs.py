@@ -26,9 +26,11 @@ def as_masks(masks: np.ndarray | torch.Tensor, image_hw: tuple[int, int]) -> tor
     return masks
 
 
-def normalize(rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)
-    return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+def normalize(rgb: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 [3, H, W], normalised, on the input's device."""
+    tensor = (torch.from_numpy(rgb) if isinstance(rgb, np.ndarray) else rgb).permute(2, 0, 1).float().div_(255)
+    device = tensor.device
+    return (tensor - torch.tensor(mean, device=device)[:, None, None]) / torch.tensor(std, device=device)[:, None, None]
 
 
 def letterbox(
@@ -40,10 +42,21 @@ def letterbox(
     every backbone whatever its input size. ``canvas``: the image lies on a square
     of this many of its pixels (a training crop smaller than the crop size) instead
     of its own longest side."""
+    return padded(torch.from_numpy(resized(rgb, side, canvas)), side, mean, std)
+
+
+def resized(rgb: np.ndarray, side: int, canvas: int | None = None) -> np.ndarray:
+    """``letterbox``'s first half: the photo scaled (bicubic, as PIL does it), still uint8."""
     h, w = rgb.shape[:2]
     scale = side / (canvas or max(h, w))
     new_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
-    resized = np.array(Image.fromarray(rgb).resize(new_hw[::-1], Image.Resampling.BICUBIC))
-    out = torch.zeros(3, side, side)
-    out[:, : new_hw[0], : new_hw[1]] = normalize(resized, mean, std)
+    return np.array(Image.fromarray(rgb).resize(new_hw[::-1], Image.Resampling.BICUBIC))
+
+
+def padded(pixels: torch.Tensor, side: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``letterbox``'s second half, on the pixels' device: uint8 [h, w, 3] normalised
+    onto a zero (mean-colour) square [3, side, side]. On a GPU the photo goes up as
+    uint8, a quarter of float32's bytes, and the arithmetic runs there."""
+    out = torch.zeros(3, side, side, device=pixels.device)
+    out[:, : pixels.shape[0], : pixels.shape[1]] = normalize(pixels, mean, std)
     return out

@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -27,7 +28,7 @@ from usesearch.models.backbones import Clip, dino_mean_std
 from usesearch.models.config import PresetConfig
 from usesearch.models.encoder import BackboneTokens, USEImageEncoder
 from usesearch.models.head import SegmentEmbeddingHead, letterbox_weights
-from usesearch.models.inputs import as_masks, letterbox
+from usesearch.models.inputs import as_masks, letterbox, padded, resized
 from usesearch.models.text import CLASSNAME_TEMPLATES, EXPRESSION_TEMPLATES, TextEncoder
 
 if TYPE_CHECKING:
@@ -52,13 +53,27 @@ class USE(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.encoder.trainable_named_parameters()] + list(self.head.parameters())
 
-    def pixels(self, rgb: np.ndarray, canvas: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image -> letterboxed inputs for CLIP and DINOv2 (same grid, own sizes);
-        ``canvas`` as in ``letterbox`` (training crops)."""
-        return (
-            letterbox(rgb, self.preset.clip.image_size, *self.clip_mean_std, canvas=canvas),
-            letterbox(rgb, self.preset.dino.image_size, *self.dino_mean_std, canvas=canvas),
-        )
+    def pixels(
+        self, rgb: np.ndarray, canvas: int | None = None, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image -> letterboxed inputs for CLIP and DINOv2 (same grid, own sizes),
+        on ``device`` (default: the CPU); ``canvas`` as in ``letterbox`` (training crops)."""
+        return self.pixels_from(self.resize_for_backbones(rgb, canvas), device)
+
+    def resize_for_backbones(self, rgb: np.ndarray, canvas: int | None = None) -> dict[int, np.ndarray]:
+        """``pixels``' first half, on the CPU: the photo resized once per distinct
+        backbone size (``l14-336``'s two share 560 px: the resize is most of the time)."""
+        sizes = {self.preset.clip.image_size, self.preset.dino.image_size}
+        return {size: resized(rgb, size, canvas) for size in sorted(sizes)}
+
+    def pixels_from(
+        self, small: dict[int, np.ndarray], device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pixels``' second half: each size moved to ``device`` as uint8 (a quarter of
+        float32's bytes) and normalised there; the values are ``letterbox``'s."""
+        moved = {size: torch.from_numpy(pixels).to(device or "cpu") for size, pixels in small.items()}
+        clip, dino = self.preset.clip.image_size, self.preset.dino.image_size
+        return padded(moved[clip], clip, *self.clip_mean_std), padded(moved[dino], dino, *self.dino_mean_std)
 
     def backbone_tokens(self, clip_pixels: torch.Tensor, dino_pixels: torch.Tensor) -> BackboneTokens:
         return self.encoder.backbone_tokens(clip_pixels, dino_pixels)
@@ -109,15 +124,35 @@ class USEEmbedder(_TextMixin):
         self.fingerprint = f"use-{self.preset.name}-" + _digest(
             {"kind": "use", "backbones": self.preset.backbone_dict(), "head": head_digest}
         )
+        self._resizer: ThreadPoolExecutor | None = None  # ``prepare``'s thread, made on first use
+        self._prepared: dict[int, tuple[np.ndarray, Future[dict[int, np.ndarray]]]] = {}
+
+    def prepare(self, rgbs: list[np.ndarray]) -> None:
+        """Start resizing these photos for the backbones in a thread of this embedder's
+        own, while the caller runs SAM on them: ``image_features`` then finds them done.
+        On a GPU the resize (PIL, ~7 ms for ``l14-336`` on one core) otherwise runs
+        between SAM's read-back and the backbones, with the card idle; PIL releases the
+        GIL. Photos prepared earlier and never embedded (a failed photo) are dropped."""
+        if self._resizer is None:
+            self._resizer = ThreadPoolExecutor(1, thread_name_prefix="usesearch-resize")
+        resizer = self._resizer
+        self._prepared = {id(rgb): (rgb, resizer.submit(self._resize, rgb)) for rgb in rgbs}
+
+    def _resize(self, image) -> dict[int, np.ndarray]:
+        return self.use.resize_for_backbones(to_rgb_array(image))
 
     @torch.inference_mode()
     def image_features(self, image) -> torch.Tensor:
         """Patch features z [grid*grid, D] (float32) of one image; reuse them for any
         number of masks. On a GPU the backbones and LLNs run under bfloat16 autocast."""
-        rgb = to_rgb_array(image)
-        clip_px, dino_px = self.use.pixels(rgb)
+        prepared = self._prepared.pop(id(image), None)
+        if prepared is not None and prepared[0] is image:  # (the very object ``prepare`` had: ids are reused)
+            small = prepared[1].result()
+        else:
+            small = self._resize(image)
+        clip_px, dino_px = self.use.pixels_from(small, self.device)
         with bf16_autocast(self.device):
-            z = self.use.encoder(clip_px[None].to(self.device), dino_px[None].to(self.device))[0]
+            z = self.use.encoder(clip_px[None], dino_px[None])[0]
         return z.float()
 
     @torch.inference_mode()
@@ -139,7 +174,7 @@ class USEEmbedder(_TextMixin):
         The image encoder runs once whatever N is."""
         rgb = to_rgb_array(image)
         start = time.perf_counter()
-        z = self.image_features(rgb)
+        z = self.image_features(image)  # (the object given: ``prepare`` may have resized it)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the backbones' time is theirs, not pooling's
         middle = time.perf_counter()
