@@ -63,7 +63,9 @@ def compute_photos(
     start = time.perf_counter()
     try:
         batches = masker.batch(rgbs, paths) if len(rgbs) > 1 else [masker(rgbs[0], paths[0])]
-    except Exception:  # noqa: BLE001 - one photo's failure must not cost the others
+    except Exception as exc:  # noqa: BLE001 - one photo's failure must not cost the others
+        if len(rgbs) == 1:
+            return [exc]  # its own failure: not masked a second time (an out-of-memory pass is costly)
         batches = [None] * len(rgbs)  # each photo alone, below
     else:
         clock.masker_seconds += time.perf_counter() - start

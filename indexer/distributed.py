@@ -118,8 +118,10 @@ class SegmentWorker:
             died = fragments.deaths(self.db_dir, sha)
             if died >= self.max_deaths:
                 times = "once" if died == 1 else f"{died} times"
+                # The note stays until the verdict is committed (``_commit``): deleted now, a
+                # retry of this call after another photo's death would compute it again, and
+                # two such photos would take turns killing the actor for ever.
                 errors[i] = f"WorkerDied: the Ray worker computing it died {times} (a crash, or out of memory)"
-                fragments.attempts_path(self.db_dir, sha).unlink(missing_ok=True)
             else:
                 (retries if died else first_tries).append(i)
         # A photo an actor died on is computed alone, so one that kills its worker takes
@@ -341,6 +343,7 @@ def _commit(rows: list[dict], writer: Writer, db_dir: Path, report: IndexReport)
         writer.commit(photos, report)
     for row in rows:  # after the commit: a kill before it leaves the fragments for the next run
         fragment_path(db_dir, row["sha256"]).unlink(missing_ok=True)
+        fragments.attempts_path(db_dir, row["sha256"]).unlink(missing_ok=True)  # a WorkerDied verdict's note
 
 
 # -- shards filled in parallel ----------------------------------------------------------

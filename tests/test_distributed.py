@@ -5,6 +5,7 @@ killed with kill -9 mid-run, and with the catalog in PostgreSQL."""
 import os
 import signal
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +268,44 @@ def test_a_twin_within_an_actor_calls_group_is_committed_once(photos, tmp_path):
         writer.write()
     assert (report.done, report.skipped, report.segments) == (1, 1, 3)
     assert_consistent(tmp_path / "db")
+
+
+def test_two_photos_that_kill_their_worker_in_one_call_both_end_as_worker_died(tmp_path):
+    """An actor call of four photos, two of which kill the actor (as Ray retries the
+    call after each death, without end). A WorkerDied verdict's note was deleted when
+    given, so the next retry (after the other photo's death) counted that photo from
+    zero again: the two took turns killing the actor for ever."""
+
+    class Died(BaseException):  # the actor's process ending: nothing after it in the call runs
+        pass
+
+    class Worker(distributed.SegmentWorker):
+        def __init__(self):  # no models: ``compute`` stands in for them
+            self.db_dir, self.masker = str(tmp_path), types.SimpleNamespace(images_per_call=4)
+
+        def compute(self, rgbs, paths):
+            if {"a", "b"} & set(paths):
+                raise Died(paths)
+            return [([], np.zeros((0, 4), np.float32)) for _ in paths]
+
+    shas = [c * 64 for c in "abcd"]
+    batch = {
+        "fs_path": [p.encode() for p in "abcd"],
+        "path": list("abcd"),
+        "sha256": shas,
+        "file_stat": [""] * 4,
+        "error": [""] * 4,
+        "rgb": [np.zeros((4, 4, 3), np.uint8)] * 4,
+    }
+    for tries in range(1, 20):  # as Ray retries the call
+        try:
+            out = Worker()(batch)
+            break
+        except Died:
+            continue
+    else:
+        pytest.fail("the call never got through: its actor died on every try")
+    assert tries <= 4  # the four together, then a alone (dies), b alone (dies), then the verdicts
+    assert [e.split(":")[0] for e in out["error"]] == ["WorkerDied", "WorkerDied", "", ""]
+    assert out["segments"].tolist() == [-1, -1, 0, 0]
+    assert fragments.attempts_path(tmp_path, shas[0]).exists()  # the verdict's note, until it is committed

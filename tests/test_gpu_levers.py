@@ -335,3 +335,33 @@ def test_models_a_group_ahead_of_the_commits_give_the_same_index(tmp_path, monke
     failed = {record.path for record in store.failures()}
     committed = [path for _, _, path in sorted(store.image_files()) if path not in failed]
     assert len(committed) == 5 and committed == [found.path for found in walk([photos]) if found.path in committed]
+
+
+def test_a_photo_the_masker_fails_on_is_masked_once_and_a_failed_batch_photo_by_photo():
+    """A group's masker call that fails is retried photo by photo (one photo's failure
+    is its own); a photo alone that fails is not masked a second time (an out-of-memory
+    pass on a huge photo twice over)."""
+    from usesearch.indexer.compute import compute_photos
+    from usesearch.indexer.options import IndexReport
+
+    calls = []
+
+    class Masker:
+        def __call__(self, rgb, path):
+            calls.append(path)
+            if path == "bad":
+                raise RuntimeError("CUDA out of memory")
+            return []
+
+        def batch(self, rgbs, paths):
+            calls.append(tuple(paths))
+            raise RuntimeError("CUDA out of memory")
+
+    model = types.SimpleNamespace(embed_segments=lambda rgb, masks: np.zeros((0, 4), np.float32))
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    alone = compute_photos([rgb], ["bad"], model, Masker(), IndexReport())
+    assert calls == ["bad"] and isinstance(alone[0], RuntimeError)
+    calls.clear()
+    group = compute_photos([rgb, rgb], ["good", "bad"], model, Masker(), IndexReport())
+    assert calls == [("good", "bad"), "good", "bad"]
+    assert group[0] == ([], group[0][1]) and isinstance(group[1], RuntimeError)
