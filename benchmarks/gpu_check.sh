@@ -30,7 +30,7 @@ step gpu.txt nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv
 step imports.txt python3 -c "
 import importlib
 missing = []
-for name in ('open_clip', 'segment_anything', 'faiss', 'sqlalchemy', 'pycocotools', 'tenacity', 'filelock', 'ijson',
+for name in ('open_clip', 'segment_anything', 'faiss', 'sqlalchemy', 'pycocotools', 'tenacity', 'filelock', 'ijson', 'skimage',
              'regex', 'usesearch.indexer.pipeline', 'usesearch.masks.amg'):
     try:
         importlib.import_module(name)

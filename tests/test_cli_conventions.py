@@ -229,6 +229,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args
         (["demo", "--demo-dir", "{d}/index"], "holds an index: give the demo a folder of its own"),
         (["index", "{d}/i", "--db", "{d}"], "holds photos (p.jpg): give the index a folder of its own"),
         (["index", "{d}/i", "--db", "{d}/report"], "holds an audit report: give an index a folder of its own"),
+        (["index", "{d}/i", "--db", "{d}/lists"], "holds an audit report: give an index a folder of its own"),
         (["train", "{d}/dataset", "--run-dir", "{d}/demo"], "holds the demo: give a training run"),
         (["curate", "run", "{d}/i", "--dataset-dir", "{d}/report"], "holds an audit report: give a curated"),
     ],
@@ -241,7 +242,8 @@ def test_a_command_never_writes_into_another_commands_folder(files, args, why):
         ("index", "segments.sqlite"),
         ("dataset", "manifest.json"),
         ("run", "trainer.pt"),
-        ("report", "suspects.csv"),
+        ("report", "suspects.csv"),  # eval audit's
+        ("lists", "swapped.csv"),  # audit's
         ("demo", "db-tiny"),
     ):
         (files / name).mkdir(exist_ok=True)
@@ -459,3 +461,10 @@ def test_the_demo_runs_given_its_old_spellings(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["demo", "--query", "a cup", "--out", str(tmp_path / "d"), "--preset", "tiny"])
     assert result.exit_code == 0, result.output
     assert "coffee.png" in result.output and "Browse these segments" in result.output
+
+
+def test_every_list_an_audit_writes_marks_its_folder():
+    from usesearch.cli.paths import FOLDER_MARKS
+    from usesearch.indexer.audit.report import CSV_COLUMNS
+
+    assert {f"{kind}.csv" for kind in CSV_COLUMNS} <= set(FOLDER_MARKS["an audit report"])

@@ -58,7 +58,9 @@ FOLDER_MARKS = {
     "an index": ("segments.sqlite", "vectors.faiss"),
     "a curated dataset": ("manifest.json", "shards"),
     "a training run": ("trainer.pt", "log.csv"),
-    "an audit report": ("suspects.csv", "report.html"),
+    # ``eval audit``'s report, and ``audit``'s lists (``indexer/audit/report.py``'s CSV_COLUMNS, tested).
+    "an audit report": ("suspects.csv", "report.html")
+    + tuple(f"{kind}.csv" for kind in ("swapped", "overlooked", "badly_located", "leaks", "outliers")),
     "the demo": tuple(DEMO_INDEX.format(preset=name) for name in PRESETS),
 }
 
