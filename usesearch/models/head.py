@@ -70,31 +70,38 @@ def rle_cell_coverage(masks: rle.RleStack, grid_hw: tuple[int, int], cell_hw: tu
     share of a cell is rows[i, y] * cols[j, x]; summed over a run of column-major
     pixels [s, e) it is F(e) - F(s), where F is a prefix sum that separates into the
     rows' prefix sums and the columns' (so each mask costs two [gh, R] x [R, gw]
-    products over its R runs). Float64 inside: the prefix sums reach H * W."""
+    products over its R runs). Float64 inside: the prefix sums reach H * W.
+
+    In NumPy, not torch: a photo's masks make hundreds of small operations, each of
+    which torch's thread pool dispatches at a cost (and, beside the indexer's reader
+    threads, waits for busy cores): 100 masks of a 1024-px photo took 33 ms on one
+    core in torch, 14 ms here (``benchmarks/pooling_weights.py``), and this runs in
+    line between SAM and the backbones on a GPU."""
     n, h, w = masks.shape
     gh, gw = grid_hw
     if n == 0:
         return torch.zeros(0, gh * gw)
-    rows = _axis_overlap(h, gh, cell_hw[0]).double()  # [gh, H]
-    cols = _axis_overlap(w, gw, cell_hw[1]).double()  # [gw, W]
-    row_prefix = F.pad(rows.cumsum(1), (1, 0))  # [gh, H + 1]: rows[:, :y] summed
-    col_prefix = F.pad(cols.cumsum(1), (1, 0))  # [gw, W + 1]: cols[:, :x] summed
-    col_at = F.pad(cols, (0, 1))  # [gw, W + 1]: column x = W is past the image
+    rows = _axis_overlap(h, gh, cell_hw[0]).double().numpy()  # [gh, H]
+    cols = _axis_overlap(w, gw, cell_hw[1]).double().numpy()  # [gw, W]
+    row_prefix = np.pad(rows.cumsum(1), ((0, 0), (1, 0)))  # [gh, H + 1]: rows[:, :y] summed
+    col_prefix = np.pad(cols.cumsum(1), ((0, 0), (1, 0)))  # [gw, W + 1]: cols[:, :x] summed
+    col_at = np.pad(cols, ((0, 0), (0, 1)))  # [gw, W + 1]: column x = W is past the image
     full = row_prefix[:, h]  # a whole column's share in each row of cells
-    out = torch.zeros(n, gh, gw, dtype=torch.float64)
+    out = np.zeros((n, gh, gw))
     for i, r in enumerate(masks.rles):
-        starts, ends = (torch.from_numpy(v) for v in rle.runs(r))
-        xs, ys, xe, ye = starts // h, starts % h, ends // h, ends % h
+        starts, ends = rle.runs(r)
+        xs, ys = np.divmod(starts, h)
+        xe, ye = np.divmod(ends, h)
         out[i] = (
-            torch.outer(full, (col_prefix[:, xe] - col_prefix[:, xs]).sum(1))
+            np.outer(full, (col_prefix[:, xe] - col_prefix[:, xs]).sum(1))
             + row_prefix[:, ye] @ col_at[:, xe].T
             - row_prefix[:, ys] @ col_at[:, xs].T
         )
-    out = (out.flatten(1) / (cell_hw[0] * cell_hw[1])).float()
-    empty = torch.nonzero(out.sum(1) <= 0).flatten().tolist()
+    coverage = torch.from_numpy(out.reshape(n, -1) / (cell_hw[0] * cell_hw[1])).float()
+    empty = torch.nonzero(coverage.sum(1) <= 0).flatten().tolist()
     if empty:
         raise ValueError(f"masks {empty[:10]} are empty; every segment needs at least one pixel")
-    return out
+    return coverage
 
 
 def patch_weights(masks: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
