@@ -3,7 +3,8 @@ writable open. Each step says what it does in one line; none loses a segment.
 
 - images keyed by their display path -> keyed by the exact path bytes (``fs_path``);
 - float32 embeddings as blobs in the database -> float16 embedding files beside it;
-- new columns that have a default or may be NULL are added, with the indexes declared on them.
+- new columns that have a default or may be NULL are added, with the indexes declared on them;
+- indexes declared since are made, and those they supersede dropped.
 """
 
 from __future__ import annotations
@@ -81,9 +82,14 @@ def _add_plain_columns(engine: Engine) -> None:
     _add_missing_indexes(engine)
 
 
+# Indexes an older usesearch made that a declared one now covers (its leading columns).
+SUPERSEDED_INDEXES = {"ix_segments_source": "ix_segments_source_image"}
+
+
 def _add_missing_indexes(engine: Engine) -> None:
-    """Indexes declared on columns an older table lacked (``create_all`` makes a
-    table's indexes only with the table)."""
+    """Indexes declared on columns an older table lacked, or declared since
+    (``create_all`` makes a table's indexes only with the table); then the indexes
+    they supersede dropped."""
     from .records import Base
 
     inspector = inspect(engine)
@@ -94,8 +100,13 @@ def _add_missing_indexes(engine: Engine) -> None:
         present = {i["name"] for i in inspector.get_indexes(table.name)}
         for index in table.indexes:
             if index.name not in present:
+                log.warning("adding the index %s to this index's catalog (once)", index.name)
                 with engine.begin() as conn:
                     conn.execute(CreateIndex(index))
+        for old, new in SUPERSEDED_INDEXES.items():
+            if old in present and new in {i.name for i in table.indexes}:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {old}")
 
 
 def _images_fs_path(engine: Engine) -> None:

@@ -106,7 +106,10 @@ class SegmentRecord(Base):
     __tablename__ = "segments"
     # AUTOINCREMENT: SQLite must never hand a deleted segment's id to a new one,
     # or a stale FAISS vector would answer for it.
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    # (source, image_id): the audit's pass over the annotated photos, a batch at a time
+    # past the last image id, reads a range of it; with an index on the source alone each
+    # batch read every annotation (quadratic: 53 s of queries at 160k photos, 0.13 s now).
+    __table_args__ = (Index("ix_segments_source_image", "source", "image_id"), {"sqlite_autoincrement": True})
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     x: Mapped[int]
@@ -122,7 +125,7 @@ class SegmentRecord(Base):
     vec_row: Mapped[int]
     # PROPOSAL, or ANNOTATION with the COCO annotation's id, class name, iscrowd and
     # split (the COCO file's stem unless named); NULL for proposals.
-    source: Mapped[str] = mapped_column(String(16), default=PROPOSAL, server_default=PROPOSAL, index=True)
+    source: Mapped[str] = mapped_column(String(16), default=PROPOSAL, server_default=PROPOSAL)
     annotation_id: Mapped[int | None] = mapped_column(BigInteger)
     category: Mapped[str | None] = mapped_column(String(256), index=True)
     iscrowd: Mapped[bool | None] = mapped_column(Boolean)

@@ -389,7 +389,7 @@ def test_an_older_index_gains_the_label_columns_and_their_indexes(tmp_path, monk
     db = tmp_path / "db"
     index_paths([photos], db, IndexOptions(**OPTS))
     con = sqlite3.connect(db / DB_FILE)
-    for name in ("source", "category", "split"):
+    for name in ("source_image", "category", "split"):
         con.execute(f"DROP INDEX ix_segments_{name}")
     for name in ("source", "annotation_id", "category", "iscrowd", "split"):
         con.execute(f"ALTER TABLE segments DROP COLUMN {name}")
@@ -403,10 +403,37 @@ def test_an_older_index_gains_the_label_columns_and_their_indexes(tmp_path, monk
     columns = {r[1] for r in con.execute("PRAGMA table_info(segments)")}
     indexes = {r[1] for r in con.execute("PRAGMA index_list(segments)")}
     assert {"source", "annotation_id", "category", "iscrowd", "split"} <= columns
-    assert {"ix_segments_source", "ix_segments_category", "ix_segments_split"} <= indexes
+    assert {"ix_segments_source_image", "ix_segments_category", "ix_segments_split"} <= indexes
     assert con.execute("SELECT DISTINCT source FROM segments").fetchall() == [("proposal",)]
     (stat,) = con.execute("SELECT file_stat FROM images").fetchone()  # read whole once more, its stat noted
     assert stat.startswith(f"{(photos / 'coffee.png').stat().st_size}:")
+
+
+def test_the_audits_photo_pass_reads_a_range_of_the_source_image_index(tmp_path):
+    """The audit walks the annotated photos a batch at a time past the last image id.
+    An older index (source alone indexed) read every annotation for each batch: its
+    index is replaced by (source, image_id) on the first writable open, and the query
+    is a range of it."""
+    from sqlalchemy.dialects import sqlite
+
+    from usesearch.indexer.audit.source import annotated_photos
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    con = sqlite3.connect(db / DB_FILE)
+    con.execute("DROP INDEX ix_segments_source_image")
+    con.execute("CREATE INDEX ix_segments_source ON segments (source)")  # as an older usesearch made it
+    con.commit()
+    con.close()
+    index_paths([photos], db, IndexOptions(**OPTS))  # the first writable open upgrades it
+    con = sqlite3.connect(db / DB_FILE)
+    indexes = {r[1] for r in con.execute("PRAGMA index_list(segments)")}
+    assert "ix_segments_source_image" in indexes and "ix_segments_source" not in indexes
+    query = annotated_photos(after=0, batch=1000)
+    sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    plan = " ".join(str(row[-1]) for row in con.execute(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "USING COVERING INDEX ix_segments_source_image (source=? AND image_id>?)" in plan, plan
 
 
 @pytest.mark.parametrize(

@@ -81,10 +81,9 @@ class DatasetReader:
     def photo_batches(self, after: int, batch: int):
         """(image ids, ``PhotoSegments``) of the photos with annotations past image id
         ``after``, ``batch`` photos at a time, in id order."""
-        annotated = select(SEG.image_id).where(SEG.source == ANNOTATION).distinct().order_by(SEG.image_id)
         while True:
             with self.store.engine.connect() as conn:
-                images = [i for (i,) in conn.execute(annotated.where(SEG.image_id > after).limit(batch))]
+                images = [i for (i,) in conn.execute(annotated_photos(after, batch))]
             if not images:
                 return
             yield np.array(images, np.int64), self.segments_of(images)
@@ -146,3 +145,15 @@ class DatasetReader:
                     splits.setdefault(image_id, set()).add(split or "")
                     counts[image_id] = counts.get(image_id, 0) + n
         return splits, counts
+
+
+def annotated_photos(after: int, batch: int):
+    """The next ``batch`` ids of photos with annotations past image id ``after``: a
+    range of the (source, image_id) index."""
+    return (
+        select(SEG.image_id)
+        .where(SEG.source == ANNOTATION, SEG.image_id > after)
+        .distinct()
+        .order_by(SEG.image_id)
+        .limit(batch)
+    )
