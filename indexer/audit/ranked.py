@@ -37,6 +37,10 @@ class Ranked:
         names = list(self.columns)
         return [dict(zip(names, values)) for values in zip(*(self.columns[n].tolist() for n in names))]
 
+    def top(self, n: int) -> Ranked:
+        """The best ``n`` (the columns are kept best first)."""
+        return Ranked(n, {name: values[:n] for name, values in self.columns.items()})
+
     def state(self, prefix: str) -> dict[str, np.ndarray]:
         """The columns under ``prefix.NAME``, for a checkpoint file."""
         return {f"{prefix}.{name}": values for name, values in self.columns.items()}

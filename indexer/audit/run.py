@@ -94,16 +94,19 @@ def audit_index(
         identity = _identity(store, reader, config, class_vectors)
         dim = _info(store).dim
         folder = db_dir / FOLDER
-        # Each list holds ``keep`` items besides those already reviewed (left out when
-        # shown): else, its first ``keep`` reviewed, a re-run would show nothing more.
+        # Each list shows ``keep`` items besides those already reviewed (left out when
+        # shown): else, its first ``keep`` reviewed, a re-run would show nothing more. It
+        # holds ``keep`` more as headroom, so that reviews (each one makes it want one
+        # more) take a re-run of the photo pass only once they pass ``keep`` of its kind.
         reviewed = Counter(kind for kind, _ in reviews.verdicts(store.engine))
         wanted = {kind: config.keep + reviewed[kind] for kind in LISTS}
+        held = {kind: wanted[kind] + config.keep for kind in LISTS}
         state = _load(folder / CHECKPOINT, identity, len(reader.classes), dim)
         if state is None:
-            state = _fresh(wanted, len(reader.classes), dim)
+            state = _fresh(held, len(reader.classes), dim)
         else:
             was = state.phase
-            if _lengthen(state, wanted):
+            if _lengthen(state, wanted, held):
                 say(f"{sum(reviewed.values())} items reviewed: the photo pass runs again for the next ones")
             elif was != "done":
                 say(f"resuming the audit at its {state.phase} pass (after id {state.after})")
@@ -125,7 +128,8 @@ def audit_index(
                 "audit it again once that is done"
             )
         start = time.perf_counter()
-        result = resolve(store, reader, state.lists, state.pairs, wanted["leaks"], config.near_duplicate)
+        shown = {kind: ranked.top(wanted[kind]) for kind, ranked in state.lists.items()}
+        result = resolve(store, reader, shown, state.pairs, wanted["leaks"], config.near_duplicate)
         say(f"lists resolved: {time.perf_counter() - start:.0f} s")
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / RESULT, json.dumps(result).encode())
@@ -291,16 +295,17 @@ def _fresh(wanted: dict[str, int], classes: int, dim: int) -> _State:
     )
 
 
-def _lengthen(state: _State, wanted: dict[str, int]) -> bool:
-    """Make each list hold ``wanted`` items. A list that never cut an item just holds
-    more from now on; where one did (its items reviewed since, or a larger ``keep``),
-    the photo pass runs again from the start, the classes' sums and, once made, the
-    leak pairs kept. True where it does."""
+def _lengthen(state: _State, wanted: dict[str, int], held: dict[str, int]) -> bool:
+    """Make each list hold at least ``wanted`` items. A list that holds that many (its
+    headroom), or never cut an item, just holds more from now on; where one cut
+    items it now wants (more reviewed than its headroom, or a larger ``keep``), the
+    photo pass runs again from the start, every list holding ``held`` (headroom
+    again), the classes' sums and, once made, the leak pairs kept. True where it does."""
     lists = state.lists
     cut = any(lists[kind].keep < wanted[kind] and len(lists[kind]) >= lists[kind].keep for kind in lists)
     if cut and state.phase != "annotations":
         state.phase, state.after = "photos", 0
-        state.lists = {kind: Ranked(wanted[kind]) for kind in lists}  # every list: the pass pushes them all again
+        state.lists = {kind: Ranked(held[kind]) for kind in lists}  # every list: the pass pushes them all again
         if not state.leaks_done:
             state.pairs = np.zeros((0, 3))  # a leak pass cut short starts again after it
         return True
