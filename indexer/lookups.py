@@ -232,6 +232,25 @@ class SearchLookups:
                     )
         return out
 
+    def placements(self, ids: Iterable[int]) -> dict[int, tuple[int, tuple[float, float, float, float]]]:
+        """Segment id -> (image id, box x, y, w, h as fractions of the photo's width and
+        height): what the audit's leak pairs need of each segment, without its RLE and
+        path (``rows`` read 1.3 KB a segment, and pairs reach millions)."""
+        wanted = [int(i) for i in ids]
+        out: dict[int, tuple[int, tuple[float, float, float, float]]] = {}
+        seg = SegmentRecord
+        with self.sessions() as s:
+            for start in range(0, len(wanted), SQL_PARAMETERS):
+                q = (
+                    select(seg.id, seg.image_id, seg.x, seg.y, seg.w, seg.h, ImageRecord.height, ImageRecord.width)
+                    .join(ImageRecord)
+                    .where(seg.id.in_(wanted[start : start + SQL_PARAMETERS]))
+                )
+                for i, image_id, x, y, w, h, height, width in s.execute(q):
+                    height, width = height or 1, width or 1  # (a segment's photo has its size)
+                    out[i] = (image_id, (x / width, y / height, w / width, h / height))
+        return out
+
 
 def path_glob(glob: str) -> str:
     """The glob a ``--path`` means against the stored absolute paths: an absolute one

@@ -26,9 +26,9 @@ def resolve(
     for kind in ("swapped", "overlooked", "badly_located", "outliers"):
         wanted.update(lists[kind].columns.get("key", np.zeros(0, np.int64)).tolist())
     pair_ids = np.unique(pairs[:, :2].astype(np.int64)) if len(pairs) else np.zeros(0, np.int64)
-    paired = store.rows(pair_ids)
-    segment_image = {i: r.image_id for i, r in paired.items()}
-    segment_box = {i: relative_box(r) for i, r in paired.items()}
+    placed = store.placements(pair_ids)
+    segment_image = {i: image_id for i, (image_id, _) in placed.items()}
+    segment_box = {i: box for i, (_, box) in placed.items()}
     straddling = store.contents_across_splits()
     photo_splits, photo_counts = reader.photo_splits({*segment_image.values(), *straddling})
     near = leaks.near_groups(pairs, segment_image, segment_box, photo_counts, photo_splits, threshold=near_duplicate)
@@ -109,8 +109,3 @@ def resolve(
         for rank, item in enumerate(items, 1):
             item["rank"] = rank
     return {"classes": classes, "splits": reader.splits, "generation": store.generation(), "lists": out}
-
-
-def relative_box(row) -> tuple[float, float, float, float]:
-    (h, w), (x, y, bw, bh) = row.image_hw, row.bbox
-    return x / w, y / h, bw / w, bh / h
