@@ -67,6 +67,7 @@ class AnnotationWrites:
         vectors: np.ndarray | None,
         drop: Iterable[int] = (),
         relabel: Mapping[int, tuple[str, bool]] | None = None,
+        file_stat: str | None = None,
     ) -> tuple[list[int], list[int]]:
         """A photo's annotation segments brought up to its COCO file, in one
         transaction: ``segments`` added (their ``vectors`` written to the embedding
@@ -74,18 +75,21 @@ class AnnotationWrites:
         given a new (class, iscrowd) in place. A photo the index holds with the same
         content keeps its other segments (its proposals, its annotations of other
         splits); one it lacks, failed on, or holds with other content is (re)made with
-        these alone, and a masker run still owes it its proposals. Returns (segment
+        these alone, and a masker run still owes it its proposals. ``file_stat``: the
+        file's stat as it was read whole, for a re-run to skip it unread. Returns (segment
         ids removed, segment ids added)."""
         segments = list(segments)
         if segments:
             segments = self.files().place(segments, vectors)
         dropped, relabelled = sorted(set(drop)), dict(relabel or {})
         result: tuple[list[int], list[int]] = self.retrying(
-            lambda: self._save_annotations(fs_path, path, sha256, hw, segments, dropped, relabelled)
+            lambda: self._save_annotations(fs_path, path, sha256, hw, segments, dropped, relabelled, file_stat)
         )
         return result
 
-    def _save_annotations(self, fs_path, path, sha256, hw, segments, drop, relabel) -> tuple[list[int], list[int]]:
+    def _save_annotations(
+        self, fs_path, path, sha256, hw, segments, drop, relabel, file_stat
+    ) -> tuple[list[int], list[int]]:
         seg = SegmentRecord
         with self.sessions.begin() as s:
             record = s.scalar(select(ImageRecord).where(ImageRecord.fs_path == fs_path))
@@ -116,6 +120,8 @@ class AnnotationWrites:
                     s.execute(delete(seg).where(mine, seg.id.in_(ids)).execution_options(synchronize_session=False))
                 for segment_id, (category, iscrowd) in relabel.items():
                     s.execute(update(seg).where(mine, seg.id == segment_id).values(category=category, iscrowd=iscrowd))
+            if file_stat is not None:
+                record.file_stat = file_stat
             added = add_segments(s, record.id, segments, source=ANNOTATION)
             s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
             return removed, added

@@ -38,6 +38,7 @@ from usesearch.masks.maskers import Proposal
 
 from . import read_ahead
 from .compute import segment_records
+from .known_images import BATCH, file_stat
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_devices, check_paths, identity, load_embedder
 from .records import DONE, ImageRecord
@@ -109,22 +110,35 @@ def _photos(
     """Each image entry's annotations committed (or its faults recorded), yielding its
     file name for progress; photos are read and hashed a few ahead in a thread."""
 
-    def read(job: tuple[ImageEntry, Found]) -> tuple[bytes, str]:
+    def read(job: tuple[ImageEntry, Found]) -> tuple[bytes | None, str, str | None]:
+        """(bytes, SHA-256, stat before the read); no bytes where the file is as it was
+        when last read whole (``KnownImages.unchanged``: its recorded SHA-256 then)."""
         found = job[1]
-        return read_bytes(found.fs_path, options.max_bytes, found.path)
+        stat, recorded = writer.known.unchanged(found.key, found.fs_path, proposals=False)
+        if recorded is not None:
+            return None, recorded, stat
+        return (*read_bytes(found.fs_path, options.max_bytes, found.path), stat)
+
+    def prefetched(jobs: list[tuple[ImageEntry, Found]]) -> Iterator[tuple[ImageEntry, Found]]:
+        """The jobs, the catalog's records of each next ``BATCH`` read in one query first."""
+        for at, job in enumerate(jobs):
+            if at % BATCH == 0:
+                writer.known.prefetch([found.key for _, found in jobs[at : at + BATCH]])
+            yield job
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="usesearch-read")
     try:
-        for (entry, found), future in read_ahead.ordered_map(
-            pool, read, located_entries(dataset, folders, writer, report, split), ahead=4
-        ):
+        jobs = located_entries(dataset, folders, writer, report, split)
+        for (entry, found), future in read_ahead.ordered_map(pool, read, prefetched(jobs), ahead=4):
             try:
-                (data, sha256), _ = future.result()
+                (data, sha256, stat), _ = future.result()
             except Exception as exc:  # noqa: BLE001 - any per-photo failure is recorded and the run goes on
                 writer.fail(found.key, found.path, None, exc, report)
                 yield entry.file_name
                 continue
-            _index_photo(entry, found, data, sha256, writer, model, options, report, split, dataset)
+            finally:
+                writer.known.forget(found.key)  # (read ahead for ``read``; the records are not kept)
+            _index_photo(entry, found, data, sha256, stat, writer, model, options, report, split, dataset)
             yield entry.file_name
     finally:  # also on Ctrl-C: queued reads are dropped, not finished
         pool.shutdown(wait=True, cancel_futures=True)
@@ -194,8 +208,9 @@ def finish_pass(writer: Writer, report: CocoReport, split: str, dataset: CocoDat
 def _index_photo(
     entry: ImageEntry,
     found: Found,
-    data: bytes,
+    data: bytes | None,
     sha256: str,
+    stat: str | None,
     writer: Writer,
     model,
     options: IndexOptions,
@@ -206,11 +221,18 @@ def _index_photo(
     """One photo's annotations of this split brought up to the file, in one
     transaction: new ones (and those whose mask changed) embedded, a changed class or
     crowd flag set in place, those the file no longer has on this photo removed. A
-    photo whose stored content is the same is not decoded unless a mask is new."""
+    photo whose stored content is the same is not decoded unless a mask is new, nor
+    read where its stat is the one recorded (``data`` None: ``sha256`` is the
+    record's) unless it must be decoded. ``stat``: the file's, taken before the read."""
     store = writer.store
     existing, stored, hw = stored_state(store, found.key, sha256, split)
+    again = (entry, found, writer, model, options, report, split, dataset)
+    if data is None and hw is None:  # a record without its size: the photo is read to be sized
+        _read_then_index(*again)
+        return
     rgb = None
     if hw is None:
+        assert data is not None  # (read above where it was skipped unread)
         try:
             rgb = decode(data, found.path, options.max_pixels)
         except Exception as exc:  # noqa: BLE001 - any per-photo failure is recorded and the run goes on
@@ -222,20 +244,39 @@ def _index_photo(
         wrong_size(writer, report, split, dataset, found, existing, fault, entry)
         return
     plan = plan_photo(entry, hw, stored, keep_absent=bool(report.shared_with))
+    if data is None and plan.new:  # skipped unread, but a mask is new: its pixels are needed after all
+        _read_then_index(*again)
+        return
     record(writer, report, split, dataset, plan.problems)
     if plan.empty:
         report.skipped += 1
+        if data is not None and stat is not None and existing is not None and existing.file_stat != stat:
+            writer.known.note_stat(existing.id, sha256, stat)  # read whole, as recorded: the next run skips it unread
         return
     segments: list[dict] = []
     embeddings = None
     if plan.new:
+        assert data is not None  # (read above where it was skipped unread)
         try:
             rgb = rgb if rgb is not None else decode(data, found.path, options.max_pixels)
             segments, embeddings = embed_new(rgb, found.path, plan.new, model, report, split)
         except Exception as exc:  # noqa: BLE001 - as an indexer's per-photo failure
             writer.fail(found.key, found.path, sha256, exc, report)
             return
-    commit_photo(writer, found, sha256, hw, plan, segments, embeddings, report)
+    commit_photo(writer, found, sha256, hw, plan, segments, embeddings, report, file_stat=stat)
+
+
+def _read_then_index(entry, found, writer, model, options, report, split, dataset) -> None:
+    """``_index_photo`` of a photo skipped unread that must be read after all: its bytes,
+    taken for the content they are now (the recorded one, unless it changed under a stat
+    that looked the same), with its stat taken before this read."""
+    stat = file_stat(found.fs_path)
+    try:
+        data, sha256 = read_bytes(found.fs_path, options.max_bytes, found.path)
+    except Exception as exc:  # noqa: BLE001 - any per-photo failure is recorded and the run goes on
+        writer.fail(found.key, found.path, None, exc, report)
+        return
+    _index_photo(entry, found, data, sha256, stat, writer, model, options, report, split, dataset)
 
 
 @dataclass
@@ -329,12 +370,14 @@ def embed_new(
     return segments, embeddings
 
 
-def commit_photo(writer: Writer, found: Found, sha256: str, hw, plan: Plan, segments, embeddings, report) -> None:
+def commit_photo(
+    writer: Writer, found: Found, sha256: str, hw, plan: Plan, segments, embeddings, report, file_stat=None
+) -> None:
     """The photo's new segments added, and the plan's drops and relabels, in one transaction."""
     store = writer.store
     removed, _ = writer.apply(
         lambda: store.save_annotations(
-            found.key, found.path, sha256, tuple(hw), segments, embeddings, plan.drop, plan.relabel
+            found.key, found.path, sha256, tuple(hw), segments, embeddings, plan.drop, plan.relabel, file_stat
         ),
         embeddings,
         report,

@@ -79,10 +79,11 @@ class KnownImages:
         """Drop the record read ahead for this path (it will be asked for again)."""
         self._records.pop(key, None)
 
-    def unchanged(self, key: bytes, fs_path: str) -> tuple[str | None, str | None]:
+    def unchanged(self, key: bytes, fs_path: str, proposals: bool = True) -> tuple[str | None, str | None]:
         """(the file's stat now, taken before any read of it; the recorded SHA-256 where
         that stat is the one recorded when it was last read whole and the photo is
-        indexed with nothing left to do, no failure noted, its proposals made: skipped
+        indexed with nothing left to do, no failure noted, its proposals made (where
+        ``proposals``: a masker's run; a labelled dataset's needs none): skipped
         without a read; else None: read and hash it). Called from reader threads: a
         stat and a dictionary read, no catalog access."""
         stat = file_stat(fs_path)
@@ -92,7 +93,7 @@ class KnownImages:
             or known is None
             or known.file_stat != stat
             or known.status != DONE
-            or not known.proposals_made
+            or (proposals and not known.proposals_made)
             or known.error_class is not None
         ):
             return stat, None

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.helpers import OPTS, write_photos
+from tests.helpers import OPTS, segment_table, write_photos
 from usesearch.cli.app import app
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths
 from usesearch.indexer.coco_index import index_coco
@@ -407,6 +407,39 @@ def test_an_older_index_gains_the_label_columns_and_their_indexes(tmp_path, monk
     assert con.execute("SELECT DISTINCT source FROM segments").fetchall() == [("proposal",)]
     (stat,) = con.execute("SELECT file_stat FROM images").fetchone()  # read whole once more, its stat noted
     assert stat.startswith(f"{(photos / 'coffee.png').stat().st_size}:")
+
+
+def test_a_rerun_reads_only_the_photos_that_changed_or_gained_a_mask(tmp_path, monkeypatch):
+    """``index --coco`` again over the same photos: each was read and hashed (30 min
+    at 10^6 photos) though its stat was the one recorded. Now a photo is read only where
+    its file changed, or a new mask needs its pixels; the index is as a full re-read's."""
+    import usesearch.indexer.coco_index as coco_index
+    from usesearch.indexer import known_images
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)  # the photos were written just now: their stats kept all the same
+    photos = write_photos(tmp_path / "photos", ("chelsea", "coffee", "rocket"))
+    names = ["chelsea.png", "sub/coffee.png", "rocket.png"]
+    coco = write_coco(tmp_path / "val.json", photos, names, 1)
+    first = index_coco([photos], coco, tmp_path / "db", IndexOptions(preset="tiny"))
+    assert first.done == 3
+    read, real = [], coco_index.read_bytes
+    monkeypatch.setattr(coco_index, "read_bytes", lambda p, *a: read.append(os.path.basename(p)) or real(p, *a))
+    again = index_coco([photos], coco, tmp_path / "db", IndexOptions(preset="tiny"))
+    assert read == [] and again.skipped == 3 and again.done == 0
+    Image.open(photos / "rocket.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "rocket.png")
+    data = json.loads(coco.read_text())
+    data["annotations"][0]["segmentation"] = rle.encode(
+        _box(*(data["images"][0][k] for k in ("height", "width")), 5, 5, 9, 9)
+    )
+    coco.write_text(json.dumps(data))  # chelsea's first mask is new: its pixels are needed
+    changed = index_coco([photos], coco, tmp_path / "db", IndexOptions(preset="tiny"))
+    assert sorted(read) == ["chelsea.png", "rocket.png"] and changed.done == 2 and changed.skipped == 1
+    read.clear()
+    assert index_coco([photos], coco, tmp_path / "db", IndexOptions(preset="tiny")).skipped == 3 and read == []
+    monkeypatch.setattr(coco_index, "read_bytes", real)
+    fresh = index_coco([photos], coco, tmp_path / "fresh", IndexOptions(preset="tiny"))
+    assert fresh.done == 3
+    assert segment_table(tmp_path / "db") == segment_table(tmp_path / "fresh")
 
 
 def test_the_audits_photo_pass_reads_a_range_of_the_source_image_index(tmp_path):
