@@ -48,6 +48,12 @@ import torch.nn.functional as F
 masks = F.interpolate(torch.rand(64, 1, 24, 32, device="cuda"), size=(768, 1024), mode="bilinear")[:, 0] > 0.5  # blobs
 assert rle.encode_runs(masks) == rle.encode_stack(masks.cpu().numpy()), "RLE on the GPU differs from pycocotools"
 print("RLE on the GPU equals pycocotools on 64 masks")
+from usesearch.models import head
+stack = rle.RleStack(rle.encode_stack(masks.cpu().numpy()), (768, 1024))
+cell = (1024 / 24, 1024 / 24)
+on_gpu, on_host = head.rle_cell_coverage(stack, (24, 24), cell, "cuda").cpu(), head.rle_cell_coverage(stack, (24, 24), cell)
+assert torch.allclose(on_gpu, on_host, atol=1e-6), "pooling weights on the GPU differ from the host's"
+print("pooling weights from RLE runs on the GPU equal the host's on 64 masks")
 # The generator under the GPU's bfloat16 autocast against stock's float32 masks, on the
 # tests' blob SAM (tests/helpers.py), within the README's tolerance.
 from segment_anything import SamAutomaticMaskGenerator

@@ -102,3 +102,26 @@ def test_weights_from_rle_runs_equal_weights_from_dense_masks(hw, grid):
     torch.testing.assert_close(from_runs, dense, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="empty"):
         letterbox_weights(rle.RleStack(rle.encode_stack(np.zeros((1, *hw), bool)), hw), grid)
+
+
+@pytest.mark.parametrize("hw,grid,per_chunk", [((97, 131), 16, 1 << 18), ((256, 200), 24, 300), ((61, 20), 24, 1)])
+def test_weights_from_rle_runs_on_a_device_equal_the_hosts(hw, grid, per_chunk, monkeypatch):
+    """On a GPU the runs go up and the weights are a few batched operations
+    (``rle_cell_coverage_on``); here on the CPU device, they equal the host's loop over
+    the masks and the dense masks' coverage, in chunks of masks too."""
+    from usesearch.masks import rle
+    from usesearch.models import head
+
+    monkeypatch.setattr(head, "RUNS_PER_CHUNK", per_chunk)
+    rng = np.random.default_rng(2)
+    masks = _random_masks(rng, 9, *hw)
+    masks[0] = rng.random(hw) < 0.5  # noise: a mask of many runs beside masks of few
+    stack = rle.RleStack(rle.encode_stack(masks), hw)
+    cell = max(hw) / grid
+    on_device = head.rle_cell_coverage_on(torch.device("cpu"), stack, (grid, grid), (cell, cell))
+    on_host = head.rle_cell_coverage(stack, (grid, grid), (cell, cell))
+    torch.testing.assert_close(on_device, on_host, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(on_device, letterbox_weights(masks, grid), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        empty = rle.RleStack(rle.encode_stack(np.zeros((1, *hw), bool)), hw)
+        head.rle_cell_coverage_on(torch.device("cpu"), empty, (grid, grid), (cell, cell))

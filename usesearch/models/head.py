@@ -65,8 +65,14 @@ def cell_coverage(
     return out
 
 
-def rle_cell_coverage(masks: rle.RleStack, grid_hw: tuple[int, int], cell_hw: tuple[float, float]) -> torch.Tensor:
-    """``cell_coverage`` read from the RLE runs, with no pixels decoded. A pixel's
+def rle_cell_coverage(
+    masks: rle.RleStack,
+    grid_hw: tuple[int, int],
+    cell_hw: tuple[float, float],
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``cell_coverage`` read from the RLE runs, with no pixels decoded, on the CPU
+    (``device`` None or a CPU) or on the model's GPU (``rle_cell_coverage_on``). A pixel's
     share of a cell is rows[i, y] * cols[j, x]; summed over a run of column-major
     pixels [s, e) it is F(e) - F(s), where F is a prefix sum that separates into the
     rows' prefix sums and the columns' (so each mask costs two [gh, R] x [R, gw]
@@ -77,6 +83,8 @@ def rle_cell_coverage(masks: rle.RleStack, grid_hw: tuple[int, int], cell_hw: tu
     threads, waits for busy cores): 100 masks of a 1024-px photo took 33 ms on one
     core in torch, 14 ms here (``benchmarks/pooling_weights.py``), and this runs in
     line between SAM and the backbones on a GPU."""
+    if device is not None and torch.device(device).type != "cpu":
+        return rle_cell_coverage_on(torch.device(device), masks, grid_hw, cell_hw)
     n, h, w = masks.shape
     gh, gw = grid_hw
     if n == 0:
@@ -97,7 +105,57 @@ def rle_cell_coverage(masks: rle.RleStack, grid_hw: tuple[int, int], cell_hw: tu
             + row_prefix[:, ye] @ col_at[:, xe].T
             - row_prefix[:, ys] @ col_at[:, xs].T
         )
-    coverage = torch.from_numpy(out.reshape(n, -1) / (cell_hw[0] * cell_hw[1])).float()
+    return _checked(torch.from_numpy(out.reshape(n, -1) / (cell_hw[0] * cell_hw[1])).float())
+
+
+RUNS_PER_CHUNK = 1 << 18  # padded runs a chunk of masks takes on the device (~48 MB per [chunk, grid, runs] float64)
+
+
+def rle_cell_coverage_on(
+    device: torch.device, masks: rle.RleStack, grid_hw: tuple[int, int], cell_hw: tuple[float, float]
+) -> torch.Tensor:
+    """``rle_cell_coverage``'s arithmetic on ``device`` in a few batched operations
+    (the masks' runs padded to the longest, a padded run [0, 0) adding exactly nothing),
+    where the CPU's takes a loop over the masks: on a GPU only the runs go up (a few MB)
+    and the host's share is reading them from the RLEs. Same sums, in another order."""
+    n, h, w = masks.shape
+    gh, gw = grid_hw
+    if n == 0:
+        return torch.zeros(0, gh * gw, device=device)
+    padded = padded_runs(masks)
+    longest = padded.shape[2]
+    starts, ends = torch.from_numpy(padded).to(device)
+    rows = _axis_overlap(h, gh, cell_hw[0]).double().to(device)
+    cols = _axis_overlap(w, gw, cell_hw[1]).double().to(device)
+    row_prefix, col_prefix, col_at = F.pad(rows.cumsum(1), (1, 0)), F.pad(cols.cumsum(1), (1, 0)), F.pad(cols, (0, 1))
+    full = row_prefix[:, h]
+    parts = []
+    chunk = max(1, RUNS_PER_CHUNK // longest)
+    for lo in range(0, n, chunk):
+        s, e = starts[lo : lo + chunk], ends[lo : lo + chunk]
+        xs, ys, xe, ye = s // h, s % h, e // h, e % h
+        spans = (col_prefix[:, xe] - col_prefix[:, xs]).sum(-1)  # [gw, chunk]
+        inside = torch.einsum("gnr,wnr->ngw", row_prefix[:, ye], col_at[:, xe]) - torch.einsum(
+            "gnr,wnr->ngw", row_prefix[:, ys], col_at[:, xs]
+        )
+        parts.append(full[None, :, None] * spans.T[:, None, :] + inside)
+    return _checked((torch.cat(parts).reshape(n, -1) / (cell_hw[0] * cell_hw[1])).float())
+
+
+def padded_runs(masks: rle.RleStack) -> np.ndarray:
+    """[2, N, longest] int64: each mask's run starts and ends (column-major pixel
+    indices), padded with empty runs [0, 0): the host's share of ``rle_cell_coverage_on``."""
+    runs = [rle.runs(r) for r in masks.rles]
+    lengths = np.array([len(starts) for starts, _ in runs])
+    mask_of = np.repeat(np.arange(len(runs)), lengths)
+    position = np.arange(len(mask_of)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    padded = np.zeros((2, len(runs), max(1, int(lengths.max()))), np.int64)
+    padded[0, mask_of, position] = np.concatenate([starts for starts, _ in runs])
+    padded[1, mask_of, position] = np.concatenate([ends for _, ends in runs])
+    return padded
+
+
+def _checked(coverage: torch.Tensor) -> torch.Tensor:
     empty = torch.nonzero(coverage.sum(1) <= 0).flatten().tolist()
     if empty:
         raise ValueError(f"masks {empty[:10]} are empty; every segment needs at least one pixel")
@@ -115,15 +173,18 @@ def patch_weights(masks: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) ->
 
 
 def letterbox_weights(
-    masks: np.ndarray | torch.Tensor | rle.RleStack, grid: int, canvas: int | None = None
+    masks: np.ndarray | torch.Tensor | rle.RleStack,
+    grid: int,
+    canvas: int | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Weights for masks (dense, or RLEs) of an image that the encoder letterboxed
     into a square (longest side, or ``canvas`` pixels, scaled to the input; padding
-    at the bottom/right)."""
+    at the bottom/right). ``device``: where RLEs' weights are computed (the CPU when None)."""
     h, w = masks.shape[-2:]
     cell = (canvas or max(h, w)) / grid
     if isinstance(masks, rle.RleStack):
-        return rle_cell_coverage(masks, (grid, grid), (cell, cell))
+        return rle_cell_coverage(masks, (grid, grid), (cell, cell), device)
     return cell_coverage(masks, (grid, grid), (cell, cell))
 
 

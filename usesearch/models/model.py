@@ -166,7 +166,7 @@ class USEEmbedder(_TextMixin):
             masks = as_masks(masks, image_hw)
         if len(masks) == 0:
             return np.zeros((0, self.dim), np.float32)
-        weights = letterbox_weights(masks, self.preset.grid).to(self.device)
+        weights = letterbox_weights(masks, self.preset.grid, device=self.device).to(self.device)
         return self.use.head(z[None], weights).float().cpu().numpy()
 
     def embed_segments(self, image, masks) -> np.ndarray:
