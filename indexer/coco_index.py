@@ -250,8 +250,11 @@ def _index_photo(
     record(writer, report, split, dataset, plan.problems)
     if plan.empty:
         report.skipped += 1
-        if data is not None and stat is not None and existing is not None and existing.file_stat != stat:
-            writer.known.note_stat(existing.id, sha256, stat)  # read whole, as recorded: the next run skips it unread
+        if data is not None and existing is not None and existing.sha256 == sha256:  # read whole, as recorded
+            if existing.error_class is not None:
+                store.clear_failure(existing.id)  # a failure noted on it (a damaged file, since repaired) is over
+            if stat is not None and existing.file_stat != stat:
+                writer.known.note_stat(existing.id, sha256, stat)  # the next run skips it unread
         return
     segments: list[dict] = []
     embeddings = None

@@ -442,6 +442,28 @@ def test_a_rerun_reads_only_the_photos_that_changed_or_gained_a_mask(tmp_path, m
     assert segment_table(tmp_path / "db") == segment_table(tmp_path / "fresh")
 
 
+def test_a_photo_repaired_after_a_failed_rerun_loses_its_failure(tmp_path, monkeypatch):
+    """A photo damaged (its failure noted, its segments kept), then its bytes put back:
+    the next ``index --coco`` found nothing to change and returned with the failure
+    still listed, so every later run read it again."""
+    from usesearch.indexer import known_images
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png", "sub/rocket.png"], 1)
+    db = tmp_path / "db"
+    index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    original = (photos / "sub" / "rocket.png").read_bytes()
+    (photos / "sub" / "rocket.png").write_bytes(original[: len(original) // 3])
+    assert index_coco([photos], coco, db, IndexOptions(preset="tiny")).failed == 1
+    (photos / "sub" / "rocket.png").write_bytes(original)
+    repaired = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    assert repaired.failed == 0 and repaired.skipped == 2
+    ix = SegmentIndex.open(db)
+    assert ix.store.failures() == []
+    ix.close()
+
+
 def test_the_audits_photo_pass_reads_a_range_of_the_source_image_index(tmp_path):
     """The audit walks the annotated photos a batch at a time past the last image id.
     An older index (source alone indexed) read every annotation for each batch: its
