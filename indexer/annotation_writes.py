@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from usesearch.errors import AnnotationError
@@ -136,14 +136,34 @@ class AnnotationWrites:
             with self.sessions.begin() as s:
                 query = select(seg.id, seg.annotation_id).where(seg.source == ANNOTATION, seg.split == split)
                 gone = [i for i, annotation_id in s.execute(query) if annotation_id not in keep]
-                for start in range(0, len(gone), SQL_PARAMETERS):
-                    ids = gone[start : start + SQL_PARAMETERS]
-                    s.execute(delete(seg).where(seg.id.in_(ids)).execution_options(synchronize_session=False))
-                if gone:
-                    s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+                _delete_annotation_segments(s, gone)
                 return gone, []
 
         result: tuple[list[int], list[int]] = self.retrying(drop)
+        return result
+
+    def drop_annotation_twins(self, split: str, placed: Callable[[set[int]], dict[int, bytes]]) -> list[int]:
+        """An annotation id the split holds on two photos or more, though its file names
+        one (a photo renamed or moved with its entry: the old record kept its copy): the
+        copies on other photos than ``placed`` says (annotation ids -> the photo's path
+        bytes, asked for those ids only), removed in one transaction. Returns their ids."""
+        seg = SegmentRecord
+
+        def drop() -> list[int]:
+            with self.sessions.begin() as s:
+                mine = (seg.source == ANNOTATION) & (seg.split == split)
+                twins = select(seg.annotation_id).where(mine).group_by(seg.annotation_id).having(func.count() > 1)
+                rows = s.execute(
+                    select(seg.id, seg.annotation_id, ImageRecord.fs_path)
+                    .join(ImageRecord)
+                    .where(mine, seg.annotation_id.in_(twins))
+                ).all()
+                where = placed({a for _, a, _ in rows if a is not None}) if rows else {}
+                gone = [i for i, a, key in rows if a in where and key != where[a]]
+                _delete_annotation_segments(s, gone)
+                return gone
+
+        result: list[int] = self.retrying(drop)
         return result
 
     def record_problems(
@@ -192,3 +212,12 @@ class AnnotationWrites:
         """The masker of an index that held only annotations: its first masker run's."""
         with self.sessions.begin() as s:
             s.execute(update(IndexInfo).values(masker=masker, masker_params=params))
+
+
+def _delete_annotation_segments(s, ids: list[int]) -> None:
+    """Delete these segments in the session's transaction (the index's generation moves on)."""
+    for start in range(0, len(ids), SQL_PARAMETERS):
+        part = ids[start : start + SQL_PARAMETERS]
+        s.execute(delete(SegmentRecord).where(SegmentRecord.id.in_(part)).execution_options(synchronize_session=False))
+    if ids:
+        s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))

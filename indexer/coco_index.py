@@ -142,7 +142,7 @@ def _photos(
             yield entry.file_name
     finally:  # also on Ctrl-C: queued reads are dropped, not finished
         pool.shutdown(wait=True, cancel_futures=True)
-    finish_pass(writer, report, split, dataset)
+    finish_pass(writer, report, split, dataset, jobs)
 
 
 def located_entries(
@@ -193,14 +193,24 @@ def located_entries(
     return list(located.values())
 
 
-def finish_pass(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset) -> None:
-    """A whole pass done: the split's annotations that the file no longer has at all
-    go, where the split is this file's alone."""
+def finish_pass(
+    writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, located: list[tuple[ImageEntry, Found]]
+) -> None:
+    """A whole pass done, where the split is this file's alone: the split's annotations
+    that the file no longer has at all go, and so do the copies of one on another photo
+    than the one the file names for it now (``located``: a photo renamed or moved with
+    its entry; its old record kept them)."""
     files = writer.store.note_file(split, str(dataset.path))
     if files == {str(dataset.path)}:
         keep = {annotation.id for entry in dataset.images for annotation in entry.annotations}
         removed, _ = writer.apply(lambda: writer.store.drop_annotations_except(split, keep), None, report)
         report.removed += len(removed)
+
+        def placed(ids: set[int]) -> dict[int, bytes]:
+            return {a.id: found.key for entry, found in located for a in entry.annotations if a.id in ids}
+
+        stale, _ = writer.apply(lambda: (writer.store.drop_annotation_twins(split, placed), []), None, report)
+        report.removed += len(stale)
     else:
         report.shared_with = sorted(files - {str(dataset.path)})
 

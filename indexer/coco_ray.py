@@ -177,7 +177,7 @@ def _steps(
     import ray.data
 
     if not located:
-        finish_pass(writer, report, split, dataset)
+        finish_pass(writer, report, split, dataset, located)
         return
     rows = [{"fs_path": found.key, "path": found.path, "entry": i} for i, (_, found) in enumerate(located)]
     hashed = ray.data.from_items(rows).map_batches(partial(_hash_files, max_bytes=options.max_bytes), batch_size=16)
@@ -236,7 +236,7 @@ def _steps(
             entry, found = located[int(row["entry"])]
             _commit(row, entry, found, plans.get(int(row["entry"])), writer, report, split, dataset, db_dir)
             yield entry.file_name
-    finish_pass(writer, report, split, dataset)
+    finish_pass(writer, report, split, dataset, located)
 
 
 def _commit(

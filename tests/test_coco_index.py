@@ -464,6 +464,31 @@ def test_a_photo_repaired_after_a_failed_rerun_loses_its_failure(tmp_path, monke
     ix.close()
 
 
+def test_a_photo_renamed_with_its_entry_holds_its_annotations_once(tmp_path):
+    """A photo renamed on disk and in the COCO file, its annotation ids unchanged: its
+    old record kept its copies, so the split held each of those annotations twice
+    (once on a path gone). The file names one photo for each: the other copy goes."""
+    photos = write_photos(tmp_path / "photos", ("chelsea", "coffee"))
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png", "sub/coffee.png"], 1)
+    db = tmp_path / "db"
+    index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    (photos / "sub" / "coffee.png").rename(photos / "sub" / "coffee-renamed.png")
+    coco.write_text(coco.read_text().replace("sub/coffee.png", "sub/coffee-renamed.png"))
+    again = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    assert again.removed == 2
+    ix = SegmentIndex.open(db)
+    held = [(r.annotation_id, os.path.basename(r.image_path)) for r in ix.store.rows(ix.store.segment_ids()).values()]
+    ix.close()
+    assert sorted(held) == [
+        (1, "chelsea.png"),
+        (2, "chelsea.png"),
+        (3, "coffee-renamed.png"),
+        (4, "coffee-renamed.png"),
+    ]
+    index_coco([photos], coco, tmp_path / "fresh", IndexOptions(preset="tiny"))
+    assert segment_table(db) == segment_table(tmp_path / "fresh")
+
+
 def test_the_audits_photo_pass_reads_a_range_of_the_source_image_index(tmp_path):
     """The audit walks the annotated photos a batch at a time past the last image id.
     An older index (source alone indexed) read every annotation for each batch: its
