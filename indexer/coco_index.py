@@ -38,7 +38,7 @@ from usesearch.masks.maskers import Proposal
 
 from . import read_ahead
 from .compute import segment_records
-from .known_images import BATCH, file_stat
+from .known_images import file_stat
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_devices, check_paths, identity, load_embedder
 from .records import DONE, ImageRecord
@@ -119,17 +119,11 @@ def _photos(
             return None, recorded, stat
         return (*read_bytes(found.fs_path, options.max_bytes, found.path), stat)
 
-    def prefetched(jobs: list[tuple[ImageEntry, Found]]) -> Iterator[tuple[ImageEntry, Found]]:
-        """The jobs, the catalog's records of each next ``BATCH`` read in one query first."""
-        for at, job in enumerate(jobs):
-            if at % BATCH == 0:
-                writer.known.prefetch([found.key for _, found in jobs[at : at + BATCH]])
-            yield job
-
     pool = ThreadPoolExecutor(1, thread_name_prefix="usesearch-read")
     try:
         jobs = located_entries(dataset, folders, writer, report, split)
-        for (entry, found), future in read_ahead.ordered_map(pool, read, prefetched(jobs), ahead=4):
+        prefetched = writer.known.prefetching(jobs, lambda job: job[1].key)
+        for (entry, found), future in read_ahead.ordered_map(pool, read, prefetched, ahead=4):
             try:
                 (data, sha256, stat), _ = future.result()
             except Exception as exc:  # noqa: BLE001 - any per-photo failure is recorded and the run goes on

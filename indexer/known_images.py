@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from sqlalchemy import select
 
@@ -17,6 +18,8 @@ from usesearch.io.files import read_bytes, stat_signature
 
 from .records import DONE, ImageRecord
 from .store import Store
+
+T = TypeVar("T")
 
 BATCH = 500  # paths looked up per query (SQLite allows 32,766 parameters)
 RACY_NS = 3_000_000_000  # a file changed this recently is read again next run (git's "racily clean")
@@ -56,6 +59,14 @@ class KnownImages:
 
         for start in range(0, len(wanted), BATCH):
             self._records.update(self.store.retrying(lambda: read(wanted[start : start + BATCH])))
+
+    def prefetching(self, items: Sequence[T], key: Callable[[T], bytes | None]) -> Iterator[T]:
+        """The items in order, the records of each next ``BATCH`` of their paths (``key``;
+        None: no path to ask for) read in one query before the first of them goes on."""
+        for at, item in enumerate(items):
+            if at % BATCH == 0:
+                self.prefetch([k for k in map(key, items[at : at + BATCH]) if k is not None])
+            yield item
 
     def note_stat(self, image_id: int, sha256: str, file_stat: str) -> None:
         """A file read whole and found as recorded: its stat, so that the next run skips

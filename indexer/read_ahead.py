@@ -23,7 +23,6 @@ import numpy as np
 
 from usesearch.io.files import Found, decode, read_bytes
 
-from .known_images import BATCH
 from .options import IndexOptions, IndexReport
 from .writer import Writer
 
@@ -111,16 +110,9 @@ def _photos(
             return None, recorded, stat
         return (*read_bytes(found.fs_path, options.max_bytes, found.path), stat)
 
-    def prefetched() -> Iterator[Found]:
-        """The files, the catalog's records of each next ``BATCH`` read in one query
-        before the first of them goes to the pool (``KnownImages``)."""
-        for at, found in enumerate(files):
-            if at % BATCH == 0:
-                writer.known.prefetch([f.key for f in files[at : at + BATCH] if f.error is None])
-            yield found
-
     def to_decode() -> Iterator[tuple[str, Read | None]]:
-        for found, future in ordered_map(pool, read, prefetched(), ahead):
+        prefetched = writer.known.prefetching(files, lambda f: f.key if f.error is None else None)
+        for found, future in ordered_map(pool, read, prefetched, ahead):
             try:
                 (data, sha256, stat), seconds = _wait(future, report)
                 report.add_stage("read + hash (workers)", seconds)
