@@ -81,7 +81,7 @@ def rle_cell_coverage(
     In NumPy, not torch: a photo's masks make hundreds of small operations, each of
     which torch's thread pool dispatches at a cost (and, beside the indexer's reader
     threads, waits for busy cores): 100 masks of a 1024-px photo took 33 ms on one
-    core in torch, 14 ms here (``benchmarks/pooling_weights.py``), and this runs in
+    core in torch, 16 ms here (``benchmarks/pooling_weights.py``), and this runs in
     line between SAM and the backbones on a GPU."""
     if device is not None and torch.device(device).type != "cpu":
         return rle_cell_coverage_on(torch.device(device), masks, grid_hw, cell_hw)
@@ -89,11 +89,7 @@ def rle_cell_coverage(
     gh, gw = grid_hw
     if n == 0:
         return torch.zeros(0, gh * gw)
-    rows = _axis_overlap(h, gh, cell_hw[0]).double().numpy()  # [gh, H]
-    cols = _axis_overlap(w, gw, cell_hw[1]).double().numpy()  # [gw, W]
-    row_prefix = np.pad(rows.cumsum(1), ((0, 0), (1, 0)))  # [gh, H + 1]: rows[:, :y] summed
-    col_prefix = np.pad(cols.cumsum(1), ((0, 0), (1, 0)))  # [gw, W + 1]: cols[:, :x] summed
-    col_at = np.pad(cols, ((0, 0), (0, 1)))  # [gw, W + 1]: column x = W is past the image
+    row_prefix, col_prefix, col_at = (t.numpy() for t in _prefix_sums(h, w, grid_hw, cell_hw))
     full = row_prefix[:, h]  # a whole column's share in each row of cells
     out = np.zeros((n, gh, gw))
     for i, r in enumerate(masks.rles):
@@ -106,6 +102,16 @@ def rle_cell_coverage(
             - row_prefix[:, ys] @ col_at[:, xs].T
         )
     return _checked(torch.from_numpy(out.reshape(n, -1) / (cell_hw[0] * cell_hw[1])).float())
+
+
+def _prefix_sums(
+    h: int, w: int, grid_hw: tuple[int, int], cell_hw: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 (row_prefix [gh, H + 1]: rows[:, :y] summed; col_prefix [gw, W + 1]:
+    cols[:, :x] summed; col_at [gw, W + 1]: each column's share, column W past the image)."""
+    rows = _axis_overlap(h, grid_hw[0], cell_hw[0]).double()  # [gh, H]
+    cols = _axis_overlap(w, grid_hw[1], cell_hw[1]).double()  # [gw, W]
+    return F.pad(rows.cumsum(1), (1, 0)), F.pad(cols.cumsum(1), (1, 0)), F.pad(cols, (0, 1))
 
 
 RUNS_PER_CHUNK = 1 << 18  # padded runs a chunk of masks takes on the device (~48 MB per [chunk, grid, runs] float64)
@@ -125,9 +131,7 @@ def rle_cell_coverage_on(
     padded = padded_runs(masks)
     longest = padded.shape[2]
     starts, ends = torch.from_numpy(padded).to(device)
-    rows = _axis_overlap(h, gh, cell_hw[0]).double().to(device)
-    cols = _axis_overlap(w, gw, cell_hw[1]).double().to(device)
-    row_prefix, col_prefix, col_at = F.pad(rows.cumsum(1), (1, 0)), F.pad(cols.cumsum(1), (1, 0)), F.pad(cols, (0, 1))
+    row_prefix, col_prefix, col_at = (t.to(device) for t in _prefix_sums(h, w, grid_hw, cell_hw))
     full = row_prefix[:, h]
     parts = []
     chunk = max(1, RUNS_PER_CHUNK // longest)
