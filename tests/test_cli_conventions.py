@@ -468,3 +468,11 @@ def test_every_list_an_audit_writes_marks_its_folder():
     from usesearch.indexer.audit.report import CSV_COLUMNS
 
     assert {f"{kind}.csv" for kind in CSV_COLUMNS} <= set(FOLDER_MARKS["an audit report"])
+
+
+def test_an_indexs_folder_marks_are_the_names_the_indexer_writes():
+    from usesearch.cli.paths import FOLDER_MARKS
+    from usesearch.indexer.embeddings import FOLDER as EMBEDDINGS
+    from usesearch.indexer.folder import DB_FILE, FAISS_FILE
+
+    assert set(FOLDER_MARKS["an index"]) == {DB_FILE, FAISS_FILE, EMBEDDINGS}

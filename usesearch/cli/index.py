@@ -212,11 +212,9 @@ def index(
 def _refuse_photo_folder(db: Path) -> None:
     """A new index's folder holding photos: its files would lie among them (and the next
     walk of that folder would meet the index). An existing index's folder is its own."""
-    from usesearch.indexer.embeddings import FOLDER as EMBEDDINGS
-    from usesearch.indexer.folder import DB_FILE, FAISS_FILE
     from usesearch.io.files import IMAGE_SUFFIXES
 
-    if not db.is_dir() or any((db / mark).exists() for mark in (DB_FILE, EMBEDDINGS, FAISS_FILE)):
+    if not db.is_dir() or any((db / mark).exists() for mark in opts.FOLDER_MARKS["an index"]):
         return
     with os.scandir(db) as entries:
         photo = next((e.name for e in entries if Path(e.name).suffix.lower() in IMAGE_SUFFIXES), None)

@@ -23,6 +23,7 @@ from usesearch import interrupts
 from usesearch.errors import UsesearchError, first_line, is_disk_full
 
 from .paths import DEMO_INDEX as DEMO_INDEX
+from .paths import FOLDER_MARKS as FOLDER_MARKS
 from .paths import folder_for as folder_for
 from .paths import folder_to_write as folder_to_write
 from .paths import picture_file as picture_file
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 # No markup: what is printed is data (file names like `x[/]y.png`, query texts), never
 # instructions to rich; the few styled words say so with ``Text(..., style=...)``.
 console = Console(markup=False, soft_wrap=True)  # a message is one line, piped or not: grep finds it whole
+err_console = Console(stderr=True, markup=False, soft_wrap=True)  # the same, on stderr
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 
 

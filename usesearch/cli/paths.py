@@ -55,7 +55,7 @@ DEMO_INDEX = "db-{preset}"  # the demo's index, in its folder beside the sample 
 
 # What each command's folder holds, by the files that only it writes.
 FOLDER_MARKS = {
-    "an index": ("segments.sqlite", "vectors.faiss"),
+    "an index": ("segments.sqlite", "vectors.faiss", "embeddings"),  # (the indexer's names: tested)
     "a curated dataset": ("manifest.json", "shards"),
     "a training run": ("trainer.pt", "log.csv"),
     # ``eval audit``'s report, and ``audit``'s lists (``indexer/audit/report.py``'s CSV_COLUMNS, tested).

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from usesearch.cli import options as opts
@@ -62,7 +61,7 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
             image = h.image[len(folder) :] if folder and h.image.startswith(folder) else h.image
             label = (f"{h.category} [{h.split}]" if h.source == "annotation" else h.source,) * labelled
             table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), image, str(h.bbox), str(h.area), *label)
-        (opts.console if listing is sys.stdout else Console(stderr=True, markup=False, soft_wrap=True)).print(table)
+        (opts.console if listing is sys.stdout else opts.err_console).print(table)
     # Status on stderr: stdout may be carrying --json.
     for line in [] if hits else _why_none(index, filters):
         typer.echo(line, err=True)
