@@ -36,7 +36,7 @@ def test_a_region_both_scales_find_is_one_proposal():
     assert len(masks) > 2 and len({np.packbits(m).tobytes() for m in masks}) == len(masks)
     fine = np.array([[0, 0, 1], [2, 2, 1]])
     coarse = np.array([[5, 5, 1], [2, 2, 2]])  # 5 is fine's 0; 2 holds fine's 2 and a pixel of its 1
-    assert _same_regions(coarse, np.bincount(coarse.ravel()), fine) == {5}
+    assert _same_regions(coarse, np.bincount(coarse.ravel()), fine, np.bincount(fine.ravel())) == {5}
 
 
 def test_sam_masker_runs_tiny_sam_with_grid_prompts(photo):

@@ -93,6 +93,7 @@ class FelzenszwalbMasker:
         work = rgb if shrink == 1.0 else np.asarray(Image.fromarray(rgb).resize(small, Image.Resampling.BILINEAR))
         min_area = max(16, int(self.min_area_frac * work.shape[0] * work.shape[1]))
         label_maps: list[np.ndarray] = []
+        label_counts: list[np.ndarray] = []
         candidates: list[tuple[int, int, int]] = []
         for level, scale in enumerate(self.scales):
             labels = felzenszwalb(work, scale=scale, sigma=0.8, min_size=min_area)
@@ -100,10 +101,12 @@ class FelzenszwalbMasker:
             # island/hole clean-up is needed; skip labels below the area floor, and a
             # region a finer scale found already (the same segment twice in every search).
             counts = np.bincount(labels.ravel())
-            again = set().union(*(_same_regions(labels, counts, finer) for finer in label_maps))
+            finer = zip(label_maps, label_counts)
+            again = set().union(*(_same_regions(labels, counts, other, n) for other, n in finer))
             kept = [label for label in np.flatnonzero(counts >= min_area) if int(label) not in again]
             candidates += [(-int(counts[label]), level, int(label)) for label in kept]
             label_maps.append(labels)
+            label_counts.append(counts)
         # Largest first (ties: coarser scale index, then label), and only the kept
         # ones ever become full-size masks.
         chosen = sorted(candidates)[: self.max_masks]
@@ -118,13 +121,14 @@ class FelzenszwalbMasker:
         return to_proposals(masks)
 
 
-def _same_regions(labels: np.ndarray, counts: np.ndarray, other: np.ndarray) -> set[int]:
-    """The labels of ``labels`` whose region is exactly a region of ``other`` (``counts``:
-    the pixels of each label): a pair of labels that share as many pixels as each has."""
+def _same_regions(labels: np.ndarray, counts: np.ndarray, other: np.ndarray, other_counts: np.ndarray) -> set[int]:
+    """The labels of ``labels`` whose region is exactly a region of ``other`` (``counts``,
+    ``other_counts``: the pixels of each label): a pair of labels that share as many
+    pixels as each has."""
     span = int(other.max()) + 1
     pairs, shared = np.unique(labels.ravel().astype(np.int64) * span + other.ravel(), return_counts=True)
     mine, theirs = np.divmod(pairs, span)
-    same = (shared == counts[mine]) & (shared == np.bincount(other.ravel())[theirs])
+    same = (shared == counts[mine]) & (shared == other_counts[theirs])
     return set(mine[same].tolist())
 
 
