@@ -32,7 +32,7 @@ from usesearch.io.coco_dataset import Annotation, CocoDataset, ImageEntry, Probl
 from usesearch.io.files import Found
 
 from . import faiss_gpu
-from .coco_index import (
+from .coco_plan import (
     CocoReport,
     Plan,
     commit_photo,

@@ -1,0 +1,246 @@
+"""A labelled dataset's photo against what the index holds, for ``index_coco`` and
+``index_coco_ray`` alike: the entries located on disk, each photo's plan (its
+annotations of a split to embed, drop or relabel, from its stored ones), the plan's
+commit in one transaction, and the end of a whole pass (annotations the file no
+longer has go). The faults found are recorded with one line each (``record``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from usesearch.errors import AnnotationError
+from usesearch.io.coco_dataset import (
+    DUPLICATE_ID,
+    PHOTO_MISSING,
+    Annotation,
+    CocoDataset,
+    ImageEntry,
+    Problem,
+    masks_of,
+    photo_path,
+)
+from usesearch.io.files import Found, display_path
+from usesearch.masks import rle
+from usesearch.masks.maskers import Proposal
+
+from .compute import segment_records
+from .options import IndexReport
+from .records import DONE, ImageRecord
+from .writer import Writer
+
+
+@dataclass
+class CocoReport(IndexReport):
+    """An ``IndexReport`` (``segments``: annotations added) with the split and the
+    dataset's problems, one line each."""
+
+    split: str = ""
+    problems: list[str] = field(default_factory=list)
+    relabelled: int = 0  # annotations whose class or crowd flag changed in the file, set in place
+    removed: int = 0  # annotation segments the file no longer has (or whose mask changed)
+    shared_with: list[str] = field(default_factory=list)  # other files indexed as this split: theirs are kept
+
+
+def record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, problems: list[Problem]) -> None:
+    writer.store.record_problems(split, str(dataset.path), problems)
+    for file_name, annotation_id, error in problems:
+        where = " ".join(
+            part
+            for part in (file_name or "", f"annotation {annotation_id}" if annotation_id is not None else "")
+            if part
+        )
+        report.problems.append(f"{where or dataset.path.name}: {error.kind}: {error}")
+
+
+def located_entries(
+    dataset: CocoDataset, folders: list[str], writer: Writer, report: CocoReport, split: str
+) -> list[tuple[ImageEntry, Found]]:
+    """Each entry with annotations, with its photo under ``folders``; a photo missing is
+    recorded as the entry's problem. Entries whose names lead to the same file
+    (``sub/x.png`` and ``x.png`` under two folders) become one, as entries naming the
+    same file do (``io.coco_dataset``): otherwise each run would undo the other's."""
+    store = writer.store
+    report.shared_with = sorted(store.split_files(split) - {str(dataset.path)})
+    elsewhere = store.annotation_photos(split) if report.shared_with else {}
+    located: dict[bytes, tuple[ImageEntry, Found]] = {}
+    for entry in dataset.images:
+        if not entry.annotations:
+            continue
+        path = photo_path(folders, entry.file_name)
+        if path is None:
+            message = f"no such photo under {', '.join(folders)} ({len(entry.annotations)} annotations)"
+            record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(PHOTO_MISSING, message))])
+            continue
+        found = Found(display_path(path), path)
+        if elsewhere:  # a split shared by files: an id another photo holds is another file's
+            clashes = [a for a in entry.annotations if elsewhere.get(a.id, found.key) != found.key]
+            for annotation in clashes:
+                message = (
+                    f"annotation id {annotation.id} is already in split {split!r} on another photo "
+                    f"({', '.join(report.shared_with)}): ids must be unique across a split's files; "
+                    "not indexed (give this file a --split of its own)"
+                )
+                record(
+                    writer,
+                    report,
+                    split,
+                    dataset,
+                    [(entry.file_name, annotation.id, AnnotationError(DUPLICATE_ID, message))],
+                )
+            entry.annotations = [a for a in entry.annotations if a not in clashes]
+            if not entry.annotations:
+                continue
+        first = located.setdefault(found.key, (entry, found))[0]
+        if first is not entry:
+            first.annotations += entry.annotations
+            message = (
+                f"image entries {first.id} and {entry.id} name the same photo: their annotations are indexed together"
+            )
+            record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(DUPLICATE_ID, message))])
+    return list(located.values())
+
+
+def finish_pass(
+    writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, located: list[tuple[ImageEntry, Found]]
+) -> None:
+    """A whole pass done, where the split is this file's alone: the split's annotations
+    that the file no longer has at all go, and so do the copies of one on another photo
+    than the one the file names for it now (``located``: a photo renamed or moved with
+    its entry; its old record kept them)."""
+    files = writer.store.note_file(split, str(dataset.path))
+    if files == {str(dataset.path)}:
+        keep = {annotation.id for entry in dataset.images for annotation in entry.annotations}
+        removed, _ = writer.apply(lambda: writer.store.drop_annotations_except(split, keep), None, report)
+        report.removed += len(removed)
+
+        def placed(ids: set[int]) -> dict[int, bytes]:
+            return {a.id: found.key for entry, found in located for a in entry.annotations if a.id in ids}
+
+        stale, _ = writer.apply(lambda: (writer.store.drop_annotation_twins(split, placed), []), None, report)
+        report.removed += len(stale)
+    else:
+        report.shared_with = sorted(files - {str(dataset.path)})
+
+
+def read_as_recorded(writer: Writer, existing: ImageRecord | None, sha256: str, stat: str | None) -> None:
+    """A photo read whole with nothing to change: where it holds the recorded content, a
+    failure noted on it (a damaged file, since repaired) is over, and its ``stat`` (taken
+    before the read) is noted for the next run to skip it unread."""
+    if existing is not None and existing.sha256 == sha256:
+        if existing.error_class is not None:
+            writer.store.clear_failure(existing.id)
+        if stat is not None and existing.file_stat != stat:
+            writer.known.note_stat(existing.id, sha256, stat)
+
+
+@dataclass
+class Plan:
+    """One photo's annotations of a split against what the index holds: ``new``
+    (annotation, checked mask) to embed, stored segments to ``drop``, (class, crowd
+    flag) to set in place by segment (``relabel``), and the faults found."""
+
+    new: list[tuple[Annotation, dict]] = field(default_factory=list)
+    drop: list[int] = field(default_factory=list)
+    relabel: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.new or self.drop or self.relabel)
+
+
+def stored_state(store, key: bytes, sha256: str, split: str) -> tuple[ImageRecord | None, dict, tuple[int, int] | None]:
+    """(the photo's record or None, its stored annotations of the split by annotation
+    id, its size or None) where the index holds this content, else (record, {}, None).
+    A size of None: the photo must be read to be sized."""
+    existing = store.image_by_path(key)
+    if existing is None or existing.status != DONE or existing.sha256 != sha256:
+        return existing, {}, None
+    stored = store.stored_annotations(existing.id, split)
+    return existing, stored, (existing.height, existing.width) if existing.height and existing.width else None
+
+
+def wrong_size(
+    writer: Writer,
+    report: CocoReport,
+    split: str,
+    dataset: CocoDataset,
+    found: Found,
+    existing,
+    fault: Problem,
+    entry: ImageEntry,
+) -> None:
+    """The entry's size is not the photo's: recorded, and its annotations of this split
+    that an earlier run stored go (a fresh run of the changed file keeps none)."""
+    record(writer, report, split, dataset, [fault])
+    if existing is None or existing.status != DONE or not (existing.sha256 and existing.height and existing.width):
+        return
+    store = writer.store
+    stored = store.stored_annotations(existing.id, split)
+    ours = {a.id for a in entry.annotations} if report.shared_with else stored.keys()  # a shared split: ours alone
+    stale = [old.segment_id for annotation_id, old in stored.items() if annotation_id in ours]
+    if stale:
+        same_sha, same_hw = existing.sha256, (existing.height, existing.width)  # the record stays as it is
+        removed, _ = writer.apply(
+            lambda: store.save_annotations(found.key, found.path, same_sha, same_hw, [], None, stale), None, report
+        )
+        report.removed += len(removed)
+
+
+def plan_photo(entry: ImageEntry, hw: tuple[int, int], stored: dict, keep_absent: bool = False) -> Plan:
+    """What bringing the photo's ``stored`` annotations (by annotation id; {} for a
+    photo new or changed) up to the entry's takes, its masks checked at size ``hw``.
+    ``keep_absent``: the split is shared with other files, so a stored annotation this
+    entry lacks may be theirs, and stays."""
+    plan, stored = Plan(), dict(stored)
+    for annotation, mask in masks_of(entry, *hw):
+        old = stored.pop(annotation.id, None)
+        if isinstance(mask, AnnotationError):
+            plan.problems.append((entry.file_name, annotation.id, mask))
+            plan.drop += (
+                [old.segment_id] if old is not None else []
+            )  # the file's mask is broken now: the stale one goes
+        elif old is not None and old.rle_counts == mask["counts"]:
+            if (old.category, old.iscrowd) != (annotation.category, annotation.iscrowd):
+                plan.relabel[old.segment_id] = (annotation.category, annotation.iscrowd)
+        else:
+            plan.drop += [old.segment_id] if old is not None else []
+            plan.new.append((annotation, mask))
+    if not keep_absent:
+        plan.drop += [old.segment_id for old in stored.values()]  # no longer annotated on this photo
+    return plan
+
+
+def embed_new(
+    rgb, path: str, new: list[tuple[Annotation, dict]], model, clock, split: str
+) -> tuple[list[dict], object]:
+    """(segment rows with their annotation's id, class, crowd flag and split, embeddings)."""
+    proposals = [Proposal(rle=mask, bbox=_bbox(mask), area=rle.area(mask)) for _, mask in new]
+    segments, embeddings = segment_records(rgb, path, proposals, model, None, clock)
+    for segment, (annotation, _) in zip(segments, new):
+        segment.update(
+            annotation_id=annotation.id, category=annotation.category, iscrowd=annotation.iscrowd, split=split
+        )
+    return segments, embeddings
+
+
+def commit_photo(
+    writer: Writer, found: Found, sha256: str, hw, plan: Plan, segments, embeddings, report, file_stat=None
+) -> None:
+    """The photo's new segments added, and the plan's drops and relabels, in one transaction."""
+    store = writer.store
+    removed, _ = writer.apply(
+        lambda: store.save_annotations(
+            found.key, found.path, sha256, tuple(hw), segments, embeddings, plan.drop, plan.relabel, file_stat
+        ),
+        embeddings,
+        report,
+    )
+    report.done += 1
+    report.removed += len(removed)
+    report.relabelled += len(plan.relabel)
+
+
+def _bbox(mask: dict) -> tuple[int, int, int, int]:
+    x, y, w, h = rle.bbox(mask)
+    return x, y, w, h
