@@ -9,7 +9,8 @@ where the cluster has them):
       -> a fragment file per photo -> the driver, the single committer
 
 A photo the index holds with the same content is planned against its stored
-annotations (no pixels read unless a mask is new), as ``index_coco`` does; any other
+annotations (no pixels read unless a mask is new; not read at all where its stat is
+the one recorded when it was last read whole), as ``index_coco`` does; any other
 is sized, checked and embedded by its actor. Nothing is lost or doubled when a part
 dies: the catalog is the truth, so a re-run plans again from what was committed (the
 fragments a killed run left are dropped, not trusted: the file may have changed)."""
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,7 @@ from .coco_plan import (
     finish_pass,
     located_entries,
     plan_photo,
+    read_as_recorded,
     record,
     stored_state,
     wrong_size,
@@ -179,18 +182,19 @@ def _steps(
     if not located:
         finish_pass(writer, report, split, dataset, located)
         return
-    rows = [{"fs_path": found.key, "path": found.path, "entry": i} for i, (_, found) in enumerate(located)]
-    hashed = ray.data.from_items(rows).map_batches(partial(_hash_files, max_bytes=options.max_bytes), batch_size=16)
+    unread, rows, stats = _unread(located, writer)
+    hash_files = partial(_hash_files, max_bytes=options.max_bytes)
+    hashed = ray.data.from_items(rows).map_batches(hash_files, batch_size=16).iter_rows() if rows else ()
     jobs: list[dict] = []
     plans: dict[int, Plan] = {}
-    for row in hashed.iter_rows():
+    for row in chain(unread, hashed):
         number = int(row["entry"])
         entry, found = located[number]
         if row["error"]:
             writer.fail(found.key, found.path, None, worker_error(row["error"]), report)
             yield entry.file_name
             continue
-        sha = row["sha256"]
+        sha, read = row["sha256"], not row.get("unread")
         existing, stored, hw = stored_state(writer.store, found.key, sha, split)
         annotations: list = [[a.id, a.category, a.iscrowd, a.mask_source()] for a in entry.annotations]
         if hw is None and stored:  # the same content stored without its size: embedded again in place
@@ -206,8 +210,10 @@ def _steps(
             record(writer, report, split, dataset, plan.problems)
             if plan.empty:
                 report.skipped += 1
+                if read:
+                    read_as_recorded(writer, existing, sha, stats[number])
             elif not plan.new:  # a relabel or a removal: no pixels, no actor
-                commit_photo(writer, found, sha, hw, plan, [], None, report)
+                commit_photo(writer, found, sha, hw, plan, [], None, report, file_stat=stats[number])
             if not plan.new:
                 yield entry.file_name
                 continue
@@ -233,10 +239,30 @@ def _steps(
         decoded = ray.data.from_items(jobs).map_batches(decode_files, batch_size=1)  # on CPU tasks, ahead
         computed = through_actors(decoded, AnnotationWorker, options, db_dir, workers, per_call=1)
         for row in computed.iter_rows():
-            entry, found = located[int(row["entry"])]
-            _commit(row, entry, found, plans.get(int(row["entry"])), writer, report, split, dataset, db_dir)
+            number = int(row["entry"])
+            entry, found = located[number]
+            _commit(row, entry, found, plans.get(number), stats[number], writer, report, split, dataset, db_dir)
             yield entry.file_name
     finish_pass(writer, report, split, dataset, located)
+
+
+def _unread(
+    located: list[tuple[ImageEntry, Found]], writer: Writer
+) -> tuple[list[dict], list[dict], dict[int, str | None]]:
+    """(rows of the photos whose stat is the one recorded when they were last read whole:
+    their recorded SHA-256, not read, as ``index_coco`` skips them; rows of the rest, to
+    hash; each photo's stat by entry, taken here, before any read of it: what a commit
+    records for the next run). A photo skipped unread whose mask is new is read by its
+    decode task after all, which refuses content other than the recorded one."""
+    unread, rows, stats = [], [], {}
+    for number, (_, found) in enumerate(writer.known.prefetching(located, lambda job: job[1].key)):
+        stats[number], recorded = writer.known.unchanged(found.key, found.fs_path, proposals=False)
+        writer.known.forget(found.key)
+        if recorded is None:
+            rows.append({"fs_path": found.key, "path": found.path, "entry": number})
+        else:
+            unread.append({"entry": number, "sha256": recorded, "error": "", "unread": True})
+    return unread, rows, stats
 
 
 def _commit(
@@ -244,6 +270,7 @@ def _commit(
     entry: ImageEntry,
     found: Found,
     plan: Plan | None,
+    file_stat: str | None,
     writer: Writer,
     report: CocoReport,
     split: str,
@@ -271,5 +298,5 @@ def _commit(
         if not segments and plan.empty:
             report.skipped += 1  # every mask broken: nothing to store, as index_coco
         else:
-            commit_photo(writer, found, sha, hw, plan, segments, embeddings if segments else None, report)
+            commit_photo(writer, found, sha, hw, plan, segments, embeddings if segments else None, report, file_stat)
     fragment.unlink(missing_ok=True)  # after the commit: a kill before it leaves it for the next run to drop

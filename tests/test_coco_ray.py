@@ -126,3 +126,55 @@ def test_a_rerun_on_ray_follows_a_changed_file_as_a_sequential_rerun(ray_local, 
     assert "split 'train': 1 annotations indexed from 3 photos, 1 relabelled, 2 removed" in result.output, (
         result.output[-900:]
     )
+
+
+def test_a_rerun_on_ray_reads_only_the_photos_that_changed_or_gained_a_mask(ray_local, tmp_path, monkeypatch):
+    """As ``index_coco`` re-runs: each photo was hashed again on every re-run on Ray (30
+    min of reads at 10^6 photos), and Ray's commits kept no stat, so a sequential run
+    after one read them all too. Now a photo is read only where its file changed, or a
+    new mask needs its pixels; a repaired photo loses its failure; the index is a fresh
+    sequential run's."""
+    import ray.data
+
+    from usesearch.indexer import known_images
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)  # the photos were written just now: their stats kept all the same
+    photos = write_photos(tmp_path / "photos", ("chelsea", "coffee", "rocket"))
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png", "sub/coffee.png", "rocket.png"], 1)
+    db = tmp_path / "db"
+    assert index_coco_ray([photos], coco, db, TINY).done == 3
+    sent, from_items = [], ray.data.from_items
+    monkeypatch.setattr(ray.data, "from_items", lambda rows: sent.extend(rows) or from_items(rows))
+
+    def hashed_and_decoded() -> tuple[list[str], list[str]]:
+        names = [(Path(r["path"]).name, "sha256" in r) for r in sent]
+        sent.clear()
+        return sorted(n for n, job in names if not job), sorted(n for n, job in names if job)
+
+    again = index_coco_ray([photos], coco, db, TINY)
+    assert hashed_and_decoded() == ([], []) and (again.skipped, again.done) == (3, 0)
+    Image.open(photos / "rocket.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "rocket.png")
+    data = json.loads(coco.read_text())
+    h, w = (data["images"][0][k] for k in ("height", "width"))
+    redrawn = np.zeros((h, w), bool)
+    redrawn[5:9, 5:9] = True
+    data["annotations"][0]["segmentation"] = rle.encode(redrawn)  # chelsea's first mask is new: its pixels are needed
+    coco.write_text(json.dumps(data))
+    changed = index_coco_ray([photos], coco, db, TINY)
+    assert hashed_and_decoded() == (["rocket.png"], ["chelsea.png", "rocket.png"])
+    assert (changed.done, changed.skipped, changed.segments) == (2, 1, 3)
+    assert index_coco_ray([photos], coco, db, TINY).skipped == 3 and hashed_and_decoded() == ([], [])
+
+    coffee = photos / "sub" / "coffee.png"
+    original = coffee.read_bytes()
+    coffee.write_bytes(original[: len(original) // 3])
+    assert index_coco_ray([photos], coco, db, TINY).failed == 1
+    assert hashed_and_decoded() == (["coffee.png"], ["coffee.png"])  # other content: embedded again, and fails
+    coffee.write_bytes(original)
+    repaired = index_coco_ray([photos], coco, db, TINY)
+    assert (repaired.failed, repaired.skipped) == (0, 3) and hashed_and_decoded() == (["coffee.png"], [])
+    ix = SegmentIndex.open(db)
+    assert ix.store.failures() == []
+    ix.close()
+    index_coco([photos], coco, tmp_path / "fresh", TINY)
+    assert_same(db, tmp_path / "fresh")
