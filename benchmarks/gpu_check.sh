@@ -54,6 +54,13 @@ cell = (1024 / 24, 1024 / 24)
 on_gpu, on_host = head.rle_cell_coverage(stack, (24, 24), cell, "cuda").cpu(), head.rle_cell_coverage(stack, (24, 24), cell)
 assert torch.allclose(on_gpu, on_host, atol=1e-6), "pooling weights on the GPU differ from the host's"
 print("pooling weights from RLE runs on the GPU equal the host's on 64 masks")
+import usesearch
+for kind in ("use", "crop"):  # dense masks handed over on the GPU, as a Python caller with its own SAM may
+    model = usesearch.load_model("tiny", embedder=kind, device="cuda")
+    rgb = np.ascontiguousarray(np.random.default_rng(0).integers(0, 255, (768, 1024, 3), dtype=np.uint8))
+    dense = masks[:8]
+    assert np.allclose(model.embed_segments(rgb, dense), model.embed_segments(rgb, dense.cpu().numpy()), atol=1e-4)
+print("embed_segments takes dense masks on the GPU as it takes them from the host (use, crop)")
 # The generator under the GPU's bfloat16 autocast against stock's float32 masks, on the
 # tests' blob SAM (tests/helpers.py), within the README's tolerance.
 from segment_anything import SamAutomaticMaskGenerator

@@ -29,10 +29,10 @@ def cell_coverage(
     cell_hw: tuple[float, float],
     block_elements: int = 1 << 24,
 ) -> torch.Tensor:
-    """Fraction of each grid cell covered by each mask, cells of ``cell_hw`` pixels
-    laid from the top-left corner; cells past the mask's edge count that part as
-    uncovered (letterbox padding). Exact for fractional cell sizes: separable
-    pixel/cell overlap matrices, so no upsampled copy of the masks is made.
+    """Fraction of each grid cell covered by each mask (on the masks' device), cells of
+    ``cell_hw`` pixels laid from the top-left corner; cells past the mask's edge count
+    that part as uncovered (letterbox padding). Exact for fractional cell sizes:
+    separable pixel/cell overlap matrices, so no upsampled copy of the masks is made.
 
     Memory stays bounded whatever the image size: masks are converted to float a
     block of at most ``block_elements`` pixels at a time (whole masks for small
@@ -42,11 +42,12 @@ def cell_coverage(
         raise ValueError(f"masks must be [N, H, W], got shape {tuple(masks.shape)}")
     n, h, w = masks.shape
     gh, gw = grid_hw
+    device = masks.device  # computed where the masks are: a GPU's stack never crosses to the host
     if n == 0:
-        return torch.zeros(0, gh * gw)
-    rows = _axis_overlap(h, gh, cell_hw[0])  # [gh, H]
-    cols = _axis_overlap(w, gw, cell_hw[1])  # [gw, W]
-    out = torch.zeros(n, gh, gw)
+        return torch.zeros(0, gh * gw, device=device)
+    rows = _axis_overlap(h, gh, cell_hw[0]).to(device)  # [gh, H]
+    cols = _axis_overlap(w, gw, cell_hw[1]).to(device)  # [gw, W]
+    out = torch.zeros(n, gh, gw, device=device)
     per_block = block_elements // max(1, h * w)
     if per_block >= 1:
         for start in range(0, n, per_block):

@@ -218,7 +218,9 @@ class CropEmbedder(_TextMixin):
     @torch.inference_mode()
     def embed_segments(self, image, masks) -> np.ndarray:
         rgb = to_rgb_array(image)
-        masks = as_masks(masks.decode() if isinstance(masks, RleStack) else masks, rgb.shape[:2])
+        masks = as_masks(
+            masks.decode() if isinstance(masks, RleStack) else masks, rgb.shape[:2]
+        ).cpu()  # cut on the host
         if len(masks) == 0:
             return np.zeros((0, self.dim), np.float32)
         if not bool(masks.flatten(1).any(1).all()):  # any(): no int64 copy of the stack
