@@ -85,6 +85,19 @@ def search_params(
     return params
 
 
+def id_selector(ids: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray | None]:
+    """A FAISS selector of these ids, and the bitmap it reads (to keep alive while it is
+    used). A bitmap over ids 0..max where they are dense enough: FAISS's hash set took
+    17 ms to build for 160,000 ids (the whole of a filtered search's FAISS time), the
+    bitmap 0.5 ms; a sparse few stay a hash set (a bitmap costs a bit per id up to max)."""
+    if not len(ids) or len(ids) * 64 < int(ids.max()):
+        return faiss.IDSelectorBatch(ids), None
+    member = np.zeros(int(ids.max()) + 1, bool)
+    member[ids] = True
+    bits = np.packbits(member, bitorder="little")  # FAISS reads bit i & 7 of byte i >> 3
+    return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits
+
+
 def ranked(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The top ``k`` (scores, ids), best first; ties: the lower id first. One rule for
     FAISS's answers (its heap orders equal scores as it happens to), merging shards,
@@ -216,11 +229,11 @@ class Vectors:
         k = min(k, self.ntotal if allowed is None else len(allowed))
         if k <= 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        keep: list[faiss.IDSelector] = []  # the selectors must outlive the search call
+        keep: list[object] = []  # the selectors (and the bitmap one reads) must outlive the search call
         selector: faiss.IDSelector | None = None
         if allowed is not None:
-            selector = faiss.IDSelectorBatch(np.asarray(allowed, np.int64))
-            keep.append(selector)
+            selector, bits = id_selector(np.asarray(allowed, np.int64))
+            keep += [selector, bits]
         dropped = np.union1d(self.stale, np.asarray(list(excluded), np.int64))
         if len(dropped):
             batch = faiss.IDSelectorBatch(dropped)

@@ -383,3 +383,25 @@ def test_training_on_few_points_is_one_line_not_faiss_warning_per_k_means(tmp_pa
     said = [r.getMessage() for r in caplog.records if "training" in r.getMessage()]
     assert len(said) == 1 and "training 256 clusters on 600 vectors (FAISS asks for 9984)" in said[0], said
     assert SegmentIndex.open(tmp_path / "db").index.ntotal == 600
+
+
+def test_a_selection_searched_within_as_a_bitmap_holds_what_a_hash_set_holds():
+    """``id_selector``: a bitmap where the ids are dense (FAISS's hash set took 17 ms to
+    build for 160,000 ids, a filtered search's whole FAISS time; the bitmap 0.5 ms),
+    the hash set where they are few. The same members, the same results."""
+    import faiss
+
+    from usesearch.indexer.vectors import id_selector
+
+    rng = np.random.default_rng(0)
+    ids = np.arange(1, 5001) * 3  # ids up to 15,000
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(8))
+    index.add_with_ids(rng.standard_normal((len(ids), 8)).astype(np.float32), ids)
+    q = rng.standard_normal((1, 8)).astype(np.float32)
+    for chosen, dense in ((rng.choice(ids, 2000, replace=False), True), (rng.choice(ids, 20, replace=False), False)):
+        selector, bits = id_selector(chosen)
+        assert (bits is not None) == dense
+        assert [i for i in range(16_000) if selector.is_member(i)] == sorted(chosen.tolist())
+        found = index.search(q, 50, params=faiss.SearchParameters(sel=selector))[1]
+        reference = index.search(q, 50, params=faiss.SearchParameters(sel=faiss.IDSelectorBatch(chosen)))[1]
+        assert np.array_equal(found, reference) and set(found[0][found[0] >= 0]) <= set(chosen.tolist())
