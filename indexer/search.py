@@ -289,9 +289,13 @@ class SegmentIndex:
         # candidates, or hold far fewer of a filter's segments than the index does (a
         # folder of other content), the filter's best lie in clusters not visited, and
         # fetching more from the same ones cannot find them. Such a search visits 4x
-        # the clusters until they are all visited or its hits stop changing. Its
-        # candidates stop at CANDIDATES_MAX: a query with fewer than k matches (per
-        # image, on 200 photos, k=250) must not re-score the whole index.
+        # the clusters until they are all visited or it has k hits that stop changing
+        # (fewer, or none, may be all the clusters visited so far hold). A filter checked
+        # on the candidates shows it in their passing share; an id selection searched
+        # within cannot (FAISS returns its segments alone, and the clusters visited may
+        # hold plenty of them, none its best), so it always widens once. Its candidates
+        # stop at CANDIDATES_MAX: a query with fewer than k matches (per image, on 200
+        # photos, k=250) must not re-score the whole index.
         ivf = None if self.index.exact or (allowed is not None and len(allowed) <= SCAN_UP_TO) else self._ivf()
         cap = available if ivf is None else min(available, max(fetch, CANDIDATES_MAX))
         nprobe = filters.nprobe  # None: the index's own (its unfiltered search may then run on a GPU mirror)
@@ -305,11 +309,14 @@ class SegmentIndex:
                     scores, ids = scores[scores >= min_score], ids[scores >= min_score]
                 rows = self.store.rows(ids.tolist())
                 hits = to_hits(rows, scores, ids, k, per_image, selection, distinct)
-                if ivf is not None and _ids(hits) != widened:
+                if ivf is not None and (_ids(hits) != widened or len(hits) < k):  # settled, or still short
                     probed = nprobe or int(ivf.nprobe)
                     rare = checked and passing_share(rows, selection) < selection.kept / 2
                     short = exhausted and len(hits) < k and not cut
-                    if (short and probed < ivf.nlist) or (rare and (probed < ivf.nlist or fetch < cap)):
+                    searched_within = allowed is not None
+                    if ((short or searched_within) and probed < ivf.nlist) or (
+                        rare and (probed < ivf.nlist or fetch < cap)
+                    ):
                         widened, nprobe = _ids(hits), min(ivf.nlist, probed * 4)
                         if rare:  # candidates deep enough to hold the filter's best
                             fetch = min(cap, fetch * 4)
