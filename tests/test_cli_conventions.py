@@ -232,6 +232,12 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args
         (["index", "{d}/i", "--db", "{d}/lists"], "holds an audit report: give an index a folder of its own"),
         (["train", "{d}/dataset", "--run-dir", "{d}/demo"], "holds the demo: give a training run"),
         (["curate", "run", "{d}/i", "--dataset-dir", "{d}/report"], "holds an audit report: give a curated"),
+        # Their pictures among photos: the next index of that folder took them for photos.
+        (
+            ["eval", "audit", "--coco", "{d}/a.json", "--images", "{d}/i", "--report-dir", "{d}"],
+            "holds other files (photos?): give an audit report",
+        ),
+        (["demo", "--demo-dir", "{d}"], "holds other files (photos?): give the demo a folder of its own"),
     ],
 )
 def test_a_command_never_writes_into_another_commands_folder(files, args, why):
@@ -476,3 +482,29 @@ def test_an_indexs_folder_marks_are_the_names_the_indexer_writes():
     from usesearch.indexer.folder import DB_FILE, FAISS_FILE
 
     assert set(FOLDER_MARKS["an index"]) == {DB_FILE, FAISS_FILE, EMBEDDINGS}
+
+
+def test_the_photo_walk_leaves_out_what_usesearch_wrote_among_the_photos(tmp_path, caplog):
+    """An index made inside its photo folder, with a contact sheet saved into it, and an
+    audit's lists there: the next ``index`` of the folder took their pictures for
+    photos. They are left out, said once each; a folder that merely holds a
+    ``manifest.json`` is a photo folder; a folder named by the caller is walked."""
+    from PIL import Image
+
+    from usesearch.io.files import walk
+
+    for folder, marks in (
+        ("idx", ["segments.sqlite"]),
+        ("lists", ["swapped.csv", "swapped.json"]),
+        ("mine", ["manifest.json"]),
+    ):
+        (tmp_path / folder).mkdir()
+        for mark in marks:
+            (tmp_path / folder / mark).write_text("{}")
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "sheet.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    found = [os.path.relpath(f.path, tmp_path) for f in walk([tmp_path])]
+    assert found == ["mine/sheet.png", "photo.png"]
+    assert sum("holds an index, not photos: left out" in r.getMessage() for r in caplog.records) == 1
+    assert sum("holds an audit report, not photos: left out" in r.getMessage() for r in caplog.records) == 1
+    assert [os.path.basename(f.path) for f in walk([tmp_path / "idx"])] == ["sheet.png"]  # named: walked

@@ -12,6 +12,7 @@ import typer
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import is_stream
+from usesearch.io.own_folders import OUTPUT_MARKS
 from usesearch.models.presets import PRESETS
 
 
@@ -54,15 +55,8 @@ def folder_to_write(value: Path | None) -> Path | None:
 DEMO_INDEX = "db-{preset}"  # the demo's index, in its folder beside the sample photos
 
 # What each command's folder holds, by the files that only it writes.
-FOLDER_MARKS = {
-    "an index": ("segments.sqlite", "vectors.faiss", "embeddings"),  # (the indexer's names: tested)
-    "a curated dataset": ("manifest.json", "shards"),
-    "a training run": ("trainer.pt", "log.csv"),
-    # ``eval audit``'s report, and ``audit``'s lists (``indexer/audit/report.py``'s CSV_COLUMNS, tested).
-    "an audit report": ("suspects.csv", "report.html")
-    + tuple(f"{kind}.csv" for kind in ("swapped", "overlooked", "badly_located", "leaks", "outliers")),
-    "the demo": tuple(DEMO_INDEX.format(preset=name) for name in PRESETS),
-}
+FOLDER_MARKS = {**OUTPUT_MARKS, "the demo": tuple(DEMO_INDEX.format(preset=name) for name in PRESETS)}
+PICTURES_WRITTEN = ("an audit report", "the demo")  # their pictures would be indexed with photos they lay among
 
 
 def folder_for(kind: str) -> Callable[[Path | None], Path | None]:
@@ -83,6 +77,17 @@ def folder_for(kind: str) -> Callable[[Path | None], Path | None]:
 
 
 def refuse_other_kind(folder: str | os.PathLike, kind: str) -> None:
+    """Refuses a folder holding another kind's files; for a kind that writes pictures,
+    also one holding anything but its own (photos among them would be indexed with
+    its pictures, on the next ``index`` of that folder)."""
     for other, marks in FOLDER_MARKS.items():
         if other != kind and any((Path(folder) / mark).exists() for mark in marks):
             raise UsesearchError(f"{folder} holds {other}: give {kind} a folder of its own")
+    if kind in PICTURES_WRITTEN and not any((Path(folder) / mark).exists() for mark in FOLDER_MARKS[kind]):
+        with os.scandir(os.fspath(folder)) as listing:
+            holds_files = next(listing, None) is not None
+        if holds_files:
+            raise UsesearchError(
+                f"{folder} holds other files (photos?): give {kind} a folder of its own, "
+                "or its pictures would be indexed with them"
+            )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import stat
 import threading
@@ -21,6 +22,9 @@ from PIL import Image, UnidentifiedImageError
 
 from usesearch.errors import ImageReadError, UsesearchError
 from usesearch.io.images import read_image
+from usesearch.io.own_folders import pictures_of
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP; larger is refused from the header, before decoding
@@ -74,7 +78,9 @@ def photos_under(paths: list[str | os.PathLike], refuse_none: bool = True) -> li
 def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
     """Files with image suffixes under ``paths``, depth first in sorted order.
     Symlinked folders are followed once each (so a symlink loop ends) and only
-    when they lead to a folder inside one of ``paths``."""
+    when they lead to a folder inside one of ``paths``. A folder under them that
+    usesearch wrote (an index, an audit report: ``own_folders.pictures_of``) is left out, said
+    once in the log: its pictures are not photos."""
     seen_dirs: set[tuple[int, int]] = set()
     roots = [os.path.realpath(os.fspath(p)) for p in paths]
 
@@ -101,6 +107,10 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
         except OSError as exc:
             yield Found(display_path(path), path, exc)
             return
+        kind = None if path in starts else pictures_of(entry.name for entry in entries)
+        if kind is not None:
+            log.warning("%s holds %s, not photos: left out", display_path(path), kind)
+            return
         for entry in entries:
             try:
                 is_dir = entry.is_dir()
@@ -112,6 +122,7 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                 yield Found(display_path(entry.path), entry.path)
 
+    starts = {os.path.abspath(os.fspath(root)) for root in paths}  # named by the caller: never left out
     for root in paths:
         yield from visit(os.path.abspath(os.fspath(root)))
 
