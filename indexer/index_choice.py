@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+AUTOMATIC = "auto"  # as a factory: the index its size calls for, chosen again as it grows
 EXACT_UP_TO = 200_000  # segments; an exact scan of 200k x 768 float32 takes ~60 ms on 2 cores
 PQ_BYTES = 64  # bytes per vector in a compressed index
 EXACT_ID_BYTES = 60  # IDMap2: an id list and a reverse hash map

@@ -81,7 +81,9 @@ def _recall_explanation(index: SegmentIndex) -> str:
 def _index_explanation(index: SegmentIndex) -> str:
     n = int(index.index.ntotal)
     if index.info.index_mode == "fixed":
-        return f"{index.info.factory}: chosen with --factory (automatic choice off)"
+        return (
+            f"{index.info.factory}: chosen with --factory (automatic choice off; `reindex --factory auto` turns it on)"
+        )
     choice = index_choice.choose(n, index.info.dim, faiss_gpu.wanted(index.index.device))
     if choice.factory == index.info.factory:
         return choice.describe(n, index.info.dim)

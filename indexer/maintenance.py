@@ -63,7 +63,8 @@ def reindex(
     latency_budget_ms: float | None = None,
 ) -> int:
     """Rebuild the FAISS file from the stored embeddings, optionally with another
-    factory or another shard size (segments per shard; 0: one shard). ``build``:
+    factory (``"auto"``: the one the collection's size calls for, then as it grows) or
+    another shard size (segments per shard; 0: one shard). ``build``:
     how the index is filled (``vectors.rebuild``, or ``distributed.rebuild_on_ray``
     to fill the shards in parallel on Ray). A compressed index is then calibrated
     (``calibration``) for ``recall_target`` within ``latency_budget_ms`` (p50; 0: none;
@@ -74,7 +75,9 @@ def reindex(
     db_dir = Path(db_dir)
     faiss_device = faiss_gpu.resolve(faiss_device)
     with _claimed(db_dir, db_url) as (store, info):
-        mode = "fixed" if factory else info.index_mode
+        automatic = factory == index_choice.AUTOMATIC
+        mode = "auto" if automatic else "fixed" if factory else info.index_mode
+        factory = None if automatic else factory
         if not factory:  # automatic: what the collection's size calls for now
             factory = (
                 index_choice.choose(len(store.segment_ids()), info.dim, faiss_gpu.wanted(faiss_device)).factory

@@ -291,7 +291,12 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
     sample = np.sort(np.random.default_rng(0).choice(ids, size, replace=False)) if size < len(ids) else ids
     vectors = [v for _, v in store.embeddings(sample)]
     data = np.concatenate(vectors) if vectors else np.zeros((0, index.d), np.float32)
-    _one_line_on_few_points(index, len(data))
+    clusters = _one_line_on_few_points(index, len(data))
+    if len(data) < clusters:  # k-means cannot even start: said before FAISS says it in C++'s words
+        raise ValueError(
+            f"this index type trains {clusters} clusters, on at least as many vectors, and the index holds "
+            f"{len(ids)}: index more photos, or let its size choose its type (`usesearch reindex --factory auto`)"
+        )
     with faiss_gpu.clustering_on_gpu(index) if faiss_gpu.wanted(device) else contextlib.nullcontext():
         try:
             index.train(data)
@@ -307,17 +312,18 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
 FAISS_POINTS_PER_CLUSTER = 39  # faiss's ClusteringParameters.min_points_per_centroid
 
 
-def _one_line_on_few_points(index: faiss.Index, n: int) -> None:
+def _one_line_on_few_points(index: faiss.Index, n: int) -> int:
     """Training on fewer points than FAISS asks for said in one line: FAISS prints its
     own warning from C++ for every k-means it runs (each PQ sub-quantizer too), eight
-    lines or more per rebuild. Its threshold only decides that warning."""
+    lines or more per rebuild. Its threshold only decides that warning. Returns the
+    most clusters one k-means trains (0: none), which needs as many points at least."""
     ivf = ivf_of(index)
     pq = getattr(faiss.downcast_index(ivf), "pq", None) if ivf is not None else None  # IVF-PQ's codebooks
     parts = [p for p in (ivf, pq) if p is not None and hasattr(p, "cp")]
     clusters = max([ivf.nlist if ivf is not None else 0] + [p.ksub for p in parts if hasattr(p, "ksub")])
     for part in parts:
         part.cp.min_points_per_centroid = 1
-    if parts and n < FAISS_POINTS_PER_CLUSTER * clusters:
+    if parts and clusters <= n < FAISS_POINTS_PER_CLUSTER * clusters:
         log.warning(
             "training %d clusters on %d vectors (FAISS asks for %d): recall is low until the index grows, "
             "or `usesearch reindex` chooses a smaller index",
@@ -325,6 +331,7 @@ def _one_line_on_few_points(index: faiss.Index, n: int) -> None:
             n,
             FAISS_POINTS_PER_CLUSTER * clusters,
         )
+    return clusters if parts else 0
 
 
 def rebuild(store: Store, dim: int, factory: str, device: str | None = "cpu", shard_size: int = 0) -> Vectors:

@@ -177,6 +177,14 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     assert (
         SegmentIndex.open(fixed).info.index_mode == "fixed" and SegmentIndex.open(fixed).info.factory == "IDMap2,Flat"
     )
+    # A type chosen by hand, undone: `reindex --factory auto` (it was an invalid factory,
+    # and no flag gave the automatic choice back); a type too big to train, refused in our words.
+    with pytest.raises(ValueError, match="trains 4096 clusters, on at least as many vectors.*--factory auto"):
+        reindex(fixed, "IVF4096,PQ8")
+    reindex(fixed, "auto")
+    again = SegmentIndex.open(fixed)
+    chosen = index_choice.choose(again.index.ntotal, again.info.dim).factory
+    assert (again.info.index_mode, again.info.factory) == ("auto", chosen) and again.index.ntotal > 0
 
 
 def test_ctrl_c_while_the_grown_index_is_written_leaves_the_files_the_catalog_names(

@@ -105,7 +105,7 @@ def index(
             masker_options=masker_options,
             device=device,
             faiss_device=faiss_device,
-            factory=factory,
+            factory=None if factory == "auto" else factory,  # (automatic: as the default)
             recall_target=recall_target,
             compile=compile_models,
             repair=repair,

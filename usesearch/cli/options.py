@@ -118,8 +118,8 @@ FactoryOpt = Annotated[
     Optional[str],
     typer.Option(
         "--factory",
-        help="FAISS index_factory string; given to reindex, fixed from then on (default: chosen by the index's size, "
-        "again as it grows).",
+        help="FAISS index_factory string; given to reindex, fixed from then on (default, or `auto` to reindex: "
+        "chosen by the index's size, again as it grows).",
     ),
 ]
 ShardSizeOpt = Annotated[
