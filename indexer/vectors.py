@@ -64,21 +64,28 @@ def index_ids(index: faiss.Index) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def search_params(
-    index: faiss.Index, selector: faiss.IDSelector | None, nprobe: int | None = None
-) -> faiss.SearchParameters:
-    """Search parameters of the right class for the wrapped index (IVF and HNSW check
-    the type), carrying its current nprobe / efSearch and the selector."""
+def hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
     outer = faiss.downcast_index(index)
     inner = faiss.downcast_index(outer.index) if isinstance(outer, faiss.IndexIDMap2) else outer
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def search_params(
+    index: faiss.Index, selector: faiss.IDSelector | None, nprobe: int | None = None, k: int = 0
+) -> faiss.SearchParameters:
+    """Search parameters of the right class for the wrapped index (IVF and HNSW check
+    the type), carrying its current nprobe / efSearch and the selector. An HNSW search
+    for ``k`` results explores at least 2k nodes: with its default (16) it returned 134
+    of 212 vectors asked for all, 77 hits of 100 asked on a small index."""
+    hnsw = hnsw_of(index)
     ivf = ivf_of(index)
     params: faiss.SearchParameters
     if ivf is not None:
         params = ivf_params = faiss.SearchParametersIVF()
         ivf_params.nprobe = min(ivf.nlist, nprobe) if nprobe else ivf.nprobe
-    elif isinstance(inner, faiss.IndexHNSW):
+    elif hnsw is not None:
         params = hnsw_params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stub
-        hnsw_params.efSearch = inner.hnsw.efSearch
+        hnsw_params.efSearch = max(hnsw.hnsw.efSearch, 2 * k)
     else:
         params = faiss.SearchParameters()
     params.sel = selector
@@ -242,12 +249,12 @@ class Vectors:
             combined = not_dropped if selector is None else faiss.IDSelectorAnd(selector, not_dropped)
             keep.append(combined)
             selector = combined
-        if selector is None and nprobe is None and len(self.shards) == 1:
+        if selector is None and nprobe is None and len(self.shards) == 1 and hnsw_of(self.index) is None:
             answer = self._search_mirror(query, k)
             scores, ids = answer if answer is not None else self.index.search(query, k)
             found = ids[0] >= 0
             return ranked(scores[0][found], ids[0][found], k)  # FAISS's heap leaves equal scores in no set order
-        params = search_params(self.index, selector, nprobe)
+        params = search_params(self.index, selector, nprobe, k)
         parts = [shard.search(query, min(k, int(shard.ntotal)), params=params) for shard in self.shards if shard.ntotal]
         scores = np.concatenate([p[0][0] for p in parts]) if parts else np.zeros(0, np.float32)
         ids = np.concatenate([p[1][0] for p in parts]) if parts else np.zeros(0, np.int64)
