@@ -18,7 +18,7 @@ from pathlib import Path
 
 from usesearch.devices import describe as describe_device
 from usesearch.devices import resolve_device
-from usesearch.errors import UsesearchError
+from usesearch.errors import IndexMismatchError, UsesearchError
 from usesearch.io.files import photos_under
 from usesearch.masks.maskers import build_masker
 from usesearch.masks.sam_fast import compile_modules
@@ -29,7 +29,7 @@ from .compute import Computed, ModelStage, photos_per_masker_call
 from .folder import check_db_dir, is_new, open_store
 from .image_writes import PhotoWrite
 from .options import IndexOptions, IndexReport
-from .records import NO_MASKER, IndexInfo
+from .records import NO_MASKER, IndexInfo, info_summary
 from .writer import Writer
 
 
@@ -103,7 +103,8 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
     """``options`` for adding to the index at ``db_dir``: where the run names no model
     (``--preset``, ``--embedder``, ``--head``) or masker, the ones the index was built
     with. Else ``index NEW --db OLD`` loaded the defaults' (b16's, SAM), sent a ``tiny``
-    index's user to pull b16's weights, and refused the run only after loading them."""
+    index's user to pull b16's weights, and refused the run only after loading them;
+    another preset or embedder named is refused here, before any weights are looked for."""
     if is_new(db_dir, options):
         return options
     try:
@@ -116,11 +117,14 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
         store.close()
     if built is None:
         return options
-    own = options.preset in (None, built.preset) and options.embedder in (None, built.embedder)
-    if options.head is None and own:  # what it names is the index's own: its head too
+    if options.preset not in (None, built.preset) or options.embedder not in (None, built.embedder):
+        asked = f"preset {options.preset or built.preset!r}, embedder {options.embedder or built.embedder!r}"
+        raise IndexMismatchError(  # before its weights are loaded (or a user sent to download them)
+            f"this index was built with {info_summary(built)}; refusing to add segments from {asked}. "
+            "Use the same --preset/--embedder/--head, or a new --db."
+        )
+    if options.head is None:  # what the run names is the index's own model: its head too
         options = replace(options, preset=built.preset, embedder=built.embedder, head=built.head)
-    elif options.preset is None and options.head is None:  # another embedder: refused as the index's preset's
-        options = replace(options, preset=built.preset)
     if options.masker is None and not options.masker_options and built.masker not in (NO_MASKER, "coco"):
         # Its settings too (they define its masks: other ones are refused), under the
         # names the masker takes them by.

@@ -90,6 +90,10 @@ def test_rerun_skips_adds_new_and_reindexes_changed(tmp_path):
     assert index_paths([photos], db, IndexOptions(embedder="use")).skipped == 3
     with pytest.raises(IndexMismatchError, match="tiny"):  # ... another one refused as the index's preset's
         index_paths([photos], db, IndexOptions(embedder="crop"))
+    # Another preset named: refused as such before its weights are looked for (the run
+    # sent the user to download b16's, which the index would then refuse).
+    with pytest.raises(IndexMismatchError, match="built with preset 'tiny'.*from preset 'b16'"):
+        index_paths([photos], db, IndexOptions(preset="b16"))
     fresh = tmp_path / "fresh"
     index_paths([photos], fresh, IndexOptions(**OPTS))
     assert segment_table(db) == segment_table(fresh)  # same as indexing the final folder once
