@@ -508,3 +508,14 @@ def test_the_photo_walk_leaves_out_what_usesearch_wrote_among_the_photos(tmp_pat
     assert sum("holds an index, not photos: left out" in r.getMessage() for r in caplog.records) == 1
     assert sum("holds an audit report, not photos: left out" in r.getMessage() for r in caplog.records) == 1
     assert [os.path.basename(f.path) for f in walk([tmp_path / "idx"])] == ["sheet.png"]  # named: walked
+
+
+@pytest.mark.parametrize("command", [["info"], ["query", "a cat"], ["failures"]])
+def test_a_damaged_catalog_is_named_with_what_to_do(tmp_path, command):
+    """SQLite's "file is not a database" alone named neither the file nor a way out."""
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "segments.sqlite").write_bytes(os.urandom(5000))
+    result = CliRunner().invoke(app, [*command, "--db", str(tmp_path / "db")])
+    said = result.stderr.strip()
+    assert result.exit_code == 2 and "\n" not in said, result.output
+    assert f"{tmp_path / 'db' / 'segments.sqlite'}: damaged; restore it from a backup" in said, said

@@ -368,11 +368,13 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
 @pytest.mark.parametrize(
     "args, why",
     [
-        (["--split", "val"], "--split names a labelled dataset's split"),
+        (["--split", "val"], "--split names a labelled dataset's split: it goes with --coco FILE.json\n"),
+        (["--split", "val", "--coco", "{coco}", "--masker", "coco"], "goes with --coco FILE.json, not --masker coco"),
         (["--coco", "{coco}", "--points-per-side", "8"], "--points-per-side: SAM's settings need a masker run"),
     ],
 )
 def test_options_that_do_not_go_with_a_labelled_dataset_are_refused(tmp_path, args, why):
+    """Each said in its own case's words (--split alone was told "not --masker coco")."""
     photos = write_photos(tmp_path / "photos", ("coffee",))
     coco = write_coco(tmp_path / "val.json", photos, ["coffee.png"], 1)
     args = [a.format(coco=coco) for a in args]

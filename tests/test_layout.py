@@ -89,13 +89,15 @@ def test_no_arrow_runs_back_up(low):
 
 
 def test_cli_command_modules_import_only_the_shared_options():
-    # options.py offers what spellings.py holds (the old spellings' machinery) and paths.py (the
-    # checks of paths a command writes), sam_options.py SAM's flags built with both, eval_report.py
-    # an evaluation's report and walk built on options; nothing else in cli/ is shared.
+    # options.py offers what spellings.py holds (the old spellings' machinery), paths.py (the
+    # checks of paths a command writes) and failures.py (the consoles, the one-line error rule),
+    # sam_options.py SAM's flags built with both, eval_report.py an evaluation's report and walk
+    # built on options; nothing else in cli/ is shared.
     shared = {
-        "usesearch.cli.options": {"usesearch.cli.spellings", "usesearch.cli.paths"},
+        "usesearch.cli.options": {"usesearch.cli.spellings", "usesearch.cli.paths", "usesearch.cli.failures"},
         "usesearch.cli.spellings": set(),
         "usesearch.cli.paths": set(),
+        "usesearch.cli.failures": set(),
         "usesearch.cli.sam_options": {"usesearch.cli.options", "usesearch.cli.spellings"},
         "usesearch.cli.eval_report": {"usesearch.cli.options"},
     }

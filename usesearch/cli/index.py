@@ -88,7 +88,8 @@ def index(
         labelled = coco is not None and masker != "coco"  # --masker coco: the file's masks are proposals
         if split is not None and not labelled:
             raise UsesearchError(
-                "--split names a labelled dataset's split: it goes with --coco FILE.json, not --masker coco"
+                "--split names a labelled dataset's split: it goes with --coco FILE.json"
+                + (", not --masker coco" if masker == "coco" else "")
             )
         if labelled and masker is None and masker_options:
             raise UsesearchError(

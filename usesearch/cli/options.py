@@ -1,5 +1,5 @@
-"""What the command modules share, declared once: the console, the one-line error
-rule (``user_errors``), the options several commands take (one spelling per concept:
+"""What the command modules share, declared once: the console and the one-line error
+rule (``user_errors``, from ``failures``), the options several commands take (one spelling per concept:
 README, "Command overview"), the groups of them one object stands for
 (``shared_options``: where an index is, the search filters; SAM's settings are in
 ``sam_options``), and the
@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
-from usesearch import interrupts
-from usesearch.errors import UsesearchError, first_line, is_disk_full
-
+from .failures import ALL_FAILED_EXIT as ALL_FAILED_EXIT
+from .failures import DEBUG_ENV as DEBUG_ENV
+from .failures import console as console
+from .failures import err_console as err_console
+from .failures import exit_if_all_failed as exit_if_all_failed
+from .failures import interrupted as interrupted
+from .failures import interrupted_exit as interrupted_exit
+from .failures import stdout_closed as stdout_closed
+from .failures import user_errors as user_errors
 from .paths import DEMO_INDEX as DEMO_INDEX
 from .paths import FOLDER_MARKS as FOLDER_MARKS
 from .paths import folder_for as folder_for
@@ -37,10 +41,6 @@ from .spellings import signature_of
 if TYPE_CHECKING:
     from usesearch.indexer.filters import SearchFilters
 
-# No markup: what is printed is data (file names like `x[/]y.png`, query texts), never
-# instructions to rich; the few styled words say so with ``Text(..., style=...)``.
-console = Console(markup=False, soft_wrap=True)  # a message is one line, piped or not: grep finds it whole
-err_console = Console(stderr=True, markup=False, soft_wrap=True)  # the same, on stderr
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 
 
@@ -295,103 +295,3 @@ class SearchOutput:
 
 
 with_search_output = shared_options("output", SearchOutput)
-
-
-# -- failures ----------------------------------------------------------------------------
-DEBUG_ENV = "USESEARCH_DEBUG"
-
-
-def stdout_closed() -> bool:
-    """Whether the reader of stdout has gone (a pipe whose other end closed)."""
-    import select
-
-    try:
-        poll = select.poll()
-        poll.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
-    except (OSError, ValueError, AttributeError):  # no file descriptor (a test runner's stream)
-        return False
-
-
-ALL_FAILED_EXIT = 3
-
-
-def exit_if_all_failed(done: int, skipped: int, failed: int, what: str) -> None:
-    """A run in which every photo failed (none done, none already done before) exits 3,
-    after its summary: a script must not read "nothing is indexed" as success. Failures
-    beside photos done, now or before, exit 0, each one recorded: a re-run of a whole
-    index with one bad file is no failed run."""
-    if failed and not done and not skipped:
-        print(f"error: every {what} failed ({failed}); nothing is indexed", file=sys.stderr)
-        raise typer.Exit(ALL_FAILED_EXIT)
-
-
-def interrupted(exc: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is among what led to ``exc``."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
-def interrupted_exit() -> NoReturn:
-    print("interrupted", file=sys.stderr)
-    raise typer.Exit(130) from None
-
-
-def user_errors(fn):
-    """Every failure ends in one line on stderr and a non-zero exit, never a wall of
-    frames: 2 for what the user can fix (bad input, missing file, full disk, busy
-    database), 1 for an unexpected error, which names how to see its traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        import os
-
-        # With --json, stdout carries the JSON alone: every status line goes to stderr.
-        # (rich's ``stderr`` flag, not its ``file``: a file saved and restored would pin
-        # one stream, which a test runner closes after each invocation.)
-        to_stderr = console.stderr
-        console.stderr = to_stderr or kwargs.get("as_json") is True
-        try:
-            with interrupts.counting():  # a Ctrl-C that a finalizer swallowed still stops a long loop
-                return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except KeyboardInterrupt:  # before the command's own handling began (it says what it kept)
-            interrupted_exit()
-        except BrokenPipeError as exc:
-            if stdout_closed():  # `... | head`: ended quietly by ``app.main``; another pipe is an error
-                raise
-            print(f"error: {first_line(exc)}", file=sys.stderr)
-            raise typer.Exit(2) from None
-        except Exception as exc:
-            # A Ctrl-C a clean-up's error replaced (psycopg's, mid-statement); not an error of
-            # its own that the interruption's handling met (a full disk writing what was kept).
-            if interrupted(exc) and not isinstance(exc, (UsesearchError, OSError)):
-                interrupted_exit()
-            if os.environ.get(DEBUG_ENV):
-                raise
-            code, message = 2, first_line(exc)
-            if is_disk_full(exc):
-                message = f"disk full: {getattr(exc, 'filename', None) or message}"
-            elif isinstance(exc, (UsesearchError, ValueError)):
-                pass
-            elif isinstance(exc, OSError):
-                where = exc.filename if exc.filename is not None else ""
-                message = f"{where}: {exc.strerror or message}" if where else message
-            elif type(exc).__module__.startswith("sqlalchemy"):
-                message = f"database: {first_line(getattr(exc, 'orig', None) or exc)}"  # locked, corrupt or unreachable
-            else:
-                code = 1
-                message = f"unexpected {type(exc).__name__}: {message} (set {DEBUG_ENV}=1 to see the traceback)"
-            print(f"error: {message}", file=sys.stderr)
-            raise typer.Exit(code) from None
-        finally:
-            console.stderr = to_stderr
-
-    return wrapper
