@@ -123,3 +123,13 @@ def test_dev_stdout_is_written_through_the_processs_own_stdout(tmp_path, mode):
     assert out.read_text() == kept + "before\njson\nafter\n"
     piped = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
     assert piped.stdout == "before\njson\nafter\n"
+
+
+def test_a_failed_write_names_the_file_asked_for_not_the_temporary_one(tmp_path):
+    """`query --show /proc/version.png` said "/proc/.version.png.9293.tmp: No such file"."""
+    from usesearch.io.atomic import write_atomic
+
+    target = tmp_path / "gone" / "sheet.png"
+    with pytest.raises(FileNotFoundError) as raised:
+        write_atomic(target, b"x")
+    assert raised.value.filename == str(target)

@@ -49,6 +49,10 @@ def write_atomic(
         except OSError:  # a file system without modes (vfat, some network mounts): its own rule stands
             pass
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is not None and os.fspath(exc.filename) == os.fspath(tmp):
+            exc.filename = os.fspath(path)  # said of the file asked for, not of our temporary one beside it
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     if sync_folder:
