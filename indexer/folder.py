@@ -17,6 +17,14 @@ DB_FILE, FAISS_FILE, LOCK_FILE = "segments.sqlite", "vectors.faiss", "writer.loc
 
 
 def db_url_for(db_dir: Path, db_url: str | None) -> str:
+    """The catalog's URL: ``--db-url``'s PostgreSQL server, else the index folder's SQLite
+    file. A SQLite URL given is refused: a catalog apart from its folder's embeddings
+    and FAISS files is one nothing keeps in step (and a read-only command made its file)."""
+    if db_url and db_url.strip().lower().startswith("sqlite"):
+        raise UsesearchError(
+            f"--db-url {db_url}: a SQLite catalog lives in its index folder (--db); "
+            "--db-url names a PostgreSQL server (postgresql://USER@HOST/DB)"
+        )
     return db_url or f"sqlite:///{db_dir / DB_FILE}"
 
 

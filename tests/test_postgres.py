@@ -116,6 +116,11 @@ def test_a_catalog_url_is_postgresql_in_either_spelling_and_nothing_else(tmp_pat
             server_url(url)
     result = CliRunner().invoke(app, ["info", "--db", str(tmp_path), "--db-url", "mysql://me:secret@db/x"])
     assert result.exit_code == 2 and "PostgreSQL" in result.stderr and "secret" not in result.stderr
+    # A SQLite URL was taken, and a read-only `info` made an empty catalog file there.
+    elsewhere = tmp_path / "elsewhere.sqlite"
+    result = CliRunner().invoke(app, ["info", "--db", str(tmp_path), "--db-url", f"sqlite:///{elsewhere}"])
+    assert result.exit_code == 2 and "a SQLite catalog lives in its index folder" in result.stderr
+    assert not elsewhere.exists()
 
 
 def test_a_write_tried_again_after_its_reply_was_lost_leaves_faiss_as_the_catalog(tmp_path, pg_url, monkeypatch):
