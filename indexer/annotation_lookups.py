@@ -58,6 +58,11 @@ class AnnotationLookups:
         """The splits of the annotation segments, sorted."""
         return self._distinct(SegmentRecord.split)
 
+    def has_source(self, source: str) -> bool:
+        """Whether any segment is of ``source`` (one row read, through its index)."""
+        with self.sessions() as s:
+            return s.scalar(select(SegmentRecord.id).where(SegmentRecord.source == source).limit(1)) is not None
+
     def _distinct(self, column) -> list[str]:
         with self.sessions() as s:
             query = select(column).where(SegmentRecord.source == ANNOTATION, column.is_not(None)).distinct()

@@ -43,6 +43,7 @@ def test_a_relative_path_glob_matches_under_any_folder(db):
         (["--path", "nowhere/*"], "no indexed photo's path matches --path 'nowhere/*' (under "),
         (["--label", "dog"], "--label 'dog': the index has no such class (it has: cat, cup, rocket)"),
         (["--split", "test"], "--split 'test': the index has no such split (it has: train)"),
+        (["--source", "proposal"], "--source proposal: the index holds no proposal segments (a masker run makes"),
     ],
 )
 def test_a_filter_naming_what_the_index_lacks_is_said(db, flags, said):

@@ -101,6 +101,11 @@ def _why_none(index, filters: SearchFilters) -> list[str]:
             if wanted not in have:
                 listed = ", ".join(have[:20]) + (", ..." if len(have) > 20 else "") if have else "none"
                 why.append(f"{flag} {wanted!r}: the index has no such {noun} (it has: {listed})")
+    if filters.source is not None and not store.has_source(filters.source):
+        made_by = (
+            "`index IMAGES --coco FILE.json` adds them" if filters.source == "annotation" else "a masker run makes them"
+        )
+        why.append(f"--source {filters.source}: the index holds no {filters.source} segments ({made_by})")
     return why
 
 
