@@ -153,11 +153,14 @@ class ImageWrites:
         return result
 
     def move_image(self, image_id: int, fs_path: bytes, path: str) -> None:
-        """A photo renamed or moved: its record (segments, annotations) under its new path."""
+        """A photo renamed or moved: its record (segments, annotations) under its new path,
+        where it was just read whole with its recorded content: a failure noted on it
+        under its old path (damaged there, since repaired) is over."""
 
         def move() -> None:
             with self.sessions.begin() as s:
                 values = {"fs_path": fs_path, "path": path, "file_stat": None}  # read again next time
+                values.update(error_class=None, error_message=None)
                 s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(**values))
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
 

@@ -133,6 +133,25 @@ def test_a_renamed_or_moved_photo_keeps_its_segments_and_a_copy_is_said(tmp_path
     assert_consistent(db)
 
 
+def test_a_photo_repaired_then_renamed_loses_its_failure_with_the_move(tmp_path):
+    """Damaged (its failure noted, its segments kept), put back, then renamed: the run
+    that followed the rename read it whole under its new name, yet still listed the old
+    failure against it until one more run."""
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    original = (photos / "astronaut.png").read_bytes()
+    (photos / "astronaut.png").write_bytes(original[: len(original) // 3])
+    assert index_paths([photos], db, IndexOptions(**OPTS)).failed == 1
+    (photos / "astronaut.png").write_bytes(original)
+    (photos / "astronaut.png").rename(photos / "renamed.png")
+    report = index_paths([photos], db, IndexOptions(**OPTS))
+    assert [new for _, new in report.moved] == [str(photos / "renamed.png")] and report.failed == 0
+    ix = SegmentIndex.open(db)
+    assert ix.store.failures() == []
+    ix.close()
+
+
 def test_index_refuses_another_model_and_queries_refuse_a_foreign_model(indexed, tmp_path):
     root, photos, _ = indexed
     with pytest.raises(IndexMismatchError, match=r"built with preset 'tiny', embedder 'use', model use-tiny-"):
