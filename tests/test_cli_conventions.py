@@ -503,11 +503,13 @@ def test_the_photo_walk_leaves_out_what_usesearch_wrote_among_the_photos(tmp_pat
             (tmp_path / folder / mark).write_text("{}")
         Image.new("RGB", (8, 8)).save(tmp_path / folder / "sheet.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    (tmp_path / "idx" / "trip").mkdir()  # an index made at the top of a photo tree: the tree is still walked
+    Image.new("RGB", (8, 8)).save(tmp_path / "idx" / "trip" / "beach.png")
     found = [os.path.relpath(f.path, tmp_path) for f in walk([tmp_path])]
-    assert found == ["mine/sheet.png", "photo.png"]
-    assert sum("holds an index, not photos: left out" in r.getMessage() for r in caplog.records) == 1
-    assert sum("holds an audit report, not photos: left out" in r.getMessage() for r in caplog.records) == 1
-    assert [os.path.basename(f.path) for f in walk([tmp_path / "idx"])] == ["sheet.png"]  # named: walked
+    assert found == ["idx/trip/beach.png", "mine/sheet.png", "photo.png"]
+    assert sum("holds an index, not photos: its pictures left out" in r.getMessage() for r in caplog.records) == 1
+    assert sum("holds an audit report, not photos: its files left out" in r.getMessage() for r in caplog.records) == 1
+    assert [os.path.basename(f.path) for f in walk([tmp_path / "idx"])] == ["sheet.png", "beach.png"]  # named
 
 
 @pytest.mark.parametrize("command", [["info"], ["query", "a cat"], ["failures"]])

@@ -78,9 +78,9 @@ def photos_under(paths: list[str | os.PathLike], refuse_none: bool = True) -> li
 def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
     """Files with image suffixes under ``paths``, depth first in sorted order.
     Symlinked folders are followed once each (so a symlink loop ends) and only
-    when they lead to a folder inside one of ``paths``. A folder under them that
-    usesearch wrote (an index, an audit report: ``own_folders.pictures_of``) is left out, said
-    once in the log: its pictures are not photos."""
+    when they lead to a folder inside one of ``paths``. What usesearch wrote under them
+    (``own_folders.pictures_of``: an index's folder, whose subfolders are still walked, an
+    audit report) is left out, said once in the log: its pictures are not photos."""
     seen_dirs: set[tuple[int, int]] = set()
     roots = [os.path.realpath(os.fspath(p)) for p in paths]
 
@@ -109,8 +109,12 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
             return
         kind = None if path in starts else pictures_of(entry.name for entry in entries)
         if kind is not None:
-            log.warning("%s holds %s, not photos: left out", display_path(path), kind)
-            return
+            # An index's own pictures are left out, not the photo folders under it (an index
+            # made at the top of a photo tree); an audit report holds nothing else.
+            left_out = "its pictures" if kind == "an index" else "its files"
+            log.warning("%s holds %s, not photos: %s left out", display_path(path), kind, left_out)
+            if kind != "an index":
+                return
         for entry in entries:
             try:
                 is_dir = entry.is_dir()
@@ -119,7 +123,7 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
             if is_dir:
                 if not entry.is_symlink() or inside_roots(entry.path):
                     yield from visit(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+            elif kind is None and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                 yield Found(display_path(entry.path), entry.path)
 
     starts = {os.path.abspath(os.fspath(root)) for root in paths}  # named by the caller: never left out
