@@ -11,7 +11,7 @@ import numpy as np
 
 from usesearch.masks import rle
 
-from .records import PROPOSAL, SegmentRow
+from .records import PROPOSAL, SegmentFacts, SegmentRow
 
 if TYPE_CHECKING:
     from .selection import Labels, Selection
@@ -96,22 +96,27 @@ def to_hits(
     return first_hits(candidates, k, per_image, checked.min_area, distinct)
 
 
-def _in_selection(row: SegmentRow, checked: Selection) -> bool:
+def _in_selection(row: SegmentRow | SegmentFacts, checked: Selection) -> bool:
     """Whether a candidate passes the image and label checks a selection leaves to candidates."""
     return (checked.images is None or row.image_id in checked.images) and (
         checked.labels is None or has_labels(row, checked.labels)
     )
 
 
+def passes(row: SegmentRow | SegmentFacts, checked: Selection) -> bool:
+    """Whether a candidate passes every check a selection leaves to candidates."""
+    return _in_selection(row, checked) and row.area >= checked.min_area
+
+
 def passing_share(rows: dict[int, SegmentRow], checked: Selection) -> float:
     """The share of candidates (their ``rows``) that pass the checks a selection leaves
     to the candidates (image, class, split, source, min_area): where it is far below
     the share of the index that passes them, the filter's segments lie elsewhere."""
-    passing = sum(1 for row in rows.values() if _in_selection(row, checked) and row.area >= checked.min_area)
+    passing = sum(1 for row in rows.values() if passes(row, checked))
     return passing / len(rows) if rows else 0.0
 
 
-def has_labels(row: SegmentRow, labels: Labels) -> bool:
+def has_labels(row: SegmentRow | SegmentFacts, labels: Labels) -> bool:
     """Whether the row is of this class, split and source (None: any)."""
     label, split, source = labels
     return (

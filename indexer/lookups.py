@@ -9,14 +9,15 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .records import DONE, FAILED, ImageRecord, SegmentRecord, SegmentRow
+from .records import DONE, FAILED, ImageRecord, SegmentFacts, SegmentRecord, SegmentRow
 
 SQL_PARAMETERS = 900  # ids per IN list: SQLite's bound-parameter limit
 
@@ -149,10 +150,9 @@ class SearchLookups:
         compressed index's 1,000 re-scored candidates cost 2.4 ms here, not 4.9 ms in
         900-id IN lists through SQLAlchemy (``scale.py``'s 200k index)."""
         seg, wanted = SegmentRecord, [int(i) for i in ids]
-        if self.engine.dialect.name == "sqlite" and wanted:
-            found = self._sqlite_locations(wanted)
-            if found is not None:
-                return found
+        found = self._sqlite_rows("id, vec_chunk, vec_row", wanted)
+        if found is not None:
+            return np.array(found, np.int64).reshape(-1, 3)
         return self._locations(
             [
                 select(seg.id, seg.vec_chunk, seg.vec_row).where(seg.id.in_(wanted[i : i + SQL_PARAMETERS]))
@@ -160,21 +160,24 @@ class SearchLookups:
             ]
         )
 
-    def _sqlite_locations(self, wanted: list[int]) -> np.ndarray | None:
-        """None where this SQLite lacks ``json_each`` (then the IN lists serve)."""
+    def _sqlite_rows(self, columns: str, wanted: list[int]) -> Sequence[Any] | None:
+        """The segments' ``columns`` (SQL) as plain tuples, every id as one JSON parameter
+        through SQLite's own driver; None on another database, with no ids, or where this
+        SQLite lacks ``json_each`` (then SQLAlchemy's IN lists serve)."""
+        if self.engine.dialect.name != "sqlite" or not wanted:
+            return None
         try:
             with self.engine.connect() as conn:
                 cursor = conn.connection.cursor()
                 cursor.execute(
-                    "SELECT id, vec_chunk, vec_row FROM segments WHERE id IN (SELECT value FROM json_each(?))",
+                    f"SELECT {columns} FROM segments WHERE id IN (SELECT value FROM json_each(?))",
                     (json.dumps(wanted),),
                 )
-                rows = cursor.fetchall()
+                return cursor.fetchall()
         except sqlite3.OperationalError as exc:
             if "json_each" not in str(exc):
                 raise
             return None
-        return np.array(rows, np.int64).reshape(-1, 3)
 
     def _locations(self, queries) -> np.ndarray:
         with self.engine.connect() as conn:  # plain rows: no ORM objects for thousands of ids
@@ -231,6 +234,22 @@ class SearchLookups:
                         r.split,
                     )
         return out
+
+    def segment_facts(self, ids: Iterable[int]) -> dict[int, SegmentFacts]:
+        """Segment id -> its photo, area and labels (``SegmentFacts``): what a search checks
+        its candidates against, read for tens of thousands at a time (``rows`` of 32,768
+        synthetic segments took 0.47 s, these 0.09 s; real RLEs make rows dearer still)."""
+        wanted = [int(i) for i in ids]
+        found = self._sqlite_rows("id, image_id, area, source, category, split", wanted)
+        if found is None:
+            seg, in_lists = SegmentRecord, list[Any]()
+            with self.engine.connect() as conn:  # plain rows: no ORM objects
+                for start in range(0, len(wanted), SQL_PARAMETERS):
+                    chosen = seg.id.in_(wanted[start : start + SQL_PARAMETERS])
+                    columns = (seg.id, seg.image_id, seg.area, seg.source, seg.category, seg.split)
+                    in_lists += conn.execute(select(*columns).where(chosen)).all()
+            found = in_lists
+        return {row[0]: SegmentFacts(*row[1:]) for row in found}
 
     def placements(self, ids: Iterable[int]) -> dict[int, tuple[int, tuple[float, float, float, float]]]:
         """Segment id -> (image id, box x, y, w, h as fractions of the photo's width and

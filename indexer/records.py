@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -131,6 +131,17 @@ class SegmentRecord(Base):
     iscrowd: Mapped[bool | None] = mapped_column(Boolean)
     split: Mapped[str | None] = mapped_column(String(128), index=True)
     image: Mapped[ImageRecord] = relationship(back_populates="segments")
+
+
+class SegmentFacts(NamedTuple):
+    """What the filters checked on a search's candidates read of a segment: its photo,
+    area and labels, without its RLE or its photo's path (``SegmentRow``: far more bytes)."""
+
+    image_id: int
+    area: int
+    source: str
+    category: str | None
+    split: str | None
 
 
 @dataclass(frozen=True)

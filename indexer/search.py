@@ -22,9 +22,9 @@ from . import calibration, faiss_gpu, index_choice, index_stats, vector_files, v
 from .embeddings import top_rows
 from .filters import SearchFilters, check_k
 from .folder import FAISS_FILE, open_store
-from .hits import Hit, passing_share, to_hits
+from .hits import Hit, passes, passing_share, to_hits
 from .locations import LocationMap
-from .records import IndexInfo, info_summary
+from .records import IndexInfo, SegmentRow, info_summary
 from .rwlock import ReadWriteLock
 from .selection import Selections
 from .store import Store
@@ -34,6 +34,7 @@ MAX_QUERY_CHARS = 1000
 CANDIDATES_MAX = 32_768  # a compressed index's search re-scores at most these (~50 MB of rows at 768-d)
 LOCATIONS = ("catalog", "memory", "background")  # see SegmentIndex.__init__
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
+FULL_ROWS_UP_TO = 2048  # candidates of a filter checked on them read whole at once; past this, light first
 SCAN_UP_TO = 150_000  # a selection this small is scored exactly from the embedding files (~40 ms on 2 cores),
 # not searched: on a compressed index an IVF's probed lists hold few of a narrow selection's best segments
 
@@ -293,7 +294,7 @@ class SegmentIndex:
         # (fewer, or none, may be all the clusters visited so far hold). A filter checked
         # on the candidates shows it in their passing share; an id selection searched
         # within cannot (FAISS returns its segments alone, and the clusters visited may
-        # hold plenty of them, none its best), so it always widens once. Its candidates
+        # hold plenty of them, none its best), so it widens at least once. Its candidates
         # stop at CANDIDATES_MAX: a query with fewer than k matches (per image, on 200
         # photos, k=250) must not re-score the whole index.
         ivf = None if self.index.exact or (allowed is not None and len(allowed) <= SCAN_UP_TO) else self._ivf()
@@ -307,11 +308,12 @@ class SegmentIndex:
                 cut = min_score is not None and bool((scores < min_score).any())
                 if cut:
                     scores, ids = scores[scores >= min_score], ids[scores >= min_score]
-                rows = self.store.rows(ids.tolist())
+                rows, share = self._candidate_rows(ids, selection, bool(checked))
                 hits = to_hits(rows, scores, ids, k, per_image, selection, distinct)
-                if ivf is not None and (_ids(hits) != widened or len(hits) < k):  # settled, or still short
+                short_of_k = len(hits) < k and not cut  # (a min_score cut: fewer may be all there is)
+                if ivf is not None and (_ids(hits) != widened or short_of_k):  # not settled, or still short
                     probed = nprobe or int(ivf.nprobe)
-                    rare = checked and passing_share(rows, selection) < selection.kept / 2
+                    rare = checked and share < selection.kept / 2
                     short = exhausted and len(hits) < k and not cut
                     searched_within = allowed is not None
                     if ((short or searched_within) and probed < ivf.nlist) or (
@@ -324,6 +326,19 @@ class SegmentIndex:
                 if len(hits) >= k or fetch >= cap or cut:
                     return hits  # (candidates come best first: past the cut-off there is nothing more)
                 fetch = min(cap, fetch * 4)
+
+    def _candidate_rows(self, ids: np.ndarray, selection, checked: bool) -> tuple[dict[int, SegmentRow], float]:
+        """The rows of the candidates that may be hits, and the share of all of them that
+        pass the checks a selection leaves to candidates (1.0: none left). Where those
+        are many (a widened search of a filter with few of them), each is first read
+        light (``segment_facts``) and only the passing ones whole: 32,768 rows read whole
+        were most of such a search's second."""
+        if checked and len(ids) > FULL_ROWS_UP_TO:
+            facts = self.store.segment_facts(ids.tolist())
+            passing = [i for i, fact in facts.items() if passes(fact, selection)]
+            return self.store.rows(passing), len(passing) / len(facts) if facts else 0.0
+        rows = self.store.rows(ids.tolist())
+        return rows, passing_share(rows, selection) if checked else 1.0
 
     def _ivf(self):
         """The index's IVF (its nlist, and its nprobe as calibrated), or None."""

@@ -326,6 +326,11 @@ def test_a_narrow_filter_of_other_content_than_the_query_keeps_recall(tmp_path, 
         # One cluster visited, then four, may hold none of the folder: no hit is no
         # settled answer (it was: 14 queries of 20 with no hit at 400,000 segments).
         assert len(ix.search_vector(q, 10, SearchFilters(path="/a/0/*", nprobe=1))) == 10
+    # A min_score that leaves fewer than k: no hit is then no reason to visit every cluster.
+    searched, real = [], ix.index.search
+    monkeypatch.setattr(ix.index, "search", lambda *a, **kw: searched.append(kw.get("nprobe")) or real(*a, **kw))
+    assert ix.search_vector(q, 10, SearchFilters(path="/a/0/*", min_score=0.99, nprobe=1)) == []
+    assert searched == [1, 4], searched
     ix.close()
     assert np.mean(found) >= 0.9 and min(found) >= 0.5, found
 

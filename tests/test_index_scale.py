@@ -381,6 +381,21 @@ def test_candidate_locations_in_one_json_parameter_equal_the_in_lists(tmp_path):
     assert len(fast) == 2_000 and sorted(map(tuple, fast.tolist())) == sorted(map(tuple, plain.tolist()))
 
 
+def test_candidate_facts_read_light_are_the_rows_own(tmp_path, monkeypatch):
+    """``segment_facts`` (what filters check on a widened search's many candidates) says
+    what ``rows`` says of each segment, through SQLite's JSON parameter and the IN lists alike."""
+    from usesearch.indexer.folder import open_store
+
+    synthetic_index(tmp_path / "db", n=3_000, dim=8, images=30)
+    store = open_store(tmp_path / "db", read_only=True)
+    wanted = np.random.default_rng(1).choice(np.arange(1, 3_001), 2_000, replace=False).tolist() + [5_000]
+    rows = store.rows(wanted)
+    expected = {i: (r.image_id, r.area, r.source, r.category, r.split) for i, r in rows.items()}
+    assert len(expected) == 2_000 and {i: tuple(f) for i, f in store.segment_facts(wanted).items()} == expected
+    monkeypatch.setattr(store, "_sqlite_rows", lambda columns, ids: None)  # as on PostgreSQL
+    assert {i: tuple(f) for i, f in store.segment_facts(wanted).items()} == expected
+
+
 def test_training_on_few_points_is_one_line_not_faiss_warning_per_k_means(tmp_path, capfd, caplog):
     """FAISS printed "WARNING clustering N points to K centroids" from C++ for the
     coarse quantizer and every PQ sub-quantizer: eight lines or more per rebuild."""
