@@ -22,6 +22,7 @@ from . import calibration, faiss_gpu, index_choice, index_stats, vector_files, v
 from .embeddings import top_rows
 from .filters import SearchFilters, check_k
 from .folder import FAISS_FILE, open_store
+from .freshness import Freshness
 from .hits import Hit, passes, passing_share, to_hits
 from .locations import LocationMap
 from .records import IndexInfo, SegmentRow, info_summary
@@ -39,7 +40,7 @@ SCAN_UP_TO = 150_000  # a selection this small is scored exactly from the embedd
 # not searched: on a compressed index an IVF's probed lists hold few of a narrow selection's best segments
 
 
-class SegmentIndex:
+class SegmentIndex(Freshness):
     """Read side of an index: reads only committed data, and picks up what a running
     indexer commits without reopening. Safe to share between threads: searches run
     side by side (no search holds up another for its whole run); the model's text
@@ -73,6 +74,7 @@ class SegmentIndex:
         self._sam = None  # for queries by a region of a photo, loaded on first use
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
+        self._files_seen = self._files_stamp()  # the same for files the writer writes (a regrown index, a calibration)
         self._known_up_to: int | None = None  # the index holds exactly the committed ids up to it (``_catch_up``)
         self._device, self._faiss_device = resolve_device(device), faiss_device  # every model on one device
         if loaded is not None:
@@ -150,38 +152,6 @@ class SegmentIndex:
             threading.Thread(target=self._locations.sync, name="usesearch-locations", daemon=True).start()
         else:
             self._locations.sync()
-
-    # -- freshness ---------------------------------------------------------------
-    def refresh(self) -> None:
-        """Bring the in-memory FAISS index up to the store's committed state."""
-        generation = self.store.generation()
-        if generation != self._generation:
-            with self._index_lock.writing():
-                if generation != self._generation:  # another thread may have done it meanwhile
-                    self._catch_up()
-                    self.store.files().release_removed()  # no search reads meanwhile: the lock is ours
-                    self._generation = generation
-        if self._locations is not None and self._locations.ready:
-            self._locations.sync(generation)  # a no-op at the generation it holds
-
-    def _catch_up(self) -> None:
-        """While an indexer commits, each commit is a new generation. Ids only grow (one
-        writer; never reused), so the segments committed since are those above the
-        highest one known: added alone. Removals (a changed or pruned photo) show as
-        fewer segments committed than the index holds, and only then (and once,
-        to learn the highest id) is every id compared with the store
-        (``vectors.reconcile_all``: 17 s at 10M segments, which each search paid,
-        under the lock, after every commit)."""
-        known = self._known_up_to
-        if known is not None and self.index.is_trained:
-            high, count = self.store.segments_now()
-            if high > known:
-                for ids, batch in self.store.embeddings(self.store.segment_ids_between(known + 1, high)):
-                    self.index.add(ids, batch)
-                self._known_up_to = high
-            if self.index.ntotal == count:
-                return
-        _, _, self._known_up_to = vectors.reconcile_all(self.index, self.store)  # also trains an untrained index
 
     # -- search ------------------------------------------------------------------
     def query(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:

@@ -442,3 +442,27 @@ def test_an_hnsw_index_returns_every_hit_asked_for(tmp_path):
         data.astype(np.float16).astype(np.float32), data[0], np.ones(len(data), bool), 10
     )
     ix.close()
+
+
+def test_a_reader_follows_its_writer_into_a_regrown_index_and_a_new_calibration(tmp_path, small_growth):
+    """A server opened on an exact index kept adding to it after the writer had grown the
+    index into an IVF (every vector in memory, every search a scan), and kept the search
+    effort it read at open after a `recalibrate`. It now loads what the writer wrote."""
+    from usesearch.indexer import calibration
+    from usesearch.indexer.maintenance import recalibrate
+
+    photos, db = write_photos(tmp_path / "photos", ("astronaut",)), tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    reader = SegmentIndex.open(db)
+    assert reader.index.exact and reader.calibration is None
+    write_photos(photos, ("chelsea", "coffee", "rocket"))
+    index_paths([photos], db, IndexOptions(**OPTS))  # grown into IVF4,Flat, and calibrated
+    hits = reader.query("a cat", k=5)
+    fresh = SegmentIndex.open(db)
+    assert (reader.info.factory, reader.index.exact) == ("IVF4,Flat", False)
+    assert reader.index.ntotal == len(reader.store.segment_ids()) == fresh.index.ntotal
+    assert [h.segment_id for h in hits] == [h.segment_id for h in fresh.query("a cat", k=5)]
+    assert reader.calibration is not None and reader.calibration == fresh.calibration
+    again = recalibrate(db, recall_target=0.5, text_queries=False)  # another target: another file
+    reader.query("a cat", k=5)
+    assert reader.calibration == again == calibration.load(db, reader.index) and reader.calibration.target == 0.5
