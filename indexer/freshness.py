@@ -65,15 +65,30 @@ class Freshness:
         return tuple(stamps)
 
     def _follow_files(self, files: Stamp) -> None:
-        info = self.store.info()
+        """The FAISS files rewritten (every few minutes while a writer runs): a regrown
+        index loaded. The calibration rewritten, or the index reloaded: it read again
+        (not at each rewrite: its check hashes the index's centroids, 200 MB at 65,536
+        lists); one measured on another training than the one held (a ``reindex`` with
+        the same factory) has the files' index loaded with it."""
+        reloaded = False
+        info = self.store.info() if files[0] != self._files_seen[0] else None
         if info is not None and (info.factory, info.shard_size) != (self.info.factory, self.info.shard_size):
-            log.info("%s is now %s: loading its files", self.db_dir, info.factory)
-            path, device = self.db_dir / FAISS_FILE, self.index.device
-            self.index, _ = vector_files.load(path, self.store, info.dim, info.factory, device, info.shard_size)
-            self.info, self._known_up_to = info, None  # the next catch-up compares every id once
-        self.calibration = calibration.load(self.db_dir, self.index)
-        calibration.apply(self.index, self.calibration)
+            reloaded = self._reload(info)
+        if reloaded or files[1] != self._files_seen[1]:
+            found = calibration.load(self.db_dir, self.index)
+            if found is None and files[1] is not None and not reloaded and not self.index.exact:
+                self._reload(self.store.info() or self.info)
+                found = calibration.load(self.db_dir, self.index)
+            self.calibration = found
+            calibration.apply(self.index, found)
         self._files_seen = files
+
+    def _reload(self, info: IndexInfo) -> bool:
+        log.info("%s holds %s anew: loading its files", self.db_dir, info.factory)
+        path, device = self.db_dir / FAISS_FILE, self.index.device
+        self.index, _ = vector_files.load(path, self.store, info.dim, info.factory, device, info.shard_size)
+        self.info, self._known_up_to = info, None  # the next catch-up compares every id once
+        return True
 
     def _catch_up(self) -> None:
         """While an indexer commits, each commit is a new generation. Ids only grow (one

@@ -466,3 +466,12 @@ def test_a_reader_follows_its_writer_into_a_regrown_index_and_a_new_calibration(
     again = recalibrate(db, recall_target=0.5, text_queries=False)  # another target: another file
     reader.query("a cat", k=5)
     assert reader.calibration == again == calibration.load(db, reader.index) and reader.calibration.target == 0.5
+    # Retrained under the same factory (more photos, then `reindex`): the new calibration
+    # measured the files' index, which the reader loads with it.
+    write_photos(photos, ("coins",))
+    index_paths([photos], db, IndexOptions(**OPTS))
+    held = calibration.trained_fingerprint(reader.index)
+    reindex(db, "IVF4,Flat", text_queries=False)
+    reader.query("a cat", k=5)
+    assert calibration.trained_fingerprint(reader.index) != held and reader.calibration is not None
+    assert reader.calibration == calibration.load(db, SegmentIndex.open(db).index)
