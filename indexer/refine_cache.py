@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,7 @@ from usesearch.io.atomic import write_atomic
 CACHE_FOLDER = "sam3-cache"  # in the index folder
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 MAX_PENDING = 4  # photos' features waiting for the writer thread, at most
+LEFT_TMP_NS = 600 * 10**9  # a write's temporary file this old was left by a killed process
 
 Features = list[torch.Tensor]
 
@@ -137,17 +139,24 @@ class ImageStateCache:
             pass  # the cache is an optimisation: the query's answer stands
 
     def _bound_folder(self) -> None:
+        """The folder kept within ``disk_bytes``, its oldest entries dropped first. A
+        write's temporary file that a killed process left (100 MB with the real model)
+        counts too, and goes once older than a write takes."""
         assert self.folder is not None
-        found = self.bound_over.glob("*/*.safetensors") if self.bound_over else self.folder.glob("*.safetensors")
-        sized = []
-        for path in found:
+        root, depth = (self.bound_over, "*/") if self.bound_over else (self.folder, "")
+        sized, now = [], time.time_ns()
+        for path in [*root.glob(f"{depth}*.safetensors"), *root.glob(f"{depth}.*.safetensors.*.tmp")]:
             with contextlib.suppress(OSError):  # gone meanwhile (another process's bound)
                 info = path.stat()
+                if path.suffix == ".tmp" and now - info.st_mtime_ns > LEFT_TMP_NS:
+                    path.unlink()  # a killed write's
+                    continue
                 sized.append((info.st_mtime_ns, info.st_size, path))
         sized.sort()
         total = sum(size for _, size, _ in sized)
         for _, size, old in sized[:-1]:  # the newest file stays even past the bound
             if total <= self.disk_bytes:
                 break
-            total -= size
-            old.unlink(missing_ok=True)
+            if old.suffix != ".tmp":  # (another write's, under way: counted, not cut short)
+                total -= size
+                old.unlink(missing_ok=True)

@@ -389,3 +389,29 @@ def test_the_disk_bound_covers_every_model_identitys_folder(tmp_path):
     cache.put("cd" * 32, [torch.zeros(128 * 1024)])  # 512 KiB: with the old file, past the bound
     cache.close()
     assert not left.exists() and (root / "cuda-new" / f"{'cd' * 32}.safetensors").is_file()
+
+
+def test_a_killed_writes_temporary_file_is_counted_then_swept(tmp_path):
+    """A query killed mid-write left ``.KEY.safetensors.PID.tmp`` (100 MB with the real
+    model): never removed, and outside the 4 GiB bound. It counts toward the bound, and
+    goes once older than a write takes; one under way is counted, never cut short."""
+    import os
+
+    from usesearch.indexer import refine_cache
+
+    root = tmp_path / refine_cache.CACHE_FOLDER
+    (root / "cpu").mkdir(parents=True)
+    stale, current = (
+        root / "cpu" / f".{'ab' * 32}.safetensors.41.tmp",
+        root / "cpu" / f".{'ef' * 32}.safetensors.42.tmp",
+    )
+    stale.write_bytes(b"\0" * 600_000)
+    current.write_bytes(b"\0" * 600_000)
+    os.utime(stale, (1, 1))  # left long ago
+    cache = refine_cache.ImageStateCache(0, root / "cpu", 1_000_000, bound_over=root)
+    cache.put("cd" * 32, [torch.zeros(64 * 1024)])  # 256 KiB
+    cache.put("12" * 32, [torch.zeros(64 * 1024)])  # with the current write's 600 KB: past the bound
+    cache.close()
+    assert not stale.exists() and current.exists()
+    assert not (root / "cpu" / f"{'cd' * 32}.safetensors").exists()  # the oldest entry went for the bound
+    assert (root / "cpu" / f"{'12' * 32}.safetensors").is_file()
