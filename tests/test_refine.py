@@ -415,3 +415,40 @@ def test_a_killed_writes_temporary_file_is_counted_then_swept(tmp_path):
     assert not stale.exists() and current.exists()
     assert not (root / "cpu" / f"{'cd' * 32}.safetensors").exists()  # the oldest entry went for the bound
     assert (root / "cpu" / f"{'12' * 32}.safetensors").is_file()
+
+
+def test_refined_web_searches_past_the_few_that_can_wait_are_told_the_server_is_busy(index):
+    """Each refined request waited for SAM 3 in one of the server's worker threads, with no
+    bound: 42 of them (their clients long gone) left none for a plain search. Two at a
+    time run or wait; more get the 503 a busy server gives (with Retry-After)."""
+    import threading
+
+    from usesearch.errors import ServerBusyError
+    from usesearch.indexer.web import refined as refined_lib
+
+    release, started = threading.Event(), []
+
+    class SlowRefiner:
+        def search(self, text, k, filters, top):
+            started.append(text)
+            release.wait(10)
+            raise RuntimeError("released")  # (the answer is beside the point)
+
+    search = refined_lib.RefinedSearch(index, images=None)
+    search._refiner = SlowRefiner()
+    waiting = [
+        threading.Thread(target=lambda: pytest.raises(RuntimeError, search.search, "a cat", 3, SearchFilters(), 2))
+        for _ in range(refined_lib.REFINED_AT_ONCE)
+    ]
+    for thread in waiting:
+        thread.start()
+    while len(started) < refined_lib.REFINED_AT_ONCE:  # every slot taken
+        threading.Event().wait(0.01)
+    with pytest.raises(ServerBusyError, match="refined searches are running or waiting"):
+        search.search("a dog", 3, SearchFilters(), 2)
+    release.set()
+    for thread in waiting:
+        thread.join(10)
+    assert started == ["a cat"] * refined_lib.REFINED_AT_ONCE  # the third never ran
+    with pytest.raises(RuntimeError):  # slots given back
+        search.search("a dog", 3, SearchFilters(), 2)

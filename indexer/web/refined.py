@@ -9,7 +9,7 @@ import base64
 import threading
 import time
 
-from usesearch.errors import ImageGoneError, first_line
+from usesearch.errors import ImageGoneError, ServerBusyError, first_line
 from usesearch.masks import rle
 from usesearch.tasks.visualize import segment_tile
 
@@ -22,11 +22,17 @@ from .schema import HitOut, SearchOut, segment_out
 TILE = 192
 
 
+REFINED_AT_ONCE = 2  # refined searches running or waiting (SAM 3 takes one at a time); more get a 503
+
+
 class RefinedSearch:
     def __init__(self, index: SegmentIndex, images: render.ImageCache):
         self.index, self.images = index, images
         self._refiner: Refiner | None = None
         self._lock = threading.Lock()
+        # Each waiting request holds one of the server's worker threads, for minutes on a
+        # CPU: unbounded, 42 clients gone long ago left no thread for a plain search.
+        self._slots = threading.BoundedSemaphore(REFINED_AT_ONCE)
 
     def refiner(self) -> Refiner:
         with self._lock:
@@ -36,7 +42,15 @@ class RefinedSearch:
 
     def search(self, text: str, k: int, filters: SearchFilters, top: int) -> SearchOut:
         start = time.perf_counter()
-        hits, report = self.refiner().search(text, k, filters, top=top)
+        if not self._slots.acquire(blocking=False):
+            raise ServerBusyError(
+                f"{REFINED_AT_ONCE} refined searches are running or waiting (SAM 3 takes one at a time); "
+                "try again shortly, or search without refine"
+            )
+        try:
+            hits, report = self.refiner().search(text, k, filters, top=top)
+        finally:
+            self._slots.release()
         out, skipped = [], list(report.skipped)
         for hit in hits:
             try:
