@@ -179,6 +179,8 @@ class Refiner:
                     report.cached += 1
                     continue
                 decoded.append((rank, record.sha256, decode(data, record.path)))
+            except FileNotFoundError:
+                report.skipped.append(f"{record.path}: no longer on disk (`usesearch prune` drops it from the index)")
             except (OSError, UsesearchError) as exc:
                 report.skipped.append(f"{record.path}: {first_line(exc)}")
         if decoded:

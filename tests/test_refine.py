@@ -284,6 +284,13 @@ def test_a_photo_changed_since_indexing_is_skipped_and_said(index, refiner):
     assert fresh.last.cached == 2  # the other two from the cache; the changed one's not used
     assert hits and str(changed) not in {h.image for h in hits}
     assert {h.image for h in hits} == {h.image for h in first} - {str(changed)}
+    moved = changed.with_name("elsewhere.png")  # gone: said in words, not as Python's error with a bytes path
+    changed.rename(moved)
+    try:
+        fresh.query("a cat", k=40)
+    finally:
+        moved.rename(changed)
+    assert fresh.last.skipped == [f"{changed}: no longer on disk (`usesearch prune` drops it from the index)"]
 
 
 def test_min_area_is_for_the_refined_instances_not_for_choosing_the_photos(index, refiner):
