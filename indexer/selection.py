@@ -9,6 +9,7 @@ folder again and again pays for resolving it once."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple, TypeVar
 
@@ -53,6 +54,7 @@ class Selections:
         self.store = store
         self._ntotal = ntotal  # segments the index holds now
         self._cache: dict[Hashable, tuple[int, Any]] = {}
+        self._cache_lock = threading.Lock()  # a server's threads evict together (each popped the same key)
         self._held_rows: tuple[np.ndarray, np.ndarray, float] | None = None
 
     def resolve(self, filters: SearchFilters) -> Selection:
@@ -101,9 +103,11 @@ class Selections:
         generation = self.store.generation()
         held = self._cache.get(name)
         if held is None or held[0] != generation:
-            held = self._cache[name] = (generation, compute())
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.pop(next(iter(self._cache)))
+            held = (generation, compute())  # (computed outside the lock: searches do not wait on each other)
+            with self._cache_lock:
+                self._cache[name] = held
+                while len(self._cache) > CACHE_ENTRIES:
+                    self._cache.pop(next(iter(self._cache)))
         value: T = held[1]
         return value
 

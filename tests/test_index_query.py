@@ -253,3 +253,39 @@ def test_a_run_whose_masker_finds_nothing_says_so_and_why(tmp_path):
     )
     plain = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "felz"), "--preset", "tiny"])
     assert plain.exit_code == 0 and "no masks" not in plain.output
+
+
+def test_the_selection_cache_takes_a_servers_threads_at_once(monkeypatch):
+    """A server's threads filled and evicted the filter cache together: two took the same
+    oldest entry out (KeyError), or one iterated it while another added (RuntimeError)."""
+    import sys
+    import threading
+
+    import usesearch.indexer.selection as selection
+
+    monkeypatch.setattr(selection, "CACHE_ENTRIES", 2)
+
+    class OneGeneration:
+        def generation(self):
+            return 1
+
+    cache, failures = selection.Selections(OneGeneration(), lambda: 0), []
+
+    def fill(thread: int) -> None:
+        try:
+            for i in range(5000):
+                assert cache.cached((thread, i), lambda: i) == i
+        except Exception as exc:  # noqa: BLE001 - what the threads met is the finding
+            failures.append(repr(exc))
+
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can: the race shows at once
+    try:
+        threads = [threading.Thread(target=fill, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switching)
+    assert failures == [] and len(cache._cache) <= 2
