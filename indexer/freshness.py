@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
+
+from usesearch.errors import StaleFilesError
 
 from . import calibration, vector_files, vectors
 from .folder import FAISS_FILE
@@ -22,6 +25,7 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 Stamp = tuple[tuple[int, int, int] | None, ...]
+TYPE_CHECK_S = 30.0  # the type on record is also read this often: the writer records it after its files
 
 
 class Freshness:
@@ -35,17 +39,22 @@ class Freshness:
     _generation: int
     _known_up_to: int | None  # the index holds exactly the committed ids up to it
     _files_seen: Stamp
+    _type_due: float  # (time.monotonic) when the type on record is read next
+    _locations_wanted: str  # the ``locations`` the index was opened with
     _index_lock: ReadWriteLock
     _locations: LocationMap | None
+
+    def hold_locations(self, background: bool = False) -> None: ...  # (``SegmentIndex``'s)
 
     def refresh(self) -> None:
         """Bring the in-memory FAISS index up to the store's committed state, and to the
         files the writer last wrote (a stat of two files a search)."""
         files = self._files_stamp()
         generation = self.store.generation()
-        if generation != self._generation or files != self._files_seen:
+        due = time.monotonic() >= self._type_due
+        if generation != self._generation or files != self._files_seen or due:
             with self._index_lock.writing():
-                if files != self._files_seen:  # (another thread may have done it meanwhile)
+                if files != self._files_seen or time.monotonic() >= self._type_due:  # (not done meanwhile)
                     self._follow_files(files)
                 if generation != self._generation:
                     self._catch_up()
@@ -65,29 +74,43 @@ class Freshness:
         return tuple(stamps)
 
     def _follow_files(self, files: Stamp) -> None:
-        """The FAISS files rewritten (every few minutes while a writer runs): a regrown
-        index loaded. The calibration rewritten, or the index reloaded: it read again
-        (not at each rewrite: its check hashes the index's centroids, 200 MB at 65,536
-        lists); one measured on another training than the one held (a ``reindex`` with
-        the same factory) has the files' index loaded with it."""
+        """The index's type on record read when its files changed, or ``TYPE_CHECK_S``
+        after it was last read (a writer records a regrown index's type after writing
+        its files: a reader between the two saw nothing to follow, and no later write
+        need come); another than the one held has its files loaded. The calibration
+        read when its file changed or the index was reloaded (not at each rewrite of
+        the FAISS files: its check hashes the centroids, 200 MB at 65,536 lists)."""
         reloaded = False
-        info = self.store.info() if files[0] != self._files_seen[0] else None
-        if info is not None and (info.factory, info.shard_size) != (self.info.factory, self.info.shard_size):
-            reloaded = self._reload(info)
+        if files[0] != self._files_seen[0] or time.monotonic() >= self._type_due:
+            self._type_due = time.monotonic() + TYPE_CHECK_S
+            info = self.store.info()
+            if info is not None and (info.factory, info.shard_size) != (self.info.factory, self.info.shard_size):
+                reloaded = self._reload(info)
         if reloaded or files[1] != self._files_seen[1]:
             found = calibration.load(self.db_dir, self.index)
-            if found is None and files[1] is not None and not reloaded and not self.index.exact:
-                self._reload(self.store.info() or self.info)
-                found = calibration.load(self.db_dir, self.index)
+            if found is None and files[1] is not None and not reloaded and not self.index.exact:  # reindexed
+                reloaded = self._reload(self.store.info() or self.info)
+                found = calibration.load(self.db_dir, self.index) if reloaded else None
             self.calibration = found
             calibration.apply(self.index, found)
         self._files_seen = files
 
     def _reload(self, info: IndexInfo) -> bool:
-        log.info("%s holds %s anew: loading its files", self.db_dir, info.factory)
+        """The index's files loaded in place of the one held; False, keeping it, where
+        they do not match the record yet (a file renamed into place, its checksum not
+        yet recorded: rebuilding it from the catalog would stall every search here)."""
         path, device = self.db_dir / FAISS_FILE, self.index.device
-        self.index, _ = vector_files.load(path, self.store, info.dim, info.factory, device, info.shard_size)
-        self.info, self._known_up_to = info, None  # the next catch-up compares every id once
+        try:
+            index, _ = vector_files.load(
+                path, self.store, info.dim, info.factory, device, info.shard_size, rebuild_unverified=False
+            )
+        except StaleFilesError as exc:  # tried again when the files change, or TYPE_CHECK_S on
+            log.debug("%s; loaded at a later search", exc)
+            return False
+        log.info("%s holds %s anew: its files loaded", self.db_dir, info.factory)
+        self.index, self.info, self._known_up_to = index, info, None  # the next catch-up compares every id once
+        if self._locations is None and self._locations_wanted != "catalog":
+            self.hold_locations(background=True)  # (an exact index opened had none; an IVF uses them)
         return True
 
     def _catch_up(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from . import calibration, faiss_gpu, index_choice, index_stats, vector_files, v
 from .embeddings import top_rows
 from .filters import SearchFilters, check_k
 from .folder import FAISS_FILE, open_store
-from .freshness import Freshness
+from .freshness import TYPE_CHECK_S, Freshness
 from .hits import Hit, passes, passing_share, to_hits
 from .locations import LocationMap
 from .records import IndexInfo, SegmentRow, info_summary
@@ -75,6 +76,7 @@ class SegmentIndex(Freshness):
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
         self._files_seen = self._files_stamp()  # the same for files the writer writes (a regrown index, a calibration)
+        self._type_due, self._locations_wanted = time.monotonic() + TYPE_CHECK_S, locations
         self._known_up_to: int | None = None  # the index holds exactly the committed ids up to it (``_catch_up``)
         self._device, self._faiss_device = resolve_device(device), faiss_device  # every model on one device
         if loaded is not None:

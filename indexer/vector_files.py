@@ -21,7 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from usesearch.errors import DiskFullError, UsesearchError, is_disk_full
+from usesearch.errors import DiskFullError, StaleFilesError, UsesearchError, is_disk_full
 from usesearch.io.atomic import write_atomic
 
 from . import vectors
@@ -152,11 +152,19 @@ def _read_verified(
 
 
 def load(
-    path: Path, store: Store, dim: int, factory: str, device: str | None = "cpu", shard_size: int = 0
+    path: Path,
+    store: Store,
+    dim: int,
+    factory: str,
+    device: str | None = "cpu",
+    shard_size: int = 0,
+    rebuild_unverified: bool = True,
 ) -> tuple[Vectors, tuple[int, int]]:
     """The index for a store: its shard files when each is verified (and holds the
-    ids its number says), else rebuilt from the store; then reconciled with the
-    store. ``device`` as in ``faiss_gpu.wanted``."""
+    ids its number says), else rebuilt from the store (or, not ``rebuild_unverified``,
+    a ``StaleFilesError``: a reader meeting a file its writer has renamed into place and
+    not yet recorded tries again later); then reconciled with the store. ``device`` as
+    in ``faiss_gpu.wanted``."""
     if path.exists() and not path.is_file():
         raise UsesearchError(f"{path} is not a file: move it away (the vector index is rebuilt from the database)")
     if not path.exists():
@@ -185,6 +193,8 @@ def load(
             "%s is missing (the database recorded it); its segments are added from the database",
             shard_path(path, len(shards)).name,
         )
+    if (len(shards) < len(shard_files(path)) or not shards) and not rebuild_unverified:
+        raise StaleFilesError(f"{path}: {why}")
     if len(shards) < len(shard_files(path)) or not shards:
         log.warning(
             "%s does not match the database (%s); rebuilding it from the database (`usesearch reindex --db %s` "

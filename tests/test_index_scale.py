@@ -475,3 +475,40 @@ def test_a_reader_follows_its_writer_into_a_regrown_index_and_a_new_calibration(
     reader.query("a cat", k=5)
     assert calibration.trained_fingerprint(reader.index) != held and reader.calibration is not None
     assert reader.calibration == calibration.load(db, SegmentIndex.open(db).index)
+
+
+def test_a_reader_between_the_writers_files_and_its_records_follows_it_all_the_same(
+    tmp_path, monkeypatch, caplog, small_growth
+):
+    """The writer writes a regrown index's files, then records their checksums, then its
+    type. A reader searching between the files and the type saw nothing to follow and
+    kept its exact index for good; one loading the files before their checksums were
+    recorded rebuilt the whole index from the catalog, every search waiting. Now the type
+    on record is also read every TYPE_CHECK_S, and files not yet recorded are loaded later."""
+    from usesearch.indexer import freshness
+    from usesearch.indexer.store import Store
+
+    monkeypatch.setattr(freshness, "TYPE_CHECK_S", 0.0)  # (30 s in use)
+    photos, db = write_photos(tmp_path / "photos", ("astronaut",)), tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    early, late = SegmentIndex.open(db, locations="background"), SegmentIndex.open(db)
+    real_type, real_sum = Store.set_factory, Store.set_vectors_checksum
+    monkeypatch.setattr(Store, "set_factory", lambda self, *a: (early.query("a cat", k=5), real_type(self, *a))[1])
+    write_photos(photos, ("chelsea", "coffee", "rocket"))
+    index_paths([photos], db, IndexOptions(**OPTS))  # grown into IVF4,Flat
+    assert early.index.exact  # it searched between the files and the type on record
+    early.query("a cat", k=5)
+    assert (early.info.factory, early.index.exact) == ("IVF4,Flat", False) and early._locations is not None
+    monkeypatch.setattr(Store, "set_factory", real_type)
+    # `late` still holds the exact index; the next run's write renames a file into place and
+    # `late` searches before its checksum is recorded: no rebuild, the files loaded after.
+    monkeypatch.setattr(
+        Store, "set_vectors_checksum", lambda self, *a: (late.query("a cat", k=5), real_sum(self, *a))[1]
+    )
+    write_photos(photos, ("coins",))
+    with caplog.at_level("WARNING"):
+        index_paths([photos], db, IndexOptions(**OPTS))
+    assert not [r for r in caplog.records if "does not match the database" in r.getMessage()]
+    assert late.index.exact
+    late.query("a cat", k=5)
+    assert (late.info.factory, late.index.ntotal) == ("IVF4,Flat", len(late.store.segment_ids()))

@@ -139,6 +139,11 @@ class ServerBusyError(UsesearchError):
     """The pixel budget stayed full for the whole wait."""
 
 
+class StaleFilesError(UsesearchError):
+    """The FAISS files do not (yet) match what the database records: a reader that met
+    a file its writer has renamed into place and not yet recorded tries again later."""
+
+
 # Curation.
 class CurationConfigError(UsesearchError):
     """A problem with the run's set-up (a missing model), not with one image."""
