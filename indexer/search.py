@@ -249,31 +249,31 @@ class SegmentIndex(Freshness):
         filters = filters or SearchFilters()
         per_image, min_score, distinct = filters.per_image, filters.min_score, filters.distinct
         self.refresh()
-        selection = self._selections.resolve(filters)
-        if selection.empty:
-            return []  # nothing can match
-        allowed = selection.allowed
-        available = self.index.ntotal if allowed is None else len(allowed)
-        checked = selection.images is not None or selection.labels is not None or selection.min_area
-        fetch = k if not (per_image or checked or distinct) else max(4 * k, 64)
-        if 0 < selection.kept < 1:  # enough candidates at once that about 2k pass the checks
-            fetch = min(available, max(fetch, math.ceil(2 * k / selection.kept)))
-        # An IVF's search sees only the clusters it visits: where those run out of
-        # candidates, or hold far fewer of a filter's segments than the index does (a
-        # folder of other content), the filter's best lie in clusters not visited, and
-        # fetching more from the same ones cannot find them. Such a search visits 4x
-        # the clusters until they are all visited or it has k hits that stop changing
-        # (fewer, or none, may be all the clusters visited so far hold). A filter checked
-        # on the candidates shows it in their passing share; an id selection searched
-        # within cannot (FAISS returns its segments alone, and the clusters visited may
-        # hold plenty of them, none its best), so it widens at least once. Its candidates
-        # stop at CANDIDATES_MAX: a query with fewer than k matches (per image, on 200
-        # photos, k=250) must not re-score the whole index.
-        ivf = None if self.index.exact or (allowed is not None and len(allowed) <= SCAN_UP_TO) else self._ivf()
-        cap = available if ivf is None else min(available, max(fetch, CANDIDATES_MAX))
-        nprobe = filters.nprobe  # None: the index's own (its unfiltered search may then run on a GPU mirror)
-        widened: list[int] | None = None  # the hits before the last widening
-        with self._index_lock.reading():
+        with self._index_lock.reading():  # one index throughout: a reader's reload waits for this search
+            selection = self._selections.resolve(filters)
+            if selection.empty:
+                return []  # nothing can match
+            allowed = selection.allowed
+            available = self.index.ntotal if allowed is None else len(allowed)
+            checked = selection.images is not None or selection.labels is not None or selection.min_area
+            fetch = k if not (per_image or checked or distinct) else max(4 * k, 64)
+            if 0 < selection.kept < 1:  # enough candidates at once that about 2k pass the checks
+                fetch = min(available, max(fetch, math.ceil(2 * k / selection.kept)))
+            # An IVF's search sees only the clusters it visits: where those run out of
+            # candidates, or hold far fewer of a filter's segments than the index does (a
+            # folder of other content), the filter's best lie in clusters not visited, and
+            # fetching more from the same ones cannot find them. Such a search visits 4x
+            # the clusters until they are all visited or it has k hits that stop changing
+            # (fewer, or none, may be all the clusters visited so far hold). A filter checked
+            # on the candidates shows it in their passing share; an id selection searched
+            # within cannot (FAISS returns its segments alone, and the clusters visited may
+            # hold plenty of them, none its best), so it widens at least once. Its candidates
+            # stop at CANDIDATES_MAX: a query with fewer than k matches (per image, on 200
+            # photos, k=250) must not re-score the whole index.
+            ivf = None if self.index.exact or (allowed is not None and len(allowed) <= SCAN_UP_TO) else self._ivf()
+            cap = available if ivf is None else min(available, max(fetch, CANDIDATES_MAX))
+            nprobe = filters.nprobe  # None: the index's own (its unfiltered search may then run on a GPU mirror)
+            widened: list[int] | None = None  # the hits before the last widening
             while True:
                 scores, ids = self._candidates(vector, k, fetch, allowed, exclude, nprobe, filters.rerank)
                 exhausted = len(ids) < min(fetch, available)  # before the cut: what the visited clusters held
