@@ -280,8 +280,7 @@ class SegmentIndex(Freshness):
                 cut = min_score is not None and bool((scores < min_score).any())
                 if cut:
                     scores, ids = scores[scores >= min_score], ids[scores >= min_score]
-                rows, share = self._candidate_rows(ids, selection, bool(checked))
-                hits = to_hits(rows, scores, ids, k, per_image, selection, distinct)
+                hits, share = self._hits(scores, ids, k, selection, bool(checked), per_image, distinct)
                 short_of_k = len(hits) < k and not cut  # (a min_score cut: fewer may be all there is)
                 if ivf is not None and (_ids(hits) != widened or short_of_k):  # not settled, or still short
                     probed = nprobe or int(ivf.nprobe)
@@ -299,18 +298,30 @@ class SegmentIndex(Freshness):
                     return hits  # (candidates come best first: past the cut-off there is nothing more)
                 fetch = min(cap, fetch * 4)
 
-    def _candidate_rows(self, ids: np.ndarray, selection, checked: bool) -> tuple[dict[int, SegmentRow], float]:
-        """The rows of the candidates that may be hits, and the share of all of them that
-        pass the checks a selection leaves to candidates (1.0: none left). Where those
-        are many (a widened search of a filter with few of them), each is first read
-        light (``segment_facts``) and only the passing ones whole: 32,768 rows read whole
-        were most of such a search's second."""
-        if checked and len(ids) > FULL_ROWS_UP_TO:
-            facts = self.store.segment_facts(ids.tolist())
-            passing = [i for i, fact in facts.items() if passes(fact, selection)]
-            return self.store.rows(passing), len(passing) / len(facts) if facts else 0.0
-        rows = self.store.rows(ids.tolist())
-        return rows, passing_share(rows, selection) if checked else 1.0
+    def _hits(
+        self, scores: np.ndarray, ids: np.ndarray, k: int, selection, checked: bool, per_image: bool, distinct: bool
+    ) -> tuple[list[Hit], float]:
+        """The first ``k`` hits among the candidates, and the share of them that pass the
+        checks a selection leaves to candidates (1.0: none left). Where those are many (a
+        widened search of a filter with few of them), each is first read light
+        (``segment_facts``), and whole only the passing ones, best first, as many as k hits
+        take: 32,768 whole rows had been most of such a search's second."""
+        if not (checked and len(ids) > FULL_ROWS_UP_TO):
+            whole = self.store.rows(ids.tolist())
+            return to_hits(whole, scores, ids, k, per_image, selection, distinct), (
+                passing_share(whole, selection) if checked else 1.0
+            )
+        facts = self.store.segment_facts(ids.tolist())
+        passing = [i for i in ids.tolist() if (fact := facts.get(i)) is not None and passes(fact, selection)]
+        rows: dict[int, SegmentRow] = {}
+        hits: list[Hit] = []
+        step = max(64, 4 * k)
+        for start in range(0, len(passing), step):  # (per_image and distinct may want more than k)
+            rows.update(self.store.rows(passing[start : start + step]))
+            hits = to_hits(rows, scores, ids, k, per_image, selection, distinct)
+            if len(hits) >= k:
+                break
+        return hits, len(passing) / len(facts) if facts else 0.0
 
     def _ivf(self):
         """The index's IVF (its nlist, and its nprobe as calibrated), or None."""

@@ -512,3 +512,19 @@ def test_a_reader_between_the_writers_files_and_its_records_follows_it_all_the_s
     assert late.index.exact
     late.query("a cat", k=5)
     assert (late.info.factory, late.index.ntotal) == ("IVF4,Flat", len(late.store.segment_ids()))
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_candidates_read_light_first_give_the_hits_whole_rows_give(compressed, monkeypatch, per_image):
+    """Past FULL_ROWS_UP_TO candidates of a filter checked on them, each is read light and
+    only the passing ones whole, best first, as many as the hits take: the same hits."""
+    import usesearch.indexer.search as search_module
+
+    ix, data = compressed
+    broad = SearchFilters(path="/a/[0-4]/*", per_image=per_image)  # half the photos: checked on the candidates
+    for q in data[np.random.default_rng(6).integers(0, len(data), 4)]:
+        monkeypatch.setattr(search_module, "FULL_ROWS_UP_TO", 10**9)
+        whole = ix.search_vector(q, 10, broad)
+        monkeypatch.setattr(search_module, "FULL_ROWS_UP_TO", 10)
+        light = ix.search_vector(q, 10, broad)
+        assert len(whole) == 10 and light == whole
