@@ -19,9 +19,9 @@ the search widened for such filters, "other" got recall 0.72 (one query no hit) 
 At 400,000 segments (``--segments 400000 --lists 1024 --dim 32 --scan-up-to 10000``:
 IVF1024, nprobe 16), before 2026-12-02's changes / after: broad "any" 0.935 at 17 ms /
 0.98 at 6 ms; broad "other" 0.85 with 3 queries of 20 answered by no hit at all, 0.84-1.0 s /
-1.0 at 0.32 s; narrow "any" 1.0 at 10 ms / 1.0 at 15 ms (an id selection now always
+1.0 at 0.29 s; narrow "any" 1.0 at 10 ms / 1.0 at 14 ms (an id selection now always
 widens once); narrow "other" 0.29 with 14 of 20 queries answered by no hit / 0.98 at
-21 ms. A search that found no hit took that as settled and stopped widening; a
+13 ms. A search that found no hit took that as settled and stopped widening; a
 selection searched within gave no sign that its best lay in clusters not visited; a
 widened search read every candidate's whole row to check its filter.
 """
