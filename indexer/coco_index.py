@@ -34,7 +34,6 @@ from .coco_plan import (
     finish_pass,
     located_entries,
     plan_photo,
-    read_as_recorded,
     record,
     stored_state,
     wrong_size,
@@ -162,7 +161,7 @@ def _index_photo(
     if plan.empty:
         report.skipped += 1
         if data is not None:
-            read_as_recorded(writer, existing, sha256, stat)
+            writer.known.read_as_recorded(existing, sha256, stat)
         return
     segments: list[dict] = []
     embeddings = None

@@ -122,17 +122,6 @@ def finish_pass(
         report.shared_with = sorted(files - {str(dataset.path)})
 
 
-def read_as_recorded(writer: Writer, existing: ImageRecord | None, sha256: str, stat: str | None) -> None:
-    """A photo read whole with nothing to change: where it holds the recorded content, a
-    failure noted on it (a damaged file, since repaired) is over, and its ``stat`` (taken
-    before the read) is noted for the next run to skip it unread."""
-    if existing is not None and existing.sha256 == sha256:
-        if existing.error_class is not None:
-            writer.store.clear_failure(existing.id)
-        if stat is not None and existing.file_stat != stat:
-            writer.known.note_stat(existing.id, sha256, stat)
-
-
 @dataclass
 class Plan:
     """One photo's annotations of a split against what the index holds: ``new``

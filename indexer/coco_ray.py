@@ -42,7 +42,6 @@ from .coco_plan import (
     finish_pass,
     located_entries,
     plan_photo,
-    read_as_recorded,
     record,
     stored_state,
     wrong_size,
@@ -211,7 +210,7 @@ def _steps(
             if plan.empty:
                 report.skipped += 1
                 if read:
-                    read_as_recorded(writer, existing, sha, stats[number])
+                    writer.known.read_as_recorded(existing, sha, stats[number])
             elif not plan.new:  # a relabel or a removal: no pixels, no actor
                 commit_photo(writer, found, sha, hw, plan, [], None, report, file_stat=stats[number])
             if not plan.new:

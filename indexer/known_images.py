@@ -76,6 +76,17 @@ class KnownImages:
         if len(self._stats) >= BATCH:
             self.flush()
 
+    def read_as_recorded(self, existing: ImageRecord | None, sha256: str, file_stat: str | None) -> None:
+        """A file read whole found to hold the content indexed for it: a failure noted on
+        it (a damaged file, since repaired) is over, and its stat, taken before the read,
+        is noted for the next run to skip it unread."""
+        if existing is None or existing.status != DONE or existing.sha256 != sha256:
+            return
+        if existing.error_class is not None:
+            self.store.clear_failure(existing.id)
+        if file_stat is not None and existing.file_stat != file_stat:
+            self.note_stat(existing.id, sha256, file_stat)
+
     def flush(self) -> None:
         if self._stats:
             rows, self._stats = self._stats, []

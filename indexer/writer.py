@@ -197,10 +197,7 @@ class Writer:
             and existing.sha256 == sha256
             and (existing.proposals_made if existing.status == DONE else not self.options.retry_failed)
         ):  # a photo holding only a labelled dataset's annotations still needs its proposals
-            if existing.status == DONE and existing.error_class is not None:
-                self.store.clear_failure(existing.id)  # read whole again: the failure noted on it is over
-            if existing.status == DONE and file_stat is not None and existing.file_stat != file_stat:
-                self.known.note_stat(existing.id, sha256, file_stat)  # the next run skips it unread
+            self.known.read_as_recorded(existing, sha256, file_stat)
             self.failed_before += existing.status != DONE
             return True
         if existing is not None:
