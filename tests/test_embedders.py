@@ -30,6 +30,20 @@ def test_pil_and_array_inputs_agree_and_any_size_works(tiny_use, photo, photo_ma
     assert tiny_use.embed_segments(wide, mask).shape == (1, tiny_use.dim)
 
 
+def test_a_pil_photo_is_converted_to_an_array_once(tiny_use, photo, photo_masks, monkeypatch):
+    from usesearch.models import model
+
+    pil_calls = []
+    original = model.to_rgb_array
+    monkeypatch.setattr(
+        model, "to_rgb_array", lambda image: pil_calls.append(isinstance(image, Image.Image)) or original(image)
+    )
+    expected = tiny_use.embed_segments(photo, photo_masks)
+    pil_calls.clear()
+    np.testing.assert_allclose(tiny_use.embed_segments(Image.fromarray(photo), photo_masks), expected, atol=1e-6)
+    assert pil_calls.count(True) == 1
+
+
 def test_image_encoder_runs_once_per_image(tiny_use, photo, photo_masks, monkeypatch):
     calls = []
     original = tiny_use.use.encoder.forward

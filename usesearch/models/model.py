@@ -172,9 +172,9 @@ class USEEmbedder(_TextMixin):
     def embed_segments(self, image, masks) -> np.ndarray:
         """One image and its bool masks [N,H,W] -> unit vectors [N, dim] (float32).
         The image encoder runs once whatever N is."""
-        rgb = to_rgb_array(image)
+        rgb = to_rgb_array(image)  # a PIL photo converted once, here, not again for the backbones
         start = time.perf_counter()
-        z = self.image_features(image)  # (the object given: ``prepare`` may have resized it)
+        z = self.image_features(image if id(image) in self._prepared else rgb)  # ``prepare`` keyed the object given
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the backbones' time is theirs, not pooling's
         middle = time.perf_counter()
