@@ -95,7 +95,11 @@ class SegmentIndex(Freshness):
         calibration.apply(self.index, self.calibration)
         self._selections = Selections(store, lambda: self.index.ntotal)
         self._index_lock = ReadWriteLock()
+        # The image side (SAM, the backbones) and the text tower each one thread at a
+        # time, apart: a region search of a 100 MP upload holds SAM for 20 s, and a
+        # text query (cached, or through CLIP's text tower alone) must not wait for it.
         self._model_lock = threading.Lock()
+        self._text_lock = threading.Lock()
         self._locations: LocationMap | None = None
         if locations != "catalog":
             self.hold_locations(background=locations == "background")
@@ -165,7 +169,7 @@ class SegmentIndex(Freshness):
             raise ValueError("the query text is empty")
         if len(text) > MAX_QUERY_CHARS:
             raise ValueError(f"the query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
-        with self._model_lock:
+        with self._text_lock:
             return self.model.embed_text([text])[0]
 
     def similar(self, segment_id: int, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:

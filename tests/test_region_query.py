@@ -241,3 +241,38 @@ def test_a_point_and_a_box_reach_sam_scaled_once_to_its_input():
         except UsesearchError:
             pass  # random weights may find no region; what reached SAM is the point
         assert seen[key] == pytest.approx(expected, abs=0.2), prompt  # (its rounding of 512 * 0.4: 205 rows)
+
+
+def test_a_text_query_does_not_wait_for_a_region_search_holding_sam(indexed, monkeypatch):
+    """A served index: one big upload's region search holds SAM for tens of seconds;
+    text queries meanwhile go through the text tower (or its cache) at once."""
+    import threading
+
+    from usesearch.masks import region as region_lib
+
+    root, photos = indexed
+    ix = SegmentIndex.open(root / "db")
+    expected = [h.segment_id for h in ix.query("a cat", k=3)]
+    in_sam, release = threading.Event(), threading.Event()
+    prompt = region_lib.prompt
+
+    def slow_prompt(*args, **kwargs):
+        in_sam.set()
+        release.wait(30)
+        return prompt(*args, **kwargs)
+
+    monkeypatch.setattr(region_lib, "prompt", slow_prompt)
+    rgb = np.asarray(Image.open(photos / "astronaut.png").convert("RGB"))
+    searching = threading.Thread(target=ix.similar_region, args=(rgb,), kwargs={"point": (40.0, 40.0), "k": 3})
+    searching.start()
+    try:
+        assert in_sam.wait(30)
+        answered = []
+        texts = threading.Thread(target=lambda: answered.extend([ix.query("a cat", k=3), ix.query("a rocket", k=3)]))
+        texts.start()
+        texts.join(20)
+        assert not texts.is_alive() and len(answered) == 2, "a text query waited for SAM"
+        assert [h.segment_id for h in answered[0]] == expected and searching.is_alive()  # SAM still held
+    finally:
+        release.set()
+        searching.join(60)
