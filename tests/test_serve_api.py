@@ -218,6 +218,7 @@ def test_an_image_gone_from_disk_is_a_410_not_a_500(tmp_path):
     shutil.rmtree(photos)
     gone = client.get(thumbnail)
     assert gone.status_code == 410 and "can no longer be read" in gone.json()["detail"]
+    assert gone.json()["detail"].endswith(": No such file or directory") and "b'" not in gone.json()["detail"]
     assert client.get(hit["mask_url"]).status_code == 200  # masks live in the store
 
 
@@ -624,6 +625,18 @@ def test_one_client_holding_unfinished_headers_cannot_shut_out_the_others(served
         fine.close()
         for s in attackers:
             s.close()
+
+
+def test_a_malformed_json_body_is_said_as_the_request_it_was(served):
+    """Not "body.1: JSON decode error" with an input of {}, nor a b'...' echo."""
+    _, _, client = served
+    broken = client.post("/api/audit/swapped/review", content=b"{bad", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 422
+    assert broken.json()["detail"].startswith("body: not valid JSON at character 1: Expecting property name")
+    assert broken.json()["errors"][0]["input"] is None
+    untyped = client.post("/api/audit/swapped/review", content=b'{"item": "x", "verdict": "ok"}')
+    assert untyped.status_code == 422 and "Content-Type: application/json" in untyped.json()["detail"]
+    assert untyped.json()["errors"][0]["input"] == '{"item": "x", "verdict": "ok"}'
 
 
 def test_head_is_answered_wherever_get_is_and_bodies_are_capped_per_route(served):

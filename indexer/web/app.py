@@ -74,6 +74,22 @@ def _shorten(value: Any) -> Any:
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + f"... ({len(text)} characters)"
 
 
+def _validation_error(error: dict) -> dict:
+    """One of FastAPI's validation errors as the client is shown it: its input shortened,
+    and the two a malformed body gives in words of the request it was (FastAPI says
+    "body.1: JSON decode error" with an input of {}, or echoes a body sent without a
+    JSON content type as b'...')."""
+    loc, kind, value = list(error.get("loc", ())), error.get("type"), error.get("input")
+    msg = str(error.get("msg", ""))
+    if kind == "json_invalid":
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        loc, value = ["body"], None
+        msg = f"not valid JSON{at}: {(error.get('ctx') or {}).get('error', msg)}"
+    elif loc == ["body"] and isinstance(value, bytes):
+        msg, value = "send a JSON object with Content-Type: application/json", value.decode("utf-8", "replace")
+    return {"loc": loc, "msg": msg[:MAX_ECHO_CHARS], "type": kind, "input": _shorten(value)}
+
+
 async def _photo_body(request: Request) -> bytes:
     """The uploaded photo: the request body (its size capped by ``Transport``)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -144,15 +160,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError):
         # Never echo a whole input back: a 100 KB query would make a 100 KB error.
-        errors = [
-            {
-                "loc": list(e.get("loc", ())),
-                "msg": str(e.get("msg", ""))[:MAX_ECHO_CHARS],
-                "type": e.get("type"),
-                "input": _shorten(e.get("input")),
-            }
-            for e in exc.errors()[:10]
-        ]
+        errors = [_validation_error(e) for e in exc.errors()[:10]]
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
         return JSONResponse({"detail": "; ".join(problems), "errors": errors}, status_code=422)
 

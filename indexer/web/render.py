@@ -88,7 +88,10 @@ class ImageCache:
         except ImageGoneError:
             raise
         except (OSError, UsesearchError) as exc:
-            raise ImageGoneError(f"image {record.id} can no longer be read from where it was indexed: {exc}") from exc
+            # An OSError's own text shows the bytes path as b'...': its reason, with the path as indexed
+            reason = f"{record.path}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            gone = f"image {record.id} can no longer be read from where it was indexed: {reason}"
+            raise ImageGoneError(gone) from exc
         if rgb.shape[:2] != (record.height, record.width):
             raise ImageGoneError(changed)
         return rgb
