@@ -13,13 +13,14 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import write_atomic
+from usesearch.io.files import read_bytes
 from usesearch.io.locks import one_writer
 
 from .records import Segment
@@ -97,6 +98,30 @@ def read_records(dataset_dir: str | os.PathLike, *, finished: bool = True) -> It
                 if fault:
                     raise UsesearchError(_damaged(shard, number, fault))
                 yield record
+
+
+def stale_contents(paths_and_contents: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (path, sha256) records that a photo replaced since made stale: where one path
+    was curated with several contents (replaced, then curated again), every content but
+    the one the file holds now (read only for such paths), or where it cannot be read,
+    every content but the last curated. Those records name pixels no longer there: a
+    trainer given them would skip the path, its current record too."""
+    by_path: dict[str, dict[str, None]] = {}
+    for path, sha256 in paths_and_contents:
+        contents = by_path.setdefault(path, {})
+        contents.pop(sha256, None)  # curated again: last in the order
+        contents[sha256] = None
+    stale: set[tuple[str, str]] = set()
+    for path, contents in by_path.items():
+        if len(contents) < 2:
+            continue
+        try:
+            now: str | None = read_bytes(path)[1]
+        except (OSError, UsesearchError):
+            now = None
+        keep = now if now in contents else list(contents)[-1]
+        stale.update((path, sha256) for sha256 in contents if sha256 != keep)
+    return stale
 
 
 def _damaged(shard: Path, number: int, why: str) -> str:
@@ -236,7 +261,10 @@ def stats(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     unique: set[str] = set()
     by_source: Counter[str] = Counter()
     by_kind: Counter[str] = Counter()
+    stale = stale_contents((r["path"], r["sha256"]) for r in read_records(dataset_dir))
     for record in read_records(dataset_dir):
+        if (record["path"], record["sha256"]) in stale:  # a photo replaced and curated again
+            continue
         photos.add(record["sha256"])
         pairs += record.get("pairs_before_nms", 0)
         for seg in record["segments"]:

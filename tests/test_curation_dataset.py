@@ -93,3 +93,29 @@ def test_a_photo_curated_after_it_failed_leaves_failures_jsonl(tmp_path, photos)
     (photos / "cat.png").write_bytes(good)
     assert curate([item], tmp_path / "ds").done == 1
     assert [entry.get("annotation") for entry in _failures(tmp_path / "ds")] == [7]
+
+
+def test_a_photo_replaced_and_curated_again_trains_on_its_current_content(tmp_path, photos):
+    """The folder keeps the old record beside the new: stats counts the photo once, and
+    training takes the record of what the file holds now (the trainer would otherwise
+    skip the path as changed, its new record with it), also once the file is put back."""
+    from PIL import Image
+
+    from usesearch.curation.dataset import stats
+    from usesearch.io.files import read_bytes
+    from usesearch.training.data import load_image, load_samples
+
+    cat = photos / "cat.png"
+    item = lambda text: ImageItem(path=str(cat), segments=[_segment((75, 113), text)])  # noqa: E731
+    cup = ImageItem(path=str(photos / "cup.png"), segments=[_segment((100, 150), "a cup")])
+    curate([item("a cat"), cup], tmp_path / "ds", mask_config=BoxMaskConfig())
+    original = cat.read_bytes()
+    Image.open(cat).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(cat)  # replaced in place, same size
+    curate([item("a flipped cat"), cup], tmp_path / "ds", mask_config=BoxMaskConfig())
+    assert stats(tmp_path / "ds")["images"] == 2
+    for content, text in ((cat.read_bytes(), "a flipped cat"), (original, "a cat")):
+        cat.write_bytes(content)
+        samples = {s.path: s for s in load_samples([tmp_path / "ds"])}
+        assert len(samples) == 2 and samples[str(cat)].texts == [[text]]
+        assert samples[str(cat)].sha256 == read_bytes(str(cat))[1]
+        assert all(load_image(s)[0].size for s in samples.values())  # none refused as changed

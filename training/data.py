@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from usesearch.curation.dataset import read_records
+from usesearch.curation.dataset import read_records, stale_contents
 from usesearch.errors import UsesearchError
 from usesearch.io.files import decode, read_bytes
 from usesearch.masks import rle
@@ -46,13 +46,18 @@ def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
     folder that is not one is refused in one line). A photo curated by several sources
     (or in several folders) is one sample: its segments merged by mask NMS, as one
     curation merges an image's duplicates, so one source's text for an object is never
-    a negative for another's text for the same object."""
+    a negative for another's text for the same object. A photo replaced and curated
+    again is its current content's sample only (``stale_contents``)."""
     from usesearch.curation.dataset import read_segments
     from usesearch.curation.masks import mask_nms
 
+    # Two reads of the shards, not every record held at once: the first one's paths and contents only.
+    stale = stale_contents((r["path"], r["sha256"]) for d in dataset_dirs for r in read_records(d))
     by_photo: dict[str, tuple[str, list]] = {}
     for directory in dataset_dirs:
         for record in read_records(directory):
+            if (record["path"], record["sha256"]) in stale:  # a photo replaced and curated again
+                continue
             segments = [s for s in read_segments(record) if s.texts]
             if segments:
                 path, merged = by_photo.setdefault(record["sha256"], (record["path"], []))
