@@ -350,7 +350,7 @@ def test_a_run_where_every_photo_failed_exits_3_and_one_with_any_photo_done_exit
     (broken / "coffee.png").unlink()
     curate = ["curate", "run", str(broken), "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
     curated = CliRunner().invoke(app, [*curate, "--captioner", "tiny", "--grounder", "tiny"])
-    assert curated.exit_code == 3 and "every photo failed (2)" in curated.stderr, curated.output
+    assert curated.exit_code == 3 and "every photo failed (2); nothing is curated" in curated.stderr, curated.output
 
 
 def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(tmp_path):

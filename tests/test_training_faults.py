@@ -333,3 +333,20 @@ def test_training_runs_under_bf16_autocast_as_it_does_on_a_gpu(samples, tmp_path
     trainer.run(until=2)
     head = trainer.use.head.proj.weight
     assert head.dtype == torch.float32 and torch.isfinite(head).all() and _log_steps(tmp_path) == [1, 2]
+
+
+def test_training_on_photos_that_are_all_gone_exits_3_and_offers_no_head(tmp_path):
+    """A script must not read a run that trained on nothing as success."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    data = write_dataset(tmp_path / "data", 4, seed=6)
+    shutil.rmtree(data / "images")
+    args = ["train", str(data), "--run-dir", str(tmp_path / "run"), "--preset", "tiny", "--crop", "96"]
+    result = CliRunner().invoke(app, [*args, "--max-steps", "2", "--batch-images", "2"])
+    assert result.exit_code == 3, result.output
+    assert "every photo failed (4); nothing was trained on" in result.stderr
+    assert "use it with --head" not in result.output and "on 0 images; the head learned nothing" in result.output

@@ -167,7 +167,7 @@ def run(
         from dataclasses import asdict
 
         print(json.dumps(asdict(report), indent=1))
-    opts.exit_if_all_failed(report.done, report.skipped, report.failed, "photo")
+    opts.exit_if_all_failed(report.done, report.skipped, report.failed, "photo", "nothing is curated")
 
 
 def _refuse_unused(source: str, kind, sam: SamSettings, sam_checkpoint, captioner, grounder: str) -> None:

@@ -39,13 +39,13 @@ def stdout_closed() -> bool:
 ALL_FAILED_EXIT = 3
 
 
-def exit_if_all_failed(done: int, skipped: int, failed: int, what: str) -> None:
+def exit_if_all_failed(done: int, skipped: int, failed: int, what: str, outcome: str = "nothing is indexed") -> None:
     """A run in which every photo failed (none done, none already done before) exits 3,
     after its summary: a script must not read "nothing is indexed" as success. Failures
     beside photos done, now or before, exit 0, each one recorded: a re-run of a whole
     index with one bad file is no failed run."""
     if failed and not done and not skipped:
-        print(f"error: every {what} failed ({failed}); nothing is indexed", file=sys.stderr)
+        print(f"error: every {what} failed ({failed}); {outcome}", file=sys.stderr)
         raise typer.Exit(ALL_FAILED_EXIT)
 
 

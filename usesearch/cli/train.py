@@ -104,9 +104,10 @@ def train(
             print(json.dumps({"steps": trainer.step, "interrupted": True, "resumable": saved}, indent=1))
         raise typer.Exit(130) from None
     bar.close()
+    trained_on = len(samples) - len(trainer.unreadable)
     opts.console.print(
-        f"trained {trainer.step} steps on {len(samples) - len(trainer.unreadable)} images; "
-        f"head: {head} (use it with --head {run_dir / 'head'})"
+        f"trained {trainer.step} steps on {trained_on} images; "
+        + (f"head: {head} (use it with --head {run_dir / 'head'})" if trained_on else "the head learned nothing")
     )
     if trainer.steps_without_negatives:
         opts.console.print(
@@ -116,7 +117,7 @@ def train(
     if as_json:
         summary = {
             "steps": trainer.step,
-            "images": len(samples) - len(trainer.unreadable),  # trained on: the skipped are in "unreadable"
+            "images": trained_on,  # the skipped are in "unreadable"
             "head": str(run_dir / "head"),
             "steps_without_negatives": trainer.steps_without_negatives,
             "unreadable": trainer.unreadable,
@@ -126,3 +127,4 @@ def train(
         opts.console.print(
             f"skipped {len(trainer.unreadable)} photo(s) that could not be read: listed in {run_dir / 'unreadable.txt'}"
         )
+    opts.exit_if_all_failed(trained_on, 0, len(trainer.unreadable), "photo", "nothing was trained on")
