@@ -22,6 +22,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import replace
 from functools import partial
 from itertools import chain
@@ -159,7 +160,8 @@ def index_coco_ray(
         located = list(located_entries(dataset, folders, writer, report, split))
         steps = _steps(located, dataset, writer, report, split, db_dir, replace(options, device=device), workers)
         total = len(dataset.images)
-        writer.run(steps, report, lambda path: progress and progress(report, path, total))
+        with closing(steps):  # ended before Ray shuts down (``index_paths_ray``)
+            writer.run(steps, report, lambda path: progress and progress(report, path, total))
     report.seconds = time.perf_counter() - start
     return report
 

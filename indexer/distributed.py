@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import replace
 from functools import partial
 from itertools import islice
@@ -197,7 +198,11 @@ def index_paths_ray(
                     _commit(rows, writer, db_dir, report)
                     yield from (row["path"] for row in rows)
 
-        writer.run(commits(), report, lambda path: progress and progress(report, path, len(files)))
+        # Ray Data's iterator, suspended by an error, is ended before Ray shuts down: left
+        # running, its threads called into the stopped worker, and Ray ended the process
+        # before the error's one line was printed (coco_ray's steps the same).
+        with closing(commits()) as steps:
+            writer.run(steps, report, lambda path: progress and progress(report, path, len(files)))
         report.failed_before = writer.failed_before
     report.seconds = time.perf_counter() - start
     return report

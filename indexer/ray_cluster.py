@@ -4,8 +4,11 @@ cluster's) shut down afterwards."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -49,4 +52,25 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         if started_here:
+            let_ray_data_threads_end()
             ray.shutdown()
+
+
+# Ray Data's iterator threads (ray/data/_internal/block_batching/util.py). A run cut
+# short by an error leaves them waiting on a block an actor is still computing; if Ray
+# shuts down under them, the next call they make ends the whole process (Ray's
+# "core worker has already been shutdown ... will exit"), before the error is said.
+# (Its "Prefetcher" thread is left: parked on a condition that no one signals any more,
+# it makes no call; joined, it would hold the run for the whole timeout.)
+RAY_DATA_THREADS = ("iter_threaded",)
+THREADS_END_S = 60.0
+
+
+def let_ray_data_threads_end(timeout_s: float = THREADS_END_S) -> None:
+    """Wait (up to ``timeout_s`` in all) for Ray Data's iterator threads to end: those of
+    an iterator closed or dropped stop once their current block comes."""
+    gc.collect()  # an iterator dropped in a cycle (a traceback's frames) is closed now, its threads told to stop
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread.name in RAY_DATA_THREADS and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -152,6 +152,34 @@ def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, seq
     assert_same_index(db, sequential)
 
 
+def test_an_error_mid_run_is_said_in_one_line_before_ray_shuts_down(photos, tmp_path):
+    """The catalog lost mid-run (its retries take a while, as PostgreSQL's do): the run's
+    own Ray session ends after Ray Data's iterator threads, which it left waiting on an
+    actor, so the CLI's one line and exit 2 come out; Ray used to end the process first
+    (exit 1, "The core worker has already been shutdown")."""
+    import subprocess
+
+    code = (
+        "import sys, time; from usesearch.errors import UsesearchError; from usesearch.indexer import distributed\n"
+        "real, calls = distributed._commit, []\n"
+        "def commit(*a, **k):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 2:\n"
+        "        time.sleep(3)\n"
+        "        raise UsesearchError('the catalog database is unreachable (lost); run again to resume')\n"
+        "    return real(*a, **k)\n"
+        "distributed._commit = commit\n"
+        "from usesearch.cli.app import main\n"
+        "sys.argv = ['usesearch', 'index', sys.argv[1], '--db', sys.argv[2], '--preset', 'tiny', '--ray',\n"
+        "            '--masker', 'felzenszwalb', '--workers', '1']\n"
+        "main()\n"
+    )
+    proc = run_python(code, photos, tmp_path / "db", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 2, err[-2000:]
+    assert err.strip().splitlines()[-1] == "error: the catalog database is unreachable (lost); run again to resume"
+
+
 def test_shards_filled_in_parallel_on_ray_answer_as_a_local_rebuild(ray_local, tmp_path):
     import shutil
 
