@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import replace
 from functools import partial
@@ -175,7 +175,7 @@ def _steps(
     db_dir: Path,
     options: IndexOptions,
     workers: int | None,
-) -> Iterator[str]:
+) -> Generator[str, None, None]:
     """Each photo planned (and, where nothing is to embed, committed) as its hash comes
     back, then each embedded photo committed in the entries' order."""
     import ray.data
