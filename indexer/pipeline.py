@@ -18,7 +18,7 @@ from pathlib import Path
 
 from usesearch.devices import describe as describe_device
 from usesearch.devices import resolve_device
-from usesearch.errors import IndexMismatchError, UsesearchError
+from usesearch.errors import CatalogUnavailableError, IndexMismatchError, UsesearchError
 from usesearch.io.files import photos_under
 from usesearch.masks.maskers import build_masker
 from usesearch.masks.sam_fast import compile_modules
@@ -109,6 +109,8 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
         return options
     try:
         store = open_store(db_dir, options.db_url, read_only=True)
+    except CatalogUnavailableError:  # said now: the defaults' weights looked for next would be blamed
+        raise
     except UsesearchError:  # an empty catalog on a server, or a folder to be refused later in its own words
         return options
     try:

@@ -101,6 +101,14 @@ def test_unreachable_server_is_a_one_line_error(tmp_path, pg_url, monkeypatch):
     assert "cannot reach the catalog database" in result.output and len(result.output.strip().splitlines()) == 1, (
         result.output
     )
+    # An index of its own there, and the run naming no preset: the catalog is blamed, not
+    # the default preset's weights (b16's, looked for when the catalog could not say tiny).
+    built = CliRunner().invoke(
+        app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--db-url", pg_url]
+    )
+    assert built.exit_code == 0, built.output
+    again = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--db-url", wrong])
+    assert again.exit_code == 2 and again.stderr.startswith("error: cannot reach the catalog database"), again.output
 
 
 def test_a_catalog_url_is_postgresql_in_either_spelling_and_nothing_else(tmp_path):
