@@ -247,7 +247,7 @@ def test_a_command_never_writes_into_another_commands_folder(files, args, why):
     for name, mark in (
         ("index", "segments.sqlite"),
         ("dataset", "manifest.json"),
-        ("run", "trainer.pt"),
+        ("run", "trainer.safetensors"),
         ("report", "suspects.csv"),  # eval audit's
         ("lists", "swapped.csv"),  # audit's
         ("demo", "db-tiny"),

@@ -11,6 +11,7 @@ import torch
 import usesearch
 from usesearch.models.checkpoint import load_head
 from usesearch.training import train as train_module
+from usesearch.training import trainer_state as state_module
 from usesearch.training.data import load_samples
 from usesearch.training.synthetic import write_dataset
 from usesearch.training.train import TrainConfig, Trainer, text_key
@@ -28,20 +29,20 @@ def _log_steps(out):
 
 
 def test_a_kill_between_checkpoint_files_resumes_weights_and_optimizer_of_one_step(samples, tmp_path, monkeypatch):
-    """Killed after step 4's head was written but before trainer.pt: the resume must
+    """Killed after step 4's head was written but before the trainer's state: the resume must
     start from step 2 with step 2's weights, and end where an unbroken run ends."""
     Trainer(samples, tmp_path / "whole", CFG).run()
-    real_write = train_module.write_atomic
+    real_write = state_module.write_atomic
 
     def killed_at_step_4(path, data, **kw):
-        if path.name == "trainer.pt" and (tmp_path / "cut" / "step-0000004.json").is_file():
+        if path.name == state_module.TRAINER_FILE and (tmp_path / "cut" / "step-0000004.json").is_file():
             raise KeyboardInterrupt
         return real_write(path, data, **kw)
 
-    monkeypatch.setattr(train_module, "write_atomic", killed_at_step_4)
+    monkeypatch.setattr(state_module, "write_atomic", killed_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         Trainer(samples, tmp_path / "cut", CFG).run()
-    monkeypatch.setattr(train_module, "write_atomic", real_write)
+    monkeypatch.setattr(state_module, "write_atomic", real_write)
     resumed = Trainer(samples, tmp_path / "cut", CFG)
     resumed.resume()
     assert resumed.step == 2
@@ -61,11 +62,17 @@ def test_resume_on_other_data_is_refused(samples, tmp_path):
             Trainer(other, tmp_path, CFG).resume()
     with pytest.raises(usesearch.UsesearchError, match="holds no checkpoint to continue"):
         Trainer(samples, tmp_path / "mistyped", CFG).resume()  # never starts over silently
-    whole = (tmp_path / "trainer.pt").read_bytes()
+    state_file = tmp_path / state_module.TRAINER_FILE
+    whole = state_file.read_bytes()
     for damaged in (whole[: len(whole) // 2], b"<html>", pickle_of_a_list()):  # cut short by a full disk; not ours
-        (tmp_path / "trainer.pt").write_bytes(damaged)
-        with pytest.raises(usesearch.UsesearchError, match="trainer.pt is damaged .*train anew, without --resume"):
+        state_file.write_bytes(damaged)
+        with pytest.raises(usesearch.UsesearchError, match="trainer.safetensors is damaged .*train anew in another"):
             Trainer(samples, tmp_path, CFG).resume()
+    state_file.write_bytes(whole)
+    step_head = tmp_path / "step-0000002.safetensors"
+    step_head.write_bytes(step_head.read_bytes()[:100])
+    with pytest.raises(usesearch.UsesearchError, match="the head of step 2 is unusable .*train anew in another"):
+        Trainer(samples, tmp_path, CFG).resume()
 
 
 def pickle_of_a_list() -> bytes:
@@ -148,8 +155,9 @@ def test_a_non_finite_loss_takes_no_step_and_three_in_a_row_stop_the_run(samples
     trainer = Trainer(samples, tmp_path, CFG)
     before = {k: v.clone() for k, v in trainer.use.trainable_state_dict().items()}
     monkeypatch.setattr(trainer, "loss_on", lambda batch: torch.tensor(float("nan"), requires_grad=True))
-    with pytest.raises(usesearch.UsesearchError, match="not finite for 3 steps running"):
+    with pytest.raises(usesearch.UsesearchError, match="not finite for 3 steps running") as stopped:
         trainer.run()
+    assert "train anew with a lower --lr (now 0.001) in another --run-dir" in str(stopped.value)  # not --resume
     after = trainer.use.trainable_state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -223,22 +231,22 @@ def test_keep_checkpoints_keeps_the_newest_step_heads_and_resume_still_works(sam
     assert resumed.step == 4
 
 
-def test_keep_checkpoints_never_drops_the_head_trainer_pt_names(samples, tmp_path, monkeypatch):
-    """A killed run left step 4's head but trainer.pt at step 2; the resumed run,
+def test_keep_checkpoints_never_drops_the_head_the_trainer_state_names(samples, tmp_path, monkeypatch):
+    """A killed run left step 4's head but the trainer's state at step 2; the resumed run,
     keeping one head, must keep its own newest (3), not the stale 4."""
     from dataclasses import replace
 
-    real_write = train_module.write_atomic
+    real_write = state_module.write_atomic
 
     def killed_at_step_4(path, data, **kw):
-        if path.name == "trainer.pt" and (tmp_path / "step-0000004.json").is_file():
+        if path.name == state_module.TRAINER_FILE and (tmp_path / "step-0000004.json").is_file():
             raise KeyboardInterrupt
         return real_write(path, data, **kw)
 
-    monkeypatch.setattr(train_module, "write_atomic", killed_at_step_4)
+    monkeypatch.setattr(state_module, "write_atomic", killed_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         Trainer(samples, tmp_path, CFG).run()
-    monkeypatch.setattr(train_module, "write_atomic", real_write)
+    monkeypatch.setattr(state_module, "write_atomic", real_write)
     cfg = replace(CFG, checkpoint_every=1, keep_checkpoints=1)
     resumed = Trainer(samples, tmp_path, cfg)
     resumed.resume()
@@ -350,3 +358,26 @@ def test_training_on_photos_that_are_all_gone_exits_3_and_offers_no_head(tmp_pat
     assert result.exit_code == 3, result.output
     assert "every photo failed (4); nothing was trained on" in result.stderr
     assert "use it with --head" not in result.output and "on 0 images; the head learned nothing" in result.output
+
+
+def test_the_trainer_state_is_safetensors_and_a_run_from_before_resumes_from_trainer_pt(samples, tmp_path):
+    """No pickle in a run folder: the optimizer's tensors as tensors, the rest as JSON in
+    the header. A run written before kept the same state in trainer.pt (torch.save),
+    which resumes to the same weights and is then replaced by the new file."""
+    from safetensors import safe_open
+
+    Trainer(samples, tmp_path / "whole", CFG).run()
+    Trainer(samples, tmp_path / "old", CFG).run(until=2)
+    state_file = tmp_path / "old" / state_module.TRAINER_FILE
+    with safe_open(str(state_file), "pt") as f:
+        assert json.loads(f.metadata()["trainer"])["step"] == 2 and any(k.endswith(".exp_avg") for k in f.keys())
+    state = state_module.read_trainer_state(state_file)
+    torch.save(state, tmp_path / "old" / "trainer.pt")  # as runs from before wrote it
+    state_file.unlink()
+    resumed = Trainer(samples, tmp_path / "old", CFG)
+    resumed.resume()
+    assert resumed.step == 2
+    resumed.run()
+    assert not (tmp_path / "old" / "trainer.pt").exists() and state_file.is_file()
+    whole, old = (load_head(tmp_path / out / "head", usesearch.get_preset("tiny"))[0] for out in ("whole", "old"))
+    assert all(torch.equal(whole[k], old[k]) for k in whole)

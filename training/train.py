@@ -34,6 +34,7 @@ from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder
 from .data import Sample, augment, data_identity, load_image
 from .loss import LOGIT_SCALE, segment_text_loss
 from .stopping import stop_requests
+from .trainer_state import TRAINER_FILE, read_trainer_state, trainer_file, write_trainer_state
 
 
 @dataclass
@@ -78,7 +79,7 @@ def text_key(text: str) -> str:
 
 def check_new_run(out: str | os.PathLike) -> None:
     """A run folder that holds a run is continued with ``--resume``, never overwritten."""
-    if (Path(out) / "trainer.pt").is_file():
+    if trainer_file(out) is not None:
         raise UsesearchError(f"{out} holds a run already: --resume continues it, or give another --run-dir")
 
 
@@ -277,33 +278,32 @@ class Trainer:
         self.non_finite = 0 if torch.isfinite(loss) else self.non_finite + 1
         if self.non_finite >= NON_FINITE_LIMIT:
             raise UsesearchError(
-                f"the loss was not finite for {self.non_finite} steps running (to step {self.step + 1}); "
-                f"--resume continues from the last checkpoint; a lower --lr may be needed"
+                f"the loss was not finite for {self.non_finite} steps running (to step {self.step + 1}): "
+                f"the learning rate is likely too high; train anew with a lower --lr (now {self.cfg.lr}) "
+                "in another --run-dir"
             )
 
     # -- checkpoints: safetensors + JSON, never pickles ----------------------------------
     def save(self) -> None:
-        """The step's head, then ``trainer.pt`` naming that step, then the latest-head
-        copy: a kill anywhere leaves ``trainer.pt`` naming a step whose head is whole,
+        """The step's head, then the trainer's state naming that step, then the latest-head
+        copy: a kill anywhere leaves the trainer's state naming a step whose head is whole,
         and ``resume`` loads that head, so weights, optimizer and step always agree."""
         extra = {"step": self.step, "train_config": asdict(self.cfg), "data": self.data}
         weights = self.use.trainable_state_dict()
         save_head(self.out / f"step-{self.step:07d}", weights, self.use.preset, extra)
-        # Optimizer and schedule through their own state_dicts, read back with weights_only=True.
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        write_atomic(self.out / "trainer.pt", lambda path: torch.save(state, path))
+        write_trainer_state(self.out, self.step, self.optimizer.state_dict(), self.scheduler.state_dict())
         save_head(self.out / "head", weights, self.use.preset, extra)
         self._drop_old_checkpoints()
 
     def _drop_old_checkpoints(self) -> None:
         """Keep the newest ``keep_checkpoints`` step heads (all when None); the one
-        ``trainer.pt`` names is the newest, so a resume always finds its head."""
+        trainer's state names is the newest, so a resume always finds its head."""
         keep = self.cfg.keep_checkpoints
         if keep is None:
             return
         steps = sorted({int(p.stem.split("-")[1]) for p in self.out.glob("step-*.json")})
         # Heads past this step are a killed run's leftovers (this run will write them
-        # again): they go first, and this step's head, the one trainer.pt names, stays.
+        # again): they go first, and this step's head, the one the trainer's state names, stays.
         stale = [step for step in steps if step > self.step]
         older = [step for step in steps if step <= self.step]
         for step in stale + older[: max(len(older) - keep, 0)]:
@@ -314,22 +314,28 @@ class Trainer:
         """Continue the run in ``out`` where it stopped. Its schedule (steps, learning
         rate) was fixed when it started: settings that shape it must be the same. A
         folder with no checkpoint is refused (a mistyped --run-dir would start over)."""
-        path = self.out / "trainer.pt"
-        if not path.is_file():
+        path = trainer_file(self.out)
+        if path is None:
             raise UsesearchError(
-                f"--resume: {self.out} holds no checkpoint to continue (no trainer.pt); "
+                f"--resume: {self.out} holds no checkpoint to continue (no {TRAINER_FILE}); "
                 "without --resume a new run starts there"
             )
         from usesearch.models.checkpoint import load_head
 
+        # Damaged (cut short by a full disk, or not ours): a new run, in another folder,
+        # since this one is refused to a new run while it holds the file.
+        anew = f"train anew in another --run-dir (or move {self.out} away first)"
         try:
-            trainer_state = torch.load(path, map_location=self.device, weights_only=True)
-            step = int(trainer_state["step"])
+            trainer_state = read_trainer_state(path)
+            step = trainer_state["step"]
         except OSError:  # unreadable, not damaged: said as such, the run still resumable
             raise
-        except Exception as exc:  # noqa: BLE001 - cut short by a full disk, or not ours: one line
-            raise UsesearchError(f"--resume: {path} is damaged ({first_line(exc)}); train anew, without --resume")
-        state, meta = load_head(self.out / f"step-{step:07d}", self.use.preset)
+        except Exception as exc:  # noqa: BLE001 - one line
+            raise UsesearchError(f"--resume: {path} is damaged ({first_line(exc)}); {anew}") from None
+        try:
+            state, meta = load_head(self.out / f"step-{step:07d}", self.use.preset)
+        except UsesearchError as exc:
+            raise UsesearchError(f"--resume: the head of step {step} is unusable ({exc}); {anew}") from None
         started = meta.get("train_config") or {}
         changed = [
             f"--{name.replace('_', '-')} {started[name]} (now {getattr(self.cfg, name)})"

@@ -58,6 +58,7 @@ def train(
     from usesearch.models.factory import DEFAULT_PRESET
     from usesearch.training.data import load_samples
     from usesearch.training.train import TrainConfig, Trainer, check_new_run
+    from usesearch.training.trainer_state import trainer_file
 
     if not resume:
         check_new_run(run_dir)  # before the datasets and models load
@@ -91,7 +92,7 @@ def train(
         head = trainer.run(progress)
     except KeyboardInterrupt:
         bar.close()
-        saved = (run_dir / "trainer.pt").is_file()
+        saved = trainer_file(run_dir) is not None
         opts.console.print(
             f"interrupted after step {trainer.step} of {trainer.total_steps}; "
             + (

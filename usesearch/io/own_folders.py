@@ -12,7 +12,7 @@ AUDIT_LISTS = ("swapped", "overlooked", "badly_located", "leaks", "outliers")  #
 OUTPUT_MARKS = {
     "an index": ("segments.sqlite", "vectors.faiss", "embeddings"),  # (the indexer's names: tested)
     "a curated dataset": ("manifest.json", "shards"),
-    "a training run": ("trainer.pt", "log.csv"),
+    "a training run": ("trainer.safetensors", "trainer.pt", "log.csv"),  # (trainer.pt: runs from before)
     # ``eval audit``'s report, and ``audit``'s lists.
     "an audit report": ("suspects.csv", "report.html") + tuple(f"{kind}.csv" for kind in AUDIT_LISTS),
 }

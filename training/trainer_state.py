@@ -1,0 +1,77 @@
+"""The trainer's own checkpoint beside the step heads: the step it names, the
+optimizer's and the schedule's state, in one safetensors file (``TRAINER_FILE``): the
+optimizer's tensors as tensors, everything else as JSON in its header. Never a pickle:
+a run folder may come from anyone, and its file is read before anything is checked.
+
+One file, replaced atomically, so the step it names and the state beside it always
+agree. Runs written before it kept the same state in ``trainer.pt`` (``torch.save``),
+still read, with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from usesearch.io.atomic import write_atomic
+
+TRAINER_FILE = "trainer.safetensors"
+OLD_TRAINER_FILE = "trainer.pt"  # runs from before: a torch.save archive
+FORMAT, VERSION = "usesearch-trainer", 1
+
+
+def trainer_file(run_dir: str | os.PathLike) -> Path | None:
+    """The trainer checkpoint of a run folder (None: it has none)."""
+    for name in (TRAINER_FILE, OLD_TRAINER_FILE):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
+
+
+def write_trainer_state(run_dir: Path, step: int, optimizer: dict[str, Any], scheduler: dict[str, Any]) -> None:
+    """``optimizer`` and ``scheduler``: their ``state_dict()``s."""
+    tensors: dict[str, torch.Tensor] = {}
+    state: dict[str, dict[str, dict[str, Any]]] = {}
+    for param, entries in optimizer["state"].items():
+        state[str(param)] = {}
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                key = f"state.{param}.{name}"
+                tensors[key] = value.detach().cpu().contiguous()
+                state[str(param)][name] = {"tensor": key}
+            else:
+                state[str(param)][name] = {"value": value}
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "step": step,
+        "optimizer": {"state": state, "param_groups": optimizer["param_groups"]},
+        "scheduler": scheduler,
+    }
+    metadata = {"trainer": json.dumps(header)}
+    write_atomic(run_dir / TRAINER_FILE, lambda path: save_file(tensors, str(path), metadata=metadata))
+    (run_dir / OLD_TRAINER_FILE).unlink(missing_ok=True)  # a run from before goes on in the new file
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """``{"step", "optimizer", "scheduler"}`` as written; any damage raises (the caller
+    says it in one line)."""
+    if path.name == OLD_TRAINER_FILE:
+        old = torch.load(path, map_location="cpu", weights_only=True)
+        return {"step": int(old["step"]), "optimizer": old["optimizer"], "scheduler": old["scheduler"]}
+    with safe_open(str(path), "pt") as f:
+        header = json.loads((f.metadata() or {})["trainer"])
+    if header.get("format") != FORMAT:
+        raise ValueError(f"not a usesearch trainer checkpoint (format {header.get('format')!r})")
+    tensors = load_file(str(path))
+    state = {
+        int(param): {name: tensors[v["tensor"]] if "tensor" in v else v["value"] for name, v in entries.items()}
+        for param, entries in header["optimizer"]["state"].items()
+    }
+    optimizer = {"state": state, "param_groups": header["optimizer"]["param_groups"]}
+    return {"step": int(header["step"]), "optimizer": optimizer, "scheduler": header["scheduler"]}
