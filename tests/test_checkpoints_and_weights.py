@@ -127,8 +127,9 @@ def test_sam_tiny_is_seeded_and_checkpoints_load_weights_only(tmp_path):
     with pytest.raises(usesearch.MissingWeightsError, match="--sam-checkpoint .*absent.pth: no such file"):
         load_sam(preset.sam, "tiny", checkpoint=tmp_path / "absent.pth")
     (tmp_path / "junk.pth").write_bytes(b"junk\n")
-    with pytest.raises(usesearch.UsesearchError, match="junk.pth are damaged \\(not a torch checkpoint"):
+    with pytest.raises(usesearch.UsesearchError, match="junk.pth is damaged \\(not a torch checkpoint") as said:
         load_sam(preset.sam, "tiny", checkpoint=tmp_path / "junk.pth")
+    assert "give a whole SAM" in str(said.value) and "models pull" not in str(said.value)
     (tmp_path / "junk.pth").write_bytes(pickle.dumps([1]))  # a pickle, but not of tensors: torch's reason
     with pytest.raises(usesearch.UsesearchError, match="is not a SAM checkpoint \\(torch cannot read it: "):
         load_sam(preset.sam, "tiny", checkpoint=tmp_path / "junk.pth")

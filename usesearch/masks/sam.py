@@ -19,7 +19,7 @@ from usesearch.errors import MissingWeightsError, UsesearchError, first_line
 from usesearch.masks.sam_fast import speed_up
 from usesearch.models.backbones import seeded
 from usesearch.models.config import SamConfig
-from usesearch.models.weights import require, sam_status, verify_sha256
+from usesearch.models.weights import UNREADABLE, require, sam_status, verify_sha256
 
 SAM_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
 
@@ -111,6 +111,10 @@ def load_sam(
             return speed_up(build_sam(cfg.model_type)).to(device)
     if checkpoint is not None and status.path is None:  # the file named, not the preset's: no pull brings it
         raise MissingWeightsError(f"--sam-checkpoint {checkpoint}: no such file")
+    if checkpoint is not None and status.fault not in (None, UNREADABLE):  # the user's own file: no pull mends it
+        raise UsesearchError(
+            f"--sam-checkpoint {checkpoint} is damaged ({status.fault}): give a whole SAM {cfg.model_type} checkpoint"
+        )
     path = require(status, preset_name)
     if checkpoint is None:
         verify_sha256(path, cfg.sha256)
