@@ -148,7 +148,20 @@ def _record_fault(record: Any) -> str | None:
             isinstance(t, dict) and {"text", "source", "kind"} <= t.keys() for t in segment["texts"]
         ):
             return f"segment {k} has a text without text, source or kind"
+        if not _whole_rle(segment["rle"]):
+            return f"segment {k}'s mask is not a COCO RLE (size [h, w], counts in '0'..'o')"
     return None
+
+
+def _whole_rle(rle: Any) -> bool:
+    """A compressed COCO RLE's shape, checked without decoding it: a flipped byte in its
+    counts mostly leaves the alphabet pycocotools writes (one character per 5 bits + 48),
+    and would otherwise surface at training as an unreadable photo."""
+    if not isinstance(rle, dict) or not isinstance(rle.get("counts"), str):
+        return False
+    size = rle.get("size")
+    ok_size = isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size)
+    return ok_size and all("0" <= c <= "o" for c in rle["counts"])
 
 
 def read_segments(record: dict[str, Any]) -> list[Segment]:

@@ -33,6 +33,7 @@ def test_a_damaged_dataset_is_named_by_file_and_line_and_a_torn_last_line_is_not
         ("{}\n" + second, "line 1 is damaged (no path, sha256, segments)"),
         (first.replace('"texts"', '"textz"') + second, "line 1 is damaged (segment 0 lacks rle, bbox, area or texts)"),
         (first.replace("a cat", "a c\udcc3(t") + second, "line 1 is damaged (not UTF-8)"),
+        (first.replace('"counts": "', '"counts": "~'), "line 1 is damaged (segment 0's mask is not a COCO RLE"),
     ):
         shard.write_bytes(damaged.encode("utf-8", "surrogateescape"))
         with pytest.raises(
