@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from usesearch.errors import IndexLockedError, IndexUpgradeNeededError, UsesearchError
+from usesearch.errors import IndexIdentityError, IndexLockedError, IndexUpgradeNeededError, UsesearchError
 from usesearch.io.locks import one_writer
 
+from .embeddings import FOLDER
+from .identity import ID_FILE
 from .store import Store
 
 DB_FILE, FAISS_FILE, LOCK_FILE = "segments.sqlite", "vectors.faiss", "writer.lock"
@@ -43,9 +45,30 @@ def check_db_dir(db_dir: str | os.PathLike) -> Path:
     return db_dir
 
 
+def check_catalog_kind(db_dir: Path, db_url: str | None) -> None:
+    """Refuse an index folder opened with another kind of catalog than its own, before
+    a catalog is made: opening made an empty SQLite file in a PostgreSQL-catalogued
+    folder (or empty tables in the server's database) that the identity check then
+    refused, and left behind."""
+    id_file = db_dir / FOLDER / ID_FILE
+    if not id_file.is_file():
+        return  # a new folder, or one from before ids: the identity check decides
+    if db_url is None and not (db_dir / DB_FILE).exists():
+        raise IndexIdentityError(
+            f"{db_dir} holds index {id_file.read_text().strip()}'s embedding files but no {DB_FILE}: its catalog "
+            f"is on a PostgreSQL server; give its --db-url (or, had the folder a {DB_FILE}, restore it)"
+        )
+    if db_url is not None and (db_dir / DB_FILE).is_file():
+        raise IndexIdentityError(
+            f"{db_dir}'s catalog is its own {DB_FILE}: leave out --db-url (a catalog on a server goes with "
+            "an index folder of its own)"
+        )
+
+
 def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:
     """The store of an existing index; a clear error where there is none."""
     db_dir = check_db_dir(db_dir)
+    check_catalog_kind(db_dir, db_url)
     if db_url is None and not (db_dir / DB_FILE).is_file():
         raise UsesearchError(f"no index at {db_dir} (no {DB_FILE}); run `usesearch index PATH --db {db_dir}` first")
     url = db_url_for(db_dir, db_url)

@@ -26,7 +26,7 @@ from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
-from .folder import check_db_dir, is_new, open_store
+from .folder import check_catalog_kind, check_db_dir, is_new, open_store
 from .image_writes import PhotoWrite
 from .options import IndexOptions, IndexReport
 from .records import NO_MASKER, IndexInfo, info_summary
@@ -107,6 +107,7 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
     another preset or embedder named is refused here, before any weights are looked for."""
     if is_new(db_dir, options):
         return options
+    check_catalog_kind(db_dir, options.db_url)  # (as below: before the defaults' weights are looked for)
     try:
         store = open_store(db_dir, options.db_url, read_only=True)
     except CatalogUnavailableError:  # said now: the defaults' weights looked for next would be blamed

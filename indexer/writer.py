@@ -20,7 +20,7 @@ from usesearch.errors import DiskFullError, IndexMismatchError, UsesearchError, 
 from usesearch.masks.maskers import mask_defining
 
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
-from .folder import FAISS_FILE, db_url_for, remove_if_bare, writer_lock
+from .folder import FAISS_FILE, check_catalog_kind, db_url_for, remove_if_bare, writer_lock
 from .image_writes import PhotoWrite, joined
 from .known_images import KnownImages, still_holds
 from .options import IndexOptions, IndexReport
@@ -115,6 +115,7 @@ class Writer:
         self._lock.__enter__()
         store = None
         try:
+            check_catalog_kind(self.db_dir, self.options.db_url)
             store = self.store = Store(db_url_for(self.db_dir, self.options.db_url), folder=self.db_dir)
             self.known = KnownImages(store)
             store.claim()

@@ -137,6 +137,35 @@ def test_one_postgresql_catalog_one_folder_and_one_writer(tmp_path, pg_url):
     assert again.skipped == 2
 
 
+def test_a_folder_opened_with_the_other_kind_of_catalog_is_refused_leaving_nothing_made(tmp_path, pg_url):
+    """A PostgreSQL-catalogued folder named without --db-url made an empty SQLite file
+    there before it was refused; a SQLite one named with --db-url made empty tables in
+    the server's database. Each is now refused first, in one line that says which."""
+    from sqlalchemy import create_engine, inspect
+
+    from usesearch.indexer.catalog import server_url
+    from usesearch.indexer.folder import DB_FILE
+
+    photos = write_photos(tmp_path / "photos", ("astronaut",))
+    index_paths([photos], tmp_path / "on-server", IndexOptions(**OPTS, db_url=pg_url))
+    index_paths([photos], tmp_path / "local", IndexOptions(**OPTS))
+    engine = create_engine(server_url(pg_url))
+    tables = set(inspect(engine).get_table_names())
+    runner = CliRunner()
+    for args, said in (
+        (["index", str(photos), "--db", str(tmp_path / "on-server"), "--preset", "tiny"], "give its --db-url"),
+        (["info", "--db", str(tmp_path / "on-server")], "give its --db-url"),
+        (["index", str(photos), "--db", str(tmp_path / "local"), "--db-url", pg_url], "leave out --db-url"),
+        (["query", "a cat", "--db", str(tmp_path / "local"), "--db-url", pg_url], "leave out --db-url"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and said in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "on-server" / DB_FILE).exists()
+    assert set(inspect(engine).get_table_names()) == tables
+    engine.dispose()
+
+
 def test_bit_flips_in_an_embedding_chunk_are_found_named_and_repaired(tmp_path):
     from tests.helpers import assert_consistent, segment_table
 
