@@ -100,6 +100,7 @@ class SegmentIndex(Freshness):
         # text query (cached, or through CLIP's text tower alone) must not wait for it.
         self._model_lock = threading.Lock()
         self._text_lock = threading.Lock()
+        self._model_load_lock = threading.Lock()
         self._locations: LocationMap | None = None
         if locations != "catalog":
             self.hold_locations(background=locations == "background")
@@ -131,13 +132,9 @@ class SegmentIndex(Freshness):
     @property
     def model(self):
         head = self.info.head
-        if self._model is None:
-            if head is not None and not all(f.is_file() for f in checkpoint_paths(head)):
-                raise NotFoundError(
-                    f"this index's head is gone from {head} (moved or deleted since indexing): put it back there; "
-                    "a query needs the head the segments were embedded with"
-                )
-            self._model = load_model(self.info.preset, embedder=self.info.embedder, head=head, device=self._device)
+        with self._model_load_lock:  # the text and image sides ask under locks of their own: loaded once
+            if self._model is None:
+                self._load_model(head)
         if self._model.fingerprint != self.info.fingerprint:
             changed = f" (the head at {head} is no longer the one it was built with: put that one back)" if head else ""
             raise IndexMismatchError(
@@ -145,6 +142,14 @@ class SegmentIndex(Freshness):
                 f"{self._model.fingerprint}{changed}. Query it with the model it was built with."
             )
         return self._model
+
+    def _load_model(self, head) -> None:
+        if head is not None and not all(f.is_file() for f in checkpoint_paths(head)):
+            raise NotFoundError(
+                f"this index's head is gone from {head} (moved or deleted since indexing): put it back there; "
+                "a query needs the head the segments were embedded with"
+            )
+        self._model = load_model(self.info.preset, embedder=self.info.embedder, head=head, device=self._device)
 
     def hold_locations(self, background: bool = False) -> None:
         """From now on, look re-scored candidates' rows up in memory (a ``LocationMap``:

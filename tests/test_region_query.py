@@ -276,3 +276,34 @@ def test_a_text_query_does_not_wait_for_a_region_search_holding_sam(indexed, mon
     finally:
         release.set()
         searching.join(60)
+
+
+def test_a_text_query_and_a_region_search_arriving_first_together_load_the_model_once(indexed, monkeypatch):
+    """Each side asks for the model under its own lock: a library caller's first two
+    searches, one of each, loaded it twice (twice the memory, on a GPU perhaps too much)."""
+    import threading
+    import time
+
+    from usesearch.indexer import search as search_module
+
+    root, photos = indexed
+    ix = SegmentIndex.open(root / "db")
+    loads, real_load = [], search_module.load_model
+
+    def slow_load(*args, **kwargs):
+        loads.append(threading.current_thread().name)
+        time.sleep(0.5)  # both threads inside before either has a model
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "load_model", slow_load)
+    rgb = np.asarray(Image.open(photos / "astronaut.png").convert("RGB"))
+    threads = [
+        threading.Thread(target=ix.query, args=("a cat",), name="text"),
+        threading.Thread(target=ix.similar_region, args=(rgb,), kwargs={"point": (40.0, 40.0)}, name="region"),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(loads) == 1, loads
+
