@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from usesearch.errors import IndexIdentityError, IndexLockedError, IndexUpgradeNeededError, UsesearchError
@@ -13,6 +13,7 @@ from usesearch.io.locks import one_writer
 
 from .embeddings import FOLDER
 from .identity import ID_FILE
+from .records import ImageRecord, IndexIdentity
 from .store import Store
 
 DB_FILE, FAISS_FILE, LOCK_FILE = "segments.sqlite", "vectors.faiss", "writer.lock"
@@ -58,11 +59,28 @@ def check_catalog_kind(db_dir: Path, db_url: str | None) -> None:
             f"{db_dir} holds index {id_file.read_text().strip()}'s embedding files but no {DB_FILE}: its catalog "
             f"is on a PostgreSQL server; give its --db-url (or, had the folder a {DB_FILE}, restore it)"
         )
-    if db_url is not None and (db_dir / DB_FILE).is_file():
+    if db_url is not None and (db_dir / DB_FILE).is_file() and _holds_an_index(db_dir / DB_FILE):
         raise IndexIdentityError(
             f"{db_dir}'s catalog is its own {DB_FILE}: leave out --db-url (a catalog on a server goes with "
             "an index folder of its own)"
         )
+
+
+def _holds_an_index(sqlite_file: Path) -> bool:
+    """Whether a folder's SQLite file is a catalog (an id, or photos), not the empty one
+    that opening a server-catalogued folder without --db-url made before that was refused."""
+    import sqlite3
+
+    try:
+        with closing(sqlite3.connect(f"{sqlite_file.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = {name for (name,) in con.execute("select name from sqlite_master where type = 'table'")}
+            return any(
+                con.execute(f"select exists(select 1 from {table})").fetchone()[0]  # noqa: S608 - our table names
+                for table in (IndexIdentity.__tablename__, ImageRecord.__tablename__)
+                if table in tables
+            )
+    except sqlite3.Error:  # damaged, or not SQLite at all: taken for the folder's own, as before
+        return True
 
 
 def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:

@@ -105,9 +105,9 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
     with. Else ``index NEW --db OLD`` loaded the defaults' (b16's, SAM), sent a ``tiny``
     index's user to pull b16's weights, and refused the run only after loading them;
     another preset or embedder named is refused here, before any weights are looked for."""
+    check_catalog_kind(db_dir, options.db_url)  # (as below: before the defaults' weights are looked for)
     if is_new(db_dir, options):
         return options
-    check_catalog_kind(db_dir, options.db_url)  # (as below: before the defaults' weights are looked for)
     try:
         store = open_store(db_dir, options.db_url, read_only=True)
     except CatalogUnavailableError:  # said now: the defaults' weights looked for next would be blamed

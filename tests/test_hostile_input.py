@@ -164,6 +164,17 @@ def test_a_folder_opened_with_the_other_kind_of_catalog_is_refused_leaving_nothi
     assert not (tmp_path / "on-server" / DB_FILE).exists()
     assert set(inspect(engine).get_table_names()) == tables
     engine.dispose()
+    # Named with no --preset either: the catalog is blamed, not the default preset's weights.
+    bare = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "on-server")])
+    assert bare.exit_code == 2 and "give its --db-url" in bare.output, bare.output
+    # The empty SQLite file the old refusal left there is no catalog: the folder opens with its --db-url.
+    from usesearch.indexer.records import Base
+
+    leftover = create_engine(f"sqlite:///{tmp_path / 'on-server' / DB_FILE}")
+    Base.metadata.create_all(leftover)
+    leftover.dispose()
+    opened = runner.invoke(app, ["info", "--db", str(tmp_path / "on-server"), "--db-url", pg_url])
+    assert opened.exit_code == 0, opened.output
 
 
 def test_bit_flips_in_an_embedding_chunk_are_found_named_and_repaired(tmp_path):
