@@ -306,4 +306,3 @@ def test_a_text_query_and_a_region_search_arriving_first_together_load_the_model
     for thread in threads:
         thread.join(60)
     assert len(loads) == 1, loads
-

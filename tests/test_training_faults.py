@@ -354,10 +354,13 @@ def test_training_on_photos_that_are_all_gone_exits_3_and_offers_no_head(tmp_pat
     data = write_dataset(tmp_path / "data", 4, seed=6)
     shutil.rmtree(data / "images")
     args = ["train", str(data), "--run-dir", str(tmp_path / "run"), "--preset", "tiny", "--crop", "96"]
-    result = CliRunner().invoke(app, [*args, "--max-steps", "2", "--batch-images", "2"])
+    result = CliRunner().invoke(app, [*args, "--max-steps", "2", "--batch-images", "2", "--json"])
     assert result.exit_code == 3, result.output
     assert "every photo failed (4); nothing was trained on" in result.stderr
     assert "use it with --head" not in result.output and "on 0 images; the head learned nothing" in result.output
+    assert "--batch-images helps" not in result.output  # no batch had photos: not a batch-size problem
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 0 and summary["head"] is None and len(summary["unreadable"]) == 4
 
 
 def test_the_trainer_state_is_safetensors_and_a_run_from_before_resumes_from_trainer_pt(samples, tmp_path):

@@ -110,7 +110,7 @@ def train(
         f"trained {trainer.step} steps on {trained_on} images; "
         + (f"head: {head} (use it with --head {run_dir / 'head'})" if trained_on else "the head learned nothing")
     )
-    if trainer.steps_without_negatives:
+    if trainer.steps_without_negatives and trained_on:
         opts.console.print(
             f"{trainer.steps_without_negatives} of {trainer.step} steps had fewer than two different texts in their "
             "batch: the contrastive loss has no negative there and learned nothing; more --batch-images helps"
@@ -119,7 +119,7 @@ def train(
         summary = {
             "steps": trainer.step,
             "images": trained_on,  # the skipped are in "unreadable"
-            "head": str(run_dir / "head"),
+            "head": str(run_dir / "head") if trained_on else None,  # none that learned anything
             "steps_without_negatives": trainer.steps_without_negatives,
             "unreadable": trainer.unreadable,
         }
