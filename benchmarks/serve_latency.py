@@ -6,11 +6,15 @@ presets), and times each API call and a whole results page (the search plus its 
 tiles fetched 6 at a time, as a browser does).
 
     python benchmarks/serve_latency.py [--preset tiny] [--images 16] [--side 1024] [--repeats 30]
+
+Last, text searches are timed while another client's region search of a 48 MP upload
+holds SAM: they must not wait for it (the text tower has a lock of its own).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import socket
 import statistics
 import subprocess
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_throughput import random_weights, write_photos  # noqa: E402
@@ -133,6 +138,21 @@ def main() -> None:
                 "results page: search + 24 tiles",
                 [timed(lambda q=q: page(q)) for q in queries[: max(5, args.repeats // 3)]],
             )
+
+            # Text searches while another client's region search of a big upload holds SAM
+            # (a plain 48 MP PNG: a small file, all the pixels' work).
+            upload = io.BytesIO()
+            Image.new("RGB", (8000, 6000), (120, 90, 60)).save(upload, "PNG")
+            with ThreadPoolExecutor(1) as pool:
+                running = pool.submit(
+                    client.post, "/api/region-search", params={"point": "4000,3000"}, content=upload.getvalue()
+                )
+                beside: list[float] = []
+                while not running.done():  # new texts, one after another, for as long as it runs
+                    beside.append(timed(lambda n=len(beside): get("/api/search", q=f"beside a region {n}")))
+                running.result().raise_for_status()
+            report("search, new text, beside a 48 MP region search", beside)
+            print(f"{'  ... the slowest of them':<44} {max(beside):8.1f} ms")
         server.terminate()
         server.wait()
 
