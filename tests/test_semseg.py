@@ -255,3 +255,35 @@ def test_labels_made_a_band_of_rows_at_a_time_equal_the_whole_image_at_once(monk
     whole[~masks.any(0)] = UNLABELLED
     monkeypatch.setattr(semseg, "BAND_VALUES", 29 * 64 * 3)  # three rows a band: 13 bands, the last short
     np.testing.assert_array_equal(pixel_labels(masks, probs), whole)
+
+
+def test_segment_and_evaluations_never_write_over_their_inputs_and_segment_refuses_a_class_named_twice(tmp_path):
+    """`segment photo.png --out photo.png` replaced the photo with its label map; `eval
+    parts --out` its COCO file, `eval semseg --out` a ground-truth label. Each is refused
+    before any work, the input left as it was."""
+    from usesearch.training.synthetic import write_parts_coco
+
+    root = write_semseg(tmp_path / "semseg", 1, seed=5)
+    photo = root / "images" / "00000.png"
+    before = photo.read_bytes()
+    names = ",".join(semseg_classes())
+    runner = CliRunner()
+    segment = ["segment", str(photo), "--classes", names, "--preset", "tiny"]
+    for extra, said in (
+        (["--out", str(photo)], "is the image input"),
+        (["--out", str(tmp_path / "a.png"), "--overlay", str(photo)], "is the image input"),
+        (["--out", str(tmp_path / "a.png"), "--overlay", str(tmp_path / "a.png")], "name the same file"),
+    ):
+        result = runner.invoke(app, segment + extra)
+        assert result.exit_code == 2 and said in result.output, (extra, result.output)
+    assert photo.read_bytes() == before and not (tmp_path / "a.png").exists()
+    label = sorted((root / "labels").iterdir())[0]
+    semseg = ["eval", "semseg", "--images", str(root / "images"), "--labels", str(root / "labels")]
+    result = runner.invoke(app, [*semseg, "--classes", names, "--out", str(label), "--preset", "tiny"])
+    assert result.exit_code == 2 and "lies in --labels" in result.output, result.output
+    coco = write_parts_coco(tmp_path / "parts", 1, seed=5)
+    images = ["--images", str(coco.parent / "images")]
+    result = runner.invoke(app, ["eval", "parts", *images, "--coco", str(coco), "--out", str(coco), "--preset", "tiny"])
+    assert result.exit_code == 2 and "is the --coco input" in result.output, result.output
+    twice = runner.invoke(app, ["segment", str(photo), "--classes", "sky, cat,Cat", "--out", str(tmp_path / "b.png")])
+    assert twice.exit_code == 2 and "'Cat' is named twice (places 2 and 3)" in twice.output, twice.output

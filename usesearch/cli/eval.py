@@ -52,6 +52,20 @@ def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
     return names
 
 
+def _refuse_twice_named(names: list[str], flag: str) -> None:
+    """One class named twice (as CLIP's tokenizer reads it: case and spacing aside) would
+    split its probability between two ids, one never chosen, and lose pixels to other
+    classes. (Not for an evaluation: its class list is the dataset's, ids and all.)"""
+    first: dict[str, int] = {}
+    for place, name in enumerate(names, 1):
+        key = " ".join(name.lower().split())
+        if key in first:
+            raise UsesearchError(
+                f"{flag}: {name!r} is named twice (places {first[key]} and {place}); name each class once"
+            )
+        first[key] = place
+
+
 def report_names(names: list[str]) -> list[str]:
     """Each class's name in a report, the id added where a name occurs twice (one
     per-class score must not overwrite another's)."""
@@ -145,6 +159,9 @@ def segment(
     from usesearch.masks.maskers import stack_masks
 
     names = _classes(classes, classes_file)
+    _refuse_twice_named(names, "--classes-file" if classes_file else "--classes")
+    inputs = {"image": image, "--classes-file": classes_file}
+    opts.refuse_overwriting({"--out": out, "--overlay": overlay}, inputs)
     segmenter.check()
     rgb = _read_photo(image)  # a FIFO, a bomb, a broken file: refused before the models load
     models, mask_proposer = segmenter.build(sam)
@@ -227,6 +244,9 @@ def eval_semseg(
         classes_file = Path(classes)
         classes = None
     names = _classes(classes, classes_file)
+    opts.refuse_overwriting(
+        {"--out": report.out}, {"--images": images, "--labels": labels, "--classes-file": classes_file}
+    )
     pairs = ground_truth_pairs(images, labels)
     check_ground_truth(pairs, len(names), ignore_index, reduce_zero_label)
     models, mask_proposer = segmenter.build(sam)
@@ -269,6 +289,7 @@ def eval_parts(
     from usesearch.tasks.semseg import class_probabilities
 
     report = report.taking(ctx.args)
+    opts.refuse_overwriting({"--out": report.out}, {"--images": images, "--coco": coco})
     load_coco_json(coco)  # one line for a file that is not COCO, before pycocotools and the models
     check_ground_truth(coco, images)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -32,6 +32,7 @@ from .paths import folder_for as folder_for
 from .paths import folder_to_write as folder_to_write
 from .paths import picture_file as picture_file
 from .paths import refuse_other_kind as refuse_other_kind
+from .paths import refuse_overwriting as refuse_overwriting
 from .paths import writable_file as writable_file
 from .spellings import Formerly as Formerly
 from .spellings import Typer as Typer

@@ -91,3 +91,22 @@ def refuse_other_kind(folder: str | os.PathLike, kind: str) -> None:
                 f"{folder} holds other files (photos?): give {kind} a folder of its own, "
                 "or its pictures would be indexed with them"
             )
+
+
+def refuse_overwriting(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """Refuse, before any work, an output that names an input file, lies inside an input
+    folder, or names the same file as another output: `segment photo.png --out photo.png`
+    replaced the photo with its label map, and `--out` into a labels folder wrote JSON
+    over a ground-truth label. Keys: the flags, as the message names them."""
+    written = {flag: Path(os.path.realpath(p)) for flag, p in outputs.items() if p is not None and not is_stream(p)}
+    read = {flag: Path(os.path.realpath(p)) for flag, p in inputs.items() if p is not None}
+    seen: dict[Path, str] = {}
+    for flag, path in written.items():
+        if path in seen:
+            raise UsesearchError(f"{seen[path]} and {flag} name the same file {path}: give each its own")
+        seen[path] = flag
+        for source, given in read.items():
+            if path == given:
+                raise UsesearchError(f"{flag} {path} is the {source} input: it would be overwritten; write elsewhere")
+            if given in path.parents:
+                raise UsesearchError(f"{flag} {path} lies in {source} {given}, which is read: write elsewhere")
