@@ -37,6 +37,27 @@ def test_0_1_masks_and_flipped_arrays_embed_like_bool_masks(tiny_use, photo, pho
     np.testing.assert_allclose(got, tiny_use.embed_segments(flipped_photo.copy(), flipped_masks.copy()), atol=1e-6)
 
 
+def test_a_photo_gives_the_same_pixels_as_a_file_a_pil_image_or_an_array(tmp_path):
+    """A 16-bit PIL image was clipped at 255 (the file read was scaled), and an RGBA array
+    lost its alpha (a PIL RGBA image was composited on white): the same photo embedded
+    otherwise, and a region of it did not find its own segment first."""
+    from skimage import data
+
+    from usesearch.io.images import read_image, to_rgb_array
+
+    deep = data.camera().astype(np.uint16) * 257  # 16-bit greyscale
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    read = read_image(tmp_path / "deep.png")
+    assert read.max() > 200 and (read == 255).mean() < 0.05  # scaled, not clipped
+    np.testing.assert_array_equal(to_rgb_array(Image.open(tmp_path / "deep.png")), read)
+    rgba = np.dstack([data.astronaut(), np.tile(np.linspace(0, 255, 512).astype(np.uint8), (512, 1))])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "layer.png")
+    composited = read_image(tmp_path / "layer.png")
+    assert composited[:, 0].min() == 255  # transparent on the left: white
+    np.testing.assert_array_equal(to_rgb_array(rgba), composited)
+    np.testing.assert_array_equal(to_rgb_array(Image.fromarray(rgba, "RGBA")), composited)
+
+
 def test_empty_image_is_a_clear_error(tiny_use):
     with pytest.raises(ValueError, match="image is empty"):
         tiny_use.embed_segments(np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0, 0), bool))

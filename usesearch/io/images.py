@@ -20,13 +20,7 @@ def read_image(path: str | PathLike | BinaryIO, name: str | None = None) -> np.n
     try:
         with Image.open(path) as opened:
             opened.seek(0)
-            im = ImageOps.exif_transpose(opened)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
-                array = np.asarray(im, dtype=np.uint32)
-                shift = 8 if array.max() > 255 else 0
-                im = Image.fromarray((array >> shift).astype(np.uint8))
-            return to_rgb_array(im)
+            return to_rgb_array(ImageOps.exif_transpose(opened))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow signals truncated/corrupt files with any of these.
         raise ImageReadError(f"cannot read image {name or path}: {exc}") from exc
@@ -48,7 +42,23 @@ def displayed_size(path: str | PathLike) -> tuple[int, int]:
 
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Any photo as RGB uint8 HxWx3, the same pixels whichever way it comes (a file read,
+    a PIL image, an array): 16-bit greyscale scaled to 8 bits, not clipped at 255 (a
+    PIL image given to the API was clipped, so its own segment was not its best match);
+    transparency composited on white, also in an RGBA array (whose alpha was dropped)."""
+    if (
+        isinstance(image, np.ndarray)
+        and image.ndim == 3
+        and image.shape[2] == 4
+        and image.dtype == np.uint8
+        and image.size
+    ):
+        image = Image.fromarray(np.ascontiguousarray(image), "RGBA")
     if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(image, dtype=np.uint32)
+            shift = 8 if array.size and array.max() > 255 else 0
+            image = Image.fromarray((array >> shift).astype(np.uint8))
         if image.mode != "RGB":
             # Composite transparency on white rather than letting it turn black.
             if image.mode in ("RGBA", "LA", "P", "PA"):
