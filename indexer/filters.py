@@ -8,7 +8,10 @@ NaN score would silently switch its filter off, a huge area overflow SQL's integ
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
+
+import numpy as np
 
 from .records import ANNOTATION, PROPOSAL
 
@@ -56,6 +59,26 @@ class SearchFilters:
                 raise ValueError(f"--{name} must be at least 1, got {value}")
 
 
-def check_k(k: int) -> None:
+def check_k(k: int) -> int:
+    """``k`` as a Python int (a NumPy integer reached FAISS's SWIG layer as a wall of C++
+    prototypes), at least 1."""
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an integer, got {type(k).__name__}") from None
     if k < 1:
         raise ValueError("k must be at least 1")
+    return k
+
+
+def check_query_vector(vector, dim: int) -> np.ndarray:
+    """A query vector as float32 [dim], refused in words where it cannot be one: another
+    dimension (FAISS raised a bare AssertionError) or not finite (NaN: no hit, silently)."""
+    array = np.asarray(vector, dtype=np.float32)
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.shape != (dim,):
+        raise ValueError(f"the query vector has shape {array.shape}; this index's vectors have {dim} dimensions")
+    if not np.isfinite(array).all():
+        raise ValueError("the query vector is not finite (NaN or infinity)")
+    return array

@@ -124,7 +124,7 @@ class Refiner:
         self, text: str, k: int = 10, filters: SearchFilters | None = None, top: int | None = None
     ) -> tuple[list[RefinedHit], RefineReport]:
         """``query`` with its report returned (for callers in several threads)."""
-        check_k(k)
+        k = check_k(k)
         top = self.options.top if top is None else replace(self.options, top=top).top  # checked as the options are
         filters = filters or SearchFilters()
         report, started = RefineReport(), time.perf_counter()

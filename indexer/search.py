@@ -21,7 +21,7 @@ from usesearch.models.model import SegmentEmbedder
 
 from . import calibration, faiss_gpu, index_choice, index_stats, vector_files, vectors
 from .embeddings import top_rows
-from .filters import SearchFilters, check_k
+from .filters import SearchFilters, check_k, check_query_vector
 from .folder import FAISS_FILE, open_store
 from .freshness import TYPE_CHECK_S, Freshness
 from .hits import Hit, passes, passing_share, to_hits
@@ -254,7 +254,7 @@ class SegmentIndex(Freshness):
         ``nprobe`` (clusters visited) and ``rerank`` (candidates re-scored exactly)
         trade speed for recall on a compressed index; None: the index's own
         (``calibration.py``: measured on its data)."""
-        check_k(k)
+        k, vector = check_k(k), check_query_vector(vector, self.info.dim)
         filters = filters or SearchFilters()
         per_image, min_score, distinct = filters.per_image, filters.min_score, filters.distinct
         self.refresh()

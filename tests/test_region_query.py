@@ -306,3 +306,21 @@ def test_a_text_query_and_a_region_search_arriving_first_together_load_the_model
     for thread in threads:
         thread.join(60)
     assert len(loads) == 1, loads
+
+
+def test_a_query_vector_or_k_that_cannot_be_searched_is_refused_in_words(indexed):
+    """A vector of another dimension reached FAISS as a bare AssertionError, a NaN one
+    silently found nothing, and a NumPy k a wall of SWIG prototypes."""
+    root, _ = indexed
+    ix = SegmentIndex.open(root / "db")
+    dim = ix.info.dim
+    with pytest.raises(ValueError, match=f"shape \\({dim + 1},\\); this index's vectors have {dim} dimensions"):
+        ix.search_vector(np.ones(dim + 1, np.float32))
+    with pytest.raises(ValueError, match="not finite"):
+        ix.search_vector(np.full(dim, np.nan, np.float32))
+    with pytest.raises(TypeError, match="k must be an integer, got float"):
+        ix.query("a cat", k=2.5)
+    hits = ix.query("a cat", k=np.int64(3))
+    assert len(hits) == 3 and [h.segment_id for h in hits] == [h.segment_id for h in ix.query("a cat", k=3)]
+    row = ix.search_vector(ix.text_vector("a cat")[None], k=3)  # one row of a batch: taken as the vector
+    assert [h.segment_id for h in row] == [h.segment_id for h in hits]

@@ -56,9 +56,9 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
         image = Image.fromarray(np.ascontiguousarray(image), "RGBA")
     if isinstance(image, Image.Image):
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(image, dtype=np.uint32)
-            shift = 8 if array.size and array.max() > 255 else 0
-            image = Image.fromarray((array >> shift).astype(np.uint8))
+            deep = np.asarray(image, dtype=np.uint32)
+            shift = 8 if deep.size and deep.max() > 255 else 0
+            image = Image.fromarray((deep >> shift).astype(np.uint8))
         if image.mode != "RGB":
             # Composite transparency on white rather than letting it turn black.
             if image.mode in ("RGBA", "LA", "P", "PA"):
