@@ -83,6 +83,8 @@ def index_paths(
 
 
 def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Path:
+    if isinstance(paths, (str, bytes, os.PathLike)):  # a str was walked as its characters: "no such file: t"
+        raise TypeError(f"paths is a list of files and folders; got the one path {os.fsdecode(paths)!r}: give [it]")
     db_dir = check_db_dir(db_dir)
     missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
     if missing:  # before the lock: a typo must not leave an empty index folder behind

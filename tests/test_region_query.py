@@ -324,3 +324,12 @@ def test_a_query_vector_or_k_that_cannot_be_searched_is_refused_in_words(indexed
     assert len(hits) == 3 and [h.segment_id for h in hits] == [h.segment_id for h in ix.query("a cat", k=3)]
     row = ix.search_vector(ix.text_vector("a cat")[None], k=3)  # one row of a batch: taken as the vector
     assert [h.segment_id for h in row] == [h.segment_id for h in hits]
+
+
+def test_index_paths_given_one_path_instead_of_a_list_says_so(tmp_path):
+    """A str was walked as its characters ("no such file or folder: t (and 13 more)"), a Path
+    failed with "'PosixPath' object is not iterable"."""
+    for one in (str(tmp_path), tmp_path):
+        with pytest.raises(TypeError, match="paths is a list of files and folders; got the one path"):
+            index_paths(one, tmp_path / "db", IndexOptions(**OPTS))
+    assert not (tmp_path / "db").exists()
