@@ -44,6 +44,12 @@ def test_a_pil_photo_is_converted_to_an_array_once(tiny_use, photo, photo_masks,
     assert pil_calls.count(True) == 1
 
 
+def test_an_empty_list_of_masks_is_no_masks(tiny_use, tiny_crop, photo):
+    for model in (tiny_use, tiny_crop):
+        assert model.embed_segments(photo, []).shape == (0, model.dim)
+        assert model.embed_segments(photo, np.zeros((0, *photo.shape[:2]), bool)).shape == (0, model.dim)
+
+
 def test_image_encoder_runs_once_per_image(tiny_use, photo, photo_masks, monkeypatch):
     calls = []
     original = tiny_use.use.encoder.forward

@@ -15,6 +15,8 @@ def as_masks(masks: np.ndarray | torch.Tensor, image_hw: tuple[int, int]) -> tor
     if not torch.is_tensor(masks):
         masks = np.ascontiguousarray(masks)  # negative strides: torch cannot view them
     masks = torch.as_tensor(masks)
+    if masks.ndim == 1 and masks.numel() == 0:  # ``[]``: no masks, as a (0, H, W) stack is
+        masks = torch.zeros((0, *image_hw), dtype=torch.bool)
     if masks.ndim == 2:
         masks = masks[None]
     if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(image_hw):
