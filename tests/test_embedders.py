@@ -50,6 +50,11 @@ def test_an_empty_list_of_masks_is_no_masks(tiny_use, tiny_crop, photo):
         assert model.embed_segments(photo, np.zeros((0, *photo.shape[:2]), bool)).shape == (0, model.dim)
 
 
+def test_load_model_takes_no_embedder_as_the_default_one(tiny_use):
+    """As IndexOptions does (None: choose), not "unknown embedder None"."""
+    assert usesearch.load_model("tiny", embedder=None).fingerprint == tiny_use.fingerprint
+
+
 def test_image_encoder_runs_once_per_image(tiny_use, photo, photo_masks, monkeypatch):
     calls = []
     original = tiny_use.use.encoder.forward

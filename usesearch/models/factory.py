@@ -52,7 +52,7 @@ def create_use_and_clip(preset: PresetConfig | str) -> tuple[USE, Clip]:
 
 def load_model(
     name_or_checkpoint: str | os.PathLike,
-    embedder: str = "use",
+    embedder: str | None = "use",
     device: str | torch.device | None = None,
     head: str | os.PathLike | None = None,
 ) -> USEEmbedder | CropEmbedder:
@@ -63,6 +63,7 @@ def load_model(
     ``embedder="crop"`` needs only CLIP.
     """
     device = resolve_device(device)
+    embedder = embedder or "use"  # None: the default, as IndexOptions takes it
     name = str(name_or_checkpoint)
     if name not in PRESETS and is_checkpoint(name):
         head = head or name
