@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import usesearch
 from usesearch.cli.app import app
+from usesearch.masks import sam3
 from usesearch.masks.sam import load_sam
 from usesearch.models.weights import sha256_file
 
@@ -200,6 +201,7 @@ def test_failed_sam3_pull_leaves_no_lock_and_keeps_only_a_resumable_partial(tmp_
 
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the fake stands in for the network
+    monkeypatch.setattr(sam3, "refuse_when_unreachable", lambda what: None)  # the fake is reachable
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub_download(partial, succeed=False))
     with pytest.raises(usesearch.UsesearchError, match="could not download sam3.pt") as err:
         pull_sam3()
@@ -218,6 +220,7 @@ def test_sam3_pull_moves_the_checkpoint_into_place_and_drops_the_staging(tmp_pat
 
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(sam3, "refuse_when_unreachable", lambda what: None)  # the fake is reachable
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub_download(b"", succeed=True))
     assert pull_sam3() == [f"sam3: downloaded {tmp_path / 'sam3.pt'}"]
     assert [p.name for p in tmp_path.iterdir()] == ["sam3.pt"]
@@ -240,6 +243,32 @@ def test_a_pull_from_hugging_face_while_offline_says_so(tmp_path, monkeypatch):
     with pytest.raises(usesearch.UsesearchError, match="CLIP .* comes from Hugging Face and HF_HUB_OFFLINE is set"):
         pull(usesearch.get_preset("b16"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pull_from_an_unreachable_hugging_face_says_so_at_once(tmp_path, monkeypatch):
+    """Without HF_HUB_OFFLINE the hub retried for ~50 s, twenty lines of its retries,
+    then named a fallback file. Its host is tried once first; behind a proxy it is not."""
+    import errno
+
+    import huggingface_hub.constants
+
+    from usesearch.masks.sam3 import pull_sam3
+    from usesearch.models import weights
+
+    def unreachable(address, timeout):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(weights.socket, "create_connection", unreachable)
+    for name in weights.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for pulling, what in ((lambda: weights.pull(usesearch.get_preset("b16")), "CLIP"), (pull_sam3, "SAM 3")):
+        with pytest.raises(usesearch.UsesearchError, match=f"{what} .* which cannot be reached from here \\(Network"):
+            pulling()
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    weights.refuse_when_unreachable("CLIP")  # a direct connection says nothing of a proxy's
 
 
 def test_pull_checks_a_present_sam_checkpoint_instead_of_skipping_it(tmp_path, monkeypatch):
@@ -307,6 +336,7 @@ def test_a_sam3_pull_cut_short_or_gated_leaves_no_lock_and_says_why(tmp_path, mo
 
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(sam3, "refuse_when_unreachable", lambda what: None)  # the fake is reachable
     gated = GatedRepoError.__new__(GatedRepoError)  # as the hub raises it for a licence not accepted
     gated.args = ("401 Client Error",)
     for raised, expect in ((KeyboardInterrupt(), KeyboardInterrupt), (gated, usesearch.UsesearchError)):

@@ -31,7 +31,15 @@ from usesearch.errors import MissingWeightsError, UsesearchError
 from usesearch.io.files import stat_signature
 from usesearch.masks.sam3_build import TINY, Sam3Architecture, build_sam3, fill_uninitialised, import_sam3
 from usesearch.models.backbones import seeded
-from usesearch.models.weights import WeightStatus, _hub_cached, damaged, file_fault, refuse_when_offline, usesearch_home
+from usesearch.models.weights import (
+    WeightStatus,
+    _hub_cached,
+    damaged,
+    file_fault,
+    refuse_when_offline,
+    refuse_when_unreachable,
+    usesearch_home,
+)
 
 HF_REPO, CHECKPOINT = "facebook/sam3", "sam3.pt"
 
@@ -251,6 +259,7 @@ def pull_sam3() -> list[str]:
     from huggingface_hub import hf_hub_download
 
     refuse_when_offline(f"SAM 3 (hf.co/{HF_REPO})")
+    refuse_when_unreachable(f"SAM 3 (hf.co/{HF_REPO})")
     staging = usesearch_home() / ".sam3-download"
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,6 +223,29 @@ def refuse_when_offline(what: str) -> None:
         )
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def refuse_when_unreachable(what: str, timeout: float = 5.0) -> None:
+    """Hugging Face's host tried once, directly, before a download: unreachable, the hub
+    retried for ~50 s and printed twenty lines of its retries. Skipped behind a proxy,
+    which a direct connection would not use."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return
+    host = urlsplit(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout).close()
+    except OSError as exc:
+        raise UsesearchError(
+            f"{what} comes from {host}, which cannot be reached from here ({exc.strerror or exc}): pull where the "
+            "network is reachable, or put the file where `usesearch models list` says"
+        ) from None
+
+
 def pull(preset: PresetConfig) -> list[str]:
     """Fetch every missing weights file of a preset; returns what was done, per component."""
     done = []
@@ -233,6 +257,7 @@ def pull(preset: PresetConfig) -> list[str]:
         import open_clip
 
         refuse_when_offline(f"CLIP {clip.name} ({clip.source})")
+        refuse_when_unreachable(f"CLIP {clip.name} ({clip.source})")
         try:
             open_clip.download_pretrained(open_clip.get_pretrained_cfg(preset.clip.model_name, preset.clip.pretrained))
         except Exception as exc:
@@ -242,6 +267,7 @@ def pull(preset: PresetConfig) -> list[str]:
         from huggingface_hub import hf_hub_download
 
         refuse_when_offline(f"DINOv2 {dino.name} ({dino.source})")
+        refuse_when_unreachable(f"DINOv2 {dino.name} ({dino.source})")
         try:
             hf_hub_download(f"timm/{preset.dino.timm_name}", _TIMM_HUB_FILES[0])
         except Exception as exc:
