@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from usesearch.errors import StaleFilesError
+from usesearch.errors import StaleFilesError, UsesearchError
 
 from . import calibration, vector_files, vectors
 from .folder import FAISS_FILE
@@ -43,12 +43,15 @@ class Freshness:
     _locations_wanted: str  # the ``locations`` the index was opened with
     _index_lock: ReadWriteLock
     _locations: LocationMap | None
+    _closed: bool
 
     def hold_locations(self, background: bool = False) -> None: ...  # (``SegmentIndex``'s)
 
     def refresh(self) -> None:
         """Bring the in-memory FAISS index up to the store's committed state, and to the
         files the writer last wrote (a stat of two files a search)."""
+        if self._closed:  # its catalog connection would otherwise be opened again, silently
+            raise UsesearchError("this index is closed: open it again (SegmentIndex.open)")
         files = self._files_stamp()
         generation = self.store.generation()
         due = time.monotonic() >= self._type_due

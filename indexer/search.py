@@ -72,6 +72,7 @@ class SegmentIndex(Freshness):
             raise UsesearchError(f"{db_dir} holds no index yet; run `usesearch index PATH --db {db_dir}` first")
         self.info: IndexInfo = info
         self._model = model
+        self._closed = False
         self._sam = None  # for queries by a region of a photo, loaded on first use
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
@@ -121,7 +122,15 @@ class SegmentIndex(Freshness):
         return cls(db_dir, store, model, device, faiss_device, locations=locations)
 
     def close(self) -> None:
+        """Release the catalog's connections; searching after is refused."""
+        self._closed = True
         self.store.close()
+
+    def __enter__(self) -> SegmentIndex:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # -- model -------------------------------------------------------------------
     @property

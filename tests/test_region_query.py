@@ -333,3 +333,12 @@ def test_index_paths_given_one_path_instead_of_a_list_says_so(tmp_path):
         with pytest.raises(TypeError, match="paths is a list of files and folders; got the one path"):
             index_paths(one, tmp_path / "db", IndexOptions(**OPTS))
     assert not (tmp_path / "db").exists()
+
+
+def test_a_closed_index_refuses_searches_instead_of_reconnecting(indexed):
+    root, _ = indexed
+    with SegmentIndex.open(root / "db") as ix:
+        assert ix.query("a cat", k=2)
+    for search in (lambda: ix.query("a cat"), lambda: ix.similar(1)):
+        with pytest.raises(UsesearchError, match="this index is closed"):
+            search()
