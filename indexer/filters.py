@@ -63,6 +63,8 @@ def check_k(k: int) -> int:
     """``k`` as a Python int (a NumPy integer reached FAISS's SWIG layer as a wall of C++
     prototypes), at least 1."""
     try:
+        if isinstance(k, bool):
+            raise TypeError
         k = operator.index(k)
     except TypeError:
         raise TypeError(f"k must be an integer, got {type(k).__name__}") from None

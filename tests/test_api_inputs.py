@@ -50,6 +50,9 @@ def test_a_photo_gives_the_same_pixels_as_a_file_a_pil_image_or_an_array(tmp_pat
     read = read_image(tmp_path / "deep.png")
     assert read.max() > 200 and (read == 255).mean() < 0.05  # scaled, not clipped
     np.testing.assert_array_equal(to_rgb_array(Image.open(tmp_path / "deep.png")), read)
+    wide = to_rgb_array(Image.fromarray(data.camera().astype(np.int32) * 1000, "I"))  # past 16 bits: no wrap
+    assert np.corrcoef(wide[..., 0].ravel(), data.camera().ravel())[0, 1] > 0.99
+    assert to_rgb_array(Image.fromarray(data.camera().astype(np.int32) - 128, "I"))[data.camera() < 128].max() == 0
     rgba = np.dstack([data.astronaut(), np.tile(np.linspace(0, 255, 512).astype(np.uint8), (512, 1))])
     Image.fromarray(rgba, "RGBA").save(tmp_path / "layer.png")
     composited = read_image(tmp_path / "layer.png")

@@ -249,6 +249,7 @@ def test_a_pull_from_an_unreachable_hugging_face_says_so_at_once(tmp_path, monke
     """Without HF_HUB_OFFLINE the hub retried for ~50 s, twenty lines of its retries,
     then named a fallback file. Its host is tried once first; behind a proxy it is not."""
     import errno
+    from socket import socket
 
     import huggingface_hub.constants
 
@@ -269,6 +270,12 @@ def test_a_pull_from_an_unreachable_hugging_face_says_so_at_once(tmp_path, monke
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     weights.refuse_when_unreachable("CLIP")  # a direct connection says nothing of a proxy's
+    monkeypatch.delenv("HTTPS_PROXY")
+    tried = []
+    monkeypatch.setattr(weights.socket, "create_connection", lambda address, timeout: tried.append(address) or socket())
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://mirror.example:8080")
+    weights.refuse_when_unreachable("CLIP")
+    assert tried == [("mirror.example", 8080)]  # a mirror on a port of its own (HF_ENDPOINT), not 443
 
 
 def test_pull_checks_a_present_sam_checkpoint_instead_of_skipping_it(tmp_path, monkeypatch):

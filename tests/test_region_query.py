@@ -318,8 +318,9 @@ def test_a_query_vector_or_k_that_cannot_be_searched_is_refused_in_words(indexed
         ix.search_vector(np.ones(dim + 1, np.float32))
     with pytest.raises(ValueError, match="not finite"):
         ix.search_vector(np.full(dim, np.nan, np.float32))
-    with pytest.raises(TypeError, match="k must be an integer, got float"):
-        ix.query("a cat", k=2.5)
+    for k, kind in ((2.5, "float"), (True, "bool")):
+        with pytest.raises(TypeError, match=f"k must be an integer, got {kind}"):
+            ix.query("a cat", k=k)
     hits = ix.query("a cat", k=np.int64(3))
     assert len(hits) == 3 and [h.segment_id for h in hits] == [h.segment_id for h in ix.query("a cat", k=3)]
     row = ix.search_vector(ix.text_vector("a cat")[None], k=3)  # one row of a batch: taken as the vector

@@ -281,6 +281,9 @@ def test_segment_and_evaluations_never_write_over_their_inputs_and_segment_refus
     semseg = ["eval", "semseg", "--images", str(root / "images"), "--labels", str(root / "labels")]
     result = runner.invoke(app, [*semseg, "--classes", names, "--out", str(label), "--preset", "tiny"])
     assert result.exit_code == 2 and "lies in --labels" in result.output, result.output
+    beside = root / "images" / "report.json"  # no picture: never read as one, so allowed
+    result = runner.invoke(app, [*semseg, "--classes", names, "--out", str(beside), "--preset", "tiny"])
+    assert result.exit_code == 0 and json.loads(beside.read_text())["images"] == 1, result.output
     coco = write_parts_coco(tmp_path / "parts", 1, seed=5)
     images = ["--images", str(coco.parent / "images")]
     result = runner.invoke(app, ["eval", "parts", *images, "--coco", str(coco), "--out", str(coco), "--preset", "tiny"])

@@ -93,11 +93,19 @@ def refuse_other_kind(folder: str | os.PathLike, kind: str) -> None:
             )
 
 
+def _picture_suffixes() -> set[str]:
+    from PIL import Image
+
+    return set(Image.registered_extensions())
+
+
 def refuse_overwriting(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
     """Refuse, before any work, an output that names an input file, lies inside an input
     folder, or names the same file as another output: `segment photo.png --out photo.png`
     replaced the photo with its label map, and `--out` into a labels folder wrote JSON
-    over a ground-truth label. Keys: the flags, as the message names them."""
+    over a ground-truth label. A picture written into an input folder would be read as
+    an input the next time; a report beside them is not. Keys: the flags, as the message
+    names them."""
     written = {flag: Path(os.path.realpath(p)) for flag, p in outputs.items() if p is not None and not is_stream(p)}
     read = {flag: Path(os.path.realpath(p)) for flag, p in inputs.items() if p is not None}
     seen: dict[Path, str] = {}
@@ -108,5 +116,7 @@ def refuse_overwriting(outputs: dict[str, Path | None], inputs: dict[str, Path |
         for source, given in read.items():
             if path == given:
                 raise UsesearchError(f"{flag} {path} is the {source} input: it would be overwritten; write elsewhere")
-            if given in path.parents:
-                raise UsesearchError(f"{flag} {path} lies in {source} {given}, which is read: write elsewhere")
+            if given in path.parents and path.suffix.lower() in _picture_suffixes():  # read as one next time
+                raise UsesearchError(
+                    f"{flag} {path} lies in {source} {given}, whose pictures are read: write elsewhere"
+                )

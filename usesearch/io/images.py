@@ -56,8 +56,9 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
         image = Image.fromarray(np.ascontiguousarray(image), "RGBA")
     if isinstance(image, Image.Image):
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            deep = np.asarray(image, dtype=np.uint32)
-            shift = 8 if deep.size and deep.max() > 255 else 0
+            deep = np.clip(np.asarray(image, dtype=np.int64), 0, None)  # mode "I" is signed 32-bit
+            top = int(deep.max()) if deep.size else 0
+            shift = 0 if top <= 255 else 8 if top <= 65535 else top.bit_length() - 8  # never wraps past 255
             image = Image.fromarray((deep >> shift).astype(np.uint8))
         if image.mode != "RGB":
             # Composite transparency on white rather than letting it turn black.

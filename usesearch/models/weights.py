@@ -223,7 +223,7 @@ def refuse_when_offline(what: str) -> None:
         )
 
 
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def refuse_when_unreachable(what: str, timeout: float = 5.0) -> None:
@@ -236,9 +236,10 @@ def refuse_when_unreachable(what: str, timeout: float = 5.0) -> None:
 
     if any(os.environ.get(name) for name in PROXY_VARIABLES):
         return
-    host = urlsplit(constants.ENDPOINT).hostname or "huggingface.co"
+    endpoint = urlsplit(constants.ENDPOINT)  # HF_ENDPOINT: a mirror, perhaps on a port of its own
+    host = endpoint.hostname or "huggingface.co"
     try:
-        socket.create_connection((host, 443), timeout).close()
+        socket.create_connection((host, endpoint.port or (80 if endpoint.scheme == "http" else 443)), timeout).close()
     except OSError as exc:
         raise UsesearchError(
             f"{what} comes from {host}, which cannot be reached from here ({exc.strerror or exc}): pull where the "
