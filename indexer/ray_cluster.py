@@ -52,8 +52,10 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         if started_here:
-            let_ray_data_threads_end()
-            ray.shutdown()
+            try:
+                let_ray_data_threads_end()
+            finally:  # a second Ctrl-C while it waits: Ray is shut down all the same
+                ray.shutdown()
 
 
 # Ray Data's iterator threads (ray/data/_internal/block_batching/util.py). A run cut
