@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -153,6 +154,9 @@ def _record_fault(record: Any) -> str | None:
     return None
 
 
+_RLE_COUNTS = re.compile(r"[0-o]*")  # (a regex: every record's every mask is checked as it is read)
+
+
 def _whole_rle(rle: Any) -> bool:
     """A compressed COCO RLE's shape, checked without decoding it: a flipped byte in its
     counts mostly leaves the alphabet pycocotools writes (one character per 5 bits + 48),
@@ -161,7 +165,7 @@ def _whole_rle(rle: Any) -> bool:
         return False
     size = rle.get("size")
     ok_size = isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size)
-    return ok_size and all("0" <= c <= "o" for c in rle["counts"])
+    return ok_size and _RLE_COUNTS.fullmatch(rle["counts"]) is not None
 
 
 def read_segments(record: dict[str, Any]) -> list[Segment]:
