@@ -36,7 +36,6 @@ from usesearch.models.weights import (
     _hub_cached,
     damaged,
     file_fault,
-    refuse_when_offline,
     refuse_when_unreachable,
     usesearch_home,
 )
@@ -258,7 +257,6 @@ def pull_sam3() -> list[str]:
 
     from huggingface_hub import hf_hub_download
 
-    refuse_when_offline(f"SAM 3 (hf.co/{HF_REPO})")
     refuse_when_unreachable(f"SAM 3 (hf.co/{HF_REPO})")
     staging = usesearch_home() / ".sam3-download"
     hub_log = logging.getLogger("huggingface_hub")

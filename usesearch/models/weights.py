@@ -212,28 +212,23 @@ def _download(url: str, dest: Path, sha256: str | None) -> None:
     verify_sha256(dest, sha256)
 
 
-def refuse_when_offline(what: str) -> None:
-    """A download from Hugging Face with ``HF_HUB_OFFLINE`` set cannot start: said as
-    such, not as the hub's 'check your connection' (or a gated model's advice)."""
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def refuse_when_unreachable(what: str, timeout: float = 5.0) -> None:
+    """Before a download from Hugging Face: with ``HF_HUB_OFFLINE`` set it cannot start,
+    said as such (not as the hub's 'check your connection', or a gated model's advice);
+    else its host is tried once, directly: unreachable, the hub retried for ~50 s and
+    printed twenty lines of its retries. Skipped behind a proxy, which a direct
+    connection would not use."""
+    from urllib.parse import urlsplit
+
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         raise UsesearchError(
             f"{what} comes from Hugging Face and HF_HUB_OFFLINE is set: unset it where the network is reachable"
         )
-
-
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-
-
-def refuse_when_unreachable(what: str, timeout: float = 5.0) -> None:
-    """Hugging Face's host tried once, directly, before a download: unreachable, the hub
-    retried for ~50 s and printed twenty lines of its retries. Skipped behind a proxy,
-    which a direct connection would not use."""
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
     if any(os.environ.get(name) for name in PROXY_VARIABLES):
         return
     endpoint = urlsplit(constants.ENDPOINT)  # HF_ENDPOINT: a mirror, perhaps on a port of its own
@@ -257,7 +252,6 @@ def pull(preset: PresetConfig) -> list[str]:
     if clip.needed and not clip.present:
         import open_clip
 
-        refuse_when_offline(f"CLIP {clip.name} ({clip.source})")
         refuse_when_unreachable(f"CLIP {clip.name} ({clip.source})")
         try:
             open_clip.download_pretrained(open_clip.get_pretrained_cfg(preset.clip.model_name, preset.clip.pretrained))
@@ -267,7 +261,6 @@ def pull(preset: PresetConfig) -> list[str]:
     if dino.needed and not dino.present:
         from huggingface_hub import hf_hub_download
 
-        refuse_when_offline(f"DINOv2 {dino.name} ({dino.source})")
         refuse_when_unreachable(f"DINOv2 {dino.name} ({dino.source})")
         try:
             hf_hub_download(f"timm/{preset.dino.timm_name}", _TIMM_HUB_FILES[0])
