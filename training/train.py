@@ -29,7 +29,7 @@ from usesearch.io.locks import one_writer
 from usesearch.models.checkpoint import save_head
 from usesearch.models.factory import create_use_and_clip
 from usesearch.models.head import letterbox_weights
-from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder
+from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder, text_key
 
 from .data import Sample, augment, data_identity, load_image
 from .loss import LOGIT_SCALE, segment_text_loss
@@ -69,12 +69,6 @@ LOCK_FILE = ".train.lock"  # one training run a run folder
 
 # Non-finite losses in a row that stop a run (one is skipped: a bad batch, not a bad run).
 NON_FINITE_LIMIT = 3
-
-
-def text_key(text: str) -> str:
-    """Texts CLIP's tokenizer cannot tell apart (it lowercases and folds whitespace) are
-    one text: the loss must not make them each other's negatives."""
-    return " ".join(text.lower().split())
 
 
 def check_new_run(out: str | os.PathLike) -> None:

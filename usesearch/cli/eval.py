@@ -56,9 +56,11 @@ def _refuse_twice_named(names: list[str], flag: str) -> None:
     """One class named twice (as CLIP's tokenizer reads it: case and spacing aside) would
     split its probability between two ids, one never chosen, and lose pixels to other
     classes. (Not for an evaluation: its class list is the dataset's, ids and all.)"""
+    from usesearch.models.text import text_key
+
     first: dict[str, int] = {}
     for place, name in enumerate(names, 1):
-        key = " ".join(name.lower().split())
+        key = text_key(name)
         if key in first:
             raise UsesearchError(
                 f"{flag}: {name!r} is named twice (places {first[key]} and {place}); name each class once"
