@@ -12,6 +12,7 @@ import typer
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import is_stream
+from usesearch.io.files import IMAGE_SUFFIXES
 from usesearch.io.own_folders import OUTPUT_MARKS
 from usesearch.models.presets import PRESETS
 
@@ -93,12 +94,6 @@ def refuse_other_kind(folder: str | os.PathLike, kind: str) -> None:
             )
 
 
-def _picture_suffixes() -> set[str]:
-    from PIL import Image
-
-    return set(Image.registered_extensions())
-
-
 def refuse_overwriting(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
     """Refuse, before any work, an output that names an input file, lies inside an input
     folder, or names the same file as another output: `segment photo.png --out photo.png`
@@ -116,7 +111,7 @@ def refuse_overwriting(outputs: dict[str, Path | None], inputs: dict[str, Path |
         for source, given in read.items():
             if path == given:
                 raise UsesearchError(f"{flag} {path} is the {source} input: it would be overwritten; write elsewhere")
-            if given in path.parents and path.suffix.lower() in _picture_suffixes():  # read as one next time
+            if given in path.parents and path.suffix.lower() in IMAGE_SUFFIXES:  # read as one next time
                 raise UsesearchError(
                     f"{flag} {path} lies in {source} {given}, whose pictures are read: write elsewhere"
                 )
