@@ -333,12 +333,13 @@ class SegmentIndex(Freshness):
         passing = [i for i in ids.tolist() if (fact := facts.get(i)) is not None and passes(fact, selection)]
         rows: dict[int, SegmentRow] = {}
         hits: list[Hit] = []
-        step = max(64, 4 * k)
-        for start in range(0, len(passing), step):  # (per_image and distinct may want more than k)
+        start, step = 0, max(64, 4 * k)
+        while start < len(passing):  # (per_image and distinct may want more than k)
             rows.update(self.store.rows(passing[start : start + step]))
             hits = to_hits(rows, scores, ids, k, per_image, selection, distinct)
             if len(hits) >= k:
                 break
+            start, step = start + step, 2 * step  # doubling: the hits are made again over all rows read
         return hits, len(passing) / len(facts) if facts else 0.0
 
     def _ivf(self):

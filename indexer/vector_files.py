@@ -193,9 +193,9 @@ def load(
             "%s is missing (the database recorded it); its segments are added from the database",
             shard_path(path, len(shards)).name,
         )
-    if (len(shards) < len(shard_files(path)) or not shards) and not rebuild_unverified:
-        raise StaleFilesError(f"{path}: {why}")
     if len(shards) < len(shard_files(path)) or not shards:
+        if not rebuild_unverified:
+            raise StaleFilesError(f"{path}: {why}")
         log.warning(
             "%s does not match the database (%s); rebuilding it from the database (`usesearch reindex --db %s` "
             "writes it back, so that later opens need not)",

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from usesearch.io.atomic import write_atomic
 
@@ -66,9 +66,9 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
         return {"step": int(old["step"]), "optimizer": old["optimizer"], "scheduler": old["scheduler"]}
     with safe_open(str(path), "pt") as f:
         header = json.loads((f.metadata() or {})["trainer"])
-    if header.get("format") != FORMAT:
-        raise ValueError(f"not a usesearch trainer checkpoint (format {header.get('format')!r})")
-    tensors = load_file(str(path))
+        if header.get("format") != FORMAT:
+            raise ValueError(f"not a usesearch trainer checkpoint (format {header.get('format')!r})")
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
     state = {
         int(param): {name: tensors[v["tensor"]] if "tensor" in v else v["value"] for name, v in entries.items()}
         for param, entries in header["optimizer"]["state"].items()
