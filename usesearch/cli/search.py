@@ -282,9 +282,8 @@ def demo(
         )
         preset = "tiny"
     db = str(demo_dir / opts.DEMO_INDEX.format(preset=preset))
-    Path(db).mkdir(
-        parents=True, exist_ok=True
-    )  # first: it marks the folder as the demo's, a kill in the next step kept
+    # First: it marks the folder as the demo's, kept by a kill in the next step.
+    Path(db).mkdir(parents=True, exist_ok=True)
     photos = _write_sample_photos(demo_dir / "photos")
     # The two commands by name, as a user would run them (no command module imports another).
     commands = ctx.find_root().command.commands  # type: ignore[attr-defined]  # the root is a group
