@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,25 @@ def read_fragment(path: Path) -> tuple[tuple[int, int], list[dict], np.ndarray, 
         meta = json.loads(data["meta"].tobytes())
         hw, segments = tuple(meta.pop("hw")), meta.pop("segments")
         return hw, segments, data["embeddings"].astype(np.float32), meta
+
+
+def drop_committed(db_dir: str | os.PathLike, committed: Callable[[str], bool]) -> int:
+    """At a run's start, before its actors: delete the fragments of photos the catalog
+    holds already (``committed(sha256)``), and the temporary files of fragments whose
+    writer was killed mid-write; how many. An actor of a killed driver lives on a while,
+    and one that finishes a photo after the next run committed it leaves a fragment
+    where no run would look again."""
+    dropped = 0
+    folder = Path(db_dir) / FRAGMENTS
+    for path in folder.glob("*.npz"):
+        if len(path.stem) == 64 and committed(path.stem):  # a masker run's (``coco-*``: coco_ray's own)
+            path.unlink(missing_ok=True)
+            dropped += 1
+    for path in folder.glob(".*.npz.*.tmp"):  # ``write_atomic``'s, of a process killed before its rename
+        if len(path.name.split(".")[1]) == 64:
+            path.unlink(missing_ok=True)
+            dropped += 1
+    return dropped
 
 
 def attempts_path(db_dir: str | os.PathLike, sha256: str) -> Path:

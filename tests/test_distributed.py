@@ -146,9 +146,18 @@ def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, seq
         timeout=240,
         every=0.1,
     )
-    threading.Timer(30, _kill_group, (proc.pid,)).start()  # then tidy up what is left
+    tidy = threading.Timer(30, _kill_group, (proc.pid,))  # what is left, should this run hang
+    tidy.start()
     resumed = index_paths_ray([photos], db, IndexOptions(**OPTS))
     assert resumed.skipped >= done >= 2
+    # The killed run's actor may yet finish a photo this run committed, and leave its
+    # fragment: the next run deletes such fragments (one is put there, so that it must).
+    tidy.cancel()
+    _kill_group(proc.pid)
+    sha = sqlite_count(db / "segments.sqlite", "select sha256 from images where status = 'done' limit 1")
+    fragments.write_fragment(fragments.fragment_path(db, sha), (4, 4), [], np.zeros((0, 0)))
+    again = index_paths_ray([photos], db, IndexOptions(**OPTS))
+    assert again.done == again.failed == 0 and again.skipped == resumed.skipped + resumed.done + resumed.failed
     assert_same_index(db, sequential)
 
 
@@ -250,6 +259,22 @@ def test_fragments_a_killed_run_left_are_committed_not_computed_again(tmp_path):
         fragment.unlink()  # as the commit does
     assert [(r["sha256"], r["segments"]) for r in rows] == [(sha, -1)]  # and Ray was never asked to compute
     assert not list(fragment.parent.iterdir())
+
+
+def test_a_run_deletes_the_fragments_of_photos_committed_and_half_written_ones(tmp_path):
+    """What a killed run's actors left that no run would read: a fragment of a photo
+    committed since, a temporary file killed before its rename. A fragment still to be
+    committed stays, and coco_ray's (its own to drop)."""
+    names = {"done": "ab" * 32, "pending": "cd" * 32}
+    for sha in names.values():
+        fragments.write_fragment(fragments.fragment_path(tmp_path, sha), (4, 4), [], np.zeros((0, 0)))
+    folder = tmp_path / fragments.FRAGMENTS
+    (folder / f".{names['done']}.npz.123.tmp").write_bytes(b"half")
+    (folder / "coco-val-1-abababababababab.npz").write_bytes(b"coco_ray's")
+    assert fragments.drop_committed(tmp_path, lambda sha: sha == names["done"]) == 2
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["coco-val-1-abababababababab.npz", f"{names['pending']}.npz"]
+    )
 
 
 def test_an_address_nothing_answers_at_is_refused_at_once_leaving_no_index(photos, tmp_path):
