@@ -179,6 +179,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_images(tmp_path, monkeypatch):
     assert (rest.done, rest.skipped) == (2, 1)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
 def test_a_ctrl_c_that_a_finalizer_swallowed_still_interrupts_the_run(tmp_path, monkeypatch):
     """SIGINT while Python runs a finalizer (SQLAlchemy's event registry has one): the
     KeyboardInterrupt is printed as "Exception ignored" and dropped, and the run went
