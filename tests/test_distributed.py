@@ -5,6 +5,7 @@ killed with kill -9 mid-run, and with the catalog in PostgreSQL."""
 import os
 import signal
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -153,7 +154,10 @@ def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, seq
     # The killed run's actor may yet finish a photo this run committed, and leave its
     # fragment: the next run deletes such fragments (one is put there, so that it must).
     tidy.cancel()
-    _kill_group(proc.pid)
+    _kill_group(proc.pid)  # its Ray (its actors, in process groups of their own, end within seconds)
+    deadline = time.time() + 30
+    while _segment_worker_pids() and time.time() < deadline:
+        time.sleep(0.2)
     sha = sqlite_count(db / "segments.sqlite", "select sha256 from images where status = 'done' limit 1")
     fragments.write_fragment(fragments.fragment_path(db, sha), (4, 4), [], np.zeros((0, 0)))
     again = index_paths_ray([photos], db, IndexOptions(**OPTS))
@@ -278,7 +282,6 @@ def test_a_run_deletes_the_fragments_of_photos_committed_and_half_written_ones(t
 
 
 def test_an_address_nothing_answers_at_is_refused_at_once_leaving_no_index(photos, tmp_path):
-    import time
 
     start = time.perf_counter()
     with pytest.raises(UsesearchError, match="no Ray cluster answers"):
