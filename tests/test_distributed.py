@@ -282,7 +282,6 @@ def test_a_run_deletes_the_fragments_of_photos_committed_and_half_written_ones(t
 
 
 def test_an_address_nothing_answers_at_is_refused_at_once_leaving_no_index(photos, tmp_path):
-
     start = time.perf_counter()
     with pytest.raises(UsesearchError, match="no Ray cluster answers"):
         index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), address="127.0.0.1:1")
