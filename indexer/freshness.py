@@ -47,11 +47,14 @@ class Freshness:
 
     def hold_locations(self, background: bool = False) -> None: ...  # (``SegmentIndex``'s)
 
+    def check_open(self) -> None:
+        if self._closed:  # its catalog connection would otherwise be opened again, silently
+            raise UsesearchError("this index is closed: open it again (SegmentIndex.open)")
+
     def refresh(self) -> None:
         """Bring the in-memory FAISS index up to the store's committed state, and to the
         files the writer last wrote (a stat of two files a search)."""
-        if self._closed:  # its catalog connection would otherwise be opened again, silently
-            raise UsesearchError("this index is closed: open it again (SegmentIndex.open)")
+        self.check_open()
         files = self._files_stamp()
         generation = self.store.generation()
         due = time.monotonic() >= self._type_due

@@ -122,8 +122,15 @@ class SegmentIndex(Freshness):
         return cls(db_dir, store, model, device, faiss_device, locations=locations)
 
     def close(self) -> None:
-        """Release the catalog's connections; searching after is refused."""
-        self._closed = True
+        """Release the catalog's connections and the memory held (FAISS, the models, the
+        locations) once searches under way end; searching after is refused."""
+        if not self._closed:
+            self._closed = True
+            with self._index_lock.writing():  # each lock alone: a region search takes SAM's, then this
+                del self.index
+                self._locations = None
+            with self._model_lock, self._model_load_lock:
+                self._sam = self._model = None
         self.store.close()
 
     def __enter__(self) -> SegmentIndex:
@@ -142,15 +149,17 @@ class SegmentIndex(Freshness):
     def model(self):
         head = self.info.head
         with self._model_load_lock:  # the text and image sides ask under locks of their own: loaded once
+            self.check_open()  # and never again once closed
             if self._model is None:
                 self._load_model(head)
-        if self._model.fingerprint != self.info.fingerprint:
+            model = self._model
+        if model.fingerprint != self.info.fingerprint:
             changed = f" (the head at {head} is no longer the one it was built with: put that one back)" if head else ""
             raise IndexMismatchError(
                 f"this index was built with {info_summary(self.info)}; the model for queries is "
-                f"{self._model.fingerprint}{changed}. Query it with the model it was built with."
+                f"{model.fingerprint}{changed}. Query it with the model it was built with."
             )
-        return self._model
+        return model
 
     def _load_model(self, head) -> None:
         if head is not None and not all(f.is_file() for f in checkpoint_paths(head)):

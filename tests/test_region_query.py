@@ -340,6 +340,22 @@ def test_a_closed_index_refuses_searches_instead_of_reconnecting(indexed):
     root, _ = indexed
     with SegmentIndex.open(root / "db") as ix:
         assert ix.query("a cat", k=2)
-    for search in (lambda: ix.query("a cat"), lambda: ix.similar(1)):
+    for search in (lambda: ix.query("a cat"), lambda: ix.similar(1), lambda: ix.model):
         with pytest.raises(UsesearchError, match="this index is closed"):
             search()
+
+
+def test_closing_an_index_gives_back_its_faiss_index_and_models(indexed):
+    """A program that opens indexes one after another and keeps the closed ones (a
+    list of them, a notebook's variables) held each one's FAISS index and models."""
+    import gc
+    import weakref
+
+    root, _ = indexed
+    ix = SegmentIndex.open(root / "db")
+    ix.query("a cat", k=2)  # the model loaded
+    held = [weakref.ref(ix.index), weakref.ref(ix.model)]
+    ix.close()
+    ix.close()  # twice: nothing more to do
+    gc.collect()
+    assert [ref() for ref in held] == [None, None]
