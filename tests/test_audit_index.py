@@ -255,6 +255,43 @@ def test_a_killed_audit_resumes_to_the_same_lists(db, tmp_path):
     assert sum(len(v) for v in resumed["lists"].values()) > 50
 
 
+def test_photo_steps_end_where_their_segments_pass_the_batch():
+    assert source.groups_of_most([1, 2, 3, 4, 5], [3, 3, 9, 1, 1], 6) == [[1, 2], [3], [4, 5]]
+    assert source.groups_of_most([], [], 6) == []
+
+
+def test_photos_are_audited_in_steps_of_bounded_segments_to_the_same_lists(db, tmp_path, monkeypatch):
+    """Memory goes with a step's segments (a thousand dense photos took gigabytes): a
+    photo step ends where its segments would pass ``batch``; the lists stay the same."""
+    import shutil
+
+    steps: list[tuple[int, int]] = []
+    reading = source.DatasetReader.segments_of
+
+    def counted(self, image_ids):
+        found = reading(self, image_ids)
+        steps.append((len(image_ids), len(found.ids)))
+        return found
+
+    monkeypatch.setattr(source.DatasetReader, "segments_of", counted)
+    wide = tmp_path / "wide"
+    shutil.copytree(db, wide)
+    unbounded = audit_index(wide, config=AuditConfig(batch=10**6, photo_batch=4))
+    assert any(n > 1 and segments > 20 for n, segments in steps)  # photos stepped together past 20 segments
+    wide_steps = len(steps)
+    steps.clear()
+    bounded = audit_index(db, config=AuditConfig(batch=20, photo_batch=4))
+    assert {k: v for k, v in bounded.items() if k != "lists"} == {k: v for k, v in unbounded.items() if k != "lists"}
+    for name, items in unbounded[
+        "lists"
+    ].items():  # the same items, scores to float32's rounding (BLAS blocks by shape)
+        assert [i["item"] for i in bounded["lists"][name]] == [i["item"] for i in items]
+        for got, want in zip(bounded["lists"][name], items):
+            assert got == {k: pytest.approx(v, abs=1e-5) if isinstance(v, float) else v for k, v in want.items()}
+    assert steps and all(n == 1 or segments <= 20 for n, segments in steps)
+    assert len(steps) > wide_steps
+
+
 def test_reviews_survive_a_rerun(db):
     from usesearch.indexer.folder import open_store
 

@@ -50,7 +50,7 @@ PHASES = ("annotations", "photos", "leaks", "done")
 @dataclass(frozen=True)
 class AuditConfig:
     keep: int = 1000  # items kept per list: what a report's -k and the web view page through
-    batch: int = 20_000  # annotations per step (a checkpoint after each)
+    batch: int = 20_000  # annotations per step (a checkpoint after each); the photos' segments at most
     photo_batch: int = 1_000  # photos per step
     near_duplicate: float = leaks.NEAR_DUPLICATE
     max_covered: float = scores.OVERLOOKED_MAX_COVERED
@@ -177,7 +177,7 @@ def _annotation_pass(store, reader, state: _State, config: AuditConfig, save) ->
 def _photo_pass(store, reader, class_vectors, state: _State, config: AuditConfig, save) -> None:
     files = store.files()
     protos = scores.prototypes(state.sums)
-    for images, segs in reader.photo_batches(state.after, config.photo_batch):
+    for images, segs in reader.photo_batches(state.after, config.photo_batch, config.batch):
         e = files.read(segs.chunks, segs.rows, ids=segs.ids)
         files.let_go()
         ann = segs.is_annotation & ~segs.crowd & (segs.labels >= 0)

@@ -78,15 +78,23 @@ class DatasetReader:
                 last=int(cols.id[-1]),
             )
 
-    def photo_batches(self, after: int, batch: int):
+    def photo_batches(self, after: int, batch: int, most_segments: int):
         """(image ids, ``PhotoSegments``) of the photos with annotations past image id
-        ``after``, ``batch`` photos at a time, in id order."""
+        ``after``, in id order: ``batch`` photos at a time, fewer where their segments
+        pass ``most_segments`` (memory goes with segments: a step of dense photos grew
+        by gigabytes), one alone where it has more."""
         while True:
             with self.store.engine.connect() as conn:
                 images = [i for (i,) in conn.execute(annotated_photos(after, batch))]
+                sizes: dict[int, int] = {}
+                for start in range(0, len(images), SQL_PARAMETERS):
+                    part = images[start : start + SQL_PARAMETERS]
+                    count = select(SEG.image_id, func.count()).where(SEG.image_id.in_(part)).group_by(SEG.image_id)
+                    sizes.update((image, n) for image, n in conn.execute(count))
             if not images:
                 return
-            yield np.array(images, np.int64), self.segments_of(images)
+            for group in groups_of_most(images, [sizes.get(i, 0) for i in images], most_segments):
+                yield np.array(group, np.int64), self.segments_of(group)
             after = images[-1]
 
     def segments_of(self, image_ids: list[int]) -> PhotoSegments:
@@ -145,6 +153,20 @@ class DatasetReader:
                     splits.setdefault(image_id, set()).add(split or "")
                     counts[image_id] = counts.get(image_id, 0) + n
         return splits, counts
+
+
+def groups_of_most(items: list, sizes: list[int], most: int) -> list[list]:
+    """``items`` in order, in runs whose ``sizes`` add up to ``most`` at most (an item
+    larger than that alone)."""
+    groups: list[list] = []
+    total = most + 1
+    for item, size in zip(items, sizes):
+        if total + size > most:
+            groups.append([])
+            total = 0
+        groups[-1].append(item)
+        total += size
+    return groups
 
 
 def annotated_photos(after: int, batch: int):

@@ -54,7 +54,9 @@ def audit(
         bool, typer.Option("--include-reviewed", help="Show items already marked ok or wrong, with their verdict.")
     ] = False,
     sheets: Annotated[bool, typer.Option("--sheets/--no-sheets", help="Draw a contact sheet per list.")] = True,
-    batch: Annotated[int, typer.Option("--batch", min=1, hidden=True, help="Annotations per checkpoint.")] = 20_000,
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, hidden=True, help="Annotations (or photos' segments) per checkpoint.")
+    ] = 20_000,
     device: opts.DeviceOpt = None,
     as_json: opts.JsonOpt = False,
 ) -> None:
