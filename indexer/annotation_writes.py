@@ -188,12 +188,14 @@ class AnnotationWrites:
         with self.sessions.begin() as s:
             s.execute(insert(AnnotationProblem), rows)
 
-    def forget_problems(self, split: str) -> None:
-        """A split's problems go before it is indexed again, which records them afresh."""
+    def forget_problems(self, split: str, coco_file: str) -> None:
+        """The problems ``coco_file`` gave ``split`` go before it is indexed again, which
+        records them afresh (another file indexed into the same split keeps its own)."""
 
         def forget() -> None:
             with self.sessions.begin() as s:
-                s.execute(delete(AnnotationProblem).where(AnnotationProblem.split == split))
+                gone = (AnnotationProblem.split == split) & (AnnotationProblem.coco_file == coco_file)
+                s.execute(delete(AnnotationProblem).where(gone))
 
         self.retrying(forget)
 

@@ -65,7 +65,7 @@ def index_coco(
     model = load_embedder(options)
     folders = [os.fspath(p) for p in paths]
     with Writer(db_dir, options, identity(model, None, options), paths, model) as writer:
-        writer.store.forget_problems(split)  # recorded afresh below: a re-run lists each once
+        writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         steps = _photos(dataset, folders, writer, model, options, report, split)
         total = len(dataset.images)

@@ -155,7 +155,7 @@ def index_coco_ray(
         report.devices.insert(0, f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers ({gpus} GPU(s))")
         for left in (db_dir / FRAGMENTS).glob("coco-*.npz"):  # a killed run's: planned again from the catalog
             left.unlink()
-        writer.store.forget_problems(split)  # recorded afresh below: a re-run lists each once
+        writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         located = list(located_entries(dataset, folders, writer, report, split))
         steps = _steps(located, dataset, writer, report, split, db_dir, replace(options, device=device), workers)

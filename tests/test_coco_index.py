@@ -324,6 +324,9 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
         {"id": 8, "image_id": 3, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]},  # wrong size
         {"id": 9, "image_id": 42, "category_id": 1, "segmentation": good},  # no such image entry
         {"id": 10, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 30, 2, 30, 30]]},
+        {"id": 2**63, "image_id": 1, "category_id": 1, "segmentation": good},  # past BIGINT: the run stopped
+        {"id": "11", "image_id": 1, "category_id": 1, "segmentation": good},  # said without where it is
+        {"id": 12, "image_id": 1, "category_id": 1, "segmentation": good, "iscrowd": "0"},  # read as a crowd
     ]
     coco = tmp_path / "mixed.json"
     coco.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES[:1]}))
@@ -345,24 +348,28 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
         (None, "photo missing"),
         (None, "size mismatch"),
         (9, "unknown image"),
+        (None, "broken annotation"),
+        (12, "broken annotation"),
     }
     listed = runner.invoke(app, ["failures", "--db", str(db)])
     lines = listed.output.strip().splitlines()
-    assert len(lines) == 9 and all("\t[mixed] " in line for line in lines)
+    assert len(lines) == 12 and all("\t[mixed] " in line for line in lines)
+    assert any("annotations[12]: id, image_id and category_id must be whole numbers (id '11')" in x for x in lines)
+    assert any("annotation 12\t[mixed] broken annotation: iscrowd must be 0 or 1, not '0'" in x for x in lines)
     assert any(re.match(r"gone.png\s+\[mixed\] photo missing: no such photo", line) for line in lines)
     assert any(
         re.match(r"chelsea.png annotation 3\s+\[mixed\] broken mask: the RLE's runs do not cover", line)
         for line in lines
     )
     as_json = json.loads(runner.invoke(app, ["failures", "--db", str(db), "--json"]).stdout)
-    assert as_json["files"] == [] and len(as_json["annotations"]) == 9
+    assert as_json["files"] == [] and len(as_json["annotations"]) == 12
     assert {(a["annotation_id"], a["kind"], a["split"]) for a in as_json["annotations"]} == {
         (p.annotation_id, p.kind, "mixed") for p in ix.store.annotation_problems()
     }
     # A re-run records the same problems once, and embeds nothing again.
     report = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
-    assert report.segments == 0 and len(report.problems) == 9
-    assert len(ix.store.annotation_problems()) == 9
+    assert report.segments == 0 and len(report.problems) == 12
+    assert len(ix.store.annotation_problems()) == 12
 
 
 @pytest.mark.parametrize(
@@ -631,6 +638,10 @@ def test_two_files_indexed_as_one_split_keep_each_others_annotations(tmp_path):
     assert sum("annotation id 3 is already in split 'train' on another photo" in p for p in third.problems) == 1
     assert sum("already in split" in p for p in third.problems) == 2 and third.removed == 0
     assert ids() == [1, 2, 3, 4, 5, 6, 10, 11]  # 5 and 6 are new; 3 and 4 stay part1's
+    # Each file's problems are its own: part1 indexed again records its own afresh, and
+    # part3's two stay (they were all deleted, and `failures` said nothing was refused).
+    index_coco([photos], first, db, IndexOptions(preset="tiny"), split="train")
+    assert sorted(p.coco_file for p in ix.store.annotation_problems()) == [str(clashing.resolve())] * 2
     ix.close()
 
 

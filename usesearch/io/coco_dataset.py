@@ -117,8 +117,8 @@ def _dataset(path: Path, images_items: Any, category_items: Any, annotation_item
             continue
         images[entry.id] = entry
     seen: set[int] = set()
-    for item in annotation_items:
-        _add_annotation(item, categories, seen, images, problems)
+    for at, item in enumerate(annotation_items):
+        _add_annotation(item, at, categories, seen, images, problems)
     return CocoDataset(path.resolve(), _one_entry_a_photo(images.values(), problems), problems, categories)
 
 
@@ -145,9 +145,11 @@ def _top_level_list(f, key: str) -> list | None:
     return found if isinstance(found, list) else None
 
 
-def _add_annotation(item: Any, categories: dict[int, str], seen: set[int], images: dict, problems: list) -> None:
+def _add_annotation(
+    item: Any, at: int, categories: dict[int, str], seen: set[int], images: dict, problems: list
+) -> None:
     try:
-        image_id, annotation = _annotation(item, categories, seen)
+        image_id, annotation = _annotation(item, at, categories, seen)
     except AnnotationError as exc:
         ann_id = item.get("id") if isinstance(item, dict) and _is_int(item.get("id")) else None
         problems.append((None, ann_id, exc))
@@ -177,7 +179,8 @@ def _one_entry_a_photo(entries: Iterable[ImageEntry], problems: list) -> list[Im
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A whole number a catalog's BIGINT holds (JSON's 2**63 does not, nor 1.0 or "1")."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
 def _categories(items: list, problems: list) -> dict[int, str]:
@@ -207,9 +210,20 @@ def _image_entry(item: Any, problems: list) -> ImageEntry | None:
     return ImageEntry(item["id"], item["file_name"], None, None)  # sized by the photo when it is read
 
 
-def _annotation(item: Any, categories: dict[int, str], seen: set[int]) -> tuple[int, Annotation]:
-    if not isinstance(item, dict) or not all(_is_int(item.get(k)) for k in ("id", "image_id", "category_id")):
-        raise AnnotationError(BROKEN_ANNOTATION, "an annotation needs whole-number id, image_id and category_id")
+def _annotation(item: Any, at: int, categories: dict[int, str], seen: set[int]) -> tuple[int, Annotation]:
+    """``at``: its place in the file's annotations list, to find one whose id is broken."""
+    if not isinstance(item, dict):
+        raise AnnotationError(BROKEN_ANNOTATION, f"annotations[{at}] is not an object: {item!r}"[:200])
+    keys = ("id", "image_id", "category_id")
+    wrong = [f"{k} {item[k]!r}" if k in item else f"no {k}" for k in keys if not _is_int(item.get(k))]
+    if wrong:
+        said = ", ".join(wrong)[:200]
+        raise AnnotationError(
+            BROKEN_ANNOTATION, f"annotations[{at}]: id, image_id and category_id must be whole numbers ({said})"
+        )
+    crowd = item.get("iscrowd", 0)
+    if crowd not in (0, 1):  # (True, 1.0 are 1); "0" was read as a crowd
+        raise AnnotationError(BROKEN_ANNOTATION, f"iscrowd must be 0 or 1, not {crowd!r}")
     if "segmentation" not in item:
         raise AnnotationError(BROKEN_MASK, "the annotation has no segmentation")
     if item["id"] in seen:
@@ -218,7 +232,7 @@ def _annotation(item: Any, categories: dict[int, str], seen: set[int]) -> tuple[
     category = categories.get(item["category_id"])
     if category is None:
         raise AnnotationError(UNKNOWN_CATEGORY, f"category id {item['category_id']} is not among the categories")
-    annotation = Annotation(item["id"], category, bool(item.get("iscrowd", 0)), _compact(item["segmentation"]))
+    annotation = Annotation(item["id"], category, bool(crowd), _compact(item["segmentation"]))
     return item["image_id"], annotation
 
 
