@@ -17,7 +17,7 @@ import numpy as np
 
 from usesearch import interrupts
 from usesearch.errors import DiskFullError, IndexMismatchError, UsesearchError, is_disk_full
-from usesearch.masks.maskers import mask_defining
+from usesearch.masks.maskers import mask_defining, masks_file_changed, masks_file_unrecorded
 
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import FAISS_FILE, check_catalog_kind, db_url_for, remove_if_bare, writer_lock
@@ -54,11 +54,15 @@ def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
     if existing.masker == NO_MASKER:  # annotations only so far: the first masker run names the masker
         store.set_masker(info.masker, info.masker_params)
         existing.masker, existing.masker_params = info.masker, info.masker_params
+    if masks_file_unrecorded(existing.masker_params, info.masker_params):
+        store.set_masker(info.masker, info.masker_params)
+        existing.masker_params = info.masker_params
     # An index made before points_per_batch left the identity has it recorded: compared without it.
     if (existing.masker, mask_defining(existing.masker_params)) != (info.masker, mask_defining(info.masker_params)):
         raise IndexMismatchError(
-            f"this index was built with masker {existing.masker} {existing.masker_params}; "
-            f"this run asks for {info.masker} {info.masker_params}. Use the same masker or a new --db."
+            f"this index was built with masker {existing.masker} {existing.masker_params}; this run asks for "
+            f"{info.masker} {info.masker_params}{masks_file_changed(existing.masker_params, info.masker_params)}. "
+            "Use the same masker or a new --db."
         )
     return existing
 

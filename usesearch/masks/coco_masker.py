@@ -3,6 +3,7 @@ file (RLE or polygons; no categories needed), each checked before pycocotools re
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -22,15 +23,24 @@ class CocoMaskFile:
 
         self.masks_json = str(Path(masks_json).resolve())
         coco = load_coco_json(masks_json, needs=("images", "annotations"))  # a segmenter's output: no categories
-        by_image: dict[int, list] = {}
+        with open(masks_json, "rb") as f:  # what defines the masks: an index is refused another content
+            self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        by_image: dict[int | str, list] = {}
         for i, ann in enumerate(coco["annotations"]):
             if not isinstance(ann, dict) or not {"image_id", "segmentation"} <= ann.keys():
                 raise CocoFileError(f"{masks_json}: annotation #{i} has no image_id or no segmentation")
+            if not _is_id(ann["image_id"]):
+                raise CocoFileError(f"{masks_json}: annotation #{i}'s image_id is {ann['image_id']!r}"[:300])
             by_image.setdefault(ann["image_id"], []).append(ann)
+        self.by_name: dict[str, tuple[dict, list]] = {}
         for i, img in enumerate(coco["images"]):
-            if not isinstance(img, dict) or not {"id", "file_name"} <= img.keys():
+            if not isinstance(img, dict) or not {"id", "file_name"} <= img.keys() or not _is_id(img["id"]):
                 raise CocoFileError(f"{masks_json}: image entry #{i} has no id or no file_name")
-        self.by_name = {img["file_name"]: (img, by_image.get(img["id"], [])) for img in coco["images"]}
+            if not isinstance(img["file_name"], str):
+                raise CocoFileError(f"{masks_json}: image entry #{i}'s file_name is {img['file_name']!r}"[:300])
+            # "./a.png" names a.png; entries naming one file give it all their masks (as a labelled file's do)
+            _, anns = self.by_name.setdefault(os.path.normpath(img["file_name"]), (img, []))
+            anns += by_image.pop(img["id"], [])
 
     def _lookup(self, path: str):
         parts = Path(path).parts
@@ -58,3 +68,8 @@ class CocoMaskFile:
             if mask.any():
                 masks.append(mask)
         return np.stack(masks) if masks else np.zeros((0, h, w), bool)
+
+
+def _is_id(value) -> bool:
+    """An image id as COCO files write them: a whole number (some tools: a string)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)

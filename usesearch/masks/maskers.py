@@ -280,7 +280,7 @@ class CocoMasker:
         self.masks_json = self.file.masks_json
 
     def params(self) -> dict:
-        return {"masks_json": self.masks_json}
+        return {"masks_json": self.masks_json, "masks_sha256": self.file.sha256}
 
     def __call__(self, rgb: np.ndarray, path: str | None = None) -> list[Proposal]:
         return to_proposals(self.file.masks(rgb.shape[:2], path))
@@ -292,8 +292,27 @@ NOT_MASK_DEFINING = ("points_per_batch", "autocast", "encoder_batch")
 
 
 def mask_defining(params: dict) -> dict:
-    """A masker's settings that define its masks: another batch size may resume an index."""
-    return {k: v for k, v in params.items() if k not in NOT_MASK_DEFINING}
+    """A masker's settings that define its masks: another batch size may resume an index;
+    a masks file moved or renamed too (its content defines them, where it is recorded)."""
+    kept = {k: v for k, v in params.items() if k not in NOT_MASK_DEFINING}
+    if "masks_sha256" in kept:
+        kept.pop("masks_json", None)
+    return kept
+
+
+def masks_file_unrecorded(recorded: dict, asked: dict) -> bool:
+    """A ``coco`` index made before its masks file's content was recorded, asked for
+    that same file: its content is recorded now (what it was then is not known)."""
+    return (
+        "masks_sha256" in asked and "masks_sha256" not in recorded and recorded.get("masks_json") == asked["masks_json"]
+    )
+
+
+def masks_file_changed(recorded: dict, asked: dict) -> str:
+    """Said where a ``coco`` index is asked for a masks file of other content."""
+    if recorded.get("masks_sha256") not in (None, asked.get("masks_sha256")):
+        return " (its masks file's content changed: an index's masks are not replaced in place)"
+    return ""
 
 
 # -- the registry: a masker by name ----------------------------------------------------
