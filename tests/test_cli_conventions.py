@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import parsed
-from usesearch.cli.app import app, with_ray_address
+from usesearch.cli.app import app, given_twice, with_ray_address
 
 
 @pytest.fixture
@@ -149,6 +149,18 @@ def test_a_bare_ray_means_this_machine():
     assert with_ray_address(["index", "--ray", "10.0.0.1:6379", "p"]) == ["index", "--ray", "10.0.0.1:6379", "p"]
 
 
+def test_an_option_of_one_value_given_twice_is_refused_not_half_kept():
+    """Click keeps the last value: `index --coco train.json --coco val.json` indexed val
+    alone, and said nothing of train."""
+    said = given_twice(["index", "p", "--coco", "a.json", "--db", "d", "--coco", "b.json"])
+    assert said == "--coco is given twice, and it takes one value: run the command once for each"
+    assert given_twice(["query", "a cat", "--db=d", "--db", "e"]).startswith("--db is given twice")
+    assert given_twice(["eval", "semseg", "--head", "a", "--head", "b"]) is None  # several heads are averaged
+    assert given_twice(["query", "a cat", "--json", "--json", "--db", "d"]) is None  # a flag, not a value
+    assert given_twice(["query", "--", "--db", "--db"]) is None  # words after --, not options
+    assert given_twice(["nosuch", "--db", "a", "--db", "b"]) is None  # click's to say
+
+
 def test_the_installed_entry_point_accepts_an_old_spelling(tmp_path):
     from PIL import Image
     from skimage import data
@@ -173,6 +185,7 @@ def test_a_command_line_click_cannot_parse_is_one_line(tmp_path):
         (["index"], "Missing argument 'paths'. (see `usesearch index --help`)"),
         (["query", "a cat", "--db", str(tmp_path), "-k", "many"], "Invalid value for '-k'"),
         (["nosuch"], "No such command 'nosuch'. (see `usesearch --help`)"),
+        (["index", "p", "--coco", "a.json", "--coco", "b.json"], "--coco is given twice, and it takes one value"),
     ]
     for args, why in cases:
         done = subprocess.run([sys.executable, "-m", "usesearch", *args], capture_output=True, text=True, timeout=120)

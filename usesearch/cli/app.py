@@ -36,6 +36,36 @@ def with_ray_address(argv: list[str]) -> list[str]:
     return out
 
 
+def given_twice(argv: list[str]) -> str | None:
+    """Where ``argv`` gives an option that takes one value twice, what to say: click
+    keeps the last, unsaid (``index --coco train.json --coco val.json`` indexed val)."""
+    command = typer.main.get_command(app)
+    args = list(argv)
+    while hasattr(command, "commands"):  # a group: down to the command named
+        at = next((i for i, arg in enumerate(args) if not arg.startswith("-")), None)
+        if at is None or args[at] not in command.commands:
+            return None  # click says what is wrong
+        command, args = command.commands[args[at]], args[at + 1 :]
+    single = {
+        flag: param
+        for param in command.params
+        if param.param_type_name == "option"
+        and not (param.multiple or getattr(param, "is_flag", False) or getattr(param, "count", False))
+        for flag in param.opts
+    }
+    seen: dict[str, str] = {}
+    for arg in args:
+        if arg == "--":
+            break
+        flag = arg.split("=", 1)[0]
+        if flag in single:
+            name = single[flag].name or flag
+            if name in seen:
+                return f"{seen[name]} is given twice, and it takes one value: run the command once for each"
+            seen[name] = flag
+    return None
+
+
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null, so the interpreter's last flush meets no closed pipe."""
     import os
@@ -48,8 +78,12 @@ def main() -> None:
     """The ``usesearch`` entry point. A command line click cannot parse (an unknown
     flag, a missing argument, a value of the wrong kind) is one line on stderr, as
     every other failure is, where click would draw a box under a usage line."""
+    args = with_ray_address(sys.argv[1:])
+    if twice := given_twice(args):
+        print(f"error: {twice}", file=sys.stderr)
+        sys.exit(2)
     try:
-        code = app(with_ray_address(sys.argv[1:]), prog_name="usesearch", standalone_mode=False)
+        code = app(args, prog_name="usesearch", standalone_mode=False)
         sys.stdout.flush()  # here, where a closed pipe can still be caught
     except BrokenPipeError:  # `usesearch query ... | head`: the reader had enough (exit 1, as click does)
         _quiet_stdout()
