@@ -251,3 +251,34 @@ def test_a_full_disk_during_prune_says_to_run_prune_again(tmp_path, monkeypatch)
     monkeypatch.setattr(Writer, "write", full)
     result = CliRunner().invoke(app, ["prune", "--db", str(tmp_path / "db")])
     assert result.exit_code == 2 and "run `usesearch prune` again (removals so far are kept)" in result.stderr
+
+
+def test_a_prune_interrupted_by_ctrl_c_exits_130_keeping_its_removals(tmp_path, monkeypatch):
+    """It said "interrupted" and exited 0, so `usesearch prune && next-step` went on."""
+    import signal
+
+    from usesearch.indexer.writer import Writer
+
+    photos = write_photos(tmp_path / "photos", NAMES)
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    for photo in sorted(photos.rglob("*.png"))[:3]:
+        photo.unlink()
+    removing = Writer.remove_image
+
+    calls = []
+
+    def ctrl_c_on_the_second(self, image_id):
+        calls.append(image_id)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return removing(self, image_id)
+
+    monkeypatch.setattr(Writer, "remove_image", ctrl_c_on_the_second)
+    result = CliRunner().invoke(app, ["prune", "--db", str(db)])
+    assert result.exit_code == 130, result.output
+    assert "interrupted; removals so far are kept: " in result.output
+    assert_consistent(db)
+    monkeypatch.undo()
+    again = CliRunner().invoke(app, ["prune", "--db", str(db)])
+    assert again.exit_code == 0 and "finished" in again.output and "images removed" in again.output

@@ -180,3 +180,24 @@ def test_a_runs_commits_reach_faiss_in_batches(tmp_path, monkeypatch):
     report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     assert report.done == 4 and batches == [report.segments]  # one batch, at the run's write
     assert_consistent(tmp_path / "db")
+
+
+def test_a_shard_emptied_by_prune_is_left_out_of_calibration(tmp_path, monkeypatch):
+    """FAISS refuses a search for 0 results: a compressed sharded index whose photos of
+    one shard were pruned failed every later calibration, so `prune`, `calibrate`,
+    `reindex` and `index` all ended in an AssertionError."""
+    from usesearch.indexer.maintenance import prune, recalibrate
+
+    monkeypatch.setattr(index_choice, "EXACT_UP_TO", 5_000)
+    monkeypatch.setattr(index_choice, "nlist_for", lambda n: 32)
+    monkeypatch.setattr(index_choice, "pq_m", lambda dim, bits=8: 8)
+    db = tmp_path / "db"
+    data = synthetic_index(db, n=8_000, images=80, image_of=lambda clusters: np.arange(len(clusters)) // 100)
+    reindex(db, shard_size=2_000)
+    gone = [f"/a/{i % 10}/{i}.jpg" for i in range(19, 41)]  # segments 1,900-4,099: the second shard whole
+    assert prune(db, gone, IndexOptions(), force=True).images_removed == 22
+    with SegmentIndex.open(db) as ix:
+        assert 0 in [shard.ntotal for shard in ix.index.shards]
+    recalibrate(db)
+    with SegmentIndex.open(db) as ix:
+        assert ix.calibration is not None and ix.search_vector(data[5_000], 3)[0].segment_id == 5_001

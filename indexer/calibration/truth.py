@@ -78,7 +78,10 @@ def candidates(index: Vectors, vectors: np.ndarray, excluded: np.ndarray, fetch:
     """Each query's first ``fetch`` FAISS candidates at ``nprobe`` (its own id left
     out), as the search path gets them: all queries in one call per shard."""
     params = search_params(index.index, None, nprobe)
-    parts = [shard.search(vectors, min(fetch + 1, int(shard.ntotal)), params=params) for shard in index.shards]
+    # A shard emptied by ``prune`` is left out, as the search leaves it (FAISS refuses k = 0).
+    parts = [
+        shard.search(vectors, min(fetch + 1, shard.ntotal), params=params) for shard in index.shards if shard.ntotal
+    ]
     out = []
     for i, own in enumerate(excluded):
         scores = np.concatenate([part[0][i] for part in parts])

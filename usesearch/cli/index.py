@@ -322,6 +322,8 @@ def prune_cmd(
     state = "interrupted; removals so far are kept" if report.interrupted else "finished"
     opts.console.print(f"{state}: {report.images_removed} images removed ({report.segments_removed} segments)")
     _print_freed(report)
+    if report.interrupted:  # as every command's Ctrl-C: `prune && next-step` must not go on
+        raise typer.Exit(130)
 
 
 def _print_freed(report) -> None:
