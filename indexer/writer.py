@@ -51,12 +51,11 @@ def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
         )
     if info.masker == NO_MASKER:  # a labelled dataset's annotations: any masker's index takes them
         return existing
-    if existing.masker == NO_MASKER:  # annotations only so far: the first masker run names the masker
+    # Annotations only so far: the first masker run names the masker; or an older index of
+    # --masker coco asked for its file: the file's content is recorded.
+    if existing.masker == NO_MASKER or masks_file_unrecorded(existing.masker_params, info.masker_params):
         store.set_masker(info.masker, info.masker_params)
         existing.masker, existing.masker_params = info.masker, info.masker_params
-    if masks_file_unrecorded(existing.masker_params, info.masker_params):
-        store.set_masker(info.masker, info.masker_params)
-        existing.masker_params = info.masker_params
     # An index made before points_per_batch left the identity has it recorded: compared without it.
     if (existing.masker, mask_defining(existing.masker_params)) != (info.masker, mask_defining(info.masker_params)):
         raise IndexMismatchError(
