@@ -245,21 +245,22 @@ def cleanlab_scores(planted, world, classes: list[str], db: Path, tuned: bool = 
 SCALE_DIM, SCALE_CLASSES, PER_PHOTO, BATCH = 768, 80, 5, 50_000
 
 
-def scale_masks() -> list[str]:
-    """RLE counts of PER_PHOTO + 1 boxes on a 480x640 photo: the annotations' places and
-    one of background (what IoU and coverage are computed on)."""
+def scale_masks(per_photo: int = PER_PHOTO) -> list[str]:
+    """RLE counts of ``per_photo`` + 1 boxes on a 480x640 photo: the annotations' places and
+    one of background (what IoU and coverage are computed on); past 6, the places again."""
     from usesearch.masks import rle
 
     out = []
-    for j in range(PER_PHOTO + 1):
+    for j in range(per_photo + 1):
         mask = np.zeros((480, 640), bool)
-        mask[40 + 70 * j : 100 + 70 * j, 50 + 90 * j : 140 + 90 * j] = True
+        k = j % 6
+        mask[40 + 70 * k : 100 + 70 * k, 50 + 90 * k : 140 + 90 * k] = True
         out.append(rle.encode(mask)["counts"])
     return out
 
 
-def build_scale(folder: Path, n: int, seed: int = 0) -> np.ndarray:
-    """An index of ``n`` annotations (PER_PHOTO a photo) and PER_PHOTO + 1 proposals a
+def build_scale(folder: Path, n: int, seed: int = 0, per_photo: int = PER_PHOTO) -> np.ndarray:
+    """An index of ``n`` annotations (``per_photo`` a photo) and as many proposals + 1 a
     photo, written as the indexer commits them; returns the classes' vectors."""
     from sqlalchemy import insert
 
@@ -274,24 +275,24 @@ def build_scale(folder: Path, n: int, seed: int = 0) -> np.ndarray:
     store.claim()
     info = dict(preset="bench", embedder="use", fingerprint="bench", head=None, dim=SCALE_DIM, masker="none")
     store.set_info(IndexInfo(**info, masker_params={}, factory="IDMap2,Flat", index_mode="auto"))
-    masks, photos, start = scale_masks(), n // PER_PHOTO, time.perf_counter()
+    masks, photos, start = scale_masks(per_photo), n // per_photo, time.perf_counter()
     copies = set(rng.choice(photos, photos // 100, replace=False).tolist())
-    per_batch = BATCH // PER_PHOTO
+    per_batch = BATCH // per_photo
     segment_id, image_id = 0, 0
     for lo in range(0, photos, per_batch):
         hi = min(photos, lo + per_batch)
         count, d = hi - lo, SCALE_DIM
-        labels = rng.integers(SCALE_CLASSES, size=(count, PER_PHOTO))
-        base = centres[labels] + rng.normal(0, 0.9 / np.sqrt(d), (count, PER_PHOTO, d)).astype(np.float32)
+        labels = rng.integers(SCALE_CLASSES, size=(count, per_photo))
+        base = centres[labels] + rng.normal(0, 0.9 / np.sqrt(d), (count, per_photo, d)).astype(np.float32)
         splits = np.where(rng.random(count) < 0.2, "val", "train")
         copied = np.array([p in copies for p in range(lo, hi)])
         # Every photo, then the copies of some into the other split: (which photo, its split).
         which = np.concatenate([np.arange(count), np.flatnonzero(copied)])
         split_of = np.concatenate([splits, np.where(splits[copied] == "train", "val", "train")])
-        noisy = base[which] + rng.normal(0, 0.02 / np.sqrt(d), (len(which), PER_PHOTO, d)).astype(np.float32)
+        noisy = base[which] + rng.normal(0, 0.02 / np.sqrt(d), (len(which), per_photo, d)).astype(np.float32)
         props = noisy + rng.normal(0, 0.3 / np.sqrt(d), noisy.shape).astype(np.float32)
         stray = rng.normal(size=(len(which), 1, d)).astype(np.float32)
-        vectors = np.concatenate([noisy, props, stray], axis=1)  # [photos, 2 * PER_PHOTO + 1, d]
+        vectors = np.concatenate([noisy, props, stray], axis=1)  # [photos, 2 * per_photo + 1, d]
         vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
         vectors = vectors.reshape(-1, d)
         images, segments = [], []
@@ -302,13 +303,13 @@ def build_scale(folder: Path, n: int, seed: int = 0) -> np.ndarray:
                 dict(id=image_id, path=name, fs_path=name.encode(), sha256=f"{image_id:064x}", width=640, height=480)
                 | dict(status="done")
             )
-            for j in range(2 * PER_PHOTO + 1):
+            for j in range(2 * per_photo + 1):
                 segment_id += 1
-                labelled = j < PER_PHOTO
+                labelled = j < per_photo
                 segments.append(
                     dict(id=segment_id, image_id=image_id, x=0, y=0, w=1, h=1, area=5400, vec_chunk=0, vec_row=0)
                     | dict(
-                        rle_counts=masks[j if labelled else j - PER_PHOTO], source=ANNOTATION if labelled else PROPOSAL
+                        rle_counts=masks[j if labelled else j - per_photo], source=ANNOTATION if labelled else PROPOSAL
                     )
                     | dict(
                         annotation_id=segment_id if labelled else None,
@@ -323,7 +324,7 @@ def build_scale(folder: Path, n: int, seed: int = 0) -> np.ndarray:
         with store.sessions.begin() as s:
             s.execute(insert(ImageRecord), images)
             s.execute(insert(SegmentRecord), segments)
-        print(f"  stored {hi * PER_PHOTO} annotations ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(f"  stored {hi * per_photo} annotations ({time.perf_counter() - start:.0f} s)", flush=True)
     store.close()
     names = sorted(f"class {c:02d}" for c in range(SCALE_CLASSES))
     return centres[[int(name.split()[1]) for name in names]]
@@ -357,7 +358,7 @@ def scale_run(args) -> None:
         vectors = folder / "class_vectors.npy"
         if not args.reuse:
             start = time.perf_counter()
-            np.save(vectors, build_scale(folder, args.annotations, args.seed))
+            np.save(vectors, build_scale(folder, args.annotations, args.seed, args.per_photo))
             print(f"built {args.annotations} annotations in {time.perf_counter() - start:.0f} s")
         shutil.rmtree(folder / "audit", ignore_errors=True)  # a finished audit's checkpoint would be reused
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": os.getcwd()}
@@ -384,6 +385,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--annotations", type=int, default=0, help="a synthetic scale run of this many annotations")
+    parser.add_argument("--per-photo", type=int, default=PER_PHOTO, help="the scale run's annotations a photo")
     parser.add_argument("--folder", type=Path, help="where the scale run's index goes (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="audit the scale index already in --folder")
     args = parser.parse_args()
