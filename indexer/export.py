@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,55 +12,92 @@ from PIL import Image, ImageDraw
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
-from usesearch.io.images import read_image
+from usesearch.io.files import decode, read_bytes
 from usesearch.tasks.visualize import decode_mask, outline, segment_tile
 
 from .hits import Hit
 
+TILE, CAPTION, COLUMNS = 192, 30, 5
+WEBP_MOST_PIXELS = 16_383  # a side WebP can hold
+
+
+def sheet_size(hits: int, tile: int = TILE, columns: int = COLUMNS) -> tuple[int, int]:
+    """A contact sheet's (width, height) for this many hits."""
+    return columns * tile, max(1, -(-hits // columns)) * (tile + CAPTION)
+
+
+def check_sheet(out: str | os.PathLike, hits: int) -> None:
+    """Refuse, before the search, a sheet its format cannot hold."""
+    height = sheet_size(hits)[1]
+    if Path(out).suffix.lower() == ".webp" and height > WEBP_MOST_PIXELS:
+        most = WEBP_MOST_PIXELS // (TILE + CAPTION) * COLUMNS
+        raise UsesearchError(f"--show {out}: a WebP sheet holds {most} hits at most (-k {hits}): write a .png")
+
 
 def contact_sheet(
-    hits: Sequence[Hit], out: str | os.PathLike, tile: int = 192, columns: int = 5
+    hits: Sequence[Hit],
+    out: str | os.PathLike,
+    tile: int = TILE,
+    columns: int = COLUMNS,
+    sha256_of: Callable[[int], str | None] | None = None,
 ) -> tuple[Path, list[str]]:
     """The hits' segments as tiles on one picture at ``out``, each captioned with its
-    rank, score and photo. A photo that can no longer be read (gone since it was
-    indexed, or damaged) or whose size changed gets a grey tile, so the others still
-    show: returns the picture's path and those photos."""
-    rows = max(1, -(-len(hits) // columns))
-    caption = 30
-    sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), (255, 255, 255))
+    rank, score and photo. A photo that is no longer the one indexed (gone, damaged,
+    not a regular file, or another picture: its size, or its content where
+    ``sha256_of(image_id)`` gives the indexed one) gets a grey tile, so the others
+    still show: returns the picture's path and those photos. Each photo is read once
+    and let go once its tiles are drawn (a sheet of 12 MP photos held them all)."""
+    check_sheet(out, len(hits))
+    sheet = Image.new("RGB", sheet_size(len(hits), tile, columns), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    images: dict[int, np.ndarray | None] = {}
-    unreadable: list[str] = []
+    places: dict[int, list[int]] = {}
     for i, hit in enumerate(hits):
-        if hit.image_id not in images:
-            try:
-                read = read_image(os.fsdecode(hit.file), name=hit.image)  # the same file, as str
-                if read.shape[:2] != tuple(hit.mask["size"]):  # changed since indexing: the mask is another photo's
-                    raise UsesearchError(f"{hit.image} changed since it was indexed")
-                images[hit.image_id] = read
-            except UsesearchError:
-                images[hit.image_id] = None
-                unreadable.append(hit.image)
-        rgb = images[hit.image_id]
-        left, top = (i % columns) * tile, (i // columns) * (tile + caption)
+        places.setdefault(hit.image_id, []).append(i)
+    unreadable: list[str] = []
+    for image_id, at in places.items():
+        rgb = _indexed_photo(hits[at[0]], sha256_of)
         if rgb is None:
-            draw.rectangle((left + 8, top + 8, left + tile - 8, top + tile - 8), fill=(200, 200, 200))
-            draw.text((left + 16, top + tile // 2 - 6), "photo unreadable", fill=(60, 60, 60))
-        else:
-            tile_image = segment_tile(rgb, decode_mask(hit.mask), hit.bbox, tile)
-            sheet.paste(tile_image, (left + (tile - tile_image.width) // 2, top + (tile - tile_image.height) // 2))
-        draw.text((left + 4, top + tile + 2), f"#{hit.rank}  {hit.score:.3f}", fill=(0, 0, 0))
-        draw.text((left + 4, top + tile + 15), Path(hit.image).name[:30], fill=(80, 80, 80))
+            unreadable.append(hits[at[0]].image)
+        for i in at:
+            hit = hits[i]
+            left, top = (i % columns) * tile, (i // columns) * (tile + CAPTION)
+            if rgb is None:
+                draw.rectangle((left + 8, top + 8, left + tile - 8, top + tile - 8), fill=(200, 200, 200))
+                draw.text((left + 16, top + tile // 2 - 6), "photo unreadable", fill=(60, 60, 60))
+            else:
+                tile_image = segment_tile(rgb, decode_mask(hit.mask), hit.bbox, tile)
+                sheet.paste(tile_image, (left + (tile - tile_image.width) // 2, top + (tile - tile_image.height) // 2))
+            draw.text((left + 4, top + tile + 2), f"#{hit.rank}  {hit.score:.3f}", fill=(0, 0, 0))
+            draw.text((left + 4, top + tile + 15), Path(hit.image).name[:30], fill=(80, 80, 80))
+        del rgb
     out = Path(out)
     save_picture(sheet, out)
     return out, unreadable
 
 
+def _indexed_photo(hit: Hit, sha256_of: Callable[[int], str | None] | None) -> np.ndarray | None:
+    """The hit's photo as it was indexed, else None. Read as the indexer reads (a FIFO
+    swapped in under its name is refused, never waited on)."""
+    try:
+        data, sha256 = read_bytes(hit.file, name=hit.image)
+        if sha256_of is not None and sha256_of(hit.image_id) not in (None, sha256):
+            return None  # replaced: its stored masks would be drawn on another picture
+        rgb = decode(data, hit.image)
+    except (UsesearchError, OSError):
+        return None
+    return rgb if rgb.shape[:2] == tuple(hit.mask["size"]) else None
+
+
+def region_picture_path(show: str | os.PathLike) -> Path:
+    """Where ``similar --image --show`` draws the searched region: beside the sheet."""
+    show = Path(show)
+    return show.with_name(f"{show.stem}-region{show.suffix or '.png'}")
+
+
 def region_picture(rgb: np.ndarray, region, show: str | os.PathLike) -> Path:
     """The photo with the searched region tinted and outlined, beside ``show``
     (``hits.png`` -> ``hits-region.png``)."""
-    show = Path(show)
-    out = show.with_name(f"{show.stem}-region{show.suffix or '.png'}")
+    out = region_picture_path(show)
     picture = rgb.astype(np.float32)
     picture[region.mask] = 0.55 * picture[region.mask] + 0.45 * np.array([255, 64, 32], np.float32)
     picture[outline(region.mask)] = (255, 255, 0)
@@ -77,7 +114,8 @@ def hits_to_coco(hits: Sequence[Hit], query: str) -> dict:
     for hit in hits:
         if hit.image_id not in images:
             h, w = hit.mask["size"]
-            images[hit.image_id] = {"id": len(images) + 1, "file_name": hit.image, "height": h, "width": w}
+            # The index's id: the same photo has the same id in every export (and in --json)
+            images[hit.image_id] = {"id": hit.image_id, "file_name": hit.image, "height": h, "width": w}
         annotations.append(
             {
                 "id": len(annotations) + 1,

@@ -3,7 +3,9 @@
 import contextlib
 import io
 import json
+import os
 
+import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
@@ -44,6 +46,7 @@ def test_query_show_and_export_coco(tmp_path):
         assert ann["score"] == hit["score"] and ann["bbox"] == hit["bbox"]
         assert int(coco.annToMask(ann).sum()) == hit["area"]
         assert coco.imgs[ann["image_id"]]["file_name"] == hit["image"]
+        assert ann["image_id"] == hit["image_id"]  # the index's id: the same photo has it in every export
 
 
 def test_a_photo_gone_since_indexing_is_a_grey_tile_and_said(tmp_path):
@@ -131,4 +134,104 @@ def test_export_coco_to_stdout_leaves_stdout_to_the_coco_file(tmp_path):
         )
         assert done.returncode == 0, done.stderr
         assert len(json.loads(done.stdout)["annotations"]) == 3  # the COCO file, and nothing else
-        assert ("rank" in done.stderr) if not listing else json.loads(done.stderr[: done.stderr.rindex("]") + 1])
+        assert (
+            ("rank" in done.stderr)
+            if not listing
+            else json.loads(done.stderr[done.stderr.index("[") : done.stderr.rindex("]") + 1])
+        )
+
+
+@pytest.fixture
+def indexed(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    return photos, tmp_path / "db"
+
+
+def test_an_output_that_would_replace_a_photo_or_the_other_output_is_refused_first(indexed, tmp_path):
+    """`--show photos/rocket.png` drew the sheet over the indexed photo, `--show q.png`
+    with `similar --image q.png` over the photo searched, and `--show x --export-coco x`
+    left only the JSON."""
+    photos, db = indexed
+    photo = photos / "astronaut.png"
+    before = photo.read_bytes()
+    runner = CliRunner()
+    cases = [
+        (["query", "a cat", "--show", str(photo)], "--show"),
+        (["query", "a cat", "--show", str(tmp_path / "x.png"), "--export-coco", str(tmp_path / "x.png")], "same"),
+        (["similar", "--image", str(photo), "--point", "5,5", "--show", str(photo)], "--image input"),
+        (["query", "a cat", "-k", "370", "--show", str(tmp_path / "big.webp")], "holds 365 hits at most"),
+    ]
+    for args, why in cases:
+        result = runner.invoke(app, [*args, "--db", str(db)])
+        assert result.exit_code == 2 and why in result.output, (args, result.output)
+    assert photo.read_bytes() == before and not list(tmp_path.glob("x.png")) and not list(tmp_path.glob("big*"))
+
+
+def test_a_photo_swapped_for_a_fifo_or_another_picture_is_a_grey_tile(indexed, tmp_path):
+    """A FIFO under a photo's name hung the sheet for ever (read as a file, waiting
+    for a writer); a photo replaced by another of the same size had the old segment
+    drawn on the new picture."""
+    import numpy as np
+
+    photos, db = indexed
+    coffee = photos / "sub" / "coffee.png"
+    coffee.unlink()
+    os.mkfifo(coffee)
+    astronaut = photos / "astronaut.png"
+    Image.open(astronaut).rotate(180).save(astronaut)  # the same size, other pixels
+    sheet = tmp_path / "s.png"
+    result = CliRunner().invoke(app, ["query", "a red cup", "--db", str(db), "--per-image", "--show", str(sheet)])
+    assert result.exit_code == 0 and "2 photo(s) could not be read or changed" in result.stderr, result.output
+    tiles = np.asarray(Image.open(sheet))
+    assert (tiles[20:60, 20:60] == 200).all() and (tiles[20:60, 192 + 20 : 192 + 60] == 200).all()
+
+
+def _early_closed_reader(args, **kwargs):
+    """The command with its stdout a pipe whose reader is gone before it writes (`| head`)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "usesearch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
+    )
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err.decode()
+
+
+def test_a_reader_gone_early_costs_neither_file_and_a_coco_file_on_stdout_ends_quietly(indexed, tmp_path):
+    """`query ... --json --export-coco c.json --show s.png | head -1` wrote neither file:
+    the listing went first and its closed pipe ended the command. `--export-coco
+    /dev/stdout | head` said "cannot write /dev/stdout: Broken pipe", exit 2."""
+    _, db = indexed
+    coco, sheet = tmp_path / "c.json", tmp_path / "s.png"
+    code, err = _early_closed_reader(
+        ["query", "a cup", "--db", str(db), "--json", "--export-coco", str(coco), "--show", str(sheet)]
+    )
+    assert code == 1 and coco.is_file() and sheet.is_file(), err
+    code, err = _early_closed_reader(["query", "a cup", "--db", str(db), "--export-coco", "/dev/stdout"])
+    assert code == 1 and "error" not in err, err
+
+
+def test_a_closed_stdout_is_one_line_not_a_traceback(indexed):
+    import subprocess
+    import sys
+
+    _, db = indexed
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os; os.close(1); from usesearch.cli.app import main; import sys; "
+            "sys.stdout = None; sys.argv = ['usesearch', 'query', 'a cup', '--db', sys.argv[1]]; main()",
+            str(db),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        done.returncode == 2
+        and done.stderr.strip() == "error: standard output is closed: send it to a file, or to /dev/null"
+    )

@@ -78,6 +78,9 @@ def main() -> None:
     """The ``usesearch`` entry point. A command line click cannot parse (an unknown
     flag, a missing argument, a value of the wrong kind) is one line on stderr, as
     every other failure is, where click would draw a box under a usage line."""
+    if sys.stdout is None:  # started with it closed (`>&-`): Python gives no stream to write or flush
+        print("error: standard output is closed: send it to a file, or to /dev/null", file=sys.stderr)
+        sys.exit(2)
     args = with_ray_address(sys.argv[1:])
     if twice := given_twice(args):
         print(f"error: {twice}", file=sys.stderr)

@@ -42,11 +42,32 @@ REFINE_DISK_BYTES = 4 << 30  # SAM 3's image step on disk in the index folder: 2
 
 
 def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filters: SearchFilters) -> None:
-    """The hits as JSON with full paths, or a table with paths relative to the folder
-    that holds every indexed image (absolute paths wrap over several lines at 80
-    columns); then the contact sheet and COCO file asked for."""
+    """The COCO file and contact sheet asked for (first: a reader of the listing that
+    stops early, `| head`, must not cost them), then the hits as JSON with full paths,
+    or a table with paths relative to the folder that holds every indexed image
+    (absolute paths wrap over several lines at 80 columns)."""
     from usesearch.indexer.export import contact_sheet, hits_to_coco
 
+    if output.export_coco:
+        try:
+            write_atomic(output.export_coco, json.dumps(hits_to_coco(hits, name)))
+        except BrokenPipeError:  # `--export-coco /dev/stdout | head`: ended quietly, as any closed pipe
+            raise
+        except OSError as exc:
+            reason = "disk full" if is_disk_full(exc) else exc.strerror or str(exc)
+            raise UsesearchError(f"cannot write {output.export_coco}: {reason}") from None
+        typer.echo(f"wrote {output.export_coco}", err=True)
+    if output.show:
+        recorded = index.store.image
+        sheet, unreadable = contact_sheet(hits, output.show, sha256_of=lambda i: getattr(recorded(i), "sha256", None))
+        typer.echo(f"wrote {sheet}", err=True)
+        if unreadable:
+            names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+            typer.echo(
+                f"{len(unreadable)} photo(s) could not be read or changed, shown grey: {names} "
+                "(gone since indexing: `usesearch prune` removes them; changed: `usesearch index` again)",
+                err=True,
+            )
     folder = index.store.common_folder()
     # `--export-coco /dev/stdout | jq .`: the COCO file alone on stdout, the listing on stderr.
     listing = sys.stderr if output.export_coco and is_own_stdout(output.export_coco) else sys.stdout
@@ -65,23 +86,29 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
     # Status on stderr: stdout may be carrying --json.
     for line in [] if hits else _why_none(index, filters):
         typer.echo(line, err=True)
+
+
+def _refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path | None]) -> None:
+    """Before the search: an output that would replace an input, the other output or an
+    indexed photo (`--show photos/rocket.png` drew the sheet over the photo), or a
+    sheet its format cannot hold."""
+    import os
+
+    from usesearch.indexer.export import check_sheet, region_picture_path
+    from usesearch.io.atomic import is_stream
+
+    outputs = {"--show": output.show, "--export-coco": output.export_coco}
+    if output.show and inputs.get("--image"):
+        outputs["--show's region picture"] = region_picture_path(output.show)
+    opts.refuse_overwriting(outputs, inputs)
+    for flag, path in outputs.items():
+        if path is None or is_stream(path):
+            continue
+        for spelled in {os.path.abspath(path), os.path.realpath(path)}:  # as the indexer keys it, or its target
+            if index.store.image_by_path(os.fsencode(spelled)) is not None:
+                raise UsesearchError(f"{flag} {path} is an indexed photo: it would be overwritten; write elsewhere")
     if output.show:
-        sheet, unreadable = contact_sheet(hits, output.show)
-        typer.echo(f"wrote {sheet}", err=True)
-        if unreadable:
-            names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
-            typer.echo(
-                f"{len(unreadable)} photo(s) could not be read or changed, shown grey: {names} "
-                "(gone since indexing: `usesearch prune` removes them; changed: `usesearch index` again)",
-                err=True,
-            )
-    if output.export_coco:
-        try:
-            write_atomic(output.export_coco, json.dumps(hits_to_coco(hits, name)))
-        except OSError as exc:
-            reason = "disk full" if is_disk_full(exc) else exc.strerror or str(exc)
-            raise UsesearchError(f"cannot write {output.export_coco}: {reason}") from None
-        typer.echo(f"wrote {output.export_coco}", err=True)
+        check_sheet(output.show, output.k)
 
 
 def _why_none(index, filters: SearchFilters) -> list[str]:
@@ -128,6 +155,7 @@ def query(
         if refine_top is not None:
             raise UsesearchError("--refine-top goes with --refine sam3")
         index = at.open()
+        _refuse_overwriting(output, index, {})
         hits = index.query(text, output.k, filters)
         title = f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})"
         _output(hits, output, title, text, index, filters)
@@ -137,6 +165,7 @@ def query(
     if refine not in REFINERS:
         raise UsesearchError(f"--refine {refine!r}: choose {', '.join(REFINERS)}")
     index = at.open()
+    _refuse_overwriting(output, index, {})
     options = RefineOptions(top=refine_top or DEFAULT_TOP, device=at.device, disk_bytes=REFINE_DISK_BYTES)
     refiner = Refiner(index, options)
     try:
@@ -181,6 +210,7 @@ def similar(
     if image is None and (point or box or mask):
         raise UsesearchError("--point, --box and --mask choose a region of --image PHOTO")
     index = at.open()
+    _refuse_overwriting(output, index, {"--image": image, "--mask": mask})
     if segment_id is not None:
         hits = index.similar(segment_id, output.k, filters)
         _output(hits, output, f"like segment {segment_id}", f"like segment {segment_id}", index, filters)
