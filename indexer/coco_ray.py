@@ -34,7 +34,7 @@ from usesearch.errors import AnnotationError
 from usesearch.io.coco_dataset import Annotation, CocoDataset, ImageEntry, Problem, read_coco, size_fault
 from usesearch.io.files import Found
 
-from . import faiss_gpu
+from . import faiss_gpu, fragments
 from .coco_plan import (
     CocoReport,
     Plan,
@@ -47,11 +47,11 @@ from .coco_plan import (
     stored_state,
     wrong_size,
 )
-from .distributed import _actor_device, _decode_files, _hash_files, through_actors
+from .distributed import _decode_files, _hash_files, through_actors
 from .fragments import FRAGMENTS, error_text, read_fragment, worker_error, write_fragment
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_paths, identity, load_embedder
-from .ray_cluster import check_address, ray_session
+from .ray_cluster import actor_device, check_address, ray_for_run
 from .writer import Writer
 
 
@@ -77,10 +77,13 @@ class AnnotationWorker:
     def __call__(self, batch: dict) -> dict:
         errors = list(batch["error"])
         for i, rgb in enumerate(batch["rgb"]):
+            sha = str(batch["sha256"][i])
+            errors[i] = errors[i] or fragments.verdict(self.db_dir, sha) or ""  # it killed actors: as distributed's
             if errors[i]:
                 continue  # not read or not decoded: recorded by the committer
             try:
-                self._one(rgb, batch, i)
+                with fragments.attempted(self.db_dir, sha):
+                    self._one(rgb, batch, i)
             except Exception as exc:  # noqa: BLE001 - recorded by the committer
                 errors[i] = error_text(exc)
         return {
@@ -140,21 +143,22 @@ def index_coco_ray(
     options = as_built(db_dir, options)
     report = CocoReport(devices=[faiss_gpu.note(options.faiss_device)], split=split)
     if options.device not in (None, "auto"):
-        _actor_device(options.device, gpus=1)  # refuses a device no worker can have, before anything loads
+        actor_device(options.device, gpus=1)  # refuses a device no worker can have, before anything loads
     check_address(address)
     start = time.perf_counter()
     model = load_embedder(replace(options, device="cpu"))  # the identity; the actors compute
     folders = [os.fspath(p) for p in paths]
     # Ray first: a cluster that cannot be joined ("auto" with none running) leaves no index folder behind.
-    with ray_session(address), Writer(db_dir, options, identity(model, None, options), paths) as writer:
-        import ray
-
+    with (
+        ray_for_run(address, options.device) as (device, gpus),
+        Writer(db_dir, options, identity(model, None, options), paths) as writer,
+    ):
         del model
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        device = _actor_device(options.device, gpus)
         report.devices.insert(0, f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers ({gpus} GPU(s))")
         for left in (db_dir / FRAGMENTS).glob("coco-*.npz"):  # a killed run's: planned again from the catalog
             left.unlink()
+        for note in (db_dir / FRAGMENTS).glob("*.attempts"):  # a killed run's actors died with it, not of a photo
+            note.unlink()
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         located = list(located_entries(dataset, folders, writer, report, split))
@@ -236,7 +240,9 @@ def _steps(
         )
     if jobs:
         jobs.sort(key=lambda job: job["entry"])  # committed in the entries' order, as index_coco
-        decode_files = partial(_decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels)
+        decode_files = partial(
+            _decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels, db_dir=str(db_dir)
+        )
         decoded = ray.data.from_items(jobs).map_batches(decode_files, batch_size=1)  # on CPU tasks, ahead
         computed = through_actors(decoded, AnnotationWorker, options, db_dir, workers, per_call=1)
         for row in computed.iter_rows():
@@ -285,6 +291,7 @@ def _commit(
     if row["error"]:
         writer.fail(found.key, found.path, sha, worker_error(row["error"]), report)
         fragment.unlink(missing_ok=True)
+        fragments.attempts_path(db_dir, sha).unlink(missing_ok=True)  # a WorkerDied verdict's note
         return
     hw, segments, embeddings, found_there = read_fragment(fragment)
     problems: list[Problem] = [

@@ -46,7 +46,7 @@ from .image_writes import PhotoWrite
 from .known_images import BATCH, file_stat
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_paths, identity, load_models
-from .ray_cluster import check_address, ray_session
+from .ray_cluster import actor_device, check_address, ray_for_run
 from .writer import Writer
 
 # Photos hashed, computed and committed as one Ray pipeline: the driver holds a window's
@@ -75,18 +75,24 @@ def _hash_files(batch: dict, max_bytes: int) -> dict:
     return {**batch, **out}
 
 
-def _decode_files(batch: dict, max_bytes: int, max_pixels: int) -> dict:
+def _decode_files(batch: dict, max_bytes: int, max_pixels: int, db_dir: str | os.PathLike) -> dict:
+    """Each photo read and decoded, or why not. A photo whose decoding kills its process
+    (a native crash, out of memory: in the actor it is fused with) counts the death as
+    one its models would: Ray retried its task for ever."""
     images, errors = [], []
     for fs_path, path, sha in zip(batch["fs_path"], batch["path"], batch["sha256"]):
+        images.append(np.zeros((0, 0, 3), np.uint8))
+        errors.append(fragments.verdict(db_dir, sha) or "")
+        if errors[-1]:
+            continue
         try:
-            data, now = read_bytes(os.fsdecode(bytes(fs_path)), max_bytes, path)
-            if now != sha:
-                raise UsesearchError(f"{path} changed while it was being indexed; run again to index its new content")
-            images.append(decode(data, path, max_pixels))
-            errors.append("")
+            with fragments.attempted(db_dir, sha):
+                data, now = read_bytes(os.fsdecode(bytes(fs_path)), max_bytes, path)
+                if now != sha:
+                    raise UsesearchError(f"{path} changed while it was being indexed; run again to index it anew")
+                images[-1] = decode(data, path, max_pixels)
         except Exception as exc:  # noqa: BLE001 - recorded by the committer
-            images.append(np.zeros((0, 0, 3), np.uint8))
-            errors.append(error_text(exc))
+            errors[-1] = error_text(exc)
     return {**batch, "rgb": np.array(images + [None], object)[:-1], "error": np.array(errors, object)}
 
 
@@ -116,15 +122,12 @@ class SegmentWorker:
         for i, sha in enumerate(batch["sha256"]):
             if errors[i] or fragment_path(self.db_dir, sha).is_file():
                 continue
-            died = fragments.deaths(self.db_dir, sha)
-            if died >= self.max_deaths:
-                times = "once" if died == 1 else f"{died} times"
-                # The note stays until the verdict is committed (``_commit``): deleted now, a
-                # retry of this call after another photo's death would compute it again, and
-                # two such photos would take turns killing the actor for ever.
-                errors[i] = f"WorkerDied: the Ray worker computing it died {times} (a crash, or out of memory)"
-            else:
-                (retries if died else first_tries).append(i)
+            # A verdict's note stays until it is committed (``_commit``): deleted now, a retry
+            # of this call after another photo's death would compute it again, and two such
+            # photos would take turns killing the actor for ever.
+            errors[i] = fragments.verdict(self.db_dir, sha, self.max_deaths) or ""
+            if not errors[i]:
+                (retries if fragments.deaths(self.db_dir, sha) else first_tries).append(i)
         # A photo an actor died on is computed alone, so one that kills its worker takes
         # itself to max_deaths, not the photos it was batched with on its first try.
         per_call = photos_per_masker_call(self.masker) if self.max_deaths > 1 else 1
@@ -170,7 +173,7 @@ def index_paths_ray(
     options = as_built(db_dir, options)
     report = IndexReport(devices=[faiss_gpu.note(options.faiss_device)])  # refuses an impossible --faiss-device
     if options.device not in (None, "auto"):
-        _actor_device(options.device, gpus=1)  # refuses a device no worker can have, before anything loads
+        actor_device(options.device, gpus=1)  # refuses a device no worker can have, before anything loads
     start = time.perf_counter()
     # The identity, and missing weights said before any work; on the CPU, since the
     # models that compute run in the actors (on their GPUs) and this machine may have none.
@@ -178,16 +181,15 @@ def index_paths_ray(
     files = photos_under(paths, refuse_none=is_new(db_dir, options))
     model, masker = load_models(replace(options, device="cpu"))
     # Ray first: a cluster that cannot be joined ("auto" with none running) leaves no index folder behind.
-    with ray_session(address), Writer(db_dir, options, identity(model, masker, options), paths) as writer:
+    with (
+        ray_for_run(address, options.device) as (device, gpus),
+        Writer(db_dir, options, identity(model, masker, options), paths) as writer,
+    ):
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         report.annotations_dropped = writer.annotations_dropped
         report.moved, report.copies = writer.moved, writer.copies
         fragments.drop_committed(db_dir, lambda sha: any(r.proposals_made for r in writer.store.done_with_hash(sha)))
-        import ray
-
         del model, masker
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        device = _actor_device(options.device, gpus)
         report.devices.insert(
             0, f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers (the cluster has {gpus} GPU(s))"
         )
@@ -207,25 +209,6 @@ def index_paths_ray(
         report.failed_before = writer.failed_before
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _actor_device(device: str | None, gpus: int) -> str:
-    """The models' device in every actor, by the rule of ``usesearch.devices``: the
-    cluster's GPUs where it has them (one per actor), else its CPUs; ``cuda`` with no
-    GPU in the cluster is refused, ``cpu`` keeps the actors off the GPUs."""
-    if device in (None, "auto"):
-        return "cuda" if gpus else "cpu"
-    if device.startswith("cuda"):
-        if device != "cuda":
-            raise UsesearchError(f"--device {device}: on Ray each actor gets a GPU of its own; give --device cuda")
-        if not gpus:
-            raise UsesearchError(
-                "--device cuda: this Ray cluster has no GPU; use --device cpu, or join a cluster with GPUs"
-            )
-        return "cuda"
-    if device != "cpu":
-        raise UsesearchError(f"--device {device}: usesearch runs its models on cpu or cuda")
-    return "cpu"
 
 
 def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) -> list[dict]:
@@ -287,7 +270,7 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     if not todo:
         return
     per_call = photos_per_call(options, int(ray.cluster_resources().get("GPU", 0)) if options.device == "cuda" else 0)
-    decode_files = partial(_decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels)
+    decode_files = partial(_decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels, db_dir=db_dir)
     decoded = ray.data.from_items(todo).map_batches(decode_files, batch_size=per_call)
     # Each block as it comes (an actor call's photos: no wait for more), a transaction each.
     for block in through_actors(decoded, SegmentWorker, options, db_dir, workers, per_call).iter_batches(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,30 @@ def deaths(db_dir: str | os.PathLike, sha256: str) -> int:
         return int(attempts_path(db_dir, sha256).read_text() or 0)
     except (FileNotFoundError, ValueError):
         return 0
+
+
+def verdict(db_dir: str | os.PathLike, sha256: str, most: int = MAX_WORKER_DEATHS) -> str | None:
+    """The failure recorded for a photo actors died on ``most`` times; None before."""
+    died = deaths(db_dir, sha256)
+    if died < most:
+        return None
+    times = "once" if died == 1 else f"{died} times"
+    return f"WorkerDied: the Ray worker computing it died {times} (a crash, or out of memory)"
+
+
+@contextmanager
+def attempted(db_dir: str | os.PathLike, sha256: str) -> Iterator[None]:
+    """A step that may kill its process (decoding a photo, embedding it), noted: where
+    it does, the note counts one death more; lived through, the count is as before."""
+    died = deaths(db_dir, sha256)
+    attempt(db_dir, sha256)
+    try:
+        yield
+    finally:
+        if died:
+            attempts_path(db_dir, sha256).write_text(str(died))
+        else:
+            attempts_path(db_dir, sha256).unlink(missing_ok=True)
 
 
 def attempt(db_dir: str | os.PathLike, sha256: str) -> None:

@@ -76,3 +76,34 @@ def let_ray_data_threads_end(timeout_s: float = THREADS_END_S) -> None:
     for thread in threading.enumerate():
         if thread.name in RAY_DATA_THREADS and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+@contextmanager
+def ray_for_run(address: str | None, device: str | None) -> Iterator[tuple[str, int]]:
+    """``ray_session`` for an indexing run, yielding its actors' device and the cluster's
+    GPUs: a cluster that cannot be joined, or that lacks the device asked for, is refused
+    before the run makes its index folder."""
+    with ray_session(address):
+        import ray
+
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        yield actor_device(device, gpus), gpus
+
+
+def actor_device(device: str | None, gpus: int) -> str:
+    """The models' device in every actor, by the rule of ``usesearch.devices``: the
+    cluster's GPUs where it has them (one per actor), else its CPUs; ``cuda`` with no
+    GPU in the cluster is refused, ``cpu`` keeps the actors off the GPUs."""
+    if device in (None, "auto"):
+        return "cuda" if gpus else "cpu"
+    if device.startswith("cuda"):
+        if device != "cuda":
+            raise UsesearchError(f"--device {device}: on Ray each actor gets a GPU of its own; give --device cuda")
+        if not gpus:
+            raise UsesearchError(
+                "--device cuda: this Ray cluster has no GPU; use --device cpu, or join a cluster with GPUs"
+            )
+        return "cuda"
+    if device != "cpu":
+        raise UsesearchError(f"--device {device}: usesearch runs its models on cpu or cuda")
+    return "cpu"

@@ -178,3 +178,46 @@ def test_a_rerun_on_ray_reads_only_the_photos_that_changed_or_gained_a_mask(ray_
     ix.close()
     index_coco([photos], coco, tmp_path / "fresh", TINY)
     assert_same(db, tmp_path / "fresh")
+
+
+def test_a_photo_that_kills_its_embedding_worker_is_recorded_and_the_rest_indexed(
+    ray_local, world, tmp_path, monkeypatch
+):
+    """The labelled dataset's actor kept no count of its deaths: Ray restarted it and
+    retried the photo for ever (the masker run's actor stops after two)."""
+    import os
+
+    from usesearch.indexer import coco_ray
+
+    class CrashesOnRocket(coco_ray.AnnotationWorker):
+        def _one(self, rgb, batch, i):
+            if str(batch["path"][i]).endswith("rocket.png"):
+                os._exit(1)  # as a native crash or the OOM killer would end it
+            return super()._one(rgb, batch, i)
+
+    monkeypatch.setattr(coco_ray, "AnnotationWorker", CrashesOnRocket)
+    photos, coco_file = world
+    db = tmp_path / "db"
+    report = index_coco_ray([photos], coco_file, db, TINY, workers=1)
+    with SegmentIndex.open(db) as ix:
+        failed = {Path(f.path).name: f for f in ix.store.failures()}
+        assert failed.keys() == {"rocket.png"} and failed["rocket.png"].error_class == "WorkerDied"
+        assert {Path(r.image_path).name for r in ix.store.rows(ix.store.segment_ids()).values()} == {
+            "chelsea.png",
+            "coffee.png",
+        }
+    assert report.failed == 1 and not list((db / FRAGMENTS).iterdir())
+
+
+def test_a_device_the_cluster_lacks_is_refused_before_the_index_folder_is_made(ray_local, world, tmp_path):
+    """It was refused inside the writer: an empty index was left, tied to the preset."""
+    from usesearch.errors import UsesearchError
+    from usesearch.indexer.distributed import index_paths_ray
+
+    photos, coco_file = world
+    cuda = IndexOptions(preset="tiny", device="cuda", masker="felzenszwalb")
+    with pytest.raises(UsesearchError, match="this Ray cluster has no GPU"):
+        index_coco_ray([photos], coco_file, tmp_path / "labelled", cuda)
+    with pytest.raises(UsesearchError, match="this Ray cluster has no GPU"):
+        index_paths_ray([photos], tmp_path / "proposals", cuda)
+    assert not (tmp_path / "labelled").exists() and not (tmp_path / "proposals").exists()

@@ -15,7 +15,7 @@ from usesearch.cli.app import app
 from usesearch.devices import resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.indexer import IndexOptions, SegmentIndex, faiss_gpu, index_paths
-from usesearch.indexer.distributed import _actor_device
+from usesearch.indexer.ray_cluster import actor_device
 
 
 def fake_cuda(monkeypatch, gpus: int = 1) -> None:
@@ -162,12 +162,12 @@ def test_reindex_device_is_now_faiss_device(capsys):
 
 
 def test_ray_actors_follow_the_same_rule():
-    assert _actor_device(None, gpus=0) == "cpu" and _actor_device(None, gpus=2) == "cuda"
-    assert _actor_device("cpu", gpus=2) == "cpu" and _actor_device("cuda", gpus=1) == "cuda"
+    assert actor_device(None, gpus=0) == "cpu" and actor_device(None, gpus=2) == "cuda"
+    assert actor_device("cpu", gpus=2) == "cpu" and actor_device("cuda", gpus=1) == "cuda"
     with pytest.raises(UsesearchError, match="no GPU"):
-        _actor_device("cuda", gpus=0)
+        actor_device("cuda", gpus=0)
     with pytest.raises(UsesearchError, match="GPU of its own"):
-        _actor_device("cuda:1", gpus=2)
+        actor_device("cuda:1", gpus=2)
 
 
 def test_faiss_device_resolution():
