@@ -17,7 +17,8 @@ import numpy as np
 
 from usesearch import interrupts
 from usesearch.errors import DiskFullError, IndexMismatchError, UsesearchError, is_disk_full
-from usesearch.masks.maskers import mask_defining, masks_file_changed, masks_file_unrecorded
+from usesearch.masks.coco_masker import masks_file_changed, masks_file_unrecorded
+from usesearch.masks.maskers import mask_defining
 
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import FAISS_FILE, check_catalog_kind, db_url_for, remove_if_bare, writer_lock

@@ -300,21 +300,6 @@ def mask_defining(params: dict) -> dict:
     return kept
 
 
-def masks_file_unrecorded(recorded: dict, asked: dict) -> bool:
-    """A ``coco`` index made before its masks file's content was recorded, asked for
-    that same file: its content is recorded now (what it was then is not known)."""
-    return (
-        "masks_sha256" in asked and "masks_sha256" not in recorded and recorded.get("masks_json") == asked["masks_json"]
-    )
-
-
-def masks_file_changed(recorded: dict, asked: dict) -> str:
-    """Said where a ``coco`` index is asked for a masks file of other content."""
-    if recorded.get("masks_sha256") not in (None, asked.get("masks_sha256")):
-        return " (its masks file's content changed: an index's masks are not replaced in place)"
-    return ""
-
-
 # -- the registry: a masker by name ----------------------------------------------------
 
 
