@@ -27,11 +27,11 @@ def sheet_size(hits: int, tile: int = TILE, columns: int = COLUMNS) -> tuple[int
 
 
 def check_sheet(out: str | os.PathLike, hits: int) -> None:
-    """Refuse, before the search, a sheet its format cannot hold."""
+    """Refuse a sheet its format cannot hold (before drawing it; the COCO file is written first)."""
     height = sheet_size(hits)[1]
     if Path(out).suffix.lower() == ".webp" and height > WEBP_MOST_PIXELS:
         most = WEBP_MOST_PIXELS // (TILE + CAPTION) * COLUMNS
-        raise UsesearchError(f"--show {out}: a WebP sheet holds {most} hits at most (-k {hits}): write a .png")
+        raise UsesearchError(f"--show {out}: a WebP sheet holds {most} hits at most, not {hits}: write a .png")
 
 
 def contact_sheet(

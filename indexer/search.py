@@ -219,6 +219,7 @@ class SegmentIndex(Freshness):
                 raise UsesearchError("give a mask, or a point or box for SAM, not both")
             return region_lib.from_mask(mask, rgb.shape[:2])
         with self._model_lock:
+            self.check_open()  # SAM is not loaded again once closed
             if self._sam is None:
                 from usesearch import get_preset
                 from usesearch.masks.sam import load_sam
@@ -277,6 +278,7 @@ class SegmentIndex(Freshness):
         per_image, min_score, distinct = filters.per_image, filters.min_score, filters.distinct
         self.refresh()
         with self._index_lock.reading():  # one index throughout: a reader's reload waits for this search
+            self.check_open()  # closed since its refresh: its index is given back
             selection = self._selections.resolve(filters)
             if selection.empty:
                 return []  # nothing can match

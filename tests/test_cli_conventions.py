@@ -159,6 +159,9 @@ def test_an_option_of_one_value_given_twice_is_refused_not_half_kept():
     assert given_twice(["query", "a cat", "--json", "--json", "--db", "d"]) is None  # a flag, not a value
     assert given_twice(["query", "--", "--db", "--db"]) is None  # words after --, not options
     assert given_twice(["nosuch", "--db", "a", "--db", "b"]) is None  # click's to say
+    assert given_twice(["index", "p", "--coco-json", "a.json", "--masks", "b.json"]).startswith("--coco-json is given")
+    assert given_twice(["audit", "--coco", "a.json", "--images", "p", "--coco", "b.json"]) is not None  # old audit
+    assert given_twice(["audit", "--db", "d", "-k", "3"]) is None
 
 
 def test_the_installed_entry_point_accepts_an_old_spelling(tmp_path):

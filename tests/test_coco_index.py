@@ -327,6 +327,7 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
         {"id": 2**63, "image_id": 1, "category_id": 1, "segmentation": good},  # past BIGINT: the run stopped
         {"id": "11", "image_id": 1, "category_id": 1, "segmentation": good},  # said without where it is
         {"id": 12, "image_id": 1, "category_id": 1, "segmentation": good, "iscrowd": "0"},  # read as a crowd
+        {"id": 13, "image_id": 1, "category_id": 1, "segmentation": [[4, 4, 30, 4, 30, 30]], "iscrowd": None},
     ]
     coco = tmp_path / "mixed.json"
     coco.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES[:1]}))
@@ -334,9 +335,10 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
     runner = CliRunner()
     result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(coco), *TINY])
     assert result.exit_code == 0, result.output
-    assert "2 annotations indexed from 1 photos" in result.output
+    assert "3 annotations indexed from 1 photos" in result.output
     ix = SegmentIndex.open(db)
-    assert sorted(r.annotation_id for r in ix.store.rows(ix.store.segment_ids()).values()) == [1, 10]
+    kept = {r.annotation_id: r.iscrowd for r in ix.store.rows(ix.store.segment_ids()).values()}
+    assert kept == {1: False, 10: False, 13: False}  # a null iscrowd is not said: no crowd, as when missing
     problems = {(p.annotation_id, p.kind) for p in ix.store.annotation_problems()}
     assert problems == {
         (1, "duplicate id"),

@@ -160,12 +160,27 @@ def test_an_output_that_would_replace_a_photo_or_the_other_output_is_refused_fir
         (["query", "a cat", "--show", str(photo)], "--show"),
         (["query", "a cat", "--show", str(tmp_path / "x.png"), "--export-coco", str(tmp_path / "x.png")], "same"),
         (["similar", "--image", str(photo), "--point", "5,5", "--show", str(photo)], "--image input"),
-        (["query", "a cat", "-k", "370", "--show", str(tmp_path / "big.webp")], "holds 365 hits at most"),
     ]
     for args, why in cases:
         result = runner.invoke(app, [*args, "--db", str(db)])
         assert result.exit_code == 2 and why in result.output, (args, result.output)
-    assert photo.read_bytes() == before and not list(tmp_path.glob("x.png")) and not list(tmp_path.glob("big*"))
+    assert photo.read_bytes() == before and not list(tmp_path.glob("x.png"))
+
+
+def test_a_webp_sheet_is_refused_past_what_webp_holds_only(indexed, tmp_path):
+    """WebP's sides stop at 16,383 pixels: 365 hits. The limit is the hits found, not -k."""
+    from usesearch.errors import UsesearchError
+    from usesearch.indexer.export import check_sheet
+
+    check_sheet(tmp_path / "s.webp", 365)
+    check_sheet(tmp_path / "s.png", 1000)
+    with pytest.raises(UsesearchError, match="a WebP sheet holds 365 hits at most"):
+        check_sheet(tmp_path / "s.webp", 366)
+    _, db = indexed  # a few dozen segments: -k 400 finds fewer than 365
+    result = CliRunner().invoke(
+        app, ["query", "a cat", "--db", str(db), "-k", "400", "--show", str(tmp_path / "s.webp")]
+    )
+    assert result.exit_code == 0 and (tmp_path / "s.webp").is_file(), result.output
 
 
 def test_a_photo_swapped_for_a_fifo_or_another_picture_is_a_grey_tile(indexed, tmp_path):

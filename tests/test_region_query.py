@@ -359,3 +359,26 @@ def test_closing_an_index_gives_back_its_faiss_index_and_models(indexed):
     ix.close()  # twice: nothing more to do
     gc.collect()
     assert [ref() for ref in held] == [None, None]
+    with pytest.raises(UsesearchError, match="this index is closed"):
+        ix.region(np.zeros((32, 32, 3), np.uint8), point=(5, 5))  # SAM not loaded again
+    assert ix._sam is None
+
+
+def test_a_search_meeting_a_close_is_refused_in_one_line(indexed):
+    """Closed between its refresh and its reading of the index: an AttributeError."""
+    import threading
+
+    root, _ = indexed
+    ix = SegmentIndex.open(root / "db")
+    vector = ix.text_vector("a cat")
+    refresh = ix.refresh
+
+    def refresh_then_closed():
+        refresh()
+        closing = threading.Thread(target=ix.close)
+        closing.start()
+        closing.join()
+
+    ix.refresh = refresh_then_closed
+    with pytest.raises(UsesearchError, match="this index is closed"):
+        ix.search_vector(vector, 3)

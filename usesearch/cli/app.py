@@ -11,6 +11,7 @@ import sys
 import typer
 
 from usesearch.cli import audit, curate, eval, index, models, search, train, upkeep
+from usesearch.cli.spellings import meaning
 
 app = typer.Typer(help="Open-vocabulary segment search (USE: Universal Segment Embeddings).", no_args_is_help=True)
 audit.AuditCommand.old = (eval.old_audit,)  # `audit --coco FILE --images DIR`, the old spelling of `eval audit`
@@ -46,6 +47,7 @@ def given_twice(argv: list[str]) -> str | None:
         if at is None or args[at] not in command.commands:
             return None  # click says what is wrong
         command, args = command.commands[args[at]], args[at + 1 :]
+    command = getattr(command, "for_args", lambda _: command)(args)  # `audit --coco`: the old spelling's
     single = {
         flag: param
         for param in command.params
@@ -59,7 +61,7 @@ def given_twice(argv: list[str]) -> str | None:
             break
         flag = arg.split("=", 1)[0]
         if flag in single:
-            name = single[flag].name or flag
+            name = meaning(single[flag].name or flag)  # `--coco-json a --masks b`: both --coco
             if name in seen:
                 return f"{seen[name]} is given twice, and it takes one value: run the command once for each"
             seen[name] = flag

@@ -27,12 +27,19 @@ class AuditCommand(TyperCommand):
 
     old: ClassVar[tuple[Callable[..., Any], ...]] = ()  # a tuple: a function here would bind as a method
 
-    def make_context(self, info_name, args, parent=None, **extra):
+    def for_args(self, args) -> Any:
+        """The command ``args`` run: this one, or the old spelling's."""
         flags = {a.split("=", 1)[0] for a in args}
         if self.old and "--db" not in flags and flags & set(OLD_FLAGS):
             legacy = opts.Typer()
             legacy.command("audit", hidden=True)(self.old[0])
-            return typer.main.get_command(legacy).make_context(info_name, list(args), parent=parent, **extra)
+            return typer.main.get_command(legacy)
+        return self
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        command = self.for_args(args)
+        if command is not self:
+            return command.make_context(info_name, list(args), parent=parent, **extra)
         return super().make_context(info_name, args, parent=parent, **extra)
 
 

@@ -90,11 +90,10 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
 
 def _refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path | None]) -> None:
     """Before the search: an output that would replace an input, the other output or an
-    indexed photo (`--show photos/rocket.png` drew the sheet over the photo), or a
-    sheet its format cannot hold."""
+    indexed photo (`--show photos/rocket.png` drew the sheet over the photo)."""
     import os
 
-    from usesearch.indexer.export import check_sheet, region_picture_path
+    from usesearch.indexer.export import region_picture_path
     from usesearch.io.atomic import is_stream
 
     outputs = {"--show": output.show, "--export-coco": output.export_coco}
@@ -107,8 +106,6 @@ def _refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path
         for spelled in {os.path.abspath(path), os.path.realpath(path)}:  # as the indexer keys it, or its target
             if index.store.image_by_path(os.fsencode(spelled)) is not None:
                 raise UsesearchError(f"{flag} {path} is an indexed photo: it would be overwritten; write elsewhere")
-    if output.show:
-        check_sheet(output.show, output.k)
 
 
 def _why_none(index, filters: SearchFilters) -> list[str]:

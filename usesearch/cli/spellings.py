@@ -17,6 +17,13 @@ KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 CONTEXT = "usesearch__context"  # the command's click context, for the old spellings' check
 OLD_GIVEN = "usesearch.old_spellings"  # in contexts' meta: per context, the parameters an old flag was given for
 
+FORMERLY = "__formerly_"  # an old spelling's hidden parameter: the new one's name, this, its number
+
+
+def meaning(param_name: str) -> str:
+    """The parameter an old spelling's hidden one stands for (the name itself otherwise)."""
+    return param_name.split(FORMERLY, 1)[0]
+
 
 # -- old spellings, kept for one release -------------------------------------------------
 def deprecated(note: str) -> None:
@@ -66,7 +73,7 @@ def taking_old_spellings(command: Callable[..., Any]) -> Callable[..., Any]:
             hidden = typer.Option(*old.flags, hidden=True, expose_value=False, callback=_handing_to(param.name, old))
             annotation: Any = Annotated[Optional[get_args(param.annotation)[0]], hidden]
             aliases.append(
-                inspect.Parameter(f"{param.name}__formerly_{i}", KEYWORD_ONLY, default=None, annotation=annotation)
+                inspect.Parameter(f"{param.name}{FORMERLY}{i}", KEYWORD_ONLY, default=None, annotation=annotation)
             )
     if not aliases:
         return command

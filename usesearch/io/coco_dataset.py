@@ -221,7 +221,7 @@ def _annotation(item: Any, at: int, categories: dict[int, str], seen: set[int]) 
         raise AnnotationError(
             BROKEN_ANNOTATION, f"annotations[{at}]: id, image_id and category_id must be whole numbers ({said})"
         )
-    crowd = item.get("iscrowd", 0)
+    crowd = 0 if item.get("iscrowd") is None else item["iscrowd"]  # null: not said, as when missing
     if crowd not in (0, 1):  # (True, 1.0 are 1); "0" was read as a crowd
         raise AnnotationError(BROKEN_ANNOTATION, f"iscrowd must be 0 or 1, not {crowd!r}")
     if "segmentation" not in item:
