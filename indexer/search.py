@@ -37,8 +37,8 @@ CANDIDATES_MAX = 32_768  # a compressed index's search re-scores at most these (
 LOCATIONS = ("catalog", "memory", "background")  # see SegmentIndex.__init__
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 FULL_ROWS_UP_TO = 2048  # candidates of a filter checked on them read whole at once; past this, light first
-SCAN_UP_TO = 150_000  # a selection this small is scored exactly from the embedding files (~40 ms on 2 cores),
-# not searched: on a compressed index an IVF's probed lists hold few of a narrow selection's best segments
+# A selection this small is scored exactly from the embedding files (~40 ms on 2 cores), not searched:
+SCAN_UP_TO = 150_000  # on a compressed index an IVF's probed lists hold few of a narrow selection's best segments
 
 
 class SegmentIndex(Freshness):
@@ -124,13 +124,12 @@ class SegmentIndex(Freshness):
     def close(self) -> None:
         """Release the catalog's connections and the memory held (FAISS, the models, the
         locations) once searches under way end; searching after is refused."""
-        if not self._closed:
-            self._closed = True
-            with self._index_lock.writing():  # each lock alone: a region search takes SAM's, then this
-                del self.index
-                self._locations = None
-            with self._model_lock, self._model_load_lock:
-                self._sam = self._model = None
+        self._closed = True
+        with self._index_lock.writing():  # each lock alone: a region search takes SAM's, then this
+            self.__dict__.pop("index", None)  # (gone already where closed before)
+            self._locations = None
+        with self._model_lock, self._model_load_lock:
+            self._sam = self._model = None
         self.store.close()
 
     def __enter__(self) -> SegmentIndex:
