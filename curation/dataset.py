@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ from usesearch.errors import UsesearchError
 from usesearch.io.atomic import write_atomic
 from usesearch.io.files import read_bytes
 from usesearch.io.locks import one_writer
+from usesearch.masks import rle
 
 from .records import Segment
 
@@ -149,23 +149,9 @@ def _record_fault(record: Any) -> str | None:
             isinstance(t, dict) and {"text", "source", "kind"} <= t.keys() for t in segment["texts"]
         ):
             return f"segment {k} has a text without text, source or kind"
-        if not _whole_rle(segment["rle"]):
+        if not rle.is_compressed(segment["rle"]):  # a flipped byte mostly leaves its alphabet
             return f"segment {k}'s mask is not a COCO RLE (size [h, w], counts in '0'..'o')"
     return None
-
-
-_RLE_COUNTS = re.compile(r"[0-o]*")  # (a regex: every record's every mask is checked as it is read)
-
-
-def _whole_rle(rle: Any) -> bool:
-    """A compressed COCO RLE's shape, checked without decoding it: a flipped byte in its
-    counts mostly leaves the alphabet pycocotools writes (one character per 5 bits + 48),
-    and would otherwise surface at training as an unreadable photo."""
-    if not isinstance(rle, dict) or not isinstance(rle.get("counts"), str):
-        return False
-    size = rle.get("size")
-    ok_size = isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size)
-    return ok_size and _RLE_COUNTS.fullmatch(rle["counts"]) is not None
 
 
 def read_segments(record: dict[str, Any]) -> list[Segment]:

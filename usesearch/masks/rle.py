@@ -8,6 +8,7 @@ converts at its edge. Polygons and uncompressed RLE come in through
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +160,25 @@ def run_lengths(rle: dict) -> np.ndarray:
     return counts
 
 
+_COUNTS = re.compile(r"[0-o]*")  # pycocotools' alphabet: 5 bits of a run a character, plus 48
+
+
+def counts_written(counts: str) -> bool:
+    """Compressed counts as pycocotools writes them: its alphabet, the last run ended
+    (no continuation bit). A regex: curation checks every mask of every record read."""
+    return _COUNTS.fullmatch(counts) is not None and not (counts and (ord(counts[-1]) - 48) & 0x20)
+
+
+def is_compressed(rle: Any) -> bool:
+    """A compressed RLE in this module's convention (size [h, w] of positive whole
+    numbers, str counts as written), checked without decoding it."""
+    if not isinstance(rle, dict) or not isinstance(rle.get("counts"), str):
+        return False
+    size = rle.get("size")
+    whole = isinstance(size, list) and len(size) == 2 and all(type(n) is int and n > 0 for n in size)
+    return whole and counts_written(rle["counts"])
+
+
 def checked(segmentation: Any, height: int, width: int) -> dict:
     """A COCO ``segmentation`` from a file not trusted (polygons, uncompressed or
     compressed RLE) -> compressed RLE (str counts) of an ``height`` x ``width`` photo;
@@ -191,8 +211,7 @@ def checked(segmentation: Any, height: int, width: int) -> dict:
             raise ValueError("an uncompressed RLE's counts must be whole numbers of pixels")
         lengths = np.asarray(counts, np.int64)
     elif isinstance(counts, (str, bytes)):
-        chars = np.frombuffer(counts.encode("utf-8") if isinstance(counts, str) else counts, np.uint8)
-        if len(chars) and ((chars < 48).any() or (chars > 111).any() or (int(chars[-1]) - 48) & 0x20):
+        if not counts_written(counts.decode("latin-1") if isinstance(counts, bytes) else counts):
             raise ValueError("the RLE's counts are not a COCO compressed string")
         lengths = run_lengths({"size": size, "counts": counts})
     else:
