@@ -78,7 +78,7 @@ class AnnotationWorker:
         errors = list(batch["error"])
         for i, rgb in enumerate(batch["rgb"]):
             sha = str(batch["sha256"][i])
-            errors[i] = errors[i] or fragments.verdict(self.db_dir, sha) or ""  # it killed actors: as distributed's
+            errors[i] = errors[i] or fragments.verdict(fragments.deaths(self.db_dir, sha)) or ""  # as distributed's
             if errors[i]:
                 continue  # not read or not decoded: recorded by the committer
             try:
@@ -157,8 +157,7 @@ def index_coco_ray(
         report.devices.insert(0, f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers ({gpus} GPU(s))")
         for left in (db_dir / FRAGMENTS).glob("coco-*.npz"):  # a killed run's: planned again from the catalog
             left.unlink()
-        for note in (db_dir / FRAGMENTS).glob("*.attempts"):  # a killed run's actors died with it, not of a photo
-            note.unlink()
+        fragments.forget_attempts(db_dir)
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         located = list(located_entries(dataset, folders, writer, report, split))

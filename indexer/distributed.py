@@ -34,7 +34,6 @@ from . import faiss_gpu, fragments
 from .compute import compute_photos, photos_per_masker_call
 from .folder import is_new
 from .fragments import (
-    FRAGMENTS,
     MAX_WORKER_DEATHS,
     error_text,
     fragment_path,
@@ -82,7 +81,7 @@ def _decode_files(batch: dict, max_bytes: int, max_pixels: int, db_dir: str | os
     images, errors = [], []
     for fs_path, path, sha in zip(batch["fs_path"], batch["path"], batch["sha256"]):
         images.append(np.zeros((0, 0, 3), np.uint8))
-        errors.append(fragments.verdict(db_dir, sha) or "")
+        errors.append(fragments.verdict(fragments.deaths(db_dir, sha)) or "")
         if errors[-1]:
             continue
         try:
@@ -125,9 +124,10 @@ class SegmentWorker:
             # A verdict's note stays until it is committed (``_commit``): deleted now, a retry
             # of this call after another photo's death would compute it again, and two such
             # photos would take turns killing the actor for ever.
-            errors[i] = fragments.verdict(self.db_dir, sha, self.max_deaths) or ""
+            died = fragments.deaths(self.db_dir, sha)
+            errors[i] = fragments.verdict(died, self.max_deaths) or ""
             if not errors[i]:
-                (retries if fragments.deaths(self.db_dir, sha) else first_tries).append(i)
+                (retries if died else first_tries).append(i)
         # A photo an actor died on is computed alone, so one that kills its worker takes
         # itself to max_deaths, not the photos it was batched with on its first try.
         per_call = photos_per_masker_call(self.masker) if self.max_deaths > 1 else 1
@@ -261,8 +261,7 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     import ray
     import ray.data
 
-    for note in (db_dir / FRAGMENTS).glob("*.attempts"):  # a killed run's actors died with it, not of a photo
-        note.unlink(missing_ok=True)
+    fragments.forget_attempts(db_dir)
     ready = [{**r, "error": "", "segments": -1} for r in pending if fragment_path(db_dir, r["sha256"]).is_file()]
     computed = {r["sha256"] for r in ready}
     todo = [r for r in pending if r["sha256"] not in computed]  # before ``ready``'s commits delete their fragments

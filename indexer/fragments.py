@@ -72,6 +72,12 @@ def drop_committed(db_dir: str | os.PathLike, committed: Callable[[str], bool]) 
     return dropped
 
 
+def forget_attempts(db_dir: str | os.PathLike) -> None:
+    """At a run's start: a killed run's notes name actors that died with it, not of a photo."""
+    for note in (Path(db_dir) / FRAGMENTS).glob("*.attempts"):
+        note.unlink(missing_ok=True)
+
+
 def attempts_path(db_dir: str | os.PathLike, sha256: str) -> Path:
     return Path(db_dir) / FRAGMENTS / f"{sha256}.attempts"
 
@@ -84,9 +90,8 @@ def deaths(db_dir: str | os.PathLike, sha256: str) -> int:
         return 0
 
 
-def verdict(db_dir: str | os.PathLike, sha256: str, most: int = MAX_WORKER_DEATHS) -> str | None:
-    """The failure recorded for a photo actors died on ``most`` times; None before."""
-    died = deaths(db_dir, sha256)
+def verdict(died: int, most: int = MAX_WORKER_DEATHS) -> str | None:
+    """The failure recorded for a photo actors died on (``deaths``) ``most`` times; None before."""
     if died < most:
         return None
     times = "once" if died == 1 else f"{died} times"
