@@ -287,17 +287,15 @@ class CocoMasker:
 
 
 # How the work is batched and its precision on a GPU: no setting of the masks'
-# definition (``amg.py``), so not part of an index's identity.
-NOT_MASK_DEFINING = ("points_per_batch", "autocast", "encoder_batch")
+# definition (``amg.py``), so not part of an index's identity; nor where a masks file
+# lies (``--masker coco``: its content, ``masks_sha256``, defines them).
+NOT_MASK_DEFINING = ("points_per_batch", "autocast", "encoder_batch", "masks_json")
 
 
 def mask_defining(params: dict) -> dict:
-    """A masker's settings that define its masks: another batch size may resume an index;
-    a masks file moved or renamed too (its content defines them, where it is recorded)."""
-    kept = {k: v for k, v in params.items() if k not in NOT_MASK_DEFINING}
-    if "masks_sha256" in kept:
-        kept.pop("masks_json", None)
-    return kept
+    """A masker's settings that define its masks: another batch size may resume an index,
+    and a masks file moved or renamed."""
+    return {k: v for k, v in params.items() if k not in NOT_MASK_DEFINING}
 
 
 # -- the registry: a masker by name ----------------------------------------------------
