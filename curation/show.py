@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
-from usesearch.io.images import read_image
+from usesearch.io.files import decode, read_bytes
 from usesearch.masks import rle
 
 from .dataset import read_records
@@ -43,7 +43,15 @@ def find_record(dataset_dir: str | os.PathLike, image: str) -> dict[str, Any]:
 
 
 def render(record: dict[str, Any], out: str | os.PathLike, alpha: float = 0.45) -> Path:
-    rgb = read_image(record["path"]).astype(np.float32)
+    """The photo with the record's masks drawn on it; a photo replaced since it was
+    curated is refused (its masks would be drawn over other pixels, or not fit)."""
+    data, sha256 = read_bytes(record["path"])
+    if sha256 != record["sha256"]:
+        raise UsesearchError(
+            f"{record['path']} has changed since it was curated (its SHA-256 differs): its masks would not fit it; "
+            "run `usesearch curate run` again to curate the new photo"
+        )
+    rgb = decode(data, record["path"]).astype(np.float32)
     labels = []
     for i, seg in enumerate(sorted(record["segments"], key=lambda s: -s["area"])):
         mask = rle.decode(seg["rle"])

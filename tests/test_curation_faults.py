@@ -310,3 +310,22 @@ def test_curate_run_interrupted_says_what_is_kept_and_asks_for_captions_before_m
     monkeypatch.setattr(curate_cli, "_grounder", lambda *a: pytest.fail("the grounder loaded"))
     no_captioner = CliRunner().invoke(app, ["curate", "run", str(photos), "--dataset-dir", str(tmp_path / "d2")])
     assert no_captioner.exit_code == 2 and "pass --captioner" in no_captioner.output, no_captioner.output
+
+
+def test_curate_show_never_writes_over_the_photo_and_refuses_a_photo_replaced_since(tmp_path, photos):
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    curate([ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])], tmp_path / "ds")
+    before = (photos / "cat.png").read_bytes()
+    show = ["curate", "show", str(tmp_path / "ds"), "cat.png", "--out"]
+    over = CliRunner().invoke(app, [*show, str(photos / "cat.png")])
+    assert over.exit_code != 0 and "is the photo input: it would be overwritten" in over.output, over.output
+    assert (photos / "cat.png").read_bytes() == before
+    assert CliRunner().invoke(app, [*show, str(tmp_path / "notes.txt")]).exit_code == 2  # not a picture name
+    assert CliRunner().invoke(app, [*show, str(tmp_path / "look.png")]).exit_code == 0
+    Image.fromarray(data.astronaut()[:75, :113]).save(photos / "cat.png")  # same size, other pixels
+    replaced = CliRunner().invoke(app, [*show, str(tmp_path / "look2.png")])
+    assert replaced.exit_code != 0 and "has changed since it was curated" in replaced.output, replaced.output
+    assert not (tmp_path / "look2.png").exists()

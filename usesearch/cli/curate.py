@@ -211,12 +211,15 @@ def _captioner(name: str, revision: Optional[str], trust_remote_code: bool, devi
 def show(
     dataset: Annotated[Path, typer.Argument(help="A curated dataset folder.", exists=True, file_okay=False)],
     image: Annotated[str, typer.Argument(help="The image: its path, file name or sha256.")],
-    out: Annotated[Path, opts.out_file("PNG to write.")] = Path("curated.png"),
+    out: Annotated[
+        Path, typer.Option("--out", dir_okay=False, help="PNG to write.", callback=opts.picture_file)
+    ] = Path("curated.png"),
 ) -> None:
     """Draw one image's segments (masks tinted, texts written) to a PNG for eyeballing quality."""
     from usesearch.curation.show import find_record, render
 
     record = find_record(dataset, image)
+    opts.refuse_overwriting({"--out": out}, {"photo": Path(record["path"])})
     written = render(record, out)
     if record["segments"]:
         texts = sum(len(segment["texts"]) for segment in record["segments"])
