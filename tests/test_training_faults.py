@@ -293,7 +293,7 @@ def test_train_and_curate_json_are_their_reports_alone_on_stdout(tmp_path):
     trained = CliRunner().invoke(app, [*args, "--max-steps", "1", "--batch-images", "2", "--json"])
     assert trained.exit_code == 0, trained.output
     summary = json.loads(trained.stdout)
-    assert summary["steps"] == 1 and summary["images"] == 4 and summary["unreadable"] == {}
+    assert summary["steps"] == 1 and summary["images"] == 2 and summary["unreadable"] == {}
     coco = {
         "categories": [{"id": 1, "name": "shape"}],
         "images": [{"id": 1, "file_name": "5-00000.png", "height": 128, "width": 128}],
@@ -311,7 +311,8 @@ def test_train_and_curate_json_are_their_reports_alone_on_stdout(tmp_path):
 
 
 def test_a_new_run_does_not_inherit_the_skips_of_a_run_killed_before_its_first_checkpoint(samples, tmp_path):
-    (tmp_path / "unreadable.txt").write_text(f"{samples[0].path}\tcannot read\n")  # left by the killed run
+    (tmp_path / "log.csv").write_text(",".join(train_module.LOG_HEADER) + "\n1,0,0.5,0.001,3,0.1\n")  # left by the
+    (tmp_path / "unreadable.txt").write_text(f"{samples[0].path}\tcannot read\n")  # killed run, as is this
     Trainer(samples, tmp_path, CFG).run(until=2)
     resumed = Trainer(samples, tmp_path, CFG)
     resumed.resume()
@@ -384,3 +385,58 @@ def test_the_trainer_state_is_safetensors_and_a_run_from_before_resumes_from_tra
     assert not (tmp_path / "old" / "trainer.pt").exists() and state_file.is_file()
     whole, old = (load_head(tmp_path / out / "head", usesearch.get_preset("tiny"))[0] for out in ("whole", "old"))
     assert all(torch.equal(whole[k], old[k]) for k in whole)
+
+
+def test_a_new_run_refuses_a_folder_holding_the_users_files_and_deletes_none(samples, tmp_path):
+    """A run writes log.csv, head.* and unreadable.txt: a user's files of those names
+    were replaced or deleted without a word."""
+    mine = {"log.csv": "date,weight\n1,2\n", "unreadable.txt": "my list\n", "head.json": '{"mine": 1}'}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(usesearch.UsesearchError, match="holds files that are not a training run's .*head.json"):
+        Trainer(samples, tmp_path, CFG).run(until=1)
+    assert {name: (tmp_path / name).read_text() for name in mine} == mine
+
+
+def test_a_kill_mid_checkpoint_leaves_no_temporary_file_behind_the_next_run(samples, tmp_path):
+    """write_atomic's temporary file of a writer killed before its rename is as big as a
+    checkpoint; the next run in the folder removes it (a live writer's is kept)."""
+    import os
+    import subprocess
+
+    Trainer(samples, tmp_path, CFG).run(until=2)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = tmp_path / f".trainer.safetensors.{gone.pid}.tmp"
+    live = tmp_path / f".notes.txt.{os.getpid()}.tmp"
+    orphan.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    resumed = Trainer(samples, tmp_path, CFG)
+    resumed.resume()
+    resumed.run(until=4)
+    assert not orphan.exists() and live.exists()
+
+
+def test_a_step_head_with_a_tampered_record_is_refused_as_damaged(samples, tmp_path):
+    Trainer(samples, tmp_path, CFG).run(until=2)
+    meta_file = tmp_path / "step-0000002.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "data": "x"}))
+    with pytest.raises(usesearch.UsesearchError, match="the head of step 2 is damaged"):
+        Trainer(samples, tmp_path, CFG).resume()
+
+
+def test_a_run_cut_short_by_max_steps_counts_the_photos_it_reached(tmp_path):
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    data = write_dataset(tmp_path / "data", 8, seed=6)
+    args = ["train", str(data), "--preset", "tiny", "--crop", "96", "--batch-images", "2", "--json"]
+    result = CliRunner().invoke(app, [*args, "--run-dir", str(tmp_path / "run"), "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 2 and "trained 1 steps on 2 images" in result.stderr
+    for photo in (data / "images").iterdir():
+        photo.unlink()
+    gone = CliRunner().invoke(app, [*args, "--run-dir", str(tmp_path / "gone"), "--max-steps", "1"])
+    assert gone.exit_code == 3 and json.loads(gone.stdout)["head"] is None, gone.output

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import threading
 import time
 import warnings
@@ -24,7 +25,7 @@ import torch
 
 from usesearch.devices import bf16_autocast, resolve_device
 from usesearch.errors import UsesearchError, first_line
-from usesearch.io.atomic import write_atomic
+from usesearch.io.atomic import is_temporary, remove_orphan_temporaries, write_atomic
 from usesearch.io.locks import one_writer
 from usesearch.models.checkpoint import save_head
 from usesearch.models.factory import create_use_and_clip
@@ -71,10 +72,41 @@ LOCK_FILE = ".train.lock"  # one training run a run folder
 NON_FINITE_LIMIT = 3
 
 
+LOG_HEADER = ["step", "epoch", "loss", "lr", "segments", "seconds"]
+# What a run killed before its first checkpoint leaves (its log begins with LOG_HEADER):
+# a new run there starts over them.
+KILLED_RUN_FILES = re.compile(r"^(log\.csv|unreadable\.txt|(head|step-\d+)\.(safetensors|json))$")
+
+
 def check_new_run(out: str | os.PathLike) -> None:
-    """A run folder that holds a run is continued with ``--resume``, never overwritten."""
+    """A run folder that holds a run is continued with ``--resume``, never overwritten;
+    one that holds other files is refused: a run writes ``log.csv``, ``head.*`` and
+    ``unreadable.txt`` there, and would replace a user's files of those names."""
     if trainer_file(out) is not None:
         raise UsesearchError(f"{out} holds a run already: --resume continues it, or give another --run-dir")
+    folder = Path(out)
+    if not folder.is_dir():
+        return
+    killed_run = _is_run_log(folder / "log.csv")
+    others = sorted(
+        name
+        for name in os.listdir(folder)
+        if name != LOCK_FILE and not is_temporary(name) and not (killed_run and KILLED_RUN_FILES.match(name))
+    )
+    if others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        raise UsesearchError(
+            f"{out} holds files that are not a training run's ({', '.join(others[:3])}{more}): "
+            "give --run-dir a new or empty folder"
+        )
+
+
+def _is_run_log(path: Path) -> bool:
+    try:
+        with open(path, newline="") as f:
+            return next(csv.reader(f), None) == LOG_HEADER
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
 
 
 class Trainer:
@@ -101,6 +133,13 @@ class Trainer:
         # Steps whose batch held fewer than two different texts: the loss has no negative
         # there (it is 0) and teaches nothing; said at the end of a run.
         self.steps_without_negatives = 0
+
+    def photos_reached(self) -> int:
+        """Photos the steps so far have drawn (read, or skipped as unreadable): all of them
+        after a whole epoch; before that, the first steps' batches of its order."""
+        if self.step >= self.steps_per_epoch:
+            return len(self.samples)
+        return min(len(self.samples), self.step * self.cfg.batch_images)
 
     # -- one step ------------------------------------------------------------------
     def batch_indices(self, step: int) -> list[int]:
@@ -193,6 +232,7 @@ class Trainer:
         return one_writer(self.out / LOCK_FILE, refusal)
 
     def _run(self, progress, until: int | None, stop: threading.Event | None = None) -> Path:
+        remove_orphan_temporaries(self.out)  # a kill -9 mid-checkpoint: a head or trainer file's worth
         if self.step == 0:  # checked again under the lock: a run may have ended here since the command started
             check_new_run(self.out)
             # A run killed before its first checkpoint left its skips: this run finds its own.
@@ -202,7 +242,7 @@ class Trainer:
         with open(log_path, "w" if new_log else "a", newline="") as f:
             log = csv.writer(f)
             if new_log:
-                log.writerow(["step", "epoch", "loss", "lr", "segments", "seconds"])
+                log.writerow(LOG_HEADER)
             self.use.train()
             end = until or self.total_steps
             ahead = ThreadPoolExecutor(1)  # the next batch is made while this one trains
@@ -330,7 +370,9 @@ class Trainer:
             state, meta = load_head(self.out / f"step-{step:07d}", self.use.preset)
         except UsesearchError as exc:
             raise UsesearchError(f"--resume: the head of step {step} is unusable ({exc}); {anew}") from None
-        started = meta.get("train_config") or {}
+        started, started_on = meta.get("train_config") or {}, meta.get("data", self.data)
+        if not isinstance(started, dict) or not isinstance(started_on, dict):
+            raise UsesearchError(f"--resume: the head of step {step} is damaged (its train_config or data); {anew}")
         changed = [
             f"--{name.replace('_', '-')} {started[name]} (now {getattr(self.cfg, name)})"
             for name in SCHEDULE
@@ -341,7 +383,6 @@ class Trainer:
                 f"--resume continues the run in {self.out} as it was started: {', '.join(changed)}; "
                 "give those again, or start a new run in another --run-dir"
             )
-        started_on = meta.get("data", self.data)
         if {key: self.data[key] for key in started_on if key in self.data} != started_on:  # older runs: no content
             raise UsesearchError(
                 f"--resume continues the run in {self.out} on the data it started on: "

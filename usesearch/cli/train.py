@@ -105,7 +105,7 @@ def train(
             print(json.dumps({"steps": trainer.step, "interrupted": True, "resumable": saved}, indent=1))
         raise typer.Exit(130) from None
     bar.close()
-    trained_on = len(samples) - len(trainer.unreadable)
+    trained_on = trainer.photos_reached() - len(trainer.unreadable)  # --max-steps may end before an epoch does
     opts.console.print(
         f"trained {trainer.step} steps on {trained_on} images; "
         + (f"head: {head} (use it with --head {run_dir / 'head'})" if trained_on else "the head learned nothing")

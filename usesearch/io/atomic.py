@@ -5,6 +5,7 @@ the old file or the new one, never half of one."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,40 @@ def write_atomic(
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")  # ``write_atomic``'s: .NAME.PID.tmp
+
+
+def is_temporary(name: str) -> bool:
+    """``name`` is a temporary file of ``write_atomic`` (its writer's, or a killed one's)."""
+    return TEMPORARY.match(name) is not None
+
+
+def remove_orphan_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary files in ``folder`` whose writer is no longer running (a
+    kill -9 between writing and renaming leaves one, as big as the file it was to
+    replace: a checkpoint, hundreds of MB). Only for a folder whose writers hold its
+    lock (the caller does): a live writer's file is kept by its pid. Returns the names."""
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            found = TEMPORARY.match(entry.name)
+            if found is None or not entry.is_file(follow_symlinks=False) or _is_running(int(found["pid"])):
+                continue
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process (or no such pid number): kept
+        return True
+    return True
 
 
 def is_stream(path: Path) -> bool:
