@@ -44,7 +44,12 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     if not isinstance(manifest, dict):
         raise UsesearchError(
             f"{path} is damaged ({manifest if isinstance(manifest, Exception) else 'not a JSON object'}): "
-            "delete it and run the same `usesearch curate run` again, which writes it anew (the shards are kept)"
+            "if it is a curated dataset's, delete it and run the same `usesearch curate run` again, which writes "
+            "it anew (the shards are kept); if it is another program's file, give curation a folder of its own"
+        )
+    if manifest.get("format") != FORMAT:  # a file of that name of the user's: never rewritten as ours
+        raise UsesearchError(
+            f'{path} is not a curated dataset\'s manifest (no "format": "{FORMAT}"): give curation a folder of its own'
         )
     return manifest
 
@@ -85,6 +90,14 @@ def read_records(dataset_dir: str | os.PathLike, *, finished: bool = True) -> It
     reads a folder that has no manifest yet."""
     if finished:
         require_dataset(dataset_dir)
+        listed = (read_manifest(Path(dataset_dir)) or {}).get("shards") or []
+        missing = [name for name in listed if not (Path(dataset_dir) / "shards" / str(name)).is_file()]
+        if missing:  # its photos would silently count as never curated
+            raise UsesearchError(
+                f"{dataset_dir}: shard {missing[0]} is missing"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                + ": restore it, or run `usesearch curate run` again to curate its photos anew"
+            )
     for shard in sorted((Path(dataset_dir) / "shards").glob("*.jsonl")):
         with open(shard, "rb") as f:
             for number, raw in enumerate(f, 1):
@@ -217,7 +230,7 @@ class DatasetWriter:
             "pairs_before_nms": pairs_before_nms,
             "segments": [s.to_json() for s in segments],
         }
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.write(json_line(record))
         self._file.flush()
         os.fsync(self._file.fileno())
         self.done.add((self.source, sha256))
@@ -252,6 +265,18 @@ class DatasetWriter:
             **self.settings,
         }
         write_atomic(self.dir / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def json_line(entry: dict[str, Any]) -> str:
+    """One JSONL line, UTF-8 as written; a file name that is not valid UTF-8 (held as
+    surrogate escapes) is written \\u-escaped, which reads back as the same name, so the
+    photo is still found by its bytes."""
+    line = json.dumps(entry, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(entry)
+    return line + "\n"
 
 
 _OWN = ("format", "version", "finished", "shards")  # the manifest's own keys; the rest are settings

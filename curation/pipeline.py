@@ -25,7 +25,7 @@ from usesearch.io.files import decode, read_bytes
 from usesearch.reports import RunReport
 
 from .cache import StageCache
-from .dataset import DatasetWriter, read_manifest
+from .dataset import DatasetWriter, json_line, read_manifest
 from .masks import NMS_IOU, BoxMaskConfig, mask_nms, masks_from_boxes
 from .records import BoxText, ImageItem, TextRef
 from .sources import annotation_segments
@@ -64,8 +64,11 @@ def curate(
     nms_iou: float = NMS_IOU,
     source: str = "",
     progress: Callable[[CurateReport], None] | None = None,
+    sam: str | None = None,
 ) -> CurateReport:
-    """``predictor``: a segment_anything SamPredictor, needed for box sources.
+    """``predictor``: a segment_anything SamPredictor, needed for box sources; ``sam``:
+    its weights' identity (``masks.sam.sam_identity``), recorded and compared as the
+    grounder's and captioner's are: a dataset's masks and texts come from one model each.
     ``progress(report)`` after each photo curated or skipped as done.
     ``source`` names the items' source: a photo is done once per source.
     ``mask_config``: SAM's settings for box prompts (default: ``BoxMaskConfig()`` where a
@@ -73,7 +76,12 @@ def curate(
     if mask_config is None and predictor is not None:
         mask_config = BoxMaskConfig()
     settings: dict = {"nms_iou": nms_iou} | ({"mask_config": asdict(mask_config)} if mask_config else {})
+    models = {"sam": sam if predictor is not None else None}
+    models |= {"grounder": stage_identity(grounder) if grounder is not None else None}
+    models |= {"captioner": stage_identity(captioner) if captioner is not None else None}
+    settings["models"] = {stage: identity for stage, identity in models.items() if identity is not None}
     check_same_settings(out_dir, settings)
+    settings["models"] = {**((read_manifest(Path(out_dir)) or {}).get("models") or {}), **settings["models"]}
     writer = DatasetWriter(out_dir, source=source, settings=settings)
     report = CurateReport()
     start = time.perf_counter()
@@ -85,6 +93,8 @@ def curate(
         for item in items:
             problems = list(item.problems)
             try:
+                if item.error is not None:
+                    raise item.error
                 if not item.photo:
                     continue
                 data, sha256 = read_bytes(item.path)
@@ -160,9 +170,10 @@ def stage_identity(stage: object) -> str:
 
 
 def check_same_settings(out_dir: str | os.PathLike, settings: dict) -> None:
-    """A dataset is curated with one set of mask settings, finished or not: a run with
-    others would leave its manifest describing records it did not make. Only settings
-    both runs used are compared (a source with given masks runs no SAM)."""
+    """A dataset is curated with one SAM, grounder and captioner and one set of mask
+    settings, finished or not: a run with others would mix their outputs silently and
+    leave the manifest describing records it did not make. Only what both runs used is
+    compared (a source with given masks runs no SAM)."""
     before = read_manifest(Path(out_dir)) or {}
     changed = [
         f"{name} {before['mask_config'][name]} (now {value})"
@@ -171,9 +182,15 @@ def check_same_settings(out_dir: str | os.PathLike, settings: dict) -> None:
     ]
     if "nms_iou" in before and before["nms_iou"] != settings["nms_iou"]:
         changed.append(f"nms_iou {before['nms_iou']} (now {settings['nms_iou']})")
+    models_before = before.get("models") if isinstance(before.get("models"), dict) else {}
+    changed += [
+        f"{stage} {models_before[stage]} (now {identity})"
+        for stage, identity in (settings.get("models") or {}).items()
+        if stage in models_before and models_before[stage] != identity
+    ]
     if changed:
         raise CurationConfigError(
-            f"{out_dir} was curated with other mask settings: {', '.join(changed)}; "
+            f"{out_dir} was curated with other models or mask settings: {', '.join(changed)}; "
             "give the same, or curate into another --dataset-dir"
         )
 
@@ -207,7 +224,7 @@ class FailureLog:
             self.seen -= dropped
 
     def add(self, line: dict) -> None:
-        text = json.dumps(line, ensure_ascii=False)
+        text = json_line(line)[:-1]
         if text in self.seen:
             return
         self.seen.add(text)

@@ -27,9 +27,8 @@ def folder_source(folder: str | os.PathLike) -> Iterator[ImageItem]:
     """Images only: captions will come from the MLLM."""
     from usesearch.io.files import walk
 
-    for found in walk([folder]):
-        if found.error is None:
-            yield ImageItem(path=found.fs_path, mllm_caption=True)
+    for found in walk([folder]):  # a folder it cannot list is a failure of its own, as the indexer records it
+        yield ImageItem(path=found.fs_path, mllm_caption=found.error is None, error=found.error)
 
 
 def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.PathLike) -> Iterator[ImageItem]:

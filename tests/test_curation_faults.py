@@ -172,13 +172,71 @@ class CountingGrounder:
         return [BoxText((0, 0, rgb.shape[1], rgb.shape[0]), [TextRef("a cat", caption.source, "phrase")])]
 
 
-def test_cached_boxes_are_reused_for_the_same_grounder_only(tmp_path, photos):
+def test_cached_boxes_are_reused_for_the_same_grounder_and_another_grounder_is_refused(tmp_path, photos):
+    """A dataset's boxes come from one grounder: another one's would be mixed in silently
+    beside the photos already done (as another SAM's masks, or captioner's texts)."""
     item = ImageItem(path=str(photos / "cat.png"), captions=[TextRef("A cat.", "gt_caption", "caption")])
     first, same, other = (CountingGrounder(i) for i in ("dino-a|box=0.05", "dino-a|box=0.05", "dino-a|box=0.3"))
-    for n, grounder in enumerate((first, same, other)):
+    for n, grounder in enumerate((first, same)):
         curate([item], tmp_path / "ds", object(), grounder=grounder, source="s")  # whole-photo boxes: no SAM call
         (tmp_path / "ds" / "shards").rename(tmp_path / f"shards-{n}")  # as if killed before its record
-    assert (first.calls, same.calls, other.calls) == (1, 0, 1)  # the same identity reused the cache
+    with pytest.raises(CurationConfigError, match=r"grounder dino-a\|box=0.05 \(now dino-a\|box=0.3\)"):
+        curate([item], tmp_path / "ds", object(), grounder=other, source="s")
+    assert (first.calls, same.calls, other.calls) == (1, 0, 0)  # the same identity reused the cache
+
+
+def test_a_dataset_refuses_another_sam_and_a_manifest_that_is_not_its_own(tmp_path, photos):
+    item = ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])
+    curate([item], tmp_path / "ds", object(), sam="sam vit_b sha256:aaaa", source="one")
+    curate([item], tmp_path / "ds", source="two")  # given masks: no SAM ran, nothing to compare
+    with pytest.raises(CurationConfigError, match="sam sam vit_b sha256:aaaa \\(now sam vit_b sha256:bbbb\\)"):
+        curate([item], tmp_path / "ds", object(), sam="sam vit_b sha256:bbbb", source="three")
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["models"] == {"sam": "sam vit_b sha256:aaaa"}
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "manifest.json").write_text('{"name": "my web app", "icons": []}')
+    with pytest.raises(usesearch.UsesearchError, match="is not a curated dataset's manifest"):
+        curate([item], tmp_path / "web")
+    assert json.loads((tmp_path / "web" / "manifest.json").read_text()) == {"name": "my web app", "icons": []}
+
+
+def test_a_photo_name_that_is_not_utf8_is_curated_and_read_back_by_its_bytes(tmp_path, photos):
+    import os
+
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/b\xff.png")
+    (photos / "cat.png").rename(odd)
+    curate([ImageItem(path=odd, segments=[_segment((75, 113), "a cat")]), ImageItem(path=odd + "x")], tmp_path / "ds")
+    (record,) = read_records(tmp_path / "ds")
+    assert record["path"] == odd and open(record["path"], "rb").read(4) == b"\x89PNG"
+    assert _failures(tmp_path / "ds")[0]["path"] == odd + "x"  # the failure line too
+
+
+def test_a_shard_the_manifest_lists_and_the_disk_lacks_is_refused(tmp_path, photos):
+    item = ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])
+    curate([item], tmp_path / "ds", source="one")
+    curate([item], tmp_path / "ds", source="two")
+    (tmp_path / "ds" / "shards" / "shard-00000.jsonl").unlink()
+    with pytest.raises(usesearch.UsesearchError, match="shard shard-00000.jsonl is missing: restore it"):
+        list(read_records(tmp_path / "ds"))
+
+
+def test_a_folder_that_cannot_be_listed_is_a_recorded_failure(tmp_path, photos, monkeypatch):
+    import os
+
+    from usesearch.curation.sources import folder_source
+
+    (photos / "sub").mkdir()
+    real_scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path).endswith("/sub"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    items = list(folder_source(photos))
+    report = curate([i for i in items if i.error is not None], tmp_path / "ds")
+    assert report.failed == 1 and _failures(tmp_path / "ds")[0]["path"] == str(photos / "sub")
+    assert "Permission denied" in _failures(tmp_path / "ds")[0]["error"]
 
 
 def test_a_torn_cache_line_does_not_swallow_the_next_entry(tmp_path):

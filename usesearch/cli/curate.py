@@ -85,7 +85,7 @@ def run(
     from usesearch.curation.pipeline import CurateReport, curate
     from usesearch.curation.sources import read_source
     from usesearch.devices import resolve_device
-    from usesearch.masks.sam import load_sam
+    from usesearch.masks.sam import load_sam, sam_identity
     from usesearch.models.presets import get_preset
 
     mask_config = BoxMaskConfig(**{BOX_MASK_CONFIG_NAMES.get(name, name): value for name, value in sam.given().items()})
@@ -109,6 +109,7 @@ def run(
         raise ValueError(f"a {source} has no captions: pass --captioner (a model name, or 'tiny')")
     # SAM first: missing weights are refused before a captioner's gigabytes load.
     predictor = SamPredictor(load_sam(p.sam, p.name, sam_checkpoint, the_device)) if kind.prompts_sam else None
+    sam_weights = sam_identity(p.sam, sam_checkpoint) if kind.prompts_sam else None  # masks of one SAM a dataset
     the_grounder = _grounder(grounder, spacy_model, the_device) if kind.grounded else None
     the_captioner = (
         _captioner(captioner, captioner_revision, trust_remote_code, the_device)
@@ -133,6 +134,7 @@ def run(
             mask_config=mask_config if kind.prompts_sam else None,
             source=source,
             progress=progress,
+            sam=sam_weights,
         )
     except KeyboardInterrupt:
         bar.close()

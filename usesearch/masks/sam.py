@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 from segment_anything import sam_model_registry
@@ -19,7 +20,7 @@ from usesearch.errors import MissingWeightsError, UsesearchError, first_line
 from usesearch.masks.sam_fast import speed_up
 from usesearch.models.backbones import seeded
 from usesearch.models.config import SamConfig
-from usesearch.models.weights import UNREADABLE, require, sam_status, verify_sha256
+from usesearch.models.weights import UNREADABLE, require, sam_status, sha256_file, verify_sha256
 
 SAM_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
 
@@ -92,6 +93,16 @@ def _build_tiny() -> Sam:
         pixel_std=[58.395, 57.12, 57.375],
     )
     return sam.eval()
+
+
+def sam_identity(cfg: SamConfig, checkpoint: str | os.PathLike | None = None) -> str:
+    """Which SAM weights these are, as a dataset records them: the official file's
+    SHA-256 (checked on load), a file of the user's hashed, or the seed of random ones."""
+    if checkpoint is not None:
+        return f"sam {cfg.model_type} sha256:{sha256_file(Path(checkpoint))}"
+    if not sam_status(cfg).needed:
+        return f"sam {cfg.model_type} random seed {cfg.seed}"
+    return f"sam {cfg.model_type} sha256:{cfg.sha256 or cfg.checkpoint}"
 
 
 def load_sam(
