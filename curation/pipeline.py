@@ -182,7 +182,8 @@ def check_same_settings(out_dir: str | os.PathLike, settings: dict) -> None:
     ]
     if "nms_iou" in before and before["nms_iou"] != settings["nms_iou"]:
         changed.append(f"nms_iou {before['nms_iou']} (now {settings['nms_iou']})")
-    models_before = before.get("models") if isinstance(before.get("models"), dict) else {}
+    recorded = before.get("models")
+    models_before: dict = recorded if isinstance(recorded, dict) else {}
     changed += [
         f"{stage} {models_before[stage]} (now {identity})"
         for stage, identity in (settings.get("models") or {}).items()

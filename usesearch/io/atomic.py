@@ -77,8 +77,8 @@ def remove_orphan_temporaries(folder: str | os.PathLike) -> list[str]:
     kill -9 between writing and renaming leaves one, as big as the file it was to
     replace: a checkpoint, hundreds of MB). Only for a folder whose writers hold its
     lock (the caller does): a live writer's file is kept by its pid. Returns the names."""
-    removed = []
-    with os.scandir(folder) as entries:
+    removed: list[str] = []
+    with os.scandir(os.fspath(folder)) as entries:
         for entry in entries:
             found = TEMPORARY.match(entry.name)
             if found is None or not entry.is_file(follow_symlinks=False) or _is_running(int(found["pid"])):
