@@ -444,3 +444,48 @@ def test_models_list_has_sam2_and_its_pull_refuses_a_damaged_file(tmp_path, monk
     (tmp_path / "sam2.1_hiera_large.pt").write_bytes(b"<html>not a checkpoint</html>")
     result = CliRunner().invoke(app, ["models", "pull", "sam2:hiera_l"])
     assert result.exit_code == 2 and "are damaged" in result.stderr and "pull sam2:hiera_l" in result.stderr
+
+
+def test_a_folder_in_a_checkpoints_place_is_a_fault_refused_before_any_download(tmp_path, monkeypatch):
+    """torch's downloader moved the file into such a folder and pull said 'downloaded';
+    `models list` said missing, and every pull downloaded it again (375 MB for b16)."""
+    from usesearch.models import weights
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    monkeypatch.setattr(weights, "_download", lambda *a: pytest.fail("a download started"))
+    (tmp_path / usesearch.get_preset("b16").sam.checkpoint).mkdir()
+    (tmp_path / "sam2.1_hiera_tiny.pt").mkdir()
+    for name in ("b16", "sam2:hiera_t"):
+        result = CliRunner().invoke(app, ["models", "pull", name])
+        assert result.exit_code == 2 and "damaged (a folder, not a file)" in result.stderr, result.output
+    rows = json.loads(CliRunner().invoke(app, ["models", "list", "--json"]).stdout)
+    assert any(r.get("fault") == "a folder, not a file" for r in rows if r["weights"] == "SAM 2.1 hiera_t")
+
+
+def test_a_download_that_is_no_checkpoint_is_removed_and_said(tmp_path, monkeypatch):
+    """SAM 2 has no SHA-256 to check: an error page saved under its name passed as downloaded."""
+    import torch.hub
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dest, **kw: open(dest, "wb").write(b"<html>"))
+    result = CliRunner().invoke(app, ["models", "pull", "sam2:hiera_t"])
+    assert result.exit_code == 2 and "is not a checkpoint (not a torch checkpoint" in result.stderr, result.output
+    assert not (tmp_path / "sam2.1_hiera_tiny.pt").exists()
+
+
+def test_a_sam3_pull_refuses_a_damaged_file_of_the_users_and_keeps_it(tmp_path, monkeypatch):
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    from usesearch.masks.sam3 import pull_sam3
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(sam3, "refuse_when_unreachable", lambda what: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub_download(b"", succeed=True))
+    (tmp_path / "sam3.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(
+        usesearch.UsesearchError, match="are damaged .*delete the file and run `usesearch models pull sam3`"
+    ):
+        pull_sam3()
+    assert (tmp_path / "sam3.pt").read_bytes() == b"PK\x03\x04 cut short"

@@ -46,7 +46,7 @@ def sam2_status(name: str, checkpoint: str | os.PathLike | None = None) -> Weigh
     expected = os.fspath(checkpoint) if checkpoint else os.fspath(usesearch_home() / str(cfg.checkpoint))
     from pathlib import Path
 
-    found = Path(expected) if Path(expected).is_file() else None
+    found = Path(expected) if Path(expected).exists() else None  # a folder there: a fault, not missing
     return WeightStatus(
         "sam2", f"SAM 2.1 {name}", True, found, expected, RELEASE + str(cfg.checkpoint), file_fault(found)
     )

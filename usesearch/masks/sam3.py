@@ -64,7 +64,7 @@ def sam3_status(name: str = "sam3", checkpoint: str | os.PathLike | None = None)
     if cfg.checkpoint is None and checkpoint is None:
         return WeightStatus("sam3", f"SAM 3 {name}", False, None, "", "seeded random")
     expected = Path(checkpoint) if checkpoint else usesearch_home() / str(cfg.checkpoint)
-    found = expected if expected.is_file() else None
+    found = expected if expected.exists() else None  # a folder there: a fault, not missing
     if found is None and checkpoint is None:
         found = _hub_cached(HF_REPO, (CHECKPOINT,))
     source = f"hf.co/{HF_REPO} ({CHECKPOINT}, gated)"
@@ -250,6 +250,8 @@ def pull_sam3() -> list[str]:
     failed or interrupted pull leaves no lock file or metadata in $USESEARCH_HOME; a
     partial download is kept there only so that the next pull resumes it."""
     status = sam3_status()
+    if status.fault is not None:  # a file of the user's, not ours to replace (as ``pull`` and ``pull_sam2`` say)
+        raise UsesearchError(damaged(status, "sam3"))
     if status.present:
         return []
     import logging

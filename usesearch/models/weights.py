@@ -59,6 +59,8 @@ def file_fault(path: Path | None) -> str | None:
 
     if path is None:
         return None
+    if not path.is_file():  # a folder in its place: torch's downloader would move the file into it
+        return "a folder, not a file" if path.is_dir() else "not a regular file"
     if not os.access(path, os.R_OK):  # whole, perhaps: said as what it is, never as "damaged, delete it"
         return UNREADABLE
     try:
@@ -90,7 +92,8 @@ def _hub_cached(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
 
 
 def _first_existing(paths: list[Path]) -> Path | None:
-    return next((p for p in paths if p.is_file()), None)
+    """The first that exists (a folder in a file's place too: ``file_fault`` says so)."""
+    return next((p for p in paths if p.exists()), None)
 
 
 def _clip_repo(cfg: ClipConfig) -> str:
@@ -129,7 +132,7 @@ def sam_status(cfg: SamConfig, checkpoint: str | os.PathLike | None = None) -> W
     if cfg.checkpoint is None and checkpoint is None:
         return WeightStatus("sam", cfg.model_type, False, None, "", "seeded random")
     expected = Path(checkpoint) if checkpoint else usesearch_home() / str(cfg.checkpoint)
-    found = expected if expected.is_file() else None
+    found = expected if expected.exists() else None
     return WeightStatus("sam", f"SAM {cfg.model_type}", True, found, str(expected), cfg.url or "", file_fault(found))
 
 
@@ -210,6 +213,10 @@ def _download(url: str, dest: Path, sha256: str | None) -> None:
     except Exception as exc:  # noqa: BLE001 - network and hash errors alike become one line
         raise UsesearchError(f"could not download {url}: {first_line(exc)}") from None
     verify_sha256(dest, sha256)
+    fault = file_fault(dest)
+    if fault is not None:  # no SHA-256 to check (SAM 2's): an error page saved under the name, say
+        dest.unlink(missing_ok=True)  # the file this download made, not one of the user's
+        raise UsesearchError(f"the download from {url} is not a checkpoint ({fault}): removed; try again later")
 
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
