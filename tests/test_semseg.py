@@ -178,6 +178,10 @@ def _label(path, value, shape=(128, 128)):
         (lambda root: [_label(p, 255) for p in (root / "labels").iterdir()], "no pixel of"),
         (lambda root: _label(root / "images" / "00001.jpg", 0), "share a name: one label PNG"),
         (lambda root: _label(root / "images" / "00001.png", 0), "one folder"),
+        (  # class 255 of 300 would be skipped as unlabelled: a wrong mIoU without a word
+            lambda root: (root / "classes.txt").write_text("\n".join(f"c{i}" for i in range(300))),
+            "--ignore-index 255 is the id of a class among the 300 given",
+        ),
     ],
 )
 def test_eval_semseg_refuses_ground_truth_that_cannot_be_scored_in_one_line(tmp_path, spoil, why, monkeypatch):
@@ -214,6 +218,30 @@ def test_class_lists_keep_every_id_in_its_place(tmp_path):
     with pytest.raises(UsesearchError, match="an empty name at place 2"):
         _classes("cat,,cup", None)
     assert report_names(["cat", "dog", "cat"]) == ["cat [0]", "dog", "cat [2]"]
+    with pytest.raises(UsesearchError, match="66000 classes do not fit a 16-bit label map"):  # before any embedding
+        _classes(",".join(f"c{i}" for i in range(66000)), None)
+
+
+def test_parts_of_the_same_name_keep_a_score_each(tmp_path):
+    """Two categories named 'head' (of two supercategories) made one key of the report."""
+    from pycocotools.coco import COCO
+
+    from usesearch.masks import rle
+    from usesearch.tasks.parts import mask_map
+    from usesearch.training.synthetic import write_parts_coco
+
+    coco_json = write_parts_coco(tmp_path / "parts", 2, seed=5)
+    coco = json.loads(coco_json.read_text())
+    coco["categories"] = [{"id": 1, "name": "head"}, {"id": 2, "name": "head"}]
+    coco_json.write_text(json.dumps(coco))
+    gt = COCO(str(coco_json))
+    results = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0, "segmentation": rle.encode(m)}
+        for a in gt.dataset["annotations"]
+        for m in [gt.annToMask(a).astype(bool)]
+    ]
+    _, per_category = mask_map(gt, results)
+    assert sorted(per_category) == ["head [1]", "head [2]"] and set(per_category.values()) == {1.0}
 
 
 def test_reduce_zero_label_keeps_the_ignored_value_ignored(tmp_path):

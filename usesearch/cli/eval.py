@@ -28,6 +28,17 @@ def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
     """The class names, in label order: a class's id is its place in the list, so a
     blank line inside the file (which would shift every later id) is refused, and so
     are the two ways at once."""
+    names = _class_names(classes, classes_file)
+    from usesearch.tasks.semseg import label_dtype
+
+    try:
+        label_dtype(len(names))  # before any model loads or text is embedded
+    except ValueError as exc:
+        raise UsesearchError(str(exc)) from None
+    return names
+
+
+def _class_names(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
     if classes and classes_file:
         raise UsesearchError("give --classes or --classes-file, not both: a class's id is its place in one list")
     if classes_file:

@@ -8,6 +8,7 @@ part become detections, scored by pycocotools' mask mAP@[0.5:0.95].
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,11 @@ def mask_map(coco_gt, results: list[dict], image_ids: list[int] | None = None) -
     evaluator.summarize()
     precision = evaluator.eval["precision"]  # [T, R, K, A, M]
     per_category = {}
+    names = Counter(coco_gt.cats[cat_id]["name"] for cat_id in evaluator.params.catIds)
     for k, cat_id in enumerate(evaluator.params.catIds):
         p = precision[:, :, k, 0, -1]
+        name = coco_gt.cats[cat_id]["name"]
+        key = name if names[name] == 1 else f"{name} [{cat_id}]"  # two "head"s of two supercategories: both kept
         # None (JSON null): a category with no annotation has no AP (NaN is not JSON)
-        per_category[coco_gt.cats[cat_id]["name"]] = float(p[p > -1].mean()) if (p > -1).any() else None
+        per_category[key] = float(p[p > -1].mean()) if (p > -1).any() else None
     return float(evaluator.stats[0]), per_category

@@ -134,6 +134,11 @@ def check_ground_truth(
     """Every label map read and checked against its photo's size before any model runs
     (``read_ground_truth``'s refusals), and at least one pixel labelled: a bad last map
     must not end a run that scored every other image."""
+    if 0 <= ignore_index < num_classes:  # that class's pixels would be skipped as unlabelled, without a word
+        raise UsesearchError(
+            f"--ignore-index {ignore_index} is the id of a class among the {num_classes} given: its pixels would "
+            "never be scored; give the value your labels use for unlabelled (ADE-847 conversions: 65535)"
+        )
     labelled = False
     for image, label in pairs:
         try:
