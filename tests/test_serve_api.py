@@ -637,6 +637,12 @@ def test_a_malformed_json_body_is_said_as_the_request_it_was(served):
     untyped = client.post("/api/audit/swapped/review", content=b'{"item": "x", "verdict": "ok"}')
     assert untyped.status_code == 422 and "Content-Type: application/json" in untyped.json()["detail"]
     assert untyped.json()["errors"][0]["input"] == '{"item": "x", "verdict": "ok"}'
+    lone = client.post(  # a lone surrogate failed the error response's own UTF-8 encoding: a 400 of Python's words
+        "/api/audit/swapped/review",
+        content=b'{"item": "\\ud800", "verdict": "ok", "\\udc00": 1}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert lone.status_code == 422 and "body.item" in lone.json()["detail"], lone.text
 
 
 def test_head_is_answered_wherever_get_is_and_bodies_are_capped_per_route(served):

@@ -70,8 +70,14 @@ PAGE_HEADERS = {
 def _shorten(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
-    text = value if isinstance(value, str) else repr(value)
+    text = _encodable(value if isinstance(value, str) else repr(value))
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + f"... ({len(text)} characters)"
+
+
+def _encodable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (JSON's "\\ud800") escaped, not
+    left to fail the error response's own encoding."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _validation_error(error: dict) -> dict:
@@ -87,7 +93,8 @@ def _validation_error(error: dict) -> dict:
         msg = f"not valid JSON{at}: {(error.get('ctx') or {}).get('error', msg)}"
     elif loc == ["body"] and isinstance(value, bytes):
         msg, value = "send a JSON object with Content-Type: application/json", value.decode("utf-8", "replace")
-    return {"loc": loc, "msg": msg[:MAX_ECHO_CHARS], "type": kind, "input": _shorten(value)}
+    loc = [_encodable(p) if isinstance(p, str) else p for p in loc]  # a key of the body is echoed too
+    return {"loc": loc, "msg": _encodable(msg[:MAX_ECHO_CHARS]), "type": kind, "input": _shorten(value)}
 
 
 async def _photo_body(request: Request) -> bytes:
