@@ -65,9 +65,11 @@ def require_dataset(dataset_dir: str | os.PathLike) -> Path:
         writing = _writer_now(folder)
         if writing:
             raise UsesearchError(f"{folder} is being curated now (curate run, pid {writing}): wait for it to finish")
+        cut = [str(run) for run in (manifest or {}).get("unfinished") or [] if run]
         raise UsesearchError(
-            f"{folder} is an unfinished curation (a run was cut short): run the same `usesearch curate run` "
-            "again to finish it (it resumes)"
+            f"{folder} is an unfinished curation (a run was cut short"
+            + (f": {'; '.join(cut)}" if cut else "")
+            + "): run the same `usesearch curate run` again to finish it (it resumes)"
         )
     raise UsesearchError(f"{folder} is not a curated dataset (no {MANIFEST}): make one with `usesearch curate run`")
 
@@ -181,6 +183,7 @@ class DatasetWriter:
         shard_size: int = 1000,
         source: str = "",
         settings: dict[str, Any] | None = None,
+        run: str = "",
     ):
         self.dir = Path(dataset_dir)
         self.created = not self.dir.exists()  # a run that leaves nothing in it takes it back
@@ -195,6 +198,10 @@ class DatasetWriter:
         # What the manifest records: the settings of every run so far, this one's over them.
         self.before = read_manifest(self.dir)
         self.settings = {**{k: v for k, v in (self.before or {}).items() if k not in _OWN}, **(settings or {})}
+        # The runs cut short so far (their source and input): the folder is finished once
+        # each has ended, not when any other run does (a whole second source would hide them).
+        self.run = run or source or "curate run"
+        self.unfinished = {str(r) for r in (self.before or {}).get("unfinished") or []}
         # A record is done for its own source only: a second source of the same photo
         # adds its own pairs. Records written before sources were kept count for any.
         self.done: set[tuple[str | None, str]] = {
@@ -257,10 +264,15 @@ class DatasetWriter:
             self._lock.close()
 
     def _write_manifest(self, finished: bool) -> None:
+        if finished:
+            self.unfinished.discard(self.run)
+        else:
+            self.unfinished.add(self.run)
         manifest = {
             "format": FORMAT,
             "version": 1,
-            "finished": finished,
+            "finished": not self.unfinished,
+            "unfinished": sorted(self.unfinished),
             "shards": sorted(p.name for p in (self.dir / "shards").glob("*.jsonl")),
             **self.settings,
         }
@@ -279,7 +291,7 @@ def json_line(entry: dict[str, Any]) -> str:
     return line + "\n"
 
 
-_OWN = ("format", "version", "finished", "shards")  # the manifest's own keys; the rest are settings
+_OWN = ("format", "version", "finished", "unfinished", "shards")  # the manifest's own keys; the rest are settings
 
 
 def stats(dataset_dir: str | os.PathLike) -> dict[str, Any]:

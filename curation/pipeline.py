@@ -65,12 +65,15 @@ def curate(
     source: str = "",
     progress: Callable[[CurateReport], None] | None = None,
     sam: str | None = None,
+    run: str = "",
 ) -> CurateReport:
     """``predictor``: a segment_anything SamPredictor, needed for box sources; ``sam``:
     its weights' identity (``masks.sam.sam_identity``), recorded and compared as the
     grounder's and captioner's are: a dataset's masks and texts come from one model each.
     ``progress(report)`` after each photo curated or skipped as done.
-    ``source`` names the items' source: a photo is done once per source.
+    ``source`` names the items' source: a photo is done once per source. ``run``: what
+    this run curates (its source and input, as the CLI gives them): one cut short keeps
+    the dataset unfinished until that run ends (default: the source).
     ``mask_config``: SAM's settings for box prompts (default: ``BoxMaskConfig()`` where a
     predictor is given); recorded only where SAM runs, so a given-mask source records none."""
     if mask_config is None and predictor is not None:
@@ -82,7 +85,7 @@ def curate(
     settings["models"] = {stage: identity for stage, identity in models.items() if identity is not None}
     check_same_settings(out_dir, settings)
     settings["models"] = {**((read_manifest(Path(out_dir)) or {}).get("models") or {}), **settings["models"]}
-    writer = DatasetWriter(out_dir, source=source, settings=settings)
+    writer = DatasetWriter(out_dir, source=source, settings=settings, run=run)
     report = CurateReport()
     start = time.perf_counter()
     failures = FailureLog(Path(out_dir) / "failures.jsonl")

@@ -387,3 +387,21 @@ def test_curate_show_never_writes_over_the_photo_and_refuses_a_photo_replaced_si
     replaced = CliRunner().invoke(app, [*show, str(tmp_path / "look2.png")])
     assert replaced.exit_code != 0 and "has changed since it was curated" in replaced.output, replaced.output
     assert not (tmp_path / "look2.png").exists()
+
+
+def test_another_runs_end_does_not_finish_a_run_cut_short(tmp_path, photos):
+    """Folder run cut short, then a whole run of another source: the dataset passed as
+    finished, the first run's photos silently missing."""
+    cat = ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])
+
+    def cut_after_one():
+        yield cat
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        curate(cut_after_one(), tmp_path / "ds", source="folder", run="--source folder /photos")
+    curate([cat], tmp_path / "ds", source="coco-instances", run="--source coco-instances /inst.json")
+    with pytest.raises(usesearch.UsesearchError, match=r"unfinished curation \(a run was cut short: --source folder"):
+        list(read_records(tmp_path / "ds"))
+    curate([cat], tmp_path / "ds", source="folder", run="--source folder /photos")  # that run again: it ends
+    assert len(list(read_records(tmp_path / "ds"))) == 2

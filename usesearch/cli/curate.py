@@ -135,6 +135,7 @@ def run(
             source=source,
             progress=progress,
             sam=sam_weights,
+            run=f"--source {source} {path.resolve()}",
         )
     except KeyboardInterrupt:
         bar.close()
