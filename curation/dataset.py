@@ -204,8 +204,10 @@ class DatasetWriter:
         self.unfinished = {str(r) for r in (self.before or {}).get("unfinished") or []}
         # A record is done for its own source only: a second source of the same photo
         # adds its own pairs. Records written before sources were kept count for any.
-        self.done: set[tuple[str | None, str]] = {
-            (r.get("source"), r["sha256"]) for r in read_records(self.dir, finished=False)
+        # The value: the digest of the photo's annotations its record was made from
+        # (``index --coco``'s file's entry; None: a source without, or an older record).
+        self.done: dict[tuple[str | None, str], str | None] = {
+            (r.get("source"), r["sha256"]): r.get("annotations_sha256") for r in read_records(self.dir, finished=False)
         }
         # After the highest shard, never into one: an old shard stays as it is (a gap
         # from a deleted shard must not send new records into an existing file).
@@ -217,8 +219,19 @@ class DatasetWriter:
     def is_done(self, sha256: str) -> bool:
         return (self.source, sha256) in self.done or (None, sha256) in self.done
 
+    def annotations_changed(self, sha256: str, annotations_sha256: str | None) -> bool:
+        """A done photo whose annotations in the source differ from those its record was made from."""
+        recorded = self.done.get((self.source, sha256))
+        return None not in (recorded, annotations_sha256) and recorded != annotations_sha256
+
     def write(
-        self, path: str, sha256: str, hw: tuple[int, int], segments: list[Segment], pairs_before_nms: int
+        self,
+        path: str,
+        sha256: str,
+        hw: tuple[int, int],
+        segments: list[Segment],
+        pairs_before_nms: int,
+        annotations_sha256: str | None = None,
     ) -> None:
         if self._file is None:  # this run's first record: the folder is unfinished until the run ends
             self._write_manifest(finished=False)
@@ -237,10 +250,12 @@ class DatasetWriter:
             "pairs_before_nms": pairs_before_nms,
             "segments": [s.to_json() for s in segments],
         }
+        if annotations_sha256 is not None:
+            record["annotations_sha256"] = annotations_sha256
         self._file.write(json_line(record))
         self._file.flush()
         os.fsync(self._file.fileno())
-        self.done.add((self.source, sha256))
+        self.done[(self.source, sha256)] = annotations_sha256
         self._in_shard += 1
 
     def close(self, finished: bool = True) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from usesearch.errors import CurationConfigError
+from usesearch.errors import AnnotationsChangedError, CurationConfigError
 from usesearch.io.atomic import write_atomic
 from usesearch.io.files import decode, read_bytes
 from usesearch.reports import RunReport
@@ -31,7 +31,7 @@ from .records import BoxText, ImageItem, TextRef
 from .sources import annotation_segments
 
 if TYPE_CHECKING:
-    from usesearch.io.coco_dataset import Problem
+    from usesearch.io.coco_dataset import ImageEntry, Problem
 
 
 class Grounder(Protocol):
@@ -101,6 +101,12 @@ def curate(
                 if not item.photo:
                     continue
                 data, sha256 = read_bytes(item.path)
+                digest = annotations_digest(item.annotations) if item.annotations is not None else None
+                if writer.annotations_changed(sha256, digest):  # records are never rewritten: said, not skipped
+                    raise AnnotationsChangedError(
+                        "its annotations in the source changed since it was curated (a fault fixed?); this dataset "
+                        "keeps the record made before: curate into a new --dataset-dir to take the change"
+                    )
                 if writer.is_done(sha256):
                     report.skipped += 1
                     problems = []  # counted by the run that curated it
@@ -150,7 +156,7 @@ def curate(
                 continue
             finally:
                 failures.problems(item.path, problems, report)
-            writer.write(item.path, sha256, rgb.shape[:2], kept, pairs)
+            writer.write(item.path, sha256, rgb.shape[:2], kept, pairs, digest)
             failures.clear(item.path)
             report.done += 1
             report.pairs += pairs
@@ -164,6 +170,15 @@ def curate(
             failures.close()
         report.seconds = time.perf_counter() - start
     return report
+
+
+def annotations_digest(entry: ImageEntry) -> str:
+    """What a COCO entry's record is made from: its size and its annotations that passed
+    the file's checks, as SHA-256 (a fault fixed in the file changes it)."""
+    import hashlib
+
+    made_of = [entry.height, entry.width, [[a.id, a.category, a.iscrowd, a.mask_source()] for a in entry.annotations]]
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def stage_identity(stage: object) -> str:

@@ -54,6 +54,12 @@ def test_coco_instances_faults_are_recorded_and_the_rest_curated(tmp_path, photo
     assert kinds == ["broken mask", "photo missing", "size mismatch", "unknown category", "unknown image"]
     again = curate(coco_instances_source(path, photos), tmp_path / "ds")
     assert again.done == 0 and len(_failures(tmp_path / "ds")) == 5  # a re-run repeats no line
+    # The cup's size fixed in the file: its record (no segment) is not silently kept as done.
+    coco["images"][1].update(height=100, width=150)
+    path.write_text(json.dumps(coco))
+    fixed = curate(coco_instances_source(path, photos), tmp_path / "ds")
+    assert fixed.skipped == 1 and [p.rsplit("/", 1)[1] for p, _ in fixed.failures] == ["cup.png"]
+    assert "its annotations in the source changed since it was curated" in fixed.failures[0][1]
 
 
 def test_a_caption_file_without_captions_is_refused_and_a_bad_caption_recorded(tmp_path, photos):

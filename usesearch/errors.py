@@ -147,3 +147,8 @@ class StaleFilesError(UsesearchError):
 # Curation.
 class CurationConfigError(UsesearchError):
     """A problem with the run's set-up (a missing model), not with one image."""
+
+
+class AnnotationsChangedError(UsesearchError):
+    """A curated photo's annotations in the source differ from those its record was
+    made from: a failure of that photo (records are never rewritten)."""
