@@ -77,6 +77,8 @@ def masks_from_boxes(
     out: list[Segment] = []
     prompted = []
     for box in boxes:
+        if lies_outside(box.bbox, hw):  # a VG region drawn on another size of the photo: no prompt
+            continue
         if covers_image(box.bbox, hw, cfg.whole_image_fraction):
             out.append(to_segment(np.ones(hw, bool), box.texts, 1.0))
         else:
@@ -102,6 +104,13 @@ def masks_from_boxes(
                 out.append(to_segment(mask, box.texts, float(stability[best])))
         del logits, iou_preds
     return out
+
+
+def lies_outside(bbox: tuple[float, float, float, float], hw: tuple[int, int]) -> bool:
+    """Nothing of the box lies inside the photo: SAM's prompt encoder takes any
+    coordinates, and such a box gave a mask of something else anyway."""
+    x, y, w, h = bbox
+    return min(float(hw[1]), x + w) <= max(0.0, x) or min(float(hw[0]), y + h) <= max(0.0, y)
 
 
 def mask_nms(segments: list[Segment], iou_threshold: float = NMS_IOU) -> list[Segment]:

@@ -79,8 +79,11 @@ def visual_genome_source(
         try:
             for entry in ijson.items(f, "item", use_float=True):
                 yield from _vg_item(entry, folders, region_descriptions_json)
-        except ijson.JSONError as exc:
-            raise CocoFileError(f"{region_descriptions_json} is not valid JSON ({first_line(exc)})") from None
+        except ijson.JSONError as exc:  # past the photos read so far: they stay curated
+            raise CocoFileError(
+                f"{region_descriptions_json} is not valid JSON ({first_line(exc)}): the file is damaged or cut "
+                "short; the photos before the damage are curated; restore the file and run again to finish"
+            ) from None
 
 
 def _vg_item(entry: Any, folders: list[str], source: str | os.PathLike) -> Iterator[ImageItem]:

@@ -167,6 +167,11 @@ def test_a_run_cut_short_leaves_an_unfinished_curation_and_a_refused_one_leaves_
     with pytest.raises(CocoFileError):
         curate(visual_genome_source(tmp_path / "vg.json", photos), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+    region = {"x": 1, "y": 1, "width": 20, "height": 20, "phrase": "a cat", "image_id": "cat"}
+    whole = json.dumps([{"id": "cat", "regions": [region]}, {"id": "cup", "regions": [{**region, "image_id": "cup"}]}])
+    (tmp_path / "vg.json").write_text(whole[: whole.index('{"id": "cup"') + 20])  # cut short in the second photo
+    with pytest.raises(CocoFileError, match="damaged or cut short; the photos before the damage are curated"):
+        curate(visual_genome_source(tmp_path / "vg.json", photos), tmp_path / "cut-vg", object())
 
 
 class CountingGrounder:

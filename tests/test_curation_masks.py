@@ -67,6 +67,8 @@ def test_box_over_ninety_percent_is_the_whole_image_without_sam():
     past_edge = BoxText((20, 0, 39, 50), big.texts)  # 39 x 50 as written, but only 20 x 50 (50%) inside
     with pytest.raises(AssertionError):
         masks_from_boxes(NoSam(), rgb, [past_edge])
+    outside = BoxText((600, 600, 10, 10), big.texts)  # a VG region of another size of the photo: no prompt
+    assert masks_from_boxes(NoSam(), rgb, [outside]) == []
 
 
 def test_box_prompts_run_through_sam_and_respect_thresholds(predictor, photo):
