@@ -93,7 +93,7 @@ class Segmenter:
     preset: opts.PresetOpt = None
     embedder: opts.EmbedderOpt = None
     head: opts.HeadsOpt = None
-    masker: opts.MaskerOpt = None
+    masker: opts.PhotoMaskerOpt = None
     device: opts.DeviceOpt = None
 
     def check(self) -> None:
@@ -156,7 +156,9 @@ def segment(
         Optional[Path],
         typer.Option(help="PNG of the image coloured by class, with a legend.", callback=opts.picture_file),
     ] = None,
-    as_json: opts.JsonOpt = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON (classes found, files written).")
+    ] = False,
     *,
     segmenter: Segmenter,
     sam: SamSettings,

@@ -108,6 +108,13 @@ MaskerOpt = Annotated[
         help="sam | sam2 | felzenszwalb | coco (default: sam; felzenszwalb for the random-weight tiny preset).",
     ),
 ]
+# ``segment`` and ``eval``: the same option; a COCO file's masks are for ``index --coco`` only.
+PhotoMaskerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--masker", help="sam | sam2 | felzenszwalb (default: sam; felzenszwalb for the random-weight tiny preset)."
+    ),
+]
 
 # -- the index ---------------------------------------------------------------------------
 # A string, not a Path: Path("") would silently turn an empty --db into the current folder.
