@@ -47,13 +47,13 @@ from .schema import (
     SegmentOut,
     WithMasks,
     segment_out,
+    validation_error,
 )
 from .security import HostCheckMiddleware, SameOriginMiddleware, TokenMiddleware
 from .transport import MAX_BODY_BYTES, Transport
 
 log = logging.getLogger(__name__)
 
-MAX_ECHO_CHARS = 200  # of a bad input, quoted back in a 422
 MAX_UPLOAD_BYTES = 20 * 2**20  # a photo uploaded for a region search
 REGION_SEARCH = "/api/region-search"
 
@@ -65,36 +65,6 @@ PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }
-
-
-def _shorten(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    text = _encodable(value if isinstance(value, str) else repr(value))
-    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + f"... ({len(text)} characters)"
-
-
-def _encodable(text: str) -> str:
-    """``text`` as UTF-8 can carry it: a lone surrogate (JSON's "\\ud800") escaped, not
-    left to fail the error response's own encoding."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _validation_error(error: dict) -> dict:
-    """One of FastAPI's validation errors as the client is shown it: its input shortened,
-    and the two a malformed body gives in words of the request it was (FastAPI says
-    "body.1: JSON decode error" with an input of {}, or echoes a body sent without a
-    JSON content type as b'...')."""
-    loc, kind, value = list(error.get("loc", ())), error.get("type"), error.get("input")
-    msg = str(error.get("msg", ""))
-    if kind == "json_invalid":
-        at = f" at character {loc[1]}" if len(loc) > 1 else ""
-        loc, value = ["body"], None
-        msg = f"not valid JSON{at}: {(error.get('ctx') or {}).get('error', msg)}"
-    elif loc == ["body"] and isinstance(value, bytes):
-        msg, value = "send a JSON object with Content-Type: application/json", value.decode("utf-8", "replace")
-    loc = [_encodable(p) if isinstance(p, str) else p for p in loc]  # a key of the body is echoed too
-    return {"loc": loc, "msg": _encodable(msg[:MAX_ECHO_CHARS]), "type": kind, "input": _shorten(value)}
 
 
 async def _photo_body(request: Request) -> bytes:
@@ -167,7 +137,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError):
         # Never echo a whole input back: a 100 KB query would make a 100 KB error.
-        errors = [_validation_error(e) for e in exc.errors()[:10]]
+        errors = [validation_error(e) for e in exc.errors()[:10]]
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
         return JSONResponse({"detail": "; ".join(problems), "errors": errors}, status_code=422)
 

@@ -16,6 +16,7 @@ from ..records import SegmentRow
 MAX_K = 200
 MAX_GLOB_CHARS = 512
 MAX_ID = 2**63 - 1  # SQLite's integer range: larger ids are a 422, not an overflow
+MAX_ECHO_CHARS = 200  # of a bad input, quoted back in a 422
 
 SegmentId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A segment id from a search result.")]
 ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="An image id from a segment or search result.")]
@@ -159,3 +160,34 @@ def segment_out(row: SegmentRow | Hit, with_mask: bool, **extra: Any) -> dict[st
         **labels,
         **extra,
     )
+
+
+# -- a 422's errors as the client is shown them ---------------------------------------------
+def _shorten(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = _encodable(value if isinstance(value, str) else repr(value))
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + f"... ({len(text)} characters)"
+
+
+def _encodable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (JSON's "\\ud800") escaped, not
+    left to fail the error response's own encoding."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def validation_error(error: dict) -> dict:
+    """One of FastAPI's validation errors as the client is shown it: its input shortened,
+    and the two a malformed body gives in words of the request it was (FastAPI says
+    "body.1: JSON decode error" with an input of {}, or echoes a body sent without a
+    JSON content type as b'...')."""
+    loc, kind, value = list(error.get("loc", ())), error.get("type"), error.get("input")
+    msg = str(error.get("msg", ""))
+    if kind == "json_invalid":
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        loc, value = ["body"], None
+        msg = f"not valid JSON{at}: {(error.get('ctx') or {}).get('error', msg)}"
+    elif loc == ["body"] and isinstance(value, bytes):
+        msg, value = "send a JSON object with Content-Type: application/json", value.decode("utf-8", "replace")
+    loc = [_encodable(p) if isinstance(p, str) else p for p in loc]  # a key of the body is echoed too
+    return {"loc": loc, "msg": _encodable(msg[:MAX_ECHO_CHARS]), "type": kind, "input": _shorten(value)}
