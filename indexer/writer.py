@@ -20,7 +20,7 @@ from usesearch.errors import DiskFullError, IndexMismatchError, UsesearchError, 
 from usesearch.masks.coco_masker import masks_file_changed, masks_file_unrecorded
 from usesearch.masks.maskers import mask_defining
 
-from . import calibration, faiss_gpu, index_choice, vector_files, vectors
+from . import calibration, faiss_gpu, vector_files, vectors
 from .folder import FAISS_FILE, check_catalog_kind, db_url_for, remove_if_bare, writer_lock
 from .image_writes import PhotoWrite, joined
 from .known_images import KnownImages, still_holds
@@ -294,7 +294,7 @@ class Writer:
         """An outgrown automatic index rebuilt as its size calls for, written, then recorded."""
         with self._changing():  # its deferred adds in first (as in ``write``): its size is what it holds
             self.index.add_deferred()
-        grown = _follow_growth(self.index, self.info, self.store, self.db_dir)
+        grown = vector_files.rebuilt_for_growth(self.index, self.info, self.store, self.db_dir)
         if grown is None:
             return
         before = self.index, self.info.factory
@@ -386,17 +386,3 @@ def calibrate_index(
     calibration.write(db_dir, measured)
     log.info("%s: calibrated in %.1f s: %s", db_dir, measured.seconds, measured.describe())
     return measured
-
-
-def _follow_growth(
-    index: vectors.Vectors, info: IndexInfo, store: Store, db_dir: Path
-) -> tuple[vectors.Vectors, str] | None:
-    """An automatic index that the collection has outgrown (or shrunk out of), rebuilt
-    as the index its size calls for, with that index's factory; None when it fits."""
-    n = index.ntotal
-    gpu = faiss_gpu.wanted(index.device)
-    if info.index_mode != "auto" or not index_choice.outgrown(info.factory, n, info.dim, gpu):
-        return None
-    choice = index_choice.choose(n, info.dim, gpu)
-    log.warning("%s: %d segments outgrew %s; building %s", db_dir, n, info.factory, choice.describe(n, info.dim))
-    return vectors.rebuild(store, info.dim, choice.factory, index.device, info.shard_size), choice.factory
