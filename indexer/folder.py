@@ -46,6 +46,22 @@ def check_db_dir(db_dir: str | os.PathLike) -> Path:
     return db_dir
 
 
+def refuse_photo_folder(db_dir: Path) -> None:
+    """A new index's folder holding photos: its files would lie among them (and the next
+    walk of that folder would meet the index). An existing index's folder is its own."""
+    from usesearch.io.files import IMAGE_SUFFIXES
+    from usesearch.io.own_folders import OUTPUT_MARKS
+
+    if not db_dir.is_dir() or any((db_dir / mark).exists() for mark in OUTPUT_MARKS["an index"]):
+        return
+    with os.scandir(db_dir) as entries:
+        photo = next((e.name for e in entries if Path(e.name).suffix.lower() in IMAGE_SUFFIXES), None)
+    if photo is not None:
+        raise UsesearchError(
+            f"--db {db_dir} holds photos ({photo}): give the index a folder of its own, e.g. {db_dir}.use"
+        )
+
+
 def check_catalog_kind(db_dir: Path, db_url: str | None) -> None:
     """Refuse an index folder opened with another kind of catalog than its own, before
     a catalog is made: opening made an empty SQLite file in a PostgreSQL-catalogued

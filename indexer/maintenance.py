@@ -43,7 +43,7 @@ from usesearch.reports import RunReport
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE, check_db_dir, open_store, writer_lock
 from .leftovers import gone_images, images_under, live_rows, named
-from .options import IndexOptions
+from .options import IndexOptions, check_shard_size
 from .records import IndexInfo, SegmentRecord
 from .store import Store
 from .writer import Writer, calibrate_index
@@ -73,6 +73,7 @@ def reindex(
     a rebuild), else with image queries only; ``queries`` (typed query vectors by
     kind, e.g. ``{"text": array}``) stand for the model's: then it is not loaded."""
     db_dir = Path(db_dir)
+    check_shard_size(shard_size)
     faiss_device = faiss_gpu.resolve(faiss_device)
     with _claimed(db_dir, db_url) as (store, info):
         automatic = factory == index_choice.AUTOMATIC

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from usesearch.errors import UsesearchError
 from usesearch.io.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from usesearch.reports import RunReport
 
@@ -29,6 +30,16 @@ class IndexOptions:
     compile: bool = False  # torch.compile SAM and the backbones (for long GPU runs)
     repair: bool = False  # first drop photos with damaged embedding rows, so this run embeds them again
     recall_target: float | None = None  # recall@10 a compressed index is calibrated for; None: as stored, else 0.95
+
+    def __post_init__(self) -> None:
+        check_shard_size(self.shard_size)
+
+
+def check_shard_size(shard_size: int | None) -> None:
+    """Segments per FAISS shard: 0 (one shard) or more. A negative one, recorded, left
+    an index that no later open could lay out (the CLI's --shard-size had its own check)."""
+    if shard_size is not None and (isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 0):
+        raise UsesearchError(f"shard_size is 0 (one shard) or a number of segments per shard; got {shard_size!r}")
 
 
 @dataclass

@@ -26,7 +26,7 @@ from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
-from .folder import check_catalog_kind, check_db_dir, is_new, open_store
+from .folder import check_catalog_kind, check_db_dir, is_new, open_store, refuse_photo_folder
 from .image_writes import PhotoWrite
 from .options import IndexOptions, IndexReport
 from .records import NO_MASKER, IndexInfo, info_summary
@@ -86,6 +86,7 @@ def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Pa
     if isinstance(paths, (str, bytes, os.PathLike)):  # a str was walked as its characters: "no such file: t"
         raise TypeError(f"paths is a list of files and folders; got the one path {os.fsdecode(paths)!r}: give [it]")
     db_dir = check_db_dir(db_dir)
+    refuse_photo_folder(db_dir)  # for every caller: the CLI, the Python API, Ray and labelled datasets
     missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
     if missing:  # before the lock: a typo must not leave an empty index folder behind
         raise UsesearchError(

@@ -196,6 +196,8 @@ class SegmentIndex(Freshness):
 
     def similar(self, segment_id: int, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         """Segments most like a given one (query by example), itself excluded."""
+        if not isinstance(segment_id, (int, np.integer)) or isinstance(segment_id, bool):  # True was segment 1
+            raise TypeError(f"segment_id is an int (a search result's segment_id); got {segment_id!r}")
         self.refresh()
         found = list(self.store.embeddings([segment_id])) if 1 <= segment_id <= MAX_SEGMENT_ID else []
         if not found:
@@ -394,7 +396,10 @@ class SegmentIndex(Freshness):
         also counts the image files gone since indexing, the embedding bytes no segment
         refers to and the embedding files gone or cut short: ``usesearch info`` asks for
         them, the web page's every load does not."""
-        return index_stats.stats(self, check_files)
+        self.check_open()
+        with self._index_lock.reading():  # not amid a close, which takes the FAISS index away
+            self.check_open()
+            return index_stats.stats(self, check_files)
 
 
 def _ids(hits: list[Hit]) -> list[int]:

@@ -61,6 +61,13 @@ def test_a_photo_gives_the_same_pixels_as_a_file_a_pil_image_or_an_array(tmp_pat
     np.testing.assert_array_equal(to_rgb_array(Image.fromarray(rgba, "RGBA")), composited)
 
 
+def test_a_float_pil_image_is_refused_as_a_float_array_is(tiny_use, photo, photo_masks):
+    """PIL's convert clipped mode F: 0..1 pixels became an all but black photo, embedded without a word."""
+    grey = Image.fromarray(photo[..., 0].astype(np.float32) / 255)
+    with pytest.raises(ValueError, match="got a float image \\(PIL mode F\\)"):
+        tiny_use.embed_segments(grey, photo_masks)
+
+
 def test_empty_image_is_a_clear_error(tiny_use):
     with pytest.raises(ValueError, match="image is empty"):
         tiny_use.embed_segments(np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0, 0), bool))

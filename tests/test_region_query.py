@@ -340,9 +340,47 @@ def test_a_closed_index_refuses_searches_instead_of_reconnecting(indexed):
     root, _ = indexed
     with SegmentIndex.open(root / "db") as ix:
         assert ix.query("a cat", k=2)
-    for search in (lambda: ix.query("a cat"), lambda: ix.similar(1), lambda: ix.model):
+    for search in (lambda: ix.query("a cat"), lambda: ix.similar(1), lambda: ix.model, lambda: ix.stats()):
         with pytest.raises(UsesearchError, match="this index is closed"):
             search()
+
+
+def test_region_prompts_and_segment_ids_from_python_are_checked_as_the_cli_checks_them(indexed):
+    """An inverted box reached SAM and hits came back; a short tuple was an IndexError
+    deep inside; similar(True) searched segment 1."""
+    root, photos = indexed
+    rgb = np.asarray(Image.open(photos / "astronaut.png").convert("RGB"))
+    with SegmentIndex.open(root / "db") as ix:
+        for prompt, message in [
+            ({"box": (10, 10, 0, 0)}, "width and height must be positive"),
+            ({"box": (10, 10, -5, -5)}, "width and height must be positive"),
+            ({"box": (1, 2, 3)}, "box is \\(x, y, width, height\\) in pixels, 4 finite numbers"),
+            ({"point": (5,)}, "point is \\(x, y\\) in pixels, 2 finite numbers"),
+            ({"point": "5,5"}, "2 finite numbers; got '5,5'"),
+            ({"point": (float("nan"), 3)}, "2 finite numbers"),
+        ]:
+            with pytest.raises(UsesearchError, match=message):
+                ix.similar_region(rgb, k=2, **prompt)
+        for wrong in ("1", True, 1.0, None):
+            with pytest.raises(TypeError, match="segment_id is an int"):
+                ix.similar(wrong)
+        assert ix.similar(np.int64(1), k=1)  # a numpy id from an array of them is one
+
+
+def test_the_python_api_refuses_what_the_cli_refuses_before_writing(tmp_path):
+    """A negative shard size was recorded and left an index no later open could lay out;
+    index_paths wrote an index among the photos of the folder it was given."""
+    from usesearch.indexer.maintenance import reindex
+
+    photos = write_photos(tmp_path / "photos", ("chelsea",))
+    with pytest.raises(UsesearchError, match="shard_size is 0 \\(one shard\\) or a number"):
+        IndexOptions(**OPTS, shard_size=-1)
+    with pytest.raises(UsesearchError, match="holds photos \\(chelsea.png\\): give the index a folder of its own"):
+        index_paths([photos], photos, IndexOptions(**OPTS))
+    assert sorted(p.name for p in photos.iterdir()) == ["chelsea.png"]
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    with pytest.raises(UsesearchError, match="shard_size is 0"):
+        reindex(tmp_path / "db", shard_size=-1)
 
 
 def test_closing_an_index_gives_back_its_faiss_index_and_models(indexed):

@@ -408,13 +408,30 @@ def test_a_kill_mid_checkpoint_leaves_no_temporary_file_behind_the_next_run(samp
     gone = subprocess.Popen(["true"])
     gone.wait()
     orphan = tmp_path / f".trainer.safetensors.{gone.pid}.tmp"
-    live = tmp_path / f".notes.txt.{os.getpid()}.tmp"
-    orphan.write_bytes(b"x" * 1000)
-    live.write_bytes(b"y")
+    live = tmp_path / f".step-0000003.json.{os.getpid()}.tmp"
+    users = tmp_path / f".notes.{gone.pid}.tmp"  # named like one, of a file no run writes: the user's
+    for made in (orphan, live, users):
+        made.write_bytes(b"x" * 1000)
     resumed = Trainer(samples, tmp_path, CFG)
     resumed.resume()
     resumed.run(until=4)
-    assert not orphan.exists() and live.exists()
+    assert not orphan.exists() and live.exists() and users.exists()
+
+
+def test_a_run_killed_in_its_first_step_leaves_a_folder_a_new_run_takes(samples, tmp_path):
+    """Its log's header was still in a buffer: an empty log.csv, which neither a new run
+    nor --resume took. A file manager's .DS_Store is no file of the user's work either;
+    a finished run whose trainer file was deleted is still a run, not a killed one."""
+    (tmp_path / "log.csv").write_text("")
+    (tmp_path / train_module.LOCK_FILE).write_text("")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    Trainer(samples, tmp_path, CFG).run(until=1)
+    assert _log_steps(tmp_path) == [1]
+    finished = tmp_path / "finished"
+    Trainer(samples, finished, CFG).run(until=2)
+    (finished / "trainer.safetensors").unlink()
+    with pytest.raises(usesearch.UsesearchError, match="holds files that are not a training run's \\(head.json"):
+        Trainer(samples, finished, CFG).run(until=2)
 
 
 def test_a_step_head_with_a_tampered_record_is_refused_as_damaged(samples, tmp_path):

@@ -25,7 +25,7 @@ import torch
 
 from usesearch.devices import bf16_autocast, resolve_device
 from usesearch.errors import UsesearchError, first_line
-from usesearch.io.atomic import is_temporary, remove_orphan_temporaries, write_atomic
+from usesearch.io.atomic import remove_orphan_temporaries, temporary_of, write_atomic
 from usesearch.io.locks import one_writer
 from usesearch.models.checkpoint import save_head
 from usesearch.models.factory import create_use_and_clip
@@ -75,7 +75,10 @@ NON_FINITE_LIMIT = 3
 LOG_HEADER = ["step", "epoch", "loss", "lr", "segments", "seconds"]
 # What a run killed before its first checkpoint leaves (its log begins with LOG_HEADER):
 # a new run there starts over them.
-KILLED_RUN_FILES = re.compile(r"^(log\.csv|unreadable\.txt|(head|step-\d+)\.(safetensors|json))$")
+KILLED_RUN_FILES = re.compile(r"^(log\.csv|unreadable\.txt|step-\d+\.(safetensors|json))$")
+# Every file a run writes through ``write_atomic``: a killed writer's temporary of one is ours to remove.
+RUN_FILES = re.compile(r"^(log\.csv|unreadable\.txt|trainer\.safetensors|(head|step-\d+)\.(safetensors|json))$")
+OS_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")  # a file manager's, in any folder it has shown
 
 
 def check_new_run(out: str | os.PathLike) -> None:
@@ -91,7 +94,9 @@ def check_new_run(out: str | os.PathLike) -> None:
     others = sorted(
         name
         for name in os.listdir(folder)
-        if name != LOCK_FILE and not is_temporary(name) and not (killed_run and KILLED_RUN_FILES.match(name))
+        if name not in (LOCK_FILE, *OS_FILES)
+        and not _is_ours_temporary(name)
+        and not (killed_run and KILLED_RUN_FILES.match(name))
     )
     if others:
         more = f" and {len(others) - 3} more" if len(others) > 3 else ""
@@ -102,11 +107,17 @@ def check_new_run(out: str | os.PathLike) -> None:
 
 
 def _is_run_log(path: Path) -> bool:
+    """A run's log: its header (or empty: a run killed in its first step, before a write reached the disk)."""
     try:
         with open(path, newline="") as f:
-            return next(csv.reader(f), None) == LOG_HEADER
+            return next(csv.reader(f), LOG_HEADER) == LOG_HEADER
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
+
+
+def _is_ours_temporary(name: str) -> bool:
+    replaced = temporary_of(name)
+    return replaced is not None and RUN_FILES.match(replaced) is not None
 
 
 class Trainer:
@@ -232,7 +243,8 @@ class Trainer:
         return one_writer(self.out / LOCK_FILE, refusal)
 
     def _run(self, progress, until: int | None, stop: threading.Event | None = None) -> Path:
-        remove_orphan_temporaries(self.out)  # a kill -9 mid-checkpoint: a head or trainer file's worth
+        # A kill -9 mid-checkpoint: a head or trainer file's worth.
+        remove_orphan_temporaries(self.out, lambda name: RUN_FILES.match(name) is not None)
         if self.step == 0:  # checked again under the lock: a run may have ended here since the command started
             check_new_run(self.out)
             # A run killed before its first checkpoint left its skips: this run finds its own.
@@ -243,6 +255,7 @@ class Trainer:
             log = csv.writer(f)
             if new_log:
                 log.writerow(LOG_HEADER)
+                f.flush()  # on disk before the first step: a run killed in it is known as a run's folder
             self.use.train()
             end = until or self.total_steps
             ahead = ThreadPoolExecutor(1)  # the next batch is made while this one trains

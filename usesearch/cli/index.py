@@ -82,7 +82,6 @@ def index(
         from usesearch.indexer import IndexOptions, index_paths
 
         opts.refuse_other_kind(db, "an index")
-        _refuse_photo_folder(Path(db))
         folders: list[str | os.PathLike] = list(paths)
         masker_options = sam.given()
         labelled = coco is not None and masker != "coco"  # --masker coco: the file's masks are proposals
@@ -208,19 +207,6 @@ def index(
         _print_json(reports, as_json)
         raise
     _print_json(reports, as_json)
-
-
-def _refuse_photo_folder(db: Path) -> None:
-    """A new index's folder holding photos: its files would lie among them (and the next
-    walk of that folder would meet the index). An existing index's folder is its own."""
-    from usesearch.io.files import IMAGE_SUFFIXES
-
-    if not db.is_dir() or any((db / mark).exists() for mark in opts.FOLDER_MARKS["an index"]):
-        return
-    with os.scandir(db) as entries:
-        photo = next((e.name for e in entries if Path(e.name).suffix.lower() in IMAGE_SUFFIXES), None)
-    if photo is not None:
-        raise UsesearchError(f"--db {db} holds photos ({photo}): give the index a folder of its own, e.g. {db}.use")
 
 
 def _print_json(reports: dict[str, IndexReport], as_json: bool) -> None:

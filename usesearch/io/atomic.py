@@ -67,21 +67,27 @@ def write_atomic(
 TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")  # ``write_atomic``'s: .NAME.PID.tmp
 
 
-def is_temporary(name: str) -> bool:
-    """``name`` is a temporary file of ``write_atomic`` (its writer's, or a killed one's)."""
-    return TEMPORARY.match(name) is not None
+def temporary_of(name: str) -> str | None:
+    """The file a temporary file of ``write_atomic`` was to replace (None: ``name`` is
+    not one): its writer's, or a killed one's."""
+    found = TEMPORARY.match(name)
+    return found["name"] if found else None
 
 
-def remove_orphan_temporaries(folder: str | os.PathLike) -> list[str]:
+def remove_orphan_temporaries(folder: str | os.PathLike, ours: Callable[[str], bool]) -> list[str]:
     """Remove the temporary files in ``folder`` whose writer is no longer running (a
     kill -9 between writing and renaming leaves one, as big as the file it was to
-    replace: a checkpoint, hundreds of MB). Only for a folder whose writers hold its
-    lock (the caller does): a live writer's file is kept by its pid. Returns the names."""
+    replace: a checkpoint, hundreds of MB), of the files ``ours`` says the folder's
+    writer writes (a user's ``.notes.2024.tmp`` is not one). Only for a folder whose
+    writers hold its lock (the caller does): a live writer's file is kept by its pid.
+    Returns the names."""
     removed: list[str] = []
     with os.scandir(os.fspath(folder)) as entries:
         for entry in entries:
             found = TEMPORARY.match(entry.name)
-            if found is None or not entry.is_file(follow_symlinks=False) or _is_running(int(found["pid"])):
+            if found is None or not ours(found["name"]) or not entry.is_file(follow_symlinks=False):
+                continue
+            if _is_running(int(found["pid"])):
                 continue
             Path(entry.path).unlink(missing_ok=True)
             removed.append(entry.name)

@@ -55,6 +55,8 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     ):
         image = Image.fromarray(np.ascontiguousarray(image), "RGBA")
     if isinstance(image, Image.Image):
+        if image.mode == "F":  # floats: PIL's convert clips them, and 0..1 pixels became black without a word
+            raise ValueError("expected 8-bit pixels, got a float image (PIL mode F), as a float array is refused")
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             deep = np.clip(np.asarray(image, dtype=np.int64), 0, None)  # mode "I" is signed 32-bit
             top = int(deep.max()) if deep.size else 0

@@ -4,6 +4,8 @@ What ``similar --image`` searches for."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,11 +96,22 @@ def from_mask(mask: np.ndarray, hw: tuple[int, int]) -> Region:
     return _region(mask, None, None)
 
 
+def _prompt_numbers(what: str, given, names: tuple[str, ...]) -> tuple[float, ...]:
+    """A point or box from Python as the CLI's parsers give it: finite numbers, as many as it has."""
+    try:
+        values = tuple(float(v) for v in given)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != len(names) or isinstance(given, str) or not all(math.isfinite(v) for v in values):
+        raise UsesearchError(f"{what} is ({', '.join(names)}) in pixels, {len(names)} finite numbers; got {given!r}")
+    return values
+
+
 def prompt(
     sam,
     rgb: np.ndarray,
-    point: tuple[float, float] | None = None,
-    box: tuple[float, float, float, float] | None = None,
+    point: Sequence[float] | None = None,
+    box: Sequence[float] | None = None,
     stability_offset: float = 1.0,
 ) -> Region:
     """SAM's most stable mask for a point (x, y) or a box (x, y, w, h) in pixels."""
@@ -107,6 +120,10 @@ def prompt(
     h, w = rgb.shape[:2]
     if (point is None) == (box is None):
         raise UsesearchError("give one of --point X,Y and --box X,Y,W,H (or --mask MASK.png)")
+    point = _prompt_numbers("point", point, ("x", "y")) if point is not None else None
+    box = _prompt_numbers("box", box, ("x", "y", "width", "height")) if box is not None else None
+    if box is not None and (box[2] <= 0 or box[3] <= 0):  # an inverted box gave SAM a prompt and hits came back
+        raise UsesearchError(f"box {','.join(f'{v:g}' for v in box)}: its width and height must be positive")
     if point is not None and not (0 <= point[0] < w and 0 <= point[1] < h):
         raise UsesearchError(f"point {point[0]:g},{point[1]:g} lies outside the {w}x{h} photo")
     if box is not None and (box[0] >= w or box[1] >= h or box[0] + box[2] <= 0 or box[1] + box[3] <= 0):
