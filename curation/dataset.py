@@ -70,6 +70,11 @@ def require_dataset(dataset_dir: str | os.PathLike) -> Path:
             f"{folder} is an unfinished curation (a run was cut short"
             + (f": {'; '.join(cut)}" if cut else "")
             + "): run the same `usesearch curate run` again to finish it (it resumes)"
+            + (
+                f'; an input that is gone for good: remove its line from "unfinished" in {folder / MANIFEST}'
+                if cut
+                else ""
+            )
         )
     raise UsesearchError(f"{folder} is not a curated dataset (no {MANIFEST}): make one with `usesearch curate run`")
 
@@ -202,6 +207,7 @@ class DatasetWriter:
         # each has ended, not when any other run does (a whole second source would hide them).
         self.run = run or source or "curate run"
         self.unfinished = {str(r) for r in (self.before or {}).get("unfinished") or []}
+        self.written_now: dict[str, str] = {}  # sha256 -> path, of this run's records
         # A record is done for its own source only: a second source of the same photo
         # adds its own pairs. Records written before sources were kept count for any.
         # The value: the digest of the photo's annotations its record was made from
@@ -256,6 +262,7 @@ class DatasetWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self.done[(self.source, sha256)] = annotations_sha256
+        self.written_now.setdefault(sha256, path)
         self._in_shard += 1
 
     def close(self, finished: bool = True) -> None:

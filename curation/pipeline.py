@@ -103,6 +103,12 @@ def curate(
                 data, sha256 = read_bytes(item.path)
                 digest = annotations_digest(item.annotations) if item.annotations is not None else None
                 if writer.annotations_changed(sha256, digest):  # records are never rewritten: said, not skipped
+                    first = writer.written_now.get(sha256)
+                    if first is not None:  # the file lists this photo twice (same bytes), with other annotations
+                        raise AnnotationsChangedError(
+                            f"the same photo as {first} (the same content), listed again with other annotations: "
+                            "a photo is curated once; merge its entries in the source to curate them all"
+                        )
                     raise AnnotationsChangedError(
                         "its annotations in the source changed since it was curated (a fault fixed?); this dataset "
                         "keeps the record made before: curate into a new --dataset-dir to take the change"
@@ -177,7 +183,8 @@ def annotations_digest(entry: ImageEntry) -> str:
     the file's checks, as SHA-256 (a fault fixed in the file changes it)."""
     import hashlib
 
-    made_of = [entry.height, entry.width, [[a.id, a.category, a.iscrowd, a.mask_source()] for a in entry.annotations]]
+    annotations = sorted(entry.annotations, key=lambda a: a.id)  # a re-export in another order is the same file
+    made_of = [entry.height, entry.width, [[a.id, a.category, a.iscrowd, a.mask_source()] for a in annotations]]
     return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any
 
 from usesearch.errors import UsesearchError, first_line
@@ -21,8 +23,24 @@ class PretrainedStage:
         known, so a cached output is never reused for another model."""
         config = getattr(self.model, "config", None)
         name = getattr(config, "_name_or_path", "") or type(self.model).__name__
+        if os.path.isdir(name):  # a local folder: the same one however it was typed, another one under its name not
+            return f"{os.path.realpath(name)}#{folder_digest(name)}"
         commit = getattr(config, "_commit_hash", None)
         return f"{name}@{commit}" if commit else name
+
+
+def folder_digest(folder: str) -> str:
+    """A model folder's contents, cheaply: its JSON files whole (config, tokenizer) and
+    its other files by name and size (gigabytes of weights are not hashed per run)."""
+    digest = hashlib.sha256()
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.is_file():
+            continue
+        digest.update(f"{entry.name}:{entry.stat().st_size};".encode())
+        if entry.name.endswith(".json"):
+            with open(entry.path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 def load_pretrained(model_class: Any, name: str, what: str, **options: Any) -> tuple[Any, Any]:

@@ -54,6 +54,10 @@ def test_coco_instances_faults_are_recorded_and_the_rest_curated(tmp_path, photo
     assert kinds == ["broken mask", "photo missing", "size mismatch", "unknown category", "unknown image"]
     again = curate(coco_instances_source(path, photos), tmp_path / "ds")
     assert again.done == 0 and len(_failures(tmp_path / "ds")) == 5  # a re-run repeats no line
+    coco["annotations"].reverse()  # a re-export in another order: the same annotations
+    path.write_text(json.dumps(coco))
+    reordered = curate(coco_instances_source(path, photos), tmp_path / "ds")
+    assert (reordered.skipped, reordered.failed) == (2, 0)
     # The cup's size fixed in the file: its record (no segment) is not silently kept as done.
     coco["images"][1].update(height=100, width=150)
     path.write_text(json.dumps(coco))
@@ -416,3 +420,65 @@ def test_another_runs_end_does_not_finish_a_run_cut_short(tmp_path, photos):
         list(read_records(tmp_path / "ds"))
     curate([cat], tmp_path / "ds", source="folder", run="--source folder /photos")  # that run again: it ends
     assert len(list(read_records(tmp_path / "ds"))) == 2
+
+
+def test_a_photo_listed_twice_with_other_annotations_is_said_to_be_a_duplicate(tmp_path, photos):
+    import shutil
+
+    shutil.copy(photos / "cat.png", photos / "cat-copy.png")  # the same bytes under two names
+    square = [[10, 10, 30, 10, 30, 30, 10, 30]]
+    coco = {
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "ear"}],
+        "images": [
+            {"id": 1, "file_name": "cat.png", "height": 75, "width": 113},
+            {"id": 2, "file_name": "cat-copy.png", "height": 75, "width": 113},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": square},
+            {"id": 2, "image_id": 2, "category_id": 2, "segmentation": square},
+        ],
+    }
+    (tmp_path / "dup.json").write_text(json.dumps(coco))
+    report = curate(coco_instances_source(tmp_path / "dup.json", photos), tmp_path / "ds")
+    assert report.done == 1 and len(report.failures) == 1
+    assert "the same photo as " in report.failures[0][1] and "merge its entries" in report.failures[0][1]
+
+
+def test_a_local_model_folder_is_one_identity_however_it_is_typed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from usesearch.curation.pretrained import PretrainedStage
+
+    folder = tmp_path / "gd"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    (folder / "model.safetensors").write_bytes(b"x" * 10)
+
+    def identity(name):
+        model = torch.nn.Linear(1, 1)
+        model.config = SimpleNamespace(_name_or_path=name)
+        return PretrainedStage(model, None).model_identity()
+
+    monkeypatch.chdir(tmp_path)
+    assert identity("gd") == identity(str(folder)) == identity("gd/") == identity("./gd")
+    (folder / "config.json").write_text('{"a": 2}')  # another model saved under the same name
+    assert identity("gd") != identity.__call__  # (a str)
+    changed = identity("gd")
+    (folder / "config.json").write_text('{"a": 1}')
+    assert changed != identity("gd")
+
+
+def test_a_sam_checkpoint_of_the_users_is_hashed_once_per_content(tmp_path, monkeypatch):
+    from usesearch.models import weights
+
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path / "home"))
+    checkpoint = tmp_path / "mine.pth"
+    checkpoint.write_bytes(b"weights")
+    first = weights.remembered_sha256(checkpoint)
+    monkeypatch.setattr(weights, "sha256_file", lambda path: pytest.fail("hashed again"))
+    assert weights.remembered_sha256(checkpoint) == first
+    assert list(tmp_path.iterdir()) != [] and not (tmp_path / "mine.pth.sha256").exists()  # nothing beside it
+    monkeypatch.undo()
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path / "home"))
+    checkpoint.write_bytes(b"other weights")
+    assert weights.remembered_sha256(checkpoint) != first

@@ -20,7 +20,7 @@ from usesearch.errors import MissingWeightsError, UsesearchError, first_line
 from usesearch.masks.sam_fast import speed_up
 from usesearch.models.backbones import seeded
 from usesearch.models.config import SamConfig
-from usesearch.models.weights import UNREADABLE, require, sam_status, sha256_file, verify_sha256
+from usesearch.models.weights import UNREADABLE, remembered_sha256, require, sam_status, verify_sha256
 
 SAM_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
 
@@ -99,7 +99,7 @@ def sam_identity(cfg: SamConfig, checkpoint: str | os.PathLike | None = None) ->
     """Which SAM weights these are, as a dataset records them: the official file's
     SHA-256 (checked on load), a file of the user's hashed, or the seed of random ones."""
     if checkpoint is not None:
-        return f"sam {cfg.model_type} sha256:{sha256_file(Path(checkpoint))}"
+        return f"sam {cfg.model_type} sha256:{remembered_sha256(Path(checkpoint))}"
     if not sam_status(cfg).needed:
         return f"sam {cfg.model_type} random seed {cfg.seed}"
     return f"sam {cfg.model_type} sha256:{cfg.sha256 or cfg.checkpoint}"

@@ -177,6 +177,29 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def remembered_sha256(path: Path) -> str:
+    """A file's SHA-256, hashed once per content: remembered under $USESEARCH_HOME by the
+    file's real path and stat signature (size, times, inode), so a user's 2.5 GB
+    checkpoint named on every run is not hashed on every run, and nothing is written
+    beside it."""
+    real = os.path.realpath(path)
+    note = usesearch_home() / ".hashes" / hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()
+    signature = stat_signature(Path(real).stat())
+    try:
+        sha, remembered = note.read_text().split()
+        if remembered == signature:
+            return sha
+    except (OSError, ValueError):
+        pass
+    sha = sha256_file(Path(real))
+    try:
+        note.parent.mkdir(parents=True, exist_ok=True)
+        note.write_text(f"{sha} {signature}\n")
+    except OSError:
+        pass  # a read-only home: hashed again next time
+    return sha
+
+
 def verify_sha256(path: Path, expected: str | None) -> None:
     """Hash once; a marker keyed on the file's size, times and inode saves rehashing 2.5 GB
     on every load (size and mtime alone passed another file copied over it with `cp -p`)."""
