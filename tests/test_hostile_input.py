@@ -73,6 +73,20 @@ def test_markup_in_file_names_is_shown_as_is(tmp_path):
         assert name in flat, (name, result.output)
 
 
+def test_a_newline_in_a_file_name_is_spelt_out_in_the_index_summary_and_the_query_table(tmp_path):
+    """One failure took two lines of the summary (grep saw half a record), and one hit two rows of the table."""
+    photos = write_photos(tmp_path / "photos", ("chelsea",))
+    (photos / "chelsea.png").rename(photos / "new\nline.png")
+    (photos / "bad\nname.png").write_text("not a photo")
+    args = ["--preset", "tiny", "--masker", "felzenszwalb", "--db", str(tmp_path / "db")]
+    indexed = CliRunner().invoke(app, ["index", str(photos), *args])
+    assert indexed.exit_code == 0, indexed.output
+    assert "failed: " + str(photos / "bad\\nname.png") + ": ImageReadError" in indexed.output, indexed.output
+    assert not any(line.startswith("name.png") for line in indexed.output.splitlines())
+    found = CliRunner().invoke(app, ["query", "a photo", "--db", str(tmp_path / "db"), "-k", "50", "--per-image"])
+    assert found.exit_code == 0 and "new\\nline.png" in found.output.replace("│", "").replace(" ", ""), found.output
+
+
 def test_filters_out_of_range_are_one_line_errors_alike_in_the_cli_and_python(sharded):
     runner = CliRunner()
     for args, words in (

@@ -361,6 +361,9 @@ def test_region_prompts_and_segment_ids_from_python_are_checked_as_the_cli_check
         ]:
             with pytest.raises(UsesearchError, match=message):
                 ix.similar_region(rgb, k=2, **prompt)
+        panorama = np.zeros((10, 20000, 3), np.uint8)  # SAM's resize leaves it 0 px high
+        with pytest.raises(UsesearchError, match="the photo is 20000x10: too narrow for SAM"):
+            ix.similar_region(panorama, point=(5, 5), k=1)
         for wrong in ("1", True, 1.0, None):
             with pytest.raises(TypeError, match="segment_id is an int"):
                 ix.similar(wrong)

@@ -18,6 +18,7 @@ import typer
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
 from usesearch.errors import UsesearchError
+from usesearch.io.files import one_line
 from usesearch.masks.settings import SamSettings
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ def index(
         for line in report.devices:
             opts.console.print(f"  {line}")
         for path, reason in report.failures[:10]:
-            opts.console.print(f"  failed: {path}: {reason}")
+            opts.console.print(f"  failed: {one_line(path)}: {one_line(reason)}")  # one line a failure
         _say_moved_and_copies(report)
         if report.failed_before:
             opts.console.print(
@@ -220,14 +221,15 @@ def _say_moved_and_copies(report: IndexReport) -> None:
         old, new = report.moved[0]
         more = f" and {len(report.moved) - 1} more" if len(report.moved) > 1 else ""
         opts.console.print(
-            f"  {len(report.moved)} photo(s) renamed or moved, their segments kept ({old} -> {new}{more})"
+            f"  {len(report.moved)} photo(s) renamed or moved, their segments kept "
+            f"({one_line(old)} -> {one_line(new)}{more})"
         )
     if report.copies:
         path, twin = report.copies[0]
         more = f" and {len(report.copies) - 1} more" if len(report.copies) > 1 else ""
         opts.console.print(
             f"  {len(report.copies)} skipped as copies of a photo indexed under another path "
-            f"({path} = {twin or 'a photo earlier in this run'}{more})"
+            f"({one_line(path)} = {one_line(twin) or 'a photo earlier in this run'}{more})"
         )
 
 
@@ -246,7 +248,7 @@ def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> 
     if gone:
         opts.console.print(
             f"  {'about ' if estimated else ''}{count} indexed photo(s) under these folders are gone "
-            f"({gone[0][1]}: {gone[0][2]}{', ...' if count > 1 else ''}): "
+            f"({one_line(str(gone[0][1]))}: {gone[0][2]}{', ...' if count > 1 else ''}): "
             f"`usesearch prune --db {db}` or `index --prune` removes them"
         )
 

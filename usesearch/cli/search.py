@@ -13,6 +13,7 @@ from rich.table import Table
 from usesearch.cli import options as opts
 from usesearch.errors import UsesearchError, is_disk_full
 from usesearch.io.atomic import is_own_stdout, save_picture, write_atomic
+from usesearch.io.files import one_line
 
 if TYPE_CHECKING:
     from usesearch.indexer import SearchFilters
@@ -81,7 +82,8 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
         for h in hits:
             image = h.image[len(folder) :] if folder and h.image.startswith(folder) else h.image
             label = (f"{h.category} [{h.split}]" if h.source == "annotation" else h.source,) * labelled
-            table.add_row(str(h.rank), f"{h.score:.3f}", str(h.segment_id), image, str(h.bbox), str(h.area), *label)
+            row = (str(h.rank), f"{h.score:.3f}", str(h.segment_id), one_line(image), str(h.bbox), str(h.area))
+            table.add_row(*row, *label)  # a newline in a file name spelt out: one row a hit
         (opts.console if listing is sys.stdout else opts.err_console).print(table)
     # Status on stderr: stdout may be carrying --json.
     for line in [] if hits else _why_none(index, filters):

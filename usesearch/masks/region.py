@@ -128,6 +128,12 @@ def prompt(
         raise UsesearchError(f"point {point[0]:g},{point[1]:g} lies outside the {w}x{h} photo")
     if box is not None and (box[0] >= w or box[1] >= h or box[0] + box[2] <= 0 or box[1] + box[3] <= 0):
         raise UsesearchError(f"box {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} photo")
+    side = sam.image_encoder.img_size  # SAM resizes the photo's longest side to this
+    if int(min(h, w) * side / max(h, w) + 0.5) < 1:  # (ResizeLongestSide's rounding) its short side: 0 px
+        raise UsesearchError(
+            f"the photo is {w}x{h}: too narrow for SAM, whose {side}-px input leaves it no pixel across; "
+            "search by a mask instead (--mask MASK.png)"
+        )
     predictor = SamPredictor(sam)
     predictor.set_image(rgb)
     with torch.inference_mode():
