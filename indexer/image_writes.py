@@ -92,7 +92,9 @@ def write_photo(s: Session, photo: PhotoWrite) -> tuple[list[int], list[int]]:
         error_class=type(error).__name__ if error is not None else None,
         error_message=str(error)[:2000] if error is not None else None,
         attempts=attempts,
-        file_stat=photo.file_stat if error is None else None,
+        # A failure after the read (content known) keeps the stat too: a re-run skips it
+        # unread while the file is as it was (unless --retry-failed).
+        file_stat=photo.file_stat if error is None or photo.sha256 is not None else None,
     )
     s.add(record)
     s.flush()

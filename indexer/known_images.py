@@ -16,7 +16,7 @@ from sqlalchemy import select
 from usesearch.errors import UsesearchError
 from usesearch.io.files import read_bytes, stat_signature
 
-from .records import DONE, ImageRecord
+from .records import DONE, FAILED, ImageRecord
 from .store import Store
 
 T = TypeVar("T")
@@ -101,23 +101,23 @@ class KnownImages:
         """Drop the record read ahead for this path (it will be asked for again)."""
         self._records.pop(key, None)
 
-    def unchanged(self, key: bytes, fs_path: str, proposals: bool = True) -> tuple[str | None, str | None]:
+    def unchanged(
+        self, key: bytes, fs_path: str, proposals: bool = True, failed_too: bool = False
+    ) -> tuple[str | None, str | None]:
         """(the file's stat now, taken before any read of it; the recorded SHA-256 where
         that stat is the one recorded when it was last read whole and the photo is
         indexed with nothing left to do, no failure noted, its proposals made (where
-        ``proposals``: a masker's run; a labelled dataset's needs none): skipped
+        ``proposals``: a masker's run; a labelled dataset's needs none), or, where
+        ``failed_too`` (a run not retrying failures), it failed after its read: skipped
         without a read; else None: read and hash it). Called from reader threads: a
         stat and a dictionary read, no catalog access."""
         stat = file_stat(fs_path)
         known = self._records.get(key)
-        if (
-            stat is None
-            or known is None
-            or known.file_stat != stat
-            or known.status != DONE
-            or (proposals and not known.proposals_made)
-            or known.error_class is not None
-        ):
+        if stat is None or known is None or known.file_stat != stat:
+            return stat, None
+        if known.status == FAILED:
+            return stat, known.sha256 if failed_too else None
+        if known.status != DONE or (proposals and not known.proposals_made) or known.error_class is not None:
             return stat, None
         return stat, known.sha256
 

@@ -183,7 +183,7 @@ def _commit_group(done: Computed, writer: Writer, report: IndexReport) -> None:
     for photo, outcome in zip(done.photos, done.outcomes):
         found = photo.found
         if isinstance(outcome, BaseException):
-            writer.fail(found.key, found.path, photo.sha256, outcome, report)
+            writer.fail(found.key, found.path, photo.sha256, outcome, report, file_stat=photo.file_stat)
         else:
             hw = photo.rgb.shape[:2]
             results.append(PhotoWrite(found.key, found.path, photo.sha256, hw, *outcome, file_stat=photo.file_stat))

@@ -105,7 +105,7 @@ def _photos(
         when last read whole (its recorded SHA-256 then)."""
         if found.error is not None:
             raise found.error
-        stat, recorded = writer.known.unchanged(found.key, found.fs_path)
+        stat, recorded = writer.known.unchanged(found.key, found.fs_path, failed_too=not options.retry_failed)
         if recorded is not None:
             return None, recorded, stat
         return (*read_bytes(found.fs_path, options.max_bytes, found.path), stat)
@@ -142,7 +142,7 @@ def _photos(
             rgb, seconds = _wait(future, report)
             report.add_stage("decode (workers)", seconds)
         except Exception as exc:  # noqa: BLE001
-            writer.fail(found.key, found.path, sha256, exc, report)
+            writer.fail(found.key, found.path, sha256, exc, report, file_stat=stat)
             yield path, None
             continue
         yield path, Photo(found, sha256, rgb, stat) if rgb is not None else None

@@ -267,12 +267,22 @@ class Writer:
             self.index.remove(removed)
         return not retried
 
-    def fail(self, key: bytes, path: str, sha256: str | None, exc: BaseException, report: IndexReport) -> None:
+    def fail(
+        self,
+        key: bytes,
+        path: str,
+        sha256: str | None,
+        exc: BaseException,
+        report: IndexReport,
+        file_stat: str | None = None,
+    ) -> None:
         """A file that failed: recorded as failed, or, indexed before, kept as it was
-        with the failure noted (``Store.save_image``)."""
+        with the failure noted (``Store.save_image``). ``file_stat``: taken before the
+        read that gave ``sha256``; a re-run skips the file unread while it holds."""
         existing = self.known.take(key)
         with self._changing():
-            removed, _ = self.store.save_image(key, path, sha256, None, error=exc)
+            stat = file_stat if sha256 is not None else None
+            removed, _ = self.store.save_image(key, path, sha256, None, error=exc, file_stat=stat)
             self._remove(removed)
         report.record_failure(path, exc, kept=existing is not None and existing.status == DONE)
 

@@ -352,6 +352,32 @@ def test_a_rerun_reads_only_the_files_whose_stat_changed(tmp_path, monkeypatch):
     assert_consistent(tmp_path / "db")
 
 
+def test_a_file_that_failed_after_its_read_is_skipped_unread_until_it_changes_or_is_retried(tmp_path, monkeypatch):
+    """A re-run read and hashed every failed file again (and said it had not): on an
+    archive of broken files, every re-run read them whole."""
+    from usesearch.indexer import known_images, read_ahead
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)
+    photos = write_photos(tmp_path / "photos", ("astronaut",))
+    whole = (photos / "astronaut.png").read_bytes()
+    (photos / "cut.png").write_bytes(whole[: len(whole) // 2])  # read whole, fails to decode
+    assert index_paths([photos], tmp_path / "db", IndexOptions(**OPTS)).failed == 1
+    reads: list[str] = []
+    read = read_ahead.read_bytes
+    monkeypatch.setattr(
+        read_ahead, "read_bytes", lambda path, *a: reads.append(os.path.basename(path)) or read(path, *a)
+    )
+    again = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert (again.skipped, again.failed, reads) == (2, 0, [])
+    retried = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, retry_failed=True))
+    assert (retried.failed, reads) == (1, ["cut.png"])
+    reads.clear()
+    (photos / "cut.png").write_bytes(whole)  # mended: its stat changed, so it is read and indexed
+    mended = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert (mended.done, reads) == (1, ["cut.png"])
+    assert_consistent(tmp_path / "db")
+
+
 def test_a_stat_noted_for_a_row_replaced_since_is_dropped_not_an_error(tmp_path):
     """A path met twice in one walk (a file named and its folder), rewritten in between:
     its first stat note names a row the second commit replaced (the run ended in

@@ -182,7 +182,8 @@ def index(
         _say_moved_and_copies(report)
         if report.failed_before:
             opts.console.print(
-                f"  {report.failed_before} of those skipped failed in an earlier run and were not read again: "
+                f"  {report.failed_before} of those skipped failed in an earlier run, their content unchanged, "
+                "and were not tried again: "
                 f"`usesearch failures --db {db}` lists them, --retry-failed tries them again"
             )
         if report.done and not report.segments:
