@@ -24,8 +24,9 @@ def server_url(url: str) -> str:
     psycopg (3) driver, the one usesearch installs; another database is refused."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise UsesearchError("--db-url: not a database URL (postgresql://USER@HOST/DB)") from None
+        parsed.port  # noqa: B018 - a port that is no number is refused here, not as int()'s words later
+    except (ArgumentError, ValueError):
+        raise UsesearchError("--db-url: not a database URL (postgresql://USER[:PASSWORD]@HOST[:PORT]/DB)") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if not parsed.drivername.startswith("postgresql"):
@@ -33,12 +34,22 @@ def server_url(url: str) -> str:
             f"--db-url {shown_url(url)}: the catalog goes in PostgreSQL (postgresql://USER@HOST/DB), "
             "or in the index folder without --db-url (SQLite)"
         )
+    if parsed.drivername != "postgresql+psycopg":  # psycopg2, asyncpg: not installed, nor tested
+        raise UsesearchError(
+            f"--db-url {shown_url(url)}: usesearch reaches PostgreSQL with psycopg (3), which it installs; "
+            "write postgresql://USER@HOST/DB"
+        )
     return parsed.render_as_string(hide_password=False)
 
 
 def shown_url(url: str) -> str:
-    """The URL as messages show it: without its password."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL as messages show it: without its password, whether written before the
+    host or as a ``?password=`` parameter (psycopg takes both)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return "(the URL given)"
+    return parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
 
 
 def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from usesearch.errors import IndexIdentityError, IndexLockedError, IndexUpgradeNeededError, UsesearchError
 from usesearch.io.locks import one_writer
 
+from .catalog import shown_url
 from .embeddings import FOLDER
 from .identity import ID_FILE
 from .records import ImageRecord, IndexIdentity
@@ -25,7 +26,7 @@ def db_url_for(db_dir: Path, db_url: str | None) -> str:
     and FAISS files is one nothing keeps in step (and a read-only command made its file)."""
     if db_url and db_url.strip().lower().startswith("sqlite"):
         raise UsesearchError(
-            f"--db-url {db_url}: a SQLite catalog lives in its index folder (--db); "
+            f"--db-url {shown_url(db_url)}: a SQLite catalog lives in its index folder (--db); "
             "--db-url names a PostgreSQL server (postgresql://USER@HOST/DB)"
         )
     return db_url or f"sqlite:///{db_dir / DB_FILE}"

@@ -26,6 +26,7 @@ from sqlalchemy import inspect, select, text
 from usesearch.errors import CatalogLockedError, IndexIdentityError
 from usesearch.io.atomic import write_atomic
 
+from .catalog import shown_url
 from .embeddings import FOLDER, EmbeddingFiles
 from .records import IndexIdentity, SegmentRecord
 
@@ -79,6 +80,18 @@ def check(store, assign: bool) -> None:
         new = str(uuid.uuid4())
         _write_file(id_file, new)
         _write_catalog(store, new)
+
+
+def refuse_a_new_catalog(store) -> None:
+    """Before a writable open makes its tables in a database that holds no index: refused
+    where the folder is another index's, with embedding files (the check after them,
+    ``check``, left nine empty tables in the wrong database)."""
+    id_file = store.folder / FOLDER / ID_FILE
+    if id_file.is_file() and EmbeddingFiles(store.folder / FOLDER, 1).chunks():
+        raise IndexIdentityError(
+            f"{store.folder} holds index {id_file.read_text().strip()}'s embedding files, and {_describe(store)} "
+            "holds no index: use that index's catalog (--db-url), or a new --db folder"
+        )
 
 
 def lock_catalog(store):
@@ -135,4 +148,4 @@ def _describe(store) -> str:
     url = store.engine.url
     if url.get_backend_name() == "sqlite":
         return f"the catalog {url.database}"
-    return f"the catalog {url.render_as_string(hide_password=True)}"
+    return f"the catalog {shown_url(url.render_as_string(hide_password=False))}"

@@ -44,6 +44,19 @@ def _has_column(engine: Engine, table: str, column: str) -> bool:
     return column in {c["name"] for c in inspect(engine).get_columns(table)}
 
 
+def refuse_foreign_tables(tables: set[str], where: str) -> None:
+    """A database whose tables of our names are another application's (no ``index_info``,
+    which every index has had): refused before any is altered or added to."""
+    from .records import Base
+
+    ours = sorted(tables & {table.name for table in Base.metadata.sorted_tables})
+    if ours and "index_info" not in tables:
+        raise UsesearchError(
+            f"{where} holds tables of another application ({', '.join(ours[:3])}) and no usesearch index: "
+            "give the catalog a database of its own"
+        )
+
+
 def upgrade(engine: Engine, folder: Path) -> None:
     tables = set(inspect(engine).get_table_names())
     if "images" in tables and not _has_column(engine, "images", "fs_path"):

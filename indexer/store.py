@@ -111,6 +111,10 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                     "makes: run any usesearch command on it where its folder is writable and no indexer is writing"
                 )
         else:
+            tables = set(inspect(self.engine).get_table_names())
+            migrations.refuse_foreign_tables(tables, f"{make_url(url).database or url}")
+            if "index_info" not in tables:
+                identity.refuse_a_new_catalog(self)
             migrations.upgrade(self.engine, self.folder)
             Base.metadata.create_all(self.engine)
             self._has_vector_state = True
@@ -133,8 +137,11 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             s.add(info)
 
     def generation(self) -> int:
-        with self.sessions() as s:
-            return s.scalar(select(IndexInfo.generation)) or 0
+        def read() -> int:
+            with self.sessions() as s:
+                return s.scalar(select(IndexInfo.generation)) or 0
+
+        return self._as_writer(read)
 
     def set_factory(self, factory: str, mode: str | None = None) -> None:
         with self.sessions.begin() as s:
@@ -152,11 +159,14 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             return s.scalar(select(VectorShard.sha256).where(VectorShard.shard == shard))
 
     def set_vectors_checksum(self, sha256: str, shard: int = 0) -> None:
-        with self.sessions.begin() as s:
-            if shard == 0:
-                s.execute(update(IndexInfo).values(vectors_sha256=sha256))
-            else:
-                s.merge(VectorShard(shard=shard, sha256=sha256))
+        def write() -> None:
+            with self.sessions.begin() as s:
+                if shard == 0:
+                    s.execute(update(IndexInfo).values(vectors_sha256=sha256))
+                else:
+                    s.merge(VectorShard(shard=shard, sha256=sha256))
+
+        self._as_writer(write)
 
     def vectors_generation(self) -> int | None:
         if not self._has_vector_state:
@@ -165,8 +175,11 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             return s.scalar(select(VectorState.generation))
 
     def set_vectors_generation(self, generation: int | None) -> None:
-        with self.sessions.begin() as s:
-            s.merge(VectorState(id=1, generation=generation))
+        def write() -> None:
+            with self.sessions.begin() as s:
+                s.merge(VectorState(id=1, generation=generation))
+
+        self._as_writer(write)
 
     def set_shard_size(self, shard_size: int) -> None:
         with self.sessions.begin() as s:
@@ -221,6 +234,12 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             return write()
 
         return attempt() if self.engine.dialect.name == "sqlite" else while_reachable(attempt, self.url)
+
+    def _as_writer(self, statement: Callable[[], T]) -> T:
+        """A writer's statement about its FAISS files (generations, checksums) or its
+        first commit's set-up, tried again as its writes are while the server is
+        unreachable (an outage there ended the run at once); a reader's, once."""
+        return statement() if self.read_only else self.retrying(statement)
 
     def _keep_catalog_lock(self) -> None:
         """A writer's PostgreSQL lock lives as long as its session: a server restart
@@ -320,7 +339,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
 
     def files(self) -> EmbeddingFiles:
         if self._files is None:
-            info = self.info()
+            info = self._as_writer(self.info)  # a writer's first commit reads it: an outage there is waited out
             if info is None:
                 raise UsesearchError("this index has no identity yet, so no embedding dimension")
             self._files = EmbeddingFiles(self.folder / EMBEDDINGS_FOLDER, info.dim)

@@ -4,11 +4,13 @@ or cannot be reached mid-run is a retry or a one-line error, never half an image
 
 import threading
 
+import pytest
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from tests.helpers import OPTS, assert_consistent, kill_when, run_python, segment_table, write_photos
 from usesearch.cli.app import app
+from usesearch.errors import IndexIdentityError, UsesearchError
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -150,3 +152,65 @@ def test_a_write_tried_again_after_its_reply_was_lost_leaves_faiss_as_the_catalo
     assert (report.done, report.skipped) == (1, 1)
     monkeypatch.setattr(store_module, "while_reachable", real)
     assert_consistent(tmp_path / "db", pg_url)
+
+
+def test_a_server_outage_at_the_first_commit_is_waited_out(tmp_path, pg_url, postgres_server, monkeypatch):
+    """The first commit reads the index's dimension, and the FAISS file's write its
+    generations: an outage there ended the run at once, unlike one at any other write."""
+    from usesearch.indexer import store as store_module
+
+    photos = write_photos(tmp_path / "photos", NAMES[:2])
+    real = store_module.Store.files
+    restarted = []
+
+    def files_after_an_outage(self):
+        if self._files is None and not self.read_only and not restarted:
+            postgres_server.stop("immediate")
+            restarted.append(threading.Timer(2.0, postgres_server.start))
+            restarted[0].start()
+        return real(self)
+
+    monkeypatch.setattr(store_module.Store, "files", files_after_an_outage)
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, db_url=pg_url))
+    restarted[0].join()
+    assert (report.done, report.failed) == (2, 0)
+    assert_consistent(tmp_path / "db", pg_url)
+
+
+def test_a_database_that_is_not_this_indexs_is_refused_before_any_table_is_made_or_altered(
+    tmp_path, pg_url, postgres_server
+):
+    """Another index's folder pointed at an empty database left nine empty tables there;
+    another application's 'images' table had eight columns added to it, its row altered."""
+    from sqlalchemy import inspect
+
+    photos = write_photos(tmp_path / "photos", NAMES[:1])
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, db_url=pg_url))
+    empty = postgres_server.new_database()
+    with pytest.raises(IndexIdentityError, match="holds no index: use that index's catalog"):
+        index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, db_url=empty))
+    engine = create_engine(empty)
+    assert inspect(engine).get_table_names() == []
+    app_db = postgres_server.new_database()
+    with create_engine(app_db).begin() as conn:
+        conn.execute(text("CREATE TABLE images (id serial PRIMARY KEY, path text, fs_path bytea, status text)"))
+        conn.execute(text("INSERT INTO images (path, status) VALUES ('mine.jpg', 'new')"))
+    with pytest.raises(UsesearchError, match="holds tables of another application \\(images\\)"):
+        index_paths([photos], tmp_path / "other", IndexOptions(**OPTS, db_url=app_db))
+    columns = [c["name"] for c in inspect(create_engine(app_db)).get_columns("images")]
+    assert columns == ["id", "path", "fs_path", "status"]
+
+
+def test_a_password_is_never_shown_and_a_malformed_url_is_said_so():
+    from usesearch.indexer.catalog import server_url, shown_url
+
+    assert shown_url("postgresql://me@db/photos?password=BAD&sslmode=require") == (
+        "postgresql://me@db/photos?sslmode=require"
+    )
+    assert "pw" not in shown_url("postgresql://me:pw@db/photos")
+    for url, why in (
+        ("postgresql://me:p@db:notaport/photos", "not a database URL"),
+        ("postgresql+psycopg2://me@db/photos", "usesearch reaches PostgreSQL with psycopg"),
+    ):
+        with pytest.raises(UsesearchError, match=why):
+            server_url(url)
