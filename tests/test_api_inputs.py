@@ -68,6 +68,25 @@ def test_a_float_pil_image_is_refused_as_a_float_array_is(tiny_use, photo, photo
         tiny_use.embed_segments(grey, photo_masks)
 
 
+def test_a_photo_with_damaged_exif_is_read_without_pillows_warnings(tmp_path):
+    """Each printed Pillow's own source lines and no file name: a wall of them over an archive."""
+    import io
+    import struct
+    import subprocess
+    import sys
+
+    ifd = struct.pack("<HHII", 0x010E, 2, 1000, 38) + struct.pack("<HHII", 0x0112, 3, 1, 6)  # a tag past the end
+    exif = b"Exif\x00\x00II*\x00" + struct.pack("<IH", 8, 2) + ifd + struct.pack("<I", 0)
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(buf, "JPEG", exif=exif)
+    (tmp_path / "bad-exif.jpg").write_bytes(buf.getvalue())
+    read = "from usesearch.io.images import read_image; import sys; print(read_image(sys.argv[1]).shape)"
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", read, str(tmp_path / "bad-exif.jpg")], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "(30, 20, 3)" and done.stderr == "", done.stderr
+
+
 def test_empty_image_is_a_clear_error(tiny_use):
     with pytest.raises(ValueError, match="image is empty"):
         tiny_use.embed_segments(np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0, 0), bool))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from os import PathLike
 from typing import BinaryIO
 
@@ -11,6 +12,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from usesearch.errors import ImageReadError
+
+# A photo's damaged EXIF block (its orientation then read as none): Pillow warns with
+# its own source lines and no file name, a wall of them over an archive of such
+# photos. The photo is read all the same; process-wide, as warnings filters are (a
+# catch_warnings per read would race the read-ahead threads).
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 
 def read_image(path: str | PathLike | BinaryIO, name: str | None = None) -> np.ndarray:
