@@ -489,3 +489,13 @@ def test_a_sam3_pull_refuses_a_damaged_file_of_the_users_and_keeps_it(tmp_path, 
     ):
         pull_sam3()
     assert (tmp_path / "sam3.pt").read_bytes() == b"PK\x03\x04 cut short"
+
+
+def test_a_head_path_that_is_not_there_is_said_as_such_not_as_an_unknown_preset(tmp_path):
+    from usesearch.errors import UnknownPresetError
+
+    for missing in (str(tmp_path / "runs" / "head"), "nothere.safetensors"):
+        with pytest.raises(UnknownPresetError, match="no head checkpoint there \\(nor is it a preset: "):
+            usesearch.load_model(missing)
+    with pytest.raises(UnknownPresetError, match="unknown preset 'b99'"):
+        usesearch.load_model("b99")

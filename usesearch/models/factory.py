@@ -7,7 +7,7 @@ import os
 import torch
 
 from usesearch.devices import resolve_device
-from usesearch.errors import NoTrainedHeadError, UsesearchError
+from usesearch.errors import NoTrainedHeadError, UnknownPresetError, UsesearchError
 from usesearch.models.backbones import Clip, build_clip, build_dino, seeded
 from usesearch.models.checkpoint import is_checkpoint, load_head, read_head_config, state_digest
 from usesearch.models.config import PresetConfig
@@ -68,6 +68,8 @@ def load_model(
     if name not in PRESETS and is_checkpoint(name):
         head = head or name
         name = read_head_config(name)["preset"]
+    elif name not in PRESETS and (os.sep in name or name.endswith((".safetensors", ".json", ".pt"))):
+        raise UnknownPresetError(f"{name}: no head checkpoint there (nor is it a preset: {', '.join(PRESETS)})")
     preset = get_preset(name)
     if embedder == "crop":
         return CropEmbedder(preset, build_clip(preset.clip, preset.name, native_size=True), device)
