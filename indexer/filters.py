@@ -59,6 +59,20 @@ class SearchFilters:
                 raise ValueError(f"--{name} must be at least 1, got {value}")
 
 
+def check_query_text(text: str, max_chars: int) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"a query is text; got {type(text).__name__} (search_vector takes a vector)")
+    if not text or not text.strip():
+        raise ValueError("the query text is empty")
+    if len(text) > max_chars:
+        raise ValueError(f"the query is {len(text)} characters; the limit is {max_chars}")
+
+
+def check_segment_id(segment_id: int) -> None:
+    if not isinstance(segment_id, (int, np.integer)) or isinstance(segment_id, bool):  # True was segment 1
+        raise TypeError(f"segment_id is an int (a search result's segment_id); got {segment_id!r}")
+
+
 def check_k(k: int) -> int:
     """``k`` as a Python int (a NumPy integer reached FAISS's SWIG layer as a wall of C++
     prototypes), at least 1."""

@@ -21,7 +21,7 @@ from usesearch.models.model import SegmentEmbedder
 
 from . import calibration, faiss_gpu, index_choice, index_stats, vector_files, vectors
 from .embeddings import top_rows
-from .filters import SearchFilters, check_k, check_query_vector
+from .filters import SearchFilters, check_k, check_query_text, check_query_vector, check_segment_id
 from .folder import FAISS_FILE, open_store
 from .freshness import TYPE_CHECK_S, Freshness
 from .hits import Hit, passes, passing_share, to_hits
@@ -187,17 +187,13 @@ class SegmentIndex(Freshness):
 
     def text_vector(self, text: str) -> np.ndarray:
         """A query text through the index's own model (its text encoder, one thread at a time)."""
-        if not text or not text.strip():
-            raise ValueError("the query text is empty")
-        if len(text) > MAX_QUERY_CHARS:
-            raise ValueError(f"the query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+        check_query_text(text, MAX_QUERY_CHARS)
         with self._text_lock:
             return self.model.embed_text([text])[0]
 
     def similar(self, segment_id: int, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         """Segments most like a given one (query by example), itself excluded."""
-        if not isinstance(segment_id, (int, np.integer)) or isinstance(segment_id, bool):  # True was segment 1
-            raise TypeError(f"segment_id is an int (a search result's segment_id); got {segment_id!r}")
+        check_segment_id(segment_id)
         self.refresh()
         found = list(self.store.embeddings([segment_id])) if 1 <= segment_id <= MAX_SEGMENT_ID else []
         if not found:
@@ -396,7 +392,6 @@ class SegmentIndex(Freshness):
         also counts the image files gone since indexing, the embedding bytes no segment
         refers to and the embedding files gone or cut short: ``usesearch info`` asks for
         them, the web page's every load does not."""
-        self.check_open()
         with self._index_lock.reading():  # not amid a close, which takes the FAISS index away
             self.check_open()
             return index_stats.stats(self, check_files)

@@ -368,6 +368,8 @@ def test_region_prompts_and_segment_ids_from_python_are_checked_as_the_cli_check
             with pytest.raises(TypeError, match="segment_id is an int"):
                 ix.similar(wrong)
         assert ix.similar(np.int64(1), k=1)  # a numpy id from an array of them is one
+        with pytest.raises(TypeError, match="a query is text; got int"):
+            ix.query(5)
 
 
 def test_the_python_api_refuses_what_the_cli_refuses_before_writing(tmp_path):
