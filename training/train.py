@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
 import threading
 import time
 import warnings
@@ -25,7 +24,7 @@ import torch
 
 from usesearch.devices import bf16_autocast, resolve_device
 from usesearch.errors import UsesearchError, first_line
-from usesearch.io.atomic import remove_orphan_temporaries, temporary_of, write_atomic
+from usesearch.io.atomic import remove_orphan_temporaries, write_atomic
 from usesearch.io.locks import one_writer
 from usesearch.models.checkpoint import save_head
 from usesearch.models.factory import create_use_and_clip
@@ -34,6 +33,7 @@ from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder, text_key
 
 from .data import Sample, augment, data_identity, load_image
 from .loss import LOGIT_SCALE, segment_text_loss
+from .run_folder import LOCK_FILE, LOG_HEADER, RUN_FILES, check_new_run
 from .stopping import stop_requests
 from .trainer_state import TRAINER_FILE, read_trainer_state, trainer_file, write_trainer_state
 
@@ -66,58 +66,8 @@ class TrainConfig:
 SCHEDULE = ("epochs", "batch_images", "lr", "weight_decay", "max_steps", "seed", "crop")
 
 
-LOCK_FILE = ".train.lock"  # one training run a run folder
-
 # Non-finite losses in a row that stop a run (one is skipped: a bad batch, not a bad run).
 NON_FINITE_LIMIT = 3
-
-
-LOG_HEADER = ["step", "epoch", "loss", "lr", "segments", "seconds"]
-# What a run killed before its first checkpoint leaves (its log begins with LOG_HEADER):
-# a new run there starts over them.
-KILLED_RUN_FILES = re.compile(r"^(log\.csv|unreadable\.txt|step-\d+\.(safetensors|json))$")
-# Every file a run writes through ``write_atomic``: a killed writer's temporary of one is ours to remove.
-RUN_FILES = re.compile(r"^(log\.csv|unreadable\.txt|trainer\.safetensors|(head|step-\d+)\.(safetensors|json))$")
-OS_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")  # a file manager's, in any folder it has shown
-
-
-def check_new_run(out: str | os.PathLike) -> None:
-    """A run folder that holds a run is continued with ``--resume``, never overwritten;
-    one that holds other files is refused: a run writes ``log.csv``, ``head.*`` and
-    ``unreadable.txt`` there, and would replace a user's files of those names."""
-    if trainer_file(out) is not None:
-        raise UsesearchError(f"{out} holds a run already: --resume continues it, or give another --run-dir")
-    folder = Path(out)
-    if not folder.is_dir():
-        return
-    killed_run = _is_run_log(folder / "log.csv")
-    others = sorted(
-        name
-        for name in os.listdir(folder)
-        if name not in (LOCK_FILE, *OS_FILES)
-        and not _is_ours_temporary(name)
-        and not (killed_run and KILLED_RUN_FILES.match(name))
-    )
-    if others:
-        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
-        raise UsesearchError(
-            f"{out} holds files that are not a training run's ({', '.join(others[:3])}{more}): "
-            "give --run-dir a new or empty folder"
-        )
-
-
-def _is_run_log(path: Path) -> bool:
-    """A run's log: its header (or empty: a run killed in its first step, before a write reached the disk)."""
-    try:
-        with open(path, newline="") as f:
-            return next(csv.reader(f), LOG_HEADER) == LOG_HEADER
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return False
-
-
-def _is_ours_temporary(name: str) -> bool:
-    replaced = temporary_of(name)
-    return replaced is not None and RUN_FILES.match(replaced) is not None
 
 
 class Trainer:

@@ -57,7 +57,8 @@ def train(
 
     from usesearch.models.factory import DEFAULT_PRESET
     from usesearch.training.data import load_samples
-    from usesearch.training.train import TrainConfig, Trainer, check_new_run
+    from usesearch.training.run_folder import check_new_run
+    from usesearch.training.train import TrainConfig, Trainer
     from usesearch.training.trainer_state import trainer_file
 
     if not resume:

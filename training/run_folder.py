@@ -1,0 +1,63 @@
+"""A training run's folder: what a run writes there, and whether a new run may start
+in it (never over a run, nor over the user's own files)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+from usesearch.errors import UsesearchError
+from usesearch.io.atomic import temporary_of
+
+from .trainer_state import trainer_file
+
+LOCK_FILE = ".train.lock"  # one training run a run folder
+
+LOG_HEADER = ["step", "epoch", "loss", "lr", "segments", "seconds"]
+# What a run killed before its first checkpoint leaves (its log begins with LOG_HEADER):
+# a new run there starts over them.
+KILLED_RUN_FILES = re.compile(r"^(log\.csv|unreadable\.txt|step-\d+\.(safetensors|json))$")
+# Every file a run writes through ``write_atomic``: a killed writer's temporary of one is ours to remove.
+RUN_FILES = re.compile(r"^(log\.csv|unreadable\.txt|trainer\.safetensors|(head|step-\d+)\.(safetensors|json))$")
+OS_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")  # a file manager's, in any folder it has shown
+
+
+def check_new_run(out: str | os.PathLike) -> None:
+    """A run folder that holds a run is continued with ``--resume``, never overwritten;
+    one that holds other files is refused: a run writes ``log.csv``, ``head.*`` and
+    ``unreadable.txt`` there, and would replace a user's files of those names."""
+    if trainer_file(out) is not None:
+        raise UsesearchError(f"{out} holds a run already: --resume continues it, or give another --run-dir")
+    folder = Path(out)
+    if not folder.is_dir():
+        return
+    killed_run = _is_run_log(folder / "log.csv")
+    others = sorted(
+        name
+        for name in os.listdir(folder)
+        if name not in (LOCK_FILE, *OS_FILES)
+        and not _is_ours_temporary(name)
+        and not (killed_run and KILLED_RUN_FILES.match(name))
+    )
+    if others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        raise UsesearchError(
+            f"{out} holds files that are not a training run's ({', '.join(others[:3])}{more}): "
+            "give --run-dir a new or empty folder"
+        )
+
+
+def _is_run_log(path: Path) -> bool:
+    """A run's log: its header (or empty: a run killed in its first step, before a write reached the disk)."""
+    try:
+        with open(path, newline="") as f:
+            return next(csv.reader(f), LOG_HEADER) == LOG_HEADER
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+
+
+def _is_ours_temporary(name: str) -> bool:
+    replaced = temporary_of(name)
+    return replaced is not None and RUN_FILES.match(replaced) is not None
