@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .embeddings import EmbeddingFiles
 from .lookups import SQL_PARAMETERS
-from .records import DONE, FAILED, PROPOSAL, ImageRecord, IndexInfo, SegmentRecord
+from .records import DONE, FAILED, PROPOSAL, CopyRecord, ImageRecord, IndexInfo, SegmentRecord
 
 
 @dataclass
@@ -177,6 +177,17 @@ class ImageWrites:
         def note() -> None:
             with self.sessions.begin() as s:
                 s.connection().execute(update(ImageRecord).where(match).values(file_stat=bindparam("stat")), rows)
+
+        self.retrying(note)
+
+    def set_copy_stats(self, rows: list[dict]) -> None:
+        """Copies' paths, contents and stats (``{"fs_path", "sha256", "file_stat"}`` each),
+        replacing what was noted for those paths, in one transaction."""
+
+        def note() -> None:
+            with self.sessions.begin() as s:
+                s.execute(delete(CopyRecord).where(CopyRecord.fs_path.in_([r["fs_path"] for r in rows])))
+                s.execute(insert(CopyRecord), rows)
 
         self.retrying(note)
 

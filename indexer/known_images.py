@@ -16,7 +16,7 @@ from sqlalchemy import select
 from usesearch.errors import UsesearchError
 from usesearch.io.files import read_bytes, stat_signature
 
-from .records import DONE, FAILED, ImageRecord
+from .records import DONE, FAILED, CopyRecord, ImageRecord
 from .store import Store
 
 T = TypeVar("T")
@@ -42,7 +42,9 @@ class KnownImages:
     def __init__(self, store: Store):
         self.store = store
         self._records: dict[bytes, ImageRecord | None] = {}  # by path; None: not in the catalog
+        self._copies: dict[bytes, CopyRecord] = {}  # by path: copies noted, of the paths with no record
         self._stats: list[dict] = []  # stats to record (``note_stat``), a batch a transaction
+        self._copy_stats: dict[bytes, dict] = {}  # copies to note (``note_copy``), by path
 
     def prefetch(self, keys: Sequence[bytes]) -> None:
         """The records of these paths, ``BATCH`` a query."""
@@ -55,6 +57,10 @@ class KnownImages:
                 found.update(
                     (r.fs_path, r) for r in s.scalars(select(ImageRecord).where(ImageRecord.fs_path.in_(part)))
                 )
+                unknown = [key for key, record in found.items() if record is None]
+                if unknown:
+                    query = select(CopyRecord).where(CopyRecord.fs_path.in_(unknown))
+                    self._copies.update((c.fs_path, c) for c in s.scalars(query))
             return found
 
         for start in range(0, len(wanted), BATCH):
@@ -87,10 +93,20 @@ class KnownImages:
         if file_stat is not None and existing.file_stat != file_stat:
             self.note_stat(existing.id, sha256, file_stat)
 
+    def note_copy(self, key: bytes, sha256: str, file_stat: str) -> None:
+        """A copy met (read whole, its content indexed under another path): its stat, so
+        that the next run skips it unread. Lost with a kill: it is only a shortcut."""
+        self._copy_stats[key] = {"fs_path": key, "sha256": sha256, "file_stat": file_stat}
+        if len(self._copy_stats) >= BATCH:
+            self.flush()
+
     def flush(self) -> None:
         if self._stats:
             rows, self._stats = self._stats, []
             self.store.set_file_stats(rows)
+        if self._copy_stats:
+            copies, self._copy_stats = list(self._copy_stats.values()), {}
+            self.store.set_copy_stats(copies)
 
     def take(self, key: bytes) -> ImageRecord | None:
         """The catalog's record of this path: the one read ahead, forgotten here (the
@@ -102,17 +118,22 @@ class KnownImages:
         self._records.pop(key, None)
 
     def unchanged(
-        self, key: bytes, fs_path: str, proposals: bool = True, failed_too: bool = False
+        self, key: bytes, fs_path: str, proposals: bool = True, failed_too: bool = False, copies_too: bool = False
     ) -> tuple[str | None, str | None]:
         """(the file's stat now, taken before any read of it; the recorded SHA-256 where
         that stat is the one recorded when it was last read whole and the photo is
         indexed with nothing left to do, no failure noted, its proposals made (where
         ``proposals``: a masker's run; a labelled dataset's needs none), or, where
-        ``failed_too`` (a run not retrying failures), it failed after its read: skipped
-        without a read; else None: read and hash it). Called from reader threads: a
-        stat and a dictionary read, no catalog access."""
+        ``failed_too`` (a run not retrying failures), it failed after its read, or, where
+        ``copies_too``, it is a copy noted with that stat (the caller reads it after all
+        where ``Writer.skip`` then finds no photo it copies): skipped without a read;
+        else None: read and hash it). Called from reader threads: a stat and a
+        dictionary read, no catalog access."""
         stat = file_stat(fs_path)
         known = self._records.get(key)
+        copy = self._copies.get(key) if known is None and copies_too else None
+        if stat is not None and copy is not None and copy.file_stat == stat:
+            return stat, copy.sha256
         if stat is None or known is None or known.file_stat != stat:
             return stat, None
         if known.status == FAILED:

@@ -105,7 +105,9 @@ def _photos(
         when last read whole (its recorded SHA-256 then)."""
         if found.error is not None:
             raise found.error
-        stat, recorded = writer.known.unchanged(found.key, found.fs_path, failed_too=not options.retry_failed)
+        stat, recorded = writer.known.unchanged(
+            found.key, found.fs_path, failed_too=not options.retry_failed, copies_too=True
+        )
         if recorded is not None:
             return None, recorded, stat
         return (*read_bytes(found.fs_path, options.max_bytes, found.path), stat)
@@ -124,7 +126,13 @@ def _photos(
                 report.skipped += 1
                 yield found.path, None
                 continue
-            assert data is not None  # unread only where ``skip`` sees the very record ``unchanged`` saw
+            if data is None:  # a copy skipped unread by its stat, whose photo is no longer indexed: read it now
+                try:
+                    data, sha256 = read_bytes(found.fs_path, options.max_bytes, found.path)
+                except Exception as exc:  # noqa: BLE001 - recorded as any read's failure
+                    writer.fail(found.key, found.path, None, exc, report)
+                    yield found.path, None
+                    continue
             seen.add(sha256)
             yield found.path, (found, data, sha256, stat)
 

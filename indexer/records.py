@@ -102,6 +102,17 @@ class ImageRecord(Base):
     segments: Mapped[list[SegmentRecord]] = relationship(back_populates="image", cascade="all, delete-orphan")
 
 
+class CopyRecord(Base):
+    """A file met holding an indexed photo's content under another path (a copy, a hard
+    link): skipped, not indexed, and its stat kept so a re-run skips it unread (a folder
+    of copies was read and hashed whole on every run)."""
+
+    __tablename__ = "copies"
+    fs_path: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    file_stat: Mapped[str] = mapped_column(String(96))
+
+
 class SegmentRecord(Base):
     __tablename__ = "segments"
     # AUTOINCREMENT: SQLite must never hand a deleted segment's id to a new one,

@@ -208,16 +208,16 @@ class Writer:
         if existing is not None:
             return False
         holders = [] if sha256 in coming else self.store.done_with_hash(sha256)
-        if not holders:
-            if sha256 in coming and path is not None:
-                self.copies.append((path, ""))
-            return sha256 in coming
+        if not holders and sha256 not in coming:
+            return False
         gone = [h for h in holders if path is not None and not still_holds(h)]  # missing, or other content now
         if path is not None and gone:  # moved: the record follows the photo
             self.store.move_image(gone[0].id, key, path)
             self.moved.append((gone[0].path, path))
         elif path is not None:
-            self.copies.append((path, holders[0].path))
+            self.copies.append((path, holders[0].path if holders else ""))  # "": one earlier in this run
+            if file_stat is not None:  # the next run skips it unread (``KnownImages.unchanged``)
+                self.known.note_copy(key, sha256, file_stat)
         return True
 
     @contextmanager
