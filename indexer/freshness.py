@@ -55,6 +55,10 @@ class Freshness:
         """Bring the in-memory FAISS index up to the store's committed state, and to the
         files the writer last wrote (a stat of two files a search)."""
         self.check_open()
+        if not os.path.isdir(self.db_dir):  # its catalog, embeddings and masks went with it: the database's words else
+            raise UsesearchError(
+                f"the index folder {self.db_dir} is gone (moved or deleted) since it was opened: open it where it is"
+            )
         files = self._files_stamp()
         generation = self.store.generation()
         due = time.monotonic() >= self._type_due

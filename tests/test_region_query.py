@@ -372,6 +372,20 @@ def test_region_prompts_and_segment_ids_from_python_are_checked_as_the_cli_check
             ix.query(5)
 
 
+def test_an_open_index_whose_folder_is_moved_says_so(indexed, tmp_path):
+    """similar() raised SQLAlchemy's 'unable to open database file'; after a delete it advised --repair."""
+    import shutil
+
+    root, _ = indexed
+    shutil.copytree(root / "db", tmp_path / "copy")
+    with SegmentIndex.open(tmp_path / "copy") as ix:
+        assert ix.query("a cat", k=1)
+        (tmp_path / "copy").rename(tmp_path / "moved")
+        for search in (lambda: ix.similar(1), lambda: ix.query("a cat")):
+            with pytest.raises(UsesearchError, match="the index folder .*copy is gone \\(moved or deleted\\)"):
+                search()
+
+
 def test_the_python_api_refuses_what_the_cli_refuses_before_writing(tmp_path):
     """A negative shard size was recorded and left an index no later open could lay out;
     index_paths wrote an index among the photos of the folder it was given."""
