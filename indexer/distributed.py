@@ -227,7 +227,11 @@ def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) 
                 writer.fail(found.key, found.path, None, found.error, report)
                 continue
             key = found.key
-            stat, recorded = writer.known.unchanged(key, found.fs_path)
+            # A copy, or a file that failed after its read, skipped unread too (where ``skip``
+            # finds no photo the copy repeats any more, it is hashed below as any other).
+            stat, recorded = writer.known.unchanged(
+                key, found.fs_path, failed_too=not options.retry_failed, copies_too=True
+            )
             if recorded is not None and writer.skip(key, recorded, path=found.path, file_stat=stat):
                 report.skipped += 1
             else:
@@ -321,7 +325,7 @@ def _commit(rows: list[dict], writer: Writer, db_dir: Path, report: IndexReport)
         if key in keys or writer.skip(key, sha, coming=shas):
             report.skipped += 1
         elif row["error"]:
-            writer.fail(key, path, sha, worker_error(row["error"]), report)
+            writer.fail(key, path, sha, worker_error(row["error"]), report, file_stat=row["file_stat"] or None)
         else:
             hw, segments, embeddings, _ = read_fragment(fragment_path(db_dir, sha))
             photos.append(PhotoWrite(key, path, sha, hw, segments, embeddings, file_stat=row["file_stat"] or None))

@@ -117,9 +117,9 @@ def test_ray_index_on_postgresql_equals_a_sequential_run_with_a_worker_killed(
     monkeypatch.setattr(ray.data, "from_items", lambda rows: hashed.extend(rows) or from_items(rows))
     again = index_paths_ray([photos], tmp_path / "db", options)
     assert again.done == 0 and again.skipped == len(NAMES) + 2  # the failed one is skipped too, unless retried
-    # Unread where the file's stat is the one its worker took before hashing it: only the
-    # failed file and the copy of another path's pixels (neither has a stat) are read again.
-    assert sorted(os.path.relpath(r["path"], photos) for r in hashed) == ["astronaut.png", "broken.png"]
+    # Unread where the file's stat is the one its worker took before hashing it: the failed
+    # file and the copy of another path's pixels too (they were read again each run).
+    assert hashed == []
 
 
 def _kill_group(pgid: int) -> None:
@@ -394,3 +394,27 @@ def test_a_photo_whose_decoding_kills_its_worker_is_recorded_and_the_rest_indexe
         assert failed.keys() == {"coffee.png"} and failed["coffee.png"].error_class == "WorkerDied"
         assert report.done == 2 and ix.stats()["images_done"] == 2
     assert not list((tmp_path / "db" / fragments.FRAGMENTS).iterdir())
+
+
+def test_a_ray_rerun_skips_copies_and_failed_files_unread_as_the_sequential_one_does(tmp_path, monkeypatch):
+    """Ray's driver sent every copy and every failed file to its workers to be hashed, each run."""
+    import shutil
+
+    from usesearch.indexer import known_images
+    from usesearch.indexer.options import IndexReport
+    from usesearch.indexer.writer import Writer
+    from usesearch.io.files import photos_under
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)
+    photos = write_photos(tmp_path / "photos", NAMES[:2])
+    shutil.copy(photos / f"{NAMES[0]}.png", photos / "copy.png")
+    (photos / "broken.png").write_bytes(b"\x89PNG broken")
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    files = photos_under([photos])
+    report = IndexReport()
+    import ray.data
+
+    monkeypatch.setattr(ray.data, "from_items", lambda *a, **k: pytest.fail("files sent to the workers to hash"))
+    with Writer(tmp_path / "db", IndexOptions(**OPTS), None) as writer:
+        assert distributed._pending(files, writer, IndexOptions(**OPTS), report) == []  # nothing left to hash
+        assert (report.skipped, len(files), writer.failed_before, len(writer.copies)) == (4, 4, 1, 1)
