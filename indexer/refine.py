@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from usesearch.errors import UsesearchError, first_line
-from usesearch.io.files import decode, read_bytes
+from usesearch.io.files import decode, pixel_count, read_bytes
 from usesearch.masks import rle
 
 from .filters import SearchFilters, check_k
@@ -94,10 +95,19 @@ class Refiner:
     """SAM 3 over the top photos of an index's USE search. Loads SAM 3 once; safe to
     share between threads (SAM 3 runs for one query at a time)."""
 
-    def __init__(self, index, options: RefineOptions | None = None, sam3=None):
-        """``sam3``: a ``Sam3Model`` already loaded (else loaded here as ``options`` say)."""
+    def __init__(
+        self,
+        index,
+        options: RefineOptions | None = None,
+        sam3=None,
+        hold: Callable[[int], AbstractContextManager] | None = None,
+    ):
+        """``sam3``: a ``Sam3Model`` already loaded (else loaded here as ``options`` say).
+        ``hold(pixels)``: a pixel budget each decoded photo holds until its batch is
+        encoded (a server's, shared with its thumbnails and tiles); None: none."""
         from usesearch.masks.sam3 import load_sam3
 
+        self.hold = hold or (lambda pixels: nullcontext())
         self.index, self.options = index, options or RefineOptions()
         name = self.options.model or ("tiny" if index.info.preset == "tiny" else "sam3")
         device = self.options.device or index.device  # the index's models' device (--device), by default
@@ -162,6 +172,10 @@ class Refiner:
             del group  # before the next batch's features are made
 
     def _ready(self, window: list[tuple[int, Hit]], report: RefineReport) -> list[tuple[int, Hit, list]]:
+        with ExitStack() as held:  # each decoded photo's pixels, until the batch is encoded
+            return self._encoded(window, report, held)
+
+    def _encoded(self, window: list[tuple[int, Hit]], report: RefineReport, held: ExitStack) -> list:
         ready: dict[int, list] = {}
         decoded = []
         for rank, photo in window:
@@ -178,6 +192,7 @@ class Refiner:
                     ready[rank] = features
                     report.cached += 1
                     continue
+                held.enter_context(self.hold(pixel_count(data, record.path)))  # refused past the budget: skipped
                 decoded.append((rank, record.sha256, decode(data, record.path)))
             except FileNotFoundError:
                 report.skipped.append(f"{record.path}: no longer on disk (`usesearch prune` drops it from the index)")

@@ -28,6 +28,9 @@ CACHE_FOLDER = "sam3-cache"  # in the index folder
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 MAX_PENDING = 4  # photos' features waiting for the writer thread, at most
 LEFT_TMP_NS = 600 * 10**9  # a write's temporary file this old was left by a killed process
+# What a cache file says it holds (its safetensors metadata): a file without it, or of
+# another layout (another usesearch's, a stray file), is recomputed, not fed to SAM 3.
+LAYOUT = {"format": "usesearch-sam3-features", "version": "1"}
 
 Features = list[torch.Tensor]
 
@@ -109,14 +112,20 @@ class ImageStateCache:
         return self.folder / f"{key}.safetensors"
 
     def _load(self, key: str, device: torch.device) -> Features | None:
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         path = self._path(key)
         if path is None or not path.is_file():
             return None
         try:
+            with safe_open(str(path), framework="pt") as opened:
+                if opened.metadata() != LAYOUT:
+                    raise ValueError("not a cache file of this layout")
             tensors = load_file(path, device=str(device))
             features = [tensors[f"level{i}"] for i in range(len(tensors))]
+            if not features or any(level.ndim != 4 for level in features):  # [1, C, H, W] each
+                raise ValueError("not SAM 3's image features")
         except Exception:  # noqa: BLE001 - a torn or foreign file is recomputed, never fatal
             with contextlib.suppress(OSError):  # a read-only folder: left as it is
                 path.unlink(missing_ok=True)
@@ -133,7 +142,7 @@ class ImageStateCache:
         tensors = {f"level{i}": t.cpu().contiguous() for i, t in enumerate(features)}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+            write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=LAYOUT))
             self._bound_folder()
         except Exception:  # noqa: BLE001 - OSError, or safetensors' own error for a full or read-only disk
             pass  # the cache is an optimisation: the query's answer stands

@@ -128,6 +128,15 @@ def test_the_disk_cache_carries_the_image_step_to_a_new_process(db, index, refin
     again.query("a cat", k=10)
     assert len(steps) == 1
     again.close()
+    # A whole safetensors file of another layout (another usesearch's, a stray one) ended
+    # every refined query in an IndexError, for good: it is recomputed as a torn one is.
+    from safetensors.torch import save_file
+
+    save_file({"level0": torch.zeros(1, 2)}, str(files[1]))
+    foreign = Refiner(index, on_disk, sam3=refiner.sam3)
+    assert [(h.image, h.score) for h in foreign.query("a cat", k=10)] == [(h.image, h.score) for h in before]
+    assert len(steps) == 2
+    foreign.close()
     reader.close()
 
 
@@ -308,7 +317,7 @@ def test_a_cache_folder_that_cannot_be_written_costs_the_answer_nothing(tmp_path
     from usesearch.indexer import refine_cache
 
     key = "ab" * 32
-    features = [torch.ones(2, 3), torch.zeros(4)]
+    features = [torch.ones(1, 2, 3, 3), torch.zeros(1, 4, 2, 2)]  # [1, C, H, W] levels, as SAM 3 gives them
     cache = refine_cache.ImageStateCache(0, tmp_path / "cache", 1 << 20)
     cache.put(key, features)
     cache.flush()
@@ -459,3 +468,23 @@ def test_refined_web_searches_past_the_few_that_can_wait_are_told_the_server_is_
     assert started == ["a cat"] * refined_lib.REFINED_AT_ONCE  # the third never ran
     with pytest.raises(RuntimeError):  # slots given back
         search.search("a dog", 3, SearchFilters(), 2)
+
+
+def test_a_refined_web_search_draws_sam3s_decodes_from_the_servers_pixel_budget(tmp_path, monkeypatch):
+    """SAM 3 decoded every top photo outside the budget thumbnails and tiles share, and a
+    photo past the budget then made the whole refined answer a 400, its work thrown away."""
+    from fastapi.testclient import TestClient
+
+    import usesearch.indexer.web.app as web
+    from usesearch.indexer.web import create_app
+    from usesearch.indexer.web.budget import PixelBudget
+
+    index_paths([write_photos(tmp_path / "photos")], tmp_path / "db", IndexOptions(**OPTS))
+    budgets: list[PixelBudget] = []
+    monkeypatch.setattr(web, "PixelBudget", lambda: budgets.append(PixelBudget(pixels=8000, wait_s=0.2)) or budgets[-1])
+    with SegmentIndex.open(tmp_path / "db") as opened:
+        client = TestClient(create_app(opened))
+        answer = client.get("/api/search", params={"q": "a cat", "refine": "sam3", "refine_top": 4, "k": 5})
+    assert answer.status_code == 200, answer.text
+    assert budgets[0].peak > 0 and budgets[0].in_use == 0  # SAM 3's decodes held it, and gave it back
+    assert any("decodes at most 8000" in said for said in answer.json()["skipped"]), answer.json()["skipped"]

@@ -9,7 +9,7 @@ import base64
 import threading
 import time
 
-from usesearch.errors import ImageGoneError, ServerBusyError, first_line
+from usesearch.errors import ImageGoneError, ServerBusyError, UsesearchError, first_line
 from usesearch.masks import rle
 from usesearch.tasks.visualize import segment_tile
 
@@ -37,7 +37,7 @@ class RefinedSearch:
     def refiner(self) -> Refiner:
         with self._lock:
             if self._refiner is None:
-                self._refiner = Refiner(self.index)
+                self._refiner = Refiner(self.index, hold=self.images.budget.hold)  # SAM 3's decodes: the same budget
             return self._refiner
 
     def search(self, text: str, k: int, filters: SearchFilters, top: int) -> SearchOut:
@@ -55,7 +55,8 @@ class RefinedSearch:
         for hit in hits:
             try:
                 out.append(HitOut(**self._fields(hit)))
-            except ImageGoneError as exc:  # gone or changed since SAM 3 read it: skipped, as SAM 3 skips
+            except UsesearchError as exc:  # gone or changed since SAM 3 read it, or no tile within the
+                # pixel budget: that hit skipped, as SAM 3 skips a photo, not the whole answer
                 said = f"{hit.image}: {first_line(exc)}"
                 if said not in skipped:
                     skipped.append(said)
