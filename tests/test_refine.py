@@ -488,3 +488,12 @@ def test_a_refined_web_search_draws_sam3s_decodes_from_the_servers_pixel_budget(
     assert answer.status_code == 200, answer.text
     assert budgets[0].peak > 0 and budgets[0].in_use == 0  # SAM 3's decodes held it, and gave it back
     assert any("decodes at most 8000" in said for said in answer.json()["skipped"]), answer.json()["skipped"]
+
+
+def test_full_size_masks_made_a_few_at_a_time_equal_all_at_once():
+    import torch.nn.functional as F
+
+    logits = torch.randn(20, 1, 32, 48, generator=torch.Generator().manual_seed(0))[:, 0] * 4
+    at_once = F.interpolate(logits[:, None], (150, 230), mode="bilinear", align_corners=False).sigmoid()[:, 0] > 0.5
+    assert torch.equal(sam3_lib.full_size_masks(logits, (150, 230), chunk=8), at_once)
+    assert sam3_lib.full_size_masks(logits[:0], (150, 230)).shape == (0, 150, 230)
