@@ -65,7 +65,7 @@ class SegmentIndex(Freshness):
         "background" (``hold_locations``: a server)."""
         if locations not in LOCATIONS:
             raise ValueError(f"locations must be one of {', '.join(LOCATIONS)}, not {locations!r}")
-        self.db_dir = db_dir
+        self.db_dir = Path(db_dir).absolute()  # the folder opened, whatever directory a caller moves to
         self.store = store
         info = store.info()
         if info is None:
@@ -116,7 +116,7 @@ class SegmentIndex(Freshness):
         faiss_device: str | None = None,
         locations: str = "catalog",
     ) -> SegmentIndex:
-        db_dir = Path(db_dir)
+        db_dir = Path(db_dir).absolute()  # (its catalog's file too: a notebook's %cd must not lose it)
         resolve_device(device), faiss_gpu.resolve(faiss_device)  # an impossible device is refused before any loading
         store = open_store(db_dir, db_url, read_only=True)
         return cls(db_dir, store, model, device, faiss_device, locations=locations)

@@ -386,6 +386,16 @@ def test_an_open_index_whose_folder_is_moved_says_so(indexed, tmp_path):
                 search()
 
 
+def test_an_index_opened_by_a_relative_path_follows_no_change_of_directory(indexed, tmp_path, monkeypatch):
+    root, _ = indexed
+    monkeypatch.chdir(root)
+    with SegmentIndex.open("db") as ix:
+        first = ix.query("a cat", k=2)
+        monkeypatch.chdir(tmp_path)  # a notebook's %cd
+        assert [h.segment_id for h in ix.query("a cat", k=2)] == [h.segment_id for h in first]
+        assert ix.similar(first[0].segment_id, k=1)
+
+
 def test_the_python_api_refuses_what_the_cli_refuses_before_writing(tmp_path):
     """A negative shard size was recorded and left an index no later open could lay out;
     index_paths wrote an index among the photos of the folder it was given."""
