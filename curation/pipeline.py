@@ -79,12 +79,13 @@ def curate(
     if mask_config is None and predictor is not None:
         mask_config = BoxMaskConfig()
     settings: dict = {"nms_iou": nms_iou} | ({"mask_config": asdict(mask_config)} if mask_config else {})
-    models = {"sam": sam if predictor is not None else None}
-    models |= {"grounder": stage_identity(grounder) if grounder is not None else None}
-    models |= {"captioner": stage_identity(captioner) if captioner is not None else None}
-    settings["models"] = {stage: identity for stage, identity in models.items() if identity is not None}
-    check_same_settings(out_dir, settings)
-    settings["models"] = {**((read_manifest(Path(out_dir)) or {}).get("models") or {}), **settings["models"]}
+    used = {
+        "sam": sam if predictor is not None else None,
+        "grounder": stage_identity(grounder) if grounder is not None else None,
+        "captioner": stage_identity(captioner) if captioner is not None else None,
+    }
+    settings["models"] = {stage: identity for stage, identity in used.items() if identity is not None}
+    settings["models"] = check_same_settings(out_dir, settings)  # with the models of earlier runs
     writer = DatasetWriter(out_dir, source=source, settings=settings, run=run)
     report = CurateReport()
     start = time.perf_counter()
@@ -194,11 +195,12 @@ def stage_identity(stage: object) -> str:
     return str(getattr(stage, "identity", None) or getattr(stage, "name", None) or type(stage).__name__)
 
 
-def check_same_settings(out_dir: str | os.PathLike, settings: dict) -> None:
+def check_same_settings(out_dir: str | os.PathLike, settings: dict) -> dict:
     """A dataset is curated with one SAM, grounder and captioner and one set of mask
     settings, finished or not: a run with others would mix their outputs silently and
     leave the manifest describing records it did not make. Only what both runs used is
-    compared (a source with given masks runs no SAM)."""
+    compared (a source with given masks runs no SAM). Returns the models the manifest
+    records once this run is in: the earlier runs' and this one's."""
     before = read_manifest(Path(out_dir)) or {}
     changed = [
         f"{name} {before['mask_config'][name]} (now {value})"
@@ -219,6 +221,7 @@ def check_same_settings(out_dir: str | os.PathLike, settings: dict) -> None:
             f"{out_dir} was curated with other models or mask settings: {', '.join(changed)}; "
             "give the same, or curate into another --dataset-dir"
         )
+    return {**models_before, **(settings.get("models") or {})}
 
 
 class FailureLog:

@@ -280,9 +280,8 @@ class Writer:
         with the failure noted (``Store.save_image``). ``file_stat``: taken before the
         read that gave ``sha256``; a re-run skips the file unread while it holds."""
         existing = self.known.take(key)
-        with self._changing():
-            stat = file_stat if sha256 is not None else None
-            removed, _ = self.store.save_image(key, path, sha256, None, error=exc, file_stat=stat)
+        with self._changing():  # (the stat kept only where the content is known: ``image_writes.write_photo``)
+            removed, _ = self.store.save_image(key, path, sha256, None, error=exc, file_stat=file_stat)
             self._remove(removed)
         report.record_failure(path, exc, kept=existing is not None and existing.status == DONE)
 

@@ -58,6 +58,11 @@ def _is_run_log(path: Path) -> bool:
         return False
 
 
+def is_run_file(name: str) -> bool:
+    """A file a run writes (through ``write_atomic``): a killed writer's temporary of one is ours."""
+    return RUN_FILES.match(name) is not None
+
+
 def _is_ours_temporary(name: str) -> bool:
     replaced = temporary_of(name)
-    return replaced is not None and RUN_FILES.match(replaced) is not None
+    return replaced is not None and is_run_file(replaced)

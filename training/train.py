@@ -33,7 +33,7 @@ from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder, text_key
 
 from .data import Sample, augment, data_identity, load_image
 from .loss import LOGIT_SCALE, segment_text_loss
-from .run_folder import LOCK_FILE, LOG_HEADER, RUN_FILES, check_new_run
+from .run_folder import LOCK_FILE, LOG_HEADER, check_new_run, is_run_file
 from .stopping import stop_requests
 from .trainer_state import TRAINER_FILE, read_trainer_state, trainer_file, write_trainer_state
 
@@ -194,7 +194,7 @@ class Trainer:
 
     def _run(self, progress, until: int | None, stop: threading.Event | None = None) -> Path:
         # A kill -9 mid-checkpoint: a head or trainer file's worth.
-        remove_orphan_temporaries(self.out, lambda name: RUN_FILES.match(name) is not None)
+        remove_orphan_temporaries(self.out, is_run_file)
         if self.step == 0:  # checked again under the lock: a run may have ended here since the command started
             check_new_run(self.out)
             # A run killed before its first checkpoint left its skips: this run finds its own.
