@@ -191,6 +191,17 @@ class ImageWrites:
 
         self.retrying(note)
 
+    def forget_copies(self, paths: list[bytes], batch: int = 10_000) -> None:
+        """Drop the noted copies at ``paths`` (``leftovers.stale_copies``), a batch per transaction."""
+        for lo in range(0, len(paths), batch):
+            part = paths[lo : lo + batch]
+
+            def forget() -> None:
+                with self.sessions.begin() as s:
+                    s.execute(delete(CopyRecord).where(CopyRecord.fs_path.in_(part)))
+
+            self.retrying(forget)
+
     def clear_failure(self, image_id: int) -> None:
         def clear() -> None:
             with self.sessions.begin() as s:

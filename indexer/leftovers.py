@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from sqlalchemy import BigInteger, cast, func, literal, or_, select, true
 
-from .records import ImageRecord, SegmentRecord
+from .records import CopyRecord, ImageRecord, SegmentRecord
 from .store import Store
 
 GONE_CHECKED = 100_000  # image files ``info`` stats at most: past that, a sample's share estimates the count
@@ -40,13 +40,12 @@ def named(under: list[str | os.PathLike]) -> list[bytes]:
     return [os.fsencode(os.path.abspath(os.fspath(p))).rstrip(b"/") for p in under]
 
 
-def in_scope(under: list[str | os.PathLike] | None):
-    """The images that are ``under`` or lie under them (all when None), as a condition the
-    database answers from its index on fs_path: every byte string starting with "dir/"
-    sorts from "dir/" up to "dir0" ("0" follows "/")."""
-    image = ImageRecord
+def in_scope(under: list[str | os.PathLike] | None, fs_path=ImageRecord.fs_path):
+    """The images (rows whose ``fs_path`` column) that are ``under`` or lie under them
+    (all when None), as a condition the database answers from its index on fs_path:
+    every byte string starting with "dir/" sorts from "dir/" up to "dir0" ("0" follows "/")."""
     paths = named(under or [])
-    within = [(image.fs_path == p) | ((image.fs_path >= p + b"/") & (image.fs_path < p + b"0")) for p in paths]
+    within = [(fs_path == p) | ((fs_path >= p + b"/") & (fs_path < p + b"0")) for p in paths]
     return or_(*within) if paths else true()
 
 
@@ -67,6 +66,21 @@ def gone_images(images, failed: Collection[int] = ()) -> list[tuple[int, str, st
         if why and (why == "missing" or image_id not in failed):
             out.append((image_id, path, why))
     return out
+
+
+def stale_copies(store: Store, under: list[str | os.PathLike] | None, batch: int = 10_000) -> list[bytes]:
+    """The paths of noted copies (``CopyRecord``, in scope) no re-run needs: the file is
+    missing, or the path has a record of its own. (A copy whose photo is gone is kept: the
+    next run indexes one such copy, and skips the others unread by their notes.)"""
+    with store.sessions() as s:
+        noted = list(s.scalars(select(CopyRecord.fs_path).where(in_scope(under, CopyRecord.fs_path))))
+    stale = []
+    for lo in range(0, len(noted), batch):
+        part = [bytes(fs_path) for fs_path in noted[lo : lo + batch]]
+        with store.sessions() as s:
+            recorded = {bytes(p) for p in s.scalars(select(ImageRecord.fs_path).where(ImageRecord.fs_path.in_(part)))}
+        stale += [p for p in part if p in recorded or file_gone(p) == "missing"]
+    return stale
 
 
 class Gone(NamedTuple):

@@ -42,7 +42,7 @@ from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, index_choice, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE, check_db_dir, open_store, writer_lock
-from .leftovers import gone_images, images_under, live_rows, named
+from .leftovers import gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_size
 from .records import IndexInfo, SegmentRecord
 from .store import Store
@@ -146,6 +146,7 @@ class PruneReport(RunReport):
     considered: int = 0  # indexed images under the folders given (all when none)
     images_removed: int = 0
     segments_removed: int = 0
+    copies_forgotten: int = 0  # noted copies (``stale_copies``) no re-run skips by any more
     embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
     loop_seconds: float = 0.0
     interrupted: bool = False
@@ -193,6 +194,9 @@ def prune(
             again="`usesearch prune` again (removals so far are kept)",
         )
         if not report.interrupted:
+            stale = stale_copies(writer.store, under)
+            writer.store.forget_copies(stale)
+            report.copies_forgotten = len(stale)
             report.embedding_bytes_freed = compact(writer.store).bytes_freed
             writer.write()  # the files are unchanged; record that they hold this generation too
     report.seconds = time.perf_counter() - start

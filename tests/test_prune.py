@@ -282,3 +282,43 @@ def test_a_prune_interrupted_by_ctrl_c_exits_130_keeping_its_removals(tmp_path, 
     monkeypatch.undo()
     again = CliRunner().invoke(app, ["prune", "--db", str(db)])
     assert again.exit_code == 0 and "finished" in again.output and "images removed" in again.output
+
+
+def test_prune_forgets_the_noted_copies_no_run_needs_and_keeps_the_others(tmp_path):
+    """Rows of the `copies` table were never deleted: a copy since deleted, or one indexed
+    under its own name once its photo was gone, kept its row for the index's life."""
+    import shutil
+
+    from sqlalchemy import select
+
+    from usesearch.indexer.folder import open_store
+    from usesearch.indexer.maintenance import prune
+    from usesearch.indexer.records import CopyRecord
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    for name in ("x", "y", "z"):
+        shutil.copy(photos / "astronaut.png", photos / f"{name}.png")
+    (photos / "elsewhere").mkdir()
+    shutil.copy(photos / "sub" / "coffee.png", photos / "elsewhere" / "coffee.png")
+    db = tmp_path / "db"
+    assert len(index_paths([photos], db, IndexOptions(**OPTS)).copies) == 4
+
+    def noted() -> set[str]:
+        store = open_store(db, None)
+        try:
+            with store.sessions() as s:
+                return {os.path.basename(os.fsdecode(p)) for p in s.scalars(select(CopyRecord.fs_path))}
+        finally:
+            store.close()
+
+    assert noted() == {"x.png", "y.png", "z.png", "coffee.png"}
+    (photos / "x.png").unlink()  # a copy gone
+    (photos / "astronaut.png").unlink()  # the photo: y.png takes its place, z.png stays its copy
+    outside = prune(db, [photos / "sub"], IndexOptions(**OPTS))  # another folder: nothing of these goes
+    assert outside.copies_forgotten == 0 and noted() == {"x.png", "y.png", "z.png", "coffee.png"}
+    assert prune(db, None, IndexOptions(**OPTS)).copies_forgotten == 1  # x.png
+    assert index_paths([photos], db, IndexOptions(**OPTS)).done == 1  # y.png, indexed under its own name
+    result = CliRunner().invoke(app, ["prune", "--db", str(db)])
+    assert result.exit_code == 0 and "1 noted copies forgotten" in result.output, result.output
+    assert noted() == {"z.png", "coffee.png"}
+    assert_consistent(db)

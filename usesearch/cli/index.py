@@ -310,6 +310,8 @@ def prune_cmd(
         opts.console.print(f"no indexed photo lies under {', '.join(map(str, folders))}")
     state = "interrupted; removals so far are kept" if report.interrupted else "finished"
     opts.console.print(f"{state}: {report.images_removed} images removed ({report.segments_removed} segments)")
+    if report.copies_forgotten:
+        opts.console.print(f"{report.copies_forgotten} noted copies forgotten (gone, or indexed under their own names)")
     _print_freed(report)
     if report.interrupted:  # as every command's Ctrl-C: `prune && next-step` must not go on
         raise typer.Exit(130)
