@@ -385,7 +385,7 @@ def test_curate_run_interrupted_says_what_is_kept_and_asks_for_captions_before_m
     assert no_captioner.exit_code == 2 and "pass --captioner" in no_captioner.output, no_captioner.output
 
 
-def test_curate_show_never_writes_over_the_photo_and_refuses_a_photo_replaced_since(tmp_path, photos):
+def test_curate_show_never_writes_over_the_photo_and_refuses_a_photo_replaced_since(tmp_path, photos, monkeypatch):
     from typer.testing import CliRunner
 
     from usesearch.cli.app import app
@@ -398,6 +398,12 @@ def test_curate_show_never_writes_over_the_photo_and_refuses_a_photo_replaced_si
     assert (photos / "cat.png").read_bytes() == before
     assert CliRunner().invoke(app, [*show, str(tmp_path / "notes.txt")]).exit_code == 2  # not a picture name
     assert CliRunner().invoke(app, [*show, str(tmp_path / "look.png")]).exit_code == 0
+    monkeypatch.chdir(tmp_path)  # the default picture is written once, then never replaced unnamed
+    assert CliRunner().invoke(app, show[:-1]).exit_code == 0 and (tmp_path / "curated.png").is_file()
+    (tmp_path / "curated.png").write_bytes(b"the user's")
+    again = CliRunner().invoke(app, show[:-1])
+    assert again.exit_code == 2 and "curated.png exists here: `--out curated.png` replaces it" in again.output
+    assert (tmp_path / "curated.png").read_bytes() == b"the user's"
     Image.fromarray(data.astronaut()[:75, :113]).save(photos / "cat.png")  # same size, other pixels
     replaced = CliRunner().invoke(app, [*show, str(tmp_path / "look2.png")])
     assert replaced.exit_code != 0 and "has changed since it was curated" in replaced.output, replaced.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -209,18 +210,31 @@ def _captioner(name: str, revision: Optional[str], trust_remote_code: bool, devi
     return TransformersCaptioner.from_pretrained(name, revision, trust_remote_code, device)
 
 
+SHOWN = "curated.png"  # `curate show`'s picture when no --out is given
+
+
 @curate_app.command("show")
 @opts.user_errors
 def show(
     dataset: Annotated[Path, typer.Argument(help="A curated dataset folder.", exists=True, file_okay=False)],
     image: Annotated[str, typer.Argument(help="The image: its path, file name or sha256.")],
     out: Annotated[
-        Path, typer.Option("--out", dir_okay=False, help="PNG to write.", callback=opts.picture_file)
-    ] = Path("curated.png"),
+        Path | None,
+        typer.Option(
+            "--out",
+            dir_okay=False,
+            help=f"PNG to write (replaced if it exists). Default: {SHOWN} here, never replaced.",
+            callback=opts.picture_file,
+        ),
+    ] = None,
 ) -> None:
     """Draw one image's segments (masks tinted, texts written) to a PNG for eyeballing quality."""
     from usesearch.curation.show import find_record, render
 
+    if out is None:
+        out = Path(SHOWN)
+        if os.path.lexists(out):  # a default must not replace a file nobody named
+            raise UsesearchError(f"{SHOWN} exists here: `--out {SHOWN}` replaces it, or name another file")
     record = find_record(dataset, image)
     opts.refuse_overwriting({"--out": out}, {"photo": Path(record["path"])})
     written = render(record, out)
