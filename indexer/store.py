@@ -346,14 +346,15 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         return self._files
 
     def embeddings(
-        self, ids: Iterable[int] | None = None, batch: int = 50_000
+        self, ids: Iterable[int] | None = None, batch: int = 50_000, up_to: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, float32 vectors) in batches: all committed segments (streamed, in id
-        order), or just ``ids``."""
+        order; with ``up_to``, those with ids up to it), or just ``ids``."""
         seg = SegmentRecord
         query = select(seg.id, seg.vec_chunk, seg.vec_row).order_by(seg.id)
         with self.sessions() as s:
             if ids is None:
+                query = query if up_to is None else query.where(seg.id <= up_to)
                 parts = s.execute(query).yield_per(batch).partitions(batch)
             else:
                 wanted = [int(i) for i in ids]

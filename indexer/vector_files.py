@@ -16,9 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -26,12 +24,9 @@ import numpy as np
 from usesearch.errors import DiskFullError, StaleFilesError, UsesearchError, is_disk_full
 from usesearch.io.atomic import write_atomic
 
-from . import faiss_gpu, index_choice, vectors
+from . import vectors
 from .store import Store
 from .vectors import Vectors, index_ids, ivf_of, new_index, rebuild
-
-if TYPE_CHECKING:
-    from .records import IndexInfo
 
 log = logging.getLogger(__name__)
 
@@ -217,17 +212,3 @@ def load(
         # comparing every id with the store (17 s at 10M segments) would find nothing.
         return loaded, (0, 0)
     return loaded, vectors.reconcile(loaded, store)
-
-
-def rebuilt_for_growth(
-    index: Vectors, info: IndexInfo, store: Store, db_dir: os.PathLike | str
-) -> tuple[Vectors, str] | None:
-    """An automatic index that the collection has outgrown (or shrunk out of), rebuilt
-    as the index its size calls for, with that index's factory; None when it fits."""
-    n = index.ntotal
-    gpu = faiss_gpu.wanted(index.device)
-    if info.index_mode != "auto" or not index_choice.outgrown(info.factory, n, info.dim, gpu):
-        return None
-    choice = index_choice.choose(n, info.dim, gpu)
-    log.warning("%s: %d segments outgrew %s; building %s", db_dir, n, info.factory, choice.describe(n, info.dim))
-    return rebuild(store, info.dim, choice.factory, index.device, info.shard_size), choice.factory

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 
 import faiss
 import numpy as np
@@ -341,13 +342,28 @@ def _one_line_on_few_points(index: faiss.Index, n: int) -> int:
     return clusters if parts else 0
 
 
-def rebuild(store: Store, dim: int, factory: str, device: str | None = "cpu", shard_size: int = 0) -> Vectors:
-    """A new index of the store's embeddings: trained once on a bounded sample, then
-    filled shard by shard (streamed, in id order)."""
+class BuildStopped(Exception):
+    """``rebuild``'s ``stop`` was set."""
+
+
+def rebuild(
+    store: Store,
+    dim: int,
+    factory: str,
+    device: str | None = "cpu",
+    shard_size: int = 0,
+    up_to: int | None = None,
+    stop: threading.Event | None = None,
+) -> Vectors:
+    """A new index of the store's embeddings (those with ids up to ``up_to``): trained
+    once on a bounded sample, then filled shard by shard (streamed, in id order).
+    ``BuildStopped`` when ``stop`` is set before it is filled (a build in a thread, let go)."""
     index = new_index(dim, factory)
     _train_if_needed(index, store, device)
     vectors = Vectors(index, device, shard_size)
-    for ids, batch in store.embeddings():
+    for ids, batch in store.embeddings(up_to=up_to):
+        if stop is not None and stop.is_set():
+            raise BuildStopped
         vectors.add(ids, batch)
     return vectors
 

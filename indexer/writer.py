@@ -20,7 +20,7 @@ from usesearch.errors import DiskFullError, IndexMismatchError, UsesearchError, 
 from usesearch.masks.coco_masker import masks_file_changed, masks_file_unrecorded
 from usesearch.masks.maskers import mask_defining
 
-from . import calibration, faiss_gpu, vector_files, vectors
+from . import calibration, faiss_gpu, growth, vector_files, vectors
 from .folder import FAISS_FILE, check_catalog_kind, db_url_for, remove_if_bare, writer_lock
 from .image_writes import PhotoWrite, joined
 from .known_images import KnownImages, still_holds
@@ -112,6 +112,7 @@ class Writer:
         self.copies: list[tuple[str, str]] = []  # (path, the indexed photo it repeats; "": one earlier in this run)
         self.failed_before = 0  # files skipped as failed by an earlier run, with the same content
         self.in_sync = True
+        self.growth = growth.Growth()
 
     def __enter__(self) -> Writer:
         new_folder = not self.db_dir.exists()
@@ -176,6 +177,7 @@ class Writer:
     ) -> None:
         try:
             try:
+                self.growth.stop()  # one in flight when the run ended early
                 if kind is None:
                     self.known.flush()
             finally:
@@ -265,6 +267,7 @@ class Writer:
             vectors.reconcile(self.index, self.store)
         else:
             self.index.remove(removed)
+        self.growth.removed(removed, known=not retried)
         return not retried
 
     def fail(
@@ -299,11 +302,12 @@ class Writer:
             self.index, self.db_dir / FAISS_FILE, self.store, self.info.dim, self.info.factory, in_sync=self.in_sync
         )
 
-    def grow(self) -> None:
-        """An outgrown automatic index rebuilt as its size calls for, written, then recorded."""
+    def grow(self, wait: bool = False) -> None:
+        """An outgrown automatic index rebuilt as its size calls for (in a thread, while
+        the run goes on: ``growth``), written, then recorded; ``wait``: the run's end."""
         with self._changing():  # its deferred adds in first (as in ``write``): its size is what it holds
             self.index.add_deferred()
-        grown = vector_files.rebuilt_for_growth(self.index, self.info, self.store, self.db_dir)
+        grown = self.growth.poll(self.index, self.info, self.store, self.db_dir, wait)
         if grown is None:
             return
         before = self.index, self.info.factory
@@ -313,8 +317,7 @@ class Writer:
         except BaseException:  # Ctrl-C's write then writes the index the record names
             self.index, self.info.factory = before
             raise
-        # Recorded once its file is written: a write cut short leaves the old factory
-        # on record, and the next run grows the index again.
+        # Recorded once written: a write cut short leaves the old one on record (grown again next run).
         self.store.set_factory(self.info.factory)
 
     def calibrate(self) -> calibration.Calibration | None:
@@ -356,7 +359,7 @@ class Writer:
                     self.grow()  # a first run of 10^6 photos must not hold 10^8 exact vectors (300 GB)
                     self.write()
                     last_write = time.monotonic()
-            self.grow()
+            self.grow(wait=True)
             self.write()
             self.calibrate()
         except KeyboardInterrupt:
