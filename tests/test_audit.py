@@ -49,6 +49,7 @@ def test_planted_wrong_labels_rank_at_the_top(trained_tiny_head, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["annotations"] == len(ranked) and 0 <= summary["agreement"] <= 1
     assert "most_confused" in summary and (out / "report.html").read_text().count("<figure>") == 10
+    assert (out / ".usesearch-audit").is_file()  # its files may be replaced by the next report
     assert (out / "suspects.csv").read_text().splitlines()[0].startswith("rank,annotation_id")
     # -k bounds what is shown; the files keep the whole ranking, and the last line says which is which.
     printed = [line for line in result.output.splitlines() if " ann " in line and "labelled" in line]

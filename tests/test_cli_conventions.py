@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -275,6 +276,39 @@ def test_a_command_never_writes_into_another_commands_folder(files, args, why):
     said = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2 and why in said, result.output
     assert sorted(p.relative_to(files) for p in files.rglob("*")) == before  # nothing written
+
+
+def test_an_audit_report_replaces_only_a_reports_files(files):
+    """Any file named report.html, suspects.csv or LIST.csv made a folder pass for an
+    audit report: a user's web site had its report.html replaced (and a leaks.csv of
+    theirs, and LIST.png deleted), its photos left among the sheets. A report folder
+    is now one holding the mark a report writes first, or (written before the mark)
+    nothing but a report's files."""
+    from usesearch.cli.paths import refuse_other_kind
+    from usesearch.errors import UsesearchError
+    from usesearch.io.own_folders import mark_audit_report
+
+    def folder(name: str, *held: str) -> Path:
+        (files / name).mkdir()
+        for file in held:
+            (files / name / file).write_text("the user's")
+        return files / name
+
+    site, theirs = folder("site", "report.html", "holiday.png"), folder("theirs", "leaks.csv", "notes.txt")
+    for mine in (site, theirs, folder("alone", "report.html"), folder("one", "outliers.png")):
+        with pytest.raises(UsesearchError, match="holds other files"):
+            refuse_other_kind(mine, "an audit report")
+    older = folder("older", "swapped.csv", "swapped.json", "swapped.png", "report.html")
+    marked = folder("marked", "a note of the user's.txt")
+    mark_audit_report(marked)
+    for report in (older, marked, folder("empty")):
+        refuse_other_kind(report, "an audit report")  # a report's own folder (or an empty one): written into
+    args = ["eval", "audit", "--coco", str(files / "a.json"), "--images", str(files / "i"), "--report-dir", str(site)]
+    result = CliRunner().invoke(app, [*args, "--preset", "tiny"])
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "holds other files" in said, result.output
+    assert sorted(p.name for p in site.iterdir()) == ["holiday.png", "report.html"]
+    assert (site / "report.html").read_text() == "the user's"
 
 
 def test_inputs_that_are_not_what_they_say_are_one_line(files):

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from usesearch.errors import UsesearchError, first_line
 from usesearch.io.atomic import write_atomic
+from usesearch.io.own_folders import mark_audit_report
 
 from ..export import contact_sheet
 from ..hits import Hit
@@ -53,7 +54,7 @@ def write_lists(
     """Write each list's first ``k`` items (reviewed ones left out unless
     ``include_reviewed``, then with their verdict)."""
     out = Path(report_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    mark_audit_report(out)
     written = {}
     drawn: list[str] = []
     unreadable: set[str] = set()

@@ -13,7 +13,7 @@ import typer
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import is_stream
 from usesearch.io.files import IMAGE_SUFFIXES
-from usesearch.io.own_folders import OUTPUT_MARKS
+from usesearch.io.own_folders import OUTPUT_MARKS, audit_report_written
 from usesearch.models.presets import PRESETS
 
 
@@ -84,10 +84,14 @@ def refuse_other_kind(folder: str | os.PathLike, kind: str) -> None:
     for other, marks in FOLDER_MARKS.items():
         if other != kind and any((Path(folder) / mark).exists() for mark in marks):
             raise UsesearchError(f"{folder} holds {other}: give {kind} a folder of its own")
-    if kind in PICTURES_WRITTEN and not any((Path(folder) / mark).exists() for mark in FOLDER_MARKS[kind]):
+    if kind in PICTURES_WRITTEN:
         with os.scandir(os.fspath(folder)) as listing:
-            holds_files = next(listing, None) is not None
-        if holds_files:
+            names = [entry.name for entry in listing]
+        if kind == "an audit report":  # its files replace those of their names: only a report's may be there
+            own = audit_report_written(names)
+        else:
+            own = any((Path(folder) / mark).exists() for mark in FOLDER_MARKS[kind])
+        if names and not own:
             raise UsesearchError(
                 f"{folder} holds other files (photos?): give {kind} a folder of its own, "
                 "or its pictures would be indexed with them"

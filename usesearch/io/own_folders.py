@@ -6,15 +6,23 @@ picture saved into an index's folder beside the photos, are not photos to index.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 AUDIT_LISTS = ("swapped", "overlooked", "badly_located", "leaks", "outliers")  # (``audit/report.py``'s: tested)
+AUDIT_MARK = ".usesearch-audit"  # written first into an audit report's folder: its files may be replaced
+# What an audit report (``audit``'s lists, ``eval audit``'s suspects) writes; a folder
+# holding anything else is someone's (a report.html or leaks.csv of their own).
+AUDIT_FILES = frozenset(
+    ("report.html", "suspects.csv", "suspects.json", "problems.json", "summary.json", AUDIT_MARK)
+    + tuple(f"{kind}.{ext}" for kind in AUDIT_LISTS for ext in ("json", "csv", "png"))
+)
 OUTPUT_MARKS = {
     "an index": ("segments.sqlite", "vectors.faiss", "embeddings"),  # (the indexer's names: tested)
     "a curated dataset": ("manifest.json", "shards"),
     "a training run": ("trainer.safetensors", "trainer.pt", "log.csv"),  # (trainer.pt: runs from before)
     # ``eval audit``'s report, and ``audit``'s lists.
-    "an audit report": ("suspects.csv", "report.html") + tuple(f"{kind}.csv" for kind in AUDIT_LISTS),
+    "an audit report": (AUDIT_MARK, "suspects.csv", "report.html") + tuple(f"{kind}.csv" for kind in AUDIT_LISTS),
 }
 
 
@@ -26,6 +34,21 @@ def pictures_of(names: Iterable[str]) -> str | None:
     held = set(names)
     if "segments.sqlite" in held:
         return "an index"
-    if any({f"{kind}.csv", f"{kind}.json"} <= held for kind in ("suspects", *AUDIT_LISTS)):
+    if AUDIT_MARK in held or any({f"{kind}.csv", f"{kind}.json"} <= held for kind in ("suspects", *AUDIT_LISTS)):
         return "an audit report"
     return None
+
+
+def audit_report_written(names: Iterable[str]) -> bool:
+    """True when a folder holding files of these ``names`` is an audit report's, whose
+    files a new report may replace: it holds the report's mark, or (written before the
+    mark) nothing but a report's files, a list's table with its JSON twin among them."""
+    held = set(names)
+    return AUDIT_MARK in held or (held <= AUDIT_FILES and pictures_of(held) == "an audit report")
+
+
+def mark_audit_report(folder: str | os.PathLike) -> None:
+    """Made (and marked) before a report writes its first file there."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, AUDIT_MARK), "a"):
+        pass

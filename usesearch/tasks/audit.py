@@ -22,6 +22,7 @@ from usesearch.errors import AnnotationError, UsesearchError, first_line
 from usesearch.io.atomic import write_atomic
 from usesearch.io.coco_dataset import PHOTO_MISSING, CocoDataset, Problem, checked_masks, photo_path
 from usesearch.io.images import read_image
+from usesearch.io.own_folders import mark_audit_report
 from usesearch.masks import rle
 from usesearch.models.model import SegmentEmbedder
 from usesearch.tasks.semseg import class_probabilities
@@ -150,7 +151,7 @@ def write_report(
 ) -> Path:
     """Each file replaced whole (streamed into a temporary file, renamed into place)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    mark_audit_report(out)
 
     def table(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
