@@ -35,7 +35,9 @@ def resolve(
     exact = leaks.exact_groups(straddling, photo_splits)
     # A near-duplicate group that is the same file seen twice says nothing new.
     exact_sets = {frozenset(g["images"]) for g in exact}
-    groups = (exact + [g for g in near if frozenset(g["images"]) not in exact_sets])[:keep]
+    groups = exact + [g for g in near if frozenset(g["images"]) not in exact_sets]
+    found = {kind: ranked.found for kind, ranked in lists.items()} | {"leaks": len(groups)}
+    groups = groups[:keep]
     for g in groups:
         g["segment_id"] = int(g["segments"][0][0]) if g.get("segments") else None
         wanted.update(s for s in [g["segment_id"]] if s is not None)
@@ -108,4 +110,5 @@ def resolve(
     for items in out.values():
         for rank, item in enumerate(items, 1):
             item["rank"] = rank
-    return {"classes": classes, "splits": reader.splits, "generation": store.generation(), "lists": out}
+    # ``found``: each list's items in all, of which ``lists`` holds the best.
+    return {"classes": classes, "splits": reader.splits, "generation": store.generation(), "lists": out, "found": found}

@@ -12,9 +12,10 @@ class Ranked:
     """Columns of equal length; ``score`` (float, NaN: not a candidate) and ``key``
     (int64, unique per item) are required, the rest ride along."""
 
-    def __init__(self, keep: int, columns: dict[str, np.ndarray] | None = None):
+    def __init__(self, keep: int, columns: dict[str, np.ndarray] | None = None, found: int = 0):
         self.keep = keep
         self.columns: dict[str, np.ndarray] = dict(columns or {})
+        self.found = found  # candidates pushed (finite scores), kept or not: what the list found
 
     def __len__(self) -> int:
         return len(self.columns.get("score", ()))
@@ -22,6 +23,7 @@ class Ranked:
     def push(self, **batch: np.ndarray) -> None:
         score = np.asarray(batch["score"], np.float64)
         wanted = np.isfinite(score)
+        self.found += int(wanted.sum())
         if not wanted.any():
             return
         batch = {name: np.asarray(values)[wanted] for name, values in batch.items()}
@@ -39,13 +41,15 @@ class Ranked:
 
     def top(self, n: int) -> Ranked:
         """The best ``n`` (the columns are kept best first)."""
-        return Ranked(n, {name: values[:n] for name, values in self.columns.items()})
+        return Ranked(n, {name: values[:n] for name, values in self.columns.items()}, self.found)
 
     def state(self, prefix: str) -> dict[str, np.ndarray]:
         """The columns under ``prefix.NAME``, for a checkpoint file."""
         return {f"{prefix}.{name}": values for name, values in self.columns.items()}
 
     @classmethod
-    def from_state(cls, keep: int, prefix: str, arrays) -> Ranked:
+    def from_state(cls, keep: int, prefix: str, arrays, found: int | None = None) -> Ranked:
+        """``found``: as saved (None: a checkpoint from before it was counted, the items held)."""
         start = f"{prefix}."
-        return cls(keep, {name[len(start) :]: np.asarray(arrays[name]) for name in arrays if name.startswith(start)})
+        columns = {name[len(start) :]: np.asarray(arrays[name]) for name in arrays if name.startswith(start)}
+        return cls(keep, columns, len(columns.get("score", ())) if found is None else found)

@@ -323,6 +323,7 @@ def _save(path: Path, identity: str, state: _State) -> None:
         "phase": state.phase,
         "after": state.after,
         "keep": {kind: ranked.keep for kind, ranked in state.lists.items()},
+        "found": {kind: ranked.found for kind, ranked in state.lists.items()},
         "leaks_done": state.leaks_done,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -345,7 +346,8 @@ def _load(path: Path, identity: str, classes: int, dim: int) -> _State | None:
     # Torn or foreign (a killed copy, an older usesearch's): it is only a head start.
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
-    lists = {kind: Ranked.from_state(kept[kind], kind, arrays) for kind in kept}
+    found = meta.get("found", {})
+    lists = {kind: Ranked.from_state(kept[kind], kind, arrays, found.get(kind)) for kind in kept}
     done = bool(meta.get("leaks_done"))
     return _State(meta["phase"], int(meta["after"]), arrays["sums"], arrays["counts"], lists, arrays["pairs"], done)
 

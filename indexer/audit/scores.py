@@ -57,7 +57,8 @@ def swapped(
     counts: np.ndarray | None = None,
 ):
     """(margin, preferred class, label's probability, preferred's probability) per
-    annotation: margin > 0 where the model prefers another class than the label. With
+    annotation: margin > 0 where the model prefers another class than the label (NaN,
+    no candidate, elsewhere). With
     the classes' embedding sums, the model's text classifier is averaged with the
     dataset's own (``prototype_probabilities``): a weak head's text alignment then
     counts for half, what the other annotations of each class look like for the rest."""
@@ -65,7 +66,10 @@ def swapped(
     if sums is not None and counts is not None:
         probs = (probs + prototype_probabilities(embeddings, labels, sums, counts)) / 2
     margin, preferred = label_margins(probs, labels)
-    margin = np.where(preferred == labels, np.nan, margin)  # a dataset of one class: nothing can be swapped
+    # Listed only where another class wins: an annotation the model agrees with is no
+    # suspect (each one was listed, so a clean dataset never came out clean); one class
+    # alone: nothing can be swapped.
+    margin = np.where((preferred == labels) | ~(margin > 0), np.nan, margin)
     rows = np.arange(len(labels))
     return margin, preferred, probs[rows, labels], probs[rows, preferred]
 

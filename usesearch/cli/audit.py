@@ -84,10 +84,12 @@ def audit(
         )
     finally:
         store.close()
+    found = result.get("found", {})  # (lists of an older audit: those it kept)
+    found = {kind: found.get(kind, len(result["lists"][kind])) for kind in written}
     for kind, items in written.items():
         reviewed = sum(1 for key in verdicts if key[0] == kind)
         first = items[0] if items else None
-        line = f"{kind:>14}: {len(result['lists'][kind])} found, {reviewed} reviewed"
+        line = f"{kind:>14}: {found[kind]} found, {reviewed} reviewed"
         if first is not None:
             where = first.get("image") or " and ".join(first.get("paths", []))  # a leak: its photos
             line += f"; first: {first['item']} (score {first['score']:.3f}, {where})"
@@ -99,7 +101,7 @@ def audit(
     if as_json:  # per list: how many found and reviewed, its files, and the top k items as its JSON has them
         lists = {
             kind: {
-                "found": len(result["lists"][kind]),
+                "found": found[kind],
                 "reviewed": sum(1 for key in verdicts if key[0] == kind),
                 "files": [str(out / f"{kind}.{ext}") for ext in ("json", "csv")]
                 + ([str(out / f"{kind}.png")] if kind in drawn else []),
