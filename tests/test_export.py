@@ -158,13 +158,29 @@ def test_an_output_that_would_replace_a_photo_or_the_other_output_is_refused_fir
     runner = CliRunner()
     cases = [
         (["query", "a cat", "--show", str(photo)], "--show"),
-        (["query", "a cat", "--show", str(tmp_path / "x.png"), "--export-coco", str(tmp_path / "x.png")], "same"),
+        (["query", "a cat", "--show", str(tmp_path / "x.png"), "--export-coco", str(tmp_path / "x.png")], "a picture"),
         (["similar", "--image", str(photo), "--point", "5,5", "--show", str(photo)], "--image input"),
     ]
+    # An index's own files (`--export-coco db/segments.sqlite` replaced the catalog); a sheet
+    # among indexed photos (the next index took it for one); JSON under a picture's name.
+    (tmp_path / "keep.png").write_bytes(before)
+    cases += [
+        (["query", "a cat", "--export-coco", str(db / "segments.sqlite")], "among its own files"),
+        (["similar", "1", "--export-coco", str(db / "embeddings" / "notes.json")], "among its own files"),
+        (["query", "a cat", "--show", str(photos / "sheet.png")], "lies among indexed photos"),
+        (["similar", "1", "--show", str(photos / "like.png")], "lies among indexed photos"),
+        (["query", "a cat", "--export-coco", str(tmp_path / "keep.png")], "names a picture: name a .json file"),
+    ]
+    catalog = (db / "segments.sqlite").read_bytes()
     for args, why in cases:
         result = runner.invoke(app, [*args, "--db", str(db)])
-        assert result.exit_code == 2 and why in result.output, (args, result.output)
+        said = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2 and why in said, (args, result.output)
     assert photo.read_bytes() == before and not list(tmp_path.glob("x.png"))
+    assert (db / "segments.sqlite").read_bytes() == catalog and (tmp_path / "keep.png").read_bytes() == before
+    assert not list(photos.glob("*.png"))[1:] and not (db / "embeddings" / "notes.json").exists()
+    ok = runner.invoke(app, ["query", "a cat", "--db", str(db), "--show", str(db / "sheet.png")])
+    assert ok.exit_code == 0 and (db / "sheet.png").is_file(), ok.output  # a picture in its folder: left out of walks
 
 
 def test_a_webp_sheet_is_refused_past_what_webp_holds_only(indexed, tmp_path):

@@ -30,6 +30,7 @@ from .paths import DEMO_INDEX as DEMO_INDEX
 from .paths import FOLDER_MARKS as FOLDER_MARKS
 from .paths import folder_for as folder_for
 from .paths import folder_to_write as folder_to_write
+from .paths import json_file as json_file
 from .paths import picture_file as picture_file
 from .paths import refuse_other_kind as refuse_other_kind
 from .paths import refuse_overwriting as refuse_overwriting
@@ -296,9 +297,7 @@ class SearchOutput:
     ] = None
     export_coco: Annotated[
         Optional[Path],
-        typer.Option(
-            "--export-coco", help="Write the hits as a COCO annotations/results JSON.", callback=writable_file
-        ),
+        typer.Option("--export-coco", help="Write the hits as a COCO annotations/results JSON.", callback=json_file),
     ] = None
 
 

@@ -32,6 +32,14 @@ def writable_file(value: Path | None) -> Path | None:
     return value
 
 
+def json_file(value: Path | None) -> Path | None:
+    """A JSON file to be written (``--export-coco``): a picture's name is refused, as a
+    typo that would replace a photo with JSON."""
+    if value is not None and not is_stream(value) and value.suffix.lower() in IMAGE_SUFFIXES:
+        raise typer.BadParameter(f"{value} names a picture: name a .json file")
+    return writable_file(value)
+
+
 def picture_file(value: Path | None) -> Path | None:
     """A picture to be written (``--show``, ``--overlay``): a writable file whose name
     Pillow can write, checked before any work."""

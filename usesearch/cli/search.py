@@ -13,7 +13,7 @@ from rich.table import Table
 from usesearch.cli import options as opts
 from usesearch.errors import UsesearchError, is_disk_full
 from usesearch.io.atomic import is_own_stdout, save_picture, write_atomic
-from usesearch.io.files import one_line
+from usesearch.io.files import IMAGE_SUFFIXES, one_line
 
 if TYPE_CHECKING:
     from usesearch.indexer import SearchFilters
@@ -108,6 +108,29 @@ def _refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path
         for spelled in {os.path.abspath(path), os.path.realpath(path)}:  # as the indexer keys it, or its target
             if index.store.image_by_path(os.fsencode(spelled)) is not None:
                 raise UsesearchError(f"{flag} {path} is an indexed photo: it would be overwritten; write elsewhere")
+        real = Path(os.path.realpath(path))
+        # The index's own files (`--export-coco DIR/segments.sqlite` replaced the catalog);
+        # a picture in its folder is left out of every walk, and may go there.
+        if Path(os.path.realpath(index.db_dir)) in real.parents and real.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UsesearchError(f"{flag} {path} lies in the index's folder, among its own files: write elsewhere")
+        folders = {real.parent, Path(os.path.abspath(path)).parent}  # as the indexer keys photos, or the target's
+        if real.suffix.lower() in IMAGE_SUFFIXES and any(_beside_indexed_photos(index, f) for f in folders):
+            raise UsesearchError(
+                f"{flag} {path} lies among indexed photos: the next `usesearch index` of that folder "
+                "would index it as a photo; write elsewhere"
+            )
+
+
+def _beside_indexed_photos(index, folder: Path, most: int = 200) -> bool:
+    """True when one of the first ``most`` pictures in ``folder`` is an indexed photo."""
+    import os
+
+    try:
+        with os.scandir(folder) as listing:
+            names = [e.name for e in listing if Path(e.name).suffix.lower() in IMAGE_SUFFIXES][:most]
+    except OSError:
+        return False
+    return any(index.store.image_by_path(os.fsencode(str(folder / name))) is not None for name in names)
 
 
 def _why_none(index, filters: SearchFilters) -> list[str]:
