@@ -107,3 +107,19 @@ def test_only_the_most_suspect_keep_their_masks_and_the_ranking_is_the_same(tiny
     assert len(every) > 3 and [s.row() for s in few] == [s.row() for s in every]
     assert [s.mask is not None for s in few] == [True] * 3 + [False] * (len(few) - 3)
     assert [s.mask for s in few[:3]] == [s.mask for s in every[:3]]
+
+
+def test_a_class_named_as_a_formula_is_text_in_every_audit_table(tmp_path):
+    """A dataset's class named `=cmd|calc` was written as it is, and a spreadsheet opening
+    the CSV ran it; numbers (negative margins) stay numbers."""
+    import csv
+
+    from usesearch.indexer.audit.report import _cell
+    from usesearch.tasks.audit import Suspect, write_report
+
+    odd = Suspect(7, "-photo.png", "=cmd|calc", "@SUM(1)", -0.25, 0.5, 0.25, "@SUM(1)", None)
+    write_report([odd], tmp_path / "r", top=0)
+    (row,) = list(csv.reader((tmp_path / "r" / "suspects.csv").open()))[1:]
+    assert row == ["1", "7", "'-photo.png", "'=cmd|calc", "'@SUM(1)", "-0.2500"]
+    assert json.loads((tmp_path / "r" / "suspects.json").read_text())[0]["labelled"] == "=cmd|calc"  # JSON: as is
+    assert [_cell(v) for v in ("+1", "cat", -0.5, 3, ["=a", "b"])] == ["'+1", "cat", "-0.5000", "3", "'=a b"]

@@ -14,6 +14,7 @@ from typing import NamedTuple
 from usesearch.errors import UsesearchError, first_line
 from usesearch.io.atomic import write_atomic
 from usesearch.io.own_folders import mark_audit_report
+from usesearch.io.tables import text_cell
 
 from ..export import contact_sheet
 from ..hits import Hit
@@ -87,8 +88,8 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, list):
-        return " ".join(map(str, value))
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+        return str(text_cell(" ".join(map(str, value))))
+    return f"{value:.4f}" if isinstance(value, float) else str(text_cell(value) if isinstance(value, str) else value)
 
 
 def _sheet(items: list[dict], store: Store, path: Path) -> list[str] | None:

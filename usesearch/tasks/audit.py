@@ -23,6 +23,7 @@ from usesearch.io.atomic import write_atomic
 from usesearch.io.coco_dataset import PHOTO_MISSING, CocoDataset, Problem, checked_masks, photo_path
 from usesearch.io.images import read_image
 from usesearch.io.own_folders import mark_audit_report
+from usesearch.io.tables import text_cell
 from usesearch.masks import rle
 from usesearch.models.model import SegmentEmbedder
 from usesearch.tasks.semseg import class_probabilities
@@ -158,7 +159,8 @@ def write_report(
             writer = csv.writer(f)
             writer.writerow(["rank", "annotation_id", "image", "labelled", "predicted", "margin"])
             for rank, s in enumerate(suspects, 1):
-                writer.writerow([rank, s.annotation_id, s.image, s.labelled, s.predicted, f"{s.margin:.4f}"])
+                row = [rank, s.annotation_id, s.image, s.labelled, s.predicted, f"{s.margin:.4f}"]
+                writer.writerow([text_cell(cell) if n in (2, 3, 4) else cell for n, cell in enumerate(row)])
 
     def rows(tmp: Path) -> None:  # one suspect at a time: never the whole list as one string
         with open(tmp, "w") as f:
