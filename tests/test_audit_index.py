@@ -256,8 +256,8 @@ def test_a_killed_audit_resumes_to_the_same_lists(db, tmp_path):
 
 
 def test_a_list_says_how_many_it_found_beyond_the_items_it_keeps(db, tmp_path):
-    """"found" was the length of the list kept (1,000 items at most): 1,137 overlooked
-    proposals were said as 1,000 found."""
+    """A list's count of what it found was the length of the list kept (1,000 items at
+    most): 1,137 overlooked proposals were said as 1,000 found."""
     import shutil
 
     wide = tmp_path / "wide"
