@@ -154,14 +154,15 @@ class ImageWrites:
         result: list[tuple[list[int], list[int]]] = self.retrying(write)
         return result
 
-    def move_image(self, image_id: int, fs_path: bytes, path: str) -> None:
+    def move_image(self, image_id: int, fs_path: bytes, path: str, file_stat: str | None = None) -> None:
         """A photo renamed or moved: its record (segments, annotations) under its new path,
         where it was just read whole with its recorded content: a failure noted on it
-        under its old path (damaged there, since repaired) is over."""
+        under its old path (damaged there, since repaired) is over. ``file_stat``: taken
+        before that read (a re-run skips it unread while it holds; None: read again)."""
 
         def move() -> None:
             with self.sessions.begin() as s:
-                values = {"fs_path": fs_path, "path": path, "file_stat": None}  # read again next time
+                values = {"fs_path": fs_path, "path": path, "file_stat": file_stat}
                 values.update(error_class=None, error_message=None)
                 s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(**values))
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))

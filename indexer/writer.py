@@ -214,7 +214,7 @@ class Writer:
             return False
         gone = [h for h in holders if path is not None and not still_holds(h)]  # missing, or other content now
         if path is not None and gone:  # moved: the record follows the photo
-            self.store.move_image(gone[0].id, key, path)
+            self.store.move_image(gone[0].id, key, path, file_stat)
             self.moved.append((gone[0].path, path))
         elif path is not None:
             self.copies.append((path, holders[0].path if holders else ""))  # "": one earlier in this run

@@ -100,11 +100,14 @@ def test_rerun_skips_adds_new_and_reindexes_changed(tmp_path):
     assert_consistent(db)
 
 
-def test_a_renamed_or_moved_photo_keeps_its_segments_and_a_copy_is_said(tmp_path):
+def test_a_renamed_or_moved_photo_keeps_its_segments_and_a_copy_is_said(tmp_path, monkeypatch):
     """A photo renamed (or its folder moved) was skipped as a copy of its old path's
     record, whose path then pointed at no file; a prune removed the record and the
     photo was in no query. Its record now follows it. A copy of a photo that is still
     there is skipped and said."""
+    from usesearch.indexer import known_images
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)  # stats of files just written count
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
     db = tmp_path / "db"
     index_paths([photos], db, IndexOptions(**OPTS))
@@ -131,6 +134,16 @@ def test_a_renamed_or_moved_photo_keeps_its_segments_and_a_copy_is_said(tmp_path
 
     assert prune(db, [photos], IndexOptions(**OPTS)).images_removed == 0  # no record points at a gone file
     assert_consistent(db)
+    # The moved photos were read whole where they lie now: the next run reads none of them
+    # (a moved record's stat was dropped, and every moved byte was read twice).
+    from usesearch.indexer import read_ahead
+
+    reads: list[str] = []
+    read = read_ahead.read_bytes
+    monkeypatch.setattr(
+        read_ahead, "read_bytes", lambda path, *a: reads.append(os.path.basename(path)) or read(path, *a)
+    )
+    assert index_paths([photos], db, IndexOptions(**OPTS)).skipped == 3 and reads == []
 
 
 def test_a_photo_repaired_then_renamed_loses_its_failure_with_the_move(tmp_path):
