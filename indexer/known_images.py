@@ -93,6 +93,11 @@ class KnownImages:
         if file_stat is not None and existing.file_stat != file_stat:
             self.note_stat(existing.id, sha256, file_stat)
 
+    def drop_copy(self, key: bytes) -> None:
+        """A copy noted this run that is not one after all (``Writer.fail``)."""
+        if self._copy_stats.pop(key, None) is None:
+            self.store.forget_copies([key])  # flushed already, or noted by an earlier run
+
     def note_copy(self, key: bytes, sha256: str, file_stat: str) -> None:
         """A copy met (read whole, its content indexed under another path): its stat, so
         that the next run skips it unread. Lost with a kill: it is only a shortcut."""

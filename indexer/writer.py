@@ -16,16 +16,15 @@ from typing import Protocol
 import numpy as np
 
 from usesearch import interrupts
-from usesearch.errors import DiskFullError, IndexMismatchError, UsesearchError, is_disk_full
-from usesearch.masks.coco_masker import masks_file_changed, masks_file_unrecorded
-from usesearch.masks.maskers import mask_defining
+from usesearch.errors import DiskFullError, UsesearchError, is_disk_full
 
 from . import calibration, faiss_gpu, growth, vector_files, vectors
 from .folder import FAISS_FILE, check_catalog_kind, db_url_for, remove_if_bare, writer_lock
 from .image_writes import PhotoWrite, joined
+from .index_checks import check_factory, check_identity
 from .known_images import KnownImages, still_holds
 from .options import IndexOptions, IndexReport
-from .records import DONE, NO_MASKER, IndexInfo, info_summary
+from .records import DONE, IndexInfo
 from .search import SegmentIndex
 from .store import Store
 
@@ -37,53 +36,6 @@ class LoopReport(Protocol):
 
     interrupted: bool
     loop_seconds: float
-
-
-def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
-    """First run records the model; later runs must match it."""
-    existing = store.info()
-    if existing is None:
-        store.set_info(info)
-        return info
-    if existing.fingerprint != info.fingerprint:
-        raise IndexMismatchError(
-            f"this index was built with {info_summary(existing)}; refusing to add segments from "
-            f"{info_summary(info)}. Use the same --preset/--embedder/--head, or a new --db."
-        )
-    if info.masker == NO_MASKER:  # a labelled dataset's annotations: any masker's index takes them
-        return existing
-    # Annotations only so far: the first masker run names the masker; or an older index of
-    # --masker coco asked for its file: the file's content is recorded.
-    if existing.masker == NO_MASKER or masks_file_unrecorded(existing.masker_params, info.masker_params):
-        store.set_masker(info.masker, info.masker_params)
-        existing.masker, existing.masker_params = info.masker, info.masker_params
-    # An index made before points_per_batch left the identity has it recorded: compared without it.
-    if (existing.masker, mask_defining(existing.masker_params)) != (info.masker, mask_defining(info.masker_params)):
-        raise IndexMismatchError(
-            f"this index was built with masker {existing.masker} {existing.masker_params}; this run asks for "
-            f"{info.masker} {info.masker_params}{masks_file_changed(existing.masker_params, info.masker_params)}. "
-            "Use the same masker or a new --db."
-        )
-    return existing
-
-
-def check_factory(existing: IndexInfo | None, factory: str, wanted: IndexInfo | None, db_dir: Path) -> None:
-    """``--factory`` names a new index's type, one it can build from nothing (an IVF would
-    be trained on the first photo's few vectors, or fail and leave a folder no run opens);
-    on an existing index, the type it has (``reindex --factory`` changes it)."""
-    if existing is not None:
-        if existing.factory != factory:
-            raise UsesearchError(
-                f"--factory {factory}: this index is {existing.factory} ({existing.index_mode}); "
-                f"`usesearch reindex --db {db_dir} --factory {factory}` changes its type"
-            )
-        return
-    if wanted is not None and not vectors.new_index(wanted.dim, factory).is_trained:
-        raise UsesearchError(
-            f"--factory {factory} must be trained on the vectors it will hold, and a new index has none: "
-            f"index without --factory (the index grows into IVF by itself), or then run "
-            f"`usesearch reindex --db {db_dir} --factory {factory}`"
-        )
 
 
 class Writer:
@@ -113,6 +65,7 @@ class Writer:
         self.failed_before = 0  # files skipped as failed by an earlier run, with the same content
         self.in_sync = True
         self.growth = growth.Growth()
+        self._copies_coming: dict[str, list[tuple[bytes, str, str | None]]] = {}  # by content: ``skip``, ``fail``
 
     def __enter__(self) -> Writer:
         new_folder = not self.db_dir.exists()
@@ -218,6 +171,8 @@ class Writer:
             self.moved.append((gone[0].path, path))
         elif path is not None:
             self.copies.append((path, holders[0].path if holders else ""))  # "": one earlier in this run
+            if not holders:  # its photo may yet fail: its copies then fail with it (``fail``)
+                self._copies_coming.setdefault(sha256, []).append((key, path, file_stat))
             if file_stat is not None:  # the next run skips it unread (``KnownImages.unchanged``)
                 self.known.note_copy(key, sha256, file_stat)
         return True
@@ -287,6 +242,14 @@ class Writer:
             removed, _ = self.store.save_image(key, path, sha256, None, error=exc, file_stat=file_stat)
             self._remove(removed)
         report.record_failure(path, exc, kept=existing is not None and existing.status == DONE)
+        # Files skipped as copies of this one, queued before it failed, are no copies of an
+        # indexed photo: they fail as it did (they were left out of ``failures``).
+        for copy_key, copy_path, copy_stat in self._copies_coming.pop(sha256, []) if sha256 else []:
+            self.copies.remove((copy_path, ""))
+            self.known.drop_copy(copy_key)
+            self.store.save_image(copy_key, copy_path, sha256, None, error=exc, file_stat=copy_stat)
+            report.skipped -= 1
+            report.record_failure(copy_path, exc)
 
     def remove_image(self, image_id: int) -> int:
         """Remove an image with its segments (one transaction) and their vectors."""

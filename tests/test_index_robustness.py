@@ -378,33 +378,6 @@ def test_a_file_that_failed_after_its_read_is_skipped_unread_until_it_changes_or
     assert_consistent(tmp_path / "db")
 
 
-def test_copies_are_skipped_unread_on_a_rerun_and_read_once_their_photo_is_gone(tmp_path, monkeypatch):
-    """Every re-run read and hashed each copy (a hard link, a photo copied into two
-    folders) whole: 40 copies of a 7.5 MB photo were 300 MB a run."""
-    import shutil
-
-    from usesearch.indexer import known_images, read_ahead
-    from usesearch.indexer.maintenance import prune
-
-    monkeypatch.setattr(known_images, "RACY_NS", 0)
-    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
-    shutil.copy(photos / "astronaut.png", photos / "sub" / "copy.png")
-    os.link(photos / "astronaut.png", photos / "link.png")
-    assert len(index_paths([photos], tmp_path / "db", IndexOptions(**OPTS)).copies) == 2
-    reads: list[str] = []
-    read = read_ahead.read_bytes
-    monkeypatch.setattr(
-        read_ahead, "read_bytes", lambda path, *a: reads.append(os.path.basename(path)) or read(path, *a)
-    )
-    again = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
-    assert (again.skipped, len(again.copies), reads) == (4, 2, [])
-    (photos / "astronaut.png").unlink()
-    assert prune(tmp_path / "db", [photos], IndexOptions(**OPTS)).images_removed == 1  # the copies' photo
-    after = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))  # a copy noted unread is read after all
-    assert after.done == 1 and len(reads) == 1 and after.failed == 0
-    assert_consistent(tmp_path / "db")
-
-
 def test_a_stat_noted_for_a_row_replaced_since_is_dropped_not_an_error(tmp_path):
     """A path met twice in one walk (a file named and its folder), rewritten in between:
     its first stat note names a row the second commit replaced (the run ended in

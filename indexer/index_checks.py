@@ -1,0 +1,62 @@
+"""What a run checks before it writes into an index: the model and masker it was built
+with (a wrong model for an index is refused, as is another masker), and a ``--factory``
+that a new index can be built as or an existing one has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from usesearch.errors import IndexMismatchError, UsesearchError
+from usesearch.masks.coco_masker import masks_file_changed, masks_file_unrecorded
+from usesearch.masks.maskers import mask_defining
+
+from . import vectors
+from .records import NO_MASKER, IndexInfo, info_summary
+from .store import Store
+
+
+def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
+    """First run records the model; later runs must match it."""
+    existing = store.info()
+    if existing is None:
+        store.set_info(info)
+        return info
+    if existing.fingerprint != info.fingerprint:
+        raise IndexMismatchError(
+            f"this index was built with {info_summary(existing)}; refusing to add segments from "
+            f"{info_summary(info)}. Use the same --preset/--embedder/--head, or a new --db."
+        )
+    if info.masker == NO_MASKER:  # a labelled dataset's annotations: any masker's index takes them
+        return existing
+    # Annotations only so far: the first masker run names the masker; or an older index of
+    # --masker coco asked for its file: the file's content is recorded.
+    if existing.masker == NO_MASKER or masks_file_unrecorded(existing.masker_params, info.masker_params):
+        store.set_masker(info.masker, info.masker_params)
+        existing.masker, existing.masker_params = info.masker, info.masker_params
+    # An index made before points_per_batch left the identity has it recorded: compared without it.
+    if (existing.masker, mask_defining(existing.masker_params)) != (info.masker, mask_defining(info.masker_params)):
+        raise IndexMismatchError(
+            f"this index was built with masker {existing.masker} {existing.masker_params}; this run asks for "
+            f"{info.masker} {info.masker_params}{masks_file_changed(existing.masker_params, info.masker_params)}. "
+            "Use the same masker or a new --db."
+        )
+    return existing
+
+
+def check_factory(existing: IndexInfo | None, factory: str, wanted: IndexInfo | None, db_dir: Path) -> None:
+    """``--factory`` names a new index's type, one it can build from nothing (an IVF would
+    be trained on the first photo's few vectors, or fail and leave a folder no run opens);
+    on an existing index, the type it has (``reindex --factory`` changes it)."""
+    if existing is not None:
+        if existing.factory != factory:
+            raise UsesearchError(
+                f"--factory {factory}: this index is {existing.factory} ({existing.index_mode}); "
+                f"`usesearch reindex --db {db_dir} --factory {factory}` changes its type"
+            )
+        return
+    if wanted is not None and not vectors.new_index(wanted.dim, factory).is_trained:
+        raise UsesearchError(
+            f"--factory {factory} must be trained on the vectors it will hold, and a new index has none: "
+            f"index without --factory (the index grows into IVF by itself), or then run "
+            f"`usesearch reindex --db {db_dir} --factory {factory}`"
+        )
