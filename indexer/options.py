@@ -38,7 +38,9 @@ class IndexOptions:
 def check_shard_size(shard_size: int | None) -> None:
     """Segments per FAISS shard: 0 (one shard) or more. A negative one, recorded, left
     an index that no later open could lay out (the CLI's --shard-size had its own check)."""
-    if shard_size is not None and (isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 0):
+    if shard_size is not None and (
+        isinstance(shard_size, bool) or not isinstance(shard_size, int) or not 0 <= shard_size < 2**63
+    ):  # (past 2**63 an id's shard is no int64: one shard is 0)
         raise UsesearchError(f"shard_size is 0 (one shard) or a number of segments per shard; got {shard_size!r}")
 
 

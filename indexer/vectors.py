@@ -35,9 +35,13 @@ def new_index(dim: int, factory: str) -> faiss.Index:
     if not factory.startswith("IDMap") and "IVF" not in factory:
         factory = "IDMap2," + factory
     try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise ValueError(f"invalid FAISS factory string {factory!r}: {str(exc).splitlines()[-1]}") from None
+    ivf = ivf_of(index)
+    if ivf is not None and ivf.nlist < 1:  # FAISS builds it, and every search then fails (nprobe 0)
+        raise ValueError(f"invalid FAISS factory string {factory!r}: an IVF needs at least one list")
+    return index
 
 
 def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:

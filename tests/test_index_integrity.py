@@ -429,12 +429,16 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
         (["query", "a cat", "--db", str(db), "--export-coco", str(tmp_path)], "is a folder"),
         (["similar", "99999999999999999999", "--db", str(db)], "no segment with id"),
         (["reindex", "--db", str(new_db)], "no index at"),
+        # An IVF of no list was built and recorded, and every later search failed in FAISS's words.
+        (["reindex", "--db", str(db), "--factory", "IVF0,Flat"], "an IVF needs at least one list"),
+        (["reindex", "--db", str(db), "--shard-size", "99999999999999999999"], "--shard-size"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and "Traceback" not in result.output, (args, result.output)
     assert not new_db.exists()
+    assert runner.invoke(app, ["query", "a cat", "--db", str(db)]).exit_code == 0  # refused, nothing recorded
     shutil.move(db / FAISS_FILE, tmp_path / "moved")
     (db / FAISS_FILE).mkdir()
     result = runner.invoke(app, ["query", "a cat", "--db", str(db)])

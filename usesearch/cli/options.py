@@ -136,6 +136,7 @@ ShardSizeOpt = Annotated[
     typer.Option(
         "--shard-size",
         min=0,
+        max=2**63 - 1,
         help="Segments per FAISS shard (0: one shard; a new index: 10,000,000); shards share one trained quantizer, "
         "so they answer as one index and a write rewrites only the shards that changed.",
     ),
