@@ -72,6 +72,25 @@ def drop_committed(db_dir: str | os.PathLike, committed: Callable[[str], bool]) 
     return dropped
 
 
+def left_over(db_dir: str | os.PathLike) -> int:
+    """Bytes of the fragments folder's files: those of Ray runs cut short (a finished run
+    leaves none of the photos it committed), and of photos since deleted or changed."""
+    folder = Path(db_dir) / FRAGMENTS
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+
+
+def remove_all(db_dir: str | os.PathLike) -> int:
+    """``prune``'s, holding the writer's lock (no run is committing): every fragment and
+    note goes; a photo whose run was cut short is computed again by the next. Bytes freed."""
+    freed = 0
+    folder = Path(db_dir) / FRAGMENTS
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink(missing_ok=True)
+    return freed
+
+
 def forget_attempts(db_dir: str | os.PathLike) -> None:
     """At a run's start: a killed run's notes name actors that died with it, not of a photo."""
     for note in (Path(db_dir) / FRAGMENTS).glob("*.attempts"):

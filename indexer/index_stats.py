@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from . import faiss_gpu, index_choice, vector_files, vectors
+from . import faiss_gpu, fragments, index_choice, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE
 from .leftovers import embedding_leftovers, files_gone
 
@@ -35,6 +35,7 @@ def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:
             "files_checked": checked,
             "bytes_embeddings_dead": dead,
             "embeddings_lost": lost,  # file -> segments: `index --repair`
+            "bytes_fragments": fragments.left_over(index.db_dir),  # Ray runs cut short: `prune` removes them
         }
     return {
         **index.store.counts(),

@@ -6,7 +6,8 @@ measures a compressed index's recall again and chooses its search effort.
 
 ``prune``: images whose files are gone (or can no longer be read) since they were
 indexed leave the index, with their segments and vectors; then the embedding files
-give back the disk of removed segments (``compact``). Each removal is one
+give back the disk of removed segments (``compact``), and the fragments Ray runs cut
+short left (``fragments.remove_all``). Each removal is one
 transaction, like each add, and the FAISS file is reconciled with the committed
 segments whenever an index opens, so a kill at any moment leaves a consistent index
 and a re-run finishes the job.
@@ -40,7 +41,7 @@ from sqlalchemy import select, update
 from usesearch.errors import EverythingGoneError, UsesearchError
 from usesearch.reports import RunReport
 
-from . import calibration, faiss_gpu, index_choice, vector_files, vectors
+from . import calibration, faiss_gpu, fragments, index_choice, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE, check_db_dir, open_store, writer_lock
 from .leftovers import gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_size
@@ -148,6 +149,7 @@ class PruneReport(RunReport):
     segments_removed: int = 0
     copies_forgotten: int = 0  # noted copies (``stale_copies``) no re-run skips by any more
     embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
+    fragment_bytes_freed: int = 0  # Ray runs' fragments left over (``fragments.remove_all``)
     loop_seconds: float = 0.0
     interrupted: bool = False
 
@@ -198,6 +200,7 @@ def prune(
             writer.store.forget_copies(stale)
             report.copies_forgotten = len(stale)
             report.embedding_bytes_freed = compact(writer.store).bytes_freed
+            report.fragment_bytes_freed = fragments.remove_all(db_dir)
             writer.write()  # the files are unchanged; record that they hold this generation too
     report.seconds = time.perf_counter() - start
     return report

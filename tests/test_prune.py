@@ -2,8 +2,10 @@
 segments and vectors, crash-safely; `info` counts them; an unmounted disk is not
 taken for a deleted archive."""
 
+import json
 import os
 
+import numpy as np
 from typer.testing import CliRunner
 
 import usesearch.indexer.embeddings as embeddings
@@ -322,3 +324,21 @@ def test_prune_forgets_the_noted_copies_no_run_needs_and_keeps_the_others(tmp_pa
     assert result.exit_code == 0 and "1 noted copies forgotten" in result.output, result.output
     assert noted() == {"z.png", "coffee.png"}
     assert_consistent(db)
+
+
+def test_info_counts_the_fragments_ray_runs_cut_short_left_and_prune_removes_them(tmp_path):
+    """A Ray run killed, then its photos deleted or changed: their fragments stayed in the
+    index folder for good, counted nowhere."""
+    from usesearch.indexer.fragments import FRAGMENTS, fragment_path, write_fragment
+
+    photos, db = write_photos(tmp_path / "photos", ("coffee",)), tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    write_fragment(fragment_path(db, "ab" * 32), (4, 4), [], np.zeros((0, 8)))  # a photo deleted since
+    (db / FRAGMENTS / ("cd" * 32 + ".attempts")).write_text("1")
+    runner = CliRunner()
+    info = json.loads(runner.invoke(app, ["info", "--db", str(db), "--json"]).output)
+    assert info["bytes_fragments"] > 0
+    result = runner.invoke(app, ["prune", "--db", str(db)])
+    assert result.exit_code == 0 and "fragments of Ray runs cut short" in result.output, result.output
+    assert not list((db / FRAGMENTS).iterdir())
+    assert json.loads(runner.invoke(app, ["info", "--db", str(db), "--json"]).output)["bytes_fragments"] == 0

@@ -320,3 +320,5 @@ def prune_cmd(
 def _print_freed(report) -> None:
     if report.embedding_bytes_freed:
         opts.console.print(f"embedding files: {report.embedding_bytes_freed / 2**20:.2f} MiB given back")
+    if report.fragment_bytes_freed:
+        opts.console.print(f"fragments of Ray runs cut short: {report.fragment_bytes_freed / 2**20:.2f} MiB removed")
