@@ -44,10 +44,12 @@ def ray_session(address: str | None = None) -> Iterator[None]:
             address=None if address in (None, "local") else address,
             include_dashboard=False,
             log_to_driver=False,
-            logging_level=logging.WARNING,
+            # Ray's own warnings (its token authentication, on by default; progress bars off)
+            # came before the run's every line: the CLI says what a user needs itself.
+            logging_level=logging.ERROR,
         )
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
         yield
     finally:
