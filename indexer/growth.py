@@ -114,8 +114,9 @@ class Growth:
             self.build = Build(store, info, factory, index.device)
         if not (wait or self.build.done()):
             return None
-        build, self.build = self.build, None
-        return build.finish(store), build.factory
+        grown = self.build.finish(store), self.build.factory
+        self.build = None  # only now: a Ctrl-C in ``finish``'s wait still finds it to ``stop``
+        return grown
 
     def stop(self) -> None:
         if self.build is not None:

@@ -242,3 +242,32 @@ def test_a_reader_between_the_writers_files_and_its_records_follows_it_all_the_s
     assert late.index.exact
     late.query("a cat", k=5)
     assert (late.info.factory, late.index.ntotal) == ("IVF4,Flat", len(late.store.segment_ids()))
+
+
+def test_ctrl_c_while_the_run_waits_for_the_grown_index_stops_its_build(monkeypatch):
+    """Ctrl-C lands while a run's end waits for the index being built: the build is
+    told to stop (it went on reading, training and filling an index nobody would use
+    after ``index_paths`` had returned)."""
+    import signal
+    from types import SimpleNamespace
+
+    from usesearch.indexer import vectors
+
+    told_to_stop = threading.Event()
+
+    def build_until_stopped(store, dim, factory, device, shard_size, up_to, stop):
+        if stop.wait(30):
+            told_to_stop.set()
+        raise vectors.BuildStopped
+
+    monkeypatch.setattr(vectors, "rebuild", build_until_stopped)
+    monkeypatch.setattr(growth, "Store", lambda *args, **kwargs: SimpleNamespace(close=lambda: None))
+    store = SimpleNamespace(max_segment_id=lambda: 7, url="sqlite://", folder=None)
+    run_growth = growth.Growth()
+    run_growth.build = growth.Build(store, SimpleNamespace(dim=8, shard_size=0), "IVF4,Flat", "cpu")
+    # A real SIGINT to the main thread: a simulated one waits for the join to end.
+    threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_growth.poll(None, None, store, "db", wait=True)  # type: ignore[arg-type]
+    run_growth.stop()  # as the writer's ``__exit__`` does
+    assert told_to_stop.wait(5)
