@@ -270,6 +270,20 @@ def test_a_list_says_how_many_it_found_beyond_the_items_it_keeps(db, tmp_path):
         assert f"{kind}: {whole['found'][kind]} found" in " ".join(audit_cli.output.split())  # type: ignore[attr-defined]
 
 
+def test_an_audit_made_under_older_list_rules_is_made_again(db, monkeypatch):
+    """A finished audit's checkpoint, kept across an upgrade that changed what a list
+    holds, was shown as it was: swapped still listed annotations their own class wins."""
+    from usesearch.indexer.audit import run
+
+    audit_index(db, config=AuditConfig(keep=3))
+    said: list[str] = []
+    audit_index(db, config=AuditConfig(keep=3), say=said.append)
+    assert not any(" pass: " in line for line in said), said  # done: reused
+    monkeypatch.setattr(run, "LIST_RULES", run.LIST_RULES + 1)
+    audit_index(db, config=AuditConfig(keep=3), say=said.append)
+    assert any(line.startswith("annotations pass: ") for line in said), said
+
+
 def test_photo_steps_end_where_their_segments_pass_the_batch():
     assert source.groups_of_most([1, 2, 3, 4, 5], [3, 3, 9, 1, 1], 6) == [[1, 2], [3], [4, 5]]
     assert source.groups_of_most([], [], 6) == []

@@ -276,12 +276,18 @@ def _leak_pass(store, reader, state: _State, config: AuditConfig, save) -> None:
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
+# The version of what the lists hold: raised when a rule changes what goes into a list
+# (2: swapped holds only annotations another class wins, and lists count what they
+# found), so that an audit made under the old rules is not shown as the new one's.
+LIST_RULES = 2
+
+
 def _identity(store: Store, reader: DatasetReader, config: AuditConfig, class_vectors: np.ndarray) -> str:
     """What a checkpoint belongs to: the index's contents (its generation), the classes
-    and their vectors, and the settings. Any change starts the audit afresh."""
+    and their vectors, the settings and the lists' rules. Any change starts the audit afresh."""
     digest = hashlib.sha256(np.ascontiguousarray(class_vectors, np.float32).tobytes()).hexdigest()
     settings = {name: value for name, value in asdict(config).items() if name != "keep"}  # see ``_lengthen``
-    payload = [store.generation(), reader.classes, reader.splits, settings, digest]
+    payload = [store.generation(), reader.classes, reader.splits, settings, digest, LIST_RULES]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
