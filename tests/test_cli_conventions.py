@@ -299,9 +299,14 @@ def test_an_audit_report_replaces_only_a_reports_files(files):
         with pytest.raises(UsesearchError, match="holds other files"):
             refuse_other_kind(mine, "an audit report")
     older = folder("older", "swapped.csv", "swapped.json", "swapped.png", "report.html")
+    # What a desktop leaves there, and a killed write's temporary file, keep it a report's.
+    browsed = folder("browsed", "leaks.csv", "leaks.json", ".DS_Store", "Thumbs.db", ".leaks.csv.4242.tmp")
+    added = folder("added", "leaks.csv", "leaks.json", "holiday.jpg")
+    with pytest.raises(UsesearchError, match=r"holds an earlier audit report and 1 other file\(s\) \(holiday.jpg\)"):
+        refuse_other_kind(added, "an audit report")
     marked = folder("marked", "a note of the user's.txt")
     mark_audit_report(marked)
-    for report in (older, marked, folder("empty")):
+    for report in (older, browsed, marked, folder("empty")):
         refuse_other_kind(report, "an audit report")  # a report's own folder (or an empty one): written into
     args = ["eval", "audit", "--coco", str(files / "a.json"), "--images", str(files / "i"), "--report-dir", str(site)]
     result = CliRunner().invoke(app, [*args, "--preset", "tiny"])

@@ -13,7 +13,7 @@ import typer
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import is_stream
 from usesearch.io.files import IMAGE_SUFFIXES
-from usesearch.io.own_folders import OUTPUT_MARKS, audit_report_written
+from usesearch.io.own_folders import OUTPUT_MARKS, audit_report_written, not_a_reports, pictures_of
 from usesearch.models.presets import PRESETS
 
 
@@ -99,6 +99,13 @@ def refuse_other_kind(folder: str | os.PathLike, kind: str) -> None:
             own = audit_report_written(names)
         else:
             own = any((Path(folder) / mark).exists() for mark in FOLDER_MARKS[kind])
+        others = not_a_reports(names)
+        if kind == "an audit report" and not own and others and pictures_of(names) == kind:
+            raise UsesearchError(  # a report from before the mark, with a file of someone else's added
+                f"{folder} holds an earlier audit report and {len(others)} other file(s) "
+                f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): move them out, "
+                "or give the new report a folder of its own"
+            )
         if names and not own:
             raise UsesearchError(
                 f"{folder} holds other files (photos?): give {kind} a folder of its own, "

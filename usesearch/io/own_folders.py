@@ -39,12 +39,22 @@ def pictures_of(names: Iterable[str]) -> str | None:
     return None
 
 
+# What a desktop leaves in any folder it shows (and a killed write's ``.NAME.PID.tmp``):
+# hidden or the system's, never a photo, they do not make a report's folder someone else's.
+SYSTEM_FILES = frozenset(("Thumbs.db", "desktop.ini"))
+
+
+def not_a_reports(names: Iterable[str]) -> list[str]:
+    """Those of ``names`` an audit report never writes (hidden and system files left out)."""
+    return sorted(n for n in names if n not in AUDIT_FILES and not n.startswith(".") and n not in SYSTEM_FILES)
+
+
 def audit_report_written(names: Iterable[str]) -> bool:
     """True when a folder holding files of these ``names`` is an audit report's, whose
     files a new report may replace: it holds the report's mark, or (written before the
     mark) nothing but a report's files, a list's table with its JSON twin among them."""
     held = set(names)
-    return AUDIT_MARK in held or (held <= AUDIT_FILES and pictures_of(held) == "an audit report")
+    return AUDIT_MARK in held or (not not_a_reports(held) and pictures_of(held) == "an audit report")
 
 
 def mark_audit_report(folder: str | os.PathLike) -> None:
