@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .embeddings import EmbeddingFiles
 from .lookups import SQL_PARAMETERS
-from .records import DONE, FAILED, PROPOSAL, CopyRecord, ImageRecord, IndexInfo, SegmentRecord
+from .records import DONE, FAILED, PROPOSAL, CopyRecord, ImageRecord, IndexedFolder, IndexInfo, SegmentRecord
 
 
 @dataclass
@@ -153,6 +153,18 @@ class ImageWrites:
 
         result: list[tuple[list[int], list[int]]] = self.retrying(write)
         return result
+
+    def note_folders(self, fs_paths: set[bytes]) -> None:
+        """Folders an ``index`` run walks (``indexed_folders``)."""
+        if not fs_paths:
+            return
+
+        def write() -> None:
+            with self.sessions.begin() as s:
+                for fs_path in fs_paths:
+                    s.merge(IndexedFolder(fs_path=fs_path))
+
+        self.retrying(write)
 
     def move_image(self, image_id: int, fs_path: bytes, path: str, file_stat: str | None = None) -> None:
         """A photo renamed or moved: its record (segments, annotations) under its new path,

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .records import DONE, FAILED, ImageRecord, SegmentFacts, SegmentRecord, SegmentRow
+from .records import DONE, FAILED, ImageRecord, IndexedFolder, SegmentFacts, SegmentRecord, SegmentRow
 
 SQL_PARAMETERS = 900  # ids per IN list: SQLite's bound-parameter limit
 
@@ -92,6 +92,13 @@ class SearchLookups:
         with self.sessions() as s:
             rows = s.execute(query).all()
         return {i for i, p in rows if fnmatch.fnmatchcase(p, path)}
+
+    def indexed_folders(self) -> list[bytes]:
+        """The folders ``index`` runs walked (none in an index made before they were noted)."""
+        if IndexedFolder.__tablename__ not in inspect(self.engine).get_table_names():
+            return []
+        with self.sessions() as s:
+            return list(s.scalars(select(IndexedFolder.fs_path)))
 
     def done_image_count(self) -> int:
         with self.sessions() as s:

@@ -206,6 +206,16 @@ class LabelledFile(Base):
     indexed: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
 
 
+class IndexedFolder(Base):
+    """A folder an ``index`` run walked, under each spelling (as given, and its real
+    path): a picture a search writes under it (``--show``) would be taken for a photo by
+    the next run over it. A table of its own, so an index made before it still opens
+    read-only."""
+
+    __tablename__ = "indexed_folders"
+    fs_path: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+
+
 class AuditReview(Base):
     """A person's verdict on one item of an audit list (``usesearch audit``, the web
     app's audit view): ``ok`` (the label is right) or ``wrong``. Keyed by what the item

@@ -183,6 +183,26 @@ def test_an_output_that_would_replace_a_photo_or_the_other_output_is_refused_fir
     assert ok.exit_code == 0 and (db / "sheet.png").is_file(), ok.output  # a picture in its folder: left out of walks
 
 
+def test_a_picture_written_anywhere_under_an_indexed_folder_is_refused(tmp_path):
+    """`--show` into the indexed folder's root or a new subfolder of it, or into the
+    photos' folder spelt through the link they were indexed by, was written: the next
+    `usesearch index` of the folder took the sheet for a photo."""
+    photos = write_photos(tmp_path / "archive" / "2020", ("astronaut", "coffee")).parent
+    (tmp_path / "link").symlink_to(photos, target_is_directory=True)
+    db = tmp_path / "db"
+    index_paths([tmp_path / "link"], db, IndexOptions(**OPTS))
+    (photos / "2020" / "new").mkdir()
+    runner = CliRunner()
+    for sheet in (photos / "sheet.png", photos / "2020" / "new" / "sheet.png", tmp_path / "link" / "sheet.png"):
+        result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--show", str(sheet)])
+        said = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2 and "lies among indexed photos" in said, (sheet, result.output)
+        assert not sheet.exists()
+    for fine in (tmp_path / "sheet.png", db / "sheet.png"):  # beside the archive; in the index's own folder
+        result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--show", str(fine)])
+        assert result.exit_code == 0 and fine.is_file(), result.output
+
+
 def test_a_webp_sheet_is_refused_past_what_webp_holds_only(indexed, tmp_path):
     """WebP's sides stop at 16,383 pixels: 365 hits. The limit is the hits found, not -k."""
     from usesearch.errors import UsesearchError

@@ -114,11 +114,25 @@ def _refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path
         if Path(os.path.realpath(index.db_dir)) in real.parents and real.suffix.lower() not in IMAGE_SUFFIXES:
             raise UsesearchError(f"{flag} {path} lies in the index's folder, among its own files: write elsewhere")
         folders = {real.parent, Path(os.path.abspath(path)).parent}  # as the indexer keys photos, or the target's
-        if real.suffix.lower() in IMAGE_SUFFIXES and any(_beside_indexed_photos(index, f) for f in folders):
-            raise UsesearchError(
-                f"{flag} {path} lies among indexed photos: the next `usesearch index` of that folder "
-                "would index it as a photo; write elsewhere"
-            )
+        if real.suffix.lower() in IMAGE_SUFFIXES and Path(os.path.realpath(index.db_dir)) not in real.parents:
+            walked = _indexed_folder_holding(index, path)
+            if walked or any(_beside_indexed_photos(index, f) for f in folders):
+                raise UsesearchError(
+                    f"{flag} {path} lies among indexed photos{f' (under {walked})' if walked else ''}: the next "
+                    "`usesearch index` of that folder would index it as a photo; write elsewhere"
+                )
+
+
+def _indexed_folder_holding(index, path: Path) -> str | None:
+    """The folder an ``index`` run walked that holds ``path``, under either's spelling
+    (as given, or its target: photos indexed through a link); None when none does."""
+    import os
+
+    spellings = {os.path.abspath(path), os.path.realpath(path)}
+    for folder in map(os.fsdecode, index.store.indexed_folders()):
+        if any(spelled.startswith(folder.rstrip(os.sep) + os.sep) for spelled in spellings):
+            return folder
+    return None
 
 
 def _beside_indexed_photos(index, folder: Path, most: int = 200) -> bool:
