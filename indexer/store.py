@@ -328,7 +328,13 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             return np.fromiter(s.scalars(select(SegmentRecord.id)), dtype=np.int64)
 
     def segment_ids_between(self, low: int, high: int) -> np.ndarray:
-        """Committed segment ids in [low, high], through the primary key."""
+        """Committed segment ids in [low, high], through the primary key. A bound past
+        what the id column holds (PostgreSQL's INTEGER) is its end, not the server's
+        "integer out of range" (a growth's catch-up asked for ids up to 2**62)."""
+        most = 2**31 - 1 if self.engine.dialect.name == "postgresql" else 2**63 - 1
+        low, high = max(low, -most), min(high, most)
+        if low > high:
+            return np.zeros(0, np.int64)
         with self.sessions() as s:
             q = (
                 select(SegmentRecord.id)

@@ -149,6 +149,25 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     assert (again.info.index_mode, again.info.factory) == ("auto", chosen) and again.index.ntotal > 0
 
 
+def test_an_index_on_postgresql_grows_and_shrinks_its_type(tmp_path, pg_url, small_growth):
+    """Each run that grew a PostgreSQL index failed at its end in the server's words
+    ("integer out of range": the catch-up asked for segment ids up to 2**62, past its
+    INTEGER id column), and so did the prune that shrank it back."""
+    from usesearch.indexer.maintenance import prune
+
+    photos, db = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee")), tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS, db_url=pg_url, faiss_every_s=0))
+    ix = SegmentIndex.open(db, db_url=pg_url)
+    assert ix.info.factory == "IVF4,Flat" and sorted(ix.index.ids()) == sorted(ix.store.segment_ids())
+    ix.close()
+    for photo in [*photos.glob("*.png"), *photos.glob("*/*.png")][1:]:
+        photo.unlink()
+    prune(db, options=IndexOptions(**OPTS, db_url=pg_url))
+    ix = SegmentIndex.open(db, db_url=pg_url)
+    assert ix.info.factory == "IDMap2,Flat" and sorted(ix.index.ids()) == sorted(ix.store.segment_ids())
+    ix.close()
+
+
 def test_ctrl_c_while_the_grown_index_is_written_leaves_the_files_the_catalog_names(
     tmp_path, monkeypatch, caplog, small_growth
 ):
