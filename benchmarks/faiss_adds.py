@@ -18,7 +18,7 @@ import time
 import faiss
 import numpy as np
 
-from usesearch.indexer import index_choice, vectors
+from usesearch.indexer import index_choice, index_kinds, vectors
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
         for x in (train, data):
             x /= np.linalg.norm(x, axis=1, keepdims=True)
         factory = f"IVF{nlist},PQ{index_choice.pq_m(args.dim, 4)}x4fs"
-        trained = vectors.new_index(args.dim, factory)
+        trained = index_kinds.new_index(args.dim, factory)
         faiss.extract_index_ivf(trained).cp.niter = 4  # the centroids' quality does not change the cost
         faiss.extract_index_ivf(trained).cp.min_points_per_centroid = 1
         trained.train(train)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from sqlalchemy import insert
 
-from usesearch.indexer import SearchFilters, vector_files, vectors
+from usesearch.indexer import SearchFilters, index_kinds, vector_files, vectors
 from usesearch.indexer.folder import FAISS_FILE, db_url_for
 from usesearch.indexer.records import ImageRecord, IndexInfo, SegmentRecord
 from usesearch.indexer.search import SegmentIndex
@@ -169,10 +169,10 @@ def main() -> None:
             f"{time.perf_counter() - start:.0f} s"
         )
         ids = np.arange(1, args.n + 1, dtype=np.int64)
-        exact = vectors.new_index(args.dim, vectors.DEFAULT_FACTORY)
+        exact = index_kinds.new_index(args.dim, vectors.DEFAULT_FACTORY)
         exact.add_with_ids(data, ids)
         start = time.perf_counter()
-        approx = vectors.new_index(args.dim, args.approx)
+        approx = index_kinds.new_index(args.dim, args.approx)
         if not approx.is_trained:
             approx.train(data[rng.choice(len(data), min(len(data), 200_000), replace=False)])
         approx.add_with_ids(data, ids)

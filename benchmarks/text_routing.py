@@ -35,7 +35,7 @@ import numpy as np
 from scale import DIM, concepts
 
 from usesearch.indexer import SegmentIndex
-from usesearch.indexer.vectors import index_ids, ivf_of
+from usesearch.indexer.index_kinds import index_ids, ivf_of
 
 NPROBES = (4, 8, 16, 32, 64, 128, 256)
 

@@ -346,13 +346,13 @@ def rebuild_on_ray(store, dim: int, factory: str, device: str | None = "cpu", sh
     import faiss
     import ray
 
-    from . import vectors
+    from . import index_kinds, vectors
 
     ids = store.segment_ids()
     count = int((ids.max() - 1) // shard_size) + 1 if shard_size and len(ids) else 1
     if count == 1:  # one shard: nothing to spread
         return vectors.rebuild(store, dim, factory, device, shard_size)
-    template = vectors.new_index(dim, factory)
+    template = index_kinds.new_index(dim, factory)
     vectors._train_if_needed(template, store, device)
     trained = ray.put(faiss.serialize_index(template))
     fill = ray.remote(_fill_shard)

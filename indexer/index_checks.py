@@ -10,7 +10,7 @@ from usesearch.errors import IndexMismatchError, UsesearchError
 from usesearch.masks.coco_masker import masks_file_changed, masks_file_unrecorded
 from usesearch.masks.maskers import mask_defining
 
-from . import vectors
+from . import index_kinds
 from .records import NO_MASKER, IndexInfo, info_summary
 from .store import Store
 
@@ -54,7 +54,7 @@ def check_factory(existing: IndexInfo | None, factory: str, wanted: IndexInfo | 
                 f"`usesearch reindex --db {db_dir} --factory {factory}` changes its type"
             )
         return
-    if wanted is not None and not vectors.new_index(wanted.dim, factory).is_trained:
+    if wanted is not None and not index_kinds.new_index(wanted.dim, factory).is_trained:
         raise UsesearchError(
             f"--factory {factory} must be trained on the vectors it will hold, and a new index has none: "
             f"index without --factory (the index grows into IVF by itself), or then run "

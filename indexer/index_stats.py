@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from . import faiss_gpu, fragments, index_choice, vector_files, vectors
+from . import faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE
 from .leftovers import embedding_leftovers, files_gone
 
@@ -69,7 +69,7 @@ def _recall_explanation(index: SegmentIndex) -> str:
     if index.index.exact:
         return "1.00: exact search (every segment compared)"
     if index.calibration is None:
-        ivf = vectors.ivf_of(index.index.index)
+        ivf = index_kinds.ivf_of(index.index.index)
         if ivf is None:  # HNSW and other graphs: calibration tunes an IVF's nprobe and rerank
             return f"not measured ({index.info.factory} is approximate; calibration measures IVF indexes only)"
         return (

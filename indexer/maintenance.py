@@ -41,7 +41,7 @@ from sqlalchemy import select, update
 from usesearch.errors import EverythingGoneError, UsesearchError
 from usesearch.reports import RunReport
 
-from . import calibration, faiss_gpu, fragments, index_choice, vector_files, vectors
+from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE, check_db_dir, open_store, writer_lock
 from .leftovers import gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_size
@@ -92,7 +92,7 @@ def reindex(
         vector_files.write_index_files(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)
         store.set_factory(factory, mode)
         store.set_shard_size(shard_size)
-        if vectors.ivf_of(index.index) is not None and index.ntotal:  # the index calibration tunes
+        if index_kinds.ivf_of(index.index) is not None and index.ntotal:  # the index calibration tunes
             model = calibration.model_for(info) if text_queries and not queries else None
             calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
         return int(index.ntotal)
@@ -117,7 +117,7 @@ def recalibrate(
             raise UsesearchError(f"{db_dir} holds no vectors yet: nothing to measure")
         if index.exact:
             raise UsesearchError(f"{db_dir} has an exact index ({info.factory}): its recall is 1, nothing to tune")
-        if vectors.ivf_of(index.index) is None:
+        if index_kinds.ivf_of(index.index) is None:
             raise UsesearchError(
                 f"{db_dir} has a {info.factory} index: calibration measures IVF indexes only (their nprobe and rerank)"
             )

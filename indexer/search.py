@@ -19,7 +19,7 @@ from usesearch.models.checkpoint import checkpoint_paths
 from usesearch.models.factory import load_model
 from usesearch.models.model import SegmentEmbedder
 
-from . import calibration, faiss_gpu, index_choice, index_stats, vector_files, vectors
+from . import calibration, faiss_gpu, index_choice, index_kinds, index_stats, vector_files, vectors
 from .embeddings import top_rows
 from .filters import SearchFilters, check_k, check_query_text, check_query_vector, check_segment_id
 from .folder import FAISS_FILE, open_store
@@ -352,7 +352,7 @@ class SegmentIndex(Freshness):
 
     def _ivf(self):
         """The index's IVF (its nlist, and its nprobe as calibrated), or None."""
-        return vectors.ivf_of(self.index.index)
+        return index_kinds.ivf_of(self.index.index)
 
     def _candidates(
         self, vector, k: int, fetch: int, allowed, exclude, nprobe=None, rerank=None

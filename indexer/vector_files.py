@@ -25,8 +25,9 @@ from usesearch.errors import DiskFullError, StaleFilesError, UsesearchError, is_
 from usesearch.io.atomic import write_atomic
 
 from . import vectors
+from .index_kinds import index_ids, ivf_of, new_index
 from .store import Store
-from .vectors import Vectors, index_ids, ivf_of, new_index, rebuild
+from .vectors import Vectors, rebuild
 
 log = logging.getLogger(__name__)
 

@@ -21,58 +21,13 @@ import numpy as np
 
 from . import faiss_gpu
 from .index_choice import nprobe_for, train_size_for
+from .index_kinds import hnsw_of, index_ids, ivf_of, new_index
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "IDMap2,Flat"  # exact inner product over unit vectors = cosine
 DEFERRED_ADDS = 2048  # vectors a writer's commits gather before they go into FAISS (``Vectors.add``)
-
-
-def new_index(dim: int, factory: str) -> faiss.Index:
-    # IVF indexes keep the segment ids in their inverted lists; anything else is
-    # wrapped in an IDMap2 (which costs a reverse map, ~50 bytes per vector).
-    if not factory.startswith("IDMap") and "IVF" not in factory:
-        factory = "IDMap2," + factory
-    try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise ValueError(f"invalid FAISS factory string {factory!r}: {str(exc).splitlines()[-1]}") from None
-    ivf = ivf_of(index)
-    if ivf is not None and ivf.nlist < 1:  # FAISS builds it, and every search then fails (nprobe 0)
-        raise ValueError(f"invalid FAISS factory string {factory!r}: an IVF needs at least one list")
-    return index
-
-
-def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
-    """The IVF inside an index, None for any other kind."""
-    try:
-        return faiss.extract_index_ivf(index)  # also behind an OPQ pre-transform
-    except RuntimeError:
-        return None
-
-
-def index_ids(index: faiss.Index) -> np.ndarray:
-    """Every segment id the index holds: an IDMap2's id list, or an IVF's lists."""
-    outer = faiss.downcast_index(index)
-    if isinstance(outer, faiss.IndexIDMap2):
-        return faiss.vector_to_array(outer.id_map).astype(np.int64)
-    ivf = ivf_of(index)
-    invlists = ivf.invlists if ivf is not None else None
-    if invlists is None:
-        raise ValueError(f"a {type(outer).__name__} holds no segment ids: an index is an IDMap2 or an IVF")
-    parts = [
-        faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
-        for i in range(invlists.nlist)
-        if invlists.list_size(i)
-    ]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-
-
-def hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
-    outer = faiss.downcast_index(index)
-    inner = faiss.downcast_index(outer.index) if isinstance(outer, faiss.IndexIDMap2) else outer
-    return inner if isinstance(inner, faiss.IndexHNSW) else None
 
 
 def search_params(

@@ -18,7 +18,7 @@ import numpy as np
 from usesearch import interrupts
 from usesearch.errors import DiskFullError, UsesearchError, is_disk_full
 
-from . import calibration, faiss_gpu, growth, vector_files, vectors
+from . import calibration, faiss_gpu, growth, index_kinds, vector_files, vectors
 from .folder import FAISS_FILE, check_catalog_kind, db_url_for, remove_if_bare, writer_lock
 from .image_writes import PhotoWrite, joined
 from .index_checks import check_factory, check_identity
@@ -68,6 +68,8 @@ class Writer:
         self._copies_coming: dict[str, list[tuple[bytes, str, str | None]]] = {}  # by content: ``skip``, ``fail``
 
     def __enter__(self) -> Writer:
+        if self.options.factory and self.wanted is not None:  # before a new index's folder is made
+            index_kinds.new_index(self.wanted.dim, self.options.factory)  # a ValueError naming what is wrong
         new_folder = not self.db_dir.exists()
         self._lock: AbstractContextManager[None] = writer_lock(self.db_dir)
         self._lock.__enter__()
@@ -294,7 +296,7 @@ class Writer:
         always measure, through ``calibrate_index``). Only an IVF index has the knobs
         it sets: an exact index needs none, and HNSW's search depth is not calibrated."""
         n = self.index.ntotal
-        if vectors.ivf_of(self.index.index) is None or not self.index.is_trained or not n:
+        if index_kinds.ivf_of(self.index.index) is None or not self.index.is_trained or not n:
             return None
         current = calibration.load(self.db_dir, self.index)
         target = self.options.recall_target

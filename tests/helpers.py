@@ -41,8 +41,8 @@ def assert_consistent(db, db_url=None):
 
     from usesearch.indexer import SegmentIndex
     from usesearch.indexer.folder import FAISS_FILE
+    from usesearch.indexer.index_kinds import index_ids
     from usesearch.indexer.vector_files import shard_files
-    from usesearch.indexer.vectors import index_ids
 
     ix = SegmentIndex.open(db, db_url=db_url)
     on_disk = np.concatenate([index_ids(faiss.read_index(str(f))) for f in shard_files(db / FAISS_FILE)])

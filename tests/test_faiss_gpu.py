@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from usesearch.errors import UsesearchError
-from usesearch.indexer import faiss_gpu, vectors
+from usesearch.indexer import faiss_gpu, index_kinds, vectors
 
 
 def test_gpu_faiss_path():
@@ -83,7 +83,7 @@ def exact_vectors(device, n=3000, dim=32, seed=0):
     rng = np.random.default_rng(seed)
     data = rng.standard_normal((n, dim)).astype(np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
-    v = vectors.Vectors(vectors.new_index(dim, "IDMap2,Flat"), device)
+    v = vectors.Vectors(index_kinds.new_index(dim, "IDMap2,Flat"), device)
     v.add(np.arange(1, n + 1), data)
     return v, data
 
@@ -103,7 +103,7 @@ def test_a_search_for_more_than_a_gpu_index_returns_is_answered_on_the_cpu(gpu_w
 def test_an_ivf_probing_more_lists_than_a_gpu_index_takes_searches_on_the_cpu(gpu_wanted):
     rng = np.random.default_rng(1)
     data = rng.standard_normal((3000, 32)).astype(np.float32)
-    index = vectors.new_index(32, "IVF16,Flat")
+    index = index_kinds.new_index(32, "IVF16,Flat")
     index.train(data)
     v = vectors.Vectors(index, "cuda")
     v.add(np.arange(1, 3001), data)
@@ -179,7 +179,7 @@ def test_only_ivf_pq_is_copied_to_the_gpu_in_float16(cloned_to_cpu):
     rng = np.random.default_rng(2)
     data = rng.standard_normal((2000, 32)).astype(np.float32)
     for factory, half in (("IDMap2,Flat", False), ("IVF16,Flat", False), ("IVF16,PQ8", True)):
-        index = vectors.new_index(32, factory)
+        index = index_kinds.new_index(32, factory)
         index.train(data)
         assert faiss_gpu.mirror(index) is cloned_to_cpu[-1].copy
         assert cloned_to_cpu[-1].options.useFloat16 is half, factory
@@ -190,7 +190,7 @@ def test_gpu_training_frees_its_clustering_index(cloned_to_cpu, monkeypatch, tmp
     taken back after the k-means ran through it."""
     rng = np.random.default_rng(3)
     data = rng.standard_normal((2000, 32)).astype(np.float32)
-    index = vectors.new_index(32, "IVF16,Flat")
+    index = index_kinds.new_index(32, "IVF16,Flat")
     store = SimpleNamespace(
         segment_ids=lambda: np.arange(1, 2001),
         embeddings=lambda ids: iter([(ids, data[np.asarray(ids) - 1])]),

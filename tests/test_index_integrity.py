@@ -431,6 +431,10 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
         (["reindex", "--db", str(new_db)], "no index at"),
         # An IVF of no list was built and recorded, and every later search failed in FAISS's words.
         (["reindex", "--db", str(db), "--factory", "IVF0,Flat"], "an IVF needs at least one list"),
+        # A graph of fewer than 2 links: FAISS built it, and adding to it aborted the process.
+        (["reindex", "--db", str(db), "--factory", "HNSW0"], "'HNSW0': a graph (HNSW M, NSG R) needs 2 links"),
+        (["reindex", "--db", str(db), "--factory", "IVF4_HNSW1,Flat"], "a graph (HNSW M, NSG R) needs 2 links"),
+        (["index", str(photos), "--db", str(new_db), "--preset", "tiny", "--factory", "NSG1"], "needs 2 links"),
         (["reindex", "--db", str(db), "--shard-size", "99999999999999999999"], "--shard-size"),
     ]
     for args, message in cases:

@@ -123,9 +123,9 @@ def test_training_reads_a_bounded_sample(tmp_path, monkeypatch):
         "embeddings",
         lambda ids=None, **kw: (read.append(len(ids) if ids is not None else -1), real(ids, **kw))[1],
     )
-    from usesearch.indexer import vectors
+    from usesearch.indexer import index_kinds, vectors
 
-    vectors._train_if_needed(vectors.new_index(64, "IVF64,Flat"), store)
+    vectors._train_if_needed(index_kinds.new_index(64, "IVF64,Flat"), store)
     assert read == [3000]
 
 

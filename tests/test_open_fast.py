@@ -5,6 +5,7 @@ may not hold exactly the committed segments, the comparison still runs."""
 import numpy as np
 import pytest
 
+import usesearch.indexer.index_kinds as index_kinds
 import usesearch.indexer.vectors as vectors
 from tests.helpers import OPTS, write_photos
 from tests.test_index_scale import synthetic_index
@@ -58,5 +59,5 @@ def test_an_interruption_between_a_commit_and_its_vectors_is_still_reconciled(tm
     ix = SegmentIndex.open(db)
     committed = np.sort(ix.store.segment_ids())
     assert reconciles and len(committed) > 0
-    np.testing.assert_array_equal(np.sort(vectors.index_ids(ix.index.shards[0])), committed)
+    np.testing.assert_array_equal(np.sort(index_kinds.index_ids(ix.index.shards[0])), committed)
     ix.close()

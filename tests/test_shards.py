@@ -131,13 +131,13 @@ def test_deferred_adds_answer_as_adds_made_at_once(tmp_path, monkeypatch):
     them first, so the index answers and is written as one whose adds went in at once."""
     import faiss
 
-    from usesearch.indexer import vectors
+    from usesearch.indexer import index_kinds, vectors
 
     monkeypatch.setattr(vectors, "DEFERRED_ADDS", 300)
     rng = np.random.default_rng(0)
     data = rng.standard_normal((1000, 16)).astype(np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
-    trained = vectors.new_index(16, "IVF8,PQ4x4fs")
+    trained = index_kinds.new_index(16, "IVF8,PQ4x4fs")
     trained.train(data)
     at_once, deferred = (vectors.Vectors(faiss.clone_index(trained), shard_size=400) for _ in range(2))
     for start in range(0, 1000, 100):  # a photo's 100 at a time

@@ -50,8 +50,9 @@ from usesearch.io.atomic import write_atomic
 from usesearch.models.factory import load_model
 
 from .. import index_choice
+from ..index_kinds import ivf_of
 from ..records import IndexInfo
-from ..vectors import Vectors, ivf_of
+from ..vectors import Vectors
 from .choice import BUSY, Searcher, choose, run
 from .truth import CLASSES, IMAGE_QUERIES, K, by_kind, candidates, exact_top, headline, query_vectors, recalls
 

@@ -1,0 +1,75 @@
+"""What a FAISS factory string builds: the index, checked before it is used (FAISS
+builds some it then fails or crashes on), and the parts found inside one (its IVF, its
+HNSW graph, the segment ids it holds)."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+
+def new_index(dim: int, factory: str) -> faiss.Index:
+    # IVF indexes keep the segment ids in their inverted lists; anything else is
+    # wrapped in an IDMap2 (which costs a reverse map, ~50 bytes per vector).
+    given = factory  # as the user wrote it, for the messages
+    if not factory.startswith("IDMap") and "IVF" not in factory:
+        factory = "IDMap2," + factory
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"invalid FAISS factory string {given!r}: {str(exc).splitlines()[-1]}") from None
+    ivf = ivf_of(index)
+    if ivf is not None and ivf.nlist < 1:  # FAISS builds it, and every search then fails (nprobe 0)
+        raise ValueError(f"invalid FAISS factory string {given!r}: an IVF needs at least one list")
+    if _sparse_graph(index):  # FAISS builds it; adding to it then crashes the process or never ends
+        raise ValueError(f"invalid FAISS factory string {given!r}: a graph (HNSW M, NSG R) needs 2 links or more")
+    return index
+
+
+def _sparse_graph(index: faiss.Index) -> bool:
+    """True where the index, or one inside it (an IVF's quantizer among them), is an HNSW
+    or NSG graph of fewer than 2 links a node."""
+    parts = [index]
+    while parts:
+        part = faiss.downcast_index(parts.pop())
+        if isinstance(part, faiss.IndexHNSW):
+            links = faiss.vector_to_array(part.hnsw.cum_nneighbor_per_level)  # level 0 has 2 M
+            if len(links) < 2 or links[1] - links[0] < 4:
+                return True
+        if isinstance(part, faiss.IndexNSG) and part.nsg.R < 2:
+            return True
+        parts += [
+            getattr(part, name) for name in ("index", "base_index", "refine_index", "quantizer") if hasattr(part, name)
+        ]
+    return False
+
+
+def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF inside an index, None for any other kind."""
+    try:
+        return faiss.extract_index_ivf(index)  # also behind an OPQ pre-transform
+    except RuntimeError:
+        return None
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """Every segment id the index holds: an IDMap2's id list, or an IVF's lists."""
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexIDMap2):
+        return faiss.vector_to_array(outer.id_map).astype(np.int64)
+    ivf = ivf_of(index)
+    invlists = ivf.invlists if ivf is not None else None
+    if invlists is None:
+        raise ValueError(f"a {type(outer).__name__} holds no segment ids: an index is an IDMap2 or an IVF")
+    parts = [
+        faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+        for i in range(invlists.nlist)
+        if invlists.list_size(i)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
+    outer = faiss.downcast_index(index)
+    inner = faiss.downcast_index(outer.index) if isinstance(outer, faiss.IndexIDMap2) else outer
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
