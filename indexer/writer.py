@@ -66,6 +66,7 @@ class Writer:
         self.in_sync = True
         self.growth = growth.Growth()
         self._copies_coming: dict[str, list[tuple[bytes, str, str | None]]] = {}  # by content: ``skip``, ``fail``
+        self._failed_contents: set[str] = set()  # the contents of files failed in this run
 
     def __enter__(self) -> Writer:
         if self.options.factory and self.wanted is not None:  # before a new index's folder is made
@@ -166,8 +167,11 @@ class Writer:
             return True
         if existing is not None:
             return False
-        holders = [] if sha256 in coming else self.store.done_with_hash(sha256)
-        if not holders and sha256 not in coming:
+        # A content that failed in this run is coming no more: this file is read on its own
+        # (the read-ahead's ``coming`` keeps a hash after its photo failed).
+        coming_now = sha256 in coming and sha256 not in self._failed_contents
+        holders = [] if coming_now else self.store.done_with_hash(sha256)
+        if not holders and not coming_now:
             return False
         gone = [h for h in holders if path is not None and not still_holds(h)]  # missing, or other content now
         if path is not None and gone:  # moved: the record follows the photo
@@ -246,6 +250,8 @@ class Writer:
             removed, _ = self.store.save_image(key, path, sha256, None, error=exc, file_stat=file_stat)
             self._remove(removed)
         report.record_failure(path, exc, kept=existing is not None and existing.status == DONE)
+        if sha256:
+            self._failed_contents.add(sha256)
         # Files skipped as copies of this one, queued before it failed, are no copies of an
         # indexed photo: they fail as it did (they were left out of ``failures``).
         for copy_key, copy_path, copy_stat in self._copies_coming.pop(sha256, []) if sha256 else []:

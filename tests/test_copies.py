@@ -73,3 +73,26 @@ def test_copies_are_skipped_unread_on_a_rerun_and_read_once_their_photo_is_gone(
     after = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))  # a copy noted unread is read after all
     assert after.done == 1 and len(reads) == 1 and after.failed == 0
     assert_consistent(tmp_path / "db")
+
+
+def test_a_copy_met_long_after_its_broken_twin_failed_fails_too(tmp_path, monkeypatch):
+    """The read-ahead keeps a content as coming after its file failed: a copy met more
+    than a few files later was skipped as a copy of "a photo earlier in this run" and
+    left out of `failures`, with a copy noted of a content never indexed."""
+    import numpy as np
+    from PIL import Image
+
+    from usesearch.indexer import known_images
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):  # distinct photos between the twins, past the read-ahead
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(photos / f"m{i:02}.png")
+    for name in ("a.png", "z.png"):
+        (photos / name).write_bytes(b"garbage, not a picture\n")
+    first = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert (first.done, first.failed, first.copies) == (12, 2, []), first
+    assert sorted(os.path.basename(path) for path, _ in first.failures) == ["a.png", "z.png"]
+    assert_consistent(tmp_path / "db")
