@@ -17,12 +17,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
-from . import faiss_gpu, index_choice, vectors
+from . import catalog, faiss_gpu, index_choice, vectors
 from .records import IndexInfo
 from .store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def wanted_factory(index: vectors.Vectors, info: IndexInfo, db_dir: os.PathLike | str) -> str | None:
@@ -42,7 +45,7 @@ class Build:
 
     def __init__(self, store: Store, info: IndexInfo, factory: str, device: str | None):
         self.factory = factory
-        self.up_to = store.max_segment_id()  # the writer's thread: nothing commits meanwhile
+        self.up_to = _reachable(store.url, store.max_segment_id)  # the writer's thread: nothing commits meanwhile
         self.removed: list[int] = []  # ids removed from the store since ``up_to`` was read
         self.reconcile = False  # a retried write: what it removed is unknown
         self._stop = threading.Event()
@@ -53,12 +56,15 @@ class Build:
         self._thread.start()
 
     def _run(self, url: str, folder: os.PathLike, dim: int, device: str | None, shard_size: int) -> None:
-        try:
+        def build() -> vectors.Vectors:
             store = Store(url, read_only=True, folder=folder)  # the writer's sessions stay its own
             try:
-                self._built = vectors.rebuild(store, dim, self.factory, device, shard_size, self.up_to, self._stop)
+                return vectors.rebuild(store, dim, self.factory, device, shard_size, self.up_to, self._stop)
             finally:
                 store.close()
+
+        try:
+            self._built = _reachable(url, build)  # a server restart: built again, as the writes are retried
         except vectors.BuildStopped:
             pass
         except BaseException as exc:  # raised in the writer's thread, where the rebuild's errors were
@@ -74,19 +80,31 @@ class Build:
             raise self._error
         built = self._built
         assert built is not None  # (set unless stopped, and only ``stop`` stops it)
-        if self.reconcile:
-            vectors.reconcile(built, store)
+        if self.reconcile:  # (again from the start after a server restart: it compares, then adds)
+            _reachable(store.url, lambda: vectors.reconcile(built, store))
             return built
         built.remove(self.removed)
-        since = store.segment_ids_between(self.up_to + 1, 2**62)
-        for ids, batch in store.embeddings(since):
-            built.add(ids, batch)
+        added = self.up_to
+
+        def add_since() -> None:  # after a server restart, from the last id added
+            nonlocal added
+            for ids, batch in store.embeddings(store.segment_ids_between(added + 1, 2**62)):
+                built.add(ids, batch)
+                added = int(ids.max())
+
+        _reachable(store.url, add_since)
         return built
 
     def stop(self) -> None:
         """Let the build go (a run ended early): it stops at its next batch, unjoined (a
         Ctrl-C must not wait for a k-means to end)."""
         self._stop.set()
+
+
+def _reachable(url: str, attempt: Callable[[], T]) -> T:
+    """``attempt`` (reads), tried again while a database server is unreachable, as the
+    writer's writes are (``catalog.while_reachable``); once on SQLite."""
+    return attempt() if url.startswith("sqlite") else catalog.while_reachable(attempt, url)
 
 
 class Growth:

@@ -168,6 +168,40 @@ def test_an_index_on_postgresql_grows_and_shrinks_its_type(tmp_path, pg_url, sma
     ix.close()
 
 
+def test_a_server_restart_while_the_grown_index_is_built_is_waited_out(tmp_path, pg_url, small_growth, monkeypatch):
+    """The build's reads (in its thread, and its catch-up in the writer's) were not
+    retried as the writes are: a PostgreSQL restart during the build ended the run."""
+    from sqlalchemy.exc import OperationalError
+
+    from usesearch.indexer import vectors
+    from usesearch.indexer.store import Store
+
+    real_rebuild, real_between, builds, catch_ups = vectors.rebuild, Store.segment_ids_between, [], []
+    restart = OperationalError("SELECT", {}, Exception("terminating connection due to administrator command"))
+
+    def restarted_once(*args, **kwargs):
+        builds.append(1)
+        if len(builds) == 1:
+            raise restart
+        return real_rebuild(*args, **kwargs)
+
+    def between(self, low, high):
+        if high == 2**62:  # the catch-up's
+            catch_ups.append(1)
+            if len(catch_ups) == 1:
+                raise restart
+        return real_between(self, low, high)
+
+    monkeypatch.setattr(vectors, "rebuild", restarted_once)
+    monkeypatch.setattr(Store, "segment_ids_between", between)
+    photos, db = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee")), tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS, db_url=pg_url, faiss_every_s=0))
+    ix = SegmentIndex.open(db, db_url=pg_url)
+    assert ix.info.factory == "IVF4,Flat" and sorted(ix.index.ids()) == sorted(ix.store.segment_ids())
+    assert len(builds) == 2 and len(catch_ups) == 2
+    ix.close()
+
+
 def test_ctrl_c_while_the_grown_index_is_written_leaves_the_files_the_catalog_names(
     tmp_path, monkeypatch, caplog, small_growth
 ):
