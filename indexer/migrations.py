@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import ColumnDefault, Engine, inspect, literal, text
+from sqlalchemy import BigInteger, ColumnDefault, Engine, Integer, inspect, literal, text
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from usesearch.errors import UsesearchError
@@ -64,6 +64,22 @@ def upgrade(engine: Engine, folder: Path) -> None:
     if "segments" in tables and _has_column(engine, "segments", "embedding"):
         _embeddings_to_files(engine, folder)
     _add_plain_columns(engine)
+    if "segments" in tables and engine.dialect.name == "postgresql":
+        _segment_ids_64bit(engine)
+
+
+def _segment_ids_64bit(engine: Engine) -> None:
+    """PostgreSQL's segment ids made 32-bit by an older usesearch widened to 64: at
+    2**31 ids (never reused) every commit failed ("nextval: reached maximum value")."""
+    column = next(c for c in inspect(engine).get_columns("segments") if c["name"] == "id")
+    if not isinstance(column["type"], Integer) or isinstance(column["type"], BigInteger):
+        return
+    log.warning("widening this catalog's segment ids to 64 bits (once: the segments table is rewritten)")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE segments ALTER COLUMN id TYPE bigint")
+        sequence = conn.exec_driver_sql("SELECT pg_get_serial_sequence('segments', 'id')").scalar()
+        if sequence:
+            conn.exec_driver_sql(f"ALTER SEQUENCE {sequence} AS bigint")
 
 
 def _add_plain_columns(engine: Engine) -> None:

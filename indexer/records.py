@@ -121,7 +121,9 @@ class SegmentRecord(Base):
     # past the last image id, reads a range of it; with an index on the source alone each
     # batch read every annotation (quadratic: 53 s of queries at 160k photos, 0.13 s now).
     __table_args__ = (Index("ix_segments_source_image", "source", "image_id"), {"sqlite_autoincrement": True})
-    id: Mapped[int] = mapped_column(primary_key=True)
+    # 64 bits on PostgreSQL (SQLite's INTEGER is): ids are never reused, and an archive's
+    # runs pass 2**31 of them (10^7 photos, ~100 masks each, indexed again as they change).
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     x: Mapped[int]
     y: Mapped[int]

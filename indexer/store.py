@@ -329,9 +329,8 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
 
     def segment_ids_between(self, low: int, high: int) -> np.ndarray:
         """Committed segment ids in [low, high], through the primary key. A bound past
-        what the id column holds (PostgreSQL's INTEGER) is its end, not the server's
-        "integer out of range" (a growth's catch-up asked for ids up to 2**62)."""
-        most = 2**31 - 1 if self.engine.dialect.name == "postgresql" else 2**63 - 1
+        64 bits is its end, not the database's "integer out of range"."""
+        most = 2**63 - 1
         low, high = max(low, -most), min(high, most)
         if low > high:
             return np.zeros(0, np.int64)

@@ -214,3 +214,36 @@ def test_a_password_is_never_shown_and_a_malformed_url_is_said_so():
     ):
         with pytest.raises(UsesearchError, match=why):
             server_url(url)
+
+
+def test_segment_ids_past_32_bits_on_postgresql_and_an_older_catalog_widened(tmp_path, pg_url):
+    """PostgreSQL held segment ids in 32 bits: ids are never reused, and once an archive's
+    runs had used 2**31 of them every commit failed. New catalogs hold 64-bit ids, and
+    an older one is widened at its first writable open."""
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
+    options = IndexOptions(**OPTS, db_url=pg_url)
+    index_paths([photos], tmp_path / "db", options)
+    engine = create_engine(pg_url)
+
+    def id_type() -> str:
+        with engine.connect() as conn:
+            query = "select data_type from information_schema.columns where table_name='segments' and column_name='id'"
+            return conn.execute(text(query)).scalar()
+
+    try:
+        assert id_type() == "bigint"
+        with engine.begin() as conn:  # as an older usesearch made it, its ids near the end
+            conn.execute(text("alter table segments alter column id type integer"))
+            sequence = conn.execute(text("select pg_get_serial_sequence('segments', 'id')")).scalar()
+            conn.execute(text(f"alter sequence {sequence} as integer restart with {2**31 - 5}"))
+        write_photos(photos, ("coffee", "rocket"))
+        index_paths([photos], tmp_path / "db", options)  # (before: "nextval: reached maximum value")
+        assert id_type() == "bigint"
+        with engine.connect() as conn:
+            assert conn.execute(text("select max(id) from segments")).scalar() > 2**31
+    finally:
+        engine.dispose()
+    assert_consistent(tmp_path / "db", pg_url)
+    ix = SegmentIndex.open(tmp_path / "db", db_url=pg_url)
+    assert max(h.segment_id for h in ix.query("a rocket", 200)) > 2**31
+    ix.close()
