@@ -184,7 +184,9 @@ def test_a_dataset_curated_from_coco_names_its_photos_by_absolute_path(tmp_path,
     assert paths == [str(photos / "coffee.png")] and coco.is_file()
 
 
-@pytest.mark.parametrize("fault", ["photo missing", "size mismatch", "degenerate polygon", "no annotations"])
+@pytest.mark.parametrize(
+    "fault", ["photo missing", "size mismatch", "degenerate polygon", "no annotations", "all broken", "unnamed"]
+)
 def test_eval_parts_refuses_a_faulty_ground_truth_before_the_models(tmp_path, fault):
     """A photo missing at the end of the list threw away every result before it; an
     entry of another size than its photo scored 0 without a word; a polygon pycocotools
@@ -203,6 +205,13 @@ def test_eval_parts_refuses_a_faulty_ground_truth_before_the_models(tmp_path, fa
     elif fault == "degenerate polygon":
         coco["annotations"][0]["segmentation"] = [[1.0, 2.0, float("nan"), 4.0, 5.0, 6.0]]
         why = "annotation fault(s) in"
+    elif fault == "all broken":  # each fault was found, and only "no annotation" said
+        for annotation in coco["annotations"]:
+            del annotation["segmentation"]
+        why = "holds no annotation of its photos ({} fault(s) in it, the first: ".format(len(coco["annotations"]))
+    elif fault == "unnamed":  # "cannot embed an empty text", naming neither the file nor the category
+        coco["categories"][0]["name"] = " "
+        why = "category {} has no name".format(coco["categories"][0]["id"])
     else:  # COCOeval's -1 was reported as "mAP_mask@[0.5:0.95]: -100.00", exit 0
         coco["annotations"] = []
         why = "holds no annotation of its photos: there is nothing to score against"

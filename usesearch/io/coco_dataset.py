@@ -73,6 +73,14 @@ class CocoDataset:
     problems: list[tuple[str | None, int | None, AnnotationError]]
     categories: dict[int, str] = field(default_factory=dict)  # every category, by id (with none annotated too)
 
+    def first_fault(self) -> str:
+        """How many faults the file has and the first, in one line ("" when none)."""
+        if not self.problems:
+            return ""
+        name, ann, error = self.problems[0]
+        where = f"{name or self.path.name}{f' annotation {ann}' if ann is not None else ''}"
+        return f"{len(self.problems)} fault(s) in it, the first: {where}: {error}"
+
 
 def read_coco(path: str | os.PathLike) -> CocoDataset:
     """Read and check a COCO annotations file. A file that is not COCO (unreadable,
@@ -190,6 +198,8 @@ def _categories(items: list, problems: list) -> dict[int, str]:
             problems.append(
                 (None, None, AnnotationError(BROKEN_ANNOTATION, f"a category without id and name: {item!r}"[:200]))
             )
+        elif not item["name"].strip():  # (its text would embed as nothing: refused in the model's words)
+            problems.append((None, None, AnnotationError(BROKEN_ANNOTATION, f"category {item['id']} has no name")))
         elif item["id"] in names:
             problems.append((None, None, AnnotationError(DUPLICATE_ID, f"category id {item['id']} repeated")))
         else:

@@ -62,9 +62,11 @@ def audit_coco(
     if len(class_names) < 2:
         raise UsesearchError(
             f"{dataset.path} names {len(class_names)} category: an audit weighs each label against the others"
+            + (f" ({dataset.first_fault()})" if dataset.problems else "")
         )
     if not any(entry.annotations for entry in dataset.images):
-        raise UsesearchError(f"{dataset.path} holds no annotation to audit")
+        why = f" ({dataset.first_fault()})" if dataset.problems else ""
+        raise UsesearchError(f"{dataset.path} holds no annotation to audit{why}")
     problems: list[Problem] = list(dataset.problems)
     rows: list[Suspect] = []
     masked: list[tuple[float, int]] = []  # (margin, -row) of the rows holding a mask: a min-heap, worst first

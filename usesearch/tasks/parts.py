@@ -29,7 +29,8 @@ def check_ground_truth(coco_file: Path, images: Path) -> None:
 
     dataset = read_coco(coco_file)
     if not any(entry.annotations for entry in dataset.images):  # COCOeval's -1 was shown as mAP -100.00
-        raise UsesearchError(f"{coco_file} holds no annotation of its photos: there is nothing to score against")
+        why = f" ({dataset.first_fault()})" if dataset.problems else ""
+        raise UsesearchError(f"{coco_file} holds no annotation of its photos{why}: there is nothing to score against")
     faults = [
         f"{name or coco_file.name}{f' annotation {ann}' if ann is not None else ''}: {error}"
         for name, ann, error in dataset.problems
