@@ -2,6 +2,7 @@
 effort that meets the target: on held-out queries too, overridable, never with the
 calibration of another build, shown by ``info``; an exact index needs none."""
 
+import dataclasses
 import json
 import shutil
 
@@ -211,6 +212,11 @@ def test_calibrate_measures_again_without_a_rebuild_and_says_when_the_machine_wa
     assert runner.invoke(app, ["calibrate", "--db", str(tmp_path / "db")]).exit_code == 0
     kept = SegmentIndex.open(tmp_path / "db").calibration  # what was asked for last is kept
     assert (kept.target, kept.budget_ms) == (0.9, 0) and "busy" not in kept.describe()
+    # An endless budget was saved, and `info --json` printed it as JSON's non-standard Infinity.
+    endless = runner.invoke(app, ["calibrate", "--db", str(tmp_path / "db"), "--latency-budget", "inf"])
+    assert endless.exit_code == 2 and "--latency-budget" in endless.output
+    assert SegmentIndex.open(tmp_path / "db").calibration.budget_ms == 0
+    assert "within 0.0001 ms" in dataclasses.replace(kept, budget_ms=1e-4, met=False).describe()  # (was "within 0 ms")
     refused = runner.invoke(app, ["calibrate", "--db", str(tmp_path / "flat")])
     assert refused.exit_code != 0 and "exact index" in refused.output and "Traceback" not in refused.output
     reindex(tmp_path / "flat", factory="HNSW32")  # approximate, but no IVF: said as such, not as exact
