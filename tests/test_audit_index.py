@@ -476,3 +476,23 @@ def test_an_index_changed_during_the_audit_gives_no_lists(db, monkeypatch, step)
 def test_a_pair_found_from_both_sides_is_kept_once_at_its_best_cosine():
     pairs = np.array([[1, 9, 0.98], [2, 5, 0.99], [1, 9, 0.985], [1, 8, 0.97]])
     assert leaks.unique_pairs(pairs).tolist() == [[1, 8, 0.97], [1, 9, 0.985], [2, 5, 0.99]]
+
+
+def test_lists_of_another_shape_are_said_with_the_command_that_writes_them_again(db):
+    """A lists.json edited by hand or written by another version: the audit view's API
+    answered 500 with a traceback in the log (or 400, blaming the client, for bad JSON)."""
+    from fastapi.testclient import TestClient
+
+    from usesearch.indexer.web import create_app
+
+    audit_index(db, config=AuditConfig(keep=3))
+    index = SegmentIndex.open(db)
+    client = TestClient(create_app(index), raise_server_exceptions=False)
+    assert client.get("/api/audit").status_code == 200 and client.get("/api/audit/swapped").status_code == 200
+    lists = db / "audit" / "lists.json"
+    for damaged in ("[]", '{"lists": {}}', '{"bad":', json.dumps({"classes": [], "splits": [], "lists": {}})):
+        lists.write_text(damaged)
+        for route in ("/api/audit", "/api/audit/swapped"):
+            answer = client.get(route)
+            assert answer.status_code == 404 and "run `usesearch audit --db" in answer.json()["detail"], answer.text
+    index.close()

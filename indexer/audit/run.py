@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from usesearch.errors import IndexMismatchError, UsesearchError
+from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
 from usesearch.io.atomic import write_atomic
 
 from ..folder import open_store
@@ -359,6 +359,21 @@ def _load(path: Path, identity: str, classes: int, dim: int) -> _State | None:
 
 
 def load_lists(db_dir: str | os.PathLike) -> dict | None:
-    """The lists the last finished audit of this index wrote (None: never audited)."""
+    """The lists the last finished audit of this index wrote (None: never audited). A
+    file of another shape (edited by hand, another version's) is ``NotFoundError``: no
+    lists to show, said with the command that writes them again (it was a 500)."""
     path = Path(db_dir) / FOLDER / RESULT
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        found = json.loads(path.read_text())
+        lists = found["lists"]
+        if not (isinstance(found["classes"], list) and isinstance(found["splits"], list)):
+            raise TypeError("classes and splits are lists")
+        if not all(isinstance(lists[kind], list) and all("item" in i for i in lists[kind]) for kind in LISTS):
+            raise TypeError(f"each of {', '.join(LISTS)} is a list of items")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NotFoundError(
+            f"{path} is not an audit's lists ({type(exc).__name__}: {exc}): run `usesearch audit --db {db_dir}` again"
+        ) from None
+    return found
