@@ -216,6 +216,11 @@ def test_calibrate_measures_again_without_a_rebuild_and_says_when_the_machine_wa
     endless = runner.invoke(app, ["calibrate", "--db", str(tmp_path / "db"), "--latency-budget", "inf"])
     assert endless.exit_code == 2 and "--latency-budget" in endless.output
     assert SegmentIndex.open(tmp_path / "db").calibration.budget_ms == 0
+    saved = json.loads((tmp_path / "db" / calibration.FILE).read_text())  # as an older usesearch saved it
+    (tmp_path / "db" / calibration.FILE).write_text(json.dumps({**saved, "budget_ms": float("inf")}))
+    assert SegmentIndex.open(tmp_path / "db").calibration.budget_ms == 0  # shown as none
+    assert runner.invoke(app, ["calibrate", "--db", str(tmp_path / "db")]).exit_code == 0
+    assert calibration.stored(tmp_path / "db") == (0.9, 0)  # and saved as none, not kept as inf
     assert "within 0.0001 ms" in dataclasses.replace(kept, budget_ms=1e-4, met=False).describe()  # (was "within 0 ms")
     refused = runner.invoke(app, ["calibrate", "--db", str(tmp_path / "flat")])
     assert refused.exit_code != 0 and "exact index" in refused.output and "Traceback" not in refused.output

@@ -198,7 +198,9 @@ def test_a_picture_written_anywhere_under_an_indexed_folder_is_refused(tmp_path)
         said = " ".join(result.output.replace("│", " ").split())
         assert result.exit_code == 2 and "lies among indexed photos" in said, (sheet, result.output)
         assert not sheet.exists()
-    for fine in (tmp_path / "sheet.png", db / "sheet.png"):  # beside the archive; in the index's own folder
+    (tmp_path / "outside").mkdir()  # linked from the archive: the walk does not follow a link out of it
+    (photos / "out").symlink_to(tmp_path / "outside", target_is_directory=True)
+    for fine in (tmp_path / "sheet.png", db / "sheet.png", photos / "out" / "sheet.png"):
         result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--show", str(fine)])
         assert result.exit_code == 0 and fine.is_file(), result.output
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,7 @@ FILE = "calibration.json"
 VERSION = 2  # 2: the headline is the typed queries' mean, kinds may be given
 TARGET = 0.95  # recall@K the typed queries must reach on average
 BUDGET_MS = 50.0  # p50 latency a setting may take
+MAX_BUDGET_MS = 60_000.0  # a minute: past it, no budget (``--latency-budget``'s bound)
 REGROWTH = 2  # an index this many times larger (or smaller) than when calibrated is calibrated again
 RERANKS = (1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000, 10000)  # one FAISS search gives every one
 
@@ -144,6 +146,8 @@ def load(folder: Path, index: Vectors) -> Calibration | None:
         found = Calibration(**data) if data.get("version") == VERSION else None
     except (ValueError, TypeError, OSError):
         return None  # unreadable or from another version: as if none
+    if found is not None:
+        found.budget_ms = _budget(found.budget_ms)
     return found if found is not None and found.fingerprint == fingerprint else None
 
 
@@ -163,9 +167,16 @@ def stored(folder: Path) -> tuple[float, float]:
     rebuilds), else (``TARGET``, ``BUDGET_MS``)."""
     try:
         data = json.loads((Path(folder) / FILE).read_text())
-        return float(data["target"]), float(data.get("budget_ms", BUDGET_MS))
+        return float(data["target"]), _budget(float(data.get("budget_ms", BUDGET_MS)))
     except (ValueError, TypeError, KeyError, OSError):
         return TARGET, BUDGET_MS
+
+
+def _budget(saved: float) -> float:
+    """A budget as saved, where an older usesearch saved one past ``MAX_BUDGET_MS`` (inf:
+    then kept by every calibration, and JSON's non-standard Infinity in ``info --json``):
+    none (0) for one past it, the default for NaN."""
+    return saved if 0.0 <= saved <= MAX_BUDGET_MS else (BUDGET_MS if math.isnan(saved) else 0.0)
 
 
 def write(folder: Path, calibration: Calibration) -> None:
@@ -197,8 +208,8 @@ def calibrate(
     instead of the model's vocabulary; ``budget_ms`` 0: no latency budget."""
     if not 0.0 <= target <= 1.0:  # nan too: it would be kept and reused by every later calibration
         raise UsesearchError(f"recall target {target}: a share of the true top {K} found, from 0 to 1")
-    if not budget_ms >= 0.0:
-        raise UsesearchError(f"latency budget {budget_ms} ms: give 0 (none) or more")
+    if not 0.0 <= budget_ms <= MAX_BUDGET_MS:
+        raise UsesearchError(f"latency budget {budget_ms} ms: give 0 (none) to {MAX_BUDGET_MS:.0f}")
     start = time.perf_counter()
     index = ix.index
     ivf = ivf_of(index.index)

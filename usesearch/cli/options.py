@@ -156,7 +156,7 @@ LatencyBudgetOpt = Annotated[
     typer.Option(
         "--latency-budget",
         min=0.0,
-        max=60_000.0,  # a minute: past it no budget (and inf was saved, and printed as JSON's non-standard Infinity)
+        max=60_000.0,  # calibration.MAX_BUDGET_MS (not imported: the CLI's help loads no FAISS)
         help="Median ms a query of a compressed index may take: calibration meets the recall target within it, "
         "else gets the best recall it affords (default: as last asked, else 50; 0: none).",
     ),

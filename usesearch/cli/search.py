@@ -124,13 +124,14 @@ def _refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path
 
 
 def _indexed_folder_holding(index, path: Path) -> str | None:
-    """The folder an ``index`` run walked that holds ``path``, under either's spelling
-    (as given, or its target: photos indexed through a link); None when none does."""
+    """The folder an ``index`` run walked that holds ``path``, None when none does: by
+    the real path (as the walk follows a link to a folder only where its target lies
+    in the walked folder), against each folder's real one among its recorded spellings."""
     import os
 
-    spellings = {os.path.abspath(path), os.path.realpath(path)}
+    real = os.path.realpath(path)
     for folder in map(os.fsdecode, index.store.indexed_folders()):
-        if any(spelled.startswith(folder.rstrip(os.sep) + os.sep) for spelled in spellings):
+        if real.startswith(folder.rstrip(os.sep) + os.sep):
             return folder
     return None
 
