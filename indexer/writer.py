@@ -71,6 +71,8 @@ class Writer:
     def __enter__(self) -> Writer:
         if self.options.factory and self.wanted is not None:  # before a new index's folder is made
             index_kinds.new_index(self.wanted.dim, self.options.factory)  # a ValueError naming what is wrong
+            if not self.db_dir.exists() and self.options.db_url is None:  # surely new (a server's may not be)
+                check_factory(None, self.options.factory, self.wanted, self.db_dir)
         new_folder = not self.db_dir.exists()
         self._lock: AbstractContextManager[None] = writer_lock(self.db_dir)
         self._lock.__enter__()

@@ -127,6 +127,7 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
 
     with pytest.raises(UsesearchError, match="IVF16,Flat must be trained .* reindex --db"):
         index_paths([photos], tmp_path / "ivf", IndexOptions(**{**OPTS, "factory": "IVF16,Flat"}))
+    assert not (tmp_path / "ivf").exists()  # refused before its folder was made
     written.clear()
     assert index_paths([photos], tmp_path / "ivf", IndexOptions(**OPTS, faiss_every_s=0)).done == 4  # usable
     # Grown at a periodic write during the run, not only at its end (a long first run
