@@ -140,7 +140,7 @@ def index(
                 labels = index_coco(folders, coco, db, labelled_options, split, progress)
             reports["annotations"] = labels
             bar.close()
-            _print_labelled(labels, db)
+            _print_labelled(labels, db, db_url)
             if labels.interrupted:
                 raise typer.Exit(130)
             if masker is None:
@@ -184,7 +184,7 @@ def index(
             opts.console.print(
                 f"  {report.failed_before} of those skipped failed in an earlier run, their content unchanged, "
                 "and were not tried again: "
-                f"`usesearch failures --db {db}` lists them, --retry-failed tries them again"
+                f"`usesearch failures {opts.index_flags(db, db_url)}` lists them, --retry-failed tries them again"
             )
         if report.done and not report.segments:
             random_sam = preset == "tiny" and masker in ("sam", "sam2")
@@ -250,7 +250,7 @@ def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> 
         opts.console.print(
             f"  {'about ' if estimated else ''}{count} indexed photo(s) under these folders are gone "
             f"({one_line(str(gone[0][1]))}: {gone[0][2]}{', ...' if count > 1 else ''}): "
-            f"`usesearch prune --db {db}` or `index --prune` removes them"
+            f"`usesearch prune {opts.index_flags(db, db_url)}` or `index --prune` removes them"
         )
 
 
@@ -264,7 +264,7 @@ def _prune(db: str, folders: list[str | os.PathLike], options) -> None:
     _print_freed(pruned)
 
 
-def _print_labelled(report, db: str) -> None:
+def _print_labelled(report, db: str, db_url: str | None) -> None:
     state = "interrupted; finished work is kept" if report.interrupted else "finished"
     opts.console.print(
         f"{state}: split {report.split!r}: {report.segments} annotations indexed from {report.done} photos, "
@@ -283,7 +283,7 @@ def _print_labelled(report, db: str) -> None:
     for line in report.problems[:10]:
         opts.console.print(f"  problem: {line}")
     if len(report.problems) + len(report.failures) > 10:
-        opts.console.print(f"  (all of them: usesearch failures --db {db})")
+        opts.console.print(f"  (all of them: usesearch failures {opts.index_flags(db, db_url)})")
 
 
 @app.command("prune")

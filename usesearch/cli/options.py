@@ -123,6 +123,18 @@ DbOpt = Annotated[str, typer.Option("--db", help="Index folder (SQLite metadata,
 DbUrlOpt = Annotated[
     Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata instead of SQLite in --db.")
 ]
+
+
+def index_flags(db: str, db_url: str | None) -> str:
+    """``--db DIR`` (and ``--db-url URL``, its password hidden) for a command a message
+    suggests: without the URL, a PostgreSQL index's suggested command was refused."""
+    if db_url is None:
+        return f"--db {db}"
+    from usesearch.indexer.catalog import shown_url
+
+    return f"--db {db} --db-url {shown_url(db_url)}"
+
+
 FactoryOpt = Annotated[
     Optional[str],
     typer.Option(

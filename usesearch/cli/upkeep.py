@@ -39,7 +39,7 @@ def info(
     if stats["embeddings_lost"]:
         opts.console.print(
             f"{sum(stats['embeddings_lost'].values())} segment(s) lost their embedding with a file gone or cut short: "
-            f"`usesearch index PATHS --db {db} --repair` embeds them again",
+            f"`usesearch index PATHS {opts.index_flags(db, db_url)} --repair` embeds them again",
             style="yellow",
         )
 
