@@ -40,14 +40,18 @@ def ray_session(address: str | None = None) -> Iterator[None]:
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(
-            address=None if address in (None, "local") else address,
-            include_dashboard=False,
-            log_to_driver=False,
-            # Ray's own warnings (its token authentication, on by default; progress bars off)
-            # came before the run's every line: the CLI says what a user needs itself.
-            logging_level=logging.ERROR,
-        )
+        try:
+            ray.init(
+                address=None if address in (None, "local") else address,
+                include_dashboard=False,
+                log_to_driver=False,
+                # Ray's own warnings (its token authentication, on by default; progress bars off)
+                # came before the run's every line: the CLI says what a user needs itself.
+                logging_level=logging.ERROR,
+            )
+        except BaseException:  # a Ctrl-C while Ray starts: its half-started session crashed the exit
+            ray.shutdown()
+            raise
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         ray.data.DataContext.get_current().enable_progress_bars = False
     try:

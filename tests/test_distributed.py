@@ -418,3 +418,24 @@ def test_a_ray_rerun_skips_copies_and_failed_files_unread_as_the_sequential_one_
     with Writer(tmp_path / "db", IndexOptions(**OPTS), None) as writer:
         assert distributed._pending(files, writer, IndexOptions(**OPTS), report) == []  # nothing left to hash
         assert (report.skipped, len(files), writer.failed_before, len(writer.copies)) == (4, 4, 1, 1)
+
+
+def test_a_ctrl_c_while_ray_starts_shuts_its_half_started_session_down(monkeypatch):
+    """Ctrl-C landing in ``ray.init`` left Ray's half-started session up, and the
+    interpreter's exit then crashed (a segfault, not exit 130) in some runs."""
+    import ray
+
+    from usesearch.indexer.ray_cluster import ray_session
+
+    shut: list[int] = []
+
+    def interrupted_init(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", interrupted_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: shut.append(1))
+    with pytest.raises(KeyboardInterrupt):
+        with ray_session():
+            pytest.fail("the session must not start")
+    assert shut == [1]
