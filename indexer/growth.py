@@ -17,15 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
-from typing import TypeVar
 
 from . import catalog, faiss_gpu, index_choice, vectors
 from .records import IndexInfo
 from .store import Store
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def wanted_factory(index: vectors.Vectors, info: IndexInfo, db_dir: os.PathLike | str) -> str | None:
@@ -45,7 +42,9 @@ class Build:
 
     def __init__(self, store: Store, info: IndexInfo, factory: str, device: str | None):
         self.factory = factory
-        self.up_to = _reachable(store.url, store.max_segment_id)  # the writer's thread: nothing commits meanwhile
+        self.up_to = catalog.while_reachable(
+            store.max_segment_id, store.url
+        )  # the writer's thread: nothing commits meanwhile
         self.removed: list[int] = []  # ids removed from the store since ``up_to`` was read
         self.reconcile = False  # a retried write: what it removed is unknown
         self._stop = threading.Event()
@@ -64,7 +63,9 @@ class Build:
                 store.close()
 
         try:
-            self._built = _reachable(url, build)  # a server restart: built again, as the writes are retried
+            self._built = catalog.while_reachable(
+                build, url
+            )  # a server restart: built again, as the writes are retried
         except vectors.BuildStopped:
             pass
         except BaseException as exc:  # raised in the writer's thread, where the rebuild's errors were
@@ -81,7 +82,7 @@ class Build:
         built = self._built
         assert built is not None  # (set unless stopped, and only ``stop`` stops it)
         if self.reconcile:  # (again from the start after a server restart: it compares, then adds)
-            _reachable(store.url, lambda: vectors.reconcile(built, store))
+            catalog.while_reachable(lambda: vectors.reconcile(built, store), store.url)
             return built
         built.remove(self.removed)
         added = self.up_to
@@ -92,19 +93,13 @@ class Build:
                 built.add(ids, batch)
                 added = int(ids.max())
 
-        _reachable(store.url, add_since)
+        catalog.while_reachable(add_since, store.url)
         return built
 
     def stop(self) -> None:
         """Let the build go (a run ended early): it stops at its next batch, unjoined (a
         Ctrl-C must not wait for a k-means to end)."""
         self._stop.set()
-
-
-def _reachable(url: str, attempt: Callable[[], T]) -> T:
-    """``attempt`` (reads), tried again while a database server is unreachable, as the
-    writer's writes are (``catalog.while_reachable``); once on SQLite."""
-    return attempt() if url.startswith("sqlite") else catalog.while_reachable(attempt, url)
 
 
 class Growth:

@@ -233,7 +233,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             self._keep_catalog_lock()
             return write()
 
-        return attempt() if self.engine.dialect.name == "sqlite" else while_reachable(attempt, self.url)
+        return while_reachable(attempt, self.url)
 
     def _as_writer(self, statement: Callable[[], T]) -> T:
         """A writer's statement about its FAISS files (generations, checksums) or its
@@ -328,12 +328,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             return np.fromiter(s.scalars(select(SegmentRecord.id)), dtype=np.int64)
 
     def segment_ids_between(self, low: int, high: int) -> np.ndarray:
-        """Committed segment ids in [low, high], through the primary key. A bound past
-        64 bits is its end, not the database's "integer out of range"."""
-        most = 2**63 - 1
-        low, high = max(low, -most), min(high, most)
-        if low > high:
-            return np.zeros(0, np.int64)
+        """Committed segment ids in [low, high], through the primary key."""
         with self.sessions() as s:
             q = (
                 select(SegmentRecord.id)
