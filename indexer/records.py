@@ -209,10 +209,9 @@ class LabelledFile(Base):
 
 
 class IndexedFolder(Base):
-    """A folder an ``index`` run walked, under each spelling (as given, and its real
-    path): a picture a search writes under it (``--show``) would be taken for a photo by
-    the next run over it. A table of its own, so an index made before it still opens
-    read-only."""
+    """A folder an ``index`` run walked, by its real path: a picture a search writes
+    under it (``--show``) would be taken for a photo by the next run over it. A table of
+    its own, so an index made before it still opens read-only."""
 
     __tablename__ = "indexed_folders"
     fs_path: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)

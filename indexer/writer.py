@@ -88,8 +88,7 @@ class Writer:
             if info is None:
                 raise UsesearchError(f"{self.db_dir} holds no index yet")
             self.info = info
-            spellings = (os.path.abspath, os.path.realpath)  # as given (the photos' keys), and its target
-            store.note_folders({os.fsencode(f(p)) for p in self.paths or [] if os.path.isdir(p) for f in spellings})
+            store.note_folders({os.fsencode(os.path.realpath(p)) for p in self.paths or [] if os.path.isdir(p)})
             if self.options.shard_size is not None and self.options.shard_size != info.shard_size:
                 store.set_shard_size(self.options.shard_size)  # the next load lays the shards out anew
                 info.shard_size = self.options.shard_size

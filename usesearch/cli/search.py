@@ -111,10 +111,11 @@ def _refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path
         real = Path(os.path.realpath(path))
         # The index's own files (`--export-coco DIR/segments.sqlite` replaced the catalog);
         # a picture in its folder is left out of every walk, and may go there.
-        if Path(os.path.realpath(index.db_dir)) in real.parents and real.suffix.lower() not in IMAGE_SUFFIXES:
+        in_index_folder = Path(os.path.realpath(index.db_dir)) in real.parents
+        if in_index_folder and real.suffix.lower() not in IMAGE_SUFFIXES:
             raise UsesearchError(f"{flag} {path} lies in the index's folder, among its own files: write elsewhere")
         folders = {real.parent, Path(os.path.abspath(path)).parent}  # as the indexer keys photos, or the target's
-        if real.suffix.lower() in IMAGE_SUFFIXES and Path(os.path.realpath(index.db_dir)) not in real.parents:
+        if real.suffix.lower() in IMAGE_SUFFIXES and not in_index_folder:
             walked = _indexed_folder_holding(index, path)
             if walked or any(_beside_indexed_photos(index, f) for f in folders):
                 raise UsesearchError(
@@ -125,8 +126,8 @@ def _refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path
 
 def _indexed_folder_holding(index, path: Path) -> str | None:
     """The folder an ``index`` run walked that holds ``path``, None when none does: by
-    the real path (as the walk follows a link to a folder only where its target lies
-    in the walked folder), against each folder's real one among its recorded spellings."""
+    real paths (the walk follows a link to a folder only where its target lies in the
+    walked folder)."""
     import os
 
     real = os.path.realpath(path)
