@@ -77,9 +77,13 @@ class CocoDataset:
         """How many faults the file has and the first, in one line ("" when none)."""
         if not self.problems:
             return ""
-        name, ann, error = self.problems[0]
-        where = f"{name or self.path.name}{f' annotation {ann}' if ann is not None else ''}"
-        return f"{len(self.problems)} fault(s) in it, the first: {where}: {error}"
+        return f"{len(self.problems)} fault(s) in it, the first: {fault_line(self.path, *self.problems[0])}"
+
+
+def fault_line(path: Path, name: str | None, ann: int | None, error: AnnotationError) -> str:
+    """One fault of the COCO file at ``path``: its photo's file name (else the file's),
+    the annotation id where it has one, and what is wrong."""
+    return f"{name or path.name}{f' annotation {ann}' if ann is not None else ''}: {error}"
 
 
 def read_coco(path: str | os.PathLike) -> CocoDataset:

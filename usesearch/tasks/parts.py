@@ -24,17 +24,14 @@ def check_ground_truth(coco_file: Path, images: Path) -> None:
     at the end lost every result before it, a wrong size scored 0 without a word, and a
     NaN in a polygon took pycocotools to all the machine's memory, then a crash."""
     from usesearch.errors import ImageReadError, UsesearchError
-    from usesearch.io.coco_dataset import checked_masks, read_coco
+    from usesearch.io.coco_dataset import checked_masks, fault_line, read_coco
     from usesearch.io.images import displayed_size
 
     dataset = read_coco(coco_file)
     if not any(entry.annotations for entry in dataset.images):  # COCOeval's -1 was shown as mAP -100.00
         why = f" ({dataset.first_fault()})" if dataset.problems else ""
         raise UsesearchError(f"{coco_file} holds no annotation of its photos{why}: there is nothing to score against")
-    faults = [
-        f"{name or coco_file.name}{f' annotation {ann}' if ann is not None else ''}: {error}"
-        for name, ann, error in dataset.problems
-    ]
+    faults = [fault_line(coco_file, *problem) for problem in dataset.problems]
     missing = []
     for entry in dataset.images:
         try:
@@ -42,8 +39,7 @@ def check_ground_truth(coco_file: Path, images: Path) -> None:
         except (OSError, ImageReadError):
             missing.append(entry.file_name)
             continue
-        for name, ann, error in checked_masks(entry, hw)[1]:
-            faults.append(f"{name}{f' annotation {ann}' if ann is not None else ''}: {error}")
+        faults += [fault_line(coco_file, *problem) for problem in checked_masks(entry, hw)[1]]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise UsesearchError(f"{len(missing)} photo(s) {coco_file} names are not readable under {images}: {shown}")
