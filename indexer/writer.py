@@ -20,6 +20,7 @@ from usesearch.errors import DiskFullError, UsesearchError, is_disk_full
 
 from . import calibration, faiss_gpu, growth, index_kinds, vector_files, vectors
 from .folder import FAISS_FILE, check_catalog_kind, db_url_for, remove_if_bare, writer_lock
+from .fragments import worker_error
 from .image_writes import PhotoWrite, joined
 from .index_checks import check_factory, check_identity
 from .known_images import KnownImages, still_holds
@@ -258,9 +259,10 @@ class Writer:
         for copy_key, copy_path, copy_stat in self._copies_coming.pop(sha256, []) if sha256 else []:
             self.copies.remove((copy_path, ""))
             self.known.drop_copy(copy_key)
-            self.store.save_image(copy_key, copy_path, sha256, None, error=exc, file_stat=copy_stat)
+            copy_exc = _as_copys(exc, path, copy_path)
+            self.store.save_image(copy_key, copy_path, sha256, None, error=copy_exc, file_stat=copy_stat)
             report.skipped -= 1
-            report.record_failure(copy_path, exc)
+            report.record_failure(copy_path, copy_exc)
 
     def remove_image(self, image_id: int) -> int:
         """Remove an image with its segments (one transaction) and their vectors."""
@@ -372,3 +374,10 @@ def calibrate_index(
     calibration.write(db_dir, measured)
     log.info("%s: calibrated in %.1f s: %s", db_dir, measured.seconds, measured.describe())
     return measured
+
+
+def _as_copys(exc: BaseException, path: str, copy_path: str) -> BaseException:
+    """``path``'s failure as its copy's: same class name, the message naming the copy
+    (a copy's record said "cannot read image <its twin>")."""
+    message = str(exc)
+    return worker_error(f"{type(exc).__name__}: {message.replace(path, copy_path)}") if path in message else exc

@@ -34,9 +34,12 @@ def test_a_copy_of_a_file_that_fails_fails_with_it_and_is_not_read_again(tmp_pat
     first = run([photos], tmp_path / "db", IndexOptions(**OPTS))
     assert (first.done, first.skipped, first.failed, first.copies) == (1, 0, 2, []), first
     assert sorted(os.path.basename(path) for path, _ in first.failures) == ["a.png", "b.png"]
+    # Each failure names its own file: the copy's had named its twin ("cannot read image .../a.png").
+    assert all(path in text and "ImageReadError" in text for path, text in first.failures), first.failures
     store = open_store(tmp_path / "db", read_only=True)
     try:
         assert sorted(os.path.basename(r.path) for r in store.failures()) == ["a.png", "b.png"]
+        assert all(r.path in r.error_message and r.error_class == "ImageReadError" for r in store.failures())
     finally:
         store.close()
     reads: list[str] = []
