@@ -202,6 +202,8 @@ class Writer:
         save = lambda: joined(self.store.save_images(photos))  # noqa: E731
         self.apply(save, np.concatenate(rows) if rows else None, report)
         report.done += len(photos)
+        for photo in photos:  # their copies are copies of an indexed photo now
+            self._copies_coming.pop(photo.sha256 or "", None)
 
     def apply(
         self, write: Callable[[], tuple[list[int], list[int]]], embeddings: np.ndarray | None, report: IndexReport
@@ -263,6 +265,15 @@ class Writer:
             self.store.save_image(copy_key, copy_path, sha256, None, error=copy_exc, file_stat=copy_stat)
             report.skipped -= 1
             report.record_failure(copy_path, copy_exc)
+
+    def _drop_uncommitted_copies(self) -> None:
+        """Copies of a photo this run never committed are no copies of an indexed photo:
+        out of ``copies`` (an interrupted run's summary named them as such; the next
+        run reads them, as ``skip`` finds no photo they copy)."""
+        for pending in self._copies_coming.values():
+            for _, copy_path, _ in pending:
+                self.copies.remove((copy_path, ""))
+        self._copies_coming.clear()
 
     def remove_image(self, image_id: int) -> int:
         """Remove an image with its segments (one transaction) and their vectors."""
@@ -341,6 +352,7 @@ class Writer:
         except KeyboardInterrupt:
             interrupts.handled()
             report.interrupted = True  # finished images are committed; keep them
+            self._drop_uncommitted_copies()
             self.write()
         except Exception as exc:
             if is_disk_full(exc):

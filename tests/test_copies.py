@@ -99,3 +99,29 @@ def test_a_copy_met_long_after_its_broken_twin_failed_fails_too(tmp_path, monkey
     assert (first.done, first.failed, first.copies) == (12, 2, []), first
     assert sorted(os.path.basename(path) for path, _ in first.failures) == ["a.png", "z.png"]
     assert_consistent(tmp_path / "db")
+
+
+def test_an_interrupted_run_does_not_count_copies_of_a_photo_it_never_committed(tmp_path, monkeypatch):
+    """Ray commits a window's photos together: a Ctrl-C at that commit left the copy of
+    an uncommitted photo in the summary as skipped "= a photo earlier in this run"."""
+    pytest.importorskip("ray", reason="the distributed extra is not installed")
+    import shutil
+
+    from usesearch.indexer import known_images
+    from usesearch.indexer.distributed import index_paths_ray
+    from usesearch.indexer.writer import Writer
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    shutil.copy(photos / "coffee.png", photos / "twin.png")
+    seen: list[list[tuple[str, str]]] = []
+
+    def interrupted_commit(self, photos, report):
+        seen.append(list(self.copies))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Writer, "commit", interrupted_commit)
+    report = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), workers=1)
+    assert report.interrupted and report.done == 0
+    assert [[os.path.basename(path) for path, twin in copies if twin == ""] for copies in seen] == [["twin.png"]]
+    assert report.copies == []
