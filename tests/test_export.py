@@ -148,11 +148,12 @@ def indexed(tmp_path):
     return photos, tmp_path / "db"
 
 
-def test_an_output_that_would_replace_a_photo_or_the_other_output_is_refused_first(indexed, tmp_path):
+def test_an_output_that_would_replace_a_photo_or_the_other_output_is_refused_first(indexed, tmp_path, monkeypatch):
     """`--show photos/rocket.png` drew the sheet over the indexed photo, `--show q.png`
     with `similar --image q.png` over the photo searched, and `--show x --export-coco x`
-    left only the JSON."""
+    left only the JSON; `--export-coco -` wrote a file named "-", not standard output."""
     photos, db = indexed
+    monkeypatch.chdir(tmp_path)
     photo = photos / "astronaut.png"
     before = photo.read_bytes()
     runner = CliRunner()
@@ -170,6 +171,7 @@ def test_an_output_that_would_replace_a_photo_or_the_other_output_is_refused_fir
         (["query", "a cat", "--show", str(photos / "sheet.png")], "lies among indexed photos"),
         (["similar", "1", "--show", str(photos / "like.png")], "lies among indexed photos"),
         (["query", "a cat", "--export-coco", str(tmp_path / "keep.png")], "names a picture: name a .json file"),
+        (["query", "a cat", "--export-coco", "-"], "standard output is /dev/stdout"),
     ]
     catalog = (db / "segments.sqlite").read_bytes()
     for args, why in cases:
@@ -179,6 +181,7 @@ def test_an_output_that_would_replace_a_photo_or_the_other_output_is_refused_fir
     assert photo.read_bytes() == before and not list(tmp_path.glob("x.png"))
     assert (db / "segments.sqlite").read_bytes() == catalog and (tmp_path / "keep.png").read_bytes() == before
     assert not list(photos.glob("*.png"))[1:] and not (db / "embeddings" / "notes.json").exists()
+    assert not (tmp_path / "-").exists()
     ok = runner.invoke(app, ["query", "a cat", "--db", str(db), "--show", str(db / "sheet.png")])
     assert ok.exit_code == 0 and (db / "sheet.png").is_file(), ok.output  # a picture in its folder: left out of walks
 

@@ -20,6 +20,8 @@ from usesearch.models.presets import PRESETS
 def writable_file(value: Path | None) -> Path | None:
     """A file to be written: its folder must exist and take writes, checked before any
     work (a model run whose result cannot be written is time lost)."""
+    if value is not None and str(value) == "-":  # a file named "-" is never what was meant
+        raise typer.BadParameter("'-' is not read as standard output here: standard output is /dev/stdout")
     if value is not None and not is_stream(value):  # /dev/stdout: written into, as it is
         if value.is_dir():
             raise typer.BadParameter(f"{value} is a folder: name a file")
