@@ -101,27 +101,31 @@ def test_a_copy_met_long_after_its_broken_twin_failed_fails_too(tmp_path, monkey
     assert_consistent(tmp_path / "db")
 
 
-def test_an_interrupted_run_does_not_count_copies_of_a_photo_it_never_committed(tmp_path, monkeypatch):
-    """Ray commits a window's photos together: a Ctrl-C at that commit left the copy of
-    an uncommitted photo in the summary as skipped "= a photo earlier in this run"."""
-    pytest.importorskip("ray", reason="the distributed extra is not installed")
-    import shutil
+def test_an_interrupted_run_does_not_count_copies_of_a_photo_it_never_committed(tmp_path):
+    """Ray commits a window's photos together: a Ctrl-C before that commit left the copy
+    of an uncommitted photo in the summary as skipped "= a photo earlier in this run".
+    A copy of a photo committed before the Ctrl-C stays one."""
+    import numpy as np
 
-    from usesearch.indexer import known_images
-    from usesearch.indexer.distributed import index_paths_ray
+    from tests.test_store_writes import segments
+    from usesearch.indexer.image_writes import PhotoWrite
+    from usesearch.indexer.options import IndexReport
     from usesearch.indexer.writer import Writer
 
-    monkeypatch.setattr(known_images, "RACY_NS", 0)
     photos = write_photos(tmp_path / "photos", ("coffee",))
-    shutil.copy(photos / "coffee.png", photos / "twin.png")
-    seen: list[list[tuple[str, str]]] = []
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    committed, lost = "c" * 64, "d" * 64
+    with Writer(tmp_path / "db", IndexOptions(**OPTS), None) as writer:
+        for sha, name in ((committed, "c"), (lost, "d")):  # each a copy of one earlier in the run
+            assert writer.skip(f"/x/{name}2.png".encode(), sha, coming={sha}, path=f"/x/{name}2.png")
+        assert writer.copies == [("/x/c2.png", ""), ("/x/d2.png", "")]
+        vectors = np.random.default_rng(0).standard_normal((2, writer.info.dim)).astype(np.float32)
+        report = IndexReport()
+        writer.commit([PhotoWrite(b"/x/c.png", "/x/c.png", committed, (10, 10), segments(2), vectors)], report)
 
-    def interrupted_commit(self, photos, report):
-        seen.append(list(self.copies))
-        raise KeyboardInterrupt
+        def interrupted():
+            raise KeyboardInterrupt
+            yield "never"
 
-    monkeypatch.setattr(Writer, "commit", interrupted_commit)
-    report = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), workers=1)
-    assert report.interrupted and report.done == 0
-    assert [[os.path.basename(path) for path, twin in copies if twin == ""] for copies in seen] == [["twin.png"]]
-    assert report.copies == []
+        writer.run(interrupted(), report, lambda path: None)
+    assert report.interrupted and writer.copies == [("/x/c2.png", "")]
