@@ -21,26 +21,43 @@ def new_index(dim: int, factory: str) -> faiss.Index:
     ivf = ivf_of(index)
     if ivf is not None and ivf.nlist < 1:  # FAISS builds it, and every search then fails (nprobe 0)
         raise ValueError(f"invalid FAISS factory string {given!r}: an IVF needs at least one list")
+    if _has_part(index, faiss.IndexNSG):  # FAISS adds to it once; a small R's first add may never end
+        raise ValueError(f"FAISS factory string {given!r}: an NSG graph cannot grow with the index; use HNSW32")
     if _sparse_graph(index):  # FAISS builds it; adding to it then crashes the process or never ends
-        raise ValueError(f"invalid FAISS factory string {given!r}: a graph (HNSW M, NSG R) needs 2 links or more")
+        raise ValueError(f"invalid FAISS factory string {given!r}: a graph (HNSW M) needs 2 links or more")
+    if ivf is None and not isinstance(faiss.downcast_index(index), faiss.IndexIDMap2):  # ``index_ids`` lists none
+        raise ValueError(
+            f"FAISS factory string {given!r}: an IDMap keeps no list of its ids; leave it out "
+            "(every index but an IVF is wrapped in an IDMap2)"
+        )
     return index
+
+
+def _has_part(index: faiss.Index, kind: type) -> bool:
+    """True where the index, or one inside it, is of ``kind``."""
+    return any(isinstance(part, kind) for part in _parts(index))
+
+
+def _parts(index: faiss.Index) -> list[faiss.Index]:
+    """The index and every index inside it (wrapped, refined, an IVF's quantizer)."""
+    found, todo = [], [index]
+    while todo:
+        part = faiss.downcast_index(todo.pop())
+        found.append(part)
+        todo += [
+            getattr(part, name) for name in ("index", "base_index", "refine_index", "quantizer") if hasattr(part, name)
+        ]
+    return found
 
 
 def _sparse_graph(index: faiss.Index) -> bool:
     """True where the index, or one inside it (an IVF's quantizer among them), is an HNSW
-    or NSG graph of fewer than 2 links a node."""
-    parts = [index]
-    while parts:
-        part = faiss.downcast_index(parts.pop())
+    graph of fewer than 2 links a node."""
+    for part in _parts(index):
         if isinstance(part, faiss.IndexHNSW):
             links = faiss.vector_to_array(part.hnsw.cum_nneighbor_per_level)  # level 0 has 2 M
             if len(links) < 2 or links[1] - links[0] < 4:
                 return True
-        if isinstance(part, faiss.IndexNSG) and part.nsg.R < 2:
-            return True
-        parts += [
-            getattr(part, name) for name in ("index", "base_index", "refine_index", "quantizer") if hasattr(part, name)
-        ]
     return False
 
 

@@ -432,9 +432,15 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
         # An IVF of no list was built and recorded, and every later search failed in FAISS's words.
         (["reindex", "--db", str(db), "--factory", "IVF0,Flat"], "an IVF needs at least one list"),
         # A graph of fewer than 2 links: FAISS built it, and adding to it aborted the process.
-        (["reindex", "--db", str(db), "--factory", "HNSW0"], "'HNSW0': a graph (HNSW M, NSG R) needs 2 links"),
-        (["reindex", "--db", str(db), "--factory", "IVF4_HNSW1,Flat"], "a graph (HNSW M, NSG R) needs 2 links"),
-        (["index", str(photos), "--db", str(new_db), "--preset", "tiny", "--factory", "NSG1"], "needs 2 links"),
+        (["reindex", "--db", str(db), "--factory", "HNSW0"], "'HNSW0': a graph (HNSW M) needs 2 links"),
+        (["reindex", "--db", str(db), "--factory", "IVF4_HNSW1,Flat"], "a graph (HNSW M) needs 2 links"),
+        # An NSG of 2 links: the first add never ended, nor did any command on the folder it left; of more,
+        # the next run's add failed ("NSG does not support incremental addition").
+        (["index", str(photos), "--db", str(new_db), "--preset", "tiny", "--factory", "NSG2"], "cannot grow"),
+        (["reindex", "--db", str(db), "--factory", "NSG32"], "an NSG graph cannot grow with the index"),
+        # An IDMap (not IDMap2) lists no ids: its folder was made, then refused by every later command.
+        (["index", str(photos), "--db", str(new_db), "--preset", "tiny", "--factory", "IDMap,Flat"], "leave it out"),
+        (["reindex", "--db", str(db), "--factory", "IDMap,Flat"], "an IDMap keeps no list of its ids"),
         (["reindex", "--db", str(db), "--shard-size", "99999999999999999999"], "--shard-size"),
     ]
     for args, message in cases:
