@@ -56,13 +56,17 @@ def images_under(store: Store, under: list[str | os.PathLike] | None) -> list[tu
         return [(image_id, fs_path, path) for image_id, fs_path, path in s.execute(query.order_by(ImageRecord.id))]
 
 
-def gone_images(images, failed: Collection[int] = ()) -> list[tuple[int, str, str]]:
+def gone_images(
+    images, failed: Collection[int] = (), kept_failures: Collection[int] = ()
+) -> list[tuple[int, str, str]]:
     """(id, path, why) of the images whose files are gone. A file that ``failed`` (ids)
     to index is gone only when missing: one still there (a FIFO, an unreadable file)
-    fails again at the next run, and removing its record would only repeat it."""
+    fails again at the next run, and removing its record would only repeat it. One of
+    ``kept_failures`` (indexed, then failing at its last read: corrupt, grown past the
+    size limit) is gone too: its segments would answer queries for a photo no one can open."""
     out = []
     for image_id, fs_path, path in images:
-        why = file_gone(bytes(fs_path))
+        why = file_gone(bytes(fs_path)) or ("failing since indexed" if image_id in kept_failures else None)
         if why and (why == "missing" or image_id not in failed):
             out.append((image_id, path, why))
     return out
@@ -114,7 +118,8 @@ def files_gone(
         )
         query = query.order_by(*scattered).limit(most) if estimated else query.order_by(image.id)
         rows = [tuple(row) for row in s.execute(query)]
-    found = gone_images([r for r in rows if r[0] not in failed] if indexed_only else rows, failed)
+    kept = store.kept_failure_ids()
+    found = gone_images([r for r in rows if r[0] not in failed] if indexed_only else rows, failed, kept)
     return Gone(round(len(found) * total / max(1, len(rows))), len(rows), found, estimated)
 
 

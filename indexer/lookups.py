@@ -62,6 +62,14 @@ class SearchLookups:
         with self.sessions() as s:
             return set(s.scalars(select(ImageRecord.id).where(ImageRecord.status == FAILED)))
 
+    def kept_failure_ids(self) -> set[int]:
+        """The images indexed before whose file failed at its last read: their segments are
+        kept with the failure noted (``image_writes.write_photo``), until a read succeeds or
+        ``prune`` removes them."""
+        with self.sessions() as s:
+            kept = (ImageRecord.status == DONE) & ImageRecord.error_class.is_not(None)
+            return set(s.scalars(select(ImageRecord.id).where(kept)))
+
     def segments_now(self) -> tuple[int, int]:
         """(the highest committed segment id, how many are committed), from one statement:
         one snapshot, where two queries would let a commit land between them. Each part

@@ -174,7 +174,7 @@ def prune(
     with Writer(Path(db_dir), options, None) as writer:
         considered = images_under(writer.store, under)
         report.considered = len(considered)
-        gone = gone_images(considered, writer.store.failed_image_ids())
+        gone = gone_images(considered, writer.store.failed_image_ids(), writer.store.kept_failure_ids())
         photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}
         if not force and len(gone) == len(considered) > 0 and not photos_named:  # (named themselves: meant)
             scope = "".join(f" {os.fspath(p)}" for p in under or [])

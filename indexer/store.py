@@ -303,6 +303,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             return {
                 "images_done": by_status.get(DONE, 0),
                 "images_failed": by_status.get(FAILED, 0),
+                "images_failing_kept": len(self.kept_failure_ids()),  # indexed, failing now: `failures` lists them
                 "segments": s.scalar(select(func.count()).select_from(SegmentRecord)) or 0,  # count(*): fast
             }
 
