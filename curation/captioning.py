@@ -57,7 +57,9 @@ class TransformersCaptioner(PretrainedStage):
     def __call__(self, rgb: np.ndarray) -> TextRef:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]}]
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(images=rgb, text=prompt, return_tensors="pt").to(self.device)
+        inputs = self.processor(images=rgb, text=prompt, return_tensors="pt", input_data_format="channels_last").to(
+            self.device
+        )  # said, not guessed: a photo 1 or 3 pixels tall looked channels-first
         with seeded(self.seed):  # sampling, but reproducible per run
             out = self.model.generate(**inputs, **SAMPLING, max_new_tokens=self.max_new_tokens)
         text = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]

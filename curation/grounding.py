@@ -151,7 +151,10 @@ class GroundingDinoGrounder(PretrainedStage):
         expressions = referring_expressions(self.parser(text))
         if not expressions:
             return []
-        inputs = self.processor(images=rgb, text=text, return_tensors="pt").to(self.device)
+        # Said, not guessed: a photo 1 or 3 pixels tall looked channels-first (misread, or failed).
+        inputs = self.processor(images=rgb, text=text, return_tensors="pt", input_data_format="channels_last").to(
+            self.device
+        )
         offsets = self.processor.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
         spans = [None if e <= s or text[s:e] == "." else (s, e) for s, e in offsets]
         outputs = self.model(**inputs)

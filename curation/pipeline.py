@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from usesearch.errors import AnnotationsChangedError, CurationConfigError
+from usesearch.errors import AnnotationsChangedError, CurationConfigError, ImageShapeError
 from usesearch.io.atomic import write_atomic
 from usesearch.io.files import decode, read_bytes
 from usesearch.reports import RunReport
@@ -122,6 +122,7 @@ def curate(
                         progress(report)
                     continue
                 rgb = decode(data, item.path)
+                check_shape(rgb.shape[:2])
                 boxes = list(item.boxes)
                 captions = list(item.captions)
                 if item.mllm_caption and captioner is not None:
@@ -268,3 +269,18 @@ class FailureLog:
         report.problems += len(problems)
         for file_name, annotation, error in problems:
             self.add({"path": file_name or image, "annotation": annotation, "error": f"{error.kind}: {error}"})
+
+
+MIN_SIDE = 16  # px: a grounder shrinks a photo to fit its input, and a thinner side reaches 0 rows
+MAX_ASPECT = 20  # longer side over shorter: past that the grounder's shorter side is a few patches
+
+
+def check_shape(hw: tuple[int, int]) -> None:
+    """A photo the curation models can take, or an ``ImageShapeError`` saying why not (a
+    strip 3 px tall failed deep in the grounder: "selected index k out of range")."""
+    h, w = hw
+    if min(h, w) < MIN_SIDE or max(h, w) > MAX_ASPECT * min(h, w):
+        raise ImageShapeError(
+            f"a photo of {w}x{h} px is too small or too narrow to curate "
+            f"(each side {MIN_SIDE} px or more, at most {MAX_ASPECT}:1)"
+        )

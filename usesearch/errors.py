@@ -62,6 +62,10 @@ class ImageReadError(UsesearchError):
     """A file that is not a readable image; indexers record it and go on."""
 
 
+class ImageShapeError(UsesearchError):
+    """A photo too small or too narrow for the models a command runs on it."""
+
+
 class CocoFileError(UsesearchError):
     """A file given as COCO annotations that is not one (not JSON, or without COCO's
     ``images``, ``annotations`` and ``categories`` lists): refused before anything runs."""
