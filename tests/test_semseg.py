@@ -242,6 +242,12 @@ def test_parts_of_the_same_name_keep_a_score_each(tmp_path):
     ]
     _, per_category = mask_map(gt, results)
     assert sorted(per_category) == ["head [1]", "head [2]"] and set(per_category.values()) == {1.0}
+    # No detection at all: every category still reported, at 0 (it reported none, where one
+    # detection anywhere gave every category its 0.0), and one with no annotation at None.
+    coco["categories"].append({"id": 3, "name": "tail"})
+    coco_json.write_text(json.dumps(coco))
+    overall, none_found = mask_map(COCO(str(coco_json)), [])
+    assert overall == 0.0 and none_found == {"head [1]": 0.0, "head [2]": 0.0, "tail": None}, none_found
 
 
 def test_reduce_zero_label_keeps_the_ignored_value_ignored(tmp_path):

@@ -76,8 +76,10 @@ def mask_map(coco_gt, results: list[dict], image_ids: list[int] | None = None) -
     ``image_ids`` (all: None; an evaluation cut short counts the images it did)."""
     from pycocotools.cocoeval import COCOeval
 
-    if not results:
-        return 0.0, {}
+    if not results:  # COCOeval takes none; each category then scores as it would: 0, or no AP without annotations
+        annotated = {a["category_id"] for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=image_ids or []))}
+        cat_ids = sorted(coco_gt.getCatIds())
+        return 0.0, {key: 0.0 if cat_id in annotated else None for key, cat_id in _category_keys(coco_gt, cat_ids)}
     evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="segm")
     if image_ids is not None:
         evaluator.params.imgIds = list(image_ids)
@@ -86,11 +88,18 @@ def mask_map(coco_gt, results: list[dict], image_ids: list[int] | None = None) -
     evaluator.summarize()
     precision = evaluator.eval["precision"]  # [T, R, K, A, M]
     per_category = {}
-    names = Counter(coco_gt.cats[cat_id]["name"] for cat_id in evaluator.params.catIds)
-    for k, cat_id in enumerate(evaluator.params.catIds):
+    for k, (key, _) in enumerate(_category_keys(coco_gt, evaluator.params.catIds)):
         p = precision[:, :, k, 0, -1]
-        name = coco_gt.cats[cat_id]["name"]
-        key = name if names[name] == 1 else f"{name} [{cat_id}]"  # two "head"s of two supercategories: both kept
         # None (JSON null): a category with no annotation has no AP (NaN is not JSON)
         per_category[key] = float(p[p > -1].mean()) if (p > -1).any() else None
     return float(evaluator.stats[0]), per_category
+
+
+def _category_keys(coco_gt, cat_ids: list[int]) -> list[tuple[str, int]]:
+    """Each category's name as reported, with its id: two "head"s of two supercategories both kept."""
+    names = Counter(coco_gt.cats[cat_id]["name"] for cat_id in cat_ids)
+    keys = []
+    for cat_id in cat_ids:
+        name = coco_gt.cats[cat_id]["name"]
+        keys.append((name if names[name] == 1 else f"{name} [{cat_id}]", cat_id))
+    return keys
