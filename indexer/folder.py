@@ -32,6 +32,14 @@ def db_url_for(db_dir: Path, db_url: str | None) -> str:
     return db_url or f"sqlite:///{db_dir / DB_FILE}"
 
 
+def index_flags(db_dir: str | os.PathLike, db_url: str | None) -> str:
+    """``--db DIR`` (and ``--db-url URL``, its password hidden) for a command a message
+    suggests: without the URL, a PostgreSQL index's suggested command was refused."""
+    if db_url is None or db_url.startswith("sqlite"):
+        return f"--db {os.fspath(db_dir)}"
+    return f"--db {os.fspath(db_dir)} --db-url {shown_url(db_url)}"
+
+
 def check_db_dir(db_dir: str | os.PathLike) -> Path:
     """An index folder argument that can be one: not empty, not an existing file."""
     if not os.fspath(db_dir).strip():

@@ -11,6 +11,7 @@ from usesearch.masks.coco_masker import masks_file_changed, masks_file_unrecorde
 from usesearch.masks.maskers import mask_defining
 
 from . import index_kinds
+from .folder import index_flags
 from .records import NO_MASKER, IndexInfo, info_summary
 from .store import Store
 
@@ -43,7 +44,9 @@ def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
     return existing
 
 
-def check_factory(existing: IndexInfo | None, factory: str, wanted: IndexInfo | None, db_dir: Path) -> None:
+def check_factory(
+    existing: IndexInfo | None, factory: str, wanted: IndexInfo | None, db_dir: Path, db_url: str | None = None
+) -> None:
     """``--factory`` names a new index's type, one it can build from nothing (an IVF would
     be trained on the first photo's few vectors, or fail and leave a folder no run opens);
     on an existing index, the type it has (``reindex --factory`` changes it)."""
@@ -51,12 +54,12 @@ def check_factory(existing: IndexInfo | None, factory: str, wanted: IndexInfo | 
         if existing.factory != factory:
             raise UsesearchError(
                 f"--factory {factory}: this index is {existing.factory} ({existing.index_mode}); "
-                f"`usesearch reindex --db {db_dir} --factory {factory}` changes its type"
+                f"`usesearch reindex {index_flags(db_dir, db_url)} --factory {factory}` changes its type"
             )
         return
     if wanted is not None and not index_kinds.new_index(wanted.dim, factory).is_trained:
         raise UsesearchError(
             f"--factory {factory} must be trained on the vectors it will hold, and a new index has none: "
             f"index without --factory (the index grows into IVF by itself), or then run "
-            f"`usesearch reindex --db {db_dir} --factory {factory}`"
+            f"`usesearch reindex {index_flags(db_dir, db_url)} --factory {factory}`"
         )

@@ -42,7 +42,7 @@ from usesearch.errors import EverythingGoneError, UsesearchError
 from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
-from .folder import DB_FILE, FAISS_FILE, check_db_dir, open_store, writer_lock
+from .folder import DB_FILE, FAISS_FILE, check_db_dir, index_flags, open_store, writer_lock
 from .leftovers import gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_size
 from .records import IndexInfo, SegmentRecord
@@ -180,7 +180,8 @@ def prune(
             scope = "".join(f" {os.fspath(p)}" for p in under or [])
             raise EverythingGoneError(
                 f"all {len(considered)} indexed files{' under' + scope if scope else ''} are gone (is the disk "
-                f"mounted?); nothing was removed. `usesearch prune{scope} --db {db_dir} --force` removes them"
+                f"mounted?); nothing was removed. `usesearch prune{scope} {index_flags(db_dir, options.db_url)} "
+                "--force` removes them"
             )
 
         def removals():

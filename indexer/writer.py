@@ -73,7 +73,7 @@ class Writer:
         if self.options.factory and self.wanted is not None:  # before a new index's folder is made
             index_kinds.new_index(self.wanted.dim, self.options.factory)  # a ValueError naming what is wrong
             if not self.db_dir.exists() and self.options.db_url is None:  # surely new (a server's may not be)
-                check_factory(None, self.options.factory, self.wanted, self.db_dir)
+                check_factory(None, self.options.factory, self.wanted, self.db_dir, self.options.db_url)
         new_folder = not self.db_dir.exists()
         self._lock: AbstractContextManager[None] = writer_lock(self.db_dir)
         self._lock.__enter__()
@@ -84,7 +84,7 @@ class Writer:
             self.known = KnownImages(store)
             store.claim()
             if self.options.factory:
-                check_factory(store.info(), self.options.factory, self.wanted, self.db_dir)
+                check_factory(store.info(), self.options.factory, self.wanted, self.db_dir, self.options.db_url)
             info = check_identity(store, self.wanted) if self.wanted is not None else store.info()
             if info is None:
                 raise UsesearchError(f"{self.db_dir} holds no index yet")

@@ -57,6 +57,11 @@ def test_index_query_and_info_on_postgresql_equal_sqlite(tmp_path, pg_url):
     assert "0 images indexed" in again.output and "5 skipped" in again.output, again.output
     said = " ".join(again.output.split())  # the command suggested runs as printed (it lacked --db-url)
     assert f"`usesearch failures --db {tmp_path / 'pg'} --db-url postgresql" in said, again.output
+    other = runner.invoke(
+        app, ["index", str(photos), "--db", str(tmp_path / "pg"), "--db-url", pg_url, "--factory", "HNSW32"]
+    )
+    said = " ".join(other.output.split())  # so do the writer's refusals (reindex, prune --force, audit)
+    assert other.exit_code == 2 and f"`usesearch reindex --db {tmp_path / 'pg'} --db-url postgresql" in said, said
 
 
 def test_kill_dash_nine_then_resume_on_postgresql_equals_one_clean_run(tmp_path, pg_url):

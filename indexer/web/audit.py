@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from usesearch.errors import NotFoundError
 
 from ..audit import LISTS, load_lists, reviews
+from ..folder import index_flags
 from ..search import SegmentIndex
 
 MAX_PAGE = 96
@@ -27,7 +28,8 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
     def lists() -> dict:
         found = load_lists(index.db_dir)
         if found is None:
-            raise NotFoundError(f"this index has not been audited yet: run `usesearch audit --db {index.db_dir}`")
+            flags = index_flags(index.db_dir, index.store.url)
+            raise NotFoundError(f"this index has not been audited yet: run `usesearch audit {flags}`")
         return found
 
     def kind_of(kind: str) -> str:

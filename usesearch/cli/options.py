@@ -46,6 +46,13 @@ if TYPE_CHECKING:
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 
 
+def index_flags(db: str, db_url: str | None) -> str:
+    """``indexer.folder.index_flags``, imported when a message needs it (not at start-up)."""
+    from usesearch.indexer.folder import index_flags as flags
+
+    return flags(db, db_url)
+
+
 def shared_options(into: str, make: Callable[..., Any]):
     """Give a command options declared once for several commands: the parameters of
     ``make`` (a function or dataclass whose parameters are Typer options). Typer reads
@@ -123,16 +130,6 @@ DbOpt = Annotated[str, typer.Option("--db", help="Index folder (SQLite metadata,
 DbUrlOpt = Annotated[
     Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata instead of SQLite in --db.")
 ]
-
-
-def index_flags(db: str, db_url: str | None) -> str:
-    """``--db DIR`` (and ``--db-url URL``, its password hidden) for a command a message
-    suggests: without the URL, a PostgreSQL index's suggested command was refused."""
-    if db_url is None:
-        return f"--db {db}"
-    from usesearch.indexer.catalog import shown_url
-
-    return f"--db {db} --db-url {shown_url(db_url)}"
 
 
 FactoryOpt = Annotated[
