@@ -143,7 +143,11 @@ def test_upload_route_searches_a_region_and_refuses_bad_uploads(indexed, monkeyp
     )
     assert rle.area(body["region"]["mask"]) == body["region"]["area"]
     assert client.post("/api/region-search?point=40,30", content=b"", headers=auth).status_code == 400
-    assert client.post("/api/region-search?point=40,30", content=b"not an image", headers=auth).status_code == 400
+    garbage = client.post("/api/region-search?point=40,30", content=b"not an image", headers=auth)
+    # It read "cannot read image the uploaded photo: ...".
+    assert garbage.status_code == 400 and garbage.json()["detail"] == (
+        "cannot read image in the upload: not a recognised image format"
+    ), garbage.json()
     assert client.post("/api/region-search?point=4000,30", content=photo, headers=auth).status_code == 400
     nothing = client.post("/api/region-search", content=photo, headers=auth)  # no point or box: said in API terms
     assert nothing.status_code == 400 and "point=X,Y" in nothing.json()["detail"], nothing.text

@@ -224,8 +224,8 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         data: bytes, point: str | None, box: str | None, k: int, filters: SearchFilters, with_masks: bool
     ) -> RegionSearchOut:
         """Decode, region, search and overlay, all under the photo's share of the pixel budget."""
-        with budget.hold(pixel_count(data, "the uploaded photo", DEFAULT_MAX_PIXELS)):
-            rgb = decode(data, "the uploaded photo", DEFAULT_MAX_PIXELS)
+        with budget.hold(pixel_count(data, "in the upload", DEFAULT_MAX_PIXELS)):
+            rgb = decode(data, "in the upload", DEFAULT_MAX_PIXELS)
             picked = index.region(
                 rgb, region_lib.parse_point(point) if point else None, region_lib.parse_box(box) if box else None
             )
