@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -51,6 +51,7 @@ class CurateReport(RunReport):
     pairs: int = 0
     pairs_after_nms: int = 0
     problems: int = 0  # faults in the source's annotations, recorded in failures.jsonl
+    copies: list[tuple[str, str]] = field(default_factory=list)  # (path, the path curated this run with its bytes)
 
 
 def curate(
@@ -116,6 +117,9 @@ def curate(
                     )
                 if writer.is_done(sha256):
                     report.skipped += 1
+                    first = writer.written_now.get(sha256)
+                    if first is not None and first != item.path:  # the same bytes under two names
+                        report.copies.append((item.path, first))
                     problems = []  # counted by the run that curated it
                     failures.clear(item.path)
                     if progress:

@@ -20,8 +20,9 @@ from .dataset import read_records
 
 def find_record(dataset_dir: str | os.PathLike, image: str) -> dict[str, Any]:
     """The photo ``image`` names (its path, the end of its path, its file name or its
-    sha256), with the segments of every source that curated it. A name that fits
-    several photos is refused, naming them."""
+    sha256; else a file whose bytes a curated photo has, as a copy skipped in a run), with
+    the segments of every source that curated it. A name that fits several photos is
+    refused, naming them."""
     tail = "/" + image.lstrip("./")
     found: dict[str, dict[str, Any]] = {}
     for record in read_records(dataset_dir):
@@ -29,6 +30,8 @@ def find_record(dataset_dir: str | os.PathLike, image: str) -> dict[str, Any]:
         if image in (path, record["sha256"], Path(path).name) or path.endswith(tail):
             merged = found.setdefault(record["sha256"], {**record, "segments": []})
             merged["segments"] = merged["segments"] + record["segments"]
+    if not found and not _is_sha256(image) and os.path.isfile(image):  # a copy of a curated photo: by its bytes
+        return find_record(dataset_dir, read_bytes(image)[1])
     if not found:
         raise UsesearchError(
             f"{image!r} is not in the dataset at {dataset_dir} (match by path, end of path, file name or sha256)"
@@ -40,6 +43,10 @@ def find_record(dataset_dir: str | os.PathLike, image: str) -> dict[str, Any]:
             f"{image!r} names {len(paths)} photos: {', '.join(paths[:3])}{more}; give more of its path"
         )
     return next(iter(found.values()))
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def render(record: dict[str, Any], out: str | os.PathLike, alpha: float = 0.45) -> Path:

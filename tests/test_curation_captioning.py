@@ -62,6 +62,8 @@ def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):
         Image.fromarray(getattr(data, name)()[::4, ::4]).save(photos / f"{name}.png")
     # A strip 3 px tall failed deep in the grounder ("selected index k out of range"): said why, in a line.
     Image.fromarray(data.coffee()[:3]).save(photos / "strip.png")
+    # A byte copy was one more "skipped" in a first run, and `curate show` knew it not.
+    (photos / "zcopy.png").write_bytes((photos / "astronaut.png").read_bytes())
     runner = CliRunner()
     args = [
         "curate",
@@ -82,15 +84,16 @@ def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "2 images curated, 0 skipped, 1 failed" in result.output
+    assert "2 images curated, 1 skipped, 1 failed" in result.output
     said = " ".join(result.output.split())
+    assert f"1 skipped as a copy of a photo curated under another path ({photos / 'zcopy.png'} = " in said, said
     assert "strip.png: ImageShapeError: a photo of 600x3 px is too small or too narrow to curate" in said, said
     stats = json.loads(runner.invoke(app, ["curate", "stats", str(tmp_path / "ds"), "--json"]).output)
     assert stats["images"] == 2 and set(stats["pairs_by_source"]) <= {"mllm_caption"}
     captions = (tmp_path / "ds" / "cache" / "captions.jsonl").read_text().splitlines()
     assert len(captions) == 2
     rerun = runner.invoke(app, args)
-    assert "0 images curated, 2 skipped, 1 failed" in rerun.output  # a failure is tried again
+    assert "0 images curated, 3 skipped, 1 failed" in rerun.output  # a failure is tried again
     # With the paper's thresholds the random-weight SAM keeps no mask: said, with the way to a plumbing check.
     strict = runner.invoke(app, [*args[:4], str(tmp_path / "strict"), *args[5:9], "--preset", "tiny"])
     assert strict.exit_code == 0 and "0 after NMS" in strict.output, strict.output
@@ -100,3 +103,5 @@ def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):
     shown = runner.invoke(app, ["curate", "show", str(tmp_path / "ds"), "astronaut.png", "--out", str(png)])
     assert shown.exit_code == 0, shown.output
     assert Image.open(png).size == (128, 128)
+    copy = runner.invoke(app, ["curate", "show", str(tmp_path / "ds"), str(photos / "zcopy.png"), "--out", str(png)])
+    assert copy.exit_code == 0, copy.output  # found by its content: "not in the dataset" before

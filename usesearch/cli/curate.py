@@ -154,6 +154,12 @@ def run(
         f"{report.done} images curated, {report.skipped} skipped, {report.failed} failed: "
         f"{report.pairs} pairs, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
     )
+    if report.copies:
+        path, first = report.copies[0]
+        more = f" and {len(report.copies) - 1} more" if len(report.copies) > 1 else ""
+        opts.console.print(
+            f"  {len(report.copies)} skipped as a copy of a photo curated under another path ({path} = {first}{more})"
+        )
     for image, reason in report.failures[:10]:
         opts.console.print(f"  failed: {image}: {reason}")
     if report.done and not report.pairs_after_nms and kind.prompts_sam:
