@@ -107,7 +107,7 @@ class Calibration:
             f"~{self.p50_ms:.0f} ms (measured at {self.segments} segments"
         )
         busy = f"; timed on a busy machine (load {self.load_per_core:.1f} per core)" * (self.load_per_core >= BUSY)
-        budget = f" within {self.budget_ms:.3g} ms" if self.budget_ms > 0 else ""
+        budget = f" within {self.budget_ms:g} ms" if self.budget_ms > 0 else ""
         if not self.met:
             return line + f"; target {self.target} not met{budget}: the best recall it affords{busy})"
         return line + f"; target {self.target}{budget}{busy})"
