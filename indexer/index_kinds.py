@@ -4,6 +4,8 @@ HNSW graph, the segment ids it holds)."""
 
 from __future__ import annotations
 
+import re
+
 import faiss
 import numpy as np
 
@@ -17,7 +19,7 @@ def new_index(dim: int, factory: str) -> faiss.Index:
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise ValueError(f"invalid FAISS factory string {given!r}: {str(exc).splitlines()[-1]}") from None
+        raise ValueError(f"invalid FAISS factory string {given!r}: {_faiss_words(exc)}") from None
     ivf = ivf_of(index)
     if ivf is not None and ivf.nlist < 1:  # FAISS builds it, and every search then fails (nprobe 0)
         raise ValueError(f"invalid FAISS factory string {given!r}: an IVF needs at least one list")
@@ -31,6 +33,14 @@ def new_index(dim: int, factory: str) -> faiss.Index:
             "(every index but an IVF is wrapped in an IDMap2)"
         )
     return index
+
+
+def _faiss_words(exc: RuntimeError) -> str:
+    """FAISS's reason without its C++ frame ("Error in std::unique_ptr<...> at
+    .../index_factory.cpp:1228: ") or the failed assertion's code."""
+    text = str(exc).strip().splitlines()[-1]
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
+    return re.sub(r"^Error: '.*?' failed: ", "", text)
 
 
 def _has_part(index: faiss.Index, kind: type) -> bool:

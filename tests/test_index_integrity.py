@@ -431,6 +431,9 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
         (["reindex", "--db", str(new_db)], "no index at"),
         # An IVF of no list was built and recorded, and every later search failed in FAISS's words.
         (["reindex", "--db", str(db), "--factory", "IVF0,Flat"], "an IVF needs at least one list"),
+        # FAISS's words without its C++ frame ("Error in std::unique_ptr<faiss::Index> ... index_factory.cpp:1228").
+        (["reindex", "--db", str(db), "--factory", "Flatt"], "invalid FAISS factory string 'Flatt': could not parse"),
+        (["reindex", "--db", str(db), "--factory", "PQ5"], "'PQ5': The dimension of the vector (d) should be a"),
         # A graph of fewer than 2 links: FAISS built it, and adding to it aborted the process.
         (["reindex", "--db", str(db), "--factory", "HNSW0"], "'HNSW0': a graph (HNSW M) needs 2 links"),
         (["reindex", "--db", str(db), "--factory", "IVF4_HNSW1,Flat"], "a graph (HNSW M) needs 2 links"),
