@@ -155,10 +155,10 @@ def run(
         f"{report.pairs} pairs, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
     )
     if report.copies:
-        path, first = report.copies[0]
+        copy, copied = report.copies[0]
         more = f" and {len(report.copies) - 1} more" if len(report.copies) > 1 else ""
         opts.console.print(
-            f"  {len(report.copies)} skipped as a copy of a photo curated under another path ({path} = {first}{more})"
+            f"  {len(report.copies)} skipped as a copy of a photo curated under another path ({copy} = {copied}{more})"
         )
     for image, reason in report.failures[:10]:
         opts.console.print(f"  failed: {image}: {reason}")
