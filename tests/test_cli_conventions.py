@@ -204,6 +204,29 @@ def test_a_command_line_click_cannot_parse_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "option, value, why",
+    [
+        ("--recall-target", "nan", "'nan': give a number from 0 to 1"),
+        ("--recall-target", "1.5", "'1.5': give a number from 0 to 1"),
+        ("--recall-target", "-0.1", "'-0.1': give a number from 0 to 1"),
+        ("--latency-budget", "nan", "'nan': give a number from 0 to 60000"),
+        ("--latency-budget", "inf", "'inf': give a number from 0 to 60000"),
+        ("--latency-budget", "60001", "'60001': give a number from 0 to 60000"),
+        ("--latency-budget", "fast", "'fast': give a number from 0 to 60000"),
+    ],
+)
+def test_a_number_option_refuses_nan_infinity_and_its_range_in_one_line(option, value, why, tmp_path):
+    """Click's range lets nan through; a calibration asked for a nan target or budget
+    would compare nothing and choose at random."""
+    result = CliRunner().invoke(app, ["calibrate", "--db", str(tmp_path / "none"), option, value])
+    assert result.exit_code == 2 and why in result.output, result.output
+    assert not (tmp_path / "none").exists()
+    from usesearch.cli.options import number_from
+
+    assert number_from(0.0, 1.0)("0.5") == 0.5 and number_from(0.0, 1.0)("1") == 1.0
+
+
+@pytest.mark.parametrize(
     "args, why",
     [
         (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/nowhere/x.png"], "does not exist"),

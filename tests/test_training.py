@@ -263,3 +263,30 @@ def test_the_loss_embeds_each_text_with_the_papers_four_templates(synthetic, tmp
     ((texts, templates),) = asked
     assert templates == EXPRESSION_TEMPLATES and len(templates) == 4
     assert sorted(texts) == sorted(set(batch[-1]))
+
+
+@pytest.mark.parametrize(
+    "setting, why",
+    [
+        ({"lr": math.nan}, "lr nan: give a finite number above 0"),
+        ({"lr": math.inf}, "lr inf"),
+        ({"lr": 0.0}, "lr 0.0"),
+        ({"weight_decay": math.nan}, "weight_decay nan"),
+        ({"weight_decay": -0.1}, "weight_decay -0.1"),
+    ],
+)
+def test_a_rate_that_cannot_train_is_refused_before_a_model_loads(setting, why, synthetic, tmp_path, monkeypatch):
+    """A nan learning rate would train nothing and say so only as non-finite losses later."""
+    with pytest.raises(ValueError, match=why):
+        TrainConfig(**setting)
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    monkeypatch.setattr("usesearch.training.train.create_use_and_clip", lambda *a: pytest.fail("a model loaded"))
+    flag, value = next(iter(setting.items()))
+    args = ["train", str(synthetic[1]), "--run-dir", str(tmp_path / "run"), "--preset", "tiny"]
+    result = CliRunner().invoke(app, [*args, f"--{flag.replace('_', '-')}", str(value)])
+    assert result.exit_code == 2 and why in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run" / "log.csv").exists()
+    assert TrainConfig().lr == 1e-3 and TrainConfig(weight_decay=0.0).weight_decay == 0.0

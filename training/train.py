@@ -61,6 +61,14 @@ class TrainConfig:
     keep_checkpoints: int | None = None
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A nan or infinite rate trains nothing and says so only as non-finite losses
+        # many steps later; refused here, before a model loads.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr {self.lr}: give a finite number above 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay {self.weight_decay}: give a finite number, 0 or more")
+
 
 # The settings that fix a run's schedule: a resumed run keeps them.
 SCHEDULE = ("epochs", "batch_images", "lr", "weight_decay", "max_steps", "seed", "crop")

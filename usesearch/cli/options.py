@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,23 @@ def index_flags(db: str, db_url: str | None) -> str:
     from usesearch.indexer.folder import index_flags as flags
 
     return flags(db, db_url)
+
+
+def number_from(low: float, high: float) -> Callable[[str], float]:
+    """A float option's parser: a finite number from ``low`` to ``high``, else one line.
+    Click's range lets ``nan`` through (every comparison with it is false), and a
+    ``parser`` turns Typer's ``min``/``max`` off, so the range is checked here."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise typer.BadParameter(f"{text!r}: give a number from {low:g} to {high:g}")
+        return value
+
+    return parse
 
 
 def shared_options(into: str, make: Callable[..., Any]):
@@ -155,8 +173,8 @@ RecallTargetOpt = Annotated[
     Optional[float],
     typer.Option(
         "--recall-target",
-        min=0.0,
-        max=1.0,
+        parser=number_from(0.0, 1.0),
+        metavar="FLOAT",
         help="Recall@10 a compressed index is calibrated for (default: as last asked, else 0.95); shown by `info`.",
     ),
 ]
@@ -164,8 +182,9 @@ LatencyBudgetOpt = Annotated[
     Optional[float],
     typer.Option(
         "--latency-budget",
-        min=0.0,
-        max=60_000.0,  # calibration.MAX_BUDGET_MS (not imported: the CLI's help loads no FAISS)
+        # 60000: calibration.MAX_BUDGET_MS (not imported: the CLI's help loads no FAISS)
+        parser=number_from(0.0, 60_000.0),
+        metavar="FLOAT",
         help="Median ms a query of a compressed index may take: calibration meets the recall target within it, "
         "else gets the best recall it affords (default: as last asked, else 50; 0: none).",
     ),
