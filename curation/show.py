@@ -31,7 +31,10 @@ def find_record(dataset_dir: str | os.PathLike, image: str) -> dict[str, Any]:
             merged = found.setdefault(record["sha256"], {**record, "segments": []})
             merged["segments"] = merged["segments"] + record["segments"]
     if not found and not _is_sha256(image) and os.path.isfile(image):  # a copy of a curated photo: by its bytes
-        return find_record(dataset_dir, read_bytes(image)[1])
+        try:
+            return find_record(dataset_dir, read_bytes(image)[1])
+        except UsesearchError:
+            pass  # refused below by the name the user gave, not by its file's sha256
     if not found:
         raise UsesearchError(
             f"{image!r} is not in the dataset at {dataset_dir} (match by path, end of path, file name or sha256)"

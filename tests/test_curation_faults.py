@@ -3,6 +3,7 @@ rotated photos, a second source of the same photo, torn caches, changed models o
 settings, and a second writer."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -352,6 +353,11 @@ def test_curate_show_finds_a_photo_by_the_end_of_its_path_and_refuses_an_ambiguo
     both = find_record(tmp_path / "ds", "images/cat.png")  # the end of a path; both sources' segments
     assert sorted(t["text"] for s in both["segments"] for t in s["texts"]) == ["a cat", "a tabby"]
     assert find_record(tmp_path / "ds", "b/cat.png")["segments"] == []
+    # A file on disk that no run curated is refused by the name given, not by its sha256.
+    Image.fromarray(data.coffee()[::8, ::8]).save(tmp_path / "never.png")
+    never = str(tmp_path / "never.png")
+    with pytest.raises(usesearch.UsesearchError, match=f"^'{re.escape(never)}' is not in the dataset at "):
+        find_record(tmp_path / "ds", never)
 
 
 def test_curate_run_interrupted_says_what_is_kept_and_asks_for_captions_before_models(tmp_path, monkeypatch):
