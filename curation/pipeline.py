@@ -126,10 +126,12 @@ def curate(
                         progress(report)
                     continue
                 rgb = decode(data, item.path)
-                check_shape(rgb.shape[:2])
                 boxes = list(item.boxes)
                 captions = list(item.captions)
-                if item.mllm_caption and captioner is not None:
+                captioning = item.mllm_caption and captioner is not None
+                if captioning or captions:  # only the captioner and the grounder shrink a photo to their input
+                    check_shape(rgb.shape[:2])
+                if captioning:
                     key = f"{sha256}:{stage_identity(captioner)}"
                     # Keyed by the captioner's name alone before: such a caption is reused,
                     # not sampled again at an MLLM's cost.

@@ -109,6 +109,22 @@ def _segment(hw, text):
     )
 
 
+def test_a_strip_is_refused_only_where_a_captioner_or_grounder_would_shrink_it(tmp_path):
+    """A 3 px strip failed deep in the grounder; its ground-truth masks need no model
+    that shrinks it, so a source of masks curates it and one of captions refuses it."""
+    Image.fromarray(data.coffee()[:30]).save(tmp_path / "strip.png")
+    masks = ImageItem(path=str(tmp_path / "strip.png"), segments=[_segment((30, 600), "a rim")])
+    report = curate([masks], tmp_path / "ds", source="one")
+    assert report.done == 1 and report.failed == 0
+    Image.fromarray(data.coffee()[:3]).save(tmp_path / "thin.png")
+    thin = ImageItem(path=str(tmp_path / "thin.png"), segments=[_segment((3, 600), "a rim")])
+    assert curate([thin], tmp_path / "ds", source="one").done == 1
+    captioned = ImageItem(path=str(tmp_path / "thin.png"), captions=[TextRef("a cup", "coco", "caption")])
+    refused = curate([captioned], tmp_path / "other", source="two", grounder=lambda rgb, caption: [])
+    assert refused.done == 0 and refused.failed == 1
+    assert "600x3 px is too small or too narrow" in (tmp_path / "other" / "failures.jsonl").read_text()
+
+
 def test_a_second_source_of_the_same_photo_adds_its_pairs(tmp_path, photos):
     item = lambda text: ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), text)])  # noqa: E731
     assert curate([item("a cat")], tmp_path / "ds", source="one").done == 1
