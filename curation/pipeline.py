@@ -128,16 +128,16 @@ def curate(
                 rgb = decode(data, item.path)
                 boxes = list(item.boxes)
                 captions = list(item.captions)
-                captioning = item.mllm_caption and captioner is not None
-                if captioning or captions:  # only the captioner and the grounder shrink a photo to their input
+                captioning = captioner if item.mllm_caption else None
+                if captioning is not None or captions:  # only the captioner and grounder shrink a photo to fit
                     check_shape(rgb.shape[:2])
-                if captioning:
-                    key = f"{sha256}:{stage_identity(captioner)}"
+                if captioning is not None:
+                    key = f"{sha256}:{stage_identity(captioning)}"
                     # Keyed by the captioner's name alone before: such a caption is reused,
                     # not sampled again at an MLLM's cost.
-                    cached = caption_cache.get(key) or caption_cache.get(f"{sha256}:{captioner.name}")
+                    cached = caption_cache.get(key) or caption_cache.get(f"{sha256}:{captioning.name}")
                     if cached is None:
-                        cached = asdict(captioner(rgb))
+                        cached = asdict(captioning(rgb))
                         caption_cache.put(key, cached)
                     captions.append(TextRef(**cached))
                 for caption in captions:
