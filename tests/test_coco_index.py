@@ -721,3 +721,34 @@ def test_reading_a_coco_file_keeps_one_entry_a_photo_and_the_first_of_each_id(tm
         ],
         key=str,
     )
+
+
+def test_a_repeated_entry_giving_its_photo_another_size_adds_no_annotation(tmp_path):
+    """Annotations drawn on another size of the photo would be decoded at the first
+    entry's size and sit off its pixels: left out, said as a size mismatch."""
+    from usesearch.io.coco_dataset import read_coco
+
+    poly = [[1, 1, 5, 1, 5, 5]]
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "height": 8, "width": 8},
+            {"id": 2, "file_name": "a.png", "height": 16, "width": 16},  # the same file at another size
+            {"id": 3, "file_name": "b.png"},  # unsized: the repeat's size is the file's word on it
+            {"id": 4, "file_name": "b.png", "height": 6, "width": 9},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "segmentation": poly},
+            {"id": 11, "image_id": 2, "category_id": 1, "segmentation": poly},
+            {"id": 12, "image_id": 3, "category_id": 1, "segmentation": poly},
+            {"id": 13, "image_id": 4, "category_id": 1, "segmentation": poly},
+        ],
+        "categories": [{"id": 1, "name": "cat"}],
+    }
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(coco))
+    dataset = read_coco(path)
+    kept = [(e.file_name, e.height, e.width, [a.id for a in e.annotations]) for e in dataset.images]
+    assert kept == [("a.png", 8, 8, [10]), ("b.png", 6, 9, [12, 13])]
+    said = {(f, e.kind): str(e) for f, _, e in dataset.problems}
+    assert set(said) == {("a.png", "size mismatch"), ("b.png", "duplicate id")}
+    assert "at 8x8 and 16x16: the annotations of 2 are left out" in said[("a.png", "size mismatch")]

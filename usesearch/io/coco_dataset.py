@@ -177,16 +177,26 @@ def _add_annotation(
 
 def _one_entry_a_photo(entries: Iterable[ImageEntry], problems: list) -> list[ImageEntry]:
     """Entries naming the same file become one (a photo's annotations are all its
-    entries'), each repeat a problem: otherwise each would undo the other's on a re-run."""
+    entries'), each repeat a problem: otherwise each would undo the other's on a re-run.
+    A repeat giving the photo another size adds no annotation (a "size mismatch")."""
     by_file: dict[str, ImageEntry] = {}
     for entry in entries:
         first = by_file.setdefault(os.path.normpath(entry.file_name), entry)
-        if first is not entry:
-            first.annotations += entry.annotations
+        if first is entry:
+            continue
+        if None not in (first.height, entry.height) and (first.height, first.width) != (entry.height, entry.width):
+            # Drawn on another size of the photo: its masks would not sit on its pixels.
             message = (
-                f"image entries {first.id} and {entry.id} name the same file: their annotations are indexed together"
+                f"image entries {first.id} and {entry.id} name the same file at {first.width}x{first.height} "
+                f"and {entry.width}x{entry.height}: the annotations of {entry.id} are left out"
             )
-            problems.append((entry.file_name, None, AnnotationError(DUPLICATE_ID, message)))
+            problems.append((entry.file_name, None, AnnotationError(SIZE_MISMATCH, message)))
+            continue
+        if first.height is None:  # the repeat's size is the one the file gives
+            first.height, first.width = entry.height, entry.width
+        first.annotations += entry.annotations
+        message = f"image entries {first.id} and {entry.id} name the same file: their annotations are indexed together"
+        problems.append((entry.file_name, None, AnnotationError(DUPLICATE_ID, message)))
     return list(by_file.values())
 
 
