@@ -52,6 +52,18 @@ def shown_url(url: str) -> str:
     return parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
 
 
+def url_without_password(url: str) -> str:
+    """The URL for a command a message suggests: its password left out, not masked (a
+    ``***`` would be sent as the password; without one, libpq takes ``PGPASSWORD`` or
+    ``~/.pgpass``)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return "URL"
+    # (``URL.set(password=None)`` keeps the password: None there means "unchanged".)
+    return parsed.difference_update_query(["password"])._replace(password=None).render_as_string(hide_password=False)
+
+
 def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets queries read committed data while the indexer writes.

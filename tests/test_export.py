@@ -74,7 +74,9 @@ def test_a_photo_gone_since_indexing_is_a_grey_tile_and_said(tmp_path):
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)
     assert len(hits) == 2 and "1 photo(s) could not be read or changed, shown grey" in result.stderr
-    assert "coffee.png" in result.stderr and "usesearch prune" in result.stderr
+    said = " ".join(result.stderr.split())  # the commands suggested name the index, as a shell reads them
+    assert "coffee.png" in said and f"`usesearch prune --db {tmp_path / 'db'}` removes them" in said, said
+    assert f"`usesearch index PATHS --db {tmp_path / 'db'}` again" in said
     tiles = np.asarray(Image.open(sheet))
     gone = [i for i, h in enumerate(hits) if h["image"].endswith("coffee.png")][0]
     tile = tiles[20:60, gone * 192 + 20 : gone * 192 + 60]  # inside the grey square, above its text

@@ -2,6 +2,7 @@
 resume after kill -9 and reconciliation as with SQLite, and a server that restarts
 or cannot be reached mid-run is a retry or a one-line error, never half an image."""
 
+import shlex
 import threading
 
 import pytest
@@ -56,12 +57,15 @@ def test_index_query_and_info_on_postgresql_equal_sqlite(tmp_path, pg_url):
     )
     assert "0 images indexed" in again.output and "5 skipped" in again.output, again.output
     said = " ".join(again.output.split())  # the command suggested runs as printed (it lacked --db-url)
-    assert f"`usesearch failures --db {tmp_path / 'pg'} --db-url postgresql" in said, again.output
+    assert f"`usesearch failures --db {tmp_path / 'pg'} --db-url 'postgresql" in said, again.output
+    suggested = shlex.split(said.split("`usesearch ", 1)[1].split("`", 1)[0])
+    listed = runner.invoke(app, suggested)
+    assert suggested[0] == "failures" and listed.exit_code == 0 and "broken.png" in listed.output, listed.output
     other = runner.invoke(
         app, ["index", str(photos), "--db", str(tmp_path / "pg"), "--db-url", pg_url, "--factory", "HNSW32"]
     )
     said = " ".join(other.output.split())  # so do the writer's refusals (reindex, prune --force, audit)
-    assert other.exit_code == 2 and f"`usesearch reindex --db {tmp_path / 'pg'} --db-url postgresql" in said, said
+    assert other.exit_code == 2 and f"`usesearch reindex --db {tmp_path / 'pg'} --db-url 'postgresql" in said, said
 
 
 def test_kill_dash_nine_then_resume_on_postgresql_equals_one_clean_run(tmp_path, pg_url):
@@ -254,3 +258,22 @@ def test_segment_ids_past_32_bits_on_postgresql_and_an_older_catalog_widened(tmp
     ix = SegmentIndex.open(tmp_path / "db", db_url=pg_url)
     assert max(h.segment_id for h in ix.query("a rocket", 200)) > 2**31
     ix.close()
+
+
+def test_a_suggested_command_is_quoted_for_the_shell_and_carries_no_password():
+    """A masked password (``***``) in a suggested command would be sent as the password,
+    and a folder with a space was two arguments."""
+    from sqlalchemy import make_url
+
+    from usesearch.indexer.folder import index_flags
+
+    flags = index_flags(
+        "/data/my index", "postgresql+psycopg://ana:s3cret@db.example/photos?password=x&sslmode=require"
+    )
+    assert "s3cret" not in flags and "***" not in flags and "password" not in flags
+    parsed = shlex.split(flags)
+    assert parsed[:3] == ["--db", "/data/my index", "--db-url"] and len(parsed) == 4
+    url = make_url(parsed[3])
+    assert (url.username, url.password, url.host, url.database) == ("ana", None, "db.example", "photos")
+    assert dict(url.query) == {"sslmode": "require"}
+    assert index_flags("idx", None) == "--db idx" and index_flags("idx", "sqlite:///x") == "--db idx"

@@ -114,5 +114,5 @@ def audit(
         names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
         opts.console.print(
             f"{len(unreadable)} photo(s) could not be read or changed, drawn grey: {names} "
-            "(gone since indexing: `usesearch prune` removes them; changed: `usesearch index` again)"
+            + opts.gone_or_changed(db, db_url)
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +48,20 @@ if TYPE_CHECKING:
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 
 
-def index_flags(db: str, db_url: str | None) -> str:
+def index_flags(db: str | os.PathLike, db_url: str | None) -> str:
     """``indexer.folder.index_flags``, imported when a message needs it (not at start-up)."""
     from usesearch.indexer.folder import index_flags as flags
 
     return flags(db, db_url)
+
+
+def gone_or_changed(db: str | os.PathLike, db_url: str | None) -> str:
+    """What to do about photos that could not be read or changed since indexing, naming
+    the index (``query --show``'s sheet and ``audit``'s draw them grey)."""
+    flags = index_flags(db, db_url)
+    return (
+        f"(gone since indexing: `usesearch prune {flags}` removes them; changed: `usesearch index PATHS {flags}` again)"
+    )
 
 
 def number_from(low: float, high: float) -> Callable[[str], float]:

@@ -66,7 +66,7 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
             names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
             typer.echo(
                 f"{len(unreadable)} photo(s) could not be read or changed, shown grey: {names} "
-                "(gone since indexing: `usesearch prune` removes them; changed: `usesearch index` again)",
+                + opts.gone_or_changed(index.db_dir, index.store.url),
                 err=True,
             )
     folder = index.store.common_folder()
