@@ -87,6 +87,29 @@ def immutable_url(url: str) -> str:
     return f"sqlite:///file:{database}?mode=ro&immutable=1&uri=true"
 
 
+# SQLSTATE of PostgreSQL (appendix A of its manual): a try later may succeed.
+# Serialization, deadlock, resources, memory, connections, lock, cancel (a full disk, 53100, is no load).
+BUSY_SQLSTATES = ("40001", "40P01", "53000", "53200", "53300", "55P03", "57014")
+UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")  # connection; shutdown, crash, starting up
+
+
+def failure_kind(exc: OperationalError) -> str:
+    """What a database's ``OperationalError`` means to a client: ``busy`` (a lock or
+    the server's load: try again soon), ``unreachable`` (no connection: try again
+    later) or ``failed`` (a damaged file, a missing table, a full disk: trying again
+    changes nothing)."""
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        if sqlstate.startswith(BUSY_SQLSTATES):
+            return "busy"
+        return "unreachable" if sqlstate.startswith(UNREACHABLE_SQLSTATES) else "failed"
+    if type(orig).__module__.startswith("psycopg"):  # no SQLSTATE: the server never answered
+        return "unreachable"
+    message = str(orig or exc).lower()
+    return "busy" if "database is locked" in message or "database is busy" in message else "failed"
+
+
 def while_reachable(attempt: Callable[[], T], url: str) -> T:
     """``attempt`` (a write transaction, or reads, on a database server), tried again
     while the server is unreachable (restarting, failing over): 0.5 s, then twice as

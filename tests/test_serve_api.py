@@ -740,3 +740,68 @@ def asgi_post(path: str, query: bytes, headers: list) -> dict:
         "client": ("127.0.0.1", 5000),
         "server": ("testserver", 80),
     }
+
+
+def _real_database_errors(tmp_path) -> dict:
+    """OperationalErrors as SQLAlchemy raises them from real databases: a SQLite file
+    another connection holds locked, a table that does not exist, and a PostgreSQL
+    server that refuses the connection (a closed port on this machine)."""
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    def raised(engine, sql: str) -> OperationalError:
+        with pytest.raises(OperationalError) as caught, engine.connect() as conn:
+            conn.execute(text(sql))
+        engine.dispose()
+        return caught.value
+
+    path = tmp_path / "locked.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("create table t (x)")
+    holder.execute("begin exclusive")
+    try:
+        busy = raised(create_engine(f"sqlite:///{path}", connect_args={"timeout": 0}), "select * from t")
+    finally:
+        holder.close()
+    failed = raised(create_engine(f"sqlite:///{path}"), "select * from no_such_table")
+    refused = "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=5"
+    unreachable = raised(create_engine(refused), "select 1")
+    return {"busy": busy, "failed": failed, "unreachable": unreachable}
+
+
+def test_a_database_error_is_said_as_busy_unreachable_or_failed(served, tmp_path, monkeypatch):
+    """A missing table was "busy; try again" (503): a client retried what no retry
+    mends. Busy and unreachable are 503s with a Retry-After; anything else a 500 whose
+    reason goes to the log, not to the client."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from usesearch.indexer.catalog import failure_kind
+
+    _, index, client = served
+    errors = _real_database_errors(tmp_path)
+    assert {kind: failure_kind(exc) for kind, exc in errors.items()} == {k: k for k in errors}
+    for error, kind in [
+        (psycopg.errors.LockNotAvailable(), "busy"),
+        (psycopg.errors.DeadlockDetected(), "busy"),
+        (psycopg.errors.TooManyConnections(), "busy"),
+        (psycopg.errors.AdminShutdown(), "unreachable"),
+        (psycopg.errors.CannotConnectNow(), "unreachable"),
+        (psycopg.errors.DiskFull(), "failed"),
+        (psycopg.errors.DataCorrupted(), "failed"),
+    ]:
+        assert failure_kind(OperationalError("select 1", {}, error)) == kind, error
+    answers = {"busy": (503, "5", "busy; try again"), "unreachable": (503, "30", "cannot be reached")}
+    answers["failed"] = (500, None, "the index database failed (the server's log says why)")
+    for kind, exc in errors.items():
+
+        def rows(ids, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(index.store, "rows", rows)
+        response = client.get("/api/segments/1")
+        status, retry, detail = answers[kind]
+        assert response.status_code == status and response.headers.get("retry-after") == retry, (kind, response.text)
+        assert detail in response.json()["detail"] and "no_such_table" not in response.text

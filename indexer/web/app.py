@@ -18,10 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 
-from usesearch.errors import ImageGoneError, NotFoundError, ServerBusyError, UsesearchError
+from usesearch.errors import ImageGoneError, NotFoundError, ServerBusyError, UsesearchError, first_line
 from usesearch.io.files import DEFAULT_MAX_PIXELS, decode, pixel_count
 from usesearch.masks import region as region_lib
 
+from ..catalog import failure_kind
 from ..filters import SearchFilters
 from ..hits import Hit
 from ..records import DONE, ImageRecord, SegmentRow
@@ -130,9 +131,18 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         return JSONResponse({"detail": str(exc)}, status_code=410)
 
     @app.exception_handler(OperationalError)
-    async def database_busy(_: Request, exc: OperationalError):
-        log.warning("database: %s", exc)
-        return JSONResponse({"detail": "the index database is busy; try again"}, status_code=503)
+    async def database_error(_: Request, exc: OperationalError):
+        # A missing table or a damaged file was "busy; try again" before: a client
+        # retried what no retry mends. The reason goes to the log, not to the client.
+        kind = failure_kind(exc)
+        log.warning("database %s: %s", kind, first_line(exc.orig or exc))
+        if kind == "busy":
+            detail, retry = "the index database is busy; try again", "5"
+        elif kind == "unreachable":
+            detail, retry = "the index database cannot be reached; try again later", "30"
+        else:
+            return JSONResponse({"detail": "the index database failed (the server's log says why)"}, status_code=500)
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": retry})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError):
