@@ -12,6 +12,9 @@ from typing import NamedTuple
 
 from sqlalchemy import BigInteger, cast, func, literal, or_, select, true
 
+from usesearch.errors import UsesearchError, first_line
+from usesearch.io.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode, read_bytes
+
 from .records import CopyRecord, ImageRecord, SegmentRecord
 from .store import Store
 
@@ -56,17 +59,38 @@ def images_under(store: Store, under: list[str | os.PathLike] | None) -> list[tu
         return [(image_id, fs_path, path) for image_id, fs_path, path in s.execute(query.order_by(ImageRecord.id))]
 
 
+class Limits(NamedTuple):
+    """The reading limits a photo is checked against (``IndexOptions``' own)."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def file_failing(fs_path: bytes, path: str, limits: Limits) -> str | None:
+    """Why a photo indexed, then failing at a re-run, still cannot be read and decoded
+    within ``limits`` (None: it can now, as after a repair or a passing read error)."""
+    try:
+        data, _ = read_bytes(fs_path, limits.max_bytes, name=path)
+        decode(data, path, limits.max_pixels)
+    except (UsesearchError, OSError, ValueError) as exc:
+        return f"failing since indexed ({first_line(exc)})"
+    return None
+
+
 def gone_images(
-    images, failed: Collection[int] = (), kept_failures: Collection[int] = ()
+    images, failed: Collection[int] = (), kept_failures: Collection[int] = (), limits: Limits = Limits()
 ) -> list[tuple[int, str, str]]:
     """(id, path, why) of the images whose files are gone. A file that ``failed`` (ids)
     to index is gone only when missing: one still there (a FIFO, an unreadable file)
     fails again at the next run, and removing its record would only repeat it. One of
     ``kept_failures`` (indexed, then failing at its last read: corrupt, grown past the
-    size limit) is gone too: its segments would answer queries for a photo no one can open."""
+    size limit) is gone too while it still fails to read now (read and decoded here):
+    its segments would answer queries for a photo no one can open."""
     out = []
     for image_id, fs_path, path in images:
-        why = file_gone(bytes(fs_path)) or ("failing since indexed" if image_id in kept_failures else None)
+        why = file_gone(bytes(fs_path))
+        if why is None and image_id in kept_failures:
+            why = file_failing(bytes(fs_path), path, limits)
         if why and (why == "missing" or image_id not in failed):
             out.append((image_id, path, why))
     return out
@@ -95,7 +119,12 @@ class Gone(NamedTuple):
 
 
 def files_gone(
-    store: Store, under: list[str | os.PathLike] | None = None, most: int = GONE_CHECKED, indexed_only: bool = False
+    store: Store,
+    under: list[str | os.PathLike] | None = None,
+    most: int = GONE_CHECKED,
+    indexed_only: bool = False,
+    kept_failures: bool = True,
+    limits: Limits = Limits(),
 ) -> Gone:
     """The images under ``under`` (all: None) whose files are gone: every image up to
     ``most``; past that a sample of ``most``, whose share gone times the count
@@ -103,7 +132,8 @@ def files_gone(
     checks them all). The folders are chosen in SQL (``in_scope``), and the sample is
     the first ``most`` in an order that scatters ids (a multiplicative hash: the same
     sample each time, drawn from every part of the catalog). Failed files are gone only
-    when missing (``gone_images``), or not at all with ``indexed_only``."""
+    when missing (``gone_images``), or not at all with ``indexed_only``; photos failing
+    since indexed count only with ``kept_failures``."""
     failed = store.failed_image_ids()
     image = ImageRecord
     scope = in_scope(under)
@@ -118,8 +148,8 @@ def files_gone(
         )
         query = query.order_by(*scattered).limit(most) if estimated else query.order_by(image.id)
         rows = [tuple(row) for row in s.execute(query)]
-    kept = store.kept_failure_ids()
-    found = gone_images([r for r in rows if r[0] not in failed] if indexed_only else rows, failed, kept)
+    kept = store.kept_failure_ids() if kept_failures else set()
+    found = gone_images([r for r in rows if r[0] not in failed] if indexed_only else rows, failed, kept, limits)
     return Gone(round(len(found) * total / max(1, len(rows))), len(rows), found, estimated)
 
 

@@ -43,7 +43,7 @@ from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE, check_db_dir, index_flags, open_store, writer_lock
-from .leftovers import gone_images, images_under, live_rows, named, stale_copies
+from .leftovers import Limits, gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_size
 from .records import IndexInfo, SegmentRecord
 from .store import Store
@@ -150,6 +150,7 @@ class PruneReport(RunReport):
     copies_forgotten: int = 0  # noted copies (``stale_copies``) no re-run skips by any more
     embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
     fragment_bytes_freed: int = 0  # Ray runs' fragments left over (``fragments.remove_all``)
+    failing_kept: int = 0  # photos failing since indexed, left with their segments (``kept_failures=False``)
     loop_seconds: float = 0.0
     interrupted: bool = False
 
@@ -160,11 +161,15 @@ def prune(
     options: IndexOptions | None = None,
     progress: Callable[[PruneReport, str, int], None] | None = None,
     force: bool = False,
+    kept_failures: bool = True,
 ) -> PruneReport:
     """Remove from the index at ``db_dir`` every image whose file is gone (``under``:
     these photos, or those under these folders; anywhere when None). When every one of
     them is gone, however few, nothing is removed unless ``force``: an unmounted disk
-    must not empty an index (photos named one by one are meant, and go)."""
+    must not empty an index (photos named one by one are meant, and go). A photo indexed,
+    then failing at a re-run, goes while it still fails to read now (within ``options``'
+    limits); with ``kept_failures=False`` (``index --prune``, right after the run that
+    kept its segments) it stays, counted in ``failing_kept``."""
     options = options or IndexOptions()
     db_dir = check_db_dir(db_dir)
     if options.db_url is None and not (db_dir / DB_FILE).is_file():  # before the lock makes the folder
@@ -174,7 +179,12 @@ def prune(
     with Writer(Path(db_dir), options, None) as writer:
         considered = images_under(writer.store, under)
         report.considered = len(considered)
-        gone = gone_images(considered, writer.store.failed_image_ids(), writer.store.kept_failure_ids())
+        failing = writer.store.kept_failure_ids()
+        limits = Limits(options.max_bytes, options.max_pixels)
+        gone = gone_images(considered, writer.store.failed_image_ids(), failing if kept_failures else set(), limits)
+        if not kept_failures:
+            removed = {image_id for image_id, _, _ in gone}
+            report.failing_kept = sum(1 for image_id, _, _ in considered if image_id in failing - removed)
         photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}
         if not force and len(gone) == len(considered) > 0 and not photos_named:  # (named themselves: meant)
             scope = "".join(f" {os.fspath(p)}" for p in under or [])

@@ -349,3 +349,30 @@ def test_info_counts_the_fragments_ray_runs_cut_short_left_and_prune_removes_the
     assert result.exit_code == 0 and "fragments of Ray runs cut short" in result.output, result.output
     assert not list((db / FRAGMENTS).iterdir())
     assert json.loads(runner.invoke(app, ["info", "--db", str(db), "--json"]).output)["bytes_fragments"] == 0
+
+
+def test_a_photo_failing_since_indexed_is_pruned_only_while_it_still_fails(tmp_path):
+    """A photo indexed, then failing at a re-run (corrupt mid-copy, a read error) keeps
+    its segments. `prune` removed it even once it read again; now it reads it first.
+    `index --prune` leaves to `prune` what the same run just kept, and says so."""
+    photos = write_photos(tmp_path / "photos", NAMES)
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(preset="tiny"))  # the CLI's defaults below
+    chelsea, coffee = photos / "sub" / "chelsea.png", photos / "coffee.png"
+    saved = chelsea.read_bytes()
+    for photo in (chelsea, coffee):
+        photo.write_bytes(b"garbage, not a picture any more\n")
+    runner = CliRunner()
+    args = ["index", str(photos), "--db", str(db), "--preset", "tiny"]
+    rerun = runner.invoke(app, [*args, "--prune"])
+    said = " ".join(rerun.output.split())
+    assert rerun.exit_code == 0 and "pruned 0 images" in said, rerun.output
+    assert f"2 photo(s) indexed before fail to read now and keep their segments: `usesearch prune --db {db}`" in said
+    assert "under these folders are gone" not in said, said  # the run's gone-line counts no photo it just kept
+    before = segment_table(db)
+    chelsea.write_bytes(saved)  # repaired, not yet indexed again: it reads, so it stays
+    result = runner.invoke(app, ["prune", "--db", str(db)])
+    assert result.exit_code == 0 and "1 images removed" in result.output, result.output
+    kept = {os.path.basename(r[0]) for r in segment_table(db)}
+    assert "chelsea.png" in kept and "coffee.png" not in kept and len(segment_table(db)) < len(before)
+    assert_consistent(db)

@@ -243,7 +243,8 @@ def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> 
 
     store = open_store(Path(db), db_url, read_only=True)
     try:
-        count, _, gone, estimated = files_gone(store, folders, indexed_only=True)  # failed: never indexed
+        # Failed: never indexed; failing since indexed: kept by this run, said in its summary.
+        count, _, gone, estimated = files_gone(store, folders, indexed_only=True, kept_failures=False)
     finally:
         store.close()
     if gone:
@@ -257,10 +258,16 @@ def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> 
 def _prune(db: str, folders: list[str | os.PathLike], options) -> None:
     from usesearch.indexer.maintenance import prune
 
-    pruned = prune(db, folders, options)
+    pruned = prune(db, folders, options, kept_failures=False)  # this run kept them: said, not undone
     opts.console.print(
         f"pruned {pruned.images_removed} images whose files are gone ({pruned.segments_removed} segments)"
     )
+    if pruned.failing_kept:
+        flags = opts.index_flags(db, options.db_url)
+        opts.console.print(
+            f"{pruned.failing_kept} photo(s) indexed before fail to read now and keep their segments: "
+            f"`usesearch prune {flags}` removes those still failing"
+        )
     _print_freed(pruned)
 
 
@@ -299,7 +306,8 @@ def prune_cmd(
         bool, typer.Option("--force", help="Remove them even when every file is gone (an unmounted disk?).")
     ] = False,
 ) -> None:
-    """Remove images whose files are gone or unreadable since indexing, with their segments and vectors;
+    """Remove images whose files are gone or unreadable since indexing (a photo failing since indexed: while it
+    still fails to read), with their segments and vectors;
     then give back the disk their embedding rows (and those of re-indexed photos) took."""
     from usesearch.indexer import IndexOptions
     from usesearch.indexer.maintenance import prune
