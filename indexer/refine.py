@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from usesearch.errors import UsesearchError, first_line
+from usesearch.errors import ClientGoneError, UsesearchError, first_line
 from usesearch.io.files import decode, pixel_count, read_bytes
 from usesearch.masks import rle
 
@@ -131,9 +131,16 @@ class Refiner:
         return hits
 
     def search(
-        self, text: str, k: int = 10, filters: SearchFilters | None = None, top: int | None = None
+        self,
+        text: str,
+        k: int = 10,
+        filters: SearchFilters | None = None,
+        top: int | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> tuple[list[RefinedHit], RefineReport]:
-        """``query`` with its report returned (for callers in several threads)."""
+        """``query`` with its report returned (for callers in several threads). ``gone()``
+        is asked before each batch of SAM 3: true (a web client went away), the search
+        stops with ``ClientGoneError`` instead of spending minutes on an answer no one reads."""
         k = check_k(k)
         top = self.options.top if top is None else replace(self.options, top=top).top  # checked as the options are
         filters = filters or SearchFilters()
@@ -150,7 +157,7 @@ class Refiner:
             phrase = time.perf_counter()
             encoded = self.sam3.encode_text(text)
             report.ms["text"] = _ms(phrase)
-            for group in self._groups(photos, report):  # one batch of image features alive at a time
+            for group in self._groups(photos, report, gone or (lambda: False)):  # one batch alive at a time
                 found += self._segment(group, encoded, vector)
                 del group  # before the next batch's features are made
         report.ms["sam3"] = _ms(phrase)
@@ -159,13 +166,17 @@ class Refiner:
         report.ms["total"] = _ms(started)
         return hits, report
 
-    def _groups(self, photos: list[Hit], report: RefineReport) -> Iterator[list[tuple[int, Hit, list]]]:
+    def _groups(
+        self, photos: list[Hit], report: RefineReport, gone: Callable[[], bool]
+    ) -> Iterator[list[tuple[int, Hit, list]]]:
         """(USE rank, photo, SAM 3 image features) of the photos that can be read, a
         batch of photos at a time: from the cache, else decoded and computed together
         and kept. Only the cache (bounded) and the batch being segmented hold features:
         at ``--refine-top 200`` on a GPU all of them at once would take 11-22 GB."""
         ranked = list(enumerate(photos, 1))
         for start in range(0, len(ranked), self._batch):
+            if gone():
+                raise ClientGoneError(f"the client went away; stopped before photo {start + 1} of {len(ranked)}")
             group = self._ready(ranked[start : start + self._batch], report)
             if group:  # every photo of the batch skipped: nothing to segment
                 yield group

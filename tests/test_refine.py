@@ -445,7 +445,7 @@ def test_refined_web_searches_past_the_few_that_can_wait_are_told_the_server_is_
     release, started = threading.Event(), []
 
     class SlowRefiner:
-        def search(self, text, k, filters, top):
+        def search(self, text, k, filters, top, gone=None):
             started.append(text)
             release.wait(10)
             raise RuntimeError("released")  # (the answer is beside the point)
@@ -458,8 +458,11 @@ def test_refined_web_searches_past_the_few_that_can_wait_are_told_the_server_is_
     ]
     for thread in waiting:
         thread.start()
-    while len(started) < refined_lib.REFINED_AT_ONCE:  # every slot taken
+    for _ in range(1000):  # every slot taken (bounded: a thread that failed must not hang the suite)
+        if len(started) == refined_lib.REFINED_AT_ONCE:
+            break
         threading.Event().wait(0.01)
+    assert len(started) == refined_lib.REFINED_AT_ONCE, started
     with pytest.raises(ServerBusyError, match="refined searches are running or waiting"):
         search.search("a dog", 3, SearchFilters(), 2)
     release.set()
@@ -468,6 +471,67 @@ def test_refined_web_searches_past_the_few_that_can_wait_are_told_the_server_is_
     assert started == ["a cat"] * refined_lib.REFINED_AT_ONCE  # the third never ran
     with pytest.raises(RuntimeError):  # slots given back
         search.search("a dog", 3, SearchFilters(), 2)
+
+
+def test_a_refined_search_stops_before_its_next_sam3_batch_once_its_client_has_gone(index, refiner, monkeypatch):
+    """A refined search runs for minutes on a CPU; a web client that left still had
+    every batch computed for an answer no one would read."""
+    from usesearch.errors import ClientGoneError
+
+    uncached = Refiner(index, RefineOptions(top=3, batch=1, memory_bytes=0), sam3=refiner.sam3)
+    encoded: list[int] = []
+    encode = refiner.sam3.encode_images
+    monkeypatch.setattr(refiner.sam3, "encode_images", lambda rgbs: encoded.append(len(rgbs)) or encode(rgbs))
+    asked: list[int] = []
+
+    def gone() -> bool:
+        asked.append(len(encoded))
+        return len(encoded) >= 1  # the client leaves during the first batch
+
+    with pytest.raises(ClientGoneError, match="the client went away; stopped before photo 2 of 3"):
+        uncached.search("a cat", 10, gone=gone)
+    assert encoded == [1] and asked == [0, 1]
+    hits, report = uncached.search("a cat", 10, gone=lambda: False)  # a client that stays gets its answer
+    assert hits and report.image_steps == 3
+
+
+def test_a_refined_web_search_whose_client_has_left_runs_no_sam3_batch(index, monkeypatch):
+    """Through the app as a server runs it: the route asks the connection between
+    batches; a client already gone costs no SAM 3 batch and gets the access log's 499."""
+    import asyncio
+
+    from usesearch.indexer.web import create_app
+
+    app = create_app(index)
+    encoded: list[int] = []
+    monkeypatch.setattr("usesearch.masks.sam3.Sam3Model.encode_images", lambda self, rgbs: encoded.append(1))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/api/search",
+        "raw_path": b"/api/search",
+        "query_string": b"q=a+cat&refine=sam3&refine_top=2&k=3",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}  # the client has left
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 120))
+    [start] = [m for m in sent if m["type"] == "http.response.start"]
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert start["status"] == 499 and b"the client went away" in body, (start, body)
+    assert encoded == []
 
 
 def test_a_refined_web_search_draws_sam3s_decodes_from_the_servers_pixel_budget(tmp_path, monkeypatch):

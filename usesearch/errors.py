@@ -143,6 +143,10 @@ class ServerBusyError(UsesearchError):
     """The pixel budget stayed full for the whole wait."""
 
 
+class ClientGoneError(UsesearchError):
+    """The client of a long request (a refined search) went away: its work stops."""
+
+
 class StaleFilesError(UsesearchError):
     """The FAISS files do not (yet) match what the database records: a reader that met
     a file its writer has renamed into place and not yet recorded tries again later."""

@@ -18,7 +18,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 
-from usesearch.errors import ImageGoneError, NotFoundError, ServerBusyError, UsesearchError, first_line
+from usesearch.errors import (
+    ClientGoneError,
+    ImageGoneError,
+    NotFoundError,
+    ServerBusyError,
+    UsesearchError,
+    first_line,
+)
 from usesearch.io.files import DEFAULT_MAX_PIXELS, decode, pixel_count
 from usesearch.masks import region as region_lib
 
@@ -30,7 +37,7 @@ from ..search import MAX_QUERY_CHARS, SegmentIndex
 from . import apidoc, render
 from .audit import add_audit_routes
 from .budget import PixelBudget
-from .refined import RefinedSearch
+from .refined import RefinedSearch, client_left
 from .schema import (
     MAX_K,
     Filters,
@@ -126,6 +133,10 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     async def not_found(_: Request, exc: NotFoundError):
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    @app.exception_handler(ClientGoneError)  # no one reads it: the status is for the access log
+    async def client_gone(_: Request, exc: ClientGoneError):
+        return JSONResponse({"detail": str(exc)}, status_code=499)
+
     @app.exception_handler(ImageGoneError)
     async def image_gone(_: Request, exc: ImageGoneError):
         return JSONResponse({"detail": str(exc)}, status_code=410)
@@ -178,6 +189,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     # -- JSON API ------------------------------------------------------------------------
     @app.get("/api/search", response_model=SearchOut, tags=["search"])
     def search_text(
+        request: Request,
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")],
         filters: Filters,
         k: KParam = 24,
@@ -188,7 +200,8 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         """Segments ranked by similarity to a text (prompt-template ensemble, cached per text); with
         ``refine=sam3``, SAM 3's instances of the text in the top ``refine_top`` photos (masks included)."""
         if refine:
-            return refined.search(q, k, filters, refine_top)
+            # Asked between SAM 3's batches: a client gone stops minutes of work at the next one.
+            return refined.search(q, k, filters, refine_top, gone=client_left(request))
         return searched(lambda: index.query(q, k, filters), with_masks, query=q)
 
     @app.get("/api/segments/{segment_id}/similar", response_model=SearchOut, tags=["search"])

@@ -8,6 +8,10 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Callable
+
+import anyio
+from anyio import from_thread
 
 from usesearch.errors import ImageGoneError, ServerBusyError, UsesearchError, first_line
 from usesearch.masks import rle
@@ -20,6 +24,22 @@ from . import render
 from .schema import HitOut, SearchOut, segment_out
 
 TILE = 192
+
+
+LISTEN_S = 0.1  # how long each check between SAM 3's batches listens for the client leaving
+
+
+def client_left(request) -> Callable[[], bool]:
+    """``gone()`` for a refined search, called from the route's worker thread: listens
+    ``LISTEN_S`` for the client's disconnect. (``Request.is_disconnected`` never sees it
+    behind a ``BaseHTTPMiddleware``: its receive is cancelled before the message comes.)"""
+
+    async def left() -> bool:
+        with anyio.move_on_after(LISTEN_S):
+            return (await request.receive())["type"] == "http.disconnect"
+        return False
+
+    return lambda: from_thread.run(left)
 
 
 REFINED_AT_ONCE = 2  # refined searches running or waiting (SAM 3 takes one at a time); more get a 503
@@ -40,7 +60,10 @@ class RefinedSearch:
                 self._refiner = Refiner(self.index, hold=self.images.budget.hold)  # SAM 3's decodes: the same budget
             return self._refiner
 
-    def search(self, text: str, k: int, filters: SearchFilters, top: int) -> SearchOut:
+    def search(
+        self, text: str, k: int, filters: SearchFilters, top: int, gone: Callable[[], bool] | None = None
+    ) -> SearchOut:
+        """``gone()``: whether the client went away (asked between SAM 3's batches)."""
         start = time.perf_counter()
         if not self._slots.acquire(blocking=False):
             raise ServerBusyError(
@@ -48,7 +71,7 @@ class RefinedSearch:
                 "try again shortly, or search without refine"
             )
         try:
-            hits, report = self.refiner().search(text, k, filters, top=top)
+            hits, report = self.refiner().search(text, k, filters, top=top, gone=gone)
         finally:
             self._slots.release()
         out, skipped = [], list(report.skipped)
