@@ -13,8 +13,9 @@ from typing import NamedTuple
 from sqlalchemy import BigInteger, cast, func, literal, or_, select, true
 
 from usesearch.errors import UsesearchError, first_line
-from usesearch.io.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode, read_bytes
+from usesearch.io.files import decode, read_bytes
 
+from .options import IndexOptions
 from .records import CopyRecord, ImageRecord, SegmentRecord
 from .store import Store
 
@@ -59,26 +60,19 @@ def images_under(store: Store, under: list[str | os.PathLike] | None) -> list[tu
         return [(image_id, fs_path, path) for image_id, fs_path, path in s.execute(query.order_by(ImageRecord.id))]
 
 
-class Limits(NamedTuple):
-    """The reading limits a photo is checked against (``IndexOptions``' own)."""
-
-    max_bytes: int = DEFAULT_MAX_BYTES
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-
-def file_failing(fs_path: bytes, path: str, limits: Limits) -> str | None:
+def file_failing(fs_path: bytes, path: str, options: IndexOptions) -> str | None:
     """Why a photo indexed, then failing at a re-run, still cannot be read and decoded
-    within ``limits`` (None: it can now, as after a repair or a passing read error)."""
+    within ``options``' limits (None: it can now, as after a repair or a passing read error)."""
     try:
-        data, _ = read_bytes(fs_path, limits.max_bytes, name=path)
-        decode(data, path, limits.max_pixels)
+        data, _ = read_bytes(fs_path, options.max_bytes, name=path)
+        decode(data, path, options.max_pixels)
     except (UsesearchError, OSError, ValueError) as exc:
         return f"failing since indexed ({first_line(exc)})"
     return None
 
 
 def gone_images(
-    images, failed: Collection[int] = (), kept_failures: Collection[int] = (), limits: Limits = Limits()
+    images, failed: Collection[int] = (), kept_failures: Collection[int] = (), options: IndexOptions | None = None
 ) -> list[tuple[int, str, str]]:
     """(id, path, why) of the images whose files are gone. A file that ``failed`` (ids)
     to index is gone only when missing: one still there (a FIFO, an unreadable file)
@@ -90,7 +84,7 @@ def gone_images(
     for image_id, fs_path, path in images:
         why = file_gone(bytes(fs_path))
         if why is None and image_id in kept_failures:
-            why = file_failing(bytes(fs_path), path, limits)
+            why = file_failing(bytes(fs_path), path, options or IndexOptions())
         if why and (why == "missing" or image_id not in failed):
             out.append((image_id, path, why))
     return out
@@ -124,7 +118,6 @@ def files_gone(
     most: int = GONE_CHECKED,
     indexed_only: bool = False,
     kept_failures: bool = True,
-    limits: Limits = Limits(),
 ) -> Gone:
     """The images under ``under`` (all: None) whose files are gone: every image up to
     ``most``; past that a sample of ``most``, whose share gone times the count
@@ -149,7 +142,7 @@ def files_gone(
         query = query.order_by(*scattered).limit(most) if estimated else query.order_by(image.id)
         rows = [tuple(row) for row in s.execute(query)]
     kept = store.kept_failure_ids() if kept_failures else set()
-    found = gone_images([r for r in rows if r[0] not in failed] if indexed_only else rows, failed, kept, limits)
+    found = gone_images([r for r in rows if r[0] not in failed] if indexed_only else rows, failed, kept)
     return Gone(round(len(found) * total / max(1, len(rows))), len(rows), found, estimated)
 
 

@@ -43,7 +43,7 @@ from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE, check_db_dir, index_flags, open_store, writer_lock
-from .leftovers import Limits, gone_images, images_under, live_rows, named, stale_copies
+from .leftovers import gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_size
 from .records import IndexInfo, SegmentRecord
 from .store import Store
@@ -180,11 +180,9 @@ def prune(
         considered = images_under(writer.store, under)
         report.considered = len(considered)
         failing = writer.store.kept_failure_ids()
-        limits = Limits(options.max_bytes, options.max_pixels)
-        gone = gone_images(considered, writer.store.failed_image_ids(), failing if kept_failures else set(), limits)
-        if not kept_failures:
-            removed = {image_id for image_id, _, _ in gone}
-            report.failing_kept = sum(1 for image_id, _, _ in considered if image_id in failing - removed)
+        gone = gone_images(considered, writer.store.failed_image_ids(), failing if kept_failures else set(), options)
+        if not kept_failures:  # those left to `prune`: still there, said by the caller
+            report.failing_kept = len(failing & {i for i, _, _ in considered} - {i for i, _, _ in gone})
         photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}
         if not force and len(gone) == len(considered) > 0 and not photos_named:  # (named themselves: meant)
             scope = "".join(f" {os.fspath(p)}" for p in under or [])
