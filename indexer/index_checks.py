@@ -8,7 +8,7 @@ from pathlib import Path
 
 from usesearch.errors import IndexMismatchError, UsesearchError
 from usesearch.masks.coco_masker import masks_file_changed, masks_file_unrecorded
-from usesearch.masks.maskers import mask_defining
+from usesearch.masks.settings import mask_defining
 
 from . import index_kinds
 from .folder import index_flags

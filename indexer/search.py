@@ -7,17 +7,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from usesearch.devices import resolve_device
 from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
 from usesearch.io.images import to_rgb_array
-from usesearch.masks import region as region_lib
-from usesearch.models.checkpoint import checkpoint_paths
-from usesearch.models.factory import load_model
-from usesearch.models.model import SegmentEmbedder
 
 from . import calibration, faiss_gpu, index_choice, index_kinds, index_stats, vector_files, vectors
 from .embeddings import top_rows
@@ -32,6 +27,10 @@ from .selection import Selections
 from .store import Store
 from .vectors import ranked
 
+if TYPE_CHECKING:  # the model side loads with the first model (``info``, ``failures``: ~4 s and ~800 MB less)
+    from usesearch.masks import region as region_lib
+    from usesearch.models.model import SegmentEmbedder
+
 MAX_QUERY_CHARS = 1000
 CANDIDATES_MAX = 32_768  # a compressed index's search re-scores at most these (~50 MB of rows at 768-d)
 LOCATIONS = ("catalog", "memory", "background")  # see SegmentIndex.__init__
@@ -39,6 +38,16 @@ MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 FULL_ROWS_UP_TO = 2048  # candidates of a filter checked on them read whole at once; past this, light first
 # A selection this small is scored exactly from the embedding files (~40 ms on 2 cores), not searched:
 SCAN_UP_TO = 150_000  # on a compressed index an IVF's probed lists hold few of a narrow selection's best segments
+
+
+def _checked_device(device: str | None):
+    """An explicit ``--device`` resolved (refused in one line where this machine lacks
+    it); None for the default, which waits for the first model (importing torch)."""
+    if device is None or device == "auto":
+        return None
+    from usesearch.devices import resolve_device
+
+    return resolve_device(device)
 
 
 class SegmentIndex(Freshness):
@@ -79,7 +88,8 @@ class SegmentIndex(Freshness):
         self._files_seen = self._files_stamp()  # the same for files the writer writes (a regrown index, a calibration)
         self._type_due, self._locations_wanted = time.monotonic() + TYPE_CHECK_S, locations
         self._known_up_to: int | None = None  # the index holds exactly the committed ids up to it (``_catch_up``)
-        self._device, self._faiss_device = resolve_device(device), faiss_device  # every model on one device
+        # Every model on one device, resolved with the first model: an explicit one is checked now.
+        self._device_asked, self._device, self._faiss_device = device, _checked_device(device), faiss_device
         if loaded is not None:
             self.index = loaded
         else:
@@ -117,7 +127,7 @@ class SegmentIndex(Freshness):
         locations: str = "catalog",
     ) -> SegmentIndex:
         db_dir = Path(db_dir).absolute()  # (its catalog's file too: a notebook's %cd must not lose it)
-        resolve_device(device), faiss_gpu.resolve(faiss_device)  # an impossible device is refused before any loading
+        _checked_device(device), faiss_gpu.resolve(faiss_device)  # an impossible device is refused before any loading
         store = open_store(db_dir, db_url, read_only=True)
         return cls(db_dir, store, model, device, faiss_device, locations=locations)
 
@@ -142,6 +152,10 @@ class SegmentIndex(Freshness):
     @property
     def device(self):
         """Where this index's models run (``usesearch.devices``)."""
+        if self._device is None:
+            from usesearch.devices import resolve_device
+
+            self._device = resolve_device(self._device_asked)
         return self._device
 
     @property
@@ -161,12 +175,15 @@ class SegmentIndex(Freshness):
         return model
 
     def _load_model(self, head) -> None:
+        from usesearch.models.checkpoint import checkpoint_paths
+        from usesearch.models.factory import load_model
+
         if head is not None and not all(f.is_file() for f in checkpoint_paths(head)):
             raise NotFoundError(
                 f"this index's head is gone from {head} (moved or deleted since indexing): put it back there; "
                 "a query needs the head the segments were embedded with"
             )
-        self._model = load_model(self.info.preset, embedder=self.info.embedder, head=head, device=self._device)
+        self._model = load_model(self.info.preset, embedder=self.info.embedder, head=head, device=self.device)
 
     def hold_locations(self, background: bool = False) -> None:
         """From now on, look re-scored candidates' rows up in memory (a ``LocationMap``:
@@ -210,6 +227,8 @@ class SegmentIndex(Freshness):
         """The region of ``image`` (any photo: RGB array or PIL) a query by region
         searches for: ``mask`` as given, or SAM's most stable mask for ``point`` (x, y)
         or ``box`` (x, y, w, h), with the SAM of the index's preset."""
+        from usesearch.masks import region as region_lib
+
         rgb = to_rgb_array(image)
         if mask is not None:
             if point is not None or box is not None:
@@ -222,7 +241,7 @@ class SegmentIndex(Freshness):
                 from usesearch.masks.sam import load_sam
 
                 preset = get_preset(self.info.preset)
-                self._sam = load_sam(preset.sam, preset.name, None, self._device)
+                self._sam = load_sam(preset.sam, preset.name, None, self.device)
             return region_lib.prompt(self._sam, rgb, point=point, box=box)
 
     def similar_region(

@@ -489,6 +489,47 @@ def test_the_command_line_starts_without_importing_torch():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
 
 
+def test_commands_that_run_no_model_import_none(tmp_path):
+    """`info`, `failures`, `prune`, `reindex` and `similar SEGMENT_ID` read the catalog and
+    the vectors only: they imported torch, segment_anything and open_clip all the same
+    (~4 s and ~800 MB a call on 2 cores, as much for a typo in --db)."""
+    from tests.helpers import OPTS, write_photos
+    from usesearch.indexer import IndexOptions, index_paths
+
+    index_paths([write_photos(tmp_path / "photos", ("astronaut",))], tmp_path / "db", IndexOptions(**OPTS))
+    commands = [
+        ["info"],
+        ["failures"],
+        ["prune"],
+        ["reindex"],
+        ["similar", "1"],
+        ["query", "a cat", "--db", "/nowhere"],
+    ]
+    code = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from usesearch.cli.app import app\n"
+        "out = []\n"
+        "for args in json.loads(sys.argv[2]):\n"
+        "    args = args if '--db' in args else [*args, '--db', sys.argv[1]]\n"
+        "    done = CliRunner().invoke(app, args)\n"
+        "    heavy = [m for m in ('torch', 'segment_anything', 'open_clip', 'timm') if m in sys.modules]\n"
+        "    out.append([args[0], done.exit_code, heavy])\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "db"), json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ran = json.loads(done.stdout)
+    assert [name for name, _, _ in ran] == [c[0] for c in commands]
+    assert [code for _, code, _ in ran] == [0, 0, 0, 0, 0, 2]  # each ran (the last: no index there)
+    assert all(heavy == [] for _, _, heavy in ran), ran
+
+
 def test_a_ctrl_c_no_command_handled_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     """Ctrl-C before `index` reached its loop exited 130 saying nothing; one that psycopg's
     clean-up replaced by its own error said "database: can't change 'autocommit' now",

@@ -30,12 +30,12 @@ def fake_cuda(monkeypatch, gpus: int = 1) -> None:
 def spy_loaders(monkeypatch, asked: list) -> None:
     """Record the device each model loader is asked for; build the model on the CPU."""
     import usesearch.indexer.pipeline
-    import usesearch.indexer.search
     import usesearch.masks.sam
+    import usesearch.models.factory
 
     for module, name in (
         (usesearch.indexer.pipeline, "load_model"),
-        (usesearch.indexer.search, "load_model"),
+        (usesearch.models.factory, "load_model"),  # a query's, imported where it loads
         (usesearch.masks.sam, "load_sam"),
     ):
         real = getattr(module, name)
@@ -198,7 +198,6 @@ def test_every_command_that_loads_models_asks_for_the_default_device(command, mo
     asked: list = []
     for module, name, at in (
         (usesearch.models.factory, "load_model", "device"),
-        (usesearch.indexer.search, "load_model", "device"),
         (usesearch.masks.maskers, "build_masker", 2),
         (usesearch.masks.sam, "load_sam", 3),
     ):

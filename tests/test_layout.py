@@ -182,3 +182,16 @@ def test_the_readme_layout_names_every_module_where_it_is():
         actual = {f.name for f in files if f.name not in ("__init__.py", "__main__.py")}
         named = set(re.findall(r"`([\w/]+\.py)`", said)) - {"__init__.py"}
         assert named == actual, folder
+
+
+@pytest.mark.parametrize("package", ["usesearch", "usesearch.indexer"])
+def test_every_public_name_of_a_lazy_package_loads(package):
+    """The packages load their public names on first use (PEP 562): each one listed
+    must load, and be the object of the module that defines it."""
+    import importlib
+
+    module = importlib.import_module(package)
+    assert module.__all__
+    for name in module.__all__:
+        value = getattr(module, name)
+        assert getattr(value, "__name__", name) == name or not callable(value), (package, name)

@@ -288,18 +288,18 @@ def test_a_text_query_and_a_region_search_arriving_first_together_load_the_model
     import threading
     import time
 
-    from usesearch.indexer import search as search_module
+    from usesearch.models import factory  # (the index imports its loader where it loads)
 
     root, photos = indexed
     ix = SegmentIndex.open(root / "db")
-    loads, real_load = [], search_module.load_model
+    loads, real_load = [], factory.load_model
 
     def slow_load(*args, **kwargs):
         loads.append(threading.current_thread().name)
         time.sleep(0.5)  # both threads inside before either has a model
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(search_module, "load_model", slow_load)
+    monkeypatch.setattr(factory, "load_model", slow_load)
     rgb = np.asarray(Image.open(photos / "astronaut.png").convert("RGB"))
     threads = [
         threading.Thread(target=ix.query, args=("a cat",), name="text"),

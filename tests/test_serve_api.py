@@ -240,11 +240,11 @@ def test_new_segments_from_a_running_indexer_are_served_without_restart(tmp_path
 
 def test_the_model_loads_once_and_must_match_the_index(served, monkeypatch):
     root, _, _ = served
-    import usesearch.indexer.search as search
+    import usesearch.models.factory as factory  # (the index imports its loader where it loads)
 
     loads = []
-    real = search.load_model
-    monkeypatch.setattr(search, "load_model", lambda *a, **kw: loads.append(a) or real(*a, **kw))
+    real = factory.load_model
+    monkeypatch.setattr(factory, "load_model", lambda *a, **kw: loads.append(a) or real(*a, **kw))
     index = SegmentIndex.open(root / "db")
     client = TestClient(create_app(index))
     assert len(loads) == 1  # at startup, not at the first query

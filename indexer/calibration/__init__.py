@@ -48,7 +48,6 @@ import numpy as np
 
 from usesearch.errors import UsesearchError, first_line
 from usesearch.io.atomic import write_atomic
-from usesearch.models.factory import load_model
 
 from .. import index_choice
 from ..index_kinds import ivf_of
@@ -154,6 +153,8 @@ def load(folder: Path, index: Vectors) -> Calibration | None:
 def model_for(info: IndexInfo):
     """The index's own model for text queries, or None where it does not load here
     (weights not downloaded, a head file moved) or is not the one it was built with."""
+    from usesearch.models.factory import load_model  # here: opening an index for its stats needs no model
+
     try:
         model = load_model(info.preset, embedder=info.embedder, head=info.head, device="cpu")
     except Exception as exc:  # noqa: BLE001 - any reason: calibrate with image queries only

@@ -239,8 +239,6 @@ def similar(
     filters: SearchFilters,
 ) -> None:
     """Segments most like a given one (query by example), or like a region of any photo."""
-    from usesearch.masks import region as region_lib
-
     if segment_id is not None and image is not None:
         raise UsesearchError("give a SEGMENT_ID or --image PHOTO, not both")
     if segment_id is None and image is None:
@@ -256,6 +254,7 @@ def similar(
     assert image is not None  # one of the two, checked above
 
     from usesearch.io.files import decode, read_bytes
+    from usesearch.masks import region as region_lib  # (with torch: a segment id's search needs neither)
 
     rgb = decode(read_bytes(str(image))[0], str(image))  # the indexer's safeguards: regular files, size, bombs
     mask_array = None

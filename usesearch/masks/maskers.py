@@ -17,7 +17,7 @@ from usesearch.devices import resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.masks import rle
 from usesearch.masks.coco_masker import CocoMaskFile
-from usesearch.masks.settings import SAM_SETTINGS, Masker, MaskerKind, SamSettings
+from usesearch.masks.settings import SAM_SETTINGS, Masker, MaskerKind, SamSettings, mask_defining
 from usesearch.models.config import PresetConfig
 
 WORK_PIXELS = 4_000_000  # the Felzenszwalb masker's working size for larger photos
@@ -284,18 +284,6 @@ class CocoMasker:
 
     def __call__(self, rgb: np.ndarray, path: str | None = None) -> list[Proposal]:
         return to_proposals(self.file.masks(rgb.shape[:2], path))
-
-
-# How the work is batched and its precision on a GPU: no setting of the masks'
-# definition (``amg.py``), so not part of an index's identity; nor where a masks file
-# lies (``--masker coco``: its content, ``masks_sha256``, defines them).
-NOT_MASK_DEFINING = ("points_per_batch", "autocast", "encoder_batch", "masks_json")
-
-
-def mask_defining(params: dict) -> dict:
-    """A masker's settings that define its masks: another batch size may resume an index,
-    and a masks file moved or renamed."""
-    return {k: v for k, v in params.items() if k not in NOT_MASK_DEFINING}
 
 
 # -- the registry: a masker by name ----------------------------------------------------

@@ -75,3 +75,15 @@ class MaskerKind:
     default_for: str = ""
     # The optional module it needs, installed by the pip extra of the same name.
     requires: str = ""
+
+
+# How the work is batched and its precision on a GPU: no setting of the masks'
+# definition (``amg.py``), so not part of an index's identity; nor where a masks file
+# lies (``--masker coco``: its content, ``masks_sha256``, defines them).
+NOT_MASK_DEFINING = ("points_per_batch", "autocast", "encoder_batch", "masks_json")
+
+
+def mask_defining(params: dict) -> dict:
+    """A masker's settings that define its masks: another batch size may resume an index,
+    and a masks file moved or renamed."""
+    return {k: v for k, v in params.items() if k not in NOT_MASK_DEFINING}
