@@ -47,11 +47,12 @@ from .coco_plan import (
     stored_state,
     wrong_size,
 )
-from .distributed import _decode_files, _hash_files, through_actors
+from .distributed import through_actors
 from .fragments import FRAGMENTS, error_text, read_fragment, worker_error, write_fragment
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_paths, identity, load_embedder
 from .ray_cluster import actor_device, check_address, ray_for_run
+from .ray_reads import decode_files, hash_files
 from .writer import Writer
 
 
@@ -187,8 +188,8 @@ def _steps(
         finish_pass(writer, report, split, dataset, located)
         return
     unread, rows, stats = _unread(located, writer)
-    hash_files = partial(_hash_files, max_bytes=options.max_bytes)
-    hashed = ray.data.from_items(rows).map_batches(hash_files, batch_size=16).iter_rows() if rows else ()
+    hashing = partial(hash_files, max_bytes=options.max_bytes)
+    hashed = ray.data.from_items(rows).map_batches(hashing, batch_size=16).iter_rows() if rows else ()
     jobs: list[dict] = []
     plans: dict[int, Plan] = {}
     for row in chain(unread, hashed):
@@ -239,10 +240,8 @@ def _steps(
         )
     if jobs:
         jobs.sort(key=lambda job: job["entry"])  # committed in the entries' order, as index_coco
-        decode_files = partial(
-            _decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels, db_dir=str(db_dir)
-        )
-        decoded = ray.data.from_items(jobs).map_batches(decode_files, batch_size=1)  # on CPU tasks, ahead
+        decode = partial(decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels, db_dir=str(db_dir))
+        decoded = ray.data.from_items(jobs).map_batches(decode, batch_size=1)  # on CPU tasks, ahead
         computed = through_actors(decoded, AnnotationWorker, options, db_dir, workers, per_call=1)
         for row in computed.iter_rows():
             number = int(row["entry"])

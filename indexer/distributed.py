@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from usesearch.errors import UsesearchError
-from usesearch.io.files import decode, photos_under, read_bytes
+from usesearch.io.files import photos_under
 
 from . import faiss_gpu, fragments
 from .compute import compute_photos, photos_per_masker_call
@@ -42,10 +41,11 @@ from .fragments import (
     write_fragment,
 )
 from .image_writes import PhotoWrite
-from .known_images import BATCH, file_stat
+from .known_images import BATCH
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_paths, identity, load_models
 from .ray_cluster import actor_device, check_address, ray_for_run
+from .ray_reads import decode_files, hash_files
 from .writer import Writer
 
 # Photos hashed, computed and committed as one Ray pipeline: the driver holds a window's
@@ -56,45 +56,7 @@ WINDOW = 200_000
 LEFT_PER_COMMIT = 16  # photos a transaction of those a killed run left computed
 
 
-# -- the stages, run by Ray workers ---------------------------------------------------
-def _hash_files(batch: dict, max_bytes: int) -> dict:
-    """Read and hash each file (no decoding): what the catalog is checked against; and
-    its stat taken before the read ("": none), for the next run to skip it unread."""
-    shas, errors, stats = [], [], []
-    for fs_path, path in zip(batch["fs_path"], batch["path"]):
-        name = os.fsdecode(bytes(fs_path))
-        stats.append(file_stat(name) or "")
-        try:
-            shas.append(read_bytes(name, max_bytes, path)[1])
-            errors.append("")
-        except Exception as exc:  # noqa: BLE001 - recorded by the committer
-            shas.append("")
-            errors.append(error_text(exc))
-    out = {"sha256": np.array(shas, object), "error": np.array(errors, object), "file_stat": np.array(stats, object)}
-    return {**batch, **out}
-
-
-def _decode_files(batch: dict, max_bytes: int, max_pixels: int, db_dir: str | os.PathLike) -> dict:
-    """Each photo read and decoded, or why not. A photo whose decoding kills its process
-    (a native crash, out of memory: in the actor it is fused with) counts the death as
-    one its models would: Ray retried its task for ever."""
-    images, errors = [], []
-    for fs_path, path, sha in zip(batch["fs_path"], batch["path"], batch["sha256"]):
-        images.append(np.zeros((0, 0, 3), np.uint8))
-        errors.append(fragments.verdict(fragments.deaths(db_dir, sha)) or "")
-        if errors[-1]:
-            continue
-        try:
-            with fragments.attempted(db_dir, sha):
-                data, now = read_bytes(os.fsdecode(bytes(fs_path)), max_bytes, path)
-                if now != sha:
-                    raise UsesearchError(f"{path} changed while it was being indexed; run again to index it anew")
-                images[-1] = decode(data, path, max_pixels)
-        except Exception as exc:  # noqa: BLE001 - recorded by the committer
-            errors[-1] = error_text(exc)
-    return {**batch, "rgb": np.array(images + [None], object)[:-1], "error": np.array(errors, object)}
-
-
+# -- the actors: masks and embeddings (the read stages: ``ray_reads``) ----------------------
 class SegmentWorker:
     """A Ray actor: the masker and the model, loaded once, turn decoded photos into
     fragment files."""
@@ -239,7 +201,7 @@ def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) 
                 writer.known.forget(key)  # asked again with the hashes: memory stays a batch's
     if not readable:
         return []
-    hashed = ray.data.from_items(readable).map_batches(partial(_hash_files, max_bytes=options.max_bytes), batch_size=16)
+    hashed = ray.data.from_items(readable).map_batches(partial(hash_files, max_bytes=options.max_bytes), batch_size=16)
     pending: list[dict] = []
     seen: set[str] = set()
     rows = iter(hashed.iter_rows())
@@ -273,8 +235,8 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     if not todo:
         return
     per_call = photos_per_call(options, int(ray.cluster_resources().get("GPU", 0)) if options.device == "cuda" else 0)
-    decode_files = partial(_decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels, db_dir=db_dir)
-    decoded = ray.data.from_items(todo).map_batches(decode_files, batch_size=per_call)
+    decode = partial(decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels, db_dir=db_dir)
+    decoded = ray.data.from_items(todo).map_batches(decode, batch_size=per_call)
     # Each block as it comes (an actor call's photos: no wait for more), a transaction each.
     for block in through_actors(decoded, SegmentWorker, options, db_dir, workers, per_call).iter_batches(
         batch_size=None, batch_format="numpy"

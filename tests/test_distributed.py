@@ -371,7 +371,7 @@ def test_a_photo_whose_decoding_kills_its_worker_is_recorded_and_the_rest_indexe
     that crashed the decoder was retried for ever, and nothing after it committed."""
 
     def decode_files(batch, **kwargs):  # in the Ray worker: its decoder crashes on coffee.png
-        from usesearch.indexer import distributed as there  # (there, the module as it is: unpatched)
+        from usesearch.indexer import ray_reads as there  # (there, the module as it is: unpatched)
 
         decode = there.decode
 
@@ -382,11 +382,11 @@ def test_a_photo_whose_decoding_kills_its_worker_is_recorded_and_the_rest_indexe
 
         there.decode = crashing
         try:
-            return there._decode_files(batch, **kwargs)
+            return there.decode_files(batch, **kwargs)
         finally:
             there.decode = decode
 
-    monkeypatch.setattr(distributed, "_decode_files", decode_files)
+    monkeypatch.setattr(distributed, "decode_files", decode_files)
     photos = write_photos(tmp_path / "photos", ("coffee", "rocket", "chelsea"))
     report = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), workers=1)
     with SegmentIndex.open(tmp_path / "db") as ix:
@@ -439,3 +439,21 @@ def test_a_ctrl_c_while_ray_starts_shuts_its_half_started_session_down(monkeypat
         with ray_session():
             pytest.fail("the session must not start")
     assert shut == [1]
+
+
+def test_the_read_stages_ray_workers_run_import_no_model_library():
+    """Ray's CPU tasks read and hash every photo: their module loaded torch, open_clip
+    and faiss (~3 s and ~800 MB in each worker process) to hash files."""
+    import subprocess
+    import sys
+
+    from usesearch.indexer import ray_reads
+
+    assert distributed.hash_files is ray_reads.hash_files and distributed.decode_files is ray_reads.decode_files
+    code = (
+        "import sys, pickle, functools, usesearch.indexer.ray_reads as r\n"
+        "pickle.loads(pickle.dumps(functools.partial(r.hash_files, max_bytes=1)))\n"
+        "print([m for m in ('torch', 'open_clip', 'segment_anything', 'faiss', 'timm') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
