@@ -38,9 +38,10 @@ from .coco_plan import (
     stored_state,
     wrong_size,
 )
+from .folder import check_paths
 from .known_images import file_stat
 from .options import IndexOptions, IndexReport
-from .pipeline import as_built, check_devices, check_paths, identity, load_embedder
+from .pipeline import as_built, check_devices, identity, load_embedder
 from .writer import Writer
 
 

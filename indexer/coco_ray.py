@@ -48,9 +48,10 @@ from .coco_plan import (
     wrong_size,
 )
 from .distributed import through_actors
+from .folder import check_paths
 from .fragments import FRAGMENTS, error_text, read_fragment, worker_error, write_fragment
 from .options import IndexOptions, IndexReport
-from .pipeline import as_built, check_paths, identity, load_embedder
+from .pipeline import as_built, identity, load_embedder
 from .ray_cluster import actor_device, check_address, ray_for_run
 from .ray_reads import decode_files, hash_files
 from .writer import Writer

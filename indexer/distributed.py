@@ -31,7 +31,7 @@ from usesearch.io.files import photos_under
 
 from . import faiss_gpu, fragments
 from .compute import compute_photos, photos_per_masker_call
-from .folder import is_new
+from .folder import check_paths, is_new
 from .fragments import (
     MAX_WORKER_DEATHS,
     error_text,
@@ -43,7 +43,7 @@ from .fragments import (
 from .image_writes import PhotoWrite
 from .known_images import BATCH
 from .options import IndexOptions, IndexReport
-from .pipeline import as_built, check_paths, identity, load_models
+from .pipeline import as_built, identity, load_models
 from .ray_cluster import actor_device, check_address, ray_for_run
 from .ray_reads import decode_files, hash_files
 from .writer import Writer

@@ -74,6 +74,21 @@ def refuse_photo_folder(db_dir: Path) -> None:
         )
 
 
+def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Path:
+    """The photos named and the index folder, checked before anything loads or the
+    folder is made: a typo costs a second, not the seconds the models take to import."""
+    if isinstance(paths, (str, bytes, os.PathLike)):  # a str was walked as its characters: "no such file: t"
+        raise TypeError(f"paths is a list of files and folders; got the one path {os.fsdecode(paths)!r}: give [it]")
+    db_dir = check_db_dir(db_dir)
+    refuse_photo_folder(db_dir)  # for every caller: the CLI, the Python API, Ray and labelled datasets
+    missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
+    if missing:  # before the lock: a typo must not leave an empty index folder behind
+        raise UsesearchError(
+            f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    return db_dir
+
+
 def check_catalog_kind(db_dir: Path, db_url: str | None) -> None:
     """Refuse an index folder opened with another kind of catalog than its own, before
     a catalog is made: opening made an empty SQLite file in a PostgreSQL-catalogued

@@ -26,7 +26,7 @@ from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
-from .folder import check_catalog_kind, check_db_dir, is_new, open_store, refuse_photo_folder
+from .folder import check_catalog_kind, check_paths, is_new, open_store
 from .image_writes import PhotoWrite
 from .options import IndexOptions, IndexReport
 from .records import NO_MASKER, IndexInfo, info_summary
@@ -80,19 +80,6 @@ def index_paths(
             report.failed_before = writer.failed_before
     report.seconds = time.perf_counter() - start
     return report
-
-
-def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Path:
-    if isinstance(paths, (str, bytes, os.PathLike)):  # a str was walked as its characters: "no such file: t"
-        raise TypeError(f"paths is a list of files and folders; got the one path {os.fsdecode(paths)!r}: give [it]")
-    db_dir = check_db_dir(db_dir)
-    refuse_photo_folder(db_dir)  # for every caller: the CLI, the Python API, Ray and labelled datasets
-    missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
-    if missing:  # before the lock: a typo must not leave an empty index folder behind
-        raise UsesearchError(
-            f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
-    return db_dir
 
 
 def check_devices(options: IndexOptions) -> list[str]:

@@ -80,10 +80,12 @@ def index(
     def run() -> None:
         from tqdm import tqdm
 
-        from usesearch.indexer import IndexOptions, index_paths
+        from usesearch.indexer.folder import check_paths
+        from usesearch.indexer.options import IndexOptions
 
         opts.refuse_other_kind(db, "an index")
         folders: list[str | os.PathLike] = list(paths)
+        check_paths(folders, db)  # a typo said before the models' libraries load (seconds)
         masker_options = sam.given()
         labelled = coco is not None and masker != "coco"  # --masker coco: the file's masks are proposals
         if split is not None and not labelled:
@@ -154,6 +156,8 @@ def index(
 
             report = index_paths_ray(folders, db, options, progress, address=ray, workers=workers)
         else:
+            from usesearch.indexer import index_paths
+
             report = index_paths(folders, db, options, progress)
         reports["proposals"] = report
         bar.close()
