@@ -126,12 +126,19 @@ def _holds_an_index(sqlite_file: Path) -> bool:
         return True
 
 
-def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:
-    """The store of an existing index; a clear error where there is none."""
+def check_index_at(db_dir: str | os.PathLike, db_url: str | None = None) -> Path:
+    """The folder of an existing index, or a clear error where there is none: what a
+    command checks before it loads a model library (seconds) to read one."""
     db_dir = check_db_dir(db_dir)
     check_catalog_kind(db_dir, db_url)
     if db_url is None and not (db_dir / DB_FILE).is_file():
         raise UsesearchError(f"no index at {db_dir} (no {DB_FILE}); run `usesearch index PATH --db {db_dir}` first")
+    return db_dir
+
+
+def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:
+    """The store of an existing index; a clear error where there is none."""
+    db_dir = check_index_at(db_dir, db_url)
     url = db_url_for(db_dir, db_url)
     try:
         return Store(url, read_only=read_only, folder=db_dir)

@@ -492,7 +492,8 @@ def test_the_command_line_starts_without_importing_torch():
 def test_commands_that_run_no_model_import_none(tmp_path):
     """`info`, `failures`, `prune`, `reindex` and `similar SEGMENT_ID` read the catalog and
     the vectors only: they imported torch, segment_anything and open_clip all the same
-    (~4 s and ~800 MB a call on 2 cores, as much for a typo in --db or in `index`'s paths)."""
+    (~4 s and ~800 MB a call on 2 cores, as much for a typo in --db, also `serve`'s and
+    `audit`'s, or in `index`'s paths)."""
     from tests.helpers import OPTS, write_photos
     from usesearch.indexer import IndexOptions, index_paths
 
@@ -504,6 +505,8 @@ def test_commands_that_run_no_model_import_none(tmp_path):
         ["reindex"],
         ["similar", "1"],
         ["query", "a cat", "--db", "/nowhere"],
+        ["serve", "--db", "/nowhere"],
+        ["audit", "--db", "/nowhere"],
         ["index", str(tmp_path / "fotos"), "--db", str(tmp_path / "new")],  # a typo in its photos
     ]
     code = (
@@ -527,7 +530,7 @@ def test_commands_that_run_no_model_import_none(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     ran = json.loads(done.stdout)
     assert [name for name, _, _ in ran] == [c[0] for c in commands]
-    assert [code for _, code, _ in ran] == [0, 0, 0, 0, 0, 2, 2]  # each ran (the last two: no index, no photos)
+    assert [code for _, code, _ in ran] == [0] * 5 + [2] * 4  # each ran (the last four: no index, no photos)
     assert all(heavy == [] for _, _, heavy in ran), ran
     assert not (tmp_path / "new").exists()  # the typo left no index folder
 

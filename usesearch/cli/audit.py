@@ -69,8 +69,10 @@ def audit(
 ) -> None:
     """Audit a labelled dataset indexed with `index IMAGES --coco FILE.json`: swapped labels, overlooked
     objects, badly located masks, leaks between splits, outliers. Resumes after a kill."""
+    from usesearch.indexer.folder import check_index_at, open_store
+
+    check_index_at(db, db_url)  # a typo said before the models' libraries load
     from usesearch.indexer.audit import AuditConfig, audit_index, report, reviews
-    from usesearch.indexer.folder import open_store
 
     out = Path(report_dir) if report_dir is not None else Path(db) / "audit" / "report"
     # Each list holds at least -k unreviewed items (a larger -k than the last run's ranks the photos again).

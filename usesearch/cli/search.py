@@ -302,6 +302,10 @@ def serve(
     at: opts.IndexAt,
 ) -> None:
     """Search page and JSON API over an index (its reference at /api); picks up what a running indexer adds."""
+    from usesearch.indexer.folder import check_index_at
+
+    check_index_at(at.db, at.db_url)  # a typo said before the web app and its models' libraries load
+
     from usesearch.indexer.web import serve as run_server
 
     run_server(
