@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from usesearch.devices import explicit_device, resolve_device
 from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
 from usesearch.io.images import to_rgb_array
 
@@ -38,16 +39,6 @@ MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 FULL_ROWS_UP_TO = 2048  # candidates of a filter checked on them read whole at once; past this, light first
 # A selection this small is scored exactly from the embedding files (~40 ms on 2 cores), not searched:
 SCAN_UP_TO = 150_000  # on a compressed index an IVF's probed lists hold few of a narrow selection's best segments
-
-
-def _checked_device(device: str | None):
-    """An explicit ``--device`` resolved (refused in one line where this machine lacks
-    it); None for the default, which waits for the first model (importing torch)."""
-    if device is None or device == "auto":
-        return None
-    from usesearch.devices import resolve_device
-
-    return resolve_device(device)
 
 
 class SegmentIndex(Freshness):
@@ -89,7 +80,7 @@ class SegmentIndex(Freshness):
         self._type_due, self._locations_wanted = time.monotonic() + TYPE_CHECK_S, locations
         self._known_up_to: int | None = None  # the index holds exactly the committed ids up to it (``_catch_up``)
         # Every model on one device, resolved with the first model: an explicit one is checked now.
-        self._device_asked, self._device, self._faiss_device = device, _checked_device(device), faiss_device
+        self._device_asked, self._device, self._faiss_device = device, explicit_device(device), faiss_device
         if loaded is not None:
             self.index = loaded
         else:
@@ -127,7 +118,7 @@ class SegmentIndex(Freshness):
         locations: str = "catalog",
     ) -> SegmentIndex:
         db_dir = Path(db_dir).absolute()  # (its catalog's file too: a notebook's %cd must not lose it)
-        _checked_device(device), faiss_gpu.resolve(faiss_device)  # an impossible device is refused before any loading
+        explicit_device(device), faiss_gpu.resolve(faiss_device)  # an impossible device is refused before any loading
         store = open_store(db_dir, db_url, read_only=True)
         return cls(db_dir, store, model, device, faiss_device, locations=locations)
 
@@ -153,8 +144,6 @@ class SegmentIndex(Freshness):
     def device(self):
         """Where this index's models run (``usesearch.devices``)."""
         if self._device is None:
-            from usesearch.devices import resolve_device
-
             self._device = resolve_device(self._device_asked)
         return self._device
 

@@ -58,6 +58,13 @@ def test_the_default_device_is_cuda_when_torch_sees_it_else_the_cpu(monkeypatch)
     assert resolve_device(None) == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(UsesearchError, match="2 CUDA GPU"):
         resolve_device("cuda:2")
+    from usesearch.devices import explicit_device  # an index's: the default waits for its first model
+
+    assert explicit_device(None) is None is explicit_device("auto") and explicit_device("cuda:1") == torch.device(
+        "cuda:1"
+    )
+    with pytest.raises(UsesearchError, match="2 CUDA GPU"):
+        explicit_device("cuda:2")
     for wrong in ("tpu", "mps", "gpu!"):
         with pytest.raises(UsesearchError, match="--device"):
             resolve_device(wrong)

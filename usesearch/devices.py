@@ -12,9 +12,12 @@ typo costs nothing.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from usesearch.errors import UsesearchError
+
+if TYPE_CHECKING:  # imported where a device is resolved: a command that loads no model never pays for torch
+    import torch
 
 CHOICES = "cpu, cuda or cuda:N"
 
@@ -22,6 +25,8 @@ CHOICES = "cpu, cuda or cuda:N"
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"``: CUDA when torch sees a GPU, else the CPU. An explicit
     device that this machine lacks is refused in one line."""
+    import torch
+
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -48,17 +53,29 @@ def has_bf16(device: torch.device) -> bool:
     (Ampere). Older cards (T4, V100) only emulate it, slower than float32, which
     ``torch.cuda.is_bf16_supported()`` counts by default (and it asks the current
     GPU, not ``device``)."""
+    import torch
+
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def bf16_autocast(device: torch.device):
     """bfloat16 autocast on a GPU that has it (backbones and SAM: half the bytes,
     the tensor cores' rate); a no-op elsewhere, so CPU results are float32 as before."""
+    import torch
+
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=has_bf16(device))
+
+
+def explicit_device(device: str | torch.device | None) -> torch.device | None:
+    """An explicit ``--device`` resolved now (refused in one line where this machine
+    lacks it); None for the default, which waits for the first model (and torch)."""
+    return None if device is None or device == "auto" else resolve_device(device)
 
 
 def describe(device: torch.device) -> str:
     """One line for run summaries: where the models ran."""
+    import torch
+
     if device.type != "cuda":
         return "models on the CPU"
     index = device.index if device.index is not None else torch.cuda.current_device()
