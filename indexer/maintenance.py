@@ -42,7 +42,7 @@ from usesearch.errors import EverythingGoneError, UsesearchError
 from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
-from .folder import DB_FILE, FAISS_FILE, check_db_dir, index_flags, open_store, writer_lock
+from .folder import FAISS_FILE, check_index_at, index_flags, open_store, writer_lock
 from .leftovers import gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_size
 from .records import IndexInfo, SegmentRecord
@@ -171,9 +171,7 @@ def prune(
     limits); with ``kept_failures=False`` (``index --prune``, right after the run that
     kept its segments) it stays, counted in ``failing_kept``."""
     options = options or IndexOptions()
-    db_dir = check_db_dir(db_dir)
-    if options.db_url is None and not (db_dir / DB_FILE).is_file():  # before the lock makes the folder
-        raise UsesearchError(f"no index at {db_dir} (no {DB_FILE})")
+    db_dir = check_index_at(db_dir, options.db_url)  # before the lock makes the folder
     report = PruneReport()
     start = time.perf_counter()
     with Writer(Path(db_dir), options, None) as writer:
