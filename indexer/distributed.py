@@ -192,7 +192,7 @@ def _pending(files, writer: Writer, options: IndexOptions, report: IndexReport) 
             # A copy, or a file that failed after its read, skipped unread too (where ``skip``
             # finds no photo the copy repeats any more, it is hashed below as any other).
             stat, recorded = writer.known.unchanged(
-                key, found.fs_path, failed_too=not options.retry_failed, copies_too=True
+                key, found.fs_path, failed_too=not options.retry_failed, copies_too=True, max_pixels=options.max_pixels
             )
             if recorded is not None and writer.skip(key, recorded, path=found.path, file_stat=stat):
                 report.skipped += 1

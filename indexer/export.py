@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
-from usesearch.io.files import decode, read_bytes
+from usesearch.io.files import decode, indexed_limits, read_bytes
 from usesearch.tasks.visualize import decode_mask, outline, segment_tile
 
 from .hits import Hit
@@ -79,10 +79,12 @@ def _indexed_photo(hit: Hit, sha256_of: Callable[[int], str | None] | None) -> n
     """The hit's photo as it was indexed, else None. Read as the indexer reads (a FIFO
     swapped in under its name is refused, never waited on)."""
     try:
-        data, sha256 = read_bytes(hit.file, name=hit.image)
+        height, width = hit.mask["size"]
+        max_bytes, max_pixels = indexed_limits(width, height)  # (one indexed past the defaults too)
+        data, sha256 = read_bytes(hit.file, max_bytes, hit.image)
         if sha256_of is not None and sha256_of(hit.image_id) not in (None, sha256):
             return None  # replaced: its stored masks would be drawn on another picture
-        rgb = decode(data, hit.image)
+        rgb = decode(data, hit.image, max_pixels)
     except (UsesearchError, OSError):
         return None
     return rgb if rgb.shape[:2] == tuple(hit.mask["size"]) else None

@@ -14,7 +14,7 @@ from typing import TypeVar
 from sqlalchemy import select
 
 from usesearch.errors import UsesearchError
-from usesearch.io.files import read_bytes, stat_signature
+from usesearch.io.files import pixels_refused, read_bytes, stat_signature
 
 from .records import DONE, FAILED, CopyRecord, ImageRecord
 from .store import Store
@@ -123,13 +123,20 @@ class KnownImages:
         self._records.pop(key, None)
 
     def unchanged(
-        self, key: bytes, fs_path: str, proposals: bool = True, failed_too: bool = False, copies_too: bool = False
+        self,
+        key: bytes,
+        fs_path: str,
+        proposals: bool = True,
+        failed_too: bool = False,
+        copies_too: bool = False,
+        max_pixels: int | None = None,
     ) -> tuple[str | None, str | None]:
         """(the file's stat now, taken before any read of it; the recorded SHA-256 where
         that stat is the one recorded when it was last read whole and the photo is
         indexed with nothing left to do, no failure noted, its proposals made (where
         ``proposals``: a masker's run; a labelled dataset's needs none), or, where
-        ``failed_too`` (a run not retrying failures), it failed after its read, or, where
+        ``failed_too`` (a run not retrying failures), it failed after its read (unless
+        refused for pixels that ``max_pixels`` now lets in), or, where
         ``copies_too``, it is a copy noted with that stat (the caller reads it after all
         where ``Writer.skip`` then finds no photo it copies): skipped without a read;
         else None: read and hash it). Called from reader threads: a stat and a
@@ -142,10 +149,17 @@ class KnownImages:
         if stat is None or known is None or known.file_stat != stat:
             return stat, None
         if known.status == FAILED:
-            return stat, known.sha256 if failed_too else None
+            return stat, known.sha256 if failed_too and not fits_now(known, max_pixels) else None
         if known.status != DONE or (proposals and not known.proposals_made) or known.error_class is not None:
             return stat, None
         return stat, known.sha256
+
+
+def fits_now(record: ImageRecord, max_pixels: int | None) -> bool:
+    """Whether ``record`` failed for its pixels and ``max_pixels`` now lets them in (a
+    run with `index --max-pixels` raised): tried again without --retry-failed."""
+    pixels = pixels_refused(record.error_message)
+    return pixels is not None and max_pixels is not None and pixels <= max_pixels
 
 
 def still_holds(record: ImageRecord) -> bool:

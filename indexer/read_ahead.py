@@ -106,7 +106,11 @@ def _photos(
         if found.error is not None:
             raise found.error
         stat, recorded = writer.known.unchanged(
-            found.key, found.fs_path, failed_too=not options.retry_failed, copies_too=True
+            found.key,
+            found.fs_path,
+            failed_too=not options.retry_failed,
+            copies_too=True,
+            max_pixels=options.max_pixels,
         )
         if recorded is not None:
             return None, recorded, stat

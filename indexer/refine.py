@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from usesearch.errors import ClientGoneError, UsesearchError, first_line
-from usesearch.io.files import decode, pixel_count, read_bytes
+from usesearch.io.files import decode, indexed_limits, pixel_count, read_bytes
 from usesearch.masks import rle
 
 from .filters import SearchFilters, check_k
@@ -195,7 +195,8 @@ class Refiner:
                 report.skipped.append(f"{photo.image}: no longer in the index")
                 continue
             try:  # the file checked even when its features are cached: gone or changed, it is skipped
-                data, sha256 = read_bytes(record.fs_path, name=record.path)
+                max_bytes, max_pixels = indexed_limits(record.width, record.height)
+                data, sha256 = read_bytes(record.fs_path, max_bytes, record.path)
                 if sha256 != record.sha256:
                     raise UsesearchError("changed on disk since it was indexed; run `usesearch index` again")
                 features = self.cache.get(record.sha256, self.sam3.device)
@@ -203,8 +204,8 @@ class Refiner:
                     ready[rank] = features
                     report.cached += 1
                     continue
-                held.enter_context(self.hold(pixel_count(data, record.path)))  # refused past the budget: skipped
-                decoded.append((rank, record.sha256, decode(data, record.path)))
+                held.enter_context(self.hold(pixel_count(data, record.path, max_pixels)))  # past the budget: skipped
+                decoded.append((rank, record.sha256, decode(data, record.path, max_pixels)))
             except FileNotFoundError:
                 report.skipped.append(f"{record.path}: no longer on disk (`usesearch prune` drops it from the index)")
             except (OSError, UsesearchError) as exc:

@@ -23,7 +23,7 @@ from .folder import FAISS_FILE, check_catalog_kind, db_url_for, remove_if_bare, 
 from .fragments import worker_error
 from .image_writes import PhotoWrite, joined
 from .index_checks import check_factory, check_identity
-from .known_images import KnownImages, still_holds
+from .known_images import KnownImages, fits_now, still_holds
 from .options import IndexOptions, IndexReport
 from .records import DONE, IndexInfo
 from .search import SegmentIndex
@@ -162,7 +162,11 @@ class Writer:
         if (
             existing is not None
             and existing.sha256 == sha256
-            and (existing.proposals_made if existing.status == DONE else not self.options.retry_failed)
+            and (
+                existing.proposals_made
+                if existing.status == DONE
+                else not (self.options.retry_failed or fits_now(existing, self.options.max_pixels))
+            )
         ):  # a photo holding only a labelled dataset's annotations still needs its proposals
             self.known.read_as_recorded(existing, sha256, file_stat)
             self.failed_before += existing.status != DONE

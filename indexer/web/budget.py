@@ -30,9 +30,14 @@ class PixelBudget:
         self._cond = threading.Condition()
 
     @contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        """Hold ``pixels`` of the budget while the body runs (waiting for room)."""
+    def hold(self, pixels: int, larger_alone: bool = False) -> Iterator[None]:
+        """Hold ``pixels`` of the budget while the body runs (waiting for room). More
+        than the whole budget is refused, or with ``larger_alone`` (an indexed photo,
+        let in by ``index --max-pixels``: the server must draw what it finds) waits
+        for the whole budget and holds it alone."""
         pixels = max(1, int(pixels))
+        if larger_alone:
+            pixels = min(pixels, self.pixels)
         if pixels > self.pixels:
             raise UsesearchError(f"the photo has {pixels} pixels; this server decodes at most {self.pixels} at a time")
         deadline = time.monotonic() + self.wait_s

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from usesearch.errors import ImageGoneError, UsesearchError
-from usesearch.io.files import decode, read_bytes
+from usesearch.io.files import decode, indexed_limits, read_bytes
 from usesearch.tasks.visualize import OUTLINE, TINT, decode_mask, outline, segment_tile
 
 from ..records import ImageRecord, SegmentRow
@@ -59,7 +59,8 @@ class ImageCache:
         if not decoding:
             return pending.result()  # the decoded image, or the decode's ImageGoneError
         try:
-            with self.budget.hold((record.width or 1) * (record.height or 1)):
+            # A photo indexed past the budget (`index --max-pixels`) takes all of it, alone.
+            with self.budget.hold((record.width or 1) * (record.height or 1), larger_alone=True):
                 rgb = self._decode(record)
         except BaseException as exc:
             pending.set_exception(exc)
@@ -81,10 +82,11 @@ class ImageCache:
         try:
             # read_bytes opens non-blocking and refuses anything but a regular file,
             # so a FIFO swapped in under an indexed name never holds a worker.
-            data, sha256 = read_bytes(record.fs_path, name=record.path)
+            max_bytes, max_pixels = indexed_limits(record.width, record.height)
+            data, sha256 = read_bytes(record.fs_path, max_bytes, record.path)
             if sha256 != record.sha256:  # before decoding: the budget held is for the indexed photo's pixels
                 raise ImageGoneError(changed)
-            rgb = decode(data, record.path)
+            rgb = decode(data, record.path, max_pixels)
         except ImageGoneError:
             raise
         except (OSError, UsesearchError) as exc:

@@ -15,6 +15,7 @@ import typer
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
 from usesearch.cli.eval_report import TAKING_OLD_JSON_FILE, Report, Walk, with_report
+from usesearch.cli.photo_limits import PhotoLimits, with_photo_limits
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
 from usesearch.io.coco_json import load_coco_json
@@ -125,19 +126,13 @@ class Segmenter:
 with_segmenter = opts.shared_options("segmenter", Segmenter)
 
 
-def _read_photo(path: Path | str, name: str | None = None):
-    """One image file -> RGB, with the indexer's safeguards (a regular file, its size,
-    no decompression bomb): a FIFO named as the image hung ``segment`` for ever."""
-    from usesearch.io.files import read_photo
-
-    return read_photo(path, name)
-
-
 def _read_and_mask(path: Path | str, masker, name: str | None = None):
-    """One image file -> (RGB, its masks [N, H, W])."""
+    """One image file -> (RGB, its masks [N, H, W]), read with the indexer's safeguards
+    (a regular file, its size, no decompression bomb): a FIFO named as an image hung for ever."""
+    from usesearch.io.files import read_photo
     from usesearch.masks.maskers import stack_masks
 
-    rgb = _read_photo(path, name)
+    rgb = read_photo(path, name)
     return rgb, stack_masks(masker(rgb, name or str(path)), rgb.shape[:2])
 
 
@@ -145,6 +140,7 @@ def _read_and_mask(path: Path | str, masker, name: str | None = None):
 @opts.user_errors
 @with_segmenter
 @sam_options.with_sam_settings
+@with_photo_limits
 def segment(
     image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     out: Annotated[
@@ -162,6 +158,7 @@ def segment(
     *,
     segmenter: Segmenter,
     sam: SamSettings,
+    limits: PhotoLimits,
 ) -> None:
     """Open-vocabulary semantic segmentation of one image (paper §4.3)."""
     import numpy as np
@@ -178,7 +175,7 @@ def segment(
     inputs = {"image": image, "--classes-file": classes_file}
     opts.refuse_overwriting({"--out": out, "--overlay": overlay}, inputs)
     segmenter.check()
-    rgb = _read_photo(image)  # a FIFO, a bomb, a broken file: refused before the models load
+    rgb = limits.read(image)  # a FIFO, a bomb, a broken file: refused before the models load
     models, mask_proposer = segmenter.build(sam)
     masks = stack_masks(mask_proposer(rgb, str(image)), rgb.shape[:2])
     labels = segment_image(models, rgb, masks, names)

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from usesearch.cli import options as opts
+from usesearch.cli.photo_limits import PhotoLimits, with_photo_limits
 from usesearch.errors import UsesearchError, is_disk_full
 from usesearch.io.atomic import is_own_stdout, save_picture, write_atomic
 from usesearch.io.files import IMAGE_SUFFIXES, one_line
@@ -225,6 +226,7 @@ def query(
 @opts.with_index_at
 @opts.with_search_filters
 @opts.with_search_output
+@with_photo_limits
 def similar(
     segment_id: Annotated[
         Optional[int], typer.Argument(help="A segment id from a query result (or use --image).")
@@ -237,6 +239,7 @@ def similar(
     at: opts.IndexAt,
     output: opts.SearchOutput,
     filters: SearchFilters,
+    limits: PhotoLimits,
 ) -> None:
     """Segments most like a given one (query by example), or like a region of any photo."""
     if segment_id is not None and image is not None:
@@ -253,10 +256,10 @@ def similar(
         return
     assert image is not None  # one of the two, checked above
 
-    from usesearch.io.files import decode, read_bytes
+    from usesearch.io.files import read_bytes
     from usesearch.masks import region as region_lib  # (with torch: a segment id's search needs neither)
 
-    rgb = decode(read_bytes(str(image))[0], str(image))  # the indexer's safeguards: regular files, size, bombs
+    rgb = limits.read(image)  # the indexer's safeguards: regular files, size, bombs
     mask_array = None
     if mask is not None:
         mask_array = region_lib.read_mask(read_bytes(str(mask))[0], str(mask))

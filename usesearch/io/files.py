@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import stat
 import threading
 import warnings
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP; larger is refused from the header, before decoding
 DEFAULT_MAX_BYTES = 512 * 2**20  # larger files are refused before reading them
+PAST_LIMIT = "exceeds the limit of"  # in a refusal for size: what `index` names its options after
+# The most bytes a file holding an image of N pixels needs: 16-bit RGBA uncompressed is 8 a pixel,
+# and headers, EXIF and ICC profiles fit in the margin.
+BYTES_PER_PIXEL_AT_MOST, FILE_MARGIN = 8, 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)  # slots: a walk of 10^7 photos holds 10^7 of these
@@ -141,24 +146,46 @@ def read_bytes(fs_path: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES, name: s
         if not stat.S_ISREG(st.st_mode):
             raise ImageReadError(f"cannot read image {name}: not a regular file")
         if st.st_size > max_bytes:
-            raise ImageReadError(f"cannot read image {name}: {st.st_size} bytes exceeds the limit of {max_bytes}")
+            raise ImageReadError(f"cannot read image {name}: {st.st_size} bytes {PAST_LIMIT} {max_bytes}")
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(max_bytes + 1)  # a file that grows while read is still bounded
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise ImageReadError(f"cannot read image {name}: more than {max_bytes} bytes")
+        raise ImageReadError(f"cannot read image {name}: it grew while read and {PAST_LIMIT} {max_bytes} bytes")
     return data, hashlib.sha256(data).hexdigest()
 
 
-def read_photo(path: str | os.PathLike, name: str | None = None):
+def read_photo(
+    path: str | os.PathLike,
+    name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+):
     """One image file -> RGB, with the indexer's safeguards (a regular file, its size,
     no decompression bomb): a FIFO named as the photo is refused, never waited on."""
     name = name or display_path(os.fspath(path))
-    return decode(read_bytes(os.fspath(path), name=name)[0], name)
+    return decode(read_bytes(os.fspath(path), max_bytes, name)[0], name, max_pixels)
+
+
+def indexed_limits(width: int | None, height: int | None) -> tuple[int, int]:
+    """``(max_bytes, max_pixels)`` to read again a photo indexed at ``width`` x ``height``:
+    the defaults, or room for the photo itself where ``index --max-pixels`` let a larger
+    one in (else the server, ``--show`` and exports could never draw it). Its SHA-256 and
+    size are checked after the read: another file under its name is still refused."""
+    pixels = (width or 0) * (height or 0)
+    max_bytes = max(DEFAULT_MAX_BYTES, BYTES_PER_PIXEL_AT_MOST * pixels + FILE_MARGIN)
+    return max_bytes, max(DEFAULT_MAX_PIXELS, pixels)
 
 
 _PIL_LIMIT = threading.Lock()
+
+
+def pixels_refused(reason: str | None) -> int | None:
+    """The pixel count a refusal by ``pixel_count`` for pixels names (else None): a
+    re-run whose ``max_pixels`` now lets that many in reads the photo again."""
+    found = re.search(rf"= (\d+) pixels {PAST_LIMIT} \d+$", reason or "")
+    return int(found.group(1)) if found else None
 
 
 def pixel_count(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
@@ -174,7 +201,7 @@ def pixel_count(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"cannot read image {name}: {exc}") from exc
     if w * h > max_pixels:
-        raise ImageReadError(f"cannot read image {name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+        raise ImageReadError(f"cannot read image {name}: {w}x{h} = {w * h} pixels {PAST_LIMIT} {max_pixels}")
     return w * h
 
 
