@@ -157,7 +157,7 @@ def test_the_refused_pixel_count_is_read_back_from_the_refusal_pixel_count_write
     assert files.pixels_refused(None) is None
 
 
-def test_segment_and_similar_image_take_the_limits_and_name_them_when_they_refuse(tmp_path):
+def test_segment_embed_and_similar_image_take_the_limits_and_name_them_when_they_refuse(tmp_path):
     photos, db = scans(tmp_path / "photos"), tmp_path / "db"
     index_paths([photos / "sub"], db, IndexOptions(**OPTS))
     scan = str(photos / "scan.png")
@@ -174,6 +174,7 @@ def test_segment_and_similar_image_take_the_limits_and_name_them_when_they_refus
             "--max-pixels",
             "1k",
         ],
+        ["embed", scan, "a cat", "--preset", "tiny", "--max-pixels", "1k"],
         ["similar", "--db", str(db), "--image", scan, "--point", "5,5", "--max-bytes", "1k"],
     ]
     for args in refused:
@@ -181,5 +182,5 @@ def test_segment_and_similar_image_take_the_limits_and_name_them_when_they_refus
         assert result.exit_code == 2, result.output  # a user error
         assert result.output.count("\n") == 1 and "exceeds the limit of" in result.output
         assert "(--max-pixels, --max-bytes raise the limits)" in result.output
-    within = runner.invoke(app, refused[1][:-1] + ["1M"])
+    within = runner.invoke(app, refused[-1][:-1] + ["1M"])
     assert within.exit_code == 0, within.output

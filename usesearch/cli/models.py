@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from usesearch.cli import options as opts
+from usesearch.cli.photo_limits import PhotoLimits, with_photo_limits
 from usesearch.errors import UsesearchError
 from usesearch.models.weights import UNREADABLE
 
@@ -127,6 +128,7 @@ def models_pull(
 
 @app.command()
 @opts.user_errors
+@with_photo_limits
 def embed(
     image: Annotated[Path, typer.Argument(help="An image file.", exists=True, dir_okay=False)],
     text: Annotated[
@@ -140,15 +142,18 @@ def embed(
     k: opts.TopKOpt = 3,
     device: opts.DeviceOpt = None,
     as_json: opts.JsonOpt = False,
+    *,
+    limits: PhotoLimits,
 ) -> None:
     """Propose segments in one image (weight-free superpixel masker) and rank them per text."""
-    from usesearch.io.files import read_photo
+    rgb = limits.read(image)  # a FIFO, a bomb, a broken file: refused before the models load
+
     from usesearch.masks.maskers import FelzenszwalbMasker
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
     preset = choose_preset(preset, head)
     model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
-    _print_ranking(model, image, read_photo(image), FelzenszwalbMasker(), text, k, as_json)
+    _print_ranking(model, image, rgb, FelzenszwalbMasker(), text, k, as_json)
 
 
 def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: int, as_json: bool = False) -> None:
