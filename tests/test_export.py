@@ -125,22 +125,23 @@ def test_export_coco_to_stdout_leaves_stdout_to_the_coco_file(tmp_path):
 
     photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
-    for listing in ([], ["--json"]):
-        done = subprocess.run(
+    listings = ([], ["--json"])
+    procs = [  # at once: each spends seconds importing its libraries
+        subprocess.Popen(
             [sys.executable, "-m", "usesearch", "query", "a red cup", "--db", str(tmp_path / "db"), "-k", "3"]
             + listing
             + ["--export-coco", "/dev/stdout"],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
         )
-        assert done.returncode == 0, done.stderr
-        assert len(json.loads(done.stdout)["annotations"]) == 3  # the COCO file, and nothing else
-        assert (
-            ("rank" in done.stderr)
-            if not listing
-            else json.loads(done.stderr[done.stderr.index("[") : done.stderr.rindex("]") + 1])
-        )
+        for listing in listings
+    ]
+    for listing, proc in zip(listings, procs, strict=True):
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert len(json.loads(stdout)["annotations"]) == 3  # the COCO file, and nothing else
+        assert ("rank" in stderr) if not listing else json.loads(stderr[stderr.index("[") : stderr.rindex("]") + 1])
 
 
 @pytest.fixture
@@ -245,17 +246,19 @@ def test_a_photo_swapped_for_a_fifo_or_another_picture_is_a_grey_tile(indexed, t
     assert (tiles[20:60, 20:60] == 200).all() and (tiles[20:60, 192 + 20 : 192 + 60] == 200).all()
 
 
-def _early_closed_reader(args, **kwargs):
-    """The command with its stdout a pipe whose reader is gone before it writes (`| head`)."""
+def _early_closed_readers(*commands):
+    """Each command with its stdout a pipe whose reader is gone before it writes (`| head`),
+    run at once (each spends seconds importing its libraries): (exit code, stderr) each."""
     import subprocess
     import sys
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "usesearch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
-    )
-    proc.stdout.close()
-    _, err = proc.communicate(timeout=120)
-    return proc.returncode, err.decode()
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "usesearch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for args in commands
+    ]
+    for proc in procs:
+        proc.stdout.close()
+    return [(proc.returncode, err.decode()) for proc in procs for _, err in [proc.communicate(timeout=120)]]
 
 
 def test_a_reader_gone_early_costs_neither_file_and_a_coco_file_on_stdout_ends_quietly(indexed, tmp_path):
@@ -264,12 +267,12 @@ def test_a_reader_gone_early_costs_neither_file_and_a_coco_file_on_stdout_ends_q
     /dev/stdout | head` said "cannot write /dev/stdout: Broken pipe", exit 2."""
     _, db = indexed
     coco, sheet = tmp_path / "c.json", tmp_path / "s.png"
-    code, err = _early_closed_reader(
-        ["query", "a cup", "--db", str(db), "--json", "--export-coco", str(coco), "--show", str(sheet)]
+    (code, err), (code_stdout, err_stdout) = _early_closed_readers(
+        ["query", "a cup", "--db", str(db), "--json", "--export-coco", str(coco), "--show", str(sheet)],
+        ["query", "a cup", "--db", str(db), "--export-coco", "/dev/stdout"],
     )
     assert code == 1 and coco.is_file() and sheet.is_file(), err
-    code, err = _early_closed_reader(["query", "a cup", "--db", str(db), "--export-coco", "/dev/stdout"])
-    assert code == 1 and "error" not in err, err
+    assert code_stdout == 1 and "error" not in err_stdout, err_stdout
 
 
 def test_a_closed_stdout_is_one_line_not_a_traceback(indexed):
