@@ -14,7 +14,7 @@ from typing import TypeVar
 from sqlalchemy import select
 
 from usesearch.errors import UsesearchError
-from usesearch.io.files import pixels_refused, read_bytes, stat_signature
+from usesearch.io.files import indexed_limits, pixels_refused, read_bytes, stat_signature
 
 from .records import DONE, FAILED, CopyRecord, ImageRecord
 from .store import Store
@@ -155,6 +155,13 @@ class KnownImages:
         return stat, known.sha256
 
 
+def record_limits(record: ImageRecord) -> tuple[int, int]:
+    """``indexed_limits`` for a photo's record: its pixels, and its file's size when last
+    read whole (the first field of ``file_stat``) where recorded."""
+    size = record.file_stat.split(":", 1)[0] if record.file_stat else ""
+    return indexed_limits(record.width, record.height, int(size) if size.isdigit() else None)
+
+
 def fits_now(record: ImageRecord, max_pixels: int | None) -> bool:
     """Whether ``record`` failed for its pixels and ``max_pixels`` now lets them in (a
     run with `index --max-pixels` raised): tried again without --retry-failed."""
@@ -172,7 +179,7 @@ def still_holds(record: ImageRecord) -> bool:
     try:
         if record.file_stat is not None and stat_signature(os.stat(record.fs_path)) == record.file_stat:
             return True
-        return read_bytes(record.fs_path)[1] == record.sha256
+        return read_bytes(record.fs_path, record_limits(record)[0])[1] == record.sha256
     except FileNotFoundError:
         return False
     except (OSError, UsesearchError):

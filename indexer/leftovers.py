@@ -15,6 +15,7 @@ from sqlalchemy import BigInteger, cast, func, literal, or_, select, true
 from usesearch.errors import UsesearchError, first_line
 from usesearch.io.files import decode, read_bytes
 
+from .known_images import record_limits
 from .options import IndexOptions
 from .records import CopyRecord, ImageRecord, SegmentRecord
 from .store import Store
@@ -60,31 +61,40 @@ def images_under(store: Store, under: list[str | os.PathLike] | None) -> list[tu
         return [(image_id, fs_path, path) for image_id, fs_path, path in s.execute(query.order_by(ImageRecord.id))]
 
 
-def file_failing(fs_path: bytes, path: str, options: IndexOptions) -> str | None:
+def file_failing(fs_path: bytes, path: str, options: IndexOptions, record: ImageRecord | None = None) -> str | None:
     """Why a photo indexed, then failing at a re-run, still cannot be read and decoded
-    within ``options``' limits (None: it can now, as after a repair or a passing read error)."""
+    within ``options``' limits, or its own as ``record`` has it where larger (indexed with
+    `index --max-pixels` raised: its size is no damage). None: it can now, as after a
+    repair or a passing read error."""
+    max_bytes, max_pixels = record_limits(record) if record is not None else (0, 0)
     try:
-        data, _ = read_bytes(fs_path, options.max_bytes, name=path)
-        decode(data, path, options.max_pixels)
+        data, _ = read_bytes(fs_path, max(options.max_bytes, max_bytes), name=path)
+        decode(data, path, max(options.max_pixels, max_pixels))
     except (UsesearchError, OSError, ValueError) as exc:
         return f"failing since indexed ({first_line(exc)})"
     return None
 
 
 def gone_images(
-    images, failed: Collection[int] = (), kept_failures: Collection[int] = (), options: IndexOptions | None = None
+    images,
+    failed: Collection[int] = (),
+    kept_failures: Collection[int] = (),
+    options: IndexOptions | None = None,
+    store: Store | None = None,
 ) -> list[tuple[int, str, str]]:
     """(id, path, why) of the images whose files are gone. A file that ``failed`` (ids)
     to index is gone only when missing: one still there (a FIFO, an unreadable file)
     fails again at the next run, and removing its record would only repeat it. One of
     ``kept_failures`` (indexed, then failing at its last read: corrupt, grown past the
     size limit) is gone too while it still fails to read now (read and decoded here):
-    its segments would answer queries for a photo no one can open."""
+    its segments would answer queries for a photo no one can open. ``store``: where its
+    record (its size as indexed) is read."""
     out = []
     for image_id, fs_path, path in images:
         why = file_gone(bytes(fs_path))
         if why is None and image_id in kept_failures:
-            why = file_failing(bytes(fs_path), path, options or IndexOptions())
+            record = store.image(image_id) if store is not None else None
+            why = file_failing(bytes(fs_path), path, options or IndexOptions(), record)
         if why and (why == "missing" or image_id not in failed):
             out.append((image_id, path, why))
     return out
@@ -142,7 +152,7 @@ def files_gone(
         query = query.order_by(*scattered).limit(most) if estimated else query.order_by(image.id)
         rows = [tuple(row) for row in s.execute(query)]
     kept = store.kept_failure_ids() if kept_failures else set()
-    found = gone_images([r for r in rows if r[0] not in failed] if indexed_only else rows, failed, kept)
+    found = gone_images([r for r in rows if r[0] not in failed] if indexed_only else rows, failed, kept, store=store)
     return Gone(round(len(found) * total / max(1, len(rows))), len(rows), found, estimated)
 
 

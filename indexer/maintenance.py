@@ -178,7 +178,8 @@ def prune(
         considered = images_under(writer.store, under)
         report.considered = len(considered)
         failing = writer.store.kept_failure_ids()
-        gone = gone_images(considered, writer.store.failed_image_ids(), failing if kept_failures else set(), options)
+        failed = writer.store.failed_image_ids()
+        gone = gone_images(considered, failed, failing if kept_failures else set(), options, writer.store)
         if not kept_failures:  # those left to `prune`: still there, said by the caller
             report.failing_kept = len(failing & {i for i, _, _ in considered} - {i for i, _, _ in gone})
         photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}

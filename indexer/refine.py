@@ -32,11 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from usesearch.errors import ClientGoneError, UsesearchError, first_line
-from usesearch.io.files import decode, indexed_limits, pixel_count, read_bytes
+from usesearch.io.files import decode, pixel_count, read_bytes
 from usesearch.masks import rle
 
 from .filters import SearchFilters, check_k
 from .hits import Hit, first_hits
+from .known_images import record_limits
 from .refine_cache import CACHE_FOLDER, ImageStateCache
 
 REFINERS = ("sam3",)
@@ -195,7 +196,7 @@ class Refiner:
                 report.skipped.append(f"{photo.image}: no longer in the index")
                 continue
             try:  # the file checked even when its features are cached: gone or changed, it is skipped
-                max_bytes, max_pixels = indexed_limits(record.width, record.height)
+                max_bytes, max_pixels = record_limits(record)
                 data, sha256 = read_bytes(record.fs_path, max_bytes, record.path)
                 if sha256 != record.sha256:
                     raise UsesearchError("changed on disk since it was indexed; run `usesearch index` again")

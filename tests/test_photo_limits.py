@@ -7,6 +7,8 @@ would take 300 MB and seconds to decode: ``small_defaults`` sets the defaults ev
 reader falls back on to less than the test photos have."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import typer
@@ -184,3 +186,97 @@ def test_segment_embed_and_similar_image_take_the_limits_and_name_them_when_they
         assert "(--max-pixels, --max-bytes raise the limits)" in result.output
     within = runner.invoke(app, refused[-1][:-1] + ["1M"])
     assert within.exit_code == 0, within.output
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG's signature and header chunk alone: PIL reads its size, nothing to decode."""
+    import struct
+    import zlib
+
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return b"\x89PNG\r\n\x1a\n" + chunk + end
+
+
+def test_a_raised_limit_lets_in_photos_past_twice_pils_own_and_pils_warning_gives_way_to_ours():
+    """PIL refuses a header past twice its limit (179 MP) itself: `--max-pixels 250M` could
+    not let in a 200 MP scan, and the refusal named neither our limit nor the option."""
+    scan = png_header(20_000, 10_000)  # 200 MP
+    assert files.pixel_count(scan, "scan.png", max_pixels=250_000_000) == 200_000_000
+    with pytest.raises(ImageReadError) as refused:
+        files.pixel_count(scan, "scan.png")
+    assert files.pixels_refused(str(refused.value)) == 200_000_000
+    assert Image.MAX_IMAGE_PIXELS == files.PIL_DEFAULT_LIMIT  # PIL's own limit as it was
+    # Past PIL's 89 MP but within our 100: no PIL warning on stderr (a process of its own, as
+    # the CLI: pytest resets the warning filters a module sets while tests are collected).
+    code = (
+        "import sys; from usesearch.io import files; print(files.pixel_count(bytes.fromhex(sys.argv[1]), '95mp.png'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, png_header(10_000, 9_500).hex()], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "95000000" and done.stderr == "", done.stderr
+    assert files.pixels_refused(str(refused.value)[:-4]) == 200_000_000  # a message cut short (2,000 chars kept)
+
+
+def test_a_raised_byte_limit_reads_what_the_file_holds_not_the_limit(tmp_path):
+    """read(max_bytes + 1) allocated all of `--max-bytes 64G` for every photo: a MemoryError each."""
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    data, _ = files.read_bytes(str(photo), max_bytes=2**62)
+    assert data == photo.read_bytes()
+
+
+def test_prune_keeps_a_photo_indexed_past_the_defaults_that_reads_as_indexed(tmp_path, small_defaults):
+    """A photo indexed with `--max-pixels` raised, with a passing failure noted since, was
+    judged failing by prune's default limits and removed with its segments."""
+    import sqlite3
+
+    from usesearch.indexer.folder import DB_FILE
+    from usesearch.indexer.maintenance import prune
+
+    pixels, size = small_defaults
+    photos, db = scans(tmp_path / "photos"), tmp_path / "db"
+    (photos / "astronaut.png").unlink(), (photos / "sub" / "coffee.png").unlink()
+    assert index_paths([photos], db, IndexOptions(**OPTS, max_pixels=10 * pixels, max_bytes=100 * size)).done == 1
+    with sqlite3.connect(db / DB_FILE) as con:  # a read that failed once (the disk was busy), noted on it
+        con.execute("update images set error_class = 'ImageReadError', error_message = 'busy'")
+    report = prune(db, None, IndexOptions(max_pixels=pixels, max_bytes=size))  # the defaults
+    assert report.images_removed == 0 and SegmentIndex.open(db).store.counts()["images_done"] == 1
+
+
+def test_one_waiting_for_the_whole_budget_is_not_starved_by_smaller_holds():
+    """Overlapping small holds kept the budget from ever being free: the photo larger than
+    it waited its 20 s and got a 503, however often it was asked."""
+    import threading
+    import time
+
+    from usesearch.indexer.web.budget import PixelBudget
+
+    budget = PixelBudget(pixels=100, wait_s=5)
+    order: list[str] = []
+    first = threading.Event()
+
+    def small(name: str, after: threading.Event | None) -> None:
+        if after is not None:
+            after.wait()
+        with budget.hold(40):
+            first.set()
+            order.append(name)
+            time.sleep(0.3)
+
+    def large() -> None:
+        first.wait()
+        with budget.hold(500, larger_alone=True):
+            order.append("whole")
+
+    threads = [threading.Thread(target=large), threading.Thread(target=small, args=("a", None))]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)  # "whole" waits behind "a"; "b" comes after it and must let it go first
+    late = threading.Thread(target=small, args=("b", None))
+    late.start()
+    for t in [*threads, late]:
+        t.join(10)
+    assert order == ["a", "whole", "b"]

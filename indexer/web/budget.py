@@ -27,6 +27,7 @@ class PixelBudget:
         self.pixels, self.wait_s = pixels, wait_s
         self.in_use = 0
         self.peak = 0  # the most pixels held at once, for tests and benchmarks
+        self._whole_waiting = 0  # holds waiting for the whole budget (``larger_alone``)
         self._cond = threading.Condition()
 
     @contextmanager
@@ -40,13 +41,22 @@ class PixelBudget:
             pixels = min(pixels, self.pixels)
         if pixels > self.pixels:
             raise UsesearchError(f"the photo has {pixels} pixels; this server decodes at most {self.pixels} at a time")
+        whole = pixels == self.pixels
         deadline = time.monotonic() + self.wait_s
         with self._cond:
-            while self.in_use + pixels > self.pixels:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ServerBusyError("the server is busy decoding other photos; try again shortly")
-                self._cond.wait(left)
+            # While one waits for the whole budget, no one else starts: else a stream of
+            # small holds, overlapping, would keep it waiting until its 503.
+            self._whole_waiting += whole
+            try:
+                while self.in_use + pixels > self.pixels or (self._whole_waiting and not whole):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ServerBusyError("the server is busy decoding other photos; try again shortly")
+                    self._cond.wait(left)
+            finally:
+                self._whole_waiting -= whole
+                if whole:
+                    self._cond.notify_all()  # those it held back go on (it holds, or gave up)
             self.in_use += pixels
             self.peak = max(self.peak, self.in_use)
         try:

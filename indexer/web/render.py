@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image
 
 from usesearch.errors import ImageGoneError, UsesearchError
-from usesearch.io.files import decode, indexed_limits, read_bytes
+from usesearch.io.files import decode, read_bytes
 from usesearch.tasks.visualize import OUTLINE, TINT, decode_mask, outline, segment_tile
 
+from ..known_images import record_limits
 from ..records import ImageRecord, SegmentRow
 from .budget import PixelBudget
 
@@ -82,7 +83,7 @@ class ImageCache:
         try:
             # read_bytes opens non-blocking and refuses anything but a regular file,
             # so a FIFO swapped in under an indexed name never holds a worker.
-            max_bytes, max_pixels = indexed_limits(record.width, record.height)
+            max_bytes, max_pixels = record_limits(record)
             data, sha256 = read_bytes(record.fs_path, max_bytes, record.path)
             if sha256 != record.sha256:  # before decoding: the budget held is for the indexed photo's pixels
                 raise ImageGoneError(changed)

@@ -262,7 +262,7 @@ def similar(
     rgb = limits.read(image)  # the indexer's safeguards: regular files, size, bombs
     mask_array = None
     if mask is not None:
-        mask_array = region_lib.read_mask(read_bytes(str(mask))[0], str(mask))
+        mask_array = region_lib.read_mask(read_bytes(str(mask), limits.max_bytes)[0], str(mask), limits.max_pixels)
     picked = index.region(
         rgb,
         point=region_lib.parse_point(point) if point else None,

@@ -16,6 +16,7 @@ import stat
 import threading
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,11 +149,13 @@ def read_bytes(fs_path: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES, name: s
         if st.st_size > max_bytes:
             raise ImageReadError(f"cannot read image {name}: {st.st_size} bytes {PAST_LIMIT} {max_bytes}")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(max_bytes + 1)  # a file that grows while read is still bounded
+            # The size fstat gave, and one byte more to see a file still growing: read(max_bytes)
+            # allocated all of a raised --max-bytes up front, for every photo.
+            data = f.read(st.st_size + 1)
     finally:
         os.close(fd)
-    if len(data) > max_bytes:
-        raise ImageReadError(f"cannot read image {name}: it grew while read and {PAST_LIMIT} {max_bytes} bytes")
+    if len(data) > st.st_size:
+        raise ImageReadError(f"cannot read image {name}: it grew while read (still being written?)")
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -168,24 +171,57 @@ def read_photo(
     return decode(read_bytes(os.fspath(path), max_bytes, name)[0], name, max_pixels)
 
 
-def indexed_limits(width: int | None, height: int | None) -> tuple[int, int]:
-    """``(max_bytes, max_pixels)`` to read again a photo indexed at ``width`` x ``height``:
-    the defaults, or room for the photo itself where ``index --max-pixels`` let a larger
-    one in (else the server, ``--show`` and exports could never draw it). Its SHA-256 and
-    size are checked after the read: another file under its name is still refused."""
+def indexed_limits(width: int | None, height: int | None, file_size: int | None = None) -> tuple[int, int]:
+    """``(max_bytes, max_pixels)`` to read again a photo indexed at ``width`` x ``height``
+    (from a file of ``file_size`` bytes, where known): the defaults, or room for the photo
+    itself where ``index --max-pixels`` let a larger one in (else the server, ``--show``
+    and exports could never draw it). Its SHA-256 and size are checked after the read:
+    another file under its name is still refused."""
     pixels = (width or 0) * (height or 0)
-    max_bytes = max(DEFAULT_MAX_BYTES, BYTES_PER_PIXEL_AT_MOST * pixels + FILE_MARGIN)
+    max_bytes = max(DEFAULT_MAX_BYTES, BYTES_PER_PIXEL_AT_MOST * pixels + FILE_MARGIN, file_size or 0)
     return max_bytes, max(DEFAULT_MAX_PIXELS, pixels)
 
 
 _PIL_LIMIT = threading.Lock()
+PIL_DEFAULT_LIMIT = Image.MAX_IMAGE_PIXELS  # PIL's own bomb check: a warning past it, an error past twice it
+# Our ``max_pixels``, checked from the header before any decode, does the warning's job.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def pixels_refused(reason: str | None) -> int | None:
     """The pixel count a refusal by ``pixel_count`` for pixels names (else None): a
     re-run whose ``max_pixels`` now lets that many in reads the photo again."""
-    found = re.search(rf"= (\d+) pixels {PAST_LIMIT} \d+$", reason or "")
+    found = re.search(rf"= (\d+) pixels {PAST_LIMIT} \d+", reason or "")
     return int(found.group(1)) if found else None
+
+
+@contextmanager
+def pil_limit_at_least(pixels: int | None) -> Iterator[None]:
+    """PIL's limit raised to ``pixels`` (None: off) for the body, where it is below.
+    It is process-wide state, so one such body at a time; a photo opened meanwhile
+    within PIL's default limit is unaffected (the limit only ever rises)."""
+    if PIL_DEFAULT_LIMIT is None or (pixels is not None and pixels <= PIL_DEFAULT_LIMIT):
+        yield
+        return
+    with _PIL_LIMIT:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header. Past twice PIL's limit (179 MP) PIL refuses to
+    say; ``--max-pixels`` may let in more, so the header is read again with PIL's check
+    off, and the caller's limit decides."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Image.DecompressionBombError:
+        with pil_limit_at_least(None), Image.open(io.BytesIO(data)) as im:
+            return im.size
 
 
 def pixel_count(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
@@ -194,8 +230,7 @@ def pixel_count(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if not data:
         raise ImageReadError(f"cannot read image {name}: file is empty")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
+        w, h = _header_size(data)
     except UnidentifiedImageError as exc:
         raise ImageReadError(f"cannot read image {name}: not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -207,20 +242,9 @@ def pixel_count(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
 def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Bytes -> RGB uint8 with EXIF orientation applied. Pixel count is checked from
-    the header first, so a decompression bomb is refused without decoding it."""
+    the header first, so a decompression bomb is refused without decoding it. Within
+    PIL's own limit photos decode in parallel threads (the indexer's read-ahead pool);
+    past it, one at a time (``pil_limit_at_least``)."""
     pixels = pixel_count(data, name, max_pixels)
-    if Image.MAX_IMAGE_PIXELS is None or pixels <= Image.MAX_IMAGE_PIXELS:
-        # Within PIL's own limit: nothing process-wide changes, so photos decode in
-        # parallel threads (the indexer's read-ahead pool).
+    with pil_limit_at_least(pixels):
         return read_image(io.BytesIO(data), name=name)
-    # Past PIL's limit but within ours: PIL's limit is raised for this decode. It is
-    # process-wide state, so one such photo at a time; a photo decoding meanwhile
-    # on the path above is within both limits and unaffected.
-    with _PIL_LIMIT, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        previous = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max_pixels
-        try:
-            return read_image(io.BytesIO(data), name=name)
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous

@@ -59,19 +59,21 @@ def _numbers(text: str, count: int, spelling: str) -> list[float]:
     return values
 
 
-def read_mask(data: bytes, name: str) -> np.ndarray:
+def read_mask(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
     """A mask picture's bytes -> bool [H, W] (EXIF orientation applied, as to photos).
     Where its alpha varies, the opaque pixels are inside (a region drawn on a
-    transparent layer, whatever its colour); else any non-zero colour is."""
+    transparent layer, whatever its colour); else any non-zero colour is. ``max_pixels``:
+    as for photos (None: the default)."""
     import io
 
     from PIL import Image, ImageOps
 
-    from usesearch.io.files import pixel_count
+    from usesearch.io.files import DEFAULT_MAX_PIXELS, pil_limit_at_least, pixel_count
 
-    pixel_count(data, name)  # what is not a picture, or a decompression bomb: one line, nothing decoded
+    # What is not a picture, or a decompression bomb: one line, nothing decoded.
+    pixels = pixel_count(data, name, max_pixels or DEFAULT_MAX_PIXELS)
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with pil_limit_at_least(pixels), Image.open(io.BytesIO(data)) as opened:
             opened.seek(0)
             picture = ImageOps.exif_transpose(opened)
             if "A" in picture.getbands() or "transparency" in picture.info:
