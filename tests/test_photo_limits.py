@@ -79,6 +79,9 @@ def test_index_refuses_past_its_limits_says_which_options_raise_them_and_a_raise
     out = index_cli(photos, db, "--max-pixels", "50k")
     assert f"{BIG[0]}x{BIG[1]} = {BIG[0] * BIG[1]} pixels exceeds the limit of 50000" in out
     assert "1 photo(s) refused for their size: --max-pixels and --max-bytes raise the limits" in out
+    listed = runner.invoke(app, ["failures", "--db", str(db)])
+    assert listed.stdout.count("\n") == 1 and listed.stdout.startswith(str(scan))  # one line a file, for scripts
+    assert "1 of them refused for their size: `usesearch index PATHS --db" in listed.stderr
     # The same limit again: the refused photo is skipped unread, as any failure with the same content.
     read = []
     real = files.read_bytes

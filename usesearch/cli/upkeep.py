@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 from usesearch.cli import options as opts
-from usesearch.io.files import one_line
+from usesearch.io.files import PAST_LIMIT, one_line
 
 app = opts.Typer()
 
@@ -99,6 +99,12 @@ def failures(db: opts.DbOpt, db_url: opts.DbUrlOpt = None, as_json: opts.JsonOpt
         where = problem.file_name or Path(problem.coco_file).name
         annotation = f" annotation {problem.annotation_id}" if problem.annotation_id is not None else ""
         _data_line(where + annotation, f"[{problem.split}] {problem.kind}: {problem.message}")
+    past = sum(PAST_LIMIT in (record.error_message or "") for record in failed)
+    if past:  # on stderr: the lines above stay one file each for scripts
+        opts.err_console.print(
+            f"{past} of them refused for their size: `usesearch index PATHS {opts.index_flags(db, db_url)} "
+            "--max-pixels N --max-bytes N` with the limits raised reads them again"
+        )
 
 
 def _data_line(*fields: str) -> None:
