@@ -257,3 +257,35 @@ def test_indexing_photos_in_encoder_batches_gives_the_same_index(tmp_path, image
         assert_consistent(db)
     assert len(contents[0]) > 6 and {c[0] for c in contents[0]} == {"a.png", "b.png", "d.png"}
     assert contents[0] == contents[1]
+
+
+def test_on_a_cpu_a_large_photos_masks_are_upscaled_in_groups_that_fit_and_the_masks_stay_the_same(
+    sam, image, monkeypatch
+):
+    """64 prompts' full-size logits at once: 12 GB for a 12 MP photo, a 38 GB request
+    (refused) for a 49 MP scan. They are upscaled and scored in groups sized to
+    ``CPU_MASK_BYTES`` (the decoder's batch left as it is: its numbers depend on it);
+    a photo of ~1 MP still takes a batch at once, and the masks are the same, bit for bit."""
+    from usesearch.masks import amg_utils
+    from usesearch.masks.amg import ENCODE_CHUNK
+
+    side = sam.image_encoder.img_size
+    assert amg_utils.cpu_upscale_chunk(1024, (768, 1024)) >= 3 * 64  # a batch's masks at once: as before
+    assert amg_utils.cpu_upscale_chunk(1024, (3000, 4000)) < 64 and amg_utils.cpu_upscale_chunk(1024, (7000, 7000)) >= 1
+    assert amg_utils.cpu_encode_chunk((768, 1024), ENCODE_CHUNK) == ENCODE_CHUNK
+    assert amg_utils.cpu_encode_chunk((7000, 7000), ENCODE_CHUNK) < ENCODE_CHUNK
+    settings = dict(points_per_side=8, min_mask_region_area=25, **LOW)
+    whole = SamMaskGenerator(sam, **settings).generate(image)
+    # A budget that fits 5 masks of this photo at a time, 2 kept ones encoded: as a large photo's would.
+    h, w = image.shape[:2]
+    monkeypatch.setattr(amg_utils, "CPU_MASK_BYTES", 5 * (4 * side * side + 7 * h * w))
+    monkeypatch.setattr("usesearch.masks.amg.cpu_encode_chunk", lambda hw, most: 2)
+    generator = SamMaskGenerator(sam, **settings)
+    sizes = []
+    real = generator._upscale
+    generator._upscale = lambda low_res, *args: sizes.append(len(low_res)) or real(low_res, *args)
+    grouped = generator.generate(image)
+    assert max(sizes) <= 5 and len(sizes) > 40 and len(whole) > 20
+    assert [(r.rle, r.box_xyxy, r.predicted_iou, r.stability_score) for r in grouped] == [
+        (r.rle, r.box_xyxy, r.predicted_iou, r.stability_score) for r in whole
+    ]

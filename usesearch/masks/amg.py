@@ -37,9 +37,17 @@ from torchvision.ops import box_area
 
 from usesearch.devices import has_bf16
 from usesearch.masks import rle
-from usesearch.masks.amg_utils import CPU_POINTS_PER_BATCH, Candidates, nms, prompt_batch, stability_score
+from usesearch.masks.amg_utils import (
+    CPU_POINTS_PER_BATCH,
+    Candidates,
+    cpu_encode_chunk,
+    cpu_upscale_chunk,
+    nms,
+    prompt_batch,
+    stability_score,
+)
 
-ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU: bounds memory for large photos
+ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
 GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)
 
 
@@ -267,19 +275,27 @@ class SamMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             keep = iou > self.pred_iou_thresh
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
-        logits = self._upscale(low_res, input_size, crop_hw)
-        stability = stability_score(logits, self.model.mask_threshold, self.stability_score_offset)
-        if self.stability_score_thresh > 0.0:
-            keep = stability >= self.stability_score_thresh
-            logits, low_res, iou, points, stability = (
-                logits[keep],
-                low_res[keep],
-                iou[keep],
-                points[keep],
-                stability[keep],
-            )
-        boxes = batched_mask_to_box(logits > self.model.mask_threshold)
-        del logits
+        # Upscaled a group at a time on a CPU (a large photo's full-size logits), at once on a GPU.
+        side = self.model.image_encoder.img_size
+        chunk = cpu_upscale_chunk(side, crop_hw) if device.type == "cpu" else max(1, len(low_res))
+        kept, stabilities, box_parts = [], [], []
+        for start in range(0, len(low_res), chunk):
+            logits = self._upscale(low_res[start : start + chunk], input_size, crop_hw)
+            stability = stability_score(logits, self.model.mask_threshold, self.stability_score_offset)
+            keep = (stability >= self.stability_score_thresh) if self.stability_score_thresh > 0.0 else None
+            if keep is not None:
+                logits, stability = logits[keep], stability[keep]
+            kept.append(keep if keep is not None else torch.ones(len(stability), dtype=torch.bool, device=device))
+            stabilities.append(stability)
+            box_parts.append(batched_mask_to_box(logits > self.model.mask_threshold))
+            del logits
+        if box_parts:
+            keep = torch.cat(kept)
+            low_res, iou, points = low_res[keep], iou[keep], points[keep]
+            stability, boxes = torch.cat(stabilities), torch.cat(box_parts)
+        else:  # every prompt's masks cut by the IoU filter
+            stability = torch.zeros(0, device=device)
+            boxes = torch.zeros(0, 4, dtype=torch.long, device=device)
         keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
         empty = torch.zeros(len(iou), dtype=torch.long, device=device)
         return Candidates(low_res, iou, stability, boxes, points, empty)[keep]
@@ -334,7 +350,7 @@ class SamMaskGenerator:
         # one transfer.
         side = self.model.image_encoder.img_size
         chunk = (
-            ENCODE_CHUNK
+            cpu_encode_chunk(orig_size, ENCODE_CHUNK)
             if cands.iou.device.type == "cpu"
             else max(1, GPU_ENCODE_PIXELS // max(orig_size[0] * orig_size[1], side * side))
         )

@@ -13,6 +13,9 @@ from torchvision.ops import batched_nms
 
 CPU_POINTS_PER_BATCH = 64  # segment-anything's default; a CPU gains nothing from more
 GPU_MEMORY_SHARE = 0.4  # of the free GPU memory, what one prompt batch's masks may take
+# On a CPU, what the masks upscaled at once (a prompt batch's, or kept ones encoded) may
+# take: 64 prompts' at once took 12 GB on a 12 MP photo, and asked for 38 GB on a 49 MP one.
+CPU_MASK_BYTES = 2 * 2**30
 
 
 @dataclass
@@ -59,6 +62,21 @@ def prompt_batch(free_bytes: int, side: int, crop_hw: tuple[int, int], points: i
     per_point = 3 * max(side * side, crop_hw[0] * crop_hw[1]) * 8
     fit = int(free_bytes * GPU_MEMORY_SHARE) // per_point // CPU_POINTS_PER_BATCH * CPU_POINTS_PER_BATCH
     return max(CPU_POINTS_PER_BATCH, min(points, fit))
+
+
+def cpu_upscale_chunk(side: int, crop_hw: tuple[int, int]) -> int:
+    """Masks of a prompt batch upscaled and scored at a time on a CPU: as many as fit in
+    ``CPU_MASK_BYTES`` (float32 logits at the model's canvas, then at the crop's size
+    with their thresholded copies: ~7 bytes a pixel), at least 1. A photo of ~1 MP still
+    takes a whole batch (64 prompts' 192 masks) at once. The decoder's batch is left as
+    it is: its numbers, hence the masks, depend on it."""
+    return max(1, CPU_MASK_BYTES // (4 * side * side + 7 * crop_hw[0] * crop_hw[1]))
+
+
+def cpu_encode_chunk(hw: tuple[int, int], most: int) -> int:
+    """Kept masks upscaled and encoded at a time on a CPU: at most ``most``, fewer where
+    their full-size logits and bool masks (~6 bytes a pixel) would pass ``CPU_MASK_BYTES``."""
+    return max(1, min(most, CPU_MASK_BYTES // (6 * hw[0] * hw[1])))
 
 
 def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
