@@ -38,6 +38,11 @@ def count_from(unit: int, default: int) -> Callable[[str], int]:
     return parse
 
 
+def limit_option(flag: str, unit: int, default: int, metavar: str, help: str) -> typer.models.OptionInfo:
+    """A size limit's option: a number, or one with k, M or G in ``unit``'s powers."""
+    return typer.Option(flag, parser=count_from(unit, default), metavar=metavar, help=help)
+
+
 @dataclass(frozen=True)
 class PhotoLimits:
     """How large a photo a command reads: past either limit it is refused (from its
@@ -45,20 +50,22 @@ class PhotoLimits:
 
     max_pixels: Annotated[
         int,
-        typer.Option(
+        limit_option(
             "--max-pixels",
-            parser=count_from(1000, DEFAULT_MAX_PIXELS),
-            metavar="PIXELS",
-            help="Refuse photos of more pixels, from their header (default 100M; 250M, or 250000000, for scans).",
+            1000,
+            DEFAULT_MAX_PIXELS,
+            "PIXELS",
+            "Refuse photos of more pixels, from their header (default 100M; 250M, or 250000000, for scans).",
         ),
     ] = DEFAULT_MAX_PIXELS
     max_bytes: Annotated[
         int,
-        typer.Option(
+        limit_option(
             "--max-bytes",
-            parser=count_from(1024, DEFAULT_MAX_BYTES),
-            metavar="BYTES",
-            help="Refuse larger files unread (default 512M, M = MiB; 2G for large TIFFs).",
+            1024,
+            DEFAULT_MAX_BYTES,
+            "BYTES",
+            "Refuse larger files unread (default 512M, M = MiB; 2G for large TIFFs).",
         ),
     ] = DEFAULT_MAX_BYTES
 
