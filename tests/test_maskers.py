@@ -191,3 +191,31 @@ def test_a_batch_size_is_no_part_of_an_index_identity_and_a_mask_setting_is(tmp_
     assert run(points_per_side=4, points_per_batch=32).skipped == 1
     with pytest.raises(IndexMismatchError, match="points_per_side"):
         run(points_per_side=8)
+
+
+def test_a_large_photos_felzenszwalb_masks_go_out_as_rles_one_at_a_time_and_equal_the_dense_ones(
+    photo, monkeypatch, tmp_path
+):
+    """64 dense masks of a 49 MP scan took 3.1 GB (5.2 GB at the run's peak): past
+    ``DENSE_MASK_PIXELS`` the masker makes each mask's RLE in turn. Same proposals, and
+    an index of them equals one of the dense masks, vector for vector."""
+    from PIL import Image
+
+    from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+    from usesearch.masks import maskers
+
+    dense = FelzenszwalbMasker()(photo)
+    monkeypatch.setattr(maskers, "DENSE_MASK_PIXELS", 0)
+    encoded = FelzenszwalbMasker()(photo)
+    assert all(p._mask is None for p in encoded) and len(dense) > 5
+    assert [(p.rle, p.bbox, p.area) for p in encoded] == [(p.rle, p.bbox, p.area) for p in dense]
+    (tmp_path / "p").mkdir()
+    Image.fromarray(photo).save(tmp_path / "p" / "a.png")
+    options = IndexOptions(preset="tiny", masker="felzenszwalb")
+    index_paths([tmp_path / "p"], tmp_path / "rle", options)
+    monkeypatch.undo()
+    index_paths([tmp_path / "p"], tmp_path / "dense", options)
+    vectors = [
+        np.concatenate([v for _, v in SegmentIndex.open(tmp_path / db).store.embeddings()]) for db in ("rle", "dense")
+    ]
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=2e-3)
