@@ -279,23 +279,19 @@ class SamMaskGenerator:
         side = self.model.image_encoder.img_size
         chunk = cpu_upscale_chunk(side, crop_hw) if device.type == "cpu" else max(1, len(low_res))
         kept, stabilities, box_parts = [], [], []
-        for start in range(0, len(low_res), chunk):
+        for start in range(0, max(1, len(low_res)), chunk):  # (once when empty, as the library takes it)
             logits = self._upscale(low_res[start : start + chunk], input_size, crop_hw)
             stability = stability_score(logits, self.model.mask_threshold, self.stability_score_offset)
-            keep = (stability >= self.stability_score_thresh) if self.stability_score_thresh > 0.0 else None
-            if keep is not None:
-                logits, stability = logits[keep], stability[keep]
-            kept.append(keep if keep is not None else torch.ones(len(stability), dtype=torch.bool, device=device))
+            if self.stability_score_thresh > 0.0:
+                kept.append(stability >= self.stability_score_thresh)
+                logits, stability = logits[kept[-1]], stability[kept[-1]]
             stabilities.append(stability)
             box_parts.append(batched_mask_to_box(logits > self.model.mask_threshold))
             del logits
-        if box_parts:
+        if kept:
             keep = torch.cat(kept)
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
-            stability, boxes = torch.cat(stabilities), torch.cat(box_parts)
-        else:  # every prompt's masks cut by the IoU filter
-            stability = torch.zeros(0, device=device)
-            boxes = torch.zeros(0, 4, dtype=torch.long, device=device)
+        stability, boxes = torch.cat(stabilities), torch.cat(box_parts)
         keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
         empty = torch.zeros(len(iou), dtype=torch.long, device=device)
         return Candidates(low_res, iou, stability, boxes, points, empty)[keep]
