@@ -449,7 +449,9 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
     for args, message in cases:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
-        assert message in result.output and "Traceback" not in result.output, (args, result.output)
+        # click's own refusals come in a box whose lines wrap a long path: read it unwrapped.
+        unboxed = " ".join(result.output.translate(str.maketrans("│╭╮╰╯─", "      ")).split())
+        assert message in unboxed and "Traceback" not in result.output, (args, result.output)
     assert not new_db.exists()
     assert runner.invoke(app, ["query", "a cat", "--db", str(db)]).exit_code == 0  # refused, nothing recorded
     shutil.move(db / FAISS_FILE, tmp_path / "moved")
