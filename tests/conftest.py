@@ -13,6 +13,14 @@ os.environ["HF_HOME"] = os.path.join(_home, "hf")
 os.environ["HF_HUB_CACHE"] = os.path.join(_home, "hf", "hub")
 os.environ["USESEARCH_HOME"] = os.path.join(_home, "usesearch")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_home, "cache")
+# pytest-xdist's workers get COLUMNS=80 and LINES=24, which rich's consoles (made at
+# import) would fix their width to: a test's own COLUMNS is read when it prints.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share two cores: one thread each (and in the processes they start)
+    # instead of four threads contending for two.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
