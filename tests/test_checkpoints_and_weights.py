@@ -1,5 +1,6 @@
 """Head checkpoints round-trip and refuse foreign backbones; missing weights fail clearly."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 import usesearch
 from usesearch.cli.app import app
-from usesearch.masks import sam3
+from usesearch.masks import sam3_weights
 from usesearch.masks.sam import load_sam
 from usesearch.models.weights import sha256_file
 
@@ -103,6 +104,51 @@ def test_cli_help_and_models_list():
     assert set(by_preset) >= {(p, c) for p in ("l14-336", "b16", "tiny") for c in ("clip", "dino", "sam")}
     assert all(r["present"] and not r["needed"] for (p, _), r in by_preset.items() if p == "tiny")
     assert not by_preset[("b16", "sam")]["present"] and by_preset[("b16", "sam")]["expected"].endswith(".pth")
+
+
+def test_models_list_imports_no_model_library(tmp_path):
+    """`models list` imported torch and open_clip (~5 s and 900 MB a call on 2 cores)
+    to say where weights are; a weights file found is checked without them too."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import save_file
+
+    (tmp_path / "weights").mkdir()
+    save_file({"w": np.zeros(4, np.float32)}, str(tmp_path / "weights" / "ViT-B-16-openai.safetensors"))
+    code = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from usesearch.cli.app import app\n"
+        "done = CliRunner().invoke(app, ['models', 'list', '--json'])\n"
+        "heavy = [m for m in ('torch', 'segment_anything', 'open_clip', 'timm', 'sam3', 'sam2') if m in sys.modules]\n"
+        "print(json.dumps([done.exit_code, heavy, json.loads(done.stdout)]))\n"
+    )
+    env = {**os.environ, "USESEARCH_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    exit_code, heavy, rows = json.loads(done.stdout)
+    assert exit_code == 0 and heavy == []
+    clip = {r["preset"]: r for r in rows if r["component"] == "clip"}
+    assert clip["b16"]["present"] and clip["b16"]["path"] == str(tmp_path / "weights" / "ViT-B-16-openai.safetensors")
+    assert not clip["l14-336"]["present"] and clip["l14-336"]["source"].startswith("hf.co/timm/")
+    assert {r["component"] for r in rows} >= {"sam2", "sam3"}
+
+
+def test_the_clip_repos_known_without_open_clip_are_open_clips():
+    """``weights.CLIP_HUB_REPOS`` spares `models list` an open_clip import: it must say
+    what open_clip's own table says, for every preset's CLIP weights."""
+    import open_clip
+
+    from usesearch.models.presets import PRESETS
+    from usesearch.models.weights import CLIP_HUB_REPOS, _clip_repo
+
+    pretrained = [p.clip for p in PRESETS.values() if p.clip.pretrained is not None]
+    assert len(pretrained) >= 2 and all((c.model_name, c.pretrained) in CLIP_HUB_REPOS for c in pretrained)
+    for (model, tag), repo in CLIP_HUB_REPOS.items():
+        assert open_clip.get_pretrained_cfg(model, tag)["hf_hub"].rstrip("/") == repo
+    other = dataclasses.replace(pretrained[0], model_name="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    assert _clip_repo(other) == open_clip.get_pretrained_cfg("ViT-B-32", "laion2b_s34b_b79k")["hf_hub"].rstrip("/")
 
 
 def test_sam_tiny_is_seeded_and_checkpoints_load_weights_only(tmp_path):
@@ -197,11 +243,11 @@ def test_failed_sam3_pull_leaves_no_lock_and_keeps_only_a_resumable_partial(tmp_
     import huggingface_hub
     import huggingface_hub.constants
 
-    from usesearch.masks.sam3 import pull_sam3
+    from usesearch.masks.sam3_weights import pull_sam3
 
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the fake stands in for the network
-    monkeypatch.setattr(sam3, "refuse_when_unreachable", lambda what: None)  # the fake is reachable
+    monkeypatch.setattr(sam3_weights, "refuse_when_unreachable", lambda what: None)  # the fake is reachable
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub_download(partial, succeed=False))
     with pytest.raises(usesearch.UsesearchError, match="could not download sam3.pt") as err:
         pull_sam3()
@@ -216,11 +262,11 @@ def test_sam3_pull_moves_the_checkpoint_into_place_and_drops_the_staging(tmp_pat
     import huggingface_hub
     import huggingface_hub.constants
 
-    from usesearch.masks.sam3 import pull_sam3, sam3_status
+    from usesearch.masks.sam3_weights import pull_sam3, sam3_status
 
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(sam3, "refuse_when_unreachable", lambda what: None)  # the fake is reachable
+    monkeypatch.setattr(sam3_weights, "refuse_when_unreachable", lambda what: None)  # the fake is reachable
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub_download(b"", succeed=True))
     assert pull_sam3() == [f"sam3: downloaded {tmp_path / 'sam3.pt'}"]
     assert [p.name for p in tmp_path.iterdir()] == ["sam3.pt"]
@@ -233,7 +279,7 @@ def test_a_pull_from_hugging_face_while_offline_says_so(tmp_path, monkeypatch):
     import huggingface_hub
     import huggingface_hub.constants
 
-    from usesearch.masks.sam3 import pull_sam3
+    from usesearch.masks.sam3_weights import pull_sam3
     from usesearch.models.weights import pull
 
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
@@ -253,7 +299,7 @@ def test_a_pull_from_an_unreachable_hugging_face_says_so_at_once(tmp_path, monke
 
     import huggingface_hub.constants
 
-    from usesearch.masks.sam3 import pull_sam3
+    from usesearch.masks.sam3_weights import pull_sam3
     from usesearch.models import weights
 
     def unreachable(address, timeout):
@@ -339,11 +385,11 @@ def test_a_sam3_pull_cut_short_or_gated_leaves_no_lock_and_says_why(tmp_path, mo
     import huggingface_hub.constants
     from huggingface_hub.errors import GatedRepoError
 
-    from usesearch.masks.sam3 import pull_sam3
+    from usesearch.masks.sam3_weights import pull_sam3
 
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(sam3, "refuse_when_unreachable", lambda what: None)  # the fake is reachable
+    monkeypatch.setattr(sam3_weights, "refuse_when_unreachable", lambda what: None)  # the fake is reachable
     gated = GatedRepoError.__new__(GatedRepoError)  # as the hub raises it for a licence not accepted
     gated.args = ("401 Client Error",)
     for raised, expect in ((KeyboardInterrupt(), KeyboardInterrupt), (gated, usesearch.UsesearchError)):
@@ -477,11 +523,11 @@ def test_a_sam3_pull_refuses_a_damaged_file_of_the_users_and_keeps_it(tmp_path, 
     import huggingface_hub
     import huggingface_hub.constants
 
-    from usesearch.masks.sam3 import pull_sam3
+    from usesearch.masks.sam3_weights import pull_sam3
 
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(sam3, "refuse_when_unreachable", lambda what: None)
+    monkeypatch.setattr(sam3_weights, "refuse_when_unreachable", lambda what: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub_download(b"", succeed=True))
     (tmp_path / "sam3.pt").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(

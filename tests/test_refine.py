@@ -21,6 +21,7 @@ from usesearch.masks import rle
 pytest.importorskip("sam3", reason="the sam3 extra is not installed: pip install -e '.[sam3]'")
 
 from usesearch.masks import sam3 as sam3_lib  # noqa: E402
+from usesearch.masks import sam3_weights  # noqa: E402
 
 runner = CliRunner()
 
@@ -159,7 +160,7 @@ def test_missing_extra_is_one_line(monkeypatch, index):
 
 def test_missing_weights_are_one_line(monkeypatch, tmp_path, index):
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
-    monkeypatch.setattr(sam3_lib, "_hub_cached", lambda *a: None)
+    monkeypatch.setattr(sam3_weights, "_hub_cached", lambda *a: None)
     with pytest.raises(MissingWeightsError, match="usesearch models pull sam3") as caught:
         Refiner(index, RefineOptions(model="sam3"))
     assert "\n" not in str(caught.value) and str(tmp_path / "sam3.pt") in str(caught.value)

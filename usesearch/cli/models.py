@@ -24,7 +24,7 @@ models_app = opts.Typer(help="Model presets and their weights.", no_args_is_help
 @opts.user_errors
 def models_list(as_json: opts.JsonOpt = False) -> None:
     """Show each preset and whether its weights are on this machine."""
-    from usesearch.masks.sam3 import sam3_status
+    from usesearch.masks.sam3_weights import sam3_status
     from usesearch.models.presets import PRESETS
     from usesearch.models.weights import preset_status, usesearch_home
 
@@ -103,7 +103,7 @@ def models_pull(
     from usesearch.models.weights import pull
 
     if preset == "sam3":
-        from usesearch.masks.sam3 import pull_sam3
+        from usesearch.masks.sam3_weights import pull_sam3
 
         done = pull_sam3()
     elif preset.startswith("sam2:"):

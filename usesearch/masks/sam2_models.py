@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from usesearch.errors import UsesearchError
-from usesearch.models.backbones import seeded
 from usesearch.models.weights import WeightStatus, file_fault, require, usesearch_home, verify_sha256
+
+if TYPE_CHECKING:
+    import torch
 
 RELEASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 
@@ -60,6 +61,10 @@ def load_sam2(name: str, checkpoint: str | os.PathLike | None = None, device: st
         from sam2.build_sam import build_sam2
     except ImportError:
         raise UsesearchError("--masker sam2 needs the sam2 package: pip install -e '.[sam2]'") from None
+    import torch  # here, not at the top: `models list` reads this module's table without torch
+
+    from usesearch.models.backbones import seeded
+
     cfg = SAM2_MODELS[name]
     status = sam2_status(name, checkpoint)
     path = require(status, f"sam2:{name}") if status.needed else None

@@ -5,8 +5,9 @@ phrase, every instance of the phrase with a mask and a score. An optional extra
 only by ``usesearch models pull sam3``; a seeded ``tiny`` SAM 3 for tests and offline runs.
 
 The model is built in ``sam3_build`` (sam3's own classes, composed as its builder
-composes them, at any size, adapted to run on a CPU and offline); here: which model,
-where its weights are, and the two steps a refined query runs. Adapted here:
+composes them, at any size, adapted to run on a CPU and offline), its weights' whereabouts in
+``sam3_weights`` (light: ``models list`` reads them without torch); here: which model and
+the two steps a refined query runs. Adapted here:
 
 * Checkpoints load with ``weights_only=True``, the ``detector.`` keys as sam3's loader
   reads them; a checkpoint missing any key is refused.
@@ -30,17 +31,9 @@ from usesearch.devices import bf16_autocast, resolve_device
 from usesearch.errors import MissingWeightsError, UsesearchError
 from usesearch.io.files import stat_signature
 from usesearch.masks.sam3_build import TINY, Sam3Architecture, build_sam3, fill_uninitialised, import_sam3
+from usesearch.masks.sam3_weights import CHECKPOINT, HF_REPO, SAM3_CHECKPOINTS, sam3_status
 from usesearch.models.backbones import seeded
-from usesearch.models.weights import (
-    WeightStatus,
-    _hub_cached,
-    damaged,
-    file_fault,
-    refuse_when_unreachable,
-    usesearch_home,
-)
-
-HF_REPO, CHECKPOINT = "facebook/sam3", "sam3.pt"
+from usesearch.models.weights import damaged
 
 
 @dataclass(frozen=True)
@@ -53,22 +46,10 @@ class Sam3Config:
 
 
 SAM3_MODELS = {
-    "sam3": Sam3Config("sam3", Sam3Architecture(), CHECKPOINT),
+    "sam3": Sam3Config("sam3", Sam3Architecture(), SAM3_CHECKPOINTS["sam3"]),
     # Random weights score every instance near 0.3: a threshold they pass, so the plumbing shows.
-    "tiny": Sam3Config("tiny", TINY, None, threshold=0.0, seed=3),
+    "tiny": Sam3Config("tiny", TINY, SAM3_CHECKPOINTS["tiny"], threshold=0.0, seed=3),
 }
-
-
-def sam3_status(name: str = "sam3", checkpoint: str | os.PathLike | None = None) -> WeightStatus:
-    cfg = SAM3_MODELS[name]
-    if cfg.checkpoint is None and checkpoint is None:
-        return WeightStatus("sam3", f"SAM 3 {name}", False, None, "", "seeded random")
-    expected = Path(checkpoint) if checkpoint else usesearch_home() / str(cfg.checkpoint)
-    found = expected if expected.exists() else None  # a folder there: a fault, not missing
-    if found is None and checkpoint is None:
-        found = _hub_cached(HF_REPO, (CHECKPOINT,))
-    source = f"hf.co/{HF_REPO} ({CHECKPOINT}, gated)"
-    return WeightStatus("sam3", "SAM 3", True, found, str(expected), source, file_fault(found))
 
 
 def load_checkpoint(model: Any, path: Path) -> None:
@@ -250,59 +231,3 @@ def load_sam3(
     else:
         identity = f"{name}-seed{cfg.seed}"
     return Sam3Model(cfg, model.to(device), device, f"{identity}-{device.type}")
-
-
-def pull_sam3() -> list[str]:
-    """``usesearch models pull sam3``: SAM 3's checkpoint from Hugging Face into $USESEARCH_HOME.
-
-    The download goes through a staging folder that is moved into place whole, so a
-    failed or interrupted pull leaves no lock file or metadata in $USESEARCH_HOME; a
-    partial download is kept there only so that the next pull resumes it."""
-    status = sam3_status()
-    if status.fault is not None:  # a file of the user's, not ours to replace (as ``pull`` and ``pull_sam2`` say)
-        raise UsesearchError(damaged(status, "sam3"))
-    if status.present:
-        return []
-    import logging
-    import shutil
-
-    from huggingface_hub import hf_hub_download
-
-    refuse_when_unreachable(f"SAM 3 (hf.co/{HF_REPO})")
-    staging = usesearch_home() / ".sam3-download"
-    hub_log = logging.getLogger("huggingface_hub")
-    level = hub_log.level
-    hub_log.setLevel(logging.ERROR)  # its retry warnings would print a second, longer copy of the error
-    try:
-        fetched = Path(hf_hub_download(HF_REPO, CHECKPOINT, local_dir=staging))
-        os.replace(fetched, usesearch_home() / CHECKPOINT)
-    except BaseException as exc:  # a Ctrl-C leaves no lock file either
-        from huggingface_hub.errors import GatedRepoError
-
-        from usesearch.errors import first_line, is_disk_full
-
-        _tidy_staging(staging)
-        if not isinstance(exc, Exception):
-            raise
-        if isinstance(exc, GatedRepoError):
-            why = "it is gated: accept its licence on the model page, then `hf auth login`"
-        elif is_disk_full(exc):
-            why = f"the disk under {usesearch_home()} is full (it takes about 3.5 GB)"
-        else:
-            why = first_line(exc)
-        raise UsesearchError(f"could not download {CHECKPOINT} from hf.co/{HF_REPO}: {why}") from None
-    finally:
-        hub_log.setLevel(level)
-    shutil.rmtree(staging, ignore_errors=True)
-    return [f"sam3: downloaded {usesearch_home() / CHECKPOINT}"]
-
-
-def _tidy_staging(staging: Path) -> None:
-    """After a failed pull: drop Hugging Face's lock files, and the whole staging folder
-    unless it holds a partial download (``*.incomplete``) worth resuming."""
-    import shutil
-
-    for lock in staging.rglob("*.lock"):
-        lock.unlink(missing_ok=True)
-    if not any(part.stat().st_size for part in staging.rglob("*.incomplete")):
-        shutil.rmtree(staging, ignore_errors=True)
