@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import re
 import socket
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import DEBUG_ENV, UsesearchError
+
+log = logging.getLogger(__name__)
+
+BACKEND_LOG_LEVEL = "RAY_BACKEND_LOG_LEVEL"  # the level of Ray's C++ logs, read where each of its processes starts
 
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
@@ -40,28 +48,101 @@ def ray_session(address: str | None = None) -> Iterator[None]:
 
     started_here = not ray.is_initialized()
     if started_here:
+        # Ray's C++ core logs at error level, on stderr, a note of its own making on
+        # every run: Ray Data's actors take their constructor's arguments from the
+        # object store and restart ("core_worker.cc: Actor with class name ... has
+        # constructor arguments in the object store and max_restarts > 0", 400
+        # characters). Its level is read from the environment as Ray starts, which
+        # Ray announces in a line of its own, left out here; a user's own setting,
+        # or USESEARCH_DEBUG, keeps every line.
+        quiet = BACKEND_LOG_LEVEL not in os.environ and DEBUG_ENV not in os.environ
+        if quiet:
+            os.environ[BACKEND_LOG_LEVEL] = "fatal"
         try:
-            ray.init(
-                address=None if address in (None, "local") else address,
-                include_dashboard=False,
-                log_to_driver=False,
-                # Ray's own warnings (its token authentication, on by default; progress bars off)
-                # came before the run's every line: the CLI says what a user needs itself.
-                logging_level=logging.ERROR,
-            )
+            with stderr_without(LEVEL_NOTE) if quiet else nullcontext():
+                ray.init(
+                    address=None if address in (None, "local") else address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    # Ray's own warnings (its token authentication, on by default; progress bars off)
+                    # came before the run's every line: the CLI says what a user needs itself.
+                    logging_level=logging.ERROR,
+                )
         except BaseException:  # a Ctrl-C while Ray starts: its half-started session crashed the exit
             ray.shutdown()
             raise
+        finally:
+            if quiet:
+                os.environ.pop(BACKEND_LOG_LEVEL, None)
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        yield
+        with ray_reports_off_stdout():
+            yield
     finally:
         if started_here:
             try:
                 let_ray_data_threads_end()
             finally:  # a second Ctrl-C while it waits: Ray is shut down all the same
                 ray.shutdown()
+
+
+# Ray's C++ line saying it read BACKEND_LOG_LEVEL ("[... I ...] logging.cc:303: Set ray log level ...").
+LEVEL_NOTE = re.compile(r"^\[[^\]]* I [^\]]*\] logging\.cc:\d+: Set ray log level from environment variable ")
+
+
+@contextmanager
+def stderr_without(dropped: re.Pattern[str]) -> Iterator[None]:
+    """This process's stderr (file descriptor 2, where native code writes too) held in a
+    temporary file for the block, then written out whole but for the lines ``dropped``
+    matches: nothing else is lost, only delayed. Processes started within the block
+    inherit the file: Ray's send their output to log files of their own."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not dropped.match(line)))
+            sys.stderr.flush()
+
+
+@contextmanager
+def ray_reports_off_stdout() -> Iterator[None]:
+    """Ray's driver prints what its cluster reports (a worker died: two paragraphs per
+    death, "(raylet) A worker died or was killed ...") on stdout, where `index --json`
+    writes its report, and does so whatever ``log_to_driver`` says. The run records
+    such a photo itself (``WorkerDied``, "a crash, or out of memory"): Ray's words go
+    to the debug log here, and to stderr with USESEARCH_DEBUG set. Ray has no option
+    for it, so its printer (``ray._private.worker.print_to_stdstream``) is wrapped for
+    the session; a Ray without that function is left as it is."""
+    from ray._private import worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+
+    def divert(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":  # a worker's own output, when a caller's Ray forwards it
+            original(data, ignore_prefix)
+            return
+        for line in data.get("lines", []):
+            log.debug("ray: %s", line)
+        if os.environ.get(DEBUG_ENV):
+            original({**data, "is_err": True}, ignore_prefix)
+
+    ray_worker.print_to_stdstream = divert
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = original
 
 
 # Ray Data's iterator threads (ray/data/_internal/block_batching/util.py). A run cut

@@ -14,14 +14,13 @@ import typer
 from rich.console import Console
 
 from usesearch import interrupts
+from usesearch.errors import DEBUG_ENV as DEBUG_ENV
 from usesearch.errors import UsesearchError, first_line, is_disk_full
 
 # No markup: what is printed is data (file names like `x[/]y.png`, query texts), never
 # instructions to rich; the few styled words say so with ``Text(..., style=...)``.
 console = Console(markup=False, soft_wrap=True)  # a message is one line, piped or not: grep finds it whole
 err_console = Console(stderr=True, markup=False, soft_wrap=True)  # the same, on stderr
-
-DEBUG_ENV = "USESEARCH_DEBUG"
 
 
 def stdout_closed() -> bool:

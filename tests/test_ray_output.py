@@ -1,0 +1,76 @@
+"""What a Ray run prints: the CLI's own lines, and its JSON report alone on stdout.
+Ray's driver printed a worker's death on stdout (two paragraphs per death, under
+"(raylet)"), breaking `index --json`, and its C++ core a 400-character "E" line on
+stderr on every run."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("ray", reason="the distributed extra is not installed: pip install -e '.[distributed]'")
+
+from tests.helpers import run_python, write_photos  # noqa: E402
+from usesearch.indexer import ray_cluster  # noqa: E402
+
+RAY_NATIVE_LINE = re.compile(
+    r"^\[\d{4}-\d\d-\d\d [^\]]*\] \w+\.cc:\d+:"
+)  # "[2026-12-04 09:34:02,353 E 1 1] core_worker.cc:..."
+
+
+def test_a_worker_death_leaves_stdout_to_the_json_report_and_no_ray_line_on_stderr(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("coffee", "rocket"))
+    code = (
+        "import os, sys\n"
+        "from usesearch.indexer import distributed\n"
+        "class CrashesOnCoffee(distributed.SegmentWorker):\n"
+        "    def compute(self, rgbs, paths):\n"
+        "        if any(os.path.basename(p) == 'coffee.png' for p in paths):\n"
+        "            os._exit(1)  # as a segfault or the OOM killer would end it\n"
+        "        return super().compute(rgbs, paths)\n"
+        "distributed.SegmentWorker = CrashesOnCoffee\n"
+        "from usesearch.cli.app import main\n"
+        "sys.argv = ['usesearch', 'index', sys.argv[1], '--db', sys.argv[2], '--preset', 'tiny', '--ray',\n"
+        "            '--masker', 'felzenszwalb', '--workers', '1', '--json']\n"
+        "main()\n"
+    )
+    proc = run_python(code, photos, tmp_path / "db", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    report = json.loads(out)  # stdout is the report alone
+    assert report["proposals"]["done"] == 1 and report["proposals"]["failed"] == 1
+    assert "WorkerDied" in report["proposals"]["failures"][0][1]
+    assert "(raylet)" not in out + err
+    assert not [line for line in err.splitlines() if RAY_NATIVE_LINE.match(line)], err
+    assert "failed: " in err and "coffee.png: WorkerDied" in err  # the CLI's own line says it
+
+
+def test_stderr_without_drops_only_the_lines_it_matches_written_natively_or_by_python(capfd):
+    with ray_cluster.stderr_without(ray_cluster.LEVEL_NOTE):
+        os.write(2, b"[2026-12-04 09:37:26,021 I 1 1] logging.cc:303: Set ray log level from environment variable X\n")
+        os.write(2, b"a native line\n")
+        print("a python line", file=sys.stderr)
+    # (pytest's sys.stderr is not file descriptor 2: the two lines may come in either order)
+    assert sorted(capfd.readouterr().err.splitlines()) == ["a native line", "a python line"]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_rays_native_log_level_is_set_for_its_start_alone_and_kept_with_debug(monkeypatch, debug):
+    import ray
+
+    seen: list[str | None] = []
+    monkeypatch.delenv(ray_cluster.BACKEND_LOG_LEVEL, raising=False)
+    if debug:
+        monkeypatch.setenv("USESEARCH_DEBUG", "1")
+    else:
+        monkeypatch.delenv("USESEARCH_DEBUG", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append(os.environ.get(ray_cluster.BACKEND_LOG_LEVEL)))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray_cluster, "let_ray_data_threads_end", lambda: None)
+    with ray_cluster.ray_session():
+        assert ray_cluster.BACKEND_LOG_LEVEL not in os.environ  # Ray's later processes (a cluster's) get the user's
+    assert seen == [None if debug else "fatal"]
