@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 from usesearch.errors import DEBUG_ENV, UsesearchError
 
@@ -44,47 +45,57 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     local one (``address`` None or "local") or the cluster at ``address``, shut down
     afterwards. Ray Data's own progress output is off: the CLI shows its own."""
     import ray
-    import ray.data
 
     started_here = not ray.is_initialized()
-    if started_here:
-        # Ray's C++ core logs at error level, on stderr, a note of its own making on
-        # every run: Ray Data's actors take their constructor's arguments from the
-        # object store and restart ("core_worker.cc: Actor with class name ... has
-        # constructor arguments in the object store and max_restarts > 0", 400
-        # characters). Its level is read from the environment as Ray starts, which
-        # Ray announces in a line of its own, left out here; a user's own setting,
-        # or USESEARCH_DEBUG, keeps every line.
-        quiet = BACKEND_LOG_LEVEL not in os.environ and DEBUG_ENV not in os.environ
-        if quiet:
-            os.environ[BACKEND_LOG_LEVEL] = "fatal"
-        try:
-            with stderr_without(LEVEL_NOTE) if quiet else nullcontext():
-                ray.init(
-                    address=None if address in (None, "local") else address,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    # Ray's own warnings (its token authentication, on by default; progress bars off)
-                    # came before the run's every line: the CLI says what a user needs itself.
-                    logging_level=logging.ERROR,
-                )
-        except BaseException:  # a Ctrl-C while Ray starts: its half-started session crashed the exit
-            ray.shutdown()
-            raise
-        finally:
-            if quiet:
-                os.environ.pop(BACKEND_LOG_LEVEL, None)
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        with ray_reports_off_stdout():
-            yield
-    finally:
+    # The printer is Ray's own again only after shutdown: its thread that prints the
+    # cluster's reports runs until then, and a late one would land before `--json`'s report.
+    with ray_reports_off_stdout():
         if started_here:
-            try:
-                let_ray_data_threads_end()
-            finally:  # a second Ctrl-C while it waits: Ray is shut down all the same
-                ray.shutdown()
+            _start_ray(address)
+        try:
+            yield
+        finally:
+            if started_here:
+                try:
+                    let_ray_data_threads_end()
+                finally:  # a second Ctrl-C while it waits: Ray is shut down all the same
+                    ray.shutdown()
+
+
+def _start_ray(address: str | None) -> None:
+    """``ray.init`` for ``ray_session``, quiet. Ray's C++ core logs at error level, on
+    stderr, a note of its own making on every run: Ray Data's actors take their
+    constructor's arguments from the object store and restart ("core_worker.cc: Actor
+    with class name ... has constructor arguments in the object store and max_restarts
+    > 0", 400 characters). The level is read from the environment where each of Ray's
+    processes starts, and Ray announces it in a line of its own, left out here. So a
+    local cluster's own log files (raylet.out, gcs_server.out, the workers') keep only
+    fatal lines too: USESEARCH_DEBUG=1 (or a RAY_BACKEND_LOG_LEVEL or RAY_LOG_TO_STDERR
+    of the user's) keeps every line, on stderr and in those files."""
+    import ray
+    import ray.data
+
+    quiet = not any(os.environ.get(name) for name in (DEBUG_ENV, BACKEND_LOG_LEVEL, "RAY_LOG_TO_STDERR"))
+    if quiet:
+        os.environ[BACKEND_LOG_LEVEL] = "fatal"
+    try:
+        with stderr_without(LEVEL_NOTE) if quiet else nullcontext():
+            ray.init(
+                address=None if address in (None, "local") else address,
+                include_dashboard=False,
+                log_to_driver=False,
+                # Ray's own warnings (its token authentication, on by default; progress bars off)
+                # came before the run's every line: the CLI says what a user needs itself.
+                logging_level=logging.ERROR,
+            )
+    except BaseException:  # a Ctrl-C while Ray starts: its half-started session crashed the exit
+        ray.shutdown()
+        raise
+    finally:
+        if quiet:
+            os.environ.pop(BACKEND_LOG_LEVEL, None)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 # Ray's C++ line saying it read BACKEND_LOG_LEVEL ("[... I ...] logging.cc:303: Set ray log level ...").
@@ -119,9 +130,10 @@ def ray_reports_off_stdout() -> Iterator[None]:
     death, "(raylet) A worker died or was killed ...") on stdout, where `index --json`
     writes its report, and does so whatever ``log_to_driver`` says. The run records
     such a photo itself (``WorkerDied``, "a crash, or out of memory"): Ray's words go
-    to the debug log here, and to stderr with USESEARCH_DEBUG set. Ray has no option
-    for it, so its printer (``ray._private.worker.print_to_stdstream``) is wrapped for
-    the session; a Ray without that function is left as it is."""
+    to this module's logger at debug level, and to stderr with USESEARCH_DEBUG set.
+    Ray has no option for it, so its printer (``ray._private.worker.print_to_stdstream``,
+    called with the report and, since Ray 2.38, a flag) is wrapped for the session; a
+    Ray without that function is left as it is."""
     from ray._private import worker as ray_worker
 
     original = getattr(ray_worker, "print_to_stdstream", None)
@@ -129,14 +141,14 @@ def ray_reports_off_stdout() -> Iterator[None]:
         yield
         return
 
-    def divert(data: dict, ignore_prefix: bool) -> None:
+    def divert(data: dict, *args: Any, **kwargs: Any) -> None:
         if data.get("pid") != "raylet":  # a worker's own output, when a caller's Ray forwards it
-            original(data, ignore_prefix)
+            original(data, *args, **kwargs)
             return
         for line in data.get("lines", []):
             log.debug("ray: %s", line)
         if os.environ.get(DEBUG_ENV):
-            original({**data, "is_err": True}, ignore_prefix)
+            original({**data, "is_err": True}, *args, **kwargs)
 
     ray_worker.print_to_stdstream = divert
     try:

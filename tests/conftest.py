@@ -7,6 +7,10 @@ import tempfile
 # and the caches are empty, so "weights are missing" is what every real preset sees.
 # Idempotent: a subprocess a test starts inherits the variables and keeps them.
 _home = os.environ.get("USESEARCH_TEST_HOME") or tempfile.mkdtemp(prefix="usesearch-test-home-")
+_worker = os.environ.get("PYTEST_XDIST_WORKER")  # each of pytest-xdist's workers a home of its own
+if _worker and os.path.basename(_home) != _worker:
+    _home = os.path.join(_home, _worker)
+    os.makedirs(_home, exist_ok=True)
 os.environ["USESEARCH_TEST_HOME"] = _home
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = os.path.join(_home, "hf")

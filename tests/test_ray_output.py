@@ -21,7 +21,9 @@ RAY_NATIVE_LINE = re.compile(
 )  # "[2026-12-04 09:34:02,353 E 1 1] core_worker.cc:..."
 
 
-def test_a_worker_death_leaves_stdout_to_the_json_report_and_no_ray_line_on_stderr(tmp_path):
+def test_a_worker_death_leaves_stdout_to_the_json_report_and_no_ray_line_on_stderr(tmp_path, monkeypatch):
+    for name in ("USESEARCH_DEBUG", "RAY_LOG_TO_STDERR", ray_cluster.BACKEND_LOG_LEVEL):  # each keeps Ray's lines
+        monkeypatch.delenv(name, raising=False)
     photos = write_photos(tmp_path / "photos", ("coffee", "rocket"))
     code = (
         "import os, sys\n"
@@ -57,20 +59,49 @@ def test_stderr_without_drops_only_the_lines_it_matches_written_natively_or_by_p
     assert sorted(capfd.readouterr().err.splitlines()) == ["a native line", "a python line"]
 
 
-@pytest.mark.parametrize("debug", [False, True])
-def test_rays_native_log_level_is_set_for_its_start_alone_and_kept_with_debug(monkeypatch, debug):
+@pytest.mark.parametrize(
+    ("env", "level"),
+    [
+        ({}, "fatal"),
+        ({"USESEARCH_DEBUG": ""}, "fatal"),
+        ({"USESEARCH_DEBUG": "1"}, None),
+        ({"RAY_LOG_TO_STDERR": "1"}, None),
+    ],
+)
+def test_rays_native_log_level_is_fatal_unless_asked_and_the_environment_is_left_as_it_was(monkeypatch, env, level):
     import ray
 
     seen: list[str | None] = []
-    monkeypatch.delenv(ray_cluster.BACKEND_LOG_LEVEL, raising=False)
-    if debug:
-        monkeypatch.setenv("USESEARCH_DEBUG", "1")
-    else:
-        monkeypatch.delenv("USESEARCH_DEBUG", raising=False)
+    for name in ("USESEARCH_DEBUG", "RAY_LOG_TO_STDERR", ray_cluster.BACKEND_LOG_LEVEL):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.append(os.environ.get(ray_cluster.BACKEND_LOG_LEVEL)))
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     monkeypatch.setattr(ray_cluster, "let_ray_data_threads_end", lambda: None)
     with ray_cluster.ray_session():
-        assert ray_cluster.BACKEND_LOG_LEVEL not in os.environ  # Ray's later processes (a cluster's) get the user's
-    assert seen == [None if debug else "fatal"]
+        assert ray_cluster.BACKEND_LOG_LEVEL not in os.environ
+    assert seen == [level]
+
+
+def test_a_report_ray_prints_until_its_shutdown_stays_off_stdout(monkeypatch, capsys):
+    """Ray's thread that prints the cluster's reports runs until ``ray.shutdown``; Ray
+    before 2.38 calls its printer with the report alone."""
+    import ray
+    from ray._private import worker as ray_worker
+
+    monkeypatch.delenv("USESEARCH_DEBUG", raising=False)
+    report = {"lines": ["A worker died or was killed"], "pid": "raylet", "is_err": False}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_cluster, "_start_ray", lambda address: None)
+    monkeypatch.setattr(ray_cluster, "let_ray_data_threads_end", lambda: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: ray_worker.print_to_stdstream(report, False))
+    with ray_cluster.ray_session():
+        ray_worker.print_to_stdstream(report)
+    assert "worker died" not in capsys.readouterr().out
+    monkeypatch.setenv("USESEARCH_DEBUG", "1")
+    with ray_cluster.ray_session():
+        pass
+    printed = capsys.readouterr()
+    assert "worker died" in printed.err and "worker died" not in printed.out
