@@ -1,7 +1,13 @@
 """Test setup: never touch the network or the user's caches."""
 
 import os
+import signal
 import tempfile
+
+# A shell starts a background job (`cmd &`) with SIGINT ignored, and Python then keeps
+# it ignored: the Ctrl-C tests, in this process and in those it starts, need Python's own.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Before anything imports huggingface_hub: hub calls fail fast instead of retrying,
 # and the caches are empty, so "weights are missing" is what every real preset sees.
