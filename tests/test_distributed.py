@@ -14,7 +14,16 @@ import pytest
 
 pytest.importorskip("ray", reason="the distributed extra is not installed: pip install -e '.[distributed]'")
 
-from tests.helpers import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    OPTS,
+    assert_consistent,
+    index_on_ray_in_a_process,
+    kill_when,
+    run_python,
+    segment_table,
+    sqlite_count,
+    write_photos,
+)
 from usesearch.errors import UsesearchError  # noqa: E402
 from usesearch.indexer import (  # noqa: E402
     IndexOptions,
@@ -183,10 +192,8 @@ def test_an_error_mid_run_is_said_in_one_line_before_ray_shuts_down(photos, tmp_
     own Ray session ends after Ray Data's iterator threads, which it left waiting on an
     actor, so the CLI's one line and exit 2 come out; Ray used to end the process first
     (exit 1, "The core worker has already been shutdown")."""
-    import subprocess
-
-    code = (
-        "import sys, time; from usesearch.errors import UsesearchError; from usesearch.indexer import distributed\n"
+    patch = (
+        "import time; from usesearch.errors import UsesearchError; from usesearch.indexer import distributed\n"
         "real, calls = distributed._commit, []\n"
         "def commit(*a, **k):\n"
         "    calls.append(1)\n"
@@ -195,14 +202,9 @@ def test_an_error_mid_run_is_said_in_one_line_before_ray_shuts_down(photos, tmp_
         "        raise UsesearchError('the catalog database is unreachable (lost); run again to resume')\n"
         "    return real(*a, **k)\n"
         "distributed._commit = commit\n"
-        "from usesearch.cli.app import main\n"
-        "sys.argv = ['usesearch', 'index', sys.argv[1], '--db', sys.argv[2], '--preset', 'tiny', '--ray',\n"
-        "            '--masker', 'felzenszwalb', '--workers', '1']\n"
-        "main()\n"
     )
-    proc = run_python(code, photos, tmp_path / "db", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 2, err[-2000:]
+    returncode, _, err = index_on_ray_in_a_process(patch, photos, tmp_path / "db")
+    assert returncode == 2, err[-2000:]
     assert err.strip().splitlines()[-1] == "error: the catalog database is unreachable (lost); run again to resume"
 
 

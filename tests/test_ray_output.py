@@ -6,14 +6,13 @@ stderr on every run."""
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 
 pytest.importorskip("ray", reason="the distributed extra is not installed: pip install -e '.[distributed]'")
 
-from tests.helpers import run_python, write_photos  # noqa: E402
+from tests.helpers import index_on_ray_in_a_process, write_photos  # noqa: E402
 from usesearch.indexer import ray_cluster  # noqa: E402
 
 RAY_NATIVE_LINE = re.compile(
@@ -25,8 +24,8 @@ def test_a_worker_death_leaves_stdout_to_the_json_report_and_no_ray_line_on_stde
     for name in ("USESEARCH_DEBUG", "RAY_LOG_TO_STDERR", ray_cluster.BACKEND_LOG_LEVEL):  # each keeps Ray's lines
         monkeypatch.delenv(name, raising=False)
     photos = write_photos(tmp_path / "photos", ("coffee", "rocket"))
-    code = (
-        "import os, sys\n"
+    patch = (
+        "import os\n"
         "from usesearch.indexer import distributed\n"
         "class CrashesOnCoffee(distributed.SegmentWorker):\n"
         "    def compute(self, rgbs, paths):\n"
@@ -34,14 +33,9 @@ def test_a_worker_death_leaves_stdout_to_the_json_report_and_no_ray_line_on_stde
         "            os._exit(1)  # as a segfault or the OOM killer would end it\n"
         "        return super().compute(rgbs, paths)\n"
         "distributed.SegmentWorker = CrashesOnCoffee\n"
-        "from usesearch.cli.app import main\n"
-        "sys.argv = ['usesearch', 'index', sys.argv[1], '--db', sys.argv[2], '--preset', 'tiny', '--ray',\n"
-        "            '--masker', 'felzenszwalb', '--workers', '1', '--json']\n"
-        "main()\n"
     )
-    proc = run_python(code, photos, tmp_path / "db", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err[-2000:]
+    returncode, out, err = index_on_ray_in_a_process(patch, photos, tmp_path / "db", "--json")
+    assert returncode == 0, err[-2000:]
     report = json.loads(out)  # stdout is the report alone
     assert report["proposals"]["done"] == 1 and report["proposals"]["failed"] == 1
     assert "WorkerDied" in report["proposals"]["failures"][0][1]
