@@ -20,7 +20,6 @@ from usesearch.io.coco_dataset import (
     photo_path,
 )
 from usesearch.io.files import Found, display_path
-from usesearch.masks import rle
 from usesearch.masks.maskers import Proposal
 
 from .compute import segment_records
@@ -204,7 +203,7 @@ def embed_new(
     rgb, path: str, new: list[tuple[Annotation, dict]], model, clock, split: str
 ) -> tuple[list[dict], object]:
     """(segment rows with their annotation's id, class, crowd flag and split, embeddings)."""
-    proposals = [Proposal(rle=mask, bbox=_bbox(mask), area=rle.area(mask)) for _, mask in new]
+    proposals = [Proposal.of_rle(mask) for _, mask in new]
     segments, embeddings = segment_records(rgb, path, proposals, model, None, clock)
     for segment, (annotation, _) in zip(segments, new):
         segment.update(
@@ -228,8 +227,3 @@ def commit_photo(
     report.done += 1
     report.removed += len(removed)
     report.relabelled += len(plan.relabel)
-
-
-def _bbox(mask: dict) -> tuple[int, int, int, int]:
-    x, y, w, h = rle.bbox(mask)
-    return x, y, w, h

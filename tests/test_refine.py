@@ -158,6 +158,12 @@ def test_missing_extra_is_one_line(monkeypatch, index):
     assert "\n" not in str(caught.value)
 
 
+def test_every_sam3_model_names_its_checkpoint_in_the_light_table():
+    """Its checkpoint is in ``sam3_weights`` (read by `models list` without torch), its
+    architecture in ``sam3``: the two tables name the same models."""
+    assert sam3_lib.SAM3_MODELS.keys() == sam3_weights.SAM3_CHECKPOINTS.keys()
+
+
 def test_missing_weights_are_one_line(monkeypatch, tmp_path, index):
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
     monkeypatch.setattr(sam3_weights, "_hub_cached", lambda *a: None)

@@ -50,6 +50,12 @@ class Proposal:
         self.predicted_iou = predicted_iou
         self.stability_score = stability_score
 
+    @classmethod
+    def of_rle(cls, encoded: dict) -> Proposal:
+        """A proposal of an RLE alone: its box and area read from the RLE."""
+        x, y, w, h = rle.bbox(encoded)
+        return cls(rle=encoded, bbox=(x, y, w, h), area=rle.area(encoded))
+
     @property
     def mask(self) -> np.ndarray:
         """bool [H, W]."""
@@ -133,9 +139,7 @@ def _rle_proposals(label_maps: list[np.ndarray], chosen: list[tuple[int, int]]) 
     proposals = []
     for level, label in chosen:
         np.equal(label_maps[level], label, out=mask)
-        encoded = rle.encode(mask)
-        x, y, w, h = rle.bbox(encoded)
-        proposals.append(Proposal(rle=encoded, bbox=(x, y, w, h), area=rle.area(encoded)))
+        proposals.append(Proposal.of_rle(rle.encode(mask)))
     return proposals
 
 

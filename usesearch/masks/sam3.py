@@ -31,7 +31,7 @@ from usesearch.devices import bf16_autocast, resolve_device
 from usesearch.errors import MissingWeightsError, UsesearchError
 from usesearch.io.files import stat_signature
 from usesearch.masks.sam3_build import TINY, Sam3Architecture, build_sam3, fill_uninitialised, import_sam3
-from usesearch.masks.sam3_weights import CHECKPOINT, HF_REPO, SAM3_CHECKPOINTS, sam3_status
+from usesearch.masks.sam3_weights import CHECKPOINT, HF_REPO, sam3_status
 from usesearch.models.backbones import seeded
 from usesearch.models.weights import damaged
 
@@ -39,16 +39,15 @@ from usesearch.models.weights import damaged
 @dataclass(frozen=True)
 class Sam3Config:
     name: str
-    architecture: Sam3Architecture
-    checkpoint: str | None  # file name under $USESEARCH_HOME; None: seeded random
+    architecture: Sam3Architecture  # its checkpoint: ``sam3_weights.SAM3_CHECKPOINTS[name]``
     threshold: float = 0.5  # instances scoring above this are kept (sam3's processor default)
     seed: int = 0
 
 
 SAM3_MODELS = {
-    "sam3": Sam3Config("sam3", Sam3Architecture(), SAM3_CHECKPOINTS["sam3"]),
+    "sam3": Sam3Config("sam3", Sam3Architecture()),
     # Random weights score every instance near 0.3: a threshold they pass, so the plumbing shows.
-    "tiny": Sam3Config("tiny", TINY, SAM3_CHECKPOINTS["tiny"], threshold=0.0, seed=3),
+    "tiny": Sam3Config("tiny", TINY, threshold=0.0, seed=3),
 }
 
 
