@@ -27,7 +27,7 @@ os.environ["XDG_CACHE_HOME"] = os.path.join(_home, "cache")
 # import) would fix their width to: a test's own COLUMNS is read when it prints.
 os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if _worker:
     # Two workers share two cores: one thread each (and in the processes they start)
     # instead of four threads contending for two.
     os.environ.setdefault("OMP_NUM_THREADS", "1")

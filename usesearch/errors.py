@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-# Set (to anything) to see an unexpected error's traceback, and what libraries say
+# Set (non-empty) to see an unexpected error's traceback, and what libraries say
 # that the one-line errors leave out (Ray's own reports of a dead worker).
 DEBUG_ENV = "USESEARCH_DEBUG"
 
