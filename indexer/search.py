@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from usesearch.devices import explicit_device, resolve_device
-from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
+from usesearch.devices import explicit_device
+from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.io.images import to_rgb_array
 
 from . import calibration, faiss_gpu, index_choice, index_kinds, index_stats, vector_files, vectors
@@ -21,8 +21,9 @@ from .filters import SearchFilters, check_k, check_query_text, check_query_vecto
 from .folder import FAISS_FILE, open_store
 from .freshness import TYPE_CHECK_S, Freshness
 from .hits import Hit, passes, passing_share, to_hits
+from .index_models import IndexModels
 from .locations import LocationMap
-from .records import IndexInfo, SegmentRow, info_summary
+from .records import IndexInfo, SegmentRow
 from .rwlock import ReadWriteLock
 from .selection import Selections
 from .store import Store
@@ -30,7 +31,7 @@ from .vectors import ranked
 
 if TYPE_CHECKING:  # the model side loads with the first model (``info``, ``failures``: ~4 s and ~800 MB less)
     from usesearch.masks import region as region_lib
-    from usesearch.models.model import SegmentEmbedder
+    from usesearch.models.model import SegmentEmbedder, TextEmbedder
 
 MAX_QUERY_CHARS = 1000
 CANDIDATES_MAX = 32_768  # a compressed index's search re-scores at most these (~50 MB of rows at 768-d)
@@ -71,16 +72,14 @@ class SegmentIndex(Freshness):
         if info is None:
             raise UsesearchError(f"{db_dir} holds no index yet; run `usesearch index PATH --db {db_dir}` first")
         self.info: IndexInfo = info
-        self._model = model
         self._closed = False
-        self._sam = None  # for queries by a region of a photo, loaded on first use
+        self.models = IndexModels(info, device, model, self.check_open)  # each loaded on first use
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
         self._files_seen = self._files_stamp()  # the same for files the writer writes (a regrown index, a calibration)
         self._type_due, self._locations_wanted = time.monotonic() + TYPE_CHECK_S, locations
         self._known_up_to: int | None = None  # the index holds exactly the committed ids up to it (``_catch_up``)
-        # Every model on one device, resolved with the first model: an explicit one is checked now.
-        self._device_asked, self._device, self._faiss_device = device, explicit_device(device), faiss_device
+        self._faiss_device = faiss_device
         if loaded is not None:
             self.index = loaded
         else:
@@ -102,7 +101,6 @@ class SegmentIndex(Freshness):
         # text query (cached, or through CLIP's text tower alone) must not wait for it.
         self._model_lock = threading.Lock()
         self._text_lock = threading.Lock()
-        self._model_load_lock = threading.Lock()
         self._locations: LocationMap | None = None
         if locations != "catalog":
             self.hold_locations(background=locations == "background")
@@ -129,8 +127,8 @@ class SegmentIndex(Freshness):
         with self._index_lock.writing():  # each lock alone: a region search takes SAM's, then this
             self.__dict__.pop("index", None)  # (gone already where closed before)
             self._locations = None
-        with self._model_lock, self._model_load_lock:
-            self._sam = self._model = None
+        with self._model_lock:
+            self.models.release()
         self.store.close()
 
     def __enter__(self) -> SegmentIndex:
@@ -139,40 +137,21 @@ class SegmentIndex(Freshness):
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    # -- model -------------------------------------------------------------------
+    # -- models (``IndexModels``) -------------------------------------------------
     @property
     def device(self):
         """Where this index's models run (``usesearch.devices``)."""
-        if self._device is None:
-            self._device = resolve_device(self._device_asked)
-        return self._device
+        return self.models.device
 
     @property
-    def model(self):
-        head = self.info.head
-        with self._model_load_lock:  # the text and image sides ask under locks of their own: loaded once
-            self.check_open()  # and never again once closed
-            if self._model is None:
-                self._load_model(head)
-            model = self._model
-        if model.fingerprint != self.info.fingerprint:
-            changed = f" (the head at {head} is no longer the one it was built with: put that one back)" if head else ""
-            raise IndexMismatchError(
-                f"this index was built with {info_summary(self.info)}; the model for queries is "
-                f"{model.fingerprint}{changed}. Query it with the model it was built with."
-            )
-        return model
+    def model(self) -> SegmentEmbedder:
+        """The whole model, loaded now where it is not yet (a search by a region)."""
+        return self.models.whole()
 
-    def _load_model(self, head) -> None:
-        from usesearch.models.checkpoint import checkpoint_paths
-        from usesearch.models.factory import load_model
-
-        if head is not None and not all(f.is_file() for f in checkpoint_paths(head)):
-            raise NotFoundError(
-                f"this index's head is gone from {head} (moved or deleted since indexing): put it back there; "
-                "a query needs the head the segments were embedded with"
-            )
-        self._model = load_model(self.info.preset, embedder=self.info.embedder, head=head, device=self.device)
+    @property
+    def text_model(self) -> TextEmbedder:
+        """The model's text side (the whole model's where that is loaded)."""
+        return self.models.text()
 
     def hold_locations(self, background: bool = False) -> None:
         """From now on, look re-scored candidates' rows up in memory (a ``LocationMap``:
@@ -195,7 +174,7 @@ class SegmentIndex(Freshness):
         """A query text through the index's own model (its text encoder, one thread at a time)."""
         check_query_text(text, MAX_QUERY_CHARS)
         with self._text_lock:
-            return self.model.embed_text([text])[0]
+            return self.text_model.embed_text([text])[0]
 
     def similar(self, segment_id: int, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         """Segments most like a given one (query by example), itself excluded."""
@@ -224,14 +203,7 @@ class SegmentIndex(Freshness):
                 raise UsesearchError("give a mask, or a point or box for SAM, not both")
             return region_lib.from_mask(mask, rgb.shape[:2])
         with self._model_lock:
-            self.check_open()  # SAM is not loaded again once closed
-            if self._sam is None:
-                from usesearch import get_preset
-                from usesearch.masks.sam import load_sam
-
-                preset = get_preset(self.info.preset)
-                self._sam = load_sam(preset.sam, preset.name, None, self.device)
-            return region_lib.prompt(self._sam, rgb, point=point, box=box)
+            return region_lib.prompt(self.models.sam(), rgb, point=point, box=box)
 
     def similar_region(
         self, image, point=None, box=None, mask=None, k: int = 10, filters: SearchFilters | None = None

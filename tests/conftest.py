@@ -82,6 +82,22 @@ def photos(tmp_path):
     return images
 
 
+@pytest.fixture()
+def trained_head(tmp_path):
+    """A tiny head whose weights differ from the seeded ones, saved to disk (untrained:
+    for what needs a head checkpoint, not scores that mean something)."""
+    import torch
+
+    import usesearch
+
+    use = usesearch.create_use("tiny")
+    with torch.no_grad():
+        use.encoder.alpha.copy_(torch.tensor([0.1, 0.3, 0.6]))
+        use.head.proj.weight.mul_(-1)
+    path = usesearch.save_head(tmp_path / "ckpt", use.trainable_state_dict(), use.preset, {"step": 7})
+    return path, use
+
+
 @pytest.fixture(scope="session")
 def trained_tiny_head(tmp_path_factory):
     """A tiny head trained 300 steps on the synthetic world (~30 s), shared by the tests

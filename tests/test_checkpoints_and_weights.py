@@ -19,17 +19,6 @@ from usesearch.masks.sam import load_sam
 from usesearch.models.weights import sha256_file
 
 
-@pytest.fixture()
-def trained_head(tmp_path):
-    """A tiny head whose weights differ from the seeded ones, saved to disk."""
-    use = usesearch.create_use("tiny")
-    with torch.no_grad():
-        use.encoder.alpha.copy_(torch.tensor([0.1, 0.3, 0.6]))
-        use.head.proj.weight.mul_(-1)
-    path = usesearch.save_head(tmp_path / "ckpt", use.trainable_state_dict(), use.preset, {"step": 7})
-    return path, use
-
-
 def test_checkpoint_is_safetensors_plus_json(trained_head):
     path, _ = trained_head
     assert path.suffix == ".safetensors"

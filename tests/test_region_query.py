@@ -432,7 +432,7 @@ def test_closing_an_index_gives_back_its_faiss_index_and_models(indexed):
     assert [ref() for ref in held] == [None, None]
     with pytest.raises(UsesearchError, match="this index is closed"):
         ix.region(np.zeros((32, 32, 3), np.uint8), point=(5, 5))  # SAM not loaded again
-    assert ix._sam is None
+    assert ix.models.loaded == set()
 
 
 def test_a_search_meeting_a_close_is_refused_in_one_line(indexed):

@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_model": "usesearch.models.factory",
+    "load_text_model": "usesearch.models.factory",
     "create_use": "usesearch.models.factory",
     "patch_weights": "usesearch.models.head",
     "load_head": "usesearch.models.checkpoint",

@@ -151,12 +151,12 @@ def load(folder: Path, index: Vectors) -> Calibration | None:
 
 
 def model_for(info: IndexInfo):
-    """The index's own model for text queries, or None where it does not load here
+    """The index's own model's text side, for text queries, or None where it does not load here
     (weights not downloaded, a head file moved) or is not the one it was built with."""
-    from usesearch.models.factory import load_model  # here: opening an index for its stats needs no model
+    from usesearch.models.factory import load_text_model  # here: opening an index for its stats needs no model
 
     try:
-        model = load_model(info.preset, embedder=info.embedder, head=info.head, device="cpu")
+        model = load_text_model(info.preset, embedder=info.embedder, head=info.head, device="cpu")
     except Exception as exc:  # noqa: BLE001 - any reason: calibrate with image queries only
         log.warning("calibrating with image queries only: the index's model does not load (%s)", first_line(exc))
         return None

@@ -90,12 +90,13 @@ def _body_limit(path: str) -> int:
 
 
 def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
-    """The app over an opened index. The model loads here, once, so that the first
-    query is as quick as the rest and a model/index mismatch stops startup.
+    """The app over an opened index. The text side of the model loads here, so that the
+    first query is as quick as the rest and a model/index mismatch stops startup; the
+    image side (a search by a region) loads with the first such search.
 
     ``allowed_hosts`` limits the Host header; ``serve`` sets it to the loopback names
     on a loopback bind, so a web page cannot reach the server by DNS rebinding."""
-    model = index.model
+    model = index.text_model
     budget = PixelBudget()  # every decode's, region uploads included
     images = render.ImageCache(budget=budget)
     refined = RefinedSearch(index, images)  # SAM 3 loads on the first refined search

@@ -11,7 +11,7 @@ from usesearch.errors import NoTrainedHeadError, UnknownPresetError, UsesearchEr
 from usesearch.models.backbones import Clip, build_clip, build_dino, seeded
 from usesearch.models.checkpoint import is_checkpoint, load_head, read_head_config, state_digest
 from usesearch.models.config import PresetConfig
-from usesearch.models.model import USE, CropEmbedder, USEEmbedder
+from usesearch.models.model import USE, CropEmbedder, TextModel, USEEmbedder, crop_fingerprint, use_fingerprint
 from usesearch.models.presets import PRESETS, get_preset
 
 DEFAULT_PRESET = "b16"  # real weights; `tiny` (random) only when asked for, or by `demo`
@@ -64,23 +64,9 @@ def load_model(
     """
     device = resolve_device(device)
     embedder = embedder or "use"  # None: the default, as IndexOptions takes it
-    name = str(name_or_checkpoint)
-    if name not in PRESETS and is_checkpoint(name):
-        head = head or name
-        name = read_head_config(name)["preset"]
-    elif name not in PRESETS and (os.sep in name or name.endswith((".safetensors", ".json", ".pt"))):
-        raise UnknownPresetError(f"{name}: no head checkpoint there (nor is it a preset: {', '.join(PRESETS)})")
-    preset = get_preset(name)
+    preset, head = _preset_and_head(name_or_checkpoint, embedder, head)
     if embedder == "crop":
         return CropEmbedder(preset, build_clip(preset.clip, preset.name, native_size=True), device)
-    if embedder != "use":
-        raise UsesearchError(f"unknown embedder {embedder!r}; choose 'use' or 'crop'")
-    if head is None and not preset.head.seeded_random:
-        raise NoTrainedHeadError(
-            f"preset {preset.name!r} has no trained USE head (none is published). Either use the "
-            "training-free embedder (`--embedder crop`, or embedder='crop'), or train a head with "
-            f"`usesearch train ... --preset {preset.name}` and pass it with `--head CHECKPOINT`."
-        )
     state = load_head(head, preset)[0] if head is not None else None
     use, clip = create_use_and_clip(preset)
     if state is not None:
@@ -91,3 +77,52 @@ def load_model(
                 f"head checkpoint {head} does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
     return USEEmbedder(use, clip, device, state_digest(use.trainable_state_dict()))
+
+
+def load_text_model(
+    name_or_checkpoint: str | os.PathLike,
+    embedder: str | None = "use",
+    device: str | torch.device | None = None,
+    head: str | os.PathLike | None = None,
+) -> TextModel | USEEmbedder:
+    """``load_model``'s text side alone, under the same fingerprint: what a query by text
+    or by class names needs, built and held without DINOv2 or CLIP's image tower (a text
+    query on ``l14-336`` reads 1.7 GB of weights instead of 2.9). Tiny's seeded random
+    head is known only by building it: there, the whole (tiny) model."""
+    device = resolve_device(device)
+    embedder = embedder or "use"
+    preset, head = _preset_and_head(name_or_checkpoint, embedder, head)
+    if embedder == "use":
+        if head is None:
+            model = load_model(preset.name, "use", device)
+            assert isinstance(model, USEEmbedder)
+            return model
+        fingerprint = use_fingerprint(preset, state_digest(load_head(head, preset)[0]))
+    # At its native size: the size changes only the image tower, which is dropped.
+    clip = build_clip(preset.clip, preset.name, native_size=True)
+    if embedder == "crop":
+        fingerprint = crop_fingerprint(preset, clip.native_image_size)
+    return TextModel(preset, embedder, fingerprint, clip, device)
+
+
+def _preset_and_head(
+    name_or_checkpoint: str | os.PathLike, embedder: str, head: str | os.PathLike | None
+) -> tuple[PresetConfig, str | os.PathLike | None]:
+    """The preset a model is built on and its head checkpoint (given, or the first
+    argument when that is one), refusing an unknown embedder, preset or missing head."""
+    name = str(name_or_checkpoint)
+    if name not in PRESETS and is_checkpoint(name):
+        head = head or name
+        name = read_head_config(name)["preset"]
+    elif name not in PRESETS and (os.sep in name or name.endswith((".safetensors", ".json", ".pt"))):
+        raise UnknownPresetError(f"{name}: no head checkpoint there (nor is it a preset: {', '.join(PRESETS)})")
+    preset = get_preset(name)
+    if embedder not in ("use", "crop"):
+        raise UsesearchError(f"unknown embedder {embedder!r}; choose 'use' or 'crop'")
+    if embedder == "use" and head is None and not preset.head.seeded_random:
+        raise NoTrainedHeadError(
+            f"preset {preset.name!r} has no trained USE head (none is published). Either use the "
+            "training-free embedder (`--embedder crop`, or embedder='crop'), or train a head with "
+            f"`usesearch train ... --preset {preset.name}` and pass it with `--head CHECKPOINT`."
+        )
+    return preset, head

@@ -82,17 +82,22 @@ class USE(nn.Module):
         return self.head(self.encoder.merge(tokens), weights, image_index)
 
 
-class SegmentEmbedder(Protocol):
-    """What the indexer, query engine and evaluators need from a model."""
+class TextEmbedder(Protocol):
+    """What a query by text or by class names needs from a model."""
 
     preset: PresetConfig
     kind: str
     fingerprint: str
     dim: int
 
-    def embed_segments(self, image, masks) -> np.ndarray: ...
     def embed_text(self, texts: Sequence[str], templates: Sequence[str] = ...) -> np.ndarray: ...
     def embed_classes(self, names: Sequence[str]) -> np.ndarray: ...
+
+
+class SegmentEmbedder(TextEmbedder, Protocol):
+    """What the indexer, query engine and evaluators need from a model."""
+
+    def embed_segments(self, image, masks) -> np.ndarray: ...
 
 
 class _TextMixin:
@@ -111,6 +116,31 @@ def _digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def use_fingerprint(preset: PresetConfig, head_digest: str) -> str:
+    """What a USE embedder's vectors depend on: the backbones' configs and the head's weights."""
+    return f"use-{preset.name}-" + _digest({"kind": "use", "backbones": preset.backbone_dict(), "head": head_digest})
+
+
+def crop_fingerprint(preset: PresetConfig, native_image_size: int) -> str:
+    """What the crop embedder's vectors depend on: CLIP's config and the size crops go in at."""
+    return f"crop-{preset.name}-" + _digest(
+        {"kind": "crop", "clip": preset.backbone_dict()["clip"], "size": native_image_size}
+    )
+
+
+class TextModel(_TextMixin):
+    """An embedder's text side alone: CLIP's text tower under the fingerprint of the
+    whole model (``load_text_model``). A query by text or a class list needs nothing
+    else: no DINOv2 is built and CLIP's image tower is dropped (``l14-336``: ~0.5 GB
+    of weights kept instead of ~2.9 GB)."""
+
+    def __init__(self, preset: PresetConfig, kind: str, fingerprint: str, clip: Clip, device: torch.device):
+        clip.model.visual = None  # its image tower: nothing here reads it
+        self.preset, self.kind, self.fingerprint, self.device = preset, kind, fingerprint, device
+        self.dim = clip.embed_dim
+        self.text = TextEncoder(clip.model, clip.tokenizer, device)
+
+
 class USEEmbedder(_TextMixin):
     kind = "use"
 
@@ -121,9 +151,7 @@ class USEEmbedder(_TextMixin):
         self.seconds = {"backbones": 0.0, "pooling": 0.0}  # wall time in embed_segments, for benchmarks
         self.dim = clip.embed_dim
         self.text = TextEncoder(clip.model, clip.tokenizer, device)
-        self.fingerprint = f"use-{self.preset.name}-" + _digest(
-            {"kind": "use", "backbones": self.preset.backbone_dict(), "head": head_digest}
-        )
+        self.fingerprint = use_fingerprint(self.preset, head_digest)
         self._resizer: ThreadPoolExecutor | None = None  # ``prepare``'s thread, made on first use
         self._prepared: dict[int, tuple[np.ndarray, Future[dict[int, np.ndarray]]]] = {}
 
@@ -198,9 +226,7 @@ class CropEmbedder(_TextMixin):
         self.batch_size = batch_size
         self.dim = clip.embed_dim
         self.text = TextEncoder(clip.model, clip.tokenizer, device)
-        self.fingerprint = f"crop-{preset.name}-" + _digest(
-            {"kind": "crop", "clip": preset.backbone_dict()["clip"], "size": clip.native_image_size}
-        )
+        self.fingerprint = crop_fingerprint(preset, clip.native_image_size)
 
     def _crop_pixels(self, rgb: np.ndarray, mask: torch.Tensor, box: list[int]) -> torch.Tensor:
         x0, y0, x1, y1 = box

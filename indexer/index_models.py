@@ -1,0 +1,111 @@
+"""The models an opened index answers with, each loaded when first needed: the text
+side for a query by text, the whole model for a search by a region, SAM for a region
+picked by a point or a box. All of them are the index's own (its preset, embedder and
+head) on one device, and a model that is not the one the index was built with is refused."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from usesearch.devices import explicit_device, resolve_device
+from usesearch.errors import IndexMismatchError, NotFoundError
+
+from .records import IndexInfo, info_summary
+
+if TYPE_CHECKING:  # the model side loads with the first model (``info``, ``failures``: ~4 s and ~800 MB less)
+    from usesearch.models.model import SegmentEmbedder, TextEmbedder
+
+
+class IndexModels:
+    """Loads each model once; ``check_open`` refuses a load once the index is closed.
+    Using a model (one thread at a time per side) is the caller's to order."""
+
+    def __init__(self, info: IndexInfo, device: str | None, model: SegmentEmbedder | None, check_open: Callable):
+        self.info = info
+        self._device_asked, self._device = device, explicit_device(device)  # an explicit one is checked now
+        self._whole = model
+        self._text: TextEmbedder | None = None  # the text side alone, until the whole model loads
+        self._sam: Any = None
+        self._lock = threading.Lock()
+        self._sam_lock = threading.Lock()  # apart: SAM loading (2.5 GB for ViT-H) holds up no text query
+        self._check_open = check_open
+
+    @property
+    def device(self):
+        """Where the models run (``usesearch.devices``), resolved with the first asked for."""
+        if self._device is None:
+            self._device = resolve_device(self._device_asked)
+        return self._device
+
+    @property
+    def loaded(self) -> set[str]:
+        """What is in memory: "whole", "text" (the text side alone), "sam"."""
+        held = {"whole": self._whole, "text": self._text, "sam": self._sam}
+        return {name for name, model in held.items() if model is not None}
+
+    def whole(self) -> SegmentEmbedder:
+        """The whole model: a segment is embedded with it (a search by a region)."""
+        with self._lock:
+            self._check_open()  # never loaded again once closed
+            if self._whole is None:
+                self._whole = self._load(text_only=False)
+                self._text = None  # the whole model's text side takes over
+            model = self._whole
+        return self._checked(model)
+
+    def text(self) -> TextEmbedder:
+        """What a text query needs: the whole model where it is loaded, else its text side
+        alone (``load_text_model``: no DINOv2, no image tower to build or hold)."""
+        with self._lock:
+            self._check_open()
+            if self._whole is None and self._text is None:
+                loaded = self._load(text_only=True)
+                if hasattr(loaded, "embed_segments"):  # tiny's seeded head: the whole (tiny) model
+                    self._whole = loaded
+                else:
+                    self._text = loaded
+            model = self._whole or self._text
+        assert model is not None
+        return self._checked(model)
+
+    def sam(self):
+        """The SAM of the index's preset, for a region picked by a point or a box."""
+        with self._sam_lock:
+            self._check_open()
+            if self._sam is None:
+                from usesearch import get_preset
+                from usesearch.masks.sam import load_sam
+
+                preset = get_preset(self.info.preset)
+                self._sam = load_sam(preset.sam, preset.name, None, self.device)
+            return self._sam
+
+    def release(self) -> None:
+        """Let go of every model (the index is closing)."""
+        with self._lock, self._sam_lock:
+            self._whole = self._text = self._sam = None
+
+    def _checked(self, model):
+        if model.fingerprint != self.info.fingerprint:
+            head = self.info.head
+            changed = f" (the head at {head} is no longer the one it was built with: put that one back)" if head else ""
+            raise IndexMismatchError(
+                f"this index was built with {info_summary(self.info)}; the model for queries is "
+                f"{model.fingerprint}{changed}. Query it with the model it was built with."
+            )
+        return model
+
+    def _load(self, text_only: bool):
+        from usesearch.models.checkpoint import checkpoint_paths
+        from usesearch.models.factory import load_model, load_text_model
+
+        head = self.info.head
+        if head is not None and not all(f.is_file() for f in checkpoint_paths(head)):
+            raise NotFoundError(
+                f"this index's head is gone from {head} (moved or deleted since indexing): put it back there; "
+                "a query needs the head the segments were embedded with"
+            )
+        loader = load_text_model if text_only else load_model
+        return loader(self.info.preset, embedder=self.info.embedder, head=head, device=self.device)
