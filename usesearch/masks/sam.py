@@ -18,7 +18,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from usesearch.errors import MissingWeightsError, UsesearchError, first_line
 from usesearch.masks.sam_fast import speed_up
-from usesearch.models.backbones import seeded
+from usesearch.models.backbones import seeded, weights_to_come
 from usesearch.models.config import SamConfig
 from usesearch.models.weights import UNREADABLE, remembered_sha256, require, sam_status, verify_sha256
 
@@ -129,7 +129,8 @@ def load_sam(
     path = require(status, preset_name)
     if checkpoint is None:
         verify_sha256(path, cfg.sha256)
-    sam = build_sam(cfg.model_type)
+    with weights_to_come():  # the strict load below sets every parameter
+        sam = build_sam(cfg.model_type)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from usesearch.errors import UsesearchError, first_line
 from usesearch.models.config import ClipConfig, DinoConfig
@@ -32,6 +33,44 @@ def seeded(seed: int) -> Iterator[None]:
     """Deterministic random init without disturbing the caller's RNG state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        yield
+
+
+# The random draws of an initialisation: skipped where a strict load sets every parameter
+# after (``weights_to_come``). Filling constants is cheap and stays.
+_RANDOM_INIT = frozenset(
+    {
+        nn.init.uniform_,
+        nn.init.normal_,
+        nn.init.trunc_normal_,
+        nn.init.kaiming_uniform_,
+        nn.init.kaiming_normal_,
+        nn.init.xavier_uniform_,
+        nn.init.xavier_normal_,
+        nn.init.orthogonal_,
+        torch.Tensor.uniform_,
+        torch.Tensor.normal_,
+        torch.Tensor.erfinv_,
+    }
+)
+
+
+class _NoRandomInit(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RANDOM_INIT:
+            return args[0] if args else kwargs["tensor"]  # the tensor, left as allocated
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def weights_to_come() -> Iterator[None]:
+    """Build a model whose every parameter a strict load from a file sets next: its random
+    initialisation is not drawn, which costs more than reading the file (CLIP L/14-336
+    2.4 s -> 0.13 s, SAM ViT-H 3.0 s -> 0.16 s on 2 cores). In this thread alone: a torch
+    function mode is per thread, so a seeded random model built beside it is unchanged.
+    Only around a strict load: a parameter the file lacks would keep whatever memory held."""
+    with _NoRandomInit():
         yield
 
 
@@ -110,7 +149,8 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False) -> 
     else:
         path = require(clip_status(cfg), preset_name)
         pre = open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained) or {}
-        with _quiet_hub(), _other_weights(path, cfg.model_name, preset_name):
+        # open_clip loads a full checkpoint strictly (``load_checkpoint(strict=True)``).
+        with _quiet_hub(), _other_weights(path, cfg.model_name, preset_name), weights_to_come():
             model = open_clip.create_model(
                 cfg.model_name, pretrained=str(path), force_quick_gelu=bool(pre.get("quick_gelu")), **kwargs
             )

@@ -1,0 +1,47 @@
+"""A model built to take a weights file skips its random init (``weights_to_come``): the
+same model once loaded, and no other thread's seeded build disturbed."""
+
+import dataclasses
+import threading
+
+import torch
+from safetensors.torch import save_file
+
+import usesearch
+from usesearch.masks.sam import load_sam
+from usesearch.models.backbones import build_clip, weights_to_come
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, msg=name)
+    for (name, x), y in zip(a.named_buffers(), b.buffers(), strict=True):  # the non-persistent ones too
+        torch.testing.assert_close(x, y, msg=name)
+
+
+def test_clip_and_sam_built_for_their_files_are_the_files_models(tmp_path):
+    preset = usesearch.get_preset("tiny")
+    seeded = build_clip(preset.clip, "tiny").model
+    with torch.no_grad():
+        for p in seeded.parameters():
+            p.add_(0.5)  # not what any init draws
+    file = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in seeded.state_dict().items()}, str(file))
+    _same(build_clip(dataclasses.replace(preset.clip, pretrained=str(file)), "tiny").model, seeded)
+
+    sam = load_sam(preset.sam, "tiny")
+    torch.save(sam.state_dict(), tmp_path / "sam.pth")
+    _same(load_sam(preset.sam, "tiny", checkpoint=tmp_path / "sam.pth"), sam)
+
+
+def test_no_random_init_is_drawn_and_only_in_this_thread():
+    before = torch.get_rng_state()
+    with weights_to_come():
+        torch.nn.Linear(64, 64)
+        assert torch.equal(torch.get_rng_state(), before)  # nothing drawn here
+        built = []
+        other = threading.Thread(target=lambda: built.append(torch.nn.Linear(64, 64)))
+        other.start()
+        other.join()
+    assert not torch.equal(torch.get_rng_state(), before)  # ... but there: the generator is shared
+    assert built[0].weight.abs().max() <= 1 / 8 and built[0].weight.std() > 0.05  # kaiming-uniform's, bound 1/sqrt(64)
