@@ -63,13 +63,13 @@ def load_sam2(name: str, checkpoint: str | os.PathLike | None = None, device: st
         raise UsesearchError("--masker sam2 needs the sam2 package: pip install -e '.[sam2]'") from None
     import torch  # here, not at the top: `models list` reads this module's table without torch
 
-    from usesearch.models.backbones import seeded
+    from usesearch.models.backbones import seeded, weights_to_come
 
     cfg = SAM2_MODELS[name]
     status = sam2_status(name, checkpoint)
     path = require(status, f"sam2:{name}") if status.needed else None
     overrides = [f"++model.image_size={cfg.image_size}"] if cfg.image_size != 1024 else []
-    with seeded(cfg.seed):
+    with seeded(cfg.seed), weights_to_come(path is not None):  # loaded strictly below
         model = build_sam2(cfg.config, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=overrides)
     if path is not None:
         if checkpoint is None:

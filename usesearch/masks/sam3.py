@@ -32,7 +32,7 @@ from usesearch.errors import MissingWeightsError, UsesearchError
 from usesearch.io.files import stat_signature
 from usesearch.masks.sam3_build import TINY, Sam3Architecture, build_sam3, fill_uninitialised, import_sam3
 from usesearch.masks.sam3_weights import CHECKPOINT, HF_REPO, sam3_status
-from usesearch.models.backbones import seeded
+from usesearch.models.backbones import seeded, weights_to_come
 from usesearch.models.weights import damaged
 
 
@@ -218,7 +218,8 @@ def load_sam3(
             f"`usesearch models pull sam3` where hf.co/{HF_REPO} is reachable (gated: accept its licence, then "
             "`hf auth login`); an index built with --preset tiny refines with the seeded tiny SAM 3 instead"
         )
-    with seeded(cfg.seed):
+    # A checkpoint missing any weight is refused (``load_checkpoint``): its init need not be drawn.
+    with seeded(cfg.seed), weights_to_come(status.path is not None):
         model = build_sam3(cfg.architecture)
         if status.path is None:
             fill_uninitialised(model)
