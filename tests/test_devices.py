@@ -105,6 +105,25 @@ def test_a_query_loads_its_models_and_the_region_sam_on_the_default_device(monke
     assert all(device == torch.device("cuda") for _, device in asked), asked
 
 
+def test_a_text_querys_text_side_loads_on_the_default_device(monkeypatch, tmp_path, trained_head):
+    import usesearch.models.factory
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu", head=str(trained_head[0])))
+    fake_cuda(monkeypatch)
+    asked: list = []
+    real = usesearch.models.factory.load_text_model
+
+    def spy(*args, **kwargs):
+        asked.append(torch.device(kwargs["device"]))
+        return real(*args, **{**kwargs, "device": "cpu"})
+
+    monkeypatch.setattr(usesearch.models.factory, "load_text_model", spy)
+    with SegmentIndex.open(tmp_path / "db") as index:
+        assert index.query("a cat", k=1) and index.models.loaded == {"text"}
+    assert asked == [torch.device("cuda")]
+
+
 @pytest.mark.skipif(faiss_gpu.available(), reason="this faiss has a GPU: --faiss-device cuda is possible here")
 def test_impossible_devices_are_refused_in_one_line_before_any_model_loads(monkeypatch, tmp_path):
     photos = write_photos(tmp_path / "photos", ("coffee",))

@@ -94,7 +94,7 @@ def load_text_model(
     preset, head = _preset_and_head(name_or_checkpoint, embedder, head)
     if embedder == "use":
         if head is None:
-            model = load_model(preset.name, "use", device)
+            model = load_model(preset.name, embedder="use", device=device)
             assert isinstance(model, USEEmbedder)
             return model
         fingerprint = use_fingerprint(preset, state_digest(load_head(head, preset)[0]))
