@@ -54,6 +54,14 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return manifest
 
 
+def unfinished_run(recorded: object) -> str:
+    """A run cut short, as the manifest names it, in today's spelling: ``curate run``'s
+    ``--source`` was renamed ``--input-format``, and the same command in the new spelling
+    is the same run (it must finish the folder, and the message must name a flag that works)."""
+    run = str(recorded)
+    return "--input-format " + run.removeprefix("--source ") if run.startswith("--source ") else run
+
+
 def require_dataset(dataset_dir: str | os.PathLike) -> Path:
     """The folder, if it is a finished curated dataset; else one line saying what it is
     instead (a curation cut short, first or re-run, is unfinished until a run ends)."""
@@ -65,7 +73,7 @@ def require_dataset(dataset_dir: str | os.PathLike) -> Path:
         writing = _writer_now(folder)
         if writing:
             raise UsesearchError(f"{folder} is being curated now (curate run, pid {writing}): wait for it to finish")
-        cut = [str(run) for run in (manifest or {}).get("unfinished") or [] if run]
+        cut = [unfinished_run(run) for run in (manifest or {}).get("unfinished") or [] if run]
         raise UsesearchError(
             f"{folder} is an unfinished curation (a run was cut short"
             + (f": {'; '.join(cut)}" if cut else "")
@@ -206,7 +214,7 @@ class DatasetWriter:
         # The runs cut short so far (their source and input): the folder is finished once
         # each has ended, not when any other run does (a whole second source would hide them).
         self.run = run or source or "curate run"
-        self.unfinished = {str(r) for r in (self.before or {}).get("unfinished") or []}
+        self.unfinished = {unfinished_run(r) for r in (self.before or {}).get("unfinished") or []}
         self.written_now: dict[str, str] = {}  # sha256 -> path, of this run's records
         # A record is done for its own source only: a second source of the same photo
         # adds its own pairs. Records written before sources were kept count for any.

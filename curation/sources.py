@@ -1,5 +1,5 @@
 """Source readers, each yielding ``ImageItem`` records for the same pipeline (paper
-§3.1), and their registry ``SOURCES``, which the CLI reads (``curate run --source``).
+§3.1), and their registry ``SOURCES``, which the CLI reads (``curate run --input-format``).
 
 Light to import: the CLI lists the sources in its help before any model is loaded,
 so the readers import the file walker, the COCO reader and the RLE module (torch,
@@ -47,7 +47,9 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
         else:
             loose.append(_broken(None, f"not a caption with an image_id: {ann!r}"))
     if coco["annotations"] and not captions:
-        raise CocoFileError(f"{captions_json} holds no caption: for a COCO instances file use --source coco-instances")
+        raise CocoFileError(
+            f"{captions_json} holds no caption: for a COCO instances file use --input-format coco-instances"
+        )
     entries = [img for img in coco["images"] if isinstance(img, dict) and _is_key(img.get("id"))]
     loose += [_broken(None, f"an image entry without id: {img!r}") for img in coco["images"] if img not in entries]
     if loose:
@@ -206,7 +208,7 @@ def read_source(name: str, path: str | os.PathLike, images: str | os.PathLike | 
     if not source.annotations:
         return source.read(path)
     if images is None:
-        raise ValueError(f"--source {name} needs --images DIR")
+        raise ValueError(f"--input-format {name} needs --images DIR")
     return source.read(path, os.path.abspath(images))  # each item's path absolute: a dataset read from anywhere
 
 

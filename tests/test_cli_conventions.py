@@ -64,6 +64,10 @@ RENAMED = [
     (["train", "i", "--out", "r"], ["train", "i", "--run-dir", "r"]),
     (["curate", "run", "i", "--out", "ds"], ["curate", "run", "i", "--dataset-dir", "ds"]),
     (
+        ["curate", "run", "a.json", "--dataset-dir", "ds", "--source", "vg", "--images", "i"],
+        ["curate", "run", "a.json", "--dataset-dir", "ds", "--input-format", "vg", "--images", "i"],
+    ),
+    (
         ["eval", "audit", "--coco", "a.json", "--images", "i", "--out", "r"],
         ["eval", "audit", "--coco", "a.json", "--images", "i", "--report-dir", "r"],
     ),

@@ -154,7 +154,17 @@ def test_two_entries_leading_to_one_photo_are_indexed_together_and_stay_put(tmp_
     [
         ["eval", "audit", "--coco", "{bad}", "--images", "{photos}", "--report-dir", "{out}"],
         ["eval", "parts", "--coco", "{bad}", "--images", "{photos}"],
-        ["curate", "run", "{bad}", "--source", "coco-instances", "--images", "{photos}", "--dataset-dir", "{out}"],
+        [
+            "curate",
+            "run",
+            "{bad}",
+            "--input-format",
+            "coco-instances",
+            "--images",
+            "{photos}",
+            "--dataset-dir",
+            "{out}",
+        ],
     ],
 )
 @pytest.mark.parametrize(
@@ -177,7 +187,7 @@ def test_a_dataset_curated_from_coco_names_its_photos_by_absolute_path(tmp_path,
     photos = write_photos(tmp_path / "photos", ("coffee",))
     coco = write_coco(tmp_path / "inst.json", photos, ["coffee.png"], 1)
     monkeypatch.chdir(tmp_path)
-    args = ["curate", "run", "inst.json", "--source", "coco-instances", "--images", "photos"]
+    args = ["curate", "run", "inst.json", "--input-format", "coco-instances", "--images", "photos"]
     result = CliRunner().invoke(app, [*args, "--dataset-dir", "pairs", "--preset", "tiny"])
     assert result.exit_code == 0, result.output
     paths = [record["path"] for record in read_records(tmp_path / "pairs")]

@@ -70,7 +70,9 @@ def test_coco_instances_faults_are_recorded_and_the_rest_curated(tmp_path, photo
 def test_a_caption_file_without_captions_is_refused_and_a_bad_caption_recorded(tmp_path, photos):
     instances = tmp_path / "instances.json"
     instances.write_text(json.dumps({"images": [{"id": 1, "file_name": "cat.png"}], "annotations": [{"id": 1}]}))
-    with pytest.raises(CocoFileError, match="holds no caption: for a COCO instances file use --source coco-instances"):
+    with pytest.raises(
+        CocoFileError, match="holds no caption: for a COCO instances file use --input-format coco-instances"
+    ):
         list(coco_captions_source(instances, photos))
     captions = tmp_path / "captions.json"
     images = [{"id": 1, "file_name": "cat.png"}, {"file_name": "no-id.png"}]
@@ -320,9 +322,18 @@ def test_curate_run_refuses_what_its_source_would_not_use_and_an_empty_folder(tm
     ds = ["--dataset-dir", str(tmp_path / "ds")]
     cases = [
         (["curate", "run", str(tmp_path / "empty"), *ds, "--captioner", "tiny"], "found no photo to curate there"),
-        (["curate", "run", str(tmp_path / "c.json"), *ds], "is a file and --source folder reads a folder"),
+        (["curate", "run", str(tmp_path / "c.json"), *ds], "is a file and --input-format folder reads a folder"),
         (
-            ["curate", "run", str(tmp_path / "c.json"), "--source", "coco-instances", "--images", str(photos), *ds]
+            [
+                "curate",
+                "run",
+                str(tmp_path / "c.json"),
+                "--input-format",
+                "coco-instances",
+                "--images",
+                str(photos),
+                *ds,
+            ]
             + ["--pred-iou-thresh", "0.1", "--grounder", "tiny"],
             "--pred-iou-thresh, --grounder would do nothing",
         ),
@@ -397,7 +408,7 @@ def test_curate_run_interrupted_says_what_is_kept_and_asks_for_captions_before_m
         return real(one_then_ctrl_c(), *args, **kw)
 
     monkeypatch.setattr(pipeline, "curate", cut_after_one)
-    args = ["curate", "run", str(tmp_path / "inst.json"), "--source", "coco-instances", "--images", str(photos)]
+    args = ["curate", "run", str(tmp_path / "inst.json"), "--input-format", "coco-instances", "--images", str(photos)]
     result = CliRunner().invoke(app, [*args, "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny", "--json"])
     assert result.exit_code == 130, result.output
     assert "interrupted; finished work is kept: 1 images curated" in result.stderr
@@ -441,12 +452,12 @@ def test_another_runs_end_does_not_finish_a_run_cut_short(tmp_path, photos):
         yield cat
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # by a version that spelled --input-format --source
         curate(cut_after_one(), tmp_path / "ds", source="folder", run="--source folder /photos")
-    curate([cat], tmp_path / "ds", source="coco-instances", run="--source coco-instances /inst.json")
-    with pytest.raises(usesearch.UsesearchError, match=r"unfinished curation \(a run was cut short: --source folder"):
+    curate([cat], tmp_path / "ds", source="coco-instances", run="--input-format coco-instances /inst.json")
+    with pytest.raises(usesearch.UsesearchError, match=r"cut short: --input-format folder /photos\)"):
         list(read_records(tmp_path / "ds"))
-    curate([cat], tmp_path / "ds", source="folder", run="--source folder /photos")  # that run again: it ends
+    curate([cat], tmp_path / "ds", source="folder", run="--input-format folder /photos")  # that run again: it ends
     assert len(list(read_records(tmp_path / "ds"))) == 2
 
 

@@ -129,7 +129,7 @@ def test_cli_curate_run_and_stats(coco):
             "curate",
             "run",
             str(ann),
-            "--source",
+            "--input-format",
             "coco-instances",
             "--images",
             str(images),

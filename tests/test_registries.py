@@ -127,7 +127,7 @@ def test_every_curation_source_reads_a_tiny_fixture(name, tmp_path):
     assert bool(item.segments or item.annotations) == (not source.prompts_sam)  # given masks need no SAM
     assert (item.mllm_caption or bool(item.captions)) == source.grounded
     if source.annotations:
-        with pytest.raises(ValueError, match=f"--source {name} needs --images DIR"):
+        with pytest.raises(ValueError, match=f"--input-format {name} needs --images DIR"):
             read_source(name, path)
 
 

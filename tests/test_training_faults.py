@@ -302,7 +302,15 @@ def test_train_and_curate_json_are_their_reports_alone_on_stdout(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(coco))
     curated = CliRunner().invoke(
         app,
-        ["curate", "run", str(tmp_path / "c.json"), "--source", "coco-instances", "--images", str(data / "images")]
+        [
+            "curate",
+            "run",
+            str(tmp_path / "c.json"),
+            "--input-format",
+            "coco-instances",
+            "--images",
+            str(data / "images"),
+        ]
         + ["--dataset-dir", str(tmp_path / "ds"), "--json"],
     )
     assert curated.exit_code == 0, curated.output

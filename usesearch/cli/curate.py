@@ -40,15 +40,17 @@ def run(
         ),
         opts.Formerly("--out"),
     ],
-    source: Annotated[
-        str, typer.Option(help="Source layout: " + "; ".join(f"{n}: {s.description}" for n, s in SOURCES.items()))
+    input_format: Annotated[
+        str,
+        typer.Option(help="What PATH is: " + "; ".join(f"{n}: {s.description}" for n, s in SOURCES.items())),
+        opts.Formerly("--source"),  # query's --source is a segment's origin (annotation|proposal)
     ] = "folder",
     images: opts.MaybeImagesOpt = None,
     captioner: Annotated[
         Optional[str],
         typer.Option(
             help="MLLM (transformers image-text-to-text name or folder), or 'tiny'; "
-            "needed for --source folder (photos have no captions of their own)."
+            "needed for --input-format folder (photos have no captions of their own)."
         ),
     ] = None,
     captioner_revision: Annotated[
@@ -90,24 +92,24 @@ def run(
     from usesearch.models.presets import get_preset
 
     mask_config = BoxMaskConfig(**{BOX_MASK_CONFIG_NAMES.get(name, name): value for name, value in sam.given().items()})
-    kind = SOURCES.get(source)
+    kind = SOURCES.get(input_format)
     if kind is not None:
-        _refuse_unused(source, kind, sam, sam_checkpoint, captioner, grounder)
+        _refuse_unused(input_format, kind, sam, sam_checkpoint, captioner, grounder)
     if kind is not None and not kind.annotations and path.is_file():
         raise UsesearchError(
-            f"{path} is a file and --source {source} reads a folder of photos; for an annotation file give its "
-            f"--source ({', '.join(n for n, k in SOURCES.items() if k.annotations)})"
+            f"{path} is a file and --input-format {input_format} reads a folder of photos; for an annotation file "
+            f"give its --input-format ({', '.join(n for n, k in SOURCES.items() if k.annotations)})"
         )
     the_device = resolve_device(device)
     p = get_preset(preset)
-    items = read_source(source, path, images)
-    first = next(items, None)  # the source read (a file that is not its kind refused) before any model loads
+    items = read_source(input_format, path, images)
+    first = next(items, None)  # the input read (a file that is not of its format refused) before any model loads
     if first is None:
-        raise UsesearchError(f"{path}: --source {source} found no photo to curate there")
+        raise UsesearchError(f"{path}: --input-format {input_format} found no photo to curate there")
     items = itertools.chain([first], items)
-    kind = SOURCES[source]
+    kind = SOURCES[input_format]
     if kind.needs_captioner and not captioner:
-        raise ValueError(f"a {source} has no captions: pass --captioner (a model name, or 'tiny')")
+        raise ValueError(f"a {input_format} has no captions: pass --captioner (a model name, or 'tiny')")
     # SAM first: missing weights are refused before a captioner's gigabytes load.
     predictor = SamPredictor(load_sam(p.sam, p.name, sam_checkpoint, the_device)) if kind.prompts_sam else None
     sam_weights = sam_identity(p.sam, sam_checkpoint) if kind.prompts_sam else None  # masks of one SAM a dataset
@@ -133,10 +135,10 @@ def run(
             grounder=the_grounder,
             captioner=the_captioner,
             mask_config=mask_config if kind.prompts_sam else None,
-            source=source,
+            source=input_format,
             progress=progress,
             sam=sam_weights,
-            run=f"--source {source} {path.resolve()}",
+            run=f"--input-format {input_format} {path.resolve()}",
         )
     except KeyboardInterrupt:
         bar.close()
@@ -190,7 +192,7 @@ def _refuse_unused(source: str, kind, sam: SamSettings, sam_checkpoint, captione
         unused += ["--captioner"] * bool(captioner) + ["--grounder"] * (grounder != DEFAULT_GROUNDER)
     if unused:
         does = "has its own masks (SAM does not run)" if not kind.prompts_sam else "has its own texts"
-        raise UsesearchError(f"--source {source} {does}: {', '.join(unused)} would do nothing; leave them out")
+        raise UsesearchError(f"--input-format {source} {does}: {', '.join(unused)} would do nothing; leave them out")
 
 
 def _grounder(name: str, spacy_model: str, device):

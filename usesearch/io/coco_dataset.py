@@ -1,6 +1,6 @@
 """A labelled dataset as COCO annotations, read for indexing by its own masks
 (``usesearch index IMAGES --coco FILE.json``) and for curation (``curate run
---source coco-instances``): the file is refused in one line when
+--input-format coco-instances``): the file is refused in one line when
 it is not COCO at all, before anything runs; within it, each fault (an annotation
 of no image entry or of an unknown category, a duplicate id, a broken RLE or
 polygon, an empty mask) is an ``AnnotationError`` to record, and the rest is indexed.

@@ -1,5 +1,5 @@
 """A COCO file read whole for the commands that take one as input beside photos
-(``curate run --source coco-*``, ``eval audit``, ``eval parts``): one line naming the
+(``curate run --input-format coco-*``, ``eval audit``, ``eval parts``): one line naming the
 file and what it lacks, before any model loads, instead of a KeyError or a parser's
 message that names neither. (``index --coco`` streams its file: ``io/coco_dataset.py``.)"""
 
