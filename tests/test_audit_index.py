@@ -5,6 +5,7 @@ index, a kill -9 mid-audit resuming to the same lists, and reviews surviving re-
 import json
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -109,6 +110,35 @@ def test_ranked_keeps_the_best_whatever_the_batches():
     assert whole.rows()[0]["score"] == values.max()
     restored = Ranked.from_state(10, "x", whole.state("x"))
     assert restored.rows() == whole.rows()
+
+
+def test_the_inverted_file_of_a_large_base_finds_the_near_duplicates_exact_search_finds():
+    """Past ``EXACT_UP_TO`` base rows the near-duplicates come from an inverted file: the
+    pairs it gives are those of exact search."""
+    rng = np.random.default_rng(2)
+    centers = unit(rng.normal(size=(50, 64)))
+    base = unit(centers[rng.integers(0, 50, 20_000)] + 0.15 * rng.normal(size=(20_000, 64)))
+    query = unit(centers[rng.integers(0, 50, 2_000)] + 0.15 * rng.normal(size=(2_000, 64)))
+    copied = rng.choice(len(base), 200, replace=False)
+    query[:200] = unit(base[copied] + 0.02 * rng.normal(size=(200, 64)))  # cosine ~0.99 with their originals
+    base_ids, query_ids = np.arange(1, 20_001), np.arange(100_001, 102_001)
+    ask = (base_ids, np.ones(20_000, np.int64), query, query_ids, np.zeros(2_000, np.int64))
+    exact = leaks.base_index(64, 10)  # (a base this small is searched exactly)
+    exact.add_with_ids(base, base_ids)
+    index = leaks.base_index(64, len(base))
+    assert not index.is_trained and 0 < leaks.training_rows(len(base)) < len(base)
+    index.train(base[rng.permutation(len(base))[: leaks.training_rows(len(base))]])
+    index.add_with_ids(base, base_ids)
+    truth, found = leaks.near_pairs(exact, *ask), leaks.near_pairs(index, *ask)
+    assert len(truth) >= 200 and set(map(tuple, found[:, :2].tolist())) == set(map(tuple, truth[:, :2].tolist()))
+
+
+@pytest.mark.parametrize("rows", [5_001, 20_000, 500_000, 2_000_000])
+def test_the_inverted_file_trains_on_what_faiss_asks_for(rows):
+    """At least 39 rows a list, faiss's minimum: with 100,000 rows past 400,000 base rows,
+    every archive-scale audit printed faiss's "WARNING clustering ... please provide"."""
+    lists = faiss.extract_index_ivf(leaks.base_index(8, rows)).nlist
+    assert 39 * lists <= leaks.training_rows(rows) <= rows
 
 
 def test_leaks_exact_and_near_duplicates_across_splits_grouped():

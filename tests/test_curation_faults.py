@@ -328,9 +328,7 @@ def test_curate_run_refuses_what_its_source_would_not_use_and_an_empty_folder(tm
                 "curate",
                 "run",
                 str(tmp_path / "c.json"),
-                "--input-format",
-                "coco-instances",
-                "--images",
+                *"--input-format coco-instances --images".split(),
                 str(photos),
                 *ds,
             ]

@@ -306,9 +306,7 @@ def test_train_and_curate_json_are_their_reports_alone_on_stdout(tmp_path):
             "curate",
             "run",
             str(tmp_path / "c.json"),
-            "--input-format",
-            "coco-instances",
-            "--images",
+            *"--input-format coco-instances --images".split(),
             str(data / "images"),
         ]
         + ["--dataset-dir", str(tmp_path / "ds"), "--json"],

@@ -255,7 +255,7 @@ def _leak_pass(store, reader, state: _State, config: AuditConfig, save) -> None:
         del base
         index = leaks.base_index(_info(store).dim, len(base_ids))
         if not index.is_trained:
-            picked = np.sort(np.random.default_rng(0).permutation(len(base_ids))[: leaks.TRAIN_ROWS])
+            picked = np.sort(np.random.default_rng(0).permutation(len(base_ids))[: leaks.training_rows(len(base_ids))])
             index.train(files.read(chunks[picked], rows[picked], ids=base_ids[picked]))
         for lo in range(0, len(base_ids), config.batch):
             part = slice(lo, lo + config.batch)
