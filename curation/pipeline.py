@@ -67,6 +67,8 @@ def curate(
     progress: Callable[[CurateReport], None] | None = None,
     sam: str | None = None,
     run: str = "",
+    max_bytes: int | None = None,
+    max_pixels: int | None = None,
 ) -> CurateReport:
     """``predictor``: a segment_anything SamPredictor, needed for box sources; ``sam``:
     its weights' identity (``masks.sam.sam_identity``), recorded and compared as the
@@ -76,7 +78,9 @@ def curate(
     this run curates (its source and input, as the CLI gives them): one cut short keeps
     the dataset unfinished until that run ends (default: the source).
     ``mask_config``: SAM's settings for box prompts (default: ``BoxMaskConfig()`` where a
-    predictor is given); recorded only where SAM runs, so a given-mask source records none."""
+    predictor is given); recorded only where SAM runs, so a given-mask source records none.
+    ``max_bytes``, ``max_pixels``: how large a photo is read (None: the defaults); one
+    past them is a failure, tried again by a run that raises them."""
     if mask_config is None and predictor is not None:
         mask_config = BoxMaskConfig()
     settings: dict = {"nms_iou": nms_iou} | ({"mask_config": asdict(mask_config)} if mask_config else {})
@@ -102,7 +106,7 @@ def curate(
                     raise item.error
                 if not item.photo:
                     continue
-                data, sha256 = read_bytes(item.path)
+                data, sha256 = read_bytes(item.path, max_bytes)
                 digest = annotations_digest(item.annotations) if item.annotations is not None else None
                 if writer.annotations_changed(sha256, digest):  # records are never rewritten: said, not skipped
                     first = writer.written_now.get(sha256)
@@ -125,7 +129,7 @@ def curate(
                     if progress:
                         progress(report)
                     continue
-                rgb = decode(data, item.path)
+                rgb = decode(data, item.path, max_pixels)
                 boxes = list(item.boxes)
                 captions = list(item.captions)
                 captioning = captioner if item.mllm_caption else None

@@ -517,3 +517,20 @@ def test_a_sam_checkpoint_of_the_users_is_hashed_once_per_content(tmp_path, monk
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path / "home"))
     checkpoint.write_bytes(b"other weights")
     assert weights.remembered_sha256(checkpoint) != first
+
+
+def test_a_photo_past_the_pixel_limit_fails_said_with_the_options_and_a_raised_run_curates_it(tmp_path, photos):
+    """`curate run` read photos at the defaults alone: a scan archive indexed with
+    --max-pixels raised could not be curated (nor trained on)."""
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    args = ["curate", "run", str(photos), "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
+    args += ["--captioner", "tiny", "--grounder", "tiny", "--json"]
+    refused = CliRunner().invoke(app, [*args, "--max-pixels", "9k"])  # the cup's 15,000 pixels, not the cat's 8,475
+    report = json.loads(refused.stdout)
+    assert refused.exit_code == 0 and (report["done"], report["failed"]) == (1, 1), refused.output
+    assert "1 photo(s) refused for their size: --max-pixels and --max-bytes raise" in refused.stderr
+    raised = CliRunner().invoke(app, [*args, "--max-pixels", "20k"])
+    assert raised.exit_code == 0 and json.loads(raised.stdout)["done"] == 1, raised.output  # the cup, tried again

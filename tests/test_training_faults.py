@@ -463,3 +463,26 @@ def test_a_run_cut_short_by_max_steps_counts_the_photos_it_reached(tmp_path):
         photo.unlink()
     gone = CliRunner().invoke(app, [*args, "--run-dir", str(tmp_path / "gone"), "--max-steps", "1"])
     assert gone.exit_code == 3 and json.loads(gone.stdout)["head"] is None, gone.output
+
+
+def test_a_curated_photo_is_read_for_training_within_its_own_size(tmp_path, monkeypatch):
+    """`curate run --max-pixels` lets a large scan in; training read it at the default
+    limit and skipped it. Its curated size is its limit now; a larger file under its name
+    is still refused."""
+    from PIL import Image
+
+    from usesearch.io import files
+    from usesearch.masks import rle
+    from usesearch.training.data import Sample, load_image
+
+    path = tmp_path / "scan.png"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(path)
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 10:40] = True
+    sample = Sample(str(path), [rle.encode(mask)], [["a red scan"]], files.read_bytes(str(path))[1])
+    monkeypatch.setattr(files, "DEFAULT_MAX_PIXELS", 1_000)  # 3,072 pixels: past the default here
+    rgb, masks = load_image(sample)
+    assert rgb.shape == (48, 64, 3) and masks.shape == (1, 48, 64)
+    Image.new("RGB", (64, 64)).save(path)
+    with pytest.raises(usesearch.UsesearchError, match="4096 pixels exceeds the limit of 3072"):
+        load_image(Sample(str(path), sample.rles, sample.texts))

@@ -14,7 +14,7 @@ from PIL import Image
 
 from usesearch.curation.dataset import read_records, stale_contents
 from usesearch.errors import UsesearchError
-from usesearch.io.files import decode, read_bytes
+from usesearch.io.files import decode, indexed_limits, read_bytes
 from usesearch.masks import rle
 
 
@@ -103,11 +103,14 @@ def augment(
 
 def load_image(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """The photo and its masks, refused when they do not fit each other (a photo replaced
-    since curation, or one whose EXIF rotation its annotations did not follow)."""
-    data, sha256 = read_bytes(sample.path)
+    since curation, or one whose EXIF rotation its annotations did not follow). Read
+    within its own curated size: `curate run --max-pixels` let it in."""
+    h, w = sample.rles[0]["size"] if sample.rles else (0, 0)
+    max_bytes, max_pixels = indexed_limits(w, h)
+    data, sha256 = read_bytes(sample.path, max_bytes)
     if sample.sha256 is not None and sha256 != sample.sha256:
         raise UsesearchError("the photo changed since it was curated (its SHA-256 differs): curate it again")
-    rgb, masks = decode(data, sample.path), decode_masks(sample.rles)
+    rgb, masks = decode(data, sample.path, max_pixels), decode_masks(sample.rles)
     if masks.shape[1:] != rgb.shape[:2]:
         h, w = masks.shape[1:]
         raise UsesearchError(f"its masks are {w}x{h} but the photo is {rgb.shape[1]}x{rgb.shape[0]}")

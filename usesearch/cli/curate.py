@@ -11,6 +11,7 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
+from usesearch.cli.photo_limits import PhotoLimits, say_past_limits, with_photo_limits
 from usesearch.curation.sources import SOURCES
 from usesearch.errors import UsesearchError
 from usesearch.masks.settings import SamSettings
@@ -29,6 +30,7 @@ BOX_MASK_CONFIG_NAMES = {"min_mask_region_area": "min_region_area"}
 @curate_app.command("run")
 @opts.user_errors
 @sam_options.with_box_prompt_settings
+@with_photo_limits
 def run(
     path: Annotated[Path, typer.Argument(help="A folder of images, or the source's annotation JSON.", exists=True)],
     dataset_dir: Annotated[
@@ -77,6 +79,7 @@ def run(
     ] = False,
     *,
     sam: SamSettings,
+    limits: PhotoLimits,
 ) -> None:
     """Curate segment-text pairs: MLLM captions, referring expressions, grounding, SAM box prompts, mask NMS."""
     import itertools
@@ -139,6 +142,8 @@ def run(
             progress=progress,
             sam=sam_weights,
             run=f"--input-format {input_format} {path.resolve()}",
+            max_bytes=limits.max_bytes,
+            max_pixels=limits.max_pixels,
         )
     except KeyboardInterrupt:
         bar.close()
@@ -164,6 +169,7 @@ def run(
         )
     for image, reason in report.failures[:10]:
         opts.console.print(f"  failed: {image}: {reason}")
+    say_past_limits(report.failures)
     if report.done and not report.pairs_after_nms and kind.prompts_sam:
         weights = "the tiny preset's random-weight SAM" if p.name == "tiny" else "SAM"
         opts.console.print(

@@ -17,9 +17,9 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
-from usesearch.cli.photo_limits import PhotoLimits, with_photo_limits
+from usesearch.cli.photo_limits import PhotoLimits, say_past_limits, with_photo_limits
 from usesearch.errors import UsesearchError
-from usesearch.io.files import PAST_LIMIT, one_line
+from usesearch.io.files import one_line
 from usesearch.masks.settings import SamSettings
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def index(
             opts.console.print(f"  {line}")
         for path, reason in report.failures[:10]:
             opts.console.print(f"  failed: {one_line(path)}: {one_line(reason)}")  # one line a failure
-        _say_past_limits(report.failures)
+        say_past_limits(report.failures)
         _say_moved_and_copies(report)
         if report.failed_before:
             opts.console.print(
@@ -225,16 +225,6 @@ def _print_json(reports: dict[str, IndexReport], as_json: bool) -> None:
     """``index --json``: the run's reports, on stdout alone (status lines are on stderr)."""
     if as_json and reports:
         print(json.dumps({name: asdict(r) for name, r in reports.items()}, indent=1, default=str))
-
-
-def _say_past_limits(failures: list[tuple[str, str]]) -> None:
-    """One line for the photos refused for their size: which options let them in."""
-    past = sum(PAST_LIMIT in reason for _, reason in failures)
-    if past:
-        opts.console.print(
-            f"  {past} photo(s) refused for their size: --max-pixels and --max-bytes raise the limits, "
-            "and a run with them raised tries those photos again"
-        )
 
 
 def _say_moved_and_copies(report: IndexReport) -> None:
@@ -307,7 +297,7 @@ def _print_labelled(report, db: str, db_url: str | None) -> None:
         )
     for path, reason in report.failures[:10]:
         opts.console.print(f"  failed: {path}: {reason}")
-    _say_past_limits(report.failures)
+    say_past_limits(report.failures)
     for line in report.problems[:10]:
         opts.console.print(f"  problem: {line}")
     if len(report.problems) + len(report.failures) > 10:

@@ -1,5 +1,5 @@
-"""How large a photo the commands that read photos (index, segment, similar --image)
-take: ``--max-pixels`` and ``--max-bytes``, declared once. The limits keep a
+"""How large a photo the commands that read photos (index, segment, similar --image,
+curate run) take: ``--max-pixels`` and ``--max-bytes``, declared once. The limits keep a
 decompression bomb or a stray disk image from taking the machine's memory; a scan
 archive of 150-megapixel TIFFs raises them."""
 
@@ -16,7 +16,7 @@ import typer
 from usesearch.errors import ImageReadError
 from usesearch.io.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PAST_LIMIT, read_photo
 
-from .options import shared_options
+from .options import console, shared_options
 
 
 def count_from(unit: int, default: int) -> Callable[[str], int]:
@@ -80,3 +80,13 @@ class PhotoLimits:
 
 
 with_photo_limits = shared_options("limits", PhotoLimits)
+
+
+def say_past_limits(failures: list[tuple[str, str]]) -> None:
+    """One line for the photos a run refused for their size: which options let them in."""
+    past = sum(PAST_LIMIT in reason for _, reason in failures)
+    if past:
+        console.print(
+            f"  {past} photo(s) refused for their size: --max-pixels and --max-bytes raise the limits, "
+            "and a run with them raised tries those photos again"
+        )

@@ -137,10 +137,12 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
         yield from visit(os.path.abspath(os.fspath(root)))
 
 
-def read_bytes(fs_path: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> tuple[bytes, str]:
+def read_bytes(fs_path: str | bytes, max_bytes: int | None = None, name: str | None = None) -> tuple[bytes, str]:
     """The file's bytes and SHA-256. Opened non-blocking and checked with fstat, so a
-    FIFO or device swapped in under an image's name is refused at once, never read."""
+    FIFO or device swapped in under an image's name is refused at once, never read.
+    ``max_bytes``: None for ``DEFAULT_MAX_BYTES`` (each default read when called)."""
     name = name or display_path(os.fsdecode(fs_path))
+    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
     fd = os.open(fs_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
@@ -162,8 +164,8 @@ def read_bytes(fs_path: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES, name: s
 def read_photo(
     path: str | os.PathLike,
     name: str | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
+    max_pixels: int | None = None,
 ):
     """One image file -> RGB, with the indexer's safeguards (a regular file, its size,
     no decompression bomb): a FIFO named as the photo is refused, never waited on."""
@@ -172,7 +174,7 @@ def read_photo(
 
 
 def indexed_limits(width: int | None, height: int | None, file_size: int | None = None) -> tuple[int, int]:
-    """``(max_bytes, max_pixels)`` to read again a photo indexed at ``width`` x ``height``
+    """``(max_bytes, max_pixels)`` to read again a photo indexed (or curated) at ``width`` x ``height``
     (from a file of ``file_size`` bytes, where known): the defaults, or room for the photo
     itself where ``index --max-pixels`` let a larger one in (else the server, ``--show``
     and exports could never draw it). Its SHA-256 and size are checked after the read:
@@ -224,9 +226,11 @@ def _header_size(data: bytes) -> tuple[int, int]:
             return im.size
 
 
-def pixel_count(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+def pixel_count(data: bytes, name: str, max_pixels: int | None = None) -> int:
     """The photo's width x height from its header (nothing decoded); the same one-line
-    errors as ``decode`` for what is not an image or past ``max_pixels``."""
+    errors as ``decode`` for what is not an image or past ``max_pixels`` (None:
+    ``DEFAULT_MAX_PIXELS``)."""
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     if not data:
         raise ImageReadError(f"cannot read image {name}: file is empty")
     try:
@@ -240,7 +244,7 @@ def pixel_count(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return w * h
 
 
-def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
     """Bytes -> RGB uint8 with EXIF orientation applied. Pixel count is checked from
     the header first, so a decompression bomb is refused without decoding it. Within
     PIL's own limit photos decode in parallel threads (the indexer's read-ahead pool);
