@@ -4,7 +4,8 @@ now), each in a process of its own: wall time to the first text vector and peak 
 
 The presets' real architectures with random weights, written where the real files go
 (``USESEARCH_HOME/weights``; a head checkpoint of the preset beside them), so every byte
-a real run reads is read: the cost does not depend on the values.
+a real run reads is read: the cost does not depend on the values. Then each backbone's
+build for its file alone, with its random init skipped (``weights_to_come``) and drawn.
 
     python benchmarks/text_side.py [--presets l14-336,b16] [--repeat 2] [--loaders load_model]
 """
@@ -16,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +54,37 @@ def write_weights(preset_name: str, home: Path) -> Path:
     return usesearch.save_head(home / f"head-{preset_name}", use.trainable_state_dict(), preset, {"step": 0})
 
 
+def build_times(preset_name: str, repeat: int) -> None:
+    """Seconds to build CLIP and DINOv2 for their files, the init skipped and drawn (best
+    of ``repeat``, the files in the page cache)."""
+    import contextlib
+
+    import usesearch
+    from usesearch.models import backbones
+
+    preset = usesearch.get_preset(preset_name)
+    skipping = backbones.weights_to_come
+    for name, build in (
+        ("CLIP", lambda: backbones.build_clip(preset.clip, preset_name)),
+        ("DINOv2", lambda: backbones.build_dino(preset.dino, preset_name)),
+    ):
+        seconds = {}
+        for way, context in (("skipped", skipping), ("drawn", lambda coming=True: contextlib.nullcontext())):
+            backbones.weights_to_come = context
+            runs = []
+            for _ in range(repeat + 1):  # the first reads the file into the page cache
+                start = time.perf_counter()
+                build()
+                runs.append(time.perf_counter() - start)
+            seconds[way] = min(runs[1:])
+        backbones.weights_to_come = skipping
+        print(
+            f"{preset_name:8} {name:7} built for its file: init skipped {seconds['skipped']:.2f} s, "
+            f"drawn {seconds['drawn']:.2f} s",
+            flush=True,
+        )
+
+
 def measure(loader: str, preset: str, head: Path, env: dict) -> tuple[float, float, float]:
     """(seconds to the first text vector, MiB held then, peak MiB) of one process."""
     proc = subprocess.Popen(
@@ -71,9 +104,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--loaders", default="load_model,load_text_model", help="(an older tree has only the first)")
     parser.add_argument("--write-weights", metavar="PRESET", help=argparse.SUPPRESS)  # the child that writes them
+    parser.add_argument("--build-times", metavar="PRESET", help=argparse.SUPPRESS)  # the child that builds them
     args = parser.parse_args()
     if args.write_weights:
         print(write_weights(args.write_weights, Path(os.environ["USESEARCH_HOME"])))
+        return
+    if args.build_times:
+        build_times(args.build_times, args.repeat)
         return
     with tempfile.TemporaryDirectory() as home:
         os.environ.update(USESEARCH_HOME=home, HF_HUB_OFFLINE="1")
@@ -89,6 +126,9 @@ def main() -> None:
                 runs = [measure(loader, preset, head, env) for _ in range(args.repeat)]
                 seconds, held, peak = (min(r[i] for r in runs) for i in range(3))
                 print(f"{preset:8} {loader:16} {seconds:8.2f} {held:9.0f} {peak:9.0f}", flush=True)
+            subprocess.run(
+                [sys.executable, __file__, "--build-times", preset, "--repeat", str(args.repeat)], env=env, check=True
+            )
 
 
 if __name__ == "__main__":

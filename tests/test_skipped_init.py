@@ -3,13 +3,16 @@ same model once loaded, and no other thread's seeded build disturbed."""
 
 import dataclasses
 import threading
+from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
 import usesearch
 from usesearch.masks.sam import load_sam
-from usesearch.models.backbones import build_clip, weights_to_come
+from usesearch.models.backbones import build_clip, build_dino, weights_to_come
+from usesearch.models.weights import dino_status
 
 
 def _same(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -32,6 +35,26 @@ def test_clip_and_sam_built_for_their_files_are_the_files_models(tmp_path):
     sam = load_sam(preset.sam, "tiny")
     torch.save(sam.state_dict(), tmp_path / "sam.pth")
     _same(load_sam(preset.sam, "tiny", checkpoint=tmp_path / "sam.pth"), sam)
+
+
+def test_dino_built_for_its_file_is_the_files_and_a_file_short_of_a_weight_is_refused(tmp_path, monkeypatch):
+    """Its init is skipped only because timm's load is strict: a file lacking a weight
+    must be refused, never leave that weight as the memory held."""
+    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path))
+    preset = usesearch.get_preset("tiny")
+    seeded = build_dino(preset.dino, "tiny")
+    with torch.no_grad():
+        for p in seeded.parameters():
+            p.add_(0.5)
+    cfg = dataclasses.replace(preset.dino, pretrained=True)
+    file = Path(dino_status(cfg).expected)
+    file.parent.mkdir(parents=True)
+    state = {k: v.contiguous() for k, v in seeded.state_dict().items()}
+    save_file(state, str(file))
+    _same(build_dino(cfg, "tiny"), seeded)
+    save_file({k: v for k, v in state.items() if k != "blocks.3.mlp.fc1.weight"}, str(file))
+    with pytest.raises(usesearch.UsesearchError, match="holds weights of another model"):
+        build_dino(cfg, "tiny")
 
 
 def test_no_random_init_is_drawn_and_only_in_this_thread():

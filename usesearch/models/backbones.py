@@ -174,7 +174,9 @@ def build_dino(cfg: DinoConfig, preset_name: str) -> VisionTransformer:
             model = timm.create_model(cfg.timm_name, pretrained=False, **kwargs)
     else:
         path = require(dino_status(cfg), preset_name)
-        with _quiet_hub(), _other_weights(path, cfg.timm_name, preset_name):
+        # timm loads strictly here: it relaxes only for a classifier of another size or other
+        # input channels, and num_classes=0 is DINOv2's own (DINOv2-L: 2.3 s -> 0.3 s to build).
+        with _quiet_hub(), _other_weights(path, cfg.timm_name, preset_name), weights_to_come():
             model = timm.create_model(
                 cfg.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
             )
