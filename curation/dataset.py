@@ -57,7 +57,7 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 def unfinished_run(recorded: object) -> str:
     """A run cut short, as the manifest names it, in today's spelling: ``curate run``'s
     ``--source`` was renamed ``--input-format``, and the same command in the new spelling
-    is the same run (it must finish the folder, and the message must name a flag that works)."""
+    is the same run: it finishes the folder."""
     run = str(recorded)
     return "--input-format " + run.removeprefix("--source ") if run.startswith("--source ") else run
 
@@ -73,7 +73,7 @@ def require_dataset(dataset_dir: str | os.PathLike) -> Path:
         writing = _writer_now(folder)
         if writing:
             raise UsesearchError(f"{folder} is being curated now (curate run, pid {writing}): wait for it to finish")
-        cut = [unfinished_run(run) for run in (manifest or {}).get("unfinished") or [] if run]
+        cut = [str(run) for run in (manifest or {}).get("unfinished") or [] if run]  # as the file has them
         raise UsesearchError(
             f"{folder} is an unfinished curation (a run was cut short"
             + (f": {'; '.join(cut)}" if cut else "")

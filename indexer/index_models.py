@@ -28,8 +28,12 @@ class IndexModels:
         self._whole = model
         self._text: TextEmbedder | None = None  # the text side alone, until the whole model loads
         self._sam: Any = None
+        # A lock a model's load holds, each apart: loading the whole model or SAM (seconds,
+        # gigabytes) holds up no text query; ``_lock`` alone guards the text side's load and
+        # the swap to the whole model, taken after ``_whole_lock`` where both are.
         self._lock = threading.Lock()
-        self._sam_lock = threading.Lock()  # apart: SAM loading (2.5 GB for ViT-H) holds up no text query
+        self._whole_lock = threading.Lock()
+        self._sam_lock = threading.Lock()
         self._check_open = check_open
 
     @property
@@ -47,25 +51,27 @@ class IndexModels:
 
     def whole(self) -> SegmentEmbedder:
         """The whole model: a segment is embedded with it (a search by a region)."""
-        with self._lock:
+        with self._whole_lock:
             self._check_open()  # never loaded again once closed
-            if self._whole is None:
-                self._whole = self._load(text_only=False)
-                self._text = None  # the whole model's text side takes over
             model = self._whole
+            if model is None:
+                model = self._load(text_only=False)
+                with self._lock:
+                    self._whole, self._text = model, None  # the whole model's text side takes over
         return self._checked(model)
 
     def text(self) -> TextEmbedder:
         """What a text query needs: the whole model where it is loaded, else its text side
         alone (``load_text_model``: no DINOv2, no image tower to build or hold)."""
+        held = self._whole or self._text
+        if held is not None:  # (while the whole model loads, its text side answers)
+            return self._checked(held)
+        if self.info.embedder == "use" and self.info.head is None:
+            return self.whole()  # tiny's seeded head, known only by building the whole (tiny) model: once
         with self._lock:
             self._check_open()
             if self._whole is None and self._text is None:
-                loaded = self._load(text_only=True)
-                if hasattr(loaded, "embed_segments"):  # tiny's seeded head: the whole (tiny) model
-                    self._whole = loaded
-                else:
-                    self._text = loaded
+                self._text = self._load(text_only=True)
             model = self._whole or self._text
         assert model is not None
         return self._checked(model)
@@ -84,7 +90,7 @@ class IndexModels:
 
     def release(self) -> None:
         """Let go of every model (the index is closing)."""
-        with self._lock, self._sam_lock:
+        with self._whole_lock, self._lock, self._sam_lock:
             self._whole = self._text = self._sam = None
 
     def _checked(self, model):

@@ -453,6 +453,7 @@ def test_another_runs_end_does_not_finish_a_run_cut_short(tmp_path, photos):
     with pytest.raises(KeyboardInterrupt):  # by a version that spelled --input-format --source
         curate(cut_after_one(), tmp_path / "ds", source="folder", run="--source folder /photos")
     curate([cat], tmp_path / "ds", source="coco-instances", run="--input-format coco-instances /inst.json")
+    # (the second run wrote the manifest again, its runs in today's spelling)
     with pytest.raises(usesearch.UsesearchError, match=r"cut short: --input-format folder /photos\)"):
         list(read_records(tmp_path / "ds"))
     curate([cat], tmp_path / "ds", source="folder", run="--input-format folder /photos")  # that run again: it ends

@@ -68,3 +68,16 @@ def test_no_random_init_is_drawn_and_only_in_this_thread():
         other.join()
     assert not torch.equal(torch.get_rng_state(), before)  # ... but there: the generator is shared
     assert built[0].weight.abs().max() <= 1 / 8 and built[0].weight.std() > 0.05  # kaiming-uniform's, bound 1/sqrt(64)
+
+
+def test_a_skipped_draw_fills_the_middle_so_a_rejection_loop_ends():
+    """torch's trunc_normal_ redraws values outside its bounds: with the draws left as
+    the memory held, it could loop for ever on out-of-range garbage."""
+    with weights_to_come():
+        bounded = torch.nn.init.trunc_normal_(torch.full((64, 64), 7.0), std=0.02, a=-0.04, b=0.04)
+        uniform = torch.nn.init.uniform_(torch.full((8,), 7.0), 2.0, 4.0)
+        method = torch.full((8,), 7.0).uniform_(-1.0, 0.0)
+        normal = torch.full((8,), 7.0).normal_(0.5, 2.0)
+        kaiming = torch.nn.init.kaiming_uniform_(torch.full((8, 8), 7.0))
+    assert bool((bounded == 0).all()) and bool((uniform == 3).all()) and bool((method == -0.5).all())
+    assert bool((normal == 0.5).all()) and bool((kaiming == 0).all())

@@ -84,3 +84,46 @@ def test_the_server_starts_on_the_text_side(headed_index, monkeypatch):
         assert index.models.loaded == {"text"}  # at startup: a mismatch stops it there
         found = client.get("/api/search", params={"q": "a cup", "k": 2})
         assert found.status_code == 200 and len(found.json()["hits"]) == 2
+
+
+def test_a_text_query_does_not_wait_for_the_whole_model_loading(headed_index, monkeypatch):
+    """The server loads the whole model with its first search by a region: meanwhile
+    every text query waited for it (seconds on l14-336), though its text side was held."""
+    import threading
+
+    import usesearch.models.factory as factory
+
+    loading, go_on = threading.Event(), threading.Event()
+    real = factory.load_model
+
+    def slow_load(*args, **kwargs):
+        loading.set()
+        assert go_on.wait(60)
+        return real(*args, **kwargs)
+
+    with SegmentIndex.open(headed_index) as index:
+        expected = index.text_vector("a cup")  # the text side, held
+        monkeypatch.setattr(factory, "load_model", slow_load)
+        region_side = threading.Thread(target=lambda: index.model)
+        region_side.start()
+        assert loading.wait(60)
+        answered: list = []
+        query = threading.Thread(target=lambda: answered.append(index.text_vector("a cup")))
+        query.start()
+        query.join(30)
+        answered_while_loading = list(answered)
+        go_on.set()
+        region_side.join(60)
+        query.join(60)
+    assert answered_while_loading and np.allclose(answered_while_loading[0], expected)
+
+
+def test_a_head_checkpoint_holding_a_backbone_weight_is_refused_not_loaded_over_it(trained_head, tmp_path):
+    """The whole model loaded it over CLIP's own weight, and its text side, which never
+    builds CLIP's image tower, named the checkpoint otherwise: both refuse it now."""
+    _, use = trained_head
+    frozen = next(k for k in use.state_dict() if k not in use.trainable_state_dict())
+    state = {**use.trainable_state_dict(), frozen: use.state_dict()[frozen] + 1}
+    path = usesearch.save_head(tmp_path / "odd", state, use.preset)
+    with pytest.raises(usesearch.UsesearchError, match=f"does not fit: missing \\[\\], unexpected \\['{frozen}'\\]"):
+        usesearch.load_model(str(path))

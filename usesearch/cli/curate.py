@@ -32,7 +32,9 @@ BOX_MASK_CONFIG_NAMES = {"min_mask_region_area": "min_region_area"}
 @sam_options.with_box_prompt_settings
 @with_photo_limits
 def run(
-    path: Annotated[Path, typer.Argument(help="A folder of images, or the source's annotation JSON.", exists=True)],
+    path: Annotated[
+        Path, typer.Argument(help="A folder of images, or the annotation file --input-format names.", exists=True)
+    ],
     dataset_dir: Annotated[
         Path,
         typer.Option(

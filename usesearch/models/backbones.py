@@ -36,30 +36,45 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-# The random draws of an initialisation: skipped where a strict load sets every parameter
-# after (``weights_to_come``). Filling constants is cheap and stays.
-_RANDOM_INIT = frozenset(
+# The random draws of an initialisation, where a strict load sets every parameter after
+# (``weights_to_come``): each fills the middle of its distribution instead, in one pass.
+# Filled, not left as allocated: torch's trunc_normal_ redraws until every value lies
+# within its bounds, and would loop on whatever the memory held (nor is arithmetic done
+# on denormal or NaN garbage). Filling constants is cheap and stays as it is.
+_MEAN = {nn.init.normal_: ("mean", 1, 0.0), torch.Tensor.normal_: ("mean", 1, 0.0)}  # name, position, default
+_RANGE = {nn.init.uniform_: (("a", 1, 0.0), ("b", 2, 1.0)), torch.Tensor.uniform_: (("from", 1, 0.0), ("to", 2, 1.0))}
+_CENTRED = frozenset(  # the rest: their middle is 0 (trunc_normal_ dispatches none itself: its normal_ is filled)
     {
-        nn.init.uniform_,
-        nn.init.normal_,
         nn.init.trunc_normal_,
         nn.init.kaiming_uniform_,
         nn.init.kaiming_normal_,
         nn.init.xavier_uniform_,
         nn.init.xavier_normal_,
         nn.init.orthogonal_,
-        torch.Tensor.uniform_,
-        torch.Tensor.normal_,
-        torch.Tensor.erfinv_,
     }
 )
+
+
+def _arg(args: tuple, kwargs: dict, name: str, at: int, default: float) -> float:
+    return float(kwargs.get(name, args[at] if len(args) > at else default))
 
 
 class _NoRandomInit(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _RANDOM_INIT:
-            return args[0] if args else kwargs["tensor"]  # the tensor, left as allocated
+        if func is torch.Tensor.erfinv_:  # (timm's truncated normal, on a filled uniform)
+            return args[0]
+        if func in _MEAN or func in _RANGE or func in _CENTRED:
+            tensor = args[0] if args else kwargs["tensor"]
+            if func in _MEAN:
+                value = _arg(args, kwargs, *_MEAN[func])
+            elif func in _RANGE:
+                low, high = _RANGE[func]
+                value = (_arg(args, kwargs, *low) + _arg(args, kwargs, *high)) / 2
+            else:
+                value = 0.0
+            with torch.no_grad():
+                return tensor.fill_(value)
         return func(*args, **kwargs)
 
 
@@ -150,8 +165,9 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False) -> 
     else:
         path = require(clip_status(cfg), preset_name)
         pre = open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained) or {}
-        # open_clip loads a full checkpoint strictly (``load_checkpoint(strict=True)``).
-        with _quiet_hub(), _other_weights(path, cfg.model_name, preset_name), weights_to_come():
+        # open_clip loads a full checkpoint strictly (``load_checkpoint(strict=True)``); a
+        # big_vision .npz goes through a loader of its own, which is not.
+        with _quiet_hub(), _other_weights(path, cfg.model_name, preset_name), weights_to_come(path.suffix != ".npz"):
             model = open_clip.create_model(
                 cfg.model_name, pretrained=str(path), force_quick_gelu=bool(pre.get("quick_gelu")), **kwargs
             )
@@ -175,8 +191,9 @@ def build_dino(cfg: DinoConfig, preset_name: str) -> VisionTransformer:
     else:
         path = require(dino_status(cfg), preset_name)
         # timm loads strictly here: it relaxes only for a classifier of another size or other
-        # input channels, and num_classes=0 is DINOv2's own (DINOv2-L: 2.3 s -> 0.3 s to build).
-        with _quiet_hub(), _other_weights(path, cfg.timm_name, preset_name), weights_to_come():
+        # input channels, and num_classes=0 is DINOv2's own (DINOv2-L: 2.3 s -> 0.3 s to build);
+        # an .npz goes through a model's own loader, which need not be.
+        with _quiet_hub(), _other_weights(path, cfg.timm_name, preset_name), weights_to_come(path.suffix != ".npz"):
             model = timm.create_model(
                 cfg.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
             )

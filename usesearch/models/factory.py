@@ -70,13 +70,17 @@ def load_model(
     state = load_head(head, preset)[0] if head is not None else None
     use, clip = create_use_and_clip(preset)
     if state is not None:
-        missing, unexpected = use.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k in use.trainable_state_dict()]
+        trainable = use.trainable_state_dict()
+        # Exactly the head's weights: a frozen backbone weight in it would overwrite CLIP's or
+        # DINOv2's here, and ``load_text_model``, which never builds them, would name it otherwise.
+        missing, unexpected = sorted(set(trainable) - set(state)), sorted(set(state) - set(trainable))
         if missing or unexpected:
             raise UsesearchError(
                 f"head checkpoint {head} does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
-    return USEEmbedder(use, clip, device, state_digest(use.trainable_state_dict()))
+        use.load_state_dict(state, strict=False)
+    # The checkpoint's own weights identify it, as ``load_text_model`` reads them.
+    return USEEmbedder(use, clip, device, state_digest(state if state is not None else use.trainable_state_dict()))
 
 
 def load_text_model(
