@@ -82,7 +82,7 @@ class _NoRandomInit(TorchFunctionMode):
 def weights_to_come(coming: bool = True) -> Iterator[None]:
     """Build a model whose every parameter a strict load from a file sets next: its random
     initialisation is not drawn, which costs more than reading the file (CLIP L/14-336
-    2.4 s -> 0.13 s, SAM ViT-H 3.0 s -> 0.16 s on 2 cores). In this thread alone: a torch
+    2.4 s -> 0.4 s, SAM ViT-H 3.4 s -> 0.5-0.9 s on 2 cores). In this thread alone: a torch
     function mode is per thread, so a seeded random model built beside it is unchanged.
     Only around a load that refuses a file lacking any parameter, which would otherwise
     keep whatever memory held. ``coming=False`` (a seeded random model): init as usual."""
