@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
-from usesearch.io.files import decode, read_bytes
+from usesearch.io.files import decode, indexed_limits, read_bytes
 from usesearch.masks import rle
 
 from .dataset import read_records
@@ -54,14 +54,16 @@ def _is_sha256(text: str) -> bool:
 
 def render(record: dict[str, Any], out: str | os.PathLike, alpha: float = 0.45) -> Path:
     """The photo with the record's masks drawn on it; a photo replaced since it was
-    curated is refused (its masks would be drawn over other pixels, or not fit)."""
-    data, sha256 = read_bytes(record["path"])
+    curated is refused (its masks would be drawn over other pixels, or not fit). Read
+    within its own curated size: `curate run --max-pixels` let it in."""
+    max_bytes, max_pixels = indexed_limits(record.get("width"), record.get("height"))
+    data, sha256 = read_bytes(record["path"], max_bytes)
     if sha256 != record["sha256"]:
         raise UsesearchError(
             f"{record['path']} has changed since it was curated (its SHA-256 differs): its masks would not fit it; "
             "run `usesearch curate run` again to curate the new photo"
         )
-    rgb = decode(data, record["path"]).astype(np.float32)
+    rgb = decode(data, record["path"], max_pixels).astype(np.float32)
     labels = []
     for i, seg in enumerate(sorted(record["segments"], key=lambda s: -s["area"])):
         mask = rle.decode(seg["rle"])

@@ -535,3 +535,15 @@ def test_a_photo_past_the_pixel_limit_fails_said_with_the_options_and_a_raised_r
     assert "1 photo(s) refused for their size: --max-pixels and --max-bytes raise" in refused.stderr
     raised = CliRunner().invoke(app, [*args, "--max-pixels", "20k"])
     assert raised.exit_code == 0 and json.loads(raised.stdout)["done"] == 1, raised.output  # the cup, tried again
+
+
+def test_curate_show_draws_a_photo_curated_past_the_default_limits(tmp_path, photos, monkeypatch):
+    """A scan `curate run --max-pixels` let in could not be shown: `curate show` read it
+    at the default limit."""
+    from usesearch.curation.show import find_record, render
+    from usesearch.io import files
+
+    curate([ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])], tmp_path / "ds")
+    monkeypatch.setattr(files, "DEFAULT_MAX_PIXELS", 1_000)  # the cat's 8,475 pixels: past the default here
+    out = render(find_record(tmp_path / "ds", "cat.png"), tmp_path / "look.png")
+    assert Image.open(out).size[0] >= 113
