@@ -66,8 +66,10 @@ class IndexModels:
         held = self._whole or self._text
         if held is not None:  # (while the whole model loads, its text side answers)
             return self._checked(held)
-        if self.info.embedder == "use" and self.info.head is None:
-            return self.whole()  # tiny's seeded head, known only by building the whole (tiny) model: once
+        from usesearch.models.factory import text_needs_whole_model
+
+        if text_needs_whole_model(self.info.embedder, self.info.head):
+            return self.whole()  # (loaded once, however many sides ask at first)
         with self._lock:
             self._check_open()
             if self._whole is None and self._text is None:

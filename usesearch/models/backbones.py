@@ -43,7 +43,10 @@ def seeded(seed: int) -> Iterator[None]:
 # on denormal or NaN garbage). Filling constants is cheap and stays as it is.
 _MEAN = {nn.init.normal_: ("mean", 1, 0.0), torch.Tensor.normal_: ("mean", 1, 0.0)}  # name, position, default
 _RANGE = {nn.init.uniform_: (("a", 1, 0.0), ("b", 2, 1.0)), torch.Tensor.uniform_: (("from", 1, 0.0), ("to", 2, 1.0))}
-_CENTRED = frozenset(  # the rest: their middle is 0 (trunc_normal_ dispatches none itself: its normal_ is filled)
+# The init functions whose middle is 0. In torch 2.14 only kaiming_uniform_ dispatches to a
+# mode itself; the others draw through Tensor.normal_/uniform_, filled above (listed for
+# versions where they dispatch: a dispatched function's own draws would escape the mode).
+_CENTRED = frozenset(
     {
         nn.init.trunc_normal_,
         nn.init.kaiming_uniform_,

@@ -96,17 +96,24 @@ def load_text_model(
     device = resolve_device(device)
     embedder = embedder or "use"
     preset, head = _preset_and_head(name_or_checkpoint, embedder, head)
+    if text_needs_whole_model(embedder, head):
+        model = load_model(preset.name, embedder="use", device=device)
+        assert isinstance(model, USEEmbedder)
+        return model
     if embedder == "use":
-        if head is None:
-            model = load_model(preset.name, embedder="use", device=device)
-            assert isinstance(model, USEEmbedder)
-            return model
+        assert head is not None  # (``text_needs_whole_model`` took a USE embedder without one)
         fingerprint = use_fingerprint(preset, state_digest(load_head(head, preset)[0]))
     # At its native size: the size changes only the image tower, which is dropped.
     clip = build_clip(preset.clip, preset.name, native_size=True)
     if embedder == "crop":
         fingerprint = crop_fingerprint(preset, clip.native_image_size)
     return TextModel(preset, embedder, fingerprint, clip, device)
+
+
+def text_needs_whole_model(embedder: str | None, head: str | os.PathLike | None) -> bool:
+    """Whether the text side is known only by building the whole model: a USE embedder
+    without a head checkpoint has tiny's seeded random head, whose digest is its init's."""
+    return (embedder or "use") == "use" and head is None
 
 
 def _preset_and_head(
