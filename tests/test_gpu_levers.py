@@ -14,13 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling.image_encoder import Attention, Block
+from segment_anything.modeling.transformer import Attention as DecoderAttention
 
 from tests.helpers import LOW, OPTS, mask_iou, write_photos
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
 from usesearch.io.files import walk
 from usesearch.masks import rle
 from usesearch.masks.amg import SamMaskGenerator
-from usesearch.masks.amg_utils import prompt_batch
+from usesearch.masks.amg_utils import prompt_batch, upscale_to_input
 from usesearch.masks.sam import build_sam
 from usesearch.masks.sam_fast import _sdpa_forward, share_image_tokens
 
@@ -32,6 +33,9 @@ def stock_sam(model):
         if isinstance(module, Attention) and "forward" in vars(module):
             del module.forward
     vars(model.mask_decoder).pop("predict_masks", None)
+    for module in model.mask_decoder.modules():
+        if isinstance(module, DecoderAttention):
+            vars(module).pop("forward", None)
     return model
 
 
@@ -73,6 +77,8 @@ def test_the_decoder_with_shared_image_tokens_gives_segment_anythings_outputs(ar
     for p in stock.mask_decoder.parameters():  # zero-initialised parts would hide a wrong path
         p.data.add_(0.02 * torch.randn_like(p))
     fast = share_image_tokens(copy.deepcopy(stock))
+    on_sdpa = [m for m in fast.mask_decoder.modules() if isinstance(m, DecoderAttention) and "forward" in vars(m)]
+    assert len(on_sdpa) == 7  # every attention of the decoder (2 layers x 3, and the last)
     side = stock.image_encoder.img_size
     grid = side // 16
     features = torch.randn(1, stock.prompt_encoder.embed_dim, grid, grid)
@@ -104,6 +110,20 @@ def test_the_decoder_with_shared_image_tokens_gives_segment_anythings_outputs(ar
         args.update(sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
         torch.testing.assert_close(fast.mask_decoder(**args)[0], stock.mask_decoder(**args)[0], atol=1e-5, rtol=1e-5)
     assert projected == [1, 1, 9]  # the image tokens projected once per photo, unless a mask prompt differs
+
+
+@pytest.mark.parametrize(
+    "input_size", [(768, 1024), (1024, 683), (1024, 1024), (1, 1024), (1023, 1021), (4, 5), (257, 300), (61, 1024)]
+)
+def test_upscaling_to_the_input_alone_gives_the_full_canvas_values(input_size):
+    """The candidates' logits upscaled to the resized photo alone are the values of the
+    whole 1024-px canvas cut to it, bit for bit (so no stability score or box moves)."""
+    torch.manual_seed(0)
+    low_res = torch.randn(3, 1, 256, 256)
+    canvas = torch.nn.functional.interpolate(low_res, (1024, 1024), mode="bilinear", align_corners=False)
+    got = upscale_to_input(low_res, 1024, input_size)
+    assert got.shape[-2:] == input_size
+    assert torch.equal(got, canvas[..., : input_size[0], : input_size[1]])
 
 
 def test_prompt_batches_are_sized_to_the_free_memory():

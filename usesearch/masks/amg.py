@@ -45,6 +45,7 @@ from usesearch.masks.amg_utils import (
     nms,
     prompt_batch,
     stability_score,
+    upscale_to_input,
 )
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
@@ -300,9 +301,7 @@ class SamMaskGenerator:
         """``Sam.postprocess_masks`` ([N, 1, h, w] -> [N, H, W] logits), without its second
         resize when the crop already has the input's size: bilinear resizing to the same
         size returns its input exactly, and costs as much as the first resize."""
-        side = self.model.image_encoder.img_size
-        logits = F.interpolate(low_res, (side, side), mode="bilinear", align_corners=False)
-        logits = logits[..., : input_size[0], : input_size[1]]
+        logits = upscale_to_input(low_res, self.model.image_encoder.img_size, input_size)
         if tuple(logits.shape[-2:]) != tuple(crop_hw):
             logits = F.interpolate(logits, crop_hw, mode="bilinear", align_corners=False)
         return logits[:, 0]

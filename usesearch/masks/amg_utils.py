@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from segment_anything.utils.amg import calculate_stability_score
 from torchvision.ops import batched_nms
 
@@ -16,6 +17,9 @@ GPU_MEMORY_SHARE = 0.4  # of the free GPU memory, what one prompt batch's masks 
 # On a CPU, what the masks upscaled at once (a prompt batch's, or kept ones encoded) may
 # take: 64 prompts' at once took 12 GB on a 12 MP photo, and asked for 38 GB on a 49 MP one.
 CPU_MASK_BYTES = 2 * 2**30
+# upscale_to_input upscales at least this many low-res rows and columns: with fewer, the
+# CPU kernel takes another path for the smaller output, whose rounding differs by an ulp.
+MIN_LOW_RES = 64
 
 
 @dataclass
@@ -96,3 +100,21 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Te
     """Box NMS exactly as segment-anything calls it (torchvision's batched_nms with one
     category), so ties among equal scores resolve the same way."""
     return batched_nms(boxes.float(), scores, torch.zeros(len(boxes), device=boxes.device), iou_threshold=threshold)
+
+
+def upscale_to_input(low_res: torch.Tensor, side: int, input_size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(low_res, (side, side), bilinear)[..., :h, :w]`` (the first step of
+    ``Sam.postprocess_masks``), the same values, without computing the padding below
+    and right of the resized photo, which is then cut off: a quarter of every pass
+    over a 4:3 photo's candidates. Only the low-res rows and columns that the kept
+    pixels read (their own and the next) are upscaled, by the same factor: an output
+    pixel's source coordinate depends on the factor alone, and the next source row
+    is never past the last one kept, so no clamping changes."""
+    low = low_res.shape[-1]
+    if side % low or low_res.shape[-2] != low:
+        logits = F.interpolate(low_res, (side, side), mode="bilinear", align_corners=False)
+        return logits[..., : input_size[0], : input_size[1]]
+    factor = side // low
+    rows, cols = (min(low, max(MIN_LOW_RES, -(-n // factor) + 1)) for n in input_size)
+    logits = F.interpolate(low_res[..., :rows, :cols], scale_factor=factor, mode="bilinear", align_corners=False)
+    return logits[..., : input_size[0], : input_size[1]]
