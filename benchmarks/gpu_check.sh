@@ -5,8 +5,8 @@
 # own list lacks four dependencies usesearch added since (the catalog's retry, the writer's
 # lock, the COCO reader, open_clip's tokenizer), and the first is imported by every
 # indexing run. Step 0 names any module still missing. Writes its figures to
-# $OUT (or ./gpu-check when OUT is unset). About 6 minutes on one H200, most of it building random-weight models.
-#   run: sh benchmarks/gpu_check.sh    (timeout_s 480; its steps stop themselves within 400 s)
+# $OUT (or ./gpu-check when OUT is unset). About 4-8 minutes on one H200, most of it building random-weight models and compiling.
+#   run: sh benchmarks/gpu_check.sh    (timeout_s 520; its steps stop themselves within 490 s)
 set -e
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
@@ -78,12 +78,16 @@ for name in ("coffee", "astronaut"):
           f"{matched:.1%} of stock's matched at IoU >= 0.95")
     assert matched >= BF16_MATCHED and gap <= BF16_COUNT, "outside the bfloat16 tolerance"
 PY
-# 2. Throughput as a user gets it, stage by stage, paper preset then b16.
-step throughput.txt timeout 240 python3 benchmarks/index_throughput.py --presets l14-336,b16 --images 48 \
+# 2. Throughput as a user gets it, stage by stage, paper preset then b16 (mask logits
+#    shaped into blobs, so RLE and pooling see real masks' run counts).
+step throughput.txt timeout 200 python3 benchmarks/index_throughput.py --presets l14-336,b16 --images 32 \
   --side 1024 --points-per-side 32 --masks-per-photo 100 --json "$OUT/throughput.json"
-# 3. SAM's levers against segment-anything's code, then the generator against the model's forward time.
+# 3. Where SAM's GPU time goes, kernel by kernel (torch's profiler, one photo at a time).
+step profile.txt timeout 60 python3 benchmarks/gpu_profile.py --arch vit_h --points-per-side 32 --rows 30
+# 4. SAM's levers against segment-anything's code (encoder SDPA; decoder shared tokens + SDPA).
 step levers.txt timeout 45 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3
-step masker.txt timeout 45 python3 benchmarks/masker_cost.py --arch vit_h --sides 32 --autocast --skip-stock \
-  --levers --repeat 4 --points-per-batch 1024
+# 5. The paper's preset under --compile (compiling happens in the warm-up photos).
+step compiled.txt timeout 170 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 \
+  --side 1024 --points-per-side 32 --masks-per-photo 100 --compile
 if [ -n "$FAILED" ]; then echo "gpu_check: failed steps:$FAILED"; exit 1; fi
 echo "gpu_check: every step passed; figures in $OUT"

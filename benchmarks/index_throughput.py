@@ -7,7 +7,14 @@ installed faiss can run it), with the real architectures and random weights
 keeps ~1 mask per photo; ``--masks-per-photo N`` has the generator keep N
 candidates through the same post-processing (default 100: what real weights give
 on everyday photos), so pooling, RLE, the store and FAISS are timed at a real
-count. A few warm-up photos go first (CUDA context, cuDNN autotuning), into an
+count. Random weights also draw masks unlike real ones: their 256x256 logits are
+noise, so each mask is tens of thousands of specks (35k-85k runs a mask on a
+1024x768 photo), where a real mask is a few blobs (hundreds to a few thousand runs).
+RLE and pooling cost by the run, so ``--mask-shape blobs`` (default) hands the
+generator each mask's logits smoothed into blobs (its own logits averaged to 8x8
+cells, standardised, upsampled, ~12% of the photo above the threshold): the same
+tensors, the same post-processing; the median runs a stored mask has are printed.
+``--mask-shape drawn`` keeps the specks. A few warm-up photos go first (CUDA context, cuDNN autotuning), into an
 index of their own.
 
 Stages: read + hash and decode run in worker threads ahead of the models ("waiting
@@ -23,18 +30,24 @@ pooling (+ projection) the embedder's; store and FAISS the commit's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sqlite3
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from segment_anything.modeling.mask_decoder import MaskDecoder
 from skimage import data
 
 from usesearch.indexer import IndexOptions, index_paths
+from usesearch.masks import rle
 from usesearch.models import presets
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins")
@@ -63,6 +76,55 @@ def random_weights(preset):
     )
 
 
+BLOB_CELLS = 8  # a blob field's cells a side: blobs ~ a photo's side / 8 across
+BLOB_LEVEL = 1.2  # standard deviations above which a pixel is in the mask (~12% of the photo)
+
+
+def blob_logits(low_res: torch.Tensor, valid: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """[B, M, h, w] mask logits -> the same shape, each mask its own logits averaged to
+    BLOB_CELLS x BLOB_CELLS cells, standardised and upsampled: a few smooth blobs in
+    place of random weights' specks, still different for every prompt. ``valid``: the
+    share of the canvas's rows and columns that the photo fills (the rest is SAM's
+    padding); each mask's level is lowered where needed so that its highest point on
+    the photo is in it, and no mask comes out empty (the pipeline drops empty masks)."""
+    b, m, h, w = low_res.shape
+    coarse = F.adaptive_avg_pool2d(low_res.float().reshape(b * m, 1, h, w), BLOB_CELLS)
+    coarse = (coarse - coarse.mean((2, 3), keepdim=True)) / (coarse.std((2, 3), keepdim=True) + 1e-6)
+    smooth = F.interpolate(coarse, (h, w), mode="bicubic", align_corners=False)
+    rows, cols = max(1, int(h * valid[0]) - 1), max(1, int(w * valid[1]) - 1)
+    highest = smooth[:, :, :rows, :cols].amax((2, 3), keepdim=True)
+    level = torch.minimum(torch.full_like(highest, BLOB_LEVEL), highest - 0.05)
+    return (8.0 * (smooth - level)).reshape(b, m, h, w).to(low_res.dtype)
+
+
+def blob_decoder(valid: tuple[float, float] = (1.0, 1.0)):
+    """MaskDecoder.forward patched to return ``blob_logits`` of its masks."""
+    forward = MaskDecoder.forward
+
+    def patched(self, *args, **kwargs):
+        masks, iou = forward(self, *args, **kwargs)
+        return blob_logits(masks, valid), iou
+
+    return mock.patch.object(MaskDecoder, "forward", patched)
+
+
+def stored_runs(db: Path) -> dict:
+    """Median runs and area share of the stored masks (up to 500), read back."""
+    files = [f for f in db.rglob("*") if f.suffix in (".db", ".sqlite", ".sqlite3")]
+    if not files:
+        return {}
+    with sqlite3.connect(files[0]) as con:
+        rows = con.execute("SELECT rle_counts, area FROM segments LIMIT 500").fetchall()
+        sizes = con.execute("SELECT width, height FROM images LIMIT 1").fetchall()
+    if not rows:
+        return {}
+    runs = [len(rle.run_lengths({"size": [1, 1], "counts": counts})) for counts, _ in rows]
+    out = {"median_runs": float(np.median(runs))}
+    if sizes:
+        out["median_area_share"] = float(np.median([a for _, a in rows])) / (sizes[0][0] * sizes[0][1])
+    return out
+
+
 def write_photos(folder: Path, n: int, side: int, first: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(first, first + n):
@@ -89,7 +151,9 @@ def run(name: str, photos: Path, db: Path, args) -> dict:
             masker_options["points_per_batch"] = args.points_per_batch
         if args.encoder_batch:
             masker_options["encoder_batch"] = args.encoder_batch
-    with mock.patch.dict(presets.PRESETS, patched):
+    blobs = args.masker == "sam" and args.mask_shape == "blobs"
+    shaped = blob_decoder(valid=(0.75, 1.0)) if blobs else contextlib.nullcontext()  # write_photos' 4:3 photos
+    with mock.patch.dict(presets.PRESETS, patched), shaped:
         options = IndexOptions(
             preset=name,
             embedder="use",
@@ -110,6 +174,7 @@ def run(name: str, photos: Path, db: Path, args) -> dict:
         "segments_per_s": report.segments / report.loop_seconds,
         "devices": report.devices,
         "stages_s": report.stages,
+        **stored_runs(db),
     }
 
 
@@ -127,6 +192,12 @@ def main() -> None:
     )
     parser.add_argument("--encoder-batch", type=int, default=None)
     parser.add_argument("--masks-per-photo", type=int, default=100, help="0: as the generator leaves them")
+    parser.add_argument(
+        "--mask-shape",
+        choices=("blobs", "drawn"),
+        default="blobs",
+        help="blobs: random weights' mask logits smoothed into blobs, as real masks' run counts; drawn: as drawn",
+    )
     parser.add_argument("--masker", default="sam", help="sam (the paper's) or felzenszwalb")
     parser.add_argument("--device", default=None, help="the models' device (default: as a user gets it)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models (index --compile)")
@@ -142,7 +213,7 @@ def main() -> None:
         print(
             f"{args.images} photos of {args.side}x{args.side * 3 // 4}, masker {args.masker}, "
             f"{args.points_per_side}x{args.points_per_side} points, "
-            f"masks per photo {args.masks_per_photo or 'as kept'}, "
+            f"masks per photo {args.masks_per_photo or 'as kept'} ({args.mask_shape}), "
             f"{args.threads} threads, torch {torch.__version__}"
             + (f", {torch.cuda.get_device_name()}" if cuda else ", no GPU"),
             flush=True,
@@ -184,6 +255,8 @@ def print_result(r: dict) -> None:
         f"\n{r['preset']}: {r['photos_per_s']:.3f} photos/s, {r['segments_per_s']:.1f} segments/s "
         f"({r['photos']} photos, {r['segments']} segments, {r['failed']} failed, loop {r['loop_s']:.2f} s)"
     )
+    if "median_runs" in r:
+        print(f"  stored masks: median {r['median_runs']:.0f} runs, {r.get('median_area_share', 0):.1%} of the photo")
     for line in r["devices"]:
         print(f"  {line}")
     per_photo = max(r["photos"], 1)
