@@ -385,3 +385,28 @@ def test_a_photo_the_masker_fails_on_is_masked_once_and_a_failed_batch_photo_by_
     group = compute_photos([rgb, rgb], ["good", "bad"], model, Masker(), IndexReport())
     assert calls == [("good", "bad"), "good", "bad"]
     assert group[0] == ([], group[0][1]) and isinstance(group[1], RuntimeError)
+
+
+def test_the_benchmarks_blob_masks_are_few_runs_and_never_empty_on_the_photo():
+    """``index_throughput.py --mask-shape blobs``: random weights' specks become a few
+    blobs (runs as real masks have), each with a pixel on the photo's part of SAM's
+    canvas, in the decoder's own shape and dtype."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "index_throughput.py"
+    spec = importlib.util.spec_from_file_location("index_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    specks = torch.randn(4, 3, 256, 256, dtype=torch.bfloat16)
+    blobs = bench.blob_logits(specks, valid=(0.75, 1.0))
+    assert blobs.shape == specks.shape and blobs.dtype == specks.dtype
+    on_photo = blobs[:, :, :192, :] > 0
+    assert on_photo.flatten(2).any(-1).all()  # no mask empty on the photo
+
+    def runs(masks):
+        flat = masks.flatten(0, 1).transpose(1, 2).flatten(1)
+        return (flat[:, 1:] != flat[:, :-1]).sum(1).float().median()
+
+    assert runs(specks > 0) > 50 * runs(blobs > 0)
