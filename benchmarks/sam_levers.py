@@ -1,7 +1,9 @@
 """SAM as ``load_sam`` hands it out (SDPA attention in the encoder, image tokens
 shared across prompts in the decoder) against segment-anything's own code: time of
 the image encoder and of the mask decoder for N point prompts, and the largest
-difference of their outputs.
+difference of their outputs; then the bytes each decoder's ops write (at their own
+dtypes: under ``--autocast`` what stays float32 counts 4 bytes an element), a proxy
+for its time on a GPU, where the decoder is memory-bound.
 
     python benchmarks/sam_levers.py [--arch vit_b] [--prompts 64] [--device cpu|cuda] [--autocast]
 """
@@ -10,12 +12,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from usesearch.masks.sam import build_sam
-from usesearch.masks.sam_fast import speed_up
+sys.path.insert(0, str(Path(__file__).parent))
+from stage_floor import WrittenBytes  # noqa: E402  (a benchmark beside this one)
+
+from usesearch.masks.sam import build_sam  # noqa: E402
+from usesearch.masks.sam_fast import speed_up  # noqa: E402
 
 
 def timed(fn, device: str, repeat: int):
@@ -65,8 +72,11 @@ def main() -> None:
 
             decoder_s, (low_res, _) = timed(decode, args.device, args.repeat)
             results[name] = (encoder_s, decoder_s, features.float(), low_res.float())
+            with WrittenBytes(itemsize=None) as written:
+                decode()
             print(
-                f"  {name:<17} encoder {encoder_s:8.3f} s   decoder ({args.prompts} prompts) {decoder_s:8.3f} s",
+                f"  {name:<17} encoder {encoder_s:8.3f} s   decoder ({args.prompts} prompts) {decoder_s:8.3f} s, "
+                f"writing {written.total / 1e9:.2f} GB",
                 flush=True,
             )
     (enc0, dec0, f0, m0), (enc1, dec1, f1, m1) = results.values()

@@ -19,10 +19,12 @@ equal segment-anything's within float rounding, tested).
 from __future__ import annotations
 
 import types
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 
@@ -76,17 +78,64 @@ def _decoder_sdpa_forward(self: DecoderAttention, q: torch.Tensor, k: torch.Tens
     return _attend(self, q, k, v)
 
 
+def _norm(norm: torch.nn.LayerNorm | LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` (a ``LayerNorm`` over the last dimension) whose output stays in
+    autocast's dtype where autocast is on. Autocast runs layer norms in float32 and
+    returns float32, so the decoder's per-prompt image tokens (1,024 x 4,096 x 256 at
+    1,024 prompts) would travel between its layers at 4 GB a tensor, every add and
+    every cast to the next bfloat16 projection a pass over it; here they stay bfloat16
+    (2 GB), the norm's arithmetic still float32 inside the kernel. Without autocast it
+    is ``norm(x)`` itself."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return norm(x)
+    dtype = torch.get_autocast_dtype(device)
+    with torch.autocast(device, enabled=False):
+        return F.layer_norm(x.to(dtype), (x.shape[-1],), norm.weight.to(dtype), norm.bias.to(dtype), norm.eps)
+
+
 def _first_layer_shared(layer, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor):
     """The first ``TwoWayAttentionBlock`` (``skip_first_layer_pe``) with the image
     tokens ``keys`` [1, HW, C] shared by every prompt: their key/value projections
     (tokens attending to the image) and query projection (the image attending to the
     tokens) run once. Returns per-prompt (queries, keys), as the stock block does."""
-    queries = layer.norm1(layer.self_attn(q=queries, k=queries, v=queries))
+    queries = _norm(layer.norm1, layer.self_attn(q=queries, k=queries, v=queries))
     image = keys + key_pe
-    queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, queries + query_pe, image, keys))
-    queries = layer.norm3(queries + layer.mlp(queries))
-    keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token, image, queries + query_pe, queries))
+    queries = _norm(layer.norm2, queries + _attend(layer.cross_attn_token_to_image, queries + query_pe, image, keys))
+    queries = _norm(layer.norm3, queries + layer.mlp(queries))
+    keys = _norm(layer.norm4, keys + _attend(layer.cross_attn_image_to_token, image, queries + query_pe, queries))
     return queries, keys
+
+
+def _layer(layer, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor):
+    """A later ``TwoWayAttentionBlock``'s forward, the same sums: the image tokens
+    with their positions (``keys + key_pe``) made once, where segment-anything makes
+    them twice (a pass over the per-prompt tokens each), and the norms in ``_norm``."""
+    q = queries + query_pe
+    queries = _norm(layer.norm1, queries + layer.self_attn(q=q, k=q, v=queries))
+    image = keys + key_pe
+    queries = _norm(layer.norm2, queries + layer.cross_attn_token_to_image(q=queries + query_pe, k=image, v=keys))
+    queries = _norm(layer.norm3, queries + layer.mlp(queries))
+    keys = _norm(layer.norm4, keys + layer.cross_attn_image_to_token(q=image, k=queries + query_pe, v=queries))
+    return queries, keys
+
+
+def _upscale_tokens(decoder, keys: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``output_upscaling`` of the per-prompt image tokens [B, HW, C] -> [B, C/8, 4h, 4w],
+    the same sums without the copy that lays the tokens out channels-first (2 GB at
+    1,024 prompts): the tokens are read in place as a channels-last image, which the
+    transposed convolutions take as it is, and ``LayerNorm2d`` (a layer norm over the
+    channels, in five float32 passes under autocast) is one ``F.layer_norm`` over them."""
+    conv1, norm2d, act1, conv2, act2 = decoder.output_upscaling
+    norm2d = cast(LayerNorm2d, norm2d)
+    b, _, c = keys.shape
+    x = conv1(keys.reshape(b, h, w, c).permute(0, 3, 1, 2))
+    channels_last = x.permute(0, 2, 3, 1)
+    if torch.is_autocast_enabled(x.device.type):
+        x = _norm(norm2d, channels_last).permute(0, 3, 1, 2)
+    else:
+        x = F.layer_norm(channels_last, (x.shape[1],), norm2d.weight, norm2d.bias, norm2d.eps).permute(0, 3, 1, 2)
+    return act2(conv2(act1(x)))
 
 
 def _predict_masks_shared(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings):
@@ -109,14 +158,16 @@ def _predict_masks_shared(self, image_embeddings, image_pe, sparse_prompt_embedd
     keys, key_pe = src.flatten(2).permute(0, 2, 1), image_pe.flatten(2).permute(0, 2, 1)  # [1, HW, C]
     queries, keys = _first_layer_shared(transformer.layers[0], tokens, keys, tokens, key_pe)
     for layer in transformer.layers[1:]:
-        queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
+        queries, keys = _layer(layer, queries, keys, tokens, key_pe)
     attn_out = transformer.final_attn_token_to_image(q=queries + tokens, k=keys + key_pe, v=keys)
-    hs = transformer.norm_final_attn(queries + attn_out)
-    # From here as segment-anything.
-    upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(-1, c, h, w))
+    hs = _norm(transformer.norm_final_attn, queries + attn_out)
+    upscaled = _upscale_tokens(self, keys, h, w)  # [B, C', 4h, 4w], channels last in memory
     hyper_in = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
     b, c, h, w = upscaled.shape
-    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+    # segment-anything's hyper_in @ upscaled.view(b, c, h * w), read channels-last: the
+    # product's [B, HW, masks] is turned around, not the upscaled tokens.
+    pixels = upscaled.permute(0, 2, 3, 1).reshape(b, h * w, c)
+    masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
     return masks, self.iou_prediction_head(hs[:, 0, :])
 
 
