@@ -141,6 +141,13 @@ class TextModel(_TextMixin):
         self.text = TextEncoder(clip.model, clip.tokenizer, device)
 
 
+def batches_backbones(device: torch.device) -> bool:
+    """Whether ``USEEmbedder.features_ahead`` batches a group's photos: on a GPU, where
+    one photo's backbone call is ~1,200 small kernels and launch-bound; a CPU gains
+    nothing from batching and holds more memory."""
+    return device.type == "cuda"
+
+
 class USEEmbedder(_TextMixin):
     kind = "use"
 
@@ -154,6 +161,8 @@ class USEEmbedder(_TextMixin):
         self.fingerprint = use_fingerprint(self.preset, head_digest)
         self._resizer: ThreadPoolExecutor | None = None  # ``prepare``'s thread, made on first use
         self._prepared: dict[int, tuple[np.ndarray, Future[dict[int, np.ndarray]]]] = {}
+        self.batch_backbones = batches_backbones(device)
+        self._features: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # id(photo) -> (photo, z)
 
     def prepare(self, rgbs: list[np.ndarray]) -> None:
         """Start resizing these photos for the backbones in a thread of this embedder's
@@ -169,19 +178,49 @@ class USEEmbedder(_TextMixin):
     def _resize(self, image) -> dict[int, np.ndarray]:
         return self.use.resize_for_backbones(to_rgb_array(image))
 
+    def _small(self, image) -> dict[int, np.ndarray]:
+        """The photo resized for the backbones: ``prepare``'s result where it has one."""
+        prepared = self._prepared.pop(id(image), None)
+        if prepared is not None and prepared[0] is image:  # (the very object ``prepare`` had: ids are reused)
+            return prepared[1].result()
+        return self._resize(image)
+
     @torch.inference_mode()
+    def _features_of(self, images: list) -> torch.Tensor:
+        """z [len(images), grid*grid, D] (float32), the photos in one backbone call."""
+        pixels = [self.use.pixels_from(self._small(image), self.device) for image in images]
+        clip_px, dino_px = (torch.stack(side) for side in zip(*pixels))
+        with bf16_autocast(self.device):
+            z = self.use.encoder(clip_px, dino_px)
+        return z.float()
+
+    def features_ahead(self, images: list) -> None:
+        """Where ``batch_backbones`` is set (a GPU), run these photos through the
+        backbones in one call and keep each photo's features for its ``embed_segments``
+        (found by the very object given, as ``prepare`` finds its resizes). Features
+        kept earlier and never used (a failed photo) are dropped. A failure here is
+        left to each photo's own call, which meets it again as that photo's error."""
+        self._features = {}
+        if not self.batch_backbones or len(images) < 2:
+            return
+        start = time.perf_counter()
+        try:
+            z = self._features_of(images)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # so the backbones' time is theirs
+        except Exception:  # noqa: BLE001 - each photo's own call fails again, as that photo's error
+            return
+        finally:
+            self.seconds["backbones"] += time.perf_counter() - start
+        self._features = {id(image): (image, z[i]) for i, image in enumerate(images)}
+
     def image_features(self, image) -> torch.Tensor:
         """Patch features z [grid*grid, D] (float32) of one image; reuse them for any
         number of masks. On a GPU the backbones and LLNs run under bfloat16 autocast."""
-        prepared = self._prepared.pop(id(image), None)
-        if prepared is not None and prepared[0] is image:  # (the very object ``prepare`` had: ids are reused)
-            small = prepared[1].result()
-        else:
-            small = self._resize(image)
-        clip_px, dino_px = self.use.pixels_from(small, self.device)
-        with bf16_autocast(self.device):
-            z = self.use.encoder(clip_px[None], dino_px[None])[0]
-        return z.float()
+        ahead = self._features.pop(id(image), None)
+        if ahead is not None and ahead[0] is image:
+            return ahead[1]
+        return self._features_of([image])[0]
 
     @torch.inference_mode()
     def embed_from_features(self, z: torch.Tensor, masks, image_hw: tuple[int, int]) -> np.ndarray:
@@ -202,7 +241,8 @@ class USEEmbedder(_TextMixin):
         The image encoder runs once whatever N is."""
         rgb = to_rgb_array(image)  # a PIL photo converted once, here, not again for the backbones
         start = time.perf_counter()
-        z = self.image_features(image if id(image) in self._prepared else rgb)  # ``prepare`` keyed the object given
+        keyed = id(image) in self._prepared or id(image) in self._features  # by the object given to them
+        z = self.image_features(image if keyed else rgb)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the backbones' time is theirs, not pooling's
         middle = time.perf_counter()
