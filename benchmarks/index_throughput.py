@@ -35,6 +35,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from unittest import mock
@@ -221,11 +222,18 @@ def main() -> None:
         broken = []  # a run where photos failed times the failures, not the pipeline: it fails the benchmark
         for name in args.presets.split(","):
             if warmup:
+                warm_start = time.perf_counter()
                 warm = run(
                     name,
                     write_photos(Path(tmp) / f"warmup-{name}", warmup, args.side),
                     Path(tmp) / f"warm-{name}",
                     args,
+                )
+                # Printed at once: under --compile this is the compile time, which a
+                # timeout would otherwise swallow with the rest of the output.
+                print(
+                    f"{name}: warm-up of {warmup} photos, models built: {time.perf_counter() - warm_start:.1f} s",
+                    flush=True,
                 )
                 if warm["failed"]:
                     print_failures(f"{name} (warm-up)", warm)
