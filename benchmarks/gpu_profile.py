@@ -2,7 +2,8 @@
 the generator on one 1024x768 photo (the paper's ViT-H, 32x32 points, random weights,
 thresholds 0, ``--masks-per-photo`` kept, the mask logits shaped into blobs as
 ``index_throughput.py`` shapes them), after warm-up. Prints the kernels that took the
-most device time, and the generator's own clocks per photo.
+most device time, and the generator's own clocks per photo. The shaping's own kernels
+(a bicubic upsample, an amax, ~4 ms a photo on an H200) are the benchmark's, not SAM's.
 
     python benchmarks/gpu_profile.py [--arch vit_h] [--points-per-side 32] [--rows 30]
 """

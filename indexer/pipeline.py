@@ -141,7 +141,9 @@ def load_models(options: IndexOptions):
         sam = getattr(getattr(masker, "generator", None), "model", None)
         compile_modules(*([sam.image_encoder, sam.mask_decoder] if sam is not None else []))
         if hasattr(model, "use"):
-            compile_modules(model.use.encoder)  # one photo a call, at the preset's size
+            # A group's photos a call on a GPU (``features_ahead``), one elsewhere: the batch
+            # varies (a run's last group), so compiled again once for any size.
+            compile_modules(model.use.encoder, dynamic=None)
         else:
             compile_modules(model.model.visual, dynamic=None)  # ``crop``: as many crops as the photo has segments
     return model, masker

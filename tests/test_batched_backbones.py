@@ -66,3 +66,25 @@ def test_a_failed_batch_leaves_each_photo_to_its_own_call(photos):
     for (rows_a, vectors_a), (rows_b, vectors_b) in zip(expected, got):
         assert rows_a == rows_b
         np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-6)
+    assert not model.batch_backbones  # a card too small for a group: one photo a call from then on
+
+
+def test_a_batch_failing_otherwise_keeps_batching_for_the_next_group(photos):
+    model = usesearch.load_model("tiny", device="cpu")
+    masker = build_masker("felzenszwalb", usesearch.get_preset("tiny"), "cpu", max_masks=6)
+    features_of = model._features_of
+    failures = iter([RuntimeError("a photo the backbones refuse")])
+
+    def fail_once(images):
+        if len(images) > 1:
+            error = next(failures, None)
+            if error is not None:
+                raise error
+        return features_of(images)
+
+    model._features_of = fail_once
+    model.batch_backbones = True
+    compute_photos(photos, list(NAMES), model, masker, clock())
+    assert model.batch_backbones
+    model.features_ahead(photos)
+    assert len(model._features) == len(photos)  # the next group batched again

@@ -78,6 +78,12 @@ def _decoder_sdpa_forward(self: DecoderAttention, q: torch.Tensor, k: torch.Tens
     return _attend(self, q, k, v)
 
 
+def _carried(x: torch.Tensor) -> torch.dtype:
+    """The dtype the decoder's per-prompt tensors travel in: autocast's where it is on."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def _norm(norm: torch.nn.LayerNorm | LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
     """``norm(x)`` (a ``LayerNorm`` over the last dimension) whose output stays in
     autocast's dtype where autocast is on. Autocast runs layer norms in float32 and
@@ -89,7 +95,7 @@ def _norm(norm: torch.nn.LayerNorm | LayerNorm2d, x: torch.Tensor) -> torch.Tens
     device = x.device.type
     if not torch.is_autocast_enabled(device):
         return norm(x)
-    dtype = torch.get_autocast_dtype(device)
+    dtype = _carried(x)
     with torch.autocast(device, enabled=False):
         return F.layer_norm(x.to(dtype), (x.shape[-1],), norm.weight.to(dtype), norm.bias.to(dtype), norm.eps)
 
@@ -103,7 +109,10 @@ def _first_layer_shared(layer, queries: torch.Tensor, keys: torch.Tensor, query_
     image = keys + key_pe
     queries = _norm(layer.norm2, queries + _attend(layer.cross_attn_token_to_image, queries + query_pe, image, keys))
     queries = _norm(layer.norm3, queries + layer.mlp(queries))
-    keys = _norm(layer.norm4, keys + _attend(layer.cross_attn_image_to_token, image, queries + query_pe, queries))
+    attn_out = _attend(layer.cross_attn_image_to_token, image, queries + query_pe, queries)
+    # The shared tokens in the carried dtype before the per-prompt sum, which would
+    # otherwise be float32 (4 GB at 1,024 prompts) on its way to a bfloat16 norm.
+    keys = _norm(layer.norm4, keys.to(_carried(attn_out)) + attn_out)
     return queries, keys
 
 
@@ -157,6 +166,7 @@ def _predict_masks_shared(self, image_embeddings, image_pe, sparse_prompt_embedd
     _, c, h, w = src.shape
     keys, key_pe = src.flatten(2).permute(0, 2, 1), image_pe.flatten(2).permute(0, 2, 1)  # [1, HW, C]
     queries, keys = _first_layer_shared(transformer.layers[0], tokens, keys, tokens, key_pe)
+    key_pe = key_pe.to(keys.dtype)  # per-prompt keys + key_pe in the keys' dtype (bfloat16 under autocast)
     for layer in transformer.layers[1:]:
         queries, keys = _layer(layer, queries, keys, tokens, key_pe)
     attn_out = transformer.final_attn_token_to_image(q=queries + tokens, k=keys + key_pe, v=keys)

@@ -208,6 +208,10 @@ class USEEmbedder(_TextMixin):
             z = self._features_of(images)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # so the backbones' time is theirs
+        except torch.cuda.OutOfMemoryError:  # a card too small for a group: one photo a call, for good
+            self.batch_backbones = False
+            torch.cuda.empty_cache()
+            return
         except Exception:  # noqa: BLE001 - each photo's own call fails again, as that photo's error
             return
         finally:
