@@ -410,3 +410,20 @@ def test_the_benchmarks_blob_masks_are_few_runs_and_never_empty_on_the_photo():
         return (flat[:, 1:] != flat[:, :-1]).sum(1).float().median()
 
     assert runs(specks > 0) > 50 * runs(blobs > 0)
+
+
+def test_the_decoder_runs_on_the_meta_device_where_stage_floor_counts_it():
+    """``benchmarks/stage_floor.py`` counts the decoder's FLOPs and bytes on PyTorch's
+    meta device, which autocast does not know: the decoder must not ask it about autocast."""
+    sam = share_image_tokens(build_sam("tiny").eval()).to("meta")
+    side = sam.image_encoder.img_size
+    grid, dim = side // 16, sam.prompt_encoder.embed_dim
+    with torch.no_grad():  # point prompts as the prompt encoder gives them (as stage_floor.py makes them)
+        masks, iou = sam.mask_decoder(
+            image_embeddings=torch.empty(1, dim, grid, grid, device="meta"),
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=torch.empty(5, 2, dim, device="meta"),
+            dense_prompt_embeddings=torch.empty(1, dim, grid, grid, device="meta").expand(5, -1, -1, -1),
+            multimask_output=True,
+        )
+    assert masks.shape == (5, 3, side // 4, side // 4) and iou.shape == (5, 3)

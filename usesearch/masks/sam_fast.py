@@ -74,16 +74,6 @@ def _attend(attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     return attention.out_proj(attention._recombine_heads(out))
 
 
-def _decoder_sdpa_forward(self: DecoderAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return _attend(self, q, k, v)
-
-
-def _carried(x: torch.Tensor) -> torch.dtype:
-    """The dtype the decoder's per-prompt tensors travel in: autocast's where it is on."""
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-
-
 def _norm(norm: torch.nn.LayerNorm | LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
     """``norm(x)`` (a ``LayerNorm`` over the last dimension) whose output stays in
     autocast's dtype where autocast is on. Autocast runs layer norms in float32 and
@@ -91,11 +81,13 @@ def _norm(norm: torch.nn.LayerNorm | LayerNorm2d, x: torch.Tensor) -> torch.Tens
     1,024 prompts) would travel between its layers at 4 GB a tensor, every add and
     every cast to the next bfloat16 projection a pass over it; here they stay bfloat16
     (2 GB), the norm's arithmetic still float32 inside the kernel. Without autocast it
-    is ``norm(x)`` itself."""
+    is ``LayerNorm``'s own ``F.layer_norm``; ``LayerNorm2d`` is normed this way over a
+    channels-last view."""
     device = x.device.type
-    if not torch.is_autocast_enabled(device):
-        return norm(x)
-    dtype = _carried(x)
+    # (no autocast on a device it does not know: the meta device of ``stage_floor.py``)
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
+    dtype = torch.get_autocast_dtype(device)
     with torch.autocast(device, enabled=False):
         return F.layer_norm(x.to(dtype), (x.shape[-1],), norm.weight.to(dtype), norm.bias.to(dtype), norm.eps)
 
@@ -112,7 +104,7 @@ def _first_layer_shared(layer, queries: torch.Tensor, keys: torch.Tensor, query_
     attn_out = _attend(layer.cross_attn_image_to_token, image, queries + query_pe, queries)
     # The shared tokens in the carried dtype before the per-prompt sum, which would
     # otherwise be float32 (4 GB at 1,024 prompts) on its way to a bfloat16 norm.
-    keys = _norm(layer.norm4, keys.to(_carried(attn_out)) + attn_out)
+    keys = _norm(layer.norm4, keys.to(attn_out.dtype) + attn_out)
     return queries, keys
 
 
@@ -139,11 +131,7 @@ def _upscale_tokens(decoder, keys: torch.Tensor, h: int, w: int) -> torch.Tensor
     norm2d = cast(LayerNorm2d, norm2d)
     b, _, c = keys.shape
     x = conv1(keys.reshape(b, h, w, c).permute(0, 3, 1, 2))
-    channels_last = x.permute(0, 2, 3, 1)
-    if torch.is_autocast_enabled(x.device.type):
-        x = _norm(norm2d, channels_last).permute(0, 3, 1, 2)
-    else:
-        x = F.layer_norm(channels_last, (x.shape[1],), norm2d.weight, norm2d.bias, norm2d.eps).permute(0, 3, 1, 2)
+    x = _norm(norm2d, x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     return act2(conv2(act1(x)))
 
 
@@ -189,7 +177,7 @@ def share_image_tokens(sam: Sam) -> Sam:
     sam.mask_decoder.predict_masks = types.MethodType(_predict_masks_shared, sam.mask_decoder)
     for module in sam.mask_decoder.modules():
         if isinstance(module, DecoderAttention):
-            module.forward = types.MethodType(_decoder_sdpa_forward, module)
+            module.forward = types.MethodType(_attend, module)
     return sam
 
 

@@ -141,6 +141,14 @@ class TextModel(_TextMixin):
         self.text = TextEncoder(clip.model, clip.tokenizer, device)
 
 
+def _taken(kept: dict, image):
+    """What ``kept`` (id(photo) -> (photo, value)) holds for this very photo object,
+    taken out of it; None if nothing (an id is reused once its object is gone, hence the
+    identity check; the entry holds its photo, so not while it is kept)."""
+    entry = kept.pop(id(image), None)
+    return entry[1] if entry is not None and entry[0] is image else None
+
+
 def batches_backbones(device: torch.device) -> bool:
     """Whether ``USEEmbedder.features_ahead`` batches a group's photos: on a GPU, where
     one photo's backbone call is ~1,200 small kernels and launch-bound; a CPU gains
@@ -180,10 +188,8 @@ class USEEmbedder(_TextMixin):
 
     def _small(self, image) -> dict[int, np.ndarray]:
         """The photo resized for the backbones: ``prepare``'s result where it has one."""
-        prepared = self._prepared.pop(id(image), None)
-        if prepared is not None and prepared[0] is image:  # (the very object ``prepare`` had: ids are reused)
-            return prepared[1].result()
-        return self._resize(image)
+        prepared = _taken(self._prepared, image)
+        return prepared.result() if prepared is not None else self._resize(image)
 
     @torch.inference_mode()
     def _features_of(self, images: list) -> torch.Tensor:
@@ -221,10 +227,8 @@ class USEEmbedder(_TextMixin):
     def image_features(self, image) -> torch.Tensor:
         """Patch features z [grid*grid, D] (float32) of one image; reuse them for any
         number of masks. On a GPU the backbones and LLNs run under bfloat16 autocast."""
-        ahead = self._features.pop(id(image), None)
-        if ahead is not None and ahead[0] is image:
-            return ahead[1]
-        return self._features_of([image])[0]
+        ahead = _taken(self._features, image)
+        return ahead if ahead is not None else self._features_of([image])[0]
 
     @torch.inference_mode()
     def embed_from_features(self, z: torch.Tensor, masks, image_hw: tuple[int, int]) -> np.ndarray:
