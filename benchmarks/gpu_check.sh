@@ -5,8 +5,8 @@
 # own list lacks four dependencies usesearch added since (the catalog's retry, the writer's
 # lock, the COCO reader, open_clip's tokenizer), and the first is imported by every
 # indexing run. Step 0 names any module still missing. Writes its figures to
-# $OUT (or ./gpu-check when OUT is unset). About 6-9 minutes on one H200 (6.2 on 2026-12-04, when compiling ran past 170 s),
-# most of it building random-weight models and compiling.
+# $OUT (or ./gpu-check when OUT is unset). About 6-8 minutes on one H200 (6.2 on 2026-12-04, with a
+# --compile step since dropped), most of it building random-weight models and compiling.
 #   run: sh benchmarks/gpu_check.sh    (timeout_s 580; its steps stop themselves within 560 s)
 set -e
 OUT=${OUT:-gpu-check}
@@ -81,14 +81,16 @@ for name in ("coffee", "astronaut"):
 PY
 # 2. Throughput as a user gets it, stage by stage, paper preset then b16 (mask logits
 #    shaped into blobs, so RLE and pooling see real masks' run counts).
-step throughput.txt timeout 150 python3 benchmarks/index_throughput.py --presets l14-336,b16 --images 32 \
+step throughput.txt timeout 180 python3 benchmarks/index_throughput.py --presets l14-336,b16 --images 32 \
   --side 1024 --points-per-side 32 --masks-per-photo 100 --json "$OUT/throughput.json"
 # 3. Where SAM's GPU time goes, kernel by kernel (torch's profiler, one photo at a time).
-step profile.txt timeout 50 python3 benchmarks/gpu_profile.py --arch vit_h --points-per-side 32 --rows 30
+step profile.txt timeout 80 python3 benchmarks/gpu_profile.py --arch vit_h --points-per-side 32 --rows 30
 # 4. SAM's levers against segment-anything's code (encoder SDPA; decoder shared tokens + SDPA).
 step levers.txt timeout 45 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3
-# 5. The paper's preset under --compile (compiling happens in the warm-up photos).
-step compiled.txt timeout 240 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 \
-  --side 1024 --points-per-side 32 --masks-per-photo 100 --compile
+# 5. Candidate scoring compiled against segment-anything's helpers on this GPU: time,
+#    agreement, and whether inductor's Triton code writes the full-size logits after all.
+step scores.txt timeout 100 python3 benchmarks/candidate_scores.py --photos 768x1024,3000x4000
+# (--compile of the whole preset, which needs more than 240 s of compiling, has a
+#  device run of its own: python3 benchmarks/index_throughput.py --presets l14-336 --compile)
 if [ -n "$FAILED" ]; then echo "gpu_check: failed steps:$FAILED"; exit 1; fi
 echo "gpu_check: every step passed; figures in $OUT"

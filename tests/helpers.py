@@ -2,6 +2,7 @@
 conftest.py, which pytest loads itself."""
 
 import os
+import re
 from contextlib import contextmanager
 
 import numpy as np
@@ -216,3 +217,24 @@ def bf16_agreement(stock: list[dict], ours: list) -> tuple[float, float]:
     masks = [mask_utils.decode({"size": r.rle["size"], "counts": r.rle["counts"].encode()}).astype(bool) for r in ours]
     matched = [any(mask_iou(m, s["segmentation"]) >= BF16_IOU for m in masks) for s in stock]
     return float(np.mean(matched)), abs(len(ours) - len(stock)) / max(1, len(stock))
+
+
+def allocated_shapes(source: str) -> list[list[str]]:
+    """The size of every buffer that inductor's generated code allocates, as a list of
+    (symbolic) dimensions: ``empty_strided_cpu((s0, min(s1, 4*s2)), ...)`` -> [s0, min(...)]
+    (``empty_strided_cuda`` alike: ``benchmarks/candidate_scores.py`` reads a GPU's)."""
+    shapes = []
+    for match in re.finditer(r"empty_strided_[a-z]+\(\(", source):
+        depth, dims, current = 0, [], ""
+        for char in source[match.end() :]:
+            if char == ")" and depth == 0:
+                break
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if char == "," and depth == 0:
+                dims.append(current.strip())
+                current = ""
+            else:
+                current += char
+        dims.append(current.strip())
+        shapes.append([dim for dim in dims if dim])
+    return shapes

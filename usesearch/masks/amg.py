@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.amg import (
     batch_iterator,
@@ -40,12 +39,13 @@ from usesearch.masks import rle
 from usesearch.masks.amg_utils import (
     CPU_POINTS_PER_BATCH,
     Candidates,
+    CompiledScores,
     cpu_encode_chunk,
     cpu_upscale_chunk,
     nms,
     prompt_batch,
     stability_score,
-    upscale_to_input,
+    upscale_logits,
 )
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
@@ -79,6 +79,12 @@ class SamMaskGenerator:
     ``GPU_MEMORY_SHARE`` of its free memory (all 1,024 of a 32x32 grid on an H200).
     The batch size changes no mask: filters and NMS run on all of a crop's candidates.
 
+    ``compiled_scores``: each candidate's stability score and box by ``CompiledScores``,
+    in one fused pass that never writes the full-size logits (None: on for CUDA
+    devices; seconds of compiling at the first photo, and again for a new photo shape).
+    Off, the stock helpers run over materialised logits, a prompt batch (on a CPU a
+    chunk) at a time. The numbers are the same (tested on a CPU, in float32).
+
     ``masks_per_photo`` (benchmarks only): keep exactly this many of each photo's
     candidates, NMS's survivors first, then the best it suppressed, through the same
     post-processing. Random weights leave ~1 mask per photo after NMS; real ones
@@ -103,6 +109,7 @@ class SamMaskGenerator:
         autocast: bool | None = None,
         encoder_batch: int = 1,
         masks_per_photo: int | None = None,
+        compiled_scores: bool | None = None,
     ):
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
@@ -131,6 +138,10 @@ class SamMaskGenerator:
         if autocast is None:
             autocast = has_bf16(device)
         self.autocast = bool(autocast)
+        if compiled_scores is None:
+            compiled_scores = device.type == "cuda"
+        side, threshold = model.image_encoder.img_size, model.mask_threshold
+        self.compiled_scores = CompiledScores(side, threshold, stability_score_offset) if compiled_scores else None
         # Wall seconds spent, for benchmarks: in the image encoder, in the prompt
         # encoder + mask decoder, in RLE encoding (with the one transfer of the kept
         # masks' runs), and in all of generate() (the rest is post-processing).
@@ -236,6 +247,8 @@ class SamMaskGenerator:
                 free, _ = torch.cuda.mem_get_info(self.model.device)
                 free += torch.cuda.memory_reserved(self.model.device) - torch.cuda.memory_allocated(self.model.device)
                 crop_hw, points = key
+                if self.compiled_scores is not None:
+                    crop_hw = (0, 0)  # no prompt's logits are upscaled to the crop: the canvas bounds the batch
                 self._prompt_batches[key] = prompt_batch(free, self.model.image_encoder.img_size, crop_hw, points)
         return self._prompt_batches[key]
 
@@ -276,8 +289,14 @@ class SamMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             keep = iou > self.pred_iou_thresh
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
-        # Upscaled a group at a time on a CPU (a large photo's full-size logits), at once on a GPU.
         side = self.model.image_encoder.img_size
+        if self.compiled_scores is not None:
+            stability, boxes = self.compiled_scores(low_res, input_size, crop_hw)
+            cands = Candidates(low_res, iou, stability, boxes, points, torch.zeros_like(boxes[:, 0]))
+            if self.stability_score_thresh > 0.0:
+                cands = cands[stability >= self.stability_score_thresh]
+            return self._off_crop_edge(cands, crop_box, orig_size)
+        # Upscaled a group at a time on a CPU (a large photo's full-size logits), at once on a GPU.
         chunk = cpu_upscale_chunk(side, crop_hw) if device.type == "cpu" else max(1, len(low_res))
         kept, stabilities, box_parts = [], [], []
         for start in range(0, max(1, len(low_res)), chunk):  # (once when empty, as the library takes it)
@@ -293,18 +312,16 @@ class SamMaskGenerator:
             keep = torch.cat(kept)
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         stability, boxes = torch.cat(stabilities), torch.cat(box_parts)
-        keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
-        empty = torch.zeros(len(iou), dtype=torch.long, device=device)
-        return Candidates(low_res, iou, stability, boxes, points, empty)[keep]
+        empty = torch.zeros(len(iou), dtype=torch.long, device=device)  # the crop's index, set by the caller
+        return self._off_crop_edge(Candidates(low_res, iou, stability, boxes, points, empty), crop_box, orig_size)
+
+    @staticmethod
+    def _off_crop_edge(cands: Candidates, crop_box, orig_size) -> Candidates:
+        """The candidates whose box keeps off the crop's edges (but for the photo's)."""
+        return cands[~is_box_near_crop_edge(cands.boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])]
 
     def _upscale(self, low_res: torch.Tensor, input_size, crop_hw) -> torch.Tensor:
-        """``Sam.postprocess_masks`` ([N, 1, h, w] -> [N, H, W] logits), without its second
-        resize when the crop already has the input's size: bilinear resizing to the same
-        size returns its input exactly, and costs as much as the first resize."""
-        logits = upscale_to_input(low_res, self.model.image_encoder.img_size, input_size)
-        if tuple(logits.shape[-2:]) != tuple(crop_hw):
-            logits = F.interpolate(logits, crop_hw, mode="bilinear", align_corners=False)
-        return logits[:, 0]
+        return upscale_logits(low_res, self.model.image_encoder.img_size, input_size, crop_hw)
 
     # -- the kept masks -------------------------------------------------------------------
     def _masks(self, cands: Candidates, crops, orig_size) -> torch.Tensor:

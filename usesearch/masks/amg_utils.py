@@ -1,16 +1,19 @@
 """The mask generator's pure helpers (``amg.py`` holds the generator), as segment-anything
 keeps its own in ``segment_anything.utils.amg``: the candidates' tensor container, the
-decoder batch that fits a GPU, the stability score and box NMS."""
+decoder batch that fits a GPU, upscaling, the stability score, boxes and box NMS."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.utils.amg import calculate_stability_score
+from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 from torchvision.ops import batched_nms
+
+log = logging.getLogger(__name__)
 
 CPU_POINTS_PER_BATCH = 64  # segment-anything's default; a CPU gains nothing from more
 GPU_MEMORY_SHARE = 0.4  # of the free GPU memory, what one prompt batch's masks may take
@@ -116,5 +119,94 @@ def upscale_to_input(low_res: torch.Tensor, side: int, input_size: tuple[int, in
         return logits[..., : input_size[0], : input_size[1]]
     factor = side // low
     rows, cols = (min(low, max(MIN_LOW_RES, -(-n // factor) + 1)) for n in input_size)
-    logits = F.interpolate(low_res[..., :rows, :cols], scale_factor=factor, mode="bilinear", align_corners=False)
+    logits = F.interpolate(low_res[..., :rows, :cols], scale_factor=float(factor), mode="bilinear", align_corners=False)
     return logits[..., : input_size[0], : input_size[1]]
+
+
+def upscale_logits(low_res: torch.Tensor, side: int, input_size: tuple[int, int], crop_hw: tuple[int, int]):
+    """``Sam.postprocess_masks`` ([N, 1, h, w] -> [N, H, W] logits), without its second
+    resize when the crop already has the input's size: bilinear resizing to the same
+    size returns its input exactly, and costs as much as the first resize."""
+    logits = upscale_to_input(low_res, side, input_size)
+    if tuple(logits.shape[-2:]) != tuple(crop_hw):
+        logits = F.interpolate(logits, crop_hw, mode="bilinear", align_corners=False)
+    return logits[:, 0]
+
+
+def stability_and_boxes(
+    low_res: torch.Tensor,
+    side: int,
+    input_size: tuple[int, int],
+    crop_hw: tuple[int, int],
+    threshold: float,
+    offset: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each candidate's stability score and box, as ``calculate_stability_score`` and
+    ``batched_mask_to_box`` give them from its upscaled logits, written as reductions
+    over each row (pixels above threshold+offset and threshold-offset, the first and
+    last column above threshold) and then over the rows' results. In that form
+    ``torch.compile`` fuses the upscaling into one pass that reads the low-res logits
+    and writes per-row counts ([N, H]): the full-size logits (3,072 x 1024 x 768
+    float32 at 1,024 prompts, 9.7 GB, then read three times and thresholded twice)
+    are never written. Eager, it costs more than the stock helpers (``CompiledScores``
+    falls back to those)."""
+    logits = upscale_logits(low_res, side, input_size, crop_hw)
+    height, width = logits.shape[-2:]
+    cols = torch.arange(width, device=logits.device)
+    above = logits > threshold
+    high = (logits > threshold + offset).sum(-1, dtype=torch.int32)
+    low = (logits > threshold - offset).sum(-1, dtype=torch.int32)
+    first = torch.where(above, cols, width).amin(-1)
+    last = torch.where(above, cols, -1).amax(-1)
+    stability = high.sum(-1) / low.sum(-1)  # int32 / int32, as segment-anything divides
+    rows = torch.arange(height, device=logits.device)
+    filled = last >= 0
+    top = torch.where(filled, rows, height).amin(-1)
+    bottom = torch.where(filled, rows, -1).amax(-1)
+    boxes = torch.stack([first.amin(-1), top, last.amax(-1), bottom], dim=-1)
+    return stability, boxes * filled.any(-1, keepdim=True)  # an empty mask's box is zeros, as stock's
+
+
+def eager_stability_and_boxes(low_res, side, input_size, crop_hw, threshold, offset):
+    """The same numbers by segment-anything's helpers, over materialised logits."""
+    logits = upscale_logits(low_res, side, input_size, crop_hw)
+    return stability_score(logits, threshold, offset), batched_mask_to_box(logits > threshold)
+
+
+class CompiledScores:
+    """``stability_and_boxes`` under ``torch.compile`` for one model canvas and thresholds,
+    compiled when first called: one graph for any number of candidates, one per photo
+    shape class (landscape, portrait, square; at the canvas's size or resized again),
+    five in all, inside torch's limit of eight. The canvas side and thresholds are
+    constants of the compiled code (tested: symbolic ones, and inductor writes the
+    full-size logits).
+    Where compiling fails (no C compiler for Triton, an unsupported torch), it says so
+    in one line and scores eagerly from then on: slower, the same results. Fewer than
+    two candidates are scored eagerly, since torch specialises sizes 0 and 1."""
+
+    def __init__(self, side: int, threshold: float, offset: float) -> None:
+        self.side, self.threshold, self.offset = side, threshold, offset
+        self.failed: str | None = None
+
+        canvas = float(side)  # an int from outside the code is symbolic; a float is specialised (below)
+
+        def scores(low_res: torch.Tensor, input_size: tuple[int, int], crop_hw: tuple[int, int]):
+            return stability_and_boxes(low_res, int(canvas), input_size, crop_hw, threshold, offset)
+
+        self._compiled = torch.compile(scores, dynamic=True)
+
+    def __call__(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor]:
+        input_size, crop_hw = tuple(input_size), tuple(crop_hw)
+        if self.failed is None and len(low_res) > 1:
+            try:
+                # Floats as constants: a symbolic threshold or side keeps inductor from
+                # fusing the upscaling into the reductions (it writes the logits).
+                with torch._dynamo.config.patch(specialize_float=True):
+                    return self._compiled(low_res, input_size, crop_hw)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager path gives the same numbers
+                first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+                self.failed = f"{type(exc).__name__}: {first_line}"
+                log.warning("compiling SAM's candidate scoring failed (%s); scoring eagerly, slower", self.failed)
+        return eager_stability_and_boxes(low_res, self.side, input_size, crop_hw, self.threshold, self.offset)

@@ -1,0 +1,180 @@
+"""Candidates' stability scores and boxes in one fused pass (``CompiledScores``, the
+generator's default on CUDA): the numbers of segment-anything's helpers over the
+upscaled logits, without writing those logits. Compiled here by inductor's CPU
+backend; ``gpu_check.sh`` checks the GPU's."""
+
+import logging
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from tests.helpers import LOW, allocated_shapes
+from usesearch.masks import amg, amg_utils
+from usesearch.masks.amg import SamMaskGenerator
+from usesearch.masks.amg_utils import (
+    CompiledScores,
+    eager_stability_and_boxes,
+    prompt_batch,
+    stability_and_boxes,
+    upscale_logits,
+)
+
+SIDE = 1024
+
+
+def blob_logits(count: int, seed: int = 0) -> torch.Tensor:
+    """SAM-like low-res logits ([N, 1, 256, 256]): a noisy blob each, somewhere in the
+    part of the canvas every tested photo shape covers; one empty mask, one full."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = 20 + 130 * torch.rand(count, 2, 1, 1, generator=generator)
+    radii = 6 + 50 * torch.rand(count, 1, 1, generator=generator)
+    grid = torch.arange(256.0)
+    squared = (grid[:, None] - centres[:, 0]) ** 2 + (grid[None, :] - centres[:, 1]) ** 2
+    noise = F.interpolate(torch.randn(count, 1, 16, 16, generator=generator), (256, 256), mode="bilinear")
+    logits = (8 * (1 - squared / radii**2))[:, None] + 3 * noise
+    logits[0] = -30.0
+    logits[1] = 30.0
+    return logits
+
+
+def shapes(photo_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(model input size, crop size) of a whole photo, as the generator passes them."""
+    return ResizeLongestSide.get_preprocess_shape(*photo_hw, SIDE), photo_hw
+
+
+# The photo already at the model's size (one resize), portrait, square, and larger or
+# smaller than the canvas (a second resize to the photo).
+PHOTOS = [(768, 1024), (1024, 683), (1024, 1024), (1500, 2000), (333, 500)]
+
+
+@pytest.mark.parametrize("photo_hw", PHOTOS, ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_the_one_pass_form_gives_segment_anythings_stability_scores_and_boxes(photo_hw):
+    low_res = blob_logits(12)
+    input_size, crop_hw = shapes(photo_hw)
+    logits = upscale_logits(low_res, SIDE, input_size, crop_hw)
+    assert tuple(logits.shape) == (12, *crop_hw)
+    stability, boxes = stability_and_boxes(low_res, SIDE, input_size, crop_hw, 0.0, 1.0)
+    stock_stability = calculate_stability_score(logits, 0.0, 1.0)
+    stock_boxes = batched_mask_to_box(logits > 0.0)
+    assert torch.equal(boxes, stock_boxes) and boxes.dtype == stock_boxes.dtype
+    assert torch.equal(stability[1:], stock_stability[1:]) and stability.dtype == stock_stability.dtype
+    assert torch.isnan(stability[0]) and torch.isnan(stock_stability[0])  # empty at both levels: 0 / 0, as stock
+    assert boxes[0].tolist() == [0, 0, 0, 0] and boxes[1].tolist() == [0, 0, crop_hw[1] - 1, crop_hw[0] - 1]
+    assert len(set(map(tuple, boxes[2:].tolist()))) > 5 and 0 < stability[2:].min() < stability[2:].max() < 1
+
+
+def test_compiled_scoring_gives_the_same_numbers_and_never_writes_the_full_size_logits():
+    from torch._inductor.utils import run_and_get_code
+
+    scores = CompiledScores(SIDE, 0.0, 1.0)
+    # The benchmark's photo (one resize) and a larger one (a second resize to the photo).
+    for photo_hw in [(768, 1024), (1500, 2000)]:
+        low_res = blob_logits(9, seed=len(photo_hw))
+        input_size, crop_hw = shapes(photo_hw)
+        (stability, boxes), sources = run_and_get_code(scores, low_res, input_size, crop_hw)  # compiles afresh
+        eager_stability, eager_boxes = eager_stability_and_boxes(low_res, SIDE, input_size, crop_hw, 0.0, 1.0)
+        assert scores.failed is None
+        assert torch.equal(boxes, eager_boxes)
+        assert torch.equal(stability.nan_to_num(-1.0), eager_stability.nan_to_num(-1.0))
+        # Every buffer the compiled code allocates is per row at most ([N, H]); none has
+        # the logits' [N, H, W].
+        shapes_allocated = [shape for source in sources for shape in allocated_shapes(source)]
+        assert shapes_allocated, "the compiled code allocates its outputs: the parser must see them"
+        assert all(len(shape) <= 2 for shape in shapes_allocated), shapes_allocated
+
+
+def test_any_number_of_candidates_takes_one_compiled_graph():
+    from torch._dynamo.utils import counters
+
+    scores = CompiledScores(SIDE, 0.0, 1.0)
+    input_size, crop_hw = shapes((768, 1024))
+    before = counters["stats"]["unique_graphs"]
+    for count in (5, 9, 40):
+        low_res = blob_logits(count)
+        stability, boxes = scores(low_res, input_size, crop_hw)
+        assert torch.equal(boxes, eager_stability_and_boxes(low_res, SIDE, input_size, crop_hw, 0.0, 1.0)[1])
+    assert counters["stats"]["unique_graphs"] - before == 1
+
+
+def test_a_compiler_failure_is_one_line_and_scoring_goes_on_eagerly(caplog):
+    scores = CompiledScores(SIDE, 0.0, 1.0)
+    calls = []
+
+    def broken(*args):
+        calls.append(args)
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.\nmore")
+
+    scores._compiled = broken
+    low_res = blob_logits(6)
+    input_size, crop_hw = shapes((768, 1024))
+    with caplog.at_level(logging.WARNING, logger=amg_utils.__name__):
+        first = scores(low_res, input_size, crop_hw)
+        second = scores(low_res, input_size, crop_hw)
+    expected = eager_stability_and_boxes(low_res, SIDE, input_size, crop_hw, 0.0, 1.0)
+    for stability, boxes in (first, second):
+        assert torch.equal(boxes, expected[1]) and torch.equal(stability.nan_to_num(-1), expected[0].nan_to_num(-1))
+    assert len(calls) == 1, "after a failure the compiler is not asked again"
+    assert scores.failed == "RuntimeError: Failed to find C compiler. Please specify via CC environment variable."
+    assert [r.getMessage().count("\n") for r in caplog.records] == [0]
+    assert "scoring eagerly" in caplog.records[0].getMessage()
+
+
+def test_running_out_of_gpu_memory_is_not_taken_for_a_compiler_failure():
+    """The generator halves its prompt batch on an OOM: that error must reach it."""
+    scores = CompiledScores(SIDE, 0.0, 1.0)
+
+    def out_of_memory(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    scores._compiled = out_of_memory
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        scores(blob_logits(4), (768, 1024), (768, 1024))
+    assert scores.failed is None
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(points_per_side=8, **LOW),
+        dict(points_per_side=8, pred_iou_thresh=-10.0, stability_score_thresh=0.6),
+    ],
+    ids=["plain", "stability-filter"],  # (the coffee photo is resized twice: the 12 MP path)
+)
+def test_the_generator_with_compiled_scoring_gives_the_same_masks(sam, image, settings):
+    eager = SamMaskGenerator(sam, compiled_scores=False, **settings).generate(image)
+    compiled_generator = SamMaskGenerator(sam, compiled_scores=True, **settings)
+    compiled = compiled_generator.generate(image)
+    assert compiled_generator.compiled_scores is not None and compiled_generator.compiled_scores.failed is None
+    assert len(eager) > 10
+    assert [(r.rle, r.box_xyxy, r.stability_score, r.predicted_iou) for r in compiled] == [
+        (r.rle, r.box_xyxy, r.stability_score, r.predicted_iou) for r in eager
+    ]
+
+
+def test_compiled_scoring_is_the_default_on_cuda_only(sam, monkeypatch):
+    assert SamMaskGenerator(sam).compiled_scores is None  # a CPU: the stock helpers, chunked
+    monkeypatch.setattr(amg, "has_bf16", lambda device: True)
+    on_cuda = types.SimpleNamespace(device=torch.device("cuda"), image_encoder=sam.image_encoder, mask_threshold=0.0)
+    assert isinstance(SamMaskGenerator(on_cuda).compiled_scores, CompiledScores)  # type: ignore[arg-type]
+    assert SamMaskGenerator(on_cuda, compiled_scores=False).compiled_scores is None  # type: ignore[arg-type]
+
+
+def test_with_compiled_scoring_a_large_photos_prompt_batch_is_bounded_by_the_canvas_alone(sam, monkeypatch):
+    """Eager scoring upscales a batch's logits to the photo (288 MB a prompt for 12 MP);
+    compiled scoring never does, so the batch is sized as for a photo at the canvas's size."""
+    monkeypatch.setattr(amg, "has_bf16", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    on_cuda = types.SimpleNamespace(device=torch.device("cuda"), image_encoder=sam.image_encoder, mask_threshold=0.0)
+    side = sam.image_encoder.img_size
+    large, at_canvas = ((3000, 4000), 1024), ((side, side), 1024)
+    eager = SamMaskGenerator(on_cuda, compiled_scores=False)  # type: ignore[arg-type]
+    compiled = SamMaskGenerator(on_cuda, compiled_scores=True)  # type: ignore[arg-type]
+    assert eager._points_that_fit(large) == prompt_batch(8 * 2**30, side, (3000, 4000), 1024)
+    assert compiled._points_that_fit(large) == compiled._points_that_fit(at_canvas) == eager._points_that_fit(at_canvas)
+    assert compiled._points_that_fit(large) > eager._points_that_fit(large)
