@@ -90,6 +90,40 @@ def test_rle_runs_are_the_masks_pixels():
             assert len(starts) == len(ends) and np.all(starts < ends)
 
 
+def test_runs_found_while_encoding_on_the_device_are_those_the_counts_give_and_held_within_a_bound(monkeypatch):
+    """``encode_runs`` (the GPU path) remembers each mask's runs so that pooling, right
+    after, need not parse the counts again: the same runs, read-only, the oldest let go."""
+    from collections import OrderedDict
+
+    from usesearch.masks import rle
+
+    monkeypatch.setattr(rle, "_runs_memo", OrderedDict())
+    monkeypatch.setattr(rle, "_runs_held", [0])
+    rng = np.random.default_rng(3)
+    masks = _random_masks(rng, 12, 40, 65)
+    masks[0], masks[1] = True, False  # a run from the first pixel to the last; no run
+    masks[2] = rng.random((40, 65)) < 0.5  # noise: many runs
+    rles = rle.encode_runs(torch.from_numpy(masks))
+    remembered = [rle.runs(r) for r in rles]
+    key = (40, 65, rles[2]["counts"])
+    assert remembered[2][0] is rle._runs_memo[key][0]  # served from memory, not parsed
+    with pytest.raises(ValueError):
+        remembered[2][0][0] = 1  # shared: nobody may change it
+    rle._runs_memo.clear()
+    parsed = [rle.runs(r) for r in rles]
+    assert [len(s) for s, _ in remembered][:2] == [1, 0] and len(remembered[2][0]) > 100
+    for (starts, ends), (parsed_starts, parsed_ends) in zip(remembered, parsed):
+        np.testing.assert_array_equal(starts, parsed_starts)
+        np.testing.assert_array_equal(ends, parsed_ends)
+        assert starts.dtype == parsed_starts.dtype == np.int64
+    monkeypatch.setattr(rle, "RUNS_REMEMBERED", len(parsed[2][0]) + 5)
+    rle._runs_held[0] = 0
+    rle.encode_runs(torch.from_numpy(masks[2:4]))  # the noise, then a mask of few runs
+    rle.encode_runs(torch.from_numpy(masks[4:5]))
+    assert rle._runs_held[0] <= rle.RUNS_REMEMBERED
+    assert (40, 65, rles[4]["counts"]) in rle._runs_memo and key not in rle._runs_memo  # the oldest went first
+
+
 @pytest.mark.parametrize("hw,grid", [((97, 131), 16), ((256, 256), 16), ((61, 20), 24)])
 def test_weights_from_rle_runs_equal_weights_from_dense_masks(hw, grid):
     from usesearch.masks import rle
