@@ -173,6 +173,9 @@ def eager_stability_and_boxes(low_res, side, input_size, crop_hw, threshold, off
     return stability_score(logits, threshold, offset), batched_mask_to_box(logits > threshold)
 
 
+REALIZE_OPS = 64  # CompiledScores' bound on the op count of a value inlined into its consumers
+
+
 class CompiledScores:
     """``stability_and_boxes`` under ``torch.compile`` for one model canvas and thresholds,
     compiled when first called: one graph for any number of candidates, one per photo
@@ -193,7 +196,11 @@ class CompiledScores:
         def scores(low_res: torch.Tensor, input_size: tuple[int, int], crop_hw: tuple[int, int]):
             return stability_and_boxes(low_res, int(canvas), input_size, crop_hw, threshold, offset)
 
-        self._compiled = torch.compile(scores, dynamic=True)
+        # Inductor writes out a value read by several consumers once its code passes
+        # an op count: 30 on a GPU, 50 on a CPU by default. The upscaled logits' code
+        # lies between (tested: at 30 they are written, 9.7 GB a 1024-px photo); one
+        # explicit bound makes the GPU's choice the one the CPU's tests read.
+        self._compiled = torch.compile(scores, dynamic=True, options={"realize_opcount_threshold": REALIZE_OPS})
 
     def __call__(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor]:
         input_size, crop_hw = tuple(input_size), tuple(crop_hw)
