@@ -76,6 +76,7 @@ def main() -> None:
     print(f"candidate scoring on {device}, {count} candidates a photo, torch {torch.__version__}")
     scores = CompiledScores(SIDE, 0.0, 1.0)
     low_res = blob_logits(count, device)
+    faults = []
     for text in args.photos.split(","):
         crop_hw = tuple(int(v) for v in text.split("x"))
         input_size = ResizeLongestSide.get_preprocess_shape(crop_hw[0], crop_hw[1], SIDE)
@@ -85,6 +86,8 @@ def main() -> None:
         compile_s = time.perf_counter() - start
         shapes = [shape for source in sources for shape in allocated_shapes(source)]
         full_size = [s for s in shapes if len(s) > 2]
+        if full_size or scores.failed or not shapes:
+            faults.append(f"{text}: " + (scores.failed or f"{len(full_size)} full-size buffers of {len(shapes)}"))
         compiled_s, _ = timed(lambda: scores(low_res, input_size, crop_hw), device, args.repeat)
         eager_s, (eager_stability, eager_boxes) = timed(lambda: eager(low_res, input_size, crop_hw), device, 1)
         stability_gap = (stability.nan_to_num(-1) - eager_stability.nan_to_num(-1)).abs().max().item()
@@ -98,6 +101,8 @@ def main() -> None:
             f"    agreement: {boxes_differ} of {count} boxes differ, largest stability gap {stability_gap:.2e}; "
             f"buffers the compiled code allocates: {len(shapes)}, full-size (rank > 2): {len(full_size)}"
         )
+    if faults:  # a check (gpu_check.sh) must fail, not just print
+        sys.exit("compiled scoring fell back or wrote the full-size logits: " + "; ".join(faults))
 
 
 if __name__ == "__main__":

@@ -238,3 +238,18 @@ def allocated_shapes(source: str) -> list[list[str]]:
         dims.append(current.strip())
         shapes.append([dim for dim in dims if dim])
     return shapes
+
+
+def allocated_numels(source: str) -> list[int]:
+    """The element count of every buffer in inductor's generated code, its symbolic
+    sizes evaluated at the values the code was compiled with (``sN = argK_1`` in
+    ``call``, ``argK_1 = value`` in ``get_args``)."""
+    values = {name: int(value) for name, value in re.findall(r"^\s*(arg\d+_1) = (\d+)$", source, re.M)}
+    symbols = {sym: values[arg] for sym, arg in re.findall(r"^\s*(s\d+) = (arg\d+_1)$", source, re.M) if arg in values}
+    numels = []
+    for shape in allocated_shapes(source):
+        numel = 1
+        for dim in shape:
+            numel *= int(eval(dim, {"min": min, "max": max}, symbols))  # sizes are integer arithmetic
+        numels.append(numel)
+    return numels

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from tests.helpers import LOW, allocated_shapes
+from tests.helpers import LOW, allocated_numels, allocated_shapes
 from usesearch.masks import amg, amg_utils
 from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.amg_utils import (
@@ -81,10 +81,25 @@ def test_compiled_scoring_gives_the_same_numbers_and_never_writes_the_full_size_
         assert torch.equal(boxes, eager_boxes)
         assert torch.equal(stability.nan_to_num(-1.0), eager_stability.nan_to_num(-1.0))
         # Every buffer the compiled code allocates is per row at most ([N, H]); none has
-        # the logits' [N, H, W].
+        # the logits' [N, H, W], nor their pixels flattened into one dimension.
         shapes_allocated = [shape for source in sources for shape in allocated_shapes(source)]
         assert shapes_allocated, "the compiled code allocates its outputs: the parser must see them"
         assert all(len(shape) <= 2 for shape in shapes_allocated), shapes_allocated
+        pixels = crop_hw[0] * crop_hw[1]
+        numels = [n for source in sources for n in allocated_numels(source)]
+        assert len(numels) == len(shapes_allocated) and max(numels) <= len(low_res) * max(crop_hw)
+        assert max(numels) < pixels  # not one photo's worth, let alone N
+        # Noisy logits (many pixels near the thresholds): a photo larger than the canvas
+        # is resized twice, whose rounding the compiled code does not always repeat.
+        noisy = low_res + 3 * torch.randn(low_res.shape, generator=torch.Generator().manual_seed(5))
+        stability, boxes = scores(noisy, input_size, crop_hw)
+        eager_stability, eager_boxes = eager_stability_and_boxes(noisy, SIDE, input_size, crop_hw, 0.0, 1.0)
+        assert (boxes - eager_boxes).abs().max() <= 1
+        assert torch.allclose(stability.nan_to_num(-1.0), eager_stability.nan_to_num(-1.0), rtol=0, atol=1e-5)
+        if crop_hw[0] <= input_size[0]:  # at (or under) the canvas's size: bit for bit
+            assert torch.equal(boxes, eager_boxes) and torch.equal(
+                stability.nan_to_num(-1.0), eager_stability.nan_to_num(-1.0)
+            )
 
 
 def test_at_a_gpus_default_op_bound_inductor_would_write_the_logits(monkeypatch):
@@ -104,6 +119,7 @@ def test_at_a_gpus_default_op_bound_inductor_would_write_the_logits(monkeypatch)
 def test_any_number_of_candidates_takes_one_compiled_graph():
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # every CompiledScores shares one code object and its graphs
     scores = CompiledScores(SIDE, 0.0, 1.0)
     input_size, crop_hw = shapes((768, 1024))
     before = counters["stats"]["unique_graphs"]
@@ -137,17 +153,52 @@ def test_a_compiler_failure_is_one_line_and_scoring_goes_on_eagerly(caplog):
     assert "scoring eagerly" in caplog.records[0].getMessage()
 
 
-def test_running_out_of_gpu_memory_is_not_taken_for_a_compiler_failure():
-    """The generator halves its prompt batch on an OOM: that error must reach it."""
+@pytest.mark.parametrize("wrapped", [False, True], ids=["plain", "inside-a-compiler-error"])
+def test_running_out_of_gpu_memory_is_not_taken_for_a_compiler_failure(wrapped):
+    """The generator halves its prompt batch on an OOM: that error must reach it, also
+    when inductor wraps it in its own error while compiling."""
     scores = CompiledScores(SIDE, 0.0, 1.0)
 
     def out_of_memory(*args):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        except torch.cuda.OutOfMemoryError as oom:
+            if wrapped:
+                raise RuntimeError("backend compiler failed") from oom
+            raise
 
     scores._compiled = out_of_memory
-    with pytest.raises(torch.cuda.OutOfMemoryError):
+    with pytest.raises((torch.cuda.OutOfMemoryError, RuntimeError)):
         scores(blob_logits(4), (768, 1024), (768, 1024))
     assert scores.failed is None
+
+
+def test_photo_shapes_past_the_graph_limit_are_scored_eagerly_and_said_once(monkeypatch, caplog):
+    """Past its graph limit torch would run the function uncompiled without a word
+    (a form that costs more than the stock helpers): those calls take the stock
+    helpers instead, in groups, and compiling stays on for the shapes it has."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(amg_utils, "SCORE_GRAPHS", 1)
+    monkeypatch.setattr(amg_utils, "FALLBACK_PIXELS", 3 * 1500 * 2000)  # three masks a group
+    scores = CompiledScores(SIDE, 0.0, 1.0)
+    low_res = blob_logits(7)
+    first, other = shapes((768, 1024)), shapes((1500, 2000))  # another class: resized twice
+    eager = amg_utils.eager_stability_and_boxes
+    groups = []
+    monkeypatch.setattr(amg_utils, "eager_stability_and_boxes", lambda lr, *a: groups.append(len(lr)) or eager(lr, *a))
+    with caplog.at_level(logging.WARNING, logger=amg_utils.__name__):
+        scores(low_res, *first)
+        assert groups == []  # compiled
+        for _ in range(2):
+            stability, boxes = scores(low_res, *other)
+            assert torch.equal(boxes, eager(low_res, SIDE, *other, 0.0, 1.0)[1])
+    assert groups == [3, 3, 1, 3, 3, 1] and scores.over_limit == 2 and scores.failed is None
+    ours = [r.getMessage() for r in caplog.records if r.name == amg_utils.__name__]
+    assert len(ours) == 1 and "others are scored eagerly" in ours[0]
+    assert not [r for r in caplog.records if "recompile_limit" in str(r.msg)]  # torch's own lines, dropped
+    groups.clear()
+    scores(low_res, *first)
+    assert groups == []  # the shape it compiled for stays compiled
 
 
 @pytest.mark.parametrize(
@@ -156,7 +207,7 @@ def test_running_out_of_gpu_memory_is_not_taken_for_a_compiler_failure():
         dict(points_per_side=8, **LOW),
         dict(points_per_side=8, pred_iou_thresh=-10.0, stability_score_thresh=0.6),
     ],
-    ids=["plain", "stability-filter"],  # (the coffee photo is resized twice: the 12 MP path)
+    ids=["plain", "stability-filter"],  # (the coffee photo, 134x200, under the tiny SAM's canvas)
 )
 def test_the_generator_with_compiled_scoring_gives_the_same_masks(sam, image, settings):
     eager = SamMaskGenerator(sam, compiled_scores=False, **settings).generate(image)

@@ -116,7 +116,7 @@ def test_runs_found_while_encoding_on_the_device_are_those_the_counts_give_and_h
         np.testing.assert_array_equal(starts, parsed_starts)
         np.testing.assert_array_equal(ends, parsed_ends)
         assert starts.dtype == parsed_starts.dtype == np.int64
-    monkeypatch.setattr(rle, "RUNS_REMEMBERED", len(parsed[2][0]) + 5)
+    monkeypatch.setattr(rle, "RUNS_REMEMBERED", len(parsed[2][0]) + rle.ENTRY_RUNS + 5)
     rle._runs_held[0] = 0
     rle.encode_runs(torch.from_numpy(masks[2:4]))  # the noise, then a mask of few runs
     rle.encode_runs(torch.from_numpy(masks[4:5]))

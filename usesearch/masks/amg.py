@@ -83,7 +83,9 @@ class SamMaskGenerator:
     in one fused pass that never writes the full-size logits (None: on for CUDA
     devices; seconds of compiling at the first photo, and again for a new photo shape).
     Off, the stock helpers run over materialised logits, a prompt batch (on a CPU a
-    chunk) at a time. The numbers are the same (tested on a CPU, in float32).
+    chunk) at a time. The numbers are the same for photos at or under the canvas's
+    size; for a larger photo (resized twice) a stability score may differ by ~1e-6 (a
+    pixel's count) and a box by a pixel (tested on a CPU, in float32).
 
     ``masks_per_photo`` (benchmarks only): keep exactly this many of each photo's
     candidates, NMS's survivors first, then the best it suppressed, through the same

@@ -174,22 +174,28 @@ def eager_stability_and_boxes(low_res, side, input_size, crop_hw, threshold, off
 
 
 REALIZE_OPS = 64  # CompiledScores' bound on the op count of a value inlined into its consumers
+SCORE_GRAPHS = 16  # graphs CompiledScores keeps (torch's default is 8 a function); past them, eager
+FALLBACK_PIXELS = 1 << 28  # full-size logit pixels the eager fallback materialises at a time (1 GB)
 
 
 class CompiledScores:
     """``stability_and_boxes`` under ``torch.compile`` for one model canvas and thresholds,
-    compiled when first called: one graph for any number of candidates, one per photo
-    shape class (landscape, portrait, square; at the canvas's size or resized again),
-    five in all, inside torch's limit of eight. The canvas side and thresholds are
-    constants of the compiled code (tested: symbolic ones, and inductor writes the
-    full-size logits).
+    compiled when first called: one graph for any number of candidates, one for each
+    class of photo shape (the upscaling's branches: landscape, portrait or square, at
+    the canvas's size or resized again, rows or columns clamped), up to
+    ``SCORE_GRAPHS``; a photo that would need more is scored eagerly, by the stock
+    helpers, and said once. The canvas side and thresholds are constants of the
+    compiled code (tested: symbolic ones, and inductor writes the full-size logits).
     Where compiling fails (no C compiler for Triton, an unsupported torch), it says so
     in one line and scores eagerly from then on: slower, the same results. Fewer than
-    two candidates are scored eagerly, since torch specialises sizes 0 and 1."""
+    two candidates are scored eagerly, since torch specialises sizes 0 and 1. Eager
+    scoring materialises ``FALLBACK_PIXELS`` at a time (batches are sized for the
+    compiled path, which materialises none)."""
 
     def __init__(self, side: int, threshold: float, offset: float) -> None:
         self.side, self.threshold, self.offset = side, threshold, offset
         self.failed: str | None = None
+        self.over_limit = 0  # calls scored eagerly because their shape would pass SCORE_GRAPHS
 
         canvas = float(side)  # an int from outside the code is symbolic; a float is specialised (below)
 
@@ -201,19 +207,62 @@ class CompiledScores:
         # lies between (tested: at 30 they are written, 9.7 GB a 1024-px photo); one
         # explicit bound makes the GPU's choice the one the CPU's tests read.
         self._compiled = torch.compile(scores, dynamic=True, options={"realize_opcount_threshold": REALIZE_OPS})
+        _quiet_torch_about_our_recompile_limit()
 
     def __call__(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor]:
         input_size, crop_hw = tuple(input_size), tuple(crop_hw)
         if self.failed is None and len(low_res) > 1:
             try:
                 # Floats as constants: a symbolic threshold or side keeps inductor from
-                # fusing the upscaling into the reductions (it writes the logits).
-                with torch._dynamo.config.patch(specialize_float=True):
+                # fusing the upscaling into the reductions (it writes the logits). Past
+                # the graph limit torch would run the function uncompiled, silently, and
+                # that form costs more than the stock helpers: it raises instead.
+                with torch._dynamo.config.patch(
+                    specialize_float=True, recompile_limit=SCORE_GRAPHS, fail_on_recompile_limit_hit=True
+                ):
                     return self._compiled(low_res, input_size, crop_hw)
-            except torch.cuda.OutOfMemoryError:
-                raise
+            except torch._dynamo.exc.FailOnRecompileLimitHit:
+                if not self.over_limit:
+                    log.warning(
+                        "SAM's candidate scoring has compiled for %d photo shapes; others are scored eagerly",
+                        SCORE_GRAPHS,
+                    )
+                self.over_limit += 1
             except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager path gives the same numbers
+                if _out_of_memory(exc):  # the generator halves its prompt batch on this
+                    raise
                 first_line = (str(exc).strip().splitlines() or [""])[0][:200]
                 self.failed = f"{type(exc).__name__}: {first_line}"
                 log.warning("compiling SAM's candidate scoring failed (%s); scoring eagerly, slower", self.failed)
-        return eager_stability_and_boxes(low_res, self.side, input_size, crop_hw, self.threshold, self.offset)
+        area = max(crop_hw[0] * crop_hw[1], self.side * self.side)
+        step = max(1, FALLBACK_PIXELS // area)
+        parts = [
+            eager_stability_and_boxes(
+                low_res[i : i + step], self.side, input_size, crop_hw, self.threshold, self.offset
+            )
+            for i in range(0, max(1, len(low_res)), step)
+        ]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+class _OurRecompileLimit(logging.Filter):
+    """Drops torch's several-line warning at the graph limit, for this module's
+    function alone: ``CompiledScores`` says it in one line of its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ("recompile_limit" in str(record.msg) and __file__ in record.getMessage())
+
+
+def _quiet_torch_about_our_recompile_limit() -> None:
+    logger = logging.getLogger("torch._dynamo.convert_frame")
+    if not any(isinstance(f, _OurRecompileLimit) for f in logger.filters):
+        logger.addFilter(_OurRecompileLimit())
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """An out-of-memory error, or a compiler error raised from one (inductor wraps them)."""
+    while exc is not None:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

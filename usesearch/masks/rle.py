@@ -125,6 +125,7 @@ def encode_runs(masks) -> list[dict]:
 # counts again: a GPU run's masks are pooled right after they are encoded (the parse
 # was ~10 ms of a photo's 100 masks on the host). Bounded by runs held, oldest out.
 RUNS_REMEMBERED = 1 << 22  # runs (64 MB of int64 starts and ends)
+ENTRY_RUNS = 32  # an entry's own objects (key, tuple, array headers: ~500 B), counted as runs
 _runs_memo: OrderedDict[tuple[int, int, str], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 _runs_held = [0]
 _runs_lock = threading.Lock()
@@ -136,10 +137,10 @@ def _remember_runs(rle: dict, starts: np.ndarray, ends: np.ndarray) -> None:
         if key in _runs_memo:
             return
         _runs_memo[key] = (starts, ends)
-        _runs_held[0] += len(starts)
+        _runs_held[0] += len(starts) + ENTRY_RUNS
         while _runs_held[0] > RUNS_REMEMBERED and len(_runs_memo) > 1:
             _, (old, _) = _runs_memo.popitem(last=False)
-            _runs_held[0] -= len(old)
+            _runs_held[0] -= len(old) + ENTRY_RUNS
 
 
 def decode(segmentation: Any, height: int | None = None, width: int | None = None) -> np.ndarray:
