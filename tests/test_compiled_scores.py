@@ -102,20 +102,6 @@ def test_compiled_scoring_gives_the_same_numbers_and_never_writes_the_full_size_
             )
 
 
-def test_at_a_gpus_default_op_bound_inductor_would_write_the_logits(monkeypatch):
-    """Why ``REALIZE_OPS`` is set: with the op count above which inductor writes out a
-    value read several times at a GPU's default (30), the upscaled logits are written
-    (here on the CPU, which then takes the same bound); at ours they are not (above)."""
-    from torch._inductor.utils import run_and_get_code
-
-    monkeypatch.setattr(amg_utils, "REALIZE_OPS", 30)
-    scores = CompiledScores(SIDE, 0.0, 1.0)
-    low_res = blob_logits(9)
-    input_size, crop_hw = shapes((768, 1024))
-    _, sources = run_and_get_code(scores, low_res, input_size, crop_hw)
-    assert max(len(shape) for source in sources for shape in allocated_shapes(source)) > 2
-
-
 def test_any_number_of_candidates_takes_one_compiled_graph():
     from torch._dynamo.utils import counters
 

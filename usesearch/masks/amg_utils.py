@@ -204,7 +204,7 @@ class CompiledScores:
 
         # Inductor writes out a value read by several consumers once its code passes
         # an op count: 30 on a GPU, 50 on a CPU by default. The upscaled logits' code
-        # lies between (tested: at 30 they are written, 9.7 GB a 1024-px photo); one
+        # lies between (at 30 a CPU writes them too, 9.7 GB a 1024-px photo); one
         # explicit bound makes the GPU's choice the one the CPU's tests read.
         self._compiled = torch.compile(scores, dynamic=True, options={"realize_opcount_threshold": REALIZE_OPS})
         _quiet_torch_about_our_recompile_limit()
