@@ -79,13 +79,10 @@ class SamMaskGenerator:
     ``GPU_MEMORY_SHARE`` of its free memory (all 1,024 of a 32x32 grid on an H200).
     The batch size changes no mask: filters and NMS run on all of a crop's candidates.
 
-    ``compiled_scores``: each candidate's stability score and box by ``CompiledScores``,
-    in one fused pass that never writes the full-size logits (None: on for CUDA
-    devices; seconds of compiling at the first photo, and again for a new photo shape).
-    Off, the stock helpers run over materialised logits, a prompt batch (on a CPU a
-    chunk) at a time. The numbers are the same for photos at or under the canvas's
-    size; for a larger photo (resized twice) a stability score may differ by ~1e-6 (a
-    pixel's count) and a box by a pixel (tested on a CPU, in float32).
+    ``compiled_scores``: stability scores and boxes by ``CompiledScores``, one fused
+    pass that never writes the full-size logits (None: on for CUDA). Off, the stock
+    helpers over materialised logits. The same numbers at or under the canvas's size;
+    past it, ~1e-6 in a stability score or a pixel in a box (README).
 
     ``masks_per_photo`` (benchmarks only): keep exactly this many of each photo's
     candidates, NMS's survivors first, then the best it suppressed, through the same
