@@ -229,3 +229,16 @@ def test_with_compiled_scoring_a_large_photos_prompt_batch_is_bounded_by_the_can
     assert eager._points_that_fit(large) == prompt_batch(8 * 2**30, side, (3000, 4000), 1024)
     assert compiled._points_that_fit(large) == compiled._points_that_fit(at_canvas) == eager._points_that_fit(at_canvas)
     assert compiled._points_that_fit(large) > eager._points_that_fit(large)
+
+
+def test_the_inlining_bound_is_set_for_every_device(monkeypatch):
+    """Inductor inlines a value several consumers read only under an op-count bound: 30
+    on a GPU, 50 on a CPU by default. The upscaled logits' code lies between (at 30 a
+    CPU writes them too, 9.7 GB a 1024-px photo), so the bound is set explicitly and
+    the buffer test above, run on a CPU, speaks for a GPU. (Shown by compiling at 30
+    in 0b9895e; a cold compile of its own, so not repeated here.)"""
+    asked = {}
+    monkeypatch.setattr(amg_utils.torch, "compile", lambda fn, **kwargs: asked.update(kwargs) or fn)
+    CompiledScores(SIDE, 0.0, 1.0)
+    assert asked["dynamic"] is True
+    assert asked["options"]["realize_opcount_threshold"] == amg_utils.REALIZE_OPS > 50
