@@ -81,8 +81,8 @@ class SamMaskGenerator:
 
     ``compiled_scores``: stability scores and boxes by ``CompiledScores``, one fused
     pass that never writes the full-size logits (None: on for CUDA). Off, the stock
-    helpers over materialised logits. The same numbers at or under the canvas's size;
-    past it, ~1e-6 in a stability score or a pixel in a box (README).
+    helpers over materialised logits. The same numbers on a CPU at or under the
+    canvas's size; else within float rounding (~1e-5 in a score, a pixel in a box).
 
     ``masks_per_photo`` (benchmarks only): keep exactly this many of each photo's
     candidates, NMS's survivors first, then the best it suppressed, through the same
