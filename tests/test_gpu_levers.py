@@ -22,8 +22,7 @@ from usesearch.io.files import walk
 from usesearch.masks import rle
 from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.amg_utils import prompt_batch, upscale_to_input
-from usesearch.masks.sam import build_sam
-from usesearch.masks.sam_fast import _sdpa_forward, share_image_tokens
+from usesearch.masks.sam_fast import _sdpa_forward
 
 
 def stock_sam(model):
@@ -68,48 +67,6 @@ def test_load_sam_runs_both_levers_and_gives_the_stock_masks(sam, image):
     assert len(ours) == len(stock) > 20
     for record, reference in zip(ours, stock):
         assert mask_iou(rle.decode(record.rle), reference["segmentation"]) >= 0.99
-
-
-@pytest.mark.parametrize("arch", ["tiny", "vit_b"])
-def test_the_decoder_with_shared_image_tokens_gives_segment_anythings_outputs(arch):
-    torch.manual_seed(0)
-    stock = build_sam(arch).eval()
-    for p in stock.mask_decoder.parameters():  # zero-initialised parts would hide a wrong path
-        p.data.add_(0.02 * torch.randn_like(p))
-    fast = share_image_tokens(copy.deepcopy(stock))
-    on_sdpa = [m for m in fast.mask_decoder.modules() if isinstance(m, DecoderAttention) and "forward" in vars(m)]
-    assert len(on_sdpa) == 7  # every attention of the decoder (2 layers x 3, and the last)
-    side = stock.image_encoder.img_size
-    grid = side // 16
-    features = torch.randn(1, stock.prompt_encoder.embed_dim, grid, grid)
-    points = torch.rand(9, 1, 2) * side
-    projected = []
-    fast.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.register_forward_hook(
-        lambda module, args, out: projected.append(args[0].shape[0])
-    )
-    with torch.no_grad():
-        for boxes in (None, torch.tensor([[10.0, 20.0, 120.0, 200.0]]).repeat(9, 1)):
-            sparse, dense = stock.prompt_encoder(
-                points=(points, torch.ones(9, 1, dtype=torch.int)), boxes=boxes, masks=None
-            )
-            args = dict(
-                image_embeddings=features,
-                image_pe=stock.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=True,
-            )
-            expected, got = stock.mask_decoder(**args), fast.mask_decoder(**args)
-            torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(got[1], expected[1], atol=1e-5, rtol=1e-5)
-        # A mask prompt makes each prompt's image tokens differ: segment-anything's path.
-        mask_in = torch.randn(9, 1, 4 * grid, 4 * grid)
-        sparse, dense = stock.prompt_encoder(
-            points=(points, torch.ones(9, 1, dtype=torch.int)), boxes=None, masks=mask_in
-        )
-        args.update(sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
-        torch.testing.assert_close(fast.mask_decoder(**args)[0], stock.mask_decoder(**args)[0], atol=1e-5, rtol=1e-5)
-    assert projected == [1, 1, 9]  # the image tokens projected once per photo, unless a mask prompt differs
 
 
 @pytest.mark.parametrize(
@@ -410,20 +367,3 @@ def test_the_benchmarks_blob_masks_are_few_runs_and_never_empty_on_the_photo():
         return (flat[:, 1:] != flat[:, :-1]).sum(1).float().median()
 
     assert runs(specks > 0) > 50 * runs(blobs > 0)
-
-
-def test_the_decoder_runs_on_the_meta_device_where_stage_floor_counts_it():
-    """``benchmarks/stage_floor.py`` counts the decoder's FLOPs and bytes on PyTorch's
-    meta device, which autocast does not know: the decoder must not ask it about autocast."""
-    sam = share_image_tokens(build_sam("tiny").eval()).to("meta")
-    side = sam.image_encoder.img_size
-    grid, dim = side // 16, sam.prompt_encoder.embed_dim
-    with torch.no_grad():  # point prompts as the prompt encoder gives them (as stage_floor.py makes them)
-        masks, iou = sam.mask_decoder(
-            image_embeddings=torch.empty(1, dim, grid, grid, device="meta"),
-            image_pe=sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=torch.empty(5, 2, dim, device="meta"),
-            dense_prompt_embeddings=torch.empty(1, dim, grid, grid, device="meta").expand(5, -1, -1, -1),
-            multimask_output=True,
-        )
-    assert masks.shape == (5, 3, side // 4, side // 4) and iou.shape == (5, 3)

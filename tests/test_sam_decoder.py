@@ -1,0 +1,115 @@
+"""SAM's mask decoder as ``load_sam`` hands it out, against segment-anything's: the
+image tokens shared across prompts until they differ, every projection applied to
+the prompts' few tokens rather than to each prompt's copy of the image tokens, every
+attention over the image tokens fused; and the same code on the meta device, where
+``benchmarks/stage_floor.py`` counts its FLOPs and bytes."""
+
+import copy
+
+import pytest
+import torch
+from segment_anything.modeling.transformer import Attention as DecoderAttention
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from usesearch.masks.sam import build_sam
+from usesearch.masks.sam_fast import share_image_tokens
+
+
+@pytest.mark.parametrize("arch", ["tiny", "vit_b"])
+def test_the_decoder_with_shared_image_tokens_gives_segment_anythings_outputs(arch):
+    torch.manual_seed(0)
+    stock = build_sam(arch).eval()
+    for p in stock.mask_decoder.parameters():  # zero-initialised parts would hide a wrong path
+        p.data.add_(0.02 * torch.randn_like(p))
+    fast = share_image_tokens(copy.deepcopy(stock))
+    on_sdpa = [m for m in fast.mask_decoder.modules() if isinstance(m, DecoderAttention) and "forward" in vars(m)]
+    assert len(on_sdpa) == 7  # every attention of the decoder (2 layers x 3, and the last)
+    side = stock.image_encoder.img_size
+    grid = side // 16
+    features = torch.randn(1, stock.prompt_encoder.embed_dim, grid, grid)
+    points = torch.rand(9, 1, 2) * side
+    projected = []  # the rows each projection of the decoder's transformer is applied to, a call at a time
+    for module in fast.mask_decoder.transformer.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda module, args, out: projected.append(args[0].shape[:-1].numel()))
+    with torch.no_grad():
+        for boxes in (None, torch.tensor([[10.0, 20.0, 120.0, 200.0]]).repeat(9, 1)):
+            sparse, dense = stock.prompt_encoder(
+                points=(points, torch.ones(9, 1, dtype=torch.int)), boxes=boxes, masks=None
+            )
+            args = dict(
+                image_embeddings=features,
+                image_pe=stock.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+            expected, got = stock.mask_decoder(**args), fast.mask_decoder(**args)
+            torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got[1], expected[1], atol=1e-5, rtol=1e-5)
+        # A mask prompt makes each prompt's image tokens differ: segment-anything's path.
+        mask_in = torch.randn(9, 1, 4 * grid, 4 * grid)
+        sparse, dense = stock.prompt_encoder(
+            points=(points, torch.ones(9, 1, dtype=torch.int)), boxes=None, masks=mask_in
+        )
+        args.update(sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+        points_only = len(projected)
+        torch.testing.assert_close(fast.mask_decoder(**args)[0], stock.mask_decoder(**args)[0], atol=1e-5, rtol=1e-5)
+    # With point prompts no projection meets the image tokens (grid x grid of them,
+    # once per prompt in segment-anything): each prompt's few tokens carry them.
+    assert points_only > 40 and max(projected[:points_only]) == 9 * 8  # 5 output tokens, a point, a box
+    assert max(projected[points_only:]) == 9 * grid * grid  # a mask prompt: segment-anything's path
+
+
+class OpNames(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+def test_every_attention_over_the_image_tokens_runs_fused(autocast):
+    """The tokens' reading of the image tokens goes to a fused attention kernel, which
+    takes only tokens whose channels lie side by side: given the image embedding's
+    channels-first view it falls back to the unfused product (``_safe_softmax`` over a
+    [prompts x 56, 4,096] matrix, in float32) with the same numbers."""
+    sam = share_image_tokens(build_sam("tiny").eval())
+    side = sam.image_encoder.img_size
+    grid, dim = side // 16, sam.prompt_encoder.embed_dim
+    points = torch.rand(6, 1, 2) * side
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        sparse, dense = sam.prompt_encoder(points=(points, torch.ones(6, 1, dtype=torch.int)), boxes=None, masks=None)
+        with OpNames() as ops:
+            sam.mask_decoder(
+                image_embeddings=torch.randn(1, dim, grid, grid),
+                image_pe=sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+    fused = [name for name in ops.names if name.startswith("_scaled_dot_product_flash_attention")]
+    assert len(fused) == 5  # the tokens' self-attention twice, their reading of the image three times
+    assert not [
+        name for name in ops.names if "safe_softmax" in name or name.startswith("_scaled_dot_product_attention_math")
+    ]
+
+
+def test_the_decoder_runs_on_the_meta_device_where_stage_floor_counts_it():
+    """``benchmarks/stage_floor.py`` counts the decoder's FLOPs and bytes on PyTorch's
+    meta device, which autocast does not know: the decoder must not ask it about autocast."""
+    sam = share_image_tokens(build_sam("tiny").eval()).to("meta")
+    side = sam.image_encoder.img_size
+    grid, dim = side // 16, sam.prompt_encoder.embed_dim
+    with torch.no_grad():  # point prompts as the prompt encoder gives them (as stage_floor.py makes them)
+        masks, iou = sam.mask_decoder(
+            image_embeddings=torch.empty(1, dim, grid, grid, device="meta"),
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=torch.empty(5, 2, dim, device="meta"),
+            dense_prompt_embeddings=torch.empty(1, dim, grid, grid, device="meta").expand(5, -1, -1, -1),
+            multimask_output=True,
+        )
+    assert masks.shape == (5, 3, side // 4, side // 4) and iou.shape == (5, 3)
