@@ -4,6 +4,7 @@ upscaled logits, without writing those logits. Compiled here by inductor's CPU
 backend; ``gpu_check.sh`` checks the GPU's."""
 
 import logging
+import re
 import types
 
 import pytest
@@ -206,12 +207,46 @@ def test_the_generator_with_compiled_scoring_gives_the_same_masks(sam, image, se
     ]
 
 
-def test_compiled_scoring_is_the_default_on_cuda_only(sam, monkeypatch):
-    assert SamMaskGenerator(sam).compiled_scores is None  # a CPU: the stock helpers, chunked
+def test_compiled_scoring_is_the_default_on_cuda_from_the_start(sam, monkeypatch):
     monkeypatch.setattr(amg, "has_bf16", lambda device: True)
     on_cuda = types.SimpleNamespace(device=torch.device("cuda"), image_encoder=sam.image_encoder, mask_threshold=0.0)
     assert isinstance(SamMaskGenerator(on_cuda).compiled_scores, CompiledScores)  # type: ignore[arg-type]
     assert SamMaskGenerator(on_cuda, compiled_scores=False).compiled_scores is None  # type: ignore[arg-type]
+
+
+def test_a_cpu_compiles_scoring_once_eager_scoring_has_cost_a_compile(sam, image, monkeypatch, caplog):
+    """Rent or buy: a CPU scores eagerly (a short run never waits for the compiler)
+    until that has cost ``COMPILE_AFTER_SECONDS``, then compiles for the rest of the
+    run; the masks stay the same. An explicit choice holds either way. (The compiled
+    path's numbers are tested above; here it is counted, and scores eagerly.)"""
+    scored: list[int] = []
+
+    class Counted(CompiledScores):
+        def __call__(self, low_res, input_size, crop_hw):
+            scored.append(len(low_res))
+            self.failed = "counted only"  # its eager fallback: the same numbers, no compile
+            return super().__call__(low_res, input_size, crop_hw)
+
+    monkeypatch.setattr(amg, "CompiledScores", Counted)
+    settings = dict(points_per_side=8, **LOW)  # one prompt batch a photo
+    reference = SamMaskGenerator(sam, compiled_scores=False, **settings).generate(image)
+    assert len(reference) > 10
+    default = SamMaskGenerator(sam, **settings)
+    assert default.compiled_scores is None and default.compile_after == amg.COMPILE_AFTER_SECONDS
+    assert [default.generate(image) for _ in range(2)] == [reference, reference] and scored == []
+
+    monkeypatch.setattr(amg, "COMPILE_AFTER_SECONDS", 1e-9)  # any eager scoring pays it
+    never = SamMaskGenerator(sam, compiled_scores=False, **settings)
+    assert [never.generate(image) for _ in range(2)] == [reference, reference] and scored == []
+    with caplog.at_level(logging.INFO, logger="usesearch.masks.amg"):
+        renting = SamMaskGenerator(sam, **settings)
+        assert renting.generate(image) == reference and scored == []  # the first photo: eager
+        assert isinstance(renting.compiled_scores, Counted) and renting.compile_after is None
+        assert renting.generate(image) == reference and len(scored) == 1 and scored[0] > 10
+    said = [r.getMessage() for r in caplog.records if "compiled from here on" in r.getMessage()]
+    assert len(said) == 1 and re.fullmatch(
+        r"SAM's candidate scoring took \d+\.\d s eagerly: compiled from here on", said[0]
+    )
 
 
 def test_with_compiled_scoring_a_large_photos_prompt_batch_is_bounded_by_the_canvas_alone(sam, monkeypatch):

@@ -14,6 +14,7 @@ function of its low-resolution logits, so recomputing them gives the same mask.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -26,7 +27,6 @@ from segment_anything.utils.amg import (
     build_all_layer_point_grids,
     generate_crop_boxes,
     is_box_near_crop_edge,
-    remove_small_regions,
     uncrop_boxes_xyxy,
     uncrop_masks,
     uncrop_points,
@@ -44,10 +44,14 @@ from usesearch.masks.amg_utils import (
     cpu_upscale_chunk,
     nms,
     prompt_batch,
+    remove_small_regions_each,
     stability_score,
     upscale_logits,
 )
 
+log = logging.getLogger(__name__)
+
+COMPILE_AFTER_SECONDS = 20.0  # eager candidate scoring a CPU does before compiling it (a cold compile: 12-25 s)
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
 GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)
 
@@ -80,9 +84,11 @@ class SamMaskGenerator:
     The batch size changes no mask: filters and NMS run on all of a crop's candidates.
 
     ``compiled_scores``: stability scores and boxes by ``CompiledScores``, one fused
-    pass that never writes the full-size logits (None: on for CUDA). Off, the stock
-    helpers over materialised logits. The same numbers on a CPU at or under the
-    canvas's size; else within float rounding (~1e-5 in a score, a pixel in a box).
+    pass that never writes the full-size logits. Off, the stock helpers over
+    materialised logits. None: on for CUDA; on a CPU, once eager scoring has cost
+    ``COMPILE_AFTER_SECONDS`` (about a cold compile there), so a short run never
+    waits for the compiler and a long one pays it once. The same numbers on a CPU at
+    or under the canvas's size; else within float rounding (~1e-5, a pixel in a box).
 
     ``masks_per_photo`` (benchmarks only): keep exactly this many of each photo's
     candidates, NMS's survivors first, then the best it suppressed, through the same
@@ -137,10 +143,11 @@ class SamMaskGenerator:
         if autocast is None:
             autocast = has_bf16(device)
         self.autocast = bool(autocast)
-        if compiled_scores is None:
-            compiled_scores = device.type == "cuda"
         side, threshold = model.image_encoder.img_size, model.mask_threshold
-        self.compiled_scores = CompiledScores(side, threshold, stability_score_offset) if compiled_scores else None
+        on_now = device.type == "cuda" if compiled_scores is None else compiled_scores
+        self.compiled_scores = CompiledScores(side, threshold, stability_score_offset) if on_now else None
+        self.compile_after = COMPILE_AFTER_SECONDS if compiled_scores is None and not on_now else None  # s, or never
+        self.eager_scoring_seconds = 0.0
         # Wall seconds spent, for benchmarks: in the image encoder, in the prompt
         # encoder + mask decoder, in RLE encoding (with the one transfer of the kept
         # masks' runs), and in all of generate() (the rest is post-processing).
@@ -297,6 +304,7 @@ class SamMaskGenerator:
             return self._off_crop_edge(cands, crop_box, orig_size)
         # Upscaled a group at a time on a CPU (a large photo's full-size logits), at once on a GPU.
         chunk = cpu_upscale_chunk(side, crop_hw) if device.type == "cpu" else max(1, len(low_res))
+        scoring_started = time.perf_counter()
         kept, stabilities, box_parts = [], [], []
         for start in range(0, max(1, len(low_res)), chunk):  # (once when empty, as the library takes it)
             logits = self._upscale(low_res[start : start + chunk], input_size, crop_hw)
@@ -307,12 +315,23 @@ class SamMaskGenerator:
             stabilities.append(stability)
             box_parts.append(batched_mask_to_box(logits > self.model.mask_threshold))
             del logits
+        self._paid_eagerly(time.perf_counter() - scoring_started)
         if kept:
             keep = torch.cat(kept)
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         stability, boxes = torch.cat(stabilities), torch.cat(box_parts)
         empty = torch.zeros(len(iou), dtype=torch.long, device=device)  # the crop's index, set by the caller
         return self._off_crop_edge(Candidates(low_res, iou, stability, boxes, points, empty), crop_box, orig_size)
+
+    def _paid_eagerly(self, seconds: float) -> None:
+        """Eager scoring time; at the budget, scoring is compiled for what follows (rent
+        or buy: at most twice the cost of the better choice made knowing the run)."""
+        self.eager_scoring_seconds += seconds
+        if self.compile_after is not None and self.eager_scoring_seconds >= self.compile_after:
+            self.compile_after = None
+            side, threshold = self.model.image_encoder.img_size, self.model.mask_threshold
+            self.compiled_scores = CompiledScores(side, threshold, self.stability_score_offset)
+            log.info("SAM's candidate scoring took %.1f s eagerly: compiled from here on", self.eager_scoring_seconds)
 
     @staticmethod
     def _off_crop_edge(cands: Candidates, crop_box, orig_size) -> Candidates:
@@ -346,13 +365,8 @@ class SamMaskGenerator:
             ],
             dim=1,
         ).cpu()
-        iou, stability, points, crop, boxes = (
-            fields[:, 0],
-            fields[:, 1],
-            fields[:, 2:4],
-            fields[:, 4].long(),
-            fields[:, 5:].long(),
-        )
+        iou, stability, points = fields[:, 0], fields[:, 1], fields[:, 2:4]
+        crop, boxes = fields[:, 4].long(), fields[:, 5:].long()
         rles: list[dict] = []
         unchanged = []
         # A CPU encodes a few masks at a time (memory); a GPU as many as GPU_ENCODE_PIXELS
@@ -368,7 +382,7 @@ class SamMaskGenerator:
         for start in range(0, len(cands), chunk):
             masks = self._masks(cands[start : start + chunk], crops, orig_size)
             if self.min_mask_region_area > 0:
-                masks, flags = self._remove_small_regions(masks)
+                masks, flags = remove_small_regions_each(masks, self.min_mask_region_area)
                 unchanged += flags
                 boxes[start : start + len(masks)] = batched_mask_to_box(masks)
             rle_start = time.perf_counter()
@@ -392,14 +406,3 @@ class SamMaskGenerator:
             )
             for i in order.tolist()
         ]
-
-    def _remove_small_regions(self, masks: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
-        """segment-anything's clean-up (holes, then islands, with OpenCV), per mask:
-        connected components have no batched form."""
-        cleaned, flags = [], []
-        for mask in masks.cpu().numpy():
-            mask, holes = remove_small_regions(mask, self.min_mask_region_area, mode="holes")
-            mask, islands = remove_small_regions(mask, self.min_mask_region_area, mode="islands")
-            cleaned.append(mask)
-            flags.append(float(not holes and not islands))
-        return torch.from_numpy(np.stack(cleaned)) if cleaned else masks.cpu(), flags

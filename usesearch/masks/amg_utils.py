@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score, remove_small_regions
 from torchvision.ops import batched_nms
 
 log = logging.getLogger(__name__)
@@ -266,3 +266,16 @@ def _out_of_memory(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def remove_small_regions_each(masks: torch.Tensor, min_area: int) -> tuple[torch.Tensor, list[float]]:
+    """segment-anything's clean-up (holes, then islands, with OpenCV) of each mask, on
+    the host (connected components have no batched form), and per mask 1.0 where it
+    changed nothing (NMS's score in the stock generator), else 0.0."""
+    cleaned, flags = [], []
+    for mask in masks.cpu().numpy():
+        mask, holes = remove_small_regions(mask, min_area, mode="holes")
+        mask, islands = remove_small_regions(mask, min_area, mode="islands")
+        cleaned.append(mask)
+        flags.append(float(not holes and not islands))
+    return torch.from_numpy(np.stack(cleaned)) if cleaned else masks.cpu(), flags
