@@ -15,6 +15,8 @@ function of its low-resolution logits, so recomputing them gives the same mask.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -85,10 +87,11 @@ class SamMaskGenerator:
 
     ``compiled_scores``: stability scores and boxes by ``CompiledScores``, one fused
     pass that never writes the full-size logits. Off, the stock helpers over
-    materialised logits. None: on for CUDA; on a CPU, once eager scoring has cost
-    ``COMPILE_AFTER_SECONDS`` (about a cold compile there), so a short run never
-    waits for the compiler and a long one pays it once. The same numbers on a CPU at
-    or under the canvas's size; else within float rounding (~1e-5, a pixel in a box).
+    materialised logits. The same numbers on a CPU at or under the canvas's size;
+    else within float rounding (~1e-5, a pixel in a box). None: on for CUDA; on a CPU
+    with a C++ compiler, for crops at or under the canvas's size once their eager
+    scoring has cost ``COMPILE_AFTER_SECONDS`` (about a cold compile): a short run
+    never waits for the compiler, and no record depends on when the switch came.
 
     ``masks_per_photo`` (benchmarks only): keep exactly this many of each photo's
     candidates, NMS's survivors first, then the best it suppressed, through the same
@@ -146,11 +149,12 @@ class SamMaskGenerator:
         side, threshold = model.image_encoder.img_size, model.mask_threshold
         on_now = device.type == "cuda" if compiled_scores is None else compiled_scores
         self.compiled_scores = CompiledScores(side, threshold, stability_score_offset) if on_now else None
-        self.compile_after = COMPILE_AFTER_SECONDS if compiled_scores is None and not on_now else None  # s, or never
-        self.eager_scoring_seconds = 0.0
-        # Wall seconds spent, for benchmarks: in the image encoder, in the prompt
-        # encoder + mask decoder, in RLE encoding (with the one transfer of the kept
-        # masks' runs), and in all of generate() (the rest is post-processing).
+        renting = compiled_scores is None and not on_now and shutil.which(os.environ.get("CXX", "g++")) is not None
+        self.compile_after = COMPILE_AFTER_SECONDS if renting else None
+        self.compiled_any_size = on_now
+        self.eager_scoring_seconds = 0.0  # of crops the compiled path would take bit for bit
+        # Wall seconds, for benchmarks: image encoder, prompt encoder + mask decoder, RLE (with
+        # the kept masks' one transfer), all of generate() (the rest is post-processing).
         self.seconds = {"encoder": 0.0, "decoder": 0.0, "rle": 0.0, "total": 0.0}
 
     def _sync(self) -> None:
@@ -296,7 +300,8 @@ class SamMaskGenerator:
             keep = iou > self.pred_iou_thresh
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         side = self.model.image_encoder.img_size
-        if self.compiled_scores is not None:
+        exact = max(crop_hw) <= side  # crops whose logits are resized once: compiled gives the same bits
+        if self.compiled_scores is not None and (self.compiled_any_size or exact):
             stability, boxes = self.compiled_scores(low_res, input_size, crop_hw)
             cands = Candidates(low_res, iou, stability, boxes, points, torch.zeros_like(boxes[:, 0]))
             if self.stability_score_thresh > 0.0:
@@ -315,7 +320,8 @@ class SamMaskGenerator:
             stabilities.append(stability)
             box_parts.append(batched_mask_to_box(logits > self.model.mask_threshold))
             del logits
-        self._paid_eagerly(time.perf_counter() - scoring_started)
+        if exact:
+            self._paid_eagerly(time.perf_counter() - scoring_started)
         if kept:
             keep = torch.cat(kept)
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
@@ -324,8 +330,7 @@ class SamMaskGenerator:
         return self._off_crop_edge(Candidates(low_res, iou, stability, boxes, points, empty), crop_box, orig_size)
 
     def _paid_eagerly(self, seconds: float) -> None:
-        """Eager scoring time; at the budget, scoring is compiled for what follows (rent
-        or buy: at most twice the cost of the better choice made knowing the run)."""
+        """Eager scoring time; at the budget, scoring is compiled for what follows."""
         self.eager_scoring_seconds += seconds
         if self.compile_after is not None and self.eager_scoring_seconds >= self.compile_after:
             self.compile_after = None
