@@ -31,6 +31,12 @@ if _worker:
     # Two workers share two cores: one thread each (and in the processes they start)
     # instead of four threads contending for two.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray starts its worker processes (the actors, restarted after each death the Ray tests
+# cause, and the read tasks) at nice 15, where they wait behind any busy process of this
+# session at nice 0 (the other pytest worker): a Ray test's actor, whose start is seconds
+# of imports, waited up to a minute. At nice 0 they share the cores as the tests do.
+# Read where each of Ray's processes starts: ``ray_local``'s and a tested CLI's own Ray alike.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
