@@ -78,6 +78,21 @@ for name in ("coffee", "astronaut"):
     print(f"{name}: {len(ours)} masks (autocast {generator.autocast}) against stock's {len(stock)}, "
           f"{matched:.1%} of stock's matched at IoU >= 0.95")
     assert matched >= BF16_MATCHED and gap <= BF16_COUNT, "outside the bfloat16 tolerance"
+# The decoder's attentions over the image tokens (one 256-wide head) in fused kernels
+# only: a fall-back to the unfused product would raise here rather than cost silently.
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from usesearch.masks.sam import build_sam
+from usesearch.masks.sam_fast import share_image_tokens
+sam = share_image_tokens(build_sam("vit_b").eval()).to("cuda")
+fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(fused):
+    points = torch.rand(1024, 1, 2, device="cuda") * 1024
+    sparse, dense = sam.prompt_encoder(points=(points, torch.ones(1024, 1, dtype=torch.int, device="cuda")), boxes=None, masks=None)
+    low_res, _ = sam.mask_decoder(image_embeddings=torch.randn(1, 256, 64, 64, device="cuda"),
+                                  image_pe=sam.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                                  dense_prompt_embeddings=dense, multimask_output=True)
+assert low_res.shape == (1024, 3, 256, 256) and torch.isfinite(low_res).all()
+print("the decoder's attentions ran in fused kernels (1,024 prompts, bf16)")
 PY
 # 2. Throughput as a user gets it, stage by stage, paper preset then b16 (mask logits
 #    shaped into blobs, so RLE and pooling see real masks' run counts).
