@@ -126,14 +126,9 @@ def _tokens_read_image(attention, tokens: torch.Tensor, image: torch.Tensor, val
     w_v, b_v = _per_head(attention.v_proj, heads)
     reading = torch.einsum("bthd,hdc->bhtc", q.view(b, t, heads, -1), w_k)  # [B, heads, T, C]
     c, scale = reading.shape[-1], (inner // heads) ** -0.5
-    if image.shape[0] == 1 and b > 1:
-        read = F.scaled_dot_product_attention(
-            reading.reshape(1, 1, b * heads * t, c), image[:, None], values[:, None], scale=scale
-        )
-    else:
-        read = F.scaled_dot_product_attention(
-            reading.reshape(b, 1, heads * t, c), image[:, None], values[:, None], scale=scale
-        )
+    # one head a batch of image tokens: all prompts' rows in one sequence where they are shared
+    queries = reading.reshape(image.shape[0], 1, -1, c)
+    read = F.scaled_dot_product_attention(queries, image[:, None], values[:, None], scale=scale)
     out = torch.einsum("bhtc,hdc->bthd", read.view(b, heads, t, c), w_v)  # [B, T, heads, head_dim]
     out = out + b_v.to(out.dtype)  # (in the product's dtype: bfloat16 under autocast)
     return attention.out_proj(out.reshape(b, t, inner))
@@ -171,28 +166,18 @@ def _image_reads_tokens(
     return torch.baddbmm(residual, probs.transpose(1, 2), writing)  # [B, HW, C]
 
 
-def _first_layer_shared(layer, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor):
-    """The first ``TwoWayAttentionBlock`` (``skip_first_layer_pe``) with the image
-    tokens ``keys`` [1, HW, C] shared by every prompt, which become per-prompt only
-    in the image's reading of the tokens. Returns per-prompt (queries, keys), as the
-    stock block does."""
-    queries = _norm(layer.norm1, layer.self_attn(q=queries, k=queries, v=queries))
-    image = keys + key_pe
-    queries = _norm(
-        layer.norm2, queries + _tokens_read_image(layer.cross_attn_token_to_image, queries + query_pe, image, keys)
-    )
-    queries = _norm(layer.norm3, queries + layer.mlp(queries))
-    keys = _image_reads_tokens(layer.cross_attn_image_to_token, image, queries + query_pe, queries, keys)
-    return queries, _norm(layer.norm4, keys)
-
-
 def _layer(layer, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor):
-    """A later ``TwoWayAttentionBlock``'s forward, the same sums: the image tokens
-    with their positions (``keys + key_pe``) made once, where segment-anything makes
-    them twice (a pass over the per-prompt tokens each), both cross-attentions with
-    their image-side projections moved onto the prompts' tokens, the norms in ``_norm``."""
-    q = queries + query_pe
-    queries = _norm(layer.norm1, queries + layer.self_attn(q=q, k=q, v=queries))
+    """A ``TwoWayAttentionBlock``'s forward, the same sums: both cross-attentions with
+    their image-side projections moved onto the prompts' tokens, the image tokens with
+    their positions (``keys + key_pe``) made once, where segment-anything makes them
+    twice (a pass over the per-prompt tokens each), the norms in ``_norm``. ``keys``
+    [1, HW, C] shared by every prompt (the first layer's) become per-prompt in the
+    image's reading of the tokens. Returns per-prompt (queries, keys)."""
+    if layer.skip_first_layer_pe:
+        queries = _norm(layer.norm1, layer.self_attn(q=queries, k=queries, v=queries))
+    else:
+        q = queries + query_pe
+        queries = _norm(layer.norm1, queries + layer.self_attn(q=q, k=q, v=queries))
     image = keys + key_pe
     queries = _norm(
         layer.norm2, queries + _tokens_read_image(layer.cross_attn_token_to_image, queries + query_pe, image, keys)
@@ -235,7 +220,7 @@ def _predict_masks_shared(self, image_embeddings, image_pe, sparse_prompt_embedd
     _, c, h, w = src.shape
     # [1, HW, C], each token's channels side by side: a fused attention takes no other layout
     keys, key_pe = (x.flatten(2).transpose(1, 2).contiguous() for x in (src, image_pe))
-    queries, keys = _first_layer_shared(transformer.layers[0], tokens, keys, tokens, key_pe)
+    queries, keys = _layer(transformer.layers[0], tokens, keys, tokens, key_pe)
     key_pe = key_pe.to(keys.dtype)  # per-prompt keys + key_pe in the keys' dtype (bfloat16 under autocast)
     for layer in transformer.layers[1:]:
         queries, keys = _layer(layer, queries, keys, tokens, key_pe)
