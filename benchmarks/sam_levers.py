@@ -5,7 +5,11 @@ difference of their outputs; then the bytes each decoder's ops write (at their o
 dtypes: under ``--autocast`` what stays float32 counts 4 bytes an element), a proxy
 for its time on a GPU, where the decoder is memory-bound.
 
+With ``--compiled-decoder``, a third row: our decoder through ``CompiledDecoder`` (the
+generator's default on a GPU), timed after its compile, its outputs against stock's.
+
     python benchmarks/sam_levers.py [--arch vit_b] [--prompts 64] [--device cpu|cuda] [--autocast]
+        [--compiled-decoder]
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from stage_floor import WrittenBytes  # noqa: E402  (a benchmark beside this one)
 
 from usesearch.masks.sam import build_sam  # noqa: E402
-from usesearch.masks.sam_fast import speed_up  # noqa: E402
+from usesearch.masks.sam_fast import decoder_for, speed_up  # noqa: E402
 
 
 def timed(fn, device: str, repeat: int):
@@ -45,6 +49,7 @@ def main() -> None:
     parser.add_argument("--autocast", action="store_true", help="bfloat16, as the generator runs on a GPU")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compiled-decoder", action="store_true", help="also time CompiledDecoder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -61,8 +66,8 @@ def main() -> None:
             encoder_s, features = timed(lambda sam=sam: sam.image_encoder(pixels), args.device, args.repeat)
             sparse, dense = sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)
 
-            def decode(sam=sam, features=features, sparse=sparse, dense=dense):
-                return sam.mask_decoder(
+            def decode(sam=sam, features=features, sparse=sparse, dense=dense, decoder=None):
+                return (decoder or sam.mask_decoder)(
                     image_embeddings=features,
                     image_pe=sam.prompt_encoder.get_dense_pe(),
                     sparse_prompt_embeddings=sparse,
@@ -79,11 +84,27 @@ def main() -> None:
                 f"writing {written.total / 1e9:.2f} GB",
                 flush=True,
             )
+        if args.compiled_decoder:  # the same features and prompts as the usesearch row
+            compiled = decoder_for(fast, compiled=True)
+            start = time.perf_counter()
+            decode(decoder=compiled)
+            compile_s = time.perf_counter() - start
+            compiled_s, (compiled_logits, _) = timed(lambda: decode(decoder=compiled), args.device, args.repeat)
+            print(
+                f"  {'compiled decoder':<17} {'':17} decoder ({args.prompts} prompts) {compiled_s:8.3f} s "
+                f"(compiling {compile_s:.1f} s{', FAILED: eager' if compiled.failed else ''})"
+            )
     (enc0, dec0, f0, m0), (enc1, dec1, f1, m1) = results.values()
     print(
         f"  speed-up: encoder {enc0 / enc1:.2f}x, decoder {dec0 / dec1:.2f}x; largest difference: "
         f"features {(f0 - f1).abs().max():.2e} (of {f0.abs().max():.2e}), mask logits {(m0 - m1).abs().max():.2e}"
     )
+    if args.compiled_decoder:
+        gap = (m0 - compiled_logits.float()).abs().max()
+        print(
+            f"  compiled decoder: {dec0 / compiled_s:.2f}x stock's, {dec1 / compiled_s:.2f}x eager's; "
+            f"mask logits {gap:.2e} from stock's"
+        )
 
 
 if __name__ == "__main__":

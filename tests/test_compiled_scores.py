@@ -208,7 +208,9 @@ def test_the_generator_with_compiled_scoring_gives_the_same_masks(sam, image, se
 
 def test_compiled_scoring_is_the_default_on_cuda_from_the_start(sam, monkeypatch):
     monkeypatch.setattr(amg, "has_bf16", lambda device: True)
-    on_cuda = types.SimpleNamespace(device=torch.device("cuda"), image_encoder=sam.image_encoder, mask_threshold=0.0)
+    on_cuda = types.SimpleNamespace(
+        device=torch.device("cuda"), image_encoder=sam.image_encoder, mask_decoder=sam.mask_decoder, mask_threshold=0.0
+    )
     assert isinstance(SamMaskGenerator(on_cuda).compiled_scores, CompiledScores)  # type: ignore[arg-type]
     assert SamMaskGenerator(on_cuda, compiled_scores=False).compiled_scores is None  # type: ignore[arg-type]
 
@@ -266,7 +268,9 @@ def test_with_compiled_scoring_a_large_photos_prompt_batch_is_bounded_by_the_can
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
-    on_cuda = types.SimpleNamespace(device=torch.device("cuda"), image_encoder=sam.image_encoder, mask_threshold=0.0)
+    on_cuda = types.SimpleNamespace(
+        device=torch.device("cuda"), image_encoder=sam.image_encoder, mask_decoder=sam.mask_decoder, mask_threshold=0.0
+    )
     side = sam.image_encoder.img_size
     large, at_canvas = ((3000, 4000), 1024), ((side, side), 1024)
     eager = SamMaskGenerator(on_cuda, compiled_scores=False)  # type: ignore[arg-type]

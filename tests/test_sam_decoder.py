@@ -113,3 +113,91 @@ def test_the_decoder_runs_on_the_meta_device_where_stage_floor_counts_it():
             multimask_output=True,
         )
     assert masks.shape == (5, 3, side // 4, side // 4) and iou.shape == (5, 3)
+
+
+def test_a_generator_on_a_gpu_compiles_its_decoder_by_default_and_a_cpu_does_not(sam, monkeypatch):
+    from segment_anything.modeling import Sam
+
+    from usesearch.masks.amg import SamMaskGenerator
+    from usesearch.masks.sam_fast import CompiledDecoder
+
+    assert SamMaskGenerator(sam, points_per_side=4).decoder is sam.mask_decoder  # a CPU: eager
+    monkeypatch.setattr(Sam, "device", property(lambda self: torch.device("cuda")))
+    on_gpu = SamMaskGenerator(sam, points_per_side=4, autocast=False)
+    assert isinstance(on_gpu.decoder, CompiledDecoder) and on_gpu.decoder.decoder is sam.mask_decoder
+    assert SamMaskGenerator(sam, points_per_side=4, autocast=False, compiled_decoder=False).decoder is sam.mask_decoder
+
+
+def test_a_compiled_decoder_traces_the_shared_token_path_and_gives_the_same_masks(sam, image, monkeypatch):
+    """Through TorchDynamo (the eager backend: inductor's C++ build takes minutes on
+    two cores; its outputs were 3e-7 from eager's in float32 on a CPU, by hand)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from tests.helpers import LOW
+    from usesearch.masks import sam_fast
+    from usesearch.masks.amg import SamMaskGenerator
+
+    monkeypatch.setattr(sam_fast, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    plain = SamMaskGenerator(sam, points_per_side=6, **LOW).generate(image)
+    compiled_generator = SamMaskGenerator(sam, points_per_side=6, compiled_decoder=True, **LOW)
+    compiled = compiled_generator.generate(image)
+    assert counters["stats"]["unique_graphs"] >= 1 and not compiled_generator.decoder.failed
+    assert len(compiled) == len(plain) > 10
+    assert [r.rle["counts"] for r in compiled] == [r.rle["counts"] for r in plain]
+    torch._dynamo.reset()
+
+
+def test_a_decoder_that_fails_to_compile_warns_once_and_runs_eagerly(sam, caplog):
+    from usesearch.masks.sam_fast import decoder_for
+
+    decoder = decoder_for(sam, compiled=True)
+    attempts = []
+
+    def no_compiler(**inputs):
+        attempts.append(1)
+        raise RuntimeError("Cannot find a working triton installation.\n(pages of compiler output)")
+
+    decoder.compiled = no_compiler
+    side = sam.image_encoder.img_size
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(
+            points=(torch.rand(5, 1, 2) * side, torch.ones(5, 1)), boxes=None, masks=None
+        )
+        args = dict(
+            image_embeddings=torch.randn(1, sam.prompt_encoder.embed_dim, side // 16, side // 16),
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+        expected = sam.mask_decoder(**args)
+        with caplog.at_level("WARNING"):
+            first, second = decoder(**args), decoder(**args)
+    for out in (first, second):
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert len(attempts) == 1 and decoder.failed
+    (record,) = [r for r in caplog.records if "compiled" in r.getMessage()]
+    assert record.getMessage() == (
+        "SAM's mask decoder could not be compiled (RuntimeError: Cannot find a working triton installation.):"
+        " it runs uncompiled"
+    )
+
+
+def test_a_compiled_decoder_leaves_out_of_memory_to_the_generator_and_compile_is_not_applied_twice(sam):
+    from usesearch.masks.sam_fast import compile_modules, decoder_for
+
+    decoder = decoder_for(sam, compiled=True)
+
+    def out_of_memory(**inputs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    decoder.compiled = out_of_memory
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        decoder(image_embeddings=None)
+    assert not decoder.failed  # the generator halves its prompt batch and the compiled decoder goes on
+    already = copy.deepcopy(sam)
+    compile_modules(already.mask_decoder)  # ``--compile``
+    assert decoder_for(already, compiled=True) is already.mask_decoder

@@ -28,7 +28,6 @@ from segment_anything.utils.amg import (
     batched_mask_to_box,
     build_all_layer_point_grids,
     generate_crop_boxes,
-    is_box_near_crop_edge,
     uncrop_boxes_xyxy,
     uncrop_masks,
     uncrop_points,
@@ -45,11 +44,14 @@ from usesearch.masks.amg_utils import (
     cpu_encode_chunk,
     cpu_upscale_chunk,
     nms,
+    off_crop_edge,
     prompt_batch,
     remove_small_regions_each,
     stability_score,
+    top_up,
     upscale_logits,
 )
+from usesearch.masks.sam_fast import decoder_for
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,10 @@ class SamMaskGenerator:
     scoring has cost ``COMPILE_AFTER_SECONDS`` (about a cold compile): a short run
     never waits for the compiler, and no record depends on when the switch came.
 
+    ``compiled_decoder``: the mask decoder by ``sam_fast.CompiledDecoder`` (within
+    float rounding). None: on for CUDA; off elsewhere (on a CPU ~20% of the decoder
+    for ~30 s of compiling, which ``--compile`` opts into).
+
     ``masks_per_photo`` (benchmarks only): keep exactly this many of each photo's
     candidates, NMS's survivors first, then the best it suppressed, through the same
     post-processing. Random weights leave ~1 mask per photo after NMS; real ones
@@ -118,6 +124,7 @@ class SamMaskGenerator:
         encoder_batch: int = 1,
         masks_per_photo: int | None = None,
         compiled_scores: bool | None = None,
+        compiled_decoder: bool | None = None,
     ):
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
@@ -153,6 +160,7 @@ class SamMaskGenerator:
         self.compile_after = COMPILE_AFTER_SECONDS if renting else None
         self.compiled_any_size = on_now
         self.eager_scoring_seconds = 0.0  # of crops the compiled path would take bit for bit
+        self.decoder = decoder_for(model, device.type == "cuda" if compiled_decoder is None else compiled_decoder)
         # Wall seconds, for benchmarks: image encoder, prompt encoder + mask decoder, RLE (with
         # the kept masks' one transfer), all of generate() (the rest is post-processing).
         self.seconds = {"encoder": 0.0, "decoder": 0.0, "rle": 0.0, "total": 0.0}
@@ -218,7 +226,7 @@ class SamMaskGenerator:
         if len(crop_features) > 1 and len(cands):
             crop_xyxy = torch.tensor([c[0] for c in crops], device=cands.boxes.device)[cands.crop]
             scores = 1 / box_area(crop_xyxy)
-            cands = cands[self._keep(nms(cands.boxes, scores, self.crop_nms_thresh), scores)]
+            cands = cands[top_up(nms(cands.boxes, scores, self.crop_nms_thresh), scores, self.masks_per_photo)]
         return self._materialise(cands, crops, orig_size)
 
     def _crop_candidates(self, features, input_size, crop_box, layer, index, orig_size):
@@ -240,7 +248,7 @@ class SamMaskGenerator:
                 self._prompt_batches[key] = per_batch // 2
                 torch.cuda.empty_cache()
         cands = Candidates.cat(parts, self.model.device)
-        cands = cands[self._keep(nms(cands.boxes, cands.iou, self.box_nms_thresh), cands.iou)]
+        cands = cands[top_up(nms(cands.boxes, cands.iou, self.box_nms_thresh), cands.iou, self.masks_per_photo)]
         cands.boxes = uncrop_boxes_xyxy(cands.boxes, crop_box)
         cands.points = uncrop_points(cands.points, crop_box)
         cands.crop = torch.full((len(cands),), index, dtype=torch.long, device=cands.iou.device)
@@ -262,17 +270,6 @@ class SamMaskGenerator:
                 self._prompt_batches[key] = prompt_batch(free, self.model.image_encoder.img_size, crop_hw, points)
         return self._prompt_batches[key]
 
-    def _keep(self, kept: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """NMS's survivors; with ``masks_per_photo``, topped up (or cut) to that many
-        with the best-scoring candidates NMS suppressed."""
-        if self.masks_per_photo is None:
-            return kept
-        suppressed = torch.ones(len(scores), dtype=torch.bool, device=scores.device)
-        suppressed[kept] = False
-        rest = torch.nonzero(suppressed).flatten()
-        rest = rest[torch.argsort(scores[rest], descending=True, stable=True)]
-        return torch.cat([kept, rest])[: self.masks_per_photo]
-
     def _batch_candidates(self, features, points, crop_hw, crop_box, orig_size, input_size) -> Candidates:
         device = self.model.device
         in_points = torch.as_tensor(self.transform.apply_coords(points, crop_hw), device=device)
@@ -282,7 +279,7 @@ class SamMaskGenerator:
             sparse, dense = self.model.prompt_encoder(
                 points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None
             )
-            low_res, iou = self.model.mask_decoder(
+            low_res, iou = self.decoder(
                 image_embeddings=features,
                 image_pe=self.model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
@@ -306,7 +303,7 @@ class SamMaskGenerator:
             cands = Candidates(low_res, iou, stability, boxes, points, torch.zeros_like(boxes[:, 0]))
             if self.stability_score_thresh > 0.0:
                 cands = cands[stability >= self.stability_score_thresh]
-            return self._off_crop_edge(cands, crop_box, orig_size)
+            return off_crop_edge(cands, crop_box, orig_size)
         # Upscaled a group at a time on a CPU (a large photo's full-size logits), at once on a GPU.
         chunk = cpu_upscale_chunk(side, crop_hw) if device.type == "cpu" else max(1, len(low_res))
         scoring_started = time.perf_counter()
@@ -327,7 +324,7 @@ class SamMaskGenerator:
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         stability, boxes = torch.cat(stabilities), torch.cat(box_parts)
         empty = torch.zeros(len(iou), dtype=torch.long, device=device)  # the crop's index, set by the caller
-        return self._off_crop_edge(Candidates(low_res, iou, stability, boxes, points, empty), crop_box, orig_size)
+        return off_crop_edge(Candidates(low_res, iou, stability, boxes, points, empty), crop_box, orig_size)
 
     def _paid_eagerly(self, seconds: float) -> None:
         """Eager scoring time; at the budget, scoring is compiled for what follows."""
@@ -337,11 +334,6 @@ class SamMaskGenerator:
             side, threshold = self.model.image_encoder.img_size, self.model.mask_threshold
             self.compiled_scores = CompiledScores(side, threshold, self.stability_score_offset)
             log.info("SAM's candidate scoring took %.1f s eagerly: compiled from here on", self.eager_scoring_seconds)
-
-    @staticmethod
-    def _off_crop_edge(cands: Candidates, crop_box, orig_size) -> Candidates:
-        """The candidates whose box keeps off the crop's edges (but for the photo's)."""
-        return cands[~is_box_near_crop_edge(cands.boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])]
 
     def _upscale(self, low_res: torch.Tensor, input_size, crop_hw) -> torch.Tensor:
         return upscale_logits(low_res, self.model.image_encoder.img_size, input_size, crop_hw)

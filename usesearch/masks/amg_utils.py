@@ -10,7 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score, remove_small_regions
+from segment_anything.utils.amg import (
+    batched_mask_to_box,
+    calculate_stability_score,
+    is_box_near_crop_edge,
+    remove_small_regions,
+)
 from torchvision.ops import batched_nms
 
 log = logging.getLogger(__name__)
@@ -279,3 +284,20 @@ def remove_small_regions_each(masks: torch.Tensor, min_area: int) -> tuple[torch
         cleaned.append(mask)
         flags.append(float(not holes and not islands))
     return torch.from_numpy(np.stack(cleaned)) if cleaned else masks.cpu(), flags
+
+
+def top_up(kept: torch.Tensor, scores: torch.Tensor, count: int | None) -> torch.Tensor:
+    """NMS's survivors ``kept``; with ``count`` (``masks_per_photo``, benchmarks only),
+    topped up (or cut) to that many with the best-scoring candidates NMS suppressed."""
+    if count is None:
+        return kept
+    suppressed = torch.ones(len(scores), dtype=torch.bool, device=scores.device)
+    suppressed[kept] = False
+    rest = torch.nonzero(suppressed).flatten()
+    rest = rest[torch.argsort(scores[rest], descending=True, stable=True)]
+    return torch.cat([kept, rest])[:count]
+
+
+def off_crop_edge(cands: Candidates, crop_box, orig_size) -> Candidates:
+    """The candidates whose box keeps off the crop's edges (but for the photo's)."""
+    return cands[~is_box_near_crop_edge(cands.boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])]
