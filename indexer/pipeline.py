@@ -20,8 +20,9 @@ from usesearch.devices import describe as describe_device
 from usesearch.devices import resolve_device
 from usesearch.errors import CatalogUnavailableError, IndexMismatchError, UsesearchError
 from usesearch.io.files import photos_under
+from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.maskers import build_masker
-from usesearch.masks.sam_fast import compile_modules
+from usesearch.masks.sam_fast import CompiledDecoder, compile_modules, decoder_for
 from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
@@ -138,8 +139,11 @@ def load_models(options: IndexOptions):
     model = load_embedder(options)
     masker = build_masker(options.masker, model.preset, resolve_device(options.device), **options.masker_options)
     if options.compile:
-        sam = getattr(getattr(masker, "generator", None), "model", None)
-        compile_modules(*([sam.image_encoder, sam.mask_decoder] if sam is not None else []))
+        generator = getattr(masker, "generator", None)
+        if isinstance(generator, SamMaskGenerator):
+            compile_modules(generator.model.image_encoder)
+            if not isinstance(generator.decoder, CompiledDecoder):  # (a GPU's default already)
+                generator.decoder = decoder_for(generator.model, compiled=True)
         if hasattr(model, "use"):
             # A group's photos a call on a GPU (``features_ahead``), one elsewhere: the batch
             # varies (a run's last group), so compiled again once for any size.
