@@ -29,8 +29,9 @@ from usesearch.masks.sam import build_sam  # noqa: E402
 from usesearch.masks.sam_fast import decoder_for, speed_up  # noqa: E402
 
 
-def timed(fn, device: str, repeat: int):
-    fn()  # warm-up
+def timed(fn, device: str, repeat: int, warm_up: bool = True):
+    if warm_up:
+        fn()
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -86,9 +87,7 @@ def main() -> None:
             )
         if args.compiled_decoder:  # the same features and prompts as the usesearch row
             compiled = decoder_for(fast, compiled=True)
-            start = time.perf_counter()
-            decode(decoder=compiled)
-            compile_s = time.perf_counter() - start
+            compile_s, _ = timed(lambda: decode(decoder=compiled), args.device, repeat=1, warm_up=False)
             compiled_s, (compiled_logits, _) = timed(lambda: decode(decoder=compiled), args.device, args.repeat)
             print(
                 f"  {'compiled decoder':<17} {'':17} decoder ({args.prompts} prompts) {compiled_s:8.3f} s "

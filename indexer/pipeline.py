@@ -140,16 +140,13 @@ def load_models(options: IndexOptions):
     masker = build_masker(options.masker, model.preset, resolve_device(options.device), **options.masker_options)
     if options.compile:
         generator = getattr(masker, "generator", None)
+        # Batches vary (a run's last group of photos; a photo's crops for ``crop``):
+        # ``compile_modules`` compiles a second size once, for any size.
         if isinstance(generator, SamMaskGenerator):
             compile_modules(generator.model.image_encoder)
             if not isinstance(generator.decoder, CompiledDecoder):  # (a GPU's default already)
                 generator.decoder = decoder_for(generator.model, compiled=True)
-        if hasattr(model, "use"):
-            # A group's photos a call on a GPU (``features_ahead``), one elsewhere: the batch
-            # varies (a run's last group), so compiled again once for any size.
-            compile_modules(model.use.encoder, dynamic=None)
-        else:
-            compile_modules(model.model.visual, dynamic=None)  # ``crop``: as many crops as the photo has segments
+        compile_modules(model.use.encoder if hasattr(model, "use") else model.model.visual)
     return model, masker
 
 

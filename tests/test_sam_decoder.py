@@ -186,7 +186,12 @@ def test_a_decoder_that_fails_to_compile_warns_once_and_runs_eagerly(sam, caplog
     )
 
 
-def test_a_compiled_decoder_leaves_out_of_memory_to_the_generator_and_compile_is_not_applied_twice(sam):
+def test_a_compiled_decoder_leaves_out_of_memory_and_bad_input_to_the_caller_and_stays_compiled(sam):
+    """Running out of memory, also while compiling (dynamo wraps it), is raised as
+    itself: the generator halves its prompt batch. An input the eager decoder refuses
+    too is the input's fault: its error is raised, and compiling stays on for the next."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
     from usesearch.masks.sam_fast import decoder_for
 
     decoder = decoder_for(sam, compiled=True)
@@ -194,10 +199,30 @@ def test_a_compiled_decoder_leaves_out_of_memory_to_the_generator_and_compile_is
     def out_of_memory(**inputs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    decoder.compiled = out_of_memory
-    with pytest.raises(torch.cuda.OutOfMemoryError):
+    def out_of_memory_compiling(**inputs):
+        try:
+            out_of_memory()
+        except torch.cuda.OutOfMemoryError as exc:
+            raise BackendCompilerFailed(out_of_memory, exc) from exc
+
+    for compiled in (out_of_memory, out_of_memory_compiling):
+        decoder.compiled = compiled
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            decoder(image_embeddings=None)
+    assert not decoder.failed
+
+    def refuses(**inputs):
+        raise RuntimeError("shapes cannot be multiplied")
+
+    decoder.compiled = refuses
+    with pytest.raises(TypeError):  # the eager decoder's own error for this input
         decoder(image_embeddings=None)
-    assert not decoder.failed  # the generator halves its prompt batch and the compiled decoder goes on
+    assert not decoder.failed
+
+
+def test_a_decoder_its_caller_compiled_is_not_compiled_again(sam):
+    from usesearch.masks.sam_fast import decoder_for
+
     already = copy.deepcopy(sam)
-    already.mask_decoder.compile(backend="eager")  # compiled by a caller of its own
+    already.mask_decoder.compile(backend="eager")
     assert decoder_for(already, compiled=True) is already.mask_decoder

@@ -261,18 +261,19 @@ def speed_up(sam: Sam) -> Sam:
 COMPILE_BACKEND = "inductor"
 
 
-def compile_modules(*modules: torch.nn.Module, dynamic: bool | None = False) -> None:
+def compile_modules(*modules: torch.nn.Module, dynamic: bool | None = None) -> None:
     """``torch.compile`` each module's repeated blocks in place (``--compile``): a
     transformer's layers are one code and one shape, so each kind of block compiles
     once and every other block reuses its code (torch's regional compilation), where
     compiling the whole module traces and compiles every block anew (SAM's ViT-H
-    encoder on a 2-core CPU: 18 s of compiling against 61 s). What lies between the blocks
-    (patch embedding, necks, a mask decoder with no repeated blocks) is compiled
-    whole where it has no blocks, else left eager. Shapes are static (SAM's 1024-px
-    canvas, the backbones' letterbox, fixed prompt batches), so few recompiles follow.
-    ``dynamic=None`` for a module whose batch varies (the crop tower's last batch of a
-    photo's crops): compiled again once, for any size, where static shapes would
-    recompile for each size until torch's limit (8) and then run the rest uncompiled."""
+    encoder on a 2-core CPU: 18 s of compiling against 61 s). What lies between the
+    blocks (patch embedding, necks) stays eager; a module with no repeated blocks is
+    compiled whole. Not for SAM's mask decoder, whose layers ``_layer`` reads rather
+    than calls: ``CompiledDecoder`` compiles it. Shapes start static (SAM's 1024-px
+    canvas, the backbones' letterbox); a second batch size (a run's last group, a
+    photo's crops) compiles once more, for any size, where static shapes would compile
+    each kind of block for each size until torch's limit (8, shared by all of one
+    kind's blocks) and then run the rest uncompiled."""
     for module in modules:
         for region in compile_regions(module):
             region.compile(backend=COMPILE_BACKEND, dynamic=dynamic)
@@ -308,7 +309,10 @@ class CompiledDecoder:
     once a shape; a second shape (a crop layer's grid) compiles a dynamic graph.
     Where compiling fails (no Triton for this card, a torch bug), one warning and
     the eager decoder for the rest of the run: a run never stops for the compiler.
-    An out-of-memory error is the caller's (it halves the prompt batch)."""
+    Where the eager decoder fails too, the error is the input's: it is raised and the
+    compiled decoder stays on. An out-of-memory error, compiling or running, is the
+    caller's (it halves the prompt batch). The first run on a machine pays a cold
+    compile (tens of seconds); torch keeps the code on disk for later runs."""
 
     def __init__(self, decoder: torch.nn.Module):
         self.decoder = decoder
@@ -316,24 +320,37 @@ class CompiledDecoder:
         self.failed = False
 
     def __call__(self, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.failed:
-            try:
-                return self.compiled(**inputs)
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the eager decoder gives the same masks
-                self.failed = True
-                log.warning(
-                    "SAM's mask decoder could not be compiled (%s: %s): it runs uncompiled",
-                    type(exc).__name__,
-                    first_line(exc),
-                )
-        return self.decoder(**inputs)
+        if self.failed:
+            return self.decoder(**inputs)
+        try:
+            return self.compiled(**inputs)
+        except Exception as exc:  # noqa: BLE001 - told apart below: the compiler's, the memory's or the input's
+            out_of_memory = _out_of_memory(exc)
+            if out_of_memory is not None:
+                raise out_of_memory from None  # the generator halves its prompt batch (even when compiling ran out)
+            out = self.decoder(**inputs)  # an input's own error raises here, and compiling stays on
+            self.failed = True
+            log.warning(
+                "SAM's mask decoder could not be compiled (%s: %s): it runs uncompiled",
+                type(exc).__name__,
+                first_line(exc),
+            )
+            return out
+
+
+def _out_of_memory(exc: BaseException | None) -> BaseException | None:
+    """The out-of-memory error in ``exc``'s chain of causes (dynamo wraps one met while
+    compiling in ``BackendCompilerFailed``), else None."""
+    while exc is not None:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def decoder_for(sam: Sam, compiled: bool):
     """SAM's mask decoder as the generator calls it: ``CompiledDecoder`` where
-    ``compiled``, unless ``--compile`` compiled the module already."""
+    ``compiled``, unless its caller compiled the module already (``Module.compile``)."""
     decoder = sam.mask_decoder
     if not compiled or getattr(decoder, "_compiled_call_impl", None) is not None:
         return decoder
