@@ -118,9 +118,10 @@ step throughput.txt timeout 205 python3 benchmarks/index_throughput.py --presets
 # 3. Where SAM's GPU time goes, kernel by kernel (torch's profiler, one photo at a time).
 step profile.txt timeout 90 python3 benchmarks/gpu_profile.py --arch vit_h --points-per-side 32 --rows 30
 # 4. SAM's levers against segment-anything's code (encoder SDPA; decoder shared tokens + SDPA;
-#    the decoder compiled, as the generator runs it on a GPU).
+#    the decoder compiled, as the generator runs it on a GPU; half the prompts upscaled, as
+#    the IoU filter's gate does where half fail it).
 step levers.txt timeout 90 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3 \
-  --compiled-decoder
+  --compiled-decoder --upscaled 0.5
 # 5. Candidate scoring compiled against segment-anything's helpers on this GPU: time,
 #    agreement, and whether inductor's Triton code writes the full-size logits after all.
 step scores.txt timeout 80 python3 benchmarks/candidate_scores.py --photos 768x1024,3000x4000

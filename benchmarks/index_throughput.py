@@ -48,7 +48,7 @@ from segment_anything.modeling.mask_decoder import MaskDecoder
 from skimage import data
 
 from usesearch.indexer import IndexOptions, index_paths
-from usesearch.masks import rle
+from usesearch.masks import rle, sam_fast
 from usesearch.models import presets
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins")
@@ -102,11 +102,13 @@ BLOB_SECONDS = [0.0]  # time spent shaping blobs (the benchmark's own work), tak
 
 
 def blob_decoder(valid: tuple[float, float] = (1.0, 1.0)):
-    """MaskDecoder.forward patched to return ``blob_logits`` of its masks; the time
-    the shaping takes is added to ``BLOB_SECONDS``. The shaping stays out of a compiled
-    decoder's graph (a GPU's default): compiled, it would be fused into the decoder's
-    time, its clock and synchronisations breaking the graph at unknown places."""
-    forward = MaskDecoder.forward
+    """SAM's decoder patched to return ``blob_logits`` of its masks, whichever path it
+    takes (segment-anything's forward, or the mask logits of ``sam_fast``'s shared-token
+    path, which ``load_sam`` routes each decoder through, and which shapes only the
+    prompts it upscales); the time the shaping takes is added to ``BLOB_SECONDS``. The shaping
+    stays out of a compiled decoder's graph (a GPU's default): compiled, it would be
+    fused into the decoder's time, its clock and synchronisations breaking the graph
+    at unknown places."""
 
     @torch.compiler.disable
     def shape(masks: torch.Tensor) -> torch.Tensor:
@@ -119,11 +121,19 @@ def blob_decoder(valid: tuple[float, float] = (1.0, 1.0)):
         BLOB_SECONDS[0] += time.perf_counter() - start
         return shaped
 
-    def patched(self, *args, **kwargs):
+    forward, masks_of = MaskDecoder.forward, sam_fast._masks
+
+    def stock(self, *args, **kwargs):
         masks, iou = forward(self, *args, **kwargs)
         return shape(masks), iou
 
-    return mock.patch.object(MaskDecoder, "forward", patched)
+    def shared(*args):
+        return shape(masks_of(*args))
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(MaskDecoder, "forward", stock))
+    stack.enter_context(mock.patch.object(sam_fast, "_masks", shared))  # looked up at each call
+    return stack
 
 
 def stored_runs(db: Path) -> dict:

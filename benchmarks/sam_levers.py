@@ -7,9 +7,11 @@ for its time on a GPU, where the decoder is memory-bound.
 
 With ``--compiled-decoder``, a third row: our decoder through ``CompiledDecoder`` (the
 generator's default on a GPU), timed after its compile, its outputs against stock's.
+With ``--upscaled 0.5``, our decoder with only that share of the prompts upscaled (the
+IoU filter's gate, its threshold at that quantile of each prompt's best predicted IoU).
 
     python benchmarks/sam_levers.py [--arch vit_b] [--prompts 64] [--device cpu|cuda] [--autocast]
-        [--compiled-decoder]
+        [--compiled-decoder] [--upscaled 0.5]
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compiled-decoder", action="store_true", help="also time CompiledDecoder")
+    parser.add_argument(
+        "--upscaled", type=float, default=None, help="also time the IoU filter's gate upscaling this share of prompts"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -67,13 +72,14 @@ def main() -> None:
             encoder_s, features = timed(lambda sam=sam: sam.image_encoder(pixels), args.device, args.repeat)
             sparse, dense = sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)
 
-            def decode(sam=sam, features=features, sparse=sparse, dense=dense, decoder=None):
+            def decode(sam=sam, features=features, sparse=sparse, dense=dense, decoder=None, **gate):
                 return (decoder or sam.mask_decoder)(
                     image_embeddings=features,
                     image_pe=sam.prompt_encoder.get_dense_pe(),
                     sparse_prompt_embeddings=sparse,
                     dense_prompt_embeddings=dense,
                     multimask_output=True,
+                    **gate,
                 )
 
             decoder_s, (low_res, _) = timed(decode, args.device, args.repeat)
@@ -92,6 +98,21 @@ def main() -> None:
             print(
                 f"  {'compiled decoder':<17} {'':17} decoder ({args.prompts} prompts) {compiled_s:8.3f} s "
                 f"(compiling {compile_s:.1f} s{', FAILED: eager' if compiled.failed else ''})"
+            )
+        if args.upscaled is not None:  # the IoU filter's gate: a threshold at that share of the prompts' best IoUs
+
+            def gated(upscale_above=None):
+                return decode(**({} if upscale_above is None else {"upscale_above": upscale_above}))
+
+            best = gated()[1].float().amax(dim=1)
+            threshold = float(best.quantile(1.0 - args.upscaled)) if args.upscaled < 1.0 else float(best.min()) - 1.0
+            kept = int((best > threshold).sum())
+            gated_s, _ = timed(lambda: gated(threshold), args.device, args.repeat)
+            with WrittenBytes(itemsize=None) as written:
+                gated(threshold)
+            print(
+                f"  {'IoU gate':<17} {'':17} decoder, {kept} of {args.prompts} prompts upscaled {gated_s:8.3f} s, "
+                f"writing {written.total / 1e9:.2f} GB"
             )
     (enc0, dec0, f0, m0), (enc1, dec1, f1, m1) = results.values()
     print(

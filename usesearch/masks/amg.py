@@ -51,7 +51,7 @@ from usesearch.masks.amg_utils import (
     top_up,
     upscale_logits,
 )
-from usesearch.masks.sam_fast import decoder_for
+from usesearch.masks.sam_fast import decoder_for, upscales_kept
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,8 @@ class SamMaskGenerator:
         self.compiled_any_size = on_now
         self.eager_scoring_seconds = 0.0  # of crops the compiled path would take bit for bit
         self.decoder = decoder_for(model, device.type == "cuda" if compiled_decoder is None else compiled_decoder)
+        gate = pred_iou_thresh > 0.0 and upscales_kept(model.mask_decoder)
+        self._upscale_above = {"upscale_above": pred_iou_thresh} if gate else {}
         # Wall seconds, for benchmarks: image encoder, prompt encoder + mask decoder, RLE (with
         # the kept masks' one transfer), all of generate() (the rest is post-processing).
         self.seconds = {"encoder": 0.0, "decoder": 0.0, "rle": 0.0, "total": 0.0}
@@ -285,6 +287,7 @@ class SamMaskGenerator:
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=True,
+                **self._upscale_above,  # prompts the IoU filter drops whole are not upscaled
             )
         self._sync()
         self.seconds["decoder"] += time.perf_counter() - start

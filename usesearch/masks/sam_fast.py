@@ -206,12 +206,20 @@ def _upscale_tokens(decoder, keys: torch.Tensor, h: int, w: int) -> torch.Tensor
     return act2(conv2(act1(x)))
 
 
-def _predict_masks_shared(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings):
+def _predict_masks_shared(
+    self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, used=None, upscale_above=None
+):
     """``MaskDecoder.predict_masks`` for point prompts without mask prompts: then the
     dense embedding is one vector broadcast to every prompt (stride 0), so the image
     tokens entering the transformer are the same for all prompts: they are not copied
     per prompt, and no projection of them is (2.09 TFLOP at 1,024 ViT-H prompts,
-    against segment-anything's 3.71). Anything else takes segment-anything's path."""
+    against segment-anything's 3.71). Anything else takes segment-anything's path.
+
+    ``upscale_above`` (with ``used``, the masks the caller keeps): the predicted IoUs
+    come from the transformer's output before any upscaling, so a prompt none of whose
+    used masks scores above it, which the generator's IoU filter would drop whole, is
+    not upscaled; its masks are zeros. The upscaling is the decoder's largest part
+    (two transposed convolutions, a norm and two GELUs over 16 times the tokens)."""
     if dense_prompt_embeddings.stride(0) != 0 or image_embeddings.shape[0] != 1:
         return type(self).predict_masks(
             self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
@@ -231,14 +239,53 @@ def _predict_masks_shared(self, image_embeddings, image_pe, sparse_prompt_embedd
         queries, keys = _layer(layer, queries, keys, tokens, key_pe)
     attn_out = _tokens_read_image(transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
     hs = _norm(transformer.norm_final_attn, queries + attn_out)
-    upscaled = _upscale_tokens(self, keys, h, w)  # [B, C', 4h, 4w], channels last in memory
-    hyper_in = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
+    iou_pred = self.iou_prediction_head(hs[:, 0, :])
+    if upscale_above is None:
+        return _masks(self, hs, keys, h, w), iou_pred
+    kept = torch.nonzero((iou_pred[:, used].float() > upscale_above).any(dim=1)).flatten()
+    some = _masks(self, hs[kept], keys[kept], h, w)
+    masks = some.new_zeros(len(hs), *some.shape[1:])
+    masks[kept] = some
+    return masks, iou_pred
+
+
+def _masks(decoder, hs: torch.Tensor, keys: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The mask logits [B, masks, 4h, 4w] of per-prompt tokens ``hs`` and image tokens ``keys``."""
+    upscaled = _upscale_tokens(decoder, keys, h, w)  # [B, C', 4h, 4w], channels last in memory
+    hyper_in = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
     b, c, h, w = upscaled.shape
     # segment-anything's hyper_in @ upscaled.view(b, c, h * w), read channels-last: the
     # product's [B, HW, masks] is turned around, not the upscaled tokens.
     pixels = upscaled.permute(0, 2, 3, 1).reshape(b, h * w, c)
-    masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
-    return masks, self.iou_prediction_head(hs[:, 0, :])
+    return (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, hyper_in.shape[1], h, w)  # (b may be 0)
+
+
+def _forward(
+    self,
+    image_embeddings,
+    image_pe,
+    sparse_prompt_embeddings,
+    dense_prompt_embeddings,
+    multimask_output: bool,
+    upscale_above: float | None = None,
+):
+    """``MaskDecoder.forward``, taking ``upscale_above`` (``_predict_masks_shared``)."""
+    used = slice(1, None) if multimask_output else slice(0, 1)
+    if dense_prompt_embeddings.stride(0) != 0 or image_embeddings.shape[0] != 1:
+        upscale_above = None  # segment-anything's path
+    masks, iou_pred = self.predict_masks(
+        image_embeddings=image_embeddings,
+        image_pe=image_pe,
+        sparse_prompt_embeddings=sparse_prompt_embeddings,
+        dense_prompt_embeddings=dense_prompt_embeddings,
+        **({} if upscale_above is None else {"used": used, "upscale_above": upscale_above}),
+    )
+    return masks[:, used, :, :], iou_pred[:, used]
+
+
+def upscales_kept(decoder: torch.nn.Module) -> bool:
+    """Whether ``decoder`` takes ``upscale_above`` (one ``share_image_tokens`` routed)."""
+    return bool(getattr(decoder, "takes_upscale_above", False))
 
 
 def share_image_tokens(sam: Sam) -> Sam:
@@ -247,6 +294,8 @@ def share_image_tokens(sam: Sam) -> Sam:
     if not sam.mask_decoder.transformer.layers[0].skip_first_layer_pe:
         return sam  # not segment-anything's decoder layout: leave it as it is
     sam.mask_decoder.predict_masks = types.MethodType(_predict_masks_shared, sam.mask_decoder)
+    sam.mask_decoder.forward = types.MethodType(_forward, sam.mask_decoder)
+    sam.mask_decoder.takes_upscale_above = True
     for module in sam.mask_decoder.modules():
         if isinstance(module, DecoderAttention):
             module.forward = types.MethodType(_attend, module)
