@@ -19,7 +19,8 @@ score q . W_k x = (W_k^T q) . x), so the per-prompt image tokens are read and
 written by products 56 rows wide where segment-anything's are 128 wide, and by half
 as many of them. ViT-H's decoder at 1,024 prompts: 2.09 TFLOP, against 3.71 in
 segment-anything and 2.89 with the copies shared alone; outputs equal
-segment-anything's within float rounding (tested).
+segment-anything's within float rounding (tested). A prompt the generator's IoU
+filter will drop whole is not upscaled (``upscale_above``).
 """
 
 from __future__ import annotations
