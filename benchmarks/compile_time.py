@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from usesearch.masks.sam import build_sam  # noqa: E402
-from usesearch.masks.sam_fast import compile_modules, speed_up  # noqa: E402
+from usesearch.masks.sam_compile import compile_modules
+from usesearch.masks.sam_fast import speed_up  # noqa: E402
 
 
 def timed(fn, device: str):

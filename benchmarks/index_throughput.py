@@ -121,7 +121,7 @@ def blob_decoder(valid: tuple[float, float] = (1.0, 1.0)):
         BLOB_SECONDS[0] += time.perf_counter() - start
         return shaped
 
-    forward, masks_of = MaskDecoder.forward, sam_fast._masks
+    forward, masks_of = MaskDecoder.forward, sam_fast.mask_logits
 
     def stock(self, *args, **kwargs):
         masks, iou = forward(self, *args, **kwargs)
@@ -132,7 +132,7 @@ def blob_decoder(valid: tuple[float, float] = (1.0, 1.0)):
 
     stack = contextlib.ExitStack()
     stack.enter_context(mock.patch.object(MaskDecoder, "forward", stock))
-    stack.enter_context(mock.patch.object(sam_fast, "_masks", shared))  # looked up at each call
+    stack.enter_context(mock.patch.object(sam_fast, "mask_logits", shared))  # looked up at each call
     return stack
 
 

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from stage_floor import WrittenBytes  # noqa: E402  (a benchmark beside this one)
 
 from usesearch.masks.sam import build_sam  # noqa: E402
-from usesearch.masks.sam_fast import decoder_for, speed_up  # noqa: E402
+from usesearch.masks.sam_compile import decoder_for
+from usesearch.masks.sam_fast import speed_up  # noqa: E402
 
 
 def timed(fn, device: str, repeat: int, warm_up: bool = True):

@@ -22,7 +22,7 @@ from usesearch.errors import CatalogUnavailableError, IndexMismatchError, Usesea
 from usesearch.io.files import photos_under
 from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.maskers import build_masker
-from usesearch.masks.sam_fast import CompiledDecoder, compile_modules, decoder_for
+from usesearch.masks.sam_compile import CompiledDecoder, compile_modules, decoder_for
 from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead

@@ -196,9 +196,9 @@ def test_compile_traces_the_models_and_changes_no_segment(tmp_path, monkeypatch)
     """``--compile`` through TorchDynamo (the eager backend here: inductor's C++
     build takes minutes on two cores); the index equals an uncompiled one."""
     from tests.helpers import segment_table
-    from usesearch.masks import sam_fast
+    from usesearch.masks import sam_compile
 
-    monkeypatch.setattr(sam_fast, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(sam_compile, "COMPILE_BACKEND", "eager")
     photos = write_photos(tmp_path / "photos", ("astronaut",))
     options = dict(
         preset="tiny",
@@ -220,9 +220,9 @@ def test_a_compiled_crop_tower_takes_any_number_of_crops_without_compiling_each(
     from torch._dynamo.utils import counters
 
     from usesearch.indexer.pipeline import load_models
-    from usesearch.masks import sam_fast
+    from usesearch.masks import sam_compile
 
-    monkeypatch.setattr(sam_fast, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(sam_compile, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
     counters.clear()
     options = dict(preset="tiny", embedder="crop", masker="felzenszwalb", device="cpu")
@@ -380,10 +380,11 @@ def test_compile_compiles_each_kind_of_block_once_and_the_decoder_whole(monkeypa
     from torch._dynamo.utils import counters
 
     from usesearch.indexer.pipeline import load_models
-    from usesearch.masks import sam_fast
-    from usesearch.masks.sam_fast import CompiledDecoder, compile_modules, use_sdpa
+    from usesearch.masks import sam_compile
+    from usesearch.masks.sam_compile import CompiledDecoder, compile_modules
+    from usesearch.masks.sam_fast import use_sdpa
 
-    monkeypatch.setattr(sam_fast, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(sam_compile, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
     counters.clear()
     encoder = ImageEncoderViT(

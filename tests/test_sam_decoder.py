@@ -6,7 +6,6 @@ attention over the image tokens fused; and the same code on the meta device, whe
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from segment_anything.modeling.transformer import Attention as DecoderAttention
@@ -120,7 +119,7 @@ def test_a_generator_on_a_gpu_compiles_its_decoder_by_default_and_a_cpu_does_not
     from segment_anything.modeling import Sam
 
     from usesearch.masks.amg import SamMaskGenerator
-    from usesearch.masks.sam_fast import CompiledDecoder
+    from usesearch.masks.sam_compile import CompiledDecoder
 
     assert SamMaskGenerator(sam, points_per_side=4).decoder is sam.mask_decoder  # a CPU: eager
     monkeypatch.setattr(Sam, "device", property(lambda self: torch.device("cuda")))
@@ -136,10 +135,10 @@ def test_a_compiled_decoder_traces_the_shared_token_path_and_gives_the_same_mask
     from torch._dynamo.utils import counters
 
     from tests.helpers import LOW
-    from usesearch.masks import sam_fast
+    from usesearch.masks import sam_compile
     from usesearch.masks.amg import SamMaskGenerator
 
-    monkeypatch.setattr(sam_fast, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(sam_compile, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
     counters.clear()
     plain = SamMaskGenerator(sam, points_per_side=6, **LOW).generate(image)
@@ -152,7 +151,7 @@ def test_a_compiled_decoder_traces_the_shared_token_path_and_gives_the_same_mask
 
 
 def test_a_decoder_that_fails_to_compile_warns_once_and_runs_eagerly(sam, caplog):
-    from usesearch.masks.sam_fast import decoder_for
+    from usesearch.masks.sam_compile import decoder_for
 
     decoder = decoder_for(sam, compiled=True)
     attempts = []
@@ -193,7 +192,7 @@ def test_a_compiled_decoder_leaves_out_of_memory_and_bad_input_to_the_caller_and
     too is the input's fault: its error is raised, and compiling stays on for the next."""
     from torch._dynamo.exc import BackendCompilerFailed
 
-    from usesearch.masks.sam_fast import decoder_for
+    from usesearch.masks.sam_compile import decoder_for
 
     decoder = decoder_for(sam, compiled=True)
 
@@ -222,75 +221,8 @@ def test_a_compiled_decoder_leaves_out_of_memory_and_bad_input_to_the_caller_and
 
 
 def test_a_decoder_its_caller_compiled_is_not_compiled_again(sam):
-    from usesearch.masks.sam_fast import decoder_for
+    from usesearch.masks.sam_compile import decoder_for
 
     already = copy.deepcopy(sam)
     already.mask_decoder.compile(backend="eager")
     assert decoder_for(already, compiled=True) is already.mask_decoder
-
-
-def test_prompts_the_iou_filter_drops_whole_are_not_upscaled_and_the_masks_stay_the_same(image):
-    """The predicted IoUs come before the upscaling: a prompt none of whose used masks
-    passes ``pred_iou_thresh`` is not upscaled (its masks are zeros, which the filter
-    then drops), and every other output is the full decoder's; the generator's records
-    are those of the decoder that upscales every prompt. (The tiny SAM as ``load_sam``
-    hands it out, its predicted IoUs moved near 1: the filter applies only above 0.)"""
-    import usesearch
-    from tests.helpers import LOW
-    from usesearch.masks.amg import SamMaskGenerator
-    from usesearch.masks.sam import load_sam
-
-    torch.manual_seed(0)
-    sam = copy.deepcopy(load_sam(usesearch.get_preset("tiny").sam, "tiny"))
-    for p in sam.mask_decoder.parameters():  # zero-initialised parts would give every prompt one IoU
-        p.data.add_(0.02 * torch.randn_like(p))
-    sam.mask_decoder.iou_prediction_head.layers[-1].bias.data += 1.0
-    side = sam.image_encoder.img_size
-    with torch.no_grad():
-        sparse, dense = sam.prompt_encoder(
-            points=(torch.rand(40, 1, 2) * side, torch.ones(40, 1)), boxes=None, masks=None
-        )
-        args = dict(
-            image_embeddings=torch.randn(1, sam.prompt_encoder.embed_dim, side // 16, side // 16),
-            image_pe=sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-        )
-        for multimask in (True, False):
-            masks, iou = sam.mask_decoder(**args, multimask_output=multimask)
-            threshold = float(iou.amax(dim=1).median())
-            gated, gated_iou = sam.mask_decoder(**args, multimask_output=multimask, upscale_above=threshold)
-            kept = (iou > threshold).any(dim=1)
-            assert 0 < kept.sum() < 40
-            torch.testing.assert_close(gated_iou, iou, rtol=0, atol=0)
-            torch.testing.assert_close(gated[kept], masks[kept], rtol=1e-5, atol=1e-5)
-            assert not gated[~kept].any()
-
-    keep_all = dict(points_per_side=8, box_nms_thresh=1.0)  # every candidate a record: all compared
-    every = SamMaskGenerator(sam, **keep_all, **LOW).generate(image)
-    best = {}  # each prompt's best mask: the median of them drops about half the prompts whole
-    for record in every:
-        best[record.point] = max(best.get(record.point, -np.inf), record.predicted_iou)
-    threshold = float(np.median(list(best.values())))
-    upscaled = []
-    hook = sam.mask_decoder.output_upscaling[0].register_forward_hook(
-        lambda module, args, out: upscaled.append(len(args[0]))
-    )
-    try:
-        settings = dict(keep_all, pred_iou_thresh=threshold, stability_score_thresh=-10.0)
-        gated_generator = SamMaskGenerator(sam, **settings)
-        assert gated_generator._upscale_above == {"upscale_above": threshold}
-        ours = gated_generator.generate(image)
-        prompts = len(upscaled)
-        ungated = SamMaskGenerator(sam, **settings)
-        ungated._upscale_above = {}
-        reference = ungated.generate(image)
-    finally:
-        hook.remove()
-    assert 0 < sum(upscaled[:prompts]) < 64 == sum(upscaled[prompts:])  # 8x8 prompts, one batch
-    assert len(ours) == len(reference) > 20
-    for record, expected in zip(ours, reference):
-        assert record.rle == expected.rle and record.box_xyxy == expected.box_xyxy
-        assert record.predicted_iou == expected.predicted_iou
-        assert record.stability_score == pytest.approx(expected.stability_score, abs=1e-6)
-    assert SamMaskGenerator(sam, points_per_side=8, pred_iou_thresh=0.0)._upscale_above == {}  # no filter, no gate

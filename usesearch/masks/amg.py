@@ -51,7 +51,8 @@ from usesearch.masks.amg_utils import (
     top_up,
     upscale_logits,
 )
-from usesearch.masks.sam_fast import decoder_for, upscales_kept
+from usesearch.masks.sam_compile import decoder_for
+from usesearch.masks.sam_fast import upscales_kept
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ filter will drop whole is not upscaled (``upscale_above``).
 
 from __future__ import annotations
 
-import logging
 import types
+import weakref
+from functools import partial
 from typing import cast
 
 import torch
@@ -35,10 +36,6 @@ from segment_anything.modeling import Sam
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from segment_anything.modeling.transformer import Attention as DecoderAttention
-
-from usesearch.errors import first_line
-
-log = logging.getLogger(__name__)
 
 
 def _sdpa_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
@@ -242,15 +239,34 @@ def _predict_masks_shared(
     hs = _norm(transformer.norm_final_attn, queries + attn_out)
     iou_pred = self.iou_prediction_head(hs[:, 0, :])
     if upscale_above is None:
-        return _masks(self, hs, keys, h, w), iou_pred
-    kept = torch.nonzero((iou_pred[:, used].float() > upscale_above).any(dim=1)).flatten()
-    some = _masks(self, hs[kept], keys[kept], h, w)
+        return mask_logits(self, hs, keys, h, w), iou_pred
+    return _gated_masks(self, hs, keys, iou_pred[:, used], upscale_above, h, w), iou_pred
+
+
+# A ``CompiledDecoder``'s upscaling for any number of prompts, by decoder (weakly: a copied
+# or freed decoder takes none), for ``_gated_masks``, which runs outside its graph.
+COMPILED_UPSCALING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@torch.compiler.disable
+def _gated_masks(decoder, hs, keys, used_iou, upscale_above: float, h: int, w: int) -> torch.Tensor:
+    """The masks of the prompts any of whose used masks' IoUs (``used_iou``, compared in
+    float32 as the generator's filter compares them) is above ``upscale_above``; zeros
+    for the others. Outside a compiled decoder's graph: the kept count is data, and a
+    graph after it would compile again for each count (0, 1, then dynamic; again at
+    each new batch size). The kept prompts go through the compiled upscaling where the
+    decoder has one (dynamic in its batch from the start)."""
+    kept = torch.nonzero((used_iou.float() > upscale_above).any(dim=1)).flatten()
+    if len(kept) == 0:
+        return hs.new_zeros(len(hs), decoder.num_mask_tokens, 4 * h, 4 * w)  # (the full path's dtype, as hs's)
+    upscaling = COMPILED_UPSCALING.get(decoder) or partial(mask_logits, decoder)
+    some = upscaling(hs[kept], keys[kept], h, w)
     masks = some.new_zeros(len(hs), *some.shape[1:])
     masks[kept] = some
-    return masks, iou_pred
+    return masks
 
 
-def _masks(decoder, hs: torch.Tensor, keys: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def mask_logits(decoder, hs: torch.Tensor, keys: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """The mask logits [B, masks, 4h, 4w] of per-prompt tokens ``hs`` and image tokens ``keys``."""
     upscaled = _upscale_tokens(decoder, keys, h, w)  # [B, C', 4h, 4w], channels last in memory
     hyper_in = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
@@ -306,102 +322,3 @@ def share_image_tokens(sam: Sam) -> Sam:
 def speed_up(sam: Sam) -> Sam:
     """Both levers, as ``load_sam`` applies them to every SAM it hands out."""
     return share_image_tokens(use_sdpa(sam))
-
-
-COMPILE_BACKEND = "inductor"
-
-
-def compile_modules(*modules: torch.nn.Module, dynamic: bool | None = None) -> None:
-    """``torch.compile`` each module's repeated blocks in place (``--compile``): a
-    transformer's layers are one code and one shape, so each kind of block compiles
-    once and every other block reuses its code (torch's regional compilation), where
-    compiling the whole module traces and compiles every block anew (SAM's ViT-H
-    encoder on a 2-core CPU: 18 s of compiling against 61 s). What lies between the
-    blocks (patch embedding, necks) stays eager; a module with no repeated blocks is
-    compiled whole. Not for SAM's mask decoder, whose layers ``_layer`` reads rather
-    than calls: ``CompiledDecoder`` compiles it. Shapes start static (SAM's 1024-px
-    canvas, the backbones' letterbox); a second batch size (a run's last group, a
-    photo's crops) compiles once more, for any size, where static shapes would compile
-    each kind of block for each size until torch's limit (8, shared by all of one
-    kind's blocks) and then run the rest uncompiled."""
-    for module in modules:
-        for region in compile_regions(module):
-            region.compile(backend=COMPILE_BACKEND, dynamic=dynamic)
-
-
-def compile_regions(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """The blocks of the outermost lists of two or more modules of one class under
-    ``module`` (SAM's ``blocks``, open_clip's ``resblocks``, timm's ``blocks``, our
-    per-block LLNs); ``[module]`` where it has none."""
-    regions: list[torch.nn.Module] = []
-    inside: set[int] = set()  # modules within a region already found (a block's own lists)
-    for child in module.modules():
-        if id(child) in inside:
-            continue
-        if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)) and len(child) >= 2:
-            if len({type(block) for block in child}) == 1:
-                regions += list(child)
-                inside.update(id(m) for block in child for m in block.modules())
-    return regions or [module]
-
-
-class CompiledDecoder:
-    """A mask decoder through ``torch.compile``, which ``SamMaskGenerator`` uses by
-    default on a GPU. After its attentions and products, what the decoder's time goes
-    to is elementwise: the per-prompt image tokens (1,024 x 4,096 x 256 at a 32x32
-    grid) through each layer's adds and norms and the upscaling's norm and GELUs,
-    each a pass of its own over gigabytes in eager mode (an H200 profile: layer norms
-    and adds ~40% of it, at a third of the card's bandwidth). Inductor fuses them; the
-    attentions, products and convolutions stay the library's kernels. Outputs equal
-    the eager decoder's within float rounding (3e-7 in float32 on a CPU).
-
-    Prompt batches keep their size (all of a grid at once on a GPU), so it compiles
-    once a shape; a second shape (a crop layer's grid) compiles a dynamic graph.
-    Where compiling fails (no Triton for this card, a torch bug), one warning and
-    the eager decoder for the rest of the run: a run never stops for the compiler.
-    Where the eager decoder fails too, the error is the input's: it is raised and the
-    compiled decoder stays on. An out-of-memory error, compiling or running, is the
-    caller's (it halves the prompt batch). The first run on a machine pays a cold
-    compile (tens of seconds); torch keeps the code on disk for later runs."""
-
-    def __init__(self, decoder: torch.nn.Module):
-        self.decoder = decoder
-        self.compiled = torch.compile(decoder, backend=COMPILE_BACKEND)
-        self.failed = False
-
-    def __call__(self, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.failed:
-            return self.decoder(**inputs)
-        try:
-            return self.compiled(**inputs)
-        except Exception as exc:  # noqa: BLE001 - told apart below: the compiler's, the memory's or the input's
-            out_of_memory = _out_of_memory(exc)
-            if out_of_memory is not None:
-                raise out_of_memory from None  # the generator halves its prompt batch (even when compiling ran out)
-            out = self.decoder(**inputs)  # an input's own error raises here, and compiling stays on
-            self.failed = True
-            log.warning(
-                "SAM's mask decoder could not be compiled (%s: %s): it runs uncompiled",
-                type(exc).__name__,
-                first_line(exc),
-            )
-            return out
-
-
-def _out_of_memory(exc: BaseException | None) -> BaseException | None:
-    """The out-of-memory error in ``exc``'s chain of causes (dynamo wraps one met while
-    compiling in ``BackendCompilerFailed``), else None."""
-    while exc is not None:
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def decoder_for(sam: Sam, compiled: bool):
-    """SAM's mask decoder as the generator calls it: ``CompiledDecoder`` where
-    ``compiled``, unless its caller compiled the module already (``Module.compile``)."""
-    decoder = sam.mask_decoder
-    if not compiled or getattr(decoder, "_compiled_call_impl", None) is not None:
-        return decoder
-    return CompiledDecoder(decoder)

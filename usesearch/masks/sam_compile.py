@@ -1,0 +1,128 @@
+"""``torch.compile`` of SAM and the backbones: the mask decoder compiled whole
+(``CompiledDecoder``, a GPU's default; its upscaling of the prompts that pass the IoU
+filter's gate compiled apart, for any number of them), and ``--compile``'s towers block
+by block (``compile_modules``)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from segment_anything.modeling import Sam
+
+from usesearch.errors import first_line
+from usesearch.masks.sam_fast import COMPILED_UPSCALING, mask_logits
+
+log = logging.getLogger(__name__)
+
+COMPILE_BACKEND = "inductor"
+
+
+def compile_modules(*modules: torch.nn.Module, dynamic: bool | None = None) -> None:
+    """``torch.compile`` each module's repeated blocks in place (``--compile``): a
+    transformer's layers are one code and one shape, so each kind of block compiles
+    once and every other block reuses its code (torch's regional compilation), where
+    compiling the whole module traces and compiles every block anew (SAM's ViT-H
+    encoder on a 2-core CPU: 18 s of compiling against 61 s). What lies between the
+    blocks (patch embedding, necks) stays eager; a module with no repeated blocks is
+    compiled whole. Not for SAM's mask decoder, whose layers ``_layer`` reads rather
+    than calls: ``CompiledDecoder`` compiles it. Shapes start static (SAM's 1024-px
+    canvas, the backbones' letterbox); a second batch size (a run's last group, a
+    photo's crops) compiles once more, for any size, where static shapes would compile
+    each kind of block for each size until torch's limit (8, shared by all of one
+    kind's blocks) and then run the rest uncompiled."""
+    for module in modules:
+        for region in compile_regions(module):
+            region.compile(backend=COMPILE_BACKEND, dynamic=dynamic)
+
+
+def compile_regions(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks of the outermost lists of two or more modules of one class under
+    ``module`` (SAM's ``blocks``, open_clip's ``resblocks``, timm's ``blocks``, our
+    per-block LLNs); ``[module]`` where it has none."""
+    regions: list[torch.nn.Module] = []
+    inside: set[int] = set()  # modules within a region already found (a block's own lists)
+    for child in module.modules():
+        if id(child) in inside:
+            continue
+        if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)) and len(child) >= 2:
+            if len({type(block) for block in child}) == 1:
+                regions += list(child)
+                inside.update(id(m) for block in child for m in block.modules())
+    return regions or [module]
+
+
+class CompiledDecoder:
+    """A mask decoder through ``torch.compile``, which ``SamMaskGenerator`` uses by
+    default on a GPU. After its attentions and products, what the decoder's time goes
+    to is elementwise: the per-prompt image tokens (1,024 x 4,096 x 256 at a 32x32
+    grid) through each layer's adds and norms and the upscaling's norm and GELUs,
+    each a pass of its own over gigabytes in eager mode (an H200 profile: layer norms
+    and adds ~40% of it, at a third of the card's bandwidth). Inductor fuses them; the
+    attentions, products and convolutions stay the library's kernels. Outputs equal
+    the eager decoder's within float rounding (3e-7 in float32 on a CPU).
+
+    Prompt batches keep their size (all of a grid at once on a GPU), so it compiles
+    once a shape; a second shape (a crop layer's grid) compiles a dynamic graph. The
+    IoU filter's gate (``upscale_above``) runs between two graphs, and the kept
+    prompts' upscaling is compiled apart for any count (one graph, and one for a single
+    prompt): compiled in line, each new count compiled the graph after the gate again.
+    Where compiling fails (no Triton for this card, a torch bug), one warning and
+    the eager decoder for the rest of the run: a run never stops for the compiler.
+    Where the eager decoder fails too, the error is the input's: it is raised and the
+    compiled decoder stays on. An out-of-memory error, compiling or running, is the
+    caller's (it halves the prompt batch). The first run on a machine pays a cold
+    compile (tens of seconds); torch keeps the code on disk for later runs."""
+
+    def __init__(self, decoder: torch.nn.Module):
+        self.decoder = decoder
+        self.compiled = torch.compile(decoder, backend=COMPILE_BACKEND)
+        self.failed = False
+
+        def upscaling(hs: torch.Tensor, keys: torch.Tensor, h: int, w: int) -> torch.Tensor:
+            return mask_logits(decoder, hs, keys, h, w)
+
+        COMPILED_UPSCALING[decoder] = torch.compile(upscaling, backend=COMPILE_BACKEND, dynamic=True)
+
+    def __call__(self, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.failed:
+            return self.decoder(**inputs)
+        try:
+            return self.compiled(**inputs)
+        except Exception as exc:  # noqa: BLE001 - told apart below: the compiler's, the memory's or the input's
+            out_of_memory = _out_of_memory(exc)
+            if out_of_memory is not None:
+                raise out_of_memory from None  # the generator halves its prompt batch (even when compiling ran out)
+            upscaling = COMPILED_UPSCALING.pop(self.decoder, None)  # eager means eager throughout
+            try:
+                out = self.decoder(**inputs)
+            except Exception:  # the input's own error: raised, and compiling stays on
+                if upscaling is not None:
+                    COMPILED_UPSCALING[self.decoder] = upscaling
+                raise
+            self.failed = True
+            log.warning(
+                "SAM's mask decoder could not be compiled (%s: %s): it runs uncompiled",
+                type(exc).__name__,
+                first_line(exc),
+            )
+            return out
+
+
+def _out_of_memory(exc: BaseException | None) -> BaseException | None:
+    """The out-of-memory error in ``exc``'s chain of causes (dynamo wraps one met while
+    compiling in ``BackendCompilerFailed``), else None."""
+    while exc is not None:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def decoder_for(sam: Sam, compiled: bool):
+    """SAM's mask decoder as the generator calls it: ``CompiledDecoder`` where
+    ``compiled``, unless its caller compiled the module already (``Module.compile``)."""
+    decoder = sam.mask_decoder
+    if not compiled or getattr(decoder, "_compiled_call_impl", None) is not None:
+        return decoder
+    return CompiledDecoder(decoder)
