@@ -31,7 +31,8 @@ def stock_sam(model):
     for module in model.image_encoder.modules():
         if isinstance(module, Attention) and "forward" in vars(module):
             del module.forward
-    vars(model.mask_decoder).pop("predict_masks", None)
+    for name in ("predict_masks", "forward", "takes_upscale_above"):  # (segment-anything's forward takes no gate)
+        vars(model.mask_decoder).pop(name, None)
     for module in model.mask_decoder.modules():
         if isinstance(module, DecoderAttention):
             vars(module).pop("forward", None)
