@@ -19,7 +19,7 @@ from segment_anything.modeling.transformer import Attention as DecoderAttention
 from tests.helpers import LOW, OPTS, mask_iou, write_photos
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
 from usesearch.io.files import walk
-from usesearch.masks import rle
+from usesearch.masks import rle, sam_fast
 from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.amg_utils import prompt_batch, upscale_to_input
 from usesearch.masks.sam_fast import _sdpa_forward
@@ -31,8 +31,11 @@ def stock_sam(model):
     for module in model.image_encoder.modules():
         if isinstance(module, Attention) and "forward" in vars(module):
             del module.forward
-    for name in ("predict_masks", "forward", "takes_upscale_above"):  # (segment-anything's forward takes no gate)
-        vars(model.mask_decoder).pop(name, None)
+    decoder = vars(model.mask_decoder)
+    for name in ("predict_masks", "takes_upscale_above"):  # (no generator passes it the gate, then)
+        decoder.pop(name, None)
+    if getattr(decoder.get("forward"), "__func__", None) is sam_fast._forward:  # (not the blob SAM's wrapper)
+        del decoder["forward"]
     for module in model.mask_decoder.modules():
         if isinstance(module, DecoderAttention):
             vars(module).pop("forward", None)
