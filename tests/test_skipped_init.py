@@ -81,3 +81,33 @@ def test_a_skipped_draw_fills_the_middle_so_a_rejection_loop_ends():
         kaiming = torch.nn.init.kaiming_uniform_(torch.full((8, 8), 7.0))
     assert bool((bounded == 0).all()) and bool((uniform == 3).all()) and bool((method == -0.5).all())
     assert bool((normal == 0.5).all()) and bool((kaiming == 0).all())
+
+
+def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_a_file_short_of_one(tmp_path):
+    """A query's text side (``text_only``) from a safetensors file: the text tower the
+    whole model loads, its image tower neither read (a file without it loads) nor
+    filled; a file short of a text weight is refused, never left as the memory held."""
+    import open_clip
+
+    preset = usesearch.get_preset("tiny")
+    seeded = build_clip(preset.clip, "tiny").model
+    with torch.no_grad():
+        for p in seeded.parameters():
+            p.add_(0.5)  # not what any init draws
+    state = {k: v.contiguous() for k, v in seeded.state_dict().items()}
+    whole_file, text_file = tmp_path / "clip.safetensors", tmp_path / "text" / "clip.safetensors"
+    text_file.parent.mkdir()
+    save_file(state, str(whole_file))
+    save_file({k: v for k, v in state.items() if not k.startswith("visual.")}, str(text_file))
+    cfg = dataclasses.replace(preset.clip, pretrained=str(whole_file))
+    whole = build_clip(cfg, "tiny", native_size=True).model
+    tokens = open_clip.get_tokenizer(preset.clip.model_name)(["a red apple behind the rabbit"])
+    for file in (whole_file, text_file):
+        text = build_clip(dataclasses.replace(cfg, pretrained=str(file)), "tiny", native_size=True, text_only=True)
+        with torch.no_grad():
+            torch.testing.assert_close(text.model.encode_text(tokens), whole.encode_text(tokens), rtol=0, atol=0)
+    with pytest.raises(usesearch.UsesearchError, match="holds weights of another model"):
+        build_clip(dataclasses.replace(cfg, pretrained=str(text_file)), "tiny", native_size=True)  # the whole model
+    save_file({k: v for k, v in state.items() if k != "ln_final.weight"}, str(whole_file))
+    with pytest.raises(usesearch.UsesearchError, match="holds weights of another model.*ln_final.weight"):
+        build_clip(cfg, "tiny", native_size=True, text_only=True)

@@ -104,7 +104,7 @@ def load_text_model(
         assert head is not None  # (``text_needs_whole_model`` took a USE embedder without one)
         fingerprint = use_fingerprint(preset, state_digest(load_head(head, preset)[0]))
     # At its native size: the size changes only the image tower, which is dropped.
-    clip = build_clip(preset.clip, preset.name, native_size=True)
+    clip = build_clip(preset.clip, preset.name, native_size=True, text_only=True)
     if embedder == "crop":
         fingerprint = crop_fingerprint(preset, clip.native_image_size)
     return TextModel(preset, embedder, fingerprint, clip, device)
