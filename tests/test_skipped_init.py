@@ -104,10 +104,15 @@ def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_a_file_shor
     tokens = open_clip.get_tokenizer(preset.clip.model_name)(["a red apple behind the rabbit"])
     for file in (whole_file, text_file):
         text = build_clip(dataclasses.replace(cfg, pretrained=str(file)), "tiny", native_size=True, text_only=True)
+        assert text.model.visual is None  # dropped before the text weights were read
         with torch.no_grad():
             torch.testing.assert_close(text.model.encode_text(tokens), whole.encode_text(tokens), rtol=0, atol=0)
     with pytest.raises(usesearch.UsesearchError, match="holds weights of another model"):
         build_clip(dataclasses.replace(cfg, pretrained=str(text_file)), "tiny", native_size=True)  # the whole model
     save_file({k: v for k, v in state.items() if k != "ln_final.weight"}, str(whole_file))
     with pytest.raises(usesearch.UsesearchError, match="holds weights of another model.*ln_final.weight"):
+        build_clip(cfg, "tiny", native_size=True, text_only=True)
+    wider = dict(state, text_projection=torch.zeros(state["text_projection"].shape[0], 7))  # same names, other shapes
+    save_file(wider, str(whole_file))
+    with pytest.raises(usesearch.UsesearchError, match=r"another model .*text_projection is \[\d+, 7\] there"):
         build_clip(cfg, "tiny", native_size=True, text_only=True)

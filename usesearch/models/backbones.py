@@ -202,9 +202,10 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False, tex
 
 def _load_text_tower(model: nn.Module, path: Path, model_name: str, preset_name: str) -> None:
     """Every weight of ``model`` but its image tower's, from the safetensors file at
-    ``path``, strictly: a weight missing or one the model lacks is refused in one line
-    (the model was built without its random init, so nothing may stay unloaded). The
-    image tower's weights are neither read nor written."""
+    ``path``, strictly: a weight missing, one the model lacks or one of another shape is
+    refused in one line (the model was built without its random init, so nothing may
+    stay unloaded). The image tower's weights are not read. (An image tower of another
+    patch size, with this text tower, goes unnoticed here; the whole model refuses it.)"""
     from safetensors import safe_open
 
     wanted = {name for name in model.state_dict() if not name.startswith("visual.")}
@@ -216,6 +217,14 @@ def _load_text_tower(model: nn.Module, path: Path, model_name: str, preset_name:
                 f"{path} holds weights of another model than {model_name} (text tower: {len(odd)} weights differ, "
                 f"e.g. {odd[0]}): delete it and run `usesearch models pull {preset_name}`"
             )
+        state = model.state_dict()
+        for name in names:  # (ViT-L's and ViT-B's text towers share their names, not their shapes)
+            shape = tuple(file.get_slice(name).get_shape())
+            if shape != tuple(state[name].shape):
+                raise UsesearchError(
+                    f"{path} holds weights of another model than {model_name} ({name} is {list(shape)} there, "
+                    f"{list(state[name].shape)} in the model): delete it and run `usesearch models pull {preset_name}`"
+                )
         model.load_state_dict({name: file.get_tensor(name) for name in names}, strict=False)
 
 
