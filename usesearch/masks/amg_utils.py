@@ -18,6 +18,8 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops import batched_nms
 
+from usesearch.errors import first_line
+
 log = logging.getLogger(__name__)
 
 CPU_POINTS_PER_BATCH = 64  # segment-anything's default; a CPU gains nothing from more
@@ -234,10 +236,10 @@ class CompiledScores:
                     )
                 self.over_limit += 1
             except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager path gives the same numbers
-                if _out_of_memory(exc):  # the generator halves its prompt batch on this
-                    raise
-                first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-                self.failed = f"{type(exc).__name__}: {first_line}"
+                out_of_memory = out_of_memory_in(exc)
+                if out_of_memory is not None:
+                    raise out_of_memory from None  # the generator halves its prompt batch on this
+                self.failed = f"{type(exc).__name__}: {first_line(exc)[:200]}"
                 log.warning("compiling SAM's candidate scoring failed (%s); scoring eagerly, slower", self.failed)
         area = max(crop_hw[0] * crop_hw[1], self.side * self.side)
         step = max(1, FALLBACK_PIXELS // area)
@@ -264,13 +266,15 @@ def _quiet_torch_about_our_recompile_limit() -> None:
         logger.addFilter(_OurRecompileLimit())
 
 
-def _out_of_memory(exc: BaseException | None) -> bool:
-    """An out-of-memory error, or a compiler error raised from one (inductor wraps them)."""
+def out_of_memory_in(exc: BaseException | None) -> BaseException | None:
+    """The out-of-memory error in ``exc``'s chain of causes (dynamo and inductor wrap one
+    met while compiling in their own errors), else None: raised as itself, so the
+    generator, which halves its prompt batch on it, sees it."""
     while exc is not None:
         if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
+            return exc
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
 def remove_small_regions_each(masks: torch.Tensor, min_area: int) -> tuple[torch.Tensor, list[float]]:

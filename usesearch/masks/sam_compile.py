@@ -11,6 +11,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from usesearch.errors import first_line
+from usesearch.masks.amg_utils import out_of_memory_in
 from usesearch.masks.sam_fast import COMPILED_UPSCALING, mask_logits
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class CompiledDecoder:
         try:
             return self.compiled(**inputs)
         except Exception as exc:  # noqa: BLE001 - told apart below: the compiler's, the memory's or the input's
-            out_of_memory = _out_of_memory(exc)
+            out_of_memory = out_of_memory_in(exc)
             if out_of_memory is not None:
                 raise out_of_memory from None  # the generator halves its prompt batch (even when compiling ran out)
             upscaling = COMPILED_UPSCALING.pop(self.decoder, None)  # eager means eager throughout
@@ -107,16 +108,6 @@ class CompiledDecoder:
                 first_line(exc),
             )
             return out
-
-
-def _out_of_memory(exc: BaseException | None) -> BaseException | None:
-    """The out-of-memory error in ``exc``'s chain of causes (dynamo wraps one met while
-    compiling in ``BackendCompilerFailed``), else None."""
-    while exc is not None:
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def decoder_for(sam: Sam, compiled: bool):
