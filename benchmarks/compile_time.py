@@ -14,25 +14,17 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
+from sam_levers import timed  # noqa: E402  (a benchmark beside this one)
+
 from usesearch.masks.sam import build_sam  # noqa: E402
-from usesearch.masks.sam_compile import compile_modules
+from usesearch.masks.sam_compile import compile_modules  # noqa: E402
 from usesearch.masks.sam_fast import speed_up  # noqa: E402
-
-
-def timed(fn, device: str):
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
 
 
 def main() -> None:
@@ -51,14 +43,13 @@ def main() -> None:
     side = encoder.img_size
     pixels = torch.randn(1, 3, side, side, device=args.device)
     with torch.no_grad():
-        timed(lambda: encoder(pixels), args.device)  # warm-up
-        eager_s, expected = timed(lambda: encoder(pixels), args.device)
+        eager_s, expected = timed(lambda: encoder(pixels), args.device, repeat=1)  # (after a warm-up call)
         if args.how == "blocks":
             compile_modules(encoder)
         else:
             encoder.compile()
-        first_s, _ = timed(lambda: encoder(pixels), args.device)
-        steady_s, got = timed(lambda: encoder(pixels), args.device)
+        first_s, _ = timed(lambda: encoder(pixels), args.device, repeat=1, warm_up=False)
+        steady_s, got = timed(lambda: encoder(pixels), args.device, repeat=1, warm_up=False)
     print(
         f"SAM {args.arch} encoder on {args.device}, compiled {args.how}: eager {eager_s:.2f} s, first compiled call "
         f"{first_s:.1f} s (compiling ~{first_s - steady_s:.1f} s), steady {steady_s:.2f} s; "

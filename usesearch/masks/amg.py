@@ -96,7 +96,7 @@ class SamMaskGenerator:
     scoring has cost ``COMPILE_AFTER_SECONDS`` (about a cold compile): a short run
     never waits for the compiler, and no record depends on when the switch came.
 
-    ``compiled_decoder``: the mask decoder by ``sam_fast.CompiledDecoder`` (within
+    ``compiled_decoder``: the mask decoder by ``sam_compile.CompiledDecoder`` (within
     float rounding). None: on for CUDA; off elsewhere (on a CPU ~20% of the decoder
     for ~30 s of compiling, which ``--compile`` opts into).
 

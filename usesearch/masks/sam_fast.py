@@ -204,6 +204,12 @@ def _upscale_tokens(decoder, keys: torch.Tensor, h: int, w: int) -> torch.Tensor
     return act2(conv2(act1(x)))
 
 
+def _shares_tokens(image_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor) -> bool:
+    """Whether every prompt's image tokens are the same: one photo's embedding, and no
+    mask prompt (the dense embedding one vector broadcast to every prompt, stride 0)."""
+    return dense_prompt_embeddings.stride(0) == 0 and image_embeddings.shape[0] == 1
+
+
 def _predict_masks_shared(
     self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, used=None, upscale_above=None
 ):
@@ -218,7 +224,7 @@ def _predict_masks_shared(
     used masks scores above it, which the generator's IoU filter would drop whole, is
     not upscaled; its masks are zeros. The upscaling is the decoder's largest part
     (two transposed convolutions, a norm and two GELUs over 16 times the tokens)."""
-    if dense_prompt_embeddings.stride(0) != 0 or image_embeddings.shape[0] != 1:
+    if not _shares_tokens(image_embeddings, dense_prompt_embeddings):
         return type(self).predict_masks(
             self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
@@ -288,8 +294,8 @@ def _forward(
 ):
     """``MaskDecoder.forward``, taking ``upscale_above`` (``_predict_masks_shared``)."""
     used = slice(1, None) if multimask_output else slice(0, 1)
-    if dense_prompt_embeddings.stride(0) != 0 or image_embeddings.shape[0] != 1:
-        upscale_above = None  # segment-anything's path
+    if not _shares_tokens(image_embeddings, dense_prompt_embeddings):
+        upscale_above = None  # segment-anything's path takes no gate
     masks, iou_pred = self.predict_masks(
         image_embeddings=image_embeddings,
         image_pe=image_pe,

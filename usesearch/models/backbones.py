@@ -208,24 +208,26 @@ def _load_text_tower(model: nn.Module, path: Path, model_name: str, preset_name:
     patch size, with this text tower, goes unnoticed here; the whole model refuses it.)"""
     from safetensors import safe_open
 
-    wanted = {name for name in model.state_dict() if not name.startswith("visual.")}
+    state = model.state_dict()  # (its image tower is dropped already)
     with safe_open(str(path), framework="pt") as file:
         names = [name for name in file.keys() if not name.startswith("visual.")]
-        if set(names) != wanted:
-            odd = sorted(set(names) ^ wanted)
-            raise UsesearchError(
-                f"{path} holds weights of another model than {model_name} (text tower: {len(odd)} weights differ, "
-                f"e.g. {odd[0]}): delete it and run `usesearch models pull {preset_name}`"
-            )
-        state = model.state_dict()
+        if set(names) != set(state):
+            odd = sorted(set(names) ^ set(state))
+            raise _another_model(path, model_name, preset_name, f"text tower: {len(odd)} weights differ, e.g. {odd[0]}")
         for name in names:  # (ViT-L's and ViT-B's text towers share their names, not their shapes)
-            shape = tuple(file.get_slice(name).get_shape())
-            if shape != tuple(state[name].shape):
-                raise UsesearchError(
-                    f"{path} holds weights of another model than {model_name} ({name} is {list(shape)} there, "
-                    f"{list(state[name].shape)} in the model): delete it and run `usesearch models pull {preset_name}`"
-                )
+            shape = list(file.get_slice(name).get_shape())
+            if shape != list(state[name].shape):
+                detail = f"{name} is {shape} there, {list(state[name].shape)} in the model"
+                raise _another_model(path, model_name, preset_name, detail)
         model.load_state_dict({name: file.get_tensor(name) for name in names}, strict=False)
+
+
+def _another_model(path, model_name: str, preset_name: str, detail: str) -> UsesearchError:
+    """A weights file of another model at this one's path, said in one line."""
+    return UsesearchError(
+        f"{path} holds weights of another model than {model_name} ({detail}): delete it and run "
+        f"`usesearch models pull {preset_name}`"
+    )
 
 
 def build_dino(cfg: DinoConfig, preset_name: str) -> VisionTransformer:
@@ -263,7 +265,4 @@ def _other_weights(path, model_name: str, preset_name: str) -> Iterator[None]:
     except RuntimeError as exc:
         if "state_dict" not in str(exc):
             raise
-        raise UsesearchError(
-            f"{path} holds weights of another model than {model_name} ({first_line(exc)}): delete it and run "
-            f"`usesearch models pull {preset_name}`"
-        ) from None
+        raise _another_model(path, model_name, preset_name, first_line(exc)) from None
