@@ -64,8 +64,10 @@ def run_python(code: str, *args, **popen):
     )
 
 
-def index_on_ray_in_a_process(patch: str, photos, db, *flags: str) -> tuple[int, str, str]:
-    """``usesearch index PHOTOS --db DB --ray`` (tiny preset, Felzenszwalb, one worker)
+def index_on_ray_in_a_process(
+    patch: str, photos, db, *flags: str, masker: str = "felzenszwalb"
+) -> tuple[int, str, str]:
+    """``usesearch index PHOTOS --db DB --ray`` (tiny preset, ``masker``, one worker)
     in another process, after the Python ``patch`` ran there: exit code, stdout, stderr."""
     import subprocess
 
@@ -73,7 +75,7 @@ def index_on_ray_in_a_process(patch: str, photos, db, *flags: str) -> tuple[int,
         f"import sys\n{patch}\n"
         "from usesearch.cli.app import main\n"
         "sys.argv = ['usesearch', 'index', sys.argv[1], '--db', sys.argv[2], '--preset', 'tiny', '--ray',\n"
-        "            '--masker', 'felzenszwalb', '--workers', '1', *sys.argv[3:]]\n"
+        f"            '--masker', {masker!r}, '--workers', '1', *sys.argv[3:]]\n"
         "main()\n"
     )
     proc = run_python(code, photos, db, *flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

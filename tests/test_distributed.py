@@ -229,41 +229,6 @@ def test_shards_filled_in_parallel_on_ray_answer_as_a_local_rebuild(ray_local, t
     assert_consistent(tmp_path / "ray")
 
 
-def test_a_photo_that_kills_its_worker_is_recorded_and_the_rest_indexed(ray_local, monkeypatch, tmp_path):
-    """A native crash or an out-of-memory kill on one photo: Ray restarted the actor and
-    retried the batch forever, and nothing after the photo was ever committed. An actor
-    call's photos go through SAM's encoder together (``--encoder-batch``, a GPU's), and a
-    photo an actor died on is computed alone: the photo batched with the culprit is indexed."""
-    calls = tmp_path / "calls.txt"
-
-    class CrashesOnCoffee(distributed.SegmentWorker):
-        def compute(self, rgbs, paths):
-            names = [os.path.basename(p) for p in paths]
-            with open(calls, "a") as log:
-                log.write(",".join(names) + "\n")
-            if "coffee.png" in names:
-                os._exit(1)  # as a segfault or the OOM killer would end it
-            return super().compute(rgbs, paths)
-
-    monkeypatch.setattr(distributed, "SegmentWorker", CrashesOnCoffee)
-    photos = write_photos(tmp_path / "photos", ("coffee", "rocket", "chelsea"))
-    sam = {"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0, "encoder_batch": 3}
-    options = IndexOptions(preset="tiny", masker="sam", device="cpu", masker_options=sam)
-    report = index_paths_ray([photos], tmp_path / "db", options, workers=1)
-    # The three together; then each alone (chelsea indexed, coffee kills its actor again); then rocket alone.
-    assert calls.read_text().split() == ["chelsea.png,coffee.png,rocket.png", "chelsea.png", "coffee.png", "rocket.png"]
-    ix = SegmentIndex.open(tmp_path / "db")
-    failed = {os.path.basename(f.path): f for f in ix.store.failures()}
-    assert failed.keys() == {"coffee.png"} and failed["coffee.png"].error_class == "WorkerDied"
-    assert "died 2 times" in failed["coffee.png"].error_message
-    assert report.done == 2 and ix.stats()["images_done"] == 2  # the photos after it too
-    assert not list((tmp_path / "db" / fragments.FRAGMENTS).iterdir())  # no fragment, no note of an attempt left
-    ix.close()
-    others = [f for f in photos.rglob("*.png") if f.name != "coffee.png"]
-    alone = index_paths(others, tmp_path / "sequential", options)
-    assert alone.segments == report.segments > 0
-
-
 def test_fragments_a_killed_run_left_are_committed_not_computed_again(tmp_path):
     """The photos still to compute are chosen before the left fragments' commits delete
     them: they were sent through the models again, and counted twice."""

@@ -13,35 +13,67 @@ import pytest
 pytest.importorskip("ray", reason="the distributed extra is not installed: pip install -e '.[distributed]'")
 
 from tests.helpers import index_on_ray_in_a_process, write_photos  # noqa: E402
-from usesearch.indexer import ray_cluster  # noqa: E402
+from usesearch.indexer import IndexOptions, SegmentIndex, fragments, index_paths, ray_cluster  # noqa: E402
 
 RAY_NATIVE_LINE = re.compile(
     r"^\[\d{4}-\d\d-\d\d [^\]]*\] \w+\.cc:\d+:"
 )  # "[2026-12-04 09:34:02,353 E 1 1] core_worker.cc:..."
 
 
-def test_a_worker_death_leaves_stdout_to_the_json_report_and_no_ray_line_on_stderr(tmp_path, monkeypatch):
+def test_a_photo_that_kills_its_worker_is_recorded_the_rest_indexed_and_stdout_left_to_the_report(
+    tmp_path, monkeypatch
+):
+    """A native crash or an out-of-memory kill on one photo, through the CLI as a user
+    runs it. Ray restarted the actor and retried the batch for ever, so nothing after
+    the photo was committed; its driver printed each death on stdout (two paragraphs
+    under "(raylet)", breaking ``--json``) and its C++ core a 400-character line on
+    stderr. An actor call's photos go through SAM's encoder together (``--encoder-batch``,
+    a GPU's), and a photo an actor died on is computed alone: the photo batched with
+    the culprit is indexed."""
     for name in ("USESEARCH_DEBUG", "RAY_LOG_TO_STDERR", ray_cluster.BACKEND_LOG_LEVEL):  # each keeps Ray's lines
         monkeypatch.delenv(name, raising=False)
-    photos = write_photos(tmp_path / "photos", ("coffee", "rocket"))
+    photos = write_photos(tmp_path / "photos", ("coffee", "rocket", "chelsea"))
+    calls = tmp_path / "calls.txt"
     patch = (
         "import os\n"
         "from usesearch.indexer import distributed\n"
         "class CrashesOnCoffee(distributed.SegmentWorker):\n"
         "    def compute(self, rgbs, paths):\n"
-        "        if any(os.path.basename(p) == 'coffee.png' for p in paths):\n"
+        "        names = [os.path.basename(p) for p in paths]\n"
+        f"        with open({str(calls)!r}, 'a') as log:\n"
+        "            log.write(','.join(names) + '\\n')\n"
+        "        if 'coffee.png' in names:\n"
         "            os._exit(1)  # as a segfault or the OOM killer would end it\n"
         "        return super().compute(rgbs, paths)\n"
         "distributed.SegmentWorker = CrashesOnCoffee\n"
     )
-    returncode, out, err = index_on_ray_in_a_process(patch, photos, tmp_path / "db", "--json")
+    sam = ("--points-per-side", "4", "--pred-iou-thresh", "-10", "--stability-score-thresh", "-10")
+    flags = ("--json", "--device", "cpu", *sam, "--encoder-batch", "3")
+    returncode, out, err = index_on_ray_in_a_process(patch, photos, tmp_path / "db", *flags, masker="sam")
     assert returncode == 0, err[-2000:]
+    # The three together; then each alone (chelsea indexed, coffee kills its actor again); then rocket alone.
+    assert calls.read_text().split() == ["chelsea.png,coffee.png,rocket.png", "chelsea.png", "coffee.png", "rocket.png"]
     report = json.loads(out)  # stdout is the report alone
-    assert report["proposals"]["done"] == 1 and report["proposals"]["failed"] == 1
+    assert report["proposals"]["done"] == 2 and report["proposals"]["failed"] == 1  # the photos after it too
     assert "WorkerDied" in report["proposals"]["failures"][0][1]
     assert "(raylet)" not in out + err
     assert not [line for line in err.splitlines() if RAY_NATIVE_LINE.match(line)], err
     assert "failed: " in err and "coffee.png: WorkerDied" in err  # the CLI's own line says it
+    with SegmentIndex.open(tmp_path / "db") as ix:
+        failed = {os.path.basename(f.path): f for f in ix.store.failures()}
+        assert failed.keys() == {"coffee.png"} and failed["coffee.png"].error_class == "WorkerDied"
+        assert "died 2 times" in failed["coffee.png"].error_message
+        assert ix.stats()["images_done"] == 2
+        segments = ix.stats()["segments"]
+    assert not list((tmp_path / "db" / fragments.FRAGMENTS).iterdir())  # no fragment, no note of an attempt left
+    options = IndexOptions(
+        preset="tiny",
+        masker="sam",
+        device="cpu",
+        masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0},
+    )
+    alone = index_paths([f for f in photos.rglob("*.png") if f.name != "coffee.png"], tmp_path / "sequential", options)
+    assert alone.segments == segments > 0
 
 
 def test_stderr_without_drops_only_the_lines_it_matches_written_natively_or_by_python(capfd):
