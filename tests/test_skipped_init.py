@@ -83,11 +83,17 @@ def test_a_skipped_draw_fills_the_middle_so_a_rejection_loop_ends():
     assert bool((normal == 0.5).all()) and bool((kaiming == 0).all())
 
 
-def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_a_file_short_of_one(tmp_path):
+def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_what_the_whole_model_refuses(
+    tmp_path, monkeypatch
+):
     """A query's text side (``text_only``) from a safetensors file: the text tower the
-    whole model loads, its image tower neither read (a file without it loads) nor
-    filled; a file short of a text weight is refused, never left as the memory held."""
+    whole model loads, its image tower dropped before and never read, only its shapes
+    checked from the file's header; a file the whole model refuses (short of a weight,
+    a text weight of another shape, another image tower: a CLIP of another patch size
+    has this text tower) is refused too, never left as the memory held. A DDP-wrapped
+    model's file (``module.`` names) loads, as open_clip loads it."""
     import open_clip
+    import safetensors
 
     preset = usesearch.get_preset("tiny")
     seeded = build_clip(preset.clip, "tiny").model
@@ -95,24 +101,55 @@ def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_a_file_shor
         for p in seeded.parameters():
             p.add_(0.5)  # not what any init draws
     state = {k: v.contiguous() for k, v in seeded.state_dict().items()}
-    whole_file, text_file = tmp_path / "clip.safetensors", tmp_path / "text" / "clip.safetensors"
-    text_file.parent.mkdir()
+    whole_file, ddp_file = tmp_path / "clip.safetensors", tmp_path / "ddp" / "clip.safetensors"
+    ddp_file.parent.mkdir()
     save_file(state, str(whole_file))
-    save_file({k: v for k, v in state.items() if not k.startswith("visual.")}, str(text_file))
+    save_file({f"module.{k}": v for k, v in state.items()}, str(ddp_file))
     cfg = dataclasses.replace(preset.clip, pretrained=str(whole_file))
     whole = build_clip(cfg, "tiny", native_size=True).model
     tokens = open_clip.get_tokenizer(preset.clip.model_name)(["a red apple behind the rabbit"])
-    for file in (whole_file, text_file):
+    real_open, read = safetensors.safe_open, []
+
+    class Recording:  # safe_open, noting each tensor read
+        def __init__(self, *args, **kwargs):
+            self.file = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.inner = self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def get_tensor(self, name):
+            read.append(name)
+            return self.inner.get_tensor(name)
+
+    monkeypatch.setattr(safetensors, "safe_open", Recording)
+    for file in (whole_file, ddp_file):
+        read.clear()
         text = build_clip(dataclasses.replace(cfg, pretrained=str(file)), "tiny", native_size=True, text_only=True)
         assert text.model.visual is None  # dropped before the text weights were read
+        assert read and not [name for name in read if "visual." in name]  # nor were the image tower's
         with torch.no_grad():
             torch.testing.assert_close(text.model.encode_text(tokens), whole.encode_text(tokens), rtol=0, atol=0)
-    with pytest.raises(usesearch.UsesearchError, match="holds weights of another model"):
-        build_clip(dataclasses.replace(cfg, pretrained=str(text_file)), "tiny", native_size=True)  # the whole model
-    save_file({k: v for k, v in state.items() if k != "ln_final.weight"}, str(whole_file))
-    with pytest.raises(usesearch.UsesearchError, match="holds weights of another model.*ln_final.weight"):
-        build_clip(cfg, "tiny", native_size=True, text_only=True)
-    wider = dict(state, text_projection=torch.zeros(state["text_projection"].shape[0], 7))  # same names, other shapes
-    save_file(wider, str(whole_file))
-    with pytest.raises(usesearch.UsesearchError, match=r"another model .*text_projection is \[\d+, 7\] there"):
-        build_clip(cfg, "tiny", native_size=True, text_only=True)
+    monkeypatch.setattr(safetensors, "safe_open", real_open)
+    refused = {
+        "ln_final.weight": {k: v for k, v in state.items() if k != "ln_final.weight"},  # short of a text weight
+        r"\d+ weights differ, e.g. visual\.": {k: v for k, v in state.items() if not k.startswith("visual.")},  # none
+        r"text_projection is \[\d+, 7\] there": dict(  # same names, other shapes
+            state, text_projection=torch.zeros(state["text_projection"].shape[0], 7)
+        ),
+        r"visual.conv1.weight is \[\d+, 3, 3, 3\] there": dict(  # another patch size, the same text tower
+            state, **{"visual.conv1.weight": torch.zeros(*state["visual.conv1.weight"].shape[:2], 3, 3)}
+        ),
+    }
+    for detail, weights in refused.items():
+        save_file(weights, str(whole_file))
+        with pytest.raises(usesearch.UsesearchError, match=f"holds weights of another model.*{detail}"):
+            build_clip(cfg, "tiny", native_size=True, text_only=True)
+        with pytest.raises(usesearch.UsesearchError, match="holds weights of another model"):
+            build_clip(cfg, "tiny", native_size=True)  # the whole model refuses it too

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -177,8 +178,15 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False, tex
         if text_only and path.suffix == ".safetensors":
             with _quiet_hub(), _quiet_root_logger(), weights_to_come():
                 model = open_clip.create_model(cfg.model_name, pretrained=None, force_quick_gelu=quick_gelu, **kwargs)
+            # The image tower's shapes, to check the file's against (its header alone): a CLIP
+            # of another patch size has this text tower's, and its text vectors would go unnoticed.
+            image_tower: dict[str, list[int] | None] = {
+                f"visual.{name}": list(weight.shape) for name, weight in model.visual.state_dict().items()
+            }
+            if not native_size:  # open_clip resizes the file's to the USE grid
+                image_tower["visual.positional_embedding"] = None
             model.visual = None  # before the text tower's weights are read: the peak is the build's
-            _load_text_tower(model, path, cfg.model_name, preset_name)
+            _load_text_tower(model, path, cfg.model_name, preset_name, image_tower)
         else:
             # open_clip loads a full checkpoint strictly (``load_checkpoint(strict=True)``); a
             # big_vision .npz goes through a loader of its own, which is not.
@@ -200,26 +208,41 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False, tex
     )
 
 
-def _load_text_tower(model: nn.Module, path: Path, model_name: str, preset_name: str) -> None:
+def _load_text_tower(
+    model: nn.Module, path: Path, model_name: str, preset_name: str, image_tower: dict[str, list[int] | None]
+) -> None:
     """Every weight of ``model`` but its image tower's, from the safetensors file at
-    ``path``, strictly: a weight missing, one the model lacks or one of another shape is
+    ``path``, strictly: a weight missing, one the model lacks or one of another shape,
+    the image tower's included (``image_tower``: name -> shape, None for any), is
     refused in one line (the model was built without its random init, so nothing may
-    stay unloaded). The image tower's weights are not read. (An image tower of another
-    patch size, with this text tower, goes unnoticed here; the whole model refuses it.)"""
+    stay unloaded). The image tower's weights are checked from the file's header and
+    never read. As open_clip's loader: a ``module.`` prefix (a DDP-wrapped model's
+    file) is dropped, and a logit scale of one value taken in either of its shapes."""
     from safetensors import safe_open
 
     state = model.state_dict()  # (its image tower is dropped already)
+    expected = {name: list(weight.shape) for name, weight in state.items()} | image_tower
     with safe_open(str(path), framework="pt") as file:
-        names = [name for name in file.keys() if not name.startswith("visual.")]
-        if set(names) != set(state):
-            odd = sorted(set(names) ^ set(state))
-            raise _another_model(path, model_name, preset_name, f"text tower: {len(odd)} weights differ, e.g. {odd[0]}")
-        for name in names:  # (ViT-L's and ViT-B's text towers share their names, not their shapes)
-            shape = list(file.get_slice(name).get_shape())
-            if shape != list(state[name].shape):
-                detail = f"{name} is {shape} there, {list(state[name].shape)} in the model"
-                raise _another_model(path, model_name, preset_name, detail)
-        model.load_state_dict({name: file.get_tensor(name) for name in names}, strict=False)
+        stored = list(file.keys())
+        strip = len("module.") if stored and stored[0].startswith("module.") else 0  # open_clip checks the first
+        names = {name[strip:]: name for name in stored}
+        if names.keys() != expected.keys():
+            odd = sorted(names.keys() ^ expected.keys())
+            raise _another_model(path, model_name, preset_name, f"{len(odd)} weights differ, e.g. {odd[0]}")
+        for name, want in expected.items():  # (ViT-L's and ViT-B's text towers share their names, not their shapes)
+            shape = list(file.get_slice(names[name]).get_shape())
+            if (
+                want is not None
+                and shape != want
+                and not (name in _ONE_VALUE and math.prod(shape) == 1 == math.prod(want))
+            ):
+                raise _another_model(path, model_name, preset_name, f"{name} is {shape} there, {want} in the model")
+        model.load_state_dict(
+            {name: file.get_tensor(names[name]).reshape(state[name].shape) for name in state}, strict=True
+        )
+
+
+_ONE_VALUE = ("logit_scale", "logit_bias")  # a scalar or a 1-d parameter, by open_clip's version
 
 
 def _another_model(path, model_name: str, preset_name: str, detail: str) -> UsesearchError:
