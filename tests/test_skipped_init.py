@@ -87,7 +87,9 @@ def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_what_the_wh
     tmp_path, monkeypatch
 ):
     """A query's text side (``text_only``) from a safetensors file: the text tower the
-    whole model loads, its image tower dropped before and never read, only its shapes
+    whole model loads (built on the meta device, so its causal mask is made again and
+    a float16 file's weights are float32, as the whole model's), its image tower never
+    allocated nor read, only its shapes
     checked from the file's header; a file the whole model refuses (short of a weight,
     a text weight of another shape, another image tower: a CLIP of another patch size
     has this text tower) is refused too, never left as the memory held. A DDP-wrapped
@@ -104,9 +106,12 @@ def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_what_the_wh
     whole_file, ddp_file = tmp_path / "clip.safetensors", tmp_path / "ddp" / "clip.safetensors"
     ddp_file.parent.mkdir()
     save_file(state, str(whole_file))
-    save_file({f"module.{k}": v for k, v in state.items()}, str(ddp_file))
+    save_file({f"module.{k}": v.half() for k, v in state.items()}, str(ddp_file))  # in float16, as some are
     cfg = dataclasses.replace(preset.clip, pretrained=str(whole_file))
-    whole = build_clip(cfg, "tiny", native_size=True).model
+    wholes = {
+        file: build_clip(dataclasses.replace(cfg, pretrained=str(file)), "tiny", native_size=True).model
+        for file in (whole_file, ddp_file)
+    }
     tokens = open_clip.get_tokenizer(preset.clip.model_name)(["a red apple behind the rabbit"])
     real_open, read = safetensors.safe_open, []
 
@@ -134,8 +139,11 @@ def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_what_the_wh
         text = build_clip(dataclasses.replace(cfg, pretrained=str(file)), "tiny", native_size=True, text_only=True)
         assert text.model.visual is None  # dropped before the text weights were read
         assert read and not [name for name in read if "visual." in name]  # nor were the image tower's
+        assert {p.dtype for p in text.model.parameters()} == {torch.float32}  # as the whole model's
+        assert torch.equal(text.model.attn_mask, wholes[file].attn_mask)  # a buffer no file holds
         with torch.no_grad():
-            torch.testing.assert_close(text.model.encode_text(tokens), whole.encode_text(tokens), rtol=0, atol=0)
+            expected = wholes[file].encode_text(tokens)
+            torch.testing.assert_close(text.model.encode_text(tokens), expected, rtol=0, atol=0)
     monkeypatch.setattr(safetensors, "safe_open", real_open)
     refused = {
         "ln_final.weight": {k: v for k, v in state.items() if k != "ln_final.weight"},  # short of a text weight

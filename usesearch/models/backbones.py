@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -157,9 +158,9 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False, tex
     resizes the positional embedding of loaded weights to it), or at the size it was
     trained at when ``native_size`` (the crop embedder). ``text_only`` (a query's text
     side): from a safetensors file, only the text tower's weights are read, and the
-    image tower is dropped before they are (``l14-336``: a peak of 4.0 GB, now
-    2.4 GB: the build's, whose skipped init still fills every weight); from
-    another file, as usual."""
+    image tower is dropped before they are (``l14-336``: a peak of 4.0 GB, then
+    2.4 GB); the model is built on the meta device, so no other weight is ever
+    allocated; from another file, as usual."""
     import open_clip
 
     if cfg.custom_config is not None and open_clip.get_model_config(cfg.model_name) is None:
@@ -176,8 +177,12 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False, tex
         pre = open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained) or {}
         quick_gelu = bool(pre.get("quick_gelu"))
         if text_only and path.suffix == ".safetensors":
-            with _quiet_hub(), _quiet_root_logger(), weights_to_come():
-                model = open_clip.create_model(cfg.model_name, pretrained=None, force_quick_gelu=quick_gelu, **kwargs)
+            # Built on the meta device: no weight is allocated until the file's text tower
+            # is assigned (the image tower never is).
+            with _quiet_hub(), _quiet_root_logger(), torch.device("meta"):
+                model = open_clip.create_model(
+                    cfg.model_name, pretrained=None, force_quick_gelu=quick_gelu, device="meta", **kwargs
+                )
             # The image tower's shapes, to check the file's against (its header alone): a CLIP
             # of another patch size has this text tower's, and its text vectors would go unnoticed.
             image_tower: dict[str, list[int] | None] = {
@@ -185,8 +190,9 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False, tex
             }
             if not native_size:  # open_clip resizes the file's to the USE grid
                 image_tower["visual.positional_embedding"] = None
-            model.visual = None  # before the text tower's weights are read: the peak is the build's
+            model.visual = None
             _load_text_tower(model, path, cfg.model_name, preset_name, image_tower)
+            _rebuild_causal_mask(model)
         else:
             # open_clip loads a full checkpoint strictly (``load_checkpoint(strict=True)``); a
             # big_vision .npz goes through a loader of its own, which is not.
@@ -237,8 +243,25 @@ def _load_text_tower(
                 and not (name in _ONE_VALUE and math.prod(shape) == 1 == math.prod(want))
             ):
                 raise _another_model(path, model_name, preset_name, f"{name} is {shape} there, {want} in the model")
-        model.load_state_dict(
-            {name: file.get_tensor(names[name]).reshape(state[name].shape) for name in state}, strict=True
+        weights = {
+            name: file.get_tensor(names[name]).reshape(want.shape).to(want.dtype) for name, want in state.items()
+        }
+    model.load_state_dict(weights, strict=True, assign=True)  # the file's tensors become the weights: no copy
+
+
+def _rebuild_causal_mask(model: nn.Module) -> None:
+    """The text tower's causal mask, a buffer no file holds (open_clip builds it in
+    ``__init__``), by open_clip's own rule, for a model built on the meta device; any
+    other tensor left there is a bug said in one line, never a model half loaded."""
+    from open_clip.transformer import TextTransformer
+
+    mask = getattr(model, "attn_mask", None)
+    if isinstance(mask, torch.Tensor) and mask.is_meta:
+        model.attn_mask = TextTransformer.build_causal_mask(SimpleNamespace(num_pos=mask.shape[0]))
+    left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if left:
+        raise UsesearchError(
+            f"the text side left {len(left)} tensors unloaded, e.g. {left[0]}: a bug, please report it"
         )
 
 
