@@ -73,8 +73,9 @@ def test_markup_in_file_names_is_shown_as_is(tmp_path):
         assert name in flat, (name, result.output)
 
 
-def test_a_newline_in_a_file_name_is_spelt_out_in_the_index_summary_and_the_query_table(tmp_path):
-    """One failure took two lines of the summary (grep saw half a record), and one hit two rows of the table."""
+def test_a_newline_in_a_file_name_is_spelt_out_in_the_index_and_curate_summaries_and_the_query_table(tmp_path):
+    """One failure took two lines of the summary (grep saw half a record), and one hit two rows of the table;
+    ``curate run``'s summary the same."""
     photos = write_photos(tmp_path / "photos", ("chelsea",))
     (photos / "chelsea.png").rename(photos / "new\nline.png")
     (photos / "bad\nname.png").write_text("not a photo")
@@ -85,6 +86,11 @@ def test_a_newline_in_a_file_name_is_spelt_out_in_the_index_summary_and_the_quer
     assert not any(line.startswith("name.png") for line in indexed.output.splitlines())
     found = CliRunner().invoke(app, ["query", "a photo", "--db", str(tmp_path / "db"), "-k", "50", "--per-image"])
     assert found.exit_code == 0 and "new\\nline.png" in found.output.replace("│", "").replace(" ", ""), found.output
+    curate = ["curate", "run", str(photos), "--out", str(tmp_path / "ds"), "--captioner", "tiny", "--grounder", "tiny"]
+    curated = CliRunner().invoke(app, [*curate, "--preset", "tiny"])  # its summary as the index's
+    assert curated.exit_code == 0, curated.output
+    assert "failed: " + str(photos / "bad\\nname.png") + ": ImageReadError" in curated.output, curated.output
+    assert not any(line.startswith("name.png") for line in curated.output.splitlines())
 
 
 def test_filters_out_of_range_are_one_line_errors_alike_in_the_cli_and_python(sharded):

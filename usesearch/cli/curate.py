@@ -11,6 +11,7 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
+from usesearch.cli.failures import say_failures, say_pairs
 from usesearch.cli.photo_limits import PhotoLimits, say_past_limits, with_photo_limits
 from usesearch.curation.sources import SOURCES
 from usesearch.errors import UsesearchError
@@ -163,14 +164,8 @@ def run(
         f"{report.done} images curated, {report.skipped} skipped, {report.failed} failed: "
         f"{report.pairs} pairs, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
     )
-    if report.copies:
-        copy, copied = report.copies[0]
-        more = f" and {len(report.copies) - 1} more" if len(report.copies) > 1 else ""
-        opts.console.print(
-            f"  {len(report.copies)} skipped as a copy of a photo curated under another path ({copy} = {copied}{more})"
-        )
-    for image, reason in report.failures[:10]:
-        opts.console.print(f"  failed: {image}: {reason}")
+    say_pairs(report.copies, "skipped as a copy of a photo curated under another path")
+    say_failures(report.failures)
     say_past_limits(report.failures)
     if report.done and not report.pairs_after_nms and kind.prompts_sam:
         weights = "the tiny preset's random-weight SAM" if p.name == "tiny" else "SAM"

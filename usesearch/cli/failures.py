@@ -16,6 +16,7 @@ from rich.console import Console
 from usesearch import interrupts
 from usesearch.errors import DEBUG_ENV as DEBUG_ENV
 from usesearch.errors import UsesearchError, first_line, is_disk_full
+from usesearch.io.files import one_line
 
 # No markup: what is printed is data (file names like `x[/]y.png`, query texts), never
 # instructions to rich; the few styled words say so with ``Text(..., style=...)``.
@@ -36,6 +37,22 @@ def stdout_closed() -> bool:
 
 
 ALL_FAILED_EXIT = 3
+
+
+def say_failures(failures: list[tuple[str, str]], most: int = 10) -> None:
+    """A run's first ``most`` failures, one line each: a path or a message holding a
+    newline stays on its line, so each failure is one line a grep finds."""
+    for path, reason in failures[:most]:
+        console.print(f"  failed: {one_line(path)}: {one_line(reason)}")
+
+
+def say_pairs(pairs: list[tuple[str, str]], what: str, sign: str = "=", unnamed: str = "") -> None:
+    """``  N <what> (A = B and N-1 more)``: a run's path pairs (copies, moves) in one
+    line, the first named; ``unnamed`` stands for an empty second path."""
+    if pairs:
+        first, second = pairs[0]
+        more = f" and {len(pairs) - 1} more" if len(pairs) > 1 else ""
+        console.print(f"  {len(pairs)} {what} ({one_line(first)} {sign} {one_line(second) or unnamed}{more})")
 
 
 def exit_if_all_failed(done: int, skipped: int, failed: int, what: str, outcome: str = "nothing is indexed") -> None:

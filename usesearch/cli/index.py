@@ -17,6 +17,7 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
+from usesearch.cli.failures import say_failures, say_pairs
 from usesearch.cli.photo_limits import PhotoLimits, say_past_limits, with_photo_limits
 from usesearch.errors import UsesearchError
 from usesearch.io.files import one_line
@@ -186,8 +187,7 @@ def index(
                 opts.console.print(f"  damaged but not under the folders given, so left as it is: {path}")
         for line in report.devices:
             opts.console.print(f"  {line}")
-        for path, reason in report.failures[:10]:
-            opts.console.print(f"  failed: {one_line(path)}: {one_line(reason)}")  # one line a failure
+        say_failures(report.failures)
         say_past_limits(report.failures)
         _say_moved_and_copies(report)
         if report.failed_before:
@@ -228,20 +228,9 @@ def _print_json(reports: dict[str, IndexReport], as_json: bool) -> None:
 
 
 def _say_moved_and_copies(report: IndexReport) -> None:
-    if report.moved:
-        old, new = report.moved[0]
-        more = f" and {len(report.moved) - 1} more" if len(report.moved) > 1 else ""
-        opts.console.print(
-            f"  {len(report.moved)} photo(s) renamed or moved, their segments kept "
-            f"({one_line(old)} -> {one_line(new)}{more})"
-        )
-    if report.copies:
-        path, twin = report.copies[0]
-        more = f" and {len(report.copies) - 1} more" if len(report.copies) > 1 else ""
-        opts.console.print(
-            f"  {len(report.copies)} skipped as copies of a photo indexed under another path "
-            f"({one_line(path)} = {one_line(twin) or 'a photo earlier in this run'}{more})"
-        )
+    say_pairs(report.moved, "photo(s) renamed or moved, their segments kept", sign="->")
+    copies = "skipped as copies of a photo indexed under another path"
+    say_pairs(report.copies, copies, unnamed="a photo earlier in this run")
 
 
 def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:
@@ -295,8 +284,7 @@ def _print_labelled(report, db: str, db_url: str | None) -> None:
             f"  split {report.split!r} was also indexed from {', '.join(report.shared_with)}: annotations absent "
             "from this file are kept"
         )
-    for path, reason in report.failures[:10]:
-        opts.console.print(f"  failed: {path}: {reason}")
+    say_failures(report.failures)
     say_past_limits(report.failures)
     for line in report.problems[:10]:
         opts.console.print(f"  problem: {line}")
