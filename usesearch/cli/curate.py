@@ -11,7 +11,6 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
-from usesearch.cli.failures import say_failures, say_pairs
 from usesearch.cli.photo_limits import PhotoLimits, say_past_limits, with_photo_limits
 from usesearch.curation.sources import SOURCES
 from usesearch.errors import UsesearchError
@@ -164,8 +163,8 @@ def run(
         f"{report.done} images curated, {report.skipped} skipped, {report.failed} failed: "
         f"{report.pairs} pairs, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
     )
-    say_pairs(report.copies, "skipped as a copy of a photo curated under another path")
-    say_failures(report.failures)
+    opts.say_pairs(report.copies, "skipped as a copy of a photo curated under another path")
+    opts.say_failures(report.failures)
     say_past_limits(report.failures)
     if report.done and not report.pairs_after_nms and kind.prompts_sam:
         weights = "the tiny preset's random-weight SAM" if p.name == "tiny" else "SAM"

@@ -17,7 +17,6 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
-from usesearch.cli.failures import say_failures, say_pairs
 from usesearch.cli.photo_limits import PhotoLimits, say_past_limits, with_photo_limits
 from usesearch.errors import UsesearchError
 from usesearch.io.files import one_line
@@ -187,7 +186,7 @@ def index(
                 opts.console.print(f"  damaged but not under the folders given, so left as it is: {path}")
         for line in report.devices:
             opts.console.print(f"  {line}")
-        say_failures(report.failures)
+        opts.say_failures(report.failures)
         say_past_limits(report.failures)
         _say_moved_and_copies(report)
         if report.failed_before:
@@ -228,9 +227,9 @@ def _print_json(reports: dict[str, IndexReport], as_json: bool) -> None:
 
 
 def _say_moved_and_copies(report: IndexReport) -> None:
-    say_pairs(report.moved, "photo(s) renamed or moved, their segments kept", sign="->")
+    opts.say_pairs(report.moved, "photo(s) renamed or moved, their segments kept", sign="->")
     copies = "skipped as copies of a photo indexed under another path"
-    say_pairs(report.copies, copies, unnamed="a photo earlier in this run")
+    opts.say_pairs(report.copies, copies, unnamed="a photo earlier in this run")
 
 
 def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:
@@ -284,7 +283,7 @@ def _print_labelled(report, db: str, db_url: str | None) -> None:
             f"  split {report.split!r} was also indexed from {', '.join(report.shared_with)}: annotations absent "
             "from this file are kept"
         )
-    say_failures(report.failures)
+    opts.say_failures(report.failures)
     say_past_limits(report.failures)
     for line in report.problems[:10]:
         opts.console.print(f"  problem: {line}")
