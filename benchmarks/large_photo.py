@@ -6,7 +6,11 @@ process of its own (peak resident memory is a process's). The tiny preset's SAM 
 cost here is the upscaling, which does not depend on the model), a point grid, and
 ``masks_per_photo`` so that random weights keep a realistic number of masks.
 
-    python benchmarks/large_photo.py [--megapixels 1 12 49] [--points-per-side 16] [--masks 100]
+    python benchmarks/large_photo.py [--megapixels 1 12 49] [--points-per-side 16] [--masks 100] [--compiled]
+
+``--compiled``: candidates scored by ``CompiledScores`` at every size, as ``--compile``
+has it (a photo past the canvas through the composite resize's taps); compiled on a
+first pass over the photo, which is not counted.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sys
 import time
 
 
-def one(megapixels: float, points_per_side: int, masks: int) -> dict:
+def one(megapixels: float, points_per_side: int, masks: int, compiled: bool) -> dict:
     import numpy as np
     import torch
     from PIL import Image
@@ -36,6 +40,9 @@ def one(megapixels: float, points_per_side: int, masks: int) -> dict:
     generator = SamMaskGenerator(
         sam, points_per_side=points_per_side, pred_iou_thresh=-10, stability_score_thresh=-10, masks_per_photo=masks
     )
+    if compiled:  # as ``--compile`` has it; compiled on a first pass over the photo, not counted
+        generator.score_compiled()
+        generator.generate(rgb)
     start = time.perf_counter()
     records = generator.generate(rgb)
     return {
@@ -51,15 +58,17 @@ def main() -> None:
     parser.add_argument("--megapixels", type=float, nargs="+", default=[1, 12, 49])
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--masks", type=int, default=100)
+    parser.add_argument("--compiled", action="store_true", help="candidates scored compiled, as under --compile")
     parser.add_argument("--one", type=float, help=argparse.SUPPRESS)  # a size, in this process
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(one(args.one, args.points_per_side, args.masks)))
+        print(json.dumps(one(args.one, args.points_per_side, args.masks, args.compiled)))
         return
     print(f"{'MP':>6} {'masks':>6} {'s':>8} {'peak MB':>8}")
     for megapixels in args.megapixels:
         command = [sys.executable, __file__, "--one", str(megapixels), "--points-per-side", str(args.points_per_side)]
-        done = subprocess.run([*command, "--masks", str(args.masks)], capture_output=True, text=True)
+        compiled = ["--compiled"] if args.compiled else []
+        done = subprocess.run([*command, "--masks", str(args.masks), *compiled], capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{megapixels:>6} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
             continue

@@ -1,6 +1,7 @@
 """Helpers the test modules share (imported as ``tests.helpers``); the fixtures are in
 conftest.py, which pytest loads itself."""
 
+import math
 import os
 import re
 from contextlib import contextmanager
@@ -243,15 +244,17 @@ def allocated_shapes(source: str) -> list[list[str]]:
 
 
 def allocated_numels(source: str) -> list[int]:
-    """The element count of every buffer in inductor's generated code, its symbolic
-    sizes evaluated at the values the code was compiled with (``sN = argK_1`` in
-    ``call``, ``argK_1 = value`` in ``get_args``)."""
+    """The element count of every buffer in inductor's generated code (``allocated_sizes``)."""
+    return [math.prod(sizes) for sizes in allocated_sizes(source)]
+
+
+def allocated_sizes(source: str) -> list[tuple[int, ...]]:
+    """The size of every buffer in inductor's generated code, its symbolic dimensions
+    evaluated at the values the code was compiled with (``sN = argK_1`` in ``call``,
+    ``argK_1 = value`` in ``get_args``)."""
     values = {name: int(value) for name, value in re.findall(r"^\s*(arg\d+_1) = (\d+)$", source, re.M)}
     symbols = {sym: values[arg] for sym, arg in re.findall(r"^\s*(s\d+) = (arg\d+_1)$", source, re.M) if arg in values}
-    numels = []
-    for shape in allocated_shapes(source):
-        numel = 1
-        for dim in shape:
-            numel *= int(eval(dim, {"min": min, "max": max}, symbols))  # sizes are integer arithmetic
-        numels.append(numel)
-    return numels
+    # sizes are integer arithmetic
+    return [
+        tuple(int(eval(dim, {"min": min, "max": max}, symbols)) for dim in shape) for shape in allocated_shapes(source)
+    ]

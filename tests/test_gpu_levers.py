@@ -373,7 +373,7 @@ def test_the_benchmarks_blob_masks_are_few_runs_and_never_empty_on_the_photo():
     assert runs(specks > 0) > 50 * runs(blobs > 0)
 
 
-def test_compile_compiles_each_kind_of_block_once_and_the_decoder_whole(monkeypatch):
+def test_compile_compiles_each_kind_of_block_once_the_decoder_whole_and_scores_every_size(monkeypatch):
     """``--compile`` compiles the towers block by block (torch's regional compilation):
     blocks of one kind reuse one graph, so compiling does not grow with depth (the
     whole ViT-H encoder, compiled at once, had not finished in 170 s on an H200)."""
@@ -421,4 +421,6 @@ def test_compile_compiles_each_kind_of_block_once_and_the_decoder_whole(monkeypa
         getattr(block, "_compiled_call_impl", None) is not None for block in generator.model.image_encoder.blocks
     )
     assert isinstance(generator.decoder, CompiledDecoder) and generator.decoder.decoder is generator.model.mask_decoder
+    # Candidates scored compiled at every size from the first photo (a CPU's default waits, for small ones alone)
+    assert generator.compiled_scores is not None and generator.compiled_any_size and generator.compile_after is None
     torch._dynamo.reset()

@@ -334,10 +334,16 @@ class SamMaskGenerator:
         """Eager scoring time; at the budget, scoring is compiled for what follows."""
         self.eager_scoring_seconds += seconds
         if self.compile_after is not None and self.eager_scoring_seconds >= self.compile_after:
-            self.compile_after = None
+            self.score_compiled(any_size=False)
+            log.info("SAM's candidate scoring took %.1f s eagerly: compiled from here on", self.eager_scoring_seconds)
+
+    def score_compiled(self, any_size: bool = True) -> None:
+        """``CompiledScores`` from now on: at every size (``--compile``: compiled numbers
+        chosen from the first photo), or where they are the eager bits."""
+        if self.compiled_scores is None:
             side, threshold = self.model.image_encoder.img_size, self.model.mask_threshold
             self.compiled_scores = CompiledScores(side, threshold, self.stability_score_offset)
-            log.info("SAM's candidate scoring took %.1f s eagerly: compiled from here on", self.eager_scoring_seconds)
+        self.compile_after, self.compiled_any_size = None, self.compiled_any_size or any_size
 
     def _upscale(self, low_res: torch.Tensor, input_size, crop_hw) -> torch.Tensor:
         return upscale_logits(low_res, self.model.image_encoder.img_size, input_size, crop_hw)

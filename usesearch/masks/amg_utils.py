@@ -19,6 +19,7 @@ from segment_anything.utils.amg import (
 from torchvision.ops import batched_nms
 
 from usesearch.errors import first_line
+from usesearch.masks.separable_resize import axis_taps, separable_upscale
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,24 @@ def stability_and_boxes(
     float32 at 1,024 prompts, 9.7 GB, then read three times and thresholded twice)
     are never written. Eager, it costs more than the stock helpers (``CompiledScores``
     falls back to those)."""
-    logits = upscale_logits(low_res, side, input_size, crop_hw)
+    return row_scores(upscale_logits(low_res, side, input_size, crop_hw), threshold, offset)
+
+
+def separable_stability_and_boxes(
+    low_res: torch.Tensor,
+    rows: tuple[torch.Tensor, ...],
+    cols: tuple[torch.Tensor, ...],
+    threshold: float,
+    offset: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``stability_and_boxes`` of a photo larger than the canvas, upscaled through the
+    composite resize's taps (``separable_resize``): the same numbers within float
+    rounding, at a sixth of the cost on a CPU (12 MP)."""
+    return row_scores(separable_upscale(low_res, rows, cols), threshold, offset)
+
+
+def row_scores(logits: torch.Tensor, threshold: float, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stability scores and boxes of [N, H, W] logits, as reductions over each row first."""
     height, width = logits.shape[-2:]
     cols = torch.arange(width, device=logits.device)
     above = logits > threshold
@@ -183,6 +201,7 @@ def eager_stability_and_boxes(low_res, side, input_size, crop_hw, threshold, off
 REALIZE_OPS = 64  # CompiledScores' bound on the op count of a value inlined into its consumers
 SCORE_GRAPHS = 16  # graphs CompiledScores keeps (torch's default is 8 a function); past them, eager
 FALLBACK_PIXELS = 1 << 28  # full-size logit pixels the eager fallback materialises at a time (1 GB)
+SEPARABLE_BYTES = 1 << 30  # what the rows resized first may take at once (photos past the canvas)
 
 
 class CompiledScores:
@@ -214,6 +233,11 @@ class CompiledScores:
         # lies between (at 30 a CPU writes them too, 9.7 GB a 1024-px photo); one
         # explicit bound makes the GPU's choice the one the CPU's tests read.
         self._compiled = torch.compile(scores, dynamic=True, options={"realize_opcount_threshold": REALIZE_OPS})
+
+        def separable(low_res: torch.Tensor, rows: tuple, cols: tuple):
+            return separable_stability_and_boxes(low_res, rows, cols, threshold, offset)
+
+        self._separable = torch.compile(separable, dynamic=True)
         _quiet_torch_about_our_recompile_limit()
 
     def __call__(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,6 +251,8 @@ class CompiledScores:
                 with torch._dynamo.config.patch(
                     specialize_float=True, recompile_limit=SCORE_GRAPHS, fail_on_recompile_limit_hit=True
                 ):
+                    if max(crop_hw) > self.side:  # resized twice: the composite resize's taps
+                        return self._separable_scores(low_res, input_size, crop_hw)
                     return self._compiled(low_res, input_size, crop_hw)
             except torch._dynamo.exc.FailOnRecompileLimitHit:
                 if not self.over_limit:
@@ -249,6 +275,18 @@ class CompiledScores:
             )
             for i in range(0, max(1, len(low_res)), step)
         ]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _separable_scores(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor]:
+        """``separable_stability_and_boxes`` compiled, in groups whose rows resized first
+        fit ``SEPARABLE_BYTES``: as even as may be, none of one candidate (torch would
+        compile size 1 apart)."""
+        h, w = low_res.shape[-2:]
+        rows = axis_taps(self.side, h, input_size[0], crop_hw[0], low_res.device)
+        cols = axis_taps(self.side, w, input_size[1], crop_hw[1], low_res.device)
+        per_group = max(2, SEPARABLE_BYTES // (4 * crop_hw[0] * w))
+        groups = min(-(-len(low_res) // per_group), len(low_res) // 2)
+        parts = [self._separable(part, rows, cols) for part in torch.tensor_split(low_res, groups)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
