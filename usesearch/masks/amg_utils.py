@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -232,12 +233,16 @@ class CompiledScores:
         # an op count: 30 on a GPU, 50 on a CPU by default. The upscaled logits' code
         # lies between (at 30 a CPU writes them too, 9.7 GB a 1024-px photo); one
         # explicit bound makes the GPU's choice the one the CPU's tests read.
-        self._compiled = torch.compile(scores, dynamic=True, options={"realize_opcount_threshold": REALIZE_OPS})
+        from usesearch.masks import sam_compile  # (which imports this module): the one compile backend
+
+        backend = sam_compile.COMPILE_BACKEND
+        options: dict[str, Any] | None = {"realize_opcount_threshold": REALIZE_OPS} if backend == "inductor" else None
+        self._compiled = torch.compile(scores, backend=backend, dynamic=True, options=options)
 
         def separable(low_res: torch.Tensor, rows: tuple, cols: tuple):
             return separable_stability_and_boxes(low_res, rows, cols, threshold, offset)
 
-        self._separable = torch.compile(separable, dynamic=True)
+        self._separable = torch.compile(separable, backend=backend, dynamic=True)
         _quiet_torch_about_our_recompile_limit()
 
     def __call__(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor]:
