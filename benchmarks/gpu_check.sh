@@ -124,6 +124,7 @@ step levers.txt timeout 90 python3 benchmarks/sam_levers.py --arch vit_h --promp
   --compiled-decoder --upscaled 0.5
 # 5. Candidate scoring compiled against segment-anything's helpers on this GPU: time,
 #    agreement, and whether inductor's Triton code writes the full-size logits after all.
+#    3000x4000 is scored through the separable resize (separable_resize.py): never yet run on a GPU.
 step scores.txt timeout 80 python3 benchmarks/candidate_scores.py --photos 768x1024,3000x4000
 # (--compile of the whole preset has a call of its own: sh benchmarks/gpu_check.sh compile)
 if [ -n "$FAILED" ]; then echo "gpu_check: failed steps:$FAILED"; exit 1; fi
