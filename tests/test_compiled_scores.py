@@ -78,8 +78,11 @@ def test_compiled_scoring_gives_the_same_numbers_and_never_writes_the_full_size_
         (stability, boxes), sources = run_and_get_code(scores, low_res, input_size, crop_hw)  # compiles afresh
         eager_stability, eager_boxes = eager_stability_and_boxes(low_res, SIDE, input_size, crop_hw, 0.0, 1.0)
         assert scores.failed is None
-        assert torch.equal(boxes, eager_boxes)
-        assert torch.equal(stability.nan_to_num(-1.0), eager_stability.nan_to_num(-1.0))
+        # Bit for bit at the canvas's size; larger, within float rounding (the composite
+        # resize sums the same products in another order): a pixel at a threshold may move.
+        assert (boxes - eager_boxes).abs().max() <= (0 if max(crop_hw) <= SIDE else 1)
+        gap = (stability.nan_to_num(-1.0) - eager_stability.nan_to_num(-1.0)).abs().max()
+        assert gap <= (0 if max(crop_hw) <= SIDE else 1e-5)
         # At the canvas's size every buffer the compiled code allocates is per row at
         # most ([N, H]); none has the logits' [N, H, W], nor their pixels flattened into
         # one dimension. Larger (the composite resize's taps), the rows resized first
