@@ -36,7 +36,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import box_area
 
 from usesearch.devices import has_bf16
-from usesearch.masks import rle
+from usesearch.masks import rle, sam_compile
 from usesearch.masks.amg_utils import (
     CPU_POINTS_PER_BATCH,
     Candidates,
@@ -154,9 +154,8 @@ class SamMaskGenerator:
         if autocast is None:
             autocast = has_bf16(device)
         self.autocast = bool(autocast)
-        side, threshold = model.image_encoder.img_size, model.mask_threshold
         on_now = device.type == "cuda" if compiled_scores is None else compiled_scores
-        self.compiled_scores = CompiledScores(side, threshold, stability_score_offset) if on_now else None
+        self.compiled_scores = self._scores() if on_now else None
         renting = compiled_scores is None and not on_now and shutil.which(os.environ.get("CXX", "g++")) is not None
         self.compile_after = COMPILE_AFTER_SECONDS if renting else None
         self.compiled_any_size = on_now
@@ -341,9 +340,16 @@ class SamMaskGenerator:
         """``CompiledScores`` from now on: at every size (``--compile``: compiled numbers
         chosen from the first photo), or where they are the eager bits."""
         if self.compiled_scores is None:
-            side, threshold = self.model.image_encoder.img_size, self.model.mask_threshold
-            self.compiled_scores = CompiledScores(side, threshold, self.stability_score_offset)
+            self.compiled_scores = self._scores()
         self.compile_after, self.compiled_any_size = None, self.compiled_any_size or any_size
+
+    def _scores(self) -> CompiledScores:  # with the backend every compiled part of SAM takes
+        side, threshold, offset = (
+            self.model.image_encoder.img_size,
+            self.model.mask_threshold,
+            self.stability_score_offset,
+        )
+        return CompiledScores(side, threshold, offset, sam_compile.COMPILE_BACKEND)
 
     def _upscale(self, low_res: torch.Tensor, input_size, crop_hw) -> torch.Tensor:
         return upscale_logits(low_res, self.model.image_encoder.img_size, input_size, crop_hw)

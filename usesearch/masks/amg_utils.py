@@ -219,7 +219,7 @@ class CompiledScores:
     scoring materialises ``FALLBACK_PIXELS`` at a time (batches are sized for the
     compiled path, which materialises none)."""
 
-    def __init__(self, side: int, threshold: float, offset: float) -> None:
+    def __init__(self, side: int, threshold: float, offset: float, backend: str = "inductor") -> None:
         self.side, self.threshold, self.offset = side, threshold, offset
         self.failed: str | None = None
         self.over_limit = 0  # calls scored eagerly because their shape would pass SCORE_GRAPHS
@@ -233,9 +233,6 @@ class CompiledScores:
         # an op count: 30 on a GPU, 50 on a CPU by default. The upscaled logits' code
         # lies between (at 30 a CPU writes them too, 9.7 GB a 1024-px photo); one
         # explicit bound makes the GPU's choice the one the CPU's tests read.
-        from usesearch.masks import sam_compile  # (which imports this module): the one compile backend
-
-        backend = sam_compile.COMPILE_BACKEND
         options: dict[str, Any] | None = {"realize_opcount_threshold": REALIZE_OPS} if backend == "inductor" else None
         self._compiled = torch.compile(scores, backend=backend, dynamic=True, options=options)
 
