@@ -22,6 +22,7 @@ import torch.nn.functional as F
 MAX_TAPS = 4  # low-res rows (columns) one photo row (column) can read: 3 when the photo is upscaled
 
 
+@lru_cache(maxsize=64)  # a photo shape's two axes: a run's photos share a few shapes (on a GPU: no copy a call)
 def axis_taps(side: int, low: int, input_len: int, out_len: int, device: torch.device) -> tuple[torch.Tensor, ...]:
     """(indices [out_len, K] into the ``low`` low-res rows, float32 weights [out_len, K])
     of the composite resize along one axis: ``low`` -> ``side`` (the canvas), its first
@@ -30,7 +31,6 @@ def axis_taps(side: int, low: int, input_len: int, out_len: int, device: torch.d
     return indices.to(device), weights.to(device)
 
 
-@lru_cache(maxsize=64)  # a photo shape's two axes: a run's photos share a few shapes
 def _axis_taps(side: int, low: int, input_len: int, out_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     first = _resize_matrix(low, side)[:input_len]  # [input_len, low]
     second = _resize_matrix(input_len, out_len)  # [out_len, input_len]
