@@ -145,6 +145,31 @@ def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_what_the_wh
             expected = wholes[file].encode_text(tokens)
             torch.testing.assert_close(text.model.encode_text(tokens), expected, rtol=0, atol=0)
     monkeypatch.setattr(safetensors, "safe_open", real_open)
+    # Nothing left on the file's memory map: written over in place (as `cp` does under a
+    # running server), the loaded text tower's vectors stay.
+    text = build_clip(cfg, "tiny", native_size=True, text_only=True).model
+    with torch.no_grad():
+        before = text.encode_text(tokens)
+        with open(whole_file, "r+b") as file:
+            data_start = 8 + int.from_bytes(file.read(8), "little")  # past safetensors' header
+            size = file.seek(0, 2)
+            file.seek(data_start)
+            file.write(bytes(size - data_start))
+        assert torch.equal(text.encode_text(tokens), before)
+    # Position embeddings of another length, which open_clip's loader resizes: loaded by both.
+    grid = int((state["visual.positional_embedding"].shape[0] - 1) ** 0.5) + 1
+    resized = dict(
+        state,
+        positional_embedding=torch.randn(
+            state["positional_embedding"].shape[0] + 4, state["positional_embedding"].shape[1]
+        ),
+    )
+    resized["visual.positional_embedding"] = torch.randn(grid * grid + 1, state["visual.positional_embedding"].shape[1])
+    save_file(resized, str(whole_file))
+    with torch.no_grad():
+        expected = build_clip(cfg, "tiny", native_size=True).model.encode_text(tokens)
+        text = build_clip(cfg, "tiny", native_size=True, text_only=True).model
+        torch.testing.assert_close(text.encode_text(tokens), expected, rtol=0, atol=0)
     refused = {
         "ln_final.weight": {k: v for k, v in state.items() if k != "ln_final.weight"},  # short of a text weight
         r"\d+ weights differ, e.g. visual\.": {k: v for k, v in state.items() if not k.startswith("visual.")},  # none

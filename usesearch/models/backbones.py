@@ -185,11 +185,7 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False, tex
                 )
             # The image tower's shapes, to check the file's against (its header alone): a CLIP
             # of another patch size has this text tower's, and its text vectors would go unnoticed.
-            image_tower: dict[str, list[int] | None] = {
-                f"visual.{name}": list(weight.shape) for name, weight in model.visual.state_dict().items()
-            }
-            if not native_size:  # open_clip resizes the file's to the USE grid
-                image_tower["visual.positional_embedding"] = None
+            image_tower = {f"visual.{name}": list(weight.shape) for name, weight in model.visual.state_dict().items()}
             model.visual = None
             _load_text_tower(model, path, cfg.model_name, preset_name, image_tower)
             _rebuild_causal_mask(model)
@@ -215,15 +211,16 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False, tex
 
 
 def _load_text_tower(
-    model: nn.Module, path: Path, model_name: str, preset_name: str, image_tower: dict[str, list[int] | None]
+    model: nn.Module, path: Path, model_name: str, preset_name: str, image_tower: dict[str, list[int]]
 ) -> None:
     """Every weight of ``model`` but its image tower's, from the safetensors file at
     ``path``, strictly: a weight missing, one the model lacks or one of another shape,
-    the image tower's included (``image_tower``: name -> shape, None for any), is
+    the image tower's included (``image_tower``: name -> shape), is
     refused in one line (the model was built without its random init, so nothing may
     stay unloaded). The image tower's weights are checked from the file's header and
     never read. As open_clip's loader: a ``module.`` prefix (a DDP-wrapped model's
     file) is dropped, and a logit scale of one value taken in either of its shapes."""
+    from open_clip.model import resize_text_pos_embed
     from safetensors import safe_open
 
     state = model.state_dict()  # (its image tower is dropped already)
@@ -237,16 +234,27 @@ def _load_text_tower(
             raise _another_model(path, model_name, preset_name, f"{len(odd)} weights differ, e.g. {odd[0]}")
         for name, want in expected.items():  # (ViT-L's and ViT-B's text towers share their names, not their shapes)
             shape = list(file.get_slice(names[name]).get_shape())
-            if (
-                want is not None
-                and shape != want
-                and not (name in _ONE_VALUE and math.prod(shape) == 1 == math.prod(want))
-            ):
+            if not _loads_as(name, shape, want):
                 raise _another_model(path, model_name, preset_name, f"{name} is {shape} there, {want} in the model")
-        weights = {
-            name: file.get_tensor(names[name]).reshape(want.shape).to(want.dtype) for name, want in state.items()
-        }
-    model.load_state_dict(weights, strict=True, assign=True)  # the file's tensors become the weights: no copy
+        # Copied out of the file's memory map, each as it is read: a tensor left on the map
+        # ties the model to the file (a file written over in place changes the vectors of a
+        # running server; one cut short kills it with a bus error).
+        weights = {name: file.get_tensor(names[name]).to(want.dtype, copy=True) for name, want in state.items()}
+    resize_text_pos_embed(weights, model)  # open_clip's loader does, for a file of another context length
+    model.load_state_dict({name: w.reshape(state[name].shape) for name, w in weights.items()}, strict=True, assign=True)
+
+
+def _loads_as(name: str, shape: list[int], want: list[int]) -> bool:
+    """Whether a file's weight of ``shape`` loads where the model's is ``want``, as
+    open_clip's loader takes it: the position embeddings resized (the text's to the
+    model's context, the image's from a square grid plus its class token), a logit
+    scale of one value in either of its shapes, anything else as it is."""
+    if name in ("positional_embedding", "visual.positional_embedding") and len(shape) == 2 == len(want):
+        tokens = shape[0] - (name != "positional_embedding")  # the image's class token
+        return shape[1] == want[1] and (name == "positional_embedding" or math.isqrt(tokens) ** 2 == tokens > 0)
+    if name in _ONE_VALUE:
+        return math.prod(shape) == 1 == math.prod(want)
+    return shape == want
 
 
 def _rebuild_causal_mask(model: nn.Module) -> None:
