@@ -46,7 +46,7 @@ def test_dino_built_for_its_file_is_the_files_and_a_file_short_of_a_weight_is_re
     with torch.no_grad():
         for p in seeded.parameters():
             p.add_(0.5)
-    cfg = dataclasses.replace(preset.dino, pretrained=True)
+    cfg = dataclasses.replace(preset.dino, pretrained=True)  # offline-ok: the local file written below
     file = Path(dino_status(cfg).expected)
     file.parent.mkdir(parents=True)
     state = {k: v.contiguous() for k, v in seeded.state_dict().items()}

@@ -45,6 +45,7 @@ from usesearch.masks.amg_utils import (
     cpu_upscale_chunk,
     nms,
     off_crop_edge,
+    past_canvas,
     prompt_batch,
     remove_small_regions_each,
     stability_score,
@@ -300,7 +301,7 @@ class SamMaskGenerator:
             keep = iou > self.pred_iou_thresh
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         side = self.model.image_encoder.img_size
-        exact = max(crop_hw) <= side  # crops whose logits are resized once: compiled gives the same bits
+        exact = not past_canvas(side, crop_hw)  # where compiled scoring gives the eager bits
         if self.compiled_scores is not None and (self.compiled_any_size or exact):
             stability, boxes = self.compiled_scores(low_res, input_size, crop_hw)
             cands = Candidates(low_res, iou, stability, boxes, points, torch.zeros_like(boxes[:, 0]))

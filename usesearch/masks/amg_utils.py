@@ -199,6 +199,18 @@ def eager_stability_and_boxes(low_res, side, input_size, crop_hw, threshold, off
     return stability_score(logits, threshold, offset), batched_mask_to_box(logits > threshold)
 
 
+def past_canvas(side: int, crop_hw: tuple[int, int]) -> bool:
+    """Whether a crop is larger than the model's canvas: compiled scoring takes it through
+    the composite resize (``separable_resize``), the eager numbers within float rounding;
+    at or under the canvas, compiled scoring gives the eager bits."""
+    return max(crop_hw) > side
+
+
+def _joined(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(stability scores, boxes) of groups of candidates, in one pair."""
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 REALIZE_OPS = 64  # CompiledScores' bound on the op count of a value inlined into its consumers
 SCORE_GRAPHS = 16  # graphs CompiledScores keeps (torch's default is 8 a function); past them, eager
 FALLBACK_PIXELS = 1 << 28  # full-size logit pixels the eager fallback materialises at a time (1 GB)
@@ -253,7 +265,7 @@ class CompiledScores:
                 with torch._dynamo.config.patch(
                     specialize_float=True, recompile_limit=SCORE_GRAPHS, fail_on_recompile_limit_hit=True
                 ):
-                    if max(crop_hw) > self.side:  # resized twice: the composite resize's taps
+                    if past_canvas(self.side, crop_hw):
                         return self._separable_scores(low_res, input_size, crop_hw)
                     return self._compiled(low_res, input_size, crop_hw)
             except torch._dynamo.exc.FailOnRecompileLimitHit:
@@ -277,7 +289,7 @@ class CompiledScores:
             )
             for i in range(0, max(1, len(low_res)), step)
         ]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return _joined(parts)
 
     def _separable_scores(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor]:
         """``separable_stability_and_boxes`` compiled, in groups whose rows resized first
@@ -289,7 +301,7 @@ class CompiledScores:
         per_group = max(2, SEPARABLE_BYTES // (4 * crop_hw[0] * w))
         groups = min(-(-len(low_res) // per_group), len(low_res) // 2)
         parts = [self._separable(part, rows, cols) for part in torch.tensor_split(low_res, groups)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return _joined(parts)
 
 
 class _OurRecompileLimit(logging.Filter):

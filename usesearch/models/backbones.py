@@ -157,10 +157,9 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False, tex
     """Build CLIP with its image tower at ``cfg.image_size`` (the USE grid; open_clip
     resizes the positional embedding of loaded weights to it), or at the size it was
     trained at when ``native_size`` (the crop embedder). ``text_only`` (a query's text
-    side): from a safetensors file, only the text tower's weights are read, and the
-    image tower is dropped before they are (``l14-336``: a peak of 4.0 GB, then
-    2.4 GB); the model is built on the meta device, so no other weight is ever
-    allocated; from another file, as usual."""
+    side): from a safetensors file, only the text tower's weights are read, into a
+    model built on the meta device whose image tower is never allocated (``l14-336``:
+    a peak of 4.0 GB, now 1.7 GB); from another file, as usual."""
     import open_clip
 
     if cfg.custom_config is not None and open_clip.get_model_config(cfg.model_name) is None:
@@ -219,7 +218,7 @@ def _load_text_tower(
     refused in one line (the model was built without its random init, so nothing may
     stay unloaded). The image tower's weights are checked from the file's header and
     never read. As open_clip's loader: a ``module.`` prefix (a DDP-wrapped model's
-    file) is dropped, and a logit scale of one value taken in either of its shapes."""
+    file) is dropped, and the shapes it adapts are taken (``_loads_as``)."""
     from open_clip.model import resize_text_pos_embed
     from safetensors import safe_open
 
