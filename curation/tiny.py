@@ -43,8 +43,8 @@ def tiny_grounding_dino(seed: int = 5):
     assert (vocab["[CLS]"], vocab["[SEP]"], vocab["."]) == (101, 102, 1012)
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
     config = GroundingDinoConfig(
-        # out_features goes through SwinConfig's __post_init__ kwargs, which its dataclass signature hides.
-        backbone_config=SwinConfig(  # type: ignore[call-arg]
+        # out_features goes through SwinConfig's __post_init__ kwargs (its dataclass signature hides them).
+        backbone_config=SwinConfig(
             embed_dim=16,
             depths=[1, 1, 1, 1],
             num_heads=[1, 1, 1, 1],
