@@ -497,7 +497,7 @@ def test_commands_that_run_no_model_import_none(tmp_path):
     """`info`, `failures`, `prune`, `reindex` and `similar SEGMENT_ID` read the catalog and
     the vectors only: they imported torch, segment_anything and open_clip all the same
     (~4 s and ~800 MB a call on 2 cores, as much for a typo in --db, also `serve`'s and
-    `audit`'s, or in `index`'s paths)."""
+    `audit`'s, or in `index`'s paths). A query, which builds CLIP, imports no transformers."""
     from tests.helpers import OPTS, write_photos
     from usesearch.indexer import IndexOptions, index_paths
 
@@ -523,6 +523,11 @@ def test_commands_that_run_no_model_import_none(tmp_path):
         "    done = CliRunner().invoke(app, args)\n"
         "    heavy = [m for m in ('torch', 'segment_anything', 'open_clip', 'timm') if m in sys.modules]\n"
         "    out.append([args[0], done.exit_code, heavy])\n"
+        "done = CliRunner().invoke(app, ['query', 'a cat', '--db', sys.argv[1], '-k', '2'])\n"
+        "out.append(['query', done.exit_code, 'transformers' in sys.modules])\n"
+        "import transformers\n"
+        "hub_towers = sys.modules['open_clip'].hf_model.transformers\n"
+        "out.append(['transformers', hasattr(transformers, 'AutoConfig'), hub_towers])\n"
         "print(json.dumps(out))\n"
     )
     done = subprocess.run(
@@ -533,6 +538,10 @@ def test_commands_that_run_no_model_import_none(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     ran = json.loads(done.stdout)
+    # A query builds CLIP, without transformers (open_clip imports it for hub text towers
+    # no preset uses: 1.6 s of each process's start), which is importable after it all the same.
+    ran, query, after = ran[:-2], ran[-2], ran[-1]
+    assert query == ["query", 0, False] and after == ["transformers", True, None], (query, after)
     assert [name for name, _, _ in ran] == [c[0] for c in commands]
     assert [code for _, code, _ in ran] == [0] * 5 + [2] * 4  # each ran (the last four: no index, no photos)
     assert all(heavy == [] for _, _, heavy in ran), ran

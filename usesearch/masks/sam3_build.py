@@ -80,7 +80,7 @@ TINY = Sam3Architecture(
 
 def bpe_vocabulary() -> str:
     """The CLIP BPE vocabulary SAM 3's tokenizer reads (not shipped in the sam3 wheel)."""
-    import open_clip
+    from usesearch.models.clip_library import open_clip
 
     path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():

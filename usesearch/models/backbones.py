@@ -160,7 +160,7 @@ def build_clip(cfg: ClipConfig, preset_name: str, native_size: bool = False, tex
     side): from a safetensors file, only the text tower's weights are read, into a
     model built on the meta device whose image tower is never allocated (``l14-336``:
     a peak of 4.0 GB, now 1.7 GB); from another file, as usual."""
-    import open_clip
+    from usesearch.models.clip_library import open_clip
 
     if cfg.custom_config is not None and open_clip.get_model_config(cfg.model_name) is None:
         from usesearch.models.presets import MODEL_CONFIG_DIR
@@ -219,8 +219,11 @@ def _load_text_tower(
     stay unloaded). The image tower's weights are checked from the file's header and
     never read. As open_clip's loader: a ``module.`` prefix (a DDP-wrapped model's
     file) is dropped, and the shapes it adapts are taken (``_loads_as``)."""
-    from open_clip.model import resize_text_pos_embed
     from safetensors import safe_open
+
+    from usesearch.models.clip_library import open_clip
+
+    resize_text_pos_embed = open_clip.model.resize_text_pos_embed
 
     state = model.state_dict()  # (its image tower is dropped already)
     expected = {name: list(weight.shape) for name, weight in state.items()} | image_tower
@@ -260,8 +263,9 @@ def _rebuild_causal_mask(model: nn.Module) -> None:
     """The text tower's causal mask, a buffer no file holds (open_clip builds it in
     ``__init__``), by open_clip's own rule, for a model built on the meta device; any
     other tensor left there is a bug said in one line, never a model half loaded."""
-    from open_clip.transformer import TextTransformer
+    from usesearch.models.clip_library import open_clip
 
+    TextTransformer = open_clip.transformer.TextTransformer
     mask = getattr(model, "attn_mask", None)
     if isinstance(mask, torch.Tensor) and mask.is_meta:
         model.attn_mask = TextTransformer.build_causal_mask(SimpleNamespace(num_pos=mask.shape[0]))

@@ -110,7 +110,7 @@ def _clip_repo(cfg: ClipConfig) -> str:
     known = CLIP_HUB_REPOS.get((cfg.model_name, str(cfg.pretrained)))
     if known is not None:
         return known
-    import open_clip  # another model or tag: open_clip's own table
+    from usesearch.models.clip_library import open_clip  # another model or tag: open_clip's own table
 
     hub = (open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained) or {}).get("hf_hub", "")
     return hub.rstrip("/")
@@ -293,7 +293,7 @@ def pull(preset: PresetConfig) -> list[str]:
         if status.fault is not None:  # a file of the user's, not ours to delete; a download beside it would not be read
             raise UsesearchError(damaged(status, preset.name))
     if clip.needed and not clip.present:
-        import open_clip
+        from usesearch.models.clip_library import open_clip
 
         refuse_when_unreachable(f"CLIP {clip.name} ({clip.source})")
         try:
