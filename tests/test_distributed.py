@@ -346,36 +346,6 @@ def test_two_photos_that_kill_their_worker_in_one_call_both_end_as_worker_died(t
     assert fragments.attempts_path(tmp_path, shas[0]).exists()  # the verdict's note, until it is committed
 
 
-def test_a_photo_whose_decoding_kills_its_worker_is_recorded_and_the_rest_indexed(ray_local, monkeypatch, tmp_path):
-    """Decoding runs in the actor (fused with it) before the attempt was noted: a photo
-    that crashed the decoder was retried for ever, and nothing after it committed."""
-
-    def decode_files(batch, **kwargs):  # in the Ray worker: its decoder crashes on coffee.png
-        from usesearch.indexer import ray_reads as there  # (there, the module as it is: unpatched)
-
-        decode = there.decode
-
-        def crashing(data, path, *args):
-            if path.endswith("coffee.png"):
-                os._exit(1)  # as a native crash in a codec would end it
-            return decode(data, path, *args)
-
-        there.decode = crashing
-        try:
-            return there.decode_files(batch, **kwargs)
-        finally:
-            there.decode = decode
-
-    monkeypatch.setattr(distributed, "decode_files", decode_files)
-    photos = write_photos(tmp_path / "photos", ("coffee", "rocket", "chelsea"))
-    report = index_paths_ray([photos], tmp_path / "db", IndexOptions(**OPTS), workers=1)
-    with SegmentIndex.open(tmp_path / "db") as ix:
-        failed = {os.path.basename(f.path): f for f in ix.store.failures()}
-        assert failed.keys() == {"coffee.png"} and failed["coffee.png"].error_class == "WorkerDied"
-        assert report.done == 2 and ix.stats()["images_done"] == 2
-    assert not list((tmp_path / "db" / fragments.FRAGMENTS).iterdir())
-
-
 def test_a_ray_rerun_skips_copies_and_failed_files_unread_as_the_sequential_one_does(tmp_path, monkeypatch):
     """Ray's driver sent every copy and every failed file to its workers to be hashed, each run."""
     import shutil

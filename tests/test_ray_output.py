@@ -29,10 +29,11 @@ def test_a_photo_that_kills_its_worker_is_recorded_the_rest_indexed_and_stdout_l
     under "(raylet)", breaking ``--json``) and its C++ core a 400-character line on
     stderr. An actor call's photos go through SAM's encoder together (``--encoder-batch``,
     a GPU's), and a photo an actor died on is computed alone: the photo batched with
-    the culprit is indexed."""
+    the culprit is indexed. A photo whose decoding kills the actor (a native crash in a
+    codec; decoding runs in the actor, fused with it) was retried for ever too."""
     for name in ("USESEARCH_DEBUG", "RAY_LOG_TO_STDERR", ray_cluster.BACKEND_LOG_LEVEL):  # each keeps Ray's lines
         monkeypatch.delenv(name, raising=False)
-    photos = write_photos(tmp_path / "photos", ("coffee", "rocket", "chelsea"))
+    photos = write_photos(tmp_path / "photos", ("coffee", "rocket", "chelsea", "astronaut"))
     calls = tmp_path / "calls.txt"
     patch = (
         "import os\n"
@@ -46,23 +47,38 @@ def test_a_photo_that_kills_its_worker_is_recorded_the_rest_indexed_and_stdout_l
         "            os._exit(1)  # as a segfault or the OOM killer would end it\n"
         "        return super().compute(rgbs, paths)\n"
         "distributed.SegmentWorker = CrashesOnCoffee\n"
+        "def decode_files(batch, **kwargs):  # in the actor: its decoder crashes on astronaut.png\n"
+        "    from usesearch.indexer import ray_reads as there\n"
+        "    decode = there.decode\n"
+        "    def crashing(data, path, *args):\n"
+        "        if path.endswith('astronaut.png'):\n"
+        "            os._exit(1)\n"
+        "        return decode(data, path, *args)\n"
+        "    there.decode = crashing\n"
+        "    try:\n"
+        "        return there.decode_files(batch, **kwargs)\n"
+        "    finally:\n"
+        "        there.decode = decode\n"
+        "distributed.decode_files = decode_files\n"
     )
     sam = ("--points-per-side", "4", "--pred-iou-thresh", "-10", "--stability-score-thresh", "-10")
-    flags = ("--json", "--device", "cpu", *sam, "--encoder-batch", "3")
+    flags = ("--json", "--device", "cpu", *sam, "--encoder-batch", "4")
     returncode, out, err = index_on_ray_in_a_process(patch, photos, tmp_path / "db", *flags, masker="sam")
     assert returncode == 0, err[-2000:]
-    # The three together; then each alone (chelsea indexed, coffee kills its actor again); then rocket alone.
+    # astronaut's decoding killed the actor twice, before any photo reached the models.
+    # Then the other three together; then each alone (chelsea indexed, coffee kills its
+    # actor again); then rocket alone.
     assert calls.read_text().split() == ["chelsea.png,coffee.png,rocket.png", "chelsea.png", "coffee.png", "rocket.png"]
     report = json.loads(out)  # stdout is the report alone
-    assert report["proposals"]["done"] == 2 and report["proposals"]["failed"] == 1  # the photos after it too
-    assert "WorkerDied" in report["proposals"]["failures"][0][1]
+    assert report["proposals"]["done"] == 2 and report["proposals"]["failed"] == 2  # the photos after them too
+    assert all("WorkerDied" in why for _, why in report["proposals"]["failures"])
     assert "(raylet)" not in out + err
     assert not [line for line in err.splitlines() if RAY_NATIVE_LINE.match(line)], err
     assert "failed: " in err and "coffee.png: WorkerDied" in err  # the CLI's own line says it
     with SegmentIndex.open(tmp_path / "db") as ix:
         failed = {os.path.basename(f.path): f for f in ix.store.failures()}
-        assert failed.keys() == {"coffee.png"} and failed["coffee.png"].error_class == "WorkerDied"
-        assert "died 2 times" in failed["coffee.png"].error_message
+        assert failed.keys() == {"coffee.png", "astronaut.png"}
+        assert all(f.error_class == "WorkerDied" and "died 2 times" in f.error_message for f in failed.values())
         assert ix.stats()["images_done"] == 2
         segments = ix.stats()["segments"]
     assert not list((tmp_path / "db" / fragments.FRAGMENTS).iterdir())  # no fragment, no note of an attempt left
@@ -72,7 +88,8 @@ def test_a_photo_that_kills_its_worker_is_recorded_the_rest_indexed_and_stdout_l
         device="cpu",
         masker_options={"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0},
     )
-    alone = index_paths([f for f in photos.rglob("*.png") if f.name != "coffee.png"], tmp_path / "sequential", options)
+    others = [f for f in photos.rglob("*.png") if f.name not in failed]
+    alone = index_paths(others, tmp_path / "sequential", options)
     assert alone.segments == segments > 0
 
 
