@@ -37,6 +37,10 @@ if _worker:
 # of imports, waited up to a minute. At nice 0 they share the cores as the tests do.
 # Read where each of Ray's processes starts: ``ray_local``'s and a tested CLI's own Ray alike.
 os.environ.setdefault("RAY_worker_niceness", "0")
+# Inductor's first CPU compile with an empty cache builds a test program for each vector
+# ISA the CPU reports (18 of the first graph's 42 s on 2 cores, paid by every fresh
+# checkout's suite, as CI's); the suite takes the CPU's word, in its subprocesses too.
+os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
