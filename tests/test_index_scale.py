@@ -297,12 +297,12 @@ def test_candidate_facts_read_light_are_the_rows_own(tmp_path, monkeypatch):
     assert {i: tuple(f) for i, f in store.segment_facts(wanted).items()} == expected
 
 
+PQ_KINDS = (faiss.IndexPQ, faiss.IndexIVFPQ)
+
+
 def _polysemous(index):
     """Whether each PQ inside the index would be trained polysemously."""
     return [part.do_polysemous_training for part in index_kinds._parts(index) if isinstance(part, PQ_KINDS)]
-
-
-PQ_KINDS = (faiss.IndexPQ, faiss.IndexIVFPQ)
 
 
 @pytest.mark.parametrize(

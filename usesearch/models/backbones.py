@@ -223,8 +223,6 @@ def _load_text_tower(
 
     from usesearch.models.clip_library import open_clip
 
-    resize_text_pos_embed = open_clip.model.resize_text_pos_embed
-
     state = model.state_dict()  # (its image tower is dropped already)
     expected = {name: list(weight.shape) for name, weight in state.items()} | image_tower
     with safe_open(str(path), framework="pt") as file:
@@ -242,7 +240,9 @@ def _load_text_tower(
         # ties the model to the file (a file written over in place changes the vectors of a
         # running server; one cut short kills it with a bus error).
         weights = {name: file.get_tensor(names[name]).to(want.dtype, copy=True) for name, want in state.items()}
-    resize_text_pos_embed(weights, model)  # open_clip's loader does, for a file of another context length
+    open_clip.model.resize_text_pos_embed(
+        weights, model
+    )  # open_clip's loader does, for a file of another context length
     model.load_state_dict({name: w.reshape(state[name].shape) for name, w in weights.items()}, strict=True, assign=True)
 
 
@@ -265,10 +265,11 @@ def _rebuild_causal_mask(model: nn.Module) -> None:
     other tensor left there is a bug said in one line, never a model half loaded."""
     from usesearch.models.clip_library import open_clip
 
-    TextTransformer = open_clip.transformer.TextTransformer
     mask = getattr(model, "attn_mask", None)
     if isinstance(mask, torch.Tensor) and mask.is_meta:
-        model.attn_mask = TextTransformer.build_causal_mask(SimpleNamespace(num_pos=mask.shape[0]))
+        model.attn_mask = open_clip.transformer.TextTransformer.build_causal_mask(
+            SimpleNamespace(num_pos=mask.shape[0])
+        )
     left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if left:
         raise UsesearchError(
