@@ -108,19 +108,42 @@ def trained_head(tmp_path):
     return path, use
 
 
+def built_once(tmp_path_factory, name: str, build) -> "os.PathLike":
+    """A folder ``build(folder)`` fills once for the whole run: pytest-xdist's workers
+    share the run's temporary root, and the first to take the lock builds it (as
+    pytest-xdist's docs do for session fixtures); the others wait, then read it."""
+    import shutil
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's, above each worker's
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker killed while building left
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_tiny_head(tmp_path_factory):
-    """A tiny head trained 300 steps on the synthetic world (~30 s), shared by the tests
-    that need a model whose scores mean something."""
-    from usesearch.training.data import load_samples
-    from usesearch.training.synthetic import write_dataset
-    from usesearch.training.train import TrainConfig, Trainer
+    """A tiny head trained 300 steps on the synthetic world (~20 s), shared by the tests
+    that need a model whose scores mean something (trained once for both workers)."""
 
-    root = tmp_path_factory.mktemp("trained")
-    train_dir, test_dir = write_dataset(root / "train", 96, seed=1), write_dataset(root / "test", 24, seed=2)
-    cfg = TrainConfig(preset="tiny", batch_images=8, crop=128, max_steps=300, lr=2e-3, checkpoint_every=10**9)
-    Trainer(load_samples([train_dir]), root / "run", cfg).run()
-    return root / "run" / "head", test_dir
+    def train(root):
+        from usesearch.training.data import load_samples
+        from usesearch.training.synthetic import write_dataset
+        from usesearch.training.train import TrainConfig, Trainer
+
+        train_dir = write_dataset(root / "train", 96, seed=1)
+        write_dataset(root / "test", 24, seed=2)
+        cfg = TrainConfig(preset="tiny", batch_images=8, crop=128, max_steps=300, lr=2e-3, checkpoint_every=10**9)
+        Trainer(load_samples([train_dir]), root / "run", cfg).run()
+
+    root = built_once(tmp_path_factory, "trained-tiny-head", train)
+    return root / "run" / "head", root / "test"
 
 
 @pytest.fixture(scope="session")
