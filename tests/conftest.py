@@ -2,7 +2,16 @@
 
 import os
 import signal
+import sys
 import tempfile
+
+# The README's install skips pip's byte-compiling (`--no-compile`: 80 of its 160 s, for
+# torch's ~19k files), so the ~4k modules the suite imports are compiled on first use and
+# kept, by this process and the ones it starts (pytest-xdist's workers, CLI subprocesses,
+# Ray's workers). Where PYTHONDONTWRITEBYTECODE is set, as on this project's machines,
+# each of those ~60 processes would compile them again (~10 s each).
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 # A shell starts a background job (`cmd &`) with SIGINT ignored, and Python then keeps
 # it ignored: the Ctrl-C tests, in this process and in those it starts, need Python's own.
