@@ -9,7 +9,7 @@ import tempfile
 # torch's ~19k files), so the ~4k modules the suite imports are compiled on first use and
 # kept, by this process and the ones it starts (pytest-xdist's workers, CLI subprocesses,
 # Ray's workers). Where PYTHONDONTWRITEBYTECODE is set, as on this project's machines,
-# each of those ~60 processes would compile them again (~10 s each).
+# each of those processes would compile them again (~10 s a process that imports the models).
 sys.dont_write_bytecode = False
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
