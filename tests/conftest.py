@@ -117,41 +117,31 @@ def trained_head(tmp_path):
     return path, use
 
 
-def built_once(tmp_path_factory, name: str, build) -> "os.PathLike":
-    """A folder ``build(folder)`` fills once for the whole run: pytest-xdist's workers
-    share the run's temporary root, and the first to take the lock builds it (as
-    pytest-xdist's docs do for session fixtures); the others wait, then read it."""
+@pytest.fixture(scope="session")
+def trained_tiny_head(tmp_path_factory):
+    """A tiny head trained 300 steps on the synthetic world (~20 s), shared by the tests
+    that need a model whose scores mean something. Trained once for the run: pytest-xdist's
+    workers share the run's temporary root, and the first to take the lock trains it (as
+    pytest-xdist's docs do for session fixtures); the other waits, then reads it."""
     import shutil
 
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's, above each worker's
-    folder, done = root / name, root / f"{name}.done"
-    with FileLock(str(root / f"{name}.lock")):
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "trained-tiny-head"
+    done = root.with_name(f"{root.name}.done")  # written once trained (a killed worker leaves none)
+    with FileLock(f"{root}.lock"):
         if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)  # what a worker killed while building left
-            build(folder)
+            from usesearch.training.data import load_samples
+            from usesearch.training.synthetic import write_dataset
+            from usesearch.training.train import TrainConfig, Trainer
+
+            shutil.rmtree(root, ignore_errors=True)  # what a worker killed while training left
+            train_dir = write_dataset(root / "train", 96, seed=1)
+            write_dataset(root / "test", 24, seed=2)
+            cfg = TrainConfig(preset="tiny", batch_images=8, crop=128, max_steps=300, lr=2e-3, checkpoint_every=10**9)
+            Trainer(load_samples([train_dir]), root / "run", cfg).run()
             done.touch()
-    return folder
-
-
-@pytest.fixture(scope="session")
-def trained_tiny_head(tmp_path_factory):
-    """A tiny head trained 300 steps on the synthetic world (~20 s), shared by the tests
-    that need a model whose scores mean something (trained once for both workers)."""
-
-    def train(root):
-        from usesearch.training.data import load_samples
-        from usesearch.training.synthetic import write_dataset
-        from usesearch.training.train import TrainConfig, Trainer
-
-        train_dir = write_dataset(root / "train", 96, seed=1)
-        write_dataset(root / "test", 24, seed=2)
-        cfg = TrainConfig(preset="tiny", batch_images=8, crop=128, max_steps=300, lr=2e-3, checkpoint_every=10**9)
-        Trainer(load_samples([train_dir]), root / "run", cfg).run()
-
-    root = built_once(tmp_path_factory, "trained-tiny-head", train)
     return root / "run" / "head", root / "test"
 
 
