@@ -76,6 +76,26 @@ def _random_masks(rng, n, h, w):
     return masks
 
 
+@pytest.mark.parametrize("n,h,w", [(3, 1, 1), (2, 1, 7), (2, 9, 1), (4, 23, 19), (2, 300, 401), (2, 0, 5)])
+def test_a_stack_of_masks_is_coded_as_pycocotools_codes_each_mask(n, h, w):
+    """``encode_stack`` transposes the stack into pycocotools' column-major layout
+    itself (OpenCV, mask by mask): each RLE must be pycocotools' for that mask alone,
+    for bool or 0/1 arrays, tensors and strided views."""
+    from pycocotools import mask as mask_utils
+
+    from usesearch.masks import rle
+
+    masks = np.random.default_rng(h * w).random((n, h, 2 * w)) < 0.4
+    if h and w:
+        masks[0, 0, 0], masks[-1, -1, -1] = True, False
+    each = [rle.to_str(mask_utils.encode(np.asfortranarray(m[:, ::2].astype(np.uint8)))) for m in masks]
+    assert [r["size"] for r in each] == [[h, w]] * n
+    assert rle.encode_stack(np.ascontiguousarray(masks[:, :, ::2])) == each
+    assert rle.encode_stack(masks[:, :, ::2].astype(np.uint8) * 7) == each  # any non-zero is in the mask
+    assert rle.encode_stack(torch.from_numpy(masks)[:, :, ::2]) == each
+    assert rle.encode_stack(torch.from_numpy(np.ascontiguousarray(masks[:, :, ::2]))) == each
+
+
 def test_rle_runs_are_the_masks_pixels():
     from usesearch.masks import rle
 

@@ -80,14 +80,25 @@ def encode_stack(masks) -> list[dict]:
     if not len(masks):
         return []
     if not isinstance(masks, np.ndarray):
-        import torch
-
         if masks.device.type != "cpu":
             return encode_runs(masks)
-        fortran = masks.transpose(1, 2).contiguous().to(torch.uint8).numpy().transpose(2, 1, 0)
-    else:
-        fortran = np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0))
-    return [to_str(rle) for rle in mask_utils.encode(fortran)]
+        masks = masks.numpy()
+    return [to_str(rle) for rle in mask_utils.encode(_column_major(masks))]
+
+
+def _column_major(masks: np.ndarray) -> np.ndarray:
+    """Masks [N, H, W] -> uint8 [H, W, N] in column-major order, pycocotools' layout.
+    Each mask is transposed by OpenCV's tiled transpose: torch's and NumPy's strided
+    copies took 0.82 and 1.79 s for 25 masks of 12 MP, cv2.transpose 0.18 s."""
+    import cv2
+
+    masks = np.ascontiguousarray(masks)  # OpenCV takes rows of adjacent pixels
+    pixels = masks.view(np.uint8) if masks.dtype == np.bool_ else (masks != 0).view(np.uint8)
+    n, h, w = pixels.shape
+    out = np.empty((n, w, h), np.uint8)  # C-ordered [N, W, H] is the Fortran order of [H, W, N]
+    for mask, column_major in zip(pixels, out) if h and w else ():  # (OpenCV refuses an empty image)
+        cv2.transpose(mask, dst=column_major)
+    return out.transpose(2, 1, 0)
 
 
 def encode_runs(masks) -> list[dict]:
