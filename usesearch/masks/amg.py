@@ -359,8 +359,13 @@ class SamMaskGenerator:
     def _masks(self, cands: Candidates, crops, orig_size) -> torch.Tensor:
         """Full-image bool masks [n, H, W] of a few candidates, from their logits."""
         h, w = orig_size
+        indices = torch.unique(cands.crop).tolist()
+        if len(indices) == 1:  # one crop (the whole photo, without crop layers): no copy into a zeroed stack
+            crop_box, input_size, crop_hw = crops[indices[0]]
+            logits = self._upscale(cands.low_res, input_size, crop_hw)
+            return uncrop_masks(logits > self.model.mask_threshold, crop_box, h, w)
         out = torch.zeros(len(cands), h, w, dtype=torch.bool, device=cands.iou.device)
-        for index in torch.unique(cands.crop).tolist():
+        for index in indices:
             rows = cands.crop == index
             crop_box, input_size, crop_hw = crops[index]
             logits = self._upscale(cands.low_res[rows], input_size, crop_hw)
