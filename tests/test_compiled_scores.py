@@ -273,6 +273,47 @@ def test_a_cpu_compiles_scoring_once_eager_scoring_has_cost_a_compile(sam, image
     assert SamMaskGenerator(sam, **settings).compile_after is None
 
 
+def test_a_cpu_scores_a_large_photo_compiled_from_the_first_one(sam, image, monkeypatch):
+    """A photo past the canvas of ``COMPILE_PIXELS`` or more is scored compiled on a CPU
+    from the first one (its eager scoring alone costs a cold compile), by its size
+    alone: a smaller one past the canvas stays eager, and one at or under the canvas
+    waits for the time budget as before. The compiled path is counted and scores
+    eagerly here (its numbers are tested above). Without a C++ compiler, or with
+    ``compiled_scores=False``, it stays eager."""
+    scored: list[int] = []
+
+    class Counted(CompiledScores):
+        def __call__(self, low_res, input_size, crop_hw):
+            scored.append(max(crop_hw))
+            self.failed = "counted only"
+            return super().__call__(low_res, input_size, crop_hw)
+
+    monkeypatch.setattr(amg, "CompiledScores", Counted)
+    monkeypatch.setattr(amg, "COMPILE_PIXELS", 60_000)
+    settings = dict(points_per_side=8, points_per_batch=16, **LOW)
+    side = sam.image_encoder.img_size
+    large, wide = image.repeat(2, axis=0).repeat(2, axis=1), image.repeat(2, axis=1)
+    assert max(image.shape[:2]) <= side < min(max(large.shape[:2]), max(wide.shape[:2]))
+    assert large.shape[0] * large.shape[1] >= 60_000 > wide.shape[0] * wide.shape[1]
+    references = {
+        name: SamMaskGenerator(sam, compiled_scores=False, **settings).generate(photo)
+        for name, photo in [("image", image), ("large", large), ("wide", wide)]
+    }
+    assert min(len(r) for r in references.values()) > 10
+
+    generator = SamMaskGenerator(sam, **settings)
+    assert generator.compiled_scores is None and generator.compile_after is not None
+    assert generator.generate(wide) == references["wide"] and scored == []
+    assert generator.generate(large) == references["large"] and scored == [max(large.shape[:2])] * 4
+    assert generator.generate(image) == references["image"] and len(scored) == 4  # the time budget decides there
+    assert generator.generate(wide) == references["wide"] and len(scored) == 4
+    assert not generator.compiled_any_size
+
+    assert SamMaskGenerator(sam, compiled_scores=False, **settings).generate(large) == references["large"]
+    monkeypatch.setattr(amg.shutil, "which", lambda name: None)
+    assert SamMaskGenerator(sam, **settings).generate(large) == references["large"] and len(scored) == 4
+
+
 def test_with_compiled_scoring_a_large_photos_prompt_batch_is_bounded_by_the_canvas_alone(sam, monkeypatch):
     """Eager scoring upscales a batch's logits to the photo (288 MB a prompt for 12 MP);
     compiled scoring never does, so the batch is sized as for a photo at the canvas's size."""

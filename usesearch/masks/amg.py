@@ -58,6 +58,9 @@ from usesearch.masks.sam_fast import upscales_kept
 log = logging.getLogger(__name__)
 
 COMPILE_AFTER_SECONDS = 20.0  # eager candidate scoring a CPU does before compiling it (a cold compile: 12-25 s)
+# A crop past the canvas this large is scored compiled on a CPU from the first one: its eager
+# scoring costs about a cold compile or more (tiny SAM, 768 candidates: 2 MP 15 s, 12 MP 94 s).
+COMPILE_PIXELS = 2_000_000
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
 GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)
 
@@ -95,7 +98,10 @@ class SamMaskGenerator:
     else within float rounding (~1e-5, a pixel in a box). None: on for CUDA; on a CPU
     with a C++ compiler, for crops at or under the canvas's size once their eager
     scoring has cost ``COMPILE_AFTER_SECONDS`` (about a cold compile): a short run
-    never waits for the compiler, and no record depends on when the switch came.
+    never waits for the compiler, and no record depends on when the switch came; and
+    for crops past the canvas of ``COMPILE_PIXELS`` or more from the first one (one
+    such photo's eager scoring costs a compile), a rule of size alone, so that no
+    record depends on time there either.
 
     ``compiled_decoder``: the mask decoder by ``sam_compile.CompiledDecoder`` (within
     float rounding). None: on for CUDA; off elsewhere (on a CPU ~20% of the decoder
@@ -159,6 +165,7 @@ class SamMaskGenerator:
         self.compiled_scores = self._scores() if on_now else None
         renting = compiled_scores is None and not on_now and shutil.which(os.environ.get("CXX", "g++")) is not None
         self.compile_after = COMPILE_AFTER_SECONDS if renting else None
+        self.compiled_large = renting  # crops past the canvas of COMPILE_PIXELS or more
         self.compiled_any_size = on_now
         self.eager_scoring_seconds = 0.0  # of crops the compiled path would take bit for bit
         self.decoder = decoder_for(model, device.type == "cuda" if compiled_decoder is None else compiled_decoder)
@@ -302,7 +309,11 @@ class SamMaskGenerator:
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         side = self.model.image_encoder.img_size
         exact = not past_canvas(side, crop_hw)  # where compiled scoring gives the eager bits
-        if self.compiled_scores is not None and (self.compiled_any_size or exact):
+        large = self.compiled_large and not exact and crop_hw[0] * crop_hw[1] >= COMPILE_PIXELS
+        if large and self.compiled_scores is None:
+            self.compiled_scores = self._scores()
+        waited = exact and self.compile_after is None  # at or under the canvas: after the time budget
+        if self.compiled_scores is not None and (self.compiled_any_size or large or waited):
             stability, boxes = self.compiled_scores(low_res, input_size, crop_hw)
             cands = Candidates(low_res, iou, stability, boxes, points, torch.zeros_like(boxes[:, 0]))
             if self.stability_score_thresh > 0.0:
