@@ -10,7 +10,7 @@ cost here is the upscaling, which does not depend on the model), a point grid, a
 
 Two photos a size: the first pays any compile (a cold one: torch's compile cache is
 fresh), the next is the steady cost. By default the generator chooses as a CPU does
-(a photo past the canvas of ``amg.COMPILE_PIXELS`` or more scored compiled from the
+(a photo past the canvas of ``candidate_scoring.COMPILE_PIXELS`` or more scored compiled from the
 first one, where a C++ compiler is found); ``--compiled``: candidates scored by
 ``CompiledScores`` at every size, as ``--compile`` has it.
 """
@@ -45,7 +45,7 @@ def one(megapixels: float, points_per_side: int, masks: int, compiled: bool) -> 
     from torch._inductor.utils import fresh_cache
 
     if compiled:  # as ``--compile`` has it
-        generator.score_compiled()
+        generator.scoring.compile()
     seconds = []
     with fresh_cache():  # the first photo's compile is a cold one
         for _ in range(2):
@@ -57,7 +57,7 @@ def one(megapixels: float, points_per_side: int, masks: int, compiled: bool) -> 
         "masks": len(records),
         "first": seconds[0],
         "next": seconds[1],
-        "scored": "compiled" if generator.compiled_scores is not None else "eager",
+        "scored": "compiled" if generator.scoring.compiled is not None else "eager",
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
     }
 

@@ -146,7 +146,7 @@ def load_models(options: IndexOptions):
             compile_modules(generator.model.image_encoder)
             if not isinstance(generator.decoder, CompiledDecoder):  # (a GPU's default already)
                 generator.decoder = decoder_for(generator.model, compiled=True)
-            generator.score_compiled()  # at every size from the first photo (a GPU's default): 12 MP ~14x
+            generator.scoring.compile()  # at every size from the first photo (a GPU's default): 12 MP ~14x
         compile_modules(model.use.encoder if hasattr(model, "use") else model.model.visual)
     return model, masker
 

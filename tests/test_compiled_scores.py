@@ -13,7 +13,7 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from tests.helpers import LOW, allocated_numels, allocated_shapes
-from usesearch.masks import amg, amg_utils
+from usesearch.masks import amg, amg_utils, candidate_scoring
 from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.amg_utils import (
     CompiledScores,
@@ -22,6 +22,7 @@ from usesearch.masks.amg_utils import (
     stability_and_boxes,
     upscale_logits,
 )
+from usesearch.masks.candidate_scoring import CandidateScoring
 
 SIDE = 1024
 
@@ -211,7 +212,7 @@ def test_the_generator_with_compiled_scoring_gives_the_same_masks(sam, image, se
     eager = SamMaskGenerator(sam, compiled_scores=False, **settings).generate(image)
     compiled_generator = SamMaskGenerator(sam, compiled_scores=True, **settings)
     compiled = compiled_generator.generate(image)
-    assert compiled_generator.compiled_scores is not None and compiled_generator.compiled_scores.failed is None
+    assert compiled_generator.scoring.compiled is not None and compiled_generator.scoring.compiled.failed is None
     assert len(eager) > 10
     assert [(r.rle, r.box_xyxy, r.stability_score, r.predicted_iou) for r in compiled] == [
         (r.rle, r.box_xyxy, r.stability_score, r.predicted_iou) for r in eager
@@ -223,8 +224,8 @@ def test_compiled_scoring_is_the_default_on_cuda_from_the_start(sam, monkeypatch
     on_cuda = types.SimpleNamespace(
         device=torch.device("cuda"), image_encoder=sam.image_encoder, mask_decoder=sam.mask_decoder, mask_threshold=0.0
     )
-    assert isinstance(SamMaskGenerator(on_cuda).compiled_scores, CompiledScores)  # type: ignore[arg-type]
-    assert SamMaskGenerator(on_cuda, compiled_scores=False).compiled_scores is None  # type: ignore[arg-type]
+    assert isinstance(SamMaskGenerator(on_cuda).scoring.compiled, CompiledScores)  # type: ignore[arg-type]
+    assert SamMaskGenerator(on_cuda, compiled_scores=False).scoring.compiled is None  # type: ignore[arg-type]
 
 
 def test_a_cpu_compiles_scoring_once_eager_scoring_has_cost_a_compile(sam, image, monkeypatch, caplog):
@@ -243,10 +244,10 @@ def test_a_cpu_compiles_scoring_once_eager_scoring_has_cost_a_compile(sam, image
             self.failed = "counted only"  # its eager fallback: the same numbers, no compile
             return super().__call__(low_res, input_size, crop_hw)
 
-    paid = SamMaskGenerator._paid_eagerly
-    monkeypatch.setattr(amg, "CompiledScores", Counted)
-    monkeypatch.setattr(SamMaskGenerator, "_paid_eagerly", lambda self, seconds: paid(self, 1.0))
-    monkeypatch.setattr(amg, "COMPILE_AFTER_SECONDS", 2.5)
+    paid = CandidateScoring.paid_eagerly
+    monkeypatch.setattr(candidate_scoring, "CompiledScores", Counted)
+    monkeypatch.setattr(CandidateScoring, "paid_eagerly", lambda self, seconds: paid(self, 1.0))
+    monkeypatch.setattr(candidate_scoring, "COMPILE_AFTER_SECONDS", 2.5)
     settings = dict(points_per_side=8, points_per_batch=16, **LOW)
     side = sam.image_encoder.img_size
     large = image.repeat(2, axis=0).repeat(2, axis=1)
@@ -255,12 +256,12 @@ def test_a_cpu_compiles_scoring_once_eager_scoring_has_cost_a_compile(sam, image
     large_reference = SamMaskGenerator(sam, compiled_scores=False, **settings).generate(large)
     assert len(reference) > 10 and len(large_reference) > 10
 
-    with caplog.at_level(logging.INFO, logger="usesearch.masks.amg"):
+    with caplog.at_level(logging.INFO, logger=candidate_scoring.__name__):
         renting = SamMaskGenerator(sam, **settings)
-        assert renting.compiled_scores is None and renting.compile_after == 2.5
-        assert renting.generate(large) == large_reference and renting.eager_scoring_seconds == 0.0
+        assert renting.scoring.compiled is None and renting.scoring.compile_after == 2.5
+        assert renting.generate(large) == large_reference and renting.scoring.eager_seconds == 0.0
         assert renting.generate(image) == reference and len(scored) == 1  # batches 1-3 eager, the 4th compiled
-        assert isinstance(renting.compiled_scores, Counted) and renting.eager_scoring_seconds == 3.0
+        assert isinstance(renting.scoring.compiled, Counted) and renting.scoring.eager_seconds == 3.0
         assert renting.generate(image) == reference and len(scored) == 5
         assert renting.generate(large) == large_reference and len(scored) == 5  # larger: eager still
     said = [r.getMessage() for r in caplog.records if "compiled from here on" in r.getMessage()]
@@ -268,9 +269,9 @@ def test_a_cpu_compiles_scoring_once_eager_scoring_has_cost_a_compile(sam, image
 
     never = SamMaskGenerator(sam, compiled_scores=False, **settings)
     assert [never.generate(image) for _ in range(2)] == [reference, reference] and len(scored) == 5
-    assert SamMaskGenerator(sam, compiled_scores=True, **settings).compiled_any_size
-    monkeypatch.setattr(amg.shutil, "which", lambda name: None)
-    assert SamMaskGenerator(sam, **settings).compile_after is None
+    assert SamMaskGenerator(sam, compiled_scores=True, **settings).scoring.compiled_any_size
+    monkeypatch.setattr(candidate_scoring.shutil, "which", lambda name: None)
+    assert SamMaskGenerator(sam, **settings).scoring.compile_after is None
 
 
 def test_a_cpu_scores_a_large_photo_compiled_from_the_first_one(sam, image, monkeypatch):
@@ -288,8 +289,8 @@ def test_a_cpu_scores_a_large_photo_compiled_from_the_first_one(sam, image, monk
             self.failed = "counted only"
             return super().__call__(low_res, input_size, crop_hw)
 
-    monkeypatch.setattr(amg, "CompiledScores", Counted)
-    monkeypatch.setattr(amg, "COMPILE_PIXELS", 60_000)
+    monkeypatch.setattr(candidate_scoring, "CompiledScores", Counted)
+    monkeypatch.setattr(candidate_scoring, "COMPILE_PIXELS", 60_000)
     settings = dict(points_per_side=8, points_per_batch=16, **LOW)
     side = sam.image_encoder.img_size
     large, wide = image.repeat(2, axis=0).repeat(2, axis=1), image.repeat(2, axis=1)
@@ -302,15 +303,15 @@ def test_a_cpu_scores_a_large_photo_compiled_from_the_first_one(sam, image, monk
     assert min(len(r) for r in references.values()) > 10
 
     generator = SamMaskGenerator(sam, **settings)
-    assert generator.compiled_scores is None and generator.compile_after is not None
+    assert generator.scoring.compiled is None and generator.scoring.compile_after is not None
     assert generator.generate(wide) == references["wide"] and scored == []
     assert generator.generate(large) == references["large"] and scored == [max(large.shape[:2])] * 4
     assert generator.generate(image) == references["image"] and len(scored) == 4  # the time budget decides there
     assert generator.generate(wide) == references["wide"] and len(scored) == 4
-    assert not generator.compiled_any_size
+    assert not generator.scoring.compiled_any_size
 
     assert SamMaskGenerator(sam, compiled_scores=False, **settings).generate(large) == references["large"]
-    monkeypatch.setattr(amg.shutil, "which", lambda name: None)
+    monkeypatch.setattr(candidate_scoring.shutil, "which", lambda name: None)
     assert SamMaskGenerator(sam, **settings).generate(large) == references["large"] and len(scored) == 4
 
 

@@ -422,5 +422,9 @@ def test_compile_compiles_each_kind_of_block_once_the_decoder_whole_and_scores_e
     )
     assert isinstance(generator.decoder, CompiledDecoder) and generator.decoder.decoder is generator.model.mask_decoder
     # Candidates scored compiled at every size from the first photo (a CPU's default waits, for small ones alone)
-    assert generator.compiled_scores is not None and generator.compiled_any_size and generator.compile_after is None
+    assert (
+        generator.scoring.compiled is not None
+        and generator.scoring.compiled_any_size
+        and generator.scoring.compile_after is None
+    )
     torch._dynamo.reset()

@@ -61,7 +61,7 @@ def test_the_generator_on_a_photo_larger_than_the_canvas_keeps_segment_anythings
     eager = SamMaskGenerator(sam, compiled_scores=False, **settings).generate(image)
     generator = SamMaskGenerator(sam, compiled_scores=True, **settings)
     compiled = generator.generate(image)
-    assert generator.compiled_scores is not None and generator.compiled_scores.failed is None
+    assert generator.scoring.compiled is not None and generator.scoring.compiled.failed is None
     assert len(eager) > 10 and [r.rle for r in compiled] == [r.rle for r in eager]
     for ours, stock in zip(compiled, eager, strict=True):
         assert ours.predicted_iou == stock.predicted_iou

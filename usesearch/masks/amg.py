@@ -14,9 +14,6 @@ function of its low-resolution logits, so recomputing them gives the same mask.
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -36,31 +33,22 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import box_area
 
 from usesearch.devices import has_bf16
-from usesearch.masks import rle, sam_compile
+from usesearch.masks import rle
 from usesearch.masks.amg_utils import (
     CPU_POINTS_PER_BATCH,
     Candidates,
-    CompiledScores,
     cpu_encode_chunk,
-    cpu_upscale_chunk,
     nms,
     off_crop_edge,
-    past_canvas,
     prompt_batch,
     remove_small_regions_each,
-    stability_score,
     top_up,
     upscale_logits,
 )
+from usesearch.masks.candidate_scoring import CandidateScoring
 from usesearch.masks.sam_compile import decoder_for
 from usesearch.masks.sam_fast import upscales_kept
 
-log = logging.getLogger(__name__)
-
-COMPILE_AFTER_SECONDS = 20.0  # eager candidate scoring a CPU does before compiling it (a cold compile: 12-25 s)
-# A crop past the canvas this large is scored compiled on a CPU from the first one: its eager
-# scoring costs about a cold compile or more (tiny SAM, 768 candidates: 2 MP 15 s, 12 MP 94 s).
-COMPILE_PIXELS = 2_000_000
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
 GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)
 
@@ -96,12 +84,7 @@ class SamMaskGenerator:
     pass that never writes the full-size logits. Off, the stock helpers over
     materialised logits. The same numbers on a CPU at or under the canvas's size;
     else within float rounding (~1e-5, a pixel in a box). None: on for CUDA; on a CPU
-    with a C++ compiler, for crops at or under the canvas's size once their eager
-    scoring has cost ``COMPILE_AFTER_SECONDS`` (about a cold compile): a short run
-    never waits for the compiler, and no record depends on when the switch came; and
-    for crops past the canvas of ``COMPILE_PIXELS`` or more from the first one (one
-    such photo's eager scoring costs a compile), a rule of size alone, so that no
-    record depends on time there either.
+    as ``candidate_scoring`` says (``self.scoring``).
 
     ``compiled_decoder``: the mask decoder by ``sam_compile.CompiledDecoder`` (within
     float rounding). None: on for CUDA; off elsewhere (on a CPU ~20% of the decoder
@@ -161,13 +144,8 @@ class SamMaskGenerator:
         if autocast is None:
             autocast = has_bf16(device)
         self.autocast = bool(autocast)
-        on_now = device.type == "cuda" if compiled_scores is None else compiled_scores
-        self.compiled_scores = self._scores() if on_now else None
-        renting = compiled_scores is None and not on_now and shutil.which(os.environ.get("CXX", "g++")) is not None
-        self.compile_after = COMPILE_AFTER_SECONDS if renting else None
-        self.compiled_large = renting  # crops past the canvas of COMPILE_PIXELS or more
-        self.compiled_any_size = on_now
-        self.eager_scoring_seconds = 0.0  # of crops the compiled path would take bit for bit
+        side, threshold = model.image_encoder.img_size, model.mask_threshold
+        self.scoring = CandidateScoring(side, threshold, stability_score_offset, device, compiled_scores)
         self.decoder = decoder_for(model, device.type == "cuda" if compiled_decoder is None else compiled_decoder)
         gate = pred_iou_thresh > 0.0 and upscales_kept(model.mask_decoder)
         self._upscale_above = {"upscale_above": pred_iou_thresh} if gate else {}
@@ -275,7 +253,7 @@ class SamMaskGenerator:
                 free, _ = torch.cuda.mem_get_info(self.model.device)
                 free += torch.cuda.memory_reserved(self.model.device) - torch.cuda.memory_allocated(self.model.device)
                 crop_hw, points = key
-                if self.compiled_scores is not None:
+                if self.scoring.compiled is not None:
                     crop_hw = (0, 0)  # no prompt's logits are upscaled to the crop: the canvas bounds the batch
                 self._prompt_batches[key] = prompt_batch(free, self.model.image_encoder.img_size, crop_hw, points)
         return self._prompt_batches[key]
@@ -307,61 +285,10 @@ class SamMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             keep = iou > self.pred_iou_thresh
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
-        side = self.model.image_encoder.img_size
-        exact = not past_canvas(side, crop_hw)  # where compiled scoring gives the eager bits
-        large = self.compiled_large and not exact and crop_hw[0] * crop_hw[1] >= COMPILE_PIXELS
-        if large and self.compiled_scores is None:
-            self.compiled_scores = self._scores()
-        waited = exact and self.compile_after is None  # at or under the canvas: after the time budget
-        if self.compiled_scores is not None and (self.compiled_any_size or large or waited):
-            stability, boxes = self.compiled_scores(low_res, input_size, crop_hw)
-            cands = Candidates(low_res, iou, stability, boxes, points, torch.zeros_like(boxes[:, 0]))
-            if self.stability_score_thresh > 0.0:
-                cands = cands[stability >= self.stability_score_thresh]
-            return off_crop_edge(cands, crop_box, orig_size)
-        # Upscaled a group at a time on a CPU (a large photo's full-size logits), at once on a GPU.
-        chunk = cpu_upscale_chunk(side, crop_hw) if device.type == "cpu" else max(1, len(low_res))
-        scoring_started = time.perf_counter()
-        kept, stabilities, box_parts = [], [], []
-        for start in range(0, max(1, len(low_res)), chunk):  # (once when empty, as the library takes it)
-            logits = self._upscale(low_res[start : start + chunk], input_size, crop_hw)
-            stability = stability_score(logits, self.model.mask_threshold, self.stability_score_offset)
-            if self.stability_score_thresh > 0.0:
-                kept.append(stability >= self.stability_score_thresh)
-                logits, stability = logits[kept[-1]], stability[kept[-1]]
-            stabilities.append(stability)
-            box_parts.append(batched_mask_to_box(logits > self.model.mask_threshold))
-            del logits
-        if exact:
-            self._paid_eagerly(time.perf_counter() - scoring_started)
-        if kept:
-            keep = torch.cat(kept)
-            low_res, iou, points = low_res[keep], iou[keep], points[keep]
-        stability, boxes = torch.cat(stabilities), torch.cat(box_parts)
+        keep, stability, boxes = self.scoring(low_res, input_size, crop_hw, self.stability_score_thresh)
+        low_res, iou, points = low_res[keep], iou[keep], points[keep]
         empty = torch.zeros(len(iou), dtype=torch.long, device=device)  # the crop's index, set by the caller
         return off_crop_edge(Candidates(low_res, iou, stability, boxes, points, empty), crop_box, orig_size)
-
-    def _paid_eagerly(self, seconds: float) -> None:
-        """Eager scoring time; at the budget, scoring is compiled for what follows."""
-        self.eager_scoring_seconds += seconds
-        if self.compile_after is not None and self.eager_scoring_seconds >= self.compile_after:
-            self.score_compiled(any_size=False)
-            log.info("SAM's candidate scoring took %.1f s eagerly: compiled from here on", self.eager_scoring_seconds)
-
-    def score_compiled(self, any_size: bool = True) -> None:
-        """``CompiledScores`` from now on: at every size (``--compile``: compiled numbers
-        chosen from the first photo), or where they are the eager bits."""
-        if self.compiled_scores is None:
-            self.compiled_scores = self._scores()
-        self.compile_after, self.compiled_any_size = None, self.compiled_any_size or any_size
-
-    def _scores(self) -> CompiledScores:  # with the backend every compiled part of SAM takes
-        side, threshold, offset = (
-            self.model.image_encoder.img_size,
-            self.model.mask_threshold,
-            self.stability_score_offset,
-        )
-        return CompiledScores(side, threshold, offset, sam_compile.COMPILE_BACKEND)
 
     def _upscale(self, low_res: torch.Tensor, input_size, crop_hw) -> torch.Tensor:
         return upscale_logits(low_res, self.model.image_encoder.img_size, input_size, crop_hw)

@@ -1,0 +1,107 @@
+"""Which path scores SAM's candidates (stability score and box), and the scoring.
+
+A candidate's stability score and box need its logits at the crop's size. Eagerly,
+segment-anything's helpers over materialised logits (in groups that fit on a CPU);
+compiled, ``CompiledScores``' one fused pass that never writes them. The two give
+the same bits for crops at or under the model's canvas, and differ by float
+rounding past it (``amg_utils.past_canvas``). So where a switch may come matters:
+
+* CUDA: compiled from the first crop (``compiled=None``).
+* A CPU with a C++ compiler: crops at or under the canvas eagerly until their eager
+  scoring has cost ``COMPILE_AFTER_SECONDS`` (about a cold compile: a short run never
+  waits for the compiler), compiled after (the same bits, so no record depends on
+  when); crops past the canvas of ``COMPILE_PIXELS`` or more compiled from the first
+  one, by their size alone (one such photo's eager scoring costs a compile); smaller
+  ones past the canvas eagerly.
+* ``compiled=True`` (``--compile``): compiled at every size from the first crop;
+  ``False``: eagerly always.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+
+import torch
+from segment_anything.utils.amg import batched_mask_to_box
+
+from usesearch.masks import sam_compile
+from usesearch.masks.amg_utils import CompiledScores, cpu_upscale_chunk, past_canvas, stability_score, upscale_logits
+
+log = logging.getLogger(__name__)
+
+COMPILE_AFTER_SECONDS = 20.0  # eager scoring a CPU does before compiling it (a cold compile: 12-25 s)
+# A crop past the canvas this large is scored compiled on a CPU from the first one: its eager
+# scoring costs about a cold compile or more (tiny SAM, 768 candidates: 2 MP 15 s, 12 MP 94 s).
+COMPILE_PIXELS = 2_000_000
+
+
+class CandidateScoring:
+    """Stability scores and boxes of a prompt batch's candidates, by the path the module
+    docstring gives. ``side``: the model's canvas; ``threshold``: its mask threshold."""
+
+    def __init__(self, side: int, threshold: float, offset: float, device: torch.device, compiled: bool | None):
+        self.side, self.threshold, self.offset, self.device = side, threshold, offset, device
+        on_now = device.type == "cuda" if compiled is None else compiled
+        self.compiled = self._compiled() if on_now else None
+        renting = compiled is None and not on_now and shutil.which(os.environ.get("CXX", "g++")) is not None
+        self.compile_after = COMPILE_AFTER_SECONDS if renting else None
+        self.compiled_large = renting  # crops past the canvas of COMPILE_PIXELS or more
+        self.compiled_any_size = on_now
+        self.eager_seconds = 0.0  # of crops the compiled path would take bit for bit
+
+    def __call__(
+        self, low_res: torch.Tensor, input_size, crop_hw: tuple[int, int], keep_above: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(kept: bool [N], stability scores [kept], boxes XYXY [kept]) of the candidates'
+        low-res logits [N, 1, h, w]; kept: a stability score of at least ``keep_above``
+        where it is above 0, else every candidate."""
+        exact = not past_canvas(self.side, crop_hw)  # where compiled scoring gives the eager bits
+        large = self.compiled_large and not exact and crop_hw[0] * crop_hw[1] >= COMPILE_PIXELS
+        if large and self.compiled is None:
+            self.compiled = self._compiled()
+        waited = exact and self.compile_after is None  # at or under the canvas: after the time budget
+        if self.compiled is not None and (self.compiled_any_size or large or waited):
+            stability, boxes = self.compiled(low_res, input_size, crop_hw)
+            kept = _kept(stability, keep_above)
+            return kept, stability[kept], boxes[kept]
+        # Upscaled a group at a time on a CPU (a large photo's full-size logits), at once on a GPU.
+        chunk = cpu_upscale_chunk(self.side, crop_hw) if self.device.type == "cpu" else max(1, len(low_res))
+        started = time.perf_counter()
+        kept_parts, stabilities, box_parts = [], [], []
+        for start in range(0, max(1, len(low_res)), chunk):  # (once when empty, as the library takes it)
+            logits = upscale_logits(low_res[start : start + chunk], self.side, input_size, crop_hw)
+            stability = stability_score(logits, self.threshold, self.offset)
+            kept_parts.append(_kept(stability, keep_above))
+            if keep_above > 0.0:  # no box for a candidate the filter drops
+                logits, stability = logits[kept_parts[-1]], stability[kept_parts[-1]]
+            stabilities.append(stability)
+            box_parts.append(batched_mask_to_box(logits > self.threshold))
+            del logits
+        if exact:
+            self.paid_eagerly(time.perf_counter() - started)
+        return torch.cat(kept_parts), torch.cat(stabilities), torch.cat(box_parts)
+
+    def paid_eagerly(self, seconds: float) -> None:
+        """Eager scoring time; at the budget, scoring is compiled for what follows."""
+        self.eager_seconds += seconds
+        if self.compile_after is not None and self.eager_seconds >= self.compile_after:
+            self.compile(any_size=False)
+            log.info("SAM's candidate scoring took %.1f s eagerly: compiled from here on", self.eager_seconds)
+
+    def compile(self, any_size: bool = True) -> None:
+        """``CompiledScores`` from now on: at every size (``--compile``: compiled numbers
+        chosen from the first photo), or where they are the eager bits."""
+        if self.compiled is None:
+            self.compiled = self._compiled()
+        self.compile_after, self.compiled_any_size = None, self.compiled_any_size or any_size
+
+    def _compiled(self) -> CompiledScores:  # with the backend every compiled part of SAM takes
+        return CompiledScores(self.side, self.threshold, self.offset, sam_compile.COMPILE_BACKEND)
+
+
+def _kept(stability: torch.Tensor, keep_above: float) -> torch.Tensor:
+    """The stability filter's mask (segment-anything's: off at 0 or below)."""
+    return stability >= keep_above if keep_above > 0.0 else torch.ones_like(stability, dtype=torch.bool)
