@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 import usesearch
 from usesearch.masks.sam import load_sam
+from usesearch.models import backbones
 from usesearch.models.backbones import build_clip, build_dino, weights_to_come
 from usesearch.models.weights import dino_status
 
@@ -93,7 +94,9 @@ def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_what_the_wh
     checked from the file's header; a file the whole model refuses (short of a weight,
     a text weight of another shape, another image tower: a CLIP of another patch size
     has this text tower) is refused too, never left as the memory held. A DDP-wrapped
-    model's file (``module.`` names) loads, as open_clip loads it."""
+    model's file (``module.`` names) loads, as open_clip loads it. The weights are read
+    through a map opened again after each ``TEXT_READ_BYTES`` (the peak is then not every
+    page read besides the copies), each read once."""
     import open_clip
     import safetensors
 
@@ -113,11 +116,12 @@ def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_what_the_wh
         for file in (whole_file, ddp_file)
     }
     tokens = open_clip.get_tokenizer(preset.clip.model_name)(["a red apple behind the rabbit"])
-    real_open, read = safetensors.safe_open, []
+    real_open, read, opened = safetensors.safe_open, [], []
 
     class Recording:  # safe_open, noting each tensor read
         def __init__(self, *args, **kwargs):
             self.file = real_open(*args, **kwargs)
+            opened.append(len(read))
 
         def __enter__(self):
             self.inner = self.file.__enter__()
@@ -134,11 +138,14 @@ def test_a_text_side_reads_the_text_towers_weights_alone_and_refuses_what_the_wh
             return self.inner.get_tensor(name)
 
     monkeypatch.setattr(safetensors, "safe_open", Recording)
+    monkeypatch.setattr(backbones, "TEXT_READ_BYTES", 2**16)
     for file in (whole_file, ddp_file):
-        read.clear()
+        read.clear(), opened.clear()
         text = build_clip(dataclasses.replace(cfg, pretrained=str(file)), "tiny", native_size=True, text_only=True)
         assert text.model.visual is None  # dropped before the text weights were read
         assert read and not [name for name in read if "visual." in name]  # nor were the image tower's
+        assert len(read) == len(set(read)) == len(text.model.state_dict())  # each once (the mask: made, not stored)
+        assert opened[0] == opened[1] == 0 and len(opened) > 3  # the header's check, then several maps
         assert {p.dtype for p in text.model.parameters()} == {torch.float32}  # as the whole model's
         assert torch.equal(text.model.attn_mask, wholes[file].attn_mask)  # a buffer no file holds
         with torch.no_grad():

@@ -236,14 +236,35 @@ def _load_text_tower(
             shape = list(file.get_slice(names[name]).get_shape())
             if not _loads_as(name, shape, want):
                 raise _another_model(path, model_name, preset_name, f"{name} is {shape} there, {want} in the model")
-        # Copied out of the file's memory map, each as it is read: a tensor left on the map
-        # ties the model to the file (a file written over in place changes the vectors of a
-        # running server; one cut short kills it with a bus error).
-        weights = {name: file.get_tensor(names[name]).to(want.dtype, copy=True) for name, want in state.items()}
+    weights = _copied_out(path, names, state)
     open_clip.model.resize_text_pos_embed(
         weights, model
     )  # open_clip's loader does, for a file of another context length
     model.load_state_dict({name: w.reshape(state[name].shape) for name, w in weights.items()}, strict=True, assign=True)
+
+
+TEXT_READ_BYTES = 128 << 20  # the file's pages mapped at once while the text tower is read
+
+
+def _copied_out(path: Path, names: dict[str, str], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights of ``state`` (name -> the model's tensor) copied out of the file's
+    memory map, each as it is read: a tensor left on the map ties the model to the file
+    (a file written over in place changes the vectors of a running server; one cut short
+    kills it with a bus error). The map is opened again after each ``TEXT_READ_BYTES``,
+    so the pages read stop counting toward the process's memory as the copies grow:
+    else its peak is the copies plus every page they came from."""
+    from safetensors import safe_open
+
+    weights: dict[str, torch.Tensor] = {}
+    pending = list(state.items())
+    while pending:
+        read = 0
+        with safe_open(str(path), framework="pt") as file:
+            while pending and read < TEXT_READ_BYTES:
+                name, want = pending.pop(0)
+                weights[name] = file.get_tensor(names[name]).to(want.dtype, copy=True)
+                read += weights[name].nbytes
+    return weights
 
 
 def _loads_as(name: str, shape: list[int], want: list[int]) -> bool:
