@@ -33,9 +33,12 @@ from usesearch.masks.amg_utils import CompiledScores, cpu_upscale_chunk, past_ca
 log = logging.getLogger(__name__)
 
 COMPILE_AFTER_SECONDS = 20.0  # eager scoring a CPU does before compiling it (a cold compile: 12-25 s)
-# A crop past the canvas this large is scored compiled on a CPU from the first one: its eager
-# scoring costs about a cold compile or more (tiny SAM, 768 candidates: 2 MP 15 s, 12 MP 94 s).
-COMPILE_PIXELS = 2_000_000
+# A crop past the canvas this large is scored compiled on a CPU from the first one. Tiny SAM,
+# 768 candidates, 2 cores: 1 MP 5.5 s a photo eagerly, 1.4 s compiled after an 18 s cold
+# compile (paid back by the fifth photo; ~3 s from torch's disk cache in a later process);
+# 12 MP 94 s against 15 s. Below it (a demo's photos past tiny's 256-px canvas) the compile
+# would not pay.
+COMPILE_PIXELS = 1_000_000
 
 
 class CandidateScoring:
