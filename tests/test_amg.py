@@ -3,6 +3,7 @@
 many masks survive, with and without crop layers and small-region clean-up."""
 
 import os
+from functools import partial
 
 import numpy as np
 import pytest
@@ -281,11 +282,19 @@ def test_on_a_cpu_a_large_photos_masks_are_upscaled_in_groups_that_fit_and_the_m
     monkeypatch.setattr(amg_utils, "CPU_MASK_BYTES", 5 * (4 * side * side + 7 * h * w))
     monkeypatch.setattr("usesearch.masks.amg.cpu_encode_chunk", lambda hw, most: 2)
     generator = SamMaskGenerator(sam, **settings)
-    sizes = []
-    real = generator._upscale
-    generator._upscale = lambda low_res, *args: sizes.append(len(low_res)) or real(low_res, *args)
+    sizes, scoring = [], []
+    real = amg_utils.upscale_logits
+
+    def counted(low_res, *args, scored=False):
+        sizes.append(len(low_res)), scoring.append(scored)
+        return real(low_res, *args)
+
+    scored = partial(counted, scored=True)  # the candidates' scoring; the rest: the kept masks
+    monkeypatch.setattr("usesearch.masks.candidate_scoring.upscale_logits", scored)
+    monkeypatch.setattr("usesearch.masks.amg.upscale_logits", counted)
     grouped = generator.generate(image)
     assert max(sizes) <= 5 and len(sizes) > 40 and len(whole) > 20
+    assert any(scoring) and not all(scoring)
     assert [(r.rle, r.box_xyxy, r.predicted_iou, r.stability_score) for r in grouped] == [
         (r.rle, r.box_xyxy, r.predicted_iou, r.stability_score) for r in whole
     ]

@@ -286,29 +286,28 @@ class SamMaskGenerator:
             keep = iou > self.pred_iou_thresh
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         keep, stability, boxes = self.scoring(low_res, input_size, crop_hw, self.stability_score_thresh)
-        low_res, iou, points = low_res[keep], iou[keep], points[keep]
+        if keep is not None:
+            low_res, iou, points = low_res[keep], iou[keep], points[keep]
         empty = torch.zeros(len(iou), dtype=torch.long, device=device)  # the crop's index, set by the caller
         return off_crop_edge(Candidates(low_res, iou, stability, boxes, points, empty), crop_box, orig_size)
-
-    def _upscale(self, low_res: torch.Tensor, input_size, crop_hw) -> torch.Tensor:
-        return upscale_logits(low_res, self.model.image_encoder.img_size, input_size, crop_hw)
 
     # -- the kept masks -------------------------------------------------------------------
     def _masks(self, cands: Candidates, crops, orig_size) -> torch.Tensor:
         """Full-image bool masks [n, H, W] of a few candidates, from their logits."""
-        h, w = orig_size
         indices = torch.unique(cands.crop).tolist()
         if len(indices) == 1:  # one crop (the whole photo, without crop layers): no copy into a zeroed stack
-            crop_box, input_size, crop_hw = crops[indices[0]]
-            logits = self._upscale(cands.low_res, input_size, crop_hw)
-            return uncrop_masks(logits > self.model.mask_threshold, crop_box, h, w)
-        out = torch.zeros(len(cands), h, w, dtype=torch.bool, device=cands.iou.device)
+            return self._crop_masks(cands.low_res, crops[indices[0]], orig_size)
+        out = torch.zeros(len(cands), *orig_size, dtype=torch.bool, device=cands.iou.device)
         for index in indices:
             rows = cands.crop == index
-            crop_box, input_size, crop_hw = crops[index]
-            logits = self._upscale(cands.low_res[rows], input_size, crop_hw)
-            out[rows] = uncrop_masks(logits > self.model.mask_threshold, crop_box, h, w)
+            out[rows] = self._crop_masks(cands.low_res[rows], crops[index], orig_size)
         return out
+
+    def _crop_masks(self, low_res: torch.Tensor, crop, orig_size) -> torch.Tensor:
+        """One crop's candidates' masks on the whole photo, from their low-res logits."""
+        crop_box, input_size, crop_hw = crop
+        logits = upscale_logits(low_res, self.model.image_encoder.img_size, input_size, crop_hw)
+        return uncrop_masks(logits > self.model.mask_threshold, crop_box, *orig_size)
 
     def _materialise(self, cands: Candidates, crops, orig_size) -> list[MaskRecord]:
         # The kept candidates' scores, boxes and prompts in one transfer.

@@ -57,10 +57,10 @@ class CandidateScoring:
 
     def __call__(
         self, low_res: torch.Tensor, input_size, crop_hw: tuple[int, int], keep_above: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """(kept: bool [N], stability scores [kept], boxes XYXY [kept]) of the candidates'
         low-res logits [N, 1, h, w]; kept: a stability score of at least ``keep_above``
-        where it is above 0, else every candidate."""
+        where it is above 0 (segment-anything's filter), else None: every candidate."""
         exact = not past_canvas(self.side, crop_hw)  # where compiled scoring gives the eager bits
         large = self.compiled_large and not exact and crop_hw[0] * crop_hw[1] >= COMPILE_PIXELS
         if large and self.compiled is None:
@@ -68,8 +68,10 @@ class CandidateScoring:
         waited = exact and self.compile_after is None  # at or under the canvas: after the time budget
         if self.compiled is not None and (self.compiled_any_size or large or waited):
             stability, boxes = self.compiled(low_res, input_size, crop_hw)
-            kept = _kept(stability, keep_above)
-            return kept, stability[kept], boxes[kept]
+            if keep_above <= 0.0:
+                return None, stability, boxes
+            passed = stability >= keep_above
+            return passed, stability[passed], boxes[passed]
         # Upscaled a group at a time on a CPU (a large photo's full-size logits), at once on a GPU.
         chunk = cpu_upscale_chunk(self.side, crop_hw) if self.device.type == "cpu" else max(1, len(low_res))
         started = time.perf_counter()
@@ -77,15 +79,16 @@ class CandidateScoring:
         for start in range(0, max(1, len(low_res)), chunk):  # (once when empty, as the library takes it)
             logits = upscale_logits(low_res[start : start + chunk], self.side, input_size, crop_hw)
             stability = stability_score(logits, self.threshold, self.offset)
-            kept_parts.append(_kept(stability, keep_above))
             if keep_above > 0.0:  # no box for a candidate the filter drops
+                kept_parts.append(stability >= keep_above)
                 logits, stability = logits[kept_parts[-1]], stability[kept_parts[-1]]
             stabilities.append(stability)
             box_parts.append(batched_mask_to_box(logits > self.threshold))
             del logits
         if exact:
             self.paid_eagerly(time.perf_counter() - started)
-        return torch.cat(kept_parts), torch.cat(stabilities), torch.cat(box_parts)
+        kept = torch.cat(kept_parts) if kept_parts else None
+        return kept, torch.cat(stabilities), torch.cat(box_parts)
 
     def paid_eagerly(self, seconds: float) -> None:
         """Eager scoring time; at the budget, scoring is compiled for what follows."""
@@ -103,8 +106,3 @@ class CandidateScoring:
 
     def _compiled(self) -> CompiledScores:  # with the backend every compiled part of SAM takes
         return CompiledScores(self.side, self.threshold, self.offset, sam_compile.COMPILE_BACKEND)
-
-
-def _kept(stability: torch.Tensor, keep_above: float) -> torch.Tensor:
-    """The stability filter's mask (segment-anything's: off at 0 or below)."""
-    return stability >= keep_above if keep_above > 0.0 else torch.ones_like(stability, dtype=torch.bool)
