@@ -24,7 +24,7 @@ transfer) are the generator's own clocks; backbones (CLIP + DINOv2 + LLNs) and
 pooling (+ projection) the embedder's; store and FAISS the commit's.
 
     python benchmarks/index_throughput.py [--presets l14-336,b16] [--images 32] [--side 1024]
-        [--points-per-side 32] [--masks-per-photo 100] [--device cpu|cuda] [--json FILE]
+        [--points-per-side 32] [--masks-per-photo 100] [--device cpu|cuda] [--precision bfloat16] [--json FILE]
 """
 
 from __future__ import annotations
@@ -188,6 +188,7 @@ def run(name: str, photos: Path, db: Path, args) -> dict:
             masker=args.masker,
             masker_options=masker_options,
             device=args.device,
+            precision=args.precision,
             compile=args.compile,
         )
         BLOB_SECONDS[0] = 0.0
@@ -237,6 +238,7 @@ def main() -> None:
     parser.add_argument("--masker", default="sam", help="sam (the paper's) or felzenszwalb")
     parser.add_argument("--device", default=None, help="the models' device (default: as a user gets it)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models (index --compile)")
+    parser.add_argument("--precision", default="auto", help="auto, float32 or bfloat16 (index --precision)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from usesearch.devices import check_precision
 from usesearch.errors import UsesearchError
 from usesearch.io.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from usesearch.reports import RunReport
@@ -19,6 +20,7 @@ class IndexOptions:
     masker: str | None = None  # None: 'sam', or 'felzenszwalb' for the random-weight tiny preset
     masker_options: dict[str, Any] = field(default_factory=dict)
     device: str | None = None  # the models' (usesearch.devices): None is CUDA when torch sees it, else the CPU
+    precision: str = "auto"  # the image models' (usesearch.devices.PRECISIONS): auto is bfloat16 on a GPU that has it
     faiss_device: str | None = None  # FAISS's (faiss_gpu.resolve): None is the GPU only where this faiss supports one
     factory: str | None = None  # None: chosen by the collection's size (index_choice.py), and again as it grows
     retry_failed: bool = False
@@ -33,6 +35,7 @@ class IndexOptions:
 
     def __post_init__(self) -> None:
         check_shard_size(self.shard_size)
+        check_precision(self.precision)
 
 
 def check_shard_size(shard_size: int | None) -> None:

@@ -87,7 +87,7 @@ def check_devices(options: IndexOptions) -> list[str]:
     """Where the models and FAISS will run, a line each; a device that cannot work
     (``--device cuda`` without CUDA, ``--faiss-device cuda`` with faiss-cpu) is
     refused here, before any model loads or any photo is read."""
-    return [describe_device(resolve_device(options.device)), faiss_gpu.note(options.faiss_device)]
+    return [describe_device(resolve_device(options.device), options.precision), faiss_gpu.note(options.faiss_device)]
 
 
 def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
@@ -131,13 +131,15 @@ def load_embedder(options: IndexOptions):
     """The segment embedder for these options (no masker: a labelled dataset's own masks)."""
     preset = choose_preset(options.preset, options.head)
     embedder = resolve_embedder(preset, options.embedder, options.head)
-    return load_model(preset, embedder=embedder, device=resolve_device(options.device), head=options.head)
+    device = resolve_device(options.device)
+    return load_model(preset, embedder=embedder, device=device, head=options.head, precision=options.precision)
 
 
 def load_models(options: IndexOptions):
     """(segment embedder, masker) for these options, every model on one device."""
     model = load_embedder(options)
-    masker = build_masker(options.masker, model.preset, resolve_device(options.device), **options.masker_options)
+    device = resolve_device(options.device)
+    masker = build_masker(options.masker, model.preset, device, options.precision, **options.masker_options)
     if options.compile:
         generator = getattr(masker, "generator", None)
         # Batches vary (a run's last group of photos; a photo's crops for ``crop``):

@@ -189,6 +189,18 @@ def ray_for_run(address: str | None, device: str | None) -> Iterator[tuple[str, 
         yield actor_device(device, gpus), gpus
 
 
+def check_precision(device: str | None, precision: str, address: str | None) -> None:
+    """``--precision`` refused before anything loads: where the actors run on this
+    machine (no cluster address), against the device they will get here; on a cluster,
+    its spelling alone (each actor's own device refuses it as its models load)."""
+    from usesearch.devices import check_precision as check_spelling
+    from usesearch.devices import resolve_device, uses_bf16
+
+    if address in (None, "local"):
+        uses_bf16(resolve_device(device), precision)
+    check_spelling(precision)
+
+
 def actor_device(device: str | None, gpus: int) -> str:
     """The models' device in every actor, by the rule of ``usesearch.devices``: the
     cluster's GPUs where it has them (one per actor), else its CPUs; ``cuda`` with no

@@ -281,4 +281,6 @@ def test_a_gpu_that_only_emulates_bf16_runs_float32(monkeypatch):
     capability = {0: (7, 5), 1: (8, 0)}  # a T4 beside an A100: each GPU answers for itself
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[torch.device(device).index])
     assert not has_bf16(torch.device("cuda:0")) and not bf16_autocast(torch.device("cuda:0"))._enabled
-    assert has_bf16(torch.device("cuda:1")) and not has_bf16(torch.device("cpu"))
+    assert has_bf16(torch.device("cuda:1"))
+    # a CPU's answer is its own (AMX or AVX512-BF16), but autocast's default there stays off
+    assert not bf16_autocast(torch.device("cpu"))._enabled

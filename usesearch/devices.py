@@ -48,22 +48,64 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def has_bf16(device: torch.device) -> bool:
-    """``device`` is a GPU that computes bfloat16 natively: compute capability 8 on
-    (Ampere). Older cards (T4, V100) only emulate it, slower than float32, which
-    ``torch.cuda.is_bf16_supported()`` counts by default (and it asks the current
-    GPU, not ``device``)."""
+# ``--precision``: what the image models compute in. ``auto``: bfloat16 on a GPU that
+# computes it natively, float32 elsewhere (a CPU's results stay float32 unless asked).
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_bf16() -> bool:
+    """This CPU computes bfloat16 products natively (Intel's AMX, Sapphire Rapids on; or
+    AVX512-BF16, as AMD's Zen 4 on), which oneDNN uses under autocast; elsewhere torch
+    emulates bfloat16, slower than float32. torch asks cpuinfo for these (private
+    helpers, so an older torch answers no)."""
     import torch
 
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:
+        return False
+
+
+def has_bf16(device: torch.device) -> bool:
+    """``device`` computes bfloat16 natively: a GPU of compute capability 8 on (Ampere),
+    or a CPU with bfloat16 instructions (``cpu_has_bf16``). Older cards (T4, V100) only
+    emulate it, slower than float32, which ``torch.cuda.is_bf16_supported()`` counts by
+    default (and it asks the current GPU, not ``device``)."""
+    import torch
+
+    if device.type == "cpu":
+        return cpu_has_bf16()
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
-def bf16_autocast(device: torch.device):
-    """bfloat16 autocast on a GPU that has it (backbones and SAM: half the bytes,
-    the tensor cores' rate); a no-op elsewhere, so CPU results are float32 as before."""
+def check_precision(precision: str) -> None:
+    """A ``--precision`` that is none of ``PRECISIONS`` refused in one line."""
+    if precision not in PRECISIONS:
+        raise UsesearchError(f"--precision {precision!r}: give {', '.join(PRECISIONS)}")
+
+
+def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Whether the image models run under bfloat16 autocast on ``device``. ``auto``: on
+    a GPU that has it; ``bfloat16`` where ``device`` computes it natively, else refused
+    in one line (emulated, it is slower than float32 and no closer to it)."""
+    check_precision(precision)
+    if precision == "auto":
+        return device.type == "cuda" and has_bf16(device)
+    if precision == "bfloat16" and not has_bf16(device):
+        what = "this CPU has neither AMX nor AVX512-BF16" if device.type == "cpu" else f"{device} is older than Ampere"
+        raise UsesearchError(
+            f"--precision bfloat16: {what}, so bfloat16 would be emulated, slower than float32; "
+            "leave --precision at auto"
+        )
+    return precision == "bfloat16"
+
+
+def bf16_autocast(device: torch.device, precision: str = "auto"):
+    """bfloat16 autocast where ``uses_bf16`` says so (backbones and SAM: half the bytes,
+    the tensor cores' or AMX's rate); a no-op elsewhere, so results stay float32."""
     import torch
 
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=has_bf16(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
 def explicit_device(device: str | torch.device | None) -> torch.device | None:
@@ -72,12 +114,13 @@ def explicit_device(device: str | torch.device | None) -> torch.device | None:
     return None if device is None or device == "auto" else resolve_device(device)
 
 
-def describe(device: torch.device) -> str:
-    """One line for run summaries: where the models ran."""
+def describe(device: torch.device, precision: str = "auto") -> str:
+    """One line for run summaries: where the models ran, and in what precision (a
+    combination that cannot work is refused here, before any model loads)."""
     import torch
 
+    precision = "bfloat16" if uses_bf16(device, precision) else "float32"
     if device.type != "cuda":
-        return "models on the CPU"
+        return "models on the CPU" + (" (bfloat16)" if precision == "bfloat16" else "")
     index = device.index if device.index is not None else torch.cuda.current_device()
-    precision = "bfloat16" if has_bf16(device) else "float32"
     return f"models on {device.type}:{index} ({torch.cuda.get_device_name(index)}, {precision})"

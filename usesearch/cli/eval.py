@@ -96,9 +96,13 @@ class Segmenter:
     head: opts.HeadsOpt = None
     masker: opts.PhotoMaskerOpt = None
     device: opts.DeviceOpt = None
+    precision: opts.PrecisionOpt = "auto"
 
     def check(self) -> None:
         """What cannot work, said before any model loads."""
+        from usesearch.devices import resolve_device, uses_bf16
+
+        uses_bf16(resolve_device(self.device), self.precision)
         if self.masker == "coco":  # its masks come from a COCO file, which only `index` takes
             raise UsesearchError(
                 "--masker coco reads a COCO file's masks, given to `index --coco FILE.json --masker coco`; "
@@ -117,10 +121,9 @@ class Segmenter:
         heads: list[str | None] = [str(h) for h in self.head or []] or [None]
         for head in heads:
             name = choose_preset(self.preset, head)
-            models.append(
-                load_model(name, embedder=resolve_embedder(name, self.embedder, head), device=self.device, head=head)
-            )
-        return models, build_masker(self.masker, models[0].preset, self.device, **sam.given())
+            embedder = resolve_embedder(name, self.embedder, head)
+            models.append(load_model(name, embedder=embedder, device=self.device, head=head, precision=self.precision))
+        return models, build_masker(self.masker, models[0].preset, self.device, self.precision, **sam.given())
 
 
 with_segmenter = opts.shared_options("segmenter", Segmenter)

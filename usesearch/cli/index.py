@@ -44,6 +44,7 @@ def index(
     factory: opts.FactoryOpt = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
     device: opts.DeviceOpt = None,
+    precision: opts.PrecisionOpt = "auto",
     faiss_device: opts.FaissDeviceOpt = None,
     db_url: opts.DbUrlOpt = None,
     shard_size: opts.ShardSizeOpt = None,
@@ -110,6 +111,7 @@ def index(
             masker=masker,
             masker_options=masker_options,
             device=device,
+            precision=precision,
             faiss_device=faiss_device,
             factory=None if factory == "auto" else factory,  # (automatic: as the default)
             recall_target=recall_target,

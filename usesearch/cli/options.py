@@ -132,6 +132,14 @@ DeviceOpt = Annotated[
         "--device", help="Where every model runs: cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu)."
     ),
 ]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="What SAM and the image towers compute in: auto (bfloat16 on a GPU that has it, else float32), "
+        "float32, or bfloat16 (also on a CPU with AMX or AVX512-BF16: about 2x, masks within the GPU's tolerance).",
+    ),
+]
 FaissDeviceOpt = Annotated[
     Optional[str],
     typer.Option(

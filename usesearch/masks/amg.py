@@ -32,7 +32,7 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import box_area
 
-from usesearch.devices import has_bf16
+from usesearch.devices import uses_bf16
 from usesearch.masks import rle
 from usesearch.masks.amg_utils import (
     CPU_POINTS_PER_BATCH,
@@ -142,7 +142,7 @@ class SamMaskGenerator:
         self._prompt_batches: dict = {}  # (crop size, prompts) -> prompts per decoder batch on this GPU
         device = model.device
         if autocast is None:
-            autocast = has_bf16(device)
+            autocast = uses_bf16(device)
         self.autocast = bool(autocast)
         side, threshold = model.image_encoder.img_size, model.mask_threshold
         self.scoring = CandidateScoring(side, threshold, stability_score_offset, device, compiled_scores)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from segment_anything.utils.amg import batched_mask_to_box
 
-from usesearch.devices import resolve_device
+from usesearch.devices import resolve_device, uses_bf16
 from usesearch.errors import UsesearchError
 from usesearch.masks import rle
 from usesearch.masks.coco_masker import CocoMaskFile
@@ -342,6 +342,7 @@ MASKERS: dict[str, MaskerKind] = {
         settings=frozenset(SAM_SETTINGS),
         options=None,
         default_for="trained",
+        takes_precision=True,
     ),
     "sam2": MaskerKind(
         _sam2,
@@ -366,13 +367,18 @@ MASKERS: dict[str, MaskerKind] = {
 
 
 def build_masker(
-    name: str | None, preset: PresetConfig, device: str | torch.device | None = None, **options: Any
+    name: str | None,
+    preset: PresetConfig,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    **options: Any,
 ) -> Masker:
     """The masker ``name`` of ``MASKERS`` with ``options`` (SAM's settings are
-    ``SamSettings.given()``); ``device`` as every model's (``usesearch.devices``: None
-    is CUDA when torch sees it). ``None`` picks SAM, except for the random-weight tiny
-    preset whose SAM gives noise: there the weight-free Felzenszwalb masker gives
-    real-looking regions. Options the masker does not take are refused in one line."""
+    ``SamSettings.given()``); ``device`` and ``precision`` as every model's
+    (``usesearch.devices``: None is CUDA when torch sees it). ``None`` picks SAM, except
+    for the random-weight tiny preset whose SAM gives noise: there the weight-free
+    Felzenszwalb masker gives real-looking regions. Options the masker does not take
+    are refused in one line."""
     if name is None:
         wanted = "random" if preset.sam.checkpoint is None and "sam_checkpoint" not in options else "trained"
         name = next(n for n, kind in MASKERS.items() if kind.default_for == wanted)
@@ -386,6 +392,8 @@ def build_masker(
     ]
     if refused:
         raise UsesearchError(_refusal(name, kind, refused))
+    if kind.takes_precision and precision != "auto":  # (auto: the generator's own default)
+        options["autocast"] = uses_bf16(resolve_device(device), precision)
     return kind.build(preset, device, dict(options))
 
 

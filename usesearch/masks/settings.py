@@ -75,6 +75,9 @@ class MaskerKind:
     default_for: str = ""
     # The optional module it needs, installed by the pip extra of the same name.
     requires: str = ""
+    # Runs under ``--precision`` (its generator's ``autocast``); the others compute in
+    # float32 (SAM 2) or run no model.
+    takes_precision: bool = False
 
 
 # How the work is batched and its precision on a GPU: no setting of the masks'

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from usesearch.devices import resolve_device
+from usesearch.devices import resolve_device, uses_bf16
 from usesearch.errors import NoTrainedHeadError, UnknownPresetError, UsesearchError
 from usesearch.models.backbones import Clip, build_clip, build_dino, seeded
 from usesearch.models.checkpoint import is_checkpoint, load_head, read_head_config, state_digest
@@ -55,18 +55,21 @@ def load_model(
     embedder: str | None = "use",
     device: str | torch.device | None = None,
     head: str | os.PathLike | None = None,
+    precision: str = "auto",
 ) -> USEEmbedder | CropEmbedder:
     """A preset name (``tiny``, ``b16``, ``l14-336``) or a head checkpoint -> embedder.
 
     ``embedder="use"`` needs a trained head: from ``head=``, from the checkpoint
     given as first argument, or the tiny preset's seeded random one.
-    ``embedder="crop"`` needs only CLIP.
+    ``embedder="crop"`` needs only CLIP. ``precision``: the image towers' (``auto``:
+    bfloat16 on a GPU that has it, float32 elsewhere; ``usesearch.devices.uses_bf16``).
     """
     device = resolve_device(device)
+    uses_bf16(device, precision)  # an impossible precision refused before any weights are read
     embedder = embedder or "use"  # None: the default, as IndexOptions takes it
     preset, head = _preset_and_head(name_or_checkpoint, embedder, head)
     if embedder == "crop":
-        return CropEmbedder(preset, build_clip(preset.clip, preset.name, native_size=True), device)
+        return CropEmbedder(preset, build_clip(preset.clip, preset.name, native_size=True), device, precision=precision)
     state = load_head(head, preset)[0] if head is not None else None
     use, clip = create_use_and_clip(preset)
     if state is not None:
@@ -80,7 +83,8 @@ def load_model(
             )
         use.load_state_dict(state, strict=False)
     # The checkpoint's own weights identify it, as ``load_text_model`` reads them.
-    return USEEmbedder(use, clip, device, state_digest(state if state is not None else use.trainable_state_dict()))
+    digest = state_digest(state if state is not None else use.trainable_state_dict())
+    return USEEmbedder(use, clip, device, digest, precision)
 
 
 def load_text_model(

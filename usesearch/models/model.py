@@ -159,10 +159,11 @@ def batches_backbones(device: torch.device) -> bool:
 class USEEmbedder(_TextMixin):
     kind = "use"
 
-    def __init__(self, use: USE, clip: Clip, device: torch.device, head_digest: str):
+    def __init__(self, use: USE, clip: Clip, device: torch.device, head_digest: str, precision: str = "auto"):
         self.use = use.to(device).eval()
         self.preset = use.preset
         self.device = device
+        self.precision = precision  # the backbones' and LLNs' (``usesearch.devices.PRECISIONS``)
         self.seconds = {"backbones": 0.0, "pooling": 0.0}  # wall time in embed_segments, for benchmarks
         self.dim = clip.embed_dim
         self.text = TextEncoder(clip.model, clip.tokenizer, device)
@@ -196,7 +197,7 @@ class USEEmbedder(_TextMixin):
         """z [len(images), grid*grid, D] (float32), the photos in one backbone call."""
         pixels = [self.use.pixels_from(self._small(image), self.device) for image in images]
         clip_px, dino_px = (torch.stack(side) for side in zip(*pixels))
-        with bf16_autocast(self.device):
+        with bf16_autocast(self.device, self.precision):
             z = self.use.encoder(clip_px, dino_px)
         return z.float()
 
@@ -266,11 +267,14 @@ class CropEmbedder(_TextMixin):
 
     kind = "crop"
 
-    def __init__(self, preset: PresetConfig, clip: Clip, device: torch.device, batch_size: int = 32):
+    def __init__(
+        self, preset: PresetConfig, clip: Clip, device: torch.device, batch_size: int = 32, precision: str = "auto"
+    ):
         self.preset = preset
         self.clip = clip
         self.model = clip.model.to(device).eval()
         self.device = device
+        self.precision = precision  # CLIP's image tower's (``usesearch.devices.PRECISIONS``)
         self.batch_size = batch_size
         self.dim = clip.embed_dim
         self.text = TextEncoder(clip.model, clip.tokenizer, device)
@@ -308,7 +312,7 @@ class CropEmbedder(_TextMixin):
                     for i in range(start, min(start + self.batch_size, len(masks)))
                 ]
             )
-            with bf16_autocast(self.device):
+            with bf16_autocast(self.device, self.precision):
                 features = self.model.encode_image(batch.to(self.device))
             out.append(F.normalize(features.float(), dim=-1))
         return torch.cat(out).cpu().numpy()
