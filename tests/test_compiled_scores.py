@@ -220,7 +220,7 @@ def test_the_generator_with_compiled_scoring_gives_the_same_masks(sam, image, se
 
 
 def test_compiled_scoring_is_the_default_on_cuda_from_the_start(sam, monkeypatch):
-    monkeypatch.setattr(amg, "has_bf16", lambda device: True)
+    monkeypatch.setattr(amg, "uses_bf16", lambda device: True)
     on_cuda = types.SimpleNamespace(
         device=torch.device("cuda"), image_encoder=sam.image_encoder, mask_decoder=sam.mask_decoder, mask_threshold=0.0
     )
@@ -318,7 +318,7 @@ def test_a_cpu_scores_a_large_photo_compiled_from_the_first_one(sam, image, monk
 def test_with_compiled_scoring_a_large_photos_prompt_batch_is_bounded_by_the_canvas_alone(sam, monkeypatch):
     """Eager scoring upscales a batch's logits to the photo (288 MB a prompt for 12 MP);
     compiled scoring never does, so the batch is sized as for a photo at the canvas's size."""
-    monkeypatch.setattr(amg, "has_bf16", lambda device: True)
+    monkeypatch.setattr(amg, "uses_bf16", lambda device: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
