@@ -196,9 +196,9 @@ def check_precision(device: str | None, precision: str, address: str | None) -> 
     from usesearch.devices import check_precision as check_spelling
     from usesearch.devices import resolve_device, uses_bf16
 
-    if address in (None, "local"):
-        uses_bf16(resolve_device(device), precision)
     check_spelling(precision)
+    if precision == "bfloat16" and address in (None, "local"):  # (auto and float32 run on any device)
+        uses_bf16(resolve_device(device), precision)
 
 
 def actor_device(device: str | None, gpus: int) -> str:
