@@ -55,20 +55,30 @@ def test_bfloat16_where_it_would_be_emulated_and_a_misspelling_are_refused_in_on
         check_precision(None, "half", "10.0.0.1:6379")
 
 
-def test_index_and_segment_refuse_an_emulated_bfloat16_before_any_model_loads(monkeypatch, tmp_path):
+def test_every_command_taking_it_refuses_an_emulated_bfloat16_before_any_model_loads(monkeypatch, tmp_path):
     import usesearch.indexer.pipeline
     import usesearch.models.factory
+    from usesearch.training import train
+    from usesearch.training.synthetic import write_dataset
 
     photos = write_photos(tmp_path / "photos", ("coffee",))
+    data = write_dataset(tmp_path / "data", 2, seed=1)
     cpu_bf16(monkeypatch, False)
-    for module in (usesearch.indexer.pipeline, usesearch.models.factory):
-        monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(usesearch.indexer.pipeline, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    for module, builder in (
+        (usesearch.models.factory, "build_clip"),
+        (usesearch.models.factory, "create_use_and_clip"),
+    ):
+        monkeypatch.setattr(module, builder, lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(train, "create_use_and_clip", lambda *a, **k: pytest.fail("a model was built"))
     runner = CliRunner()
     db = tmp_path / "db"
     for args in (
         ["index", str(photos), "--db", str(db), "--preset", "tiny", "--device", "cpu", "--precision", "bfloat16"],
         ["segment", str(photos / "coffee.png"), "--out", str(tmp_path / "labels.png"), "--classes", "cup,table"]
         + ["--preset", "tiny", "--precision", "bfloat16"],
+        ["embed", str(photos / "coffee.png"), "a cup", "--preset", "tiny", "--precision", "bfloat16"],
+        ["train", str(data), "--run-dir", str(tmp_path / "run"), "--preset", "tiny", "--precision", "bfloat16"],
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)

@@ -3,6 +3,7 @@ on other data, an unreadable photo, a non-finite loss, a tampered checkpoint."""
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -342,10 +343,16 @@ def test_ctrl_c_during_the_last_step_is_a_finished_run(samples, tmp_path):
 def test_training_runs_under_bf16_autocast_as_it_does_on_a_gpu(samples, tmp_path, monkeypatch):
     """On a GPU the backbones and the loss run under bfloat16 autocast: the head's
     pooling wrote a bf16 product into a float32 result and the first step failed.
-    bf16 autocast on the CPU stands in for the GPU's."""
-    monkeypatch.setattr(train_module, "bf16_autocast", lambda device: torch.autocast(device.type, dtype=torch.bfloat16))
-    trainer = Trainer(samples, tmp_path, CFG)
+    ``--precision bfloat16`` on the CPU (its bf16 instructions said present, so on any
+    CI machine) runs the same autocast; the head is seen to be called under it."""
+    import usesearch.devices
+
+    monkeypatch.setattr(usesearch.devices, "cpu_has_bf16", lambda: True)
+    trainer = Trainer(samples, tmp_path, replace(CFG, precision="bfloat16"))
+    seen: list[bool] = []
+    trainer.use.head.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
     trainer.run(until=2)
+    assert seen and all(seen), seen
     head = trainer.use.head.proj.weight
     assert head.dtype == torch.float32 and torch.isfinite(head).all() and _log_steps(tmp_path) == [1, 2]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from usesearch.devices import bf16_autocast, resolve_device
+from usesearch.devices import bf16_autocast, resolve_device, uses_bf16
 from usesearch.errors import UsesearchError, first_line
 from usesearch.io.atomic import remove_orphan_temporaries, write_atomic
 from usesearch.io.locks import one_writer
@@ -53,6 +53,9 @@ class TrainConfig:
     max_steps: int | None = None
     seed: int = 0
     device: str | None = None
+    # What the frozen backbones and the head compute in (``usesearch.devices.PRECISIONS``);
+    # not part of the schedule: a run resumed in another precision goes on.
+    precision: str = "auto"
     # Photos read, augmented and preprocessed at once, and the next batch made while
     # this one trains: on a GPU, one thread's JPEG decoding would be the step's floor.
     # Not part of the schedule: any number gives the same batches.
@@ -85,6 +88,7 @@ class Trainer:
         self.samples, self.out, self.cfg = samples, Path(out), cfg
         self.say = say or (lambda line: None)  # one line per photo skipped
         self.device = resolve_device(cfg.device)
+        uses_bf16(self.device, cfg.precision)  # an impossible precision refused before the models are built
         use, clip = create_use_and_clip(cfg.preset)
         self.use = use.to(self.device)
         self.text = TextEncoder(clip.model.to(self.device), clip.tokenizer, self.device)
@@ -178,7 +182,7 @@ class Trainer:
         vectors = self.text.embed(list(first.values()), EXPRESSION_TEMPLATES)
         text_vectors = torch.from_numpy(vectors).to(self.device)[text_ids]
         # bfloat16 as at inference (float16 would need a gradient scaler); float32 on a CPU.
-        with bf16_autocast(self.device):
+        with bf16_autocast(self.device, self.cfg.precision):
             tokens = self.use.backbone_tokens(clip_px.to(self.device), dino_px.to(self.device))
             segments = self.use(tokens, weights.to(self.device), image_index.to(self.device))
         return segment_text_loss(segments.float(), text_vectors, text_ids, self.cfg.logit_scale)

@@ -141,6 +141,7 @@ def embed(
     head: opts.HeadOpt = None,
     k: opts.TopKOpt = 3,
     device: opts.DeviceOpt = None,
+    precision: opts.PrecisionOpt = "auto",
     as_json: opts.JsonOpt = False,
     *,
     limits: PhotoLimits,
@@ -152,7 +153,8 @@ def embed(
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
     preset = choose_preset(preset, head)
-    model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
+    embedder = resolve_embedder(preset, embedder, head)
+    model = load_model(preset, embedder=embedder, device=device, head=head, precision=precision)
     _print_ranking(model, image, rgb, FelzenszwalbMasker(), text, k, as_json)
 
 

@@ -48,6 +48,7 @@ def train(
     ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     device: opts.DeviceOpt = None,
+    precision: opts.PrecisionOpt = "auto",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the run's summary as JSON on stdout (status lines go to stderr).")
     ] = False,
@@ -79,6 +80,7 @@ def train(
         keep_checkpoints=keep_checkpoints,
         seed=seed,
         device=device,
+        precision=precision,
     )
     trainer = Trainer(samples, run_dir, cfg, say=lambda line: typer.echo(line, err=True))
     if resume:
