@@ -283,4 +283,7 @@ def test_a_gpu_that_only_emulates_bf16_runs_float32(monkeypatch):
     assert not has_bf16(torch.device("cuda:0")) and not bf16_autocast(torch.device("cuda:0"))._enabled
     assert has_bf16(torch.device("cuda:1"))
     # a CPU's answer is its own (AMX or AVX512-BF16), but autocast's default there stays off
-    assert not bf16_autocast(torch.device("cpu"))._enabled
+    import usesearch.devices
+
+    monkeypatch.setattr(usesearch.devices, "cpu_has_bf16", lambda: True)
+    assert has_bf16(torch.device("cpu")) and not bf16_autocast(torch.device("cpu"))._enabled

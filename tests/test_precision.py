@@ -76,9 +76,20 @@ def test_every_command_taking_it_refuses_an_emulated_bfloat16_before_any_model_l
     for args in (
         ["index", str(photos), "--db", str(db), "--preset", "tiny", "--device", "cpu", "--precision", "bfloat16"],
         ["segment", str(photos / "coffee.png"), "--out", str(tmp_path / "labels.png"), "--classes", "cup,table"]
-        + ["--preset", "tiny", "--precision", "bfloat16"],
-        ["embed", str(photos / "coffee.png"), "a cup", "--preset", "tiny", "--precision", "bfloat16"],
-        ["train", str(data), "--run-dir", str(tmp_path / "run"), "--preset", "tiny", "--precision", "bfloat16"],
+        + ["--preset", "tiny", "--device", "cpu", "--precision", "bfloat16"],
+        [
+            "embed",
+            str(photos / "coffee.png"),
+            "a cup",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--precision",
+            "bfloat16",
+        ],
+        ["train", str(data), "--run-dir", str(tmp_path / "run"), "--preset", "tiny", "--device", "cpu"]
+        + ["--precision", "bfloat16"],
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)

@@ -348,7 +348,7 @@ def test_training_runs_under_bf16_autocast_as_it_does_on_a_gpu(samples, tmp_path
     import usesearch.devices
 
     monkeypatch.setattr(usesearch.devices, "cpu_has_bf16", lambda: True)
-    trainer = Trainer(samples, tmp_path, replace(CFG, precision="bfloat16"))
+    trainer = Trainer(samples, tmp_path, replace(CFG, precision="bfloat16", device="cpu"))
     seen: list[bool] = []
     trainer.use.head.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
     trainer.run(until=2)

@@ -181,7 +181,7 @@ class Trainer:
         text_ids = torch.tensor([position[text_key(t)] for t in texts], device=self.device)
         vectors = self.text.embed(list(first.values()), EXPRESSION_TEMPLATES)
         text_vectors = torch.from_numpy(vectors).to(self.device)[text_ids]
-        # bfloat16 as at inference (float16 would need a gradient scaler); float32 on a CPU.
+        # bfloat16 as at inference (float16 would need a gradient scaler); a CPU: float32 unless --precision bfloat16.
         with bf16_autocast(self.device, self.cfg.precision):
             tokens = self.use.backbone_tokens(clip_px.to(self.device), dino_px.to(self.device))
             segments = self.use(tokens, weights.to(self.device), image_index.to(self.device))

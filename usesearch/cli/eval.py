@@ -350,6 +350,7 @@ def audit(
     embedder: opts.EmbedderOpt = None,
     head: opts.HeadOpt = None,
     device: opts.DeviceOpt = None,
+    precision: opts.PrecisionOpt = "auto",
     as_json: opts.JsonOpt = False,
 ) -> None:
     """Rank ground-truth annotations by how strongly the model disagrees with their labels."""
@@ -359,7 +360,8 @@ def audit(
 
     data = read_coco(coco)  # before the model: a file that is not COCO is one line
     preset = choose_preset(preset, head)
-    model = load_model(preset, embedder=resolve_embedder(preset, embedder, head), device=device, head=head)
+    embedder = resolve_embedder(preset, embedder, head)
+    model = load_model(preset, embedder=embedder, device=device, head=head, precision=precision)
     suspects, problems = audit_coco(model, data, images, masks_for=k)
     write_report(suspects, report_dir, k, problems)
     for rank, s in enumerate(suspects[: min(k, 10)], 1):

@@ -227,7 +227,8 @@ class USEEmbedder(_TextMixin):
 
     def image_features(self, image) -> torch.Tensor:
         """Patch features z [grid*grid, D] (float32) of one image; reuse them for any
-        number of masks. On a GPU the backbones and LLNs run under bfloat16 autocast."""
+        number of masks. The backbones and LLNs run under bfloat16 autocast where
+        ``precision`` says (a GPU's default)."""
         ahead = _taken(self._features, image)
         return ahead if ahead is not None else self._features_of([image])[0]
 
