@@ -52,7 +52,7 @@ from .folder import check_paths
 from .fragments import FRAGMENTS, error_text, read_fragment, worker_error, write_fragment
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, identity, load_embedder
-from .ray_cluster import actor_device, check_address, check_precision, ray_for_run
+from .ray_cluster import actor_device, actors_summary, check_actor_precision, check_address, ray_for_run
 from .ray_reads import decode_files, hash_files
 from .writer import Writer
 
@@ -147,7 +147,7 @@ def index_coco_ray(
     if options.device not in (None, "auto"):
         actor_device(options.device, gpus=1)  # refuses a device no worker can have, before anything loads
     check_address(address)
-    check_precision(options.device, options.precision, address)
+    check_actor_precision(options.device, options.precision, address)
     start = time.perf_counter()
     model = load_embedder(replace(options, device="cpu", precision="auto"))  # the identity; the actors compute
     folders = [os.fspath(p) for p in paths]
@@ -157,10 +157,7 @@ def index_coco_ray(
         Writer(db_dir, options, identity(model, None, options), paths) as writer,
     ):
         del model
-        precision = "" if options.precision == "auto" else f", {options.precision}"
-        report.devices.insert(
-            0, f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers ({gpus} GPU(s){precision})"
-        )
+        report.devices.insert(0, actors_summary(device, gpus, options.precision))
         for left in (db_dir / FRAGMENTS).glob("coco-*.npz"):  # a killed run's: planned again from the catalog
             left.unlink()
         fragments.forget_attempts(db_dir)

@@ -44,7 +44,7 @@ from .image_writes import PhotoWrite
 from .known_images import BATCH
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, identity, load_models
-from .ray_cluster import actor_device, check_address, check_precision, ray_for_run
+from .ray_cluster import actor_device, actors_summary, check_actor_precision, check_address, ray_for_run
 from .ray_reads import decode_files, hash_files
 from .writer import Writer
 
@@ -140,7 +140,7 @@ def index_paths_ray(
     # The identity, and missing weights said before any work; on the CPU, since the
     # models that compute run in the actors (on their GPUs) and this machine may have none.
     check_address(address)
-    check_precision(options.device, options.precision, address)
+    check_actor_precision(options.device, options.precision, address)
     files = photos_under(paths, refuse_none=is_new(db_dir, options))
     model, masker = load_models(replace(options, device="cpu", precision="auto"))
     # Ray first: a cluster that cannot be joined ("auto" with none running) leaves no index folder behind.
@@ -153,12 +153,7 @@ def index_paths_ray(
         report.moved, report.copies = writer.moved, writer.copies
         fragments.drop_committed(db_dir, lambda sha: any(r.proposals_made for r in writer.store.done_with_hash(sha)))
         del model, masker
-        report.devices.insert(
-            0,
-            f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers (the cluster has {gpus} GPU(s)"
-            + ("" if options.precision == "auto" else f"; {options.precision}")
-            + ")",
-        )
+        report.devices.insert(0, actors_summary(device, gpus, options.precision))
 
         def commits():
             for at in range(0, len(files), WINDOW):

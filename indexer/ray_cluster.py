@@ -189,7 +189,13 @@ def ray_for_run(address: str | None, device: str | None) -> Iterator[tuple[str, 
         yield actor_device(device, gpus), gpus
 
 
-def check_precision(device: str | None, precision: str, address: str | None) -> None:
+def actors_summary(device: str, gpus: int, precision: str) -> str:
+    """The run summary's line for where the actors' models ran."""
+    said = "" if precision == "auto" else f"; {precision}"
+    return f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers (the cluster has {gpus} GPU(s){said})"
+
+
+def check_actor_precision(device: str | None, precision: str, address: str | None) -> None:
     """``--precision`` refused before anything loads: where the actors run on this
     machine (no cluster address), against the device they will get here; on a cluster,
     its spelling alone (each actor's own device refuses it as its models load)."""

@@ -15,7 +15,7 @@ from tests.helpers import write_photos
 from usesearch.cli.app import app
 from usesearch.errors import UsesearchError
 from usesearch.indexer import IndexOptions, index_paths
-from usesearch.indexer.ray_cluster import check_precision
+from usesearch.indexer.ray_cluster import check_actor_precision
 
 
 def cpu_bf16(monkeypatch, has: bool) -> None:
@@ -49,10 +49,10 @@ def test_bfloat16_where_it_would_be_emulated_and_a_misspelling_are_refused_in_on
             IndexOptions(precision=wrong)
     # Ray: against this machine where the actors run here; on a cluster, the spelling alone
     with pytest.raises(UsesearchError, match="neither AMX"):
-        check_precision("cpu", "bfloat16", None)
-    check_precision("cpu", "bfloat16", "10.0.0.1:6379")  # (each actor checks its own device)
+        check_actor_precision("cpu", "bfloat16", None)
+    check_actor_precision("cpu", "bfloat16", "10.0.0.1:6379")  # (each actor checks its own device)
     with pytest.raises(UsesearchError, match="give auto"):
-        check_precision(None, "half", "10.0.0.1:6379")
+        check_actor_precision(None, "half", "10.0.0.1:6379")
 
 
 def test_every_command_taking_it_refuses_an_emulated_bfloat16_before_any_model_loads(monkeypatch, tmp_path):
