@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sam_levers import timed  # noqa: E402  (a benchmark beside this one)
 
 from usesearch.masks.sam import build_sam  # noqa: E402
-from usesearch.masks.sam_compile import compile_modules  # noqa: E402
+from usesearch.masks.sam_compile import compile_encoder  # noqa: E402
 from usesearch.masks.sam_fast import speed_up  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     with torch.no_grad():
         eager_s, expected = timed(lambda: encoder(pixels), args.device, repeat=1)  # (after a warm-up call)
         if args.how == "blocks":
-            compile_modules(encoder)
+            compile_encoder(encoder)
         else:
             encoder.compile()
         first_s, _ = timed(lambda: encoder(pixels), args.device, repeat=1, warm_up=False)

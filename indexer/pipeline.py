@@ -22,7 +22,7 @@ from usesearch.errors import CatalogUnavailableError, IndexMismatchError, Usesea
 from usesearch.io.files import photos_under
 from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.maskers import build_masker
-from usesearch.masks.sam_compile import CompiledDecoder, compile_modules, decoder_for
+from usesearch.masks.sam_compile import CompiledDecoder, compile_encoder, compile_modules, decoder_for
 from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
@@ -145,7 +145,7 @@ def load_models(options: IndexOptions):
         # Batches vary (a run's last group of photos; a photo's crops for ``crop``):
         # ``compile_modules`` compiles a second size once, for any size.
         if isinstance(generator, SamMaskGenerator):
-            compile_modules(generator.model.image_encoder)
+            compile_encoder(generator.model.image_encoder)
             if not isinstance(generator.decoder, CompiledDecoder):  # (a GPU's default already)
                 generator.decoder = decoder_for(generator.model, compiled=True)
             generator.scoring.compile()  # at every size from the first photo (a GPU's default): 12 MP ~14x

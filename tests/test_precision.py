@@ -4,6 +4,7 @@ bfloat16 instructions (AMX, AVX512-BF16), and is refused in one line, before any
 loads, where the device would only emulate it. ``cpu_has_bf16`` is monkeypatched both
 ways, so the tests mean the same on any CI machine."""
 
+import types
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,33 @@ def test_an_index_run_computes_sam_and_the_backbones_in_the_precision_asked(monk
     on = precision == "bfloat16"
     assert seen["sam"] == [on, on] and seen["backbones"] == [on, on], seen
     assert report.devices[0] == "models on the CPU" + (" (bfloat16)" if on else "")
+
+
+def test_sams_encoder_compiled_under_cpu_bfloat16_gives_its_eager_features():
+    """``--compile --precision bfloat16`` on a CPU. segment-anything hands its blocks the
+    patch embedding's channels-first tokens as a permuted view, and inductor's code for
+    a block's residual add + layer norm over them and the attention's bfloat16 output
+    gave NaN (torch 2.14: 64 channels and more, a global block after a windowed one):
+    every mask of a photo came out empty, so each photo was indexed with no segment.
+    ``compile_encoder`` hands the blocks row-major tokens."""
+    from functools import partial
+
+    from segment_anything.modeling.image_encoder import ImageEncoderViT
+
+    from usesearch.masks.sam_compile import compile_encoder
+    from usesearch.masks.sam_fast import use_sdpa
+
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(
+        img_size=128, patch_size=8, embed_dim=64, depth=2, num_heads=2, out_chans=8, qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=4, global_attn_indexes=(1,),
+    ).eval()  # fmt: skip
+    use_sdpa(types.SimpleNamespace(image_encoder=encoder))  # type: ignore[arg-type]  (as load_sam routes SAM)
+    pixels = torch.randn(1, 3, 128, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = encoder(pixels).float()
+        compile_encoder(encoder)
+        got = encoder(pixels).float()
+    assert all(getattr(block, "_compiled_call_impl", None) is not None for block in encoder.blocks)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, atol=0.05, rtol=0.05)  # bfloat16's rounding, fused otherwise

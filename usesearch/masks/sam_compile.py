@@ -1,7 +1,7 @@
 """``torch.compile`` of SAM and the backbones: the mask decoder compiled whole
 (``CompiledDecoder``, a GPU's default; its upscaling of the prompts that pass the IoU
 filter's gate compiled apart, for any number of them), and ``--compile``'s towers block
-by block (``compile_modules``)."""
+by block (``compile_modules``, ``compile_encoder``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from segment_anything.modeling import Sam
 
 from usesearch.errors import first_line
 from usesearch.masks.amg_utils import out_of_memory_in
-from usesearch.masks.sam_fast import COMPILED_UPSCALING, mask_logits
+from usesearch.masks.sam_fast import COMPILED_UPSCALING, mask_logits, row_major_tokens
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,14 @@ def compile_modules(*modules: torch.nn.Module, dynamic: bool | None = None) -> N
     for module in modules:
         for region in compile_regions(module):
             region.compile(backend=COMPILE_BACKEND, dynamic=dynamic)
+
+
+def compile_encoder(encoder: torch.nn.Module) -> None:
+    """``--compile`` of SAM's image encoder: ``compile_modules``, its blocks handed
+    row-major tokens (``sam_fast.row_major_tokens``: on a CPU in bfloat16, compiled
+    blocks gave NaN for the tokens segment-anything lays out)."""
+    row_major_tokens(encoder)
+    compile_modules(encoder)
 
 
 def compile_regions(module: torch.nn.Module) -> list[torch.nn.Module]:

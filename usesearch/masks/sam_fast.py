@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.common import LayerNorm2d
-from segment_anything.modeling.image_encoder import Attention, get_rel_pos
+from segment_anything.modeling.image_encoder import Attention, PatchEmbed, get_rel_pos
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 
 
@@ -53,6 +53,25 @@ def _sdpa_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
     out = out.view(batch, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(batch, h, w, -1)
     return self.proj(out)
+
+
+def _row_major_tokens(self: PatchEmbed, x: torch.Tensor) -> torch.Tensor:
+    """``PatchEmbed.forward``, its tokens [B, H, W, C] copied into the layout they are
+    indexed in, where segment-anything hands the blocks a permuted view of the
+    convolution's channels-first output (which every block's residual add keeps)."""
+    return self.proj(x).permute(0, 2, 3, 1).contiguous()
+
+
+def row_major_tokens(encoder: torch.nn.Module) -> None:
+    """Route SAM's patch embedding through ``_row_major_tokens`` (in place), for a
+    compiled encoder: inductor's CPU code for a block's residual add and layer norm
+    over a channels-first float32 tensor and a row-major bfloat16 one (the attention's
+    output under autocast) gives NaN (torch 2.14, at 64 channels and more), and every
+    mask of the photo came out empty. Not done eagerly: the same values, but another
+    float rounding in the blocks' products (~1e-5) than segment-anything's."""
+    patch_embed = getattr(encoder, "patch_embed", None)
+    if isinstance(patch_embed, PatchEmbed):
+        patch_embed.forward = types.MethodType(_row_major_tokens, patch_embed)
 
 
 def use_sdpa(sam: Sam) -> Sam:
