@@ -70,6 +70,24 @@ class ImageShapeError(UsesearchError):
     """A photo too small or too narrow for the models a command runs on it."""
 
 
+class ModelOutputError(UsesearchError):
+    """A model gave NaN or infinite numbers (SAM's image features, a segment's vector):
+    a numeric fault of the model as run (a precision, a compiler), not something to
+    store. The photo fails (recorded; ``--retry-failed`` runs it again) where its
+    masks would have come out empty or its vectors gone into FAISS as NaN."""
+
+
+def model_output_error(what: str, precision: str, compiled: bool) -> ModelOutputError:
+    """``ModelOutputError`` for ``what`` ("SAM's image encoder gave ...") computed in
+    ``precision`` ("bfloat16" or "float32"), ``compiled`` or not, with the way out."""
+    how = precision + (", compiled" if compiled else "")
+    tries = ["--precision float32" if precision != "float32" else None, "no --compile" if compiled else None]
+    hint = " or ".join(t for t in tries if t) or "another device or a fresh copy of the weights"
+    return ModelOutputError(
+        f"{what} NaN or infinite numbers (computed in {how}): a fault of the model as run; try {hint}"
+    )
+
+
 class CocoFileError(UsesearchError):
     """A file given as COCO annotations that is not one (not JSON, or without COCO's
     ``images``, ``annotations`` and ``categories`` lists): refused before anything runs."""

@@ -33,6 +33,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import box_area
 
 from usesearch.devices import uses_bf16
+from usesearch.errors import model_output_error
 from usesearch.masks import rle
 from usesearch.masks.amg_utils import (
     CPU_POINTS_PER_BATCH,
@@ -46,7 +47,7 @@ from usesearch.masks.amg_utils import (
     upscale_logits,
 )
 from usesearch.masks.candidate_scoring import CandidateScoring
-from usesearch.masks.sam_compile import decoder_for
+from usesearch.masks.sam_compile import compiled_within, decoder_for
 from usesearch.masks.sam_fast import upscales_kept
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
@@ -199,6 +200,9 @@ class SamMaskGenerator:
         with self._autocast():
             features = self.model.image_encoder(torch.cat(inputs))
         self._sync()
+        if not bool(torch.isfinite(features).all()):  # else every mask comes out empty, and the photo "has none"
+            precision = "bfloat16" if self.autocast else "float32"
+            raise model_output_error("SAM's image encoder gave", precision, compiled_within(self.model.image_encoder))
         self.seconds["encoder"] += time.perf_counter() - start
         return [(features[i : i + 1], sizes[i]) for i in range(len(crops))]
 

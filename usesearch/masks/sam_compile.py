@@ -45,6 +45,11 @@ def compile_encoder(encoder: torch.nn.Module) -> None:
     compile_modules(encoder)
 
 
+def compiled_within(module: torch.nn.Module) -> bool:
+    """Whether ``module`` or any module in it was compiled in place (``Module.compile``)."""
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules())
+
+
 def compile_regions(module: torch.nn.Module) -> list[torch.nn.Module]:
     """The blocks of the outermost lists of two or more modules of one class under
     ``module`` (SAM's ``blocks``, open_clip's ``resblocks``, timm's ``blocks``, our

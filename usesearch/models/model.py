@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from segment_anything.utils.amg import batched_mask_to_box
 from torch import nn
 
-from usesearch.devices import bf16_autocast
+from usesearch.devices import bf16_autocast, uses_bf16
+from usesearch.errors import model_output_error
 from usesearch.io.images import to_rgb_array
 from usesearch.masks.rle import RleStack
+from usesearch.masks.sam_compile import compiled_within
 from usesearch.models.backbones import Clip, dino_mean_std
 from usesearch.models.config import PresetConfig
 from usesearch.models.encoder import BackboneTokens, USEImageEncoder
@@ -244,7 +246,7 @@ class USEEmbedder(_TextMixin):
         if len(masks) == 0:
             return np.zeros((0, self.dim), np.float32)
         weights = letterbox_weights(masks, self.preset.grid, device=self.device).to(self.device)
-        return self.use.head(z[None], weights).float().cpu().numpy()
+        return finite_vectors(self.use.head(z[None], weights).float().cpu().numpy(), self.use, self.precision)
 
     def embed_segments(self, image, masks) -> np.ndarray:
         """One image and its bool masks [N,H,W] -> unit vectors [N, dim] (float32).
@@ -316,7 +318,17 @@ class CropEmbedder(_TextMixin):
             with bf16_autocast(self.device, self.precision):
                 features = self.model.encode_image(batch.to(self.device))
             out.append(F.normalize(features.float(), dim=-1))
-        return torch.cat(out).cpu().numpy()
+        return finite_vectors(torch.cat(out).cpu().numpy(), self.model, self.precision)
+
+
+def finite_vectors(vectors: np.ndarray, model: nn.Module, precision: str) -> np.ndarray:
+    """``vectors``, refused (``ModelOutputError``) where any is NaN or infinite: FAISS
+    would store it as it is, and it would rank as nothing or as everything."""
+    if not np.isfinite(vectors).all():
+        device = next(model.parameters()).device
+        computed = "bfloat16" if uses_bf16(device, precision) else "float32"
+        raise model_output_error("the segment embedder gave", computed, compiled_within(model))
+    return vectors
 
 
 __all__ = ["USE", "USEEmbedder", "CropEmbedder", "SegmentEmbedder"]

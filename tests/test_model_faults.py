@@ -1,0 +1,70 @@
+"""A model that gives NaN or infinite numbers (a precision, a compiler's bug: ``index
+--compile --precision bfloat16`` on a CPU once gave NaN image features) must not be
+indexed as if it had worked: SAM's masks then all came out empty and each photo was
+recorded as done with no segment (never read again), and a NaN vector goes into FAISS
+as it is. Such a photo fails with one line saying what to try, and a later run with
+``--retry-failed`` indexes it."""
+
+import numpy as np
+import pytest
+import torch
+from segment_anything.modeling.image_encoder import ImageEncoderViT
+
+import usesearch
+from tests.helpers import write_photos
+from usesearch.errors import ModelOutputError
+from usesearch.indexer import IndexOptions, index_paths
+from usesearch.indexer.pipeline import load_models
+
+LOW = {"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0}
+
+
+def nan_features(monkeypatch) -> None:
+    forward = ImageEncoderViT.forward
+    monkeypatch.setattr(ImageEncoderViT, "forward", lambda self, x: forward(self, x) * float("nan"))
+
+
+def test_sams_nan_features_fail_the_photo_in_one_line_and_a_retry_indexes_it(monkeypatch, tmp_path):
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
+    options = IndexOptions(preset="tiny", masker="sam", device="cpu", masker_options=LOW)
+    nan_features(monkeypatch)
+    report = index_paths([photos], tmp_path / "db", options)
+    assert report.done == 0 and report.failed == 2 and report.segments == 0
+    for _, message in report.failures:
+        assert message.startswith("ModelOutputError: SAM's image encoder gave NaN or infinite numbers")
+        assert "(computed in float32)" in message and "\n" not in message
+    monkeypatch.undo()
+    again = index_paths([photos], tmp_path / "db", options)
+    assert again.done == 0 and again.skipped == 2  # failed photos wait for --retry-failed
+    retried = index_paths([photos], tmp_path / "db", IndexOptions(**{**vars(options), "retry_failed": True}))
+    assert retried.done == 2 and retried.failed == 0 and retried.segments > 0
+
+
+@pytest.mark.parametrize("embedder", ["use", "crop"])
+def test_a_nan_segment_vector_is_refused_not_returned(monkeypatch, embedder):
+    model = usesearch.load_model("tiny", embedder=embedder, device="cpu")
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    masks = np.zeros((2, 64, 64), bool)
+    masks[0, :32], masks[1, 32:] = True, True
+    assert np.isfinite(model.embed_segments(rgb, masks)).all()
+    tower = model.use if embedder == "use" else model.model.visual
+    first = next(tower.parameters())
+    with torch.no_grad():
+        first.fill_(float("nan"))
+    with pytest.raises(ModelOutputError, match=r"^the segment embedder gave NaN .*\(computed in float32\)"):
+        model.embed_segments(rgb, masks)
+
+
+def test_the_hint_names_what_to_change_and_sams_generator_refuses_nan_features(monkeypatch):
+    from usesearch.errors import model_output_error
+
+    bf16_compiled = str(model_output_error("SAM's image encoder gave", "bfloat16", compiled=True))
+    assert "(computed in bfloat16, compiled)" in bf16_compiled
+    assert bf16_compiled.endswith("try --precision float32 or no --compile")
+    assert str(model_output_error("x gave", "float32", compiled=False)).endswith(
+        "try another device or a fresh copy of the weights"
+    )
+    _, masker = load_models(IndexOptions(preset="tiny", masker="sam", device="cpu", masker_options=LOW))
+    nan_features(monkeypatch)
+    with pytest.raises(ModelOutputError, match=r"^SAM's image encoder gave NaN"):
+        masker.generator.generate(np.zeros((64, 64, 3), np.uint8))
