@@ -68,3 +68,20 @@ def test_the_hint_names_what_to_change_and_sams_generator_refuses_nan_features(m
     nan_features(monkeypatch)
     with pytest.raises(ModelOutputError, match=r"^SAM's image encoder gave NaN"):
         masker.generator.generate(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_sams_decoder_giving_nan_fails_the_photo_too():
+    _, masker = load_models(IndexOptions(preset="tiny", masker="sam", device="cpu", masker_options=LOW))
+    generator = masker.generator
+    decoder = generator.decoder
+    assert generator.generate(np.zeros((64, 64, 3), np.uint8)) is not None
+
+    def nan_scores(**inputs):
+        masks, iou = decoder(**inputs)
+        return masks, iou * float("nan")
+
+    generator.decoder = nan_scores
+    with pytest.raises(
+        ModelOutputError, match=r"^SAM's mask decoder gave NaN or infinite numbers \(computed in float32\)"
+    ):
+        generator.generate(np.zeros((64, 64, 3), np.uint8))

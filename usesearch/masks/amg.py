@@ -47,7 +47,7 @@ from usesearch.masks.amg_utils import (
     upscale_logits,
 )
 from usesearch.masks.candidate_scoring import CandidateScoring
-from usesearch.masks.sam_compile import compiled_within, decoder_for
+from usesearch.masks.sam_compile import CompiledDecoder, compiled_within, decoder_for
 from usesearch.masks.sam_fast import upscales_kept
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
@@ -158,6 +158,9 @@ class SamMaskGenerator:
         if self.model.device.type == "cuda":
             torch.cuda.synchronize(self.model.device)  # its GPU's, not the current one (--device cuda:1)
 
+    def _nan(self, what: str, compiled: bool) -> Exception:
+        return model_output_error(what, "bfloat16" if self.autocast else "float32", compiled)
+
     def _autocast(self):
         return torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
@@ -201,8 +204,7 @@ class SamMaskGenerator:
             features = self.model.image_encoder(torch.cat(inputs))
         self._sync()
         if not bool(torch.isfinite(features).all()):  # else every mask comes out empty, and the photo "has none"
-            precision = "bfloat16" if self.autocast else "float32"
-            raise model_output_error("SAM's image encoder gave", precision, compiled_within(self.model.image_encoder))
+            raise self._nan("SAM's image encoder gave", compiled_within(self.model.image_encoder))
         self.seconds["encoder"] += time.perf_counter() - start
         return [(features[i : i + 1], sizes[i]) for i in range(len(crops))]
 
@@ -281,6 +283,9 @@ class SamMaskGenerator:
             )
         self._sync()
         self.seconds["decoder"] += time.perf_counter() - start
+        if not bool(torch.isfinite(iou).all()):  # (the decoder's transformer; its few numbers checked at no cost)
+            compiled = isinstance(self.decoder, CompiledDecoder) or compiled_within(self.model.mask_decoder)
+            raise self._nan("SAM's mask decoder gave", compiled)
         per_point = low_res.shape[1]
         low_res = low_res.float().flatten(0, 1)[:, None]
         iou = iou.float().flatten(0, 1)
