@@ -283,12 +283,18 @@ def main() -> None:
             if result["failed"] or not result["photos"]:
                 print_failures(name, result)
                 broken.append(name)
+            # SAM's --masks-per-photo keeps that many of each photo's candidates: fewer
+            # means masks came out empty (a model's NaN once gave photos with none).
+            wanted = result["photos"] * args.masks_per_photo if args.masker == "sam" else 0
+            if result["segments"] < wanted:
+                print(f"\n{name}: {result['segments']} segments stored, {wanted} asked (--masks-per-photo)")
+                broken.append(f"{name} segments")
     if args.json:
         args.json.write_text(
             json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1)
         )
     if broken:
-        raise SystemExit(f"index_throughput: photos failed or none indexed in: {', '.join(broken)}")
+        raise SystemExit(f"index_throughput: photos failed, none indexed or too few segments in: {', '.join(broken)}")
 
 
 def print_failures(name: str, r: dict) -> None:
