@@ -186,6 +186,46 @@ def test_a_decoder_that_fails_to_compile_warns_once_and_runs_eagerly(sam, caplog
     )
 
 
+def test_a_compiled_decoder_giving_nan_where_eager_does_not_warns_once_and_runs_eagerly(sam, caplog):
+    """A compiler's wrong code (on a CPU in bfloat16 inductor once gave SAM's encoder NaN)
+    costs the compiled decoder, not the photos; NaN from the eager decoder too is the
+    model's, left to the generator's own check, and compiling stays on."""
+    from usesearch.masks.sam_compile import decoder_for
+
+    decoder = decoder_for(sam, compiled=True)
+    side = sam.image_encoder.img_size
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(
+            points=(torch.rand(5, 1, 2) * side, torch.ones(5, 1)), boxes=None, masks=None
+        )
+        args = dict(
+            image_embeddings=torch.randn(1, sam.prompt_encoder.embed_dim, side // 16, side // 16),
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+        expected = sam.mask_decoder(**args)
+
+        def nan_scores(**inputs):
+            masks, iou = sam.mask_decoder(**inputs)
+            return masks, iou * float("nan")
+
+        decoder.compiled = nan_scores
+        eager = decoder.decoder
+        decoder.decoder = nan_scores  # the model's own NaN: both paths give it
+        both = decoder(**args)
+        assert torch.isnan(both[1]).all() and not decoder.failed
+        decoder.decoder = eager
+        with caplog.at_level("WARNING"):
+            first, second = decoder(**args), decoder(**args)
+    for out in (first, second):
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert decoder.failed
+    (record,) = [r for r in caplog.records if "uncompiled" in r.getMessage()]
+    assert record.getMessage() == "SAM's mask decoder gave NaN or infinite numbers compiled: it runs uncompiled"
+
+
 def test_a_compiled_decoder_leaves_out_of_memory_and_bad_input_to_the_caller_and_stays_compiled(sam):
     """Running out of memory, also while compiling (dynamo wraps it), is raised as
     itself: the generator halves its prompt batch. An input the eager decoder refuses

@@ -284,7 +284,8 @@ class SamMaskGenerator:
         self._sync()
         self.seconds["decoder"] += time.perf_counter() - start
         if not bool(torch.isfinite(iou).all()):  # (the decoder's transformer; its few numbers checked at no cost)
-            compiled = isinstance(self.decoder, CompiledDecoder) or compiled_within(self.model.mask_decoder)
+            compiled = isinstance(self.decoder, CompiledDecoder) and not self.decoder.failed
+            compiled = compiled or compiled_within(self.model.mask_decoder)
             raise self._nan("SAM's mask decoder gave", compiled)
         per_point = low_res.shape[1]
         low_res = low_res.float().flatten(0, 1)[:, None]

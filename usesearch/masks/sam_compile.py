@@ -81,8 +81,10 @@ class CompiledDecoder:
     IoU filter's gate (``upscale_above``) runs between two graphs, and the kept
     prompts' upscaling is compiled apart for any count (one graph, and one for a single
     prompt): compiled in line, each new count compiled the graph after the gate again.
-    Where compiling fails (no Triton for this card, a torch bug), one warning and
-    the eager decoder for the rest of the run: a run never stops for the compiler.
+    Where compiling fails (no Triton for this card, a torch bug), or the compiled
+    decoder gives NaN or infinite IoUs where the eager one does not (a compiler's
+    wrong code), one warning and the eager decoder for the rest of the run: a run
+    never stops for the compiler.
     Where the eager decoder fails too, the error is the input's: it is raised and the
     compiled decoder stays on. An out-of-memory error, compiling or running, is the
     caller's (it halves the prompt batch). The first run on a machine pays a cold
@@ -102,25 +104,42 @@ class CompiledDecoder:
         if self.failed:
             return self.decoder(**inputs)
         try:
-            return self.compiled(**inputs)
+            out = self.compiled(**inputs)
         except Exception as exc:  # noqa: BLE001 - told apart below: the compiler's, the memory's or the input's
             out_of_memory = out_of_memory_in(exc)
             if out_of_memory is not None:
                 raise out_of_memory from None  # the generator halves its prompt batch (even when compiling ran out)
-            upscaling = COMPILED_UPSCALING.pop(self.decoder, None)  # eager means eager throughout
-            try:
-                out = self.decoder(**inputs)
-            except Exception:  # the input's own error: raised, and compiling stays on
-                if upscaling is not None:
-                    COMPILED_UPSCALING[self.decoder] = upscaling
-                raise
-            self.failed = True
-            log.warning(
-                "SAM's mask decoder could not be compiled (%s: %s): it runs uncompiled",
-                type(exc).__name__,
-                first_line(exc),
-            )
+            return self._eagerly(inputs, f"could not be compiled ({type(exc).__name__}: {first_line(exc)})")
+        if bool(torch.isfinite(out[1]).all()):  # (its few predicted IoUs: the generator synchronises here anyway)
             return out
+        # NaN where the eager decoder gives numbers is the compiler's fault (a CPU's bfloat16
+        # code once gave NaN for SAM's encoder); NaN from both is the model's, and the
+        # generator's own check says so.
+        try:
+            return self._eagerly(inputs, "gave NaN or infinite numbers compiled", finite_only=True)
+        except _StillNotFinite:
+            return out
+
+    def _eagerly(self, inputs: dict, why: str, finite_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eager decoder's output for ``inputs``, and eager for the rest of the run,
+        said once; where the eager decoder fails too (or, ``finite_only``, gives NaN
+        too), the fault is the input's: raised, and compiling stays on."""
+        upscaling = COMPILED_UPSCALING.pop(self.decoder, None)  # eager means eager throughout
+        try:
+            out = self.decoder(**inputs)
+            if finite_only and not bool(torch.isfinite(out[1]).all()):
+                raise _StillNotFinite
+        except Exception:  # the input's own error: raised, and compiling stays on
+            if upscaling is not None:
+                COMPILED_UPSCALING[self.decoder] = upscaling
+            raise
+        self.failed = True
+        log.warning("SAM's mask decoder %s: it runs uncompiled", why)
+        return out
+
+
+class _StillNotFinite(Exception):
+    """The eager decoder gave NaN as the compiled one did: not the compiler's fault."""
 
 
 def decoder_for(sam: Sam, compiled: bool):
