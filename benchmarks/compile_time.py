@@ -24,7 +24,7 @@ from sam_levers import timed  # noqa: E402  (a benchmark beside this one)
 
 from usesearch.masks.sam import build_sam  # noqa: E402
 from usesearch.masks.sam_compile import compile_encoder  # noqa: E402
-from usesearch.masks.sam_fast import speed_up  # noqa: E402
+from usesearch.masks.sam_fast import row_major_tokens, speed_up  # noqa: E402
 
 
 def main() -> None:
@@ -47,6 +47,7 @@ def main() -> None:
         if args.how == "blocks":
             compile_encoder(encoder)
         else:
+            row_major_tokens(encoder)  # (as compile_encoder: else NaN under a CPU's bfloat16)
             encoder.compile()
         first_s, _ = timed(lambda: encoder(pixels), args.device, repeat=1, warm_up=False)
         steady_s, got = timed(lambda: encoder(pixels), args.device, repeat=1, warm_up=False)

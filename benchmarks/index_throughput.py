@@ -283,9 +283,12 @@ def main() -> None:
             if result["failed"] or not result["photos"]:
                 print_failures(name, result)
                 broken.append(name)
-            # SAM's --masks-per-photo keeps that many of each photo's candidates: fewer
-            # means masks came out empty (a model's NaN once gave photos with none).
-            wanted = result["photos"] * args.masks_per_photo if args.masker == "sam" else 0
+            # SAM's --masks-per-photo keeps that many of each photo's candidates (as many as
+            # its grid makes, three a point; blobs are never empty): fewer means masks came
+            # out empty (a model's NaN once gave photos with none).
+            made = 3 * args.points_per_side**2
+            blobs = args.masker == "sam" and args.mask_shape == "blobs"
+            wanted = result["photos"] * min(args.masks_per_photo, made) if blobs else 0
             if result["segments"] < wanted:
                 print(f"\n{name}: {result['segments']} segments stored, {wanted} asked (--masks-per-photo)")
                 broken.append(f"{name} segments")

@@ -85,3 +85,20 @@ def test_sams_decoder_giving_nan_fails_the_photo_too():
         ModelOutputError, match=r"^SAM's mask decoder gave NaN or infinite numbers \(computed in float32\)"
     ):
         generator.generate(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_nan_a_compiled_decoder_hands_on_is_the_models_not_the_compilers():
+    """A ``CompiledDecoder`` hands on NaN only where the eager decoder gave it too (else
+    it runs eagerly): the line does not send the user to drop a --compile they may never
+    have passed (a GPU compiles its decoder by default)."""
+    from usesearch.masks.sam_compile import decoder_for
+
+    _, masker = load_models(IndexOptions(preset="tiny", masker="sam", device="cpu", masker_options=LOW))
+    generator = masker.generator
+    generator.decoder = decoder_for(generator.model, compiled=True)
+    generator.decoder.compiled = generator.model.mask_decoder  # (no compiler: the path's logic alone)
+    generator.model.mask_decoder.register_forward_hook(lambda module, args, out: (out[0], out[1] * float("nan")))
+    with pytest.raises(ModelOutputError) as raised:
+        generator.generate(np.zeros((64, 64, 3), np.uint8))
+    assert "(computed in float32)" in str(raised.value) and "--compile" not in str(raised.value)
+    assert not generator.decoder.failed

@@ -141,7 +141,9 @@ def test_sams_encoder_compiled_under_cpu_bfloat16_gives_its_eager_features():
     a block's residual add + layer norm over them and the attention's bfloat16 output
     gave NaN (torch 2.14: 64 channels and more, a global block after a windowed one):
     every mask of a photo came out empty, so each photo was indexed with no segment.
-    ``compile_encoder`` hands the blocks row-major tokens."""
+    ``compile_encoder`` hands the blocks row-major tokens. (Seen on this project's AMX
+    CPUs; inductor's code differs by instruction set, so a CPU without AVX512 may pass
+    this even without the fix.)"""
     from functools import partial
 
     from segment_anything.modeling.image_encoder import ImageEncoderViT

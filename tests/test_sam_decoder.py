@@ -191,6 +191,7 @@ def test_a_compiled_decoder_giving_nan_where_eager_does_not_warns_once_and_runs_
     costs the compiled decoder, not the photos; NaN from the eager decoder too is the
     model's, left to the generator's own check, and compiling stays on."""
     from usesearch.masks.sam_compile import decoder_for
+    from usesearch.masks.sam_fast import COMPILED_UPSCALING
 
     decoder = decoder_for(sam, compiled=True)
     side = sam.image_encoder.img_size
@@ -211,17 +212,23 @@ def test_a_compiled_decoder_giving_nan_where_eager_does_not_warns_once_and_runs_
             masks, iou = sam.mask_decoder(**inputs)
             return masks, iou * float("nan")
 
+        def nan_masks(**inputs):
+            masks, iou = sam.mask_decoder(**inputs)
+            return masks * float("nan"), iou
+
         decoder.compiled = nan_scores
-        eager = decoder.decoder
-        decoder.decoder = nan_scores  # the model's own NaN: both paths give it
+        # The model's own NaN: the eager decoder gives it too, so compiling stays on.
+        hook = sam.mask_decoder.register_forward_hook(lambda module, args, out: (out[0], out[1] * float("nan")))
         both = decoder(**args)
+        hook.remove()
         assert torch.isnan(both[1]).all() and not decoder.failed
-        decoder.decoder = eager
+        assert COMPILED_UPSCALING.get(sam.mask_decoder) is not None  # the compiled upscaling put back
+        decoder.compiled = nan_masks  # finite IoUs, NaN logits: empty masks no later check would see
         with caplog.at_level("WARNING"):
             first, second = decoder(**args), decoder(**args)
     for out in (first, second):
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    assert decoder.failed
+    assert decoder.failed and COMPILED_UPSCALING.get(sam.mask_decoder) is None
     (record,) = [r for r in caplog.records if "uncompiled" in r.getMessage()]
     assert record.getMessage() == "SAM's mask decoder gave NaN or infinite numbers compiled: it runs uncompiled"
 

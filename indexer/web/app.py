@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from usesearch.errors import (
     ClientGoneError,
     ImageGoneError,
+    ModelOutputError,
     NotFoundError,
     ServerBusyError,
     UsesearchError,
@@ -125,6 +126,10 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     @app.exception_handler(UsesearchError)  # a bad upload or region: the one-line reason
     async def user_error(_: Request, exc: UsesearchError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(ModelOutputError)  # the server's models at fault, not the request
+    async def model_fault(_: Request, exc: ModelOutputError):
+        return JSONResponse({"detail": str(exc)}, status_code=500)
 
     @app.exception_handler(ServerBusyError)
     async def busy(_: Request, exc: ServerBusyError):

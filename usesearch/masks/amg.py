@@ -47,7 +47,7 @@ from usesearch.masks.amg_utils import (
     upscale_logits,
 )
 from usesearch.masks.candidate_scoring import CandidateScoring
-from usesearch.masks.sam_compile import CompiledDecoder, compiled_within, decoder_for
+from usesearch.masks.sam_compile import compiled_within, decoder_for
 from usesearch.masks.sam_fast import upscales_kept
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
@@ -284,9 +284,8 @@ class SamMaskGenerator:
         self._sync()
         self.seconds["decoder"] += time.perf_counter() - start
         if not bool(torch.isfinite(iou).all()):  # (the decoder's transformer; its few numbers checked at no cost)
-            compiled = isinstance(self.decoder, CompiledDecoder) and not self.decoder.failed
-            compiled = compiled or compiled_within(self.model.mask_decoder)
-            raise self._nan("SAM's mask decoder gave", compiled)
+            # (a CompiledDecoder hands on NaN only where the eager decoder gave it too: not the compiler's)
+            raise self._nan("SAM's mask decoder gave", compiled_within(self.model.mask_decoder))
         per_point = low_res.shape[1]
         low_res = low_res.float().flatten(0, 1)[:, None]
         iou = iou.float().flatten(0, 1)

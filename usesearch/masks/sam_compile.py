@@ -82,7 +82,7 @@ class CompiledDecoder:
     prompts' upscaling is compiled apart for any count (one graph, and one for a single
     prompt): compiled in line, each new count compiled the graph after the gate again.
     Where compiling fails (no Triton for this card, a torch bug), or the compiled
-    decoder gives NaN or infinite IoUs where the eager one does not (a compiler's
+    decoder gives NaN or infinite numbers where the eager one does not (a compiler's
     wrong code), one warning and the eager decoder for the rest of the run: a run
     never stops for the compiler.
     Where the eager decoder fails too, the error is the input's: it is raised and the
@@ -110,7 +110,7 @@ class CompiledDecoder:
             if out_of_memory is not None:
                 raise out_of_memory from None  # the generator halves its prompt batch (even when compiling ran out)
             return self._eagerly(inputs, f"could not be compiled ({type(exc).__name__}: {first_line(exc)})")
-        if bool(torch.isfinite(out[1]).all()):  # (its few predicted IoUs: the generator synchronises here anyway)
+        if _finite(out):
             return out
         # NaN where the eager decoder gives numbers is the compiler's fault (a CPU's bfloat16
         # code once gave NaN for SAM's encoder); NaN from both is the model's, and the
@@ -127,7 +127,7 @@ class CompiledDecoder:
         upscaling = COMPILED_UPSCALING.pop(self.decoder, None)  # eager means eager throughout
         try:
             out = self.decoder(**inputs)
-            if finite_only and not bool(torch.isfinite(out[1]).all()):
+            if finite_only and not _finite(out):
                 raise _StillNotFinite
         except Exception:  # the input's own error: raised, and compiling stays on
             if upscaling is not None:
@@ -136,6 +136,15 @@ class CompiledDecoder:
         self.failed = True
         log.warning("SAM's mask decoder %s: it runs uncompiled", why)
         return out
+
+
+def _finite(out: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """Whether a decoder's mask logits and IoUs are all finite (the generator synchronises
+    here anyway; a CPU compiles its decoder only under ``--compile``). The masks too: the
+    compiled upscaling's norm and GELUs are what inductor got wrong in SAM's encoder, and
+    NaN logits are empty masks that no later check sees."""
+    masks, iou = out
+    return bool(torch.isfinite(iou).all()) and bool(torch.isfinite(masks).all())
 
 
 class _StillNotFinite(Exception):
