@@ -102,3 +102,30 @@ def test_nan_a_compiled_decoder_hands_on_is_the_models_not_the_compilers():
         generator.generate(np.zeros((64, 64, 3), np.uint8))
     assert "(computed in float32)" in str(raised.value) and "--compile" not in str(raised.value)
     assert not generator.decoder.failed
+
+
+def test_a_compiled_encoder_giving_nan_where_eager_does_not_runs_eagerly_with_one_warning(caplog, monkeypatch):
+    """``--compile``'s encoder blocks: a compiler's wrong code (inductor's CPU bfloat16
+    code once gave NaN) costs the compiling, not the photos. Here each block's compiled
+    call stands in for such code."""
+    _, masker = load_models(IndexOptions(preset="tiny", masker="sam", device="cpu", masker_options=LOW))
+    generator = masker.generator
+    photo = np.ascontiguousarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    expected = [r.rle["counts"] for r in generator.generate(photo)]
+    blocks = generator.model.image_encoder.blocks
+    for block in blocks:
+        block._compiled_call_impl = lambda x, block=block: block.forward(x) * float("nan")
+    with caplog.at_level("WARNING"):
+        first, second = generator.generate(photo), generator.generate(photo)
+    assert [r.rle["counts"] for r in first] == [r.rle["counts"] for r in second] == expected and expected
+    assert all(block._compiled_call_impl is None for block in blocks)
+    (record,) = [r for r in caplog.records if "uncompiled" in r.getMessage()]
+    assert record.getMessage() == "SAM's image encoder gave NaN or infinite numbers compiled: it runs uncompiled"
+    # NaN from the eager encoder too is the model's: the photo fails, compiling stays on.
+    fake = [lambda x, block=block: block.forward(x) * float("nan") for block in blocks]
+    for block, call in zip(blocks, fake):
+        block._compiled_call_impl = call
+    nan_features(monkeypatch)
+    with pytest.raises(ModelOutputError, match=r"^SAM's image encoder gave NaN .*\(computed in float32\)"):
+        generator.generate(photo)
+    assert [block._compiled_call_impl for block in blocks] == fake

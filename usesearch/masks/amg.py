@@ -14,6 +14,7 @@ function of its low-resolution logits, so recomputing them gives the same mask.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -47,8 +48,10 @@ from usesearch.masks.amg_utils import (
     upscale_logits,
 )
 from usesearch.masks.candidate_scoring import CandidateScoring
-from usesearch.masks.sam_compile import compiled_within, decoder_for
+from usesearch.masks.sam_compile import compiled_within, decoder_for, recompile, uncompile
 from usesearch.masks.sam_fast import upscales_kept
+
+log = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
 GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)
@@ -200,13 +203,33 @@ class SamMaskGenerator:
             resized = resized.permute(2, 0, 1).contiguous()[None]
             sizes.append((resized.shape[-2], resized.shape[-1]))
             inputs.append(self.model.preprocess(resized))
-        with self._autocast():
-            features = self.model.image_encoder(torch.cat(inputs))
-        self._sync()
+        pixels = torch.cat(inputs)
+        features = self._features(pixels)
         if not bool(torch.isfinite(features).all()):  # else every mask comes out empty, and the photo "has none"
-            raise self._nan("SAM's image encoder gave", compiled_within(self.model.image_encoder))
+            features = self._features_uncompiled(pixels)
         self.seconds["encoder"] += time.perf_counter() - start
         return [(features[i : i + 1], sizes[i]) for i in range(len(crops))]
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            features = self.model.image_encoder(pixels)
+        self._sync()
+        return features
+
+    def _features_uncompiled(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The features of a batch whose features came out NaN or infinite: where the
+        encoder is compiled (``--compile``) and the eager one gives numbers, the
+        compiler's wrong code (as inductor's CPU bfloat16 code once was) costs the
+        compiling, with one warning, not the photos; else ``ModelOutputError``."""
+        encoder = self.model.image_encoder
+        undone = uncompile(encoder)
+        if undone:
+            features = self._features(pixels)
+            if bool(torch.isfinite(features).all()):
+                log.warning("SAM's image encoder gave NaN or infinite numbers compiled: it runs uncompiled")
+                return features
+            recompile(undone)  # the model's own NaN: compiling stays on
+        raise self._nan("SAM's image encoder gave", compiled=False)
 
     def _generate(self, image: np.ndarray, crop_features: list) -> list[MaskRecord]:
         orig_size = image.shape[:2]

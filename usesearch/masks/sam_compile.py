@@ -6,6 +6,8 @@ by block (``compile_modules``, ``compile_encoder``)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from segment_anything.modeling import Sam
@@ -48,6 +50,23 @@ def compile_encoder(encoder: torch.nn.Module) -> None:
 def compiled_within(module: torch.nn.Module) -> bool:
     """Whether ``module`` or any module in it was compiled in place (``Module.compile``)."""
     return any(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules())
+
+
+def uncompile(module: torch.nn.Module) -> list[tuple[torch.nn.Module, Callable[..., Any]]]:
+    """Run ``module`` eagerly: each module in it compiled in place loses its compiled
+    call; returns them with it, for ``recompile``."""
+    undone: list[tuple[torch.nn.Module, Callable[..., Any]]] = [
+        (m, m._compiled_call_impl) for m in module.modules() if m._compiled_call_impl is not None
+    ]
+    for m, _ in undone:
+        m._compiled_call_impl = None
+    return undone
+
+
+def recompile(undone: list[tuple[torch.nn.Module, Callable[..., Any]]]) -> None:
+    """Give back what ``uncompile`` took."""
+    for m, call in undone:
+        m._compiled_call_impl = call
 
 
 def compile_regions(module: torch.nn.Module) -> list[torch.nn.Module]:
