@@ -129,3 +129,27 @@ def test_a_compiled_encoder_giving_nan_where_eager_does_not_runs_eagerly_with_on
     with pytest.raises(ModelOutputError, match=r"^SAM's image encoder gave NaN .*\(computed in float32\)"):
         generator.generate(photo)
     assert [block._compiled_call_impl for block in blocks] == fake
+
+
+def test_compiled_towers_giving_nan_where_eager_ones_do_not_run_eagerly_with_one_warning(caplog):
+    """``--compile``'s towers (CLIP, DINOv2, LLNs): as SAM's encoder, a compiler's wrong
+    code costs the compiling, not the photos; each compiled region's call stands in for it."""
+    from usesearch.masks.sam_compile import compile_regions
+
+    model = usesearch.load_model("tiny", device="cpu")
+    rgb = np.ascontiguousarray(np.random.default_rng(1).integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    masks = np.zeros((2, 64, 80), bool)
+    masks[0, :32], masks[1, 32:] = True, True
+    expected = model.embed_segments(rgb, masks)
+    regions = compile_regions(model.use.encoder)
+    assert len(regions) > 2
+    fake = [lambda *a, m=m, **k: m.forward(*a, **k) * float("nan") for m in regions]
+    for region, call in zip(regions, fake):
+        region._compiled_call_impl = call
+    with caplog.at_level("WARNING"):
+        first, second = model.embed_segments(rgb, masks), model.embed_segments(rgb, masks)
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(second, expected)
+    assert model.towers_uncompiled and all(region._compiled_call_impl is None for region in regions)
+    (record,) = [r for r in caplog.records if "uncompiled" in r.getMessage()]
+    assert record.getMessage() == "the image towers gave NaN or infinite numbers compiled: they run uncompiled"

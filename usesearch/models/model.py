@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,10 +23,10 @@ from segment_anything.utils.amg import batched_mask_to_box
 from torch import nn
 
 from usesearch.devices import bf16_autocast, uses_bf16
-from usesearch.errors import model_output_error
+from usesearch.errors import ModelOutputError, model_output_error
 from usesearch.io.images import to_rgb_array
 from usesearch.masks.rle import RleStack
-from usesearch.masks.sam_compile import compiled_within
+from usesearch.masks.sam_compile import compiled_within, recompile, uncompile
 from usesearch.models.backbones import Clip, dino_mean_std
 from usesearch.models.config import PresetConfig
 from usesearch.models.encoder import BackboneTokens, USEImageEncoder
@@ -35,6 +36,8 @@ from usesearch.models.text import CLASSNAME_TEMPLATES, EXPRESSION_TEMPLATES, Tex
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
+
+log = logging.getLogger(__name__)
 
 
 class USE(nn.Module):
@@ -174,6 +177,7 @@ class USEEmbedder(_TextMixin):
         self._prepared: dict[int, tuple[np.ndarray, Future[dict[int, np.ndarray]]]] = {}
         self.batch_backbones = batches_backbones(device)
         self._features: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # id(photo) -> (photo, z)
+        self.towers_uncompiled = False  # compiled towers gave NaN where eager ones did not
 
     def prepare(self, rgbs: list[np.ndarray]) -> None:
         """Start resizing these photos for the backbones in a thread of this embedder's
@@ -258,9 +262,30 @@ class USEEmbedder(_TextMixin):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the backbones' time is theirs, not pooling's
         middle = time.perf_counter()
-        out = self.embed_from_features(z, masks, rgb.shape[:2])
+        try:
+            out = self.embed_from_features(z, masks, rgb.shape[:2])
+        except ModelOutputError as exc:
+            out = self._embedded_uncompiled(rgb, masks, exc)
         self.seconds["backbones"] += middle - start
         self.seconds["pooling"] += time.perf_counter() - middle
+        return out
+
+    def _embedded_uncompiled(self, rgb: np.ndarray, masks, nan: ModelOutputError) -> np.ndarray:
+        """The vectors of a photo whose vectors came out NaN or infinite: where the
+        towers are compiled (``--compile``) and eager ones give numbers, the compiler's
+        wrong code costs the compiling, with one warning, not the photos (as SAM's
+        encoder and decoder); else ``nan``, the error they gave."""
+        undone = uncompile(self.use.encoder)
+        if not undone and not self.towers_uncompiled:  # (once they were: a group's features computed before)
+            raise nan
+        try:
+            out = self.embed_from_features(self._features_of([rgb])[0], masks, rgb.shape[:2])
+        except ModelOutputError:
+            recompile(undone)  # the model's own NaN: compiling stays on
+            raise
+        if undone:
+            log.warning("the image towers gave NaN or infinite numbers compiled: they run uncompiled")
+            self.towers_uncompiled = True
         return out
 
 
