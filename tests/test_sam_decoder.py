@@ -150,6 +150,19 @@ def test_a_compiled_decoder_traces_the_shared_token_path_and_gives_the_same_mask
     torch._dynamo.reset()
 
 
+def five_point_prompts(sam) -> dict:
+    """The mask decoder's inputs for five point prompts on a random image embedding."""
+    side = sam.image_encoder.img_size
+    sparse, dense = sam.prompt_encoder(points=(torch.rand(5, 1, 2) * side, torch.ones(5, 1)), boxes=None, masks=None)
+    return dict(
+        image_embeddings=torch.randn(1, sam.prompt_encoder.embed_dim, side // 16, side // 16),
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=True,
+    )
+
+
 def test_a_decoder_that_fails_to_compile_warns_once_and_runs_eagerly(sam, caplog):
     from usesearch.masks.sam_compile import decoder_for
 
@@ -161,18 +174,8 @@ def test_a_decoder_that_fails_to_compile_warns_once_and_runs_eagerly(sam, caplog
         raise RuntimeError("Cannot find a working triton installation.\n(pages of compiler output)")
 
     decoder.compiled = no_compiler
-    side = sam.image_encoder.img_size
     with torch.no_grad():
-        sparse, dense = sam.prompt_encoder(
-            points=(torch.rand(5, 1, 2) * side, torch.ones(5, 1)), boxes=None, masks=None
-        )
-        args = dict(
-            image_embeddings=torch.randn(1, sam.prompt_encoder.embed_dim, side // 16, side // 16),
-            image_pe=sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-        )
+        args = five_point_prompts(sam)
         expected = sam.mask_decoder(**args)
         with caplog.at_level("WARNING"):
             first, second = decoder(**args), decoder(**args)
@@ -194,18 +197,8 @@ def test_a_compiled_decoder_giving_nan_where_eager_does_not_warns_once_and_runs_
     from usesearch.masks.sam_fast import COMPILED_UPSCALING
 
     decoder = decoder_for(sam, compiled=True)
-    side = sam.image_encoder.img_size
     with torch.no_grad():
-        sparse, dense = sam.prompt_encoder(
-            points=(torch.rand(5, 1, 2) * side, torch.ones(5, 1)), boxes=None, masks=None
-        )
-        args = dict(
-            image_embeddings=torch.randn(1, sam.prompt_encoder.embed_dim, side // 16, side // 16),
-            image_pe=sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-        )
+        args = five_point_prompts(sam)
         expected = sam.mask_decoder(**args)
 
         def nan_scores(**inputs):
