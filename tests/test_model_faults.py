@@ -153,3 +153,22 @@ def test_compiled_towers_giving_nan_where_eager_ones_do_not_run_eagerly_with_one
     assert model.towers_uncompiled and all(region._compiled_call_impl is None for region in regions)
     (record,) = [r for r in caplog.records if "uncompiled" in r.getMessage()]
     assert record.getMessage() == "the image towers gave NaN or infinite numbers compiled: they run uncompiled"
+
+
+def test_a_run_whose_first_photos_all_fail_for_a_model_fault_stops_in_one_line(monkeypatch, tmp_path):
+    """Every later photo would fail as they did, each after its full cost; what failed is
+    recorded, the rest left for the next run."""
+    from usesearch import reports
+
+    monkeypatch.setattr(reports, "MODEL_FAULTS_TO_STOP", 2)
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee", "rocket"))
+    options = IndexOptions(preset="tiny", masker="sam", device="cpu", masker_options=LOW)
+    nan_features(monkeypatch)
+    with pytest.raises(ModelOutputError) as raised:
+        index_paths([photos], tmp_path / "db", options)
+    message = str(raised.value)
+    assert message.startswith("stopped: the first 2 photos all failed as the first did (SAM's image encoder gave NaN")
+    assert "\n" not in message and message.endswith("--retry-failed runs them again")
+    monkeypatch.undo()
+    resumed = index_paths([photos], tmp_path / "db", IndexOptions(**{**vars(options), "retry_failed": True}))
+    assert resumed.done == 4 and resumed.failed == 0

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from usesearch.errors import ModelOutputError
+
+# A run whose first this many failures are a model's NaN (``ModelOutputError``), with no
+# photo done yet, stops: the model as run is at fault, and every later photo would fail
+# the same way after its full cost (an archive's worth of hours).
+MODEL_FAULTS_TO_STOP = 8
+
 
 @dataclass
 class RunReport:
@@ -18,3 +25,11 @@ class RunReport:
         self.failed += 1
         note = " (indexed before: its segments are kept)" if kept else ""
         self.failures.append((path, f"{type(exc).__name__}: {exc}{note}"))
+        if self.done == 0 and type(exc).__name__ == ModelOutputError.__name__:  # (a Ray worker's keeps the name)
+            faults = [why for _, why in self.failures if why.startswith(ModelOutputError.__name__)]
+            if len(faults) >= MODEL_FAULTS_TO_STOP:
+                first = faults[0].partition(": ")[2]
+                raise ModelOutputError(
+                    f"stopped: the first {len(faults)} photos all failed as the first did ({first}); they are"
+                    " recorded (`usesearch failures`), and --retry-failed runs them again"
+                )
