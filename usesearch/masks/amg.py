@@ -14,7 +14,6 @@ function of its low-resolution logits, so recomputing them gives the same mask.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
@@ -48,10 +47,8 @@ from usesearch.masks.amg_utils import (
     upscale_logits,
 )
 from usesearch.masks.candidate_scoring import CandidateScoring
-from usesearch.masks.sam_compile import compiled_within, decoder_for, recompile, uncompile
+from usesearch.masks.sam_compile import compiled_within, decoder_for, rerun_uncompiled
 from usesearch.masks.sam_fast import upscales_kept
-
-log = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
 GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)
@@ -205,8 +202,12 @@ class SamMaskGenerator:
             inputs.append(self.model.preprocess(resized))
         pixels = torch.cat(inputs)
         features = self._features(pixels)
-        if not bool(torch.isfinite(features).all()):  # else every mask comes out empty, and the photo "has none"
-            features = self._features_uncompiled(pixels)
+        if not _finite(features):  # else every mask comes out empty, and the photo "has none"
+            said = "SAM's image encoder gave NaN or infinite numbers compiled: it runs uncompiled"
+            again = rerun_uncompiled(self.model.image_encoder, lambda: self._features(pixels), _finite, said)
+            if again is None:
+                raise self._nan("SAM's image encoder gave", compiled=False)
+            features = again
         self.seconds["encoder"] += time.perf_counter() - start
         return [(features[i : i + 1], sizes[i]) for i in range(len(crops))]
 
@@ -215,21 +216,6 @@ class SamMaskGenerator:
             features = self.model.image_encoder(pixels)
         self._sync()
         return features
-
-    def _features_uncompiled(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The features of a batch whose features came out NaN or infinite: where the
-        encoder is compiled (``--compile``) and the eager one gives numbers, the
-        compiler's wrong code (as inductor's CPU bfloat16 code once was) costs the
-        compiling, with one warning, not the photos; else ``ModelOutputError``."""
-        encoder = self.model.image_encoder
-        undone = uncompile(encoder)
-        if undone:
-            features = self._features(pixels)
-            if bool(torch.isfinite(features).all()):
-                log.warning("SAM's image encoder gave NaN or infinite numbers compiled: it runs uncompiled")
-                return features
-            recompile(undone)  # the model's own NaN: compiling stays on
-        raise self._nan("SAM's image encoder gave", compiled=False)
 
     def _generate(self, image: np.ndarray, crop_features: list) -> list[MaskRecord]:
         orig_size = image.shape[:2]
@@ -306,7 +292,7 @@ class SamMaskGenerator:
             )
         self._sync()
         self.seconds["decoder"] += time.perf_counter() - start
-        if not bool(torch.isfinite(iou).all()):  # (the decoder's transformer; its few numbers checked at no cost)
+        if not _finite(iou):  # (the decoder's transformer; its few numbers checked at no cost)
             # (a CompiledDecoder hands on NaN only where the eager decoder gave it too: not the compiler's)
             raise self._nan("SAM's mask decoder gave", compiled_within(self.model.mask_decoder))
         per_point = low_res.shape[1]
@@ -394,3 +380,7 @@ class SamMaskGenerator:
             )
             for i in order.tolist()
         ]
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    return bool(torch.isfinite(tensor).all())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 import torch
 from segment_anything.modeling import Sam
@@ -17,6 +17,7 @@ from usesearch.masks.amg_utils import out_of_memory_in
 from usesearch.masks.sam_fast import COMPILED_UPSCALING, mask_logits, row_major_tokens
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COMPILE_BACKEND = "inductor"
 
@@ -52,19 +53,31 @@ def compiled_within(module: torch.nn.Module) -> bool:
     return any(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules())
 
 
-def uncompile(module: torch.nn.Module) -> list[tuple[torch.nn.Module, Callable[..., Any]]]:
-    """Run ``module`` eagerly: each module in it compiled in place loses its compiled
-    call; returns them with it, for ``recompile``."""
-    undone: list[tuple[torch.nn.Module, Callable[..., Any]]] = [
-        (m, m._compiled_call_impl) for m in module.modules() if m._compiled_call_impl is not None
-    ]
+def rerun_uncompiled(module: torch.nn.Module, run: Callable[[], T], finite: Callable[[T], bool], said: str) -> T | None:
+    """After ``module``'s output came out NaN or infinite: ``run()`` again with every
+    part of it that was compiled in place (``--compile``) uncompiled. Finite now: the
+    compiler's wrong code (as inductor's CPU bfloat16 code once was), which costs the
+    compiling, with one warning (``said``), not the photos; the output, and ``module``
+    stays eager. Else None: nothing was compiled, or the model gives NaN eagerly too
+    (its own fault, for the caller to raise), and compiling stays on."""
+    undone = [(m, m._compiled_call_impl) for m in module.modules() if m._compiled_call_impl is not None]
+    if not undone:
+        return None
     for m, _ in undone:
         m._compiled_call_impl = None
-    return undone
+    try:
+        out = run()
+    except BaseException:  # (out of memory, Ctrl-C): nothing learnt, compiling stays on
+        _recompile(undone)
+        raise
+    if finite(out):
+        log.warning(said)
+        return out
+    _recompile(undone)
+    return None
 
 
-def recompile(undone: list[tuple[torch.nn.Module, Callable[..., Any]]]) -> None:
-    """Give back what ``uncompile`` took."""
+def _recompile(undone: list[tuple[torch.nn.Module, Callable]]) -> None:
     for m, call in undone:
         m._compiled_call_impl = call
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,10 +22,10 @@ from segment_anything.utils.amg import batched_mask_to_box
 from torch import nn
 
 from usesearch.devices import bf16_autocast, uses_bf16
-from usesearch.errors import ModelOutputError, model_output_error
+from usesearch.errors import model_output_error
 from usesearch.io.images import to_rgb_array
 from usesearch.masks.rle import RleStack
-from usesearch.masks.sam_compile import compiled_within, recompile, uncompile
+from usesearch.masks.sam_compile import compiled_within, rerun_uncompiled
 from usesearch.models.backbones import Clip, dino_mean_std
 from usesearch.models.config import PresetConfig
 from usesearch.models.encoder import BackboneTokens, USEImageEncoder
@@ -36,8 +35,6 @@ from usesearch.models.text import CLASSNAME_TEMPLATES, EXPRESSION_TEMPLATES, Tex
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
-
-log = logging.getLogger(__name__)
 
 
 class USE(nn.Module):
@@ -177,7 +174,7 @@ class USEEmbedder(_TextMixin):
         self._prepared: dict[int, tuple[np.ndarray, Future[dict[int, np.ndarray]]]] = {}
         self.batch_backbones = batches_backbones(device)
         self._features: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # id(photo) -> (photo, z)
-        self.towers_uncompiled = False  # compiled towers gave NaN where eager ones did not
+        self.towers_uncompiled = False  # compiled towers gave NaN where eager ones did not: eager since
 
     def prepare(self, rgbs: list[np.ndarray]) -> None:
         """Start resizing these photos for the backbones in a thread of this embedder's
@@ -238,8 +235,11 @@ class USEEmbedder(_TextMixin):
         ahead = _taken(self._features, image)
         return ahead if ahead is not None else self._features_of([image])[0]
 
-    @torch.inference_mode()
     def embed_from_features(self, z: torch.Tensor, masks, image_hw: tuple[int, int]) -> np.ndarray:
+        return finite_vectors(self._pooled(z, masks, image_hw), self.use, self.precision)
+
+    @torch.inference_mode()
+    def _pooled(self, z: torch.Tensor, masks, image_hw: tuple[int, int]) -> np.ndarray:
         if isinstance(masks, RleStack):  # pooling weights straight from the runs
             if tuple(masks.hw) != tuple(image_hw):
                 raise ValueError(
@@ -250,7 +250,7 @@ class USEEmbedder(_TextMixin):
         if len(masks) == 0:
             return np.zeros((0, self.dim), np.float32)
         weights = letterbox_weights(masks, self.preset.grid, device=self.device).to(self.device)
-        return finite_vectors(self.use.head(z[None], weights).float().cpu().numpy(), self.use, self.precision)
+        return self.use.head(z[None], weights).float().cpu().numpy()
 
     def embed_segments(self, image, masks) -> np.ndarray:
         """One image and its bool masks [N,H,W] -> unit vectors [N, dim] (float32).
@@ -262,31 +262,19 @@ class USEEmbedder(_TextMixin):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the backbones' time is theirs, not pooling's
         middle = time.perf_counter()
-        try:
-            out = self.embed_from_features(z, masks, rgb.shape[:2])
-        except ModelOutputError as exc:
-            out = self._embedded_uncompiled(rgb, masks, exc)
+        hw = rgb.shape[:2]
+        out = self._pooled(z, masks, hw)
+        if not _finite(out):  # a compiler's wrong code costs the compiling, not the photo
+            said = "the image towers gave NaN or infinite numbers compiled: they run uncompiled"
+            again = rerun_uncompiled(
+                self.use.encoder, lambda: self._pooled(self._features_of([rgb])[0], masks, hw), _finite, said
+            )
+            if again is not None:
+                self.towers_uncompiled, self._features = True, {}  # (a group's other photos': computed compiled)
+                out = again
         self.seconds["backbones"] += middle - start
         self.seconds["pooling"] += time.perf_counter() - middle
-        return out
-
-    def _embedded_uncompiled(self, rgb: np.ndarray, masks, nan: ModelOutputError) -> np.ndarray:
-        """The vectors of a photo whose vectors came out NaN or infinite: where the
-        towers are compiled (``--compile``) and eager ones give numbers, the compiler's
-        wrong code costs the compiling, with one warning, not the photos (as SAM's
-        encoder and decoder); else ``nan``, the error they gave."""
-        undone = uncompile(self.use.encoder)
-        if not undone and not self.towers_uncompiled:  # (once they were: a group's features computed before)
-            raise nan
-        try:
-            out = self.embed_from_features(self._features_of([rgb])[0], masks, rgb.shape[:2])
-        except ModelOutputError:
-            recompile(undone)  # the model's own NaN: compiling stays on
-            raise
-        if undone:
-            log.warning("the image towers gave NaN or infinite numbers compiled: they run uncompiled")
-            self.towers_uncompiled = True
-        return out
+        return finite_vectors(out, self.use, self.precision)
 
 
 class CropEmbedder(_TextMixin):
@@ -346,10 +334,14 @@ class CropEmbedder(_TextMixin):
         return finite_vectors(torch.cat(out).cpu().numpy(), self.model, self.precision)
 
 
+def _finite(vectors: np.ndarray) -> bool:
+    return bool(np.isfinite(vectors).all())
+
+
 def finite_vectors(vectors: np.ndarray, model: nn.Module, precision: str) -> np.ndarray:
     """``vectors``, refused (``ModelOutputError``) where any is NaN or infinite: FAISS
     would store it as it is, and it would rank as nothing or as everything."""
-    if not np.isfinite(vectors).all():
+    if not _finite(vectors):
         device = next(model.parameters()).device
         computed = "bfloat16" if uses_bf16(device, precision) else "float32"
         raise model_output_error("the segment embedder gave", computed, compiled_within(model))
