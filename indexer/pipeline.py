@@ -29,7 +29,7 @@ from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
 from .folder import check_catalog_kind, check_paths, is_new, open_store
 from .image_writes import PhotoWrite
-from .options import IndexOptions, IndexReport
+from .options import IndexOptions, IndexReport, compile_note, compiles
 from .records import NO_MASKER, IndexInfo, info_summary
 from .writer import Writer
 
@@ -47,6 +47,7 @@ def index_paths(
     report = IndexReport(devices=check_devices(options))
     start = time.perf_counter()
     files = photos_under(paths, refuse_none=is_new(db_dir, options))  # before the models
+    options = decide_compile(options, resolve_device(options.device).type, len(files), report)
     model, masker = load_models(options)  # first: missing weights must not leave an empty index folder behind
     with Writer(db_dir, options, identity(model, masker, options), paths, model) as writer:
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
@@ -88,6 +89,16 @@ def check_devices(options: IndexOptions) -> list[str]:
     (``--device cuda`` without CUDA, ``--faiss-device cuda`` with faiss-cpu) is
     refused here, before any model loads or any photo is read."""
     return [describe_device(resolve_device(options.device), options.precision), faiss_gpu.note(options.faiss_device)]
+
+
+def decide_compile(options: IndexOptions, device_type: str, photos: int, report: IndexReport) -> IndexOptions:
+    """``options`` with ``compile`` decided (``options.compiles``) for a run of
+    ``photos`` on ``device_type``, and the run summary's line on it, where it has one."""
+    compiled = compiles(options.compile, device_type, photos)
+    note = compile_note(options.compile, compiled, device_type, photos)
+    if note:
+        report.devices.append(note)
+    return replace(options, compile=compiled)
 
 
 def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:

@@ -15,6 +15,7 @@ from usesearch.cli.app import app
 from usesearch.devices import resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.indexer import IndexOptions, SegmentIndex, faiss_gpu, index_paths
+from usesearch.indexer.options import COMPILE_FROM_PHOTOS, compile_note, compiles
 from usesearch.indexer.ray_cluster import actor_device
 
 
@@ -87,6 +88,7 @@ def test_every_model_an_index_run_loads_is_asked_for_cuda_and_faiss_stays_on_the
     assert report.devices[0].startswith("models on cuda:0 (Fake GPU, bfloat16)")
     if not hasattr(faiss, "StandardGpuResources"):  # faiss-cpu, as the README installs it
         assert "FAISS on the CPU" in report.devices[1] and "no GPU support" in report.devices[1]
+    assert report.devices[2].startswith("models not compiled: 2 photos, under the 1,000")  # a short GPU run
     stats = SegmentIndex.open(tmp_path / "db", device="cpu").stats()
     assert stats["vectors"] == report.segments and stats["faiss_device"] == faiss_gpu.resolve(None)
     assert stats["faiss_note"] == faiss_gpu.note(None)
@@ -185,6 +187,44 @@ def test_reindex_device_is_now_faiss_device(capsys):
     assert len(notes) == 1 and "faiss-device" in notes[0]
     assert parsed(["index", "p", "--db", "d", "--device", "cpu"])[1]["device"] == "cpu"
     assert capsys.readouterr().err == ""
+
+
+def test_a_gpu_run_of_many_photos_compiles_its_models_unless_told_not_to(monkeypatch, tmp_path):
+    """``--compile`` unset: a GPU run of COMPILE_FROM_PHOTOS photos or more compiles SAM's
+    encoder, decoder, scoring and the towers; a shorter one, a CPU run and
+    ``--no-compile`` do not. (The compiles are spied on, not run.)"""
+    import usesearch.indexer.options
+    import usesearch.indexer.pipeline as pipeline
+
+    assert compiles(None, "cuda", COMPILE_FROM_PHOTOS) and not compiles(None, "cuda", COMPILE_FROM_PHOTOS - 1)
+    assert not compiles(None, "cpu", 10**7) and compiles(True, "cpu", 1) and not compiles(False, "cuda", 10**7)
+    assert compile_note(None, False, "cpu", 10**7) is None is compile_note(False, False, "cpu", 1)
+    assert "--no-compile" in str(compile_note(None, True, "cuda", 5000)) and "5,000" in str(
+        compile_note(None, True, "cuda", 5000)
+    )
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
+    fake_cuda(monkeypatch)
+    spy_loaders(monkeypatch, [])
+    compiled: list[str] = []
+    monkeypatch.setattr(pipeline, "compile_encoder", lambda encoder: compiled.append("SAM encoder"))
+    monkeypatch.setattr(pipeline, "compile_modules", lambda module: compiled.append("towers"))
+    monkeypatch.setattr(usesearch.indexer.options, "COMPILE_FROM_PHOTOS", 2)  # these two photos: an archive
+    sam = {"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0}
+    runs = {}
+    for name, option in (("auto", None), ("no", False)):
+        options = IndexOptions(preset="tiny", masker="sam", masker_options=sam, compile=option)
+        runs[name] = (index_paths([photos], tmp_path / name, options), list(compiled))
+        compiled.clear()
+    report, asked = runs["auto"]
+    assert asked == ["SAM encoder", "towers"] and report.done == 2
+    assert any(
+        line.startswith("models compiled (torch.compile) for this GPU run of 2 photos") for line in report.devices
+    )
+    report, asked = runs["no"]
+    assert asked == [] and report.done == 2 and "models compiled (torch.compile): no, as asked" in report.devices
+    assert parsed(["index", "p", "--db", "d"])[1]["compile_models"] is None
+    assert parsed(["index", "p", "--db", "d", "--no-compile"])[1]["compile_models"] is False
+    assert parsed(["index", "p", "--db", "d", "--compile"])[1]["compile_models"] is True
 
 
 def test_ray_actors_follow_the_same_rule():

@@ -58,11 +58,14 @@ def index(
         Optional[int], typer.Option(min=1, help="With --ray: model actors (default: one per GPU, else one per 2 CPUs).")
     ] = None,
     compile_models: Annotated[
-        bool,
+        Optional[bool],
         typer.Option(
-            "--compile", help="torch.compile SAM and the backbones: minutes of compiling first, for long GPU runs."
+            "--compile/--no-compile",
+            help="torch.compile SAM and the backbones: tens of seconds to minutes of compiling first. "
+            "Default: on for a GPU run of 1,000 photos or more, else off.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     repair: Annotated[
         bool,
         typer.Option(
