@@ -9,9 +9,12 @@ With ``--compiled-decoder``, a third row: our decoder through ``CompiledDecoder`
 generator's default on a GPU), timed after its compile, its outputs against stock's.
 With ``--upscaled 0.5``, our decoder with only that share of the prompts upscaled (the
 IoU filter's gate, its threshold at that quantile of each prompt's best predicted IoU).
+With ``--upscaling-ways``, the decoder's upscaling alone (``sam_fast.mask_logits``) for
+that many prompts, as transposed convolutions and as per-pixel products
+(``sam_fast.PIXELWISE_ON``), eager and compiled (as a compiled decoder runs it).
 
     python benchmarks/sam_levers.py [--arch vit_b] [--prompts 64] [--device cpu|cuda] [--autocast]
-        [--compiled-decoder] [--upscaled 0.5]
+        [--compiled-decoder] [--upscaled 0.5] [--upscaling-ways]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from stage_floor import WrittenBytes  # noqa: E402  (a benchmark beside this one
 
 from usesearch.masks.sam import build_sam  # noqa: E402
 from usesearch.masks.sam_compile import decoder_for
+from usesearch.masks import sam_fast  # noqa: E402
 from usesearch.masks.sam_fast import speed_up  # noqa: E402
 
 
@@ -57,6 +61,7 @@ def main() -> None:
     parser.add_argument(
         "--upscaled", type=float, default=None, help="also time the IoU filter's gate upscaling this share of prompts"
     )
+    parser.add_argument("--upscaling-ways", action="store_true", help="also time the upscaling each way")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -115,6 +120,8 @@ def main() -> None:
                 f"  {'IoU gate':<17} {'':17} decoder, {kept} of {args.prompts} prompts upscaled {gated_s:8.3f} s, "
                 f"writing {written.total / 1e9:.2f} GB"
             )
+        if args.upscaling_ways:
+            upscaling_ways(fast.mask_decoder, args)
     (enc0, dec0, f0, m0), (enc1, dec1, f1, m1) = results.values()
     print(
         f"  speed-up: encoder {enc0 / enc1:.2f}x, decoder {dec0 / dec1:.2f}x; largest difference: "
@@ -126,6 +133,35 @@ def main() -> None:
             f"  compiled decoder: {dec0 / compiled_s:.2f}x stock's, {dec1 / compiled_s:.2f}x eager's; "
             f"mask logits {gap:.2e} from stock's"
         )
+
+
+def upscaling_ways(decoder, args) -> None:
+    """``mask_logits`` for ``--upscaled`` of ``--prompts`` (all without it), each way,
+    eager then compiled (dynamic in the batch, as ``CompiledDecoder`` compiles it)."""
+    prompts = max(1, round(args.prompts * (args.upscaled or 1.0)))
+    dtype = torch.bfloat16 if args.autocast else torch.float32
+    hs = torch.randn(prompts, decoder.num_mask_tokens + 1, 256, device=args.device, dtype=dtype)
+    keys = torch.randn(prompts, 64 * 64, 256, device=args.device, dtype=dtype)
+    was = set(sam_fast.PIXELWISE_ON)
+    out = {}
+    try:
+        for way, on in (("transposed convolutions", set()), ("per-pixel products", {args.device})):
+            sam_fast.PIXELWISE_ON.clear()
+            sam_fast.PIXELWISE_ON.update(on)
+            eager_s, out[way] = timed(lambda: sam_fast.mask_logits(decoder, hs, keys, 64, 64), args.device, args.repeat)
+            compiled = torch.compile(sam_fast.mask_logits, dynamic=True)
+            compile_s, _ = timed(lambda: compiled(decoder, hs, keys, 64, 64), args.device, repeat=1, warm_up=False)
+            compiled_s, _ = timed(lambda: compiled(decoder, hs, keys, 64, 64), args.device, args.repeat)
+            print(
+                f"  upscaling, {prompts} prompts, {way:<23} eager {eager_s * 1000:7.1f} ms, "
+                f"compiled {compiled_s * 1000:7.1f} ms (compiling {compile_s:.1f} s)",
+                flush=True,
+            )
+    finally:
+        sam_fast.PIXELWISE_ON.clear()
+        sam_fast.PIXELWISE_ON.update(was)
+    gap = (out["transposed convolutions"].float() - out["per-pixel products"].float()).abs().max()
+    print(f"  upscaling: largest difference between the two ways {gap:.2e}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,11 @@ import torch
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from usesearch.masks import sam_fast
 from usesearch.masks.sam import build_sam
 from usesearch.masks.sam_fast import share_image_tokens
+
+UPSCALINGS = pytest.mark.parametrize("pixelwise_on", [set(), {"cpu"}], ids=["convolutions", "pixelwise"])
 
 
 @pytest.mark.parametrize("arch", ["tiny", "vit_b"])
@@ -59,6 +62,44 @@ def test_the_decoder_with_shared_image_tokens_gives_segment_anythings_outputs(ar
     # once per prompt in segment-anything): each prompt's few tokens carry them.
     assert points_only > 40 and max(projected[:points_only]) == 9 * 8  # 5 output tokens, a point, a box
     assert max(projected[points_only:]) == 9 * grid * grid  # a mask prompt: segment-anything's path
+
+
+@UPSCALINGS
+def test_the_upscaling_gives_segment_anythings_mask_logits_either_way(pixelwise_on, monkeypatch):
+    """The decoder's upscaling as transposed convolutions (a CPU's) or as per-pixel
+    products (``sam_fast.mask_logits`` on a GPU), each within float rounding of
+    segment-anything's; the products run no convolution at all."""
+    monkeypatch.setattr(sam_fast, "PIXELWISE_ON", pixelwise_on)
+    torch.manual_seed(1)
+    stock = build_sam("vit_b").eval()
+    for p in stock.mask_decoder.parameters():
+        p.data.add_(0.02 * torch.randn_like(p))
+    fast = share_image_tokens(copy.deepcopy(stock))
+    args = five_point_prompts(stock)
+    with torch.no_grad(), OpNames() as ops:
+        got = fast.mask_decoder(**args)
+    with torch.no_grad():
+        expected = stock.mask_decoder(**args)
+    torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=1e-5)
+    assert got[0].shape == (5, 3, 256, 256) and expected[0].abs().max() > 0.1  # (not all near zero)
+    assert any("convolution" in name for name in ops.names) == (not pixelwise_on), sorted(set(ops.names))
+
+
+def test_only_a_2x2_stride_2_transposed_convolution_runs_as_per_pixel_products():
+    torch.manual_seed(0)
+    conv = torch.nn.ConvTranspose2d(6, 5, kernel_size=2, stride=2)
+    weight, bias = sam_fast._pixelwise(conv)
+    x = torch.randn(2, 6, 3, 4)
+    per_pixel = torch.nn.functional.linear(x.permute(0, 2, 3, 1), weight, bias)  # [2, 3, 4, (a, b, out)]
+    laid_out = per_pixel.view(2, 3, 4, 2, 2, 5).permute(0, 5, 1, 3, 2, 4).reshape(2, 5, 6, 8)
+    torch.testing.assert_close(laid_out, conv(x), atol=1e-6, rtol=1e-6)
+    for other in (
+        torch.nn.ConvTranspose2d(6, 5, kernel_size=3, stride=2),
+        torch.nn.ConvTranspose2d(6, 5, kernel_size=2, stride=1),
+        torch.nn.ConvTranspose2d(6, 5, kernel_size=2, stride=2, padding=1),
+        torch.nn.ConvTranspose2d(6, 4, kernel_size=2, stride=2, groups=2),
+    ):
+        assert sam_fast._pixelwise(other) is None, other
 
 
 class OpNames(TorchDispatchMode):
@@ -128,7 +169,10 @@ def test_a_generator_on_a_gpu_compiles_its_decoder_by_default_and_a_cpu_does_not
     assert SamMaskGenerator(sam, points_per_side=4, autocast=False, compiled_decoder=False).decoder is sam.mask_decoder
 
 
-def test_a_compiled_decoder_traces_the_shared_token_path_and_gives_the_same_masks(sam, image, monkeypatch):
+@UPSCALINGS
+def test_a_compiled_decoder_traces_the_shared_token_path_and_gives_the_same_masks(
+    sam, image, monkeypatch, pixelwise_on
+):
     """Through TorchDynamo (the eager backend: inductor's C++ build takes minutes on
     two cores; its outputs were 3e-7 from eager's in float32 on a CPU, by hand)."""
     import torch._dynamo
@@ -139,6 +183,7 @@ def test_a_compiled_decoder_traces_the_shared_token_path_and_gives_the_same_mask
     from usesearch.masks.amg import SamMaskGenerator
 
     monkeypatch.setattr(sam_compile, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(sam_fast, "PIXELWISE_ON", pixelwise_on)
     torch._dynamo.reset()
     counters.clear()
     plain = SamMaskGenerator(sam, points_per_side=6, **LOW).generate(image)
