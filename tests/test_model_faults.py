@@ -131,17 +131,19 @@ def test_a_compiled_encoder_giving_nan_where_eager_does_not_runs_eagerly_with_on
     assert [block._compiled_call_impl for block in blocks] == fake
 
 
-def test_compiled_towers_giving_nan_where_eager_ones_do_not_run_eagerly_with_one_warning(caplog):
-    """``--compile``'s towers (CLIP, DINOv2, LLNs): as SAM's encoder, a compiler's wrong
-    code costs the compiling, not the photos; each compiled region's call stands in for it."""
+@pytest.mark.parametrize("embedder", ["use", "crop"])
+def test_compiled_towers_giving_nan_where_eager_ones_do_not_run_eagerly_with_one_warning(caplog, embedder):
+    """``--compile``'s towers (CLIP, DINOv2, LLNs; the crop embedder's CLIP): as SAM's
+    encoder, a compiler's wrong code costs the compiling, not the photos; each compiled
+    region's call stands in for it."""
     from usesearch.masks.sam_compile import compile_regions
 
-    model = usesearch.load_model("tiny", device="cpu")
+    model = usesearch.load_model("tiny", embedder=embedder, device="cpu")
     rgb = np.ascontiguousarray(np.random.default_rng(1).integers(0, 255, (64, 80, 3), dtype=np.uint8))
     masks = np.zeros((2, 64, 80), bool)
     masks[0, :32], masks[1, 32:] = True, True
     expected = model.embed_segments(rgb, masks)
-    regions = compile_regions(model.use.encoder)
+    regions = compile_regions(model.use.encoder if embedder == "use" else model.model.visual)  # load_models' choice
     assert len(regions) > 2
     fake = [lambda *a, m=m, **k: m.forward(*a, **k) * float("nan") for m in regions]
     for region, call in zip(regions, fake):
@@ -152,7 +154,8 @@ def test_compiled_towers_giving_nan_where_eager_ones_do_not_run_eagerly_with_one
     np.testing.assert_array_equal(second, expected)
     assert model.towers_uncompiled and all(region._compiled_call_impl is None for region in regions)
     (record,) = [r for r in caplog.records if "uncompiled" in r.getMessage()]
-    assert record.getMessage() == "the image towers gave NaN or infinite numbers compiled: they run uncompiled"
+    said = {"use": "the image towers gave", "crop": "CLIP's image tower gave"}[embedder]
+    assert record.getMessage().startswith(f"{said} NaN or infinite numbers compiled: ")
 
 
 def test_a_run_whose_first_photos_all_fail_for_a_model_fault_stops_in_one_line(monkeypatch, tmp_path):

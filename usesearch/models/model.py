@@ -295,6 +295,7 @@ class CropEmbedder(_TextMixin):
         self.dim = clip.embed_dim
         self.text = TextEncoder(clip.model, clip.tokenizer, device)
         self.fingerprint = crop_fingerprint(preset, clip.native_image_size)
+        self.towers_uncompiled = False  # compiled, CLIP's tower gave NaN where eager it did not: eager since
 
     def _crop_pixels(self, rgb: np.ndarray, mask: torch.Tensor, box: list[int]) -> torch.Tensor:
         x0, y0, x1, y1 = box
@@ -320,6 +321,16 @@ class CropEmbedder(_TextMixin):
         if not bool(masks.flatten(1).any(1).all()):  # any(): no int64 copy of the stack
             raise ValueError("empty mask: every segment needs at least one pixel")
         boxes = batched_mask_to_box(masks).tolist()
+        out = self._crop_vectors(rgb, masks, boxes)
+        if not _finite(out):  # as USEEmbedder's towers: a compiler's wrong code costs the compiling
+            said = "CLIP's image tower gave NaN or infinite numbers compiled: it runs uncompiled"
+            again = rerun_uncompiled(self.model.visual, lambda: self._crop_vectors(rgb, masks, boxes), _finite, said)
+            if again is not None:
+                self.towers_uncompiled, out = True, again
+        return finite_vectors(out, self.model, self.precision)
+
+    def _crop_vectors(self, rgb: np.ndarray, masks: torch.Tensor, boxes: list) -> np.ndarray:
+        """Unit vectors [N, dim] of each mask's crop, ``batch_size`` crops a tower call."""
         out = []
         for start in range(0, len(masks), self.batch_size):
             batch = torch.stack(
@@ -331,7 +342,7 @@ class CropEmbedder(_TextMixin):
             with bf16_autocast(self.device, self.precision):
                 features = self.model.encode_image(batch.to(self.device))
             out.append(F.normalize(features.float(), dim=-1))
-        return finite_vectors(torch.cat(out).cpu().numpy(), self.model, self.precision)
+        return torch.cat(out).cpu().numpy()
 
 
 def _finite(vectors: np.ndarray) -> bool:
