@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from stage_floor import WrittenBytes  # noqa: E402  (a benchmark beside this one)
 
+from usesearch.masks import sam_fast  # noqa: E402
 from usesearch.masks.sam import build_sam  # noqa: E402
 from usesearch.masks.sam_compile import decoder_for
-from usesearch.masks import sam_fast  # noqa: E402
 from usesearch.masks.sam_fast import speed_up  # noqa: E402
 
 

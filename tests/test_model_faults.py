@@ -70,17 +70,26 @@ def test_the_hint_names_what_to_change_and_sams_generator_refuses_nan_features(m
         masker.generator.generate(np.zeros((64, 64, 3), np.uint8))
 
 
-def test_sams_decoder_giving_nan_fails_the_photo_too():
+@pytest.mark.parametrize("where", ["scores", "mask logits", "one logit"])
+def test_sams_decoder_giving_nan_fails_the_photo_too(where):
+    """NaN IoUs, or NaN mask logits beside finite IoUs (every mask would come out empty,
+    and the photo be indexed as having none), fail the photo."""
     _, masker = load_models(IndexOptions(preset="tiny", masker="sam", device="cpu", masker_options=LOW))
     generator = masker.generator
     decoder = generator.decoder
-    assert generator.generate(np.zeros((64, 64, 3), np.uint8)) is not None
+    assert generator.generate(np.zeros((64, 64, 3), np.uint8))
 
-    def nan_scores(**inputs):
+    def nan_out(**inputs):
         masks, iou = decoder(**inputs)
-        return masks, iou * float("nan")
+        if where == "scores":
+            return masks, iou * float("nan")
+        if where == "one logit":
+            masks = masks.clone()
+            masks[-1, -1, -1, -1] = float("inf")
+            return masks, iou
+        return masks * float("nan"), iou
 
-    generator.decoder = nan_scores
+    generator.decoder = nan_out
     with pytest.raises(
         ModelOutputError, match=r"^SAM's mask decoder gave NaN or infinite numbers \(computed in float32\)"
     ):
