@@ -5,8 +5,9 @@
 # own list lacks four dependencies usesearch added since (the catalog's retry, the writer's
 # lock, the COCO reader, open_clip's tokenizer), and the first is imported by every
 # indexing run. Step 0 names any module still missing. Writes its figures to
-# $OUT (or ./gpu-check when OUT is unset). About 6-8 minutes on one H200 (6.2 on 2026-12-04, with a
-# --compile step since dropped), most of it building random-weight models and compiling.
+# $OUT (or ./gpu-check when OUT is unset). About 5.5 minutes on one H100 (2026-12-05), most
+# of it building random-weight models and compiling; more since step 2 compiles both presets
+# as a GPU archive's run now does (at most 540 s: each step has its own timeout).
 #   run: sh benchmarks/gpu_check.sh    (timeout_s 580; its steps stop themselves within 540 s, plus the install and imports)
 set -e
 OUT=${OUT:-gpu-check}
