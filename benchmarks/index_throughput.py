@@ -47,9 +47,8 @@ from PIL import Image
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from skimage import data
 
-from usesearch.devices import resolve_device
+from usesearch.devices import compiles, resolve_device
 from usesearch.indexer import IndexOptions, index_paths
-from usesearch.indexer.options import compiles
 from usesearch.masks import rle, sam_fast
 from usesearch.models import presets
 

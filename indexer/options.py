@@ -29,49 +29,13 @@ class IndexOptions:
     db_url: str | None = None
     shard_size: int | None = None  # segments per FAISS shard (0: one shard); None: as the index has it
     faiss_every_s: float = 120.0  # also written at the end and on Ctrl-C
-    compile: bool | None = None  # torch.compile SAM and the backbones; None: ``compiles`` decides
+    compile: bool | None = None  # torch.compile SAM and the backbones; None: ``devices.compiles`` decides
     repair: bool = False  # first drop photos with damaged embedding rows, so this run embeds them again
     recall_target: float | None = None  # recall@10 a compressed index is calibrated for; None: as stored, else 0.95
 
     def __post_init__(self) -> None:
         check_shard_size(self.shard_size)
         check_precision(self.precision)
-
-
-# A GPU run of this many photos or more compiles its models unless told not to: SAM
-# ViT-H's image encoder compiled took 28 ms a photo on an H100 against 50 eager
-# (the README's GPU table), for tens of seconds of compiling first (fewer once
-# inductor's on-disk cache holds the graphs), paid back in ~1,000-2,000 photos.
-COMPILE_FROM_PHOTOS = 1000
-
-
-def compiles(option: bool | None, device_type: str, photos: int) -> bool:
-    """Whether a run compiles its models: as ``--compile``/``--no-compile`` say, else
-    (None) where they run on a GPU and the run lists ``COMPILE_FROM_PHOTOS`` photos or
-    more. A CPU compiles only when asked (its gain is ~1.4x, at minutes of compiling)."""
-    if option is not None:
-        return option
-    return device_type == "cuda" and photos >= COMPILE_FROM_PHOTOS
-
-
-def compile_note(option: bool | None, compiled: bool, device_type: str, photos: int) -> str | None:
-    """The run summary's line on compiling, where it is news: a GPU run's choice either
-    way, a CPU run's only when asked."""
-    if option is not None:
-        if option or device_type == "cuda":
-            return f"models compiled (torch.compile): {'yes' if compiled else 'no'}, as asked"
-        return None
-    if device_type != "cuda":
-        return None
-    if compiled:
-        return (
-            f"models compiled (torch.compile) for this GPU run of {photos:,} photos: tens of seconds first, "
-            "then ~1.15x the photos/s; --no-compile skips it"
-        )
-    return (
-        f"models not compiled: {photos:,} photos, under the {COMPILE_FROM_PHOTOS:,} a GPU run compiles from "
-        "(--compile to compile anyway)"
-    )
 
 
 def check_shard_size(shard_size: int | None) -> None:

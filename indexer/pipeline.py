@@ -16,8 +16,8 @@ from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
+from usesearch.devices import compile_note, compiles, resolve_device
 from usesearch.devices import describe as describe_device
-from usesearch.devices import resolve_device
 from usesearch.errors import CatalogUnavailableError, IndexMismatchError, UsesearchError
 from usesearch.io.files import photos_under
 from usesearch.masks.amg import SamMaskGenerator
@@ -29,7 +29,7 @@ from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
 from .folder import check_catalog_kind, check_paths, is_new, open_store
 from .image_writes import PhotoWrite
-from .options import IndexOptions, IndexReport, compile_note, compiles
+from .options import IndexOptions, IndexReport
 from .records import NO_MASKER, IndexInfo, info_summary
 from .writer import Writer
 
@@ -92,7 +92,7 @@ def check_devices(options: IndexOptions) -> list[str]:
 
 
 def decide_compile(options: IndexOptions, device_type: str, photos: int, report: IndexReport) -> IndexOptions:
-    """``options`` with ``compile`` decided (``options.compiles``) for a run of
+    """``options`` with ``compile`` decided (``devices.compiles``) for a run of
     ``photos`` on ``device_type``, and the run summary's line on it, where it has one."""
     compiled = compiles(options.compile, device_type, photos)
     note = compile_note(options.compile, compiled, device_type, photos)
@@ -151,8 +151,10 @@ def load_models(options: IndexOptions):
     model = load_embedder(options)
     device = resolve_device(options.device)
     masker = build_masker(options.masker, model.preset, device, options.precision, **options.masker_options)
+    generator = getattr(masker, "generator", None)
+    if options.compile is False and isinstance(generator, SamMaskGenerator):
+        generator.run_eagerly()  # (what a GPU compiles by default too: a short run, or --no-compile)
     if options.compile:
-        generator = getattr(masker, "generator", None)
         # Batches vary (a run's last group of photos; a photo's crops for ``crop``):
         # ``compile_modules`` compiles a second size once, for any size.
         if isinstance(generator, SamMaskGenerator):

@@ -12,10 +12,9 @@ from typer.testing import CliRunner
 
 from tests.helpers import OPTS, parsed, write_photos
 from usesearch.cli.app import app
-from usesearch.devices import resolve_device
+from usesearch.devices import COMPILE_FROM_PHOTOS, EAGER_BELOW_PHOTOS, compile_note, compiles, resolve_device
 from usesearch.errors import UsesearchError
 from usesearch.indexer import IndexOptions, SegmentIndex, faiss_gpu, index_paths
-from usesearch.indexer.options import COMPILE_FROM_PHOTOS, compile_note, compiles
 from usesearch.indexer.ray_cluster import actor_device
 
 
@@ -88,7 +87,7 @@ def test_every_model_an_index_run_loads_is_asked_for_cuda_and_faiss_stays_on_the
     assert report.devices[0].startswith("models on cuda:0 (Fake GPU, bfloat16)")
     if not hasattr(faiss, "StandardGpuResources"):  # faiss-cpu, as the README installs it
         assert "FAISS on the CPU" in report.devices[1] and "no GPU support" in report.devices[1]
-    assert report.devices[2].startswith("models not compiled: 2 photos, under the 1,000")  # a short GPU run
+    assert report.devices[2].startswith("models not compiled: 2 photos, under the 100")  # a short GPU run
     stats = SegmentIndex.open(tmp_path / "db", device="cpu").stats()
     assert stats["vectors"] == report.segments and stats["faiss_device"] == faiss_gpu.resolve(None)
     assert stats["faiss_note"] == faiss_gpu.note(None)
@@ -189,42 +188,79 @@ def test_reindex_device_is_now_faiss_device(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_a_gpu_run_of_many_photos_compiles_its_models_unless_told_not_to(monkeypatch, tmp_path):
+def test_what_a_gpu_run_compiles_goes_by_its_photo_count_unless_told(monkeypatch, tmp_path):
     """``--compile`` unset: a GPU run of COMPILE_FROM_PHOTOS photos or more compiles SAM's
-    encoder, decoder, scoring and the towers; a shorter one, a CPU run and
-    ``--no-compile`` do not. (The compiles are spied on, not run.)"""
-    import usesearch.indexer.options
+    encoder, decoder, scoring and the towers; one under EAGER_BELOW_PHOTOS nothing (SAM's
+    generator's GPU defaults turned off); between, the generator's defaults. A CPU run
+    keeps the defaults; ``--no-compile`` compiles nothing. (The compiles are spied on.)"""
+    import usesearch.devices
     import usesearch.indexer.pipeline as pipeline
+    from usesearch.masks.amg import SamMaskGenerator
 
-    assert compiles(None, "cuda", COMPILE_FROM_PHOTOS) and not compiles(None, "cuda", COMPILE_FROM_PHOTOS - 1)
-    assert not compiles(None, "cpu", 10**7) and compiles(True, "cpu", 1) and not compiles(False, "cuda", 10**7)
-    assert compile_note(None, False, "cpu", 10**7) is None is compile_note(False, False, "cpu", 1)
-    assert "--no-compile" in str(compile_note(None, True, "cuda", 5000)) and "5,000" in str(
+    assert compiles(None, "cuda", COMPILE_FROM_PHOTOS) is True and compiles(None, "cuda", 10**7) is True
+    assert compiles(None, "cuda", COMPILE_FROM_PHOTOS - 1) is None is compiles(None, "cuda", EAGER_BELOW_PHOTOS)
+    assert compiles(None, "cuda", EAGER_BELOW_PHOTOS - 1) is False is compiles(None, "cuda", 1)
+    assert compiles(None, "cpu", 10**7) is None is compiles(None, "cpu", 1)
+    assert compiles(True, "cpu", 1) is True and compiles(False, "cuda", 10**7) is False
+    assert compile_note(None, None, "cpu", 10**7) is None is compile_note(False, False, "cpu", 1)
+    assert "5,000" in str(compile_note(None, True, "cuda", 5000)) and "--no-compile" in str(
         compile_note(None, True, "cuda", 5000)
     )
+    assert str(compile_note(None, None, "cuda", 500)).startswith("SAM's decoder and candidate scoring compiled")
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
     fake_cuda(monkeypatch)
     spy_loaders(monkeypatch, [])
     compiled: list[str] = []
     monkeypatch.setattr(pipeline, "compile_encoder", lambda encoder: compiled.append("SAM encoder"))
     monkeypatch.setattr(pipeline, "compile_modules", lambda module: compiled.append("towers"))
-    monkeypatch.setattr(usesearch.indexer.options, "COMPILE_FROM_PHOTOS", 2)  # these two photos: an archive
+    monkeypatch.setattr(SamMaskGenerator, "run_eagerly", lambda self: compiled.append("nothing"))
     sam = {"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0}
     runs = {}
-    for name, option in (("auto", None), ("no", False)):
+    # (these two photos stand for: a short run, a mid-sized one, an archive; then --no-compile's)
+    for name, option, eager_below, compile_from in (
+        ("short", None, 3, 4),
+        ("mid", None, 2, 3),
+        ("archive", None, 1, 2),
+        ("no", False, 1, 2),
+    ):
+        monkeypatch.setattr(usesearch.devices, "EAGER_BELOW_PHOTOS", eager_below)
+        monkeypatch.setattr(usesearch.devices, "COMPILE_FROM_PHOTOS", compile_from)
         options = IndexOptions(preset="tiny", masker="sam", masker_options=sam, compile=option)
-        runs[name] = (index_paths([photos], tmp_path / name, options), list(compiled))
+        report = index_paths([photos], tmp_path / name, options)
+        runs[name] = (report.devices[2], list(compiled))
+        assert report.done == 2
         compiled.clear()
-    report, asked = runs["auto"]
-    assert asked == ["SAM encoder", "towers"] and report.done == 2
-    assert any(
-        line.startswith("models compiled (torch.compile) for this GPU run of 2 photos") for line in report.devices
+    assert runs["short"] == (
+        "models not compiled: 2 photos, under the 3 a GPU run compiles SAM's decoder from "
+        "(--compile to compile anyway)",
+        ["nothing"],
     )
-    report, asked = runs["no"]
-    assert asked == [] and report.done == 2 and "models compiled (torch.compile): no, as asked" in report.devices
+    assert runs["mid"][0].startswith("SAM's decoder and candidate scoring compiled, the other models not: 2 photos")
+    assert runs["mid"][1] == []
+    assert runs["archive"][0].startswith("models compiled (torch.compile) for this GPU run of 2 photos")
+    assert runs["archive"][1] == ["SAM encoder", "towers"]
+    assert runs["no"] == ("models compiled (torch.compile): no, as asked", ["nothing"])
     assert parsed(["index", "p", "--db", "d"])[1]["compile_models"] is None
     assert parsed(["index", "p", "--db", "d", "--no-compile"])[1]["compile_models"] is False
     assert parsed(["index", "p", "--db", "d", "--compile"])[1]["compile_models"] is True
+
+
+def test_segment_of_one_photo_on_a_gpu_compiles_nothing(monkeypatch, tmp_path):
+    """SAM's generator compiles its decoder and scoring on a GPU by default (~23 s of
+    compiling on an H100); ``segment`` has one photo, so it runs them eagerly."""
+    from usesearch.masks.amg import SamMaskGenerator
+
+    fake_cuda(monkeypatch)
+    spy_loaders(monkeypatch, [])
+    eager: list[int] = []
+    monkeypatch.setattr(SamMaskGenerator, "run_eagerly", lambda self: eager.append(1))
+    out = tmp_path / "labels.png"
+    args = ["segment", str(write_photos(tmp_path / "p", ("coffee",)) / "coffee.png"), "--out", str(out)]
+    result = CliRunner().invoke(
+        app, [*args, "--preset", "tiny", "--masker", "sam", "--classes", "cup,table", "--device", "cuda"]
+    )
+    assert result.exit_code == 0, result.output
+    assert eager == [1] and out.is_file()
 
 
 def test_ray_actors_follow_the_same_rule():

@@ -167,6 +167,10 @@ def test_a_generator_on_a_gpu_compiles_its_decoder_by_default_and_a_cpu_does_not
     on_gpu = SamMaskGenerator(sam, points_per_side=4, autocast=False)
     assert isinstance(on_gpu.decoder, CompiledDecoder) and on_gpu.decoder.decoder is sam.mask_decoder
     assert SamMaskGenerator(sam, points_per_side=4, autocast=False, compiled_decoder=False).decoder is sam.mask_decoder
+    assert on_gpu.scoring.compiled is not None
+    on_gpu.run_eagerly()  # a short GPU run's, or --no-compile's: nothing compiled
+    assert on_gpu.decoder is sam.mask_decoder and on_gpu.scoring.compiled is None
+    assert on_gpu.scoring.compile_after is None and not on_gpu.scoring.compiled_large  # (nor a CPU's scoring later)
 
 
 @UPSCALINGS

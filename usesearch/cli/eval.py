@@ -109,9 +109,13 @@ class Segmenter:
                 "here use sam, sam2 or felzenszwalb"
             )
 
-    def build(self, sam: SamSettings):
+    def build(self, sam: SamSettings, photos: int):
         """The models (one per --head: their class probabilities are averaged, the
-        paper's ensemble of curated-data and COCO heads) and the masker."""
+        paper's ensemble of curated-data and COCO heads) and the masker, compiled as a
+        command of ``photos`` photos compiles (``devices.compiles``: a GPU's SAM
+        uncompiled for one photo, where its default compiling would cost ~23 s)."""
+        from usesearch.devices import compiles, resolve_device
+        from usesearch.masks.amg import SamMaskGenerator
         from usesearch.masks.maskers import build_masker
         from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
@@ -123,7 +127,14 @@ class Segmenter:
             name = choose_preset(self.preset, head)
             embedder = resolve_embedder(name, self.embedder, head)
             models.append(load_model(name, embedder=embedder, device=self.device, head=head, precision=self.precision))
-        return models, build_masker(self.masker, models[0].preset, self.device, self.precision, **sam.given())
+        masker = build_masker(self.masker, models[0].preset, self.device, self.precision, **sam.given())
+        generator = getattr(masker, "generator", None)
+        if (
+            isinstance(generator, SamMaskGenerator)
+            and compiles(None, resolve_device(self.device).type, photos) is False
+        ):
+            generator.run_eagerly()
+        return models, masker
 
 
 with_segmenter = opts.shared_options("segmenter", Segmenter)
@@ -179,7 +190,7 @@ def segment(
     opts.refuse_overwriting({"--out": out, "--overlay": overlay}, inputs)
     segmenter.check()
     rgb = limits.read(image)  # a FIFO, a bomb, a broken file: refused before the models load
-    models, mask_proposer = segmenter.build(sam)
+    models, mask_proposer = segmenter.build(sam, photos=1)
     masks = stack_masks(mask_proposer(rgb, str(image)), rgb.shape[:2])
     labels = segment_image(models, rgb, masks, names)
     save_label_map(labels, out)
@@ -264,7 +275,7 @@ def eval_semseg(
     )
     pairs = ground_truth_pairs(images, labels)
     check_ground_truth(pairs, len(names), ignore_index, reduce_zero_label)
-    models, mask_proposer = segmenter.build(sam)
+    models, mask_proposer = segmenter.build(sam, photos=len(pairs))
     matrix = np.zeros((len(names), len(names) + 1), np.int64)
     with (walk := Walk(pairs)):
         for path, label in walk:
@@ -312,7 +323,7 @@ def eval_parts(
     category_ids = sorted(annotations.cats)
     parts = [annotations.cats[c]["name"] for c in category_ids]
     names = parts + background_classes()
-    models, mask_proposer = segmenter.build(sam)
+    models, mask_proposer = segmenter.build(sam, photos=len(annotations.imgs))
     results, image_ids = [], sorted(annotations.imgs)
     with (walk := Walk(image_ids)):
         for image_id in walk:

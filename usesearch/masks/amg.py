@@ -154,6 +154,14 @@ class SamMaskGenerator:
         # the kept masks' one transfer), all of generate() (the rest is post-processing).
         self.seconds = {"encoder": 0.0, "decoder": 0.0, "rle": 0.0, "total": 0.0}
 
+    def run_eagerly(self) -> None:
+        """Nothing compiled from here on: the decoder and candidate scoring that a GPU
+        compiles by default, and a CPU's scoring once it pays (``devices.compiles``
+        chooses this for a short GPU run and for ``--no-compile``)."""
+        self.decoder = decoder_for(self.model, compiled=False)
+        scoring = self.scoring
+        self.scoring = CandidateScoring(scoring.side, scoring.threshold, scoring.offset, scoring.device, False)
+
     def _sync(self) -> None:
         if self.model.device.type == "cuda":
             torch.cuda.synchronize(self.model.device)  # its GPU's, not the current one (--device cuda:1)
