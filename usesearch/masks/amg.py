@@ -302,8 +302,9 @@ class SamMaskGenerator:
         self.seconds["decoder"] += time.perf_counter() - start
         # The IoUs (the transformer's) and the mask logits' sum (NaN or infinite wherever any
         # logit is: one reduction, ~1.5 ms a 64-prompt batch on a CPU against ~60 for each
-        # logit's check), else NaN logits made every mask empty and the photo "had none".
-        if not (_finite(iou) and _finite(low_res.sum())):
+        # logit's check), else NaN logits made every mask empty and the photo "had none";
+        # one read-back for both (a GPU waits for each).
+        if not bool(torch.isfinite(iou).all() & torch.isfinite(low_res.sum())):
             # (a CompiledDecoder hands on NaN only where the eager decoder gave it too: not the compiler's)
             raise self._nan("SAM's mask decoder gave", compiled_within(self.model.mask_decoder))
         per_point = low_res.shape[1]
