@@ -78,8 +78,6 @@ def random_weights(preset):
     )
 
 
-ARCHIVE_PHOTOS = 10**6  # the run these photos stand for, where a default depends on the photo count
-
 BLOB_CELLS = 8  # a blob field's cells a side: blobs ~ a photo's side / 8 across
 BLOB_LEVEL = 1.2  # standard deviations above which a pixel is in the mask (~12% of the photo)
 
@@ -192,8 +190,8 @@ def run(name: str, photos: Path, db: Path, args) -> dict:
             masker_options=masker_options,
             device=args.device,
             precision=args.precision,
-            # As the archive these photos stand for: a GPU run of that many compiles by default.
-            compile=compiles(args.compile, resolve_device(args.device).type, ARCHIVE_PHOTOS),
+            # As the run these photos stand for (--run-photos: an archive's by default) compiles.
+            compile=compiles(args.compile, resolve_device(args.device).type, args.run_photos),
         )
         BLOB_SECONDS[0] = 0.0
         report = index_paths([photos], db, options)
@@ -248,6 +246,12 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="torch.compile the models (index --compile/--no-compile); default: as an archive's run would (on a GPU)",
+    )
+    parser.add_argument(
+        "--run-photos",
+        type=int,
+        default=10**6,
+        help="the photos of the run these stand for, which what it compiles goes by (default: an archive's)",
     )
     parser.add_argument("--precision", default="auto", help="auto, float32 or bfloat16 (index --precision)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
