@@ -304,7 +304,7 @@ class SamMaskGenerator:
         # logit is: one reduction, ~1.5 ms a 64-prompt batch on a CPU against ~60 for each
         # logit's check), else NaN logits made every mask empty and the photo "had none";
         # one read-back for both (a GPU waits for each).
-        if not bool(torch.isfinite(iou).all() & torch.isfinite(low_res.sum())):
+        if not bool(torch.isfinite(iou).all() & torch.isfinite(low_res.sum(dtype=torch.float32))):
             # (a CompiledDecoder hands on NaN only where the eager decoder gave it too: not the compiler's)
             raise self._nan("SAM's mask decoder gave", compiled_within(self.model.mask_decoder))
         per_point = low_res.shape[1]
