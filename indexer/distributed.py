@@ -43,7 +43,7 @@ from .fragments import (
 from .image_writes import PhotoWrite
 from .known_images import BATCH
 from .options import IndexOptions, IndexReport
-from .pipeline import as_built, decide_compile, identity, load_models
+from .pipeline import as_built, decide_compile, identity, load_models, photos_to_index
 from .ray_cluster import actor_device, actors_summary, check_actor_precision, check_address, ray_for_run
 from .ray_reads import decode_files, hash_files
 from .writer import Writer
@@ -142,6 +142,7 @@ def index_paths_ray(
     check_address(address)
     check_actor_precision(options.device, options.precision, address)
     files = photos_under(paths, refuse_none=is_new(db_dir, options))
+    todo = photos_to_index(db_dir, options, files)  # (before this run's writer holds the catalog)
     model, masker = load_models(replace(options, device="cpu", precision="auto", compile=False))
     # Ray first: a cluster that cannot be joined ("auto" with none running) leaves no index folder behind.
     with (
@@ -154,7 +155,7 @@ def index_paths_ray(
         fragments.drop_committed(db_dir, lambda sha: any(r.proposals_made for r in writer.store.done_with_hash(sha)))
         del model, masker
         report.devices.insert(0, actors_summary(device, gpus, options.precision))
-        options = decide_compile(options, device, len(files), report)  # each actor compiles its own models
+        options = decide_compile(options, device, todo, report)  # each actor compiles its own models
 
         def commits():
             for at in range(0, len(files), WINDOW):

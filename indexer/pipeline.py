@@ -47,7 +47,9 @@ def index_paths(
     report = IndexReport(devices=check_devices(options))
     start = time.perf_counter()
     files = photos_under(paths, refuse_none=is_new(db_dir, options))  # before the models
-    options = decide_compile(options, resolve_device(options.device).type, len(files), report)
+    options = decide_compile(
+        options, resolve_device(options.device).type, photos_to_index(db_dir, options, files), report
+    )
     model, masker = load_models(options)  # first: missing weights must not leave an empty index folder behind
     with Writer(db_dir, options, identity(model, masker, options), paths, model) as writer:
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
@@ -89,6 +91,23 @@ def check_devices(options: IndexOptions) -> list[str]:
     (``--device cuda`` without CUDA, ``--faiss-device cuda`` with faiss-cpu) is
     refused here, before any model loads or any photo is read."""
     return [describe_device(resolve_device(options.device), options.precision), faiss_gpu.note(options.faiss_device)]
+
+
+def photos_to_index(db_dir: Path, options: IndexOptions, files: list) -> int:
+    """About how many of the photos listed this run will compute: those listed less
+    those the index records (a daily rerun over an archive computes its few new photos,
+    and compiles as a short run does). Where the index holds photos from elsewhere
+    too, fewer: it then compiles less, never more."""
+    if is_new(db_dir, options):
+        return len(files)
+    try:
+        store = open_store(db_dir, options.db_url, read_only=True)
+    except UsesearchError:  # (said in its own words when the run opens it)
+        return len(files)
+    try:
+        return max(0, len(files) - store.photos_recorded())
+    finally:
+        store.close()
 
 
 def decide_compile(options: IndexOptions, device_type: str, photos: int, report: IndexReport) -> IndexOptions:

@@ -297,6 +297,11 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         with self.sessions() as s:
             return list(s.scalars(select(ImageRecord).where(failing).order_by(ImageRecord.path)))
 
+    def photos_recorded(self) -> int:
+        """Photos the catalog has a row for (done or failed)."""
+        with self.sessions() as s:
+            return s.scalar(select(func.count()).select_from(ImageRecord)) or 0
+
     def counts(self) -> dict[str, int]:
         with self.sessions() as s:
             by_status = dict(s.execute(select(ImageRecord.status, func.count()).group_by(ImageRecord.status)).all())

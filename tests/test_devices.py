@@ -87,7 +87,7 @@ def test_every_model_an_index_run_loads_is_asked_for_cuda_and_faiss_stays_on_the
     assert report.devices[0].startswith("models on cuda:0 (Fake GPU, bfloat16)")
     if not hasattr(faiss, "StandardGpuResources"):  # faiss-cpu, as the README installs it
         assert "FAISS on the CPU" in report.devices[1] and "no GPU support" in report.devices[1]
-    assert report.devices[2].startswith("models not compiled: 2 photos, under the 100")  # a short GPU run
+    assert report.devices[2].startswith("models not compiled: 2 photos to index, under the 100")  # a short GPU run
     stats = SegmentIndex.open(tmp_path / "db", device="cpu").stats()
     assert stats["vectors"] == report.segments and stats["faiss_device"] == faiss_gpu.resolve(None)
     assert stats["faiss_note"] == faiss_gpu.note(None)
@@ -231,15 +231,19 @@ def test_what_a_gpu_run_compiles_goes_by_its_photo_count_unless_told(monkeypatch
         assert report.done == 2
         compiled.clear()
     assert runs["short"] == (
-        "models not compiled: 2 photos, under the 3 a GPU run compiles SAM's decoder from "
+        "models not compiled: 2 photos to index, under the 3 a GPU run compiles SAM's decoder from "
         "(--compile to compile anyway)",
         ["nothing"],
     )
-    assert runs["mid"][0].startswith("SAM's decoder and candidate scoring compiled, the other models not: 2 photos")
+    assert runs["mid"][0].startswith("SAM's decoder and candidate scoring compiled, the other models not: 2 photos to")
     assert runs["mid"][1] == []
-    assert runs["archive"][0].startswith("models compiled (torch.compile) for this GPU run of 2 photos")
+    assert runs["archive"][0].startswith("models compiled (torch.compile) for this GPU run's 2 photos to index")
     assert runs["archive"][1] == ["SAM encoder", "towers"]
     assert runs["no"] == ("models compiled (torch.compile): no, as asked", ["nothing"])
+    # A rerun over the archive's photos, none new: a short run's choice, not the archive's.
+    again = index_paths([photos], tmp_path / "archive", IndexOptions(preset="tiny", masker="sam", masker_options=sam))
+    assert again.done == 0 and again.skipped == 2 and compiled == ["nothing"]
+    assert again.devices[2].startswith("models not compiled: 0 photos to index")
     assert parsed(["index", "p", "--db", "d"])[1]["compile_models"] is None
     assert parsed(["index", "p", "--db", "d", "--no-compile"])[1]["compile_models"] is False
     assert parsed(["index", "p", "--db", "d", "--compile"])[1]["compile_models"] is True

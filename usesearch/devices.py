@@ -166,15 +166,15 @@ def compile_note(option: bool | None, compiled: bool | None, device_type: str, p
         return None
     if compiled:
         return (
-            f"models compiled (torch.compile) for this GPU run of {photos:,} photos: tens of seconds first, "
+            f"models compiled (torch.compile) for this GPU run's {photos:,} photos to index: tens of seconds first, "
             "then ~1.15x the photos/s; --no-compile skips it"
         )
     if compiled is None:
         return (
-            f"SAM's decoder and candidate scoring compiled, the other models not: {photos:,} photos, under the "
-            f"{COMPILE_FROM_PHOTOS:,} a GPU run compiles all from (--compile to compile all anyway)"
+            f"SAM's decoder and candidate scoring compiled, the other models not: {photos:,} photos to index, "
+            f"under the {COMPILE_FROM_PHOTOS:,} a GPU run compiles all from (--compile to compile all anyway)"
         )
     return (
-        f"models not compiled: {photos:,} photos, under the {EAGER_BELOW_PHOTOS:,} a GPU run compiles SAM's "
+        f"models not compiled: {photos:,} photos to index, under the {EAGER_BELOW_PHOTOS:,} a GPU run compiles SAM's "
         "decoder from (--compile to compile anyway)"
     )
