@@ -53,7 +53,7 @@ print('every module the steps import is here')
 "
 # 1. The CUDA parts of the suite that a CPU cannot run: run-length coding on the device,
 #    and the generator's masks against stock's on the GPU (the bfloat16 tolerance).
-step checks.txt timeout 85 python3 - <<'PY'
+step checks.txt timeout 80 python3 - <<'PY'
 import numpy as np, torch
 from usesearch.masks import rle
 import torch.nn.functional as F
@@ -123,14 +123,14 @@ step throughput.txt timeout 200 python3 benchmarks/index_throughput.py --presets
 # 3. Where SAM's GPU time goes, kernel by kernel (torch's profiler, one photo at a time),
 #    its encoder compiled as index compiles it now; then the paper's backbones, a group of
 #    4 photos a call; each with the share of the wall time the device was busy.
-step profile.txt timeout 100 python3 benchmarks/gpu_profile.py --arch vit_h --points-per-side 32 --rows 30 \
+step profile.txt timeout 95 python3 benchmarks/gpu_profile.py --arch vit_h --points-per-side 32 --rows 30 \
   --compile --backbones l14-336
 # 4. SAM's levers against segment-anything's code (encoder SDPA; decoder shared tokens + SDPA;
 #    the decoder compiled, as the generator runs it on a GPU; half the prompts upscaled, as
 #    the IoU filter's gate does where half fail it); then the upscaling alone each way,
 #    transposed convolutions (cuDNN's dgrad kernels, 4.4 ms a call in the H100 profile)
 #    against per-pixel products (a GPU's default since then, never yet run on one).
-step levers.txt timeout 85 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3 \
+step levers.txt timeout 95 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3 \
   --compiled-decoder --upscaled 0.5 --upscaling-ways
 # 5. Candidate scoring compiled against segment-anything's helpers on this GPU: time,
 #    agreement, and whether inductor's Triton code writes the full-size logits after all.
