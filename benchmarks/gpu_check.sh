@@ -53,7 +53,7 @@ print('every module the steps import is here')
 "
 # 1. The CUDA parts of the suite that a CPU cannot run: run-length coding on the device,
 #    and the generator's masks against stock's on the GPU (the bfloat16 tolerance).
-step checks.txt timeout 80 python3 - <<'PY'
+step checks.txt timeout 90 python3 - <<'PY'
 import numpy as np, torch
 from usesearch.masks import rle
 import torch.nn.functional as F
@@ -118,7 +118,7 @@ PY
 #    shaped into blobs, so RLE and pooling see real masks' run counts), compiled as a GPU
 #    archive's run is by default now (index --compile unset, 1,000 photos or more):
 #    the warm-up pays the compiles. b16 compiled has never run on a GPU.
-step throughput.txt timeout 200 python3 benchmarks/index_throughput.py --presets l14-336,b16 --images 32 \
+step throughput.txt timeout 190 python3 benchmarks/index_throughput.py --presets l14-336,b16 --images 32 \
   --side 1024 --points-per-side 32 --masks-per-photo 100 --json "$OUT/throughput.json"
 # 3. Where SAM's GPU time goes, kernel by kernel (torch's profiler, one photo at a time),
 #    its encoder compiled as index compiles it now; then the paper's backbones, a group of
