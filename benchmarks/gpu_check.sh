@@ -111,6 +111,20 @@ with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(
                                   dense_prompt_embeddings=dense, multimask_output=True)
 assert low_res.shape == (1024, 3, 256, 256) and torch.isfinite(low_res).all()
 print("the decoder's attentions ran in fused kernels (1,024 prompts, bf16)")
+# The decoder's upscaling as per-pixel products (a GPU's since 2026-12-05, never yet run on
+# one) against its transposed convolutions, in float32 (cuDNN's convolutions may round
+# as TF32: a relative tolerance).
+from usesearch.masks import sam_fast
+dec = sam.mask_decoder
+hs, keys = torch.randn(64, 5, 256, device="cuda"), torch.randn(64, 4096, 256, device="cuda")
+with torch.no_grad():
+    products = sam_fast.mask_logits(dec, hs, keys, 64, 64)
+    sam_fast.PIXELWISE_ON.discard("cuda")
+    convolutions = sam_fast.mask_logits(dec, hs, keys, 64, 64)
+    sam_fast.PIXELWISE_ON.add("cuda")
+gap, scale = (products - convolutions).abs().max().item(), convolutions.abs().max().item()
+print(f"the upscaling as per-pixel products against transposed convolutions: largest gap {gap:.2e} of {scale:.2e}")
+assert products.shape == convolutions.shape == (64, 4, 256, 256) and gap <= 1e-2 * scale
 # Last, so the checks above had their turn: the tolerance held for compiled masks only if it compiled.
 assert not not_compiled, f"the generator's decoder did not compile on this GPU ({', '.join(not_compiled)}): see the warning"
 PY
