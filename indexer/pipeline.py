@@ -20,9 +20,8 @@ from usesearch.devices import compile_note, compiles, resolve_device
 from usesearch.devices import describe as describe_device
 from usesearch.errors import CatalogUnavailableError, IndexMismatchError, UsesearchError
 from usesearch.io.files import photos_under
-from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.maskers import build_masker
-from usesearch.masks.sam_compile import CompiledDecoder, compile_encoder, compile_modules, decoder_for
+from usesearch.models.compiling import apply_compile
 from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
@@ -170,18 +169,7 @@ def load_models(options: IndexOptions):
     model = load_embedder(options)
     device = resolve_device(options.device)
     masker = build_masker(options.masker, model.preset, device, options.precision, **options.masker_options)
-    generator = getattr(masker, "generator", None)
-    if options.compile is False and isinstance(generator, SamMaskGenerator):
-        generator.run_eagerly()  # (what a GPU compiles by default too: a short run, or --no-compile)
-    if options.compile:
-        # Batches vary (a run's last group of photos; a photo's crops for ``crop``):
-        # ``compile_modules`` compiles a second size once, for any size.
-        if isinstance(generator, SamMaskGenerator):
-            compile_encoder(generator.model.image_encoder)
-            if not isinstance(generator.decoder, CompiledDecoder):  # (a GPU's default already)
-                generator.decoder = decoder_for(generator.model, compiled=True)
-            generator.scoring.compile()  # at every size from the first photo (a GPU's default): 12 MP ~14x
-        compile_modules(model.use.encoder if hasattr(model, "use") else model.model.visual)
+    apply_compile(options.compile, [model], masker)
     return model, masker
 
 

@@ -194,7 +194,7 @@ def test_what_a_gpu_run_compiles_goes_by_its_photo_count_unless_told(monkeypatch
     generator's GPU defaults turned off); between, the generator's defaults. A CPU run
     keeps the defaults; ``--no-compile`` compiles nothing. (The compiles are spied on.)"""
     import usesearch.devices
-    import usesearch.indexer.pipeline as pipeline
+    import usesearch.models.compiling as compiling
     from usesearch.masks.amg import SamMaskGenerator
 
     assert compiles(None, "cuda", COMPILE_FROM_PHOTOS) is True and compiles(None, "cuda", 10**7) is True
@@ -211,8 +211,8 @@ def test_what_a_gpu_run_compiles_goes_by_its_photo_count_unless_told(monkeypatch
     fake_cuda(monkeypatch)
     spy_loaders(monkeypatch, [])
     compiled: list[str] = []
-    monkeypatch.setattr(pipeline, "compile_encoder", lambda encoder: compiled.append("SAM encoder"))
-    monkeypatch.setattr(pipeline, "compile_modules", lambda module: compiled.append("towers"))
+    monkeypatch.setattr(compiling, "compile_encoder", lambda encoder: compiled.append("SAM encoder"))
+    monkeypatch.setattr(compiling, "compile_modules", lambda module: compiled.append("towers"))
     monkeypatch.setattr(SamMaskGenerator, "run_eagerly", lambda self: compiled.append("nothing"))
     sam = {"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0}
     runs = {}
@@ -249,22 +249,29 @@ def test_what_a_gpu_run_compiles_goes_by_its_photo_count_unless_told(monkeypatch
     assert parsed(["index", "p", "--db", "d", "--compile"])[1]["compile_models"] is True
 
 
-def test_segment_of_one_photo_on_a_gpu_compiles_nothing(monkeypatch, tmp_path):
+def test_segment_and_eval_compile_by_the_same_rule(monkeypatch, tmp_path):
     """SAM's generator compiles its decoder and scoring on a GPU by default (~23 s of
-    compiling on an H100); ``segment`` has one photo, so it runs them eagerly."""
+    compiling on an H100); ``segment`` has one photo, so it runs them eagerly. With the
+    threshold at one photo, it stands for ``eval`` of a dataset of COMPILE_FROM_PHOTOS
+    photos or more (the same ``Segmenter.build``): every model compiled."""
+    import usesearch.devices
+    import usesearch.models.compiling as compiling
     from usesearch.masks.amg import SamMaskGenerator
 
     fake_cuda(monkeypatch)
     spy_loaders(monkeypatch, [])
-    eager: list[int] = []
-    monkeypatch.setattr(SamMaskGenerator, "run_eagerly", lambda self: eager.append(1))
-    out = tmp_path / "labels.png"
-    args = ["segment", str(write_photos(tmp_path / "p", ("coffee",)) / "coffee.png"), "--out", str(out)]
-    result = CliRunner().invoke(
-        app, [*args, "--preset", "tiny", "--masker", "sam", "--classes", "cup,table", "--device", "cuda"]
-    )
-    assert result.exit_code == 0, result.output
-    assert eager == [1] and out.is_file()
+    done: list[str] = []
+    monkeypatch.setattr(SamMaskGenerator, "run_eagerly", lambda self: done.append("nothing"))
+    monkeypatch.setattr(compiling, "compile_encoder", lambda encoder: done.append("SAM encoder"))
+    monkeypatch.setattr(compiling, "compile_modules", lambda module: done.append("towers"))
+    photo = write_photos(tmp_path / "p", ("coffee",)) / "coffee.png"
+    flags = ["--preset", "tiny", "--masker", "sam", "--classes", "cup,table", "--device", "cuda"]
+    for out, compile_from, expected in (("one.png", 1000, ["nothing"]), ("all.png", 1, ["SAM encoder", "towers"])):
+        monkeypatch.setattr(usesearch.devices, "COMPILE_FROM_PHOTOS", compile_from)
+        result = CliRunner().invoke(app, ["segment", str(photo), "--out", str(tmp_path / out), *flags])
+        assert result.exit_code == 0, result.output
+        assert done == expected and (tmp_path / out).is_file()
+        done.clear()
 
 
 def test_ray_actors_follow_the_same_rule():

@@ -112,11 +112,12 @@ class Segmenter:
     def build(self, sam: SamSettings, photos: int):
         """The models (one per --head: their class probabilities are averaged, the
         paper's ensemble of curated-data and COCO heads) and the masker, compiled as a
-        command of ``photos`` photos compiles (``devices.compiles``: a GPU's SAM
-        uncompiled for one photo, where its default compiling would cost ~23 s)."""
+        command of ``photos`` photos compiles (``devices.compiles``: on a GPU nothing for
+        one photo, where SAM's default compiling would cost ~23 s; everything for a
+        dataset of 1,000 photos or more)."""
         from usesearch.devices import compiles, resolve_device
-        from usesearch.masks.amg import SamMaskGenerator
         from usesearch.masks.maskers import build_masker
+        from usesearch.models.compiling import apply_compile
         from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
         self.check()
@@ -128,12 +129,7 @@ class Segmenter:
             embedder = resolve_embedder(name, self.embedder, head)
             models.append(load_model(name, embedder=embedder, device=self.device, head=head, precision=self.precision))
         masker = build_masker(self.masker, models[0].preset, self.device, self.precision, **sam.given())
-        generator = getattr(masker, "generator", None)
-        if (
-            isinstance(generator, SamMaskGenerator)
-            and compiles(None, resolve_device(self.device).type, photos) is False
-        ):
-            generator.run_eagerly()
+        apply_compile(compiles(None, resolve_device(self.device).type, photos), models, masker)
         return models, masker
 
 
