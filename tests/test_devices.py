@@ -52,6 +52,22 @@ def spy_loaders(monkeypatch, asked: list) -> None:
         monkeypatch.setattr(module, name, spy)
 
 
+def spy_compiles(monkeypatch) -> list[str]:
+    """CUDA reported (``fake_cuda``), the models built on the CPU (``spy_loaders``), and
+    what each command compiles recorded, not done: "SAM encoder" and "towers" where it
+    compiles every model, "nothing" where it turns SAM's GPU defaults off."""
+    import usesearch.models.compiling as compiling
+    from usesearch.masks.amg import SamMaskGenerator
+
+    fake_cuda(monkeypatch)
+    spy_loaders(monkeypatch, [])
+    done: list[str] = []
+    monkeypatch.setattr(compiling, "compile_encoder", lambda encoder: done.append("SAM encoder"))
+    monkeypatch.setattr(compiling, "compile_modules", lambda module: done.append("towers"))
+    monkeypatch.setattr(SamMaskGenerator, "run_eagerly", lambda self: done.append("nothing"))
+    return done
+
+
 def test_the_default_device_is_cuda_when_torch_sees_it_else_the_cpu(monkeypatch):
     assert resolve_device(None) == torch.device("cpu") == resolve_device("auto")
     fake_cuda(monkeypatch, gpus=2)
@@ -194,8 +210,6 @@ def test_what_a_gpu_run_compiles_goes_by_its_photo_count_unless_told(monkeypatch
     generator's GPU defaults turned off); between, the generator's defaults. A CPU run
     keeps the defaults; ``--no-compile`` compiles nothing. (The compiles are spied on.)"""
     import usesearch.devices
-    import usesearch.models.compiling as compiling
-    from usesearch.masks.amg import SamMaskGenerator
 
     assert compiles(None, "cuda", COMPILE_FROM_PHOTOS) is True and compiles(None, "cuda", 10**7) is True
     assert compiles(None, "cuda", COMPILE_FROM_PHOTOS - 1) is None is compiles(None, "cuda", EAGER_BELOW_PHOTOS)
@@ -208,12 +222,7 @@ def test_what_a_gpu_run_compiles_goes_by_its_photo_count_unless_told(monkeypatch
     )
     assert str(compile_note(None, None, "cuda", 500)).startswith("SAM's decoder and candidate scoring compiled")
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
-    fake_cuda(monkeypatch)
-    spy_loaders(monkeypatch, [])
-    compiled: list[str] = []
-    monkeypatch.setattr(compiling, "compile_encoder", lambda encoder: compiled.append("SAM encoder"))
-    monkeypatch.setattr(compiling, "compile_modules", lambda module: compiled.append("towers"))
-    monkeypatch.setattr(SamMaskGenerator, "run_eagerly", lambda self: compiled.append("nothing"))
+    compiled = spy_compiles(monkeypatch)
     sam = {"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": -10.0}
     runs = {}
     # (these two photos stand for: a short run, a mid-sized one, an archive; then --no-compile's)
@@ -255,15 +264,8 @@ def test_segment_and_eval_compile_by_the_same_rule(monkeypatch, tmp_path):
     threshold at one photo, it stands for ``eval`` of a dataset of COMPILE_FROM_PHOTOS
     photos or more (the same ``Segmenter.build``): every model compiled."""
     import usesearch.devices
-    import usesearch.models.compiling as compiling
-    from usesearch.masks.amg import SamMaskGenerator
 
-    fake_cuda(monkeypatch)
-    spy_loaders(monkeypatch, [])
-    done: list[str] = []
-    monkeypatch.setattr(SamMaskGenerator, "run_eagerly", lambda self: done.append("nothing"))
-    monkeypatch.setattr(compiling, "compile_encoder", lambda encoder: done.append("SAM encoder"))
-    monkeypatch.setattr(compiling, "compile_modules", lambda module: done.append("towers"))
+    done = spy_compiles(monkeypatch)
     photo = write_photos(tmp_path / "p", ("coffee",)) / "coffee.png"
     flags = ["--preset", "tiny", "--masker", "sam", "--classes", "cup,table", "--device", "cuda"]
     for out, compile_from, expected in (("one.png", 1000, ["nothing"]), ("all.png", 1, ["SAM encoder", "towers"])):
