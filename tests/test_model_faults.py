@@ -167,6 +167,67 @@ def test_compiled_towers_giving_nan_where_eager_ones_do_not_run_eagerly_with_one
     assert record.getMessage().startswith(f"{said} NaN or infinite numbers compiled: ")
 
 
+class CompilerFailed(RuntimeError):
+    """Stands in for inductor's failures (no C compiler for Triton, a card it does not support)."""
+
+
+@pytest.mark.parametrize("part", ["SAM's image encoder", "the image towers", "CLIP's image tower"])
+def test_a_compiled_part_that_fails_to_run_runs_eagerly_with_one_warning(caplog, part):
+    """A GPU run of 1,000 photos compiles every model by default: where the compiler
+    cannot (no C compiler for Triton, an old card), each photo would have failed. The
+    compiled parts run eagerly from then on, with one warning; where the eager run fails
+    too, the error is the input's, raised, and the parts stay compiled."""
+    from usesearch.masks.sam_compile import compile_regions
+
+    embedder = "crop" if part == "CLIP's image tower" else "use"
+    model, masker = load_models(
+        IndexOptions(preset="tiny", masker="sam", embedder=embedder, device="cpu", masker_options=LOW)
+    )
+    photo = np.ascontiguousarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    masks = np.zeros((2, 64, 80), bool)
+    masks[0, :32], masks[1, 32:] = True, True
+    if part == "SAM's image encoder":
+        module, run = (
+            masker.generator.model.image_encoder,
+            lambda: [r.rle["counts"] for r in masker.generator.generate(photo)],
+        )
+    else:
+        module, run = (
+            (model.use.encoder if embedder == "use" else model.model.visual),
+            lambda: model.embed_segments(photo, masks),
+        )
+    expected = run()
+    regions = compile_regions(module)
+
+    def failing(*args, **kwargs):
+        raise CompilerFailed("backend='inductor' raised: no C compiler found")
+
+    for region in regions:
+        region._compiled_call_impl = failing
+    with caplog.at_level("WARNING"):
+        first, second = run(), run()
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(expected))
+    np.testing.assert_array_equal(np.asarray(second), np.asarray(expected))
+    assert all(region._compiled_call_impl is None for region in regions)
+    (record,) = [r for r in caplog.records if "could not run compiled" in r.getMessage()]
+    assert record.getMessage() == (
+        f"{part} could not run compiled (CompilerFailed: backend='inductor' raised: no C compiler found): "
+        "it runs uncompiled"
+    )
+    # Where the eager run fails too, the error is the input's: raised, compiling stays on.
+    for region in regions:
+        region._compiled_call_impl = failing
+    broken = regions[-1]
+    real_forward = broken.forward
+    broken.forward = lambda *a, **k: (_ for _ in ()).throw(ValueError("a bad input"))
+    try:
+        with pytest.raises(ValueError, match="a bad input"):
+            run()
+    finally:
+        broken.forward = real_forward
+    assert all(region._compiled_call_impl is failing for region in regions)
+
+
 def test_a_run_whose_first_photos_all_fail_for_a_model_fault_stops_in_one_line(monkeypatch, tmp_path):
     """Every later photo would fail as they did, each after its full cost; what failed is
     recorded, the rest left for the next run."""

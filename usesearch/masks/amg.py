@@ -47,7 +47,7 @@ from usesearch.masks.amg_utils import (
     upscale_logits,
 )
 from usesearch.masks.candidate_scoring import CandidateScoring
-from usesearch.masks.sam_compile import compiled_within, decoder_for, rerun_uncompiled
+from usesearch.masks.sam_compile import compiled_within, decoder_for, rerun_uncompiled, run_or_uncompile
 from usesearch.masks.sam_fast import upscales_kept
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
@@ -209,7 +209,7 @@ class SamMaskGenerator:
             sizes.append((resized.shape[-2], resized.shape[-1]))
             inputs.append(self.model.preprocess(resized))
         pixels = torch.cat(inputs)
-        features = self._features(pixels)
+        features = run_or_uncompile(self.model.image_encoder, lambda: self._features(pixels), "SAM's image encoder")
         if not _finite(features):  # else every mask comes out empty, and the photo "has none"
             said = "SAM's image encoder gave NaN or infinite numbers compiled: it runs uncompiled"
             again = rerun_uncompiled(self.model.image_encoder, lambda: self._features(pixels), _finite, said)

@@ -53,6 +53,33 @@ def compiled_within(module: torch.nn.Module) -> bool:
     return any(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules())
 
 
+def run_or_uncompile(module: torch.nn.Module, run: Callable[[], T], what: str) -> T:
+    """``run()``, a call of ``module``. Where it raises and parts of ``module`` are
+    compiled in place (``--compile``, or a GPU run of 1,000 photos by default), the
+    compiler's failure (no C compiler for Triton, a card Triton does not support, a
+    torch bug) costs the compiling, not the photos: ``run()`` again uncompiled, with one
+    warning naming ``what``, and ``module`` eager from then on. Where the eager run fails
+    too, the error is the input's: raised, and compiling stays on. Out of memory (the
+    caller's to handle) and Ctrl-C are raised as they come."""
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - told apart below: the compiler's, the memory's or the input's
+        if out_of_memory_in(exc) is not None:
+            raise
+        undone = [(m, m._compiled_call_impl) for m in module.modules() if m._compiled_call_impl is not None]
+        if not undone:
+            raise
+        for m, _ in undone:
+            m._compiled_call_impl = None
+        try:
+            out = run()
+        except BaseException:
+            _recompile(undone)
+            raise
+        log.warning("%s could not run compiled (%s: %s): it runs uncompiled", what, type(exc).__name__, first_line(exc))
+        return out
+
+
 def rerun_uncompiled(module: torch.nn.Module, run: Callable[[], T], finite: Callable[[T], bool], said: str) -> T | None:
     """After ``module``'s output came out NaN or infinite: ``run()`` again with every
     part of it that was compiled in place (``--compile``) uncompiled. Finite now: the

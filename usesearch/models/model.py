@@ -25,7 +25,7 @@ from usesearch.devices import bf16_autocast, uses_bf16
 from usesearch.errors import model_output_error
 from usesearch.io.images import to_rgb_array
 from usesearch.masks.rle import RleStack
-from usesearch.masks.sam_compile import compiled_within, rerun_uncompiled
+from usesearch.masks.sam_compile import compiled_within, rerun_uncompiled, run_or_uncompile
 from usesearch.models.backbones import Clip, dino_mean_std
 from usesearch.models.config import PresetConfig
 from usesearch.models.encoder import BackboneTokens, USEImageEncoder
@@ -201,7 +201,7 @@ class USEEmbedder(_TextMixin):
         pixels = [self.use.pixels_from(self._small(image), self.device) for image in images]
         clip_px, dino_px = (torch.stack(side) for side in zip(*pixels))
         with bf16_autocast(self.device, self.precision):
-            z = self.use.encoder(clip_px, dino_px)
+            z = run_or_uncompile(self.use.encoder, lambda: self.use.encoder(clip_px, dino_px), "the image towers")
         return z.float()
 
     def features_ahead(self, images: list) -> None:
@@ -340,7 +340,9 @@ class CropEmbedder(_TextMixin):
                 ]
             )
             with bf16_autocast(self.device, self.precision):
-                features = self.model.encode_image(batch.to(self.device))
+                features = run_or_uncompile(
+                    self.model.visual, lambda: self.model.encode_image(batch.to(self.device)), "CLIP's image tower"
+                )
             out.append(F.normalize(features.float(), dim=-1))
         return torch.cat(out).cpu().numpy()
 
