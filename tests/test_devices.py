@@ -54,15 +54,23 @@ def spy_loaders(monkeypatch, asked: list) -> None:
 
 def spy_compiles(monkeypatch) -> list[str]:
     """CUDA reported (``fake_cuda``), the models built on the CPU (``spy_loaders``), and
-    what each command compiles recorded, not done: "SAM encoder" and "towers" where it
+    what each command compiles recorded, not done: SAM's parts and the "towers" where it
     compiles every model, "nothing" where it turns SAM's GPU defaults off."""
     import usesearch.models.compiling as compiling
     from usesearch.masks.amg import SamMaskGenerator
+    from usesearch.masks.candidate_scoring import CandidateScoring
 
     fake_cuda(monkeypatch)
     spy_loaders(monkeypatch, [])
     done: list[str] = []
+
+    def decoder_for(sam, compiled):  # (inductor's cold compiles on 2 cores took the suite ~100 s)
+        done.append("SAM decoder")
+        return sam.mask_decoder
+
     monkeypatch.setattr(compiling, "compile_encoder", lambda encoder: done.append("SAM encoder"))
+    monkeypatch.setattr(compiling, "decoder_for", decoder_for)
+    monkeypatch.setattr(CandidateScoring, "compile", lambda self, any_size=True: done.append("scoring"))
     monkeypatch.setattr(compiling, "compile_modules", lambda module: done.append("towers"))
     monkeypatch.setattr(SamMaskGenerator, "run_eagerly", lambda self: done.append("nothing"))
     return done
@@ -247,7 +255,7 @@ def test_what_a_gpu_run_compiles_goes_by_its_photo_count_unless_told(monkeypatch
     assert runs["mid"][0].startswith("SAM's decoder and candidate scoring compiled, the other models not: 2 photos to")
     assert runs["mid"][1] == []
     assert runs["archive"][0].startswith("models compiled (torch.compile) for this GPU run's 2 photos to index")
-    assert runs["archive"][1] == ["SAM encoder", "towers"]
+    assert runs["archive"][1] == ["SAM encoder", "SAM decoder", "scoring", "towers"]
     assert runs["no"] == ("models compiled (torch.compile): no, as asked", ["nothing"])
     # A rerun over the archive's photos, none new: a short run's choice, not the archive's.
     again = index_paths([photos], tmp_path / "archive", IndexOptions(preset="tiny", masker="sam", masker_options=sam))
@@ -268,7 +276,10 @@ def test_segment_and_eval_compile_by_the_same_rule(monkeypatch, tmp_path):
     done = spy_compiles(monkeypatch)
     photo = write_photos(tmp_path / "p", ("coffee",)) / "coffee.png"
     flags = ["--preset", "tiny", "--masker", "sam", "--classes", "cup,table", "--device", "cuda"]
-    for out, compile_from, expected in (("one.png", 1000, ["nothing"]), ("all.png", 1, ["SAM encoder", "towers"])):
+    for out, compile_from, expected in (
+        ("one.png", 1000, ["nothing"]),
+        ("all.png", 1, ["SAM encoder", "SAM decoder", "scoring", "towers"]),
+    ):
         monkeypatch.setattr(usesearch.devices, "COMPILE_FROM_PHOTOS", compile_from)
         result = CliRunner().invoke(app, ["segment", str(photo), "--out", str(tmp_path / out), *flags])
         assert result.exit_code == 0, result.output
