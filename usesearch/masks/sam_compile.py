@@ -66,11 +66,9 @@ def run_or_uncompile(module: torch.nn.Module, run: Callable[[], T], what: str) -
     except Exception as exc:  # noqa: BLE001 - told apart below: the compiler's, the memory's or the input's
         if out_of_memory_in(exc) is not None:
             raise
-        undone = [(m, m._compiled_call_impl) for m in module.modules() if m._compiled_call_impl is not None]
+        undone = _uncompile(module)
         if not undone:
             raise
-        for m, _ in undone:
-            m._compiled_call_impl = None
         try:
             out = run()
         except BaseException:
@@ -87,11 +85,9 @@ def rerun_uncompiled(module: torch.nn.Module, run: Callable[[], T], finite: Call
     compiling, with one warning (``said``), not the photos; the output, and ``module``
     stays eager. Else None: nothing was compiled, or the model gives NaN eagerly too
     (its own fault, for the caller to raise), and compiling stays on."""
-    undone = [(m, m._compiled_call_impl) for m in module.modules() if m._compiled_call_impl is not None]
+    undone = _uncompile(module)
     if not undone:
         return None
-    for m, _ in undone:
-        m._compiled_call_impl = None
     try:
         out = run()
     except BaseException:  # (out of memory, Ctrl-C): nothing learnt, compiling stays on
@@ -102,6 +98,15 @@ def rerun_uncompiled(module: torch.nn.Module, run: Callable[[], T], finite: Call
         return out
     _recompile(undone)
     return None
+
+
+def _uncompile(module: torch.nn.Module) -> list[tuple[torch.nn.Module, Callable]]:
+    """Every part of ``module`` compiled in place, made eager; (part, its compiled call)
+    each, for ``_recompile`` to put back."""
+    undone = [(m, m._compiled_call_impl) for m in module.modules() if m._compiled_call_impl is not None]
+    for m, _ in undone:
+        m._compiled_call_impl = None
+    return undone
 
 
 def _recompile(undone: list[tuple[torch.nn.Module, Callable]]) -> None:
