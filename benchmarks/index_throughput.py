@@ -47,8 +47,7 @@ from PIL import Image
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from skimage import data
 
-from usesearch.devices import compiles, resolve_device
-from usesearch.indexer import IndexOptions, index_paths
+from usesearch.indexer import IndexOptions, index_paths, pipeline
 from usesearch.masks import rle, sam_fast
 from usesearch.models import presets
 
@@ -182,7 +181,10 @@ def run(name: str, photos: Path, db: Path, args) -> dict:
             masker_options["encoder_batch"] = args.encoder_batch
     blobs = args.masker == "sam" and args.mask_shape == "blobs"
     shaped = blob_decoder(valid=(0.75, 1.0)) if blobs else contextlib.nullcontext()  # write_photos' 4:3 photos
-    with mock.patch.dict(presets.PRESETS, patched), shaped:
+    # What the run compiles goes by the photos it has to index: here those of the run these
+    # stand for (--run-photos: an archive's by default), as index_paths counts them.
+    standing_for = mock.patch.object(pipeline, "photos_to_index", lambda *_: args.run_photos)
+    with mock.patch.dict(presets.PRESETS, patched), shaped, standing_for:
         options = IndexOptions(
             preset=name,
             embedder="use",
@@ -190,8 +192,7 @@ def run(name: str, photos: Path, db: Path, args) -> dict:
             masker_options=masker_options,
             device=args.device,
             precision=args.precision,
-            # As the run these photos stand for (--run-photos: an archive's by default) compiles.
-            compile=compiles(args.compile, resolve_device(args.device).type, args.run_photos),
+            compile=args.compile,
         )
         BLOB_SECONDS[0] = 0.0
         report = index_paths([photos], db, options)
