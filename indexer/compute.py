@@ -129,6 +129,8 @@ def stage_seconds(model, masker) -> dict[str, float]:
     embedder = getattr(model, "seconds", None)
     if embedder:
         out.update({"backbones": embedder["backbones"], "pooling": embedder["pooling"]})
+        if "backbones beside SAM" in embedder:  # its own thread's clock, not the loop's (models/ahead.py)
+            out["backbones beside SAM (own thread)"] = embedder["backbones beside SAM"]
     return out
 
 

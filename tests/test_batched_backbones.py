@@ -1,6 +1,8 @@
-"""A group's photos through the backbones in one call (``USEEmbedder.features_ahead``,
-on by default on a GPU only), checked on the CPU against one call a photo."""
+"""The backbones' work ahead (``usesearch/models/ahead.py``): a group's photos in one
+call (``features_ahead``) and that call beside SAM (``prepare``), each on by default on
+a GPU only, checked on the CPU against one call a photo."""
 
+import threading
 import types
 
 import numpy as np
@@ -11,7 +13,7 @@ from skimage import data
 import usesearch
 from indexer.compute import compute_photos
 from usesearch.masks.maskers import build_masker
-from usesearch.models import model as model_module
+from usesearch.models import ahead
 
 NAMES = ("astronaut", "chelsea", "coffee")
 
@@ -26,8 +28,8 @@ def clock():
 
 
 def test_batching_is_on_by_default_for_a_gpu_alone():
-    assert model_module.batches_backbones(torch.device("cuda", 0))
-    assert not model_module.batches_backbones(torch.device("cpu"))
+    assert ahead.batches_backbones(torch.device("cuda", 0))
+    assert not ahead.batches_backbones(torch.device("cpu"))
 
 
 def test_a_groups_embeddings_batched_equal_one_call_a_photo(photos):
@@ -88,3 +90,87 @@ def test_a_batch_failing_otherwise_keeps_batching_for_the_next_group(photos):
     assert model.batch_backbones
     model.features_ahead(photos)
     assert len(model._features) == len(photos)  # the next group batched again
+
+
+def test_work_ahead_beside_sam_is_on_by_default_for_a_gpu_alone():
+    assert ahead.runs_beside_sam(torch.device("cuda", 0))
+    assert not ahead.runs_beside_sam(torch.device("cpu"))  # a CPU's cores are SAM's already
+
+
+def test_a_groups_backbones_beside_sam_equal_one_call_a_photo(photos):
+    """On a GPU ``prepare`` starts the group's backbone call in the embedder's thread,
+    on a stream of its own, while SAM runs on the same photos; a CPU runs the same code
+    but the stream."""
+    model = usesearch.load_model("tiny", device="cpu")
+    masker = build_masker("felzenszwalb", usesearch.get_preset("tiny"), "cpu", max_masks=6)
+    paths = [f"{name}.png" for name in NAMES]
+    assert not model.backbones_beside
+    single = compute_photos(photos, paths, model, masker, clock())
+    calls = []
+    towers = model._towers
+    model._towers = lambda smalls: calls.append((threading.current_thread().name, len(smalls))) or towers(smalls)
+    model.backbones_beside = model.batch_backbones = True
+    beside = compute_photos(photos, paths, model, masker, clock())
+    ((thread, size),) = calls  # one call for the group, in the embedder's thread; no other in line
+    assert thread.startswith("usesearch-ahead") and size == len(photos)
+    assert not model._beside and not model._features  # every photo's features used, none batched again
+    assert model.seconds["backbones beside SAM"] > 0
+    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(single, beside):
+        assert rows_a == rows_b and len(vectors_a) > 0
+        np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-5)
+
+
+@pytest.mark.parametrize("out_of_memory", [True, False], ids=["out of memory", "another error"])
+def test_a_call_beside_sam_that_fails_leaves_each_photo_to_its_own(photos, out_of_memory):
+    model = usesearch.load_model("tiny", device="cpu")
+    masker = build_masker("felzenszwalb", usesearch.get_preset("tiny"), "cpu", max_masks=6)
+    expected = compute_photos(photos, list(NAMES), model, masker, clock())
+    towers = model._towers
+    error = torch.cuda.OutOfMemoryError("CUDA out of memory") if out_of_memory else RuntimeError("refused")
+
+    def fail_beside(smalls):
+        if threading.current_thread() is not threading.main_thread():
+            raise error
+        return towers(smalls)
+
+    model._towers = fail_beside
+    model.backbones_beside = True
+    got = compute_photos(photos, list(NAMES), model, masker, clock())
+    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(expected, got):
+        assert rows_a == rows_b
+        np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-6)
+    assert model.backbones_beside is not out_of_memory  # memory beside SAM's too little: in line for the run
+
+
+def test_compiled_towers_giving_nan_beside_sam_cost_the_compiling_not_the_photos(photos, caplog):
+    """The group's call beside SAM ran the compiled towers: once they prove wrong, the
+    group's other photos are not pooled from that call's features."""
+    from usesearch.masks.sam_compile import compile_regions
+
+    model = usesearch.load_model("tiny", device="cpu")
+    masker = build_masker("felzenszwalb", usesearch.get_preset("tiny"), "cpu", max_masks=6)
+    expected = compute_photos(photos, list(NAMES), model, masker, clock())
+    for region in compile_regions(model.use.encoder):
+        region._compiled_call_impl = lambda *a, m=region, **k: m.forward(*a, **k) * float("nan")
+    model.backbones_beside = True
+    with caplog.at_level("WARNING"):
+        got = compute_photos(photos, list(NAMES), model, masker, clock())
+    for (_, vectors_a), (_, vectors_b) in zip(expected, got):
+        np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-6)
+    assert model.towers_uncompiled and not model._beside
+    assert len([r for r in caplog.records if "uncompiled" in r.getMessage()]) == 1
+
+
+def test_stage_clocks_wait_for_their_own_stream_not_the_whole_device(monkeypatch):
+    """SAM's clocks and the embedder's synchronise the calling thread's stream: a
+    device-wide wait would also wait for the backbones running beside SAM."""
+    from usesearch import devices
+
+    waited = []
+    stream = types.SimpleNamespace(synchronize=lambda: waited.append("stream"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: waited.append(device) or stream)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: pytest.fail("a device-wide wait"))
+    devices.synchronize(torch.device("cuda", 1))
+    assert waited == [torch.device("cuda", 1), "stream"]
+    devices.synchronize(torch.device("cpu"))
+    assert len(waited) == 2  # nothing to wait for on a CPU

@@ -108,6 +108,16 @@ def bf16_autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work this thread queued on ``device``, for a stage's clock: its
+    current stream's, not the whole device's, whose other streams (the backbones'
+    beside SAM, ``models/ahead.py``) run on meanwhile. Nothing on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
 def explicit_device(device: str | torch.device | None) -> torch.device | None:
     """An explicit ``--device`` resolved now (refused in one line where this machine
     lacks it); None for the default, which waits for the first model (and torch)."""

@@ -32,7 +32,7 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import box_area
 
-from usesearch.devices import uses_bf16
+from usesearch.devices import synchronize, uses_bf16
 from usesearch.errors import model_output_error
 from usesearch.masks import rle
 from usesearch.masks.amg_utils import (
@@ -163,8 +163,7 @@ class SamMaskGenerator:
         self.scoring = CandidateScoring(scoring.side, scoring.threshold, scoring.offset, scoring.device, False)
 
     def _sync(self) -> None:
-        if self.model.device.type == "cuda":
-            torch.cuda.synchronize(self.model.device)  # its GPU's, not the current one (--device cuda:1)
+        synchronize(self.model.device)  # its GPU's (--device cuda:1), its stream's alone
 
     def _nan(self, what: str, compiled: bool) -> Exception:
         return model_output_error(what, "bfloat16" if self.autocast else "float32", compiled)

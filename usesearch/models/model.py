@@ -12,7 +12,6 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -21,11 +20,12 @@ import torch.nn.functional as F
 from segment_anything.utils.amg import batched_mask_to_box
 from torch import nn
 
-from usesearch.devices import bf16_autocast, uses_bf16
+from usesearch.devices import bf16_autocast, synchronize, uses_bf16
 from usesearch.errors import model_output_error
 from usesearch.io.images import to_rgb_array
 from usesearch.masks.rle import RleStack
 from usesearch.masks.sam_compile import compiled_within, rerun_uncompiled, run_or_uncompile
+from usesearch.models.ahead import BackbonesAhead
 from usesearch.models.backbones import Clip, dino_mean_std
 from usesearch.models.config import PresetConfig
 from usesearch.models.encoder import BackboneTokens, USEImageEncoder
@@ -143,23 +143,12 @@ class TextModel(_TextMixin):
         self.text = TextEncoder(clip.model, clip.tokenizer, device)
 
 
-def _taken(kept: dict, image):
-    """What ``kept`` (id(photo) -> (photo, value)) holds for this very photo object,
-    taken out of it; None if nothing (an id is reused once its object is gone, hence the
-    identity check; the entry holds its photo, so not while it is kept)."""
-    entry = kept.pop(id(image), None)
-    return entry[1] if entry is not None and entry[0] is image else None
+class USEEmbedder(BackbonesAhead, _TextMixin):
+    """The paper's embedder: a photo's backbones once (``BackbonesAhead``: on a GPU
+    beside SAM, a group a call), then each mask's pooled vector."""
 
-
-def batches_backbones(device: torch.device) -> bool:
-    """Whether ``USEEmbedder.features_ahead`` batches a group's photos: on a GPU, where
-    one photo's backbone call is ~1,200 small kernels and launch-bound; a CPU gains
-    nothing from batching and holds more memory."""
-    return device.type == "cuda"
-
-
-class USEEmbedder(_TextMixin):
     kind = "use"
+    use: USE
 
     def __init__(self, use: USE, clip: Clip, device: torch.device, head_digest: str, precision: str = "auto"):
         self.use = use.to(device).eval()
@@ -170,70 +159,8 @@ class USEEmbedder(_TextMixin):
         self.dim = clip.embed_dim
         self.text = TextEncoder(clip.model, clip.tokenizer, device)
         self.fingerprint = use_fingerprint(self.preset, head_digest)
-        self._resizer: ThreadPoolExecutor | None = None  # ``prepare``'s thread, made on first use
-        self._prepared: dict[int, tuple[np.ndarray, Future[dict[int, np.ndarray]]]] = {}
-        self.batch_backbones = batches_backbones(device)
-        self._features: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # id(photo) -> (photo, z)
+        self._start_ahead()
         self.towers_uncompiled = False  # compiled towers gave NaN where eager ones did not: eager since
-
-    def prepare(self, rgbs: list[np.ndarray]) -> None:
-        """Start resizing these photos for the backbones in a thread of this embedder's
-        own, while the caller runs SAM on them: ``image_features`` then finds them done.
-        On a GPU the resize (PIL, ~7 ms for ``l14-336`` on one core) otherwise runs
-        between SAM's read-back and the backbones, with the card idle; PIL releases the
-        GIL. Photos prepared earlier and never embedded (a failed photo) are dropped."""
-        if self._resizer is None:
-            self._resizer = ThreadPoolExecutor(1, thread_name_prefix="usesearch-resize")
-        resizer = self._resizer
-        self._prepared = {id(rgb): (rgb, resizer.submit(self._resize, rgb)) for rgb in rgbs}
-
-    def _resize(self, image) -> dict[int, np.ndarray]:
-        return self.use.resize_for_backbones(to_rgb_array(image))
-
-    def _small(self, image) -> dict[int, np.ndarray]:
-        """The photo resized for the backbones: ``prepare``'s result where it has one."""
-        prepared = _taken(self._prepared, image)
-        return prepared.result() if prepared is not None else self._resize(image)
-
-    @torch.inference_mode()
-    def _features_of(self, images: list) -> torch.Tensor:
-        """z [len(images), grid*grid, D] (float32), the photos in one backbone call."""
-        pixels = [self.use.pixels_from(self._small(image), self.device) for image in images]
-        clip_px, dino_px = (torch.stack(side) for side in zip(*pixels))
-        with bf16_autocast(self.device, self.precision):
-            z = run_or_uncompile(self.use.encoder, lambda: self.use.encoder(clip_px, dino_px), "the image towers")
-        return z.float()
-
-    def features_ahead(self, images: list) -> None:
-        """Where ``batch_backbones`` is set (a GPU), run these photos through the
-        backbones in one call and keep each photo's features for its ``embed_segments``
-        (found by the very object given, as ``prepare`` finds its resizes). Features
-        kept earlier and never used (a failed photo) are dropped. A failure here is
-        left to each photo's own call, which meets it again as that photo's error."""
-        self._features = {}
-        if not self.batch_backbones or len(images) < 2:
-            return
-        start = time.perf_counter()
-        try:
-            z = self._features_of(images)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)  # so the backbones' time is theirs
-        except torch.cuda.OutOfMemoryError:  # a card too small for a group: one photo a call, for good
-            self.batch_backbones = False
-            torch.cuda.empty_cache()
-            return
-        except Exception:  # noqa: BLE001 - each photo's own call fails again, as that photo's error
-            return
-        finally:
-            self.seconds["backbones"] += time.perf_counter() - start
-        self._features = {id(image): (image, z[i]) for i, image in enumerate(images)}
-
-    def image_features(self, image) -> torch.Tensor:
-        """Patch features z [grid*grid, D] (float32) of one image; reuse them for any
-        number of masks. The backbones and LLNs run under bfloat16 autocast where
-        ``precision`` says (a GPU's default)."""
-        ahead = _taken(self._features, image)
-        return ahead if ahead is not None else self._features_of([image])[0]
 
     def embed_from_features(self, z: torch.Tensor, masks, image_hw: tuple[int, int]) -> np.ndarray:
         return finite_vectors(self._pooled(z, masks, image_hw), self.use, self.precision)
@@ -257,10 +184,9 @@ class USEEmbedder(_TextMixin):
         The image encoder runs once whatever N is."""
         rgb = to_rgb_array(image)  # a PIL photo converted once, here, not again for the backbones
         start = time.perf_counter()
-        keyed = id(image) in self._prepared or id(image) in self._features  # by the object given to them
+        keyed = any(id(image) in kept for kept in (self._prepared, self._features, self._beside))  # by the object
         z = self.image_features(image if keyed else rgb)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # so the backbones' time is theirs, not pooling's
+        synchronize(self.device)  # so the backbones' time (beside SAM: the wait for them) is theirs, not pooling's
         middle = time.perf_counter()
         hw = rgb.shape[:2]
         out = self._pooled(z, masks, hw)
@@ -270,7 +196,8 @@ class USEEmbedder(_TextMixin):
                 self.use.encoder, lambda: self._pooled(self._features_of([rgb])[0], masks, hw), _finite, said
             )
             if again is not None:
-                self.towers_uncompiled, self._features = True, {}  # (a group's other photos': computed compiled)
+                self.towers_uncompiled = True
+                self._drop_ahead()  # (a group's other photos': computed compiled)
                 out = again
         self.seconds["backbones"] += middle - start
         self.seconds["pooling"] += time.perf_counter() - middle

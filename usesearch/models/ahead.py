@@ -1,0 +1,198 @@
+"""The backbones' work on a group of photos, started before the embedder is asked for
+it (``USEEmbedder``'s side; the indexer calls ``prepare`` before SAM runs on the group
+and ``features_ahead`` after).
+
+By device, three levels:
+
+* **resized ahead** (every device): each photo resized for the backbones in the
+  embedder's thread while SAM runs (PIL releases the GIL; in line, the card waited ~7
+  ms a photo for it).
+* **a group a call** (a GPU, ``features_ahead``): one photo's backbone call is ~1,200
+  small kernels; a group's photos go through CLIP + DINOv2 + LLNs together.
+* **beside SAM** (a GPU, ``prepare``): the group's backbone call is launched from the
+  embedder's thread on a CUDA stream of its own while the model thread runs SAM on
+  the same photos. SAM's host work between its kernels (read-backs, NMS, RLE) leaves
+  the card idle for a third of its clock (the H100 profile: SAM's kernels 108 ms of
+  175 ms a photo), and the backbones (~19 ms a photo in line there) fill those gaps
+  instead of following SAM. The model thread's stream waits on the backbones' event
+  on the card, not on the host; SAM's clocks synchronise their own stream only.
+
+Every level gives the embeddings of one call a photo (tested on the CPU); a photo
+whose work ahead failed is computed in line, where any error is that photo's; a card
+that runs out of memory for a group's call stops that level for the run.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from usesearch.devices import bf16_autocast, synchronize
+from usesearch.io.images import to_rgb_array
+from usesearch.masks.sam_compile import run_or_uncompile
+
+
+def batches_backbones(device: torch.device) -> bool:
+    """Whether ``features_ahead`` batches a group's photos: on a GPU, where one photo's
+    backbone call is ~1,200 small kernels and launch-bound; a CPU gains nothing from
+    batching and holds more memory."""
+    return device.type == "cuda"
+
+
+def runs_beside_sam(device: torch.device) -> bool:
+    """Whether ``prepare`` starts a group's backbones beside SAM: on a GPU, whose idle
+    gaps they fill. A CPU's models already use every core: two at once would share them."""
+    return device.type == "cuda"
+
+
+def _taken(kept: dict, image):
+    """What ``kept`` (id(photo) -> (photo, value)) holds for this very photo object,
+    taken out of it; None if nothing (an id is reused once its object is gone, hence the
+    identity check; the entry holds its photo, so not while it is kept)."""
+    entry = kept.pop(id(image), None)
+    return entry[1] if entry is not None and entry[0] is image else None
+
+
+class Towers(Protocol):
+    """What the work ahead reads of ``USE``: its resizes, its pixels, its towers."""
+
+    @property
+    def encoder(self) -> torch.nn.Module: ...
+
+    def resize_for_backbones(self, rgb: np.ndarray) -> dict[int, np.ndarray]: ...
+    def pixels_from(self, small: dict[int, np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+Beside = tuple[Future[tuple[torch.Tensor, "torch.cuda.Event | None"]], int]  # (the group's call, the photo's row)
+
+
+class BackbonesAhead:
+    """``USEEmbedder``'s work ahead. The embedder sets ``use``, ``device``,
+    ``precision`` and ``seconds`` and calls ``_start_ahead`` from its ``__init__``."""
+
+    use: Towers
+    device: torch.device
+    precision: str
+    seconds: dict[str, float]
+
+    def _start_ahead(self) -> None:
+        self._thread: ThreadPoolExecutor | None = None  # the embedder's own, made on first use
+        self._stream: torch.cuda.Stream | None = None  # the backbones' beside SAM (a GPU's), made on first use
+        self._prepared: dict[int, tuple[np.ndarray, Future[dict[int, np.ndarray]]]] = {}
+        self._features: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # id(photo) -> (photo, z)
+        self._beside: dict[int, tuple[np.ndarray, Beside]] = {}
+        self.batch_backbones = batches_backbones(self.device)
+        self.backbones_beside = runs_beside_sam(self.device)
+        self.seconds["backbones beside SAM"] = 0.0  # the embedder thread's clock; "backbones" is the waiting
+
+    def prepare(self, rgbs: list[np.ndarray]) -> None:
+        """Start these photos' backbone work in the embedder's thread while the caller
+        runs SAM on them: their resizing, and on a GPU (``backbones_beside``) the
+        group's backbone call. ``image_features`` then finds it done or under way.
+        Work prepared earlier and never used (a failed photo) is dropped."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="usesearch-ahead")
+        self._beside, self._prepared = {}, {}
+        if self.backbones_beside:
+            call = self._thread.submit(self._group_beside, list(rgbs))
+            self._beside = {id(rgb): (rgb, (call, row)) for row, rgb in enumerate(rgbs)}
+        else:
+            self._prepared = {id(rgb): (rgb, self._thread.submit(self._resize, rgb)) for rgb in rgbs}
+
+    def _resize(self, image) -> dict[int, np.ndarray]:
+        return self.use.resize_for_backbones(to_rgb_array(image))
+
+    def _small(self, image) -> dict[int, np.ndarray]:
+        """The photo resized for the backbones: ``prepare``'s result where it has one."""
+        prepared = _taken(self._prepared, image)
+        return prepared.result() if prepared is not None else self._resize(image)
+
+    def _features_of(self, images: list) -> torch.Tensor:
+        """z [len(images), grid*grid, D] (float32), the photos in one backbone call."""
+        return self._towers([self._small(image) for image in images])
+
+    @torch.inference_mode()
+    def _towers(self, smalls: list[dict[int, np.ndarray]]) -> torch.Tensor:
+        pixels = [self.use.pixels_from(small, self.device) for small in smalls]
+        clip_px, dino_px = (torch.stack(side) for side in zip(*pixels))
+        with bf16_autocast(self.device, self.precision):
+            z = run_or_uncompile(self.use.encoder, lambda: self.use.encoder(clip_px, dino_px), "the image towers")
+        return z.float()
+
+    def _group_beside(self, rgbs: list[np.ndarray]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """In the embedder's thread: the group's backbone call on the side stream, and
+        the event that marks its end there (None on a CPU, where it has ended)."""
+        start = time.perf_counter()
+        try:
+            if self.device.type == "cuda" and self._stream is None:
+                self._stream = torch.cuda.Stream(self.device)
+            stream = self._stream if self.device.type == "cuda" else None
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                z = self._towers([self._resize(rgb) for rgb in rgbs])
+                return z, (stream.record_event() if stream is not None else None)
+        finally:
+            self.seconds["backbones beside SAM"] += time.perf_counter() - start
+
+    def _beside_features(self, image) -> torch.Tensor | None:
+        """This photo's features from the call ``prepare`` started beside SAM, usable on
+        this thread's stream; None where there is none or it failed (the photo's own
+        call meets the failure again, as that photo's error)."""
+        entry = _taken(self._beside, image)
+        if entry is None:
+            return None
+        call, row = entry
+        try:
+            z, done = call.result()
+        except torch.cuda.OutOfMemoryError:  # the side stream's memory beside SAM's: in line, for good
+            self.backbones_beside = False
+            torch.cuda.empty_cache()
+            return None
+        except Exception:  # noqa: BLE001 - the photo's own call, in line, raises it as its error
+            return None
+        if done is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(done)  # on the card: the host does not wait here
+            z.record_stream(current)  # its memory not reused by the side stream while this one reads it
+        return z[row]
+
+    def features_ahead(self, images: list) -> None:
+        """Where ``batch_backbones`` is set (a GPU), run these photos through the
+        backbones in one call and keep each photo's features for its ``embed_segments``
+        (found by the very object given, as ``prepare`` finds its work). Photos whose
+        call ``prepare`` started beside SAM need none. Features kept earlier and never
+        used (a failed photo) are dropped. A failure here is left to each photo's own
+        call, which meets it again as that photo's error."""
+        self._features = {}
+        if not self.batch_backbones or len(images) < 2 or all(id(image) in self._beside for image in images):
+            return
+        start = time.perf_counter()
+        try:
+            z = self._features_of(images)
+            synchronize(self.device)  # so the backbones' time is theirs
+        except torch.cuda.OutOfMemoryError:  # a card too small for a group: one photo a call, for good
+            self.batch_backbones = False
+            torch.cuda.empty_cache()
+            return
+        except Exception:  # noqa: BLE001 - each photo's own call fails again, as that photo's error
+            return
+        finally:
+            self.seconds["backbones"] += time.perf_counter() - start
+        self._features = {id(image): (image, z[i]) for i, image in enumerate(images)}
+
+    def image_features(self, image) -> torch.Tensor:
+        """Patch features z [grid*grid, D] (float32) of one image; reuse them for any
+        number of masks. The backbones and LLNs run under bfloat16 autocast where
+        ``precision`` says (a GPU's default)."""
+        for found in (self._beside_features(image), _taken(self._features, image)):
+            if found is not None:
+                return found
+        return self._features_of([image])[0]
+
+    def _drop_ahead(self) -> None:
+        """Forget the work done ahead (computed by towers since found wrong)."""
+        self._features, self._beside = {}, {}
