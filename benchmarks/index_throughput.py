@@ -21,10 +21,14 @@ Stages: read + hash and decode run in worker threads ahead of the models ("waiti
 for photos" is what they cost the loop); SAM encoder, decoder (prompt encoder + mask
 decoder), post-processing (upscaling, scores, NMS, the kept masks) and RLE (with its
 transfer) are the generator's own clocks; backbones (CLIP + DINOv2 + LLNs) and
-pooling (+ projection) the embedder's; store and FAISS the commit's.
+pooling (+ projection) the embedder's; store and FAISS the commit's. On a GPU the
+backbones run beside SAM (``models/ahead.py``): "backbones" is then the loop's wait
+for them, and their own thread's clock is printed apart (``--no-backbones-beside-sam``
+runs them after SAM, as before).
 
     python benchmarks/index_throughput.py [--presets l14-336,b16] [--images 32] [--side 1024]
-        [--points-per-side 32] [--masks-per-photo 100] [--device cpu|cuda] [--precision bfloat16] [--json FILE]
+        [--points-per-side 32] [--masks-per-photo 100] [--device cpu|cuda] [--precision bfloat16]
+        [--no-backbones-beside-sam] [--json FILE]
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from skimage import data
 
 from usesearch.indexer import IndexOptions, index_paths, pipeline
 from usesearch.masks import rle, sam_fast
-from usesearch.models import presets
+from usesearch.models import ahead, presets
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins")
 STAGES = (
@@ -184,7 +188,10 @@ def run(name: str, photos: Path, db: Path, args) -> dict:
     # What the run compiles goes by the photos it has to index: here those of the run these
     # stand for (--run-photos: an archive's by default), as index_paths counts them.
     standing_for = mock.patch.object(pipeline, "photos_to_index", lambda *_: args.run_photos)
-    with mock.patch.dict(presets.PRESETS, patched), shaped, standing_for:
+    beside = contextlib.nullcontext()
+    if args.backbones_beside_sam is not None:
+        beside = mock.patch.object(ahead, "runs_beside_sam", lambda _device: args.backbones_beside_sam)
+    with mock.patch.dict(presets.PRESETS, patched), shaped, standing_for, beside:
         options = IndexOptions(
             preset=name,
             embedder="use",
@@ -253,6 +260,12 @@ def main() -> None:
         type=int,
         default=10**6,
         help="the photos of the run these stand for, which what it compiles goes by (default: an archive's)",
+    )
+    parser.add_argument(
+        "--backbones-beside-sam",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a group's backbones on a stream of their own while SAM runs (default: as a user gets it, on a GPU)",
     )
     parser.add_argument("--precision", default="auto", help="auto, float32 or bfloat16 (index --precision)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -346,6 +359,9 @@ def print_result(r: dict) -> None:
     print(f"  {'other (loop, sync)':<22} {1000 * other / per_photo:9.2f} ms/photo {other / r['loop_s']:7.1%}")
     for stage in ("read + hash (workers)", "decode (workers)"):
         print(f"  {stage:<22} {1000 * r['stages_s'].get(stage, 0.0) / per_photo:9.2f} ms/photo (in worker threads)")
+    beside = r["stages_s"].get("backbones beside SAM (own thread)", 0.0)
+    if beside:  # its clock runs beside SAM's; "backbones" above is the loop's wait for them
+        print(f"  {'backbones beside SAM':<22} {1000 * beside / per_photo:9.2f} ms/photo (the embedder's thread)")
 
 
 if __name__ == "__main__":
