@@ -12,6 +12,7 @@ from skimage import data
 
 import usesearch
 from indexer.compute import compute_photos
+from usesearch import side_stream
 from usesearch.masks.maskers import build_masker
 from usesearch.models import ahead
 
@@ -92,9 +93,9 @@ def test_a_batch_failing_otherwise_keeps_batching_for_the_next_group(photos):
     assert len(model._features) == len(photos)  # the next group batched again
 
 
-def test_work_ahead_beside_sam_is_on_by_default_for_a_gpu_alone():
-    assert ahead.runs_beside_sam(torch.device("cuda", 0))
-    assert not ahead.runs_beside_sam(torch.device("cpu"))  # a CPU's cores are SAM's already
+def test_work_on_side_streams_is_on_by_default_for_a_gpu_alone():
+    assert side_stream.used_on(torch.device("cuda", 0))
+    assert not side_stream.used_on(torch.device("cpu"))  # a CPU's cores are SAM's already
 
 
 def test_a_groups_backbones_beside_sam_equal_one_call_a_photo(photos):
@@ -104,16 +105,16 @@ def test_a_groups_backbones_beside_sam_equal_one_call_a_photo(photos):
     model = usesearch.load_model("tiny", device="cpu")
     masker = build_masker("felzenszwalb", usesearch.get_preset("tiny"), "cpu", max_masks=6)
     paths = [f"{name}.png" for name in NAMES]
-    assert not model.backbones_beside
+    assert not model.beside.on
     single = compute_photos(photos, paths, model, masker, clock())
     calls = []
     towers = model._towers
     model._towers = lambda smalls: calls.append((threading.current_thread().name, len(smalls))) or towers(smalls)
-    model.backbones_beside = model.batch_backbones = True
+    model.beside.on = model.batch_backbones = True
     beside = compute_photos(photos, paths, model, masker, clock())
     ((thread, size),) = calls  # one call for the group, in the embedder's thread; no other in line
-    assert thread.startswith("usesearch-ahead") and size == len(photos)
-    assert not model._beside and not model._features  # every photo's features used, none batched again
+    assert thread.startswith("usesearch-beside") and size == len(photos)
+    assert not model.beside._kept and not model._features  # every photo's features used, none batched again
     assert model.seconds["backbones beside SAM"] > 0
     for (rows_a, vectors_a), (rows_b, vectors_b) in zip(single, beside):
         assert rows_a == rows_b and len(vectors_a) > 0
@@ -134,12 +135,12 @@ def test_a_call_beside_sam_that_fails_leaves_each_photo_to_its_own(photos, out_o
         return towers(smalls)
 
     model._towers = fail_beside
-    model.backbones_beside = True
+    model.beside.on = True
     got = compute_photos(photos, list(NAMES), model, masker, clock())
     for (rows_a, vectors_a), (rows_b, vectors_b) in zip(expected, got):
         assert rows_a == rows_b
         np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-6)
-    assert model.backbones_beside is not out_of_memory  # memory beside SAM's too little: in line for the run
+    assert model.beside.on is not out_of_memory  # memory beside SAM's too little: in line for the run
 
 
 def test_compiled_towers_giving_nan_beside_sam_cost_the_compiling_not_the_photos(photos, caplog):
@@ -152,12 +153,12 @@ def test_compiled_towers_giving_nan_beside_sam_cost_the_compiling_not_the_photos
     expected = compute_photos(photos, list(NAMES), model, masker, clock())
     for region in compile_regions(model.use.encoder):
         region._compiled_call_impl = lambda *a, m=region, **k: m.forward(*a, **k) * float("nan")
-    model.backbones_beside = True
+    model.beside.on = True
     with caplog.at_level("WARNING"):
         got = compute_photos(photos, list(NAMES), model, masker, clock())
     for (_, vectors_a), (_, vectors_b) in zip(expected, got):
         np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-6)
-    assert model.towers_uncompiled and not model._beside
+    assert model.towers_uncompiled and not model.beside._kept and not model._features
     assert len([r for r in caplog.records if "uncompiled" in r.getMessage()]) == 1
 
 

@@ -225,5 +225,5 @@ def test_photos_prepared_while_sam_runs_embed_as_photos_resized_in_line(tiny_use
     prepared = [tiny_use.embed_segments(p, m) for p, m in zip(photos, masks)]
     for a, b in zip(prepared, in_line):
         np.testing.assert_array_equal(a, b)
-    assert resized_on[0].startswith("usesearch-ahead") and resized_on[1] == threading.current_thread().name
+    assert resized_on[0].startswith("usesearch-resize") and resized_on[1] == threading.current_thread().name
     assert not tiny_use._prepared  # taken as it was used

@@ -14,8 +14,8 @@ By device, three levels:
   the same photos. SAM's host work between its kernels (read-backs, NMS, RLE) leaves
   the card idle for a third of its clock (the H100 profile: SAM's kernels 108 ms of
   175 ms a photo), and the backbones (~19 ms a photo in line there) fill those gaps
-  instead of following SAM. The model thread's stream waits on the backbones' event
-  on the card, not on the host; SAM's clocks synchronise their own stream only.
+  instead of following SAM (``usesearch/side_stream.py``: the thread, the stream and
+  their hand-over). SAM's clocks synchronise their own stream only.
 
 Every level gives the embeddings of one call a photo (tested on the CPU); a photo
 whose work ahead failed is computed in line, where any error is that photo's; a card
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from typing import Protocol
 
 import numpy as np
@@ -35,18 +34,13 @@ import torch
 from usesearch.devices import bf16_autocast, synchronize
 from usesearch.io.images import to_rgb_array
 from usesearch.masks.sam_compile import run_or_uncompile
+from usesearch.side_stream import SideStream
 
 
 def batches_backbones(device: torch.device) -> bool:
     """Whether ``features_ahead`` batches a group's photos: on a GPU, where one photo's
     backbone call is ~1,200 small kernels and launch-bound; a CPU gains nothing from
     batching and holds more memory."""
-    return device.type == "cuda"
-
-
-def runs_beside_sam(device: torch.device) -> bool:
-    """Whether ``prepare`` starts a group's backbones beside SAM: on a GPU, whose idle
-    gaps they fill. A CPU's models already use every core: two at once would share them."""
     return device.type == "cuda"
 
 
@@ -68,9 +62,6 @@ class Towers(Protocol):
     def pixels_from(self, small: dict[int, np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-Beside = tuple[Future[tuple[torch.Tensor, "torch.cuda.Event | None"]], int]  # (the group's call, the photo's row)
-
-
 class BackbonesAhead:
     """``USEEmbedder``'s work ahead. The embedder sets ``use``, ``device``,
     ``precision`` and ``seconds`` and calls ``_start_ahead`` from its ``__init__``."""
@@ -81,28 +72,34 @@ class BackbonesAhead:
     seconds: dict[str, float]
 
     def _start_ahead(self) -> None:
-        self._thread: ThreadPoolExecutor | None = None  # the embedder's own, made on first use
-        self._stream: torch.cuda.Stream | None = None  # the backbones' beside SAM (a GPU's), made on first use
+        self._thread: ThreadPoolExecutor | None = None  # the resizes' thread, made on first use
         self._prepared: dict[int, tuple[np.ndarray, Future[dict[int, np.ndarray]]]] = {}
         self._features: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # id(photo) -> (photo, z)
-        self._beside: dict[int, tuple[np.ndarray, Beside]] = {}
         self.batch_backbones = batches_backbones(self.device)
-        self.backbones_beside = runs_beside_sam(self.device)
-        self.seconds["backbones beside SAM"] = 0.0  # the embedder thread's clock; "backbones" is the waiting
+        # The group's call beside SAM (a GPU's); its clock apart, "backbones" the waiting for it.
+        self.beside = SideStream[torch.Tensor](self.device, "usesearch-beside", self.seconds, "backbones beside SAM")
+        self._group: list | None = None  # the photos of the call started beside SAM, until one is embedded
 
     def prepare(self, rgbs: list[np.ndarray]) -> None:
-        """Start these photos' backbone work in the embedder's thread while the caller
-        runs SAM on them: their resizing, and on a GPU (``backbones_beside``) the
-        group's backbone call. ``image_features`` then finds it done or under way.
+        """Start these photos' backbone work while the caller runs SAM on them: on a GPU
+        (``beside.on``) the group's backbone call on a stream of its own, elsewhere
+        their resizing in a thread. ``image_features`` then finds it done or under way.
         Work prepared earlier and never used (a failed photo) is dropped."""
+        self._prepared, self._group = {}, None
+        if self.beside.on:
+            self._group = list(rgbs)
+            self.beside.start(self._group, self._towers_of)
+            return
         if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="usesearch-ahead")
-        self._beside, self._prepared = {}, {}
-        if self.backbones_beside:
-            call = self._thread.submit(self._group_beside, list(rgbs))
-            self._beside = {id(rgb): (rgb, (call, row)) for row, rgb in enumerate(rgbs)}
-        else:
-            self._prepared = {id(rgb): (rgb, self._thread.submit(self._resize, rgb)) for rgb in rgbs}
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="usesearch-resize")
+        self._prepared = {id(rgb): (rgb, self._thread.submit(self._resize, rgb)) for rgb in rgbs}
+
+    def prepared(self, image) -> bool:
+        """Whether work ahead was kept for this very photo object (else, a copy of it)."""
+        return any(id(image) in kept for kept in (self._prepared, self._features)) or self._in_group(image)
+
+    def _in_group(self, image) -> bool:
+        return self._group is not None and any(image is photo for photo in self._group)
 
     def _resize(self, image) -> dict[int, np.ndarray]:
         return self.use.resize_for_backbones(to_rgb_array(image))
@@ -124,41 +121,23 @@ class BackbonesAhead:
             z = run_or_uncompile(self.use.encoder, lambda: self.use.encoder(clip_px, dino_px), "the image towers")
         return z.float()
 
-    def _group_beside(self, rgbs: list[np.ndarray]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-        """In the embedder's thread: the group's backbone call on the side stream, and
-        the event that marks its end there (None on a CPU, where it has ended)."""
-        start = time.perf_counter()
-        try:
-            if self.device.type == "cuda" and self._stream is None:
-                self._stream = torch.cuda.Stream(self.device)
-            stream = self._stream if self.device.type == "cuda" else None
-            with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                z = self._towers([self._resize(rgb) for rgb in rgbs])
-                return z, (stream.record_event() if stream is not None else None)
-        finally:
-            self.seconds["backbones beside SAM"] += time.perf_counter() - start
+    def _towers_of(self, rgbs: list[np.ndarray]) -> torch.Tensor:
+        """The side thread's call: the photos resized and through the towers together."""
+        return self._towers([self._resize(rgb) for rgb in rgbs])
 
     def _beside_features(self, image) -> torch.Tensor | None:
-        """This photo's features from the call ``prepare`` started beside SAM, usable on
-        this thread's stream; None where there is none or it failed (the photo's own
-        call meets the failure again, as that photo's error)."""
-        entry = _taken(self._beside, image)
-        if entry is None:
+        """This photo's features from the call ``prepare`` started beside SAM (the
+        group's others kept for their turn); None where there is none or it failed
+        (the photo's own call meets the failure again, as that photo's error)."""
+        if not self._in_group(image):
             return None
-        call, row = entry
-        try:
-            z, done = call.result()
-        except torch.cuda.OutOfMemoryError:  # the side stream's memory beside SAM's: in line, for good
-            self.backbones_beside = False
-            torch.cuda.empty_cache()
+        assert self._group is not None
+        group, self._group = self._group, None
+        z = self.beside.take(group)
+        if z is None:
             return None
-        except Exception:  # noqa: BLE001 - the photo's own call, in line, raises it as its error
-            return None
-        if done is not None:
-            current = torch.cuda.current_stream(self.device)
-            current.wait_event(done)  # on the card: the host does not wait here
-            z.record_stream(current)  # its memory not reused by the side stream while this one reads it
-        return z[row]
+        self._features = {id(photo): (photo, z[row]) for row, photo in enumerate(group)}
+        return _taken(self._features, image)
 
     def features_ahead(self, images: list) -> None:
         """Where ``batch_backbones`` is set (a GPU), run these photos through the
@@ -168,7 +147,7 @@ class BackbonesAhead:
         used (a failed photo) are dropped. A failure here is left to each photo's own
         call, which meets it again as that photo's error."""
         self._features = {}
-        if not self.batch_backbones or len(images) < 2 or all(id(image) in self._beside for image in images):
+        if not self.batch_backbones or len(images) < 2 or all(self._in_group(image) for image in images):
             return
         start = time.perf_counter()
         try:
@@ -188,11 +167,12 @@ class BackbonesAhead:
         """Patch features z [grid*grid, D] (float32) of one image; reuse them for any
         number of masks. The backbones and LLNs run under bfloat16 autocast where
         ``precision`` says (a GPU's default)."""
-        for found in (self._beside_features(image), _taken(self._features, image)):
-            if found is not None:
-                return found
-        return self._features_of([image])[0]
+        found = self._beside_features(image)
+        if found is None:
+            found = _taken(self._features, image)
+        return found if found is not None else self._features_of([image])[0]
 
     def _drop_ahead(self) -> None:
         """Forget the work done ahead (computed by towers since found wrong)."""
-        self._features, self._beside = {}, {}
+        self._features, self._group = {}, None
+        self.beside.drop()

@@ -184,7 +184,7 @@ class USEEmbedder(BackbonesAhead, _TextMixin):
         The image encoder runs once whatever N is."""
         rgb = to_rgb_array(image)  # a PIL photo converted once, here, not again for the backbones
         start = time.perf_counter()
-        keyed = any(id(image) in kept for kept in (self._prepared, self._features, self._beside))  # by the object
+        keyed = self.prepared(image)  # work ahead is found by the very object given to it
         z = self.image_features(image if keyed else rgb)
         synchronize(self.device)  # so the backbones' time (beside SAM: the wait for them) is theirs, not pooling's
         middle = time.perf_counter()

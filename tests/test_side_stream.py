@@ -1,0 +1,113 @@
+"""Work started ahead in a thread (on a GPU, on a CUDA stream) of its own
+(``usesearch/side_stream.py``): SAM's encoder a group ahead, the backbones beside SAM.
+The hand-over on the card is checked by the prepared GPU check; here, on the CPU, what
+is handed over, to whom, and what a failure leaves."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import LOW, blob_sam
+from usesearch.masks.amg import SamMaskGenerator
+from usesearch.side_stream import SideStream
+
+
+def side(keep: int = 2) -> SideStream:
+    stream: SideStream = SideStream(torch.device("cpu"), "usesearch-test", {}, "test", keep=keep)
+    stream.on = True  # a GPU's default
+    return stream
+
+
+def photos(n: int) -> list[np.ndarray]:
+    return [np.full((4, 4, 3), i, np.uint8) for i in range(n)]
+
+
+def test_the_result_goes_to_the_very_photos_it_was_started_on_once():
+    stream, group = side(), photos(2)
+    stream.start(group, lambda given: (threading.current_thread().name, [int(p[0, 0, 0]) for p in given]))
+    assert not stream.take([p.copy() for p in group])  # equal photos, other objects: not theirs
+    assert not stream.take(group[::-1])
+    thread, values = stream.take(list(group))  # a new list of the same objects is the same group
+    assert thread.startswith("usesearch-test") and values == [0, 1]
+    assert stream.take(group) is None  # taken once
+    assert stream.clock["test"] > 0
+
+
+def test_only_the_latest_groups_are_kept_untaken():
+    stream, groups = side(keep=2), [photos(1) for _ in range(3)]
+    for n, group in enumerate(groups):
+        stream.start(group, lambda _, n=n: n)
+    assert stream.take(groups[0]) is None  # a group that failed before it was taken: dropped with the oldest
+    assert [stream.take(g) for g in groups[1:]] == [1, 2]
+
+
+@pytest.mark.parametrize("out_of_memory", [True, False], ids=["out of memory", "another error"])
+def test_a_failure_is_left_to_the_callers_own_call(out_of_memory):
+    stream, group, other = side(), photos(1), photos(1)
+    error = torch.cuda.OutOfMemoryError("CUDA out of memory") if out_of_memory else RuntimeError("refused")
+    stream.start(group, lambda _: (_ for _ in ()).throw(error))
+    stream.start(other, lambda _: "other's")
+    assert stream.take(group) is None
+    assert stream.on is not out_of_memory  # its memory beside the caller's was too much: off for good
+    assert stream.take(other) == (None if out_of_memory else "other's")
+
+
+def test_off_it_starts_nothing():
+    stream, group, ran = side(), photos(1), []
+    stream.on = False
+    stream.start(group, ran.append)
+    assert stream.take(group) is None and not ran
+    assert not SideStream(torch.device("cpu"), "x", {}, "x").on  # a CPU's default
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return SamMaskGenerator(blob_sam(), points_per_side=6, encoder_batch=2, **LOW)
+
+
+def test_sams_encoder_a_group_ahead_gives_the_masks_of_in_line(generator, monkeypatch):
+    """``encode_ahead`` (the indexer's model stage calls it as it queues a group)
+    encodes in the generator's own thread; the masks equal those encoded in line."""
+    from skimage import data
+
+    group = [np.ascontiguousarray(data.coffee()[::4, ::4]), np.ascontiguousarray(data.astronaut()[::4, ::4])]
+    in_line = generator.generate_batch(group)
+    encoded_in = []
+    real = generator._encode
+    monkeypatch.setattr(generator, "_encode", lambda *a: encoded_in.append(threading.current_thread().name) or real(*a))
+    monkeypatch.setattr(generator.ahead, "on", True)
+    generator.encode_ahead(group)
+    ahead = generator.generate_batch(group)
+    assert len(encoded_in) == 1 and encoded_in[0].startswith("usesearch-encoder")  # one call, 2 photos a call
+    assert [[r.rle["counts"] for r in photo] for photo in ahead] == [[r.rle["counts"] for r in p] for p in in_line]
+    assert all(len(photo) > 0 for photo in ahead)
+    assert generator.seconds["encoder ahead"] > 0
+
+
+def test_a_photo_whose_encoding_ahead_failed_meets_its_error_in_line(generator, monkeypatch):
+    """NaN features from the encoder ahead: the photo's own in-line call raises the
+    error, once, as that photo's (the indexer records it)."""
+    from usesearch.errors import ModelOutputError
+
+    group = [np.ascontiguousarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))]
+    calls = []
+    nan = lambda pixels: calls.append(1) or torch.full((len(pixels), 256, 64, 64), float("nan"))  # noqa: E731
+    monkeypatch.setattr(generator.model, "image_encoder", _Encoder(generator.model.image_encoder, nan))
+    monkeypatch.setattr(generator.ahead, "on", True)
+    generator.encode_ahead(group)
+    with pytest.raises(ModelOutputError, match="SAM's image encoder gave"):
+        generator.generate_batch(group)
+    assert len(calls) == 2  # ahead, then in line
+
+
+class _Encoder(torch.nn.Module):
+    """SAM's image encoder, its output replaced (``img_size`` kept for the transform)."""
+
+    def __init__(self, real: torch.nn.Module, forward):
+        super().__init__()
+        self.img_size, self._forward = real.img_size, forward
+
+    def forward(self, pixels):
+        return self._forward(pixels)

@@ -1,0 +1,116 @@
+"""Work on a group of photos started before it is needed, in a thread of its own and,
+on a GPU, on a CUDA stream of its own (``SideStream``): SAM's image encoder a group
+ahead (``masks/amg.py``) and the backbones beside SAM (``models/ahead.py``).
+
+Why: the model thread's host work between its kernels (read-backs, NMS, RLE) leaves
+the card idle for a third of its clock (the H100 profile: SAM's kernels 108 ms of a
+175 ms photo); a second stream's kernels run in those gaps instead of after them.
+
+The hand-over, as torch's CUDA semantics ask: the side thread records an event on its
+stream after queuing the work; the taking thread's current stream waits for that
+event on the card (the host does not wait for the kernels, only for their launches),
+and each tensor of the result is marked as used by that stream (``record_stream``),
+so the caching allocator does not give its memory to the side stream's next work
+while the taker still reads it. On a CPU the same thread runs without a stream (tests).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import Any, Generic, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def used_on(device: torch.device) -> bool:
+    """Whether work goes on side streams by default: on a GPU, whose idle gaps it fills.
+    A CPU's models already use every core, so two at once would only share them."""
+    return device.type == "cuda"
+
+
+def _tensors(value: Any):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+class SideStream(Generic[T]):
+    """``start(photos, run)`` runs ``run(photos)`` in this object's thread (on its CUDA
+    stream on a GPU); ``take(photos)``, given the very same photo objects, returns the
+    result, usable on the caller's stream. ``clock[key]`` gets the thread's seconds.
+    The ``keep`` latest groups are kept untaken (a group that failed before it was
+    taken is dropped with the oldest)."""
+
+    def __init__(self, device: torch.device, name: str, clock: dict[str, float], key: str, keep: int = 2):
+        self.device, self.name, self.clock, self.key, self.keep = device, name, clock, key, keep
+        self.on = used_on(device)
+        clock.setdefault(key, 0.0)
+        self._thread: ThreadPoolExecutor | None = None  # made on first use
+        self._stream: torch.cuda.Stream | None = None
+        self._kept: OrderedDict[tuple[int, ...], tuple[list, Future[tuple[T, Any]]]] = OrderedDict()
+
+    def start(self, photos: list, run: Callable[[list], T]) -> None:
+        if not self.on or not photos:
+            return
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        photos = list(photos)
+        self._kept[tuple(map(id, photos))] = (photos, self._thread.submit(self._run, run, photos))
+        while len(self._kept) > self.keep:
+            self._kept.popitem(last=False)
+
+    def started(self, photos: list) -> bool:
+        """Whether work was started on these very photos and not yet taken."""
+        entry = self._kept.get(tuple(map(id, photos)))
+        return entry is not None and all(a is b for a, b in zip(entry[0], photos))
+
+    def _run(self, run: Callable[[list], T], photos: list) -> tuple[T, Any]:
+        start = time.perf_counter()
+        try:
+            cuda = self.device.type == "cuda"
+            if cuda and self._stream is None:
+                self._stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(self._stream) if cuda else nullcontext():
+                out = run(photos)
+                return out, (self._stream.record_event() if self._stream is not None else None)
+        finally:
+            self.clock[self.key] += time.perf_counter() - start
+
+    def take(self, photos: list) -> T | None:
+        """The result of the work started on these very photos, usable on this thread's
+        current stream; None where none was started or it failed (the caller's own
+        call in line meets the failure again, as its error). Out of memory turns the
+        side stream off for good: its memory beside the caller's was too much."""
+        if not self.started(photos):
+            return None
+        _, future = self._kept.pop(tuple(map(id, photos)))
+        try:
+            out, done = future.result()
+        except torch.cuda.OutOfMemoryError:
+            self.on = False
+            self._kept.clear()
+            torch.cuda.empty_cache()
+            return None
+        except Exception:  # noqa: BLE001 - met again in line, as the photos' own error
+            return None
+        if done is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(done)  # on the card: the host does not wait for the kernels
+            for tensor in _tensors(out):
+                tensor.record_stream(current)
+        return out
+
+    def drop(self) -> None:
+        """Forget every result not yet taken (computed by a model since found wrong)."""
+        self._kept.clear()
