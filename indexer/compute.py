@@ -118,6 +118,8 @@ def stage_seconds(model, masker) -> dict[str, float]:
     out = {}
     sam = getattr(getattr(masker, "generator", None), "seconds", None)
     if sam:
+        if "encoder ahead" in sam:  # its own thread's clock, not the loop's (usesearch/side_stream.py)
+            out["SAM encoder ahead (own thread)"] = sam["encoder ahead"]
         out.update(
             {
                 "SAM encoder": sam["encoder"],
@@ -145,6 +147,11 @@ class ModelStage:
 
     def submit(self, group: list[Photo]) -> Future[Computed]:
         if self.pool is not None:
+            # SAM's encoder starts on the group now, on a stream of its own (a GPU's), while
+            # the model thread still decodes the group before it (usesearch/side_stream.py).
+            encode_ahead = getattr(getattr(self.masker, "generator", None), "encode_ahead", None)
+            if encode_ahead is not None:
+                encode_ahead([photo.rgb for photo in group])
             return self.pool.submit(compute_group, group, self.model, self.masker)
         future: Future[Computed] = Future()
         future.set_result(compute_group(group, self.model, self.masker))

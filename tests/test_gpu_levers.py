@@ -5,6 +5,7 @@ benchmark's mask count, per-stage timings, and photos read ahead of the models."
 
 import copy
 import shutil
+import threading
 import types
 
 import numpy as np
@@ -167,6 +168,7 @@ def test_an_index_run_reports_the_time_of_every_stage(tmp_path):
         "decode (workers)",
         "waiting for photos",
         "SAM encoder",
+        "SAM encoder ahead (own thread)",
         "SAM decoder",
         "SAM post-processing",
         "RLE",
@@ -278,13 +280,19 @@ def test_photos_past_pils_limit_decode_in_parallel_threads_without_leaving_it_ch
     assert Image.MAX_IMAGE_PIXELS == 1000 and warnings.filters == filters
 
 
-def test_models_a_group_ahead_of_the_commits_give_the_same_index(tmp_path, monkeypatch):
-    """On a GPU the models run in a thread one group ahead of the commits; forced on
-    here, the index equals the in-line one, a corrupt photo is recorded (as soon as it
-    is read), and the indexed photos are committed in walk order."""
+@pytest.mark.parametrize("side_streams", [False, True], ids=["in line", "side streams"])
+def test_models_a_group_ahead_of_the_commits_give_the_same_index(tmp_path, monkeypatch, side_streams):
+    """On a GPU the models run in a thread one group ahead of the commits, SAM's
+    encoder starts on each group as it is queued and the backbones run beside SAM
+    (side streams); forced on here, the index equals the in-line one, a corrupt photo
+    is recorded (as soon as it is read), and the indexed photos are committed in walk
+    order."""
     import usesearch.indexer.pipeline
     from tests.helpers import segment_table
+    from usesearch import side_stream
     from usesearch.indexer.compute import ModelStage
+    from usesearch.masks.amg_encoding import SamEncoding
+    from usesearch.models.ahead import BackbonesAhead
 
     photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee", "rocket", "camera"))
     (photos / "broken.png").write_bytes(b"\x89PNG not really")
@@ -306,7 +314,22 @@ def test_models_a_group_ahead_of_the_commits_give_the_same_index(tmp_path, monke
         "ModelStage",
         lambda model, masker, overlap: threads.append(1) or ModelStage(model, masker, overlap=True),
     )
+    monkeypatch.setattr(side_stream, "used_on", lambda device: side_streams)
+    ran_in = {"encoder": set(), "towers": set()}  # the threads each model ran in
+    for name, cls, method in (("encoder", SamEncoding, "_encode"), ("towers", BackbonesAhead, "_towers")):
+
+        def spy(self, *args, real=getattr(cls, method), name=name):
+            ran_in[name].add(threading.current_thread().name[:16])
+            return real(self, *args)
+
+        monkeypatch.setattr(cls, method, spy)
     ahead = index_paths([photos], tmp_path / "ahead", IndexOptions(**options))
+    beside = [ahead.stages[f"{s} (own thread)"] > 0 for s in ("SAM encoder ahead", "backbones beside SAM")]
+    assert beside == [side_streams, side_streams]
+    if side_streams:  # every group's encoding and towers taken from the side threads: none again in line
+        assert ran_in == {"encoder": {"usesearch-encode"}, "towers": {"usesearch-beside"}}
+    else:
+        assert ran_in == {"encoder": {"usesearch-models"}, "towers": {"usesearch-models"}}
     assert threads and (ahead.done, ahead.failed, ahead.segments) == (inline.done, inline.failed, inline.segments) == (
         5,
         1,

@@ -24,7 +24,6 @@ from segment_anything.utils.amg import (
     batch_iterator,
     batched_mask_to_box,
     build_all_layer_point_grids,
-    generate_crop_boxes,
     uncrop_boxes_xyxy,
     uncrop_masks,
     uncrop_points,
@@ -32,9 +31,9 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import box_area
 
-from usesearch.devices import synchronize, uses_bf16
-from usesearch.errors import model_output_error
+from usesearch.devices import uses_bf16
 from usesearch.masks import rle
+from usesearch.masks.amg_encoding import SamEncoding
 from usesearch.masks.amg_utils import (
     CPU_POINTS_PER_BATCH,
     Candidates,
@@ -47,8 +46,9 @@ from usesearch.masks.amg_utils import (
     upscale_logits,
 )
 from usesearch.masks.candidate_scoring import CandidateScoring
-from usesearch.masks.sam_compile import compiled_within, decoder_for, rerun_uncompiled, run_or_uncompile
+from usesearch.masks.sam_compile import compiled_within, decoder_for
 from usesearch.masks.sam_fast import upscales_kept
+from usesearch.side_stream import SideStream
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
 GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)
@@ -67,7 +67,7 @@ class MaskRecord:
     crop_box: tuple[int, int, int, int]  # XYXY
 
 
-class SamMaskGenerator:
+class SamMaskGenerator(SamEncoding):
     """Drop-in for ``SamAutomaticMaskGenerator``: same arguments, same masks.
 
     ``autocast``: run the image encoder and mask decoder in bfloat16 (None: on for
@@ -153,6 +153,7 @@ class SamMaskGenerator:
         # Wall seconds, for benchmarks: image encoder, prompt encoder + mask decoder, RLE (with
         # the kept masks' one transfer), all of generate() (the rest is post-processing).
         self.seconds = {"encoder": 0.0, "decoder": 0.0, "rle": 0.0, "total": 0.0}
+        self.ahead = SideStream[dict](device, "usesearch-encoder", self.seconds, "encoder ahead")  # a GPU's
 
     def run_eagerly(self) -> None:
         """Nothing compiled from here on: the decoder and candidate scoring that a GPU
@@ -161,15 +162,6 @@ class SamMaskGenerator:
         self.decoder = decoder_for(self.model, compiled=False)
         scoring = self.scoring
         self.scoring = CandidateScoring(scoring.side, scoring.threshold, scoring.offset, scoring.device, False)
-
-    def _sync(self) -> None:
-        synchronize(self.model.device)  # its GPU's (--device cuda:1), its stream's alone
-
-    def _nan(self, what: str, compiled: bool) -> Exception:
-        return model_output_error(what, "bfloat16" if self.autocast else "float32", compiled)
-
-    def _autocast(self):
-        return torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     # -- candidates ---------------------------------------------------------------------
     @torch.no_grad()
@@ -183,46 +175,13 @@ class SamMaskGenerator:
         those of ``generate`` on each photo)."""
         start = time.perf_counter()
         try:
-            jobs = []  # (photo, crop box, layer) for every crop of every photo
-            for n, image in enumerate(images):
-                boxes, layers = generate_crop_boxes(image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio)
-                jobs += [(n, box, layer) for box, layer in zip(boxes, layers)]
-            features: dict[int, list] = {n: [] for n in range(len(images))}
-            for chunk in batch_iterator(self.encoder_batch, jobs):
-                (chunk,) = chunk
-                encoded = self._encode([images[n][box[1] : box[3], box[0] : box[2], :] for n, box, _ in chunk])
-                for (n, box, layer), (feats, input_size) in zip(chunk, encoded):
-                    features[n].append((box, layer, feats, input_size))
+            features = self.ahead.take(images)  # where encode_ahead started them: the wait for them
+            self.seconds["encoder"] += time.perf_counter() - start
+            if features is None:
+                features = self._encode_photos(images, "encoder")
             return [self._generate(image, features[n]) for n, image in enumerate(images)]
         finally:
             self.seconds["total"] += time.perf_counter() - start
-
-    def _encode(self, crops: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
-        """``SamPredictor.set_image`` for several crops in one encoder call: each
-        resized to the long side, normalised and padded by the model's own helpers."""
-        start = time.perf_counter()
-        inputs, sizes = [], []
-        for crop in crops:
-            resized = torch.as_tensor(self.transform.apply_image(crop), device=self.model.device)
-            resized = resized.permute(2, 0, 1).contiguous()[None]
-            sizes.append((resized.shape[-2], resized.shape[-1]))
-            inputs.append(self.model.preprocess(resized))
-        pixels = torch.cat(inputs)
-        features = run_or_uncompile(self.model.image_encoder, lambda: self._features(pixels), "SAM's image encoder")
-        if not _finite(features):  # else every mask comes out empty, and the photo "has none"
-            said = "SAM's image encoder gave NaN or infinite numbers compiled: it runs uncompiled"
-            again = rerun_uncompiled(self.model.image_encoder, lambda: self._features(pixels), _finite, said)
-            if again is None:
-                raise self._nan("SAM's image encoder gave", compiled=False)
-            features = again
-        self.seconds["encoder"] += time.perf_counter() - start
-        return [(features[i : i + 1], sizes[i]) for i in range(len(crops))]
-
-    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
-            features = self.model.image_encoder(pixels)
-        self._sync()
-        return features
 
     def _generate(self, image: np.ndarray, crop_features: list) -> list[MaskRecord]:
         orig_size = image.shape[:2]
@@ -391,7 +350,3 @@ class SamMaskGenerator:
             )
             for i in order.tolist()
         ]
-
-
-def _finite(tensor: torch.Tensor) -> bool:
-    return bool(torch.isfinite(tensor).all())
