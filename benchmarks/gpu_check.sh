@@ -32,13 +32,13 @@ step gpu.txt nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv
 # allows): the paper's preset as a run of 500 photos compiles it (SAM's decoder and
 # scoring, not its encoder nor the towers: the H100 table's first column), against step
 # 2's archive run (every model compiled).
-# Then the archive's run of step 2 with the backbones after SAM, as before 2026-12-05
-# (against step 2's, which runs them beside SAM on a stream of their own).
+# Then the archive's run of step 2 without side streams (SAM's encoder and the backbones in line, as before 2026-12-05)
+# against step 2's, which runs them on streams of their own.
 if [ "${1:-}" = mid ]; then
   step mid.txt timeout 140 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 --side 1024 \
     --points-per-side 32 --masks-per-photo 100 --run-photos 500 --json "$OUT/mid.json"
-  step after-sam.txt timeout 150 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 --side 1024 \
-    --points-per-side 32 --masks-per-photo 100 --no-backbones-beside-sam --json "$OUT/after-sam.json"
+  step in-line.txt timeout 150 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 --side 1024 \
+    --points-per-side 32 --masks-per-photo 100 --no-side-streams --json "$OUT/in-line.json"
   if [ -n "$FAILED" ]; then echo "gpu_check mid: failed:$FAILED"; exit 1; fi
   echo "gpu_check mid: passed; figures in $OUT"; exit 0
 fi
@@ -140,21 +140,21 @@ from index_throughput import random_weights
 from usesearch.models import presets
 with mock.patch.dict(presets.PRESETS, {"b16": random_weights(presets.PRESETS["b16"])}):
     model = usesearch.load_model("b16", device="cuda")
-assert model.backbones_beside and model.batch_backbones, "not a GPU's defaults"
+assert model.beside.on and model.batch_backbones, "not a GPU's defaults"
 group = [np.ascontiguousarray(getattr(data, name)()) for name in ("astronaut", "chelsea", "coffee", "rocket")]
 boxes = [np.zeros((8, *p.shape[:2]), bool) for p in group]
 for m in boxes:
     for i in range(8):
         m[i, 20 * i : 20 * i + 120, 30 * i : 30 * i + 200] = True
 def pooled(beside):
-    model.backbones_beside = beside
+    model.beside.on = beside
     model.prepare(group)
     model.features_ahead(group)
     return [model.embed_segments(p, m) for p, m in zip(group, boxes)]
 after = pooled(False)
 gap = max(float(np.abs(a - b).max()) for _ in range(4) for a, b in zip(after, pooled(True)))  # memory reused
 print(f"the backbones beside SAM on their own stream against after SAM: largest gap {gap:.2e} (4 groups of 4 photos)")
-assert gap <= 1e-3 and model.backbones_beside, "the streams' hand-over lost the features"
+assert gap <= 1e-3 and model.beside.on, "the streams' hand-over lost the features"
 # Last, so the checks above had their turn: the tolerance held for compiled masks only if it compiled.
 assert not not_compiled, f"the generator's decoder did not compile on this GPU ({', '.join(not_compiled)}): see the warning"
 PY

@@ -22,13 +22,14 @@ for photos" is what they cost the loop); SAM encoder, decoder (prompt encoder + 
 decoder), post-processing (upscaling, scores, NMS, the kept masks) and RLE (with its
 transfer) are the generator's own clocks; backbones (CLIP + DINOv2 + LLNs) and
 pooling (+ projection) the embedder's; store and FAISS the commit's. On a GPU the
-backbones run beside SAM (``models/ahead.py``): "backbones" is then the loop's wait
-for them, and their own thread's clock is printed apart (``--no-backbones-beside-sam``
-runs them after SAM, as before).
+backbones run beside SAM and SAM's encoder a group ahead, each on a stream of its
+own (``usesearch/side_stream.py``): "backbones" and "SAM encoder" are then the loop's
+wait for them, their own threads' clocks printed apart (``--no-side-streams`` runs
+them in line, as before).
 
     python benchmarks/index_throughput.py [--presets l14-336,b16] [--images 32] [--side 1024]
         [--points-per-side 32] [--masks-per-photo 100] [--device cpu|cuda] [--precision bfloat16]
-        [--no-backbones-beside-sam] [--json FILE]
+        [--no-side-streams] [--json FILE]
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ from PIL import Image
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from skimage import data
 
+from usesearch import side_stream
 from usesearch.indexer import IndexOptions, index_paths, pipeline
 from usesearch.masks import rle, sam_fast
-from usesearch.models import ahead, presets
+from usesearch.models import presets
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins")
 STAGES = (
@@ -189,8 +191,8 @@ def run(name: str, photos: Path, db: Path, args) -> dict:
     # stand for (--run-photos: an archive's by default), as index_paths counts them.
     standing_for = mock.patch.object(pipeline, "photos_to_index", lambda *_: args.run_photos)
     beside = contextlib.nullcontext()
-    if args.backbones_beside_sam is not None:
-        beside = mock.patch.object(ahead, "runs_beside_sam", lambda _device: args.backbones_beside_sam)
+    if args.side_streams is not None:
+        beside = mock.patch.object(side_stream, "used_on", lambda _device: args.side_streams)
     with mock.patch.dict(presets.PRESETS, patched), shaped, standing_for, beside:
         options = IndexOptions(
             preset=name,
@@ -262,10 +264,11 @@ def main() -> None:
         help="the photos of the run these stand for, which what it compiles goes by (default: an archive's)",
     )
     parser.add_argument(
-        "--backbones-beside-sam",
+        "--side-streams",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="a group's backbones on a stream of their own while SAM runs (default: as a user gets it, on a GPU)",
+        help="SAM's encoder a group ahead and the backbones beside SAM, each on a stream of its own "
+        "(default: as a user gets it, on a GPU)",
     )
     parser.add_argument("--precision", default="auto", help="auto, float32 or bfloat16 (index --precision)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -359,9 +362,10 @@ def print_result(r: dict) -> None:
     print(f"  {'other (loop, sync)':<22} {1000 * other / per_photo:9.2f} ms/photo {other / r['loop_s']:7.1%}")
     for stage in ("read + hash (workers)", "decode (workers)"):
         print(f"  {stage:<22} {1000 * r['stages_s'].get(stage, 0.0) / per_photo:9.2f} ms/photo (in worker threads)")
-    beside = r["stages_s"].get("backbones beside SAM (own thread)", 0.0)
-    if beside:  # its clock runs beside SAM's; "backbones" above is the loop's wait for them
-        print(f"  {'backbones beside SAM':<22} {1000 * beside / per_photo:9.2f} ms/photo (the embedder's thread)")
+    for stage in ("SAM encoder ahead (own thread)", "backbones beside SAM (own thread)"):
+        seconds = r["stages_s"].get(stage, 0.0)
+        if seconds:  # side streams' clocks, beside the loop's, which has the wait for them above
+            print(f"  {stage.split(' (')[0]:<22} {1000 * seconds / per_photo:9.2f} ms/photo (its own thread)")
 
 
 if __name__ == "__main__":
