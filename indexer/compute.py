@@ -144,6 +144,8 @@ class ModelStage:
         self.model, self.masker = model, masker
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="usesearch-models") if overlap else None
         self.ahead = 1 if overlap else 0  # groups computing while the caller commits
+        for side in _side_streams(model, masker):  # the groups started ahead and not yet taken, at most
+            side.keep = self.ahead + 1
 
     def submit(self, group: list[Photo]) -> Future[Computed]:
         if self.pool is not None:
@@ -160,3 +162,12 @@ class ModelStage:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        for side in _side_streams(self.model, self.masker):  # work started ahead and never taken (a stop)
+            side.close()
+
+
+def _side_streams(model, masker) -> list:
+    """The models' ``SideStream``s (``usesearch/side_stream.py``): SAM's encoder ahead,
+    the backbones beside SAM."""
+    found = [getattr(getattr(masker, "generator", None), "ahead", None), getattr(model, "beside", None)]
+    return [side for side in found if side is not None]

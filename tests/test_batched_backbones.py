@@ -111,9 +111,11 @@ def test_a_groups_backbones_beside_sam_equal_one_call_a_photo(photos):
     towers = model._towers
     model._towers = lambda smalls: calls.append((threading.current_thread().name, len(smalls))) or towers(smalls)
     model.beside.on = model.batch_backbones = True
+    compute_photos(photos, paths, model, masker, clock())  # the first group of its size: in line (compiled there)
     beside = compute_photos(photos, paths, model, masker, clock())
-    ((thread, size),) = calls  # one call for the group, in the embedder's thread; no other in line
-    assert thread.startswith("usesearch-beside") and size == len(photos)
+    (first, size_a), (then, size_b) = calls  # a call a group; for the second, none in line
+    assert first == threading.current_thread().name and then.startswith("usesearch-beside")
+    assert size_a == size_b == len(photos)
     assert not model.beside._kept and not model._features  # every photo's features used, none batched again
     assert model.seconds["backbones beside SAM"] > 0
     for (rows_a, vectors_a), (rows_b, vectors_b) in zip(single, beside):
@@ -136,6 +138,7 @@ def test_a_call_beside_sam_that_fails_leaves_each_photo_to_its_own(photos, out_o
 
     model._towers = fail_beside
     model.beside.on = True
+    model.beside.ran_in_line(photos)  # (as a first group of this size would have)
     got = compute_photos(photos, list(NAMES), model, masker, clock())
     for (rows_a, vectors_a), (rows_b, vectors_b) in zip(expected, got):
         assert rows_a == rows_b
@@ -154,6 +157,7 @@ def test_compiled_towers_giving_nan_beside_sam_cost_the_compiling_not_the_photos
     for region in compile_regions(model.use.encoder):
         region._compiled_call_impl = lambda *a, m=region, **k: m.forward(*a, **k) * float("nan")
     model.beside.on = True
+    model.beside.ran_in_line(photos)
     with caplog.at_level("WARNING"):
         got = compute_photos(photos, list(NAMES), model, masker, clock())
     for (_, vectors_a), (_, vectors_b) in zip(expected, got):

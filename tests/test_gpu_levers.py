@@ -288,13 +288,15 @@ def test_models_a_group_ahead_of_the_commits_give_the_same_index(tmp_path, monke
     is recorded (as soon as it is read), and the indexed photos are committed in walk
     order."""
     import usesearch.indexer.pipeline
+    import usesearch.models.ahead
     from tests.helpers import segment_table
     from usesearch import side_stream
     from usesearch.indexer.compute import ModelStage
     from usesearch.masks.amg_encoding import SamEncoding
     from usesearch.models.ahead import BackbonesAhead
 
-    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee", "rocket", "camera"))
+    names = ("astronaut", "chelsea", "coffee", "rocket", "camera", "moon", "immunohistochemistry", "coins")
+    photos = write_photos(tmp_path / "photos", names)  # four groups of two
     (photos / "broken.png").write_bytes(b"\x89PNG not really")
     options = dict(
         preset="tiny",
@@ -315,23 +317,30 @@ def test_models_a_group_ahead_of_the_commits_give_the_same_index(tmp_path, monke
         lambda model, masker, overlap: threads.append(1) or ModelStage(model, masker, overlap=True),
     )
     monkeypatch.setattr(side_stream, "used_on", lambda device: side_streams)
-    ran_in = {"encoder": set(), "towers": set()}  # the threads each model ran in
+    monkeypatch.setattr(usesearch.models.ahead, "batches_backbones", lambda device: side_streams)  # as a GPU's
+    ran_in: dict[str, list] = {"encoder": [], "towers": []}  # the thread of each call, in order
     for name, cls, method in (("encoder", SamEncoding, "_encode"), ("towers", BackbonesAhead, "_towers")):
 
         def spy(self, *args, real=getattr(cls, method), name=name):
-            ran_in[name].add(threading.current_thread().name[:16])
+            ran_in[name].append(threading.current_thread().name[:16])
             return real(self, *args)
 
         monkeypatch.setattr(cls, method, spy)
     ahead = index_paths([photos], tmp_path / "ahead", IndexOptions(**options))
     beside = [ahead.stages[f"{s} (own thread)"] > 0 for s in ("SAM encoder ahead", "backbones beside SAM")]
     assert beside == [side_streams, side_streams]
-    if side_streams:  # every group's encoding and towers taken from the side threads: none again in line
-        assert ran_in == {"encoder": {"usesearch-encode"}, "towers": {"usesearch-beside"}}
+    models = "usesearch-models"
+    if side_streams:
+        # The first group of its size in line (compiled there: one thread compiles); each
+        # group encoded once, none again in line. The third group is queued after the
+        # first one's commit, so by then aside for sure; the second may be queued before.
+        encoder, towers = ran_in["encoder"], ran_in["towers"]
+        assert len(encoder) == 4 and encoder[0] == models and encoder[2:] == ["usesearch-encode"] * 2
+        assert towers == [models] + ["usesearch-beside"] * 3  # each group's, as SAM begins on it
     else:
-        assert ran_in == {"encoder": {"usesearch-models"}, "towers": {"usesearch-models"}}
+        assert ran_in == {"encoder": [models] * 4, "towers": [models] * 8}  # (a CPU's: a photo a call)
     assert threads and (ahead.done, ahead.failed, ahead.segments) == (inline.done, inline.failed, inline.segments) == (
-        5,
+        8,
         1,
         inline.segments,
     )
@@ -339,7 +348,7 @@ def test_models_a_group_ahead_of_the_commits_give_the_same_index(tmp_path, monke
     store = SegmentIndex.open(tmp_path / "ahead", device="cpu").store
     failed = {record.path for record in store.failures()}
     committed = [path for _, _, path in sorted(store.image_files()) if path not in failed]
-    assert len(committed) == 5 and committed == [found.path for found in walk([photos]) if found.path in committed]
+    assert len(committed) == 8 and committed == [found.path for found in walk([photos]) if found.path in committed]
 
 
 def test_a_photo_the_masker_fails_on_is_masked_once_and_a_failed_batch_photo_by_photo():

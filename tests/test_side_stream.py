@@ -17,6 +17,8 @@ from usesearch.side_stream import SideStream
 def side(keep: int = 2) -> SideStream:
     stream: SideStream = SideStream(torch.device("cpu"), "usesearch-test", {}, "test", keep=keep)
     stream.on = True  # a GPU's default
+    for size in (1, 2):
+        stream.ran_in_line(photos(size))
     return stream
 
 
@@ -52,6 +54,33 @@ def test_a_failure_is_left_to_the_callers_own_call(out_of_memory):
     assert stream.take(group) is None
     assert stream.on is not out_of_memory  # its memory beside the caller's was too much: off for good
     assert stream.take(other) == (None if out_of_memory else "other's")
+
+
+def test_a_group_size_starts_aside_only_once_the_caller_ran_it_in_line():
+    """The first group of each size compiles the models in the caller's thread:
+    torch.compile is not made to compile in two threads at once."""
+    stream, three = side(), photos(3)
+    stream.start(three, len)
+    assert not stream.started(three) and stream.take(three) is None
+    stream.ran_in_line(photos(3))  # (any photos of that size)
+    stream.start(three, len)
+    assert stream.started(three) and stream.take(three) == 3
+
+
+def test_out_of_memory_wrapped_by_the_compiler_turns_it_off_and_close_ends_its_thread():
+    stream, group, later = side(), photos(1), photos(2)
+    release = threading.Event()
+    try:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    except torch.cuda.OutOfMemoryError as oom:
+        wrapped = RuntimeError("inductor: failed while compiling")
+        wrapped.__cause__ = oom
+    stream.start(group, lambda _: release.wait() and (_ for _ in ()).throw(wrapped))
+    stream.start(later, lambda _: "later")  # queued behind the first
+    release.set()
+    assert stream.take(group) is None and not stream.on and not stream.started(later)
+    stream.close()
+    assert stream._thread is None
 
 
 def test_off_it_starts_nothing():
@@ -92,6 +121,7 @@ def test_a_photo_whose_encoding_ahead_failed_meets_its_error_in_line(generator, 
     from usesearch.errors import ModelOutputError
 
     group = [np.ascontiguousarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))]
+    generator.ahead.ran_in_line(group)
     calls = []
     nan = lambda pixels: calls.append(1) or torch.full((len(pixels), 256, 64, 64), float("nan"))  # noqa: E731
     monkeypatch.setattr(generator.model, "image_encoder", _Encoder(generator.model.image_encoder, nan))
@@ -100,6 +130,30 @@ def test_a_photo_whose_encoding_ahead_failed_meets_its_error_in_line(generator, 
     with pytest.raises(ModelOutputError, match="SAM's image encoder gave"):
         generator.generate_batch(group)
     assert len(calls) == 2  # ahead, then in line
+
+
+def test_the_decoder_out_of_memory_stops_the_encoder_ahead_before_it_halves_its_batch(monkeypatch):
+    """The encoder's work ahead holds memory beside the decoder's: stopped first, the
+    prompt batch kept; a second shortage is another process's, and halves the batch."""
+    monkeypatch.setattr("usesearch.masks.amg.CPU_POINTS_PER_BATCH", 64)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    generator = SamMaskGenerator(blob_sam(), points_per_side=8, **LOW)
+    photo = np.ascontiguousarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    generator.ahead.on = True
+    generator.ahead.ran_in_line([photo])
+    generator.encode_ahead([photo])
+    assert generator.ahead.in_use()
+    real, sizes, shortages = generator._batch_candidates, [], iter([True, True])
+
+    def short_of_memory(features, points, *args):
+        sizes.append(len(points))
+        if len(points) == 64 and next(shortages, False):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(features, points, *args)
+
+    generator._batch_candidates = short_of_memory
+    assert len(generator.generate_batch([photo])[0]) > 0
+    assert sizes == [64, 64, 32, 32] and not generator.ahead.on
 
 
 class _Encoder(torch.nn.Module):

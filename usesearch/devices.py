@@ -118,6 +118,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.current_stream(device).synchronize()
 
 
+def out_of_memory_in(exc: BaseException | None) -> BaseException | None:
+    """The out-of-memory error in ``exc``'s chain of causes (dynamo and inductor wrap one
+    met while compiling in their own errors), else None: raised as itself, so the
+    generator, which halves its prompt batch on it, sees it."""
+    import torch
+
+    while exc is not None:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def explicit_device(device: str | torch.device | None) -> torch.device | None:
     """An explicit ``--device`` resolved now (refused in one line where this machine
     lacks it); None for the default, which waits for the first model (and torch)."""

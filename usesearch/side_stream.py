@@ -25,6 +25,8 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from usesearch.devices import out_of_memory_in
+
 T = TypeVar("T")
 
 
@@ -50,7 +52,13 @@ class SideStream(Generic[T]):
     stream on a GPU); ``take(photos)``, given the very same photo objects, returns the
     result, usable on the caller's stream. ``clock[key]`` gets the thread's seconds.
     The ``keep`` latest groups are kept untaken (a group that failed before it was
-    taken is dropped with the oldest)."""
+    taken is dropped with the oldest).
+
+    Work starts on a side thread only for a group size the caller has already run in
+    line (``ran_in_line``): the first group of each size (a run's first, its smaller
+    last) compiles the models in the caller's thread, as torch.compile is not made to
+    compile in two threads at once (pytorch#118260); the side thread then runs
+    compiled code only."""
 
     def __init__(self, device: torch.device, name: str, clock: dict[str, float], key: str, keep: int = 2):
         self.device, self.name, self.clock, self.key, self.keep = device, name, clock, key, keep
@@ -59,9 +67,14 @@ class SideStream(Generic[T]):
         self._thread: ThreadPoolExecutor | None = None  # made on first use
         self._stream: torch.cuda.Stream | None = None
         self._kept: OrderedDict[tuple[int, ...], tuple[list, Future[tuple[T, Any]]]] = OrderedDict()
+        self._sizes_run: set[int] = set()  # group sizes the caller ran in line (compiled there)
+
+    def ran_in_line(self, photos: list) -> None:
+        """The caller computed these photos itself: later groups of their size may go aside."""
+        self._sizes_run.add(len(photos))
 
     def start(self, photos: list, run: Callable[[list], T]) -> None:
-        if not self.on or not photos:
+        if not self.on or len(photos) not in self._sizes_run:
             return
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix=self.name)
@@ -92,17 +105,18 @@ class SideStream(Generic[T]):
         current stream; None where none was started or it failed (the caller's own
         call in line meets the failure again, as its error). Out of memory turns the
         side stream off for good: its memory beside the caller's was too much."""
-        if not self.started(photos):
+        # One pop, not a check then a pop: ``start`` runs in the indexing thread while
+        # the model thread takes (an id is reused once its object is gone: the identity check).
+        entry = self._kept.pop(tuple(map(id, photos)), None)
+        if entry is None or not all(a is b for a, b in zip(entry[0], photos)):
             return None
-        _, future = self._kept.pop(tuple(map(id, photos)))
+        future = entry[1]
         try:
             out, done = future.result()
-        except torch.cuda.OutOfMemoryError:
-            self.on = False
-            self._kept.clear()
-            torch.cuda.empty_cache()
-            return None
-        except Exception:  # noqa: BLE001 - met again in line, as the photos' own error
+        except Exception as exc:  # noqa: BLE001 - met again in line, as the photos' own error
+            if out_of_memory_in(exc) is not None:  # (dynamo and inductor wrap one met compiling)
+                self.stop()
+                torch.cuda.empty_cache()
             return None
         if done is not None:
             current = torch.cuda.current_stream(self.device)
@@ -111,6 +125,25 @@ class SideStream(Generic[T]):
                 tensor.record_stream(current)
         return out
 
+    def in_use(self) -> bool:
+        """Whether work may be under way aside: on, and started before."""
+        return self.on and self._thread is not None
+
+    def stop(self) -> None:
+        """Off for good (memory ran out: this work's beside the caller's was too much),
+        what it kept dropped."""
+        self.on = False
+        self.drop()
+
     def drop(self) -> None:
-        """Forget every result not yet taken (computed by a model since found wrong)."""
-        self._kept.clear()
+        """Forget every result not yet taken (computed by a model since found wrong, or
+        the run ends), work not yet begun cancelled."""
+        while self._kept:
+            self._kept.popitem(last=False)[1][1].cancel()
+
+    def close(self) -> None:
+        """``drop``, and the thread ended once its work under way is done."""
+        self.drop()
+        if self._thread is not None:
+            self._thread.shutdown(wait=True, cancel_futures=True)
+            self._thread = None

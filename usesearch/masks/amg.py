@@ -179,6 +179,7 @@ class SamMaskGenerator(SamEncoding):
             self.seconds["encoder"] += time.perf_counter() - start
             if features is None:
                 features = self._encode_photos(images, "encoder")
+                self.ahead.ran_in_line(images)  # (compiled here: groups of this size may now go aside)
             return [self._generate(image, features[n]) for n, image in enumerate(images)]
         finally:
             self.seconds["total"] += time.perf_counter() - start
@@ -211,10 +212,13 @@ class SamMaskGenerator(SamEncoding):
                     for (points,) in batch_iterator(per_batch, points_for_image)
                 ]
                 break
-            except torch.cuda.OutOfMemoryError:  # another process took memory since it was sized: halve, for good
-                if self.points_per_batch or per_batch == 1:
+            except torch.cuda.OutOfMemoryError:  # something took memory since it was sized
+                if self.ahead.in_use():  # the encoder's work ahead, beside the decoder's: stopped first
+                    self.ahead.stop()
+                elif self.points_per_batch or per_batch == 1:
                     raise
-                self._prompt_batches[key] = per_batch // 2
+                else:  # another process: halve, for good
+                    self._prompt_batches[key] = per_batch // 2
                 torch.cuda.empty_cache()
         cands = Candidates.cat(parts, self.model.device)
         cands = cands[top_up(nms(cands.boxes, cands.iou, self.box_nms_thresh), cands.iou, self.masks_per_photo)]

@@ -19,6 +19,7 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops import batched_nms
 
+from usesearch.devices import out_of_memory_in
 from usesearch.errors import first_line
 from usesearch.masks.separable_resize import axis_taps, separable_upscale
 
@@ -324,17 +325,6 @@ def _quiet_torch_about_our_recompile_limit() -> None:
     logger = logging.getLogger("torch._dynamo.convert_frame")
     if not any(isinstance(f, _OurRecompileLimit) for f in logger.filters):
         logger.addFilter(_OurRecompileLimit())
-
-
-def out_of_memory_in(exc: BaseException | None) -> BaseException | None:
-    """The out-of-memory error in ``exc``'s chain of causes (dynamo and inductor wrap one
-    met while compiling in their own errors), else None: raised as itself, so the
-    generator, which halves its prompt batch on it, sees it."""
-    while exc is not None:
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def remove_small_regions_each(masks: torch.Tensor, min_area: int) -> tuple[torch.Tensor, list[float]]:

@@ -12,8 +12,8 @@ from typing import TypeVar
 import torch
 from segment_anything.modeling import Sam
 
+from usesearch.devices import out_of_memory_in
 from usesearch.errors import first_line
-from usesearch.masks.amg_utils import out_of_memory_in
 from usesearch.masks.sam_fast import COMPILED_UPSCALING, mask_logits, row_major_tokens
 
 log = logging.getLogger(__name__)

@@ -82,13 +82,15 @@ class BackbonesAhead:
 
     def prepare(self, rgbs: list[np.ndarray]) -> None:
         """Start these photos' backbone work while the caller runs SAM on them: on a GPU
-        (``beside.on``) the group's backbone call on a stream of its own, elsewhere
-        their resizing in a thread. ``image_features`` then finds it done or under way.
-        Work prepared earlier and never used (a failed photo) is dropped."""
+        (``beside.on``) the group's backbone call on a stream of its own (once a group
+        of its size ran in line: ``SideStream``), else their resizing in a thread.
+        ``image_features`` then finds it done or under way. Work prepared earlier and
+        never used (a failed photo) is dropped."""
         self._prepared, self._group = {}, None
-        if self.beside.on:
-            self._group = list(rgbs)
-            self.beside.start(self._group, self._towers_of)
+        group = list(rgbs)
+        self.beside.start(group, self._towers_of)  # (where on, for a group size run in line before)
+        if self.beside.started(group):
+            self._group = group
             return
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="usesearch-resize")
@@ -153,6 +155,7 @@ class BackbonesAhead:
         try:
             z = self._features_of(images)
             synchronize(self.device)  # so the backbones' time is theirs
+            self.beside.ran_in_line(images)  # (compiled here: groups of this size may now go aside)
         except torch.cuda.OutOfMemoryError:  # a card too small for a group: one photo a call, for good
             self.batch_backbones = False
             torch.cuda.empty_cache()
@@ -170,7 +173,10 @@ class BackbonesAhead:
         found = self._beside_features(image)
         if found is None:
             found = _taken(self._features, image)
-        return found if found is not None else self._features_of([image])[0]
+        if found is None:
+            found = self._features_of([image])[0]
+            self.beside.ran_in_line([image])
+        return found
 
     def _drop_ahead(self) -> None:
         """Forget the work done ahead (computed by towers since found wrong)."""
