@@ -57,7 +57,7 @@ print('every module the steps import is here')
 "
 # 1. The CUDA parts of the suite that a CPU cannot run: run-length coding on the device,
 #    and the generator's masks against stock's on the GPU (the bfloat16 tolerance).
-step checks.txt timeout 90 python3 - <<'PY'
+step checks.txt timeout 105 python3 - <<'PY'
 import numpy as np, torch
 from usesearch.masks import rle
 import torch.nn.functional as F
@@ -155,6 +155,18 @@ after = pooled(False)
 gap = max(float(np.abs(a - b).max()) for _ in range(4) for a, b in zip(after, pooled(True)))  # memory reused
 print(f"the backbones beside SAM on their own stream against after SAM: largest gap {gap:.2e} (4 groups of 4 photos)")
 assert gap <= 1e-3 and model.beside.on, "the streams' hand-over lost the features"
+# SAM's encoder a group ahead on its own stream (the same, never yet on a card), on the
+# tests' blob SAM: the masks of the group encoded in line, then ahead.
+generator = SamMaskGenerator(blob_sam("cuda"), points_per_side=8, encoder_batch=2, **LOW)
+pair = list(images.values())
+in_line = generator.generate_batch(pair)  # (the first group of its size: in line)
+assert generator.ahead.on, "not a GPU's default"
+for _ in range(3):
+    generator.encode_ahead(pair)
+    ahead = generator.generate_batch(pair)
+    assert [[r.rle["counts"] for r in p] for p in ahead] == [[r.rle["counts"] for r in p] for p in in_line]
+assert generator.seconds["encoder ahead"] > 0 and generator.ahead.on
+print(f"SAM's encoder a group ahead on its own stream gives the in-line masks ({sum(map(len, in_line))} masks, 3 groups)")
 # Last, so the checks above had their turn: the tolerance held for compiled masks only if it compiled.
 assert not not_compiled, f"the generator's decoder did not compile on this GPU ({', '.join(not_compiled)}): see the warning"
 PY
@@ -167,19 +179,19 @@ step throughput.txt timeout 190 python3 benchmarks/index_throughput.py --presets
 # 3. Where SAM's GPU time goes, kernel by kernel (torch's profiler, one photo at a time),
 #    its encoder compiled as index compiles it now; then the paper's backbones, a group of
 #    4 photos a call; each with the share of the wall time the device was busy.
-step profile.txt timeout 95 python3 benchmarks/gpu_profile.py --arch vit_h --points-per-side 32 --rows 30 \
+step profile.txt timeout 90 python3 benchmarks/gpu_profile.py --arch vit_h --points-per-side 32 --rows 30 \
   --compile --backbones l14-336
 # 4. SAM's levers against segment-anything's code (encoder SDPA; decoder shared tokens + SDPA;
 #    the decoder compiled, as the generator runs it on a GPU; half the prompts upscaled, as
 #    the IoU filter's gate does where half fail it); then the upscaling alone each way,
 #    transposed convolutions (cuDNN's dgrad kernels, 4.4 ms a call in the H100 profile)
 #    against per-pixel products (a GPU's default since then, never yet run on one).
-step levers.txt timeout 95 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3 \
+step levers.txt timeout 90 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3 \
   --compiled-decoder --upscaled 0.5 --upscaling-ways
 # 5. Candidate scoring compiled against segment-anything's helpers on this GPU: time,
 #    agreement, and whether inductor's Triton code writes the full-size logits after all.
 #    3000x4000 is scored through the separable resize (separable_resize.py): never yet run on a GPU.
-step scores.txt timeout 70 python3 benchmarks/candidate_scores.py --photos 768x1024,3000x4000
+step scores.txt timeout 65 python3 benchmarks/candidate_scores.py --photos 768x1024,3000x4000
 # (the preset as a 500-photo run compiles it has a call of its own: sh benchmarks/gpu_check.sh mid)
 if [ -n "$FAILED" ]; then echo "gpu_check: failed steps:$FAILED"; exit 1; fi
 echo "gpu_check: every step passed; figures in $OUT"
