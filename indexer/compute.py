@@ -116,7 +116,7 @@ def segment_records(rgb: np.ndarray, path: str, proposals, model, masker, clock)
 def stage_seconds(model, masker) -> dict[str, float]:
     """The models' own clocks by stage (SAM's generator, the USE embedder), where they keep them."""
     out = {}
-    sam = getattr(getattr(masker, "generator", None), "seconds", None)
+    sam = getattr(_generator(masker), "seconds", None)
     if sam:
         if "encoder ahead" in sam:  # its own thread's clock, not the loop's (usesearch/side_stream.py)
             out["SAM encoder ahead (own thread)"] = sam["encoder ahead"]
@@ -151,7 +151,7 @@ class ModelStage:
         if self.pool is not None:
             # SAM's encoder starts on the group now, on a stream of its own (a GPU's), while
             # the model thread still decodes the group before it (usesearch/side_stream.py).
-            encode_ahead = getattr(getattr(self.masker, "generator", None), "encode_ahead", None)
+            encode_ahead = getattr(_generator(self.masker), "encode_ahead", None)
             if encode_ahead is not None:
                 encode_ahead([photo.rgb for photo in group])
             return self.pool.submit(compute_group, group, self.model, self.masker)
@@ -169,5 +169,10 @@ class ModelStage:
 def _side_streams(model, masker) -> list:
     """The models' ``SideStream``s (``usesearch/side_stream.py``): SAM's encoder ahead,
     the backbones beside SAM."""
-    found = [getattr(getattr(masker, "generator", None), "ahead", None), getattr(model, "beside", None)]
+    found = [getattr(_generator(masker), "ahead", None), getattr(model, "beside", None)]
     return [side for side in found if side is not None]
+
+
+def _generator(masker):
+    """SAM's generator behind ``masker`` (``SamMasker.generator``), else None."""
+    return getattr(masker, "generator", None)

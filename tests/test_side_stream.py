@@ -29,11 +29,12 @@ def photos(n: int) -> list[np.ndarray]:
 def test_the_result_goes_to_the_very_photos_it_was_started_on_once():
     stream, group = side(), photos(2)
     stream.start(group, lambda given: (threading.current_thread().name, [int(p[0, 0, 0]) for p in given]))
+    assert stream.group_of(group[1]) == group and stream.group_of(group[1].copy()) is None  # found by any one
     assert not stream.take([p.copy() for p in group])  # equal photos, other objects: not theirs
     assert not stream.take(group[::-1])
     thread, values = stream.take(list(group))  # a new list of the same objects is the same group
     assert thread.startswith("usesearch-test") and values == [0, 1]
-    assert stream.take(group) is None  # taken once
+    assert stream.take(group) is None and stream.group_of(group[0]) is None  # taken once
     assert stream.clock["test"] > 0
 
 

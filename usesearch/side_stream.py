@@ -83,6 +83,14 @@ class SideStream(Generic[T]):
         while len(self._kept) > self.keep:
             self._kept.popitem(last=False)
 
+    def group_of(self, photo) -> list | None:
+        """The photos of the work started and not yet taken that holds this very photo
+        object (the caller takes a group by any one of its photos); None if none."""
+        for photos, _ in list(self._kept.values()):
+            if any(photo is p for p in photos):
+                return photos
+        return None
+
     def started(self, photos: list) -> bool:
         """Whether work was started on these very photos and not yet taken."""
         entry = self._kept.get(tuple(map(id, photos)))

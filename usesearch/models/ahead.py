@@ -78,7 +78,6 @@ class BackbonesAhead:
         self.batch_backbones = batches_backbones(self.device)
         # The group's call beside SAM (a GPU's); its clock apart, "backbones" the waiting for it.
         self.beside = SideStream[torch.Tensor](self.device, "usesearch-beside", self.seconds, "backbones beside SAM")
-        self._group: list | None = None  # the photos of the call started beside SAM, until one is embedded
 
     def prepare(self, rgbs: list[np.ndarray]) -> None:
         """Start these photos' backbone work while the caller runs SAM on them: on a GPU
@@ -86,11 +85,10 @@ class BackbonesAhead:
         of its size ran in line: ``SideStream``), else their resizing in a thread.
         ``image_features`` then finds it done or under way. Work prepared earlier and
         never used (a failed photo) is dropped."""
-        self._prepared, self._group = {}, None
-        group = list(rgbs)
-        self.beside.start(group, self._towers_of)  # (where on, for a group size run in line before)
-        if self.beside.started(group):
-            self._group = group
+        self._prepared = {}
+        self.beside.drop()
+        self.beside.start(rgbs, self._towers_of)  # (where on, for a group size run in line before)
+        if self.beside.started(rgbs):
             return
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="usesearch-resize")
@@ -101,7 +99,7 @@ class BackbonesAhead:
         return any(id(image) in kept for kept in (self._prepared, self._features)) or self._in_group(image)
 
     def _in_group(self, image) -> bool:
-        return self._group is not None and any(image is photo for photo in self._group)
+        return self.beside.group_of(image) is not None
 
     def _resize(self, image) -> dict[int, np.ndarray]:
         return self.use.resize_for_backbones(to_rgb_array(image))
@@ -131,10 +129,9 @@ class BackbonesAhead:
         """This photo's features from the call ``prepare`` started beside SAM (the
         group's others kept for their turn); None where there is none or it failed
         (the photo's own call meets the failure again, as that photo's error)."""
-        if not self._in_group(image):
+        group = self.beside.group_of(image)
+        if group is None:
             return None
-        assert self._group is not None
-        group, self._group = self._group, None
         z = self.beside.take(group)
         if z is None:
             return None
@@ -180,5 +177,5 @@ class BackbonesAhead:
 
     def _drop_ahead(self) -> None:
         """Forget the work done ahead (computed by towers since found wrong)."""
-        self._features, self._group = {}, None
+        self._features = {}
         self.beside.drop()
