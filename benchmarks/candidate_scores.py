@@ -25,7 +25,8 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers' reader of generated code
 from tests.helpers import allocated_sizes  # noqa: E402
-from usesearch.masks.amg_utils import CompiledScores, eager_stability_and_boxes  # noqa: E402
+from usesearch.masks.amg_utils import CompiledScores, eager_stability_and_boxes, past_canvas  # noqa: E402
+from usesearch.masks.cell_scoring import axis_cells, cell_scores  # noqa: E402
 
 SIDE = 1024
 EAGER_BYTES = 8 * 2**30  # full-size float32 logits the eager path holds at a time
@@ -63,6 +64,13 @@ def eager(low_res, input_size, crop_hw):
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
+def cells(low_res, input_size, crop_hw):
+    """``cell_scoring.cell_scores`` as ``CandidateScoring`` calls it (None: it gave way)."""
+    rows, cols = (axis_cells(SIDE, low_res.shape[-1], i, o, low_res.device) for i, o in zip(input_size, crop_hw))
+    lerp = not past_canvas(SIDE, crop_hw) and rows.taps == cols.taps == 2
+    return cell_scores(low_res, rows, cols, 0.0, 1.0, lerp)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -94,13 +102,21 @@ def main() -> None:
             faults.append(f"{text}: " + (scores.failed or f"{len(full_size)} full-size buffers of {len(shapes)}"))
         compiled_s, _ = timed(lambda: scores(low_res, input_size, crop_hw), device, args.repeat)
         eager_s, (eager_stability, eager_boxes) = timed(lambda: eager(low_res, input_size, crop_hw), device, 1)
+        cells_s, by_cells = timed(lambda: cells(low_res, input_size, crop_hw), device, args.repeat)
         stability_gap = (stability.nan_to_num(-1) - eager_stability.nan_to_num(-1)).abs().max().item()
         boxes_differ = int((boxes != eager_boxes).any(1).sum())
         print(
             f"  {crop_hw[0]}x{crop_hw[1]} (canvas {input_size[0]}x{input_size[1]}): eager {1000 * eager_s:8.1f} ms, "
-            f"compiled {1000 * compiled_s:7.1f} ms ({eager_s / compiled_s:.1f}x), compiling {compile_s:.1f} s"
+            f"compiled {1000 * compiled_s:7.1f} ms ({eager_s / compiled_s:.1f}x), compiling {compile_s:.1f} s, "
+            f"cells {1000 * cells_s:7.1f} ms ({eager_s / cells_s:.1f}x)"
             + (f", fallback: {scores.failed}" if scores.failed else "")
         )
+        if by_cells is None:
+            faults.append(f"{text}: cell scoring gave way to the dense pass")
+        else:
+            cells_gap = (by_cells[0].nan_to_num(-1) - eager_stability.nan_to_num(-1)).abs().max().item()
+            cells_differ = int((by_cells[1] != eager_boxes).any(1).sum())
+            print(f"    cells against eager: {cells_differ} boxes differ, largest stability gap {cells_gap:.2e}")
         print(
             f"    agreement: {boxes_differ} of {count} boxes differ, largest stability gap {stability_gap:.2e}; "
             f"buffers the compiled code allocates: {len(shapes)}, full-size ([N, H, W]): {len(full_size)}"

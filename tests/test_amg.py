@@ -276,6 +276,8 @@ def test_on_a_cpu_a_large_photos_masks_are_upscaled_in_groups_that_fit_and_the_m
     assert amg_utils.cpu_encode_chunk((768, 1024), ENCODE_CHUNK) == ENCODE_CHUNK
     assert amg_utils.cpu_encode_chunk((7000, 7000), ENCODE_CHUNK) < ENCODE_CHUNK
     settings = dict(points_per_side=8, min_mask_region_area=25, **LOW)
+    # The dense pass, which scores where cells give way (cell_scoring: noisy logits)
+    monkeypatch.setattr("usesearch.masks.candidate_scoring.CandidateScoring.by_cells", lambda self, *args: None)
     whole = SamMaskGenerator(sam, **settings).generate(image)
     # A budget that fits 5 masks of this photo at a time, 2 kept ones encoded: as a large photo's would.
     h, w = image.shape[:2]

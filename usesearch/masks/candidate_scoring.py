@@ -1,10 +1,13 @@
 """Which path scores SAM's candidates (stability score and box), and the scoring.
 
 A candidate's stability score and box need its logits at the crop's size. Eagerly,
-segment-anything's helpers over materialised logits (in groups that fit on a CPU);
-compiled, ``CompiledScores``' one fused pass that never writes them. The two give
-the same bits for crops at or under the model's canvas, and differ by float
-rounding past it (``amg_utils.past_canvas``). So where a switch may come matters:
+by cells (``cell_scoring``: only the pixels a threshold passes near are upscaled),
+or where cells would not pay (noisy logits: many cells crossed), segment-anything's
+helpers over materialised logits (in groups that fit on a CPU); compiled,
+``CompiledScores``' one fused pass that never writes them. Cells use the compiled
+pass's arithmetic, and all give the same numbers for crops at or under the model's
+canvas, and differ by float rounding past it (``amg_utils.past_canvas``). So where a
+switch may come matters:
 
 * CUDA: compiled from the first crop (``compiled=None``).
 * A CPU with a C++ compiler: crops at or under the canvas eagerly until their eager
@@ -29,6 +32,7 @@ from segment_anything.utils.amg import batched_mask_to_box
 
 from usesearch.masks import sam_compile
 from usesearch.masks.amg_utils import CompiledScores, cpu_upscale_chunk, past_canvas, stability_score, upscale_logits
+from usesearch.masks.cell_scoring import axis_cells, cell_scores
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,9 @@ COMPILE_AFTER_SECONDS = 20.0  # eager scoring a CPU does before compiling it (a 
 # 12 MP 94 s against 15 s. Below it (a demo's photos past tiny's 256-px canvas) the compile
 # would not pay.
 COMPILE_PIXELS = 1_000_000
+# Photo pixels scored by cells at a time (a 12 MP photo's candidates 44 at a time): the
+# crossed cells' pixels, upscaled, are at most a quarter of them (cell_scoring.CROSSED_SHARE).
+CELL_PIXELS = 1 << 29
 
 
 class CandidateScoring:
@@ -67,14 +74,15 @@ class CandidateScoring:
             self.compiled = self._compiled()
         waited = exact and self.compile_after is None  # at or under the canvas: after the time budget
         if self.compiled is not None and (self.compiled_any_size or large or waited):
-            stability, boxes = self.compiled(low_res, input_size, crop_hw)
-            if keep_above <= 0.0:
-                return None, stability, boxes
-            passed = stability >= keep_above
-            return passed, stability[passed], boxes[passed]
+            return _kept(*self.compiled(low_res, input_size, crop_hw), keep_above)
+        started = time.perf_counter()
+        by_cells = self.by_cells(low_res, input_size, crop_hw)
+        if by_cells is not None:
+            if exact:
+                self.paid_eagerly(time.perf_counter() - started)
+            return _kept(*by_cells, keep_above)
         # Upscaled a group at a time on a CPU (a large photo's full-size logits), at once on a GPU.
         chunk = cpu_upscale_chunk(self.side, crop_hw) if self.device.type == "cpu" else max(1, len(low_res))
-        started = time.perf_counter()
         kept_parts, stabilities, box_parts = [], [], []
         for start in range(0, max(1, len(low_res)), chunk):  # (once when empty, as the library takes it)
             logits = upscale_logits(low_res[start : start + chunk], self.side, input_size, crop_hw)
@@ -89,6 +97,29 @@ class CandidateScoring:
             self.paid_eagerly(time.perf_counter() - started)
         kept = torch.cat(kept_parts) if kept_parts else None
         return kept, torch.cat(stabilities), torch.cat(box_parts)
+
+    def by_cells(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(stability scores, boxes) by ``cell_scoring``, CELL_PIXELS at a time; None where
+        a group's crossed cells are too many or the resize does not cut into runs (a photo
+        much smaller than the canvas): the dense pass then scores them all."""
+        if not len(low_res):
+            return None
+        try:
+            rows, cols = (
+                axis_cells(self.side, low_res.shape[-1], int(i), int(o), low_res.device)
+                for i, o in zip(input_size, crop_hw)
+            )
+        except ValueError:
+            return None
+        lerp = not past_canvas(self.side, crop_hw) and rows.taps == cols.taps == 2
+        step = max(1, CELL_PIXELS // (crop_hw[0] * crop_hw[1]))
+        parts = []
+        for start in range(0, len(low_res), step):
+            part = cell_scores(low_res[start : start + step], rows, cols, self.threshold, self.offset, lerp)
+            if part is None:
+                return None
+            parts.append(part)
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def paid_eagerly(self, seconds: float) -> None:
         """Eager scoring time; at the budget, scoring is compiled for what follows."""
@@ -106,3 +137,11 @@ class CandidateScoring:
 
     def _compiled(self) -> CompiledScores:  # with the backend every compiled part of SAM takes
         return CompiledScores(self.side, self.threshold, self.offset, sam_compile.COMPILE_BACKEND)
+
+
+def _kept(stability: torch.Tensor, boxes: torch.Tensor, keep_above: float):
+    """``CandidateScoring``'s answer from every candidate's scores and boxes."""
+    if keep_above <= 0.0:
+        return None, stability, boxes
+    passed = stability >= keep_above
+    return passed, stability[passed], boxes[passed]

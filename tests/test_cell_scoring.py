@@ -1,0 +1,109 @@
+"""Candidates scored by cells (``cell_scoring``): only the pixels a threshold passes
+near are upscaled; the numbers are segment-anything's helpers' over the upscaled logits."""
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamAutomaticMaskGenerator
+
+from tests.helpers import LOW
+from tests.test_compiled_scores import PHOTOS, SIDE, blob_logits, shapes
+from usesearch.masks import candidate_scoring, cell_scoring
+from usesearch.masks.amg import SamMaskGenerator
+from usesearch.masks.amg_utils import eager_stability_and_boxes, past_canvas
+from usesearch.masks.candidate_scoring import CandidateScoring
+
+CPU = torch.device("cpu")
+
+
+def scoring() -> CandidateScoring:
+    return CandidateScoring(SIDE, 0.0, 1.0, CPU, compiled=False)
+
+
+def assert_as_stock(low_res, photo_hw):
+    """Cells give segment-anything's numbers: the same bits at or under the canvas, float
+    rounding past it (as the compiled pass there); the same boxes."""
+    input_size, crop_hw = shapes(photo_hw)
+    by_cells = scoring().by_cells(low_res, input_size, crop_hw)
+    assert by_cells is not None  # scored by cells, not handed to the dense pass
+    stability, boxes = by_cells
+    stock_stability, stock_boxes = eager_stability_and_boxes(low_res, SIDE, input_size, crop_hw, 0.0, 1.0)
+    assert torch.equal(boxes, stock_boxes)
+    gap = 0.0 if not past_canvas(SIDE, crop_hw) else 1e-5
+    torch.testing.assert_close(stability, stock_stability, rtol=0, atol=gap, equal_nan=True)
+
+
+@pytest.mark.parametrize("photo_hw", [*PHOTOS, (3000, 4000)], ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_cells_give_segment_anythings_stability_scores_and_boxes(photo_hw):
+    assert_as_stock(blob_logits(12 if photo_hw[0] < 3000 else 4), photo_hw)
+
+
+def test_logits_at_a_threshold_exactly_and_sharp_edges_are_counted_as_stock(monkeypatch):
+    """Cells that lie on a threshold, or whose block straddles a step, are upscaled pixel
+    by pixel: a value equal to a threshold is not above it, as stock counts. (Whole
+    candidates on a threshold cross every cell: scored by cells all the same here.)"""
+    monkeypatch.setattr(cell_scoring, "CROSSED_SHARE", 1.0)
+    low = torch.full((8, 1, 256, 256), -20.0)
+    low[0] = 0.0  # the box's threshold itself: no pixel above it
+    low[1] = 1.0  # threshold + offset: above the box's threshold, not the intersection's
+    low[2] = -1.0  # threshold - offset: in no union
+    low[3, :, :, 100:] = 5.0  # a step between two low-res columns
+    low[4, :, 50, 60] = 9.0  # one low-res logit: a few pixels
+    low[5, :, 10:200, 30:40] = 0.0  # a band at the threshold, beside the background
+    low[6, :, 10:200, 30:40] = 1.0 + 1e-6  # just above threshold + offset
+    low[7, :, :, 100:140] = torch.linspace(-3, 3, 40)  # a ramp: every cell of it crosses a threshold
+    for photo_hw in ((768, 1024), (1500, 2000)):
+        assert_as_stock(low, photo_hw)
+
+
+def test_noisy_logits_give_way_to_the_dense_pass(monkeypatch):
+    """Where a threshold crosses many cells, upscaling them by cells would cost more than
+    the dense pass: ``CandidateScoring`` scores the group densely, the same numbers."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(6, 1, 256, 256, generator=generator)
+    input_size, crop_hw = shapes((768, 1024))
+    assert scoring().by_cells(noise, input_size, crop_hw) is None
+    dense = []
+    real = candidate_scoring.upscale_logits
+    monkeypatch.setattr(candidate_scoring, "upscale_logits", lambda *args: dense.append(1) or real(*args))
+    kept, stability, boxes = scoring()(noise, input_size, crop_hw, 0.0)
+    assert dense and kept is None
+    stock_stability, stock_boxes = eager_stability_and_boxes(noise, SIDE, input_size, crop_hw, 0.0, 1.0)
+    assert torch.equal(boxes, stock_boxes) and torch.equal(stability.nan_to_num(-1), stock_stability.nan_to_num(-1))
+
+
+@pytest.mark.parametrize("photo", ["coffee", "astronaut"])
+def test_the_generator_scores_by_cells_and_gives_stocks_masks(sam, photo, monkeypatch):
+    """SAM's candidates on a CPU are scored by cells (the dense pass never runs), and the
+    masks, scores and boxes are segment-anything's generator's."""
+    from skimage import data
+
+    image = np.ascontiguousarray(getattr(data, photo)()[::2, ::2])  # past tiny SAM's canvas
+    settings = dict(points_per_side=8, **LOW)
+    stock = SamAutomaticMaskGenerator(sam, **settings).generate(image)
+
+    def dense(*args):
+        raise AssertionError("the dense pass ran")
+
+    monkeypatch.setattr(candidate_scoring, "upscale_logits", dense)
+    ours = SamMaskGenerator(sam, compiled_scores=False, **settings).generate(image)
+    assert len(stock) > 20 and len(ours) == len(stock)
+    assert sorted(r.box_xyxy for r in ours) == sorted(
+        (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]) for a in stock
+    )
+    assert sorted(round(r.stability_score, 5) for r in ours) == sorted(round(a["stability_score"], 5) for a in stock)
+
+
+@pytest.mark.parametrize("photo_hw", [(768, 1024), (1024, 683), (1500, 2000), (3000, 4000)])
+def test_runs_tile_each_axis_and_every_pixel_reads_its_runs_block(photo_hw):
+    for input_len, out_len in zip(*shapes(photo_hw)):
+        axis = cell_scoring.axis_cells(SIDE, 256, input_len, out_len, CPU)
+        assert int(axis.first[0]) == 0 and torch.equal(axis.first[1:], (axis.first + axis.length)[:-1])
+        assert int(axis.first[-1] + axis.length[-1]) == out_len
+        run = torch.repeat_interleave(torch.arange(len(axis.first)), axis.length)
+        assert torch.equal(axis.index[:, 0], axis.start[run])  # a run's pixels read the same low-res rows
+        assert (axis.weight >= 0).all()  # non-negative: a pixel lies between its block's least and greatest
+        if past_canvas(SIDE, photo_hw):  # the usual run: the photo's pixels a low-res row
+            assert abs(axis.piece - out_len / len(axis.first)) <= 1
+        else:
+            assert axis.piece == SIDE // 256
