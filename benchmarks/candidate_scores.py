@@ -1,6 +1,7 @@
 """SAM's candidate scoring (each candidate's stability score and box from its upscaled
 logits): segment-anything's helpers over materialised logits against the compiled
-one-pass form (``CompiledScores``, the generator's default on CUDA).
+one-pass form (``CompiledScores``, the generator's default on CUDA) and scoring by
+cells (``cell_scoring``, where nothing is compiled).
 
 For each photo shape: the compile time, ms per photo of each path at a 32x32 grid's
 3,072 candidates (thresholds off, as the throughput benchmark runs), whether the
@@ -25,8 +26,8 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers' reader of generated code
 from tests.helpers import allocated_sizes  # noqa: E402
-from usesearch.masks.amg_utils import CompiledScores, eager_stability_and_boxes, past_canvas  # noqa: E402
-from usesearch.masks.cell_scoring import axis_cells, cell_scores  # noqa: E402
+from usesearch.masks.amg_utils import CompiledScores, eager_stability_and_boxes  # noqa: E402
+from usesearch.masks.candidate_scoring import CandidateScoring  # noqa: E402
 
 SIDE = 1024
 EAGER_BYTES = 8 * 2**30  # full-size float32 logits the eager path holds at a time
@@ -65,10 +66,9 @@ def eager(low_res, input_size, crop_hw):
 
 
 def cells(low_res, input_size, crop_hw):
-    """``cell_scoring.cell_scores`` as ``CandidateScoring`` calls it (None: it gave way)."""
-    rows, cols = (axis_cells(SIDE, low_res.shape[-1], i, o, low_res.device) for i, o in zip(input_size, crop_hw))
-    lerp = not past_canvas(SIDE, crop_hw) and rows.taps == cols.taps == 2
-    return cell_scores(low_res, rows, cols, 0.0, 1.0, lerp)
+    """Scoring by cells (``cell_scoring``) as the generator's scoring runs it where nothing
+    is compiled, a group of photo pixels at a time; None where it gave way."""
+    return CandidateScoring(SIDE, 0.0, 1.0, low_res.device, compiled=False).by_cells(low_res, input_size, crop_hw)
 
 
 def main() -> None:
