@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from tests.helpers import LOW
 from tests.test_compiled_scores import PHOTOS, SIDE, blob_logits, shapes
@@ -70,6 +71,25 @@ def test_noisy_logits_give_way_to_the_dense_pass(monkeypatch):
     assert dense and kept is None
     stock_stability, stock_boxes = eager_stability_and_boxes(noise, SIDE, input_size, crop_hw, 0.0, 1.0)
     assert torch.equal(boxes, stock_boxes) and torch.equal(stability.nan_to_num(-1), stock_stability.nan_to_num(-1))
+
+
+@pytest.mark.parametrize("side", [SIDE, 256])
+def test_odd_photo_shapes_are_scored_as_stock_or_given_to_the_dense_pass(side):
+    """Slivers, single pixels, photos just past the canvas and far below it, on SAM's
+    canvas and the tiny SAM's: cells give stock's numbers wherever they score."""
+    low = blob_logits(6) if side == SIDE else torch.nn.functional.interpolate(blob_logits(6), (64, 64))
+    scored = 0
+    for photo_hw in ((1, 1), (2, 1000), (1000, 2), (20, 30), (257, 300), (1025, 1025), (99, 1500), (1024, 1)):
+        input_size = ResizeLongestSide.get_preprocess_shape(*photo_hw, side)
+        by_cells = CandidateScoring(side, 0.0, 1.0, CPU, compiled=False).by_cells(low, input_size, photo_hw)
+        if by_cells is None:
+            continue
+        scored += 1
+        stability, boxes = eager_stability_and_boxes(low, side, input_size, photo_hw, 0.0, 1.0)
+        assert torch.equal(by_cells[1], boxes), photo_hw
+        gap = 0.0 if not past_canvas(side, photo_hw) else 1e-5
+        torch.testing.assert_close(by_cells[0], stability, rtol=0, atol=gap, equal_nan=True)
+    assert scored >= 6
 
 
 @pytest.mark.parametrize("photo", ["coffee", "astronaut"])

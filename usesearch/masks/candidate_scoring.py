@@ -102,7 +102,7 @@ class CandidateScoring:
         """(stability scores, boxes) by ``cell_scoring``, CELL_PIXELS at a time; None where
         a group's crossed cells are too many or the resize does not cut into runs (a photo
         much smaller than the canvas): the dense pass then scores them all."""
-        if not len(low_res):
+        if not len(low_res) or min(input_size) < 1:  # (a sliver the dense pass answers in its own words)
             return None
         try:
             rows, cols = (

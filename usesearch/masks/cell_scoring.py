@@ -146,7 +146,7 @@ def _pixels_of(cells: torch.Tensor, rows: AxisCells, cols: AxisCells) -> torch.T
     per_row = cells.view(torch.uint8).sum(-1, dtype=torch.int32) * cols.piece  # [N, Gr] (a byte sum: ~2x a bool's)
     if len(cols.odd):
         per_row += (cells[:, :, cols.odd] * (cols.length[cols.odd] - cols.piece)).sum(-1, dtype=torch.int32)
-    return per_row.long() @ rows.length
+    return (per_row * rows.length).sum(-1)  # (not a matmul: CUDA has none for integers)
 
 
 def _block_bounds(low: torch.Tensor, rows: AxisCells, cols: AxisCells) -> tuple[torch.Tensor, torch.Tensor]:
