@@ -4,9 +4,12 @@ A candidate's stability score and box need its logits at the crop's size. Eagerl
 by cells (``cell_scoring``: only the pixels a threshold passes near are upscaled),
 or where cells would not pay (noisy logits: many cells crossed), segment-anything's
 helpers over materialised logits (in groups that fit on a CPU); compiled,
-``CompiledScores``' one fused pass that never writes them. Cells use the compiled
-pass's arithmetic, and all give the same numbers for crops at or under the model's
-canvas, and differ by float rounding past it (``amg_utils.past_canvas``). So where a
+``CompiledScores``' one fused pass that never writes them. At the model's canvas
+cells give the helpers' numbers bit for bit (a candidate with a pixel within an ulp
+or two of a level goes to the helpers); the compiled pass rounds an edge's pixels
+differently from ATen's kernel, so there a rare candidate (~1 in 1,000 on blobs, a
+review found, 2026-12-06) differs by a pixel in a count or a box edge. Past the
+canvas (``amg_utils.past_canvas``) all three differ by float rounding. So where a
 switch may come matters:
 
 * CUDA: compiled from the first crop (``compiled=None``).
@@ -31,7 +34,14 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box
 
 from usesearch.masks import sam_compile
-from usesearch.masks.amg_utils import CompiledScores, cpu_upscale_chunk, past_canvas, stability_score, upscale_logits
+from usesearch.masks.amg_utils import (
+    CompiledScores,
+    cpu_upscale_chunk,
+    eager_stability_and_boxes,
+    past_canvas,
+    stability_score,
+    upscale_logits,
+)
 from usesearch.masks.cell_scoring import axis_cells, cell_scores
 
 log = logging.getLogger(__name__)
@@ -43,9 +53,10 @@ COMPILE_AFTER_SECONDS = 20.0  # eager scoring a CPU does before compiling it (a 
 # 12 MP 94 s against 15 s. Below it (a demo's photos past tiny's 256-px canvas) the compile
 # would not pay.
 COMPILE_PIXELS = 1_000_000
-# Photo pixels scored by cells at a time (a 12 MP photo's candidates 44 at a time): the
-# crossed cells' pixels, upscaled, are at most a quarter of them (cell_scoring.CROSSED_SHARE).
-CELL_PIXELS = 1 << 29
+# Photo pixels scored by cells at a time (a 12 MP photo's candidates 22 at a time): the
+# crossed cells' pixels, upscaled, are at most a quarter of them (cell_scoring.CROSSED_SHARE),
+# at ~30 bytes each (a CPU's dense pass takes CPU_MASK_BYTES, 2 GiB).
+CELL_PIXELS = 1 << 28
 
 
 class CandidateScoring:
@@ -111,14 +122,30 @@ class CandidateScoring:
             )
         except ValueError:
             return None
-        lerp = not past_canvas(self.side, crop_hw) and rows.taps == cols.taps == 2
+        lerp = tuple(input_size) == tuple(crop_hw) and rows.taps == cols.taps == 2  # one resize
         step = max(1, CELL_PIXELS // (crop_hw[0] * crop_hw[1]))
-        parts = []
+        stabilities, boxes = [], []
         for start in range(0, len(low_res), step):
-            part = cell_scores(low_res[start : start + step], rows, cols, self.threshold, self.offset, lerp)
+            group = low_res[start : start + step]
+            part = cell_scores(group, rows, cols, self.threshold, self.offset, lerp)
             if part is None:
                 return None
-            parts.append(part)
+            stability, box, doubtful = part
+            if bool(doubtful.any()):  # a pixel about a level: the dense pass's own numbers
+                stability[doubtful], box[doubtful] = self._dense(group[doubtful], input_size, crop_hw)
+            stabilities.append(stability)
+            boxes.append(box)
+        return torch.cat(stabilities), torch.cat(boxes)
+
+    def _dense(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stability scores and boxes of a few candidates over their materialised logits."""
+        chunk = cpu_upscale_chunk(self.side, crop_hw) if self.device.type == "cpu" else max(1, len(low_res))
+        parts = [
+            eager_stability_and_boxes(
+                low_res[i : i + chunk], self.side, input_size, crop_hw, self.threshold, self.offset
+            )
+            for i in range(0, len(low_res), chunk)
+        ]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def paid_eagerly(self, seconds: float) -> None:

@@ -9,11 +9,14 @@ model's canvas), each reading one small block of low-res logits. A cell whose bl
 lies wholly above a threshold (by a margin that covers float rounding) has every
 pixel above it, and one wholly below has none: their counts and box edges follow
 from the cell's size and place alone. Only the cells a threshold crosses are
-upscaled, pixel by pixel, by the arithmetic of the pass they stand in for (the
-decomposition inductor compiles ``F.interpolate`` to at the canvas; ``separable_upscale``
-past it). A mask's interior and the background are most of its pixels, so most of
-the work goes; where crossed cells are many (noise), ``cell_scores`` returns None
-and the caller takes its dense pass.
+upscaled, pixel by pixel (at the canvas as inductor decomposes ``F.interpolate``,
+past it as ``separable_upscale``). That arithmetic and ATen's kernel round about half
+the pixels of an edge an ulp or two apart, so at the canvas a candidate with a
+crossed pixel within ``NEAR`` of a level is doubted, and the caller scores it by the
+dense pass: the library's numbers bit for bit. Past the canvas, within float
+rounding, as the compiled pass. A mask's interior and the background are most of its
+pixels, so most of the work goes; where crossed cells are many (noise),
+``cell_scores`` returns None and the caller takes its dense pass.
 
 Written by hand: no library counts thresholded pixels of an upscaled image without
 upscaling it. Tested against segment-anything's helpers over materialised logits.
@@ -21,6 +24,7 @@ upscaling it. Tested against segment-anything's helpers over materialised logits
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,6 +37,13 @@ from usesearch.masks.separable_resize import axis_taps
 # multiply-adds of float32 (2^-24 each) over operands at most the block's largest
 # logit. 2^-14 leaves a thousandfold room: a cell inside it is upscaled pixel by pixel.
 ROUNDING = 2.0**-14
+TINY = 1e-30  # the margins' floor: subnormal logits round by an absolute amount, not a relative one
+# How far from a level a crossed pixel's value, as cells compute it, may lie and still
+# fall on the other side in F.interpolate's kernel (one resize: each is within ~3 ulps
+# of the exact value, of the block's largest logit; 2^-20 is 8 ulps). At the canvas a
+# candidate with such a pixel (~1 in 10 on a CPU) is scored by the dense pass instead,
+# so cells give the library's numbers bit for bit there.
+NEAR = 2.0**-20
 # Past this share of the pixels in crossed cells, their gathers cost more than the
 # dense pass (measured on a CPU: ``benchmarks/candidate_scores.py``).
 CROSSED_SHARE = 0.25
@@ -72,7 +83,8 @@ def axis_cells(side: int, low: int, input_len: int, out_len: int, device: torch.
     length = torch.diff(first, append=torch.tensor([out_len]))
     if len(torch.unique(starts)) != len(first):  # (taps start at rows that only grow)
         raise ValueError(f"a resize of {low} -> {side}[:{input_len}] -> {out_len} reads rows out of order")
-    piece = int(torch.mode(length).values)
+    interior = length[1:-1] if len(length) > 2 else length  # (the edges' runs are clamped: shorter or longer)
+    piece = int(interior.max())
     return AxisCells(
         first=first.to(device),
         length=length.to(device),
@@ -92,36 +104,48 @@ def cell_scores(
     threshold: float,
     offset: float,
     lerp: bool,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(stability scores [N], boxes XYXY [N, 4]) of [N, 1, h, w] low-res logits upscaled
-    by ``rows`` and ``cols``, as ``calculate_stability_score`` and ``batched_mask_to_box``
-    give them over the upscaled logits; None where crossed cells are too many.
-    ``lerp``: pixels computed as inductor's ``F.interpolate`` (one resize, two taps an
-    axis), else as ``separable_upscale``."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(stability scores [N], boxes XYXY [N, 4], doubtful [N] bool) of [N, 1, h, w] low-res
+    logits upscaled by ``rows`` and ``cols``, as ``calculate_stability_score`` and
+    ``batched_mask_to_box`` give them over the upscaled logits, except the doubtful
+    candidates' (a crossed pixel within ``NEAR`` of a level: the caller scores them by
+    the dense pass); None where crossed cells are too many.
+    ``lerp``: one resize (the photo at the canvas's size): pixels computed as inductor's
+    ``F.interpolate``, and candidates doubted; else as ``separable_upscale``, within
+    float rounding of the two resizes (as the compiled pass there), none doubted."""
     low = low_res[:, 0]
     lowest, highest = _block_bounds(low, rows, cols)  # [N, Gr, Gc]
     levels = (threshold - offset, threshold, threshold + offset)  # union, box, intersection
     smallest, largest = torch.aminmax(low)
     size = float(torch.maximum(-smallest, largest))
+    if not math.isfinite(size):  # (NaN or infinite logits: the dense pass says what stock says)
+        return None
     # Per level, the cells wholly above it (a least logit past it, by the margin) and
     # those it crosses (not wholly above, a greatest logit that reaches it).
-    wholly = [lowest > level + ROUNDING * (size + abs(level)) for level in levels]
-    crossed = [(highest >= level - ROUNDING * (size + abs(level))) & ~above for level, above in zip(levels, wholly)]
+    margins = [ROUNDING * (size + abs(level)) + TINY for level in levels]
+    wholly = [lowest > level + margin for level, margin in zip(levels, margins)]
+    crossed = [(highest >= level - margin) & ~above for level, margin, above in zip(levels, margins, wholly)]
     where = (crossed[0] | crossed[1] | crossed[2]).nonzero()  # [M, 3]: candidate, row run, column run
     pixels = len(low) * len(rows.index) * len(cols.index)
-    if len(where) * rows.piece * cols.piece > CROSSED_SHARE * pixels:
+    runs_r, runs_c = (-(-axis.length // axis.piece) for axis in (rows, cols))  # pieces a run is cut into
+    upscaled = int((runs_r[where[:, 1]] * runs_c[where[:, 2]]).sum()) * rows.piece * cols.piece
+    if upscaled > CROSSED_SHARE * pixels:
         return None
+    doubtful = torch.zeros(len(low), dtype=torch.bool, device=low.device)
     counts = [_pixels_of(above, rows, cols) for above in wholly]
     boxes = _full_extents(wholly[1], rows, cols)
     if len(where):
         n, r, c = where.unbind(1)
         mine = [cells[n, r, c] for cells in crossed]  # which levels cross each crossed cell
         n, r, c, row_at, col_at, valid, mine = _pieces(n, r, c, rows, cols, torch.stack(mine, 1))
-        values = _upscaled(low, n, r, c, row_at, col_at, rows, cols, lerp)
+        values, magnitude = _upscaled(low, n, r, c, row_at, col_at, rows, cols, lerp)
         if valid is not None:  # pixels past a short run: below every level
             values.masked_fill_(~valid, float("-inf"))
         for i, level in enumerate(levels):
             over = values > level
+            if lerp:
+                near = (values - level).abs() <= (NEAR * (magnitude + abs(level)) + TINY)[:, None, None]
+                doubtful[n[near.flatten(1).any(1) & mine[:, i]]] = True
             counts[i] = counts[i].index_add(0, n, _count(over) * mine[:, i])
             if i == 1:  # the box's level
                 _add_extents(boxes, over, mine[:, i], n, row_at, col_at)
@@ -129,7 +153,7 @@ def cell_scores(
     left, top, right, bottom = boxes
     filled = bottom >= 0
     xyxy = torch.stack([left, top, right, bottom], dim=-1) * filled[:, None]  # an empty mask: zeros, as stock's
-    return intersection / union, xyxy  # int32 / int32, as segment-anything divides
+    return intersection / union, xyxy, doubtful  # int32 / int32, as segment-anything divides
 
 
 def _count(over: torch.Tensor) -> torch.Tensor:
@@ -248,20 +272,22 @@ def _pieces(n, r, c, rows: AxisCells, cols: AxisCells, mine: torch.Tensor):
     return n, r, c, row_at, col_at, valid, mine
 
 
-def _upscaled(low, n, r, c, row_at, col_at, rows: AxisCells, cols: AxisCells, lerp: bool) -> torch.Tensor:
-    """The pieces' pixels upscaled ([P, R, C]) from their run's block of low-res logits."""
+def _upscaled(low, n, r, c, row_at, col_at, rows: AxisCells, cols: AxisCells, lerp: bool):
+    """The pieces' pixels upscaled ([P, R, C]) from their run's block of low-res logits,
+    and each block's largest magnitude ([P]: what rounding in the upscaling scales with)."""
     h, w = low.shape[-2:]
     device = low.device
     row_reads = (rows.start[r, None] + torch.arange(rows.taps, device=device)).clamp(max=h - 1)  # [P, K]
     col_reads = (cols.start[c, None] + torch.arange(cols.taps, device=device)).clamp(max=w - 1)
     flat = (n[:, None, None] * h + row_reads[:, :, None]) * w + col_reads[:, None, :]
     block = torch.take(low, flat)  # [P, K, Kc] (take: half the time of indexing by three tensors)
+    magnitude = block.abs().flatten(1).amax(1)
     row_weight, col_weight = rows.weight[row_at], cols.weight[col_at]  # [P, R, K], [P, C, Kc]
     if lerp:  # inductor's decomposition of bilinear resizing: columns first, then rows, as lerps
         col_step, row_step = col_weight[:, None, :, 1], row_weight[:, :, None, 1]
         top = block[:, 0, 0, None, None] + (block[:, 0, 1] - block[:, 0, 0])[:, None, None] * col_step
         bottom = block[:, 1, 0, None, None] + (block[:, 1, 1] - block[:, 1, 0])[:, None, None] * col_step
-        return top + (bottom - top) * row_step
+        return top + (bottom - top) * row_step, magnitude
     # separable_upscale: rows first, tap by tap, then columns
     by_rows = block[:, None, 0, :] * row_weight[:, :, 0, None]  # [P, R, Kc]
     for k in range(1, rows.taps):
@@ -269,7 +295,7 @@ def _upscaled(low, n, r, c, row_at, col_at, rows: AxisCells, cols: AxisCells, le
     values = by_rows[:, :, None, 0] * col_weight[:, None, :, 0]
     for k in range(1, cols.taps):
         values = values + by_rows[:, :, None, k] * col_weight[:, None, :, k]
-    return values
+    return values, magnitude
 
 
 def _add_extents(boxes: list[torch.Tensor], over: torch.Tensor, mine: torch.Tensor, n, row_at, col_at) -> None:
