@@ -120,19 +120,35 @@ def test_odd_photo_shapes_are_scored_as_stock_or_given_to_the_dense_pass(side):
 
 @pytest.mark.parametrize("photo", ["coffee", "astronaut"])
 def test_the_generator_scores_by_cells_and_gives_stocks_masks(sam, photo, monkeypatch):
-    """SAM's candidates on a CPU are scored by cells (the dense pass never runs), and the
-    masks, scores and boxes are segment-anything's generator's."""
+    """SAM's candidates on a CPU are scored by cells (the dense pass runs only for the
+    few candidates cells doubt, never for a whole group), and the masks, scores and
+    boxes are segment-anything's generator's."""
     from skimage import data
 
-    image = np.ascontiguousarray(getattr(data, photo)()[::2, ::2])  # past tiny SAM's canvas
+    image = np.ascontiguousarray(getattr(data, photo)()[::2, ::2])  # coffee past tiny SAM's canvas, astronaut at it
     settings = dict(points_per_side=8, **LOW)
     stock = SamAutomaticMaskGenerator(sam, **settings).generate(image)
+    by_cells, dense = CandidateScoring.by_cells, CandidateScoring._dense
+    scored, doubted, inside = [], [], []
 
-    def dense(*args):
-        raise AssertionError("the dense pass ran")
+    def counted_cells(self, low_res, *args):
+        scored.append(len(low_res))
+        inside.append(True)
+        try:
+            return by_cells(self, low_res, *args)
+        finally:
+            inside.pop()
 
-    monkeypatch.setattr(candidate_scoring, "upscale_logits", dense)
+    def doubted_only(self, low_res, *args):
+        if not inside:  # the dense pass for a whole group, not cells' doubted candidates
+            raise AssertionError("the dense pass ran")
+        doubted.append(len(low_res))
+        return dense(self, low_res, *args)
+
+    monkeypatch.setattr(CandidateScoring, "by_cells", counted_cells)
+    monkeypatch.setattr(CandidateScoring, "_dense", doubted_only)
     ours = SamMaskGenerator(sam, compiled_scores=False, **settings).generate(image)
+    assert sum(scored) > 0 and sum(doubted) < sum(scored) / 4
     assert len(stock) > 20 and len(ours) == len(stock)
     assert sorted(r.box_xyxy for r in ours) == sorted(
         (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]) for a in stock

@@ -37,7 +37,6 @@ from usesearch.masks import sam_compile
 from usesearch.masks.amg_utils import (
     CompiledScores,
     cpu_upscale_chunk,
-    eager_stability_and_boxes,
     past_canvas,
     stability_score,
     upscale_logits,
@@ -88,26 +87,10 @@ class CandidateScoring:
             return _kept(*self.compiled(low_res, input_size, crop_hw), keep_above)
         started = time.perf_counter()
         by_cells = self.by_cells(low_res, input_size, crop_hw)
-        if by_cells is not None:
-            if exact:
-                self.paid_eagerly(time.perf_counter() - started)
-            return _kept(*by_cells, keep_above)
-        # Upscaled a group at a time on a CPU (a large photo's full-size logits), at once on a GPU.
-        chunk = cpu_upscale_chunk(self.side, crop_hw) if self.device.type == "cpu" else max(1, len(low_res))
-        kept_parts, stabilities, box_parts = [], [], []
-        for start in range(0, max(1, len(low_res)), chunk):  # (once when empty, as the library takes it)
-            logits = upscale_logits(low_res[start : start + chunk], self.side, input_size, crop_hw)
-            stability = stability_score(logits, self.threshold, self.offset)
-            if keep_above > 0.0:  # no box for a candidate the filter drops
-                kept_parts.append(stability >= keep_above)
-                logits, stability = logits[kept_parts[-1]], stability[kept_parts[-1]]
-            stabilities.append(stability)
-            box_parts.append(batched_mask_to_box(logits > self.threshold))
-            del logits
+        scored = _kept(*by_cells, keep_above) if by_cells else self._dense(low_res, input_size, crop_hw, keep_above)
         if exact:
             self.paid_eagerly(time.perf_counter() - started)
-        kept = torch.cat(kept_parts) if kept_parts else None
-        return kept, torch.cat(stabilities), torch.cat(box_parts)
+        return scored
 
     def by_cells(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(stability scores, boxes) by ``cell_scoring``, CELL_PIXELS at a time; None where
@@ -132,21 +115,27 @@ class CandidateScoring:
                 return None
             stability, box, doubtful = part
             if bool(doubtful.any()):  # a pixel about a level: the dense pass's own numbers
-                stability[doubtful], box[doubtful] = self._dense(group[doubtful], input_size, crop_hw)
+                _, stability[doubtful], box[doubtful] = self._dense(group[doubtful], input_size, crop_hw)
             stabilities.append(stability)
             boxes.append(box)
         return torch.cat(stabilities), torch.cat(boxes)
 
-    def _dense(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stability scores and boxes of a few candidates over their materialised logits."""
+    def _dense(self, low_res: torch.Tensor, input_size, crop_hw, keep_above: float = 0.0):
+        """``__call__``'s answer over materialised logits, upscaled a group at a time on a
+        CPU (a large photo's full-size logits), at once on a GPU."""
         chunk = cpu_upscale_chunk(self.side, crop_hw) if self.device.type == "cpu" else max(1, len(low_res))
-        parts = [
-            eager_stability_and_boxes(
-                low_res[i : i + chunk], self.side, input_size, crop_hw, self.threshold, self.offset
-            )
-            for i in range(0, len(low_res), chunk)
-        ]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        kept_parts, stabilities, box_parts = [], [], []
+        for start in range(0, max(1, len(low_res)), chunk):  # (once when empty, as the library takes it)
+            logits = upscale_logits(low_res[start : start + chunk], self.side, input_size, crop_hw)
+            stability = stability_score(logits, self.threshold, self.offset)
+            if keep_above > 0.0:  # no box for a candidate the filter drops
+                kept_parts.append(stability >= keep_above)
+                logits, stability = logits[kept_parts[-1]], stability[kept_parts[-1]]
+            stabilities.append(stability)
+            box_parts.append(batched_mask_to_box(logits > self.threshold))
+            del logits
+        kept = torch.cat(kept_parts) if kept_parts else None
+        return kept, torch.cat(stabilities), torch.cat(box_parts)
 
     def paid_eagerly(self, seconds: float) -> None:
         """Eager scoring time; at the budget, scoring is compiled for what follows."""

@@ -63,6 +63,7 @@ class AxisCells:
     index: torch.Tensor  # [out, K] long
     weight: torch.Tensor  # [out, K] float32
     piece: int
+    cut: torch.Tensor  # [G] long: the pieces each run is cut into
     odd: torch.Tensor  # [G'] long: the runs whose length is not ``piece``
     starts: tuple[int, ...]  # ``start`` on the host (no read-back from a GPU a call)
 
@@ -92,6 +93,7 @@ def axis_cells(side: int, low: int, input_len: int, out_len: int, device: torch.
         index=index.to(device),
         weight=weight.to(device),
         piece=piece,
+        cut=(-(-length // piece)).to(device),
         odd=(length != piece).nonzero()[:, 0].to(device),
         starts=tuple(starts[first].tolist()),
     )
@@ -127,8 +129,7 @@ def cell_scores(
     crossed = [(highest >= level - margin) & ~above for level, margin, above in zip(levels, margins, wholly)]
     where = (crossed[0] | crossed[1] | crossed[2]).nonzero()  # [M, 3]: candidate, row run, column run
     pixels = len(low) * len(rows.index) * len(cols.index)
-    runs_r, runs_c = (-(-axis.length // axis.piece) for axis in (rows, cols))  # pieces a run is cut into
-    upscaled = int((runs_r[where[:, 1]] * runs_c[where[:, 2]]).sum()) * rows.piece * cols.piece
+    upscaled = int((rows.cut[where[:, 1]] * cols.cut[where[:, 2]]).sum()) * rows.piece * cols.piece
     if upscaled > CROSSED_SHARE * pixels:
         return None
     doubtful = torch.zeros(len(low), dtype=torch.bool, device=low.device)
@@ -252,8 +253,8 @@ def _pieces(n, r, c, rows: AxisCells, cols: AxisCells, mine: torch.Tensor):
     piece's candidate, runs, photo rows [P, R] and columns [P, C], which of them lie in
     its run ([P, R, C] bool; None where every run has the usual length) and its levels ([P, 3])."""
     device = n.device
-    across = (cols.length[c] + cols.piece - 1) // cols.piece
-    many = ((rows.length[r] + rows.piece - 1) // rows.piece) * across
+    across = cols.cut[c]
+    many = rows.cut[r] * across
     if bool((many > 1).any()):
         cell = torch.repeat_interleave(torch.arange(len(n), device=device), many)
         within = torch.arange(len(cell), device=device) - torch.repeat_interleave(torch.cumsum(many, 0) - many, many)
