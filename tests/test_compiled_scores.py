@@ -3,7 +3,9 @@ generator's default on CUDA): the numbers of segment-anything's helpers over the
 upscaled logits, without writing those logits. Compiled here by inductor's CPU
 backend; ``gpu_check.sh`` checks the GPU's."""
 
+import itertools
 import logging
+import time
 import types
 
 import pytest
@@ -228,15 +230,16 @@ def test_compiled_scoring_is_the_default_on_cuda_from_the_start(sam, monkeypatch
     assert SamMaskGenerator(on_cuda, compiled_scores=False).scoring.compiled is None  # type: ignore[arg-type]
 
 
-def test_a_cpu_compiles_scoring_once_eager_scoring_has_cost_a_compile(sam, image, monkeypatch, caplog):
-    """Rent or buy: a CPU scores eagerly (a short run never waits for the compiler)
-    until that has cost ``COMPILE_AFTER_SECONDS``, then compiles, for crops at or
-    under the canvas's size alone (there both paths give the same bits, so no record
-    depends on when the switch came; a larger photo's eager time does not count
-    toward it). Each prompt batch's eager scoring counts as 1 s here, four batches a
-    photo; the compiled path is counted (its numbers are tested above) and scores
-    eagerly. An explicit choice holds, and without a C++ compiler a CPU never rents."""
+def test_a_cpu_scores_photos_at_the_canvas_by_cells_however_long_the_run(sam, image, monkeypatch):
+    """A CPU never compiles scoring for crops at or under the canvas (until 2026-12-06
+    it did once eager scoring had cost a cold compile, and the compiled pass changes a
+    rare candidate by a pixel there, so a record depended on when the switch came):
+    cells give the helpers' bits at the cost of the compiled pass. However many
+    photos, the compiled path (counted) is never built or called, cells score every
+    batch, and the masks are the eager ones; ``compiled_scores=True`` compiles from
+    the first photo, and without a C++ compiler a CPU compiles nothing at all."""
     scored: list[int] = []
+    by_cells = CandidateScoring.by_cells
 
     class Counted(CompiledScores):
         def __call__(self, low_res, input_size, crop_hw):
@@ -244,41 +247,39 @@ def test_a_cpu_compiles_scoring_once_eager_scoring_has_cost_a_compile(sam, image
             self.failed = "counted only"  # its eager fallback: the same numbers, no compile
             return super().__call__(low_res, input_size, crop_hw)
 
-    paid = CandidateScoring.paid_eagerly
+    def cells(self, low_res, input_size, crop_hw):
+        answer = by_cells(self, low_res, input_size, crop_hw)
+        celled.append(answer is not None)
+        return answer
+
+    celled: list[bool] = []
     monkeypatch.setattr(candidate_scoring, "CompiledScores", Counted)
-    monkeypatch.setattr(CandidateScoring, "paid_eagerly", lambda self, seconds: paid(self, 1.0))
-    monkeypatch.setattr(candidate_scoring, "COMPILE_AFTER_SECONDS", 2.5)
+    monkeypatch.setattr(CandidateScoring, "by_cells", cells)
     settings = dict(points_per_side=8, points_per_batch=16, **LOW)
-    side = sam.image_encoder.img_size
-    large = image.repeat(2, axis=0).repeat(2, axis=1)
-    assert max(image.shape[:2]) <= side < max(large.shape[:2])
+    assert max(image.shape[:2]) <= sam.image_encoder.img_size
     reference = SamMaskGenerator(sam, compiled_scores=False, **settings).generate(image)
-    large_reference = SamMaskGenerator(sam, compiled_scores=False, **settings).generate(large)
-    assert len(reference) > 10 and len(large_reference) > 10
+    assert len(reference) > 10 and len(celled) == 4 and all(celled)
 
-    with caplog.at_level(logging.INFO, logger=candidate_scoring.__name__):
-        renting = SamMaskGenerator(sam, **settings)
-        assert renting.scoring.compiled is None and renting.scoring.compile_after == 2.5
-        assert renting.generate(large) == large_reference and renting.scoring.eager_seconds == 0.0
-        assert renting.generate(image) == reference and len(scored) == 1  # batches 1-3 eager, the 4th compiled
-        assert isinstance(renting.scoring.compiled, Counted) and renting.scoring.eager_seconds == 3.0
-        assert renting.generate(image) == reference and len(scored) == 5
-        assert renting.generate(large) == large_reference and len(scored) == 5  # larger: eager still
-    said = [r.getMessage() for r in caplog.records if "compiled from here on" in r.getMessage()]
-    assert said == ["SAM's candidate scoring took 3.0 s eagerly: compiled from here on"]
+    generator = SamMaskGenerator(sam, **settings)
+    assert generator.scoring.compiled_large and generator.scoring.compiled is None
+    clock = itertools.count(step=60.0)  # every reading a minute on: "a long run"
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(clock)))
+    assert [generator.generate(image) for _ in range(3)] == [reference] * 3
+    monkeypatch.undo()
+    assert generator.scoring.compiled is None and scored == [] and len(celled) == 16 and all(celled)
 
-    never = SamMaskGenerator(sam, compiled_scores=False, **settings)
-    assert [never.generate(image) for _ in range(2)] == [reference, reference] and len(scored) == 5
-    assert SamMaskGenerator(sam, compiled_scores=True, **settings).scoring.compiled_any_size
+    monkeypatch.setattr(candidate_scoring, "CompiledScores", Counted)
+    compiled = SamMaskGenerator(sam, compiled_scores=True, **settings)
+    assert compiled.scoring.compiled_any_size and compiled.generate(image) == reference and len(scored) == 4
     monkeypatch.setattr(candidate_scoring.shutil, "which", lambda name: None)
-    assert SamMaskGenerator(sam, **settings).scoring.compile_after is None
+    assert not SamMaskGenerator(sam, **settings).scoring.compiled_large
 
 
 def test_a_cpu_scores_a_large_photo_compiled_from_the_first_one(sam, image, monkeypatch):
     """A photo past the canvas of ``COMPILE_PIXELS`` or more is scored compiled on a CPU
     from the first one (its eager scoring alone costs a cold compile), by its size
     alone: a smaller one past the canvas stays eager, and one at or under the canvas
-    waits for the time budget as before. The compiled path is counted and scores
+    is scored by cells. The compiled path is counted and scores
     eagerly here (its numbers are tested above). Without a C++ compiler, or with
     ``compiled_scores=False``, it stays eager."""
     scored: list[int] = []
@@ -303,10 +304,10 @@ def test_a_cpu_scores_a_large_photo_compiled_from_the_first_one(sam, image, monk
     assert min(len(r) for r in references.values()) > 10
 
     generator = SamMaskGenerator(sam, **settings)
-    assert generator.scoring.compiled is None and generator.scoring.compile_after is not None
+    assert generator.scoring.compiled is None and generator.scoring.compiled_large
     assert generator.generate(wide) == references["wide"] and scored == []
     assert generator.generate(large) == references["large"] and scored == [max(large.shape[:2])] * 4
-    assert generator.generate(image) == references["image"] and len(scored) == 4  # the time budget decides there
+    assert generator.generate(image) == references["image"] and len(scored) == 4  # by cells
     assert generator.generate(wide) == references["wide"] and len(scored) == 4
     assert not generator.scoring.compiled_any_size
 

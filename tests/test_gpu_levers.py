@@ -454,10 +454,6 @@ def test_compile_compiles_each_kind_of_block_once_the_decoder_whole_and_scores_e
         getattr(block, "_compiled_call_impl", None) is not None for block in generator.model.image_encoder.blocks
     )
     assert isinstance(generator.decoder, CompiledDecoder) and generator.decoder.decoder is generator.model.mask_decoder
-    # Candidates scored compiled at every size from the first photo (a CPU's default waits, for small ones alone)
-    assert (
-        generator.scoring.compiled is not None
-        and generator.scoring.compiled_any_size
-        and generator.scoring.compile_after is None
-    )
+    # Candidates scored compiled at every size from the first photo (a CPU's default: large ones alone)
+    assert generator.scoring.compiled is not None and generator.scoring.compiled_any_size
     torch._dynamo.reset()

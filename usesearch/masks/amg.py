@@ -83,7 +83,8 @@ class SamMaskGenerator(SamEncoding):
 
     ``compiled_scores``: stability scores and boxes by ``CompiledScores``, one fused
     pass that never writes the full-size logits. Off, the stock helpers over
-    materialised logits. The same numbers on a CPU at or under the canvas's size;
+    materialised logits (or cells, with their bits). The same numbers on a CPU at or
+    under the canvas's size but for a rare candidate a pixel apart (~1 in 1,000);
     else within float rounding (~1e-5, a pixel in a box). None: on for CUDA; on a CPU
     as ``candidate_scoring`` says (``self.scoring``).
 
@@ -157,7 +158,7 @@ class SamMaskGenerator(SamEncoding):
 
     def run_eagerly(self) -> None:
         """Nothing compiled from here on: the decoder and candidate scoring that a GPU
-        compiles by default, and a CPU's scoring once it pays (``devices.compiles``
+        compiles by default, and a CPU's scoring of large photos (``devices.compiles``
         chooses this for a short GPU run and for ``--no-compile``)."""
         self.decoder = decoder_for(self.model, compiled=False)
         scoring = self.scoring

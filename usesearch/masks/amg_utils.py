@@ -203,7 +203,8 @@ def eager_stability_and_boxes(low_res, side, input_size, crop_hw, threshold, off
 def past_canvas(side: int, crop_hw: tuple[int, int]) -> bool:
     """Whether a crop is larger than the model's canvas: compiled scoring takes it through
     the composite resize (``separable_resize``), the eager numbers within float rounding;
-    at or under the canvas, compiled scoring gives the eager bits."""
+    at or under the canvas, compiled scoring gives the eager bits but for a rare
+    candidate a pixel apart (``candidate_scoring``)."""
     return max(crop_hw) > side
 
 

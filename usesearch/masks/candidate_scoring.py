@@ -9,16 +9,17 @@ cells give the helpers' numbers bit for bit (a candidate with a pixel within an 
 or two of a level goes to the helpers); the compiled pass rounds an edge's pixels
 differently from ATen's kernel, so there a rare candidate (~1 in 1,000 on blobs, a
 review found, 2026-12-06) differs by a pixel in a count or a box edge. Past the
-canvas (``amg_utils.past_canvas``) all three differ by float rounding. So where a
-switch may come matters:
+canvas (``amg_utils.past_canvas``) all three differ by float rounding. Which path
+scores a crop depends on the run's options, the device and the crop's size alone,
+never on how long the run has gone, so a kill and resume gives the same records:
 
 * CUDA: compiled from the first crop (``compiled=None``).
-* A CPU with a C++ compiler: crops at or under the canvas eagerly until their eager
-  scoring has cost ``COMPILE_AFTER_SECONDS`` (about a cold compile: a short run never
-  waits for the compiler), compiled after (the same bits, so no record depends on
-  when); crops past the canvas of ``COMPILE_PIXELS`` or more compiled from the first
-  one, by their size alone (one such photo's eager scoring costs a compile); smaller
-  ones past the canvas eagerly.
+* A CPU: crops at or under the canvas by cells (as fast there as the compiled pass,
+  with the helpers' bits; until 2026-12-06 a CPU compiled them once eager scoring had
+  cost a cold compile, which changed a rare record by when the switch came); crops
+  past the canvas of ``COMPILE_PIXELS`` or more compiled from the first one where
+  there is a C++ compiler (one such photo's eager scoring costs a compile), smaller
+  ones by cells.
 * ``compiled=True`` (``--compile``): compiled at every size from the first crop;
   ``False``: eagerly always.
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 
 import torch
 from segment_anything.utils.amg import batched_mask_to_box
@@ -45,7 +45,6 @@ from usesearch.masks.cell_scoring import axis_cells, cell_scores
 
 log = logging.getLogger(__name__)
 
-COMPILE_AFTER_SECONDS = 20.0  # eager scoring a CPU does before compiling it (a cold compile: 12-25 s)
 # A crop past the canvas this large is scored compiled on a CPU from the first one. Tiny SAM,
 # 768 candidates, 2 cores: 1 MP 5.5 s a photo eagerly, 1.4 s compiled after an 18 s cold
 # compile (paid back by the fifth photo; ~3 s from torch's disk cache in a later process);
@@ -66,11 +65,9 @@ class CandidateScoring:
         self.side, self.threshold, self.offset, self.device = side, threshold, offset, device
         on_now = device.type == "cuda" if compiled is None else compiled
         self.compiled = self._compiled() if on_now else None
-        renting = compiled is None and not on_now and shutil.which(os.environ.get("CXX", "g++")) is not None
-        self.compile_after = COMPILE_AFTER_SECONDS if renting else None
-        self.compiled_large = renting  # crops past the canvas of COMPILE_PIXELS or more
+        # crops past the canvas of COMPILE_PIXELS or more, compiled when the first one comes
+        self.compiled_large = compiled is None and not on_now and shutil.which(os.environ.get("CXX", "g++")) is not None
         self.compiled_any_size = on_now
-        self.eager_seconds = 0.0  # of crops the compiled path would take bit for bit
 
     def __call__(
         self, low_res: torch.Tensor, input_size, crop_hw: tuple[int, int], keep_above: float
@@ -78,19 +75,13 @@ class CandidateScoring:
         """(kept: bool [N], stability scores [kept], boxes XYXY [kept]) of the candidates'
         low-res logits [N, 1, h, w]; kept: a stability score of at least ``keep_above``
         where it is above 0 (segment-anything's filter), else None: every candidate."""
-        exact = not past_canvas(self.side, crop_hw)  # where compiled scoring gives the eager bits
-        large = self.compiled_large and not exact and crop_hw[0] * crop_hw[1] >= COMPILE_PIXELS
+        large = self.compiled_large and past_canvas(self.side, crop_hw) and crop_hw[0] * crop_hw[1] >= COMPILE_PIXELS
         if large and self.compiled is None:
             self.compiled = self._compiled()
-        waited = exact and self.compile_after is None  # at or under the canvas: after the time budget
-        if self.compiled is not None and (self.compiled_any_size or large or waited):
+        if self.compiled is not None and (self.compiled_any_size or large):
             return _kept(*self.compiled(low_res, input_size, crop_hw), keep_above)
-        started = time.perf_counter()
         by_cells = self.by_cells(low_res, input_size, crop_hw)
-        scored = _kept(*by_cells, keep_above) if by_cells else self._dense(low_res, input_size, crop_hw, keep_above)
-        if exact:
-            self.paid_eagerly(time.perf_counter() - started)
-        return scored
+        return _kept(*by_cells, keep_above) if by_cells else self._dense(low_res, input_size, crop_hw, keep_above)
 
     def by_cells(self, low_res: torch.Tensor, input_size, crop_hw) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(stability scores, boxes) by ``cell_scoring``, CELL_PIXELS at a time; None where
@@ -137,19 +128,12 @@ class CandidateScoring:
         kept = torch.cat(kept_parts) if kept_parts else None
         return kept, torch.cat(stabilities), torch.cat(box_parts)
 
-    def paid_eagerly(self, seconds: float) -> None:
-        """Eager scoring time; at the budget, scoring is compiled for what follows."""
-        self.eager_seconds += seconds
-        if self.compile_after is not None and self.eager_seconds >= self.compile_after:
-            self.compile(any_size=False)
-            log.info("SAM's candidate scoring took %.1f s eagerly: compiled from here on", self.eager_seconds)
-
-    def compile(self, any_size: bool = True) -> None:
-        """``CompiledScores`` from now on: at every size (``--compile``: compiled numbers
-        chosen from the first photo), or where they are the eager bits."""
+    def compile(self) -> None:
+        """``CompiledScores`` at every size from now on (``--compile``: compiled numbers
+        chosen from the first photo, as a GPU's default)."""
         if self.compiled is None:
             self.compiled = self._compiled()
-        self.compile_after, self.compiled_any_size = None, self.compiled_any_size or any_size
+        self.compiled_any_size = True
 
     def _compiled(self) -> CompiledScores:  # with the backend every compiled part of SAM takes
         return CompiledScores(self.side, self.threshold, self.offset, sam_compile.COMPILE_BACKEND)
