@@ -12,14 +12,20 @@ immediate and nothing changes there).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
+from usesearch.devices import out_of_memory_in
 from usesearch.masks.maskers import proposal_masks
+from usesearch.side_stream import release_work_aside
 
 from .read_ahead import Photo
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,7 +68,7 @@ def compute_photos(
         prepare(rgbs)
     start = time.perf_counter()
     try:
-        batches = masker.batch(rgbs, paths) if len(rgbs) > 1 else [masker(rgbs[0], paths[0])]
+        batches = masker.batch(rgbs, paths) if len(rgbs) > 1 else [freed_once(masker, rgbs[0], paths[0])]
     except Exception as exc:  # noqa: BLE001 - one photo's failure must not cost the others
         if len(rgbs) == 1:
             return [exc]  # its own failure: not masked a second time (an out-of-memory pass is costly)
@@ -78,10 +84,23 @@ def compute_photos(
     outcomes: list[tuple[list[dict], np.ndarray] | BaseException] = []
     for rgb, path, proposals in zip(rgbs, paths, batches):
         try:
-            outcomes.append(segment_records(rgb, path, proposals, model, masker, clock))
+            outcomes.append(freed_once(segment_records, rgb, path, proposals, model, masker, clock))
         except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
             outcomes.append(exc)
     return outcomes
+
+
+def freed_once(call: Callable[..., T], *args) -> T:
+    """``call(*args)``; where it runs out of the card's memory while work runs aside
+    (SAM's encoder a group ahead, the backbones beside SAM: ``release_work_aside``),
+    that work is stopped for the run and the call made once more, so a photo is not
+    failed for memory the work aside held."""
+    try:
+        return call(*args)
+    except Exception as exc:
+        if out_of_memory_in(exc) is None or not release_work_aside():
+            raise
+    return call(*args)
 
 
 def segment_records(rgb: np.ndarray, path: str, proposals, model, masker, clock) -> tuple[list[dict], np.ndarray]:

@@ -55,6 +55,17 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def no_work_left_aside():
+    """Side streams a test turned on (a GPU's default) stopped after it: an out-of-memory
+    error anywhere stops every one in use in the process (``release_work_aside``), so
+    one left running would change a later test's answer."""
+    yield
+    side_stream = sys.modules.get("usesearch.side_stream")
+    if side_stream is not None:
+        side_stream.release_work_aside()
+
+
 @pytest.fixture(scope="session")
 def tiny_use():
     import usesearch

@@ -93,6 +93,77 @@ def test_a_batch_failing_otherwise_keeps_batching_for_the_next_group(photos):
     assert len(model._features) == len(photos)  # the next group batched again
 
 
+def wrapped_out_of_memory() -> RuntimeError:
+    """An out-of-memory error as inductor hands one on: inside its own."""
+    try:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    except torch.cuda.OutOfMemoryError as oom:
+        wrapped = RuntimeError("inductor: failed while compiling")
+        wrapped.__cause__ = oom
+        return wrapped
+
+
+@pytest.mark.parametrize("aside", [False, True], ids=["nothing aside", "work aside"])
+def test_a_group_out_of_memory_wrapped_by_the_compiler_stops_batching_or_the_work_aside(photos, aside):
+    """The towers compiled wrap an out-of-memory error in their own: still the card's
+    shortage. With work running aside (SAM's encoder ahead) that work is stopped and the
+    next group batched; with none, batching stops for the run."""
+    side_stream.release_work_aside()
+    model = usesearch.load_model("tiny", device="cpu")
+    features_of = model._features_of
+    failures = iter([wrapped_out_of_memory()])
+
+    def short_once(images):
+        error = next(failures, None) if len(images) > 1 else None
+        if error is not None:
+            raise error
+        return features_of(images)
+
+    model._features_of = short_once
+    model.batch_backbones = True
+    encoder_ahead = side_stream.SideStream(torch.device("cpu"), "usesearch-test", {}, "test")
+    encoder_ahead.on = aside
+    encoder_ahead.ran_in_line(photos)
+    encoder_ahead.start(photos, len)
+    model.features_ahead(photos)
+    assert not model._features and model.batch_backbones is aside and not encoder_ahead.on
+    model.features_ahead(photos)
+    assert len(model._features) == (len(photos) if aside else 0)
+
+
+@pytest.mark.parametrize("aside", [False, True], ids=["nothing aside", "work aside"])
+def test_a_photo_out_of_memory_while_work_runs_aside_is_tried_again_without_it(photos, aside):
+    """A photo's pooling out of the card's memory while the backbones run beside SAM:
+    that work is stopped for the run and the photo computed again, not failed; with
+    nothing aside the shortage is the photo's own, recorded as its error."""
+    side_stream.release_work_aside()
+    model = usesearch.load_model("tiny", device="cpu")
+    masker = build_masker("felzenszwalb", usesearch.get_preset("tiny"), "cpu", max_masks=6)
+    expected = compute_photos(photos, list(NAMES), model, masker, clock())
+    model.beside.on = aside
+    model.beside.ran_in_line(photos)
+    compute_photos(photos, list(NAMES), model, masker, clock())  # the beside stream's thread made
+    embed, calls, shortages = model.embed_segments, [], iter([wrapped_out_of_memory()])
+
+    def short_once(rgb, masks):
+        calls.append(len(masks))
+        error = next(shortages, None) if rgb is photos[1] else None
+        if error is not None:
+            raise error
+        return embed(rgb, masks)
+
+    model.embed_segments = short_once
+    got = compute_photos(photos, list(NAMES), model, masker, clock())
+    assert len(calls) == len(photos) + aside  # the second photo's call again, where work ran aside
+    assert not model.beside.on
+    if not aside:
+        assert isinstance(got[1], RuntimeError) and side_stream.release_work_aside() is False
+        got[1] = expected[1]
+    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(expected, got):
+        assert rows_a == rows_b
+        np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-6)
+
+
 def test_work_on_side_streams_is_on_by_default_for_a_gpu_alone():
     assert side_stream.used_on(torch.device("cuda", 0))
     assert not side_stream.used_on(torch.device("cpu"))  # a CPU's cores are SAM's already

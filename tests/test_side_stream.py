@@ -4,6 +4,7 @@ The hand-over on the card is checked by the prepared GPU check; here, on the CPU
 is handed over, to whom, and what a failure leaves."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from tests.helpers import LOW, blob_sam
 from usesearch.masks.amg import SamMaskGenerator
-from usesearch.side_stream import SideStream
+from usesearch.side_stream import SideStream, release_work_aside
 
 
 def side(keep: int = 2) -> SideStream:
@@ -82,6 +83,24 @@ def test_out_of_memory_wrapped_by_the_compiler_turns_it_off_and_close_ends_its_t
     assert stream.take(group) is None and not stream.on and not stream.started(later)
     stream.close()
     assert stream._thread is None
+
+
+def test_release_stops_every_stream_in_use_and_waits_for_its_work():
+    """Out of the card's memory anywhere: every side stream in use (whichever model
+    made it) is stopped for good, and its work under way finished, so the memory it
+    holds is back before the caller tries again; none in use: nothing to give back."""
+    release_work_aside()  # (streams earlier tests in this process left on)
+    busy, idle, unused, group = side(), side(), side(), photos(1)
+    finished = threading.Event()
+    busy.start(group, lambda _: time.sleep(0.3) or finished.set())
+    idle.start(photos(1), len)
+    assert idle.take(idle._kept[next(iter(idle._kept))][0]) == 1  # done and taken: in use still
+    assert unused.on and not unused.in_use()
+    assert release_work_aside()
+    assert finished.is_set() and busy._thread is None  # waited for, not left running
+    assert not busy.on and not idle.on and unused.on  # the unused one holds nothing
+    assert busy.take(group) is None
+    assert not release_work_aside()
 
 
 def test_off_it_starts_nothing():
@@ -166,3 +185,26 @@ class _Encoder(torch.nn.Module):
 
     def forward(self, pixels):
         return self._forward(pixels)
+
+
+def test_the_decoder_out_of_memory_stops_the_backbones_beside_sam_too(monkeypatch):
+    """The backbones beside SAM (the embedder's side stream) hold memory beside the
+    decoder's as the encoder's work ahead does: an out-of-memory error in the decoder
+    stops that work first, and the prompt batch is kept."""
+    monkeypatch.setattr("usesearch.masks.amg.CPU_POINTS_PER_BATCH", 64)
+    release_work_aside()
+    generator = SamMaskGenerator(blob_sam(), points_per_side=8, **LOW)
+    photo = np.ascontiguousarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    beside = side()  # the embedder's, in use
+    beside.start(photos(1), len)
+    real, sizes, shortages = generator._batch_candidates, [], iter([True])
+
+    def short_of_memory(features, points, *args):
+        sizes.append(len(points))
+        if next(shortages, False):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(features, points, *args)
+
+    generator._batch_candidates = short_of_memory
+    assert len(generator.generate_batch([photo])[0]) > 0
+    assert sizes == [64, 64] and not beside.on

@@ -16,7 +16,9 @@ while the taker still reads it. On a CPU the same thread runs without a stream (
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +30,11 @@ import torch
 from usesearch.devices import out_of_memory_in
 
 T = TypeVar("T")
+
+# Every side stream made in this process: the card's memory is the process's, so an
+# out-of-memory error met anywhere (SAM's decoder, the pooling) may be the work aside's
+# doing, whichever model started it (``release_work_aside``).
+_MADE: weakref.WeakSet[SideStream] = weakref.WeakSet()
 
 
 def used_on(device: torch.device) -> bool:
@@ -68,6 +75,7 @@ class SideStream(Generic[T]):
         self._stream: torch.cuda.Stream | None = None
         self._kept: OrderedDict[tuple[int, ...], tuple[list, Future[tuple[T, Any]]]] = OrderedDict()
         self._sizes_run: set[int] = set()  # group sizes the caller ran in line (compiled there)
+        _MADE.add(self)
 
     def ran_in_line(self, photos: list) -> None:
         """The caller computed these photos itself: later groups of their size may go aside."""
@@ -143,6 +151,13 @@ class SideStream(Generic[T]):
         self.on = False
         self.drop()
 
+    def release(self) -> None:
+        """``stop``, and the work under way waited for, so the memory it holds comes back
+        (its result, never taken, is freed with it)."""
+        self.stop()
+        if not threading.current_thread().name.startswith(self.name):  # (its own thread cannot wait for itself)
+            self.close()
+
     def drop(self) -> None:
         """Forget every result not yet taken (computed by a model since found wrong, or
         the run ends), work not yet begun cancelled."""
@@ -155,3 +170,16 @@ class SideStream(Generic[T]):
         if self._thread is not None:
             self._thread.shutdown(wait=True, cancel_futures=True)
             self._thread = None
+
+
+def release_work_aside() -> bool:
+    """Where any side stream of this process is in use: each stopped for good and its
+    work under way waited for, the allocator's cached blocks handed back, True (the
+    caller that ran out of memory tries again without it). False where none was: the
+    shortage is the caller's own (or another process's)."""
+    in_use = [stream for stream in list(_MADE) if stream.in_use()]
+    for stream in in_use:
+        stream.release()
+    if in_use and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    return bool(in_use)

@@ -48,7 +48,7 @@ from usesearch.masks.amg_utils import (
 from usesearch.masks.candidate_scoring import CandidateScoring
 from usesearch.masks.sam_compile import compiled_within, decoder_for
 from usesearch.masks.sam_fast import upscales_kept
-from usesearch.side_stream import SideStream
+from usesearch.side_stream import SideStream, release_work_aside
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
 GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)
@@ -214,12 +214,11 @@ class SamMaskGenerator(SamEncoding):
                 ]
                 break
             except torch.cuda.OutOfMemoryError:  # something took memory since it was sized
-                if self.ahead.in_use():  # the encoder's work ahead, beside the decoder's: stopped first
-                    self.ahead.stop()
-                elif self.points_per_batch or per_batch == 1:
+                if release_work_aside():  # the encoder's work ahead or the backbones', beside the decoder's: first
+                    continue
+                if self.points_per_batch or per_batch == 1:
                     raise
-                else:  # another process: halve, for good
-                    self._prompt_batches[key] = per_batch // 2
+                self._prompt_batches[key] = per_batch // 2  # another process's: halved, for good
                 torch.cuda.empty_cache()
         cands = Candidates.cat(parts, self.model.device)
         cands = cands[top_up(nms(cands.boxes, cands.iou, self.box_nms_thresh), cands.iou, self.masks_per_photo)]

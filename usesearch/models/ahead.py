@@ -19,7 +19,8 @@ By device, three levels:
 
 Every level gives the embeddings of one call a photo (tested on the CPU); a photo
 whose work ahead failed is computed in line, where any error is that photo's; a card
-that runs out of memory for a group's call stops that level for the run.
+that runs out of memory for a group's call stops that level for the run, or, where
+work ran aside (this side stream or SAM's), that work (``release_work_aside``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from usesearch.devices import bf16_autocast, synchronize
+from usesearch.devices import bf16_autocast, out_of_memory_in, synchronize
 from usesearch.io.images import to_rgb_array
 from usesearch.masks.sam_compile import run_or_uncompile
-from usesearch.side_stream import SideStream
+from usesearch.side_stream import SideStream, release_work_aside
 
 
 def batches_backbones(device: torch.device) -> bool:
@@ -153,11 +154,12 @@ class BackbonesAhead:
             z = self._features_of(images)
             synchronize(self.device)  # so the backbones' time is theirs
             self.beside.ran_in_line(images)  # (compiled here: groups of this size may now go aside)
-        except torch.cuda.OutOfMemoryError:  # a card too small for a group: one photo a call, for good
-            self.batch_backbones = False
-            torch.cuda.empty_cache()
-            return
-        except Exception:  # noqa: BLE001 - each photo's own call fails again, as that photo's error
+        except Exception as exc:  # noqa: BLE001 - each photo's own call fails again, as that photo's error
+            # Out of memory (the compiler may wrap it): work aside's doing where some is in
+            # use, stopped for good; else a card too small for a group: one photo a call, for good.
+            if out_of_memory_in(exc) is not None and not release_work_aside():
+                self.batch_backbones = False
+                torch.cuda.empty_cache()
             return
         finally:
             self.seconds["backbones"] += time.perf_counter() - start
