@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 # 12 MP 94 s against 15 s. Below it (a demo's photos past tiny's 256-px canvas) the compile
 # would not pay.
 COMPILE_PIXELS = 1_000_000
-# Photo pixels scored by cells at a time (a 12 MP photo's candidates 22 at a time): the
+# Photo pixels scored by cells at a time on a CPU (a 12 MP photo's candidates 22 at a time): the
 # crossed cells' pixels, upscaled, are at most a quarter of them (cell_scoring.CROSSED_SHARE),
 # at ~30 bytes each (a CPU's dense pass takes CPU_MASK_BYTES, 2 GiB).
 CELL_PIXELS = 1 << 28
@@ -75,6 +75,7 @@ class CandidateScoring:
         """(kept: bool [N], stability scores [kept], boxes XYXY [kept]) of the candidates'
         low-res logits [N, 1, h, w]; kept: a stability score of at least ``keep_above``
         where it is above 0 (segment-anything's filter), else None: every candidate."""
+        low_res = low_res.float()  # (cells' exactness is float32's; the generator's decoder may give bfloat16)
         large = self.compiled_large and past_canvas(self.side, crop_hw) and crop_hw[0] * crop_hw[1] >= COMPILE_PIXELS
         if large and self.compiled is None:
             self.compiled = self._compiled()
@@ -97,7 +98,8 @@ class CandidateScoring:
         except ValueError:
             return None
         lerp = tuple(input_size) == tuple(crop_hw) and rows.taps == cols.taps == 2  # one resize
-        step = max(1, CELL_PIXELS // (crop_hw[0] * crop_hw[1]))
+        # A GPU's prompt batch is sized for the dense pass, which takes more: one group.
+        step = len(low_res) if self.device.type == "cuda" else max(1, CELL_PIXELS // (crop_hw[0] * crop_hw[1]))
         stabilities, boxes = [], []
         for start in range(0, len(low_res), step):
             group = low_res[start : start + step]

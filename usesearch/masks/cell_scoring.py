@@ -132,13 +132,14 @@ def cell_scores(
     upscaled = int((rows.cut[where[:, 1]] * cols.cut[where[:, 2]]).sum()) * rows.piece * cols.piece
     if upscaled > CROSSED_SHARE * pixels:
         return None
-    doubtful = torch.zeros(len(low), dtype=torch.bool, device=low.device)
+    near_pixels = torch.zeros(len(low), dtype=torch.int32, device=low.device)  # (sums, not a mask: no read-back)
     counts = [_pixels_of(above, rows, cols) for above in wholly]
     boxes = _full_extents(wholly[1], rows, cols)
     if len(where):
         n, r, c = where.unbind(1)
         mine = [cells[n, r, c] for cells in crossed]  # which levels cross each crossed cell
-        n, r, c, row_at, col_at, valid, mine = _pieces(n, r, c, rows, cols, torch.stack(mine, 1))
+        pieces = upscaled // (rows.piece * cols.piece)
+        n, r, c, row_at, col_at, valid, mine = _pieces(n, r, c, rows, cols, torch.stack(mine, 1), pieces)
         values, magnitude = _upscaled(low, n, r, c, row_at, col_at, rows, cols, lerp)
         if valid is not None:  # pixels past a short run: below every level
             values.masked_fill_(~valid, float("-inf"))
@@ -146,7 +147,7 @@ def cell_scores(
             over = values > level
             if lerp:
                 near = (values - level).abs() <= (NEAR * (magnitude + abs(level)) + TINY)[:, None, None]
-                doubtful[n[near.flatten(1).any(1) & mine[:, i]]] = True
+                near_pixels = near_pixels.index_add(0, n, (near.flatten(1).any(1) & mine[:, i]).to(torch.int32))
             counts[i] = counts[i].index_add(0, n, _count(over) * mine[:, i])
             if i == 1:  # the box's level
                 _add_extents(boxes, over, mine[:, i], n, row_at, col_at)
@@ -154,7 +155,7 @@ def cell_scores(
     left, top, right, bottom = boxes
     filled = bottom >= 0
     xyxy = torch.stack([left, top, right, bottom], dim=-1) * filled[:, None]  # an empty mask: zeros, as stock's
-    return intersection / union, xyxy, doubtful  # int32 / int32, as segment-anything divides
+    return intersection / union, xyxy, near_pixels > 0  # int32 / int32, as segment-anything divides
 
 
 def _count(over: torch.Tensor) -> torch.Tensor:
@@ -248,16 +249,18 @@ def _span(marked: torch.Tensor, axis: AxisCells) -> tuple[torch.Tensor, torch.Te
     return first, last
 
 
-def _pieces(n, r, c, rows: AxisCells, cols: AxisCells, mine: torch.Tensor):
-    """The crossed cells cut into pieces of at most ``piece`` x ``piece`` pixels: each
-    piece's candidate, runs, photo rows [P, R] and columns [P, C], which of them lie in
-    its run ([P, R, C] bool; None where every run has the usual length) and its levels ([P, 3])."""
+def _pieces(n, r, c, rows: AxisCells, cols: AxisCells, mine: torch.Tensor, pieces: int):
+    """The crossed cells cut into ``pieces`` pieces (known on the host: no read-back) of
+    at most ``piece`` x ``piece`` pixels: each piece's candidate, runs, photo rows [P, R]
+    and columns [P, C], which of them lie in its run ([P, R, C] bool; None where every
+    run has the usual length) and its levels ([P, 3])."""
     device = n.device
     across = cols.cut[c]
     many = rows.cut[r] * across
-    if bool((many > 1).any()):
-        cell = torch.repeat_interleave(torch.arange(len(n), device=device), many)
-        within = torch.arange(len(cell), device=device) - torch.repeat_interleave(torch.cumsum(many, 0) - many, many)
+    if pieces > len(n):  # (some cell is cut)
+        cell = torch.repeat_interleave(torch.arange(len(n), device=device), many, output_size=pieces)
+        starts = torch.repeat_interleave(torch.cumsum(many, 0) - many, many, output_size=pieces)
+        within = torch.arange(pieces, device=device) - starts
         down, right = within // across[cell], within % across[cell]
         n, r, c, mine = n[cell], r[cell], c[cell], mine[cell]
     else:
@@ -305,14 +308,13 @@ def _add_extents(boxes: list[torch.Tensor], over: torch.Tensor, mine: torch.Tens
     where the marks start and end."""
     in_row, in_col = over.any(2), over.any(1)  # [P, R], [P, C]
     some = in_row.any(1) & mine  # (a piece the level does not cross: its cell's pixels are counted whole)
-    if not bool(some.any()):
-        return
-    in_row, in_col, n, row_at, col_at = in_row[some], in_col[some], n[some], row_at[some], col_at[some]
     edges = (
         col_at.gather(1, in_col.byte().argmax(1, keepdim=True))[:, 0],
         row_at.gather(1, in_row.byte().argmax(1, keepdim=True))[:, 0],
         col_at.gather(1, in_col.shape[1] - 1 - in_col.flip(1).byte().argmax(1, keepdim=True))[:, 0],
         row_at.gather(1, in_row.shape[1] - 1 - in_row.flip(1).byte().argmax(1, keepdim=True))[:, 0],
     )
+    none = (torch.iinfo(torch.long).max, torch.iinfo(torch.long).max, -1, -1)  # (each reduction's identity)
     for i, (edge, how) in enumerate(zip(edges, ("amin", "amin", "amax", "amax"))):
-        boxes[i] = boxes[i].scatter_reduce(0, n, edge, how)
+        # the pieces without a marked pixel given the identity, not masked out (no read-back)
+        boxes[i] = boxes[i].scatter_reduce(0, n, torch.where(some, edge, none[i]), how)
