@@ -103,6 +103,58 @@ def test_release_stops_every_stream_in_use_and_waits_for_its_work():
     assert not release_work_aside()
 
 
+def test_out_of_memory_aside_waits_for_the_next_groups_work_under_way():
+    """A group's work aside ran out of memory and the side thread went straight on to
+    the next group: taking the failure waits for that work (its memory back before the
+    caller's call in line), rather than only turning the stream off."""
+    stream, group, following = side(), photos(1), photos(1)
+    running, finished = threading.Event(), threading.Event()
+
+    def next_group(_):
+        running.set()
+        time.sleep(0.3)
+        finished.set()
+        return "held"
+
+    stream.start(group, lambda _: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory")))
+    stream.start(following, next_group)
+    running.wait()
+    assert stream.take(group) is None
+    assert finished.is_set() and not stream.on and not stream.in_use()
+
+
+class _SlowList(list):
+    """Photos whose listing takes a while: ``start`` is caught between its checks."""
+
+    def __iter__(self):
+        time.sleep(0.3)
+        return super().__iter__()
+
+
+def test_a_release_while_the_indexing_thread_starts_work_neither_raises_nor_restarts_it():
+    """The indexing thread starts a group aside (``encode_ahead``) while the model thread,
+    out of memory, releases the stream: the start finds it stopped and starts nothing;
+    it raised "cannot schedule new futures after shutdown" before, ending the run."""
+    stream = side()
+    busy = threading.Event()
+    stream.start(photos(2), lambda _: busy.set() or time.sleep(0.5))
+    busy.wait()
+    raised: list[BaseException] = []
+
+    def indexing():
+        try:
+            stream.start(_SlowList(photos(2)), len)
+        except BaseException as exc:  # noqa: BLE001 - what the test looks for
+            raised.append(exc)
+
+    thread = threading.Thread(target=indexing)
+    thread.start()
+    time.sleep(0.1)
+    assert release_work_aside()
+    thread.join()
+    assert raised == [] and not stream.on and stream._thread is None and not stream._kept
+
+
 def test_off_it_starts_nothing():
     stream, group, ran = side(), photos(1), []
     stream.on = False

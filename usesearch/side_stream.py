@@ -75,6 +75,9 @@ class SideStream(Generic[T]):
         self._stream: torch.cuda.Stream | None = None
         self._kept: OrderedDict[tuple[int, ...], tuple[list, Future[tuple[T, Any]]]] = OrderedDict()
         self._sizes_run: set[int] = set()  # group sizes the caller ran in line (compiled there)
+        # ``start`` runs in the indexing thread while the model thread takes, and an
+        # out-of-memory error there stops and closes the stream: its state changes under this.
+        self._lock = threading.Lock()
         _MADE.add(self)
 
     def ran_in_line(self, photos: list) -> None:
@@ -82,14 +85,15 @@ class SideStream(Generic[T]):
         self._sizes_run.add(len(photos))
 
     def start(self, photos: list, run: Callable[[list], T]) -> None:
-        if not self.on or len(photos) not in self._sizes_run:
-            return
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix=self.name)
         photos = list(photos)
-        self._kept[tuple(map(id, photos))] = (photos, self._thread.submit(self._run, run, photos))
-        while len(self._kept) > self.keep:
-            self._kept.popitem(last=False)
+        with self._lock:  # (stopped meanwhile: nothing starts, no thread is made again)
+            if not self.on or len(photos) not in self._sizes_run:
+                return
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+            self._kept[tuple(map(id, photos))] = (photos, self._thread.submit(self._run, run, photos))
+            while len(self._kept) > self.keep:
+                self._kept.popitem(last=False)
 
     def group_of(self, photo) -> list | None:
         """The photos of the work started and not yet taken that holds this very photo
@@ -120,10 +124,12 @@ class SideStream(Generic[T]):
         """The result of the work started on these very photos, usable on this thread's
         current stream; None where none was started or it failed (the caller's own
         call in line meets the failure again, as its error). Out of memory turns the
-        side stream off for good: its memory beside the caller's was too much."""
+        side stream off for good (its memory beside the caller's was too much) and
+        waits for the work under way (the next group's, already begun)."""
         # One pop, not a check then a pop: ``start`` runs in the indexing thread while
         # the model thread takes (an id is reused once its object is gone: the identity check).
-        entry = self._kept.pop(tuple(map(id, photos)), None)
+        with self._lock:
+            entry = self._kept.pop(tuple(map(id, photos)), None)
         if entry is None or not all(a is b for a, b in zip(entry[0], photos)):
             return None
         future = entry[1]
@@ -131,7 +137,7 @@ class SideStream(Generic[T]):
             out, done = future.result()
         except Exception as exc:  # noqa: BLE001 - met again in line, as the photos' own error
             if out_of_memory_in(exc) is not None:  # (dynamo and inductor wrap one met compiling)
-                self.stop()
+                self.release()  # (its next group may be under way: waited for, its memory back)
                 torch.cuda.empty_cache()
             return None
         if done is not None:
@@ -142,13 +148,15 @@ class SideStream(Generic[T]):
         return out
 
     def in_use(self) -> bool:
-        """Whether work may be under way aside: on, and started before."""
-        return self.on and self._thread is not None
+        """Whether work may be under way aside: its thread made and not closed (stopped
+        or not: a stopped stream's work already under way still holds memory)."""
+        return self._thread is not None
 
     def stop(self) -> None:
         """Off for good (memory ran out: this work's beside the caller's was too much),
         what it kept dropped."""
-        self.on = False
+        with self._lock:
+            self.on = False
         self.drop()
 
     def release(self) -> None:
@@ -161,15 +169,18 @@ class SideStream(Generic[T]):
     def drop(self) -> None:
         """Forget every result not yet taken (computed by a model since found wrong, or
         the run ends), work not yet begun cancelled."""
-        while self._kept:
-            self._kept.popitem(last=False)[1][1].cancel()
+        with self._lock:
+            dropped, self._kept = list(self._kept.values()), OrderedDict()
+        for _, future in dropped:
+            future.cancel()
 
     def close(self) -> None:
         """``drop``, and the thread ended once its work under way is done."""
         self.drop()
-        if self._thread is not None:
-            self._thread.shutdown(wait=True, cancel_futures=True)
-            self._thread = None
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=True, cancel_futures=True)
 
 
 def release_work_aside() -> bool:
