@@ -53,6 +53,7 @@ from segment_anything.modeling.mask_decoder import MaskDecoder
 from skimage import data
 
 from usesearch import side_stream
+from usesearch.devices import synchronize
 from usesearch.indexer import IndexOptions, index_paths, pipeline
 from usesearch.masks import rle, sam_fast
 from usesearch.models import presets
@@ -118,12 +119,12 @@ def blob_decoder(valid: tuple[float, float] = (1.0, 1.0)):
 
     @torch.compiler.disable
     def shape(masks: torch.Tensor) -> torch.Tensor:
-        if masks.is_cuda:
-            torch.cuda.synchronize(masks.device)
+        # This thread's stream only, as SAM's clocks wait: a whole-device wait would wait
+        # for the side streams' work too (charged to the decoder, and their overlap lost).
+        synchronize(masks.device)
         start = time.perf_counter()
         shaped = blob_logits(masks, valid)
-        if masks.is_cuda:
-            torch.cuda.synchronize(masks.device)
+        synchronize(masks.device)
         BLOB_SECONDS[0] += time.perf_counter() - start
         return shaped
 

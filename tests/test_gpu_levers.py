@@ -43,6 +43,18 @@ def stock_sam(model):
     return model
 
 
+def test_relative_positions_indexed_on_their_device_are_the_librarys_rows():
+    """The encoder's relative-position rows gathered by indices made where the table
+    lies (the library's come from a CPU ``arange``: a blocking copy to a card in every
+    attention block): the same rows, for a window, the global grid and a table of
+    another length (resized by the library)."""
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    for size, length in ((14, 27), (64, 127), (64, 27)):
+        table = torch.randn(length, 80)
+        assert torch.equal(sam_fast._rel_pos(size, table), get_rel_pos(size, size, table))
+
+
 @pytest.mark.parametrize("window", [0, 14], ids=["global-64x64", "windowed-padded"])
 def test_sdpa_attention_gives_segment_anythings_block_output(window):
     torch.manual_seed(0)

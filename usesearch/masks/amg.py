@@ -286,7 +286,9 @@ class SamMaskGenerator(SamEncoding):
     # -- the kept masks -------------------------------------------------------------------
     def _masks(self, cands: Candidates, crops, orig_size) -> torch.Tensor:
         """Full-image bool masks [n, H, W] of a few candidates, from their logits."""
-        indices = torch.unique(cands.crop).tolist()
+        indices = (
+            [0] if len(crops) == 1 and len(cands) else torch.unique(cands.crop).tolist()
+        )  # (one crop: no read-back)
         if len(indices) == 1:  # one crop (the whole photo, without crop layers): no copy into a zeroed stack
             return self._crop_masks(cands.low_res, crops[indices[0]], orig_size)
         out = torch.zeros(len(cands), *orig_size, dtype=torch.bool, device=cands.iou.device)

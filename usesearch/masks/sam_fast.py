@@ -47,12 +47,23 @@ def _sdpa_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
     if self.use_rel_pos:
         # add_decomposed_rel_pos's two terms, from the unscaled queries as there
         r_q = q.reshape(batch * self.num_heads, h, w, -1)
-        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, self.rel_pos_h).to(r_q.dtype))
-        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, self.rel_pos_w).to(r_q.dtype))
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, _rel_pos(h, self.rel_pos_h).to(r_q.dtype))
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, _rel_pos(w, self.rel_pos_w).to(r_q.dtype))
         bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(batch, self.num_heads, h * w, h * w)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
     out = out.view(batch, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(batch, h, w, -1)
     return self.proj(out)
+
+
+def _rel_pos(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """``get_rel_pos(size, size, rel_pos)``, its indices made on ``rel_pos``'s device: the
+    library's come from a CPU ``arange``, a blocking copy to the card in each attention
+    block (64 an encoder call for ViT-H). The same rows (queries and keys of one size:
+    offsets q - k + size - 1); a table of another length is resized by the library."""
+    if rel_pos.shape[0] != 2 * size - 1:
+        return get_rel_pos(size, size, rel_pos)
+    coords = torch.arange(size, device=rel_pos.device)
+    return rel_pos[coords[:, None] - coords[None, :] + (size - 1)]
 
 
 def _row_major_tokens(self: PatchEmbed, x: torch.Tensor) -> torch.Tensor:
