@@ -179,3 +179,28 @@ def test_weights_from_rle_runs_on_a_device_equal_the_hosts(hw, grid, per_chunk, 
     with pytest.raises(ValueError, match="empty"):
         empty = rle.RleStack(rle.encode_stack(np.zeros((1, *hw), bool)), hw)
         head.rle_cell_coverage_on(torch.device("cpu"), empty, (grid, grid), (cell, cell))
+
+
+def test_what_every_photo_of_a_shape_shares_goes_to_the_device_once():
+    """A photo's normalisation stats and its shape's prefix sums are made on the device
+    once and reused (each made anew was a copy to a card, a photo at a time, and a copy
+    from pageable memory waits for the stream); the same numbers."""
+    from usesearch.masks import rle
+    from usesearch.models import head, inputs
+    from usesearch.models.inputs import normalize
+
+    inputs._channel_stats.cache_clear()
+    head._prefix_sums_on.cache_clear()
+    rgb = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    mean, std = [0.5, 0.4, 0.3], (0.2, 0.25, 0.3)  # (a list too: taken as its tuple)
+    first, second = normalize(rgb, mean, std), normalize(rgb, tuple(mean), std)
+    expected = (
+        torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]
+    ) / torch.tensor(std)[:, None, None]
+    assert torch.equal(first, second) and torch.allclose(first, expected)
+    assert inputs._channel_stats.cache_info().misses == 1 and inputs._channel_stats.cache_info().hits == 1
+    masks = np.zeros((3, 24, 32), bool)
+    masks[:, 4:20, 6:30] = True
+    stack = rle.RleStack(rle.encode_stack(masks), (24, 32))
+    weights = [head.rle_cell_coverage_on(torch.device("cpu"), stack, (3, 4), (8.0, 8.0)) for _ in range(2)]
+    assert torch.equal(weights[0], weights[1]) and head._prefix_sums_on.cache_info().misses == 1

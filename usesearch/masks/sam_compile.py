@@ -208,7 +208,7 @@ def _finite(out: tuple[torch.Tensor, torch.Tensor]) -> bool:
     compiled upscaling's norm and GELUs are what inductor got wrong in SAM's encoder, and
     NaN logits are empty masks that no later check sees."""
     masks, iou = out  # (a NaN or inf anywhere makes the sum so: one pass, no bool tensor; ~18 ms a CPU batch)
-    return bool(torch.isfinite(iou).all()) and bool(torch.isfinite(masks.sum(dtype=torch.float32)))
+    return bool(torch.isfinite(iou).all() & torch.isfinite(masks.sum(dtype=torch.float32)))  # (one read-back)
 
 
 class _StillNotFinite(Exception):

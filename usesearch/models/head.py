@@ -7,6 +7,8 @@ embeddings, projected into CLIP's joint space and L2-normalised.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -115,6 +117,13 @@ def _prefix_sums(
     return F.pad(rows.cumsum(1), (1, 0)), F.pad(cols.cumsum(1), (1, 0)), F.pad(cols, (0, 1))
 
 
+@lru_cache(maxsize=8)
+def _prefix_sums_on(h: int, w: int, grid_hw: tuple[int, int], cell_hw: tuple[float, float], device: torch.device):
+    """``_prefix_sums`` on ``device``, once a photo shape: made anew they were three copies
+    to a card a photo (an archive's photos share a few shapes)."""
+    return tuple(t.to(device) for t in _prefix_sums(h, w, grid_hw, cell_hw))
+
+
 RUNS_PER_CHUNK = 1 << 18  # padded runs a chunk of masks takes on the device (~48 MB per [chunk, grid, runs] float64)
 
 
@@ -132,7 +141,7 @@ def rle_cell_coverage_on(
     padded = padded_runs(masks)
     longest = padded.shape[2]
     starts, ends = torch.from_numpy(padded).to(device)
-    row_prefix, col_prefix, col_at = (t.to(device) for t in _prefix_sums(h, w, grid_hw, cell_hw))
+    row_prefix, col_prefix, col_at = _prefix_sums_on(h, w, tuple(grid_hw), tuple(cell_hw), device)
     full = row_prefix[:, h]
     parts = []
     chunk = max(1, RUNS_PER_CHUNK // longest)

@@ -4,6 +4,8 @@ masks as a bool tensor. Apart from ``usesearch.io.images`` so that reading a pho
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 from PIL import Image
@@ -31,8 +33,15 @@ def as_masks(masks: np.ndarray | torch.Tensor, image_hw: tuple[int, int]) -> tor
 def normalize(rgb: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 [H, W, 3] -> float32 [3, H, W], normalised, on the input's device."""
     tensor = (torch.from_numpy(rgb) if isinstance(rgb, np.ndarray) else rgb).permute(2, 0, 1).float().div_(255)
-    device = tensor.device
-    return (tensor - torch.tensor(mean, device=device)[:, None, None]) / torch.tensor(std, device=device)[:, None, None]
+    mean_t, std_t = _channel_stats(tuple(mean), tuple(std), tensor.device)
+    return (tensor - mean_t) / std_t
+
+
+@lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+    """[3, 1, 1] mean and std on ``device``, made once: each made anew was a copy to a card
+    a photo and backbone, and a copy from pageable memory waits for the stream."""
+    return torch.tensor(mean, device=device)[:, None, None], torch.tensor(std, device=device)[:, None, None]
 
 
 def letterbox(
