@@ -77,6 +77,21 @@ def test_noisy_logits_give_way_to_the_dense_pass(monkeypatch):
     assert torch.equal(boxes, stock_boxes) and torch.equal(stability.nan_to_num(-1), stock_stability.nan_to_num(-1))
 
 
+def test_the_dense_pass_in_groups_keeps_the_candidates_of_the_whole_batch(monkeypatch):
+    """Segment-anything's stability filter applied by the dense pass a group at a time (a
+    large photo's on a CPU): the kept candidates' indices are the whole batch's, in
+    order, with their scores and boxes, as in one pass."""
+    low = blob_logits(12)
+    input_size, crop_hw = shapes((768, 1024))
+    _, every, _ = scoring()._dense(low, input_size, crop_hw)
+    level = float(every.nan_to_num(0).median())
+    whole = scoring()._dense(low, input_size, crop_hw, keep_above=level)
+    monkeypatch.setattr(candidate_scoring, "cpu_upscale_chunk", lambda side, hw: 5)
+    grouped = scoring()._dense(low, input_size, crop_hw, keep_above=level)
+    assert 0 < len(whole[0]) < len(low) and torch.equal(whole[0], torch.nonzero(every >= level)[:, 0])
+    assert all(torch.equal(a, b) for a, b in zip(grouped, whole))
+
+
 def test_bfloat16_logits_are_scored_as_their_float32_values():
     """Under a GPU's autocast the decoder may hand bfloat16 logits: cells' exactness is
     float32's (their upscaled values in bfloat16 drift from the library's by up to

@@ -38,6 +38,7 @@ from usesearch.masks.amg_utils import (
     CPU_POINTS_PER_BATCH,
     Candidates,
     cpu_encode_chunk,
+    indices_of,
     nms,
     off_crop_edge,
     prompt_batch,
@@ -275,10 +276,10 @@ class SamMaskGenerator(SamEncoding):
         points = torch.as_tensor(points.repeat(per_point, axis=0), device=device)
         # The IoU filter needs no mask: apply it before anything is upscaled.
         if self.pred_iou_thresh > 0.0:
-            keep = iou > self.pred_iou_thresh
+            keep = indices_of(iou > self.pred_iou_thresh)
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         keep, stability, boxes = self.scoring(low_res, input_size, crop_hw, self.stability_score_thresh)
-        if keep is not None:
+        if keep is not None:  # (indices)
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         empty = torch.zeros(len(iou), dtype=torch.long, device=device)  # the crop's index, set by the caller
         return off_crop_edge(Candidates(low_res, iou, stability, boxes, points, empty), crop_box, orig_size)

@@ -47,6 +47,7 @@ class Candidates:
     crop: torch.Tensor  # [N] index into the crop list
 
     def __getitem__(self, keep) -> Candidates:
+        keep = indices_of(keep)
         return Candidates(
             *(t[keep] for t in (self.low_res, self.iou, self.stability, self.boxes, self.points, self.crop))
         )
@@ -69,6 +70,14 @@ class Candidates:
         return Candidates(
             *(torch.cat(ts) for ts in zip(*((p.low_res, p.iou, p.stability, p.boxes, p.points, p.crop) for p in parts)))
         )
+
+
+def indices_of(keep):
+    """A bool mask as the indices it keeps (one read-back from a GPU; indexing several
+    tensors by the mask itself reads back once each), else ``keep`` as given."""
+    if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool:
+        return keep.nonzero()[:, 0]
+    return keep
 
 
 def prompt_batch(free_bytes: int, side: int, crop_hw: tuple[int, int], points: int) -> int:

@@ -37,6 +37,7 @@ from usesearch.masks import sam_compile
 from usesearch.masks.amg_utils import (
     CompiledScores,
     cpu_upscale_chunk,
+    indices_of,
     past_canvas,
     stability_score,
     upscale_logits,
@@ -72,9 +73,10 @@ class CandidateScoring:
     def __call__(
         self, low_res: torch.Tensor, input_size, crop_hw: tuple[int, int], keep_above: float
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """(kept: bool [N], stability scores [kept], boxes XYXY [kept]) of the candidates'
-        low-res logits [N, 1, h, w]; kept: a stability score of at least ``keep_above``
-        where it is above 0 (segment-anything's filter), else None: every candidate."""
+        """(kept: indices [K], stability scores [K], boxes XYXY [K]) of the candidates'
+        low-res logits [N, 1, h, w]; kept: those of a stability score of at least
+        ``keep_above`` where it is above 0 (segment-anything's filter), in order, else
+        None: every candidate."""
         low_res = low_res.float()  # (cells' exactness is float32's; the generator's decoder may give bfloat16)
         large = self.compiled_large and past_canvas(self.side, crop_hw) and crop_hw[0] * crop_hw[1] >= COMPILE_PIXELS
         if large and self.compiled is None:
@@ -107,8 +109,9 @@ class CandidateScoring:
             if part is None:
                 return None
             stability, box, doubtful = part
-            if bool(doubtful.any()):  # a pixel about a level: the dense pass's own numbers
-                _, stability[doubtful], box[doubtful] = self._dense(group[doubtful], input_size, crop_hw)
+            doubted = indices_of(doubtful)  # (one read-back)
+            if len(doubted):  # a pixel about a level: the dense pass's own numbers
+                _, stability[doubted], box[doubted] = self._dense(group[doubted], input_size, crop_hw)
             stabilities.append(stability)
             boxes.append(box)
         return torch.cat(stabilities), torch.cat(boxes)
@@ -122,8 +125,9 @@ class CandidateScoring:
             logits = upscale_logits(low_res[start : start + chunk], self.side, input_size, crop_hw)
             stability = stability_score(logits, self.threshold, self.offset)
             if keep_above > 0.0:  # no box for a candidate the filter drops
-                kept_parts.append(stability >= keep_above)
+                kept_parts.append(indices_of(stability >= keep_above))
                 logits, stability = logits[kept_parts[-1]], stability[kept_parts[-1]]
+                kept_parts[-1] += start  # (the chunk's indices, in the whole batch)
             stabilities.append(stability)
             box_parts.append(batched_mask_to_box(logits > self.threshold))
             del logits
@@ -145,5 +149,5 @@ def _kept(stability: torch.Tensor, boxes: torch.Tensor, keep_above: float):
     """``CandidateScoring``'s answer from every candidate's scores and boxes."""
     if keep_above <= 0.0:
         return None, stability, boxes
-    passed = stability >= keep_above
-    return passed, stability[passed], boxes[passed]
+    kept = indices_of(stability >= keep_above)
+    return kept, stability[kept], boxes[kept]
