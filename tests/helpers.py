@@ -258,3 +258,15 @@ def allocated_sizes(source: str) -> list[tuple[int, ...]]:
     return [
         tuple(int(eval(dim, {"min": min, "max": max}, symbols)) for dim in shape) for shape in allocated_shapes(source)
     ]
+
+
+def wrapped_out_of_memory() -> RuntimeError:
+    """An out-of-memory error as dynamo and inductor hand one on: inside their own."""
+    import torch
+
+    try:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    except torch.cuda.OutOfMemoryError as oom:
+        wrapped = RuntimeError("inductor: failed while compiling")
+        wrapped.__cause__ = oom
+        return wrapped

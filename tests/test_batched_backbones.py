@@ -12,6 +12,7 @@ from skimage import data
 
 import usesearch
 from indexer.compute import compute_photos
+from tests.helpers import wrapped_out_of_memory
 from usesearch import side_stream
 from usesearch.masks.maskers import build_masker
 from usesearch.models import ahead
@@ -91,16 +92,6 @@ def test_a_batch_failing_otherwise_keeps_batching_for_the_next_group(photos):
     assert model.batch_backbones
     model.features_ahead(photos)
     assert len(model._features) == len(photos)  # the next group batched again
-
-
-def wrapped_out_of_memory() -> RuntimeError:
-    """An out-of-memory error as inductor hands one on: inside its own."""
-    try:
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-    except torch.cuda.OutOfMemoryError as oom:
-        wrapped = RuntimeError("inductor: failed while compiling")
-        wrapped.__cause__ = oom
-        return wrapped
 
 
 @pytest.mark.parametrize("aside", [False, True], ids=["nothing aside", "work aside"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import LOW, blob_sam
+from tests.helpers import LOW, blob_sam, wrapped_out_of_memory
 from usesearch.masks.amg import SamMaskGenerator
 from usesearch.side_stream import SideStream, release_work_aside
 
@@ -71,12 +71,7 @@ def test_a_group_size_starts_aside_only_once_the_caller_ran_it_in_line():
 
 def test_out_of_memory_wrapped_by_the_compiler_turns_it_off_and_close_ends_its_thread():
     stream, group, later = side(), photos(1), photos(2)
-    release = threading.Event()
-    try:
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-    except torch.cuda.OutOfMemoryError as oom:
-        wrapped = RuntimeError("inductor: failed while compiling")
-        wrapped.__cause__ = oom
+    release, wrapped = threading.Event(), wrapped_out_of_memory()
     stream.start(group, lambda _: release.wait() and (_ for _ in ()).throw(wrapped))
     stream.start(later, lambda _: "later")  # queued behind the first
     release.set()

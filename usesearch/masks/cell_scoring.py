@@ -77,25 +77,22 @@ def axis_cells(side: int, low: int, input_len: int, out_len: int, device: torch.
     """``AxisCells`` of the composite resize ``low`` -> ``side`` [:input_len] -> ``out_len``:
     runs of pixels whose taps start at the same low-res row, each start one run."""
     index, weight = axis_taps(side, low, input_len, out_len, torch.device("cpu"))
-    starts = index[:, 0]
-    change = torch.ones(out_len, dtype=torch.bool)
-    change[1:] = starts[1:] != starts[:-1]
-    first = change.nonzero()[:, 0]
-    length = torch.diff(first, append=torch.tensor([out_len]))
-    if len(torch.unique(starts)) != len(first):  # (taps start at rows that only grow)
+    start, length = torch.unique_consecutive(index[:, 0], return_counts=True)  # each run's first row read, pixels
+    first = torch.cumsum(length, 0) - length
+    if len(torch.unique(start)) != len(start):  # (taps start at rows that only grow)
         raise ValueError(f"a resize of {low} -> {side}[:{input_len}] -> {out_len} reads rows out of order")
     interior = length[1:-1] if len(length) > 2 else length  # (the edges' runs are clamped: shorter or longer)
     piece = int(interior.max())
     return AxisCells(
         first=first.to(device),
         length=length.to(device),
-        start=starts[first].to(device),
+        start=start.to(device),
         index=index.to(device),
         weight=weight.to(device),
         piece=piece,
         cut=(-(-length // piece)).to(device),
         odd=(length != piece).nonzero()[:, 0].to(device),
-        starts=tuple(starts[first].tolist()),
+        starts=tuple(start.tolist()),
     )
 
 
