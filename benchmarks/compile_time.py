@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sam_levers import timed  # noqa: E402  (a benchmark beside this one)
 
 from usesearch.masks.sam import build_sam  # noqa: E402
-from usesearch.masks.sam_compile import compile_encoder  # noqa: E402
-from usesearch.masks.sam_fast import row_major_tokens, speed_up  # noqa: E402
+from usesearch.masks.sam_compile import compile_encoder, row_major_tokens  # noqa: E402
+from usesearch.masks.sam_fast import speed_up  # noqa: E402
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from usesearch.masks import sam_fast
 from usesearch.masks.sam import build_sam
 from usesearch.masks.sam_fast import share_image_tokens
+from usesearch.masks.sam_prompts import embed_points_in_queue
 
 UPSCALINGS = pytest.mark.parametrize("pixelwise_on", [set(), {"cpu"}], ids=["convolutions", "pixelwise"])
 
@@ -137,6 +138,35 @@ def test_every_attention_over_the_image_tokens_runs_fused(autocast):
     assert not [
         name for name in ops.names if "safe_softmax" in name or name.startswith("_scaled_dot_product_attention_math")
     ]
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+def test_point_prompts_embed_to_segment_anythings_bits_without_a_nonzero(autocast):
+    """segment-anything adds each label's embedding by boolean-mask indexing
+    (``embedding[labels == 1] += weight``): a ``nonzero`` per read and write, each a
+    wait for the device before the decoder's kernels are queued. ``load_sam``'s prompt
+    encoder selects by ``torch.where``: the same bits, rounded into bfloat16 under
+    autocast as the in-place sum is, for padding, negative and positive points."""
+    torch.manual_seed(1)
+    stock = build_sam("tiny").eval()
+    for p in stock.prompt_encoder.parameters():  # every label's weight apart from the others
+        p.data.add_(0.1 * torch.randn_like(p))
+    ours = embed_points_in_queue(copy.deepcopy(stock))
+    assert "_embed_points" in vars(ours.prompt_encoder)
+    side = stock.image_encoder.img_size
+    points = torch.rand(8, 3, 2) * side
+    labels = torch.tensor([[1, 0, -1], [0, 1, 1], [-1, -1, 1], [1, 1, 1], [0, 0, 0], [1, -1, 0], [0, -1, 1], [1, 0, 0]])
+    boxes = torch.tensor([[10.0, 20.0, 120.0, 200.0]]).repeat(8, 1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        for box in (None, boxes):  # padded (as the generator asks) and not
+            want = stock.prompt_encoder(points=(points, labels), boxes=box, masks=None)
+            with OpNames() as ops:
+                got = ours.prompt_encoder(points=(points, labels), boxes=box, masks=None)
+            rounded = torch.equal(want[0], want[0].bfloat16().float())  # (the sparse ones are cast up after)
+            assert rounded == autocast
+            assert [g.dtype for g in got] == [w.dtype for w in want]
+            assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+            assert not [name for name in ops.names if name.startswith(("nonzero", "index"))], ops.names
 
 
 def test_the_decoder_runs_on_the_meta_device_where_stage_floor_counts_it():

@@ -6,20 +6,41 @@ by block (``compile_modules``, ``compile_encoder``)."""
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Callable
 from typing import TypeVar
 
 import torch
 from segment_anything.modeling import Sam
+from segment_anything.modeling.image_encoder import PatchEmbed
 
 from usesearch.devices import out_of_memory_in
 from usesearch.errors import first_line
-from usesearch.masks.sam_fast import COMPILED_UPSCALING, mask_logits, row_major_tokens
+from usesearch.masks.sam_fast import COMPILED_UPSCALING, mask_logits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COMPILE_BACKEND = "inductor"
+
+
+def _row_major_tokens(self: PatchEmbed, x: torch.Tensor) -> torch.Tensor:
+    """``PatchEmbed.forward``, its tokens [B, H, W, C] copied into the layout they are
+    indexed in, where segment-anything hands the blocks a permuted view of the
+    convolution's channels-first output (which every block's residual add keeps)."""
+    return self.proj(x).permute(0, 2, 3, 1).contiguous()
+
+
+def row_major_tokens(encoder: torch.nn.Module) -> None:
+    """Route SAM's patch embedding through ``_row_major_tokens`` (in place), for a
+    compiled encoder: inductor's CPU code for a block's residual add and layer norm
+    over a channels-first float32 tensor and a row-major bfloat16 one (the attention's
+    output under autocast) gives NaN (torch 2.14, at 64 channels and more), and every
+    mask of the photo came out empty. Not done eagerly: the same values, but another
+    float rounding in the blocks' products (~1e-5) than segment-anything's."""
+    patch_embed = getattr(encoder, "patch_embed", None)
+    if isinstance(patch_embed, PatchEmbed):
+        patch_embed.forward = types.MethodType(_row_major_tokens, patch_embed)
 
 
 def compile_modules(*modules: torch.nn.Module, dynamic: bool | None = None) -> None:
@@ -42,7 +63,7 @@ def compile_modules(*modules: torch.nn.Module, dynamic: bool | None = None) -> N
 
 def compile_encoder(encoder: torch.nn.Module) -> None:
     """``--compile`` of SAM's image encoder: ``compile_modules``, its blocks handed
-    row-major tokens (``sam_fast.row_major_tokens``: on a CPU in bfloat16, compiled
+    row-major tokens (``row_major_tokens``: on a CPU in bfloat16, compiled
     blocks gave NaN for the tokens segment-anything lays out)."""
     row_major_tokens(encoder)
     compile_modules(encoder)

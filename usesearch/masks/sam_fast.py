@@ -34,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.common import LayerNorm2d
-from segment_anything.modeling.image_encoder import Attention, PatchEmbed, get_rel_pos
+from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from segment_anything.modeling.transformer import Attention as DecoderAttention
+
+from usesearch.masks.sam_prompts import embed_points_in_queue
 
 
 def _sdpa_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
@@ -64,25 +66,6 @@ def _rel_pos(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
         return get_rel_pos(size, size, rel_pos)
     coords = torch.arange(size, device=rel_pos.device)
     return rel_pos[coords[:, None] - coords[None, :] + (size - 1)]
-
-
-def _row_major_tokens(self: PatchEmbed, x: torch.Tensor) -> torch.Tensor:
-    """``PatchEmbed.forward``, its tokens [B, H, W, C] copied into the layout they are
-    indexed in, where segment-anything hands the blocks a permuted view of the
-    convolution's channels-first output (which every block's residual add keeps)."""
-    return self.proj(x).permute(0, 2, 3, 1).contiguous()
-
-
-def row_major_tokens(encoder: torch.nn.Module) -> None:
-    """Route SAM's patch embedding through ``_row_major_tokens`` (in place), for a
-    compiled encoder: inductor's CPU code for a block's residual add and layer norm
-    over a channels-first float32 tensor and a row-major bfloat16 one (the attention's
-    output under autocast) gives NaN (torch 2.14, at 64 channels and more), and every
-    mask of the photo came out empty. Not done eagerly: the same values, but another
-    float rounding in the blocks' products (~1e-5) than segment-anything's."""
-    patch_embed = getattr(encoder, "patch_embed", None)
-    if isinstance(patch_embed, PatchEmbed):
-        patch_embed.forward = types.MethodType(_row_major_tokens, patch_embed)
 
 
 def use_sdpa(sam: Sam) -> Sam:
@@ -397,5 +380,6 @@ def share_image_tokens(sam: Sam) -> Sam:
 
 
 def speed_up(sam: Sam) -> Sam:
-    """Both levers, as ``load_sam`` applies them to every SAM it hands out."""
-    return share_image_tokens(use_sdpa(sam))
+    """The levers, as ``load_sam`` applies them to every SAM it hands out (and the
+    prompt encoder's point embedding queued without a wait: ``sam_prompts``)."""
+    return embed_points_in_queue(share_image_tokens(use_sdpa(sam)))
