@@ -90,14 +90,30 @@ def settle(folder: Path) -> None:
 
 
 def _segment_worker_pids() -> list[int]:
-    pids = []
+    """The SegmentWorker actors of this process's own Ray (its descendants): matched
+    by command line alone, another test's process was killed too (the xdist worker
+    beside this one runs the CLI with a patch naming SegmentWorker in its ``-c``)."""
+    parents, pids = {}, []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                if b"SegmentWorker" in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
+            try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+                parents[int(entry.name)] = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    for pid in parents:
+        try:
+            if descends(pid) and b"SegmentWorker" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:
+            continue
     return pids
 
 
