@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
@@ -88,6 +89,17 @@ def compute_photos(
         except Exception as exc:  # noqa: BLE001 - any per-image failure is recorded and the run goes on
             outcomes.append(exc)
     return outcomes
+
+
+def encoding_ahead(masker, photos: list[np.ndarray]) -> Callable[[], None] | None:
+    """SAM's encoder started on ``photos`` aside (``encode_ahead``, a GPU's side stream),
+    as a call to make, where it would run now; else None (a CPU, another masker, a
+    group size not yet run in line, the stream stopped)."""
+    generator = _generator(masker)
+    side = getattr(generator, "ahead", None)
+    if side is None or not side.starts(photos):
+        return None
+    return partial(generator.encode_ahead, photos)
 
 
 def freed_once(call: Callable[..., T], *args) -> T:

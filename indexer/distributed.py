@@ -30,7 +30,7 @@ import numpy as np
 from usesearch.io.files import photos_under
 
 from . import faiss_gpu, fragments
-from .compute import compute_photos, photos_per_masker_call
+from .compute import compute_photos, encoding_ahead, photos_per_masker_call
 from .folder import check_paths, is_new
 from .fragments import (
     MAX_WORKER_DEATHS,
@@ -53,6 +53,8 @@ from .writer import Writer
 # actors load the models once (tens of seconds, against the ~20 minutes a window takes
 # on 8 GPUs at 20 photos/s each).
 WINDOW = 200_000
+# A GPU actor's call: only its first group's encoder runs with nothing to overlap.
+GROUPS_PER_CALL = 4
 LEFT_PER_COMMIT = 16  # photos a transaction of those a killed run left computed
 
 
@@ -75,6 +77,21 @@ class SegmentWorker:
         in one masker call where it batches photos (a GPU's, ``--encoder-batch``)."""
         return compute_photos(rgbs, paths, self.model, self.masker, IndexReport())
 
+    def _encode_ahead(self, group: list[int], rgbs: list[np.ndarray], shas) -> set[int]:
+        """On a GPU, SAM's encoder started on the call's next group while this one decodes
+        (``compute.encoding_ahead``), as the sequential indexer does; the group's attempts
+        noted first, so a death while both are under way counts for both groups' photos,
+        as for one batch of both: each is then computed alone, and only the culprit
+        reaches ``max_deaths``. Never started into or during retries, where a death
+        must be the photo's alone. The photos noted (none where nothing starts)."""
+        start = encoding_ahead(self.masker, [rgbs[i] for i in group])
+        if start is None:
+            return set()
+        for i in group:
+            fragments.attempt(self.db_dir, shas[i])
+        start()
+        return set(group)
+
     def __call__(self, batch: dict) -> dict:
         errors = list(batch["error"])
         counts = [-1] * len(errors)  # -1: computed before (the batch's earlier try, whose actor died after it)
@@ -94,10 +111,14 @@ class SegmentWorker:
         # itself to max_deaths, not the photos it was batched with on its first try.
         per_call = photos_per_masker_call(self.masker) if self.max_deaths > 1 else 1
         groups = [first_tries[at : at + per_call] for at in range(0, len(first_tries), per_call)]
-        for group in groups + [[i] for i in retries]:
-            for i in group:
+        rgbs = list(batch["rgb"])  # the very objects an encoding ahead is started on and taken by
+        noted: set[int] = set()  # photos whose attempt is noted (before their encoding ahead)
+        for at, group in enumerate(groups + [[i] for i in retries]):
+            for i in set(group) - noted:
                 fragments.attempt(self.db_dir, batch["sha256"][i])
-            outcomes = self.compute([batch["rgb"][i] for i in group], [batch["path"][i] for i in group])
+            if at + 1 < len(groups):  # a first try's group next, as this one: see ``_encode_ahead``
+                noted |= self._encode_ahead(groups[at + 1], rgbs, batch["sha256"])
+            outcomes = self.compute([rgbs[i] for i in group], [batch["path"][i] for i in group])
             for i, outcome in zip(group, outcomes):
                 sha = batch["sha256"][i]
                 try:
@@ -247,8 +268,11 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
 
 
 def photos_per_call(options: IndexOptions, gpus: int) -> int:
-    """Photos an actor computes a call, and the driver commits in one transaction."""
-    return int(options.masker_options.get("encoder_batch", 4 if gpus else 1))
+    """Photos an actor computes a call, and the driver commits in one transaction: an
+    ``--encoder-batch`` group on a CPU; on a GPU ``GROUPS_PER_CALL`` of them, so that
+    SAM's encoder runs a group ahead within the call (``SegmentWorker._encode_ahead``)."""
+    group = int(options.masker_options.get("encoder_batch", 4 if gpus else 1))
+    return group * (GROUPS_PER_CALL if gpus else 1)
 
 
 def through_actors(dataset, worker: type, options: IndexOptions, db_dir: Path, workers: int | None, per_call: int):

@@ -84,10 +84,15 @@ class SideStream(Generic[T]):
         """The caller computed these photos itself: later groups of their size may go aside."""
         self._sizes_run.add(len(photos))
 
+    def starts(self, photos: list) -> bool:
+        """Whether ``start(photos, ...)`` would run them aside now (a caller that must note
+        what a side thread is about to compute notes it first)."""
+        return self.on and len(photos) in self._sizes_run
+
     def start(self, photos: list, run: Callable[[list], T]) -> None:
         photos = list(photos)
         with self._lock:  # (stopped meanwhile: nothing starts, no thread is made again)
-            if not self.on or len(photos) not in self._sizes_run:
+            if not self.starts(photos):
                 return
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix=self.name)
