@@ -246,9 +246,6 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     """Groups of computed images' rows (an actor call's each), in ``pending``'s order:
     those whose fragment a killed run left behind first, then the rest through decode
     and the actor pool."""
-    import ray
-    import ray.data
-
     fragments.forget_attempts(db_dir)
     ready = [{**r, "error": "", "segments": -1} for r in pending if fragment_path(db_dir, r["sha256"]).is_file()]
     computed = {r["sha256"] for r in ready}
@@ -256,15 +253,26 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     yield from (ready[at : at + LEFT_PER_COMMIT] for at in range(0, len(ready), LEFT_PER_COMMIT))
     if not todo:
         return
-    per_call = photos_per_call(options, int(ray.cluster_resources().get("GPU", 0)) if options.device == "cuda" else 0)
-    decode = partial(decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels, db_dir=db_dir)
-    decoded = ray.data.from_items(todo).map_batches(decode, batch_size=per_call)
     # Each block as it comes (an actor call's photos: no wait for more), a transaction each.
-    for block in through_actors(decoded, SegmentWorker, options, db_dir, workers, per_call).iter_batches(
+    for block in decoded_and_computed(todo, db_dir, options, workers).iter_batches(
         batch_size=None, batch_format="numpy"
     ):
         columns = {name: values.tolist() for name, values in block.items()}
         yield [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+def decoded_and_computed(todo: list[dict], db_dir: Path, options: IndexOptions, workers: int | None):
+    """The dataset of ``todo``'s photos decoded and computed by the actors. Ray fuses
+    the decoding into a CPU's actor (its cores are the models'; a codec's crash is then
+    the actor's death, counted as one); a GPU actor's resources differ from the CPU
+    tasks', so there the photos are decoded by CPU tasks apart, ahead of the card (tested)."""
+    import ray
+    import ray.data
+
+    per_call = photos_per_call(options, int(ray.cluster_resources().get("GPU", 0)) if options.device == "cuda" else 0)
+    decode = partial(decode_files, max_bytes=options.max_bytes, max_pixels=options.max_pixels, db_dir=db_dir)
+    decoded = ray.data.from_items(todo).map_batches(decode, batch_size=per_call)
+    return through_actors(decoded, SegmentWorker, options, db_dir, workers, per_call)
 
 
 def photos_per_call(options: IndexOptions, gpus: int) -> int:

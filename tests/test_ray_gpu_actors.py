@@ -1,7 +1,7 @@
 """A Ray actor's call on a GPU: SAM's encoder a group ahead within the call, as the
-sequential indexer runs it, with the death accounting of one batch of both groups.
-The actor's class is plain Python: here it runs in this process, the side stream's
-thread forced on (a GPU's default), no Ray needed."""
+sequential indexer runs it, with the death accounting of one batch of both groups;
+and its photos decoded by CPU tasks apart. The actor's class is plain Python: here it
+runs in this process, the side stream's thread forced on (a GPU's default)."""
 
 import threading
 
@@ -117,3 +117,26 @@ def test_a_gpus_actor_call_holds_several_encoder_groups():
     options = IndexOptions(preset="tiny", masker="sam", masker_options={"encoder_batch": 4})
     assert distributed.photos_per_call(options, gpus=1) == 4 * distributed.GROUPS_PER_CALL > 4
     assert distributed.photos_per_call(options, gpus=0) == 4  # a CPU's call: one group, as before
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_a_gpu_actor_takes_photos_decoded_by_cpu_tasks_apart_a_cpu_actor_decodes_them_itself(
+    ray_local, device, tmp_path, monkeypatch, capsys
+):
+    """Ray fuses a map into the actor pool after it where their resources agree: a CPU
+    actor decodes its photos itself (a codec's crash is its death, counted as one), a
+    GPU actor is handed them decoded by CPU tasks, so the card waits for no decoding.
+    Read from the pipeline's optimised plan (the cluster told it has a GPU: nothing runs)."""
+    monkeypatch.setattr(ray_local, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
+    options = IndexOptions(preset="tiny", masker="sam", device=device, masker_options=SAM)
+    todo = [{"fs_path": b"a.png", "path": "a.png", "sha256": "a", "file_stat": ""}]
+    distributed.decoded_and_computed(todo, tmp_path, options, workers=1).explain()
+    optimised = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    operators = [line.strip(" +-") for line in optimised.splitlines() if line.strip(" +-")]
+    if device == "cuda":
+        assert operators[:2] == [
+            "ActorPoolMapOperator[MapBatches(SegmentWorker)]",
+            "TaskPoolMapOperator[MapBatches(decode_files)]",
+        ], optimised
+    else:
+        assert operators[0] == "ActorPoolMapOperator[MapBatches(decode_files)->MapBatches(SegmentWorker)]", optimised
