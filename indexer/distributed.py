@@ -116,7 +116,7 @@ class SegmentWorker:
         for at, group in enumerate(groups + [[i] for i in retries]):
             for i in set(group) - noted:
                 fragments.attempt(self.db_dir, batch["sha256"][i])
-            if at + 1 < len(groups):  # a first try's group next, as this one: see ``_encode_ahead``
+            if at + 1 < len(groups) and self.max_deaths > 1:  # a first try's next, as this one: ``_encode_ahead``
                 noted |= self._encode_ahead(groups[at + 1], rgbs, batch["sha256"])
             outcomes = self.compute([rgbs[i] for i in group], [batch["path"][i] for i in group])
             for i, outcome in zip(group, outcomes):

@@ -95,6 +95,23 @@ def test_the_next_group_is_encoded_aside_its_attempts_noted_first_and_the_fragme
         assert fragments.deaths(worker.db_dir, name) == 0
 
 
+def test_an_actor_allowed_one_death_a_photo_computes_each_alone_and_nothing_ahead(options, tmp_path, monkeypatch):
+    """With ``max_deaths`` 1 a death must be its photo's alone: nothing is batched with
+    it, so nothing may be encoded (and noted) ahead of it either."""
+    worker = SegmentWorker(options, str(tmp_path / "db"), threads=1)
+    worker.max_deaths = 1
+    generator = worker.masker.generator
+    monkeypatch.setattr(generator.ahead, "on", True)  # a GPU's default
+    generator.ahead.ran_in_line([None])  # a group of one has run in line: it could go aside
+    started, computed = [], []
+    monkeypatch.setattr(generator, "encode_ahead", lambda group: started.append(len(group)))
+    compute = worker.compute
+    monkeypatch.setattr(worker, "compute", lambda group, paths: computed.append(paths) or compute(group, paths))
+    out = call(worker, photos(3), ["a", "b", "c"])
+    assert computed == [["a"], ["b"], ["c"]] and started == []
+    assert list(out["error"]) == ["", "", ""]
+
+
 def test_on_a_cpu_nothing_is_noted_or_started_ahead(options, tmp_path, monkeypatch):
     """Off (a CPU's default), each group's attempts are noted as it starts, as before:
     a death charges only the group under way."""
