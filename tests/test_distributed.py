@@ -89,28 +89,33 @@ def settle(folder: Path) -> None:
         time.sleep(wait_s + 0.1)
 
 
-def _segment_worker_pids() -> list[int]:
-    """The SegmentWorker actors of this process's own Ray (its descendants): matched
-    by command line alone, another test's process was killed too (the xdist worker
-    beside this one runs the CLI with a patch naming SegmentWorker in its ``-c``)."""
-    parents, pids = {}, []
+def _segment_worker_pids(session: int | None = None) -> list[int]:
+    """The SegmentWorker actors of this process's own Ray (its descendants), or of the
+    session ``session`` leads (a killed driver's: its actors, re-parented to init, keep
+    its session). Matched by command line alone, another test's process was killed too
+    (the xdist worker beside this one runs the CLI with a patch naming SegmentWorker)."""
+    stats = {}  # pid -> (ppid, session): "pid (comm) state ppid pgrp session ..."; comm may hold ")"
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-                parents[int(entry.name)] = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                stats[int(entry.name)] = (int(fields[1]), int(fields[3]))
             except (OSError, ValueError, IndexError):
                 continue
 
-    def descends(pid: int) -> bool:
+    def ours(pid: int) -> bool:
+        if session is not None:
+            return stats[pid][1] == session
         while pid > 1:
-            pid = parents.get(pid, 0)
+            pid = stats.get(pid, (0, 0))[0]
             if pid == os.getpid():
                 return True
         return False
 
-    for pid in parents:
+    pids = []
+    for pid in stats:
         try:
-            if descends(pid) and b"SegmentWorker" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
+            if ours(pid) and b"SegmentWorker" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
                 pids.append(pid)
         except OSError:
             continue
@@ -194,7 +199,7 @@ def test_driver_killed_with_kill_dash_nine_resumes_to_the_same_index(photos, seq
     tidy.cancel()
     _kill_group(proc.pid)  # its Ray (its actors, in process groups of their own, end within seconds)
     deadline = time.time() + 30
-    while _segment_worker_pids() and time.time() < deadline:
+    while _segment_worker_pids(session=proc.pid) and time.time() < deadline:
         time.sleep(0.2)
     sha = sqlite_count(db / "segments.sqlite", "select sha256 from images where status = 'done' limit 1")
     fragments.write_fragment(fragments.fragment_path(db, sha), (4, 4), [], np.zeros((0, 0)))
