@@ -195,7 +195,7 @@ class CompiledDecoder:
             if out_of_memory is not None:
                 raise out_of_memory from None  # the generator halves its prompt batch (even when compiling ran out)
             return self._eagerly(inputs, f"could not be compiled ({type(exc).__name__}: {first_line(exc)})")
-        if _finite(out):
+        if decoder_finite(out):
             return out
         # NaN where the eager decoder gives numbers is the compiler's fault (a CPU's bfloat16
         # code once gave NaN for SAM's encoder); NaN from both is the model's, and the
@@ -212,7 +212,7 @@ class CompiledDecoder:
         upscaling = COMPILED_UPSCALING.pop(self.decoder, None)  # eager means eager throughout
         try:
             out = self.decoder(**inputs)
-            if finite_only and not _finite(out):
+            if finite_only and not decoder_finite(out):
                 raise _StillNotFinite
         except Exception:  # the input's own error: raised, and compiling stays on
             if upscaling is not None:
@@ -223,11 +223,11 @@ class CompiledDecoder:
         return out
 
 
-def _finite(out: tuple[torch.Tensor, torch.Tensor]) -> bool:
-    """Whether a decoder's mask logits and IoUs are all finite (the generator synchronises
-    here anyway; a CPU compiles its decoder only under ``--compile``). The masks too: the
-    compiled upscaling's norm and GELUs are what inductor got wrong in SAM's encoder, and
-    NaN logits are empty masks that no later check sees."""
+def decoder_finite(out: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """Whether a decoder's mask logits and IoUs are all finite (the generator's own check
+    and the compiled decoder's; the generator synchronises here anyway). The masks too:
+    the compiled upscaling's norm and GELUs are what inductor got wrong in SAM's encoder,
+    and NaN logits are empty masks that no later check sees."""
     masks, iou = out  # (a NaN or inf anywhere makes the sum so: one pass, no bool tensor; ~18 ms a CPU batch)
     return bool(torch.isfinite(iou).all() & torch.isfinite(masks.sum(dtype=torch.float32)))  # (one read-back)
 
