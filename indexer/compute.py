@@ -182,9 +182,9 @@ class ModelStage:
         if self.pool is not None:
             # SAM's encoder starts on the group now, on a stream of its own (a GPU's), while
             # the model thread still decodes the group before it (usesearch/side_stream.py).
-            encode_ahead = getattr(_generator(self.masker), "encode_ahead", None)
-            if encode_ahead is not None:
-                encode_ahead([photo.rgb for photo in group])
+            start = encoding_ahead(self.masker, [photo.rgb for photo in group])
+            if start is not None:
+                start()
             return self.pool.submit(compute_group, group, self.model, self.masker)
         future: Future[Computed] = Future()
         future.set_result(compute_group(group, self.model, self.masker))
