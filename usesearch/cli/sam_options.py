@@ -13,27 +13,34 @@ import typer
 
 from usesearch.masks.settings import SAM_SETTINGS, SamSettings
 
-from .options import KEYWORD_ONLY, shared_options
+from .options import KEYWORD_ONLY, number_from, shared_options
 from .spellings import Formerly
 
-# Each flag is its setting's name with dashes (``SamSettings.flag``): (help, lower bound, old spelling).
-SAM_FLAGS: dict[str, tuple[str, int | None, str | None]] = {
-    "points_per_side": ("grid prompts per side (default 32)", 1, None),
-    "points_per_batch": ("prompts per decoder batch (default 64 on a CPU; on a GPU as many as fit)", 1, None),
-    "pred_iou_thresh": ("keep masks whose predicted IoU exceeds this (default 0.88; curate: 0.6)", None, None),
+# Each flag is its setting's name with dashes (``SamSettings.flag``): (help, lower bound,
+# upper bound, old spelling). The thresholds are shares, as segment-anything compares
+# them; outside 0-1 every mask goes (or none), and a NaN would be recorded with the
+# index and never equal itself again, so no later run could resume it. A grid past 512
+# points a side (262,144 prompts a crop) or crops past 5 layers (1,024 a photo, a 1 MP
+# photo's under 40 px) is a typo, which failed every photo (out of memory, empty crops).
+SAM_FLAGS: dict[str, tuple[str, float | None, float | None, str | None]] = {
+    "points_per_side": ("grid prompts per side (default 32)", 1, 512, None),
+    "points_per_batch": ("prompts per decoder batch (default 64 on a CPU; on a GPU as many as fit)", 1, None, None),
+    "pred_iou_thresh": ("keep masks whose predicted IoU exceeds this (default 0.88; curate: 0.6)", 0, 1, None),
     "stability_score_thresh": (
         "keep masks this stable or more (default 0.95; curate: 0.6)",
-        None,
+        0,
+        1,
         "--stability-thresh",
     ),
-    "box_nms_thresh": ("box IoU above which duplicates go (default 0.7)", None, None),
-    "crop_n_layers": ("layers of image crops prompted again (default 0)", 0, "--crop-layers"),
+    "box_nms_thresh": ("box IoU above which duplicates go (default 0.7)", 0, 1, None),
+    "crop_n_layers": ("layers of image crops prompted again (default 0)", 0, 5, "--crop-layers"),
     "min_mask_region_area": (
         "remove holes and islands under this area (default 0; curate: 100)",
         0,
+        None,
         "--min-region-area",
     ),
-    "encoder_batch": ("photos per image-encoder call (default 4 on a GPU, 1 on a CPU)", 1, None),
+    "encoder_batch": ("photos per image-encoder call (default 4 on a GPU, 1 on a CPU)", 1, None, None),
 }
 
 
@@ -43,8 +50,12 @@ def sam_settings(**values: Any) -> SamSettings:
 
 
 def _sam_flag(name: str, kind: Any) -> inspect.Parameter:
-    help, low, old = SAM_FLAGS[name]
-    option = typer.Option(SamSettings.flag(name), min=low, help=f"SAM: {help}.")
+    help, low, high, old = SAM_FLAGS[name]
+    if kind is float or typing.get_args(kind)[:1] == (float,):  # Click's range lets nan through
+        assert low is not None and high is not None
+        option = typer.Option(SamSettings.flag(name), parser=number_from(low, high), help=f"SAM: {help}.")
+    else:
+        option = typer.Option(SamSettings.flag(name), min=low, max=high, help=f"SAM: {help}.")
     annotation = Annotated[kind, option, Formerly(old)] if old else Annotated[kind, option]
     return inspect.Parameter(name, KEYWORD_ONLY, default=None, annotation=annotation)
 
