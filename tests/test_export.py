@@ -169,8 +169,8 @@ def test_an_output_that_would_replace_a_photo_or_the_other_output_is_refused_fir
     # among indexed photos (the next index took it for one); JSON under a picture's name.
     (tmp_path / "keep.png").write_bytes(before)
     cases += [
-        (["query", "a cat", "--export-coco", str(db / "segments.sqlite")], "among its own files"),
-        (["similar", "1", "--export-coco", str(db / "embeddings" / "notes.json")], "among its own files"),
+        (["query", "a cat", "--export-coco", str(db / "segments.sqlite")], "whose files usesearch writes"),
+        (["similar", "1", "--export-coco", str(db / "embeddings" / "notes.json")], "whose files usesearch writes"),
         (["query", "a cat", "--show", str(photos / "sheet.png")], "lies among indexed photos"),
         (["similar", "1", "--show", str(photos / "like.png")], "lies among indexed photos"),
         (["query", "a cat", "--export-coco", str(tmp_path / "keep.png")], "names a picture: name a .json file"),
@@ -187,6 +187,40 @@ def test_an_output_that_would_replace_a_photo_or_the_other_output_is_refused_fir
     assert not (tmp_path / "-").exists()
     ok = runner.invoke(app, ["query", "a cat", "--db", str(db), "--show", str(db / "sheet.png")])
     assert ok.exit_code == 0 and (db / "sheet.png").is_file(), ok.output  # a picture in its folder: left out of walks
+
+
+def test_an_output_into_another_index_or_usesearch_folder_is_refused_whatever_its_name(indexed, tmp_path):
+    """`query --db A --export-coco B/segments.sqlite` (or B's embedding chunk, or a link
+    named x.json to either) replaced index B's file and destroyed it: only the queried
+    index's folder was guarded. Now no file a command writes may lie in any folder
+    usesearch writes, at any depth, links followed; a picture in an index's folder
+    itself (`--show`) is still written."""
+    import shutil
+
+    _, db = indexed
+    other = tmp_path / "other.use"
+    shutil.copytree(db, other)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "trainer.safetensors").write_bytes(b"")
+    (tmp_path / "x.json").symlink_to(other / "segments.sqlite")
+    chunk = next((other / "embeddings").glob("*.f16"))
+    before = {p: p.read_bytes() for p in (other / "segments.sqlite", chunk)}
+    runner = CliRunner()
+    for args in (
+        ["query", "a cat", "--export-coco", str(other / "segments.sqlite")],
+        ["similar", "1", "--export-coco", str(chunk)],
+        ["query", "a cat", "--export-coco", str(tmp_path / "x.json")],
+        ["query", "a cat", "--export-coco", str(other / "calibration.json")],
+        ["query", "a cat", "--export-coco", str(tmp_path / "run" / "hits.json")],
+        ["query", "a cat", "--show", str(other / "embeddings" / "sheet.png")],
+    ):
+        result = runner.invoke(app, [*args, "--db", str(db)])
+        said = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2 and "whose files usesearch writes" in said, (args, result.output)
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert not (other / "calibration.json").exists() and not (tmp_path / "run" / "hits.json").exists()
+    ok = runner.invoke(app, ["query", "a cat", "--db", str(db), "--show", str(other / "sheet.png")])
+    assert ok.exit_code == 0 and (other / "sheet.png").is_file(), ok.output
 
 
 def test_a_picture_written_anywhere_under_an_indexed_folder_is_refused(tmp_path):

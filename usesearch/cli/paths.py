@@ -13,7 +13,7 @@ import typer
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import is_stream
 from usesearch.io.files import IMAGE_SUFFIXES
-from usesearch.io.own_folders import OUTPUT_MARKS, audit_report_written, not_a_reports, pictures_of
+from usesearch.io.own_folders import OUTPUT_MARKS, audit_report_written, holding_folder, not_a_reports, pictures_of
 from usesearch.models.presets import PRESETS
 
 
@@ -31,7 +31,24 @@ def writable_file(value: Path | None) -> Path | None:
             raise typer.BadParameter(f"folder {folder} does not exist: make it first, or write elsewhere")
         if not os.access(folder, os.W_OK):
             raise typer.BadParameter(f"folder {folder} cannot be written to")
+        refuse_into_own_folder(value)
     return value
+
+
+def refuse_into_own_folder(value: Path) -> None:
+    """A file written into a folder usesearch writes (an index, a curated dataset, a
+    training run, an audit report; at any depth, links followed) could replace or be
+    read as one of its files: refused, whatever its name. One exception, as the photo
+    walk expects it: a picture saved into an index's folder itself (``--show``), never
+    one of its files."""
+    held = holding_folder(value)
+    if held is None:
+        return
+    kind, folder = held
+    real = Path(os.path.realpath(value))
+    if kind == "an index" and str(real.parent) == folder and real.suffix.lower() in IMAGE_SUFFIXES:
+        return
+    raise typer.BadParameter(f"{value} lies in {kind} ({folder}), whose files usesearch writes: write elsewhere")
 
 
 def json_file(value: Path | None) -> Path | None:

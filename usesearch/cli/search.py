@@ -110,7 +110,9 @@ def _refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path
             if index.store.image_by_path(os.fsencode(spelled)) is not None:
                 raise UsesearchError(f"{flag} {path} is an indexed photo: it would be overwritten; write elsewhere")
         real = Path(os.path.realpath(path))
-        # The index's own files (`--export-coco DIR/segments.sqlite` replaced the catalog);
+        # The index's own files (`--export-coco DIR/segments.sqlite` replaced the catalog): refused
+        # as the option is read (`paths.refuse_into_own_folder`) where the folder shows its
+        # marks; here too for one that does not (a catalog on PostgreSQL from before ids);
         # a picture in its folder is left out of every walk, and may go there.
         in_index_folder = Path(os.path.realpath(index.db_dir)) in real.parents
         if in_index_folder and real.suffix.lower() not in IMAGE_SUFFIXES:

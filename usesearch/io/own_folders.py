@@ -26,6 +26,36 @@ OUTPUT_MARKS = {
 }
 
 
+# What each kind's folder surely holds: any one of these sets of files (stricter than
+# ``OUTPUT_MARKS``, where one mark suffices to refuse a folder for another kind, and a
+# photo folder may hold a manifest.json). A file a command writes is refused anywhere
+# under such a folder (``holding_folder``).
+SURE_MARKS = {
+    "an index": (("segments.sqlite",), ("embeddings/index-id",)),  # (index-id alone: a catalog on PostgreSQL)
+    "a curated dataset": (("manifest.json", "shards"),),
+    "a training run": (("trainer.safetensors",), ("trainer.pt",)),
+    "an audit report": ((AUDIT_MARK,),),
+}
+
+
+def holding_folder(path: str | os.PathLike) -> tuple[str, str] | None:
+    """The usesearch folder (its kind, its path) that a file written at ``path`` would
+    lie in, at any depth, or None. Its files are the commands' own: an export named
+    ``segments.sqlite`` or ``embeddings/chunk-000000.f16`` of another index replaced it
+    and destroyed that index, and one named ``calibration.json`` would have been read as
+    its calibration. Links are followed (a link's file is replaced where it lies)."""
+    real = os.path.realpath(path)
+    folder = os.path.dirname(real)
+    while True:
+        for kind, alternatives in SURE_MARKS.items():
+            if any(all(os.path.exists(os.path.join(folder, name)) for name in files) for files in alternatives):
+                return kind, folder
+        above = os.path.dirname(folder)
+        if above == folder:
+            return None
+        folder = above
+
+
 def pictures_of(names: Iterable[str]) -> str | None:
     """The kind of usesearch folder, among those that may hold pictures, that a folder
     holding files of these ``names`` is, or None. Stricter than ``OUTPUT_MARKS`` (a
