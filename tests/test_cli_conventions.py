@@ -233,20 +233,21 @@ def test_a_number_option_refuses_nan_infinity_and_its_range_in_one_line(option, 
 @pytest.mark.parametrize(
     "command, option, value, why",
     [
-        ("index", "--stability-score-thresh", "nan", "'nan': give a number from 0 to 1"),
-        ("index", "--pred-iou-thresh", "2", "'2': give a number from 0 to 1"),
+        ("index", "--stability-score-thresh", "nan", "'nan': give a number up to 1"),
+        ("index", "--pred-iou-thresh", "2", "'2': give a number up to 1"),
         ("index", "--box-nms-thresh", "-1", "'-1': give a number from 0 to 1"),
         ("index", "--points-per-side", "100000", "less than or equal to 512"),
         ("index", "--crop-n-layers", "10", "less than or equal to 5"),
-        ("segment", "--stability-score-thresh", "nan", "'nan': give a number from 0 to 1"),
-        ("curate", "--pred-iou-thresh", "3", "'3': give a number from 0 to 1"),
+        ("segment", "--stability-score-thresh", "inf", "'inf': give a number up to 1"),
+        ("curate", "--pred-iou-thresh", "3", "'3': give a number up to 1"),
     ],
 )
 def test_sams_settings_refuse_nan_and_values_no_photo_could_use(command, option, value, why, tmp_path):
     """A NaN threshold was recorded with the index, and since NaN never equals itself no
-    later run, the same command included, could resume it; a threshold outside 0-1 kept
-    no mask of any photo, recorded as done; a huge grid or crop depth failed every photo.
-    Each is refused in one line before anything is made."""
+    later run, the same command included, could resume it; a threshold above 1 kept no
+    mask of any photo, recorded as done (below 0 keeps every mask: random weights' way,
+    taken); a huge grid or crop depth failed every photo. Each is refused in one line
+    before anything is made."""
     photo = tmp_path / "p.jpg"
     photo.write_bytes(b"")
     args = {

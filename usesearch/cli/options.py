@@ -77,7 +77,8 @@ def number_from(low: float, high: float) -> Callable[[str], float]:
         except ValueError:
             value = math.nan
         if not (math.isfinite(value) and low <= value <= high):
-            raise typer.BadParameter(f"{text!r}: give a number from {low:g} to {high:g}")
+            span = f"up to {high:g}" if low == -math.inf else f"from {low:g} to {high:g}"
+            raise typer.BadParameter(f"{text!r}: give a number {span}")
         return value
 
     return parse

@@ -6,6 +6,7 @@ Each command receives them as one ``SamSettings``."""
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from typing import Annotated, Any
 
@@ -17,18 +18,19 @@ from .options import KEYWORD_ONLY, number_from, shared_options
 from .spellings import Formerly
 
 # Each flag is its setting's name with dashes (``SamSettings.flag``): (help, lower bound,
-# upper bound, old spelling). The thresholds are shares, as segment-anything compares
-# them; outside 0-1 every mask goes (or none), and a NaN would be recorded with the
-# index and never equal itself again, so no later run could resume it. A grid past 512
-# points a side (262,144 prompts a crop) or crops past 5 layers (1,024 a photo, a 1 MP
-# photo's under 40 px) is a typo, which failed every photo (out of memory, empty crops).
+# upper bound, old spelling). The thresholds are compared as segment-anything compares
+# them: above 1 no mask passes, and a NaN would be recorded with the index and never
+# equal itself again, so no later run could resume it (below 0 every mask passes: how
+# random weights keep theirs). Box overlaps are shares. A grid past 512 points a side
+# (262,144 prompts a crop) or crops past 5 layers (1,024 a photo, a 1 MP photo's under
+# 40 px) is a typo, which failed every photo (out of memory, empty crops).
 SAM_FLAGS: dict[str, tuple[str, float | None, float | None, str | None]] = {
     "points_per_side": ("grid prompts per side (default 32)", 1, 512, None),
     "points_per_batch": ("prompts per decoder batch (default 64 on a CPU; on a GPU as many as fit)", 1, None, None),
-    "pred_iou_thresh": ("keep masks whose predicted IoU exceeds this (default 0.88; curate: 0.6)", 0, 1, None),
+    "pred_iou_thresh": ("keep masks whose predicted IoU exceeds this (default 0.88; curate: 0.6)", -math.inf, 1, None),
     "stability_score_thresh": (
         "keep masks this stable or more (default 0.95; curate: 0.6)",
-        0,
+        -math.inf,
         1,
         "--stability-thresh",
     ),
