@@ -614,6 +614,17 @@ def test_a_ctrl_c_no_command_handled_is_one_line_and_exit_130(tmp_path, monkeypa
     with pytest.raises(SystemExit) as ended:
         entry.main()
     assert ended.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
+    monkeypatch.undo()
+
+    # Loaded, then interrupted while it reads the command line (a Ctrl-C in the first
+    # ~0.2 s printed a traceback from `given_twice` or Typer building its commands).
+    import usesearch.cli.app as cli_app
+
+    monkeypatch.setattr(cli_app, "given_twice", interrupted)
+    monkeypatch.setattr(sys, "argv", ["usesearch", "info", "--db", str(tmp_path / "db")])
+    with pytest.raises(SystemExit) as ended:
+        entry.main()
+    assert ended.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
 
 
 def test_the_demo_runs_given_its_old_spellings(tmp_path, monkeypatch):
