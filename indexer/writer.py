@@ -171,12 +171,19 @@ class Writer:
             self.known.read_as_recorded(existing, sha256, file_stat)
             self.failed_before += existing.status != DONE
             return True
-        if existing is not None:
-            return False
         # A content that failed in this run is coming no more: this file is read on its own
         # (the read-ahead's ``coming`` keeps a hash after its photo failed).
         coming_now = sha256 in coming and sha256 not in self._failed_contents
         holders = [] if coming_now else self.store.done_with_hash(sha256)
+        if existing is not None:
+            holders = [h for h in holders if h.id != existing.id and still_holds(h)]
+            if path is None or not holders:
+                return False  # changed: computed again
+            # Changed into a copy of a photo indexed under another path (one coming in this
+            # run may yet fail, and a photo failing now keeps its segments): its old segments
+            # go and it is counted as a copy, as a new file of that content is. It was
+            # embedded again, and every search found that photo twice.
+            self.remove_image(existing.id)
         if not holders and not coming_now:
             return False
         gone = [h for h in holders if path is not None and not still_holds(h)]  # missing, or other content now

@@ -129,3 +129,42 @@ def test_an_interrupted_run_does_not_count_copies_of_a_photo_it_never_committed(
 
         writer.run(interrupted(), report, lambda path: None)
     assert report.interrupted and writer.copies == [("/x/c2.png", "")]
+
+
+@pytest.mark.parametrize("on_ray", [False, True], ids=["sequential", "ray"])
+def test_a_photo_changed_into_a_copy_of_another_is_a_copy_not_indexed_twice(tmp_path, monkeypatch, on_ray):
+    """`cp rocket.png chelsea.png` over an indexed chelsea: the next run embedded it
+    again, and every search found the rocket twice. Now its old segments go and it is
+    counted as a copy, as a new file of that content is; given its own content back, it
+    is indexed again. A changed photo whose content no other holds is computed again."""
+    import shutil
+
+    from usesearch.indexer import known_images
+    from usesearch.indexer.folder import open_store
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)
+    photos = write_photos(tmp_path / "photos", ("rocket", "coffee", "chelsea"))  # (the second in photos/sub)
+    original = (photos / "chelsea.png").read_bytes()
+    run, db = index_with(on_ray), tmp_path / "db"
+    assert run([photos], db, IndexOptions(**OPTS)).done == 3
+
+    def indexed() -> dict[str, int]:
+        store = open_store(db, read_only=True)
+        try:
+            return {os.path.basename(p): len(store.image_segment_ids(i)) for i, _, p in store.image_files()}
+        finally:
+            store.close()
+
+    rocket_segments = indexed()["rocket.png"]
+    shutil.copy(photos / "rocket.png", photos / "chelsea.png")
+    again = run([photos], db, IndexOptions(**OPTS))
+    assert again.done == 0 and [(os.path.basename(c), os.path.basename(h)) for c, h in again.copies] == [
+        ("chelsea.png", "rocket.png")
+    ], again
+    now = indexed()
+    assert set(now) == {"rocket.png", "coffee.png"} and now["rocket.png"] == rocket_segments
+    assert_consistent(db)
+    (photos / "chelsea.png").write_bytes(original)
+    back = run([photos], db, IndexOptions(**OPTS))
+    assert back.done == 1 and back.copies == [] and set(indexed()) == {"rocket.png", "chelsea.png", "coffee.png"}
+    assert_consistent(db)
