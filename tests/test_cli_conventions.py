@@ -700,3 +700,23 @@ def test_a_damaged_catalog_is_named_with_what_to_do(tmp_path, command):
     said = result.stderr.strip()
     assert result.exit_code == 2 and "\n" not in said, result.output
     assert f"{tmp_path / 'db' / 'segments.sqlite'}: damaged; restore it from a backup" in said, said
+
+
+def test_a_warning_is_one_plain_line_after_a_library_logs_through_the_root_logger():
+    """`index` printed "WARNING:usesearch.indexer.vector_files:..." where every other
+    command printed the warning alone: open_clip's `logging.info` as it builds CLIP
+    configured the root logger with logging's default format."""
+    code = (
+        "import logging, sys\n"
+        "import usesearch.cli.app as cli\n"
+        "def run(args, **kwargs):\n"
+        "    logging.info('Parsing model identifier')  # as open_clip's create_model does\n"
+        "    logging.getLogger('usesearch.indexer.vector_files').warning('vectors.faiss does not match')\n"
+        "    return 0\n"
+        "cli.given_twice = lambda args: None\n"
+        "cli.app = run\n"
+        "sys.argv = ['usesearch', 'info']\n"
+        "cli.main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "vectors.faiss does not match\n", done.stderr

@@ -6,6 +6,7 @@ the library, so the CLI has no circle of imports."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -83,6 +84,10 @@ def main() -> None:
     if sys.stdout is None:  # started with it closed (`>&-`): Python gives no stream to write or flush
         print("error: standard output is closed: send it to a file, or to /dev/null", file=sys.stderr)
         sys.exit(2)
+    # Warnings are one plain line each, as Python's last resort prints them: else the
+    # first library to log through the root logger (open_clip's `logging.info` as it
+    # builds CLIP) configures it, and every later warning reads "WARNING:module:...".
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
     args = with_ray_address(sys.argv[1:])
     if twice := given_twice(args):
         print(f"error: {twice}", file=sys.stderr)
