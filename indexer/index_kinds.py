@@ -25,6 +25,11 @@ def new_index(dim: int, factory: str) -> faiss.Index:
         raise ValueError(f"invalid FAISS factory string {given!r}: an IVF needs at least one list")
     if _has_part(index, faiss.IndexNSG):  # FAISS adds to it once; a small R's first add may never end
         raise ValueError(f"FAISS factory string {given!r}: an NSG graph cannot grow with the index; use HNSW32")
+    if ivf is not None and _has_part(index, faiss.IndexRefine):  # FAISS builds it; its first add then fails
+        raise ValueError(
+            f"FAISS factory string {given!r}: a Refine over an IVF takes no segment ids; leave it out "
+            "(a compressed index's hits are re-scored from the stored embeddings: --rerank)"
+        )
     if _sparse_graph(index):  # FAISS builds it; adding to it then crashes the process or never ends
         raise ValueError(f"invalid FAISS factory string {given!r}: a graph (HNSW M) needs 2 links or more")
     if ivf is None and not isinstance(faiss.downcast_index(index), faiss.IndexIDMap2):  # ``index_ids`` lists none

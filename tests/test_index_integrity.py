@@ -425,7 +425,11 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
     cases = [
         (["index", str(tmp_path / "nonexistent"), "--db", str(new_db), "--preset", "tiny"], "no such file or folder"),
         (["index", str(photos), "--db", str(photos / "astronaut.png"), "--preset", "tiny"], "is a file"),
-        (["index", str(photos), "--db", "", "--preset", "tiny"], "--db is empty"),
+        (["index", str(photos), "--db", "", "--preset", "tiny"], "'--db': is empty"),
+        (["query", "a cat", "--db", ""], "'--db': is empty"),  # (it read the current folder)
+        (["reindex", "--db", str(db), "--factory", ""], "'--factory': is empty"),  # (it rebuilt the same kind)
+        # FAISS built it; its first add failed in FAISS's words, "unexpected RuntimeError", exit 1.
+        (["reindex", "--db", str(db), "--factory", "IVF4,Flat,Refine(Flat)"], "a Refine over an IVF takes no"),
         (["query", "a cat", "--db", str(db), "--export-coco", str(tmp_path)], "is a folder"),
         (["similar", "99999999999999999999", "--db", str(db)], "no segment with id"),
         (["reindex", "--db", str(new_db)], "no index at"),

@@ -163,9 +163,20 @@ PhotoMaskerOpt = Annotated[
     ),
 ]
 
+
 # -- the index ---------------------------------------------------------------------------
 # A string, not a Path: Path("") would silently turn an empty --db into the current folder.
-DbOpt = Annotated[str, typer.Option("--db", help="Index folder (SQLite metadata, FAISS vectors, lock).")]
+def not_empty(value: str | None) -> str | None:
+    """An option naming something (a folder, a factory string) given as "" (an unset
+    shell variable): refused, where it meant the current folder or the default."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("is empty: name it, or leave the option out")
+    return value
+
+
+DbOpt = Annotated[
+    str, typer.Option("--db", help="Index folder (SQLite metadata, FAISS vectors, lock).", callback=not_empty)
+]
 DbUrlOpt = Annotated[
     Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata instead of SQLite in --db.")
 ]
@@ -177,6 +188,7 @@ FactoryOpt = Annotated[
         "--factory",
         help="FAISS index_factory string; given to reindex, fixed from then on (default, or `auto` to reindex: "
         "chosen by the index's size, again as it grows).",
+        callback=not_empty,
     ),
 ]
 ShardSizeOpt = Annotated[
