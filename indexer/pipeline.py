@@ -22,7 +22,7 @@ from usesearch.errors import CatalogUnavailableError, IndexMismatchError, Usesea
 from usesearch.io.files import photos_under
 from usesearch.masks.maskers import build_masker
 from usesearch.models.compiling import apply_compile
-from usesearch.models.factory import choose_preset, load_model, resolve_embedder
+from usesearch.models.factory import choose_preset, load_model, refuse_unknown, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
@@ -141,6 +141,7 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
     if built is None:
         return options
     if options.preset not in (None, built.preset) or options.embedder not in (None, built.embedder):
+        refuse_unknown(options.preset, options.embedder)
         asked = f"preset {options.preset or built.preset!r}, embedder {options.embedder or built.embedder!r}"
         raise IndexMismatchError(  # before its weights are loaded (or a user sent to download them)
             f"this index was built with {info_summary(built)}; refusing to add segments from {asked}. "

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tests.helpers import OPTS, assert_consistent, segment_table, write_photos
 from usesearch.cli.app import app
-from usesearch.errors import IndexLockedError, IndexMismatchError
+from usesearch.errors import IndexLockedError, IndexMismatchError, UnknownPresetError, UsesearchError
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
 from usesearch.indexer.folder import FAISS_FILE, writer_lock
 from usesearch.indexer.vector_files import write_index_files
@@ -94,6 +94,11 @@ def test_rerun_skips_adds_new_and_reindexes_changed(tmp_path):
     # sent the user to download b16's, which the index would then refuse).
     with pytest.raises(IndexMismatchError, match="built with preset 'tiny'.*from preset 'b16'"):
         index_paths([photos], db, IndexOptions(preset="b16"))
+    # A typo is said as one, not as another model than the index's own.
+    with pytest.raises(UnknownPresetError, match="unknown preset 'bogus'"):
+        index_paths([photos], db, IndexOptions(preset="bogus"))
+    with pytest.raises(UsesearchError, match="unknown embedder 'bogus'"):
+        index_paths([photos], db, IndexOptions(embedder="bogus"))
     fresh = tmp_path / "fresh"
     index_paths([photos], fresh, IndexOptions(**OPTS))
     assert segment_table(db) == segment_table(fresh)  # same as indexing the final folder once

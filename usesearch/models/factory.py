@@ -120,6 +120,15 @@ def text_needs_whole_model(embedder: str | None, head: str | os.PathLike | None)
     return (embedder or "use") == "use" and head is None
 
 
+def refuse_unknown(preset: str | None, embedder: str | None) -> None:
+    """A preset name (neither a preset nor a head checkpoint) or an embedder no model has,
+    refused as unknown: an index's check said a typo was another model than its own."""
+    if preset is not None and preset not in PRESETS and not is_checkpoint(preset):
+        get_preset(preset)  # (raises UnknownPresetError)
+    if embedder not in (None, "use", "crop"):
+        raise UsesearchError(f"unknown embedder {embedder!r}; choose 'use' or 'crop'")
+
+
 def _preset_and_head(
     name_or_checkpoint: str | os.PathLike, embedder: str, head: str | os.PathLike | None
 ) -> tuple[PresetConfig, str | os.PathLike | None]:
@@ -132,8 +141,7 @@ def _preset_and_head(
     elif name not in PRESETS and (os.sep in name or name.endswith((".safetensors", ".json", ".pt"))):
         raise UnknownPresetError(f"{name}: no head checkpoint there (nor is it a preset: {', '.join(PRESETS)})")
     preset = get_preset(name)
-    if embedder not in ("use", "crop"):
-        raise UsesearchError(f"unknown embedder {embedder!r}; choose 'use' or 'crop'")
+    refuse_unknown(None, embedder)
     if embedder == "use" and head is None and not preset.head.seeded_random:
         raise NoTrainedHeadError(
             f"preset {preset.name!r} has no trained USE head (none is published). Either use the "
