@@ -68,7 +68,8 @@ def _start_ray(address: str | None) -> None:
     constructor's arguments from the object store and restart ("core_worker.cc: Actor
     with class name ... has constructor arguments in the object store and max_restarts
     > 0", 400 characters). The level is read from the environment where each of Ray's
-    processes starts, and Ray announces it in a line of its own, left out here. So a
+    processes starts, and Ray announces it in a line of its own, left out here with the
+    driver's other C++ lines below error level (``NATIVE_NOTES``). So a
     local cluster's own log files (raylet.out, gcs_server.out, the workers') keep only
     fatal lines too: USESEARCH_DEBUG=1 (or a RAY_BACKEND_LOG_LEVEL or RAY_LOG_TO_STDERR
     of the user's) keeps every line, on stderr and in those files."""
@@ -79,7 +80,7 @@ def _start_ray(address: str | None) -> None:
     if quiet:
         os.environ[BACKEND_LOG_LEVEL] = "fatal"
     try:
-        with stderr_without(LEVEL_NOTE) if quiet else nullcontext():
+        with stderr_without(NATIVE_NOTES) if quiet else nullcontext():
             ray.init(
                 address=None if address in (None, "local") else address,
                 include_dashboard=False,
@@ -98,8 +99,13 @@ def _start_ray(address: str | None) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-# Ray's C++ line saying it read BACKEND_LOG_LEVEL ("[... I ...] logging.cc:303: Set ray log level ...").
-LEVEL_NOTE = re.compile(r"^\[[^\]]* I [^\]]*\] logging\.cc:\d+: Set ray log level from environment variable ")
+# The driver's own C++ lines below error level: the one saying it read BACKEND_LOG_LEVEL
+# ("[... I ...] logging.cc:303: Set ray log level ..."), and those its GCS client logs
+# before that level applies to it, e.g. at a cluster address that answers but is no Ray:
+# "[... W ...] gcs_client.cc:210: Failed to get cluster ID from GCS server" or
+# "rpc_client.h:153: Failed to connect to GCS at address ...", a line every few seconds
+# while it retries.
+NATIVE_NOTES = re.compile(r"^\[[^\]]* [IW] [^\]]*\] [\w.]+\.(cc|h):\d+: ")
 
 
 @contextmanager

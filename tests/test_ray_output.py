@@ -94,12 +94,17 @@ def test_a_photo_that_kills_its_worker_is_recorded_the_rest_indexed_and_stdout_l
 
 
 def test_stderr_without_drops_only_the_lines_it_matches_written_natively_or_by_python(capfd):
-    with ray_cluster.stderr_without(ray_cluster.LEVEL_NOTE):
+    error = "[2026-12-06 07:30:00,100 E 5 5] core_worker.cc:9: an error of Ray's own"
+    with ray_cluster.stderr_without(ray_cluster.NATIVE_NOTES):
         os.write(2, b"[2026-12-04 09:37:26,021 I 1 1] logging.cc:303: Set ray log level from environment variable X\n")
+        # An address that answers but is no Ray: 20 of these before Ray's one-line error.
+        os.write(2, b"[2026-12-06 06:50:01,123 W 77 77] gcs_client.cc:210: Failed to get cluster ID from GCS server\n")
+        os.write(2, b"[2026-12-06 07:23:47,856 W 8 8] rpc_client.h:153: Failed to connect to GCS at address x:1\n")
+        os.write(2, error.encode() + b"\n")
         os.write(2, b"a native line\n")
         print("a python line", file=sys.stderr)
-    # (pytest's sys.stderr is not file descriptor 2: the two lines may come in either order)
-    assert sorted(capfd.readouterr().err.splitlines()) == ["a native line", "a python line"]
+    # (pytest's sys.stderr is not file descriptor 2: the lines may come in either order)
+    assert sorted(capfd.readouterr().err.splitlines()) == sorted([error, "a native line", "a python line"])
 
 
 @pytest.mark.parametrize(
