@@ -356,6 +356,20 @@ def test_walk_never_leaves_the_folders_it_was_given(tmp_path):
     assert not any("coffee" in p for p in paths) and report.failed == 0
 
 
+def test_a_photo_named_and_under_a_folder_named_too_is_one_photo_not_its_own_copy(tmp_path):
+    """`index photos photos/coffee.png` walked coffee.png twice and said it was "skipped
+    as a copy of a photo indexed under another path", naming itself. A hard link, another
+    path to the same file, is still a copy."""
+    from usesearch.io.files import walk
+
+    photos = write_photos(tmp_path / "photos", ("coffee", "astronaut"))
+    os.link(photos / "coffee.png", photos / "link.png")
+    found = [f.fs_path for f in walk([photos, photos / "coffee.png", str(photos / "sub") + "/"])]
+    assert sorted(os.path.basename(p) for p in found) == ["astronaut.png", "coffee.png", "link.png"], found
+    report = index_paths([photos, photos / "coffee.png"], tmp_path / "db", IndexOptions(**OPTS))
+    assert report.done == 2 and [os.path.basename(p) for p, _ in report.copies] == ["link.png"], report
+
+
 # -- 10. disk full --------------------------------------------------------------------------------
 def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeypatch):
     photos, db = small_index

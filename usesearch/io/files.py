@@ -101,7 +101,7 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
             yield Found(display_path(path), path, exc)
             return
         if not os.path.isdir(path):
-            yield Found(display_path(path), path)
+            yield from once(path)
             return
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs:
@@ -130,7 +130,17 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
                 if not entry.is_symlink() or inside_roots(entry.path):
                     yield from visit(entry.path)
             elif kind is None and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
-                yield Found(display_path(entry.path), entry.path)
+                yield from once(entry.path)
+
+    seen_files: set[str] = set()
+
+    def once(path: str) -> Iterator[Found]:
+        """A file met again by the same path (named, and under a folder named too) is the
+        same photo, not its copy ("skipped as a copy of a photo indexed under another
+        path", naming itself); another path to the same file (a hard link) is one."""
+        if path not in seen_files:
+            seen_files.add(path)
+            yield Found(display_path(path), path)
 
     starts = {os.path.abspath(os.fspath(root)) for root in paths}  # named by the caller: never left out
     for root in paths:
