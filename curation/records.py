@@ -43,7 +43,7 @@ class ImageItem:
     # Faults the reader found (a broken annotation, a missing photo): recorded, the rest curated.
     problems: list[Problem] = field(default_factory=list)
     photo: bool = True  # False: an item that only carries problems (no photo to curate)
-    error: OSError | None = None  # a folder of photos that could not be listed: recorded as its failure
+    error: Exception | None = None  # a folder of photos that could not be listed, a broken link: its failure
 
 
 @dataclass

@@ -384,3 +384,19 @@ def test_a_writer_takes_its_catalog_lock_again_after_the_server_restarts(tmp_pat
         writer.store.retrying(lambda: writer.store.generation())  # the writer's next write takes it again
         with pytest.raises(CatalogLockedError):
             index_paths([photos], tmp_path / "b", IndexOptions(**OPTS, db_url=pg_url))
+
+
+def test_a_broken_link_among_the_photos_is_failed_in_words_and_the_run_goes_on(tmp_path):
+    """A link whose file is gone failed as "FileNotFoundError: [Errno 2] No such file or
+    directory: '.../broken.jpg'", naming the link, which is there."""
+    import os
+
+    from usesearch.indexer import IndexOptions, index_paths
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    os.symlink(tmp_path / "nowhere" / "x.jpg", photos / "broken.jpg")
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert report.done == 1 and report.failed == 1, report
+    ((path, why),) = report.failures
+    assert path.endswith("broken.jpg") and "ImageReadError" in why, why
+    assert f"a link to {tmp_path / 'nowhere' / 'x.jpg'}, which does not exist" in why and "Errno" not in why, why

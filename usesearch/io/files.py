@@ -41,7 +41,7 @@ BYTES_PER_PIXEL_AT_MOST, FILE_MARGIN = 8, 64 * 2**20
 class Found:
     path: str  # display form: valid UTF-8 even for file names that are not
     fs_path: str  # what the OS opens
-    error: OSError | None = None  # a folder that could not be listed
+    error: OSError | ImageReadError | None = None  # a folder that could not be listed, a broken link
 
     @property
     def key(self) -> bytes:
@@ -98,7 +98,7 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
         try:
             st = os.stat(path)
         except OSError as exc:
-            yield Found(display_path(path), path, exc)
+            yield Found(display_path(path), path, _said(path, exc))
             return
         if not os.path.isdir(path):
             yield from once(path)
@@ -147,13 +147,25 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
         yield from visit(os.path.abspath(os.fspath(root)))
 
 
+def _said(path: str, exc: OSError) -> OSError | ImageReadError:
+    """A broken link's failure in words ("[Errno 2] No such file or directory" named the
+    link, which is there: the file it names is not)."""
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        target = os.readlink(path)
+        return ImageReadError(f"cannot read image {display_path(path)}: a link to {target}, which does not exist")
+    return exc
+
+
 def read_bytes(fs_path: str | bytes, max_bytes: int | None = None, name: str | None = None) -> tuple[bytes, str]:
     """The file's bytes and SHA-256. Opened non-blocking and checked with fstat, so a
     FIFO or device swapped in under an image's name is refused at once, never read.
     ``max_bytes``: None for ``DEFAULT_MAX_BYTES`` (each default read when called)."""
     name = name or display_path(os.fsdecode(fs_path))
     max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
-    fd = os.open(fs_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(fs_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        raise _said(os.fsdecode(fs_path), exc) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
