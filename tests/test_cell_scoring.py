@@ -9,7 +9,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from tests.helpers import LOW
 from tests.test_compiled_scores import PHOTOS, SIDE, blob_logits, shapes
-from usesearch.masks import candidate_scoring, cell_scoring
+from usesearch.masks import candidate_scoring, cell_scoring, separable_resize
 from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.amg_utils import eager_stability_and_boxes, past_canvas, upscale_logits
 from usesearch.masks.candidate_scoring import CandidateScoring
@@ -104,26 +104,114 @@ def test_bfloat16_logits_are_scored_as_their_float32_values():
     torch.testing.assert_close(stability, stock_stability, rtol=0, atol=0, equal_nan=True)  # (the empty one: 0/0)
 
 
-@pytest.mark.parametrize("side, photo_hw", [(SIDE, (768, 1024)), (SIDE, (1024, 683)), (256, (192, 256))])
-def test_a_threshold_on_a_pixel_where_roundings_differ_is_counted_as_stock(side, photo_hw, monkeypatch):
-    """Cells' arithmetic and ``F.interpolate``'s kernel round about half the pixels of a
-    steep edge differently (an ulp or two): with a threshold equal to such a pixel's
-    value, a candidate would count it on the other side (a review found stability 0.857
-    against 1.0, and boxes a column apart). Thresholds here are the library's own
-    values of pixels along an edge, on both canvases. (Past the canvas cells, as the
-    compiled pass, may differ there by a pixel: the README's documented rounding.)"""
-    monkeypatch.setattr(cell_scoring, "CROSSED_SHARE", 1.0)
+def edge_logits(side: int, photo_hw, tiny: float = -3.3172):
+    """Two candidates' low-res logits with a steep edge (from ``tiny`` to 7.9 and to 56.9)
+    between two low-res columns, and the library's own values of pixels along it."""
     low_side = side // 4
     low = torch.full((2, 1, low_side, low_side), -20.0)
     column = low_side // 3
-    low[:, 0, :, column], low[:, 0, :, column + 1] = -3.3172, 7.91234
+    low[:, 0, :, column], low[:, 0, :, column + 1] = tiny, 7.91234
     low[1, 0, :, column + 1] = 56.923561096191406
     input_size = ResizeLongestSide.get_preprocess_shape(*photo_hw, side)
     edge = upscale_logits(low, side, input_size, photo_hw)[:, 10]
-    ramp = edge[(edge > -3.3) & (edge < 7.9)].unique()
+    ramp = edge[(edge > 0.1) & (edge < 7.9)].unique()
     assert len(ramp) >= 3
-    for threshold in ramp[:: max(1, len(ramp) // 4)].tolist():
+    return low, ramp[:: max(1, len(ramp) // 4)].tolist()
+
+
+def dense_calls(monkeypatch) -> list[int]:
+    """The candidates each call of the dense pass scores (cells' doubted ones)."""
+    calls: list[int] = []
+    dense = CandidateScoring._dense
+    monkeypatch.setattr(
+        CandidateScoring, "_dense", lambda self, low, *a: calls.append(len(low)) or dense(self, low, *a)
+    )
+    return calls
+
+
+@pytest.mark.parametrize("side, photo_hw", [(SIDE, (768, 1024)), (SIDE, (1024, 683)), (256, (192, 256))])
+def test_a_threshold_on_a_pixel_where_roundings_differ_is_counted_as_stock(side, photo_hw, monkeypatch):
+    """Inductor's arithmetic, which cells use, and ``F.interpolate``'s kernel round about
+    half the pixels of a steep edge differently (an ulp or two): with a threshold equal
+    to such a pixel's value, a candidate would count it on the other side (a review
+    found stability 0.857 against 1.0, and boxes a column apart). Thresholds here are
+    the library's own values of pixels along an edge, on both canvases: the pixels
+    about them are computed again as the CPU kernel rounds, and no candidate is left
+    to the dense pass. (Past the canvas cells, as the compiled pass, may differ there
+    by a pixel: the README's documented rounding.)"""
+    monkeypatch.setattr(cell_scoring, "CROSSED_SHARE", 1.0)
+    settled = []
+    as_aten = cell_scoring._as_aten
+    monkeypatch.setattr(cell_scoring, "_as_aten", lambda *args: settled.append(1) or as_aten(*args))
+    dense = dense_calls(monkeypatch)
+    low, thresholds = edge_logits(side, photo_hw)
+    for threshold in thresholds:
         assert_as_stock(low, photo_hw, side, threshold, 0.5)
+    assert settled and not dense
+
+
+def test_this_cpus_kernel_rounds_as_cells_compute_it_again():
+    """On x86's AVX2 and AVX-512 builds ATen's bilinear kernel is an fma along each row,
+    then across: cells reproduce it (else every candidate with a pixel about a level
+    would go to the dense pass: the same numbers, at ~2x the time)."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("a kernel built otherwise may round otherwise: cells then doubt, as on a GPU")
+    assert separable_resize.kernel_fuses(CPU)
+
+
+def test_where_the_kernel_rounds_otherwise_candidates_about_a_level_are_doubted(monkeypatch):
+    """A kernel whose rounding cells do not reproduce (a GPU's): a candidate with a pixel
+    about a level is scored by the dense pass, the library's numbers all the same."""
+    monkeypatch.setattr(cell_scoring, "CROSSED_SHARE", 1.0)
+    monkeypatch.setattr(cell_scoring, "kernel_fuses", lambda device: False)
+    dense = dense_calls(monkeypatch)
+    low, thresholds = edge_logits(SIDE, (768, 1024))
+    for threshold in thresholds:
+        assert_as_stock(low, (768, 1024), SIDE, threshold, 0.5)
+    assert dense and sum(dense) <= 2 * len(thresholds)
+
+
+def test_a_block_spanning_many_binades_is_doubted(monkeypatch):
+    """Beside a logit of 1e-30, float64 sums of the kernel's products are not exact (its
+    fma's rounding not reproduced: the values of such a block differ from the kernel's
+    in ~5% of pixels): a candidate with a pixel about a level there is doubted."""
+    monkeypatch.setattr(cell_scoring, "CROSSED_SHARE", 1.0)
+    dense = dense_calls(monkeypatch)
+    low, thresholds = edge_logits(SIDE, (768, 1024), tiny=1e-30)
+    for threshold in thresholds:
+        assert_as_stock(low, (768, 1024), SIDE, threshold, 0.5)
+    assert dense
+
+
+@pytest.mark.parametrize("photo_hw", [(768, 1024), (1024, 683), (1500, 2000), (333, 500)], ids=str)
+def test_torchs_own_operations_as_on_a_gpu_give_the_same_numbers(photo_hw, monkeypatch):
+    """The code a GPU runs (torch's operations throughout, ``NUMPY`` off), here on a CPU;
+    at the canvas, with a threshold on an edge's pixel too."""
+    monkeypatch.setattr(cell_scoring, "NUMPY", False)
+    assert_as_stock(blob_logits(12), photo_hw)
+    if not past_canvas(SIDE, photo_hw) and min(photo_hw) > 600:
+        monkeypatch.setattr(cell_scoring, "CROSSED_SHARE", 1.0)
+        low, thresholds = edge_logits(SIDE, photo_hw)
+        assert_as_stock(low, photo_hw, SIDE, thresholds[1], 0.5)
+
+
+@pytest.mark.parametrize("photo_hw", [(1024, 1), (2, 1024)], ids=str)
+def test_a_photo_a_pixel_or_two_across_at_the_canvas_is_counted_as_stock(photo_hw, monkeypatch):
+    """A photo at the canvas one or two pixels across reads one low-res row a pixel along
+    that axis: cells give it a second tap of weight 0, as ATen's kernel, so the photo
+    takes the one resize's arithmetic and its pixels about a level are settled as the
+    kernel rounds (a review found such photos summed as two resizes, unfused and
+    unsettled: a box a row apart, stability 0.994 against 1.0). The intersection's level
+    here is the library's value of a pixel that sum rounds above it."""
+    monkeypatch.setattr(cell_scoring, "CROSSED_SHARE", 1.0)
+    low = torch.randn(4, 1, 256, 256, generator=torch.Generator().manual_seed(0)) * 10
+    stock = upscale_logits(low, SIDE, photo_hw, photo_hw)
+    taps = (separable_resize.axis_taps(SIDE, 256, n, n, CPU) for n in photo_hw)
+    unfused = separable_resize.separable_upscale(low, *taps)
+    thresholds = stock[unfused > stock].unique()
+    assert len(thresholds) >= 4
+    for level in thresholds[:4].tolist():
+        assert_as_stock(low, photo_hw, SIDE, level - 0.5, 0.5)  # (threshold + offset: the level itself)
 
 
 @pytest.mark.parametrize("side", [SIDE, 256])

@@ -5,8 +5,9 @@ by cells (``cell_scoring``: only the pixels a threshold passes near are upscaled
 or where cells would not pay (noisy logits: many cells crossed), segment-anything's
 helpers over materialised logits (in groups that fit on a CPU); compiled,
 ``CompiledScores``' one fused pass that never writes them. At the model's canvas
-cells give the helpers' numbers bit for bit (a candidate with a pixel within an ulp
-or two of a level goes to the helpers); the compiled pass rounds an edge's pixels
+cells give the helpers' numbers bit for bit (a pixel within an ulp or two of a level
+is computed again as ATen's CPU kernel rounds it; a candidate where that is not proven,
+as on a GPU, goes to the helpers); the compiled pass rounds an edge's pixels
 differently from ATen's kernel, so there a rare candidate (~1 in 1,000 on blobs, a
 review found, 2026-12-06) differs by a pixel in a count or a box edge. Past the
 canvas (``amg_utils.past_canvas``) all three differ by float rounding. Which path
@@ -17,7 +18,8 @@ never on how long the run has gone, so a kill and resume gives the same records:
 * A CPU: crops at or under the canvas by cells (the helpers' bits; until 2026-12-06 a
   CPU compiled them once eager scoring had cost a cold compile, which changed a rare
   record by when the switch came, and was faster with many candidates: 768 at
-  1024x768, 1.4 s against cells' 3.1 s); crops
+  1024x768, 1.4 s against cells' 3.1 s, since 0.5 s against the compiled pass's 1.1 s
+  on 2 cores, ``benchmarks/candidate_scores.py``); crops
   past the canvas of ``COMPILE_PIXELS`` or more compiled from the first one where
   there is a C++ compiler (one such photo's eager scoring costs a compile), smaller
   ones by cells.

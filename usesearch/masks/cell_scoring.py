@@ -8,15 +8,19 @@ low-res rows, by the same columns' counterpart, tile it into cells (4x4 pixels a
 model's canvas), each reading one small block of low-res logits. A cell whose block
 lies wholly above a threshold (by a margin that covers float rounding) has every
 pixel above it, and one wholly below has none: their counts and box edges follow
-from the cell's size and place alone. Only the cells a threshold crosses are
-upscaled, pixel by pixel (at the canvas as inductor decomposes ``F.interpolate``,
-past it as ``separable_upscale``). That arithmetic and ATen's kernel round about half
-the pixels of an edge an ulp or two apart, so at the canvas a candidate with a
-crossed pixel within ``NEAR`` of a level is doubted, and the caller scores it by the
-dense pass: the library's numbers bit for bit. Past the canvas, within float
-rounding, as the compiled pass. A mask's interior and the background are most of its
-pixels, so most of the work goes; where crossed cells are many (noise),
-``cell_scores`` returns None and the caller takes its dense pass.
+from the cell's size and place alone. Each low-res logit is marked once against the
+levels (a bit a level, above and below), and a cell's marks are its block's bits
+ANDed. Only the cells a threshold crosses are upscaled, pixel by pixel, once for each
+level that crosses them (at the canvas as inductor decomposes ``F.interpolate``, past
+it as ``separable_upscale``). At the canvas a pixel within ``NEAR`` of a level may
+fall on either side in ATen's kernel: it is computed again as that kernel rounds
+(``_as_aten``), so cells give the library's numbers bit for bit. Where that cannot be
+proven (a kernel that rounds otherwise, such as a GPU's, or a block of logits
+spanning ~2^21 in magnitude) the candidate is doubted, and the caller scores it by
+the dense pass. Past the canvas, within float rounding, as the compiled pass. A
+mask's interior and the background are most of its pixels, so most of the work
+goes; where crossed cells are many (noise), ``cell_scores`` returns None and the
+caller takes its dense pass.
 
 Written by hand: no library counts thresholded pixels of an upscaled image without
 upscaling it. Tested against segment-anything's helpers over materialised logits.
@@ -31,7 +35,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from usesearch.masks.separable_resize import axis_taps
+from usesearch.masks.separable_resize import aten_linear_weights, axis_taps, fused_lerp, kernel_fuses
 
 # Of a value's magnitude, what float rounding in the upscaling can move it: a few
 # multiply-adds of float32 (2^-24 each) over operands at most the block's largest
@@ -40,22 +44,29 @@ ROUNDING = 2.0**-14
 TINY = 1e-30  # the margins' floor: subnormal logits round by an absolute amount, not a relative one
 # How far from a level a crossed pixel's value, as cells compute it, may lie and still
 # fall on the other side in F.interpolate's kernel (one resize: each is within ~3 ulps
-# of the exact value, of the block's largest logit; 2^-20 is 8 ulps). At the canvas a
-# candidate with such a pixel (~1 in 10 on a CPU) is scored by the dense pass instead,
-# so cells give the library's numbers bit for bit there.
+# of the exact value, of the largest logit; 2^-20 is 8 ulps). At the canvas such a
+# pixel is computed again as ATen's kernel rounds, or its candidate doubted. (A review's
+# bound: cells' lerp within 10 rounding units, ATen's within 4, against 16: a change to
+# ``_upscaled``'s arithmetic must keep that.)
 NEAR = 2.0**-20
 # Past this share of the pixels in crossed cells, their gathers cost more than the
 # dense pass (measured on a CPU: ``benchmarks/candidate_scores.py``).
 CROSSED_SHARE = 0.25
+# On a CPU the per-pixel and per-cell work is NumPy's (comparisons ~8x torch's, reductions
+# along rows of 4 ~40x; torch's threads cost more than they give at these sizes); False:
+# torch's everywhere, as on a GPU (the tests run that code so).
+NUMPY = True
 
 
 @dataclass(frozen=True)
 class AxisCells:
     """One axis of the photo cut into runs of pixels that read the same low-res rows
-    (columns): each run's first pixel, length and first low-res row read, and every
-    pixel's taps (low-res indices and weights, ``separable_resize.axis_taps``). A run
-    is upscaled in pieces of ``piece`` pixels (the usual run: 4 at the canvas, whose
-    first run, the clamped edge's, is 6)."""
+    (columns), each run cut into cells of at most ``piece`` pixels (the usual run: 4 at
+    the canvas, whose first run, the clamped edge's, is 6: cells of 4 and 2): each
+    cell's first pixel, length and first low-res row read, and every pixel's taps
+    (low-res indices and weights, ``separable_resize.axis_taps``). Per cell, for its
+    upscaling: the low-res rows it reads, its ``piece`` pixels and their weights (past
+    the cell: the axis's length, and NaN weights, a value above no level)."""
 
     first: torch.Tensor  # [G] long
     length: torch.Tensor  # [G] long
@@ -63,9 +74,15 @@ class AxisCells:
     index: torch.Tensor  # [out, K] long
     weight: torch.Tensor  # [out, K] float32
     piece: int
-    cut: torch.Tensor  # [G] long: the pieces each run is cut into
-    odd: torch.Tensor  # [G'] long: the runs whose length is not ``piece``
+    odd: torch.Tensor  # [G'] long: the cells whose length is not ``piece``
     starts: tuple[int, ...]  # ``start`` on the host (no read-back from a GPU a call)
+    reads: torch.Tensor  # [K, G] long
+    weights: torch.Tensor  # [K, piece, G] float32
+    # One resize: ATen's kernel's own weights (1 - lambda, lambda) [G, piece, 2] float64,
+    # and the bits after the binary point they take; None where ATen's arithmetic, as
+    # written here, does not give the taps' weights.
+    aten: torch.Tensor | None
+    aten_bits: int
 
     @property
     def taps(self) -> int:
@@ -77,23 +94,51 @@ def axis_cells(side: int, low: int, input_len: int, out_len: int, device: torch.
     """``AxisCells`` of the composite resize ``low`` -> ``side`` [:input_len] -> ``out_len``:
     runs of pixels whose taps start at the same low-res row, each start one run."""
     index, weight = axis_taps(side, low, input_len, out_len, torch.device("cpu"))
+    if index.shape[1] == 1:  # (one or two pixels read one row each: a second tap of weight 0, as ATen's)
+        index, weight = torch.cat([index, (index + 1).clamp(max=low - 1)], 1), torch.cat([weight, 0 * weight], 1)
     start, length = torch.unique_consecutive(index[:, 0], return_counts=True)  # each run's first row read, pixels
-    first = torch.cumsum(length, 0) - length
     if len(torch.unique(start)) != len(start):  # (taps start at rows that only grow)
         raise ValueError(f"a resize of {low} -> {side}[:{input_len}] -> {out_len} reads rows out of order")
     interior = length[1:-1] if len(length) > 2 else length  # (the edges' runs are clamped: shorter or longer)
     piece = int(interior.max())
+    cut = -(-length // piece)  # each run's cells
+    run = torch.repeat_interleave(torch.arange(len(cut)), cut)
+    within = torch.arange(len(run)) - (torch.cumsum(cut, 0) - cut)[run]
+    first = (torch.cumsum(length, 0) - length)[run] + within * piece
+    length, start = torch.clamp(length[run] - within * piece, max=piece), start[run]
+    pixels = first[:, None] + torch.arange(piece)
+    pixels = pixels.masked_fill(pixels >= (first + length)[:, None], out_len)
+    nan = torch.full((1, weight.shape[1]), float("nan"))
+    aten, bits = _aten_weights(side, low, index, weight) if input_len == out_len else (None, 0)
+    on = lambda tensor: tensor.to(device)  # noqa: E731
     return AxisCells(
-        first=first.to(device),
-        length=length.to(device),
-        start=start.to(device),
-        index=index.to(device),
-        weight=weight.to(device),
+        first=on(first),
+        length=on(length),
+        start=on(start),
+        index=on(index),
+        weight=on(weight),
         piece=piece,
-        cut=(-(-length // piece)).to(device),
-        odd=(length != piece).nonzero()[:, 0].to(device),
+        odd=on((length != piece).nonzero()[:, 0]),
         starts=tuple(start.tolist()),
+        reads=on((start + torch.arange(index.shape[1])[:, None]).clamp(max=low - 1)),
+        weights=on(torch.cat([weight, nan]).T[:, pixels.T].contiguous()),
+        aten=None if aten is None else on(aten[pixels]),
+        aten_bits=bits,
     )
+
+
+def _aten_weights(side: int, low: int, index: torch.Tensor, weight: torch.Tensor):
+    """(ATen's weights [out + 1, 2] float64, NaN past the last pixel; their bits after the
+    binary point) of one resize, or (None, 0) where they are not the taps' (``F.interpolate``'s
+    own; summed where a pixel's two rows are one, at the clamped edge)."""
+    if index.shape[1] != 2:
+        return None, 0
+    aten_index, aten = aten_linear_weights(side, low, len(index))
+    merged = torch.where(aten_index[:, :1] == aten_index[:, 1:], torch.stack([aten.sum(1), 0 * aten[:, 1]], 1), aten)
+    if not (torch.equal(aten_index[:, 0], index[:, 0]) and torch.equal(merged, weight)):
+        return None, 0
+    bits = next((k for k in range(25) if torch.equal(torch.round(aten * 2**k), aten * 2**k)), 99)
+    return torch.cat([aten.double(), torch.full((1, 2), float("nan"), dtype=torch.float64)]), bits
 
 
 def cell_scores(
@@ -107,135 +152,164 @@ def cell_scores(
     """(stability scores [N], boxes XYXY [N, 4], doubtful [N] bool) of [N, 1, h, w] low-res
     logits upscaled by ``rows`` and ``cols``, as ``calculate_stability_score`` and
     ``batched_mask_to_box`` give them over the upscaled logits, except the doubtful
-    candidates' (a crossed pixel within ``NEAR`` of a level: the caller scores them by
-    the dense pass); None where crossed cells are too many.
-    ``lerp``: one resize (the photo at the canvas's size): pixels computed as inductor's
-    ``F.interpolate``, and candidates doubted; else as ``separable_upscale``, within
-    float rounding of the two resizes (as the compiled pass there), none doubted."""
+    candidates' (the caller scores them by the dense pass); None where crossed cells
+    are too many. ``lerp``: one resize (the photo at the canvas's size): pixels computed
+    as inductor's ``F.interpolate``, those about a level again as ATen's kernel; else as
+    ``separable_upscale``, within float rounding of the two resizes (as the compiled
+    pass there), none doubted."""
     low = low_res[:, 0]
-    lowest, highest = _block_bounds(low, rows, cols)  # [N, Gr, Gc]
+    device = low.device
     levels = (threshold - offset, threshold, threshold + offset)  # union, box, intersection
     smallest, largest = torch.aminmax(low)
     size = float(torch.maximum(-smallest, largest))
     if not math.isfinite(size):  # (NaN or infinite logits: the dense pass says what stock says)
         return None
-    # Per level, the cells wholly above it (a least logit past it, by the margin) and
-    # those it crosses (not wholly above, a greatest logit that reaches it).
+    # Per level, the cells wholly above it (a least logit past it, by the margin: bit i)
+    # and wholly below it (a greatest logit short of it: bit 3 + i); the others it crosses.
     margins = [ROUNDING * (size + abs(level)) + TINY for level in levels]
-    wholly = [lowest > level + margin for level, margin in zip(levels, margins)]
-    crossed = [(highest >= level - margin) & ~above for level, margin, above in zip(levels, margins, wholly)]
-    where = (crossed[0] | crossed[1] | crossed[2]).nonzero()  # [M, 3]: candidate, row run, column run
-    pixels = len(low) * len(rows.index) * len(cols.index)
-    upscaled = int((rows.cut[where[:, 1]] * cols.cut[where[:, 2]]).sum()) * rows.piece * cols.piece
-    if upscaled > CROSSED_SHARE * pixels:
+    read = low[:, : max(rows.starts) + rows.taps, : max(cols.starts) + cols.taps]
+    cells = _window(_window(_marks(read, levels, margins), rows, 1), cols, 2)  # [N, Gr, Gc] uint8
+    marks = _host(cells)
+    crossing = _device(~(marks | (marks >> 3)) & 7).flatten()  # the levels crossing each cell
+    where = _nonzero(crossing)
+    if len(where) * rows.piece * cols.piece > CROSSED_SHARE * len(low) * len(rows.index) * len(cols.index):
         return None
-    near_pixels = torch.zeros(len(low), dtype=torch.int32, device=low.device)  # (sums, not a mask: no read-back)
-    counts = [_pixels_of(above, rows, cols) for above in wholly]
-    boxes = _full_extents(wholly[1], rows, cols)
-    if len(where):
-        n, r, c = where.unbind(1)
-        mine = [cells[n, r, c] for cells in crossed]  # which levels cross each crossed cell
-        pieces = upscaled // (rows.piece * cols.piece)
-        n, r, c, row_at, col_at, valid, mine = _pieces(n, r, c, rows, cols, torch.stack(mine, 1), pieces)
-        values, magnitude = _upscaled(low, n, r, c, row_at, col_at, rows, cols, lerp)
-        if valid is not None:  # pixels past a short run: below every level
-            values.masked_fill_(~valid, float("-inf"))
-        for i, level in enumerate(levels):
-            over = values > level
-            if lerp:
-                near = (values - level).abs() <= (NEAR * (magnitude + abs(level)) + TINY)[:, None, None]
-                near_pixels = near_pixels.index_add(0, n, (near.flatten(1).any(1) & mine[:, i]).to(torch.int32))
-            counts[i] = counts[i].index_add(0, n, _count(over) * mine[:, i])
-            if i == 1:  # the box's level
-                _add_extents(boxes, over, mine[:, i], n, row_at, col_at)
-    union, _, intersection = (count.to(torch.int32) for count in counts)
+    counts = [_pixels_of(cells, bit, rows, cols) for bit in range(3)]
+    boxes = _full_extents(cells, 1, rows, cols)
+    # The crossed cells' pixels, once for each level that crosses a cell, level by level:
+    # which lie above it (by a margin at the canvas, where the pixels about it are settled apart).
+    crossed = crossing[where]
+    at = [where[_nonzero(crossed & (1 << i))] for i in range(3)]
+    ends = np.cumsum([len(cells) for cells in at]).tolist()
+    spans = list(zip([0, *ends], ends))  # each level's cells, of the P
+    _, gr, gc = cells.shape
+    every = torch.cat(at)
+    n, r, c = every // (gr * gc), (every // gc) % gr, every % gc
+    values = _upscaled(low, n, r, c, rows, cols, lerp)  # [R, C, P]
+    near = [NEAR * (size + abs(level)) + TINY if lerp else 0.0 for level in levels]
+    over = _above(values, spans, [level + margin for level, margin in zip(levels, near)])
+    count = _popcount(over)
+    doubtful = torch.zeros(len(low), dtype=torch.bool, device=device)
+    if lerp:
+        about = _nonzero(_popcount(_above(values, spans, [lv - m for lv, m in zip(levels, near)])) != count)
+        doubted = _settle(low, over, count, about, (n, r, c), rows, cols, levels, spans)
+        doubtful[n[doubted]] = True
+    level = torch.cat([torch.full((end - start,), i, device=device) for i, (start, end) in enumerate(spans)])
+    added = torch.zeros(3 * len(low), dtype=torch.long, device=device).index_add_(0, n * 3 + level, count)
+    union, _, intersection = (whole + added.view(-1, 3)[:, i] for i, whole in enumerate(counts))
+    box = slice(*spans[1])  # the box's level's cells
+    _add_extents(boxes, over[:, :, box], n[box], rows.first[r[box]], cols.first[c[box]])
     left, top, right, bottom = boxes
     filled = bottom >= 0
     xyxy = torch.stack([left, top, right, bottom], dim=-1) * filled[:, None]  # an empty mask: zeros, as stock's
-    return intersection / union, xyxy, near_pixels > 0  # int32 / int32, as segment-anything divides
+    return intersection.to(torch.int32) / union.to(torch.int32), xyxy, doubtful  # as segment-anything divides
 
 
-def _count(over: torch.Tensor) -> torch.Tensor:
-    """True pixels of each piece ([P, R, C] bool -> [P] long): NumPy's count_nonzero on a
-    CPU (torch converts bools to integers first: ~3x the time), else torch's sum."""
-    if over.device.type == "cpu":
-        return torch.from_numpy(np.count_nonzero(over.numpy().reshape(len(over), -1), axis=1).astype(np.int64))
-    return over.sum((1, 2))
+def _settle(low, over, count, about, cells, rows: AxisCells, cols: AxisCells, levels, spans) -> torch.Tensor:
+    """Of the cells ``about`` (a pixel within ``NEAR`` of its level), pixels computed again as
+    ATen's kernel rounds them, into ``over`` and ``count``; the cells that could not be
+    (the kernel rounds otherwise, or a block spans too many binades: ``_as_aten``)."""
+    if not len(about) or rows.aten is None or cols.aten is None or not kernel_fuses(low.device):
+        return about
+    n, r, c = (v[about] for v in cells)
+    span = 27 - 2 * max(rows.aten_bits, cols.aten_bits)
+    again, proven = _as_aten(_blocks(low, n, r, c, rows, cols).permute(2, 0, 1), rows.aten[r], cols.aten[c], span)
+    level = torch.bucketize(about, torch.tensor([end for _, end in spans], device=low.device), right=True)
+    above = again.permute(1, 2, 0) > torch.tensor(levels, dtype=torch.float32, device=low.device)[level]
+    over[:, :, about] = above
+    count[about] = _popcount(above)
+    return about[~proven]
 
 
-def _pixels_of(cells: torch.Tensor, rows: AxisCells, cols: AxisCells) -> torch.Tensor:
-    """Pixels in the cells marked ([N, Gr, Gc] bool), per candidate: each cell's rows
-    times its columns, the usual run length once and the odd runs' difference apart."""
-    per_row = cells.view(torch.uint8).sum(-1, dtype=torch.int32) * cols.piece  # [N, Gr] (a byte sum: ~2x a bool's)
-    if len(cols.odd):
-        per_row += (cells[:, :, cols.odd] * (cols.length[cols.odd] - cols.piece)).sum(-1, dtype=torch.int32)
-    return (per_row * rows.length).sum(-1)  # (not a matmul: CUDA has none for integers)
+def _on_host(tensor: torch.Tensor) -> bool:
+    return NUMPY and tensor.device.type == "cpu"
 
 
-def _block_bounds(low: torch.Tensor, rows: AxisCells, cols: AxisCells) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least and greatest low-res logit each cell's pixels read: [N, Gr, Gc] each."""
-    lowest, highest = _window_bounds(low, low, rows, 1)
-    return _window_bounds(lowest, highest, cols, 2)
+def _host(tensor: torch.Tensor):  # a CPU tensor as a NumPy array (the same memory), else the tensor
+    return tensor.numpy() if _on_host(tensor) else tensor
 
 
-def _window_bounds(lowest: torch.Tensor, highest: torch.Tensor, axis: AxisCells, dim: int):
-    """Along ``dim``: the least of ``lowest`` and the greatest of ``highest`` over each
-    run's taps (``axis.taps`` rows from its start; a window past the last row reads the
-    last ``taps`` rows, a superset of its own), written in place: no copy of the inputs."""
-    size, taps = lowest.shape[dim], min(axis.taps, lowest.shape[dim])
+def _device(array) -> torch.Tensor:  # _host's inverse
+    return torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+
+
+def _nonzero(flat: torch.Tensor) -> torch.Tensor:
+    """Indices of a flat tensor's nonzero entries ([M] long; NumPy's over bools: ~2x over bytes)."""
+    if _on_host(flat):
+        return torch.from_numpy(np.flatnonzero(flat.numpy() != 0))
+    return torch.nonzero(flat)[:, 0]
+
+
+def _marks(low: torch.Tensor, levels, margins) -> torch.Tensor:
+    """Each low-res logit's bits ([N, h, w] uint8): bit i, above level i by its margin;
+    bit 3 + i, below it by its margin (NumPy's into one buffer: torch allocates anew)."""
+    tests = [(bit, level + margin, True) for bit, (level, margin) in enumerate(zip(levels, margins))]
+    tests += [(3 + bit, level - margin, False) for bit, (level, margin) in enumerate(zip(levels, margins))]
+    if not _on_host(low):
+        marks = torch.zeros(low.shape, dtype=torch.uint8, device=low.device)
+        for bit, than, above in tests:
+            marks |= ((low > than) if above else (low < than)).to(torch.uint8) << bit
+        return marks
+    values, host = low.numpy(), np.zeros(low.shape, dtype=np.uint8)
+    mark = np.empty(low.shape, dtype=bool)
+    for bit, than, above in tests:
+        (np.greater if above else np.less)(values, np.float32(than), out=mark)  # (float32, as torch compares)
+        byte = mark.view(np.uint8)
+        np.add(host, np.multiply(byte, np.uint8(1 << bit), out=byte), out=host)  # (a shift: ~8x a multiply)
+    return torch.from_numpy(host)
+
+
+def _window(marks: torch.Tensor, axis: AxisCells, dim: int) -> torch.Tensor:
+    """Along ``dim``: the AND of ``marks`` over each cell's taps (``axis.taps`` rows from
+    its start; a window past the last row reads the last ``taps`` rows, a superset of
+    its own): the bits set in every logit a cell reads. Cells at consecutive starts
+    are ANDed a stretch at a time (a few stretches: the edges' cells share starts)."""
+    size, taps = marks.shape[dim], min(axis.taps, marks.shape[dim])
     starts = [min(start, size - taps) for start in axis.starts]
-    first = starts[0]
-    windows = len(starts) - _tail(starts)  # the windows at consecutive starts; then the clamped ones repeat
-    if starts[:windows] != list(range(first, first + windows)):  # (a photo smaller than the canvas)
-        return tuple(
-            _window_bounds_at(values, pick, torch.tensor(starts, device=values.device), taps, dim)
-            for values, pick in ((lowest, torch.minimum), (highest, torch.maximum))
-        )
-    out = []
-    for values, pick in ((lowest, torch.minimum), (highest, torch.maximum)):
-        shape = list(values.shape)
-        shape[dim] = len(starts)
-        bound = torch.empty(shape, dtype=values.dtype, device=values.device)
-        head = bound.narrow(dim, 0, windows)
-        if taps == 1:
-            head.copy_(values.narrow(dim, first, windows))
-        else:
-            pick(values.narrow(dim, first, windows), values.narrow(dim, first + 1, windows), out=head)
-            for k in range(2, taps):
-                pick(head, values.narrow(dim, first + k, windows), out=head)
-        for j in range(windows, len(starts)):
-            bound.narrow(dim, j, 1).copy_(bound.narrow(dim, starts[j] - first, 1))
-        out.append(bound)
-    return out[0], out[1]
-
-
-def _tail(starts: list[int]) -> int:
-    """How many windows at the end repeat the one before (starts clamped at the edge)."""
-    tail = 0
-    while tail < len(starts) - 1 and starts[-1 - tail] == starts[-2 - tail]:
-        tail += 1
-    return tail
-
-
-def _window_bounds_at(values: torch.Tensor, pick, starts: torch.Tensor, taps: int, dim: int) -> torch.Tensor:
-    """``_window_bounds``' one bound for any starts, by gathering (a photo smaller than the
-    canvas, whose runs may skip low-res rows)."""
-    bound = values.index_select(dim, starts)
-    for k in range(1, taps):
-        bound = pick(bound, values.index_select(dim, starts + k))
+    breaks = [j for j in range(1, len(starts)) if starts[j] != starts[j - 1] + 1]
+    if len(breaks) > 8:  # (a photo smaller than the canvas: cells skip low-res rows)
+        at = torch.tensor(starts, device=marks.device)
+        bound = marks.index_select(dim, at)
+        for k in range(1, taps):
+            bound &= marks.index_select(dim, at + k)
+        return bound
+    shape = list(marks.shape)
+    shape[dim] = len(starts)
+    bound = torch.empty(shape, dtype=marks.dtype, device=marks.device)
+    for j, end in zip([0, *breaks], [*breaks, len(starts)]):
+        stretch = bound.narrow(dim, j, end - j)
+        stretch.copy_(marks.narrow(dim, starts[j], end - j))
+        for k in range(1, taps):
+            stretch &= marks.narrow(dim, starts[j] + k, end - j)
     return bound
 
 
-def _full_extents(full: torch.Tensor, rows: AxisCells, cols: AxisCells) -> list[torch.Tensor]:
-    """[left, top, right, bottom] of the pixels in cells wholly above the threshold, per
-    candidate ([N] each; a photo's size, or -1 for the right and bottom, where none)."""
-    in_row, in_col = full.any(2), full.any(1)  # [N, Gr], [N, Gc]
+def _pixels_of(cells: torch.Tensor, bit: int, rows: AxisCells, cols: AxisCells) -> torch.Tensor:
+    """Pixels in the cells with ``bit`` set ([N, Gr, Gc] uint8), per candidate: each cell's
+    rows times its columns, the usual length once and the odd cells' difference apart."""
+    marked = _host(cells) & (1 << bit)
+    if isinstance(marked, np.ndarray):  # (a byte sum along the rows: ~2x a bool's)
+        per_row = torch.from_numpy(np.add.reduce(marked, axis=2, dtype=np.int64)) >> bit
+    else:
+        per_row = marked.sum(-1, dtype=torch.long) >> bit  # [N, Gr]
+    per_row *= cols.piece
+    if len(cols.odd):
+        per_row += (((cells.index_select(2, cols.odd) >> bit) & 1) * (cols.length[cols.odd] - cols.piece)).sum(-1)
+    return (per_row * rows.length).sum(-1)  # (not a matmul: CUDA has none for integers)
+
+
+def _full_extents(cells: torch.Tensor, bit: int, rows: AxisCells, cols: AxisCells) -> list[torch.Tensor]:
+    """[left, top, right, bottom] of the pixels in the cells with ``bit`` set ([N, Gr, Gc]
+    uint8), per candidate ([N] each; a photo's size, or -1 for the right and bottom,
+    where none)."""
+    marked = _host(cells) & (1 << bit)
+    in_row, in_col = _device(marked.any(2)).bool(), _device(marked.any(1)).bool()  # [N, Gr], [N, Gc]
     (left, right), (top, bottom) = _span(in_col, cols), _span(in_row, rows)
     return [left, top, right, bottom]
 
 
 def _span(marked: torch.Tensor, axis: AxisCells) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first pixel, last pixel) of the runs marked along an axis ([N, G] bool): the
+    """(first pixel, last pixel) of the cells marked along an axis ([N, G] bool): the
     axis's length and -1 where none is."""
     size = len(axis.index)
     if not marked.shape[1]:
@@ -246,72 +320,88 @@ def _span(marked: torch.Tensor, axis: AxisCells) -> tuple[torch.Tensor, torch.Te
     return first, last
 
 
-def _pieces(n, r, c, rows: AxisCells, cols: AxisCells, mine: torch.Tensor, pieces: int):
-    """The crossed cells cut into ``pieces`` pieces (known on the host: no read-back) of
-    at most ``piece`` x ``piece`` pixels: each piece's candidate, runs, photo rows [P, R]
-    and columns [P, C], which of them lie in its run ([P, R, C] bool; None where every
-    run has the usual length) and its levels ([P, 3])."""
-    device = n.device
-    across = cols.cut[c]
-    many = rows.cut[r] * across
-    if pieces > len(n):  # (some cell is cut)
-        cell = torch.repeat_interleave(torch.arange(len(n), device=device), many, output_size=pieces)
-        starts = torch.repeat_interleave(torch.cumsum(many, 0) - many, many, output_size=pieces)
-        within = torch.arange(pieces, device=device) - starts
-        down, right = within // across[cell], within % across[cell]
-        n, r, c, mine = n[cell], r[cell], c[cell], mine[cell]
-    else:
-        down = right = torch.zeros_like(n)
-    row_at = rows.first[r, None] + down[:, None] * rows.piece + torch.arange(rows.piece, device=device)
-    col_at = cols.first[c, None] + right[:, None] * cols.piece + torch.arange(cols.piece, device=device)
-    valid = None
-    if len(rows.odd) or len(cols.odd):
-        valid = (row_at < (rows.first + rows.length)[r, None])[:, :, None] & (
-            col_at < (cols.first + cols.length)[c, None]
-        )[:, None, :]
-    row_at, col_at = row_at.clamp(max=len(rows.index) - 1), col_at.clamp(max=len(cols.index) - 1)
-    return n, r, c, row_at, col_at, valid, mine
-
-
-def _upscaled(low, n, r, c, row_at, col_at, rows: AxisCells, cols: AxisCells, lerp: bool):
-    """The pieces' pixels upscaled ([P, R, C]) from their run's block of low-res logits,
-    and each block's largest magnitude ([P]: what rounding in the upscaling scales with)."""
+def _blocks(low: torch.Tensor, n, r, c, rows: AxisCells, cols: AxisCells) -> torch.Tensor:
+    """The low-res logits each cell reads ([K, Kc, P]: its block; the P last, as every
+    per-pixel array here: operations along long rows, ~3x those along rows of 4)."""
     h, w = low.shape[-2:]
-    device = low.device
-    row_reads = (rows.start[r, None] + torch.arange(rows.taps, device=device)).clamp(max=h - 1)  # [P, K]
-    col_reads = (cols.start[c, None] + torch.arange(cols.taps, device=device)).clamp(max=w - 1)
-    flat = (n[:, None, None] * h + row_reads[:, :, None]) * w + col_reads[:, None, :]
-    block = torch.take(low, flat)  # [P, K, Kc] (take: half the time of indexing by three tensors)
-    magnitude = block.abs().flatten(1).amax(1)
-    row_weight, col_weight = rows.weight[row_at], cols.weight[col_at]  # [P, R, K], [P, C, Kc]
+    flat = (n * h + rows.reads.index_select(1, r)) * w  # [K, P]
+    flat = flat[:, None, :] + cols.reads.index_select(1, c)[None]
+    if _on_host(low):  # (NumPy's take: ~2/3 of torch's)
+        return torch.from_numpy(np.take(low.numpy(), flat.numpy()))
+    return torch.take(low, flat)
+
+
+def _upscaled(low, n, r, c, rows: AxisCells, cols: AxisCells, lerp: bool) -> torch.Tensor:
+    """The cells' pixels upscaled ([R, C, P]) from their block of low-res logits (NaN
+    past the cell)."""
+    block = _blocks(low, n, r, c, rows, cols)
     if lerp:  # inductor's decomposition of bilinear resizing: columns first, then rows, as lerps
-        col_step, row_step = col_weight[:, None, :, 1], row_weight[:, :, None, 1]
-        top = block[:, 0, 0, None, None] + (block[:, 0, 1] - block[:, 0, 0])[:, None, None] * col_step
-        bottom = block[:, 1, 0, None, None] + (block[:, 1, 1] - block[:, 1, 0])[:, None, None] * col_step
-        return top + (bottom - top) * row_step, magnitude
+        col_step, row_step = cols.weights[1].index_select(1, c), rows.weights[1].index_select(1, r)  # [C|R, P]
+        top = block[0, 0] + (block[0, 1] - block[0, 0]) * col_step  # [C, P]
+        bottom = block[1, 0] + (block[1, 1] - block[1, 0]) * col_step
+        values = (bottom - top)[None] * row_step[:, None]
+        values += top[None]
+        return values
     # separable_upscale: rows first, tap by tap, then columns
-    by_rows = block[:, None, 0, :] * row_weight[:, :, 0, None]  # [P, R, Kc]
+    by_rows = block[0][None] * rows.weights[0].index_select(1, r)[:, None]  # [R, Kc, P]
     for k in range(1, rows.taps):
-        by_rows = by_rows + block[:, None, k, :] * row_weight[:, :, k, None]
-    values = by_rows[:, :, None, 0] * col_weight[:, None, :, 0]
+        by_rows += block[k][None] * rows.weights[k].index_select(1, r)[:, None]
+    values = by_rows[:, None, 0] * cols.weights[0].index_select(1, c)[None]
     for k in range(1, cols.taps):
-        values = values + by_rows[:, :, None, k] * col_weight[:, None, :, k]
-    return values, magnitude
+        values += by_rows[:, None, k] * cols.weights[k].index_select(1, c)[None]
+    return values
 
 
-def _add_extents(boxes: list[torch.Tensor], over: torch.Tensor, mine: torch.Tensor, n, row_at, col_at) -> None:
-    """Widen [left, top, right, bottom] by the pieces' pixels above the threshold: a
-    piece's rows and columns are consecutive, so its first and last marked ones are
-    where the marks start and end."""
-    in_row, in_col = over.any(2), over.any(1)  # [P, R], [P, C]
-    some = in_row.any(1) & mine  # (a piece the level does not cross: its cell's pixels are counted whole)
-    edges = (
-        col_at.gather(1, in_col.byte().argmax(1, keepdim=True))[:, 0],
-        row_at.gather(1, in_row.byte().argmax(1, keepdim=True))[:, 0],
-        col_at.gather(1, in_col.shape[1] - 1 - in_col.flip(1).byte().argmax(1, keepdim=True))[:, 0],
-        row_at.gather(1, in_row.shape[1] - 1 - in_row.flip(1).byte().argmax(1, keepdim=True))[:, 0],
-    )
-    none = (torch.iinfo(torch.long).max, torch.iinfo(torch.long).max, -1, -1)  # (each reduction's identity)
-    for i, (edge, how) in enumerate(zip(edges, ("amin", "amin", "amax", "amax"))):
-        # the pieces without a marked pixel given the identity, not masked out (no read-back)
-        boxes[i] = boxes[i].scatter_reduce(0, n, torch.where(some, edge, none[i]), how)
+def _above(values: torch.Tensor, spans, levels) -> torch.Tensor:
+    """Which pixels lie above their cell's level ([R, C, P] bool): the cells of
+    ``spans[i]`` (a slice of the P) above ``levels[i]``, as float32 (as torch compares
+    a float32 tensor with a Python float)."""
+    if not _on_host(values):
+        return torch.cat([values[:, :, s:e] > level for (s, e), level in zip(spans, levels)], 2)
+    host, over = values.numpy(), np.empty(values.shape, dtype=bool)
+    for (s, e), level in zip(spans, levels):
+        np.greater(host[:, :, s:e], np.float32(level), out=over[:, :, s:e])
+    return torch.from_numpy(over)
+
+
+def _popcount(over: torch.Tensor) -> torch.Tensor:
+    """True pixels of each cell ([R, C, P] bool -> [P] long)."""
+    if not _on_host(over):
+        return over.flatten(0, 1).sum(0)
+    dtype = np.uint8 if over.shape[0] * over.shape[1] < 256 else np.int32
+    return torch.from_numpy(np.add.reduce(over.numpy().view(np.uint8), axis=(0, 1), dtype=dtype).astype(np.int64))
+
+
+def _as_aten(block: torch.Tensor, row_weight: torch.Tensor, col_weight: torch.Tensor, span: int):
+    """Pixels ([P, R, C] float32) of 2x2 blocks ([P, 2, 2]) at ATen's weights ([P, R, 2],
+    [P, C, 2]) as its CPU kernel rounds them (``separable_resize.fused_lerp`` along each
+    block row, then across), and which blocks that is proven for ([P] bool): those whose
+    nonzero logits' binary exponents lie within ``span`` (27 less twice the weights' bits:
+    then every float64 sum is exact, its operands' bits spanning at most 53)."""
+    a = block.double()
+    top = fused_lerp(a[:, 0, None, 0], col_weight[..., 0], a[:, 0, None, 1], col_weight[..., 1])  # [P, C]
+    bottom = fused_lerp(a[:, 1, None, 0], col_weight[..., 0], a[:, 1, None, 1], col_weight[..., 1])
+    values = fused_lerp(top[:, None, :], row_weight[..., 0, None], bottom[:, None, :], row_weight[..., 1, None])
+    _, exponent = torch.frexp(block.flatten(1))
+    nonzero = block.flatten(1) != 0
+    spread = torch.where(nonzero, exponent, -1000).amax(1) - torch.where(nonzero, exponent, 1000).amin(1)
+    return values.float(), spread <= span
+
+
+def _add_extents(boxes: list[torch.Tensor], over: torch.Tensor, n, row0, col0) -> None:
+    """Widen [left, top, right, bottom] by the cells' pixels above the threshold ([R, C, P];
+    a cell's rows and columns run from ``row0`` and ``col0``)."""
+    host = _host(over)  # (NumPy's any along rows of P: ~40x torch's)
+    in_row, in_col = _device(host.any(1)), _device(host.any(0))  # [R, P], [C, P]
+    none = torch.iinfo(torch.long).max
+    edges = []
+    for marked, origin in ((in_col, col0), (in_row, row0)):
+        first, last = torch.full_like(n, none), torch.full_like(n, -1)
+        for k in range(len(marked)):
+            last = torch.where(marked[k], origin + k, last)
+            first = torch.where(marked[-1 - k], origin + len(marked) - 1 - k, first)
+        edges.append((first, last))
+    (left, right), (top, bottom) = edges
+    for i, (edge, how) in enumerate(zip((left, top, right, bottom), ("amin", "amin", "amax", "amax"))):
+        # cells without a pixel above give each reduction's identity (no read-back)
+        boxes[i] = boxes[i].scatter_reduce(0, n, edge, how)

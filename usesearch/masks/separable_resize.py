@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -66,3 +67,42 @@ def separable_upscale(low_res: torch.Tensor, rows: tuple[torch.Tensor, ...], col
     for k in range(1, col_index.shape[1]):
         logits = logits + by_rows[:, :, col_index[:, k]] * col_weight[:, k]
     return logits
+
+
+def aten_linear_weights(side: int, low: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low-res indices [length, 2] long, weights (1 - lambda, lambda) [length, 2] float32)
+    of the first ``length`` pixels of one bilinear resize ``low`` -> ``side``
+    (``align_corners=False``), as ATen's CPU kernel computes them in float32: source
+    coordinate, clamped at 0, less its floor; the second index clamped at the last row."""
+    scale = np.float32(low) / np.float32(side)
+    source = np.maximum(scale * (np.arange(length, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
+    first = np.minimum(np.floor(source), low - 1)
+    lam = np.clip(source - first, 0, 1).astype(np.float32)
+    index = torch.from_numpy(first.astype(np.int64))
+    return torch.stack([index, index + (index < low - 1)], 1), torch.from_numpy(np.stack([1 - lam, lam], 1))
+
+
+def fused_lerp(a0: torch.Tensor, w0: torch.Tensor, a1: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    """``fma(a0, w0, a1 * w1)`` of float32 values held in float64: the exact product plus the
+    rounded addend, summed in float64, rounded to float32; the fma's own result wherever
+    that sum is exact in float64 (``cell_scoring._as_aten`` says where)."""
+    return (a0 * w0 + (a1 * w1).float().double()).float().double()
+
+
+@lru_cache(maxsize=8)
+def kernel_fuses(device: torch.device) -> bool:
+    """Whether ``F.interpolate``'s bilinear kernel on ``device`` rounds as ``fused_lerp``
+    along each low-res row, then across the two rows (a CPU's: builds for AVX2 and
+    AVX-512 contract its ``t0 * w0 + t1 * w1`` into an fma), over random logits upscaled
+    4x, sliced as ``amg_utils.upscale_to_input`` slices them (rows of 92: a vector loop's
+    remainder too). Not covered: ``torch.set_flush_denormal(True)``, under which ATen
+    flushes subnormal logits the emulation keeps (no caller sets it)."""
+    low = torch.randn(4, 24, 24, generator=torch.Generator().manual_seed(0)) * 10
+    low[0, 5] = 0.0
+    sliced = low[:, :23, :23]
+    upscaled = F.interpolate(sliced[:, None].to(device), scale_factor=4.0, mode="bilinear", align_corners=False)
+    index, weight = aten_linear_weights(92, 23, 92)
+    x, w = sliced.double(), weight.double()
+    across = [fused_lerp(x[:, i][:, :, index[:, 0]], w[:, 0], x[:, i][:, :, index[:, 1]], w[:, 1]) for i in index.T]
+    values = fused_lerp(across[0], w[:, 0, None], across[1], w[:, 1, None]).float()
+    return torch.equal(values, upscaled[:, 0].cpu())
