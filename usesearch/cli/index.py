@@ -279,7 +279,7 @@ def _print_labelled(report, db: str, db_url: str | None) -> None:
     state = "interrupted; finished work is kept" if report.interrupted else "finished"
     opts.console.print(
         f"{state}: split {report.split!r}: {report.segments} annotations indexed from {report.done} photos, "
-        f"{report.relabelled} relabelled, {report.removed} removed, {report.skipped} photos already done, "
+        f"{report.relabelled} relabelled, {report.removed} removed, {report.skipped} photos with nothing new, "
         f"{report.failed} failed, {len(report.problems)} problems in {report.seconds:.1f} s"
     )
     for line in report.devices:
