@@ -34,9 +34,27 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
     if not host or not port.isdigit():
         raise UsesearchError(f"--ray {address}: give the cluster's HOST:PORT (or ray://HOST:PORT, or auto)")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout)
     except OSError as exc:
         raise UsesearchError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0") not in ("", "0"):  # its gRPC behind TLS: Ray's own check then
+            return
+        # Ray's GCS (and its client server, ray://) speaks gRPC: an HTTP/2 server answers a
+        # client's preface with its SETTINGS frame (type 4, the frame header's fourth byte).
+        # Something else there (the dashboard's port, 8265, given for the GCS's 6379) let
+        # ``ray.init`` wait minutes. Written by hand: these two frames are all it takes.
+        try:
+            conn.settimeout(timeout)
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            head = conn.recv(9)
+        except OSError:
+            head = b""
+    if len(head) < 4 or head[3] != 4:
+        raise UsesearchError(
+            f"--ray {address}: something answers there, but not a Ray cluster (give the head's GCS "
+            "port, `ray start --head --port`, 6379 by default; not the dashboard's 8265)"
+        )
 
 
 @contextmanager

@@ -291,6 +291,49 @@ def test_an_address_nothing_answers_at_is_refused_at_once_leaving_no_index(photo
     assert time.perf_counter() - start < 30 and not (tmp_path / "db").exists()
 
 
+@pytest.mark.parametrize(
+    "answer, ray_like",
+    [
+        (None, False),  # accepts, says nothing (a port forwarded to nowhere)
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", False),  # the dashboard's port given for the GCS's
+        (b"\x00\x00\x18\x04\x00\x00\x00\x00\x00", True),  # an HTTP/2 server's SETTINGS, as Ray's GCS sends
+    ],
+)
+def test_an_address_that_answers_but_is_no_ray_cluster_is_refused_at_once(photos, tmp_path, answer, ray_like):
+    """`--ray HOST:8265` (the dashboard) or a port something else holds passed the check
+    that a connection opens, and `ray.init` then waited minutes, a retry warning every
+    few seconds. Ray's GCS speaks gRPC: it answers HTTP/2's preface with SETTINGS."""
+    import socket
+    import threading
+
+    from usesearch.indexer.ray_cluster import check_address
+
+    server = socket.create_server(("127.0.0.1", 0))
+    heard: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            heard.append(conn.recv(24))
+            if answer is not None:
+                conn.sendall(answer)
+            conn.recv(1)  # until the checker closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    try:
+        if ray_like:
+            check_address(address, timeout=2.0)
+        else:
+            with pytest.raises(UsesearchError, match="something answers there, but not a Ray cluster"):
+                check_address(address, timeout=2.0)
+    finally:
+        thread.join(5)
+        server.close()
+    assert heard == [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]
+
+
 def test_a_cluster_that_cannot_be_joined_leaves_no_index_folder(photos, tmp_path, monkeypatch):
     import ray
 
