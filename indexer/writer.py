@@ -175,9 +175,13 @@ class Writer:
         # (the read-ahead's ``coming`` keeps a hash after its photo failed).
         coming_now = sha256 in coming and sha256 not in self._failed_contents
         holders = [] if coming_now else self.store.done_with_hash(sha256)
+        if existing is not None and path is None:
+            return False  # changed: computed again
+        # Each holder's file checked once (a stat, else its bytes hashed again).
+        holding = {h.id for h in holders if still_holds(h)} if path is not None else set()
         if existing is not None:
-            holders = [h for h in holders if h.id != existing.id and still_holds(h)]
-            if path is None or not holders:
+            holders = [h for h in holders if h.id != existing.id and h.id in holding]
+            if not holders:
                 return False  # changed: computed again
             # Changed into a copy of a photo indexed under another path (one coming in this
             # run may yet fail, and a photo failing now keeps its segments): its old segments
@@ -186,7 +190,7 @@ class Writer:
             self.remove_image(existing.id)
         if not holders and not coming_now:
             return False
-        gone = [h for h in holders if path is not None and not still_holds(h)]  # missing, or other content now
+        gone = [h for h in holders if path is not None and h.id not in holding]  # missing, or other content now
         if path is not None and gone:  # moved: the record follows the photo
             self.store.move_image(gone[0].id, key, path, file_stat)
             self.moved.append((gone[0].path, path))
