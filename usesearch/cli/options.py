@@ -165,7 +165,6 @@ PhotoMaskerOpt = Annotated[
 
 
 # -- the index ---------------------------------------------------------------------------
-# A string, not a Path: Path("") would silently turn an empty --db into the current folder.
 def not_empty(value: str | None) -> str | None:
     """An option naming something (a folder, a factory string) given as "" (an unset
     shell variable): refused, where it meant the current folder or the default."""
@@ -174,6 +173,7 @@ def not_empty(value: str | None) -> str | None:
     return value
 
 
+# A string, not a Path: Path("") would silently turn an empty --db into the current folder.
 DbOpt = Annotated[
     str, typer.Option("--db", help="Index folder (SQLite metadata, FAISS vectors, lock).", callback=not_empty)
 ]
