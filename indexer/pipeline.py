@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
-from usesearch.devices import compile_note, compiles, resolve_device
+from usesearch.devices import compile_note, compiles, idle_gpus_note, resolve_device
 from usesearch.devices import describe as describe_device
 from usesearch.errors import CatalogUnavailableError, IndexMismatchError, UsesearchError
 from usesearch.io.files import photos_under
@@ -89,7 +89,10 @@ def check_devices(options: IndexOptions) -> list[str]:
     """Where the models and FAISS will run, a line each; a device that cannot work
     (``--device cuda`` without CUDA, ``--faiss-device cuda`` with faiss-cpu) is
     refused here, before any model loads or any photo is read."""
-    return [describe_device(resolve_device(options.device), options.precision), faiss_gpu.note(options.faiss_device)]
+    device = resolve_device(options.device)
+    lines = [describe_device(device, options.precision), faiss_gpu.note(options.faiss_device)]
+    idle = idle_gpus_note(device)
+    return lines + [idle] if idle else lines
 
 
 def photos_to_index(db_dir: Path, options: IndexOptions, files: list) -> int:

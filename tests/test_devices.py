@@ -117,6 +117,19 @@ def test_every_model_an_index_run_loads_is_asked_for_cuda_and_faiss_stays_on_the
     assert stats["faiss_note"] == faiss_gpu.note(None)
 
 
+def test_a_run_on_one_of_several_gpus_says_so_and_how_to_use_them_all(monkeypatch):
+    from usesearch.indexer.pipeline import check_devices
+
+    fake_cuda(monkeypatch, gpus=1)
+    assert not any("GPUs" in line for line in check_devices(IndexOptions(preset="tiny")))
+    assert not any("GPUs" in line for line in check_devices(IndexOptions(preset="tiny", device="cpu")))
+    fake_cuda(monkeypatch, gpus=4)
+    for device in (None, "cuda:1"):
+        lines = check_devices(IndexOptions(preset="tiny", device=device))
+        assert lines[-1].startswith("1 of this machine's 4 GPUs in use: --ray runs a model actor on each"), lines
+    assert not any("GPUs" in line for line in check_devices(IndexOptions(preset="tiny", device="cpu")))
+
+
 def test_a_query_loads_its_models_and_the_region_sam_on_the_default_device(monkeypatch, tmp_path, photo):
     photos = write_photos(tmp_path / "photos", ("coffee",))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))

@@ -149,6 +149,21 @@ def describe(device: torch.device, precision: str = "auto") -> str:
     return f"models on {device.type}:{index} ({torch.cuda.get_device_name(index)}, {precision})"
 
 
+def idle_gpus_note(device: torch.device) -> str | None:
+    """The run summary's line when ``device`` is one of several GPUs: one process runs
+    its models on one card, and a user with eight would otherwise index at an eighth of
+    the machine's rate without being told (``--ray`` gives each GPU a model actor)."""
+    import torch
+
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if count < 2:
+        return None
+    return (
+        f"1 of this machine's {count} GPUs in use: --ray runs a model actor on each "
+        "(a bare --ray starts Ray on this machine)"
+    )
+
+
 # What a command compiles (``--compile``/``--no-compile``; unset, by the photos it has):
 # a GPU command of COMPILE_FROM_PHOTOS photos or more compiles every model: SAM ViT-H's
 # image encoder took 28 ms a photo compiled on an H100 against 50 eager, for tens of
