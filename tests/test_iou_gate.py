@@ -110,6 +110,34 @@ def test_the_gate_compares_in_float32_as_the_filter_does_under_bf16(iou_sam):
     assert masks[at_value].flatten(1).any(dim=1).all()  # kept: upscaled, as the filter keeps them
 
 
+def test_the_same_decoder_called_eagerly_compiles_nothing_beside_a_compiled_one(iou_sam, monkeypatch):
+    """A short GPU run, ``--no-compile`` and a failed compile's fallback call the eager
+    decoder of a generator that built a ``CompiledDecoder``: the kept prompts'
+    upscaling then compiled all the same (seconds of compiling), and where compiling
+    fails (no Triton for the card) failed every photo. Only a compiled call compiles it."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from usesearch.masks import sam_compile
+    from usesearch.masks.sam_compile import decoder_for
+
+    monkeypatch.setattr(sam_compile, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    sam = iou_sam
+    decoder = decoder_for(sam, compiled=True)
+    with torch.no_grad():
+        args = decoder_inputs(sam, 8, seed=3)
+        _, iou = sam.mask_decoder(**args, multimask_output=True)
+        threshold = float(iou.amax(dim=1).median())  # about half the prompts kept
+        eager = sam.mask_decoder(**args, multimask_output=True, upscale_above=threshold)
+        assert counters["stats"]["unique_graphs"] == 0  # the eager call compiled nothing
+        compiled = decoder(**args, multimask_output=True, upscale_above=threshold)
+        assert counters["stats"]["unique_graphs"] >= 2  # the decoder's graph, and the upscaling's
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
 def test_a_compiled_decoder_gates_without_compiling_again_for_each_count(iou_sam, monkeypatch):
     """The kept count is data: the gate runs outside the compiled graph and the kept
     prompts' upscaling is compiled for any count, so counts of 0, 1, some and all, at

@@ -183,13 +183,13 @@ class CompiledDecoder:
         def upscaling(hs: torch.Tensor, keys: torch.Tensor, h: int, w: int) -> torch.Tensor:
             return mask_logits(decoder, hs, keys, h, w)
 
-        COMPILED_UPSCALING[decoder] = torch.compile(upscaling, backend=COMPILE_BACKEND, dynamic=True)
+        self.upscaling = torch.compile(upscaling, backend=COMPILE_BACKEND, dynamic=True)
 
     def __call__(self, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
         if self.failed:
             return self.decoder(**inputs)
         try:
-            out = self.compiled(**inputs)
+            out = self._compiled(inputs)
         except Exception as exc:  # noqa: BLE001 - told apart below: the compiler's, the memory's or the input's
             out_of_memory = out_of_memory_in(exc)
             if out_of_memory is not None:
@@ -205,19 +205,23 @@ class CompiledDecoder:
         except _StillNotFinite:
             return out
 
-    def _eagerly(self, inputs: dict, why: str, finite_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The eager decoder's output for ``inputs``, and eager for the rest of the run,
-        said once; where the eager decoder fails too (or, ``finite_only``, gives NaN
-        too), the fault is the input's: raised, and compiling stays on."""
-        upscaling = COMPILED_UPSCALING.pop(self.decoder, None)  # eager means eager throughout
+    def _compiled(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The compiled decoder's output, the gated prompts' upscaling compiled too (in
+        this call only: ``COMPILED_UPSCALING``)."""
+        token = COMPILED_UPSCALING.set((self.decoder, self.upscaling))
         try:
-            out = self.decoder(**inputs)
-            if finite_only and not decoder_finite(out):
-                raise _StillNotFinite
-        except Exception:  # the input's own error: raised, and compiling stays on
-            if upscaling is not None:
-                COMPILED_UPSCALING[self.decoder] = upscaling
-            raise
+            return self.compiled(**inputs)
+        finally:
+            COMPILED_UPSCALING.reset(token)
+
+    def _eagerly(self, inputs: dict, why: str, finite_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eager decoder's output for ``inputs`` (eager throughout: the upscaling too),
+        and eager for the rest of the run, said once; where the eager decoder fails too
+        (or, ``finite_only``, gives NaN too), the fault is the input's: raised, and
+        compiling stays on."""
+        out = self.decoder(**inputs)  # (the input's own error: raised, and compiling stays on)
+        if finite_only and not decoder_finite(out):
+            raise _StillNotFinite
         self.failed = True
         log.warning("SAM's mask decoder %s: it runs uncompiled", why)
         return out

@@ -26,7 +26,8 @@ filter will drop whole is not upscaled (``upscale_above``).
 from __future__ import annotations
 
 import types
-import weakref
+from collections.abc import Callable
+from contextvars import ContextVar
 from functools import partial
 from typing import cast
 
@@ -262,9 +263,13 @@ def _predict_masks_shared(
     return _gated_masks(self, hs, keys, iou_pred[:, used], upscale_above, h, w), iou_pred
 
 
-# A ``CompiledDecoder``'s upscaling for any number of prompts, by decoder (weakly: a copied
-# or freed decoder takes none), for ``_gated_masks``, which runs outside its graph.
-COMPILED_UPSCALING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The compiled upscaling (for any number of prompts) of the ``CompiledDecoder`` call in
+# progress in this thread, with its decoder; None outside one. For ``_gated_masks``,
+# which runs outside that call's graph. Only such a call compiles it: the same decoder
+# called eagerly (a short GPU run's, ``--no-compile``'s, a failed compile's fallback)
+# compiled it too while it was kept by decoder, and failed every photo where compiling
+# fails (no Triton for the card).
+COMPILED_UPSCALING: ContextVar[tuple[torch.nn.Module, Callable] | None] = ContextVar("upscaling", default=None)
 
 
 @torch.compiler.disable
@@ -278,7 +283,8 @@ def _gated_masks(decoder, hs, keys, used_iou, upscale_above: float, h: int, w: i
     kept = torch.nonzero((used_iou.float() > upscale_above).any(dim=1)).flatten()
     if len(kept) == 0:
         return hs.new_zeros(len(hs), decoder.num_mask_tokens, 4 * h, 4 * w)  # (the full path's dtype, as hs's)
-    upscaling = COMPILED_UPSCALING.get(decoder) or partial(mask_logits, decoder)
+    active = COMPILED_UPSCALING.get()
+    upscaling = active[1] if active is not None and active[0] is decoder else partial(mask_logits, decoder)
     some = upscaling(hs[kept], keys[kept], h, w)
     masks = some.new_zeros(len(hs), *some.shape[1:])
     masks[kept] = some
