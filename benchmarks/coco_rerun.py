@@ -1,12 +1,12 @@
 """A re-run of ``index --coco`` over unchanged photos: how long, and that none is read
 (each photo's stat is the one recorded when it was last read whole).
 
-    python benchmarks/coco_rerun.py [N]     (default 300 photos of 640x480)
+    python benchmarks/coco_rerun.py [--photos N]     (default 300 photos of 640x480)
 """
 
+import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +26,9 @@ photos = root / "photos"
 photos.mkdir()
 base = np.array(Image.fromarray(data.astronaut()).resize((640, 480)))
 images, anns = [], []
-n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("--photos", type=int, default=300, help="photos of 640x480 in the labelled dataset")
+n = parser.parse_args().photos
 for i in range(n):
     Image.fromarray(np.roll(base, i, axis=1)).save(photos / f"{i:05d}.jpg", quality=90)
     m = np.zeros((480, 640), bool)
