@@ -420,7 +420,9 @@ def test_curate_show_never_writes_over_the_photo_and_refuses_a_photo_replaced_si
     from typer.testing import CliRunner
 
     from usesearch.cli.app import app
+    from usesearch.io.atomic import save_picture
 
+    save_picture(Image.open(photos / "cat.png"), photos / "cat.png")  # usesearch's own (else refused as a photo)
     curate([ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])], tmp_path / "ds")
     before = (photos / "cat.png").read_bytes()
     show = ["curate", "show", str(tmp_path / "ds"), "cat.png", "--out"]
@@ -431,9 +433,13 @@ def test_curate_show_never_writes_over_the_photo_and_refuses_a_photo_replaced_si
     assert CliRunner().invoke(app, [*show, str(tmp_path / "look.png")]).exit_code == 0
     monkeypatch.chdir(tmp_path)  # the default picture is written once, then never replaced unnamed
     assert CliRunner().invoke(app, show[:-1]).exit_code == 0 and (tmp_path / "curated.png").is_file()
-    (tmp_path / "curated.png").write_bytes(b"the user's")
     again = CliRunner().invoke(app, show[:-1])
     assert again.exit_code == 2 and "curated.png exists here: `--out curated.png` replaces it" in again.output
+    assert CliRunner().invoke(app, [*show, "curated.png"]).exit_code == 0  # named: its own picture replaced
+    (tmp_path / "curated.png").write_bytes(b"the user's")
+    again = CliRunner().invoke(app, show[:-1])
+    assert again.exit_code == 2 and "curated.png exists here: name another file" in again.output
+    assert CliRunner().invoke(app, [*show, "curated.png"]).exit_code == 2  # named, but not usesearch's: kept
     assert (tmp_path / "curated.png").read_bytes() == b"the user's"
     Image.fromarray(data.astronaut()[:75, :113]).save(photos / "cat.png")  # same size, other pixels
     replaced = CliRunner().invoke(app, [*show, str(tmp_path / "look2.png")])

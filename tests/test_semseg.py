@@ -9,6 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from usesearch.cli.app import app
+from usesearch.io.atomic import save_picture
 from usesearch.tasks.semseg import UNLABELLED, confusion, miou, pixel_labels
 from usesearch.training.synthetic import semseg_classes, write_semseg
 
@@ -302,19 +303,29 @@ def test_segment_and_evaluations_never_write_over_their_inputs_and_segment_refus
     before = photo.read_bytes()
     names = ",".join(semseg_classes())
     runner = CliRunner()
+    ours = tmp_path / "labels.png"  # a picture usesearch wrote, which an output may replace, segmented
+    save_picture(Image.open(photo), ours)
+    was = ours.read_bytes()
     segment = ["segment", str(photo), "--classes", names, "--preset", "tiny"]
-    for extra, said in (
-        (["--out", str(photo)], "is the image input"),
-        (["--out", str(tmp_path / "a.png"), "--overlay", str(photo)], "is the image input"),
-        (["--out", str(tmp_path / "a.png"), "--overlay", str(tmp_path / "a.png")], "name the same file"),
+    for args, said in (
+        ([*segment, "--out", str(photo)], "is no picture usesearch wrote"),  # a photo: refused as any
+        ([*segment, "--out", str(tmp_path / "a.png"), "--overlay", str(photo)], "is no picture usesearch wrote"),
+        (["segment", str(ours), *segment[2:], "--out", str(ours)], "is the image input"),
+        (["segment", str(ours), *segment[2:], "--out", str(tmp_path / "a.png"), "--overlay", str(ours)], "image input"),
+        ([*segment, "--out", str(tmp_path / "a.png"), "--overlay", str(tmp_path / "a.png")], "name the same file"),
     ):
-        result = runner.invoke(app, segment + extra)
-        assert result.exit_code == 2 and said in result.output, (extra, result.output)
-    assert photo.read_bytes() == before and not (tmp_path / "a.png").exists()
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and said in " ".join(result.output.replace("│", " ").split()), (
+            args,
+            result.output,
+        )
+    assert photo.read_bytes() == before and not (tmp_path / "a.png").exists() and ours.read_bytes() == was
     label = sorted((root / "labels").iterdir())[0]
     semseg = ["eval", "semseg", "--images", str(root / "images"), "--labels", str(root / "labels")]
-    result = runner.invoke(app, [*semseg, "--classes", names, "--out", str(label), "--preset", "tiny"])
-    assert result.exit_code == 2 and "lies in --labels" in result.output, result.output
+    for out, said in ((label, "is no picture usesearch wrote"), (label.with_name("new.png"), "lies in --labels")):
+        result = runner.invoke(app, [*semseg, "--classes", names, "--out", str(out), "--preset", "tiny"])
+        assert result.exit_code == 2 and said in " ".join(result.output.replace("│", " ").split()), result.output
+    assert not label.with_name("new.png").exists()
     beside = root / "images" / "report.json"  # no picture: never read as one, so allowed
     result = runner.invoke(app, [*semseg, "--classes", names, "--out", str(beside), "--preset", "tiny"])
     assert result.exit_code == 0 and json.loads(beside.read_text())["images"] == 1, result.output

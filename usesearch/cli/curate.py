@@ -233,7 +233,7 @@ def show(
         typer.Option(
             "--out",
             dir_okay=False,
-            help=f"PNG to write (replaced if it exists). Default: {SHOWN} here, never replaced.",
+            help=f"PNG to write (replaced if usesearch wrote it). Default: {SHOWN} here, never replaced.",
             callback=opts.picture_file,
         ),
     ] = None,
@@ -244,7 +244,10 @@ def show(
     if out is None:
         out = Path(SHOWN)
         if os.path.lexists(out):  # a default must not replace a file nobody named
-            raise UsesearchError(f"{SHOWN} exists here: `--out {SHOWN}` replaces it, or name another file")
+            from usesearch.io.atomic import written_by_usesearch
+
+            replaces = f"`--out {SHOWN}` replaces it, or " if written_by_usesearch(out) else ""
+            raise UsesearchError(f"{SHOWN} exists here: {replaces}name another file")
     record = find_record(dataset, image)
     opts.refuse_overwriting({"--out": out}, {"photo": Path(record["path"])})
     written = render(record, out)

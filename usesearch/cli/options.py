@@ -31,6 +31,7 @@ from .failures import say_pairs as say_pairs
 from .failures import stdout_closed as stdout_closed
 from .failures import user_errors as user_errors
 from .paths import DEMO_INDEX as DEMO_INDEX
+from .paths import DEMO_SAMPLES as DEMO_SAMPLES
 from .paths import FOLDER_MARKS as FOLDER_MARKS
 from .paths import folder_for as folder_for
 from .paths import folder_to_write as folder_to_write
@@ -38,6 +39,7 @@ from .paths import json_file as json_file
 from .paths import picture_file as picture_file
 from .paths import refuse_other_kind as refuse_other_kind
 from .paths import refuse_overwriting as refuse_overwriting
+from .paths import refuse_replacing_a_photo as refuse_replacing_a_photo
 from .paths import writable_file as writable_file
 from .spellings import Formerly as Formerly
 from .spellings import Typer as Typer

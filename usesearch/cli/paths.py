@@ -32,7 +32,25 @@ def writable_file(value: Path | None) -> Path | None:
         if not os.access(folder, os.W_OK):
             raise typer.BadParameter(f"folder {folder} cannot be written to")
         refuse_into_own_folder(value)
+        refuse_replacing_a_photo(value)
     return value
+
+
+def refuse_replacing_a_photo(value: Path, flag: str | None = None) -> None:
+    """An existing picture that usesearch did not write (``atomic.written_by_usesearch``)
+    may be a photo, of another index, of the demo, of no index yet: never replaced by a
+    sheet or a label map (`--show b/chelsea.jpg` drew the sheet over a photo another
+    index holds, which its next run then indexed as the photo). Ours are replaced, as a
+    query re-run with the same ``--show`` expects."""
+    from usesearch.io.atomic import written_by_usesearch
+
+    if value.suffix.lower() in IMAGE_SUFFIXES and value.is_file() and not written_by_usesearch(value):
+        named = f"{flag} {value}" if flag else str(value)
+        message = (
+            f"{named} exists and is no picture usesearch wrote (a photo?): it would be replaced; "
+            "remove it first, or write elsewhere"
+        )
+        raise typer.BadParameter(message) if flag is None else UsesearchError(message)
 
 
 def refuse_into_own_folder(value: Path) -> None:
@@ -41,7 +59,7 @@ def refuse_into_own_folder(value: Path) -> None:
     read as one of its files: refused, whatever its name. One exception, as the photo
     walk expects it: a picture saved into an index's folder itself (``--show``), never
     one of its files."""
-    held = holding_folder(value)
+    held = holding_folder(value) or _demo_holding(value)
     if held is None:
         return
     kind, folder = held
@@ -49,6 +67,20 @@ def refuse_into_own_folder(value: Path) -> None:
     if kind == "an index" and str(real.parent) == folder and real.suffix.lower() in IMAGE_SUFFIXES:
         return
     raise typer.BadParameter(f"{value} lies in {kind} ({folder}), whose files usesearch writes: write elsewhere")
+
+
+def _demo_holding(value: Path) -> tuple[str, str] | None:
+    """The demo's folder (``usesearch demo``: its index beside its sample photos) that
+    ``value`` lies in, at any depth, or None: a picture written among its photos was
+    indexed by the next demo. Known by both, not by a ``db-b16`` alone, a name anyone's
+    index may have."""
+    real = Path(os.path.realpath(value))
+    for folder in real.parents:
+        if all((folder / "photos" / f"{name}.jpg").is_file() for name in DEMO_SAMPLES[-2:]) and any(
+            (folder / index / "segments.sqlite").is_file() for index in FOLDER_MARKS["the demo"]
+        ):
+            return "the demo", str(folder)
+    return None
 
 
 def json_file(value: Path | None) -> Path | None:
@@ -81,6 +113,18 @@ def folder_to_write(value: Path | None) -> Path | None:
 
 
 DEMO_INDEX = "db-{preset}"  # the demo's index, in its folder beside the sample photos
+# scikit-image's photos (all shipped in its wheel: no download) that the demo writes into
+# its folder's photos/, as NAME.jpg.
+DEMO_SAMPLES = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "coins",
+)
 
 # What each command's folder holds, by the files that only it writes.
 FOLDER_MARKS = {**OUTPUT_MARKS, "the demo": tuple(DEMO_INDEX.format(preset=name) for name in PRESETS)}

@@ -101,7 +101,8 @@ def _refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path
 
     outputs = {"--show": output.show, "--export-coco": output.export_coco}
     if output.show and inputs.get("--image"):
-        outputs["--show's region picture"] = region_picture_path(output.show)
+        region = outputs["--show's region picture"] = region_picture_path(output.show)
+        opts.refuse_replacing_a_photo(region, "--show's region picture")
     opts.refuse_overwriting(outputs, inputs)
     for flag, path in outputs.items():
         if path is None or is_stream(path):
@@ -347,6 +348,8 @@ def demo(
     from usesearch.models.presets import get_preset
     from usesearch.models.weights import preset_status
 
+    if not query_text.strip():  # as `query` refuses it, before the photos are written and indexed
+        raise UsesearchError("the query text is empty")
     preset = preset or "b16"
     missing = [s for s in preset_status(get_preset(preset)) if not s.present]
     if missing:
@@ -377,20 +380,10 @@ def _write_sample_photos(folder: Path) -> Path:
     from skimage import data
 
     folder.mkdir(parents=True, exist_ok=True)
-    # All shipped inside the scikit-image wheel (no download).
-    for name in (
-        "astronaut",
-        "chelsea",
-        "coffee",
-        "rocket",
-        "hubble_deep_field",
-        "immunohistochemistry",
-        "retina",
-        "coins",
-    ):
+    for name in opts.DEMO_SAMPLES:
         target = folder / f"{name}.jpg"
         if not target.exists():
             photo = Image.fromarray(getattr(data, name)()).convert("RGB")
             photo.thumbnail((640, 640))
-            save_picture(photo, target, quality=92)  # a kill mid-save must not leave a broken photo kept
+            save_picture(photo, target, mark=False, quality=92)  # a kill mid-save leaves no broken photo kept
     return folder

@@ -153,11 +153,37 @@ def _write_into(path: Path, data: bytes | str | Callable[[Path], object]) -> Non
         f.write(payload)
 
 
-def save_picture(image, path: str | os.PathLike, **params) -> None:
+# EXIF's Software tag (0x0131) of every picture usesearch writes (contact sheets, label
+# maps, overlays), in the formats that keep EXIF: an output may replace such a file, and
+# never an existing one without it, which may be someone's photo (``paths.writable_file``).
+SOFTWARE_TAG, PICTURE_MARK = 0x0131, "usesearch"
+MARKED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")
+
+
+def save_picture(image, path: str | os.PathLike, mark: bool = True, **params) -> None:
     """Pillow's ``image.save(path)`` through ``write_atomic``: a kill or a full disk
     leaves the earlier picture, not a broken one. The format is the one ``path``'s
-    extension names (the temporary file's own, ``.tmp``, names none)."""
+    extension names (the temporary file's own, ``.tmp``, names none). ``mark``: said to
+    be usesearch's (``PICTURE_MARK``); the demo's sample photos are photos, unmarked."""
     from PIL import Image
 
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    if mark and fmt in MARKED_FORMATS:
+        exif = Image.Exif()
+        exif[SOFTWARE_TAG] = PICTURE_MARK
+        params.setdefault("exif", exif.tobytes())
     write_atomic(path, lambda target: image.save(target, fmt, **params))
+
+
+def written_by_usesearch(path: str | os.PathLike) -> bool:
+    """Whether the regular file at ``path`` is a picture usesearch wrote (``save_picture``'s
+    mark); False for anything else, a photo, a file Pillow cannot read, a FIFO."""
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        return False
+    try:
+        with Image.open(path) as picture:
+            return picture.getexif().get(SOFTWARE_TAG) == PICTURE_MARK
+    except Exception:  # noqa: BLE001 - unreadable, a decompression bomb, not a picture: not ours
+        return False
