@@ -35,6 +35,7 @@ from .coco_plan import (
     located_entries,
     plan_photo,
     record,
+    refuse_when_no_photo,
     stored_state,
     wrong_size,
 )
@@ -60,6 +61,7 @@ def index_coco(
     dataset = read_coco(coco_file)  # before anything: a wrong file must not leave an index folder behind
     split = split or Path(coco_file).stem
     db_dir = check_paths(paths, db_dir)
+    refuse_when_no_photo(dataset, [os.fspath(p) for p in paths])
     options = as_built(db_dir, options)
     report = CocoReport(devices=check_devices(options), split=split)
     start = time.perf_counter()

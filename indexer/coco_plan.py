@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from usesearch.errors import AnnotationError
+from usesearch.errors import AnnotationError, UsesearchError
 from usesearch.io.coco_dataset import (
     DUPLICATE_ID,
     PHOTO_MISSING,
@@ -49,6 +49,21 @@ def record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset,
             if part
         )
         report.problems.append(f"{where or dataset.path.name}: {error.kind}: {error}")
+
+
+def refuse_when_no_photo(dataset: CocoDataset, folders: list[str]) -> None:
+    """Refused in one line before anything is made (an index folder bound to the run's
+    model among them): a file none of whose annotated photos lies under ``folders`` (a
+    wrong folder, a disk not mounted) indexed nothing, recorded each as missing and
+    exited 0, as a plain ``index`` of an empty folder is refused. Stops at the first
+    photo found: one stat in the usual case."""
+    annotated = [entry for entry in dataset.images if entry.annotations]
+    if annotated and not any(photo_path(folders, entry.file_name) is not None for entry in annotated):
+        where = ", ".join(folders)
+        raise UsesearchError(
+            f"none of the {len(annotated)} annotated photo(s) {dataset.path.name} names is under {where}: "
+            "nothing is indexed (give the folder its file_names are relative to)"
+        )
 
 
 def located_entries(

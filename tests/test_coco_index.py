@@ -752,3 +752,36 @@ def test_a_repeated_entry_giving_its_photo_another_size_adds_no_annotation(tmp_p
     said = {(f, e.kind): str(e) for f, _, e in dataset.problems}
     assert set(said) == {("a.png", "size mismatch"), ("b.png", "duplicate id")}
     assert "at 8x8 and 16x16: the annotations of 2 are left out" in said[("a.png", "size mismatch")]
+
+
+def test_a_folder_holding_none_of_the_files_photos_is_refused_before_anything_is_made(tmp_path):
+    """`index EMPTY --coco FILE --db NEW` (a wrong folder, a disk not mounted) made an
+    index bound to the run's model, recorded every photo as missing and exited 0, where
+    a plain `index EMPTY` is refused. Refused in one line, nothing made, also beside an
+    existing index (left as it was) and on Ray (before Ray starts); a folder holding
+    some of them still indexes those."""
+    from usesearch.errors import UsesearchError
+    from usesearch.indexer.coco_ray import index_coco_ray
+
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png", "sub/rocket.png"], 1)
+    (tmp_path / "empty").mkdir()
+    others = write_photos(tmp_path / "others", ("coffee",))
+    runner = CliRunner()
+    for folder in (tmp_path / "empty", others):
+        result = runner.invoke(app, ["index", str(folder), "--db", str(tmp_path / "new"), "--coco", str(coco), *TINY])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and "none of the 2 annotated photo(s) val.json names is under" in said, said
+        assert not (tmp_path / "new").exists()
+        with pytest.raises(UsesearchError, match="none of the 2 annotated photo"):
+            index_coco_ray([folder], coco, tmp_path / "new", IndexOptions(preset="tiny"))
+        assert not (tmp_path / "new").exists()
+    db = tmp_path / "db"
+    ok = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(coco), *TINY])
+    assert ok.exit_code == 0, ok.output
+    catalog = (db / DB_FILE).read_bytes()
+    result = runner.invoke(app, ["index", str(tmp_path / "empty"), "--db", str(db), "--coco", str(coco)])
+    assert result.exit_code == 2 and (db / DB_FILE).read_bytes() == catalog, result.output
+    (photos / "sub" / "rocket.png").unlink()  # one of the two: indexed, the other recorded as missing
+    some = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "some"), "--coco", str(coco), *TINY])
+    assert some.exit_code == 0 and "problem: sub/rocket.png: photo missing" in some.output, some.output
