@@ -109,7 +109,8 @@ class IndexModels:
         from usesearch.models.checkpoint import checkpoint_paths
         from usesearch.models.factory import load_model, load_text_model
 
-        head = self.info.head
+        # A crop index uses no head (one made before --head was refused beside it recorded one).
+        head = None if self.info.embedder == "crop" else self.info.head
         if head is not None and not all(f.is_file() for f in checkpoint_paths(head)):
             raise NotFoundError(
                 f"this index's head is gone from {head} (moved or deleted since indexing): put it back there; "

@@ -11,6 +11,7 @@ from pycocotools import mask as mask_utils
 from skimage import data
 from typer.testing import CliRunner
 
+import usesearch
 from tests.helpers import OPTS, assert_consistent, segment_table, write_photos
 from usesearch.cli.app import app
 from usesearch.errors import IndexLockedError, IndexMismatchError, UnknownPresetError, UsesearchError
@@ -307,3 +308,35 @@ def test_the_selection_cache_takes_a_servers_threads_at_once(monkeypatch):
     finally:
         sys.setswitchinterval(switching)
     assert failures == [] and len(cache._cache) <= 2
+
+
+def test_a_head_beside_the_crop_embedder_is_refused_and_one_recorded_before_is_not_required(tmp_path, trained_head):
+    """`index --head H --embedder crop` embedded crops with CLIP alone, recorded H with
+    the index, then refused every query once H moved ("a query needs the head the
+    segments were embedded with", which it never was); `embed` dropped H unsaid. The
+    pair is refused in one line; an index that recorded a head that way answers
+    without it, and a run over it adds with its own model."""
+    import sqlite3
+
+    head, _ = trained_head
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    runner = CliRunner()
+    for args in (
+        ["index", str(photos), "--db", str(tmp_path / "db"), "--head", str(head), "--embedder", "crop"],
+        ["embed", str(photos / "astronaut.png"), "a cat", "--head", str(head), "--embedder", "crop"],
+    ):
+        result = runner.invoke(app, args)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and "--embedder crop embeds each segment's crop with CLIP alone" in said, said
+    assert not (tmp_path / "db").exists()
+    with pytest.raises(UsesearchError, match="uses no head"):
+        usesearch.load_model("tiny", embedder="crop", head=head)
+    db = tmp_path / "crop"
+    index_paths([photos], db, IndexOptions(**{**OPTS, "embedder": "crop"}))
+    with sqlite3.connect(db / "segments.sqlite") as catalog:  # as such a run recorded it, the head since moved
+        catalog.execute("UPDATE index_info SET head = ?", (str(tmp_path / "moved" / "head"),))
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db), "-k", "1"])
+    assert result.exit_code == 0 and ".png" in result.output, result.output  # a hit
+    write_photos(photos, ("chelsea",))
+    again = runner.invoke(app, ["index", str(photos), "--db", str(db)])
+    assert again.exit_code == 0 and "1 images indexed" in again.output, again.output

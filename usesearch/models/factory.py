@@ -135,6 +135,11 @@ def _preset_and_head(
     """The preset a model is built on and its head checkpoint (given, or the first
     argument when that is one), refusing an unknown embedder, preset or missing head."""
     name = str(name_or_checkpoint)
+    if embedder == "crop" and head is not None:  # recorded with an index, then required, never used
+        raise UsesearchError(
+            f"--embedder crop embeds each segment's crop with CLIP alone and uses no head: leave out --head {head}, "
+            "or give --embedder use"
+        )
     if name not in PRESETS and is_checkpoint(name):
         head = head or name
         name = read_head_config(name)["preset"]
