@@ -273,6 +273,8 @@ def test_the_loss_embeds_each_text_with_the_papers_four_templates(synthetic, tmp
         ({"lr": 0.0}, "lr 0.0"),
         ({"weight_decay": math.nan}, "weight_decay nan"),
         ({"weight_decay": -0.1}, "weight_decay -0.1"),
+        ({"seed": -1}, "seed -1: give a whole number from 0 to 2"),
+        ({"seed": 2**63}, f"seed {2**63}"),
     ],
 )
 def test_a_rate_that_cannot_train_is_refused_before_a_model_loads(setting, why, synthetic, tmp_path, monkeypatch):
@@ -288,5 +290,6 @@ def test_a_rate_that_cannot_train_is_refused_before_a_model_loads(setting, why, 
     args = ["train", str(synthetic[1]), "--run-dir", str(tmp_path / "run"), "--preset", "tiny"]
     result = CliRunner().invoke(app, [*args, f"--{flag.replace('_', '-')}", str(value)])
     assert result.exit_code == 2 and why in result.output, result.output
+    assert not (tmp_path / "run").exists()  # refused before the run's folder is made
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run" / "log.csv").exists()
     assert TrainConfig().lr == 1e-3 and TrainConfig(weight_decay=0.0).weight_decay == 0.0

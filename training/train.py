@@ -71,6 +71,10 @@ class TrainConfig:
             raise ValueError(f"lr {self.lr}: give a finite number above 0")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay {self.weight_decay}: give a finite number, 0 or more")
+        # (numpy's generators, seeded by it with the epoch or step, refused a negative one
+        # only at the first batch, after the run's folder was made, in words naming no option)
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed {self.seed}: give a whole number from 0 to 2**63-1")
 
 
 # The settings that fix a run's schedule: a resumed run keeps them.
