@@ -51,6 +51,7 @@ class CurateReport(RunReport):
     pairs: int = 0
     pairs_after_nms: int = 0
     problems: int = 0  # faults in the source's annotations, recorded in failures.jsonl
+    missing: int = 0  # photos the source names and --images lacks: each a fault above and a photo failed
     copies: list[tuple[str, str]] = field(default_factory=list)  # (path, the path curated this run with its bytes)
 
 
@@ -105,6 +106,10 @@ def curate(
                 if item.error is not None:
                     raise item.error
                 if not item.photo:
+                    if item.missing:  # failed as an unreadable photo of a folder fails: none is curated
+                        report.missing += 1
+                        report.failed += 1
+                        report.failures.append((item.path, f"{problems[0][2].kind}: {problems[0][2]}"))
                     continue
                 data, sha256 = read_bytes(item.path, max_bytes)
                 digest = annotations_digest(item.annotations) if item.annotations is not None else None

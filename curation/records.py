@@ -44,6 +44,7 @@ class ImageItem:
     problems: list[Problem] = field(default_factory=list)
     photo: bool = True  # False: an item that only carries problems (no photo to curate)
     error: Exception | None = None  # a folder of photos that could not be listed, a broken link: its failure
+    missing: bool = False  # a photo the source names and its --images folder lacks (photo False): a failure
 
 
 @dataclass

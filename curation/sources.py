@@ -161,11 +161,13 @@ def _broken(file_name: str | None, message: str) -> Problem:
 
 
 def _missing(source: str | os.PathLike, images_dir: str | os.PathLike, file_name: str) -> ImageItem:
-    """A photo the file names and the folder lacks (or a name leading out of it): recorded."""
+    """A photo the file names and the folder lacks (or a name leading out of it): recorded
+    as a fault of the file's, and counted as a photo failed (``CurateReport.missing``)."""
     from usesearch.io.coco_dataset import PHOTO_MISSING
 
     fault = AnnotationError(PHOTO_MISSING, f"no {file_name} under {images_dir}")
-    return ImageItem(path=os.path.join(str(images_dir), file_name), problems=[(file_name, None, fault)], photo=False)
+    path = os.path.join(str(images_dir), file_name)
+    return ImageItem(path=path, problems=[(file_name, None, fault)], photo=False, missing=True)
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,12 @@ def test_coco_instances_faults_are_recorded_and_the_rest_curated(tmp_path, photo
     coco["annotations"].reverse()  # a re-export in another order: the same annotations
     path.write_text(json.dumps(coco))
     reordered = curate(coco_instances_source(path, photos), tmp_path / "ds")
-    assert (reordered.skipped, reordered.failed) == (2, 0)
+    assert (reordered.skipped, reordered.failed, reordered.missing) == (2, 1, 1)  # gone.png alone: it is missing
     # The cup's size fixed in the file: its record (no segment) is not silently kept as done.
     coco["images"][1].update(height=100, width=150)
     path.write_text(json.dumps(coco))
     fixed = curate(coco_instances_source(path, photos), tmp_path / "ds")
-    assert fixed.skipped == 1 and [p.rsplit("/", 1)[1] for p, _ in fixed.failures] == ["cup.png"]
+    assert fixed.skipped == 1 and [p.rsplit("/", 1)[1] for p, _ in fixed.failures] == ["cup.png", "gone.png"]
     assert "its annotations in the source changed since it was curated" in fixed.failures[0][1]
 
 

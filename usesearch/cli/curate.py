@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -14,7 +15,11 @@ from usesearch.cli import sam_options
 from usesearch.cli.photo_limits import PhotoLimits, say_past_limits, with_photo_limits
 from usesearch.curation.sources import SOURCES
 from usesearch.errors import UsesearchError
+from usesearch.io.files import one_line
 from usesearch.masks.settings import SamSettings
+
+if TYPE_CHECKING:
+    from usesearch.curation.records import ImageItem
 
 app = opts.Typer()
 
@@ -108,10 +113,11 @@ def run(
     the_device = resolve_device(device)
     p = get_preset(preset)
     items = read_source(input_format, path, images)
-    first = next(items, None)  # the input read (a file that is not of its format refused) before any model loads
-    if first is None:
+    ahead = _up_to_a_photo(items)  # the input read (a file that is not of its format refused) before any model loads
+    if not ahead:
         raise UsesearchError(f"{path}: --input-format {input_format} found no photo to curate there")
-    items = itertools.chain([first], items)
+    _refuse_all_missing(ahead, path, images)
+    items = itertools.chain(ahead, items)
     kind = SOURCES[input_format]
     if kind.needs_captioner and not captioner:
         raise ValueError(f"a {input_format} has no captions: pass --captioner (a model name, or 'tiny')")
@@ -159,8 +165,9 @@ def run(
             print(json.dumps({**asdict(so_far), "interrupted": True}, indent=1))
         raise typer.Exit(130) from None
     bar.close()
+    missing = f" ({report.missing} missing under --images)" if report.missing else ""
     opts.console.print(
-        f"{report.done} images curated, {report.skipped} skipped, {report.failed} failed: "
+        f"{report.done} images curated, {report.skipped} skipped, {report.failed} failed{missing}: "
         f"{report.pairs} pairs, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
     )
     opts.say_pairs(report.copies, "skipped as a copy of a photo curated under another path")
@@ -182,6 +189,31 @@ def run(
 
         print(json.dumps(asdict(report), indent=1))
     opts.exit_if_all_failed(report.done, report.skipped, report.failed, "photo", "nothing is curated")
+
+
+def _up_to_a_photo(items: Iterator[ImageItem]) -> list[ImageItem]:
+    """``items`` taken up to its first photo to curate, that one included: all of them
+    where there is none (a source whose photos are all missing, or an empty folder)."""
+    ahead = []
+    for item in items:
+        ahead.append(item)
+        if item.photo:
+            break
+    return ahead
+
+
+def _refuse_all_missing(ahead: list[ImageItem], path: Path, images: Optional[Path]) -> None:
+    """A source none of whose photos is under --images (a wrong folder, most often) is
+    refused before any model loads, in one line, as ``index --coco`` refuses such a
+    folder: a script read "0 images curated" and exit 0 as success."""
+    missing = [item for item in ahead if item.missing]
+    if missing and not any(item.photo for item in ahead):
+        name = one_line(str(missing[0].problems[0][0] if missing[0].problems else missing[0].path))
+        if len(missing) == 1:
+            photos = f"the photo {path} names ({name}) is not"
+        else:
+            photos = f"none of the {len(missing)} photos {path} names ({name}, ...) is"
+        raise UsesearchError(f"{photos} under --images {images}; nothing is curated")
 
 
 def _refuse_unused(source: str, kind, sam: SamSettings, sam_checkpoint, captioner, grounder: str) -> None:
