@@ -132,8 +132,26 @@ def check_index_at(db_dir: str | os.PathLike, db_url: str | None = None) -> Path
     db_dir = check_db_dir(db_dir)
     check_catalog_kind(db_dir, db_url)
     if db_url is None and not (db_dir / DB_FILE).is_file():
-        raise UsesearchError(f"no index at {db_dir} (no {DB_FILE}); run `usesearch index PATH --db {db_dir}` first")
+        raise UsesearchError(f"no index at {db_dir} (no {DB_FILE}); {_what_instead(db_dir)}")
     return db_dir
+
+
+def _what_instead(db_dir: Path) -> str:
+    """What to do where ``db_dir`` holds no index: name the index one folder down (the
+    demo's folder, ``usesearch-demo/db-b16``), say what the folder is (a curated dataset:
+    the suggested `index --db` of it is refused), else index into it."""
+    from usesearch.io.own_folders import OUTPUT_MARKS
+
+    for kind, marks in OUTPUT_MARKS.items():
+        if kind != "an index" and any((db_dir / mark).exists() for mark in marks):
+            return f"it holds {kind}: give --db an index's folder"
+    try:
+        inside = sorted(sub for sub in db_dir.iterdir() if (sub / DB_FILE).is_file())
+    except OSError:  # missing or unreadable: nothing inside to name
+        inside = []
+    if inside:
+        return f"the index in it is {inside[0]}: give --db {inside[0]}"
+    return f"run `usesearch index PATH --db {db_dir}` first"
 
 
 def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:

@@ -336,6 +336,28 @@ def test_a_command_never_writes_into_another_commands_folder(files, args, why):
     assert sorted(p.relative_to(files) for p in files.rglob("*")) == before  # nothing written
 
 
+def test_a_reading_command_at_a_folder_holding_no_index_says_what_it_holds(tmp_path):
+    """`query --db DATASET` suggested `usesearch index PATH --db DATASET`, which is then
+    refused (a dataset's folder is its own), and `--db usesearch-demo` the same, where
+    the demo's index is one folder down. Each now says what the folder is."""
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "manifest.json").write_text("{}")
+    (tmp_path / "demo" / "db-tiny").mkdir(parents=True)
+    (tmp_path / "demo" / "db-tiny" / "segments.sqlite").write_bytes(b"")
+    (tmp_path / "new").mkdir()
+    for folder, why in (
+        ("dataset", "it holds a curated dataset: give --db an index's folder"),
+        ("demo", f"the index in it is {tmp_path / 'demo' / 'db-tiny'}: give --db {tmp_path / 'demo' / 'db-tiny'}"),
+        ("new", f"run `usesearch index PATH --db {tmp_path / 'new'}` first"),
+    ):
+        for command in (["info"], ["query", "a cat"]):
+            result = CliRunner().invoke(app, [*command, "--db", str(tmp_path / folder)])
+            said = " ".join(result.output.split())
+            assert result.exit_code == 2 and f"no index at {tmp_path / folder} (no segments.sqlite); {why}" in said, (
+                said
+            )
+
+
 def test_an_audit_report_replaces_only_a_reports_files(files):
     """Any file named report.html, suspects.csv or LIST.csv made a folder pass for an
     audit report: a user's web site had its report.html replaced (and a leaks.csv of
