@@ -19,13 +19,15 @@ def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:
     files gone since indexing (``files_gone``: a stat per image, or per image of a
     sample of ``files_checked`` past ``leftovers.GONE_CHECKED``), the embedding
     bytes no segment refers to (``bytes_embeddings_dead``: ``prune`` gives them
-    back) and the embedding files gone or cut short (``embeddings_lost``): ``usesearch
-    info`` asks for them, the web page's every load does not."""
+    back), the embedding files gone or cut short (``embeddings_lost``) and the FAISS
+    shard files past a missing one, which no open reads (``faiss_files_unread``):
+    ``usesearch info`` asks for them, the web page's every load does not."""
 
     def size(name: str) -> int:
         p = index.db_dir / name
         return p.stat().st_size if p.is_file() else 0
 
+    faiss_files = vector_files.shard_files_on_disk(index.db_dir / FAISS_FILE)
     gone = {}
     if check_files:
         dead, lost = embedding_leftovers(index.store)
@@ -36,6 +38,9 @@ def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:
             "bytes_embeddings_dead": dead,
             "embeddings_lost": lost,  # file -> segments: `index --repair`
             "bytes_fragments": fragments.left_over(index.db_dir),  # Ray runs cut short: `prune` removes them
+            # Past a missing shard file (its segments are read from the database): the next write
+            # (`index`, `prune`, `reindex`) rewrites those its layout uses and removes the others.
+            "faiss_files_unread": max(0, len(faiss_files) - len(vector_files.shard_files(index.db_dir / FAISS_FILE))),
         }
     return {
         **index.store.counts(),
@@ -53,7 +58,7 @@ def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:
         "dim": index.info.dim,
         "vectors": int(index.index.ntotal),
         "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal") if _on_sqlite(index) else _server_bytes(index),
-        "bytes_faiss": sum(p.stat().st_size for p in vector_files.shard_files(index.db_dir / FAISS_FILE)),
+        "bytes_faiss": sum(_size(p) for p in faiss_files.values()),  # read or not (``faiss_files_unread``)
         "location_map_bytes": index._locations.nbytes if index._locations is not None else 0,  # (a server's)
         "shards": len(index.index.shards),
         **gone,  # since indexing: `usesearch prune` removes them
@@ -63,6 +68,13 @@ def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:
         "faiss_device": index.index.device,
         "faiss_note": faiss_gpu.note(index._faiss_device),
     }
+
+
+def _size(path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # a writer removed it meanwhile
+        return 0
 
 
 def _recall_explanation(index: SegmentIndex) -> str:

@@ -76,7 +76,7 @@ def reindex(
     db_dir = Path(db_dir)
     check_shard_size(shard_size)
     faiss_device = faiss_gpu.resolve(faiss_device)
-    with _claimed(db_dir, db_url) as (store, info):
+    with _claimed(db_dir, db_url, "reindex", "rewrites its FAISS files") as (store, info):
         automatic = factory == index_choice.AUTOMATIC
         mode = "auto" if automatic else "fixed" if factory else info.index_mode
         factory = None if automatic else factory
@@ -110,26 +110,60 @@ def recalibrate(
     (as ``reindex`` does after a rebuild, without the rebuild): after the machine was
     busy when it was measured, on the machine that will serve it, or for another
     ``recall_target`` or ``latency_budget_ms``. Arguments as for ``reindex``."""
-    db_dir = Path(db_dir)
-    with _claimed(db_dir, db_url) as (store, info):
+    db_dir = check_index_at(db_dir, db_url)
+    # Answered as the recorded factory says, before the claim: the same on a read-only
+    # folder, or while an indexer writes to it, as on one calibrate can write to.
+    reader = open_store(db_dir, db_url, read_only=True)
+    try:
+        recorded = reader.info()
+        if recorded is not None:
+            probe = vectors.Vectors(index_kinds.new_index(recorded.dim, recorded.factory))
+            _refuse_untunable(db_dir, recorded.factory, probe, reader.max_segment_id())
+    finally:
+        reader.close()
+    with _claimed(db_dir, db_url, "calibrate", "records its measurement there") as (store, info):
         index, _ = vector_files.load(db_dir / FAISS_FILE, store, info.dim, info.factory, "cpu", info.shard_size)
-        if not index.ntotal:
-            raise UsesearchError(f"{db_dir} holds no vectors yet: nothing to measure")
-        if index.exact:
-            raise UsesearchError(f"{db_dir} has an exact index ({info.factory}): its recall is 1, nothing to tune")
-        if index_kinds.ivf_of(index.index) is None:
-            raise UsesearchError(
-                f"{db_dir} has a {info.factory} index: calibration measures IVF indexes only (their nprobe and rerank)"
-            )
+        _refuse_untunable(db_dir, info.factory, index, index.ntotal)
         model = calibration.model_for(info) if text_queries and not queries else None
         return calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
 
 
+def _refuse_untunable(db_dir: Path, factory: str, index: vectors.Vectors, count: int) -> None:
+    """Why ``index`` (``count`` vectors) has nothing for calibration to measure, as an error."""
+    if not count:
+        raise UsesearchError(f"{db_dir} holds no vectors yet: nothing to measure")
+    if index.exact:
+        raise UsesearchError(f"{db_dir} has an exact index ({factory}): its recall is 1, nothing to tune")
+    if index_kinds.ivf_of(index.index) is None:
+        raise UsesearchError(
+            f"{db_dir} has a {factory} index: calibration measures IVF indexes only (their nprobe and rerank)"
+        )
+
+
+def check_writable(db_dir: Path, command: str, writes: str) -> None:
+    """A folder this process cannot write refused in one line, before anything opens
+    it to write (SQLite said "unable to open database file"): ``usesearch {command}``
+    ``writes`` (what it writes there)."""
+    if not db_dir.is_dir() or os.access(db_dir, os.W_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(db_dir).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # (no statvfs: not a POSIX system)
+        read_only = False
+    where = "is on a read-only file system" if read_only else "is not writable by this user"
+    raise UsesearchError(
+        f"{db_dir} {where}: `usesearch {command}` {writes}; `query`, `info` and `serve` read the index as it is"
+    )
+
+
 @contextmanager
-def _claimed(db_dir: Path, db_url: str | None) -> Iterator[tuple[Store, IndexInfo]]:
+def _claimed(db_dir: Path, db_url: str | None, command: str, writes: str) -> Iterator[tuple[Store, IndexInfo]]:
     """The index's store and its info, claimed under the writer lock (a writer adding
-    vectors meanwhile would move what is rebuilt or measured); closed after."""
-    store = open_store(db_dir, db_url)  # refuses a folder with no index before the lock creates one
+    vectors meanwhile would move what is rebuilt or measured); closed after. ``command``
+    and what it ``writes`` there: said where the folder cannot be written."""
+    db_dir = check_index_at(db_dir, db_url)  # refuses a folder with no index before the lock creates one
+    check_writable(db_dir, command, writes)
+    store = open_store(db_dir, db_url)
     try:
         with writer_lock(db_dir):
             store.claim()
@@ -172,6 +206,7 @@ def prune(
     kept its segments) it stays, counted in ``failing_kept``."""
     options = options or IndexOptions()
     db_dir = check_index_at(db_dir, options.db_url)  # before the lock makes the folder
+    check_writable(db_dir, "prune", "removes gone photos from it and compacts its files")
     report = PruneReport()
     start = time.perf_counter()
     with Writer(Path(db_dir), options, None) as writer:

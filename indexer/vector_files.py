@@ -14,8 +14,10 @@ The files are a cache of the store's embeddings; the database is the truth.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import logging
+import re
 from pathlib import Path
 
 import faiss
@@ -45,6 +47,20 @@ def shard_files(path: Path) -> list[Path]:
     return files
 
 
+def shard_files_on_disk(path: Path) -> dict[int, Path]:
+    """Every shard file beside ``path`` by number, in order, gaps or not: those past a
+    gap are not read (``shard_files``), and a write removes the ones its layout does
+    not use."""
+    found = {0: path} if path.exists() and not path.is_dir() else {}
+    name = re.compile(rf"{re.escape(path.stem)}-(\d{{4,}}){re.escape(path.suffix)}")
+    for file in path.parent.glob(f"{glob.escape(path.stem)}-*{glob.escape(path.suffix)}"):
+        match = name.fullmatch(file.name)
+        number = int(match[1]) if match else 0
+        if number and shard_path(path, number) == file and not file.is_dir():
+            found[number] = file
+    return dict(sorted(found.items()))
+
+
 def write_index_files(index: Vectors, path: Path, store: Store, dim: int, factory: str, *, in_sync: bool) -> Vectors:
     """Write the shards that changed (all, compacted, if the index holds stale ids)
     and record their checksums and, when ``in_sync`` (the index holds exactly the
@@ -60,8 +76,12 @@ def write_index_files(index: Vectors, path: Path, store: Store, dim: int, factor
         in_sync = True
     for number in sorted(index.dirty | ({0} if not path.exists() else set())):
         _write_file(index.shards[number], shard_path(path, number), store, number)
-    for extra in shard_files(path)[len(index.shards) :]:  # left by an index with more shards
-        extra.unlink()
+    # Then the files of another layout (more shards), past a gap too (a deleted shard file
+    # ends the run that ``shard_files`` reads, not the files after it): lowest first, so
+    # that a kill leaves the run read exactly the files just written.
+    for number, extra in shard_files_on_disk(path).items():
+        if number >= len(index.shards):
+            extra.unlink(missing_ok=True)
     index.dirty.clear()
     if in_sync:
         store.set_vectors_generation(generation)  # last: a kill before it only costs the next open a reconcile

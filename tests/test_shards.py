@@ -13,7 +13,7 @@ from tests.helpers import OPTS, assert_consistent, write_photos
 from tests.test_index_scale import synthetic_index
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
 from usesearch.indexer.folder import FAISS_FILE
-from usesearch.indexer.vector_files import shard_files
+from usesearch.indexer.vector_files import shard_files, shard_path
 
 
 def answers(ix: SegmentIndex, queries: np.ndarray) -> list:
@@ -87,6 +87,49 @@ def test_sharded_index_grows_by_rewriting_only_its_last_shard(tmp_path):
     ix.close()
     reindex(db, shard_size=0)  # back to one shard: the extra files go
     assert shard_files(db / FAISS_FILE) == [db / FAISS_FILE]
+    assert_consistent(db)
+
+
+def test_re_laying_an_index_removes_the_shard_files_past_a_gap(tmp_path):
+    """A deleted shard file ends the run of files an open reads (its segments and those
+    after it come from the database). Re-laying the index removed the old layout's files
+    only up to that gap: vectors-0006..0012 stayed on disk for good, and `info` counted
+    neither their bytes nor them."""
+    db, path = tmp_path / "db", tmp_path / "db" / FAISS_FILE
+    data = synthetic_index(db, n=120, dim=16, images=12)
+
+    def on_disk() -> list[str]:
+        return sorted(p.name for p in db.glob("vectors*.faiss"))
+
+    def top(ix: SegmentIndex) -> list:
+        return [[h.segment_id for h in ix.search_vector(data[i], 5)] for i in (3, 47, 115)]
+
+    reindex(db, shard_size=10, text_queries=False)
+    assert len(shard_files(path)) == 12
+    expected = top(SegmentIndex.open(db))
+    shard_path(path, 5).unlink()
+    ix = SegmentIndex.open(db)
+    stats = ix.stats(check_files=True)
+    assert stats["faiss_files_unread"] == 6  # 0006..0012: not read, yet on disk
+    assert stats["bytes_faiss"] == sum(p.stat().st_size for p in db.glob("vectors*.faiss"))
+    assert top(ix) == expected
+    ix.close()
+    reindex(db, shard_size=40, text_queries=False)  # 3 shards: 0001 and 0002 rewritten, the rest gone
+    assert on_disk() == ["vectors-0001.faiss", "vectors-0002.faiss", "vectors.faiss"]
+    ix = SegmentIndex.open(db)
+    assert ix.stats(check_files=True)["faiss_files_unread"] == 0 and top(ix) == expected
+    ix.close()
+    shard_path(path, 1).unlink()
+    reindex(db, shard_size=0, text_queries=False)
+    assert on_disk() == ["vectors.faiss"]
+    # Files an older usesearch left past a gap: any write of the index takes them back
+    # (`reindex`, and `index` and `prune` through the same write), never a file in use.
+    shutil.copy(path, shard_path(path, 3))
+    assert SegmentIndex.open(db).stats(check_files=True)["faiss_files_unread"] == 1
+    (db / "vectors-03.faiss").write_bytes(b"not a shard file")  # not a name of the layout: left alone
+    reindex(db, text_queries=False)
+    assert on_disk() == ["vectors-03.faiss", "vectors.faiss"]
+    assert top(SegmentIndex.open(db)) == expected
     assert_consistent(db)
 
 

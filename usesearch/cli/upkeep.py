@@ -42,6 +42,13 @@ def info(
             f"`usesearch index PATHS {opts.index_flags(db, db_url)} --repair` embeds them again",
             style="yellow",
         )
+    if stats["faiss_files_unread"]:
+        opts.console.print(
+            f"{stats['faiss_files_unread']} FAISS shard file(s) lie past a missing one and are not read (their "
+            f"segments are searched from the embedding files): `usesearch reindex {opts.index_flags(db, db_url)}` "
+            "writes the shards again and removes the rest",
+            style="yellow",
+        )
 
 
 def _shown(value) -> str:
