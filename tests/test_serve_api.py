@@ -142,6 +142,8 @@ BAD_REQUESTS = [
     ("/api/search", {"q": "cat", "k": MAX_K + 1}, 422, "less than or equal to 200"),
     ("/api/search", {"q": "cat", "k": "many"}, 422, "integer"),
     ("/api/search", {"q": "cat", "min_area": -1}, 422, "min_area"),
+    ("/api/search", {"q": "cat", "min_score": "nan"}, 422, "min_score: Input should be a finite number"),  # not "<= 1"
+    ("/api/search", {"q": "cat", "min_score": 1.5}, 422, "min_score: Input should be less than or equal to 1"),
     ("/api/search", {"q": "cat", "path": "*" * 600}, 422, "path"),
     ("/api/segments/0", {}, 422, "segment_id"),
     ("/api/segments/99999999", {}, 404, "no segment with id 99999999"),

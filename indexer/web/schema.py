@@ -28,7 +28,10 @@ PathGlob = Annotated[
 MinArea = Annotated[int, Query(ge=0, le=MAX_MIN_AREA, description="Only segments of at least this many pixels.")]
 PerImage = Annotated[bool, Query(description="Keep only the best segment of each image.")]
 WithMasks = Annotated[bool, Query(description="Include each hit's COCO RLE mask.")]
-MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, description="Only hits scoring at least this (cosine).")]
+MinScore = Annotated[
+    float | None,
+    Query(ge=-1.0, le=1.0, allow_inf_nan=False, description="Only hits scoring at least this (cosine)."),
+]
 Distinct = Annotated[
     bool, Query(description="Drop a hit that mostly lies inside (or mostly contains) a better hit of the same image.")
 ]
