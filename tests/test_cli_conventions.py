@@ -358,6 +358,31 @@ def test_a_reading_command_at_a_folder_holding_no_index_says_what_it_holds(tmp_p
             )
 
 
+def test_an_audit_report_inside_an_index_is_only_that_indexs_own_audit(tmp_path):
+    """`eval audit --report-dir DB/audit/report` wrote another dataset's suspects among
+    index DB's own lists (and `audit --db A` into index B's folder the same): refused
+    in one line before anything loads; `audit --db DB` writes its report there."""
+    from usesearch.cli.paths import refuse_report_in_an_index
+
+    for name in ("a", "b"):
+        (tmp_path / name / "audit" / "report").mkdir(parents=True)
+        (tmp_path / name / "segments.sqlite").write_bytes(b"")
+    (tmp_path / "i").mkdir()
+    (tmp_path / "x.json").write_text("{}")
+    eval_audit = ["eval", "audit", "--coco", str(tmp_path / "x.json"), "--images", str(tmp_path / "i"), "--preset"]
+    for args in (
+        [*eval_audit, "tiny", "--report-dir", str(tmp_path / "a" / "audit" / "report")],
+        [*eval_audit, "tiny", "--report-dir", str(tmp_path / "a" / "new")],
+        ["audit", "--db", str(tmp_path / "a"), "--report-dir", str(tmp_path / "b" / "audit" / "report")],
+    ):
+        result = CliRunner().invoke(app, args)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and "lies in an index" in said and "give the report a folder of its own" in said
+    assert not (tmp_path / "a" / "new").exists() and not list((tmp_path / "b" / "audit" / "report").iterdir())
+    refuse_report_in_an_index(tmp_path / "a" / "audit" / "report", audited=tmp_path / "a")  # its own: no error
+    refuse_report_in_an_index(tmp_path / "elsewhere")
+
+
 def test_an_audit_report_replaces_only_a_reports_files(files):
     """Any file named report.html, suspects.csv or LIST.csv made a folder pass for an
     audit report: a user's web site had its report.html replaced (and a leaks.csv of

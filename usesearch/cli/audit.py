@@ -75,6 +75,7 @@ def audit(
     from usesearch.indexer.audit import AuditConfig, audit_index, report, reviews
 
     out = Path(report_dir) if report_dir is not None else Path(db) / "audit" / "report"
+    opts.refuse_report_in_an_index(out, audited=db)
     # Each list holds at least -k unreviewed items (a larger -k than the last run's ranks the photos again).
     config = AuditConfig(batch=batch, keep=max(AuditConfig.keep, k))
     result = audit_index(db, db_url, config, device=device, say=opts.console.print)

@@ -365,6 +365,7 @@ def audit(
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder
     from usesearch.tasks.audit import audit_coco, summary, write_report
 
+    opts.refuse_report_in_an_index(report_dir)
     data = read_coco(coco)  # before the model: a file that is not COCO is one line
     preset = choose_preset(preset, head)
     embedder = resolve_embedder(preset, embedder, head)

@@ -40,6 +40,7 @@ from .paths import picture_file as picture_file
 from .paths import refuse_other_kind as refuse_other_kind
 from .paths import refuse_overwriting as refuse_overwriting
 from .paths import refuse_replacing_a_photo as refuse_replacing_a_photo
+from .paths import refuse_report_in_an_index as refuse_report_in_an_index
 from .paths import writable_file as writable_file
 from .spellings import Formerly as Formerly
 from .spellings import Typer as Typer

@@ -13,7 +13,14 @@ import typer
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import is_stream
 from usesearch.io.files import IMAGE_SUFFIXES
-from usesearch.io.own_folders import OUTPUT_MARKS, audit_report_written, holding_folder, not_a_reports, pictures_of
+from usesearch.io.own_folders import (
+    OUTPUT_MARKS,
+    audit_report_written,
+    holding_folder,
+    index_holding,
+    not_a_reports,
+    pictures_of,
+)
 from usesearch.models.presets import PRESETS
 
 
@@ -146,6 +153,19 @@ def folder_for(kind: str) -> Callable[[Path | None], Path | None]:
         return value
 
     return check
+
+
+def refuse_report_in_an_index(folder: Path, audited: str | os.PathLike | None = None) -> None:
+    """An audit report's folder inside an index (its ``audit/report``, any depth) other
+    than the ``audited`` one: `eval audit --report-dir DB/audit/report` mixed another
+    dataset's suspects into that index's own lists."""
+    index = index_holding(folder)
+    if index is not None and (audited is None or Path(index) != Path(os.path.realpath(audited))):
+        raise UsesearchError(
+            f"--report-dir {folder} lies in an index ({index}), whose files usesearch writes: "
+            + ("only `usesearch audit` of that index writes its report there; " if audited is None else "")
+            + "give the report a folder of its own"
+        )
 
 
 def refuse_other_kind(folder: str | os.PathLike, kind: str) -> None:

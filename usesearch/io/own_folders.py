@@ -38,6 +38,19 @@ SURE_MARKS = {
 }
 
 
+def index_holding(folder: str | os.PathLike) -> str | None:
+    """The index folder that ``folder`` is or lies in, at any depth (links followed), or
+    None: where an audit report may go only for that index's own audit."""
+    real = os.path.realpath(folder)
+    while True:
+        if any(all(os.path.exists(os.path.join(real, name)) for name in files) for files in SURE_MARKS["an index"]):
+            return real
+        above = os.path.dirname(real)
+        if above == real:
+            return None
+        real = above
+
+
 def holding_folder(path: str | os.PathLike) -> tuple[str, str] | None:
     """The usesearch folder (its kind, its path) that a file written at ``path`` would
     lie in, at any depth, or None. Its files are the commands' own: an export named
