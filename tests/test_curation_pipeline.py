@@ -142,3 +142,5 @@ def test_cli_curate_run_and_stats(coco):
     assert run.exit_code == 0, run.output
     result = runner.invoke(app, ["curate", "stats", str(root / "cli-ds"), "--json"])
     assert json.loads(result.output)["pairs_after_nms"] == 2
+    table = runner.invoke(app, ["curate", "stats", str(root / "cli-ds")])  # as a person reads it, no dict's repr
+    assert table.exit_code == 0 and "pairs_by_source: coco_category 2" in table.output, table.output

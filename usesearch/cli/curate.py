@@ -304,4 +304,4 @@ def stats_cmd(
         print(json.dumps(result, indent=1))
         return
     for key, value in result.items():
-        opts.console.print(f"{key:>18}: {value}")
+        opts.console.print(f"{key:>18}: {opts.shown(value)}")

@@ -160,7 +160,10 @@ def segment(
     classes_file: opts.ClassesFileOpt = None,
     overlay: Annotated[
         Optional[Path],
-        typer.Option(help="PNG of the image coloured by class, with a legend.", callback=opts.picture_file),
+        typer.Option(
+            help="Picture of the image coloured by class, with a legend (.png, .jpg or .webp, by its name).",
+            callback=opts.picture_file,
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result as JSON (classes found, files written).")

@@ -36,6 +36,18 @@ def stdout_closed() -> bool:
         return False
 
 
+def shown(value) -> str:
+    """A value as a person reads it (``info``, ``curate stats``): none as "-", a mapping
+    as "key value, ...", a list joined; never Python's repr of a dict."""
+    if value is None or value == {} or value == []:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {shown(item)}" for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
 ALL_FAILED_EXIT = 3
 
 

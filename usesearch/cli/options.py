@@ -28,6 +28,7 @@ from .failures import interrupted as interrupted
 from .failures import interrupted_exit as interrupted_exit
 from .failures import say_failures as say_failures
 from .failures import say_pairs as say_pairs
+from .failures import shown as shown
 from .failures import stdout_closed as stdout_closed
 from .failures import user_errors as user_errors
 from .paths import DEMO_INDEX as DEMO_INDEX

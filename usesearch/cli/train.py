@@ -110,8 +110,9 @@ def train(
     bar.close()
     trained_on = trainer.photos_reached() - len(trainer.unreadable)  # --max-steps may end before an epoch does
     opts.console.print(
-        f"trained {trainer.step} steps on {trained_on} images; "
-        + (f"head: {head} (use it with --head {run_dir / 'head'})" if trained_on else "the head learned nothing")
+        f"trained {trainer.step} steps on {trained_on} images; head: {head} (use it with --head {run_dir / 'head'})"
+        if trained_on
+        else f"{trainer.step} steps ran without a readable image: the head learned nothing"
     )
     if trainer.steps_without_negatives and trained_on:
         opts.console.print(

@@ -32,7 +32,7 @@ def info(
     stats.pop("calibration", None)  # its curve: with --json; the line is "recall"
     width = max(map(len, [*stats, *(f"split {name}" for name in by_class)]))
     for key, value in stats.items():
-        opts.console.print(f"{key:>{width}}: {_shown(value)}", soft_wrap=True)
+        opts.console.print(f"{key:>{width}}: {opts.shown(value)}", soft_wrap=True)
     for split_name, counts in by_class.items():  # a line per split: its classes, most annotated first
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         opts.console.print(f"{'split ' + split_name:>{width}}: " + ", ".join(f"{name} {n}" for name, n in ranked))
@@ -49,17 +49,6 @@ def info(
             "writes the shards again and removes the rest",
             style="yellow",
         )
-
-
-def _shown(value) -> str:
-    """A value as a person reads it: none as "-", a mapping as "key value, ...", a list joined."""
-    if value is None or value == {} or value == []:
-        return "-"
-    if isinstance(value, dict):
-        return ", ".join(f"{key} {_shown(item)}" for key, item in value.items())
-    if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value))
-    return str(value)
 
 
 @app.command()
