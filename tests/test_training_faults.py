@@ -371,7 +371,10 @@ def test_training_on_photos_that_are_all_gone_exits_3_and_offers_no_head(tmp_pat
     result = CliRunner().invoke(app, [*args, "--max-steps", "2", "--batch-images", "2", "--json"])
     assert result.exit_code == 3, result.output
     assert "every photo failed (4); nothing was trained on" in result.stderr
-    assert "use it with --head" not in result.output and "2 steps ran without a readable image: the head learned" in result.output
+    assert (
+        "use it with --head" not in result.output
+        and "2 steps ran without a readable image: the head learned" in result.output
+    )
     assert "--batch-images helps" not in result.output  # no batch had photos: not a batch-size problem
     summary = json.loads(result.stdout)
     assert summary["images"] == 0 and summary["head"] is None and len(summary["unreadable"]) == 4
