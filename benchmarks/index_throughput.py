@@ -313,6 +313,10 @@ def main() -> None:
             result = run(name, photos, Path(tmp) / f"db-{name}", args)
             results.append(result)
             print_result(result)
+            if args.json:  # after each preset: a timeout in the next (compiling cold) keeps this one's figures
+                args.json.write_text(
+                    json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1)
+                )
             if result["failed"] or not result["photos"]:
                 print_failures(name, result)
                 broken.append(name)
@@ -325,10 +329,6 @@ def main() -> None:
             if result["segments"] < wanted:
                 print(f"\n{name}: {result['segments']} segments stored, {wanted} asked (--masks-per-photo)")
                 broken.append(f"{name} segments")
-    if args.json:
-        args.json.write_text(
-            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1)
-        )
     if broken:
         raise SystemExit(f"index_throughput: photos failed, none indexed or too few segments in: {', '.join(broken)}")
 
