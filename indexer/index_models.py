@@ -68,7 +68,7 @@ class IndexModels:
             return self._checked(held)
         from usesearch.models.factory import text_needs_whole_model
 
-        if text_needs_whole_model(self.info.embedder, self.info.head):
+        if text_needs_whole_model(self.info.embedder, self.info.model_head):
             return self.whole()  # (loaded once, however many sides ask at first)
         with self._lock:
             self._check_open()
@@ -97,7 +97,7 @@ class IndexModels:
 
     def _checked(self, model):
         if model.fingerprint != self.info.fingerprint:
-            head = self.info.head
+            head = self.info.model_head
             changed = f" (the head at {head} is no longer the one it was built with: put that one back)" if head else ""
             raise IndexMismatchError(
                 f"this index was built with {info_summary(self.info)}; the model for queries is "
@@ -109,8 +109,7 @@ class IndexModels:
         from usesearch.models.checkpoint import checkpoint_paths
         from usesearch.models.factory import load_model, load_text_model
 
-        # A crop index uses no head (one made before --head was refused beside it recorded one).
-        head = None if self.info.embedder == "crop" else self.info.head
+        head = self.info.model_head
         if head is not None and not all(f.is_file() for f in checkpoint_paths(head)):
             raise NotFoundError(
                 f"this index's head is gone from {head} (moved or deleted since indexing): put it back there; "

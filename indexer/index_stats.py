@@ -47,7 +47,7 @@ def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:
         "preset": index.info.preset,
         "embedder": index.info.embedder,
         "fingerprint": index.info.fingerprint,
-        "head": index.info.head,
+        "head": index.info.model_head,
         "masker": index.info.masker,
         "masker_params": index.info.masker_params,
         "factory": index.info.factory,

@@ -151,9 +151,7 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
             "Use the same --preset/--embedder/--head, or a new --db."
         )
     if options.head is None:  # what the run names is the index's own model: its head too
-        # (a crop index made before --head was refused beside it recorded a head it never used)
-        head = None if built.embedder == "crop" else built.head
-        options = replace(options, preset=built.preset, embedder=built.embedder, head=head)
+        options = replace(options, preset=built.preset, embedder=built.embedder, head=built.model_head)
     if options.masker is None and not options.masker_options and built.masker not in (NO_MASKER, "coco"):
         # Its settings too (they define its masks: other ones are refused), under the
         # names the masker takes them by.

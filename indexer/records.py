@@ -49,6 +49,13 @@ class IndexInfo(Base):
     shard_size: Mapped[int] = mapped_column(default=0)
     created: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
 
+    @property
+    def model_head(self) -> str | None:
+        """The head its segments were embedded with, which every loader of its model takes:
+        none for the crop embedder, whatever ``head`` says (an index made before --head
+        was refused beside crop recorded one it never used)."""
+        return None if self.embedder == "crop" else self.head
+
 
 class VectorShard(Base):
     """SHA-256 of each FAISS shard file past the first, as last written."""
@@ -232,5 +239,5 @@ class AuditReview(Base):
 
 def info_summary(info: IndexInfo) -> str:
     return f"preset {info.preset!r}, embedder {info.embedder!r}, model {info.fingerprint}" + (
-        f", head {info.head}" if info.head else ""
+        f", head {info.model_head}" if info.model_head else ""
     )

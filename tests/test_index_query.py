@@ -337,6 +337,17 @@ def test_a_head_beside_the_crop_embedder_is_refused_and_one_recorded_before_is_n
         catalog.execute("UPDATE index_info SET head = ?", (str(tmp_path / "moved" / "head"),))
     result = runner.invoke(app, ["query", "a cat", "--db", str(db), "-k", "1"])
     assert result.exit_code == 0 and ".png" in result.output, result.output  # a hit
+    from usesearch.indexer.audit.run import _class_vectors
+    from usesearch.indexer.calibration import model_for
+    from usesearch.indexer.folder import open_store
+
+    store = open_store(db, read_only=True)  # an audit's class names and a calibration's text queries
+    try:
+        assert model_for(store.info()) is not None and _class_vectors(store, ["cat", "cup"], "cpu").shape[0] == 2
+    finally:
+        store.close()
+    info = runner.invoke(app, ["info", "--db", str(db)])
+    assert info.exit_code == 0 and "moved" not in info.output, info.output  # the unused head not shown as its own
     write_photos(photos, ("chelsea",))
     again = runner.invoke(app, ["index", str(photos), "--db", str(db)])
     assert again.exit_code == 0 and "1 images indexed" in again.output, again.output

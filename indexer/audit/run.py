@@ -142,7 +142,7 @@ def _class_vectors(store: Store, classes: list[str], device: str | None) -> np.n
     from usesearch.models.factory import load_text_model
 
     info = _info(store)
-    model = load_text_model(info.preset, embedder=info.embedder, head=info.head, device=device)
+    model = load_text_model(info.preset, embedder=info.embedder, head=info.model_head, device=device)
     if model.fingerprint != info.fingerprint:
         raise IndexMismatchError(
             f"this index was built with {info_summary(info)}; the model loaded is {model.fingerprint}"

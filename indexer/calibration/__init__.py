@@ -156,7 +156,7 @@ def model_for(info: IndexInfo):
     from usesearch.models.factory import load_text_model  # here: opening an index for its stats needs no model
 
     try:
-        model = load_text_model(info.preset, embedder=info.embedder, head=info.head, device="cpu")
+        model = load_text_model(info.preset, embedder=info.embedder, head=info.model_head, device="cpu")
     except Exception as exc:  # noqa: BLE001 - any reason: calibrate with image queries only
         log.warning("calibrating with image queries only: the index's model does not load (%s)", first_line(exc))
         return None
