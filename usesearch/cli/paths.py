@@ -49,9 +49,13 @@ def refuse_replacing_a_photo(value: Path, flag: str | None = None) -> None:
     sheet or a label map (`--show b/chelsea.jpg` drew the sheet over a photo another
     index holds, which its next run then indexed as the photo). Ours are replaced, as a
     query re-run with the same ``--show`` expects."""
+    from PIL import Image
+
     from usesearch.io.atomic import written_by_usesearch
 
-    if value.suffix.lower() in IMAGE_SUFFIXES and value.is_file() and not written_by_usesearch(value):
+    picture = value.suffix.lower() in IMAGE_SUFFIXES or value.suffix.lower() in Image.registered_extensions()
+    # (an empty file, made by mktemp or touch for the output to come, holds nothing to lose)
+    if picture and value.is_file() and value.stat().st_size and not written_by_usesearch(value):
         named = f"{flag} {value}" if flag else str(value)
         message = (
             f"{named} exists and is no picture usesearch wrote (a photo?): it would be replaced; "
@@ -99,15 +103,18 @@ def json_file(value: Path | None) -> Path | None:
 
 
 def picture_file(value: Path | None) -> Path | None:
-    """A picture to be written (``--show``, ``--overlay``): a writable file whose name
-    Pillow can write, checked before any work."""
+    """A picture to be written (``--show``, ``--overlay``): a writable file in a format
+    that carries usesearch's mark (``atomic.MARKED_FORMATS``: a GIF or BMP written once
+    could never be replaced by a re-run), checked before any work."""
     from PIL import Image
+
+    from usesearch.io.atomic import MARKED_FORMATS
 
     if value is not None:
         if value.is_dir():
-            raise typer.BadParameter(f"{value} is a folder: name a picture file (.png, .jpg, .webp)")
-        if Image.registered_extensions().get(value.suffix.lower()) not in Image.SAVE:
-            raise typer.BadParameter(f"{value}: name a picture file (.png, .jpg, .webp)")
+            raise typer.BadParameter(f"{value} is a folder: name a picture file (.png, .jpg, .webp, .tiff)")
+        if Image.registered_extensions().get(value.suffix.lower()) not in MARKED_FORMATS:
+            raise typer.BadParameter(f"{value}: name a picture file (.png, .jpg, .webp, .tiff)")
     return writable_file(value)
 
 
