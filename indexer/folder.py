@@ -145,8 +145,9 @@ def _what_instead(db_dir: Path) -> str:
     for kind, marks in OUTPUT_MARKS.items():
         if kind != "an index" and any((db_dir / mark).exists() for mark in marks):
             return f"it holds {kind}: give --db an index's folder"
-    try:
-        inside = sorted(sub for sub in db_dir.iterdir() if (sub / DB_FILE).is_file())
+    try:  # (the entries' types from the listing: a folder of a million photos costs no stat each)
+        with os.scandir(db_dir) as entries:
+            inside = sorted(Path(e.path) for e in entries if e.is_dir() and (Path(e.path) / DB_FILE).is_file())
     except OSError:  # missing or unreadable: nothing inside to name
         inside = []
     if inside:
