@@ -274,6 +274,7 @@ def test_a_compiled_decoder_giving_nan_where_eager_does_not_warns_once_and_runs_
     costs the compiled decoder, not the photos; NaN from the eager decoder too is the
     model's, left to the generator's own check, and compiling stays on."""
     from usesearch.masks.sam_compile import decoder_for
+
     decoder = decoder_for(sam, compiled=True)
     with torch.no_grad():
         args = five_point_prompts(sam)
