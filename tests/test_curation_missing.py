@@ -60,3 +60,23 @@ def test_a_source_with_some_photos_missing_counts_them_failed_and_exits_0(tmp_pa
     assert f"failed: {photos / 'gone.png'}: photo missing: no gone.png under {photos}" in first.stderr
     again = CliRunner().invoke(app, run)  # the cat skipped as curated before: no failed run
     assert again.exit_code == 0 and "0 images curated, 1 skipped, 1 failed" in again.output, again.output
+
+
+@pytest.mark.parametrize("kept", [1000, 1])
+def test_missing_photos_before_the_first_present_one_are_held_or_read_again(tmp_path, photos, monkeypatch, kept):
+    """The items before the first photo found are held (to refuse a file none of whose
+    photos is there before any model loads) up to ``AHEAD_KEPT``; past it the source is
+    read again from its start (a file whose photos all come last held every missing
+    one): the same run either way."""
+    import usesearch.cli.curate
+
+    monkeypatch.setattr(usesearch.cli.curate, "AHEAD_KEPT", kept)
+    path, flags = _source(tmp_path, "coco-instances")
+    content = json.loads(path.read_text())
+    content["images"].reverse()  # gone.png first
+    path.write_text(json.dumps(content))
+    run = ["curate", "run", str(path), *flags, "--images", str(photos), "--dataset-dir", str(tmp_path / "ds"), "--json"]
+    result = CliRunner().invoke(app, run)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["done"], report["failed"], report["missing"]) == (1, 1, 1), report

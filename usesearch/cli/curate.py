@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -89,7 +90,6 @@ def run(
     limits: PhotoLimits,
 ) -> None:
     """Curate segment-text pairs: MLLM captions, referring expressions, grounding, SAM box prompts, mask NMS."""
-    import itertools
 
     from segment_anything import SamPredictor
     from tqdm import tqdm
@@ -112,12 +112,8 @@ def run(
         )
     the_device = resolve_device(device)
     p = get_preset(preset)
-    items = read_source(input_format, path, images)
-    ahead = _up_to_a_photo(items)  # the input read (a file that is not of its format refused) before any model loads
-    if not ahead:
-        raise UsesearchError(f"{path}: --input-format {input_format} found no photo to curate there")
-    _refuse_all_missing(ahead, path, images)
-    items = itertools.chain(ahead, items)
+    # The input read up to its first photo (a file that is not of its format refused) before any model loads.
+    items = _from_the_start(lambda: read_source(input_format, path, images), path, input_format, images)
     kind = SOURCES[input_format]
     if kind.needs_captioner and not captioner:
         raise ValueError(f"a {input_format} has no captions: pass --captioner (a model name, or 'tiny')")
@@ -191,29 +187,42 @@ def run(
     opts.exit_if_all_failed(report.done, report.skipped, report.failed, "photo", "nothing is curated")
 
 
-def _up_to_a_photo(items: Iterator[ImageItem]) -> list[ImageItem]:
-    """``items`` taken up to its first photo to curate, that one included: all of them
-    where there is none (a source whose photos are all missing, or an empty folder)."""
-    ahead = []
+AHEAD_KEPT = 1000  # items held while looking for the first photo (~1 KB each); past them, read again
+
+
+def _from_the_start(
+    read: Callable[[], Iterator[ImageItem]], path: Path, input_format: str, images: Optional[Path]
+) -> Iterator[ImageItem]:
+    """The source's items, once it is known to hold a photo to curate: read up to its
+    first one. Refused in one line where it holds none: an empty folder, or a file none
+    of whose photos is under --images (a wrong folder, most often; "0 images curated",
+    exit 0, read as success), as ``index --coco`` refuses such a folder. The items before
+    the first photo are held up to ``AHEAD_KEPT`` (a file whose photos all come last held
+    every missing one: ~1 GB at 10^6); past that the source is read again from its start."""
+    items = read()
+    ahead: list[ImageItem] = []
+    seen = missing = 0
+    first_missing = None
     for item in items:
-        ahead.append(item)
+        seen += 1
+        if seen <= AHEAD_KEPT:
+            ahead.append(item)
         if item.photo:
-            break
-    return ahead
-
-
-def _refuse_all_missing(ahead: list[ImageItem], path: Path, images: Optional[Path]) -> None:
-    """A source none of whose photos is under --images (a wrong folder, most often) is
-    refused before any model loads, in one line, as ``index --coco`` refuses such a
-    folder: a script read "0 images curated" and exit 0 as success."""
-    missing = [item for item in ahead if item.missing]
-    if missing and not any(item.photo for item in ahead):
-        name = one_line(str(missing[0].problems[0][0] if missing[0].problems else missing[0].path))
-        if len(missing) == 1:
-            photos = f"the photo {path} names ({name}) is not"
-        else:
-            photos = f"none of the {len(missing)} photos {path} names ({name}, ...) is"
+            return itertools.chain(ahead, items) if seen <= AHEAD_KEPT else read()
+        if item.missing:
+            missing += 1
+            first_missing = first_missing or item
+    if first_missing is not None:
+        name = one_line(str(first_missing.problems[0][0] if first_missing.problems else first_missing.path))
+        photos = (
+            f"the photo {path} names ({name}) is not"
+            if missing == 1
+            else f"none of the {missing} photos {path} names ({name}, ...) is"
+        )
         raise UsesearchError(f"{photos} under --images {images}; nothing is curated")
+    if not seen:
+        raise UsesearchError(f"{path}: --input-format {input_format} found no photo to curate there")
+    return iter(ahead) if seen <= AHEAD_KEPT else read()  # (failures only: each is recorded)
 
 
 def _refuse_unused(source: str, kind, sam: SamSettings, sam_checkpoint, captioner, grounder: str) -> None:
