@@ -6,6 +6,7 @@ longer has go). The faults found are recorded with one line each (``record``).""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from usesearch.errors import AnnotationError, UsesearchError
@@ -56,14 +57,26 @@ def refuse_when_no_photo(dataset: CocoDataset, folders: list[str]) -> None:
     model among them): a file none of whose annotated photos lies under ``folders`` (a
     wrong folder, a disk not mounted) indexed nothing, recorded each as missing and
     exited 0, as a plain ``index`` of an empty folder is refused. Stops at the first
-    photo found: one stat in the usual case."""
+    photo found: one stat in the usual case; folders all empty or missing (a disk not
+    mounted) are refused without a stat an entry (10^6 on a network share)."""
     annotated = [entry for entry in dataset.images if entry.annotations]
-    if annotated and not any(photo_path(folders, entry.file_name) is not None for entry in annotated):
+    found = any(_holds_anything(folder) for folder in folders) and any(
+        photo_path(folders, entry.file_name) is not None for entry in annotated
+    )
+    if annotated and not found:
         where = ", ".join(folders)
         raise UsesearchError(
             f"none of the {len(annotated)} annotated photo(s) {dataset.path.name} names is under {where}: "
             "nothing is indexed (give the folder its file_names are relative to)"
         )
+
+
+def _holds_anything(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except OSError:  # missing, a file, unreadable: holds no photo to find
+        return False
 
 
 def located_entries(

@@ -785,3 +785,25 @@ def test_a_folder_holding_none_of_the_files_photos_is_refused_before_anything_is
     (photos / "sub" / "rocket.png").unlink()  # one of the two: indexed, the other recorded as missing
     some = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "some"), "--coco", str(coco), *TINY])
     assert some.exit_code == 0 and "problem: sub/rocket.png: photo missing" in some.output, some.output
+
+
+def test_empty_folders_are_refused_without_looking_up_each_photo(tmp_path, monkeypatch):
+    """A disk not mounted: the folder is empty, and each of a file's 10^6 photos was
+    looked up (a stat each, on a network share) before the refusal."""
+    import usesearch.indexer.coco_plan as coco_plan
+    from usesearch.errors import UsesearchError
+
+    photos = write_photos(tmp_path / "photos", ("chelsea",))
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png"], 1)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "mount").mkdir()
+    looked_up: list = []
+    real = coco_plan.photo_path
+    monkeypatch.setattr(coco_plan, "photo_path", lambda *args: looked_up.append(args) or real(*args))
+    for folders in ([tmp_path / "empty"], [tmp_path / "empty", tmp_path / "mount"]):
+        with pytest.raises(UsesearchError, match="none of the 1 annotated photo"):
+            index_coco(folders, coco, tmp_path / "db", IndexOptions(preset="tiny"))
+    assert not looked_up and not (tmp_path / "db").exists()
+    with pytest.raises(UsesearchError, match="none of the 1 annotated photo"):  # a folder holding others: looked up
+        index_coco([write_photos(tmp_path / "others", ("coffee",))], coco, tmp_path / "db", IndexOptions(preset="tiny"))
+    assert looked_up
