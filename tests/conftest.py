@@ -199,3 +199,16 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Files a command line names (its options check that they exist): JSON files, a
+    folder, a photo."""
+    from PIL import Image
+
+    for name in ("a.json", "p.json", "m.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "i").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "p.jpg")
+    return tmp_path

@@ -230,7 +230,7 @@ def test_each_planted_kind_is_found_at_the_top_of_its_list(db, planted_index):
         assert (db.parent / "report" / f"{kind}.csv").read_text().startswith("rank,item,score")
         assert (db.parent / "report" / f"{kind}.png").stat().st_size > 1000  # a contact sheet of the tiles
     assert "contact sheets " in audit_cli.output and "drawn grey" not in audit_cli.output
-    # --no-sheets says no sheet was drawn (a report folder that is a file: test_cli_conventions).
+    # --no-sheets says no sheet was drawn (a report folder that is a file: test_output_folders).
     bare_args = ["audit", "--db", str(db), "--report-dir", str(db.parent / "bare"), "--no-sheets"]
     bare = CliRunner().invoke(app, bare_args)
     assert bare.exit_code == 0 and "contact sheets" not in bare.output and not list((db.parent / "bare").glob("*.png"))
