@@ -244,6 +244,28 @@ def test_a_photo_name_that_is_not_utf8_is_curated_and_read_back_by_its_bytes(tmp
     assert _failures(tmp_path / "ds")[0]["path"] == odd + "x"  # the failure line too
 
 
+def test_a_failed_photo_whose_name_is_not_utf8_is_said_with_the_byte_spelt_out(tmp_path):
+    """`curate run`'s failure line wrote the name's raw byte to the terminal (index and
+    failures spelt it `\\xff`); every console line that names a file does now."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+    from usesearch.io.files import one_line
+
+    folder = os.fsencode(str(tmp_path / "photos"))
+    os.makedirs(folder)
+    with open(folder + b"/bad\xff.jpg", "wb") as f:
+        f.write(b"junk")
+    Image.fromarray(data.astronaut()[:64, :64]).save(tmp_path / "photos" / "ok.png")
+    args = ["curate", "run", str(tmp_path / "photos"), "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
+    result = CliRunner().invoke(app, [*args, "--captioner", "tiny", "--grounder", "tiny"])
+    assert "failed: " + str(tmp_path / "photos" / "bad\\xff.jpg") in result.output, result.output
+    assert "\udcff" not in result.output
+    assert one_line("caf\u00e9\tb") == "caf\u00e9\\tb" and one_line("a\ud800b") == "a\\ud800b"  # other text kept
+
+
 def test_a_shard_the_manifest_lists_and_the_disk_lacks_is_refused(tmp_path, photos):
     item = ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])
     curate([item], tmp_path / "ds", source="one")

@@ -66,8 +66,16 @@ _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {0x09: "\\t", 0x0A
 
 def one_line(text: str) -> str:
     """``text`` with its control characters spelt out (a newline as ``\\n``): a name
-    printed in a line of tab-separated output stays one line, its fields in place."""
-    return text.translate(_CONTROL)
+    printed in a line of tab-separated output stays one line, its fields in place. A
+    file name's bytes that are not UTF-8 (carried as surrogates) are spelt ``\\xff``
+    too, as ``display_path`` spells them, not written raw to the terminal."""
+    text = text.translate(_CONTROL)
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name's byte gives
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def photos_under(paths: list[str | os.PathLike], refuse_none: bool = True) -> list[Found]:
