@@ -212,3 +212,21 @@ def files(tmp_path):
     (tmp_path / "i").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "p.jpg")
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A small index, open, and a test client of its web app (a module's: built once each)."""
+    from fastapi.testclient import TestClient
+
+    from tests.helpers import OPTS, write_photos
+    from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+    from usesearch.indexer.web import create_app
+
+    root = tmp_path_factory.mktemp("serve")
+    photos = write_photos(root / "photos", ("astronaut", "chelsea", "coffee"))
+    index_paths([photos], root / "db", IndexOptions(**OPTS))
+    index = SegmentIndex.open(root / "db")
+    client = TestClient(create_app(index), raise_server_exceptions=False)
+    yield root, index, client
+    index.close()
