@@ -86,6 +86,30 @@ def test_a_photo_gone_since_indexing_is_a_grey_tile_and_said(tmp_path):
     assert (tile == 200).all()
 
 
+def test_an_export_names_the_photos_gone_or_changed_since_indexing(tmp_path, monkeypatch):
+    """`--show` drew such photos grey and said so, while `--export-coco` wrote their
+    masks as indexed without a word (exit 0): a training set made of it would not fit
+    the photos on disk. By stat, each photo once; the export itself is as before."""
+    from usesearch.indexer import known_images
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)  # the photos are written just now: their stats kept
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee", "chelsea"))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    runner = CliRunner()
+    args = ["query", "a cat", "--db", str(db), "-k", "200", "--export-coco", str(tmp_path / "hits.json")]
+    fresh = runner.invoke(app, args)
+    assert fresh.exit_code == 0 and "gone or changed" not in fresh.stderr, fresh.stderr
+    (photos / "astronaut.png").unlink()
+    Image.open(photos / "chelsea.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "chelsea.png")
+    stale = runner.invoke(app, args)
+    assert stale.exit_code == 0, stale.output
+    said = " ".join(stale.stderr.split())
+    assert "2 photo(s) in " in said and "are gone or changed since indexing, their masks as indexed" in said
+    assert f"gone: {photos / 'astronaut.png'}; changed: {photos / 'chelsea.png'}" in said, said
+    assert len(json.loads((tmp_path / "hits.json").read_text())["images"]) == 3  # the export as before
+
+
 def test_a_photo_resized_since_indexing_is_a_grey_tile_not_a_crash(tmp_path):
     """Its stored mask belongs to the old pixels: laid over the new ones it would be
     wrong, or an empty crop."""

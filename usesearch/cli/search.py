@@ -48,7 +48,7 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
     stops early, `| head`, must not cost them), then the hits as JSON with full paths,
     or a table with paths relative to the folder that holds every indexed image
     (absolute paths wrap over several lines at 80 columns)."""
-    from usesearch.indexer.export import contact_sheet, hits_to_coco
+    from usesearch.indexer.export import contact_sheet, hits_to_coco, stale_photos
 
     if output.export_coco:
         try:
@@ -59,6 +59,18 @@ def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filte
             reason = "disk full" if is_disk_full(exc) else exc.strerror or str(exc)
             raise UsesearchError(f"cannot write {output.export_coco}: {reason}") from None
         typer.echo(f"wrote {output.export_coco}", err=True)
+        gone, changed = stale_photos(hits, lambda i: getattr(index.store.image(i), "file_stat", None))
+        if gone or changed:  # its masks are as indexed: a training set made of it would not fit these photos
+            said = "; ".join(
+                f"{what}: {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                for what, names in (("gone", gone), ("changed", changed))
+                if names
+            )
+            typer.echo(
+                f"{len(gone) + len(changed)} photo(s) in {output.export_coco} are gone or changed since indexing, "
+                f"their masks as indexed ({said}) " + opts.gone_or_changed(index.db_dir, index.store.url),
+                err=True,
+            )
     if output.show:
         recorded = index.store.image
         sheet, unreadable = contact_sheet(hits, output.show, sha256_of=lambda i: getattr(recorded(i), "sha256", None))
