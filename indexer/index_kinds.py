@@ -61,6 +61,12 @@ def _has_part(index: faiss.Index, kind: type) -> bool:
     return any(isinstance(part, kind) for part in _parts(index))
 
 
+def product_quantizers(index: faiss.Index) -> list:
+    """The PQ codebooks inside an index (a plain PQ's, an IVF-PQ's, a refined one's), each
+    trained by k-means of its own."""
+    return [part.pq for part in _parts(index) if hasattr(part, "pq")]
+
+
 def _parts(index: faiss.Index) -> list[faiss.Index]:
     """The index and every index inside it (wrapped, refined, an IVF's quantizer)."""
     found, todo = [], [index]

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import faiss_gpu
 from .index_choice import nprobe_for, train_size_for
-from .index_kinds import hnsw_of, index_ids, ivf_of, new_index
+from .index_kinds import hnsw_of, index_ids, ivf_of, new_index, product_quantizers
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -285,8 +285,8 @@ def _one_line_on_few_points(index: faiss.Index, n: int) -> int:
     lines or more per rebuild. Its threshold only decides that warning. Returns the
     most clusters one k-means trains (0: none), which needs as many points at least."""
     ivf = ivf_of(index)
-    pq = getattr(faiss.downcast_index(ivf), "pq", None) if ivf is not None else None  # IVF-PQ's codebooks
-    parts = [p for p in (ivf, pq) if p is not None and hasattr(p, "cp")]
+    # (a plain PQ's codebooks too: its k-means gave FAISS's C++ error, or its warning, unsaid)
+    parts = [p for p in (ivf, *product_quantizers(index)) if p is not None and hasattr(p, "cp")]
     clusters = max([ivf.nlist if ivf is not None else 0] + [p.ksub for p in parts if hasattr(p, "ksub")])
     for part in parts:
         part.cp.min_points_per_centroid = 1

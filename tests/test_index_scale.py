@@ -322,16 +322,28 @@ def test_pq_codebooks_are_trained_without_polysemous_reordering(factory, without
     assert _polysemous(index_kinds.new_index(32, factory)) == _polysemous(faiss.index_factory(32, without)) == [False]
 
 
-def test_training_on_few_points_is_one_line_not_faiss_warning_per_k_means(tmp_path, capfd, caplog):
+@pytest.mark.parametrize("factory", ["IVF4,PQ4", "PQ4"])  # (a plain PQ's codebooks printed FAISS's lines)
+def test_training_on_few_points_is_one_line_not_faiss_warning_per_k_means(tmp_path, capfd, caplog, factory):
     """FAISS printed "WARNING clustering N points to K centroids" from C++ for the
     coarse quantizer and every PQ sub-quantizer: eight lines or more per rebuild."""
     synthetic_index(tmp_path / "db", n=600, dim=16, images=20)
     with caplog.at_level("WARNING"):
-        reindex(tmp_path / "db", "IVF4,PQ4")
+        reindex(tmp_path / "db", factory)
     assert "WARNING clustering" not in capfd.readouterr().err
     said = [r.getMessage() for r in caplog.records if "training" in r.getMessage()]
     assert len(said) == 1 and "training 256 clusters on 600 vectors (FAISS asks for 9984)" in said[0], said
     assert SegmentIndex.open(tmp_path / "db").index.ntotal == 600
+
+
+def test_a_plain_pq_on_fewer_vectors_than_its_codebooks_is_refused_in_one_line(tmp_path):
+    """`reindex --factory PQ8` on 128 vectors gave FAISS's C++ error (`Error in void
+    faiss::Clustering::train_encoded(...) at Clustering.cpp:66`), where an IVF-PQ is
+    refused in words before any training."""
+    synthetic_index(tmp_path / "db", n=128, dim=16, images=8)
+    with pytest.raises(ValueError, match="this index type trains 256 clusters, on at least as many vectors") as caught:
+        reindex(tmp_path / "db", "PQ4")
+    assert "Clustering.cpp" not in str(caught.value)
+    assert SegmentIndex.open(tmp_path / "db").index.ntotal == 128  # the index as it was
 
 
 def test_a_selection_searched_within_as_a_bitmap_holds_what_a_hash_set_holds():
