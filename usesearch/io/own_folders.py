@@ -7,7 +7,7 @@ picture saved into an index's folder beside the photos, are not photos to index.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 AUDIT_LISTS = ("swapped", "overlooked", "badly_located", "leaks", "outliers")  # (``audit/report.py``'s: tested)
 AUDIT_MARK = ".usesearch-audit"  # written first into an audit report's folder: its files may be replaced
@@ -38,17 +38,23 @@ SURE_MARKS = {
 }
 
 
+def _usesearch_folders_up(folder: str) -> Iterator[tuple[str, str]]:
+    """Each usesearch folder (its kind, its path) from ``folder`` up to the root, the
+    nearest first (``SURE_MARKS``)."""
+    while True:
+        for kind, alternatives in SURE_MARKS.items():
+            if any(all(os.path.exists(os.path.join(folder, name)) for name in files) for files in alternatives):
+                yield kind, folder
+        above = os.path.dirname(folder)
+        if above == folder:
+            return
+        folder = above
+
+
 def index_holding(folder: str | os.PathLike) -> str | None:
     """The index folder that ``folder`` is or lies in, at any depth (links followed), or
     None: where an audit report may go only for that index's own audit."""
-    real = os.path.realpath(folder)
-    while True:
-        if any(all(os.path.exists(os.path.join(real, name)) for name in files) for files in SURE_MARKS["an index"]):
-            return real
-        above = os.path.dirname(real)
-        if above == real:
-            return None
-        real = above
+    return next((found for kind, found in _usesearch_folders_up(os.path.realpath(folder)) if kind == "an index"), None)
 
 
 def holding_folder(path: str | os.PathLike) -> tuple[str, str] | None:
@@ -57,16 +63,7 @@ def holding_folder(path: str | os.PathLike) -> tuple[str, str] | None:
     ``segments.sqlite`` or ``embeddings/chunk-000000.f16`` of another index replaced it
     and destroyed that index, and one named ``calibration.json`` would have been read as
     its calibration. Links are followed (a link's file is replaced where it lies)."""
-    real = os.path.realpath(path)
-    folder = os.path.dirname(real)
-    while True:
-        for kind, alternatives in SURE_MARKS.items():
-            if any(all(os.path.exists(os.path.join(folder, name)) for name in files) for files in alternatives):
-                return kind, folder
-        above = os.path.dirname(folder)
-        if above == folder:
-            return None
-        folder = above
+    return next(_usesearch_folders_up(os.path.dirname(os.path.realpath(path))), None)
 
 
 def pictures_of(names: Iterable[str]) -> str | None:
