@@ -51,7 +51,7 @@ def check_factory(
     be trained on the first photo's few vectors, or fail and leave a folder no run opens);
     on an existing index, the type it has (``reindex --factory`` changes it)."""
     if existing is not None:
-        if existing.factory != factory:
+        if not index_kinds.same_kind(existing.dim, existing.factory, factory):
             raise UsesearchError(
                 f"--factory {factory}: this index is {existing.factory} ({existing.index_mode}); "
                 f"`usesearch reindex {index_flags(db_dir, db_url)} --factory {factory}` changes its type"

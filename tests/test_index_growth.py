@@ -140,6 +140,9 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     assert (
         SegmentIndex.open(fixed).info.index_mode == "fixed" and SegmentIndex.open(fixed).info.factory == "IDMap2,Flat"
     )
+    # The type it has, spelled another way, is that type (it was refused as another, and the
+    # suggested reindex rebuilt the same): every photo is already there.
+    assert index_paths([photos], fixed, IndexOptions(**{**OPTS, "factory": "Flat"})).skipped == 4
     # A type chosen by hand, undone: `reindex --factory auto` (it was an invalid factory,
     # and no flag gave the automatic choice back); a type too big to train, refused in our words.
     with pytest.raises(ValueError, match="trains 4096 clusters, on at least as many vectors.*--factory auto"):
