@@ -446,6 +446,13 @@ def test_pull_of_an_unknown_name_lists_every_name_it_takes():
     assert result.exit_code == 2 and "sam2:MODEL" in result.output and "sam3" in result.output
 
 
+def test_pull_of_a_seeded_random_model_says_it_has_no_weights():
+    """`pull sam2:tiny` said "all weights ... are already present" of a model that has none."""
+    for name in ("tiny", "sam2:tiny"):
+        result = CliRunner().invoke(app, ["models", "pull", name])
+        assert result.exit_code == 0 and "no weights to pull" in result.output and "seeded random" in result.output
+
+
 def test_an_index_whose_head_was_moved_or_replaced_says_so(trained_head, tmp_path):
     """Its segments were embedded with the head at the path it recorded: a query needs
     that head, and the message says where to put it back."""

@@ -106,7 +106,9 @@ def pull_sam2(name: str) -> list[str]:
     status = sam2_status(name)
     if status.fault is not None:  # a file of the user's, not ours to delete; a download beside it would not be read
         raise UsesearchError(damaged(status, f"sam2:{name}"))
-    if not status.needed or status.present:
+    if not status.needed:  # said as `models pull tiny` says it, not "already present"
+        return [f"sam2:{name} has no weights to pull: its model is seeded random"]
+    if status.present:
         return []
     _download(status.source, Path(status.expected), SAM2_MODELS[name].sha256)
     return [f"sam2: downloaded {status.expected}"]
