@@ -86,6 +86,7 @@ def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Pa
         raise UsesearchError(
             f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
+    check_writable(db_dir, "index", "adds the photos' segments to it")
     return db_dir
 
 
@@ -174,6 +175,28 @@ def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False)
             f"this index needs an upgrade, which waits for the indexer writing to {db_dir} to finish"
         ) from None
     return Store(url, read_only=True, folder=db_dir)
+
+
+def check_writable(db_dir: Path, command: str, writes: str) -> None:
+    """A folder this process cannot write refused in one line, before anything opens
+    it to write (SQLite said "unable to open database file", the lock "writer.lock:
+    Read-only file system"): ``usesearch {command}`` ``writes`` (what it writes there).
+    A new index's folder: the nearest folder above it that is there, which would hold it."""
+    there = db_dir
+    while not there.exists() and there.parent != there:
+        there = there.parent
+    if not there.is_dir() or os.access(there, os.W_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(there).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # (no statvfs: not a POSIX system)
+        read_only = False
+    where = "is on a read-only file system" if read_only else "is not writable by this user"
+    if there != db_dir:
+        raise UsesearchError(f"{there} {where}: `usesearch {command}` cannot make {db_dir} in it; give another --db")
+    raise UsesearchError(
+        f"{db_dir} {where}: `usesearch {command}` {writes}; `query`, `info` and `serve` read the index as it is"
+    )
 
 
 @contextmanager

@@ -42,7 +42,7 @@ from usesearch.errors import EverythingGoneError, UsesearchError
 from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
-from .folder import FAISS_FILE, check_index_at, index_flags, open_store, writer_lock
+from .folder import FAISS_FILE, check_index_at, check_writable, index_flags, open_store, writer_lock
 from .leftovers import gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_size
 from .records import IndexInfo, SegmentRecord
@@ -138,22 +138,6 @@ def _refuse_untunable(db_dir: Path, factory: str, index: vectors.Vectors, count:
         raise UsesearchError(
             f"{db_dir} has a {factory} index: calibration measures IVF indexes only (their nprobe and rerank)"
         )
-
-
-def check_writable(db_dir: Path, command: str, writes: str) -> None:
-    """A folder this process cannot write refused in one line, before anything opens
-    it to write (SQLite said "unable to open database file"): ``usesearch {command}``
-    ``writes`` (what it writes there)."""
-    if not db_dir.is_dir() or os.access(db_dir, os.W_OK):
-        return
-    try:
-        read_only = bool(os.statvfs(db_dir).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):  # (no statvfs: not a POSIX system)
-        read_only = False
-    where = "is on a read-only file system" if read_only else "is not writable by this user"
-    raise UsesearchError(
-        f"{db_dir} {where}: `usesearch {command}` {writes}; `query`, `info` and `serve` read the index as it is"
-    )
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The writing upkeep commands (`reindex`, `calibrate`, `prune`) on an index that cannot
+"""The writing commands (`index`, `reindex`, `calibrate`, `prune`) on an index that cannot
 be written (a read-only mount, a folder of another user) say so in one line, where
 `reindex` and `calibrate` said SQLite's "database: unable to open database file"; and
 `calibrate` answers an index with nothing to tune as it does where it can write."""
@@ -120,3 +120,31 @@ def test_on_a_read_only_mount(tmp_path):
         "`query`, `info` and `serve` read the index as it is",
         f"error: {db} {EXACT}",
     ], done.stderr[-2000:]
+
+
+def test_index_into_a_read_only_folder_says_so_before_any_model_loads(tmp_path, read_only_fs, monkeypatch):
+    """`index` said the lock's "writer.lock: Read-only file system", after its models had
+    loaded; a new index under a read-only folder, mkdir's words."""
+    from tests.helpers import write_photos
+    from usesearch.indexer import pipeline
+
+    monkeypatch.setattr(pipeline, "load_models", lambda *a, **k: pytest.fail("models loaded"))
+    photos, db = write_photos(tmp_path / "photos", ("coffee",)), tmp_path / "db"
+    synthetic_index(db, n=300, dim=32)
+    (tmp_path / "mount").mkdir()
+    read_only_fs(db)
+    read_only_fs(tmp_path / "mount")
+    said = [
+        CliRunner().invoke(app, ["index", str(photos), "--db", str(where), "--preset", "tiny"])
+        for where in (db, tmp_path / "mount" / "new" / "db")
+    ]
+    assert [result.exit_code for result in said] == [2, 2]
+    assert said[0].stderr.strip() == (
+        f"error: {db} is on a read-only file system: `usesearch index` adds the photos' segments to it; "
+        "`query`, `info` and `serve` read the index as it is"
+    )
+    assert said[1].stderr.strip() == (
+        f"error: {tmp_path / 'mount'} is on a read-only file system: "
+        f"`usesearch index` cannot make {tmp_path / 'mount' / 'new' / 'db'} in it; give another --db"
+    )
+    assert not (tmp_path / "mount" / "new").exists()
