@@ -331,6 +331,8 @@ def test_a_head_beside_the_crop_embedder_is_refused_and_one_recorded_before_is_n
     assert not (tmp_path / "db").exists()
     with pytest.raises(UsesearchError, match="uses no head"):
         usesearch.load_model("tiny", embedder="crop", head=head)
+    with pytest.raises(UsesearchError, match="uses no head: .* is a head checkpoint; give its preset \\(tiny\\)"):
+        usesearch.load_model(head, embedder="crop")  # `--preset CHECKPOINT --embedder crop`: its head unused
     db = tmp_path / "crop"
     index_paths([photos], db, IndexOptions(**{**OPTS, "embedder": "crop"}))
     with sqlite3.connect(db / "segments.sqlite") as catalog:  # as such a run recorded it, the head since moved

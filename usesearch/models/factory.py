@@ -141,6 +141,11 @@ def _preset_and_head(
             "or give --embedder use"
         )
     if name not in PRESETS and is_checkpoint(name):
+        if embedder == "crop":  # the head it names would never be used
+            raise UsesearchError(
+                f"--embedder crop embeds each segment's crop with CLIP alone and uses no head: {name} is a head "
+                f"checkpoint; give its preset ({read_head_config(name)['preset']}), or --embedder use"
+            )
         head = head or name
         name = read_head_config(name)["preset"]
     elif name not in PRESETS and (os.sep in name or name.endswith((".safetensors", ".json", ".pt"))):
