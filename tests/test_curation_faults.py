@@ -3,7 +3,6 @@ rotated photos, a second source of the same photo, torn caches, changed models o
 settings, and a second writer."""
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -244,28 +243,6 @@ def test_a_photo_name_that_is_not_utf8_is_curated_and_read_back_by_its_bytes(tmp
     assert _failures(tmp_path / "ds")[0]["path"] == odd + "x"  # the failure line too
 
 
-def test_a_failed_photo_whose_name_is_not_utf8_is_said_with_the_byte_spelt_out(tmp_path):
-    """`curate run`'s failure line wrote the name's raw byte to the terminal (index and
-    failures spelt it `\\xff`); every console line that names a file does now."""
-    import os
-
-    from typer.testing import CliRunner
-
-    from usesearch.cli.app import app
-    from usesearch.io.files import one_line
-
-    folder = os.fsencode(str(tmp_path / "photos"))
-    os.makedirs(folder)
-    with open(folder + b"/bad\xff.jpg", "wb") as f:
-        f.write(b"junk")
-    Image.fromarray(data.astronaut()[:64, :64]).save(tmp_path / "photos" / "ok.png")
-    args = ["curate", "run", str(tmp_path / "photos"), "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
-    result = CliRunner().invoke(app, [*args, "--captioner", "tiny", "--grounder", "tiny"])
-    assert "failed: " + str(tmp_path / "photos" / "bad\\xff.jpg") in result.output, result.output
-    assert "\udcff" not in result.output
-    assert one_line("caf\u00e9\tb") == "caf\u00e9\\tb" and one_line("a\ud800b") == "a\\ud800b"  # other text kept
-
-
 def test_a_shard_the_manifest_lists_and_the_disk_lacks_is_refused(tmp_path, photos):
     item = ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])
     curate([item], tmp_path / "ds", source="one")
@@ -332,141 +309,6 @@ def test_a_box_that_grounds_no_phrase_does_not_suppress_one_that_does():
     boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 9.8]])
     [match] = match_boxes_to_phrases(probs, boxes, spans, [rabbit])
     assert match.expression is rabbit and match.score == pytest.approx(0.6)
-
-
-def test_curate_run_refuses_what_its_source_would_not_use_and_an_empty_folder(tmp_path, photos):
-    from typer.testing import CliRunner
-
-    from usesearch.cli.app import app
-
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "c.json").write_text("{}")
-    ds = ["--dataset-dir", str(tmp_path / "ds")]
-    cases = [
-        (["curate", "run", str(tmp_path / "empty"), *ds, "--captioner", "tiny"], "found no photo to curate there"),
-        (["curate", "run", str(tmp_path / "c.json"), *ds], "is a file and --input-format folder reads a folder"),
-        (
-            [
-                "curate",
-                "run",
-                str(tmp_path / "c.json"),
-                *"--input-format coco-instances --images".split(),
-                str(photos),
-                *ds,
-            ]
-            + ["--pred-iou-thresh", "0.1", "--grounder", "tiny"],
-            "--pred-iou-thresh, --grounder would do nothing",
-        ),
-    ]
-    for args, why in cases:
-        result = CliRunner().invoke(app, [*args, "--preset", "tiny"])
-        assert result.exit_code == 2 and why in result.output, (args, result.output)
-        assert len(result.output.strip().splitlines()) == 1, result.output
-    assert not (tmp_path / "ds").exists()  # no refused run left a folder that looks like a dataset
-
-
-def test_curate_run_prompts_sam_vit_h_by_default_and_refuses_it_missing_before_other_models_load(
-    tmp_path, photos, monkeypatch
-):
-    """§4.1 curates with SAM ViT-H: with no --preset, curate asks for the paper's
-    preset's SAM (index's default preset has ViT-B), and missing weights are said in
-    one line before the grounder or captioner loads."""
-    from typer.testing import CliRunner
-
-    import usesearch.cli.curate as curate_cli
-    from usesearch.cli.app import app
-
-    monkeypatch.setenv("USESEARCH_HOME", str(tmp_path / "no-weights"))
-    loaded = []
-    monkeypatch.setattr(curate_cli, "_grounder", lambda *a: loaded.append("grounder"))
-    monkeypatch.setattr(curate_cli, "_captioner", lambda *a: loaded.append("captioner"))
-    args = ["curate", "run", str(photos), "--dataset-dir", str(tmp_path / "ds"), "--captioner", "tiny"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2 and "SAM vit_h" in result.output and "l14-336" in result.output, result.output
-    assert loaded == []
-
-
-def test_curate_show_finds_a_photo_by_the_end_of_its_path_and_refuses_an_ambiguous_name(tmp_path, photos):
-    from usesearch.curation.show import find_record
-
-    (photos / "b").mkdir()
-    Image.fromarray(data.astronaut()[::4, ::4]).save(photos / "b" / "cat.png")  # another photo, same name
-    item = lambda path, text: ImageItem(path=str(path), segments=[_segment((75, 113), text)])  # noqa: E731
-    curate([item(photos / "cat.png", "a cat")], tmp_path / "ds", source="one")
-    curate([item(photos / "cat.png", "a tabby")], tmp_path / "ds", source="two")
-    curate([ImageItem(path=str(photos / "b" / "cat.png"))], tmp_path / "ds", source="one")
-    with pytest.raises(usesearch.UsesearchError, match="'cat.png' names 2 photos: .*give more of its path"):
-        find_record(tmp_path / "ds", "cat.png")
-    both = find_record(tmp_path / "ds", "images/cat.png")  # the end of a path; both sources' segments
-    assert sorted(t["text"] for s in both["segments"] for t in s["texts"]) == ["a cat", "a tabby"]
-    assert find_record(tmp_path / "ds", "b/cat.png")["segments"] == []
-    # A file on disk that no run curated is refused by the name given, not by its sha256.
-    Image.fromarray(data.coffee()[::8, ::8]).save(tmp_path / "never.png")
-    never = str(tmp_path / "never.png")
-    with pytest.raises(usesearch.UsesearchError, match=f"^'{re.escape(never)}' is not in the dataset at "):
-        find_record(tmp_path / "ds", never)
-
-
-def test_curate_run_interrupted_says_what_is_kept_and_asks_for_captions_before_models(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    import usesearch.cli.curate as curate_cli
-    import usesearch.curation.pipeline as pipeline
-    from tests.helpers import write_photos
-    from tests.test_coco_index import write_coco
-    from usesearch.cli.app import app
-
-    photos = write_photos(tmp_path / "photos", ("coffee", "chelsea"))
-    write_coco(tmp_path / "inst.json", photos, ["coffee.png", "sub/chelsea.png"], 1)
-    real = pipeline.curate
-
-    def cut_after_one(items, *args, **kw):
-        def one_then_ctrl_c():
-            yield next(iter(items))
-            raise KeyboardInterrupt
-
-        return real(one_then_ctrl_c(), *args, **kw)
-
-    monkeypatch.setattr(pipeline, "curate", cut_after_one)
-    args = ["curate", "run", str(tmp_path / "inst.json"), "--input-format", "coco-instances", "--images", str(photos)]
-    result = CliRunner().invoke(app, [*args, "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny", "--json"])
-    assert result.exit_code == 130, result.output
-    assert "interrupted; finished work is kept: 1 images curated" in result.stderr
-    assert json.loads(result.stdout)["interrupted"] is True and json.loads(result.stdout)["done"] == 1
-    monkeypatch.setattr(curate_cli, "_grounder", lambda *a: pytest.fail("the grounder loaded"))
-    no_captioner = CliRunner().invoke(app, ["curate", "run", str(photos), "--dataset-dir", str(tmp_path / "d2")])
-    assert no_captioner.exit_code == 2 and "pass --captioner" in no_captioner.output, no_captioner.output
-
-
-def test_curate_show_never_writes_over_the_photo_and_refuses_a_photo_replaced_since(tmp_path, photos, monkeypatch):
-    from typer.testing import CliRunner
-
-    from usesearch.cli.app import app
-    from usesearch.io.atomic import save_picture
-
-    save_picture(Image.open(photos / "cat.png"), photos / "cat.png")  # usesearch's own (else refused as a photo)
-    curate([ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])], tmp_path / "ds")
-    before = (photos / "cat.png").read_bytes()
-    show = ["curate", "show", str(tmp_path / "ds"), "cat.png", "--out"]
-    over = CliRunner().invoke(app, [*show, str(photos / "cat.png")])
-    assert over.exit_code != 0 and "is the photo input: it would be overwritten" in over.output, over.output
-    assert (photos / "cat.png").read_bytes() == before
-    assert CliRunner().invoke(app, [*show, str(tmp_path / "notes.txt")]).exit_code == 2  # not a picture name
-    assert CliRunner().invoke(app, [*show, str(tmp_path / "look.png")]).exit_code == 0
-    monkeypatch.chdir(tmp_path)  # the default picture is written once, then never replaced unnamed
-    assert CliRunner().invoke(app, show[:-1]).exit_code == 0 and (tmp_path / "curated.png").is_file()
-    again = CliRunner().invoke(app, show[:-1])
-    assert again.exit_code == 2 and "curated.png exists here: `--out curated.png` replaces it" in again.output
-    assert CliRunner().invoke(app, [*show, "curated.png"]).exit_code == 0  # named: its own picture replaced
-    (tmp_path / "curated.png").write_bytes(b"the user's")
-    again = CliRunner().invoke(app, show[:-1])
-    assert again.exit_code == 2 and "curated.png exists here: name another file" in again.output
-    assert CliRunner().invoke(app, [*show, "curated.png"]).exit_code == 2  # named, but not usesearch's: kept
-    assert (tmp_path / "curated.png").read_bytes() == b"the user's"
-    Image.fromarray(data.astronaut()[:75, :113]).save(photos / "cat.png")  # same size, other pixels
-    replaced = CliRunner().invoke(app, [*show, str(tmp_path / "look2.png")])
-    assert replaced.exit_code != 0 and "has changed since it was curated" in replaced.output, replaced.output
-    assert not (tmp_path / "look2.png").exists()
 
 
 def test_another_runs_end_does_not_finish_a_run_cut_short(tmp_path, photos):
@@ -546,32 +388,3 @@ def test_a_sam_checkpoint_of_the_users_is_hashed_once_per_content(tmp_path, monk
     monkeypatch.setenv("USESEARCH_HOME", str(tmp_path / "home"))
     checkpoint.write_bytes(b"other weights")
     assert weights.remembered_sha256(checkpoint) != first
-
-
-def test_a_photo_past_the_pixel_limit_fails_said_with_the_options_and_a_raised_run_curates_it(tmp_path, photos):
-    """`curate run` read photos at the defaults alone: a scan archive indexed with
-    --max-pixels raised could not be curated (nor trained on)."""
-    from typer.testing import CliRunner
-
-    from usesearch.cli.app import app
-
-    args = ["curate", "run", str(photos), "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
-    args += ["--captioner", "tiny", "--grounder", "tiny", "--json"]
-    refused = CliRunner().invoke(app, [*args, "--max-pixels", "9k"])  # the cup's 15,000 pixels, not the cat's 8,475
-    report = json.loads(refused.stdout)
-    assert refused.exit_code == 0 and (report["done"], report["failed"]) == (1, 1), refused.output
-    assert "1 photo(s) refused for their size: --max-pixels and --max-bytes raise" in refused.stderr
-    raised = CliRunner().invoke(app, [*args, "--max-pixels", "20k"])
-    assert raised.exit_code == 0 and json.loads(raised.stdout)["done"] == 1, raised.output  # the cup, tried again
-
-
-def test_curate_show_draws_a_photo_curated_past_the_default_limits(tmp_path, photos, monkeypatch):
-    """A scan `curate run --max-pixels` let in could not be shown: `curate show` read it
-    at the default limit."""
-    from usesearch.curation.show import find_record, render
-    from usesearch.io import files
-
-    curate([ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])], tmp_path / "ds")
-    monkeypatch.setattr(files, "DEFAULT_MAX_PIXELS", 1_000)  # the cat's 8,475 pixels: past the default here
-    out = render(find_record(tmp_path / "ds", "cat.png"), tmp_path / "look.png")
-    assert Image.open(out).size[0] >= 113
