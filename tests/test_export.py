@@ -108,6 +108,17 @@ def test_an_export_names_the_photos_gone_or_changed_since_indexing(tmp_path, mon
     assert "2 photo(s) in " in said and "are gone or changed since indexing, their masks as indexed" in said
     assert f"gone: {photos / 'astronaut.png'}; changed: {photos / 'chelsea.png'}" in said, said
     assert len(json.loads((tmp_path / "hits.json").read_text())["images"]) == 3  # the export as before
+    # A listing alone (a table, or --json) names the gone one too, where it said nothing until
+    # `prune`; by stat alone, without the catalog's read a photo that telling changed takes.
+    for listing in (args[:6], [*args[:6], "--json"]):
+        listed = runner.invoke(app, listing)
+        said = " ".join(listed.stderr.split())
+        assert (
+            listed.exit_code == 0
+            and f"1 photo(s) among the hits are gone since indexing (gone: {photos / 'astronaut.png'})" in said
+        ), said
+        assert "chelsea" not in said and f"`usesearch prune --db {db}` removes them" in said
+    assert len(json.loads(listed.stdout)) > 0  # stdout still the JSON alone
 
 
 def test_a_photo_resized_since_indexing_is_a_grey_tile_not_a_crash(tmp_path):

@@ -92,7 +92,8 @@ def test_cli_command_modules_import_only_the_shared_options():
     # options.py offers what spellings.py holds (the old spellings' machinery), paths.py (the
     # checks of paths a command writes) and failures.py (the consoles, the one-line error rule),
     # sam_options.py SAM's flags built with both, photo_limits.py the flags of how large a photo is
-    # read, eval_report.py an evaluation's report and walk built on options; nothing else in cli/ is shared.
+    # read, eval_report.py an evaluation's report and walk built on options, search_output.py what a
+    # search gives (its files, the hits, the notes) built on options; nothing else in cli/ is shared.
     shared = {
         "usesearch.cli.options": {"usesearch.cli.spellings", "usesearch.cli.paths", "usesearch.cli.failures"},
         "usesearch.cli.spellings": set(),
@@ -101,12 +102,14 @@ def test_cli_command_modules_import_only_the_shared_options():
         "usesearch.cli.sam_options": {"usesearch.cli.options", "usesearch.cli.spellings"},
         "usesearch.cli.eval_report": {"usesearch.cli.options"},
         "usesearch.cli.photo_limits": {"usesearch.cli.options"},
+        "usesearch.cli.search_output": {"usesearch.cli.options"},
     }
     commands_import = {
         "usesearch.cli.options",
         "usesearch.cli.sam_options",
         "usesearch.cli.eval_report",
         "usesearch.cli.photo_limits",
+        "usesearch.cli.search_output",
     }
     wrong = sorted(
         f"{m} -> {d}"

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from usesearch.cli import options as opts
+from usesearch.cli import search_output as out
 from usesearch.cli.photo_limits import PhotoLimits, with_photo_limits
-from usesearch.errors import UsesearchError, is_disk_full
-from usesearch.io.atomic import is_own_stdout, save_picture, write_atomic
-from usesearch.io.files import IMAGE_SUFFIXES, one_line
+from usesearch.errors import UsesearchError
+from usesearch.io.atomic import save_picture
 
 if TYPE_CHECKING:
     from usesearch.indexer import SearchFilters
@@ -43,153 +40,6 @@ RefineTopOpt = Annotated[
 REFINE_DISK_BYTES = 4 << 30  # SAM 3's image step on disk in the index folder: 20 photos at float32
 
 
-def _output(hits, output: opts.SearchOutput, title: str, name: str, index, filters: SearchFilters) -> None:
-    """The COCO file and contact sheet asked for (first: a reader of the listing that
-    stops early, `| head`, must not cost them), then the hits as JSON with full paths,
-    or a table with paths relative to the folder that holds every indexed image
-    (absolute paths wrap over several lines at 80 columns)."""
-    from usesearch.indexer.export import contact_sheet, hits_to_coco, stale_photos
-
-    if output.export_coco:
-        try:
-            write_atomic(output.export_coco, json.dumps(hits_to_coco(hits, name)))
-        except BrokenPipeError:  # `--export-coco /dev/stdout | head`: ended quietly, as any closed pipe
-            raise
-        except OSError as exc:
-            reason = "disk full" if is_disk_full(exc) else exc.strerror or str(exc)
-            raise UsesearchError(f"cannot write {output.export_coco}: {reason}") from None
-        typer.echo(f"wrote {output.export_coco}", err=True)
-        gone, changed = stale_photos(hits, lambda i: getattr(index.store.image(i), "file_stat", None))
-        if gone or changed:  # its masks are as indexed: a training set made of it would not fit these photos
-            said = "; ".join(
-                f"{what}: {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-                for what, names in (("gone", gone), ("changed", changed))
-                if names
-            )
-            typer.echo(
-                f"{len(gone) + len(changed)} photo(s) in {output.export_coco} are gone or changed since indexing, "
-                f"their masks as indexed ({said}) " + opts.gone_or_changed(index.db_dir, index.store.url),
-                err=True,
-            )
-    if output.show:
-        recorded = index.store.image
-        sheet, unreadable = contact_sheet(hits, output.show, sha256_of=lambda i: getattr(recorded(i), "sha256", None))
-        typer.echo(f"wrote {sheet}", err=True)
-        if unreadable:
-            names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
-            typer.echo(
-                f"{len(unreadable)} photo(s) could not be read or changed, shown grey: {names} "
-                + opts.gone_or_changed(index.db_dir, index.store.url),
-                err=True,
-            )
-    folder = index.store.common_folder()
-    # `--export-coco /dev/stdout | jq .`: the COCO file alone on stdout, the listing on stderr.
-    listing = sys.stderr if output.export_coco and is_own_stdout(output.export_coco) else sys.stdout
-    if output.as_json:
-        print(json.dumps([h.to_dict() for h in hits], indent=1), file=listing)
-    else:
-        table = Table(title=title, caption=f"paths under {folder}" if folder else None)
-        labelled = any(h.source == "annotation" for h in hits)  # a labelled dataset's: its class and split too
-        for column in ("rank", "score", "segment", "image", "bbox (x, y, w, h)", "area") + ("label",) * labelled:
-            table.add_column(column, overflow="fold")
-        for h in hits:
-            image = h.image[len(folder) :] if folder and h.image.startswith(folder) else h.image
-            label = (f"{h.category} [{h.split}]" if h.source == "annotation" else h.source,) * labelled
-            row = (str(h.rank), f"{h.score:.3f}", str(h.segment_id), one_line(image), str(h.bbox), str(h.area))
-            table.add_row(*row, *label)  # a newline in a file name spelt out: one row a hit
-        (opts.console if listing is sys.stdout else opts.err_console).print(table)
-    # Status on stderr: stdout may be carrying --json.
-    for line in [] if hits else _why_none(index, filters):
-        typer.echo(line, err=True)
-
-
-def _refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path | None]) -> None:
-    """Before the search: an output that would replace an input, the other output or an
-    indexed photo (`--show photos/rocket.png` drew the sheet over the photo)."""
-    import os
-
-    from usesearch.indexer.export import region_picture_path
-    from usesearch.io.atomic import is_stream
-
-    outputs = {"--show": output.show, "--export-coco": output.export_coco}
-    if output.show and inputs.get("--image"):
-        region = outputs["--show's region picture"] = region_picture_path(output.show)
-        opts.refuse_replacing_a_photo(region, "--show's region picture")
-    opts.refuse_overwriting(outputs, inputs)
-    for flag, path in outputs.items():
-        if path is None or is_stream(path):
-            continue
-        for spelled in {os.path.abspath(path), os.path.realpath(path)}:  # as the indexer keys it, or its target
-            if index.store.image_by_path(os.fsencode(spelled)) is not None:
-                raise UsesearchError(f"{flag} {path} is an indexed photo: it would be overwritten; write elsewhere")
-        real = Path(os.path.realpath(path))
-        # The index's own files (`--export-coco DIR/segments.sqlite` replaced the catalog): refused
-        # as the option is read (`paths.refuse_into_own_folder`) where the folder shows its
-        # marks; here too for one that does not (a catalog on PostgreSQL from before ids);
-        # a picture in its folder is left out of every walk, and may go there.
-        in_index_folder = Path(os.path.realpath(index.db_dir)) in real.parents
-        if in_index_folder and real.suffix.lower() not in IMAGE_SUFFIXES:
-            raise UsesearchError(f"{flag} {path} lies in the index's folder, among its own files: write elsewhere")
-        folders = {real.parent, Path(os.path.abspath(path)).parent}  # as the indexer keys photos, or the target's
-        if real.suffix.lower() in IMAGE_SUFFIXES and not in_index_folder:
-            walked = _indexed_folder_holding(index, path)
-            if walked or any(_beside_indexed_photos(index, f) for f in folders):
-                raise UsesearchError(
-                    f"{flag} {path} lies among indexed photos{f' (under {walked})' if walked else ''}: the next "
-                    "`usesearch index` of that folder would index it as a photo; write elsewhere"
-                )
-
-
-def _indexed_folder_holding(index, path: Path) -> str | None:
-    """The folder an ``index`` run walked that holds ``path``, None when none does: by
-    real paths (the walk follows a link to a folder only where its target lies in the
-    walked folder)."""
-    import os
-
-    real = os.path.realpath(path)
-    for folder in map(os.fsdecode, index.store.indexed_folders()):
-        if real.startswith(folder.rstrip(os.sep) + os.sep):
-            return folder
-    return None
-
-
-def _beside_indexed_photos(index, folder: Path, most: int = 200) -> bool:
-    """True when one of the first ``most`` pictures in ``folder`` is an indexed photo."""
-    import os
-
-    try:
-        with os.scandir(folder) as listing:
-            names = [e.name for e in listing if Path(e.name).suffix.lower() in IMAGE_SUFFIXES][:most]
-    except OSError:
-        return False
-    return any(index.store.image_by_path(os.fsencode(str(folder / name))) is not None for name in names)
-
-
-def _why_none(index, filters: SearchFilters) -> list[str]:
-    """Why a search found nothing, where a filter names what the index does not have."""
-    store, why = index.store, []
-    if filters.path and not store.image_ids_matching(filters.path):
-        folder = store.common_folder()
-        why.append(
-            f"no indexed photo's path matches --path {filters.path!r}" + (f" (under {folder})" if folder else "")
-        )
-    for flag, noun, wanted, names in (
-        ("--label", "class", filters.label, store.categories),
-        ("--split", "split", filters.split, store.splits),
-    ):
-        if wanted is not None:
-            have = names()
-            if wanted not in have:
-                listed = ", ".join(have[:20]) + (", ..." if len(have) > 20 else "") if have else "none"
-                why.append(f"{flag} {wanted!r}: the index has no such {noun} (it has: {listed})")
-    if filters.source is not None and not store.has_source(filters.source):
-        made_by = (
-            "`index IMAGES --coco FILE.json` adds them" if filters.source == "annotation" else "a masker run makes them"
-        )
-        why.append(f"--source {filters.source}: the index holds no {filters.source} segments ({made_by})")
-    return why
-
-
 @app.command()
 @opts.user_errors
 @opts.with_index_at
@@ -209,17 +59,17 @@ def query(
         if refine_top is not None:
             raise UsesearchError("--refine-top goes with --refine sam3")
         index = at.open()
-        _refuse_overwriting(output, index, {})
+        out.refuse_overwriting(output, index, {})
         hits = index.query(text, output.k, filters)
         title = f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})"
-        _output(hits, output, title, text, index, filters)
+        out.given(hits, output, title, text, index, filters)
         return
     from usesearch.indexer.refine import DEFAULT_TOP, REFINERS, RefineOptions, Refiner
 
     if refine not in REFINERS:
         raise UsesearchError(f"--refine {refine!r}: choose {', '.join(REFINERS)}")
     index = at.open()
-    _refuse_overwriting(output, index, {})
+    out.refuse_overwriting(output, index, {})
     options = RefineOptions(top=refine_top or DEFAULT_TOP, device=at.device, disk_bytes=REFINE_DISK_BYTES)
     refiner = Refiner(index, options)
     try:
@@ -231,7 +81,7 @@ def query(
         )
         for line in done.skipped:
             typer.echo(f"skipped {line}", err=True)
-        _output(hits, output, title, text, index, filters)
+        out.given(hits, output, title, text, index, filters)
     finally:
         refiner.close()  # after the answer: waits for the image steps being written to the cache
 
@@ -264,10 +114,10 @@ def similar(
     if image is None and (point or box or mask):
         raise UsesearchError("--point, --box and --mask choose a region of --image PHOTO")
     index = at.open()
-    _refuse_overwriting(output, index, {"--image": image, "--mask": mask})
+    out.refuse_overwriting(output, index, {"--image": image, "--mask": mask})
     if segment_id is not None:
         hits = index.similar(segment_id, output.k, filters)
-        _output(hits, output, f"like segment {segment_id}", f"like segment {segment_id}", index, filters)
+        out.given(hits, output, f"like segment {segment_id}", f"like segment {segment_id}", index, filters)
         return
     assert image is not None  # one of the two, checked above
 
@@ -291,7 +141,7 @@ def similar(
 
         typer.echo(f"wrote {region_picture(rgb, picked, output.show)}", err=True)
     hits = index.search_region(rgb, picked, output.k, filters)
-    _output(hits, output, f"like a region of {image.name}", f"like a region of {image.name}", index, filters)
+    out.given(hits, output, f"like a region of {image.name}", f"like a region of {image.name}", index, filters)
 
 
 @app.command()
