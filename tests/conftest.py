@@ -230,3 +230,31 @@ def served(tmp_path_factory):
     client = TestClient(create_app(index), raise_server_exceptions=False)
     yield root, index, client
     index.close()
+
+
+# -- a small index and a tiny SAM 3 over it: query --refine's tests (test_refine*.py) --
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    from tests.helpers import OPTS, write_photos
+    from usesearch.indexer import IndexOptions, index_paths
+
+    root = tmp_path_factory.mktemp("refine")
+    index_paths([write_photos(root / "photos")], root / "db", IndexOptions(**OPTS))
+    return root / "db"
+
+
+@pytest.fixture(scope="module")
+def index(db):
+    from usesearch.indexer import SegmentIndex
+
+    opened = SegmentIndex.open(db)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="module")
+def refiner(index):
+    """One tiny SAM 3 over the top 3 photos, its cache warm after the first test."""
+    from usesearch.indexer.refine import RefineOptions, Refiner
+
+    return Refiner(index, RefineOptions(top=3))
