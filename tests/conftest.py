@@ -258,3 +258,16 @@ def refiner(index):
     from usesearch.indexer.refine import RefineOptions, Refiner
 
     return Refiner(index, RefineOptions(top=3))
+
+
+# -- a small index of a test's own: test_index_integrity.py's and test_index_answers.py's --
+@pytest.fixture()
+def small_index(tmp_path):
+    """``write_photos``' four photos indexed with ``OPTS``: their folder and the index's."""
+    from tests.helpers import OPTS, write_photos
+    from usesearch.indexer import IndexOptions, index_paths
+
+    photos = write_photos(tmp_path / "photos")
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    return photos, db
