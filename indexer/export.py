@@ -40,12 +40,13 @@ def contact_sheet(
     tile: int = TILE,
     columns: int = COLUMNS,
     sha256_of: Callable[[int], str | None] | None = None,
-) -> tuple[Path, list[str]]:
+) -> tuple[Path, dict[str, str]]:
     """The hits' segments as tiles on one picture at ``out``, each captioned with its
     rank, score and photo. A photo that is no longer the one indexed (gone, damaged,
     not a regular file, or another picture: its size, or its content where
     ``sha256_of(image_id)`` gives the indexed one) gets a grey tile, so the others
-    still show: returns the picture's path and those photos. Each photo is read once
+    still show: returns the picture's path and those photos, each with why ("gone",
+    "changed" or "unreadable", as its tile says). Each photo is read once
     and let go once its tiles are drawn (a sheet of 12 MP photos held them all)."""
     check_sheet(out, len(hits))
     sheet = Image.new("RGB", sheet_size(len(hits), tile, columns), (255, 255, 255))
@@ -53,17 +54,17 @@ def contact_sheet(
     places: dict[int, list[int]] = {}
     for i, hit in enumerate(hits):
         places.setdefault(hit.image_id, []).append(i)
-    unreadable: list[str] = []
+    unreadable: dict[str, str] = {}
     for image_id, at in places.items():
-        rgb = _indexed_photo(hits[at[0]], sha256_of)
+        rgb, why = _indexed_photo(hits[at[0]], sha256_of)
         if rgb is None:
-            unreadable.append(hits[at[0]].image)
+            unreadable[hits[at[0]].image] = why
         for i in at:
             hit = hits[i]
             left, top = (i % columns) * tile, (i // columns) * (tile + CAPTION)
             if rgb is None:
                 draw.rectangle((left + 8, top + 8, left + tile - 8, top + tile - 8), fill=(200, 200, 200))
-                draw.text((left + 16, top + tile // 2 - 6), "photo unreadable", fill=(60, 60, 60))
+                draw.text((left + 16, top + tile // 2 - 6), f"photo {why}", fill=(60, 60, 60))
             else:
                 tile_image = segment_tile(rgb, decode_mask(hit.mask), hit.bbox, tile)
                 sheet.paste(tile_image, (left + (tile - tile_image.width) // 2, top + (tile - tile_image.height) // 2))
@@ -75,19 +76,20 @@ def contact_sheet(
     return out, unreadable
 
 
-def _indexed_photo(hit: Hit, sha256_of: Callable[[int], str | None] | None) -> np.ndarray | None:
-    """The hit's photo as it was indexed, else None. Read as the indexer reads (a FIFO
-    swapped in under its name is refused, never waited on)."""
+def _indexed_photo(hit: Hit, sha256_of: Callable[[int], str | None] | None) -> tuple[np.ndarray | None, str]:
+    """The hit's photo as it was indexed, else None and why: "gone", "changed" (another
+    content, or size) or "unreadable". Read as the indexer reads (a FIFO swapped in
+    under its name is refused, never waited on)."""
     try:
         height, width = hit.mask["size"]
         max_bytes, max_pixels = indexed_limits(width, height)  # (one indexed past the defaults too)
         data, sha256 = read_bytes(hit.file, max_bytes, hit.image)
         if sha256_of is not None and sha256_of(hit.image_id) not in (None, sha256):
-            return None  # replaced: its stored masks would be drawn on another picture
+            return None, "changed"  # replaced: its stored masks would be drawn on another picture
         rgb = decode(data, hit.image, max_pixels)
     except (UsesearchError, OSError):
-        return None
-    return rgb if rgb.shape[:2] == tuple(hit.mask["size"]) else None
+        return None, "unreadable" if os.path.lexists(hit.file) else "gone"
+    return (rgb, "") if rgb.shape[:2] == tuple(hit.mask["size"]) else (None, "changed")
 
 
 def region_picture_path(show: str | os.PathLike) -> Path:

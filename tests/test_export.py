@@ -78,7 +78,7 @@ def test_a_photo_gone_since_indexing_is_a_grey_tile_and_said(tmp_path):
     hits = json.loads(result.stdout)
     assert len(hits) == 2 and "1 photo(s) could not be read or changed, shown grey" in result.stderr
     said = " ".join(result.stderr.split())  # the commands suggested name the index, as a shell reads them
-    assert "coffee.png" in said and f"`usesearch prune --db {tmp_path / 'db'}` removes them" in said, said
+    assert "coffee.png (gone)" in said and f"`usesearch prune --db {tmp_path / 'db'}` removes them" in said, said
     assert f"`usesearch index PATHS --db {tmp_path / 'db'}` again" in said
     tiles = np.asarray(Image.open(sheet))
     gone = [i for i, h in enumerate(hits) if h["image"].endswith("coffee.png")][0]
@@ -131,7 +131,7 @@ def test_a_photo_resized_since_indexing_is_a_grey_tile_not_a_crash(tmp_path):
     args = ["query", "a red cup", "--db", str(tmp_path / "db"), "--per-image", "--show", str(tmp_path / "s.png")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0 and "1 photo(s) could not be read or changed" in result.stderr
-    assert "coffee.png" in result.stderr and (tmp_path / "s.png").is_file()
+    assert "coffee.png (changed)" in result.stderr and (tmp_path / "s.png").is_file()
 
 
 def test_two_photos_showing_the_same_path_stay_two_coco_images():

@@ -128,7 +128,7 @@ def test_a_photo_indexed_past_the_defaults_is_drawn_by_the_server_show_and_expor
     # --show's sheet and exports: the photo's tiles, not a grey "unreadable" one.
     hits = index.similar(index.store.image_segment_ids(1)[0], 3)
     _, unreadable = contact_sheet(hits, tmp_path / "sheet.png", sha256_of=lambda i: index.store.image(i).sha256)
-    assert hits and unreadable == []
+    assert hits and unreadable == {}
     # Another file under its name, past the limits, is still refused (read as the index knows it).
     Image.new("RGB", (BIG[0] * 2, BIG[1])).save(record.fs_path)
     with pytest.raises(UsesearchError):

@@ -36,11 +36,12 @@ def unreviewed(items: list[dict], kind: str, verdicts: dict[tuple[str, str], str
 
 class Written(NamedTuple):
     """What ``write_lists`` wrote: each list's items, the lists whose contact sheet was
-    drawn, and the photos the sheets could not read (gone or changed since indexing)."""
+    drawn, and the photos the sheets could not read, each with why (gone, changed since
+    indexing, unreadable), by name."""
 
     lists: dict[str, list[dict]]
     sheets: list[str]
-    unreadable: list[str]
+    unreadable: dict[str, str]
 
 
 def write_lists(
@@ -58,7 +59,7 @@ def write_lists(
     mark_audit_report(out)
     written = {}
     drawn: list[str] = []
-    unreadable: set[str] = set()
+    unreadable: dict[str, str] = {}
     for kind, items in lists.items():
         shown = items if include_reviewed else unreviewed(items, kind, verdicts)
         shown = [{**i, "verdict": verdicts.get((kind, i["item"]))} for i in shown[:k]]
@@ -81,7 +82,7 @@ def write_lists(
             if missing is not None:
                 drawn.append(kind)
                 unreadable.update(missing)
-    return Written(written, drawn, sorted(unreadable))
+    return Written(written, drawn, dict(sorted(unreadable.items())))
 
 
 def _cell(value) -> str:
@@ -92,7 +93,7 @@ def _cell(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(text_cell(value) if isinstance(value, str) else value)
 
 
-def _sheet(items: list[dict], store: Store, path: Path) -> list[str] | None:
+def _sheet(items: list[dict], store: Store, path: Path) -> dict[str, str] | None:
     """The list's contact sheet; the photos it could not read (drawn grey); None when
     no item has a stored segment to draw (no sheet is written)."""
     rows = store.rows(i["segment_id"] for i in items if i.get("segment_id") is not None)

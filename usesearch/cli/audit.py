@@ -112,10 +112,8 @@ def audit(
             }
             for kind, items in written.items()
         }
-        print(json.dumps({"report_dir": str(out), "lists": lists, "unreadable": unreadable}, indent=1, default=str))
-    if unreadable:
-        names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
-        opts.console.print(
-            f"{len(unreadable)} photo(s) could not be read or changed, drawn grey: {names} "
-            + opts.gone_or_changed(db, db_url)
+        print(
+            json.dumps({"report_dir": str(out), "lists": lists, "unreadable": list(unreadable)}, indent=1, default=str)
         )
+    if unreadable:
+        opts.console.print(opts.drawn_grey(unreadable, "drawn", db, db_url))

@@ -70,6 +70,15 @@ def gone_or_changed(db: str | os.PathLike, db_url: str | None) -> str:
     )
 
 
+def drawn_grey(unreadable: dict[str, str], drawn: str, db: str | os.PathLike, db_url: str | None) -> str:
+    """The line under a contact sheet: its photos ``drawn`` grey, each with why."""
+    from usesearch.io.files import one_line
+
+    names = [f"{one_line(name)} ({why})" for name, why in unreadable.items()]
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if names[3:] else "")
+    return f"{len(names)} photo(s) could not be read or changed, {drawn} grey: {listed} " + gone_or_changed(db, db_url)
+
+
 def number_from(low: float, high: float) -> Callable[[str], float]:
     """A float option's parser: a finite number from ``low`` to ``high``, else one line.
     Click's range lets ``nan`` through (every comparison with it is false), and a

@@ -45,12 +45,7 @@ def given(hits, output: opts.SearchOutput, title: str, name: str, index, filters
         sheet, unreadable = contact_sheet(hits, output.show, sha256_of=lambda i: getattr(recorded(i), "sha256", None))
         typer.echo(f"wrote {sheet}", err=True)
         if unreadable:
-            names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
-            typer.echo(
-                f"{len(unreadable)} photo(s) could not be read or changed, shown grey: {names} "
-                + opts.gone_or_changed(index.db_dir, index.store.url),
-                err=True,
-            )
+            typer.echo(opts.drawn_grey(unreadable, "shown", index.db_dir, index.store.url), err=True)
     folder = index.store.common_folder()
     # `--export-coco /dev/stdout | jq .`: the COCO file alone on stdout, the listing on stderr.
     listing = sys.stderr if output.export_coco and is_own_stdout(output.export_coco) else sys.stdout
