@@ -152,10 +152,13 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
         )
     if options.head is None:  # what the run names is the index's own model: its head too
         options = replace(options, preset=built.preset, embedder=built.embedder, head=built.model_head)
-    if options.masker is None and not options.masker_options and built.masker not in (NO_MASKER, "coco"):
+    if options.masker is None and not options.masker_options and built.masker != NO_MASKER:
         # Its settings too (they define its masks: other ones are refused), under the
-        # names the masker takes them by.
+        # names the masker takes them by; ``--masker coco``'s file where it was (its
+        # content is checked against the one recorded).
         given = {("sam2_model" if key == "model" else key): value for key, value in built.masker_params.items()}
+        if built.masker == "coco":
+            given = {"masks_json": given["masks_json"]}
         options = replace(options, masker=built.masker, masker_options=given)
     return options
 

@@ -98,3 +98,20 @@ def test_an_index_made_before_the_files_content_was_recorded_records_it(photos, 
     assert index_paths([photos], db, options(masks)).skipped == 2
     with SegmentIndex.open(db) as ix:
         assert "masks_sha256" in ix.info.masker_params
+
+
+def test_a_run_naming_no_masker_adds_with_the_index_own_masks_file(photos, tmp_path):
+    """Other maskers' indexes were run again with their own masker; a coco one got the
+    default masker and was refused with "its masks file's content changed", untrue."""
+    from PIL import Image
+
+    images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}, {"id": 3, "file_name": "c.png"}]
+    anns = [{"id": i, "image_id": i, "segmentation": box(0, 0, 5 + i, 5 + i)} for i in (1, 2, 3)]
+    masks, db = masks_file(tmp_path / "masks.json", images, anns), tmp_path / "db"
+    index_paths([photos], db, options(masks))
+    Image.new("RGB", (W, H), (10, 200, 10)).save(photos / "c.png")  # a new photo, its mask in the file
+    again = index_paths([photos], db, IndexOptions(preset="tiny"))
+    assert (again.done, again.skipped, again.segments) == (1, 2, 1)
+    with pytest.raises(IndexMismatchError) as refused:  # another masker named: refused, not as a changed file
+        index_paths([photos], db, IndexOptions(preset="tiny", masker="felzenszwalb"))
+    assert "content changed" not in str(refused.value) and "felzenszwalb" in str(refused.value)

@@ -85,6 +85,6 @@ def masks_file_unrecorded(recorded: dict, asked: dict) -> bool:
 
 def masks_file_changed(recorded: dict, asked: dict) -> str:
     """Said where a ``coco`` index is asked for a masks file of other content."""
-    if recorded.get("masks_sha256") not in (None, asked.get("masks_sha256")):
+    if "masks_json" in asked and recorded.get("masks_sha256") not in (None, asked.get("masks_sha256")):
         return " (its masks file's content changed: an index's masks are not replaced in place)"
     return ""
