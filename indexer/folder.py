@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -58,9 +58,10 @@ def check_db_dir(db_dir: str | os.PathLike) -> Path:
     return db_dir
 
 
-def refuse_photo_folder(db_dir: Path) -> None:
-    """A new index's folder holding photos: its files would lie among them (and the next
-    walk of that folder would meet the index). An existing index's folder is its own."""
+def refuse_photo_folder(db_dir: Path, walked: Sequence[str | os.PathLike] = ()) -> None:
+    """A new index's folder holding photos, or a folder ``walked`` for photos (photos only
+    in its subfolders): its files would lie among them (and the next walk of that folder
+    would meet the index, and skip all of it). An existing index's folder is its own."""
     from usesearch.io.files import IMAGE_SUFFIXES
     from usesearch.io.own_folders import OUTPUT_MARKS
 
@@ -72,6 +73,14 @@ def refuse_photo_folder(db_dir: Path) -> None:
         raise UsesearchError(
             f"--db {db_dir} holds photos ({photo}): give the index a folder of its own, e.g. {db_dir}.use"
         )
+    real = Path(os.path.realpath(db_dir))
+    for path in walked:
+        folder = Path(os.path.realpath(path))
+        if folder == real or real in folder.parents:
+            raise UsesearchError(
+                f"--db {db_dir} {'is' if folder == real else 'holds'} a folder being indexed ({os.fspath(path)}): "
+                f"give the index a folder of its own, e.g. {db_dir}.use"
+            )
 
 
 def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Path:
@@ -80,7 +89,7 @@ def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Pa
     if isinstance(paths, (str, bytes, os.PathLike)):  # a str was walked as its characters: "no such file: t"
         raise TypeError(f"paths is a list of files and folders; got the one path {os.fsdecode(paths)!r}: give [it]")
     db_dir = check_db_dir(db_dir)
-    refuse_photo_folder(db_dir)  # for every caller: the CLI, the Python API, Ray and labelled datasets
+    refuse_photo_folder(db_dir, paths)  # for every caller: the CLI, the Python API, Ray and labelled datasets
     missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
     if missing:  # before the lock: a typo must not leave an empty index folder behind
         raise UsesearchError(

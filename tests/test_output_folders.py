@@ -87,6 +87,29 @@ def test_a_command_never_writes_into_another_commands_folder(files, args, why):
     assert sorted(p.relative_to(files) for p in files.rglob("*")) == before  # nothing written
 
 
+def test_a_new_index_is_not_made_in_a_folder_it_walks_or_above_one(tmp_path):
+    """`index t --db t` with the photos only in t's subfolders wrote the index among
+    them (exit 0), and a later `index t --db other` would meet an index's folder and
+    skip all of it. The index's own folder inside the walked one is its own."""
+    from tests.helpers import write_photos
+
+    photos = write_photos(tmp_path / "t" / "2024", ("coffee",))
+    runner = CliRunner()
+    for walked, db, why in (
+        ("t", "t", "is a folder being indexed (t)"),
+        ("t/2024", "t", "holds a folder being indexed (t/2024)"),
+    ):
+        result = runner.invoke(app, ["index", str(tmp_path / walked), "--db", str(tmp_path / db), "--preset", "tiny"])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and why.replace("(", f"({tmp_path}/") in said, said
+        assert "give the index a folder of its own" in said
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["2024"] and len(list(photos.iterdir())) == 1
+    inside = runner.invoke(
+        app, ["index", str(tmp_path / "t"), "--db", str(tmp_path / "t" / "t.use"), "--preset", "tiny"]
+    )
+    assert inside.exit_code == 0, inside.output
+
+
 def test_a_reading_command_at_a_folder_holding_no_index_says_what_it_holds(tmp_path):
     """`query --db DATASET` suggested `usesearch index PATH --db DATASET`, which is then
     refused (a dataset's folder is its own), and `--db usesearch-demo` the same, where
