@@ -219,3 +219,32 @@ def test_a_large_photos_felzenszwalb_masks_go_out_as_rles_one_at_a_time_and_equa
         np.concatenate([v for _, v in SegmentIndex.open(tmp_path / db).store.embeddings()]) for db in ("rle", "dense")
     ]
     np.testing.assert_allclose(vectors[0], vectors[1], atol=2e-3)
+
+
+def test_sam2_with_crops_finding_nothing_gives_no_masks_and_no_ten_line_warning(caplog):
+    """--masker sam2 --crop-n-layers 1 failed every photo whose crops held no mask, in
+    sam2's words ("IndexError: index 2 is out of bounds"); --min-mask-region-area warned
+    in ten lines a prompt batch where sam2's CUDA extension is not built."""
+    import warnings
+
+    pytest.importorskip("sam2", reason="the sam2 extra is not installed: pip install -e '.[sam2]'")
+    from usesearch.masks import sam2_models
+    from usesearch.masks.maskers import build_masker
+
+    masker = build_masker(
+        "sam2",
+        usesearch.get_preset("tiny"),
+        points_per_side=2,
+        crop_n_layers=1,
+        pred_iou_thresh=1.0,  # nothing kept in any crop
+        min_mask_region_area=50,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert masker(np.zeros((48, 64, 3), np.uint8), "a.png") == []
+    assert not [w for w in caught if "post-processing" in str(w.message)]
+    said = [r.getMessage() for r in caplog.records if r.name == sam2_models.__name__]
+    if not sam2_models._has_cuda_extension():
+        assert said == [
+            "sam2 has no CUDA extension here: its low-res hole filling is skipped (small regions still removed)"
+        ]

@@ -8,6 +8,7 @@ Checkpoints are loaded here with ``weights_only=True`` rather than by
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from usesearch.models.weights import WeightStatus, file_fault, require, usesearc
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 RELEASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 
@@ -84,15 +87,43 @@ def load_sam2(name: str, checkpoint: str | os.PathLike | None = None, device: st
 
 def automatic_mask_generator(model, **options):
     """``SAM2AutomaticMaskGenerator`` with RLE output. Its image predictor assumes the
-    1024-px input's feature sizes; they follow the model's input size here."""
+    1024-px input's feature sizes; they follow the model's input size here. Two of the
+    package's faults mended: a crop with no mask (``--crop-n-layers``) failed the photo,
+    and without its CUDA extension ``--min-mask-region-area`` warned in ten lines a
+    prompt batch."""
+    import torch
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    class Generator(SAM2AutomaticMaskGenerator):
+        def _process_crop(self, *args, **kwargs):
+            data = super()._process_crop(*args, **kwargs)
+            if len(data["rles"]) == 0:  # its crop boxes, torch.tensor([]), are 1-D: the crops' NMS
+                data["crop_boxes"] = torch.zeros((0, 4))  # indexed them [:, 2] (IndexError)
+            return data
 
     with warnings.catch_warnings():  # its predictor scripts its transforms with torch.jit, which torch warns of
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
-        generator = SAM2AutomaticMaskGenerator(model, output_mode="coco_rle", **options)
+        generator = Generator(model, output_mode="coco_rle", **options)
     side = model.image_size // 4
     generator.predictor._bb_feat_sizes = [(side, side), (side // 2, side // 2), (side // 4, side // 4)]
+    transforms = generator.predictor._transforms
+    if (transforms.max_hole_area > 0 or transforms.max_sprinkle_area > 0) and not _has_cuda_extension():
+        # The predictor's low-res hole filling needs sam2's CUDA extension; without it, it
+        # catches the error and warns at every prompt batch, its masks as if it were off.
+        # Off it is, said once; the generator's own small-region removal (OpenCV) still runs.
+        log.warning(
+            "sam2 has no CUDA extension here: its low-res hole filling is skipped (small regions still removed)"
+        )
+        transforms.max_hole_area = transforms.max_sprinkle_area = 0
     return generator
+
+
+def _has_cuda_extension() -> bool:
+    try:
+        from sam2 import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def pull_sam2(name: str) -> list[str]:
