@@ -30,12 +30,15 @@ def test_the_api_refines_on_request(index, monkeypatch):
     assert body["refined_photos"] == 2 and len(body["hits"]) == 3
     for hit in body["hits"]:
         assert hit["refined_by"] == "sam3" and hit["tile_url"].startswith("data:image/png;base64,")
+        assert 0 <= hit["overlap"] <= 1 and hit["photo_rank"] in (1, 2)  # as `query --refine sam3 --json` has them
         assert rle.decode(hit["mask"]).sum() == hit["area"]
         assert hit["mask_url"].startswith("data:image/png;base64,")  # its own, not a stored segment's
         mask = np.array(Image.open(io.BytesIO(base64.b64decode(hit["mask_url"].split(",", 1)[1]))))
         assert np.array_equal(mask == 255, rle.decode(hit["mask"]))
     plain = client.get("/api/search", params={"q": "a cat", "k": 3}).json()
-    assert all(h["refined_by"] is None for h in plain["hits"]) and plain["refined_photos"] is None
+    assert (
+        all(h["refined_by"] is None and h["overlap"] is None for h in plain["hits"]) and plain["refined_photos"] is None
+    )
     assert client.get("/api/search", params={"q": "a cat", "refine": "sam9"}).status_code == 422
     assert client.get("/api/search", params={"q": "a cat", "refine": "sam3", "refine_top": 0}).status_code == 422
 

@@ -96,7 +96,16 @@ class RefinedSearch:
     def _fields(self, hit: RefinedHit) -> dict:
         """A hit's fields, its tile and mask inline: a SAM 3 instance is no stored segment,
         so ``/api/segments/ID/...`` would show the best-overlapping one's (or 404 for 0)."""
-        fields = segment_out(hit, True, rank=hit.rank, score=hit.score, use_score=hit.use_score, refined_by="sam3")
+        fields = segment_out(
+            hit,
+            True,
+            rank=hit.rank,
+            score=hit.score,
+            use_score=hit.use_score,
+            overlap=hit.overlap,
+            photo_rank=hit.photo_rank,
+            refined_by="sam3",
+        )
         record = self.index.store.image(hit.image_id)
         if record is None:
             raise ImageGoneError("no longer in the index")

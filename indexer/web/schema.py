@@ -104,8 +104,11 @@ class HitOut(SegmentOut):
     rank: int
     score: float
     # A SAM 3 instance (?refine=sam3): score is SAM 3's; use_score and segment_id are the
-    # best-overlapping stored segment's (segment_id 0: none); tile_url is a data URL.
+    # best-overlapping stored segment's (segment_id 0: none), overlap their masks' IoU;
+    # photo_rank the photo's rank in the USE search; tile_url is a data URL.
     use_score: float | None = None
+    overlap: float | None = None
+    photo_rank: int | None = None
     refined_by: str | None = None
 
 
