@@ -205,9 +205,9 @@ def prune(
         if not force and len(gone) == len(considered) > 0 and not photos_named:  # (named themselves: meant)
             scope = "".join(f" {os.fspath(p)}" for p in under or [])
             raise EverythingGoneError(
-                f"all {len(considered)} indexed files{' under' + scope if scope else ''} are gone (is the disk "
-                f"mounted?); nothing was removed. `usesearch prune{scope} {index_flags(db_dir, options.db_url)} "
-                "--force` removes them"
+                f"all {len(considered)} files the index records{' under' + scope if scope else ''} are gone "
+                f"(is the disk mounted?); nothing was removed. `usesearch prune{scope} "
+                f"{index_flags(db_dir, options.db_url)} --force` removes them"
             )
 
         def removals():

@@ -147,7 +147,7 @@ def test_a_small_index_whose_files_are_all_gone_is_refused_too(tmp_path):
     """However few the photos, all of them gone looks like an unmounted disk."""
     synthetic_index(tmp_path / "db", n=4, dim=16, images=2)  # paths under /a/: none exist here
     result = CliRunner().invoke(app, ["prune", "--db", str(tmp_path / "db")])
-    assert result.exit_code == 2 and "all 2 indexed files are gone" in result.output
+    assert result.exit_code == 2 and "all 2 files the index records are gone" in result.output
     assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 2
 
 
@@ -161,7 +161,7 @@ def test_everything_gone_is_refused_without_force(tmp_path, monkeypatch):
     said = " ".join(result.output.split())  # the command to run, as it can be run
     assert f"`usesearch prune --db {tmp_path / 'db'} --force` removes them" in said, said
     scoped = runner.invoke(app, ["prune", "/a", "--db", str(tmp_path / "db")])
-    assert "all 30 indexed files under /a are gone" in " ".join(scoped.output.split()), scoped.output
+    assert "all 30 files the index records under /a are gone" in " ".join(scoped.output.split()), scoped.output
     elsewhere = runner.invoke(app, ["prune", str(tmp_path / "nope"), "--db", str(tmp_path / "db")])
     assert elsewhere.exit_code == 0 and "no indexed photo lies under" in elsewhere.output, elsewhere.output
     assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 30
