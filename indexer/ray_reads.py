@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from usesearch.errors import UsesearchError
-from usesearch.io.files import decode, read_bytes
+from usesearch.io.files import decode, read_bytes, refuse_own_picture
 
 from . import fragments
 from .fragments import error_text
@@ -49,6 +49,7 @@ def decode_files(batch: dict, max_bytes: int, max_pixels: int, db_dir: str | os.
                 data, now = read_bytes(os.fsdecode(bytes(fs_path)), max_bytes, path)
                 if now != sha:
                     raise UsesearchError(f"{path} changed while it was being indexed; run again to index it anew")
+                refuse_own_picture(data, path)
                 images[-1] = decode(data, path, max_pixels)
         except Exception as exc:  # noqa: BLE001 - recorded by the committer
             errors[-1] = error_text(exc)

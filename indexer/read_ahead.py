@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from usesearch.io.files import Found, decode, read_bytes
+from usesearch.io.files import Found, decode, read_bytes, refuse_own_picture
 
 from .options import IndexOptions, IndexReport
 from .writer import Writer
@@ -143,7 +143,10 @@ def _photos(
     def decode_one(entry: tuple[str, Read | None]) -> np.ndarray | None:
         """The photo's pixels; None where there is nothing to decode (skipped or failed)."""
         path, job = entry
-        return None if job is None else decode(job[1], job[0].path, options.max_pixels)
+        if job is None:
+            return None
+        refuse_own_picture(job[1], job[0].path)
+        return decode(job[1], job[0].path, options.max_pixels)
 
     for (path, job), future in ordered_map(pool, decode_one, to_decode(), ahead):
         if job is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("ray", reason="the distributed extra is not installed: pip install -e '.[distributed]'")
 
@@ -33,6 +34,7 @@ from usesearch.indexer import (  # noqa: E402
     index_paths,
 )
 from usesearch.indexer.distributed import index_paths_ray  # noqa: E402
+from usesearch.io.atomic import save_picture  # noqa: E402
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 
@@ -42,6 +44,7 @@ def photos(tmp_path_factory):
     folder = write_photos(tmp_path_factory.mktemp("ray") / "photos", NAMES)
     (folder / "broken.png").write_bytes(b"\x89PNG broken")
     write_photos(folder / "again", NAMES[:1])  # the same pixels under another path: indexed once
+    save_picture(Image.new("RGB", (40, 30), "red"), folder / "sheet.png")  # usesearch's: not a photo
     return folder
 
 
@@ -71,8 +74,12 @@ def assert_same_index(db, reference, db_url=None):
     np.testing.assert_allclose(np.stack([a[k] for k in b]), np.stack(list(b.values())), atol=2e-3)
     assert_consistent(db, db_url)
     ix = SegmentIndex.open(db, db_url=db_url)
-    assert [os.path.basename(f.path) for f in ix.store.failures()] == ["broken.png"]
-    assert ix.store.failures()[0].error_class == "ImageReadError"  # the worker's error, under its own name
+    failed = {os.path.basename(f.path): f for f in ix.store.failures()}
+    assert (
+        sorted(failed) == ["broken.png", "sheet.png"]
+        and "a picture usesearch wrote" in failed["sheet.png"].error_message
+    )
+    assert failed["broken.png"].error_class == "ImageReadError"  # the worker's error, under its own name
     ix.close()
     assert not list((Path(db) / fragments.FRAGMENTS).glob("*.npz"))  # every fragment committed and removed
 
@@ -151,7 +158,7 @@ def test_ray_index_on_postgresql_equals_a_sequential_run_with_a_worker_killed(
     report = index_paths_ray([photos], tmp_path / "db", options, kill_a_worker)
     assert killed, "no Ray worker was found to kill"
     assert max(together) == 2  # an actor call's photos committed in one transaction
-    assert report.done == len(NAMES) and report.failed == 1 and report.skipped == 1
+    assert report.done == len(NAMES) and report.failed == 2 and report.skipped == 1
     assert seen == sorted(seen) and seen[-1] == report.segments > 0  # progress as images commit
     assert_same_index(tmp_path / "db", sequential, pg_url)
     import ray.data
@@ -159,7 +166,7 @@ def test_ray_index_on_postgresql_equals_a_sequential_run_with_a_worker_killed(
     hashed, from_items = [], ray.data.from_items
     monkeypatch.setattr(ray.data, "from_items", lambda rows: hashed.extend(rows) or from_items(rows))
     again = index_paths_ray([photos], tmp_path / "db", options)
-    assert again.done == 0 and again.skipped == len(NAMES) + 2  # the failed one is skipped too, unless retried
+    assert again.done == 0 and again.skipped == len(NAMES) + 3  # the failed ones are skipped too, unless retried
     # Unread where the file's stat is the one its worker took before hashing it: the failed
     # file and the copy of another path's pixels too (they were read again each run).
     assert hashed == []

@@ -236,3 +236,33 @@ def test_the_photo_walk_leaves_out_what_usesearch_wrote_among_the_photos(tmp_pat
     assert sum("holds an index, not photos: its pictures left out" in r.getMessage() for r in caplog.records) == 1
     assert sum("holds an audit report, not photos: its files left out" in r.getMessage() for r in caplog.records) == 1
     assert [os.path.basename(f.path) for f in walk([tmp_path / "idx"])] == ["sheet.png", "beach.png"]  # named
+
+
+def test_a_picture_usesearch_wrote_among_photos_is_not_indexed_as_one(tmp_path):
+    """`segment --out` and `curate show --out` know no index: their pictures written
+    into a photo folder were indexed as photos by its next run (their mark unread)."""
+    from tests.helpers import write_photos
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    runner = CliRunner()
+    made = runner.invoke(
+        app,
+        [
+            "segment",
+            str(photos / "coffee.png"),
+            "--classes",
+            "cup",
+            "--out",
+            str(photos / "lab.png"),
+            "--preset",
+            "tiny",
+        ],
+    )
+    assert made.exit_code == 0 and (photos / "lab.png").is_file(), made.output
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny"]
+    first = runner.invoke(app, args)
+    said = " ".join(first.output.split())
+    assert first.exit_code == 0 and "1 images indexed, 0 skipped, 1 failed" in said, said
+    assert "lab.png: ImageReadError: cannot index" in said and "a picture usesearch wrote" in said
+    again = " ".join(runner.invoke(app, args).output.split())
+    assert "0 images indexed, 2 skipped, 0 failed" in again, again  # recorded: not read again

@@ -180,16 +180,27 @@ def written_by_usesearch(path: str | os.PathLike) -> bool:
     mark); False for anything else, a photo, a file Pillow cannot read, a FIFO. Read from
     the file's header: ``getexif`` decodes a whole PNG that has no EXIF before its pixels
     (0.43 s at 48 MP), and warns of a decompression bomb past 89 MP."""
+    if not os.path.isfile(path):
+        return False
+    return _marked(path)
+
+
+def bytes_written_by_usesearch(data: bytes) -> bool:
+    """``written_by_usesearch`` of a file's bytes, read already (the indexer's)."""
+    import io
+
+    return _marked(io.BytesIO(data))
+
+
+def _marked(source) -> bool:
     import warnings
 
     from PIL import Image
 
-    if not os.path.isfile(path):
-        return False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as picture:
+            with Image.open(source) as picture:
                 if picture.format == "TIFF":  # its tags are its header
                     return picture.getexif().get(SOFTWARE_TAG) == PICTURE_MARK
                 raw = picture.info.get("exif")  # (PNG's eXIf chunk before its pixels, JPEG's APP1, WebP's)

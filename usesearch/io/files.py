@@ -274,6 +274,20 @@ def pixel_count(data: bytes, name: str, max_pixels: int | None = None) -> int:
     return w * h
 
 
+def refuse_own_picture(data: bytes, name: str) -> None:
+    """A picture usesearch wrote (``save_picture``'s mark: a contact sheet, an overlay, a
+    label map) met among the photos an index walks: refused as a photo, recorded as the
+    indexer records any, so a re-run skips it unread. ``segment --out`` and ``curate show
+    --out`` know no index, and wrote theirs into its folders, indexed the next run."""
+    from usesearch.io.atomic import bytes_written_by_usesearch
+
+    if bytes_written_by_usesearch(data):
+        raise ImageReadError(
+            f"cannot index {name}: a picture usesearch wrote (a contact sheet, overlay or label map), not a photo; "
+            "write such pictures outside the folders you index"
+        )
+
+
 def decode(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
     """Bytes -> RGB uint8 with EXIF orientation applied. Pixel count is checked from
     the header first, so a decompression bomb is refused without decoding it. Within
