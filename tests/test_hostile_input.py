@@ -127,6 +127,9 @@ def test_a_catalog_copied_into_another_index_folder_is_refused_never_rebuilt(tmp
         ["query", "a cat", "--db", str(tmp_path / "b")],
         ["reindex", "--db", str(tmp_path / "b")],
         ["index", str(tmp_path / "photos-b"), "--db", str(tmp_path / "b"), "--preset", "tiny"],
+        # No --preset: the run takes the index's own model from its catalog, and a catalog of
+        # another index sent the user to pull b16's weights (the defaults') instead.
+        ["index", str(tmp_path / "photos-b"), "--db", str(tmp_path / "b")],
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "belongs to index" in result.output, (args, result.output)
