@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import inspect, select, text
@@ -32,6 +34,7 @@ from .records import IndexIdentity, SegmentRecord
 
 ID_FILE = "index-id"
 LOCK_KEY = 0x7573_6573_6561_7263  # "usesearc": one writer per PostgreSQL database
+SCHEMA_KEY = 0x7573_6573_6561_7273  # "usesears": one process at a time making or upgrading its tables
 log = logging.getLogger(__name__)
 
 
@@ -108,6 +111,26 @@ def lock_catalog(store):
         )
     connection.commit()  # the lock is the session's, not the transaction's
     return connection
+
+
+@contextmanager
+def schema_lock(store) -> Iterator[None]:
+    """The tables made or upgraded by one process at a time (PostgreSQL): two first runs
+    on a new database both ran ``CREATE TABLE``, and the second failed in the server's
+    words ("duplicate key value violates unique constraint pg_type_typname_nsp_index")
+    before the writer's lock could refuse it in ours. Waited for: it is held for as long
+    as the tables take; SQLite's catalog is the folder's, under the folder's lock."""
+    if store.engine.dialect.name != "postgresql":
+        yield
+        return
+    with store.engine.connect() as connection:
+        connection.execute(text("select pg_advisory_lock(:key)"), {"key": SCHEMA_KEY})
+        connection.commit()  # the session's lock, not the transaction's
+        try:
+            yield
+        finally:
+            connection.execute(text("select pg_advisory_unlock(:key)"), {"key": SCHEMA_KEY})
+            connection.commit()
 
 
 def unlock_catalog(connection) -> None:

@@ -111,12 +111,13 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                     "makes: run any usesearch command on it where its folder is writable and no indexer is writing"
                 )
         else:
-            tables = set(inspect(self.engine).get_table_names())
-            migrations.refuse_foreign_tables(tables, f"{make_url(url).database or url}")
-            if "index_info" not in tables:
-                identity.refuse_a_new_catalog(self)
-            migrations.upgrade(self.engine, self.folder)
-            Base.metadata.create_all(self.engine)
+            with identity.schema_lock(self):  # (another first run's tables, seen made)
+                tables = set(inspect(self.engine).get_table_names())
+                migrations.refuse_foreign_tables(tables, f"{make_url(url).database or url}")
+                if "index_info" not in tables:
+                    identity.refuse_a_new_catalog(self)
+                migrations.upgrade(self.engine, self.folder)
+                Base.metadata.create_all(self.engine)
             self._has_vector_state = True
 
     def close(self) -> None:

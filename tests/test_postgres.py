@@ -277,3 +277,30 @@ def test_a_suggested_command_is_quoted_for_the_shell_and_carries_no_password():
     assert (url.username, url.password, url.host, url.database) == ("ana", None, "db.example", "photos")
     assert dict(url.query) == {"sslmode": "require"}
     assert index_flags("idx", None) == "--db idx" and index_flags("idx", "sqlite:///x") == "--db idx"
+
+
+def test_two_first_runs_on_a_new_database_make_its_tables_one_after_the_other(tmp_path, pg_url):
+    """Both ran CREATE TABLE at once, and the second failed in the server's words
+    ("duplicate key value violates unique constraint pg_type_typname_nsp_index"),
+    before the writer's lock could refuse it in ours. A writable open waits while
+    another process holds the tables' lock, then finds them made."""
+    from usesearch.indexer import identity
+    from usesearch.indexer.store import Store
+
+    first = Store(pg_url, folder=tmp_path / "a")  # the tables, as a first run makes them
+    engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    opened: list = []
+    with engine.connect() as holder:  # another process making or upgrading them
+        holder.execute(text("select pg_advisory_lock(:key)"), {"key": identity.SCHEMA_KEY})
+        holder.commit()
+        second = threading.Thread(target=lambda: opened.append(Store(pg_url, folder=tmp_path / "b")))
+        second.start()
+        second.join(3)
+        assert second.is_alive() and not opened  # waiting, not racing
+        holder.execute(text("select pg_advisory_unlock(:key)"), {"key": identity.SCHEMA_KEY})
+        holder.commit()
+    second.join(60)
+    assert len(opened) == 1 and not second.is_alive()
+    for store in (first, opened[0]):
+        store.close()
+    engine.dispose()
