@@ -5,6 +5,8 @@ open, and the retry of a write while a database server is unreachable."""
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -50,6 +52,16 @@ def shown_url(url: str) -> str:
     except (ArgumentError, ValueError):
         return "(the URL given)"
     return parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
+
+
+def index_flags(db_dir: str | os.PathLike, db_url: str | None) -> str:
+    """``--db DIR`` (and ``--db-url URL``, without its password) for a command a message
+    suggests, quoted as a shell reads it: without the URL, a PostgreSQL index's
+    suggested command was refused; a folder with a space was two arguments."""
+    flags = ["--db", os.fspath(db_dir)]
+    if db_url is not None and not db_url.startswith("sqlite"):
+        flags += ["--db-url", url_without_password(db_url)]
+    return shlex.join(flags)
 
 
 def url_without_password(url: str) -> str:

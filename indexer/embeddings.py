@@ -56,8 +56,9 @@ def row_sums(block: np.ndarray) -> np.ndarray:
 
 
 class EmbeddingFiles:
-    def __init__(self, folder: str | os.PathLike, dim: int, chunk_rows: int | None = None):
+    def __init__(self, folder: str | os.PathLike, dim: int, chunk_rows: int | None = None, flags: str = "--db DIR"):
         self.folder = Path(folder)
+        self.flags = flags  # the index's, for the repair its errors suggest (``catalog.index_flags``)
         self.dim = dim
         self.row_bytes = 2 * dim
         self.chunk_rows = chunk_rows or CHUNK_ROWS
@@ -149,7 +150,9 @@ class EmbeddingFiles:
     def _map(self, chunk: int, need_rows: int) -> np.ndarray:
         mapped = self._maps.get(chunk)
         if mapped is None or len(mapped) < need_rows:  # the file grew since it was mapped
-            repair = "`usesearch index PATHS --db DIR --repair` re-embeds their photos (or restore it from a backup)"
+            repair = (
+                f"`usesearch index PATHS {self.flags} --repair` re-embeds their photos (or restore it from a backup)"
+            )
             try:
                 rows = self.path(chunk).stat().st_size // self.row_bytes
             except FileNotFoundError:
@@ -247,7 +250,7 @@ class EmbeddingFiles:
     def _verify(self, chunk: int, at: np.ndarray, block: np.ndarray, dest, ids: np.ndarray | None) -> None:
         bad = self._mismatch(chunk, at, block)
         if bad.any():
-            raise DamagedRowsError(self.path(chunk), at[bad], None if ids is None else ids[dest][bad])
+            raise DamagedRowsError(self.path(chunk), at[bad], None if ids is None else ids[dest][bad], self.flags)
 
     def _mismatch(self, chunk: int, at: np.ndarray, block: np.ndarray) -> np.ndarray:
         sums = self._sums.get(chunk)

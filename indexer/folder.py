@@ -4,7 +4,6 @@ it uses and the lock its one writer holds."""
 from __future__ import annotations
 
 import os
-import shlex
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -12,7 +11,8 @@ from pathlib import Path
 from usesearch.errors import IndexIdentityError, IndexLockedError, IndexUpgradeNeededError, UsesearchError
 from usesearch.io.locks import one_writer
 
-from .catalog import shown_url, url_without_password
+from .catalog import index_flags as index_flags  # (said by many messages: imported from here)
+from .catalog import shown_url
 from .embeddings import FOLDER
 from .identity import ID_FILE
 from .records import ImageRecord, IndexIdentity
@@ -31,16 +31,6 @@ def db_url_for(db_dir: Path, db_url: str | None) -> str:
             "--db-url names a PostgreSQL server (postgresql://USER@HOST/DB)"
         )
     return db_url or f"sqlite:///{db_dir / DB_FILE}"
-
-
-def index_flags(db_dir: str | os.PathLike, db_url: str | None) -> str:
-    """``--db DIR`` (and ``--db-url URL``, without its password) for a command a message
-    suggests, quoted as a shell reads it: without the URL, a PostgreSQL index's
-    suggested command was refused; a folder with a space was two arguments."""
-    flags = ["--db", os.fspath(db_dir)]
-    if db_url is not None and not db_url.startswith("sqlite"):
-        flags += ["--db-url", url_without_password(db_url)]
-    return shlex.join(flags)
 
 
 def check_db_dir(db_dir: str | os.PathLike) -> Path:

@@ -18,7 +18,7 @@ from usesearch.io.images import to_rgb_array
 from . import calibration, faiss_gpu, index_choice, index_kinds, index_stats, vector_files, vectors
 from .embeddings import top_rows
 from .filters import SearchFilters, check_k, check_query_text, check_query_vector, check_segment_id
-from .folder import FAISS_FILE, open_store
+from .folder import FAISS_FILE, index_flags, open_store
 from .freshness import TYPE_CHECK_S, Freshness
 from .hits import Hit, passes, passing_share, to_hits
 from .index_models import IndexModels
@@ -70,7 +70,9 @@ class SegmentIndex(Freshness):
         self.store = store
         info = store.info()
         if info is None:
-            raise UsesearchError(f"{db_dir} holds no index yet; run `usesearch index PATH --db {db_dir}` first")
+            raise UsesearchError(
+                f"{db_dir} holds no index yet; run `usesearch index PATH {index_flags(db_dir, store.url)}` first"
+            )
         self.info: IndexInfo = info
         self._closed = False
         self.models = IndexModels(info, device, model, self.check_open)  # each loaded on first use

@@ -28,7 +28,15 @@ from usesearch.errors import CatalogUnavailableError, IndexUpgradeNeededError, U
 from . import identity, migrations
 from .annotation_lookups import AnnotationLookups
 from .annotation_writes import AnnotationWrites
-from .catalog import immutable_url, server_url, shown_url, sqlite_pragmas, sqlite_read_pragmas, while_reachable
+from .catalog import (
+    immutable_url,
+    index_flags,
+    server_url,
+    shown_url,
+    sqlite_pragmas,
+    sqlite_read_pragmas,
+    while_reachable,
+)
 from .embeddings import FOLDER as EMBEDDINGS_FOLDER
 from .embeddings import EmbeddingFiles
 from .image_writes import ImageWrites, PhotoWrite
@@ -349,7 +357,9 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             info = self._as_writer(self.info)  # a writer's first commit reads it: an outage there is waited out
             if info is None:
                 raise UsesearchError("this index has no identity yet, so no embedding dimension")
-            self._files = EmbeddingFiles(self.folder / EMBEDDINGS_FOLDER, info.dim)
+            self._files = EmbeddingFiles(
+                self.folder / EMBEDDINGS_FOLDER, info.dim, flags=index_flags(self.folder, self.url)
+            )
         return self._files
 
     def embeddings(

@@ -27,6 +27,7 @@ from usesearch.errors import DiskFullError, StaleFilesError, UsesearchError, is_
 from usesearch.io.atomic import write_atomic
 
 from . import vectors
+from .catalog import index_flags
 from .index_kinds import index_ids, ivf_of, new_index
 from .store import Store
 from .vectors import Vectors, rebuild
@@ -218,11 +219,11 @@ def load(
         if not rebuild_unverified:
             raise StaleFilesError(f"{path}: {why}")
         log.warning(
-            "%s does not match the database (%s); rebuilding it from the database (`usesearch reindex --db %s` "
+            "%s does not match the database (%s); rebuilding it from the database (`usesearch reindex %s` "
             "writes it back, so that later opens need not)",
             path,
             why,
-            path.parent,
+            index_flags(path.parent, store.url),
         )
         rebuilt = rebuild(store, dim, factory, device, shard_size)
         return rebuilt, (0, rebuilt.ntotal)

@@ -293,7 +293,7 @@ def _one_line_on_few_points(index: faiss.Index, n: int) -> int:
     if parts and clusters <= n < FAISS_POINTS_PER_CLUSTER * clusters:
         log.warning(
             "training %d clusters on %d vectors (FAISS asks for %d): recall is low until the index grows, "
-            "or `usesearch reindex` chooses a smaller index",
+            "or `usesearch reindex --factory auto` chooses one for this size",
             clusters,
             n,
             FAISS_POINTS_PER_CLUSTER * clusters,

@@ -151,11 +151,16 @@ def test_one_postgresql_catalog_one_folder_and_one_writer(tmp_path, pg_url):
             SegmentIndex.open(folder, db_url=pg_url)
         with pytest.raises(IndexIdentityError):
             index_paths([photos], folder, IndexOptions(**OPTS, db_url=pg_url))
-    # A second writer on the catalog is refused while the first holds it, whatever its folder.
+    # A second writer on the catalog is refused while the first holds it, whatever its folder:
+    # a copy of the index's folder (its id too) past the folder's lock; a new folder is not the
+    # catalog's, refused as such before any model loads or the folder is made.
     with Writer(tmp_path / "a", IndexOptions(db_url=pg_url), None):
+        shutil.copytree(tmp_path / "a", tmp_path / "copy")
         with pytest.raises(CatalogLockedError, match="another indexer is writing"):
+            index_paths([photos], tmp_path / "copy", IndexOptions(**OPTS, db_url=pg_url))
+        with pytest.raises(IndexIdentityError, match="is not its folder"):
             index_paths([photos], tmp_path / "new2", IndexOptions(**OPTS, db_url=pg_url))
-    assert not (tmp_path / "new2").exists()  # the refused run's folder, holding its lock alone, is gone
+    assert not (tmp_path / "new2").exists()  # the refused run made no folder
     again = index_paths([photos], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))  # released
     assert again.skipped == 2
 
@@ -261,9 +266,8 @@ def test_a_missing_or_cut_embedding_chunk_is_repaired_like_damaged_rows(tmp_path
     assert stats["bytes_embeddings_dead"] == 0
     (db / FAISS_FILE).unlink()  # a rebuild reads every row
     result = CliRunner().invoke(app, ["reindex", "--db", str(db)])
-    assert result.exit_code == 2 and "is missing: `usesearch index PATHS --db DIR --repair`" in result.output, (
-        result.output
-    )
+    said = " ".join(result.output.split())  # the index's own flags in the repair it suggests
+    assert result.exit_code == 2 and f"is missing: `usesearch index PATHS --db {db} --repair`" in said, said
     repaired = index_paths([photos], db, IndexOptions(**OPTS, repair=True))
     assert repaired.repaired and repaired.done == len(repaired.repaired)
     assert segment_table(db) == before
@@ -385,6 +389,7 @@ def test_a_writer_takes_its_catalog_lock_again_after_the_server_restarts(tmp_pat
     with Writer(tmp_path / "a", IndexOptions(db_url=pg_url), None) as writer:
         postgres_server.restart()  # the lock ended with its session
         writer.store.retrying(lambda: writer.store.generation())  # the writer's next write takes it again
+        shutil.copytree(tmp_path / "a", tmp_path / "b")  # the index's folder copied: its id, not its lock
         with pytest.raises(CatalogLockedError):
             index_paths([photos], tmp_path / "b", IndexOptions(**OPTS, db_url=pg_url))
 

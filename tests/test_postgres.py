@@ -304,3 +304,33 @@ def test_two_first_runs_on_a_new_database_make_its_tables_one_after_the_other(tm
     for store in (first, opened[0]):
         store.close()
     engine.dispose()
+
+
+def test_the_commands_deep_messages_suggest_carry_the_catalogs_url(tmp_path, pg_url, caplog):
+    """The rebuild's warning, a short embedding file's repair and a folder holding no
+    index yet suggested `--db DIR` alone (or the words DIR): run as printed on a
+    PostgreSQL index, each was refused for want of its --db-url."""
+    import logging
+
+    from usesearch.indexer.folder import FAISS_FILE
+    from usesearch.indexer.store import Store
+
+    db, flags = tmp_path / "db", f"--db {tmp_path / 'db'} --db-url 'postgresql"
+    index_paths([write_photos(tmp_path / "photos", NAMES[:2])], db, IndexOptions(**OPTS, db_url=pg_url))
+    (db / FAISS_FILE).write_bytes(b"not a FAISS file")
+    with caplog.at_level(logging.WARNING, logger="usesearch"), SegmentIndex.open(db, db_url=pg_url) as index:
+        assert index.query("a cat", k=1)  # rebuilt from the catalog
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"`usesearch reindex {flags}" in said, said
+    chunk = next((db / "embeddings").glob("chunk-*.f16"))
+    chunk.write_bytes(chunk.read_bytes()[:64])
+    (db / FAISS_FILE).unlink()
+    with pytest.raises(UsesearchError, match=f"`usesearch index PATHS {flags}.*--repair`"):
+        SegmentIndex.open(db, db_url=pg_url)
+    empty = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with empty.begin() as connection:  # the catalog's tables made, no index recorded yet (a first run's start)
+        connection.execute(text("delete from index_info"))
+    empty.dispose()
+    Store(pg_url, folder=db).close()
+    with pytest.raises(UsesearchError, match=f"holds no index yet; run `usesearch index PATH {flags}"):
+        SegmentIndex.open(db, db_url=pg_url)

@@ -135,7 +135,7 @@ class DiskFullError(UsesearchError):
 class DamagedRowsError(UsesearchError):
     """Embedding rows whose bits no longer match their checksums."""
 
-    def __init__(self, path: Path, rows: np.ndarray, ids: np.ndarray | None):
+    def __init__(self, path: Path, rows: np.ndarray, ids: np.ndarray | None, flags: str = "--db DIR"):
         self.path, self.rows, self.ids = path, rows, ids
         which = (
             f"segments {', '.join(map(str, ids[:8].tolist()))}{' ...' if len(ids) > 8 else ''}"
@@ -143,7 +143,7 @@ class DamagedRowsError(UsesearchError):
             else f"rows {', '.join(map(str, rows[:8].tolist()))}"
         )
         super().__init__(
-            f"{len(rows)} embedding rows in {path} are damaged ({which}): run `usesearch index PATHS --db DIR "
+            f"{len(rows)} embedding rows in {path} are damaged ({which}): run `usesearch index PATHS {flags} "
             "--repair` to re-embed their photos, or restore the file from a backup"
         )
 
