@@ -107,6 +107,14 @@ def _start_ray(address: str | None) -> None:
                 # came before the run's every line: the CLI says what a user needs itself.
                 logging_level=logging.ERROR,
             )
+    except ConnectionError as exc:  # --ray auto with none running: Ray's words name an --address flag we lack
+        ray.shutdown()
+        if address != "auto":
+            raise
+        raise UsesearchError(
+            "--ray auto: no Ray cluster runs on this machine (`ray start --head` starts one); "
+            "or give --ray HOST:PORT, or a bare --ray for a Ray of this run's own"
+        ) from exc
     except BaseException:  # a Ctrl-C while Ray starts: its half-started session crashed the exit
         ray.shutdown()
         raise

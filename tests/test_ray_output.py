@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("ray", reason="the distributed extra is not installed: pip install -e '.[distributed]'")
 
 from tests.helpers import index_on_ray_in_a_process, write_photos  # noqa: E402
+from usesearch.errors import UsesearchError  # noqa: E402
 from usesearch.indexer import IndexOptions, SegmentIndex, fragments, index_paths, ray_cluster  # noqa: E402
 
 RAY_NATIVE_LINE = re.compile(
@@ -153,3 +154,25 @@ def test_a_report_ray_prints_until_its_shutdown_stays_off_stdout(monkeypatch, ca
         pass
     printed = capsys.readouterr()
     assert "worker died" in printed.err and "worker died" not in printed.out
+
+
+def test_ray_auto_with_no_cluster_running_is_said_in_our_flags(monkeypatch):
+    """Ray's words ("Could not find any running Ray instance. Please specify the one to
+    connect to by setting `--address` flag or `RAY_ADDRESS`") named a flag usesearch lacks."""
+    import ray
+
+    def no_cluster(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance. Please specify ... `--address` flag")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    with pytest.raises(
+        UsesearchError, match="--ray auto: no Ray cluster runs on this machine .*--ray HOST:PORT"
+    ) as said:
+        with ray_cluster.ray_session("auto"):
+            pass
+    assert "--address" not in str(said.value)
+    with pytest.raises(ConnectionError):  # a cluster address given: Ray's own reason stands
+        with ray_cluster.ray_session("10.0.0.1:6379"):
+            pass
