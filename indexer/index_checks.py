@@ -37,11 +37,17 @@ def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
     # An index made before points_per_batch left the identity has it recorded: compared without it.
     if (existing.masker, mask_defining(existing.masker_params)) != (info.masker, mask_defining(info.masker_params)):
         raise IndexMismatchError(
-            f"this index was built with masker {existing.masker} {existing.masker_params}; this run asks for "
-            f"{info.masker} {info.masker_params}{masks_file_changed(existing.masker_params, info.masker_params)}. "
+            f"this index was built with masker {masker_said(existing.masker, existing.masker_params)}; this run asks "
+            f"for {masker_said(info.masker, info.masker_params)}"
+            f"{masks_file_changed(existing.masker_params, info.masker_params)}. "
             "Use the same masker or a new --db."
         )
     return existing
+
+
+def masker_said(name: str, params: dict) -> str:
+    """``felzenszwalb (scales=[100.0, 400.0], max_masks=64)``, not a Python dict's repr."""
+    return f"{name} ({', '.join(f'{key}={value}' for key, value in params.items())})" if params else name
 
 
 def check_factory(
