@@ -257,7 +257,9 @@ def test_commands_that_run_no_model_import_none(tmp_path):
         ["serve", "--db", "/nowhere"],
         ["audit", "--db", "/nowhere"],
         ["index", str(tmp_path / "fotos"), "--db", str(tmp_path / "new")],  # a typo in its photos
+        ["index", str(tmp_path / "empty"), "--db", str(tmp_path / "new")],  # a disk not mounted
     ]
+    (tmp_path / "empty").mkdir()
     code = (
         "import json, sys\n"
         "from typer.testing import CliRunner\n"
@@ -288,7 +290,7 @@ def test_commands_that_run_no_model_import_none(tmp_path):
     ran, query, after = ran[:-2], ran[-2], ran[-1]
     assert query == ["query", 0, False] and after == ["transformers", True, None], (query, after)
     assert [name for name, _, _ in ran] == [c[0] for c in commands]
-    assert [code for _, code, _ in ran] == [0] * 5 + [2] * 4  # each ran (the last four: no index, no photos)
+    assert [code for _, code, _ in ran] == [0] * 5 + [2] * 5  # each ran (the last five: no index, no photos)
     assert all(heavy == [] for _, _, heavy in ran), ran
     assert not (tmp_path / "new").exists()  # the typo left no index folder
 

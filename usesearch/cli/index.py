@@ -88,12 +88,14 @@ def index(
     def run() -> None:
         from tqdm import tqdm
 
-        from usesearch.indexer.folder import check_paths
+        from usesearch.indexer.folder import DB_FILE, check_paths
         from usesearch.indexer.options import IndexOptions
 
         opts.refuse_other_kind(db, "an index")
         folders: list[str | os.PathLike] = list(paths)
         check_paths(folders, db)  # a typo said before the models' libraries load (seconds)
+        if coco is None and db_url is None and not (Path(db) / DB_FILE).exists():
+            _refuse_empty_folders(folders)
         masker_options = sam.given()
         labelled = coco is not None and masker != "coco"  # --masker coco: the file's masks are proposals
         if split is not None and not labelled:
@@ -273,6 +275,22 @@ def _prune(db: str, folders: list[str | os.PathLike], options) -> None:
             f"`usesearch prune {flags}` removes those still failing"
         )
     _print_freed(pruned)
+
+
+def _refuse_empty_folders(folders: list[str | os.PathLike]) -> None:
+    """Folders with nothing in them (a disk not mounted), for a new index: refused as
+    the walk refuses them, but before the models' libraries load (5 s and 0.9 GB here)."""
+    from usesearch.io.files import photos_under
+
+    def empty(folder: str | os.PathLike) -> bool:
+        try:
+            with os.scandir(folder) as entries:
+                return next(entries, None) is None
+        except OSError:  # a file, unreadable: the walk says what it is
+            return False
+
+    if all(empty(folder) for folder in folders):
+        photos_under(folders, refuse_none=True)  # (nothing to walk: its one line at once)
 
 
 def _print_labelled(report, db: str, db_url: str | None) -> None:
