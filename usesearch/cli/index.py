@@ -284,7 +284,7 @@ def _refuse_empty_folders(folders: list[str | os.PathLike]) -> None:
 
     def empty(folder: str | os.PathLike) -> bool:
         try:
-            with os.scandir(folder) as entries:
+            with os.scandir(os.fspath(folder)) as entries:
                 return next(entries, None) is None
         except OSError:  # a file, unreadable: the walk says what it is
             return False
