@@ -9,6 +9,7 @@ import os
 import shlex
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import unquote
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -46,12 +47,18 @@ def server_url(url: str) -> str:
 
 def shown_url(url: str) -> str:
     """The URL as messages show it: without its password, whether written before the
-    host or as a ``?password=`` parameter (psycopg takes both)."""
+    host or as a ``?password=`` parameter (psycopg takes both); one spelling, as users
+    write it, whether it is the store's (``postgresql+psycopg://...?host=%2Ftmp``) or theirs."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         return "(the URL given)"
-    return parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
+    parsed = parsed.difference_update_query(["password"])
+    if (
+        parsed.drivername == "postgresql+psycopg"
+    ):  # the driver usesearch adds (``server_url``); another is said as given
+        parsed = parsed.set(drivername="postgresql")
+    return unquote(parsed.render_as_string(hide_password=True))
 
 
 def index_flags(db_dir: str | os.PathLike, db_url: str | None) -> str:

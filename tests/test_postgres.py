@@ -219,6 +219,8 @@ def test_a_password_is_never_shown_and_a_malformed_url_is_said_so():
         "postgresql://me@db/photos?sslmode=require"
     )
     assert "pw" not in shown_url("postgresql://me:pw@db/photos")
+    # The store's own spelling shown as the user's: lock and pairing errors gave this one
+    assert shown_url("postgresql+psycopg://me@/photos?host=%2Ftmp%2Fsock") == "postgresql://me@/photos?host=/tmp/sock"
     for url, why in (
         ("postgresql://me:p@db:notaport/photos", "not a database URL"),
         ("postgresql+psycopg2://me@db/photos", "usesearch reaches PostgreSQL with psycopg"),
