@@ -23,7 +23,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from usesearch.errors import CatalogUnavailableError, IndexUpgradeNeededError, UsesearchError, first_line
+from usesearch.errors import (
+    CatalogLockedError,
+    CatalogUnavailableError,
+    IndexUpgradeNeededError,
+    UsesearchError,
+    first_line,
+)
 
 from . import identity, migrations
 from .annotation_lookups import AnnotationLookups
@@ -267,7 +273,13 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         except Exception:  # noqa: BLE001
             pass
         self._catalog_lock = None
-        self._catalog_lock = identity.lock_catalog(self)  # while the server is down: OperationalError, retried
+        try:
+            self._catalog_lock = identity.lock_catalog(self)  # while the server is down: OperationalError, retried
+        except CatalogLockedError as exc:  # said as a run stopped mid-way, not refused at its start
+            raise CatalogLockedError(
+                f"{exc}; this run lost the lock when the database server restarted, and stopped: what it "
+                "committed is kept, and a run after the other one ends goes on from there"
+            ) from None
 
     def remove_image(self, image_id: int) -> list[int]:
         """Delete an image and its segments in one transaction; their segment ids."""

@@ -336,3 +336,20 @@ def test_the_commands_deep_messages_suggest_carry_the_catalogs_url(tmp_path, pg_
     Store(pg_url, folder=db).close()
     with pytest.raises(UsesearchError, match=f"holds no index yet; run `usesearch index PATH {flags}"):
         SegmentIndex.open(db, db_url=pg_url)
+
+
+def test_a_writer_whose_lock_another_took_after_a_restart_says_it_stopped_mid_way(tmp_path, pg_url, postgres_server):
+    """It said "another indexer is writing ...; wait for it to finish", as a run refused at
+    its start, of a run that had committed photos and then stopped."""
+    import shutil
+
+    from usesearch.errors import CatalogLockedError
+    from usesearch.indexer.writer import Writer
+
+    index_paths([write_photos(tmp_path / "photos", NAMES[:1])], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same index's folder, its id too
+    with Writer(tmp_path / "a", IndexOptions(db_url=pg_url), None) as first:
+        postgres_server.restart()  # the lock ended with its session
+        with Writer(tmp_path / "b", IndexOptions(db_url=pg_url), None):  # another run takes it meanwhile
+            with pytest.raises(CatalogLockedError, match="another indexer is writing.*this run lost the lock when"):
+                first.store.retrying(lambda: first.store.generation())  # the first run's next write
