@@ -217,7 +217,7 @@ def test_nprobe_and_rerank_trade_speed_for_recall(compressed):
     assert result.exit_code == 0, result.output
     import json
 
-    found = [h["segment_id"] for h in json.loads(result.output)]
+    found = [h["segment_id"] for h in json.loads(result.stdout)]
     keep = np.ones(len(data), bool)
     keep[4] = False
     assert found == exact_filtered(data, data[4], keep, 10)

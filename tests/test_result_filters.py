@@ -132,7 +132,7 @@ def test_cli_and_web_take_min_score_and_distinct(hand_built):
     assert result.exit_code == 0, result.output
     import json
 
-    hits = json.loads(result.output)
+    hits = json.loads(result.stdout)
     assert hits and all(h["score"] >= 0.5 for h in hits)
     images = {}
     for h in hits:  # no two hits of one photo where one mostly holds the other
