@@ -113,6 +113,31 @@ def lock_catalog(store):
     return connection
 
 
+def kept_catalog_lock(store, connection):
+    """The writer's lock before each write: a PostgreSQL lock lives as long as its
+    session, and a server restart ends both while the pool reconnects the writes
+    quietly. The lock's session is checked (one round trip) and the lock taken again
+    where it is gone, refused in one line if another writer took it meanwhile."""
+    if connection is None:
+        return None
+    try:
+        connection.exec_driver_sql("SELECT 1")
+        return connection
+    except Exception:  # noqa: BLE001 - a dropped session, whatever the driver calls it
+        pass
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        return lock_catalog(store)  # while the server is down: OperationalError, retried by the caller
+    except CatalogLockedError as exc:  # said as a run stopped mid-way, not refused at its start
+        raise CatalogLockedError(
+            f"{exc}; this run lost the lock when the database server restarted, and stopped: what it "
+            "committed is kept, and a run after the other one ends goes on from there"
+        ) from None
+
+
 @contextmanager
 def schema_lock(store) -> Iterator[None]:
     """The tables made or upgraded by one process at a time (PostgreSQL): two first runs

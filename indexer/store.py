@@ -23,13 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from usesearch.errors import (
-    CatalogLockedError,
-    CatalogUnavailableError,
-    IndexUpgradeNeededError,
-    UsesearchError,
-    first_line,
-)
+from usesearch.errors import CatalogUnavailableError, IndexUpgradeNeededError, UsesearchError, first_line
 
 from . import identity, migrations
 from .annotation_lookups import AnnotationLookups
@@ -245,7 +239,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             nonlocal tries
             tries += 1
             self.retried = self.retried or tries > 1  # ``Writer`` then reconciles FAISS with what committed
-            self._keep_catalog_lock()
+            self._catalog_lock = identity.kept_catalog_lock(self, self._catalog_lock)
             return write()
 
         return while_reachable(attempt, self.url)
@@ -255,31 +249,6 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         first commit's set-up, tried again as its writes are while the server is
         unreachable (an outage there ended the run at once); a reader's, once."""
         return statement() if self.read_only else self.retrying(statement)
-
-    def _keep_catalog_lock(self) -> None:
-        """A writer's PostgreSQL lock lives as long as its session: a server restart
-        ends both, and the pool reconnects the writes quietly. Each write first checks
-        the lock's session (one round trip) and takes the lock again where it is gone,
-        refused in one line if another writer took it meanwhile."""
-        if self._catalog_lock is None:
-            return
-        try:
-            self._catalog_lock.exec_driver_sql("SELECT 1")
-            return
-        except Exception:  # noqa: BLE001 - a dropped session, whatever the driver calls it
-            pass
-        try:
-            self._catalog_lock.close()
-        except Exception:  # noqa: BLE001
-            pass
-        self._catalog_lock = None
-        try:
-            self._catalog_lock = identity.lock_catalog(self)  # while the server is down: OperationalError, retried
-        except CatalogLockedError as exc:  # said as a run stopped mid-way, not refused at its start
-            raise CatalogLockedError(
-                f"{exc}; this run lost the lock when the database server restarted, and stopped: what it "
-                "committed is kept, and a run after the other one ends goes on from there"
-            ) from None
 
     def remove_image(self, image_id: int) -> list[int]:
         """Delete an image and its segments in one transaction; their segment ids."""
