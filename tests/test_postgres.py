@@ -353,3 +353,34 @@ def test_a_writer_whose_lock_another_took_after_a_restart_says_it_stopped_mid_wa
         with Writer(tmp_path / "b", IndexOptions(db_url=pg_url), None):  # another run takes it meanwhile
             with pytest.raises(CatalogLockedError, match="another indexer is writing.*this run lost the lock when"):
                 first.store.retrying(lambda: first.store.generation())  # the first run's next write
+
+
+def test_a_lock_retaken_while_the_server_is_still_down_is_tried_again_at_the_next_write(monkeypatch):
+    """The store dropped the dead lock's connection before retaking it: where the retake
+    failed (the server still down), the next write found no lock to check and went on
+    without one."""
+    from sqlalchemy.exc import OperationalError
+
+    from usesearch.indexer import identity
+
+    class Dead:
+        def exec_driver_sql(self, sql):
+            raise OperationalError(sql, {}, Exception("server closed the connection"))
+
+        def close(self):
+            pass
+
+    tries = []
+
+    def lock_catalog(store):
+        tries.append(store)
+        if len(tries) == 1:
+            raise OperationalError("select pg_try_advisory_lock", {}, Exception("server is down"))
+        return "a new lock"
+
+    monkeypatch.setattr(identity, "lock_catalog", lock_catalog)
+    dead = Dead()
+    with pytest.raises(OperationalError):
+        identity.kept_catalog_lock("store", dead)  # the caller keeps `dead` and retries the write
+    assert identity.kept_catalog_lock("store", dead) == "a new lock" and len(tries) == 2
+    assert identity.kept_catalog_lock("store", None) is None  # SQLite: no lock to keep
