@@ -9,7 +9,7 @@ import os
 import shlex
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import unquote
+from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -47,18 +47,26 @@ def server_url(url: str) -> str:
 
 def shown_url(url: str) -> str:
     """The URL as messages show it: without its password, whether written before the
-    host or as a ``?password=`` parameter (psycopg takes both); one spelling, as users
-    write it, whether it is the store's (``postgresql+psycopg://...?host=%2Ftmp``) or theirs."""
+    host or as a ``?password=`` parameter (psycopg takes both)."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         return "(the URL given)"
-    parsed = parsed.difference_update_query(["password"])
-    if (
-        parsed.drivername == "postgresql+psycopg"
-    ):  # the driver usesearch adds (``server_url``); another is said as given
+    return _as_written(parsed.difference_update_query(["password"]), hide_password=True)
+
+
+def _as_written(parsed, hide_password: bool) -> str:
+    """One spelling, as users write it, whether the URL is the store's or theirs: the
+    store's driver (``postgresql+psycopg``, ``server_url``'s) left out, another said as
+    given, and a socket folder (``?host=/tmp/sock``) not percent-encoded; the rest as
+    SQLAlchemy renders it (an encoded ``@`` in a user name must stay encoded)."""
+    if parsed.drivername == "postgresql+psycopg":
         parsed = parsed.set(drivername="postgresql")
-    return unquote(parsed.render_as_string(hide_password=True))
+    rendered = parsed.render_as_string(hide_password=hide_password)
+    host = parsed.query.get("host")
+    if isinstance(host, str) and host.startswith("/") and "&" not in host and "#" not in host:
+        rendered = rendered.replace("host=" + quote(host, safe=""), "host=" + host, 1)
+    return rendered
 
 
 def index_flags(db_dir: str | os.PathLike, db_url: str | None) -> str:
@@ -80,7 +88,7 @@ def url_without_password(url: str) -> str:
     except (ArgumentError, ValueError):
         return "URL"
     # (``URL.set(password=None)`` keeps the password: None there means "unchanged".)
-    return parsed.difference_update_query(["password"])._replace(password=None).render_as_string(hide_password=False)
+    return _as_written(parsed.difference_update_query(["password"])._replace(password=None), hide_password=False)
 
 
 def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

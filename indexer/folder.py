@@ -59,18 +59,16 @@ def refuse_photo_folder(db_dir: Path, walked: Sequence[str | os.PathLike] = ()) 
         return
     with os.scandir(db_dir) as entries:
         photo = next((e.name for e in entries if Path(e.name).suffix.lower() in IMAGE_SUFFIXES), None)
-    if photo is not None:
-        raise UsesearchError(
-            f"--db {db_dir} holds photos ({photo}): give the index a folder of its own, e.g. {db_dir}.use"
-        )
     real = Path(os.path.realpath(db_dir))
+    own = f"give the index a folder of its own, e.g. {real}.use"  # (`--db .` would read "..use")
+    if photo is not None:
+        raise UsesearchError(f"--db {db_dir} holds photos ({photo}): {own}")
     for path in walked:
-        folder = Path(os.path.realpath(path))
-        if folder == real or real in folder.parents:
-            raise UsesearchError(
-                f"--db {db_dir} {'is' if folder == real else 'holds'} a folder being indexed ({os.fspath(path)}): "
-                f"give the index a folder of its own, e.g. {db_dir}.use"
-            )
+        walked_real = Path(os.path.realpath(path))
+        if walked_real == real:
+            raise UsesearchError(f"--db {db_dir} is the folder being indexed: {own}")
+        if real in walked_real.parents:
+            raise UsesearchError(f"--db {db_dir} holds {os.fspath(path)}, which is being indexed: {own}")
 
 
 def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Path:
@@ -79,12 +77,12 @@ def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Pa
     if isinstance(paths, (str, bytes, os.PathLike)):  # a str was walked as its characters: "no such file: t"
         raise TypeError(f"paths is a list of files and folders; got the one path {os.fsdecode(paths)!r}: give [it]")
     db_dir = check_db_dir(db_dir)
-    refuse_photo_folder(db_dir, paths)  # for every caller: the CLI, the Python API, Ray and labelled datasets
     missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
     if missing:  # before the lock: a typo must not leave an empty index folder behind
         raise UsesearchError(
             f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
+    refuse_photo_folder(db_dir, paths)  # for every caller: the CLI, the Python API, Ray and labelled datasets
     check_writable(db_dir, "index", "adds the photos' segments to it")
     return db_dir
 

@@ -18,6 +18,7 @@ folder for the same catalog.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,29 +134,37 @@ def kept_catalog_lock(store, connection):
         return lock_catalog(store)  # while the server is down: OperationalError, retried by the caller
     except CatalogLockedError as exc:  # said as a run stopped mid-way, not refused at its start
         raise CatalogLockedError(
-            f"{exc}; this run lost the lock when the database server restarted, and stopped: what it "
-            "committed is kept, and a run after the other one ends goes on from there"
+            f"{exc}; this run lost its database session (a server restart, a dropped connection) and with it "
+            "the lock, and stopped: what it committed is kept, and a run after the other one ends goes on from there"
         ) from None
 
 
 @contextmanager
-def schema_lock(store) -> Iterator[None]:
+def schema_lock(store, poll_s: float = 0.5) -> Iterator[None]:
     """The tables made or upgraded by one process at a time (PostgreSQL): two first runs
     on a new database both ran ``CREATE TABLE``, and the second failed in the server's
     words ("duplicate key value violates unique constraint pg_type_typname_nsp_index")
-    before the writer's lock could refuse it in ours. Waited for: it is held for as long
-    as the tables take; SQLite's catalog is the folder's, under the folder's lock."""
+    before the writer's lock could refuse it in ours. Waited for, said once: it is held
+    for as long as the tables take (an older catalog's upgrade: minutes). Its connection
+    is closed, not pooled, after: a lock left on it would outlive the work. SQLite's
+    catalog is the folder's, under the folder's lock."""
     if store.engine.dialect.name != "postgresql":
         yield
         return
-    with store.engine.connect() as connection:
-        connection.execute(text("select pg_advisory_lock(:key)"), {"key": SCHEMA_KEY})
-        connection.commit()  # the session's lock, not the transaction's
-        try:
-            yield
-        finally:
-            connection.execute(text("select pg_advisory_unlock(:key)"), {"key": SCHEMA_KEY})
+    connection = store.engine.connect()
+    try:
+        said = False
+        while not connection.execute(text("select pg_try_advisory_lock(:key)"), {"key": SCHEMA_KEY}).scalar():
             connection.commit()
+            if not said:
+                log.warning("waiting for another usesearch process making or upgrading %s's tables", _describe(store))
+                said = True
+            time.sleep(poll_s)
+        connection.commit()  # the session's lock, not the transaction's
+        yield
+    finally:
+        connection.invalidate()  # the session ends, and its lock with it, whatever happened above
+        connection.close()
 
 
 def unlock_catalog(connection) -> None:

@@ -54,7 +54,10 @@ def same_kind(dim: int, factory: str, other: str) -> bool:
     spelling of what it built (0.01 s for IVF65536,PQ64 at 768 dimensions)."""
     if factory == other:
         return True
-    built = [faiss.serialize_index(new_index(dim, f)) for f in (factory, other)]
+    try:
+        built = [faiss.serialize_index(new_index(dim, f)) for f in (factory, other)]
+    except ValueError:  # one that today's checks refuse (an index's older type): not the other
+        return False
     return bool(np.array_equal(built[0], built[1]))
 
 

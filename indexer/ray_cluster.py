@@ -109,8 +109,8 @@ def _start_ray(address: str | None) -> None:
             )
     except ConnectionError as exc:  # --ray auto with none running: Ray's words name an --address flag we lack
         ray.shutdown()
-        if address != "auto":
-            raise
+        if address != "auto" or "Could not find any running Ray instance" not in str(exc):
+            raise  # (an unreachable RAY_ADDRESS, a dead cluster's stale address file: Ray's words)
         raise UsesearchError(
             "--ray auto: no Ray cluster runs on this machine (`ray start --head` starts one); "
             "or give --ray HOST:PORT, or a bare --ray for a Ray of this run's own"

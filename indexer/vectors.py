@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from . import faiss_gpu
+from .catalog import index_flags
 from .index_choice import nprobe_for, train_size_for
 from .index_kinds import hnsw_of, index_ids, ivf_of, new_index, product_quantizers
 from .store import Store
@@ -262,7 +263,8 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
     if len(data) < clusters:  # k-means cannot even start: said before FAISS says it in C++'s words
         raise ValueError(
             f"this index type trains {clusters} clusters, on at least as many vectors, and the index holds "
-            f"{len(ids)}: index more photos, or let its size choose its type (`usesearch reindex --factory auto`)"
+            f"{len(ids)}: index more photos, or let its size choose its type "
+            f"(`usesearch reindex {index_flags(store.folder, store.url)} --factory auto`)"
         )
     with faiss_gpu.clustering_on_gpu(index) if faiss_gpu.wanted(device) else contextlib.nullcontext():
         try:
@@ -293,7 +295,7 @@ def _one_line_on_few_points(index: faiss.Index, n: int) -> int:
     if parts and clusters <= n < FAISS_POINTS_PER_CLUSTER * clusters:
         log.warning(
             "training %d clusters on %d vectors (FAISS asks for %d): recall is low until the index grows, "
-            "or `usesearch reindex --factory auto` chooses one for this size",
+            "or reindexing it with --factory auto chooses one for this size",
             clusters,
             n,
             FAISS_POINTS_PER_CLUSTER * clusters,

@@ -99,14 +99,16 @@ def test_an_export_names_the_photos_gone_or_changed_since_indexing(tmp_path, mon
     runner = CliRunner()
     args = ["query", "a cat", "--db", str(db), "-k", "200", "--export-coco", str(tmp_path / "hits.json")]
     fresh = runner.invoke(app, args)
-    assert fresh.exit_code == 0 and "gone or changed" not in fresh.stderr, fresh.stderr
+    assert fresh.exit_code == 0 and "not on disk" not in fresh.stderr, fresh.stderr
     (photos / "astronaut.png").unlink()
     Image.open(photos / "chelsea.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "chelsea.png")
     stale = runner.invoke(app, args)
     assert stale.exit_code == 0, stale.output
     said = " ".join(stale.stderr.split())
-    assert "2 photo(s) in " in said and "are gone or changed since indexing, their masks as indexed" in said
-    assert f"gone: {photos / 'astronaut.png'}; changed: {photos / 'chelsea.png'}" in said, said
+    assert "2 photo(s) in " in said and "are not on disk here or changed since indexing, their masks as indexed" in said
+    assert f"not on disk: {photos / 'astronaut.png'}; changed: {photos / 'chelsea.png'};" in said, said
+    assert f"`usesearch prune --db {db}` removes photos gone for good" in said
+    assert f"`usesearch index PATHS --db {db}` again embeds the changed" in said
     assert len(json.loads((tmp_path / "hits.json").read_text())["images"]) == 3  # the export as before
     # A listing alone (a table, or --json) names the gone one too, where it said nothing until
     # `prune`; by stat alone, without the catalog's read a photo that telling changed takes.
@@ -115,9 +117,9 @@ def test_an_export_names_the_photos_gone_or_changed_since_indexing(tmp_path, mon
         said = " ".join(listed.stderr.split())
         assert (
             listed.exit_code == 0
-            and f"1 photo(s) among the hits are gone since indexing (gone: {photos / 'astronaut.png'})" in said
+            and f"1 photo(s) among the hits are not on disk here (not on disk: {photos / 'astronaut.png'};" in said
         ), said
-        assert "chelsea" not in said and f"`usesearch prune --db {db}` removes them" in said
+        assert "chelsea" not in said and "changed" not in said and f"`usesearch prune --db {db}` removes" in said
     assert len(json.loads(listed.stdout)) > 0  # stdout still the JSON alone
 
 

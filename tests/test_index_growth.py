@@ -9,7 +9,7 @@ import pytest
 
 import usesearch.indexer.index_choice as index_choice
 from tests.helpers import OPTS, write_photos
-from usesearch.indexer import IndexOptions, SegmentIndex, growth, index_paths, reindex
+from usesearch.indexer import IndexOptions, SegmentIndex, growth, index_kinds, index_paths, reindex
 
 
 @pytest.fixture()
@@ -143,6 +143,7 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     # The type it has, spelled another way, is that type (it was refused as another, and the
     # suggested reindex rebuilt the same): every photo is already there.
     assert index_paths([photos], fixed, IndexOptions(**{**OPTS, "factory": "Flat"})).skipped == 4
+    assert not index_kinds.same_kind(64, "NSG32,Flat", "Flat")  # a type refused today (an older index's): another
     # A type chosen by hand, undone: `reindex --factory auto` (it was an invalid factory,
     # and no flag gave the automatic choice back); a type too big to train, refused in our words.
     with pytest.raises(ValueError, match="trains 4096 clusters, on at least as many vectors.*--factory auto"):

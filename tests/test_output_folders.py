@@ -96,13 +96,15 @@ def test_a_new_index_is_not_made_in_a_folder_it_walks_or_above_one(tmp_path):
     photos = write_photos(tmp_path / "t" / "2024", ("coffee",))
     runner = CliRunner()
     for walked, db, why in (
-        ("t", "t", "is a folder being indexed (t)"),
-        ("t/2024", "t", "holds a folder being indexed (t/2024)"),
+        ("t", "t", "is the folder being indexed"),
+        ("t/2024", "t", f"holds {tmp_path / 't' / '2024'}, which is being indexed"),
     ):
         result = runner.invoke(app, ["index", str(tmp_path / walked), "--db", str(tmp_path / db), "--preset", "tiny"])
         said = " ".join(result.output.split())
-        assert result.exit_code == 2 and why.replace("(", f"({tmp_path}/") in said, said
-        assert "give the index a folder of its own" in said
+        assert result.exit_code == 2 and why in said, said
+        assert f"give the index a folder of its own, e.g. {tmp_path / 't'}.use" in said
+    typo = runner.invoke(app, ["index", str(tmp_path / "t" / "2042"), "--db", str(tmp_path / "t"), "--preset", "tiny"])
+    assert typo.exit_code == 2 and "no such file or folder" in typo.output  # a typo said as one, first
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["2024"] and len(list(photos.iterdir())) == 1
     inside = runner.invoke(
         app, ["index", str(tmp_path / "t"), "--db", str(tmp_path / "t" / "t.use"), "--preset", "tiny"]

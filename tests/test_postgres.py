@@ -281,29 +281,45 @@ def test_a_suggested_command_is_quoted_for_the_shell_and_carries_no_password():
     assert index_flags("idx", None) == "--db idx" and index_flags("idx", "sqlite:///x") == "--db idx"
 
 
-def test_two_first_runs_on_a_new_database_make_its_tables_one_after_the_other(tmp_path, pg_url):
+def test_two_first_runs_on_a_new_database_make_its_tables_one_after_the_other(tmp_path, pg_url, caplog):
     """Both ran CREATE TABLE at once, and the second failed in the server's words
     ("duplicate key value violates unique constraint pg_type_typname_nsp_index"),
-    before the writer's lock could refuse it in ours. A writable open waits while
-    another process holds the tables' lock, then finds them made."""
+    before the writer's lock could refuse it in ours. Each writable open makes the
+    tables under one lock, said once while it waits; neither fails."""
+    import logging
+
+    from sqlalchemy import inspect
+
     from usesearch.indexer import identity
     from usesearch.indexer.store import Store
 
-    first = Store(pg_url, folder=tmp_path / "a")  # the tables, as a first run makes them
-    engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = create_engine(pg_url)
     opened: list = []
-    with engine.connect() as holder:  # another process making or upgrading them
-        holder.execute(text("select pg_advisory_lock(:key)"), {"key": identity.SCHEMA_KEY})
+
+    def first_run(folder):
+        try:
+            opened.append(Store(pg_url, folder=tmp_path / folder))
+        except Exception as exc:  # noqa: BLE001 - the failure the test looks for
+            opened.append(exc)
+
+    with caplog.at_level(logging.WARNING, logger="usesearch"), engine.connect() as holder:
+        holder.execute(text("select pg_advisory_lock(:key)"), {"key": identity.SCHEMA_KEY})  # another process's
         holder.commit()
-        second = threading.Thread(target=lambda: opened.append(Store(pg_url, folder=tmp_path / "b")))
-        second.start()
-        second.join(3)
-        assert second.is_alive() and not opened  # waiting, not racing
+        runs = [threading.Thread(target=first_run, args=(name,)) for name in ("a", "b")]
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join(3)
+        assert all(run.is_alive() for run in runs) and not opened  # both waiting, nothing made
+        assert inspect(engine).get_table_names() == []
         holder.execute(text("select pg_advisory_unlock(:key)"), {"key": identity.SCHEMA_KEY})
         holder.commit()
-    second.join(60)
-    assert len(opened) == 1 and not second.is_alive()
-    for store in (first, opened[0]):
+        for run in runs:
+            run.join(60)
+    assert len(opened) == 2 and all(isinstance(store, Store) for store in opened), opened
+    assert "index_info" in inspect(engine).get_table_names()
+    assert any("waiting for another usesearch process making" in r.getMessage() for r in caplog.records)
+    for store in opened:
         store.close()
     engine.dispose()
 
@@ -351,7 +367,9 @@ def test_a_writer_whose_lock_another_took_after_a_restart_says_it_stopped_mid_wa
     with Writer(tmp_path / "a", IndexOptions(db_url=pg_url), None) as first:
         postgres_server.restart()  # the lock ended with its session
         with Writer(tmp_path / "b", IndexOptions(db_url=pg_url), None):  # another run takes it meanwhile
-            with pytest.raises(CatalogLockedError, match="another indexer is writing.*this run lost the lock when"):
+            with pytest.raises(
+                CatalogLockedError, match="another indexer is writing.*this run lost its database session"
+            ):
                 first.store.retrying(lambda: first.store.generation())  # the first run's next write
 
 

@@ -176,3 +176,11 @@ def test_ray_auto_with_no_cluster_running_is_said_in_our_flags(monkeypatch):
     with pytest.raises(ConnectionError):  # a cluster address given: Ray's own reason stands
         with ray_cluster.ray_session("10.0.0.1:6379"):
             pass
+
+    def dead_cluster(**kwargs):  # auto found an address (RAY_ADDRESS, a stale file): not "none runs"
+        raise ConnectionError("Failed to connect to GCS at address 10.0.0.1:6379")
+
+    monkeypatch.setattr(ray, "init", dead_cluster)
+    with pytest.raises(ConnectionError, match="Failed to connect to GCS"):
+        with ray_cluster.ray_session("auto"):
+            pass

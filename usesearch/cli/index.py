@@ -88,14 +88,12 @@ def index(
     def run() -> None:
         from tqdm import tqdm
 
-        from usesearch.indexer.folder import DB_FILE, check_paths
+        from usesearch.indexer.folder import check_paths, is_new
         from usesearch.indexer.options import IndexOptions
 
         opts.refuse_other_kind(db, "an index")
         folders: list[str | os.PathLike] = list(paths)
         check_paths(folders, db)  # a typo said before the models' libraries load (seconds)
-        if coco is None and db_url is None and not (Path(db) / DB_FILE).exists():
-            _refuse_empty_folders(folders)
         masker_options = sam.given()
         labelled = coco is not None and masker != "coco"  # --masker coco: the file's masks are proposals
         if split is not None and not labelled:
@@ -129,6 +127,8 @@ def index(
             db_url=db_url,
             shard_size=shard_size,
         )
+        if coco is None and is_new(Path(db), options):
+            _refuse_empty_folders(folders)
         bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
         start = time.perf_counter()
 

@@ -132,24 +132,25 @@ def _beside_indexed_photos(index, folder: Path, most: int = 200) -> bool:
 
 
 def _say_stale(hits, index, where: str, masks: str, by_stat: bool) -> None:
-    """The hits' photos gone since indexing (a file gone, unlike a deleted record, is in
-    the index until `prune`), and with ``by_stat`` those changed (a catalog read a photo:
-    for an export's thousand hits, not a listing's), in one line on stderr."""
+    """The hits' photos not on disk (a file gone, unlike a deleted record, is in the index
+    until `prune`; a disk not mounted here looks the same), and with ``by_stat`` those
+    changed (a catalog read a photo: for an export's thousand hits, not a listing's), in
+    one line on stderr, with what to do about each kind found."""
     from usesearch.indexer.export import stale_photos
 
     gone, changed = stale_photos(hits, lambda i: getattr(index.store.image(i), "file_stat", None) if by_stat else None)
-    if gone or changed:
-        said = "; ".join(
-            f"{what}: {', '.join(one_line(n) for n in names[:3])}"
-            + (f" and {len(names) - 3} more" if names[3:] else "")
-            for what, names in (("gone", gone), ("changed", changed))
-            if names
-        )
-        typer.echo(
-            f"{len(gone) + len(changed)} photo(s) {where} are gone{' or changed' * by_stat} since indexing{masks} "
-            f"({said}) " + opts.gone_or_changed(index.db_dir, index.store.url),
-            err=True,
-        )
+    if not (gone or changed):
+        return
+    said = "; ".join(
+        f"{what}: {', '.join(one_line(n) for n in names[:3])}" + (f" and {len(names) - 3} more" if names[3:] else "")
+        for what, names in (("not on disk", gone), ("changed", changed))
+        if names
+    )
+    flags = opts.index_flags(index.db_dir, index.store.url)
+    todo = [f"`usesearch prune {flags}` removes photos gone for good"] * bool(gone)
+    todo += [f"`usesearch index PATHS {flags}` again embeds the changed"] * bool(changed)
+    kinds = " or ".join(["not on disk here"] * bool(gone) + ["changed since indexing"] * bool(changed))
+    typer.echo(f"{len(gone) + len(changed)} photo(s) {where} are {kinds}{masks} ({said}; {'; '.join(todo)})", err=True)
 
 
 def _why_none(index, filters: SearchFilters) -> list[str]:

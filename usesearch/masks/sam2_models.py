@@ -107,12 +107,13 @@ def automatic_mask_generator(model, **options):
     side = model.image_size // 4
     generator.predictor._bb_feat_sizes = [(side, side), (side // 2, side // 2), (side // 4, side // 4)]
     transforms = generator.predictor._transforms
-    if (transforms.max_hole_area > 0 or transforms.max_sprinkle_area > 0) and not _has_cuda_extension():
-        # The predictor's low-res hole filling needs sam2's CUDA extension; without it, it
-        # catches the error and warns at every prompt batch, its masks as if it were off.
-        # Off it is, said once; the generator's own small-region removal (OpenCV) still runs.
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    if (transforms.max_hole_area > 0 or transforms.max_sprinkle_area > 0) and not (on_gpu and _has_cuda_extension()):
+        # The predictor's low-res hole filling needs sam2's CUDA extension and a GPU; without
+        # them, it catches the error and warns at every prompt batch, its masks as if it were
+        # off. Off it is, said once; the generator's own small-region removal (OpenCV) still runs.
         log.warning(
-            "sam2 has no CUDA extension here: its low-res hole filling is skipped (small regions still removed)"
+            "sam2's low-res hole filling needs its CUDA extension on a GPU: skipped here (small regions still removed)"
         )
         transforms.max_hole_area = transforms.max_sprinkle_area = 0
     return generator
