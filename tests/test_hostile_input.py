@@ -381,19 +381,6 @@ def test_connections_count_against_an_ipv4_address_or_an_ipv6_64():
     assert _client_key("2001:db8:1:3::1") != _client_key("2001:db8:1:2::1")
 
 
-def test_a_writer_takes_its_catalog_lock_again_after_the_server_restarts(tmp_path, pg_url, postgres_server):
-    from usesearch.indexer.writer import Writer
-
-    photos = write_photos(tmp_path / "photos", ("coffee",))
-    index_paths([photos], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))
-    with Writer(tmp_path / "a", IndexOptions(db_url=pg_url), None) as writer:
-        postgres_server.restart()  # the lock ended with its session
-        writer.store.retrying(lambda: writer.store.generation())  # the writer's next write takes it again
-        shutil.copytree(tmp_path / "a", tmp_path / "b")  # the index's folder copied: its id, not its lock
-        with pytest.raises(CatalogLockedError):
-            index_paths([photos], tmp_path / "b", IndexOptions(**OPTS, db_url=pg_url))
-
-
 def test_a_broken_link_among_the_photos_is_failed_in_words_and_the_run_goes_on(tmp_path):
     """A link whose file is gone failed as "FileNotFoundError: [Errno 2] No such file or
     directory: '.../broken.jpg'", naming the link, which is there."""

@@ -281,49 +281,6 @@ def test_a_suggested_command_is_quoted_for_the_shell_and_carries_no_password():
     assert index_flags("idx", None) == "--db idx" and index_flags("idx", "sqlite:///x") == "--db idx"
 
 
-def test_two_first_runs_on_a_new_database_make_its_tables_one_after_the_other(tmp_path, pg_url, caplog):
-    """Both ran CREATE TABLE at once, and the second failed in the server's words
-    ("duplicate key value violates unique constraint pg_type_typname_nsp_index"),
-    before the writer's lock could refuse it in ours. Each writable open makes the
-    tables under one lock, said once while it waits; neither fails."""
-    import logging
-
-    from sqlalchemy import inspect
-
-    from usesearch.indexer import identity
-    from usesearch.indexer.store import Store
-
-    engine = create_engine(pg_url)
-    opened: list = []
-
-    def first_run(folder):
-        try:
-            opened.append(Store(pg_url, folder=tmp_path / folder))
-        except Exception as exc:  # noqa: BLE001 - the failure the test looks for
-            opened.append(exc)
-
-    with caplog.at_level(logging.WARNING, logger="usesearch"), engine.connect() as holder:
-        holder.execute(text("select pg_advisory_lock(:key)"), {"key": identity.SCHEMA_KEY})  # another process's
-        holder.commit()
-        runs = [threading.Thread(target=first_run, args=(name,)) for name in ("a", "b")]
-        for run in runs:
-            run.start()
-        for run in runs:
-            run.join(3)
-        assert all(run.is_alive() for run in runs) and not opened  # both waiting, nothing made
-        assert inspect(engine).get_table_names() == []
-        holder.execute(text("select pg_advisory_unlock(:key)"), {"key": identity.SCHEMA_KEY})
-        holder.commit()
-        for run in runs:
-            run.join(60)
-    assert len(opened) == 2 and all(isinstance(store, Store) for store in opened), opened
-    assert "index_info" in inspect(engine).get_table_names()
-    assert any("waiting for another usesearch process making" in r.getMessage() for r in caplog.records)
-    for store in opened:
-        store.close()
-    engine.dispose()
-
-
 def test_the_commands_deep_messages_suggest_carry_the_catalogs_url(tmp_path, pg_url, caplog):
     """The rebuild's warning, a short embedding file's repair and a folder holding no
     index yet suggested `--db DIR` alone (or the words DIR): run as printed on a
@@ -352,53 +309,3 @@ def test_the_commands_deep_messages_suggest_carry_the_catalogs_url(tmp_path, pg_
     Store(pg_url, folder=db).close()
     with pytest.raises(UsesearchError, match=f"holds no index yet; run `usesearch index PATH {flags}"):
         SegmentIndex.open(db, db_url=pg_url)
-
-
-def test_a_writer_whose_lock_another_took_after_a_restart_says_it_stopped_mid_way(tmp_path, pg_url, postgres_server):
-    """It said "another indexer is writing ...; wait for it to finish", as a run refused at
-    its start, of a run that had committed photos and then stopped."""
-    import shutil
-
-    from usesearch.errors import CatalogLockedError
-    from usesearch.indexer.writer import Writer
-
-    index_paths([write_photos(tmp_path / "photos", NAMES[:1])], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))
-    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same index's folder, its id too
-    with Writer(tmp_path / "a", IndexOptions(db_url=pg_url), None) as first:
-        postgres_server.restart()  # the lock ended with its session
-        with Writer(tmp_path / "b", IndexOptions(db_url=pg_url), None):  # another run takes it meanwhile
-            with pytest.raises(
-                CatalogLockedError, match="another indexer is writing.*this run lost its database session"
-            ):
-                first.store.retrying(lambda: first.store.generation())  # the first run's next write
-
-
-def test_a_lock_retaken_while_the_server_is_still_down_is_tried_again_at_the_next_write(monkeypatch):
-    """The store dropped the dead lock's connection before retaking it: where the retake
-    failed (the server still down), the next write found no lock to check and went on
-    without one."""
-    from sqlalchemy.exc import OperationalError
-
-    from usesearch.indexer import identity
-
-    class Dead:
-        def exec_driver_sql(self, sql):
-            raise OperationalError(sql, {}, Exception("server closed the connection"))
-
-        def close(self):
-            pass
-
-    tries = []
-
-    def lock_catalog(store):
-        tries.append(store)
-        if len(tries) == 1:
-            raise OperationalError("select pg_try_advisory_lock", {}, Exception("server is down"))
-        return "a new lock"
-
-    monkeypatch.setattr(identity, "lock_catalog", lock_catalog)
-    dead = Dead()
-    with pytest.raises(OperationalError):
-        identity.kept_catalog_lock("store", dead)  # the caller keeps `dead` and retries the write
-    assert identity.kept_catalog_lock("store", dead) == "a new lock" and len(tries) == 2
-    assert identity.kept_catalog_lock("store", None) is None  # SQLite: no lock to keep
