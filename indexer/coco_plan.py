@@ -6,7 +6,6 @@ longer has go). The faults found are recorded with one line each (``record``).""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from usesearch.errors import AnnotationError, UsesearchError
@@ -20,7 +19,7 @@ from usesearch.io.coco_dataset import (
     masks_of,
     photo_path,
 )
-from usesearch.io.files import Found, display_path
+from usesearch.io.files import Found, display_path, holds_anything
 from usesearch.masks.maskers import Proposal
 
 from .compute import segment_records
@@ -60,7 +59,7 @@ def refuse_when_no_photo(dataset: CocoDataset, folders: list[str]) -> None:
     photo found: one stat in the usual case; folders all empty or missing (a disk not
     mounted) are refused without a stat an entry (10^6 on a network share)."""
     annotated = [entry for entry in dataset.images if entry.annotations]
-    found = any(_holds_anything(folder) for folder in folders) and any(
+    found = any(holds_anything(folder) for folder in folders) and any(
         photo_path(folders, entry.file_name) is not None for entry in annotated
     )
     if annotated and not found:
@@ -69,14 +68,6 @@ def refuse_when_no_photo(dataset: CocoDataset, folders: list[str]) -> None:
             f"none of the {len(annotated)} annotated photo(s) {dataset.path.name} names is under {where}: "
             "nothing is indexed (give the folder its file_names are relative to)"
         )
-
-
-def _holds_anything(folder: str) -> bool:
-    try:
-        with os.scandir(folder) as entries:
-            return next(entries, None) is not None
-    except OSError:  # missing, a file, unreadable: holds no photo to find
-        return False
 
 
 def located_entries(

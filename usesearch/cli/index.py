@@ -280,16 +280,9 @@ def _prune(db: str, folders: list[str | os.PathLike], options) -> None:
 def _refuse_empty_folders(folders: list[str | os.PathLike]) -> None:
     """Folders with nothing in them (a disk not mounted), for a new index: refused as
     the walk refuses them, but before the models' libraries load (5 s and 0.9 GB here)."""
-    from usesearch.io.files import photos_under
+    from usesearch.io.files import holds_anything, photos_under
 
-    def empty(folder: str | os.PathLike) -> bool:
-        try:
-            with os.scandir(os.fspath(folder)) as entries:
-                return next(entries, None) is None
-        except OSError:  # a file, unreadable: the walk says what it is
-            return False
-
-    if all(empty(folder) for folder in folders):
+    if all(holds_anything(folder) is False for folder in folders):  # (unlistable: the walk says what it is)
         photos_under(folders, refuse_none=True)  # (nothing to walk: its one line at once)
 
 

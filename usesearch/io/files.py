@@ -78,6 +78,16 @@ def one_line(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def holds_anything(folder: str | os.PathLike) -> bool | None:
+    """Whether ``folder`` has an entry, from its listing's first (a folder of a million
+    photos costs one read); None where it cannot be listed (missing, a file, unreadable)."""
+    try:
+        with os.scandir(os.fspath(folder)) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return None
+
+
 def photos_under(paths: list[str | os.PathLike], refuse_none: bool = True) -> list[Found]:
     """``walk``'s files, refused in one line when there is none and ``refuse_none`` (a
     new index: a wrong folder, or a disk not mounted, would make an empty index bound
