@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from usesearch.errors import DamagedRowsError, UsesearchError
+from usesearch.errors import DamagedRowsError, EmbeddingsLostError
 
 CHUNK_ROWS = 1 << 20  # 1.5 GB per chunk at 768-d
 FOLDER = "embeddings"
@@ -156,9 +156,9 @@ class EmbeddingFiles:
             try:
                 rows = self.path(chunk).stat().st_size // self.row_bytes
             except FileNotFoundError:
-                raise UsesearchError(f"{self.path(chunk)} is missing: {repair}") from None
+                raise EmbeddingsLostError(f"{self.path(chunk)} is missing: {repair}") from None
             if rows < need_rows:
-                raise UsesearchError(
+                raise EmbeddingsLostError(
                     f"{self.path(chunk)} holds {rows} rows; the database refers to row {need_rows - 1}: {repair}"
                 )
             # Read-only (a private writable map would count every chunk against the memory

@@ -4,7 +4,10 @@ the index is of its type and what recall it gives."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
+
+from usesearch.errors import first_line
 
 from . import faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
 from .folder import DB_FILE, FAISS_FILE
@@ -22,51 +25,89 @@ def stats(index: SegmentIndex, check_files: bool = False) -> dict[str, Any]:
     back), the embedding files gone or cut short (``embeddings_lost``) and the FAISS
     shard files past a missing one, which no open reads (``faiss_files_unread``):
     ``usesearch info`` asks for them, the web page's every load does not."""
+    return catalog_stats(
+        index.store,
+        index.db_dir,
+        check_files,
+        {
+            "index_choice": _index_explanation(index),
+            "recall": _recall_explanation(index),
+            "calibration": asdict(index.calibration) if index.calibration else None,  # with its curve
+            "dim": index.info.dim,
+            "vectors": int(index.index.ntotal),
+        },
+        {
+            "location_map_bytes": index._locations.nbytes if index._locations is not None else 0,  # (a server's)
+            "shards": len(index.index.shards),
+        },
+        {"faiss_device": index.index.device, "faiss_note": faiss_gpu.note(index._faiss_device)},
+    )
+
+
+def unloaded_stats(store, db_dir: Path, why: Exception) -> dict[str, Any]:
+    """``stats`` of an index whose FAISS index cannot be loaded (its files must be
+    rebuilt from embedding files that are gone or cut short): what the catalog and
+    the folder's files tell, so ``info`` still shows the damage and its repair."""
+    return catalog_stats(
+        store,
+        db_dir,
+        True,
+        {"dim": store.info().dim, "vectors": None},
+        {},
+        {"faiss_device": None, "faiss_note": f"not loaded: {_rebuild_needs(why)}"},
+    )
+
+
+def _rebuild_needs(why: Exception) -> str:
+    return f"its rebuild reads embedding files gone or cut short ({first_line(why).split(': `')[0]})"
+
+
+def catalog_stats(
+    store, db_dir: Path, check_files: bool, searched: dict, held: dict, faiss_where: dict
+) -> dict[str, Any]:
+    """The parts of ``stats`` told by the catalog and the files on disk, around the
+    loaded index's parts (``searched``: its type and size; ``held``: its memory;
+    ``faiss_where``: its device), in the order ``info`` prints them."""
 
     def size(name: str) -> int:
-        p = index.db_dir / name
+        p = db_dir / name
         return p.stat().st_size if p.is_file() else 0
 
-    faiss_files = vector_files.shard_files_on_disk(index.db_dir / FAISS_FILE)
+    info = store.info()
+    faiss_files = vector_files.shard_files_on_disk(db_dir / FAISS_FILE)
     gone = {}
     if check_files:
-        dead, lost = embedding_leftovers(index.store)
-        missing, checked, _, _ = files_gone(index.store)
+        dead, lost = embedding_leftovers(store)
+        missing, checked, _, _ = files_gone(store)
         gone = {
             "files_gone": missing,  # estimated where fewer than every image were checked
             "files_checked": checked,
             "bytes_embeddings_dead": dead,
             "embeddings_lost": lost,  # file -> segments: `index --repair`
-            "bytes_fragments": fragments.left_over(index.db_dir),  # Ray runs cut short: `prune` removes them
+            "bytes_fragments": fragments.left_over(db_dir),  # Ray runs cut short: `prune` removes them
             # Past a missing shard file (its segments are read from the database): the next write
             # (`index`, `prune`, `reindex`) rewrites those its layout uses and removes the others.
-            "faiss_files_unread": max(0, len(faiss_files) - len(vector_files.shard_files(index.db_dir / FAISS_FILE))),
+            "faiss_files_unread": max(0, len(faiss_files) - len(vector_files.shard_files(db_dir / FAISS_FILE))),
         }
     return {
-        **index.store.counts(),
-        "preset": index.info.preset,
-        "embedder": index.info.embedder,
-        "fingerprint": index.info.fingerprint,
-        "head": index.info.model_head,
-        "masker": index.info.masker,
-        "masker_params": index.info.masker_params,
-        "factory": index.info.factory,
-        "index_mode": index.info.index_mode,
-        "index_choice": _index_explanation(index),
-        "recall": _recall_explanation(index),
-        "calibration": asdict(index.calibration) if index.calibration else None,  # with its curve
-        "dim": index.info.dim,
-        "vectors": int(index.index.ntotal),
-        "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal") if _on_sqlite(index) else _server_bytes(index),
+        **store.counts(),
+        "preset": info.preset,
+        "embedder": info.embedder,
+        "fingerprint": info.fingerprint,
+        "head": info.model_head,
+        "masker": info.masker,
+        "masker_params": info.masker_params,
+        "factory": info.factory,
+        "index_mode": info.index_mode,
+        **searched,
+        "bytes_db": size(DB_FILE) + size(DB_FILE + "-wal") if _on_sqlite(store) else _server_bytes(store),
         "bytes_faiss": sum(_size(p) for p in faiss_files.values()),  # read or not (``faiss_files_unread``)
-        "location_map_bytes": index._locations.nbytes if index._locations is not None else 0,  # (a server's)
-        "shards": len(index.index.shards),
+        **held,
         **gone,  # since indexing: `usesearch prune` removes them
-        "shard_size": index.info.shard_size,
-        "bytes_embeddings": index.store.files().bytes_on_disk(),
+        "shard_size": info.shard_size,
+        "bytes_embeddings": store.files().bytes_on_disk(),
         **vectors.faiss_runtime(),
-        "faiss_device": index.index.device,
-        "faiss_note": faiss_gpu.note(index._faiss_device),
+        **faiss_where,
     }
 
 
@@ -105,17 +146,17 @@ def _index_explanation(index: SegmentIndex) -> str:
     )
 
 
-def _on_sqlite(index: SegmentIndex) -> bool:
-    return index.store.engine.dialect.name == "sqlite"
+def _on_sqlite(store) -> bool:
+    return store.engine.dialect.name == "sqlite"
 
 
-def _server_bytes(index: SegmentIndex) -> int | None:
+def _server_bytes(store) -> int | None:
     """The catalog's database on its server, as PostgreSQL counts it (None: not told)."""
     from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        with index.store.sessions() as s:
+        with store.sessions() as s:
             return int(s.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
     except SQLAlchemyError:
         return None

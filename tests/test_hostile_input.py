@@ -265,6 +265,10 @@ def test_a_missing_or_cut_embedding_chunk_is_repaired_like_damaged_rows(tmp_path
     assert stats["embeddings_lost"] == {chunks[0].name: chunk_rows[0], chunks[1].name: past_end} and past_end > 0
     assert stats["bytes_embeddings_dead"] == 0
     (db / FAISS_FILE).unlink()  # a rebuild reads every row
+    unloaded = CliRunner().invoke(app, ["info", "--db", str(db), "--json"])  # was exit 2 with the repair alone
+    stats = json.loads(unloaded.output)  # what the catalog tells, and what is lost
+    assert stats["embeddings_lost"] == {chunks[0].name: chunk_rows[0], chunks[1].name: past_end}
+    assert stats["vectors"] is None and stats["faiss_note"].startswith("not loaded: its rebuild reads"), stats
     result = CliRunner().invoke(app, ["reindex", "--db", str(db)])
     said = " ".join(result.output.split())  # the index's own flags in the repair it suggests
     assert result.exit_code == 2 and f"is missing: `usesearch index PATHS --db {db} --repair`" in said, said

@@ -132,6 +132,10 @@ class DiskFullError(UsesearchError):
     """The disk holding the index is full; nothing committed was lost."""
 
 
+class EmbeddingsLostError(UsesearchError):
+    """An embedding file the catalog refers to is gone or cut short of its rows."""
+
+
 class DamagedRowsError(UsesearchError):
     """Embedding rows whose bits no longer match their checksums."""
 

@@ -21,10 +21,19 @@ def info(
     faiss_device: opts.FaissDeviceOpt = None,
 ) -> None:
     """Images done/failed, segments, model, index type, sizes on disk, and where FAISS runs."""
+    from usesearch.errors import EmbeddingsLostError
     from usesearch.indexer import SegmentIndex
+    from usesearch.indexer.folder import check_db_dir, open_store
+    from usesearch.indexer.index_stats import unloaded_stats
 
-    index = SegmentIndex.open(db, db_url=db_url, faiss_device=faiss_device)
-    stats = {**index.stats(check_files=True), **index.store.label_summary()}
+    try:
+        index = SegmentIndex.open(db, db_url=db_url, faiss_device=faiss_device)
+        store, stats = index.store, index.stats(check_files=True)
+    except EmbeddingsLostError as lost:  # FAISS must be rebuilt from them: the rest is told, and the repair
+        folder = check_db_dir(db).absolute()
+        store = open_store(folder, db_url, read_only=True)
+        stats = unloaded_stats(store, folder, lost)
+    stats |= store.label_summary()
     if as_json:
         print(json.dumps(stats, indent=1, default=str))
         return
