@@ -109,11 +109,18 @@ def region_picture(rgb: np.ndarray, region, show: str | os.PathLike) -> Path:
     return out
 
 
-def stale_photos(hits: Sequence[Hit], file_stat_of: Callable[[int], str | None]) -> tuple[list[str], list[str]]:
+def stale_photos(
+    hits: Sequence[Hit],
+    file_stat_of: Callable[[int], str | None],
+    sha256_of: Callable[[int], str | None] | None = None,
+) -> tuple[list[str], list[str]]:
     """The hits' photos (each once) gone since indexing, and those whose stat is not the
     one recorded when last read whole (``file_stat_of``: the record's; None, unknown, is
     taken as unchanged): what a COCO export would give masks that no longer fit. By
-    stat, not by reading them (an export of 1,000 hits over as many photos)."""
+    stat, not by reading them (an export of 1,000 hits over as many photos); with
+    ``sha256_of`` (the indexed content's), a photo whose stat changed is read and called
+    changed only where its content did (touched or copied back: the masks still fit, and
+    ``--show`` draws it)."""
     gone: list[str] = []
     changed: list[str] = []
     for image_id, hit in {hit.image_id: hit for hit in hits}.items():
@@ -123,9 +130,20 @@ def stale_photos(hits: Sequence[Hit], file_stat_of: Callable[[int], str | None])
             gone.append(hit.image)
             continue
         recorded = file_stat_of(image_id)
-        if recorded is not None and now != recorded:
+        if recorded is not None and now != recorded and not _same_content(hit, sha256_of):
             changed.append(hit.image)
     return gone, changed
+
+
+def _same_content(hit: Hit, sha256_of: Callable[[int], str | None] | None) -> bool:
+    indexed = sha256_of(hit.image_id) if sha256_of is not None else None
+    if indexed is None:
+        return False
+    height, width = hit.mask["size"]
+    try:
+        return read_bytes(hit.file, indexed_limits(width, height)[0], hit.image)[1] == indexed
+    except (UsesearchError, OSError):
+        return False
 
 
 def hits_to_coco(hits: Sequence[Hit], query: str) -> dict:

@@ -136,9 +136,16 @@ def _say_stale(hits, index, where: str, masks: str, by_stat: bool) -> None:
     until `prune`; a disk not mounted here looks the same), and with ``by_stat`` those
     changed (a catalog read a photo: for an export's thousand hits, not a listing's), in
     one line on stderr, with what to do about each kind found."""
+    import functools
+
     from usesearch.indexer.export import stale_photos
 
-    gone, changed = stale_photos(hits, lambda i: getattr(index.store.image(i), "file_stat", None) if by_stat else None)
+    recorded = functools.cache(index.store.image)
+    gone, changed = stale_photos(
+        hits,
+        lambda i: getattr(recorded(i), "file_stat", None) if by_stat else None,
+        lambda i: getattr(recorded(i), "sha256", None),
+    )
     if not (gone or changed):
         return
     said = "; ".join(
