@@ -122,6 +122,14 @@ def test_an_export_names_the_photos_gone_or_changed_since_indexing(tmp_path, mon
         ), said
         assert "chelsea" not in said and "changed" not in said and f"`usesearch prune --db {db}` removes" in said
     assert len(json.loads(listed.stdout)) > 0  # stdout still the JSON alone
+    # Past its time a listing stops checking (a stat per photo was uncapped), and says so.
+    from usesearch.cli import search_output
+
+    monkeypatch.setattr(search_output, "LISTING_CHECK_S", 0)
+    for name in ("chelsea.png", "sub/coffee.png"):
+        (photos / name).unlink()
+    said = " ".join(runner.invoke(app, args[:6]).stderr.split())
+    assert "1 photo(s) among the hits (of the first 1 of 3 photos, checked in 0 s) are not on disk here" in said, said
 
 
 def test_a_photo_resized_since_indexing_is_a_grey_tile_not_a_crash(tmp_path):
