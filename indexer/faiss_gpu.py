@@ -127,7 +127,9 @@ def clustering_on_gpu(index: faiss.Index) -> Iterator[None]:
         yield
         return
     with LOCK:
-        helper = faiss.index_cpu_to_gpu(resources(), 0, faiss.IndexFlatL2(ivf.d))
+        # The IVF's own metric: on the CPU, k-means assigns through the quantizer (inner
+        # product here); an L2 helper would train other centroids wherever faiss-gpu is installed.
+        helper = faiss.index_cpu_to_gpu(resources(), 0, faiss.IndexFlat(ivf.d, ivf.metric_type))
         ivf.clustering_index = helper
         try:
             yield

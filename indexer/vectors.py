@@ -12,7 +12,6 @@ they are kept in: ``vector_files.py``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 
@@ -247,6 +246,20 @@ class Vectors:
                 return None
 
 
+def _train(index: faiss.Index, data: np.ndarray, on_gpu: bool) -> None:
+    """``index.train``, its k-means on the GPU where asked. A GPU that fails it (its
+    memory taken by SAM beside it, a driver error) hands it to the CPU, said once: the
+    run goes on, slower by the k-means, rather than stopping as if the data were short."""
+    if on_gpu:
+        try:
+            with faiss_gpu.clustering_on_gpu(index):
+                index.train(data)
+            return
+        except RuntimeError as exc:
+            log.warning("FAISS's k-means failed on the GPU (%s): training on the CPU", str(exc).splitlines()[-1])
+    index.train(data)
+
+
 def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu") -> None:
     """Train on a bounded random sample of the stored vectors (never all of them in
     memory): the size the automatic choice asks for, at most TRAIN_MAX."""
@@ -266,14 +279,13 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
             f"{len(ids)}: index more photos, or let its size choose its type "
             f"(`usesearch reindex {index_flags(store.folder, store.url)} --factory auto`)"
         )
-    with faiss_gpu.clustering_on_gpu(index) if faiss_gpu.wanted(device) else contextlib.nullcontext():
-        try:
-            index.train(data)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"FAISS index needs training and {len(data)} vectors are not enough: "
-                f"{str(exc).splitlines()[-1]}. Index more images, or use the exact factory '{DEFAULT_FACTORY}'."
-            ) from None
+    try:
+        _train(index, data, faiss_gpu.wanted(device))
+    except RuntimeError as exc:
+        raise ValueError(
+            f"FAISS index needs training and {len(data)} vectors are not enough: "
+            f"{str(exc).splitlines()[-1]}. Index more images, or use the exact factory '{DEFAULT_FACTORY}'."
+        ) from None
     if ivf is not None:
         ivf.nprobe = nprobe_for(nlist)
 

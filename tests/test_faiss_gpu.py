@@ -199,5 +199,35 @@ def test_gpu_training_frees_its_clustering_index(cloned_to_cpu, monkeypatch, tmp
     vectors._train_if_needed(index, store, "cuda")
     helper = cloned_to_cpu[-1].copy
     assert index.is_trained and helper.ntotal == 16  # the k-means ran on it: its centroids are left in it
+    assert helper.metric_type == faiss.METRIC_INNER_PRODUCT  # the IVF's own (an L2 helper trained other centroids)
     assert faiss.extract_index_ivf(index).clustering_index is None
     assert helper.thisown  # Python's again, freed with its last reference
+
+
+def test_a_gpu_that_fails_the_k_means_hands_it_to_the_cpu(monkeypatch, caplog):
+    """Any RuntimeError of the GPU's training (out of memory beside SAM) was reported as
+    "N vectors are not enough" and stopped the run; it now trains on the CPU, said once,
+    with the centroids the CPU alone gives."""
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("Error in virtual void* faiss::gpu::StandardGpuResourcesImpl::allocMemory: out of memory")
+
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", no_memory, raising=False)
+    monkeypatch.setattr(faiss_gpu, "resources", lambda: None)
+    monkeypatch.setattr(faiss_gpu, "wanted", lambda device: device == "cuda")
+    data = np.random.default_rng(4).standard_normal((2000, 32)).astype(np.float32)
+    store = SimpleNamespace(
+        segment_ids=lambda: np.arange(1, 2001),
+        embeddings=lambda ids: iter([(ids, data[np.asarray(ids) - 1])]),
+    )
+    on_gpu, on_cpu = index_kinds.new_index(32, "IVF16,Flat"), index_kinds.new_index(32, "IVF16,Flat")
+    with caplog.at_level("WARNING", logger=vectors.__name__):
+        vectors._train_if_needed(on_gpu, store, "cuda")
+    vectors._train_if_needed(on_cpu, store, "cpu")
+    assert (
+        on_gpu.is_trained
+        and "failed on the GPU (" in caplog.text
+        and "out of memory): training on the CPU" in caplog.text
+    )
+    centroids = [faiss.extract_index_ivf(i).quantizer.reconstruct_n(0, 16) for i in (on_gpu, on_cpu)]
+    np.testing.assert_array_equal(*centroids)
