@@ -55,7 +55,7 @@ from skimage import data
 from usesearch import side_stream
 from usesearch.devices import synchronize
 from usesearch.indexer import IndexOptions, index_paths, pipeline
-from usesearch.masks import rle, sam_fast
+from usesearch.masks import rle, sam_compile, sam_fast
 from usesearch.models import presets
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins")
@@ -140,6 +140,8 @@ def blob_decoder(valid: tuple[float, float] = (1.0, 1.0)):
     stack = contextlib.ExitStack()
     stack.enter_context(mock.patch.object(MaskDecoder, "forward", stock))
     stack.enter_context(mock.patch.object(sam_fast, "mask_logits", shared))  # looked up at each call
+    # The compiled decoder's gated upscaling calls the name imported into sam_compile.
+    stack.enter_context(mock.patch.object(sam_compile, "mask_logits", shared))
     return stack
 
 
