@@ -113,6 +113,28 @@ def test_nan_a_compiled_decoder_hands_on_is_the_models_not_the_compilers():
     assert not generator.decoder.failed
 
 
+def test_a_compiled_decoders_output_is_checked_finite_once(monkeypatch):
+    """The compiled decoder checks its output (to tell the compiler's NaN from the
+    model's); the generator checked it again: a second pass over the logits and a
+    second wait for the GPU, each prompt batch. The eager decoder's is still checked."""
+    from usesearch.masks import amg, sam_compile
+
+    _, masker = load_models(IndexOptions(preset="tiny", masker="sam", device="cpu", masker_options=LOW))
+    generator = masker.generator
+    checks, calls = [], []
+    finite = sam_compile.decoder_finite
+    for module in (amg, sam_compile):
+        monkeypatch.setattr(module, "decoder_finite", lambda out: checks.append(1) or finite(out))
+    generator.model.mask_decoder.register_forward_hook(lambda module, args, out: calls.append(1))
+    assert generator.generate(np.zeros((64, 64, 3), np.uint8))
+    assert len(checks) == len(calls) > 0  # eager: the generator's check
+    generator.decoder = sam_compile.decoder_for(generator.model, compiled=True)
+    generator.decoder.compiled = generator.model.mask_decoder  # (no compiler: the path's logic alone)
+    checks.clear(), calls.clear()
+    assert generator.generate(np.zeros((64, 64, 3), np.uint8))
+    assert len(checks) == len(calls) > 0  # compiled: its own check alone (was two a batch)
+
+
 def test_a_compiled_encoder_giving_nan_where_eager_does_not_runs_eagerly_with_one_warning(caplog, monkeypatch):
     """``--compile``'s encoder blocks: a compiler's wrong code (inductor's CPU bfloat16
     code once gave NaN) costs the compiling, not the photos. Here each block's compiled

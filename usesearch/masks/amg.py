@@ -47,7 +47,7 @@ from usesearch.masks.amg_utils import (
     upscale_logits,
 )
 from usesearch.masks.candidate_scoring import CandidateScoring
-from usesearch.masks.sam_compile import compiled_within, decoder_finite, decoder_for
+from usesearch.masks.sam_compile import CompiledDecoder, compiled_within, decoder_finite, decoder_for
 from usesearch.masks.sam_fast import upscales_kept
 from usesearch.side_stream import SideStream, release_work_aside
 
@@ -267,7 +267,8 @@ class SamMaskGenerator(SamEncoding):
         # logit is: one reduction, ~1.5 ms a 64-prompt batch on a CPU against ~60 for each
         # logit's check), else NaN logits made every mask empty and the photo "had none";
         # one read-back for both (a GPU waits for each).
-        if not decoder_finite((low_res, iou)):
+        checked = isinstance(self.decoder, CompiledDecoder) and self.decoder.returned_finite()  # (checked there)
+        if not (checked or decoder_finite((low_res, iou))):
             # (a CompiledDecoder hands on NaN only where the eager decoder gave it too: not the compiler's)
             raise self._nan("SAM's mask decoder gave", compiled_within(self.model.mask_decoder))
         per_point = low_res.shape[1]

@@ -6,6 +6,7 @@ by block (``compile_modules``, ``compile_encoder``)."""
 from __future__ import annotations
 
 import logging
+import threading
 import types
 from collections.abc import Callable
 from typing import TypeVar
@@ -179,13 +180,20 @@ class CompiledDecoder:
         self.decoder = decoder
         self.compiled = torch.compile(decoder, backend=COMPILE_BACKEND)
         self.failed = False
+        self._checked = threading.local()  # this thread's last call: its output checked finite
 
         def upscaling(hs: torch.Tensor, keys: torch.Tensor, h: int, w: int) -> torch.Tensor:
             return mask_logits(decoder, hs, keys, h, w)
 
         self.upscaling = torch.compile(upscaling, backend=COMPILE_BACKEND, dynamic=True)
 
+    def returned_finite(self) -> bool:
+        """Whether this thread's last call's output was checked finite here: the generator
+        then skips its own check (a second pass over the logits and a second read-back)."""
+        return getattr(self._checked, "finite", False)
+
     def __call__(self, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        self._checked.finite = False
         if self.failed:
             return self.decoder(**inputs)
         try:
@@ -196,6 +204,7 @@ class CompiledDecoder:
                 raise out_of_memory from None  # the generator halves its prompt batch (even when compiling ran out)
             return self._eagerly(inputs, f"could not be compiled ({type(exc).__name__}: {first_line(exc)})")
         if decoder_finite(out):
+            self._checked.finite = True
             return out
         # NaN where the eager decoder gives numbers is the compiler's fault (a CPU's bfloat16
         # code once gave NaN for SAM's encoder); NaN from both is the model's, and the
@@ -222,6 +231,7 @@ class CompiledDecoder:
         out = self.decoder(**inputs)  # (the input's own error: raised, and compiling stays on)
         if finite_only and not decoder_finite(out):
             raise _StillNotFinite
+        self._checked.finite = finite_only
         self.failed = True
         log.warning("SAM's mask decoder %s: it runs uncompiled", why)
         return out
