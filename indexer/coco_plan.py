@@ -20,7 +20,7 @@ from usesearch.io.coco_dataset import (
     photo_path,
 )
 from usesearch.io.files import Found, display_path, holds_anything
-from usesearch.masks.maskers import Proposal
+from usesearch.masks.proposals import Proposal
 
 from .compute import segment_records
 from .options import IndexReport

@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 
 from usesearch.devices import out_of_memory_in
-from usesearch.masks.maskers import proposal_masks
+from usesearch.masks.proposals import proposal_masks
 from usesearch.side_stream import release_work_aside
 
 from .read_ahead import Photo

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from tests.helpers import LOW, assert_consistent, mask_iou, segment_table
 from usesearch.cli.app import app
 from usesearch.masks.amg import SamMaskGenerator
-from usesearch.masks.maskers import SamMasker, stack_masks
+from usesearch.masks.maskers import SamMasker
+from usesearch.masks.proposals import stack_masks
 
 
 @pytest.mark.parametrize(

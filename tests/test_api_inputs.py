@@ -12,7 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from usesearch.cli.app import app
-from usesearch.masks.maskers import FelzenszwalbMasker, stack_masks, to_proposals
+from usesearch.masks.maskers import FelzenszwalbMasker
+from usesearch.masks.proposals import stack_masks, to_proposals
 from usesearch.models.head import _axis_overlap, cell_coverage
 from usesearch.tasks.semseg import class_probabilities, pixel_labels, read_label_map, save_label_map
 

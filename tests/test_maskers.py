@@ -28,7 +28,8 @@ def test_a_region_both_scales_find_is_one_proposal():
     """A region the coarser scale finds exactly as the finer did was proposed twice: the
     same segment twice in every search (19 distinct of 23 masks on this picture). A
     region that differs by a pixel stays."""
-    from usesearch.masks.maskers import _same_regions, proposal_masks
+    from usesearch.masks.maskers import _same_regions
+    from usesearch.masks.proposals import proposal_masks
 
     rgb = np.full((120, 160, 3), 200, np.uint8)
     rgb[30:90, 40:110] = (30, 60, 200)

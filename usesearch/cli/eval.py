@@ -140,7 +140,7 @@ def _read_and_mask(path: Path | str, masker, name: str | None = None):
     """One image file -> (RGB, its masks [N, H, W]), read with the indexer's safeguards
     (a regular file, its size, no decompression bomb): a FIFO named as an image hung for ever."""
     from usesearch.io.files import read_photo
-    from usesearch.masks.maskers import stack_masks
+    from usesearch.masks.proposals import stack_masks
 
     rgb = read_photo(path, name)
     return rgb, stack_masks(masker(rgb, name or str(path)), rgb.shape[:2])
@@ -181,7 +181,7 @@ def segment(
 
     if out.suffix.lower() != ".png":  # JPEG would invent class ids between the real ones
         raise UsesearchError(f"--out {out}: write a .png (a label map must keep its exact values)")
-    from usesearch.masks.maskers import stack_masks
+    from usesearch.masks.proposals import stack_masks
 
     names = _classes(classes, classes_file)
     _refuse_twice_named(names, "--classes-file" if classes_file else "--classes")

@@ -163,7 +163,7 @@ def _print_ranking(model, name: Path | str, rgb, masker, texts: list[str], top: 
 
     import numpy as np
 
-    from usesearch.masks.maskers import proposal_masks
+    from usesearch.masks.proposals import proposal_masks
 
     proposals = masker(rgb)
     if not proposals:

@@ -48,7 +48,7 @@ SAM_SETTINGS = tuple(f.name for f in fields(SamSettings))
 class Masker(Protocol):
     """What every masker is: named, its settings recorded with the index, and a
     callable from an RGB photo (and its path, for maskers that look masks up) to its
-    proposals (``maskers.Proposal``, not named here: maskers imports this module)."""
+    proposals (``proposals.Proposal``)."""
 
     name: str
 
