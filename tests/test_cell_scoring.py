@@ -9,7 +9,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from tests.helpers import LOW
 from tests.test_compiled_scores import PHOTOS, SIDE, blob_logits, shapes
-from usesearch.masks import candidate_scoring, cell_scoring, separable_resize
+from usesearch.masks import candidate_scoring, cell_grid, cell_scoring, separable_resize
 from usesearch.masks.amg import SamMaskGenerator
 from usesearch.masks.amg_utils import eager_stability_and_boxes, past_canvas, upscale_logits
 from usesearch.masks.candidate_scoring import CandidateScoring
@@ -274,7 +274,7 @@ def test_the_generator_scores_by_cells_and_gives_stocks_masks(sam, photo, monkey
 @pytest.mark.parametrize("photo_hw", [(768, 1024), (1024, 683), (1500, 2000), (3000, 4000)])
 def test_runs_tile_each_axis_and_every_pixel_reads_its_runs_block(photo_hw):
     for input_len, out_len in zip(*shapes(photo_hw)):
-        axis = cell_scoring.axis_cells(SIDE, 256, input_len, out_len, CPU)
+        axis = cell_grid.axis_cells(SIDE, 256, input_len, out_len, CPU)
         assert int(axis.first[0]) == 0 and torch.equal(axis.first[1:], (axis.first + axis.length)[:-1])
         assert int(axis.first[-1] + axis.length[-1]) == out_len
         run = torch.repeat_interleave(torch.arange(len(axis.first)), axis.length)

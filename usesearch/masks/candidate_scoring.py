@@ -44,7 +44,8 @@ from usesearch.masks.amg_utils import (
     stability_score,
     upscale_logits,
 )
-from usesearch.masks.cell_scoring import axis_cells, cell_scores
+from usesearch.masks.cell_grid import axis_cells
+from usesearch.masks.cell_scoring import cell_scores
 
 # A crop past the canvas this large is scored compiled on a CPU from the first one. Tiny SAM,
 # 768 candidates, 2 cores: 1 MP 5.5 s a photo eagerly, 1.4 s compiled after an 18 s cold
