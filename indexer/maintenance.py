@@ -42,12 +42,13 @@ from usesearch.errors import EverythingGoneError, UsesearchError
 from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
+from .calibrating import calibrate_index
 from .folder import FAISS_FILE, check_index_at, check_writable, index_flags, open_store, writer_lock
 from .leftovers import gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_size
 from .records import IndexInfo, SegmentRecord
 from .store import Store
-from .writer import Writer, calibrate_index
+from .writer import Writer
 
 
 # -- reindex -----------------------------------------------------------------------------

@@ -4,10 +4,9 @@ it keeps the FAISS index and its files in step with the store."""
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -18,7 +17,8 @@ import numpy as np
 from usesearch import interrupts
 from usesearch.errors import DiskFullError, UsesearchError, is_disk_full
 
-from . import calibration, faiss_gpu, growth, index_kinds, vector_files, vectors
+from . import faiss_gpu, growth, index_kinds, vector_files, vectors
+from .calibrating import calibrate_if_due
 from .folder import FAISS_FILE, check_catalog_kind, db_url_for, remove_if_bare, writer_lock
 from .fragments import worker_error
 from .image_writes import PhotoWrite, joined
@@ -26,10 +26,7 @@ from .index_checks import check_factory, check_identity
 from .known_images import KnownImages, fits_now, still_holds
 from .options import IndexOptions, IndexReport
 from .records import DONE, IndexInfo
-from .search import SegmentIndex
 from .store import Store
-
-log = logging.getLogger(__name__)
 
 
 class LoopReport(Protocol):
@@ -322,23 +319,6 @@ class Writer:
         # Recorded once written: a write cut short leaves the old one on record (grown again next run).
         self.store.set_factory(self.info.factory)
 
-    def calibrate(self) -> calibration.Calibration | None:
-        """Measure a compressed index's recall and choose its search defaults
-        (``calibration``) when it has no calibration of its own yet (new, rebuilt
-        or grown into another index), when it has grown (or shrunk) ``calibration.REGROWTH``-fold
-        since it was measured (its lists are fuller: a query needs other settings),
-        or when another ``recall_target`` is asked (``reindex`` and ``recalibrate``
-        always measure, through ``calibrate_index``). Only an IVF index has the knobs
-        it sets: an exact index needs none, and HNSW's search depth is not calibrated."""
-        n = self.index.ntotal
-        if index_kinds.ivf_of(self.index.index) is None or not self.index.is_trained or not n:
-            return None
-        current = calibration.load(self.db_dir, self.index)
-        target = self.options.recall_target
-        if current is not None and not calibration.outdated(current, n, target):
-            return current
-        return calibrate_index(self.db_dir, self.store, self.index, self.model, target)
-
     def run(
         self,
         steps: Iterable[str],
@@ -363,7 +343,7 @@ class Writer:
                     last_write = time.monotonic()
             self.grow(wait=True)
             self.write()
-            self.calibrate()
+            calibrate_if_due(self.db_dir, self.store, self.index, self.model, self.options.recall_target)
         except KeyboardInterrupt:
             interrupts.handled()
             report.interrupted = True  # finished images are committed; keep them
@@ -378,29 +358,6 @@ class Writer:
             raise
         finally:
             report.loop_seconds = time.perf_counter() - loop_start
-
-
-def calibrate_index(
-    db_dir: Path,
-    store: Store,
-    index: vectors.Vectors,
-    model=None,
-    target: float | None = None,
-    queries: Mapping[str, np.ndarray] | None = None,
-    budget_ms: float | None = None,
-) -> calibration.Calibration:
-    """Calibrate the writer's index in memory (``calibration.calibrate`` on the real
-    search path) and store the result beside its files. ``target`` and ``budget_ms``
-    (0: none): None keeps the ones asked for last; ``queries``: typed query vectors
-    by kind, instead of the model's vocabulary."""
-    ix = SegmentIndex(db_dir, store, model, loaded=index, locations="memory")  # timed as a server searches
-    asked_before = calibration.stored(db_dir)
-    target = asked_before[0] if target is None else target
-    budget_ms = asked_before[1] if budget_ms is None else budget_ms
-    measured = calibration.calibrate(ix, model, target, budget_ms, queries=queries)
-    calibration.write(db_dir, measured)
-    log.info("%s: calibrated in %.1f s: %s", db_dir, measured.seconds, measured.describe())
-    return measured
 
 
 def _as_copys(exc: BaseException, path: str, copy_path: str) -> BaseException:
