@@ -6,7 +6,6 @@ the store and the store's path is read. No route takes a path from the request.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -14,23 +13,12 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from sqlalchemy.exc import OperationalError
+from fastapi.responses import HTMLResponse, Response
 
-from usesearch.errors import (
-    ClientGoneError,
-    ImageGoneError,
-    ModelOutputError,
-    NotFoundError,
-    ServerBusyError,
-    UsesearchError,
-    first_line,
-)
+from usesearch.errors import NotFoundError
 from usesearch.io.files import DEFAULT_MAX_PIXELS, decode, pixel_count
 from usesearch.masks import region as region_lib
 
-from ..catalog import failure_kind
 from ..filters import SearchFilters
 from ..hits import Hit
 from ..records import DONE, ImageRecord, SegmentRow
@@ -38,6 +26,7 @@ from ..search import MAX_QUERY_CHARS, SegmentIndex
 from . import apidoc, render
 from .audit import add_audit_routes
 from .budget import PixelBudget
+from .error_handlers import add_error_handlers
 from .refined import RefinedSearch, client_left
 from .schema import (
     MAX_K,
@@ -56,12 +45,9 @@ from .schema import (
     SegmentOut,
     WithMasks,
     segment_out,
-    validation_error,
 )
 from .security import HostCheckMiddleware, SameOriginMiddleware, TokenMiddleware
 from .transport import MAX_BODY_BYTES, Transport
-
-log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 20 * 2**20  # a photo uploaded for a region search
 REGION_SEARCH = "/api/region-search"
@@ -118,55 +104,8 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         app.add_middleware(HostCheckMiddleware, hosts=allowed_hosts)
     app.add_middleware(Transport, limit_for=_body_limit)  # outermost: HEAD is GET to the others
 
-    # -- errors: a bad request is a 4xx with a message, never a 500 -------------------
-    @app.exception_handler(ValueError)
-    async def bad_value(_: Request, exc: ValueError):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    @app.exception_handler(UsesearchError)  # a bad upload or region: the one-line reason
-    async def user_error(_: Request, exc: UsesearchError):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    @app.exception_handler(ModelOutputError)  # the server's models at fault, not the request
-    async def model_fault(_: Request, exc: ModelOutputError):
-        return JSONResponse({"detail": str(exc)}, status_code=500)
-
-    @app.exception_handler(ServerBusyError)
-    async def busy(_: Request, exc: ServerBusyError):
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
-
-    @app.exception_handler(NotFoundError)  # not KeyError: a bug inside a lookup is a 500, not "not found"
-    async def not_found(_: Request, exc: NotFoundError):
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(ClientGoneError)  # no one reads it: the status is for the access log
-    async def client_gone(_: Request, exc: ClientGoneError):
-        return JSONResponse({"detail": str(exc)}, status_code=499)
-
-    @app.exception_handler(ImageGoneError)
-    async def image_gone(_: Request, exc: ImageGoneError):
-        return JSONResponse({"detail": str(exc)}, status_code=410)
-
-    @app.exception_handler(OperationalError)
-    async def database_error(_: Request, exc: OperationalError):
-        # A missing table or a damaged file was "busy; try again" before: a client
-        # retried what no retry mends. The reason goes to the log, not to the client.
-        kind = failure_kind(exc)
-        log.warning("database %s: %s", kind, first_line(exc.orig or exc))
-        if kind == "busy":
-            detail, retry = "the index database is busy; try again", "5"
-        elif kind == "unreachable":
-            detail, retry = "the index database cannot be reached; try again later", "30"
-        else:
-            return JSONResponse({"detail": "the index database failed (the server's log says why)"}, status_code=500)
-        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": retry})
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError):
-        # Never echo a whole input back: a 100 KB query would make a 100 KB error.
-        errors = [validation_error(e) for e in exc.errors()[:10]]
-        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
-        return JSONResponse({"detail": "; ".join(problems), "errors": errors}, status_code=422)
+    # -- errors (web/error_handlers.py): a bad request is a 4xx with a message, never a 500 --
+    add_error_handlers(app)
 
     # -- lookups -------------------------------------------------------------------------
     def segment_row(segment_id: int) -> SegmentRow:
