@@ -130,9 +130,10 @@ def planted_run(args) -> None:
 
 
 def train_head(tmp: Path, steps: int) -> Path:
+    from usesearch.training.config import TrainConfig
     from usesearch.training.data import load_samples
     from usesearch.training.synthetic import write_dataset
-    from usesearch.training.train import TrainConfig, Trainer
+    from usesearch.training.train import Trainer
 
     start = time.perf_counter()
     cfg = TrainConfig(preset="tiny", batch_images=8, crop=128, max_steps=steps, lr=2e-3, checkpoint_every=10**9)

@@ -23,9 +23,10 @@ import usesearch
 from usesearch.io.images import read_image
 from usesearch.masks.maskers import build_masker
 from usesearch.tasks.semseg import confusion, miou, segment_image
+from usesearch.training.config import TrainConfig
 from usesearch.training.data import load_samples
 from usesearch.training.synthetic import semseg_classes, top1_accuracy, write_dataset, write_semseg
-from usesearch.training.train import TrainConfig, Trainer
+from usesearch.training.train import Trainer
 
 
 def semseg_miou(model, root: Path) -> float:

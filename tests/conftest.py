@@ -143,9 +143,10 @@ def trained_tiny_head(tmp_path_factory):
     done = root.with_name(f"{root.name}.done")  # written once trained (a killed worker leaves none)
     with FileLock(f"{root}.lock"):
         if not done.exists():
+            from usesearch.training.config import TrainConfig
             from usesearch.training.data import load_samples
             from usesearch.training.synthetic import write_dataset
-            from usesearch.training.train import TrainConfig, Trainer
+            from usesearch.training.train import Trainer
 
             shutil.rmtree(root, ignore_errors=True)  # what a worker killed while training left
             train_dir = write_dataset(root / "train", 96, seed=1)

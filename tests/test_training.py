@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import usesearch
+from usesearch.training.config import TrainConfig
 from usesearch.training.data import augment, load_samples
 from usesearch.training.loss import LOGIT_SCALE, segment_text_loss
 from usesearch.training.synthetic import class_texts, top1_accuracy, write_dataset
-from usesearch.training.train import TrainConfig, Trainer
+from usesearch.training.train import Trainer
 
 
 def reference_loss(s, t, scale, same_text=None):

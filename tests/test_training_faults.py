@@ -13,9 +13,10 @@ import usesearch
 from usesearch.models.checkpoint import load_head
 from usesearch.training import train as train_module
 from usesearch.training import trainer_state as state_module
+from usesearch.training.config import TrainConfig
 from usesearch.training.data import load_samples
 from usesearch.training.synthetic import write_dataset
-from usesearch.training.train import TrainConfig, Trainer, text_key
+from usesearch.training.train import Trainer, text_key
 
 CFG = TrainConfig(preset="tiny", batch_images=4, crop=96, max_steps=6, checkpoint_every=2)
 

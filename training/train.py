@@ -3,7 +3,8 @@
 Frozen CLIP and DINOv2; AdamW over the LLNs, block scales and projection; the
 symmetric segment-text loss over all segments of a batch of images; polynomial
 learning-rate decay. Every random draw (data order, augmentation, text sampling)
-derives from (seed, epoch) or (seed, step), so ``resume`` continues exactly.
+derives from (seed, epoch) or (seed, step), so ``resume`` continues exactly. A run's
+settings, and which of them fix its schedule, are ``config.py``'s.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,55 +32,12 @@ from usesearch.models.factory import create_use_and_clip
 from usesearch.models.head import letterbox_weights
 from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder, text_key
 
+from .config import SCHEDULE, TrainConfig
 from .data import Sample, augment, data_identity, load_image
-from .loss import LOGIT_SCALE, segment_text_loss
+from .loss import segment_text_loss
 from .run_folder import LOCK_FILE, LOG_HEADER, check_new_run, is_run_file
 from .stopping import stop_requests
 from .trainer_state import TRAINER_FILE, read_trainer_state, trainer_file, write_trainer_state
-
-
-@dataclass
-class TrainConfig:
-    preset: str = "tiny"
-    epochs: int = 5  # paper §4.2
-    batch_images: int = 32  # paper §4.2
-    lr: float = 1e-3  # paper §4.2
-    weight_decay: float = 0.01  # paper §4.2
-    poly_power: float = 0.9  # paper §4.2
-    crop: int = 560  # paper §4.2
-    scale: tuple[float, float] = (0.5, 2.0)  # paper §4.2
-    logit_scale: float = LOGIT_SCALE
-    checkpoint_every: int = 500
-    max_steps: int | None = None
-    seed: int = 0
-    device: str | None = None
-    # What the frozen backbones and the head compute in (``usesearch.devices.PRECISIONS``);
-    # not part of the schedule: a run resumed in another precision goes on.
-    precision: str = "auto"
-    # Photos read, augmented and preprocessed at once, and the next batch made while
-    # this one trains: on a GPU, one thread's JPEG decoding would be the step's floor.
-    # Not part of the schedule: any number gives the same batches.
-    loader_threads: int = min(8, os.cpu_count() or 1)
-    # Step heads kept (the newest); None keeps every one (l14-336: ~126 MB each).
-    keep_checkpoints: int | None = None
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # A nan or infinite rate trains nothing and says so only as non-finite losses
-        # many steps later; refused here, before a model loads.
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr {self.lr}: give a finite number above 0")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay {self.weight_decay}: give a finite number, 0 or more")
-        # (numpy's generators, seeded by it with the epoch or step, refused a negative one
-        # only at the first batch, after the run's folder was made, in words naming no option)
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed {self.seed}: give a whole number from 0 to 2**63-1")
-
-
-# The settings that fix a run's schedule: a resumed run keeps them.
-SCHEDULE = ("epochs", "batch_images", "lr", "weight_decay", "max_steps", "seed", "crop")
-
 
 # Non-finite losses in a row that stop a run (one is skipped: a bad batch, not a bad run).
 NON_FINITE_LIMIT = 3

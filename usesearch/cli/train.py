@@ -57,9 +57,10 @@ def train(
     from tqdm import tqdm
 
     from usesearch.models.factory import DEFAULT_PRESET
+    from usesearch.training.config import TrainConfig
     from usesearch.training.data import load_samples
     from usesearch.training.run_folder import check_new_run
-    from usesearch.training.train import TrainConfig, Trainer
+    from usesearch.training.train import Trainer
     from usesearch.training.trainer_state import trainer_file
 
     if not resume:
