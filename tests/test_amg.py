@@ -301,3 +301,27 @@ def test_on_a_cpu_a_large_photos_masks_are_upscaled_in_groups_that_fit_and_the_m
     assert [(r.rle, r.box_xyxy, r.predicted_iou, r.stability_score) for r in grouped] == [
         (r.rle, r.box_xyxy, r.predicted_iou, r.stability_score) for r in whole
     ]
+
+
+def test_crop_edge_and_uncrop_helpers_equal_segment_anythings():
+    """Ours take the crop's numbers as scalars (stock's build tensors from lists on the
+    boxes' device: a copy the GPU waits for, each prompt batch); the results must be stock's."""
+    import torch
+    from segment_anything.utils.amg import is_box_near_crop_edge, uncrop_boxes_xyxy, uncrop_points
+
+    from usesearch.masks.amg_utils import near_crop_edge, uncropped_boxes, uncropped_points
+
+    rng = np.random.default_rng(7)
+    orig_size = (480, 640)
+    for crop_box in ([0, 0, 640, 480], [0, 0, 345, 259], [295, 221, 640, 480], [160, 0, 480, 259]):
+        w, h = crop_box[2] - crop_box[0], crop_box[3] - crop_box[1]
+        corners = np.sort(rng.integers(0, [w, h], (200, 2, 2)), axis=1).reshape(200, 4)
+        edges = [[0, 0, w, h], [19, 20, w - 20, h - 21], [21, 0, w - 1, 40]]  # at, within and past the tolerance
+        boxes = torch.as_tensor(np.concatenate([corners, edges]), dtype=torch.long)
+        near = near_crop_edge(boxes, crop_box, orig_size)
+        assert torch.equal(near, is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]]))
+        assert near.sum() < len(boxes) and (near.any() or crop_box == [0, 0, 640, 480])  # (all edges the photo's)
+        assert torch.equal(uncropped_boxes(boxes, crop_box), uncrop_boxes_xyxy(boxes, crop_box))
+        points = torch.as_tensor(rng.uniform(0, 300, (50, 2)))  # float64, as the generator's grid
+        moved = uncropped_points(points, crop_box)
+        assert moved.dtype == torch.float64 and torch.equal(moved, uncrop_points(points, crop_box))

@@ -24,9 +24,7 @@ from segment_anything.utils.amg import (
     batch_iterator,
     batched_mask_to_box,
     build_all_layer_point_grids,
-    uncrop_boxes_xyxy,
     uncrop_masks,
-    uncrop_points,
 )
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import box_area
@@ -44,6 +42,8 @@ from usesearch.masks.amg_utils import (
     prompt_batch,
     remove_small_regions_each,
     top_up,
+    uncropped_boxes,
+    uncropped_points,
     upscale_logits,
 )
 from usesearch.masks.candidate_scoring import CandidateScoring
@@ -223,8 +223,8 @@ class SamMaskGenerator(SamEncoding):
                 torch.cuda.empty_cache()
         cands = Candidates.cat(parts, self.model.device)
         cands = cands[top_up(nms(cands.boxes, cands.iou, self.box_nms_thresh), cands.iou, self.masks_per_photo)]
-        cands.boxes = uncrop_boxes_xyxy(cands.boxes, crop_box)
-        cands.points = uncrop_points(cands.points, crop_box)
+        cands.boxes = uncropped_boxes(cands.boxes, crop_box)
+        cands.points = uncropped_points(cands.points, crop_box)
         cands.crop = torch.full((len(cands),), index, dtype=torch.long, device=cands.iou.device)
         return cands, crop_hw
 
@@ -246,7 +246,8 @@ class SamMaskGenerator(SamEncoding):
 
     def _batch_candidates(self, features, points, crop_hw, crop_box, orig_size, input_size) -> Candidates:
         device = self.model.device
-        in_points = torch.as_tensor(self.transform.apply_coords(points, crop_hw), device=device)
+        grid = torch.as_tensor(points, device=device)  # (one copy to the device a batch: each waits for it)
+        in_points = self._to_input_frame(grid, crop_hw)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
         start = time.perf_counter()
         with self._autocast():
@@ -274,7 +275,7 @@ class SamMaskGenerator(SamEncoding):
         per_point = low_res.shape[1]
         low_res = low_res.float().flatten(0, 1)[:, None]
         iou = iou.float().flatten(0, 1)
-        points = torch.as_tensor(points.repeat(per_point, axis=0), device=device)
+        points = grid.repeat_interleave(per_point, 0)
         # The IoU filter needs no mask: apply it before anything is upscaled.
         if self.pred_iou_thresh > 0.0:
             keep = indices_of(iou > self.pred_iou_thresh)
@@ -284,6 +285,13 @@ class SamMaskGenerator(SamEncoding):
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         empty = torch.zeros(len(iou), dtype=torch.long, device=device)  # the crop's index, set by the caller
         return off_crop_edge(Candidates(low_res, iou, stability, boxes, points, empty), crop_box, orig_size)
+
+    def _to_input_frame(self, points: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
+        """``self.transform.apply_coords`` on the device, in the points' own dtype (float64,
+        as stock's numpy gives): the same numbers, without a second copy to the device."""
+        old_h, old_w = crop_hw
+        new_h, new_w = self.transform.get_preprocess_shape(old_h, old_w, self.transform.target_length)
+        return torch.stack((points[:, 0] * (new_w / old_w), points[:, 1] * (new_h / old_h)), 1)
 
     # -- the kept masks -------------------------------------------------------------------
     def _masks(self, cands: Candidates, crops, orig_size) -> torch.Tensor:
