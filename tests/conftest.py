@@ -272,3 +272,12 @@ def small_index(tmp_path):
     db = tmp_path / "db"
     index_paths([photos], db, IndexOptions(**OPTS))
     return photos, db
+
+
+# -- sixteen synthetic training samples: test_training_faults.py's and test_training_resume.py's --
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    from usesearch.training.data import load_samples
+    from usesearch.training.synthetic import write_dataset
+
+    return load_samples([write_dataset(tmp_path_factory.mktemp("faults") / "train", 16, seed=3)])
