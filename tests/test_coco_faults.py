@@ -1,0 +1,235 @@
+"""A labelled dataset's faults (``usesearch index IMAGES --coco FILE.json``): every fault
+recorded in one line while the rest is indexed; repeated entries and ids read as one
+photo and the first of each; folders holding none of its photos and options that do not
+go with it refused before anything is made."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.helpers import write_photos
+from tests.test_coco_index import CATEGORIES, TINY, _box, write_coco
+from usesearch.cli.app import app
+from usesearch.indexer import IndexOptions, SegmentIndex
+from usesearch.indexer.coco_index import index_coco
+from usesearch.indexer.folder import DB_FILE
+from usesearch.masks import rle
+
+
+def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("chelsea", "coffee"))
+    w, h = Image.open(photos / "chelsea.png").size
+    good = rle.encode(_box(h, w, 2, 2, 20, 20))
+    short = {"size": [h, w], "counts": [5, 5]}  # runs stop short: pycocotools would read past them
+    images = [
+        {"id": 1, "file_name": "chelsea.png", "height": h, "width": w},
+        {"id": 2, "file_name": "gone.png", "height": 10, "width": 10},
+        {"id": 3, "file_name": "sub/coffee.png", "height": 1, "width": 1},
+    ]
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": good},
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": good},  # duplicate id
+        {"id": 2, "image_id": 1, "category_id": 9, "segmentation": good},  # unknown category
+        {"id": 3, "image_id": 1, "category_id": 1, "segmentation": short},  # broken RLE
+        {"id": 4, "image_id": 1, "category_id": 1, "segmentation": [[1, 2, float("nan"), 4, 5, 6]]},  # broken polygon
+        {"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[1, 2, 3]]},  # broken polygon
+        {"id": 6, "image_id": 1, "category_id": 1, "segmentation": rle.encode(np.zeros((h, w), bool))},  # empty
+        {"id": 7, "image_id": 2, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]},  # missing photo
+        {"id": 8, "image_id": 3, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]},  # wrong size
+        {"id": 9, "image_id": 42, "category_id": 1, "segmentation": good},  # no such image entry
+        {"id": 10, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 30, 2, 30, 30]]},
+        {"id": 2**63, "image_id": 1, "category_id": 1, "segmentation": good},  # past BIGINT: the run stopped
+        {"id": "11", "image_id": 1, "category_id": 1, "segmentation": good},  # said without where it is
+        {"id": 12, "image_id": 1, "category_id": 1, "segmentation": good, "iscrowd": "0"},  # read as a crowd
+        {"id": 13, "image_id": 1, "category_id": 1, "segmentation": [[4, 4, 30, 4, 30, 30]], "iscrowd": None},
+    ]
+    coco = tmp_path / "mixed.json"
+    coco.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES[:1]}))
+    db = tmp_path / "db"
+    runner = CliRunner()
+    result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(coco), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "3 annotations indexed from 1 photos" in result.output
+    ix = SegmentIndex.open(db)
+    kept = {r.annotation_id: r.iscrowd for r in ix.store.rows(ix.store.segment_ids()).values()}
+    assert kept == {1: False, 10: False, 13: False}  # a null iscrowd is not said: no crowd, as when missing
+    problems = {(p.annotation_id, p.kind) for p in ix.store.annotation_problems()}
+    assert problems == {
+        (1, "duplicate id"),
+        (2, "unknown category"),
+        (3, "broken mask"),
+        (4, "broken mask"),
+        (5, "broken mask"),
+        (6, "empty mask"),
+        (None, "photo missing"),
+        (None, "size mismatch"),
+        (9, "unknown image"),
+        (None, "broken annotation"),
+        (12, "broken annotation"),
+    }
+    listed = runner.invoke(app, ["failures", "--db", str(db)])
+    lines = listed.output.strip().splitlines()
+    assert len(lines) == 12 and all("\t[mixed] " in line for line in lines)
+    assert any("annotations[12]: id, image_id and category_id must be whole numbers (id '11')" in x for x in lines)
+    assert any("annotation 12\t[mixed] broken annotation: iscrowd must be 0 or 1, not '0'" in x for x in lines)
+    assert any(re.match(r"gone.png\s+\[mixed\] photo missing: no such photo", line) for line in lines)
+    assert any(
+        re.match(r"chelsea.png annotation 3\s+\[mixed\] broken mask: the RLE's runs do not cover", line)
+        for line in lines
+    )
+    as_json = json.loads(runner.invoke(app, ["failures", "--db", str(db), "--json"]).stdout)
+    assert as_json["files"] == [] and len(as_json["annotations"]) == 12
+    assert {(a["annotation_id"], a["kind"], a["split"]) for a in as_json["annotations"]} == {
+        (p.annotation_id, p.kind, "mixed") for p in ix.store.annotation_problems()
+    }
+    # A re-run records the same problems once, and embeds nothing again.
+    report = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    assert report.segments == 0 and len(report.problems) == 12
+    assert len(ix.store.annotation_problems()) == 12
+
+
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["--split", "val"], "--split names a labelled dataset's split: it goes with --coco FILE.json\n"),
+        (["--split", "val", "--coco", "{coco}", "--masker", "coco"], "goes with --coco FILE.json, not --masker coco"),
+        (["--coco", "{coco}", "--points-per-side", "8"], "--points-per-side: SAM's settings need a masker run"),
+    ],
+)
+def test_options_that_do_not_go_with_a_labelled_dataset_are_refused(tmp_path, args, why):
+    """Each said in its own case's words (--split alone was told "not --masker coco")."""
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    coco = write_coco(tmp_path / "val.json", photos, ["coffee.png"], 1)
+    args = [a.format(coco=coco) for a in args]
+    result = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), *args, *TINY])
+    assert result.exit_code == 2 and why in result.stderr, result.output
+    assert not (tmp_path / "db").exists()
+
+
+def test_reading_a_coco_file_keeps_one_entry_a_photo_and_the_first_of_each_id(tmp_path):
+    from usesearch.io.coco_dataset import read_coco
+
+    poly = [[1, 1, 5, 1, 5, 5]]
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "height": 8, "width": 8},
+            {"id": 2, "file_name": "./a.png", "height": 8, "width": 8},  # the same photo again
+            {"id": 1, "file_name": "b.png"},  # a repeated image id: the first is kept
+            {"file_name": "c.png"},  # no id
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "segmentation": poly},
+            {"id": 11, "image_id": 2, "category_id": 1, "segmentation": poly, "iscrowd": 1},
+            {"id": 12, "image_id": 2, "category_id": 1},  # no segmentation
+            {"id": "13", "image_id": 2, "category_id": 1, "segmentation": poly},  # an id that is not a number
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 1, "name": "dog"}, {"name": "nameless"}],
+    }
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(coco))
+    dataset = read_coco(path)
+    assert [(e.id, e.file_name, [(a.id, a.category, a.iscrowd) for a in e.annotations]) for e in dataset.images] == [
+        (1, "a.png", [(10, "cat", False), (11, "cat", True)])
+    ]
+    assert sorted(((f, a, e.kind) for f, a, e in dataset.problems), key=str) == sorted(
+        [
+            (None, None, "duplicate id"),  # category 1 again
+            (None, None, "broken annotation"),  # the nameless category
+            ("b.png", None, "duplicate id"),
+            (None, None, "broken annotation"),  # the image entry without an id
+            (None, 12, "broken mask"),
+            (None, None, "broken annotation"),  # the annotation whose id is a string
+            ("./a.png", None, "duplicate id"),
+        ],
+        key=str,
+    )
+
+
+def test_a_repeated_entry_giving_its_photo_another_size_adds_no_annotation(tmp_path):
+    """Annotations drawn on another size of the photo would be decoded at the first
+    entry's size and sit off its pixels: left out, said as a size mismatch."""
+    from usesearch.io.coco_dataset import read_coco
+
+    poly = [[1, 1, 5, 1, 5, 5]]
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "height": 8, "width": 8},
+            {"id": 2, "file_name": "a.png", "height": 16, "width": 16},  # the same file at another size
+            {"id": 3, "file_name": "b.png"},  # unsized: the repeat's size is the file's word on it
+            {"id": 4, "file_name": "b.png", "height": 6, "width": 9},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "segmentation": poly},
+            {"id": 11, "image_id": 2, "category_id": 1, "segmentation": poly},
+            {"id": 12, "image_id": 3, "category_id": 1, "segmentation": poly},
+            {"id": 13, "image_id": 4, "category_id": 1, "segmentation": poly},
+        ],
+        "categories": [{"id": 1, "name": "cat"}],
+    }
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(coco))
+    dataset = read_coco(path)
+    kept = [(e.file_name, e.height, e.width, [a.id for a in e.annotations]) for e in dataset.images]
+    assert kept == [("a.png", 8, 8, [10]), ("b.png", 6, 9, [12, 13])]
+    said = {(f, e.kind): str(e) for f, _, e in dataset.problems}
+    assert set(said) == {("a.png", "size mismatch"), ("b.png", "duplicate id")}
+    assert "at 8x8 and 16x16: the annotations of 2 are left out" in said[("a.png", "size mismatch")]
+
+
+def test_a_folder_holding_none_of_the_files_photos_is_refused_before_anything_is_made(tmp_path):
+    """`index EMPTY --coco FILE --db NEW` (a wrong folder, a disk not mounted) made an
+    index bound to the run's model, recorded every photo as missing and exited 0, where
+    a plain `index EMPTY` is refused. Refused in one line, nothing made, also beside an
+    existing index (left as it was) and on Ray (before Ray starts); a folder holding
+    some of them still indexes those."""
+    from usesearch.errors import UsesearchError
+    from usesearch.indexer.coco_ray import index_coco_ray
+
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png", "sub/rocket.png"], 1)
+    (tmp_path / "empty").mkdir()
+    others = write_photos(tmp_path / "others", ("coffee",))
+    runner = CliRunner()
+    for folder in (tmp_path / "empty", others):
+        result = runner.invoke(app, ["index", str(folder), "--db", str(tmp_path / "new"), "--coco", str(coco), *TINY])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and "none of the 2 annotated photo(s) val.json names is under" in said, said
+        assert not (tmp_path / "new").exists()
+        with pytest.raises(UsesearchError, match="none of the 2 annotated photo"):
+            index_coco_ray([folder], coco, tmp_path / "new", IndexOptions(preset="tiny"))
+        assert not (tmp_path / "new").exists()
+    db = tmp_path / "db"
+    ok = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(coco), *TINY])
+    assert ok.exit_code == 0, ok.output
+    catalog = (db / DB_FILE).read_bytes()
+    result = runner.invoke(app, ["index", str(tmp_path / "empty"), "--db", str(db), "--coco", str(coco)])
+    assert result.exit_code == 2 and (db / DB_FILE).read_bytes() == catalog, result.output
+    (photos / "sub" / "rocket.png").unlink()  # one of the two: indexed, the other recorded as missing
+    some = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "some"), "--coco", str(coco), *TINY])
+    assert some.exit_code == 0 and "problem: sub/rocket.png: photo missing" in some.output, some.output
+
+
+def test_empty_folders_are_refused_without_looking_up_each_photo(tmp_path, monkeypatch):
+    """A disk not mounted: the folder is empty, and each of a file's 10^6 photos was
+    looked up (a stat each, on a network share) before the refusal."""
+    import usesearch.indexer.coco_plan as coco_plan
+    from usesearch.errors import UsesearchError
+
+    photos = write_photos(tmp_path / "photos", ("chelsea",))
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png"], 1)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "mount").mkdir()
+    looked_up: list = []
+    real = coco_plan.photo_path
+    monkeypatch.setattr(coco_plan, "photo_path", lambda *args: looked_up.append(args) or real(*args))
+    for folders in ([tmp_path / "empty"], [tmp_path / "empty", tmp_path / "mount"]):
+        with pytest.raises(UsesearchError, match="none of the 1 annotated photo"):
+            index_coco(folders, coco, tmp_path / "db", IndexOptions(preset="tiny"))
+    assert not looked_up and not (tmp_path / "db").exists()
+    with pytest.raises(UsesearchError, match="none of the 1 annotated photo"):  # a folder holding others: looked up
+        index_coco([write_photos(tmp_path / "others", ("coffee",))], coco, tmp_path / "db", IndexOptions(preset="tiny"))
+    assert looked_up
