@@ -1,0 +1,161 @@
+"""An open ``SegmentIndex`` in a Python program: a query vector, k, region prompt or
+segment id it cannot search refused in words, as the CLI refuses them; an index closed
+(its FAISS index and models given back), moved, or opened by a relative path; and
+``index_paths``' and ``IndexOptions``' refusals before anything is written."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import OPTS, write_photos
+from tests.test_region_query import index_four_photos
+from usesearch.errors import UsesearchError
+from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    return index_four_photos(tmp_path_factory.mktemp("region"))
+
+
+def test_a_query_vector_or_k_that_cannot_be_searched_is_refused_in_words(indexed):
+    """A vector of another dimension reached FAISS as a bare AssertionError, a NaN one
+    silently found nothing, and a NumPy k a wall of SWIG prototypes."""
+    root, _ = indexed
+    ix = SegmentIndex.open(root / "db")
+    dim = ix.info.dim
+    with pytest.raises(ValueError, match=f"shape \\({dim + 1},\\); this index's vectors have {dim} dimensions"):
+        ix.search_vector(np.ones(dim + 1, np.float32))
+    with pytest.raises(ValueError, match="not finite"):
+        ix.search_vector(np.full(dim, np.nan, np.float32))
+    for k, kind in ((2.5, "float"), (True, "bool")):
+        with pytest.raises(TypeError, match=f"k must be an integer, got {kind}"):
+            ix.query("a cat", k=k)
+    hits = ix.query("a cat", k=np.int64(3))
+    assert len(hits) == 3 and [h.segment_id for h in hits] == [h.segment_id for h in ix.query("a cat", k=3)]
+    row = ix.search_vector(ix.text_vector("a cat")[None], k=3)  # one row of a batch: taken as the vector
+    assert [h.segment_id for h in row] == [h.segment_id for h in hits]
+
+
+def test_index_paths_given_one_path_instead_of_a_list_says_so(tmp_path):
+    """A str was walked as its characters ("no such file or folder: t (and 13 more)"), a Path
+    failed with "'PosixPath' object is not iterable"."""
+    for one in (str(tmp_path), tmp_path):
+        with pytest.raises(TypeError, match="paths is a list of files and folders; got the one path"):
+            index_paths(one, tmp_path / "db", IndexOptions(**OPTS))
+    assert not (tmp_path / "db").exists()
+
+
+def test_a_closed_index_refuses_searches_instead_of_reconnecting(indexed):
+    root, _ = indexed
+    with SegmentIndex.open(root / "db") as ix:
+        assert ix.query("a cat", k=2)
+    for search in (lambda: ix.query("a cat"), lambda: ix.similar(1), lambda: ix.model, lambda: ix.stats()):
+        with pytest.raises(UsesearchError, match="this index is closed"):
+            search()
+
+
+def test_region_prompts_and_segment_ids_from_python_are_checked_as_the_cli_checks_them(indexed):
+    """An inverted box reached SAM and hits came back; a short tuple was an IndexError
+    deep inside; similar(True) searched segment 1."""
+    root, photos = indexed
+    rgb = np.asarray(Image.open(photos / "astronaut.png").convert("RGB"))
+    with SegmentIndex.open(root / "db") as ix:
+        for prompt, message in [
+            ({"box": (10, 10, 0, 0)}, "width and height must be positive"),
+            ({"box": (10, 10, -5, -5)}, "width and height must be positive"),
+            ({"box": (1, 2, 3)}, "box is \\(x, y, width, height\\) in pixels, 4 finite numbers"),
+            ({"point": (5,)}, "point is \\(x, y\\) in pixels, 2 finite numbers"),
+            ({"point": "5,5"}, "2 finite numbers; got '5,5'"),
+            ({"point": (float("nan"), 3)}, "2 finite numbers"),
+        ]:
+            with pytest.raises(UsesearchError, match=message):
+                ix.similar_region(rgb, k=2, **prompt)
+        panorama = np.zeros((10, 20000, 3), np.uint8)  # SAM's resize leaves it 0 px high
+        with pytest.raises(UsesearchError, match="the photo is 20000x10: too narrow for SAM"):
+            ix.similar_region(panorama, point=(5, 5), k=1)
+        for wrong in ("1", True, 1.0, None):
+            with pytest.raises(TypeError, match="segment_id is an int"):
+                ix.similar(wrong)
+        assert ix.similar(np.int64(1), k=1)  # a numpy id from an array of them is one
+        with pytest.raises(TypeError, match="a query is text; got int"):
+            ix.query(5)
+
+
+def test_an_open_index_whose_folder_is_moved_says_so(indexed, tmp_path):
+    """similar() raised SQLAlchemy's 'unable to open database file'; after a delete it advised --repair."""
+    import shutil
+
+    root, _ = indexed
+    shutil.copytree(root / "db", tmp_path / "copy")
+    with SegmentIndex.open(tmp_path / "copy") as ix:
+        assert ix.query("a cat", k=1)
+        (tmp_path / "copy").rename(tmp_path / "moved")
+        for search in (lambda: ix.similar(1), lambda: ix.query("a cat")):
+            with pytest.raises(UsesearchError, match="the index folder .*copy is gone \\(moved or deleted\\)"):
+                search()
+
+
+def test_an_index_opened_by_a_relative_path_follows_no_change_of_directory(indexed, tmp_path, monkeypatch):
+    root, _ = indexed
+    monkeypatch.chdir(root)
+    with SegmentIndex.open("db") as ix:
+        first = ix.query("a cat", k=2)
+        monkeypatch.chdir(tmp_path)  # a notebook's %cd
+        assert [h.segment_id for h in ix.query("a cat", k=2)] == [h.segment_id for h in first]
+        assert ix.similar(first[0].segment_id, k=1)
+
+
+def test_the_python_api_refuses_what_the_cli_refuses_before_writing(tmp_path):
+    """A negative shard size was recorded and left an index no later open could lay out;
+    index_paths wrote an index among the photos of the folder it was given."""
+    from usesearch.indexer.maintenance import reindex
+
+    photos = write_photos(tmp_path / "photos", ("chelsea",))
+    with pytest.raises(UsesearchError, match="shard_size is 0 \\(one shard\\) or a number"):
+        IndexOptions(**OPTS, shard_size=-1)
+    with pytest.raises(UsesearchError, match="holds photos \\(chelsea.png\\): give the index a folder of its own"):
+        index_paths([photos], photos, IndexOptions(**OPTS))
+    assert sorted(p.name for p in photos.iterdir()) == ["chelsea.png"]
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    with pytest.raises(UsesearchError, match="shard_size is 0"):
+        reindex(tmp_path / "db", shard_size=-1)
+
+
+def test_closing_an_index_gives_back_its_faiss_index_and_models(indexed):
+    """A program that opens indexes one after another and keeps the closed ones (a
+    list of them, a notebook's variables) held each one's FAISS index and models."""
+    import gc
+    import weakref
+
+    root, _ = indexed
+    ix = SegmentIndex.open(root / "db")
+    ix.query("a cat", k=2)  # the model loaded
+    held = [weakref.ref(ix.index), weakref.ref(ix.model)]
+    ix.close()
+    ix.close()  # twice: nothing more to do
+    gc.collect()
+    assert [ref() for ref in held] == [None, None]
+    with pytest.raises(UsesearchError, match="this index is closed"):
+        ix.region(np.zeros((32, 32, 3), np.uint8), point=(5, 5))  # SAM not loaded again
+    assert ix.models.loaded == set()
+
+
+def test_a_search_meeting_a_close_is_refused_in_one_line(indexed):
+    """Closed between its refresh and its reading of the index: an AttributeError."""
+    import threading
+
+    root, _ = indexed
+    ix = SegmentIndex.open(root / "db")
+    vector = ix.text_vector("a cat")
+    refresh = ix.refresh
+
+    def refresh_then_closed():
+        refresh()
+        closing = threading.Thread(target=ix.close)
+        closing.start()
+        closing.join()
+
+    ix.refresh = refresh_then_closed
+    with pytest.raises(UsesearchError, match="this index is closed"):
+        ix.search_vector(vector, 3)
