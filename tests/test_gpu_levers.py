@@ -162,10 +162,8 @@ def test_masks_per_photo_keeps_that_many_with_nms_survivors_first(sam, image):
     assert len(cut) == 5 and {r.rle["counts"] for r in cut} <= {r.rle["counts"] for r in kept}
 
 
-def test_the_benchmarks_blob_masks_are_few_runs_and_never_empty_on_the_photo():
-    """``index_throughput.py --mask-shape blobs``: random weights' specks become a few
-    blobs (runs as real masks have), each with a pixel on the photo's part of SAM's
-    canvas, in the decoder's own shape and dtype."""
+def throughput_benchmark():
+    """``benchmarks/index_throughput.py`` as a module."""
     import importlib.util
     from pathlib import Path
 
@@ -173,6 +171,14 @@ def test_the_benchmarks_blob_masks_are_few_runs_and_never_empty_on_the_photo():
     spec = importlib.util.spec_from_file_location("index_throughput", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_benchmarks_blob_masks_are_few_runs_and_never_empty_on_the_photo():
+    """``index_throughput.py --mask-shape blobs``: random weights' specks become a few
+    blobs (runs as real masks have), each with a pixel on the photo's part of SAM's
+    canvas, in the decoder's own shape and dtype."""
+    bench = throughput_benchmark()
     torch.manual_seed(0)
     specks = torch.randn(4, 3, 256, 256, dtype=torch.bfloat16)
     blobs = bench.blob_logits(specks, valid=(0.75, 1.0))
@@ -185,3 +191,24 @@ def test_the_benchmarks_blob_masks_are_few_runs_and_never_empty_on_the_photo():
         return (flat[:, 1:] != flat[:, :-1]).sum(1).float().median()
 
     assert runs(specks > 0) > 50 * runs(blobs > 0)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_benchmarks_blobs_shape_every_decoder_path_with_the_iou_gate_on(sam, image, compiled, monkeypatch):
+    """With the IoU gate on (a threshold above 0), a compiled decoder upscales the kept
+    prompts through the name ``sam_compile`` imported: patched only in ``sam_fast``, the
+    blobs never reached it and a random-weight run kept its specks."""
+    from usesearch.masks import sam_compile
+
+    bench = throughput_benchmark()
+    monkeypatch.setattr(sam_compile, "COMPILE_BACKEND", "eager")  # (the path's logic, not the compiler)
+    shaped = []
+    blob_logits = bench.blob_logits
+    monkeypatch.setattr(
+        bench, "blob_logits", lambda masks, valid: shaped.append(len(masks)) or blob_logits(masks, valid)
+    )
+    with bench.blob_decoder():
+        SamMaskGenerator(
+            sam, points_per_side=4, compiled_decoder=compiled, compiled_scores=False, **{**LOW, "pred_iou_thresh": 1e-4}
+        ).generate(image)
+    assert shaped and sum(shaped) > 0
