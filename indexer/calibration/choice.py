@@ -65,8 +65,9 @@ class Choice:
     load_per_core: float  # the machine's load while the settings were timed
 
 
-def run(ix: Searcher, vectors, excluded, setting: Setting, rows) -> tuple[list[list[int]], float]:
-    """Hits of the given queries on the real search path, and their p50 in ms."""
+def run(ix: Searcher, vectors, excluded, setting: Setting, rows) -> tuple[list[dict[int, float]], float]:
+    """Hits of the given queries on the real search path (each query's segment id ->
+    score), and their p50 in ms."""
     found, times = [], []
     settings = SearchFilters(nprobe=setting[0], rerank=setting[1])
     for i in rows:
@@ -74,7 +75,7 @@ def run(ix: Searcher, vectors, excluded, setting: Setting, rows) -> tuple[list[l
         start = time.perf_counter()
         hits = ix.search_vector(vectors[i], K, settings, exclude=exclude)
         times.append(time.perf_counter() - start)
-        found.append([h.segment_id for h in hits])
+        found.append({h.segment_id: h.score for h in hits})
     return found, float(np.median(times) * 1000) if times else 0.0
 
 

@@ -5,7 +5,8 @@ number of candidates re-scored, since re-scoring is exact."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -56,22 +57,53 @@ def query_vectors(
     return vectors, np.concatenate(excluded) if excluded else np.zeros(0, np.int64), np.array(kinds)
 
 
-def exact_top(store: Store, vectors: np.ndarray, excluded: np.ndarray, k: int = K) -> np.ndarray:
-    """[m, k] ids of each query's exact top ``k`` over the stored float16 rows (as
-    the search re-scores them), excluding its own; one streamed pass over the
-    embedding files in blocks, merged by FAISS's ``ResultHeap``."""
-    heap = faiss.ResultHeap(len(vectors), k, keep_max=True)
+# Scores this close to a query's K-th best are ties: equal vectors (a photo stored twice,
+# a repeated pattern) score alike up to the summation order's rounding (~1e-7 at 768-d),
+# and a search that returns one tied segment for another is as right as the exact list.
+TIE = 1e-5
+
+
+@dataclass
+class Truth:
+    """Each query's exact answer, ties at the K-th place kept: ``above`` the segments
+    scoring above its K-th best score (every right answer holds them), ``tied`` those
+    within ``TIE`` of it (any of them fill the rest; those among its best ``4K``),
+    ``need`` how many a right answer holds (K, or fewer where the index has fewer)."""
+
+    above: list[set[int]]
+    tied: list[set[int]]
+    need: list[int]
+    kth: list[float]  # the K-th best score
+
+
+def exact_top(store: Store, vectors: np.ndarray, excluded: np.ndarray, k: int = K) -> Truth:
+    """Each query's exact top ``k`` over the stored float16 rows (as the search
+    re-scores them), excluding its own, with the ties at its ``k``-th place (among its
+    top ``4k``); one streamed pass over the embedding files in blocks, merged by FAISS's
+    ``ResultHeap``."""
+    keep = 4 * k  # room for the ties at the k-th place
+    heap = faiss.ResultHeap(len(vectors), keep, keep_max=True)
     for ids, batch in store.embeddings():
         scores = vectors @ batch.T  # [m, b]
         scores[excluded[:, None] == ids[None, :]] = -np.inf
-        if scores.shape[1] > k:  # each block's own top k first: the heap then sees [m, k], not [m, b]
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        if scores.shape[1] > keep:  # each block's own top first: the heap then sees [m, keep], not [m, b]
+            top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
             scores, block_ids = np.take_along_axis(scores, top, 1), ids[top]
         else:
             block_ids = np.broadcast_to(ids, scores.shape)
         heap.add_result(np.ascontiguousarray(scores, np.float32), np.ascontiguousarray(block_ids, np.int64))
     heap.finalize()
-    return heap.I
+    truth = Truth([], [], [], [])
+    for scores, ids in zip(heap.D, heap.I):
+        valid = (ids >= 0) & np.isfinite(scores)
+        scores, ids = scores[valid], ids[valid]
+        need = min(k, len(ids))
+        kth = scores[need - 1] if need else np.inf
+        truth.above.append(set(ids[scores > kth + TIE].tolist()))
+        truth.tied.append(set(ids[np.abs(scores - kth) <= TIE].tolist()))
+        truth.need.append(need)
+        truth.kth.append(float(kth))
+    return truth
 
 
 def candidates(index: Vectors, vectors: np.ndarray, excluded: np.ndarray, fetch: int, nprobe: int) -> list:
@@ -91,8 +123,18 @@ def candidates(index: Vectors, vectors: np.ndarray, excluded: np.ndarray, fetch:
     return out
 
 
-def recalls(found: Sequence[set[int]] | list[list[int]], truth: np.ndarray) -> np.ndarray:
-    return np.array([len(set(f) & set(t.tolist())) / max(1, len(t)) for f, t in zip(found, truth)])
+def recalls(found: Sequence[Iterable[int]], truth: Truth) -> np.ndarray:
+    """Each query's share of a right answer found: every segment above its K-th score
+    that ``found`` holds, and as many of those tied at the K-th place as a right answer
+    still needs. ``found``: each query's segment ids, or ids -> exact scores (the search
+    path's hits: then a hit within ``TIE`` of the K-th score is tied, kept or not)."""
+    out = []
+    for f, above, tied, need, kth in zip(found, truth.above, truth.tied, truth.need, truth.kth):
+        ids = set(f)
+        if isinstance(f, Mapping):
+            tied = tied | {i for i, score in f.items() if abs(score - kth) <= TIE and i not in above}
+        out.append((len(ids & above) + min(need - len(above), len(ids & tied))) / max(1, need))
+    return np.array(out)
 
 
 def by_kind(values: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
