@@ -51,6 +51,15 @@ def test_a_photo_gives_the_same_pixels_as_a_file_a_pil_image_or_an_array(tmp_pat
     read = read_image(tmp_path / "deep.png")
     assert read.max() > 200 and (read == 255).mean() < 0.05  # scaled, not clipped
     np.testing.assert_array_equal(to_rgb_array(Image.open(tmp_path / "deep.png")), read)
+    # From the bits the pixels use: a 12-bit scan was read nearly black (>> 8: at most 15),
+    # and one pixel of 256 in 8-bit data so stored blacked out the whole photo.
+    twelve = to_rgb_array(Image.fromarray(data.camera().astype(np.uint16) * 16))
+    np.testing.assert_array_equal(twelve[..., 0], data.camera())
+    low = data.camera().astype(np.uint16)
+    low[0, 0] = 256
+    assert to_rgb_array(Image.fromarray(low))[1:, 1:, 0].mean() == pytest.approx(
+        data.camera()[1:, 1:].mean() / 2, abs=1
+    )
     wide = to_rgb_array(Image.fromarray(data.camera().astype(np.int32) * 1000, "I"))  # past 16 bits: no wrap
     assert np.corrcoef(wide[..., 0].ravel(), data.camera().ravel())[0, 1] > 0.99
     assert to_rgb_array(Image.fromarray(data.camera().astype(np.int32) - 128, "I"))[data.camera() < 128].max() == 0

@@ -50,7 +50,8 @@ def displayed_size(path: str | PathLike) -> tuple[int, int]:
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     """Any photo as RGB uint8 HxWx3, the same pixels whichever way it comes (a file read,
-    a PIL image, an array): 16-bit greyscale scaled to 8 bits, not clipped at 255 (a
+    a PIL image, an array): 16-bit greyscale scaled from the bits its pixels use to 8
+    bits (a 12-bit scan's 0..4095 by 16), not clipped at 255 (a
     PIL image given to the API was clipped, so its own segment was not its best match);
     transparency composited on white, also in an RGBA array (whose alpha was dropped)."""
     if (
@@ -67,7 +68,9 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             deep = np.clip(np.asarray(image, dtype=np.int64), 0, None)  # mode "I" is signed 32-bit
             top = int(deep.max()) if deep.size else 0
-            shift = 0 if top <= 255 else 8 if top <= 65535 else top.bit_length() - 8  # never wraps past 255
+            # To the bits the pixels use (12-bit data in a 16-bit file was read nearly black, and
+            # one pixel past 255 blacked out 8-bit data so stored); never wraps past 255.
+            shift = max(0, top.bit_length() - 8)
             image = Image.fromarray((deep >> shift).astype(np.uint8))
         if image.mode != "RGB":
             # Composite transparency on white rather than letting it turn black.
