@@ -195,6 +195,14 @@ def test_training_on_photos_that_are_all_gone_exits_3_and_offers_no_head(tmp_pat
     assert "--batch-images helps" not in result.output  # no batch had photos: not a batch-size problem
     summary = json.loads(result.stdout)
     assert summary["images"] == 0 and summary["head"] is None and len(summary["unreadable"]) == 4
+    # Nor a head on disk that looks usable, and the same command may run there again (it
+    # left head.safetensors and step-*, and the folder "holds a run already").
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith(".")) == [
+        "log.csv",
+        "unreadable.txt",
+    ]
+    again = CliRunner().invoke(app, [*args, "--max-steps", "2", "--batch-images", "2"])
+    assert again.exit_code == 3 and "holds a run already" not in again.output, again.output
 
 
 def test_a_run_cut_short_by_max_steps_counts_the_photos_it_reached(tmp_path):

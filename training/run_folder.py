@@ -49,6 +49,24 @@ def check_new_run(out: str | os.PathLike) -> None:
         )
 
 
+# What a run that read no photo wrote and must not offer: its head and checkpoints
+# learned nothing (its log and unreadable.txt, which say why, stay).
+UNTRAINED_FILES = re.compile(r"^(trainer\.safetensors|(head|step-\d+)\.(safetensors|json))$")
+
+
+def drop_untrained(out: str | os.PathLike) -> int:
+    """Remove the head and checkpoints of a new run that trained on no photo: an untrained
+    head looked usable, and the folder refused the next run ("holds a run already").
+    The folder then holds what a run killed before its first checkpoint leaves, which a
+    new run starts over. Returns the files removed."""
+    removed = 0
+    for name in sorted(os.listdir(out)):
+        if UNTRAINED_FILES.match(name):
+            os.unlink(Path(out) / name)
+            removed += 1
+    return removed
+
+
 def _is_run_log(path: Path) -> bool:
     """A run's log: its header (or empty: a run killed in its first step, before a write reached the disk)."""
     try:

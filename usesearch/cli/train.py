@@ -59,7 +59,7 @@ def train(
     from usesearch.models.factory import DEFAULT_PRESET
     from usesearch.training.config import TrainConfig
     from usesearch.training.data import load_samples
-    from usesearch.training.run_folder import check_new_run
+    from usesearch.training.run_folder import check_new_run, drop_untrained
     from usesearch.training.train import Trainer
     from usesearch.training.trainer_state import trainer_file
 
@@ -110,10 +110,13 @@ def train(
         raise typer.Exit(130) from None
     bar.close()
     trained_on = trainer.photos_reached() - len(trainer.unreadable)  # --max-steps may end before an epoch does
+    if not trained_on and not resume:
+        drop_untrained(run_dir)
     opts.console.print(
         f"trained {trainer.step} steps on {trained_on} images; head: {head} (use it with --head {run_dir / 'head'})"
         if trained_on
         else f"{trainer.step} steps ran without a readable image: the head learned nothing"
+        + ("" if resume else " (none kept: the same command starts again in this folder)")
     )
     if trainer.steps_without_negatives and trained_on:
         opts.console.print(
