@@ -7,8 +7,10 @@ NaN score would silently switch its filter off, a huge area overflow SQL's integ
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +59,23 @@ class SearchFilters:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}")
+
+
+def check_filters(filters) -> SearchFilters:
+    """``filters`` as a search takes them: None (no filter), a ``SearchFilters``, or a
+    mapping of its fields (``{"min_area": 500}``: a dict failed deep in the search on
+    an attribute it lacks)."""
+    if filters is None:
+        return SearchFilters()
+    if isinstance(filters, SearchFilters):
+        return filters
+    if isinstance(filters, Mapping):
+        fields = [f.name for f in dataclasses.fields(SearchFilters)]
+        unknown = [str(name) for name in filters if name not in fields]
+        if unknown:
+            raise TypeError(f"no filter named {', '.join(unknown)} (SearchFilters has: {', '.join(fields)})")
+        return SearchFilters(**filters)
+    raise TypeError(f"filters is a SearchFilters (or a dict of its fields); got {type(filters).__name__}")
 
 
 def check_query_text(text: str, max_chars: int) -> None:

@@ -17,7 +17,7 @@ from usesearch.io.images import to_rgb_array
 
 from . import calibration, faiss_gpu, index_choice, index_kinds, index_stats, vector_files, vectors
 from .embeddings import top_rows
-from .filters import SearchFilters, check_k, check_query_text, check_query_vector, check_segment_id
+from .filters import SearchFilters, check_filters, check_k, check_query_text, check_query_vector, check_segment_id
 from .folder import FAISS_FILE, index_flags, open_store
 from .freshness import TYPE_CHECK_S, Freshness
 from .hits import Hit, passes, passing_share, to_hits
@@ -231,7 +231,7 @@ class SegmentIndex(Freshness):
         filters: SearchFilters | None = None,
         exclude: set[int] | frozenset[int] = frozenset(),
     ) -> list[Hit]:
-        """Top ``k`` segments for a unit vector that pass ``filters`` (``SearchFilters``;
+        """Top ``k`` segments for a unit vector that pass ``filters`` (``SearchFilters``, or a dict of its fields;
         None: no filter), never one of ``exclude``: fewer when ``min_score`` cuts them
         off (only hits scoring at least that are returned).
 
@@ -253,7 +253,7 @@ class SegmentIndex(Freshness):
         trade speed for recall on a compressed index; None: the index's own
         (``calibration.py``: measured on its data)."""
         k, vector = check_k(k), check_query_vector(vector, self.info.dim)
-        filters = filters or SearchFilters()
+        filters = check_filters(filters)
         per_image, min_score, distinct = filters.per_image, filters.min_score, filters.distinct
         self.refresh()
         with self._index_lock.reading():  # one index throughout: a reader's reload waits for this search

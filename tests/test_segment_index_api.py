@@ -159,3 +159,31 @@ def test_a_search_meeting_a_close_is_refused_in_one_line(indexed):
     ix.refresh = refresh_then_closed
     with pytest.raises(UsesearchError, match="this index is closed"):
         ix.search_vector(vector, 3)
+
+
+def test_a_notebooks_natural_arguments_are_taken_or_refused_in_its_own_words(indexed, tmp_path):
+    """A photo's path was "expected an HxWx3 image, got shape ()"; a region without a
+    prompt named the CLI's --point and --box; a dict of filters an AttributeError deep in
+    the search; embed_text([None]) "an empty text", [3] an AttributeError; and
+    index_paths([]) "no photo under  (index reads ...)", an empty name."""
+    from usesearch.indexer import SearchFilters
+
+    root, photos = indexed
+    with SegmentIndex.open(root / "db") as ix:
+        by_path = ix.similar_region(str(photos / "astronaut.png"), point=(40, 40), k=3)
+        rgb = np.asarray(Image.open(photos / "astronaut.png").convert("RGB"))
+        assert [h.segment_id for h in by_path] == [h.segment_id for h in ix.similar_region(rgb, point=(40, 40), k=3)]
+        with pytest.raises(UsesearchError, match=r"^give one of point=\(x, y\) and box=\(x, y, width, height\)"):
+            ix.region(rgb)
+        as_dict = ix.query("a cat", k=5, filters={"min_area": 500, "per_image": True})
+        as_filters = ix.query("a cat", k=5, filters=SearchFilters(min_area=500, per_image=True))
+        assert [h.segment_id for h in as_dict] == [h.segment_id for h in as_filters] and as_dict
+        with pytest.raises(TypeError, match="no filter named min_pixels \\(SearchFilters has: per_image, path"):
+            ix.query("a cat", filters={"min_pixels": 5})
+        with pytest.raises(TypeError, match="filters is a SearchFilters \\(or a dict of its fields\\); got int"):
+            ix.query("a cat", filters=5)
+        for wrong, kind in ((None, "NoneType"), (3, "int")):
+            with pytest.raises(TypeError, match=f"embed_text takes strings; got {kind}"):
+                ix.text_model.embed_text(["a cat", wrong])
+    with pytest.raises(UsesearchError, match="^no photos given: name the folders or files to index$"):
+        index_paths([], tmp_path / "db", IndexOptions(**OPTS))

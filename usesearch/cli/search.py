@@ -113,6 +113,8 @@ def similar(
         raise UsesearchError("give a SEGMENT_ID, or --image PHOTO with --point, --box or --mask")
     if image is None and (point or box or mask):
         raise UsesearchError("--point, --box and --mask choose a region of --image PHOTO")
+    if image is not None and sum(given is not None for given in (point, box, mask)) != 1:  # (before the index opens)
+        raise UsesearchError("give one of --point X,Y and --box X,Y,W,H (or --mask MASK.png)")
     index = at.open()
     out.refuse_overwriting(output, index, {"--image": image, "--mask": mask})
     if segment_id is not None:

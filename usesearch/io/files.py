@@ -93,6 +93,8 @@ def photos_under(paths: list[str | os.PathLike], refuse_none: bool = True) -> li
     new index: a wrong folder, or a disk not mounted, would make an empty index bound
     to the run's model; an existing one's folders may have been emptied, for a prune)."""
     files = list(walk(paths))
+    if not paths and refuse_none:
+        raise UsesearchError("no photos given: name the folders or files to index")
     if not files and refuse_none:
         kinds = ", ".join(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
         raise UsesearchError(f"no photo under {', '.join(map(str, paths))} (index reads {kinds})")

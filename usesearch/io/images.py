@@ -48,12 +48,14 @@ def displayed_size(path: str | PathLike) -> tuple[int, int]:
     return height, width
 
 
-def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    """Any photo as RGB uint8 HxWx3, the same pixels whichever way it comes (a file read,
-    a PIL image, an array): 16-bit greyscale scaled from the bits its pixels use to 8
+def to_rgb_array(image: Image.Image | np.ndarray | str | PathLike) -> np.ndarray:
+    """Any photo as RGB uint8 HxWx3, the same pixels whichever way it comes (a file's
+    path, read by ``read_image``; a PIL image, an array): 16-bit greyscale scaled from the bits its pixels use to 8
     bits (a 12-bit scan's 0..4095 by 16), not clipped at 255 (a
     PIL image given to the API was clipped, so its own segment was not its best match);
     transparency composited on white, also in an RGBA array (whose alpha was dropped)."""
+    if isinstance(image, (str, PathLike)):  # (a path was an array of shape (): "expected an HxWx3 image")
+        return read_image(image)
     if (
         isinstance(image, np.ndarray)
         and image.ndim == 3

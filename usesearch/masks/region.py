@@ -121,7 +121,7 @@ def prompt(
 
     h, w = rgb.shape[:2]
     if (point is None) == (box is None):
-        raise UsesearchError("give one of --point X,Y and --box X,Y,W,H (or --mask MASK.png)")
+        raise UsesearchError("give one of point=(x, y) and box=(x, y, width, height) (or a mask)")
     point = _prompt_numbers("point", point, ("x", "y")) if point is not None else None
     box = _prompt_numbers("box", box, ("x", "y", "width", "height")) if box is not None else None
     if box is not None and (box[2] <= 0 or box[3] <= 0):  # an inverted box gave SAM a prompt and hits came back

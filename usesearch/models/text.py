@@ -78,7 +78,9 @@ class TextEncoder:
         if isinstance(texts, str):
             raise TypeError("embed_text takes a list of strings, not a single string")
         for text in texts:
-            if not text or not text.strip():
+            if not isinstance(text, str):  # (None read as "an empty text", a number failed on .strip)
+                raise TypeError(f"embed_text takes strings; got {type(text).__name__} {text!r}")
+            if not text.strip():
                 raise ValueError("cannot embed an empty text")
         key_templates = tuple(templates)
         missing = list(dict.fromkeys(t for t in texts if (key_templates, t) not in self._cache))
