@@ -221,8 +221,8 @@ def test_calibrate_measures_again_without_a_rebuild_and_says_when_the_machine_wa
     assert SegmentIndex.open(tmp_path / "db").calibration.budget_ms == 0  # shown as none
     assert runner.invoke(app, ["calibrate", "--db", str(tmp_path / "db")]).exit_code == 0
     assert calibration.stored(tmp_path / "db") == (0.9, 0)  # and saved as none, not kept as inf
-    assert "within 0.0001 ms" in dataclasses.replace(kept, budget_ms=1e-4, met=False).describe()  # (was "within 0 ms")
-    assert "within 60000 ms" in dataclasses.replace(kept, budget_ms=60_000.0, met=False).describe()  # (was "6e+04")
+    assert " 0.0001 ms" in dataclasses.replace(kept, budget_ms=1e-4, met=False).describe()  # (was "within 0 ms")
+    assert " 60000 ms" in dataclasses.replace(kept, budget_ms=60_000.0, met=False).describe()  # (was "6e+04")
     refused = runner.invoke(app, ["calibrate", "--db", str(tmp_path / "flat")])
     assert refused.exit_code != 0 and "exact index" in refused.output and "Traceback" not in refused.output
     reindex(tmp_path / "flat", factory="HNSW32")  # approximate, but no IVF: said as such, not as exact
@@ -388,22 +388,3 @@ def test_a_broad_filter_of_other_content_than_the_query_keeps_recall(tmp_path, m
     monkeypatch.setattr(ix.store, "rows", lambda ids: (looked_up.append(len(ids)), real_rows(ids))[1])
     hits = ix.search_vector(q, 250, SearchFilters(per_image=True))
     assert 100 < len(hits) < 250 and max(looked_up) <= 3000 and len({h.image_id for h in hits}) == len(hits)
-
-
-def test_segments_tied_at_the_tenth_place_count_as_found(tmp_path, weak_defaults):
-    """Equal vectors (a photo stored as PNG and as BMP, a repeated pattern) tie; the
-    search path and the exact heap order ties apart, and counting by ids alone called
-    the search's choice a miss: an exhaustive search measured 0.88-0.95, "not met"."""
-    from usesearch.indexer.calibration.truth import recalls
-
-    synthetic_index(tmp_path / "db", n=6000, dim=64, noise=0.0)  # ~20 equal vectors a cluster
-    reindex(tmp_path / "db", FACTORY, recall_target=0.95, text_queries=False)
-    ix = SegmentIndex.open(tmp_path / "db")
-    vectors, excluded, _ = calibration.query_vectors(ix.store, None)
-    truth = calibration.exact_top(ix.store, vectors, excluded, 10)
-    assert max(map(len, truth.tied)) > 10 and truth.need == [10] * len(vectors)  # more tied than places
-    everything = (calibration.ivf_of(ix.index.index).nlist, 200)
-    hits, _ = choice.run(ix, vectors, excluded, everything, range(len(vectors)))
-    assert recalls(hits, truth).min() == 1.0
-    assert recalls([list(h)[:9] + [0] for h in hits], truth).max() == 0.9  # a miss is still one
-    assert ix.calibration.met and ix.calibration.recall == 1.0
