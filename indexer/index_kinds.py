@@ -5,6 +5,7 @@ HNSW graph, the segment ids it holds)."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import faiss
 import numpy as np
@@ -78,6 +79,18 @@ def product_quantizers(index: faiss.Index) -> list:
     """The PQ codebooks inside an index (a plain PQ's, an IVF-PQ's, a refined one's), each
     trained by k-means of its own."""
     return [part.pq for part in _parts(index) if hasattr(part, "pq")]
+
+
+def opq_matrices(index: faiss.Index) -> list:
+    """The OPQ rotations in front of an index (``OPQ16,IVF...``): each trains PQ codebooks
+    of its own, by k-means, in every one of its iterations."""
+    found = []
+    for part in _parts(index):
+        if isinstance(part, faiss.IndexPreTransform):
+            chain: Any = part.chain  # (a C++ vector, not the list the stubs say)
+            transforms = [faiss.downcast_VectorTransform(chain.at(i)) for i in range(chain.size())]
+            found += [vt for vt in transforms if isinstance(vt, faiss.OPQMatrix)]
+    return found
 
 
 def _parts(index: faiss.Index) -> list[faiss.Index]:

@@ -21,7 +21,7 @@ import numpy as np
 from . import faiss_gpu
 from .catalog import index_flags
 from .index_choice import nprobe_for, train_size_for
-from .index_kinds import hnsw_of, index_ids, ivf_of, new_index, product_quantizers
+from .index_kinds import hnsw_of, index_ids, ivf_of, new_index, opq_matrices, product_quantizers
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -286,6 +286,9 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
             f"FAISS index needs training and {len(data)} vectors are not enough: "
             f"{str(exc).splitlines()[-1]}. Index more images, or use the exact factory '{DEFAULT_FACTORY}'."
         ) from None
+    finally:
+        for opq in opq_matrices(index):  # (its rotation trained: a copy of the index must not point at our PQ)
+            opq.pq = None
     if ivf is not None:
         ivf.nprobe = nprobe_for(nlist)
 
@@ -299,8 +302,19 @@ def _one_line_on_few_points(index: faiss.Index, n: int) -> int:
     lines or more per rebuild. Its threshold only decides that warning. Returns the
     most clusters one k-means trains (0: none), which needs as many points at least."""
     ivf = ivf_of(index)
+    # An OPQ rotation trains its codebooks with a PQ of its own making (FAISS's default
+    # threshold: 800 warning lines for OPQ16 on 1,024 vectors) unless given one: a PQ of
+    # ours, held by the index as FAISS's Python holds what C++ points to.
+    for opq in opq_matrices(index):
+        if opq.pq is None:
+            opq.pq = faiss.ProductQuantizer(opq.d_out, opq.M, 8)
+            index.referenced_objects = [*getattr(index, "referenced_objects", []), opq.pq]  # type: ignore[attr-defined]
     # (a plain PQ's codebooks too: its k-means gave FAISS's C++ error, or its warning, unsaid)
-    parts = [p for p in (ivf, *product_quantizers(index)) if p is not None and hasattr(p, "cp")]
+    parts = [
+        p
+        for p in (ivf, *product_quantizers(index), *(opq.pq for opq in opq_matrices(index)))
+        if p is not None and hasattr(p, "cp")
+    ]
     clusters = max([ivf.nlist if ivf is not None else 0] + [p.ksub for p in parts if hasattr(p, "ksub")])
     for part in parts:
         part.cp.min_points_per_centroid = 1

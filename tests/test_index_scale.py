@@ -322,7 +322,7 @@ def test_pq_codebooks_are_trained_without_polysemous_reordering(factory, without
     assert _polysemous(index_kinds.new_index(32, factory)) == _polysemous(faiss.index_factory(32, without)) == [False]
 
 
-@pytest.mark.parametrize("factory", ["IVF4,PQ4", "PQ4"])  # (a plain PQ's codebooks printed FAISS's lines)
+@pytest.mark.parametrize("factory", ["IVF4,PQ4", "PQ4", "OPQ4,IVF4,PQ4"])  # (a plain PQ, an OPQ: 800 lines)
 def test_training_on_few_points_is_one_line_not_faiss_warning_per_k_means(tmp_path, capfd, caplog, factory):
     """FAISS printed "WARNING clustering N points to K centroids" from C++ for the
     coarse quantizer and every PQ sub-quantizer: eight lines or more per rebuild."""
