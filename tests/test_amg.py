@@ -325,3 +325,19 @@ def test_crop_edge_and_uncrop_helpers_equal_segment_anythings():
         points = torch.as_tensor(rng.uniform(0, 300, (50, 2)))  # float64, as the generator's grid
         moved = uncropped_points(points, crop_box)
         assert moved.dtype == torch.float64 and torch.equal(moved, uncrop_points(points, crop_box))
+
+
+def test_the_whole_photos_crop_keeps_every_candidate_without_selecting(monkeypatch):
+    """Its edges are the photo's, so no box is near a crop edge that is not the photo's:
+    the candidates come back as they are (no mask, no selection, no GPU wait)."""
+    import torch
+
+    from usesearch.masks import amg_utils
+
+    boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 630, 470], [300, 200, 640, 480]])
+    cands = amg_utils.Candidates(
+        torch.zeros(3, 1, 4, 4), torch.ones(3), torch.ones(3), boxes, torch.zeros(3, 2), torch.zeros(3)
+    )
+    assert not amg_utils.near_crop_edge(boxes, [0, 0, 640, 480], (480, 640)).any()  # what it would compute
+    monkeypatch.setattr(amg_utils, "near_crop_edge", lambda *a: pytest.fail("computed for the whole photo"))
+    assert amg_utils.off_crop_edge(cands, [0, 0, 640, 480], (480, 640)) is cands

@@ -362,7 +362,11 @@ def top_up(kept: torch.Tensor, scores: torch.Tensor, count: int | None) -> torch
 
 
 def off_crop_edge(cands: Candidates, crop_box, orig_size) -> Candidates:
-    """The candidates whose box keeps off the crop's edges (but for the photo's)."""
+    """The candidates whose box keeps off the crop's edges (but for the photo's): all of
+    them in the whole photo's crop, whose edges are the photo's (without crop layers, the
+    only crop: no mask computed, no selection, no wait for a GPU)."""
+    if list(crop_box) == [0, 0, orig_size[1], orig_size[0]]:
+        return cands
     return cands[~near_crop_edge(cands.boxes, crop_box, orig_size)]
 
 
