@@ -32,9 +32,46 @@ def test_segments_tied_at_the_tenth_place_count_as_found(tmp_path):
 def test_a_calibration_that_failed_its_budget_says_so_rather_than_blame_the_target():
     """--latency-budget 0.001 with --recall-target 0: "target 0.0 not met within 0.001 ms:
     the best recall it affords", of a setting at 8 ms and recall 0.88."""
-    measured = calibration.Calibration("f", FACTORY, 1024, 8, 1000, 0.88, {"image": 0.88}, 8.0, False, 0.0, 0.001)
+    measured = calibration.Calibration(
+        "f", FACTORY, 1024, 8, 1000, 0.88, {"image": 0.88}, 8.0, False, 0.0, 0.001, over_budget=True
+    )
     said = measured.describe()
-    assert "target 0.0 reached only past the 0.001 ms budget" in said and "not met" not in said, said
-    short = dataclasses.replace(measured, target=0.95, budget_ms=50.0)  # the recall is what fell short
+    assert "no setting searched within the 0.001 ms budget (a fifth of it kept spare), target 0.0 reached" in said
+    short = dataclasses.replace(measured, target=0.95, budget_ms=50.0, over_budget=False)  # the recall fell short
     assert "target 0.95 not met within 50 ms: the best recall it affords" in short.describe()
     assert "target 0.95 within 50 ms)" in dataclasses.replace(short, recall=0.96, met=True).describe()
+
+
+def test_the_choice_says_when_no_setting_searched_within_the_budget(monkeypatch):
+    import numpy as np
+
+    nprobes, reranks = [1, 2], [20]
+    curve = {(p, 20): {"recall": 0.9, "recall_kinds": {"text": 0.9}} for p in nprobes}
+    monkeypatch.setattr(choice, "run", lambda ix, vectors, excluded, setting, rows: ([], 8.0 * setting[0]))
+    for budget, over in ((0.001, True), (100.0, False), (0.0, False)):
+        picked = choice.choose(None, np.zeros((20, 4)), np.zeros(20, int), curve, nprobes, reranks, 0.0, budget)
+        assert picked.over_budget is over and picked.met is not over, budget
+
+
+def test_a_group_of_equal_vectors_larger_than_the_kept_best_is_tied_whole():
+    """Ties were kept among each query's best 40: 80 equal vectors, and a search that
+    returned 10 of those past the 40th counted 0 of 10."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from usesearch.indexer.calibration.truth import recalls
+
+    rng = np.random.default_rng(0)
+    same = rng.standard_normal(16).astype(np.float32)
+    rows = np.vstack([np.tile(same, (80, 1)), rng.standard_normal((120, 16))])
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float16)  # unit vectors, as stored
+    ids = np.arange(1, 201)
+    store = SimpleNamespace(embeddings=lambda: iter([(ids[:100], rows[:100]), (ids[100:], rows[100:])]))
+    queries = rows[[0, 150]].astype(np.float32)
+    truth = calibration.exact_top(store, queries, np.array([1, 0]), 10)
+    assert truth.tied[0] == set(range(2, 81)) and truth.above[0] == set()  # all 79 others, its own left out
+    assert len(truth.tied[1]) == 1 and len(truth.above[1]) == 9  # no tie: the 10th alone
+    assert recalls([list(range(71, 81)), []], truth).tolist() == [1.0, 0.0]
+    nothing = calibration.exact_top(SimpleNamespace(embeddings=lambda: iter([])), queries[:1], np.array([0]), 10)
+    assert recalls([[]], nothing).tolist() == [1.0]  # nothing to find: nothing missed

@@ -89,6 +89,7 @@ class Calibration:
     note: str = ""
     version: int = VERSION
     load_per_core: float = 0.0  # the machine's load while the settings were timed (``BUSY`` and above: busy)
+    over_budget: bool = False  # no setting it compared searched within the budget (``choice.Choice``)
 
     def rerank_for(self, k: int) -> int:
         """Candidates to re-score for ``k`` hits: as measured for ``K``, more for more."""
@@ -107,10 +108,11 @@ class Calibration:
         )
         busy = f"; timed on a busy machine (load {self.load_per_core:.1f} per core)" * (self.load_per_core >= BUSY)
         budget = f" within {self.budget_ms:g} ms" if self.budget_ms > 0 else ""
-        if not self.met and self.recall >= self.target and self.budget_ms > 0:  # the budget is what failed
+        if not self.met and self.over_budget and self.budget_ms > 0:  # the budget is what failed
+            reached = "reached" if self.recall >= self.target else "not met either"
             return line + (
-                f"; target {self.target} reached only past the {self.budget_ms:g} ms budget (a quarter of it kept "
-                f"spare): the fastest setting measured{busy})"
+                f"; no setting searched within the {self.budget_ms:g} ms budget (a fifth of it kept spare), target "
+                f"{self.target} {reached}: the fastest setting measured{busy})"
             )
         if not self.met:
             return line + f"; target {self.target} not met{budget}: the best recall it affords{busy})"
@@ -267,4 +269,5 @@ def calibrate(
         seconds=round(time.perf_counter() - start, 2),
         note=note,
         load_per_core=choice.load_per_core,
+        over_budget=choice.over_budget,
     )

@@ -63,6 +63,7 @@ class Choice:
     setting: Setting
     met: bool  # an affordable setting met the target and its p50 stayed within the budget
     load_per_core: float  # the machine's load while the settings were timed
+    over_budget: bool = False  # no setting compared stayed within the budget: the budget is what failed
 
 
 def run(ix: Searcher, vectors, excluded, setting: Setting, rows) -> tuple[list[dict[int, float]], float]:
@@ -164,4 +165,4 @@ def choose(
         curve[setting]["p50_ms"] = round(p50, 2)
     kept = [s for s in compared if limit <= 0 or curve[s]["p50_ms"] <= limit]
     best = min(kept or compared, key=lambda s: curve[s]["p50_ms"])
-    return Choice(best, bool(meeting) and bool(kept), max(load, load_per_core()))
+    return Choice(best, bool(meeting) and bool(kept), max(load, load_per_core()), over_budget=not kept)

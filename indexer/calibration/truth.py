@@ -103,6 +103,16 @@ def exact_top(store: Store, vectors: np.ndarray, excluded: np.ndarray, k: int = 
         truth.tied.append(set(ids[np.abs(scores - kth) <= TIE].tolist()))
         truth.need.append(need)
         truth.kth.append(float(kth))
+    # A query whose kept best are tied to the last (a group of equal vectors larger than
+    # them): every tied segment, in a second pass for those queries alone.
+    wide = [i for i, need in enumerate(truth.need) if need and heap.D[i, -1] >= truth.kth[i] - TIE]
+    if wide:
+        kth = np.array([truth.kth[i] for i in wide], np.float32)[:, None]
+        for ids, batch in store.embeddings():
+            scores = vectors[wide] @ batch.T
+            scores[excluded[wide][:, None] == ids[None, :]] = -np.inf
+            for row, col in zip(*np.nonzero(np.abs(scores - kth) <= TIE)):
+                truth.tied[wide[row]].add(int(ids[col]))
     return truth
 
 
@@ -133,7 +143,8 @@ def recalls(found: Sequence[Iterable[int]], truth: Truth) -> np.ndarray:
         ids = set(f)
         if isinstance(f, Mapping):
             tied = tied | {i for i, score in f.items() if abs(score - kth) <= TIE and i not in above}
-        out.append((len(ids & above) + min(need - len(above), len(ids & tied))) / max(1, need))
+        have = len(ids & above) + min(need - len(above), len(ids & tied))
+        out.append(have / need if need else 1.0)  # (nothing to find: nothing missed)
     return np.array(out)
 
 
