@@ -127,8 +127,8 @@ def clustering_on_gpu(index: faiss.Index) -> Iterator[None]:
         yield
         return
     with LOCK:
-        # The IVF's own metric: on the CPU, k-means assigns through the quantizer (inner
-        # product here); an L2 helper would train other centroids wherever faiss-gpu is installed.
+        # The IVF's own metric, as the CPU's k-means assigns through its quantizer (for our
+        # inner-product IVFs, spherical k-means, L2 assigns alike: the same for any IVF).
         helper = faiss.index_cpu_to_gpu(resources(), 0, faiss.IndexFlat(ivf.d, ivf.metric_type))
         ivf.clustering_index = helper
         try:

@@ -12,8 +12,10 @@ they are kept in: ``vector_files.py``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
@@ -272,25 +274,44 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
     sample = np.sort(np.random.default_rng(0).choice(ids, size, replace=False)) if size < len(ids) else ids
     vectors = [v for _, v in store.embeddings(sample)]
     data = np.concatenate(vectors) if vectors else np.zeros((0, index.d), np.float32)
-    clusters = _one_line_on_few_points(index, len(data))
-    if len(data) < clusters:  # k-means cannot even start: said before FAISS says it in C++'s words
-        raise ValueError(
-            f"this index type trains {clusters} clusters, on at least as many vectors, and the index holds "
-            f"{len(ids)}: index more photos, or let its size choose its type "
-            f"(`usesearch reindex {index_flags(store.folder, store.url)} --factory auto`)"
-        )
-    try:
-        _train(index, data, faiss_gpu.wanted(device))
-    except RuntimeError as exc:
-        raise ValueError(
-            f"FAISS index needs training and {len(data)} vectors are not enough: "
-            f"{str(exc).splitlines()[-1]}. Index more images, or use the exact factory '{DEFAULT_FACTORY}'."
-        ) from None
-    finally:
-        for opq in opq_matrices(index):  # (its rotation trained: a copy of the index must not point at our PQ)
-            opq.pq = None
+    with _opq_codebooks_of_ours(index):
+        clusters = _one_line_on_few_points(index, len(data))
+        if len(data) < clusters:  # k-means cannot even start: said before FAISS says it in C++'s words
+            raise ValueError(
+                f"this index type trains {clusters} clusters, on at least as many vectors, and the index holds "
+                f"{len(ids)}: index more photos, or let its size choose its type "
+                f"(`usesearch reindex {index_flags(store.folder, store.url)} --factory auto`)"
+            )
+        try:
+            _train(index, data, faiss_gpu.wanted(device))
+        except RuntimeError as exc:
+            raise ValueError(
+                f"FAISS index needs training and {len(data)} vectors are not enough: "
+                f"{str(exc).splitlines()[-1]}. Index more images, or use the exact factory '{DEFAULT_FACTORY}'."
+            ) from None
     if ivf is not None:
         ivf.nprobe = nprobe_for(nlist)
+
+
+@contextlib.contextmanager
+def _opq_codebooks_of_ours(index: faiss.Index) -> Iterator[None]:
+    """Within it, each OPQ rotation trains its codebooks with a PQ of ours, whose k-means
+    threshold ``_one_line_on_few_points`` sets (its own PQ keeps FAISS's: 800 warning
+    lines for OPQ16 on 1,024 vectors). Assigning hands the PQ to C++, which never frees
+    it: after, it is taken back from the rotation (which reads it only while training)
+    and freed with its last reference."""
+    given = []
+    for opq in opq_matrices(index):
+        if opq.pq is None:
+            pq = faiss.ProductQuantizer(opq.d_out, opq.M, 8)
+            opq.pq = pq
+            given.append((opq, pq))
+    try:
+        yield
+    finally:
+        for opq, pq in given:
+            opq.pq = None
+            pq.thisown = True  # type: ignore[attr-defined]
 
 
 FAISS_POINTS_PER_CLUSTER = 39  # faiss's ClusteringParameters.min_points_per_centroid
@@ -302,13 +323,6 @@ def _one_line_on_few_points(index: faiss.Index, n: int) -> int:
     lines or more per rebuild. Its threshold only decides that warning. Returns the
     most clusters one k-means trains (0: none), which needs as many points at least."""
     ivf = ivf_of(index)
-    # An OPQ rotation trains its codebooks with a PQ of its own making (FAISS's default
-    # threshold: 800 warning lines for OPQ16 on 1,024 vectors) unless given one: a PQ of
-    # ours, held by the index as FAISS's Python holds what C++ points to.
-    for opq in opq_matrices(index):
-        if opq.pq is None:
-            opq.pq = faiss.ProductQuantizer(opq.d_out, opq.M, 8)
-            index.referenced_objects = [*getattr(index, "referenced_objects", []), opq.pq]  # type: ignore[attr-defined]
     # (a plain PQ's codebooks too: its k-means gave FAISS's C++ error, or its warning, unsaid)
     parts = [
         p

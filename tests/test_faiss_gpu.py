@@ -231,3 +231,24 @@ def test_a_gpu_that_fails_the_k_means_hands_it_to_the_cpu(monkeypatch, caplog):
     )
     centroids = [faiss.extract_index_ivf(i).quantizer.reconstruct_n(0, 16) for i in (on_gpu, on_cpu)]
     np.testing.assert_array_equal(*centroids)
+
+
+def test_an_opq_rotation_is_given_back_its_own_codebooks_after_training(capfd):
+    """OPQ's rotation is lent a PQ of ours for its k-means (FAISS's threshold printed 800
+    lines otherwise): afterwards, trained or refused, it points at none."""
+    data = np.random.default_rng(5).standard_normal((1024, 32)).astype(np.float32)
+    for n in (1024, 100):  # trained; refused (fewer vectors than a codebook's clusters)
+        store = SimpleNamespace(
+            segment_ids=lambda n=n: np.arange(1, n + 1),
+            embeddings=lambda ids: iter([(ids, data[np.asarray(ids) - 1])]),
+            folder="db",
+            url=None,
+        )
+        index = index_kinds.new_index(32, "OPQ4,IVF4,PQ4")
+        if n < 256:
+            with pytest.raises(ValueError, match="trains 256 clusters"):
+                vectors._train_if_needed(index, store, "cpu")
+        else:
+            vectors._train_if_needed(index, store, "cpu")
+            assert index.is_trained and "WARNING clustering" not in capfd.readouterr().err
+        assert index_kinds.opq_matrices(index)[0].pq is None
