@@ -35,7 +35,7 @@ from usesearch.errors import ClientGoneError, UsesearchError, first_line
 from usesearch.io.files import decode, pixel_count, read_bytes
 from usesearch.masks import rle
 
-from .filters import SearchFilters, check_k
+from .filters import SearchFilters, check_filters, check_k
 from .hits import Hit, first_hits
 from .known_images import record_limits
 from .refine_cache import CACHE_FOLDER, ImageStateCache
@@ -144,7 +144,7 @@ class Refiner:
         stops with ``ClientGoneError`` instead of spending minutes on an answer no one reads."""
         k = check_k(k)
         top = self.options.top if top is None else replace(self.options, top=top).top  # checked as the options are
-        filters = filters or SearchFilters()
+        filters = check_filters(filters)  # (a dict of its fields too)
         report, started = RefineReport(), time.perf_counter()
         index = self.index
         vector = index.text_vector(text)

@@ -194,7 +194,7 @@ class SegmentIndex(Freshness):
         box: tuple[float, float, float, float] | None = None,
         mask: np.ndarray | None = None,
     ) -> region_lib.Region:
-        """The region of ``image`` (any photo: RGB array or PIL) a query by region
+        """The region of ``image`` (any photo: its path, an RGB array or PIL) a query by region
         searches for: ``mask`` as given, or SAM's most stable mask for ``point`` (x, y)
         or ``box`` (x, y, w, h), with the SAM of the index's preset."""
         from usesearch.masks import region as region_lib

@@ -61,6 +61,9 @@ def test_refined_masks_decode_to_the_photos_size(refiner):
         assert mask.sum() == hit.area > 0
         x, y, w, h = hit.bbox
         assert 0 <= x and x + w <= photo.shape[1] and 0 <= y and y + h <= photo.shape[0]
+    # Filters as a dict of their fields, as SegmentIndex takes them (replace() of a dict failed)
+    as_dict = refiner.query("a cat", k=30, filters={"min_area": 0})
+    assert [(h.image, h.bbox) for h in as_dict] == [(h.image, h.bbox) for h in hits]
 
 
 def test_use_score_is_the_best_overlapping_stored_segments(index, refiner):
