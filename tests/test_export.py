@@ -129,6 +129,9 @@ def test_an_export_names_the_photos_gone_or_changed_since_indexing(tmp_path, mon
         (photos / name).unlink()
     said = " ".join(runner.invoke(app, args[:6]).stderr.split())
     assert "1 photo(s) among the hits (of the first 1 of 3 photos, checked in 0 s) are not on disk here" in said, said
+    write_photos(tmp_path / "photos", ("astronaut", "coffee", "chelsea"))  # all back: cut short, and said
+    said = " ".join(runner.invoke(app, args[:6]).stderr.split())
+    assert "the hits' photos on disk: the first 1 of 3 checked, the rest not" in said, said
 
 
 def test_a_photo_resized_since_indexing_is_a_grey_tile_not_a_crash(tmp_path):

@@ -158,6 +158,8 @@ def _say_stale(hits, index, where: str, masks: str, by_stat: bool) -> None:
     if checked < photos:
         where += f" (of the first {checked:,} of {photos:,} photos, checked in {LISTING_CHECK_S:g} s)"
     if not (gone or changed):
+        if checked < photos:  # (the rest unchecked: said, not taken as there)
+            typer.echo(f"the hits' photos on disk: the first {checked:,} of {photos:,} checked, the rest not", err=True)
         return
     said = "; ".join(
         f"{what}: {', '.join(one_line(n) for n in names[:3])}" + (f" and {len(names) - 3} more" if names[3:] else "")
