@@ -203,6 +203,11 @@ def test_training_on_photos_that_are_all_gone_exits_3_and_offers_no_head(tmp_pat
     ]
     again = CliRunner().invoke(app, [*args, "--max-steps", "2", "--batch-images", "2"])
     assert again.exit_code == 3 and "holds a run already" not in again.output, again.output
+    # A head an earlier run killed before its trainer state left is not this run's to remove.
+    (tmp_path / "run" / "step-9.safetensors").write_bytes(b"an earlier run's")
+    CliRunner().invoke(app, [*args, "--max-steps", "2", "--batch-images", "2"])
+    assert (tmp_path / "run" / "step-9.safetensors").read_bytes() == b"an earlier run's"
+    assert not (tmp_path / "run" / "head.safetensors").exists()
 
 
 def test_a_run_cut_short_by_max_steps_counts_the_photos_it_reached(tmp_path):

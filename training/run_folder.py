@@ -54,14 +54,24 @@ def check_new_run(out: str | os.PathLike) -> None:
 UNTRAINED_FILES = re.compile(r"^(trainer\.safetensors|(head|step-\d+)\.(safetensors|json))$")
 
 
-def drop_untrained(out: str | os.PathLike) -> int:
-    """Remove the head and checkpoints of a new run that trained on no photo: an untrained
-    head looked usable, and the folder refused the next run ("holds a run already").
-    The folder then holds what a run killed before its first checkpoint leaves, which a
-    new run starts over. Returns the files removed."""
+def run_files_now(out: str | os.PathLike) -> dict[str, int]:
+    """The folder's files a run writes, with their modification times (none: no folder)."""
+    try:
+        entries = list(os.scandir(os.fspath(out)))
+    except FileNotFoundError:
+        return {}
+    return {e.name: e.stat().st_mtime_ns for e in entries if UNTRAINED_FILES.match(e.name)}
+
+
+def drop_untrained(out: str | os.PathLike, before: dict[str, int]) -> int:
+    """Remove the head and checkpoints a new run that trained on no photo wrote (those not
+    in ``before``, ``run_files_now`` at its start, or rewritten since: an earlier killed
+    run's step-* heads stay): an untrained head looked usable, and the folder refused the
+    next run ("holds a run already"). The folder then holds what a run killed before its
+    first checkpoint leaves, which a new run starts over. Returns the files removed."""
     removed = 0
-    for name in sorted(os.listdir(out)):
-        if UNTRAINED_FILES.match(name):
+    for name, mtime in run_files_now(out).items():
+        if before.get(name) != mtime:
             os.unlink(Path(out) / name)
             removed += 1
     return removed

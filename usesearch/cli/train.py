@@ -59,12 +59,13 @@ def train(
     from usesearch.models.factory import DEFAULT_PRESET
     from usesearch.training.config import TrainConfig
     from usesearch.training.data import load_samples
-    from usesearch.training.run_folder import check_new_run, drop_untrained
+    from usesearch.training.run_folder import check_new_run, drop_untrained, run_files_now
     from usesearch.training.train import Trainer
     from usesearch.training.trainer_state import trainer_file
 
     if not resume:
         check_new_run(run_dir)  # before the datasets and models load
+    before = run_files_now(run_dir)  # (an earlier killed run's step-* heads: never removed by this one)
     folders: list[str | os.PathLike] = list(datasets)
     samples = load_samples(folders)
     if not samples:
@@ -111,7 +112,7 @@ def train(
     bar.close()
     trained_on = trainer.photos_reached() - len(trainer.unreadable)  # --max-steps may end before an epoch does
     if not trained_on and not resume:
-        drop_untrained(run_dir)
+        drop_untrained(run_dir, before)
     opts.console.print(
         f"trained {trainer.step} steps on {trained_on} images; head: {head} (use it with --head {run_dir / 'head'})"
         if trained_on
