@@ -309,7 +309,7 @@ def test_crop_edge_and_uncrop_helpers_equal_segment_anythings():
     import torch
     from segment_anything.utils.amg import is_box_near_crop_edge, uncrop_boxes_xyxy, uncrop_points
 
-    from usesearch.masks.amg_utils import near_crop_edge, uncropped_boxes, uncropped_points
+    from usesearch.masks.crop_geometry import near_crop_edge, uncropped_boxes, uncropped_points
 
     rng = np.random.default_rng(7)
     orig_size = (480, 640)
@@ -332,12 +332,12 @@ def test_the_whole_photos_crop_keeps_every_candidate_without_selecting(monkeypat
     the candidates come back as they are (no mask, no selection, no GPU wait)."""
     import torch
 
-    from usesearch.masks import amg_utils
+    from usesearch.masks import amg_utils, crop_geometry
 
     boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 630, 470], [300, 200, 640, 480]])
     cands = amg_utils.Candidates(
         torch.zeros(3, 1, 4, 4), torch.ones(3), torch.ones(3), boxes, torch.zeros(3, 2), torch.zeros(3)
     )
-    assert not amg_utils.near_crop_edge(boxes, [0, 0, 640, 480], (480, 640)).any()  # what it would compute
-    monkeypatch.setattr(amg_utils, "near_crop_edge", lambda *a: pytest.fail("computed for the whole photo"))
-    assert amg_utils.off_crop_edge(cands, [0, 0, 640, 480], (480, 640)) is cands
+    assert not crop_geometry.near_crop_edge(boxes, [0, 0, 640, 480], (480, 640)).any()  # what it would compute
+    monkeypatch.setattr(crop_geometry, "near_crop_edge", lambda *a: pytest.fail("computed for the whole photo"))
+    assert crop_geometry.off_crop_edge(cands, [0, 0, 640, 480], (480, 640)) is cands

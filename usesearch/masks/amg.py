@@ -38,15 +38,13 @@ from usesearch.masks.amg_utils import (
     cpu_encode_chunk,
     indices_of,
     nms,
-    off_crop_edge,
     prompt_batch,
     remove_small_regions_each,
     top_up,
-    uncropped_boxes,
-    uncropped_points,
     upscale_logits,
 )
 from usesearch.masks.candidate_scoring import CandidateScoring
+from usesearch.masks.crop_geometry import off_crop_edge, uncropped_boxes, uncropped_points
 from usesearch.masks.sam_compile import CompiledDecoder, compiled_within, decoder_finite, decoder_for
 from usesearch.masks.sam_fast import upscales_kept
 from usesearch.side_stream import SideStream, release_work_aside
