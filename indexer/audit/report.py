@@ -103,4 +103,8 @@ def _sheet(items: list[dict], store: Store, path: Path) -> dict[str, str] | None
         if row is None:
             continue
         hits.append(Hit.from_row(row, item["rank"], float(item["score"])))
-    return contact_sheet(hits, path)[1] if hits else None
+    if not hits:
+        return None
+    # The indexed content's hash: a photo changed since (same size) is drawn grey, as
+    # `query --show` draws it, not with its stored masks over other pixels.
+    return contact_sheet(hits, path, sha256_of=lambda i: getattr(store.image(i), "sha256", None))[1]
