@@ -82,9 +82,7 @@ def _indexed_photo(hit: Hit, sha256_of: Callable[[int], str | None] | None) -> t
     content, or size) or "unreadable". Read as the indexer reads (a FIFO swapped in
     under its name is refused, never waited on)."""
     try:
-        height, width = hit.mask["size"]
-        max_bytes, max_pixels = indexed_limits(width, height)  # (one indexed past the defaults too)
-        data, sha256 = read_bytes(hit.file, max_bytes, hit.image)
+        data, sha256, max_pixels = _read_as_indexed(hit)
         if sha256_of is not None and sha256_of(hit.image_id) not in (None, sha256):
             return None, "changed"  # replaced: its stored masks would be drawn on another picture
         rgb = decode(data, hit.image, max_pixels)
@@ -146,11 +144,19 @@ def _same_content(hit: Hit, sha256_of: Callable[[int], str | None] | None) -> bo
     indexed = sha256_of(hit.image_id) if sha256_of is not None else None
     if indexed is None:
         return False
-    height, width = hit.mask["size"]
     try:
-        return read_bytes(hit.file, indexed_limits(width, height)[0], hit.image)[1] == indexed
+        return _read_as_indexed(hit)[1] == indexed
     except (UsesearchError, OSError):
         return False
+
+
+def _read_as_indexed(hit: Hit) -> tuple[bytes, str, int]:
+    """The hit's photo's bytes and SHA-256, read within the limits it was indexed under
+    (one indexed past the defaults too), and the pixels its decoding may take."""
+    height, width = hit.mask["size"]
+    max_bytes, max_pixels = indexed_limits(width, height)
+    data, sha256 = read_bytes(hit.file, max_bytes, hit.image)
+    return data, sha256, max_pixels
 
 
 def hits_to_coco(hits: Sequence[Hit], query: str) -> dict:
