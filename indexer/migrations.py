@@ -2,6 +2,8 @@
 writable open. Each step says what it does in one line; none loses a segment.
 
 - images keyed by their display path -> keyed by the exact path bytes (``fs_path``);
+- SQLite's images table made AUTOINCREMENT, so that no photo's id is ever reused;
+- a segments table an older upgrade left naming a dropped images table, repaired;
 - float32 embeddings as blobs in the database -> float16 embedding files beside it;
 - new columns that have a default or may be NULL are added, with the indexes declared on them;
 - indexes declared since are made, and those they supersede dropped.
@@ -11,6 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +68,9 @@ def upgrade(engine: Engine, folder: Path) -> None:
         _images_fs_path(engine)
     if "segments" in tables and _has_column(engine, "segments", "embedding"):
         _embeddings_to_files(engine, folder)
+    elif "images" in tables and engine.dialect.name == "sqlite":
+        _segments_point_at_images(engine)
+        _images_ids_never_reused(engine)
     _add_plain_columns(engine)
     if "segments" in tables and engine.dialect.name == "postgresql":
         _segment_ids_64bit(engine)
@@ -139,17 +147,94 @@ def _add_missing_indexes(engine: Engine) -> None:
 
 
 def _images_fs_path(engine: Engine) -> None:
-    """Older indexes keyed images by their display path (unique). Rebuild the table
-    with the byte-exact key, SQLite's documented way (new table, copy, drop, rename)
-    with foreign keys off so no segment is cascaded away."""
-    from .records import Base
-
+    """Older indexes keyed images by their display path (unique): the table rebuilt
+    with the byte-exact key."""
     if engine.dialect.name != "sqlite":
         raise UsesearchError("this index was made by an older usesearch; index into a new --db")
     log.warning("upgrading this index's images table to byte-exact paths (once)")
+    _rebuild_images(engine, floor=_highest_reviewed_image_id(engine))
+
+
+def _segments_point_at_images(engine: Engine) -> None:
+    """The byte-exact-paths upgrade of usesearch before this one renamed the old images
+    table away, and SQLite pointed the segments' foreign key at that name: such an index
+    answered queries but refused every new photo ("no such table: main.images_old").
+    Renaming the images table to that name and back points the key home again (SQLite
+    rewrites every reference to a renamed table; no row is read or written)."""
+    with engine.connect() as conn:
+        sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'segments'").scalar()
+    if sql is None or "images_old" not in sql:
+        return
+    log.warning("repairing this index's segments table, which an older upgrade left naming a dropped table (once)")
+    with _sqlite_transaction(engine) as con:  # both or neither: "images" never missing
+        con.execute("ALTER TABLE images RENAME TO images_old")
+        con.execute("ALTER TABLE images_old RENAME TO images")
+
+
+def _images_ids_never_reused(engine: Engine) -> None:
+    """SQLite gives a new row the highest id + 1 unless the table is AUTOINCREMENT: a
+    photo added after the last one was pruned or changed took its id, and an audit
+    verdict on a leak keyed ``images:ID`` (or an export's image id) answered for it.
+    The table rebuilt AUTOINCREMENT, past every id a verdict names too (the highest one
+    removed before this upgrade is known nowhere else)."""
+    with engine.connect() as conn:
+        sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'images'").scalar()
+    if sql is None or "AUTOINCREMENT" in sql.upper():
+        return
+    log.warning("upgrading this index's images table so that no photo's id is ever reused (once)")
+    _rebuild_images(engine, floor=_highest_reviewed_image_id(engine))
+
+
+def _highest_reviewed_image_id(engine: Engine) -> int:
+    if "audit_reviews" not in inspect(engine).get_table_names():
+        return 0
+    with engine.connect() as conn:
+        items = conn.exec_driver_sql("SELECT item FROM audit_reviews WHERE item LIKE 'images:%'").scalars()
+        ids = [int(i) for item in items for i in item.removeprefix("images:").split(",") if i.strip().isdigit()]
+    return max(ids, default=0)
+
+
+def _rebuild_images(engine: Engine, floor: int = 0) -> None:
+    """The images table made again as declared, every row copied with its id, SQLite's
+    documented way (new table, copy, drop, rename). ``fs_path`` is made from the display
+    path where the old table lacks it; ``floor``: the least id no new photo may take."""
+    from .records import Base
+
     images = Base.metadata.tables["images"]
-    # On the raw connection with explicit BEGIN/COMMIT: pysqlite would otherwise
-    # run the DDL outside any transaction, and the pragma must precede BEGIN.
+    with _sqlite_transaction(engine) as con:
+        # A new table renamed into place, never the old one renamed away: SQLite would
+        # point the segments' foreign key at the old name, and every insert then fails.
+        made = str(CreateTable(images).compile(engine)).replace("CREATE TABLE images ", "CREATE TABLE images_new ", 1)
+        con.execute(made)
+        columns = [r[1] for r in con.execute("PRAGMA table_info(images)")]
+        shared = [c for c in columns if c in images.c]
+        if "fs_path" in shared:
+            con.execute(f"INSERT INTO images_new ({', '.join(shared)}) SELECT {', '.join(shared)} FROM images")
+        else:
+            rows = con.execute(f"SELECT {', '.join(shared)} FROM images").fetchall()
+            con.executemany(
+                f"INSERT INTO images_new ({', '.join(shared)}, fs_path) VALUES ({', '.join('?' * (len(shared) + 1))})",
+                [(*row, os.fsencode(row[shared.index("path")])) for row in rows],
+            )
+        con.execute("DROP TABLE images")  # its indexes with it
+        con.execute("ALTER TABLE images_new RENAME TO images")
+        for index in images.indexes:
+            con.execute(str(CreateIndex(index).compile(engine)))
+        # The copied rows set the sequence to their highest id; a verdict's may be higher.
+        con.execute("DELETE FROM sqlite_sequence WHERE name IN ('images', 'images_new')")
+        con.execute(
+            "INSERT INTO sqlite_sequence (name, seq) "
+            "VALUES ('images', max(?, (SELECT coalesce(max(id), 0) FROM images)))",
+            (floor,),
+        )
+
+
+@contextmanager
+def _sqlite_transaction(engine: Engine) -> Iterator[sqlite3.Connection]:
+    """SQLite's connection itself, in one transaction with foreign keys off (so that no
+    segment is cascaded away while a table is remade): on the raw connection with
+    explicit BEGIN/COMMIT, since pysqlite would otherwise run DDL outside any
+    transaction, and the pragma must precede BEGIN."""
     raw = engine.raw_connection()
     try:
         con = raw.driver_connection
@@ -159,20 +244,7 @@ def _images_fs_path(engine: Engine) -> None:
         con.execute("PRAGMA foreign_keys=OFF")
         con.execute("BEGIN")
         try:
-            con.execute("ALTER TABLE images RENAME TO images_old")
-            for index in images.indexes:
-                con.execute(f"DROP INDEX IF EXISTS {index.name}")
-            con.execute(str(CreateTable(images).compile(engine)))
-            for index in images.indexes:
-                con.execute(str(CreateIndex(index).compile(engine)))
-            columns = [r[1] for r in con.execute("PRAGMA table_info(images_old)")]
-            shared = [c for c in columns if c in images.c and c != "fs_path"]
-            rows = con.execute(f"SELECT {', '.join(shared)} FROM images_old").fetchall()
-            con.executemany(
-                f"INSERT INTO images ({', '.join(shared)}, fs_path) VALUES ({', '.join('?' * (len(shared) + 1))})",
-                [(*row, os.fsencode(row[shared.index("path")])) for row in rows],
-            )
-            con.execute("DROP TABLE images_old")
+            yield con
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -88,7 +88,13 @@ class IndexIdentity(Base):
 
 class ImageRecord(Base):
     __tablename__ = "images"
-    __table_args__ = (Index("ix_images_sha256", "sha256"), Index("ix_images_path", "path"))
+    # AUTOINCREMENT: SQLite must never hand a removed or changed photo's id to a new one,
+    # or what is keyed by it outlives it (an audit's verdict on a leak, an export's ids).
+    __table_args__ = (
+        Index("ix_images_sha256", "sha256"),
+        Index("ix_images_path", "path"),
+        {"sqlite_autoincrement": True},
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     fs_path: Mapped[bytes] = mapped_column(LargeBinary, unique=True)  # exactly what the OS opens
     path: Mapped[str] = mapped_column(Text)  # display form (undecodable bytes as \xNN)

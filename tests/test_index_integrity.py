@@ -201,6 +201,9 @@ def test_index_made_by_older_usesearch_is_upgraded_without_losing_segments(small
     assert SegmentIndex.open(db).query("a cat", k=5) == before
     columns = {r[1] for r in sqlite3.connect(db / DB_FILE).execute("PRAGMA table_info(segments)")}
     assert "embedding" not in columns and {"vec_chunk", "vec_row"} <= columns and (db / "embeddings").is_dir()
+    # The upgraded index takes new photos (the segments' foreign key still names "images").
+    write_photos(photos / "later", ("camera",))
+    assert index_paths([photos], db, IndexOptions(**OPTS)).done == 1
 
 
 def test_an_old_index_opened_to_be_read_is_upgraded_first_unless_an_indexer_is_writing(tmp_path):
