@@ -6,6 +6,7 @@ the dataset's recorded problems. A part of ``Store`` (its base class), like ``an
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from usesearch.errors import AnnotationError
 
 from .embeddings import EmbeddingFiles
-from .image_writes import add_segments
+from .image_writes import add_segments, annotations_by_split
 from .lookups import SQL_PARAMETERS
 from .records import (
     ANNOTATION,
@@ -46,6 +47,7 @@ class AnnotationWrites:
     sessions: sessionmaker[Session]
     files: Callable[[], EmbeddingFiles]
     retrying: Callable[[Callable[[], Any]], Any]
+    annotations_lost: Counter[str]  # (see ImageWrites)
 
     def stored_annotations(self, image_id: int, split: str) -> dict[int, StoredAnnotation]:
         """A photo's annotations of one split as stored, by annotation id."""
@@ -82,19 +84,22 @@ class AnnotationWrites:
         if segments:
             segments = self.files().place(segments, vectors)
         dropped, relabelled = sorted(set(drop)), dict(relabel or {})
-        result: tuple[list[int], list[int]] = self.retrying(
+        removed, added, lost = self.retrying(
             lambda: self._save_annotations(fs_path, path, sha256, hw, segments, dropped, relabelled, file_stat)
         )
-        return result
+        self.annotations_lost.update(lost)
+        return removed, added
 
     def _save_annotations(
         self, fs_path, path, sha256, hw, segments, drop, relabel, file_stat
-    ) -> tuple[list[int], list[int]]:
+    ) -> tuple[list[int], list[int], Counter[str]]:
         seg = SegmentRecord
         with self.sessions.begin() as s:
             record = s.scalar(select(ImageRecord).where(ImageRecord.fs_path == fs_path))
             removed: list[int] = []
+            lost: Counter[str] = Counter()
             if record is not None and (record.status != DONE or record.sha256 != sha256):
+                lost = annotations_by_split(s, record.id)
                 removed = list(s.scalars(select(seg.id).where(seg.image_id == record.id)))
                 s.delete(record)
                 s.flush()
@@ -124,7 +129,7 @@ class AnnotationWrites:
                 record.file_stat = file_stat
             added = add_segments(s, record.id, segments, source=ANNOTATION)
             s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
-            return removed, added
+            return removed, added, lost
 
     def drop_annotations_except(self, split: str, keep: set[int]) -> tuple[list[int], list[int]]:
         """Remove the split's annotation segments whose annotation id is not in

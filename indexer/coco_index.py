@@ -68,6 +68,7 @@ def index_coco(
     model = load_embedder(options)
     folders = [os.fspath(p) for p in paths]
     with Writer(db_dir, options, identity(model, None, options), paths, model) as writer:
+        report.annotations_lost = writer.store.annotations_lost
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         steps = _photos(dataset, folders, writer, model, options, report, split)

@@ -244,5 +244,7 @@ def commit_photo(
         report,
     )
     report.done += 1
-    report.removed += len(removed)
+    # The split's annotations the file dropped or changed: not a changed photo's proposals,
+    # other splits' annotations (``annotations_lost``) or this split's embedded again.
+    report.removed += len(set(removed) & set(plan.drop))
     report.relabelled += len(plan.relabel)

@@ -163,6 +163,7 @@ def index_coco_ray(
         for left in (db_dir / FRAGMENTS).glob("coco-*.npz"):  # a killed run's: planned again from the catalog
             left.unlink()
         fragments.forget_attempts(db_dir)
+        report.annotations_lost = writer.store.annotations_lost
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         located = list(located_entries(dataset, folders, writer, report, split))

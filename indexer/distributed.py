@@ -172,6 +172,7 @@ def index_paths_ray(
     ):
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         report.annotations_dropped = writer.annotations_dropped
+        report.annotations_lost = writer.store.annotations_lost
         report.moved, report.copies = writer.moved, writer.copies
         fragments.drop_committed(db_dir, lambda sha: any(r.proposals_made for r in writer.store.done_with_hash(sha)))
         del model, masker

@@ -6,17 +6,28 @@ a failure noted on it cleared, its damaged rows dropped for ``--repair``; by a
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .embeddings import EmbeddingFiles
 from .lookups import SQL_PARAMETERS
-from .records import DONE, FAILED, PROPOSAL, CopyRecord, ImageRecord, IndexedFolder, IndexInfo, SegmentRecord
+from .records import (
+    ANNOTATION,
+    DONE,
+    FAILED,
+    PROPOSAL,
+    CopyRecord,
+    ImageRecord,
+    IndexedFolder,
+    IndexInfo,
+    SegmentRecord,
+)
 
 
 @dataclass
@@ -57,10 +68,18 @@ def add_segments(s: Session, image_id: int, segments: list[dict], **fixed: Any) 
     return ids
 
 
-def write_photo(s: Session, photo: PhotoWrite) -> tuple[list[int], list[int]]:
+def annotations_by_split(s: Session, image_id: int) -> Counter[str]:
+    """A photo's annotation segments counted by split."""
+    seg = SegmentRecord
+    query = select(seg.split, func.count()).where(seg.image_id == image_id, seg.source == ANNOTATION)
+    return Counter({split or "": n for split, n in s.execute(query.group_by(seg.split))})
+
+
+def write_photo(s: Session, photo: PhotoWrite, lost: Counter[str] | None = None) -> tuple[list[int], list[int]]:
     """Within a transaction: whatever the file had replaced by this result (its
     segments placed in the embedding files already). Returns (segment ids removed,
-    segment ids added)."""
+    segment ids added); ``lost`` counts, by split, the annotations of a photo whose
+    content changed, which go with its old content."""
     old = s.scalar(select(ImageRecord).where(ImageRecord.fs_path == photo.fs_path))
     attempts = 1
     removed: list[int] = []
@@ -78,6 +97,8 @@ def write_photo(s: Session, photo: PhotoWrite) -> tuple[list[int], list[int]]:
             old.attempts += 1
             return [], []
         attempts = old.attempts + 1
+        if lost is not None:
+            lost.update(annotations_by_split(s, old.id))
         removed = list(s.scalars(select(SegmentRecord.id).where(SegmentRecord.image_id == old.id)))
         s.execute(delete(SegmentRecord).where(SegmentRecord.image_id == old.id))  # one statement, not one a row
         s.delete(old)
@@ -131,6 +152,8 @@ class ImageWrites:
     sessions: sessionmaker[Session]
     files: Callable[[], EmbeddingFiles]
     retrying: Callable[[Callable[[], Any]], Any]
+    # By split: annotations that went with their photo's old content (`index --coco` embeds them again).
+    annotations_lost: Counter[str]
 
     def save_images(self, photos: list[PhotoWrite]) -> list[tuple[list[int], list[int]]]:
         """Each file's result in place of whatever it had, all in one transaction (a
@@ -147,11 +170,13 @@ class ImageWrites:
             placed = iter(self.files().place([seg for p in with_rows for seg in p.segments], np.concatenate(vectors)))
             photos = [replace(p, segments=[next(placed) for _ in p.segments]) if p.segments else p for p in photos]
 
-        def write() -> list[tuple[list[int], list[int]]]:
+        def write() -> tuple[list[tuple[list[int], list[int]]], Counter[str]]:
+            lost: Counter[str] = Counter()  # (a try that fails counts nothing)
             with self.sessions.begin() as s:
-                return [write_photo(s, photo) for photo in photos]
+                return [write_photo(s, photo, lost) for photo in photos], lost
 
-        result: list[tuple[list[int], list[int]]] = self.retrying(write)
+        result, lost = self.retrying(write)
+        self.annotations_lost.update(lost)
         return result
 
     def note_folders(self, fs_paths: set[bytes]) -> None:

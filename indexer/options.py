@@ -59,6 +59,9 @@ class IndexReport(RunReport):
     repaired: list[str] = field(default_factory=list)  # photos with damaged embedding rows, embedded again
     unrepaired: list[str] = field(default_factory=list)  # damaged ones outside the folders indexed: left
     annotations_dropped: int = 0  # annotations whose rows were damaged: `index --coco` embeds them again
+    # By split: annotations of photos whose content changed, gone with the old content
+    # (`index --coco` embeds them again on the new).
+    annotations_lost: dict[str, int] = field(default_factory=dict)
     moved: list[tuple[str, str]] = field(default_factory=list)  # (old path, new path) of photos renamed or moved
     copies: list[tuple[str, str]] = field(default_factory=list)  # (path, indexed photo of the same content) skipped
     failed_before: int = 0  # of those skipped: failed in an earlier run, same content, not retried (--retry-failed)

@@ -53,6 +53,7 @@ def index_paths(
     with Writer(db_dir, options, identity(model, masker, options), paths, model) as writer:
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         report.annotations_dropped = writer.annotations_dropped
+        report.annotations_lost = writer.store.annotations_lost
         report.moved, report.copies = writer.moved, writer.copies
         per_call = photos_per_masker_call(masker)
         on_gpu = model.device.type == "cuda"

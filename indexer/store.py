@@ -13,6 +13,7 @@ and an index on a read-only medium is opened immutable.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +56,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         self.url = url
         self.read_only = read_only
         self.retried = False  # a write was tried again (``retrying``): one try before may have committed
+        self.annotations_lost: Counter[str] = Counter()
         database = make_url(url).database if url.startswith("sqlite") else None
         # Embedding files live in the index folder (beside segments.sqlite).
         if folder is not None:

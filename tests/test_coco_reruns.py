@@ -249,3 +249,34 @@ def test_kill_dash_nine_mid_run_then_resume_equals_one_clean_run(tmp_path):
         expected.append((str(photos / entry["file_name"]), a["id"], names[a["category_id"]], mask["counts"]))
     assert resumed.skipped >= 1 and got == sorted(expected)
     assert_consistent(killed)
+
+
+def test_a_changed_photo_says_which_splits_annotations_went_with_its_old_content(tmp_path):
+    """A photo whose content changed is made again: its proposals and every split's
+    annotations go with the old content. The run that re-embeds one split's says so for
+    the others by split (they went silently, and `removed` counted them and the
+    proposals as the file's removed annotations); a masker run says so for all."""
+    from tests.test_coco_index import TINY
+    from tests.test_index_integrity import change_photo
+
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    train = write_coco(tmp_path / "train.json", photos, ["chelsea.png", "sub/rocket.png"], 100)
+    val = write_coco(tmp_path / "val.json", photos, ["chelsea.png"], 500)
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    runner = CliRunner()
+    for coco in (train, val):
+        assert runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(coco), *TINY]).exit_code == 0
+    change_photo(photos, "chelsea")
+    result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(train), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "2 annotations indexed from 1 photos, 0 relabelled, 0 removed" in result.output, result.output
+    assert "2 annotations (2 of split 'val') were on photos whose content changed" in result.output, result.output
+    assert "split 'train') were" not in result.output  # its own: embedded again by this run
+    result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(val), *TINY])
+    assert result.exit_code == 0 and "content changed" not in result.output, result.output
+    change_photo(photos, "chelsea")
+    again = index_paths([photos], db, IndexOptions(**OPTS))
+    assert again.done == 1 and dict(again.annotations_lost) == {"train": 2, "val": 2}
+    ix = SegmentIndex.open(db)
+    assert ix.store.label_summary()["annotations_by_split"] == {"train": 2}  # rocket's; none of chelsea's

@@ -197,6 +197,7 @@ def index(
         opts.say_failures(report.failures)
         say_past_limits(report.failures)
         _say_moved_and_copies(report)
+        _say_annotations_lost(report)
         if report.failed_before:
             opts.console.print(
                 f"  {report.failed_before} of those skipped failed in an earlier run, their content unchanged, "
@@ -238,6 +239,18 @@ def _say_moved_and_copies(report: IndexReport) -> None:
     opts.say_pairs(report.moved, "photo(s) renamed or moved, their segments kept", sign="->")
     copies = "skipped as copies of a photo indexed under another path"
     opts.say_pairs(report.copies, copies, unnamed="a photo earlier in this run")
+
+
+def _say_annotations_lost(report: IndexReport, this_split: str | None = None) -> None:
+    """Annotations that went with a changed photo's old content (their masks were drawn
+    on it), by split; ``this_split``'s are embedded again by this very run."""
+    lost = {split: n for split, n in sorted(report.annotations_lost.items()) if n and split != this_split}
+    if lost:
+        splits = ", ".join(f"{n} of split {split!r}" for split, n in lost.items())
+        opts.console.print(
+            f"  {sum(lost.values())} annotations ({splits}) were on photos whose content changed and went with the "
+            "old content: `usesearch index PATHS --coco FILE --split SPLIT` embeds them again on the new"
+        )
 
 
 def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:
@@ -300,6 +313,7 @@ def _print_labelled(report, db: str, db_url: str | None) -> None:
             f"  split {report.split!r} was also indexed from {', '.join(report.shared_with)}: annotations absent "
             "from this file are kept"
         )
+    _say_annotations_lost(report, this_split=report.split)
     opts.say_failures(report.failures)
     say_past_limits(report.failures)
     for line in report.problems[:10]:
