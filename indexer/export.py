@@ -178,9 +178,14 @@ def hits_to_coco(hits: Sequence[Hit], query: str) -> dict:
                 "segmentation": dict(hit.mask),
                 "bbox": list(hit.bbox),
                 "area": hit.area,
-                "iscrowd": 0,
+                "iscrowd": int(bool(hit.iscrowd)),  # a labelled dataset's flag kept (a proposal's: 0)
                 "score": hit.score,
                 "segment_id": hit.segment_id,
+                # Where the segment came from, so an export of annotations keeps what they were.
+                "source": hit.source,
+                **({"annotation_id": hit.annotation_id} if hit.annotation_id is not None else {}),
+                **({"label": hit.category} if hit.category is not None else {}),
+                **({"split": hit.split} if hit.split is not None else {}),
             }
         )
     return {

@@ -38,6 +38,7 @@ class Hit:
     annotation_id: int | None = None
     category: str | None = None
     split: str | None = None
+    iscrowd: bool | None = None  # an annotation's crowd flag, as its dataset gave it
 
     @classmethod
     def from_row(cls, row: SegmentRow, rank: int, score: float) -> Hit:
@@ -58,6 +59,7 @@ class Hit:
             annotation_id=row.annotation_id,
             category=row.category,
             split=row.split,
+            iscrowd=row.iscrowd,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -132,6 +132,18 @@ def test_label_and_split_filter_query_and_similar(labelled):
         row = rows[h["segment_id"]]
         assert (h["source"], h["category"], h["split"]) == ("annotation", "rocket", row.split)
         assert h["annotation_id"] == row.annotation_id
+        assert h["iscrowd"] == row.iscrowd
+    # An export of annotations keeps what they are: the crowd flag was reset to 0 and the class dropped.
+    out = root / "rockets.json"
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--label", "rocket", "--export-coco", str(out)])
+    assert result.exit_code == 0, result.output
+    exported = json.loads(out.read_text())["annotations"]
+    assert sorted(
+        (a["segment_id"], a["iscrowd"], a["label"], a["split"], a["annotation_id"]) for a in exported
+    ) == sorted(
+        (r.id, int(r.iscrowd), r.category, r.split, r.annotation_id) for r in rows.values() if r.category == "rocket"
+    )
+    assert {a["iscrowd"] for a in exported} == {0, 1}
     asked = ["query", "a cat", "--db", str(db), "--label", "rocket", "--split", "train"]
     table = runner.invoke(app, asked, env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "label" in table.output and "rocket [train]" in table.output
