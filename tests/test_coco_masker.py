@@ -116,3 +116,23 @@ def test_a_run_naming_no_masker_adds_with_the_index_own_masks_file(photos, tmp_p
         index_paths([photos], db, IndexOptions(preset="tiny", masker="felzenszwalb"))
     assert "content changed" not in str(refused.value) and "asks for felzenszwalb (scales=[" in str(refused.value)
     assert "{" not in str(refused.value)  # said as flags are, not as a Python dict
+
+
+def test_a_file_with_no_mask_is_refused_and_masks_of_no_entry_are_said(photos, tmp_path, caplog):
+    """An empty masks file made an empty index and exited 0; masks naming an image id
+    the file has no entry for were dropped without a word."""
+    empty = masks_file(tmp_path / "empty.json", [{"id": 1, "file_name": "a.png"}], [])
+    with pytest.raises(CocoFileError, match="empty.json: no mask names an image entry of the file: nothing to index"):
+        index_paths([photos], tmp_path / "db", options(empty))
+    assert not (tmp_path / "db").exists()
+    anns = [
+        {"id": 1, "image_id": 1, "segmentation": box(0, 0, 5, 5)},
+        {"id": 2, "image_id": 7, "segmentation": box(5, 5, 10, 10)},
+        {"id": 3, "image_id": 7, "segmentation": box(0, 0, 10, 10)},
+    ]
+    orphans = masks_file(tmp_path / "orphans.json", [{"id": 1, "file_name": "a.png"}], anns)
+    with caplog.at_level("WARNING"):
+        assert index_paths([photos], tmp_path / "db", options(orphans)).segments == 1
+    assert (
+        "orphans.json: 2 mask(s) name image ids the file has no entry for (e.g. 7): they are not indexed" in caplog.text
+    )

@@ -59,8 +59,10 @@ def bad_inputs(tmp_path_factory):
     (d / "locked").mkdir()
     Image.new("RGB", (40, 40), (120, 120, 120)).save(d / "nomasks.png")
     masks_json = root / "masks.json"
-    masks_json.write_text(
-        '{"images": [{"id": 1, "file_name": "nomasks.png", "height": 40, "width": 40}], "annotations": []}'
+    masks_json.write_text(  # a mask for another photo: a file with none at all is refused
+        '{"images": [{"id": 1, "file_name": "nomasks.png", "height": 40, "width": 40}, '
+        '{"id": 2, "file_name": "elsewhere.png", "height": 40, "width": 40}], '
+        '"annotations": [{"id": 1, "image_id": 2, "segmentation": [[2, 2, 30, 2, 30, 30]]}]}'
     )
     return root, d
 
@@ -216,10 +218,14 @@ def test_a_ctrl_c_that_a_finalizer_swallowed_still_interrupts_the_run(tmp_path, 
 
 
 def test_a_masker_files_broken_masks_fail_their_photo_in_one_line_and_the_rest_is_indexed(tmp_path):
-    """``--masker coco``: an RLE whose runs fall short of the photo (pycocotools read
-    past its end and indexed garbage), one of another size, or an entry without its
-    keys is named, never a bare KeyError; the other photos are indexed."""
+    """``--masker coco``: a compressed RLE whose runs fall short of the photo (pycocotools
+    read past its end and indexed garbage) fails its photo, named; the other photos are
+    indexed. A mask whose form is broken where its entry gives the photo's size (another
+    size, short uncompressed runs, a polygon of 5 coordinates) or an entry without its
+    keys refuses the file in one line before anything is made: the photo failed, and the
+    fixed file was another content, which the index refused."""
     import json
+    import re
 
     from usesearch.errors import CocoFileError
     from usesearch.masks import rle
@@ -227,17 +233,16 @@ def test_a_masker_files_broken_masks_fail_their_photo_in_one_line_and_the_rest_i
 
     photos = tmp_path / "photos"
     photos.mkdir()
-    for shade, name in enumerate(("good.png", "short.png", "other.png")):
+    for shade, name in enumerate(("good.png", "short.png", "unsized.png")):
         Image.new("RGB", (30, 20), (90, 90, 90 + shade)).save(photos / name)  # each its own content
     whole = np.zeros((20, 30), bool)
     whole[5:15, 5:20] = True
-    images = [
-        {"id": i, "file_name": n, "height": 20, "width": 30}
-        for i, n in enumerate(["good.png", "short.png", "other.png"])
-    ]
+    short = {"size": [20, 30], "counts": rle.encode(whole[:10])["counts"]}  # 300 of 600 pixels
+    images = [{"id": i, "file_name": n, "height": 20, "width": 30} for i, n in enumerate(["good.png", "short.png"])]
+    images.append({"id": 2, "file_name": "unsized.png"})  # sized by its photo: checked as it is read
     annotations = [
         {"id": 1, "image_id": 0, "segmentation": rle.encode(whole)},
-        {"id": 2, "image_id": 1, "segmentation": {"size": [20, 30], "counts": [5, 10]}},  # 15 of 600 pixels
+        {"id": 2, "image_id": 1, "segmentation": short},
         {"id": 3, "image_id": 2, "segmentation": {"size": [40, 50], "counts": [100, 1900]}},
     ]
     masks = tmp_path / "masks.json"
@@ -249,9 +254,26 @@ def test_a_masker_files_broken_masks_fail_their_photo_in_one_line_and_the_rest_i
     assert (
         report.done == 1
         and report.segments == 1
-        and set(failed) == {str(photos / "short.png"), str(photos / "other.png")}
+        and set(failed) == {str(photos / "short.png"), str(photos / "unsized.png")}
     )
     assert all("the mask of annotation" in why and "is broken" in why for why in failed.values())
+    for broken, why in (
+        ({"size": [40, 50], "counts": [100, 1900]}, "the RLE's size is [40, 50] but the photo is 20x30"),
+        ({"size": [20, 30], "counts": [5, 10]}, "the RLE's runs do not cover"),
+        ([[1, 1, 5, 1, 5]], "a polygon needs an even number of coordinates"),
+    ):
+        masks.write_text(
+            json.dumps({"images": images, "annotations": [{"id": 4, "image_id": 1, "segmentation": broken}]})
+        )
+        with pytest.raises(
+            CocoFileError, match=re.escape("masks.json: the mask of annotation 4 (short.png) is broken: " + why)
+        ):
+            index_paths(
+                [photos],
+                tmp_path / "new",
+                IndexOptions(preset="tiny", masker="coco", masker_options={"masks_json": str(masks)}),
+            )
+        assert not (tmp_path / "new").exists()
     masks.write_text(json.dumps({"images": images, "annotations": [{"id": 4, "image_id": 0}]}))
     with pytest.raises(CocoFileError, match="annotation #0 has no image_id or no segmentation"):
         CocoMasker(masks)

@@ -4,6 +4,7 @@ file (RLE or polygons; no categories needed), each checked before pycocotools re
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import numpy as np
 
 from usesearch.errors import CocoFileError, UsesearchError
 from usesearch.masks import rle
+
+log = logging.getLogger(__name__)
 
 
 class CocoMaskFile:
@@ -41,6 +44,18 @@ class CocoMaskFile:
             # "./a.png" names a.png; entries naming one file give it all their masks (as a labelled file's do)
             _, anns = self.by_name.setdefault(os.path.normpath(img["file_name"]), (img, []))
             anns += by_image.pop(img["id"], [])
+        if not any(anns for _, anns in self.by_name.values()):
+            raise CocoFileError(f"{masks_json}: no mask names an image entry of the file: nothing to index")
+        if by_image:
+            orphans = sum(map(len, by_image.values()))
+            log.warning(
+                "%s: %d mask(s) name image ids the file has no entry for (e.g. %r): they are not indexed",
+                masks_json,
+                orphans,
+                next(iter(by_image)),
+            )
+        for img, anns in self.by_name.values():
+            _check_forms(masks_json, img, anns)
 
     def _lookup(self, path: str):
         parts = Path(path).parts
@@ -68,6 +83,21 @@ class CocoMaskFile:
             if mask.any():
                 masks.append(mask)
         return np.stack(masks) if masks else np.zeros((0, h, w), bool)
+
+
+def _check_forms(masks_json, img: dict, anns: list) -> None:
+    """An entry's masks whose form is broken, refused before any is indexed: the photo
+    would fail, and a fixed file is another content, which its index refuses."""
+    h, w = img.get("height"), img.get("width")
+    if not (isinstance(h, int) and isinstance(w, int)) or isinstance(h, bool) or isinstance(w, bool):
+        return  # (sized by the photo: checked as it is read)
+    for ann in anns:
+        try:
+            rle.check_form(ann["segmentation"], h, w)
+        except ValueError as exc:
+            raise CocoFileError(
+                f"{masks_json}: the mask of annotation {ann.get('id', '?')} ({img['file_name']}) is broken: {exc}"
+            ) from None
 
 
 def _is_id(value) -> bool:

@@ -233,6 +233,23 @@ def checked(segmentation: Any, height: int, width: int) -> dict:
     what pycocotools would misread is refused with a one-line ``ValueError`` first: it
     reads past the end of an RLE whose runs fall short of the photo, hangs on a NaN
     coordinate and crashes on huge ones."""
+    check_form(segmentation, height, width)
+    if isinstance(segmentation, dict):
+        size, counts = segmentation["size"], segmentation["counts"]
+        if isinstance(counts, list):
+            lengths = np.asarray(counts, np.int64)
+        else:
+            if not counts_written(counts.decode("latin-1") if isinstance(counts, bytes) else counts):
+                raise ValueError("the RLE's counts are not a COCO compressed string")
+            lengths = run_lengths({"size": size, "counts": counts})
+        if len(lengths) and lengths.min() < 0 or int(lengths.sum()) != height * width:
+            raise ValueError(f"the RLE's runs do not cover the photo's {height}x{width} = {height * width} pixels")
+    return to_str(segmentation_to_rle(segmentation, height, width))
+
+
+def check_form(segmentation: Any, height: int, width: int) -> None:
+    """``checked``'s checks that decode nothing (a polygon's coordinates, an RLE's size,
+    an uncompressed RLE's runs): cheap enough for every mask of a file at once."""
     if isinstance(segmentation, list):
         if not segmentation or not all(isinstance(p, list) for p in segmentation):
             raise ValueError("polygons must be a non-empty list of coordinate lists")
@@ -248,7 +265,7 @@ def checked(segmentation: Any, height: int, width: int) -> dict:
                 values = np.array([np.inf])
             if not np.isfinite(values).all() or np.abs(values).max() > limit:
                 raise ValueError(f"polygon coordinates must be finite and near the {width}x{height} photo")
-        return to_str(segmentation_to_rle(segmentation, height, width))
+        return
     if not isinstance(segmentation, dict) or not {"size", "counts"} <= segmentation.keys():
         raise ValueError("a segmentation must be polygons or an RLE with size and counts")
     size, counts = segmentation["size"], segmentation["counts"]
@@ -257,16 +274,10 @@ def checked(segmentation: Any, height: int, width: int) -> dict:
     if isinstance(counts, list):
         if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= height * width for c in counts):
             raise ValueError("an uncompressed RLE's counts must be whole numbers of pixels")
-        lengths = np.asarray(counts, np.int64)
-    elif isinstance(counts, (str, bytes)):
-        if not counts_written(counts.decode("latin-1") if isinstance(counts, bytes) else counts):
-            raise ValueError("the RLE's counts are not a COCO compressed string")
-        lengths = run_lengths({"size": size, "counts": counts})
-    else:
+        if sum(counts) != height * width:
+            raise ValueError(f"the RLE's runs do not cover the photo's {height}x{width} = {height * width} pixels")
+    elif not isinstance(counts, (str, bytes)):
         raise ValueError("an RLE's counts must be a list of numbers or a compressed string")
-    if len(lengths) and lengths.min() < 0 or int(lengths.sum()) != height * width:
-        raise ValueError(f"the RLE's runs do not cover the photo's {height}x{width} = {height * width} pixels")
-    return to_str(segmentation_to_rle(segmentation, height, width))
 
 
 def iou_matrix(rles: list[dict]) -> np.ndarray:
