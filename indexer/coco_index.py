@@ -39,7 +39,7 @@ from .coco_plan import (
     stored_state,
     wrong_size,
 )
-from .folder import check_paths
+from .folder import check_paths, is_new
 from .known_images import file_stat
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, check_devices, identity, load_embedder
@@ -61,7 +61,7 @@ def index_coco(
     dataset = read_coco(coco_file)  # before anything: a wrong file must not leave an index folder behind
     split = split or Path(coco_file).stem
     db_dir = check_paths(paths, db_dir)
-    refuse_when_no_photo(dataset, [os.fspath(p) for p in paths])
+    refuse_when_no_photo(dataset, [os.fspath(p) for p in paths], new_index=is_new(db_dir, options))
     options = as_built(db_dir, options)
     report = CocoReport(devices=check_devices(options), split=split)
     start = time.perf_counter()

@@ -51,14 +51,18 @@ def record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset,
         report.problems.append(f"{where or dataset.path.name}: {error.kind}: {error}")
 
 
-def refuse_when_no_photo(dataset: CocoDataset, folders: list[str]) -> None:
+def refuse_when_no_photo(dataset: CocoDataset, folders: list[str], new_index: bool = False) -> None:
     """Refused in one line before anything is made (an index folder bound to the run's
     model among them): a file none of whose annotated photos lies under ``folders`` (a
     wrong folder, a disk not mounted) indexed nothing, recorded each as missing and
     exited 0, as a plain ``index`` of an empty folder is refused. Stops at the first
     photo found: one stat in the usual case; folders all empty or missing (a disk not
-    mounted) are refused without a stat an entry (10^6 on a network share)."""
+    mounted) are refused without a stat an entry (10^6 on a network share). A file with
+    no annotation at all is refused for a ``new_index`` (it would be empty); an index's
+    split it held goes, as the file says."""
     annotated = [entry for entry in dataset.images if entry.annotations]
+    if new_index and not annotated:
+        raise UsesearchError(f"{dataset.path.name} has no annotation of any photo: a new index of it would be empty")
     found = any(holds_anything(folder) for folder in folders) and any(
         photo_path(folders, entry.file_name) is not None for entry in annotated
     )

@@ -49,7 +49,7 @@ from .coco_plan import (
     wrong_size,
 )
 from .distributed import through_actors
-from .folder import check_paths
+from .folder import check_paths, is_new
 from .fragments import FRAGMENTS, error_text, read_fragment, worker_error, write_fragment
 from .options import IndexOptions, IndexReport
 from .pipeline import as_built, identity, load_embedder
@@ -143,7 +143,7 @@ def index_coco_ray(
     dataset = read_coco(coco_file)  # before anything: a wrong file must not leave an index folder behind
     split = split or Path(coco_file).stem
     db_dir = check_paths(paths, db_dir).resolve()
-    refuse_when_no_photo(dataset, [os.fspath(p) for p in paths])
+    refuse_when_no_photo(dataset, [os.fspath(p) for p in paths], new_index=is_new(db_dir, options))
     options = as_built(db_dir, options)
     report = CocoReport(devices=[faiss_gpu.note(options.faiss_device)], split=split)
     if options.device not in (None, "auto"):

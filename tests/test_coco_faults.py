@@ -233,3 +233,32 @@ def test_empty_folders_are_refused_without_looking_up_each_photo(tmp_path, monke
     with pytest.raises(UsesearchError, match="none of the 1 annotated photo"):  # a folder holding others: looked up
         index_coco([write_photos(tmp_path / "others", ("coffee",))], coco, tmp_path / "db", IndexOptions(preset="tiny"))
     assert looked_up
+
+
+def test_a_file_with_no_annotation_is_refused_for_a_new_index_and_empties_an_existing_split(tmp_path):
+    """`index PHOTOS --coco EMPTY.json --db NEW` made an empty index and exited 0.
+    Refused in one line, nothing made (on Ray too); beside an index holding the split,
+    the emptied file removes the split's annotations, as the file says."""
+    from usesearch.errors import UsesearchError
+    from usesearch.indexer.coco_ray import index_coco_ray
+
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    empty = tmp_path / "val.json"
+    empty.write_text(
+        json.dumps({"images": [{"id": 1, "file_name": "chelsea.png"}], "annotations": [], "categories": []})
+    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "new"), "--coco", str(empty), *TINY])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "val.json has no annotation of any photo: a new index of it would be empty" in said
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UsesearchError, match="val.json has no annotation of any photo"):
+        index_coco_ray([photos], empty, tmp_path / "new", IndexOptions(preset="tiny"))
+    assert not (tmp_path / "new").exists()
+    db = tmp_path / "db"
+    nothing = empty.read_text()
+    write_coco(empty, photos, ["chelsea.png", "sub/rocket.png"], 1)
+    assert runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(empty), *TINY]).exit_code == 0
+    empty.write_text(nothing)
+    emptied = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(empty), *TINY])
+    assert emptied.exit_code == 0 and "4 removed" in emptied.output, emptied.output
