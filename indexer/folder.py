@@ -221,3 +221,44 @@ def remove_if_bare(db_dir: Path) -> None:
 def is_new(db_dir: Path, options) -> bool:
     """No index at ``db_dir`` yet (a catalog on a server: taken as there, it cannot be told from the folder)."""
     return options.db_url is None and not (Path(db_dir) / DB_FILE).exists()
+
+
+# A copy of the index's head beside its catalog: its queries (and re-runs) outlive the
+# training run's folder the head was given from, which is moved or cleaned away.
+HEAD_COPY = "head"
+
+
+def head_to_load(db_dir: str | os.PathLike, head: str | None) -> str | None:
+    """The head an index built with ``head`` loads: its copy in the folder where it has one."""
+    from usesearch.models.checkpoint import is_checkpoint
+
+    if head is None:
+        return None
+    copy = Path(db_dir) / HEAD_COPY
+    return str(copy) if is_checkpoint(copy) else head
+
+
+def keep_head_copy(db_dir: Path, head: str) -> None:
+    """``head`` (a run just loaded it and matched the index's fingerprint) copied into the
+    folder once, whole or not at all (a part folder renamed into place). A copy that
+    fails (a full disk) is said and left: the head's own path still serves."""
+    import logging
+    import shutil
+
+    from usesearch.models.checkpoint import checkpoint_paths, is_checkpoint
+
+    copy, part = db_dir / HEAD_COPY, db_dir / f"{HEAD_COPY}.part"
+    if is_checkpoint(copy) or Path(head).resolve() == copy.resolve():
+        return
+    try:
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir()
+        for source, name in zip(checkpoint_paths(head), ("head.safetensors", "head.json")):
+            shutil.copyfile(source, part / name)
+            with open(part / name, "rb") as f:
+                os.fsync(f.fileno())
+        shutil.rmtree(copy, ignore_errors=True)  # (a folder of that name that holds no head)
+        os.replace(part, copy)
+    except OSError as exc:
+        shutil.rmtree(part, ignore_errors=True)
+        logging.getLogger(__name__).warning("could not copy the head into %s (%s): it loads from %s", db_dir, exc, head)

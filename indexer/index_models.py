@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usesearch.devices import explicit_device, resolve_device
 from usesearch.errors import IndexMismatchError, NotFoundError
 
+from .folder import head_to_load
 from .records import IndexInfo, info_summary
 
 if TYPE_CHECKING:  # the model side loads with the first model (``info``, ``failures``: ~4 s and ~800 MB less)
@@ -22,8 +24,11 @@ class IndexModels:
     """Loads each model once; ``check_open`` refuses a load once the index is closed.
     Using a model (one thread at a time per side) is the caller's to order."""
 
-    def __init__(self, info: IndexInfo, device: str | None, model: SegmentEmbedder | None, check_open: Callable):
+    def __init__(
+        self, info: IndexInfo, device: str | None, model: SegmentEmbedder | None, check_open: Callable, folder: Path
+    ):
         self.info = info
+        self.head = head_to_load(folder, info.model_head)  # its copy in the folder where it has one
         self._device_asked, self._device = device, explicit_device(device)  # an explicit one is checked now
         self._whole = model
         self._text: TextEmbedder | None = None  # the text side alone, until the whole model loads
@@ -68,7 +73,7 @@ class IndexModels:
             return self._checked(held)
         from usesearch.models.factory import text_needs_whole_model
 
-        if text_needs_whole_model(self.info.embedder, self.info.model_head):
+        if text_needs_whole_model(self.info.embedder, self.head):
             return self.whole()  # (loaded once, however many sides ask at first)
         with self._lock:
             self._check_open()
@@ -97,7 +102,7 @@ class IndexModels:
 
     def _checked(self, model):
         if model.fingerprint != self.info.fingerprint:
-            head = self.info.model_head
+            head = self.head
             changed = f" (the head at {head} is no longer the one it was built with: put that one back)" if head else ""
             raise IndexMismatchError(
                 f"this index was built with {info_summary(self.info)}; the model for queries is "
@@ -109,7 +114,7 @@ class IndexModels:
         from usesearch.models.checkpoint import checkpoint_paths
         from usesearch.models.factory import load_model, load_text_model
 
-        head = self.info.model_head
+        head = self.head
         if head is not None and not all(f.is_file() for f in checkpoint_paths(head)):
             raise NotFoundError(
                 f"this index's head is gone from {head} (moved or deleted since indexing): put it back there; "

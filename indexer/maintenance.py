@@ -94,7 +94,7 @@ def reindex(
         store.set_factory(factory, mode)
         store.set_shard_size(shard_size)
         if index_kinds.ivf_of(index.index) is not None and index.ntotal:  # the index calibration tunes
-            model = calibration.model_for(info) if text_queries and not queries else None
+            model = calibration.model_for(info, db_dir) if text_queries and not queries else None
             calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
         return int(index.ntotal)
 
@@ -125,7 +125,7 @@ def recalibrate(
     with _claimed(db_dir, db_url, "calibrate", "records its measurement there") as (store, info):
         index, _ = vector_files.load(db_dir / FAISS_FILE, store, info.dim, info.factory, "cpu", info.shard_size)
         _refuse_untunable(db_dir, info.factory, index, index.ntotal)
-        model = calibration.model_for(info) if text_queries and not queries else None
+        model = calibration.model_for(info, db_dir) if text_queries and not queries else None
         return calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
 
 

@@ -26,7 +26,7 @@ from usesearch.models.factory import choose_preset, load_model, refuse_unknown, 
 
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
-from .folder import check_catalog_kind, check_paths, is_new, open_store
+from .folder import check_catalog_kind, check_paths, head_to_load, is_new, open_store
 from .image_writes import PhotoWrite
 from .options import IndexOptions, IndexReport
 from .records import NO_MASKER, IndexInfo, info_summary
@@ -152,7 +152,8 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
             "Use the same --preset/--embedder/--head, or a new --db."
         )
     if options.head is None:  # what the run names is the index's own model: its head too
-        options = replace(options, preset=built.preset, embedder=built.embedder, head=built.model_head)
+        head = head_to_load(db_dir, built.model_head)  # its copy in the folder where it has one
+        options = replace(options, preset=built.preset, embedder=built.embedder, head=head)
     if options.masker is None and not options.masker_options and built.masker != NO_MASKER:
         # Its settings too (they define its masks: other ones are refused), under the
         # names the masker takes them by; ``--masker coco``'s file where it was (its

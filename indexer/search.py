@@ -75,7 +75,7 @@ class SegmentIndex(Freshness):
             )
         self.info: IndexInfo = info
         self._closed = False
-        self.models = IndexModels(info, device, model, self.check_open)  # each loaded on first use
+        self.models = IndexModels(info, device, model, self.check_open, self.db_dir)  # each loaded on first use
         # Read the generation before loading so a commit landing meanwhile is caught next refresh.
         self._generation = store.generation()
         self._files_seen = self._files_stamp()  # the same for files the writer writes (a regrown index, a calibration)

@@ -19,7 +19,7 @@ from usesearch.errors import DiskFullError, UsesearchError, is_disk_full
 
 from . import faiss_gpu, growth, index_kinds, vector_files, vectors
 from .calibrating import calibrate_if_due
-from .folder import FAISS_FILE, check_catalog_kind, db_url_for, remove_if_bare, writer_lock
+from .folder import FAISS_FILE, check_catalog_kind, db_url_for, keep_head_copy, remove_if_bare, writer_lock
 from .fragments import worker_error
 from .image_writes import PhotoWrite, joined
 from .index_checks import check_factory, check_identity
@@ -86,6 +86,8 @@ class Writer:
             if info is None:
                 raise UsesearchError(f"{self.db_dir} holds no index yet")
             self.info = info
+            if self.wanted is not None and info.model_head is not None:  # its head loaded and matched
+                keep_head_copy(self.db_dir, self.options.head or info.model_head)
             store.note_folders({os.fsencode(os.path.realpath(p)) for p in self.paths or [] if os.path.isdir(p)})
             if self.options.shard_size is not None and self.options.shard_size != info.shard_size:
                 store.set_shard_size(self.options.shard_size)  # the next load lays the shards out anew

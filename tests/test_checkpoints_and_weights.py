@@ -294,27 +294,44 @@ def test_an_unreadable_or_foreign_weights_file_is_said_as_such(tmp_path, monkeyp
     assert "unreadable" in listing.output and "damaged" not in listing.output
 
 
-def test_an_index_whose_head_was_moved_or_replaced_says_so(trained_head, tmp_path):
-    """Its segments were embedded with the head at the path it recorded: a query needs
-    that head, and the message says where to put it back."""
+def test_an_index_keeps_a_copy_of_its_head_and_one_made_before_says_where_its_head_was(trained_head, tmp_path):
+    """An index built with a training run's head loaded it from that path for ever:
+    the run's folder moved or cleaned away, no query could run. The index keeps a copy;
+    one made before the copies (none in its folder) says where to put the head back,
+    and takes its copy on its next indexing run."""
+    import shutil
+
     from tests.helpers import OPTS, write_photos
     from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
+    from usesearch.indexer.folder import HEAD_COPY
 
     path, use = trained_head
     photos = write_photos(tmp_path / "photos", ("coffee",))
-    index_paths([photos], tmp_path / "db", IndexOptions(**{**OPTS, "head": str(path)}))
-    assert SegmentIndex.open(tmp_path / "db").query("a cup", 3)
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**{**OPTS, "head": str(path)}))
+    before = SegmentIndex.open(db).query("a cup", 3)
+    assert before and sorted(p.name for p in (db / HEAD_COPY).iterdir()) == ["head.json", "head.safetensors"]
     moved = tmp_path / "moved"
     moved.mkdir()
     for file in path.parent.glob("ckpt*"):
         file.rename(moved / file.name)
+    assert SegmentIndex.open(db).query("a cup", 3) == before  # the training run's folder cleaned away
+    write_photos(photos, ("rocket",))
+    assert index_paths([photos], db, IndexOptions(**OPTS)).done == 1  # a re-run loads the copy too
+    shutil.rmtree(db / HEAD_COPY)  # as an index made before the copies
     with pytest.raises(usesearch.UsesearchError, match=f"this index's head is gone from {path}.*put it back there"):
-        SegmentIndex.open(tmp_path / "db").query("a cup", 3)
+        SegmentIndex.open(db).query("a cup", 3)
     with torch.no_grad():
         use.head.proj.weight.mul_(2)
     usesearch.save_head(tmp_path / "ckpt", use.trainable_state_dict(), use.preset, {"step": 8})  # another head there
     with pytest.raises(usesearch.UsesearchError, match="is no longer the one it was built with: put that one back"):
-        SegmentIndex.open(tmp_path / "db").query("a cup", 3)
+        SegmentIndex.open(db).query("a cup", 3)
+    for file in moved.iterdir():
+        file.replace(path.parent / file.name)  # put back: the next run copies it
+    write_photos(photos, ("camera",))
+    assert index_paths([photos], db, IndexOptions(**OPTS)).done == 1
+    assert (db / HEAD_COPY / "head.safetensors").is_file()
+    assert SegmentIndex.open(db).query("a cup", 3)
 
 
 def test_a_head_path_that_is_not_there_is_said_as_such_not_as_an_unknown_preset(tmp_path):

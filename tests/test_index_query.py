@@ -345,7 +345,7 @@ def test_a_head_beside_the_crop_embedder_is_refused_and_one_recorded_before_is_n
 
     store = open_store(db, read_only=True)  # an audit's class names and a calibration's text queries
     try:
-        assert model_for(store.info()) is not None and _class_vectors(store, ["cat", "cup"], "cpu").shape[0] == 2
+        assert model_for(store.info(), db) is not None and _class_vectors(store, ["cat", "cup"], "cpu").shape[0] == 2
     finally:
         store.close()
     info = runner.invoke(app, ["info", "--db", str(db)])

@@ -35,7 +35,7 @@ import numpy as np
 from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
 from usesearch.io.atomic import write_atomic
 
-from ..folder import open_store
+from ..folder import head_to_load, open_store
 from ..records import IndexInfo, info_summary
 from ..store import Store
 from . import leaks, reviews, scores
@@ -142,7 +142,8 @@ def _class_vectors(store: Store, classes: list[str], device: str | None) -> np.n
     from usesearch.models.factory import load_text_model
 
     info = _info(store)
-    model = load_text_model(info.preset, embedder=info.embedder, head=info.model_head, device=device)
+    head = head_to_load(store.folder, info.model_head)
+    model = load_text_model(info.preset, embedder=info.embedder, head=head, device=device)
     if model.fingerprint != info.fingerprint:
         raise IndexMismatchError(
             f"this index was built with {info_summary(info)}; the model loaded is {model.fingerprint}"

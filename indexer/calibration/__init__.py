@@ -157,13 +157,16 @@ def load(folder: Path, index: Vectors) -> Calibration | None:
     return found if found is not None and found.fingerprint == fingerprint else None
 
 
-def model_for(info: IndexInfo):
+def model_for(info: IndexInfo, folder: Path):
     """The index's own model's text side, for text queries, or None where it does not load here
     (weights not downloaded, a head file moved) or is not the one it was built with."""
     from usesearch.models.factory import load_text_model  # here: opening an index for its stats needs no model
 
+    from ..folder import head_to_load
+
     try:
-        model = load_text_model(info.preset, embedder=info.embedder, head=info.model_head, device="cpu")
+        head = head_to_load(folder, info.model_head)
+        model = load_text_model(info.preset, embedder=info.embedder, head=head, device="cpu")
     except Exception as exc:  # noqa: BLE001 - any reason: calibrate with image queries only
         log.warning("calibrating with image queries only: the index's model does not load (%s)", first_line(exc))
         return None
