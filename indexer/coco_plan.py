@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from usesearch.errors import AnnotationError, UsesearchError
 from usesearch.io.coco_dataset import (
+    AMBIGUOUS_PHOTO,
     DUPLICATE_ID,
     PHOTO_MISSING,
     Annotation,
@@ -18,6 +19,7 @@ from usesearch.io.coco_dataset import (
     Problem,
     masks_of,
     photo_path,
+    photo_paths,
 )
 from usesearch.io.files import Found, display_path, holds_anything
 from usesearch.masks.proposals import Proposal
@@ -88,11 +90,22 @@ def located_entries(
     for entry in dataset.images:
         if not entry.annotations:
             continue
-        path = photo_path(folders, entry.file_name)
-        if path is None:
+        # One folder: the first file found (a stat); several: every one, to catch a name each holds.
+        at = photo_path(folders, entry.file_name)
+        paths = photo_paths(folders, entry.file_name) if len(folders) > 1 and at else [at] if at else []
+        if not paths:
             message = f"no such photo under {', '.join(folders)} ({len(entry.annotations)} annotations)"
             record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(PHOTO_MISSING, message))])
             continue
+        if len(paths) > 1:  # which one the annotations were drawn on is not known: none is guessed
+            message = (
+                f"{len(paths)} photos of that name: {', '.join(display_path(p) for p in paths[:3])}; its "
+                f"{len(entry.annotations)} annotations are left as they were: give the folder its file_names "
+                "are relative to"
+            )
+            record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(AMBIGUOUS_PHOTO, message))])
+            continue
+        path = paths[0]
         found = Found(display_path(path), path)
         if elsewhere:  # a split shared by files: an id another photo holds is another file's
             clashes = [a for a in entry.annotations if elsewhere.get(a.id, found.key) != found.key]

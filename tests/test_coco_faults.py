@@ -262,3 +262,30 @@ def test_a_file_with_no_annotation_is_refused_for_a_new_index_and_empties_an_exi
     empty.write_text(nothing)
     emptied = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(empty), *TINY])
     assert emptied.exit_code == 0 and "4 removed" in emptied.output, emptied.output
+
+
+def test_a_file_name_found_under_two_folders_is_a_problem_not_a_guess(tmp_path):
+    """`index B A --coco FILE`: an entry whose name both folders hold (per-camera folders
+    each with IMG_0001.jpg, the same size) went to the first folder's photo silently, and
+    swapping the folders moved its annotations. Recorded as a problem, left alone, in
+    either order; one file reached through two folders is no ambiguity."""
+    from tests.test_index_integrity import change_photo
+
+    a = write_photos(tmp_path / "A", ("coffee", "rocket"))
+    b = write_photos(tmp_path / "B", ("coffee",))
+    change_photo(b, "coffee")  # same name, same size, other content
+    coco = write_coco(tmp_path / "val.json", a, ["coffee.png", "sub/rocket.png"], 1)
+    runner = CliRunner()
+    for order in ((b, a), (a, b)):
+        args = ["index", *map(str, order), "--db", str(tmp_path / "db"), "--coco", str(coco), *TINY]
+        result = runner.invoke(app, args, env={"COLUMNS": "300"})
+        said = " ".join(result.output.split())
+        assert result.exit_code == 0, result.output
+        assert "coffee.png: ambiguous photo: 2 photos of that name:" in said, said
+        assert "its 2 annotations are left as they were" in said, said
+        ix = SegmentIndex.open(tmp_path / "db")
+        placed = {r.annotation_id: r.image_path for r in ix.store.rows(ix.store.segment_ids()).values()}
+        ix.close()
+        assert placed == {3: str(a / "sub" / "rocket.png"), 4: str(a / "sub" / "rocket.png")}
+    twice = runner.invoke(app, ["index", str(a), str(a), "--db", str(tmp_path / "db2"), "--coco", str(coco), *TINY])
+    assert twice.exit_code == 0 and "ambiguous" not in twice.output and "4 annotations indexed" in twice.output

@@ -31,6 +31,7 @@ BROKEN_ANNOTATION = "broken annotation"
 BROKEN_MASK = "broken mask"
 EMPTY_MASK = "empty mask"
 SIZE_MISMATCH = "size mismatch"
+AMBIGUOUS_PHOTO = "ambiguous photo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,14 +283,25 @@ def photo_path(folders: list[str], file_name: str) -> str | None:
     """The file an entry names, under the first of ``folders`` that has it, spelled
     as the folder walk spells it (the store's key); None where none has it or the
     name leads outside its folder."""
+    return next(_candidates(folders, file_name), None)
+
+
+def photo_paths(folders: list[str], file_name: str) -> list[str]:
+    """Every file an entry's name leads to under ``folders`` (``photo_path``'s spelling),
+    a file reached through two of them once: more than one, and the entry is ambiguous
+    (per-camera folders each holding IMG_0001.jpg)."""
+    found: dict[str, str] = {}
+    for candidate in _candidates(folders, file_name):
+        found.setdefault(os.path.realpath(candidate), candidate)
+    return list(found.values())
+
+
+def _candidates(folders: list[str], file_name: str) -> Iterator[str]:
     for folder in folders:
         root = os.path.abspath(folder)
         candidate = os.path.normpath(os.path.join(root, file_name))
-        if not candidate.startswith(root.rstrip(os.sep) + os.sep):
-            continue
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+        if candidate.startswith(root.rstrip(os.sep) + os.sep) and os.path.isfile(candidate):
+            yield candidate
 
 
 # A fault as recorded: the entry's file name (or None), the annotation id (or None), what is wrong.
