@@ -241,6 +241,9 @@ class AuditReview(Base):
     item: Mapped[str] = mapped_column(String(512), primary_key=True)  # e.g. "val:1234" (split:annotation id)
     verdict: Mapped[str] = mapped_column(String(8))
     reviewed: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
+    # What the item was when judged (``reviews.state_of``: its segment and class): a verdict
+    # on an annotation relabelled or redrawn since holds no more (NULL: given before this was kept).
+    state: Mapped[str | None] = mapped_column(String(300))
 
 
 def info_summary(info: IndexInfo) -> str:

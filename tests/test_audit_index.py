@@ -225,6 +225,44 @@ def test_reviews_survive_a_rerun(db):
     assert not list((db.parent / "report").glob("*.png")) and (db.parent / "report" / "swapped.csv").is_file()
 
 
+def test_a_verdict_holds_for_the_item_judged_not_for_it_relabelled_since(db):
+    """A cat judged ``ok`` as a cat, then relabelled "rocket" by an edit of its COCO
+    file (in place: its segment kept), was left out of every list as reviewed, its old
+    verdict shown beside its new label. It is to be judged again; the other verdicts hold."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import update
+
+    from usesearch.indexer.records import IndexInfo, SegmentRecord
+    from usesearch.indexer.web.app import create_app
+
+    first = audit_cli(db, "-k", "10")
+    judged, kept = first["swapped"][0], first["swapped"][1]
+    index = SegmentIndex.open(db)
+    client = TestClient(create_app(index))
+    for item in (judged, kept):
+        answer = client.post("/api/audit/swapped/review", json={"item": item["item"], "verdict": "ok"})
+        assert answer.status_code == 200, answer.text
+    index.close()
+    again = audit_cli(db, "-k", "10")
+    assert {judged["item"], kept["item"]}.isdisjoint(i["item"] for i in again["swapped"])
+    other = next(c for c in ("cat", "dog", "cup", "rocket", "person") if c != judged["labelled"])
+    store = SegmentIndex.open(db).store
+    with store.sessions.begin() as s:  # as `index --coco` relabels an annotation: in place, a new generation
+        s.execute(update(SegmentRecord).where(SegmentRecord.id == judged["segment_id"]).values(category=other))
+        s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+    store.close()
+    shown = audit_cli(db, "-k", "200", "--include-reviewed")
+    relabelled = next(i for i in shown["swapped"] if i["item"] == judged["item"])
+    assert relabelled["labelled"] == other and relabelled["verdict"] is None
+    assert next(i for i in shown["swapped"] if i["item"] == kept["item"])["verdict"] == "ok"
+    index = SegmentIndex.open(db)
+    page = TestClient(create_app(index)).get("/api/audit/swapped", params={"limit": 96}).json()
+    index.close()
+    assert judged["item"] in {i["item"] for i in page["items"]} and kept["item"] not in {
+        i["item"] for i in page["items"]
+    }
+
+
 def test_reviewed_items_make_room_for_the_next_ones(db, tmp_path):
     """A list shows ``keep`` items besides the reviewed ones: with its first ``keep``
     reviewed, a re-run shows the next ``keep`` (before, the same reviewed items filled

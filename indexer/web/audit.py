@@ -40,7 +40,8 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
     @app.get("/api/audit", tags=["audit"])
     def audit_summary() -> dict[str, Any]:
         """What the last audit found: items per list, and how many of them are reviewed."""
-        found, verdicts = lists(), reviews.verdicts(index.store.engine)
+        found = lists()
+        verdicts = reviews.verdicts(index.store.engine, lists=found["lists"])
         return {
             "classes": found["classes"],
             "splits": found["splits"],
@@ -63,7 +64,7 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
         """A page of one list, best first: each item with its verdict (null: not reviewed);
         reviewed items are left out unless ``include_reviewed``."""
         items = lists()["lists"][kind_of(kind)]
-        verdicts = reviews.verdicts(index.store.engine, kind)
+        verdicts = reviews.verdicts(index.store.engine, kind, lists={kind: items})
         if not include_reviewed:
             items = [i for i in items if (kind, i["item"]) not in verdicts]
         page = [{**i, "verdict": verdicts.get((kind, i["item"]))} for i in items[offset : offset + limit]]
@@ -72,8 +73,9 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
     @app.post("/api/audit/{kind}/review", tags=["audit"])
     def audit_review(kind: str, verdict: Verdict) -> dict[str, Any]:
         """Mark one item ok or wrong (null takes the verdict back); kept in the index."""
-        known = {i["item"] for i in lists()["lists"][kind_of(kind)]}
+        known = {i["item"]: i for i in lists()["lists"][kind_of(kind)]}
         if verdict.item not in known:
             raise NotFoundError(f"no item {verdict.item[:80]!r} in the {kind} list")
-        reviews.mark(index.store.engine, kind, verdict.item, verdict.verdict)
+        state = reviews.state_of(kind, known[verdict.item])
+        reviews.mark(index.store.engine, kind, verdict.item, verdict.verdict, state)
         return {"kind": kind, "item": verdict.item, "verdict": verdict.verdict}

@@ -81,7 +81,7 @@ def audit(
     result = audit_index(db, db_url, config, device=device, say=opts.console.print)
     store = open_store(Path(db), db_url, read_only=True)
     try:
-        verdicts = reviews.verdicts(store.engine)
+        verdicts = reviews.verdicts(store.engine, lists=result["lists"])  # (on items as they are now)
         written, drawn, unreadable = report.write_lists(
             result["lists"], store, out, k, verdicts, include_reviewed, sheets
         )
