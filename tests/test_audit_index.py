@@ -251,6 +251,10 @@ def test_a_verdict_holds_for_the_item_judged_not_for_it_relabelled_since(db):
         s.execute(update(SegmentRecord).where(SegmentRecord.id == judged["segment_id"]).values(category=other))
         s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
     store.close()
+    index = SegmentIndex.open(db)  # the lists are of the index as it was: said, until audited again
+    summary = TestClient(create_app(index)).get("/api/audit").json()
+    index.close()
+    assert summary["stale"].startswith("the index changed since this audit: run `usesearch audit --db ")
     shown = audit_cli(db, "-k", "200", "--include-reviewed")
     relabelled = next(i for i in shown["swapped"] if i["item"] == judged["item"])
     assert relabelled["labelled"] == other and relabelled["verdict"] is None
@@ -258,6 +262,7 @@ def test_a_verdict_holds_for_the_item_judged_not_for_it_relabelled_since(db):
     index = SegmentIndex.open(db)
     page = TestClient(create_app(index)).get("/api/audit/swapped", params={"limit": 96}).json()
     index.close()
+    assert page["stale"] is None
     assert judged["item"] in {i["item"] for i in page["items"]} and kept["item"] not in {
         i["item"] for i in page["items"]
     }

@@ -32,6 +32,14 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
             raise NotFoundError(f"this index has not been audited yet: run `usesearch audit {flags}`")
         return found
 
+    def stale(found: dict) -> str | None:
+        """A note where the index changed since the lists were made (an `index --coco` of
+        an edited file, a prune): their items may be relabelled, redrawn or gone."""
+        if found.get("generation") in (None, index.store.generation()):
+            return None
+        flags = index_flags(index.db_dir, index.store.url)
+        return f"the index changed since this audit: run `usesearch audit {flags}` again for lists of it as it is"
+
     def kind_of(kind: str) -> str:
         if kind not in LISTS:
             raise NotFoundError(f"no audit list {kind!r}; the lists are {', '.join(LISTS)}")
@@ -39,12 +47,14 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
 
     @app.get("/api/audit", tags=["audit"])
     def audit_summary() -> dict[str, Any]:
-        """What the last audit found: items per list, and how many of them are reviewed."""
+        """What the last audit found: items per list, and how many of them are reviewed;
+        ``stale``: a note where the index changed since (else null)."""
         found = lists()
         verdicts = reviews.verdicts(index.store.engine, lists=found["lists"])
         return {
             "classes": found["classes"],
             "splits": found["splits"],
+            "stale": stale(found),
             "lists": {
                 kind: {
                     "items": len(items),
@@ -63,12 +73,13 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
     ) -> dict[str, Any]:
         """A page of one list, best first: each item with its verdict (null: not reviewed);
         reviewed items are left out unless ``include_reviewed``."""
-        items = lists()["lists"][kind_of(kind)]
+        found = lists()
+        items = found["lists"][kind_of(kind)]
         verdicts = reviews.verdicts(index.store.engine, kind, lists={kind: items})
         if not include_reviewed:
             items = [i for i in items if (kind, i["item"]) not in verdicts]
         page = [{**i, "verdict": verdicts.get((kind, i["item"]))} for i in items[offset : offset + limit]]
-        return {"kind": kind, "total": len(items), "offset": offset, "items": page}
+        return {"kind": kind, "total": len(items), "offset": offset, "items": page, "stale": stale(found)}
 
     @app.post("/api/audit/{kind}/review", tags=["audit"])
     def audit_review(kind: str, verdict: Verdict) -> dict[str, Any]:

@@ -117,13 +117,14 @@ async function loadSummary() {
     button.addEventListener("click", () => go({ ...state(), list: kind, offset: 0 }));
     nav.append(button);
   }
+  return summary.stale;
 }
 
 async function show() {
   const now = state();
   $("include-reviewed").checked = now.reviewed;
   try {
-    await loadSummary();
+    const stale = await loadSummary();
     const page = await call(`/api/audit/${now.list}?offset=${now.offset}&limit=${PAGE}&include_reviewed=${now.reviewed}`);
     const items = $("audit-items");
     items.replaceChildren(...page.items.map((item) => card(now.list, item)));
@@ -132,6 +133,7 @@ async function show() {
     $("prev-page").disabled = now.offset === 0;
     $("next-page").disabled = last >= page.total;
     setStatus(`${now.list.replace("_", " ")}: ${page.total} items${now.reviewed ? "" : " not yet reviewed"}`);
+    if (stale) setStatus(stale, true);  // lists of the index as it was: said over everything else
   } catch (error) {
     setStatus(error.message, true);
   }
