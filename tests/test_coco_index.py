@@ -369,3 +369,23 @@ def test_the_web_api_filters_by_label_split_and_source_and_shows_a_segments_labe
     ]
     assert client.get("/api/search", params={"q": "a cat", "source": "proposal"}).json()["hits"] == []
     assert client.get("/api/search", params={"q": "a cat", "source": "masks"}).status_code in (400, 422)
+
+
+def test_an_audit_of_photos_without_proposals_says_which_lists_cannot_see_them(labelled, tmp_path):
+    """Annotations indexed, no masker run yet: the overlooked and badly located lists came
+    out "0 found", read as a clean dataset."""
+    import shutil
+
+    _, photos, db = labelled
+    shutil.copytree(db, tmp_path / "db")
+    result = CliRunner().invoke(
+        app, ["audit", "--db", str(tmp_path / "db"), "--report-dir", str(tmp_path / "report")], env={"COLUMNS": "300"}
+    )
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "4 annotated photo(s) have no proposals yet: the overlooked and badly_located lists cannot see them" in said
+    runner = CliRunner()
+    made = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--masker", "felzenszwalb"])
+    assert made.exit_code == 0, made.output
+    again = runner.invoke(app, ["audit", "--db", str(tmp_path / "db"), "--report-dir", str(tmp_path / "report")])
+    assert again.exit_code == 0 and "no proposals yet" not in again.output, again.output

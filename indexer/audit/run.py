@@ -112,6 +112,11 @@ def audit_index(
                 say(f"resuming the audit at its {state.phase} pass (after id {state.after})")
         save = lambda: _save(folder / CHECKPOINT, identity, state)  # noqa: E731
         say(f"{reader.annotations} annotations of {len(reader.classes)} classes, {reader.proposals} proposals")
+        if reader.unproposed:
+            say(
+                f"  {reader.unproposed} annotated photo(s) have no proposals yet: the overlooked and badly_located "
+                f"lists cannot see them (`usesearch index IMAGES --masker NAME --db {db_dir}` makes them)"
+            )
         passes = {
             "annotations": lambda: _annotation_pass(store, reader, state, config, save),
             "photos": lambda: _photo_pass(store, reader, class_vectors, state, config, save),

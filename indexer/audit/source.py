@@ -60,6 +60,16 @@ class DatasetReader:
         with store.sessions() as s:
             self.annotations = s.scalar(select(func.count()).where(SEG.source == ANNOTATION)) or 0
             self.proposals = s.scalar(select(func.count()).where(SEG.source == PROPOSAL)) or 0
+            # Annotated photos no masker run has made proposals of: the lists that compare
+            # annotations with proposals (overlooked, badly located) cannot see them.
+            self.unproposed = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(ImageRecord)
+                    .where(ImageRecord.status == DONE, ImageRecord.proposals_made.is_(False))
+                )
+                or 0
+            )
 
     def annotation_batches(self, after: int, batch: int, split: str | None = None):
         """``Annotations`` (of one split, or all) with ids past ``after``, in id order;
