@@ -36,7 +36,7 @@ from .coco_plan import (
     plan_photo,
     record,
     refuse_when_no_photo,
-    stored_state,
+    stored_state_here,
     wrong_size,
 )
 from .folder import check_paths, is_new
@@ -69,6 +69,7 @@ def index_coco(
     folders = [os.fspath(p) for p in paths]
     with Writer(db_dir, options, identity(model, None, options), paths, model) as writer:
         report.annotations_lost = writer.store.annotations_lost
+        report.moved = writer.moved
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         steps = _photos(dataset, folders, writer, model, options, report, split)
@@ -138,8 +139,7 @@ def _index_photo(
     photo whose stored content is the same is not decoded unless a mask is new, nor
     read where its stat is the one recorded (``data`` None: ``sha256`` is the
     record's) unless it must be decoded. ``stat``: the file's, taken before the read."""
-    store = writer.store
-    existing, stored, hw = stored_state(store, found.key, sha256, split)
+    existing, stored, hw = stored_state_here(writer, found, sha256, split, stat)
     again = (entry, found, writer, model, options, report, split, dataset)
     if data is None and hw is None:  # a record without its size: the photo is read to be sized
         _read_then_index(*again)

@@ -184,6 +184,16 @@ def stored_state(store, key: bytes, sha256: str, split: str) -> tuple[ImageRecor
     return existing, stored, (existing.height, existing.width) if existing.height and existing.width else None
 
 
+def stored_state_here(writer: Writer, found: Found, sha256: str, split: str, file_stat: str | None = None):
+    """``stored_state`` of the photo at ``found``, after a record of its content whose file
+    is gone has followed it there (a photo renamed with its entry: its proposals and
+    other splits' annotations move with it, as a masker run's rename does)."""
+    state = stored_state(writer.store, found.key, sha256, split)
+    if state[0] is None and writer.follow_move(found.key, found.path, sha256, file_stat):
+        state = stored_state(writer.store, found.key, sha256, split)
+    return state
+
+
 def wrong_size(
     writer: Writer,
     report: CocoReport,

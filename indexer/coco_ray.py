@@ -45,7 +45,7 @@ from .coco_plan import (
     plan_photo,
     record,
     refuse_when_no_photo,
-    stored_state,
+    stored_state_here,
     wrong_size,
 )
 from .distributed import through_actors
@@ -164,6 +164,7 @@ def index_coco_ray(
             left.unlink()
         fragments.forget_attempts(db_dir)
         report.annotations_lost = writer.store.annotations_lost
+        report.moved = writer.moved
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         located = list(located_entries(dataset, folders, writer, report, split))
@@ -205,7 +206,7 @@ def _steps(
             yield entry.file_name
             continue
         sha, read = row["sha256"], not row.get("unread")
-        existing, stored, hw = stored_state(writer.store, found.key, sha, split)
+        existing, stored, hw = stored_state_here(writer, found, sha, split, stats.get(number))
         annotations: list = [[a.id, a.category, a.iscrowd, a.mask_source()] for a in entry.annotations]
         if hw is None and stored:  # the same content stored without its size: embedded again in place
             ours = {a.id for a in entry.annotations} if report.shared_with else stored.keys()

@@ -191,8 +191,7 @@ class Writer:
             return False
         gone = [h for h in holders if path is not None and h.id not in holding]  # missing, or other content now
         if path is not None and gone:  # moved: the record follows the photo
-            self.store.move_image(gone[0].id, key, path, file_stat)
-            self.moved.append((gone[0].path, path))
+            self._move(gone[0], key, path, file_stat)
         elif path is not None:
             self.copies.append((path, holders[0].path if holders else ""))  # "": one earlier in this run
             if not holders:  # its photo may yet fail: its copies then fail with it (``fail``)
@@ -200,6 +199,20 @@ class Writer:
             if file_stat is not None:  # the next run skips it unread (``KnownImages.unchanged``)
                 self.known.note_copy(key, sha256, file_stat)
         return True
+
+    def follow_move(self, key: bytes, path: str, sha256: str, file_stat: str | None = None) -> bool:
+        """A path the catalog lacks, holding the content of an indexed photo whose file is
+        gone (or holds other content now): that record moves here with its segments, as
+        ``skip`` moves it for a masker run (``index --coco`` made the renamed photo a new
+        record, its proposals left on the old path). True where one moved."""
+        gone = [h for h in self.store.done_with_hash(sha256) if not still_holds(h)]
+        if gone:
+            self._move(gone[0], key, path, file_stat)
+        return bool(gone)
+
+    def _move(self, record, key: bytes, path: str, file_stat: str | None) -> None:
+        self.store.move_image(record.id, key, path, file_stat)
+        self.moved.append((record.path, path))
 
     @contextmanager
     def _changing(self) -> Iterator[None]:

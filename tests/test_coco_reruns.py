@@ -132,20 +132,27 @@ def test_a_photo_repaired_after_a_failed_rerun_loses_its_failure(tmp_path, monke
     ix.close()
 
 
-def test_a_photo_renamed_with_its_entry_holds_its_annotations_once(tmp_path):
-    """A photo renamed on disk and in the COCO file, its annotation ids unchanged: its
-    old record kept its copies, so the split held each of those annotations twice
-    (once on a path gone). The file names one photo for each: the other copy goes."""
+def test_a_photo_renamed_with_its_entry_takes_its_record_along(tmp_path):
+    """A photo renamed on disk and in the COCO file, its annotation ids unchanged: the
+    `--coco` run made it a new record, embedded its annotations again (its old record
+    kept copies: the split held each twice) and left its proposals on the path gone
+    (found twice by every search until `prune`; the next masker run embedded them
+    again). The record follows the photo, as a masker run's rename does."""
     photos = write_photos(tmp_path / "photos", ("chelsea", "coffee"))
     coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png", "sub/coffee.png"], 1)
     db = tmp_path / "db"
     index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    proposals = index_paths([photos], db, IndexOptions(**OPTS)).segments
+    before = segment_table(db)
     (photos / "sub" / "coffee.png").rename(photos / "sub" / "coffee-renamed.png")
     coco.write_text(coco.read_text().replace("sub/coffee.png", "sub/coffee-renamed.png"))
     again = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
-    assert again.removed == 2
+    assert (again.removed, again.segments) == (0, 0)
+    assert again.moved == [(str(photos / "sub" / "coffee.png"), str(photos / "sub" / "coffee-renamed.png"))]
     ix = SegmentIndex.open(db)
-    held = [(r.annotation_id, os.path.basename(r.image_path)) for r in ix.store.rows(ix.store.segment_ids()).values()]
+    rows = ix.store.rows(ix.store.segment_ids()).values()
+    held = [(r.annotation_id, os.path.basename(r.image_path)) for r in rows if r.source == "annotation"]
+    assert {os.path.basename(r.image_path) for r in rows} == {"chelsea.png", "coffee-renamed.png"}
     ix.close()
     assert sorted(held) == [
         (1, "chelsea.png"),
@@ -153,8 +160,9 @@ def test_a_photo_renamed_with_its_entry_holds_its_annotations_once(tmp_path):
         (3, "coffee-renamed.png"),
         (4, "coffee-renamed.png"),
     ]
-    index_coco([photos], coco, tmp_path / "fresh", IndexOptions(preset="tiny"))
-    assert segment_table(db) == segment_table(tmp_path / "fresh")
+    renamed = [(name.replace("coffee.png", "coffee-renamed.png"), *rest) for name, *rest in before]
+    assert segment_table(db) == sorted(renamed)
+    assert index_paths([photos], db, IndexOptions(**OPTS)).skipped == 2 and proposals
 
 
 def test_a_rerun_follows_an_edited_file_relabelled_reshaped_and_removed_annotations(tmp_path):

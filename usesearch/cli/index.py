@@ -314,6 +314,7 @@ def _print_labelled(report, db: str, db_url: str | None) -> None:
             "from this file are kept"
         )
     _say_annotations_lost(report, this_split=report.split)
+    _say_moved_and_copies(report)
     opts.say_failures(report.failures)
     say_past_limits(report.failures)
     for line in report.problems[:10]:
