@@ -225,17 +225,17 @@ def is_new(db_dir: Path, options) -> bool:
 
 # A copy of the index's head beside its catalog: its queries (and re-runs) outlive the
 # training run's folder the head was given from, which is moved or cleaned away.
-HEAD_COPY = "head"
+HEAD_COPY, HEAD_FILES = "head", ("head.safetensors", "head.json")  # checkpoint_paths' names in a folder
 
 
 def head_to_load(db_dir: str | os.PathLike, head: str | None) -> str | None:
-    """The head an index built with ``head`` loads: its copy in the folder where it has one."""
-    from usesearch.models.checkpoint import is_checkpoint
-
+    """The head an index built with ``head`` loads: its copy in the folder where it has one
+    (looked for without importing the checkpoint module, which imports torch: a command
+    that loads no model imports none)."""
     if head is None:
         return None
     copy = Path(db_dir) / HEAD_COPY
-    return str(copy) if is_checkpoint(copy) else head
+    return str(copy) if all((copy / name).is_file() for name in HEAD_FILES) else head
 
 
 def keep_head_copy(db_dir: Path, head: str) -> None:
@@ -253,7 +253,7 @@ def keep_head_copy(db_dir: Path, head: str) -> None:
     try:
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir()
-        for source, name in zip(checkpoint_paths(head), ("head.safetensors", "head.json")):
+        for source, name in zip(checkpoint_paths(head), HEAD_FILES):
             shutil.copyfile(source, part / name)
             with open(part / name, "rb") as f:
                 os.fsync(f.fileno())
