@@ -204,6 +204,23 @@ class AnnotationWrites:
 
         self.retrying(forget)
 
+    def forget_other_files(self, split: str, coco_file: str) -> list[str]:
+        """``--replace-split``: the split's files other than ``coco_file`` forgotten, with
+        their problems, so that its pass removes the annotations it lacks (theirs too).
+        Returns them."""
+
+        def forget() -> list[str]:
+            with self.sessions.begin() as s:
+                mine = (LabelledFile.split == split) & (LabelledFile.coco_file != coco_file)
+                others = sorted(set(s.scalars(select(LabelledFile.coco_file).where(mine))))
+                s.execute(delete(LabelledFile).where(mine))
+                theirs = (AnnotationProblem.split == split) & AnnotationProblem.coco_file.in_(others)
+                s.execute(delete(AnnotationProblem).where(theirs))
+                return others
+
+        others: list[str] = self.retrying(forget)
+        return others
+
     def note_file(self, split: str, coco_file: str) -> set[str]:
         """Record that ``split`` is indexed from ``coco_file``; every file it was indexed from."""
 

@@ -53,10 +53,13 @@ def index_coco(
     options: IndexOptions | None = None,
     split: str | None = None,
     progress: Callable[[IndexReport, str, int], None] | None = None,
+    replace_split: bool = False,
 ) -> CocoReport:
     """Index the annotations of ``coco_file`` (photos named by ``images[].file_name``
-    under the first of ``paths`` that has them) into ``db_dir`` as split ``split``
-    (default: the file's stem). A file that is not COCO is refused first."""
+    under ``paths``: a name two of them hold is a problem) into ``db_dir`` as split
+    ``split`` (default: the file's stem). A file that is not COCO is refused first.
+    ``replace_split``: this file becomes the split's only one (the annotations of the
+    split's other files go)."""
     options = options or IndexOptions()
     dataset = read_coco(coco_file)  # before anything: a wrong file must not leave an index folder behind
     split = split or Path(coco_file).stem
@@ -70,6 +73,8 @@ def index_coco(
     with Writer(db_dir, options, identity(model, None, options), paths, model) as writer:
         report.annotations_lost = writer.store.annotations_lost
         report.moved = writer.moved
+        if replace_split:  # this file the split's only one: what the others gave it goes below
+            report.replaced = writer.store.forget_other_files(split, str(dataset.path))
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         steps = _photos(dataset, folders, writer, model, options, report, split)

@@ -40,6 +40,7 @@ class CocoReport(IndexReport):
     relabelled: int = 0  # annotations whose class or crowd flag changed in the file, set in place
     removed: int = 0  # annotation segments the file no longer has (or whose mask changed)
     shared_with: list[str] = field(default_factory=list)  # other files indexed as this split: theirs are kept
+    replaced: list[str] = field(default_factory=list)  # --replace-split: the split's other files, forgotten
 
 
 def record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, problems: list[Problem]) -> None:

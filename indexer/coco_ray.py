@@ -136,6 +136,7 @@ def index_coco_ray(
     progress: Callable[[IndexReport, str, int], None] | None = None,
     address: str | None = None,
     workers: int | None = None,
+    replace_split: bool = False,
 ) -> CocoReport:
     """``index_coco`` on Ray: ``address`` None or "local" starts Ray on this machine,
     anything else joins that cluster. A file that is not COCO is refused first."""
@@ -165,6 +166,8 @@ def index_coco_ray(
         fragments.forget_attempts(db_dir)
         report.annotations_lost = writer.store.annotations_lost
         report.moved = writer.moved
+        if replace_split:  # this file the split's only one: what the others gave it goes below
+            report.replaced = writer.store.forget_other_files(split, str(dataset.path))
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         located = list(located_entries(dataset, folders, writer, report, split))

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.helpers import OPTS, segment_table, write_photos
-from tests.test_coco_index import _box, write_coco
+from tests.test_coco_index import TINY, _box, write_coco
 from usesearch.cli.app import app
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths
 from usesearch.indexer.coco_index import index_coco
@@ -220,6 +220,42 @@ def test_two_files_indexed_as_one_split_keep_each_others_annotations(tmp_path):
     index_coco([photos], first, db, IndexOptions(preset="tiny"), split="train")
     assert sorted(p.coco_file for p in ix.store.annotation_problems()) == [str(clashing.resolve())] * 2
     ix.close()
+
+
+def test_a_file_indexed_under_a_wrong_split_or_moved_is_forgotten_with_replace_split(tmp_path):
+    """val.json indexed by mistake as --split train, or train.json moved: the split had
+    two files for good, its file's removals never happened again ("annotations absent from
+    this file are kept") and no command undid it. `--replace-split` makes the file the
+    split's only one: the other's annotations and the removed ones go, said in a line."""
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    train = write_coco(tmp_path / "train.json", photos, ["chelsea.png", "sub/rocket.png"], 1)  # ids 1-4
+    val = write_coco(tmp_path / "val.json", photos, ["sub/rocket.png"], 10)  # ids 10, 11
+    db = tmp_path / "db"
+    runner = CliRunner()
+    index = lambda coco, *more: runner.invoke(  # noqa: E731
+        app, ["index", str(photos), "--db", str(db), "--coco", str(coco), "--split", "train", *more, *TINY]
+    )
+    assert index(train).exit_code == 0 and index(val).exit_code == 0  # the mistake
+    data = json.loads(train.read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["id"] != 4]  # and an annotation deleted
+    train.write_text(json.dumps(data))
+    kept = index(train)
+    assert "annotations absent from this file are kept (--replace-split makes this file its only one)" in " ".join(
+        kept.output.split()
+    )
+    ix = SegmentIndex.open(db)
+    assert sorted(ix.store.annotation_photos("train")) == [1, 2, 3, 4, 10, 11]
+    ix.close()
+    replaced = index(train, "--replace-split")
+    said = " ".join(replaced.output.split())
+    assert replaced.exit_code == 0 and "3 removed" in said, said
+    assert f"split 'train' holds this file's annotations alone now: forgot {val.resolve()}" in said, said
+    ix = SegmentIndex.open(db)
+    assert sorted(ix.store.annotation_photos("train")) == [1, 2, 3]
+    ix.close()
+    assert "absent from this file are kept" not in index(train).output
+    wrong = runner.invoke(app, ["index", str(photos), "--db", str(db), "--replace-split", *TINY])
+    assert wrong.exit_code == 2 and "--replace-split replaces a labelled dataset's split" in wrong.output
 
 
 def test_kill_dash_nine_mid_run_then_resume_equals_one_clean_run(tmp_path):

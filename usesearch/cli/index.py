@@ -41,6 +41,14 @@ def index(
     masker: opts.MaskerOpt = None,
     coco: opts.MaybeCocoOpt = None,
     split: opts.SplitOpt = None,
+    replace_split: Annotated[
+        bool,
+        typer.Option(
+            "--replace-split",
+            help="With --coco: this file becomes the split's only one; the annotations of the split's other files "
+            "(one indexed under a wrong --split, one since moved) go.",
+        ),
+    ] = False,
     factory: opts.FactoryOpt = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed images again.")] = False,
     device: opts.DeviceOpt = None,
@@ -101,6 +109,8 @@ def index(
                 "--split names a labelled dataset's split: it goes with --coco FILE.json"
                 + (", not --masker coco" if masker == "coco" else "")
             )
+        if replace_split and not labelled:
+            raise UsesearchError("--replace-split replaces a labelled dataset's split: it goes with --coco FILE.json")
         if labelled and masker is None and masker_options:
             raise UsesearchError(
                 f"{', '.join(map(SamSettings.flag, sorted(masker_options)))}: SAM's settings need a masker run "
@@ -147,12 +157,12 @@ def index(
                 from usesearch.indexer.coco_ray import index_coco_ray
 
                 labels = index_coco_ray(
-                    folders, coco, db, labelled_options, split, progress, address=ray, workers=workers
+                    folders, coco, db, labelled_options, split, progress, ray, workers, replace_split
                 )
             else:
                 from usesearch.indexer.coco_index import index_coco
 
-                labels = index_coco(folders, coco, db, labelled_options, split, progress)
+                labels = index_coco(folders, coco, db, labelled_options, split, progress, replace_split)
             reports["annotations"] = labels
             bar.close()
             _print_labelled(labels, db, db_url)
@@ -311,7 +321,11 @@ def _print_labelled(report, db: str, db_url: str | None) -> None:
     if report.shared_with:
         opts.console.print(
             f"  split {report.split!r} was also indexed from {', '.join(report.shared_with)}: annotations absent "
-            "from this file are kept"
+            "from this file are kept (--replace-split makes this file its only one)"
+        )
+    if report.replaced:
+        opts.console.print(
+            f"  split {report.split!r} holds this file's annotations alone now: forgot {', '.join(report.replaced)}"
         )
     _say_annotations_lost(report, this_split=report.split)
     _say_moved_and_copies(report)
