@@ -289,3 +289,34 @@ def test_a_file_name_found_under_two_folders_is_a_problem_not_a_guess(tmp_path):
         assert placed == {3: str(a / "sub" / "rocket.png"), 4: str(a / "sub" / "rocket.png")}
     twice = runner.invoke(app, ["index", str(a), str(a), "--db", str(tmp_path / "db2"), "--coco", str(coco), *TINY])
     assert twice.exit_code == 0 and "ambiguous" not in twice.output and "4 annotations indexed" in twice.output
+
+
+def test_a_name_in_the_other_unicode_form_is_found_and_a_turned_photos_size_is_explained(tmp_path):
+    """A file_name written NFD (as macOS tools write it) for a file named NFC was
+    "photo missing", a name identical on screen; an entry sized as a JPEG's stored pixels,
+    which its EXIF orientation turns, said only "the entry says 451x300 but the photo is
+    300x451", while PIL and file browsers say 451x300."""
+    import unicodedata
+
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.coffee()).resize((60, 40)).save(photos / unicodedata.normalize("NFC", "café.png"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    Image.fromarray(data.rocket()).resize((60, 40)).save(photos / "turned.jpg", exif=exif)
+    images = [
+        {"id": 1, "file_name": unicodedata.normalize("NFD", "café.png"), "height": 40, "width": 60},
+        {"id": 2, "file_name": "turned.jpg", "height": 40, "width": 60},
+    ]
+    box = rle.encode(_box(40, 60, 5, 5, 20, 20))
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "segmentation": box, "iscrowd": 0} for i in (1, 2)]
+    coco = tmp_path / "val.json"
+    coco.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
+    report = index_coco([photos], coco, tmp_path / "db", IndexOptions(preset="tiny"))
+    assert report.segments == 1 and not any("photo missing" in p for p in report.problems), report.problems
+    assert any(
+        "size mismatch: the entry says 60x40 but the photo is 40x60 as its EXIF orientation turns it" in p
+        for p in report.problems
+    ), report.problems

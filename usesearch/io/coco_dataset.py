@@ -11,6 +11,7 @@ read; everything else here is checked from the JSON alone."""
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,11 +298,16 @@ def photo_paths(folders: list[str], file_name: str) -> list[str]:
 
 
 def _candidates(folders: list[str], file_name: str) -> Iterator[str]:
+    # A name as macOS tools write it (NFD) for a file named NFC, or the other way round:
+    # looked for in the other form where the name as written is not there.
+    spellings = dict.fromkeys([file_name, *(unicodedata.normalize(form, file_name) for form in ("NFC", "NFD"))])
     for folder in folders:
         root = os.path.abspath(folder)
-        candidate = os.path.normpath(os.path.join(root, file_name))
-        if candidate.startswith(root.rstrip(os.sep) + os.sep) and os.path.isfile(candidate):
-            yield candidate
+        for name in spellings:
+            candidate = os.path.normpath(os.path.join(root, name))
+            if candidate.startswith(root.rstrip(os.sep) + os.sep) and os.path.isfile(candidate):
+                yield candidate
+                break
 
 
 # A fault as recorded: the entry's file name (or None), the annotation id (or None), what is wrong.
@@ -315,6 +321,8 @@ def size_fault(entry: ImageEntry, hw: tuple[int, int]) -> Problem | None:
     if entry.height is None or (entry.height, entry.width) == (height, width):
         return None
     message = f"the entry says {entry.width}x{entry.height} but the photo is {width}x{height}"
+    if (entry.height, entry.width) == (width, height):  # PIL's .size and file browsers say the entry's
+        message += " as its EXIF orientation turns it (the entry gives its size before turning)"
     return entry.file_name, None, AnnotationError(SIZE_MISMATCH, message)
 
 
