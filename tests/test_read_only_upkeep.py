@@ -148,3 +148,27 @@ def test_index_into_a_read_only_folder_says_so_before_any_model_loads(tmp_path, 
         f"`usesearch index` cannot make {tmp_path / 'mount' / 'new' / 'db'} in it; give another --db"
     )
     assert not (tmp_path / "mount" / "new").exists()
+
+
+def test_an_audit_and_a_verdict_on_a_read_only_index_say_so(tmp_path, read_only_fs):
+    """`audit --db RO --report-dir ELSEWHERE` failed with "RO/audit: Read-only file
+    system" (after every pass, where its folder was there); a verdict through `serve`
+    was a 500, "the index database failed"."""
+    from sqlalchemy import create_engine
+
+    from usesearch.errors import IndexReadOnlyError
+    from usesearch.indexer.audit import reviews
+    from usesearch.indexer.folder import DB_FILE
+
+    db = tmp_path / "db"
+    synthetic_index(db, n=300, dim=16)
+    read_only_fs(db)
+    result = CliRunner().invoke(app, ["audit", "--db", str(db), "--report-dir", str(tmp_path / "elsewhere")])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        f"error: {db} is on a read-only file system: `usesearch audit` keeps its lists and resumable passes in "
+        f"{db / 'audit'} (audit a copy of the index); `query`, `info` and `serve` read the index as it is"
+    ), result.stderr
+    reader = create_engine(f"sqlite:///file:{db / DB_FILE}?mode=ro&uri=true")
+    with pytest.raises(IndexReadOnlyError, match="this index is read-only here: a verdict cannot be kept in it"):
+        reviews.mark(reader, "swapped", "val:1", "ok")
+    reader.dispose()

@@ -132,6 +132,10 @@ class DiskFullError(UsesearchError):
     """The disk holding the index is full; nothing committed was lost."""
 
 
+class IndexReadOnlyError(UsesearchError):
+    """What would be written into the index (an audit verdict) cannot be: it is read-only here."""
+
+
 class EmbeddingsLostError(UsesearchError):
     """An embedding file the catalog refers to is gone or cut short of its rows."""
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import Engine, Table, delete, insert, inspect, select
+from sqlalchemy.exc import OperationalError
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import IndexReadOnlyError, UsesearchError
 
 from ..records import AuditReview
 
@@ -32,15 +33,22 @@ def mark(engine: Engine, kind: str, item: str, verdict: str | None, state: str |
         raise UsesearchError(f"a verdict is one of {', '.join(VERDICTS)}, not {verdict!r}")
     table = AuditReview.__table__
     assert isinstance(table, Table)
-    table.create(engine, checkfirst=True)
-    with engine.begin() as conn:
-        conn.execute(delete(AuditReview).where(AuditReview.kind == kind, AuditReview.item == item))
-        if verdict is not None:
-            conn.execute(
-                insert(AuditReview).values(
-                    kind=kind, item=item, verdict=verdict, reviewed=dt.datetime.now(dt.timezone.utc), state=state
+    try:
+        table.create(engine, checkfirst=True)
+        with engine.begin() as conn:
+            conn.execute(delete(AuditReview).where(AuditReview.kind == kind, AuditReview.item == item))
+            if verdict is not None:
+                conn.execute(
+                    insert(AuditReview).values(
+                        kind=kind, item=item, verdict=verdict, reviewed=dt.datetime.now(dt.timezone.utc), state=state
+                    )
                 )
-            )
+    except OperationalError as exc:  # (a server's 500, "the index database failed", said nothing)
+        if "readonly" not in str(exc.orig).lower().replace("-", "").replace(" ", ""):
+            raise
+        raise IndexReadOnlyError(
+            "this index is read-only here: a verdict cannot be kept in it (review a writable copy)"
+        ) from None
 
 
 def verdicts(

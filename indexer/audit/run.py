@@ -35,7 +35,7 @@ import numpy as np
 from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
 from usesearch.io.atomic import write_atomic
 
-from ..folder import head_to_load, open_store
+from ..folder import check_writable, head_to_load, open_store
 from ..records import IndexInfo, info_summary
 from ..store import Store
 from . import leaks, reviews, scores
@@ -80,6 +80,9 @@ def audit_index(
     each list best first. ``class_vectors``: the classes' text embeddings, where the
     caller has them (else the index's model embeds the class names)."""
     db_dir = Path(db_dir)
+    folder = db_dir / FOLDER  # its lists and resumable passes: refused before the passes where it cannot be written
+    writes = f"keeps its lists and resumable passes in {folder} (audit a copy of the index)"
+    check_writable(folder if folder.exists() else db_dir, "audit", writes)
     store = open_store(db_dir, db_url, read_only=True)
     try:
         generation = store.generation()  # before anything is read: a commit after it is caught at the end
@@ -93,7 +96,6 @@ def audit_index(
             class_vectors = _class_vectors(store, reader.classes, device)
         identity = _identity(store, reader, config, class_vectors)
         dim = _info(store).dim
-        folder = db_dir / FOLDER
         # Each list shows ``keep`` items besides those already reviewed (left out when
         # shown): else, its first ``keep`` reviewed, a re-run would show nothing more. It
         # holds ``keep`` more as headroom, so that reviews (each one makes it want one

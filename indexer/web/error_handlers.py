@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from usesearch.errors import (
     ClientGoneError,
     ImageGoneError,
+    IndexReadOnlyError,
     ModelOutputError,
     NotFoundError,
     ServerBusyError,
@@ -51,6 +52,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFoundError)  # not KeyError: a bug inside a lookup is a 500, not "not found"
     async def not_found(_: Request, exc: NotFoundError):
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(IndexReadOnlyError)  # the request is sound: this server cannot write
+    async def read_only(_: Request, exc: IndexReadOnlyError):
+        return JSONResponse({"detail": str(exc)}, status_code=403)
 
     @app.exception_handler(ClientGoneError)  # no one reads it: the status is for the access log
     async def client_gone(_: Request, exc: ClientGoneError):
