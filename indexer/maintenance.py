@@ -45,7 +45,7 @@ from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vect
 from .calibrating import calibrate_index
 from .folder import FAISS_FILE, check_index_at, check_writable, index_flags, open_store, writer_lock
 from .leftovers import gone_images, images_under, live_rows, named, stale_copies
-from .options import IndexOptions, check_shard_size
+from .options import IndexOptions, check_shard_count, check_shard_size
 from .records import IndexInfo, SegmentRecord
 from .store import Store
 from .writer import Writer
@@ -88,6 +88,7 @@ def reindex(
                 else info.factory
             )
         shard_size = info.shard_size if shard_size is None else shard_size
+        check_shard_count(shard_size, store.max_segment_id() or 0)
         store.files().backfill_sums()  # rows from before checksums get theirs: verified from now on
         index = (build or vectors.rebuild)(store, info.dim, factory, faiss_device, shard_size)
         vector_files.write_index_files(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)

@@ -47,6 +47,21 @@ def check_shard_size(shard_size: int | None) -> None:
         raise UsesearchError(f"shard_size is 0 (one shard) or a number of segments per shard; got {shard_size!r}")
 
 
+MAX_SHARDS = 1_000  # a shard holds millions (10,000,000 on a new index): past this, a typo (5 for 5M)
+
+
+def check_shard_count(shard_size: int, last_id: int) -> None:
+    """A ``shard_size`` that lays the index's ids out in more than ``MAX_SHARDS`` files
+    refused in one line, before anything is rewritten: ``--shard-size 5`` turned an
+    index of 1,053 segments into 215 files, and one of 10M into two million."""
+    shards = -(-last_id // shard_size) if shard_size else 1
+    if shards > MAX_SHARDS:
+        raise UsesearchError(
+            f"--shard-size {shard_size:,} would lay this index's {last_id:,} segment ids out in {shards:,} shard "
+            f"files (at most {MAX_SHARDS:,}: a shard holds millions of segments); give a larger one, or 0 for one"
+        )
+
+
 @dataclass
 class IndexReport(RunReport):
     segments: int = 0

@@ -218,11 +218,14 @@ def load(
     if len(shards) < len(shard_files(path)) or not shards:
         if not rebuild_unverified:
             raise StaleFilesError(f"{path}: {why}")
+        relaid = why.endswith("another shard layout")  # a --shard-size given: no fault in the files
         log.warning(
-            "%s does not match the database (%s); rebuilding it from the database (`usesearch reindex %s` "
-            "writes it back, so that later opens need not)",
+            "%s %s; rebuilding it from the database (`usesearch reindex %s` writes it back, so that later opens "
+            "need not)",
             path,
-            why,
+            "is laid out in other shards than the index's (--shard-size)"
+            if relaid
+            else f"does not match the database ({why})",
             index_flags(path.parent, store.url),
         )
         rebuilt = rebuild(store, dim, factory, device, shard_size)

@@ -4,6 +4,7 @@ it keeps the FAISS index and its files in step with the store."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,7 +25,7 @@ from .fragments import worker_error
 from .image_writes import PhotoWrite, joined
 from .index_checks import check_factory, check_identity
 from .known_images import KnownImages, fits_now, still_holds
-from .options import IndexOptions, IndexReport
+from .options import IndexOptions, IndexReport, check_shard_count
 from .records import DONE, IndexInfo
 from .store import Store
 
@@ -34,6 +35,9 @@ class LoopReport(Protocol):
 
     interrupted: bool
     loop_seconds: float
+
+
+log = logging.getLogger(__name__)
 
 
 class Writer:
@@ -90,6 +94,14 @@ class Writer:
                 keep_head_copy(self.db_dir, self.options.head or info.model_head)
             store.note_folders({os.fsencode(os.path.realpath(p)) for p in self.paths or [] if os.path.isdir(p)})
             if self.options.shard_size is not None and self.options.shard_size != info.shard_size:
+                check_shard_count(self.options.shard_size, store.max_segment_id() or 0)
+                log.warning(
+                    "laying %s out anew in shards of %s segments (--shard-size; it had %s): its FAISS files are "
+                    "rebuilt from the database",
+                    self.db_dir,
+                    f"{self.options.shard_size:,}" if self.options.shard_size else "all its",
+                    f"{info.shard_size:,}" if info.shard_size else "one shard",
+                )
                 store.set_shard_size(self.options.shard_size)  # the next load lays the shards out anew
                 info.shard_size = self.options.shard_size
             if self.options.repair:  # before the FAISS load, which may rebuild from the damaged rows

@@ -11,6 +11,7 @@ import pytest
 import usesearch.indexer.index_choice as index_choice
 from tests.helpers import OPTS, assert_consistent, write_photos
 from tests.test_index_scale import synthetic_index
+from usesearch.errors import UsesearchError
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths, reindex
 from usesearch.indexer.folder import FAISS_FILE
 from usesearch.indexer.vector_files import shard_files, shard_path
@@ -163,8 +164,15 @@ def test_a_reindex_killed_before_recording_its_factory_or_layout_is_read_as_reco
     with caplog.at_level(logging.WARNING):
         ix = SegmentIndex.open(tmp_path / "db")
     said = " ".join(r.getMessage() for r in caplog.records)
-    assert "another shard layout" in said and "usesearch reindex" in said and "is missing" not in said
+    assert "is laid out in other shards than the index's" in said and "usesearch reindex" in said
+    assert "is missing" not in said
     assert ix.search_vector(data[7], 5)[0].segment_id == 8
+    ix.close()
+    # A typo (2 for 2M) would lay 3,000 segments out in 1,500 files: refused, nothing rewritten.
+    before = sorted(p.name for p in (tmp_path / "db").iterdir())
+    with pytest.raises(UsesearchError, match="--shard-size 2 would lay this index's 3,000 segment ids out in 1,500 "):
+        reindex(tmp_path / "db", shard_size=2, text_queries=False)
+    assert sorted(p.name for p in (tmp_path / "db").iterdir()) == before
 
 
 def test_deferred_adds_answer_as_adds_made_at_once(tmp_path, monkeypatch):
