@@ -55,6 +55,16 @@ def test_filters_and_more_like_this(served):
     assert [h["segment_id"] for h in like["hits"]] == [h.segment_id for h in index.similar(first, k=5)]
 
 
+def test_search_effort_reaches_the_search(served, monkeypatch):
+    """`nprobe` and `rerank`, as the CLI takes them: the API took neither and ignored
+    them (200, the index's own effort), so a script searching harder got nothing."""
+    _, index, client = served
+    seen, real = [], index.query
+    monkeypatch.setattr(index, "query", lambda q, k, filters=None: (seen.append(filters), real(q, k, filters))[1])
+    assert client.get("/api/search", params={"q": "fur", "nprobe": 8, "rerank": 100}).status_code == 200
+    assert [(f.nprobe, f.rerank) for f in seen] == [(8, 100)]
+
+
 def test_segment_metadata_mask_tile_overlay_and_image(served):
     _, index, client = served
     hit = client.get("/api/search", params={"q": "a cup", "k": 1}).json()["hits"][0]
@@ -131,6 +141,8 @@ BAD_REQUESTS = [
     ("/api/search", {"q": "cat", "min_score": "nan"}, 422, "min_score: Input should be a finite number"),  # not "<= 1"
     ("/api/search", {"q": "cat", "min_score": 1.5}, 422, "min_score: Input should be less than or equal to 1"),
     ("/api/search", {"q": "cat", "path": "*" * 600}, 422, "path"),
+    ("/api/search", {"q": "cat", "nprobe": 0}, 422, "nprobe: Input should be greater than or equal to 1"),
+    ("/api/search", {"q": "cat", "rerank": 10**6}, 422, "rerank: Input should be less than or equal to 32768"),
     ("/api/segments/0", {}, 422, "segment_id"),
     ("/api/segments/99999999", {}, 404, "no segment with id 99999999"),
     (f"/api/segments/{2**64}", {}, 422, "segment_id"),

@@ -50,6 +50,14 @@ Source = Annotated[
     str | None,
     Query(pattern="^(annotation|proposal)$", description="Only a labelled dataset's annotations, or only proposals."),
 ]
+NProbe = Annotated[
+    int | None,
+    Query(ge=1, le=1 << 16, description="A compressed index's clusters visited (default: its calibrated number)."),
+]
+Rerank = Annotated[
+    int | None,
+    Query(ge=1, le=1 << 15, description="A compressed index's candidates re-scored exactly (default: its own)."),
+]
 RefineTop = Annotated[int, Query(ge=1, le=200, description="With refine: photos of the search SAM 3 looks at.")]
 
 
@@ -62,6 +70,8 @@ def search_filters(
     label: Label = None,
     split: Split = None,
     source: Source = None,
+    nprobe: NProbe = None,
+    rerank: Rerank = None,
 ) -> SearchFilters:
     """The filters of every search route, from its query parameters (a FastAPI
     dependency): one list of them, and one ``SearchFilters`` check of their ranges
@@ -75,6 +85,8 @@ def search_filters(
         label=label,
         split=split,
         source=source,
+        nprobe=nprobe,
+        rerank=rerank,
     )
 
 
