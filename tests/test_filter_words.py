@@ -41,6 +41,8 @@ def test_a_relative_path_glob_matches_under_any_folder(db):
     "flags, said",
     [
         (["--path", "nowhere/*"], "no indexed photo's path matches --path 'nowhere/*' (under "),
+        (["--path", "sub"], "; photos under a folder 'sub': --path 'sub/*'"),  # a folder named bare
+        (["--path", "./sub/"], "; photos under a folder 'sub': --path 'sub/*'"),
         (["--label", "dog"], "--label 'dog': the index has no such class (it has: cat, cup, rocket)"),
         (["--split", "test"], "--split 'test': the index has no such split (it has: train)"),
         (["--source", "proposal"], "--source proposal: the index holds no proposal segments (a masker run makes"),

@@ -178,9 +178,12 @@ def _why_none(index, filters: SearchFilters) -> list[str]:
     store, why = index.store, []
     if filters.path and not store.image_ids_matching(filters.path):
         folder = store.common_folder()
-        why.append(
-            f"no indexed photo's path matches --path {filters.path!r}" + (f" (under {folder})" if folder else "")
-        )
+        line = f"no indexed photo's path matches --path {filters.path!r}" + (f" (under {folder})" if folder else "")
+        # A folder named bare ("misc", "misc/", "./misc/*"): a glob matches whole paths.
+        bare = filters.path.removeprefix("./").rstrip("/").removesuffix("/*")
+        if not any(c in bare for c in "*?[") and bare and store.image_ids_matching(f"{bare}/*"):
+            line += f"; photos under a folder {bare!r}: --path '{bare}/*'"
+        why.append(line)
     for flag, noun, wanted, names in (
         ("--label", "class", filters.label, store.categories),
         ("--split", "split", filters.split, store.splits),
