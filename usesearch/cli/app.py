@@ -109,6 +109,17 @@ def main() -> None:
             sys.exit(getattr(exc, "exit_code", 2))
         ctx = getattr(exc, "ctx", None)  # a usage error's command
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        option = getattr(exc, "option_name", None)  # NoSuchOption's: `query -5`, `similar -3`
+        if ctx is not None and isinstance(option, str) and option[1:2].isdigit():
+            arguments = [  # a text (a query's): a number would be refused anyway
+                p
+                for p in ctx.command.params
+                if getattr(p, "param_type_name", "") == "argument"
+                and getattr(getattr(p, "type_descriptor", None), "annotation", None) is str
+            ]
+            if arguments:  # (`--` ends the options: even --db after it would be read as text)
+                name = str(getattr(arguments[0], "name", "") or "argument").upper()
+                hint = f" (a {name} starting with '-' goes last, after `--`: `{ctx.command_path} --db DB -- {option}`)"
         print(f"error: {format_message()}{hint}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)
