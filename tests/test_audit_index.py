@@ -76,6 +76,11 @@ def test_each_planted_kind_is_found_at_the_top_of_its_list(db, planted_index):
     every = source.DatasetReader(store).photo_splits(store.image_hashes())[0]
     found = store.contents_across_splits()
     assert leaks.exact_groups(found, every) == leaks.exact_groups(store.image_hashes(every), every) != []
+    import csv
+
+    with open(db.parent / "report" / "leaks.csv", newline="") as table:  # a list cell: JSON, whatever its paths hold
+        cells = [(row["item"], json.loads(row["paths"]), json.loads(row["images"])) for row in csv.DictReader(table)]
+    assert cells == [(i["item"], i["paths"], i["images"]) for i in lists["leaks"]] and cells
     leak_line = next(line for line in audit_cli.output.splitlines() if line.strip().startswith("leaks:"))
     assert leak_line.endswith((".png)", ".jpg)"))  # the first leak names its photo(s), never ", )"
     for kind in LISTS:

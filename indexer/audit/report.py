@@ -88,8 +88,8 @@ def write_lists(
 def _cell(value) -> str:
     if value is None:
         return ""
-    if isinstance(value, list):
-        return str(text_cell(" ".join(map(str, value))))
+    if isinstance(value, list):  # JSON: a leak's paths joined by spaces could not be told apart ("café ☕.png")
+        return str(text_cell(json.dumps(value, ensure_ascii=False)))
     return f"{value:.4f}" if isinstance(value, float) else str(text_cell(value) if isinstance(value, str) else value)
 
 

@@ -70,6 +70,7 @@ def audit(
     """Audit a labelled dataset indexed with `index IMAGES --coco FILE.json`: swapped labels, overlooked
     objects, badly located masks, leaks between splits, outliers. Resumes after a kill."""
     from usesearch.indexer.folder import check_index_at, open_store
+    from usesearch.io.files import one_line
 
     check_index_at(db, db_url)  # a typo said before the models' libraries load
     from usesearch.indexer.audit import AuditConfig, audit_index, report, reviews
@@ -95,6 +96,7 @@ def audit(
         line = f"{kind:>14}: {found[kind]} found, {reviewed} reviewed"
         if first is not None:
             where = first.get("image") or " and ".join(first.get("paths", []))  # a leak: its photos
+            where = one_line(where)  # a name holding a newline: one line still, as query prints it
             line += f"; first: {first['item']} (score {first['score']:.3f}, {where})"
         opts.console.print(line)
     opts.console.print(
