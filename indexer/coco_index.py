@@ -29,6 +29,7 @@ from usesearch.io.files import Found, decode, read_bytes
 from . import read_ahead
 from .coco_plan import (
     CocoReport,
+    check_split,
     commit_photo,
     embed_new,
     finish_pass,
@@ -62,7 +63,7 @@ def index_coco(
     split's other files go)."""
     options = options or IndexOptions()
     dataset = read_coco(coco_file)  # before anything: a wrong file must not leave an index folder behind
-    split = split or Path(coco_file).stem
+    split = check_split(split or Path(coco_file).stem)
     db_dir = check_paths(paths, db_dir)
     refuse_when_no_photo(dataset, [os.fspath(p) for p in paths], new_index=is_new(db_dir, options))
     options = as_built(db_dir, options)

@@ -54,6 +54,20 @@ def record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset,
         report.problems.append(f"{where or dataset.path.name}: {error.kind}: {error}")
 
 
+SPLIT_CHARS = 128  # the catalog's column (PostgreSQL refuses longer; SQLite kept any)
+
+
+def check_split(split: str) -> str:
+    """A split's name as the catalog keeps it and `--split` finds it: not blank, at most
+    ``SPLIT_CHARS`` characters, no control character (a file's stem names it by default)."""
+    if not split.strip() or len(split) > SPLIT_CHARS or any(ord(c) < 32 for c in split):
+        raise UsesearchError(
+            f"a split is named by 1 to {SPLIT_CHARS} characters, not blank, no control character; got "
+            f"{split[:40]!r}{'...' if len(split) > 40 else ''}: give --split NAME"
+        )
+    return split
+
+
 def refuse_when_no_photo(dataset: CocoDataset, folders: list[str], new_index: bool = False) -> None:
     """Refused in one line before anything is made (an index folder bound to the run's
     model among them): a file none of whose annotated photos lies under ``folders`` (a

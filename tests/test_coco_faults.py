@@ -320,3 +320,16 @@ def test_a_name_in_the_other_unicode_form_is_found_and_a_turned_photos_size_is_e
         "size mismatch: the entry says 60x40 but the photo is 40x60 as its EXIF orientation turns it" in p
         for p in report.problems
     ), report.problems
+
+
+def test_a_split_name_the_catalog_cannot_keep_is_refused(tmp_path):
+    """`--split ' '` and a 300-character split were taken (the catalog's column holds
+    128: PostgreSQL refuses past it), and neither could be named again by `--split`."""
+    photos = write_photos(tmp_path / "photos", ("chelsea",))
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png"], 1)
+    for bad in (" ", "x" * 300, "a\nb"):
+        result = CliRunner().invoke(
+            app, ["index", str(photos), "--db", str(tmp_path / "db"), "--coco", str(coco), "--split", bad, *TINY]
+        )
+        assert result.exit_code == 2 and "a split is named by 1 to 128 characters" in result.output, result.output
+        assert not (tmp_path / "db").exists()
