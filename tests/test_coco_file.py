@@ -102,6 +102,27 @@ def test_a_coordinate_past_any_float_is_one_annotations_fault(tmp_path):
     assert isinstance(masks[2], dict) and masks[2]["size"] == [20, 20]
 
 
+def test_a_broken_image_entry_is_said_as_what_it_is(tmp_path):
+    """An id written as a string ("6", as some tools write ids) was "an image entry
+    without id and file_name"."""
+    from usesearch.io.coco_dataset import read_coco
+
+    images = [
+        {"id": "6", "file_name": "a.png"},
+        {"id": 7, "file_name": 7},
+        {"file_name": "c.png"},
+        {"id": 8, "file_name": "d.png"},
+    ]
+    path = tmp_path / "ids.json"
+    path.write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    dataset = read_coco(path)
+    said = [str(error) for _, _, error in dataset.problems]
+    assert [e.id for e in dataset.images] == [8]
+    assert said[0].startswith("an image entry whose id is not a whole number ('6'): ")
+    assert said[1].startswith("an image entry whose file_name is not text (7): ")
+    assert said[2].startswith("an image entry without id and file_name: ") and len(said) == 3
+
+
 def test_an_entry_whose_size_turned_wrong_loses_its_stored_annotations(tmp_path):
     """A re-run after an entry's size was changed to one the photo does not have
     records the mismatch and drops that photo's annotations of the split, as a fresh

@@ -225,9 +225,14 @@ def _categories(items: list, problems: list) -> dict[int, str]:
 
 def _image_entry(item: Any, problems: list) -> ImageEntry | None:
     if not isinstance(item, dict) or not _is_int(item.get("id")) or not isinstance(item.get("file_name"), str):
-        problems.append(
-            (None, None, AnnotationError(BROKEN_ANNOTATION, f"an image entry without id and file_name: {item!r}"[:200]))
-        )
+        # Said as what it is: an id "6" (a string) was "an image entry without id and file_name".
+        if not isinstance(item, dict) or "id" not in item or "file_name" not in item:
+            why = "an image entry without id and file_name"
+        elif not _is_int(item["id"]):
+            why = f"an image entry whose id is not a whole number ({item['id']!r})"
+        else:
+            why = f"an image entry whose file_name is not text ({item['file_name']!r})"
+        problems.append((None, None, AnnotationError(BROKEN_ANNOTATION, f"{why}: {item!r}"[:200])))
         return None
     height: Any = item.get("height")
     width: Any = item.get("width")
