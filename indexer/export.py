@@ -41,14 +41,16 @@ def contact_sheet(
     tile: int = TILE,
     columns: int = COLUMNS,
     sha256_of: Callable[[int], str | None] | None = None,
+    notes: Sequence[str] | None = None,
 ) -> tuple[Path, dict[str, str]]:
     """The hits' segments as tiles on one picture at ``out``, each captioned with its
-    rank, score and photo. A photo that is no longer the one indexed (gone, damaged,
-    not a regular file, or another picture: its size, or its content where
-    ``sha256_of(image_id)`` gives the indexed one) gets a grey tile, so the others
-    still show: returns the picture's path and those photos, each with why ("gone",
-    "changed" or "unreadable", as its tile says). Each photo is read once
-    and let go once its tiles are drawn (a sheet of 12 MP photos held them all)."""
+    rank, score and photo (``notes``: a word on each before its photo, an audit's
+    classes). A photo that is no longer the one indexed (gone, damaged, not a regular
+    file, or another picture: its size, or its content where ``sha256_of(image_id)``
+    gives the indexed one) gets a grey tile, so the others still show: returns the
+    picture's path and those photos, each with why ("gone", "changed" or "unreadable",
+    as its tile says). Each photo is read once and let go once its tiles are drawn (a
+    sheet of 12 MP photos held them all)."""
     check_sheet(out, len(hits))
     sheet = Image.new("RGB", sheet_size(len(hits), tile, columns), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -70,7 +72,8 @@ def contact_sheet(
                 tile_image = segment_tile(rgb, decode_mask(hit.mask), hit.bbox, tile)
                 sheet.paste(tile_image, (left + (tile - tile_image.width) // 2, top + (tile - tile_image.height) // 2))
             draw.text((left + 4, top + tile + 2), f"#{hit.rank}  {hit.score:.3f}", fill=(0, 0, 0))
-            draw.text((left + 4, top + tile + 15), Path(hit.image).name[:30], fill=(80, 80, 80))
+            name = Path(hit.image).name if notes is None else f"{notes[i]}  {Path(hit.image).name}"
+            draw.text((left + 4, top + tile + 15), name[:34], fill=(80, 80, 80))
         del rgb
     out = Path(out)
     save_picture(sheet, out)

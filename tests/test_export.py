@@ -292,3 +292,26 @@ def test_a_closed_stdout_is_one_line_not_a_traceback(indexed):
         done.returncode == 2
         and done.stderr.strip() == "error: standard output is closed: send it to a file, or to /dev/null"
     )
+
+
+def test_an_audit_sheet_says_each_tiles_classes_and_a_leaks_other_photo(tmp_path):
+    """The swapped sheet showed no class, and a leak's tile only its first photo: each
+    tile now says what it is about before its photo's name."""
+    import numpy as np
+    from PIL import Image
+
+    from usesearch.indexer.audit.report import _note
+    from usesearch.indexer.export import contact_sheet
+    from usesearch.indexer.hits import Hit
+    from usesearch.masks import rle
+
+    assert _note({"labelled": "cat", "preferred": "dog"}) == "cat->dog"
+    assert _note({"labelled": "cat"}) == "cat" and _note({"proposed": "cup"}) == "cup"
+    assert _note({"kind": "near duplicate", "paths": ["/a/x.png", "/b/y copy.png"]}) == "= y copy.png"
+    Image.new("RGB", (64, 48), (120, 90, 60)).save(tmp_path / "p.png")
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 10:40] = True
+    hit = Hit(1, 0.5, 1, 1, str(tmp_path / "p.png"), (10, 10, 30, 20), 600, rle.encode(mask))
+    plain, _ = contact_sheet([hit], tmp_path / "plain.png")
+    noted, _ = contact_sheet([hit], tmp_path / "noted.png", notes=["cat->dog"])
+    assert np.asarray(Image.open(plain)).tolist() != np.asarray(Image.open(noted)).tolist()

@@ -97,14 +97,26 @@ def _sheet(items: list[dict], store: Store, path: Path) -> dict[str, str] | None
     """The list's contact sheet; the photos it could not read (drawn grey); None when
     no item has a stored segment to draw (no sheet is written)."""
     rows = store.rows(i["segment_id"] for i in items if i.get("segment_id") is not None)
-    hits = []
+    hits, notes = [], []
     for item in items:
         row = rows.get(item["segment_id"]) if item.get("segment_id") is not None else None
         if row is None:
             continue
         hits.append(Hit.from_row(row, item["rank"], float(item["score"])))
+        notes.append(_note(item))
     if not hits:
         return None
     # The indexed content's hash: a photo changed since (same size) is drawn grey, as
     # `query --show` draws it, not with its stored masks over other pixels.
-    return contact_sheet(hits, path, sha256_of=lambda i: getattr(store.image(i), "sha256", None))[1]
+    return contact_sheet(hits, path, sha256_of=lambda i: getattr(store.image(i), "sha256", None), notes=notes)[1]
+
+
+def _note(item: dict) -> str:
+    """What a tile of an audit list says besides its photo: the classes it is about (a
+    swap as labelled->preferred), or for a leak the other photo's name."""
+    if "preferred" in item:
+        return f"{item['labelled']}->{item['preferred']}"
+    if "paths" in item:
+        others = [Path(p).name for p in item["paths"][1:] if p]
+        return f"= {others[0]}" if others else ""
+    return str(item.get("labelled") or item.get("proposed") or "")
