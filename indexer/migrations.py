@@ -64,13 +64,15 @@ def refuse_foreign_tables(tables: set[str], where: str) -> None:
 
 def upgrade(engine: Engine, folder: Path) -> None:
     tables = set(inspect(engine).get_table_names())
+    sqlite_images = "images" in tables and engine.dialect.name == "sqlite"
+    if sqlite_images:
+        _segments_point_at_images(engine)
     if "images" in tables and not _has_column(engine, "images", "fs_path"):
         _images_fs_path(engine)
     if "segments" in tables and _has_column(engine, "segments", "embedding"):
         _embeddings_to_files(engine, folder)
-    elif "images" in tables and engine.dialect.name == "sqlite":
-        _segments_point_at_images(engine)
-        _images_ids_never_reused(engine)
+    if sqlite_images:
+        _images_ids_never_reused(engine)  # (made so by the byte-exact-paths rebuild above, where it ran)
     _add_plain_columns(engine)
     if "segments" in tables and engine.dialect.name == "postgresql":
         _segment_ids_64bit(engine)
@@ -240,6 +242,10 @@ def _sqlite_transaction(engine: Engine) -> Iterator[sqlite3.Connection]:
         con = raw.driver_connection
         if con is None:
             raise UsesearchError("cannot upgrade this index: its database connection is closed")
+        # The connection goes back to the pool, and the store's sessions reuse it: its
+        # isolation level restored, or every later transaction would commit statement by
+        # statement (no BEGIN), its rollbacks undoing nothing.
+        isolation = con.isolation_level
         con.isolation_level = None
         con.execute("PRAGMA foreign_keys=OFF")
         con.execute("BEGIN")
@@ -251,6 +257,7 @@ def _sqlite_transaction(engine: Engine) -> Iterator[sqlite3.Connection]:
             raise
         finally:
             con.execute("PRAGMA foreign_keys=ON")
+            con.isolation_level = isolation
     finally:
         raw.close()
 

@@ -5,13 +5,17 @@ photo. An older catalog is upgraded without losing a segment."""
 
 import sqlite3
 
+import pytest
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from tests.helpers import OPTS, assert_consistent, segment_table, write_photos
 from tests.test_index_integrity import change_photo
 from usesearch.cli.app import app
 from usesearch.indexer import IndexOptions, index_paths
-from usesearch.indexer.folder import DB_FILE
+from usesearch.indexer.folder import DB_FILE, db_url_for
+from usesearch.indexer.records import ImageRecord
+from usesearch.indexer.store import Store
 
 runner = CliRunner()
 
@@ -72,7 +76,9 @@ def test_an_older_catalog_is_made_to_never_reuse_ids_past_those_a_verdict_names(
             "CREATE TABLE IF NOT EXISTS audit_reviews (kind VARCHAR(32), item VARCHAR(512), verdict VARCHAR(8), "
             "reviewed DATETIME, PRIMARY KEY (kind, item))"
         )
-        con.execute("INSERT INTO audit_reviews VALUES ('leaks', 'images:2,57', 'ok', '2026-01-01')")
+        con.execute(
+            "INSERT INTO audit_reviews (kind, item, verdict, reviewed) VALUES ('leaks', 'images:2,57', 'ok', '2026')"
+        )
     assert "AUTOINCREMENT" not in images_sql(db)
     with sqlite3.connect(db / DB_FILE) as con:
         assert "images_old" in con.execute("SELECT sql FROM sqlite_master WHERE name = 'segments'").fetchone()[0]
@@ -80,5 +86,25 @@ def test_an_older_catalog_is_made_to_never_reuse_ids_past_those_a_verdict_names(
     index_paths([photos], db, IndexOptions(**OPTS))
     assert "AUTOINCREMENT" in images_sql(db)
     assert image_ids(db)["rocket.png"] == 58
+    # The upgrade's connection goes back to the pool as it was: a store's transaction that
+    # fails after it still rolls back whole (it had committed statement by statement).
+    with sqlite3.connect(db / DB_FILE) as con:  # without AUTOINCREMENT again, the key left whole
+        con.executescript(f"""
+            PRAGMA foreign_keys=OFF;
+            CREATE TABLE images_v1 ({images_sql(db).split("(", 1)[1].replace("AUTOINCREMENT", "")};
+            INSERT INTO images_v1 SELECT * FROM images;
+            DROP TABLE images;
+            ALTER TABLE images_v1 RENAME TO images;
+        """)
+    store = Store(db_url_for(db, None), folder=db)  # a writable open: upgraded on a pooled connection
+    assert "AUTOINCREMENT" in images_sql(db)
+    try:
+        with pytest.raises(RuntimeError), store.sessions.begin() as s:
+            s.execute(update(ImageRecord).values(attempts=99))
+            raise RuntimeError("a write that fails half-way")
+    finally:
+        store.close()
+    with sqlite3.connect(db / DB_FILE) as con:
+        assert con.execute("SELECT max(attempts) FROM images").fetchone()[0] < 99
     assert [row for row in segment_table(db) if row[0] != "rocket.png"] == before
     assert_consistent(db)
