@@ -283,7 +283,9 @@ class SegmentIndex(Freshness):
             nprobe = filters.nprobe  # None: the index's own (its unfiltered search may then run on a GPU mirror)
             widened: list[int] | None = None  # the hits before the last widening
             while True:
-                scores, ids = self._candidates(vector, k, fetch, allowed, exclude, nprobe, filters.rerank)
+                scores, ids = self._candidates(
+                    vector, k, fetch, allowed, exclude, nprobe, filters.rerank, deeper=per_image or distinct
+                )
                 exhausted = len(ids) < min(fetch, available)  # before the cut: what the visited clusters held
                 cut = min_score is not None and bool((scores < min_score).any())
                 if cut:
@@ -296,9 +298,13 @@ class SegmentIndex(Freshness):
                     short = exhausted and len(hits) < k and not cut
                     # Per image (or distinct), k hits lie deeper than the k segments
                     # calibration measured: an image's best segment in clusters not visited
-                    # lost it its place (per-image recall@10 0.87 at the index's 1.00).
-                    deeper = allowed is not None or per_image or distinct
-                    if ((short or deeper) and probed < ivf.nlist) or (rare and (probed < ivf.nlist or fetch < cap)):
+                    # lost it its place (per-image recall@10 0.87 at the index's 1.00). Such a
+                    # search widens once, from the index's own effort (a --nprobe given is
+                    # the user's trade of recall for speed, kept).
+                    deeper = (per_image or distinct) and filters.nprobe is None and widened is None
+                    if ((short or deeper or allowed is not None) and probed < ivf.nlist) or (
+                        rare and (probed < ivf.nlist or fetch < cap)
+                    ):
                         widened, nprobe = _ids(hits), min(ivf.nlist, probed * 4)
                         if rare:  # candidates deep enough to hold the filter's best
                             fetch = min(cap, fetch * 4)
@@ -338,12 +344,14 @@ class SegmentIndex(Freshness):
         return index_kinds.ivf_of(self.index.index)
 
     def _candidates(
-        self, vector, k: int, fetch: int, allowed, exclude, nprobe=None, rerank=None
+        self, vector, k: int, fetch: int, allowed, exclude, nprobe=None, rerank=None, deeper: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """The top ``fetch`` (scores, ids) for a search asking for ``k`` hits. A compressed
         index gives approximate scores: more candidates (as many as ``k`` calls for, or
         ``fetch`` when more are needed to fill ``k`` after filters) are re-scored exactly
-        against the embedding files."""
+        against the embedding files; ``deeper`` (per image, distinct): four times the
+        index's own number, since k such hits lie deeper than k segments (a ``rerank``
+        given is kept)."""
         if allowed is not None and len(allowed) <= SCAN_UP_TO:  # read where they lie, no lookups
             keep = ~np.isin(allowed[:, 0], np.fromiter(exclude, np.int64, len(exclude))) if exclude else None
             matrix, max_norm = self._selections.rows(allowed)
@@ -354,6 +362,7 @@ class SegmentIndex(Freshness):
             return self.index.search(vector, fetch, ids_allowed, exclude)
         if rerank is None:
             rerank = self.calibration.rerank_for(k) if self.calibration else index_choice.rerank_candidates(k)
+            rerank = min(CANDIDATES_MAX, 4 * rerank) if deeper else rerank
         wanted = max(fetch, rerank)
         _, ids = self.index.search(vector, wanted, ids_allowed, exclude, nprobe=nprobe)
         held = self._locations is not None and self._locations.ready
