@@ -22,7 +22,10 @@ def test_a_command_line_click_cannot_parse_is_one_line(tmp_path):
         (["nosuch"], "No such command 'nosuch'. (see `usesearch --help`)"),
         (["index", "p", "--coco", "a.json", "--coco", "b.json"], "--coco is given twice, and it takes one value"),
         # A query text read as an option: the way to give it (after `--`, which ends even --db).
-        (["query", "-5", "--db", "d"], "No such option: -5 (a TEXT starting with '-' goes last, after `--`: "),
+        (
+            ["query", "-5 degrees", "--db", "d"],
+            "(a TEXT starting with '-' goes last, after `--`: `usesearch query --db DB -- TEXT`)",
+        ),
         (["similar", "-5", "--db", "d"], "No such option: -5 (see `usesearch similar --help`)"),  # no id is < 1
     ]
     for args, why in cases:

@@ -317,7 +317,7 @@ def test_a_name_in_the_other_unicode_form_is_found_and_a_turned_photos_size_is_e
     report = index_coco([photos], coco, tmp_path / "db", IndexOptions(preset="tiny"))
     assert report.segments == 1 and not any("photo missing" in p for p in report.problems), report.problems
     assert any(
-        "size mismatch: the entry says 60x40 but the photo is 40x60 as its EXIF orientation turns it" in p
+        "size mismatch: the entry says 60x40 but the photo is 40x60 (turned: where its EXIF orientation turns it" in p
         for p in report.problems
     ), report.problems
 

@@ -309,3 +309,21 @@ def test_the_commands_deep_messages_suggest_carry_the_catalogs_url(tmp_path, pg_
     Store(pg_url, folder=db).close()
     with pytest.raises(UsesearchError, match=f"holds no index yet; run `usesearch index PATH {flags}"):
         SegmentIndex.open(db, db_url=pg_url)
+
+
+def test_a_verdict_on_a_read_only_postgresql_catalog_says_so(pg_url):
+    """A read-only PostgreSQL catalog raises no OperationalError (SQLSTATE 25006 is an
+    InternalError): the web app's verdict was a 500, "the index database failed"."""
+    import pytest
+    from sqlalchemy import create_engine
+
+    from usesearch.errors import IndexReadOnlyError
+    from usesearch.indexer.audit import reviews
+    from usesearch.indexer.catalog import server_url
+
+    reader = create_engine(server_url(pg_url), connect_args={"options": "-c default_transaction_read_only=on"})
+    try:
+        with pytest.raises(IndexReadOnlyError, match="this index is read-only here"):
+            reviews.mark(reader, "swapped", "val:1", "ok")
+    finally:
+        reader.dispose()

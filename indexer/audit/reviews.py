@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import Engine, Table, delete, insert, inspect, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from usesearch.errors import IndexReadOnlyError, UsesearchError
 
@@ -43,7 +43,9 @@ def mark(engine: Engine, kind: str, item: str, verdict: str | None, state: str |
                         kind=kind, item=item, verdict=verdict, reviewed=dt.datetime.now(dt.timezone.utc), state=state
                     )
                 )
-    except OperationalError as exc:  # (a server's 500, "the index database failed", said nothing)
+    except DBAPIError as exc:  # (a server's 500, "the index database failed", said nothing)
+        # SQLite: "attempt to write a readonly database"; PostgreSQL (SQLSTATE 25006):
+        # "cannot execute INSERT in a read-only transaction".
         if "readonly" not in str(exc.orig).lower().replace("-", "").replace(" ", ""):
             raise
         raise IndexReadOnlyError(

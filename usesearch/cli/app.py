@@ -119,7 +119,7 @@ def main() -> None:
             ]
             if arguments:  # (`--` ends the options: even --db after it would be read as text)
                 name = str(getattr(arguments[0], "name", "") or "argument").upper()
-                hint = f" (a {name} starting with '-' goes last, after `--`: `{ctx.command_path} --db DB -- {option}`)"
+                hint = f" (a {name} starting with '-' goes last, after `--`: `{ctx.command_path} --db DB -- {name}`)"
         print(f"error: {format_message()}{hint}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

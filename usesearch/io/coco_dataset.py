@@ -327,7 +327,7 @@ def size_fault(entry: ImageEntry, hw: tuple[int, int]) -> Problem | None:
         return None
     message = f"the entry says {entry.width}x{entry.height} but the photo is {width}x{height}"
     if (entry.height, entry.width) == (width, height):  # PIL's .size and file browsers say the entry's
-        message += " as its EXIF orientation turns it (the entry gives its size before turning)"
+        message += " (turned: where its EXIF orientation turns it, the entry gives its size before turning)"
     return entry.file_name, None, AnnotationError(SIZE_MISMATCH, message)
 
 
