@@ -351,6 +351,7 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
         (["index", str(photos), "--db", str(new_db), "--preset", "tiny", "--factory", "IDMap,Flat"], "leave it out"),
         (["reindex", "--db", str(db), "--factory", "IDMap,Flat"], "an IDMap keeps no list of its ids"),
         (["reindex", "--db", str(db), "--shard-size", "99999999999999999999"], "--shard-size"),
+        (["reindex", "--db", str(db), "--shard-size", "5"], "5 segments a shard: give 0 (one shard) or at least 1,000"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)

@@ -204,12 +204,24 @@ FactoryOpt = Annotated[
         callback=not_empty,
     ),
 ]
+MIN_SHARD_SIZE = 1_000  # on the command line (the API's tests lay out tiny shards)
+
+
+def shard_size_given(value: int | None) -> int | None:
+    """A shard holds millions of segments: 1-999 is a typo (5 for 5M) that a new index
+    would grow into a file per 5 segments."""
+    if value is not None and 0 < value < MIN_SHARD_SIZE:
+        raise typer.BadParameter(f"{value} segments a shard: give 0 (one shard) or at least {MIN_SHARD_SIZE:,}")
+    return value
+
+
 ShardSizeOpt = Annotated[
     Optional[int],
     typer.Option(
         "--shard-size",
         min=0,
         max=2**63 - 1,
+        callback=shard_size_given,
         help="Segments per FAISS shard (0: one shard; a new index: 10,000,000); shards share one trained quantizer, "
         "so they answer as one index and a write rewrites only the shards that changed.",
     ),
