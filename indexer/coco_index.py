@@ -74,8 +74,7 @@ def index_coco(
     with Writer(db_dir, options, identity(model, None, options), paths, model) as writer:
         report.annotations_lost = writer.store.annotations_lost
         report.moved = writer.moved
-        if replace_split:  # this file the split's only one: what the others gave it goes below
-            report.replaced = writer.store.forget_other_files(split, str(dataset.path))
+        report.replacing = replace_split  # the others forgotten once the pass is whole (finish_pass)
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         steps = _photos(dataset, folders, writer, model, options, report, split)

@@ -40,7 +40,8 @@ class CocoReport(IndexReport):
     relabelled: int = 0  # annotations whose class or crowd flag changed in the file, set in place
     removed: int = 0  # annotation segments the file no longer has (or whose mask changed)
     shared_with: list[str] = field(default_factory=list)  # other files indexed as this split: theirs are kept
-    replaced: list[str] = field(default_factory=list)  # --replace-split: the split's other files, forgotten
+    replacing: bool = False  # --replace-split: this file is to be the split's only one
+    replaced: list[str] = field(default_factory=list)  # the split's other files, forgotten at the pass's end
 
 
 def record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, problems: list[Problem]) -> None:
@@ -99,7 +100,9 @@ def located_entries(
     (``sub/x.png`` and ``x.png`` under two folders) become one, as entries naming the
     same file do (``io.coco_dataset``): otherwise each run would undo the other's."""
     store = writer.store
-    report.shared_with = sorted(store.split_files(split) - {str(dataset.path)})
+    # --replace-split: the others' annotations are not kept (they are forgotten at the end
+    # of a whole pass: a run killed before keeps them recorded, and a re-run finishes it).
+    report.shared_with = [] if report.replacing else sorted(store.split_files(split) - {str(dataset.path)})
     elsewhere = store.annotation_photos(split) if report.shared_with else {}
     located: dict[bytes, tuple[ImageEntry, Found]] = {}
     for entry in dataset.images:
@@ -157,6 +160,8 @@ def finish_pass(
     that the file no longer has at all go, and so do the copies of one on another photo
     than the one the file names for it now (``located``: a photo renamed or moved with
     its entry; its old record kept them)."""
+    if report.replacing:
+        report.replaced = writer.store.forget_other_files(split, str(dataset.path))
     files = writer.store.note_file(split, str(dataset.path))
     if files == {str(dataset.path)}:
         keep = {annotation.id for entry in dataset.images for annotation in entry.annotations}

@@ -167,8 +167,7 @@ def index_coco_ray(
         fragments.forget_attempts(db_dir)
         report.annotations_lost = writer.store.annotations_lost
         report.moved = writer.moved
-        if replace_split:  # this file the split's only one: what the others gave it goes below
-            report.replaced = writer.store.forget_other_files(split, str(dataset.path))
+        report.replacing = replace_split  # the others forgotten once the pass is whole (finish_pass)
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
         located = list(located_entries(dataset, folders, writer, report, split))

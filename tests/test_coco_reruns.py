@@ -246,6 +246,22 @@ def test_a_file_indexed_under_a_wrong_split_or_moved_is_forgotten_with_replace_s
     ix = SegmentIndex.open(db)
     assert sorted(ix.store.annotation_photos("train")) == [1, 2, 3, 4, 10, 11]
     ix.close()
+    import usesearch.indexer.coco_index as coco_index
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    real = coco_index._index_photo
+    coco_index._index_photo = killed  # a run killed mid-pass: the other file is not forgotten yet
+    try:
+        index_coco([photos], train, db, IndexOptions(preset="tiny"), split="train", replace_split=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        coco_index._index_photo = real
+    ix = SegmentIndex.open(db)
+    assert ix.store.split_files("train") == {str(train.resolve()), str(val.resolve())}
+    ix.close()
     replaced = index(train, "--replace-split")
     said = " ".join(replaced.output.split())
     assert replaced.exit_code == 0 and "3 removed" in said, said
