@@ -122,4 +122,5 @@ def test_a_class_named_as_a_formula_is_text_in_every_audit_table(tmp_path):
     (row,) = list(csv.reader((tmp_path / "r" / "suspects.csv").open()))[1:]
     assert row == ["1", "7", "'-photo.png", "'=cmd|calc", "'@SUM(1)", "-0.2500"]
     assert json.loads((tmp_path / "r" / "suspects.json").read_text())[0]["labelled"] == "=cmd|calc"  # JSON: as is
-    assert [_cell(v) for v in ("+1", "cat", -0.5, 3, ["=a", "b"])] == ["'+1", "cat", "-0.5000", "3", "'=a b"]
+    # A list cell is JSON: it opens with "[", never read as a formula, its items as they are.
+    assert [_cell(v) for v in ("+1", "cat", -0.5, 3, ["=a", "b"])] == ["'+1", "cat", "-0.5000", "3", '["=a", "b"]']
