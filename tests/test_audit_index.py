@@ -273,6 +273,33 @@ def test_a_verdict_holds_for_the_item_judged_not_for_it_relabelled_since(db):
     }
 
 
+def test_a_leaks_sheet_draws_both_photos_of_each_leak(db, monkeypatch):
+    """The leaks sheet drew one tile a leak, its first photo's: what it duplicated was
+    not to be seen, and a same-content leak (no segments matched) was not drawn at all."""
+    import usesearch.indexer.audit.report as report
+
+    drawn: dict[str, tuple[list, list]] = {}
+    real = report.contact_sheet
+
+    def spy(hits, path, **kwargs):
+        drawn[Path(path).stem] = (hits, kwargs["notes"])
+        return real(hits, path, **kwargs)
+
+    monkeypatch.setattr(report, "contact_sheet", spy)
+    lists = audit_cli(db, "-k", "10")
+    hits, notes = drawn["leaks"]
+    assert len(hits) == 2 * len(lists["leaks"]) and {i["kind"] for i in lists["leaks"]} == {
+        "same content",
+        "near duplicate",
+    }
+    for item, pair in zip(lists["leaks"], zip(hits[::2], hits[1::2])):
+        assert [h.image_id for h in pair] == item["images"][:2] and pair[0].rank == pair[1].rank == item["rank"]
+    for hit, note in zip(hits, notes):
+        assert note.startswith("= ") and note[2:] != Path(hit.image).name
+    swaps = drawn["swapped"][1]
+    assert swaps and all("->" in note for note in swaps)
+
+
 def test_reviewed_items_make_room_for_the_next_ones(db, tmp_path):
     """A list shows ``keep`` items besides the reviewed ones: with its first ``keep``
     reviewed, a re-run shows the next ``keep`` (before, the same reviewed items filled

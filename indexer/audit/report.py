@@ -95,15 +95,18 @@ def _cell(value) -> str:
 
 def _sheet(items: list[dict], store: Store, path: Path) -> dict[str, str] | None:
     """The list's contact sheet; the photos it could not read (drawn grey); None when
-    no item has a stored segment to draw (no sheet is written)."""
-    rows = store.rows(i["segment_id"] for i in items if i.get("segment_id") is not None)
+    no item has a stored segment to draw (no sheet is written). A leak is drawn as its
+    two photos side by side (the first pair of segments matched, or each photo's largest
+    segment where the same content has none), each naming the other."""
+    drawn = [(item, segment_id) for item in items for segment_id in _segments_drawn(item, store)]
+    rows = store.rows(segment_id for _, segment_id in drawn)
     hits, notes = [], []
-    for item in items:
-        row = rows.get(item["segment_id"]) if item.get("segment_id") is not None else None
+    for item, segment_id in drawn:
+        row = rows.get(segment_id)
         if row is None:
             continue
         hits.append(Hit.from_row(row, item["rank"], float(item["score"])))
-        notes.append(_note(item))
+        notes.append(_note(item, row.image_path))
     if not hits:
         return None
     # The indexed content's hash: a photo changed since (same size) is drawn grey, as
@@ -111,12 +114,22 @@ def _sheet(items: list[dict], store: Store, path: Path) -> dict[str, str] | None
     return contact_sheet(hits, path, sha256_of=lambda i: getattr(store.image(i), "sha256", None), notes=notes)[1]
 
 
-def _note(item: dict) -> str:
+def _segments_drawn(item: dict, store: Store) -> list[int]:
+    if "images" not in item:  # (one segment an item)
+        return [item["segment_id"]] if item.get("segment_id") is not None else []
+    if item.get("segments"):  # a near duplicate: the first pair matched, one on each photo
+        return [int(i) for i in item["segments"][0][:2]]
+    largest = [store.image_segment_ids(image_id)[:1] for image_id in item["images"][:2]]
+    return [ids[0] for ids in largest if ids]  # the same content: each photo's largest segment
+
+
+def _note(item: dict, shown: str | None = None) -> str:
     """What a tile of an audit list says besides its photo: the classes it is about (a
-    swap as labelled->preferred), or for a leak the other photo's name."""
+    swap as labelled->preferred), or for a leak the name of its other photo (the one
+    this tile, of photo ``shown``, is not)."""
     if "preferred" in item:
         return f"{item['labelled']}->{item['preferred']}"
     if "paths" in item:
-        others = [Path(p).name for p in item["paths"][1:] if p]
+        others = [Path(p).name for p in item["paths"] if p and p != shown]
         return f"= {others[0]}" if others else ""
     return str(item.get("labelled") or item.get("proposed") or "")
