@@ -108,9 +108,7 @@ def located_entries(
     for entry in dataset.images:
         if not entry.annotations:
             continue
-        # One folder: the first file found (a stat); several: every one, to catch a name each holds.
-        at = photo_path(folders, entry.file_name)
-        paths = photo_paths(folders, entry.file_name) if len(folders) > 1 and at else [at] if at else []
+        paths = photo_paths(folders, entry.file_name)  # (every folder looked in: a name two hold is caught)
         if not paths:
             message = f"no such photo under {', '.join(folders)} ({len(entry.annotations)} annotations)"
             record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(PHOTO_MISSING, message))])

@@ -235,7 +235,11 @@ def head_to_load(db_dir: str | os.PathLike, head: str | None) -> str | None:
     if head is None:
         return None
     copy = Path(db_dir) / HEAD_COPY
-    return str(copy) if all((copy / name).is_file() for name in HEAD_FILES) else head
+    return str(copy) if _holds_head(copy) else head
+
+
+def _holds_head(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in HEAD_FILES)
 
 
 def keep_head_copy(db_dir: Path, head: str) -> None:
@@ -245,10 +249,10 @@ def keep_head_copy(db_dir: Path, head: str) -> None:
     import logging
     import shutil
 
-    from usesearch.models.checkpoint import checkpoint_paths, is_checkpoint
+    from usesearch.models.checkpoint import checkpoint_paths
 
     copy, part = db_dir / HEAD_COPY, db_dir / f"{HEAD_COPY}.part"
-    if is_checkpoint(copy) or Path(head).resolve() == copy.resolve():
+    if _holds_head(copy) or Path(head).resolve() == copy.resolve():
         return
     try:
         shutil.rmtree(part, ignore_errors=True)

@@ -301,8 +301,8 @@ class SegmentIndex(Freshness):
                     # lost it its place (per-image recall@10 0.87 at the index's 1.00). Such a
                     # search widens once, from the index's own effort (a --nprobe given is
                     # the user's trade of recall for speed, kept).
-                    deeper = (per_image or distinct) and filters.nprobe is None and widened is None
-                    if ((short or deeper or allowed is not None) and probed < ivf.nlist) or (
+                    widen_once = (per_image or distinct) and filters.nprobe is None and widened is None
+                    if ((short or widen_once or allowed is not None) and probed < ivf.nlist) or (
                         rare and (probed < ivf.nlist or fetch < cap)
                     ):
                         widened, nprobe = _ids(hits), min(ivf.nlist, probed * 4)

@@ -295,11 +295,14 @@ def photo_path(folders: list[str], file_name: str) -> str | None:
 def photo_paths(folders: list[str], file_name: str) -> list[str]:
     """Every file an entry's name leads to under ``folders`` (``photo_path``'s spelling),
     a file reached through two of them once: more than one, and the entry is ambiguous
-    (per-camera folders each holding IMG_0001.jpg)."""
-    found: dict[str, str] = {}
-    for candidate in _candidates(folders, file_name):
-        found.setdefault(os.path.realpath(candidate), candidate)
-    return list(found.values())
+    (per-camera folders each holding IMG_0001.jpg). One folder: ``photo_path``'s stat."""
+    found = list(_candidates(folders, file_name))
+    if len(found) < 2:
+        return found
+    files: dict[str, str] = {}
+    for candidate in found:
+        files.setdefault(os.path.realpath(candidate), candidate)
+    return list(files.values())
 
 
 def _candidates(folders: list[str], file_name: str) -> Iterator[str]:
