@@ -158,6 +158,50 @@ def trained_tiny_head(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def planted_index(trained_tiny_head, tmp_path_factory):
+    """A labelled dataset with known errors (``indexer/audit/planted.py``, 60 photos)
+    indexed with the trained tiny head, annotations and proposals: (its index folder, the
+    ``Planted`` truth). Built once for the run, as ``trained_tiny_head`` is; an audit
+    writes into its index, so each test audits a copy of its own (``planted_db``)."""
+    import dataclasses
+    import json
+    import shutil
+
+    from filelock import FileLock
+
+    from usesearch.indexer.audit.planted import Planted, PlantedConfig, write_planted
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "planted-index"
+    truth = root.with_name(f"{root.name}.json")  # written once indexed (a killed worker leaves none)
+    with FileLock(f"{root}.lock"):
+        if not truth.exists():
+            import usesearch
+
+            head, _ = trained_tiny_head
+            shutil.rmtree(root, ignore_errors=True)
+            config = PlantedConfig(photos=60, seed=3)
+            planted, _ = write_planted(root / "db", root / "photos", usesearch.load_model(head), config, head)
+            fields = {k: sorted(v) if isinstance(v, set) else v for k, v in dataclasses.asdict(planted).items()}
+            fields["errors"] = {k: sorted(v) for k, v in planted.errors.items()}
+            truth.write_text(json.dumps(fields))
+    fields = json.loads(truth.read_text())
+    fields = {k: v if k == "class_names" else set(v) for k, v in fields.items() if k != "errors"} | {
+        "errors": {k: set(v) for k, v in fields["errors"].items()}
+    }
+    return root / "db", Planted(**fields)
+
+
+@pytest.fixture
+def planted_db(planted_index, tmp_path):
+    """A copy of the planted index of one's own (an audit writes into the folder and catalog)."""
+    import shutil
+
+    shutil.copytree(planted_index[0], tmp_path / "db")
+    return tmp_path / "db"
+
+
+@pytest.fixture(scope="session")
 def postgres_server():
     """A real PostgreSQL server for this test session (tests/postgres.py)."""
     from tests.postgres import Server, bin_dir

@@ -270,3 +270,20 @@ def wrapped_out_of_memory() -> RuntimeError:
         wrapped = RuntimeError("inductor: failed while compiling")
         wrapped.__cause__ = oom
         return wrapped
+
+
+# -- shared by the audit tests -----------------------------------------------------------
+def audit_cli(db, *more):
+    """``usesearch audit --db DB`` with its report beside the index (``DB/../report``):
+    each list's JSON; what it printed in ``audit_cli.output``."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+    from usesearch.indexer.audit import LISTS
+
+    result = CliRunner().invoke(app, ["audit", "--db", str(db), "--report-dir", str(db.parent / "report"), *more])
+    assert result.exit_code == 0, result.output
+    audit_cli.output = result.output  # type: ignore[attr-defined]
+    return {kind: json.loads((db.parent / "report" / f"{kind}.json").read_text()) for kind in LISTS}

@@ -1,7 +1,7 @@
 """Auditing a labelled dataset through the index (``usesearch audit --db``): planted
 errors found at the top of their lists in a small index, a kill -9 mid-audit resuming
-to the same lists, reviews surviving re-runs, and the web app's audit view (each list's
-rule on arrays is test_audit_rules.py's)."""
+to the same lists, and the web app's audit view (each list's rule on arrays is
+test_audit_rules.py's; verdicts, test_audit_verdicts.py's)."""
 
 import json
 from pathlib import Path
@@ -11,41 +11,16 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.helpers import kill_when, run_python, serving
+from tests.helpers import audit_cli, kill_when, run_python, serving
 from usesearch.cli.app import app
 from usesearch.indexer import SegmentIndex
 from usesearch.indexer.audit import LISTS, AuditConfig, audit_index, leaks, reviews, source
-from usesearch.indexer.audit.planted import PlantedConfig, write_planted
-
-# -- through an index: a small labelled dataset with planted errors ----------------------------
-CONFIG = PlantedConfig(photos=60, seed=3)
 
 
-@pytest.fixture(scope="module")
-def planted_index(trained_tiny_head, tmp_path_factory):
-    """A planted world indexed with the trained tiny head (annotations and proposals)."""
-    import usesearch
-
-    head, _ = trained_tiny_head
-    root = tmp_path_factory.mktemp("planted")
-    planted, _ = write_planted(root / "db", root / "photos", usesearch.load_model(head), CONFIG, head)
-    return root / "db", planted
-
-
+# -- through an index: a small labelled dataset with planted errors (conftest's planted_index) --
 @pytest.fixture
-def db(planted_index, tmp_path):
-    """A copy of the planted index of one's own (audits write into the folder and catalog)."""
-    import shutil
-
-    shutil.copytree(planted_index[0], tmp_path / "db")
-    return tmp_path / "db"
-
-
-def audit_cli(db, *more):
-    result = CliRunner().invoke(app, ["audit", "--db", str(db), "--report-dir", str(db.parent / "report"), *more])
-    assert result.exit_code == 0, result.output
-    audit_cli.output = result.output  # type: ignore[attr-defined]
-    return {kind: json.loads((db.parent / "report" / f"{kind}.json").read_text()) for kind in LISTS}
+def db(planted_db):
+    return planted_db
 
 
 def test_each_planted_kind_is_found_at_the_top_of_its_list(db, planted_index):
@@ -211,68 +186,6 @@ def test_photos_are_audited_in_steps_of_bounded_segments_to_the_same_lists(db, t
     assert len(steps) > wide_steps
 
 
-def test_reviews_survive_a_rerun(db):
-    from usesearch.indexer.folder import open_store
-
-    first = audit_cli(db, "-k", "10")
-    judged = first["swapped"][0]["item"]
-    store = open_store(db, read_only=True)  # as the web app marks them: through a reader's catalog
-    reviews.mark(store.engine, "swapped", judged, "wrong")
-    store.close()
-    again = audit_cli(db, "-k", "10")
-    assert judged not in {i["item"] for i in again["swapped"]}
-    assert again["swapped"][0]["item"] == first["swapped"][1]["item"]
-    shown = audit_cli(db, "-k", "10", "--include-reviewed")
-    assert shown["swapped"][0]["item"] == judged and shown["swapped"][0]["verdict"] == "wrong"
-    assert shown["swapped"][1]["verdict"] is None
-    assert (db.parent / "report" / "swapped.png").is_file()
-    audit_cli(db, "-k", "10", "--no-sheets")  # no sheet of the last run's items left beside the new lists
-    assert not list((db.parent / "report").glob("*.png")) and (db.parent / "report" / "swapped.csv").is_file()
-
-
-def test_a_verdict_holds_for_the_item_judged_not_for_it_relabelled_since(db):
-    """A cat judged ``ok`` as a cat, then relabelled "rocket" by an edit of its COCO
-    file (in place: its segment kept), was left out of every list as reviewed, its old
-    verdict shown beside its new label. It is to be judged again; the other verdicts hold."""
-    from fastapi.testclient import TestClient
-    from sqlalchemy import update
-
-    from usesearch.indexer.records import IndexInfo, SegmentRecord
-    from usesearch.indexer.web.app import create_app
-
-    first = audit_cli(db, "-k", "10")
-    judged, kept = first["swapped"][0], first["swapped"][1]
-    index = SegmentIndex.open(db)
-    client = TestClient(create_app(index))
-    for item in (judged, kept):
-        answer = client.post("/api/audit/swapped/review", json={"item": item["item"], "verdict": "ok"})
-        assert answer.status_code == 200, answer.text
-    index.close()
-    again = audit_cli(db, "-k", "10")
-    assert {judged["item"], kept["item"]}.isdisjoint(i["item"] for i in again["swapped"])
-    other = next(c for c in ("cat", "dog", "cup", "rocket", "person") if c != judged["labelled"])
-    store = SegmentIndex.open(db).store
-    with store.sessions.begin() as s:  # as `index --coco` relabels an annotation: in place, a new generation
-        s.execute(update(SegmentRecord).where(SegmentRecord.id == judged["segment_id"]).values(category=other))
-        s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
-    store.close()
-    index = SegmentIndex.open(db)  # the lists are of the index as it was: said, until audited again
-    summary = TestClient(create_app(index)).get("/api/audit").json()
-    index.close()
-    assert summary["stale"].startswith("the index changed since this audit: run `usesearch audit --db ")
-    shown = audit_cli(db, "-k", "200", "--include-reviewed")
-    relabelled = next(i for i in shown["swapped"] if i["item"] == judged["item"])
-    assert relabelled["labelled"] == other and relabelled["verdict"] is None
-    assert next(i for i in shown["swapped"] if i["item"] == kept["item"])["verdict"] == "ok"
-    index = SegmentIndex.open(db)
-    page = TestClient(create_app(index)).get("/api/audit/swapped", params={"limit": 96}).json()
-    index.close()
-    assert page["stale"] is None
-    assert judged["item"] in {i["item"] for i in page["items"]} and kept["item"] not in {
-        i["item"] for i in page["items"]
-    }
-
-
 def test_a_leaks_sheet_draws_both_photos_of_each_leak(db, monkeypatch):
     """The leaks sheet drew one tile a leak, its first photo's: what it duplicated was
     not to be seen, and a same-content leak (no segments matched) was not drawn at all."""
@@ -298,45 +211,6 @@ def test_a_leaks_sheet_draws_both_photos_of_each_leak(db, monkeypatch):
         assert note.startswith("= ") and note[2:] != Path(hit.image).name
     swaps = drawn["swapped"][1]
     assert swaps and all("->" in note for note in swaps)
-
-
-def test_reviewed_items_make_room_for_the_next_ones(db, tmp_path):
-    """A list shows ``keep`` items besides the reviewed ones: with its first ``keep``
-    reviewed, a re-run shows the next ``keep`` (before, the same reviewed items filled
-    it for good). It holds ``keep`` more as headroom: those reviews take no new photo
-    pass (at archive scale, one review made the next audit rank every photo again);
-    past the headroom the photo pass runs again, the classes' sums and leak pairs kept."""
-    import shutil
-
-    shutil.copytree(db, tmp_path / "untouched")
-    first = audit_index(db, config=AuditConfig(keep=5))
-    assert len(first["lists"]["swapped"]) == 5
-    from usesearch.indexer.folder import open_store
-
-    store = open_store(db, read_only=True)
-    for item in first["lists"]["swapped"]:
-        reviews.mark(store.engine, "swapped", item["item"], "ok")
-    store.close()
-    said: list[str] = []
-    again = audit_index(db, config=AuditConfig(keep=5), say=said.append)
-    assert not any("runs again" in line for line in said), said  # within the headroom
-    wider = audit_index(tmp_path / "untouched", config=AuditConfig(keep=10))
-    assert again["lists"]["swapped"] == wider["lists"]["swapped"]  # the 5 reviewed, then the next 5
-    assert all(again["lists"][kind] == first["lists"][kind] for kind in ("leaks", "outliers"))
-    store = open_store(db, read_only=True)
-    for item in again["lists"]["swapped"][5:]:
-        reviews.mark(store.engine, "swapped", item["item"], "ok")
-    store.close()
-    past = audit_index(db, config=AuditConfig(keep=5), say=said.append)
-    assert any("10 items reviewed: the photo pass runs again" in line for line in said), said
-    widest = audit_index(tmp_path / "untouched", config=AuditConfig(keep=15))
-    assert past["lists"]["swapped"] == widest["lists"]["swapped"]  # the 10 reviewed, then the next 5
-    again = past
-    said.clear()
-    assert audit_index(db, config=AuditConfig(keep=5), say=said.append) == again  # nothing new reviewed: as it was
-    assert not any("runs again" in line for line in said)
-    (db / "audit" / "checkpoint.npz").write_bytes(b"PK\x03\x04 torn by a copy")
-    assert audit_index(db, config=AuditConfig(keep=5)) == again  # a torn checkpoint: started afresh
 
 
 # -- the web app's audit view, in a browser ---------------------------------------------------

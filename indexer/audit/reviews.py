@@ -29,20 +29,27 @@ def state_of(kind: str, item: dict) -> str:
 def mark(engine: Engine, kind: str, item: str, verdict: str | None, state: str | None = None) -> None:
     """Record (or, with ``verdict`` None, take back) a verdict on the item as it is now
     (``state``). The table is made on the first one where the index predates it."""
-    if verdict is not None and verdict not in VERDICTS:
-        raise UsesearchError(f"a verdict is one of {', '.join(VERDICTS)}, not {verdict!r}")
+    mark_many(engine, [(kind, item, verdict, state)])
+
+
+def mark_many(engine: Engine, marks: list[tuple[str, str, str | None, str | None]]) -> None:
+    """``mark`` for each ``(kind, item, verdict, state)``, all in one transaction: a
+    spreadsheet's verdicts are kept whole or not at all."""
+    for _, _, verdict, _ in marks:
+        if verdict is not None and verdict not in VERDICTS:
+            raise UsesearchError(f"a verdict is one of {', '.join(VERDICTS)}, not {verdict!r}")
     table = AuditReview.__table__
     assert isinstance(table, Table)
+    now = dt.datetime.now(dt.timezone.utc)
     try:
         table.create(engine, checkfirst=True)
         with engine.begin() as conn:
-            conn.execute(delete(AuditReview).where(AuditReview.kind == kind, AuditReview.item == item))
-            if verdict is not None:
-                conn.execute(
-                    insert(AuditReview).values(
-                        kind=kind, item=item, verdict=verdict, reviewed=dt.datetime.now(dt.timezone.utc), state=state
+            for kind, item, verdict, state in marks:
+                conn.execute(delete(AuditReview).where(AuditReview.kind == kind, AuditReview.item == item))
+                if verdict is not None:
+                    conn.execute(
+                        insert(AuditReview).values(kind=kind, item=item, verdict=verdict, reviewed=now, state=state)
                     )
-                )
     except DBAPIError as exc:  # (a server's 500, "the index database failed", said nothing)
         # SQLite: "attempt to write a readonly database"; PostgreSQL (SQLSTATE 25006):
         # "cannot execute INSERT in a read-only transaction".

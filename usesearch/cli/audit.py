@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperCommand
 
 from usesearch.cli import options as opts
+from usesearch.errors import UsesearchError
 
 app = opts.Typer()
 OLD_FLAGS = ("--coco", "--images")
@@ -61,6 +62,16 @@ def audit(
         bool, typer.Option("--include-reviewed", help="Show items already marked ok or wrong, with their verdict.")
     ] = False,
     sheets: Annotated[bool, typer.Option("--sheets/--no-sheets", help="Draw a contact sheet per list.")] = True,
+    verdict_files: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--verdicts",
+            exists=True,
+            dir_okay=False,
+            help="A list's CSV (as the last audit wrote it) with its verdict column filled in: ok or wrong, none "
+            "takes one back, empty leaves the item as it is. Kept in the index before the audit runs; repeatable.",
+        ),
+    ] = None,
     batch: Annotated[
         int, typer.Option("--batch", min=1, hidden=True, help="Annotations (or photos' segments) per checkpoint.")
     ] = 20_000,
@@ -73,6 +84,8 @@ def audit(
     from usesearch.io.files import one_line
 
     check_index_at(db, db_url)  # a typo said before the models' libraries load
+    if verdict_files:
+        keep_verdicts(db, db_url, verdict_files)
     from usesearch.indexer.audit import AuditConfig, audit_index, report, reviews
 
     out = Path(report_dir) if report_dir is not None else Path(db) / "audit" / "report"
@@ -119,3 +132,26 @@ def audit(
         )
     if unreadable:
         opts.console.print(opts.drawn_grey(unreadable, "drawn", db, db_url))
+
+
+def keep_verdicts(db: str | Path, db_url: str | None, files: list[Path]) -> None:
+    """Each file's verdicts kept, all in one transaction after every file was read (a
+    bad cell in the last file keeps none), one line said per file."""
+    from usesearch.indexer.audit import load_lists, reviews
+    from usesearch.indexer.audit.verdict_files import read_verdicts
+    from usesearch.indexer.folder import index_flags, open_store
+
+    lists = load_lists(db)
+    if lists is None:
+        raise UsesearchError(
+            f"{db} has not been audited yet, so no verdict can be given: run `usesearch audit "
+            f"{index_flags(db, db_url)}` and fill in the verdict column of the lists' CSVs"
+        )
+    read = [read_verdicts(path, lists["lists"]) for path in files]
+    store = open_store(Path(db), db_url, read_only=True)  # (verdicts are kept as the web view keeps them)
+    try:
+        reviews.mark_many(store.engine, [mark for one in read for mark in one.marks])
+    finally:
+        store.close()
+    for one in read:
+        opts.console.print(one.summary())

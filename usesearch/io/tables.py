@@ -13,3 +13,9 @@ def text_cell(value: object) -> object:
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value
+
+
+def cell_text(cell: str) -> str:
+    """What ``text_cell`` wrote, read back: the leading ``'`` dropped where it quoted a
+    formula's start (a spreadsheet that saved the file may have dropped it already)."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell

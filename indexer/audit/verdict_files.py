@@ -1,0 +1,146 @@
+"""Verdicts given in a spreadsheet: a list's CSV as ``usesearch audit`` wrote it
+(``KIND.csv``), its ``verdict`` column filled in, read back by ``audit --verdicts FILE``.
+
+A cell says ``ok`` or ``wrong``; ``none`` takes a verdict back; an empty cell leaves
+the item as it is (an older file must not erase verdicts given since). Which list a file
+holds is read from its columns, not its name (a spreadsheet saves "swapped (1).csv").
+A row counts only for the item it showed: one gone from the list, or relabelled,
+redrawn or moved since (its segment, class or photo differs), is said and left to be
+judged again; a verdict judged one state of an item, never another."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from usesearch.errors import UsesearchError
+from usesearch.io.tables import cell_text
+
+from .report import CSV_COLUMNS
+from .reviews import VERDICTS, state_of
+
+TAKE_BACK = "none"
+# A list's own columns, besides those all share: the kind whose columns a file holds,
+# the most specific first (outliers' one column is in swapped's and badly_located's too).
+_BY_COLUMNS = sorted(CSV_COLUMNS, key=lambda kind: -len(CSV_COLUMNS[kind]))
+
+
+@dataclass
+class VerdictFile:
+    """What one file says: its list, the verdicts to keep ``(kind, item, verdict or None,
+    state)``, and the items it names that are gone from the list or changed since."""
+
+    path: Path
+    kind: str
+    marks: list[tuple[str, str, str | None, str]] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        counts = {v: sum(1 for m in self.marks if m[2] == v) for v in VERDICTS}
+        back = sum(1 for m in self.marks if m[2] is None)
+        n = len(self.marks) - back
+        line = f"{self.path.name} ({self.kind}): {n} verdict{'' if n == 1 else 's'} kept"
+        given = [f"{n} {v}" for v, n in counts.items() if n]
+        line += f" ({', '.join(given)})" if given else ""
+        line += f", {back} taken back" if back else ""
+        if self.gone:
+            line += f"; {len(self.gone)} no longer in the list (the index changed since), not kept"
+        if self.changed:
+            line += (
+                f"; {len(self.changed)} changed since the file was written (e.g. {self.changed[0]}): judge them again"
+            )
+        return line
+
+
+def read_verdicts(path: str | os.PathLike, lists: dict[str, list[dict]]) -> VerdictFile:
+    """The verdicts of one CSV against the audit's current ``lists``. A file that is no
+    list's CSV, or holds a verdict that is none of ok, wrong, none, is refused in one line
+    naming the row, before any verdict is kept."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # (Excel's "CSV UTF-8" starts with a byte-order mark)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsesearchError(f"{path}: cannot be read as a CSV file ({exc})") from None
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        raise UsesearchError(f"{path} is empty: give an audit list's CSV with its verdict column filled in")
+    dialect = ";" if lines[0].count(";") > lines[0].count(",") else ","  # (spreadsheets of some locales save ';')
+    rows = csv.reader(lines, delimiter=dialect)
+    header = [cell.strip() for cell in next(rows)]
+    kind = _kind_of(header, path)
+    column = {name: n for n, name in enumerate(header)}
+    current = {item["item"]: item for item in lists.get(kind, [])}
+    found = VerdictFile(path, kind)
+    seen: dict[str, tuple[int, str | None]] = {}
+    for line, row in enumerate(rows, start=2):
+        cell = _cells(row, column)
+        given = cell("verdict").strip().lower()
+        if not given:
+            continue
+        if given not in (*VERDICTS, TAKE_BACK):
+            raise UsesearchError(
+                f"{path}:{line}: a verdict is ok, wrong or {TAKE_BACK} (to take one back; leave it empty to keep "
+                f"the item as it is), not {given[:40]!r}; no verdict of the file was kept"
+            )
+        verdict = None if given == TAKE_BACK else given
+        item = cell("item").strip()
+        if item in seen and seen[item][1] != verdict:
+            raise UsesearchError(
+                f"{path}:{line}: {item[:80]} has another verdict at line {seen[item][0]}; "
+                "no verdict of the file was kept"
+            )
+        seen[item] = (line, verdict)
+        now = current.get(item)
+        if now is None:
+            found.gone.append(item)
+        elif not _shows(kind, now, cell):
+            found.changed.append(item)
+        else:
+            found.marks.append((kind, item, verdict, state_of(kind, now)))
+    found.marks = list({m[1]: m for m in found.marks}.values())  # an item given twice the same verdict: once
+    return found
+
+
+def _kind_of(header: list[str], path: Path) -> str:
+    have = set(header)
+    lacking = {"item", "verdict"} - have
+    if lacking:
+        raise UsesearchError(
+            f"{path} is not an audit list's CSV: it has no {' or '.join(sorted(lacking))} column "
+            "(give a KIND.csv that `usesearch audit` wrote, its verdict column filled in)"
+        )
+    for kind in _BY_COLUMNS:
+        if set(CSV_COLUMNS[kind]) <= have:
+            return kind
+    raise UsesearchError(
+        f"{path} holds none of the audit lists' columns ({', '.join(_BY_COLUMNS)}): "
+        "give a KIND.csv that `usesearch audit` wrote, its verdict column filled in"
+    )
+
+
+def _cells(row: list[str], column: dict[str, int]) -> Callable[[str], str]:
+    """A row's cell by column name, as written ("" where the row or the file lacks it)."""
+
+    def cell(name: str) -> str:
+        at = column.get(name)
+        return cell_text(row[at]) if at is not None and at < len(row) else ""
+
+    return cell
+
+
+def _shows(kind: str, now: dict, cell: Callable[[str], str]) -> bool:
+    """The row shows the item as it is now: the same segment and class, the same photo
+    (a leak: the same photos' paths)."""
+    if kind == "leaks":
+        try:
+            return json.loads(cell("paths")) == now.get("paths")
+        except ValueError:
+            return False
+    row: dict = {"segment_id": cell("segment_id").strip() or None}
+    row.update({name: cell(name) for name in ("labelled", "proposed") if name in CSV_COLUMNS[kind]})
+    return state_of(kind, row) == state_of(kind, now) and cell("image") == (now.get("image") or "")

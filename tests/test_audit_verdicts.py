@@ -1,0 +1,230 @@
+"""Verdicts on an audit's items (``audit/reviews.py``): kept in the index's catalog
+through the web view or a spreadsheet (``audit --verdicts FILE.csv``), surviving
+re-runs while the item is what was judged, and making room for the next items."""
+
+import csv
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import audit_cli
+from usesearch.cli.app import app
+from usesearch.indexer import SegmentIndex
+from usesearch.indexer.audit import AuditConfig, audit_index, reviews
+
+
+@pytest.fixture
+def db(planted_db):
+    return planted_db
+
+
+def kept(db) -> dict:
+    index = SegmentIndex.open(db)
+    try:
+        return reviews.verdicts(index.store.engine)
+    finally:
+        index.close()
+
+
+def filled_in(db, kind: str, verdicts: dict[int, str], to=None, delimiter=",", bom=False):
+    """The last audit's ``KIND.csv`` with the verdict cells of rows ``verdicts`` (0: the
+    first item) filled in, saved as a spreadsheet may save it (another name, ';', a BOM)."""
+    source = db.parent / "report" / f"{kind}.csv"
+    rows = list(csv.reader(source.read_text().splitlines()))
+    for n, verdict in verdicts.items():
+        rows[n + 1][rows[0].index("verdict")] = verdict
+    out = to or source
+    with open(out, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
+        csv.writer(f, delimiter=delimiter).writerows(rows)
+    return out
+
+
+def audit_refused(db, *more) -> str:
+    result = CliRunner().invoke(app, ["audit", "--db", str(db), "--report-dir", str(db.parent / "report"), *more])
+    assert result.exit_code == 2, result.output
+    return " ".join(result.output.split())
+
+
+def test_verdicts_filled_in_a_spreadsheet_are_kept_and_the_next_items_come_up(db):
+    """Verdicts were given only in the web view: a reviewer working through the CSV the
+    audit wrote had no way to keep them. The verdict column is now read back."""
+    first = audit_cli(db, "-k", "10")
+    swaps = [i["item"] for i in first["swapped"]]
+    saved = filled_in(db, "swapped", {0: " OK", 1: "wrong", 2: ""}, db.parent / "swapped (1).csv", ";", bom=True)
+    outlier = filled_in(db, "outliers", {0: "wrong"})
+    again = audit_cli(db, "-k", "10", "--verdicts", str(saved), "--verdicts", str(outlier))
+    said = " ".join(audit_cli.output.split())  # type: ignore[attr-defined]
+    assert "swapped (1).csv (swapped): 2 verdicts kept (1 ok, 1 wrong)" in said, said
+    assert "outliers.csv (outliers): 1 verdict kept (1 wrong)" in said, said
+    assert kept(db) == {
+        ("swapped", swaps[0]): "ok",
+        ("swapped", swaps[1]): "wrong",
+        ("outliers", first["outliers"][0]["item"]): "wrong",
+    }
+    assert [i["item"] for i in again["swapped"]][:8] == swaps[2:]  # the reviewed left out, the next come up
+    assert first["outliers"][0]["item"] not in {i["item"] for i in again["outliers"]}
+    shown = audit_cli(db, "-k", "10", "--include-reviewed")  # the CSV shows them, ready to be changed
+    taken = filled_in(db, "swapped", {0: "none", 1: "ok"})
+    audit_cli(db, "-k", "10", "--verdicts", str(taken))
+    assert shown["swapped"][0]["verdict"] == "ok"
+    assert kept(db) == {("swapped", swaps[1]): "ok", ("outliers", first["outliers"][0]["item"]): "wrong"}
+    assert "1 verdict kept (1 ok), 1 taken back" in " ".join(audit_cli.output.split())  # type: ignore[attr-defined]
+
+
+def test_a_file_that_cannot_be_read_whole_keeps_no_verdict(db, tmp_path):
+    """A cell that is no verdict, an item given two verdicts, a file that is no list's
+    CSV, an index never audited: one line naming the file (and row), nothing kept, even
+    of the files read before it."""
+    early = tmp_path / "early.csv"
+    early.write_text("rank,item,verdict\n1,train:1,ok\n")
+    assert f"{db} has not been audited yet, so no verdict can be given: run `usesearch audit --db {db}`" in (
+        audit_refused(db, "--verdicts", str(early))
+    )
+    audit_cli(db, "-k", "10")
+    good = filled_in(db, "swapped", {0: "ok"}, tmp_path / "good.csv")
+    bad = filled_in(db, "outliers", {0: "wrong", 2: "maybe"}, tmp_path / "bad.csv")
+    said = audit_refused(db, "--verdicts", str(good), "--verdicts", str(bad))
+    assert f"{bad}:4: a verdict is ok, wrong or none (to take one back;" in said and "'maybe'" in said, said
+    twice = filled_in(db, "outliers", {0: "ok"}, tmp_path / "twice.csv")
+    rows = twice.read_text().splitlines()
+    twice.write_text("\n".join([*rows, rows[1].replace(",ok", ",wrong")]) + "\n")
+    assert f"{twice}:{len(rows) + 1}: " in audit_refused(db, "--verdicts", str(twice))
+    assert "has another verdict at line 2" in audit_refused(db, "--verdicts", str(twice))
+    other = tmp_path / "notes.csv"
+    other.write_text("item,verdict,where\ntrain:1,ok,here\n")
+    assert f"{other} holds none of the audit lists' columns" in audit_refused(db, "--verdicts", str(other))
+    other.write_text("id,label\n1,cat\n")
+    assert f"{other} is not an audit list's CSV: it has no item or verdict column" in audit_refused(
+        db, "--verdicts", str(other)
+    )
+    assert kept(db) == {}
+
+
+def test_a_row_counts_only_for_the_item_it_showed(db):
+    """A CSV written before an item was relabelled judged the old label: its row is said
+    and not kept (else the relabelled item would be left out as reviewed); an item no
+    longer in the list, the same. The other rows are kept."""
+    from sqlalchemy import update
+
+    from usesearch.indexer.records import IndexInfo, SegmentRecord
+
+    first = audit_cli(db, "-k", "10")
+    judged, other_row = first["swapped"][0], first["swapped"][1]
+    saved = filled_in(db, "swapped", {0: "ok", 1: "wrong", 2: "ok"}, db.parent / "kept.csv")
+    text = saved.read_text().splitlines()
+    third = first["swapped"][2]["item"]
+    text[3] = text[3].replace(third, "train:987654321", 1)  # an item the list does not hold
+    saved.write_text("\n".join(text) + "\n")
+    label = next(c for c in ("cat", "dog", "cup", "rocket", "person") if c != judged["labelled"])
+    store = SegmentIndex.open(db).store
+    with store.sessions.begin() as s:  # as `index --coco` of an edited file relabels it: in place
+        s.execute(update(SegmentRecord).where(SegmentRecord.id == judged["segment_id"]).values(category=label))
+        s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+    store.close()
+    audit_cli(db, "-k", "10")  # the lists as the index is now
+    audit_cli(db, "-k", "10", "--verdicts", str(saved))
+    said = " ".join(audit_cli.output.split())  # type: ignore[attr-defined]
+    assert "kept.csv (swapped): 1 verdict kept (1 wrong); 1 no longer in the list" in said, said
+    assert f"1 changed since the file was written (e.g. {judged['item']}): judge them again" in said, said
+    assert kept(db) == {("swapped", other_row["item"]): "wrong"}
+
+
+def test_reviews_survive_a_rerun(db):
+    from usesearch.indexer.folder import open_store
+
+    first = audit_cli(db, "-k", "10")
+    judged = first["swapped"][0]["item"]
+    store = open_store(db, read_only=True)  # as the web app marks them: through a reader's catalog
+    reviews.mark(store.engine, "swapped", judged, "wrong")
+    store.close()
+    again = audit_cli(db, "-k", "10")
+    assert judged not in {i["item"] for i in again["swapped"]}
+    assert again["swapped"][0]["item"] == first["swapped"][1]["item"]
+    shown = audit_cli(db, "-k", "10", "--include-reviewed")
+    assert shown["swapped"][0]["item"] == judged and shown["swapped"][0]["verdict"] == "wrong"
+    assert shown["swapped"][1]["verdict"] is None
+    assert (db.parent / "report" / "swapped.png").is_file()
+    audit_cli(db, "-k", "10", "--no-sheets")  # no sheet of the last run's items left beside the new lists
+    assert not list((db.parent / "report").glob("*.png")) and (db.parent / "report" / "swapped.csv").is_file()
+
+
+def test_a_verdict_holds_for_the_item_judged_not_for_it_relabelled_since(db):
+    """A cat judged ``ok`` as a cat, then relabelled "rocket" by an edit of its COCO
+    file (in place: its segment kept), was left out of every list as reviewed, its old
+    verdict shown beside its new label. It is to be judged again; the other verdicts hold."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import update
+
+    from usesearch.indexer.records import IndexInfo, SegmentRecord
+    from usesearch.indexer.web.app import create_app
+
+    first = audit_cli(db, "-k", "10")
+    judged, kept = first["swapped"][0], first["swapped"][1]
+    index = SegmentIndex.open(db)
+    client = TestClient(create_app(index))
+    for item in (judged, kept):
+        answer = client.post("/api/audit/swapped/review", json={"item": item["item"], "verdict": "ok"})
+        assert answer.status_code == 200, answer.text
+    index.close()
+    again = audit_cli(db, "-k", "10")
+    assert {judged["item"], kept["item"]}.isdisjoint(i["item"] for i in again["swapped"])
+    other = next(c for c in ("cat", "dog", "cup", "rocket", "person") if c != judged["labelled"])
+    store = SegmentIndex.open(db).store
+    with store.sessions.begin() as s:  # as `index --coco` relabels an annotation: in place, a new generation
+        s.execute(update(SegmentRecord).where(SegmentRecord.id == judged["segment_id"]).values(category=other))
+        s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+    store.close()
+    index = SegmentIndex.open(db)  # the lists are of the index as it was: said, until audited again
+    summary = TestClient(create_app(index)).get("/api/audit").json()
+    index.close()
+    assert summary["stale"].startswith("the index changed since this audit: run `usesearch audit --db ")
+    shown = audit_cli(db, "-k", "200", "--include-reviewed")
+    relabelled = next(i for i in shown["swapped"] if i["item"] == judged["item"])
+    assert relabelled["labelled"] == other and relabelled["verdict"] is None
+    assert next(i for i in shown["swapped"] if i["item"] == kept["item"])["verdict"] == "ok"
+    index = SegmentIndex.open(db)
+    page = TestClient(create_app(index)).get("/api/audit/swapped", params={"limit": 96}).json()
+    index.close()
+    assert page["stale"] is None
+    assert judged["item"] in {i["item"] for i in page["items"]} and kept["item"] not in {
+        i["item"] for i in page["items"]
+    }
+
+
+def test_reviewed_items_make_room_for_the_next_ones(db, tmp_path):
+    """A list shows ``keep`` items besides the reviewed ones: with its first ``keep``
+    reviewed, a re-run shows the next ``keep`` (before, the same reviewed items filled
+    it for good). It holds ``keep`` more as headroom: those reviews take no new photo
+    pass (at archive scale, one review made the next audit rank every photo again);
+    past the headroom the photo pass runs again, the classes' sums and leak pairs kept."""
+    import shutil
+
+    shutil.copytree(db, tmp_path / "untouched")
+    first = audit_index(db, config=AuditConfig(keep=5))
+    assert len(first["lists"]["swapped"]) == 5
+    from usesearch.indexer.folder import open_store
+
+    store = open_store(db, read_only=True)
+    for item in first["lists"]["swapped"]:
+        reviews.mark(store.engine, "swapped", item["item"], "ok")
+    store.close()
+    said: list[str] = []
+    again = audit_index(db, config=AuditConfig(keep=5), say=said.append)
+    assert not any("runs again" in line for line in said), said  # within the headroom
+    wider = audit_index(tmp_path / "untouched", config=AuditConfig(keep=10))
+    assert again["lists"]["swapped"] == wider["lists"]["swapped"]  # the 5 reviewed, then the next 5
+    assert all(again["lists"][kind] == first["lists"][kind] for kind in ("leaks", "outliers"))
+    store = open_store(db, read_only=True)
+    for item in again["lists"]["swapped"][5:]:
+        reviews.mark(store.engine, "swapped", item["item"], "ok")
+    store.close()
+    past = audit_index(db, config=AuditConfig(keep=5), say=said.append)
+    assert any("10 items reviewed: the photo pass runs again" in line for line in said), said
+    widest = audit_index(tmp_path / "untouched", config=AuditConfig(keep=15))
+    assert past["lists"]["swapped"] == widest["lists"]["swapped"]  # the 10 reviewed, then the next 5
+    again = past
+    said.clear()
+    assert audit_index(db, config=AuditConfig(keep=5), say=said.append) == again  # nothing new reviewed: as it was
+    assert not any("runs again" in line for line in said)
+    (db / "audit" / "checkpoint.npz").write_bytes(b"PK\x03\x04 torn by a copy")
+    assert audit_index(db, config=AuditConfig(keep=5)) == again  # a torn checkpoint: started afresh
