@@ -1,0 +1,114 @@
+"""The prepared GPU command (``benchmarks/gpu_check.sh``) kept runnable on a CPU-only
+machine: a device is lent to few sessions, for 15 minutes, and a flag renamed or a
+helper moved since the script was written would spend a run on a traceback. Its
+benchmark command lines parse against the benchmarks' own options, and its inline
+checks compile and name only modules, functions and attributes that exist."""
+
+import ast
+import importlib
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+
+
+def benchmark_lines() -> list[list[str]]:
+    """Each ``python3 benchmarks/X.py ...`` command of the script, its continued lines
+    joined, ``$OUT`` given a value: [script, arg, ...]."""
+    joined = SCRIPT.replace("\\\n", " ")
+    found = []
+    for line in joined.splitlines():
+        match = re.search(r"python3 (benchmarks/\w+\.py)(.*)$", line)
+        if match:
+            found.append([match.group(1), *shlex.split(match.group(2).replace("$OUT", "/tmp/out"))])
+    return found
+
+
+LINES = benchmark_lines()
+
+# Runs the benchmark's own argument parsing and stops there (before any model is built).
+PARSE_ONLY = """
+import argparse, runpy, sys
+parse = argparse.ArgumentParser.parse_args
+class Parsed(Exception):
+    pass
+def parse_and_stop(self, args=None, namespace=None):
+    parse(self, args, namespace)
+    raise Parsed
+argparse.ArgumentParser.parse_args = parse_and_stop
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except Parsed:
+    print("parsed")
+"""
+
+
+def test_the_script_runs_the_benchmarks_it_names():
+    scripts = {line[0] for line in LINES}
+    assert {"benchmarks/index_throughput.py", "benchmarks/gpu_profile.py", "benchmarks/sam_levers.py"} <= scripts
+    assert all((ROOT / script).is_file() for script in scripts)
+
+
+@pytest.mark.parametrize("line", LINES, ids=[" ".join(line[:2]) for line in LINES])
+def test_each_benchmark_line_parses(line):
+    done = subprocess.run(
+        [sys.executable, "-c", PARSE_ONLY, *line], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("parsed"), done.stderr[-2000:]
+
+
+def inline_checks() -> list[str]:
+    """The Python the script runs in line: each ``python3 - <<'PY'`` document and each
+    ``python3 -c "..."``."""
+    documents = re.findall(r"python3 - <<'PY'\n(.*?)\nPY\n", SCRIPT, re.S)
+    documents += re.findall(r'python3 -c "\n(.*?)\n"', SCRIPT, re.S)
+    return documents
+
+
+def test_the_inline_checks_compile_and_name_what_exists():
+    """Each ``from M import N`` and each ``module.name`` of an imported module of the
+    project (or of benchmarks/) resolves; the CUDA work itself is the GPU's to run."""
+    documents = inline_checks()
+    assert len(documents) >= 2
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        missing = []
+        for source in documents:
+            tree = ast.parse(source)  # a syntax error fails here
+            modules: dict[str, object] = {}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and _ours(node.module):
+                    module = importlib.import_module(node.module)
+                    for alias in node.names:
+                        value = getattr(module, alias.name, None)
+                        if value is None:
+                            try:
+                                value = importlib.import_module(f"{node.module}.{alias.name}")
+                            except ImportError:
+                                missing.append(f"{node.module}.{alias.name}")
+                                continue
+                        modules[alias.asname or alias.name] = value
+                elif isinstance(node, ast.Import):
+                    for alias in node.names:
+                        if _ours(alias.name):
+                            modules[alias.asname or alias.name.split(".")[0]] = importlib.import_module(alias.name)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                    owner = modules.get(node.value.id)
+                    if owner is not None and type(owner).__name__ == "module" and not hasattr(owner, node.attr):
+                        missing.append(f"{node.value.id}.{node.attr}")
+        assert not missing, f"gpu_check.sh names what is not there: {', '.join(sorted(set(missing)))}"
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _ours(module: str) -> bool:
+    top = module.split(".")[0]
+    return top in ("usesearch", "tests") or (ROOT / "benchmarks" / f"{top}.py").is_file()
