@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from usesearch.errors import BadArgumentError
+
 from .records import ANNOTATION, PROPOSAL
 
 SOURCES = (ANNOTATION, PROPOSAL)
@@ -46,19 +48,39 @@ class SearchFilters:
     source: str | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not 0 <= self.min_area <= MAX_MIN_AREA:
-            raise ValueError(f"--min-area must be between 0 and {MAX_MIN_AREA} pixels, got {self.min_area}")
+            raise BadArgumentError(f"--min-area must be between 0 and {MAX_MIN_AREA} pixels, got {self.min_area}")
         if self.min_score is not None and not (math.isfinite(self.min_score) and -1.0 <= self.min_score <= 1.0):
-            raise ValueError(f"--min-score must be a number from -1 to 1 (a cosine), got {self.min_score}")
+            raise BadArgumentError(f"--min-score must be a number from -1 to 1 (a cosine), got {self.min_score}")
         if self.source not in (None, *SOURCES):
-            raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+            raise BadArgumentError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         for name in ("label", "split"):
             if getattr(self, name) == "":
-                raise ValueError(f"--{name} must name a {'class' if name == 'label' else 'split'}, got ''")
+                raise BadArgumentError(f"--{name} must name a {'class' if name == 'label' else 'split'}, got ''")
         for name in ("nprobe", "rerank"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"--{name} must be at least 1, got {value}")
+                raise BadArgumentError(f"--{name} must be at least 1, got {value}")
+
+    def _check_types(self) -> None:
+        """Each field of its own type: a dict's ``"min_area": "5"`` failed deep in the
+        search on a comparison, and ``"per_image": "false"`` (a non-empty string) was true.
+        A NUL in a text field reached PostgreSQL as an error of its own (no path holds one)."""
+        kinds = {"per_image": bool, "distinct": bool, "min_area": int, "min_score": float}
+        kinds |= {name: int for name in ("nprobe", "rerank")} | {n: str for n in ("path", "label", "split", "source")}
+        for name, kind in kinds.items():
+            value = getattr(self, name)
+            if value is None and name not in ("per_image", "distinct", "min_area"):
+                continue
+            wanted = {float: (int, float, np.integer, np.floating), int: (int, np.integer), bool: (bool, np.bool_)}
+            if not isinstance(value, wanted.get(kind, kind)) or (
+                kind is not bool and isinstance(value, (bool, np.bool_))
+            ):
+                noun = {bool: "true or false", int: "an integer", float: "a number", str: "text"}[kind]
+                raise BadArgumentError(f"the filter {name} is {noun}, got {value!r}"[:200])
+            if isinstance(value, str) and "\x00" in value:
+                raise BadArgumentError(f"the filter {name} holds a NUL character (U+0000), which no name holds")
 
 
 def check_filters(filters) -> SearchFilters:
@@ -73,23 +95,23 @@ def check_filters(filters) -> SearchFilters:
         fields = [f.name for f in dataclasses.fields(SearchFilters)]
         unknown = [str(name) for name in filters if name not in fields]
         if unknown:
-            raise TypeError(f"no filter named {', '.join(unknown)} (SearchFilters has: {', '.join(fields)})")
+            raise BadArgumentError(f"no filter named {', '.join(unknown)} (SearchFilters has: {', '.join(fields)})")
         return SearchFilters(**filters)
-    raise TypeError(f"filters is a SearchFilters (or a dict of its fields); got {type(filters).__name__}")
+    raise BadArgumentError(f"filters is a SearchFilters (or a dict of its fields); got {type(filters).__name__}")
 
 
 def check_query_text(text: str, max_chars: int) -> None:
     if not isinstance(text, str):
-        raise TypeError(f"a query is text; got {type(text).__name__} (search_vector takes a vector)")
+        raise BadArgumentError(f"a query is text; got {type(text).__name__} (search_vector takes a vector)")
     if not text or not text.strip():
-        raise ValueError("the query text is empty")
+        raise BadArgumentError("the query text is empty")
     if len(text) > max_chars:
-        raise ValueError(f"the query is {len(text)} characters; the limit is {max_chars}")
+        raise BadArgumentError(f"the query is {len(text)} characters; the limit is {max_chars}")
 
 
 def check_segment_id(segment_id: int) -> None:
     if not isinstance(segment_id, (int, np.integer)) or isinstance(segment_id, bool):  # True was segment 1
-        raise TypeError(f"segment_id is an int (a search result's segment_id); got {segment_id!r}")
+        raise BadArgumentError(f"segment_id is an int (a search result's segment_id); got {segment_id!r}")
 
 
 def check_k(k: int) -> int:
@@ -99,10 +121,10 @@ def check_k(k: int) -> int:
         if isinstance(k, bool):
             raise TypeError
         k = operator.index(k)
-    except TypeError:
-        raise TypeError(f"k must be an integer, got {type(k).__name__}") from None
+    except TypeError:  # (operator.index's own, or the bool's above)
+        raise BadArgumentError(f"k must be an integer, got {type(k).__name__}") from None
     if k < 1:
-        raise ValueError("k must be at least 1")
+        raise BadArgumentError("k must be at least 1")
     return k
 
 
@@ -113,7 +135,11 @@ def check_query_vector(vector, dim: int) -> np.ndarray:
     if array.ndim == 2 and array.shape[0] == 1:
         array = array[0]
     if array.shape != (dim,):
-        raise ValueError(f"the query vector has shape {array.shape}; this index's vectors have {dim} dimensions")
+        raise BadArgumentError(f"the query vector has shape {array.shape}; this index's vectors have {dim} dimensions")
     if not np.isfinite(array).all():
-        raise ValueError("the query vector is not finite (NaN or infinity)")
-    return array
+        raise BadArgumentError("the query vector is not finite (NaN or infinity)")
+    norm = float(np.linalg.norm(array))
+    if norm == 0.0:
+        raise BadArgumentError("the query vector is all zeros: it has no direction to search in")
+    # Scores are cosines only for a unit vector (``min_score`` is one): another length scaled them all.
+    return array / np.float32(norm) if abs(norm - 1.0) > 1e-6 else array

@@ -37,6 +37,56 @@ def test_a_query_vector_or_k_that_cannot_be_searched_is_refused_in_words(indexed
     assert [h.segment_id for h in row] == [h.segment_id for h in hits]
 
 
+def test_arguments_are_refused_as_usesearch_errors_of_the_type_python_would_raise(indexed):
+    """A bad k, query text or filter raised bare ValueError and TypeError: a service
+    catching ``UsesearchError`` missed them. Now ``BadArgumentError``, which is all three."""
+    from usesearch.errors import BadArgumentError
+
+    root, _ = indexed
+    ix = SegmentIndex.open(root / "db")
+    for call in (lambda: ix.query("", k=3), lambda: ix.query("a cat", k=0), lambda: ix.query("a cat", k=1.5)):
+        with pytest.raises(BadArgumentError) as caught:
+            call()
+        assert isinstance(caught.value, (ValueError, TypeError)) and isinstance(caught.value, UsesearchError)
+
+
+def test_a_query_vector_of_any_length_scores_as_its_unit_vector(indexed):
+    """``min_score`` is a cosine: a vector of another length scaled every score (0.07
+    for 0.012), and an all-zero one answered with hits scoring 0."""
+    from usesearch.errors import BadArgumentError
+
+    root, _ = indexed
+    ix = SegmentIndex.open(root / "db")
+    unit = ix.text_vector("a cat")
+    hits = ix.search_vector(unit, k=5)
+    scaled = ix.search_vector(6.0 * unit, k=5)
+    assert [h.segment_id for h in scaled] == [h.segment_id for h in hits]
+    assert [h.score for h in scaled] == pytest.approx([h.score for h in hits], abs=1e-5)
+    with pytest.raises(BadArgumentError, match="all zeros"):
+        ix.search_vector(np.zeros(ix.info.dim, np.float32))
+
+
+def test_filters_of_the_wrong_type_or_holding_a_nul_are_refused_in_words(indexed):
+    """A dict's ``"min_area": "5"`` failed deep in the search, ``"per_image": "false"``
+    was taken as true, and a NUL in a path filter was PostgreSQL's 500."""
+    from usesearch.errors import BadArgumentError
+    from usesearch.indexer import SearchFilters
+
+    root, _ = indexed
+    ix = SegmentIndex.open(root / "db")
+    for fields, said in [
+        ({"min_area": "5"}, "the filter min_area is an integer, got '5'"),
+        ({"per_image": "false"}, "the filter per_image is true or false, got 'false'"),
+        ({"min_score": "0.1"}, "the filter min_score is a number, got '0.1'"),
+        ({"nprobe": 2.5}, "the filter nprobe is an integer, got 2.5"),
+        ({"path": "a\x00b/*"}, "the filter path holds a NUL character"),
+        ({"label": "\x00x"}, "the filter label holds a NUL character"),
+    ]:
+        with pytest.raises(BadArgumentError, match=said):
+            ix.query("a cat", filters=fields)
+    assert SearchFilters(min_area=np.int64(5), min_score=np.float32(0.1), per_image=np.bool_(True)).per_image
+
+
 def test_index_paths_given_one_path_instead_of_a_list_says_so(tmp_path):
     """A str was walked as its characters ("no such file or folder: t (and 13 more)"), a Path
     failed with "'PosixPath' object is not iterable"."""

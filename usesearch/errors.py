@@ -37,6 +37,12 @@ class UsesearchError(Exception):
     """Base class: the CLI prints the message and exits non-zero."""
 
 
+class BadArgumentError(UsesearchError, ValueError, TypeError):
+    """An argument of a wrong type or out of range (a search's filters, ``k``, a query
+    text or vector, a mask), said in one line. Also a ``ValueError`` and a ``TypeError``,
+    what Python's own checks raise, for callers that catch those."""
+
+
 class MissingWeightsError(UsesearchError):
     """A weights file is neither on disk nor in a cache, and downloading is off."""
 
@@ -126,6 +132,11 @@ class CatalogLockedError(UsesearchError):
 
 class CatalogUnavailableError(UsesearchError):
     """The catalog's database server stayed unreachable."""
+
+
+class CatalogBusyError(UsesearchError):
+    """The catalog's database is busy (a lock held past its timeout, a server at its
+    connection limit): trying again soon may succeed."""
 
 
 class DiskFullError(UsesearchError):
