@@ -4,22 +4,24 @@ open, and the retry of a write while a database server is unreachable."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
-from usesearch.errors import CatalogUnavailableError, UsesearchError, first_line
+from usesearch.errors import CatalogBusyError, CatalogUnavailableError, UsesearchError, first_line
 
 RETRY_SECONDS = 60.0  # how long a write waits for an unreachable database server
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def server_url(url: str) -> str:
@@ -135,6 +137,37 @@ def failure_kind(exc: OperationalError) -> str:
         return "unreachable"
     message = str(orig or exc).lower()
     return "busy" if "database is locked" in message or "database is busy" in message else "failed"
+
+
+def as_catalog_error(exc: OperationalError, url: str) -> UsesearchError | None:
+    """A database's ``OperationalError`` as the error a caller can act on, in one line:
+    ``CatalogUnavailableError`` (unreachable: try again later), ``CatalogBusyError``
+    (busy: try again soon); None where trying again changes nothing (left as it is,
+    an unexpected failure with its traceback)."""
+    kind, reason = failure_kind(exc), first_line(exc.orig or exc)
+    if kind == "unreachable":
+        return CatalogUnavailableError(f"the catalog database at {shown_url(url)} cannot be reached ({reason})")
+    if kind == "busy":
+        return CatalogBusyError(f"the catalog database at {shown_url(url)} is busy ({reason}); try again")
+    return None
+
+
+def catalog_errors(method: Callable[P, T]) -> Callable[P, T]:
+    """A search method of an opened index (``SegmentIndex``) whose catalog fails mid-way
+    raises ``as_catalog_error``'s error, not SQLAlchemy's three lines: a service catches
+    ``UsesearchError`` without importing SQLAlchemy. Not retried: a search answers now."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except OperationalError as exc:
+            mapped = as_catalog_error(exc, str(getattr(getattr(args[0], "store", None), "url", "")))
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    return wrapper
 
 
 def while_reachable(attempt: Callable[[], T], url: str) -> T:

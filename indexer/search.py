@@ -16,6 +16,7 @@ from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.io.images import to_rgb_array
 
 from . import calibration, faiss_gpu, index_choice, index_kinds, index_stats, vector_files, vectors
+from .catalog import catalog_errors
 from .embeddings import top_rows
 from .filters import SearchFilters, check_filters, check_k, check_query_text, check_query_vector, check_segment_id
 from .folder import FAISS_FILE, index_flags, open_store
@@ -169,6 +170,7 @@ class SegmentIndex(Freshness):
             self._locations.sync()
 
     # -- search ------------------------------------------------------------------
+    @catalog_errors
     def query(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         return self.search_vector(self.text_vector(text), k, filters)
 
@@ -178,6 +180,7 @@ class SegmentIndex(Freshness):
         with self._text_lock:
             return self.text_model.embed_text([text])[0]
 
+    @catalog_errors
     def similar(self, segment_id: int, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         """Segments most like a given one (query by example), itself excluded."""
         check_segment_id(segment_id)
@@ -207,6 +210,7 @@ class SegmentIndex(Freshness):
         with self._model_lock:
             return region_lib.prompt(self.models.sam(), rgb, point=point, box=box)
 
+    @catalog_errors
     def similar_region(
         self, image, point=None, box=None, mask=None, k: int = 10, filters: SearchFilters | None = None
     ) -> list[Hit]:
@@ -214,6 +218,7 @@ class SegmentIndex(Freshness):
         rgb = to_rgb_array(image)
         return self.search_region(rgb, self.region(rgb, point=point, box=box, mask=mask), k, filters)
 
+    @catalog_errors
     def search_region(
         self, image, picked: region_lib.Region, k: int = 10, filters: SearchFilters | None = None
     ) -> list[Hit]:
@@ -224,6 +229,7 @@ class SegmentIndex(Freshness):
             vector = self.model.embed_segments(rgb, picked.mask[None])[0]
         return self.search_vector(vector, k, filters)
 
+    @catalog_errors
     def search_vector(
         self,
         vector: np.ndarray,
@@ -379,6 +385,7 @@ class SegmentIndex(Freshness):
         )
 
     # -- statistics --------------------------------------------------------------
+    @catalog_errors
     def stats(self, check_files: bool = False) -> dict[str, Any]:
         """Counts, model, index type and sizes (``index_stats.stats``). ``check_files``
         also counts the image files gone since indexing, the embedding bytes no segment

@@ -303,3 +303,33 @@ def test_a_database_error_is_said_as_busy_unreachable_or_failed(served, tmp_path
         status, retry, detail = answers[kind]
         assert response.status_code == status and response.headers.get("retry-after") == retry, (kind, response.text)
         assert detail in response.json()["detail"] and "no_such_table" not in response.text
+
+
+def test_a_search_whose_catalog_fails_says_so_in_python_and_on_the_web(served, tmp_path, monkeypatch):
+    """An opened index whose database server went away raised SQLAlchemy's three-line
+    ``OperationalError`` from its searches: a service had to import SQLAlchemy to catch
+    it. Now ``CatalogUnavailableError`` or ``CatalogBusyError`` in one line (a 503 on the
+    web, as before); a failure no retry mends stays what it was (a 500 on the web)."""
+    import numpy as np
+    from sqlalchemy.exc import OperationalError
+
+    from usesearch.errors import CatalogBusyError, CatalogUnavailableError
+
+    _, index, client = served
+    raised = {"busy": CatalogBusyError, "unreachable": CatalogUnavailableError, "failed": OperationalError}
+    vector = np.ones(index.info.dim, np.float32)
+    for kind, exc in _real_database_errors(tmp_path).items():
+
+        def generation(exc=exc):  # the first read of every search
+            raise exc
+
+        monkeypatch.setattr(index.store, "generation", generation)
+        for search in (lambda: index.search_vector(vector), lambda: index.similar(1)):
+            with pytest.raises(raised[kind]) as caught:
+                search()
+            if kind != "failed":
+                assert "\n" not in str(caught.value) and str(caught.value).startswith("the catalog database at ")
+        response = client.get("/api/search", params={"q": "cat"})
+        assert response.status_code == (500 if kind == "failed" else 503), (kind, response.text)
+        assert ("retry-after" in response.headers) == (kind != "failed")
+    monkeypatch.undo()

@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
 from usesearch.errors import (
+    CatalogBusyError,
+    CatalogUnavailableError,
     ClientGoneError,
     ImageGoneError,
     IndexReadOnlyError,
@@ -64,6 +66,19 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageGoneError)
     async def image_gone(_: Request, exc: ImageGoneError):
         return JSONResponse({"detail": str(exc)}, status_code=410)
+
+    @app.exception_handler(CatalogUnavailableError)  # (an opened index's search: catalog.catalog_errors)
+    async def catalog_unreachable(_: Request, exc: CatalogUnavailableError):
+        log.warning("database unreachable: %s", exc)
+        detail = "the index database cannot be reached; try again later"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "30"})
+
+    @app.exception_handler(CatalogBusyError)
+    async def catalog_busy(_: Request, exc: CatalogBusyError):
+        log.warning("database busy: %s", exc)
+        return JSONResponse(
+            {"detail": "the index database is busy; try again"}, status_code=503, headers={"Retry-After": "5"}
+        )
 
     @app.exception_handler(OperationalError)
     async def database_error(_: Request, exc: OperationalError):
