@@ -141,6 +141,8 @@ BAD_REQUESTS = [
     ("/api/search", {"q": "cat", "min_score": "nan"}, 422, "min_score: Input should be a finite number"),  # not "<= 1"
     ("/api/search", {"q": "cat", "min_score": 1.5}, 422, "min_score: Input should be less than or equal to 1"),
     ("/api/search", {"q": "cat", "path": "*" * 600}, 422, "path"),
+    ("/api/search", {"q": "cat", "path": "a\x00b/*"}, 400, "the filter path holds a NUL"),  # PostgreSQL's 500
+    ("/api/search", {"q": "cat", "label": "\x00x"}, 400, "the filter label holds a NUL"),
     ("/api/search", {"q": "cat", "nprobe": 0}, 422, "nprobe: Input should be greater than or equal to 1"),
     ("/api/search", {"q": "cat", "rerank": 10**6}, 422, "rerank: Input should be less than or equal to 32768"),
     ("/api/segments/0", {}, 422, "segment_id"),
@@ -154,6 +156,8 @@ BAD_REQUESTS = [
     ("/api/images/99999999/thumbnail.jpg", {}, 404, "no indexed image"),
     ("/api/images/1/thumbnail.jpg", {"size": 0}, 422, "size"),
     ("/api/nothing-here", {}, 404, "Not Found"),
+    ("/api/audit", {}, 404, "this index has not been audited yet"),
+    ("/api/audit/nope", {}, 404, "no audit list 'nope'"),  # was "not audited yet", which no audit mends
 ]
 
 

@@ -73,8 +73,9 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
     ) -> dict[str, Any]:
         """A page of one list, best first: each item with its verdict (null: not reviewed);
         reviewed items are left out unless ``include_reviewed``."""
+        kind = kind_of(kind)  # an unknown list said as such, audited or not
         found = lists()
-        items = found["lists"][kind_of(kind)]
+        items = found["lists"][kind]
         verdicts = reviews.verdicts(index.store.engine, kind, lists={kind: items})
         if not include_reviewed:
             items = [i for i in items if (kind, i["item"]) not in verdicts]
@@ -84,7 +85,8 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
     @app.post("/api/audit/{kind}/review", tags=["audit"])
     def audit_review(kind: str, verdict: Verdict) -> dict[str, Any]:
         """Mark one item ok or wrong (null takes the verdict back); kept in the index."""
-        known = {i["item"]: i for i in lists()["lists"][kind_of(kind)]}
+        kind = kind_of(kind)
+        known = {i["item"]: i for i in lists()["lists"][kind]}
         if verdict.item not in known:
             raise NotFoundError(f"no item {verdict.item[:80]!r} in the {kind} list")
         state = reviews.state_of(kind, known[verdict.item])
