@@ -218,13 +218,21 @@ def test_the_trainer_builds_the_papers_optimizer_and_schedule(synthetic, tmp_pat
     assert trainer.total_steps == 5 * -(-len(samples) // 4)  # 5 epochs by default
 
 
-def test_the_random_resize_spans_half_to_twice_the_photo():
-    """§4.2's factor from 0.5 to 2: with a crop larger than any resized photo, the
-    crop is the resized photo, so its size shows the factor drawn."""
-    rgb = np.zeros((100, 100, 3), np.uint8)
-    masks = np.ones((1, 100, 100), bool)
-    sides = [augment(rgb, masks, np.random.default_rng(seed), crop=1000)[0].shape[0] for seed in range(200)]
-    assert 50 <= min(sides) < 60 and 190 < max(sides) <= 200
+def test_the_random_resize_spans_half_to_twice_the_photo_as_inference_shows_it():
+    """§4.2's factor from 0.5 to 2, of the photo as inference shows it (its longest side
+    at the crop): with a crop larger than any resized photo, the crop is the resized
+    photo, so its size shows the factor drawn. Drawn on the photo's own pixels, a photo
+    a third of the crop trained at a third of the canvas and was embedded filling it."""
+    rgb = np.zeros((100, 50, 3), np.uint8)
+    masks = np.ones((1, 100, 50), bool)
+    for crop in (100, 300):  # a photo the crop's size, and one a third of it
+        drawn = [augment(rgb, masks, np.random.default_rng(seed), crop=crop)[0].shape[:2] for seed in range(200)]
+        heights = [h for h, _ in drawn]
+        assert 0.5 * crop <= min(heights) < 0.6 * crop and max(heights) == crop  # up to twice: cropped to the crop
+        widths = [w for h, w in drawn if h < crop]  # not cropped: the photo's shape kept
+        assert widths and all(abs(w - h / 2) <= 1 for h, w in drawn if h < crop)
+    fills, _, _ = augment(rgb, masks, np.random.default_rng(0), crop=300, scale=(1.0, 1.0))
+    assert fills.shape[:2] == (300, 150)  # at 1, the canvas's longest side, as inference fills the input
 
 
 def test_each_step_draws_one_of_a_segments_texts_anew(synthetic, tmp_path):
