@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from .loss import LOGIT_SCALE
 
+MIN_CROP, MAX_CROP = 16, 2048  # past the backbones' inputs (560 at most), a crop is only resized down
+
 
 @dataclass
 class TrainConfig:
@@ -49,6 +51,10 @@ class TrainConfig:
         # only at the first batch, after the run's folder was made, in words naming no option)
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed {self.seed}: give a whole number from 0 to 2**63-1")
+        # The random resize draws the photo at up to twice the crop (its longest side):
+        # a crop of 100,000 would decode every photo into 200,000 pixels a side.
+        if not MIN_CROP <= self.crop <= MAX_CROP:
+            raise ValueError(f"crop {self.crop}: give a side from {MIN_CROP} to {MAX_CROP} pixels (the paper's: 560)")
 
 
 # The settings that fix a run's schedule: a resumed run keeps them.

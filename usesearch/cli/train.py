@@ -34,7 +34,7 @@ def train(
     batch_images: Annotated[int, typer.Option(min=1, help="Images per batch (all their segments).")] = 32,
     lr: Annotated[float, typer.Option()] = 1e-3,
     weight_decay: Annotated[float, typer.Option()] = 0.01,
-    crop: Annotated[int, typer.Option(min=16, help="Random square crop after the random resize.")] = 560,
+    crop: Annotated[int, typer.Option(min=16, help="Random square crop after the random resize (16 to 2048).")] = 560,
     max_steps: Annotated[
         Optional[int], typer.Option(min=1, help="Stop after this many steps (overrides epochs).")
     ] = None,
