@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from usesearch.errors import AnnotationError, CocoFileError, first_line
+from usesearch.errors import AnnotationError, CocoFileError, UsesearchError, first_line
 from usesearch.io.coco_json import load_coco_json
 
 if TYPE_CHECKING:
@@ -122,6 +122,13 @@ def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | o
     from usesearch.io.coco_dataset import photo_path, read_coco
 
     dataset = read_coco(instances_json)
+    if not any(entry.annotations for entry in dataset.images):
+        # Else each photo was curated with no pair and the run exited 0; the file then
+        # fixed, the folder refused it as other annotations of the same photos.
+        why = "its categories list is empty" if not dataset.categories else dataset.first_fault() or "it annotates none"
+        raise UsesearchError(
+            f"{Path(instances_json).name} has no annotation to curate ({why}): nothing is curated; fix the file"
+        )
     by_photo: defaultdict[str | None, list[Problem]] = defaultdict(list)
     for problem in dataset.problems:
         by_photo[problem[0]].append(problem)

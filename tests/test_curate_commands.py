@@ -199,3 +199,23 @@ def test_curate_show_draws_a_photo_curated_past_the_default_limits(tmp_path, pho
     monkeypatch.setattr(files, "DEFAULT_MAX_PIXELS", 1_000)  # the cat's 8,475 pixels: past the default here
     out = render(find_record(tmp_path / "ds", "cat.png"), tmp_path / "look.png")
     assert Image.open(out).size[0] >= 113
+
+
+@pytest.mark.parametrize("categories", [[], [{"id": 99, "name": "other"}]])
+def test_a_coco_file_with_no_annotation_to_curate_is_refused_before_anything_is_made(tmp_path, categories):
+    """An empty ``categories`` list curated each photo with no pair and exited 0; the
+    file then fixed, the folder refused it as other annotations of the same photos."""
+    from typer.testing import CliRunner
+
+    from tests.helpers import write_photos
+    from tests.test_coco_index import write_coco
+    from usesearch.cli.app import app
+
+    photos = write_photos(tmp_path / "photos", ("coffee", "chelsea"))
+    write_coco(tmp_path / "inst.json", photos, ["coffee.png", "sub/chelsea.png"], 1, categories=categories)
+    args = ["curate", "run", str(tmp_path / "inst.json"), "--input-format", "coco-instances", "--images", str(photos)]
+    result = CliRunner().invoke(app, [*args, "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    why = "its categories list is empty" if not categories else "4 fault(s) in it, the first: "
+    assert f"inst.json has no annotation to curate ({why}" in result.output, result.output
+    assert not (tmp_path / "ds").exists()
