@@ -213,7 +213,7 @@ def read_source(name: str, path: str | os.PathLike, images: str | os.PathLike | 
     """The items of source ``name`` (a key of ``SOURCES``) at ``path``."""
     source = SOURCES.get(name)
     if source is None:
-        raise ValueError(f"unknown source {name!r}; choose one of {', '.join(SOURCES)}")
+        raise ValueError(f"--input-format {name!r} is none of {', '.join(SOURCES)}")
     if not source.annotations:
         return source.read(path)
     if images is None:

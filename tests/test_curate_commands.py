@@ -219,3 +219,16 @@ def test_a_coco_file_with_no_annotation_to_curate_is_refused_before_anything_is_
     why = "its categories list is empty" if not categories else "4 fault(s) in it, the first: "
     assert f"inst.json has no annotation to curate ({why}" in result.output, result.output
     assert not (tmp_path / "ds").exists()
+
+
+def test_an_unknown_input_format_is_said_with_its_option(tmp_path):
+    """It said "unknown source 'bogus'": the option's name is --input-format."""
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+    from usesearch.curation.sources import SOURCES
+
+    (tmp_path / "photos").mkdir()
+    args = ["curate", "run", str(tmp_path / "photos"), "--input-format", "bogus", "--dataset-dir", str(tmp_path / "ds")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and f"--input-format 'bogus' is none of {', '.join(SOURCES)}" in result.output
