@@ -57,6 +57,10 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args
         (["index", "{d}/i", "--db", "{d}/report"], "holds an audit report: give an index a folder of its own"),
         (["index", "{d}/i", "--db", "{d}/lists"], "holds an audit report: give an index a folder of its own"),
         (["train", "{d}/dataset", "--run-dir", "{d}/demo"], "holds the demo: give a training run"),
+        # Inside another's folder: its command may walk or replace what it finds there.
+        (["train", "{d}/dataset", "--run-dir", "{d}/dataset/run"], "lies in a curated dataset ({d}/dataset), whose"),
+        (["curate", "run", "{d}/i", "--dataset-dir", "{d}/index/pairs"], "lies in an index ({d}/index), whose"),
+        (["demo", "--demo-dir", "{d}/run/demo"], "lies in a training run ({d}/run), whose files"),
         (["curate", "run", "{d}/i", "--dataset-dir", "{d}/report"], "holds an audit report: give a curated"),
         # Their pictures among photos: the next index of that folder took them for photos.
         (
@@ -80,10 +84,11 @@ def test_a_command_never_writes_into_another_commands_folder(files, args, why):
     ):
         (files / name).mkdir(exist_ok=True)
         (files / name / mark).write_text("{}")
+    (files / "dataset" / "shards").mkdir(exist_ok=True)  # (with its manifest: surely a dataset, at any depth)
     before = sorted(p.relative_to(files) for p in files.rglob("*"))
     result = CliRunner().invoke(app, [a.format(d=files) for a in args] + ["--preset", "tiny"])
     said = " ".join(result.output.replace("│", " ").split())
-    assert result.exit_code == 2 and why in said, result.output
+    assert result.exit_code == 2 and why.format(d=files) in said, result.output
     assert sorted(p.relative_to(files) for p in files.rglob("*")) == before  # nothing written
 
 

@@ -152,6 +152,13 @@ def folder_for(kind: str) -> Callable[[Path | None], Path | None]:
 
     def check(value: Path | None) -> Path | None:
         folder_to_write(value)
+        # Inside another's folder (`train DS --run-dir DS/run`): that folder's command may
+        # walk or replace what it finds there. A report's place in an index is audit's call.
+        held = holding_folder(value) if value is not None and kind != "an audit report" else None
+        if held is not None:
+            raise typer.BadParameter(
+                f"{value} lies in {held[0]} ({held[1]}), whose files usesearch writes: give {kind} a folder of its own"
+            )
         if value is not None and value.is_dir():
             try:
                 refuse_other_kind(value, kind)
