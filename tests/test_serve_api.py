@@ -122,6 +122,18 @@ def test_page_assets_and_api_docs_are_served(served):
         "/api/images/{image_id}/thumbnail.jpg",
     ):
         assert route in spec["paths"]
+    # The errors as the server sends them: its 422's detail is one line (a list, said the
+    # schema FastAPI made), and the other statuses a client meets are named.
+    invalid = client.get("/api/search", params={"q": "cat", "k": 0})
+    schema = spec["components"]["schemas"]["HTTPValidationError"]["properties"]
+    assert isinstance(invalid.json()["detail"], str) and schema["detail"]["type"] == "string"
+    assert set(invalid.json()) == set(schema) and isinstance(invalid.json()["errors"], list)
+    paths = spec["paths"]
+    assert "Retry-After" in paths["/api/search"]["get"]["responses"]["503"]["headers"]
+    assert {"400", "404", "410"} <= set(paths["/api/segments/{segment_id}/tile.png"]["get"]["responses"])
+    assert {"403", "413"} <= set(paths["/api/region-search"]["post"]["responses"])
+    assert "401" not in paths["/api/search"]["get"]["responses"] and "securitySchemes" not in spec["components"]
+    assert client.get("/api/nothing", params={"q": 1}).json() == {"detail": "Not Found"}  # the Error schema
     reference = client.get("/api")  # readable offline, unlike /docs's CDN-hosted Swagger UI
     assert reference.status_code == 200 and "GET /api/segments/{segment_id}/similar" in reference.text
     assert "max length 1000" in reference.text and "≤ 200" in reference.text

@@ -60,6 +60,10 @@ def test_a_token_guards_every_request(served):
         assert client.get(url).status_code == 401, url
         assert client.get(url, headers={"Authorization": "Bearer wrong-token-wrong-token"}).status_code == 401, url
     assert "token" in client.get("/api/search?q=cat").json()["detail"]
+    spec = client.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert spec["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
+    assert spec["paths"]["/api/search"]["get"]["security"] == [{"token": []}]
+    assert "401" in spec["paths"]["/api/search"]["get"]["responses"]
     assert client.get("/api/search?q=cat", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     # A browser opens the page once with ?token=, then its <img> requests carry the cookie.
     page = client.get(f"/?token={TOKEN}&x=1")

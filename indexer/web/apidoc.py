@@ -1,13 +1,71 @@
-"""An API reference page rendered from the app's own OpenAPI schema, with no assets.
-
-FastAPI's ``/docs`` fetches Swagger UI from a CDN, which an offline archive machine
-cannot reach; this page needs nothing but the server.
+"""The app's OpenAPI schema as its server answers (``described``: the error bodies and
+statuses it sends, the token it asks for), and a reference page rendered from it, with
+no assets: FastAPI's ``/docs`` fetches Swagger UI from a CDN, which an offline archive
+machine cannot reach; this page needs nothing but the server.
 """
 
 from __future__ import annotations
 
 from html import escape
 from typing import Any
+
+ERROR = {  # every error's body (error_handlers.py)
+    "title": "Error",
+    "type": "object",
+    "properties": {"detail": {"type": "string", "title": "Detail", "description": "What went wrong, in one line."}},
+    "required": ["detail"],
+}
+# FastAPI's own says {"detail": [ValidationError]}; error_handlers.invalid sends one line and the list beside it.
+VALIDATION = {
+    "title": "HTTPValidationError",
+    "type": "object",
+    "properties": {
+        "detail": {"type": "string", "title": "Detail", "description": "Each problem, `where: what`, joined by '; '."},
+        "errors": {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}, "maxItems": 10},
+    },
+    "required": ["detail", "errors"],
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}}}
+PICTURES = ("tile.png", "overlay.png", "thumbnail.jpg")  # drawn from the photo, which may be gone since
+
+
+def described(spec: dict[str, Any], token: bool) -> dict[str, Any]:
+    """``spec`` (FastAPI's schema of the app) with the errors the server sends: a client
+    generated from it read every error body as a list, and knew no status but 200 and
+    422 (nor the token every route asks for, where one is set)."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = ERROR
+    if "HTTPValidationError" in schemas:
+        schemas["HTTPValidationError"] = VALIDATION
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, methods in spec.get("paths", {}).items():
+        for method, op in methods.items():
+            responses = op.setdefault("responses", {})
+            answers = {"400": "A value the route cannot use, said in `detail`."}
+            if "{" in path or path.startswith("/api/audit"):
+                answers["404"] = "No such id or list (or no audit yet), said in `detail`."
+            if path.endswith(PICTURES):
+                answers["410"] = "The photo is gone from disk or changed since it was indexed."
+            if "requestBody" in op:
+                answers["413"] = "The body is past the route's limit."
+            if method == "post":
+                answers["403"] = "A cross-site request, or a verdict an index read-only here cannot keep."
+            if token:
+                answers["401"] = "No token, or the wrong one."
+            for status, description in answers.items():
+                responses.setdefault(status, {"description": description, "content": error})
+            responses["503"] = {
+                "description": "Busy, or the index database cannot be reached: try again after Retry-After.",
+                "headers": RETRY_AFTER,
+                "content": error,
+            }
+            if token:
+                op["security"] = [{"token": []}]
+    if token:
+        schemes = spec["components"].setdefault("securitySchemes", {})
+        schemes["token"] = {"type": "http", "scheme": "bearer", "description": "Or ?token= once: kept as a cookie."}
+    return spec
+
 
 CONSTRAINTS = {"minimum": "≥", "maximum": "≤", "minLength": "min length", "maxLength": "max length"}
 
@@ -38,7 +96,8 @@ def render(spec: dict[str, Any]) -> str:
         f"<h1>{escape(info.get('title', 'API'))} API</h1>",
         f"<p>{escape(info.get('summary', ''))} {escape(info.get('description', ''))}</p>",
         "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a>. Errors are JSON "
-        '<code>{"detail": message}</code> with a 4xx status.</p>',
+        '<code>{"detail": message}</code>: a 4xx for the request, a 503 with Retry-After for a busy or '
+        "unreachable database.</p>",
     ]
     for path, methods in spec.get("paths", {}).items():
         for method, op in methods.items():

@@ -337,4 +337,6 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     def audit_style() -> Response:
         return static("audit.css", "text/css; charset=utf-8")
 
+    schema = app.openapi  # FastAPI's, made once; then the errors the server sends (apidoc.described)
+    app.openapi = lambda: app.openapi_schema or apidoc.described(schema(), token is not None)  # type: ignore[method-assign]
     return app
