@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
-from usesearch.errors import CatalogBusyError, CatalogUnavailableError, UsesearchError, first_line
+from usesearch.errors import CatalogBusyError, CatalogRefusedError, CatalogUnavailableError, UsesearchError, first_line
 
 RETRY_SECONDS = 60.0  # how long a write waits for an unreachable database server
 log = logging.getLogger(__name__)
@@ -133,8 +133,8 @@ def failure_kind(exc: OperationalError) -> str:
         if sqlstate.startswith(BUSY_SQLSTATES):
             return "busy"
         return "unreachable" if sqlstate.startswith(UNREACHABLE_SQLSTATES) else "failed"
-    if type(orig).__module__.startswith("psycopg"):  # no SQLSTATE: the server never answered
-        return "unreachable"
+    if type(orig).__module__.startswith("psycopg"):  # no SQLSTATE: a connection that failed
+        return _connection_failure(str(orig))
     message = str(orig or exc).lower()
     return "busy" if "database is locked" in message or "database is busy" in message else "failed"
 
@@ -168,6 +168,34 @@ def catalog_errors(method: Callable[P, T]) -> Callable[P, T]:
             raise mapped from exc
 
     return wrapper
+
+
+# A connection refused by a server that answered (libpq's "FATAL:", with no SQLSTATE)
+# is the URL's fault, unless the server said it is starting, stopping or full.
+_TRANSIENT_REFUSALS = ("starting up", "shutting down", "in recovery", "not yet accepting connections")
+_FULL = ("too many clients", "remaining connection slots")
+
+
+def _connection_failure(message: str) -> str:
+    """A connection's failure: ``unreachable`` (no answer, or a server starting or
+    stopping), ``busy`` (full), or ``failed`` (a database or role that does not exist, a
+    password refused: "cannot reach" sent the user to look for an outage)."""
+    if "FATAL:" not in message or any(words in message for words in _TRANSIENT_REFUSALS):
+        return "unreachable"
+    return "busy" if any(words in message for words in _FULL) else "failed"
+
+
+def connection_failed(exc: OperationalError, url: str) -> UsesearchError:
+    """Opening a catalog on a server failed: ``CatalogUnavailableError`` where it may
+    come back, else the server's refusal (a database or role that does not exist, a
+    password refused) as the URL's fault, in the server's words."""
+    reason = first_line(exc.orig or exc)
+    if failure_kind(exc) != "failed":
+        return CatalogUnavailableError(f"cannot reach the catalog database at {shown_url(url)}: {reason}")
+    said = " ".join(reason.split("FATAL:", 1)[-1].split())  # (libpq's "connection to server on socket ... failed:")
+    return CatalogRefusedError(
+        f"the catalog database at {shown_url(url)} refused the connection ({said}): check --db-url"
+    )
 
 
 def while_reachable(attempt: Callable[[], T], url: str) -> T:

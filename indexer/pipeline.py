@@ -18,7 +18,13 @@ from pathlib import Path
 
 from usesearch.devices import compile_note, compiles, idle_gpus_note, resolve_device
 from usesearch.devices import describe as describe_device
-from usesearch.errors import CatalogUnavailableError, IndexIdentityError, IndexMismatchError, UsesearchError
+from usesearch.errors import (
+    CatalogRefusedError,
+    CatalogUnavailableError,
+    IndexIdentityError,
+    IndexMismatchError,
+    UsesearchError,
+)
 from usesearch.io.files import photos_under
 from usesearch.masks.maskers import build_masker
 from usesearch.models.compiling import apply_compile
@@ -134,7 +140,8 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
         return options
     try:
         store = open_store(db_dir, options.db_url, read_only=True)
-    except (CatalogUnavailableError, IndexIdentityError):  # said now: the defaults' weights looked for next
+    # Said now: the defaults' weights, looked for next,
+    except (CatalogUnavailableError, CatalogRefusedError, IndexIdentityError):
         raise  # would be blamed (a catalog of another index: refused after loading b16, or sent to pull it)
     except UsesearchError:  # an empty catalog on a server, or a folder to be refused later in its own words
         return options

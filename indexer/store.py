@@ -24,16 +24,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from usesearch.errors import CatalogUnavailableError, IndexUpgradeNeededError, UsesearchError, first_line
+from usesearch.errors import IndexUpgradeNeededError, UsesearchError
 
 from . import identity, migrations
 from .annotation_lookups import AnnotationLookups
 from .annotation_writes import AnnotationWrites
 from .catalog import (
+    connection_failed,
     immutable_url,
     index_flags,
     server_url,
-    shown_url,
     sqlite_pragmas,
     sqlite_read_pragmas,
     while_reachable,
@@ -73,9 +73,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         except OperationalError as exc:
             if self.engine.dialect.name == "sqlite":
                 raise
-            raise CatalogUnavailableError(
-                f"cannot reach the catalog database at {shown_url(url)}: {first_line(exc.orig or exc)}"
-            ) from None
+            raise connection_failed(exc, url) from None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._files: EmbeddingFiles | None = None
         self._catalog_lock: Connection | None = None

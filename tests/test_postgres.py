@@ -124,6 +124,24 @@ def test_unreachable_server_is_a_one_line_error(tmp_path, pg_url, monkeypatch):
     assert again.exit_code == 2 and again.stderr.startswith("error: cannot reach the catalog database"), again.output
 
 
+def test_a_database_or_role_the_server_refuses_is_said_as_the_urls_fault(tmp_path, postgres_server):
+    """The server answered "database does not exist": it was said as "cannot reach",
+    sending the user to look for an outage, from the CLI and from Python alike."""
+    photos = write_photos(tmp_path / "photos", NAMES[:1])
+    for url, why in (
+        (postgres_server.url("no_such_db"), 'database "no_such_db" does not exist'),
+        (postgres_server.url().replace("usesearch@", "no_such_role@"), 'role "no_such_role" does not exist'),
+    ):
+        result = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--db-url", url])
+        said = f"refused the connection ({why}): check --db-url"
+        assert result.exit_code == 2 and said in result.output and len(result.output.strip().splitlines()) == 1, (
+            result.output
+        )
+        with pytest.raises(UsesearchError, match="refused the connection") as caught:
+            SegmentIndex.open(tmp_path / "db", db_url=url)
+        assert "cannot reach" not in str(caught.value)
+
+
 def test_a_catalog_url_is_postgresql_in_either_spelling_and_nothing_else(tmp_path):
     import pytest
 

@@ -134,6 +134,11 @@ class CatalogUnavailableError(UsesearchError):
     """The catalog's database server stayed unreachable."""
 
 
+class CatalogRefusedError(UsesearchError):
+    """The catalog's database server answered and refused the connection (a database
+    or role that does not exist, a password refused): the URL's fault, not an outage."""
+
+
 class CatalogBusyError(UsesearchError):
     """The catalog's database is busy (a lock held past its timeout, a server at its
     connection limit): trying again soon may succeed."""
