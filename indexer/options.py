@@ -78,7 +78,10 @@ class IndexReport(RunReport):
     # (`index --coco` embeds them again on the new).
     annotations_lost: dict[str, int] = field(default_factory=dict)
     moved: list[tuple[str, str]] = field(default_factory=list)  # (old path, new path) of photos renamed or moved
-    copies: list[tuple[str, str]] = field(default_factory=list)  # (path, indexed photo of the same content) skipped
+    # Files skipped as copies: (path, the indexed photo of the same content). A copy of a photo
+    # earlier in the same run is named once that photo is committed; one whose photo failed
+    # fails with it, and one whose photo a Ctrl-C left uncommitted is left out.
+    copies: list[tuple[str, str]] = field(default_factory=list)
     failed_before: int = 0  # of those skipped: failed in an earlier run, same content, not retried (--retry-failed)
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds by stage, for benchmarks
 

@@ -63,7 +63,8 @@ class Writer:
         self.unrepaired: list[str] = []  # damaged ones outside ``paths``: left as they are
         self.annotations_dropped = 0  # annotations with a damaged row: `index --coco` embeds them again
         self.moved: list[tuple[str, str]] = []  # (old path, new path): a photo renamed or moved since indexed
-        self.copies: list[tuple[str, str]] = []  # (path, the indexed photo it repeats; "": one earlier in this run)
+        # (path, the indexed photo it repeats; "" until a photo earlier in this run it repeats is committed)
+        self.copies: list[tuple[str, str]] = []
         self.failed_before = 0  # files skipped as failed by an earlier run, with the same content
         self.in_sync = True
         self.growth = growth.Growth()
@@ -241,8 +242,10 @@ class Writer:
         save = lambda: joined(self.store.save_images(photos))  # noqa: E731
         self.apply(save, np.concatenate(rows) if rows else None, report)
         report.done += len(photos)
-        for photo in photos:  # their copies are copies of an indexed photo now
-            self._copies_coming.pop(photo.sha256 or "", None)
+        for photo in photos:  # their copies are copies of an indexed photo now, which they name
+            waiting = {copy_path for _, copy_path, _ in self._copies_coming.pop(photo.sha256 or "", [])}
+            if waiting and photo.error is None:  # (in place: the run's report holds this list)
+                self.copies[:] = [(p, photo.path if p in waiting and not held else held) for p, held in self.copies]
 
     def apply(
         self, write: Callable[[], tuple[list[int], list[int]]], embeddings: np.ndarray | None, report: IndexReport

@@ -122,13 +122,14 @@ def test_an_interrupted_run_does_not_count_copies_of_a_photo_it_never_committed(
         vectors = np.random.default_rng(0).standard_normal((2, writer.info.dim)).astype(np.float32)
         report = IndexReport()
         writer.commit([PhotoWrite(b"/x/c.png", "/x/c.png", committed, (10, 10), segments(2), vectors)], report)
+        assert writer.copies == [("/x/c2.png", "/x/c.png"), ("/x/d2.png", "")]  # named once it is indexed
 
         def interrupted():
             raise KeyboardInterrupt
             yield "never"
 
         writer.run(interrupted(), report, lambda path: None)
-    assert report.interrupted and writer.copies == [("/x/c2.png", "")]
+    assert report.interrupted and writer.copies == [("/x/c2.png", "/x/c.png")]
 
 
 @pytest.mark.parametrize("on_ray", [False, True], ids=["sequential", "ray"])

@@ -139,3 +139,12 @@ def test_a_stat_noted_for_a_row_replaced_since_is_dropped_not_an_error(tmp_path)
         assert store.image(row.id).file_stat == "1:2:3:4"
     finally:
         store.close()
+
+
+def test_a_copy_of_a_photo_new_in_the_same_run_names_it_in_the_report(tmp_path):
+    """A copy met while its photo, earlier in the run, was still on its way to the
+    catalog was reported as a copy of "": the caller could not name the original."""
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea"))
+    (photos / "zcopy.png").write_bytes((photos / "astronaut.png").read_bytes())  # walked after astronaut.png
+    report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    assert report.done == 2 and report.copies == [(str(photos / "zcopy.png"), str(photos / "astronaut.png"))]
