@@ -30,6 +30,23 @@ def test_masks_that_are_not_bool_or_0_1_are_refused(tiny_use, photo, bad):
         tiny_use.embed_segments(photo, masks)
 
 
+def test_the_models_bad_arguments_are_usesearch_errors_as_python_would_type_them(tiny_use, photo):
+    """Masks and texts the models cannot take raised bare ValueError and TypeError: a
+    service catching UsesearchError missed them. BadArgumentError is all three."""
+    from usesearch.errors import BadArgumentError
+
+    empty = np.zeros((1, *photo.shape[:2]), bool)
+    for call, said in (
+        (lambda: tiny_use.embed_segments(photo, empty), "every segment needs at least one pixel"),
+        (lambda: tiny_use.embed_segments(photo, empty[:, :10]), "like the image"),
+        (lambda: tiny_use.embed_text("a cat"), "a list of strings, not a single string"),
+        (lambda: tiny_use.embed_text([""]), "empty text"),
+    ):
+        with pytest.raises(BadArgumentError, match=said) as caught:
+            call()
+        assert isinstance(caught.value, ValueError) and isinstance(caught.value, TypeError)
+
+
 def test_0_1_masks_and_flipped_arrays_embed_like_bool_masks(tiny_use, photo, photo_masks):
     expected = tiny_use.embed_segments(photo, photo_masks)
     np.testing.assert_allclose(tiny_use.embed_segments(photo, photo_masks.astype(np.uint8)), expected, atol=1e-6)

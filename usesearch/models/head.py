@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from usesearch.errors import BadArgumentError
 from usesearch.masks import rle
 
 
@@ -41,7 +42,7 @@ def cell_coverage(
     images, bands of rows of one mask for large ones), never the whole stack."""
     masks = torch.as_tensor(np.ascontiguousarray(masks) if isinstance(masks, np.ndarray) else masks)
     if masks.ndim != 3:
-        raise ValueError(f"masks must be [N, H, W], got shape {tuple(masks.shape)}")
+        raise BadArgumentError(f"masks must be [N, H, W], got shape {tuple(masks.shape)}")
     n, h, w = masks.shape
     gh, gw = grid_hw
     device = masks.device  # computed where the masks are: a GPU's stack never crosses to the host
@@ -64,7 +65,7 @@ def cell_coverage(
     out = out.flatten(1) / (cell_hw[0] * cell_hw[1])
     empty = torch.nonzero(out.sum(1) == 0).flatten().tolist()
     if empty:
-        raise ValueError(f"masks {empty[:10]} are empty; every segment needs at least one pixel")
+        raise BadArgumentError(f"masks {empty[:10]} are empty; every segment needs at least one pixel")
     return out
 
 
@@ -172,7 +173,7 @@ def padded_runs(masks: rle.RleStack) -> np.ndarray:
 def _checked(coverage: torch.Tensor) -> torch.Tensor:
     empty = torch.nonzero(coverage.sum(1) <= 0).flatten().tolist()
     if empty:
-        raise ValueError(f"masks {empty[:10]} are empty; every segment needs at least one pixel")
+        raise BadArgumentError(f"masks {empty[:10]} are empty; every segment needs at least one pixel")
     return coverage
 
 
@@ -182,7 +183,7 @@ def patch_weights(masks: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) ->
     gh, gw = grid_hw
     h, w = masks.shape[-2:]
     if h % gh or w % gw:
-        raise ValueError(f"mask size {h}x{w} is not a multiple of the {gh}x{gw} grid")
+        raise BadArgumentError(f"mask size {h}x{w} is not a multiple of the {gh}x{gw} grid")
     return cell_coverage(masks, grid_hw, (h // gh, w // gw))
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from usesearch.errors import BadArgumentError
+
 
 def as_masks(masks: np.ndarray | torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
     """Bool masks [N, H, W] from bool or 0/1 arrays of any memory layout (flipped views
@@ -22,10 +24,12 @@ def as_masks(masks: np.ndarray | torch.Tensor, image_hw: tuple[int, int]) -> tor
     if masks.ndim == 2:
         masks = masks[None]
     if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(image_hw):
-        raise ValueError(f"masks must be [N, {image_hw[0]}, {image_hw[1]}] like the image, got {tuple(masks.shape)}")
+        raise BadArgumentError(
+            f"masks must be [N, {image_hw[0]}, {image_hw[1]}] like the image, got {tuple(masks.shape)}"
+        )
     if masks.dtype != torch.bool:
         if masks.is_complex() or not bool(((masks == 0) | (masks == 1)).all()):
-            raise ValueError(f"masks must be bool or 0/1; these {masks.dtype} masks hold other values")
+            raise BadArgumentError(f"masks must be bool or 0/1; these {masks.dtype} masks hold other values")
         masks = masks != 0
     return masks
 

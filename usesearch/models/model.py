@@ -21,7 +21,7 @@ from segment_anything.utils.amg import batched_mask_to_box
 from torch import nn
 
 from usesearch.devices import bf16_autocast, synchronize, uses_bf16
-from usesearch.errors import model_output_error
+from usesearch.errors import BadArgumentError, model_output_error
 from usesearch.io.images import to_rgb_array
 from usesearch.masks.rle import RleStack
 from usesearch.masks.sam_compile import compiled_within, rerun_uncompiled, run_or_uncompile
@@ -169,7 +169,7 @@ class USEEmbedder(BackbonesAhead, _TextMixin):
     def _pooled(self, z: torch.Tensor, masks, image_hw: tuple[int, int]) -> np.ndarray:
         if isinstance(masks, RleStack):  # pooling weights straight from the runs
             if tuple(masks.hw) != tuple(image_hw):
-                raise ValueError(
+                raise BadArgumentError(
                     f"masks must be {image_hw[0]}x{image_hw[1]} like the image, got {masks.hw[0]}x{masks.hw[1]}"
                 )
         else:
@@ -246,7 +246,7 @@ class CropEmbedder(_TextMixin):
         if len(masks) == 0:
             return np.zeros((0, self.dim), np.float32)
         if not bool(masks.flatten(1).any(1).all()):  # any(): no int64 copy of the stack
-            raise ValueError("empty mask: every segment needs at least one pixel")
+            raise BadArgumentError("empty mask: every segment needs at least one pixel")
         boxes = batched_mask_to_box(masks).tolist()
         out = self._crop_vectors(rgb, masks, boxes)
         if not _finite(out):  # as USEEmbedder's towers: a compiler's wrong code costs the compiling

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from usesearch.errors import BadArgumentError
+
 if TYPE_CHECKING:
     from open_clip import CLIP  # untyped package: Any to mypy
 
@@ -76,12 +78,12 @@ class TextEncoder:
 
     def embed(self, texts: Sequence[str], templates: Sequence[str] = EXPRESSION_TEMPLATES) -> np.ndarray:
         if isinstance(texts, str):
-            raise TypeError("embed_text takes a list of strings, not a single string")
+            raise BadArgumentError("embed_text takes a list of strings, not a single string")
         for text in texts:
             if not isinstance(text, str):  # (None read as "an empty text", a number failed on .strip)
-                raise TypeError(f"embed_text takes strings; got {type(text).__name__} {text!r}")
+                raise BadArgumentError(f"embed_text takes strings; got {type(text).__name__} {text!r}")
             if not text.strip():
-                raise ValueError("cannot embed an empty text")
+                raise BadArgumentError("cannot embed an empty text")
         key_templates = tuple(templates)
         missing = list(dict.fromkeys(t for t in texts if (key_templates, t) not in self._cache))
         if missing:
