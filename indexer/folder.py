@@ -48,21 +48,33 @@ def check_db_dir(db_dir: str | os.PathLike) -> Path:
     return db_dir
 
 
-def refuse_photo_folder(db_dir: Path, walked: Sequence[str | os.PathLike] = ()) -> None:
-    """A new index's folder holding photos, or a folder ``walked`` for photos (photos only
-    in its subfolders): its files would lie among them (and the next walk of that folder
-    would meet the index, and skip all of it). An existing index's folder is its own."""
+def refuse_shared_folder(db_dir: Path, walked: Sequence[str | os.PathLike] = ()) -> None:
+    """A new index's folder that is not its own: one holding photos, or a folder
+    ``walked`` for photos (photos only in its subfolders): its files would lie among
+    them (and the next walk of that folder would meet the index, and skip all of it);
+    one inside another usesearch folder (an index's ``embeddings/``: its files mixed
+    with that index's), or holding another index in a subfolder. An existing index's
+    folder is its own."""
     from usesearch.io.files import IMAGE_SUFFIXES
-    from usesearch.io.own_folders import OUTPUT_MARKS
+    from usesearch.io.own_folders import OUTPUT_MARKS, SURE_MARKS, holding_folder
 
-    if not db_dir.is_dir() or any((db_dir / mark).exists() for mark in OUTPUT_MARKS["an index"]):
+    if any((db_dir / mark).exists() for mark in OUTPUT_MARKS["an index"]):
         return
-    with os.scandir(db_dir) as entries:
-        photo = next((e.name for e in entries if Path(e.name).suffix.lower() in IMAGE_SUFFIXES), None)
     real = Path(os.path.realpath(db_dir))
     own = f"give the index a folder of its own, e.g. {real}.use"  # (`--db .` would read "..use")
+    held = holding_folder(db_dir)
+    if held is not None:
+        raise UsesearchError(f"--db {db_dir} lies in {held[0]} ({held[1]}), whose files usesearch writes: {own}")
+    if not db_dir.is_dir():
+        return
+    with os.scandir(db_dir) as entries:
+        listed = [(e.name, e.is_dir()) for e in entries]
+    photo = next((name for name, _ in listed if Path(name).suffix.lower() in IMAGE_SUFFIXES), None)
     if photo is not None:
         raise UsesearchError(f"--db {db_dir} holds photos ({photo}): {own}")
+    for name, is_dir in listed:  # one level down: a new index made around another (each searched as the other)
+        if is_dir and any(all((db_dir / name / f).exists() for f in files) for files in SURE_MARKS["an index"]):
+            raise UsesearchError(f"--db {db_dir} holds another index ({db_dir / name}): {own}")
     for path in walked:
         walked_real = Path(os.path.realpath(path))
         if walked_real == real:
@@ -82,7 +94,7 @@ def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Pa
         raise UsesearchError(
             f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
-    refuse_photo_folder(db_dir, paths)  # for every caller: the CLI, the Python API, Ray and labelled datasets
+    refuse_shared_folder(db_dir, paths)  # for every caller: the CLI, the Python API, Ray and labelled datasets
     check_writable(db_dir, "index", "adds the photos' segments to it")
     return db_dir
 
