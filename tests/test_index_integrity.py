@@ -229,7 +229,9 @@ def test_an_old_index_opened_to_be_read_is_upgraded_first_unless_an_indexer_is_w
 
 
 # -- 9. symlinks stay inside the roots ----------------------------------------------------------
-def test_walk_never_leaves_the_folders_it_was_given(tmp_path):
+def test_walk_never_leaves_the_folders_it_was_given(tmp_path, caplog):
+    """A symlinked folder leading outside is not followed, and said once (an archive's
+    photos behind a link to another disk went missing without a word)."""
     outside = write_photos(tmp_path / "outside", ("coffee",))
     photos = write_photos(outside / "photos", ("astronaut",))
     os.symlink("..", photos / "up")
@@ -242,6 +244,11 @@ def test_walk_never_leaves_the_folders_it_was_given(tmp_path):
         paths = [r.path for r in s.query(ImageRecord)]
     assert paths and all(p.startswith(str(photos) + "/") for p in paths)
     assert not any("coffee" in p for p in paths) and report.failed == 0
+    said = [r.getMessage() for r in caplog.records if "lead outside the folders named" in r.getMessage()]
+    assert said == [
+        f"1 symlinked folder(s) lead outside the folders named, not followed: {photos / 'up'} -> "
+        f"{outside}; name them to index them"
+    ], said
 
 
 def test_a_photo_named_and_under_a_folder_named_too_is_one_photo_not_its_own_copy(tmp_path):

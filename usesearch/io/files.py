@@ -104,7 +104,8 @@ def photos_under(paths: list[str | os.PathLike], refuse_none: bool = True) -> li
 def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
     """Files with image suffixes under ``paths``, depth first in sorted order.
     Symlinked folders are followed once each (so a symlink loop ends) and only
-    when they lead to a folder inside one of ``paths``. What usesearch wrote under them
+    when they lead to a folder inside one of ``paths`` (the others said once in the log,
+    with the first). What usesearch wrote under them
     (``own_folders.pictures_of``: an index's folder, whose subfolders are still walked, an
     audit report) is left out, said once in the log: its pictures are not photos."""
     seen_dirs: set[tuple[int, int]] = set()
@@ -149,6 +150,8 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
             if is_dir:
                 if not entry.is_symlink() or inside_roots(entry.path):
                     yield from visit(entry.path)
+                else:
+                    outside.append(entry.path)
             elif kind is None and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                 yield from once(entry.path)
 
@@ -163,8 +166,17 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found]:
             yield Found(display_path(path), path)
 
     starts = {os.path.abspath(os.fspath(root)) for root in paths}  # named by the caller: never left out
+    outside: list[str] = []  # symlinked folders leading elsewhere: said once (photos on another disk went unsaid)
     for root in paths:
         yield from visit(os.path.abspath(os.fspath(root)))
+    if outside:
+        first = f"{display_path(outside[0])} -> {display_path(os.path.realpath(outside[0]))}"
+        log.warning(
+            "%d symlinked folder(s) lead outside the folders named, not followed: %s%s; name them to index them",
+            len(outside),
+            first,
+            ", ..." if len(outside) > 1 else "",
+        )
 
 
 def _said(path: str, exc: OSError) -> OSError | ImageReadError:
