@@ -9,10 +9,20 @@ from pathlib import Path
 
 from usesearch.errors import UsesearchError
 
-from .app import MAX_K, create_app
 from .security import LOOPBACK_NAMES, TOKEN_ENV, RedactTokenFilter, check_bind, is_loopback
 
 __all__ = ["MAX_K", "TOKEN_ENV", "create_app", "serve", "server_config"]
+
+
+def __getattr__(name: str):
+    """``create_app`` and ``MAX_K`` from ``app.py`` when first asked: importing it takes
+    the models' libraries (~5 s), and ``serve`` refuses a host or port before that."""
+    if name in ("create_app", "MAX_K"):
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 HEADER_TIMEOUT_S = 10.0  # a client must finish its request headers this fast
 KEEP_ALIVE_S = 5  # an idle kept-alive connection closes after this
@@ -115,13 +125,14 @@ def serve(
     per_client: int | None = None,  # None: MAX_PER_CLIENT
 ) -> None:
     """Open the index, load its model once, and answer until interrupted."""
+    token = token or os.environ.get(TOKEN_ENV) or None
+    check_bind(host, token)  # before the models' libraries load (~5 s) and the model: a refusal is instant
+    check_port(host, port)  # so is a port in use
     import uvicorn
 
     from ..search import SegmentIndex
+    from .app import create_app
 
-    token = token or os.environ.get(TOKEN_ENV) or None
-    check_bind(host, token)  # before the slow model load: a refusal should be instant
-    check_port(host, port)  # so is a port in use
     index = SegmentIndex.open(
         Path(db_dir), db_url=db_url, device=device, faiss_device=faiss_device, locations="background"
     )  # a server answers many searches: candidates' locations are held in memory once built
