@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +171,8 @@ class PruneReport(RunReport):
     embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
     fragment_bytes_freed: int = 0  # Ray runs' fragments left over (``fragments.remove_all``)
     failing_kept: int = 0  # photos failing since indexed, left with their segments (``kept_failures=False``)
+    would_remove: list[tuple[str, str]] = field(default_factory=list)  # ``dry_run``: (path, why), nothing removed
+    all_gone: bool = False  # ``dry_run``: every file considered is gone, so ``prune`` wants ``force``
     loop_seconds: float = 0.0
     interrupted: bool = False
 
@@ -182,6 +184,7 @@ def prune(
     progress: Callable[[PruneReport, str, int], None] | None = None,
     force: bool = False,
     kept_failures: bool = True,
+    dry_run: bool = False,
 ) -> PruneReport:
     """Remove from the index at ``db_dir`` every image whose file is gone (``under``:
     these photos, or those under these folders; anywhere when None). When every one of
@@ -189,9 +192,12 @@ def prune(
     must not empty an index (photos named one by one are meant, and go). A photo indexed,
     then failing at a re-run, goes while it still fails to read now (within ``options``'
     limits); with ``kept_failures=False`` (``index --prune``, right after the run that
-    kept its segments) it stays, counted in ``failing_kept``."""
+    kept its segments) it stays, counted in ``failing_kept``. ``dry_run``: what would go, in
+    ``would_remove`` with why, read without the writer's lock (an index run may go on)."""
     options = options or IndexOptions()
     db_dir = check_index_at(db_dir, options.db_url)  # before the lock makes the folder
+    if dry_run:
+        return _prune_plan(Path(db_dir), under, options, kept_failures)
     check_writable(db_dir, "prune", "removes gone photos from it and compacts its files")
     report = PruneReport()
     start = time.perf_counter()
@@ -231,6 +237,24 @@ def prune(
             report.embedding_bytes_freed = compact(writer.store).bytes_freed
             report.fragment_bytes_freed = fragments.remove_all(db_dir)
             writer.write()  # the files are unchanged; record that they hold this generation too
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _prune_plan(db_dir: Path, under, options: IndexOptions, kept_failures: bool) -> PruneReport:
+    """``prune``'s choice of photos, made and reported, nothing removed."""
+    report, start = PruneReport(), time.perf_counter()
+    store = open_store(db_dir, options.db_url, read_only=True)
+    try:
+        considered = images_under(store, under)
+        failing = store.kept_failure_ids() if kept_failures else set()
+        gone = gone_images(considered, store.failed_image_ids(), failing, options, store)
+    finally:
+        store.close()
+    report.considered = len(considered)
+    report.would_remove = [(path, why) for _, path, why in gone]
+    photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}
+    report.all_gone = len(gone) == len(considered) > 0 and not photos_named
     report.seconds = time.perf_counter() - start
     return report
 

@@ -376,3 +376,26 @@ def test_a_photo_failing_since_indexed_is_pruned_only_while_it_still_fails(tmp_p
     kept = {os.path.basename(r[0]) for r in segment_table(db)}
     assert "chelsea.png" in kept and "coffee.png" not in kept and len(segment_table(db)) < len(before)
     assert_consistent(db)
+
+
+def test_prune_dry_run_lists_what_would_go_and_why_and_removes_nothing(tmp_path):
+    """`info` counted files gone, but nothing said which, short of pruning a copy."""
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    before = segment_table(db)
+    (photos / "astronaut.png").unlink()
+    dry = CliRunner().invoke(app, ["prune", "--db", str(db), "--dry-run"])
+    lines = dry.output.strip().splitlines()
+    assert dry.exit_code == 0 and lines == [
+        f"would remove {photos / 'astronaut.png'} (missing)",
+        "dry run: 1 of 3 images would be removed; nothing was",
+    ], dry.output
+    assert segment_table(db) == before
+    for name in ("chelsea.png", "sub/chelsea.png", "coffee.png"):
+        (photos / name).unlink(missing_ok=True)
+    every = CliRunner().invoke(app, ["prune", "--db", str(db), "--dry-run"])
+    assert "dry run: 3 of 3 images would be removed; nothing was (every file is gone" in every.output, every.output
+    assert segment_table(db) == before
+    done = CliRunner().invoke(app, ["prune", "--db", str(db), "--force"])
+    assert done.exit_code == 0 and "3 images removed" in done.output and segment_table(db) == []

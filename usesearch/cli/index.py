@@ -349,6 +349,9 @@ def prune_cmd(
     force: Annotated[
         bool, typer.Option("--force", help="Remove them even when every file is gone (an unmounted disk?).")
     ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the photos it would remove, and why; remove nothing.")
+    ] = False,
 ) -> None:
     """Remove images whose files are gone or unreadable since indexing (a photo failing since indexed: while it
     still fails to read), with their segments and vectors;
@@ -357,9 +360,17 @@ def prune_cmd(
     from usesearch.indexer.maintenance import prune
 
     folders: list[str | os.PathLike] | None = list(paths) if paths else None
-    report = prune(db, folders, IndexOptions(db_url=db_url), force=force)
+    report = prune(db, folders, IndexOptions(db_url=db_url), force=force, dry_run=dry_run)
     if folders and not report.considered:  # a typo, or a folder never indexed: said, not "0 removed" alone
         opts.console.print(f"no indexed photo lies under {', '.join(map(str, folders))}")
+    if dry_run:
+        for path, why in report.would_remove:
+            opts.console.print(f"would remove {one_line(path)} ({why})", markup=False, highlight=False)
+        opts.console.print(
+            f"dry run: {len(report.would_remove)} of {report.considered} images would be removed; nothing was"
+            + (" (every file is gone: is the disk mounted? prune asks for --force)" if report.all_gone else "")
+        )
+        return
     state = "interrupted; removals so far are kept" if report.interrupted else "finished"
     opts.console.print(f"{state}: {report.images_removed} images removed ({report.segments_removed} segments)")
     if report.copies_forgotten:
