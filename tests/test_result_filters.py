@@ -150,3 +150,15 @@ def test_cli_and_web_take_min_score_and_distinct(hand_built):
         hand_built.similar(2, 10, SearchFilters(distinct=True, min_score=0.5))
     )
     assert client.get("/api/segments/2/similar", params={"min_score": 3}).status_code == 422
+
+
+def test_a_min_score_that_cuts_every_hit_says_the_best_score(hand_built):
+    """An empty table said nothing of how far off --min-score was."""
+    from usesearch.cli.app import app
+
+    best = hand_built.similar(2, 1)[0].score
+    result = CliRunner().invoke(app, ["similar", "2", "--db", str(hand_built.db_dir), "--min-score", "0.999"])
+    assert result.exit_code == 0, result.output
+    assert f"no hit scores at least --min-score 0.999 (the best scores {best:.3f})" in result.stderr, result.output
+    kept = CliRunner().invoke(app, ["similar", "2", "--db", str(hand_built.db_dir), "--min-score", "-1"])
+    assert kept.exit_code == 0 and "no hit scores" not in kept.stderr

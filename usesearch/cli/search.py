@@ -62,7 +62,7 @@ def query(
         out.refuse_overwriting(output, index, {})
         hits = index.query(text, output.k, filters)
         title = f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})"
-        out.given(hits, output, title, text, index, filters)
+        out.given(hits, output, title, text, index, filters, best=lambda f: index.query(text, 1, f))
         return
     from usesearch.indexer.refine import DEFAULT_TOP, REFINERS, RefineOptions, Refiner
 
@@ -119,7 +119,8 @@ def similar(
     out.refuse_overwriting(output, index, {"--image": image, "--mask": mask})
     if segment_id is not None:
         hits = index.similar(segment_id, output.k, filters)
-        out.given(hits, output, f"like segment {segment_id}", f"like segment {segment_id}", index, filters)
+        best = lambda f: index.similar(segment_id, 1, f)  # noqa: E731
+        out.given(hits, output, f"like segment {segment_id}", f"like segment {segment_id}", index, filters, best)
         return
     assert image is not None  # one of the two, checked above
 
@@ -143,7 +144,8 @@ def similar(
 
         typer.echo(f"wrote {region_picture(rgb, picked, output.show)}", err=True)
     hits = index.search_region(rgb, picked, output.k, filters)
-    out.given(hits, output, f"like a region of {image.name}", f"like a region of {image.name}", index, filters)
+    best = lambda f: index.search_region(rgb, picked, 1, f)  # noqa: E731
+    out.given(hits, output, f"like a region of {image.name}", f"like a region of {image.name}", index, filters, best)
 
 
 @app.command()

@@ -5,6 +5,7 @@ would replace."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 LISTING_CHECK_S = 1.0
 
 
-def given(hits, output: opts.SearchOutput, title: str, name: str, index, filters: SearchFilters) -> None:
+def given(hits, output: opts.SearchOutput, title: str, name: str, index, filters: SearchFilters, best=None) -> None:
     """The COCO file and contact sheet asked for (first: a reader of the listing that
     stops early, `| head`, must not cost them), then the hits as JSON with full paths,
     or a table with paths relative to the folder that holds every indexed image
@@ -70,7 +71,7 @@ def given(hits, output: opts.SearchOutput, title: str, name: str, index, filters
     # Status on stderr: stdout may be carrying --json.
     if not (output.export_coco or output.show):  # (those said it of their own photos)
         _say_stale(hits, index, "among the hits", "", by_stat=False)
-    for line in [] if hits else _why_none(index, filters):
+    for line in [] if hits else _why_none(index, filters, best):
         typer.echo(line, err=True)
 
 
@@ -173,8 +174,10 @@ def _say_stale(hits, index, where: str, masks: str, by_stat: bool) -> None:
     typer.echo(f"{len(gone) + len(changed)} photo(s) {where} are {kinds}{masks} ({said}; {'; '.join(todo)})", err=True)
 
 
-def _why_none(index, filters: SearchFilters) -> list[str]:
-    """Why a search found nothing, where a filter names what the index does not have."""
+def _why_none(index, filters: SearchFilters, best=None) -> list[str]:
+    """Why a search found nothing, where a filter names what the index does not have, or
+    ``--min-score`` cut every hit (``best(filters)``: the search's best hit under other
+    filters; an empty table said nothing of how far off the score was)."""
     store, why = index.store, []
     if filters.path and not store.image_ids_matching(filters.path):
         folder = store.common_folder()
@@ -198,4 +201,8 @@ def _why_none(index, filters: SearchFilters) -> list[str]:
             "`index IMAGES --coco FILE.json` adds them" if filters.source == "annotation" else "a masker run makes them"
         )
         why.append(f"--source {filters.source}: the index holds no {filters.source} segments ({made_by})")
+    if filters.min_score is not None and not why and best is not None:
+        top = best(dataclasses.replace(filters, min_score=None))
+        if top:
+            why.append(f"no hit scores at least --min-score {filters.min_score:g} (the best scores {top[0].score:.3f})")
     return why
