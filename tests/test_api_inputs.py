@@ -245,3 +245,20 @@ def test_segment_takes_head_more_than_once(trained_tiny_head, tmp_path):
     ids, counts = np.unique(outputs[1], return_counts=True)
     assert [(c["id"], c["pixels"]) for c in found] == [(i, n) for i, n in zip(ids.tolist(), counts.tolist()) if i < 3]
     assert found and {c["class"] for c in found} <= {"circle", "square", "triangle"}
+
+
+def test_a_piped_query_table_keeps_each_path_whole_on_its_row(tmp_path):
+    """Piped (no terminal: 80 columns), long paths broke mid-name over several lines,
+    which grep and cut could not use."""
+    from tests.helpers import OPTS, write_photos
+    from usesearch.indexer import IndexOptions, index_paths
+
+    photos = write_photos(tmp_path / "photos", ("coffee", "chelsea"))
+    long = photos / ("a rather long folder name of a summer trip " * 2).strip()
+    long.mkdir()
+    (photos / "coffee.png").rename(long / "a long photo name from the camera roll.png")
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    result = runner.invoke(app, ["query", "a cat", "--db", str(tmp_path / "db"), "-k", "30"], env={"COLUMNS": "80"})
+    rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    assert result.exit_code == 0 and rows and all(".png" in row for row in rows), result.output
+    assert any(f"{long.name}/a long photo name from the camera roll.png" in row for row in rows)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from usesearch.cli import options as opts
@@ -32,7 +33,7 @@ def given(hits, output: opts.SearchOutput, title: str, name: str, index, filters
     """The COCO file and contact sheet asked for (first: a reader of the listing that
     stops early, `| head`, must not cost them), then the hits as JSON with full paths,
     or a table with paths relative to the folder that holds every indexed image
-    (absolute paths wrap over several lines at 80 columns)."""
+    (absolute paths wrap over several lines at 80 columns); piped, a row a hit, unwrapped."""
     from usesearch.indexer.export import contact_sheet, hits_to_coco
 
     if output.export_coco:
@@ -67,7 +68,10 @@ def given(hits, output: opts.SearchOutput, title: str, name: str, index, filters
             label = (f"{h.category} [{h.split}]" if h.source == "annotation" else h.source,) * labelled
             row = (str(h.rank), f"{h.score:.3f}", str(h.segment_id), one_line(image), str(h.bbox), str(h.area))
             table.add_row(*row, *label)  # a newline in a file name spelt out: one row a hit
-        (opts.console if listing is sys.stdout else opts.err_console).print(table)
+        target = opts.console if listing is sys.stdout else opts.err_console
+        if not target.is_terminal:  # piped: a row a hit, paths whole (at 80 columns they broke mid-name for grep)
+            target = Console(markup=False, stderr=listing is sys.stderr, width=100_000)
+        target.print(table)
     # Status on stderr: stdout may be carrying --json.
     if not (output.export_coco or output.show):  # (those said it of their own photos)
         _say_stale(hits, index, "among the hits", "", by_stat=False)
