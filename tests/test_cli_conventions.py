@@ -27,6 +27,11 @@ def test_a_command_line_click_cannot_parse_is_one_line(tmp_path):
             "(a TEXT starting with '-' goes last, after `--`: `usesearch query --db DB -- TEXT`)",
         ),
         (["similar", "-5", "--db", "d"], "No such option: -5 (see `usesearch similar --help`)"),  # no id is < 1
+        # A model named where the index's own answers (the hint offered --nprobe and --refine).
+        (
+            ["query", "a cat", "--db", "d", "--preset", "b16"],
+            "(`usesearch query` answers with the model the index was built with: `usesearch info --db DB`)",
+        ),
     ]
     for args, why in cases:
         done = subprocess.run([sys.executable, "-m", "usesearch", *args], capture_output=True, text=True, timeout=120)

@@ -77,6 +77,9 @@ def _quiet_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+MODEL_FLAGS = ("--preset", "--embedder", "--head")  # a model chosen: taken by the commands that build one
+
+
 def main() -> None:
     """The ``usesearch`` entry point. A command line click cannot parse (an unknown
     flag, a missing argument, a value of the wrong kind) is one line on stderr, as
@@ -120,6 +123,13 @@ def main() -> None:
             if arguments:  # (`--` ends the options: even --db after it would be read as text)
                 name = str(getattr(arguments[0], "name", "") or "argument").upper()
                 hint = f" (a {name} starting with '-' goes last, after `--`: `{ctx.command_path} --db DB -- {name}`)"
+        if (
+            ctx is not None
+            and option in MODEL_FLAGS
+            and ctx.command.name != "index"
+            and any(getattr(p, "name", "") == "db" for p in ctx.command.params)  # it reads an index
+        ):
+            hint = f" (`{ctx.command_path}` answers with the model the index was built with: `usesearch info --db DB`)"
         print(f"error: {format_message()}{hint}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)
