@@ -11,7 +11,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from usesearch.errors import ImageReadError
+from usesearch.errors import BadArgumentError, ImageReadError
 
 # A photo's damaged EXIF block (its orientation then read as none): Pillow warns with
 # its own source lines and no file name, a wall of them over an archive of such
@@ -66,7 +66,7 @@ def to_rgb_array(image: Image.Image | np.ndarray | str | PathLike) -> np.ndarray
         image = Image.fromarray(np.ascontiguousarray(image), "RGBA")
     if isinstance(image, Image.Image):
         if image.mode == "F":  # floats: PIL's convert clips them, and 0..1 pixels became black without a word
-            raise ValueError("expected 8-bit pixels, got a float image (PIL mode F), as a float array is refused")
+            raise BadArgumentError("expected 8-bit pixels, got a float image (PIL mode F): convert it to 8 or 16 bits")
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             deep = np.clip(np.asarray(image, dtype=np.int64), 0, None)  # mode "I" is signed 32-bit
             top = int(deep.max()) if deep.size else 0
