@@ -155,9 +155,6 @@ def _what_instead(db_dir: Path) -> str:
     for kind, marks in OUTPUT_MARKS.items():
         if kind != "an index" and any((db_dir / mark).exists() for mark in marks):
             return f"it holds {kind}: give --db an index's folder"
-    making = _live_writer(db_dir)
-    if making is not None:  # (a new index's run loads its models before it writes its catalog)
-        return f"an indexer (pid {making}) is making it and has written no catalog yet: try again in a moment"
     try:  # (the entries' types from the listing: a folder of a million photos costs no stat each)
         with os.scandir(db_dir) as entries:
             inside = sorted(Path(e.path) for e in entries if e.is_dir() and (Path(e.path) / DB_FILE).is_file())
@@ -166,17 +163,6 @@ def _what_instead(db_dir: Path) -> str:
     if inside:
         return f"the index in it is {inside[0]}: give --db {inside[0]}"
     return f"run `usesearch index PATH --db {db_dir}` first"
-
-
-def _live_writer(db_dir: Path) -> int | None:
-    """The pid its writer's lock names where that process is alive (the lock is not
-    taken to see: a reader holding it a moment would refuse a writer starting then)."""
-    try:
-        pid = int((db_dir / LOCK_FILE).read_text()[:32].strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
 
 
 def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:

@@ -123,17 +123,13 @@ def test_a_new_index_is_not_made_in_a_folder_it_walks_or_above_one(tmp_path):
 def test_a_reading_command_at_a_folder_holding_no_index_says_what_it_holds(tmp_path):
     """`query --db DATASET` suggested `usesearch index PATH --db DATASET`, which is then
     refused (a dataset's folder is its own), and `--db usesearch-demo` the same, where
-    the demo's index is one folder down, and a new index's folder whose run is still loading
-    its models "run usesearch index first". Each now says what the folder is."""
+    the demo's index is one folder down. Each now says what the folder is."""
     (tmp_path / "dataset").mkdir()
     (tmp_path / "dataset" / "manifest.json").write_text("{}")
     (tmp_path / "demo" / "db-tiny").mkdir(parents=True)
     (tmp_path / "demo" / "db-tiny" / "segments.sqlite").write_bytes(b"")
     (tmp_path / "new").mkdir()
-    (tmp_path / "making").mkdir()  # a new index's run loading its models (its catalog not written yet)
-    (tmp_path / "making" / "writer.lock").write_text(str(os.getpid()))
     for folder, why in (
-        ("making", f"an indexer (pid {os.getpid()}) is making it and has written no catalog yet: try again"),
         ("dataset", "it holds a curated dataset: give --db an index's folder"),
         ("demo", f"the index in it is {tmp_path / 'demo' / 'db-tiny'}: give --db {tmp_path / 'demo' / 'db-tiny'}"),
         ("new", f"run `usesearch index PATH --db {tmp_path / 'new'}` first"),
