@@ -90,9 +90,18 @@ def test_a_file_that_cannot_be_read_whole_keeps_no_verdict(db, tmp_path):
     twice.write_text("\n".join([*rows, rows[1].replace(",ok", ",wrong")]) + "\n")
     assert f"{twice}:{len(rows) + 1}: " in audit_refused(db, "--verdicts", str(twice))
     assert "has another verdict at line 2" in audit_refused(db, "--verdicts", str(twice))
+    one, two = (filled_in(db, "outliers", {0: v}, tmp_path / f"{v}.csv") for v in ("ok", "wrong"))
+    assert "has one verdict in " in audit_refused(db, "--verdicts", str(one), "--verdicts", str(two))
+    cut = tmp_path / "cut.csv"  # a swapped list with a column deleted: read as outliers' before
+    rows = list(csv.reader(filled_in(db, "swapped", {0: "wrong"}, tmp_path / "whole.csv").read_text().splitlines()))
+    gone = rows[0].index("preferred_probability")
+    with open(cut, "w", newline="") as f:
+        csv.writer(f).writerows([r[:gone] + r[gone + 1 :] for r in rows])
+    said = audit_refused(db, "--verdicts", str(cut))
+    assert "holds the columns of no one audit list (nearest: swapped, but it lacks preferred_probability)" in said
     other = tmp_path / "notes.csv"
     other.write_text("item,verdict,where\ntrain:1,ok,here\n")
-    assert f"{other} holds none of the audit lists' columns" in audit_refused(db, "--verdicts", str(other))
+    assert f"{other} holds the columns of no one audit list" in audit_refused(db, "--verdicts", str(other))
     other.write_text("id,label\n1,cat\n")
     assert f"{other} is not an audit list's CSV: it has no item or verdict column" in audit_refused(
         db, "--verdicts", str(other)
@@ -121,6 +130,10 @@ def test_a_row_counts_only_for_the_item_it_showed(db):
         s.execute(update(SegmentRecord).where(SegmentRecord.id == judged["segment_id"]).values(category=label))
         s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
     store.close()
+    # Checked against the last audit's lists, the row would match (they still show the old
+    # label), and the verdict be kept, then dropped by the next audit: refused until audited.
+    assert "changed since its last audit" in audit_refused(db, "--verdicts", str(saved))
+    assert kept(db) == {}
     audit_cli(db, "-k", "10")  # the lists as the index is now
     audit_cli(db, "-k", "10", "--verdicts", str(saved))
     said = " ".join(audit_cli.output.split())  # type: ignore[attr-defined]
@@ -228,3 +241,29 @@ def test_reviewed_items_make_room_for_the_next_ones(db, tmp_path):
     assert not any("runs again" in line for line in said)
     (db / "audit" / "checkpoint.npz").write_bytes(b"PK\x03\x04 torn by a copy")
     assert audit_index(db, config=AuditConfig(keep=5)) == again  # a torn checkpoint: started afresh
+
+
+def test_a_row_is_read_whole_whatever_its_cells_hold(tmp_path):
+    """Read as text split into lines, a photo name holding a line separator (U+2028, a
+    form feed) split its row in two: its verdict lost, or the file refused at a cell that
+    was no verdict; a cell past the csv module's limit escaped as a traceback."""
+    from usesearch.errors import UsesearchError
+    from usesearch.indexer.audit.report import COMMON, CSV_COLUMNS
+    from usesearch.indexer.audit.verdict_files import read_verdicts
+    from usesearch.io.tables import cell_text, text_cell
+
+    names = ["/p/a\u2028b.jpg", "/p/c\rd.jpg", "/p/f\x0cg.jpg", "'=quoted.jpg"]
+    items = [{"item": f"train:{n}", "segment_id": n, "labelled": "cat", "image": name} for n, name in enumerate(names)]
+    columns = COMMON + CSV_COLUMNS["outliers"] + ["verdict"]
+    path = tmp_path / "outliers.csv"
+    with open(path, "w", newline="") as f:  # as report.write_lists writes it
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for item in items:
+            writer.writerow([text_cell(item.get(c, "")) if c != "verdict" else "wrong" for c in columns])
+    found = read_verdicts(path, {"outliers": items})
+    assert [m[1] for m in found.marks] == [i["item"] for i in items] and not found.changed and not found.gone
+    assert cell_text(str(text_cell("'=x"))) == "'=x" and cell_text(str(text_cell("=x"))) == "=x"
+    path.write_text(",".join(columns) + "\n" + "x" * 200_000 + "\n")
+    with pytest.raises(UsesearchError, match="outliers.csv:2: not a CSV row"):
+        read_verdicts(path, {"outliers": items})

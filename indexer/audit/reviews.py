@@ -35,6 +35,8 @@ def mark(engine: Engine, kind: str, item: str, verdict: str | None, state: str |
 def mark_many(engine: Engine, marks: list[tuple[str, str, str | None, str | None]]) -> None:
     """``mark`` for each ``(kind, item, verdict, state)``, all in one transaction: a
     spreadsheet's verdicts are kept whole or not at all."""
+    if not marks:  # (nothing to keep: a read-only catalog is not asked to make the table)
+        return
     for _, _, verdict, _ in marks:
         if verdict is not None and verdict not in VERDICTS:
             raise UsesearchError(f"a verdict is one of {', '.join(VERDICTS)}, not {verdict!r}")

@@ -16,7 +16,6 @@ import typer
 from typer.core import TyperCommand
 
 from usesearch.cli import options as opts
-from usesearch.errors import UsesearchError
 
 app = opts.Typer()
 OLD_FLAGS = ("--coco", "--images")
@@ -84,8 +83,11 @@ def audit(
     from usesearch.io.files import one_line
 
     check_index_at(db, db_url)  # a typo said before the models' libraries load
-    if verdict_files:
-        keep_verdicts(db, db_url, verdict_files)
+    if verdict_files:  # kept before the audit runs: its lists then leave the reviewed items out
+        from usesearch.indexer.audit.verdict_files import keep_verdicts
+
+        for said in keep_verdicts(db, list(verdict_files), db_url):
+            opts.console.print(said.summary())
     from usesearch.indexer.audit import AuditConfig, audit_index, report, reviews
 
     out = Path(report_dir) if report_dir is not None else Path(db) / "audit" / "report"
@@ -132,26 +134,3 @@ def audit(
         )
     if unreadable:
         opts.console.print(opts.drawn_grey(unreadable, "drawn", db, db_url))
-
-
-def keep_verdicts(db: str | Path, db_url: str | None, files: list[Path]) -> None:
-    """Each file's verdicts kept, all in one transaction after every file was read (a
-    bad cell in the last file keeps none), one line said per file."""
-    from usesearch.indexer.audit import load_lists, reviews
-    from usesearch.indexer.audit.verdict_files import read_verdicts
-    from usesearch.indexer.folder import index_flags, open_store
-
-    lists = load_lists(db)
-    if lists is None:
-        raise UsesearchError(
-            f"{db} has not been audited yet, so no verdict can be given: run `usesearch audit "
-            f"{index_flags(db, db_url)}` and fill in the verdict column of the lists' CSVs"
-        )
-    read = [read_verdicts(path, lists["lists"]) for path in files]
-    store = open_store(Path(db), db_url, read_only=True)  # (verdicts are kept as the web view keeps them)
-    try:
-        reviews.mark_many(store.engine, [mark for one in read for mark in one.marks])
-    finally:
-        store.close()
-    for one in read:
-        opts.console.print(one.summary())

@@ -9,8 +9,9 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def text_cell(value: object) -> object:
-    """``value`` for a CSV row: a string a spreadsheet would run, quoted as text."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    """``value`` for a CSV row: a string a spreadsheet would run, quoted as text (and
+    one starting with the quote itself, so that ``cell_text`` gives back what was written)."""
+    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, "'")):
         return "'" + value
     return value
 
@@ -18,4 +19,4 @@ def text_cell(value: object) -> object:
 def cell_text(cell: str) -> str:
     """What ``text_cell`` wrote, read back: the leading ``'`` dropped where it quoted a
     formula's start (a spreadsheet that saved the file may have dropped it already)."""
-    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith((*FORMULA_STARTS, "'")) else cell
