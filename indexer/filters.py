@@ -138,8 +138,8 @@ def check_query_vector(vector, dim: int) -> np.ndarray:
         raise BadArgumentError(f"the query vector has shape {array.shape}; this index's vectors have {dim} dimensions")
     if not np.isfinite(array).all():
         raise BadArgumentError("the query vector is not finite (NaN or infinity)")
-    norm = float(np.linalg.norm(array))
+    norm = float(np.linalg.norm(array.astype(np.float64)))  # (float32's overflowed past 1e19, underflowed)
     if norm == 0.0:
         raise BadArgumentError("the query vector is all zeros: it has no direction to search in")
     # Scores are cosines only for a unit vector (``min_score`` is one): another length scaled them all.
-    return array / np.float32(norm) if abs(norm - 1.0) > 1e-6 else array
+    return (array.astype(np.float64) / norm).astype(np.float32) if abs(norm - 1.0) > 1e-6 else array

@@ -49,8 +49,9 @@ def query_vectors(
         parts.append(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12))
         excluded.append(np.zeros(len(vectors), np.int64))
         kinds += [kind] * len(vectors)
-    for batch_ids, batch in store.embeddings(picked):
-        parts.append(batch)
+    for batch_ids, batch in store.embeddings(picked):  # float16 rows, ~1e-5 off unit: as a search takes them
+        batch = np.asarray(batch, np.float64)
+        parts.append(batch / np.maximum(np.linalg.norm(batch, axis=1, keepdims=True), 1e-12))
         excluded.append(batch_ids)
         kinds += ["image"] * len(batch_ids)
     vectors = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, dim), np.float32)
