@@ -63,7 +63,8 @@ class Writer:
         self.unrepaired: list[str] = []  # damaged ones outside ``paths``: left as they are
         self.annotations_dropped = 0  # annotations with a damaged row: `index --coco` embeds them again
         self.moved: list[tuple[str, str]] = []  # (old path, new path): a photo renamed or moved since indexed
-        # (path, the indexed photo it repeats; "" until a photo earlier in this run it repeats is committed)
+        # (path, the indexed photo it repeats): a copy of a photo earlier in this run waits in
+        # ``_copies_coming`` until that photo is committed (an append each: no list rebuilt)
         self.copies: list[tuple[str, str]] = []
         self.failed_before = 0  # files skipped as failed by an earlier run, with the same content
         self.in_sync = True
@@ -206,8 +207,9 @@ class Writer:
         if path is not None and gone:  # moved: the record follows the photo
             self._move(gone[0], key, path, file_stat)
         elif path is not None:
-            self.copies.append((path, holders[0].path if holders else ""))  # "": one earlier in this run
-            if not holders:  # its photo may yet fail: its copies then fail with it (``fail``)
+            if holders:
+                self.copies.append((path, holders[0].path))
+            else:  # of a photo earlier in this run: counted once it is committed (if it fails, they fail with it)
                 self._copies_coming.setdefault(sha256, []).append((key, path, file_stat))
             if file_stat is not None:  # the next run skips it unread (``KnownImages.unchanged``)
                 self.known.note_copy(key, sha256, file_stat)
@@ -243,9 +245,8 @@ class Writer:
         self.apply(save, np.concatenate(rows) if rows else None, report)
         report.done += len(photos)
         for photo in photos:  # their copies are copies of an indexed photo now, which they name
-            waiting = {copy_path for _, copy_path, _ in self._copies_coming.pop(photo.sha256 or "", [])}
-            if waiting and photo.error is None:  # (in place: the run's report holds this list)
-                self.copies[:] = [(p, photo.path if p in waiting and not held else held) for p, held in self.copies]
+            for _, copy_path, _ in self._copies_coming.pop(photo.sha256 or "", []):
+                self.copies.append((copy_path, photo.path))
 
     def apply(
         self, write: Callable[[], tuple[list[int], list[int]]], embeddings: np.ndarray | None, report: IndexReport
@@ -301,7 +302,6 @@ class Writer:
         # Files skipped as copies of this one, queued before it failed, are no copies of an
         # indexed photo: they fail as it did (they were left out of ``failures``).
         for copy_key, copy_path, copy_stat in self._copies_coming.pop(sha256, []) if sha256 else []:
-            self.copies.remove((copy_path, ""))
             self.known.drop_copy(copy_key)
             copy_exc = _as_copys(exc, path, copy_path)
             self.store.save_image(copy_key, copy_path, sha256, None, error=copy_exc, file_stat=copy_stat)
@@ -310,11 +310,8 @@ class Writer:
 
     def _drop_uncommitted_copies(self) -> None:
         """Copies of a photo this run never committed are no copies of an indexed photo:
-        out of ``copies`` (an interrupted run's summary named them as such; the next
+        never in ``copies`` (an interrupted run's summary named them as such; the next
         run reads them, as ``skip`` finds no photo they copy)."""
-        for pending in self._copies_coming.values():
-            for _, copy_path, _ in pending:
-                self.copies.remove((copy_path, ""))
         self._copies_coming.clear()
 
     def remove_image(self, image_id: int) -> int:
