@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import shlex
+import sqlite3
 from collections.abc import Callable
 from typing import Any, NoReturn, ParamSpec, TypeVar
 from urllib.parse import quote
@@ -166,14 +167,25 @@ def catalog_errors(method: Callable[P, T]) -> Callable[P, T]:
             if mapped is None:
                 raise
             raise mapped from exc
+        except sqlite3.OperationalError as exc:  # (the rows' reads go through SQLite's own cursor)
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise CatalogBusyError(f"the catalog database is busy ({first_line(exc)}); try again") from exc
 
     return wrapper
 
 
 # A connection refused by a server that answered (libpq's "FATAL:", with no SQLSTATE)
 # is the URL's fault, unless the server said it is starting, stopping or full.
-_TRANSIENT_REFUSALS = ("starting up", "shutting down", "in recovery", "not yet accepting connections")
-_FULL = ("too many clients", "remaining connection slots")
+_TRANSIENT_REFUSALS = (
+    "starting up",
+    "shutting down",
+    "in recovery",
+    "not yet accepting connections",
+    "terminating connection",
+    "cannot connect to server",  # (pgbouncer: its server is away)
+)
+_FULL = ("too many clients", "remaining connection slots", "no more connections allowed")
 
 
 def _connection_failure(message: str) -> str:
@@ -190,7 +202,8 @@ def connection_failed(exc: OperationalError, url: str) -> UsesearchError:
     come back, else the server's refusal (a database or role that does not exist, a
     password refused) as the URL's fault, in the server's words."""
     reason = first_line(exc.orig or exc)
-    if failure_kind(exc) != "failed":
+    refused = getattr(exc.orig, "sqlstate", None) is None and failure_kind(exc) == "failed"  # (a FATAL answer)
+    if not refused:  # (one with a SQLSTATE, a disk full as its tables are made: said as it was)
         return CatalogUnavailableError(f"cannot reach the catalog database at {shown_url(url)}: {reason}")
     said = " ".join(reason.split("FATAL:", 1)[-1].split())  # (libpq's "connection to server on socket ... failed:")
     return CatalogRefusedError(

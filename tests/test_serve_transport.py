@@ -289,6 +289,13 @@ def test_a_database_error_is_said_as_busy_unreachable_or_failed(served, tmp_path
         (psycopg.errors.CannotConnectNow(), "unreachable"),
         (psycopg.errors.DiskFull(), "failed"),
         (psycopg.errors.DataCorrupted(), "failed"),
+        # A connection's failure carries no SQLSTATE: a server's FATAL answer is the URL's
+        # fault, unless it says it is starting, stopping or full (pgbouncer's words too).
+        (psycopg.OperationalError('connection failed: FATAL:  database "x" does not exist'), "failed"),
+        (psycopg.OperationalError("connection failed: FATAL:  the database system is starting up"), "unreachable"),
+        (psycopg.OperationalError("connection failed: FATAL:  no more connections allowed"), "busy"),
+        (psycopg.OperationalError("connection failed: FATAL:  pgbouncer cannot connect to server"), "unreachable"),
+        (psycopg.OperationalError("connection refused"), "unreachable"),
     ]:
         assert failure_kind(OperationalError("select 1", {}, error)) == kind, error
     answers = {"busy": (503, "5", "busy; try again"), "unreachable": (503, "30", "cannot be reached")}
@@ -332,4 +339,13 @@ def test_a_search_whose_catalog_fails_says_so_in_python_and_on_the_web(served, t
         response = client.get("/api/search", params={"q": "cat"})
         assert response.status_code == (500 if kind == "failed" else 503), (kind, response.text)
         assert ("retry-after" in response.headers) == (kind != "failed")
+
+    def locked():  # as SQLite's own cursor raises it (the rows' reads): not SQLAlchemy's
+        import sqlite3
+
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(index.store, "generation", locked)
+    with pytest.raises(CatalogBusyError, match="is busy"):
+        index.search_vector(vector)
     monkeypatch.undo()
