@@ -257,8 +257,10 @@ def test_a_piped_query_table_keeps_each_path_whole_on_its_row(tmp_path):
     long = photos / ("a rather long folder name of a summer trip " * 2).strip()
     long.mkdir()
     (photos / "coffee.png").rename(long / "a long photo name from the camera roll.png")
+    (photos / "sub" / "chelsea.png").rename(photos / "sub" / ":cat: chelsea.png")  # shown as written, no emoji
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     result = runner.invoke(app, ["query", "a cat", "--db", str(tmp_path / "db"), "-k", "30"], env={"COLUMNS": "80"})
     rows = [line for line in result.output.splitlines() if line.startswith("│")]
     assert result.exit_code == 0 and rows and all(".png" in row for row in rows), result.output
     assert any(f"{long.name}/a long photo name from the camera roll.png" in row for row in rows)
+    assert any("sub/:cat: chelsea.png" in row for row in rows) and "\U0001f431" not in result.output

@@ -58,7 +58,7 @@ def test_a_filter_the_index_has_says_nothing_more(db):
     result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--json", "--label", "cat", "--min-score", "0.99"])
     assert result.exit_code == 0 and json.loads(result.stdout) == []
     # Nothing of the label it has; only how far off --min-score was.
-    assert result.stderr.startswith("no hit scores at least --min-score 0.99 (the best scores ")
+    assert result.stderr.startswith("no hit scores at least --min-score 0.99 (the best found without it scores ")
     assert len(result.stderr.splitlines()) == 1 and "--label" not in result.stderr
 
 

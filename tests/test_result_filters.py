@@ -159,6 +159,8 @@ def test_a_min_score_that_cuts_every_hit_says_the_best_score(hand_built):
     best = hand_built.similar(2, 1)[0].score
     result = CliRunner().invoke(app, ["similar", "2", "--db", str(hand_built.db_dir), "--min-score", "0.999"])
     assert result.exit_code == 0, result.output
-    assert f"no hit scores at least --min-score 0.999 (the best scores {best:.3f})" in result.stderr, result.output
+    assert f"no hit scores at least --min-score 0.999 (the best found without it scores {best:.3f})" in result.stderr, (
+        result.output
+    )
     kept = CliRunner().invoke(app, ["similar", "2", "--db", str(hand_built.db_dir), "--min-score", "-1"])
     assert kept.exit_code == 0 and "no hit scores" not in kept.stderr

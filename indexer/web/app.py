@@ -337,6 +337,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
     def audit_style() -> Response:
         return static("audit.css", "text/css; charset=utf-8")
 
-    schema = app.openapi  # FastAPI's, made once; then the errors the server sends (apidoc.described)
-    app.openapi = lambda: app.openapi_schema or apidoc.described(schema(), token is not None)  # type: ignore[method-assign]
+    # FastAPI's schema, with the errors the server sends (apidoc.described): made here, once,
+    # not on the first request (two first requests, /api's thread and /openapi.json's, raced).
+    app.openapi_schema = apidoc.described(app.openapi(), token is not None)
     return app

@@ -20,8 +20,8 @@ from usesearch.io.files import one_line
 
 # No markup: what is printed is data (file names like `x[/]y.png`, query texts), never
 # instructions to rich; the few styled words say so with ``Text(..., style=...)``.
-console = Console(markup=False, soft_wrap=True)  # a message is one line, piped or not: grep finds it whole
-err_console = Console(stderr=True, markup=False, soft_wrap=True)  # the same, on stderr
+console = Console(markup=False, emoji=False, soft_wrap=True)  # a message is one line, piped or not: grep finds it whole
+err_console = Console(stderr=True, markup=False, emoji=False, soft_wrap=True)  # the same, on stderr
 
 
 def stdout_closed() -> bool:

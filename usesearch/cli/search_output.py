@@ -70,7 +70,7 @@ def given(hits, output: opts.SearchOutput, title: str, name: str, index, filters
             table.add_row(*row, *label)  # a newline in a file name spelt out: one row a hit
         target = opts.console if listing is sys.stdout else opts.err_console
         if not target.is_terminal:  # piped: a row a hit, paths whole (at 80 columns they broke mid-name for grep)
-            target = Console(markup=False, stderr=listing is sys.stderr, width=100_000)
+            target = Console(markup=False, emoji=False, stderr=listing is sys.stderr, width=100_000)
         target.print(table)
     # Status on stderr: stdout may be carrying --json.
     if not (output.export_coco or output.show):  # (those said it of their own photos)
@@ -207,6 +207,9 @@ def _why_none(index, filters: SearchFilters, best=None) -> list[str]:
         why.append(f"--source {filters.source}: the index holds no {filters.source} segments ({made_by})")
     if filters.min_score is not None and not why and best is not None:
         top = best(dataclasses.replace(filters, min_score=None))
-        if top:
-            why.append(f"no hit scores at least --min-score {filters.min_score:g} (the best scores {top[0].score:.3f})")
+        if top and top[0].score < filters.min_score:  # (searched wider without the cut, it may find one above)
+            why.append(
+                f"no hit scores at least --min-score {filters.min_score:g} "
+                f"(the best found without it scores {top[0].score:.3f})"
+            )
     return why
