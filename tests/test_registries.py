@@ -132,5 +132,7 @@ def test_every_curation_source_reads_a_tiny_fixture(name, tmp_path):
 
 
 def test_an_unknown_source_names_the_known_ones():
-    with pytest.raises(ValueError, match="--input-format 'flickr' is none of folder, coco-captions, coco-instances, vg"):
+    with pytest.raises(
+        ValueError, match="--input-format 'flickr' is none of folder, coco-captions, coco-instances, vg"
+    ):
         read_source("flickr", ".")
