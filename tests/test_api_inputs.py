@@ -41,6 +41,7 @@ def test_the_models_bad_arguments_are_usesearch_errors_as_python_would_type_them
         (lambda: tiny_use.embed_segments(photo, empty[:, :10]), "like the image"),
         (lambda: tiny_use.embed_text("a cat"), "a list of strings, not a single string"),
         (lambda: tiny_use.embed_text([""]), "empty text"),
+        (lambda: tiny_use.embed_segments(photo.astype(np.float32), empty), "expected a uint8 image"),
     ):
         with pytest.raises(BadArgumentError, match=said) as caught:
             call()

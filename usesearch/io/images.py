@@ -66,7 +66,7 @@ def to_rgb_array(image: Image.Image | np.ndarray | str | PathLike) -> np.ndarray
         image = Image.fromarray(np.ascontiguousarray(image), "RGBA")
     if isinstance(image, Image.Image):
         if image.mode == "F":  # floats: PIL's convert clips them, and 0..1 pixels became black without a word
-            raise BadArgumentError("expected 8-bit pixels, got a float image (PIL mode F): convert it to 8 or 16 bits")
+            raise BadArgumentError("expected 8-bit pixels, got a float image (PIL mode F): convert it to uint8 pixels")
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             deep = np.clip(np.asarray(image, dtype=np.int64), 0, None)  # mode "I" is signed 32-bit
             top = int(deep.max()) if deep.size else 0
@@ -83,15 +83,15 @@ def to_rgb_array(image: Image.Image | np.ndarray | str | PathLike) -> np.ndarray
             image = image.convert("RGB")
         array = np.asarray(image, dtype=np.uint8).copy()
         if array.shape[0] == 0 or array.shape[1] == 0:
-            raise ValueError(f"the image is empty ({image.width}x{image.height} pixels)")
+            raise BadArgumentError(f"the image is empty ({image.width}x{image.height} pixels)")
         return array
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"expected an HxWx3 image, got shape {array.shape}")
+        raise BadArgumentError(f"expected an HxWx3 image, got shape {array.shape}")
     if array.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {array.dtype}")
+        raise BadArgumentError(f"expected a uint8 image, got {array.dtype}")
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"the image is empty ({array.shape[1]}x{array.shape[0]} pixels)")
+        raise BadArgumentError(f"the image is empty ({array.shape[1]}x{array.shape[0]} pixels)")
     return np.ascontiguousarray(array[..., :3])
