@@ -63,6 +63,8 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args
         (["demo", "--demo-dir", "{d}/run/demo"], "lies in a training run ({d}/run), whose files"),
         (["index", "{d}/i", "--db", "{d}/index/embeddings"], "lies in an index ({d}/index), whose files"),
         (["index", "{d}/i", "--db", "{d}/around"], "holds another index ({d}/around/inner): give the index"),
+        # Another project's trainer.pt above: no training run of ours, nothing refused below it.
+        (["index", "{d}/i", "--db", "{d}/torch-project/photos.use"], "holds photos"),
         (["curate", "run", "{d}/i", "--dataset-dir", "{d}/report"], "holds an audit report: give a curated"),
         # Their pictures among photos: the next index of that folder took them for photos.
         (
@@ -84,6 +86,8 @@ def test_a_command_never_writes_into_another_commands_folder(files, args, why):
         ("lists", "swapped.csv"),  # audit's
         ("demo", "db-tiny"),
         ("around/inner", "segments.sqlite"),  # an index one level down
+        ("torch-project", "trainer.pt"),
+        ("torch-project/photos.use", "x.jpg"),
     ):
         (files / name).mkdir(parents=True, exist_ok=True)
         (files / name / mark).write_text("{}")

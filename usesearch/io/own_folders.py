@@ -33,7 +33,7 @@ OUTPUT_MARKS = {
 SURE_MARKS = {
     "an index": (("segments.sqlite",), ("embeddings/index-id",)),  # (index-id alone: a catalog on PostgreSQL)
     "a curated dataset": (("manifest.json", "shards"),),
-    "a training run": (("trainer.safetensors",), ("trainer.pt",)),
+    "a training run": (("trainer.safetensors",), ("trainer.pt", "log.csv")),  # (trainer.pt alone: any project's)
     "an audit report": ((AUDIT_MARK,),),
 }
 
