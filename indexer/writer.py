@@ -207,9 +207,12 @@ class Writer:
         if path is not None and gone:  # moved: the record follows the photo
             self._move(gone[0], key, path, file_stat)
         elif path is not None:
-            if holders:
-                self.copies.append((path, holders[0].path))
-            else:  # of a photo earlier in this run: counted once it is committed (if it fails, they fail with it)
+            # Of a photo earlier in this run: named now where it is committed already (``coming``
+            # keeps its hash after), else once it is (if it fails, its copies fail with it).
+            named = holders or (self.store.done_with_hash(sha256) if coming_now else [])
+            if named:
+                self.copies.append((path, named[0].path))
+            else:
                 self._copies_coming.setdefault(sha256, []).append((key, path, file_stat))
             if file_stat is not None:  # the next run skips it unread (``KnownImages.unchanged``)
                 self.known.note_copy(key, sha256, file_stat)
