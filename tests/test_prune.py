@@ -8,7 +8,6 @@ import os
 import numpy as np
 from typer.testing import CliRunner
 
-import usesearch.indexer.embeddings as embeddings
 from tests.helpers import OPTS, assert_consistent, kill_when, run_python, segment_table, sqlite_count, write_photos
 from tests.test_index_scale import synthetic_index
 from usesearch.cli.app import app
@@ -141,40 +140,6 @@ def test_index_prune_only_touches_the_folders_it_was_given(tmp_path):
     ix = SegmentIndex.open(db)
     assert sorted(os.path.basename(p) for _, _, p in ix.store.image_files()) == ["chelsea.png", "rocket.png"]
     ix.close()
-
-
-def test_a_small_index_whose_files_are_all_gone_is_refused_too(tmp_path):
-    """However few the photos, all of them gone looks like an unmounted disk."""
-    synthetic_index(tmp_path / "db", n=4, dim=16, images=2)  # paths under /a/: none exist here
-    result = CliRunner().invoke(app, ["prune", "--db", str(tmp_path / "db")])
-    assert result.exit_code == 2 and "all 2 files the index records are gone" in result.output
-    assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 2
-
-
-def test_everything_gone_is_refused_without_force(tmp_path, monkeypatch):
-    monkeypatch.setattr(embeddings, "CHUNK_ROWS", 50)  # 6 chunk files
-    synthetic_index(tmp_path / "db", n=300, dim=16, images=30)  # paths under /a/: none exist here
-    reindex(tmp_path / "db")
-    runner = CliRunner()
-    result = runner.invoke(app, ["prune", "--db", str(tmp_path / "db")])
-    assert result.exit_code == 2 and "is the disk mounted" in result.output and "Traceback" not in result.output
-    said = " ".join(result.output.split())  # the command to run, as it can be run
-    assert f"`usesearch prune --db {tmp_path / 'db'} --force` removes them" in said, said
-    scoped = runner.invoke(app, ["prune", "/a", "--db", str(tmp_path / "db")])
-    assert "all 30 files the index records under /a are gone" in " ".join(scoped.output.split()), scoped.output
-    elsewhere = runner.invoke(app, ["prune", str(tmp_path / "nope"), "--db", str(tmp_path / "db")])
-    assert elsewhere.exit_code == 0 and "no indexed photo lies under" in elsewhere.output, elsewhere.output
-    assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 30
-    result = runner.invoke(app, ["prune", "--db", str(tmp_path / "db"), "--force"])
-    assert result.exit_code == 0 and "30 images removed (300 segments)" in result.output, result.output
-    # The embedding files give their disk back: every closed chunk is gone, the newest stays.
-    assert "embedding files: 0.01 MiB given back" in result.output, result.output  # 5 x 50 rows x 32 bytes
-    assert sorted(p.name for p in (tmp_path / "db" / "embeddings").iterdir()) == [
-        "chunk-000005.f16",
-        "chunk-000005.sum",
-        "index-id",
-    ]
-    assert_consistent(tmp_path / "db")
 
 
 def test_kill_dash_nine_during_prune_then_resume(tmp_path):
@@ -376,26 +341,3 @@ def test_a_photo_failing_since_indexed_is_pruned_only_while_it_still_fails(tmp_p
     kept = {os.path.basename(r[0]) for r in segment_table(db)}
     assert "chelsea.png" in kept and "coffee.png" not in kept and len(segment_table(db)) < len(before)
     assert_consistent(db)
-
-
-def test_prune_dry_run_lists_what_would_go_and_why_and_removes_nothing(tmp_path):
-    """`info` counted files gone, but nothing said which, short of pruning a copy."""
-    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
-    db = tmp_path / "db"
-    index_paths([photos], db, IndexOptions(**OPTS))
-    before = segment_table(db)
-    (photos / "astronaut.png").unlink()
-    dry = CliRunner().invoke(app, ["prune", "--db", str(db), "--dry-run"])
-    lines = dry.output.strip().splitlines()
-    assert dry.exit_code == 0 and lines == [
-        f"would remove {photos / 'astronaut.png'} (missing)",
-        "dry run: 1 of 3 images would be removed; nothing was",
-    ], dry.output
-    assert segment_table(db) == before
-    for name in ("chelsea.png", "sub/chelsea.png", "coffee.png"):
-        (photos / name).unlink(missing_ok=True)
-    every = CliRunner().invoke(app, ["prune", "--db", str(db), "--dry-run"])
-    assert "dry run: 3 of 3 images would be removed; nothing was (every file is gone" in every.output, every.output
-    assert segment_table(db) == before
-    done = CliRunner().invoke(app, ["prune", "--db", str(db), "--force"])
-    assert done.exit_code == 0 and "3 images removed" in done.output and segment_table(db) == []
