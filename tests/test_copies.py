@@ -169,3 +169,20 @@ def test_a_photo_changed_into_a_copy_of_another_is_a_copy_not_indexed_twice(tmp_
     back = run([photos], db, IndexOptions(**OPTS))
     assert back.done == 1 and back.copies == [] and set(indexed()) == {"rocket.png", "chelsea.png", "coffee.png"}
     assert_consistent(db)
+
+
+def test_a_folder_named_through_a_link_is_said_as_the_same_files_not_copies(tmp_path):
+    """`index names-link` (a link to an indexed folder) said "5 skipped as copies of a
+    photo indexed under another path": they are the same files."""
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    photos = write_photos(tmp_path / "photos", ("coffee", "chelsea"))
+    db = str(tmp_path / "db")
+    assert CliRunner().invoke(app, ["index", str(photos), "--db", db, "--preset", "tiny"]).exit_code == 0
+    (tmp_path / "alias").symlink_to(photos)
+    again = CliRunner().invoke(app, ["index", str(tmp_path / "alias"), "--db", db, "--preset", "tiny"])
+    said = " ".join(again.output.split())
+    assert again.exit_code == 0 and "2 skipped: the same files as indexed, reached through a link" in said, said
+    assert "copies of a photo" not in said

@@ -247,8 +247,13 @@ def _print_json(reports: dict[str, IndexReport], as_json: bool) -> None:
 
 def _say_moved_and_copies(report: IndexReport) -> None:
     opts.say_pairs(report.moved, "photo(s) renamed or moved, their segments kept", sign="->")
-    copies = "skipped as copies of a photo indexed under another path"
-    opts.say_pairs(report.copies, copies, unnamed="a photo earlier in this run")
+    # A folder named through a link to an indexed one: the same files, no copies of them.
+    aliases: list[tuple[str, str]] = []
+    copies: list[tuple[str, str]] = []
+    for a, b in report.copies:
+        (aliases if b and os.path.realpath(a) == os.path.realpath(b) else copies).append((a, b))
+    opts.say_pairs(aliases, "skipped: the same files as indexed, reached through a link", unnamed="?")
+    opts.say_pairs(copies, "skipped as copies of a photo indexed under another path", unnamed="?")
 
 
 def _say_annotations_lost(report: IndexReport, this_split: str | None = None) -> None:
