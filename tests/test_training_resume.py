@@ -268,3 +268,24 @@ def test_a_step_head_with_a_tampered_record_is_refused_as_damaged(samples, tmp_p
     meta_file.write_text(json.dumps({**meta, "data": "x"}))
     with pytest.raises(usesearch.UsesearchError, match="the head of step 2 is damaged"):
         Trainer(samples, tmp_path, CFG).resume()
+
+
+def test_a_run_started_when_the_resize_scaled_the_photo_resumes_as_it_started(samples, tmp_path):
+    """The random resize now scales the photo as inference shows it; a run started before
+    (its config records no ``resize_base``) goes on drawing as it started, and ends as
+    its uninterrupted run, not half in each geometry."""
+    from dataclasses import replace
+
+    before = replace(CFG, resize_base="photo")
+    Trainer(samples, tmp_path / "whole", before).run()
+    Trainer(samples, tmp_path / "cut", before).run(until=2)
+    for step_file in (tmp_path / "cut").glob("step-*.json"):  # as such a run wrote them
+        meta = json.loads(step_file.read_text())
+        del meta["train_config"]["resize_base"]
+        step_file.write_text(json.dumps(meta))
+    resumed = Trainer(samples, tmp_path / "cut", CFG)  # today's default: the crop
+    resumed.resume()
+    assert resumed.cfg.resize_base == "photo"
+    resumed.run()
+    whole, cut = (load_head(tmp_path / out / "head", usesearch.get_preset("tiny"))[0] for out in ("whole", "cut"))
+    assert all(torch.allclose(whole[k], cut[k], atol=1e-5) for k in whole)

@@ -24,6 +24,10 @@ class TrainConfig:
     poly_power: float = 0.9  # paper §4.2
     crop: int = 560  # paper §4.2
     scale: tuple[float, float] = (0.5, 2.0)  # paper §4.2
+    # What the random resize's factor scales: "crop", the photo as inference shows it (its
+    # longest side at the crop); "photo", its own pixels, as runs started before 2026-12-06
+    # did (a resumed one goes on so, as it started; ``Trainer.resume``).
+    resize_base: str = "crop"
     logit_scale: float = LOGIT_SCALE
     checkpoint_every: int = 500
     max_steps: int | None = None
@@ -53,6 +57,8 @@ class TrainConfig:
             raise ValueError(f"seed {self.seed}: give a whole number from 0 to 2**63-1")
         # The random resize draws the photo at up to twice the crop (its longest side):
         # a crop of 100,000 would decode every photo into 200,000 pixels a side.
+        if self.resize_base not in ("crop", "photo"):
+            raise ValueError(f"resize_base {self.resize_base!r}: give 'crop' or 'photo'")
         if not MIN_CROP <= self.crop <= MAX_CROP:
             raise ValueError(f"crop {self.crop}: give a side from {MIN_CROP} to {MAX_CROP} pixels (the paper's: 560)")
 

@@ -75,7 +75,12 @@ def decode_masks(rles: list[dict]) -> np.ndarray:
 
 
 def augment(
-    rgb: np.ndarray, masks: np.ndarray, rng: np.random.Generator, crop: int, scale: tuple[float, float] = (0.5, 2.0)
+    rgb: np.ndarray,
+    masks: np.ndarray,
+    rng: np.random.Generator,
+    crop: int,
+    scale: tuple[float, float] = (0.5, 2.0),
+    base: str = "crop",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (RGB, [M, h, w] masks, indices of the segments that survive). The crop is at
     most crop x crop and is *not* padded here: the model letterboxes it onto a
@@ -87,9 +92,10 @@ def augment(
     side at the crop (inference fills the model's input with it). Drawn on the photo's
     own pixels, a 192-px photo trained at a third of the canvas and was embedded filling
     it: a head overfit on 15 annotations named 14 of them in training's geometry and 7
-    in inference's (mmsegmentation's RandomResize with keep_ratio scales the same way)."""
+    in inference's (mmsegmentation's RandomResize with keep_ratio scales the same way).
+    ``base="photo"``: the photo's own pixels, for a run started so and resumed."""
     h, w = rgb.shape[:2]
-    factor = rng.uniform(*scale) * crop / max(h, w)
+    factor = rng.uniform(*scale) * (crop / max(h, w) if base == "crop" else 1.0)
     nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
     image = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BILINEAR))
     # Nearest for masks: a mask pixel follows the image pixel it sits on.

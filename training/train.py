@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +95,7 @@ class Trainer:
         except (OSError, ValueError, UsesearchError) as exc:  # the same photo fails every epoch: skip it
             return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
         rng = np.random.default_rng([self.cfg.seed, 10**6 + step, position])
-        rgb, masks, keep = augment(rgb, masks, rng, self.cfg.crop, self.cfg.scale)
+        rgb, masks, keep = augment(rgb, masks, rng, self.cfg.crop, self.cfg.scale, self.cfg.resize_base)
         if len(keep) == 0:
             return None
         c, d = self.use.pixels(rgb, canvas=self.cfg.crop)  # mean-colour padding, as at inference
@@ -320,6 +320,9 @@ class Trainer:
                 f"--resume continues the run in {self.out} as it was started: {', '.join(changed)}; "
                 "give those again, or start a new run in another --run-dir"
             )
+        # A run started before the resize scaled the photo as inference shows it goes on as
+        # it started (its resumed steps are those of the uninterrupted run).
+        self.cfg = replace(self.cfg, resize_base=started.get("resize_base", "photo"))
         if {key: self.data[key] for key in started_on if key in self.data} != started_on:  # older runs: no content
             raise UsesearchError(
                 f"--resume continues the run in {self.out} on the data it started on: "
