@@ -52,22 +52,31 @@ def test_verdicts_filled_in_a_spreadsheet_are_kept_and_the_next_items_come_up(db
     swaps = [i["item"] for i in first["swapped"]]
     saved = filled_in(db, "swapped", {0: " OK", 1: "wrong", 2: ""}, db.parent / "swapped (1).csv", ";", bom=True)
     outlier = filled_in(db, "outliers", {0: "wrong"})
+    index = SegmentIndex.open(db)  # a verdict on an item no list holds (its photo pruned since): not counted
+    reviews.mark(index.store.engine, "swapped", "train:987654321", "ok")
+    index.close()
     again = audit_cli(db, "-k", "10", "--verdicts", str(saved), "--verdicts", str(outlier))
     said = " ".join(audit_cli.output.split())  # type: ignore[attr-defined]
     assert "swapped (1).csv (swapped): 2 verdicts kept (1 ok, 1 wrong)" in said, said
     assert "outliers.csv (outliers): 1 verdict kept (1 wrong)" in said, said
     assert kept(db) == {
+        ("swapped", "train:987654321"): "ok",
         ("swapped", swaps[0]): "ok",
         ("swapped", swaps[1]): "wrong",
         ("outliers", first["outliers"][0]["item"]): "wrong",
     }
     assert [i["item"] for i in again["swapped"]][:8] == swaps[2:]  # the reviewed left out, the next come up
+    assert "swapped: " in said and " found, 2 reviewed" in said.split("swapped: ")[-1].split(";")[0], said
     assert first["outliers"][0]["item"] not in {i["item"] for i in again["outliers"]}
     shown = audit_cli(db, "-k", "10", "--include-reviewed")  # the CSV shows them, ready to be changed
     taken = filled_in(db, "swapped", {0: "none", 1: "ok"})
     audit_cli(db, "-k", "10", "--verdicts", str(taken))
     assert shown["swapped"][0]["verdict"] == "ok"
-    assert kept(db) == {("swapped", swaps[1]): "ok", ("outliers", first["outliers"][0]["item"]): "wrong"}
+    assert kept(db) == {
+        ("swapped", "train:987654321"): "ok",
+        ("swapped", swaps[1]): "ok",
+        ("outliers", first["outliers"][0]["item"]): "wrong",
+    }
     assert "1 verdict kept (1 ok), 1 taken back" in " ".join(audit_cli.output.split())  # type: ignore[attr-defined]
 
 
@@ -191,6 +200,10 @@ def test_a_verdict_holds_for_the_item_judged_not_for_it_relabelled_since(db):
     summary = TestClient(create_app(index)).get("/api/audit").json()
     index.close()
     assert summary["stale"].startswith("the index changed since this audit: run `usesearch audit --db ")
+    index = SegmentIndex.open(db)  # a verdict given on lists that predate the change: refused, as the CLI does
+    late = TestClient(create_app(index)).post("/api/audit/swapped/review", json={"item": kept["item"], "verdict": "ok"})
+    index.close()
+    assert late.status_code == 409 and "run `usesearch audit --db " in late.json()["detail"], late.text
     shown = audit_cli(db, "-k", "200", "--include-reviewed")
     relabelled = next(i for i in shown["swapped"] if i["item"] == judged["item"])
     assert relabelled["labelled"] == other and relabelled["verdict"] is None
@@ -263,6 +276,17 @@ def test_a_row_is_read_whole_whatever_its_cells_hold(tmp_path):
             writer.writerow([text_cell(item.get(c, "")) if c != "verdict" else "wrong" for c in columns])
     found = read_verdicts(path, {"outliers": items})
     assert [m[1] for m in found.marks] == [i["item"] for i in items] and not found.changed and not found.gone
+    # As a spreadsheet re-saves it: a capital in the header, a whole number as "1.0" ("1,0" with ';').
+    rows = list(csv.reader(path.open(newline="")))
+    rows[0][columns.index("verdict")] = "Verdict"
+    rows[2][columns.index("segment_id")] = "1.0"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    assert [m[1] for m in read_verdicts(path, {"outliers": items}).marks] == [i["item"] for i in items]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([[*rows[0], "verdict"], *[[*r, ""] for r in rows[1:]]])
+    with pytest.raises(UsesearchError, match="has verdict twice among its columns"):
+        read_verdicts(path, {"outliers": items})
     assert cell_text(str(text_cell("'=x"))) == "'=x" and cell_text(str(text_cell("=x"))) == "=x"
     path.write_text(",".join(columns) + "\n" + "x" * 200_000 + "\n")
     with pytest.raises(UsesearchError, match="outliers.csv:2: not a CSV row"):

@@ -134,6 +134,11 @@ class CatalogUnavailableError(UsesearchError):
     """The catalog's database server stayed unreachable."""
 
 
+class AuditOutdatedError(UsesearchError):
+    """The audit's lists predate the index's last change: a verdict given on them could
+    judge an item relabelled or gone since. Audit again first."""
+
+
 class CatalogRefusedError(UsesearchError):
     """The catalog's database server answered and refused the connection (a database
     or role that does not exist, a password refused): the URL's fault, not an outage."""

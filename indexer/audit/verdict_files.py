@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import AuditOutdatedError, UsesearchError
 from usesearch.io.tables import cell_text
 
 from . import reviews
@@ -75,7 +75,7 @@ def keep_verdicts(
     store = open_store(Path(db_dir), db_url, read_only=True)  # (verdicts are kept as the web view keeps them)
     try:
         if lists.get("generation") not in (None, store.generation()):
-            raise UsesearchError(
+            raise AuditOutdatedError(
                 f"{db_dir} changed since its last audit (an `index`, `prune` or `compact` run): run `usesearch "
                 f"audit {flags}` first, then give the files; their rows are checked against the lists"
             )
@@ -86,8 +86,7 @@ def keep_verdicts(
                 other = given.setdefault((kind, item), (one.path, verdict))
                 if other[1] != verdict:
                     raise UsesearchError(
-                        f"{item[:80]} has one verdict in {other[0]} and another in {one.path}; "
-                        "no verdict of the files was kept"
+                        f"{item[:80]} has one verdict in {other[0]} and another in {one.path}; no verdict was kept"
                     )
         reviews.mark_many(store.engine, [mark for one in read for mark in one.marks])
     finally:
@@ -119,7 +118,10 @@ def _read(path: Path, f, lists: dict[str, list[dict]]) -> VerdictFile:
     delimiter = max(",;\t", key=first.count)  # (spreadsheets of some locales save ';', others tabs)
     rows = csv.reader(f, delimiter=delimiter)
     try:
-        header = [cell.strip() for cell in next(rows)]
+        header = [cell.strip().lower() for cell in next(rows)]  # ("Verdict": a spreadsheet's capital)
+        twice = sorted({name for name in header if name and header.count(name) > 1})
+        if twice:
+            raise UsesearchError(f"{path} has {', '.join(twice)} twice among its columns: keep one of each")
         kind = _kind_of(header, path)
         column = {name: n for n, name in enumerate(header)}
         current = {item["item"]: item for item in lists.get(kind, [])}
@@ -134,14 +136,13 @@ def _read(path: Path, f, lists: dict[str, list[dict]]) -> VerdictFile:
             if given not in (*VERDICTS, TAKE_BACK):
                 raise UsesearchError(
                     f"{path}:{line}: a verdict is ok, wrong or {TAKE_BACK} (to take one back; leave it empty to keep "
-                    f"the item as it is), not {given[:40]!r}; no verdict of the file was kept"
+                    f"the item as it is), not {given[:40]!r}; no verdict was kept"
                 )
             verdict = None if given == TAKE_BACK else given
             item = cell("item").strip()
             if item in seen and seen[item][1] != verdict:
                 raise UsesearchError(
-                    f"{path}:{line}: {item[:80]} has another verdict at line {seen[item][0]}; "
-                    "no verdict of the file was kept"
+                    f"{path}:{line}: {item[:80]} has another verdict at line {seen[item][0]}; no verdict was kept"
                 )
             seen[item] = (line, verdict)
             now = current.get(item)
@@ -193,6 +194,17 @@ def _cells(row: list[str], column: dict[str, int]) -> Callable[[str], str]:
     return cell
 
 
+def _whole_number(text: str) -> str | None:
+    """A cell holding a whole number as written ("87"), or as a spreadsheet re-saved it
+    ("87.0", "87,0"): its digits; other text as it is, None when empty."""
+    text = text.strip()
+    try:
+        number = float(text.replace(",", "."))
+    except ValueError:
+        return text or None
+    return str(int(number)) if number.is_integer() else text
+
+
 def _shows(kind: str, now: dict, cell: Callable[[str], str]) -> bool:
     """The row shows the item as it is now: the same segment and class, the same photo
     (a leak: the same photos' paths)."""
@@ -201,6 +213,6 @@ def _shows(kind: str, now: dict, cell: Callable[[str], str]) -> bool:
             return json.loads(cell("paths")) == now.get("paths")
         except ValueError:
             return False
-    row: dict = {"segment_id": cell("segment_id").strip() or None}
+    row: dict = {"segment_id": _whole_number(cell("segment_id"))}
     row.update({name: cell(name) for name in ("labelled", "proposed") if name in CSV_COLUMNS[kind]})
     return state_of(kind, row) == state_of(kind, now) and cell("image") == (now.get("image") or "")

@@ -50,6 +50,8 @@ def described(spec: dict[str, Any], token: bool) -> dict[str, Any]:
                 answers["413"] = "The body is past the route's limit."
             if method == "post":
                 answers["403"] = "A cross-site request, or a verdict an index read-only here cannot keep."
+            if method == "post" and path.startswith("/api/audit"):
+                answers["409"] = "The audit's lists predate the index's last change: audit again first."
             if token:
                 answers["401"] = "No token, or the wrong one."
             for status, description in answers.items():

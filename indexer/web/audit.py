@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Query
 from pydantic import BaseModel, Field
 
-from usesearch.errors import NotFoundError
+from usesearch.errors import AuditOutdatedError, NotFoundError
 
 from ..audit import LISTS, load_lists, reviews
 from ..folder import index_flags
@@ -86,7 +86,10 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
     def audit_review(kind: str, verdict: Verdict) -> dict[str, Any]:
         """Mark one item ok or wrong (null takes the verdict back); kept in the index."""
         kind = kind_of(kind)
-        known = {i["item"]: i for i in lists()["lists"][kind]}
+        found = lists()
+        if stale(found):  # its items may be relabelled or gone: the state a verdict keeps would be wrong
+            raise AuditOutdatedError(f"{stale(found)}, then give verdicts")
+        known = {i["item"]: i for i in found["lists"][kind]}
         if verdict.item not in known:
             raise NotFoundError(f"no item {verdict.item[:80]!r} in the {kind} list")
         state = reviews.state_of(kind, known[verdict.item])

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
 from usesearch.errors import (
+    AuditOutdatedError,
     CatalogBusyError,
     CatalogUnavailableError,
     ClientGoneError,
@@ -62,6 +63,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClientGoneError)  # no one reads it: the status is for the access log
     async def client_gone(_: Request, exc: ClientGoneError):
         return JSONResponse({"detail": str(exc)}, status_code=499)
+
+    @app.exception_handler(AuditOutdatedError)  # the request is sound, the lists it acts on are old
+    async def audit_outdated(_: Request, exc: AuditOutdatedError):
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(ImageGoneError)
     async def image_gone(_: Request, exc: ImageGoneError):

@@ -103,10 +103,12 @@ def audit(
         )
     finally:
         store.close()
+    # Verdicts on items the lists still hold (one on a photo pruned since counted as reviewed).
+    reviewed_in = lambda kind: sum(1 for i in result["lists"][kind] if (kind, i["item"]) in verdicts)  # noqa: E731
     found = result.get("found", {})  # (lists of an older audit: those it kept)
     found = {kind: found.get(kind, len(result["lists"][kind])) for kind in written}
     for kind, items in written.items():
-        reviewed = sum(1 for key in verdicts if key[0] == kind)
+        reviewed = reviewed_in(kind)
         first = items[0] if items else None
         line = f"{kind:>14}: {found[kind]} found, {reviewed} reviewed"
         if first is not None:
@@ -122,7 +124,7 @@ def audit(
         lists = {
             kind: {
                 "found": found[kind],
-                "reviewed": sum(1 for key in verdicts if key[0] == kind),
+                "reviewed": reviewed_in(kind),
                 "files": [str(out / f"{kind}.{ext}") for ext in ("json", "csv")]
                 + ([str(out / f"{kind}.png")] if kind in drawn else []),
                 "top": items,
