@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 # Where a text came from (paper §3.1 sources) and what kind of text it is.
 SOURCES = ("gt_caption", "mllm_caption", "vg", "coco_category")
-KINDS = ("caption", "phrase", "expression", "region", "category")
+KINDS = ("caption", "phrase", "expression", "region", "category", "crowd")  # crowd: an iscrowd=1 region's class
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,9 @@ def annotation_segments(entry: ImageEntry, hw: tuple[int, int]) -> tuple[list[Se
     segments = []
     for annotation, mask in kept:
         x, y, w, h = rle.bbox(mask)
-        text = TextRef(annotation.category, "coco_category", "category")
+        # A crowd region (iscrowd=1: many people under one "person") is tagged, not dropped: the
+        # shard keeps no iscrowd, and a researcher who leaves them out needs to know them.
+        text = TextRef(annotation.category, "coco_category", "crowd" if annotation.iscrowd else "category")
         segments.append(Segment(rle=mask, bbox=(x, y, w, h), area=rle.area(mask), texts=[text]))
     return segments, problems
 

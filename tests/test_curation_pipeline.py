@@ -144,3 +144,17 @@ def test_cli_curate_run_and_stats(coco):
     assert json.loads(result.output)["pairs_after_nms"] == 2
     table = runner.invoke(app, ["curate", "stats", str(root / "cli-ds")])  # as a person reads it, no dict's repr
     assert table.exit_code == 0 and "pairs_by_source: coco_category 2" in table.output, table.output
+
+
+def test_a_crowd_annotations_text_is_tagged_crowd(coco):
+    """Crowd regions (iscrowd=1: many people under one "person") became ordinary pairs,
+    and the shard keeps no iscrowd: a researcher could not leave them out."""
+    root, images, ann = coco
+    instances = json.loads(ann.read_text())
+    for a in instances["annotations"]:
+        a["iscrowd"] = int(a["id"] == 3)
+    ann.write_text(json.dumps(instances))
+    curate(coco_instances_source(ann, images), root / "ds")
+    kinds = {t.kind for r in read_records(root / "ds") for s in read_segments(r) for t in s.texts}
+    assert kinds == {"category", "crowd"}
+    assert stats(root / "ds")["pairs_by_kind"] == {"category": 1, "crowd": 1}
