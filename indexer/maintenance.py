@@ -202,15 +202,12 @@ def prune(
     report = PruneReport()
     start = time.perf_counter()
     with Writer(Path(db_dir), options, None) as writer:
-        considered = images_under(writer.store, under)
+        considered, gone, all_gone = _prune_choice(writer.store, under, options, kept_failures)
         report.considered = len(considered)
-        failing = writer.store.kept_failure_ids()
-        failed = writer.store.failed_image_ids()
-        gone = gone_images(considered, failed, failing if kept_failures else set(), options, writer.store)
         if not kept_failures:  # those left to `prune`: still there, said by the caller
+            failing = writer.store.kept_failure_ids()
             report.failing_kept = len(failing & {i for i, _, _ in considered} - {i for i, _, _ in gone})
-        photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}
-        if not force and len(gone) == len(considered) > 0 and not photos_named:  # (named themselves: meant)
+        if all_gone and not force:
             scope = "".join(f" {os.fspath(p)}" for p in under or [])
             raise EverythingGoneError(
                 f"all {len(considered)} files the index records{' under' + scope if scope else ''} are gone "
@@ -241,20 +238,27 @@ def prune(
     return report
 
 
+def _prune_choice(store: Store, under, options: IndexOptions, kept_failures: bool):
+    """(the images considered, those gone with why, whether every one of them is gone
+    where they were not named one by one: an unmounted disk, for which ``prune`` wants
+    ``force``): what a prune removes and its dry run lists."""
+    considered = images_under(store, under)
+    failing = store.kept_failure_ids() if kept_failures else set()
+    gone = gone_images(considered, store.failed_image_ids(), failing, options, store)
+    photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}
+    return considered, gone, len(gone) == len(considered) > 0 and not photos_named
+
+
 def _prune_plan(db_dir: Path, under, options: IndexOptions, kept_failures: bool) -> PruneReport:
     """``prune``'s choice of photos, made and reported, nothing removed."""
     report, start = PruneReport(), time.perf_counter()
     store = open_store(db_dir, options.db_url, read_only=True)
     try:
-        considered = images_under(store, under)
-        failing = store.kept_failure_ids() if kept_failures else set()
-        gone = gone_images(considered, store.failed_image_ids(), failing, options, store)
+        considered, gone, report.all_gone = _prune_choice(store, under, options, kept_failures)
     finally:
         store.close()
     report.considered = len(considered)
     report.would_remove = [(path, why) for _, path, why in gone]
-    photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}
-    report.all_gone = len(gone) == len(considered) > 0 and not photos_named
     report.seconds = time.perf_counter() - start
     return report
 
