@@ -123,7 +123,7 @@ BUSY_SQLSTATES = ("40001", "40P01", "53000", "53200", "53300", "55P03", "57014")
 UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")  # connection; shutdown, crash, starting up
 
 
-def failure_kind(exc: OperationalError) -> str:
+def failure_kind(exc: OperationalError | sqlite3.OperationalError) -> str:
     """What a database's ``OperationalError`` means to a client: ``busy`` (a lock or
     the server's load: try again soon), ``unreachable`` (no connection: try again
     later) or ``failed`` (a damaged file, a missing table, a full disk: trying again
@@ -140,12 +140,12 @@ def failure_kind(exc: OperationalError) -> str:
     return "busy" if "database is locked" in message or "database is busy" in message else "failed"
 
 
-def as_catalog_error(exc: OperationalError, url: str) -> UsesearchError | None:
+def as_catalog_error(exc: OperationalError | sqlite3.OperationalError, url: str) -> UsesearchError | None:
     """A database's ``OperationalError`` as the error a caller can act on, in one line:
     ``CatalogUnavailableError`` (unreachable: try again later), ``CatalogBusyError``
     (busy: try again soon); None where trying again changes nothing (left as it is,
     an unexpected failure with its traceback)."""
-    kind, reason = failure_kind(exc), first_line(exc.orig or exc)
+    kind, reason = failure_kind(exc), first_line(getattr(exc, "orig", None) or exc)
     if kind == "unreachable":
         return CatalogUnavailableError(f"the catalog database at {shown_url(url)} cannot be reached ({reason})")
     if kind == "busy":
@@ -162,15 +162,11 @@ def catalog_errors(method: Callable[P, T]) -> Callable[P, T]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
-        except OperationalError as exc:
+        except (OperationalError, sqlite3.OperationalError) as exc:  # (the rows' reads: SQLite's own cursor)
             mapped = as_catalog_error(exc, str(getattr(getattr(args[0], "store", None), "url", "")))
             if mapped is None:
                 raise
             raise mapped from exc
-        except sqlite3.OperationalError as exc:  # (the rows' reads go through SQLite's own cursor)
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            raise CatalogBusyError(f"the catalog database is busy ({first_line(exc)}); try again") from exc
 
     return wrapper
 

@@ -170,7 +170,6 @@ class SegmentIndex(Freshness):
             self._locations.sync()
 
     # -- search ------------------------------------------------------------------
-    @catalog_errors
     def query(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         return self.search_vector(self.text_vector(text), k, filters)
 
@@ -210,7 +209,6 @@ class SegmentIndex(Freshness):
         with self._model_lock:
             return region_lib.prompt(self.models.sam(), rgb, point=point, box=box)
 
-    @catalog_errors
     def similar_region(
         self, image, point=None, box=None, mask=None, k: int = 10, filters: SearchFilters | None = None
     ) -> list[Hit]:
@@ -218,7 +216,6 @@ class SegmentIndex(Freshness):
         rgb = to_rgb_array(image)
         return self.search_region(rgb, self.region(rgb, point=point, box=box, mask=mask), k, filters)
 
-    @catalog_errors
     def search_region(
         self, image, picked: region_lib.Region, k: int = 10, filters: SearchFilters | None = None
     ) -> list[Hit]:
@@ -229,7 +226,7 @@ class SegmentIndex(Freshness):
             vector = self.model.embed_segments(rgb, picked.mask[None])[0]
         return self.search_vector(vector, k, filters)
 
-    @catalog_errors
+    @catalog_errors  # (query, similar_region and search_region search through it)
     def search_vector(
         self,
         vector: np.ndarray,
