@@ -58,13 +58,13 @@ def say_failures(failures: list[tuple[str, str]], most: int = 10) -> None:
         console.print(f"  failed: {one_line(path)}: {one_line(reason)}")
 
 
-def say_pairs(pairs: list[tuple[str, str]], what: str, sign: str = "=", unnamed: str = "") -> None:
+def say_pairs(pairs: list[tuple[str, str]], what: str, sign: str = "=") -> None:
     """``  N <what> (A = B and N-1 more)``: a run's path pairs (copies, moves) in one
-    line, the first named; ``unnamed`` stands for an empty second path."""
+    line, the first named."""
     if pairs:
         first, second = pairs[0]
         more = f" and {len(pairs) - 1} more" if len(pairs) > 1 else ""
-        console.print(f"  {len(pairs)} {what} ({one_line(first)} {sign} {one_line(second) or unnamed}{more})")
+        console.print(f"  {len(pairs)} {what} ({one_line(first)} {sign} {one_line(second)}{more})")
 
 
 def exit_if_all_failed(done: int, skipped: int, failed: int, what: str, outcome: str = "nothing is indexed") -> None:

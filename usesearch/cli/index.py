@@ -251,9 +251,9 @@ def _say_moved_and_copies(report: IndexReport) -> None:
     aliases: list[tuple[str, str]] = []
     copies: list[tuple[str, str]] = []
     for a, b in report.copies:
-        (aliases if b and os.path.realpath(a) == os.path.realpath(b) else copies).append((a, b))
-    opts.say_pairs(aliases, "skipped: the same files as indexed, reached through a link", unnamed="?")
-    opts.say_pairs(copies, "skipped as copies of a photo indexed under another path", unnamed="?")
+        (aliases if os.path.realpath(a) == os.path.realpath(b) else copies).append((a, b))
+    opts.say_pairs(aliases, "skipped: the same files as indexed, reached through a link")
+    opts.say_pairs(copies, "skipped as copies of a photo indexed under another path")
 
 
 def _say_annotations_lost(report: IndexReport, this_split: str | None = None) -> None:
