@@ -56,7 +56,7 @@ def refuse_shared_folder(db_dir: Path, walked: Sequence[str | os.PathLike] = ())
     with that index's), or holding another index in a subfolder. An existing index's
     folder is its own."""
     from usesearch.io.files import IMAGE_SUFFIXES
-    from usesearch.io.own_folders import OUTPUT_MARKS, SURE_MARKS, holding_folder
+    from usesearch.io.own_folders import OUTPUT_MARKS, holding_folder, sure_kind
 
     if any((db_dir / mark).exists() for mark in OUTPUT_MARKS["an index"]):
         return
@@ -73,7 +73,7 @@ def refuse_shared_folder(db_dir: Path, walked: Sequence[str | os.PathLike] = ())
     if photo is not None:
         raise UsesearchError(f"--db {db_dir} holds photos ({photo}): {own}")
     for name, is_dir in listed:  # one level down: a new index made around another (each searched as the other)
-        if is_dir and any(all((db_dir / name / f).exists() for f in files) for files in SURE_MARKS["an index"]):
+        if is_dir and sure_kind(db_dir / name) == "an index":
             raise UsesearchError(f"--db {db_dir} holds another index ({db_dir / name}): {own}")
     for path in walked:
         walked_real = Path(os.path.realpath(path))

@@ -38,13 +38,21 @@ SURE_MARKS = {
 }
 
 
+def sure_kind(folder: str | os.PathLike) -> str | None:
+    """The kind of usesearch folder ``folder`` surely is (``SURE_MARKS``), or None."""
+    for kind, alternatives in SURE_MARKS.items():
+        if any(all(os.path.exists(os.path.join(folder, name)) for name in files) for files in alternatives):
+            return kind
+    return None
+
+
 def _usesearch_folders_up(folder: str) -> Iterator[tuple[str, str]]:
     """Each usesearch folder (its kind, its path) from ``folder`` up to the root, the
     nearest first (``SURE_MARKS``)."""
     while True:
-        for kind, alternatives in SURE_MARKS.items():
-            if any(all(os.path.exists(os.path.join(folder, name)) for name in files) for files in alternatives):
-                yield kind, folder
+        kind = sure_kind(folder)
+        if kind is not None:
+            yield kind, folder
         above = os.path.dirname(folder)
         if above == folder:
             return
