@@ -23,6 +23,17 @@ SOURCES = (ANNOTATION, PROPOSAL)
 MAX_MIN_AREA = 2**40  # past any photo's pixel count, and within every SQL integer type
 
 
+# Each field's types (numpy's scalars too; a bool is no number here) and their name.
+_FLAG, _WHOLE, _NUMBER, _TEXT = (
+    ((bool, np.bool_), "true or false"),
+    ((int, np.integer), "an integer"),
+    ((int, float, np.integer, np.floating), "a number"),
+    ((str,), "text"),
+)
+FIELD_KINDS = {"per_image": _FLAG, "distinct": _FLAG, "min_area": _WHOLE, "min_score": _NUMBER}
+FIELD_KINDS |= {"nprobe": _WHOLE, "rerank": _WHOLE} | {name: _TEXT for name in ("path", "label", "split", "source")}
+
+
 @dataclass(frozen=True)
 class SearchFilters:
     """``per_image``: only the best segment of each image. ``path``: only images whose
@@ -67,17 +78,11 @@ class SearchFilters:
         """Each field of its own type: a dict's ``"min_area": "5"`` failed deep in the
         search on a comparison, and ``"per_image": "false"`` (a non-empty string) was true.
         A NUL in a text field reached PostgreSQL as an error of its own (no path holds one)."""
-        kinds = {"per_image": bool, "distinct": bool, "min_area": int, "min_score": float}
-        kinds |= {name: int for name in ("nprobe", "rerank")} | {n: str for n in ("path", "label", "split", "source")}
-        for name, kind in kinds.items():
+        for name, (kind, noun) in FIELD_KINDS.items():
             value = getattr(self, name)
             if value is None and name not in ("per_image", "distinct", "min_area"):
                 continue
-            wanted = {float: (int, float, np.integer, np.floating), int: (int, np.integer), bool: (bool, np.bool_)}
-            if not isinstance(value, wanted.get(kind, kind)) or (
-                kind is not bool and isinstance(value, (bool, np.bool_))
-            ):
-                noun = {bool: "true or false", int: "an integer", float: "a number", str: "text"}[kind]
+            if not isinstance(value, kind) or (bool not in kind and isinstance(value, (bool, np.bool_))):
                 raise BadArgumentError(f"the filter {name} is {noun}, got {value!r}"[:200])
             if isinstance(value, str) and "\x00" in value:
                 raise BadArgumentError(f"the filter {name} holds a NUL character (U+0000), which no name holds")
@@ -138,8 +143,9 @@ def check_query_vector(vector, dim: int) -> np.ndarray:
         raise BadArgumentError(f"the query vector has shape {array.shape}; this index's vectors have {dim} dimensions")
     if not np.isfinite(array).all():
         raise BadArgumentError("the query vector is not finite (NaN or infinity)")
-    norm = float(np.linalg.norm(array.astype(np.float64)))  # (float32's overflowed past 1e19, underflowed)
+    wide = array.astype(np.float64)  # (float32's norm overflowed past 1e19, underflowed below 1e-19)
+    norm = float(np.linalg.norm(wide))
     if norm == 0.0:
         raise BadArgumentError("the query vector is all zeros: it has no direction to search in")
     # Scores are cosines only for a unit vector (``min_score`` is one): another length scaled them all.
-    return (array.astype(np.float64) / norm).astype(np.float32) if abs(norm - 1.0) > 1e-6 else array
+    return (wide / norm).astype(np.float32) if abs(norm - 1.0) > 1e-6 else array

@@ -87,8 +87,9 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
         """Mark one item ok or wrong (null takes the verdict back); kept in the index."""
         kind = kind_of(kind)
         found = lists()
-        if stale(found):  # its items may be relabelled or gone: the state a verdict keeps would be wrong
-            raise AuditOutdatedError(f"{stale(found)}, then give verdicts")
+        outdated = stale(found)  # its items may be relabelled or gone: the state a verdict keeps would be wrong
+        if outdated:
+            raise AuditOutdatedError(f"{outdated}, then give verdicts")
         known = {i["item"]: i for i in found["lists"][kind]}
         if verdict.item not in known:
             raise NotFoundError(f"no item {verdict.item[:80]!r} in the {kind} list")
