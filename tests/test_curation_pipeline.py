@@ -158,3 +158,30 @@ def test_a_crowd_annotations_text_is_tagged_crowd(coco):
     kinds = {t.kind for r in read_records(root / "ds") for s in read_segments(r) for t in s.texts}
     assert kinds == {"category", "crowd"}
     assert stats(root / "ds")["pairs_by_kind"] == {"category": 1, "crowd": 1}
+
+
+def test_training_can_leave_crowd_texts_out(coco):
+    """A crowd region's class names many objects under one mask: a training set that
+    leaves them out drops their texts, and a segment that had only those."""
+    from usesearch.training.config import TrainConfig
+    from usesearch.training.data import load_samples
+
+    root, images, ann = coco
+    instances = json.loads(ann.read_text())
+    for a in instances["annotations"]:
+        a["iscrowd"] = int(a["id"] == 3)
+    ann.write_text(json.dumps(instances))
+    curate(coco_instances_source(ann, images), root / "ds")
+
+    def texts(samples):
+        return {s.path.rsplit("/", 1)[1]: s.texts for s in samples}
+
+    assert texts(load_samples([root / "ds"])) == {"cat.jpg": [["cat"]], "cup.jpg": [["cup"]]}
+    assert texts(load_samples([root / "ds"], TrainConfig(skip_kinds=("crowd",)).skip_kinds)) == {"cat.jpg": [["cat"]]}
+    with pytest.raises(ValueError, match="skip kind 'crowds': give one of caption, phrase"):
+        TrainConfig(skip_kinds=("crowds",))
+    run = root / "run"
+    only_crowd = ["train", str(root / "ds"), "--run-dir", str(run), "--skip-kind", "crowd", "--skip-kind", "category"]
+    result = CliRunner().invoke(app, only_crowd)
+    assert result.exit_code != 0 and "no segment with a text (other than category, crowd texts)" in result.output
+    assert not run.exists()  # refused before a run folder is made

@@ -289,3 +289,14 @@ def test_a_run_started_when_the_resize_scaled_the_photo_resumes_as_it_started(sa
     resumed.run()
     whole, cut = (load_head(tmp_path / out / "head", usesearch.get_preset("tiny"))[0] for out in ("whole", "cut"))
     assert all(torch.allclose(whole[k], cut[k], atol=1e-5) for k in whole)
+
+
+def test_resume_with_other_skipped_text_kinds_is_refused_naming_the_option(samples, tmp_path):
+    from dataclasses import replace
+
+    Trainer(samples, tmp_path, replace(CFG, skip_kinds=("crowd",))).run(until=2)
+    with pytest.raises(usesearch.UsesearchError, match="as it was started: with --skip-kind crowd; give the same"):
+        Trainer(samples, tmp_path, CFG).resume()
+    resumed = Trainer(samples, tmp_path, replace(CFG, skip_kinds=("crowd",)))
+    resumed.resume()
+    assert resumed.step == 2

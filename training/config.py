@@ -9,6 +9,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from usesearch.curation.records import KINDS
+
 from .loss import LOGIT_SCALE
 
 MIN_CROP, MAX_CROP = 16, 2048  # past the backbones' inputs (560 at most), a crop is only resized down
@@ -28,6 +30,10 @@ class TrainConfig:
     # longest side at the crop); "photo", its own pixels, as runs started before 2026-12-06
     # did (a resumed one goes on so, as it started; ``Trainer.resume``).
     resize_base: str = "crop"
+    # Texts of these kinds (``curation.records.KINDS``) left out, and a segment left with
+    # none with them: e.g. ("crowd",), COCO's iscrowd regions, whose one class names many
+    # objects under one mask.
+    skip_kinds: tuple[str, ...] = ()
     logit_scale: float = LOGIT_SCALE
     checkpoint_every: int = 500
     max_steps: int | None = None
@@ -59,6 +65,10 @@ class TrainConfig:
         # a crop of 100,000 would decode every photo into 200,000 pixels a side.
         if self.resize_base not in ("crop", "photo"):
             raise ValueError(f"resize_base {self.resize_base!r}: give 'crop' or 'photo'")
+        self.skip_kinds = tuple(sorted(set(self.skip_kinds)))  # one spelling in the run's records
+        unknown = [kind for kind in self.skip_kinds if kind not in KINDS]
+        if unknown:
+            raise ValueError(f"skip kind {unknown[0]!r}: give one of {', '.join(KINDS)}")
         if not MIN_CROP <= self.crop <= MAX_CROP:
             raise ValueError(f"crop {self.crop}: give a side from {MIN_CROP} to {MAX_CROP} pixels (the paper's: 560)")
 

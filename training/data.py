@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -41,9 +42,10 @@ def data_identity(samples: list[Sample]) -> dict:
     }
 
 
-def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
+def load_samples(dataset_dirs: list[str | os.PathLike], skip_kinds: Collection[str] = ()) -> list[Sample]:
     """Every photo with segments that have texts, from curated dataset folders (a
-    folder that is not one is refused in one line). A photo curated by several sources
+    folder that is not one is refused in one line); texts of ``skip_kinds`` left out
+    first, so a segment that had only those is no training segment. A photo curated by several sources
     (or in several folders) is one sample: its segments merged by mask NMS, as one
     curation merges an image's duplicates, so one source's text for an object is never
     a negative for another's text for the same object. A photo replaced and curated
@@ -58,7 +60,8 @@ def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
         for record in read_records(directory):
             if (record["path"], record["sha256"]) in stale:  # a photo replaced and curated again
                 continue
-            segments = [s for s in read_segments(record) if s.texts]
+            segments = [_without(s, skip_kinds) for s in read_segments(record)] if skip_kinds else read_segments(record)
+            segments = [s for s in segments if s.texts]
             if segments:
                 path, merged = by_photo.setdefault(record["sha256"], (record["path"], []))
                 merged.append(segments)
@@ -68,6 +71,10 @@ def load_samples(dataset_dirs: list[str | os.PathLike]) -> list[Sample]:
         texts = [list(dict.fromkeys(t.text for t in s.texts)) for s in segments]
         samples.append(Sample(path, [s.rle for s in segments], texts, sha256))
     return samples
+
+
+def _without(segment, kinds: Collection[str]):
+    return replace(segment, texts=[t for t in segment.texts if t.kind not in kinds])
 
 
 def decode_masks(rles: list[dict]) -> np.ndarray:

@@ -320,6 +320,13 @@ class Trainer:
                 f"--resume continues the run in {self.out} as it was started: {', '.join(changed)}; "
                 "give those again, or start a new run in another --run-dir"
             )
+        skipped = tuple(started.get("skip_kinds", ()))  # (runs before the option: none)
+        if skipped != self.cfg.skip_kinds:
+            said = " ".join(f"--skip-kind {kind}" for kind in skipped) or "no --skip-kind"
+            raise UsesearchError(
+                f"--resume continues the run in {self.out} as it was started: with {said}; "
+                "give the same, or start a new run in another --run-dir"
+            )
         # A run started before the resize scaled the photo as inference shows it goes on as
         # it started (its resumed steps are those of the uninterrupted run).
         self.cfg = replace(self.cfg, resize_base=started.get("resize_base", "photo"))

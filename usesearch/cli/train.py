@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from usesearch.cli import options as opts
+from usesearch.curation.records import KINDS
 
 app = opts.Typer()
 
@@ -47,6 +48,14 @@ def train(
         bool, typer.Option("--resume", help="Continue the run in --run-dir exactly where it stopped.")
     ] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    skip_kind: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--skip-kind",
+            help="Leave out texts of this kind (repeatable), e.g. crowd: COCO's iscrowd regions, one class over many "
+            "objects. Kinds: " + ", ".join(KINDS) + ".",
+        ),
+    ] = None,
     device: opts.DeviceOpt = None,
     precision: opts.PrecisionOpt = "auto",
     as_json: Annotated[
@@ -66,10 +75,6 @@ def train(
     if not resume:
         check_new_run(run_dir)  # before the datasets and models load
     before = run_files_now(run_dir)  # (an earlier killed run's step-* heads: never removed by this one)
-    folders: list[str | os.PathLike] = list(datasets)
-    samples = load_samples(folders)
-    if not samples:
-        raise ValueError("the datasets hold no segment with a text")
     cfg = TrainConfig(
         preset=preset or DEFAULT_PRESET,
         epochs=epochs,
@@ -83,7 +88,13 @@ def train(
         seed=seed,
         device=device,
         precision=precision,
+        skip_kinds=tuple(skip_kind or ()),
     )
+    folders: list[str | os.PathLike] = list(datasets)
+    samples = load_samples(folders, cfg.skip_kinds)
+    if not samples:
+        left_out = f" (other than {', '.join(cfg.skip_kinds)} texts)" if cfg.skip_kinds else ""
+        raise ValueError(f"the datasets hold no segment with a text{left_out}")
     trainer = Trainer(samples, run_dir, cfg, say=lambda line: typer.echo(line, err=True))
     if resume:
         trainer.resume()
