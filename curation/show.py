@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
@@ -52,6 +52,33 @@ def _is_sha256(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
+MIN_SIDE = 512  # a smaller photo is drawn at the least whole multiple of its size reaching this
+TEXT_STYLE: dict[str, Any] = {"fill": (255, 255, 255), "stroke_width": 1, "stroke_fill": (0, 0, 0)}
+
+
+def _free_spot(draw, text: str, at: tuple[float, float], placed: list, size: tuple[int, int], font) -> tuple:
+    """Where ``text`` goes: at its box's corner, else moved down (then up) past the
+    labels already written, so none is drawn over another, and kept in the picture.
+    Its box is added to ``placed``."""
+    left, top, right, bottom = draw.textbbox(at, text, font=font, stroke_width=TEXT_STYLE["stroke_width"])
+    width, height, below = right - left, bottom - top, top - at[1]  # (a glyph's top sits below its anchor)
+    x = max(0.0, min(at[0], size[0] - width))
+    rows = range(1, int(size[1] // max(height, 1)) + 2)
+    for y in [at[1], *(at[1] + k * (height + 1) for k in rows), *(at[1] - k * (height + 1) for k in rows)]:
+        box = (x, y + below, x + width, y + below + height)
+        if 0 <= box[1] and box[3] <= size[1] and not any(_overlap(box, other) for other in placed):
+            break
+    else:  # the picture is full of labels: where it was
+        y = max(-below, min(at[1], size[1] - height - below))
+        box = (x, y + below, x + width, y + below + height)
+    placed.append(box)
+    return x, y
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def render(record: dict[str, Any], out: str | os.PathLike, alpha: float = 0.45) -> Path:
     """The photo with the record's masks drawn on it; a photo replaced since it was
     curated is refused (its masks would be drawn over other pixels, or not fit). Read
@@ -71,10 +98,18 @@ def render(record: dict[str, Any], out: str | os.PathLike, alpha: float = 0.45) 
         rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colour
         labels.append((seg["bbox"], tuple(int(c) for c in colour), "; ".join(t["text"] for t in seg["texts"])[:80]))
     canvas = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+    # A small photo is drawn larger (whole pixels, as they are): at 113 px a side, its
+    # labels covered it and each other.
+    scale = max(1, -(-MIN_SIDE // max(canvas.size)))
+    if scale > 1:
+        canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(11, max(canvas.size) // 60))  # readable on a large photo too
+    placed: list[tuple[float, float, float, float]] = []
     for (x, y, w, h), outline, text in labels:
-        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=outline, width=1)
-        draw.text((x + 2, y + 1), text, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+        x, y, w, h = (v * scale for v in (x, y, w, h))
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=outline, width=scale)
+        draw.text(_free_spot(draw, text, (x + 2, y + 1), placed, canvas.size, font), text, font=font, **TEXT_STYLE)
     out = Path(out)
     save_picture(canvas, out)
     return out

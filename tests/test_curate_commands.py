@@ -232,3 +232,39 @@ def test_an_unknown_input_format_is_said_with_its_option(tmp_path):
     args = ["curate", "run", str(tmp_path / "photos"), "--input-format", "bogus", "--dataset-dir", str(tmp_path / "ds")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and f"--input-format 'bogus' is none of {', '.join(SOURCES)}" in result.output
+
+
+def test_curate_show_writes_labels_apart_on_a_small_photo(tmp_path, photos, monkeypatch):
+    """Three segments from one corner of a 113-px photo: their labels were written over
+    each other, and over most of the photo."""
+    import itertools
+
+    import numpy as np
+    from PIL import ImageDraw
+
+    from usesearch.curation.records import Segment, TextRef
+    from usesearch.curation.show import find_record, render
+    from usesearch.masks import rle
+
+    def corner(side, text):
+        mask = np.zeros((75, 113), bool)
+        mask[5:side, 5:side] = True
+        encoded = rle.encode(mask)
+        return Segment(encoded, tuple(rle.bbox(encoded)), rle.area(encoded), [TextRef(text, "vg", "region")])
+
+    segments = [corner(20, "a whisker"), corner(40, "the left ear"), corner(70, "a tabby cat's head")]
+    curate([ImageItem(path=str(photos / "cat.png"), segments=segments)], tmp_path / "ds")
+    boxes = []
+    write = ImageDraw.ImageDraw.text
+
+    def text(self, xy, words, **kw):
+        boxes.append(self.textbbox(xy, words, font=kw.get("font"), stroke_width=kw.get("stroke_width", 0)))
+        return write(self, xy, words, **kw)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    out = render(find_record(tmp_path / "ds", "cat.png"), tmp_path / "look.png")
+    size = Image.open(out).size
+    assert size == (565, 375)  # drawn 5x: the least whole multiple reaching 512
+    assert len(boxes) == 3 and all(0 <= b[0] and 0 <= b[1] and b[2] <= size[0] and b[3] <= size[1] for b in boxes)
+    pairs = list(itertools.combinations(boxes, 2))
+    assert not any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] for a, b in pairs)

@@ -102,6 +102,6 @@ def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):
     png = tmp_path / "show.png"
     shown = runner.invoke(app, ["curate", "show", str(tmp_path / "ds"), "astronaut.png", "--out", str(png)])
     assert shown.exit_code == 0, shown.output
-    assert Image.open(png).size == (128, 128)
+    assert Image.open(png).size == (512, 512)  # a 128-px photo drawn 4x, its labels readable
     copy = runner.invoke(app, ["curate", "show", str(tmp_path / "ds"), str(photos / "zcopy.png"), "--out", str(png)])
     assert copy.exit_code == 0, copy.output  # found by its content: "not in the dataset" before
