@@ -61,18 +61,18 @@ class SearchFilters:
     def __post_init__(self) -> None:
         self._check_types()
         if not 0 <= self.min_area <= MAX_MIN_AREA:
-            raise BadArgumentError(f"--min-area must be between 0 and {MAX_MIN_AREA} pixels, got {self.min_area}")
+            raise _refused("min_area", f"must be between 0 and {MAX_MIN_AREA} pixels, got {self.min_area}")
         if self.min_score is not None and not (math.isfinite(self.min_score) and -1.0 <= self.min_score <= 1.0):
-            raise BadArgumentError(f"--min-score must be a number from -1 to 1 (a cosine), got {self.min_score}")
+            raise _refused("min_score", f"must be a number from -1 to 1 (a cosine), got {self.min_score}")
         if self.source not in (None, *SOURCES):
-            raise BadArgumentError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+            raise _refused("source", f"must be one of {', '.join(SOURCES)}, got {self.source!r}")
         for name in ("label", "split"):
             if getattr(self, name) == "":
-                raise BadArgumentError(f"--{name} must name a {'class' if name == 'label' else 'split'}, got ''")
+                raise _refused(name, f"must name a {'class' if name == 'label' else 'split'}, got ''")
         for name in ("nprobe", "rerank"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise BadArgumentError(f"--{name} must be at least 1, got {value}")
+                raise _refused(name, f"must be at least 1, got {value}")
 
     def _check_types(self) -> None:
         """Each field of its own type: a dict's ``"min_area": "5"`` failed deep in the
@@ -83,9 +83,23 @@ class SearchFilters:
             if value is None and name not in ("per_image", "distinct", "min_area"):
                 continue
             if not isinstance(value, kind) or (bool not in kind and isinstance(value, (bool, np.bool_))):
-                raise BadArgumentError(f"the filter {name} is {noun}, got {value!r}"[:200])
+                raise _refused(name, f"is {noun}, got {value!r}"[:200])
             if isinstance(value, str) and "\x00" in value:
-                raise BadArgumentError(f"the filter {name} holds a NUL character (U+0000), which no name holds")
+                raise _refused(name, "holds a NUL character (U+0000), which no name holds")
+
+
+def _refused(name: str, says: str) -> BadArgumentError:
+    """A filter's value refused, named by its field (Python's and the web API's
+    spelling; the CLI says its flag: ``flag_spelling``)."""
+    return BadArgumentError(f"the filter {name} {says}", argument=name)
+
+
+def flag_spelling(error: BadArgumentError) -> BadArgumentError:
+    """``error`` as the CLI says it: a filter named by its flag (``--min-area``)."""
+    if error.argument is None:
+        return error
+    said = str(error).replace(f"the filter {error.argument}", f"--{error.argument.replace('_', '-')}", 1)
+    return BadArgumentError(said, argument=error.argument)
 
 
 def check_filters(filters) -> SearchFilters:

@@ -99,14 +99,18 @@ def test_filters_out_of_range_are_one_line_errors_alike_in_the_cli_and_python(sh
         (["--min-score", "inf"], "--min-score"),
         (["--min-area", "99999999999999999999"], "--min-area"),
         (["--min-area", str(2**40 + 1)], "--min-area"),
+        (["--source", "bogus"], "--source must be one of annotation, proposal, got 'bogus'"),
+        (["--label", ""], "--label must name a class"),
     ):
         result = runner.invoke(app, ["query", "a cat", "--db", str(sharded), *args])
         assert result.exit_code == 2 and words in result.output, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1, result.output
     index = SegmentIndex.open(sharded)
     vector = np.ones(index.info.dim, np.float32) / math.sqrt(index.info.dim)
-    for bad in (dict(min_score=float("nan")), dict(min_area=-1), dict(min_area=2**40 + 1)):
-        with pytest.raises(ValueError):
+    for bad in (dict(min_score=float("nan")), dict(min_area=-1), dict(min_area=2**40 + 1), dict(source="x")):
+        # In Python (and the web API), the field's own name, not the CLI's flag.
+        (name,) = bad
+        with pytest.raises(ValueError, match=f"^the filter {name} must be "):
             index.search_vector(vector, filters=SearchFilters(**bad))
     largest = SearchFilters(min_area=2**40)
     assert index.search_vector(vector, k=3, filters=largest) == []  # the largest area allowed matches nothing

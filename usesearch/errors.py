@@ -40,7 +40,13 @@ class UsesearchError(Exception):
 class BadArgumentError(UsesearchError, ValueError, TypeError):
     """An argument of a wrong type or out of range (a search's filters, ``k``, a query
     text or vector, a mask), said in one line. Also a ``ValueError`` and a ``TypeError``,
-    what Python's own checks raise, for callers that catch those."""
+    what Python's own checks raise, for callers that catch those. ``argument``: the
+    field it is about, where one is (a search filter's), for a caller that spells it
+    another way (the CLI's flags)."""
+
+    def __init__(self, message: str, argument: str | None = None):
+        super().__init__(message)
+        self.argument = argument
 
 
 class MissingWeightsError(UsesearchError):

@@ -355,20 +355,24 @@ def search_filters(
     ] = None,
 ) -> SearchFilters:
     """The search filters from their flags, for query and similar."""
-    from usesearch.indexer.filters import SearchFilters
+    from usesearch.errors import BadArgumentError
+    from usesearch.indexer.filters import SearchFilters, flag_spelling
 
-    return SearchFilters(
-        per_image=per_image,
-        path=path,
-        min_area=min_area,
-        min_score=min_score,
-        distinct=distinct,
-        nprobe=nprobe,
-        rerank=rerank,
-        label=label,
-        split=split,
-        source=source,
-    )
+    try:
+        return SearchFilters(
+            per_image=per_image,
+            path=path,
+            min_area=min_area,
+            min_score=min_score,
+            distinct=distinct,
+            nprobe=nprobe,
+            rerank=rerank,
+            label=label,
+            split=split,
+            source=source,
+        )
+    except BadArgumentError as exc:  # named as the user gave it: by its flag
+        raise flag_spelling(exc) from None
 
 
 with_search_filters = shared_options("filters", search_filters)
