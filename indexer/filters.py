@@ -77,21 +77,32 @@ class SearchFilters:
     def _check_types(self) -> None:
         """Each field of its own type: a dict's ``"min_area": "5"`` failed deep in the
         search on a comparison, and ``"per_image": "false"`` (a non-empty string) was true.
-        A NUL in a text field reached PostgreSQL as an error of its own (no path holds one)."""
+        A NUL in a text field reached PostgreSQL as an error of its own (no path holds one).
+        What is plainly meant is taken: None for a field that has another default (a
+        JSON null), a whole float for an integer (``5.0``: JSON's numbers)."""
         for name, (kind, noun) in FIELD_KINDS.items():
             value = getattr(self, name)
-            if value is None and name not in ("per_image", "distinct", "min_area"):
-                continue
+            if value is None:
+                value = _DEFAULTS[name]
+                object.__setattr__(self, name, value)  # (frozen: set once, while it is made)
+                if value is None:
+                    continue
+            if kind is _WHOLE[0] and isinstance(value, (float, np.floating)) and float(value).is_integer():
+                value = int(value)
+                object.__setattr__(self, name, value)
             if not isinstance(value, kind) or (bool not in kind and isinstance(value, (bool, np.bool_))):
                 raise _refused(name, f"is {noun}, got {value!r}"[:200])
             if isinstance(value, str) and "\x00" in value:
                 raise _refused(name, "holds a NUL character (U+0000), which no name holds")
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchFilters)}
+
+
 def _refused(name: str, says: str) -> BadArgumentError:
     """A filter's value refused, named by its field (Python's and the web API's
     spelling; the CLI says its flag: ``flag_spelling``)."""
-    return BadArgumentError(f"the filter {name} {says}", argument=name)
+    return BadArgumentError(f"the filter {name} {says}"[:300], argument=name)  # (1e300 as an int: 300 digits)
 
 
 def flag_spelling(error: BadArgumentError) -> BadArgumentError:

@@ -85,6 +85,10 @@ def test_filters_of_the_wrong_type_or_holding_a_nul_are_refused_in_words(indexed
         with pytest.raises(BadArgumentError, match=said):
             ix.query("a cat", filters=fields)
     assert SearchFilters(min_area=np.int64(5), min_score=np.float32(0.1), per_image=np.bool_(True)).per_image
+    # What JSON plainly means is taken: a null for a field's default, a whole float for an integer.
+    taken = SearchFilters(**{"per_image": None, "distinct": None, "min_area": 5.0, "nprobe": np.float64(3)})
+    assert (taken.per_image, taken.distinct, taken.min_area, taken.nprobe) == (False, False, 5, 3)
+    assert type(taken.min_area) is int and type(taken.nprobe) is int
 
 
 def test_index_paths_given_one_path_instead_of_a_list_says_so(tmp_path):
