@@ -255,3 +255,29 @@ def test_the_decoder_out_of_memory_stops_the_backbones_beside_sam_too(monkeypatc
     generator._batch_candidates = short_of_memory
     assert len(generator.generate_batch([photo])[0]) > 0
     assert sizes == [64, 64] and not beside.on
+
+
+def test_a_result_handed_over_on_a_card_marks_only_its_cuda_tensors(monkeypatch):
+    """``record_stream`` has no CPU kernel: a CPU tensor in a result (a crop box) would
+    fail the group instead of being handed over. The card's hand-over faked on the CPU:
+    the work's event waited for, each CUDA tensor marked for the taking stream."""
+    stream, group = side(), photos(1)
+    marked, waited = [], []
+
+    class Taker:
+        def wait_event(self, event):
+            waited.append(event)
+
+    class CudaTensor(torch.Tensor):  # a CPU tensor that says it is on the card
+        is_cuda = True
+
+        def record_stream(self, on):
+            marked.append(on)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: taker)
+    taker, on_card = Taker(), torch.zeros(2).as_subclass(CudaTensor)
+    monkeypatch.setattr(stream, "_run", lambda run, given: (run(given), "event"))
+    stream.start(group, lambda _: {"features": on_card, "boxes": [torch.tensor([0, 0, 4, 4])]})
+    out = stream.take(group)
+    assert out is not None and out["features"] is on_card
+    assert waited == ["event"] and marked == [taker]

@@ -149,7 +149,8 @@ class SideStream(Generic[T]):
             current = torch.cuda.current_stream(self.device)
             current.wait_event(done)  # on the card: the host does not wait for the kernels
             for tensor in _tensors(out):
-                tensor.record_stream(current)
+                if tensor.is_cuda:  # (a CPU tensor in a result has no stream: record_stream has no CPU kernel)
+                    tensor.record_stream(current)
         return out
 
     def in_use(self) -> bool:
