@@ -136,6 +136,32 @@ def test_a_prompt_batch_that_runs_out_of_gpu_memory_is_halved_for_good(sam, imag
     assert set(sizes) == {16}  # remembered: the next photo does not run out first
 
 
+def test_masks_encoded_at_once_that_run_out_of_gpu_memory_are_halved_for_good(sam, image, monkeypatch):
+    """The kept masks are encoded as many at a time as a fixed pixel budget allows; an
+    out-of-memory error there failed the photo, and every later one, where the prompt
+    batch is halved until it fits. Now the same: halved, the same masks, remembered."""
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr("usesearch.masks.amg.cpu_encode_chunk", lambda size, chunk: 64)
+    generator = SamMaskGenerator(sam, points_per_side=8, **LOW)
+    real, sizes = generator._masks, []
+
+    def short_of_memory(cands, *args):
+        sizes.append(len(cands))
+        if len(cands) > 8:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(cands, *args)
+
+    expected = SamMaskGenerator(sam, points_per_side=8, **LOW).generate(image)
+    generator._masks = short_of_memory
+    masks = generator.generate(image)
+    assert [r.rle for r in masks] == [r.rle for r in expected] and len(masks) > 20
+    first_fit = next(i for i, n in enumerate(sizes) if n <= 8)
+    assert sizes[0] > 8 and max(sizes[first_fit:]) <= 8  # halved until it fit, then kept
+    sizes.clear()
+    generator.generate(image)
+    assert sizes and max(sizes) <= 8  # remembered: the next photo does not run out first
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 5), st.integers(1, 23), st.integers(1, 19), st.floats(0.0, 1.0), st.integers(0, 2**31))
 def test_run_length_coding_on_the_device_equals_pycocotools(n, h, w, density, seed):

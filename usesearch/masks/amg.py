@@ -141,6 +141,7 @@ class SamMaskGenerator(SamEncoding):
         self.encoder_batch = encoder_batch
         self.masks_per_photo = masks_per_photo
         self._prompt_batches: dict = {}  # (crop size, prompts) -> prompts per decoder batch on this GPU
+        self._encode_cap: int | None = None  # masks encoded at a time, halved where the card ran out of memory
         device = model.device
         if autocast is None:
             autocast = uses_bf16(device)
@@ -311,6 +312,36 @@ class SamMaskGenerator(SamEncoding):
         logits = upscale_logits(low_res, self.model.image_encoder.img_size, input_size, crop_hw)
         return uncrop_masks(logits > self.model.mask_threshold, crop_box, *orig_size)
 
+    def _encode_chunk(self, cands: Candidates, orig_size) -> int:
+        """Masks encoded at a time. A CPU a few (memory); a GPU as many as
+        GPU_ENCODE_PIXELS allows (each mask is float32 logits at the model's canvas and at
+        the photo's size, then bool: every mask of a 1 MP photo at once), their runs then
+        read in one transfer."""
+        side = self.model.image_encoder.img_size
+        chunk = (
+            cpu_encode_chunk(orig_size, ENCODE_CHUNK)
+            if cands.iou.device.type == "cpu"
+            else max(1, GPU_ENCODE_PIXELS // max(orig_size[0] * orig_size[1], side * side))
+        )
+        return min(chunk, self._encode_cap or chunk)
+
+    def _encoded(self, cands: Candidates, crops, orig_size, boxes: torch.Tensor) -> tuple[list[dict], list]:
+        """The candidates' masks as RLEs, a chunk at a time, cleaned of small regions
+        where asked (their ``boxes`` then redrawn, and whether each was left alone)."""
+        rles: list[dict] = []
+        unchanged: list = []
+        chunk = self._encode_chunk(cands, orig_size)
+        for start in range(0, len(cands), chunk):
+            masks = self._masks(cands[start : start + chunk], crops, orig_size)
+            if self.min_mask_region_area > 0:
+                masks, flags = remove_small_regions_each(masks, self.min_mask_region_area)
+                unchanged += flags
+                boxes[start : start + len(masks)] = batched_mask_to_box(masks)
+            rle_start = time.perf_counter()
+            rles += rle.encode_stack(masks)
+            self.seconds["rle"] += time.perf_counter() - rle_start
+        return rles, unchanged
+
     def _materialise(self, cands: Candidates, crops, orig_size) -> list[MaskRecord]:
         # The kept candidates' scores, boxes and prompts in one transfer.
         fields = torch.cat(
@@ -325,27 +356,18 @@ class SamMaskGenerator(SamEncoding):
         ).cpu()
         iou, stability, points = fields[:, 0], fields[:, 1], fields[:, 2:4]
         crop, boxes = fields[:, 4].long(), fields[:, 5:].long()
-        rles: list[dict] = []
-        unchanged = []
-        # A CPU encodes a few masks at a time (memory); a GPU as many as GPU_ENCODE_PIXELS
-        # allows (each mask is float32 logits at the model's canvas and at the photo's
-        # size, then bool: every mask of a 1 MP photo at once), their runs then read in
-        # one transfer.
-        side = self.model.image_encoder.img_size
-        chunk = (
-            cpu_encode_chunk(orig_size, ENCODE_CHUNK)
-            if cands.iou.device.type == "cpu"
-            else max(1, GPU_ENCODE_PIXELS // max(orig_size[0] * orig_size[1], side * side))
-        )
-        for start in range(0, len(cands), chunk):
-            masks = self._masks(cands[start : start + chunk], crops, orig_size)
-            if self.min_mask_region_area > 0:
-                masks, flags = remove_small_regions_each(masks, self.min_mask_region_area)
-                unchanged += flags
-                boxes[start : start + len(masks)] = batched_mask_to_box(masks)
-            rle_start = time.perf_counter()
-            rles += rle.encode_stack(masks)
-            self.seconds["rle"] += time.perf_counter() - rle_start
+        while True:
+            try:
+                rles, unchanged = self._encoded(cands, crops, orig_size, boxes)
+                break
+            except torch.cuda.OutOfMemoryError:  # something took memory since it was sized
+                if release_work_aside():  # the work ahead's, beside this: first
+                    continue
+                chunk = min(self._encode_chunk(cands, orig_size), len(cands))  # (what it tried at once)
+                if chunk <= 1:
+                    raise
+                self._encode_cap = chunk // 2  # another process's: halved, for good
+                torch.cuda.empty_cache()
         order = torch.arange(len(cands))
         if self.min_mask_region_area > 0 and len(cands):
             # As segment-anything: a mask the clean-up changed loses NMS ties to any that it left alone.
