@@ -12,7 +12,13 @@
 set -e
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+# Without .whl/ (not carried, or empty) the image's own packages are tried: step 0 names
+# what is missing, instead of set -e ending the run here with no step written.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+else
+  echo "no .whl/ carried: trying the image's own packages (step 0 names any missing)"
+fi
 # The stage folders import as usesearch.indexer etc. through links in usesearch/; a copy
 # of the tree that dropped them gets them back.
 for stage in indexer curation training; do [ -e "usesearch/$stage" ] || ln -s "../$stage" "usesearch/$stage"; done
