@@ -161,7 +161,7 @@ def index_coco_ray(
         Writer(db_dir, options, identity(model, None, options), paths) as writer,
     ):
         del model
-        report.devices.insert(0, actors_summary(device, gpus, options.precision))
+        report.devices.insert(0, actors_summary(device, gpus, options.precision, workers))
         for left in (db_dir / FRAGMENTS).glob("coco-*.npz"):  # a killed run's: planned again from the catalog
             left.unlink()
         fragments.forget_attempts(db_dir)

@@ -176,7 +176,7 @@ def index_paths_ray(
         report.moved, report.copies = writer.moved, writer.copies
         fragments.drop_committed(db_dir, lambda sha: any(r.proposals_made for r in writer.store.done_with_hash(sha)))
         del model, masker
-        report.devices.insert(0, actors_summary(device, gpus, options.precision))
+        report.devices.insert(0, actors_summary(device, gpus, options.precision, workers))
         options = decide_compile(options, device, todo, report)  # each actor compiles its own models
 
         def commits():

@@ -221,9 +221,13 @@ def ray_for_run(address: str | None, device: str | None) -> Iterator[tuple[str, 
         yield actor_device(device, gpus), gpus
 
 
-def actors_summary(device: str, gpus: int, precision: str) -> str:
-    """The run summary's line for where the actors' models ran."""
+def actors_summary(device: str, gpus: int, precision: str, workers: int | None = None) -> str:
+    """The run summary's line for where the actors' models ran. ``--workers`` past the
+    cluster's GPUs is said, not refused: an autoscaling cluster adds GPUs as actors
+    ask; elsewhere the rest wait for the whole run, as Ray's own warnings say."""
     said = "" if precision == "auto" else f"; {precision}"
+    if device == "cuda" and workers and workers > gpus:
+        said += f"; --workers {workers}: {workers - gpus} wait for a GPU the cluster does not have now"
     return f"models on Ray's {'GPU' if device == 'cuda' else 'CPU'} workers (the cluster has {gpus} GPU(s){said})"
 
 

@@ -209,6 +209,13 @@ def test_ray_actors_follow_the_same_rule():
         actor_device("cuda", gpus=0)
     with pytest.raises(UsesearchError, match="GPU of its own"):
         actor_device("cuda:1", gpus=2)
+    # More workers than GPUs: said in the run's summary (Ray leaves the rest pending).
+    from usesearch.indexer.ray_cluster import actors_summary
+
+    assert actors_summary("cuda", 2, "auto", workers=8).endswith(
+        "--workers 8: 6 wait for a GPU the cluster does not have now)"
+    )
+    assert "wait" not in actors_summary("cuda", 2, "auto", workers=2) + actors_summary("cpu", 0, "auto", workers=8)
 
 
 def test_faiss_device_resolution():
