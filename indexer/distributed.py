@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import replace
@@ -182,8 +183,10 @@ def index_paths_ray(
         def commits():
             for at in range(0, len(files), WINDOW):
                 pending = _pending(files[at : at + WINDOW], writer, options, report)
+                # Labelled photos of one content under several paths share its fragment.
+                wanted = Counter(row["sha256"] for row in pending)
                 for rows in _compute(pending, db_dir, replace(options, device=device), workers):
-                    _commit(rows, writer, db_dir, report)
+                    _commit(rows, writer, db_dir, report, wanted)
                     yield from (row["path"] for row in rows)
 
         # Ray Data's iterator, suspended by an error, is ended before Ray shuts down: left
@@ -309,8 +312,10 @@ def through_actors(dataset, worker: type, options: IndexOptions, db_dir: Path, w
     )
 
 
-def _commit(rows: list[dict], writer: Writer, db_dir: Path, report: IndexReport) -> None:
-    """An actor call's photos in one transaction (each failure in its own), then their fragments deleted."""
+def _commit(rows: list[dict], writer: Writer, db_dir: Path, report: IndexReport, wanted: Counter | None = None) -> None:
+    """An actor call's photos in one transaction (each failure in its own), then their
+    fragments deleted: each once no row ``wanted`` still counts needs it (labelled
+    photos of one content, each a photo of its own, share it)."""
     photos: list[PhotoWrite] = []
     keys: set[bytes] = set()  # this group's photos, paths and contents
     shas: set[str] = set()
@@ -330,6 +335,10 @@ def _commit(rows: list[dict], writer: Writer, db_dir: Path, report: IndexReport)
     if photos:
         writer.commit(photos, report)
     for row in rows:  # after the commit: a kill before it leaves the fragments for the next run
+        if wanted is not None:
+            wanted[row["sha256"]] -= 1
+            if wanted[row["sha256"]] > 0:
+                continue
         fragment_path(db_dir, row["sha256"]).unlink(missing_ok=True)
         fragments.attempts_path(db_dir, row["sha256"]).unlink(missing_ok=True)  # a WorkerDied verdict's note
 

@@ -40,7 +40,7 @@ from .catalog import (
 )
 from .embeddings import FOLDER as EMBEDDINGS_FOLDER
 from .embeddings import EmbeddingFiles
-from .image_writes import ImageWrites, PhotoWrite
+from .image_writes import ImageWrites, PhotoWrite, annotations_by_split
 from .lookups import SearchLookups
 from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord, VectorShard, VectorState
 
@@ -250,20 +250,25 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         unreachable (an outage there ended the run at once); a reader's, once."""
         return statement() if self.read_only else self.retrying(statement)
 
-    def remove_image(self, image_id: int) -> list[int]:
-        """Delete an image and its segments in one transaction; their segment ids."""
+    def remove_image(self, image_id: int, lost_annotations: bool = False) -> list[int]:
+        """Delete an image and its segments in one transaction; their segment ids.
+        ``lost_annotations``: its annotations counted in ``annotations_lost`` (its
+        content changed: they went with the old one)."""
 
-        def remove() -> list[int]:
+        def remove() -> tuple[list[int], Counter[str]]:
             with self.sessions.begin() as s:
                 record = s.get(ImageRecord, image_id)
                 if record is None:
-                    return []
+                    return [], Counter()
+                lost = annotations_by_split(s, image_id) if lost_annotations else Counter()
                 removed = list(s.scalars(select(SegmentRecord.id).where(SegmentRecord.image_id == image_id)))
                 s.delete(record)
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
-                return removed
+                return removed, lost
 
-        return self.retrying(remove)
+        removed, lost = self.retrying(remove)  # (counted once the transaction is in: a retry runs it again)
+        self.annotations_lost.update(lost)
+        return removed
 
     def image_files(self) -> list[tuple[int, bytes, str]]:
         """(id, fs_path, path) of every image the index has, done or failed."""

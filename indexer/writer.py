@@ -188,8 +188,10 @@ class Writer:
         # (the read-ahead's ``coming`` keeps a hash after its photo failed).
         coming_now = sha256 in coming and sha256 not in self._failed_contents
         holders = [] if coming_now else self.store.done_with_hash(sha256)
-        if existing is not None and path is None:
-            return False  # changed: computed again
+        if existing is not None and (path is None or (existing.status == DONE and existing.sha256 == sha256)):
+            # Changed: computed again. Or labelled and waiting for its proposals: a photo of
+            # its own whatever other path holds its bytes (removed as a copy, its annotations went too).
+            return False
         # Each holder's file checked once (a stat, else its bytes hashed again).
         holding = {h.id for h in holders if still_holds(h)} if path is not None else set()
         if existing is not None:
@@ -200,7 +202,7 @@ class Writer:
             # run may yet fail, and a photo failing now keeps its segments): its old segments
             # go and it is counted as a copy, as a new file of that content is. It was
             # embedded again, and every search found that photo twice.
-            self.remove_image(existing.id)
+            self.remove_image(existing.id, lost_annotations=True)
         if not holders and not coming_now:
             return False
         gone = [h for h in holders if path is not None and h.id not in holding]  # missing, or other content now
@@ -317,10 +319,10 @@ class Writer:
         run reads them, as ``skip`` finds no photo they copy)."""
         self._copies_coming.clear()
 
-    def remove_image(self, image_id: int) -> int:
-        """Remove an image with its segments (one transaction) and their vectors."""
+    def remove_image(self, image_id: int, lost_annotations: bool = False) -> int:
+        """Remove an image with its segments (one transaction) and their vectors (``Store.remove_image``)."""
         with self._changing():
-            removed = self.store.remove_image(image_id)
+            removed = self.store.remove_image(image_id, lost_annotations)
             self._remove(removed)
         return len(removed)
 

@@ -186,3 +186,49 @@ def test_a_folder_named_through_a_link_is_said_as_the_same_files_not_copies(tmp_
     said = " ".join(again.output.split())
     assert again.exit_code == 0 and "2 skipped: the same files as indexed, reached through a link" in said, said
     assert "copies of a photo" not in said
+
+
+@pytest.mark.parametrize("on_ray", [False, True], ids=["sequential", "ray"])
+def test_a_labelled_photo_whose_bytes_another_path_holds_gets_its_proposals_and_keeps_its_annotations(tmp_path, on_ray):
+    """A photo in train and its byte copy in val (a leak the audit shows): the masker
+    run removed whichever still waited for its proposals as a copy of the other, with
+    its annotations, unsaid; the next --coco run embedded them again, and the next
+    masker run removed them again."""
+    import shutil
+
+    from tests.test_coco_index import write_coco
+    from usesearch.indexer.coco_index import index_coco
+    from usesearch.indexer.folder import open_store
+
+    photos = write_photos(tmp_path / "photos", ("rocket", "chelsea"))  # (the second in photos/sub)
+    shutil.copy(photos / "rocket.png", photos / "rocket_copy.png")
+    db, val = tmp_path / "db", ["rocket_copy.png", "sub/chelsea.png"]
+    index_coco([photos], write_coco(tmp_path / "train.json", photos, ["rocket.png"], 1), db, IndexOptions(**OPTS))
+    index_coco([photos], write_coco(tmp_path / "val.json", photos, val, 9), db, IndexOptions(**OPTS))
+    report = index_with(on_ray)([photos], db, IndexOptions(**OPTS))
+    assert report.done == 3 and report.copies == [] and not report.annotations_lost, report
+    store = open_store(db, read_only=True)
+    try:
+        kept = {
+            os.path.basename(path): sorted(
+                {(r.source, r.split) for r in store.rows(store.image_segment_ids(i)).values()}
+            )
+            for i, _, path in store.image_files()
+        }
+        waiting = [r.path for r in store.done_with_hash(store.image(1).sha256) if not r.proposals_made]
+    finally:
+        store.close()
+    assert kept == {
+        "rocket.png": [("annotation", "train"), ("proposal", None)],
+        "rocket_copy.png": [("annotation", "val"), ("proposal", None)],
+        "chelsea.png": [("annotation", "val"), ("proposal", None)],
+    }
+    assert waiting == []
+    assert_consistent(db)
+    # A labelled photo changed into a copy of another goes as a copy, its annotations
+    # (of its old content) said lost, as those of any photo whose content changed are.
+    shutil.copy(photos / "rocket.png", photos / "sub" / "chelsea.png")
+    changed = index_with(on_ray)([photos], db, IndexOptions(**OPTS))
+    assert [os.path.basename(c) for c, _ in changed.copies] == ["chelsea.png"], changed
+    assert changed.annotations_lost == {"val": 2}
+    assert_consistent(db)
