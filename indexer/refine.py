@@ -12,7 +12,8 @@ probability times the instance's, in [0, 1]) and keep those above SAM 3's thresh
 (0.5 for the real model); ties go to the higher ``use_score``, then to the photo USE
 ranked higher. ``use_score`` is the USE score (cosine with the query) of the stored
 segment that overlaps the instance best (mask IoU), and ``segment_id`` names that
-segment (0 where no stored segment overlaps). ``per_image``, ``distinct`` and
+segment (0 where no stored segment overlaps), among those ``label``, ``split`` and
+``source`` keep (which also choose the photos). ``per_image``, ``distinct`` and
 ``min_area`` apply to the refined hits as to any; ``min_score`` (a cosine) and
 ``path`` choose the photos.
 
@@ -36,7 +37,7 @@ from usesearch.io.files import decode, pixel_count, read_bytes
 from usesearch.masks import rle
 
 from .filters import SearchFilters, check_filters, check_k
-from .hits import Hit, first_hits
+from .hits import Hit, first_hits, has_labels
 from .known_images import record_limits
 from .refine_cache import CACHE_FOLDER, ImageStateCache
 
@@ -90,6 +91,11 @@ class RefineReport:
     cached: int = 0
     skipped: list[str] = field(default_factory=list)
     ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def refined(self) -> int:
+        """The photos SAM 3 looked at: those chosen less those skipped (one line each)."""
+        return self.photos - len(self.skipped)
 
 
 class Refiner:
@@ -158,8 +164,9 @@ class Refiner:
             phrase = time.perf_counter()
             encoded = self.sam3.encode_text(text)
             report.ms["text"] = _ms(phrase)
+            labels = (filters.label, filters.split, filters.source)  # the stored segments an instance is linked to
             for group in self._groups(photos, report, gone or (lambda: False)):  # one batch alive at a time
-                found += self._segment(group, encoded, vector)
+                found += self._segment(group, encoded, vector, labels)
                 del group  # before the next batch's features are made
         report.ms["sam3"] = _ms(phrase)
         found.sort(key=lambda h: (-h.score, -(h.use_score if h.use_score is not None else -2.0), h.photo_rank))
@@ -218,24 +225,28 @@ class Refiner:
                 report.image_steps += 1
         return [(rank, photo, ready[rank]) for rank, photo in window if rank in ready]
 
-    def _segment(self, group: list[tuple[int, Hit, list]], encoded: dict, vector: np.ndarray) -> list[RefinedHit]:
+    def _segment(self, group: list[tuple[int, Hit, list]], encoded: dict, vector: np.ndarray, labels) -> list:
         """The refined hits of one batch (a function of its own: its locals, which hold
         the batch's features, go when it returns)."""
         hws = [tuple(photo.mask["size"]) for _, photo, _ in group]
         every = self.sam3.segment_many([features for _, _, features in group], encoded, hws, self.options.threshold)
-        return [hit for (rank, photo, _), found in zip(group, every) for hit in self._hits(photo, rank, found, vector)]
+        return [
+            hit
+            for (rank, photo, _), found in zip(group, every)
+            for hit in self._hits(photo, rank, found, vector, labels)
+        ]
 
     @property
     def _batch(self) -> int:
         return self.options.batch or (8 if self.sam3.device.type == "cuda" else 1)
 
-    def _hits(self, photo: Hit, photo_rank: int, instances, vector: np.ndarray) -> list[RefinedHit]:
+    def _hits(self, photo: Hit, photo_rank: int, instances, vector: np.ndarray, labels) -> list[RefinedHit]:
         keep = instances.masks.flatten(1).any(1)  # an instance whose mask is empty at the photo's size: none
         if not bool(keep.any()):
             return []
         masks = rle.encode_stack(instances.masks[keep])
         scores = instances.scores[keep].float().cpu().numpy()
-        stored = self._stored_segments(photo.image_id, vector)
+        stored = self._stored_segments(photo.image_id, vector, labels)
         ious = rle.iou_between(masks, [m for _, m, _ in stored]) if stored else np.zeros((len(masks), 0))
         out = []
         for mask, score, row in zip(masks, scores, ious):
@@ -259,11 +270,14 @@ class Refiner:
             )
         return out
 
-    def _stored_segments(self, image_id: int, vector: np.ndarray) -> list[tuple[int, dict, float]]:
-        """(id, RLE, USE score) of every stored segment of the photo."""
+    def _stored_segments(self, image_id: int, vector: np.ndarray, labels) -> list[tuple[int, dict, float]]:
+        """(id, RLE, USE score) of every stored segment of the photo of this class,
+        split and source (``has_labels``): a search of annotations links an instance
+        to an annotation, never to a proposal it overlaps."""
         store = self.index.store
-        ids = store.image_segment_ids(image_id)
-        rows = store.rows(ids)
+        every = store.image_segment_ids(image_id)
+        rows = {i: row for i, row in store.rows(every).items() if has_labels(row, labels)}
+        ids = [i for i in every if i in rows]  # (in the photo's order: ties go as before)
         scores: dict[int, float] = {}
         for batch_ids, vectors in store.embeddings(ids):
             scores.update(zip(batch_ids.tolist(), (vectors @ vector).tolist()))
