@@ -139,6 +139,24 @@ def test_missing_extra_is_one_line(monkeypatch, index):
     assert "\n" not in str(caught.value)
 
 
+def test_an_extra_that_fails_to_import_says_why(monkeypatch, index):
+    """An ImportError naming no module (the package refusing a numpy version) was said
+    as "None is missing"."""
+    import builtins
+
+    real = builtins.__import__
+
+    def refusing(name, *args, **kwargs):
+        if name == "sam3.model.sam3_image":
+            raise ImportError("numpy>=2.4 is not supported by this version")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.delitem(__import__("sys").modules, "sam3.model.sam3_image", raising=False)
+    monkeypatch.setattr(builtins, "__import__", refusing)
+    with pytest.raises(UsesearchError, match=r"\(it failed to import: numpy>=2.4 is not supported by this version\)"):
+        Refiner(index)
+
+
 def test_every_sam3_model_names_its_checkpoint_in_the_light_table():
     """Its checkpoint is in ``sam3_weights`` (read by `models list` without torch), its
     architecture in ``sam3``: the two tables name the same models."""
@@ -234,6 +252,7 @@ def test_a_photo_changed_since_indexing_is_skipped_and_said(index, refiner):
         changed.write_bytes(original)
     assert len(fresh.last.skipped) == 1 and "changed on disk" in fresh.last.skipped[0]
     assert fresh.last.cached == 2  # the other two from the cache; the changed one's not used
+    assert (fresh.last.photos, fresh.last.refined) == (3, 2)
     assert hits and str(changed) not in {h.image for h in hits}
     assert {h.image for h in hits} == {h.image for h in first} - {str(changed)}
     moved = changed.with_name("elsewhere.png")  # gone: said in words, not as Python's error with a bytes path

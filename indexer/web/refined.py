@@ -87,7 +87,7 @@ class RefinedSearch:
             query=text,
             took_ms=1000 * (time.perf_counter() - start),
             segments_indexed=int(self.index.index.ntotal),
-            refined_photos=report.photos,
+            refined_photos=report.refined,  # (not those skipped)
             image_steps=report.image_steps,
             skipped=skipped,
             hits=out,

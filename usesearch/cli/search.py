@@ -75,9 +75,14 @@ def query(
     try:
         hits = refiner.query(text, output.k, filters)
         done = refiner.last
+        among = (
+            f"{done.refined} of the top {done.photos} photos ({len(done.skipped)} skipped"
+            if done.skipped
+            else f"the top {done.photos} photos ("
+        )
         title = (
-            f"{text!r}: {len(hits)} SAM 3 instances in the top {done.photos} photos "
-            f"({done.image_steps} image steps, {done.cached} cached; {done.ms['total']:.0f} ms)"
+            f"{text!r}: {len(hits)} SAM 3 instances in {among}{'; ' if done.skipped else ''}"
+            f"{done.image_steps} image steps, {done.cached} cached; {done.ms['total']:.0f} ms)"
         )
         for line in done.skipped:
             typer.echo(f"skipped {line}", err=True)
