@@ -49,6 +49,10 @@ class BadArgumentError(UsesearchError, ValueError, TypeError):
         self.argument = argument
 
 
+class MissingExtraError(UsesearchError):
+    """An optional package (an extra: sam2, sam3) is not installed, or does not import."""
+
+
 class MissingWeightsError(UsesearchError):
     """A weights file is neither on disk nor in a cache, and downloading is off."""
 

@@ -52,6 +52,8 @@ def described(spec: dict[str, Any], token: bool) -> dict[str, Any]:
                 answers["403"] = "A cross-site request, or a verdict an index read-only here cannot keep."
             if method == "post" and path.startswith("/api/audit"):
                 answers["409"] = "The audit's lists predate the index's last change: audit again first."
+            if path == "/api/search":
+                answers["501"] = "refine=sam3 on a server without the sam3 package or SAM 3's weights."
             if token:
                 answers["401"] = "No token, or the wrong one."
             for status, description in answers.items():

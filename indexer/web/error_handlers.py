@@ -20,6 +20,8 @@ from usesearch.errors import (
     ClientGoneError,
     ImageGoneError,
     IndexReadOnlyError,
+    MissingExtraError,
+    MissingWeightsError,
     ModelOutputError,
     NotFoundError,
     ServerBusyError,
@@ -43,6 +45,14 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UsesearchError)  # a bad upload or region: the one-line reason
     async def user_error(_: Request, exc: UsesearchError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(MissingExtraError)  # a sound request this server cannot answer as installed
+    async def missing_extra(_: Request, exc: MissingExtraError):
+        return JSONResponse({"detail": str(exc)}, status_code=501)
+
+    @app.exception_handler(MissingWeightsError)
+    async def missing_weights(_: Request, exc: MissingWeightsError):
+        return JSONResponse({"detail": str(exc)}, status_code=501)
 
     @app.exception_handler(ModelOutputError)  # the server's models at fault, not the request
     async def model_fault(_: Request, exc: ModelOutputError):

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import MissingExtraError, UsesearchError
 from usesearch.models.weights import WeightStatus, file_fault, require, usesearch_home, verify_sha256
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def load_sam2(name: str, checkpoint: str | os.PathLike | None = None, device: st
     try:
         from sam2.build_sam import build_sam2
     except ImportError:
-        raise UsesearchError("--masker sam2 needs the sam2 package: pip install -e '.[sam2]'") from None
+        raise MissingExtraError("--masker sam2 needs the sam2 package: pip install -e '.[sam2]'") from None
     import torch  # here, not at the top: `models list` reads this module's table without torch
 
     from usesearch.models.backbones import seeded, weights_to_come

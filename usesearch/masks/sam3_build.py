@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import MissingExtraError, UsesearchError, first_line
 
 INSTALL = "pip install -e '.[sam3]'"
 
@@ -94,7 +94,10 @@ def import_sam3() -> None:
             warnings.simplefilter("ignore")
             import sam3.model.sam3_image  # noqa: F401
     except ImportError as exc:
-        raise UsesearchError(f"SAM 3 needs the sam3 package ({exc.name} is missing): {INSTALL}") from None
+        # A module missing is named; any other failure to import (a version the package
+        # refuses, a broken build) is said in its own words, not as "None is missing".
+        why = f"{exc.name} is missing" if exc.name else f"it failed to import: {first_line(exc)}"
+        raise MissingExtraError(f"SAM 3 needs the sam3 package ({why}): {INSTALL}") from None
 
 
 @contextlib.contextmanager
