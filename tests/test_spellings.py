@@ -168,3 +168,13 @@ def test_the_installed_entry_point_accepts_an_old_spelling(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "deprecated: `embed -t TEXT` is now `embed IMAGE TEXT...`" in done.stderr and "a cat" in done.stdout
+
+
+@pytest.mark.parametrize("flag", ["--coco", "--images"])
+def test_the_old_audit_flags_beside_db_say_where_each_job_went(flag):
+    """``audit --coco FILE --db DIR`` got click's bare "No such option: --coco": the old
+    spelling counts only without --db, and nothing said what to run instead."""
+    result = CliRunner().invoke(app, ["audit", flag, "a.json", "--db", "/nowhere"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"{flag}: audit --db DIR reads what the index holds" in result.output
+    assert "usesearch index IMAGES --coco FILE --db DIR" in result.output and "eval audit" in result.output

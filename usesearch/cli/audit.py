@@ -37,6 +37,15 @@ class AuditCommand(TyperCommand):
         return self
 
     def make_context(self, info_name, args, parent=None, **extra):
+        mixed = sorted({a.split("=", 1)[0] for a in args} & set(OLD_FLAGS))
+        if "--db" in {a.split("=", 1)[0] for a in args} and mixed:  # (click said only "No such option: --coco")
+            typer.echo(
+                f"error: {'/'.join(mixed)}: audit --db DIR reads what the index holds (add a file to it with "
+                "`usesearch index IMAGES --coco FILE --db DIR`); the audit of a COCO file itself is "
+                "`usesearch eval audit --coco FILE --images DIR`",
+                err=True,
+            )
+            raise typer.Exit(2)
         command = self.for_args(args)
         if command is not self:
             return command.make_context(info_name, list(args), parent=parent, **extra)
