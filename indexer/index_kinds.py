@@ -21,6 +21,13 @@ def new_index(dim: int, factory: str) -> faiss.Index:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise ValueError(f"invalid FAISS factory string {given!r}: {_faiss_words(exc)}") from None
+    if any(part.metric_type != faiss.METRIC_INNER_PRODUCT for part in _parts(index)):
+        # FAISS builds HNSW over PQ with L2 whatever the metric asked: the index written
+        # was refused as another metric at every open, and rebuilt there (minutes a query).
+        raise ValueError(
+            f"FAISS factory string {given!r}: FAISS builds it with L2 distances, not the inner product "
+            "segments are ranked by; use HNSW32,SQ8 (a compressed graph) or IVF...,PQ..."
+        )
     ivf = ivf_of(index)
     if ivf is not None and ivf.nlist < 1:  # FAISS builds it, and every search then fails (nprobe 0)
         raise ValueError(f"invalid FAISS factory string {given!r}: an IVF needs at least one list")
@@ -67,6 +74,8 @@ def _faiss_words(exc: RuntimeError) -> str:
     .../index_factory.cpp:1228: ") or the failed assertion's code."""
     text = str(exc).strip().splitlines()[-1]
     text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
+    if "metric == METRIC_L2" in text:  # (LSH: "Error: 'metric == METRIC_L2' failed", no words of its own)
+        return "it computes L2 distances only, not the inner product segments are ranked by"
     return re.sub(r"^Error: '.*?' failed: ", "", text)
 
 

@@ -189,6 +189,13 @@ def load(
     in ``faiss_gpu.wanted``."""
     if path.exists() and not path.is_file():
         raise UsesearchError(f"{path} is not a file: move it away (the vector index is rebuilt from the database)")
+    try:  # a factory refused since the index was made (HNSW over PQ: FAISS builds it with L2)
+        _kind_made(dim, factory)
+    except ValueError as exc:
+        flags = index_flags(path.parent, store.url)
+        raise UsesearchError(
+            f"{exc}; `usesearch reindex {flags} --factory auto` gives this index another kind"
+        ) from None
     if not path.exists():
         empty = Vectors(new_index(dim, factory), device, shard_size)
         return empty, vectors.reconcile(empty, store)

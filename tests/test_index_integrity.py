@@ -354,6 +354,10 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
         # the next run's add failed ("NSG does not support incremental addition").
         (["index", str(photos), "--db", str(new_db), "--preset", "tiny", "--factory", "NSG2"], "cannot grow"),
         (["reindex", "--db", str(db), "--factory", "NSG32"], "an NSG graph cannot grow with the index"),
+        # FAISS builds HNSW over PQ with L2 whatever the metric asked: every open refused the file
+        # it wrote as another metric and rebuilt it (minutes a query at 40k segments).
+        (["reindex", "--db", str(db), "--factory", "HNSW16,PQ4x4"], "FAISS builds it with L2 distances, not the"),
+        (["reindex", "--db", str(db), "--factory", "LSH"], "'LSH': it computes L2 distances only"),
         # An IDMap (not IDMap2) lists no ids: its folder was made, then refused by every later command.
         (["index", str(photos), "--db", str(new_db), "--preset", "tiny", "--factory", "IDMap,Flat"], "leave it out"),
         (["reindex", "--db", str(db), "--factory", "IDMap,Flat"], "an IDMap keeps no list of its ids"),
@@ -372,6 +376,23 @@ def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
     (db / FAISS_FILE).mkdir()
     result = runner.invoke(app, ["query", "a cat", "--db", str(db)])
     assert result.exit_code == 2 and "is not a file" in result.output
+
+
+def test_an_index_made_with_a_factory_refused_since_says_how_to_give_it_another(small_index):
+    """An index made with HNSW over PQ before it was refused: its file could never be
+    used (FAISS built it with L2), and every open rebuilt it again."""
+    import sqlite3
+
+    _, db = small_index
+    with sqlite3.connect(db / "segments.sqlite") as catalog:
+        catalog.execute("update index_info set factory = 'HNSW16,PQ4x4'")
+    (db / FAISS_FILE).unlink()  # (its file, of another metric, was refused at every open)
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db)])
+    assert result.exit_code == 2 and "FAISS builds it with L2 distances" in result.output, result.output
+    unboxed = "".join(result.output.split())
+    assert f"`usesearchreindex--db{db}--factoryauto`givesthisindexanotherkind" in unboxed
+    assert runner.invoke(app, ["reindex", "--db", str(db), "--factory", "auto"]).exit_code == 0
+    assert runner.invoke(app, ["query", "a cat", "--db", str(db)]).exit_code == 0
 
 
 def test_truncated_image_error_names_the_file(tmp_path):
