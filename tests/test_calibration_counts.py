@@ -75,3 +75,68 @@ def test_a_group_of_equal_vectors_larger_than_the_kept_best_is_tied_whole():
     assert recalls([list(range(71, 81)), []], truth).tolist() == [1.0, 0.0]
     nothing = calibration.exact_top(SimpleNamespace(embeddings=lambda: iter([])), queries[:1], np.array([0]), 10)
     assert recalls([[]], nothing).tolist() == [1.0]  # nothing to find: nothing missed
+
+
+def _curve(nprobes, reranks):
+    recall = {1: 0.6, 2: 0.85, 4: 0.9, 8: 0.95, 16: 0.995}
+    return {(p, r): {"recall": recall[p], "recall_kinds": {"text": recall[p]}} for p in nprobes for r in reranks}
+
+
+def test_a_probe_over_the_limit_is_timed_again_before_it_caps_every_larger_setting(monkeypatch):
+    """The bisection takes cost as rising with effort: one slow turn (another process's)
+    of a cheap setting capped every larger one, and recall 0.57 was kept where 0.67 fit."""
+    import numpy as np
+
+    nprobes, reranks, slow_once = [1, 2, 4, 8, 16], [20], {(2, 20)}
+
+    def run(ix, vectors, excluded, setting, rows):  # 2 ms a list, but (2, 20)'s first turn is slow
+        if setting in slow_once:
+            slow_once.discard(setting)
+            return [], 500.0
+        return [], 2.0 * setting[0]
+
+    monkeypatch.setattr(choice, "run", run)
+    picked = choice.choose(
+        None, np.zeros((60, 4)), np.zeros(60, int), _curve(nprobes, reranks), nprobes, reranks, 0.99, 50
+    )
+    assert picked.setting == (16, 20) and not picked.over_budget  # 32 ms: affordable, the best recall
+
+
+def test_a_setting_retimed_past_the_spare_fifth_but_within_the_budget_is_not_over_it(monkeypatch):
+    """The best recall the budget affords, re-timed at 44 ms against a 40 ms limit (50 ms
+    budget), was said as "no setting searched within the 50 ms budget ... the fastest
+    setting measured": neither was true."""
+    import numpy as np
+
+    nprobes, reranks, turns = [1, 2, 4], [20], []
+
+    def run(ix, vectors, excluded, setting, rows):  # 39 ms when probed, 44 ms when compared
+        turns.append(setting)
+        return [], 44.0 if len(rows) == 1 and setting == (4, 20) else 13.0 * setting[0] / (4 / 3)
+
+    monkeypatch.setattr(choice, "run", run)
+    picked = choice.choose(
+        None, np.zeros((60, 4)), np.zeros(60, int), _curve(nprobes, reranks), nprobes, reranks, 0.99, 50
+    )
+    assert picked.setting == (4, 20) and not picked.met and not picked.over_budget
+    measured = calibration.Calibration(
+        "f", FACTORY, 1024, 4, 20, 0.9, {"text": 0.9}, 44.0, picked.met, 0.99, 50.0, over_budget=picked.over_budget
+    )
+    assert "target 0.99 not met within 50 ms: the best recall it affords" in measured.describe()
+
+
+def test_a_choice_a_busy_machine_forced_is_measured_again_when_next_due():
+    """Calibrated at load 3.6 a core, nothing searched within the budget and the cheapest
+    setting was kept at recall 0.28, for every search until someone ran calibrate."""
+    from usesearch.indexer.calibration import outdated
+
+    curve = [{"nprobe": 16, "rerank": 1000}, {"nprobe": 32, "rerank": 1000}]
+    forced = calibration.Calibration(
+        "f", FACTORY, 40000, 16, 1000, 0.28, {"text": 0.28}, 52.0, False, 0.95, 50.0, curve=curve, over_budget=True
+    )
+    assert not outdated(forced, 40000, None)  # a quiet machine's cheapest: the budget is what it is
+    busy = dataclasses.replace(forced, load_per_core=3.6)
+    assert busy.provisional() and outdated(busy, 40000, None)
+    said = busy.describe()
+    assert "target 0.95 not met either: the cheapest setting; timed on a busy machine (load 3.6 per core)" in said
+    assert "measured again at the next indexing run's end, or now by `usesearch calibrate`" in said

@@ -95,6 +95,20 @@ class Calibration:
         """Candidates to re-score for ``k`` hits: as measured for ``K``, more for more."""
         return max(self.rerank, -(-self.rerank * k // self.k))
 
+    def _cheapest(self) -> str:
+        cheapest = self.curve[0] if self.curve else {}  # (the curve starts at the fewest lists and candidates)
+        return (
+            ": the cheapest setting"
+            if (cheapest.get("nprobe"), cheapest.get("rerank")) == (self.nprobe, self.rerank)
+            else ""
+        )
+
+    def provisional(self) -> bool:
+        """Whether the choice was forced by timings a busy machine slowed: nothing within
+        the budget, the cheapest kept whatever its recall (0.28 where 0.83 fit once the
+        machine was quiet). Measured again where calibrations are due (``outdated``)."""
+        return self.over_budget and not self.met and self.load_per_core >= BUSY
+
     def worst(self) -> tuple[str, float]:
         """The kind of query with the lowest recall, and that recall."""
         return min(self.recall_kinds.items(), key=lambda kv: kv[1], default=("", self.recall))
@@ -108,11 +122,13 @@ class Calibration:
         )
         busy = f"; timed on a busy machine (load {self.load_per_core:.1f} per core)" * (self.load_per_core >= BUSY)
         budget = f" within {self.budget_ms:g} ms" if self.budget_ms > 0 else ""
+        if self.provisional():
+            busy += ": measured again at the next indexing run's end, or now by `usesearch calibrate`"
         if not self.met and self.over_budget and self.budget_ms > 0:  # the budget is what failed
             reached = "reached" if self.recall >= self.target else "not met either"
             return line + (
                 f"; no setting searched within the {self.budget_ms:g} ms budget (a fifth of it kept spare), target "
-                f"{self.target} {reached}: the fastest setting measured{busy})"
+                f"{self.target} {reached}{self._cheapest()}{busy})"
             )
         if not self.met:
             return line + f"; target {self.target} not met{budget}: the best recall it affords{busy})"
@@ -121,9 +137,10 @@ class Calibration:
 
 def outdated(current: Calibration, segments: int, target: float | None) -> bool:
     """Whether an index of ``segments`` asked for ``target`` (None: any) needs measuring
-    again: another target, or ``REGROWTH``-fold more (or fewer) segments than measured."""
+    again: another target, ``REGROWTH``-fold more (or fewer) segments than measured, or
+    a choice a busy machine forced (``provisional``)."""
     resized = max(segments, current.segments) >= REGROWTH * max(1, min(segments, current.segments))
-    return resized or target not in (None, current.target)
+    return resized or target not in (None, current.target) or current.provisional()
 
 
 def trained_fingerprint(index: Vectors) -> str | None:
