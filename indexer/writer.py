@@ -69,7 +69,8 @@ class Writer:
         self.failed_before = 0  # files skipped as failed by an earlier run, with the same content
         self.in_sync = True
         self.growth = growth.Growth()
-        self._copies_coming: dict[str, list[tuple[bytes, str, str | None]]] = {}  # by content: ``skip``, ``fail``
+        # By content (``skip``, ``fail``): (key, path, stat, the record of its old content, where it had one)
+        self._copies_coming: dict[str, list[tuple[bytes, str, str | None, int | None]]] = {}
         self._failed_contents: set[str] = set()  # the contents of files failed in this run
 
     def __enter__(self) -> Writer:
@@ -184,8 +185,7 @@ class Writer:
             self.known.read_as_recorded(existing, sha256, file_stat)
             self.failed_before += existing.status != DONE
             return True
-        # A content that failed in this run is coming no more: this file is read on its own
-        # (the read-ahead's ``coming`` keeps a hash after its photo failed).
+        # A content that failed in this run is coming no more (the read-ahead's ``coming`` keeps its hash).
         coming_now = sha256 in coming and sha256 not in self._failed_contents
         holders = [] if coming_now else self.store.done_with_hash(sha256)
         if existing is not None and (path is None or (existing.status == DONE and existing.sha256 == sha256)):
@@ -196,15 +196,12 @@ class Writer:
         holding = {h.id for h in holders if still_holds(h)} if path is not None else set()
         if existing is not None:
             holders = [h for h in holders if h.id != existing.id and h.id in holding]
-            if not holders:
-                return False  # changed: computed again
-            # Changed into a copy of a photo indexed under another path (one coming in this
-            # run may yet fail, and a photo failing now keeps its segments): its old segments
-            # go and it is counted as a copy, as a new file of that content is. It was
-            # embedded again, and every search found that photo twice.
-            self.remove_image(existing.id, lost_annotations=True)
         if not holders and not coming_now:
-            return False
+            return False  # (changed: computed again)
+        # Changed into a copy of a photo indexed under another path or coming earlier in this
+        # run (two files made one content were both embedded): its old segments go (once that
+        # photo is committed: failing with it, it keeps them) and it is counted as a copy.
+        replaced = existing.id if existing is not None else None
         gone = [h for h in holders if path is not None and h.id not in holding]  # missing, or other content now
         if path is not None and gone:  # moved: the record follows the photo
             self._move(gone[0], key, path, file_stat)
@@ -213,9 +210,11 @@ class Writer:
             # keeps its hash after), else once it is (if it fails, its copies fail with it).
             named = holders or (self.store.done_with_hash(sha256) if coming_now else [])
             if named:
+                if replaced is not None:
+                    self.remove_image(replaced, lost_annotations=True)
                 self.copies.append((path, named[0].path))
             else:
-                self._copies_coming.setdefault(sha256, []).append((key, path, file_stat))
+                self._copies_coming.setdefault(sha256, []).append((key, path, file_stat, replaced))
             if file_stat is not None:  # the next run skips it unread (``KnownImages.unchanged``)
                 self.known.note_copy(key, sha256, file_stat)
         return True
@@ -250,7 +249,9 @@ class Writer:
         self.apply(save, np.concatenate(rows) if rows else None, report)
         report.done += len(photos)
         for photo in photos:  # their copies are copies of an indexed photo now, which they name
-            for _, copy_path, _ in self._copies_coming.pop(photo.sha256 or "", []):
+            for _, copy_path, _, replaced in self._copies_coming.pop(photo.sha256 or "", []):
+                if replaced is not None:  # its old content's record, kept until now
+                    self.remove_image(replaced, lost_annotations=True)
                 self.copies.append((copy_path, photo.path))
 
     def apply(
@@ -306,7 +307,7 @@ class Writer:
             self._failed_contents.add(sha256)
         # Files skipped as copies of this one, queued before it failed, are no copies of an
         # indexed photo: they fail as it did (they were left out of ``failures``).
-        for copy_key, copy_path, copy_stat in self._copies_coming.pop(sha256, []) if sha256 else []:
+        for copy_key, copy_path, copy_stat, _ in self._copies_coming.pop(sha256, []) if sha256 else []:
             self.known.drop_copy(copy_key)
             copy_exc = _as_copys(exc, path, copy_path)
             self.store.save_image(copy_key, copy_path, sha256, None, error=copy_exc, file_stat=copy_stat)

@@ -232,3 +232,38 @@ def test_a_labelled_photo_whose_bytes_another_path_holds_gets_its_proposals_and_
     assert [os.path.basename(c) for c, _ in changed.copies] == ["chelsea.png"], changed
     assert changed.annotations_lost == {"val": 2}
     assert_consistent(db)
+
+
+@pytest.mark.parametrize("on_ray", [False, True], ids=["sequential", "ray"])
+def test_two_known_photos_changed_into_one_content_are_one_photo_and_its_copy(tmp_path, on_ray):
+    """Two indexed files (or two that failed: empty, a link loop) given the same new
+    content: both were embedded again, every search found that photo twice, and on Ray
+    the second commit found their shared fragment gone and ended the run."""
+    import shutil
+
+    from usesearch.indexer.folder import open_store
+
+    photos = write_photos(tmp_path / "photos", ("rocket", "coffee", "chelsea"))  # (the second in photos/sub)
+    (photos / "empty.png").write_bytes(b"")  # fails, then is given that content too
+    run, db = index_with(on_ray), tmp_path / "db"
+    first = run([photos], db, IndexOptions(**OPTS))
+    assert (first.done, first.failed) == (3, 1)
+    new = write_photos(tmp_path / "new", ("camera",)) / "camera.png"  # a content the index has not seen
+    for name in ("rocket.png", "empty.png"):
+        shutil.copy(new, photos / name)
+    again = run([photos], db, IndexOptions(**OPTS))
+    store = open_store(db, read_only=True)
+    try:
+        paths = sorted(os.path.basename(p) for i, _, p in store.image_files())
+    finally:
+        store.close()
+    assert [(os.path.basename(c), os.path.basename(h)) for c, h in again.copies] == [("rocket.png", "empty.png")]
+    assert (again.done, again.failed) == (1, 0) and paths == ["chelsea.png", "coffee.png", "empty.png"], again
+    assert_consistent(db)
+    # A content both held, already indexed: the same (the case a holder settled before).
+    for name in ("rocket.png", "empty.png"):
+        shutil.copy(photos / "sub" / "coffee.png", photos / name)
+    third = run([photos], db, IndexOptions(**OPTS))
+    assert sorted(os.path.basename(c) for c, _ in third.copies) == ["empty.png", "rocket.png"], third
+    assert third.done == 0 and third.failed == 0
+    assert_consistent(db)
