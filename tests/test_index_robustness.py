@@ -306,3 +306,39 @@ def test_a_commands_ctrl_c_does_not_outlive_it(tmp_path):
     report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     assert not report.interrupted and report.done == 1
     interrupts.raise_if_lost()  # outside a command: never raises
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_even_where_sigint_is_ignored(tmp_path):
+    """`timeout`, `docker stop` and systemd send SIGTERM: the run ended silently at exit
+    143, its summary unsaid; and a script's background job (SIGINT ignored) kept none of
+    the CLI's handling. Now: what was kept is said, exit 143."""
+    import subprocess
+    import sys
+    import textwrap
+
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
+    db = tmp_path / "db"
+    script = textwrap.dedent(
+        f"""
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `cmd &` in a script starts it
+        from usesearch.masks.maskers import FelzenszwalbMasker
+        original, calls = FelzenszwalbMasker.__call__, []
+        def terminated_on_second(self, rgb, path=None):
+            calls.append(path)
+            if len(calls) == 2:
+                signal.raise_signal(signal.SIGTERM)
+            return original(self, rgb, path)
+        FelzenszwalbMasker.__call__ = terminated_on_second
+        sys.argv = ["usesearch", "index", {str(photos)!r}, "--db", {str(db)!r}, "--preset", "tiny",
+                    "--masker", "felzenszwalb"]
+        from usesearch.cli.app import main
+        main()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    said = done.stdout + done.stderr
+    assert done.returncode == 143 and "interrupted; finished work is kept: 1 images indexed" in said, said
+    assert_consistent(db)
+    rest = index_paths([photos], db, IndexOptions(preset="tiny", masker="felzenszwalb"))
+    assert (rest.done, rest.skipped) == (2, 1)

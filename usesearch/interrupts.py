@@ -5,7 +5,8 @@ dropped, and an index run interrupted in its first seconds went on to its end an
 exited 0. A command counts each SIGINT (``counting``, which the CLI wraps every
 command in), and the loops that run for long ask ``raise_if_lost`` at each step.
 Outside ``counting`` (the Python API, a handler someone else installed) nothing
-changes."""
+changes. SIGTERM is taken as a Ctrl-C within ``counting`` (the process then exits 143).
+"""
 
 from __future__ import annotations
 
@@ -17,29 +18,50 @@ from contextlib import contextmanager
 _received = 0  # SIGINTs since the command began
 _acted_on = 0  # ... of which a KeyboardInterrupt was seen to be handled
 _counting = False  # within ``counting``, on the main thread: else ``raise_if_lost`` never raises
+_terminated = False  # a SIGTERM was among them: the process exits 143, not 130 (``terminated``)
 
 
 def _on_sigint(signum, frame) -> None:
-    global _received
+    global _received, _terminated
     _received += 1
+    _terminated = _terminated or signum == signal.SIGTERM
     raise KeyboardInterrupt
+
+
+def terminated() -> bool:
+    """Whether the last command was stopped by SIGTERM (``timeout``, ``docker stop``,
+    systemd): handled as a Ctrl-C, its work kept and said, where it ended the process
+    silently at exit 143."""
+    return _terminated
 
 
 @contextmanager
 def counting() -> Iterator[None]:
-    """SIGINT raises ``KeyboardInterrupt``, as Python's own handler does, and is counted."""
-    global _received, _acted_on, _counting
-    ours = threading.current_thread() is threading.main_thread()
-    if not ours or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    """SIGINT raises ``KeyboardInterrupt``, as Python's own handler does, and is counted;
+    so does SIGTERM where nothing else handles it."""
+    global _received, _acted_on, _counting, _terminated
+    if threading.current_thread() is not threading.main_thread():
         yield  # not ours to change
         return
+    # Each only where Python's default is in place (a background job of a script has
+    # SIGINT ignored: its SIGTERM is still taken, as `timeout` and `docker stop` send).
+    taken = [
+        (sig, before)
+        for sig, before in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))
+        if signal.getsignal(sig) is before
+    ]
+    if not taken:
+        yield
+        return
     _received = _acted_on = 0
-    _counting = True
-    signal.signal(signal.SIGINT, _on_sigint)
+    _counting, _terminated = True, False
+    for sig, _ in taken:
+        signal.signal(sig, _on_sigint)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, before in taken:
+            signal.signal(sig, before)
         _received = _acted_on = 0  # a command's Ctrl-C is over with it
         _counting = False
 

@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from usesearch import interrupts
 from usesearch.cli import audit, curate, eval, index, models, search, train, upkeep
 from usesearch.cli.spellings import meaning
 
@@ -132,4 +133,5 @@ def main() -> None:
             hint = f" (`{ctx.command_path}` answers with the model the index was built with: `usesearch info --db DB`)"
         print(f"error: {format_message()}{hint}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    sys.exit(143 if code == 130 and interrupts.terminated() else code)  # (stopped by SIGTERM: its own code)
