@@ -185,3 +185,29 @@ def test_training_can_leave_crowd_texts_out(coco):
     result = CliRunner().invoke(app, only_crowd)
     assert result.exit_code != 0 and "no segment with a text (other than category, crowd texts)" in result.output
     assert not run.exists()  # refused before a run folder is made
+
+
+def test_a_full_disk_says_which_dataset_and_that_the_run_resumes(coco, monkeypatch):
+    """It said only "disk full: [Errno 28] No space left on device": no folder, no next step."""
+    import errno
+
+    from usesearch.curation.dataset import DatasetWriter
+
+    root, images, ann = coco
+    real, calls = DatasetWriter.write, []
+
+    def full_on_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "write", full_on_second)
+    args = ["curate", "run", str(ann), "--input-format", "coco-instances", "--images", str(images)]
+    result = CliRunner().invoke(app, [*args, "--dataset-dir", str(root / "ds")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"disk full: cannot write the dataset in {root / 'ds'}; free space and run the same command again" in said
+    monkeypatch.setattr(DatasetWriter, "write", real)
+    again = CliRunner().invoke(app, [*args, "--dataset-dir", str(root / "ds"), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["skipped"] == 1, again.output  # the first photo kept

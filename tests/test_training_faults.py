@@ -247,3 +247,32 @@ def test_a_curated_photo_is_read_for_training_within_its_own_size(tmp_path, monk
     Image.new("RGB", (64, 64)).save(path)
     with pytest.raises(usesearch.UsesearchError, match="4096 pixels exceeds the limit of 3072"):
         load_image(Sample(str(path), sample.rles, sample.texts))
+
+
+def test_a_full_disk_says_which_run_and_how_to_go_on(tmp_path, monkeypatch):
+    """It said only safetensors' "disk full: Error while serializing: I/O error: No space
+    left on device (os error 28)": no folder, and no word of --resume."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+    from usesearch.training import trainer_state
+
+    real, calls = trainer_state.save_file, []
+
+    def full_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_state, "save_file", full_on_second)
+    data, run = write_dataset(tmp_path / "train", 8, seed=3), tmp_path / "run"
+    args = ["train", str(data), "--run-dir", str(run), "--batch-images", "4", "--crop", "96", "--preset", "tiny"]
+    result = CliRunner().invoke(app, [*args, "--max-steps", "6", "--checkpoint-every", "2"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert (
+        f"disk full: cannot write the run in {run} at step 4; free space and run the same command with --resume" in said
+    )

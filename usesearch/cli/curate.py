@@ -15,7 +15,7 @@ from usesearch.cli import options as opts
 from usesearch.cli import sam_options
 from usesearch.cli.photo_limits import PhotoLimits, say_past_limits, with_photo_limits
 from usesearch.curation.sources import SOURCES
-from usesearch.errors import UsesearchError
+from usesearch.errors import DiskFullError, UsesearchError, is_disk_full
 from usesearch.io.files import one_line
 from usesearch.masks.settings import SamSettings
 
@@ -160,6 +160,14 @@ def run(
 
             print(json.dumps({**asdict(so_far), "interrupted": True}, indent=1))
         raise typer.Exit(130) from None
+    except Exception as exc:
+        if is_disk_full(exc):  # (it said only "[Errno 28] No space left on device")
+            bar.close()
+            raise DiskFullError(
+                f"disk full: cannot write the dataset in {dataset_dir}; free space and run the same command "
+                f"again (it resumes: {so_far.done} photos curated by this run are kept)"
+            ) from None
+        raise
     bar.close()
     missing = f" ({report.missing} missing under --images)" if report.missing else ""
     opts.console.print(

@@ -11,6 +11,7 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.curation.records import KINDS
+from usesearch.errors import DiskFullError, is_disk_full
 
 app = opts.Typer()
 
@@ -120,6 +121,15 @@ def train(
         if as_json:
             print(json.dumps({"steps": trainer.step, "interrupted": True, "resumable": saved}, indent=1))
         raise typer.Exit(130) from None
+    except Exception as exc:
+        if is_disk_full(exc):  # (it said only safetensors' "Error while serializing: I/O error")
+            bar.close()
+            again = "with --resume" if trainer_file(run_dir) is not None else "again (no checkpoint was written yet)"
+            raise DiskFullError(
+                f"disk full: cannot write the run in {run_dir} at step {trainer.step}; free space and run the same "
+                f"command {again}"
+            ) from None
+        raise
     bar.close()
     trained_on = trainer.photos_reached() - len(trainer.unreadable)  # --max-steps may end before an epoch does
     if not trained_on and not resume:
