@@ -140,3 +140,31 @@ def test_a_choice_a_busy_machine_forced_is_measured_again_when_next_due():
     said = busy.describe()
     assert "target 0.95 not met either: the cheapest setting; timed on a busy machine (load 3.6 per core)" in said
     assert "measured again at the next indexing run's end, or now by `usesearch calibrate`" in said
+
+
+def test_a_search_says_when_its_effort_flags_do_nothing_or_its_index_is_under_target(tmp_path):
+    """Only `info` said an index searched below its recall target (ranks 3-5 differed from
+    a full search, unsaid); --nprobe and --rerank on an exact index were ignored unsaid."""
+    from types import SimpleNamespace
+
+    from usesearch.cli.search_output import _effort_notes
+    from usesearch.indexer.filters import SearchFilters
+    from usesearch.indexer.index_kinds import new_index
+    from usesearch.indexer.vectors import Vectors
+
+    def index(factory, measured=None):
+        store = SimpleNamespace(url=f"sqlite:///{tmp_path}/db/segments.sqlite")
+        return SimpleNamespace(index=Vectors(new_index(8, factory)), calibration=measured, db_dir=tmp_path, store=store)
+
+    short = calibration.Calibration("f", FACTORY, 40000, 16, 1000, 0.47, {"text": 0.47}, 9.0, False, 0.95, 10.0)
+    asked = SearchFilters(nprobe=4, rerank=100)
+    assert _effort_notes(index("Flat"), asked) == [
+        "--nprobe and --rerank: this index is exact (every segment scored): nothing to change"
+    ]
+    assert _effort_notes(index("HNSW8"), asked) == [
+        "--nprobe: this index has no clusters to visit (a graph): nothing to change"
+    ]
+    [said] = _effort_notes(index("IVF2,Flat", short), SearchFilters())
+    assert said.startswith("this index searches at recall@10 ~0.47, under its target 0.95 (`usesearch info --db ")
+    assert _effort_notes(index("IVF2,Flat", short), asked) == []  # looking harder, as asked
+    assert _effort_notes(index("IVF2,Flat", dataclasses.replace(short, met=True, recall=0.96)), SearchFilters()) == []

@@ -75,8 +75,29 @@ def given(hits, output: opts.SearchOutput, title: str, name: str, index, filters
     # Status on stderr: stdout may be carrying --json.
     if not (output.export_coco or output.show):  # (those said it of their own photos)
         _say_stale(hits, index, "among the hits", "", by_stat=False)
-    for line in [] if hits else _why_none(index, filters, best):
+    for line in ([] if hits else _why_none(index, filters, best)) + _effort_notes(index, filters):
         typer.echo(line, err=True)
+
+
+def _effort_notes(index, filters: SearchFilters) -> list[str]:
+    """Where how hard the search looked is not what a user would take it to be: an effort
+    flag the index has no use for (it was silently ignored), or a calibration that fell
+    short of its recall target (only ``info`` said so; ranks 3-5 differed from a full search)."""
+    from usesearch.indexer.index_kinds import ivf_of
+
+    asked = [flag for flag, value in (("--nprobe", filters.nprobe), ("--rerank", filters.rerank)) if value is not None]
+    if asked and index.index.exact:
+        return [f"{' and '.join(asked)}: this index is exact (every segment scored): nothing to change"]
+    if filters.nprobe is not None and ivf_of(index.index.index) is None:
+        return ["--nprobe: this index has no clusters to visit (a graph): nothing to change"]
+    measured = index.calibration
+    if asked or measured is None or measured.met:
+        return []
+    flags = opts.index_flags(index.db_dir, index.store.url)
+    return [
+        f"this index searches at recall@{measured.k} ~{measured.recall:.2f}, under its target {measured.target} "
+        f"(`usesearch info {flags}` says why; --nprobe and --rerank look harder)"
+    ]
 
 
 def refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path | None]) -> None:
