@@ -33,7 +33,8 @@ def wanted_factory(index: vectors.Vectors, info: IndexInfo, db_dir: os.PathLike 
     if info.index_mode != "auto" or not index_choice.outgrown(info.factory, n, info.dim, gpu):
         return None
     choice = index_choice.choose(n, info.dim, gpu)
-    log.warning("%s: %d segments outgrew %s; building %s", db_dir, n, info.factory, choice.describe(n, info.dim))
+    # (not "outgrew": prune may have shrunk it below what its type is for)
+    log.warning("%s: %d segments no longer suit %s; building %s", db_dir, n, info.factory, choice.describe(n, info.dim))
     return choice.factory
 
 

@@ -142,7 +142,8 @@ def _index_explanation(index: SegmentIndex) -> str:
     if choice.factory == index.info.factory:
         return choice.describe(n, index.info.dim)
     return (
-        f"{index.info.factory}: chosen when the collection was smaller; now {choice.factory} would be ({choice.reason})"
+        f"{index.info.factory}: chosen for a collection of another size, or for another device; now {choice.factory} "
+        f"would be ({choice.reason})"
     )
 
 

@@ -118,7 +118,7 @@ def test_index_grows_out_of_exact_search_by_itself(tmp_path, monkeypatch, caplog
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     ix = SegmentIndex.open(tmp_path / "db")
     assert ix.info.factory == "IVF4,Flat" and ix.index.ntotal == len(ix.store.segment_ids())
-    assert any("outgrew" in r.getMessage() for r in caplog.records)
+    assert any("segments no longer suit" in r.getMessage() for r in caplog.records)
     fixed = tmp_path / "fixed"
     index_paths([photos], fixed, IndexOptions(**{**OPTS, "factory": "IDMap2,Flat"}))
     # A type to train cannot start a new index (it would train on the first photo, or fail
