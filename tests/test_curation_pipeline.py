@@ -146,15 +146,21 @@ def test_cli_curate_run_and_stats(coco):
     assert table.exit_code == 0 and "pairs_by_source: coco_category 2" in table.output, table.output
 
 
-def test_a_crowd_annotations_text_is_tagged_crowd(coco):
-    """Crowd regions (iscrowd=1: many people under one "person") became ordinary pairs,
-    and the shard keeps no iscrowd: a researcher could not leave them out."""
+def _curated_with_a_crowd(coco):
+    """The coco fixture curated with its cup (annotation 3) a crowd region: the dataset's folder."""
     root, images, ann = coco
     instances = json.loads(ann.read_text())
     for a in instances["annotations"]:
         a["iscrowd"] = int(a["id"] == 3)
     ann.write_text(json.dumps(instances))
     curate(coco_instances_source(ann, images), root / "ds")
+    return root
+
+
+def test_a_crowd_annotations_text_is_tagged_crowd(coco):
+    """Crowd regions (iscrowd=1: many people under one "person") became ordinary pairs,
+    and the shard keeps no iscrowd: a researcher could not leave them out."""
+    root = _curated_with_a_crowd(coco)
     kinds = {t.kind for r in read_records(root / "ds") for s in read_segments(r) for t in s.texts}
     assert kinds == {"category", "crowd"}
     assert stats(root / "ds")["pairs_by_kind"] == {"category": 1, "crowd": 1}
@@ -166,12 +172,7 @@ def test_training_can_leave_crowd_texts_out(coco):
     from usesearch.training.config import TrainConfig
     from usesearch.training.data import load_samples
 
-    root, images, ann = coco
-    instances = json.loads(ann.read_text())
-    for a in instances["annotations"]:
-        a["iscrowd"] = int(a["id"] == 3)
-    ann.write_text(json.dumps(instances))
-    curate(coco_instances_source(ann, images), root / "ds")
+    root = _curated_with_a_crowd(coco)
 
     def texts(samples):
         return {s.path.rsplit("/", 1)[1]: s.texts for s in samples}

@@ -355,22 +355,12 @@ def search_filters(
     ] = None,
 ) -> SearchFilters:
     """The search filters from their flags, for query and similar."""
+    given = dict(locals())  # the parameters, each named as its field
     from usesearch.errors import BadArgumentError
     from usesearch.indexer.filters import SearchFilters, flag_spelling
 
     try:
-        return SearchFilters(
-            per_image=per_image,
-            path=path,
-            min_area=min_area,
-            min_score=min_score,
-            distinct=distinct,
-            nprobe=nprobe,
-            rerank=rerank,
-            label=label,
-            split=split,
-            source=source,
-        )
+        return SearchFilters(**given)
     except BadArgumentError as exc:  # named as the user gave it: by its flag
         raise flag_spelling(exc) from None
 
