@@ -123,9 +123,12 @@ def test_a_setting_retimed_past_the_spare_fifth_but_within_the_budget_is_not_ove
         "f", FACTORY, 1024, 4, 20, 0.9, {"text": 0.9}, 44.0, picked.met, 0.99, 50.0, over_budget=picked.over_budget
     )
     assert "target 0.99 not met within 50 ms: the best recall it affords" in measured.describe()
+    # The same timings with a target its recall meets: met (it was "not met" at recall 0.9 of 0.9).
+    met = choice.choose(None, np.zeros((60, 4)), np.zeros(60, int), _curve(nprobes, reranks), nprobes, reranks, 0.9, 50)
+    assert met.setting == (4, 20) and met.met and not met.over_budget
 
 
-def test_a_choice_a_busy_machine_forced_is_measured_again_when_next_due():
+def test_a_choice_a_busy_machine_forced_is_measured_again_when_next_due(monkeypatch):
     """Calibrated at load 3.6 a core, nothing searched within the budget and the cheapest
     setting was kept at recall 0.28, for every search until someone ran calibrate."""
     from usesearch.indexer.calibration import outdated
@@ -136,10 +139,13 @@ def test_a_choice_a_busy_machine_forced_is_measured_again_when_next_due():
     )
     assert not outdated(forced, 40000, None)  # a quiet machine's cheapest: the budget is what it is
     busy = dataclasses.replace(forced, load_per_core=3.6)
+    monkeypatch.setattr(calibration, "load_per_core", lambda: 0.3)
     assert busy.provisional() and outdated(busy, 40000, None)
+    monkeypatch.setattr(calibration, "load_per_core", lambda: 2.0)  # still busy: it would be forced again
+    assert not outdated(busy, 40000, None)
     said = busy.describe()
     assert "target 0.95 not met either: the cheapest setting; timed on a busy machine (load 3.6 per core)" in said
-    assert "measured again at the next indexing run's end, or now by `usesearch calibrate`" in said
+    assert "measured again at an indexing run's end on a quieter machine, or now by `usesearch calibrate`" in said
 
 
 def test_a_search_says_when_its_effort_flags_do_nothing_or_its_index_is_under_target(tmp_path):
@@ -168,3 +174,5 @@ def test_a_search_says_when_its_effort_flags_do_nothing_or_its_index_is_under_ta
     assert said.startswith("this index searches at recall@10 ~0.47, under its target 0.95 (`usesearch info --db ")
     assert _effort_notes(index("IVF2,Flat", short), asked) == []  # looking harder, as asked
     assert _effort_notes(index("IVF2,Flat", dataclasses.replace(short, met=True, recall=0.96)), SearchFilters()) == []
+    slow = dataclasses.replace(short, recall=0.96, over_budget=True)  # the target reached, past the budget
+    assert _effort_notes(index("IVF2,Flat", slow), SearchFilters()) == []

@@ -53,7 +53,7 @@ from .. import index_choice
 from ..index_kinds import ivf_of
 from ..records import IndexInfo
 from ..vectors import Vectors
-from .choice import BUSY, Searcher, choose, run
+from .choice import BUSY, Searcher, choose, load_per_core, run
 from .truth import CLASSES, IMAGE_QUERIES, K, by_kind, candidates, exact_top, headline, query_vectors, recalls
 
 __all__ = ["CLASSES", "IMAGE_QUERIES", "Calibration", "calibrate", "exact_top", "load", "query_vectors", "write"]
@@ -123,7 +123,7 @@ class Calibration:
         busy = f"; timed on a busy machine (load {self.load_per_core:.1f} per core)" * (self.load_per_core >= BUSY)
         budget = f" within {self.budget_ms:g} ms" if self.budget_ms > 0 else ""
         if self.provisional():
-            busy += ": measured again at the next indexing run's end, or now by `usesearch calibrate`"
+            busy += ": measured again at an indexing run's end on a quieter machine, or now by `usesearch calibrate`"
         if not self.met and self.over_budget and self.budget_ms > 0:  # the budget is what failed
             reached = "reached" if self.recall >= self.target else "not met either"
             return line + (
@@ -138,9 +138,10 @@ class Calibration:
 def outdated(current: Calibration, segments: int, target: float | None) -> bool:
     """Whether an index of ``segments`` asked for ``target`` (None: any) needs measuring
     again: another target, ``REGROWTH``-fold more (or fewer) segments than measured, or
-    a choice a busy machine forced (``provisional``)."""
+    a choice a busy machine forced (``provisional``), once the machine is not busy."""
     resized = max(segments, current.segments) >= REGROWTH * max(1, min(segments, current.segments))
-    return resized or target not in (None, current.target) or current.provisional()
+    # (a busy machine now would only force the same choice again: a CPU run's own load does)
+    return resized or target not in (None, current.target) or (current.provisional() and load_per_core() < BUSY)
 
 
 def trained_fingerprint(index: Vectors) -> str | None:
