@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+from usesearch import interrupts
 from usesearch.errors import DEBUG_ENV, UsesearchError
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def _start_ray(address: str | None) -> None:
             os.environ.pop(BACKEND_LOG_LEVEL, None)
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    interrupts.take_sigterm_back()  # ray.init put in its own, which exits at once (15), saying nothing
 
 
 # The driver's own C++ lines below error level: the one saying it read BACKEND_LOG_LEVEL

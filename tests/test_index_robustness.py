@@ -308,10 +308,12 @@ def test_a_commands_ctrl_c_does_not_outlive_it(tmp_path):
     interrupts.raise_if_lost()  # outside a command: never raises
 
 
-def test_sigterm_stops_a_run_as_ctrl_c_does_even_where_sigint_is_ignored(tmp_path):
+@pytest.mark.parametrize("on_ray", [False, True], ids=["sequential", "ray"])
+def test_sigterm_stops_a_run_as_ctrl_c_does_even_where_sigint_is_ignored(tmp_path, on_ray):
     """`timeout`, `docker stop` and systemd send SIGTERM: the run ended silently at exit
     143, its summary unsaid; and a script's background job (SIGINT ignored) kept none of
-    the CLI's handling. Now: what was kept is said, exit 143."""
+    the CLI's handling. Now: what was kept is said, exit 143. On Ray too, whose ray.init
+    put in a handler of its own (exit 15 at once, nothing said)."""
     import subprocess
     import sys
     import textwrap
@@ -322,16 +324,14 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_even_where_sigint_is_ignored(tmp_pat
         f"""
         import signal, sys
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `cmd &` in a script starts it
-        from usesearch.masks.maskers import FelzenszwalbMasker
-        original, calls = FelzenszwalbMasker.__call__, []
-        def terminated_on_second(self, rgb, path=None):
-            calls.append(path)
-            if len(calls) == 2:
-                signal.raise_signal(signal.SIGTERM)
-            return original(self, rgb, path)
-        FelzenszwalbMasker.__call__ = terminated_on_second
+        from usesearch.indexer import distributed, writer
+        original = writer.Writer.commit
+        def terminated_after_the_first(self, photos, report):  # (the driver's, on Ray too)
+            original(self, photos, report)
+            signal.raise_signal(signal.SIGTERM)
+        writer.Writer.commit = terminated_after_the_first
         sys.argv = ["usesearch", "index", {str(photos)!r}, "--db", {str(db)!r}, "--preset", "tiny",
-                    "--masker", "felzenszwalb"]
+                    "--masker", "felzenszwalb"] + {["--ray", "--workers", "1"] if on_ray else []!r}
         from usesearch.cli.app import main
         main()
         """

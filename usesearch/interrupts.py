@@ -19,6 +19,7 @@ _received = 0  # SIGINTs since the command began
 _acted_on = 0  # ... of which a KeyboardInterrupt was seen to be handled
 _counting = False  # within ``counting``, on the main thread: else ``raise_if_lost`` never raises
 _terminated = False  # a SIGTERM was among them: the process exits 143, not 130 (``terminated``)
+_term_taken = False  # ``counting`` took SIGTERM (it had Python's default)
 
 
 def _on_sigint(signum, frame) -> None:
@@ -26,6 +27,13 @@ def _on_sigint(signum, frame) -> None:
     _received += 1
     _terminated = _terminated or signum == signal.SIGTERM
     raise KeyboardInterrupt
+
+
+def take_sigterm_back() -> None:
+    """Where ``counting`` took SIGTERM and a library then put in a handler of its own
+    (``ray.init``'s exits at once with code 15: no summary of the work kept), take it back."""
+    if _counting and _term_taken and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigint)
 
 
 def terminated() -> bool:
@@ -39,7 +47,7 @@ def terminated() -> bool:
 def counting() -> Iterator[None]:
     """SIGINT raises ``KeyboardInterrupt``, as Python's own handler does, and is counted;
     so does SIGTERM where nothing else handles it."""
-    global _received, _acted_on, _counting, _terminated
+    global _received, _acted_on, _counting, _terminated, _term_taken
     if threading.current_thread() is not threading.main_thread():
         yield  # not ours to change
         return
@@ -55,6 +63,7 @@ def counting() -> Iterator[None]:
         return
     _received = _acted_on = 0
     _counting, _terminated = True, False
+    _term_taken = any(sig == signal.SIGTERM for sig, _ in taken)
     for sig, _ in taken:
         signal.signal(sig, _on_sigint)
     try:
@@ -62,6 +71,7 @@ def counting() -> Iterator[None]:
     finally:
         for sig, before in taken:
             signal.signal(sig, before)
+        _term_taken = False
         _received = _acted_on = 0  # a command's Ctrl-C is over with it
         _counting = False
 
