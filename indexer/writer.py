@@ -206,9 +206,9 @@ class Writer:
         if path is not None and gone:  # moved: the record follows the photo
             self._move(gone[0], key, path, file_stat)
         elif path is not None:
-            # Of a photo earlier in this run: named now where it is committed already (``coming``
-            # keeps its hash after), else once it is (if it fails, its copies fail with it).
-            named = holders or (self.store.done_with_hash(sha256) if coming_now else [])
+            # Of a photo earlier in this run: named once it is committed (failing, its copies fail too).
+            committed = [h for h in self.store.done_with_hash(sha256) if h.proposals_made] if coming_now else []
+            named = holders or committed  # (a labelled photo's record waiting for its proposals is not committed)
             if named:
                 if replaced is not None:
                     self.remove_image(replaced, lost_annotations=True)

@@ -267,3 +267,42 @@ def test_two_known_photos_changed_into_one_content_are_one_photo_and_its_copy(tm
     assert sorted(os.path.basename(c) for c, _ in third.copies) == ["empty.png", "rocket.png"], third
     assert third.done == 0 and third.failed == 0
     assert_consistent(db)
+
+
+def test_a_known_photo_changed_into_a_labelled_ones_bytes_waits_for_its_proposals(tmp_path, monkeypatch):
+    """A labelled photo's record is there before its proposals are: a known photo given
+    its bytes lost its own record at once, before that photo was committed (had it
+    failed or the run been cut, its copy would have kept nothing)."""
+    import shutil
+
+    from tests.test_coco_index import write_coco
+    from usesearch.indexer import writer
+    from usesearch.indexer.coco_index import index_coco
+    from usesearch.indexer.folder import open_store
+
+    photos = write_photos(tmp_path / "photos", ("rocket", "chelsea"))  # (the second in photos/sub)
+    db = tmp_path / "db"
+    assert index_paths([photos], db, IndexOptions(**OPTS)).done == 2
+    write_photos(tmp_path / "photos", ("camera",))  # photos/camera.png: labelled, no proposals yet
+    index_coco([photos], write_coco(tmp_path / "lab.json", photos, ["camera.png"], 1), db, IndexOptions(**OPTS))
+    shutil.copy(photos / "camera.png", photos / "sub" / "chelsea.png")
+
+    def paths() -> set[str]:
+        store = open_store(db, read_only=True)
+        try:
+            return {os.path.basename(p) for _, _, p in store.image_files()}
+        finally:
+            store.close()
+
+    real, at_commit = writer.Writer.commit, []
+
+    def commit(self, photos_, report):
+        at_commit.append(paths())
+        return real(self, photos_, report)
+
+    monkeypatch.setattr(writer.Writer, "commit", commit)
+    report = index_paths([photos], db, IndexOptions(**OPTS))
+    assert at_commit and "chelsea.png" in at_commit[0]  # kept until the labelled photo was committed
+    assert [(os.path.basename(c), os.path.basename(h)) for c, h in report.copies] == [("chelsea.png", "camera.png")]
+    assert paths() == {"rocket.png", "camera.png"}
+    assert_consistent(db)

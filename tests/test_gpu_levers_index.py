@@ -108,7 +108,9 @@ def test_a_compiled_crop_tower_takes_any_number_of_crops_without_compiling_each(
     torch._dynamo.reset()
 
 
-def test_a_known_path_changed_to_content_met_earlier_in_the_run_is_indexed_again(tmp_path):
+def test_a_known_path_changed_to_content_met_earlier_in_the_run_is_that_photos_copy(tmp_path):
+    """Its old pixels' segments go, and it is not embedded a second time (both paths
+    were, and every search found the photo twice): a copy of the one met earlier."""
     photos = write_photos(tmp_path / "photos", ("chelsea", "coffee"))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))
     # A new file earlier in the walk, and the known chelsea.png overwritten, both with astronaut's pixels.
@@ -116,10 +118,11 @@ def test_a_known_path_changed_to_content_met_earlier_in_the_run_is_indexed_again
     shutil.copy(tmp_path / "astro" / "astronaut.png", photos / "a-new.png")
     shutil.copy(tmp_path / "astro" / "astronaut.png", photos / "chelsea.png")
     report = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, device="cpu"))
-    assert (report.done, report.skipped) == (2, 1)
+    assert (report.done, report.skipped) == (1, 2)
+    assert [(c.rsplit("/", 1)[-1], h.rsplit("/", 1)[-1]) for c, h in report.copies] == [("chelsea.png", "a-new.png")]
     store = SegmentIndex.open(tmp_path / "db", device="cpu").store
-    hashes = {path.rsplit("/", 1)[-1]: store.image(image_id).sha256 for image_id, _, path in store.image_files()}
-    assert hashes["chelsea.png"] == hashes["a-new.png"]  # the old pixels' segments are gone
+    indexed = sorted(path.rsplit("/", 1)[-1] for _, _, path in store.image_files())
+    assert indexed == ["a-new.png", "coffee.png"]  # the old pixels' segments are gone, with their record
 
 
 def test_photos_past_pils_limit_decode_in_parallel_threads_without_leaving_it_changed(monkeypatch):
