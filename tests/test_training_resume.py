@@ -294,9 +294,13 @@ def test_a_run_started_when_the_resize_scaled_the_photo_resumes_as_it_started(sa
 def test_resume_with_other_skipped_text_kinds_is_refused_naming_the_option(samples, tmp_path):
     from dataclasses import replace
 
-    Trainer(samples, tmp_path, replace(CFG, skip_kinds=("crowd",))).run(until=2)
+    without_crowd = [replace(s, left_out=("crowd",)) for s in samples]  # as load_samples(dirs, ("crowd",)) gives
+    Trainer(without_crowd, tmp_path, replace(CFG, skip_kinds=("crowd",))).run(until=2)
     with pytest.raises(usesearch.UsesearchError, match="as it was started: with --skip-kind crowd; give the same"):
         Trainer(samples, tmp_path, CFG).resume()
-    resumed = Trainer(samples, tmp_path, replace(CFG, skip_kinds=("crowd",)))
+    resumed = Trainer(without_crowd, tmp_path, replace(CFG, skip_kinds=("crowd",)))
     resumed.resume()
     assert resumed.step == 2
+    # The kinds are gone once loaded: samples loaded with others are refused, not trained on as if left out.
+    with pytest.raises(ValueError, match=r"not loaded leaving out \('crowd',\): load_samples\(dirs, cfg.skip_kinds\)"):
+        Trainer(samples, tmp_path / "other", replace(CFG, skip_kinds=("crowd",)))

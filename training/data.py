@@ -25,6 +25,7 @@ class Sample:
     rles: list[dict]
     texts: list[list[str]]  # every text of each segment; one is sampled per step
     sha256: str | None = None  # the photo's, as curated: a file replaced since is refused
+    left_out: tuple[str, ...] = ()  # the text kinds ``load_samples`` left out (``TrainConfig.skip_kinds``)
 
 
 def data_identity(samples: list[Sample]) -> dict:
@@ -69,7 +70,7 @@ def load_samples(dataset_dirs: list[str | os.PathLike], skip_kinds: Collection[s
     for sha256, (path, groups) in by_photo.items():
         segments = groups[0] if len(groups) == 1 else mask_nms([s for group in groups for s in group])
         texts = [list(dict.fromkeys(t.text for t in s.texts)) for s in segments]
-        samples.append(Sample(path, [s.rle for s in segments], texts, sha256))
+        samples.append(Sample(path, [s.rle for s in segments], texts, sha256, tuple(sorted(set(skip_kinds)))))
     return samples
 
 

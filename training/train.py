@@ -48,6 +48,10 @@ class Trainer:
         self, samples: list[Sample], out: str | os.PathLike, cfg: TrainConfig, say: Callable[[str], None] | None = None
     ):
         self.samples, self.out, self.cfg = samples, Path(out), cfg
+        if any(s.left_out != cfg.skip_kinds for s in samples):  # (kinds are gone once loaded: checked, not applied)
+            raise ValueError(
+                f"the samples were not loaded leaving out {cfg.skip_kinds}: load_samples(dirs, cfg.skip_kinds)"
+            )
         self.say = say or (lambda line: None)  # one line per photo skipped
         self.device = resolve_device(cfg.device)
         uses_bf16(self.device, cfg.precision)  # an impossible precision refused before the models are built
