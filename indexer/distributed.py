@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import replace
@@ -183,8 +182,11 @@ def index_paths_ray(
         def commits():
             for at in range(0, len(files), WINDOW):
                 pending = _pending(files[at : at + WINDOW], writer, options, report)
-                # Labelled photos of one content under several paths share its fragment.
-                wanted = Counter(row["sha256"] for row in pending)
+                # Labelled photos of one content under several paths share its fragment: it goes
+                # once each has been committed (by path: a retried task's twin counts once).
+                wanted: dict[str, set[bytes]] = {}
+                for row in pending:
+                    wanted.setdefault(row["sha256"], set()).add(bytes(row["fs_path"]))
                 for rows in _compute(pending, db_dir, replace(options, device=device), workers):
                     _commit(rows, writer, db_dir, report, wanted)
                     yield from (row["path"] for row in rows)
@@ -312,7 +314,9 @@ def through_actors(dataset, worker: type, options: IndexOptions, db_dir: Path, w
     )
 
 
-def _commit(rows: list[dict], writer: Writer, db_dir: Path, report: IndexReport, wanted: Counter | None = None) -> None:
+def _commit(
+    rows: list[dict], writer: Writer, db_dir: Path, report: IndexReport, wanted: dict[str, set[bytes]] | None = None
+) -> None:
     """An actor call's photos in one transaction (each failure in its own), then their
     fragments deleted: each once no row ``wanted`` still counts needs it (labelled
     photos of one content, each a photo of its own, share it)."""
@@ -335,9 +339,10 @@ def _commit(rows: list[dict], writer: Writer, db_dir: Path, report: IndexReport,
     if photos:
         writer.commit(photos, report)
     for row in rows:  # after the commit: a kill before it leaves the fragments for the next run
-        if wanted is not None:
-            wanted[row["sha256"]] -= 1
-            if wanted[row["sha256"]] > 0:
+        waiting = wanted.get(row["sha256"]) if wanted is not None else None
+        if waiting is not None:
+            waiting.discard(bytes(row["fs_path"]))
+            if waiting:
                 continue
         fragment_path(db_dir, row["sha256"]).unlink(missing_ok=True)
         fragments.attempts_path(db_dir, row["sha256"]).unlink(missing_ok=True)  # a WorkerDied verdict's note

@@ -255,18 +255,22 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         ``lost_annotations``: its annotations counted in ``annotations_lost`` (its
         content changed: they went with the old one)."""
 
-        def remove() -> tuple[list[int], Counter[str]]:
+        def counted() -> Counter[str]:  # read first: a retry after a commit whose reply was lost finds none
+            with self.sessions() as s:
+                return annotations_by_split(s, image_id)
+
+        def remove() -> list[int]:
             with self.sessions.begin() as s:
                 record = s.get(ImageRecord, image_id)
                 if record is None:
-                    return [], Counter()
-                lost = annotations_by_split(s, image_id) if lost_annotations else Counter()
+                    return []
                 removed = list(s.scalars(select(SegmentRecord.id).where(SegmentRecord.image_id == image_id)))
                 s.delete(record)
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
-                return removed, lost
+                return removed
 
-        removed, lost = self.retrying(remove)  # (counted once the transaction is in: a retry runs it again)
+        lost = self.retrying(counted) if lost_annotations else Counter()
+        removed = self.retrying(remove)
         self.annotations_lost.update(lost)
         return removed
 

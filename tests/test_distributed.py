@@ -293,6 +293,17 @@ def test_a_twin_within_an_actor_calls_group_is_committed_once(photos, tmp_path):
         writer.write()
     assert (report.done, report.skipped, report.segments) == (1, 1, 3)
     assert_consistent(tmp_path / "db")
+    # A fragment two photos of one content share (labelled, each its own) goes once both
+    # are committed: a retried task's twin of the first counts once (it was counted twice).
+    fragment = fragments.fragment_path(tmp_path / "db", changed)
+    fragments.write_fragment(fragment, (10, 10), segments(3), vectors)
+    wanted = {changed: {key, b"/elsewhere/other.png"}}
+    with Writer(tmp_path / "db", IndexOptions(**OPTS), None) as writer:
+        distributed._commit([row, dict(row)], writer, tmp_path / "db", IndexReport(), wanted)
+        assert fragment.is_file() and wanted[changed] == {b"/elsewhere/other.png"}
+        other = {**row, "fs_path": b"/elsewhere/other.png"}
+        distributed._commit([other], writer, tmp_path / "db", IndexReport(), wanted)
+    assert not fragment.exists()
 
 
 def test_two_photos_that_kill_their_worker_in_one_call_both_end_as_worker_died(tmp_path):
