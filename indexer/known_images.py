@@ -14,7 +14,7 @@ from typing import TypeVar
 from sqlalchemy import select
 
 from usesearch.errors import UsesearchError
-from usesearch.io.files import indexed_limits, pixels_refused, read_bytes, stat_signature
+from usesearch.io.files import decode, indexed_limits, pixels_refused, read_bytes, stat_signature
 
 from .records import DONE, FAILED, CopyRecord, ImageRecord
 from .store import Store
@@ -175,11 +175,22 @@ def still_holds(record: ImageRecord) -> bool:
     content is a copy only if so; else it was renamed and another file took the old name
     (the record follows it; the old name, when met, is indexed as new), not a copy left
     unindexed while the old name's new content replaced the record. A file that cannot
-    be read counts as holding it, as before: its own read says why."""
+    be read counts as holding it, as before: its own read says why; so does one whose
+    bytes no longer decode (truncated: a copy in progress). Its read fails and keeps its
+    segments, labels with them, and a copy elsewhere stays a copy: the record moved onto
+    the copy, and the repaired photo was embedded a second time."""
     try:
         if record.file_stat is not None and stat_signature(os.stat(record.fs_path)) == record.file_stat:
             return True
-        return read_bytes(record.fs_path, record_limits(record)[0])[1] == record.sha256
+        max_bytes, max_pixels = record_limits(record)
+        data, sha256 = read_bytes(record.fs_path, max_bytes)
+        if sha256 == record.sha256:
+            return True
+        try:  # (only where a copy's holder changed: rare, and worth one decode)
+            decode(data, record.path, max_pixels)
+        except (OSError, UsesearchError):
+            return True
+        return False
     except FileNotFoundError:
         return False
     except (OSError, UsesearchError):

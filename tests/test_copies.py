@@ -306,3 +306,34 @@ def test_a_known_photo_changed_into_a_labelled_ones_bytes_waits_for_its_proposal
     assert [(os.path.basename(c), os.path.basename(h)) for c, h in report.copies] == [("chelsea.png", "camera.png")]
     assert paths() == {"rocket.png", "camera.png"}
     assert_consistent(db)
+
+
+def test_a_labelled_photo_failing_now_keeps_its_record_where_a_copy_of_it_lies(tmp_path):
+    """A labelled photo truncated (a copy in progress) beside an unlabelled copy of it:
+    its record, annotations and all, moved onto the copy as if renamed; repaired and
+    indexed again, the photo was embedded a second time, and every search found it twice."""
+    import shutil
+
+    from tests.test_coco_index import write_coco
+    from usesearch.indexer.coco_index import index_coco
+    from usesearch.indexer.folder import open_store
+
+    photos = write_photos(tmp_path / "photos", ("rocket",))
+    shutil.copy(photos / "rocket.png", photos / "rocket_copy.png")
+    db, train = tmp_path / "db", write_coco(tmp_path / "train.json", photos, ["rocket.png"], 1)
+    index_coco([photos], train, db, IndexOptions(**OPTS))
+    assert index_paths([photos], db, IndexOptions(**OPTS)).done == 1  # the copy skipped as one
+    whole = (photos / "rocket.png").read_bytes()
+    (photos / "rocket.png").write_bytes(whole[: len(whole) // 2])
+    cut = index_paths([photos], db, IndexOptions(**OPTS))
+    assert cut.failed == 1 and cut.moved == [], cut
+    (photos / "rocket.png").write_bytes(whole)
+    index_coco([photos], train, db, IndexOptions(**OPTS))
+    index_paths([photos], db, IndexOptions(**OPTS))
+    store = open_store(db, read_only=True)
+    try:
+        images = {os.path.basename(p): len(store.image_segment_ids(i)) for i, _, p in store.image_files()}
+    finally:
+        store.close()
+    assert list(images) == ["rocket.png"], images  # one photo: its copy is a copy
+    assert_consistent(db)
