@@ -171,6 +171,7 @@ class PruneReport(RunReport):
     embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
     fragment_bytes_freed: int = 0  # Ray runs' fragments left over (``fragments.remove_all``)
     failing_kept: int = 0  # photos failing since indexed, left with their segments (``kept_failures=False``)
+    annotations_removed: dict[str, int] = field(default_factory=dict)  # by split: a labelled photo's, gone with it
     would_remove: list[tuple[str, str]] = field(default_factory=list)  # ``dry_run``: (path, why), nothing removed
     all_gone: bool = False  # ``dry_run``: every file considered is gone, so ``prune`` wants ``force``
     loop_seconds: float = 0.0
@@ -217,8 +218,9 @@ def prune(
 
         def removals():
             for image_id, path, _why in gone:
-                report.segments_removed += writer.remove_image(image_id)
+                report.segments_removed += writer.remove_image(image_id, lost_annotations=True)
                 report.images_removed += 1
+                report.annotations_removed = dict(writer.store.annotations_lost)
                 yield path
 
         writer.run(

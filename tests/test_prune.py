@@ -239,11 +239,11 @@ def test_a_prune_interrupted_by_ctrl_c_exits_130_keeping_its_removals(tmp_path, 
 
     calls = []
 
-    def ctrl_c_on_the_second(self, image_id):
+    def ctrl_c_on_the_second(self, image_id, **kwargs):
         calls.append(image_id)
         if len(calls) == 2:
             signal.raise_signal(signal.SIGINT)
-        return removing(self, image_id)
+        return removing(self, image_id, **kwargs)
 
     monkeypatch.setattr(Writer, "remove_image", ctrl_c_on_the_second)
     result = CliRunner().invoke(app, ["prune", "--db", str(db)])
@@ -340,4 +340,21 @@ def test_a_photo_failing_since_indexed_is_pruned_only_while_it_still_fails(tmp_p
     assert result.exit_code == 0 and "1 images removed" in result.output, result.output
     kept = {os.path.basename(r[0]) for r in segment_table(db)}
     assert "chelsea.png" in kept and "coffee.png" not in kept and len(segment_table(db)) < len(before)
+    assert_consistent(db)
+
+
+def test_prune_says_the_annotations_that_go_with_their_photos(tmp_path):
+    """A labelled photo pruned took its annotations with it, and nothing said so nor how
+    to get them back once the photo returns."""
+    from tests.test_coco_index import write_coco
+    from usesearch.indexer.coco_index import index_coco
+
+    photos, db = write_photos(tmp_path / "photos", ("rocket", "coffee")), tmp_path / "db"
+    index_coco([photos], write_coco(tmp_path / "train.json", photos, ["rocket.png"], 1), db, IndexOptions(**OPTS))
+    index_paths([photos], db, IndexOptions(**OPTS))
+    (photos / "rocket.png").unlink()
+    result = CliRunner().invoke(app, ["prune", "--db", str(db)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "1 images removed" in said, result.output
+    assert "2 annotations (2 of split 'train') went with their photos: `usesearch index PATHS --coco FILE" in said
     assert_consistent(db)

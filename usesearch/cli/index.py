@@ -378,6 +378,12 @@ def prune_cmd(
         return
     state = "interrupted; removals so far are kept" if report.interrupted else "finished"
     opts.console.print(f"{state}: {report.images_removed} images removed ({report.segments_removed} segments)")
+    if report.annotations_removed:  # (they went unsaid: a labelled photo's annotations are its segments too)
+        splits = ", ".join(f"{n} of split {split!r}" for split, n in sorted(report.annotations_removed.items()))
+        opts.console.print(
+            f"{sum(report.annotations_removed.values())} annotations ({splits}) went with their photos: "
+            "`usesearch index PATHS --coco FILE --split SPLIT` embeds them again if the photos come back"
+        )
     if report.copies_forgotten:
         opts.console.print(f"{report.copies_forgotten} noted copies forgotten (gone, or indexed under their own names)")
     _print_freed(report)
