@@ -91,7 +91,7 @@ def _effort_notes(index, filters: SearchFilters) -> list[str]:
     if filters.nprobe is not None and ivf_of(index.index.index) is None:
         return ["--nprobe: this index has no clusters to visit (a graph): nothing to change"]
     measured = index.calibration
-    if asked or measured is None or measured.met or measured.recall >= measured.target:  # (slower than budgeted)
+    if asked or measured is None or measured.recall >= measured.target:  # (met, or only slower than budgeted)
         return []
     flags = opts.index_flags(index.db_dir, index.store.url)
     return [
