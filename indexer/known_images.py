@@ -2,7 +2,8 @@
 a re-run over indexed photos asked the catalog once a photo (0.7 ms: 12 min at 10^6),
 and read and hashed every byte to learn that nothing changed (hours over 3 TB). Only
 the run's writer changes a path's record, and only when it reaches that path, so a
-record read ahead is still the catalog's when ``Writer.skip`` takes it."""
+record read ahead is still the catalog's when ``Writer.skip`` takes it (a photo's
+record moved to a new path is forgotten at its old one: ``Writer._move``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""``Writer``: the one writer of an index folder. Every image is committed through it (a
-store transaction each) by the sequential indexer, the Ray driver and ``prune`` alike;
-it keeps the FAISS index and its files in step with the store."""
+"""``Writer``: the one writer of an index folder. Every image is committed through it (a store
+transaction each) by the sequential indexer, the Ray driver and ``prune`` alike; it keeps FAISS in step."""
 
 from __future__ import annotations
 
@@ -231,6 +230,7 @@ class Writer:
 
     def _move(self, record, key: bytes, path: str, file_stat: str | None) -> None:
         self.store.move_image(record.id, key, path, file_stat)
+        self.known.forget(record.fs_path)  # read ahead, its old path would still name it (and remove it)
         self.moved.append((record.path, path))
 
     @contextmanager

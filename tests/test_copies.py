@@ -337,3 +337,35 @@ def test_a_labelled_photo_failing_now_keeps_its_record_where_a_copy_of_it_lies(t
         store.close()
     assert list(images) == ["rocket.png"], images  # one photo: its copy is a copy
     assert_consistent(db)
+
+
+@pytest.mark.parametrize("on_ray", [False, True], ids=["sequential", "ray"])
+def test_a_photo_renamed_ahead_of_its_old_name_now_a_copy_keeps_its_record(tmp_path, monkeypatch, on_ray):
+    """`mv astronaut.png 0.png && cp sub/coffee.png astronaut.png`: 0.png (met first) took
+    the astronaut's record, then astronaut.png, a copy now, removed "its" record as read
+    ahead of the move: the moved one. The run said it moved, 0.png had no segments, and
+    the next run embedded it again."""
+    import shutil
+
+    from usesearch.indexer import known_images
+    from usesearch.indexer.folder import open_store
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)
+    photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))  # (the second in photos/sub)
+    run, db = index_with(on_ray), tmp_path / "db"
+    assert run([photos], db, IndexOptions(**OPTS)).done == 2
+    os.rename(photos / "astronaut.png", photos / "0.png")
+    shutil.copy(photos / "sub" / "coffee.png", photos / "astronaut.png")
+    again = run([photos], db, IndexOptions(**OPTS))
+    named = lambda pairs: [(os.path.basename(a), os.path.basename(b)) for a, b in pairs]  # noqa: E731
+    assert named(again.moved) == [("astronaut.png", "0.png")], again
+    assert named(again.copies) == [("astronaut.png", "coffee.png")] and again.done == 0, again
+    store = open_store(db, read_only=True)
+    try:
+        segments = {os.path.basename(p): len(store.image_segment_ids(i)) for i, _, p in store.image_files()}
+    finally:
+        store.close()
+    assert set(segments) == {"0.png", "coffee.png"} and segments["0.png"] > 0, segments
+    assert_consistent(db)
+    third = index_paths([photos], db, IndexOptions(**OPTS))
+    assert third.done == 0 and third.skipped == 3, third
