@@ -13,11 +13,11 @@ from typing import NamedTuple
 from sqlalchemy import BigInteger, cast, func, literal, or_, select, true
 
 from usesearch.errors import UsesearchError, first_line
-from usesearch.io.files import decode, read_bytes
+from usesearch.io.files import decode, read_bytes, stat_signature
 
 from .known_images import record_limits
 from .options import IndexOptions
-from .records import CopyRecord, ImageRecord, SegmentRecord
+from .records import DONE, CopyRecord, ImageRecord, SegmentRecord
 from .store import Store
 
 GONE_CHECKED = 100_000  # image files ``info`` stats at most: past that, a sample's share estimates the count
@@ -103,7 +103,7 @@ def gone_images(
 def stale_copies(store: Store, under: list[str | os.PathLike] | None, batch: int = 10_000) -> list[bytes]:
     """The paths of noted copies (``CopyRecord``, in scope) no re-run needs: the file is
     missing, or the path has a record of its own. (A copy whose photo is gone is kept: the
-    next run indexes one such copy, and skips the others unread by their notes.)"""
+    photo's record moves onto one such copy, and runs skip the others unread by their notes.)"""
     with store.sessions() as s:
         noted = list(s.scalars(select(CopyRecord.fs_path).where(in_scope(under, CopyRecord.fs_path))))
     stale = []
@@ -113,6 +113,34 @@ def stale_copies(store: Store, under: list[str | os.PathLike] | None, batch: int
             recorded = {bytes(p) for p in s.scalars(select(ImageRecord.fs_path).where(ImageRecord.fs_path.in_(part)))}
         stale += [p for p in part if p in recorded or file_gone(p) == "missing"]
     return stale
+
+
+def copy_holding(store: Store, image_id: int) -> tuple[bytes, str | None] | None:
+    """(path, stat) of a noted copy (``CopyRecord``) whose file holds this gone photo's
+    content as indexed, with no record of its own: ``prune`` moves the photo's record
+    there, as the next ``index`` run would (``Writer.skip``), where removing it lost its
+    segments (and a labelled photo's annotations) for that run to embed the copy again.
+    A copy is read whole unless its stat is the one noted."""
+    record = store.image(image_id)
+    if record is None or record.status != DONE or record.sha256 is None:
+        return None
+    with store.sessions() as s:
+        noted = list(
+            s.scalars(
+                select(CopyRecord).where(CopyRecord.sha256 == record.sha256).order_by(CopyRecord.fs_path).limit(16)
+            )
+        )
+    max_bytes, _ = record_limits(record)
+    for copy in noted:
+        key = bytes(copy.fs_path)
+        try:
+            stat_now = stat_signature(os.stat(key))
+            holds = stat_now == copy.file_stat or read_bytes(key, max_bytes)[1] == record.sha256
+        except (OSError, UsesearchError):
+            continue  # gone too, or unreadable: not a place for the record
+        if holds and store.image_by_path(key) is None:
+            return key, stat_now
+    return None
 
 
 class Gone(NamedTuple):

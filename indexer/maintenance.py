@@ -39,12 +39,13 @@ import numpy as np
 from sqlalchemy import select, update
 
 from usesearch.errors import EverythingGoneError, UsesearchError
+from usesearch.io.files import display_path
 from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
 from .calibrating import calibrate_index
 from .folder import FAISS_FILE, check_index_at, check_writable, index_flags, open_store, writer_lock
-from .leftovers import gone_images, images_under, live_rows, named, stale_copies
+from .leftovers import copy_holding, gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_count, check_shard_size
 from .records import IndexInfo, SegmentRecord
 from .store import Store
@@ -167,12 +168,14 @@ class PruneReport(RunReport):
     considered: int = 0  # indexed images under the folders given (all when none)
     images_removed: int = 0
     segments_removed: int = 0
+    moved: list[tuple[str, str]] = field(default_factory=list)  # (path, copy): a gone photo's record onto its copy
     copies_forgotten: int = 0  # noted copies (``stale_copies``) no re-run skips by any more
     embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
     fragment_bytes_freed: int = 0  # Ray runs' fragments left over (``fragments.remove_all``)
     failing_kept: int = 0  # photos failing since indexed, left with their segments (``kept_failures=False``)
     annotations_removed: dict[str, int] = field(default_factory=dict)  # by split: a labelled photo's, gone with it
     would_remove: list[tuple[str, str]] = field(default_factory=list)  # ``dry_run``: (path, why), nothing removed
+    would_move: list[tuple[str, str]] = field(default_factory=list)  # ``dry_run``: (path, copy), nothing moved
     all_gone: bool = False  # ``dry_run``: every file considered is gone, so ``prune`` wants ``force``
     loop_seconds: float = 0.0
     interrupted: bool = False
@@ -218,6 +221,13 @@ def prune(
 
         def removals():
             for image_id, path, _why in gone:
+                copy = copy_holding(writer.store, image_id)
+                if copy is not None:  # its segments and labels kept, under the copy's path
+                    writer.store.move_image(image_id, copy[0], display_path(os.fsdecode(copy[0])), copy[1])
+                    writer.store.forget_copies([copy[0]])
+                    report.moved.append((path, display_path(os.fsdecode(copy[0]))))
+                    yield path
+                    continue
                 report.segments_removed += writer.remove_image(image_id, lost_annotations=True)
                 report.images_removed += 1
                 report.annotations_removed = dict(writer.store.annotations_lost)
@@ -257,10 +267,13 @@ def _prune_plan(db_dir: Path, under, options: IndexOptions, kept_failures: bool)
     store = open_store(db_dir, options.db_url, read_only=True)
     try:
         considered, gone, report.all_gone = _prune_choice(store, under, options, kept_failures)
+        copies = {image_id: copy_holding(store, image_id) for image_id, _, _ in gone}
     finally:
         store.close()
     report.considered = len(considered)
-    report.would_remove = [(path, why) for _, path, why in gone]
+    shown = {i: display_path(os.fsdecode(copy[0])) for i, copy in copies.items() if copy is not None}
+    report.would_move = [(path, shown[i]) for i, path, _ in gone if i in shown]
+    report.would_remove = [(path, why) for i, path, why in gone if i not in shown]
     report.seconds = time.perf_counter() - start
     return report
 

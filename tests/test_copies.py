@@ -51,7 +51,7 @@ def test_a_copy_of_a_file_that_fails_fails_with_it_and_is_not_read_again(tmp_pat
     assert (again.skipped, again.failed, again.copies, reads) == (3, 0, [], [])  # the failed ones: unread
 
 
-def test_copies_are_skipped_unread_on_a_rerun_and_read_once_their_photo_is_gone(tmp_path, monkeypatch):
+def test_copies_are_skipped_unread_on_a_rerun_and_take_their_photos_record_once_it_is_gone(tmp_path, monkeypatch):
     """Every re-run read and hashed each copy (a hard link, a photo copied into two
     folders) whole: 40 copies of a 7.5 MB photo were 300 MB a run."""
     import shutil
@@ -71,10 +71,11 @@ def test_copies_are_skipped_unread_on_a_rerun_and_read_once_their_photo_is_gone(
     )
     again = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
     assert (again.skipped, len(again.copies), reads) == (4, 2, [])
-    (photos / "astronaut.png").unlink()
-    assert prune(tmp_path / "db", [photos], IndexOptions(**OPTS)).images_removed == 1  # the copies' photo
-    after = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))  # a copy noted unread is read after all
-    assert after.done == 1 and len(reads) == 1 and after.failed == 0
+    (photos / "astronaut.png").unlink()  # the copies' photo: its record moves onto the first copy
+    pruned = prune(tmp_path / "db", [photos], IndexOptions(**OPTS))
+    assert pruned.images_removed == 0 and [os.path.basename(new) for _, new in pruned.moved] == ["link.png"]
+    after = index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))  # sub/copy.png: its copy now, unread
+    assert (after.done, after.failed, len(after.copies), reads) == (0, 0, 1, []), after
     assert_consistent(tmp_path / "db")
 
 

@@ -1,5 +1,6 @@
 """What prune chooses to remove: everything gone is refused without --force (an unmounted
-disk must not empty an index), and --dry-run lists its choice with why, removing nothing."""
+disk must not empty an index), --dry-run lists its choice with why, removing nothing, and
+a gone photo a noted copy still holds moves onto that copy."""
 
 from typer.testing import CliRunner
 
@@ -65,3 +66,40 @@ def test_prune_dry_run_lists_what_would_go_and_why_and_removes_nothing(tmp_path)
     assert segment_table(db) == before
     done = CliRunner().invoke(app, ["prune", "--db", str(db), "--force"])
     assert done.exit_code == 0 and "3 images removed" in done.output and segment_table(db) == []
+
+
+def test_prune_moves_a_gone_photo_onto_a_copy_a_run_noted_keeping_its_segments(tmp_path, monkeypatch):
+    """`rm astronaut.png` where a run had noted copy.png as its copy: prune removed the
+    photo with its segments (a labelled photo's annotations too), and the next run
+    embedded the copy again. The record now moves onto the copy, as that run would move it."""
+    import os
+    import shutil
+
+    from usesearch.indexer import known_images
+    from usesearch.indexer.folder import open_store
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)
+    photos, db = write_photos(tmp_path / "photos", ("astronaut", "coffee")), tmp_path / "db"
+    shutil.copy(photos / "astronaut.png", photos / "copy.png")
+    assert len(index_paths([photos], db, IndexOptions(**OPTS)).copies) == 1
+
+    def segments() -> dict[str, list[int]]:
+        store = open_store(db, read_only=True)
+        try:
+            return {os.path.basename(p): store.image_segment_ids(i) for i, _, p in store.image_files()}
+        finally:
+            store.close()
+
+    before = segments()["astronaut.png"]
+    (photos / "astronaut.png").unlink()
+    runner = CliRunner()
+    dry = runner.invoke(app, ["prune", "--db", str(db), "--dry-run"])
+    assert "would move " + str(photos / "astronaut.png") + " onto its copy " + str(photos / "copy.png") in dry.output
+    assert "0 of 2 images would be removed, 1 moved onto a copy of theirs; nothing was" in dry.output, dry.output
+    result = runner.invoke(app, ["prune", "--db", str(db)])
+    assert result.exit_code == 0 and "finished: 0 images removed (0 segments)" in result.output, result.output
+    assert "1 gone photo(s) moved onto a copy of theirs, their segments kept" in result.output, result.output
+    assert segments() == {"copy.png": before, "coffee.png": segments()["coffee.png"]} and before
+    again = index_paths([photos], db, IndexOptions(**OPTS))
+    assert (again.done, again.skipped, again.moved, again.copies) == (0, 2, [], []), again
+    assert_consistent(db)

@@ -292,17 +292,15 @@ def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> 
 def _prune(db: str, folders: list[str | os.PathLike], options) -> None:
     from usesearch.indexer.maintenance import prune
 
-    pruned = prune(db, folders, options, kept_failures=False)  # this run kept them: said, not undone
-    opts.console.print(
-        f"pruned {pruned.images_removed} images whose files are gone ({pruned.segments_removed} segments)"
-    )
-    if pruned.failing_kept:
+    done = prune(db, folders, options, kept_failures=False)  # this run kept them: said, not undone
+    opts.console.print(f"pruned {done.images_removed} images whose files are gone ({done.segments_removed} segments)")
+    if done.failing_kept:
         flags = opts.index_flags(db, options.db_url)
         opts.console.print(
-            f"{pruned.failing_kept} photo(s) indexed before fail to read now and keep their segments: "
+            f"{done.failing_kept} photo(s) indexed before fail to read now and keep their segments: "
             f"`usesearch prune {flags}` removes those still failing"
         )
-    _print_freed(pruned)
+    _print_freed(done)
 
 
 def _refuse_empty_folders(folders: list[str | os.PathLike]) -> None:
@@ -369,10 +367,13 @@ def prune_cmd(
     if folders and not report.considered:  # a typo, or a folder never indexed: said, not "0 removed" alone
         opts.console.print(f"no indexed photo lies under {', '.join(map(str, folders))}")
     if dry_run:
-        for path, why in report.would_remove:
-            opts.console.print(f"would remove {one_line(path)} ({why})", markup=False, highlight=False)
+        for line in [f"would remove {one_line(p)} ({why})" for p, why in report.would_remove] + [
+            f"would move {one_line(p)} onto its copy {one_line(copy)}" for p, copy in report.would_move
+        ]:
+            opts.console.print(line, markup=False, highlight=False)
+        onto = f", {len(report.would_move)} moved onto a copy of theirs" if report.would_move else ""
         opts.console.print(
-            f"dry run: {len(report.would_remove)} of {report.considered} images would be removed; nothing was"
+            f"dry run: {len(report.would_remove)} of {report.considered} images would be removed{onto}; nothing was"
             + (" (every file is gone: is the disk mounted? prune asks for --force)" if report.all_gone else "")
         )
         return
@@ -392,6 +393,7 @@ def prune_cmd(
 
 
 def _print_freed(report) -> None:
+    opts.say_pairs(report.moved, "gone photo(s) moved onto a copy of theirs, their segments kept", sign="->")
     if report.embedding_bytes_freed:
         opts.console.print(f"embedding files: {report.embedding_bytes_freed / 2**20:.2f} MiB given back")
     if report.fragment_bytes_freed:
