@@ -199,7 +199,40 @@ def test_cli_train_interrupted_says_how_to_continue(synthetic, tmp_path, monkeyp
     )
     assert result.exit_code == 130, result.output
     assert "interrupted after step 2 of 5; checkpoint written" in result.stderr
-    assert json.loads(result.stdout) == {"steps": 2, "interrupted": True, "resumable": True}
+    assert json.loads(result.stdout) == {"steps": 2, "interrupted": True, "resumable": True, "checkpoint_step": 2}
+
+
+def test_cli_train_stopped_at_once_names_the_checkpoint_a_resume_starts_from(synthetic, tmp_path, monkeypatch):
+    """A second Ctrl-C stops at once, mid-way between checkpoints: the line said "checkpoint
+    written" at step 3 where the newest was step 2's."""
+    import json
+    import os
+    import signal
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+    from usesearch.training.train import Trainer
+
+    def twice_at_step_3(step, *a):
+        for _ in range(2 if step == 3 else 0):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    real_run = Trainer.run
+    monkeypatch.setattr(Trainer, "run", lambda self, progress=None, until=None: real_run(self, twice_at_step_3, until))
+    args = ["train", str(synthetic[1]), "--run-dir", str(tmp_path / "run"), "--batch-images", "4", "--crop", "96"]
+    result = CliRunner().invoke(
+        app, [*args, "--max-steps", "5", "--checkpoint-every", "2", "--preset", "tiny", "--json"]
+    )
+    assert result.exit_code == 130, result.output
+    said = "interrupted after step 3 of 5; stopped at once; the newest checkpoint is step 2 (step 3 run again)"
+    assert said in result.stderr, result.stderr
+    assert json.loads(result.stdout)["checkpoint_step"] == 2
+    monkeypatch.setattr(Trainer, "run", real_run)
+    again = CliRunner().invoke(
+        app, [*args, "--max-steps", "5", "--checkpoint-every", "2", "--preset", "tiny", "--resume"]
+    )
+    assert again.exit_code == 0 and "from its checkpoint of step 2 of 5" in again.output, again.output
 
 
 def test_the_trainer_builds_the_papers_optimizer_and_schedule(synthetic, tmp_path):

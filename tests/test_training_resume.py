@@ -304,3 +304,35 @@ def test_resume_with_other_skipped_text_kinds_is_refused_naming_the_option(sampl
     # The kinds are gone once loaded: samples loaded with others are refused, not trained on as if left out.
     with pytest.raises(ValueError, match=r"not loaded leaving out \('crowd',\): load_samples\(dirs, cfg.skip_kinds\)"):
         Trainer(samples, tmp_path / "other", replace(CFG, skip_kinds=("crowd",)))
+
+
+def test_sigterm_stops_training_between_steps_and_is_said_as_sigterm(samples, tmp_path):
+    """`timeout`, `docker stop`, systemd: training's own handler took SIGTERM as a Ctrl-C
+    and the command exited 130, where every other command exits 143 (``interrupts``)."""
+    import os
+    import signal
+
+    from usesearch import interrupts
+
+    with interrupts.counting():
+        trainer = Trainer(samples, tmp_path, CFG)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run(lambda step, *a: step == 3 and os.kill(os.getpid(), signal.SIGTERM))
+        assert interrupts.terminated()
+    assert trainer.saved_step == trainer.step == 3 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_resumed_run_counts_its_steps_without_negatives_from_the_start(samples, tmp_path):
+    """The summary's "N of M steps had fewer than two different texts" counted only the
+    steps of the last process: 4 of 30 after a resume where the whole run had 6."""
+    from dataclasses import replace
+
+    single = [replace(s, rles=s.rles[:1], texts=s.texts[:1]) for s in samples[:4]]
+    config = replace(CFG, batch_images=1, max_steps=3)
+    first = Trainer(single, tmp_path, config)
+    first.run(until=2)
+    resumed = Trainer(single, tmp_path, config)
+    resumed.resume()
+    assert (resumed.step, resumed.steps_without_negatives) == (2, 2)
+    resumed.run()
+    assert resumed.steps_without_negatives == 3

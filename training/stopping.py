@@ -8,6 +8,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from usesearch import interrupts
+
 
 @contextmanager
 def stop_requests() -> Iterator[threading.Event | None]:
@@ -19,6 +21,7 @@ def stop_requests() -> Iterator[threading.Event | None]:
     stop = threading.Event()
 
     def request(signum, frame) -> None:
+        interrupts.note_signal(signum)  # a SIGTERM exits 143 as every command's does
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()

@@ -72,6 +72,8 @@ class Trainer:
         # Steps whose batch held fewer than two different texts: the loss has no negative
         # there (it is 0) and teaches nothing; said at the end of a run.
         self.steps_without_negatives = 0
+        self.saved_step: int | None = None  # the step of the newest checkpoint (its trainer's state)
+        self.resumed_from: int | None = None  # ``resume``: the step it continued from
 
     def photos_reached(self) -> int:
         """Photos the steps so far have drawn (read, or skipped as unreadable): all of them
@@ -266,7 +268,9 @@ class Trainer:
         extra = {"step": self.step, "train_config": asdict(self.cfg), "data": self.data}
         weights = self.use.trainable_state_dict()
         save_head(self.out / f"step-{self.step:07d}", weights, self.use.preset, extra)
-        write_trainer_state(self.out, self.step, self.optimizer.state_dict(), self.scheduler.state_dict())
+        counts = {"steps_without_negatives": self.steps_without_negatives}
+        write_trainer_state(self.out, self.step, self.optimizer.state_dict(), self.scheduler.state_dict(), counts)
+        self.saved_step = self.step
         save_head(self.out / "head", weights, self.use.preset, extra)
         self._drop_old_checkpoints()
 
@@ -348,7 +352,8 @@ class Trainer:
         self.use.load_state_dict(state, strict=False)
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
-        self.step = trainer_state["step"]
+        self.step = self.saved_step = self.resumed_from = trainer_state["step"]
+        self.steps_without_negatives = trainer_state["counts"].get("steps_without_negatives", 0)
         with self._one_writer():  # not under a run still going
             self._trim_log()
         listed = self.out / "unreadable.txt"

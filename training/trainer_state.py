@@ -33,8 +33,11 @@ def trainer_file(run_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-def write_trainer_state(run_dir: Path, step: int, optimizer: dict[str, Any], scheduler: dict[str, Any]) -> None:
-    """``optimizer`` and ``scheduler``: their ``state_dict()``s."""
+def write_trainer_state(
+    run_dir: Path, step: int, optimizer: dict[str, Any], scheduler: dict[str, Any], counts: dict[str, int] | None = None
+) -> None:
+    """``optimizer`` and ``scheduler``: their ``state_dict()``s; ``counts``: the run's
+    tallies to that step (its summary's, which a resumed run goes on counting)."""
     tensors: dict[str, torch.Tensor] = {}
     state: dict[str, dict[str, dict[str, Any]]] = {}
     for param, entries in optimizer["state"].items():
@@ -52,6 +55,7 @@ def write_trainer_state(run_dir: Path, step: int, optimizer: dict[str, Any], sch
         "step": step,
         "optimizer": {"state": state, "param_groups": optimizer["param_groups"]},
         "scheduler": scheduler,
+        "counts": counts or {},
     }
     metadata = {"trainer": json.dumps(header)}
     write_atomic(run_dir / TRAINER_FILE, lambda path: save_file(tensors, str(path), metadata=metadata))
@@ -59,11 +63,11 @@ def write_trainer_state(run_dir: Path, step: int, optimizer: dict[str, Any], sch
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:
-    """``{"step", "optimizer", "scheduler"}`` as written; any damage raises (the caller
-    says it in one line)."""
+    """``{"step", "optimizer", "scheduler", "counts"}`` as written (an older file: no
+    counts, ``{}``); any damage raises (the caller says it in one line)."""
     if path.name == OLD_TRAINER_FILE:
         old = torch.load(path, map_location="cpu", weights_only=True)
-        return {"step": int(old["step"]), "optimizer": old["optimizer"], "scheduler": old["scheduler"]}
+        return {"step": int(old["step"]), "optimizer": old["optimizer"], "scheduler": old["scheduler"], "counts": {}}
     with safe_open(str(path), "pt") as f:
         header = json.loads((f.metadata() or {})["trainer"])
         if header.get("format") != FORMAT:
@@ -74,4 +78,5 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
         for param, entries in header["optimizer"]["state"].items()
     }
     optimizer = {"state": state, "param_groups": header["optimizer"]["param_groups"]}
-    return {"step": int(header["step"]), "optimizer": optimizer, "scheduler": header["scheduler"]}
+    counts = {str(k): int(v) for k, v in (header.get("counts") or {}).items()}
+    return {"step": int(header["step"]), "optimizer": optimizer, "scheduler": header["scheduler"], "counts": counts}

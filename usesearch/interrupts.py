@@ -36,6 +36,13 @@ def take_sigterm_back() -> None:
         signal.signal(signal.SIGTERM, _on_sigint)
 
 
+def note_signal(signum: int) -> None:
+    """A handler of its own (training's stop between steps) received ``signum``: a
+    SIGTERM still ends the command with 143 (``terminated``), not Ctrl-C's 130."""
+    global _terminated
+    _terminated = _terminated or signum == signal.SIGTERM
+
+
 def terminated() -> bool:
     """Whether the last command was stopped by SIGTERM (``timeout``, ``docker stop``,
     systemd): handled as a Ctrl-C, its work kept and said, where it ended the process

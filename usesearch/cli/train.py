@@ -99,6 +99,11 @@ def train(
     trainer = Trainer(samples, run_dir, cfg, say=lambda line: typer.echo(line, err=True))
     if resume:
         trainer.resume()
+        opts.console.print(
+            f"continuing the run in {run_dir} from its checkpoint of step {trainer.step} of {trainer.total_steps}"
+            if trainer.step < trainer.total_steps
+            else f"the run in {run_dir} had finished (step {trainer.step} of {trainer.total_steps}): nothing to train"
+        )
     bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", disable=None)
 
     def progress(step, total, loss):
@@ -109,17 +114,17 @@ def train(
         head = trainer.run(progress)
     except KeyboardInterrupt:
         bar.close()
-        saved = trainer_file(run_dir) is not None
-        opts.console.print(
-            f"interrupted after step {trainer.step} of {trainer.total_steps}; "
-            + (
-                f"checkpoint written: the same command with --resume continues (--run-dir {run_dir})"
-                if saved
-                else "no checkpoint was written yet"
-            )
-        )
+        saved = trainer.saved_step if trainer_file(run_dir) is not None else None
+        if saved is not None and saved < trainer.step:  # a second Ctrl-C: stopped at once, mid-way
+            redone = f"step {trainer.step}" if saved + 1 == trainer.step else f"steps {saved + 1}-{trainer.step}"
+            said = f"stopped at once; the newest checkpoint is step {saved} ({redone} run again)"
+        else:
+            said = "checkpoint written" if saved is not None else "no checkpoint was written yet"
+        again = f": the same command with --resume continues (--run-dir {run_dir})" if saved is not None else ""
+        opts.console.print(f"interrupted after step {trainer.step} of {trainer.total_steps}; {said}{again}")
         if as_json:
-            print(json.dumps({"steps": trainer.step, "interrupted": True, "resumable": saved}, indent=1))
+            interrupted = {"steps": trainer.step, "interrupted": True, "resumable": saved is not None}
+            print(json.dumps({**interrupted, "checkpoint_step": saved}, indent=1))  # (None: no checkpoint)
         raise typer.Exit(130) from None
     except Exception as exc:
         if is_disk_full(exc):  # (it said only safetensors' "Error while serializing: I/O error")
