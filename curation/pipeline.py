@@ -53,6 +53,9 @@ class CurateReport(RunReport):
     problems: int = 0  # faults in the source's annotations, recorded in failures.jsonl
     missing: int = 0  # photos the source names and --images lacks: each a fault above and a photo failed
     copies: list[tuple[str, str]] = field(default_factory=list)  # (path, the path curated this run with its bytes)
+    # Photos skipped as done that were curated before the dataset had a captioner, which this
+    # run has: their records keep no MLLM caption (a record is never rewritten).
+    uncaptioned: int = 0
 
 
 def curate(
@@ -91,6 +94,7 @@ def curate(
         "captioner": stage_identity(captioner) if captioner is not None else None,
     }
     settings["models"] = {stage: identity for stage, identity in used.items() if identity is not None}
+    captioned_before = "captioner" in ((read_manifest(Path(out_dir)) or {}).get("models") or {})
     settings["models"] = check_same_settings(out_dir, settings)  # with the models of earlier runs
     writer = DatasetWriter(out_dir, source=source, settings=settings, run=run)
     report = CurateReport()
@@ -126,6 +130,7 @@ def curate(
                     )
                 if writer.is_done(sha256):
                     report.skipped += 1
+                    report.uncaptioned += captioner is not None and item.mllm_caption and not captioned_before
                     first = writer.written_now.get(sha256)
                     if first is not None and first != item.path:  # the same bytes under two names
                         report.copies.append((item.path, first))

@@ -105,3 +105,31 @@ def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):
     assert Image.open(png).size == (512, 512)  # a 128-px photo drawn 4x, its labels readable
     copy = runner.invoke(app, ["curate", "show", str(tmp_path / "ds"), str(photos / "zcopy.png"), "--out", str(png)])
     assert copy.exit_code == 0, copy.output  # found by its content: "not in the dataset" before
+
+
+def test_a_captioner_added_to_a_dataset_says_the_photos_curated_before_keep_no_caption(tmp_path):
+    """COCO captions curated without --captioner, then again with it: "0 curated, 2 skipped",
+    the manifest naming a captioner, and no photo with an MLLM caption, unsaid."""
+    from PIL import Image
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(data, name)()[::4, ::4]).save(photos / f"{name}.png")
+    captions = tmp_path / "captions.json"
+    entries = [{"id": 1, "file_name": "astronaut.png"}, {"id": 2, "file_name": "coffee.png"}]
+    said = [{"id": 10 + i, "image_id": i, "caption": "a thing on a table."} for i in (1, 2)]
+    captions.write_text(json.dumps({"images": entries, "annotations": said}))
+    args = ["curate", "run", str(captions), "--input-format", "coco-captions", "--images", str(photos)]
+    args += ["--out", str(tmp_path / "ds"), "--grounder", "tiny", "--preset", "tiny"]
+    args += ["--pred-iou-thresh", "-10", "--stability-thresh", "-10"]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0 and "2 images curated" in first.output, first.output
+    again = runner.invoke(app, [*args, "--captioner", "tiny"])
+    assert again.exit_code == 0 and "0 images curated, 2 skipped" in again.output, again.output
+    told = " ".join(again.output.split())
+    assert "2 photo(s) skipped as done were curated before this dataset had a captioner" in told, told
+    third = runner.invoke(app, [*args, "--captioner", "tiny"])
+    assert "before this dataset had a captioner" not in third.output, third.output  # said once, by the run adding it

@@ -175,6 +175,11 @@ def run(
         f"{report.pairs} pairs, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
     )
     opts.say_pairs(report.copies, "skipped as a copy of a photo curated under another path")
+    if report.uncaptioned:
+        opts.console.print(
+            f"  {report.uncaptioned} photo(s) skipped as done were curated before this dataset had a captioner: "
+            "they keep no MLLM caption (a record is never rewritten); curate into a new --dataset-dir to caption them"
+        )
     opts.say_failures(report.failures)
     say_past_limits(report.failures)
     if report.done and not report.pairs_after_nms and kind.prompts_sam:
