@@ -164,12 +164,15 @@ def test_cli_train_writes_a_loadable_head_and_resumes(synthetic, tmp_path):
     assert model.kind == "use" and model.fingerprint != usesearch.load_model("tiny").fingerprint
     again = CliRunner().invoke(app, args + ["--resume"])
     assert again.exit_code == 0 and "trained 3 steps" in again.output
+    assert "had finished (step 3 of 3): nothing to train" in again.output, again.output
     # A run folder holding a run is never overwritten, nor resumed on another schedule.
     anew = CliRunner().invoke(app, args)
     assert anew.exit_code == 2 and "holds a run already: --resume continues it" in anew.output
     longer = [*args[:-4], "--max-steps", "5", *args[-2:], "--resume"]
     changed = CliRunner().invoke(app, longer)
     assert changed.exit_code == 2 and "--max-steps 3 (now 5)" in changed.output, changed.output
+    unset = CliRunner().invoke(app, [*args[:8], *args[10:], "--resume"])  # no --max-steps: it said "None"
+    assert unset.exit_code == 2 and "--max-steps 3 (now not given)" in unset.output, unset.output
     assert len(_losses(tmp_path / "run")) == 3  # nothing written by either
     assert CliRunner().invoke(app, [*args[:-4], "--max-steps", "0", *args[-2:]]).exit_code == 2
     mistyped = [*args[:3], str(tmp_path / "rnu"), *args[4:], "--resume"]
@@ -332,7 +335,8 @@ def test_a_rate_that_cannot_train_is_refused_before_a_model_loads(setting, why, 
     flag, value = next(iter(setting.items()))
     args = ["train", str(synthetic[1]), "--run-dir", str(tmp_path / "run"), "--preset", "tiny"]
     result = CliRunner().invoke(app, [*args, f"--{flag.replace('_', '-')}", str(value)])
-    assert result.exit_code == 2 and why in result.output, result.output
+    said = why.replace(flag, f"--{flag.replace('_', '-')}", 1)  # by its flag: "weight_decay -0.1" named none
+    assert result.exit_code == 2 and said in result.output, result.output
     assert not (tmp_path / "run").exists()  # refused before the run's folder is made
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run" / "log.csv").exists()
     assert TrainConfig().lr == 1e-3 and TrainConfig(weight_decay=0.0).weight_decay == 0.0

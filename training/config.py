@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from usesearch.curation.records import KINDS
+from usesearch.errors import BadArgumentError
 
 from .loss import LOGIT_SCALE
 
@@ -54,13 +55,13 @@ class TrainConfig:
         # A nan or infinite rate trains nothing and says so only as non-finite losses
         # many steps later; refused here, before a model loads.
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr {self.lr}: give a finite number above 0")
+            raise BadArgumentError(f"lr {self.lr}: give a finite number above 0", "lr")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay {self.weight_decay}: give a finite number, 0 or more")
+            raise BadArgumentError(f"weight_decay {self.weight_decay}: give a finite number, 0 or more", "weight_decay")
         # (numpy's generators, seeded by it with the epoch or step, refused a negative one
         # only at the first batch, after the run's folder was made, in words naming no option)
         if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed {self.seed}: give a whole number from 0 to 2**63-1")
+            raise BadArgumentError(f"seed {self.seed}: give a whole number from 0 to 2**63-1", "seed")
         # The random resize draws the photo at up to twice the crop (its longest side):
         # a crop of 100,000 would decode every photo into 200,000 pixels a side.
         if self.resize_base not in ("crop", "photo"):
@@ -68,9 +69,11 @@ class TrainConfig:
         self.skip_kinds = tuple(sorted(set(self.skip_kinds)))  # one spelling in the run's records
         unknown = [kind for kind in self.skip_kinds if kind not in KINDS]
         if unknown:
-            raise ValueError(f"skip kind {unknown[0]!r}: give one of {', '.join(KINDS)}")
+            raise BadArgumentError(f"skip kind {unknown[0]!r}: give one of {', '.join(KINDS)}", "skip_kind")
         if not MIN_CROP <= self.crop <= MAX_CROP:
-            raise ValueError(f"crop {self.crop}: give a side from {MIN_CROP} to {MAX_CROP} pixels (the paper's: 560)")
+            raise BadArgumentError(
+                f"crop {self.crop}: give a side from {MIN_CROP} to {MAX_CROP} pixels (the paper's: 560)", "crop"
+            )
 
 
 # The settings that fix a run's schedule: a resumed run keeps them.

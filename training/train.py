@@ -318,8 +318,9 @@ class Trainer:
         started, started_on = meta.get("train_config") or {}, meta.get("data", self.data)
         if not isinstance(started, dict) or not isinstance(started_on, dict):
             raise UsesearchError(f"--resume: the head of step {step} is damaged (its train_config or data); {anew}")
+        unset = lambda value: "not given" if value is None else value  # noqa: E731 (--max-steps None: the epochs')
         changed = [
-            f"--{name.replace('_', '-')} {started[name]} (now {getattr(self.cfg, name)})"
+            f"--{name.replace('_', '-')} {unset(started[name])} (now {unset(getattr(self.cfg, name))})"
             for name in SCHEDULE
             if name in started and started[name] != getattr(self.cfg, name)
         ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,9 +13,23 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.curation.records import KINDS
-from usesearch.errors import DiskFullError, is_disk_full
+from usesearch.errors import BadArgumentError, DiskFullError, is_disk_full
 
 app = opts.Typer()
+
+
+@contextmanager
+def said_by_flag() -> Iterator[None]:
+    """A setting ``TrainConfig`` refuses, said by its flag (``--weight-decay -1.0``), not
+    by its field (``weight_decay -1.0``)."""
+    try:
+        yield
+    except BadArgumentError as exc:
+        name, text = exc.argument, str(exc)
+        for spelt in (name, name.replace("_", " ")) if name else ():
+            if text.startswith(spelt + " "):
+                raise BadArgumentError("--" + name.replace("_", "-") + text[len(spelt) :], name) from None
+        raise
 
 
 @app.command()
@@ -76,21 +92,22 @@ def train(
     if not resume:
         check_new_run(run_dir)  # before the datasets and models load
     before = run_files_now(run_dir)  # (an earlier killed run's step-* heads: never removed by this one)
-    cfg = TrainConfig(
-        preset=preset or DEFAULT_PRESET,
-        epochs=epochs,
-        batch_images=batch_images,
-        lr=lr,
-        weight_decay=weight_decay,
-        crop=crop,
-        max_steps=max_steps,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        seed=seed,
-        device=device,
-        precision=precision,
-        skip_kinds=tuple(skip_kind or ()),
-    )
+    with said_by_flag():
+        cfg = TrainConfig(
+            preset=preset or DEFAULT_PRESET,
+            epochs=epochs,
+            batch_images=batch_images,
+            lr=lr,
+            weight_decay=weight_decay,
+            crop=crop,
+            max_steps=max_steps,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
+            seed=seed,
+            device=device,
+            precision=precision,
+            skip_kinds=tuple(skip_kind or ()),
+        )
     folders: list[str | os.PathLike] = list(datasets)
     samples = load_samples(folders, cfg.skip_kinds)
     if not samples:
