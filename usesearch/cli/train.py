@@ -25,7 +25,7 @@ def said_by_flag() -> Iterator[None]:
     try:
         yield
     except BadArgumentError as exc:
-        name, text = exc.argument, str(exc)
+        name, text = exc.argument or "", str(exc)
         for spelt in (name, name.replace("_", " ")) if name else ():
             if text.startswith(spelt + " "):
                 raise BadArgumentError("--" + name.replace("_", "-") + text[len(spelt) :], name) from None
