@@ -10,6 +10,7 @@ from pathlib import Path
 
 from usesearch.errors import IndexIdentityError, IndexLockedError, IndexUpgradeNeededError, UsesearchError
 from usesearch.io.locks import one_writer
+from usesearch.io.own_folders import why_unwritable
 
 from .catalog import index_flags as index_flags  # (said by many messages: imported from here)
 from .catalog import shown_url
@@ -191,17 +192,11 @@ def check_writable(db_dir: Path, command: str, writes: str) -> None:
     it to write (SQLite said "unable to open database file", the lock "writer.lock:
     Read-only file system"): ``usesearch {command}`` ``writes`` (what it writes there).
     A new index's folder: the nearest folder above it that is there, which would hold it."""
-    there = db_dir
-    while not there.exists() and there.parent != there:
-        there = there.parent
-    if not there.is_dir() or os.access(there, os.W_OK):
+    refused = why_unwritable(db_dir)
+    if refused is None:
         return
-    try:
-        read_only = bool(os.statvfs(there).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):  # (no statvfs: not a POSIX system)
-        read_only = False
-    where = "is on a read-only file system" if read_only else "is not writable by this user"
-    if there != db_dir:
+    there, where = Path(refused[0]), refused[1]
+    if there != Path(os.path.abspath(db_dir)):
         raise UsesearchError(f"{there} {where}: `usesearch {command}` cannot make {db_dir} in it; give another --db")
     raise UsesearchError(
         f"{db_dir} {where}: `usesearch {command}` {writes}; `query`, `info` and `serve` read the index as it is"

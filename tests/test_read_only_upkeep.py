@@ -172,3 +172,23 @@ def test_an_audit_and_a_verdict_on_a_read_only_index_say_so(tmp_path, read_only_
     with pytest.raises(IndexReadOnlyError, match="this index is read-only here: a verdict cannot be kept in it"):
         reviews.mark(reader, "swapped", "val:1", "ok")
     reader.dispose()
+
+
+@pytest.mark.parametrize("command", ["train", "curate"])
+def test_an_output_folder_on_a_read_only_file_system_is_refused_by_its_flag_before_any_model(
+    command, tmp_path, read_only_fs
+):
+    """`train --run-dir` and `curate run --dataset-dir` there said "error: .../run:
+    Read-only file system" once the datasets and models had loaded, naming no flag."""
+    mounted = tmp_path / "ro"
+    mounted.mkdir()
+    read_only_fs(mounted)
+    args = {
+        "train": ["train", str(tmp_path), "--run-dir", str(mounted / "out"), "--preset", "tiny"],
+        "curate": ["curate", "run", str(tmp_path), "--dataset-dir", str(mounted / "out"), "--preset", "tiny"],
+    }[command]
+    result = CliRunner().invoke(app, args)
+    said = "".join(result.output.replace("│", "").split())  # (typer's box wraps long paths)
+    flag = "--run-dir" if command == "train" else "--dataset-dir"
+    assert result.exit_code == 2 and f"Invalidvaluefor'{flag}'" in said, said
+    assert f"{mounted}isonaread-onlyfilesystem,where{mounted / 'out'}wouldbemade" in said, said

@@ -20,6 +20,7 @@ from usesearch.io.own_folders import (
     index_holding,
     not_a_reports,
     pictures_of,
+    why_unwritable,
 )
 from usesearch.models.presets import PRESETS
 
@@ -123,6 +124,11 @@ def folder_to_write(value: Path | None) -> Path | None:
     refused as the command starts, not when its first write fails after the work."""
     if value is not None and value.exists() and not value.is_dir():
         raise typer.BadParameter(f"{value} is a file: name a folder (it is made when missing)")
+    refused = why_unwritable(value) if value is not None else None
+    if refused is not None:
+        there, why = refused
+        made = "" if there == os.path.abspath(value) else f", where {value} would be made"  # type: ignore[arg-type]
+        raise typer.BadParameter(f"{there} {why}{made}: give a folder this command can write")
     return value
 
 

@@ -110,3 +110,20 @@ def mark_audit_report(folder: str | os.PathLike) -> None:
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, AUDIT_MARK), "a"):
         pass
+
+
+def why_unwritable(folder: str | os.PathLike) -> tuple[str, str] | None:
+    """(the folder that is there, why) where this process cannot write ``folder``, or
+    make it (a new one: the nearest folder above it that is there, which would hold
+    it); None where it can. Asked before any work, not after a model run: "Read-only
+    file system" alone, once the models had loaded, named neither folder nor flag."""
+    there = os.path.abspath(folder)
+    while not os.path.exists(there) and os.path.dirname(there) != there:
+        there = os.path.dirname(there)
+    if not os.path.isdir(there) or os.access(there, os.W_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(there).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # (no statvfs: not a POSIX system)
+        read_only = False
+    return there, "is on a read-only file system" if read_only else "is not writable by this user"
