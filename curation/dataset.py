@@ -84,6 +84,10 @@ def require_dataset(dataset_dir: str | os.PathLike) -> Path:
                 else ""
             )
         )
+    if not folder.exists():  # a typo, or a dataset moved: "no manifest.json" sent them looking inside it
+        raise UsesearchError(
+            f"{folder} does not exist: give a curated dataset's folder (`usesearch curate run` makes one)"
+        )
     raise UsesearchError(f"{folder} is not a curated dataset (no {MANIFEST}): make one with `usesearch curate run`")
 
 

@@ -120,3 +120,15 @@ def test_a_photo_replaced_and_curated_again_trains_on_its_current_content(tmp_pa
         assert len(samples) == 2 and samples[str(cat)].texts == [[text]]
         assert samples[str(cat)].sha256 == read_bytes(str(cat))[1]
         assert all(load_image(s)[0].size for s in samples.values())  # none refused as changed
+
+
+def test_a_dataset_folder_that_does_not_exist_is_said_so(tmp_path):
+    """`train /data/typo` said "is not a curated dataset (no manifest.json)", sending the
+    user to look inside a folder that is not there."""
+    from usesearch.curation.dataset import require_dataset
+    from usesearch.errors import UsesearchError
+
+    with pytest.raises(UsesearchError, match=r"typo does not exist: give a curated dataset's folder"):
+        require_dataset(tmp_path / "typo")
+    with pytest.raises(UsesearchError, match=r"is not a curated dataset \(no manifest.json\)"):
+        require_dataset(tmp_path)
