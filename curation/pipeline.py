@@ -56,6 +56,7 @@ class CurateReport(RunReport):
     # Photos skipped as done that were curated before the dataset had a captioner, which this
     # run has: their records keep no MLLM caption (a record is never rewritten).
     uncaptioned: int = 0
+    boxes: int = 0  # boxes SAM was prompted with (none: no region given and none grounded, whatever its thresholds)
 
 
 def curate(
@@ -175,6 +176,7 @@ def curate(
                     if predictor is None:
                         raise CurationConfigError("box sources need SAM: pass a SamPredictor")
                     segments.extend(masks_from_boxes(predictor, rgb, boxes, mask_config or BoxMaskConfig()))
+                    report.boxes += len(boxes)
                 pairs = sum(len(s.texts) for s in segments)
                 kept = mask_nms(segments, nms_iou)
             except CurationConfigError:

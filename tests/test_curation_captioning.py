@@ -133,3 +133,19 @@ def test_a_captioner_added_to_a_dataset_says_the_photos_curated_before_keep_no_c
     assert "2 photo(s) skipped as done were curated before this dataset had a captioner" in told, told
     third = runner.invoke(app, [*args, "--captioner", "tiny"])
     assert "before this dataset had a captioner" not in third.output, third.output  # said once, by the run adding it
+
+
+def test_a_run_that_grounded_no_box_does_not_blame_sams_thresholds(tmp_path):
+    """A caption with no words: "no pair was kept: SAM gave no mask that passes (-10.0, -10.0);
+    -10 for both keeps every mask", at -10 already. No box had reached SAM at all."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.coffee()[::4, ::4]).save(photos / "coffee.png")
+    captions = tmp_path / "captions.json"
+    blank = [{"id": 10, "image_id": 1, "caption": "."}]  # (all blank: refused as "holds no caption")
+    captions.write_text(json.dumps({"images": [{"id": 1, "file_name": "coffee.png"}], "annotations": blank}))
+    args = ["curate", "run", str(captions), "--input-format", "coco-captions", "--images", str(photos)]
+    args += ["--out", str(tmp_path / "ds"), "--grounder", "tiny", "--preset", "tiny"]
+    result = CliRunner().invoke(app, [*args, "--pred-iou-thresh", "-10", "--stability-thresh", "-10"])
+    told = " ".join(result.output.split())
+    assert "no pair was kept: no box reached SAM" in told and "-10 for both" not in told, told

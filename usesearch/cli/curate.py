@@ -182,7 +182,9 @@ def run(
         )
     opts.say_failures(report.failures)
     say_past_limits(report.failures)
-    if report.done and not report.pairs_after_nms and kind.prompts_sam:
+    if report.done and not report.pairs_after_nms and kind.prompts_sam and not report.boxes:
+        opts.console.print("no pair was kept: no box reached SAM (no region in the source, none grounded in its texts)")
+    elif report.done and not report.pairs_after_nms and kind.prompts_sam:
         weights = "the tiny preset's random-weight SAM" if p.name == "tiny" else "SAM"
         opts.console.print(
             f"no pair was kept: {weights} gave no mask that passes --pred-iou-thresh and --stability-score-thresh "
