@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from usesearch.errors import UsesearchError
-from usesearch.io.atomic import write_atomic
+from usesearch.io.atomic import temporary_of, write_atomic
 from usesearch.io.files import read_bytes
 from usesearch.io.locks import one_writer
+from usesearch.io.own_folders import OS_FILES
 from usesearch.masks import rle
 
 from .records import Segment
@@ -89,6 +90,32 @@ def require_dataset(dataset_dir: str | os.PathLike) -> Path:
             f"{folder} does not exist: give a curated dataset's folder (`usesearch curate run` makes one)"
         )
     raise UsesearchError(f"{folder} is not a curated dataset (no {MANIFEST}): make one with `usesearch curate run`")
+
+
+DATASET_FILES = (MANIFEST, "shards", "cache", "failures.jsonl", LOCK_FILE)  # what curation writes in its folder
+
+
+def check_dataset_folder(dataset_dir: str | os.PathLike) -> None:
+    """A folder for `curate run` to curate into: new, empty, or a dataset's (one whose
+    first run was cut short before its manifest too). One holding other files (the
+    photo folder itself, someone's notes) is refused: the dataset's files would mix with
+    theirs, and the folder would count as a dataset from then on (a training run in it
+    refused). (A dataset written with its photos inside, as ``training.synthetic``'s, is
+    the Python API's to make.)"""
+    folder = Path(dataset_dir)
+    if not folder.is_dir() or (folder / MANIFEST).is_file():
+        return
+    others = sorted(
+        name
+        for name in os.listdir(folder)
+        if name not in (*DATASET_FILES, *OS_FILES) and temporary_of(name) not in DATASET_FILES
+    )
+    if others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        raise UsesearchError(
+            f"{folder} holds files that are not a curated dataset's ({', '.join(others[:3])}{more}): "
+            "give --dataset-dir a new or empty folder"
+        )
 
 
 def _writer_now(folder: Path) -> str | None:

@@ -60,6 +60,10 @@ def test_curate_run_refuses_what_its_source_would_not_use_and_an_empty_folder(tm
             + ["--pred-iou-thresh", "0.1", "--grounder", "tiny"],
             "--pred-iou-thresh, --grounder would do nothing",
         ),
+        (  # the photo folder itself: accepted, it then counted as a dataset (a run in it refused)
+            ["curate", "run", str(photos), "--dataset-dir", str(photos), "--captioner", "tiny", "--grounder", "tiny"],
+            "holds files that are not a curated dataset's (",
+        ),
     ]
     for args, why in cases:
         result = CliRunner().invoke(app, [*args, "--preset", "tiny"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import temporary_of
+from usesearch.io.own_folders import OS_FILES
 
 from .trainer_state import trainer_file
 
@@ -21,7 +22,6 @@ LOG_HEADER = ["step", "epoch", "loss", "lr", "segments", "seconds"]
 KILLED_RUN_FILES = re.compile(r"^(log\.csv|unreadable\.txt|step-\d+\.(safetensors|json))$")
 # Every file a run writes through ``write_atomic``: a killed writer's temporary of one is ours to remove.
 RUN_FILES = re.compile(r"^(log\.csv|unreadable\.txt|trainer\.safetensors|(head|step-\d+)\.(safetensors|json))$")
-OS_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")  # a file manager's, in any folder it has shown
 
 
 def check_new_run(out: str | os.PathLike) -> None:

@@ -94,6 +94,7 @@ def run(
     from segment_anything import SamPredictor
     from tqdm import tqdm
 
+    from usesearch.curation.dataset import check_dataset_folder
     from usesearch.curation.masks import BoxMaskConfig
     from usesearch.curation.pipeline import CurateReport, curate
     from usesearch.curation.sources import read_source
@@ -101,6 +102,7 @@ def run(
     from usesearch.masks.sam import load_sam, sam_identity
     from usesearch.models.presets import get_preset
 
+    check_dataset_folder(dataset_dir)  # before any model loads
     mask_config = BoxMaskConfig(**{BOX_MASK_CONFIG_NAMES.get(name, name): value for name, value in sam.given().items()})
     kind = SOURCES.get(input_format)
     if kind is not None:

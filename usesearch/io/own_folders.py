@@ -17,6 +17,7 @@ AUDIT_FILES = frozenset(
     ("report.html", "suspects.csv", "suspects.json", "problems.json", "summary.json", AUDIT_MARK)
     + tuple(f"{kind}.{ext}" for kind in AUDIT_LISTS for ext in ("json", "csv", "png"))
 )
+OS_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")  # a file manager's, in any folder it has shown
 OUTPUT_MARKS = {
     "an index": ("segments.sqlite", "vectors.faiss", "embeddings"),  # (the indexer's names: tested)
     "a curated dataset": ("manifest.json", "shards"),
