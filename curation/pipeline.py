@@ -21,6 +21,7 @@ import numpy as np
 
 from usesearch.errors import AnnotationsChangedError, CurationConfigError, ImageShapeError
 from usesearch.io.atomic import write_atomic
+from usesearch.io.coco_dataset import SIZE_MISMATCH
 from usesearch.io.files import decode, read_bytes
 from usesearch.reports import RunReport
 
@@ -172,6 +173,11 @@ def curate(
                     found, faults = annotation_segments(item.annotations, rgb.shape[:2])
                     segments += found
                     problems += faults
+                    sized = [error for _, _, error in faults if error.kind == SIZE_MISMATCH]
+                    if sized:  # no mask sits on its pixels: failed, as a missing photo, not curated with none
+                        report.failed += 1  # (recorded, it was "done": the file fixed, it was refused as changed)
+                        report.failures.append((item.path, f"{sized[0].kind}: {sized[0]}"))
+                        continue
                 if boxes:
                     if predictor is None:
                         raise CurationConfigError("box sources need SAM: pass a SamPredictor")

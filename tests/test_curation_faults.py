@@ -46,10 +46,15 @@ def test_coco_instances_faults_are_recorded_and_the_rest_curated(tmp_path, photo
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(coco))
     report = curate(coco_instances_source(path, photos), tmp_path / "ds")
-    assert report.done == 2 and report.problems == 5
+    # The rotated cup fails: its masks would not sit on its pixels. Curated with none, as
+    # before, it was "done": the size fixed in the file, it was refused as changed.
+    assert (report.done, report.failed, report.problems) == (1, 2, 5), report
+    assert [p.rsplit("/", 1)[1] for p, _ in report.failures] == ["cup.png", "gone.png"]
+    assert report.failures[0][1].startswith("size mismatch: the entry says 100x150 but the photo is 150x100")
     records = {r["path"].rsplit("/", 1)[1]: r for r in read_records(tmp_path / "ds")}
-    assert [t.text for s in read_segments(records["cat.png"]) for t in s.texts] == ["cat"]
-    assert read_segments(records["cup.png"]) == []  # its masks would not sit on the rotated photo's pixels
+    assert [t.text for s in read_segments(records["cat.png"]) for t in s.texts] == ["cat"] and set(records) == {
+        "cat.png"
+    }
     kinds = sorted(f["error"].split(":")[0] for f in _failures(tmp_path / "ds"))
     assert kinds == ["broken mask", "photo missing", "size mismatch", "unknown category", "unknown image"]
     again = curate(coco_instances_source(path, photos), tmp_path / "ds")
@@ -57,13 +62,19 @@ def test_coco_instances_faults_are_recorded_and_the_rest_curated(tmp_path, photo
     coco["annotations"].reverse()  # a re-export in another order: the same annotations
     path.write_text(json.dumps(coco))
     reordered = curate(coco_instances_source(path, photos), tmp_path / "ds")
-    assert (reordered.skipped, reordered.failed, reordered.missing) == (2, 1, 1)  # gone.png alone: it is missing
-    # The cup's size fixed in the file: its record (no segment) is not silently kept as done.
+    assert (reordered.skipped, reordered.failed, reordered.missing) == (1, 2, 1)  # the cup and the missing gone.png
+    # The cup's size fixed in the file: curated now.
     coco["images"][1].update(height=100, width=150)
     path.write_text(json.dumps(coco))
     fixed = curate(coco_instances_source(path, photos), tmp_path / "ds")
-    assert fixed.skipped == 1 and [p.rsplit("/", 1)[1] for p, _ in fixed.failures] == ["cup.png", "gone.png"]
-    assert "its annotations in the source changed since it was curated" in fixed.failures[0][1]
+    assert (fixed.done, fixed.skipped) == (1, 1) and [p.rsplit("/", 1)[1] for p, _ in fixed.failures] == ["gone.png"]
+    assert [
+        t.text
+        for r in read_records(tmp_path / "ds")
+        if r["path"].endswith("cup.png")
+        for s in read_segments(r)
+        for t in s.texts
+    ] == ["cup"]
 
 
 def test_a_caption_file_without_captions_is_refused_and_a_bad_caption_recorded(tmp_path, photos):
