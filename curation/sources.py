@@ -44,6 +44,8 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
         text = ann.get("caption") if isinstance(ann, dict) else None
         if isinstance(text, str) and text.strip() and _is_key(ann.get("image_id")):
             captions[ann["image_id"]].append(TextRef(text.strip(), "gt_caption", "caption"))
+        elif isinstance(text, str) and isinstance(ann, dict) and _is_key(ann.get("image_id")):
+            loose.append(_broken(None, f"an empty caption (image_id {ann['image_id']!r}): {ann!r}"))
         else:
             loose.append(_broken(None, f"not a caption with an image_id: {ann!r}"))
     if coco["annotations"] and not captions:
@@ -52,6 +54,12 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
         )
     entries = [img for img in coco["images"] if isinstance(img, dict) and _is_key(img.get("id"))]
     loose += [_broken(None, f"an image entry without id: {img!r}") for img in coco["images"] if img not in entries]
+    known = {img["id"] for img in entries}  # (dropped unsaid before)
+    loose += [
+        _broken(None, f"{len(texts)} caption(s) of image_id {key!r}, which no image entry has")
+        for key, texts in captions.items()
+        if key not in known
+    ]
     if loose:
         yield ImageItem(path=str(captions_json), problems=loose, photo=False)
     for img in sorted(entries, key=lambda i: str(i["id"])):
@@ -108,6 +116,9 @@ def _vg_item(entry: Any, folders: list[str], source: str | os.PathLike) -> Itera
             continue
         if phrase and w > 0 and h > 0:
             boxes.append(BoxText((x, y, w, h), [TextRef(phrase, "vg", "region")]))
+        else:  # (dropped unsaid before)
+            why = "an empty phrase" if not phrase else f"a box of no area ({w:g}x{h:g})"
+            problems.append(_broken(f"{image_id}.jpg", f"a region with {why}: {r!r}"))
     path = photo_path(folders, f"{image_id}.jpg")
     if path is None:
         yield _missing(source, folders[0], f"{image_id}.jpg")

@@ -87,9 +87,16 @@ def test_a_caption_file_without_captions_is_refused_and_a_bad_caption_recorded(t
     captions = tmp_path / "captions.json"
     images = [{"id": 1, "file_name": "cat.png"}, {"file_name": "no-id.png"}]
     annotations = [{"image_id": 1, "caption": "A cat."}, {"image_id": 1}]
+    # An empty caption, said as "not a caption with an image_id"; one of no image entry's id, dropped unsaid.
+    annotations += [{"image_id": 1, "caption": " "}, {"image_id": 5, "caption": "A dog."}]
     captions.write_text(json.dumps({"images": images, "annotations": annotations}))
     items = list(coco_captions_source(captions, photos))
-    assert [len(i.problems) for i in items] == [2, 0] and items[1].captions[0].text == "A cat."
+    assert [len(i.problems) for i in items] == [4, 0] and items[1].captions[0].text == "A cat."
+    said = [str(error) for _, _, error in items[0].problems]
+    assert (
+        said[1].startswith("an empty caption (image_id 1)")
+        and said[3] == "1 caption(s) of image_id 5, which no image entry has"
+    )
 
 
 def test_visual_genome_is_streamed_from_its_subfolders_and_faults_recorded(tmp_path):
@@ -99,6 +106,9 @@ def test_visual_genome_is_streamed_from_its_subfolders_and_faults_recorded(tmp_p
     regions = [
         {"id": 7, "regions": [{"image_id": 7, "x": 10, "y": 10, "width": 50, "height": 60, "phrase": "a face"}]},
         {"id": 7, "regions": [{"image_id": 7, "x": 1, "y": 1, "width": 5}]},  # no phrase, no height
+        # An empty phrase, a box of no area: dropped unsaid before.
+        {"id": 7, "regions": [{"image_id": 7, "x": 1, "y": 1, "width": 5, "height": 5, "phrase": " "}]},
+        {"id": 7, "regions": [{"image_id": 7, "x": 1, "y": 1, "width": 0, "height": 5, "phrase": "a line"}]},
         {"id": 8, "regions": [{"image_id": 8, "x": 1, "y": 1, "width": 5, "height": 5, "phrase": "gone"}]},
         "not an image",
     ]
@@ -106,7 +116,12 @@ def test_visual_genome_is_streamed_from_its_subfolders_and_faults_recorded(tmp_p
     path.write_text(json.dumps(regions))
     items = list(visual_genome_source(path, images))
     assert items[0].path == str(images / "VG_100K_2" / "7.jpg") and items[0].boxes[0].texts[0].text == "a face"
-    assert [len(i.problems) for i in items] == [0, 1, 1, 1] and [i.photo for i in items] == [True, True, False, False]
+    assert [len(i.problems) for i in items] == [0, 1, 1, 1, 1, 1]
+    assert [i.photo for i in items] == [True, True, True, True, False, False]
+    assert [str(i.problems[0][2]).split(":")[0] for i in items[2:4]] == [
+        "a region with an empty phrase",
+        "a region with a box of no area (0x5)",
+    ]
     path.write_text(json.dumps({"regions": []}))
     with pytest.raises(CocoFileError, match="is not Visual Genome's region_descriptions.json"):
         list(visual_genome_source(path, images))
