@@ -94,9 +94,26 @@ class SearchFilters:
                 raise _refused(name, f"is {noun}, got {value!r}"[:200])
             if isinstance(value, str) and "\x00" in value:
                 raise _refused(name, "holds a NUL character (U+0000), which no name holds")
+            if isinstance(value, str) and not value.isascii():
+                object.__setattr__(self, name, _as_catalog_spells(name, value))
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchFilters)}
+
+
+def _as_catalog_spells(name: str, value: str) -> str:
+    """``value`` with the bytes a shell passed undecoded (a file name's, tab-completed:
+    Python carries them as surrogates) spelt ``\\xNN``, as the catalog spells such
+    paths (``display_path``); SQLite failed on them ("surrogates not allowed")."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no byte gives
+        raise _refused(name, "holds a character no text holds (a lone surrogate)") from None
 
 
 def _refused(name: str, says: str) -> BadArgumentError:

@@ -102,6 +102,17 @@ def test_each_bad_input_is_indexed_or_recorded(bad_inputs, monkeypatch):
     assert (done["rotated.jpg"].width, done["rotated.jpg"].height) == (48, 72)  # EXIF applied
     assert report.done == 7 and report.failed == 6 and not report.interrupted
     assert_consistent(root / "db")
+    # A glob naming it as a shell passes it (tab-completed: its byte undecoded, a surrogate
+    # in Python) matched nothing: SQLite failed on it, "surrogates not allowed", exit 2.
+    from usesearch.indexer import SearchFilters
+
+    raw = SearchFilters(path=os.fsdecode(b"*caf\xe9*"))
+    assert raw.path == "*caf\\xe9*"
+    [first, *_] = ix.store.image_segment_ids(done["caf\\xe9.png"].id)
+    hits = ix.similar(first, 5, SearchFilters(path=os.fsdecode(b"*caf\xe9*"), per_image=False))
+    assert hits and {h.image for h in hits} == {done["caf\\xe9.png"].path}, hits
+    with pytest.raises(ValueError, match="the filter label holds a character no text holds"):
+        SearchFilters(label="\ud800")
 
 
 def test_image_with_no_masks_is_done_with_zero_segments(bad_inputs):
