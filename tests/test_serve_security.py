@@ -173,5 +173,9 @@ def test_cross_site_requests_are_refused(served):
 def test_no_third_party_doc_pages_and_short_422s(served):
     _, _, client = served
     assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    import re
+
+    links = re.findall(r'href="(/[^"#]*)"', client.get("/").text)  # the footer linked /docs: a 404
+    assert "/api" in links and all(client.get(link).status_code == 200 for link in links), links
     response = client.get("/api/search", params={"q": "x" * 60_000})  # near the URL length clients allow
     assert response.status_code == 422 and len(response.content) < 2000
