@@ -182,6 +182,26 @@ def test_search_by_a_region_of_a_photo(server, page, tmp_path):
     assert page.errors == []
 
 
+def test_a_photo_the_browser_cannot_show_is_said_and_not_clicked(server, page, tmp_path):
+    """A TIFF (which the server takes; chromium shows none): a broken image, and a click
+    on it sent point -1,-1, answered "lies outside the 512x512 photo"."""
+    url, _ = server
+    photo = tmp_path / "scan.tiff"
+    from skimage import data
+
+    Image.fromarray(data.chelsea()).resize((300, 225)).save(photo)
+    page.goto("about:blank")
+    page.goto(url)
+    page.click("#region-search summary")
+    page.set_input_files("#region-file", str(photo))
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('cannot show scan.tiff')")
+    said = page.inner_text("#status")
+    box = page.query_selector("#region-photo").bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_timeout(300)
+    assert page.inner_text("#status") == said and "usesearch similar --image" in said  # no request, no -1,-1
+
+
 def test_refine_with_sam3_toggle(server, page):
     """The filters' "Refine with SAM 3" toggle: the tiles are SAM 3's instances in the
     search's top photos (the seeded tiny SAM 3 for a tiny index), drawn inline."""

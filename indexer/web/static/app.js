@@ -197,17 +197,29 @@ async function showInfo() {
 // body only (never stored); a click is a point prompt, a drag a box prompt.
 let regionFile = null;
 let regionPhoto = null; // data URL of the photo as chosen (the page's CSP allows data: images)
+let regionShown = false; // drawn: a browser that cannot show a TIFF drew none, and a click on it sent point -1,-1
 
 function pickRegionPhoto(file) {
   if (!file) return;
   regionFile = file;
   const reader = new FileReader();
   reader.onload = () => {
+    const img = $("region-photo");
     regionPhoto = reader.result;
-    $("region-photo").src = regionPhoto;
+    regionShown = false;
+    img.onload = () => {
+      if (regionShown || img.src !== regionPhoto) return; // (the region drawn on it, or shown again)
+      regionShown = true;
+      setStatus("click a point, or drag a box, on the photo");
+    };
+    img.onerror = () => {
+      if (img.src !== regionPhoto) return;
+      setStatus(`this browser cannot show ${file.name} (${file.type || "an unknown type"}): choose a PNG, JPEG or `
+        + "WebP copy of it, or search its region with `usesearch similar --image`", true);
+    };
+    img.src = regionPhoto;
     $("region-stage").hidden = false;
     $("region-search").open = true;
-    setStatus("click a point, or drag a box, on the photo");
   };
   reader.readAsDataURL(file);
 }
@@ -247,7 +259,7 @@ function wireRegionSearch() {
     pickRegionPhoto(event.dataTransfer.files[0]);
   });
   img.addEventListener("dragstart", (event) => event.preventDefault());
-  img.addEventListener("mousedown", (event) => { start = photoPixel(event); });
+  img.addEventListener("mousedown", (event) => { start = regionShown ? photoPixel(event) : null; });
   img.addEventListener("mousemove", (event) => {
     if (!start) return;
     const now = photoPixel(event);
