@@ -55,7 +55,10 @@ def test_a_region_of_a_photo_outside_the_index_finds_its_indexed_twin_first(inde
         ],
     )
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.stdout)
+    said = json.loads(result.stdout)  # the region too, as the web API gives it (only on stderr, as text)
+    hits, region = said["hits"], said["region"]
+    assert (region["bbox"], region["area"], region["stability_score"]) == (list(twin.bbox), twin.area, None)
+    assert np.array_equal(rle.decode(region["mask"]), mask)
     assert hits[0]["segment_id"] == twin.segment_id and hits[0]["score"] == pytest.approx(1.0, abs=2e-3)
     assert f"region: bbox {list(twin.bbox)}, {twin.area} pixels (the mask given)" in result.stderr
     assert (tmp_path / "hits-region.png").is_file() and (tmp_path / "hits.png").is_file()

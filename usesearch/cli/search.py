@@ -150,7 +150,15 @@ def similar(
         typer.echo(f"wrote {region_picture(rgb, picked, output.show)}", err=True)
     hits = index.search_region(rgb, picked, output.k, filters)
     best = lambda f: index.search_region(rgb, picked, 1, f)  # noqa: E731
-    out.given(hits, output, f"like a region of {image.name}", f"like a region of {image.name}", index, filters, best)
+    said = {
+        "bbox": list(picked.bbox),
+        "area": picked.area,
+        "stability_score": picked.stability_score,
+        "mask": picked.rle,
+    }
+    out.given(
+        hits, output, f"like a region of {image.name}", f"like a region of {image.name}", index, filters, best, said
+    )
 
 
 @app.command()

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 LISTING_CHECK_S = 1.0
 
 
-def given(hits, output: opts.SearchOutput, title: str, name: str, index, filters: SearchFilters, best=None) -> None:
+def given(
+    hits, output: opts.SearchOutput, title: str, name: str, index, filters: SearchFilters, best=None, region=None
+) -> None:
     """The COCO file and contact sheet asked for (first: a reader of the listing that
     stops early, `| head`, must not cost them), then the hits as JSON with full paths,
     or a table with paths relative to the folder that holds every indexed image
@@ -56,8 +58,9 @@ def given(hits, output: opts.SearchOutput, title: str, name: str, index, filters
     folder = index.store.common_folder()
     # `--export-coco /dev/stdout | jq .`: the COCO file alone on stdout, the listing on stderr.
     listing = sys.stderr if output.export_coco and is_own_stdout(output.export_coco) else sys.stdout
-    if output.as_json:
-        print(json.dumps([h.to_dict() for h in hits], indent=1), file=listing)
+    if output.as_json:  # (a region searched: ``{"region", "hits"}``, as the web API's region search)
+        listed = [h.to_dict() for h in hits]
+        print(json.dumps(listed if region is None else {"region": region, "hits": listed}, indent=1), file=listing)
     else:
         table = Table(title=title, caption=f"paths under {folder}" if folder else None)
         labelled = any(h.source == "annotation" for h in hits)  # a labelled dataset's: its class and split too
