@@ -182,6 +182,25 @@ def test_search_by_a_region_of_a_photo(server, page, tmp_path):
     assert page.errors == []
 
 
+def test_a_hit_whose_photo_is_gone_is_a_grey_tile_saying_why(server, page):
+    """A photo moved away since indexing: its tiles were broken images, unexplained (the
+    API's 410 says why; the CLI's contact sheet draws grey "photo gone" tiles)."""
+    url, index = server
+    photo = next(Path(h.image) for h in index.query("x", k=50) if h.image.endswith("astronaut.png"))
+    away = photo.with_name("away.bin")
+    photo.rename(away)
+    try:
+        page.goto("about:blank")
+        page.goto(f"{url}/#q=x&path=*astronaut*&k=12")
+        page.wait_for_function("() => document.querySelectorAll('.tile .gone[title]').length >= 1")
+        gone = page.query_selector(".tile .gone[title]")
+        assert gone.inner_text() == "photo gone" and "can no longer be read" in gone.get_attribute("title")
+        broken = "() => [...document.querySelectorAll('.tile img')].some(i => i.complete && i.naturalWidth === 0)"
+        page.wait_for_function(f"() => !({broken})()")  # none left a broken image (lazy ones load when seen)
+    finally:
+        away.rename(photo)
+
+
 def test_a_photo_the_browser_cannot_show_is_said_and_not_clicked(server, page, tmp_path):
     """A TIFF (which the server takes; chromium shows none): a broken image, and a click
     on it sent point -1,-1, answered "lies outside the 512x512 photo"."""

@@ -56,6 +56,22 @@ function go(params) {
   else location.hash = hash; // hashchange runs the search
 }
 
+// A hit whose photo is gone or changed since indexing (the server answers 410 with why):
+// a grey "photo gone" tile saying why, as the CLI's contact sheet draws it, not a broken image.
+async function showGone(figure, img, url) {
+  const gone = document.createElement("div");
+  gone.className = "gone";
+  gone.textContent = "photo gone";
+  figure.replaceChild(gone, img);
+  try {
+    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    const body = await response.json();
+    if (body.detail) gone.title = body.detail;
+  } catch {
+    gone.title = "the photo could not be read";
+  }
+}
+
 function tile(hit) {
   const figure = document.createElement("figure");
   figure.className = "tile";
@@ -66,6 +82,7 @@ function tile(hit) {
   img.src = hit.tile_url; // a refined hit's tile comes inline (data URL): its mask is no stored segment
   img.alt = hit.refined_by ? `SAM 3 instance in ${hit.image}` : `segment ${hit.segment_id} of ${hit.image}`;
   img.loading = "lazy";
+  img.addEventListener("error", () => showGone(figure, img, hit.tile_url), { once: true });
   const caption = document.createElement("figcaption");
   const score = document.createElement("span");
   score.className = "score";
