@@ -254,6 +254,20 @@ def test_commands_that_run_no_model_import_none(tmp_path):
     assert not (tmp_path / "new").exists()  # the typo left no index folder
 
 
+def test_an_encoding_error_is_unexpected_and_offers_its_traceback(tmp_path, monkeypatch):
+    """A UnicodeEncodeError raised inside SQLite's driver was a ValueError, said as the
+    user's to fix: exit 2, no way to see where it came from."""
+    from usesearch.indexer import search
+
+    def fails(*args, **kwargs):
+        raise UnicodeEncodeError("utf-8", "caf\udce9", 3, 4, "surrogates not allowed")
+
+    monkeypatch.setattr(search.SegmentIndex, "open", fails)
+    result = CliRunner().invoke(app, ["query", "x", "--db", str(tmp_path)])
+    assert result.exit_code == 1 and "unexpected UnicodeEncodeError" in result.stderr, result.output
+    assert "USESEARCH_DEBUG=1" in result.stderr
+
+
 def test_a_ctrl_c_no_command_handled_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     """Ctrl-C before `index` reached its loop exited 130 saying nothing; one that psycopg's
     clean-up replaced by its own error said "database: can't change 'autocommit' now",

@@ -140,8 +140,8 @@ def user_errors(fn):
             code, message = 2, first_line(exc)
             if is_disk_full(exc):
                 message = f"disk full: {getattr(exc, 'filename', None) or message}"
-            elif isinstance(exc, (UsesearchError, ValueError)):
-                pass
+            elif isinstance(exc, (UsesearchError, ValueError)) and not isinstance(exc, UnicodeError):
+                pass  # (a text a library could not encode is no refusal: unexpected, its traceback offered)
             elif isinstance(exc, OSError):
                 where = exc.filename if exc.filename is not None else ""
                 message = f"{where}: {exc.strerror or message}" if where else message
