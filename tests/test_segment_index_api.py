@@ -9,7 +9,7 @@ from PIL import Image
 
 from tests.helpers import OPTS, write_photos
 from tests.test_region_query import index_four_photos
-from usesearch.errors import UsesearchError
+from usesearch.errors import BadArgumentError, UsesearchError
 from usesearch.indexer import IndexOptions, SegmentIndex, index_paths
 
 
@@ -40,7 +40,6 @@ def test_a_query_vector_or_k_that_cannot_be_searched_is_refused_in_words(indexed
 def test_arguments_are_refused_as_usesearch_errors_of_the_type_python_would_raise(indexed):
     """A bad k, query text or filter raised bare ValueError and TypeError: a service
     catching ``UsesearchError`` missed them. Now ``BadArgumentError``, which is all three."""
-    from usesearch.errors import BadArgumentError
 
     root, _ = indexed
     ix = SegmentIndex.open(root / "db")
@@ -123,10 +122,10 @@ def test_region_prompts_and_segment_ids_from_python_are_checked_as_the_cli_check
             ({"point": "5,5"}, "2 finite numbers; got '5,5'"),
             ({"point": (float("nan"), 3)}, "2 finite numbers"),
         ]:
-            with pytest.raises(UsesearchError, match=message):
+            with pytest.raises(BadArgumentError, match=message):  # (a plain UsesearchError before)
                 ix.similar_region(rgb, k=2, **prompt)
         panorama = np.zeros((10, 20000, 3), np.uint8)  # SAM's resize leaves it 0 px high
-        with pytest.raises(UsesearchError, match="the photo is 20000x10: too narrow for SAM"):
+        with pytest.raises(BadArgumentError, match="the photo is 20000x10: too narrow for SAM"):
             ix.similar_region(panorama, point=(5, 5), k=1)
         for wrong in ("1", True, 1.0, None):
             with pytest.raises(TypeError, match="segment_id is an int"):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from segment_anything.utils.amg import calculate_stability_score
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import BadArgumentError, UsesearchError
 from usesearch.masks import rle
 
 
@@ -45,7 +45,7 @@ def parse_point(text: str) -> tuple[float, float]:
 def parse_box(text: str) -> tuple[float, float, float, float]:
     x, y, w, h = _numbers(text, 4, "box X,Y,W,H")
     if w <= 0 or h <= 0:
-        raise UsesearchError(f"box {text}: width and height must be positive")
+        raise BadArgumentError(f"box {text}: width and height must be positive")
     return x, y, w, h
 
 
@@ -55,7 +55,7 @@ def _numbers(text: str, count: int, spelling: str) -> list[float]:
     except ValueError:
         values = []
     if len(values) != count or not all(np.isfinite(values)):
-        raise UsesearchError(f"{spelling}: expected {count} comma-separated numbers (pixels), got {text!r}")
+        raise BadArgumentError(f"{spelling}: expected {count} comma-separated numbers (pixels), got {text!r}")
     return values
 
 
@@ -91,10 +91,10 @@ def from_mask(mask: np.ndarray, hw: tuple[int, int]) -> Region:
     if mask.ndim == 3:  # a PNG read with colour channels: any non-zero channel is inside
         mask = np.any(mask, axis=2)
     if mask.shape != tuple(hw):
-        raise UsesearchError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the photo is {hw[1]}x{hw[0]} (w x h)")
+        raise BadArgumentError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the photo is {hw[1]}x{hw[0]} (w x h)")
     mask = mask != 0
     if not mask.any():
-        raise UsesearchError("the mask is empty: mark the region with non-zero pixels")
+        raise BadArgumentError("the mask is empty: mark the region with non-zero pixels")
     return _region(mask, None, None)
 
 
@@ -105,7 +105,7 @@ def _prompt_numbers(what: str, given, names: tuple[str, ...]) -> tuple[float, ..
     except (TypeError, ValueError):
         values = ()
     if len(values) != len(names) or isinstance(given, str) or not all(math.isfinite(v) for v in values):
-        raise UsesearchError(f"{what} is ({', '.join(names)}) in pixels, {len(names)} finite numbers; got {given!r}")
+        raise BadArgumentError(f"{what} is ({', '.join(names)}) in pixels, {len(names)} finite numbers; got {given!r}")
     return values
 
 
@@ -121,20 +121,20 @@ def prompt(
 
     h, w = rgb.shape[:2]
     if (point is None) == (box is None):
-        raise UsesearchError("give one of point=(x, y) and box=(x, y, width, height) (or a mask)")
+        raise BadArgumentError("give one of point=(x, y) and box=(x, y, width, height) (or a mask)")
     point = _prompt_numbers("point", point, ("x", "y")) if point is not None else None
     box = _prompt_numbers("box", box, ("x", "y", "width", "height")) if box is not None else None
     if box is not None and (box[2] <= 0 or box[3] <= 0):  # an inverted box gave SAM a prompt and hits came back
-        raise UsesearchError(f"box {','.join(f'{v:g}' for v in box)}: its width and height must be positive")
+        raise BadArgumentError(f"box {','.join(f'{v:g}' for v in box)}: its width and height must be positive")
     if point is not None and not (0 <= point[0] < w and 0 <= point[1] < h):
-        raise UsesearchError(f"point {point[0]:g},{point[1]:g} lies outside the {w}x{h} photo")
+        raise BadArgumentError(f"point {point[0]:g},{point[1]:g} lies outside the {w}x{h} photo")
     if box is not None and (box[0] >= w or box[1] >= h or box[0] + box[2] <= 0 or box[1] + box[3] <= 0):
-        raise UsesearchError(f"box {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} photo")
+        raise BadArgumentError(f"box {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} photo")
     side = sam.image_encoder.img_size  # SAM resizes the photo's longest side to this
     if int(min(h, w) * side / max(h, w) + 0.5) < 1:  # (ResizeLongestSide's rounding) its short side: 0 px
-        raise UsesearchError(
+        raise BadArgumentError(
             f"the photo is {w}x{h}: too narrow for SAM, whose {side}-px input leaves it no pixel across; "
-            "search by a mask instead (--mask MASK.png)"
+            "only a mask of the region can search it (`similar --image PHOTO --mask MASK.png`; mask= in Python)"
         )
     predictor = SamPredictor(sam)
     predictor.set_image(rgb)
@@ -154,7 +154,7 @@ def prompt(
     best, stability = pick_most_stable(logits, ious, sam.mask_threshold, stability_offset)
     mask = (logits[best] > sam.mask_threshold).numpy()
     if not mask.any():
-        raise UsesearchError("SAM found no region there; try another point, or a box")
+        raise BadArgumentError("SAM found no region there; try another point, or a box")
     return _region(mask, float(stability[best]), float(ious[best]))
 
 
