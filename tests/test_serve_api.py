@@ -207,6 +207,20 @@ def test_an_image_gone_from_disk_is_a_410_not_a_500(tmp_path):
     assert client.get(hit["mask_url"]).status_code == 200  # masks live in the store
 
 
+def test_embedding_files_gone_under_a_server_are_a_500_whose_reason_stays_in_its_log(tmp_path, caplog):
+    """Was a 400, "Bad Request", naming the server's files and an admin's command."""
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    index = SegmentIndex.open(tmp_path / "db")
+    client = TestClient(create_app(index), raise_server_exceptions=False)
+    hit = client.get("/api/search", params={"q": "cup", "k": 1}).json()["hits"][0]
+    shutil.rmtree(tmp_path / "db" / "embeddings")
+    lost = client.get(f"/api/segments/{hit['segment_id']}/similar")
+    assert lost.status_code == 500 and "damaged or missing" in lost.json()["detail"], lost.json()
+    assert str(tmp_path) not in lost.json()["detail"] and "is missing" in caplog.text
+    index.close()
+
+
 def test_new_segments_from_a_running_indexer_are_served_without_restart(tmp_path):
     photos = write_photos(tmp_path / "photos", ("astronaut",))
     index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))

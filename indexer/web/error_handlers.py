@@ -18,6 +18,8 @@ from usesearch.errors import (
     CatalogBusyError,
     CatalogUnavailableError,
     ClientGoneError,
+    DamagedRowsError,
+    EmbeddingsLostError,
     ImageGoneError,
     IndexReadOnlyError,
     MissingExtraError,
@@ -77,6 +79,13 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AuditOutdatedError)  # the request is sound, the lists it acts on are old
     async def audit_outdated(_: Request, exc: AuditOutdatedError):
         return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(EmbeddingsLostError)  # the server's files, not the request: was a 400 naming them
+    @app.exception_handler(DamagedRowsError)
+    async def index_damaged(_: Request, exc: UsesearchError):
+        log.warning("index files damaged: %s", exc)
+        detail = "the index's embedding files are damaged or missing (the server's log says why and what mends it)"
+        return JSONResponse({"detail": detail}, status_code=500)
 
     @app.exception_handler(ImageGoneError)
     async def image_gone(_: Request, exc: ImageGoneError):
