@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,3 +191,43 @@ def check_query_vector(vector, dim: int) -> np.ndarray:
         raise BadArgumentError("the query vector is all zeros: it has no direction to search in")
     # Scores are cosines only for a unit vector (``min_score`` is one): another length scaled them all.
     return (wide / norm).astype(np.float32) if abs(norm - 1.0) > 1e-6 else array
+
+
+def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], str] = str) -> list[str]:
+    """Why a search found nothing, where a filter names what the index does not have, or
+    ``min_score`` cut every hit (``best(filters)``: the search's best hit under other
+    filters; an empty table said nothing of how far off the score was). ``spelt``: a
+    filter's name as the caller spells it (the CLI's flags; the web API's fields)."""
+    why: list[str] = []
+    if filters.path and not store.image_ids_matching(filters.path):
+        folder = store.common_folder()
+        line = f"no indexed photo's path matches {spelt('path')} {filters.path!r}" + (
+            f" (under {folder})" if folder else ""
+        )
+        # A folder named bare ("misc", "misc/", "./misc/*"): a glob matches whole paths.
+        bare = filters.path.removeprefix("./").rstrip("/").removesuffix("/*")
+        if not any(c in bare for c in "*?[") and bare and store.image_ids_matching(f"{bare}/*"):
+            line += f"; photos under a folder {bare!r}: {spelt('path')} '{bare}/*'"
+        why.append(line)
+    for flag, noun, wanted, names in (
+        (spelt("label"), "class", filters.label, store.categories),
+        (spelt("split"), "split", filters.split, store.splits),
+    ):
+        if wanted is not None:
+            have = names()
+            if wanted not in have:
+                listed = ", ".join(have[:20]) + (", ..." if len(have) > 20 else "") if have else "none"
+                why.append(f"{flag} {wanted!r}: the index has no such {noun} (it has: {listed})")
+    if filters.source is not None and not store.has_source(filters.source):
+        made_by = (
+            "`index IMAGES --coco FILE.json` adds them" if filters.source == "annotation" else "a masker run makes them"
+        )
+        why.append(f"{spelt('source')} {filters.source}: the index holds no {filters.source} segments ({made_by})")
+    if filters.min_score is not None and not why and best is not None:
+        top = best(dataclasses.replace(filters, min_score=None))
+        if top and top[0].score < filters.min_score:  # (searched wider without the cut, it may find one above)
+            why.append(
+                f"no hit scores at least {spelt('min_score')} {filters.min_score:g} "
+                f"(the best found without it scores {top[0].score:.3f})"
+            )
+    return why

@@ -53,6 +53,22 @@ def test_filters_and_more_like_this(served):
     assert like["like_segment"] == first and len(like["hits"]) == 5
     assert first not in [h["segment_id"] for h in like["hits"]]
     assert [h["segment_id"] for h in like["hits"]] == [h.segment_id for h in index.similar(first, k=5)]
+    assert "notes" not in like or like["notes"] is None  # hits: nothing to explain
+
+
+def test_a_search_a_filter_empties_says_why_as_the_cli_does(served):
+    """`label=x`, `path=[`, `source=annotation` on an unlabelled index: 200, "hits": [],
+    and nothing more, where the CLI names what the index lacks."""
+    _, _, client = served
+    cases = [
+        ({"label": "unicorn"}, "label 'unicorn': the index has no such class (it has: none)"),
+        ({"path": "*nowhere*"}, "no indexed photo's path matches path '*nowhere*'"),
+        ({"source": "annotation"}, "source annotation: the index holds no annotation segments"),
+        ({"min_score": 0.999}, "no hit scores at least min_score 0.999 (the best found without it scores"),
+    ]
+    for params, said in cases:
+        answer = client.get("/api/search", params={"q": "fur", **params}).json()
+        assert answer["hits"] == [] and any(said in note for note in answer["notes"]), (params, answer)
 
 
 def test_search_effort_reaches_the_search(served, monkeypatch):

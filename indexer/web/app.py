@@ -19,7 +19,7 @@ from usesearch.errors import NotFoundError
 from usesearch.io.files import DEFAULT_MAX_PIXELS, decode, pixel_count
 from usesearch.masks import region as region_lib
 
-from ..filters import SearchFilters
+from ..filters import SearchFilters, why_none
 from ..hits import Hit
 from ..records import DONE, ImageRecord, SegmentRow
 from ..search import MAX_QUERY_CHARS, SegmentIndex
@@ -120,14 +120,19 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
             raise NotFoundError(f"no indexed image with id {image_id}")
         return record
 
-    def searched(run: Callable[[], list[Hit]], with_masks: bool, **echo: Any) -> SearchOut:
+    def searched(
+        run: Callable[[], list[Hit]], with_masks: bool, filters: SearchFilters, best=None, **echo: Any
+    ) -> SearchOut:
         start = time.perf_counter()
         hits = run()  # searches run side by side: SegmentIndex locks only what it must
         total = int(index.index.ntotal)
+        took_ms = 1000 * (time.perf_counter() - start)
         return SearchOut(
-            took_ms=1000 * (time.perf_counter() - start),
+            took_ms=took_ms,
             segments_indexed=total,
             **echo,
+            # Why none, where a filter names what the index lacks (an empty list said nothing; the CLI said why).
+            notes=None if hits else why_none(index.store, filters, best) or None,
             hits=[HitOut(**segment_out(h, with_masks, rank=h.rank, score=h.score)) for h in hits],
         )
 
@@ -147,14 +152,18 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         if refine:
             # Asked between SAM 3's batches: a client gone stops minutes of work at the next one.
             return refined.search(q, k, filters, refine_top, gone=client_left(request))
-        return searched(lambda: index.query(q, k, filters), with_masks, query=q)
+        best = lambda f: index.query(q, 1, f)  # noqa: E731
+        return searched(lambda: index.query(q, k, filters), with_masks, filters, best, query=q)
 
     @app.get("/api/segments/{segment_id}/similar", response_model=SearchOut, tags=["search"])
     def search_like(
         segment_id: SegmentId, filters: Filters, k: KParam = 24, with_masks: WithMasks = False
     ) -> SearchOut:
         """More like this: segments most similar to a given one, itself excluded."""
-        return searched(lambda: index.similar(segment_id, k, filters), with_masks, like_segment=segment_id)
+        best = lambda f: index.similar(segment_id, 1, f)  # noqa: E731
+        return searched(
+            lambda: index.similar(segment_id, k, filters), with_masks, filters, best, like_segment=segment_id
+        )
 
     @app.post(
         REGION_SEARCH,
@@ -197,7 +206,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
             picked = index.region(
                 rgb, region_lib.parse_point(point) if point else None, region_lib.parse_box(box) if box else None
             )
-            result = searched(lambda: index.search_region(rgb, picked, k, filters), with_masks)
+            result = searched(lambda: index.search_region(rgb, picked, k, filters), with_masks, filters)
             region = RegionOut(
                 bbox=list(picked.bbox),
                 area=picked.area,

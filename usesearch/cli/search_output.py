@@ -5,7 +5,6 @@ would replace."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -203,37 +202,6 @@ def _say_stale(hits, index, where: str, masks: str, by_stat: bool) -> None:
 
 
 def _why_none(index, filters: SearchFilters, best=None) -> list[str]:
-    """Why a search found nothing, where a filter names what the index does not have, or
-    ``--min-score`` cut every hit (``best(filters)``: the search's best hit under other
-    filters; an empty table said nothing of how far off the score was)."""
-    store, why = index.store, []
-    if filters.path and not store.image_ids_matching(filters.path):
-        folder = store.common_folder()
-        line = f"no indexed photo's path matches --path {filters.path!r}" + (f" (under {folder})" if folder else "")
-        # A folder named bare ("misc", "misc/", "./misc/*"): a glob matches whole paths.
-        bare = filters.path.removeprefix("./").rstrip("/").removesuffix("/*")
-        if not any(c in bare for c in "*?[") and bare and store.image_ids_matching(f"{bare}/*"):
-            line += f"; photos under a folder {bare!r}: --path '{bare}/*'"
-        why.append(line)
-    for flag, noun, wanted, names in (
-        ("--label", "class", filters.label, store.categories),
-        ("--split", "split", filters.split, store.splits),
-    ):
-        if wanted is not None:
-            have = names()
-            if wanted not in have:
-                listed = ", ".join(have[:20]) + (", ..." if len(have) > 20 else "") if have else "none"
-                why.append(f"{flag} {wanted!r}: the index has no such {noun} (it has: {listed})")
-    if filters.source is not None and not store.has_source(filters.source):
-        made_by = (
-            "`index IMAGES --coco FILE.json` adds them" if filters.source == "annotation" else "a masker run makes them"
-        )
-        why.append(f"--source {filters.source}: the index holds no {filters.source} segments ({made_by})")
-    if filters.min_score is not None and not why and best is not None:
-        top = best(dataclasses.replace(filters, min_score=None))
-        if top and top[0].score < filters.min_score:  # (searched wider without the cut, it may find one above)
-            why.append(
-                f"no hit scores at least --min-score {filters.min_score:g} "
-                f"(the best found without it scores {top[0].score:.3f})"
-            )
-    return why
+    from usesearch.indexer.filters import why_none
+
+    return why_none(index.store, filters, best, lambda name: f"--{name.replace('_', '-')}")

@@ -131,7 +131,8 @@ async function runSearch() {
         ? `; ${result.skipped.length} photo(s) skipped, e.g. ${result.skipped[0]}` : "";
       setStatus(`${result.hits.length} SAM 3 instances of ${what} in the top ${result.refined_photos} photos (${result.image_steps} not cached) in ${result.took_ms.toFixed(0)} ms${skipped}`);
     } else {
-      setStatus(`${result.hits.length} of ${result.segments_indexed} segments for ${what} in ${result.took_ms.toFixed(0)} ms`);
+      const why = result.notes ? `: ${result.notes.join("; ")}` : ""; // no hit: a filter names what the index lacks
+      setStatus(`${result.hits.length} of ${result.segments_indexed} segments for ${what} in ${result.took_ms.toFixed(0)} ms${why}`);
     }
   } catch (error) {
     $("results").replaceChildren();
