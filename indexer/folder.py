@@ -158,11 +158,18 @@ def _what_instead(db_dir: Path) -> str:
             return f"it holds {kind}: give --db an index's folder"
     try:  # (the entries' types from the listing: a folder of a million photos costs no stat each)
         with os.scandir(db_dir) as entries:
-            inside = sorted(Path(e.path) for e in entries if e.is_dir() and (Path(e.path) / DB_FILE).is_file())
+            listed = [(Path(e.path), e.is_dir()) for e in entries]
     except OSError:  # missing or unreadable: nothing inside to name
-        inside = []
+        listed = []
+    inside = sorted(path for path, is_dir in listed if is_dir and (path / DB_FILE).is_file())
     if inside:
         return f"the index in it is {inside[0]}: give --db {inside[0]}"
+    from usesearch.io.files import IMAGE_SUFFIXES
+
+    photo = next((path.name for path, is_dir in listed if not is_dir and path.suffix.lower() in IMAGE_SUFFIXES), None)
+    if photo is not None:  # (`index --db` of it is refused: a photo folder is no index's)
+        made = f"`usesearch index {db_dir} --db {os.path.realpath(db_dir)}.use` makes one"
+        return f"it holds photos ({photo}): give --db the index's folder ({made})"
     return f"run `usesearch index PATH --db {db_dir}` first"
 
 

@@ -133,7 +133,14 @@ def test_a_reading_command_at_a_folder_holding_no_index_says_what_it_holds(tmp_p
     (tmp_path / "demo" / "db-tiny").mkdir(parents=True)
     (tmp_path / "demo" / "db-tiny" / "segments.sqlite").write_bytes(b"")
     (tmp_path / "new").mkdir()
+    (tmp_path / "photos").mkdir()  # its suggested `index PHOTOS --db PHOTOS` was refused: the folder being indexed
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"")
+    photos = tmp_path / "photos"
     for folder, why in (
+        (
+            "photos",
+            f"it holds photos (cat.jpg): give --db the index's folder (`usesearch index {photos} --db {photos}.use`",
+        ),
         ("dataset", "it holds a curated dataset: give --db an index's folder"),
         ("demo", f"the index in it is {tmp_path / 'demo' / 'db-tiny'}: give --db {tmp_path / 'demo' / 'db-tiny'}"),
         ("new", f"run `usesearch index PATH --db {tmp_path / 'new'}` first"),
