@@ -322,6 +322,7 @@ def test_ctrl_c_stops_the_server_quietly_with_exit_130(served):
     # 130, or ended by the second SIGINT itself (a shell reports 130 for both)
     assert server.returncode in (130, -signal.SIGINT) and "Traceback" not in said and "200 OK" in said, said
     assert f"running on http://127.0.0.1:{port}" in said  # the URL, said as the server starts
+    assert said.index("loading its model ...") < said.index("running on")  # not silent while it loads
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from pathlib import Path
 
 from usesearch.errors import UsesearchError
@@ -128,6 +129,8 @@ def serve(
     token = token or os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)  # before the models' libraries load (~5 s) and the model: a refusal is instant
     check_port(host, port)  # so is a port in use
+    # Seconds pass before uvicorn's first line (the libraries, the model): said, not silent.
+    print(f"opening the index at {db_dir} and loading its model ...", file=sys.stderr, flush=True)
     import uvicorn
 
     from ..search import SegmentIndex
