@@ -151,8 +151,9 @@ def test_label_and_split_filter_query_and_similar(labelled):
     only = ix.query("a cat", k=20, filters=SearchFilters(label="rocket", split="train"))
     assert sorted(h.annotation_id for h in only) == [102, 103] and {h.split for h in only} == {"train"}
     served = TestClient(create_app(ix)).get("/api/search", params={"q": "a cat", "label": "rocket", "split": "train"})
-    assert [(h["category"], h["split"], h["annotation_id"]) for h in served.json()["hits"]] == [
-        (h.category, h.split, h.annotation_id) for h in only
+    assert [(h["category"], h["split"], h["annotation_id"], h["iscrowd"]) for h in served.json()["hits"]] == [
+        (h.category, h.split, h.annotation_id, h.iscrowd)
+        for h in only  # (the web's lacked iscrowd)
     ]
     like = ix.similar(only[0].segment_id, k=20, filters=SearchFilters(split="instances_val"))
     assert len(like) == 6 and {ix.store.rows([h.segment_id])[h.segment_id].split for h in like} == {"instances_val"}

@@ -105,11 +105,12 @@ class SegmentOut(BaseModel):
     tile_url: str
     mask_url: str
     image_url: str
-    # A labelled dataset's annotation (index --coco): its id, class and split.
+    # A labelled dataset's annotation (index --coco): its id, class, split and crowd flag.
     source: str | None = None
     annotation_id: int | None = None
     category: str | None = None
     split: str | None = None
+    iscrowd: bool | None = None  # (the CLI's --json gave it, the web's hits did not)
 
 
 class HitOut(SegmentOut):
@@ -164,6 +165,7 @@ def segment_out(row: SegmentRow | Hit, with_mask: bool, **extra: Any) -> dict[st
     else:
         sid, image, mask = row.id, row.image_path, {"size": list(row.image_hw), "counts": row.rle_counts}
     labels = {"source": row.source, "annotation_id": row.annotation_id, "category": row.category, "split": row.split}
+    labels["iscrowd"] = row.iscrowd
     return dict(
         segment_id=sid,
         image_id=row.image_id,
