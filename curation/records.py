@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 # Where a text came from (paper §3.1 sources) and what kind of text it is.
 SOURCES = ("gt_caption", "mllm_caption", "vg", "coco_category")
 KINDS = ("caption", "phrase", "expression", "region", "category", "crowd")  # crowd: an iscrowd=1 region's class
+# The kinds a segment's text can be: a caption reaches segments as its phrases and expressions.
+SEGMENT_KINDS = tuple(kind for kind in KINDS if kind != "caption")
 
 
 @dataclass(frozen=True)

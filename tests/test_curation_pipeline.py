@@ -179,8 +179,10 @@ def test_training_can_leave_crowd_texts_out(coco):
 
     assert texts(load_samples([root / "ds"])) == {"cat.jpg": [["cat"]], "cup.jpg": [["cup"]]}
     assert texts(load_samples([root / "ds"], TrainConfig(skip_kinds=("crowd",)).skip_kinds)) == {"cat.jpg": [["cat"]]}
-    with pytest.raises(ValueError, match="skip kind 'crowds': give one of caption, phrase"):
+    with pytest.raises(ValueError, match="skip kind 'crowds': give one of phrase, expression"):
         TrainConfig(skip_kinds=("crowds",))
+    with pytest.raises(ValueError, match="skip kind 'caption': no segment's text is a caption"):  # (taken, did nothing)
+        TrainConfig(skip_kinds=("caption",))
     run = root / "run"
     only_crowd = ["train", str(root / "ds"), "--run-dir", str(run), "--skip-kind", "crowd", "--skip-kind", "category"]
     result = CliRunner().invoke(app, only_crowd)

@@ -9,7 +9,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from usesearch.curation.records import KINDS
+from usesearch.curation.records import KINDS, SEGMENT_KINDS
 from usesearch.errors import BadArgumentError
 
 from .loss import LOGIT_SCALE
@@ -67,9 +67,14 @@ class TrainConfig:
         if self.resize_base not in ("crop", "photo"):
             raise ValueError(f"resize_base {self.resize_base!r}: give 'crop' or 'photo'")
         self.skip_kinds = tuple(sorted(set(self.skip_kinds)))  # one spelling in the run's records
-        unknown = [kind for kind in self.skip_kinds if kind not in KINDS]
-        if unknown:
-            raise BadArgumentError(f"skip kind {unknown[0]!r}: give one of {', '.join(KINDS)}", "skip_kind")
+        unknown = [kind for kind in self.skip_kinds if kind not in SEGMENT_KINDS]
+        if unknown:  # ('caption' was taken and left nothing out: no segment's text is one)
+            why = " no segment's text is a caption (it reaches them as its phrases and expressions);" * (
+                unknown[0] in KINDS
+            )
+            raise BadArgumentError(
+                f"skip kind {unknown[0]!r}:{why} give one of {', '.join(SEGMENT_KINDS)}", "skip_kind"
+            )
         if not MIN_CROP <= self.crop <= MAX_CROP:
             raise BadArgumentError(
                 f"crop {self.crop}: give a side from {MIN_CROP} to {MAX_CROP} pixels (the paper's: 560)", "crop"

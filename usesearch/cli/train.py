@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from usesearch.cli import options as opts
-from usesearch.curation.records import KINDS
+from usesearch.curation.records import SEGMENT_KINDS
 from usesearch.errors import BadArgumentError, DiskFullError, is_disk_full
 
 app = opts.Typer()
@@ -70,7 +70,7 @@ def train(
         typer.Option(
             "--skip-kind",
             help="Leave out texts of this kind (repeatable), e.g. crowd: COCO's iscrowd regions, one class over many "
-            "objects. Kinds: " + ", ".join(KINDS) + ".",
+            "objects. Kinds: " + ", ".join(SEGMENT_KINDS) + ".",
         ),
     ] = None,
     device: opts.DeviceOpt = None,
