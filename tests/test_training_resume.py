@@ -58,6 +58,11 @@ def test_resume_on_other_data_is_refused(samples, tmp_path):
     state_file.write_bytes(whole)
     step_head = tmp_path / "step-0000002.safetensors"
     step_head.write_bytes(step_head.read_bytes()[:100])
+    said: list[str] = []  # head.safetensors holds step 2's weights too: the run goes on from them
+    Trainer(samples, tmp_path, CFG, say=said.append).resume()
+    assert said and "resuming from head.safetensors, that step's too" in said[0]
+    latest = tmp_path / "head.safetensors"
+    latest.write_bytes(latest.read_bytes()[:100])  # both cut short: nothing to go on from
     with pytest.raises(usesearch.UsesearchError, match="the head of step 2 is unusable .*train anew in another"):
         Trainer(samples, tmp_path, CFG).resume()
 

@@ -314,7 +314,13 @@ class Trainer:
         try:
             state, meta = load_head(self.out / f"step-{step:07d}", self.use.preset)
         except UsesearchError as exc:
-            raise UsesearchError(f"--resume: the head of step {step} is unusable ({exc}); {anew}") from None
+            try:  # ``head.*`` is written after the trainer's state: the same step's weights, where it holds that step
+                state, meta = load_head(self.out / "head", self.use.preset)
+            except UsesearchError:
+                meta = {}
+            if meta.get("step") != step:
+                raise UsesearchError(f"--resume: the head of step {step} is unusable ({exc}); {anew}") from None
+            self.say(f"the head of step {step} is unusable ({exc}): resuming from head.safetensors, that step's too")
         started, started_on = meta.get("train_config") or {}, meta.get("data", self.data)
         if not isinstance(started, dict) or not isinstance(started_on, dict):
             raise UsesearchError(f"--resume: the head of step {step} is damaged (its train_config or data); {anew}")
