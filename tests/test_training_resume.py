@@ -159,6 +159,27 @@ def test_keep_checkpoints_never_drops_the_head_the_trainer_state_names(samples, 
     assert again.step == 3
 
 
+def test_keep_checkpoints_makes_room_before_a_save_keeping_the_head_a_resume_needs(samples, tmp_path, monkeypatch):
+    """Old heads went only after a save succeeded: on a full disk, a resume with
+    --keep-checkpoints freed nothing, and the user deleted step-* files by hand."""
+    from dataclasses import replace
+
+    from usesearch.training import train as train_module
+
+    seen: list[list[str]] = []
+    real_save = train_module.save_head
+
+    def save_head(path, *args, **kwargs):
+        if path.name.startswith("step-"):  # the step heads on disk as the new one is written
+            seen.append(sorted(p.stem for p in tmp_path.glob("step-*.json")))
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_head", save_head)
+    Trainer(samples, tmp_path, replace(CFG, checkpoint_every=1, keep_checkpoints=2)).run(until=3)
+    assert seen == [[], ["step-0000001"], ["step-0000002"]], seen  # step 1 gone before step 3's write
+    assert sorted(p.stem for p in tmp_path.glob("step-*.json")) == ["step-0000002", "step-0000003"]
+
+
 def test_an_unreadable_photo_is_listed_once_across_a_resume(samples, tmp_path):
     from dataclasses import replace
 

@@ -267,6 +267,7 @@ class Trainer:
         and ``resume`` loads that head, so weights, optimizer and step always agree."""
         extra = {"step": self.step, "train_config": asdict(self.cfg), "data": self.data}
         weights = self.use.trainable_state_dict()
+        self._drop_old_checkpoints(room_for_one=True)  # first: on a full disk, their room is the new one's
         save_head(self.out / f"step-{self.step:07d}", weights, self.use.preset, extra)
         counts = {"steps_without_negatives": self.steps_without_negatives}
         write_trainer_state(self.out, self.step, self.optimizer.state_dict(), self.scheduler.state_dict(), counts)
@@ -274,18 +275,23 @@ class Trainer:
         save_head(self.out / "head", weights, self.use.preset, extra)
         self._drop_old_checkpoints()
 
-    def _drop_old_checkpoints(self) -> None:
+    def _drop_old_checkpoints(self, room_for_one: bool = False) -> None:
         """Keep the newest ``keep_checkpoints`` step heads (all when None); the one
-        trainer's state names is the newest, so a resume always finds its head."""
+        trainer's state names is the newest, so a resume always finds its head.
+        ``room_for_one``: before a save, one fewer, but never the head the trainer's state
+        names until the new one is written (a resume on a full disk freed nothing)."""
         keep = self.cfg.keep_checkpoints
         if keep is None:
             return
+        keep -= room_for_one
         steps = sorted({int(p.stem.split("-")[1]) for p in self.out.glob("step-*.json")})
         # Heads past this step are a killed run's leftovers (this run will write them
         # again): they go first, and this step's head, the one the trainer's state names, stays.
         stale = [step for step in steps if step > self.step]
         older = [step for step in steps if step <= self.step]
         for step in stale + older[: max(len(older) - keep, 0)]:
+            if room_for_one and step == self.saved_step:
+                continue
             for suffix in (".safetensors", ".json"):
                 (self.out / f"step-{step:07d}{suffix}").unlink(missing_ok=True)
 
