@@ -56,6 +56,15 @@ def test_filters_and_more_like_this(served):
     assert "notes" not in like or like["notes"] is None  # hits: nothing to explain
 
 
+def test_a_query_string_that_is_not_utf8_is_a_400(served):
+    """`q=%FF%FE` was decoded as two U+FFFD and searched for: 200, hits for nothing asked."""
+    _, _, client = served
+    for url in ("/api/search?q=%FF%FE", "/api/search?q=cat&path=caf%E9*", "/api/segments/1/similar?label=%FF"):
+        answer = client.get(url)
+        assert answer.status_code == 400 and "not UTF-8" in answer.json()["detail"], (url, answer.text)
+    assert client.get("/api/search?q=caf%C3%A9").status_code == 200  # UTF-8: as ever
+
+
 def test_a_search_a_filter_empties_says_why_as_the_cli_does(served):
     """`label=x`, `path=[`, `source=annotation` on an unlabelled index: 200, "hits": [],
     and nothing more, where the CLI names what the index lacks."""

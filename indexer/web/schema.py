@@ -4,10 +4,13 @@ which the OpenAPI schema and ``/api`` show) and the models its answers are made 
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel
+
+from usesearch.errors import BadArgumentError
 
 from ..filters import MAX_MIN_AREA, SearchFilters
 from ..hits import Hit
@@ -62,6 +65,7 @@ RefineTop = Annotated[int, Query(ge=1, le=200, description="With refine: photos 
 
 
 def search_filters(
+    request: Request,
     path: PathGlob = None,
     min_area: MinArea = 0,
     per_image: PerImage = False,
@@ -76,6 +80,10 @@ def search_filters(
     """The filters of every search route, from its query parameters (a FastAPI
     dependency): one list of them, and one ``SearchFilters`` check of their ranges
     (its ValueError is a 400, like every bad value)."""
+    try:  # Starlette decodes bytes that are not UTF-8 as U+FFFD: `q=%FF%FE` searched for "\ufffd\ufffd"
+        unquote_to_bytes(request.scope.get("query_string", b"").decode("latin-1")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadArgumentError("the query string is not UTF-8: percent-encode its text as UTF-8") from None
     return SearchFilters(
         per_image=per_image,
         path=path,
