@@ -9,7 +9,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from usesearch.errors import IndexIdentityError, IndexLockedError, IndexUpgradeNeededError, UsesearchError
-from usesearch.io.locks import one_writer
+from usesearch.io.locks import live_holder, one_writer
 from usesearch.io.own_folders import why_unwritable
 
 from .catalog import index_flags as index_flags  # (said by many messages: imported from here)
@@ -153,6 +153,9 @@ def _what_instead(db_dir: Path) -> str:
     the suggested `index --db` of it is refused), else index into it."""
     from usesearch.io.own_folders import OUTPUT_MARKS
 
+    holder = live_holder(db_dir / LOCK_FILE)
+    if holder is not None and holder != str(os.getpid()):  # its models load before its catalog is made
+        return f"an indexer (pid {holder}) is making one there now: search it once its first photos are in"
     for kind, marks in OUTPUT_MARKS.items():
         if kind != "an index" and any((db_dir / mark).exists() for mark in marks):
             return f"it holds {kind}: give --db an index's folder"

@@ -287,3 +287,22 @@ def test_a_picture_usesearch_wrote_among_photos_is_not_indexed_as_one(tmp_path):
     assert "lab.png: ImageReadError: cannot index" in said and "a picture usesearch wrote" in said
     again = " ".join(runner.invoke(app, args).output.split())
     assert "0 images indexed, 2 skipped, 0 failed" in again, again  # recorded: not read again
+
+
+def test_a_search_while_a_new_index_is_being_made_says_so(tmp_path):
+    """In an index run's first seconds (its models load before its catalog is made), a
+    search said "no index ... run `usesearch index PATH --db DB` first"."""
+    import subprocess
+
+    (tmp_path / "db").mkdir()
+    indexer = subprocess.Popen(["sleep", "30"])  # a live process, as the lock's holder
+    try:
+        (tmp_path / "db" / "writer.lock").write_text(str(indexer.pid))
+        result = CliRunner().invoke(app, ["query", "a cat", "--db", str(tmp_path / "db")])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"an indexer (pid {indexer.pid}) is making one there now" in said, said
+    finally:
+        indexer.kill()
+        indexer.wait()
+    after = " ".join(CliRunner().invoke(app, ["info", "--db", str(tmp_path / "db")]).output.split())
+    assert "run `usesearch index PATH --db" in after, after  # its holder gone: a lock left, no index

@@ -42,3 +42,23 @@ def one_writer(lock_file: Path, refusal: Callable[[str], Exception]) -> Iterator
         yield
     finally:
         lock.release()
+
+
+def live_holder(lock_file: Path) -> str | None:
+    """The pid of the process that holds, or last held, ``lock_file`` where it is still
+    running (None: none, or it cannot tell). Read, never taken: taking it even for an
+    instant, a reader would refuse a writer starting then. (A pid reused since is taken
+    for the holder: this serves only to say what is going on.)"""
+    try:
+        pid = int(lock_file.read_bytes()[:64].decode(errors="replace").strip())
+    except (OSError, ValueError):
+        return None
+    if not 0 < pid < 2**31:  # (0 and below would signal a process group)
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # another user's process: it runs
+        pass
+    return str(pid)
