@@ -363,9 +363,9 @@ class SegmentIndex(Freshness):
         ids_allowed = None if allowed is None else allowed[:, 0]
         if self.index.exact:
             return self.index.search(vector, fetch, ids_allowed, exclude)
-        if rerank is None:
+        if rerank is None:  # capped: k=1000 re-scored 100,000 candidates (5 s, 1.1 GB at 210k segments)
             rerank = self.calibration.rerank_for(k) if self.calibration else index_choice.rerank_candidates(k)
-            rerank = min(CANDIDATES_MAX, 4 * rerank) if deeper else rerank
+            rerank = min(CANDIDATES_MAX, 4 * rerank if deeper else rerank)
         wanted = max(fetch, rerank)
         _, ids = self.index.search(vector, wanted, ids_allowed, exclude, nprobe=nprobe)
         held = self._locations is not None and self._locations.ready

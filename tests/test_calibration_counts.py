@@ -176,3 +176,30 @@ def test_a_search_says_when_its_effort_flags_do_nothing_or_its_index_is_under_ta
     assert _effort_notes(index("IVF2,Flat", dataclasses.replace(short, met=True, recall=0.96)), SearchFilters()) == []
     slow = dataclasses.replace(short, recall=0.96, over_budget=True)  # the target reached, past the budget
     assert _effort_notes(index("IVF2,Flat", slow), SearchFilters()) == []
+
+
+def test_a_large_k_re_scores_at_most_candidates_max(tmp_path, monkeypatch):
+    """k=1000 asked FAISS for 100 candidates a hit, 100,000, and re-scored them all
+    (5 s and 1.1 GB a query at 210k segments); a per-image or distinct search was capped."""
+    import numpy as np
+
+    import usesearch.indexer.search as search_module
+
+    data = synthetic_index(tmp_path / "db", n=6000, dim=32)
+    reindex(tmp_path / "db", FACTORY, text_queries=False)
+    ix = SegmentIndex.open(tmp_path / "db")
+    monkeypatch.setattr(search_module, "CANDIDATES_MAX", 1500)
+    asked: list[int] = []
+    real_search = ix.index.search
+    monkeypatch.setattr(
+        ix.index, "search", lambda vector, k, *a, **kw: asked.append(k) or real_search(vector, k, *a, **kw)
+    )
+    query = data[7] / np.linalg.norm(data[7])
+    hits = ix.search_vector(query, 300)
+    assert len(hits) == 300 and asked == [1500], asked  # (its calibration wanted more: 100 a hit at least)
+    exact = set((np.argsort(-(data.astype(np.float16).astype(np.float32) @ query), kind="stable")[:300] + 1).tolist())
+    monkeypatch.setattr(search_module, "CANDIDATES_MAX", 10**9)
+    uncapped = ix.search_vector(query, 300)
+    assert asked[-1] > 1500  # (as before)
+    found = [len(exact & {h.segment_id for h in found}) / 300 for found in (hits, uncapped)]
+    assert found[0] >= found[1] - 0.02, found  # the clusters visited bound the recall here, not the candidates
