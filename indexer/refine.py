@@ -156,7 +156,8 @@ class Refiner:
         vector = index.text_vector(text)
         # The photos: their best stored segment each, whatever its size (``min_area`` is
         # for SAM 3's instances: a photo of small stored segments may hold a large one).
-        photos = index.search_vector(vector, top, replace(filters, per_image=True, distinct=False, min_area=0))
+        chosen = replace(filters, per_image=True, distinct=False, min_area=0)
+        photos = index.search_vector(vector, top, chosen)
         report.photos = len(photos)
         report.ms["use"] = _ms(started)
         found: list[RefinedHit] = []
@@ -165,9 +166,18 @@ class Refiner:
             encoded = self.sam3.encode_text(text)
             report.ms["text"] = _ms(phrase)
             labels = (filters.label, filters.split, filters.source)  # the stored segments an instance is linked to
-            for group in self._groups(photos, report, gone or (lambda: False)):  # one batch alive at a time
-                found += self._segment(group, encoded, vector, labels)
-                del group  # before the next batch's features are made
+            seen = {photo.image_id for photo in photos}
+            while photos:
+                for group in self._groups(photos, report, gone or (lambda: False), first=report.photos - len(photos)):
+                    found += self._segment(group, encoded, vector, labels)  # (one batch alive at a time)
+                    del group  # before the next batch's features are made
+                # Photos skipped (gone, changed): the next ones in the ranking take their places, as
+                # --refine-top asked (up to twice as many tried: an index of gone files ends).
+                wanted = min(top - report.refined, 2 * top - report.photos)
+                more = index.search_vector(vector, report.photos + wanted, chosen) if wanted > 0 else []
+                photos = [photo for photo in more if photo.image_id not in seen][:wanted]
+                seen.update(photo.image_id for photo in photos)
+                report.photos += len(photos)
         report.ms["sam3"] = _ms(phrase)
         found.sort(key=lambda h: (-h.score, -(h.use_score if h.use_score is not None else -2.0), h.photo_rank))
         hits = first_hits(found, k, filters.per_image, filters.min_area, filters.distinct)
@@ -175,16 +185,18 @@ class Refiner:
         return hits, report
 
     def _groups(
-        self, photos: list[Hit], report: RefineReport, gone: Callable[[], bool]
+        self, photos: list[Hit], report: RefineReport, gone: Callable[[], bool], first: int = 0
     ) -> Iterator[list[tuple[int, Hit, list]]]:
         """(USE rank, photo, SAM 3 image features) of the photos that can be read, a
         batch of photos at a time: from the cache, else decoded and computed together
         and kept. Only the cache (bounded) and the batch being segmented hold features:
         at ``--refine-top 200`` on a GPU all of them at once would take 11-22 GB."""
-        ranked = list(enumerate(photos, 1))
+        ranked = list(enumerate(photos, first + 1))  # (``first``: photos before these, looked at already)
         for start in range(0, len(ranked), self._batch):
             if gone():
-                raise ClientGoneError(f"the client went away; stopped before photo {start + 1} of {len(ranked)}")
+                raise ClientGoneError(
+                    f"the client went away; stopped before photo {first + start + 1} of {first + len(ranked)}"
+                )
             group = self._ready(ranked[start : start + self._batch], report)
             if group:  # every photo of the batch skipped: nothing to segment
                 yield group

@@ -252,9 +252,12 @@ def test_a_photo_changed_since_indexing_is_skipped_and_said(index, refiner):
         changed.write_bytes(original)
     assert len(fresh.last.skipped) == 1 and "changed on disk" in fresh.last.skipped[0]
     assert fresh.last.cached == 2  # the other two from the cache; the changed one's not used
-    assert (fresh.last.photos, fresh.last.refined) == (3, 2)
+    # The fourth photo takes its place: SAM 3 looks at the 3 photos --refine-top asks for (2 before).
+    assert (fresh.last.photos, fresh.last.refined, fresh.last.image_steps) == (4, 3, 1)
+    fourth = {h.image for h in index.search_vector(index.text_vector("a cat"), 4, SearchFilters(per_image=True))}
     assert hits and str(changed) not in {h.image for h in hits}
-    assert {h.image for h in hits} == {h.image for h in first} - {str(changed)}
+    assert {h.image for h in hits} <= fourth - {str(changed)} and len(fourth) == 4
+    assert {h.image for h in hits} - {h.image for h in first}  # (the new photo's instances among them)
     moved = changed.with_name("elsewhere.png")  # gone: said in words, not as Python's error with a bytes path
     changed.rename(moved)
     try:
