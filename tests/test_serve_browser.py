@@ -150,11 +150,8 @@ def test_filters_errors_and_names_shown_as_text(server, page):
     assert page.errors == []
 
 
-def test_search_by_a_region_of_a_photo(server, page, tmp_path):
-    """Pick a photo that is not in the index, click a point on it: SAM's region comes
-    back drawn on the photo, and the results are segments like it."""
-    url, index = server
-    photo = tmp_path / "holiday.png"
+def pick_region_photo(page, url: str, photo) -> None:
+    """A 300x225 photo (its format by its suffix), chosen on a fresh page's region search."""
     from skimage import data
 
     Image.fromarray(data.chelsea()).resize((300, 225)).save(photo)
@@ -162,6 +159,13 @@ def test_search_by_a_region_of_a_photo(server, page, tmp_path):
     page.goto(url)
     page.click("#region-search summary")
     page.set_input_files("#region-file", str(photo))
+
+
+def test_search_by_a_region_of_a_photo(server, page, tmp_path):
+    """Pick a photo that is not in the index, click a point on it: SAM's region comes
+    back drawn on the photo, and the results are segments like it."""
+    url, index = server
+    pick_region_photo(page, url, tmp_path / "holiday.png")
     page.wait_for_selector("#region-stage:not([hidden])")
     page.wait_for_function(
         "() => { const i = document.getElementById('region-photo'); return i.complete && i.naturalWidth === 300; }"
@@ -205,14 +209,7 @@ def test_a_photo_the_browser_cannot_show_is_said_and_not_clicked(server, page, t
     """A TIFF (which the server takes; chromium shows none): a broken image, and a click
     on it sent point -1,-1, answered "lies outside the 512x512 photo"."""
     url, _ = server
-    photo = tmp_path / "scan.tiff"
-    from skimage import data
-
-    Image.fromarray(data.chelsea()).resize((300, 225)).save(photo)
-    page.goto("about:blank")
-    page.goto(url)
-    page.click("#region-search summary")
-    page.set_input_files("#region-file", str(photo))
+    pick_region_photo(page, url, tmp_path / "scan.tiff")
     page.wait_for_function("() => document.getElementById('status').textContent.includes('cannot show scan.tiff')")
     said = page.inner_text("#status")
     box = page.query_selector("#region-photo").bounding_box()
