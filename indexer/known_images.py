@@ -26,7 +26,7 @@ BATCH = 500  # paths looked up per query (SQLite allows 32,766 parameters)
 RACY_NS = 3_000_000_000  # a file changed this recently is read again next run (git's "racily clean")
 
 
-def file_stat(fs_path: str) -> str | None:
+def file_stat(fs_path: str | bytes) -> str | None:
     """What a re-run compares to skip a file unread: size, modification and change
     times, inode (a copy with ``cp -p`` or ``rsync -t`` keeps the mtime, never the
     ctime). None where it cannot be had: the read says why."""

@@ -13,7 +13,7 @@ from typing import NamedTuple
 from sqlalchemy import BigInteger, cast, func, literal, or_, select, true
 
 from usesearch.errors import UsesearchError, first_line
-from usesearch.io.files import decode, read_bytes, stat_signature
+from usesearch.io.files import decode, read_bytes
 
 from .known_images import record_limits
 from .options import IndexOptions
@@ -115,32 +115,47 @@ def stale_copies(store: Store, under: list[str | os.PathLike] | None, batch: int
     return stale
 
 
-def copy_holding(store: Store, image_id: int) -> tuple[bytes, str | None] | None:
-    """(path, stat) of a noted copy (``CopyRecord``) whose file holds this gone photo's
-    content as indexed, with no record of its own: ``prune`` moves the photo's record
-    there, as the next ``index`` run would (``Writer.skip``), where removing it lost its
-    segments (and a labelled photo's annotations) for that run to embed the copy again.
-    A copy is read whole unless its stat is the one noted."""
-    record = store.image(image_id)
-    if record is None or record.status != DONE or record.sha256 is None:
-        return None
-    with store.sessions() as s:
-        noted = list(
-            s.scalars(
-                select(CopyRecord).where(CopyRecord.sha256 == record.sha256).order_by(CopyRecord.fs_path).limit(16)
-            )
-        )
-    max_bytes, _ = record_limits(record)
-    for copy in noted:
-        key = bytes(copy.fs_path)
-        try:
-            stat_now = stat_signature(os.stat(key))
-            holds = stat_now == copy.file_stat or read_bytes(key, max_bytes)[1] == record.sha256
-        except (OSError, UsesearchError):
-            continue  # gone too, or unreadable: not a place for the record
-        if holds and store.image_by_path(key) is None:
-            return key, stat_now
-    return None
+def copies_holding(store: Store, image_ids: list[int], batch: int = 10_000) -> dict[int, tuple[bytes, str | None]]:
+    """For each of these gone photos that a noted copy (``CopyRecord``) still holds, as
+    indexed, with no record of its own: (the copy's path, its stat; None where it just
+    changed, so a run reads it again). ``prune`` moves the photo's record there, as the
+    next ``index`` run would (``Writer.skip``), where removing it lost its segments (a
+    labelled photo's annotations too) for that run to embed the copy again. A copy goes
+    to one photo (two records of one content: the second is removed, as the real run
+    does it, and its dry run says); it is read whole unless its stat is the one noted.
+    The copies are asked for by content ``batch`` at a time (one scan a batch, not one a photo)."""
+    from .known_images import file_stat
+
+    records = {i: store.image(i) for i in image_ids}
+    contents = sorted({r.sha256 for r in records.values() if r is not None and r.status == DONE and r.sha256})
+    noted: dict[str, list[CopyRecord]] = {}
+    for lo in range(0, len(contents), batch):
+        with store.sessions() as s:
+            query = select(CopyRecord).where(CopyRecord.sha256.in_(contents[lo : lo + batch]))
+            for copy in s.scalars(query.order_by(CopyRecord.fs_path)):
+                noted.setdefault(copy.sha256, []).append(copy)
+    found: dict[int, tuple[bytes, str | None]] = {}
+    taken: set[bytes] = set()
+    for image_id in image_ids:
+        record = records[image_id]
+        if record is None or record.status != DONE or not record.sha256:
+            continue
+        max_bytes = record_limits(record)[0]
+        for copy in noted.get(record.sha256, []):
+            key = bytes(copy.fs_path)
+            if key in taken or store.image_by_path(key) is not None:
+                continue
+            stat_now = file_stat(key)  # (before the read; None: changed just now)
+            try:
+                holds = stat_now is not None and stat_now == copy.file_stat
+                holds = holds or read_bytes(key, max_bytes)[1] == record.sha256
+            except (OSError, UsesearchError):
+                continue  # gone too, or unreadable: not a place for the record
+            if holds:
+                found[image_id] = (key, stat_now)
+                taken.add(key)
+                break
+    return found
 
 
 class Gone(NamedTuple):

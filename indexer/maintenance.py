@@ -45,7 +45,7 @@ from usesearch.reports import RunReport
 from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
 from .calibrating import calibrate_index
 from .folder import FAISS_FILE, check_index_at, check_writable, index_flags, open_store, writer_lock
-from .leftovers import copy_holding, gone_images, images_under, live_rows, named, stale_copies
+from .leftovers import copies_holding, gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_count, check_shard_size
 from .records import IndexInfo, SegmentRecord
 from .store import Store
@@ -219,9 +219,11 @@ def prune(
                 f"{index_flags(db_dir, options.db_url)} --force` removes them"
             )
 
+        copies = copies_holding(writer.store, [image_id for image_id, _, _ in gone])
+
         def removals():
             for image_id, path, _why in gone:
-                copy = copy_holding(writer.store, image_id)
+                copy = copies.get(image_id)
                 if copy is not None:  # its segments and labels kept, under the copy's path
                     writer.store.move_image(image_id, copy[0], display_path(os.fsdecode(copy[0])), copy[1])
                     writer.store.forget_copies([copy[0]])
@@ -267,11 +269,11 @@ def _prune_plan(db_dir: Path, under, options: IndexOptions, kept_failures: bool)
     store = open_store(db_dir, options.db_url, read_only=True)
     try:
         considered, gone, report.all_gone = _prune_choice(store, under, options, kept_failures)
-        copies = {image_id: copy_holding(store, image_id) for image_id, _, _ in gone}
+        copies = copies_holding(store, [image_id for image_id, _, _ in gone])
     finally:
         store.close()
     report.considered = len(considered)
-    shown = {i: display_path(os.fsdecode(copy[0])) for i, copy in copies.items() if copy is not None}
+    shown = {i: display_path(os.fsdecode(copy[0])) for i, copy in copies.items()}
     report.would_move = [(path, shown[i]) for i, path, _ in gone if i in shown]
     report.would_remove = [(path, why) for i, path, why in gone if i not in shown]
     report.seconds = time.perf_counter() - start

@@ -103,3 +103,38 @@ def test_prune_moves_a_gone_photo_onto_a_copy_a_run_noted_keeping_its_segments(t
     again = index_paths([photos], db, IndexOptions(**OPTS))
     assert (again.done, again.skipped, again.moved, again.copies) == (0, 2, [], []), again
     assert_consistent(db)
+
+
+def test_a_dry_run_says_what_prune_does_where_two_gone_photos_share_one_copy(tmp_path, monkeypatch):
+    """Two records of one content (as `index --coco` keeps photos under their own names)
+    and one copy noted: the dry run gave the copy to both ("0 would be removed"); prune
+    moved one onto it and removed the other."""
+    import os
+    import shutil
+
+    from sqlalchemy import update
+
+    from usesearch.indexer import known_images
+    from usesearch.indexer.folder import open_store
+    from usesearch.indexer.maintenance import prune
+    from usesearch.indexer.records import ImageRecord
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)
+    photos, db = write_photos(tmp_path / "photos", ("astronaut", "coffee", "rocket")), tmp_path / "db"
+    shutil.copy(photos / "astronaut.png", photos / "copy.png")
+    assert len(index_paths([photos], db, IndexOptions(**OPTS)).copies) == 1
+    store = open_store(db)
+    try:
+        ids = {os.path.basename(p): i for i, _, p in store.image_files()}
+        content = store.image(ids["astronaut.png"]).sha256
+        with store.sessions.begin() as s:
+            s.execute(update(ImageRecord).where(ImageRecord.id == ids["rocket.png"]).values(sha256=content))
+    finally:
+        store.close()
+    for name in ("astronaut.png", "rocket.png"):
+        (photos / name).unlink()
+    planned = prune(db, None, IndexOptions(**OPTS), dry_run=True)
+    done = prune(db, None, IndexOptions(**OPTS))
+    named = lambda pairs: [(os.path.basename(a), os.path.basename(b)) for a, b in pairs]  # noqa: E731
+    assert named(planned.would_move) == named(done.moved) == [("astronaut.png", "copy.png")], (planned, done)
+    assert [os.path.basename(p) for p, _ in planned.would_remove] == ["rocket.png"] and done.images_removed == 1

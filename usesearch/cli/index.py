@@ -285,7 +285,7 @@ def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> 
         opts.console.print(
             f"  {'about ' if estimated else ''}{count} indexed photo(s) under these folders are gone "
             f"({one_line(str(gone[0][1]))}: {gone[0][2]}{', ...' if count > 1 else ''}): "
-            f"`usesearch prune {opts.index_flags(db, db_url)}` or `index --prune` removes them"
+            f"`usesearch prune {opts.index_flags(db, db_url)}` or `index --prune` takes them out"
         )
 
 
@@ -353,7 +353,7 @@ def prune_cmd(
         bool, typer.Option("--force", help="Remove them even when every file is gone (an unmounted disk?).")
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List the photos it would remove, and why; remove nothing.")
+        bool, typer.Option("--dry-run", help="List the photos it would remove (or move onto a copy), and why.")
     ] = False,
 ) -> None:
     """Remove images whose files are gone or unreadable since indexing (a photo failing since indexed: while it
