@@ -203,6 +203,16 @@ def test_a_hit_whose_photo_is_gone_is_a_grey_tile_saying_why(server, page):
         page.wait_for_function(f"() => !({broken})()")  # none left a broken image (lazy ones load when seen)
     finally:
         away.rename(photo)
+    # A busy server's 503 is no photo lost: "not loaded", its reason in the title (review).
+    page.route("**/tile.png*", lambda route: route.fulfill(status=503, body='{"detail": "busy"}'))
+    try:
+        page.goto("about:blank")
+        page.goto(f"{url}/#q=x&path=*astronaut*&k=12")
+        page.wait_for_function("() => document.querySelectorAll('.tile .gone[title]').length >= 1")
+        tile = page.query_selector(".tile .gone[title]")
+        assert tile.inner_text() == "not loaded" and tile.get_attribute("title") == "busy"
+    finally:
+        page.unroute("**/tile.png*")
 
 
 def test_a_photo_the_browser_cannot_show_is_said_and_not_clicked(server, page, tmp_path):

@@ -57,18 +57,20 @@ function go(params) {
 }
 
 // A hit whose photo is gone or changed since indexing (the server answers 410 with why):
-// a grey "photo gone" tile saying why, as the CLI's contact sheet draws it, not a broken image.
+// a grey "photo gone" tile saying why, as the CLI's contact sheet draws it, not a broken
+// image. Another failure (a busy server's 503) is said as not loaded, not as a photo lost.
 async function showGone(figure, img, url) {
   const gone = document.createElement("div");
   gone.className = "gone";
-  gone.textContent = "photo gone";
+  gone.textContent = "not loaded";
   figure.replaceChild(gone, img);
   try {
     const response = await fetch(url, { headers: { Accept: "application/json" } });
-    const body = await response.json();
-    if (body.detail) gone.title = body.detail;
+    const body = await response.json().catch(() => ({}));
+    if (response.status === 410) gone.textContent = "photo gone";
+    gone.title = body.detail || `${response.status} ${response.statusText}: search again to retry`;
   } catch {
-    gone.title = "the photo could not be read";
+    gone.title = "the server could not be reached: search again to retry";
   }
 }
 
@@ -220,11 +222,11 @@ let regionShown = false; // drawn: a browser that cannot show a TIFF drew none, 
 function pickRegionPhoto(file) {
   if (!file) return;
   regionFile = file;
+  regionShown = false; // until this one is drawn: a click meanwhile sent it with the last one's pixels
   const reader = new FileReader();
   reader.onload = () => {
     const img = $("region-photo");
     regionPhoto = reader.result;
-    regionShown = false;
     img.onload = () => {
       if (regionShown || img.src !== regionPhoto) return; // (the region drawn on it, or shown again)
       regionShown = true;
