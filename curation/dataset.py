@@ -103,8 +103,8 @@ def check_dataset_folder(dataset_dir: str | os.PathLike) -> None:
     refused). (A dataset written with its photos inside, as ``training.synthetic``'s, is
     the Python API's to make.)"""
     folder = Path(dataset_dir)
-    if not folder.is_dir() or (folder / MANIFEST).is_file():
-        return
+    if not folder.is_dir() or (folder / MANIFEST).is_file() or any((folder / "shards").glob("*.jsonl")):
+        return  # (a dataset cut short before its manifest: resumed whatever else the folder holds)
     others = sorted(
         name
         for name in os.listdir(folder)

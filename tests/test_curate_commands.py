@@ -70,6 +70,12 @@ def test_curate_run_refuses_what_its_source_would_not_use_and_an_empty_folder(tm
         assert result.exit_code == 2 and why in result.output, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "ds").exists()  # no refused run left a folder that looks like a dataset
+    from usesearch.curation.dataset import check_dataset_folder
+
+    (tmp_path / "cut" / "shards").mkdir(parents=True)  # a first run cut short before its manifest...
+    (tmp_path / "cut" / "shards" / "shard-00000.jsonl").write_text("")
+    (tmp_path / "cut" / "README.md").write_text("notes")  # ...and a file of the user's beside it
+    check_dataset_folder(tmp_path / "cut")  # resumed, not refused as someone's folder
 
 
 def test_curate_run_prompts_sam_vit_h_by_default_and_refuses_it_missing_before_other_models_load(

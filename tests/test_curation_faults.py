@@ -87,7 +87,7 @@ def test_a_caption_file_without_captions_is_refused_and_a_bad_caption_recorded(t
     captions = tmp_path / "captions.json"
     images = [{"id": 1, "file_name": "cat.png"}, {"file_name": "no-id.png"}]
     annotations = [{"image_id": 1, "caption": "A cat."}, {"image_id": 1}]
-    # An empty caption, said as "not a caption with an image_id"; one of no image entry's id, dropped unsaid.
+    # An empty caption (it was said as "not a caption with an image_id"); one of no entry's id (dropped unsaid).
     annotations += [{"image_id": 1, "caption": " "}, {"image_id": 5, "caption": "A dog."}]
     captions.write_text(json.dumps({"images": images, "annotations": annotations}))
     items = list(coco_captions_source(captions, photos))

@@ -73,7 +73,6 @@ class Trainer:
         # there (it is 0) and teaches nothing; said at the end of a run.
         self.steps_without_negatives = 0
         self.saved_step: int | None = None  # the step of the newest checkpoint (its trainer's state)
-        self.resumed_from: int | None = None  # ``resume``: the step it continued from
 
     def photos_reached(self) -> int:
         """Photos the steps so far have drawn (read, or skipped as unreadable): all of them
@@ -365,7 +364,7 @@ class Trainer:
         self.use.load_state_dict(state, strict=False)
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
-        self.step = self.saved_step = self.resumed_from = trainer_state["step"]
+        self.step = self.saved_step = trainer_state["step"]
         self.steps_without_negatives = trainer_state["counts"].get("steps_without_negatives", 0)
         with self._one_writer():  # not under a run still going
             self._trim_log()
