@@ -295,7 +295,9 @@ def test_a_search_while_a_new_index_is_being_made_says_so(tmp_path):
     import subprocess
 
     (tmp_path / "db").mkdir()
-    indexer = subprocess.Popen(["sleep", "30"])  # a live process, as the lock's holder
+    import sys
+
+    indexer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # the lock's live holder
     try:
         (tmp_path / "db" / "writer.lock").write_text(str(indexer.pid))
         result = CliRunner().invoke(app, ["query", "a cat", "--db", str(tmp_path / "db")])
@@ -306,3 +308,11 @@ def test_a_search_while_a_new_index_is_being_made_says_so(tmp_path):
         indexer.wait()
     after = " ".join(CliRunner().invoke(app, ["info", "--db", str(tmp_path / "db")]).output.split())
     assert "run `usesearch index PATH --db" in after, after  # its holder gone: a lock left, no index
+    other = subprocess.Popen(["sleep", "30"])  # its pid reused by another program: no indexer
+    try:
+        (tmp_path / "db" / "writer.lock").write_text(str(other.pid))
+        said = " ".join(CliRunner().invoke(app, ["info", "--db", str(tmp_path / "db")]).output.split())
+        assert "run `usesearch index PATH --db" in said, said
+    finally:
+        other.kill()
+        other.wait()

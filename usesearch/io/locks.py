@@ -47,8 +47,8 @@ def one_writer(lock_file: Path, refusal: Callable[[str], Exception]) -> Iterator
 def live_holder(lock_file: Path) -> str | None:
     """The pid of the process that holds, or last held, ``lock_file`` where it is still
     running (None: none, or it cannot tell). Read, never taken: taking it even for an
-    instant, a reader would refuse a writer starting then. (A pid reused since is taken
-    for the holder: this serves only to say what is going on.)"""
+    instant, a reader would refuse a writer starting then. (A pid reused since by another
+    Python program is taken for the holder: this serves only to say what is going on.)"""
     try:
         pid = int(lock_file.read_bytes()[:64].decode(errors="replace").strip())
     except (OSError, ValueError):
@@ -61,4 +61,8 @@ def live_holder(lock_file: Path) -> str | None:
         return None
     except PermissionError:  # another user's process: it runs
         pass
-    return str(pid)
+    try:  # a pid reused since by another program (a container's pids are few): not the holder
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # (no /proc: not Linux; or gone meanwhile) taken as it is
+        return str(pid)
+    return str(pid) if b"python" in command or b"usesearch" in command else None
