@@ -340,12 +340,12 @@ def test_a_labelled_photo_failing_now_keeps_its_record_where_a_copy_of_it_lies(t
     assert_consistent(db)
 
 
-@pytest.mark.parametrize("on_ray", [False, True], ids=["sequential", "ray"])
-def test_a_photo_renamed_ahead_of_its_old_name_now_a_copy_keeps_its_record(tmp_path, monkeypatch, on_ray):
+def test_a_photo_renamed_ahead_of_its_old_name_now_a_copy_keeps_its_record(tmp_path, monkeypatch):
     """`mv astronaut.png 0.png && cp sub/coffee.png astronaut.png`: 0.png (met first) took
     the astronaut's record, then astronaut.png, a copy now, removed "its" record as read
     ahead of the move: the moved one. The run said it moved, 0.png had no segments, and
-    the next run embedded it again."""
+    the next run embedded it again. (On Ray too, through the same ``Writer``: its hashed
+    photos are read ahead alike; left out of the suite for its 25 s.)"""
     import shutil
 
     from usesearch.indexer import known_images
@@ -353,7 +353,7 @@ def test_a_photo_renamed_ahead_of_its_old_name_now_a_copy_keeps_its_record(tmp_p
 
     monkeypatch.setattr(known_images, "RACY_NS", 0)
     photos = write_photos(tmp_path / "photos", ("astronaut", "coffee"))  # (the second in photos/sub)
-    run, db = index_with(on_ray), tmp_path / "db"
+    run, db = index_paths, tmp_path / "db"
     assert run([photos], db, IndexOptions(**OPTS)).done == 2
     os.rename(photos / "astronaut.png", photos / "0.png")
     shutil.copy(photos / "sub" / "coffee.png", photos / "astronaut.png")
