@@ -23,7 +23,8 @@ WEBP_MOST_PIXELS = 16_383  # a side WebP can hold
 
 
 def sheet_size(hits: int, tile: int = TILE, columns: int = COLUMNS) -> tuple[int, int]:
-    """A contact sheet's (width, height) for this many hits."""
+    """A contact sheet's (width, height) for this many hits (fewer than a row: as wide as they are)."""
+    columns = min(columns, max(1, hits))
     return columns * tile, max(1, -(-hits // columns)) * (tile + CAPTION)
 
 
@@ -52,6 +53,7 @@ def contact_sheet(
     as its tile says). Each photo is read once and let go once its tiles are drawn (a
     sheet of 12 MP photos held them all)."""
     check_sheet(out, len(hits))
+    columns = min(columns, max(1, len(hits)))  # 2 hits were 2 tiles and 3 blank ones
     sheet = Image.new("RGB", sheet_size(len(hits), tile, columns), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     places: dict[int, list[int]] = {}

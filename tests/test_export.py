@@ -314,5 +314,6 @@ def test_an_audit_sheet_says_each_tiles_classes_and_a_leaks_other_photo(tmp_path
     mask[10:30, 10:40] = True
     hit = Hit(1, 0.5, 1, 1, str(tmp_path / "p.png"), (10, 10, 30, 20), 600, rle.encode(mask))
     plain, _ = contact_sheet([hit], tmp_path / "plain.png")
+    assert Image.open(plain).size == (192, 192 + 30)  # one hit, one tile wide: it was five, four of them blank
     noted, _ = contact_sheet([hit], tmp_path / "noted.png", notes=["cat->dog"])
     assert np.asarray(Image.open(plain)).tolist() != np.asarray(Image.open(noted)).tolist()
