@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from usesearch.errors import BadArgumentError
+from usesearch.io.files import display_path
 
 from .records import ANNOTATION, PROPOSAL
 
@@ -106,28 +107,15 @@ def _as_catalog_spells(name: str, value: str) -> str:
     Python carries them as surrogates) spelt ``\\xNN``, as the catalog spells such
     paths (``display_path``); SQLite failed on them ("surrogates not allowed")."""
     try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        pass
-    try:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return display_path(value)
     except UnicodeEncodeError:  # a lone surrogate no byte gives
         raise _refused(name, "holds a character no text holds (a lone surrogate)") from None
 
 
 def _refused(name: str, says: str) -> BadArgumentError:
     """A filter's value refused, named by its field (Python's and the web API's
-    spelling; the CLI says its flag: ``flag_spelling``)."""
+    spelling; the CLI says its flag: ``BadArgumentError.by_flag``)."""
     return BadArgumentError(f"the filter {name} {says}"[:300], argument=name)  # (1e300 as an int: 300 digits)
-
-
-def flag_spelling(error: BadArgumentError) -> BadArgumentError:
-    """``error`` as the CLI says it: a filter named by its flag (``--min-area``)."""
-    if error.argument is None:
-        return error
-    said = str(error).replace(f"the filter {error.argument}", f"--{error.argument.replace('_', '-')}", 1)
-    return BadArgumentError(said, argument=error.argument)
 
 
 def check_filters(filters) -> SearchFilters:

@@ -48,6 +48,16 @@ class BadArgumentError(UsesearchError, ValueError, TypeError):
         super().__init__(message)
         self.argument = argument
 
+    def by_flag(self) -> BadArgumentError:
+        """This error as the CLI says it: its argument named by its flag (``--min-area``,
+        ``--weight-decay``) where the message opens with it as a field (``the filter
+        min_area``, ``weight_decay``, ``skip kind``)."""
+        name, text = self.argument or "", str(self)
+        for spelt in (f"the filter {name}", name, name.replace("_", " ")) if name else ():
+            if text.startswith(spelt + " "):
+                return BadArgumentError("--" + name.replace("_", "-") + text[len(spelt) :], name)
+        return self
+
 
 class MissingExtraError(UsesearchError):
     """An optional package (an extra: sam2, sam3) is not installed, or does not import."""

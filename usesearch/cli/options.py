@@ -357,12 +357,12 @@ def search_filters(
     """The search filters from their flags, for query and similar."""
     given = dict(locals())  # the parameters, each named as its field
     from usesearch.errors import BadArgumentError
-    from usesearch.indexer.filters import SearchFilters, flag_spelling
+    from usesearch.indexer.filters import SearchFilters
 
     try:
         return SearchFilters(**given)
     except BadArgumentError as exc:  # named as the user gave it: by its flag
-        raise flag_spelling(exc) from None
+        raise exc.by_flag() from None
 
 
 with_search_filters = shared_options("filters", search_filters)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,20 +14,6 @@ from usesearch.curation.records import SEGMENT_KINDS
 from usesearch.errors import BadArgumentError, DiskFullError, is_disk_full
 
 app = opts.Typer()
-
-
-@contextmanager
-def said_by_flag() -> Iterator[None]:
-    """A setting ``TrainConfig`` refuses, said by its flag (``--weight-decay -1.0``), not
-    by its field (``weight_decay -1.0``)."""
-    try:
-        yield
-    except BadArgumentError as exc:
-        name, text = exc.argument or "", str(exc)
-        for spelt in (name, name.replace("_", " ")) if name else ():
-            if text.startswith(spelt + " "):
-                raise BadArgumentError("--" + name.replace("_", "-") + text[len(spelt) :], name) from None
-        raise
 
 
 @app.command()
@@ -92,7 +76,7 @@ def train(
     if not resume:
         check_new_run(run_dir)  # before the datasets and models load
     before = run_files_now(run_dir)  # (an earlier killed run's step-* heads: never removed by this one)
-    with said_by_flag():
+    try:
         cfg = TrainConfig(
             preset=preset or DEFAULT_PRESET,
             epochs=epochs,
@@ -108,6 +92,8 @@ def train(
             precision=precision,
             skip_kinds=tuple(skip_kind or ()),
         )
+    except BadArgumentError as exc:  # said by its flag: "weight_decay -1.0" named none a user typed
+        raise exc.by_flag() from None
     folders: list[str | os.PathLike] = list(datasets)
     samples = load_samples(folders, cfg.skip_kinds)
     if not samples:
