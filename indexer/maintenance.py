@@ -225,9 +225,10 @@ def prune(
             for image_id, path, _why in gone:
                 copy = copies.get(image_id)
                 if copy is not None:  # its segments and labels kept, under the copy's path
-                    writer.store.move_image(image_id, copy[0], display_path(os.fsdecode(copy[0])), copy[1])
+                    shown = display_path(os.fsdecode(copy[0]))
+                    writer.store.move_image(image_id, copy[0], shown, copy[1])
                     writer.store.forget_copies([copy[0]])
-                    report.moved.append((path, display_path(os.fsdecode(copy[0]))))
+                    report.moved.append((path, shown))
                     yield path
                     continue
                 report.segments_removed += writer.remove_image(image_id, lost_annotations=True)

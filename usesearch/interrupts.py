@@ -23,9 +23,9 @@ _term_taken = False  # ``counting`` took SIGTERM (it had Python's default)
 
 
 def _on_sigint(signum, frame) -> None:
-    global _received, _terminated
+    global _received
     _received += 1
-    _terminated = _terminated or signum == signal.SIGTERM
+    note_signal(signum)
     raise KeyboardInterrupt
 
 
