@@ -53,7 +53,7 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
     runner = CliRunner()
     result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(coco), *TINY])
     assert result.exit_code == 0, result.output
-    assert "3 annotations indexed from 1 photos" in result.output
+    assert "3 annotations indexed from 1 photo" in result.output
     ix = SegmentIndex.open(db)
     kept = {r.annotation_id: r.iscrowd for r in ix.store.rows(ix.store.segment_ids()).values()}
     assert kept == {1: False, 10: False, 13: False}  # a null iscrowd is not said: no crowd, as when missing

@@ -144,7 +144,7 @@ def test_curate_run_interrupted_says_what_is_kept_and_asks_for_captions_before_m
     args = ["curate", "run", str(tmp_path / "inst.json"), "--input-format", "coco-instances", "--images", str(photos)]
     result = CliRunner().invoke(app, [*args, "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny", "--json"])
     assert result.exit_code == 130, result.output
-    assert "interrupted; finished work is kept: 1 images curated" in result.stderr
+    assert "interrupted; finished work is kept: 1 image curated" in result.stderr
     assert json.loads(result.stdout)["interrupted"] is True and json.loads(result.stdout)["done"] == 1
     monkeypatch.setattr(curate_cli, "_grounder", lambda *a: pytest.fail("the grounder loaded"))
     no_captioner = CliRunner().invoke(app, ["curate", "run", str(photos), "--dataset-dir", str(tmp_path / "d2")])

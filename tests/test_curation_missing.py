@@ -56,7 +56,7 @@ def test_a_source_with_some_photos_missing_counts_them_failed_and_exits_0(tmp_pa
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
     assert (report["done"], report["failed"], report["missing"]) == (1, 1, 1), report
-    assert "1 images curated, 0 skipped, 1 failed (1 missing under --images)" in first.stderr
+    assert "1 image curated, 0 skipped, 1 failed (1 missing under --images)" in first.stderr
     assert f"failed: {photos / 'gone.png'}: photo missing: no gone.png under {photos}" in first.stderr
     again = CliRunner().invoke(app, run)  # the cat skipped as curated before: no failed run
     assert again.exit_code == 0 and "0 images curated, 1 skipped, 1 failed" in again.output, again.output

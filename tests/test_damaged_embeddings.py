@@ -45,7 +45,7 @@ def test_bit_flips_in_an_embedding_chunk_are_found_named_and_repaired(tmp_path):
     assert "left as it is" in result.output and "astronaut.png" in result.output.replace("\n", ""), result.output
     (db / FAISS_FILE).unlink()  # a rebuild on open would read the damaged row first: repair comes before it
     result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny", "--repair"])
-    assert result.exit_code == 0 and "repair: 1 photos" in result.output, result.output
+    assert result.exit_code == 0 and "repair: 1 photo had" in result.output, result.output
     assert segment_table(db) == before  # the photo embedded again: the same segments
     assert runner.invoke(app, ["reindex", "--db", str(db)]).exit_code == 0
     assert_consistent(db)

@@ -38,7 +38,7 @@ def test_a_photo_after_the_last_one_pruned_or_changed_gets_an_id_never_used(tmp_
     last = max(first, key=first.get)
     next(photos.rglob(last)).unlink()
     result = runner.invoke(app, ["prune", "--db", str(db)])
-    assert result.exit_code == 0 and "1 images removed" in result.output, result.output
+    assert result.exit_code == 0 and "1 image removed" in result.output, result.output
     write_photos(tmp_path / "photos", ("chelsea",))
     index_paths([photos], db, IndexOptions(**OPTS))
     second = image_ids(db)

@@ -266,7 +266,7 @@ def test_a_run_whose_masker_finds_nothing_says_so_and_why(tmp_path):
     photos = write_photos(tmp_path / "photos", ("coffee",))
     args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--masker", "sam"]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0 and "1 images indexed" in result.output and "0 segments" in result.output
+    assert result.exit_code == 0 and "1 image indexed" in result.output and "0 segments" in result.output
     assert (
         "no masks: the masker found no region in 1 photo(s) (the tiny preset's SAM has random weights" in result.output
     )
@@ -352,4 +352,4 @@ def test_a_head_beside_the_crop_embedder_is_refused_and_one_recorded_before_is_n
     assert info.exit_code == 0 and "moved" not in info.output, info.output  # the unused head not shown as its own
     write_photos(photos, ("chelsea",))
     again = runner.invoke(app, ["index", str(photos), "--db", str(db)])
-    assert again.exit_code == 0 and "1 images indexed" in again.output, again.output
+    assert again.exit_code == 0 and "1 image indexed" in again.output, again.output

@@ -349,7 +349,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_even_where_sigint_is_ignored(tmp_pat
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     said = done.stdout + done.stderr
-    assert done.returncode == 143 and "interrupted; finished work is kept: 1 images indexed" in said, said
+    assert done.returncode == 143 and "interrupted; finished work is kept: 1 image indexed" in said, said
     assert_consistent(db)
     rest = index_paths([photos], db, IndexOptions(preset="tiny", masker="felzenszwalb"))
     assert (rest.done, rest.skipped) == (2, 1)

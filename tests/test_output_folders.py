@@ -283,7 +283,7 @@ def test_a_picture_usesearch_wrote_among_photos_is_not_indexed_as_one(tmp_path):
     args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny"]
     first = runner.invoke(app, args)
     said = " ".join(first.output.split())
-    assert first.exit_code == 0 and "1 images indexed, 0 skipped, 1 failed" in said, said
+    assert first.exit_code == 0 and "1 image indexed, 0 skipped, 1 failed" in said, said
     assert "lab.png: ImageReadError: cannot index" in said and "a picture usesearch wrote" in said
     again = " ".join(runner.invoke(app, args).output.split())
     assert "0 images indexed, 2 skipped, 0 failed" in again, again  # recorded: not read again

@@ -97,7 +97,7 @@ def test_index_refuses_past_its_limits_says_which_options_raise_them_and_a_raise
     assert "0 images indexed, 3 skipped" in out and str(scan) not in read
     # Raised (no --retry-failed): it is read and indexed, its failure over.
     out = index_cli(photos, db, "--max-pixels", "0.06M")
-    assert "1 images indexed, 2 skipped, 0 failed" in out
+    assert "1 image indexed, 2 skipped, 0 failed" in out
     index = SegmentIndex.open(db)
     assert index.store.counts()["images_done"] == 3 and index.store.failures() == []
     # Bytes: refused from the file's size, unread, and said with the same line.

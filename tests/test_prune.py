@@ -108,7 +108,7 @@ def test_a_file_that_failed_is_no_indexed_photo_gone_unless_it_is_missing(tmp_pa
     assert "astronaut.png: missing): `usesearch prune" in result.output, result.output
     (tmp_path / "away.png").rename(photos / "astronaut.png")
     result = runner.invoke(app, ["prune", "--db", str(db)])
-    assert result.exit_code == 0 and "1 images removed" in result.output, result.output
+    assert result.exit_code == 0 and "1 image removed" in result.output, result.output
     ix = SegmentIndex.open(db)
     assert [os.path.basename(r.path) for r in ix.store.failures()] == ["pipe.jpg"]
     ix.close()
@@ -121,7 +121,7 @@ def test_index_prune_only_touches_the_folders_it_was_given(tmp_path):
     (a / "astronaut.png").unlink()
     (b / "coffee.png").unlink()
     result = CliRunner().invoke(app, ["index", str(a), "--db", str(db), "--preset", "tiny", "--prune"])
-    assert result.exit_code == 0 and "pruned 1 images" in result.output, result.output
+    assert result.exit_code == 0 and "pruned 1 image" in result.output, result.output
     ix = SegmentIndex.open(db)
     assert sorted(os.path.basename(p) for _, _, p in ix.store.image_files()) == [
         "chelsea.png",
@@ -134,7 +134,7 @@ def test_index_prune_only_touches_the_folders_it_was_given(tmp_path):
     where = {os.path.basename(p): p for _, _, p in ix.store.image_files()}
     ix.close()
     named = CliRunner().invoke(app, ["prune", where["coffee.png"], "--db", str(db)])
-    assert named.exit_code == 0 and "1 images removed" in named.output, named.output
+    assert named.exit_code == 0 and "1 image removed" in named.output, named.output
     there = CliRunner().invoke(app, ["prune", where["chelsea.png"], "--db", str(db)])
     assert there.exit_code == 0 and "no indexed photo" not in there.output and "0 images removed" in there.output
     ix = SegmentIndex.open(db)
@@ -178,7 +178,7 @@ def test_index_says_which_indexed_photos_are_gone(tmp_path):
     assert again.exit_code == 0 and "1 indexed photo(s) under these folders are gone" in again.output
     assert "coffee.png: missing" in again.output and "usesearch prune --db" in again.output
     pruned = runner.invoke(app, [*args, "--prune"])
-    assert pruned.exit_code == 0 and "pruned 1 images" in pruned.output and "under these folders" not in pruned.output
+    assert pruned.exit_code == 0 and "pruned 1 image" in pruned.output and "under these folders" not in pruned.output
     assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 1
 
 
@@ -202,7 +202,7 @@ def test_index_prune_of_an_emptied_folder_prunes_it_and_a_new_index_of_one_is_re
     said = " ".join(result.output.split())  # the prune's own guard, naming its command, not "no photo under"
     assert result.exit_code == 2 and f"`usesearch prune {photos} --db {db} --force` removes them" in said, said
     forced = runner.invoke(app, ["prune", str(photos), "--db", str(db), "--force"])
-    assert forced.exit_code == 0 and "1 images removed" in forced.output, forced.output
+    assert forced.exit_code == 0 and "1 image removed" in forced.output, forced.output
     refused = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "new"), "--preset", "tiny"])
     assert refused.exit_code == 2 and "no photo under" in refused.output
 
@@ -337,7 +337,7 @@ def test_a_photo_failing_since_indexed_is_pruned_only_while_it_still_fails(tmp_p
     before = segment_table(db)
     chelsea.write_bytes(saved)  # repaired, not yet indexed again: it reads, so it stays
     result = runner.invoke(app, ["prune", "--db", str(db)])
-    assert result.exit_code == 0 and "1 images removed" in result.output, result.output
+    assert result.exit_code == 0 and "1 image removed" in result.output, result.output
     kept = {os.path.basename(r[0]) for r in segment_table(db)}
     assert "chelsea.png" in kept and "coffee.png" not in kept and len(segment_table(db)) < len(before)
     assert_consistent(db)
@@ -355,6 +355,6 @@ def test_prune_says_the_annotations_that_go_with_their_photos(tmp_path):
     (photos / "rocket.png").unlink()
     result = CliRunner().invoke(app, ["prune", "--db", str(db)])
     said = " ".join(result.output.split())
-    assert result.exit_code == 0 and "1 images removed" in said, result.output
+    assert result.exit_code == 0 and "1 image removed" in said, result.output
     assert "2 annotations (2 of split 'train') went with their photos: `usesearch index PATHS --coco FILE" in said
     assert_consistent(db)

@@ -219,7 +219,7 @@ def test_a_run_cut_short_by_max_steps_counts_the_photos_it_reached(tmp_path):
     args = ["train", str(data), "--preset", "tiny", "--crop", "96", "--batch-images", "2", "--json"]
     result = CliRunner().invoke(app, [*args, "--run-dir", str(tmp_path / "run"), "--max-steps", "1"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["images"] == 2 and "trained 1 steps on 2 images" in result.stderr
+    assert json.loads(result.stdout)["images"] == 2 and "trained 1 step on 2 images" in result.stderr
     for photo in (data / "images").iterdir():
         photo.unlink()
     gone = CliRunner().invoke(app, [*args, "--run-dir", str(tmp_path / "gone"), "--max-steps", "1"])

@@ -12,6 +12,12 @@ from usesearch.errors import ModelOutputError
 MODEL_FAULTS_TO_STOP = 8
 
 
+def counted(n: int, noun: str, nouns: str | None = None) -> str:
+    """``counted(1, "image")`` is "1 image", ``counted(2, "image")`` "2 images": a summary
+    read by people says "1 image indexed", not "1 images"."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
 @dataclass
 class RunReport:
     done: int = 0

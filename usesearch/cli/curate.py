@@ -18,6 +18,7 @@ from usesearch.curation.sources import SOURCES
 from usesearch.errors import DiskFullError, UsesearchError, is_disk_full
 from usesearch.io.files import one_line
 from usesearch.masks.settings import SamSettings
+from usesearch.reports import counted
 
 if TYPE_CHECKING:
     from usesearch.curation.records import ImageItem
@@ -154,7 +155,7 @@ def run(
     except KeyboardInterrupt:
         bar.close()
         opts.console.print(
-            f"interrupted; finished work is kept: {so_far.done} images curated, {so_far.skipped} skipped, "
+            f"interrupted; finished work is kept: {counted(so_far.done, 'image')} curated, {so_far.skipped} skipped, "
             f"{so_far.failed} failed; the same command again finishes it (it resumes)"
         )
         if as_json:
@@ -173,7 +174,7 @@ def run(
     bar.close()
     missing = f" ({report.missing} missing under --images)" if report.missing else ""
     opts.console.print(
-        f"{report.done} images curated, {report.skipped} skipped, {report.failed} failed{missing}: "
+        f"{counted(report.done, 'image')} curated, {report.skipped} skipped, {report.failed} failed{missing}: "
         f"{report.pairs} pairs, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
     )
     opts.say_pairs(report.copies, "skipped as a copy of a photo curated under another path")

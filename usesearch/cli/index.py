@@ -6,21 +6,22 @@ With ``search``, the CLI modules that import ``indexer``: the CLI joins the stag
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from usesearch.cli import index_output as said
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
 from usesearch.cli.photo_limits import PhotoLimits, say_past_limits, with_photo_limits
 from usesearch.errors import UsesearchError
 from usesearch.io.files import one_line
 from usesearch.masks.settings import SamSettings
+from usesearch.reports import counted
 
 if TYPE_CHECKING:
     from usesearch.indexer.options import IndexReport
@@ -165,7 +166,7 @@ def index(
                 labels = index_coco(folders, coco, db, labelled_options, split, progress, replace_split)
             reports["annotations"] = labels
             bar.close()
-            _print_labelled(labels, db, db_url)
+            said.print_labelled(labels, db, db_url)
             if labels.interrupted:
                 raise typer.Exit(130)
             if masker is None:
@@ -188,12 +189,12 @@ def index(
             _prune(db, folders, options)
         state = "interrupted; finished work is kept" if report.interrupted else "finished"
         opts.console.print(
-            f"{state}: {report.done} images indexed, {report.skipped} skipped, {report.failed} failed, "
-            f"{report.segments} segments in {report.seconds:.1f} s"
+            f"{state}: {counted(report.done, 'image')} indexed, {report.skipped} skipped, {report.failed} failed, "
+            f"{counted(report.segments, 'segment')} in {report.seconds:.1f} s"
         )
         if repair:
             opts.console.print(
-                f"  repair: {len(report.repaired)} photos had damaged embedding rows and were embedded again"
+                f"  repair: {counted(len(report.repaired), 'photo')} had damaged embedding rows and were embedded again"
             )
             if report.annotations_dropped:
                 opts.console.print(
@@ -206,8 +207,8 @@ def index(
             opts.console.print(f"  {line}")
         opts.say_failures(report.failures)
         say_past_limits(report.failures)
-        _say_moved_and_copies(report)
-        _say_annotations_lost(report)
+        said.say_moved_and_copies(report)
+        said.say_annotations_lost(report)
         if report.failed_before:
             opts.console.print(
                 f"  {report.failed_before} of those skipped failed in an earlier run, their content unchanged, "
@@ -225,7 +226,7 @@ def index(
                 )
             )
         if not prune_gone and not report.interrupted:
-            _say_gone(db, folders, db_url)
+            said.say_gone(db, folders, db_url)
         if report.interrupted:
             raise typer.Exit(130)
         before = report.failed_before  # a re-run of photos that all failed before is no success either
@@ -234,73 +235,26 @@ def index(
     try:
         run()
     except typer.Exit:  # interrupted: what was finished is reported too
-        _print_json(reports, as_json)
+        said.print_json(reports, as_json)
         raise
-    _print_json(reports, as_json)
-
-
-def _print_json(reports: dict[str, IndexReport], as_json: bool) -> None:
-    """``index --json``: the run's reports, on stdout alone (status lines are on stderr)."""
-    if as_json and reports:
-        print(json.dumps({name: asdict(r) for name, r in reports.items()}, indent=1, default=str))
-
-
-def _say_moved_and_copies(report: IndexReport) -> None:
-    opts.say_pairs(report.moved, "photo(s) renamed or moved, their segments kept", sign="->")
-    # A folder named through a link to an indexed one: the same files, no copies of them.
-    aliases: list[tuple[str, str]] = []
-    copies: list[tuple[str, str]] = []
-    for a, b in report.copies:
-        (aliases if os.path.realpath(a) == os.path.realpath(b) else copies).append((a, b))
-    opts.say_pairs(aliases, "skipped: the same files as indexed, reached through a link")
-    opts.say_pairs(copies, "skipped as copies of a photo indexed under another path")
-
-
-def _say_annotations_lost(report: IndexReport, this_split: str | None = None) -> None:
-    """Annotations that went with a changed photo's old content (their masks were drawn
-    on it), by split; ``this_split``'s are embedded again by this very run."""
-    lost = {split: n for split, n in sorted(report.annotations_lost.items()) if n and split != this_split}
-    if lost:
-        splits = ", ".join(f"{n} of split {split!r}" for split, n in lost.items())
-        opts.console.print(
-            f"  {sum(lost.values())} annotations ({splits}) were on photos whose content changed and went with the "
-            "old content: `usesearch index PATHS --coco FILE --split SPLIT` embeds them again on the new"
-        )
-
-
-def _say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:
-    """The photos indexed under these folders whose files are gone: a line, not a
-    silent index that still answers with them (one stat each, the walk just warmed
-    them; past ``GONE_CHECKED`` photos, of a sample, and the count said as about)."""
-    from usesearch.indexer.folder import open_store
-    from usesearch.indexer.leftovers import files_gone
-
-    store = open_store(Path(db), db_url, read_only=True)
-    try:
-        # Failed: never indexed; failing since indexed: kept by this run, said in its summary.
-        count, _, gone, estimated = files_gone(store, folders, indexed_only=True, kept_failures=False)
-    finally:
-        store.close()
-    if gone:
-        opts.console.print(
-            f"  {'about ' if estimated else ''}{count} indexed photo(s) under these folders are gone "
-            f"({one_line(str(gone[0][1]))}: {gone[0][2]}{', ...' if count > 1 else ''}): "
-            f"`usesearch prune {opts.index_flags(db, db_url)}` or `index --prune` takes them out"
-        )
+    said.print_json(reports, as_json)
 
 
 def _prune(db: str, folders: list[str | os.PathLike], options) -> None:
     from usesearch.indexer.maintenance import prune
 
     done = prune(db, folders, options, kept_failures=False)  # this run kept them: said, not undone
-    opts.console.print(f"pruned {done.images_removed} images whose files are gone ({done.segments_removed} segments)")
+    opts.console.print(
+        f"pruned {counted(done.images_removed, 'image')} whose files are gone "
+        f"({counted(done.segments_removed, 'segment')})"
+    )
     if done.failing_kept:
         flags = opts.index_flags(db, options.db_url)
         opts.console.print(
             f"{done.failing_kept} photo(s) indexed before fail to read now and keep their segments: "
             f"`usesearch prune {flags}` removes those still failing"
         )
-    _print_freed(done)
+    said.print_freed(done)
 
 
 def _refuse_empty_folders(folders: list[str | os.PathLike]) -> None:
@@ -310,34 +264,6 @@ def _refuse_empty_folders(folders: list[str | os.PathLike]) -> None:
 
     if all(holds_anything(folder) is False for folder in folders):  # (unlistable: the walk says what it is)
         photos_under(folders, refuse_none=True)  # (nothing to walk: its one line at once)
-
-
-def _print_labelled(report, db: str, db_url: str | None) -> None:
-    state = "interrupted; finished work is kept" if report.interrupted else "finished"
-    opts.console.print(
-        f"{state}: split {report.split!r}: {report.segments} annotations indexed from {report.done} photos, "
-        f"{report.relabelled} relabelled, {report.removed} removed, {report.skipped} photos with nothing new, "
-        f"{report.failed} failed, {len(report.problems)} problems in {report.seconds:.1f} s"
-    )
-    for line in report.devices:
-        opts.console.print(f"  {line}")
-    if report.shared_with:
-        opts.console.print(
-            f"  split {report.split!r} was also indexed from {', '.join(report.shared_with)}: annotations absent "
-            "from this file are kept (--replace-split makes this file its only one)"
-        )
-    if report.replaced:
-        opts.console.print(
-            f"  split {report.split!r} holds this file's annotations alone now: forgot {', '.join(report.replaced)}"
-        )
-    _say_annotations_lost(report, this_split=report.split)
-    _say_moved_and_copies(report)
-    opts.say_failures(report.failures)
-    say_past_limits(report.failures)
-    for line in report.problems[:10]:
-        opts.console.print(f"  problem: {line}")
-    if len(report.problems) + len(report.failures) > 10:
-        opts.console.print(f"  (all of them: usesearch failures {opts.index_flags(db, db_url)})")
 
 
 @app.command("prune")
@@ -378,7 +304,9 @@ def prune_cmd(
         )
         return
     state = "interrupted; removals so far are kept" if report.interrupted else "finished"
-    opts.console.print(f"{state}: {report.images_removed} images removed ({report.segments_removed} segments)")
+    opts.console.print(
+        f"{state}: {counted(report.images_removed, 'image')} removed ({counted(report.segments_removed, 'segment')})"
+    )
     if report.annotations_removed:  # (they went unsaid: a labelled photo's annotations are its segments too)
         splits = ", ".join(f"{n} of split {split!r}" for split, n in sorted(report.annotations_removed.items()))
         opts.console.print(
@@ -387,14 +315,6 @@ def prune_cmd(
         )
     if report.copies_forgotten:
         opts.console.print(f"{report.copies_forgotten} noted copies forgotten (gone, or indexed under their own names)")
-    _print_freed(report)
+    said.print_freed(report)
     if report.interrupted:  # as every command's Ctrl-C: `prune && next-step` must not go on
         raise typer.Exit(130)
-
-
-def _print_freed(report) -> None:
-    opts.say_pairs(report.moved, "gone photo(s) moved onto a copy of theirs, their segments kept", sign="->")
-    if report.embedding_bytes_freed:
-        opts.console.print(f"embedding files: {report.embedding_bytes_freed / 2**20:.2f} MiB given back")
-    if report.fragment_bytes_freed:
-        opts.console.print(f"fragments of Ray runs cut short: {report.fragment_bytes_freed / 2**20:.2f} MiB removed")

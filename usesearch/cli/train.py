@@ -12,6 +12,7 @@ import typer
 from usesearch.cli import options as opts
 from usesearch.curation.records import SEGMENT_KINDS
 from usesearch.errors import BadArgumentError, DiskFullError, is_disk_full
+from usesearch.reports import counted
 
 app = opts.Typer()
 
@@ -143,7 +144,8 @@ def train(
     if not trained_on and not resume:
         drop_untrained(run_dir, before)
     opts.console.print(
-        f"trained {trainer.step} steps on {trained_on} images; head: {head} (use it with --head {run_dir / 'head'})"
+        f"trained {counted(trainer.step, 'step')} on {counted(trained_on, 'image')}; "
+        f"head: {head} (use it with --head {run_dir / 'head'})"
         if trained_on
         else f"{trainer.step} steps ran without a readable image: the head learned nothing"
         + ("" if resume else " (none kept: the same command starts again in this folder)")

@@ -1,0 +1,105 @@
+"""What `index` and `prune` print: their summaries, and the lines under them (moves,
+copies, annotations gone with a photo's old content, photos gone from disk)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from usesearch.cli import options as opts
+from usesearch.cli.photo_limits import say_past_limits
+from usesearch.io.files import one_line
+from usesearch.reports import counted
+
+if TYPE_CHECKING:
+    from usesearch.indexer.options import IndexReport
+
+
+def print_json(reports: dict[str, IndexReport], as_json: bool) -> None:
+    """``index --json``: the run's reports, on stdout alone (status lines are on stderr)."""
+    if as_json and reports:
+        print(json.dumps({name: asdict(r) for name, r in reports.items()}, indent=1, default=str))
+
+
+def say_moved_and_copies(report: IndexReport) -> None:
+    opts.say_pairs(report.moved, "photo(s) renamed or moved, their segments kept", sign="->")
+    # A folder named through a link to an indexed one: the same files, no copies of them.
+    aliases: list[tuple[str, str]] = []
+    copies: list[tuple[str, str]] = []
+    for a, b in report.copies:
+        (aliases if os.path.realpath(a) == os.path.realpath(b) else copies).append((a, b))
+    opts.say_pairs(aliases, "skipped: the same files as indexed, reached through a link")
+    opts.say_pairs(copies, "skipped as copies of a photo indexed under another path")
+
+
+def say_annotations_lost(report: IndexReport, this_split: str | None = None) -> None:
+    """Annotations that went with a changed photo's old content (their masks were drawn
+    on it), by split; ``this_split``'s are embedded again by this very run."""
+    lost = {split: n for split, n in sorted(report.annotations_lost.items()) if n and split != this_split}
+    if lost:
+        splits = ", ".join(f"{n} of split {split!r}" for split, n in lost.items())
+        opts.console.print(
+            f"  {sum(lost.values())} annotations ({splits}) were on photos whose content changed and went with the "
+            "old content: `usesearch index PATHS --coco FILE --split SPLIT` embeds them again on the new"
+        )
+
+
+def say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:
+    """The photos indexed under these folders whose files are gone: a line, not a
+    silent index that still answers with them (one stat each, the walk just warmed
+    them; past ``GONE_CHECKED`` photos, of a sample, and the count said as about)."""
+    from usesearch.indexer.folder import open_store
+    from usesearch.indexer.leftovers import files_gone
+
+    store = open_store(Path(db), db_url, read_only=True)
+    try:
+        # Failed: never indexed; failing since indexed: kept by this run, said in its summary.
+        count, _, gone, estimated = files_gone(store, folders, indexed_only=True, kept_failures=False)
+    finally:
+        store.close()
+    if gone:
+        opts.console.print(
+            f"  {'about ' if estimated else ''}{count} indexed photo(s) under these folders are gone "
+            f"({one_line(str(gone[0][1]))}: {gone[0][2]}{', ...' if count > 1 else ''}): "
+            f"`usesearch prune {opts.index_flags(db, db_url)}` or `index --prune` takes them out"
+        )
+
+
+def print_labelled(report, db: str, db_url: str | None) -> None:
+    state = "interrupted; finished work is kept" if report.interrupted else "finished"
+    opts.console.print(
+        f"{state}: split {report.split!r}: {counted(report.segments, 'annotation')} indexed "
+        f"from {counted(report.done, 'photo')}, "
+        f"{report.relabelled} relabelled, {report.removed} removed, {report.skipped} photos with nothing new, "
+        f"{report.failed} failed, {len(report.problems)} problems in {report.seconds:.1f} s"
+    )
+    for line in report.devices:
+        opts.console.print(f"  {line}")
+    if report.shared_with:
+        opts.console.print(
+            f"  split {report.split!r} was also indexed from {', '.join(report.shared_with)}: annotations absent "
+            "from this file are kept (--replace-split makes this file its only one)"
+        )
+    if report.replaced:
+        opts.console.print(
+            f"  split {report.split!r} holds this file's annotations alone now: forgot {', '.join(report.replaced)}"
+        )
+    say_annotations_lost(report, this_split=report.split)
+    say_moved_and_copies(report)
+    opts.say_failures(report.failures)
+    say_past_limits(report.failures)
+    for line in report.problems[:10]:
+        opts.console.print(f"  problem: {line}")
+    if len(report.problems) + len(report.failures) > 10:
+        opts.console.print(f"  (all of them: usesearch failures {opts.index_flags(db, db_url)})")
+
+
+def print_freed(report) -> None:
+    opts.say_pairs(report.moved, "gone photo(s) moved onto a copy of theirs, their segments kept", sign="->")
+    if report.embedding_bytes_freed:
+        opts.console.print(f"embedding files: {report.embedding_bytes_freed / 2**20:.2f} MiB given back")
+    if report.fragment_bytes_freed:
+        opts.console.print(f"fragments of Ray runs cut short: {report.fragment_bytes_freed / 2**20:.2f} MiB removed")
