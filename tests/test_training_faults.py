@@ -185,16 +185,18 @@ def test_training_on_photos_that_are_all_gone_exits_3_and_offers_no_head(tmp_pat
     data = write_dataset(tmp_path / "data", 4, seed=6)
     shutil.rmtree(data / "images")
     args = ["train", str(data), "--run-dir", str(tmp_path / "run"), "--preset", "tiny", "--crop", "96"]
-    result = CliRunner().invoke(app, [*args, "--max-steps", "2", "--batch-images", "2", "--json"])
+    result = CliRunner().invoke(app, [*args, "--max-steps", "6", "--batch-images", "2", "--json"])
     assert result.exit_code == 3, result.output
     assert "every photo failed (4); nothing was trained on" in result.stderr
-    assert (
-        "use it with --head" not in result.output
-        and "2 steps ran without a readable image: the head learned" in result.output
+    # One epoch (2 steps) has tried every photo: the schedule's other 4 steps would read none.
+    assert "use it with --head" not in result.output and (
+        "2 steps ran without a readable image (stopped there, of 6: every photo is unreadable): the head learned"
+        in result.output
     )
     assert "--batch-images helps" not in result.output  # no batch had photos: not a batch-size problem
     summary = json.loads(result.stdout)
     assert summary["images"] == 0 and summary["head"] is None and len(summary["unreadable"]) == 4
+    assert _log_steps(tmp_path / "run") == [1, 2]
     # Nor a head on disk that looks usable, and the same command may run there again (it
     # left head.safetensors and step-*, and the folder "holds a run already").
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith(".")) == [

@@ -73,6 +73,8 @@ class Trainer:
         # there (it is 0) and teaches nothing; said at the end of a run.
         self.steps_without_negatives = 0
         self.saved_step: int | None = None  # the step of the newest checkpoint (its trainer's state)
+        self.ended_unread = False  # the run stopped before its schedule's end: no photo could be read
+        self.photo_count = len({sample.path for sample in samples})
 
     def photos_reached(self) -> int:
         """Photos the steps so far have drawn (read, or skipped as unreadable): all of them
@@ -218,6 +220,11 @@ class Trainer:
                         self.save()
                     if stop is not None and stop.is_set() and self.step < end:  # the last step ends the run
                         raise KeyboardInterrupt(f"interrupted after step {self.step}")
+                    if len(self.unreadable) >= self.photo_count and pending is not None:
+                        # Every photo is unreadable (a moved folder): the rest of the schedule
+                        # would read nothing either, for hours on a large dataset.
+                        self.ended_unread = True
+                        break
             finally:  # the batch being prepared ends before the run (and its lock) does
                 ahead.shutdown(wait=True, cancel_futures=True)
         self.use.eval()

@@ -147,7 +147,9 @@ def train(
         f"trained {counted(trainer.step, 'step')} on {counted(trained_on, 'image')}; "
         f"head: {head} (use it with --head {run_dir / 'head'})"
         if trained_on
-        else f"{trainer.step} steps ran without a readable image: the head learned nothing"
+        else f"{counted(trainer.step, 'step')} ran without a readable image"
+        + (f" (stopped there, of {trainer.total_steps:,}: every photo is unreadable)" if trainer.ended_unread else "")
+        + ": the head learned nothing"
         + ("" if resume else " (none kept: the same command starts again in this folder)")
     )
     if trainer.steps_without_negatives and trained_on:
