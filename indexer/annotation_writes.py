@@ -48,6 +48,7 @@ class AnnotationWrites:
     files: Callable[[], EmbeddingFiles]
     retrying: Callable[[Callable[[], Any]], Any]
     annotations_lost: Counter[str]  # (see ImageWrites)
+    proposals_lost: list[str]  # photos whose content changed under a labelled run: their proposals went with it
 
     def stored_annotations(self, image_id: int, split: str) -> dict[int, StoredAnnotation]:
         """A photo's annotations of one split as stored, by annotation id."""
@@ -84,22 +85,28 @@ class AnnotationWrites:
         if segments:
             segments = self.files().place(segments, vectors)
         dropped, relabelled = sorted(set(drop)), dict(relabel or {})
-        removed, added, lost = self.retrying(
+        removed, added, lost, proposals = self.retrying(
             lambda: self._save_annotations(fs_path, path, sha256, hw, segments, dropped, relabelled, file_stat)
         )
         self.annotations_lost.update(lost)
+        if proposals:
+            self.proposals_lost.append(path)
         return removed, added
 
     def _save_annotations(
         self, fs_path, path, sha256, hw, segments, drop, relabel, file_stat
-    ) -> tuple[list[int], list[int], Counter[str]]:
+    ) -> tuple[list[int], list[int], Counter[str], int]:
         seg = SegmentRecord
         with self.sessions.begin() as s:
             record = s.scalar(select(ImageRecord).where(ImageRecord.fs_path == fs_path))
             removed: list[int] = []
             lost: Counter[str] = Counter()
+            proposals = 0  # a masker's segments of the old content: they go with it (the record owes them again)
             if record is not None and (record.status != DONE or record.sha256 != sha256):
                 lost = annotations_by_split(s, record.id)
+                proposals = (
+                    s.scalar(select(func.count()).where(seg.image_id == record.id, seg.source != ANNOTATION)) or 0
+                )
                 removed = list(s.scalars(select(seg.id).where(seg.image_id == record.id)))
                 s.delete(record)
                 s.flush()
@@ -129,7 +136,7 @@ class AnnotationWrites:
                 record.file_stat = file_stat
             added = add_segments(s, record.id, segments, source=ANNOTATION)
             s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
-            return removed, added, lost
+            return removed, added, lost, proposals
 
     def drop_annotations_except(self, split: str, keep: set[int]) -> tuple[list[int], list[int]]:
         """Remove the split's annotation segments whose annotation id is not in

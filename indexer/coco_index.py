@@ -73,6 +73,7 @@ def index_coco(
     folders = [os.fspath(p) for p in paths]
     with Writer(db_dir, options, identity(model, None, options), paths, model) as writer:
         report.annotations_lost = writer.store.annotations_lost
+        report.proposals_lost = writer.store.proposals_lost
         report.moved = writer.moved
         report.replacing = replace_split  # the others forgotten once the pass is whole (finish_pass)
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once

@@ -42,6 +42,7 @@ class CocoReport(IndexReport):
     shared_with: list[str] = field(default_factory=list)  # other files indexed as this split: theirs are kept
     replacing: bool = False  # --replace-split: this file is to be the split's only one
     replaced: list[str] = field(default_factory=list)  # the split's other files, forgotten at the pass's end
+    proposals_lost: list[str] = field(default_factory=list)  # photos changed: their masker's segments went
 
 
 def record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, problems: list[Problem]) -> None:

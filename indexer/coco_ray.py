@@ -166,6 +166,7 @@ def index_coco_ray(
             left.unlink()
         fragments.forget_attempts(db_dir)
         report.annotations_lost = writer.store.annotations_lost
+        report.proposals_lost = writer.store.proposals_lost
         report.moved = writer.moved
         report.replacing = replace_split  # the others forgotten once the pass is whole (finish_pass)
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once

@@ -57,6 +57,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         self.read_only = read_only
         self.retried = False  # a write was tried again (``retrying``): one try before may have committed
         self.annotations_lost: Counter[str] = Counter()
+        self.proposals_lost: list[str] = []
         database = make_url(url).database if url.startswith("sqlite") else None
         # Embedding files live in the index folder (beside segments.sqlite).
         if folder is not None:

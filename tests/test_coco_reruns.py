@@ -333,8 +333,12 @@ def test_a_changed_photo_says_which_splits_annotations_went_with_its_old_content
     assert "2 annotations indexed from 1 photo, 0 relabelled, 0 removed" in result.output, result.output
     assert "2 annotations (2 of split 'val') were on photos whose content changed" in result.output, result.output
     assert "split 'train') were" not in result.output  # its own: embedded again by this run
+    # Its proposals went too, which no line said: the next `index` makes them again.
+    said = "".join(result.output.replace("│", "").split())
+    assert "1photo(" in said and "chelsea.png)changedsinceamaskerrun" in said, result.output
     result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(val), *TINY])
     assert result.exit_code == 0 and "content changed" not in result.output, result.output
+    assert "since a masker run" not in result.output, result.output  # none left to lose
     change_photo(photos, "chelsea")
     again = index_paths([photos], db, IndexOptions(**OPTS))
     assert again.done == 1 and dict(again.annotations_lost) == {"train": 2, "val": 2}

@@ -166,7 +166,7 @@ def index(
                 labels = index_coco(folders, coco, db, labelled_options, split, progress, replace_split)
             reports["annotations"] = labels
             bar.close()
-            said.print_labelled(labels, db, db_url)
+            said.print_labelled(labels, db, db_url, masker_follows=masker is not None)
             if labels.interrupted:
                 raise typer.Exit(130)
             if masker is None:

@@ -68,7 +68,9 @@ def say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> N
         )
 
 
-def print_labelled(report, db: str, db_url: str | None) -> None:
+def print_labelled(report, db: str, db_url: str | None, masker_follows: bool = False) -> None:
+    """``masker_follows``: a masker run over the same folders comes next, and makes the
+    proposals of photos whose content changed again."""
     state = "interrupted; finished work is kept" if report.interrupted else "finished"
     opts.console.print(
         f"{state}: split {report.split!r}: {counted(report.segments, 'annotation')} indexed "
@@ -88,6 +90,14 @@ def print_labelled(report, db: str, db_url: str | None) -> None:
             f"  split {report.split!r} holds this file's annotations alone now: forgot {', '.join(report.replaced)}"
         )
     say_annotations_lost(report, this_split=report.split)
+    if report.proposals_lost and not masker_follows:
+        first, more = one_line(report.proposals_lost[0]), ", ..." if len(report.proposals_lost) > 1 else ""
+        opts.console.print(
+            f"  {counted(len(report.proposals_lost), 'photo')} ({first}{more}) changed since a masker run, and the "
+            "proposals made of the old content went with it: `usesearch index PATHS` makes them again",
+            markup=False,
+            highlight=False,
+        )
     say_moved_and_copies(report)
     opts.say_failures(report.failures)
     say_past_limits(report.failures)
