@@ -173,7 +173,7 @@ def index_paths_ray(
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         report.annotations_dropped = writer.annotations_dropped
         report.annotations_lost = writer.store.annotations_lost
-        report.moved, report.copies = writer.moved, writer.copies
+        report.moved, report.copies, report.copies_replacing = writer.moved, writer.copies, writer.copies_replacing
         fragments.drop_committed(db_dir, lambda sha: any(r.proposals_made for r in writer.store.done_with_hash(sha)))
         del model, masker
         report.devices.insert(0, actors_summary(device, gpus, options.precision, workers))

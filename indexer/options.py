@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from usesearch.devices import check_precision
 from usesearch.errors import UsesearchError
@@ -62,6 +62,13 @@ def check_shard_count(shard_size: int, last_id: int) -> None:
         )
 
 
+class LoopReport(Protocol):
+    """What ``Writer.run`` records in a run's report (``IndexReport``, ``PruneReport``)."""
+
+    interrupted: bool
+    loop_seconds: float
+
+
 @dataclass
 class IndexReport(RunReport):
     segments: int = 0
@@ -82,6 +89,8 @@ class IndexReport(RunReport):
     # earlier in the same run is named once that photo is committed; one whose photo failed
     # fails with it, and one whose photo a Ctrl-C left uncommitted is left out.
     copies: list[tuple[str, str]] = field(default_factory=list)
+    # Of those copies, ones indexed before with other content: (path, its old segments, removed).
+    copies_replacing: list[tuple[str, int]] = field(default_factory=list)
     failed_before: int = 0  # of those skipped: failed in an earlier run, same content, not retried (--retry-failed)
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds by stage, for benchmarks
 

@@ -60,7 +60,7 @@ def index_paths(
         report.repaired, report.unrepaired = writer.repaired, writer.unrepaired
         report.annotations_dropped = writer.annotations_dropped
         report.annotations_lost = writer.store.annotations_lost
-        report.moved, report.copies = writer.moved, writer.copies
+        report.moved, report.copies, report.copies_replacing = writer.moved, writer.copies, writer.copies_replacing
         per_call = photos_per_masker_call(masker)
         on_gpu = model.device.type == "cuda"
         workers = read_ahead.workers_for(on_gpu)

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
 import numpy as np
 
@@ -24,17 +23,9 @@ from .fragments import worker_error
 from .image_writes import PhotoWrite, joined
 from .index_checks import check_factory, check_identity
 from .known_images import KnownImages, fits_now, still_holds
-from .options import IndexOptions, IndexReport, check_shard_count
+from .options import IndexOptions, IndexReport, LoopReport, check_shard_count
 from .records import DONE, IndexInfo
 from .store import Store
-
-
-class LoopReport(Protocol):
-    """What ``Writer.run`` records in a run's report (``IndexReport``, ``PruneReport``)."""
-
-    interrupted: bool
-    loop_seconds: float
-
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +56,7 @@ class Writer:
         # (path, the indexed photo it repeats): a copy of a photo earlier in this run waits in
         # ``_copies_coming`` until that photo is committed (an append each: no list rebuilt)
         self.copies: list[tuple[str, str]] = []
+        self.copies_replacing: list[tuple[str, int]] = []  # (path, segments): indexed before with other content
         self.failed_before = 0  # files skipped as failed by an earlier run, with the same content
         self.in_sync = True
         self.growth = growth.Growth()
@@ -209,9 +201,7 @@ class Writer:
             committed = [h for h in self.store.done_with_hash(sha256) if h.proposals_made] if coming_now else []
             named = holders or committed  # (a labelled photo's record waiting for its proposals is not committed)
             if named:
-                if replaced is not None:
-                    self.remove_image(replaced, lost_annotations=True)
-                self.copies.append((path, named[0].path))
+                self._name_copy(path, named[0].path, replaced)
             else:
                 self._copies_coming.setdefault(sha256, []).append((key, path, file_stat, replaced))
             if file_stat is not None:  # the next run skips it unread (``KnownImages.unchanged``)
@@ -250,9 +240,13 @@ class Writer:
         report.done += len(photos)
         for photo in photos:  # their copies are copies of an indexed photo now, which they name
             for _, copy_path, _, replaced in self._copies_coming.pop(photo.sha256 or "", []):
-                if replaced is not None:  # its old content's record, kept until now
-                    self.remove_image(replaced, lost_annotations=True)
-                self.copies.append((copy_path, photo.path))
+                self._name_copy(copy_path, photo.path, replaced)
+
+    def _name_copy(self, path: str, of: str, replaced: int | None) -> None:
+        """``path`` counted as a copy of ``of``; ``replaced``: its old content's record, kept until now."""
+        if replaced is not None:
+            self.copies_replacing.append((path, self.remove_image(replaced, lost_annotations=True)))
+        self.copies.append((path, of))
 
     def apply(
         self, write: Callable[[], tuple[list[int], list[int]]], embeddings: np.ndarray | None, report: IndexReport

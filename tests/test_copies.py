@@ -1,6 +1,7 @@
 """Files with the same content under other paths: a copy of an indexed photo is skipped
 and said; one of a photo that fails fails with it, sequentially and on Ray."""
 
+import json
 import os
 
 import pytest
@@ -157,12 +158,14 @@ def test_a_photo_changed_into_a_copy_of_another_is_a_copy_not_indexed_twice(tmp_
         finally:
             store.close()
 
-    rocket_segments = indexed()["rocket.png"]
+    rocket_segments, chelsea_segments = indexed()["rocket.png"], indexed()["chelsea.png"]
     shutil.copy(photos / "rocket.png", photos / "chelsea.png")
     again = run([photos], db, IndexOptions(**OPTS))
     assert again.done == 0 and [(os.path.basename(c), os.path.basename(h)) for c, h in again.copies] == [
         ("chelsea.png", "rocket.png")
     ], again
+    # Its old segments went with its old content: said (the summary's copy line alone hid them).
+    assert [(os.path.basename(c), n) for c, n in again.copies_replacing] == [("chelsea.png", chelsea_segments)]
     now = indexed()
     assert set(now) == {"rocket.png", "coffee.png"} and now["rocket.png"] == rocket_segments
     assert_consistent(db)
@@ -187,6 +190,25 @@ def test_a_folder_named_through_a_link_is_said_as_the_same_files_not_copies(tmp_
     said = " ".join(again.output.split())
     assert again.exit_code == 0 and "2 skipped: the same files as indexed, reached through a link" in said, said
     assert "copies of a photo" not in said
+
+
+def test_a_photo_overwritten_with_anothers_bytes_says_its_old_segments_went(tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    photos = write_photos(tmp_path / "photos", ("coffee", "chelsea"))
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny"]
+    first = CliRunner().invoke(app, [*args, "--json"])
+    segments = json.loads(first.stdout)["proposals"]["segments"]
+    shutil.copy(photos / "coffee.png", photos / "sub" / "chelsea.png")
+    said = " ".join(CliRunner().invoke(app, args).output.replace("│", "").split())
+    assert "1 skipped as copies of a photo indexed under another path" in said, said
+    assert f"1 of those copies ({photos / 'sub' / 'chelsea.png'}) held other content when indexed: the " in said
+    old = said.split("held other content when indexed: the ")[1].split(" segment")[0]
+    assert 0 < int(old) < segments and "of that content were removed" in said, said
 
 
 @pytest.mark.parametrize("on_ray", [False, True], ids=["sequential", "ray"])

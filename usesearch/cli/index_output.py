@@ -33,6 +33,15 @@ def say_moved_and_copies(report: IndexReport) -> None:
         (aliases if os.path.realpath(a) == os.path.realpath(b) else copies).append((a, b))
     opts.say_pairs(aliases, "skipped: the same files as indexed, reached through a link")
     opts.say_pairs(copies, "skipped as copies of a photo indexed under another path")
+    if report.copies_replacing:  # (its segments went unsaid: a changed photo's are embedded again, a copy's not)
+        (first, _), more = report.copies_replacing[0], len(report.copies_replacing) - 1
+        opts.console.print(
+            f"  {len(report.copies_replacing)} of those copies ({one_line(first)}{f' and {more} more' if more else ''})"
+            f" held other content when indexed: the {counted(sum(n for _, n in report.copies_replacing), 'segment')}"
+            " of that content were removed",
+            markup=False,
+            highlight=False,
+        )
 
 
 def say_annotations_lost(report: IndexReport, this_split: str | None = None) -> None:
