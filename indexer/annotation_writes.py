@@ -27,6 +27,7 @@ from .records import (
     ImageRecord,
     IndexInfo,
     LabelledFile,
+    ListedPhoto,
     SegmentRecord,
 )
 
@@ -223,6 +224,8 @@ class AnnotationWrites:
                 s.execute(delete(LabelledFile).where(mine))
                 theirs = (AnnotationProblem.split == split) & AnnotationProblem.coco_file.in_(others)
                 s.execute(delete(AnnotationProblem).where(theirs))
+                listed = (ListedPhoto.split == split) & ListedPhoto.coco_file.in_(others)
+                s.execute(delete(ListedPhoto).where(listed))
                 return others
 
         others: list[str] = self.retrying(forget)
@@ -238,6 +241,24 @@ class AnnotationWrites:
 
         files: set[str] = self.retrying(note)
         return files
+
+    def set_listed(self, split: str, coco_file: str, keys: Iterable[bytes]) -> None:
+        """The photos ``coco_file`` lists for ``split`` with no annotation (``ListedPhoto``),
+        set afresh; a change moves the index's generation on (an audit's lists hold them)."""
+        keys = set(keys)
+
+        def write() -> None:
+            with self.sessions.begin() as s:
+                mine = (ListedPhoto.split == split) & (ListedPhoto.coco_file == coco_file)
+                if set(map(bytes, s.scalars(select(ListedPhoto.fs_path).where(mine)))) == keys:
+                    return
+                s.execute(delete(ListedPhoto).where(mine))
+                if keys:
+                    rows = [{"split": split, "coco_file": coco_file, "fs_path": key} for key in sorted(keys)]
+                    s.execute(insert(ListedPhoto), rows)
+                s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+
+        self.retrying(write)
 
     def set_masker(self, masker: str, params: dict) -> None:
         """The masker of an index that held only annotations: its first masker run's."""

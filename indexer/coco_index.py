@@ -108,7 +108,7 @@ def _photos(
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="usesearch-read")
     try:
-        jobs = located_entries(dataset, folders, writer, report, split)
+        jobs, listed = located_entries(dataset, folders, writer, report, split)
         prefetched = writer.known.prefetching(jobs, lambda job: job[1].key)
         for (entry, found), future in read_ahead.ordered_map(pool, read, prefetched, ahead=4):
             try:
@@ -123,7 +123,7 @@ def _photos(
             yield entry.file_name
     finally:  # also on Ctrl-C: queued reads are dropped, not finished
         pool.shutdown(wait=True, cancel_futures=True)
-    finish_pass(writer, report, split, dataset, jobs)
+    finish_pass(writer, report, split, dataset, jobs, listed)
 
 
 def _index_photo(

@@ -43,6 +43,7 @@ class CocoReport(IndexReport):
     replacing: bool = False  # --replace-split: this file is to be the split's only one
     replaced: list[str] = field(default_factory=list)  # the split's other files, forgotten at the pass's end
     proposals_lost: list[str] = field(default_factory=list)  # photos changed: their masker's segments went
+    listed_empty: int = 0  # photos the file lists with no annotation, found (the audit searches them too)
 
 
 def record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, problems: list[Problem]) -> None:
@@ -95,19 +96,24 @@ def refuse_when_no_photo(dataset: CocoDataset, folders: list[str], new_index: bo
 
 def located_entries(
     dataset: CocoDataset, folders: list[str], writer: Writer, report: CocoReport, split: str
-) -> list[tuple[ImageEntry, Found]]:
+) -> tuple[list[tuple[ImageEntry, Found]], list[bytes]]:
     """Each entry with annotations, with its photo under ``folders``; a photo missing is
     recorded as the entry's problem. Entries whose names lead to the same file
     (``sub/x.png`` and ``x.png`` under two folders) become one, as entries naming the
-    same file do (``io.coco_dataset``): otherwise each run would undo the other's."""
+    same file do (``io.coco_dataset``): otherwise each run would undo the other's.
+    And the photos of entries with no annotation, found under ``folders``
+    (``ListedPhoto``: the audit searches them too)."""
     store = writer.store
     # --replace-split: the others' annotations are not kept (they are forgotten at the end
     # of a whole pass: a run killed before keeps them recorded, and a re-run finishes it).
     report.shared_with = [] if report.replacing else sorted(store.split_files(split) - {str(dataset.path)})
     elsewhere = store.annotation_photos(split) if report.shared_with else {}
     located: dict[bytes, tuple[ImageEntry, Found]] = {}
+    listed: list[bytes] = []
     for entry in dataset.images:
         if not entry.annotations:
+            alone = photo_paths(folders, entry.file_name)
+            listed += [Found(display_path(alone[0]), alone[0]).key] if len(alone) == 1 else []
             continue
         paths = photo_paths(folders, entry.file_name)  # (every folder looked in: a name two hold is caught)
         if not paths:
@@ -149,18 +155,27 @@ def located_entries(
                 f"image entries {first.id} and {entry.id} name the same photo: their annotations are indexed together"
             )
             record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(DUPLICATE_ID, message))])
-    return list(located.values())
+    listed = [key for key in dict.fromkeys(listed) if key not in located]  # (another entry has its annotations)
+    report.listed_empty = len(listed)
+    return list(located.values()), listed
 
 
 def finish_pass(
-    writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, located: list[tuple[ImageEntry, Found]]
+    writer: Writer,
+    report: CocoReport,
+    split: str,
+    dataset: CocoDataset,
+    located: list[tuple[ImageEntry, Found]],
+    listed: list[bytes],
 ) -> None:
-    """A whole pass done, where the split is this file's alone: the split's annotations
-    that the file no longer has at all go, and so do the copies of one on another photo
-    than the one the file names for it now (``located``: a photo renamed or moved with
-    its entry; its old record kept them)."""
+    """A whole pass done: the photos the file lists with no annotation (``listed``)
+    recorded; where the split is this file's alone, the split's annotations that the
+    file no longer has at all go, and so do the copies of one on another photo than the
+    one the file names for it now (``located``: a photo renamed or moved with its entry;
+    its old record kept them)."""
     if report.replacing:
         report.replaced = writer.store.forget_other_files(split, str(dataset.path))
+    writer.store.set_listed(split, str(dataset.path), listed)
     files = writer.store.note_file(split, str(dataset.path))
     if files == {str(dataset.path)}:
         keep = {annotation.id for entry in dataset.images for annotation in entry.annotations}

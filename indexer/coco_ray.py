@@ -171,8 +171,10 @@ def index_coco_ray(
         report.replacing = replace_split  # the others forgotten once the pass is whole (finish_pass)
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
         record(writer, report, split, dataset, dataset.problems)
-        located = list(located_entries(dataset, folders, writer, report, split))
-        steps = _steps(located, dataset, writer, report, split, db_dir, replace(options, device=device), workers)
+        located, listed = located_entries(dataset, folders, writer, report, split)
+        steps = _steps(
+            located, listed, dataset, writer, report, split, db_dir, replace(options, device=device), workers
+        )
         total = len(dataset.images)
         with closing(steps):  # ended before Ray shuts down (``index_paths_ray``)
             writer.run(steps, report, lambda path: progress and progress(report, path, total))
@@ -182,6 +184,7 @@ def index_coco_ray(
 
 def _steps(
     located: list[tuple[ImageEntry, Found]],
+    listed: list[bytes],
     dataset: CocoDataset,
     writer: Writer,
     report: CocoReport,
@@ -195,7 +198,7 @@ def _steps(
     import ray.data
 
     if not located:
-        finish_pass(writer, report, split, dataset, located)
+        finish_pass(writer, report, split, dataset, located, listed)
         return
     unread, rows, stats = _unread(located, writer)
     hashing = partial(hash_files, max_bytes=options.max_bytes)
@@ -258,7 +261,7 @@ def _steps(
             entry, found = located[number]
             _commit(row, entry, found, plans.get(number), stats[number], writer, report, split, dataset, db_dir)
             yield entry.file_name
-    finish_pass(writer, report, split, dataset, located)
+    finish_pass(writer, report, split, dataset, located, listed)
 
 
 def _unread(

@@ -221,6 +221,19 @@ class LabelledFile(Base):
     indexed: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
 
 
+class ListedPhoto(Base):
+    """A photo a split's COCO file lists with no annotation (a negative, or one whose
+    objects its annotators all missed): the audit searches its proposals for overlooked
+    objects as it does an annotated photo's. By the photo's path bytes, as ``images``
+    keys it; each whole pass of the file sets its list afresh. A table of its own, so
+    an index made before it still opens read-only."""
+
+    __tablename__ = "listed_photos"
+    split: Mapped[str] = mapped_column(String(128), primary_key=True)
+    coco_file: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    fs_path: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True, index=True)  # (the audit joins on it)
+
+
 class IndexedFolder(Base):
     """A folder an ``index`` run walked, by its real path: a picture a search writes
     under it (``--show``) would be taken for a photo by the next run over it. A table of

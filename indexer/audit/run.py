@@ -119,6 +119,13 @@ def audit_index(
                 f"  {reader.unproposed} annotated photo(s) have no proposals yet: the overlooked and badly_located "
                 f"lists cannot see them (`usesearch index IMAGES --masker NAME --db {db_dir}` makes them)"
             )
+        if reader.listed:
+            say(f"  {reader.listed} photo(s) listed with no annotation: searched for overlooked objects too")
+        if reader.listed_unindexed:
+            say(
+                f"  {reader.listed_unindexed} photo(s) listed with no annotation have no proposals yet: the "
+                f"overlooked list cannot see them (`usesearch index IMAGES --masker NAME --db {db_dir}` makes them)"
+            )
         passes = {
             "annotations": lambda: _annotation_pass(store, reader, state, config, save),
             "photos": lambda: _photo_pass(store, reader, class_vectors, state, config, save),

@@ -9,12 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select, union
 
 from usesearch.errors import UsesearchError
 
 from ..lookups import SQL_PARAMETERS
-from ..records import ANNOTATION, DONE, PROPOSAL, ImageRecord, SegmentRecord
+from ..records import ANNOTATION, DONE, PROPOSAL, ImageRecord, ListedPhoto, SegmentRecord
 from ..store import Store
 
 SEG = SegmentRecord
@@ -50,7 +50,8 @@ class PhotoSegments:
 
 class DatasetReader:
     """The store's labelled dataset (``AnnotationLookups``), with the reads by photo
-    that the audit adds: photos with annotations in id order, and all their segments."""
+    that the audit adds: photos with annotations (and those a split lists with none,
+    ``ListedPhoto``) in id order, and all their segments."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -70,6 +71,18 @@ class DatasetReader:
                 )
                 or 0
             )
+            # Photos a split lists with no annotation: indexed (searched for overlooked
+            # objects), and not yet indexed by a masker run (nothing to search).
+            self.listed = self.listed_unindexed = 0
+            if ListedPhoto.__tablename__ in inspect(store.engine).get_table_names():
+                listed = select(ListedPhoto.fs_path).distinct().subquery()
+                records = (
+                    select(func.count(ImageRecord.id))
+                    .join(listed, listed.c.fs_path == ImageRecord.fs_path)
+                    .where(ImageRecord.status == DONE, ImageRecord.proposals_made.is_(True))
+                )
+                self.listed = s.scalar(records) or 0
+                self.listed_unindexed = (s.scalar(select(func.count()).select_from(listed)) or 0) - self.listed
 
     def annotation_batches(self, after: int, batch: int, split: str | None = None):
         """``Annotations`` (of one split, or all) with ids past ``after``, in id order;
@@ -95,7 +108,7 @@ class DatasetReader:
         by gigabytes), one alone where it has more."""
         while True:
             with self.store.engine.connect() as conn:
-                images = [i for (i,) in conn.execute(annotated_photos(after, batch))]
+                images = [i for (i,) in conn.execute(audited_photos(after, batch, bool(self.listed)))]
                 sizes: dict[int, int] = {}
                 for start in range(0, len(images), SQL_PARAMETERS):
                     part = images[start : start + SQL_PARAMETERS]
@@ -179,13 +192,28 @@ def groups_of_most(items: list, sizes: list[int], most: int) -> list[list]:
     return groups
 
 
-def annotated_photos(after: int, batch: int):
-    """The next ``batch`` ids of photos with annotations past image id ``after``: a
-    range of the (source, image_id) index."""
-    return (
-        select(SEG.image_id)
+def audited_photos(after: int, batch: int, listed: bool):
+    """The next ``batch`` ids of photos with annotations past image id ``after`` (a
+    range of the (source, image_id) index), and where ``listed``, of photos a split
+    lists with none."""
+    annotated = (
+        select(SEG.image_id.label("id"))
         .where(SEG.source == ANNOTATION, SEG.image_id > after)
         .distinct()
         .order_by(SEG.image_id)
         .limit(batch)
     )
+    if not listed:
+        return annotated
+    unlabelled = (
+        select(ImageRecord.id.label("id"))
+        .join(ListedPhoto, ListedPhoto.fs_path == ImageRecord.fs_path)
+        .where(ImageRecord.id > after, ImageRecord.status == DONE)
+        .distinct()
+        .order_by(ImageRecord.id)
+        .limit(batch)
+    )
+    # Each side's first ``batch`` ids, then theirs (a range of each, not the whole union sorted per batch).
+    a, b = annotated.subquery(), unlabelled.subquery()
+    both = union(select(a.c.id), select(b.c.id)).subquery()
+    return select(both.c.id).order_by(both.c.id).limit(batch)

@@ -99,6 +99,11 @@ def print_labelled(report, db: str, db_url: str | None, masker_follows: bool = F
             f"  split {report.split!r} holds this file's annotations alone now: forgot {', '.join(report.replaced)}"
         )
     say_annotations_lost(report, this_split=report.split)
+    if report.listed_empty:
+        opts.console.print(
+            f"  {counted(report.listed_empty, 'photo')} the file lists with no annotation: `usesearch audit` "
+            "searches their proposals for overlooked objects too"
+        )
     if report.proposals_lost and not masker_follows:
         first, more = one_line(report.proposals_lost[0]), ", ..." if len(report.proposals_lost) > 1 else ""
         opts.console.print(

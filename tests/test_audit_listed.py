@@ -1,0 +1,57 @@
+"""Photos a COCO file lists with no annotation (``ListedPhoto``): the audit searches
+them for overlooked objects as it does annotated photos. It walked annotated photos
+alone, so a photo whose every object its annotators missed, the plainest overlooked
+case, could never be found."""
+
+import json
+import os
+
+from typer.testing import CliRunner
+
+from tests.helpers import audit_cli, write_photos
+from tests.test_coco_index import write_coco
+from usesearch.cli.app import app
+
+
+def _overlooked_photos(db) -> set[str]:
+    return {os.path.basename(item["image"]) for item in audit_cli(db, "-k", "1000")["overlooked"]}
+
+
+def test_photos_listed_without_annotations_are_searched_for_overlooked_objects(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket", "coffee"))
+    coco = write_coco(tmp_path / "train.json", photos, ["chelsea.png"], 1)
+    dataset = json.loads(coco.read_text())
+    for n, name in enumerate(["sub/rocket.png", "coffee.png"], start=2):
+        h, w = 96, 96  # (write_photos' thumbnails: the entries' sizes are not checked without annotations)
+        dataset["images"].append({"id": n, "file_name": name, "height": h, "width": w})
+    coco.write_text(json.dumps(dataset))
+    db = tmp_path / "db"
+    args = ["index", str(photos), "--db", str(db), "--coco", str(coco), "--preset", "tiny"]
+    made = CliRunner().invoke(app, [*args, "--masker", "felzenszwalb"])
+    said = " ".join(made.output.split())
+    assert made.exit_code == 0 and "2 photos the file lists with no annotation: `usesearch audit`" in said, said
+    assert _overlooked_photos(db) == {"chelsea.png", "rocket.png", "coffee.png"}
+    assert "2 photo(s) listed with no annotation: searched for overlooked objects too" in audit_cli.output
+    # Off the file's list: off the audit's (the audit's checkpoint is of the index before).
+    dataset["images"] = [entry for entry in dataset["images"] if entry["file_name"] != "coffee.png"]
+    coco.write_text(json.dumps(dataset))
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "1 photo the file lists with no annotation" in " ".join(again.output.split())
+    assert _overlooked_photos(db) == {"chelsea.png", "rocket.png"}
+    assert "1 photo(s) listed with no annotation" in audit_cli.output
+
+
+def test_a_listed_photo_no_masker_has_run_on_is_said_not_searched(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    coco = write_coco(tmp_path / "train.json", photos, ["chelsea.png"], 1)
+    dataset = json.loads(coco.read_text())
+    dataset["images"].append({"id": 2, "file_name": "sub/rocket.png", "height": 96, "width": 96})
+    coco.write_text(json.dumps(dataset))
+    db = tmp_path / "db"
+    labels = ["index", str(photos / "chelsea.png"), "--db", str(db), "--preset", "tiny", "--masker", "felzenszwalb"]
+    assert CliRunner().invoke(app, labels).exit_code == 0  # chelsea's proposals: rocket has none
+    made = CliRunner().invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(coco), "--preset", "tiny"])
+    assert made.exit_code == 0, made.output
+    assert _overlooked_photos(db) == {"chelsea.png"}
+    said = " ".join(audit_cli.output.split())
+    assert "1 photo(s) listed with no annotation have no proposals yet: the overlooked list cannot see them" in said
