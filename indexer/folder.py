@@ -224,6 +224,15 @@ def writer_lock(db_dir: Path) -> Iterator[None]:
         yield
 
 
+def refuse_if_written(db_dir: Path) -> None:
+    """Another indexer writing to ``db_dir`` refused now, before this run loads its models:
+    it was refused at its first write, ~30 s of loading later (the lock is taken for an
+    instant; a folder this process cannot write is left to the checks that say so)."""
+    if (Path(db_dir) / LOCK_FILE).exists() and os.access(db_dir, os.W_OK):
+        with writer_lock(db_dir):
+            pass
+
+
 def remove_if_bare(db_dir: Path) -> None:
     """A folder a refused writer made, holding nothing but its lock: gone, as if never made
     (called with the lock held: a writer after it makes both anew)."""

@@ -45,6 +45,32 @@ def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
     return existing
 
 
+def refuse_other_masker(built: IndexInfo, masker: str, given: dict) -> None:
+    """Another masker, or a setting given whose number differs from the one the index was
+    built with, refused before any model loads: an ``index --coco FILE --masker X`` run
+    had saved the file's annotations, then been refused at its masker run. (Settings
+    compared otherwise are checked with the masker built, by ``check_identity``.)"""
+    if built.masker == NO_MASKER:
+        return
+    recorded = {("sam2_model" if key == "model" else key): value for key, value in built.masker_params.items()}
+    differs = [
+        key for key, value in mask_defining(given).items() if key in recorded and _numbers_differ(value, recorded[key])
+    ]
+    if masker != built.masker or differs:
+        asked = masker_said(masker, {key: given[key] for key in differs})
+        raise IndexMismatchError(
+            f"this index was built with masker {masker_said(built.masker, built.masker_params)}; this run asks "
+            f"for {asked}. Use the same masker or a new --db."
+        )
+
+
+def _numbers_differ(a, b) -> bool:
+    try:
+        return float(a) != float(b)
+    except (TypeError, ValueError):
+        return False  # (not numbers: compared once the masker is built)
+
+
 def masker_said(name: str, params: dict) -> str:
     """``felzenszwalb (scales=[100.0, 400.0], max_masks=64)``, not a Python dict's repr."""
     return f"{name} ({', '.join(f'{key}={value}' for key, value in params.items())})" if params else name

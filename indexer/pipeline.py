@@ -23,6 +23,7 @@ from usesearch.errors import (
     CatalogUnavailableError,
     IndexIdentityError,
     IndexMismatchError,
+    IndexUpgradeNeededError,
     UsesearchError,
 )
 from usesearch.io.files import photos_under
@@ -32,8 +33,9 @@ from usesearch.models.factory import choose_preset, load_model, refuse_unknown, 
 
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
-from .folder import check_catalog_kind, check_paths, head_to_load, is_new, open_store
+from .folder import check_catalog_kind, check_paths, head_to_load, is_new, open_store, refuse_if_written
 from .image_writes import PhotoWrite
+from .index_checks import refuse_other_masker
 from .options import IndexOptions, IndexReport
 from .records import NO_MASKER, IndexInfo, info_summary
 from .writer import Writer
@@ -134,14 +136,16 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
     (``--preset``, ``--embedder``, ``--head``) or masker, the ones the index was built
     with. Else ``index NEW --db OLD`` loaded the defaults' (b16's, SAM), sent a ``tiny``
     index's user to pull b16's weights, and refused the run only after loading them;
-    another preset or embedder named is refused here, before any weights are looked for."""
+    another preset or embedder named is refused here, before any weights are looked for,
+    as are another masker and a run while another indexer writes there."""
     check_catalog_kind(db_dir, options.db_url)  # (as below: before the defaults' weights are looked for)
+    refuse_if_written(db_dir)
     if is_new(db_dir, options):
         return options
     try:
         store = open_store(db_dir, options.db_url, read_only=True)
     # Said now: the defaults' weights, looked for next,
-    except (CatalogUnavailableError, CatalogRefusedError, IndexIdentityError):
+    except (CatalogUnavailableError, CatalogRefusedError, IndexIdentityError, IndexUpgradeNeededError):
         raise  # would be blamed (a catalog of another index: refused after loading b16, or sent to pull it)
     except UsesearchError:  # an empty catalog on a server, or a folder to be refused later in its own words
         return options
@@ -161,14 +165,18 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
     if options.head is None:  # what the run names is the index's own model: its head too
         head = head_to_load(db_dir, built.model_head)  # its copy in the folder where it has one
         options = replace(options, preset=built.preset, embedder=built.embedder, head=head)
-    if options.masker is None and not options.masker_options and built.masker != NO_MASKER:
+    if options.masker is not None:
+        refuse_other_masker(built, options.masker, options.masker_options)
+    elif built.masker != NO_MASKER:
         # Its settings too (they define its masks: other ones are refused), under the
         # names the masker takes them by; ``--masker coco``'s file where it was (its
-        # content is checked against the one recorded).
+        # content is checked against the one recorded). A setting given is checked
+        # against the index's masker's (it was checked against the preset's default one).
         given = {("sam2_model" if key == "model" else key): value for key, value in built.masker_params.items()}
         if built.masker == "coco":
             given = {"masks_json": given["masks_json"]}
-        options = replace(options, masker=built.masker, masker_options=given)
+        refuse_other_masker(built, built.masker, options.masker_options)
+        options = replace(options, masker=built.masker, masker_options={**given, **options.masker_options})
     return options
 
 

@@ -117,6 +117,28 @@ def test_masker_proposals_carry_rle_and_decode_on_use(sam, image):
         SamMasker(sam, points_per_sid=4)
 
 
+def test_a_setting_given_without_a_masker_is_checked_against_the_index_own_masker(tmp_path, image):
+    """`index --pred-iou-thresh -1` on a SAM index was checked against the tiny preset's
+    default masker ("apply to --masker sam only; this run uses masker felzenszwalb"): a
+    run naming no masker uses the index's, and a setting it was built without is refused
+    as such."""
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "coffee.png")
+    args = ["index", str(tmp_path / "coffee.png"), "--db", str(tmp_path / "db")]
+    made = CliRunner().invoke(app, [*args, "--preset", "tiny", "--masker", "sam", "--points-per-side", "4"])
+    assert made.exit_code == 0, made.output
+    refused = CliRunner().invoke(app, [*args, "--pred-iou-thresh", "-1"])
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "felzenszwalb" not in said, said
+    assert (
+        "built with masker sam (points_per_side=4" in said
+        and "asks for sam (points_per_side=4, pred_iou_thresh=-1.0)" in said
+    ), said
+    same = CliRunner().invoke(app, [*args, "--points-per-side", "4", "--points-per-batch", "8"])  # (not defining)
+    assert same.exit_code == 0 and "1 skipped" in same.output, same.output
+
+
 def test_index_cli_takes_the_mask_quality_options_and_refuses_them_for_other_maskers(tmp_path, image):
     from PIL import Image
 

@@ -344,3 +344,22 @@ def test_a_changed_photo_says_which_splits_annotations_went_with_its_old_content
     assert again.done == 1 and dict(again.annotations_lost) == {"train": 2, "val": 2}
     ix = SegmentIndex.open(db)
     assert ix.store.label_summary()["annotations_by_split"] == {"train": 2}  # rocket's; none of chelsea's
+
+
+def test_a_labelled_run_naming_another_masker_is_refused_before_it_saves_an_annotation(tmp_path):
+    """`index --coco FILE --masker sam` on a felzenszwalb index saved the file's changes,
+    then was refused at its masker run (exit 2: a script took it for nothing done)."""
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    coco = write_coco(tmp_path / "train.json", photos, ["chelsea.png", "sub/rocket.png"], 1)
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    dataset = json.loads(coco.read_text())
+    dataset["annotations"] = dataset["annotations"][:1]
+    coco.write_text(json.dumps(dataset))
+    args = ["index", str(photos), "--db", str(db), "--coco", str(coco), "--masker", "sam"]
+    refused = CliRunner().invoke(app, args)
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "built with masker felzenszwalb" in said and "asks for sam." in said, said
+    assert "finished" not in said
+    assert SegmentIndex.open(db).store.label_summary()["annotations_by_split"] == {"train": 4}  # none removed

@@ -182,8 +182,13 @@ def test_index_refuses_another_model_and_queries_refuse_a_foreign_model(indexed,
         SegmentIndex.open(root / "db", model=crop).query("a cat")
 
 
-def test_one_writer_at_a_time(indexed):
+def test_one_writer_at_a_time(indexed, monkeypatch):
+    """A second indexer is refused before it loads a model: it was refused at its first
+    write, ~30 s of loading later (and one started first could lose to it)."""
+    from usesearch.indexer import pipeline
+
     root, photos, _ = indexed
+    monkeypatch.setattr(pipeline, "load_models", lambda options: pytest.fail("models loaded"))
     with writer_lock(root / "db"):
         with pytest.raises(IndexLockedError, match=f"pid {os.getpid()}"):
             index_paths([photos], root / "db", IndexOptions(**OPTS))
