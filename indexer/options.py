@@ -80,6 +80,7 @@ class IndexReport(RunReport):
     devices: list[str] = field(default_factory=list)  # where the models and FAISS ran, a line each
     repaired: list[str] = field(default_factory=list)  # photos with damaged embedding rows, embedded again
     unrepaired: list[str] = field(default_factory=list)  # damaged ones outside the folders indexed: left
+    damaged_gone: list[str] = field(default_factory=list)  # damaged ones whose file is gone: left for prune
     annotations_dropped: int = 0  # annotations whose rows were damaged: `index --coco` embeds them again
     # By split: annotations of photos whose content changed, gone with the old content
     # (`index --coco` embeds them again on the new).

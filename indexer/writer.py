@@ -51,6 +51,7 @@ class Writer:
         self.paths = paths  # the folders being indexed: ``--repair`` drops damaged photos under them only
         self.repaired: list[str] = []  # photos whose damaged embedding rows were dropped, to be embedded again
         self.unrepaired: list[str] = []  # damaged ones outside ``paths``: left as they are
+        self.damaged_gone: list[str] = []  # damaged ones whose file is gone: nothing would embed them again
         self.annotations_dropped = 0  # annotations with a damaged row: `index --coco` embeds them again
         self.moved: list[tuple[str, str]] = []  # (old path, new path): a photo renamed or moved since indexed
         # (path, the indexed photo it repeats): a copy of a photo earlier in this run waits in
@@ -124,14 +125,16 @@ class Writer:
         """``--repair``: photos under ``paths`` with a damaged embedding row lose their
         proposals and their damaged annotations (one transaction each), so the walk
         makes their proposals again (``index --coco`` the annotations); their sound
-        annotations stay. Damaged photos elsewhere are left and named."""
+        annotations stay. Damaged photos elsewhere, or whose file is gone, are left and named."""
         roots = [os.path.realpath(os.fspath(p)) for p in self.paths or []]
         for image_id in self.store.damaged_images():
             record = self.store.image(image_id)
             if record is None:
                 continue
             real = os.path.realpath(os.fsdecode(record.fs_path))
-            if any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+            if not os.path.lexists(record.fs_path):  # (dropped, its segments were lost unsaid)
+                self.damaged_gone.append(record.path)
+            elif any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
                 self.annotations_dropped += len(self.store.drop_damaged(image_id))
                 self.repaired.append(record.path)
             else:

@@ -3,6 +3,7 @@ a chunk cut short or gone, rows from before checksums; each found, named and rep
 by embedding the photos again, never answered from silently."""
 
 import json
+import os
 import sqlite3
 
 import numpy as np
@@ -88,6 +89,36 @@ def test_a_missing_or_cut_embedding_chunk_is_repaired_like_damaged_rows(tmp_path
     assert segment_table(db) == before
     assert_consistent(db)
     assert json.loads(CliRunner().invoke(app, ["info", "--db", str(db), "--json"]).output)["embeddings_lost"] == {}
+
+
+def test_a_damaged_photo_whose_file_is_gone_keeps_its_segments_and_is_named(tmp_path, monkeypatch):
+    """--repair dropped a gone photo's segments too, counted it among those "embedded
+    again" (nothing could), and left its record done with no segment."""
+    import usesearch.indexer.embeddings as embeddings
+
+    monkeypatch.setattr(embeddings, "CHUNK_ROWS", 8)
+    photos = write_photos(tmp_path / "photos", ("astronaut", "chelsea", "coffee"))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    con = sqlite3.connect(db / DB_FILE)
+    damaged = {
+        p
+        for (p,) in con.execute(
+            "select distinct i.path from segments s join images i on i.id = s.image_id where s.vec_chunk = 0"
+        )
+    }
+    con.close()
+    (db / "embeddings" / "chunk-000000.f16").unlink()
+    gone = sorted(damaged)[0]
+    os.unlink(gone)
+    result = CliRunner().invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny", "--repair"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and f"repair: {len(damaged) - 1} photo" in said, said
+    assert f"damaged, and its file is gone, so left as it is (`usesearch prune` removes it): {gone}" in said, said
+    con = sqlite3.connect(db / DB_FILE)
+    kept = con.execute("select count(*) from segments s join images i on i.id = s.image_id where i.path = ?", (gone,))
+    assert kept.fetchone()[0] > 0
+    con.close()
 
 
 def test_each_row_checksum_catches_any_single_bit_flip_and_older_rows_read_unverified(tmp_path):

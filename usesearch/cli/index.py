@@ -203,6 +203,10 @@ def index(
                 )
             for path in report.unrepaired[:10]:
                 opts.console.print(f"  damaged but not under the folders given, so left as it is: {path}")
+            for path in report.damaged_gone[:10]:
+                opts.console.print(
+                    f"  damaged, and its file is gone, so left as it is (`usesearch prune` removes it): {path}"
+                )
         for line in report.devices:
             opts.console.print(f"  {line}")
         opts.say_failures(report.failures)
