@@ -215,8 +215,8 @@ def index(
         said.say_annotations_lost(report)
         if report.failed_before:
             opts.console.print(
-                f"  {report.failed_before} of those skipped failed in an earlier run, their content unchanged, "
-                "and were not tried again: "
+                f"  {report.failed_before} of the {report.skipped} skipped failed in an earlier run, their content "
+                "unchanged, and were not tried again: "
                 f"`usesearch failures {opts.index_flags(db, db_url)}` lists them, --retry-failed tries them again"
             )
         if report.done and not report.segments:
