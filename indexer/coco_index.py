@@ -22,6 +22,7 @@ from usesearch.io.coco_dataset import (
     CocoDataset,
     ImageEntry,
     read_coco,
+    refuse_when_no_photo,
     size_fault,
 )
 from usesearch.io.files import Found, decode, read_bytes
@@ -36,7 +37,6 @@ from .coco_plan import (
     located_entries,
     plan_photo,
     record,
-    refuse_when_no_photo,
     stored_state_here,
     wrong_size,
 )

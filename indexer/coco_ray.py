@@ -31,7 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from usesearch.errors import AnnotationError
-from usesearch.io.coco_dataset import Annotation, CocoDataset, ImageEntry, Problem, read_coco, size_fault
+from usesearch.io.coco_dataset import (
+    Annotation,
+    CocoDataset,
+    ImageEntry,
+    Problem,
+    read_coco,
+    refuse_when_no_photo,
+    size_fault,
+)
 from usesearch.io.files import Found
 
 from . import faiss_gpu, fragments
@@ -45,7 +53,6 @@ from .coco_plan import (
     located_entries,
     plan_photo,
     record,
-    refuse_when_no_photo,
     stored_state_here,
     wrong_size,
 )

@@ -85,6 +85,14 @@ def test_eval_audit_records_what_it_cannot_audit_and_goes_on(trained_tiny_head, 
     audited = {s["image"].rsplit("/", 1)[1] for s in json.loads((tmp_path / "audit" / "suspects.json").read_text())}
     assert audited == {i["file_name"] for i in coco["images"][3:]}
     assert "4 annotation(s) or photo(s) could not be audited" in result.output
+    # A wrong --images (none of the photos there) is refused, as `index --coco` refuses it: it wrote
+    # an empty report ("0 of 0 annotations") and exited 0.
+    (tmp_path / "empty").mkdir()
+    wrong = [*args[:5], str(tmp_path / "empty"), *args[6:], "--report-dir", str(tmp_path / "wrong")]
+    refused = CliRunner().invoke(app, wrong)
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "annotated photo(s) " in said and "nothing is audited (give the folder" in said
+    assert not (tmp_path / "wrong").exists()
     as_json = CliRunner().invoke(app, [*args, "--report-dir", str(tmp_path / "audit2"), "--json", "-k", "3"])
     summary = json.loads(as_json.stdout)  # the summary and the top 3, on stdout alone
     ranked = json.loads((tmp_path / "audit" / "suspects.json").read_text())

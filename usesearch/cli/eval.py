@@ -1,5 +1,4 @@
-"""CLI wiring for segmenting and evaluating: ``segment``, ``eval semseg``, ``eval parts``,
-``eval audit``."""
+"""CLI wiring for segmenting and evaluating: ``segment``, ``eval semseg``, ``eval parts``, ``eval audit``."""
 
 from __future__ import annotations
 
@@ -364,12 +363,13 @@ def audit(
     as_json: opts.JsonOpt = False,
 ) -> None:
     """Rank ground-truth annotations by how strongly the model disagrees with their labels."""
-    from usesearch.io.coco_dataset import read_coco
+    from usesearch.io.coco_dataset import read_coco, refuse_when_no_photo
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder
     from usesearch.tasks.audit import audit_coco, summary, write_report
 
     opts.refuse_report_in_an_index(report_dir)
-    data = read_coco(coco)  # before the model: a file that is not COCO is one line
+    data = read_coco(coco)  # before the model: a file that is not COCO is one line, as is a wrong --images
+    refuse_when_no_photo(data, [str(images)], outcome="nothing is audited")
     preset = choose_preset(preset, head)
     embedder = resolve_embedder(preset, embedder, head)
     model = load_model(preset, embedder=embedder, device=device, head=head, precision=precision)

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from usesearch.errors import AnnotationError, CocoFileError, first_line
+from usesearch.errors import AnnotationError, CocoFileError, UsesearchError, first_line
 from usesearch.io.coco_json import load_coco_json, not_coco
+from usesearch.io.files import holds_anything
 from usesearch.masks import rle
 
 # The kinds of fault recorded (``AnnotationProblem.kind``).
@@ -364,3 +365,28 @@ def checked_masks(entry: ImageEntry, hw: tuple[int, int]) -> tuple[list[tuple[An
         else:
             kept.append((annotation, mask))
     return kept, problems
+
+
+def refuse_when_no_photo(
+    dataset: CocoDataset, folders: list[str], new_index: bool = False, outcome: str = "nothing is indexed"
+) -> None:
+    """Refused in one line before anything is made (an index folder bound to the run's
+    model among them): a file none of whose annotated photos lies under ``folders`` (a
+    wrong folder, a disk not mounted) indexed nothing, recorded each as missing and
+    exited 0, as a plain ``index`` of an empty folder is refused. Stops at the first
+    photo found: one stat in the usual case; folders all empty or missing (a disk not
+    mounted) are refused without a stat an entry (10^6 on a network share). A file with
+    no annotation at all is refused for a ``new_index`` (it would be empty); an index's
+    split it held goes, as the file says. ``outcome``: what the refused run would have done."""
+    annotated = [entry for entry in dataset.images if entry.annotations]
+    if new_index and not annotated:
+        raise UsesearchError(f"{dataset.path.name} has no annotation of any photo: a new index of it would be empty")
+    found = any(holds_anything(folder) for folder in folders) and any(
+        photo_path(folders, entry.file_name) is not None for entry in annotated
+    )
+    if annotated and not found:
+        where = ", ".join(folders)
+        raise UsesearchError(
+            f"none of the {len(annotated)} annotated photo(s) {dataset.path.name} names is under {where}: "
+            f"{outcome} (give the folder its file_names are relative to)"
+        )
