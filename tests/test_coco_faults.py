@@ -216,7 +216,7 @@ def test_a_folder_holding_none_of_the_files_photos_is_refused_before_anything_is
 def test_empty_folders_are_refused_without_looking_up_each_photo(tmp_path, monkeypatch):
     """A disk not mounted: the folder is empty, and each of a file's 10^6 photos was
     looked up (a stat each, on a network share) before the refusal."""
-    import usesearch.indexer.coco_plan as coco_plan
+    import usesearch.io.coco_dataset as coco_dataset
     from usesearch.errors import UsesearchError
 
     photos = write_photos(tmp_path / "photos", ("chelsea",))
@@ -224,8 +224,8 @@ def test_empty_folders_are_refused_without_looking_up_each_photo(tmp_path, monke
     (tmp_path / "empty").mkdir()
     (tmp_path / "mount").mkdir()
     looked_up: list = []
-    real = coco_plan.photo_path
-    monkeypatch.setattr(coco_plan, "photo_path", lambda *args: looked_up.append(args) or real(*args))
+    real = coco_dataset.photo_path
+    monkeypatch.setattr(coco_dataset, "photo_path", lambda *args: looked_up.append(args) or real(*args))
     for folders in ([tmp_path / "empty"], [tmp_path / "empty", tmp_path / "mount"]):
         with pytest.raises(UsesearchError, match="none of the 1 annotated photo"):
             index_coco(folders, coco, tmp_path / "db", IndexOptions(preset="tiny"))
