@@ -272,9 +272,14 @@ def test_a_run_whose_masker_finds_nothing_says_so_and_why(tmp_path):
     args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--masker", "sam"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0 and "1 image indexed" in result.output and "0 segments" in result.output
-    assert (
-        "no masks: the masker found no region in 1 photo(s) (the tiny preset's SAM has random weights" in result.output
-    )
+    said = " ".join(result.output.split())
+    assert "no masks: the masker found no region in 1 photo (the tiny preset's sam has random weights" in said, said
+    assert "in another --db gets regions" in said
+    # A later run naming neither preset nor masker (the index's own) is told the same.
+    write_photos(photos / "more", ("rocket",))
+    again = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db")])
+    said = " ".join(again.output.split())
+    assert "no masks" in said and "the tiny preset's sam has random weights" in said, said
     plain = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "felz"), "--preset", "tiny"])
     assert plain.exit_code == 0 and "no masks" not in plain.output
 

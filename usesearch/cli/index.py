@@ -220,15 +220,7 @@ def index(
                 f"`usesearch failures {opts.index_flags(db, db_url)}` lists them, --retry-failed tries them again"
             )
         if report.done and not report.segments:
-            random_sam = preset == "tiny" and masker in ("sam", "sam2")
-            opts.console.print(
-                f"  no masks: the masker found no region in {report.done} photo(s)"
-                + (
-                    " (the tiny preset's SAM has random weights; its default masker, felzenszwalb, needs none)"
-                    if random_sam
-                    else ""
-                )
-            )
+            said.say_no_masks(report.done, db, db_url)
         if not prune_gone and not report.interrupted:
             said.say_gone(db, folders, db_url)
         if report.interrupted:

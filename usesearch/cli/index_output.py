@@ -56,6 +56,28 @@ def say_annotations_lost(report: IndexReport, this_split: str | None = None) -> 
         )
 
 
+def say_no_masks(photos: int, db: str, db_url: str | None) -> None:
+    """A run whose photos gave no region, and why where it is known: the index's (the
+    run's) preset and masker, also where the run named neither."""
+    from usesearch.indexer.folder import open_store
+
+    store = open_store(Path(db), db_url, read_only=True)
+    try:
+        info = store.info()
+    finally:
+        store.close()
+    random_sam = info is not None and info.preset == "tiny" and info.masker in ("sam", "sam2")
+    opts.console.print(
+        f"  no masks: the masker found no region in {counted(photos, 'photo')}"
+        + (
+            f" (the tiny preset's {info.masker} has random weights: this index keeps it; an index made with the "
+            "tiny preset's default masker, felzenszwalb, in another --db gets regions)"
+            if info is not None and random_sam
+            else ""
+        )
+    )
+
+
 def say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:
     """The photos indexed under these folders whose files are gone: a line, not a
     silent index that still answers with them (one stat each, the walk just warmed
