@@ -55,3 +55,17 @@ def test_a_listed_photo_no_masker_has_run_on_is_said_not_searched(tmp_path):
     assert _overlooked_photos(db) == {"chelsea.png"}
     said = " ".join(audit_cli.output.split())
     assert "1 photo(s) listed with no annotation have no proposals yet: the overlooked list cannot see them" in said
+
+
+def test_annotated_photos_the_masker_gave_no_proposal_are_said(tmp_path):
+    """The tiny preset's SAM (random weights) proposes nothing: the overlooked and
+    badly_located lists came out empty with no word of why."""
+    photos = write_photos(tmp_path / "photos", ("chelsea",))
+    coco = write_coco(tmp_path / "train.json", photos, ["chelsea.png"], 1)
+    db = tmp_path / "db"
+    args = ["index", str(photos), "--db", str(db), "--coco", str(coco), "--preset", "tiny"]
+    made = CliRunner().invoke(app, [*args, "--masker", "sam", "--points-per-side", "4"])
+    assert made.exit_code == 0 and "no masks" in made.output, made.output
+    assert _overlooked_photos(db) == set()
+    said = " ".join(audit_cli.output.split())
+    assert "1 annotated photo(s) got no proposal from the masker: the overlooked and badly_located" in said, said

@@ -119,6 +119,11 @@ def audit_index(
                 f"  {reader.unproposed} annotated photo(s) have no proposals yet: the overlooked and badly_located "
                 f"lists cannot see them (`usesearch index IMAGES --masker NAME --db {db_dir}` makes them)"
             )
+        if reader.unproposed_masked:
+            say(
+                f"  {reader.unproposed_masked} annotated photo(s) got no proposal from the masker: the overlooked and "
+                "badly_located lists find nothing there"
+            )
         if reader.listed:
             say(f"  {reader.listed} photo(s) listed with no annotation: searched for overlooked objects too")
         if reader.listed_unindexed:

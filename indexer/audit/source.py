@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import func, inspect, select, union
+from sqlalchemy.orm import aliased
 
 from usesearch.errors import UsesearchError
 
@@ -18,6 +19,7 @@ from ..records import ANNOTATION, DONE, PROPOSAL, ImageRecord, ListedPhoto, Segm
 from ..store import Store
 
 SEG = SegmentRecord
+PROP = aliased(SegmentRecord)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,14 @@ class DatasetReader:
                 )
                 or 0
             )
+            # Annotated photos a masker ran on that got no proposal (random weights, thresholds
+            # too strict): the lists that compare with proposals find nothing there either.
+            proposal = select(PROP.id).where(PROP.image_id == SEG.image_id, PROP.source == PROPOSAL).exists()
+            masked = select(ImageRecord.id).where(ImageRecord.proposals_made.is_(True))
+            barren = select(func.count(SEG.image_id.distinct())).where(
+                SEG.source == ANNOTATION, SEG.image_id.in_(masked), ~proposal
+            )
+            self.unproposed_masked = s.scalar(barren) or 0
             # Photos a split lists with no annotation: indexed (searched for overlooked
             # objects), and not yet indexed by a masker run (nothing to search).
             self.listed = self.listed_unindexed = 0
