@@ -125,6 +125,7 @@ def test_reading_a_coco_file_keeps_one_entry_a_photo_and_the_first_of_each_id(tm
             {"id": 10, "image_id": 1, "category_id": 1, "segmentation": poly},
             {"id": 11, "image_id": 2, "category_id": 1, "segmentation": poly, "iscrowd": 1},
             {"id": 12, "image_id": 2, "category_id": 1},  # no segmentation
+            {"id": 14, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]},  # a detection dataset's box alone
             {"id": "13", "image_id": 2, "category_id": 1, "segmentation": poly},  # an id that is not a number
         ],
         "categories": [{"id": 1, "name": "cat"}, {"id": 1, "name": "dog"}, {"name": "nameless"}],
@@ -141,12 +142,15 @@ def test_reading_a_coco_file_keeps_one_entry_a_photo_and_the_first_of_each_id(tm
             (None, None, "broken annotation"),  # the nameless category
             ("b.png", None, "duplicate id"),
             (None, None, "broken annotation"),  # the image entry without an id
-            (None, 12, "broken mask"),
-            (None, None, "broken annotation"),  # the annotation whose id is a string
+            ("./a.png", 12, "broken mask"),  # its photo named, as for any other fault of a known entry
+            ("a.png", 14, "broken mask"),
+            ("./a.png", None, "broken annotation"),  # the annotation whose id is a string
             ("./a.png", None, "duplicate id"),
         ],
         key=str,
     )
+    boxed = next(str(e) for _, a, e in dataset.problems if a == 14)
+    assert boxed.startswith("the annotation has no segmentation (a box alone, as in a detection dataset: a segment")
 
 
 def test_a_repeated_entry_giving_its_photo_another_size_adds_no_annotation(tmp_path):

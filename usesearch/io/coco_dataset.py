@@ -167,7 +167,8 @@ def _add_annotation(
         image_id, annotation = _annotation(item, at, categories, seen)
     except AnnotationError as exc:
         ann_id = item.get("id") if isinstance(item, dict) and _is_int(item.get("id")) else None
-        problems.append((None, ann_id, exc))
+        entry = images.get(item.get("image_id")) if isinstance(item, dict) and _is_int(item.get("image_id")) else None
+        problems.append((entry.file_name if entry is not None else None, ann_id, exc))  # its photo, where known
         return
     entry = images.get(image_id)
     if entry is None:
@@ -257,7 +258,8 @@ def _annotation(item: Any, at: int, categories: dict[int, str], seen: set[int]) 
     if crowd not in (0, 1):  # (True, 1.0 are 1); "0" was read as a crowd
         raise AnnotationError(BROKEN_ANNOTATION, f"iscrowd must be 0 or 1, not {crowd!r}")
     if "segmentation" not in item:
-        raise AnnotationError(BROKEN_MASK, "the annotation has no segmentation")
+        boxed = " (a box alone, as in a detection dataset: a segment is a mask, an RLE or a polygon)"
+        raise AnnotationError(BROKEN_MASK, "the annotation has no segmentation" + boxed * ("bbox" in item))
     if item["id"] in seen:
         raise AnnotationError(DUPLICATE_ID, f"annotation id {item['id']} repeated (the first is kept)")
     seen.add(item["id"])
