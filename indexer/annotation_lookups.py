@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, exists, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .lookups import SQL_PARAMETERS
-from .records import ANNOTATION, DONE, PROPOSAL, AnnotationProblem, ImageRecord, LabelledFile, SegmentRecord
+from .records import (
+    ANNOTATION,
+    DONE,
+    PROPOSAL,
+    AnnotationProblem,
+    ImageRecord,
+    LabelledFile,
+    LabelledPass,
+    SegmentRecord,
+)
 
 BATCH = 100_000  # rows per streamed batch: ~10 MB of columns
 
@@ -179,7 +189,7 @@ class AnnotationLookups:
             rows.append((PROPOSAL, None, None, total - sum(r[3] for r in rows)))
         return sorted(rows, key=lambda r: (r[0], r[1] or "", r[2] or ""))
 
-    def label_summary(self) -> dict[str, dict]:
+    def label_summary(self) -> dict[str, Any]:
         """Segments per source, and annotation segments per split and per split and
         class (``usesearch info``)."""
         by_source: dict[str, int] = {}
@@ -190,7 +200,13 @@ class AnnotationLookups:
             if source == ANNOTATION:
                 by_split[split or ""] = by_split.get(split or "", 0) + n
                 by_category.setdefault(split or "", {})[category or ""] = n
-        return {"segments_by_source": by_source, "annotations_by_split": by_split, "annotations_by_class": by_category}
+        unfinished = [f"split {split!r} from {coco_file}" for split, coco_file in self.unfinished_passes()]
+        return {
+            "segments_by_source": by_source,
+            "annotations_by_split": by_split,
+            "labelled_passes_unfinished": unfinished,
+            "annotations_by_class": by_category,
+        }
 
     def annotation_problems(self, split: str | None = None) -> list[AnnotationProblem]:
         """The labelled dataset's recorded problems (of one split, or all), in the
@@ -202,6 +218,14 @@ class AnnotationLookups:
             query = query.where(AnnotationProblem.split == split)
         with self.sessions() as s:
             return list(s.scalars(query))
+
+    def unfinished_passes(self) -> list[tuple[str, str]]:
+        """(split, COCO file) of each pass begun and not finished (``LabelledPass``)."""
+        if LabelledPass.__tablename__ not in inspect(self.engine).get_table_names():
+            return []
+        with self.sessions() as s:
+            rows = s.execute(select(LabelledPass.split, LabelledPass.coco_file).order_by(LabelledPass.split))
+            return [(split, coco_file) for split, coco_file in rows]
 
     def split_files(self, split: str) -> set[str]:
         """The COCO files ``split`` was indexed from (none before the table existed)."""

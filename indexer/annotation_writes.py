@@ -27,6 +27,7 @@ from .records import (
     ImageRecord,
     IndexInfo,
     LabelledFile,
+    LabelledPass,
     ListedPhoto,
     SegmentRecord,
 )
@@ -224,19 +225,30 @@ class AnnotationWrites:
                 s.execute(delete(LabelledFile).where(mine))
                 theirs = (AnnotationProblem.split == split) & AnnotationProblem.coco_file.in_(others)
                 s.execute(delete(AnnotationProblem).where(theirs))
-                listed = (ListedPhoto.split == split) & ListedPhoto.coco_file.in_(others)
-                s.execute(delete(ListedPhoto).where(listed))
+                for table in (ListedPhoto, LabelledPass):  # (their annotations go with this pass)
+                    s.execute(delete(table).where((table.split == split) & table.coco_file.in_(others)))
                 return others
 
         others: list[str] = self.retrying(forget)
         return others
 
+    def begin_pass(self, split: str, coco_file: str) -> None:
+        """A pass of ``coco_file`` over ``split`` begun (``LabelledPass``): ``note_file`` ends it."""
+
+        def begin() -> None:
+            with self.sessions.begin() as s:
+                s.merge(LabelledPass(split=split, coco_file=coco_file, started=dt.datetime.now(dt.timezone.utc)))
+
+        self.retrying(begin)
+
     def note_file(self, split: str, coco_file: str) -> set[str]:
-        """Record that ``split`` is indexed from ``coco_file``; every file it was indexed from."""
+        """Record that ``split`` is indexed from ``coco_file`` (a whole pass of it done);
+        every file it was indexed from."""
 
         def note() -> set[str]:
             with self.sessions.begin() as s:
                 s.merge(LabelledFile(split=split, coco_file=coco_file, indexed=dt.datetime.now(dt.timezone.utc)))
+                s.execute(delete(LabelledPass).where(LabelledPass.split == split, LabelledPass.coco_file == coco_file))
                 return set(s.scalars(select(LabelledFile.coco_file).where(LabelledFile.split == split)))
 
         files: set[str] = self.retrying(note)

@@ -77,6 +77,7 @@ def index_coco(
         report.moved = writer.moved
         report.replacing = replace_split  # the others forgotten once the pass is whole (finish_pass)
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
+        writer.store.begin_pass(split, str(dataset.path))  # ended by a whole pass (``finish_pass``)
         record(writer, report, split, dataset, dataset.problems)
         steps = _photos(dataset, folders, writer, model, options, report, split)
         total = len(dataset.images)

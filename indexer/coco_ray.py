@@ -177,6 +177,7 @@ def index_coco_ray(
         report.moved = writer.moved
         report.replacing = replace_split  # the others forgotten once the pass is whole (finish_pass)
         writer.store.forget_problems(split, str(dataset.path))  # recorded afresh below: listed once
+        writer.store.begin_pass(split, str(dataset.path))  # ended by a whole pass (``finish_pass``)
         record(writer, report, split, dataset, dataset.problems)
         located, listed = located_entries(dataset, folders, writer, report, split)
         steps = _steps(

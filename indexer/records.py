@@ -221,6 +221,18 @@ class LabelledFile(Base):
     indexed: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
 
 
+class LabelledPass(Base):
+    """A COCO file's pass over a split begun and not finished: an ``index --coco`` run
+    stopped (Ctrl-C, killed, failed), and the split holds part of the file's changes.
+    Cleared by a whole pass; ``info`` and the audit say it. A table of its own, so an
+    index made before it still opens read-only."""
+
+    __tablename__ = "labelled_passes"
+    split: Mapped[str] = mapped_column(String(128), primary_key=True)
+    coco_file: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    started: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
+
+
 class ListedPhoto(Base):
     """A photo a split's COCO file lists with no annotation (a negative, or one whose
     objects its annotators all missed): the audit searches its proposals for overlooked

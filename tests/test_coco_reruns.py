@@ -9,7 +9,7 @@ import os
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.helpers import OPTS, segment_table, write_photos
+from tests.helpers import OPTS, audit_cli, segment_table, write_photos
 from tests.test_coco_index import TINY, _box, write_coco
 from usesearch.cli.app import app
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths
@@ -293,8 +293,15 @@ def test_kill_dash_nine_mid_run_then_resume_equals_one_clean_run(tmp_path):
     count = "SELECT count(*) FROM segments WHERE source = 'annotation'"
     at_kill = kill_when(proc, lambda: sqlite_count(killed / DB_FILE, count), lambda n: n >= 2, 0)
     assert 2 <= at_kill < 2 * len(names)
+    # The split holds part of the file: said by `info` (and the audit), which told nothing of it.
+    shown = CliRunner().invoke(app, ["info", "--db", str(killed)])
+    said = " ".join(shown.output.split())
+    assert f"split 'train' from {coco}: an `index --coco` run stopped before its end" in said, said
+    audit_cli(killed)
+    assert f"split 'train' holds part of a pass of {coco}" in " ".join(audit_cli.output.split())
     resumed = index_coco([photos], coco, killed, IndexOptions(preset="tiny"))
     ix = SegmentIndex.open(killed)
+    assert ix.store.unfinished_passes() == []
     got = sorted(
         (r.image_path, r.annotation_id, r.category, r.rle_counts)
         for r in ix.store.rows(ix.store.segment_ids()).values()

@@ -114,23 +114,8 @@ def audit_index(
                 say(f"resuming the audit at its {state.phase} pass (after id {state.after})")
         save = lambda: _save(folder / CHECKPOINT, identity, state)  # noqa: E731
         say(f"{reader.annotations} annotations of {len(reader.classes)} classes, {reader.proposals} proposals")
-        if reader.unproposed:
-            say(
-                f"  {reader.unproposed} annotated photo(s) have no proposals yet: the overlooked and badly_located "
-                f"lists cannot see them (`usesearch index IMAGES --masker NAME --db {db_dir}` makes them)"
-            )
-        if reader.unproposed_masked:
-            say(
-                f"  {reader.unproposed_masked} annotated photo(s) got no proposal from the masker: the overlooked and "
-                "badly_located lists find nothing there"
-            )
-        if reader.listed:
-            say(f"  {reader.listed} photo(s) listed with no annotation: searched for overlooked objects too")
-        if reader.listed_unindexed:
-            say(
-                f"  {reader.listed_unindexed} photo(s) listed with no annotation have no proposals yet: the "
-                f"overlooked list cannot see them (`usesearch index IMAGES --masker NAME --db {db_dir}` makes them)"
-            )
+        for line in reader.notes(db_dir):
+            say(f"  {line}")
         passes = {
             "annotations": lambda: _annotation_pass(store, reader, state, config, save),
             "photos": lambda: _photo_pass(store, reader, class_vectors, state, config, save),

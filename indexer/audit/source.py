@@ -84,6 +84,7 @@ class DatasetReader:
             # Photos a split lists with no annotation: indexed (searched for overlooked
             # objects), and not yet indexed by a masker run (nothing to search).
             self.listed = self.listed_unindexed = 0
+            self.unfinished = store.unfinished_passes()
             if ListedPhoto.__tablename__ in inspect(store.engine).get_table_names():
                 listed = select(ListedPhoto.fs_path).distinct().subquery()
                 records = (
@@ -93,6 +94,34 @@ class DatasetReader:
                 )
                 self.listed = s.scalar(records) or 0
                 self.listed_unindexed = (s.scalar(select(func.count()).select_from(listed)) or 0) - self.listed
+
+    def notes(self, db_dir) -> list[str]:
+        """What the lists cannot see, or see besides annotated photos, a line each."""
+        masker_run = f"`usesearch index IMAGES --masker NAME --db {db_dir}` makes them"
+        notes = []
+        if self.unproposed:
+            notes.append(
+                f"{self.unproposed} annotated photo(s) have no proposals yet: the overlooked and badly_located "
+                f"lists cannot see them ({masker_run})"
+            )
+        if self.unproposed_masked:
+            notes.append(
+                f"{self.unproposed_masked} annotated photo(s) got no proposal from the masker: the overlooked and "
+                "badly_located lists find nothing there"
+            )
+        if self.listed:
+            notes.append(f"{self.listed} photo(s) listed with no annotation: searched for overlooked objects too")
+        if self.listed_unindexed:
+            notes.append(
+                f"{self.listed_unindexed} photo(s) listed with no annotation have no proposals yet: the overlooked "
+                f"list cannot see them ({masker_run})"
+            )
+        for split, coco_file in self.unfinished:
+            notes.append(
+                f"split {split!r} holds part of a pass of {coco_file} (an `index --coco` run stopped before its "
+                "end): its lists are of that part; the same `index --coco` command finishes it"
+            )
+        return notes
 
     def annotation_batches(self, after: int, batch: int, split: str | None = None):
         """``Annotations`` (of one split, or all) with ids past ``after``, in id order;
