@@ -58,6 +58,10 @@ def test_each_planted_kind_is_found_at_the_top_of_its_list(db, planted_index):
     assert cells == [(i["item"], i["paths"], i["images"]) for i in lists["leaks"]] and cells
     leak_line = next(line for line in audit_cli.output.splitlines() if line.strip().startswith("leaks:"))
     assert leak_line.endswith((".png)", ".jpg)"))  # the first leak names its photo(s), never ", )"
+    # Each leak names a photo of its own (one of whole photos of the same content had "image": null).
+    assert all(i["image"] in i["paths"] for i in lists["leaks"]) and any(
+        i["segment_id"] is None for i in lists["leaks"]
+    )
     for kind in LISTS:
         assert (db.parent / "report" / f"{kind}.csv").read_text().startswith("rank,item,score")
         assert (db.parent / "report" / f"{kind}.png").stat().st_size > 1000  # a contact sheet of the tiles

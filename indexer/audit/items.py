@@ -55,7 +55,7 @@ def resolve(
             **item,
             "segment_id": segment_id,
             "image_id": row.image_id if row else item.get("image_id"),
-            "image": row.image_path if row else None,
+            "image": row.image_path if row else item.get("image"),  # (a leak of whole photos: its first)
             "bbox": list(row.bbox) if row else None,
         }
 
@@ -105,6 +105,7 @@ def resolve(
             "splits": g["splits"],
             "segments": g.get("segments", []),
             "image_id": g["images"][0],
+            "image": photo_paths[g["images"][0]],
         }
         out["leaks"].append(common(item, g["segment_id"]))
     for items in out.values():
