@@ -287,6 +287,11 @@ def test_a_row_is_read_whole_whatever_its_cells_hold(tmp_path):
         csv.writer(f).writerows([[*rows[0], "verdict"], *[[*r, ""] for r in rows[1:]]])
     with pytest.raises(UsesearchError, match="has verdict twice among its columns"):
         read_verdicts(path, {"outliers": items})
+    # A JSON file given: said as no list's CSV, not as its fragments "twice among its columns" (665 characters).
+    json_file = path.with_suffix(".json")
+    json_file.write_text('[{"iscrowd": 0}, {"iscrowd": 0}, {"iscrowd": 0}, {"iscrowd": 0}]\n')
+    with pytest.raises(UsesearchError, match="is not an audit list's CSV: it has no item or verdict column"):
+        read_verdicts(json_file, {"outliers": items})
     assert cell_text(str(text_cell("'=x"))) == "'=x" and cell_text(str(text_cell("=x"))) == "=x"
     path.write_text(",".join(columns) + "\n" + "x" * 200_000 + "\n")
     with pytest.raises(UsesearchError, match="outliers.csv:2: not a CSV row"):

@@ -120,7 +120,7 @@ def _read(path: Path, f, lists: dict[str, list[dict]]) -> VerdictFile:
     try:
         header = [cell.strip().lower() for cell in next(rows)]  # ("Verdict": a spreadsheet's capital)
         twice = sorted({name for name in header if name and header.count(name) > 1})
-        if twice:
+        if twice and {"item", "verdict"} <= set(header):  # (else no list's CSV at all: said as such)
             raise UsesearchError(f"{path} has {', '.join(twice)} twice among its columns: keep one of each")
         kind = _kind_of(header, path)
         column = {name: n for n, name in enumerate(header)}
