@@ -69,3 +69,6 @@ def test_annotated_photos_the_masker_gave_no_proposal_are_said(tmp_path):
     assert _overlooked_photos(db) == set()
     said = " ".join(audit_cli.output.split())
     assert "1 annotated photo(s) got no proposal from the masker: the overlooked and badly_located" in said, said
+    # What the counts leave out is said too: the crowd annotation, the class with one annotation.
+    assert "2 annotations (1 crowd, left out) of 1 class, 0 proposals" in said, said
+    assert "outliers: 1 class with one annotation, not ranked (none to compare with)" in said, said

@@ -34,6 +34,7 @@ import numpy as np
 
 from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
 from usesearch.io.atomic import write_atomic
+from usesearch.reports import counted
 
 from ..folder import check_writable, head_to_load, open_store
 from ..records import IndexInfo, info_summary
@@ -113,7 +114,11 @@ def audit_index(
             elif was != "done":
                 say(f"resuming the audit at its {state.phase} pass (after id {state.after})")
         save = lambda: _save(folder / CHECKPOINT, identity, state)  # noqa: E731
-        say(f"{reader.annotations} annotations of {len(reader.classes)} classes, {reader.proposals} proposals")
+        crowd = f" ({reader.crowd} crowd, left out)" if reader.crowd else ""
+        say(
+            f"{counted(reader.annotations, 'annotation')}{crowd} of "
+            f"{counted(len(reader.classes), 'class', 'classes')}, {counted(reader.proposals, 'proposal')}"
+        )
         for line in reader.notes(db_dir):
             say(f"  {line}")
         passes = {
@@ -135,6 +140,12 @@ def audit_index(
         shown = {kind: ranked.top(wanted[kind]) for kind, ranked in state.lists.items()}
         result = resolve(store, reader, shown, state.pairs, wanted["leaks"], config.near_duplicate)
         say(f"lists resolved: {time.perf_counter() - start:.0f} s")
+        alone = int((state.counts == 1).sum())
+        if alone:  # (their outlier score is not defined: no other member to compare with)
+            say(
+                f"  outliers: {counted(alone, 'class', 'classes')} with one annotation, not ranked "
+                "(none to compare with)"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / RESULT, json.dumps(result).encode())
         return result

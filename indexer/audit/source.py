@@ -63,6 +63,8 @@ class DatasetReader:
         with store.sessions() as s:
             self.annotations = s.scalar(select(func.count()).where(SEG.source == ANNOTATION)) or 0
             self.proposals = s.scalar(select(func.count()).where(SEG.source == PROPOSAL)) or 0
+            # Crowd annotations: one mask over many objects, in no list (said: the counts left them in).
+            self.crowd = s.scalar(select(func.count()).where(SEG.source == ANNOTATION, SEG.iscrowd.is_(True))) or 0
             # Annotated photos no masker run has made proposals of: the lists that compare
             # annotations with proposals (overlooked, badly located) cannot see them.
             self.unproposed = (
