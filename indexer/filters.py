@@ -204,8 +204,19 @@ def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], st
         if wanted is not None:
             have = names()
             if wanted not in have:
-                listed = ", ".join(have[:20]) + (", ..." if len(have) > 20 else "") if have else "none"
-                why.append(f"{flag} {wanted!r}: the index has no such {noun} (it has: {listed})")
+                listed = ", ".join(have[:20]) + (", ..." if len(have) > 20 else "")
+                why.append(
+                    f"{flag} {wanted!r}: the index has no such {noun} "
+                    + (f"(it has: {listed})" if have else "(it holds no labelled dataset: `index IMAGES --coco FILE`)")
+                )
+    # A class or split is an annotation's: a proposal has none.
+    if filters.source == "proposal" and (filters.label is not None or filters.split is not None):
+        given = [spelt(name) for name in ("label", "split") if getattr(filters, name) is not None]
+        verb = "name" if len(given) > 1 else "names"
+        why.append(
+            f"{' and '.join(given)} {verb} annotations, and {spelt('source')} proposal leaves them out: "
+            "give one or the other"
+        )
     if filters.source is not None and not store.has_source(filters.source):
         made_by = (
             "`index IMAGES --coco FILE.json` adds them" if filters.source == "annotation" else "a masker run makes them"

@@ -70,10 +70,14 @@ def test_a_search_a_filter_empties_says_why_as_the_cli_does(served):
     and nothing more, where the CLI names what the index lacks."""
     _, _, client = served
     cases = [
-        ({"label": "unicorn"}, "label 'unicorn': the index has no such class (it has: none)"),
+        ({"label": "unicorn"}, "label 'unicorn': the index has no such class (it holds no labelled dataset: "),
         ({"path": "*nowhere*"}, "no indexed photo's path matches path '*nowhere*'"),
         ({"source": "annotation"}, "source annotation: the index holds no annotation segments"),
         ({"min_score": 0.999}, "no hit scores at least min_score 0.999 (the best found without it scores"),
+        (  # a class is an annotation's: with proposals alone, nothing is ever found
+            {"label": "unicorn", "split": "val", "source": "proposal"},
+            "label and split name annotations, and source proposal leaves them out: give one or the other",
+        ),
     ]
     for params, said in cases:
         answer = client.get("/api/search", params={"q": "fur", **params}).json()
