@@ -37,7 +37,8 @@ class CocoReport(IndexReport):
     split: str = ""
     problems: list[str] = field(default_factory=list)
     relabelled: int = 0  # annotations whose class or crowd flag changed in the file, set in place
-    removed: int = 0  # annotation segments the file no longer has (or whose mask changed)
+    removed: int = 0  # annotation segments the file no longer has (or whose mask is broken now)
+    redrawn: int = 0  # annotations whose mask the file changed: embedded again (counted in ``segments`` too)
     shared_with: list[str] = field(default_factory=list)  # other files indexed as this split: theirs are kept
     replacing: bool = False  # --replace-split: this file is to be the split's only one
     replaced: list[str] = field(default_factory=list)  # the split's other files, forgotten at the pass's end
@@ -177,6 +178,7 @@ class Plan:
     drop: list[int] = field(default_factory=list)
     relabel: dict[int, tuple[str, bool]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    redrawn: list[int] = field(default_factory=list)  # of ``drop``: stored segments whose mask the file redrew
 
     @property
     def empty(self) -> bool:
@@ -249,6 +251,7 @@ def plan_photo(entry: ImageEntry, hw: tuple[int, int], stored: dict, keep_absent
                 plan.relabel[old.segment_id] = (annotation.category, annotation.iscrowd)
         else:
             plan.drop += [old.segment_id] if old is not None else []
+            plan.redrawn += [old.segment_id] if old is not None else []
             plan.new.append((annotation, mask))
     if not keep_absent:
         plan.drop += [old.segment_id for old in stored.values()]  # no longer annotated on this photo
@@ -283,5 +286,6 @@ def commit_photo(
     report.done += 1
     # The split's annotations the file dropped or changed: not a changed photo's proposals,
     # other splits' annotations (``annotations_lost``) or this split's embedded again.
-    report.removed += len(set(removed) & set(plan.drop))
+    report.removed += len(set(removed) & (set(plan.drop) - set(plan.redrawn)))
+    report.redrawn += len(set(removed) & set(plan.redrawn))
     report.relabelled += len(plan.relabel)

@@ -121,11 +121,12 @@ def test_a_rerun_on_ray_follows_a_changed_file_as_a_sequential_rerun(ray_local, 
     result = CliRunner().invoke(app, [*args, "--preset", "tiny", "--ray", "local"])  # Ray as this process has it
     assert result.exit_code == 0, result.output
     assert_same(tmp_path / "ray", tmp_path / "seq")
-    assert (sequential.relabelled, sequential.segments, sequential.removed, sequential.done) == (1, 1, 2, 3)
+    assert (sequential.relabelled, sequential.segments, sequential.removed, sequential.done) == (1, 1, 1, 3)
+    assert sequential.redrawn == 1
     assert "models on Ray's CPU workers" in result.output and annotations(tmp_path / "ray")[1][0] == "cup"
-    assert "split 'train': 1 annotation indexed from 3 photos, 1 relabelled, 2 removed" in result.output, result.output[
-        -900:
-    ]
+    assert "split 'train': 1 annotation indexed from 3 photos, 1 relabelled, 1 redrawn, 1 removed" in result.output, (
+        result.output[-900:]
+    )
 
 
 def test_a_rerun_on_ray_reads_only_the_photos_that_changed_or_gained_a_mask(ray_local, tmp_path, monkeypatch):

@@ -106,7 +106,9 @@ def print_labelled(report, db: str, db_url: str | None, masker_follows: bool = F
     opts.console.print(
         f"{state}: split {report.split!r}: {counted(report.segments, 'annotation')} indexed "
         f"from {counted(report.done, 'photo')}, "
-        f"{report.relabelled} relabelled, {report.removed} removed, {report.skipped} photos with nothing new, "
+        f"{report.relabelled} relabelled, "
+        + (f"{report.redrawn} redrawn, " if report.redrawn else "")
+        + f"{report.removed} removed, {report.skipped} photos with nothing new, "
         f"{report.failed} failed, {len(report.problems)} problems in {report.seconds:.1f} s"
     )
     for line in report.devices:
