@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
@@ -19,6 +19,7 @@ from usesearch.tasks.visualize import decode_mask, outline, segment_tile
 from .hits import Hit
 
 TILE, CAPTION, COLUMNS = 192, 30, 5
+GREY_FONT = ImageFont.load_default(size=16)
 WEBP_MOST_PIXELS = 16_383  # a side WebP can hold
 
 
@@ -69,7 +70,10 @@ def contact_sheet(
             left, top = (i % columns) * tile, (i // columns) * (tile + CAPTION)
             if rgb is None:
                 draw.rectangle((left + 8, top + 8, left + tile - 8, top + tile - 8), fill=(200, 200, 200))
-                draw.text((left + 16, top + tile // 2 - 6), f"photo {why}", fill=(60, 60, 60))
+                # A word a line, in a font its size (the bitmap default's space read as "photogone").
+                draw.multiline_text(
+                    (left + 16, top + tile // 2 - 18), f"photo\n{why}", fill=(60, 60, 60), font=GREY_FONT
+                )
             else:
                 tile_image = segment_tile(rgb, decode_mask(hit.mask), hit.bbox, tile)
                 sheet.paste(tile_image, (left + (tile - tile_image.width) // 2, top + (tile - tile_image.height) // 2))
