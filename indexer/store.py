@@ -199,12 +199,12 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
     def image_by_path(self, fs_path: bytes) -> ImageRecord | None:
         return self.retrying(lambda: self._one(select(ImageRecord).where(ImageRecord.fs_path == fs_path)))
 
-    def done_with_hash(self, sha256: str, most: int = 16) -> list[ImageRecord]:
+    def done_with_hash(self, sha256: str, most: int = 16, status: str = DONE) -> list[ImageRecord]:
         """The done images of this content, oldest first (several where ``index --coco``
-        indexed copies under their own names)."""
+        indexed copies under their own names); or those of another ``status``."""
 
         def read() -> list[ImageRecord]:
-            query = select(ImageRecord).where(ImageRecord.sha256 == sha256, ImageRecord.status == DONE)
+            query = select(ImageRecord).where(ImageRecord.sha256 == sha256, ImageRecord.status == status)
             with self.sessions() as s:
                 return list(s.scalars(query.order_by(ImageRecord.id).limit(most)))
 

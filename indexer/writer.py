@@ -24,7 +24,7 @@ from .image_writes import PhotoWrite, joined
 from .index_checks import check_factory, check_identity
 from .known_images import KnownImages, fits_now, still_holds
 from .options import IndexOptions, IndexReport, LoopReport, check_shard_count
-from .records import DONE, IndexInfo
+from .records import DONE, FAILED, IndexInfo
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -302,6 +302,9 @@ class Writer:
         report.record_failure(path, exc, kept=existing is not None and existing.status == DONE)
         if sha256:
             self._failed_contents.add(sha256)
+            for old in self.store.done_with_hash(sha256, status=FAILED):  # the same file moved: its failure too
+                if old.fs_path != key and not os.path.lexists(old.fs_path):
+                    self.remove_image(old.id)
         # Files skipped as copies of this one, queued before it failed, are no copies of an
         # indexed photo: they fail as it did (they were left out of ``failures``).
         for copy_key, copy_path, copy_stat, _ in self._copies_coming.pop(sha256, []) if sha256 else []:

@@ -304,6 +304,27 @@ def test_failures_prints_a_line_a_file_even_for_a_name_with_a_newline(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"{photos}/bad\\nname.jpg\t"), lines
 
 
+def test_a_failing_file_moved_with_its_folder_is_one_failure_not_two(tmp_path):
+    """`mv photos archive` then `index archive`: the photos moved with their segments, but
+    each failing file was recorded again under its new path, its old failure kept:
+    `failures` listed both and `info` counted them twice."""
+    from usesearch.indexer.folder import open_store
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    (photos / "bad.jpg").write_text("this is not a JPEG")
+    db = tmp_path / "db"
+    assert index_paths([photos], db, IndexOptions(**OPTS)).failed == 1
+    photos.rename(tmp_path / "archive")
+    moved = index_paths([tmp_path / "archive"], db, IndexOptions(**OPTS))
+    assert moved.failed == 1 and len(moved.moved) == 1, moved
+    store = open_store(db, read_only=True)
+    try:
+        failed = [r.path for r in store.failures()]
+    finally:
+        store.close()
+    assert failed == [str(tmp_path / "archive" / "bad.jpg")], failed
+
+
 def test_a_commands_ctrl_c_does_not_outlive_it(tmp_path):
     """A SIGINT counted by one command and never handled (click made it an Abort) must not
     stop a later run through the Python API: it stopped at its first photo."""
