@@ -53,6 +53,30 @@ def test_an_unreadable_photo_is_skipped_and_listed(samples, tmp_path):
     assert len(said) == len(trainer.unreadable)  # said once per photo, not once per epoch
 
 
+def test_photos_gone_mid_run_stop_it_and_keep_what_was_learned(tmp_path):
+    """A mount gone after an epoch: every photo read before fails now. The run stops (the
+    rest of the schedule would read nothing), and what it learned is no untrained run's:
+    its head is saved and counted, not dropped with its checkpoints."""
+    import shutil
+
+    from usesearch.training.data import load_samples
+
+    data = write_dataset(tmp_path / "data", 4, seed=6)
+    photos = load_samples([data])
+    trainer = Trainer(photos, tmp_path / "run", replace(CFG, max_steps=8, batch_images=2, checkpoint_every=100))
+
+    def progress(step, total, loss):
+        if step == 2:  # an epoch done: every photo read once
+            shutil.rmtree(data / "images")
+
+    trainer.run(progress)
+    # (stopped once each photo has failed: a step or two past the deletion, as each epoch orders them)
+    stopped = trainer.step
+    assert trainer.ended_unread and 3 < stopped < 8 and _log_steps(tmp_path / "run") == list(range(1, stopped + 1))
+    assert trainer.trained_on() == 4 and trainer.saved_step == stopped
+    assert (tmp_path / "run" / "head.safetensors").exists()
+
+
 def test_masks_that_do_not_fit_their_photo_are_refused(samples):
     from dataclasses import replace
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from usesearch.errors import UsesearchError
-from usesearch.io.atomic import temporary_of
+from usesearch.io.atomic import temporary_of, write_atomic
 from usesearch.io.own_folders import OS_FILES
 
 from .trainer_state import trainer_file
@@ -94,3 +94,20 @@ def is_run_file(name: str) -> bool:
 def _is_ours_temporary(name: str) -> bool:
     replaced = temporary_of(name)
     return replaced is not None and is_run_file(replaced)
+
+
+def trim_log(out: Path, step: int) -> None:
+    """Drop the log rows of steps past the checkpoint's ``step``: they will be trained, and
+    logged, again."""
+    log_path = out / "log.csv"
+    if not log_path.is_file():
+        return
+    with open(log_path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= step]
+
+    def write(target: Path) -> None:
+        with open(target, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+    write_atomic(log_path, write)

@@ -25,7 +25,7 @@ import torch
 
 from usesearch.devices import bf16_autocast, resolve_device, uses_bf16
 from usesearch.errors import UsesearchError, first_line
-from usesearch.io.atomic import remove_orphan_temporaries, write_atomic
+from usesearch.io.atomic import remove_orphan_temporaries
 from usesearch.io.locks import one_writer
 from usesearch.models.checkpoint import save_head
 from usesearch.models.factory import create_use_and_clip
@@ -35,7 +35,7 @@ from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder, text_key
 from .config import SCHEDULE, TrainConfig
 from .data import Sample, augment, data_identity, load_image
 from .loss import segment_text_loss
-from .run_folder import LOCK_FILE, LOG_HEADER, check_new_run, is_run_file
+from .run_folder import LOCK_FILE, LOG_HEADER, check_new_run, is_run_file, trim_log
 from .stopping import stop_requests
 from .trainer_state import TRAINER_FILE, read_trainer_state, trainer_file, write_trainer_state
 
@@ -75,6 +75,12 @@ class Trainer:
         self.saved_step: int | None = None  # the step of the newest checkpoint (its trainer's state)
         self.ended_unread = False  # the run stopped before its schedule's end: no photo could be read
         self.photo_count = len({sample.path for sample in samples})
+        self.read: set[str] = set()  # photos read whole at least once by this process
+
+    def trained_on(self) -> int:
+        """Photos the steps so far have drawn and read (``--max-steps`` may end before an
+        epoch does); one read and failing later (its mount gone) counts."""
+        return self.photos_reached() - len(set(self.unreadable) - self.read)
 
     def photos_reached(self) -> int:
         """Photos the steps so far have drawn (read, or skipped as unreadable): all of them
@@ -101,6 +107,7 @@ class Trainer:
             rgb, masks = load_image(sample)
         except (OSError, ValueError, UsesearchError) as exc:  # the same photo fails every epoch: skip it
             return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        self.read.add(sample.path)  # (trained on, whatever fails later: a mount gone mid-run)
         rng = np.random.default_rng([self.cfg.seed, 10**6 + step, position])
         rgb, masks, keep = augment(rgb, masks, rng, self.cfg.crop, self.cfg.scale, self.cfg.resize_base)
         if len(keep) == 0:
@@ -221,9 +228,11 @@ class Trainer:
                     if stop is not None and stop.is_set() and self.step < end:  # the last step ends the run
                         raise KeyboardInterrupt(f"interrupted after step {self.step}")
                     if len(self.unreadable) >= self.photo_count and pending is not None:
-                        # Every photo is unreadable (a moved folder): the rest of the schedule
-                        # would read nothing either, for hours on a large dataset.
+                        # Every photo is unreadable (a moved folder, a mount gone): the rest of the
+                        # schedule would read nothing either, for hours; what was learned is kept.
                         self.ended_unread = True
+                        if self.read:
+                            self.save()
                         break
             finally:  # the batch being prepared ends before the run (and its lock) does
                 ahead.shutdown(wait=True, cancel_futures=True)
@@ -374,24 +383,9 @@ class Trainer:
         self.step = self.saved_step = trainer_state["step"]
         self.steps_without_negatives = trainer_state["counts"].get("steps_without_negatives", 0)
         with self._one_writer():  # not under a run still going
-            self._trim_log()
+            trim_log(self.out, self.step)
         listed = self.out / "unreadable.txt"
         if listed.is_file():  # skipped by the run so far: skipped again without a second line
             for line in listed.read_text(encoding="utf-8").splitlines():
                 photo, _, why = line.partition("\t")
                 self.unreadable.setdefault(photo, why)
-
-    def _trim_log(self) -> None:
-        """Drop the log rows of steps past the checkpoint: they will be trained, and logged, again."""
-        log_path = self.out / "log.csv"
-        if not log_path.is_file():
-            return
-        with open(log_path, newline="") as f:
-            rows = list(csv.reader(f))
-        kept = rows[:1] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= self.step]
-
-        def write(target: Path) -> None:
-            with open(target, "w", newline="") as f:
-                csv.writer(f).writerows(kept)
-
-        write_atomic(log_path, write)

@@ -140,7 +140,7 @@ def train(
             ) from None
         raise
     bar.close()
-    trained_on = trainer.photos_reached() - len(trainer.unreadable)  # --max-steps may end before an epoch does
+    trained_on = trainer.trained_on()
     if not trained_on and not resume:
         drop_untrained(run_dir, before)
     opts.console.print(
@@ -152,6 +152,11 @@ def train(
         + ": the head learned nothing"
         + ("" if resume else " (none kept: the same command starts again in this folder)")
     )
+    if trainer.ended_unread and trained_on:
+        opts.console.print(
+            f"stopped at step {trainer.step} of {trainer.total_steps}: every photo became unreadable (a folder moved, "
+            "a mount gone?); the head keeps what the steps before learned"
+        )
     if trainer.steps_without_negatives and trained_on:
         opts.console.print(
             f"{trainer.steps_without_negatives} of {trainer.step} steps had fewer than two different texts in their "
