@@ -243,13 +243,19 @@ class AnnotationWrites:
 
     def note_file(self, split: str, coco_file: str) -> set[str]:
         """Record that ``split`` is indexed from ``coco_file`` (a whole pass of it done);
-        every file it was indexed from."""
+        every file it was indexed from. Where it is the split's only one, what other files
+        left there (a pass begun and never finished, their listed photos) goes: the pass
+        that follows removes their annotations."""
 
         def note() -> set[str]:
             with self.sessions.begin() as s:
                 s.merge(LabelledFile(split=split, coco_file=coco_file, indexed=dt.datetime.now(dt.timezone.utc)))
                 s.execute(delete(LabelledPass).where(LabelledPass.split == split, LabelledPass.coco_file == coco_file))
-                return set(s.scalars(select(LabelledFile.coco_file).where(LabelledFile.split == split)))
+                files = set(s.scalars(select(LabelledFile.coco_file).where(LabelledFile.split == split)))
+                if files == {coco_file}:
+                    for table in (LabelledPass, ListedPhoto):
+                        s.execute(delete(table).where(table.split == split, table.coco_file != coco_file))
+                return files
 
         files: set[str] = self.retrying(note)
         return files

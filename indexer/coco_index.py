@@ -33,6 +33,7 @@ from .coco_plan import (
     check_split,
     commit_photo,
     embed_new,
+    failed_as_before,
     finish_pass,
     located_entries,
     plan_photo,
@@ -102,7 +103,13 @@ def _photos(
         """(bytes, SHA-256, stat before the read); no bytes where the file is as it was
         when last read whole (``KnownImages.unchanged``: its recorded SHA-256 then)."""
         found = job[1]
-        stat, recorded = writer.known.unchanged(found.key, found.fs_path, proposals=False)
+        stat, recorded = writer.known.unchanged(
+            found.key,
+            found.fs_path,
+            proposals=False,
+            failed_too=not options.retry_failed,
+            max_pixels=options.max_pixels,
+        )
         if recorded is not None:
             return None, recorded, stat
         return (*read_bytes(found.fs_path, options.max_bytes, found.path), stat)
@@ -147,6 +154,8 @@ def _index_photo(
     read where its stat is the one recorded (``data`` None: ``sha256`` is the
     record's) unless it must be decoded. ``stat``: the file's, taken before the read."""
     existing, stored, hw = stored_state_here(writer, found, sha256, split, stat)
+    if failed_as_before(existing, data is not None, report):
+        return
     again = (entry, found, writer, model, options, report, split, dataset)
     if data is None and hw is None:  # a record without its size: the photo is read to be sized
         _read_then_index(*again)
@@ -157,7 +166,7 @@ def _index_photo(
         try:
             rgb = decode(data, found.path, options.max_pixels)
         except Exception as exc:  # noqa: BLE001 - any per-photo failure is recorded and the run goes on
-            writer.fail(found.key, found.path, sha256, exc, report)
+            writer.fail(found.key, found.path, sha256, exc, report, file_stat=stat)  # (skipped as it is)
             return
         hw = rgb.shape[:2]
     fault = size_fault(entry, hw)
@@ -182,7 +191,7 @@ def _index_photo(
             rgb = rgb if rgb is not None else decode(data, found.path, options.max_pixels)
             segments, embeddings = embed_new(rgb, found.path, plan.new, model, report, split)
         except Exception as exc:  # noqa: BLE001 - as an indexer's per-photo failure
-            writer.fail(found.key, found.path, sha256, exc, report)
+            writer.fail(found.key, found.path, sha256, exc, report, file_stat=stat)  # (skipped as it is)
             return
     commit_photo(writer, found, sha256, hw, plan, segments, embeddings, report, file_stat=stat)
 

@@ -25,7 +25,7 @@ from usesearch.masks.proposals import Proposal
 
 from .compute import segment_records
 from .options import IndexReport
-from .records import DONE, ImageRecord
+from .records import DONE, FAILED, ImageRecord
 from .writer import Writer
 
 
@@ -204,6 +204,17 @@ def stored_state_here(writer: Writer, found: Found, sha256: str, split: str, fil
     if state[0] is None and writer.follow_move(found.key, found.path, sha256, file_stat):
         state = stored_state(writer.store, found.key, sha256, split)
     return state
+
+
+def failed_as_before(existing: ImageRecord | None, read: bool, report: CocoReport) -> bool:
+    """A photo that failed in an earlier run, skipped unread (``KnownImages.unchanged``
+    with ``failed_too``: its stat as then, the run not retrying failures): counted, as a
+    masker run counts it, not read again (each ``--coco`` run read it and failed anew)."""
+    if read or existing is None or existing.status != FAILED:
+        return False
+    report.skipped += 1
+    report.failed_before += 1
+    return True
 
 
 def wrong_size(

@@ -49,6 +49,7 @@ from .coco_plan import (
     check_split,
     commit_photo,
     embed_new,
+    failed_as_before,
     finish_pass,
     located_entries,
     plan_photo,
@@ -208,7 +209,7 @@ def _steps(
     if not located:
         finish_pass(writer, report, split, dataset, located, listed)
         return
-    unread, rows, stats = _unread(located, writer)
+    unread, rows, stats = _unread(located, writer, options)
     hashing = partial(hash_files, max_bytes=options.max_bytes)
     hashed = ray.data.from_items(rows).map_batches(hashing, batch_size=16).iter_rows() if rows else ()
     jobs: list[dict] = []
@@ -222,6 +223,9 @@ def _steps(
             continue
         sha, read = row["sha256"], not row.get("unread")
         existing, stored, hw = stored_state_here(writer, found, sha, split, stats.get(number))
+        if failed_as_before(existing, read, report):
+            yield entry.file_name
+            continue
         annotations: list = [[a.id, a.category, a.iscrowd, a.mask_source()] for a in entry.annotations]
         if hw is None and stored:  # the same content stored without its size: embedded again in place
             ours = {a.id for a in entry.annotations} if report.shared_with else stored.keys()
@@ -273,7 +277,7 @@ def _steps(
 
 
 def _unread(
-    located: list[tuple[ImageEntry, Found]], writer: Writer
+    located: list[tuple[ImageEntry, Found]], writer: Writer, options: IndexOptions
 ) -> tuple[list[dict], list[dict], dict[int, str | None]]:
     """(rows of the photos whose stat is the one recorded when they were last read whole:
     their recorded SHA-256, not read, as ``index_coco`` skips them; rows of the rest, to
@@ -282,7 +286,13 @@ def _unread(
     decode task after all, which refuses content other than the recorded one."""
     unread, rows, stats = [], [], {}
     for number, (_, found) in enumerate(writer.known.prefetching(located, lambda job: job[1].key)):
-        stats[number], recorded = writer.known.unchanged(found.key, found.fs_path, proposals=False)
+        stats[number], recorded = writer.known.unchanged(
+            found.key,
+            found.fs_path,
+            proposals=False,
+            failed_too=not options.retry_failed,
+            max_pixels=options.max_pixels,
+        )
         writer.known.forget(found.key)
         if recorded is None:
             rows.append({"fs_path": found.key, "path": found.path, "entry": number})
@@ -308,7 +318,7 @@ def _commit(
     sha = row["sha256"]
     fragment = fragment_of(db_dir, int(row["entry"]), sha, split)
     if row["error"]:
-        writer.fail(found.key, found.path, sha, worker_error(row["error"]), report)
+        writer.fail(found.key, found.path, sha, worker_error(row["error"]), report, file_stat=file_stat)
         fragment.unlink(missing_ok=True)
         fragments.attempts_path(db_dir, sha).unlink(missing_ok=True)  # a WorkerDied verdict's note
         return

@@ -371,3 +371,71 @@ def test_a_labelled_run_naming_another_masker_is_refused_before_it_saves_an_anno
     assert refused.exit_code == 2 and "built with masker felzenszwalb" in said and "asks for sam." in said, said
     assert "finished" not in said
     assert SegmentIndex.open(db).store.label_summary()["annotations_by_split"] == {"train": 4}  # none removed
+    # The same masker with another setting: refused before the file's changes are saved too.
+    sam_db = tmp_path / "sam"
+    index_paths([photos], sam_db, IndexOptions(preset="tiny", masker="sam", masker_options={"points_per_side": 4}))
+    index_coco([photos], coco, sam_db, IndexOptions(preset="tiny"))
+    dataset["annotations"] = []
+    coco.write_text(json.dumps(dataset))
+    other = [
+        "index",
+        str(photos),
+        "--db",
+        str(sam_db),
+        "--coco",
+        str(coco),
+        "--masker",
+        "sam",
+        "--points-per-side",
+        "8",
+    ]
+    refused = CliRunner().invoke(app, other)
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "asks for sam (points_per_side=8)" in said and "finished" not in said, said
+    assert SegmentIndex.open(sam_db).store.label_summary()["annotations_by_split"] == {"train": 1}
+
+
+def test_a_photo_that_failed_is_not_read_again_by_the_next_labelled_run(tmp_path, monkeypatch):
+    """A plain run skips a file that failed as it was; each `index --coco` run read it
+    again, failed anew and counted one more attempt."""
+    from usesearch.indexer import known_images
+    from usesearch.indexer.folder import open_store
+
+    monkeypatch.setattr(known_images, "RACY_NS", 0)  # (a file written just now keeps its stat)
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    coco = write_coco(tmp_path / "train.json", photos, ["chelsea.png", "sub/rocket.png"], 1)
+    (photos / "chelsea.png").write_bytes((photos / "chelsea.png").read_bytes()[:200])  # cut short: fails
+    db = tmp_path / "db"
+    first = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    assert first.failed == 1 and first.done == 1
+    again = index_coco([photos], coco, db, IndexOptions(preset="tiny"))
+    assert (again.failed, again.failed_before, again.skipped) == (0, 1, 2), again
+    args = ["index", str(photos), "--db", str(db), "--coco", str(coco), "--preset", "tiny"]
+    said = " ".join(CliRunner().invoke(app, args).output.split())
+    assert "1 of the 2 skipped failed in an earlier run, their content unchanged" in said, said
+    retried = index_coco([photos], coco, db, IndexOptions(preset="tiny", retry_failed=True))
+    assert retried.failed == 1 and retried.failed_before == 0
+    store = open_store(db, read_only=True)
+    try:
+        assert [r.attempts for r in store.failures()] == [2]  # the first run and the retry
+    finally:
+        store.close()
+
+
+def test_a_split_made_whole_by_one_file_forgets_another_files_unfinished_pass(tmp_path):
+    """`index --coco wrong.json --split train`, stopped at once; then right.json made the
+    split its own: info and the audit still said wrong.json's pass was to be finished."""
+    from usesearch.indexer.folder import open_store
+
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    right = write_coco(tmp_path / "right.json", photos, ["chelsea.png", "sub/rocket.png"], 1)
+    db = tmp_path / "db"
+    index_coco([photos], right, db, IndexOptions(preset="tiny"), split="train")
+    store = open_store(db)
+    try:
+        store.begin_pass("train", str(tmp_path / "wrong.json"))  # as the stopped run left it
+    finally:
+        store.close()
+    assert SegmentIndex.open(db).store.unfinished_passes() == [("train", str(tmp_path / "wrong.json"))]
+    index_coco([photos], right, db, IndexOptions(preset="tiny"), split="train")
+    assert SegmentIndex.open(db).store.unfinished_passes() == []

@@ -153,6 +153,10 @@ def index(
             raise UsesearchError("--workers applies to --ray runs only")
         if labelled:
             assert coco is not None
+            if masker is not None:  # its masker and settings checked before the file's changes are saved
+                from usesearch.indexer.pipeline import as_built
+
+                as_built(Path(db), options)
             labelled_options = replace(options, masker_options={})
             if ray is not None:
                 from usesearch.indexer.coco_ray import index_coco_ray
@@ -213,12 +217,7 @@ def index(
         say_past_limits(report.failures)
         said.say_moved_and_copies(report)
         said.say_annotations_lost(report)
-        if report.failed_before:
-            opts.console.print(
-                f"  {report.failed_before} of the {report.skipped} skipped failed in an earlier run, their content "
-                "unchanged, and were not tried again: "
-                f"`usesearch failures {opts.index_flags(db, db_url)}` lists them, --retry-failed tries them again"
-            )
+        said.say_failed_before(report, db, db_url)
         if report.done and not report.segments:
             said.say_no_masks(report.done, db, db_url)
         if not prune_gone and not report.interrupted:

@@ -56,6 +56,15 @@ def say_annotations_lost(report: IndexReport, this_split: str | None = None) -> 
         )
 
 
+def say_failed_before(report: IndexReport, db: str, db_url: str | None) -> None:
+    if report.failed_before:
+        opts.console.print(
+            f"  {report.failed_before} of the {report.skipped} skipped failed in an earlier run, their content "
+            "unchanged, and were not tried again: "
+            f"`usesearch failures {opts.index_flags(db, db_url)}` lists them, --retry-failed tries them again"
+        )
+
+
 def say_no_masks(photos: int, db: str, db_url: str | None) -> None:
     """A run whose photos gave no region, and why where it is known: the index's (the
     run's) preset and masker, also where the run named neither."""
@@ -123,6 +132,7 @@ def print_labelled(report, db: str, db_url: str | None, masker_follows: bool = F
             f"  split {report.split!r} holds this file's annotations alone now: forgot {', '.join(report.replaced)}"
         )
     say_annotations_lost(report, this_split=report.split)
+    say_failed_before(report, db, db_url)
     if report.listed_empty:
         opts.console.print(
             f"  {counted(report.listed_empty, 'photo')} the file lists with no annotation: `usesearch audit` "
