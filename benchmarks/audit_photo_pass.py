@@ -2,7 +2,7 @@
 photos past the last image id, with an index on the source alone (as before) and
 on (source, image_id) (now). On a bare segments table of 10 annotations and 10
 proposals a photo, in photo order; the query is the one the audit runs
-(``indexer/audit/source.py: audited_photos``).
+(``indexer/audit/source.py: annotated_photos``).
 
     python benchmarks/audit_photo_pass.py [--photos 10000,40000,160000]
 """
@@ -17,16 +17,14 @@ import time
 
 from sqlalchemy.dialects import sqlite
 
-from usesearch.indexer.audit.source import audited_photos
+from usesearch.indexer.audit.source import annotated_photos
 
 
 def whole_pass(con: sqlite3.Connection, batch: int) -> tuple[int, float]:
     start, after, batches = time.perf_counter(), 0, 0
     while True:
         sql = str(
-            audited_photos(after, batch, listed=False).compile(
-                dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}
-            )
+            annotated_photos(after, batch).compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
         )
         rows = con.execute(sql).fetchall()
         if not rows:

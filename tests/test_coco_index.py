@@ -289,7 +289,7 @@ def test_the_audits_photo_pass_reads_a_range_of_the_source_image_index(tmp_path)
     is a range of it."""
     from sqlalchemy.dialects import sqlite
 
-    from usesearch.indexer.audit.source import audited_photos
+    from usesearch.indexer.audit.source import annotated_photos
 
     photos = write_photos(tmp_path / "photos", ("coffee",))
     db = tmp_path / "db"
@@ -303,7 +303,7 @@ def test_the_audits_photo_pass_reads_a_range_of_the_source_image_index(tmp_path)
     con = sqlite3.connect(db / DB_FILE)
     indexes = {r[1] for r in con.execute("PRAGMA index_list(segments)")}
     assert "ix_segments_source_image" in indexes and "ix_segments_source" not in indexes
-    query = audited_photos(after=0, batch=1000, listed=False)
+    query = annotated_photos(after=0, batch=1000)
     sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
     plan = " ".join(str(row[-1]) for row in con.execute(f"EXPLAIN QUERY PLAN {sql}"))
     assert "USING COVERING INDEX ix_segments_source_image (source=? AND image_id>?)" in plan, plan

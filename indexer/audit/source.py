@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, inspect, select, union
+from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import aliased
 
 from usesearch.errors import UsesearchError
@@ -87,14 +87,18 @@ class DatasetReader:
             # objects), and not yet indexed by a masker run (nothing to search).
             self.listed = self.listed_unindexed = 0
             self.unfinished = store.unfinished_passes()
+            # Their image ids, read once (8 bytes each) and merged with the annotated photos'
+            # by ``photo_batches``: a join per batch scanned every image past the last one.
+            self.listed_ids = np.zeros(0, np.int64)
             if ListedPhoto.__tablename__ in inspect(store.engine).get_table_names():
                 listed = select(ListedPhoto.fs_path).distinct().subquery()
                 records = (
-                    select(func.count(ImageRecord.id))
+                    select(ImageRecord.id)
                     .join(listed, listed.c.fs_path == ImageRecord.fs_path)
                     .where(ImageRecord.status == DONE, ImageRecord.proposals_made.is_(True))
                 )
-                self.listed = s.scalar(records) or 0
+                self.listed_ids = np.unique(np.fromiter(s.scalars(records), np.int64))
+                self.listed = len(self.listed_ids)
                 self.listed_unindexed = (s.scalar(select(func.count()).select_from(listed)) or 0) - self.listed
 
     def notes(self, db_dir) -> list[str]:
@@ -143,13 +147,16 @@ class DatasetReader:
             )
 
     def photo_batches(self, after: int, batch: int, most_segments: int):
-        """(image ids, ``PhotoSegments``) of the photos with annotations past image id
-        ``after``, in id order: ``batch`` photos at a time, fewer where their segments
-        pass ``most_segments`` (memory goes with segments: a step of dense photos grew
-        by gigabytes), one alone where it has more."""
+        """(image ids, ``PhotoSegments``) of the photos with annotations (or listed with
+        none) past image id ``after``, in id order: ``batch`` photos at a time, fewer where
+        their segments pass ``most_segments`` (memory goes with segments: a step of dense
+        photos grew by gigabytes), one alone where it has more."""
         while True:
             with self.store.engine.connect() as conn:
-                images = [i for (i,) in conn.execute(audited_photos(after, batch, bool(self.listed)))]
+                annotated = [i for (i,) in conn.execute(annotated_photos(after, batch))]
+                start = int(np.searchsorted(self.listed_ids, after, side="right"))
+                listed = self.listed_ids[start : start + batch].tolist()  # (each side's first ``batch``: enough)
+                images = sorted(set(annotated).union(listed))[:batch]
                 sizes: dict[int, int] = {}
                 for start in range(0, len(images), SQL_PARAMETERS):
                     part = images[start : start + SQL_PARAMETERS]
@@ -233,28 +240,13 @@ def groups_of_most(items: list, sizes: list[int], most: int) -> list[list]:
     return groups
 
 
-def audited_photos(after: int, batch: int, listed: bool):
-    """The next ``batch`` ids of photos with annotations past image id ``after`` (a
-    range of the (source, image_id) index), and where ``listed``, of photos a split
-    lists with none."""
-    annotated = (
-        select(SEG.image_id.label("id"))
+def annotated_photos(after: int, batch: int):
+    """The next ``batch`` ids of photos with annotations past image id ``after``: a
+    range of the (source, image_id) index."""
+    return (
+        select(SEG.image_id)
         .where(SEG.source == ANNOTATION, SEG.image_id > after)
         .distinct()
         .order_by(SEG.image_id)
         .limit(batch)
     )
-    if not listed:
-        return annotated
-    unlabelled = (
-        select(ImageRecord.id.label("id"))
-        .join(ListedPhoto, ListedPhoto.fs_path == ImageRecord.fs_path)
-        .where(ImageRecord.id > after, ImageRecord.status == DONE)
-        .distinct()
-        .order_by(ImageRecord.id)
-        .limit(batch)
-    )
-    # Each side's first ``batch`` ids, then theirs (a range of each, not the whole union sorted per batch).
-    a, b = annotated.subquery(), unlabelled.subquery()
-    both = union(select(a.c.id), select(b.c.id)).subquery()
-    return select(both.c.id).order_by(both.c.id).limit(batch)
