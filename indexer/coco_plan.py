@@ -87,9 +87,10 @@ def located_entries(
     elsewhere = store.annotation_photos(split) if report.shared_with else {}
     located: dict[bytes, tuple[ImageEntry, Found]] = {}
     listed: list[bytes] = []
+    refused = {file_name for file_name, _, _ in dataset.problems}  # (annotations all refused: no negative)
     for entry in dataset.images:
         if not entry.annotations:
-            alone = photo_paths(folders, entry.file_name)
+            alone = photo_paths(folders, entry.file_name) if entry.file_name not in refused else []
             listed += [Found(display_path(alone[0]), alone[0]).key] if len(alone) == 1 else []
             continue
         paths = photo_paths(folders, entry.file_name)  # (every folder looked in: a name two hold is caught)

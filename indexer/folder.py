@@ -229,7 +229,10 @@ def refuse_if_written(db_dir: Path) -> None:
     it was refused at its first write, ~30 s of loading later (the lock is taken for an
     instant; a folder this process cannot write is left to the checks that say so)."""
     if (Path(db_dir) / LOCK_FILE).exists() and os.access(db_dir, os.W_OK):
-        with writer_lock(db_dir):
+        try:
+            with writer_lock(db_dir):
+                pass
+        except PermissionError:  # (another user's lock file: the writer's own take says so)
             pass
 
 

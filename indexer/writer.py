@@ -247,8 +247,8 @@ class Writer:
 
     def _name_copy(self, path: str, of: str, replaced: int | None) -> None:
         """``path`` counted as a copy of ``of``; ``replaced``: its old content's record, kept until now."""
-        if replaced is not None:
-            self.copies_replacing.append((path, self.remove_image(replaced, lost_annotations=True)))
+        gone = self.remove_image(replaced, lost_annotations=True) if replaced is not None else 0
+        self.copies_replacing += [(path, gone)] if gone else []  # (a record that had failed held none)
         self.copies.append((path, of))
 
     def apply(

@@ -133,7 +133,7 @@ def print_labelled(report, db: str, db_url: str | None, masker_follows: bool = F
         )
     say_annotations_lost(report, this_split=report.split)
     say_failed_before(report, db, db_url)
-    if report.listed_empty:
+    if report.listed_empty and not report.interrupted:  # (recorded once the pass is whole)
         opts.console.print(
             f"  {counted(report.listed_empty, 'photo')} the file lists with no annotation: `usesearch audit` "
             "searches their proposals for overlooked objects too"
