@@ -72,3 +72,18 @@ def test_annotated_photos_the_masker_gave_no_proposal_are_said(tmp_path):
     # What the counts leave out is said too: the crowd annotation, the class with one annotation.
     assert "2 annotations (1 crowd, left out) of 1 class, 0 proposals" in said, said
     assert "outliers: 1 class with one annotation, not ranked (none to compare with)" in said, said
+
+
+def test_an_entry_whose_annotations_were_all_refused_is_no_listed_negative(tmp_path):
+    """A detection dataset's box-only annotation is refused: its photo is not one the file
+    lists with no annotation (the audit would search it as a negative)."""
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    coco = write_coco(tmp_path / "train.json", photos, ["chelsea.png"], 1)
+    dataset = json.loads(coco.read_text())
+    dataset["images"].append({"id": 2, "file_name": "sub/rocket.png", "height": 96, "width": 96})
+    dataset["annotations"].append({"id": 9, "image_id": 2, "category_id": 1, "bbox": [1, 1, 9, 9]})
+    coco.write_text(json.dumps(dataset))
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--coco", str(coco), "--preset", "tiny"]
+    made = CliRunner().invoke(app, args)
+    said = " ".join(made.output.split())
+    assert made.exit_code == 0 and "a box alone" in said and "with no annotation" not in said, said
