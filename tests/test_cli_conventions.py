@@ -337,6 +337,16 @@ def test_the_demo_runs_given_its_old_spellings(tmp_path, monkeypatch):
     assert "coffee.png" in result.output and "Browse these segments" in result.output
 
 
+def test_the_demo_refuses_a_preset_named_whose_weights_are_missing(tmp_path):
+    """`demo -p b16` without b16's weights ran the tiny preset and exited 0: a script took
+    random-weight results for the ones it asked for. Unnamed, the demo still falls back."""
+    result = CliRunner().invoke(app, ["demo", "--demo-dir", str(tmp_path / "d"), "--preset", "b16"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "b16 weights are not on this machine" in said, said
+    assert "`usesearch demo` without --preset runs the random-weight 'tiny' preset" in said
+    assert not (tmp_path / "d").exists()  # refused before anything is written
+
+
 @pytest.mark.parametrize("command", [["info"], ["query", "a cat"], ["failures"]])
 def test_a_damaged_catalog_is_named_with_what_to_do(tmp_path, command):
     """SQLite's "file is not a database" alone named neither the file nor a way out."""

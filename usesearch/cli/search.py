@@ -229,8 +229,14 @@ def demo(
 
     if not query_text.strip():  # as `query` refuses it, before the photos are written and indexed
         raise UsesearchError("the query text is empty")
-    preset = preset or "b16"
+    named, preset = preset is not None, preset or "b16"
     missing = [s for s in preset_status(get_preset(preset)) if not s.present]
+    if missing and named:  # a preset asked for by name is run or refused, as every other command does
+        raise UsesearchError(
+            f"{preset} weights are not on this machine ({', '.join(s.component for s in missing)}): "
+            f"`usesearch models pull {preset}` fetches them; `usesearch demo` without --preset runs the "
+            "random-weight 'tiny' preset where b16's are missing"
+        )
     if missing:
         opts.console.print(
             f"{preset} weights are not on this machine ({', '.join(s.component for s in missing)}; "
