@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -79,11 +81,22 @@ def note(faiss_device: str | None) -> str:
         return f"FAISS on the GPU (faiss {faiss.__version__}, {faiss.get_num_gpus()} GPU(s))"
     if faiss_device == "cpu":
         return f"FAISS on the CPU (--faiss-device cpu; faiss {faiss.__version__})"
+    if not _gpu_here():  # (the install hint on a machine with no GPU was noise on every run)
+        return f"FAISS on the CPU (faiss {faiss.__version__}; no GPU here)"
     if not hasattr(faiss, "StandardGpuResources"):
         return (
             f"FAISS on the CPU: this faiss ({faiss.__version__}) has no GPU support (for FAISS on the GPU: {INSTALL})"
         )
     return f"FAISS on the CPU: faiss {faiss.__version__} sees no GPU"
+
+
+def _gpu_here() -> bool:
+    """Whether this machine has a CUDA GPU: torch's answer where a model run loaded it, else
+    the NVIDIA driver's file (``info`` and the other commands that run no model import no torch)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return bool(torch.cuda.is_available())
+    return os.path.exists("/proc/driver/nvidia/version")
 
 
 def resources():

@@ -225,6 +225,17 @@ def test_faiss_device_resolution():
         faiss_gpu.resolve("gpu")
 
 
+@pytest.mark.skipif(faiss_gpu.available(), reason="this faiss has a GPU")
+def test_the_faiss_gpu_install_hint_is_given_only_where_there_is_a_gpu(monkeypatch):
+    """Every run on a machine with no GPU ended with "pip uninstall -y faiss-cpu && pip
+    install faiss-gpu-cu12": noise there, and a wrong step."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert faiss_gpu.note(None) == f"FAISS on the CPU (faiss {faiss.__version__}; no GPU here)"
+    if not hasattr(faiss, "StandardGpuResources"):  # faiss-cpu, as the README installs it
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert "pip install faiss-gpu" in faiss_gpu.note(None)
+
+
 @pytest.mark.parametrize("command", ["embed", "segment", "query", "similar-region"])
 def test_every_command_that_loads_models_asks_for_the_default_device(command, monkeypatch, tmp_path, photo):
     """With CUDA reported as available, each loader a command reaches is asked for a
