@@ -209,31 +209,35 @@ class AnnotationProblem(Base):
     message: Mapped[str] = mapped_column(Text)
 
 
-class LabelledFile(Base):
+class _OfSplitFile:
+    """Columns of a table keyed by a labelled dataset's split and the COCO file indexed as it
+    (first, as the tables were laid out before)."""
+
+    split: Mapped[str] = mapped_column(String(128), primary_key=True, sort_order=-2)
+    coco_file: Mapped[str] = mapped_column(String(1024), primary_key=True, sort_order=-1)
+
+
+class LabelledFile(_OfSplitFile, Base):
     """Which COCO file(s) each split of a labelled dataset was indexed from: a re-run
     removes the annotations its file no longer has only where the split is that file's
     alone (two files indexed as one split keep each other's). A table of its own, so an
     index made before it still opens read-only."""
 
     __tablename__ = "labelled_files"
-    split: Mapped[str] = mapped_column(String(128), primary_key=True)
-    coco_file: Mapped[str] = mapped_column(String(1024), primary_key=True)
     indexed: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
 
 
-class LabelledPass(Base):
+class LabelledPass(_OfSplitFile, Base):
     """A COCO file's pass over a split begun and not finished: an ``index --coco`` run
     stopped (Ctrl-C, killed, failed), and the split holds part of the file's changes.
     Cleared by a whole pass; ``info`` and the audit say it. A table of its own, so an
     index made before it still opens read-only."""
 
     __tablename__ = "labelled_passes"
-    split: Mapped[str] = mapped_column(String(128), primary_key=True)
-    coco_file: Mapped[str] = mapped_column(String(1024), primary_key=True)
     started: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
 
 
-class ListedPhoto(Base):
+class ListedPhoto(_OfSplitFile, Base):
     """A photo a split's COCO file lists with no annotation (a negative, or one whose
     objects its annotators all missed): the audit searches its proposals for overlooked
     objects as it does an annotated photo's. By the photo's path bytes, as ``images``
@@ -241,8 +245,6 @@ class ListedPhoto(Base):
     an index made before it still opens read-only."""
 
     __tablename__ = "listed_photos"
-    split: Mapped[str] = mapped_column(String(128), primary_key=True)
-    coco_file: Mapped[str] = mapped_column(String(1024), primary_key=True)
     fs_path: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True, index=True)  # (the audit joins on it)
 
 
