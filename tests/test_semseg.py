@@ -329,9 +329,18 @@ def test_segment_and_evaluations_never_write_over_their_inputs_and_segment_refus
     beside = root / "images" / "report.json"  # no picture: never read as one, so allowed
     result = runner.invoke(app, [*semseg, "--classes", names, "--out", str(beside), "--preset", "tiny"])
     assert result.exit_code == 0 and json.loads(beside.read_text())["images"] == 1, result.output
+    again = runner.invoke(app, [*semseg, "--classes", names, "--out", str(beside), "--preset", "tiny"])
+    assert again.exit_code == 0, again.output  # a result of ours: replaced by the re-run
+    precious = tmp_path / "precious.json"  # any other file: it was replaced without a word
+    precious.write_text('{"mine": 1}')
+    result = runner.invoke(app, [*semseg, "--classes", names, "--out", str(precious), "--preset", "tiny"])
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "exists and is no result usesearch wrote: it would be replaced" in said, said
+    assert precious.read_text() == '{"mine": 1}'
     coco = write_parts_coco(tmp_path / "parts", 1, seed=5)
     images = ["--images", str(coco.parent / "images")]
     result = runner.invoke(app, ["eval", "parts", *images, "--coco", str(coco), "--out", str(coco), "--preset", "tiny"])
-    assert result.exit_code == 2 and "is the --coco input" in result.output, result.output
+    said = " ".join(result.output.replace("│", " ").split())  # (refused as any file that is no result of ours)
+    assert result.exit_code == 2 and "exists and is no result usesearch wrote" in said, result.output
     twice = runner.invoke(app, ["segment", str(photo), "--classes", "sky, cat,Cat", "--out", str(tmp_path / "b.png")])
     assert twice.exit_code == 2 and "'Cat' is named twice (places 2 and 3)" in twice.output, twice.output

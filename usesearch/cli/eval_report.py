@@ -80,7 +80,7 @@ class Report:
         opts.console.stderr = False  # the table after all: on stdout (user_errors put it on stderr for --json)
         out = self.out or Path(extra[0])
         try:
-            opts.writable_file(out)  # as --out FILE is checked: before the models, not after the evaluation
+            opts.result_file(out)  # as --out FILE is checked: before the models, not after the evaluation
         except typer.BadParameter as exc:
             raise UsesearchError(f"--json {out}: {exc}") from None
         return Report(as_json=False, out=out)

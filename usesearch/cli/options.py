@@ -42,6 +42,7 @@ from .paths import refuse_other_kind as refuse_other_kind
 from .paths import refuse_overwriting as refuse_overwriting
 from .paths import refuse_replacing_a_photo as refuse_replacing_a_photo
 from .paths import refuse_report_in_an_index as refuse_report_in_an_index
+from .paths import result_file as result_file
 from .paths import writable_file as writable_file
 from .spellings import Formerly as Formerly
 from .spellings import Typer as Typer
@@ -313,7 +314,10 @@ def out_file(what: str) -> Any:
     return typer.Option("--out", dir_okay=False, help=what, callback=writable_file)
 
 
-OutJsonOpt = Annotated[Optional[Path], out_file("Also write the result to this JSON file.")]
+OutJsonOpt = Annotated[
+    Optional[Path],
+    typer.Option("--out", dir_okay=False, help="Also write the result to this JSON file.", callback=result_file),
+]
 
 
 # -- search: which hits (``SearchFilters``), how many and where they go --------------------

@@ -95,6 +95,30 @@ def _demo_holding(value: Path) -> tuple[str, str] | None:
     return None
 
 
+RESULT_READ = 1 << 24  # an evaluation's result is kilobytes: a larger file is none of ours
+
+
+def result_file(value: Path | None) -> Path | None:
+    """An evaluation's result file (``eval ... --out``): an existing file that is no result
+    usesearch wrote (JSON with the model and its score) is refused, as a picture is: any
+    file given there, another tool's JSON, a list of classes, was replaced without a word."""
+    import json
+
+    value = writable_file(value)
+    if value is not None and not is_stream(value) and value.is_file() and value.stat().st_size:
+        try:
+            with open(value, "rb") as f:
+                held = json.loads(f.read(RESULT_READ + 1)) if value.stat().st_size <= RESULT_READ else None
+        except (OSError, ValueError):
+            held = None
+        if not (isinstance(held, dict) and "model" in held and ("mIoU" in held or "mAP" in held)):
+            raise typer.BadParameter(
+                f"{value} exists and is no result usesearch wrote: it would be replaced; remove it first, or write "
+                "elsewhere"
+            )
+    return value
+
+
 def json_file(value: Path | None) -> Path | None:
     """A JSON file to be written (``--export-coco``): a picture's name is refused, as a
     typo that would replace a photo with JSON."""
