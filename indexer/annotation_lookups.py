@@ -204,7 +204,7 @@ class AnnotationLookups:
         return {
             "segments_by_source": by_source,
             "annotations_by_split": by_split,
-            "labelled_passes_unfinished": unfinished,
+            "splits_unfinished": unfinished,
             "annotations_by_class": by_category,
         }
 

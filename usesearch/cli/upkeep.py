@@ -45,7 +45,7 @@ def info(
     for split_name, counts in by_class.items():  # a line per split: its classes, most annotated first
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         opts.console.print(f"{'split ' + split_name:>{width}}: " + ", ".join(f"{name} {n}" for name, n in ranked))
-    for unfinished in stats["labelled_passes_unfinished"]:
+    for unfinished in stats["splits_unfinished"]:
         opts.console.print(
             f"{unfinished}: an `index --coco` run stopped before its end, and the split holds part of the file's "
             "changes; the same command finishes it",
