@@ -342,3 +342,15 @@ def test_a_head_path_that_is_not_there_is_said_as_such_not_as_an_unknown_preset(
             usesearch.load_model(missing)
     with pytest.raises(UnknownPresetError, match="unknown preset 'b99'"):
         usesearch.load_model("b99")
+
+
+def test_a_head_missing_one_of_its_two_files_names_that_one(tmp_path):
+    """`--head x.safetensors` without its .json said "expected x.safetensors and x.json",
+    the first of which was there."""
+    from usesearch.errors import UsesearchError
+    from usesearch.models.checkpoint import read_head_config
+
+    (tmp_path / "x.safetensors").write_bytes(b"weights")
+    with pytest.raises(UsesearchError) as refused:
+        read_head_config(tmp_path / "x.safetensors")
+    assert str(refused.value) == f"no head checkpoint at {tmp_path / 'x.safetensors'}: {tmp_path / 'x.json'} is missing"

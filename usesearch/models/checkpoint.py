@@ -71,7 +71,10 @@ def save_head(
 def read_head_config(path: str | os.PathLike) -> dict[str, Any]:
     weights, config = checkpoint_paths(path)
     if not (weights.is_file() and config.is_file()):
-        raise UsesearchError(f"no head checkpoint at {path}: expected {weights} and {config}")
+        lacking = " and ".join(str(p) for p in (weights, config) if not p.is_file())  # (one of two: that one named)
+        raise UsesearchError(
+            f"no head checkpoint at {path}: {lacking} {'is' if ' and ' not in lacking else 'are'} missing"
+        )
     try:
         meta = json.loads(config.read_text())
     except (OSError, ValueError) as exc:  # not JSON, or not text
