@@ -92,6 +92,7 @@ class IndexReport(RunReport):
     copies: list[tuple[str, str]] = field(default_factory=list)
     # Of those copies, ones indexed before with other content: (path, its old segments, removed).
     copies_replacing: list[tuple[str, int]] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # files deleted or moved between the walk and their read
     failed_before: int = 0  # of those skipped: failed in an earlier run, same content, not retried (--retry-failed)
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds by stage, for benchmarks
 

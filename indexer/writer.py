@@ -284,18 +284,16 @@ class Writer:
         return not retried
 
     def fail(
-        self,
-        key: bytes,
-        path: str,
-        sha256: str | None,
-        exc: BaseException,
-        report: IndexReport,
-        file_stat: str | None = None,
+        self, key: bytes, path: str, sha256: str | None, exc: BaseException, report: IndexReport, file_stat=None
     ) -> None:
         """A file that failed: recorded as failed, or, indexed before, kept as it was
         with the failure noted (``Store.save_image``). ``file_stat``: taken before the
-        read that gave ``sha256``; a re-run skips the file unread while it holds."""
+        read that gave ``sha256``; a re-run skips the file unread while it holds. One
+        gone since the walk is said, not recorded: no later run meets it there."""
         existing = self.known.take(key)
+        if isinstance(exc, FileNotFoundError) and not os.path.lexists(key):
+            report.gone.append(path)
+            return
         with self._changing():  # (the stat kept only where the content is known: ``image_writes.write_photo``)
             removed, _ = self.store.save_image(key, path, sha256, None, error=exc, file_stat=file_stat)
             self._remove(removed)

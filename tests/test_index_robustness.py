@@ -325,6 +325,31 @@ def test_a_failing_file_moved_with_its_folder_is_one_failure_not_two(tmp_path):
     assert failed == [str(tmp_path / "archive" / "bad.jpg")], failed
 
 
+def test_a_photo_gone_between_the_walk_and_its_read_is_said_not_recorded(tmp_path, monkeypatch):
+    """A file deleted while a run went on was recorded as a failure with Python's
+    "FileNotFoundError: [Errno 2] ...", kept in `failures` though no run could meet it."""
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+    from usesearch.indexer import pipeline
+    from usesearch.indexer.folder import open_store
+    from usesearch.io.files import Found
+
+    photos = write_photos(tmp_path / "photos", ("coffee", "chelsea"))
+    walked = pipeline.photos_under
+    gone = str(photos / "deleted.png")  # walked, then deleted before its read
+    monkeypatch.setattr(pipeline, "photos_under", lambda *a, **k: [*walked(*a, **k), Found(gone, gone)])
+    result = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "2 images indexed, 0 skipped, 0 failed" in said, said
+    assert f"1 photo ({gone}) went between the walk and its read (deleted or moved during the run)" in said, said
+    store = open_store(tmp_path / "db", read_only=True)
+    try:
+        assert store.failures() == []
+    finally:
+        store.close()
+
+
 def test_a_commands_ctrl_c_does_not_outlive_it(tmp_path):
     """A SIGINT counted by one command and never handled (click made it an Abort) must not
     stop a later run through the Python API: it stopped at its first photo."""

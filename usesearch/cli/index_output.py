@@ -57,6 +57,14 @@ def say_annotations_lost(report: IndexReport, this_split: str | None = None) -> 
 
 
 def say_failed_before(report: IndexReport, db: str, db_url: str | None) -> None:
+    if report.gone:
+        more = f" and {len(report.gone) - 1} more" if len(report.gone) > 1 else ""
+        opts.console.print(
+            f"  {counted(len(report.gone), 'photo')} ({one_line(report.gone[0])}{more}) went between the walk and "
+            "its read (deleted or moved during the run): not indexed, nothing recorded",
+            markup=False,
+            highlight=False,
+        )
     if report.failed_before:
         opts.console.print(
             f"  {report.failed_before} of the {report.skipped} skipped failed in an earlier run, their content "
