@@ -106,10 +106,9 @@ class AnnotationWrites:
             proposals = 0  # a masker's segments of the old content: they go with it (the record owes them again)
             if record is not None and (record.status != DONE or record.sha256 != sha256):
                 lost = annotations_by_split(s, record.id)
-                proposals = (
-                    s.scalar(select(func.count()).where(seg.image_id == record.id, seg.source != ANNOTATION)) or 0
-                )
-                removed = list(s.scalars(select(seg.id).where(seg.image_id == record.id)))
+                rows = s.execute(select(seg.id, seg.source).where(seg.image_id == record.id)).all()
+                removed = [segment_id for segment_id, _ in rows]
+                proposals = sum(source != ANNOTATION for _, source in rows)
                 s.delete(record)
                 s.flush()
                 record = None

@@ -178,7 +178,7 @@ def index_paths_ray(
         report.annotations_dropped = writer.annotations_dropped
         report.annotations_lost = writer.store.annotations_lost
         report.moved, report.copies, report.copies_replacing = writer.moved, writer.copies, writer.copies_replacing
-        fragments.drop_committed(db_dir, lambda sha: any(r.proposals_made for r in writer.store.done_with_hash(sha)))
+        fragments.drop_committed(db_dir, lambda sha: any(r.proposals_made for r in writer.store.images_with_hash(sha)))
         del model, masker
         report.devices.insert(0, actors_summary(device, gpus, options.precision, workers))
         options = decide_compile(options, device, todo, report)  # each actor compiles its own models

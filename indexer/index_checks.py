@@ -52,7 +52,7 @@ def refuse_other_masker(built: IndexInfo, masker: str, given: dict) -> None:
     compared otherwise are checked with the masker built, by ``check_identity``.)"""
     if built.masker == NO_MASKER:
         return
-    recorded = {("sam2_model" if key == "model" else key): value for key, value in built.masker_params.items()}
+    recorded = masker_options(built.masker_params)
     differs = [
         key for key, value in mask_defining(given).items() if key in recorded and _numbers_differ(value, recorded[key])
     ]
@@ -62,6 +62,12 @@ def refuse_other_masker(built: IndexInfo, masker: str, given: dict) -> None:
             f"this index was built with masker {masker_said(built.masker, built.masker_params)}; this run asks "
             f"for {asked}. Use the same masker or a new --db."
         )
+
+
+def masker_options(params: dict) -> dict:
+    """A masker's recorded settings under the names it takes them by (SAM 2's ``model``
+    is its ``sam2_model`` option)."""
+    return {("sam2_model" if key == "model" else key): value for key, value in params.items()}
 
 
 def _numbers_differ(a, b) -> bool:

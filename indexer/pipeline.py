@@ -35,7 +35,7 @@ from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
 from .folder import check_catalog_kind, check_paths, head_to_load, is_new, open_store, refuse_if_written
 from .image_writes import PhotoWrite
-from .index_checks import refuse_other_masker
+from .index_checks import masker_options, refuse_other_masker
 from .options import IndexOptions, IndexReport
 from .records import NO_MASKER, IndexInfo, info_summary
 from .writer import Writer
@@ -176,7 +176,7 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
         # names the masker takes them by; ``--masker coco``'s file where it was (its
         # content is checked against the one recorded). A setting given is checked
         # against the index's masker's (it was checked against the preset's default one).
-        given = {("sam2_model" if key == "model" else key): value for key, value in built.masker_params.items()}
+        given = masker_options(built.masker_params)
         if built.masker == "coco":
             given = {"masks_json": given["masks_json"]}
         refuse_other_masker(built, built.masker, options.masker_options)

@@ -199,9 +199,9 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
     def image_by_path(self, fs_path: bytes) -> ImageRecord | None:
         return self.retrying(lambda: self._one(select(ImageRecord).where(ImageRecord.fs_path == fs_path)))
 
-    def done_with_hash(self, sha256: str, most: int = 16, status: str = DONE) -> list[ImageRecord]:
-        """The done images of this content, oldest first (several where ``index --coco``
-        indexed copies under their own names); or those of another ``status``."""
+    def images_with_hash(self, sha256: str, most: int = 16, status: str = DONE) -> list[ImageRecord]:
+        """The images of this content with ``status`` (done: several where ``index --coco``
+        indexed copies under their own names), oldest first."""
 
         def read() -> list[ImageRecord]:
             query = select(ImageRecord).where(ImageRecord.sha256 == sha256, ImageRecord.status == status)

@@ -181,7 +181,7 @@ class Writer:
             return True
         # A content that failed in this run is coming no more (the read-ahead's ``coming`` keeps its hash).
         coming_now = sha256 in coming and sha256 not in self._failed_contents
-        holders = [] if coming_now else self.store.done_with_hash(sha256)
+        holders = [] if coming_now else self.store.images_with_hash(sha256)
         if existing is not None and (path is None or (existing.status == DONE and existing.sha256 == sha256)):
             # Changed: computed again. Or labelled and waiting for its proposals: a photo of
             # its own whatever other path holds its bytes (removed as a copy, its annotations went too).
@@ -201,7 +201,7 @@ class Writer:
             self._move(gone[0], key, path, file_stat)
         elif path is not None:
             # Of a photo earlier in this run: named once it is committed (failing, its copies fail too).
-            committed = [h for h in self.store.done_with_hash(sha256) if h.proposals_made] if coming_now else []
+            committed = [h for h in self.store.images_with_hash(sha256) if h.proposals_made] if coming_now else []
             named = holders or committed  # (a labelled photo's record waiting for its proposals is not committed)
             if named:
                 self._name_copy(path, named[0].path, replaced)
@@ -216,7 +216,7 @@ class Writer:
         gone (or holds other content now): that record moves here with its segments, as
         ``skip`` moves it for a masker run (``index --coco`` made the renamed photo a new
         record, its proposals left on the old path). True where one moved."""
-        gone = [h for h in self.store.done_with_hash(sha256) if not still_holds(h)]
+        gone = [h for h in self.store.images_with_hash(sha256) if not still_holds(h)]
         if gone:
             self._move(gone[0], key, path, file_stat)
         return bool(gone)
@@ -300,7 +300,7 @@ class Writer:
         report.record_failure(path, exc, kept=existing is not None and existing.status == DONE)
         if sha256:
             self._failed_contents.add(sha256)
-            for old in self.store.done_with_hash(sha256, status=FAILED):  # the same file moved: its failure too
+            for old in self.store.images_with_hash(sha256, status=FAILED):  # the same file moved: its failure too
                 if old.fs_path != key and not os.path.lexists(old.fs_path):
                     self.remove_image(old.id)
         # Files skipped as copies of this one, queued before it failed, are no copies of an

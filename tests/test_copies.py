@@ -238,7 +238,7 @@ def test_a_labelled_photo_whose_bytes_another_path_holds_gets_its_proposals_and_
             )
             for i, _, path in store.image_files()
         }
-        waiting = [r.path for r in store.done_with_hash(store.image(1).sha256) if not r.proposals_made]
+        waiting = [r.path for r in store.images_with_hash(store.image(1).sha256) if not r.proposals_made]
     finally:
         store.close()
     assert kept == {

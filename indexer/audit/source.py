@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import func, inspect, select
-from sqlalchemy.orm import aliased
 
 from usesearch.errors import UsesearchError
 
@@ -19,7 +18,6 @@ from ..records import ANNOTATION, DONE, PROPOSAL, ImageRecord, ListedPhoto, Segm
 from ..store import Store
 
 SEG = SegmentRecord
-PROP = aliased(SegmentRecord)
 
 
 @dataclass(frozen=True)
@@ -75,13 +73,14 @@ class DatasetReader:
                 )
                 or 0
             )
+
             # Annotated photos a masker ran on that got no proposal (random weights, thresholds
             # too strict): the lists that compare with proposals find nothing there either.
-            proposal = select(PROP.id).where(PROP.image_id == SEG.image_id, PROP.source == PROPOSAL).exists()
-            masked = select(ImageRecord.id).where(ImageRecord.proposals_made.is_(True))
-            barren = select(func.count(SEG.image_id.distinct())).where(
-                SEG.source == ANNOTATION, SEG.image_id.in_(masked), ~proposal
-            )
+            # Per photo: two probes of the (source, image_id) index, not one per annotation.
+            def has(source: str):
+                return select(SEG.id).where(SEG.image_id == ImageRecord.id, SEG.source == source).exists()
+
+            barren = select(func.count()).where(ImageRecord.proposals_made.is_(True), has(ANNOTATION), ~has(PROPOSAL))
             self.unproposed_masked = s.scalar(barren) or 0
             # Photos a split lists with no annotation: indexed (searched for overlooked
             # objects), and not yet indexed by a masker run (nothing to search).
@@ -154,8 +153,8 @@ class DatasetReader:
         while True:
             with self.store.engine.connect() as conn:
                 annotated = [i for (i,) in conn.execute(annotated_photos(after, batch))]
-                start = int(np.searchsorted(self.listed_ids, after, side="right"))
-                listed = self.listed_ids[start : start + batch].tolist()  # (each side's first ``batch``: enough)
+                first = int(np.searchsorted(self.listed_ids, after, side="right"))
+                listed = self.listed_ids[first : first + batch].tolist()  # (each side's first ``batch``: enough)
                 images = sorted(set(annotated).union(listed))[:batch]
                 sizes: dict[int, int] = {}
                 for start in range(0, len(images), SQL_PARAMETERS):

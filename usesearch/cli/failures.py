@@ -63,8 +63,12 @@ def say_pairs(pairs: list[tuple[str, str]], what: str, sign: str = "=") -> None:
     line, the first named."""
     if pairs:
         first, second = pairs[0]
-        more = f" and {len(pairs) - 1} more" if len(pairs) > 1 else ""
-        console.print(f"  {len(pairs)} {what} ({one_line(first)} {sign} {one_line(second)}{more})")
+        console.print(f"  {len(pairs)} {what} ({one_line(first)} {sign} {first_and_more(pairs, one_line(second))})")
+
+
+def first_and_more(items: list, first: str) -> str:
+    """``first``, the first of ``items`` as said, ``and N more`` after it where there are more."""
+    return first + (f" and {len(items) - 1} more" if len(items) > 1 else "")
 
 
 def exit_if_all_failed(done: int, skipped: int, failed: int, what: str, outcome: str = "nothing is indexed") -> None:

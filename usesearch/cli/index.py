@@ -217,7 +217,7 @@ def index(
         say_past_limits(report.failures)
         said.say_moved_and_copies(report)
         said.say_annotations_lost(report)
-        said.say_failed_before(report, db, db_url)
+        said.say_unread(report, db, db_url)
         if report.done and not report.segments:
             said.say_no_masks(report.done, db, db_url)
         if not prune_gone and not report.interrupted:

@@ -33,11 +33,12 @@ def say_moved_and_copies(report: IndexReport) -> None:
         (aliases if os.path.realpath(a) == os.path.realpath(b) else copies).append((a, b))
     opts.say_pairs(aliases, "skipped: the same files as indexed, reached through a link")
     opts.say_pairs(copies, "skipped as copies of a photo indexed under another path")
-    if report.copies_replacing:  # (its segments went unsaid: a changed photo's are embedded again, a copy's not)
-        (first, _), more = report.copies_replacing[0], len(report.copies_replacing) - 1
+    # Said: a changed photo's old segments are replaced by its new ones, but a copy's are not.
+    replacing = report.copies_replacing
+    if replacing:
         opts.console.print(
-            f"  {len(report.copies_replacing)} of those copies ({one_line(first)}{f' and {more} more' if more else ''})"
-            f" held other content when indexed: the {counted(sum(n for _, n in report.copies_replacing), 'segment')}"
+            f"  {len(replacing)} of those copies ({opts.first_and_more(replacing, one_line(replacing[0][0]))})"
+            f" held other content when indexed: the {counted(sum(n for _, n in replacing), 'segment')}"
             " of that content were removed",
             markup=False,
             highlight=False,
@@ -56,11 +57,12 @@ def say_annotations_lost(report: IndexReport, this_split: str | None = None) -> 
         )
 
 
-def say_failed_before(report: IndexReport, db: str, db_url: str | None) -> None:
+def say_unread(report: IndexReport, db: str, db_url: str | None) -> None:
+    """The photos the run did not read: gone since its walk, or failed before as they are."""
     if report.gone:
-        more = f" and {len(report.gone) - 1} more" if len(report.gone) > 1 else ""
         opts.console.print(
-            f"  {counted(len(report.gone), 'photo')} ({one_line(report.gone[0])}{more}) went between the walk and "
+            f"  {counted(len(report.gone), 'photo')} ({opts.first_and_more(report.gone, one_line(report.gone[0]))}) "
+            "went between the walk and "
             "its read (deleted or moved during the run): not indexed, nothing recorded",
             markup=False,
             highlight=False,
@@ -140,17 +142,18 @@ def print_labelled(report, db: str, db_url: str | None, masker_follows: bool = F
             f"  split {report.split!r} holds this file's annotations alone now: forgot {', '.join(report.replaced)}"
         )
     say_annotations_lost(report, this_split=report.split)
-    say_failed_before(report, db, db_url)
+    say_unread(report, db, db_url)
     if report.listed_empty and not report.interrupted:  # (recorded once the pass is whole)
         opts.console.print(
             f"  {counted(report.listed_empty, 'photo')} the file lists with no annotation: `usesearch audit` "
             "searches their proposals for overlooked objects too"
         )
     if report.proposals_lost and not masker_follows:
-        first, more = one_line(report.proposals_lost[0]), ", ..." if len(report.proposals_lost) > 1 else ""
+        lost = report.proposals_lost
         opts.console.print(
-            f"  {counted(len(report.proposals_lost), 'photo')} ({first}{more}) changed since a masker run, and the "
-            "proposals made of the old content went with it: `usesearch index PATHS` makes them again",
+            f"  {counted(len(lost), 'photo')} ({opts.first_and_more(lost, one_line(lost[0]))}) changed since a "
+            "masker run, and the proposals made of the old content went with it: `usesearch index PATHS` makes "
+            "them again",
             markup=False,
             highlight=False,
         )

@@ -24,6 +24,7 @@ from .failures import DEBUG_ENV as DEBUG_ENV
 from .failures import console as console
 from .failures import err_console as err_console
 from .failures import exit_if_all_failed as exit_if_all_failed
+from .failures import first_and_more as first_and_more
 from .failures import interrupted as interrupted
 from .failures import interrupted_exit as interrupted_exit
 from .failures import say_failures as say_failures
