@@ -6,6 +6,7 @@ killed, and a failure as text."""
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
 import os
@@ -142,9 +143,13 @@ def attempt(db_dir: str | os.PathLike, sha256: str) -> None:
 
 def worker_error(text: str) -> WorkerError:
     """The failure a worker reported, recorded under its original class name (as the
-    sequential indexer records it)."""
+    sequential indexer records it). A file error of Python's own is one of its class too
+    (a ``FileNotFoundError``: the file gone since the walk, said and not recorded, as
+    the sequential indexer does)."""
     name, _, message = text.partition(": ")
-    return type(name if name.isidentifier() else "WorkerError", (WorkerError,), {})(message)
+    builtin = getattr(builtins, name, None)
+    file_error = (builtin,) if isinstance(builtin, type) and issubclass(builtin, OSError) else ()
+    return type(name if name.isidentifier() else "WorkerError", (WorkerError, *file_error), {})(message)
 
 
 def error_text(exc: BaseException) -> str:

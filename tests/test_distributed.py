@@ -369,3 +369,32 @@ def test_a_ray_rerun_skips_copies_and_failed_files_unread_as_the_sequential_one_
     with Writer(tmp_path / "db", IndexOptions(**OPTS), None) as writer:
         assert distributed._pending(files, writer, IndexOptions(**OPTS), report) == []  # nothing left to hash
         assert (report.skipped, len(files), writer.failed_before, len(writer.copies)) == (4, 4, 1, 1)
+
+
+def test_a_file_a_worker_found_gone_is_said_not_recorded_as_the_sequential_run_does(tmp_path):
+    """A photo deleted after Ray's walk came back from its worker as text, recorded as a
+    failure ("FileNotFoundError: ...") that no later run could meet; the sequential run
+    says it went and records nothing."""
+    from usesearch.indexer.fragments import error_text, worker_error
+    from usesearch.indexer.options import IndexReport
+    from usesearch.indexer.writer import Writer
+
+    photos = write_photos(tmp_path / "photos", NAMES[:1])
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    gone, broken = str(photos / "deleted.png"), str(photos / "broken.png")
+    (photos / "broken.png").write_bytes(b"\x89PNG broken")
+    report = IndexReport()
+    with Writer(tmp_path / "db", IndexOptions(**OPTS), None) as writer:
+        for path, exc in (
+            (gone, FileNotFoundError(2, "No such file or directory", gone)),
+            (broken, ValueError("cannot identify image file")),
+        ):
+            writer.fail(os.fsencode(path), path, None, worker_error(error_text(exc)), report)
+    assert report.gone == [gone]
+    from usesearch.indexer.folder import open_store
+
+    store = open_store(tmp_path / "db", read_only=True)
+    try:
+        assert [(r.path, r.error_class) for r in store.failures()] == [(broken, "ValueError")]
+    finally:
+        store.close()
