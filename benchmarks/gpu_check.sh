@@ -5,17 +5,24 @@
 # own list lacks four dependencies usesearch added since (the catalog's retry, the writer's
 # lock, the COCO reader, open_clip's tokenizer), and the first is imported by every
 # indexing run. Step 0 names any module still missing. Writes its figures to
-# $OUT (or ./gpu-check when OUT is unset). About 5.5 minutes on one H100 (2026-12-05), most
-# of it building random-weight models and compiling; more since step 2 compiles both presets
-# as a GPU archive's run now does (at most 540 s: each step has its own timeout).
-#   run: sh benchmarks/gpu_check.sh    (timeout_s 580; its steps stop themselves within 540 s, plus the install and imports)
+# $OUT (or ./gpu-check when OUT is unset).
+#
+# A session's device time is 15 minutes, the machine's start (1-2 min) included, so the
+# call has a budget: BUDGET seconds from the script's start (450 by default, 220 for
+# `mid`), each step's timeout cut to what is left, a step with under 30 s left skipped
+# and named. The steps run in the order of what a run must bring back: the CUDA-only
+# checks, then the paper's preset's throughput, then b16's, then the diagnostics.
+#   run: sh benchmarks/gpu_check.sh        (timeout_s 500)
+#   then, where >= 4 min of device time are left: sh benchmarks/gpu_check.sh mid   (timeout_s 250)
 set -e
+START=$(date +%s)
+if [ "${1:-}" = mid ]; then BUDGET=${BUDGET:-220}; else BUDGET=${BUDGET:-450}; fi
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
 # Without .whl/ (not carried, or empty) the image's own packages are tried: step 0 names
 # what is missing, instead of set -e ending the run here with no step written.
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  timeout 120 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 else
   echo "no .whl/ carried: trying the image's own packages (step 0 names any missing)"
 fi
@@ -26,31 +33,49 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # Each step's output to its file and the console; a failing step (a crash, a failed
 # check, a timeout's 124) is named and fails the script at the end, after the other
 # steps had their turn: no pipe into tee, whose status would hide it (sh has no pipefail).
+#   step FILE SECONDS command...   (SECONDS: the step's own limit, cut to the budget left)
 FAILED=""
+SKIPPED=""
 step() {
-  file=$1; shift
-  rc=0; "$@" > "$OUT/$file" 2>&1 || rc=$?
+  file=$1; limit=$2; shift 2
+  left=$((BUDGET - $(date +%s) + START))
+  if [ "$left" -lt 30 ]; then
+    echo "SKIPPED: $file (${left} s of the call's ${BUDGET} s budget left)"; SKIPPED="$SKIPPED $file"; return 0
+  fi
+  [ "$limit" -le "$left" ] || limit=$left
+  rc=0; timeout -k 5 "$limit" "$@" > "$OUT/$file" 2>&1 || rc=$?
   cat "$OUT/$file"
   if [ "$rc" -ne 0 ]; then echo "FAILED ($rc): $file"; FAILED="$FAILED $file($rc)"; fi
+  echo "[$file: $(($(date +%s) - START)) s into the call]"
 }
-step gpu.txt nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv
-# `sh benchmarks/gpu_check.sh mid` (a second call, timeout_s 320, where the device time
-# allows): the paper's preset as a run of 500 photos compiles it (SAM's decoder and
-# scoring, not its encoder nor the towers: the H100 table's first column), against step
-# 2's archive run (every model compiled).
-# Then the archive's run of step 2 without side streams (SAM's encoder and the backbones in line, as before 2026-12-05)
-# against step 2's, which runs them on streams of their own.
+finish() {  # a failed step: 1; none failed but some skipped: 3 (what ran is in $OUT)
+  if [ -n "$FAILED" ]; then echo "gpu_check$1: failed steps:$FAILED${SKIPPED:+; skipped:$SKIPPED}"; exit 1; fi
+  if [ -n "$SKIPPED" ]; then echo "gpu_check$1: none failed; skipped (budget):$SKIPPED; figures in $OUT"; exit 3; fi
+  echo "gpu_check$1: every step passed; figures in $OUT"; exit 0
+}
+step gpu.txt 20 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv
+# `sh benchmarks/gpu_check.sh mid` (a second call, timeout_s 250, where the device time
+# allows): first the archive's run of step 2 without side streams (SAM's encoder and the
+# backbones in line, as before 2026-12-05) against step 2's, which runs them on streams
+# of their own; then the paper's preset as a run of 500 photos compiles it (SAM's decoder
+# and scoring, not its encoder nor the towers: the H100 table's first column).
 if [ "${1:-}" = mid ]; then
-  step mid.txt timeout 140 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 --side 1024 \
-    --points-per-side 32 --masks-per-photo 100 --run-photos 500 --json "$OUT/mid.json"
-  step in-line.txt timeout 150 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 --side 1024 \
+  step in-line.txt 150 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 --side 1024 \
     --points-per-side 32 --masks-per-photo 100 --no-side-streams --json "$OUT/in-line.json"
-  if [ -n "$FAILED" ]; then echo "gpu_check mid: failed:$FAILED"; exit 1; fi
-  echo "gpu_check mid: passed; figures in $OUT"; exit 0
+  step mid.txt 140 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 --side 1024 \
+    --points-per-side 32 --masks-per-photo 100 --run-photos 500 --json "$OUT/mid.json"
+  finish " mid"
 fi
-# 0. Everything the steps import, named where missing (else step 2 dies at its imports).
-step imports.txt python3 -c "
+# 0. Everything the steps import, named where missing (else step 2 dies at its imports);
+#    and the torch, with the compiler settings the generator's scoring relies on (checked
+#    on the CPU's torch only: where one is missing, scoring runs eagerly, said here first).
+step imports.txt 60 python3 -c "
 import importlib
+import torch, torch._dynamo
+print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO GPU')
+absent = [k for k in ('specialize_float', 'recompile_limit', 'fail_on_recompile_limit_hit') if not hasattr(torch._dynamo.config, k)]
+absent += [] if hasattr(torch._dynamo.exc, 'FailOnRecompileLimitHit') else ['FailOnRecompileLimitHit']
+print('compiler settings: ' + ('all here' if not absent else 'missing in this torch: ' + ', '.join(absent)))
 missing = []
 for name in ('open_clip', 'segment_anything', 'faiss', 'sqlalchemy', 'pycocotools', 'tenacity', 'filelock', 'ijson', 'skimage',
              'regex', 'usesearch.indexer.pipeline', 'usesearch.masks.amg'):
@@ -63,7 +88,7 @@ print('every module the steps import is here')
 "
 # 1. The CUDA parts of the suite that a CPU cannot run: run-length coding on the device,
 #    and the generator's masks against stock's on the GPU (the bfloat16 tolerance).
-step checks.txt timeout 105 python3 - <<'PY'
+step checks.txt 105 python3 - <<'PY'
 import numpy as np, torch
 from usesearch.masks import rle
 import torch.nn.functional as F
@@ -185,28 +210,30 @@ print(f"SAM's encoder a group ahead on its own stream gives the in-line masks ({
 # Last, so the checks above had their turn: the tolerance held for compiled masks only if it compiled.
 assert not not_compiled, f"the generator's decoder did not compile on this GPU ({', '.join(not_compiled)}): see the warning"
 PY
-# 2. Throughput as a user gets it, stage by stage, paper preset then b16 (mask logits
-#    shaped into blobs, so RLE and pooling see real masks' run counts), compiled as a GPU
-#    archive's run is by default now (index --compile unset, 1,000 photos or more):
-#    the warm-up pays the compiles. b16 compiled has never run on a GPU.
-step throughput.txt timeout 190 python3 benchmarks/index_throughput.py --presets l14-336,b16 --images 32 \
+# 2. Throughput as a user gets it, stage by stage, the paper's preset (mask logits shaped
+#    into blobs, so RLE and pooling see real masks' run counts), compiled as a GPU
+#    archive's run is by default now (index --compile unset, 1,000 photos or more): the
+#    warm-up pays the compiles. 3. The same for b16 (compiled: never yet on a GPU).
+step throughput.txt 170 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 \
   --side 1024 --points-per-side 32 --masks-per-photo 100 --json "$OUT/throughput.json"
-# 3. Where SAM's GPU time goes, kernel by kernel (torch's profiler, one photo at a time),
-#    its encoder compiled as index compiles it now; then the paper's backbones, a group of
-#    4 photos a call; each with the share of the wall time the device was busy.
-step profile.txt timeout 90 python3 benchmarks/gpu_profile.py --arch vit_h --points-per-side 32 --rows 30 \
-  --compile --backbones l14-336
+step throughput-b16.txt 110 python3 benchmarks/index_throughput.py --presets b16 --images 32 \
+  --side 1024 --points-per-side 32 --masks-per-photo 100 --json "$OUT/throughput-b16.json"
 # 4. SAM's levers against segment-anything's code (encoder SDPA; decoder shared tokens + SDPA;
 #    the decoder compiled, as the generator runs it on a GPU; half the prompts upscaled, as
 #    the IoU filter's gate does where half fail it); then the upscaling alone each way,
 #    transposed convolutions (cuDNN's dgrad kernels, 4.4 ms a call in the H100 profile)
 #    against per-pixel products (a GPU's default since then, never yet run on one).
-step levers.txt timeout 90 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3 \
+step levers.txt 80 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3 \
   --compiled-decoder --upscaled 0.5 --upscaling-ways
 # 5. Candidate scoring compiled against segment-anything's helpers on this GPU: time,
 #    agreement, and whether inductor's Triton code writes the full-size logits after all.
 #    3000x4000 is scored through the separable resize (separable_resize.py): never yet run on a GPU.
-step scores.txt timeout 65 python3 benchmarks/candidate_scores.py --photos 768x1024,3000x4000
-# (the preset as a 500-photo run compiles it has a call of its own: sh benchmarks/gpu_check.sh mid)
-if [ -n "$FAILED" ]; then echo "gpu_check: failed steps:$FAILED"; exit 1; fi
-echo "gpu_check: every step passed; figures in $OUT"
+step scores.txt 60 python3 benchmarks/candidate_scores.py --photos 768x1024,3000x4000
+# 6. Where SAM's GPU time goes, kernel by kernel (torch's profiler, one photo at a time),
+#    its encoder compiled as index compiles it now; then the paper's backbones, a group of
+#    4 photos a call; each with the share of the wall time the device was busy.
+step profile.txt 80 python3 benchmarks/gpu_profile.py --arch vit_h --points-per-side 32 --rows 30 \
+  --compile --backbones l14-336
+# (the run without side streams, and the preset as a 500-photo run compiles it, have a
+# call of their own: sh benchmarks/gpu_check.sh mid)
+finish ""

@@ -112,3 +112,20 @@ def test_the_inline_checks_compile_and_name_what_exists():
 def _ours(module: str) -> bool:
     top = module.split(".")[0]
     return top in ("usesearch", "tests") or (ROOT / "benchmarks" / f"{top}.py").is_file()
+
+
+@pytest.mark.parametrize("call", [[], ["mid"]])
+def test_a_spent_budget_skips_each_step_and_names_it(tmp_path, call):
+    """The call's time is the session's device time: a step that cannot fit what is left
+    of the budget is skipped and named (exit 3), not started to be cut off mid-way."""
+    steps = re.findall(r"^\s*step (\S+) \d+ ", SCRIPT, re.M)
+    mid = SCRIPT.index('if [ "${1:-}" = mid ]; then\n')
+    wanted = [s for s in steps if (s in SCRIPT[mid : SCRIPT.index("finish", mid)]) == bool(call) or s == "gpu.txt"]
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"), "BUDGET": "0", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        ["sh", "benchmarks/gpu_check.sh", *call], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    skipped = re.findall(r"^SKIPPED: (\S+) ", done.stdout, re.M)
+    assert done.returncode == 3 and skipped == wanted and len(wanted) >= 3, (done.stdout, done.stderr)
+    assert "none failed; skipped (budget): " + " ".join(wanted) in done.stdout
+    assert list((tmp_path / "out").iterdir()) == []  # no step started
