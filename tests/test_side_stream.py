@@ -98,10 +98,11 @@ def test_release_stops_every_stream_in_use_and_waits_for_its_work():
     assert not release_work_aside()
 
 
-def test_out_of_memory_aside_waits_for_the_next_groups_work_under_way():
+def test_out_of_memory_aside_waits_for_the_next_groups_work_under_way(caplog):
     """A group's work aside ran out of memory and the side thread went straight on to
     the next group: taking the failure waits for that work (its memory back before the
-    caller's call in line), rather than only turning the stream off."""
+    caller's call in line), rather than only turning the stream off; said once (a run's
+    figures change from there on, and nothing said why)."""
     stream, group, following = side(), photos(1), photos(1)
     running, finished = threading.Event(), threading.Event()
 
@@ -114,8 +115,12 @@ def test_out_of_memory_aside_waits_for_the_next_groups_work_under_way():
     stream.start(group, lambda _: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory")))
     stream.start(following, next_group)
     running.wait()
-    assert stream.take(group) is None
+    with caplog.at_level("WARNING"):
+        assert stream.take(group) is None
+        stream.release()  # (again: nothing more said)
     assert finished.is_set() and not stream.on and not stream.in_use()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and f"no more {stream.key} for the rest of the run" in said[0], said
 
 
 class _SlowList(list):

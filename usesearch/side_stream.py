@@ -16,6 +16,7 @@ while the taker still reads it. On a CPU the same thread runs without a stream (
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -28,6 +29,8 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from usesearch.devices import out_of_memory_in
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -162,7 +165,13 @@ class SideStream(Generic[T]):
         """Off for good (memory ran out: this work's beside the caller's was too much),
         what it kept dropped."""
         with self._lock:
-            self.on = False
+            was_on, self.on = self.on, False
+        if was_on:  # (said once: the run's figures change from here on, and why should show)
+            log.warning(
+                "out of GPU memory with work beside the models: no more %s for the rest of the run "
+                "(that work runs in line: slower, less memory)",
+                self.key,
+            )
         self.drop()
 
     def release(self) -> None:
