@@ -186,6 +186,8 @@ def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], st
     ``min_score`` cut every hit (``best(filters)``: the search's best hit under other
     filters; an empty table said nothing of how far off the score was). ``spelt``: a
     filter's name as the caller spells it (the CLI's flags; the web API's fields)."""
+    if not any(store.has_source(source) for source in SOURCES):  # (a filter's note would mislead: nothing to match)
+        return ["the index holds no segment yet: `usesearch index PHOTOS --db INDEX` adds them"]
     why: list[str] = []
     if filters.path and not store.image_ids_matching(filters.path):
         folder = store.common_folder()

@@ -172,7 +172,10 @@ def test_a_search_says_when_its_effort_flags_do_nothing_or_its_index_is_under_ta
     ]
     [said] = _effort_notes(index("IVF2,Flat", short), SearchFilters())
     assert said.startswith("this index searches at recall@10 ~0.47, under its target 0.95 (`usesearch info --db ")
-    assert _effort_notes(index("IVF2,Flat", short), asked) == []  # looking harder, as asked
+    assert _effort_notes(index("IVF2,Flat", short), SearchFilters(nprobe=2, rerank=100)) == []  # harder, as asked
+    assert _effort_notes(index("IVF2,Flat", short), SearchFilters(nprobe=5)) == [
+        "--nprobe 5: this index has 2 clusters: all 2 visited"  # (FAISS caps it unsaid)
+    ]
     assert _effort_notes(index("IVF2,Flat", dataclasses.replace(short, met=True, recall=0.96)), SearchFilters()) == []
     slow = dataclasses.replace(short, recall=0.96, over_budget=True)  # the target reached, past the budget
     assert _effort_notes(index("IVF2,Flat", slow), SearchFilters()) == []

@@ -116,3 +116,20 @@ def test_a_glob_without_a_prefix_matches_what_fnmatch_matches(tmp_path, request,
     if glob == "2024/*":  # its literal part went to the database
         assert any("/2024/" in str(params) for params in sent), sent
     store.close()
+
+
+def test_a_search_of_an_index_with_no_segment_says_so(tmp_path):
+    """An index whose runs committed no segment yet answered every search with an empty
+    list, and nothing said why (a filter's note would only have misled). The run's
+    failure line named its photo twice."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "broken.png").write_bytes(b"\x89PNG broken")  # an index made, nothing in it
+    made = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny"])
+    assert made.exit_code == 3 and "0 images indexed, 0 skipped, 1 failed" in made.output, made.output
+    # (the failure's path said once: its reason named it again)
+    line = f"failed: {photos / 'broken.png'}: ImageReadError: cannot read image: not a recognised image format"
+    assert "".join(line.split()) in "".join(made.output.split()), made.output
+    result = runner.invoke(app, ["query", "a cat", "--db", str(tmp_path / "db"), "--json", "--path", "x/*"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+    assert result.stderr.strip() == "the index holds no segment yet: `usesearch index PHOTOS --db INDEX` adds them"

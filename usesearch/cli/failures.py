@@ -53,8 +53,10 @@ ALL_FAILED_EXIT = 3
 
 def say_failures(failures: list[tuple[str, str]], most: int = 10) -> None:
     """A run's first ``most`` failures, one line each: a path or a message holding a
-    newline stays on its line, so each failure is one line a grep finds."""
+    newline stays on its line, so each failure is one line a grep finds. The path is
+    said once: a reason naming it again ("cannot read image PATH: ...") leaves it out."""
     for path, reason in failures[:most]:
+        reason = reason.replace(f" {path}: ", ": ") if path else reason
         console.print(f"  failed: {one_line(path)}: {one_line(reason)}")
 
 

@@ -90,8 +90,11 @@ def _effort_notes(index, filters: SearchFilters) -> list[str]:
     asked = [flag for flag, value in (("--nprobe", filters.nprobe), ("--rerank", filters.rerank)) if value is not None]
     if asked and index.index.exact:
         return [f"{' and '.join(asked)}: this index is exact (every segment scored): nothing to change"]
-    if filters.nprobe is not None and ivf_of(index.index.index) is None:
+    ivf = ivf_of(index.index.index)
+    if filters.nprobe is not None and ivf is None:
         return ["--nprobe: this index has no clusters to visit (a graph): nothing to change"]
+    if ivf is not None and filters.nprobe is not None and filters.nprobe > ivf.nlist:  # (FAISS: all, silently)
+        return [f"--nprobe {filters.nprobe}: this index has {ivf.nlist} clusters: all {ivf.nlist} visited"]
     measured = index.calibration
     if asked or measured is None or measured.recall >= measured.target:  # (met, or only slower than budgeted)
         return []
