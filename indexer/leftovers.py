@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from sqlalchemy import BigInteger, cast, func, literal, or_, select, true
 
-from usesearch.errors import UsesearchError, first_line
+from usesearch.errors import EmbeddingsLostError, UsesearchError, first_line
 from usesearch.io.files import decode, read_bytes
 
 from .known_images import record_limits
@@ -245,3 +245,17 @@ def _chunk_sizes(files) -> dict[int, int]:
         except FileNotFoundError:  # a compaction deleted it meanwhile
             continue
     return sizes
+
+
+def lost_among(store: Store, segment_ids: Collection[int]) -> str | None:
+    """Why some of these segments' embeddings are lost (a chunk file gone or cut short),
+    else None: a search's hits come from FAISS and stay right, but the index is damaged
+    (``similar`` of such a hit, and a rebuild, refuse), and nothing else would say so.
+    Reads the hits' rows only (k of them, mapped). The CLI's: a web page's user can
+    do nothing of it (the server logs the damage where a request meets it)."""
+    try:
+        for _ in store.embeddings(segment_ids):
+            pass
+    except EmbeddingsLostError as exc:
+        return f"this index is damaged: {first_line(exc)}"
+    return None

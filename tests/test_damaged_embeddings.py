@@ -76,6 +76,10 @@ def test_a_missing_or_cut_embedding_chunk_is_repaired_like_damaged_rows(tmp_path
     stats = json.loads(shown.output)  # info names what is lost instead of a negative count of spare bytes
     assert stats["embeddings_lost"] == {chunks[0].name: chunk_rows[0], chunks[1].name: past_end} and past_end > 0
     assert stats["bytes_embeddings_dead"] == 0
+    # A search answers from FAISS, right, and says the index is damaged (it said nothing).
+    searched = CliRunner().invoke(app, ["query", "a cat", "--db", str(db), "-k", "1000", "--json"])
+    assert searched.exit_code == 0 and len(json.loads(searched.stdout)) == len(before)
+    assert searched.stderr.startswith(f"this index is damaged: {chunks[0]} is missing: `usesearch index PATHS")
     (db / FAISS_FILE).unlink()  # a rebuild reads every row
     unloaded = CliRunner().invoke(app, ["info", "--db", str(db), "--json"])  # was exit 2 with the repair alone
     stats = json.loads(unloaded.output)  # what the catalog tells, and what is lost

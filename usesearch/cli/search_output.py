@@ -77,7 +77,11 @@ def given(
     # Status on stderr: stdout may be carrying --json.
     if not (output.export_coco or output.show):  # (those said it of their own photos)
         _say_stale(hits, index, "among the hits", "", by_stat=False)
-    for line in ([] if hits else _why_none(index, filters, best)) + _effort_notes(index, filters):
+    from usesearch.indexer.leftovers import lost_among
+
+    # Hits from an index whose embedding files are damaged: said (FAISS's answers stand).
+    notes = [lost_among(index.store, [h.segment_id for h in hits])] if hits else _why_none(index, filters, best)
+    for line in [n for n in notes if n] + _effort_notes(index, filters):
         typer.echo(line, err=True)
 
 
