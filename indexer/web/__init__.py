@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -141,14 +142,19 @@ def serve(
     )  # a server answers many searches: candidates' locations are held in memory once built
     try:
         allowed_hosts = [*LOOPBACK_NAMES, host] if is_loopback(host) else None
-        uvicorn.Server(
+        server = uvicorn.Server(
             server_config(
                 create_app(index, token, allowed_hosts),
                 host,
                 port,
                 per_client=MAX_PER_CLIENT if per_client is None else per_client,
             )
-        ).run()
+        )
+        server.run()
+        # uvicorn stops on a SIGINT, then raises it again under the handler it found: one
+        # that ignores it (a shell's background job) made the stop a success, exit 0.
+        if signal.SIGINT in getattr(server, "_captured_signals", ()):
+            raise KeyboardInterrupt
     finally:
         index.close()
 
