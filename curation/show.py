@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
 from usesearch.io.files import decode, indexed_limits, read_bytes
 from usesearch.masks import rle
+from usesearch.tasks import visualize
 
 from .dataset import read_records
 
@@ -104,9 +105,11 @@ def render(record: dict[str, Any], out: str | os.PathLike, alpha: float = 0.45) 
     if scale > 1:
         canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=max(11, max(canvas.size) // 60))  # readable on a large photo too
+    size = max(11, max(canvas.size) // 60)  # readable on a large photo too
+    font = visualize.font(size)
     placed: list[tuple[float, float, float, float]] = []
     for (x, y, w, h), outline, text in labels:
+        text = visualize.drawable(text, size)  # (a caption's "café" was drawn "caf▯")
         x, y, w, h = (v * scale for v in (x, y, w, h))
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=outline, width=scale)
         draw.text(_free_spot(draw, text, (x + 2, y + 1), placed, canvas.size, font), text, font=font, **TEXT_STYLE)

@@ -9,17 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
 from usesearch.io.files import decode, indexed_limits, read_bytes, stat_signature
-from usesearch.tasks.visualize import decode_mask, outline, segment_tile
+from usesearch.tasks.visualize import decode_mask, font, label, outline, segment_tile
 
 from .hits import Hit
 
 TILE, CAPTION, COLUMNS = 192, 30, 5
-GREY_FONT = ImageFont.load_default(size=16)
 WEBP_MOST_PIXELS = 16_383  # a side WebP can hold
 
 
@@ -72,14 +71,14 @@ def contact_sheet(
                 draw.rectangle((left + 8, top + 8, left + tile - 8, top + tile - 8), fill=(200, 200, 200))
                 # A word a line, in a font its size (the bitmap default's space read as "photogone").
                 draw.multiline_text(
-                    (left + 16, top + tile // 2 - 18), f"photo\n{why}", fill=(60, 60, 60), font=GREY_FONT
+                    (left + 16, top + tile // 2 - 18), f"photo\n{why}", fill=(60, 60, 60), font=font(16)
                 )
             else:
                 tile_image = segment_tile(rgb, decode_mask(hit.mask), hit.bbox, tile)
                 sheet.paste(tile_image, (left + (tile - tile_image.width) // 2, top + (tile - tile_image.height) // 2))
-            draw.text((left + 4, top + tile + 2), f"#{hit.rank}  {hit.score:.3f}", fill=(0, 0, 0))
+            label(draw, (left + 4, top + tile + 2), f"#{hit.rank}  {hit.score:.3f}", (0, 0, 0))
             name = Path(hit.image).name if notes is None else f"{notes[i]}  {Path(hit.image).name}"
-            draw.text((left + 4, top + tile + 15), name[:34], fill=(80, 80, 80))
+            label(draw, (left + 4, top + tile + 15), name[:30], (80, 80, 80))  # (DejaVu is wider)
         del rgb
     out = Path(out)
     save_picture(sheet, out)

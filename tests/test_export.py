@@ -317,3 +317,23 @@ def test_an_audit_sheet_says_each_tiles_classes_and_a_leaks_other_photo(tmp_path
     assert Image.open(plain).size == (192, 192 + 30)  # one hit, one tile wide: it was five, four of them blank
     noted, _ = contact_sheet([hit], tmp_path / "noted.png", notes=["cat->dog"])
     assert np.asarray(Image.open(plain)).tolist() != np.asarray(Image.open(noted)).tolist()
+
+
+def test_names_past_ascii_are_drawn_as_they_are_or_folded_never_as_one_box(monkeypatch):
+    """Pillow's own font has ASCII glyphs only: "rocket ü.jpg" and "rocket é.jpg" were
+    captioned with the same empty box. DejaVu Sans where the system has it, else the
+    name folded to ASCII (accents dropped, other letters "?")."""
+    import numpy as np
+    from PIL import ImageDraw, ImageFont
+
+    from usesearch.tasks import visualize
+
+    def drawn(text: str) -> np.ndarray:
+        picture = Image.new("RGB", (120, 20), "white")
+        visualize.label(ImageDraw.Draw(picture), (2, 2), text, (0, 0, 0))
+        return np.asarray(picture)
+
+    assert not np.array_equal(drawn("rocket ü"), drawn("rocket é"))
+    monkeypatch.setattr(visualize, "font", lambda size: ImageFont.load_default(size=size))  # no font on the system
+    assert visualize.drawable("rocket ü café 東京.jpg", 11) == "rocket u cafe ??.jpg"
+    assert not np.array_equal(drawn("rocket ü"), drawn("rocket é"))

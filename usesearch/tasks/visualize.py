@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 import colorsys
+import unicodedata
 from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from skimage.segmentation import find_boundaries
 
 from usesearch.masks import rle as rle_codec
+
+
+@cache
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans where the system has it (most Linux systems: accented, Greek and
+    Cyrillic names drawn as they are), else Pillow's own, whose glyphs are ASCII only."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def drawable(text: str, size: int) -> str:
+    """``text`` as ``font(size)`` draws it: with Pillow's own font, accents dropped and other
+    letters past ASCII as "?" (it drew each as the same empty box: "rocket ü" read "rocket ▯")."""
+    chosen = font(size)
+    if isinstance(chosen, ImageFont.FreeTypeFont) and chosen.getname()[0] != "Aileron":
+        return text
+    folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return "".join(c if c.isascii() else "?" for c in folded)
+
+
+def label(draw: ImageDraw.ImageDraw, at: tuple[int, int], text: str, fill, size: int = 11) -> None:
+    """A line of a person's text (a file or class name) on a picture."""
+    draw.text(at, drawable(text, size), fill=fill, font=font(size))
 
 
 def palette(n: int) -> np.ndarray:
@@ -29,7 +56,7 @@ def label_overlay(rgb: np.ndarray, labels: np.ndarray, names: Sequence[str], alp
     for k, i in enumerate(present):
         y = 2 + k * row
         draw.rectangle([rgb.shape[1] + 4, y, rgb.shape[1] + 14, y + 10], fill=tuple(int(c) for c in colours[i]))
-        draw.text((rgb.shape[1] + 18, y - 1), names[i][:22], fill=(0, 0, 0))
+        label(draw, (rgb.shape[1] + 18, y - 1), names[i][:22], (0, 0, 0))
     return canvas
 
 
