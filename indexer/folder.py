@@ -4,6 +4,7 @@ it uses and the lock its one writer holds."""
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -171,9 +172,11 @@ def _what_instead(db_dir: Path) -> str:
 
     photo = next((path.name for path, is_dir in listed if not is_dir and path.suffix.lower() in IMAGE_SUFFIXES), None)
     if photo is not None:  # (`index --db` of it is refused: a photo folder is no index's)
-        made = f"`usesearch index {db_dir} --db {os.path.realpath(db_dir)}.use` makes one"
-        return f"it holds photos ({photo}): give --db the index's folder ({made})"
-    return f"run `usesearch index PATH --db {db_dir}` first"
+        made = (
+            f"`usesearch index {shlex.quote(os.fspath(db_dir))} --db {shlex.quote(os.path.realpath(db_dir) + '.use')}`"
+        )
+        return f"it holds photos ({photo}): give --db the index's folder ({made} makes one)"
+    return f"run `usesearch index PATH {index_flags(db_dir, None)}` first"
 
 
 def open_store(db_dir: Path, db_url: str | None = None, read_only: bool = False) -> Store:

@@ -29,6 +29,7 @@ they have mapped stays readable until they unmap it.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -212,7 +213,7 @@ def prune(
             failing = writer.store.kept_failure_ids()
             report.failing_kept = len(failing & {i for i, _, _ in considered} - {i for i, _, _ in gone})
         if all_gone and not force:
-            scope = "".join(f" {os.fspath(p)}" for p in under or [])
+            scope = "".join(f" {shlex.quote(os.fspath(p))}" for p in under or [])
             raise EverythingGoneError(
                 f"all {len(considered)} files the index records{' under' + scope if scope else ''} are gone "
                 f"(is the disk mounted?); nothing was removed. `usesearch prune{scope} "

@@ -136,10 +136,18 @@ def test_a_reading_command_at_a_folder_holding_no_index_says_what_it_holds(tmp_p
     (tmp_path / "photos").mkdir()  # its suggested `index PHOTOS --db PHOTOS` was refused: the folder being indexed
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"")
     photos = tmp_path / "photos"
+    (tmp_path / "my photos").mkdir()  # a command to paste: the path quoted as a shell reads it
+    (tmp_path / "my photos" / "cat.jpg").write_bytes(b"")
+    spaced = tmp_path / "my photos"
     for folder, why in (
         (
             "photos",
             f"it holds photos (cat.jpg): give --db the index's folder (`usesearch index {photos} --db {photos}.use`",
+        ),
+        (
+            "my photos",
+            f"it holds photos (cat.jpg): give --db the index's folder (`usesearch index '{spaced}' --db "
+            f"'{spaced}.use'` makes one)",
         ),
         ("dataset", "it holds a curated dataset: give --db an index's folder"),
         ("demo", f"the index in it is {tmp_path / 'demo' / 'db-tiny'}: give --db {tmp_path / 'demo' / 'db-tiny'}"),

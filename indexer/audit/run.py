@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import time
 import zipfile
 from collections import Counter
@@ -91,7 +92,7 @@ def audit_index(
         if not reader.classes:
             raise UsesearchError(
                 f"{db_dir} holds no annotations; index a labelled dataset first: "
-                f"`usesearch index IMAGES --coco FILE.json --db {db_dir}`"
+                f"`usesearch index IMAGES --coco FILE.json --db {shlex.quote(os.fspath(db_dir))}`"
             )
         if class_vectors is None:
             class_vectors = _class_vectors(store, reader.classes, device)
@@ -390,6 +391,7 @@ def load_lists(db_dir: str | os.PathLike) -> dict | None:
             raise TypeError(f"each of {', '.join(LISTS)} is a list of items")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise NotFoundError(
-            f"{path} is not an audit's lists ({type(exc).__name__}: {exc}): run `usesearch audit --db {db_dir}` again"
+            f"{path} is not an audit's lists ({type(exc).__name__}: {exc}): "
+            f"run `usesearch audit --db {shlex.quote(os.fspath(db_dir))}` again"
         ) from None
     return found

@@ -5,6 +5,8 @@ engine, streamed in batches: nothing holds every annotation at once."""
 
 from __future__ import annotations
 
+import os
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -102,7 +104,7 @@ class DatasetReader:
 
     def notes(self, db_dir) -> list[str]:
         """What the lists cannot see, or see besides annotated photos, a line each."""
-        masker_run = f"`usesearch index IMAGES --masker NAME --db {db_dir}` makes them"
+        masker_run = f"`usesearch index IMAGES --masker NAME --db {shlex.quote(os.fspath(db_dir))}` makes them"
         notes = []
         if self.unproposed:
             notes.append(
