@@ -329,16 +329,17 @@ def _one_line_on_few_points(index: faiss.Index, n: int) -> int:
         for p in (ivf, *product_quantizers(index), *(opq.pq for opq in opq_matrices(index)))
         if p is not None and hasattr(p, "cp")
     ]
-    clusters = max([ivf.nlist if ivf is not None else 0] + [p.ksub for p in parts if hasattr(p, "ksub")])
+    lists, centroids = ivf.nlist if ivf is not None else 0, max([p.ksub for p in parts if hasattr(p, "ksub")] or [0])
+    clusters = max(lists, centroids)
     for part in parts:
         part.cp.min_points_per_centroid = 1
     if parts and clusters <= n < FAISS_POINTS_PER_CLUSTER * clusters:
+        # (named as the factory names it: "256 clusters" for an IVF16,PQ8 read as its 16 lists)
+        what = f"{lists} IVF lists" if lists >= centroids else f"PQ codebooks of {centroids} centroids"
+        asks = FAISS_POINTS_PER_CLUSTER * clusters
         log.warning(
-            "training %d clusters on %d vectors (FAISS asks for %d): recall is low until the index grows, "
-            "or reindexing it with --factory auto chooses one for this size",
-            clusters,
-            n,
-            FAISS_POINTS_PER_CLUSTER * clusters,
+            f"training {what} on {n} vectors (FAISS asks for {asks}): recall is low until the index grows, "
+            "or reindexing it with --factory auto chooses one for this size"
         )
     return clusters if parts else 0
 
