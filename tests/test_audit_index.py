@@ -81,7 +81,10 @@ def test_each_planted_kind_is_found_at_the_top_of_its_list(db, planted_index):
         audit_cli(db, "-k", "40")
     finally:
         gone.with_suffix(".away").rename(gone)
-    assert "could not be read or changed, drawn grey" in audit_cli.output and f"{gone.name} (gone)" in audit_cli.output
+    assert (
+        "gone, unreadable or changed since indexing, drawn grey" in audit_cli.output
+        and f"{gone.name} (gone)" in audit_cli.output
+    )
     assert f"`usesearch prune --db {db}` removes them" in " ".join(audit_cli.output.split())
     kept = gone.read_bytes()  # one changed since, its size the same: grey too (its stored masks were drawn over it)
     Image.open(gone).rotate(180).save(gone, format=Image.open(gone).format)

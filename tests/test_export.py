@@ -75,7 +75,7 @@ def test_a_photo_gone_since_indexing_is_a_grey_tile_and_said(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)
-    assert len(hits) == 2 and "1 photo(s) could not be read or changed, shown grey" in result.stderr
+    assert len(hits) == 2 and "1 photo gone, unreadable or changed since indexing, shown grey" in result.stderr
     said = " ".join(result.stderr.split())  # the commands suggested name the index, as a shell reads them
     assert "coffee.png (gone)" in said and f"`usesearch prune --db {tmp_path / 'db'}` removes them" in said, said
     assert f"`usesearch index PATHS --db {tmp_path / 'db'}` again" in said
@@ -143,7 +143,7 @@ def test_a_photo_resized_since_indexing_is_a_grey_tile_not_a_crash(tmp_path):
     Image.open(coffee).resize((20, 12)).save(coffee)
     args = ["query", "a red cup", "--db", str(tmp_path / "db"), "--per-image", "--show", str(tmp_path / "s.png")]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0 and "1 photo(s) could not be read or changed" in result.stderr
+    assert result.exit_code == 0 and "1 photo gone, unreadable or changed since indexing" in result.stderr
     assert "coffee.png (changed)" in result.stderr and (tmp_path / "s.png").is_file()
 
 
@@ -237,7 +237,9 @@ def test_a_photo_swapped_for_a_fifo_or_another_picture_is_a_grey_tile(indexed, t
     Image.open(astronaut).rotate(180).save(astronaut)  # the same size, other pixels
     sheet = tmp_path / "s.png"
     result = CliRunner().invoke(app, ["query", "a red cup", "--db", str(db), "--per-image", "--show", str(sheet)])
-    assert result.exit_code == 0 and "2 photo(s) could not be read or changed" in result.stderr, result.output
+    assert result.exit_code == 0 and "2 photos gone, unreadable or changed since indexing" in result.stderr, (
+        result.output
+    )
     tiles = np.asarray(Image.open(sheet))
     assert (tiles[20:60, 20:60] == 200).all() and (tiles[20:60, 192 + 20 : 192 + 60] == 200).all()
 
