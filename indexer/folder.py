@@ -65,8 +65,12 @@ def refuse_shared_folder(db_dir: Path, walked: Sequence[str | os.PathLike] = ())
     real = Path(os.path.realpath(db_dir))
     own = f"give the index a folder of its own, e.g. {real}.use"  # (`--db .` would read "..use")
     held = holding_folder(db_dir)
-    if held is not None:
-        raise UsesearchError(f"--db {db_dir} lies in {held[0]} ({held[1]}), whose files usesearch writes: {own}")
+    if held is not None:  # (beside that folder: its own ``{real}.use`` lay in it too, refused in turn)
+        beside = Path(held[1]).parent / f"{real.name}.use"
+        raise UsesearchError(
+            f"--db {db_dir} lies in {held[0]} ({held[1]}), whose files usesearch writes: "
+            f"give the index a folder of its own, e.g. {beside}"
+        )
     if not db_dir.is_dir():
         return
     with os.scandir(db_dir) as entries:

@@ -61,7 +61,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args
         (["train", "{d}/dataset", "--run-dir", "{d}/dataset/run"], "lies in a curated dataset ({d}/dataset), whose"),
         (["curate", "run", "{d}/i", "--dataset-dir", "{d}/index/pairs"], "lies in an index ({d}/index), whose"),
         (["demo", "--demo-dir", "{d}/run/demo"], "lies in a training run ({d}/run), whose files"),
-        (["index", "{d}/i", "--db", "{d}/index/embeddings"], "lies in an index ({d}/index), whose files"),
+        (  # the folder suggested beside that index ({d}/index/embeddings.use was refused in turn)
+            ["index", "{d}/i", "--db", "{d}/index/embeddings"],
+            "lies in an index ({d}/index), whose files usesearch writes: give the index a folder of its own, "
+            "e.g. {d}/embeddings.use",
+        ),
         (["index", "{d}/i", "--db", "{d}/around"], "holds another index ({d}/around/inner): give the index"),
         # Another project's trainer.pt above: no training run of ours, nothing refused below it.
         (["index", "{d}/i", "--db", "{d}/torch-project/photos.use"], "holds photos"),
