@@ -266,7 +266,8 @@ def _prune_choice(store: Store, under, options: IndexOptions, kept_failures: boo
 
 
 def _prune_plan(db_dir: Path, under, options: IndexOptions, kept_failures: bool) -> PruneReport:
-    """``prune``'s choice of photos, made and reported, nothing removed."""
+    """``prune``'s choice of photos, made and reported, nothing removed (its fragment
+    bytes: those prune would remove)."""
     report, start = PruneReport(), time.perf_counter()
     store = open_store(db_dir, options.db_url, read_only=True)
     try:
@@ -274,6 +275,8 @@ def _prune_plan(db_dir: Path, under, options: IndexOptions, kept_failures: bool)
         copies = copies_holding(store, [image_id for image_id, _, _ in gone])
     finally:
         store.close()
+    # (the fragments prune removes too: a dry run's "nothing" said nothing of them)
+    report.fragment_bytes_freed = fragments.left_over(db_dir)
     report.considered = len(considered)
     shown = {i: display_path(os.fsdecode(copy[0])) for i, copy in copies.items()}
     report.would_move = [(path, shown[i]) for i, path, _ in gone if i in shown]

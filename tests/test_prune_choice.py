@@ -52,12 +52,16 @@ def test_prune_dry_run_lists_what_would_go_and_why_and_removes_nothing(tmp_path)
     index_paths([photos], db, IndexOptions(**OPTS))
     before = segment_table(db)
     (photos / "astronaut.png").unlink()
+    (db / "fragments").mkdir()  # a Ray run's, cut short: prune removes it (its dry run said nothing of it)
+    (db / "fragments" / f"{'0' * 64}.npz").write_bytes(b"\0" * 2**20)
     dry = CliRunner().invoke(app, ["prune", "--db", str(db), "--dry-run"])
     lines = dry.output.strip().splitlines()
     assert dry.exit_code == 0 and lines == [
         f"would remove {photos / 'astronaut.png'} (missing)",
+        "would remove fragments of Ray runs cut short: 1.00 MiB",
         "dry run: 1 of 3 images would be removed; nothing was",
     ], dry.output
+    assert (db / "fragments" / f"{'0' * 64}.npz").is_file()
     assert segment_table(db) == before
     for name in ("chelsea.png", "sub/chelsea.png", "coffee.png"):
         (photos / name).unlink(missing_ok=True)

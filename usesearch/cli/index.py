@@ -292,6 +292,10 @@ def prune_cmd(
             f"would move {one_line(p)} onto its copy {one_line(copy)}" for p, copy in report.would_move
         ]:
             opts.console.print(line, markup=False, highlight=False)
+        if report.fragment_bytes_freed:
+            opts.console.print(
+                f"would remove fragments of Ray runs cut short: {report.fragment_bytes_freed / 2**20:.2f} MiB"
+            )
         onto = f", {len(report.would_move)} moved onto a copy of theirs" if report.would_move else ""
         opts.console.print(
             f"dry run: {len(report.would_remove)} of {report.considered} images would be removed{onto}; nothing was"
