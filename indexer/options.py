@@ -67,6 +67,7 @@ class LoopReport(Protocol):
 
     interrupted: bool
     loop_seconds: float
+    skipped: int
 
 
 @dataclass

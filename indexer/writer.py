@@ -312,11 +312,12 @@ class Writer:
             report.skipped -= 1
             report.record_failure(copy_path, copy_exc)
 
-    def _drop_uncommitted_copies(self) -> None:
-        """Copies of a photo this run never committed are no copies of an indexed photo:
-        never in ``copies`` (an interrupted run's summary named them as such; the next
-        run reads them, as ``skip`` finds no photo they copy)."""
+    def _drop_uncommitted_copies(self) -> int:
+        """Copies of a photo this run never committed: not in ``copies`` nor skipped (the
+        next run reads them, as ``skip`` finds no photo they copy). How many there were."""
+        dropped = sum(map(len, self._copies_coming.values()))
         self._copies_coming.clear()
+        return dropped
 
     def remove_image(self, image_id: int, lost_annotations: bool = False) -> int:
         """Remove an image with its segments (one transaction) and their vectors (``Store.remove_image``)."""
@@ -378,7 +379,7 @@ class Writer:
         except KeyboardInterrupt:
             interrupts.handled()
             report.interrupted = True  # finished images are committed; keep them
-            self._drop_uncommitted_copies()
+            report.skipped -= self._drop_uncommitted_copies()
             self.write()
         except Exception as exc:
             if is_disk_full(exc):
