@@ -248,6 +248,7 @@ def test_a_point_and_a_box_reach_sam_scaled_once_to_its_input():
     for prompt, key, expected in (
         ({"point": (320.0, 256.0)}, "points", [128.0, 102.4]),
         ({"box": (100.0, 100.0, 200.0, 200.0)}, "boxes", [40.0, 40.0, 120.0, 120.0]),
+        ({"box": (-100.0, -50.0, 300.0, 700.0)}, "boxes", [0.0, 0.0, 80.0, 204.8]),  # past the edges: the part within
     ):
         try:
             region.prompt(sam, rgb, **prompt)

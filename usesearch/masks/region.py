@@ -148,7 +148,9 @@ def prompt(
         else:
             assert box is not None  # exactly one of point and box, checked above
             x, y, bw, bh = box
-            xyxy = np.array([x, y, x + bw, y + bh], np.float32)
+            # A box dragged past the photo's edge: the part within it (SAM took the rest
+            # as coordinates in its padding, past the photo, as a point there is refused).
+            xyxy = np.array([max(x, 0), max(y, 0), min(x + bw, w), min(y + bh, h)], np.float32)
             logits, ious, _ = predictor.predict(box=xyxy, multimask_output=True, return_logits=True)
     logits, ious = torch.from_numpy(logits), torch.from_numpy(ious)
     best, stability = pick_most_stable(logits, ious, sam.mask_threshold, stability_offset)
