@@ -147,20 +147,24 @@ class EmbeddingFiles:
         self._sums.pop(chunk, None)
 
     # -- reading ----------------------------------------------------------------------------
+    def rows_short_of(self, chunk: int, need_rows: int) -> tuple[int, str | None]:
+        """The rows ``chunk``'s file holds, and why they are short of ``need_rows`` (the
+        file gone or cut short), else None: from its size, no row read."""
+        repair = f"`usesearch index PATHS {self.flags} --repair` re-embeds their photos (or restore it from a backup)"
+        try:
+            rows = self.path(chunk).stat().st_size // self.row_bytes
+        except FileNotFoundError:
+            return 0, f"{self.path(chunk)} is missing: {repair}"
+        if rows < need_rows:
+            return rows, f"{self.path(chunk)} holds {rows} rows; the database refers to row {need_rows - 1}: {repair}"
+        return rows, None
+
     def _map(self, chunk: int, need_rows: int) -> np.ndarray:
         mapped = self._maps.get(chunk)
         if mapped is None or len(mapped) < need_rows:  # the file grew since it was mapped
-            repair = (
-                f"`usesearch index PATHS {self.flags} --repair` re-embeds their photos (or restore it from a backup)"
-            )
-            try:
-                rows = self.path(chunk).stat().st_size // self.row_bytes
-            except FileNotFoundError:
-                raise EmbeddingsLostError(f"{self.path(chunk)} is missing: {repair}") from None
-            if rows < need_rows:
-                raise EmbeddingsLostError(
-                    f"{self.path(chunk)} holds {rows} rows; the database refers to row {need_rows - 1}: {repair}"
-                )
+            rows, lost = self.rows_short_of(chunk, need_rows)
+            if lost:
+                raise EmbeddingsLostError(lost)
             # Read-only (a private writable map would count every chunk against the memory
             # commit limit); a plain ndarray view: slicing a memmap subclass costs ~10 us a block.
             with open(self.path(chunk), "rb") as f:

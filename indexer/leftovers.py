@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from sqlalchemy import BigInteger, cast, func, literal, or_, select, true
 
-from usesearch.errors import EmbeddingsLostError, UsesearchError, first_line
+from usesearch.errors import UsesearchError, first_line
 from usesearch.io.files import decode, read_bytes
 
 from .known_images import record_limits
@@ -251,11 +251,22 @@ def lost_among(store: Store, segment_ids: Collection[int]) -> str | None:
     """Why some of these segments' embeddings are lost (a chunk file gone or cut short),
     else None: a search's hits come from FAISS and stay right, but the index is damaged
     (``similar`` of such a hit, and a rebuild, refuse), and nothing else would say so.
-    Reads the hits' rows only (k of them, mapped). The CLI's: a web page's user can
-    do nothing of it (the server logs the damage where a request meets it)."""
-    try:
-        for _ in store.embeddings(segment_ids):
-            pass
-    except EmbeddingsLostError as exc:
-        return f"this index is damaged: {first_line(exc)}"
-    return None
+    From the catalog's row numbers and the files' sizes: no row is read (nor checked: a
+    damaged row is ``similar``'s and re-scoring's to find). Looked at again before it is
+    said: a compaction in another process may have moved the rows meanwhile. The CLI's:
+    a web page's user can do nothing of it (the server logs what a request meets)."""
+    ids = [int(i) for i in segment_ids]
+    why = None
+    for _ in range(2):
+        extent: dict[int, int] = {}
+        with store.sessions() as s:
+            for at in range(0, len(ids), 900):  # (SQLite's bound-parameter limit)
+                top = func.max(SegmentRecord.vec_row)
+                chosen = select(SegmentRecord.vec_chunk, top).where(SegmentRecord.id.in_(ids[at : at + 900]))
+                for chunk, row in s.execute(chosen.group_by(SegmentRecord.vec_chunk)):
+                    extent[chunk] = max(row, extent.get(chunk, -1))
+        files = store.files()
+        why = next((lost for c, row in sorted(extent.items()) if (lost := files.rows_short_of(c, row + 1)[1])), None)
+        if why is None:
+            return None
+    return f"this index is damaged: {why}"

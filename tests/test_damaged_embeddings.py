@@ -40,6 +40,9 @@ def test_bit_flips_in_an_embedding_chunk_are_found_named_and_repaired(tmp_path):
             result.output
         )
         assert "--repair" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    # A search reads no row (FAISS's vectors answer it): its answer, with no error after it.
+    searched = runner.invoke(app, ["query", "a cat", "--db", str(db), "-k", "1000", "--json"])
+    assert searched.exit_code == 0 and len(json.loads(searched.stdout)) == len(before), searched.output
     # The damaged photo (the first indexed, astronaut.png) is not under sub/: named and left as it is.
     result = runner.invoke(app, ["index", str(photos / "sub"), "--db", str(db), "--preset", "tiny", "--repair"])
     assert result.exit_code == 0 and "repair: 0 photos" in result.output, result.output
