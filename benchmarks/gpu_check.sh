@@ -8,21 +8,25 @@
 # $OUT (or ./gpu-check when OUT is unset).
 #
 # A session's device time is 15 minutes, the machine's start (1-2 min) included, so the
-# call has a budget: BUDGET seconds from the script's start (450 by default, 220 for
+# call has a budget: BUDGET seconds from the script's start (450 by default, 240 for
 # `mid`), each step's timeout cut to what is left, a step with under 30 s left skipped
-# and named. The steps run in the order of what a run must bring back: the CUDA-only
+# and named, one stopped at such a cut limit named as cut (not failed). The steps run in the order of what a run must bring back: the CUDA-only
 # checks, then the paper's preset's throughput, then b16's, then the diagnostics.
 #   run: sh benchmarks/gpu_check.sh        (timeout_s 500)
-#   then, where >= 4 min of device time are left: sh benchmarks/gpu_check.sh mid   (timeout_s 250)
+#   then, where >= 4.5 min of device time are left: sh benchmarks/gpu_check.sh mid   (timeout_s 270)
 set -e
 START=$(date +%s)
-if [ "${1:-}" = mid ]; then BUDGET=${BUDGET:-220}; else BUDGET=${BUDGET:-450}; fi
+if [ "${1:-}" = mid ]; then BUDGET=${BUDGET:-240}; else BUDGET=${BUDGET:-450}; fi
+LEAST=${LEAST:-30}  # seconds a step needs at least to start
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
 # Without .whl/ (not carried, or empty) the image's own packages are tried: step 0 names
 # what is missing, instead of set -e ending the run here with no step written.
-if ls .whl/*.whl >/dev/null 2>&1; then
-  timeout 120 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+if [ "$BUDGET" -lt "$LEAST" ]; then
+  echo "budget ${BUDGET} s: nothing installed, every step skipped"
+elif ls .whl/*.whl >/dev/null 2>&1; then
+  timeout 120 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl ||
+    echo "installing .whl/ failed ($?): step 0 names what is missing"
 else
   echo "no .whl/ carried: trying the image's own packages (step 0 names any missing)"
 fi
@@ -39,13 +43,16 @@ SKIPPED=""
 step() {
   file=$1; limit=$2; shift 2
   left=$((BUDGET - $(date +%s) + START))
-  if [ "$left" -lt 30 ]; then
+  if [ "$left" -lt "$LEAST" ]; then
     echo "SKIPPED: $file (${left} s of the call's ${BUDGET} s budget left)"; SKIPPED="$SKIPPED $file"; return 0
   fi
-  [ "$limit" -le "$left" ] || limit=$left
+  cut=""
+  [ "$limit" -le "$left" ] || { limit=$left; cut=yes; }
   rc=0; timeout -k 5 "$limit" "$@" > "$OUT/$file" 2>&1 || rc=$?
   cat "$OUT/$file"
-  if [ "$rc" -ne 0 ]; then echo "FAILED ($rc): $file"; FAILED="$FAILED $file($rc)"; fi
+  if [ -n "$cut" ] && { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; }; then  # the budget's doing, not the step's
+    echo "CUT: $file (its ${limit} s were what was left of the budget)"; SKIPPED="$SKIPPED $file(cut)"
+  elif [ "$rc" -ne 0 ]; then echo "FAILED ($rc): $file"; FAILED="$FAILED $file($rc)"; fi
   echo "[$file: $(($(date +%s) - START)) s into the call]"
 }
 finish() {  # a failed step: 1; none failed but some skipped: 3 (what ran is in $OUT)
@@ -54,22 +61,22 @@ finish() {  # a failed step: 1; none failed but some skipped: 3 (what ran is in 
   echo "gpu_check$1: every step passed; figures in $OUT"; exit 0
 }
 step gpu.txt 20 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv
-# `sh benchmarks/gpu_check.sh mid` (a second call, timeout_s 250, where the device time
+# `sh benchmarks/gpu_check.sh mid` (a second call, timeout_s 270, where the device time
 # allows): first the archive's run of step 2 without side streams (SAM's encoder and the
 # backbones in line, as before 2026-12-05) against step 2's, which runs them on streams
 # of their own; then the paper's preset as a run of 500 photos compiles it (SAM's decoder
 # and scoring, not its encoder nor the towers: the H100 table's first column).
 if [ "${1:-}" = mid ]; then
-  step in-line.txt 150 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 --side 1024 \
+  step in-line.txt 130 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 --side 1024 \
     --points-per-side 32 --masks-per-photo 100 --no-side-streams --json "$OUT/in-line.json"
-  step mid.txt 140 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 --side 1024 \
+  step mid.txt 105 python3 benchmarks/index_throughput.py --presets l14-336 --images 32 --side 1024 \
     --points-per-side 32 --masks-per-photo 100 --run-photos 500 --json "$OUT/mid.json"
   finish " mid"
 fi
 # 0. Everything the steps import, named where missing (else step 2 dies at its imports);
 #    and the torch, with the compiler settings the generator's scoring relies on (checked
 #    on the CPU's torch only: where one is missing, scoring runs eagerly, said here first).
-step imports.txt 60 python3 -c "
+step imports.txt 90 python3 -c "
 import importlib
 import torch, torch._dynamo
 print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO GPU')

@@ -129,3 +129,21 @@ def test_a_spent_budget_skips_each_step_and_names_it(tmp_path, call):
     assert done.returncode == 3 and skipped == wanted and len(wanted) >= 3, (done.stdout, done.stderr)
     assert "none failed; skipped (budget): " + " ".join(wanted) in done.stdout
     assert list((tmp_path / "out").iterdir()) == []  # no step started
+
+
+def test_a_step_stopped_at_a_limit_the_budget_cut_is_named_cut_not_failed(tmp_path):
+    """A step given less than its own limit (what was left of the budget) and stopped
+    there was counted a failure, though the step itself may be sound."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho card\n")
+    (bin_dir / "python3").write_text("#!/bin/sh\nsleep 30\n")  # every Python step outlasts the budget
+    for tool in ("nvidia-smi", "python3"):
+        (bin_dir / tool).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "OUT": str(tmp_path / "out"), "BUDGET": "3", "LEAST": "1"}
+    done = subprocess.run(
+        ["sh", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert re.search(r"^CUT: imports\.txt \(its [123] s were what was left of the budget\)$", done.stdout, re.M)
+    assert "FAILED" not in done.stdout and "skipped (budget): imports.txt(cut) checks.txt" in done.stdout
