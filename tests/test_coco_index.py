@@ -385,6 +385,7 @@ def test_an_audit_of_photos_without_proposals_says_which_lists_cannot_see_them(l
     said = " ".join(result.output.split())
     assert result.exit_code == 0, result.output
     assert "4 annotated photo(s) have no proposals yet: the overlooked and badly_located lists cannot see them" in said
+    assert f"(`usesearch index IMAGES --masker NAME --db {tmp_path / 'db'}` makes them)" in said  # (index_flags')
     runner = CliRunner()
     made = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--masker", "felzenszwalb"])
     assert made.exit_code == 0, made.output

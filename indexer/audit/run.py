@@ -37,7 +37,7 @@ from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
 from usesearch.io.atomic import write_atomic
 from usesearch.reports import counted
 
-from ..folder import check_writable, head_to_load, open_store
+from ..folder import check_writable, head_to_load, index_flags, open_store
 from ..records import IndexInfo, info_summary
 from ..store import Store
 from . import leaks, reviews, scores
@@ -92,7 +92,7 @@ def audit_index(
         if not reader.classes:
             raise UsesearchError(
                 f"{db_dir} holds no annotations; index a labelled dataset first: "
-                f"`usesearch index IMAGES --coco FILE.json --db {shlex.quote(os.fspath(db_dir))}`"
+                f"`usesearch index IMAGES --coco FILE.json {index_flags(db_dir, db_url)}`"
             )
         if class_vectors is None:
             class_vectors = _class_vectors(store, reader.classes, device)

@@ -5,8 +5,6 @@ engine, streamed in batches: nothing holds every annotation at once."""
 
 from __future__ import annotations
 
-import os
-import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -15,6 +13,7 @@ from sqlalchemy import func, inspect, select
 
 from usesearch.errors import UsesearchError
 
+from ..catalog import index_flags
 from ..lookups import SQL_PARAMETERS
 from ..records import ANNOTATION, DONE, PROPOSAL, ImageRecord, ListedPhoto, SegmentRecord
 from ..store import Store
@@ -104,7 +103,7 @@ class DatasetReader:
 
     def notes(self, db_dir) -> list[str]:
         """What the lists cannot see, or see besides annotated photos, a line each."""
-        masker_run = f"`usesearch index IMAGES --masker NAME --db {shlex.quote(os.fspath(db_dir))}` makes them"
+        masker_run = f"`usesearch index IMAGES --masker NAME {index_flags(db_dir, self.store.url)}` makes them"
         notes = []
         if self.unproposed:
             notes.append(
