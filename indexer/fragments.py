@@ -77,7 +77,16 @@ def left_over(db_dir: str | os.PathLike) -> int:
     """Bytes of the fragments folder's files: those of Ray runs cut short (a finished run
     leaves none of the photos it committed), and of photos since deleted or changed."""
     folder = Path(db_dir) / FRAGMENTS
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+    if not folder.is_dir():
+        return 0
+    total = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                total += entry.stat().st_size if entry.is_file() else 0
+            except FileNotFoundError:  # committed meanwhile (a dry run holds no lock: a run may go on)
+                continue
+    return total
 
 
 def remove_all(db_dir: str | os.PathLike) -> int:
