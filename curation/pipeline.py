@@ -21,7 +21,7 @@ import numpy as np
 
 from usesearch.errors import AnnotationsChangedError, CurationConfigError, ImageShapeError
 from usesearch.io.atomic import write_atomic
-from usesearch.io.coco_dataset import SIZE_MISMATCH
+from usesearch.io.coco_dataset import PHOTO_MISSING, SIZE_MISMATCH
 from usesearch.io.files import decode, read_bytes
 from usesearch.reports import RunReport
 
@@ -132,8 +132,11 @@ def curate(
                     )
                 if writer.is_done(sha256):
                     report.skipped += 1
-                    report.uncaptioned += captioner is not None and item.mllm_caption and not captioned_before
-                    first = writer.written_now.get(sha256)
+                    first = writer.written_now.get(sha256)  # (curated by this run: captioned, if it captions)
+                    earlier = first is None
+                    report.uncaptioned += (
+                        captioner is not None and item.mllm_caption and not captioned_before and earlier
+                    )
                     if first is not None and first != item.path:  # the same bytes under two names
                         report.copies.append((item.path, first))
                     problems = []  # counted by the run that curated it
@@ -273,7 +276,10 @@ class FailureLog:
                 entry = json.loads(line)
             except ValueError:
                 return False
-            return isinstance(entry, dict) and "annotation" not in entry and entry.get("path") in self.cleared
+            if not (isinstance(entry, dict) and entry.get("path") in self.cleared):
+                return False
+            # A photo's own failure, or the source's photo it lacked (its only annotation fault not in the source)
+            return "annotation" not in entry or str(entry.get("error", "")).startswith(f"{PHOTO_MISSING}:")
 
         dropped = {line for line in self.seen if stale(line)}
         if dropped:  # the source's annotation faults stay: they are still in the source

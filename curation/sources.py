@@ -187,7 +187,8 @@ def _missing(source: str | os.PathLike, images_dir: str | os.PathLike, file_name
 
     fault = AnnotationError(PHOTO_MISSING, f"no {file_name} under {images_dir}")
     path = os.path.join(str(images_dir), file_name)
-    return ImageItem(path=path, problems=[(file_name, None, fault)], photo=False, missing=True)
+    # (its line under the path the photo is curated by once there: that run drops it)
+    return ImageItem(path=path, problems=[(path, None, fault)], photo=False, missing=True)
 
 
 @dataclass(frozen=True)

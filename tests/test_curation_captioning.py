@@ -149,3 +149,25 @@ def test_a_run_that_grounded_no_box_does_not_blame_sams_thresholds(tmp_path):
     result = CliRunner().invoke(app, [*args, "--pred-iou-thresh", "-10", "--stability-thresh", "-10"])
     told = " ".join(result.output.split())
     assert "no pair was kept: no box reached SAM" in told and "-10 for both" not in told, told
+
+
+def test_a_copy_of_a_photo_captioned_in_the_same_run_is_no_uncaptioned_photo(tmp_path):
+    """A fresh dataset's folder holding one photo twice (the same bytes): the copy was
+    counted among photos "curated before this dataset had a captioner", with advice to
+    curate again, though its original was captioned by the same run."""
+    import shutil
+
+    from PIL import Image
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.coffee()[::4, ::4]).save(photos / "cup.png")
+    shutil.copy(photos / "cup.png", photos / "twin.png")
+    args = ["curate", "run", str(photos), "--dataset-dir", str(tmp_path / "ds"), "--captioner", "tiny"]
+    args += ["--grounder", "tiny", "--preset", "tiny", "--pred-iou-thresh", "-10", "--stability-score-thresh", "-10"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["done"], report["skipped"], report["uncaptioned"], len(report["copies"])) == (1, 1, 0, 1), report
+    assert "had a captioner" not in result.stderr, result.stderr
