@@ -63,9 +63,14 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
     if loose:
         yield ImageItem(path=str(captions_json), problems=loose, photo=False)
     for img in sorted(entries, key=lambda i: str(i["id"])):
-        path = photo_path([str(images_dir)], str(img.get("file_name", "")))
+        if not isinstance(img.get("file_name"), str) or not img["file_name"]:  # (a photo "None" was missing)
+            yield ImageItem(
+                str(captions_json), problems=[_broken(None, f"image {img['id']!r} has no file_name")], photo=False
+            )
+            continue
+        path = photo_path([str(images_dir)], img["file_name"])
         if path is None:
-            yield _missing(captions_json, images_dir, str(img.get("file_name")))
+            yield _missing(captions_json, images_dir, img["file_name"])
             continue
         yield ImageItem(path=path, captions=captions[img["id"]], mllm_caption=True)
 

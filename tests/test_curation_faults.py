@@ -97,6 +97,13 @@ def test_a_caption_file_without_captions_is_refused_and_a_bad_caption_recorded(t
         said[1].startswith("an empty caption (image_id 1)")
         and said[3] == "1 caption(s) of image_id 5, which no image entry has"
     )
+    # An entry with no file_name was a photo "None", missing under --images.
+    images += [{"id": 2}, {"id": 3, "file_name": None}]
+    captions.write_text(json.dumps({"images": images, "annotations": annotations}))
+    items = list(coco_captions_source(captions, photos))
+    faults = [str(error) for item in items[2:] for _, _, error in item.problems]
+    assert faults == ["image 2 has no file_name", "image 3 has no file_name"], faults
+    assert not any(item.photo or item.missing for item in items[2:])
 
 
 def test_visual_genome_is_streamed_from_its_subfolders_and_faults_recorded(tmp_path):
