@@ -376,3 +376,15 @@ def test_a_warning_is_one_plain_line_after_a_library_logs_through_the_root_logge
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == "vectors.faiss does not match\n", done.stderr
+
+
+def test_train_help_describes_trains_own_preset_and_precision():
+    """`train --help` told of a --head's preset and of SAM, neither of which train has."""
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    shown = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    said = " ".join(shown.replace("│", " ").split())  # (rich's box wraps a line anywhere)
+    assert "head learns on: b16 (the default)" in said and "the head's weights stay float32" in said, said
+    assert "SAM" not in said and "--head's preset" not in said

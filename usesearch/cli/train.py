@@ -32,7 +32,15 @@ def train(
         ),
         opts.Formerly("--out"),
     ],
-    preset: opts.PresetOpt = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            "--preset",
+            "-p",
+            help="Model preset whose frozen image towers the head learns on: b16 (the default), l14-336 (the "
+            "paper's), or tiny (random weights, for trials).",
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 5,
     batch_images: Annotated[int, typer.Option(min=1, help="Images per batch (all their segments).")] = 32,
     lr: Annotated[float, typer.Option()] = 1e-3,
@@ -59,7 +67,14 @@ def train(
         ),
     ] = None,
     device: opts.DeviceOpt = None,
-    precision: opts.PrecisionOpt = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="What the image towers and the head's forward compute in: auto (bfloat16 on a GPU that has it, "
+            "else float32), float32, or bfloat16 (the head's weights stay float32).",
+        ),
+    ] = "auto",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the run's summary as JSON on stdout (status lines go to stderr).")
     ] = False,
