@@ -187,11 +187,15 @@ def test_an_unreadable_photo_is_listed_once_across_a_resume(samples, tmp_path):
     data = [gone, *samples[1:]]
     cfg = replace(CFG, batch_images=8, max_steps=6, checkpoint_every=2)
     Trainer(data, tmp_path / "run", cfg).run(until=2)
-    resumed = Trainer(data, tmp_path / "run", cfg)
+    said: list[str] = []  # (the photo back meanwhile stays skipped, untried: said, not silent)
+    resumed = Trainer(data, tmp_path / "run", replace(cfg, precision="float32"), say=said.append)
     resumed.resume()
     resumed.run()
     lines = (tmp_path / "run" / "unreadable.txt").read_text().splitlines()
     assert [line.split("\t")[0] for line in lines] == [gone.path] and gone.path in resumed.unreadable
+    assert f"1 photo(s) in {tmp_path / 'run' / 'unreadable.txt'} stay skipped, untried" in said[-1], said
+    # Another precision goes on (a run moved to a GPU), said: the head is no longer the uninterrupted run's.
+    assert said[0].startswith("--precision float32 from step 3, where the run began in auto: "), said
 
 
 def test_a_new_run_does_not_inherit_the_skips_of_a_run_killed_before_its_first_checkpoint(samples, tmp_path):

@@ -366,6 +366,11 @@ class Trainer:
         # A run started before the resize scaled the photo as inference shows it goes on as
         # it started (its resumed steps are those of the uninterrupted run).
         self.cfg = replace(self.cfg, resize_base=started.get("resize_base", "photo"))
+        if started.get("precision", self.cfg.precision) != self.cfg.precision:  # (allowed: a run moved to a GPU)
+            self.say(
+                f"--precision {self.cfg.precision} from step {step + 1}, where the run began in "
+                f"{started['precision']}: its head is no longer the uninterrupted run's bit for bit"
+            )
         if {key: self.data[key] for key in started_on if key in self.data} != started_on:  # older runs: no content
             raise UsesearchError(
                 f"--resume continues the run in {self.out} on the data it started on: "
@@ -385,7 +390,8 @@ class Trainer:
         with self._one_writer():  # not under a run still going
             trim_log(self.out, self.step)
         listed = self.out / "unreadable.txt"
-        if listed.is_file():  # skipped by the run so far: skipped again without a second line
+        if listed.is_file():  # skipped by the run so far: skipped again (the same batches), untried
             for line in listed.read_text(encoding="utf-8").splitlines():
                 photo, _, why = line.partition("\t")
                 self.unreadable.setdefault(photo, why)
+            self.say(f"{len(self.unreadable)} photo(s) in {listed} stay skipped, untried: the run goes on as it began")
