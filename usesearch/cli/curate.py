@@ -113,6 +113,11 @@ def run(
             f"{path} is a file and --input-format {input_format} reads a folder of photos; for an annotation file "
             f"give its --input-format ({', '.join(n for n, k in SOURCES.items() if k.annotations)})"
         )
+    if kind is not None and kind.annotations and path.is_dir():  # ("error: photos: Is a directory")
+        raise UsesearchError(
+            f"{path} is a folder and --input-format {input_format} reads its annotation file "
+            f"({kind.description}); the photos' folder is --images"
+        )
     the_device = resolve_device(device)
     p = get_preset(preset)
     # The input read up to its first photo (a file that is not of its format refused) before any model loads.
