@@ -78,7 +78,7 @@ def contact_sheet(
                 sheet.paste(tile_image, (left + (tile - tile_image.width) // 2, top + (tile - tile_image.height) // 2))
             label(draw, (left + 4, top + tile + 2), f"#{hit.rank}  {hit.score:.3f}", (0, 0, 0))
             name = Path(hit.image).name if notes is None else f"{notes[i]}  {Path(hit.image).name}"
-            label(draw, (left + 4, top + tile + 15), name[:30], (80, 80, 80))  # (DejaVu is wider)
+            label(draw, (left + 4, top + tile + 15), name, (80, 80, 80), width=tile - 8)
         del rgb
     out = Path(out)
     save_picture(sheet, out)

@@ -187,7 +187,7 @@ def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], st
     filters; an empty table said nothing of how far off the score was). ``spelt``: a
     filter's name as the caller spells it (the CLI's flags; the web API's fields)."""
     if not any(store.has_source(source) for source in SOURCES):  # (a filter's note would mislead: nothing to match)
-        return ["the index holds no segment yet: `usesearch index PHOTOS --db INDEX` adds them"]
+        return ["the index holds no segment yet (`usesearch index` adds them)"]
     why: list[str] = []
     if filters.path and not store.image_ids_matching(filters.path):
         folder = store.common_folder()

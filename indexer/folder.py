@@ -67,6 +67,8 @@ def refuse_shared_folder(db_dir: Path, walked: Sequence[str | os.PathLike] = ())
     held = holding_folder(db_dir)
     if held is not None:  # (beside that folder: its own ``{real}.use`` lay in it too, refused in turn)
         beside = Path(held[1]).parent / f"{real.name}.use"
+        if beside == Path(held[1]):  # (--db photos.use/photos: that very index)
+            beside = beside.with_name(f"{real.name}-2.use")
         raise UsesearchError(
             f"--db {db_dir} lies in {held[0]} ({held[1]}), whose files usesearch writes: "
             f"give the index a folder of its own, e.g. {beside}"

@@ -339,3 +339,8 @@ def test_names_past_ascii_are_drawn_as_they_are_or_folded_never_as_one_box(monke
     monkeypatch.setattr(visualize, "font", lambda size: ImageFont.load_default(size=size))  # no font on the system
     assert visualize.drawable("rocket ü café 東京.jpg", 11) == "rocket u cafe ??.jpg"
     assert not np.array_equal(drawn("rocket ü"), drawn("rocket é"))
+    # A long name cut to the tile's width, marked ("..." in Pillow's font), not run into the next tile.
+    picture = Image.new("RGB", (400, 20), "white")
+    visualize.label(ImageDraw.Draw(picture), (0, 2), "a" * 80 + ".jpg", (0, 0, 0), width=100)
+    inked = np.nonzero((np.asarray(picture) < 128).any(axis=(0, 2)))[0]
+    assert 80 <= inked.max() < 100

@@ -132,4 +132,4 @@ def test_a_search_of_an_index_with_no_segment_says_so(tmp_path):
     assert "".join(line.split()) in "".join(made.output.split()), made.output
     result = runner.invoke(app, ["query", "a cat", "--db", str(tmp_path / "db"), "--json", "--path", "x/*"])
     assert result.exit_code == 0 and json.loads(result.stdout) == []
-    assert result.stderr.strip() == "the index holds no segment yet: `usesearch index PHOTOS --db INDEX` adds them"
+    assert result.stderr.strip() == "the index holds no segment yet (`usesearch index` adds them)"

@@ -67,6 +67,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(files, args
             "e.g. {d}/embeddings.use",
         ),
         (["index", "{d}/i", "--db", "{d}/around"], "holds another index ({d}/around/inner): give the index"),
+        (["index", "{d}/i", "--db", "{d}/index.use/index"], "of its own, e.g. {d}/index-2.use"),  # not that index
         # Another project's trainer.pt above: no training run of ours, nothing refused below it.
         (["index", "{d}/i", "--db", "{d}/torch-project/photos.use"], "holds photos"),
         (["curate", "run", "{d}/i", "--dataset-dir", "{d}/report"], "holds an audit report: give a curated"),
@@ -90,6 +91,7 @@ def test_a_command_never_writes_into_another_commands_folder(files, args, why):
         ("lists", "swapped.csv"),  # audit's
         ("demo", "db-tiny"),
         ("around/inner", "segments.sqlite"),  # an index one level down
+        ("index.use", "segments.sqlite"),
         ("torch-project", "trainer.pt"),
         ("torch-project/photos.use", "x.jpg"),
     ):

@@ -34,9 +34,15 @@ def drawable(text: str, size: int) -> str:
     return "".join(c if c.isascii() else "?" for c in folded)
 
 
-def label(draw: ImageDraw.ImageDraw, at: tuple[int, int], text: str, fill, size: int = 11) -> None:
-    """A line of a person's text (a file or class name) on a picture."""
-    draw.text(at, drawable(text, size), fill=fill, font=font(size))
+def label(draw: ImageDraw.ImageDraw, at: tuple[int, int], text: str, fill, size: int = 11, width: int = 0) -> None:
+    """A line of a person's text (a file or class name) on a picture, cut to ``width``
+    pixels where given (a tile's caption ran into the next tile's)."""
+    text, chosen, mark = drawable(text, size), font(size), drawable("…", size)  # ("..." in Pillow's font)
+    if width and chosen.getlength(text) > width:
+        while len(text) > 1 and chosen.getlength(text + mark) > width:
+            text = text[:-1]
+        text += mark
+    draw.text(at, text, fill=fill, font=chosen)
 
 
 def palette(n: int) -> np.ndarray:
