@@ -296,3 +296,19 @@ def test_a_row_is_read_whole_whatever_its_cells_hold(tmp_path):
     path.write_text(",".join(columns) + "\n" + "x" * 200_000 + "\n")
     with pytest.raises(UsesearchError, match="outliers.csv:2: not a CSV row"):
         read_verdicts(path, {"outliers": items})
+
+
+def test_lists_of_another_shape_name_the_audit_command_with_the_catalog(tmp_path):
+    """Its suggested `usesearch audit --db X` left out a PostgreSQL catalog's --db-url,
+    so the command it gave was refused there."""
+    import pytest
+
+    from usesearch.errors import NotFoundError
+    from usesearch.indexer.audit.run import FOLDER, RESULT, load_lists
+
+    (tmp_path / "db" / FOLDER).mkdir(parents=True)
+    (tmp_path / "db" / FOLDER / RESULT).write_text("[]")
+    with pytest.raises(NotFoundError) as refused:
+        load_lists(tmp_path / "db", "postgresql://me:secret@host/photos")
+    said = str(refused.value)
+    assert f"run `usesearch audit --db {tmp_path / 'db'} --db-url postgresql://me@host/photos` again" in said, said

@@ -388,3 +388,6 @@ def test_train_help_describes_trains_own_preset_and_precision():
     said = " ".join(shown.replace("│", " ").split())  # (rich's box wraps a line anywhere)
     assert "head learns on: b16 (the default)" in said and "the head's weights stay float32" in said, said
     assert "SAM" not in said and "--head's preset" not in said
+    shown = CliRunner().invoke(app, ["embed", "--help"], env={"COLUMNS": "200"}).output  # (no SAM in embed either)
+    said = " ".join(shown.replace("│", " ").split())
+    assert "What the image towers compute in" in said and "SAM" not in said, said

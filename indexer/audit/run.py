@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import shlex
 import time
 import zipfile
 from collections import Counter
@@ -375,7 +374,7 @@ def _load(path: Path, identity: str, classes: int, dim: int) -> _State | None:
     return _State(meta["phase"], int(meta["after"]), arrays["sums"], arrays["counts"], lists, arrays["pairs"], done)
 
 
-def load_lists(db_dir: str | os.PathLike) -> dict | None:
+def load_lists(db_dir: str | os.PathLike, db_url: str | None = None) -> dict | None:
     """The lists the last finished audit of this index wrote (None: never audited). A
     file of another shape (edited by hand, another version's) is ``NotFoundError``: no
     lists to show, said with the command that writes them again (it was a 500)."""
@@ -392,6 +391,6 @@ def load_lists(db_dir: str | os.PathLike) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise NotFoundError(
             f"{path} is not an audit's lists ({type(exc).__name__}: {exc}): "
-            f"run `usesearch audit --db {shlex.quote(os.fspath(db_dir))}` again"
+            f"run `usesearch audit {index_flags(db_dir, db_url)}` again"
         ) from None
     return found

@@ -66,7 +66,7 @@ def keep_verdicts(
     from .run import load_lists
 
     flags = index_flags(Path(db_dir), db_url)
-    lists = load_lists(db_dir)
+    lists = load_lists(db_dir, db_url)
     if lists is None:
         raise UsesearchError(
             f"{db_dir} has not been audited yet, so no verdict can be given: run `usesearch audit {flags}` "

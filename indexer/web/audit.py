@@ -26,7 +26,7 @@ class Verdict(BaseModel):
 
 def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
     def lists() -> dict:
-        found = load_lists(index.db_dir)
+        found = load_lists(index.db_dir, index.store.url)
         if found is None:
             flags = index_flags(index.db_dir, index.store.url)
             raise NotFoundError(f"this index has not been audited yet: run `usesearch audit {flags}`")

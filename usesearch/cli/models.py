@@ -141,7 +141,14 @@ def embed(
     head: opts.HeadOpt = None,
     k: opts.TopKOpt = 3,
     device: opts.DeviceOpt = None,
-    precision: opts.PrecisionOpt = "auto",
+    precision: Annotated[  # (no SAM here: the shared option's help named it)
+        str,
+        typer.Option(
+            "--precision",
+            help="What the image towers compute in: auto (bfloat16 on a GPU that has it, else float32), float32, "
+            "or bfloat16.",
+        ),
+    ] = "auto",
     as_json: opts.JsonOpt = False,
     *,
     limits: PhotoLimits,
