@@ -39,6 +39,7 @@ from .coco_plan import (
     plan_photo,
     record,
     stored_state_here,
+    unchanged_here,
     wrong_size,
 )
 from .folder import check_paths, is_new
@@ -103,13 +104,7 @@ def _photos(
         """(bytes, SHA-256, stat before the read); no bytes where the file is as it was
         when last read whole (``KnownImages.unchanged``: its recorded SHA-256 then)."""
         found = job[1]
-        stat, recorded = writer.known.unchanged(
-            found.key,
-            found.fs_path,
-            proposals=False,
-            failed_too=not options.retry_failed,
-            max_pixels=options.max_pixels,
-        )
+        stat, recorded = unchanged_here(writer, found, options)
         if recorded is not None:
             return None, recorded, stat
         return (*read_bytes(found.fs_path, options.max_bytes, found.path), stat)

@@ -24,7 +24,7 @@ from usesearch.io.files import Found, display_path
 from usesearch.masks.proposals import Proposal
 
 from .compute import segment_records
-from .options import IndexReport
+from .options import IndexOptions, IndexReport
 from .records import DONE, FAILED, ImageRecord
 from .writer import Writer
 
@@ -205,6 +205,15 @@ def stored_state_here(writer: Writer, found: Found, sha256: str, split: str, fil
     if state[0] is None and writer.follow_move(found.key, found.path, sha256, file_stat):
         state = stored_state(writer.store, found.key, sha256, split)
     return state
+
+
+def unchanged_here(writer: Writer, found: Found, options: IndexOptions) -> tuple[str | None, str | None]:
+    """(its stat, its recorded SHA-256 where the file is as when last read whole, else
+    None): ``KnownImages.unchanged`` for a labelled photo, a failed one's too unless the
+    run retries failures (``failed_as_before``)."""
+    return writer.known.unchanged(
+        found.key, found.fs_path, proposals=False, failed_too=not options.retry_failed, max_pixels=options.max_pixels
+    )
 
 
 def failed_as_before(existing: ImageRecord | None, read: bool, report: CocoReport) -> bool:

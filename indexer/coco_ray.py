@@ -55,6 +55,7 @@ from .coco_plan import (
     plan_photo,
     record,
     stored_state_here,
+    unchanged_here,
     wrong_size,
 )
 from .distributed import through_actors
@@ -286,13 +287,7 @@ def _unread(
     decode task after all, which refuses content other than the recorded one."""
     unread, rows, stats = [], [], {}
     for number, (_, found) in enumerate(writer.known.prefetching(located, lambda job: job[1].key)):
-        stats[number], recorded = writer.known.unchanged(
-            found.key,
-            found.fs_path,
-            proposals=False,
-            failed_too=not options.retry_failed,
-            max_pixels=options.max_pixels,
-        )
+        stats[number], recorded = unchanged_here(writer, found, options)
         writer.known.forget(found.key)
         if recorded is None:
             rows.append({"fs_path": found.key, "path": found.path, "entry": number})

@@ -170,14 +170,7 @@ def index_paths_ray(
         ray_for_run(address, options.device) as (device, gpus),
         Writer(db_dir, options, identity(model, masker, options), paths) as writer,
     ):
-        report.repaired, report.unrepaired, report.damaged_gone = (
-            writer.repaired,
-            writer.unrepaired,
-            writer.damaged_gone,
-        )
-        report.annotations_dropped = writer.annotations_dropped
-        report.annotations_lost = writer.store.annotations_lost
-        report.moved, report.copies, report.copies_replacing = writer.moved, writer.copies, writer.copies_replacing
+        report.share_lists_of(writer)
         fragments.drop_committed(db_dir, lambda sha: any(r.proposals_made for r in writer.store.images_with_hash(sha)))
         del model, masker
         report.devices.insert(0, actors_summary(device, gpus, options.precision, workers))

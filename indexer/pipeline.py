@@ -59,14 +59,7 @@ def index_paths(
     )
     model, masker = load_models(options)  # first: missing weights must not leave an empty index folder behind
     with Writer(db_dir, options, identity(model, masker, options), paths, model) as writer:
-        report.repaired, report.unrepaired, report.damaged_gone = (
-            writer.repaired,
-            writer.unrepaired,
-            writer.damaged_gone,
-        )
-        report.annotations_dropped = writer.annotations_dropped
-        report.annotations_lost = writer.store.annotations_lost
-        report.moved, report.copies, report.copies_replacing = writer.moved, writer.copies, writer.copies_replacing
+        report.share_lists_of(writer)
         per_call = photos_per_masker_call(masker)
         on_gpu = model.device.type == "cuda"
         workers = read_ahead.workers_for(on_gpu)
