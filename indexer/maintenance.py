@@ -109,11 +109,14 @@ def recalibrate(
     text_queries: bool = True,
     queries: Mapping[str, np.ndarray] | None = None,
     latency_budget_ms: float | None = None,
+    faiss_device: str | None = None,
 ) -> calibration.Calibration:
     """Measure the compressed index at ``db_dir`` again and choose its search effort
     (as ``reindex`` does after a rebuild, without the rebuild): after the machine was
     busy when it was measured, on the machine that will serve it, or for another
-    ``recall_target`` or ``latency_budget_ms``. Arguments as for ``reindex``."""
+    ``recall_target`` or ``latency_budget_ms``. Arguments as for ``reindex``; timed
+    with FAISS where ``faiss_device`` puts it, as a search there runs."""
+    faiss_device = faiss_gpu.resolve(faiss_device)
     db_dir = check_index_at(db_dir, db_url)
     # Answered as the recorded factory says, before the claim: the same on a read-only
     # folder, or while an indexer writes to it, as on one calibrate can write to.
@@ -126,7 +129,7 @@ def recalibrate(
     finally:
         reader.close()
     with _claimed(db_dir, db_url, "calibrate", "records its measurement there") as (store, info):
-        index, _ = vector_files.load(db_dir / FAISS_FILE, store, info.dim, info.factory, "cpu", info.shard_size)
+        index, _ = vector_files.load(db_dir / FAISS_FILE, store, info.dim, info.factory, faiss_device, info.shard_size)
         _refuse_untunable(db_dir, info.factory, index, index.ntotal)
         model = calibration.model_for(info, db_dir) if text_queries and not queries else None
         return calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)

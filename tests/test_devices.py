@@ -184,6 +184,7 @@ def test_search_commands_refuse_faiss_on_a_gpu_without_gpu_faiss_and_work_by_def
         ["query", "a cat", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"],
         ["info", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"],
         ["reindex", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"],
+        ["calibrate", "--db", str(tmp_path / "db"), "--faiss-device", "cuda"],
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "--faiss-device cuda" in result.output, (args, result.output)
@@ -191,6 +192,28 @@ def test_search_commands_refuse_faiss_on_a_gpu_without_gpu_faiss_and_work_by_def
     assert result.exit_code == 0 and "FAISS on the CPU" in result.output, result.output
     result = runner.invoke(app, ["query", "a cat", "--db", str(tmp_path / "db"), "-k", "1", "--json"])
     assert result.exit_code == 0, result.output
+
+
+def test_calibrate_times_faiss_where_a_search_there_runs(tmp_path, monkeypatch):
+    """`calibrate` loaded the index on the CPU whatever FAISS's device: an index served
+    from a GPU was timed (and its search effort chosen) on the CPU."""
+    from tests.test_index_scale import synthetic_index
+    from usesearch.indexer import maintenance, reindex, vector_files
+
+    synthetic_index(tmp_path / "db", n=1200, dim=32, images=20)
+    reindex(tmp_path / "db", "IVF8,Flat", text_queries=False)
+    asked: list[str] = []
+
+    def load(*args):
+        asked.append(args[4])
+        raise KeyboardInterrupt  # (stops here: a GPU index cannot be made on this machine)
+
+    monkeypatch.setattr(vector_files, "load", load)
+    for option, gpu_faiss, device in ((None, True, "cuda"), (None, False, "cpu"), ("cpu", True, "cpu")):
+        monkeypatch.setattr(faiss_gpu, "available", lambda gpu_faiss=gpu_faiss: gpu_faiss)
+        with pytest.raises(KeyboardInterrupt):
+            maintenance.recalibrate(tmp_path / "db", text_queries=False, faiss_device=option)
+        assert asked.pop() == device, (option, gpu_faiss)
 
 
 def test_reindex_device_is_now_faiss_device(capsys):

@@ -178,10 +178,11 @@ def calibrate(
     db_url: opts.DbUrlOpt = None,
     recall_target: opts.RecallTargetOpt = None,
     latency_budget: opts.LatencyBudgetOpt = None,
+    faiss_device: opts.FaissDeviceOpt = None,
 ) -> None:
     """Measure a compressed index's recall again and choose its search effort, without a rebuild:
     when it was measured on a busy machine, on the machine that serves it, or for another target."""
     from usesearch.indexer import recalibrate
 
-    measured = recalibrate(db, db_url, recall_target, latency_budget_ms=latency_budget)
+    measured = recalibrate(db, db_url, recall_target, latency_budget_ms=latency_budget, faiss_device=faiss_device)
     opts.console.print(f"calibrated in {measured.seconds:.0f} s: {measured.describe()}")
