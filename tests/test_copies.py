@@ -19,6 +19,15 @@ def index_with(on_ray: bool):
     return lambda paths, db, options: index_paths_ray(paths, db, options, workers=1)
 
 
+@pytest.fixture(autouse=True)
+def one_ray_for_the_module(request):
+    """The Ray cases share the module's local Ray: one of each run's own took ~10 s to
+    start and stop, three times in a test (its start and stop: tests/test_ray_output.py)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("on_ray"):
+        request.getfixturevalue("ray_local")
+
+
 @pytest.mark.parametrize("on_ray", [False, True], ids=["sequential", "ray"])
 def test_a_copy_of_a_file_that_fails_fails_with_it_and_is_not_read_again(tmp_path, monkeypatch, on_ray):
     """Two broken files of the same bytes: the second was skipped as a copy of "a photo
