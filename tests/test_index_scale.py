@@ -130,16 +130,29 @@ def test_training_reads_a_bounded_sample(tmp_path, monkeypatch):
     assert read == [3000]
 
 
+@pytest.fixture(scope="module")
+def compressed_folder(tmp_path_factory):
+    """A small compressed index (IVF64,PQ8 with re-scoring) over synthetic vectors, built
+    once for the module (its training: ~4 s): its folder and vectors."""
+    folder = tmp_path_factory.mktemp("compressed") / "db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index_choice, "EXACT_UP_TO", 5_000)
+        patch.setattr(index_choice, "nlist_for", lambda n: 64)
+        patch.setattr(index_choice, "pq_m", lambda dim, bits=8: 8)
+        data = synthetic_index(folder, n=10_000)
+        reindex(folder)
+    return folder, data.astype(np.float16).astype(np.float32)
+
+
 @pytest.fixture()
-def compressed(tmp_path, monkeypatch):
-    """A small compressed index (IVF64,PQ8 with re-scoring) over synthetic vectors."""
-    monkeypatch.setattr(index_choice, "EXACT_UP_TO", 5_000)
-    monkeypatch.setattr(index_choice, "nlist_for", lambda n: 64)
-    monkeypatch.setattr(index_choice, "pq_m", lambda dim, bits=8: 8)
-    data = synthetic_index(tmp_path / "db", n=10_000)
-    reindex(tmp_path / "db")
+def compressed(compressed_folder, tmp_path):
+    """That index, a copy of the test's own: (it opened, its vectors)."""
+    import shutil
+
+    folder, data = compressed_folder
+    shutil.copytree(folder, tmp_path / "db")
     ix = SegmentIndex.open(tmp_path / "db")
-    yield ix, data.astype(np.float16).astype(np.float32)
+    yield ix, data
     ix.close()
 
 
