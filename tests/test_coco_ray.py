@@ -124,9 +124,9 @@ def test_a_rerun_on_ray_follows_a_changed_file_as_a_sequential_rerun(ray_local, 
     assert (sequential.relabelled, sequential.segments, sequential.removed, sequential.done) == (1, 1, 1, 3)
     assert sequential.redrawn == 1
     assert "models on Ray's CPU workers" in result.output and annotations(tmp_path / "ray")[1][0] == "cup"
-    assert "split 'train': 1 annotation indexed from 3 photos, 1 relabelled, 1 redrawn, 1 removed" in result.output, (
-        result.output[-900:]
-    )
+    assert (
+        "split 'train': 3 photos updated (1 annotation indexed, 1 relabelled, 1 redrawn, 1 removed)" in result.output
+    ), result.output[-900:]
 
 
 def test_a_rerun_on_ray_reads_only_the_photos_that_changed_or_gained_a_mask(ray_local, tmp_path, monkeypatch):

@@ -338,7 +338,7 @@ def test_a_changed_photo_says_which_splits_annotations_went_with_its_old_content
     change_photo(photos, "chelsea")
     result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(train), *TINY])
     assert result.exit_code == 0, result.output
-    assert "2 annotations indexed from 1 photo, 0 relabelled, 0 removed" in result.output, result.output
+    assert "1 photo updated (2 annotations indexed, 0 relabelled, 0 removed)" in result.output, result.output
     assert "2 annotations (2 of split 'val') were on photos whose content changed" in result.output, result.output
     assert "split 'train') were" not in result.output  # its own: embedded again by this run
     # Its proposals went too, which no line said: the next `index` makes them again.

@@ -123,11 +123,10 @@ def print_labelled(report, db: str, db_url: str | None, masker_follows: bool = F
     proposals of photos whose content changed again."""
     state = "interrupted; finished work is kept" if report.interrupted else "finished"
     opts.console.print(
-        f"{state}: split {report.split!r}: {counted(report.segments, 'annotation')} indexed "
-        f"from {counted(report.done, 'photo')}, "
-        f"{report.relabelled} relabelled, "
+        f"{state}: split {report.split!r}: {counted(report.done, 'photo')} updated "
+        f"({counted(report.segments, 'annotation')} indexed, {report.relabelled} relabelled, "
         + (f"{report.redrawn} redrawn, " if report.redrawn else "")
-        + f"{report.removed} removed, {report.skipped} photos with nothing new, "
+        + f"{report.removed} removed), {report.skipped} with nothing new, "
         f"{report.failed} failed, {len(report.problems)} problems in {report.seconds:.1f} s"
     )
     for line in report.devices:
