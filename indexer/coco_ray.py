@@ -152,7 +152,7 @@ def index_coco_ray(
     anything else joins that cluster. A file that is not COCO is refused first."""
     options = options or IndexOptions()
     dataset = read_coco(coco_file)  # before anything: a wrong file must not leave an index folder behind
-    split = check_split(split or Path(coco_file).stem)
+    split = check_split(Path(coco_file).stem if split is None else split)
     db_dir = check_paths(paths, db_dir).resolve()
     refuse_when_no_photo(dataset, [os.fspath(p) for p in paths], new_index=is_new(db_dir, options))
     options = as_built(db_dir, options)

@@ -53,7 +53,7 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
     runner = CliRunner()
     result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--coco", str(coco), *TINY])
     assert result.exit_code == 0, result.output
-    assert "3 annotations indexed from 1 photo" in result.output
+    assert "1 photo updated (3 annotations indexed" in result.output
     ix = SegmentIndex.open(db)
     kept = {r.annotation_id: r.iscrowd for r in ix.store.rows(ix.store.segment_ids()).values()}
     assert kept == {1: False, 10: False, 13: False}  # a null iscrowd is not said: no crowd, as when missing
@@ -328,10 +328,11 @@ def test_a_name_in_the_other_unicode_form_is_found_and_a_turned_photos_size_is_e
 
 def test_a_split_name_the_catalog_cannot_keep_is_refused(tmp_path):
     """`--split ' '` and a 300-character split were taken (the catalog's column holds
-    128: PostgreSQL refuses past it), and neither could be named again by `--split`."""
+    128: PostgreSQL refuses past it), and neither could be named again by `--split`;
+    `--split ''` was taken as no --split (the file's stem)."""
     photos = write_photos(tmp_path / "photos", ("chelsea",))
     coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png"], 1)
-    for bad in (" ", "x" * 300, "a\nb"):
+    for bad in (" ", "x" * 300, "a\nb", ""):
         result = CliRunner().invoke(
             app, ["index", str(photos), "--db", str(tmp_path / "db"), "--coco", str(coco), "--split", bad, *TINY]
         )
