@@ -139,12 +139,13 @@ PresetOpt = Annotated[
 EmbedderOpt = Annotated[
     Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")
 ]
-_head = typer.Option(
-    "--head",
-    help="Head checkpoint (.safetensors + .json); segment and eval take several, their class probabilities averaged.",
-)
-HeadOpt = Annotated[Optional[Path], _head]
-HeadsOpt = Annotated[Optional[list[Path]], _head]
+HeadOpt = Annotated[Optional[Path], typer.Option("--head", help="Head checkpoint (.safetensors + .json).")]
+HeadsOpt = Annotated[
+    Optional[list[Path]],
+    typer.Option(
+        "--head", help="Head checkpoint (.safetensors + .json); several --head: their class probabilities averaged."
+    ),
+]
 DeviceOpt = Annotated[
     Optional[str],
     typer.Option(
