@@ -168,9 +168,9 @@ def test_segment_refuses_a_fifo_and_masker_coco_before_models_load_and_reads_a_b
     assert coco.exit_code == 2 and "here use sam, sam2 or felzenszwalb" in coco.output, coco.output
     monkeypatch.undo()
     (files / "bom.txt").write_bytes("\ufeffperson\nsky\n".encode())
-    from usesearch.cli.eval import _classes
+    from usesearch.cli.class_lists import class_list
 
-    assert _classes(None, files / "bom.txt") == ["person", "sky"]
+    assert class_list(None, files / "bom.txt") == ["person", "sky"]
     args = ["segment", str(files / "p.jpg"), "--classes-file", str(files / "bom.txt"), "--out", str(files / "o.png")]
     done = CliRunner().invoke(app, [*args, "--preset", "tiny", "--json"])
     assert done.exit_code == 0, done.output

@@ -94,7 +94,8 @@ def test_cli_command_modules_import_only_the_shared_options():
     # sam_options.py SAM's flags built with both, photo_limits.py the flags of how large a photo is
     # read, eval_report.py an evaluation's report and walk built on options, search_output.py what a
     # search gives (its files, the hits, the notes) built on options, index_output.py what index and
-    # prune print, built on options and photo_limits; nothing else in cli/ is shared.
+    # prune print, built on options and photo_limits, class_lists.py the class lists segment and
+    # eval take; nothing else in cli/ is shared.
     shared = {
         "usesearch.cli.options": {"usesearch.cli.spellings", "usesearch.cli.paths", "usesearch.cli.failures"},
         "usesearch.cli.spellings": set(),
@@ -105,6 +106,7 @@ def test_cli_command_modules_import_only_the_shared_options():
         "usesearch.cli.photo_limits": {"usesearch.cli.options"},
         "usesearch.cli.search_output": {"usesearch.cli.options"},
         "usesearch.cli.index_output": {"usesearch.cli.options", "usesearch.cli.photo_limits"},
+        "usesearch.cli.class_lists": set(),
     }
     commands_import = {
         "usesearch.cli.options",
@@ -113,6 +115,7 @@ def test_cli_command_modules_import_only_the_shared_options():
         "usesearch.cli.photo_limits",
         "usesearch.cli.search_output",
         "usesearch.cli.index_output",
+        "usesearch.cli.class_lists",
     }
     wrong = sorted(
         f"{m} -> {d}"

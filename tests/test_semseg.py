@@ -204,23 +204,25 @@ def test_eval_semseg_refuses_ground_truth_that_cannot_be_scored_in_one_line(tmp_
 def test_class_lists_keep_every_id_in_its_place(tmp_path):
     """A class's id is its place in the list: a blank line inside the file, or both
     ways at once, is refused; a name given twice keeps both scores."""
-    from usesearch.cli.eval import _classes, report_names
+    from usesearch.cli.class_lists import class_list, report_names
     from usesearch.errors import UsesearchError
 
     gapped = tmp_path / "gapped.txt"
     gapped.write_text("cat\n\ncup\n")
     with pytest.raises(UsesearchError, match="line 2 is blank"):
-        _classes(None, gapped)
+        class_list(None, gapped)
     trailing = tmp_path / "trailing.txt"
     trailing.write_text("cat\ncup\n\n")
-    assert _classes(None, trailing) == ["cat", "cup"]
+    assert class_list(None, trailing) == ["cat", "cup"]
     with pytest.raises(UsesearchError, match="not both"):
-        _classes("cat,cup", trailing)
+        class_list("cat,cup", trailing)
     with pytest.raises(UsesearchError, match="an empty name at place 2"):
-        _classes("cat,,cup", None)
+        class_list("cat,,cup", None)
+    with pytest.raises(UsesearchError, match="an empty name at place 1 .a name with a comma: --classes-file"):
+        class_list(",", None)  # (it said "give class names", not why, nor how to name "red, white and blue")
     assert report_names(["cat", "dog", "cat"]) == ["cat [0]", "dog", "cat [2]"]
     with pytest.raises(UsesearchError, match="66000 classes do not fit a 16-bit label map"):  # before any embedding
-        _classes(",".join(f"c{i}" for i in range(66000)), None)
+        class_list(",".join(f"c{i}" for i in range(66000)), None)
 
 
 def test_parts_of_the_same_name_keep_a_score_each(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -13,6 +12,7 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.cli import sam_options
+from usesearch.cli.class_lists import class_list, refuse_twice_named, report_names
 from usesearch.cli.eval_report import TAKING_OLD_JSON_FILE, Report, Walk, with_report
 from usesearch.cli.photo_limits import PhotoLimits, with_photo_limits
 from usesearch.errors import UsesearchError
@@ -22,68 +22,6 @@ from usesearch.masks.settings import SamSettings
 
 app = opts.Typer()
 eval_app = opts.Typer(help="Evaluate on benchmarks (paper §4.3, §4.4) and audit datasets.", no_args_is_help=True)
-
-
-def _classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
-    """The class names, in label order: a class's id is its place in the list, so a
-    blank line inside the file (which would shift every later id) is refused, and so
-    are the two ways at once."""
-    names = _class_names(classes, classes_file)
-    from usesearch.tasks.semseg import label_dtype
-
-    try:
-        label_dtype(len(names))  # before any model loads or text is embedded
-    except ValueError as exc:
-        raise UsesearchError(str(exc)) from None
-    return names
-
-
-def _class_names(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
-    if classes and classes_file:
-        raise UsesearchError("give --classes or --classes-file, not both: a class's id is its place in one list")
-    if classes_file:
-        try:
-            lines = classes_file.read_text(encoding="utf-8-sig").strip("\n").splitlines()  # a BOM is no name
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsesearchError(f"--classes-file {classes_file}: cannot read it as text ({exc})") from None
-        names = [line.strip() for line in lines]
-        if not any(names):
-            raise UsesearchError(f"--classes-file {classes_file} holds no class name (one a line)")
-        if "" in names:
-            raise UsesearchError(
-                f"--classes-file {classes_file}: line {names.index('') + 1} is blank, and a class's id is its line "
-                "(name every class, in label order)"
-            )
-        return names
-    names = [c.strip() for c in (classes or "").split(",")]
-    if not any(names):
-        raise ValueError("give class names with --classes 'sky,tree,...' or --classes-file FILE")
-    if "" in names:
-        raise UsesearchError(f"--classes {classes!r} has an empty name at place {names.index('') + 1}")
-    return names
-
-
-def _refuse_twice_named(names: list[str], flag: str) -> None:
-    """One class named twice (as CLIP's tokenizer reads it: case and spacing aside) would
-    split its probability between two ids, one never chosen, and lose pixels to other
-    classes. (Not for an evaluation: its class list is the dataset's, ids and all.)"""
-    from usesearch.models.text import text_key
-
-    first: dict[str, int] = {}
-    for place, name in enumerate(names, 1):
-        key = text_key(name)
-        if key in first:
-            raise UsesearchError(
-                f"{flag}: {name!r} is named twice (places {first[key]} and {place}); name each class once"
-            )
-        first[key] = place
-
-
-def report_names(names: list[str]) -> list[str]:
-    """Each class's name in a report, the id added where a name occurs twice (one
-    per-class score must not overwrite another's)."""
-    counts = Counter(names)
-    return [name if counts[name] == 1 else f"{name} [{i}]" for i, name in enumerate(names)]
 
 
 @dataclass(frozen=True)
@@ -160,7 +98,7 @@ def segment(
     overlay: Annotated[
         Optional[Path],
         typer.Option(
-            help="Picture of the image coloured by class, with a legend (.png, .jpg or .webp, by its name).",
+            help="Picture of the image coloured by class, with a legend (.png, .jpg, .webp or .tiff, by its name).",
             callback=opts.picture_file,
         ),
     ] = None,
@@ -182,8 +120,8 @@ def segment(
         raise UsesearchError(f"--out {out}: write a .png (a label map must keep its exact values)")
     from usesearch.masks.proposals import stack_masks
 
-    names = _classes(classes, classes_file)
-    _refuse_twice_named(names, "--classes-file" if classes_file else "--classes")
+    names = class_list(classes, classes_file)
+    refuse_twice_named(names, "--classes-file" if classes_file else "--classes")
     inputs = {"image": image, "--classes-file": classes_file}
     opts.refuse_overwriting({"--out": out, "--overlay": overlay}, inputs)
     segmenter.check()
@@ -267,7 +205,7 @@ def eval_semseg(
         opts.deprecated("`eval semseg --classes FILE` is now `--classes-file FILE`")
         classes_file = Path(classes)
         classes = None
-    names = _classes(classes, classes_file)
+    names = class_list(classes, classes_file)
     opts.refuse_overwriting(
         {"--out": report.out}, {"--images": images, "--labels": labels, "--classes-file": classes_file}
     )
