@@ -22,6 +22,7 @@ from usesearch.io.coco_dataset import (
 )
 from usesearch.io.files import Found, display_path
 from usesearch.masks.proposals import Proposal
+from usesearch.reports import counted
 
 from .compute import segment_records
 from .options import IndexOptions, IndexReport
@@ -71,6 +72,13 @@ def check_split(split: str) -> str:
     return split
 
 
+def annotations_of(entry: ImageEntry, shown: int = 5) -> str:
+    """An entry's annotations, counted and named by their ids: "2 annotations (ids 7, 9)"."""
+    ids = [str(a.id) for a in entry.annotations]
+    more = f", ... {len(ids) - shown} more" if len(ids) > shown else ""
+    return f"{counted(len(ids), 'annotation')} ({'id' if len(ids) == 1 else 'ids'} {', '.join(ids[:shown])}{more})"
+
+
 def located_entries(
     dataset: CocoDataset, folders: list[str], writer: Writer, report: CocoReport, split: str
 ) -> tuple[list[tuple[ImageEntry, Found]], list[bytes]]:
@@ -95,13 +103,13 @@ def located_entries(
             continue
         paths = photo_paths(folders, entry.file_name)  # (every folder looked in: a name two hold is caught)
         if not paths:
-            message = f"no such photo under {', '.join(folders)} ({len(entry.annotations)} annotations)"
+            message = f"no such photo under {', '.join(folders)} ({annotations_of(entry)})"
             record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(PHOTO_MISSING, message))])
             continue
         if len(paths) > 1:  # which one the annotations were drawn on is not known: none is guessed
             message = (
                 f"{len(paths)} photos of that name: {', '.join(display_path(p) for p in paths[:3])}; its "
-                f"{len(entry.annotations)} annotations are left as they were: give the folder its file_names "
+                f"{annotations_of(entry)} are left as they were: give the folder its file_names "
                 "are relative to"
             )
             record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(AMBIGUOUS_PHOTO, message))])

@@ -76,7 +76,9 @@ def test_each_fault_of_a_dataset_is_recorded_in_one_line_and_the_rest_indexed(tm
     assert len(lines) == 12 and all("\t[mixed] " in line for line in lines)
     assert any("annotations[12]: id, image_id and category_id must be whole numbers (id '11')" in x for x in lines)
     assert any("annotation 12\t[mixed] broken annotation: iscrowd must be 0 or 1, not '0'" in x for x in lines)
-    assert any(re.match(r"gone.png\s+\[mixed\] photo missing: no such photo", line) for line in lines)
+    assert any(
+        re.match(r"gone.png\s+\[mixed\] photo missing: no such photo .* \(1 annotation \(id 7\)\)$", x) for x in lines
+    )
     assert any(
         re.match(r"chelsea.png annotation 3\s+\[mixed\] broken mask: the RLE's runs do not cover", line)
         for line in lines
@@ -286,7 +288,7 @@ def test_a_file_name_found_under_two_folders_is_a_problem_not_a_guess(tmp_path):
         said = " ".join(result.output.split())
         assert result.exit_code == 0, result.output
         assert "coffee.png: ambiguous photo: 2 photos of that name:" in said, said
-        assert "its 2 annotations are left as they were" in said, said
+        assert "its 2 annotations (ids 1, 2) are left as they were" in said, said
         ix = SegmentIndex.open(tmp_path / "db")
         placed = {r.annotation_id: r.image_path for r in ix.store.rows(ix.store.segment_ids()).values()}
         ix.close()
