@@ -33,6 +33,7 @@ from .coco_plan import (
     check_split,
     commit_photo,
     embed_new,
+    fail_photo,
     failed_as_before,
     finish_pass,
     located_entries,
@@ -117,7 +118,7 @@ def _photos(
             try:
                 (data, sha256, stat), _ = future.result()
             except Exception as exc:  # noqa: BLE001 - any per-photo failure is recorded and the run goes on
-                writer.fail(found.key, found.path, None, exc, report)
+                fail_photo(writer, report, entry, found, None, exc)
                 yield entry.file_name
                 continue
             finally:
@@ -161,7 +162,7 @@ def _index_photo(
         try:
             rgb = decode(data, found.path, options.max_pixels)
         except Exception as exc:  # noqa: BLE001 - any per-photo failure is recorded and the run goes on
-            writer.fail(found.key, found.path, sha256, exc, report, file_stat=stat)  # (skipped as it is)
+            fail_photo(writer, report, entry, found, sha256, exc, stat)  # (skipped as it is)
             return
         hw = rgb.shape[:2]
     fault = size_fault(entry, hw)
@@ -186,7 +187,7 @@ def _index_photo(
             rgb = rgb if rgb is not None else decode(data, found.path, options.max_pixels)
             segments, embeddings = embed_new(rgb, found.path, plan.new, model, report, split)
         except Exception as exc:  # noqa: BLE001 - as an indexer's per-photo failure
-            writer.fail(found.key, found.path, sha256, exc, report, file_stat=stat)  # (skipped as it is)
+            fail_photo(writer, report, entry, found, sha256, exc, stat)  # (skipped as it is)
             return
     commit_photo(writer, found, sha256, hw, plan, segments, embeddings, report, file_stat=stat)
 
@@ -199,6 +200,6 @@ def _read_then_index(entry, found, writer, model, options, report, split, datase
     try:
         data, sha256 = read_bytes(found.fs_path, options.max_bytes, found.path)
     except Exception as exc:  # noqa: BLE001 - any per-photo failure is recorded and the run goes on
-        writer.fail(found.key, found.path, None, exc, report)
+        fail_photo(writer, report, entry, found, None, exc)
         return
     _index_photo(entry, found, data, sha256, stat, writer, model, options, report, split, dataset)

@@ -45,6 +45,18 @@ class CocoReport(IndexReport):
     replaced: list[str] = field(default_factory=list)  # the split's other files, forgotten at the pass's end
     proposals_lost: list[str] = field(default_factory=list)  # photos changed: their masker's segments went
     listed_empty: int = 0  # photos the file lists with no annotation, found (the audit searches them too)
+    on_failed: int = 0  # this file's annotations on the photos that failed (``fail_photo``): not brought in
+
+
+def fail_photo(
+    writer: Writer, report: CocoReport, entry: ImageEntry, found: Found, sha256: str | None, exc, file_stat=None
+) -> None:
+    """``Writer.fail`` for a labelled photo, its annotations counted (``on_failed``): the
+    summary's annotations then add up to the file's."""
+    failed = report.failed
+    writer.fail(found.key, found.path, sha256, exc, report, file_stat=file_stat)
+    if report.failed > failed:  # (not a file gone since the walk: said, not failed)
+        report.on_failed += len(entry.annotations)
 
 
 def record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, problems: list[Problem]) -> None:

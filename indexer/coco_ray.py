@@ -49,6 +49,7 @@ from .coco_plan import (
     check_split,
     commit_photo,
     embed_new,
+    fail_photo,
     failed_as_before,
     finish_pass,
     located_entries,
@@ -219,7 +220,7 @@ def _steps(
         number = int(row["entry"])
         entry, found = located[number]
         if row["error"]:
-            writer.fail(found.key, found.path, None, worker_error(row["error"]), report)
+            fail_photo(writer, report, entry, found, None, worker_error(row["error"]))
             yield entry.file_name
             continue
         sha, read = row["sha256"], not row.get("unread")
@@ -313,7 +314,7 @@ def _commit(
     sha = row["sha256"]
     fragment = fragment_of(db_dir, int(row["entry"]), sha, split)
     if row["error"]:
-        writer.fail(found.key, found.path, sha, worker_error(row["error"]), report, file_stat=file_stat)
+        fail_photo(writer, report, entry, found, sha, worker_error(row["error"]), file_stat)
         fragment.unlink(missing_ok=True)
         fragments.attempts_path(db_dir, sha).unlink(missing_ok=True)  # a WorkerDied verdict's note
         return

@@ -340,3 +340,17 @@ def test_a_split_name_the_catalog_cannot_keep_is_refused(tmp_path):
         )
         assert result.exit_code == 2 and "a split is named by 1 to 128 characters" in result.output, result.output
         assert not (tmp_path / "db").exists()
+
+
+def test_a_photo_that_fails_says_how_many_of_the_files_annotations_it_holds(tmp_path):
+    """The summary's annotations did not add up to the file's: those on a photo that
+    failed to read were in no count ("1 failed, 0 problems")."""
+    photos = write_photos(tmp_path / "photos", ("chelsea", "coffee"))
+    coco = write_coco(tmp_path / "val.json", photos, ["chelsea.png", "sub/coffee.png"], 1)
+    (photos / "sub" / "coffee.png").write_bytes(b"not a picture")
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--coco", str(coco), *TINY]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "1 photo updated (2 annotations indexed, 0 relabelled, 0 removed)" in said, said
+    assert "1 failed (with 2 annotations of this file), 0 problems" in said, said

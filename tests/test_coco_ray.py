@@ -99,6 +99,7 @@ def test_a_labelled_dataset_on_ray_equals_a_sequential_run_also_after_photos_cha
     assert_same(tmp_path / "ray", tmp_path / "seq")
     assert [p for p, _ in on_ray.failures] == [p for p, _ in sequential.failures] == [str(photos / "coffee.png")]
     assert (on_ray.segments, on_ray.done) == (sequential.segments, sequential.done) == (2, 1)  # the rocket's two
+    assert on_ray.on_failed == sequential.on_failed == 2  # the coffee's, counted with it
 
 
 def test_a_rerun_on_ray_follows_a_changed_file_as_a_sequential_rerun(ray_local, world, tmp_path):
@@ -207,7 +208,7 @@ def test_a_photo_that_kills_its_embedding_worker_is_recorded_and_the_rest_indexe
             "chelsea.png",
             "coffee.png",
         }
-    assert report.failed == 1 and not list((db / FRAGMENTS).iterdir())
+    assert report.failed == 1 and report.on_failed == 2 and not list((db / FRAGMENTS).iterdir())
 
 
 def test_a_device_the_cluster_lacks_is_refused_before_the_index_folder_is_made(ray_local, world, tmp_path):

@@ -127,7 +127,9 @@ def print_labelled(report, db: str, db_url: str | None, masker_follows: bool = F
         f"({counted(report.segments, 'annotation')} indexed, {report.relabelled} relabelled, "
         + (f"{report.redrawn} redrawn, " if report.redrawn else "")
         + f"{report.removed} removed), {report.skipped} with nothing new, "
-        f"{report.failed} failed, {len(report.problems)} problems in {report.seconds:.1f} s"
+        f"{report.failed} failed"
+        + (f" (with {counted(report.on_failed, 'annotation')} of this file)" if report.on_failed else "")
+        + f", {len(report.problems)} problems in {report.seconds:.1f} s"
     )
     for line in report.devices:
         opts.console.print(f"  {line}")
