@@ -344,3 +344,17 @@ def test_names_past_ascii_are_drawn_as_they_are_or_folded_never_as_one_box(monke
     visualize.label(ImageDraw.Draw(picture), (0, 2), "a" * 80 + ".jpg", (0, 0, 0), width=100)
     inked = np.nonzero((np.asarray(picture) < 128).any(axis=(0, 2)))[0]
     assert 80 <= inked.max() < 100
+
+
+def test_a_legends_long_class_name_is_cut_with_a_mark_not_at_22_characters(monkeypatch):
+    """`segment --overlay`'s legend cut each name at 22 characters, unmarked, and a wide
+    one still ran past the picture's edge: now cut to the legend's width, with "…"."""
+    import numpy as np
+
+    from usesearch.tasks import visualize
+
+    said = []
+    monkeypatch.setattr(visualize, "label", lambda draw, at, text, fill, size=11, width=0: said.append((text, width)))
+    labels = np.array([[0, 1], [1, 255]], np.uint8)
+    picture = visualize.label_overlay(np.zeros((2, 2, 3), np.uint8), labels, ["cat", "w" * 70])
+    assert said == [("cat", 140), ("w" * 70, 140)] and picture.width == 2 + 160

@@ -55,14 +55,14 @@ def label_overlay(rgb: np.ndarray, labels: np.ndarray, names: Sequence[str], alp
     labelled = labels < len(names)  # the unlabelled value (255 or 65535) is past every class
     out[labelled] = (1 - alpha) * out[labelled] + alpha * colours[labels[labelled]]
     present = [int(i) for i in np.unique(labels[labelled])]
-    row = 14
-    canvas = Image.new("RGB", (rgb.shape[1] + 160, max(rgb.shape[0], row * len(present) + 4)), (255, 255, 255))
+    row, legend = 14, 160
+    canvas = Image.new("RGB", (rgb.shape[1] + legend, max(rgb.shape[0], row * len(present) + 4)), (255, 255, 255))
     canvas.paste(Image.fromarray(out.clip(0, 255).astype(np.uint8)), (0, 0))
     draw = ImageDraw.Draw(canvas)
     for k, i in enumerate(present):
         y = 2 + k * row
         draw.rectangle([rgb.shape[1] + 4, y, rgb.shape[1] + 14, y + 10], fill=tuple(int(c) for c in colours[i]))
-        label(draw, (rgb.shape[1] + 18, y - 1), names[i][:22], (0, 0, 0))
+        label(draw, (rgb.shape[1] + 18, y - 1), names[i], (0, 0, 0), width=legend - 20)  # a long name: cut, with "…"
     return canvas
 
 
