@@ -26,12 +26,25 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def drawable(text: str, size: int) -> str:
     """``text`` as ``font(size)`` draws it: with Pillow's own font, accents dropped and other
-    letters past ASCII as "?" (it drew each as the same empty box: "rocket ü" read "rocket ▯")."""
+    letters past ASCII as "?" (it drew each as the same empty box: "rocket ü" read "rocket ▯");
+    with a system font, each letter it has no glyph for as "?" (DejaVu has none for CJK or emoji)."""
     chosen = font(size)
     if isinstance(chosen, ImageFont.FreeTypeFont) and chosen.getname()[0] != "Aileron":
-        return text
+        return "".join("?" if _no_glyph(c, size) else c for c in text)
     folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return "".join(c if c.isascii() else "?" for c in folded)
+
+
+@cache
+def _no_glyph(char: str, size: int) -> bool:
+    """Whether ``font(size)`` draws ``char`` as it draws a code point no font has: its
+    empty box, the same for every letter it lacks."""
+
+    def drawn(c: str) -> tuple:
+        mask = font(size).getmask(c)
+        return mask.size, bytes(mask)
+
+    return not char.isascii() and drawn(char) == drawn("\U0010fffd")
 
 
 def label(draw: ImageDraw.ImageDraw, at: tuple[int, int], text: str, fill, size: int = 11, width: int = 0) -> None:
