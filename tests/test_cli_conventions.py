@@ -196,21 +196,26 @@ def test_the_command_line_starts_without_importing_torch():
 
 
 def test_commands_that_run_no_model_import_none(tmp_path):
-    """`info`, `failures`, `prune`, `reindex` and `similar SEGMENT_ID` read the catalog and
-    the vectors only: they imported torch, segment_anything and open_clip all the same
+    """`info`, `failures`, `prune`, `reindex` and `similar SEGMENT_ID` (also on a compressed
+    index, whose candidates it re-scores) read the catalog and the vectors only: they
+    imported torch, segment_anything and open_clip all the same
     (~4 s and ~800 MB a call on 2 cores, as much for a typo in --db, also `serve`'s and
     `audit`'s, or in `index`'s paths, and for `serve`'s refusal of a host without a
     token). A query, which builds CLIP, imports no transformers."""
     from tests.helpers import OPTS, write_photos
-    from usesearch.indexer import IndexOptions, index_paths
+    from usesearch.indexer import IndexOptions, index_paths, reindex
 
-    index_paths([write_photos(tmp_path / "photos", ("astronaut",))], tmp_path / "db", IndexOptions(**OPTS))
+    photos = write_photos(tmp_path / "photos", ("astronaut",))
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS))
+    index_paths([photos], tmp_path / "compressed", IndexOptions(**OPTS))
+    reindex(tmp_path / "compressed", "IVF2,SQ8", text_queries=False)  # its candidates re-scored exactly
     commands = [
         ["info"],
         ["failures"],
         ["prune"],
         ["reindex"],
         ["similar", "1"],
+        ["similar", "1", "--db", str(tmp_path / "compressed")],
         ["query", "a cat", "--db", "/nowhere"],
         ["serve", "--db", "/nowhere"],
         ["serve", "--host", "0.0.0.0"],  # no token: refused before the web app's libraries load (6 s, now 0.6)
@@ -249,7 +254,7 @@ def test_commands_that_run_no_model_import_none(tmp_path):
     ran, query, after = ran[:-2], ran[-2], ran[-1]
     assert query == ["query", 0, False] and after == ["transformers", True, None], (query, after)
     assert [name for name, _, _ in ran] == [c[0] for c in commands]
-    assert [code for _, code, _ in ran] == [0] * 5 + [2] * 6  # each ran (the last six: refused)
+    assert [code for _, code, _ in ran] == [0] * 6 + [2] * 6  # each ran (the last six: refused)
     assert all(heavy == [] for _, _, heavy in ran), ran
     assert not (tmp_path / "new").exists()  # the typo left no index folder
 

@@ -101,3 +101,20 @@ def test_let_go_drops_the_rows_read_from_resident_memory_and_they_read_the_same(
     files.let_go()
     assert _resident_kb(path) < held / 10
     assert np.array_equal(files.read(chunks, rows, np.float16), first) and np.array_equal(first, data)
+
+
+def test_scores_without_torch_loaded_equal_torchs(tmp_path, monkeypatch):
+    """Where no model run loaded torch (`similar` on a compressed index), NumPy scores the
+    rows: the same float32 products as torch's, to float32 rounding."""
+    import sys
+
+    import torch  # noqa: F401 - as a model run has it
+
+    files, data, chunks, rows = _files(tmp_path)
+    query = np.random.default_rng(2).standard_normal(files.dim).astype(np.float32)
+    pick = np.random.default_rng(3).permutation(len(data))[:900]
+    with_torch = files.scores(chunks[pick], rows[pick], query)
+    monkeypatch.delitem(sys.modules, "torch")
+    without = files.scores(chunks[pick], rows[pick], query)
+    np.testing.assert_allclose(without, with_torch, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(without, data[pick].astype(np.float64) @ query, rtol=1e-4, atol=1e-4)
