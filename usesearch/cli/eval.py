@@ -287,7 +287,7 @@ def audit(
         Path,
         typer.Option(
             "--report-dir",
-            help="Folder for suspects.csv/.json, summary.json and report.html.",
+            help="Folder for suspects.csv, suspects.json, problems.json, summary.json and report.html.",
             callback=opts.folder_for("an audit report"),
         ),
         opts.Formerly("--out"),
@@ -321,7 +321,8 @@ def audit(
     disagreeing = sum(s.margin > 0 for s in suspects)
     opts.console.print(
         f"the model prefers another class for {disagreeing} of {len(suspects)} annotations; wrote {report_dir}/"
-        f"suspects.csv and suspects.json (all ranked), summary.json, report.html (the top {min(k, len(suspects))})"
+        f"suspects.csv and suspects.json (all ranked), problems.json, summary.json, report.html (the top "
+        f"{min(k, len(suspects))})"
     )
     if problems:
         opts.console.print(f"{len(problems)} annotation(s) or photo(s) could not be audited: listed in problems.json")

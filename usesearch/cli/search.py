@@ -214,7 +214,13 @@ def demo(
         typer.Argument(help="Text to search for."),
         opts.Formerly("--query", note="`demo --query TEXT` is now `demo TEXT`"),
     ] = "a cat's face",
-    preset: opts.PresetOpt = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Model preset: b16, l14-336, or tiny. Default: b16 where its weights are here, else tiny "
+            "(a preset named is run or refused)."
+        ),
+    ] = None,
     demo_dir: Annotated[
         Path,
         typer.Option(
