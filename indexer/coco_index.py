@@ -187,7 +187,7 @@ def _index_photo(
             rgb = rgb if rgb is not None else decode(data, found.path, options.max_pixels)
             segments, embeddings = embed_new(rgb, found.path, plan.new, model, report, split)
         except Exception as exc:  # noqa: BLE001 - as an indexer's per-photo failure
-            fail_photo(writer, report, entry, found, sha256, exc, stat)  # (skipped as it is)
+            fail_photo(writer, report, entry, found, sha256, exc, stat, len(plan.new))  # (skipped as it is)
             return
     commit_photo(writer, found, sha256, hw, plan, segments, embeddings, report, file_stat=stat)
 

@@ -49,14 +49,23 @@ class CocoReport(IndexReport):
 
 
 def fail_photo(
-    writer: Writer, report: CocoReport, entry: ImageEntry, found: Found, sha256: str | None, exc, file_stat=None
+    writer: Writer,
+    report: CocoReport,
+    entry: ImageEntry,
+    found: Found,
+    sha256: str | None,
+    exc,
+    file_stat=None,
+    pending: int | None = None,
 ) -> None:
-    """``Writer.fail`` for a labelled photo, its annotations counted (``on_failed``): the
-    summary's annotations then add up to the file's."""
+    """``Writer.fail`` for a labelled photo, the file's annotations it leaves out counted
+    (``on_failed``: the summary's annotations then add up to the file's): ``pending``,
+    those its plan was to embed, where one was made; else all of the entry's, unless the
+    photo was indexed before and is kept as it was (its annotations with it)."""
     failed = report.failed
-    writer.fail(found.key, found.path, sha256, exc, report, file_stat=file_stat)
+    kept = writer.fail(found.key, found.path, sha256, exc, report, file_stat=file_stat)
     if report.failed > failed:  # (not a file gone since the walk: said, not failed)
-        report.on_failed += len(entry.annotations)
+        report.on_failed += pending if pending is not None else 0 if kept else len(entry.annotations)
 
 
 def record(writer: Writer, report: CocoReport, split: str, dataset: CocoDataset, problems: list[Problem]) -> None:

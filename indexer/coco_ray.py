@@ -314,7 +314,8 @@ def _commit(
     sha = row["sha256"]
     fragment = fragment_of(db_dir, int(row["entry"]), sha, split)
     if row["error"]:
-        fail_photo(writer, report, entry, found, sha, worker_error(row["error"]), file_stat)
+        pending = None if plan is None else len(plan.new)  # (None: a photo new or changed, planned by its worker)
+        fail_photo(writer, report, entry, found, sha, worker_error(row["error"]), file_stat, pending)
         fragment.unlink(missing_ok=True)
         fragments.attempts_path(db_dir, sha).unlink(missing_ok=True)  # a WorkerDied verdict's note
         return

@@ -285,19 +285,19 @@ class Writer:
 
     def fail(
         self, key: bytes, path: str, sha256: str | None, exc: BaseException, report: IndexReport, file_stat=None
-    ) -> None:
+    ) -> bool:
         """A file that failed: recorded as failed, or, indexed before, kept as it was
-        with the failure noted (``Store.save_image``). ``file_stat``: taken before the
-        read that gave ``sha256``; a re-run skips the file unread while it holds. One
-        gone since the walk is said, not recorded: no later run meets it there."""
+        with the failure noted (``Store.save_image``; True returned). ``file_stat``: taken
+        before the read that gave ``sha256``; a re-run skips the file unread while it holds.
+        One gone since the walk is said, not recorded: no later run meets it there."""
         existing = self.known.take(key)
         if isinstance(exc, FileNotFoundError) and not os.path.lexists(key):
             report.gone.append(path)
-            return
+            return False
         with self._changing():  # (the stat kept only where the content is known: ``image_writes.write_photo``)
             removed, _ = self.store.save_image(key, path, sha256, None, error=exc, file_stat=file_stat)
             self._remove(removed)
-        report.record_failure(path, exc, kept=existing is not None and existing.status == DONE)
+        report.record_failure(path, exc, kept=(kept := existing is not None and existing.status == DONE))
         if sha256:
             self._failed_contents.add(sha256)
             for old in self.store.images_with_hash(sha256, status=FAILED):  # the same file moved: its failure too
@@ -311,6 +311,7 @@ class Writer:
             self.store.save_image(copy_key, copy_path, sha256, None, error=copy_exc, file_stat=copy_stat)
             report.skipped -= 1
             report.record_failure(copy_path, copy_exc)
+        return kept
 
     def _drop_uncommitted_copies(self) -> int:
         """Copies of a photo this run never committed: not in ``copies`` nor skipped (the
