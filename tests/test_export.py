@@ -338,6 +338,9 @@ def test_names_past_ascii_are_drawn_as_they_are_or_folded_never_as_one_box(monke
     assert not np.array_equal(drawn("rocket ü"), drawn("rocket é"))
     if visualize.font(11).getname()[0] == "DejaVu Sans":  # (these images' font): a letter it lacks, "?", not a box
         assert visualize.drawable("rocket ü café 東京 Ω.jpg", 11) == "rocket ü café ?? Ω.jpg"
+        assert visualize.drawable("हिं e\u0301", 11) == "??? e\u0301"  # a vowel sign it lacks: no box (one it has: kept)
+    assert visualize.drawable("a\u2029b\u0085c\n.jpg", 11) == "a?b?c?.jpg"  # (U+2029 failed Pillow's layout)
+    drawn("a\u2029b")
     monkeypatch.setattr(visualize, "font", lambda size: ImageFont.load_default(size=size))  # no font on the system
     assert visualize.drawable("rocket ü café 東京.jpg", 11) == "rocket u cafe ??.jpg"
     assert not np.array_equal(drawn("rocket ü"), drawn("rocket é"))

@@ -25,9 +25,12 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def drawable(text: str, size: int) -> str:
-    """``text`` as ``font(size)`` draws it: with Pillow's own font, accents dropped and other
-    letters past ASCII as "?" (it drew each as the same empty box: "rocket ü" read "rocket ▯");
-    with a system font, each letter it has no glyph for as "?" (DejaVu has none for CJK or emoji)."""
+    """``text`` as ``font(size)`` draws it, on one line: with Pillow's own font, accents
+    dropped and other letters past ASCII as "?" (it drew each as the same empty box:
+    "rocket ü" read "rocket ▯"); with a system font, each letter it has no glyph for as
+    "?" (DejaVu has none for CJK, Devanagari or emoji). Control characters and line or
+    paragraph separators, which a file name may hold, as "?" too (U+2029 failed Pillow's layout)."""
+    text = "".join("?" if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
     chosen = font(size)
     if isinstance(chosen, ImageFont.FreeTypeFont) and chosen.getname()[0] != "Aileron":
         return "".join("?" if _no_glyph(c, size) else c for c in text)
@@ -38,13 +41,21 @@ def drawable(text: str, size: int) -> str:
 @cache
 def _no_glyph(char: str, size: int) -> bool:
     """Whether ``font(size)`` draws ``char`` as it draws a code point no font has: its
-    empty box, the same for every letter it lacks."""
+    empty box, the same for every letter it lacks. Laid out one code point at a time
+    (Pillow's basic layout): raqm's shaping draws a lone combining mark on a dotted
+    circle, so a vowel sign the font lacks never looked like the box alone."""
 
     def drawn(c: str) -> tuple:
-        mask = font(size).getmask(c)
+        mask = _one_at_a_time(size).getmask(c)
         return mask.size, bytes(mask)
 
     return not char.isascii() and drawn(char) == drawn("\U0010fffd")
+
+
+@cache
+def _one_at_a_time(size: int) -> ImageFont.FreeTypeFont:
+    """``font(size)`` (a system font) with Pillow's basic layout."""
+    return ImageFont.truetype(font(size).path, size, layout_engine=ImageFont.Layout.BASIC)  # type: ignore[union-attr]
 
 
 def label(draw: ImageDraw.ImageDraw, at: tuple[int, int], text: str, fill, size: int = 11, width: int = 0) -> None:
