@@ -247,6 +247,16 @@ def ray_local():
 
 
 @pytest.fixture
+def ray_for_ray_cases(request):
+    """For a test parametrised ``on_ray``: its Ray cases share the module's local Ray
+    (``ray_local``), where each run started and stopped its own (~10 s each, a few runs a
+    test; that start and stop: tests/test_ray_output.py)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("on_ray"):
+        request.getfixturevalue("ray_local")
+
+
+@pytest.fixture
 def files(tmp_path):
     """Files a command line names (its options check that they exist): JSON files, a
     folder, a photo."""

@@ -9,6 +9,8 @@ import pytest
 from tests.helpers import OPTS, assert_consistent, write_photos
 from usesearch.indexer import IndexOptions, index_paths
 
+pytestmark = pytest.mark.usefixtures("ray_for_ray_cases")
+
 
 def index_with(on_ray: bool):
     if not on_ray:
@@ -17,15 +19,6 @@ def index_with(on_ray: bool):
     from usesearch.indexer.distributed import index_paths_ray
 
     return lambda paths, db, options: index_paths_ray(paths, db, options, workers=1)
-
-
-@pytest.fixture(autouse=True)
-def one_ray_for_the_module(request):
-    """The Ray cases share the module's local Ray: one of each run's own took ~10 s to
-    start and stop, three times in a test (its start and stop: tests/test_ray_output.py)."""
-    callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("on_ray"):
-        request.getfixturevalue("ray_local")
 
 
 @pytest.mark.parametrize("on_ray", [False, True], ids=["sequential", "ray"])
