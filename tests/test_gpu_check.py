@@ -35,9 +35,12 @@ LINES = benchmark_lines()
 
 # Runs each benchmark's own argument parsing and stops there (before any model is
 # built), every line in one process: the benchmarks' imports (torch, the models) are
-# paid once, not once a line (~8 s each). Its last line: a verdict per line, as JSON.
+# paid once, not once a line (~8 s each). Each line sees the import path `python3
+# benchmarks/X.py` gives (its folder first, not the repo's root), and none of the
+# modules of benchmarks/ or tests/ an earlier line imported. Its last line: a verdict
+# per line, as JSON.
 PARSE_ONLY = """
-import argparse, contextlib, io, json, runpy, sys
+import argparse, contextlib, io, json, os, runpy, sys
 parse = argparse.ArgumentParser.parse_args
 class Parsed(Exception):
     pass
@@ -45,8 +48,13 @@ def parse_and_stop(self, args=None, namespace=None):
     parse(self, args, namespace)
     raise Parsed
 argparse.ArgumentParser.parse_args = parse_and_stop
+path, ours = sys.path[1:], tuple(os.path.abspath(d) + os.sep for d in ("benchmarks", "tests"))
 verdicts = []
 for line in json.loads(sys.argv[1]):
+    sys.path[:] = [os.path.dirname(os.path.abspath(line[0])), *path]
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(ours):
+            del sys.modules[name]
     sys.argv, said = line, io.StringIO()
     try:
         with contextlib.redirect_stderr(said):
