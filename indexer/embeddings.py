@@ -233,7 +233,7 @@ class EmbeddingFiles:
         ``similar`` on a compressed index re-scores a few thousand rows, and importing
         torch for them took 2 s and 600 MB."""
         q = np.ascontiguousarray(query, np.float32)
-        product = _torch_product if "torch" in sys.modules else _numpy_product
+        product = _torch_product if sys.modules.get("torch") is not None else _numpy_product  # (None: blocked)
         out = np.empty(len(rows), np.float32)
         for chunk, dest, at, block in self._blocks(chunks, rows):
             self._verify(chunk, at, block, dest, ids)
