@@ -91,9 +91,11 @@ def main() -> None:
     flops, moved = measure(lambda: sam.image_encoder(pixels))
     rows.append((f"SAM {preset.sam.model_type} encoder", flops, moved + weight_bytes(sam.image_encoder)))
 
-    feats = torch.empty(1, 256, side // 16, side // 16, device="meta")
-    sparse = torch.empty(points, 2, 256, device="meta")
-    dense = torch.empty(1, 256, side // 16, side // 16, device="meta").expand(points, -1, -1, -1)  # no mask prompts
+    width = sam.mask_decoder.transformer_dim  # 256 (the tiny preset's SAM: 32)
+    grid = side // 16
+    feats = torch.empty(1, width, grid, grid, device="meta")
+    sparse = torch.empty(points, 2, width, device="meta")
+    dense = torch.empty(1, width, grid, grid, device="meta").expand(points, -1, -1, -1)  # no mask prompts
 
     def decode():
         return sam.mask_decoder(
