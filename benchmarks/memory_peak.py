@@ -38,13 +38,24 @@ path = sys.argv[1]
 data, sha = read_bytes(path)
 from PIL import Image
 w, h = Image.open(path).size
-record = SimpleNamespace(id=1, fs_path=path.encode(), path=path, sha256=sha, width=w, height=h)
+from usesearch.indexer.known_images import file_stat
+record = SimpleNamespace(  # the fields of an ImageRecord the cache reads
+    id=1, fs_path=path.encode(), path=path, sha256=sha, width=w, height=h, file_stat=file_stat(path)
+)
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cache = ImageCache(max_bytes=2**40)
+failed = []
+def decode():
+    try:
+        cache.rgb(record)
+    except BaseException as exc:  # a thread's error would only be printed: this run measured nothing
+        failed.append(repr(exc))
 start = time.perf_counter()
-threads = [threading.Thread(target=cache.rgb, args=(record,)) for _ in range(24)]
+threads = [threading.Thread(target=decode) for _ in range(24)]
 for t in threads: t.start()
 for t in threads: t.join()
+if failed:
+    sys.exit(f"{len(failed)} of 24 decodes failed: {failed[0]}")
 print(cache.decoded, time.perf_counter() - start, baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -61,7 +72,9 @@ def photo(path: str, megapixels: float) -> tuple[int, int]:
 
 def run(code: str, *args: str) -> list[str]:
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+    if out.returncode:
+        sys.exit(f"memory_peak: a measuring process failed (exit {out.returncode}): {out.stderr.strip()[-1500:]}")
     return out.stdout.split()
 
 
@@ -85,7 +98,7 @@ def main() -> None:
         decoded, seconds, base_kb, peak_kb = run(DECODE_CONCURRENTLY, big)
         print(
             f"24 concurrent picture requests for one {w}x{h} photo "
-            f"({w * h / 1e6:.0f} MP, {w * h * 3 / 2**30:.2f} GB decoded): "
+            f"({w * h / 1e6:.1f} MP, {w * h * 3 / 2**30:.2f} GB decoded): "
             f"{decoded} decode(s), {float(seconds):.1f} s, peak RSS {int(peak_kb) / 2**20:.2f} GB "
             f"({(int(peak_kb) - int(base_kb)) / 2**20:.2f} GB above the baseline)"
         )
