@@ -72,18 +72,22 @@ def indexing(args, tmp: Path) -> None:
     ray.shutdown()
     assert distributed.segments == sequential.segments, (distributed.segments, sequential.segments)
     seq_rate, ray_rate = steady_rate(commits["sequential"], sequential_s), steady_rate(commits["ray"], ray_s)
+
+    def rate(value: float) -> str:  # NaN: commits in a burst, no steady rate (said below)
+        return f"{value:5.2f} img/s" if value == value else "no steady rate"
+
     print(
         f"{args.images} photos of {args.side}x{args.side * 3 // 4}, tiny preset, SAM masker at {args.points_per_side}x"
         f"{args.points_per_side} points, thresholds 0; {sequential.segments} segments"
     )
     print(
         f"sequential (1 process, {args.threads} threads): {sequential_s:6.1f} s wall, "
-        f"{seq_rate:5.2f} img/s between first and last commit"
+        f"{rate(seq_rate)} between first and last commit"
     )
     print(
         f"--ray ({args.workers} actors, {args.threads} CPUs):      {ray_s:6.1f} s wall "
         f"(Ray start-up {startup_s:.1f} s, "
-        f"first commit after {commits['ray'][0] - start:.1f} s), {ray_rate:5.2f} img/s between first and last commit"
+        f"first commit after {commits['ray'][0] - start:.1f} s), {rate(ray_rate)} between first and last commit"
     )
     print(f"wall time against sequential, Ray's start-up left out: {(ray_s - startup_s) / sequential_s - 1:+.0%}")
     if seq_rate == seq_rate and ray_rate == ray_rate:  # both steady (not NaN)

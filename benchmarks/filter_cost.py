@@ -44,6 +44,8 @@ def main() -> None:
     queries = rng.standard_normal((args.queries + 1, index.info.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     index.search_vector(queries[0], 10)  # warm: the index and its first rows
+    import torch  # noqa: F401 - a query's process has it (its text model): "first" is the filter's own cost
+
     print(f"{index.index.ntotal:,} segments; k=10")
     for name in ["none", *(args.filter or DEFAULT_FILTERS)]:
         filters = SearchFilters() if name == "none" else parsed(name)
