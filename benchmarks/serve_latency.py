@@ -125,9 +125,13 @@ def main() -> None:
             )
             image_ids = sorted({h["image_id"] for h in hits})
             report(
-                "thumbnail.jpg 1024 px", [timed(lambda i=i: get(f"/api/images/{i}/thumbnail.jpg")) for i in image_ids]
+                f"thumbnail.jpg {min(1024, args.side)} px",
+                [timed(lambda i=i: get(f"/api/images/{i}/thumbnail.jpg")) for i in image_ids],
             )
-            report("overlay.png 1024 px", [timed(lambda i=i: get(f"/api/segments/{i}/overlay.png")) for i in ids])
+            report(
+                f"overlay.png {min(1024, args.side)} px",
+                [timed(lambda i=i: get(f"/api/segments/{i}/overlay.png")) for i in ids],
+            )
 
             def page(q: str) -> None:
                 found = get("/api/search", q=q, k=24).json()["hits"]

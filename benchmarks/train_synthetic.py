@@ -77,7 +77,7 @@ def main() -> None:
         ):
             print(
                 f"{name:>15}: held-out top-1 {top1_accuracy(model, test_dir):.3f}   "
-                f"semseg mIoU {100 * semseg_miou(model, semseg_dir):.1f}"
+                f"semseg mIoU {100 * semseg_miou(model, semseg_dir):.1f}%"
             )
 
 
