@@ -32,7 +32,8 @@ def main() -> None:
     n = args.photos * args.per_photo
     print(f"{args.photos} photos of {args.per_photo} vectors, {args.dim}-d, {faiss.omp_get_max_threads()} threads")
     for nlist in map(int, args.nlist.split(",")):
-        train = rng.standard_normal((20 * nlist, args.dim)).astype(np.float32)
+        # 20 a list, and at least what the 4-bit PQ's 16 centroids ask for (39 each: FAISS warns below)
+        train = rng.standard_normal((max(20 * nlist, 39 * 16), args.dim)).astype(np.float32)
         data = rng.standard_normal((n, args.dim)).astype(np.float32)
         for x in (train, data):
             x /= np.linalg.norm(x, axis=1, keepdims=True)
