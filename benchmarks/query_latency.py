@@ -188,8 +188,10 @@ def main() -> None:
         print(f"FAISS alone, {args.approx} {args.param}: {percentiles(approx_t)}   recall@10 vs exact {recall:.3f}")
 
         for name, index in (("exact", exact), (args.approx, approx)):
+            factory = vectors.DEFAULT_FACTORY if index is exact else args.approx  # (recorded as is: none rebuilt)
+            store.set_factory(factory, "fixed")
             vector_files.write_index_files(
-                vectors.Vectors(index), db / FAISS_FILE, store, args.dim, vectors.DEFAULT_FACTORY, in_sync=True
+                vectors.Vectors(index), db / FAISS_FILE, store, args.dim, factory, in_sync=True
             )
             ix = SegmentIndex(db, store)
             ix.index = vectors.Vectors(index)  # the warm in-process index, as a server holds it
