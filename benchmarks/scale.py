@@ -204,7 +204,8 @@ def recall_by_concept_size(
         at += len(chosen)
         got = np.array(recall)
         print(
-            f"  ~{size:>5} members ({expected[chosen].min():.0f}-{expected[chosen].max():.0f} expected): "
+            f"  ~{np.median(expected[chosen]):>5.0f} members ({expected[chosen].min():.0f}-"  # (a small --n: past 10)
+            f"{expected[chosen].max():.0f} expected): "
             f"clustered {got[chosen % 2 == 0].mean():.3f}, hard {got[chosen % 2 == 1].mean():.3f}   "
             f"{percentiles(times)}",
             flush=True,
@@ -318,11 +319,9 @@ def main() -> None:
         print(f"index: {stats['index_choice']}")
         if ix.calibration is not None:
             print(f"calibration ({ix.calibration.seconds:.1f} s): {stats['recall']}")
-        print(
-            f"build: store + embedding files {store_s:.0f} s, FAISS index and calibration {index_s:.0f} s "
-            f"(faiss {stats['faiss_version']} "
-            f"on {stats['faiss_device']})"
-        )
+        built = "none (--reuse)" if args.reuse else f"store + embedding files {store_s:.0f} s, FAISS index and "
+        built += "" if args.reuse else f"calibration {index_s:.0f} s"
+        print(f"build: {built} (faiss {stats['faiss_version']} on {stats['faiss_device']})")
         in_memory = faiss.serialize_index(ix.index.index).nbytes  # the codes, ids and codebooks that searches hold
         on_disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         print(
