@@ -8,6 +8,7 @@ NaN score would silently switch its filter off, a huge area overflow SQL's integ
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -140,6 +141,8 @@ def check_query_text(text: str, max_chars: int) -> None:
         raise BadArgumentError(f"a query is text; got {type(text).__name__} (search_vector takes a vector)")
     if not text or not text.strip():
         raise BadArgumentError("the query text is empty")
+    if "\x00" in text:  # (pasted binary: CLIP's tokenizer took it as a word of its own)
+        raise BadArgumentError("the query text holds a NUL character (U+0000)")
     if len(text) > max_chars:
         raise BadArgumentError(f"the query is {len(text)} characters; the limit is {max_chars}")
 
@@ -181,6 +184,14 @@ def check_query_vector(vector, dim: int) -> np.ndarray:
     return (wide / norm).astype(np.float32) if abs(norm - 1.0) > 1e-6 else array
 
 
+def _did_you_mean(wanted: str, have: list[str]) -> str:
+    """The names ``wanted`` differs from only in case, else the closest (``Person`` for
+    ``person``; ``traffic ligth``): the list above is cut at 20 of a dataset's 80 classes."""
+    near = [name for name in have if name.casefold() == wanted.casefold()]
+    near = near or difflib.get_close_matches(wanted, have, n=3, cutoff=0.75)
+    return f"; did you mean {' or '.join(repr(name) for name in near)}?" if near else ""
+
+
 def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], str] = str) -> list[str]:
     """Why a search found nothing, where a filter names what the index does not have, or
     ``min_score`` cut every hit (``best(filters)``: the search's best hit under other
@@ -210,6 +221,7 @@ def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], st
                 why.append(
                     f"{flag} {wanted!r}: the index has no such {noun} "
                     + (f"(it has: {listed})" if have else "(it holds no labelled dataset: `index IMAGES --coco FILE`)")
+                    + _did_you_mean(wanted, have)
                 )
     # A class or split is an annotation's: a proposal has none.
     if filters.source == "proposal" and (filters.label is not None or filters.split is not None):

@@ -45,6 +45,9 @@ def test_a_relative_path_glob_matches_under_any_folder(db):
         (["--path", "./sub/"], "; photos under a folder 'sub': --path 'sub/*'"),
         (["--label", "dog"], "--label 'dog': the index has no such class (it has: cat, cup, rocket)"),
         (["--split", "test"], "--split 'test': the index has no such split (it has: train)"),
+        (["--label", "Cat"], "(it has: cat, cup, rocket); did you mean 'cat'?"),  # (the list is cut at 20)
+        (["--label", "rockt"], "(it has: cat, cup, rocket); did you mean 'rocket'?"),
+        (["--split", "Train"], "(it has: train); did you mean 'train'?"),
         (["--source", "proposal"], "--source proposal: the index holds no proposal segments (a masker run makes"),
     ],
 )

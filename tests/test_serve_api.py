@@ -175,6 +175,7 @@ BAD_REQUESTS = [
     ("/api/search", {"q": ""}, 422, "at least 1"),
     ("/api/search", {}, 422, "q"),
     ("/api/search", {"q": "   "}, 400, "empty"),
+    ("/api/search", {"q": "a\x00cat"}, 400, "the query text holds a NUL character"),  # (a word to CLIP)
     ("/api/search", {"q": "cat", "k": 0}, 422, "greater than or equal to 1"),
     ("/api/search", {"q": "cat", "k": MAX_K + 1}, 422, "less than or equal to 200"),
     ("/api/search", {"q": "cat", "k": "many"}, 422, "integer"),
