@@ -171,6 +171,7 @@ def _claimed(db_dir: Path, db_url: str | None, command: str, writes: str) -> Ite
 class PruneReport(RunReport):
     considered: int = 0  # indexed images under the folders given (all when none)
     images_removed: int = 0
+    removed: list[str] = field(default_factory=list)  # their paths
     segments_removed: int = 0
     moved: list[tuple[str, str]] = field(default_factory=list)  # (path, copy): a gone photo's record onto its copy
     copies_forgotten: int = 0  # noted copies (``stale_copies``) no re-run skips by any more
@@ -237,6 +238,7 @@ def prune(
                     continue
                 report.segments_removed += writer.remove_image(image_id, lost_annotations=True)
                 report.images_removed += 1
+                report.removed.append(path)
                 report.annotations_removed = dict(writer.store.annotations_lost)
                 yield path
 

@@ -126,6 +126,10 @@ def test_a_damaged_photo_whose_file_is_gone_keeps_its_segments_and_is_named(tmp_
     kept = con.execute("select count(*) from segments s join images i on i.id = s.image_id where i.path = ?", (gone,))
     assert kept.fetchone()[0] > 0
     con.close()
+    # With --prune it is removed, and said so once: not also "left as it is".
+    pruned = CliRunner().invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny", "--repair", "--prune"])
+    said = " ".join(pruned.output.split())
+    assert pruned.exit_code == 0 and "pruned 1 image whose files are gone" in said and gone not in said, said
 
 
 def test_each_row_checksum_catches_any_single_bit_flip_and_older_rows_read_unverified(tmp_path):

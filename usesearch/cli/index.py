@@ -189,8 +189,9 @@ def index(
             report = index_paths(folders, db, options, progress)
         reports["proposals"] = report
         bar.close()
+        pruned: set[str] = set()
         if prune_gone and not report.interrupted:
-            _prune(db, folders, options)
+            pruned = _prune(db, folders, options)
         state = "interrupted; finished work is kept" if report.interrupted else "finished"
         opts.console.print(
             f"{state}: {counted(report.done, 'image')} indexed, {report.skipped} skipped, {report.failed} failed, "
@@ -207,7 +208,7 @@ def index(
                 )
             for path in report.unrepaired[:10]:
                 opts.console.print(f"  damaged but not under the folders given, so left as it is: {path}")
-            for path in report.damaged_gone[:10]:
+            for path in [path for path in report.damaged_gone if path not in pruned][:10]:  # (--prune's: said)
                 opts.console.print(
                     f"  damaged, and its file is gone, so left as it is (`usesearch prune` removes it): {path}"
                 )
@@ -235,7 +236,8 @@ def index(
     said.print_json(reports, as_json)
 
 
-def _prune(db: str, folders: list[str | os.PathLike], options) -> None:
+def _prune(db: str, folders: list[str | os.PathLike], options) -> set[str]:
+    """``index --prune``: the gone photos under ``folders`` removed and said; their paths."""
     from usesearch.indexer.maintenance import prune
 
     done = prune(db, folders, options, kept_failures=False)  # this run kept them: said, not undone
@@ -250,6 +252,7 @@ def _prune(db: str, folders: list[str | os.PathLike], options) -> None:
             f"`usesearch prune {flags}` removes those still failing"
         )
     said.print_freed(done)
+    return set(done.removed) | {path for path, _ in done.moved}
 
 
 def _refuse_empty_folders(folders: list[str | os.PathLike]) -> None:
