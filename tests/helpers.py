@@ -287,3 +287,16 @@ def audit_cli(db, *more):
     assert result.exit_code == 0, result.output
     audit_cli.output = result.output  # type: ignore[attr-defined]
     return {kind: json.loads((db.parent / "report" / f"{kind}.json").read_text()) for kind in LISTS}
+
+
+def curated_segment(hw, text):
+    """A curated segment: a 15 x 15 square of a photo of ``hw``, with one region text."""
+    from usesearch.curation.records import Segment, TextRef
+    from usesearch.masks import rle
+
+    mask = np.zeros(hw, bool)
+    mask[5:20, 5:20] = True
+    encoded = rle.encode(mask)
+    return Segment(
+        rle=encoded, bbox=tuple(rle.bbox(encoded)), area=rle.area(encoded), texts=[TextRef(text, "vg", "region")]
+    )
