@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usesearch.devices import explicit_device, resolve_device
-from usesearch.errors import IndexMismatchError, NotFoundError
+from usesearch.errors import IndexMismatchError, MissingWeightsError, NotFoundError
 
 from .folder import head_to_load
 from .records import IndexInfo, info_summary
@@ -92,7 +93,8 @@ class IndexModels:
                 from usesearch.masks.sam import load_sam
 
                 preset = get_preset(self.info.preset)
-                self._sam = load_sam(preset.sam, preset.name, None, self.device)
+                with self._its_own_weights():
+                    self._sam = load_sam(preset.sam, preset.name, None, self.device)
             return self._sam
 
     def release(self) -> None:
@@ -121,4 +123,16 @@ class IndexModels:
                 "a query needs the head the segments were embedded with"
             )
         loader = load_text_model if text_only else load_model
-        return loader(self.info.preset, embedder=self.info.embedder, head=head, device=self.device)
+        with self._its_own_weights():
+            return loader(self.info.preset, embedder=self.info.embedder, head=head, device=self.device)
+
+    @contextmanager
+    def _its_own_weights(self):
+        """Missing weights said without the hint to run another preset: an index is
+        searched with the models it was built with (``query`` has no ``--preset``)."""
+        try:
+            yield
+        except MissingWeightsError as missing:
+            raise MissingWeightsError(
+                f"{missing.message} This index was built with preset {self.info.preset!r}: its searches need them."
+            ) from None

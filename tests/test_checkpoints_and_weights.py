@@ -78,6 +78,27 @@ def test_cli_reports_missing_weights_in_one_line(tmp_path):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert "error: clip weights for preset 'b16' are not on this machine" in result.output
+    assert "Or try the pipeline with `--preset tiny`" in " ".join(result.output.split())  # (embed takes --preset)
+
+
+def test_a_search_missing_its_indexs_weights_is_not_sent_to_another_preset(tmp_path, monkeypatch):
+    """`query` (no --preset) was told to "try the pipeline with --preset tiny", which it
+    refuses as an unknown option: an index is searched with the models it was built with."""
+    import usesearch.models.factory as factory
+    from tests.helpers import OPTS, write_photos
+    from usesearch.indexer import IndexOptions, index_paths
+    from usesearch.models.weights import WeightStatus, require
+
+    db = tmp_path / "db"
+    index_paths([write_photos(tmp_path / "photos", ("chelsea",))], db, IndexOptions(**OPTS))
+    gone = WeightStatus("clip", "ViT-B-16 (openai)", True, None, "/weights/clip.safetensors", "hf.co/x")
+    for loader in ("load_model", "load_text_model"):  # (tiny's text side is its whole model's)
+        monkeypatch.setattr(factory, loader, lambda preset, **_: require(gone, preset))
+    result = CliRunner().invoke(app, ["query", "a cat", "--db", str(db)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "clip weights for preset 'tiny' are not on this machine" in said, said
+    assert "This index was built with preset 'tiny': its searches need them." in said
+    assert "--preset" not in said and "/weights/clip.safetensors" in said
 
 
 def test_cli_help_and_models_list():

@@ -64,7 +64,13 @@ class MissingExtraError(UsesearchError):
 
 
 class MissingWeightsError(UsesearchError):
-    """A weights file is neither on disk nor in a cache, and downloading is off."""
+    """A weights file is neither on disk nor in a cache, and downloading is off.
+    ``message`` says what is missing and where it goes; ``hint`` what a command that
+    chooses its model might run instead (an index's reader has no such choice)."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(f"{message} {hint}".strip())
+        self.message = message
 
 
 class CheckpointMismatchError(UsesearchError):

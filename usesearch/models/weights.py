@@ -164,8 +164,8 @@ def require(status: WeightStatus, preset_name: str) -> Path:
         raise MissingWeightsError(
             f"{status.component} weights for preset {preset_name!r} are not on this machine: "
             f"{status.name}. Run `usesearch models pull {preset_name}` where the network is "
-            f"reachable, or put the file at {status.expected} (source: {status.source}). "
-            "Or try the pipeline with `--preset tiny` (seeded random weights: runs offline, ranks nothing)."
+            f"reachable, or put the file at {status.expected} (source: {status.source}).",
+            hint="Or try the pipeline with `--preset tiny` (seeded random weights: runs offline, ranks nothing).",
         )
     return status.path
 
