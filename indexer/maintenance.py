@@ -54,6 +54,15 @@ from .writer import Writer
 
 
 # -- reindex -----------------------------------------------------------------------------
+@dataclass
+class Reindexed:
+    """What ``reindex`` built: the vectors in its new FAISS index, and the calibration a
+    compressed one was given (None for an exact index or a graph: nothing to tune)."""
+
+    vectors: int
+    calibration: calibration.Calibration | None = None
+
+
 def reindex(
     db_dir: str | os.PathLike,
     factory: str | None = None,
@@ -65,7 +74,7 @@ def reindex(
     text_queries: bool = True,
     queries: Mapping[str, np.ndarray] | None = None,
     latency_budget_ms: float | None = None,
-) -> int:
+) -> Reindexed:
     """Rebuild the FAISS file from the stored embeddings, optionally with another
     factory (``"auto"``: the one the collection's size calls for, then as it grows) or
     another shard size (segments per shard; 0: one shard). ``build``:
@@ -96,10 +105,11 @@ def reindex(
         vector_files.write_index_files(index, db_dir / FAISS_FILE, store, info.dim, factory, in_sync=True)
         store.set_factory(factory, mode)
         store.set_shard_size(shard_size)
+        done = Reindexed(int(index.ntotal))
         if index_kinds.ivf_of(index.index) is not None and index.ntotal:  # the index calibration tunes
             model = calibration.model_for(info, db_dir) if text_queries and not queries else None
-            calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
-        return int(index.ntotal)
+            done.calibration = calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
+        return done
 
 
 def recalibrate(

@@ -338,8 +338,8 @@ def _one_line_on_few_points(index: faiss.Index, n: int) -> int:
         what = f"{lists} IVF lists" if lists >= centroids else f"PQ codebooks of {centroids} centroids"
         asks = FAISS_POINTS_PER_CLUSTER * clusters
         log.warning(
-            f"training {what} on {n} vectors (FAISS asks for {asks}): recall is low until the index grows, "
-            "or reindexing it with --factory auto chooses one for this size"
+            f"training {what} on {n} vectors (FAISS asks for {asks}): coarse until the index grows (a compressed "
+            "index's calibration then re-scores more candidates), or `reindex --factory auto` chooses one for this size"
         )
     return clusters if parts else 0
 

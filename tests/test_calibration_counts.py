@@ -42,6 +42,14 @@ def test_a_calibration_that_failed_its_budget_says_so_rather_than_blame_the_targ
     assert "target 0.95 within 50 ms)" in dataclasses.replace(short, recall=0.96, met=True).describe()
 
 
+def test_the_worst_kind_of_query_is_named_only_where_the_kinds_differ_as_shown():
+    """A worst kind was named of two recalls shown equal: "(text 1.00, image 1.00; worst text)"."""
+    tied = calibration.Calibration("f", FACTORY, 1024, 8, 1000, 0.999, {"text": 0.999, "image": 1.0}, 8.0, True)
+    assert "(text 1.00, image 1.00) at nprobe 8" in tied.describe()
+    apart = dataclasses.replace(tied, recall_kinds={"text": 0.97, "image": 1.0})
+    assert "(text 0.97, image 1.00; worst text) at nprobe 8" in apart.describe()
+
+
 def test_the_choice_says_when_no_setting_searched_within_the_budget(monkeypatch):
     import numpy as np
 

@@ -231,7 +231,7 @@ def test_shards_filled_in_parallel_on_ray_answer_as_a_local_rebuild(ray_local, t
     data = synthetic_index(tmp_path / "local", n=6_000)
     shutil.copytree(tmp_path / "local", tmp_path / "ray")
     reindex(tmp_path / "local", shard_size=1_500)
-    assert reindex(tmp_path / "ray", shard_size=1_500, build=rebuild_on_ray) == len(data)
+    assert reindex(tmp_path / "ray", shard_size=1_500, build=rebuild_on_ray).vectors == len(data)
     local, on_ray = SegmentIndex.open(tmp_path / "local"), SegmentIndex.open(tmp_path / "ray")
     assert len(on_ray.index.shards) == 4 and [s.ntotal for s in on_ray.index.shards] == [
         s.ntotal for s in local.index.shards

@@ -115,7 +115,8 @@ class Calibration:
 
     def describe(self) -> str:
         kinds = ", ".join(f"{kind} {value:.2f}" for kind, value in self.recall_kinds.items())
-        worst = f"; worst {self.worst()[0]}" if len(self.recall_kinds) > 1 else ""
+        spread = len(set(round(value, 2) for value in self.recall_kinds.values())) > 1  # (as shown: ties name none)
+        worst = f"; worst {self.worst()[0]}" if spread else ""
         line = (
             f"recall@{self.k} {self.recall:.2f} ({kinds}{worst}) at nprobe {self.nprobe}, rerank {self.rerank}: "
             f"~{self.p50_ms:.0f} ms (measured at {self.segments} segments"

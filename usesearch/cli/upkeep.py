@@ -148,27 +148,29 @@ def reindex_cmd(
     from usesearch.indexer import reindex
 
     if ray is None:
-        count = reindex(
+        done = reindex(
             db, factory, db_url, faiss_device, shard_size, recall_target=recall_target, latency_budget_ms=latency_budget
         )
-        opts.console.print(f"rebuilt FAISS index with {count} vectors")
-        return
-    from usesearch.indexer.distributed import rebuild_on_ray
-    from usesearch.indexer.ray_cluster import check_address, ray_session
+        opts.console.print(f"rebuilt FAISS index with {done.vectors} vectors")
+    else:
+        from usesearch.indexer.distributed import rebuild_on_ray
+        from usesearch.indexer.ray_cluster import check_address, ray_session
 
-    check_address(ray)
-    with ray_session(ray):
-        count = reindex(
-            db,
-            factory,
-            db_url,
-            faiss_device,
-            shard_size,
-            build=rebuild_on_ray,
-            recall_target=recall_target,
-            latency_budget_ms=latency_budget,
-        )
-    opts.console.print(f"rebuilt FAISS index with {count} vectors, its shards filled on Ray")
+        check_address(ray)
+        with ray_session(ray):
+            done = reindex(
+                db,
+                factory,
+                db_url,
+                faiss_device,
+                shard_size,
+                build=rebuild_on_ray,
+                recall_target=recall_target,
+                latency_budget_ms=latency_budget,
+            )
+        opts.console.print(f"rebuilt FAISS index with {done.vectors} vectors, its shards filled on Ray")
+    if done.calibration is not None:  # (what `info` shows: said where it was measured)
+        opts.console.print(f"calibrated in {done.calibration.seconds:.0f} s: {done.calibration.describe()}")
 
 
 @app.command()
