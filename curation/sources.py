@@ -35,7 +35,7 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
     """``captions_train2017.json`` layout: ground-truth captions per image. A caption
     that is not one is recorded (the rest are curated); a file with none at all (an
     instances file given by mistake) is refused in one line."""
-    from usesearch.io.coco_dataset import photo_path
+    from usesearch.io.coco_dataset import one_entry_a_photo, photo_path
 
     coco = load_coco_json(captions_json, ("images", "annotations"))
     captions: defaultdict[Any, list[TextRef]] = defaultdict(list)
@@ -62,17 +62,47 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
     ]
     if loose:
         yield ImageItem(path=str(captions_json), problems=loose, photo=False)
+    named: list[_CaptionEntry] = []
+    nameless: list[ImageItem] = []
     for img in sorted(entries, key=lambda i: str(i["id"])):
         if not isinstance(img.get("file_name"), str) or not img["file_name"]:  # (a photo "None" was missing)
-            yield ImageItem(
-                str(captions_json), problems=[_broken(None, f"image {img['id']!r} has no file_name")], photo=False
-            )
+            problems = [_broken(None, f"image {img['id']!r} has no file_name")]
+            nameless.append(ImageItem(str(captions_json), problems=problems, photo=False))
             continue
-        path = photo_path([str(images_dir)], img["file_name"])
+        height, width = (v if _is_size(v) else None for v in (img.get("height"), img.get("width")))
+        named.append(_CaptionEntry(img["id"], img["file_name"], height, width, list(captions.get(img["id"], []))))
+    # Entries naming one file are one photo with all their captions, as an instances
+    # file's are: else the second was skipped as curated and its captions lost unsaid.
+    repeats: list[Problem] = []
+    kept = one_entry_a_photo(named, repeats)
+    said: defaultdict[str, list[Problem]] = defaultdict(list)
+    for problem in repeats:
+        said[os.path.normpath(str(problem[0]))].append(problem)
+    for entry in kept:
+        problems = said.pop(os.path.normpath(entry.file_name), [])
+        path = photo_path([str(images_dir)], entry.file_name)
         if path is None:
-            yield _missing(captions_json, images_dir, img["file_name"])
+            missing = _missing(captions_json, images_dir, entry.file_name)
+            missing.problems.extend(problems)
+            yield missing
             continue
-        yield ImageItem(path=path, captions=captions[img["id"]], mllm_caption=True)
+        yield ImageItem(path=path, captions=entry.annotations, mllm_caption=True, problems=problems)
+    yield from nameless
+
+
+@dataclass
+class _CaptionEntry:
+    """A captions file's image entry, its captions as its annotations (for ``one_entry_a_photo``)."""
+
+    id: Any
+    file_name: str
+    height: int | None
+    width: int | None
+    annotations: list[TextRef]
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def visual_genome_source(

@@ -260,3 +260,25 @@ def test_a_photo_listed_twice_with_other_annotations_is_said_to_be_a_duplicate(t
     report = curate(coco_instances_source(tmp_path / "dup.json", photos), tmp_path / "ds")
     assert report.done == 1 and len(report.failures) == 1
     assert "the same photo as " in report.failures[0][1] and "merge its entries" in report.failures[0][1]
+
+
+def test_caption_entries_naming_one_file_are_one_photo_with_all_their_captions(tmp_path, photos):
+    # The second entry was skipped as the photo curated already: its captions were lost unsaid.
+    images = [{"id": i, "file_name": "cat.png", "height": 75, "width": 113} for i in (1, 2)]
+    images.append({"id": 3, "file_name": "cup.png", "height": 100, "width": 150})
+    images.append({"id": 4, "file_name": "cup.png", "height": 9, "width": 9})  # another size: as instances
+    annotations = [{"image_id": i, "caption": c} for i, c in ((1, "a woman"), (2, "an astronaut"), (4, "a cup"))]
+    (tmp_path / "caps.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    items = list(coco_captions_source(tmp_path / "caps.json", photos))
+    assert [(i.path.rsplit("/", 1)[1], [c.text for c in i.captions]) for i in items] == [
+        ("cat.png", ["a woman", "an astronaut"]),
+        ("cup.png", []),
+    ]
+    said = [[f"{error.kind}: {error}" for _, _, error in i.problems] for i in items]
+    assert said == [
+        ["duplicate id: image entries 1 and 2 name the same file: their annotations are indexed together"],
+        [
+            "size mismatch: image entries 3 and 4 name the same file at 150x100 and 9x9: "
+            "the annotations of 4 are left out"
+        ],
+    ], said

@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -134,7 +134,7 @@ def _dataset(path: Path, images_items: Any, category_items: Any, annotation_item
     seen: set[int] = set()
     for at, item in enumerate(annotation_items):
         _add_annotation(item, at, categories, seen, images, problems)
-    return CocoDataset(path.resolve(), _one_entry_a_photo(images.values(), problems), problems, categories)
+    return CocoDataset(path.resolve(), one_entry_a_photo(images.values(), problems), problems, categories)
 
 
 def _streamed_annotations(path: Path, f) -> Iterator[Any]:
@@ -179,11 +179,26 @@ def _add_annotation(
     entry.annotations.append(annotation)
 
 
-def _one_entry_a_photo(entries: Iterable[ImageEntry], problems: list) -> list[ImageEntry]:
+class _Entry(Protocol):
+    """An image entry as ``one_entry_a_photo`` merges it: ``ImageEntry``, or a captions
+    file's entry (``curation.sources``), whose annotations are its captions."""
+
+    id: Any
+    file_name: str
+    height: int | None
+    width: int | None
+    annotations: list[Any]
+
+
+_E = TypeVar("_E", bound=_Entry)
+
+
+def one_entry_a_photo(entries: Iterable[_E], problems: list) -> list[_E]:
     """Entries naming the same file become one (a photo's annotations are all its
     entries'), each repeat a problem: otherwise each would undo the other's on a re-run.
-    A repeat giving the photo another size adds no annotation (a "size mismatch")."""
-    by_file: dict[str, ImageEntry] = {}
+    A repeat giving the photo another size adds no annotation (a "size mismatch").
+    One place for instances and captions files, so that both say a repeat alike."""
+    by_file: dict[str, _E] = {}
     for entry in entries:
         first = by_file.setdefault(os.path.normpath(entry.file_name), entry)
         if first is entry:
