@@ -49,6 +49,37 @@ def check_new_run(out: str | os.PathLike) -> None:
         )
 
 
+def resumed_preset(out: str | os.PathLike, given: str | None) -> str | None:
+    """The preset a resume of the run in ``out`` builds its models for: the one the run
+    started with, as its heads record it (else the default preset's, whose weights a
+    tiny run never needed, was loaded, and refused). Another one given is refused before
+    any model loads, in the words ``Trainer.resume`` says other changed settings in.
+    ``given`` where no head is readable: the resume then says what the folder lacks."""
+    from usesearch.models.checkpoint import read_head_config
+
+    if trainer_file(out) is None:
+        return given
+    folder = Path(out)
+    heads = ["head", *sorted((p.stem for p in folder.glob("step-*.json")), reverse=True)]  # newest first
+    for name in heads:
+        try:
+            meta = read_head_config(folder / name)
+        except UsesearchError:
+            continue
+        config = meta.get("train_config")
+        started = config.get("preset") if isinstance(config, dict) else None
+        started = started if isinstance(started, str) else meta.get("preset")
+        if not isinstance(started, str):
+            continue
+        if given is not None and given != started:
+            raise UsesearchError(
+                f"--resume continues the run in {out} as it was started: --preset {started} (now {given}); "
+                "give those again, or start a new run in another --run-dir"
+            )
+        return started
+    return given
+
+
 # What a run that read no photo wrote and must not offer: its head and checkpoints
 # learned nothing (its log and unreadable.txt, which say why, stay).
 UNTRAINED_FILES = re.compile(r"^(trainer\.safetensors|(head|step-\d+)\.(safetensors|json))$")

@@ -1,0 +1,29 @@
+"""``usesearch train --resume`` as a user runs it: the run's own preset, and a finished
+run resumed (the trainer's resume itself: test_training_resume.py)."""
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.test_training import _losses, synthetic  # noqa: F401 (synthetic: a fixture this module uses)
+from usesearch.cli.app import app
+
+
+@pytest.fixture
+def run_args(synthetic, tmp_path):  # noqa: F811 (the fixture imported above)
+    """A tiny run of 3 steps, finished in tmp_path / "run": the command that ran it, without --preset."""
+    args = ["train", str(synthetic[1]), "--run-dir", str(tmp_path / "run"), "--batch-images", "4", "--crop", "96"]
+    args += ["--max-steps", "3", "--checkpoint-every", "2"]
+    started = CliRunner().invoke(app, [*args, "--preset", "tiny"])
+    assert started.exit_code == 0, started.output
+    return args
+
+
+def test_a_resume_builds_the_runs_own_preset_and_refuses_another(run_args, tmp_path, monkeypatch):
+    # Without --preset, the default's (b16) weights were loaded and, absent, refused.
+    again = CliRunner().invoke(app, [*run_args, "--resume"])
+    assert again.exit_code == 0 and "nothing to train" in again.output, again.output
+    monkeypatch.setattr("usesearch.training.train.create_use_and_clip", lambda *a: pytest.fail("a model loaded"))
+    other = CliRunner().invoke(app, [*run_args, "--preset", "b16", "--resume"])
+    said = f"--resume continues the run in {tmp_path / 'run'} as it was started: --preset tiny (now b16); give those"
+    assert other.exit_code == 2 and said in other.output, other.output
+    assert len(_losses(tmp_path / "run")) == 3
