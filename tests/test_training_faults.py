@@ -158,7 +158,7 @@ def test_train_and_curate_json_are_their_reports_alone_on_stdout(tmp_path):
     trained = CliRunner().invoke(app, [*args, "--max-steps", "1", "--batch-images", "2", "--json"])
     assert trained.exit_code == 0, trained.output
     summary = json.loads(trained.stdout)
-    assert summary["steps"] == 1 and summary["images"] == 2 and summary["unreadable"] == {}
+    assert summary["steps"] == summary["trained_now"] == 1 and summary["images"] == 2 and summary["unreadable"] == {}
     coco = {
         "categories": [{"id": 1, "name": "shape"}],
         "images": [{"id": 1, "file_name": "5-00000.png", "height": 128, "width": 128}],

@@ -1,6 +1,8 @@
 """``usesearch train --resume`` as a user runs it: the run's own preset, and a finished
 run resumed (the trainer's resume itself: test_training_resume.py)."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -26,4 +28,16 @@ def test_a_resume_builds_the_runs_own_preset_and_refuses_another(run_args, tmp_p
     other = CliRunner().invoke(app, [*run_args, "--preset", "b16", "--resume"])
     said = f"--resume continues the run in {tmp_path / 'run'} as it was started: --preset tiny (now b16); give those"
     assert other.exit_code == 2 and said in other.output, other.output
+    assert len(_losses(tmp_path / "run")) == 3
+
+
+def test_a_finished_run_resumed_says_only_that_nothing_was_trained(run_args, tmp_path):
+    # It said "nothing to train", then "trained 3 steps on ..." as if it had, and --json "steps": 3 alone.
+    again = CliRunner().invoke(app, [*run_args, "--preset", "tiny", "--resume", "--json"])
+    assert again.exit_code == 0, again.output
+    said = again.stderr.strip().splitlines()
+    assert said == [f"the run in {tmp_path / 'run'} had finished (step 3 of 3): nothing to train"], said
+    summary = json.loads(again.stdout)
+    assert (summary["steps"], summary["trained_now"], summary["images"]) == (3, 0, 12)
+    assert summary["head"] == str(tmp_path / "run" / "head")
     assert len(_losses(tmp_path / "run")) == 3

@@ -120,11 +120,17 @@ def train(
     trainer = Trainer(samples, run_dir, cfg, say=lambda line: typer.echo(line, err=True))
     if resume:
         trainer.resume()
+        if trainer.step >= trainer.total_steps:  # its report was said when it finished: "trained" would be untrue now
+            opts.console.print(
+                f"the run in {run_dir} had finished (step {trainer.step} of {trainer.total_steps}): nothing to train"
+            )
+            if as_json:
+                print(json.dumps(_summary(trainer, run_dir, 0), indent=1))
+            return
         opts.console.print(
             f"continuing the run in {run_dir} from its checkpoint of step {trainer.step} of {trainer.total_steps}"
-            if trainer.step < trainer.total_steps
-            else f"the run in {run_dir} had finished (step {trainer.step} of {trainer.total_steps}): nothing to train"
         )
+    first_step = trainer.step
     bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", disable=None)
 
     def progress(step, total, loss):
@@ -180,16 +186,23 @@ def train(
             "batch: the contrastive loss has no negative there and learned nothing; more --batch-images helps"
         )
     if as_json:
-        summary = {
-            "steps": trainer.step,
-            "images": trained_on,  # the skipped are in "unreadable"
-            "head": str(run_dir / "head") if trained_on else None,  # none that learned anything
-            "steps_without_negatives": trainer.steps_without_negatives,
-            "unreadable": trainer.unreadable,
-        }
-        print(json.dumps(summary, indent=1))
+        print(json.dumps(_summary(trainer, run_dir, trainer.step - first_step), indent=1))
     if trainer.unreadable:
         opts.console.print(
             f"skipped {len(trainer.unreadable)} photo(s) that could not be read: listed in {run_dir / 'unreadable.txt'}"
         )
     opts.exit_if_all_failed(trained_on, 0, len(trainer.unreadable), "photo", "nothing was trained on")
+
+
+def _summary(trainer, run_dir: Path, trained_now: int) -> dict:
+    """``--json``'s report: the run's, whole (a resumed one's steps and photos since it
+    began), and ``trained_now``, the steps this command trained (0: nothing to train)."""
+    trained_on = trainer.trained_on()
+    return {
+        "steps": trainer.step,
+        "trained_now": trained_now,
+        "images": trained_on,  # the skipped are in "unreadable"
+        "head": str(run_dir / "head") if trained_on else None,  # none that learned anything
+        "steps_without_negatives": trainer.steps_without_negatives,
+        "unreadable": trainer.unreadable,
+    }
