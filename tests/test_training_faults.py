@@ -302,3 +302,29 @@ def test_a_full_disk_says_which_run_and_how_to_go_on(tmp_path, monkeypatch):
     assert (
         f"disk full: cannot write the run in {run} at step 4; free space and run the same command with --resume" in said
     )
+
+
+def test_data_with_fewer_than_two_texts_is_refused_before_a_model_loads(samples, tmp_path, monkeypatch):
+    # It trained every step at loss 0.000000, exited 0 and advised more --batch-images.
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    monkeypatch.setattr("usesearch.training.train.create_use_and_clip", lambda *a: pytest.fail("a model loaded"))
+    alike = [replace(s, texts=[["a Cat", "a  cat"] for _ in s.texts]) for s in samples]  # one text to CLIP
+    with pytest.raises(usesearch.UsesearchError, match=r"holds one text only \('a Cat'\): a contrastive loss learns"):
+        Trainer(alike, tmp_path / "alike", CFG)
+    images = tmp_path / "data" / "images"
+    write_dataset(tmp_path / "data", 1, seed=5)
+    coco = {
+        "categories": [{"id": 1, "name": "shape"}],
+        "images": [{"id": 1, "file_name": "5-00000.png", "height": 128, "width": 128}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 40, 2, 40, 40, 2, 40]]}],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    curate = ["curate", "run", str(tmp_path / "c.json"), "--input-format", "coco-instances", "--images", str(images)]
+    assert CliRunner().invoke(app, [*curate, "--dataset-dir", str(tmp_path / "ds")]).exit_code == 0
+    run = tmp_path / "run"
+    trained = CliRunner().invoke(app, ["train", str(tmp_path / "ds"), "--run-dir", str(run), "--preset", "tiny"])
+    assert trained.exit_code == 2 and len(trained.output.strip().splitlines()) == 1, trained.output
+    assert "the training data holds one text only ('shape')" in trained.output and not run.exists()

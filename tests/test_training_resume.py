@@ -43,7 +43,8 @@ def test_resume_on_other_data_is_refused(samples, tmp_path):
     from dataclasses import replace
 
     Trainer(samples, tmp_path, CFG).run(until=2)
-    retexted = [replace(s, texts=[["something else"] for _ in s.texts]) for s in samples]  # same photos and counts
+    # The same photos and counts, other texts (two at least: one is refused before the resume).
+    retexted = [replace(s, texts=[[f"something else {i}"] for i in range(len(s.texts))]) for s in samples]
     for other in (samples[:8], samples[::-1], retexted):
         with pytest.raises(usesearch.UsesearchError, match="on the data it started on: 16 images"):
             Trainer(other, tmp_path, CFG).resume()

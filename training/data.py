@@ -17,6 +17,7 @@ from usesearch.curation.dataset import read_records, stale_contents
 from usesearch.errors import UsesearchError
 from usesearch.io.files import decode, indexed_limits, read_bytes
 from usesearch.masks import rle
+from usesearch.models.text import text_key
 
 
 @dataclass
@@ -26,6 +27,21 @@ class Sample:
     texts: list[list[str]]  # every text of each segment; one is sampled per step
     sha256: str | None = None  # the photo's, as curated: a file replaced since is refused
     left_out: tuple[str, ...] = ()  # the text kinds ``load_samples`` left out (``TrainConfig.skip_kinds``)
+
+
+def check_two_texts(samples: list[Sample]) -> None:
+    """Refuse data whose segments hold fewer than two different texts (as CLIP reads
+    them): every batch's loss is then 0, and the run trained its steps at loss 0.000000,
+    exited 0 and offered a head that learned nothing."""
+    texts: dict[str, str] = {}  # each as first spelled
+    for t in (t for s in samples for segment in s.texts for t in segment):
+        texts.setdefault(text_key(t), t)
+    if len(texts) < 2:
+        held = f"one text only ({next(iter(texts.values()))!r})" if texts else "no text"
+        raise UsesearchError(
+            f"the training data holds {held}: a contrastive loss learns nothing from one text "
+            "(its segments have no negative); curate more photos with other texts, or give more datasets"
+        )
 
 
 def data_identity(samples: list[Sample]) -> dict:
