@@ -43,6 +43,7 @@ class TransformersCaptioner(PretrainedStage):
             AutoModelForImageTextToText,
             name,
             "captioning model",
+            "--captioner tiny",
             revision=revision,
             trust_remote_code=trust_remote_code,
         )

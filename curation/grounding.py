@@ -85,7 +85,7 @@ class GroundingDinoGrounder(PretrainedStage):
         from transformers import GroundingDinoForObjectDetection
 
         model, processor = load_pretrained(
-            GroundingDinoForObjectDetection, name, "Grounding DINO model", revision=revision
+            GroundingDinoForObjectDetection, name, "Grounding DINO model", "--grounder tiny", revision=revision
         )
         return cls(model, processor, parser, device, **kwargs)
 

@@ -43,18 +43,22 @@ def folder_digest(folder: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_pretrained(model_class: Any, name: str, what: str, **options: Any) -> tuple[Any, Any]:
+def load_pretrained(model_class: Any, name: str, what: str, tiny_flag: str, **options: Any) -> tuple[Any, Any]:
     """(model, processor) of ``name``, a hub id in the Hugging Face cache or a local
     folder, both loaded with ``options`` (revision, trust_remote_code); or an error
-    that says how to get them. ``what`` names the model in that error."""
+    that says how to get them. ``what`` names the model in that error, and
+    ``tiny_flag`` the flag of its offline stand-in (``curation.tiny``), offered as
+    SAM's missing weights offer ``--preset tiny``."""
     from transformers import AutoProcessor
 
     try:
         processor = AutoProcessor.from_pretrained(name, **options)
         model = model_class.from_pretrained(name, **options)
     except OSError as exc:
+        why = first_line(exc).rstrip(".")  # (transformers' own ends in one: it read "cached files..")
         raise UsesearchError(
-            f"{what} {name!r} is not available: {first_line(exc)}. Download it where the network is "
-            "reachable (it lands in the Hugging Face cache), or pass a local folder."
+            f"{what} {name!r} is not available: {why}. Download it where the network is reachable (it lands "
+            f"in the Hugging Face cache), or pass a local folder. Or try the pipeline with `{tiny_flag}` "
+            "(seeded random weights: runs offline, finds nothing real)."
         ) from None
     return model, processor

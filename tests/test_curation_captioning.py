@@ -48,10 +48,12 @@ def test_remote_code_needs_a_pinned_revision():
 
 
 def test_missing_captioner_weights_are_a_clear_error():
-    with pytest.raises(UsesearchError, match="not available"):
+    with pytest.raises(UsesearchError, match="not available") as missing:
         TransformersCaptioner.from_pretrained(
             "no-such-org/no-such-model"
         )  # offline-ok: HF_HUB_OFFLINE=1, must fail fast
+    # It read "cached files.." and, unlike SAM's, offered no offline stand-in.
+    assert ".." not in str(missing.value) and "Or try the pipeline with `--captioner tiny`" in str(missing.value)
 
 
 def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):

@@ -146,3 +146,10 @@ def test_curate_run_defaults_to_the_papers_grounder_and_sam():
     defaults = {param.name: param.default for param in run.params}
     assert defaults["grounder"] == "IDEA-Research/grounding-dino-tiny"
     assert usesearch.get_preset(defaults["preset"]).sam.model_type == "vit_h"
+
+
+def test_missing_grounder_weights_say_so_once_and_offer_the_tiny_grounder():
+    # It read "cached files.." and, unlike SAM's missing weights, offered no offline stand-in.
+    with pytest.raises(usesearch.UsesearchError, match="Grounding DINO model 'no-such-org/x' is not available") as no:
+        GroundingDinoGrounder.from_pretrained("no-such-org/x", None)  # offline-ok: HF_HUB_OFFLINE=1, fails fast
+    assert ".." not in str(no.value) and "Or try the pipeline with `--grounder tiny`" in str(no.value)
