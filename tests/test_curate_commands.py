@@ -10,7 +10,7 @@ from PIL import Image
 from skimage import data
 
 import usesearch
-from tests.test_curation_faults import _segment
+from tests.helpers import curated_segment
 from usesearch.curation.pipeline import curate
 from usesearch.curation.records import ImageItem
 
@@ -108,7 +108,7 @@ def test_curate_show_finds_a_photo_by_the_end_of_its_path_and_refuses_an_ambiguo
 
     (photos / "b").mkdir()
     Image.fromarray(data.astronaut()[::4, ::4]).save(photos / "b" / "cat.png")  # another photo, same name
-    item = lambda path, text: ImageItem(path=str(path), segments=[_segment((75, 113), text)])  # noqa: E731
+    item = lambda path, text: ImageItem(path=str(path), segments=[curated_segment((75, 113), text)])  # noqa: E731
     curate([item(photos / "cat.png", "a cat")], tmp_path / "ds", source="one")
     curate([item(photos / "cat.png", "a tabby")], tmp_path / "ds", source="two")
     curate([ImageItem(path=str(photos / "b" / "cat.png"))], tmp_path / "ds", source="one")
@@ -162,7 +162,7 @@ def test_curate_show_never_writes_over_the_photo_and_refuses_a_photo_replaced_si
     from usesearch.io.atomic import save_picture
 
     save_picture(Image.open(photos / "cat.png"), photos / "cat.png")  # usesearch's own (else refused as a photo)
-    curate([ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])], tmp_path / "ds")
+    curate([ImageItem(path=str(photos / "cat.png"), segments=[curated_segment((75, 113), "a cat")])], tmp_path / "ds")
     before = (photos / "cat.png").read_bytes()
     show = ["curate", "show", str(tmp_path / "ds"), "cat.png", "--out"]
     over = CliRunner().invoke(app, [*show, str(photos / "cat.png")])
@@ -209,7 +209,7 @@ def test_curate_show_draws_a_photo_curated_past_the_default_limits(tmp_path, pho
     from usesearch.curation.show import find_record, render
     from usesearch.io import files
 
-    curate([ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])], tmp_path / "ds")
+    curate([ImageItem(path=str(photos / "cat.png"), segments=[curated_segment((75, 113), "a cat")])], tmp_path / "ds")
     monkeypatch.setattr(files, "DEFAULT_MAX_PIXELS", 1_000)  # the cat's 8,475 pixels: past the default here
     out = render(find_record(tmp_path / "ds", "cat.png"), tmp_path / "look.png")
     assert Image.open(out).size[0] >= 113
