@@ -282,3 +282,27 @@ def test_curate_show_writes_labels_apart_on_a_small_photo(tmp_path, photos, monk
     assert len(boxes) == 3 and all(0 <= b[0] and 0 <= b[1] and b[2] <= size[0] and b[3] <= size[1] for b in boxes)
     pairs = list(itertools.combinations(boxes, 2))
     assert not any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] for a, b in pairs)
+
+
+def test_one_pair_one_segment_and_one_unused_flag_are_said_in_the_singular(tmp_path, photos):
+    # It said "1 pairs", "1 segments, 1 texts" and, of one flag, "leave them out".
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    coco = {
+        "categories": [{"id": 1, "name": "cat"}],
+        "images": [{"id": 1, "file_name": "cat.png", "height": 75, "width": 113}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[10, 10, 40, 10, 40, 40, 10, 40]]}],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    run = ["curate", "run", str(tmp_path / "c.json"), "--input-format", "coco-instances", "--images", str(photos)]
+    run += ["--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
+    unused = CliRunner().invoke(app, [*run, "--grounder", "tiny"])
+    assert unused.exit_code == 2 and "--grounder would do nothing; leave it out" in unused.output, unused.output
+    curated = CliRunner().invoke(app, run)
+    assert curated.exit_code == 0 and "1 image curated, 0 skipped, 0 failed: 1 pair, 1 after NMS" in curated.output
+    shown = CliRunner().invoke(
+        app, ["curate", "show", str(tmp_path / "ds"), "cat.png", "--out", str(tmp_path / "s.png")]
+    )
+    assert shown.exit_code == 0 and ": 1 segment, 1 text\n" in shown.output, shown.output

@@ -180,7 +180,7 @@ def run(
     missing = f" ({report.missing} missing under --images)" if report.missing else ""
     opts.console.print(
         f"{counted(report.done, 'image')} curated, {report.skipped} skipped, {report.failed} failed{missing}: "
-        f"{report.pairs} pairs, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
+        f"{counted(report.pairs, 'pair')}, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
     )
     opts.say_pairs(report.copies, "skipped as a copy of a photo curated under another path")
     if report.uncaptioned:
@@ -258,7 +258,8 @@ def _refuse_unused(source: str, kind, sam: SamSettings, sam_checkpoint, captione
         unused += ["--captioner"] * bool(captioner) + ["--grounder"] * (grounder != DEFAULT_GROUNDER)
     if unused:
         does = "has its own masks (SAM does not run)" if not kind.prompts_sam else "has its own texts"
-        raise UsesearchError(f"--input-format {source} {does}: {', '.join(unused)} would do nothing; leave them out")
+        them = "them" if len(unused) > 1 else "it"
+        raise UsesearchError(f"--input-format {source} {does}: {', '.join(unused)} would do nothing; leave {them} out")
 
 
 def _grounder(name: str, spacy_model: str, device):
@@ -317,7 +318,7 @@ def show(
     written = render(record, out)
     if record["segments"]:
         texts = sum(len(segment["texts"]) for segment in record["segments"])
-        opts.console.print(f"wrote {written}: {len(record['segments'])} segments, {texts} texts")
+        opts.console.print(f"wrote {written}: {counted(len(record['segments']), 'segment')}, {counted(texts, 'text')}")
     else:
         opts.console.print(f"wrote {written}: {record['path']} has no segment in the dataset (its photo alone)")
 
