@@ -176,16 +176,23 @@ def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | o
             f"{Path(instances_json).name} has no annotation to curate ({why}): nothing is curated; fix the file"
         )
     by_photo: defaultdict[str | None, list[Problem]] = defaultdict(list)
-    for problem in dataset.problems:
-        by_photo[problem[0]].append(problem)
+    for problem in dataset.problems:  # by the file as the merged entries name it ("./a.jpg" is "a.jpg")
+        by_photo[problem[0] and os.path.normpath(problem[0])].append(problem)
     if by_photo.get(None):
         yield ImageItem(path=str(instances_json), problems=by_photo.pop(None), photo=False)
     for entry in dataset.images:
+        problems = by_photo.pop(os.path.normpath(entry.file_name), [])
         path = photo_path([str(images_dir)], entry.file_name)
         if path is None:
-            yield _missing(instances_json, images_dir, entry.file_name)
+            missing = _missing(instances_json, images_dir, entry.file_name)
+            missing.problems.extend(problems)
+            yield missing
             continue
-        yield ImageItem(path=path, annotations=entry, problems=by_photo.pop(entry.file_name, []))
+        yield ImageItem(path=path, annotations=entry, problems=problems)
+    # Faults of no kept entry's file (an entry dropped as a repeated id): recorded all the same.
+    left = [problem for problems in by_photo.values() for problem in problems]
+    if left:
+        yield ImageItem(path=str(instances_json), problems=left, photo=False)
 
 
 def annotation_segments(entry: ImageEntry, hw: tuple[int, int]) -> tuple[list[Segment], list[Problem]]:

@@ -282,3 +282,25 @@ def test_caption_entries_naming_one_file_are_one_photo_with_all_their_captions(t
             "the annotations of 4 are left out"
         ],
     ], said
+
+
+def test_instances_faults_of_a_repeat_spelled_otherwise_or_a_dropped_entry_are_recorded(tmp_path, photos):
+    # Keyed by the repeat's own spelling ("./cat.png") or by a file no kept entry names, they were lost unsaid.
+    square = [[10, 10, 30, 10, 30, 30, 10, 30]]
+    coco = {
+        "categories": [{"id": 1, "name": "cat"}],
+        "images": [
+            {"id": 1, "file_name": "cat.png", "height": 75, "width": 113},
+            {"id": 2, "file_name": "./cat.png", "height": 75, "width": 113},
+            {"id": 1, "file_name": "other.png", "height": 9, "width": 9},  # its id repeated: dropped
+        ],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "segmentation": square} for i in (1, 2)],
+    }
+    (tmp_path / "i.json").write_text(json.dumps(coco))
+    said = [
+        f"{e.kind}: {e}" for item in coco_instances_source(tmp_path / "i.json", photos) for _, _, e in item.problems
+    ]
+    assert sorted(said) == [
+        "duplicate id: image entries 1 and 2 name the same file: their annotations are indexed together",
+        "duplicate id: image id 1 repeated",
+    ], said
