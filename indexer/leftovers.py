@@ -39,6 +39,23 @@ def file_gone(fs_path: bytes) -> str | None:
     return None
 
 
+def may_come_back(why: str) -> bool:
+    """Whether ``file_gone``'s ``why`` is access refused (a folder's or the file's
+    permissions, an I/O error) rather than the file gone: a chmod or a remount gives
+    it back, so ``prune`` keeps its segments unless forced."""
+    return why.startswith("cannot be reached") or why == "not readable"
+
+
+def folder_listed(fs_path: bytes) -> bool:
+    """A folder that lists now: a failure recorded at its path (the walk could not
+    list it then) is stale, its photos indexed under their own paths since."""
+    try:
+        with os.scandir(fs_path):
+            return True
+    except OSError:
+        return False
+
+
 def named(under: list[str | os.PathLike]) -> list[bytes]:
     """The paths given, as the indexer's walk keys files (abspath: a folder named through a
     symlink matches). Each is a photo itself, or a folder whose files lie under it + "/"."""
@@ -81,6 +98,7 @@ def gone_images(
     kept_failures: Collection[int] = (),
     options: IndexOptions | None = None,
     store: Store | None = None,
+    held: list[tuple[int, str, str]] | None = None,
 ) -> list[tuple[int, str, str]]:
     """(id, path, why) of the images whose files are gone. A file that ``failed`` (ids)
     to index is gone only when missing: one still there (a FIFO, an unreadable file)
@@ -88,14 +106,22 @@ def gone_images(
     ``kept_failures`` (indexed, then failing at its last read: corrupt, grown past the
     size limit) is gone too while it still fails to read now (read and decoded here):
     its segments would answer queries for a photo no one can open. ``store``: where its
-    record (its size as indexed) is read."""
+    record (its size as indexed) is read. A file whose access is refused
+    (``may_come_back``) goes into ``held`` where one is given, not into the answer.
+    A failure recorded at a folder's path that lists now is gone (nothing cleared it)."""
     out = []
     for image_id, fs_path, path in images:
         why = file_gone(bytes(fs_path))
         if why is None and image_id in kept_failures:
             record = store.image(image_id) if store is not None else None
             why = file_failing(bytes(fs_path), path, options or IndexOptions(), record)
-        if why and (why == "missing" or image_id not in failed):
+        if why and image_id in failed and why != "missing" and folder_listed(bytes(fs_path)):
+            why = "a folder that lists now (its photos are indexed under their own paths)"
+        elif not why or (why != "missing" and image_id in failed):
+            continue
+        if held is not None and may_come_back(why):
+            held.append((image_id, path, why))
+        else:
             out.append((image_id, path, why))
     return out
 
@@ -195,7 +221,8 @@ def files_gone(
         query = query.order_by(*scattered).limit(most) if estimated else query.order_by(image.id)
         rows = [tuple(row) for row in s.execute(query)]
     kept = store.kept_failure_ids() if kept_failures else set()
-    found = gone_images([r for r in rows if r[0] not in failed] if indexed_only else rows, failed, kept, store=store)
+    chosen = [r for r in rows if r[0] not in failed] if indexed_only else rows
+    found = gone_images(chosen, failed, kept, store=store, held=[])  # (access refused: not gone, as prune keeps it)
     return Gone(round(len(found) * total / max(1, len(rows))), len(rows), found, estimated)
 
 

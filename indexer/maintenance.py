@@ -192,6 +192,7 @@ class PruneReport(RunReport):
     would_remove: list[tuple[str, str]] = field(default_factory=list)  # ``dry_run``: (path, why), nothing removed
     would_move: list[tuple[str, str]] = field(default_factory=list)  # ``dry_run``: (path, copy), nothing moved
     all_gone: bool = False  # ``dry_run``: every file considered is gone, so ``prune`` wants ``force``
+    held: list[tuple[str, str]] = field(default_factory=list)  # (path, why): access refused, kept (``force``: gone)
     loop_seconds: float = 0.0
     interrupted: bool = False
 
@@ -208,7 +209,9 @@ def prune(
     """Remove from the index at ``db_dir`` every image whose file is gone (``under``:
     these photos, or those under these folders; anywhere when None). When every one of
     them is gone, however few, nothing is removed unless ``force``: an unmounted disk
-    must not empty an index (photos named one by one are meant, and go). A photo indexed,
+    must not empty an index (photos named one by one are meant, and go). Nor is a photo
+    whose access is refused (a folder's permissions, an I/O error: ``held``) unless
+    ``force`` or named: a chmod gives it back. A photo indexed,
     then failing at a re-run, goes while it still fails to read now (within ``options``'
     limits); with ``kept_failures=False`` (``index --prune``, right after the run that
     kept its segments) it stays, counted in ``failing_kept``. ``dry_run``: what would go, in
@@ -216,13 +219,13 @@ def prune(
     options = options or IndexOptions()
     db_dir = check_index_at(db_dir, options.db_url)  # before the lock makes the folder
     if dry_run:
-        return _prune_plan(Path(db_dir), under, options, kept_failures)
+        return _prune_plan(Path(db_dir), under, options, kept_failures, force)
     check_writable(db_dir, "prune", "removes gone photos from it and compacts its files")
     report = PruneReport()
     start = time.perf_counter()
     with Writer(Path(db_dir), options, None) as writer:
-        considered, gone, all_gone = _prune_choice(writer.store, under, options, kept_failures)
-        report.considered = len(considered)
+        considered, gone, held, all_gone = _prune_choice(writer.store, under, options, kept_failures, force)
+        report.considered, report.held = len(considered), [(path, why) for _, path, why in held]
         if not kept_failures:  # those left to `prune`: still there, said by the caller
             failing = writer.store.kept_failure_ids()
             report.failing_kept = len(failing & {i for i, _, _ in considered} - {i for i, _, _ in gone})
@@ -269,30 +272,36 @@ def prune(
     return report
 
 
-def _prune_choice(store: Store, under, options: IndexOptions, kept_failures: bool):
-    """(the images considered, those gone with why, whether every one of them is gone
-    where they were not named one by one: an unmounted disk, for which ``prune`` wants
-    ``force``): what a prune removes and its dry run lists."""
+def _prune_choice(store: Store, under, options: IndexOptions, kept_failures: bool, force: bool = False):
+    """(the images considered, those gone with why, those whose access is refused, kept
+    unless ``force`` or named one by one, and whether every one considered is gone where
+    they were not named one by one: an unmounted disk, for which ``prune`` wants
+    ``force``): what a prune removes and its dry run lists. With ``kept_failures=False``
+    (``index --prune``) a photo the run just kept failing goes only where it is missing."""
     considered = images_under(store, under)
-    failing = store.kept_failure_ids() if kept_failures else set()
-    gone = gone_images(considered, store.failed_image_ids(), failing, options, store)
+    kept = store.kept_failure_ids()
+    failed = store.failed_image_ids() | (set() if kept_failures else kept)
     photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}
-    return considered, gone, len(gone) == len(considered) > 0 and not photos_named
+    held: list[tuple[int, str, str]] = []
+    gone = gone_images(
+        considered, failed, kept if kept_failures else set(), options, store, None if force or photos_named else held
+    )
+    return considered, gone, held, len(gone) == len(considered) > 0 and not photos_named
 
 
-def _prune_plan(db_dir: Path, under, options: IndexOptions, kept_failures: bool) -> PruneReport:
+def _prune_plan(db_dir: Path, under, options: IndexOptions, kept_failures: bool, force: bool) -> PruneReport:
     """``prune``'s choice of photos, made and reported, nothing removed (its fragment
     bytes: those prune would remove)."""
     report, start = PruneReport(), time.perf_counter()
     store = open_store(db_dir, options.db_url, read_only=True)
     try:
-        considered, gone, report.all_gone = _prune_choice(store, under, options, kept_failures)
+        considered, gone, held, report.all_gone = _prune_choice(store, under, options, kept_failures, force)
         copies = copies_holding(store, [image_id for image_id, _, _ in gone])
     finally:
         store.close()
     # (the fragments prune removes too: a dry run's "nothing" said nothing of them)
     report.fragment_bytes_freed = fragments.left_over(db_dir)
-    report.considered = len(considered)
+    report.considered, report.held = len(considered), [(path, why) for _, path, why in held]
     shown = {i: display_path(os.fsdecode(copy[0])) for i, copy in copies.items()}
     report.would_move = [(path, shown[i]) for i, path, _ in gone if i in shown]
     report.would_remove = [(path, why) for i, path, why in gone if i not in shown]

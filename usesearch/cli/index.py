@@ -245,6 +245,7 @@ def _prune(db: str, folders: list[str | os.PathLike], options) -> set[str]:
         f"pruned {counted(done.images_removed, 'image')} whose files are gone "
         f"({counted(done.segments_removed, 'segment')})"
     )
+    said.say_held(done, db, options.db_url)
     if done.failing_kept:
         flags = opts.index_flags(db, options.db_url)
         opts.console.print(
@@ -274,14 +275,18 @@ def prune_cmd(
     ] = None,
     db_url: opts.DbUrlOpt = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Remove them even when every file is gone (an unmounted disk?).")
+        bool,
+        typer.Option(
+            "--force",
+            help="Remove them even when every file is gone (an unmounted disk?), and those whose access is refused.",
+        ),
     ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the photos it would remove (or move onto a copy), and why.")
     ] = False,
 ) -> None:
-    """Remove images whose files are gone or unreadable since indexing (a photo failing since indexed: while it
-    still fails to read), with their segments and vectors;
+    """Remove images whose files are gone since indexing (a photo failing since indexed: while it
+    still fails to read), with their segments and vectors; a file whose access is refused is kept unless --force;
     then give back the disk their embedding rows (and those of re-indexed photos) took."""
     from usesearch.indexer import IndexOptions
     from usesearch.indexer.maintenance import prune
@@ -295,6 +300,7 @@ def prune_cmd(
             f"would move {one_line(p)} onto its copy {one_line(copy)}" for p, copy in report.would_move
         ]:
             opts.console.print(line, markup=False, highlight=False)
+        said.say_held(report, db, db_url)
         if report.fragment_bytes_freed:
             opts.console.print(
                 f"would remove fragments of Ray runs cut short: {report.fragment_bytes_freed / 2**20:.2f} MiB"
@@ -317,6 +323,7 @@ def prune_cmd(
         )
     if report.copies_forgotten:
         opts.console.print(f"{report.copies_forgotten} noted copies forgotten (gone, or indexed under their own names)")
+    said.say_held(report, db, db_url)
     said.print_freed(report)
     if report.interrupted:  # as every command's Ctrl-C: `prune && next-step` must not go on
         raise typer.Exit(130)

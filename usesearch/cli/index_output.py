@@ -173,3 +173,18 @@ def print_freed(report) -> None:
         opts.console.print(f"embedding files: {report.embedding_bytes_freed / 2**20:.2f} MiB given back")
     if report.fragment_bytes_freed:
         opts.console.print(f"fragments of Ray runs cut short: {report.fragment_bytes_freed / 2**20:.2f} MiB removed")
+
+
+def say_held(report, db: str, db_url: str | None) -> None:
+    """Photos prune kept because their access is refused (not gone: a chmod or a remount
+    gives them back), the first few named."""
+    if not report.held:
+        return
+    shown = "; ".join(f"{one_line(path)}: {why}" for path, why in report.held[:3])
+    more = f"; and {len(report.held) - 3} more" if len(report.held) > 3 else ""
+    opts.console.print(
+        f"kept {counted(len(report.held), 'photo')} whose file cannot be read now ({shown}{more}): "
+        f"give access back, or `usesearch prune {opts.index_flags(db, db_url)} --force` removes them",
+        markup=False,
+        highlight=False,
+    )
