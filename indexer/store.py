@@ -113,6 +113,11 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                 raise UsesearchError(
                     f"{make_url(url).database or url} is not a usesearch index (it has no index_info table)"
                 )
+            if "segments" not in tables:  # (SQLite makes each table in a transaction of its own: a full disk)
+                raise UsesearchError(
+                    f"{make_url(url).database or url} was cut short while it was being made (it has no segments "
+                    f"table): `usesearch index PHOTOS --db {self.folder}` makes the rest"
+                )
             missing = migrations.missing_columns(self.engine)
             if missing:
                 raise IndexUpgradeNeededError(

@@ -144,7 +144,9 @@ def user_errors(fn):
             if os.environ.get(DEBUG_ENV):
                 raise
             code, message = 2, first_line(exc)
-            if is_disk_full(exc):
+            if is_disk_full(exc) and type(exc).__module__.startswith("sqlalchemy"):  # (its text: "(sqlite3.…) …")
+                message = f"disk full: cannot write {_catalog_named(kwargs.get('db'))}; free space and run it again"
+            elif is_disk_full(exc):
                 message = f"disk full: {getattr(exc, 'filename', None) or message}"
             elif isinstance(exc, (UsesearchError, ValueError)) and not isinstance(exc, UnicodeError):
                 pass  # (a text a library could not encode is no refusal: unexpected, its traceback offered)

@@ -1,0 +1,60 @@
+"""A catalog cut short while it was being made (SQLite makes each table in a
+transaction of its own: a disk that fills up between two leaves some): said in one
+line by every reader, and finished by the next `index` run, not left for the user to
+delete by hand."""
+
+import sqlite3
+
+from typer.testing import CliRunner
+
+from tests.helpers import OPTS, segment_table, write_photos
+from usesearch.cli.app import app
+from usesearch.indexer import IndexOptions, index_paths
+from usesearch.indexer.folder import DB_FILE
+
+runner = CliRunner()
+
+
+def said(result) -> str:
+    return " ".join(result.output.split())
+
+
+def test_a_catalog_cut_short_is_said_by_readers_and_finished_by_the_next_run(tmp_path):
+    """`info`, `query` and `index` all failed with "database: no such table: segments"."""
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    whole = tmp_path / "whole"
+    index_paths([photos], whole, IndexOptions(**OPTS))
+    made = sqlite3.connect(whole / DB_FILE)
+    schema = dict(made.execute("select name, sql from sqlite_master where type = 'table'").fetchall())
+    made.close()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    early = sqlite3.connect(cut / DB_FILE)
+    for table in ("index_info", "images"):  # (made first; the disk filled before the rest)
+        early.execute(schema[table])
+    early.commit()
+    early.close()
+    for command in (["info"], ["query", "a cat"]):
+        result = runner.invoke(app, [*command, "--db", str(cut)])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, said(result)
+        assert "was cut short while it was being made (it has no segments table)" in said(result)
+        assert f"`usesearch index PHOTOS --db {cut}` makes the rest" in said(result)
+    assert index_paths([photos], cut, IndexOptions(**OPTS)).done == 2  # (the run's own first read refused it too)
+    assert runner.invoke(app, ["info", "--db", str(cut)]).exit_code == 0
+    assert segment_table(cut) == segment_table(whole)
+
+
+def test_a_disk_full_while_the_catalog_is_made_names_it_without_the_drivers_words(tmp_path, monkeypatch):
+    """It said "disk full: (sqlite3.OperationalError) database or disk is full"."""
+    from sqlalchemy.exc import OperationalError
+
+    import usesearch.indexer.store as store
+
+    def full(*args, **kwargs):
+        raise OperationalError("CREATE TABLE segments", {}, sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(store.Base.metadata, "create_all", full)
+    photos = write_photos(tmp_path / "photos", ("chelsea",))
+    result = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny"])
+    assert result.exit_code == 2 and "sqlite3" not in result.output, said(result)
+    assert f"disk full: cannot write {tmp_path / 'db' / DB_FILE}; free space and run it again" in said(result)
