@@ -23,6 +23,7 @@ from .records import ANNOTATION, PROPOSAL
 
 SOURCES = (ANNOTATION, PROPOSAL)
 MAX_MIN_AREA = 2**40  # past any photo's pixel count, and within every SQL integer type
+CANDIDATES_MAX = 32_768  # a compressed index's search re-scores at most these (~50 MB of rows at 768-d)
 
 
 # Each field's types (numpy's scalars too; a bool is no number here) and their name.
@@ -75,6 +76,10 @@ class SearchFilters:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise _refused(name, f"must be at least 1, got {value}")
+        if self.rerank is not None and self.rerank > CANDIDATES_MAX:  # (taken, and silently cut to it)
+            raise _refused(
+                "rerank", f"must be at most {CANDIDATES_MAX} (a search re-scores no more), got {self.rerank}"
+            )
 
     def _check_types(self) -> None:
         """Each field of its own type: a dict's ``"min_area": "5"`` failed deep in the
@@ -244,3 +249,27 @@ def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], st
                 f"(the best found without it scores {top[0].score:.3f})"
             )
     return why
+
+
+def effort_notes(index, filters: SearchFilters, spelt: Callable[[str], str] = str, info_hint: str = "") -> list[str]:
+    """Where how hard a search looked is not what its user would take it to be: an effort
+    filter the index has no use for (it was silently ignored), or a calibration that fell
+    short of its recall target (only ``info`` said so; ranks 3-5 differed from a full
+    search). ``spelt`` as for ``why_none``; ``info_hint``: where the caller reads why."""
+    from .index_kinds import ivf_of
+
+    asked = [spelt(name) for name in ("nprobe", "rerank") if getattr(filters, name) is not None]
+    if asked and index.index.exact:
+        return [f"{' and '.join(asked)}: this index is exact (every segment scored): nothing to change"]
+    ivf = ivf_of(index.index.index)
+    if filters.nprobe is not None and ivf is None:
+        return [f"{spelt('nprobe')}: this index has no clusters to visit (a graph): nothing to change"]
+    if ivf is not None and filters.nprobe is not None and filters.nprobe > ivf.nlist:  # (FAISS: all, silently)
+        return [f"{spelt('nprobe')} {filters.nprobe}: this index has {ivf.nlist} clusters: all {ivf.nlist} visited"]
+    measured = index.calibration
+    if asked or measured is None or measured.recall >= measured.target:  # (met, or only slower than budgeted)
+        return []
+    return [
+        f"this index searches at recall@{measured.k} ~{measured.recall:.2f}, under its target {measured.target} "
+        f"({info_hint}{spelt('nprobe')} and {spelt('rerank')} look harder)"
+    ]

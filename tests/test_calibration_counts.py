@@ -161,14 +161,16 @@ def test_a_search_says_when_its_effort_flags_do_nothing_or_its_index_is_under_ta
     a full search, unsaid); --nprobe and --rerank on an exact index were ignored unsaid."""
     from types import SimpleNamespace
 
-    from usesearch.cli.search_output import _effort_notes
-    from usesearch.indexer.filters import SearchFilters
+    from usesearch.indexer.filters import SearchFilters, effort_notes
     from usesearch.indexer.index_kinds import new_index
     from usesearch.indexer.vectors import Vectors
 
     def index(factory, measured=None):
         store = SimpleNamespace(url=f"sqlite:///{tmp_path}/db/segments.sqlite")
         return SimpleNamespace(index=Vectors(new_index(8, factory)), calibration=measured, db_dir=tmp_path, store=store)
+
+    def _effort_notes(ix, filters):  # as the CLI asks for them
+        return effort_notes(ix, filters, lambda name: f"--{name}", f"`usesearch info --db {tmp_path}` says why; ")
 
     short = calibration.Calibration("f", FACTORY, 40000, 16, 1000, 0.47, {"text": 0.47}, 9.0, False, 0.95, 10.0)
     asked = SearchFilters(nprobe=4, rerank=100)

@@ -57,6 +57,13 @@ def test_a_filter_naming_what_the_index_lacks_is_said(db, flags, said):
     assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_rerank_past_what_a_search_re_scores_is_refused_as_the_web_api_refuses_it(db):
+    """`--rerank 900000000` was taken and silently cut to 32,768; the web API refused it."""
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--rerank", "900000000"])
+    assert result.exit_code == 2 and "--rerank must be at most 32768 (a search re-scores no more)" in result.output
+    assert runner.invoke(app, ["query", "a cat", "--db", str(db), "--rerank", "32768"]).exit_code == 0
+
+
 def test_a_filter_the_index_has_says_nothing_more(db):
     result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--json", "--label", "cat", "--min-score", "0.99"])
     assert result.exit_code == 0 and json.loads(result.stdout) == []

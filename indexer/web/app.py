@@ -19,7 +19,7 @@ from usesearch.errors import NotFoundError
 from usesearch.io.files import DEFAULT_MAX_PIXELS, decode, pixel_count
 from usesearch.masks import region as region_lib
 
-from ..filters import SearchFilters, why_none
+from ..filters import SearchFilters, effort_notes, why_none
 from ..hits import Hit
 from ..records import DONE, ImageRecord, SegmentRow
 from ..search import MAX_QUERY_CHARS, SegmentIndex
@@ -131,8 +131,9 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
             took_ms=took_ms,
             segments_indexed=total,
             **echo,
-            # Why none, where a filter names what the index lacks (an empty list said nothing; the CLI said why).
-            notes=None if hits else why_none(index.store, filters, best) or None,
+            # Why none, where a filter names what the index lacks (an empty list said nothing; the CLI said why),
+            # and an effort asked for that changes nothing, or a calibration short of its target (the CLI's too).
+            notes=(([] if hits else why_none(index.store, filters, best)) + effort_notes(index, filters)) or None,
             hits=[HitOut(**segment_out(h, with_masks, rank=h.rank, score=h.score)) for h in hits],
         )
 

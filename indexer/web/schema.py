@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from usesearch.errors import BadArgumentError
 
-from ..filters import MAX_MIN_AREA, SearchFilters
+from ..filters import CANDIDATES_MAX, MAX_MIN_AREA, SearchFilters
 from ..hits import Hit
 from ..records import SegmentRow
 
@@ -59,7 +59,7 @@ NProbe = Annotated[
 ]
 Rerank = Annotated[
     int | None,
-    Query(ge=1, le=1 << 15, description="A compressed index's candidates re-scored exactly (default: its own)."),
+    Query(ge=1, le=CANDIDATES_MAX, description="A compressed index's candidates re-scored exactly (default: its own)."),
 ]
 RefineTop = Annotated[int, Query(ge=1, le=200, description="With refine: photos of the search SAM 3 looks at.")]
 

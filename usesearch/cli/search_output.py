@@ -81,32 +81,11 @@ def given(
 
     # Hits from an index whose embedding files are damaged: said (FAISS's answers stand).
     notes = [lost_among(index.store, [h.segment_id for h in hits])] if hits else _why_none(index, filters, best)
-    for line in [n for n in notes if n] + _effort_notes(index, filters):
-        typer.echo(line, err=True)
+    from usesearch.indexer.filters import effort_notes
 
-
-def _effort_notes(index, filters: SearchFilters) -> list[str]:
-    """Where how hard the search looked is not what a user would take it to be: an effort
-    flag the index has no use for (it was silently ignored), or a calibration that fell
-    short of its recall target (only ``info`` said so; ranks 3-5 differed from a full search)."""
-    from usesearch.indexer.index_kinds import ivf_of
-
-    asked = [flag for flag, value in (("--nprobe", filters.nprobe), ("--rerank", filters.rerank)) if value is not None]
-    if asked and index.index.exact:
-        return [f"{' and '.join(asked)}: this index is exact (every segment scored): nothing to change"]
-    ivf = ivf_of(index.index.index)
-    if filters.nprobe is not None and ivf is None:
-        return ["--nprobe: this index has no clusters to visit (a graph): nothing to change"]
-    if ivf is not None and filters.nprobe is not None and filters.nprobe > ivf.nlist:  # (FAISS: all, silently)
-        return [f"--nprobe {filters.nprobe}: this index has {ivf.nlist} clusters: all {ivf.nlist} visited"]
-    measured = index.calibration
-    if asked or measured is None or measured.recall >= measured.target:  # (met, or only slower than budgeted)
-        return []
     flags = opts.index_flags(index.db_dir, index.store.url)
-    return [
-        f"this index searches at recall@{measured.k} ~{measured.recall:.2f}, under its target {measured.target} "
-        f"(`usesearch info {flags}` says why; --nprobe and --rerank look harder)"
-    ]
+    for line in [n for n in notes if n] + effort_notes(index, filters, _flag, f"`usesearch info {flags}` says why; "):
+        typer.echo(line, err=True)
 
 
 def refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path | None]) -> None:
@@ -211,4 +190,9 @@ def _say_stale(hits, index, where: str, masks: str, by_stat: bool) -> None:
 def _why_none(index, filters: SearchFilters, best=None) -> list[str]:
     from usesearch.indexer.filters import why_none
 
-    return why_none(index.store, filters, best, lambda name: f"--{name.replace('_', '-')}")
+    return why_none(index.store, filters, best, _flag)
+
+
+def _flag(name: str) -> str:
+    """A filter's field as the CLI spells it: its flag."""
+    return f"--{name.replace('_', '-')}"
