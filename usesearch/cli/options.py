@@ -384,7 +384,10 @@ class SearchOutput:
     k: KOpt = 10
     as_json: JsonOpt = False
     show: Annotated[
-        Optional[Path], typer.Option("--show", help="Write a contact sheet PNG of the hits.", callback=picture_file)
+        Optional[Path],
+        typer.Option(
+            "--show", help="Write a contact sheet of the hits (.png, .jpg, .webp or .tiff).", callback=picture_file
+        ),
     ] = None
     export_coco: Annotated[
         Optional[Path],

@@ -32,7 +32,9 @@ def count_from(unit: int, default: int) -> Callable[[str], int]:
         except ValueError:
             value = math.nan
         if not (math.isfinite(value) and 1 <= round(value) < 2**63):
-            raise typer.BadParameter(f"{text!r}: give a number, or one with k, M or G (default {default:,})")
+            raise typer.BadParameter(
+                f"{text!r}: give a number of at least 1, or one with k, M or G (default {default:,})"
+            )
         return round(value)
 
     return parse

@@ -12,6 +12,7 @@ from usesearch.cli import search_output as out
 from usesearch.cli.photo_limits import PhotoLimits, with_photo_limits
 from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
+from usesearch.reports import counted
 
 if TYPE_CHECKING:
     from usesearch.indexer import SearchFilters
@@ -119,7 +120,7 @@ def similar(
     if image is None and (point or box or mask):
         raise UsesearchError("--point, --box and --mask choose a region of --image PHOTO")
     if image is not None and sum(given is not None for given in (point, box, mask)) != 1:  # (before the index opens)
-        raise UsesearchError("give one of --point X,Y and --box X,Y,W,H (or --mask MASK.png)")
+        raise UsesearchError("give one of --point X,Y, --box X,Y,W,H or --mask MASK.png")
     index = at.open()
     out.refuse_overwriting(output, index, {"--image": image, "--mask": mask})
     if segment_id is not None:
@@ -143,7 +144,7 @@ def similar(
         mask=mask_array,
     )
     how = "the mask given" if picked.stability_score is None else f"SAM, stability {picked.stability_score:.3f}"
-    typer.echo(f"region: bbox {list(picked.bbox)}, {picked.area} pixels ({how})", err=True)
+    typer.echo(f"region: bbox {list(picked.bbox)}, {counted(picked.area, 'pixel')} ({how})", err=True)
     if output.show:
         from usesearch.indexer.export import region_picture
 
