@@ -15,6 +15,8 @@ import numpy as np
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from usesearch.errors import failure_words
+
 from .embeddings import EmbeddingFiles
 from .lookups import SQL_PARAMETERS
 from .records import (
@@ -93,7 +95,7 @@ def write_photo(s: Session, photo: PhotoWrite, lost: Counter[str] | None = None)
             # Indexed before, failing now (unreadable for a while, grown past the size limit, a
             # file being replaced): what it had is kept, the failure is noted on it
             # (`failures` lists it) and cleared by the next run that reads it.
-            old.error_class, old.error_message = type(error).__name__, str(error)[:2000]
+            old.error_class, old.error_message = type(error).__name__, failure_words(error)[:2000]
             old.attempts += 1
             return [], []
         attempts = old.attempts + 1
@@ -111,7 +113,7 @@ def write_photo(s: Session, photo: PhotoWrite, lost: Counter[str] | None = None)
         width=photo.hw[1] if photo.hw else None,
         status=FAILED if error is not None else DONE,
         error_class=type(error).__name__ if error is not None else None,
-        error_message=str(error)[:2000] if error is not None else None,
+        error_message=failure_words(error)[:2000] if error is not None else None,
         attempts=attempts,
         # A failure after the read (content known) keeps the stat too: a re-run skips it
         # unread while the file is as it was (unless --retry-failed).

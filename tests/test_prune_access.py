@@ -80,7 +80,7 @@ def test_index_prune_keeps_a_photo_its_run_just_kept_failing(tmp_path, monkeypat
         m.setattr(os, "access", lambda path, mode, **_: os.fsencode(path) != os.fsencode(str(locked)))
         result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny", "--prune"])
     assert result.exit_code == 0 and "pruned 0 images whose files are gone" in said(result), said(result)
-    assert "its segments are kept" in said(result)
+    assert "coffee.png: PermissionError: Permission denied (indexed before: its segments are kept)" in said(result)
     assert segment_table(db) == before
     info = json.loads(runner.invoke(app, ["info", "--db", str(db), "--json"]).output)
     assert info["images_failing_kept"] == 1 and info["files_gone"] == 0, info

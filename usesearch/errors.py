@@ -25,6 +25,15 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def failure_words(exc: BaseException) -> str:
+    """What a file's failure is recorded and said with: an OSError's own words
+    ("Permission denied", "Too many levels of symbolic links"), not Python's
+    "[Errno 13] Permission denied: '/the/path'" (the record names the path)."""
+    if isinstance(exc, OSError) and exc.strerror and str(exc).startswith(f"[Errno {exc.errno}]"):
+        return exc.strerror
+    return str(exc)
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """A full disk or quota, however it surfaces: an OSError's errno, or SQLite's and
     FAISS's own words for it."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from usesearch.errors import ModelOutputError
+from usesearch.errors import ModelOutputError, failure_words
 
 # A run whose first this many failures are a model's NaN (``ModelOutputError``), with no
 # photo done yet, stops: the model as run is at fault, and every later photo would fail
@@ -30,7 +30,7 @@ class RunReport:
         """``kept``: the file was indexed before, and what it had stays in the index."""
         self.failed += 1
         note = " (indexed before: its segments are kept)" if kept else ""
-        self.failures.append((path, f"{type(exc).__name__}: {exc}{note}"))
+        self.failures.append((path, f"{type(exc).__name__}: {failure_words(exc)}{note}"))
         if self.done == 0 and type(exc).__name__ == ModelOutputError.__name__:  # (a Ray worker's keeps the name)
             faults = [why for _, why in self.failures if why.startswith(ModelOutputError.__name__)]
             if len(faults) >= MODEL_FAULTS_TO_STOP:
