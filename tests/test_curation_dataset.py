@@ -7,7 +7,8 @@ import json
 import pytest
 
 import usesearch
-from tests.test_curation_faults import _failures, _segment
+from tests.helpers import curated_segment
+from tests.test_curation_faults import _failures
 from usesearch.curation.masks import BoxMaskConfig
 from usesearch.curation.pipeline import curate
 from usesearch.curation.records import ImageItem
@@ -20,8 +21,8 @@ def test_a_damaged_dataset_is_named_by_file_and_line_and_a_torn_last_line_is_not
     "no settings" that any re-run would pass."""
     from usesearch.curation.dataset import stats
 
-    items = [ImageItem(path=str(photos / n), segments=[_segment((75, 113), "a cat")]) for n in ("cat.png",)]
-    items.append(ImageItem(path=str(photos / "cup.png"), segments=[_segment((100, 150), "a cup")]))
+    items = [ImageItem(path=str(photos / n), segments=[curated_segment((75, 113), "a cat")]) for n in ("cat.png",)]
+    items.append(ImageItem(path=str(photos / "cup.png"), segments=[curated_segment((100, 150), "a cup")]))
     curate(items, tmp_path / "ds", mask_config=BoxMaskConfig())
     [shard] = (tmp_path / "ds" / "shards").glob("*.jsonl")
     whole = shard.read_text()
@@ -55,7 +56,7 @@ def test_a_dataset_being_curated_is_said_to_be_so(tmp_path, photos):
 
     from usesearch.curation.dataset import LOCK_FILE, stats
 
-    curate([ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])], tmp_path / "ds")
+    curate([ImageItem(path=str(photos / "cat.png"), segments=[curated_segment((75, 113), "a cat")])], tmp_path / "ds")
     json_path = tmp_path / "ds" / "manifest.json"
     json_path.write_text(json_path.read_text().replace('"finished": true', '"finished": false'))
     holder = subprocess.Popen(
@@ -86,7 +87,7 @@ def test_a_photo_curated_after_it_failed_leaves_failures_jsonl(tmp_path, photos)
     loses its line; a fault in the source's annotations stays (the source still has it)."""
     good = (photos / "cat.png").read_bytes()
     (photos / "cat.png").write_bytes(good[:200])  # cut short
-    item = ImageItem(path=str(photos / "cat.png"), segments=[_segment((75, 113), "a cat")])
+    item = ImageItem(path=str(photos / "cat.png"), segments=[curated_segment((75, 113), "a cat")])
     assert curate([item], tmp_path / "ds").failed == 1
     failures = tmp_path / "ds" / "failures.jsonl"
     with open(failures, "a") as f:  # a source fault recorded for the same photo
@@ -107,8 +108,8 @@ def test_a_photo_replaced_and_curated_again_trains_on_its_current_content(tmp_pa
     from usesearch.training.data import load_image, load_samples
 
     cat = photos / "cat.png"
-    item = lambda text: ImageItem(path=str(cat), segments=[_segment((75, 113), text)])  # noqa: E731
-    cup = ImageItem(path=str(photos / "cup.png"), segments=[_segment((100, 150), "a cup")])
+    item = lambda text: ImageItem(path=str(cat), segments=[curated_segment((75, 113), text)])  # noqa: E731
+    cup = ImageItem(path=str(photos / "cup.png"), segments=[curated_segment((100, 150), "a cup")])
     curate([item("a cat"), cup], tmp_path / "ds", mask_config=BoxMaskConfig())
     original = cat.read_bytes()
     Image.open(cat).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(cat)  # replaced in place, same size
