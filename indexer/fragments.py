@@ -89,6 +89,12 @@ def left_over(db_dir: str | os.PathLike) -> int:
     return total
 
 
+def waiting(db_dir: str | os.PathLike) -> int:
+    """Photos computed by a Ray run and not committed (a run cut short): their fragments."""
+    folder = Path(db_dir) / FRAGMENTS
+    return sum(1 for path in folder.glob("*.npz")) if folder.is_dir() else 0
+
+
 def remove_all(db_dir: str | os.PathLike) -> int:
     """``prune``'s, holding the writer's lock (no run is committing): every fragment and
     note goes; a photo whose run was cut short is computed again by the next. Bytes freed."""

@@ -298,7 +298,7 @@ def test_prune_forgets_the_noted_copies_no_run_needs_and_keeps_the_others(tmp_pa
     assert_consistent(db)
 
 
-def test_info_counts_the_fragments_ray_runs_cut_short_left_and_prune_removes_them(tmp_path):
+def test_info_counts_the_fragments_ray_runs_cut_short_left_and_prune_removes_them(tmp_path, capsys):
     """A Ray run killed, then its photos deleted or changed: their fragments stayed in the
     index folder for good, counted nowhere."""
     from usesearch.indexer.fragments import FRAGMENTS, fragment_path, write_fragment
@@ -310,6 +310,18 @@ def test_info_counts_the_fragments_ray_runs_cut_short_left_and_prune_removes_the
     runner = CliRunner()
     info = json.loads(runner.invoke(app, ["info", "--db", str(db), "--json"]).output)
     assert info["bytes_fragments"] > 0
+    # A run without --ray computes such photos again, and says the files wait (it said nothing).
+    rerun = runner.invoke(app, ["index", str(photos), "--db", str(db), "--preset", "tiny"])
+    assert f"1 photo computed by a Ray run cut short wait in {db / FRAGMENTS}: `usesearch prune` removes them" in (
+        " ".join(rerun.output.split())
+    ), rerun.output
+    from usesearch.cli import index_output
+
+    capsys.readouterr()
+    index_output.say_fragments_waiting(str(db), on_ray=True, interrupted=True)  # (a Ray run cut short says it too)
+    assert "the next `index --ray` run commits them without computing them again" in capsys.readouterr().out
+    index_output.say_fragments_waiting(str(db), on_ray=True, interrupted=False)  # (a whole one's: changed photos)
+    assert capsys.readouterr().out == ""
     result = runner.invoke(app, ["prune", "--db", str(db)])
     assert result.exit_code == 0 and "fragments of Ray runs cut short" in result.output, result.output
     assert not list((db / FRAGMENTS).iterdir())

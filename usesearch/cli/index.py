@@ -223,6 +223,7 @@ def index(
             said.say_no_masks(report.done, db, db_url)
         if not prune_gone and not report.interrupted:
             said.say_gone(db, folders, db_url)
+        said.say_fragments_waiting(db, ray is not None, report.interrupted)
         if report.interrupted:
             raise typer.Exit(130)
         before = report.failed_before  # a re-run of photos that all failed before is no success either

@@ -188,3 +188,21 @@ def say_held(report, db: str, db_url: str | None) -> None:
         markup=False,
         highlight=False,
     )
+
+
+def say_fragments_waiting(db: str, on_ray: bool, interrupted: bool) -> None:
+    """Photos a Ray run computed and did not commit (cut short): a run with ``--ray``
+    commits them unread; one without computes them again and leaves the files."""
+    from usesearch.indexer.fragments import FRAGMENTS, waiting
+
+    count = waiting(db)
+    if not count or (on_ray and not interrupted):  # (a whole Ray run's are its photos since deleted or changed)
+        return
+    where = os.path.join(db, FRAGMENTS)
+    opts.console.print(
+        f"{counted(count, 'photo')} computed by a Ray run cut short wait in {where}: "
+        + ("the next `index --ray` run commits them without computing them again; " if on_ray else "")
+        + "`usesearch prune` removes them",
+        markup=False,
+        highlight=False,
+    )
