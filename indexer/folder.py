@@ -172,8 +172,11 @@ def _what_instead(db_dir: Path) -> str:
     except OSError:  # missing or unreadable: nothing inside to name
         listed = []
     inside = sorted(path for path, is_dir in listed if is_dir and (path / DB_FILE).is_file())
-    if inside:
+    if len(inside) == 1:
         return f"the index in it is {inside[0]}: give --db {inside[0]}"
+    if inside:  # (the first alone was named as if it were the only one)
+        named = ", ".join(map(str, inside[:3])) + (f" and {len(inside) - 3} more" if len(inside) > 3 else "")
+        return f"it holds {len(inside)} indexes ({named}): give --db the one meant"
     from usesearch.io.files import IMAGE_SUFFIXES
 
     photo = next((path.name for path, is_dir in listed if not is_dir and path.suffix.lower() in IMAGE_SUFFIXES), None)

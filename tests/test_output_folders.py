@@ -138,6 +138,9 @@ def test_a_reading_command_at_a_folder_holding_no_index_says_what_it_holds(tmp_p
     (tmp_path / "dataset" / "manifest.json").write_text("{}")
     (tmp_path / "demo" / "db-tiny").mkdir(parents=True)
     (tmp_path / "demo" / "db-tiny" / "segments.sqlite").write_bytes(b"")
+    for name in ("db-a", "db-b"):  # (the first alone was named, as if it were the only one)
+        (tmp_path / "many" / name).mkdir(parents=True)
+        (tmp_path / "many" / name / "segments.sqlite").write_bytes(b"")
     (tmp_path / "new").mkdir()
     (tmp_path / "photos").mkdir()  # its suggested `index PHOTOS --db PHOTOS` was refused: the folder being indexed
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"")
@@ -157,6 +160,7 @@ def test_a_reading_command_at_a_folder_holding_no_index_says_what_it_holds(tmp_p
         ),
         ("dataset", "it holds a curated dataset: give --db an index's folder"),
         ("demo", f"the index in it is {tmp_path / 'demo' / 'db-tiny'}: give --db {tmp_path / 'demo' / 'db-tiny'}"),
+        ("many", f"it holds 2 indexes ({tmp_path / 'many' / 'db-a'}, {tmp_path / 'many' / 'db-b'}): give --db the"),
         ("new", f"run `usesearch index PATH --db {tmp_path / 'new'}` first"),
     ):
         for command in (["info"], ["query", "a cat"]):
