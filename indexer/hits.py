@@ -45,7 +45,7 @@ class Hit:
         """The hit of a stored segment, with everything its row says about it."""
         return cls(
             rank=rank,
-            score=score,
+            score=min(1.0, max(-1.0, float(score))),  # a cosine (float16 rows put a mask's own at 1.00006)
             segment_id=row.id,
             image_id=row.image_id,
             image=row.image_path,

@@ -323,3 +323,13 @@ def test_a_text_query_and_a_region_search_arriving_first_together_load_the_model
     for thread in threads:
         thread.join(60)
     assert len(loads) == 1, loads
+
+
+def test_a_hits_score_is_a_cosine_whatever_the_rows_rounding():
+    """`similar --mask` of a stored segment's own mask scored 1.000059 (its float16 row's
+    rounding), while --min-score takes -1 to 1."""
+    from usesearch.indexer.hits import Hit
+    from usesearch.indexer.records import SegmentRow
+
+    row = SegmentRow(1, 1, "a.png", b"a.png", (4, 4), (0, 0, 2, 2), 4, "04", 0.9, 0.9)
+    assert [Hit.from_row(row, 0, score).score for score in (1.000059, -1.00002, 0.5)] == [1.0, -1.0, 0.5]
