@@ -225,7 +225,11 @@ def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], st
                 listed = ", ".join(have[:20]) + (", ..." if len(have) > 20 else "")
                 why.append(
                     f"{flag} {wanted!r}: the index has no such {noun} "
-                    + (f"(it has: {listed})" if have else "(it holds no labelled dataset: `index IMAGES --coco FILE`)")
+                    + (
+                        f"(it has: {listed})"
+                        if have
+                        else "(it holds no labelled dataset: `index IMAGES --coco FILE.json`)"
+                    )
                     + _did_you_mean(wanted, have)
                 )
     # A class or split is an annotation's: a proposal has none.

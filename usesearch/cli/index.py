@@ -204,7 +204,7 @@ def index(
             if report.annotations_dropped:
                 opts.console.print(
                     f"  repair: {report.annotations_dropped} annotations had damaged rows and were removed: "
-                    "`usesearch index PATHS --coco FILE` embeds them again"
+                    "`usesearch index PATHS --coco FILE.json` embeds them again"
                 )
             for path in report.unrepaired[:10]:
                 opts.console.print(f"  damaged but not under the folders given, so left as it is: {path}")
