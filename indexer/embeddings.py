@@ -150,7 +150,10 @@ class EmbeddingFiles:
     def rows_short_of(self, chunk: int, need_rows: int) -> tuple[int, str | None]:
         """The rows ``chunk``'s file holds, and why they are short of ``need_rows`` (the
         file gone or cut short), else None: from its size, no row read."""
-        repair = f"`usesearch index PATHS {self.flags} --repair` re-embeds the photos whose rows it held (or restore it from a backup)"
+        repair = (
+            f"`usesearch index PATHS {self.flags} --repair` re-embeds the photos whose rows it held "
+            "(or restore it from a backup)"
+        )
         try:
             rows = self.path(chunk).stat().st_size // self.row_bytes
         except FileNotFoundError:
