@@ -82,6 +82,20 @@ def test_every_masker_refuses_the_sam_settings_it_does_not_take(name):
             build_masker(name, usesearch.get_preset("tiny"), "cpu", nonsense=1)
 
 
+def test_a_masker_setting_is_refused_before_any_model_loads(monkeypatch):
+    """`index --preset tiny --points-per-side 4` (tiny's masker is Felzenszwalb) was
+    refused once its embedder had loaded: 17 s here, minutes for a real preset's."""
+    import usesearch.indexer.pipeline as pipeline
+    from usesearch.indexer import IndexOptions
+
+    def loaded(options):
+        raise AssertionError("a model loaded before the masker's settings were checked")
+
+    monkeypatch.setattr(pipeline, "load_embedder", loaded)
+    with pytest.raises(UsesearchError, match="^--points-per-side applies to --masker .* only"):
+        pipeline.load_models(IndexOptions(preset="tiny", masker_options={"points_per_side": 4}))
+
+
 @pytest.mark.parametrize("name", ["sam", "sam2"])
 def test_the_sam_settings_a_masker_takes_are_its_generators_own(name):
     needs(MASKERS[name].requires)

@@ -287,7 +287,18 @@ def build_masker(
     (``usesearch.devices``: None is CUDA when torch sees it). ``None`` picks SAM, except
     for the random-weight tiny preset whose SAM gives noise: there the weight-free
     Felzenszwalb masker gives real-looking regions. Options the masker does not take
-    are refused in one line."""
+    are refused in one line (``masker_kind``)."""
+    name, kind = masker_kind(name, preset, options)
+    if kind.takes_precision and precision != "auto":  # (auto: the generator's own default)
+        options["autocast"] = uses_bf16(resolve_device(device), precision)
+    return kind.build(preset, device, dict(options))
+
+
+def masker_kind(name: str | None, preset: PresetConfig, options: dict[str, Any]) -> tuple[str, MaskerKind]:
+    """The masker ``name`` names (None: the preset's default, as ``build_masker`` says)
+    and its kind, an unknown one or ``options`` it does not take refused in one line:
+    callable before any model loads (`--points-per-side` with the tiny preset's
+    Felzenszwalb masker was refused after its embedder had loaded)."""
     if name is None:
         wanted = "random" if preset.sam.checkpoint is None and "sam_checkpoint" not in options else "trained"
         name = next(n for n, kind in MASKERS.items() if kind.default_for == wanted)
@@ -301,9 +312,7 @@ def build_masker(
     ]
     if refused:
         raise UsesearchError(_refusal(name, kind, refused))
-    if kind.takes_precision and precision != "auto":  # (auto: the generator's own default)
-        options["autocast"] = uses_bf16(resolve_device(device), precision)
-    return kind.build(preset, device, dict(options))
+    return name, kind
 
 
 def _refusal(name: str, kind: MaskerKind, refused: list[str]) -> str:
