@@ -375,3 +375,14 @@ def test_a_head_missing_one_of_its_two_files_names_that_one(tmp_path):
     with pytest.raises(UsesearchError) as refused:
         read_head_config(tmp_path / "x.safetensors")
     assert str(refused.value) == f"no head checkpoint at {tmp_path / 'x.safetensors'}: {tmp_path / 'x.json'} is missing"
+
+
+def test_a_pytorch_pickle_given_as_a_head_is_said_never_to_be_loaded(tmp_path):
+    """`--head x.pt` said only that x.safetensors and x.json were missing."""
+    from usesearch.errors import UsesearchError
+    from usesearch.models.checkpoint import read_head_config
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "x.pt")
+    with pytest.raises(UsesearchError, match="a PyTorch pickle is never loaded .a head is safetensors . JSON"):
+        read_head_config(tmp_path / "x.pt")
+    assert torch.load(tmp_path / "x.pt", weights_only=True)["w"].shape == (2,)  # (the file itself left as it was)

@@ -72,8 +72,13 @@ def read_head_config(path: str | os.PathLike) -> dict[str, Any]:
     weights, config = checkpoint_paths(path)
     if not (weights.is_file() and config.is_file()):
         lacking = " and ".join(str(p) for p in (weights, config) if not p.is_file())  # (one of two: that one named)
+        pickle = Path(path).suffix in (".pt", ".pth", ".bin", ".ckpt") and Path(path).is_file()
         raise UsesearchError(
             f"no head checkpoint at {path}: {lacking} {'is' if ' and ' not in lacking else 'are'} missing"
+            + (
+                "; a PyTorch pickle is never loaded (a head is safetensors + JSON, as `usesearch train` writes)"
+                * pickle
+            )
         )
     try:
         meta = json.loads(config.read_text())
