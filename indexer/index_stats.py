@@ -10,7 +10,7 @@ from typing import Any
 from usesearch.errors import first_line
 
 from . import faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
-from .folder import DB_FILE, FAISS_FILE
+from .folder import DB_FILE, FAISS_FILE, head_to_load
 from .leftovers import embedding_leftovers, files_gone
 
 # ``index`` below is a ``search.SegmentIndex`` (not imported: search.py calls this module).
@@ -94,7 +94,8 @@ def catalog_stats(
         "preset": info.preset,
         "embedder": info.embedder,
         "fingerprint": info.fingerprint,
-        "head": info.model_head,
+        "head": info.model_head,  # as given when the index was built
+        "head_loaded": head_to_load(db_dir, info.model_head),  # what searches load: the folder's copy where it has one
         "masker": info.masker,
         "masker_params": info.masker_params,
         "factory": info.factory,

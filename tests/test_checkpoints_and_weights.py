@@ -337,6 +337,8 @@ def test_an_index_keeps_a_copy_of_its_head_and_one_made_before_says_where_its_he
     for file in path.parent.glob("ckpt*"):
         file.rename(moved / file.name)
     assert SegmentIndex.open(db).query("a cup", 3) == before  # the training run's folder cleaned away
+    stats = SegmentIndex.open(db).stats()  # `info` named the run's head alone, not the copy searches load
+    assert (stats["head"], stats["head_loaded"]) == (str(path), str(db / HEAD_COPY))
     write_photos(photos, ("rocket",))
     assert index_paths([photos], db, IndexOptions(**OPTS)).done == 1  # a re-run loads the copy too
     shutil.rmtree(db / HEAD_COPY)  # as an index made before the copies

@@ -213,7 +213,7 @@ def test_faiss_file_is_reconciled_with_committed_segments(indexed, tmp_path):
     assert SegmentIndex.open(db).query("a cat", k=5) == expected
     (db / FAISS_FILE).unlink()
     assert SegmentIndex.open(db).query("a cat", k=5) == expected
-    assert reindex(db, "IDMap2,HNSW16") == n
+    assert reindex(db, "IDMap2,HNSW16").vectors == n
     assert SegmentIndex.open(db).info.factory == "IDMap2,HNSW16"
 
 
