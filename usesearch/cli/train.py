@@ -41,23 +41,31 @@ def train(
             "paper's), or tiny (random weights, for trials).",
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 5,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training data.")] = 5,
     batch_images: Annotated[int, typer.Option(min=1, help="Images per batch (all their segments).")] = 32,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    weight_decay: Annotated[float, typer.Option()] = 0.01,
-    crop: Annotated[int, typer.Option(min=16, help="Random square crop after the random resize (16 to 2048).")] = 560,
+    lr: Annotated[float, typer.Option(help="AdamW's learning rate, decayed polynomially (power 0.9) to 0.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW's weight decay.")] = 0.01,
+    crop: Annotated[
+        int, typer.Option(min=16, max=2048, help="Random square crop after the random resize, in pixels.")
+    ] = 560,
     max_steps: Annotated[
         Optional[int], typer.Option(min=1, help="Stop after this many steps (overrides epochs).")
     ] = None,
-    checkpoint_every: Annotated[int, typer.Option(min=1)] = 500,
+    checkpoint_every: Annotated[
+        int, typer.Option(min=1, help="Write a step-N head and the trainer's state every this many steps.")
+    ] = 500,
     keep_checkpoints: Annotated[
         Optional[int],
         typer.Option(min=1, help="Keep only the newest N step-* heads (default: all; l14-336's are ~126 MB each)."),
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --run-dir exactly where it stopped.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --run-dir where it stopped (the same settings; --preset may be left out).",
+        ),
     ] = False,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seeds the batches' order, the crops and the texts drawn.")] = 0,
     skip_kind: Annotated[
         Optional[list[str]],
         typer.Option(
