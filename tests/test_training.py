@@ -320,6 +320,7 @@ def test_the_loss_embeds_each_text_with_the_papers_four_templates(synthetic, tmp
         ({"seed": -1}, "seed -1: give a whole number from 0 to 2"),
         ({"seed": 2**63}, f"seed {2**63}"),
         ({"crop": 100_000}, "crop 100000: give a side from 16 to 2048 pixels"),  # photos drawn at up to twice it
+        ({"crop": 8}, "crop 8: give a side from 16 to 2048 pixels"),  # (typer's own box said the low end)
     ],
 )
 def test_a_rate_that_cannot_train_is_refused_before_a_model_loads(setting, why, synthetic, tmp_path, monkeypatch):

@@ -46,7 +46,7 @@ def train(
     lr: Annotated[float, typer.Option(help="AdamW's learning rate, decayed polynomially (power 0.9) to 0.")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW's weight decay.")] = 0.01,
     crop: Annotated[
-        int, typer.Option(min=16, max=2048, help="Random square crop after the random resize, in pixels.")
+        int, typer.Option(help="Random square crop after the random resize, in pixels (16 to 2048).")
     ] = 560,
     max_steps: Annotated[
         Optional[int], typer.Option(min=1, help="Stop after this many steps (overrides epochs).")
