@@ -117,6 +117,13 @@ def test_curate_show_finds_a_photo_by_the_end_of_its_path_and_refuses_an_ambiguo
     both = find_record(tmp_path / "ds", "images/cat.png")  # the end of a path; both sources' segments
     assert sorted(t["text"] for s in both["segments"] for t in s["texts"]) == ["a cat", "a tabby"]
     assert find_record(tmp_path / "ds", "b/cat.png")["segments"] == []
+    # A photo curated again after it changed: its path named two records no path could tell apart.
+    first = find_record(tmp_path / "ds", "b/cat.png")["sha256"]
+    Image.fromarray(data.camera()[::4, ::4]).save(photos / "b" / "cat.png")
+    curate([item(photos / "b" / "cat.png", "a camera")], tmp_path / "ds", source="one")
+    newest = find_record(tmp_path / "ds", str(photos / "b" / "cat.png"))
+    assert newest["sha256"] != first and [t["text"] for s in newest["segments"] for t in s["texts"]] == ["a camera"]
+    assert find_record(tmp_path / "ds", first)["segments"] == []  # (the older one, by its sha256)
     # A file on disk that no run curated is refused by the name given, not by its sha256.
     Image.fromarray(data.coffee()[::8, ::8]).save(tmp_path / "never.png")
     never = str(tmp_path / "never.png")
