@@ -230,7 +230,10 @@ def writer_lock(db_dir: Path) -> Iterator[None]:
     """The folder's one writer (``io.locks.one_writer``), refused with ``IndexLockedError``."""
 
     def refusal(holder: str) -> Exception:
-        return IndexLockedError(f"another indexer (pid {holder}) is writing to {db_dir}; wait for it to finish")
+        return IndexLockedError(  # (a prune's or a reindex's too: "another indexer" named an index run alone)
+            f"another usesearch process (pid {holder}: index, prune, reindex or calibrate) is writing to {db_dir}; "
+            "wait for it to finish"
+        )
 
     with one_writer(db_dir / LOCK_FILE, refusal):
         yield

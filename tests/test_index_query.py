@@ -190,7 +190,7 @@ def test_one_writer_at_a_time(indexed, monkeypatch):
     root, photos, _ = indexed
     monkeypatch.setattr(pipeline, "load_models", lambda options: pytest.fail("models loaded"))
     with writer_lock(root / "db"):
-        with pytest.raises(IndexLockedError, match=f"pid {os.getpid()}"):
+        with pytest.raises(IndexLockedError, match=f"pid {os.getpid()}: index, prune, reindex or calibrate"):
             index_paths([photos], root / "db", IndexOptions(**OPTS))
 
 
