@@ -5,6 +5,7 @@ info`` reads them; the writes that act on them are in ``maintenance.py``."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Collection
@@ -31,19 +32,28 @@ def file_gone(fs_path: bytes) -> str | None:
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
-        return f"cannot be reached ({exc.strerror})"
+        return _unreachable(exc)
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file any more"
     if not os.access(fs_path, os.R_OK):
-        return "not readable"
+        return f"{ACCESS_REFUSED} (not readable)"
     return None
 
 
+ACCESS_REFUSED = "access refused"  # what a chmod or a remount gives back (``may_come_back``)
+REFUSING_ERRORS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE}
+
+
+def _unreachable(exc: OSError) -> str:
+    return f"{ACCESS_REFUSED if exc.errno in REFUSING_ERRORS else 'cannot be reached'} ({exc.strerror})"
+
+
 def may_come_back(why: str) -> bool:
-    """Whether ``file_gone``'s ``why`` is access refused (a folder's or the file's
-    permissions, an I/O error) rather than the file gone: a chmod or a remount gives
-    it back, so ``prune`` keeps its segments unless forced."""
-    return why.startswith("cannot be reached") or why == "not readable"
+    """Whether a ``why`` of ``file_gone`` or ``file_failing`` is access refused (a
+    folder's or the file's permissions, an I/O error, a stale network handle) rather
+    than the file gone: a chmod or a remount gives it back, so ``prune`` keeps its
+    segments unless forced (a link loop, a name too long: no chmod mends them)."""
+    return why.startswith(ACCESS_REFUSED)
 
 
 def folder_listed(fs_path: bytes) -> bool:
@@ -87,9 +97,20 @@ def file_failing(fs_path: bytes, path: str, options: IndexOptions, record: Image
     try:
         data, _ = read_bytes(fs_path, max(options.max_bytes, max_bytes), name=path)
         decode(data, path, max(options.max_pixels, max_pixels))
-    except (UsesearchError, OSError, ValueError) as exc:
+    except OSError as exc:
+        return _unreachable(exc) if exc.errno in REFUSING_ERRORS else f"failing since indexed ({first_line(exc)})"
+    except (UsesearchError, ValueError) as exc:
         return f"failing since indexed ({first_line(exc)})"
     return None
+
+
+def failure_sets(store: Store, kept_failures: bool) -> tuple[set[int], set[int]]:
+    """The ids ``gone_images`` takes as ``failed`` (gone only where missing) and as
+    ``kept_failures`` (read again: gone while they still fail). Without
+    ``kept_failures`` (``index --prune``, and what a run says is gone) a photo failing
+    since indexed is failed: the run just kept it, and only ``prune`` reads it again."""
+    failed, kept = store.failed_image_ids(), store.kept_failure_ids()
+    return (failed, kept) if kept_failures else (failed | kept, set())
 
 
 def gone_images(
@@ -116,7 +137,7 @@ def gone_images(
             record = store.image(image_id) if store is not None else None
             why = file_failing(bytes(fs_path), path, options or IndexOptions(), record)
         if why and image_id in failed and why != "missing" and folder_listed(bytes(fs_path)):
-            why = "a folder that lists now (its photos are indexed under their own paths)"
+            why = "a folder that lists now (the next index run walks it)"
         elif not why or (why != "missing" and image_id in failed):
             continue
         if held is not None and may_come_back(why):
@@ -220,9 +241,9 @@ def files_gone(
         )
         query = query.order_by(*scattered).limit(most) if estimated else query.order_by(image.id)
         rows = [tuple(row) for row in s.execute(query)]
-    kept = store.kept_failure_ids() if kept_failures else set()
     chosen = [r for r in rows if r[0] not in failed] if indexed_only else rows
-    found = gone_images(chosen, failed, kept, store=store, held=[])  # (access refused: not gone, as prune keeps it)
+    failed, failing = failure_sets(store, kept_failures)
+    found = gone_images(chosen, failed, failing, store=store, held=[])  # (access refused: not gone, as prune keeps it)
     return Gone(round(len(found) * total / max(1, len(rows))), len(rows), found, estimated)
 
 

@@ -46,7 +46,7 @@ from usesearch.reports import RunReport
 from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
 from .calibrating import calibrate_index
 from .folder import FAISS_FILE, check_index_at, check_writable, index_flags, open_store, writer_lock
-from .leftovers import copies_holding, gone_images, images_under, live_rows, named, stale_copies
+from .leftovers import copies_holding, failure_sets, gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_count, check_shard_size
 from .records import IndexInfo, SegmentRecord
 from .store import Store
@@ -279,13 +279,10 @@ def _prune_choice(store: Store, under, options: IndexOptions, kept_failures: boo
     ``force``): what a prune removes and its dry run lists. With ``kept_failures=False``
     (``index --prune``) a photo the run just kept failing goes only where it is missing."""
     considered = images_under(store, under)
-    kept = store.kept_failure_ids()
-    failed = store.failed_image_ids() | (set() if kept_failures else kept)
+    failed, failing = failure_sets(store, kept_failures)
     photos_named = set(named(under or [])) >= {bytes(fs_path) for _, fs_path, _ in considered}
     held: list[tuple[int, str, str]] = []
-    gone = gone_images(
-        considered, failed, kept if kept_failures else set(), options, store, None if force or photos_named else held
-    )
+    gone = gone_images(considered, failed, failing, options, store, None if force or photos_named else held)
     return considered, gone, held, len(gone) == len(considered) > 0 and not photos_named
 
 

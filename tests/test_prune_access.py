@@ -54,11 +54,13 @@ def test_a_folder_whose_access_is_refused_keeps_its_photos_until_prune_is_forced
         planned = runner.invoke(app, ["prune", "--db", str(db), "--dry-run"])
         assert planned.exit_code == 0 and "dry run: 0 of 4 images would be removed" in said(planned), said(planned)
         assert "kept 2 photos whose file cannot be read now (" in said(planned)
-        assert "sub/chelsea.png: cannot be reached (Permission denied)" in said(planned)
+        assert "sub/chelsea.png: access refused (Permission denied)" in said(planned)
         kept = runner.invoke(app, ["prune", "--db", str(db)])
         assert kept.exit_code == 0 and "finished: 0 images removed" in said(kept), said(kept)
         assert f"give access back, or `usesearch prune --db {db} --force` removes them" in said(kept)
         assert segment_table(db) == before
+        scoped = runner.invoke(app, ["prune", str(photos / "sub"), "--db", str(db), "--dry-run"])
+        assert f"`usesearch prune {photos / 'sub'} --db {db} --force` removes them" in said(scoped)  # (its scope)
         forced = runner.invoke(app, ["prune", "--db", str(db), "--force"])
         assert forced.exit_code == 0 and "finished: 2 images removed" in said(forced), said(forced)
         assert "cannot be read now" not in said(forced)
@@ -99,7 +101,32 @@ def test_a_failure_recorded_at_a_folder_that_lists_now_is_pruned(tmp_path, monke
     info = json.loads(runner.invoke(app, ["info", "--db", str(db), "--json"]).output)
     assert info["images_failed"] == 1, info
     planned = runner.invoke(app, ["prune", "--db", str(db), "--dry-run"])
-    assert "sub (a folder that lists now (its photos are indexed under their own paths))" in said(planned)
+    assert "sub (a folder that lists now (the next index run walks it))" in said(planned)
     assert runner.invoke(app, ["prune", "--db", str(db)]).exit_code == 0
     info = json.loads(runner.invoke(app, ["info", "--db", str(db), "--json"]).output)
     assert info["images_failed"] == 0 and info["images_done"] == 4, info
+
+
+def test_a_kept_failure_whose_read_meets_an_io_error_is_held_not_pruned(tmp_path, monkeypatch):
+    """A photo failing since indexed is read again by prune: a read that met EIO (a flaky
+    disk: stat fine, the read not) was "failing since indexed" and went with its segments."""
+    import usesearch.indexer.leftovers as leftovers
+
+    photos = write_photos(tmp_path / "photos")
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    (photos / "coffee.png").write_bytes(b"garbage, not a picture any more\n")  # corrupt: a kept failure
+    assert index_paths([photos], db, IndexOptions(**OPTS)).failed == 1
+    before = segment_table(db)
+
+    def flaky(fs_path, *args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as m:
+        m.setattr(leftovers, "read_bytes", flaky)
+        kept = runner.invoke(app, ["prune", "--db", str(db)])
+    assert kept.exit_code == 0 and "finished: 0 images removed" in said(kept), said(kept)
+    assert "coffee.png: access refused (Input/output error)" in said(kept)
+    assert segment_table(db) == before
+    gone = runner.invoke(app, ["prune", "--db", str(db)])  # read whole again: still corrupt, so it goes
+    assert gone.exit_code == 0 and "finished: 1 image removed" in said(gone), said(gone)

@@ -246,12 +246,12 @@ def _prune(db: str, folders: list[str | os.PathLike], options) -> set[str]:
         f"pruned {counted(done.images_removed, 'image')} whose files are gone "
         f"({counted(done.segments_removed, 'segment')})"
     )
-    said.say_held(done, db, options.db_url)
+    said.say_held(done, db, options.db_url, folders)
     if done.failing_kept:
         flags = opts.index_flags(db, options.db_url)
         opts.console.print(
             f"{done.failing_kept} photo(s) indexed before fail to read now and keep their segments: "
-            f"`usesearch prune {flags}` removes those still failing"
+            f"`usesearch prune {flags}` removes those still failing (with --force, those whose access is refused)"
         )
     said.print_freed(done)
     return set(done.removed) | {path for path, _ in done.moved}
@@ -301,7 +301,7 @@ def prune_cmd(
             f"would move {one_line(p)} onto its copy {one_line(copy)}" for p, copy in report.would_move
         ]:
             opts.console.print(line, markup=False, highlight=False)
-        said.say_held(report, db, db_url)
+        said.say_held(report, db, db_url, folders)
         if report.fragment_bytes_freed:
             opts.console.print(
                 f"would remove fragments of Ray runs cut short: {report.fragment_bytes_freed / 2**20:.2f} MiB"
@@ -324,7 +324,7 @@ def prune_cmd(
         )
     if report.copies_forgotten:
         opts.console.print(f"{report.copies_forgotten} noted copies forgotten (gone, or indexed under their own names)")
-    said.say_held(report, db, db_url)
+    said.say_held(report, db, db_url, folders)
     said.print_freed(report)
     if report.interrupted:  # as every command's Ctrl-C: `prune && next-step` must not go on
         raise typer.Exit(130)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -175,16 +176,18 @@ def print_freed(report) -> None:
         opts.console.print(f"fragments of Ray runs cut short: {report.fragment_bytes_freed / 2**20:.2f} MiB removed")
 
 
-def say_held(report, db: str, db_url: str | None) -> None:
+def say_held(report, db: str, db_url: str | None, under: list | None) -> None:
     """Photos prune kept because their access is refused (not gone: a chmod or a remount
-    gives them back), the first few named."""
+    gives them back), the first few named, and the prune that removes them: of the same
+    photos or folders (a --force of the whole index would lift its unmounted-disk guard)."""
     if not report.held:
         return
     shown = "; ".join(f"{one_line(path)}: {why}" for path, why in report.held[:3])
     more = f"; and {len(report.held) - 3} more" if len(report.held) > 3 else ""
+    scope = "".join(f" {shlex.quote(os.fspath(p))}" for p in under or [])
     opts.console.print(
         f"kept {counted(len(report.held), 'photo')} whose file cannot be read now ({shown}{more}): "
-        f"give access back, or `usesearch prune {opts.index_flags(db, db_url)} --force` removes them",
+        f"give access back, or `usesearch prune{scope} {opts.index_flags(db, db_url)} --force` removes them",
         markup=False,
         highlight=False,
     )
