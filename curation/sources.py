@@ -35,7 +35,8 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
     """``captions_train2017.json`` layout: ground-truth captions per image. A caption
     that is not one is recorded (the rest are curated); a file with none at all (an
     instances file given by mistake) is refused in one line."""
-    from usesearch.io.coco_dataset import one_entry_a_photo, photo_path
+    from usesearch.io.coco_dataset import one_entry_a_photo
+    from usesearch.io.coco_photos import photo_path
 
     coco = load_coco_json(captions_json, ("images", "annotations"))
     captions: defaultdict[Any, list[TextRef]] = defaultdict(list)
@@ -74,7 +75,7 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
     # Entries naming one file are one photo with all their captions, as an instances
     # file's are: else the second was skipped as curated and its captions lost unsaid.
     repeats: list[Problem] = []
-    kept = one_entry_a_photo(named, repeats)
+    kept = one_entry_a_photo(named, repeats, captions=True)
     said: defaultdict[str, list[Problem]] = defaultdict(list)
     for problem in repeats:
         said[os.path.normpath(str(problem[0]))].append(problem)
@@ -136,7 +137,7 @@ def _vg_item(entry: Any, folders: list[str], source: str | os.PathLike) -> Itera
     if not isinstance(regions, list):
         yield ImageItem(path=str(source), problems=[_broken(None, f"not an image's regions: {entry!r}")], photo=False)
         return
-    from usesearch.io.coco_dataset import photo_path
+    from usesearch.io.coco_photos import photo_path
 
     image_id = entry.get("id", regions[0].get("image_id") if regions and isinstance(regions[0], dict) else None)
     if not regions or not _is_key(image_id):
@@ -165,7 +166,8 @@ def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | o
     """COCO instance annotations: ground-truth masks with category names, already
     segment-text pairs. Read and checked as ``index --coco`` reads them; the masks are
     made in the pipeline at the photo's real size (``annotation_segments``)."""
-    from usesearch.io.coco_dataset import photo_path, read_coco
+    from usesearch.io.coco_dataset import read_coco
+    from usesearch.io.coco_photos import photo_path
 
     dataset = read_coco(instances_json)
     if not any(entry.annotations for entry in dataset.images):

@@ -18,8 +18,8 @@ from usesearch.io.coco_dataset import (
     ImageEntry,
     Problem,
     masks_of,
-    photo_paths,
 )
+from usesearch.io.coco_photos import photo_paths
 from usesearch.io.files import Found, display_path
 from usesearch.masks.proposals import Proposal
 from usesearch.reports import counted

@@ -11,7 +11,6 @@ read; everything else here is checked from the JSON alone."""
 from __future__ import annotations
 
 import os
-import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from usesearch.errors import AnnotationError, CocoFileError, UsesearchError, first_line
 from usesearch.io.coco_json import load_coco_json, not_coco
+from usesearch.io.coco_photos import photo_path
 from usesearch.io.files import holds_anything
 from usesearch.masks import rle
 
@@ -193,17 +193,20 @@ class _Entry(Protocol):
 _E = TypeVar("_E", bound=_Entry)
 
 
-def one_entry_a_photo(entries: Iterable[_E], problems: list) -> list[_E]:
+def one_entry_a_photo(entries: Iterable[_E], problems: list, captions: bool = False) -> list[_E]:
     """Entries naming the same file become one (a photo's annotations are all its
     entries'), each repeat a problem: otherwise each would undo the other's on a re-run.
-    A repeat giving the photo another size adds no annotation (a "size mismatch").
-    One place for instances and captions files, so that both say a repeat alike."""
+    A repeat giving the photo another size adds no annotation (a "size mismatch"): its
+    masks would not sit on the photo's pixels. ``captions``: a captions file's entries,
+    whose texts hold at any size. One place for instances and captions files."""
     by_file: dict[str, _E] = {}
+    what, merged = ("captions", "curated") if captions else ("annotations", "indexed")
     for entry in entries:
         first = by_file.setdefault(os.path.normpath(entry.file_name), entry)
         if first is entry:
             continue
-        if None not in (first.height, entry.height) and (first.height, first.width) != (entry.height, entry.width):
+        sizes = {(e.height, e.width) for e in (first, entry)}
+        if not captions and None not in (first.height, entry.height) and len(sizes) > 1:
             # Drawn on another size of the photo: its masks would not sit on its pixels.
             message = (
                 f"image entries {first.id} and {entry.id} name the same file at {first.width}x{first.height} "
@@ -214,7 +217,7 @@ def one_entry_a_photo(entries: Iterable[_E], problems: list) -> list[_E]:
         if first.height is None:  # the repeat's size is the one the file gives
             first.height, first.width = entry.height, entry.width
         first.annotations += entry.annotations
-        message = f"image entries {first.id} and {entry.id} name the same file: their annotations are indexed together"
+        message = f"image entries {first.id} and {entry.id} name the same file: their {what} are {merged} together"
         problems.append((entry.file_name, None, AnnotationError(DUPLICATE_ID, message)))
     return list(by_file.values())
 
@@ -301,39 +304,6 @@ def _compact(segmentation: Any) -> Any:
         except OverflowError:  # a number past any float (10**400): ``rle.checked`` refuses it in one line
             return segmentation
     return segmentation
-
-
-def photo_path(folders: list[str], file_name: str) -> str | None:
-    """The file an entry names, under the first of ``folders`` that has it, spelled
-    as the folder walk spells it (the store's key); None where none has it or the
-    name leads outside its folder."""
-    return next(_candidates(folders, file_name), None)
-
-
-def photo_paths(folders: list[str], file_name: str) -> list[str]:
-    """Every file an entry's name leads to under ``folders`` (``photo_path``'s spelling),
-    a file reached through two of them once: more than one, and the entry is ambiguous
-    (per-camera folders each holding IMG_0001.jpg). One folder: ``photo_path``'s stat."""
-    found = list(_candidates(folders, file_name))
-    if len(found) < 2:
-        return found
-    files: dict[str, str] = {}
-    for candidate in found:
-        files.setdefault(os.path.realpath(candidate), candidate)
-    return list(files.values())
-
-
-def _candidates(folders: list[str], file_name: str) -> Iterator[str]:
-    # A name as macOS tools write it (NFD) for a file named NFC, or the other way round:
-    # looked for in the other form where the name as written is not there.
-    spellings = dict.fromkeys([file_name, *(unicodedata.normalize(form, file_name) for form in ("NFC", "NFD"))])
-    for folder in folders:
-        root = os.path.abspath(folder)
-        for name in spellings:
-            candidate = os.path.normpath(os.path.join(root, name))
-            if candidate.startswith(root.rstrip(os.sep) + os.sep) and os.path.isfile(candidate):
-                yield candidate
-                break
 
 
 # A fault as recorded: the entry's file name (or None), the annotation id (or None), what is wrong.
