@@ -15,18 +15,10 @@ from usesearch.devices import explicit_device
 from usesearch.errors import NotFoundError, UsesearchError
 from usesearch.io.images import to_rgb_array
 
-from . import calibration, faiss_gpu, index_choice, index_kinds, index_stats, vector_files, vectors
+from . import calibration, faiss_gpu, filters, index_choice, index_kinds, index_stats, vector_files, vectors
 from .catalog import catalog_errors
 from .embeddings import top_rows
-from .filters import (
-    CANDIDATES_MAX,
-    SearchFilters,
-    check_filters,
-    check_k,
-    check_query_text,
-    check_query_vector,
-    check_segment_id,
-)
+from .filters import SearchFilters, check_filters, check_k, check_query_text, check_query_vector, check_segment_id
 from .folder import FAISS_FILE, index_flags, open_store
 from .freshness import TYPE_CHECK_S, Freshness
 from .hits import Hit, passes, passing_share, to_hits
@@ -43,6 +35,7 @@ if TYPE_CHECKING:  # the model side loads with the first model (``info``, ``fail
     from usesearch.models.model import SegmentEmbedder, TextEmbedder
 
 MAX_QUERY_CHARS = 1000
+CANDIDATES_MAX = filters.CANDIDATES_MAX  # (a module's own: tests lower it for its searches)
 LOCATIONS = ("catalog", "memory", "background")  # see SegmentIndex.__init__
 MAX_SEGMENT_ID = 2**63 - 1  # SQL's integer range
 FULL_ROWS_UP_TO = 2048  # candidates of a filter checked on them read whole at once; past this, light first

@@ -64,6 +64,13 @@ def test_a_rerank_past_what_a_search_re_scores_is_refused_as_the_web_api_refuses
     assert runner.invoke(app, ["query", "a cat", "--db", str(db), "--rerank", "32768"]).exit_code == 0
 
 
+def test_an_effort_that_changes_nothing_is_noted_by_its_flags(db):
+    """The notes are built in indexer/filters.py for the CLI and the web API: here, the CLI's spelling."""
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--nprobe", "3", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)
+    assert result.stderr.strip() == "--nprobe: this index is exact (every segment scored): nothing to change"
+
+
 def test_a_filter_the_index_has_says_nothing_more(db):
     result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--json", "--label", "cat", "--min-score", "0.99"])
     assert result.exit_code == 0 and json.loads(result.stdout) == []

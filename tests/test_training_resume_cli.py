@@ -41,3 +41,30 @@ def test_a_finished_run_resumed_says_only_that_nothing_was_trained(run_args, tmp
     assert (summary["steps"], summary["trained_now"], summary["images"]) == (3, 0, 12)
     assert summary["head"] == str(tmp_path / "run" / "head")
     assert len(_losses(tmp_path / "run")) == 3
+
+
+def test_a_run_resumed_part_way_says_the_steps_this_command_trained(synthetic, tmp_path, monkeypatch):  # noqa: F811
+    """Resumed at step 2 of 3, it said "trained 3 steps", and an interrupted run's JSON
+    had no ``trained_now``."""
+    import tqdm
+
+    class StopAtTwo(tqdm.tqdm):  # Ctrl-C once the second step is done (the bar is off here: its own count)
+        steps = 0
+
+        def update(self, n=1):
+            super().update(n)
+            StopAtTwo.steps += n
+            if StopAtTwo.steps == 2:
+                raise KeyboardInterrupt
+
+    args = ["train", str(synthetic[1]), "--run-dir", str(tmp_path / "run"), "--batch-images", "4", "--crop", "96"]
+    args += ["--max-steps", "3", "--checkpoint-every", "1", "--preset", "tiny"]
+    with monkeypatch.context() as m:
+        m.setattr(tqdm, "tqdm", StopAtTwo)
+        cut = CliRunner().invoke(app, [*args, "--json"])
+    assert cut.exit_code == 130, cut.output
+    assert json.loads(cut.stdout)["trained_now"] == 2
+    resumed = CliRunner().invoke(app, [*args, "--resume"])
+    said = " ".join(resumed.output.split())  # (stopped before step 2's checkpoint: resumed from step 1's)
+    assert resumed.exit_code == 0 and "from its checkpoint of step 1 of 3" in said, said
+    assert "trained 2 more steps (to step 3) on " in said

@@ -141,7 +141,7 @@ class SearchOut(BaseModel):
     refined_photos: int | None = None  # ?refine=sam3: photos SAM 3 looked at
     image_steps: int | None = None  # of them, photos whose image step ran (not cached)
     skipped: list[str] | None = None  # of them, photos that could not be read, each with its reason
-    notes: list[str] | None = None  # no hit: why, where a filter names what the index lacks
+    notes: list[str] | None = None  # no hit: why a filter found none; any: an effort that changed nothing
     hits: list[HitOut]
 
 

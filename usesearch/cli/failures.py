@@ -145,7 +145,8 @@ def user_errors(fn):
                 raise
             code, message = 2, first_line(exc)
             if is_disk_full(exc) and type(exc).__module__.startswith("sqlalchemy"):  # (its text: "(sqlite3.…) …")
-                message = f"disk full: cannot write {_catalog_named(kwargs.get('db'))}; free space and run it again"
+                named = "the catalog's server" if kwargs.get("db_url") else _catalog_named(kwargs.get("db"))
+                message = f"disk full: cannot write {named}; free space and run it again"
             elif is_disk_full(exc):
                 message = f"disk full: {getattr(exc, 'filename', None) or message}"
             elif isinstance(exc, (UsesearchError, ValueError)) and not isinstance(exc, UnicodeError):

@@ -203,7 +203,8 @@ def say_fragments_waiting(db: str, on_ray: bool, interrupted: bool) -> None:
         return
     where = os.path.join(db, FRAGMENTS)
     opts.console.print(
-        f"{counted(count, 'photo')} computed by a Ray run cut short wait in {where}: "
+        f"{counted(count, 'photo')} computed by a Ray run and not committed wait in {where} (a run cut short, "
+        "or photos changed since): "
         + ("the next `index --ray` run commits them without computing them again; " if on_ray else "")
         + "`usesearch prune` removes them",
         markup=False,

@@ -158,7 +158,8 @@ def train(
         again = f": the same command with --resume continues (--run-dir {run_dir})" if saved is not None else ""
         opts.console.print(f"interrupted after step {trainer.step} of {trainer.total_steps}; {said}{again}")
         if as_json:
-            interrupted = {"steps": trainer.step, "interrupted": True, "resumable": saved is not None}
+            interrupted = {"steps": trainer.step, "trained_now": trainer.step - first_step, "interrupted": True}
+            interrupted["resumable"] = saved is not None
             print(json.dumps({**interrupted, "checkpoint_step": saved}, indent=1))  # (None: no checkpoint)
         raise typer.Exit(130) from None
     except Exception as exc:
@@ -174,8 +175,10 @@ def train(
     trained_on = trainer.trained_on()
     if not trained_on and not resume:
         drop_untrained(run_dir, before)
+    # (a resumed run's steps are this command's: it said "trained 28 steps" of a run resumed at 27)
+    steps = f"{counted(trainer.step - first_step, 'more step')} (to step {trainer.step})" if first_step else None
     opts.console.print(
-        f"trained {counted(trainer.step, 'step')} on {counted(trained_on, 'image')}; "
+        f"trained {steps or counted(trainer.step, 'step')} on {counted(trained_on, 'image')}; "
         f"head: {head} (use it with --head {run_dir / 'head'})"
         if trained_on
         else f"{counted(trainer.step, 'step')} ran without a readable image"
