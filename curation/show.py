@@ -16,24 +16,24 @@ from usesearch.io.files import decode, indexed_limits, read_bytes
 from usesearch.masks import rle
 from usesearch.tasks import visualize
 
-from .dataset import read_records
+from .dataset import read_records, stale_contents
 
 
 def find_record(dataset_dir: str | os.PathLike, image: str) -> dict[str, Any]:
     """The photo ``image`` names (its path, the end of its path, its file name or its
     sha256; else a file whose bytes a curated photo has, as a copy skipped in a run), with
     the segments of every source that curated it. A name that fits several photos is
-    refused, naming them; one path curated again after its photo changed is its newest
-    record (no path could choose between them; its older ones by their sha256)."""
+    refused, naming them; one path curated again after its photo changed is the record
+    training reads (``stale_contents``; no path could choose; the others by their sha256)."""
     tail = "/" + image.lstrip("./")
     found: dict[str, dict[str, Any]] = {}
-    newest = ""  # the sha256 of the last record matched: a photo curated again after it changed
+    order: list[tuple[str, str]] = []  # (path, sha256) of each record matched, as curated
     for record in read_records(dataset_dir):
         path = record["path"]
         if image in (path, record["sha256"], Path(path).name) or path.endswith(tail):
             merged = found.setdefault(record["sha256"], {**record, "segments": []})
             merged["segments"] = merged["segments"] + record["segments"]
-            newest = record["sha256"]
+            order.append((path, record["sha256"]))
     if not found and not _is_sha256(image) and os.path.isfile(image):  # a copy of a curated photo: by its bytes
         try:
             return find_record(dataset_dir, read_bytes(image)[1])
@@ -43,8 +43,9 @@ def find_record(dataset_dir: str | os.PathLike, image: str) -> dict[str, Any]:
         raise UsesearchError(
             f"{image!r} is not in the dataset at {dataset_dir} (match by path, end of path, file name or sha256)"
         )
-    if len({r["path"] for r in found.values()}) == 1:  # one path's contents over time: its newest, as training reads
-        return found[newest]
+    if len({r["path"] for r in found.values()}) == 1:  # one path's contents over time: the one training reads
+        stale = stale_contents(order)  # (the file's content now where it is one of them, else the last curated)
+        return next(found[sha] for path, sha in reversed(order) if (path, sha) not in stale)
     if len(found) > 1:
         paths = sorted(r["path"] for r in found.values())
         more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""

@@ -124,6 +124,8 @@ def test_curate_show_finds_a_photo_by_the_end_of_its_path_and_refuses_an_ambiguo
     newest = find_record(tmp_path / "ds", str(photos / "b" / "cat.png"))
     assert newest["sha256"] != first and [t["text"] for s in newest["segments"] for t in s["texts"]] == ["a camera"]
     assert find_record(tmp_path / "ds", first)["segments"] == []  # (the older one, by its sha256)
+    Image.fromarray(data.astronaut()[::4, ::4]).save(photos / "b" / "cat.png")  # put back: the one training reads
+    assert find_record(tmp_path / "ds", str(photos / "b" / "cat.png"))["sha256"] == first
     # A file on disk that no run curated is refused by the name given, not by its sha256.
     Image.fromarray(data.coffee()[::8, ::8]).save(tmp_path / "never.png")
     never = str(tmp_path / "never.png")
