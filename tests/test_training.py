@@ -201,7 +201,8 @@ def test_cli_train_interrupted_says_how_to_continue(synthetic, tmp_path, monkeyp
     )
     assert result.exit_code == 130, result.output
     assert "interrupted after step 2 of 5; checkpoint written" in result.stderr
-    assert json.loads(result.stdout) == {"steps": 2, "interrupted": True, "resumable": True, "checkpoint_step": 2}
+    summary = {"steps": 2, "trained_now": 2, "interrupted": True, "resumable": True, "checkpoint_step": 2}
+    assert json.loads(result.stdout) == summary
 
 
 def test_cli_train_stopped_at_once_names_the_checkpoint_a_resume_starts_from(synthetic, tmp_path, monkeypatch):
