@@ -78,9 +78,11 @@ def catalog_stats(
     gone = {}
     if check_files:
         dead, lost = embedding_leftovers(store)
-        missing, checked, _, _ = files_gone(store)
+        found = files_gone(store)
+        missing, checked = found.number, found.checked
         gone = {
             "files_gone": missing,  # estimated where fewer than every image were checked
+            "files_held": found.held,  # their access refused: kept by prune until --force
             "files_checked": checked,
             "bytes_embeddings_dead": dead,
             "embeddings_lost": lost,  # file -> segments: `index --repair`

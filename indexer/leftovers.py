@@ -210,6 +210,7 @@ class Gone(NamedTuple):
     checked: int  # images whose files were looked at
     found: list[tuple[int, str, str]]  # (id, path, why) of the gone ones among them
     estimated: bool
+    held: int = 0  # images whose access is refused (``may_come_back``): kept by prune, estimated alike
 
 
 def files_gone(
@@ -243,8 +244,10 @@ def files_gone(
         rows = [tuple(row) for row in s.execute(query)]
     chosen = [r for r in rows if r[0] not in failed] if indexed_only else rows
     failed, failing = failure_sets(store, kept_failures)
-    found = gone_images(chosen, failed, failing, store=store, held=[])  # (access refused: not gone, as prune keeps it)
-    return Gone(round(len(found) * total / max(1, len(rows))), len(rows), found, estimated)
+    held: list[tuple[int, str, str]] = []  # (access refused: not gone, as prune keeps them)
+    found = gone_images(chosen, failed, failing, store=store, held=held)
+    share = total / max(1, len(rows))
+    return Gone(round(len(found) * share), len(rows), found, estimated, round(len(held) * share))
 
 
 def live_rows(store: Store) -> dict[int, int]:

@@ -75,16 +75,16 @@ def test_info_counts_files_gone_from_a_sample_past_its_bound(tmp_path):
 
     catalog(lambda i: i % 3 == 0)  # 600 gone, spread evenly
     assert files_gone(store, most=1000)[:2] == (600, 900)
-    gone, checked, _, estimated = files_gone(store, most=150)
+    gone, checked, _, estimated, _ = files_gone(store, most=150)
     assert checked == 150 and estimated and 500 <= gone <= 700
     catalog(lambda i: i < 450)  # the later half gone: a sample of the first ids saw none
-    gone, checked, _, _ = files_gone(store, most=150)
+    gone, checked, _, _, _ = files_gone(store, most=150)
     assert checked == 150 and 370 <= gone <= 530
     small = files_gone(store, [tmp_path / "small"], most=150)  # 10 photos, all gone
     assert (small.number, small.checked, small.estimated) == (10, 10, False)
     with store.sessions.begin() as s:  # ids with gaps: every other image removed
         s.execute(delete(ImageRecord).where(ImageRecord.id % 2 == 0))
-    gone, checked, _, _ = files_gone(store, most=150)
+    gone, checked, _, _, _ = files_gone(store, most=150)
     assert checked == 150 and 170 <= gone <= 280  # of 450, 225 gone
     store.close()
 

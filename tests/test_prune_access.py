@@ -61,6 +61,8 @@ def test_a_folder_whose_access_is_refused_keeps_its_photos_until_prune_is_forced
         assert segment_table(db) == before
         scoped = runner.invoke(app, ["prune", str(photos / "sub"), "--db", str(db), "--dry-run"])
         assert f"`usesearch prune {photos / 'sub'} --db {db} --force` removes them" in said(scoped)  # (its scope)
+        info = json.loads(runner.invoke(app, ["info", "--db", str(db), "--json"]).output)  # (held: counted apart)
+        assert (info["files_gone"], info["files_held"]) == (0, 2), info
         forced = runner.invoke(app, ["prune", "--db", str(db), "--force"])
         assert forced.exit_code == 0 and "finished: 2 images removed" in said(forced), said(forced)
         assert "cannot be read now" not in said(forced)

@@ -108,7 +108,7 @@ def say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> N
     store = open_store(Path(db), db_url, read_only=True)
     try:
         # Failed: never indexed; failing since indexed: kept by this run, said in its summary.
-        count, _, gone, estimated = files_gone(store, folders, indexed_only=True, kept_failures=False)
+        count, _, gone, estimated, _ = files_gone(store, folders, indexed_only=True, kept_failures=False)
     finally:
         store.close()
     if gone:
