@@ -48,6 +48,10 @@ def test_curate_run_refuses_what_its_source_would_not_use_and_an_empty_folder(tm
     cases = [
         (["curate", "run", str(tmp_path / "empty"), *ds, "--captioner", "tiny"], "found no photo to curate there"),
         (["curate", "run", str(tmp_path / "c.json"), *ds], "is a file and --input-format folder reads a folder"),
+        (  # (taken silently: a folder's photos are its own)
+            ["curate", "run", str(photos), *ds, "--captioner", "tiny", "--images", str(photos)],
+            f"--input-format folder curates the photos under {photos}: --images names an annotation file's photos",
+        ),
         (  # ("error: photos: Is a directory")
             ["curate", "run", str(photos), "--input-format", "vg", "--images", str(photos), *ds],
             f"{photos} is a folder and --input-format vg reads its annotation file (",

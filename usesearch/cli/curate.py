@@ -108,6 +108,11 @@ def run(
     kind = SOURCES.get(input_format)
     if kind is not None:
         _refuse_unused(input_format, kind, sam, sam_checkpoint, captioner, grounder)
+    if kind is not None and not kind.annotations and images is not None:  # (taken silently: the photos are PATH's)
+        raise UsesearchError(
+            f"--input-format {input_format} curates the photos under {path}: --images names an annotation file's "
+            "photos; leave it out"
+        )
     if kind is not None and not kind.annotations and path.is_file():
         raise UsesearchError(
             f"{path} is a file and --input-format {input_format} reads a folder of photos; for an annotation file "
