@@ -47,7 +47,9 @@ def test_head_for_other_backbones_is_refused(trained_head):
     meta = json.loads(meta_path.read_text())
     meta["backbones"]["dino"]["overrides"]["depth"] = 12
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(usesearch.CheckpointMismatchError):
+    with pytest.raises(  # (it said "trained for preset 'tiny' (…) and cannot be loaded onto preset 'tiny'")
+        usesearch.CheckpointMismatchError, match="names preset 'tiny' in its config but was trained for other backbones"
+    ):
         usesearch.load_model(path)
 
 

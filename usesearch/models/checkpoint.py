@@ -100,12 +100,19 @@ def load_head(path: str | os.PathLike, preset: PresetConfig) -> tuple[dict[str, 
     # JSON round-trips tuples as lists; compare in JSON form.
     expected = json.loads(json.dumps(preset.backbone_dict()))
     if meta.get("backbones") != expected or meta.get("lln_dim") != preset.head.lln_dim:
+        trained = (
+            f"CLIP {meta['backbones']['clip'].get('model_name')}, DINOv2 {meta['backbones']['dino'].get('timm_name')}"
+        )
+        own = f"CLIP {preset.clip.model_name}, DINOv2 {preset.dino.timm_name}"
+        trained += " with other settings" if trained == own else ""  # (a depth, a head width)
+        if meta.get("preset") == preset.name:  # (it said "trained for preset 'b16' … cannot be loaded onto 'b16'")
+            raise CheckpointMismatchError(
+                f"head checkpoint {path} names preset {preset.name!r} in its config but was trained for other "
+                f"backbones ({trained}) than that preset's ({own}): it cannot be loaded onto it"
+            )
         raise CheckpointMismatchError(
-            f"head checkpoint {path} was trained for preset {meta.get('preset')!r} "
-            f"(CLIP {meta['backbones']['clip'].get('model_name')}, "
-            f"DINOv2 {meta['backbones']['dino'].get('timm_name')}) "
-            f"and cannot be loaded onto preset {preset.name!r} "
-            f"(CLIP {preset.clip.model_name}, DINOv2 {preset.dino.timm_name})"
+            f"head checkpoint {path} was trained for preset {meta.get('preset')!r} ({trained}) "
+            f"and cannot be loaded onto preset {preset.name!r} ({own})"
         )
     weights = checkpoint_paths(path)[0]
     fault = file_fault(weights)
