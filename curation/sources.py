@@ -70,8 +70,7 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
             problems = [_broken(None, f"image {img['id']!r} has no file_name")]
             nameless.append(ImageItem(str(captions_json), problems=problems, photo=False))
             continue
-        height, width = (v if _is_size(v) else None for v in (img.get("height"), img.get("width")))
-        named.append(_CaptionEntry(img["id"], img["file_name"], height, width, list(captions.get(img["id"], []))))
+        named.append(_CaptionEntry(img["id"], img["file_name"], list(captions.get(img["id"], []))))
     # Entries naming one file are one photo with all their captions, as an instances
     # file's are: else the second was skipped as curated and its captions lost unsaid.
     repeats: list[Problem] = []
@@ -93,17 +92,14 @@ def coco_captions_source(captions_json: str | os.PathLike, images_dir: str | os.
 
 @dataclass
 class _CaptionEntry:
-    """A captions file's image entry, its captions as its annotations (for ``one_entry_a_photo``)."""
+    """A captions file's image entry, its captions as its annotations (for ``one_entry_a_photo``;
+    no size: a text holds at any)."""
 
     id: Any
     file_name: str
-    height: int | None
-    width: int | None
     annotations: list[TextRef]
-
-
-def _is_size(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    height: int | None = None
+    width: int | None = None
 
 
 def visual_genome_source(

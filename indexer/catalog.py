@@ -82,6 +82,12 @@ def index_flags(db_dir: str | os.PathLike, db_url: str | None) -> str:
     return shlex.join(flags)
 
 
+def scope_args(under: list | None) -> str:
+    """The photos or folders a command was given, as a suggested command repeats them
+    (each quoted, a space before each; empty for none)."""
+    return "".join(f" {shlex.quote(os.fspath(p))}" for p in under or [])
+
+
 def url_without_password(url: str) -> str:
     """The URL for a command a message suggests: its password left out, not masked (a
     ``***`` would be sent as the password; without one, libpq takes ``PGPASSWORD`` or

@@ -14,6 +14,7 @@ from usesearch.io.locks import live_holder, one_writer
 from usesearch.io.own_folders import why_unwritable
 
 from .catalog import index_flags as index_flags  # (said by many messages: imported from here)
+from .catalog import scope_args as scope_args
 from .catalog import shown_url
 from .embeddings import FOLDER
 from .identity import ID_FILE

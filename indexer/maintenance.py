@@ -29,7 +29,6 @@ they have mapped stays readable until they unmap it.
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -45,7 +44,7 @@ from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
 from .calibrating import calibrate_index
-from .folder import FAISS_FILE, check_index_at, check_writable, index_flags, open_store, writer_lock
+from .folder import FAISS_FILE, check_index_at, check_writable, index_flags, open_store, scope_args, writer_lock
 from .leftovers import copies_holding, failure_sets, gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_count, check_shard_size
 from .records import IndexInfo, SegmentRecord
@@ -230,7 +229,7 @@ def prune(
             failing = writer.store.kept_failure_ids()
             report.failing_kept = len(failing & {i for i, _, _ in considered} - {i for i, _, _ in gone})
         if all_gone and not force:
-            scope = "".join(f" {shlex.quote(os.fspath(p))}" for p in under or [])
+            scope = scope_args(under)
             raise EverythingGoneError(
                 f"all {len(considered)} files the index records{' under' + scope if scope else ''} are gone "
                 f"(is the disk mounted?); nothing was removed. `usesearch prune{scope} "

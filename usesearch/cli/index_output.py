@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -184,7 +183,9 @@ def say_held(report, db: str, db_url: str | None, under: list | None) -> None:
         return
     shown = "; ".join(f"{one_line(path)}: {why}" for path, why in report.held[:3])
     more = f"; and {len(report.held) - 3} more" if len(report.held) > 3 else ""
-    scope = "".join(f" {shlex.quote(os.fspath(p))}" for p in under or [])
+    from usesearch.indexer.folder import scope_args
+
+    scope = scope_args(under)
     opts.console.print(
         f"kept {counted(len(report.held), 'photo')} whose file cannot be read now ({shown}{more}): "
         f"give access back, or `usesearch prune{scope} {opts.index_flags(db, db_url)} --force` removes them",

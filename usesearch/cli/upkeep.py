@@ -170,7 +170,7 @@ def reindex_cmd(
             )
         opts.console.print(f"rebuilt FAISS index with {done.vectors} vectors, its shards filled on Ray")
     if done.calibration is not None:  # (what `info` shows: said where it was measured)
-        opts.console.print(f"calibrated in {done.calibration.seconds:.0f} s: {done.calibration.describe()}")
+        _say_calibrated(done.calibration)
 
 
 @app.command()
@@ -186,5 +186,8 @@ def calibrate(
     when it was measured on a busy machine, on the machine that serves it, or for another target."""
     from usesearch.indexer import recalibrate
 
-    measured = recalibrate(db, db_url, recall_target, latency_budget_ms=latency_budget, faiss_device=faiss_device)
+    _say_calibrated(recalibrate(db, db_url, recall_target, latency_budget_ms=latency_budget, faiss_device=faiss_device))
+
+
+def _say_calibrated(measured) -> None:
     opts.console.print(f"calibrated in {measured.seconds:.0f} s: {measured.describe()}")
