@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import UsesearchError, first_few
 from usesearch.io.atomic import temporary_of, write_atomic
 from usesearch.io.files import read_bytes
 from usesearch.io.locks import one_writer
@@ -111,9 +111,8 @@ def check_dataset_folder(dataset_dir: str | os.PathLike) -> None:
         if name not in (*DATASET_FILES, *OS_FILES) and temporary_of(name) not in DATASET_FILES
     )
     if others:
-        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
         raise UsesearchError(
-            f"{folder} holds files that are not a curated dataset's ({', '.join(others[:3])}{more}): "
+            f"{folder} holds files that are not a curated dataset's ({first_few(others)}): "
             "give --dataset-dir a new or empty folder"
         )
 
@@ -140,9 +139,8 @@ def read_records(dataset_dir: str | os.PathLike, *, finished: bool = True) -> It
         missing = [name for name in listed if not (Path(dataset_dir) / "shards" / str(name)).is_file()]
         if missing:  # its photos would silently count as never curated
             raise UsesearchError(
-                f"{dataset_dir}: shard {missing[0]} is missing"
-                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                + ": restore it, or run `usesearch curate run` again to curate its photos anew"
+                f"{dataset_dir}: shard {first_few(missing, 1)} {'is' if len(missing) == 1 else 'are'} missing"
+                ": restore it, or run `usesearch curate run` again to curate its photos anew"
             )
     for shard in sorted((Path(dataset_dir) / "shards").glob("*.jsonl")):
         with open(shard, "rb") as f:

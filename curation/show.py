@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import UsesearchError, first_few
 from usesearch.io.atomic import save_picture
 from usesearch.io.files import decode, indexed_limits, read_bytes
 from usesearch.masks import rle
@@ -48,10 +48,7 @@ def find_record(dataset_dir: str | os.PathLike, image: str) -> dict[str, Any]:
         return next(found[sha] for path, sha in reversed(order) if (path, sha) not in stale)
     if len(found) > 1:
         paths = sorted(r["path"] for r in found.values())
-        more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-        raise UsesearchError(
-            f"{image!r} names {len(paths)} photos: {', '.join(paths[:3])}{more}; give more of its path"
-        )
+        raise UsesearchError(f"{image!r} names {len(paths)} photos: {first_few(paths)}; give more of its path")
     return next(iter(found.values()))
 
 

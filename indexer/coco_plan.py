@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from usesearch.errors import AnnotationError, UsesearchError
+from usesearch.errors import AnnotationError, UsesearchError, first_few
 from usesearch.io.coco_dataset import (
     AMBIGUOUS_PHOTO,
     DUPLICATE_ID,
@@ -96,8 +96,7 @@ def check_split(split: str) -> str:
 def annotations_of(entry: ImageEntry, shown: int = 5) -> str:
     """An entry's annotations, counted and named by their ids: "2 annotations (ids 7, 9)"."""
     ids = [str(a.id) for a in entry.annotations]
-    more = f", ... {len(ids) - shown} more" if len(ids) > shown else ""
-    return f"{counted(len(ids), 'annotation')} ({'id' if len(ids) == 1 else 'ids'} {', '.join(ids[:shown])}{more})"
+    return f"{counted(len(ids), 'annotation')} ({'id' if len(ids) == 1 else 'ids'} {first_few(ids, shown)})"
 
 
 def located_entries(

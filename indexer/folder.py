@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from usesearch.errors import IndexIdentityError, IndexLockedError, IndexUpgradeNeededError, UsesearchError
+from usesearch.errors import IndexIdentityError, IndexLockedError, IndexUpgradeNeededError, UsesearchError, first_few
 from usesearch.io.locks import live_holder, one_writer
 from usesearch.io.own_folders import why_unwritable
 
@@ -100,9 +100,7 @@ def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Pa
     db_dir = check_db_dir(db_dir)
     missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
     if missing:  # before the lock: a typo must not leave an empty index folder behind
-        raise UsesearchError(
-            f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
+        raise UsesearchError(f"no such file or folder: {first_few(missing, 1)}")
     refuse_shared_folder(db_dir, paths)  # for every caller: the CLI, the Python API, Ray and labelled datasets
     check_writable(db_dir, "index", "adds the photos' segments to it")
     return db_dir
@@ -176,8 +174,7 @@ def _what_instead(db_dir: Path) -> str:
     if len(inside) == 1:
         return f"the index in it is {inside[0]}: give --db {inside[0]}"
     if inside:  # (the first alone was named as if it were the only one)
-        named = ", ".join(map(str, inside[:3])) + (f" and {len(inside) - 3} more" if len(inside) > 3 else "")
-        return f"it holds {len(inside)} indexes ({named}): give --db the one meant"
+        return f"it holds {len(inside)} indexes ({first_few(inside)}): give --db the one meant"
     from usesearch.io.files import IMAGE_SUFFIXES
 
     photo = next((path.name for path, is_dir in listed if not is_dir and path.suffix.lower() in IMAGE_SUFFIXES), None)

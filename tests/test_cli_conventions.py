@@ -396,3 +396,14 @@ def test_train_help_describes_trains_own_preset_and_precision():
     shown = CliRunner().invoke(app, ["embed", "--help"], env={"COLUMNS": "200"}).output  # (no SAM in embed either)
     said = " ".join(shown.replace("│", " ").split())
     assert "What the image towers compute in" in said and "SAM" not in said, said
+
+
+def test_a_message_names_the_first_few_of_many_then_counts_the_rest():
+    """One phrasing wherever a message names a few of many things (files, photos, ids)."""
+    from usesearch.cli.failures import first_and_more
+    from usesearch.errors import first_few
+
+    assert first_few(["a", "b"]) == "a, b"
+    assert first_few(["a", "b", "c", "d", "e"]) == "a, b, c and 2 more"
+    assert first_few([3, 4, 5], shown=1, sep="; ") == "3 and 2 more"
+    assert first_and_more(["x/a.png", "b.png"], "a.png") == "a.png and 1 more"

@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from usesearch.errors import UsesearchError
+from usesearch.errors import UsesearchError, first_few
 from usesearch.io.atomic import temporary_of, write_atomic
 from usesearch.io.own_folders import OS_FILES
 
@@ -42,9 +42,8 @@ def check_new_run(out: str | os.PathLike) -> None:
         and not (killed_run and KILLED_RUN_FILES.match(name))
     )
     if others:
-        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
         raise UsesearchError(
-            f"{out} holds files that are not a training run's ({', '.join(others[:3])}{more}): "
+            f"{out} holds files that are not a training run's ({first_few(others)}): "
             "give --run-dir a new or empty folder"
         )
 

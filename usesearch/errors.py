@@ -1,5 +1,6 @@
 """Every error usesearch raises on purpose, in one module with stable names, and the two
-rules that read any exception: its first line, and whether it means a full disk.
+rules that read any exception: its first line, and whether it means a full disk, and
+how a message names a few of many things.
 
 Each carries a message meant for the user, not a stack trace: the CLI prints it in one
 line (``usesearch.cli.options.user_errors``), the web app as JSON."""
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import numpy as np
 
 # Set (non-empty) to see an unexpected error's traceback, and what libraries say
@@ -32,6 +35,13 @@ def failure_words(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror and str(exc).startswith(f"[Errno {exc.errno}]"):
         return exc.strerror
     return str(exc)
+
+
+def first_few(names: Iterable[object], shown: int = 3, sep: str = ", ") -> str:
+    """The first ``shown`` of ``names`` joined, then " and N more" where there are more:
+    how a message names a few of many (files, photos, ids)."""
+    said = [str(name) for name in names]
+    return sep.join(said[:shown]) + (f" and {len(said) - shown} more" if len(said) > shown else "")
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from usesearch import interrupts
 from usesearch.errors import DEBUG_ENV as DEBUG_ENV
-from usesearch.errors import UsesearchError, first_line, is_disk_full
+from usesearch.errors import UsesearchError, first_few, first_line, is_disk_full
 from usesearch.io.files import one_line
 
 # No markup: what is printed is data (file names like `x[/]y.png`, query texts), never
@@ -70,7 +70,7 @@ def say_pairs(pairs: list[tuple[str, str]], what: str, sign: str = "=") -> None:
 
 def first_and_more(items: list, first: str) -> str:
     """``first``, the first of ``items`` as said, ``and N more`` after it where there are more."""
-    return first + (f" and {len(items) - 1} more" if len(items) > 1 else "")
+    return first_few([first, *items[1:]], shown=1)
 
 
 def exit_if_all_failed(done: int, skipped: int, failed: int, what: str, outcome: str = "nothing is indexed") -> None:

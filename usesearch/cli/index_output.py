@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from usesearch.cli import options as opts
 from usesearch.cli.photo_limits import say_past_limits
+from usesearch.errors import first_few
 from usesearch.io.files import one_line
 from usesearch.reports import counted
 
@@ -181,13 +182,12 @@ def say_held(report, db: str, db_url: str | None, under: list | None) -> None:
     photos or folders (a --force of the whole index would lift its unmounted-disk guard)."""
     if not report.held:
         return
-    shown = "; ".join(f"{one_line(path)}: {why}" for path, why in report.held[:3])
-    more = f"; and {len(report.held) - 3} more" if len(report.held) > 3 else ""
+    shown = first_few((f"{one_line(path)}: {why}" for path, why in report.held), sep="; ")
     from usesearch.indexer.folder import scope_args
 
     scope = scope_args(under)
     opts.console.print(
-        f"kept {counted(len(report.held), 'photo')} whose file cannot be read now ({shown}{more}): "
+        f"kept {counted(len(report.held), 'photo')} whose file cannot be read now ({shown}): "
         f"give access back, or `usesearch prune{scope} {opts.index_flags(db, db_url)} --force` removes them",
         markup=False,
         highlight=False,

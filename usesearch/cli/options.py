@@ -74,13 +74,15 @@ def gone_or_changed(db: str | os.PathLike, db_url: str | None) -> str:
 
 def drawn_grey(unreadable: dict[str, str], drawn: str, db: str | os.PathLike, db_url: str | None) -> str:
     """The line under a contact sheet: its photos ``drawn`` grey, each with why."""
+    from usesearch.errors import first_few
     from usesearch.io.files import one_line
     from usesearch.reports import counted
 
     names = [f"{one_line(name)} ({why})" for name, why in unreadable.items()]
-    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if names[3:] else "")
     # ("could not be read or changed" read as photos that could not be changed)
-    said = f"{counted(len(names), 'photo')} gone, unreadable or changed since indexing, {drawn} grey: {listed} "
+    said = (
+        f"{counted(len(names), 'photo')} gone, unreadable or changed since indexing, {drawn} grey: {first_few(names)} "
+    )
     return said + gone_or_changed(db, db_url)
 
 

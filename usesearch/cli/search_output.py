@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from usesearch.cli import options as opts
-from usesearch.errors import UsesearchError, is_disk_full
+from usesearch.errors import UsesearchError, first_few, is_disk_full
 from usesearch.io.atomic import is_own_stdout, write_atomic
 from usesearch.io.files import IMAGE_SUFFIXES, one_line
 
@@ -176,7 +176,7 @@ def _say_stale(hits, index, where: str, masks: str, by_stat: bool) -> None:
             typer.echo(f"the hits' photos on disk: the first {checked:,} of {photos:,} checked, the rest not", err=True)
         return
     said = "; ".join(
-        f"{what}: {', '.join(one_line(n) for n in names[:3])}" + (f" and {len(names) - 3} more" if names[3:] else "")
+        f"{what}: {first_few(one_line(n) for n in names)}"
         for what, names in (("not on disk", gone), ("changed", changed))
         if names
     )

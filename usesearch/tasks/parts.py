@@ -23,7 +23,7 @@ def check_ground_truth(coco_file: Path, images: Path) -> None:
     annotation a mask COCOeval can score, checked before any model runs: a photo missing
     at the end lost every result before it, a wrong size scored 0 without a word, and a
     NaN in a polygon took pycocotools to all the machine's memory, then a crash."""
-    from usesearch.errors import ImageReadError, UsesearchError
+    from usesearch.errors import ImageReadError, UsesearchError, first_few
     from usesearch.io.coco_dataset import checked_masks, fault_line, read_coco
     from usesearch.io.images import displayed_size
 
@@ -41,8 +41,9 @@ def check_ground_truth(coco_file: Path, images: Path) -> None:
             continue
         faults += [fault_line(coco_file, *problem) for problem in checked_masks(entry, hw)[1]]
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise UsesearchError(f"{len(missing)} photo(s) {coco_file} names are not readable under {images}: {shown}")
+        raise UsesearchError(
+            f"{len(missing)} photo(s) {coco_file} names are not readable under {images}: {first_few(missing)}"
+        )
     if faults:
         raise UsesearchError(
             f"{len(faults)} annotation fault(s) in {coco_file}, which COCOeval cannot score; the first: {faults[0]} "
