@@ -197,6 +197,13 @@ def _did_you_mean(wanted: str, have: list[str]) -> str:
     return f"; did you mean {' or '.join(repr(name) for name in near)}?" if near else ""
 
 
+def narrowed_by(filters: SearchFilters, spelt: Callable[[str], str] = str) -> str:
+    """The filters that keep some segments out of a search, as the caller spells them
+    ("--path 'misc/*' --label 'cat'"); '' where every segment is searched."""
+    given = {name: getattr(filters, name) for name in ("path", "label", "split", "source", "min_area", "min_score")}
+    return " ".join(f"{spelt(name)} {value!r}" for name, value in given.items() if value not in (None, 0))
+
+
 def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], str] = str) -> list[str]:
     """Why a search found nothing, where a filter names what the index does not have, or
     ``min_score`` cut every hit (``best(filters)``: the search's best hit under other

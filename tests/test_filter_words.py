@@ -37,6 +37,18 @@ def test_a_relative_path_glob_matches_under_any_folder(db):
     assert shown.exit_code == 0 and {h["image"].rsplit("/", 1)[1] for h in json.loads(shown.stdout)} == {"rocket.png"}
 
 
+def test_a_table_title_says_the_filters_kept_some_segments_out(db):
+    """A title of 'top 2 of 6 segments' under --path read as if all 6 had been searched."""
+    total = SegmentIndex.open(db)
+    ntotal = total.index.ntotal
+    total.close()
+    filtered = runner.invoke(app, ["query", "a cat", "--db", str(db), "--path", "sub/r*", "--label", "rocket"])
+    said = " ".join(filtered.stdout.split())  # (rich wraps a long title)
+    assert f"top 2 of the segments where --path 'sub/r*' --label 'rocket' ({ntotal} segments in the index)" in said
+    whole = runner.invoke(app, ["query", "a cat", "--db", str(db), "-k", "3"])
+    assert f"top 3 of {ntotal} segments (" in " ".join(whole.stdout.split())
+
+
 @pytest.mark.parametrize(
     "flags, said",
     [

@@ -62,7 +62,7 @@ def query(
         index = at.open()
         out.refuse_overwriting(output, index, {})
         hits = index.query(text, output.k, filters)
-        title = f"{text!r}: top {len(hits)} of {index.index.ntotal} segments ({index.info.fingerprint})"
+        title = f"{text!r}: {out.top_of(len(hits), index, filters)} ({index.info.fingerprint})"
         out.given(hits, output, title, text, index, filters, best=lambda f: index.query(text, 1, f))
         return
     from usesearch.indexer.refine import DEFAULT_TOP, REFINERS, RefineOptions, Refiner

@@ -193,6 +193,20 @@ def _why_none(index, filters: SearchFilters, best=None) -> list[str]:
     return why_none(index.store, filters, best, _flag)
 
 
+def top_of(found: int, index, filters: SearchFilters) -> str:
+    """A table's title: how many hits, of how many segments ("top 2 of 581 segments"),
+    saying where filters kept some out (the 581 were not all searched)."""
+    from usesearch.indexer.filters import narrowed_by
+
+    narrowed = narrowed_by(filters, _flag)
+    total = f"{index.index.ntotal:,} segments"
+    return (
+        f"top {found} of the segments where {narrowed} ({total} in the index)"
+        if narrowed
+        else f"top {found} of {total}"
+    )
+
+
 def _flag(name: str) -> str:
     """A filter's field as the CLI spells it: its flag."""
     return f"--{name.replace('_', '-')}"
