@@ -343,3 +343,15 @@ def test_a_gpu_that_only_emulates_bf16_runs_float32(monkeypatch):
 
     monkeypatch.setattr(usesearch.devices, "cpu_has_bf16", lambda: True)
     assert has_bf16(torch.device("cpu")) and not bf16_autocast(torch.device("cpu"))._enabled
+
+
+def test_a_run_that_computes_nothing_says_no_device(tmp_path):
+    """A rerun with every photo already indexed loads no model: "models on the CPU"
+    under it said where models ran that never loaded."""
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--masker", "felzenszwalb"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0 and "models on the CPU" in first.output and "FAISS on the" in first.output
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "1 skipped" in again.output, again.output
+    assert "models on the" not in again.output and "FAISS on the" not in again.output

@@ -212,7 +212,7 @@ def index(
                 opts.console.print(
                     f"  damaged, and its file is gone, so left as it is (`usesearch prune` removes it): {path}"
                 )
-        for line in report.devices:
+        for line in report.devices if report.done or report.failed else []:  # (a run that computed nothing loaded none)
             opts.console.print(f"  {line}")
         opts.say_failures(report.failures)
         say_past_limits(report.failures)
