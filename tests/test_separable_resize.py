@@ -67,3 +67,33 @@ def test_the_generator_on_a_photo_larger_than_the_canvas_keeps_segment_anythings
         assert ours.predicted_iou == stock.predicted_iou
         assert abs(ours.stability_score - stock.stability_score) < 1e-4  # a pixel of ~30,000 counted otherwise
         assert max(abs(a - b) for a, b in zip(ours.box_xyxy, stock.box_xyxy)) <= 1
+
+
+def _dense_taps(side, low, input_len, out_len):
+    """The taps as first computed: both resizes of an identity as dense matrices,
+    multiplied in float64 (what ``_axis_taps`` replaced: ~0.1-0.2 s a new shape)."""
+    from usesearch.masks.separable_resize import _resize_matrix
+
+    composite = _resize_matrix(input_len, out_len).double() @ _resize_matrix(low, side)[:input_len].double()
+    nonzero = composite != 0
+    start = nonzero.float().argmax(1)
+    indices = (start[:, None] + torch.arange(int(nonzero.sum(1).max()))[None]).clamp(max=low - 1)
+    weights = torch.gather(composite, 1, indices)
+    weights[:, 1:][indices[:, 1:] == indices[:, :-1]] = 0.0
+    return indices, weights.float()
+
+
+@pytest.mark.parametrize(("side", "low"), [(1024, 256), (1008, 252), (64, 16)])
+def test_the_probed_taps_are_the_dense_matrices_product_bit_for_bit(side, low):
+    from usesearch.masks.separable_resize import _axis_taps
+
+    generator = torch.Generator().manual_seed(side)
+    lengths = {1, 2, 3, 17, side * 3 // 4, side - 1, side, int(torch.randint(1, side, (1,), generator=generator))}
+    checked = 0
+    for input_len in sorted(lengths):
+        for out_len in sorted({input_len, input_len + 1, 2 * input_len + 3, 3000, 4032, 5472}):
+            if out_len >= input_len:
+                probed, dense = _axis_taps(side, low, input_len, out_len), _dense_taps(side, low, input_len, out_len)
+                assert torch.equal(probed[0], dense[0]) and torch.equal(probed[1], dense[1]), (input_len, out_len)
+                checked += 1
+    assert checked >= 40

@@ -4,9 +4,10 @@ photos larger than the canvas, whose logits are resized twice.
 
 Each resize is linear and separable (rows, then columns), so their composition is too:
 a photo's row ``i`` reads at most three low-res rows with fixed weights, and a column
-likewise. ``axis_taps`` takes those weights from ``F.interpolate`` itself (the two
-resizes of an identity matrix, multiplied), so clamping at the edges and PyTorch's
-float32 source coordinates are the library's, not written again here. Upscaling
+likewise. ``axis_taps`` takes those weights from ``F.interpolate`` itself (the first
+resize of an identity matrix; the second probed with four columns, ``_resize_taps``),
+so clamping at the edges and PyTorch's float32 source coordinates are the library's,
+not written again here. Upscaling
 through the taps costs a photo's pixels times three multiply-adds, where the fused
 two-step form recomputed both resizes' coordinates and sixteen reads at every pixel
 (~6x on a CPU at 12 MP). The values differ from the two-step ones by float rounding
@@ -33,9 +34,11 @@ def axis_taps(side: int, low: int, input_len: int, out_len: int, device: torch.d
 
 
 def _axis_taps(side: int, low: int, input_len: int, out_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    first = _resize_matrix(low, side)[:input_len]  # [input_len, low]
-    second = _resize_matrix(input_len, out_len)  # [out_len, input_len]
-    composite = second.double() @ first.double()  # exact products of the float32 weights, summed in float64
+    first = _resize_matrix(low, side)[:input_len].double()  # [input_len, low]
+    row, weight, after, weight_after = _resize_taps(input_len, out_len)
+    # The composite, exact products of the float32 weights summed in float64: two terms a
+    # row (a second weight of 0 adds nothing), whose one rounding is a dense product's.
+    composite = weight[:, None].double() * first[row] + weight_after[:, None].double() * first[after]
     nonzero = composite != 0
     taps = int(nonzero.sum(1).max())
     if taps > MAX_TAPS:  # (only a photo smaller than the canvas, not taken here, reads more)
@@ -45,6 +48,33 @@ def _axis_taps(side: int, low: int, input_len: int, out_len: int) -> tuple[torch
     weights = torch.gather(composite, 1, indices)
     weights[:, 1:][indices[:, 1:] == indices[:, :-1]] = 0.0  # a tap clamped onto the last row, counted once
     return indices, weights.float()
+
+
+def _resize_taps(size: int, out_size: int) -> tuple[torch.Tensor, ...]:
+    """The bilinear resize of ``size`` rows to ``out_size`` (``_resize_matrix``'s) as two
+    taps a row: (first row read, its weight, the next row (clamped), its weight; 0 where
+    the row reads one). Probed from ``F.interpolate`` with four columns where the matrix
+    resized an identity of ``size`` columns (~0.1-0.2 s a new photo shape on 2 cores):
+    three one-hot columns of the rows' residues mod 3 take each tap's float32 weight as
+    the identity's column did (1 x weight + 0 x the other's; a row clamped onto the last
+    reads one residue, weighted as that column was), and a column of row numbers finds
+    the first row read to within rounding, far under 1/2."""
+    rows = torch.arange(size)
+    probe = torch.zeros(size, 4, dtype=torch.float32)
+    probe[rows, rows % 3] = 1.0
+    probe[:, 3] = rows.float()  # (exact: a side is far under 2**24)
+    read = F.interpolate(probe[None, None], size=(out_size, 4), mode="bilinear", align_corners=False)[0, 0]
+    by_residue, position = read[:, :3], read[:, 3].double()
+    on = by_residue != 0
+    # Two taps read residues r and r + 1 (mod 3): the first is the one whose predecessor is off.
+    two = on.sum(1) == 2
+    first_residue = torch.where(two, (on & ~on.roll(1, dims=1)).float().argmax(1), on.float().argmax(1))
+    weight = by_residue.gather(1, first_residue[:, None])[:, 0]
+    weight_after = torch.where(two, by_residue.gather(1, ((first_residue + 1) % 3)[:, None])[:, 0], 0.0)
+    row = torch.round(position - weight_after.double()).long()
+    if not (torch.equal(row % 3, first_residue) and bool((on.sum(1) >= 1).all())):
+        raise ValueError(f"a resize of {size} -> {out_size} read rows the probe cannot place")
+    return row, weight, (row + 1).clamp(max=size - 1), weight_after
 
 
 def _resize_matrix(size: int, out_size: int) -> torch.Tensor:
