@@ -330,9 +330,14 @@ def test_with_compiled_scoring_a_large_photos_prompt_batch_is_bounded_by_the_can
     large, at_canvas = ((3000, 4000), 1024), ((side, side), 1024)
     eager = SamMaskGenerator(on_cuda, compiled_scores=False)  # type: ignore[arg-type]
     compiled = SamMaskGenerator(on_cuda, compiled_scores=True)  # type: ignore[arg-type]
-    assert eager._points_that_fit(large) == prompt_batch(8 * 2**30, side, (3000, 4000), 1024)
-    assert compiled._points_that_fit(large) == compiled._points_that_fit(at_canvas) == eager._points_that_fit(at_canvas)
-    assert compiled._points_that_fit(large) > eager._points_that_fit(large)
+    eager_fit = lambda shape: eager._points_that_fit(eager._batch_key(*shape))  # noqa: E731
+    compiled_fit = lambda shape: compiled._points_that_fit(compiled._batch_key(*shape))  # noqa: E731
+    assert eager_fit(large) == prompt_batch(8 * 2**30, side, (3000, 4000), 1024)
+    assert compiled_fit(large) == compiled_fit(at_canvas) == eager_fit(at_canvas)
+    assert compiled_fit(large) > eager_fit(large)
+    # Sized once for every crop shape: a second shape's free memory would size another batch.
+    assert compiled._batch_key((3000, 4000), 1024) == compiled._batch_key((768, 1024), 1024)
+    assert eager._batch_key((3000, 4000), 1024) != eager._batch_key((768, 1024), 1024)
 
 
 def test_the_inlining_bound_is_set_for_every_device(monkeypatch):

@@ -112,6 +112,33 @@ def test_the_batch_size_changes_no_mask(sam, image):
     assert [r.rle for r in one] == [r.rle for r in all_at_once] and len(one) > 20
 
 
+def test_prompt_points_go_to_the_device_once_a_crop_shape(sam, image, monkeypatch):
+    """A copy to the device a decoder batch, from pageable memory, waited for the GPU's
+    work before it: the points are copied once a crop shape, and batches slice them."""
+    monkeypatch.setattr("usesearch.masks.amg.GRIDS_KEPT", 2)
+    generator = SamMaskGenerator(sam, points_per_side=8, points_per_batch=16, **LOW)
+    real, given = generator._batch_candidates, []
+
+    def noted(features, points, *args):
+        given.append(points)
+        return real(features, points, *args)
+
+    generator._batch_candidates = noted
+    masks = generator.generate(image)
+    grid = generator._grids[(0, *image.shape[:2])]
+    assert len(given) == 4 and all(
+        points.untyped_storage().data_ptr() == grid.untyped_storage().data_ptr() for points in given
+    )  # (slices of it: no copy)
+    assert torch.equal(torch.cat(given), grid) and grid.dtype == torch.float64
+    generator.generate(image)
+    assert generator._grids[(0, *image.shape[:2])] is grid and [r.rle for r in generator.generate(image)] == [
+        r.rle for r in masks
+    ]
+    for side in (40, 48):  # past GRIDS_KEPT, the oldest shape goes
+        generator.generate(image[:side, :side])
+    assert list(generator._grids) == [(0, 40, 40), (0, 48, 48)]
+
+
 def test_a_prompt_batch_that_runs_out_of_gpu_memory_is_halved_for_good(sam, image, monkeypatch):
     """Sized once from the free memory; another process may take some later: the batch
     is halved until it fits (the same masks), not failed for every later photo."""

@@ -51,6 +51,7 @@ from usesearch.side_stream import SideStream, release_work_aside
 
 ENCODE_CHUNK = 16  # kept masks upscaled and encoded at a time on a CPU, at most (``cpu_encode_chunk``)
 GPU_ENCODE_PIXELS = 1 << 28  # on a GPU: mask pixels materialised at a time (~2.4 GB with their logits)
+GRIDS_KEPT = 64  # crop shapes whose prompt points stay on the device (a few KB each)
 
 
 @dataclass
@@ -141,6 +142,7 @@ class SamMaskGenerator(SamEncoding):
         self.encoder_batch = encoder_batch
         self.masks_per_photo = masks_per_photo
         self._prompt_batches: dict = {}  # (crop size, prompts) -> prompts per decoder batch on this GPU
+        self._grids: dict[tuple[int, int, int], torch.Tensor] = {}  # (layer, crop size) -> points on the device
         self._encode_cap: int | None = None  # masks encoded at a time, halved where the card ran out of memory
         device = model.device
         if autocast is None:
@@ -203,8 +205,8 @@ class SamMaskGenerator(SamEncoding):
     def _crop_candidates(self, features, input_size, crop_box, layer, index, orig_size):
         x0, y0, x1, y1 = crop_box
         crop_hw = (y1 - y0, x1 - x0)
-        points_for_image = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]
-        key = ((int(crop_hw[0]), int(crop_hw[1])), len(points_for_image))
+        points_for_image = self._grid_on_device(layer, crop_hw)
+        key = self._batch_key(crop_hw, len(points_for_image))
         while True:
             per_batch = self.points_per_batch or self._points_that_fit(key)
             try:
@@ -227,6 +229,24 @@ class SamMaskGenerator(SamEncoding):
         cands.crop = torch.full((len(cands),), index, dtype=torch.long, device=cands.iou.device)
         return cands, crop_hw
 
+    def _grid_on_device(self, layer: int, crop_hw: tuple[int, int]) -> torch.Tensor:
+        """The layer's prompt points in the crop's pixels (float64, as stock's numpy), on
+        the model's device once a crop shape: copied a batch, each copy from pageable
+        memory waited for the GPU's work before it (a stall a photo)."""
+        key = (layer, int(crop_hw[0]), int(crop_hw[1]))
+        if key not in self._grids:
+            if len(self._grids) >= GRIDS_KEPT:  # (an archive of many shapes: the oldest go)
+                del self._grids[next(iter(self._grids))]
+            points = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]
+            self._grids[key] = torch.as_tensor(points, device=self.model.device)
+        return self._grids[key]
+
+    def _batch_key(self, crop_hw: tuple[int, int], points: int) -> tuple[tuple[int, int], int]:
+        """What a prompt batch is sized for: the crop's size and its prompts. A compiled
+        scoring upscales no prompt's logits to the crop, so the canvas alone bounds its
+        batch, sized once (a size a crop shape gave other batches, and recompiles)."""
+        return ((0, 0) if self.scoring.compiled is not None else (int(crop_hw[0]), int(crop_hw[1])), points)
+
     def _points_that_fit(self, key: tuple[tuple[int, int], int]) -> int:
         """``prompt_batch`` for this card, once per (crop size, prompts) (stable shapes:
         no recompiles under ``--compile``, and no shrinking as the allocator caches);
@@ -238,14 +258,12 @@ class SamMaskGenerator(SamEncoding):
                 free, _ = torch.cuda.mem_get_info(self.model.device)
                 free += torch.cuda.memory_reserved(self.model.device) - torch.cuda.memory_allocated(self.model.device)
                 crop_hw, points = key
-                if self.scoring.compiled is not None:
-                    crop_hw = (0, 0)  # no prompt's logits are upscaled to the crop: the canvas bounds the batch
                 self._prompt_batches[key] = prompt_batch(free, self.model.image_encoder.img_size, crop_hw, points)
         return self._prompt_batches[key]
 
     def _batch_candidates(self, features, points, crop_hw, crop_box, orig_size, input_size) -> Candidates:
         device = self.model.device
-        grid = torch.as_tensor(points, device=device)  # (one copy to the device a batch: each waits for it)
+        grid = points  # (on the device: ``_grid_on_device``)
         in_points = self._to_input_frame(grid, crop_hw)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
         start = time.perf_counter()
