@@ -140,6 +140,7 @@ def rle_cell_coverage_on(
     if n == 0:
         return torch.zeros(0, gh * gw, device=device)
     padded = padded_runs(masks)
+    _refuse_empty(np.flatnonzero((padded[1] - padded[0]).sum(1) <= 0))  # on the host: no read-back from a card
     longest = padded.shape[2]
     starts, ends = torch.from_numpy(padded).to(device)
     row_prefix, col_prefix, col_at = _prefix_sums_on(h, w, tuple(grid_hw), tuple(cell_hw), device)
@@ -154,7 +155,7 @@ def rle_cell_coverage_on(
             "gnr,wnr->ngw", row_prefix[:, ys], col_at[:, xs]
         )
         parts.append(full[None, :, None] * spans.T[:, None, :] + inside)
-    return _checked((torch.cat(parts).reshape(n, -1) / (cell_hw[0] * cell_hw[1])).float())
+    return (torch.cat(parts).reshape(n, -1) / (cell_hw[0] * cell_hw[1])).float()
 
 
 def padded_runs(masks: rle.RleStack) -> np.ndarray:
@@ -171,10 +172,14 @@ def padded_runs(masks: rle.RleStack) -> np.ndarray:
 
 
 def _checked(coverage: torch.Tensor) -> torch.Tensor:
-    empty = torch.nonzero(coverage.sum(1) <= 0).flatten().tolist()
-    if empty:
-        raise BadArgumentError(f"masks {empty[:10]} are empty; every segment needs at least one pixel")
+    _refuse_empty(torch.nonzero(coverage.sum(1) <= 0).flatten().tolist())
     return coverage
+
+
+def _refuse_empty(empty) -> None:
+    """Masks (their indices) with no pixel: refused, as a segment of no pixel pools nothing."""
+    if len(empty):
+        raise BadArgumentError(f"masks {list(map(int, empty[:10]))} are empty; every segment needs at least one pixel")
 
 
 def patch_weights(masks: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
