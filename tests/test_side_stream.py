@@ -58,6 +58,31 @@ def test_a_failure_is_left_to_the_callers_own_call(out_of_memory):
     assert stream.take(other) == (None if out_of_memory else "other's")
 
 
+def test_work_that_keeps_failing_aside_turns_it_off_once_in_a_row(caplog):
+    """A failure of the side thread's own (not the photos': those fail in line too) left
+    every group computed twice for the rest of the run, silently."""
+    from usesearch.side_stream import FAILURES_IN_A_ROW
+
+    stream = side()
+    fail = lambda _: (_ for _ in ()).throw(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED\nwhen calling cublasCreate"))  # noqa: E731
+    for _ in range(FAILURES_IN_A_ROW - 1):  # failures broken by a success: counted afresh
+        group = photos(1)
+        stream.start(group, fail)
+        assert stream.take(group) is None
+    group = photos(1)
+    stream.start(group, len)
+    assert stream.take(group) == 1
+    for _ in range(FAILURES_IN_A_ROW):
+        assert stream.on  # (still on before the last)
+        group = photos(1)
+        stream.start(group, fail)
+        assert stream.take(group) is None
+    assert (
+        not stream.on
+        and f"{FAILURES_IN_A_ROW} groups in a row failed aside (the last: CUBLAS_STATUS_ALLOC_FAILED)" in caplog.text
+    )
+
+
 def test_a_group_size_starts_aside_only_once_the_caller_ran_it_in_line():
     """The first group of each size compiles the models in the caller's thread:
     torch.compile is not made to compile in two threads at once."""

@@ -29,10 +29,16 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from usesearch.devices import out_of_memory_in
+from usesearch.errors import first_line
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Groups in a row whose work aside failed otherwise than out of memory (each then
+# computed again in line) before the stream is turned off: a failure of the side
+# thread's own (a compile there) would double the models' time for the whole run.
+FAILURES_IN_A_ROW = 3
 
 # Every side stream made in this process: the card's memory is the process's, so an
 # out-of-memory error met anywhere (SAM's decoder, the pooling) may be the work aside's
@@ -78,6 +84,7 @@ class SideStream(Generic[T]):
         self._stream: torch.cuda.Stream | None = None
         self._kept: OrderedDict[tuple[int, ...], tuple[list, Future[tuple[T, Any]]]] = OrderedDict()
         self._sizes_run: set[int] = set()  # group sizes the caller ran in line (compiled there)
+        self._failed_in_a_row = 0
         # ``start`` runs in the indexing thread while the model thread takes, and an
         # out-of-memory error there stops and closes the stream: its state changes under this.
         self._lock = threading.Lock()
@@ -140,14 +147,22 @@ class SideStream(Generic[T]):
             entry = self._kept.pop(tuple(map(id, photos)), None)
         if entry is None or not all(a is b for a, b in zip(entry[0], photos)):
             return None
-        future = entry[1]
+        future, entry = entry[1], None
+        short, failure = None, ""  # (whether a failure was out of memory; its first line)
         try:
             out, done = future.result()
         except Exception as exc:  # noqa: BLE001 - met again in line, as the photos' own error
-            if out_of_memory_in(exc) is not None:  # (dynamo and inductor wrap one met compiling)
+            short, failure = out_of_memory_in(exc) is not None, first_line(exc)  # (the compiler wraps one)
+        if short is not None:  # (past the handler, the future gone: their traceback held the work's tensors)
+            del future
+            self._failed_in_a_row += 1
+            if short:
                 self.release()  # (its next group may be under way: waited for, its memory back)
                 torch.cuda.empty_cache()
+            elif self._failed_in_a_row >= FAILURES_IN_A_ROW:
+                self.stop(f"{FAILURES_IN_A_ROW} groups in a row failed aside (the last: {failure})")
             return None
+        self._failed_in_a_row = 0
         if done is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(done)  # on the card: the host does not wait for the kernels
@@ -161,16 +176,14 @@ class SideStream(Generic[T]):
         or not: a stopped stream's work already under way still holds memory)."""
         return self._thread is not None
 
-    def stop(self) -> None:
-        """Off for good (memory ran out: this work's beside the caller's was too much),
-        what it kept dropped."""
+    def stop(self, why: str = "out of GPU memory with work beside the models") -> None:
+        """Off for good (memory ran out: this work's beside the caller's was too much; or
+        it kept failing aside), what it kept dropped."""
         with self._lock:
             was_on, self.on = self.on, False
         if was_on:  # (said once: the run's figures change from here on, and why should show)
             log.warning(
-                "out of GPU memory with work beside the models: no more %s for the rest of the run "
-                "(that work runs in line: slower, less memory)",
-                self.key,
+                "%s: no more %s for the rest of the run (that work runs in line: slower, less memory)", why, self.key
             )
         self.drop()
 

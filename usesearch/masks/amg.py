@@ -221,7 +221,7 @@ class SamMaskGenerator(SamEncoding):
                 if self.points_per_batch or per_batch == 1:
                     raise
                 self._prompt_batches[key] = per_batch // 2  # another process's: halved, for good
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # (past the handler: its traceback held the failed batch's tensors)
         cands = Candidates.cat(parts, self.model.device)
         cands = cands[top_up(nms(cands.boxes, cands.iou, self.box_nms_thresh), cands.iou, self.masks_per_photo)]
         cands.boxes = uncropped_boxes(cands.boxes, crop_box)
@@ -385,7 +385,7 @@ class SamMaskGenerator(SamEncoding):
                 if chunk <= 1:
                     raise
                 self._encode_cap = chunk // 2  # another process's: halved, for good
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # (past the handler: its traceback held the failed chunk's tensors)
         order = torch.arange(len(cands))
         if self.min_mask_region_area > 0 and len(cands):
             # As segment-anything: a mask the clean-up changed loses NMS ties to any that it left alone.

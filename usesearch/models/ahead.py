@@ -149,20 +149,22 @@ class BackbonesAhead:
         self._features = {}
         if not self.batch_backbones or len(images) < 2 or all(self._in_group(image) for image in images):
             return
-        start = time.perf_counter()
+        start, short = time.perf_counter(), None  # (short: whether a failure was out of memory)
         try:
             z = self._features_of(images)
             synchronize(self.device)  # so the backbones' time is theirs
             self.beside.ran_in_line(images)  # (compiled here: groups of this size may now go aside)
         except Exception as exc:  # noqa: BLE001 - each photo's own call fails again, as that photo's error
+            short = out_of_memory_in(exc) is not None
+        finally:
+            self.seconds["backbones"] += time.perf_counter() - start
+        if short is not None:  # (past the handler: its traceback held the failed group's tensors)
             # Out of memory (the compiler may wrap it): work aside's doing where some is in
             # use, stopped for good; else a card too small for a group: one photo a call, for good.
-            if out_of_memory_in(exc) is not None and not release_work_aside():
+            if short and not release_work_aside():
                 self.batch_backbones = False
                 torch.cuda.empty_cache()
             return
-        finally:
-            self.seconds["backbones"] += time.perf_counter() - start
         self._features = {id(image): (image, z[i]) for i, image in enumerate(images)}
 
     def image_features(self, image) -> torch.Tensor:
