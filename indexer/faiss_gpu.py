@@ -48,37 +48,47 @@ def available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-FAISS_DEVICES = ("auto", "cpu", "cuda")
+FAISS_DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
 def resolve(faiss_device: str | None) -> str:
-    """FAISS's device, ``"cuda"`` or ``"cpu"``. ``None``/``auto``: the GPU where this
-    faiss has GPU support and sees a GPU, else the CPU; ``cpu``: the CPU; ``cuda``:
-    the GPU or a one-line refusal (call it before loading models)."""
+    """FAISS's device, ``"cuda"`` (GPU 0), ``"cuda:N"`` or ``"cpu"``. ``None``/``auto``:
+    GPU 0 where this faiss has GPU support and sees a GPU, else the CPU; ``cpu``: the
+    CPU; ``cuda``, ``cuda:N``: that GPU or a one-line refusal (call it before loading models)."""
     if faiss_device in (None, "auto"):
         return "cuda" if available() else "cpu"
-    if faiss_device not in FAISS_DEVICES:
+    number = faiss_device.removeprefix("cuda:") if faiss_device.startswith("cuda:") else None
+    if faiss_device not in FAISS_DEVICES[:3] and not (number and number.isdigit()):
         raise UsesearchError(f"--faiss-device {faiss_device!r}: choose one of {', '.join(FAISS_DEVICES)}")
-    if faiss_device == "cuda" and not available():
+    if faiss_device.startswith("cuda") and not available():
         import torch
 
         why = "has no GPU support" if not hasattr(faiss, "StandardGpuResources") else "sees no GPU"
         models = " (the models still use the GPU)" if torch.cuda.is_available() else ""  # else there is none
         raise UsesearchError(
-            f"--faiss-device cuda: this faiss ({faiss.__version__}) {why}; {INSTALL}, or leave FAISS on the CPU{models}"
+            f"--faiss-device {faiss_device}: this faiss ({faiss.__version__}) {why}; {INSTALL}, "
+            f"or leave FAISS on the CPU{models}"
         )
+    if number and int(number) >= faiss.get_num_gpus():
+        raise UsesearchError(f"--faiss-device {faiss_device}: faiss sees {faiss.get_num_gpus()} GPU(s), from cuda:0")
     return faiss_device
 
 
 def wanted(faiss_device: str | None) -> bool:
-    """True when FAISS should run on the GPU (``resolve`` as a yes or no)."""
-    return resolve(faiss_device) == "cuda"
+    """True when FAISS should run on a GPU (``resolve`` as a yes or no)."""
+    return resolve(faiss_device).startswith("cuda")
+
+
+def gpu_number(faiss_device: str | None) -> int:
+    """The GPU a resolved FAISS device names (``cuda:N``; 0 for ``cuda``)."""
+    return int(faiss_device[5:]) if faiss_device and faiss_device.startswith("cuda:") else 0
 
 
 def note(faiss_device: str | None) -> str:
     """One line: where FAISS runs, and why."""
-    if resolve(faiss_device) == "cuda":
-        return f"FAISS on the GPU (faiss {faiss.__version__}, {faiss.get_num_gpus()} GPU(s))"
+    if wanted(faiss_device):
+        on = gpu_number(resolve(faiss_device))
+        return f"FAISS on GPU {on} (faiss {faiss.__version__}, {faiss.get_num_gpus()} GPU(s))"
     if faiss_device == "cpu":
         return f"FAISS on the CPU (--faiss-device cpu; faiss {faiss.__version__})"
     if not _gpu_here():  # (the install hint on a machine with no GPU was noise on every run)
@@ -106,16 +116,16 @@ def resources():
     return _resources
 
 
-def mirror(index: faiss.Index) -> faiss.Index | None:
-    """A GPU copy of a CPU index for searching (call it holding ``LOCK``), or None
-    where the GPU cannot hold it."""
+def mirror(index: faiss.Index, gpu: int = 0) -> faiss.Index | None:
+    """A copy of a CPU index on GPU ``gpu`` for searching (call it holding ``LOCK``),
+    or None where the GPU cannot hold it."""
     try:
         options = faiss.GpuClonerOptions()
         # IVF-PQ's lookup tables in float16, which it needs past 48-byte codes. Nothing
         # else: a flat index would store (and score) in float16 too, and an exact index's
         # scores are final (never re-scored), so its GPU answers would differ from the CPU's.
         options.useFloat16 = _holds_pq(index)
-        return faiss.index_cpu_to_gpu(resources(), 0, index, options)
+        return faiss.index_cpu_to_gpu(resources(), gpu, index, options)
     except (RuntimeError, AttributeError) as exc:
         log.warning("the GPU cannot hold this index (%s); searching on the CPU", str(exc).splitlines()[-1])
         return None
@@ -129,7 +139,7 @@ def _holds_pq(index: faiss.Index) -> bool:
 
 
 @contextlib.contextmanager
-def clustering_on_gpu(index: faiss.Index) -> Iterator[None]:
+def clustering_on_gpu(index: faiss.Index, gpu: int = 0) -> Iterator[None]:
     """Within it, an IVF index's training runs its coarse k-means on the GPU (FAISS's
     ``clustering_index``); the GPU copy is freed after. Assigning it hands the object
     to C++, which never frees it (and k-means leaves the centroids in it: 200 MB of
@@ -142,7 +152,7 @@ def clustering_on_gpu(index: faiss.Index) -> Iterator[None]:
     with LOCK:
         # The IVF's own metric, as the CPU's k-means assigns through its quantizer (for our
         # inner-product IVFs, spherical k-means, L2 assigns alike: the same for any IVF).
-        helper = faiss.index_cpu_to_gpu(resources(), 0, faiss.IndexFlat(ivf.d, ivf.metric_type))
+        helper = faiss.index_cpu_to_gpu(resources(), gpu, faiss.IndexFlat(ivf.d, ivf.metric_type))
         ivf.clustering_index = helper
         try:
             yield

@@ -237,7 +237,7 @@ class Vectors:
             return None
         with faiss_gpu.LOCK:  # the web app's threads search at once; a GPU index takes one at a time
             if not self._gpu_current:
-                self._gpu, self._gpu_current = faiss_gpu.mirror(self.index), True
+                self._gpu, self._gpu_current = faiss_gpu.mirror(self.index, faiss_gpu.gpu_number(self.device)), True
             if self._gpu is None:
                 return None
             try:
@@ -248,13 +248,13 @@ class Vectors:
                 return None
 
 
-def _train(index: faiss.Index, data: np.ndarray, on_gpu: bool) -> None:
+def _train(index: faiss.Index, data: np.ndarray, faiss_device: str | None) -> None:
     """``index.train``, its k-means on the GPU where asked. A GPU that fails it (its
     memory taken by SAM beside it, a driver error) hands it to the CPU, said once: the
     run goes on, slower by the k-means, rather than stopping as if the data were short."""
-    if on_gpu:
+    if faiss_gpu.wanted(faiss_device):
         try:
-            with faiss_gpu.clustering_on_gpu(index):
+            with faiss_gpu.clustering_on_gpu(index, faiss_gpu.gpu_number(faiss_device)):
                 index.train(data)
             return
         except RuntimeError as exc:
@@ -283,7 +283,7 @@ def _train_if_needed(index: faiss.Index, store: Store, device: str | None = "cpu
                 f"(`usesearch reindex {index_flags(store.folder, store.url)} --factory auto`)"
             )
         try:
-            _train(index, data, faiss_gpu.wanted(device))
+            _train(index, data, device)
         except RuntimeError as exc:
             raise ValueError(
                 f"FAISS index needs training and {len(data)} vectors are not enough: "

@@ -70,11 +70,12 @@ def gpu_wanted(monkeypatch):
     """FAISS on the "GPU": every mirror built is a ``GpuStandIn``, listed in order."""
     built: list[GpuStandIn] = []
 
-    def mirror(index, failing=""):
-        built.append(GpuStandIn(faiss.clone_index(index), failing))
+    def mirror(index, gpu=0):
+        built.append(GpuStandIn(faiss.clone_index(index)))
+        built[-1].gpu = gpu
         return built[-1]
 
-    monkeypatch.setattr(faiss_gpu, "wanted", lambda device: device == "cuda")
+    monkeypatch.setattr(faiss_gpu, "wanted", lambda device: device.startswith("cuda"))
     monkeypatch.setattr(faiss_gpu, "mirror", mirror)
     return built
 
@@ -115,6 +116,28 @@ def test_an_ivf_probing_more_lists_than_a_gpu_index_takes_searches_on_the_cpu(gp
     assert len(gpu_wanted) == 1  # no mirror built, none asked
 
 
+def test_faiss_on_a_gpu_named_mirrors_and_trains_there(gpu_wanted, cloned_to_cpu, monkeypatch):
+    """``--faiss-device cuda:1`` (the models on another card): FAISS was put on GPU 0 whatever was named."""
+    v, data = exact_vectors("cuda:1")
+    v.search(data[0], 5)
+    assert [mirror.gpu for mirror in gpu_wanted] == [1]
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, gpu, index, options=None: gpus.append(gpu) or index)
+    gpus: list[int] = []
+    store = SimpleNamespace(
+        segment_ids=lambda: np.arange(1, 2001),
+        embeddings=lambda ids: iter([(ids, np.tile(data[:1000], (2, 1))[np.asarray(ids) - 1])]),
+    )
+    vectors._train_if_needed(index_kinds.new_index(32, "IVF16,Flat"), store, "cuda:2")
+    assert gpus == [2]
+    assert faiss_gpu.gpu_number("cuda") == faiss_gpu.gpu_number(None) == 0
+
+
+@pytest.mark.parametrize("named", ["cuda:x", "cuda:", "gpu", "cuda:-1"])
+def test_a_faiss_device_misspelt_is_refused_in_one_line(named):
+    with pytest.raises(UsesearchError, match=f"--faiss-device '{named}': choose one of auto, cpu, cuda, cuda:N"):
+        faiss_gpu.resolve(named)
+
+
 def test_a_gpu_search_that_fails_is_said_once_and_answered_on_the_cpu_until_the_index_changes(
     gpu_wanted, monkeypatch, caplog
 ):
@@ -122,7 +145,7 @@ def test_a_gpu_search_that_fails_is_said_once_and_answered_on_the_cpu_until_the_
     monkeypatch.setattr(
         faiss_gpu,
         "mirror",
-        lambda index: built.append(GpuStandIn(faiss.clone_index(index), "out of memory")) or built[-1],
+        lambda index, gpu: built.append(GpuStandIn(faiss.clone_index(index), "out of memory")) or built[-1],
     )
     v, data = exact_vectors("cuda")
     want = exact_vectors("cpu")[0].search(data[3], 5)

@@ -166,7 +166,7 @@ FaissDeviceOpt = Annotated[
     Optional[str],
     typer.Option(
         "--faiss-device",
-        help="Where FAISS runs: cpu or cuda (default: cuda only where the installed faiss has GPU support).",
+        help="Where FAISS runs: cpu, cuda or cuda:N (default: cuda only where the installed faiss has GPU support).",
     ),
 ]
 MaskerOpt = Annotated[
