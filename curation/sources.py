@@ -138,7 +138,7 @@ def _vg_item(entry: Any, folders: list[str], source: str | os.PathLike) -> Itera
     image_id = entry.get("id", regions[0].get("image_id") if regions and isinstance(regions[0], dict) else None)
     if not regions or not _is_key(image_id):
         return
-    boxes, problems = [], []
+    boxes, problems, region_ids = [], [], set()
     for r in regions:
         try:
             x, y, w, h = (float(r[key]) for key in ("x", "y", "width", "height"))
@@ -146,6 +146,11 @@ def _vg_item(entry: Any, folders: list[str], source: str | os.PathLike) -> Itera
         except (KeyError, TypeError, ValueError, AttributeError):
             problems.append(_broken(f"{image_id}.jpg", f"a region without a phrase and a box: {r!r}"))
             continue
+        region_id = r.get("region_id")
+        if _is_key(region_id) and region_id in region_ids:  # (its pair twice: trained on twice as often)
+            problems.append(_broken(f"{image_id}.jpg", f"a region repeating region_id {region_id}, dropped: {r!r}"))
+            continue
+        region_ids.add(region_id)
         if phrase and w > 0 and h > 0:
             boxes.append(BoxText((x, y, w, h), [TextRef(phrase, "vg", "region")]))
         else:  # (dropped unsaid before)

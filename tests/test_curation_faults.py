@@ -131,6 +131,22 @@ def test_visual_genome_is_streamed_from_its_subfolders_and_faults_recorded(tmp_p
         list(visual_genome_source(path, images))
 
 
+def test_a_visual_genome_region_repeated_is_kept_once_and_recorded(tmp_path):
+    """A region listed twice (its region_id again) gave its pair twice, trained on twice as often, unsaid."""
+    images = tmp_path / "VG"
+    images.mkdir()
+    Image.fromarray(data.astronaut()[::4, ::4]).save(images / "7.jpg")
+    region = {"image_id": 7, "x": 10, "y": 10, "width": 50, "height": 60, "phrase": "a face"}
+    other = region | {"region_id": 2, "phrase": "a hat"}
+    path = tmp_path / "region_descriptions.json"
+    path.write_text(json.dumps([{"id": 7, "regions": [region | {"region_id": 1}, other, region | {"region_id": 1}]}]))
+    [item] = visual_genome_source(path, images)
+    assert [box.texts[0].text for box in item.boxes] == ["a face", "a hat"]
+    assert [str(p[2]).split(",")[0] for p in item.problems] == ["a region repeating region_id 1"]
+    path.write_text(json.dumps([{"id": 7, "regions": [region, region]}]))  # (no region_id: nothing to tell them by)
+    assert len(next(visual_genome_source(path, images)).boxes) == 2
+
+
 def test_a_strip_is_refused_only_where_a_captioner_or_grounder_would_shrink_it(tmp_path):
     """A 3 px strip failed deep in the grounder; its ground-truth masks need no model
     that shrinks it, so a source of masks curates it and one of captions refuses it."""
