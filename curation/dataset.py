@@ -249,9 +249,11 @@ class DatasetWriter:
         # adds its own pairs. Records written before sources were kept count for any.
         # The value: the digest of the photo's annotations its record was made from
         # (``index --coco``'s file's entry; None: a source without, or an older record).
-        self.done: dict[tuple[str | None, str], str | None] = {
-            (r.get("source"), r["sha256"]): r.get("annotations_sha256") for r in read_records(self.dir, finished=False)
-        }
+        self.done: dict[tuple[str | None, str], str | None] = {}
+        self.curated_at: dict[str, str] = {}  # sha256 -> the path its first record names (a copy's, said)
+        for r in read_records(self.dir, finished=False):
+            self.done[(r.get("source"), r["sha256"])] = r.get("annotations_sha256")
+            self.curated_at.setdefault(r["sha256"], r.get("path") or "")
         # After the highest shard, never into one: an old shard stays as it is (a gap
         # from a deleted shard must not send new records into an existing file).
         numbers = [int(p.stem.rsplit("-", 1)[-1]) for p in (self.dir / "shards").glob("shard-*.jsonl")]
@@ -300,6 +302,7 @@ class DatasetWriter:
         os.fsync(self._file.fileno())
         self.done[(self.source, sha256)] = annotations_sha256
         self.written_now.setdefault(sha256, path)
+        self.curated_at.setdefault(sha256, path)
         self._in_shard += 1
 
     def close(self, finished: bool = True) -> None:

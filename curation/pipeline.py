@@ -53,7 +53,9 @@ class CurateReport(RunReport):
     pairs_after_nms: int = 0
     problems: int = 0  # faults in the source's annotations, recorded in failures.jsonl
     missing: int = 0  # photos the source names and --images lacks: each a fault above and a photo failed
-    copies: list[tuple[str, str]] = field(default_factory=list)  # (path, the path curated this run with its bytes)
+    copies: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (path, the path curated with its bytes, now or before)
     # Photos skipped as done that were curated before the dataset had a captioner, which this
     # run has: their records keep no MLLM caption (a record is never rewritten).
     uncaptioned: int = 0
@@ -132,12 +134,12 @@ def curate(
                     )
                 if writer.is_done(sha256):
                     report.skipped += 1
-                    first = writer.written_now.get(sha256)  # (curated by this run: captioned, if it captions)
-                    earlier = first is None
+                    earlier = sha256 not in writer.written_now  # (curated by this run: captioned, if it captions)
                     report.uncaptioned += (
                         captioner is not None and item.mllm_caption and not captioned_before and earlier
                     )
-                    if first is not None and first != item.path:  # the same bytes under two names
+                    first = writer.curated_at.get(sha256)  # (by this run or an earlier one: a resumed run says it too)
+                    if first and first != item.path:  # the same bytes under two names
                         report.copies.append((item.path, first))
                     problems = []  # counted by the run that curated it
                     failures.clear(item.path)

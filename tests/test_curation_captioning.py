@@ -96,6 +96,10 @@ def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):
     assert len(captions) == 2
     rerun = runner.invoke(app, args)
     assert "0 images curated, 3 skipped, 1 failed" in rerun.output  # a failure is tried again
+    # The copy said again by a later run (a run resumed after its first was curated was silent).
+    assert f"1 skipped as a copy of a photo curated under another path ({photos / 'zcopy.png'} = " in " ".join(
+        rerun.output.split()
+    )
     # With the paper's thresholds the random-weight SAM keeps no mask: said, with the way to a plumbing check.
     strict = runner.invoke(app, [*args[:4], str(tmp_path / "strict"), *args[5:9], "--preset", "tiny"])
     assert strict.exit_code == 0 and "0 after NMS" in strict.output, strict.output
