@@ -87,3 +87,20 @@ def test_an_entry_whose_annotations_were_all_refused_is_no_listed_negative(tmp_p
     made = CliRunner().invoke(app, args)
     said = " ".join(made.output.split())
     assert made.exit_code == 0 and "a box alone" in said and "with no annotation" not in said, said
+
+
+def test_a_photo_whose_annotations_a_later_file_left_out_is_not_counted_as_annotated(tmp_path):
+    """ "N annotated photo(s) have no proposals yet" counted every photo without
+    proposals, one whose annotations --replace-split removed too."""
+    photos = write_photos(tmp_path / "photos", ("chelsea", "rocket"))
+    db = tmp_path / "db"
+    both = write_coco(tmp_path / "both.json", photos, ["chelsea.png", "sub/rocket.png"], 1)
+    args = ["index", str(photos), "--db", str(db), "--preset", "tiny", "--split", "train"]
+    assert CliRunner().invoke(app, [*args, "--coco", str(both)]).exit_code == 0
+    audit_cli(db)
+    assert "2 annotated photo(s) have no proposals yet" in " ".join(audit_cli.output.split())
+    one = write_coco(tmp_path / "one.json", photos, ["chelsea.png"], 1)
+    replaced = CliRunner().invoke(app, [*args, "--coco", str(one), "--replace-split"])
+    assert replaced.exit_code == 0, replaced.output
+    audit_cli(db)
+    assert "1 annotated photo(s) have no proposals yet" in " ".join(audit_cli.output.split())

@@ -64,22 +64,21 @@ class DatasetReader:
             self.proposals = s.scalar(select(func.count()).where(SEG.source == PROPOSAL)) or 0
             # Crowd annotations: one mask over many objects, in no list (said: the counts left them in).
             self.crowd = s.scalar(select(func.count()).where(SEG.source == ANNOTATION, SEG.iscrowd.is_(True))) or 0
-            # Annotated photos no masker run has made proposals of: the lists that compare
-            # annotations with proposals (overlooked, badly located) cannot see them.
-            self.unproposed = (
-                s.scalar(
-                    select(func.count())
-                    .select_from(ImageRecord)
-                    .where(ImageRecord.status == DONE, ImageRecord.proposals_made.is_(False))
-                )
-                or 0
-            )
 
-            # Annotated photos a masker ran on that got no proposal (random weights, thresholds
-            # too strict): the lists that compare with proposals find nothing there either.
             # Per photo: two probes of the (source, image_id) index, not one per annotation.
             def has(source: str):
                 return select(SEG.id).where(SEG.image_id == ImageRecord.id, SEG.source == source).exists()
+
+            # Annotated photos no masker run has made proposals of: the lists that compare
+            # annotations with proposals (overlooked, badly located) cannot see them. (A
+            # photo whose annotations a later file left out is no longer one: counted, it was.)
+            unmasked = select(func.count()).where(
+                ImageRecord.status == DONE, ImageRecord.proposals_made.is_(False), has(ANNOTATION)
+            )
+            self.unproposed = s.scalar(unmasked) or 0
+
+            # Annotated photos a masker ran on that got no proposal (random weights, thresholds
+            # too strict): the lists that compare with proposals find nothing there either.
 
             barren = select(func.count()).where(ImageRecord.proposals_made.is_(True), has(ANNOTATION), ~has(PROPOSAL))
             self.unproposed_masked = s.scalar(barren) or 0
