@@ -110,8 +110,8 @@ def test_only_the_most_suspect_keep_their_masks_and_the_ranking_is_the_same(tiny
     from usesearch.tasks.audit import audit_coco
 
     coco_json, _ = write_instances_coco(tmp_path / "data", 8, seed=3, wrong_fraction=0.2)
-    every, _ = audit_coco(tiny_use, read_coco(coco_json), tmp_path / "data" / "images", masks_for=10**6)
-    few, _ = audit_coco(tiny_use, read_coco(coco_json), tmp_path / "data" / "images", masks_for=3)
+    every, _, _ = audit_coco(tiny_use, read_coco(coco_json), tmp_path / "data" / "images", masks_for=10**6)
+    few, _, _ = audit_coco(tiny_use, read_coco(coco_json), tmp_path / "data" / "images", masks_for=3)
     assert len(every) > 3 and [s.row() for s in few] == [s.row() for s in every]
     assert [s.mask is not None for s in few] == [True] * 3 + [False] * (len(few) - 3)
     assert [s.mask for s in few[:3]] == [s.mask for s in every[:3]]
@@ -132,3 +132,22 @@ def test_a_class_named_as_a_formula_is_text_in_every_audit_table(tmp_path):
     assert json.loads((tmp_path / "r" / "suspects.json").read_text())[0]["labelled"] == "=cmd|calc"  # JSON: as is
     # A list cell is JSON: it opens with "[", never read as a formula, its items as they are.
     assert [_cell(v) for v in ("+1", "cat", -0.5, 3, ["=a", "b"])] == ["'+1", "cat", "-0.5000", "3", '["=a", "b"]']
+
+
+def test_crowd_annotations_are_left_out_of_the_ranking_as_the_index_audit_leaves_them(tiny_use, tmp_path):
+    """`eval audit` ranked a crowd region (one mask over many objects) as a suspect
+    label; `audit --db` leaves crowds out: the two disagreed on one dataset."""
+    from usesearch.io.coco_dataset import read_coco
+    from usesearch.tasks.audit import audit_coco
+
+    coco_json, _ = write_instances_coco(tmp_path / "data", 6, seed=5, wrong_fraction=0.0)
+    images = tmp_path / "data" / "images"
+    every, _, none = audit_coco(tiny_use, read_coco(coco_json), images)
+    coco = json.loads(coco_json.read_text())
+    crowds = {a["id"] for a in coco["annotations"][::3]}
+    for a in coco["annotations"]:
+        a["iscrowd"] = int(a["id"] in crowds)
+    coco_json.write_text(json.dumps(coco))
+    ranked, _, crowd = audit_coco(tiny_use, read_coco(coco_json), images)
+    assert none == 0 and crowd == len(crowds) > 0
+    assert {s.annotation_id for s in ranked} == {s.annotation_id for s in every} - crowds

@@ -311,7 +311,7 @@ def audit(
     preset = choose_preset(preset, head)
     embedder = resolve_embedder(preset, embedder, head)
     model = load_model(preset, embedder=embedder, device=device, head=head, precision=precision)
-    suspects, problems = audit_coco(model, data, images, masks_for=k)
+    suspects, problems, crowd = audit_coco(model, data, images, masks_for=k)
     write_report(suspects, report_dir, k, problems)
     for rank, s in enumerate(suspects[: min(k, 10)], 1):
         says = f"model says {s.predicted!r}" if s.margin > 0 else f"model agrees (next {s.best_other!r})"
@@ -320,7 +320,9 @@ def audit(
         )
     disagreeing = sum(s.margin > 0 for s in suspects)
     opts.console.print(
-        f"the model prefers another class for {disagreeing} of {len(suspects)} annotations; wrote {report_dir}/"
+        f"the model prefers another class for {disagreeing} of {len(suspects)} annotations"
+        + (f" ({crowd} crowd, left out)" if crowd else "")
+        + f"; wrote {report_dir}/"
         f"suspects.csv and suspects.json (all ranked), problems.json, summary.json, report.html (the top "
         f"{min(k, len(suspects))})"
     )
@@ -328,7 +330,8 @@ def audit(
         opts.console.print(f"{len(problems)} annotation(s) or photo(s) could not be audited: listed in problems.json")
     if as_json:  # the summary and the top k; every suspect is in suspects.json
         top = [s.row() for s in suspects[:k]]
-        print(json.dumps({"report_dir": str(report_dir), **summary(suspects), "problems": len(problems), "top": top}))
+        said = {"report_dir": str(report_dir), **summary(suspects), "crowd_left_out": crowd, "problems": len(problems)}
+        print(json.dumps({**said, "top": top}))
 
 
 @functools.wraps(audit)

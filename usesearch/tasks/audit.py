@@ -53,12 +53,14 @@ class Suspect:
 
 def audit_coco(
     model: SegmentEmbedder, dataset: CocoDataset, images_dir: str | os.PathLike, masks_for: int = 50
-) -> tuple[list[Suspect], list[Problem]]:
-    """All annotations, most suspect first, and what could not be audited: the file's
+) -> tuple[list[Suspect], list[Problem], int]:
+    """All annotations, most suspect first, what could not be audited (the file's
     faults, a photo missing or unreadable, an entry whose size is not its photo's, a
-    broken or empty mask; each is recorded and the rest audited. Only the ``masks_for``
-    most suspect keep their masks (the report's tiles): two thirds of a suspect's
-    memory, 9 GB at 10^7 annotations otherwise."""
+    broken or empty mask; each is recorded and the rest audited) and how many crowd
+    annotations were left out (one mask over many objects: its class is no single
+    object's, so no margin of it means anything; ``audit --db`` leaves them out too).
+    Only the ``masks_for`` most suspect keep their masks (the report's tiles): two
+    thirds of a suspect's memory, 9 GB at 10^7 annotations otherwise."""
     class_names = list(dict.fromkeys(dataset.categories[c] for c in sorted(dataset.categories)))
     if len(class_names) < 2:
         raise UsesearchError(
@@ -69,10 +71,11 @@ def audit_coco(
         why = f" ({dataset.first_fault()})" if dataset.problems else ""
         raise UsesearchError(f"{dataset.path} holds no annotation to audit{why}")
     problems: list[Problem] = list(dataset.problems)
+    crowd = sum(a.iscrowd for entry in dataset.images for a in entry.annotations)
     rows: list[Suspect] = []
     masked: list[tuple[float, int]] = []  # (margin, -row) of the rows holding a mask: a min-heap, worst first
     for entry in dataset.images:
-        if not entry.annotations:
+        if all(a.iscrowd for a in entry.annotations):
             continue
         path = photo_path([str(images_dir)], entry.file_name)
         if path is None:
@@ -87,6 +90,7 @@ def audit_coco(
             continue
         kept, faults = checked_masks(entry, rgb.shape[:2])
         problems += faults
+        kept = [(annotation, mask) for annotation, mask in kept if not annotation.iscrowd]
         if not kept:
             continue
         masks = np.stack([rle.decode(mask) for _, mask in kept])
@@ -112,7 +116,7 @@ def audit_coco(
             if len(masked) > masks_for:
                 _, dropped = heapq.heappop(masked)
                 rows[-dropped] = replace(rows[-dropped], mask=None)
-    return sorted(rows, key=lambda r: -r.margin), problems
+    return sorted(rows, key=lambda r: -r.margin), problems, crowd
 
 
 def label_margins(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
