@@ -148,3 +148,23 @@ def test_a_split_made_whole_by_one_file_forgets_another_files_unfinished_pass(tm
     assert SegmentIndex.open(db).store.unfinished_passes() == [("train", str(tmp_path / "wrong.json"))]
     index_coco([photos], right, db, IndexOptions(preset="tiny"), split="train")
     assert SegmentIndex.open(db).store.unfinished_passes() == []
+
+
+def test_two_files_of_a_split_labelling_one_annotation_otherwise_are_said_to_disagree(tmp_path):
+    """Each run of either file relabelled the annotation back, "1 relabelled", unsaid why."""
+    photos = write_photos(tmp_path / "photos", ("chelsea",))
+    val = write_coco(tmp_path / "val.json", photos, ["chelsea.png"], 1)
+    copy = json.loads(val.read_text())
+    copy["annotations"][0]["category_id"] = [c["id"] for c in copy["categories"] if c["name"] != "cat"][0]
+    (tmp_path / "val_copy.json").write_text(json.dumps(copy))
+    db = tmp_path / "db"
+    args = ["index", str(photos), "--db", str(db), "--preset", "tiny", "--split", "val", "--coco"]
+    assert CliRunner().invoke(app, [*args, str(val)]).exit_code == 0
+    for coco in (tmp_path / "val_copy.json", val):
+        said = " ".join(CliRunner().invoke(app, [*args, str(coco)]).output.split())
+        other = val if coco != val else tmp_path / "val_copy.json"
+        assert (
+            "1 relabelled" in said
+            and (f"1 annotation relabelled: where {other.resolve()} gives those ids other labels, the files disagree")
+            in said
+        ), said

@@ -139,6 +139,11 @@ def print_labelled(report, db: str, db_url: str | None, masker_follows: bool = F
             f"  split {report.split!r} was also indexed from {', '.join(report.shared_with)}: annotations absent "
             "from this file are kept (--replace-split makes this file its only one)"
         )
+        if report.relabelled:  # (two files labelling one id otherwise undid each other's run, unsaid)
+            opts.console.print(
+                f"  {counted(report.relabelled, 'annotation')} relabelled: where {first_few(report.shared_with)} "
+                "gives those ids other labels, the files disagree, and each one's run undoes the other's"
+            )
     if report.replaced:
         opts.console.print(
             f"  split {report.split!r} holds this file's annotations alone now: forgot {', '.join(report.replaced)}"
