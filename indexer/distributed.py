@@ -292,9 +292,6 @@ def through_actors(dataset, worker: type, options: IndexOptions, db_dir: Path, w
     import ray
     import ray.data
 
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # commits in walk order, as the sequential indexer
-    context.enable_progress_bars = False  # the CLI shows its own
     gpus = int(ray.cluster_resources().get("GPU", 0)) if options.device == "cuda" else 0
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = workers or max(1, gpus or cpus // 2)

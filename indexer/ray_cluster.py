@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -68,9 +69,10 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     started_here = not ray.is_initialized()
     # The printer is Ray's own again only after shutdown: its thread that prints the
     # cluster's reports runs until then, and a late one would land before `--json`'s report.
-    with ray_reports_off_stdout():
+    with ray_reports_off_stdout(), warnings.catch_warnings():
         if started_here:
             _start_ray(address)
+        _configure_ray_data()
         try:
             yield
         finally:
@@ -79,6 +81,22 @@ def ray_session(address: str | None = None) -> Iterator[None]:
                     let_ray_data_threads_end()
                 finally:  # a second Ctrl-C while it waits: Ray is shut down all the same
                     ray.shutdown()
+
+
+def _configure_ray_data() -> None:
+    """Ray Data as every run of ours wants it, set before any dataset is made (each
+    copies the context when made: set later, in ``through_actors``, the first datasets
+    ran unordered and photos were committed out of the walk's order, their segment ids
+    other than a sequential run's): results in order, no progress bars (the CLI shows
+    its own), its log and its warning on a run with fewer photos than actors (``override_num_blocks``,
+    a Ray Data setting no user of ours sets) left out."""
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
 
 
 def _start_ray(address: str | None) -> None:
@@ -122,8 +140,6 @@ def _start_ray(address: str | None) -> None:
     finally:
         if quiet:
             os.environ.pop(BACKEND_LOG_LEVEL, None)
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     interrupts.take_sigterm_back()  # ray.init put in its own, which exits at once (15), saying nothing
 
 

@@ -89,6 +89,14 @@ def assert_same_index(db, reference, db_url=None):
     assert not list((Path(db) / fragments.FRAGMENTS).glob("*.npz"))  # every fragment committed and removed
 
 
+def photos_in_commit_order(db, db_url=None) -> list[str]:
+    """The photos with segments, in the order of their segments' ids (their commits')."""
+    ix = SegmentIndex.open(db, db_url=db_url)
+    rows = ix.store.rows(ix.store.segment_ids())
+    ix.close()
+    return list(dict.fromkeys(os.path.basename(rows[i].image_path) for i in sorted(rows)))
+
+
 def settle(folder: Path) -> None:
     """Wait until every file under ``folder`` is older than ``RACY_NS``: Ray's hash tasks
     (other processes, where it cannot be patched) keep no stat of a file changed more
@@ -160,13 +168,20 @@ def test_ray_index_on_postgresql_equals_a_sequential_run_with_a_worker_killed(
     monkeypatch.setattr(distributed, "WINDOW", 5)  # two windows of photos: a Ray pipeline each
     monkeypatch.setattr(distributed, "photos_per_call", lambda options, gpus: 2)  # as a GPU's actors take several
     settle(photos)  # for the rerun below to skip every file unread
+    import ray.data
+
+    made, real_from_items = [], ray.data.from_items  # each dataset copies Ray Data's settings when made
+    monkeypatch.setattr(ray.data, "from_items", lambda rows: made.append(real_from_items(rows)) or made[-1])
     report = index_paths_ray([photos], tmp_path / "db", options, kill_a_worker)
+    assert len(made) >= 3 and all(dataset.context.execution_options.preserve_order for dataset in made)
     assert killed, "no Ray worker was found to kill"
     assert max(together) == 2  # an actor call's photos committed in one transaction
     assert report.done == len(NAMES) and report.failed == 2 and report.skipped == 1
     assert seen == sorted(seen) and seen[-1] == report.segments > 0  # progress as images commit
     assert_same_index(tmp_path / "db", sequential, pg_url)
-    import ray.data
+    # In the walk's order, as the sequential run: Ray Data's order was set after the first
+    # window's dataset was made, which then committed its photos as they came.
+    assert photos_in_commit_order(tmp_path / "db", pg_url) == photos_in_commit_order(sequential)
 
     hashed, from_items = [], ray.data.from_items
     monkeypatch.setattr(ray.data, "from_items", lambda rows: hashed.extend(rows) or from_items(rows))

@@ -184,3 +184,21 @@ def test_ray_auto_with_no_cluster_running_is_said_in_our_flags(monkeypatch):
     with pytest.raises(ConnectionError, match="Failed to connect to GCS"):
         with ray_cluster.ray_session("auto"):
             pass
+
+
+def test_ray_data_is_set_up_before_any_dataset_and_its_few_photos_warning_left_out(ray_local, recwarn):
+    """A top-up run of fewer photos than --workers printed Ray Data's UserWarning (its
+    file, line and "warnings.warn(" too); and its order was set after the first dataset
+    was made, which ran unordered."""
+    import warnings
+
+    import ray.data
+
+    few = "The minimum number of concurrent actors (min_size=5) ... configure override_num_blocks"
+    ray.data.DataContext.get_current().execution_options.preserve_order = False
+    with ray_cluster.ray_session():
+        assert ray.data.from_items([1]).context.execution_options.preserve_order
+        warnings.warn(few, UserWarning, stacklevel=1)
+    assert not [w for w in recwarn if few in str(w.message)]
+    warnings.warn(few, UserWarning, stacklevel=1)  # (past the session: Python's own filters again)
+    assert [w for w in recwarn if few in str(w.message)]
