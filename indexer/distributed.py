@@ -37,6 +37,7 @@ from .fragments import (
     error_text,
     fragment_path,
     read_fragment,
+    usable_leftover,
     worker_error,
     write_fragment,
 )
@@ -250,7 +251,7 @@ def _compute(pending: list[dict], db_dir: Path, options: IndexOptions, workers: 
     those whose fragment a killed run left behind first, then the rest through decode
     and the actor pool."""
     fragments.forget_attempts(db_dir)
-    ready = [{**r, "error": "", "segments": -1} for r in pending if fragment_path(db_dir, r["sha256"]).is_file()]
+    ready = [{**r, "error": "", "segments": -1} for r in pending if usable_leftover(fragment_path(db_dir, r["sha256"]))]
     computed = {r["sha256"] for r in ready}
     todo = [r for r in pending if r["sha256"] not in computed]  # before ``ready``'s commits delete their fragments
     yield from (ready[at : at + LEFT_PER_COMMIT] for at in range(0, len(ready), LEFT_PER_COMMIT))

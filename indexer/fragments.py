@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import numpy as np
 from usesearch.errors import WorkerError, first_line
 from usesearch.io.atomic import write_atomic
 
+log = logging.getLogger(__name__)
 FRAGMENTS = "fragments"  # in the index folder: computed images waiting for their commit
 # A photo whose computing killed its actor this many times (a native crash, memory
 # exhausted) is recorded as failed: Ray would otherwise restart the actor and retry it
@@ -52,6 +54,25 @@ def read_fragment(path: Path) -> tuple[tuple[int, int], list[dict], np.ndarray, 
         meta = json.loads(data["meta"].tobytes())
         hw, segments = tuple(meta.pop("hw")), meta.pop("segments")
         return hw, segments, data["embeddings"].astype(np.float32), meta
+
+
+def usable_leftover(path: Path) -> bool:
+    """Whether a fragment a killed run left can be committed: present and readable. One
+    damaged (a disk's fault, a bad copy of the folder) is deleted, said, and its photo
+    computed again: read at commit, it failed every later run in zipfile's words."""
+    if not path.is_file():
+        return False
+    try:
+        read_fragment(path)
+        return True
+    except Exception as exc:  # noqa: BLE001 - any damage (a cut zip, a member missing, bad JSON): computed again
+        log.warning(
+            "a fragment left by a run cut short cannot be read (%s): %s; its photo is computed again",
+            first_line(exc),
+            path.name,
+        )
+        path.unlink(missing_ok=True)
+        return False
 
 
 def drop_committed(db_dir: str | os.PathLike, committed: Callable[[str], bool]) -> int:

@@ -261,8 +261,7 @@ def test_fragments_a_killed_run_left_are_committed_not_computed_again(tmp_path):
     them: they were sent through the models again, and counted twice."""
     sha = "ab" * 32
     fragment = fragments.fragment_path(tmp_path, sha)
-    fragment.parent.mkdir()
-    fragment.write_bytes(b"left by a killed run")
+    fragments.write_fragment(fragment, (4, 4), [], np.zeros((0, 0)))  # left by a killed run
     (fragment.parent / f"{'cd' * 32}.attempts").write_text("1")  # its actor died with that run
     rows = []
     for group in distributed._compute([{"sha256": sha, "path": "p.png"}], tmp_path, IndexOptions(**OPTS), None):
@@ -270,6 +269,29 @@ def test_fragments_a_killed_run_left_are_committed_not_computed_again(tmp_path):
         fragment.unlink()  # as the commit does
     assert [(r["sha256"], r["segments"]) for r in rows] == [(sha, -1)]  # and Ray was never asked to compute
     assert not list(fragment.parent.iterdir())
+
+
+def test_a_damaged_fragment_a_killed_run_left_is_computed_again_and_said(tmp_path, monkeypatch, caplog):
+    """One cut short (a disk's fault, a bad copy) failed every later --ray run in
+    zipfile's words ("BadZipFile: File is not a zip file"), naming no file."""
+    sha = "ab" * 32
+    fragment = fragments.fragment_path(tmp_path, sha)
+    fragments.write_fragment(fragment, (4, 4), [], np.zeros((0, 0)))
+    fragment.write_bytes(fragment.read_bytes()[:300])
+    sent = []
+
+    class Computed:
+        def iter_batches(self, **kwargs):
+            return iter(())
+
+    monkeypatch.setattr(distributed, "decoded_and_computed", lambda todo, *args: sent.extend(todo) or Computed())
+    rows = [
+        r
+        for group in distributed._compute([{"sha256": sha, "path": "p.png"}], tmp_path, IndexOptions(**OPTS), None)
+        for r in group
+    ]
+    assert rows == [] and [r["sha256"] for r in sent] == [sha] and not fragment.exists()
+    assert "cannot be read (" in caplog.text and f"{sha}.npz; its photo is computed again" in caplog.text
 
 
 def test_a_run_deletes_the_fragments_of_photos_committed_and_half_written_ones(tmp_path):
