@@ -144,8 +144,11 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
 
     # -- identity ----------------------------------------------------------------
     def info(self) -> IndexInfo | None:
-        with self.sessions() as s:
-            return s.scalar(select(IndexInfo))
+        def read() -> IndexInfo | None:
+            with self.sessions() as s:
+                return s.scalar(select(IndexInfo))
+
+        return self._as_writer(read)  # (a writer's, as ``reindex``'s calibration reads it: through a restart)
 
     def set_info(self, info: IndexInfo) -> None:
         with self.sessions.begin() as s:

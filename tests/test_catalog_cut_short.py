@@ -58,3 +58,24 @@ def test_a_disk_full_while_the_catalog_is_made_names_it_without_the_drivers_word
     result = runner.invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny"])
     assert result.exit_code == 2 and "sqlite3" not in result.output, said(result)
     assert f"disk full: cannot write {tmp_path / 'db' / DB_FILE}; free space and run it again" in said(result)
+
+
+def test_a_catalog_that_does_not_answer_a_check_after_the_run_is_no_failed_run(tmp_path, monkeypatch):
+    """A server restarting just after a run's last commit: its check for gone photos
+    failed the run (exit 2, after "finished"), its work all committed."""
+    from sqlalchemy.exc import OperationalError
+
+    from usesearch.indexer import leftovers
+
+    def restarting(*args, **kwargs):
+        raise OperationalError("SELECT", {}, Exception("connection is bad: server closed the connection"))
+
+    photos = write_photos(tmp_path / "photos", ("chelsea",))
+    monkeypatch.setattr(leftovers, "files_gone", restarting)
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--masker", "felzenszwalb"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "finished: 1 image indexed" in said(result)
+    assert "the catalog database did not answer a check after the run (" in said(result)
+    assert "the run's work is committed" in said(result)
+    assert segment_table(tmp_path / "db")

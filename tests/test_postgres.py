@@ -345,3 +345,21 @@ def test_a_verdict_on_a_read_only_postgresql_catalog_says_so(pg_url):
             reviews.mark(reader, "swapped", "val:1", "ok")
     finally:
         reader.dispose()
+
+
+def test_a_writers_read_of_the_index_info_waits_out_an_outage(tmp_path, pg_url, postgres_server):
+    """`reindex`'s calibration opens the index and reads its info: a restart there ended
+    the command at once ("database: connection is bad"), unlike one at any write."""
+    from usesearch.indexer.folder import open_store
+
+    photos = write_photos(tmp_path / "photos", NAMES[:1])
+    index_paths([photos], tmp_path / "db", IndexOptions(**OPTS, db_url=pg_url))
+    store = open_store(tmp_path / "db", pg_url)
+    postgres_server.stop("immediate")
+    restart = threading.Timer(2.0, postgres_server.start)
+    restart.start()
+    try:
+        assert store.info().preset == "tiny"
+    finally:
+        restart.join()
+        store.close()

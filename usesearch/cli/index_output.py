@@ -3,11 +3,13 @@ copies, annotations gone with a photo's old content, photos gone from disk)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from usesearch.cli import options as opts
 from usesearch.cli.photo_limits import say_past_limits
@@ -76,6 +78,31 @@ def say_unread(report: IndexReport, db: str, db_url: str | None) -> None:
         )
 
 
+def past_the_run(say: Callable[..., None]) -> Callable[..., None]:
+    """A check a run's summary makes after its work is committed, reading the catalog
+    again: a server that does not answer then (restarting) is said in a line, not the
+    run's failure (it exited 2 after "finished", its work all committed)."""
+
+    @functools.wraps(say)
+    def checked(*args: Any, **kwargs: Any) -> None:
+        from sqlalchemy.exc import OperationalError
+
+        from usesearch.errors import CatalogUnavailableError, first_line
+
+        try:
+            say(*args, **kwargs)
+        except (CatalogUnavailableError, OperationalError) as exc:
+            opts.err_console.print(
+                f"  the catalog database did not answer a check after the run ({first_line(exc)}); "
+                "the run's work is committed",
+                markup=False,
+                highlight=False,
+            )
+
+    return checked
+
+
+@past_the_run
 def say_no_masks(photos: int, db: str, db_url: str | None) -> None:
     """A run whose photos gave no region, and why where it is known: the index's (the
     run's) preset and masker, also where the run named neither."""
@@ -98,6 +125,7 @@ def say_no_masks(photos: int, db: str, db_url: str | None) -> None:
     )
 
 
+@past_the_run
 def say_gone(db: str, folders: list[str | os.PathLike], db_url: str | None) -> None:
     """The photos indexed under these folders whose files are gone: a line, not a
     silent index that still answers with them (one stat each, the walk just warmed
