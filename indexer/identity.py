@@ -29,11 +29,13 @@ from sqlalchemy import inspect, select, text
 from usesearch.errors import CatalogLockedError, IndexIdentityError
 from usesearch.io.atomic import write_atomic
 
-from .catalog import shown_url
+from .catalog import index_flags, shown_url
 from .embeddings import FOLDER, EmbeddingFiles
-from .records import IndexIdentity, SegmentRecord
+from .records import IndexIdentity, IndexWriter, SegmentRecord
 
 ID_FILE = "index-id"
+WRITER_FILE = "writer-tokens"  # in the folder: the tokens of its last writers, newest last
+TOKENS_KEPT = 8
 LOCK_KEY = 0x7573_6573_6561_7263  # "usesearc": one writer per PostgreSQL database
 SCHEMA_KEY = 0x7573_6573_6561_7273  # "usesears": one process at a time making or upgrading its tables
 log = logging.getLogger(__name__)
@@ -84,6 +86,46 @@ def check(store, assign: bool) -> None:
         new = str(uuid.uuid4())
         _write_file(id_file, new)
         _write_catalog(store, new)
+
+
+def check_writer(store, adopt: bool = False) -> None:
+    """A catalog on a server, written through this folder or one that is a copy of it
+    (``cp -r``, an rsync'd replica; the same index id), refused where the other wrote
+    last: this folder's embedding files then lack the rows it added, and writing here
+    would put other vectors at rows the catalog already points at. Each writer's open
+    takes a new token, kept in the folder first, then in the catalog (a kill between
+    the two leaves the catalog's token among the folder's). ``adopt`` (``--repair``,
+    which embeds the missing rows again): this folder takes the catalog up again.
+    SQLite's catalog is a file in the folder, copied with it: nothing to check."""
+    if store.engine.dialect.name != "postgresql":
+        return
+    import datetime as dt
+    import socket
+
+    path = store.folder / FOLDER / WRITER_FILE
+    kept = path.read_text().split() if path.is_file() else []
+    with store.sessions() as s:
+        last = s.get(IndexWriter, 1)
+    if last is not None and last.token not in kept and not adopt:
+        raise IndexIdentityError(
+            f"{_describe(store)} was last written through another folder holding this index "
+            f"({last.folder} on {last.host}, {last.at:%Y-%m-%d %H:%M} UTC): {store.folder} is a copy of it or an "
+            "older state, and its embedding files lack what that folder added; use that folder, or take this "
+            f"one up again with `usesearch index PATHS {index_flags(store.folder, store.url)} --repair` "
+            "(its missing rows embedded anew)"
+        )
+    token = str(uuid.uuid4())
+    _write_file(path, "\n".join([*kept, token][-TOKENS_KEPT:]))
+    with store.sessions.begin() as s:
+        s.merge(
+            IndexWriter(
+                id=1,
+                token=token,
+                folder=str(store.folder.absolute()),
+                host=socket.gethostname(),
+                at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+            )
+        )
 
 
 def refuse_a_new_catalog(store) -> None:

@@ -86,6 +86,20 @@ class IndexIdentity(Base):
     folder_id: Mapped[str] = mapped_column(String(36))
 
 
+class IndexWriter(Base):
+    """The last writer of a catalog on a database server (one row): the token its folder
+    also keeps (``identity.check_writer``), and where it wrote from. A copy of the folder
+    has the same index id, so only this tells a folder the catalog has moved on without
+    it. A table of its own: readers never need it, and an older catalog gets it unasked."""
+
+    __tablename__ = "index_writer"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token: Mapped[str] = mapped_column(String(36))
+    folder: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column()
+
+
 class ImageRecord(Base):
     __tablename__ = "images"
     # AUTOINCREMENT: SQLite must never hand a removed or changed photo's id to a new one,

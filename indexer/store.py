@@ -85,12 +85,15 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                 self.engine.dispose()
                 raise
 
-    def claim(self) -> None:
+    def claim(self, adopt: bool = False) -> None:
         """For the one writer (under the folder's lock): lock the catalog, then check
-        (and give a new or older index) the id that pairs it with this folder."""
+        (and give a new or older index) the id that pairs it with this folder, and that
+        no copy of the folder wrote to it since this one did (``adopt``: ``--repair``'s
+        taking it up again, ``identity.check_writer``)."""
         self._catalog_lock = identity.lock_catalog(self)
         try:
             identity.check(self, assign=True)
+            identity.check_writer(self, adopt)
         except BaseException:
             self.close()
             raise

@@ -78,7 +78,7 @@ class Writer:
             check_catalog_kind(self.db_dir, self.options.db_url)
             store = self.store = Store(db_url_for(self.db_dir, self.options.db_url), folder=self.db_dir)
             self.known = KnownImages(store)
-            store.claim()
+            store.claim(adopt=self.options.repair)
             if self.options.factory:
                 check_factory(store.info(), self.options.factory, self.wanted, self.db_dir, self.options.db_url)
             info = check_identity(store, self.wanted) if self.wanted is not None else store.info()

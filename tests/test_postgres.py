@@ -4,6 +4,7 @@ or cannot be reached mid-run is a retry or a one-line error, never half an image
 
 import shlex
 import threading
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -363,3 +364,31 @@ def test_a_writers_read_of_the_index_info_waits_out_an_outage(tmp_path, pg_url, 
     finally:
         restart.join()
         store.close()
+
+
+def test_a_copy_of_the_folder_that_wrote_to_the_catalog_leaves_the_other_refused_until_repaired(tmp_path, pg_url):
+    """`cp -r` of a folder on a PostgreSQL catalog (the same index id) took writes, and
+    the original's searches then failed ("holds 3245 rows; the database refers to row
+    3308"); writing through the original too would have put other vectors at those rows."""
+    import shutil
+
+    from usesearch.indexer.identity import WRITER_FILE
+
+    photos = write_photos(tmp_path / "photos", NAMES[:2])
+    original, copy = tmp_path / "db", tmp_path / "copy"
+    options = IndexOptions(**OPTS, db_url=pg_url)
+    index_paths([sorted(photos.rglob("*.png"))[0]], original, options)
+    shutil.copytree(original, copy)
+    assert index_paths([photos], copy, options).done >= 1  # the copy was up to date: it writes
+    with pytest.raises(IndexIdentityError, match="last written through another folder holding this index") as refused:
+        index_paths([photos], original, options)
+    assert str(copy) in str(refused.value) and "--repair" in str(refused.value)
+    repaired = index_paths([photos], original, replace(options, repair=True))
+    assert repaired.failed == 0
+    assert_consistent(original, pg_url)
+    with pytest.raises(IndexIdentityError, match="last written through another folder"):
+        index_paths([photos], copy, options)  # now the copy is the one behind
+    # A writer killed between its folder's token and the catalog's: the next run goes on.
+    tokens = original / "embeddings" / WRITER_FILE
+    tokens.write_text(tokens.read_text() + "\nkilled-before-the-catalog\n")
+    assert index_paths([photos], original, options).failed == 0

@@ -81,8 +81,9 @@ def test_a_writer_whose_lock_another_took_after_a_restart_says_it_stopped_mid_wa
     from usesearch.indexer.writer import Writer
 
     index_paths([write_photos(tmp_path / "photos", NAMES[:1])], tmp_path / "a", IndexOptions(**OPTS, db_url=pg_url))
-    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same index's folder, its id too
     with Writer(tmp_path / "a", IndexOptions(db_url=pg_url), None) as first:
+        # The same index's folder, its id and its last writer's token too (copied before, it is refused as behind).
+        shutil.copytree(tmp_path / "a", tmp_path / "b")
         postgres_server.restart()  # the lock ended with its session
         with Writer(tmp_path / "b", IndexOptions(db_url=pg_url), None):  # another run takes it meanwhile
             with pytest.raises(
