@@ -223,6 +223,27 @@ def check_writable(db_dir: Path, command: str, writes: str) -> None:
     )
 
 
+def refuse_a_foreign_catalog(db_url: str | None) -> None:
+    """A server database holding another application's tables, refused before a new
+    index's run loads its models (and starts Ray): its writer's open refused it after
+    30 s of loading. (Unreachable: left to the writer's open, which waits it out.)"""
+    if db_url is None:
+        return
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.exc import OperationalError
+
+    from .catalog import server_url
+    from .migrations import refuse_foreign_tables
+
+    engine = create_engine(server_url(db_url))
+    try:
+        refuse_foreign_tables(set(inspect(engine).get_table_names()), shown_url(db_url))
+    except OperationalError:
+        pass
+    finally:
+        engine.dispose()
+
+
 @contextmanager
 def writer_lock(db_dir: Path) -> Iterator[None]:
     """The folder's one writer (``io.locks.one_writer``), refused with ``IndexLockedError``."""

@@ -34,7 +34,15 @@ from usesearch.models.presets import PRESETS
 
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
-from .folder import check_catalog_kind, check_paths, head_to_load, is_new, open_store, refuse_if_written
+from .folder import (
+    check_catalog_kind,
+    check_paths,
+    head_to_load,
+    is_new,
+    open_store,
+    refuse_a_foreign_catalog,
+    refuse_if_written,
+)
 from .image_writes import PhotoWrite
 from .index_checks import masker_options, refuse_other_masker
 from .options import IndexOptions, IndexReport
@@ -138,6 +146,7 @@ def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
     as are another masker and a run while another indexer writes there."""
     check_catalog_kind(db_dir, options.db_url)  # (as below: before the defaults' weights are looked for)
     refuse_if_written(db_dir)
+    refuse_a_foreign_catalog(options.db_url)
     if is_new(db_dir, options):
         return options
     try:

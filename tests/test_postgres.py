@@ -208,7 +208,7 @@ def test_a_server_outage_at_the_first_commit_is_waited_out(tmp_path, pg_url, pos
 
 
 def test_a_database_that_is_not_this_indexs_is_refused_before_any_table_is_made_or_altered(
-    tmp_path, pg_url, postgres_server
+    tmp_path, pg_url, postgres_server, monkeypatch
 ):
     """Another index's folder pointed at an empty database left nine empty tables there;
     another application's 'images' table had eight columns added to it, its row altered."""
@@ -225,8 +225,17 @@ def test_a_database_that_is_not_this_indexs_is_refused_before_any_table_is_made_
     with create_engine(app_db).begin() as conn:
         conn.execute(text("CREATE TABLE images (id serial PRIMARY KEY, path text, fs_path bytea, status text)"))
         conn.execute(text("INSERT INTO images (path, status) VALUES ('mine.jpg', 'new')"))
-    with pytest.raises(UsesearchError, match="holds tables of another application \\(images\\)"):
-        index_paths([photos], tmp_path / "other", IndexOptions(**OPTS, db_url=app_db))
+    from usesearch.indexer import distributed, pipeline
+
+    def loaded(options):
+        raise AssertionError("refused only once the models had loaded (~30 s)")
+
+    for run in (index_paths, distributed.index_paths_ray):  # (--ray: before Ray starts, too)
+        with monkeypatch.context() as patched:
+            patched.setattr(pipeline, "load_models", loaded)
+            patched.setattr(distributed, "load_models", loaded)
+            with pytest.raises(UsesearchError, match="holds tables of another application \\(images\\)"):
+                run([photos], tmp_path / "other", IndexOptions(**OPTS, db_url=app_db))
     columns = [c["name"] for c in inspect(create_engine(app_db)).get_columns("images")]
     assert columns == ["id", "path", "fs_path", "status"]
 
