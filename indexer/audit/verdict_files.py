@@ -19,6 +19,7 @@ from pathlib import Path
 
 from usesearch.errors import AuditOutdatedError, UsesearchError
 from usesearch.io.tables import cell_text
+from usesearch.reports import counted
 
 from . import reviews
 from .report import CSV_COLUMNS
@@ -80,6 +81,12 @@ def keep_verdicts(
                 f"audit {flags}` first, then give the files; their rows are checked against the lists"
             )
         read = [read_verdicts(path, lists["lists"]) for path in files]
+        for one in read:
+            if one.gone and not one.marks and not one.changed:  # ("the index changed since" misled)
+                raise UsesearchError(
+                    f"{one.path} judges {counted(len(one.gone), 'item')}, none of them in this index's {one.kind} "
+                    "list (a list of another index's audit, or of this one long before?); no verdict was kept"
+                )
         given: dict[tuple[str, str], tuple[Path, str | None]] = {}
         for one in read:
             for kind, item, verdict, _ in one.marks:
