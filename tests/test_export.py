@@ -311,6 +311,15 @@ def test_an_audit_sheet_says_each_tiles_classes_and_a_leaks_other_photo(tmp_path
     assert _note({"labelled": "cat"}) == "cat" and _note({"proposed": "cup"}) == "cup"
     leak = {"kind": "near duplicate", "paths": ["/a/x.png", "/b/y copy.png"]}
     assert _note(leak, "/a/x.png") == "= y copy.png" and _note(leak, "/b/y copy.png") == "= x.png"
+    # A same-content group of three drew its first two photos alone, each naming one other.
+    from types import SimpleNamespace
+
+    from usesearch.indexer.audit.report import _segments_drawn
+
+    group = {"kind": "same content", "images": [5, 15, 16], "paths": ["/t/a.png", "/v/b.png", "/v/c.png"]}
+    largest = SimpleNamespace(image_segment_ids=lambda image_id: [image_id * 10, image_id * 10 + 1])
+    assert _segments_drawn(group, largest) == [50, 150, 160]  # type: ignore[arg-type]
+    assert _note(group, "/t/a.png") == "= b.png and 1 more"
     Image.new("RGB", (64, 48), (120, 90, 60)).save(tmp_path / "p.png")
     mask = np.zeros((48, 64), bool)
     mask[10:30, 10:40] = True

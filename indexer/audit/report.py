@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from usesearch.errors import UsesearchError, first_line
+from usesearch.errors import UsesearchError, first_few, first_line
 from usesearch.io.atomic import write_atomic
 from usesearch.io.own_folders import mark_audit_report
 from usesearch.io.tables import text_cell
@@ -20,6 +20,7 @@ from ..export import contact_sheet
 from ..hits import Hit
 from ..store import Store
 
+LEAK_PHOTOS_DRAWN = 4  # photos of a same-content group on a leaks sheet
 CSV_COLUMNS = {
     "swapped": ["labelled", "preferred", "labelled_probability", "preferred_probability"],
     "overlooked": ["proposed", "covered"],
@@ -96,8 +97,9 @@ def _cell(value) -> str:
 def _sheet(items: list[dict], store: Store, path: Path) -> dict[str, str] | None:
     """The list's contact sheet; the photos it could not read (drawn grey); None when
     no item has a stored segment to draw (no sheet is written). A leak is drawn as its
-    two photos side by side (the first pair of segments matched, or each photo's largest
-    segment where the same content has none), each naming the other."""
+    photos side by side (the first pair of segments matched, or each photo's largest
+    segment where the same content has none, of up to ``LEAK_PHOTOS_DRAWN``), each
+    naming the others."""
     drawn = [(item, segment_id) for item in items for segment_id in _segments_drawn(item, store)]
     rows = store.rows(segment_id for _, segment_id in drawn)
     hits, notes = [], []
@@ -119,8 +121,10 @@ def _segments_drawn(item: dict, store: Store) -> list[int]:
         return [item["segment_id"]] if item.get("segment_id") is not None else []
     if item.get("segments"):  # a near duplicate: the first pair matched, one on each photo
         return [int(i) for i in item["segments"][0][:2]]
-    largest = [store.image_segment_ids(image_id)[:1] for image_id in item["images"][:2]]
-    return [ids[0] for ids in largest if ids]  # the same content: each photo's largest segment
+    # The same content: each photo's largest segment, of a group's first LEAK_PHOTOS_DRAWN
+    # (its first two alone were drawn: a third photo of the group never showed).
+    largest = [store.image_segment_ids(image_id)[:1] for image_id in item["images"][:LEAK_PHOTOS_DRAWN]]
+    return [ids[0] for ids in largest if ids]
 
 
 def _note(item: dict, shown: str | None = None) -> str:
@@ -131,5 +135,5 @@ def _note(item: dict, shown: str | None = None) -> str:
         return f"{item['labelled']}->{item['preferred']}"
     if "paths" in item:
         others = [Path(p).name for p in item["paths"] if p and p != shown]
-        return f"= {others[0]}" if others else ""
+        return f"= {first_few(others, 1)}" if others else ""
     return str(item.get("labelled") or item.get("proposed") or "")
