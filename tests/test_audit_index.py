@@ -274,7 +274,7 @@ def test_the_audit_view_pages_through_a_list_and_keeps_verdicts(audit_server, db
     assert errors == []
 
 
-@pytest.mark.parametrize("step", ["_class_vectors", "_photo_pass"])  # while the model loads; mid-passes
+@pytest.mark.parametrize("step", ["_class_vectors", "_photo_pass", "resolve"])  # model; passes; the lists read
 def test_an_index_changed_during_the_audit_gives_no_lists(db, monkeypatch, step):
     """An `index` run committing mid-audit: lists mixing two indexes are refused, not
     written as the current ones."""

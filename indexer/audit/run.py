@@ -131,14 +131,19 @@ def audit_index(
                 start = time.perf_counter()
                 run()
                 say(f"{phase} pass: {time.perf_counter() - start:.0f} s")
-        if store.generation() != generation:  # an index run committed meanwhile: lists of two indexes
-            raise UsesearchError(
-                f"{db_dir} changed while it was audited (an `index`, `prune` or `compact` run); "
-                "audit it again once that is done"
-            )
+
+        def refuse_if_changed() -> None:  # an index run committed meanwhile: lists of two indexes
+            if store.generation() != generation:
+                raise UsesearchError(
+                    f"{db_dir} changed while it was audited (an `index`, `prune` or `compact` run); "
+                    "audit it again once that is done"
+                )
+
+        refuse_if_changed()
         start = time.perf_counter()
         shown = {kind: ranked.top(wanted[kind]) for kind, ranked in state.lists.items()}
         result = resolve(store, reader, shown, state.pairs, wanted["leaks"], config.near_duplicate)
+        refuse_if_changed()  # (the items' labels and paths were read by ``resolve``: after the check before)
         say(f"lists resolved: {time.perf_counter() - start:.0f} s")
         alone = int((state.counts == 1).sum())
         if alone:  # (their outlier score is not defined: no other member to compare with)
