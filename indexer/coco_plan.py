@@ -12,6 +12,7 @@ from usesearch.errors import AnnotationError, UsesearchError, first_few
 from usesearch.io.coco_dataset import (
     AMBIGUOUS_PHOTO,
     DUPLICATE_ID,
+    DUPLICATE_PHOTO,
     PHOTO_MISSING,
     Annotation,
     CocoDataset,
@@ -160,7 +161,7 @@ def located_entries(
             message = (
                 f"image entries {first.id} and {entry.id} name the same photo: their annotations are indexed together"
             )
-            record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(DUPLICATE_ID, message))])
+            record(writer, report, split, dataset, [(entry.file_name, None, AnnotationError(DUPLICATE_PHOTO, message))])
     listed = [key for key in dict.fromkeys(listed) if key not in located]  # (another entry has its annotations)
     report.listed_empty = len(listed)
     return list(located.values()), listed

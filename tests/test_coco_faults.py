@@ -147,7 +147,7 @@ def test_reading_a_coco_file_keeps_one_entry_a_photo_and_the_first_of_each_id(tm
             ("./a.png", 12, "broken mask"),  # its photo named, as for any other fault of a known entry
             ("a.png", 14, "broken mask"),
             ("./a.png", None, "broken annotation"),  # the annotation whose id is a string
-            ("./a.png", None, "duplicate id"),
+            ("./a.png", None, "duplicate photo"),  # two entries of one file (it was said as an id repeated)
         ],
         key=str,
     )
@@ -182,7 +182,7 @@ def test_a_repeated_entry_giving_its_photo_another_size_adds_no_annotation(tmp_p
     kept = [(e.file_name, e.height, e.width, [a.id for a in e.annotations]) for e in dataset.images]
     assert kept == [("a.png", 8, 8, [10]), ("b.png", 6, 9, [12, 13])]
     said = {(f, e.kind): str(e) for f, _, e in dataset.problems}
-    assert set(said) == {("a.png", "size mismatch"), ("b.png", "duplicate id")}
+    assert set(said) == {("a.png", "size mismatch"), ("b.png", "duplicate photo")}
     assert "at 8x8 and 16x16: the annotations of 2 are left out" in said[("a.png", "size mismatch")]
 
 

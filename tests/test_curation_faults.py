@@ -292,8 +292,8 @@ def test_caption_entries_naming_one_file_are_one_photo_with_all_their_captions(t
     ]
     said = [[f"{error.kind}: {error}" for _, _, error in i.problems] for i in items]
     assert said == [
-        ["duplicate id: image entries 1 and 2 name the same file: their captions are curated together"],
-        ["duplicate id: image entries 3 and 4 name the same file: their captions are curated together"],
+        ["duplicate photo: image entries 1 and 2 name the same file: their captions are curated together"],
+        ["duplicate photo: image entries 3 and 4 name the same file: their captions are curated together"],
     ], said
 
 
@@ -314,6 +314,6 @@ def test_instances_faults_of_a_repeat_spelled_otherwise_or_a_dropped_entry_are_r
         f"{e.kind}: {e}" for item in coco_instances_source(tmp_path / "i.json", photos) for _, _, e in item.problems
     ]
     assert sorted(said) == [
-        "duplicate id: image entries 1 and 2 name the same file: their annotations are indexed together",
         "duplicate id: image id 1 repeated",
+        "duplicate photo: image entries 1 and 2 name the same file: their annotations are indexed together",
     ], said

@@ -29,6 +29,7 @@ PHOTO_MISSING = "photo missing"
 UNKNOWN_IMAGE = "unknown image"
 UNKNOWN_CATEGORY = "unknown category"
 DUPLICATE_ID = "duplicate id"
+DUPLICATE_PHOTO = "duplicate photo"  # two image entries naming one file (not an id repeated)
 BROKEN_ANNOTATION = "broken annotation"
 BROKEN_MASK = "broken mask"
 EMPTY_MASK = "empty mask"
@@ -218,7 +219,7 @@ def one_entry_a_photo(entries: Iterable[_E], problems: list, captions: bool = Fa
             first.height, first.width = entry.height, entry.width
         first.annotations += entry.annotations
         message = f"image entries {first.id} and {entry.id} name the same file: their {what} are {merged} together"
-        problems.append((entry.file_name, None, AnnotationError(DUPLICATE_ID, message)))
+        problems.append((entry.file_name, None, AnnotationError(DUPLICATE_PHOTO, message)))
     return list(by_file.values())
 
 
