@@ -320,3 +320,28 @@ def test_lists_of_another_shape_name_the_audit_command_with_the_catalog(tmp_path
         load_lists(tmp_path / "db", "postgresql://me:secret@host/photos")
     said = str(refused.value)
     assert f"run `usesearch audit --db {tmp_path / 'db'} --db-url postgresql://me@host/photos` again" in said, said
+
+
+def test_an_audit_interrupted_says_its_batches_are_kept_and_how_it_goes_on(db, monkeypatch):
+    """Ctrl-C printed "interrupted" alone, its checkpoint kept and unsaid."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+    from usesearch.indexer.audit import run
+
+    shutil.rmtree(db / run.FOLDER, ignore_errors=True)  # (a fresh audit: its first checkpoint is this run's)
+    real = run._photo_pass
+
+    def then_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "_photo_pass", then_ctrl_c)
+    result = CliRunner().invoke(app, ["audit", "--db", str(db), "--report-dir", str(db.parent / "report")])
+    assert result.exit_code == 130 and (db / run.FOLDER / run.CHECKPOINT).is_file(), result.output
+    assert f"interrupted; the audit's finished batches are kept: `usesearch audit --db {db}` goes on" in " ".join(
+        result.output.split()
+    )
+    monkeypatch.setattr(run, "_photo_pass", real)
+    assert audit_cli(db)["swapped"]  # and it goes on

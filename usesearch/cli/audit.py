@@ -8,6 +8,7 @@ old command that ``app.py`` gives it (command modules do not import each other).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Optional
@@ -103,7 +104,19 @@ def audit(
     opts.refuse_report_in_an_index(out, audited=db)
     # Each list holds at least -k unreviewed items (a larger -k than the last run's ranks the photos again).
     config = AuditConfig(batch=batch, keep=max(AuditConfig.keep, k))
-    result = audit_index(db, db_url, config, device=device, say=opts.console.print)
+    try:
+        result = audit_index(db, db_url, config, device=device, say=opts.console.print)
+    except KeyboardInterrupt:  # ("interrupted" alone: its checkpoint's batches are kept)
+        from usesearch.indexer.audit.run import CHECKPOINT, FOLDER
+
+        if (Path(db) / FOLDER / CHECKPOINT).is_file():
+            flags = opts.index_flags(db, db_url)
+            print(
+                f"interrupted; the audit's finished batches are kept: `usesearch audit {flags}` goes on",
+                file=sys.stderr,
+            )
+            raise typer.Exit(130) from None
+        raise
     store = open_store(Path(db), db_url, read_only=True)
     try:
         verdicts = reviews.verdicts(store.engine, lists=result["lists"])  # (on items as they are now)
