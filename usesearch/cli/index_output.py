@@ -158,7 +158,7 @@ def print_labelled(report, db: str, db_url: str | None, masker_follows: bool = F
         + f"{report.removed} removed), {report.skipped} with nothing new, "
         f"{report.failed} failed"
         + (f" (with {counted(report.on_failed, 'annotation')} of this file)" if report.on_failed else "")
-        + f", {len(report.problems)} problems in {report.seconds:.1f} s"
+        + f", {counted(len(report.problems), 'problem')} in {report.seconds:.1f} s"
     )
     for line in report.devices if report.done or report.failed else []:  # (a run that computed nothing loaded none)
         opts.console.print(f"  {line}")
