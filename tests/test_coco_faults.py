@@ -354,3 +354,27 @@ def test_a_photo_that_fails_says_how_many_of_the_files_annotations_it_holds(tmp_
     assert result.exit_code == 0, result.output
     assert "1 photo updated (2 annotations indexed, 0 relabelled, 0 removed)" in said, said
     assert "1 failed (with 2 annotations of this file), 0 problems" in said, said
+
+
+def test_categories_of_one_name_or_names_alike_but_for_case_are_recorded(tmp_path):
+    """Categories 1 and 2 both "cup" were one class, and "Cup " another, with no word."""
+    from usesearch.io.coco_dataset import read_coco
+
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}],
+        "annotations": [{"id": 10, "image_id": 1, "category_id": 2, "segmentation": [[1, 1, 5, 1, 5, 5]]}],
+        "categories": [
+            {"id": 1, "name": "cup"},
+            {"id": 2, "name": "cup"},
+            {"id": 3, "name": "Cup "},
+            {"id": 4, "name": "cat"},
+        ],
+    }
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(coco))
+    said = sorted(str(e) for _, _, e in read_coco(path).problems if e.kind == "category name")
+    assert said == [
+        "categories 1, 2 are all named 'cup': their annotations are one class",
+        "categories named 'cup', 'Cup ' differ only in case or spaces: they are 2 classes "
+        "(one name in the file makes them one)",
+    ]

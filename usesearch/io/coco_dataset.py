@@ -30,6 +30,7 @@ UNKNOWN_IMAGE = "unknown image"
 UNKNOWN_CATEGORY = "unknown category"
 DUPLICATE_ID = "duplicate id"
 DUPLICATE_PHOTO = "duplicate photo"  # two image entries naming one file (not an id repeated)
+CATEGORY_NAME = "category name"  # two categories of one name, or of names alike but for case or spaces
 BROKEN_ANNOTATION = "broken annotation"
 BROKEN_MASK = "broken mask"
 EMPTY_MASK = "empty mask"
@@ -241,7 +242,31 @@ def _categories(items: list, problems: list) -> dict[int, str]:
             problems.append((None, None, AnnotationError(DUPLICATE_ID, f"category id {item['id']} repeated")))
         else:
             names[item["id"]] = item["name"]
+    _say_names_alike(names, problems)
     return names
+
+
+def _say_names_alike(names: dict[int, str], problems: list) -> None:
+    """Categories an auditor would want told of, indexed as they are: two of one name
+    (their annotations are one class) and names alike but for case or spaces ("cup",
+    "Cup "), which are two classes."""
+    by_name: dict[str, list[int]] = {}
+    by_form: dict[str, list[int]] = {}
+    for category, name in names.items():
+        by_name.setdefault(name, []).append(category)
+        by_form.setdefault(" ".join(name.split()).casefold(), []).append(category)
+    for name, ids in by_name.items():
+        if len(ids) > 1:
+            message = f"categories {', '.join(map(str, ids))} are all named {name!r}: their annotations are one class"
+            problems.append((None, None, AnnotationError(CATEGORY_NAME, message)))
+    for ids in by_form.values():
+        spelt = list(dict.fromkeys(names[i] for i in ids))
+        if len(spelt) > 1:
+            message = (
+                f"categories named {', '.join(map(repr, spelt))} differ only in case or spaces: they are "
+                f"{len(spelt)} classes (one name in the file makes them one)"
+            )
+            problems.append((None, None, AnnotationError(CATEGORY_NAME, message)))
 
 
 def _image_entry(item: Any, problems: list) -> ImageEntry | None:
