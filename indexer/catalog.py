@@ -20,6 +20,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 from usesearch.errors import CatalogBusyError, CatalogRefusedError, CatalogUnavailableError, UsesearchError, first_line
 
 RETRY_SECONDS = 60.0  # how long a write waits for an unreachable database server
+SAID_EVERY = 20.0  # seconds between its lines while it waits
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -225,9 +226,15 @@ def while_reachable(attempt: Callable[[], T], url: str) -> T:
     def waited_long_enough(state: RetryCallState) -> bool:
         return state.idle_for >= RETRY_SECONDS
 
-    def announce(state: RetryCallState) -> None:
+    said_at = [-SAID_EVERY]
+
+    def announce(state: RetryCallState) -> None:  # the first retry, then a line every SAID_EVERY s (11 lines a minute)
+        if state.idle_for - said_at[0] < SAID_EVERY:
+            return
+        said_at[0] = state.idle_for
         pause = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning("catalog database unreachable, retrying in %.1f s", pause)
+        waited = f" (waited {state.idle_for:.0f} s of {RETRY_SECONDS:.0f})" if state.idle_for >= 1 else ""
+        log.warning("catalog database unreachable, retrying in %.1f s%s", pause, waited)
 
     def give_up(state: RetryCallState) -> NoReturn:
         failed = state.outcome.exception() if state.outcome is not None else None

@@ -401,3 +401,24 @@ def test_a_copy_of_the_folder_that_wrote_to_the_catalog_leaves_the_other_refused
     tokens = original / "embeddings" / WRITER_FILE
     tokens.write_text(tokens.read_text() + "\nkilled-before-the-catalog\n")
     assert index_paths([photos], original, options).failed == 0
+
+
+def test_a_wait_for_an_unreachable_server_says_so_every_20_s_not_every_try(monkeypatch, caplog):
+    """Eleven "retrying in 8.0 s" lines came before the run's one error line."""
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from usesearch.errors import CatalogUnavailableError
+    from usesearch.indexer.catalog import while_reachable
+
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # (tenacity's naps: counted, not waited)
+
+    def down():
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    with caplog.at_level("WARNING"), pytest.raises(CatalogUnavailableError, match="is unreachable"):
+        while_reachable(down, "postgresql://usesearch@/photos?host=/nowhere")
+    said = [r.message for r in caplog.records if "retrying in" in r.message]
+    assert 2 <= len(said) <= 4 and said[0] == "catalog database unreachable, retrying in 0.5 s", said
+    assert said[1].endswith(" s of 60)") and "(waited 2" in said[1], said
