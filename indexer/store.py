@@ -34,6 +34,7 @@ from .catalog import (
     immutable_url,
     index_flags,
     server_url,
+    shown_url,
     sqlite_pragmas,
     sqlite_read_pragmas,
     while_reachable,
@@ -100,6 +101,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
 
     def _open(self, url: str, read_only: bool) -> None:
         sqlite = self.engine.dialect.name == "sqlite"
+        named = make_url(url).database if sqlite else shown_url(url)  # (a server's whole URL, as every message says it)
         if sqlite:
             event.listen(self.engine, "connect", sqlite_read_pragmas if read_only else sqlite_pragmas)
         if read_only:
@@ -113,12 +115,10 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                 tables = set(inspect(self.engine).get_table_names())
             self._has_vector_state = "vector_state" in tables  # made by a writable open since
             if "index_info" not in tables:
-                raise UsesearchError(
-                    f"{make_url(url).database or url} is not a usesearch index (it has no index_info table)"
-                )
+                raise UsesearchError(f"{named} is not a usesearch index (it has no index_info table)")
             if "segments" not in tables:  # (SQLite makes each table in a transaction of its own: a full disk)
                 raise UsesearchError(
-                    f"{make_url(url).database or url} was cut short while it was being made (it has no segments "
+                    f"{named} was cut short while it was being made (it has no segments "
                     f"table): `usesearch index PHOTOS --db {self.folder}` makes the rest"
                 )
             missing = migrations.missing_columns(self.engine)
@@ -130,7 +130,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         else:
             with identity.schema_lock(self):  # (another first run's tables, seen made)
                 tables = set(inspect(self.engine).get_table_names())
-                migrations.refuse_foreign_tables(tables, f"{make_url(url).database or url}")
+                migrations.refuse_foreign_tables(tables, str(named))
                 if "index_info" not in tables:
                     identity.refuse_a_new_catalog(self)
                 migrations.upgrade(self.engine, self.folder)

@@ -234,8 +234,11 @@ def test_a_database_that_is_not_this_indexs_is_refused_before_any_table_is_made_
         with monkeypatch.context() as patched:
             patched.setattr(pipeline, "load_models", loaded)
             patched.setattr(distributed, "load_models", loaded)
-            with pytest.raises(UsesearchError, match="holds tables of another application \\(images\\)"):
+            with pytest.raises(UsesearchError, match="holds tables of another application \\(images\\)") as refused:
                 run([photos], tmp_path / "other", IndexOptions(**OPTS, db_url=app_db))
+            assert str(refused.value).startswith("postgresql://")  # the catalog's URL, as every message names it
+    with pytest.raises(UsesearchError, match="^postgresql://.* is not a usesearch index"):  # (its bare name before)
+        SegmentIndex.open(tmp_path / "other", db_url=app_db)
     columns = [c["name"] for c in inspect(create_engine(app_db)).get_columns("images")]
     assert columns == ["id", "path", "fs_path", "status"]
 
