@@ -51,7 +51,7 @@ def check(store, assign: bool) -> None:
     if catalog_id is not None and folder_id is not None:
         if catalog_id != folder_id:
             raise IndexIdentityError(
-                f"{where} belongs to index {catalog_id}, but {store.folder} holds index {folder_id}: "
+                f"{where} belongs to index {catalog_id}, but {store.folder.absolute()} holds index {folder_id}: "
                 "its segments point into another folder's embedding files; use the --db folder it was "
                 "made with, or another catalog"
             )
@@ -60,7 +60,7 @@ def check(store, assign: bool) -> None:
     if catalog_id is not None:  # an unmarked folder
         if has_segments or has_chunks:
             raise IndexIdentityError(
-                f"{where} belongs to index {catalog_id}, and {store.folder} is not its folder "
+                f"{where} belongs to index {catalog_id}, and {store.folder.absolute()} is not its folder "
                 f"({'it holds other embedding files' if has_chunks else 'its embedding files are not there'}); "
                 "use the --db folder it was made with, or a new catalog"
             )
@@ -70,7 +70,7 @@ def check(store, assign: bool) -> None:
     if folder_id is not None:  # an unmarked catalog
         if has_chunks and not has_segments and _has_identity_table(store):
             raise IndexIdentityError(
-                f"{store.folder} holds index {folder_id}'s embedding files, and {where} is not its "
+                f"{store.folder.absolute()} holds index {folder_id}'s embedding files, and {where} is not its "
                 "catalog; use that index's catalog (--db-url), or a new --db folder"
             )
         if assign:
@@ -109,9 +109,9 @@ def check_writer(store, adopt: bool = False) -> None:
     if last is not None and last.token not in kept and not adopt:
         raise IndexIdentityError(
             f"{_describe(store)} was last written through another folder holding this index "
-            f"({last.folder} on {last.host}, {last.at:%Y-%m-%d %H:%M} UTC): {store.folder} is a copy of it or an "
-            "older state, and its embedding files lack what that folder added; use that folder, or take this "
-            f"one up again with `usesearch index PATHS {index_flags(store.folder, store.url)} --repair` "
+            f"({last.folder} on {last.host}, {last.at:%Y-%m-%d %H:%M} UTC): {store.folder.absolute()} is a copy "
+            "of it or an older state, and its embedding files lack what that folder added; use that folder, or take "
+            f"this one up again with `usesearch index PATHS {index_flags(store.folder, store.url)} --repair` "
             "(its missing rows embedded anew)"
         )
     token = str(uuid.uuid4())
@@ -135,8 +135,8 @@ def refuse_a_new_catalog(store) -> None:
     id_file = store.folder / FOLDER / ID_FILE
     if id_file.is_file() and EmbeddingFiles(store.folder / FOLDER, 1).chunks():
         raise IndexIdentityError(
-            f"{store.folder} holds index {id_file.read_text().strip()}'s embedding files, and {_describe(store)} "
-            "holds no index: use that index's catalog (--db-url), or a new --db folder"
+            f"{store.folder.absolute()} holds index {id_file.read_text().strip()}'s embedding files, and "
+            f"{_describe(store)} holds no index: use that index's catalog (--db-url), or a new --db folder"
         )
 
 
