@@ -19,6 +19,7 @@ from usesearch.errors import UsesearchError
 from usesearch.io.atomic import save_picture
 from usesearch.io.coco_json import load_coco_json
 from usesearch.masks.settings import SamSettings
+from usesearch.reports import counted
 
 app = opts.Typer()
 eval_app = opts.Typer(help="Evaluate on benchmarks (paper §4.3, §4.4) and audit datasets.", no_args_is_help=True)
@@ -327,7 +328,15 @@ def audit(
         f"{min(k, len(suspects))})"
     )
     if problems:
-        opts.console.print(f"{len(problems)} annotation(s) or photo(s) could not be audited: listed in problems.json")
+        from usesearch.io.coco_dataset import PHOTO_MISSING
+
+        missing = {file_name for file_name, _, error in problems if error.kind == PHOTO_MISSING}
+        lost = sum(len(entry.annotations) for entry in data.images if entry.file_name in missing)  # (one line each)
+        opts.console.print(
+            f"{len(problems)} annotation(s) or photo(s) could not be audited"
+            + (f" ({counted(lost, 'annotation')} on the photos missing or unreadable)" if lost else "")
+            + ": listed in problems.json"
+        )
     if as_json:  # the summary and the top k; every suspect is in suspects.json
         top = [s.row() for s in suspects[:k]]
         said = {"report_dir": str(report_dir), **summary(suspects), "crowd_left_out": crowd, "problems": len(problems)}
