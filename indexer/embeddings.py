@@ -30,6 +30,7 @@ import re
 import sys
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,18 @@ def row_sums(block: np.ndarray) -> np.ndarray:
 
 
 class EmbeddingFiles:
-    def __init__(self, folder: str | os.PathLike, dim: int, chunk_rows: int | None = None, flags: str = "--db DIR"):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        dim: int,
+        chunk_rows: int | None = None,
+        flags: str = "--db DIR",
+        before_change: Callable[[], None] | None = None,
+    ):
         self.folder = Path(folder)
+        # Called once, before the first row is written or chunk deleted (a writer's token:
+        # ``identity.take_writer_token``).
+        self._before_change = before_change
         self.flags = flags  # the index's, for the repair its errors suggest (``catalog.index_flags``)
         self.dim = dim
         self.row_bytes = 2 * dim
@@ -89,6 +100,7 @@ class EmbeddingFiles:
         chunks, rows = np.empty(len(vectors), np.int64), np.empty(len(vectors), np.int64)
         if not len(vectors):
             return chunks, rows
+        self._changing()
         self.folder.mkdir(parents=True, exist_ok=True)
         existing = self.chunks()
         chunk = existing[-1] if existing else 0
@@ -177,6 +189,11 @@ class EmbeddingFiles:
             mapped = np.ndarray((rows, self.dim), np.float16, buffer=mm)
             self._maps[chunk], self._mmaps[chunk] = mapped, mm
         return mapped
+
+    def _changing(self) -> None:
+        if self._before_change is not None:
+            self._before_change()  # (raising, as a server down does: called again at the write's retry)
+            self._before_change = None
 
     def release_removed(self) -> int:
         """Unmap the chunks deleted since they were mapped (by another process's
@@ -334,6 +351,7 @@ class EmbeddingFiles:
 
     def remove(self, chunk: int) -> int:
         """Delete a chunk no segment refers to any more (``compact``); its size in bytes."""
+        self._changing()
         path = self.path(chunk)
         size = path.stat().st_size
         self._maps.pop(chunk, None)

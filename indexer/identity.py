@@ -90,32 +90,48 @@ def check(store, assign: bool) -> None:
 
 def check_writer(store, adopt: bool = False) -> None:
     """A catalog on a server, written through this folder or one that is a copy of it
-    (``cp -r``, an rsync'd replica; the same index id), refused where the other wrote
-    last: this folder's embedding files then lack the rows it added, and writing here
-    would put other vectors at rows the catalog already points at. Each writer's open
-    takes a new token, kept in the folder first, then in the catalog (a kill between
-    the two leaves the catalog's token among the folder's). ``adopt`` (``--repair``,
-    which embeds the missing rows again): this folder takes the catalog up again.
-    SQLite's catalog is a file in the folder, copied with it: nothing to check."""
+    (``cp -r``, an rsync'd replica; the same index id), refused where the other changed
+    the embedding files last: this folder's then lack the rows it added, and writing
+    here would put other vectors at rows the catalog already points at. A writer that
+    changes the files takes a new token first (``take_writer_token``), so a copy that
+    only read, or wrote nothing there (a prune removing nothing, a calibration), leaves
+    the other folder as it was. ``adopt`` (``--repair``, which embeds the missing rows
+    again): this folder takes the catalog up again now. SQLite's catalog is a file in
+    the folder, copied with it: nothing to check."""
+    if store.engine.dialect.name != "postgresql":
+        return
+    with store.sessions() as s:
+        last = s.get(IndexWriter, 1)
+    if adopt:
+        take_writer_token(store)
+    elif last is not None and last.token not in _tokens(store):
+        here = Path(last.folder) == store.folder.absolute()
+        raise IndexIdentityError(
+            f"{_describe(store)} had its embedding rows last changed through "
+            + (
+                f"this folder ({last.at:%Y-%m-%d %H:%M} UTC), by a writer whose token it no longer keeps: it "
+                "was put back from an older copy since"
+                if here
+                else f"another folder holding this index ({last.folder} on {last.host}, {last.at:%Y-%m-%d %H:%M} "
+                f"UTC): {store.folder.absolute()} is a copy of it or an older state"
+            )
+            + ", and its embedding files lack what was added since; use the folder written last, or take this "
+            f"one up again with `usesearch index PATHS {index_flags(store.folder, store.url)} --repair` "
+            "(its missing rows embedded anew)"
+        )
+
+
+def take_writer_token(store) -> None:
+    """Before a writer first changes the embedding files: a new token, kept in the folder
+    first, then in the catalog (a kill between the two leaves the catalog's token among
+    the folder's). PostgreSQL only (``check_writer``)."""
     if store.engine.dialect.name != "postgresql":
         return
     import datetime as dt
     import socket
 
-    path = store.folder / FOLDER / WRITER_FILE
-    kept = path.read_text().split() if path.is_file() else []
-    with store.sessions() as s:
-        last = s.get(IndexWriter, 1)
-    if last is not None and last.token not in kept and not adopt:
-        raise IndexIdentityError(
-            f"{_describe(store)} was last written through another folder holding this index "
-            f"({last.folder} on {last.host}, {last.at:%Y-%m-%d %H:%M} UTC): {store.folder.absolute()} is a copy "
-            "of it or an older state, and its embedding files lack what that folder added; use that folder, or take "
-            f"this one up again with `usesearch index PATHS {index_flags(store.folder, store.url)} --repair` "
-            "(its missing rows embedded anew)"
-        )
     token = str(uuid.uuid4())
-    _write_file(path, "\n".join([*kept, token][-TOKENS_KEPT:]))
+    _write_file(store.folder / FOLDER / WRITER_FILE, "\n".join([*_tokens(store), token][-TOKENS_KEPT:]))
     with store.sessions.begin() as s:
         s.merge(
             IndexWriter(
@@ -126,6 +142,11 @@ def check_writer(store, adopt: bool = False) -> None:
                 at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
             )
         )
+
+
+def _tokens(store) -> list[str]:
+    path = store.folder / FOLDER / WRITER_FILE
+    return path.read_text().split() if path.is_file() else []
 
 
 def refuse_a_new_catalog(store) -> None:

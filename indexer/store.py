@@ -360,7 +360,10 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             if info is None:
                 raise UsesearchError("this index has no identity yet, so no embedding dimension")
             self._files = EmbeddingFiles(
-                self.folder / EMBEDDINGS_FOLDER, info.dim, flags=index_flags(self.folder, self.url)
+                self.folder / EMBEDDINGS_FOLDER,
+                info.dim,
+                flags=index_flags(self.folder, self.url),
+                before_change=None if self.read_only else lambda: identity.take_writer_token(self),
             )
         return self._files
 
