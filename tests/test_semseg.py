@@ -245,6 +245,9 @@ def test_parts_of_the_same_name_keep_a_score_each(tmp_path):
     ]
     _, per_category = mask_map(gt, results)
     assert sorted(per_category) == ["head [1]", "head [2]"] and set(per_category.values()) == {1.0}
+    from usesearch.tasks.parts import check_ground_truth
+
+    check_ground_truth(coco_json, tmp_path / "parts" / "images")  # (one name twice was refused as a fault)
     # No detection at all: every category still reported, at 0 (it reported none, where one
     # detection anywhere gave every category its 0.0), and one with no annotation at None.
     coco["categories"].append({"id": 3, "name": "tail"})

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from usesearch.errors import AnnotationError, CocoFileError, UsesearchError, first_line
+from usesearch.errors import AnnotationError, CocoFileError, UsesearchError, first_few, first_line
 from usesearch.io.coco_json import load_coco_json, not_coco
 from usesearch.io.coco_photos import photo_path
 from usesearch.io.files import holds_anything
@@ -257,13 +257,13 @@ def _say_names_alike(names: dict[int, str], problems: list) -> None:
         by_form.setdefault(" ".join(name.split()).casefold(), []).append(category)
     for name, ids in by_name.items():
         if len(ids) > 1:
-            message = f"categories {', '.join(map(str, ids))} are all named {name!r}: their annotations are one class"
+            message = f"categories {first_few(ids)} are all named {name!r}: their annotations are one class here"
             problems.append((None, None, AnnotationError(CATEGORY_NAME, message)))
     for ids in by_form.values():
         spelt = list(dict.fromkeys(names[i] for i in ids))
         if len(spelt) > 1:
             message = (
-                f"categories named {', '.join(map(repr, spelt))} differ only in case or spaces: they are "
+                f"categories named {first_few(map(repr, spelt))} differ only in case or spaces: they are "
                 f"{len(spelt)} classes (one name in the file makes them one)"
             )
             problems.append((None, None, AnnotationError(CATEGORY_NAME, message)))
