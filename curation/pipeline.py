@@ -139,7 +139,7 @@ def curate(
                         captioner is not None and item.mllm_caption and not captioned_before and earlier
                     )
                     first = writer.curated_at.get(sha256)  # (by this run or an earlier one: a resumed run says it too)
-                    if first and first != item.path:  # the same bytes under two names
+                    if first and first != item.path and _another_file(first, item.path):  # the same bytes, two files
                         report.copies.append((item.path, first))
                     problems = []  # counted by the run that curated it
                     failures.clear(item.path)
@@ -320,3 +320,13 @@ def check_shape(hw: tuple[int, int]) -> None:
             f"a photo of {w}x{h} px is too small or too narrow to curate "
             f"(each side {MIN_SIDE} px or more, at most {MAX_ASPECT}:1)"
         )
+
+
+def _another_file(first: str, path: str) -> bool:
+    """Whether ``path`` is a file other than ``first``, the one curated with its bytes:
+    not the same file reached another way (a symlinked folder, another mount) nor the
+    same photo moved since (``first`` gone): each was said as a copy of itself."""
+    try:
+        return not os.path.samefile(first, path)
+    except OSError:  # (``first`` gone: moved, not copied)
+        return False

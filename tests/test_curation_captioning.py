@@ -100,6 +100,11 @@ def test_cli_curates_a_folder_end_to_end_with_tiny_models(tmp_path):
     assert f"1 skipped as a copy of a photo curated under another path ({photos / 'zcopy.png'} = " in " ".join(
         rerun.output.split()
     )
+    # The same files through a symlinked folder: no copies of themselves (each photo was said as one).
+    (tmp_path / "alias").symlink_to(photos, target_is_directory=True)
+    aliased = runner.invoke(app, [args[0], args[1], str(tmp_path / "alias"), *args[3:]])
+    said = " ".join(aliased.output.split())
+    assert "0 images curated, 3 skipped" in said and "1 skipped as a copy of a photo curated under" in said, said
     # With the paper's thresholds the random-weight SAM keeps no mask: said, with the way to a plumbing check.
     strict = runner.invoke(app, [*args[:4], str(tmp_path / "strict"), *args[5:9], "--preset", "tiny"])
     assert strict.exit_code == 0 and "0 after NMS" in strict.output, strict.output
