@@ -47,7 +47,12 @@ class VerdictFile:
         given = [f"{n} {v}" for v, n in counts.items() if n]
         line += f" ({', '.join(given)})" if given else ""
         line += f", {back} taken back" if back else ""
-        if self.gone:
+        if self.gone and not self.marks and not self.changed:  # (another index's list: "the index changed" misled)
+            line += (
+                f"; none of its {counted(len(self.gone), 'item')} is in the list now (fixed and audited again, "
+                "or a list of another index's audit?)"
+            )
+        elif self.gone:
             line += f"; {len(self.gone)} no longer in the list (the index changed since), not kept"
         if self.changed:
             line += (
@@ -81,12 +86,6 @@ def keep_verdicts(
                 f"audit {flags}` first, then give the files; their rows are checked against the lists"
             )
         read = [read_verdicts(path, lists["lists"]) for path in files]
-        for one in read:
-            if one.gone and not one.marks and not one.changed:  # ("the index changed since" misled)
-                raise UsesearchError(
-                    f"{one.path} judges {counted(len(one.gone), 'item')}, none of them in this index's {one.kind} "
-                    "list (a list of another index's audit, or of this one long before?); no verdict was kept"
-                )
         given: dict[tuple[str, str], tuple[Path, str | None]] = {}
         for one in read:
             for kind, item, verdict, _ in one.marks:
