@@ -58,7 +58,7 @@ def resolve(faiss_device: str | None) -> str:
     if faiss_device in (None, "auto"):
         return "cuda" if available() else "cpu"
     number = faiss_device.removeprefix("cuda:") if faiss_device.startswith("cuda:") else None
-    if faiss_device not in FAISS_DEVICES[:3] and not (number and number.isdigit()):
+    if faiss_device not in FAISS_DEVICES[:3] and not (number and number.isascii() and number.isdecimal()):
         raise UsesearchError(f"--faiss-device {faiss_device!r}: choose one of {', '.join(FAISS_DEVICES)}")
     if faiss_device.startswith("cuda") and not available():
         import torch

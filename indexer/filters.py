@@ -201,7 +201,8 @@ def narrowed_by(filters: SearchFilters, spelt: Callable[[str], str] = str) -> st
     """The filters that keep some segments out of a search, as the caller spells them
     ("--path 'misc/*' --label 'cat'"); '' where every segment is searched."""
     given = {name: getattr(filters, name) for name in ("path", "label", "split", "source", "min_area", "min_score")}
-    return " ".join(f"{spelt(name)} {value!r}" for name, value in given.items() if value not in (None, 0))
+    kept_out = {name: value for name, value in given.items() if value is not None and (name, value) != ("min_area", 0)}
+    return " ".join(f"{spelt(name)} {value!r}" for name, value in kept_out.items())
 
 
 def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], str] = str) -> list[str]:

@@ -235,7 +235,7 @@ def refuse_a_foreign_catalog(db_url: str | None) -> None:
     from .catalog import server_url
     from .migrations import refuse_foreign_tables
 
-    engine = create_engine(server_url(db_url))
+    engine = create_engine(server_url(db_url), connect_args={"connect_timeout": 5})  # (a host that never answers)
     try:
         refuse_foreign_tables(set(inspect(engine).get_table_names()), shown_url(db_url))
     except OperationalError:

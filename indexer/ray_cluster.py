@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -69,13 +69,14 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     started_here = not ray.is_initialized()
     # The printer is Ray's own again only after shutdown: its thread that prints the
     # cluster's reports runs until then, and a late one would land before `--json`'s report.
-    with ray_reports_off_stdout(), warnings.catch_warnings():
+    with ray_reports_off_stdout():
         if started_here:
             _start_ray(address)
-        _configure_ray_data()
+        undo = _configure_ray_data()
         try:
             yield
         finally:
+            undo()
             if started_here:
                 try:
                     let_ray_data_threads_end()
@@ -83,20 +84,32 @@ def ray_session(address: str | None = None) -> Iterator[None]:
                     ray.shutdown()
 
 
-def _configure_ray_data() -> None:
+def _configure_ray_data() -> Callable[[], None]:
     """Ray Data as every run of ours wants it, set before any dataset is made (each
     copies the context when made: set later, in ``through_actors``, the first datasets
     ran unordered and photos were committed out of the walk's order, their segment ids
     other than a sequential run's): results in order, no progress bars (the CLI shows
     its own), its log and its warning on a run with fewer photos than actors (``override_num_blocks``,
-    a Ray Data setting no user of ours sets) left out."""
+    a Ray Data setting no user of ours sets) left out. Returns what puts the log level
+    and the warnings' filters back (a Ray or a notebook of the caller's: theirs again)."""
     import ray.data
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
+    ours = warnings.filters[0]
+
+    def undo() -> None:
+        logger.setLevel(level)
+        if ours in warnings.filters:  # (that one entry: filters added meanwhile stay)
+            warnings.filters.remove(ours)  # type: ignore[attr-defined]  # (a list at run time)
+            getattr(warnings, "_filters_mutated", lambda: None)()  # (as catch_warnings' exit: caches dropped)
+
+    return undo
 
 
 def _start_ray(address: str | None) -> None:

@@ -101,7 +101,9 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
 
     def _open(self, url: str, read_only: bool) -> None:
         sqlite = self.engine.dialect.name == "sqlite"
-        named = make_url(url).database if sqlite else shown_url(url)  # (a server's whole URL, as every message says it)
+        named = (
+            (make_url(url).database or url) if sqlite else shown_url(url)
+        )  # (a server's whole URL, as every message says it)
         if sqlite:
             event.listen(self.engine, "connect", sqlite_read_pragmas if read_only else sqlite_pragmas)
         if read_only:

@@ -67,8 +67,11 @@ def test_a_catalog_that_does_not_answer_a_check_after_the_run_is_no_failed_run(t
 
     from usesearch.indexer import leftovers
 
+    class ConnectionFailed(Exception):  # (as psycopg raises it: no SQLSTATE)
+        __module__ = "psycopg"
+
     def restarting(*args, **kwargs):
-        raise OperationalError("SELECT", {}, Exception("connection is bad: server closed the connection"))
+        raise OperationalError("SELECT", {}, ConnectionFailed("connection is bad: server closed the connection"))
 
     photos = write_photos(tmp_path / "photos", ("chelsea",))
     monkeypatch.setattr(leftovers, "files_gone", restarting)
@@ -79,3 +82,9 @@ def test_a_catalog_that_does_not_answer_a_check_after_the_run_is_no_failed_run(t
     assert "the catalog database did not answer a check after the run (" in said(result)
     assert "the run's work is committed" in said(result)
     assert segment_table(tmp_path / "db")
+
+    def damaged(*args, **kwargs):  # a SQLite catalog's damage is no server restarting: not hidden
+        raise OperationalError("SELECT", {}, Exception("database disk image is malformed"))
+
+    monkeypatch.setattr(leftovers, "files_gone", damaged)
+    assert runner.invoke(app, args).exit_code != 0

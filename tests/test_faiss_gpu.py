@@ -132,7 +132,7 @@ def test_faiss_on_a_gpu_named_mirrors_and_trains_there(gpu_wanted, cloned_to_cpu
     assert faiss_gpu.gpu_number("cuda") == faiss_gpu.gpu_number(None) == 0
 
 
-@pytest.mark.parametrize("named", ["cuda:x", "cuda:", "gpu", "cuda:-1"])
+@pytest.mark.parametrize("named", ["cuda:x", "cuda:", "gpu", "cuda:-1", "cuda:\u00b2"])  # (a superscript 2 is a digit)
 def test_a_faiss_device_misspelt_is_refused_in_one_line(named):
     with pytest.raises(UsesearchError, match=f"--faiss-device '{named}': choose one of auto, cpu, cuda, cuda:N"):
         faiss_gpu.resolve(named)

@@ -45,6 +45,10 @@ def test_a_table_title_says_the_filters_kept_some_segments_out(db):
     filtered = runner.invoke(app, ["query", "a cat", "--db", str(db), "--path", "sub/r*", "--label", "rocket"])
     said = " ".join(filtered.stdout.split())  # (rich wraps a long title)
     assert f"top 2 of the segments where --path 'sub/r*' --label 'rocket' ({ntotal} segments in the index)" in said
+    from usesearch.indexer.filters import narrowed_by
+
+    assert narrowed_by(SearchFilters(min_score=0.0)) == "min_score 0.0"  # (it drops negative cosines)
+    assert narrowed_by(SearchFilters(min_area=0, per_image=True)) == ""
     whole = runner.invoke(app, ["query", "a cat", "--db", str(db), "-k", "3"])
     assert f"top 3 of {ntotal} segments (" in " ".join(whole.stdout.split())
 

@@ -195,10 +195,16 @@ def test_ray_data_is_set_up_before_any_dataset_and_its_few_photos_warning_left_o
     import ray.data
 
     few = "The minimum number of concurrent actors (min_size=5) ... configure override_num_blocks"
+    import logging
+
     ray.data.DataContext.get_current().execution_options.preserve_order = False
+    logging.getLogger("ray.data").setLevel(logging.INFO)  # (a caller's own Ray and its logging)
+    filters = list(warnings.filters)
     with ray_cluster.ray_session():
         assert ray.data.from_items([1]).context.execution_options.preserve_order
+        assert logging.getLogger("ray.data").level == logging.ERROR
         warnings.warn(few, UserWarning, stacklevel=1)
     assert not [w for w in recwarn if few in str(w.message)]
+    assert logging.getLogger("ray.data").level == logging.INFO and warnings.filters == filters  # theirs again
     warnings.warn(few, UserWarning, stacklevel=1)  # (past the session: Python's own filters again)
     assert [w for w in recwarn if few in str(w.message)]

@@ -331,7 +331,9 @@ def audit(
         from usesearch.io.coco_dataset import PHOTO_MISSING
 
         missing = {file_name for file_name, _, error in problems if error.kind == PHOTO_MISSING}
-        lost = sum(len(entry.annotations) for entry in data.images if entry.file_name in missing)  # (one line each)
+        lost = sum(  # (crowds: counted apart, as left out)
+            sum(not a.iscrowd for a in entry.annotations) for entry in data.images if entry.file_name in missing
+        )
         opts.console.print(
             f"{len(problems)} annotation(s) or photo(s) could not be audited"
             + (f" ({counted(lost, 'annotation')} on the photos missing or unreadable)" if lost else "")

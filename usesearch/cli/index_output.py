@@ -87,11 +87,14 @@ def past_the_run(say: Callable[..., None]) -> Callable[..., None]:
     def checked(*args: Any, **kwargs: Any) -> None:
         from sqlalchemy.exc import OperationalError
 
-        from usesearch.errors import CatalogUnavailableError, first_line
+        from usesearch.errors import CatalogBusyError, CatalogUnavailableError, first_line
+        from usesearch.indexer.catalog import failure_kind
 
         try:
             say(*args, **kwargs)
-        except (CatalogUnavailableError, OperationalError) as exc:
+        except (CatalogUnavailableError, CatalogBusyError, OperationalError) as exc:
+            if isinstance(exc, OperationalError) and failure_kind(exc) != "unreachable":
+                raise  # (a damaged SQLite catalog is no server restarting: said as it is)
             opts.err_console.print(
                 f"  the catalog database did not answer a check after the run ({first_line(exc)}); "
                 "the run's work is committed",
