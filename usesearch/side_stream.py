@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Groups in a row whose work aside failed otherwise than out of memory (each then
-# computed again in line) before the stream is turned off: a failure of the side
-# thread's own (a compile there) would double the models' time for the whole run.
+# Groups in a row whose work aside failed otherwise than out of memory, and then ran in
+# line (a failure of the photos' own fails there too, and is not counted), before the
+# stream is turned off: a failure of the side thread's own (a compile there) doubled
+# the models' time for the whole run.
 FAILURES_IN_A_ROW = 3
 
 # Every side stream made in this process: the card's memory is the process's, so an
@@ -85,14 +86,21 @@ class SideStream(Generic[T]):
         self._kept: OrderedDict[tuple[int, ...], tuple[list, Future[tuple[T, Any]]]] = OrderedDict()
         self._sizes_run: set[int] = set()  # group sizes the caller ran in line (compiled there)
         self._failed_in_a_row = 0
+        self._failed_aside = ""  # the last group's failure aside, until its call in line says whose it was
         # ``start`` runs in the indexing thread while the model thread takes, and an
         # out-of-memory error there stops and closes the stream: its state changes under this.
         self._lock = threading.Lock()
         _MADE.add(self)
 
     def ran_in_line(self, photos: list) -> None:
-        """The caller computed these photos itself: later groups of their size may go aside."""
+        """The caller computed these photos itself: later groups of their size may go aside;
+        where their work aside had failed, the failure was the side thread's own."""
         self._sizes_run.add(len(photos))
+        failure, self._failed_aside = self._failed_aside, ""
+        if failure:
+            self._failed_in_a_row += 1
+            if self._failed_in_a_row >= FAILURES_IN_A_ROW:
+                self.stop(f"{FAILURES_IN_A_ROW} groups in a row failed aside and not in line (the last: {failure})")
 
     def starts(self, photos: list) -> bool:
         """Whether ``start(photos, ...)`` would run them aside now (a caller that must note
@@ -155,14 +163,13 @@ class SideStream(Generic[T]):
             short, failure = out_of_memory_in(exc) is not None, first_line(exc)  # (the compiler wraps one)
         if short is not None:  # (past the handler, the future gone: their traceback held the work's tensors)
             del future
-            self._failed_in_a_row += 1
             if short:
                 self.release()  # (its next group may be under way: waited for, its memory back)
                 torch.cuda.empty_cache()
-            elif self._failed_in_a_row >= FAILURES_IN_A_ROW:
-                self.stop(f"{FAILURES_IN_A_ROW} groups in a row failed aside (the last: {failure})")
+            else:
+                self._failed_aside = failure or "an error"  # (counted once its call in line succeeds)
             return None
-        self._failed_in_a_row = 0
+        self._failed_in_a_row, self._failed_aside = 0, ""
         if done is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(done)  # on the card: the host does not wait for the kernels
