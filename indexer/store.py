@@ -13,6 +13,7 @@ and an index on a read-only medium is opened immutable.
 from __future__ import annotations
 
 import os
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -365,7 +366,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                 self.folder / EMBEDDINGS_FOLDER,
                 info.dim,
                 flags=index_flags(self.folder, self.url),
-                before_change=None if self.read_only else lambda: identity.take_writer_token(self),
+                before_change=None if self.read_only else _token_taker(self),
             )
         return self._files
 
@@ -402,3 +403,17 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                 table = np.array([tuple(r) for r in part], np.int64)
                 found.update(table[self.files().damaged(table[:, 1], table[:, 2]), 0].tolist())
         return sorted(found)
+
+
+def _token_taker(store: Store) -> Callable[[], None]:
+    """``identity.take_writer_token`` of ``store``, through a weak reference: a strong one
+    made a cycle (store, its embedding files, this) that kept the files' maps of chunks a
+    compaction deleted until a garbage collection, holding their disk space."""
+    ref = weakref.ref(store)
+
+    def take() -> None:
+        held = ref()
+        if held is not None:
+            identity.take_writer_token(held)
+
+    return take
