@@ -208,3 +208,19 @@ def test_a_picture_into_the_demos_folder_is_refused(tmp_path):
     index_paths([write_photos(mine / "photos", ("coffee",))], mine / "db-b16", IndexOptions(**OPTS))
     ok = runner.invoke(app, ["query", "a cat", "--db", str(db), "--show", str(mine / "sheet.png")])
     assert ok.exit_code == 0 and (mine / "sheet.png").is_file(), ok.output
+
+
+def test_an_export_never_replaces_a_file_usesearch_did_not_write_and_replaces_its_own(indexed, tmp_path):
+    """`--export-coco val.json` replaced the COCO file the index was built from, as any
+    other JSON or text file given there, saying "wrote val.json"."""
+    _, db = indexed
+    theirs, ours, empty = tmp_path / "val.json", tmp_path / "hits.json", tmp_path / "empty.json"
+    theirs.write_text('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}]}')
+    empty.write_bytes(b"")
+    query = ["query", "a cat", "--db", str(db), "-k", "2", "--export-coco"]
+    refused = CliRunner().invoke(app, [*query, str(theirs)])
+    assert refused.exit_code == 2 and "exists and is no export usesearch wrote" in refused.output, refused.output
+    assert theirs.read_text().startswith('{"images": []')
+    for path in (ours, ours, empty):  # a new file, then its own export again; an empty file
+        result = CliRunner().invoke(app, [*query, str(path)])
+        assert result.exit_code == 0 and path.stat().st_size > 0, result.output

@@ -119,12 +119,30 @@ def result_file(value: Path | None) -> Path | None:
     return value
 
 
+EXPORT_END = b'"supercategory": "query"}]}'  # how every export usesearch writes ends (``hits_to_coco``)
+
+
 def json_file(value: Path | None) -> Path | None:
     """A JSON file to be written (``--export-coco``): a picture's name is refused, as a
-    typo that would replace a photo with JSON."""
+    typo that would replace a photo with JSON, and so is an existing file that is no
+    export usesearch wrote (the COCO file the index was built from was replaced, as any
+    other JSON or text file given there); an empty one is taken."""
     if value is not None and not is_stream(value) and value.suffix.lower() in IMAGE_SUFFIXES:
         raise typer.BadParameter(f"{value} names a picture: name a .json file")
-    return writable_file(value)
+    value = writable_file(value)
+    if value is not None and not is_stream(value) and value.is_file() and value.stat().st_size:
+        try:
+            with open(value, "rb") as f:
+                f.seek(max(0, value.stat().st_size - 256))
+                ours = EXPORT_END in f.read()
+        except OSError:
+            ours = False
+        if not ours:
+            raise typer.BadParameter(
+                f"{value} exists and is no export usesearch wrote: it would be replaced; remove it first, or write "
+                "elsewhere"
+            )
+    return value
 
 
 def picture_file(value: Path | None) -> Path | None:
