@@ -102,10 +102,12 @@ def test_segment_and_eval_semseg_cli_on_synthetic_data(tmp_path):
     assert data["images"] == 3 and 0 <= data["mIoU"] <= 1 and set(data["per_class"]) == set(names)
 
 
+@pytest.mark.parametrize("at", [3, 1], ids=["on the third", "on the first"])
 @pytest.mark.parametrize("task", ["semseg", "parts"])
-def test_ctrl_c_in_an_evaluation_reports_the_images_done(tmp_path, monkeypatch, task):
+def test_ctrl_c_in_an_evaluation_reports_the_images_done(tmp_path, monkeypatch, task, at):
     """An evaluation runs for hours; Ctrl-C lost all of it. Now the result covers the
-    images evaluated whole, says it was interrupted, is written, and the exit is 130."""
+    images evaluated whole, says it was interrupted, is written, and the exit is 130.
+    Before the first image: no score (null), where semseg wrote NaN (no JSON) and parts 0.0."""
     from usesearch.tasks import semseg
     from usesearch.training.synthetic import write_parts_coco, write_semseg
 
@@ -114,7 +116,7 @@ def test_ctrl_c_in_an_evaluation_reports_the_images_done(tmp_path, monkeypatch, 
 
     def interrupted_on_the_third(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == at:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -127,9 +129,15 @@ def test_ctrl_c_in_an_evaluation_reports_the_images_done(tmp_path, monkeypatch, 
     out = tmp_path / "result.json"
     command = ["eval", task, "--images", str(tmp_path / "data" / "images"), *args, "--out", str(out), "-p", "tiny"]
     result = CliRunner().invoke(app, command)
-    assert result.exit_code == 130 and "interrupted: 2 of 4 images" in result.output, result.output
-    data = json.loads(out.read_text())
-    assert data["interrupted"] == {"done": 2, "of": 4} and (task == "parts" or data["images"] == 2)
+    assert result.exit_code == 130 and f"interrupted: {at - 1} of 4 images" in result.output, result.output
+
+    def no_nan(constant):
+        raise ValueError(f"{constant} is no JSON")
+
+    data = json.loads(out.read_text(), parse_constant=no_nan)
+    assert data["interrupted"] == {"done": at - 1, "of": 4} and (task == "parts" or data["images"] == at - 1)
+    score = data["mIoU" if task == "semseg" else "mAP"]
+    assert (score is None) == (at == 1)
 
 
 def test_only_masks_whose_top_class_is_a_part_are_scored():

@@ -222,8 +222,11 @@ def eval_semseg(
     mean, per_class = miou(matrix)
     fingerprint = "+".join(m.fingerprint for m in models)
     scores = {n: (None if np.isnan(v) else float(v)) for n, v in zip(report_names(names), per_class)}
-    result = {"mIoU": mean, "images": walk.done, "model": fingerprint, "per_class": scores, **walk.partial()}
-    total = ("mIoU", f"{100 * mean:.2f}  ({walk.said(f'{walk.done} images, {fingerprint}')})")
+    # No image scored (interrupted first): no mean, null in JSON (NaN is none: RFC 8259 parsers refuse it).
+    scored = None if np.isnan(mean) else float(mean)
+    result = {"mIoU": scored, "images": walk.done, "model": fingerprint, "per_class": scores, **walk.partial()}
+    shown = "-" if scored is None else f"{100 * scored:.2f}"
+    total = ("mIoU", f"{shown}  ({walk.said(f'{walk.done} images, {fingerprint}')})")
     report.write(result, scores, total)
     walk.exit_if_interrupted()
 
@@ -270,12 +273,17 @@ def eval_parts(
                 continue
             detections = part_detections(class_probabilities(models, rgb, masks, names), len(parts))
             results += to_results(image_id, masks, detections, category_ids)
+    scored_any = walk.done > 0  # (interrupted before the first image: no score, where 0.0 read as one)
     with contextlib.redirect_stdout(io.StringIO()):
-        overall, per_category = mask_map(annotations, results, image_ids[: walk.done])  # the images evaluated
+        measured, per_category = mask_map(annotations, results, image_ids[: walk.done])  # the images evaluated
+    overall = measured if scored_any else None
+    if not scored_any:
+        per_category = dict.fromkeys(per_category)
     fingerprint = "+".join(m.fingerprint for m in models)
     result = {"mAP": overall, "per_category": per_category, "detections": len(results), "model": fingerprint}
     said = walk.said(f"{len(results)} part detections, {fingerprint}")
-    report.write({**result, **walk.partial()}, per_category, ("mAP_mask@[0.5:0.95]", f"{100 * overall:.2f}  ({said})"))
+    shown = "-" if overall is None else f"{100 * overall:.2f}"
+    report.write({**result, **walk.partial()}, per_category, ("mAP_mask@[0.5:0.95]", f"{shown}  ({said})"))
     walk.exit_if_interrupted()
 
 
