@@ -374,7 +374,7 @@ def test_categories_of_one_name_or_names_alike_but_for_case_are_recorded(tmp_pat
     path.write_text(json.dumps(coco))
     said = sorted(str(e) for _, _, e in read_coco(path).problems if e.kind == "category name")
     assert said == [
-        "categories 1, 2 are all named 'cup': their annotations are one class here",
+        "categories 1, 2 share the name 'cup': their annotations are one class here",
         "categories named 'cup', 'Cup ' differ only in case or spaces: they are 2 classes "
         "(one name in the file makes them one)",
     ]

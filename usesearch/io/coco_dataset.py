@@ -257,7 +257,7 @@ def _say_names_alike(names: dict[int, str], problems: list) -> None:
         by_form.setdefault(" ".join(name.split()).casefold(), []).append(category)
     for name, ids in by_name.items():
         if len(ids) > 1:
-            message = f"categories {first_few(ids)} are all named {name!r}: their annotations are one class here"
+            message = f"categories {first_few(ids)} share the name {name!r}: their annotations are one class here"
             problems.append((None, None, AnnotationError(CATEGORY_NAME, message)))
     for ids in by_form.values():
         spelt = list(dict.fromkeys(names[i] for i in ids))
