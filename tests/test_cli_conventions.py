@@ -407,3 +407,31 @@ def test_a_message_names_the_first_few_of_many_then_counts_the_rest():
     assert first_few(["a", "b", "c", "d", "e"]) == "a, b, c and 2 more"
     assert first_few([3, 4, 5], shown=1, sep="; ") == "3 and 2 more"
     assert first_and_more(["x/a.png", "b.png"], "a.png") == "a.png and 1 more"
+
+
+def test_a_label_map_written_to_standard_output_is_a_png(tmp_path):
+    """`segment --out -` said "standard output is /dev/stdout", and `--out /dev/stdout`
+    was then refused: "write a .png"."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(np.ascontiguousarray(data.coffee()[::4, ::4])).save(tmp_path / "c.png")
+    args = [
+        "segment",
+        str(tmp_path / "c.png"),
+        "--classes",
+        "cup,table",
+        "--preset",
+        "tiny",
+        "--masker",
+        "felzenszwalb",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "usesearch", *args, "--out", "/dev/stdout"], capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    label_map = Image.open(io.BytesIO(done.stdout))
+    assert label_map.format == "PNG" and label_map.size == (150, 100)

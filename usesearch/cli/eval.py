@@ -114,10 +114,11 @@ def segment(
     """Open-vocabulary semantic segmentation of one image (paper §4.3)."""
     import numpy as np
 
+    from usesearch.io.atomic import is_stream
     from usesearch.tasks.semseg import save_label_map, segment_image
     from usesearch.tasks.visualize import label_overlay
 
-    if out.suffix.lower() != ".png":  # JPEG would invent class ids between the real ones
+    if out.suffix.lower() != ".png" and not is_stream(out):  # JPEG would invent class ids between the real ones
         raise UsesearchError(f"--out {out}: write a .png (a label map must keep its exact values)")
     from usesearch.masks.proposals import stack_masks
 
