@@ -356,4 +356,7 @@ def test_segment_and_evaluations_never_write_over_their_inputs_and_segment_refus
     said = " ".join(result.output.replace("│", " ").split())  # (refused as any file that is no result of ours)
     assert result.exit_code == 2 and "exists and is no result usesearch wrote" in said, result.output
     twice = runner.invoke(app, ["segment", str(photo), "--classes", "sky, cat,Cat", "--out", str(tmp_path / "b.png")])
-    assert twice.exit_code == 2 and "'Cat' is named twice (places 2 and 3)" in twice.output, twice.output
+    said = " ".join(twice.output.split())
+    assert twice.exit_code == 2 and "'cat' and 'Cat' are one class to CLIP" in said and "(places 2 and 3)" in said, said
+    again = runner.invoke(app, ["segment", str(photo), "--classes", "sky,cat,cat", "--out", str(tmp_path / "b.png")])
+    assert again.exit_code == 2 and "'cat' is named twice (places 2 and 3)" in again.output, again.output

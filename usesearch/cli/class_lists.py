@@ -62,9 +62,13 @@ def refuse_twice_named(names: list[str], flag: str) -> None:
     for place, name in enumerate(names, 1):
         key = text_key(name)
         if key in first:
-            raise UsesearchError(
-                f"{flag}: {name!r} is named twice (places {first[key]} and {place}); name each class once"
+            earlier = names[first[key] - 1]
+            said = (
+                f"{name!r} is named twice"
+                if earlier == name
+                else f"{earlier!r} and {name!r} are one class to CLIP (its tokenizer reads no case or spacing)"
             )
+            raise UsesearchError(f"{flag}: {said} (places {first[key]} and {place}); name each class once")
         first[key] = place
 
 
