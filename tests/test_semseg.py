@@ -360,3 +360,14 @@ def test_segment_and_evaluations_never_write_over_their_inputs_and_segment_refus
     assert twice.exit_code == 2 and "'cat' and 'Cat' are one class to CLIP" in said and "(places 2 and 3)" in said, said
     again = runner.invoke(app, ["segment", str(photo), "--classes", "sky,cat,cat", "--out", str(tmp_path / "b.png")])
     assert again.exit_code == 2 and "'cat' is named twice (places 2 and 3)" in again.output, again.output
+
+
+def test_segment_with_no_mask_names_the_masker_that_found_none(tmp_path):
+    """The tiny preset's SAM 2 found nothing and the hint named SAM; "0 masks", "1 mask"."""
+    from skimage import data
+
+    Image.fromarray(np.ascontiguousarray(data.coffee()[::8, ::8])).save(tmp_path / "c.png")
+    args = ["segment", str(tmp_path / "c.png"), "--classes", "cup,table", "--preset", "tiny", "--masker", "sam2"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "l.png")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "0 masks;" in said and "the tiny preset's SAM 2 has random weights" in said, said

@@ -159,10 +159,11 @@ def segment(
             )
         )
     wrote = f"{out} and {overlay}" if overlay else str(out)
-    opts.console.print(f"{len(masks)} masks; classes found: {', '.join(present) or 'none'}; wrote {wrote}")
+    opts.console.print(f"{counted(len(masks), 'mask')}; classes found: {', '.join(present) or 'none'}; wrote {wrote}")
     if not len(masks) and segmenter.preset == "tiny" and (segmenter.masker or "").startswith("sam"):
+        named = "SAM 2" if segmenter.masker == "sam2" else "SAM"  # (sam2's hint named SAM)
         opts.console.print(
-            "  no masks: the tiny preset's SAM has random weights; its default masker, felzenszwalb, needs none"
+            f"  no masks: the tiny preset's {named} has random weights; its default masker, felzenszwalb, needs none"
         )
 
 
