@@ -372,3 +372,12 @@ def test_a_legends_long_class_name_is_cut_with_a_mark_not_at_22_characters(monke
     labels = np.array([[0, 1], [1, 255]], np.uint8)
     picture = visualize.label_overlay(np.zeros((2, 2, 3), np.uint8), labels, ["cat", "w" * 70])
     assert said == [("cat", 140), ("w" * 70, 140)] and picture.width == 2 + 160
+
+
+def test_a_search_with_no_hits_writes_no_sheet_and_says_so(indexed, tmp_path):
+    """`--min-score 0.99 --show none.png` wrote a blank white sheet, unsaid."""
+    _, db = indexed
+    sheet = tmp_path / "none.png"
+    args = ["query", "a cat", "--db", str(db), "--min-score", "0.99", "--show", str(sheet)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and f"no hits: {sheet} not written" in result.output and not sheet.exists()

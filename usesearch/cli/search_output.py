@@ -48,7 +48,9 @@ def given(
         typer.echo(f"wrote {output.export_coco}", err=True)
         # Its masks are as indexed: a training set made of it would not fit these photos.
         _say_stale(hits, index, f"in {output.export_coco}", ", their masks as indexed", by_stat=True)
-    if output.show:
+    if output.show and not hits:  # (a blank white sheet was written, saying nothing)
+        typer.echo(f"no hits: {output.show} not written", err=True)
+    elif output.show:
         recorded = index.store.image
         sheet, unreadable = contact_sheet(hits, output.show, sha256_of=lambda i: getattr(recorded(i), "sha256", None))
         typer.echo(f"wrote {sheet}", err=True)
