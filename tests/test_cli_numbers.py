@@ -59,3 +59,12 @@ def test_sams_settings_refuse_nan_and_values_no_photo_could_use(command, option,
     said = " ".join(result.output.replace("│", " ").split())  # Rich's error box wraps the line
     assert result.exit_code == 2 and why in said, result.output
     assert not (tmp_path / "db").exists() and not (tmp_path / "l.png").exists()
+
+
+@pytest.mark.parametrize("value", ["-5", "65536"])
+def test_an_ignored_label_value_no_label_png_holds_is_refused(value, tmp_path):
+    """`--ignore-index -5` was taken, and named in a later error as the ignored value."""
+    args = ["eval", "semseg", "--images", str(tmp_path), "--labels", str(tmp_path), "--classes", "a,b"]
+    result = CliRunner().invoke(app, [*args, "--ignore-index", value, "--preset", "tiny"])
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "'--ignore-index'" in said, said

@@ -181,7 +181,10 @@ def eval_semseg(
     classes: opts.ClassesOpt = None,
     classes_file: opts.ClassesFileOpt = None,
     ignore_index: Annotated[
-        int, typer.Option(help="Ground-truth value to ignore (ADE-847 conversions use 65535).")
+        int,
+        typer.Option(
+            min=0, max=65535, help="Ground-truth value to ignore (ADE-847 conversions use 65535)."
+        ),  # (what a label PNG holds: -5 was taken, and named in a later error)
     ] = 255,
     reduce_zero_label: Annotated[
         bool, typer.Option(help="ADE20K: label 0 is 'other' (ignored), classes start at 1.")
