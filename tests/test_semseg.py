@@ -173,6 +173,12 @@ def test_eval_parts_cli_on_synthetic_parts(tmp_path):
     assert 0.0 <= data["mAP"] <= 1.0 and "mAP_mask@[0.5:0.95]" in result.output
 
 
+def _photos_one_folder_down(root):
+    (root / "images" / "sub").mkdir()
+    for photo in sorted((root / "images").glob("*.*")):
+        photo.rename(root / "images" / "sub" / photo.name)
+
+
 def _label(path, value, shape=(128, 128)):
     Image.fromarray(np.full(shape, value, np.uint8)).save(path)
 
@@ -181,6 +187,7 @@ def _label(path, value, shape=(128, 128)):
     "spoil, why",
     [
         (lambda root: [p.unlink() for p in (root / "images").iterdir()], "holds no image"),
+        (_photos_one_folder_down, "its subfolders are not searched"),  # (as the walk does not go there)
         (lambda root: (root / "labels" / "00001.png").unlink(), "1 of 3 images have no label PNG"),
         (lambda root: _label(root / "labels" / "00002.png", 0, (64, 128)), "is 128x64 but its image is 128x128"),
         (lambda root: _label(root / "labels" / "00002.png", 200), "holds class id 200, past the"),

@@ -113,7 +113,11 @@ def ground_truth_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
         raise UsesearchError(f"--images and --labels are one folder ({images}): give the photos and labels apart")
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise UsesearchError(f"{images} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        below = any(p.is_dir() for p in images.iterdir())  # (its subfolders are not searched: said)
+        raise UsesearchError(
+            f"{images} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            + ("; its subfolders are not searched: give the folder that holds the photos" if below else "")
+        )
     stems = Counter(path.stem for path in files)
     twins = sorted(path.name for path in files if stems[path.stem] > 1)
     if twins:  # both would be scored against the one label PNG of that name
