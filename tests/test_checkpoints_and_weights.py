@@ -390,3 +390,25 @@ def test_a_pytorch_pickle_given_as_a_head_is_said_never_to_be_loaded(tmp_path):
     with pytest.raises(UsesearchError, match="a PyTorch pickle is never loaded .a head is safetensors . JSON"):
         read_head_config(tmp_path / "x.pt")
     assert torch.load(tmp_path / "x.pt", weights_only=True)["w"].shape == (2,)  # (the file itself left as it was)
+
+
+def test_a_download_with_no_network_says_where_to_place_the_file(tmp_path, monkeypatch):
+    """`models pull sam2:hiera_l` offline said "<urlopen error [Errno -2] Name or service not known>"."""
+    import socket
+    from urllib.error import URLError
+
+    import torch.hub
+
+    from usesearch.errors import UsesearchError
+    from usesearch.models import weights
+
+    def offline(url, dest, hash_prefix=None, progress=True):
+        raise URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UsesearchError) as refused:
+        weights._download("https://example.org/w.pt", tmp_path / "w.pt", None)
+    said = str(refused.value)
+    assert (
+        "no answer from the network (Name or service not known)" in said and f"place it at {tmp_path / 'w.pt'}" in said
+    )

@@ -247,6 +247,14 @@ def _download(url: str, dest: Path, sha256: str | None) -> None:
     try:
         download_url_to_file(url, str(dest), hash_prefix=sha256, progress=True)
     except Exception as exc:  # noqa: BLE001 - network and hash errors alike become one line
+        from urllib.error import URLError
+
+        if isinstance(exc, URLError) and not isinstance(exc.reason, str):  # no network: urlopen's words of it
+            reason = getattr(exc.reason, "strerror", None) or str(exc.reason)
+            raise UsesearchError(
+                f"could not download {url}: no answer from the network ({reason}); fetch it on a machine "
+                f"that has one and place it at {dest}"
+            ) from None
         raise UsesearchError(f"could not download {url}: {first_line(exc)}") from None
     verify_sha256(dest, sha256)
     fault = file_fault(dest)
