@@ -102,9 +102,8 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
 
     def _open(self, url: str, read_only: bool) -> None:
         sqlite = self.engine.dialect.name == "sqlite"
-        named = (
-            (make_url(url).database or url) if sqlite else shown_url(url)
-        )  # (a server's whole URL, as every message says it)
+        # What messages call the catalog: a server's whole URL (its password hidden), as every other says it.
+        named = (make_url(url).database or url) if sqlite else shown_url(url)
         if sqlite:
             event.listen(self.engine, "connect", sqlite_read_pragmas if read_only else sqlite_pragmas)
         if read_only:
@@ -133,7 +132,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         else:
             with identity.schema_lock(self):  # (another first run's tables, seen made)
                 tables = set(inspect(self.engine).get_table_names())
-                migrations.refuse_foreign_tables(tables, str(named))
+                migrations.refuse_foreign_tables(tables, named)
                 if "index_info" not in tables:
                     identity.refuse_a_new_catalog(self)
                 migrations.upgrade(self.engine, self.folder)
@@ -359,7 +358,7 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
 
     def files(self) -> EmbeddingFiles:
         if self._files is None:
-            info = self._as_writer(self.info)  # a writer's first commit reads it: an outage there is waited out
+            info = self.info()  # (a writer's read waits out an outage, as its writes do: ``info``)
             if info is None:
                 raise UsesearchError("this index has no identity yet, so no embedding dimension")
             self._files = EmbeddingFiles(

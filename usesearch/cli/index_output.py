@@ -93,8 +93,8 @@ def past_the_run(say: Callable[..., None]) -> Callable[..., None]:
         try:
             say(*args, **kwargs)
         except (CatalogUnavailableError, CatalogBusyError, OperationalError) as exc:
-            if isinstance(exc, OperationalError) and failure_kind(exc) != "unreachable":
-                raise  # (a damaged SQLite catalog is no server restarting: said as it is)
+            if isinstance(exc, OperationalError) and failure_kind(exc) == "failed":
+                raise  # (a damaged SQLite catalog: said as it is; busy or unreachable, as their errors are)
             opts.err_console.print(
                 f"  the catalog database did not answer a check after the run ({first_line(exc)}); "
                 "the run's work is committed",
