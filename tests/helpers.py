@@ -5,6 +5,7 @@ import math
 import os
 import re
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -300,3 +301,18 @@ def curated_segment(hw, text):
     return Segment(
         rle=encoded, bbox=tuple(rle.bbox(encoded)), area=rle.area(encoded), texts=[TextRef(text, "vg", "region")]
     )
+
+
+def one_annotation_coco(path, file_name: str, hw: tuple[int, int], category: str, square: tuple[int, int]) -> Path:
+    """A COCO instances file of one photo (``hw``) with one annotation: the square from
+    ``square[0]`` to ``square[1]`` on both axes, of class ``category``."""
+    import json
+
+    lo, hi = square
+    coco = {
+        "categories": [{"id": 1, "name": category}],
+        "images": [{"id": 1, "file_name": file_name, "height": hw[0], "width": hw[1]}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[lo, lo, hi, lo, hi, hi, lo, hi]]}],
+    }
+    Path(path).write_text(json.dumps(coco))
+    return Path(path)

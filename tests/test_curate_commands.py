@@ -10,7 +10,7 @@ from PIL import Image
 from skimage import data
 
 import usesearch
-from tests.helpers import curated_segment
+from tests.helpers import curated_segment, one_annotation_coco
 from usesearch.curation.pipeline import curate
 from usesearch.curation.records import ImageItem
 
@@ -303,12 +303,7 @@ def test_one_pair_one_segment_and_one_unused_flag_are_said_in_the_singular(tmp_p
 
     from usesearch.cli.app import app
 
-    coco = {
-        "categories": [{"id": 1, "name": "cat"}],
-        "images": [{"id": 1, "file_name": "cat.png", "height": 75, "width": 113}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[10, 10, 40, 10, 40, 40, 10, 40]]}],
-    }
-    (tmp_path / "c.json").write_text(json.dumps(coco))
+    one_annotation_coco(tmp_path / "c.json", "cat.png", (75, 113), "cat", (10, 40))
     run = ["curate", "run", str(tmp_path / "c.json"), "--input-format", "coco-instances", "--images", str(photos)]
     run += ["--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
     unused = CliRunner().invoke(app, [*run, "--grounder", "tiny"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import usesearch
+from tests.helpers import one_annotation_coco
 from usesearch.training.config import TrainConfig
 from usesearch.training.synthetic import write_dataset
 from usesearch.training.train import Trainer, text_key
@@ -159,12 +160,7 @@ def test_train_and_curate_json_are_their_reports_alone_on_stdout(tmp_path):
     assert trained.exit_code == 0, trained.output
     summary = json.loads(trained.stdout)
     assert summary["steps"] == summary["trained_now"] == 1 and summary["images"] == 2 and summary["unreadable"] == {}
-    coco = {
-        "categories": [{"id": 1, "name": "shape"}],
-        "images": [{"id": 1, "file_name": "5-00000.png", "height": 128, "width": 128}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 40, 2, 40, 40, 2, 40]]}],
-    }
-    (tmp_path / "c.json").write_text(json.dumps(coco))
+    one_annotation_coco(tmp_path / "c.json", "5-00000.png", (128, 128), "shape", (2, 40))
     curated = CliRunner().invoke(
         app,
         [
@@ -316,12 +312,7 @@ def test_data_with_fewer_than_two_texts_is_refused_before_a_model_loads(samples,
         Trainer(alike, tmp_path / "alike", CFG)
     images = tmp_path / "data" / "images"
     write_dataset(tmp_path / "data", 1, seed=5)
-    coco = {
-        "categories": [{"id": 1, "name": "shape"}],
-        "images": [{"id": 1, "file_name": "5-00000.png", "height": 128, "width": 128}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 40, 2, 40, 40, 2, 40]]}],
-    }
-    (tmp_path / "c.json").write_text(json.dumps(coco))
+    one_annotation_coco(tmp_path / "c.json", "5-00000.png", (128, 128), "shape", (2, 40))
     curate = ["curate", "run", str(tmp_path / "c.json"), "--input-format", "coco-instances", "--images", str(images)]
     assert CliRunner().invoke(app, [*curate, "--dataset-dir", str(tmp_path / "ds")]).exit_code == 0
     run = tmp_path / "run"
