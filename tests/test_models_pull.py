@@ -227,3 +227,25 @@ def test_a_sam3_pull_refuses_a_damaged_file_of_the_users_and_keeps_it(tmp_path, 
     ):
         pull_sam3()
     assert (tmp_path / "sam3.pt").read_bytes() == b"PK\x03\x04 cut short"
+
+
+def test_a_failed_download_leaves_no_empty_cache_folder_it_made(tmp_path, monkeypatch):
+    """A pull with no network made ~/.cache/usesearch and left it empty; a folder that held
+    something before is kept, and so is the file of a download that failed its check."""
+    import urllib.error
+
+    import torch.hub
+
+    def unreachable(url, dest, **kw):
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+    home = tmp_path / "cache" / "usesearch"
+    monkeypatch.setenv("USESEARCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
+    result = CliRunner().invoke(app, ["models", "pull", "sam2:hiera_t"])
+    assert result.exit_code == 2 and "no answer from the network" in result.stderr, result.output
+    assert not (tmp_path / "cache").exists()  # (both folders the pull made)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "other").write_text("kept")
+    result = CliRunner().invoke(app, ["models", "pull", "sam2:hiera_t"])
+    assert result.exit_code == 2 and not home.exists() and (tmp_path / "cache" / "other").read_text() == "kept"

@@ -243,7 +243,20 @@ def _download(url: str, dest: Path, sha256: str | None) -> None:
     only when complete, and a hash check (its prefix; the full SHA-256 below)."""
     from torch.hub import download_url_to_file
 
+    made = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch_and_check(download_url_to_file, url, dest, sha256)
+    except BaseException:
+        for folder in made:  # (deepest first) a failed pull leaves no empty cache folder behind
+            try:
+                folder.rmdir()
+            except OSError:  # (not empty: something else put a file there)
+                break
+        raise
+
+
+def _fetch_and_check(download_url_to_file, url: str, dest: Path, sha256: str | None) -> None:
     try:
         download_url_to_file(url, str(dest), hash_prefix=sha256, progress=True)
     except Exception as exc:  # noqa: BLE001 - network and hash errors alike become one line
