@@ -195,6 +195,11 @@ def test_a_verdict_holds_for_the_item_judged_not_for_it_relabelled_since(db):
     for item in (judged, kept):
         answer = client.post("/api/audit/swapped/review", json={"item": item["item"], "verdict": "ok"})
         assert answer.status_code == 200, answer.text
+    # A list's count is its `total`, as a page's is (its `items` is the page's list).
+    counts = client.get("/api/audit").json()["lists"]["swapped"]
+    whole = client.get("/api/audit/swapped", params={"include_reviewed": True}).json()["total"]
+    left = client.get("/api/audit/swapped").json()["total"]
+    assert counts == {"total": whole, "reviewed": 2} and left == whole - 2 and whole >= len(first["swapped"])
     index.close()
     again = audit_cli(db, "-k", "10")
     assert {judged["item"], kept["item"]}.isdisjoint(i["item"] for i in again["swapped"])

@@ -47,7 +47,7 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
 
     @app.get("/api/audit", tags=["audit"])
     def audit_summary() -> dict[str, Any]:
-        """What the last audit found: items per list, and how many of them are reviewed;
+        """What the last audit found: each list's items (``total``), and how many of them are reviewed;
         ``stale``: a note where the index changed since (else null)."""
         found = lists()
         verdicts = reviews.verdicts(index.store.engine, lists=found["lists"])
@@ -57,7 +57,7 @@ def add_audit_routes(app: FastAPI, index: SegmentIndex) -> None:
             "stale": stale(found),
             "lists": {
                 kind: {
-                    "items": len(items),
+                    "total": len(items),  # (a page's ``total``; its ``items`` is the page's list)
                     "reviewed": sum(1 for i in items if (kind, i["item"]) in verdicts),
                 }
                 for kind, items in found["lists"].items()

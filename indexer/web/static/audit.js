@@ -108,11 +108,11 @@ async function loadSummary() {
   for (const old of nav.querySelectorAll("button")) old.remove();
   const now = state();
   for (const kind of LISTS) {
-    const counts = summary.lists[kind] || { items: 0, reviewed: 0 };
+    const counts = summary.lists[kind] || { total: 0, reviewed: 0 };
     const button = document.createElement("button");
     button.type = "button";
     button.id = `list-${kind}`;
-    button.textContent = `${kind.replace("_", " ")} (${counts.items - counts.reviewed} to review)`;
+    button.textContent = `${kind.replace("_", " ")} (${counts.total - counts.reviewed} to review)`;
     button.classList.toggle("current", kind === now.list);
     button.addEventListener("click", () => go({ ...state(), list: kind, offset: 0 }));
     nav.append(button);
