@@ -17,7 +17,6 @@ from usesearch.io.images import to_rgb_array
 
 from . import calibration, faiss_gpu, filters, index_choice, index_kinds, index_stats, vector_files, vectors
 from .catalog import catalog_errors
-from .embeddings import top_rows
 from .filters import SearchFilters, check_filters, check_k, check_query_text, check_query_vector, check_segment_id
 from .folder import FAISS_FILE, index_flags, open_store
 from .freshness import TYPE_CHECK_S, Freshness
@@ -25,6 +24,7 @@ from .hits import Hit, passes, passing_share, to_hits
 from .index_models import IndexModels
 from .locations import LocationMap
 from .records import IndexInfo, SegmentRow
+from .row_scores import top_rows
 from .rwlock import ReadWriteLock
 from .selection import Selections
 from .store import Store

@@ -7,7 +7,7 @@ import mmap
 import numpy as np
 import pytest
 
-from usesearch.indexer import embeddings
+from usesearch.indexer import embeddings, row_scores
 from usesearch.indexer.embeddings import EmbeddingFiles
 
 pytestmark = pytest.mark.skipif(embeddings._LIBC is None, reason="read-ahead advice is Linux only")
@@ -115,7 +115,7 @@ def test_scores_without_torch_loaded_equal_torchs(tmp_path, monkeypatch):
     pick = np.random.default_rng(3).permutation(len(data))[:900]
     with_torch = files.scores(chunks[pick], rows[pick], query)
     monkeypatch.setitem(sys.modules, "torch", None)  # as where it cannot be imported
-    monkeypatch.setattr(embeddings, "_torch_product", None)  # (NumPy's must be the one that runs)
+    monkeypatch.setattr(row_scores, "_torch_product", None)  # (NumPy's must be the one that runs)
     without = files.scores(chunks[pick], rows[pick], query)
     np.testing.assert_allclose(without, with_torch, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(without, data[pick].astype(np.float64) @ query, rtol=1e-4, atol=1e-4)

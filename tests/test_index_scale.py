@@ -156,7 +156,7 @@ def test_float16_prefilter_keeps_every_exact_top_row(scale):
     fetch-th best: the result equals the exact float32 top, near-ties included (rows
     1e-4 apart, far below float16's rounding of the product), with and without an
     exclusion mask, for unit rows and longer ones."""
-    from usesearch.indexer.embeddings import top_rows
+    from usesearch.indexer.row_scores import top_rows
 
     rng = np.random.default_rng(7)
     base = rng.standard_normal((40, 64)).astype(np.float32)
