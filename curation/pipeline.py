@@ -22,7 +22,7 @@ import numpy as np
 from usesearch.errors import AnnotationsChangedError, CurationConfigError, ImageShapeError
 from usesearch.io.atomic import write_atomic
 from usesearch.io.coco_dataset import PHOTO_MISSING, SIZE_MISMATCH
-from usesearch.io.files import decode, read_bytes
+from usesearch.io.files import decode, read_bytes, refuse_own_picture
 from usesearch.reports import RunReport
 
 from .cache import StageCache
@@ -120,6 +120,7 @@ def curate(
                         report.failures.append((item.path, f"{problems[0][2].kind}: {problems[0][2]}"))
                     continue
                 data, sha256 = read_bytes(item.path, max_bytes)
+                refuse_own_picture(data, item.path, "curate")  # (`curate show --out` into the photos' folder)
                 digest = annotations_digest(item.annotations) if item.annotations is not None else None
                 if writer.annotations_changed(sha256, digest):  # records are never rewritten: said, not skipped
                     first = writer.written_now.get(sha256)

@@ -314,3 +314,23 @@ def test_one_pair_one_segment_and_one_unused_flag_are_said_in_the_singular(tmp_p
         app, ["curate", "show", str(tmp_path / "ds"), "cat.png", "--out", str(tmp_path / "s.png")]
     )
     assert shown.exit_code == 0 and ": 1 segment, 1 text\n" in shown.output, shown.output
+
+
+def test_a_picture_usesearch_wrote_among_the_photos_is_not_curated(tmp_path):
+    """`curate show --out` (or `segment --out`) into the photos' folder: its masks and
+    texts drawn on a photo were curated, then trained on; `index` refused it already."""
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+    from usesearch.io.atomic import save_picture
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(data.astronaut()[:64, :64]).save(tmp_path / "photos" / "ok.png")
+    save_picture(Image.fromarray(data.astronaut()[:64, :64]), tmp_path / "photos" / "sheet.png")  # marked
+    args = ["curate", "run", str(tmp_path / "photos"), "--dataset-dir", str(tmp_path / "ds"), "--preset", "tiny"]
+    result = CliRunner().invoke(app, [*args, "--captioner", "tiny", "--grounder", "tiny"])
+    said = " ".join(result.output.split())
+    assert "1 image curated, 0 skipped, 1 failed" in said, said
+    assert f"{tmp_path / 'photos' / 'sheet.png'}: ImageReadError: cannot curate" in said and "usesearch wrote" in said
+    records = [json.loads(line) for f in (tmp_path / "ds" / "shards").glob("*.jsonl") for line in f.open()]
+    assert [r["path"] for r in records] == [str(tmp_path / "photos" / "ok.png")]

@@ -298,17 +298,18 @@ def pixel_count(data: bytes, name: str, max_pixels: int | None = None) -> int:
     return w * h
 
 
-def refuse_own_picture(data: bytes, name: str) -> None:
+def refuse_own_picture(data: bytes, name: str, use: str = "index") -> None:
     """A picture usesearch wrote (``save_picture``'s mark: a contact sheet, an overlay, a
-    label map) met among the photos an index walks: refused as a photo, recorded as the
-    indexer records any, so a re-run skips it unread. ``segment --out`` and ``curate show
-    --out`` know no index, and wrote theirs into its folders, indexed the next run."""
+    label map) met among the photos an index walks (``use``: or that ``curate`` reads):
+    refused as a photo, recorded as any failure is, so an index's re-run skips it unread.
+    ``segment --out`` and ``curate show --out`` know no index, and wrote theirs into its
+    folders, indexed the next run (and curated: masks and texts drawn on, trained on)."""
     from usesearch.io.atomic import bytes_written_by_usesearch
 
     if bytes_written_by_usesearch(data):
         raise ImageReadError(
-            f"cannot index {name}: a picture usesearch wrote (a contact sheet, overlay or label map), not a photo; "
-            "write such pictures outside the folders you index"
+            f"cannot {use} {name}: a picture usesearch wrote (a contact sheet, overlay or label map), not a photo; "
+            f"write such pictures outside the folders you {use}"
         )
 
 
