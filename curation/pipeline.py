@@ -121,17 +121,17 @@ def curate(
                     continue
                 data, sha256 = read_bytes(item.path, max_bytes)
                 refuse_own_picture(data, item.path, "curate")  # (`curate show --out` into the photos' folder)
-                digest = annotations_digest(item.annotations) if item.annotations is not None else None
+                digest = source_digest(item)
                 if writer.annotations_changed(sha256, digest):  # records are never rewritten: said, not skipped
-                    first = writer.written_now.get(sha256)
+                    first, what = writer.written_now.get(sha256), _made_of(item)
                     if first is not None:  # the file lists this photo twice (same bytes), with other annotations
                         raise AnnotationsChangedError(
-                            f"the same photo as {first} (the same content), listed again with other annotations: "
+                            f"the same photo as {first} (the same content), listed again with other {what}: "
                             "a photo is curated once; merge its entries in the source to curate them all"
                         )
                     raise AnnotationsChangedError(
-                        "its annotations in the source changed since it was curated (a fault fixed?); this dataset "
-                        "keeps the record made before: curate into a new --dataset-dir to take the change"
+                        f"its {what} in the source changed since it was curated (a fault fixed, a text added?); "
+                        "this dataset keeps the record made before: curate into a new --dataset-dir to take the change"
                     )
                 if writer.is_done(sha256):
                     report.skipped += 1
@@ -212,6 +212,25 @@ def curate(
             failures.close()
         report.seconds = time.perf_counter() - start
     return report
+
+
+def source_digest(item: ImageItem) -> str | None:
+    """What a photo's record is made from in its source, as SHA-256: a COCO entry's
+    annotations, a caption file's captions, Visual Genome's regions (None: a folder's
+    photo, made of its pixels alone). A rerun whose source changed them is told so."""
+    import hashlib
+
+    if item.annotations is not None:
+        return annotations_digest(item.annotations)
+    if not (item.captions or item.boxes):
+        return None
+    texts = lambda refs: sorted([t.text, t.source, t.kind] for t in refs)  # noqa: E731 - (another order: the same)
+    made_of = [texts(item.captions), sorted([[float(v) for v in b.bbox], texts(b.texts)] for b in item.boxes)]
+    return hashlib.sha256(json.dumps(made_of).encode()).hexdigest()
+
+
+def _made_of(item: ImageItem) -> str:
+    return "annotations" if item.annotations is not None else "captions" if item.captions else "regions"
 
 
 def annotations_digest(entry: ImageEntry) -> str:

@@ -317,3 +317,29 @@ def test_instances_faults_of_a_repeat_spelled_otherwise_or_a_dropped_entry_are_r
         "duplicate id: image id 1 repeated",
         "duplicate photo: image entries 1 and 2 name the same file: their annotations are indexed together",
     ], said
+
+
+def test_a_caption_or_region_changed_in_the_source_since_curated_is_said_not_skipped(tmp_path, photos):
+    """A caption added to a file curated before was skipped with the photo as done (only
+    COCO instances were compared), so the new text never reached the dataset, unsaid."""
+    from usesearch.curation.pipeline import source_digest
+    from usesearch.curation.records import BoxText
+
+    def captioned(*texts):
+        return ImageItem(path=str(photos / "cat.png"), captions=[TextRef(t, "gt_caption", "caption") for t in texts])
+
+    ground_nothing = lambda rgb, caption: []  # noqa: E731 - (no model: the record is what is compared)
+    assert curate([captioned("a cat")], tmp_path / "ds", source="coco-captions", grounder=ground_nothing).done == 1
+    same = curate([captioned("a cat")], tmp_path / "ds", source="coco-captions", grounder=ground_nothing)
+    assert (same.done, same.skipped, same.failed) == (0, 1, 0)
+    added = curate([captioned("a cat", "a tabby")], tmp_path / "ds", source="coco-captions", grounder=ground_nothing)
+    assert (added.done, added.skipped, added.failed) == (0, 0, 1)
+    assert "its captions in the source changed since it was curated" in added.failures[0][1], added.failures
+    # Visual Genome's regions alike: a region added or moved changes what the record is made of; their order not.
+    region = lambda text, box=(1.0, 1.0, 5.0, 5.0): BoxText(box, [TextRef(text, "vg", "region")])  # noqa: E731
+    regions = lambda *boxes: ImageItem(path="p.jpg", boxes=list(boxes))  # noqa: E731
+    face, nose = region("a face"), region("a nose", (2.0, 2.0, 3.0, 3.0))
+    assert source_digest(regions(face, nose)) == source_digest(regions(nose, face))
+    assert source_digest(regions(face)) != source_digest(regions(face, nose))
+    assert source_digest(regions(face)) != source_digest(regions(region("a face", (1.0, 1.0, 5.0, 6.0))))
+    assert source_digest(ImageItem(path="p.jpg")) is None  # a folder's photo: its pixels alone
