@@ -52,7 +52,8 @@ def test_resume_on_other_data_is_refused(samples, tmp_path):
         Trainer(samples, tmp_path / "mistyped", CFG).resume()  # never starts over silently
     state_file = tmp_path / state_module.TRAINER_FILE
     whole = state_file.read_bytes()
-    for damaged in (whole[: len(whole) // 2], b"<html>", pickle_of_a_list()):  # cut short by a full disk; not ours
+    flipped = whole[:-10] + bytes([whole[-10] ^ 0x40]) + whole[-9:]  # an optimizer moment's bit: resumed silently
+    for damaged in (whole[: len(whole) // 2], b"<html>", pickle_of_a_list(), flipped):  # cut short; not ours
         state_file.write_bytes(damaged)
         with pytest.raises(usesearch.UsesearchError, match="trainer.safetensors is damaged .*train anew in another"):
             Trainer(samples, tmp_path, CFG).resume()

@@ -1,6 +1,7 @@
 """The trainer's own checkpoint beside the step heads: the step it names, the
 optimizer's and the schedule's state, in one safetensors file (``TRAINER_FILE``): the
-optimizer's tensors as tensors, everything else as JSON in its header. Never a pickle:
+optimizer's tensors as tensors, everything else as JSON in its header, with the SHA-256
+of both (a damaged file is refused, not resumed into another run). Never a pickle:
 a run folder may come from anyone, and its file is read before anything is checked.
 
 One file, replaced atomically, so the step it names and the state beside it always
@@ -9,6 +10,7 @@ still read, with ``weights_only=True``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from usesearch.io.atomic import write_atomic
+from usesearch.models.checkpoint import state_digest
 
 TRAINER_FILE = "trainer.safetensors"
 OLD_TRAINER_FILE = "trainer.pt"  # runs from before: a torch.save archive
@@ -57,6 +60,7 @@ def write_trainer_state(
         "scheduler": scheduler,
         "counts": counts or {},
     }
+    header["sha256"] = _digest(header, tensors)
     metadata = {"trainer": json.dumps(header)}
     write_atomic(run_dir / TRAINER_FILE, lambda path: save_file(tensors, str(path), metadata=metadata))
     (run_dir / OLD_TRAINER_FILE).unlink(missing_ok=True)  # a run from before goes on in the new file
@@ -73,6 +77,9 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
         if header.get("format") != FORMAT:
             raise ValueError(f"not a usesearch trainer checkpoint (format {header.get('format')!r})")
         tensors = {key: f.get_tensor(key) for key in f.keys()}
+    recorded = header.pop("sha256", None)  # (files from before it: read unchecked)
+    if recorded is not None and _digest(header, tensors) != recorded:
+        raise ValueError("its contents are not the ones its header names (sha256 differs)")
     state = {
         int(param): {name: tensors[v["tensor"]] if "tensor" in v else v["value"] for name, v in entries.items()}
         for param, entries in header["optimizer"]["state"].items()
@@ -80,3 +87,11 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     optimizer = {"state": state, "param_groups": header["optimizer"]["param_groups"]}
     counts = {str(k): int(v) for k, v in (header.get("counts") or {}).items()}
     return {"step": int(header["step"]), "optimizer": optimizer, "scheduler": header["scheduler"], "counts": counts}
+
+
+def _digest(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the header (its own digest left out) and the tensors: a flipped byte in
+    the optimizer's moments resumed silently into another run than the one written."""
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    digest.update(state_digest(tensors).encode())
+    return digest.hexdigest()
