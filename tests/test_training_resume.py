@@ -119,7 +119,12 @@ def test_one_training_run_a_run_folder(samples, tmp_path):
     with one_writer(tmp_path / LOCK_FILE, RuntimeError):  # as a run in another process holds it
         with pytest.raises(usesearch.UsesearchError, match="another training run .* is writing to"):
             Trainer(samples, tmp_path, CFG).run(until=1)
+        # Before its first checkpoint: --resume said the folder held none, "without --resume a new run starts".
+        with pytest.raises(usesearch.UsesearchError, match="another training run .* is writing to"):
+            Trainer(samples, tmp_path, CFG).resume()
     assert not (tmp_path / "log.csv").exists()
+    with pytest.raises(usesearch.UsesearchError, match="holds no checkpoint to continue"):  # (that run gone)
+        Trainer(samples, tmp_path, CFG).resume()
     Trainer(samples, tmp_path, CFG).run(until=1)  # released: the folder is free again
     assert (tmp_path / "step-0000001.json").is_file()
 

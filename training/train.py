@@ -317,6 +317,9 @@ class Trainer:
         folder with no checkpoint is refused (a mistyped --run-dir would start over)."""
         path = trainer_file(self.out)
         if path is None:
+            if (self.out / LOCK_FILE).is_file():  # a run going there before its first checkpoint: said as such
+                with self._one_writer():
+                    pass
             raise UsesearchError(
                 f"--resume: {self.out} holds no checkpoint to continue (no {TRAINER_FILE}); "
                 "without --resume a new run starts there"
