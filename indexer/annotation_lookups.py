@@ -73,6 +73,11 @@ class AnnotationLookups:
         with self.sessions() as s:
             return s.scalar(select(SegmentRecord.id).where(SegmentRecord.source == source).limit(1)) is not None
 
+    def largest_area(self) -> int:
+        """The largest segment's area in pixels (0: none), through the area's index."""
+        with self.sessions() as s:
+            return s.scalar(select(func.max(SegmentRecord.area))) or 0
+
     def _distinct(self, column) -> list[str]:
         with self.sessions() as s:
             query = select(column).where(SegmentRecord.source == ANNOTATION, column.is_not(None)).distinct()

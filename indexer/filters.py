@@ -253,6 +253,8 @@ def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], st
             "`index IMAGES --coco FILE.json` adds them" if filters.source == "annotation" else "a masker run makes them"
         )
         why.append(f"{spelt('source')} {filters.source}: the index holds no {filters.source} segments ({made_by})")
+    if filters.min_area and not why and filters.min_area > (largest := store.largest_area()):
+        why.append(f"no segment covers {spelt('min_area')} {filters.min_area} pixels (the largest covers {largest})")
     if filters.min_score is not None and not why and best is not None:
         top = best(dataclasses.replace(filters, min_score=None))
         if top and top[0].score < filters.min_score:  # (searched wider without the cut, it may find one above)

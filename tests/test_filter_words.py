@@ -3,6 +3,7 @@
 nothing because a filter names what the index lacks says so in one line each."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -166,3 +167,14 @@ def test_a_search_of_an_index_with_no_segment_says_so(tmp_path):
     result = runner.invoke(app, ["query", "a cat", "--db", str(tmp_path / "db"), "--json", "--path", "x/*"])
     assert result.exit_code == 0 and json.loads(result.stdout) == []
     assert result.stderr.strip() == "the index holds no segment yet (`usesearch index` adds them)"
+
+
+def test_a_min_area_no_segment_reaches_is_said_with_the_largest(db):
+    # An empty table and nothing on stderr: every other filter that kept all out said why.
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--json", "--min-area", "999999999"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+    largest = re.search(r"no segment covers --min-area 999999999 pixels \(the largest covers (\d+)\)", result.stderr)
+    assert largest and int(largest[1]) > 0, result.stderr
+    found = runner.invoke(app, ["query", "a cat", "--db", str(db), "--json", "--min-area", largest[1]])
+    areas = {hit["area"] for hit in json.loads(found.stdout)}
+    assert found.exit_code == 0 and areas == {int(largest[1])} and not found.stderr  # (the largest: found)
