@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usesearch.devices import explicit_device, resolve_device
-from usesearch.errors import IndexMismatchError, MissingWeightsError, NotFoundError
+from usesearch.errors import IndexMismatchError, MissingWeightsError, NotFoundError, UsesearchError
 
 from .folder import head_to_load
 from .records import IndexInfo, info_summary
@@ -31,7 +31,7 @@ class IndexModels:
         self.info = info
         self.head = head_to_load(folder, info.model_head)  # its copy in the folder where it has one
         self._device_asked, self._device = device, explicit_device(device)  # an explicit one is checked now
-        self._whole = model
+        self._whole, self._given = model, model is not None
         self._text: TextEmbedder | None = None  # the text side alone, until the whole model loads
         self._sam: Any = None
         # A lock a model's load holds, each apart: loading the whole model or SAM (seconds,
@@ -104,11 +104,17 @@ class IndexModels:
 
     def _checked(self, model):
         if model.fingerprint != self.info.fingerprint:
-            head = self.head
-            changed = f" (the head at {head} is no longer the one it was built with: put that one back)" if head else ""
+            # (a search takes no model options: what changed is a file, or usesearch)
+            changed = (
+                "the model given is not the one it was built with: open it with that one, or none (its own loads)"
+                if self._given
+                else f"the head at {self.head} is no longer the one it was built with: put that one back"
+                if self.head
+                else f"preset {self.info.preset!r}'s weights here are not those it was built with (a weights file "
+                "replaced, or another usesearch version's): put those back, or index its photos into a new --db"
+            )
             raise IndexMismatchError(
-                f"this index was built with {info_summary(self.info)}; the model for queries is "
-                f"{model.fingerprint}{changed}. Query it with the model it was built with."
+                f"this index was built with {info_summary(self.info)}; the model here is {model.fingerprint}: {changed}"
             )
         return model
 
@@ -123,8 +129,27 @@ class IndexModels:
                 "a query needs the head the segments were embedded with"
             )
         loader = load_text_model if text_only else load_model
-        with self._its_own_weights():
+        with self._its_own_weights(), self._original_head_named():
             return loader(self.info.preset, embedder=self.info.embedder, head=head, device=self.device)
+
+    @contextmanager
+    def _original_head_named(self):
+        """The index's copy of its head damaged: the head it was made from named, where it
+        is still there (a copy's failure alone left no way forward)."""
+        try:
+            yield
+        except UsesearchError as refused:
+            original, copy = self.info.model_head, self.head
+            if not (copy and original and Path(copy) != Path(original) and str(copy) in str(refused)):
+                raise  # (not the copy's own fault: missing CLIP weights, say)
+            from usesearch.models.checkpoint import checkpoint_paths
+
+            if not all(f.is_file() for f in checkpoint_paths(original)):
+                raise
+            copies = " and ".join(f"{a} over {b}" for a, b in zip(checkpoint_paths(original), checkpoint_paths(copy)))
+            raise UsesearchError(
+                f"{refused}; the head this index was made with is still at {original}: copy {copies}"
+            ) from None
 
     @contextmanager
     def _its_own_weights(self):

@@ -357,6 +357,16 @@ def test_an_index_keeps_a_copy_of_its_head_and_one_made_before_says_where_its_he
     assert index_paths([photos], db, IndexOptions(**OPTS)).done == 1
     assert (db / HEAD_COPY / "head.safetensors").is_file()
     assert SegmentIndex.open(db).query("a cup", 3)
+    copied = db / HEAD_COPY / "head.safetensors"
+    whole = copied.read_bytes()
+    copied.write_bytes(whole[:-8] + bytes(b ^ 0xFF for b in whole[-8:]))  # the copy damaged: its way forward named
+    with pytest.raises(usesearch.UsesearchError, match=f"sha256 differs.*made with is still at {path}: copy ") as said:
+        SegmentIndex.open(db).query("a cup", 3)
+    pairs = re.findall(r"(\S+) over (\S+?)(?: and |$)", str(said.value))
+    assert len(pairs) == 2, said.value
+    for original, copy in pairs:
+        shutil.copyfile(original, copy)  # as it says
+    assert SegmentIndex.open(db).query("a cup", 3)
 
 
 def test_a_head_path_that_is_not_there_is_said_as_such_not_as_an_unknown_preset(tmp_path):

@@ -178,8 +178,18 @@ def test_index_refuses_another_model_and_queries_refuse_a_foreign_model(indexed,
     import usesearch
 
     crop = usesearch.load_model("tiny", embedder="crop")
-    with pytest.raises(IndexMismatchError, match="built with"):
+    with pytest.raises(IndexMismatchError, match="built with .*: the model given is not the one it was built with"):
         SegmentIndex.open(root / "db", model=crop).query("a cat")
+    # Its own model, other than it was: a query takes no model options, so what to do is said.
+    import shutil
+    import sqlite3
+
+    shutil.copytree(root / "db", tmp_path / "db")
+    with sqlite3.connect(tmp_path / "db" / "segments.sqlite") as catalog:
+        catalog.execute("UPDATE index_info SET fingerprint = 'use-tiny-0123456789abcdef'")
+    catalog.close()
+    with pytest.raises(IndexMismatchError, match="preset 'tiny''s weights here are not those it was built with"):
+        SegmentIndex.open(tmp_path / "db").query("a cat")
 
 
 def test_one_writer_at_a_time(indexed, monkeypatch):
