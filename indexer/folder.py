@@ -157,11 +157,15 @@ def _what_instead(db_dir: Path) -> str:
     """What to do where ``db_dir`` holds no index: name the index one folder down (the
     demo's folder, ``usesearch-demo/db-b16``), say what the folder is (a curated dataset:
     the suggested `index --db` of it is refused), else index into it."""
-    from usesearch.io.own_folders import OUTPUT_MARKS
+    from usesearch.io.own_folders import OUTPUT_MARKS, holding_folder
 
     holder = live_holder(db_dir / LOCK_FILE)
     if holder is not None and holder != str(os.getpid()):  # its models load before its catalog is made
         return f"an indexer (pid {holder}) is making one there now: search it once its first photos are in"
+    held = holding_folder(db_dir / DB_FILE)  # (an index's own ``embeddings/``: `index --db` of it is refused)
+    if held is not None:
+        kind, folder = held
+        return f"it lies in {kind} ({folder}): give --db " + (folder if kind == "an index" else "an index's folder")
     for kind, marks in OUTPUT_MARKS.items():
         if kind != "an index" and any((db_dir / mark).exists() for mark in marks):
             return f"it holds {kind}: give --db an index's folder"

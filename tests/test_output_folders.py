@@ -148,6 +148,8 @@ def test_a_reading_command_at_a_folder_holding_no_index_says_what_it_holds(tmp_p
     (tmp_path / "my photos").mkdir()  # a command to paste: the path quoted as a shell reads it
     (tmp_path / "my photos" / "cat.jpg").write_bytes(b"")
     spaced = tmp_path / "my photos"
+    demo = tmp_path / "demo" / "db-tiny"
+    (demo / "embeddings").mkdir()
     for folder, why in (
         (
             "photos",
@@ -162,6 +164,8 @@ def test_a_reading_command_at_a_folder_holding_no_index_says_what_it_holds(tmp_p
         ("demo", f"the index in it is {tmp_path / 'demo' / 'db-tiny'}: give --db {tmp_path / 'demo' / 'db-tiny'}"),
         ("many", f"it holds 2 indexes ({tmp_path / 'many' / 'db-a'}, {tmp_path / 'many' / 'db-b'}): give --db the"),
         ("new", f"run `usesearch index PATH --db {tmp_path / 'new'}` first"),
+        # An index's own folder: `index --db` of it, suggested, was refused as lying in an index.
+        ("demo/db-tiny/embeddings", f"it lies in an index ({demo}): give --db {demo}"),
     ):
         for command in (["info"], ["query", "a cat"]):
             result = CliRunner().invoke(app, [*command, "--db", str(tmp_path / folder)])
