@@ -128,8 +128,9 @@ def test_steps_whose_batch_has_no_negative_are_counted(samples, tmp_path):
     so the run can say so."""
     from dataclasses import replace
 
-    single = [replace(s, rles=s.rles[:1], texts=s.texts[:1]) for s in samples[:4]]
-    trainer = Trainer(single, tmp_path, replace(CFG, batch_images=1, max_steps=3))
+    # Three photos of one segment and one of several (batches of one photo, one epoch: each once).
+    single = [replace(s, rles=s.rles[:1], texts=s.texts[:1]) for s in samples[:3]] + [samples[3]]
+    trainer = Trainer(single, tmp_path, replace(CFG, batch_images=1, max_steps=4))
     trainer.run()
     assert trainer.steps_without_negatives == 3
     rich = Trainer(samples, tmp_path / "rich", replace(CFG, max_steps=2))

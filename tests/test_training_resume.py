@@ -364,12 +364,23 @@ def test_a_resumed_run_counts_its_steps_without_negatives_from_the_start(samples
     steps of the last process: 4 of 30 after a resume where the whole run had 6."""
     from dataclasses import replace
 
-    single = [replace(s, rles=s.rles[:1], texts=s.texts[:1]) for s in samples[:4]]
-    config = replace(CFG, batch_images=1, max_steps=3)
+    # Three photos of one segment (no negative in a batch of one) and one of several: one epoch.
+    single = [replace(s, rles=s.rles[:1], texts=s.texts[:1]) for s in samples[:3]] + [samples[3]]
+    config = replace(CFG, batch_images=1, max_steps=4)
     first = Trainer(single, tmp_path, config)
     first.run(until=2)
     resumed = Trainer(single, tmp_path, config)
     resumed.resume()
-    assert (resumed.step, resumed.steps_without_negatives) == (2, 2)
+    assert resumed.step == 2 and resumed.steps_without_negatives == first.steps_without_negatives >= 1
     resumed.run()
     assert resumed.steps_without_negatives == 3
+
+
+def test_batches_of_one_photo_none_of_which_can_give_a_negative_are_refused(samples, tmp_path):
+    """Every step's loss had no negative: the run exited 0 with a head that learned nothing."""
+    from dataclasses import replace
+
+    single = [replace(s, rles=s.rles[:1], texts=s.texts[:1]) for s in samples[:4]]
+    with pytest.raises(usesearch.UsesearchError, match="no photo holds two segments with different texts"):
+        Trainer(single, tmp_path, replace(CFG, batch_images=1))
+    assert Trainer(single, tmp_path, replace(CFG, batch_images=2)).total_steps  # two photos a batch: negatives

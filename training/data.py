@@ -44,6 +44,23 @@ def check_two_texts(samples: list[Sample]) -> None:
         )
 
 
+def check_one_photo_batches(samples: list[Sample], batch_images: int) -> None:
+    """Refuse batches of one photo where no photo can give a negative (two segments with
+    texts, two different texts among them: one text is drawn a segment a step): every
+    step's loss had none, and the run exited 0 with a head that learned nothing."""
+    if batch_images != 1 or any(_can_contrast(s) for s in samples):
+        return
+    raise UsesearchError(
+        "with --batch-images 1 each step's batch is one photo, and no photo holds two segments with different "
+        "texts: the contrastive loss would have no negative at any step; give --batch-images 2 or more"
+    )
+
+
+def _can_contrast(sample: Sample) -> bool:
+    texted = [segment for segment in sample.texts if segment]
+    return len(texted) > 1 and len({text_key(t) for segment in texted for t in segment}) > 1
+
+
 def data_identity(samples: list[Sample]) -> dict:
     """What a resumed run must train on: the same images, in the same order, with the
     same segments (the data order and the schedule's length derive from them), and

@@ -33,7 +33,7 @@ from usesearch.models.head import letterbox_weights
 from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder, text_key
 
 from .config import SCHEDULE, TrainConfig
-from .data import Sample, augment, check_two_texts, data_identity, load_image
+from .data import Sample, augment, check_one_photo_batches, check_two_texts, data_identity, load_image
 from .loss import segment_text_loss
 from .run_folder import LOCK_FILE, LOG_HEADER, check_new_run, is_run_file, trim_log
 from .stopping import stop_requests
@@ -54,6 +54,7 @@ class Trainer:
             )
         self.say = say or (lambda line: None)  # one line per photo skipped
         check_two_texts(samples)  # before any model loads
+        check_one_photo_batches(samples, cfg.batch_images)
         self.device = resolve_device(cfg.device)
         uses_bf16(self.device, cfg.precision)  # an impossible precision refused before the models are built
         use, clip = create_use_and_clip(cfg.preset)
