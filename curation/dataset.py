@@ -45,8 +45,9 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     if not isinstance(manifest, dict):
         raise UsesearchError(
             f"{path} is damaged ({manifest if isinstance(manifest, Exception) else 'not a JSON object'}): "
-            "if it is a curated dataset's, delete it and run the same `usesearch curate run` again, which writes "
-            "it anew (the shards are kept); if it is another program's file, give curation a folder of its own"
+            "if it is a curated dataset's, delete it and run the same `usesearch curate run` again (the same "
+            "models and settings: the earlier runs' are then known no more, nor checked), which writes it anew "
+            "(the shards are kept); if it is another program's file, give curation a folder of its own"
         )
     if manifest.get("format") != FORMAT:  # a file of that name of the user's: never rewritten as ours
         raise UsesearchError(

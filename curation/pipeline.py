@@ -137,7 +137,12 @@ def curate(
                     report.skipped += 1
                     earlier = sha256 not in writer.written_now  # (curated by this run: captioned, if it captions)
                     report.uncaptioned += (
-                        captioner is not None and item.mllm_caption and not captioned_before and earlier
+                        captioner is not None
+                        and item.mllm_caption
+                        and not captioned_before
+                        and earlier
+                        # (its caption in the cache: captioned, a manifest deleted and written anew since)
+                        and caption_cache.get(f"{sha256}:{stage_identity(captioner)}") is None
                     )
                     first = writer.curated_at.get(sha256)  # (by this run or an earlier one: a resumed run says it too)
                     if first and first != item.path and _another_file(first, item.path):  # the same bytes, two files

@@ -144,6 +144,13 @@ def test_a_captioner_added_to_a_dataset_says_the_photos_curated_before_keep_no_c
     assert "2 photo(s) skipped as done were curated before this dataset had a captioner" in told, told
     third = runner.invoke(app, [*args, "--captioner", "tiny"])
     assert "before this dataset had a captioner" not in third.output, third.output  # said once, by the run adding it
+    # Captioned from the start, its manifest deleted (as a damaged one's refusal advises) and the run made again.
+    captioned = [a if a != str(tmp_path / "ds") else str(tmp_path / "ds2") for a in [*args, "--captioner", "tiny"]]
+    assert runner.invoke(app, captioned).exit_code == 0
+    (tmp_path / "ds2" / "manifest.json").unlink()
+    rerun = runner.invoke(app, captioned)
+    assert rerun.exit_code == 0 and "0 images curated, 2 skipped" in rerun.output, rerun.output
+    assert "before this dataset had a captioner" not in rerun.output, rerun.output  # its captions are there
 
 
 def test_a_run_that_grounded_no_box_does_not_blame_sams_thresholds(tmp_path):
