@@ -364,19 +364,34 @@ def stats(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     unique: set[str] = set()
     by_source: Counter[str] = Counter()
     by_kind: Counter[str] = Counter()
-    stale = stale_contents((r["path"], r["sha256"]) for r in read_records(dataset_dir))
+    listed = [(r["path"], r["sha256"]) for r in read_records(dataset_dir)]
+    stale = stale_contents(listed)
+    # A photo of several records (sources): a mask, and a pair, they repeat (the same
+    # MLLM caption grounded again, say) are one, as training merges them.
+    records_of = Counter(sha256 for _, sha256 in listed)
+    seen: dict[str, set] = {}  # sha256 -> its masks and (mask, text)s so far, of such photos alone
     for record in read_records(dataset_dir):
         if (record["path"], record["sha256"]) in stale:  # a photo replaced and curated again
             continue
         photos.add(record["sha256"])
-        pairs += record.get("pairs_before_nms", 0)
+        before = seen.setdefault(record["sha256"], set()) if records_of[record["sha256"]] > 1 else None
+        repeated = 0
         for seg in record["segments"]:
-            segments += 1
-            pairs_nms += len(seg["texts"])
+            mask = seg["rle"]["counts"]
+            if before is None or mask not in before:
+                segments += 1
             for t in seg["texts"]:
+                pair = (mask, t["text"], t["source"], t["kind"])
+                if before is not None and pair in before:
+                    repeated += 1
+                    continue
+                pairs_nms += 1
                 unique.add(t["text"])
                 by_source[t["source"]] += 1
                 by_kind[t["kind"]] += 1
+            if before is not None:
+                before.update([mask, *((mask, t["text"], t["source"], t["kind"]) for t in seg["texts"])])
+        pairs += record.get("pairs_before_nms", 0) - repeated  # (a pair repeated was one before NMS too)
     return {
         "images": len(photos),
         "segments": segments,

@@ -178,6 +178,14 @@ def test_a_second_source_of_the_same_photo_adds_its_pairs(tmp_path, photos):
     assert stats(tmp_path / "ds")["images"] == 1
     [sample] = load_samples([tmp_path / "ds"])
     assert len(sample.rles) == 1 and sorted(sample.texts[0]) == ["a cat", "a tabby"]
+    # A third source repeating a pair of the first's (the same caption grounded again): Table 1 counted
+    # it twice, and its mask; training, which merges them, sees each once.
+    assert curate([item("a cat")], tmp_path / "ds", source="three").done == 1
+    table = stats(tmp_path / "ds")
+    [sample] = load_samples([tmp_path / "ds"])
+    assert (table["images"], table["segments"], table["pairs_after_nms"], table["pairs"]) == (1, 1, 2, 2), table
+    assert len(sample.rles) == table["segments"] and len(set(sample.texts[0])) == table["pairs_after_nms"]
+    assert sum(table["pairs_by_source"].values()) == 2 and table["unique_expressions"] == 2
 
 
 def test_a_run_cut_short_leaves_an_unfinished_curation_and_a_refused_one_leaves_nothing(tmp_path, photos):
