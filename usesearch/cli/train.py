@@ -11,7 +11,7 @@ import typer
 
 from usesearch.cli import options as opts
 from usesearch.curation.records import SEGMENT_KINDS
-from usesearch.errors import BadArgumentError, DiskFullError, is_disk_full
+from usesearch.errors import BadArgumentError, DiskFullError, first_few, is_disk_full
 from usesearch.reports import counted
 
 app = opts.Typer()
@@ -49,7 +49,11 @@ def train(
         int, typer.Option(help="Random square crop after the random resize, in pixels (16 to 2048).")
     ] = 560,
     max_steps: Annotated[
-        Optional[int], typer.Option(min=1, help="Stop after this many steps (overrides epochs).")
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="Train exactly this many steps, fewer or more than --epochs gives (the schedule decays over them).",
+        ),
     ] = None,
     checkpoint_every: Annotated[
         int, typer.Option(min=1, help="Write a step-N head and the trainer's state every this many steps.")
@@ -124,7 +128,11 @@ def train(
     samples = load_samples(folders, cfg.skip_kinds)
     if not samples:
         left_out = f" (other than {', '.join(cfg.skip_kinds)} texts)" if cfg.skip_kinds else ""
-        raise ValueError(f"the datasets hold no segment with a text{left_out}")
+        verb = "holds" if len(folders) == 1 else "hold"
+        raise ValueError(
+            f"{first_few([str(f) for f in folders])} {verb} no segment with a text{left_out} "
+            "(`usesearch curate stats DIR` shows what a dataset holds)"
+        )
     trainer = Trainer(samples, run_dir, cfg, say=lambda line: typer.echo(line, err=True))
     if resume:
         trainer.resume()
@@ -193,8 +201,8 @@ def train(
         )
     if trainer.steps_without_negatives and trained_on:
         opts.console.print(
-            f"{trainer.steps_without_negatives} of {trainer.step} steps had fewer than two different texts in their "
-            "batch: the contrastive loss has no negative there and learned nothing; more --batch-images helps"
+            f"{trainer.steps_without_negatives:,} of {trainer.step:,} steps had fewer than two different texts in "
+            "their batch: the contrastive loss has no negative there and learned nothing; more --batch-images helps"
         )
     if as_json:
         print(json.dumps(_summary(trainer, run_dir, trainer.step - first_step), indent=1))
