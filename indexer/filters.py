@@ -270,6 +270,7 @@ def effort_notes(index, filters: SearchFilters, spelt: Callable[[str], str] = st
     filter the index has no use for (it was silently ignored), or a calibration that fell
     short of its recall target (only ``info`` said so; ranks 3-5 differed from a full
     search). ``spelt`` as for ``why_none``; ``info_hint``: where the caller reads why."""
+    from .calibration import recall_shown
     from .index_kinds import ivf_of
 
     asked = [spelt(name) for name in ("nprobe", "rerank") if getattr(filters, name) is not None]
@@ -284,6 +285,7 @@ def effort_notes(index, filters: SearchFilters, spelt: Callable[[str], str] = st
     if asked or measured is None or measured.recall >= measured.target:  # (met, or only slower than budgeted)
         return []
     return [
-        f"this index searches at recall@{measured.k} ~{measured.recall:.2f}, under its target {measured.target} "
+        f"this index searches at recall@{measured.k} ~{recall_shown(measured.recall, measured.target)}, under its "
+        f"target {measured.target} "
         f"({info_hint}{spelt('nprobe')} and {spelt('rerank')} look harder)"
     ]

@@ -216,3 +216,19 @@ def test_a_large_k_re_scores_at_most_candidates_max(tmp_path, monkeypatch):
     assert asked[-1] > 1500  # (as before)
     found = [len(exact & {h.segment_id for h in found}) / 300 for found in (hits, uncapped)]
     assert found[0] >= found[1] - 0.02, found  # the clusters visited bound the recall here, not the candidates
+
+
+def test_a_recall_under_its_target_is_never_shown_as_reaching_it():
+    """`query` said "recall@10 ~1.00, under its target 1.0" of a calibration at 0.9988."""
+    from usesearch.indexer.calibration import recall_shown
+
+    assert [recall_shown(r, t) for r, t in ((0.9988, 1.0), (0.947, 0.95), (0.88, 0.95), (1.0, 1.0))] == [
+        "0.999",
+        "0.947",
+        "0.88",
+        "1.00",
+    ]
+    assert recall_shown(0.9999999, 1.0) == "0.9999999" and recall_shown(0.951, 0.95) == "0.95"  # (met: two)
+    short = calibration.Calibration("f", FACTORY, 1024, 8, 1000, 0.9988, {"text": 0.9988}, 8.0, False, 1.0, 50.0)
+    said = short.describe()
+    assert said.startswith("recall@10 0.999 (text 0.999) at nprobe 8") and "target 1.0 not met" in said, said

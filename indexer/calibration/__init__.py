@@ -114,12 +114,13 @@ class Calibration:
         return min(self.recall_kinds.items(), key=lambda kv: kv[1], default=("", self.recall))
 
     def describe(self) -> str:
-        kinds = ", ".join(f"{kind} {value:.2f}" for kind, value in self.recall_kinds.items())
-        spread = len(set(round(value, 2) for value in self.recall_kinds.values())) > 1  # (as shown: ties name none)
+        shown = {kind: recall_shown(value, self.target) for kind, value in self.recall_kinds.items()}
+        kinds = ", ".join(f"{kind} {value}" for kind, value in shown.items())
+        spread = len(set(shown.values())) > 1  # (as shown: ties name none)
         worst = f"; worst {self.worst()[0]}" if spread else ""
         line = (
-            f"recall@{self.k} {self.recall:.2f} ({kinds}{worst}) at nprobe {self.nprobe}, rerank {self.rerank}: "
-            f"~{self.p50_ms:.0f} ms (measured at {self.segments} segments"
+            f"recall@{self.k} {recall_shown(self.recall, self.target)} ({kinds}{worst}) at nprobe {self.nprobe}, "
+            f"rerank {self.rerank}: ~{self.p50_ms:.0f} ms (measured at {self.segments} segments"
         )
         busy = f"; timed on a busy machine (load {self.load_per_core:.1f} per core)" * (self.load_per_core >= BUSY)
         budget = f" within {self.budget_ms:g} ms" if self.budget_ms > 0 else ""
@@ -134,6 +135,16 @@ class Calibration:
         if not self.met:
             return line + f"; target {self.target} not met{budget}: the best recall it affords{busy})"
         return line + f"; target {self.target}{budget}{busy})"
+
+
+def recall_shown(recall: float, target: float) -> str:
+    """A recall with two decimals, more where two show one under ``target`` as reaching
+    it (0.9988 under a target of 1 read "1.00, under its target 1.0")."""
+    for digits in range(2, 7):
+        shown = f"{recall:.{digits}f}"
+        if recall >= target or float(shown) < target:
+            return shown
+    return repr(recall)
 
 
 def outdated(current: Calibration, segments: int, target: float | None) -> bool:
