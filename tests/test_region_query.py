@@ -99,7 +99,7 @@ def test_a_point_or_a_box_prompts_sam_for_its_most_stable_mask(indexed):
         (["--point", "4000,3"], "outside"),
         (["--box", "1,2,0,5"], "must be positive"),
         ([], "one of --point"),
-        (["--point", "4,4", "--box", "1,1,5,5"], "give one of --point X,Y, --box X,Y,W,H or --mask MASK.png"),
+        (["--point", "4,4", "--box", "1,1,5,5"], "give exactly one of --point X,Y, --box X,Y,W,H or --mask MASK.png"),
         (["--point", "4,4", "--max-pixels", "0"], "'0': give a number of at least 1, or one with k, M or G"),
     ],
 )

@@ -3,6 +3,7 @@ masks, 410 for photos gone, live data (what a request may ask and its 4xx:
 test_serve_requests.py; its guards: test_serve_security.py)."""
 
 import io
+import re
 import shutil
 
 import numpy as np
@@ -122,6 +123,10 @@ def test_page_assets_and_api_docs_are_served(served):
     assert {"403", "413"} <= set(paths["/api/region-search"]["post"]["responses"])
     assert "401" not in paths["/api/search"]["get"]["responses"] and "securitySchemes" not in spec["components"]
     assert client.get("/api/nothing", params={"q": 1}).json() == {"detail": "Not Found"}  # the Error schema
+    # A route's doc is its docstring: a name of the code in it ("at most ``MAX_UPLOAD_BYTES``") tells a client nothing.
+    described = [op.get("description", "") for route in paths.values() for op in route.values()]
+    assert described and not [d for d in described if re.search(r"\b[A-Z]{3,}_[A-Z_]+\b", d)]
+    assert "at most 20 MiB" in paths["/api/region-search"]["post"]["description"]
     reference = client.get("/api")  # readable offline, unlike /docs's CDN-hosted Swagger UI
     assert reference.status_code == 200 and "GET /api/segments/{segment_id}/similar" in reference.text
     assert "max length 1000" in reference.text and "≤ 200" in reference.text

@@ -49,7 +49,7 @@ from .schema import (
 from .security import HostCheckMiddleware, SameOriginMiddleware, TokenMiddleware
 from .transport import MAX_BODY_BYTES, Transport
 
-MAX_UPLOAD_BYTES = 20 * 2**20  # a photo uploaded for a region search
+MAX_UPLOAD_BYTES = 20 * 2**20  # a photo uploaded for a region search (20 MiB: /api/region-search's doc says so)
 REGION_SEARCH = "/api/region-search"
 
 STATIC = resources.files(__package__) / "static"
@@ -191,10 +191,12 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         with_masks: WithMasks = False,
     ) -> RegionSearchOut:
         """Segments most like a region of any photo: the request body is the photo's
-        file (at most ``MAX_UPLOAD_BYTES``; decoded with the indexer's safeguards and
+        file (at most 20 MiB; decoded with the indexer's safeguards and
         kept in memory only), the region a point or a box that prompts SAM."""
         if (point is None) == (box is None):
-            raise ValueError("give one of the query parameters point=X,Y and box=X,Y,W,H (the photo is the body)")
+            raise ValueError(
+                "give exactly one of the query parameters point=X,Y and box=X,Y,W,H (the photo is the body)"
+            )
         data = await _photo_body(request)
         return await run_in_threadpool(_region_search, data, point, box, k, filters, with_masks)
 

@@ -120,7 +120,7 @@ def similar(
     if image is None and (point or box or mask):
         raise UsesearchError("--point, --box and --mask choose a region of --image PHOTO")
     if image is not None and sum(given is not None for given in (point, box, mask)) != 1:  # (before the index opens)
-        raise UsesearchError("give one of --point X,Y, --box X,Y,W,H or --mask MASK.png")
+        raise UsesearchError("give exactly one of --point X,Y, --box X,Y,W,H or --mask MASK.png")
     index = at.open()
     out.refuse_overwriting(output, index, {"--image": image, "--mask": mask})
     if segment_id is not None:
