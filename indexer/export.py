@@ -28,11 +28,18 @@ def sheet_size(hits: int, tile: int = TILE, columns: int = COLUMNS) -> tuple[int
     return columns * tile, max(1, -(-hits // columns)) * (tile + CAPTION)
 
 
-def check_sheet(out: str | os.PathLike, hits: int) -> None:
-    """Refuse a sheet its format cannot hold (before drawing it; the COCO file is written first)."""
+def check_sheet(out: str | os.PathLike, hits: int, asked: bool = False) -> None:
+    """Refuse a sheet its format cannot hold (before drawing it; the COCO file is written
+    first). ``asked``: ``hits`` is the -k a search was given, checked before it runs
+    (refused after it, a search of seconds and a gigabyte was thrown away)."""
     height = sheet_size(hits)[1]
     if Path(out).suffix.lower() == ".webp" and height > WEBP_MOST_PIXELS:
         most = WEBP_MOST_PIXELS // (TILE + CAPTION) * COLUMNS
+        if asked:
+            raise UsesearchError(
+                f"--show {out}: a WebP sheet holds {most} hits at most, and this search may find {hits}: "
+                f"write a .png, or give -k {most} or fewer"
+            )
         raise UsesearchError(f"--show {out}: a WebP sheet holds {most} hits at most, not {hits}: write a .png")
 
 

@@ -207,7 +207,7 @@ def indexed(tmp_path):
     return index_two_photos(tmp_path)
 
 
-def test_a_webp_sheet_is_refused_past_what_webp_holds_only(indexed, tmp_path):
+def test_a_webp_sheet_is_refused_past_what_webp_holds_only(indexed, tmp_path, monkeypatch):
     """WebP's sides stop at 16,383 pixels: 365 hits. The limit is the hits found, not -k."""
     from usesearch.errors import UsesearchError
     from usesearch.indexer.export import check_sheet
@@ -221,6 +221,18 @@ def test_a_webp_sheet_is_refused_past_what_webp_holds_only(indexed, tmp_path):
         app, ["query", "a cat", "--db", str(db), "-k", "400", "--show", str(tmp_path / "s.webp")]
     )
     assert result.exit_code == 0 and (tmp_path / "s.webp").is_file(), result.output
+    # An index holding more than a WebP sheet can: refused before the search (seconds, a gigabyte), not after.
+    from usesearch.indexer import search, vectors
+
+    monkeypatch.setattr(vectors.Vectors, "ntotal", property(lambda self: 10_000))
+    searched: list = []
+    monkeypatch.setattr(search.SegmentIndex, "query", lambda *a, **kw: searched.append(a) or [])
+    args = ["query", "a cat", "--db", str(db), "--show", str(tmp_path / "t.webp"), "-k"]
+    refused = CliRunner().invoke(app, [*args, "400"])
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "holds 365 hits at most, and this search may find 400: write a .png" in said
+    assert not searched
+    assert CliRunner().invoke(app, [*args, "365"]).exit_code == 0 and searched  # (as many as it holds: searched)
 
 
 def test_a_photo_swapped_for_a_fifo_or_another_picture_is_a_grey_tile(indexed, tmp_path):

@@ -95,9 +95,11 @@ def refuse_overwriting(output: opts.SearchOutput, index, inputs: dict[str, Path 
     indexed photo (`--show photos/rocket.png` drew the sheet over the photo)."""
     import os
 
-    from usesearch.indexer.export import region_picture_path
+    from usesearch.indexer.export import check_sheet, region_picture_path
     from usesearch.io.atomic import is_stream
 
+    if output.show and not is_stream(output.show):  # (as many as -k where the index holds as many: before it runs)
+        check_sheet(output.show, min(output.k, index.index.ntotal), asked=True)
     outputs = {"--show": output.show, "--export-coco": output.export_coco}
     if output.show and inputs.get("--image"):
         region = outputs["--show's region picture"] = region_picture_path(output.show)
