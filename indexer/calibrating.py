@@ -29,13 +29,14 @@ def calibrate_if_due(
     or when another ``target`` is asked (``reindex`` and ``recalibrate``
     always measure, through ``calibrate_index``). Only an IVF index has the knobs
     it sets: an exact index needs none, and HNSW's search depth is not calibrated.
-    ``model``: the run's embedder, for text queries (None: image queries only)."""
+    ``model``: the run's embedder, for text queries (None: image queries only).
+    Returns the calibration measured now (None: none was due), for the run to say."""
     n = index.ntotal
     if index_kinds.ivf_of(index.index) is None or not index.is_trained or not n:
         return None
     current = calibration.load(db_dir, index)
     if current is not None and not calibration.outdated(current, n, target):
-        return current
+        return None
     return calibrate_index(db_dir, store, index, model, target)
 
 

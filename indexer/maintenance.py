@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select, update
@@ -186,6 +187,7 @@ class PruneReport(RunReport):
     copies_forgotten: int = 0  # noted copies (``stale_copies``) no re-run skips by any more
     embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
     fragment_bytes_freed: int = 0  # Ray runs' fragments left over (``fragments.remove_all``)
+    calibrated: Any = None  # a ``calibration.Calibration`` measured again (shrunk past its last), else None
     failing_kept: int = 0  # photos failing since indexed, left with their segments (``kept_failures=False``)
     annotations_removed: dict[str, int] = field(default_factory=dict)  # by split: a labelled photo's, gone with it
     would_remove: list[tuple[str, str]] = field(default_factory=list)  # ``dry_run``: (path, why), nothing removed

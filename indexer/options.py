@@ -68,6 +68,7 @@ class LoopReport(Protocol):
     interrupted: bool
     loop_seconds: float
     skipped: int
+    calibrated: Any  # the calibration the run measured, else None
 
 
 @dataclass
@@ -79,6 +80,7 @@ class IndexReport(RunReport):
     loop_seconds: float = 0.0  # the per-image loop, without start-up (model loading)
     interrupted: bool = False
     devices: list[str] = field(default_factory=list)  # where the models and FAISS ran, a line each
+    calibrated: Any = None  # a ``calibration.Calibration`` this run measured (grown past its last), else None
     repaired: list[str] = field(default_factory=list)  # photos with damaged embedding rows, embedded again
     unrepaired: list[str] = field(default_factory=list)  # damaged ones outside the folders indexed: left
     damaged_gone: list[str] = field(default_factory=list)  # damaged ones whose file is gone: left for prune

@@ -376,7 +376,9 @@ class Writer:
                     last_write = time.monotonic()
             self.grow(wait=True)
             self.write()
-            calibrate_if_due(self.db_dir, self.store, self.index, self.model, self.options.recall_target)
+            report.calibrated = calibrate_if_due(
+                self.db_dir, self.store, self.index, self.model, self.options.recall_target
+            )
         except KeyboardInterrupt:
             interrupts.handled()
             report.interrupted = True  # finished images are committed; keep them

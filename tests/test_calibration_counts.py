@@ -232,3 +232,29 @@ def test_a_recall_under_its_target_is_never_shown_as_reaching_it():
     short = calibration.Calibration("f", FACTORY, 1024, 8, 1000, 0.9988, {"text": 0.9988}, 8.0, False, 1.0, 50.0)
     said = short.describe()
     assert said.startswith("recall@10 0.999 (text 0.999) at nprobe 8") and "target 1.0 not met" in said, said
+
+
+def test_an_index_run_that_calibrates_says_what_it_measured(tmp_path, monkeypatch):
+    """A run that grew an index past twice its last calibration measured it again: `info`
+    showed the new recall and defaults, the run's summary said nothing of them."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from tests.helpers import write_photos
+    from usesearch.cli.app import app
+    from usesearch.indexer import writer
+
+    measured = calibration.Calibration("f", FACTORY, 1024, 8, 1000, 0.96, {"text": 0.96}, 8.0, True, 0.95, 50.0)
+    due: list = [measured]
+    monkeypatch.setattr(writer, "calibrate_if_due", lambda *a: due.pop() if due else None)
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--json"]
+    first = CliRunner().invoke(app, args)
+    said = " ".join(first.stderr.split())
+    assert first.exit_code == 0 and f"calibrated: {measured.describe()}" in said, said
+    assert json.loads(first.stdout)["proposals"]["calibrated"]["recall"] == 0.96
+    write_photos(photos, ("rocket",))
+    again = CliRunner().invoke(app, args)  # none due: nothing said
+    assert again.exit_code == 0 and "calibrated:" not in again.stderr
+    assert json.loads(again.stdout)["proposals"]["calibrated"] is None

@@ -32,6 +32,9 @@ def test_prune_removes_what_is_gone_and_leaves_what_a_clean_index_has(tmp_path):
     assert (info["files_gone"], info["images_failing_kept"], info["images_failed"]) == (3, 1, 0), info
     result = runner.invoke(app, ["prune", "--db", str(db)])
     assert result.exit_code == 0 and "3 images removed" in result.output, result.output
+    # Their rows lie in the one chunk file, still written to: it said nothing of the disk.
+    said = " ".join(result.output.split())
+    assert "embedding files: nothing given back yet (the removed segments' rows lie in a chunk file" in said, said
     clean = tmp_path / "clean"
     index_paths([photos], clean, IndexOptions(**OPTS))
     assert segment_table(db) == segment_table(clean)

@@ -214,6 +214,8 @@ def index(
                 )
         for line in report.devices if report.done or report.failed else []:  # (a run that computed nothing loaded none)
             opts.console.print(f"  {line}")
+        if report.calibrated is not None:  # (new, or grown past its last: its searches' defaults changed)
+            opts.console.print(f"  calibrated: {report.calibrated.describe()}")
         opts.say_failures(report.failures)
         say_past_limits(report.failures)
         said.say_moved_and_copies(report)

@@ -208,6 +208,13 @@ def print_freed(report) -> None:
     opts.say_pairs(report.moved, "gone photo(s) moved onto a copy of theirs, their segments kept", sign="->")
     if report.embedding_bytes_freed:
         opts.console.print(f"embedding files: {report.embedding_bytes_freed / 2**20:.2f} MiB given back")
+    elif report.segments_removed:  # (it said nothing: the disk seemed never given back)
+        opts.console.print(
+            "embedding files: nothing given back yet (the removed segments' rows lie in a chunk file not yet "
+            "closed or not a quarter dead; `usesearch info` counts them as dead bytes)"
+        )
+    if report.calibrated is not None:  # (shrunk past its last: its searches' defaults changed)
+        opts.console.print(f"calibrated: {report.calibrated.describe()}")
     if report.fragment_bytes_freed:
         opts.console.print(f"fragments of Ray runs cut short: {report.fragment_bytes_freed / 2**20:.2f} MiB removed")
 
