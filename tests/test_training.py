@@ -40,7 +40,10 @@ def test_loss_matches_equation_one():
 
 
 def test_paper_defaults_and_polynomial_decay():
+    from usesearch.models.factory import DEFAULT_PRESET
+
     cfg = TrainConfig()
+    assert cfg.preset == DEFAULT_PRESET  # the Python API's as the CLI's (it was the random-weight tiny)
     assert (cfg.epochs, cfg.batch_images, cfg.lr, cfg.weight_decay, cfg.poly_power, cfg.crop, cfg.scale) == (
         5,
         32,

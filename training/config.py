@@ -19,7 +19,7 @@ MIN_CROP, MAX_CROP = 16, 2048  # past the backbones' inputs (560 at most), a cro
 
 @dataclass
 class TrainConfig:
-    preset: str = "tiny"
+    preset: str = "b16"  # the CLI's (``factory.DEFAULT_PRESET``: real weights); "tiny" for trials
     epochs: int = 5  # paper §4.2
     batch_images: int = 32  # paper §4.2
     lr: float = 1e-3  # paper §4.2
