@@ -222,6 +222,19 @@ def test_commands_that_run_no_model_import_none(tmp_path):
         ["audit", "--db", "/nowhere"],
         ["index", str(tmp_path / "fotos"), "--db", str(tmp_path / "new")],  # a typo in its photos
         ["index", str(tmp_path / "empty"), "--db", str(tmp_path / "new")],  # a disk not mounted
+        # b16's weights missing (a first run after the demo): 5-9 s of imports before its one line.
+        ["index", str(photos), "--db", str(tmp_path / "new")],
+        [
+            "segment",
+            str(photos / "astronaut.png"),
+            "--out",
+            str(tmp_path / "labels.png"),
+            "--classes",
+            "cat",
+            "--db",
+            "-",
+        ],
+        ["embed", str(photos / "astronaut.png"), "a cat", "--db", "-"],
     ]
     (tmp_path / "empty").mkdir()
     code = (
@@ -230,10 +243,11 @@ def test_commands_that_run_no_model_import_none(tmp_path):
         "from usesearch.cli.app import app\n"
         "out = []\n"
         "for args in json.loads(sys.argv[2]):\n"
-        "    args = args if '--db' in args else [*args, '--db', sys.argv[1]]\n"
+        "    own = args[-2:] == ['--db', '-']  # (a command that takes no index)\n"
+        "    args = args[:-2] if own else args if '--db' in args else [*args, '--db', sys.argv[1]]\n"
         "    done = CliRunner().invoke(app, args)\n"
         "    heavy = [m for m in ('torch', 'segment_anything', 'open_clip', 'timm') if m in sys.modules]\n"
-        "    out.append([args[0], done.exit_code, heavy])\n"
+        "    out.append([args[0], done.exit_code, heavy, ' '.join(done.output.split())])\n"
         "done = CliRunner().invoke(app, ['query', 'a cat', '--db', sys.argv[1], '-k', '2'])\n"
         "out.append(['query', done.exit_code, 'transformers' in sys.modules])\n"
         "import transformers\n"
@@ -253,9 +267,10 @@ def test_commands_that_run_no_model_import_none(tmp_path):
     # no preset uses: 1.6 s of each process's start), which is importable after it all the same.
     ran, query, after = ran[:-2], ran[-2], ran[-1]
     assert query == ["query", 0, False] and after == ["transformers", True, None], (query, after)
-    assert [name for name, _, _ in ran] == [c[0] for c in commands]
-    assert [code for _, code, _ in ran] == [0] * 6 + [2] * 6  # each ran (the last six: refused)
-    assert all(heavy == [] for _, _, heavy in ran), ran
+    assert [name for name, _, _, _ in ran] == [c[0] for c in commands]
+    assert [code for _, code, _, _ in ran] == [0] * 6 + [2] * 9  # each ran (the last nine: refused)
+    assert all(heavy == [] for _, _, heavy, _ in ran), ran
+    assert all("clip weights for preset 'b16' are not on this machine" in said for *_, said in ran[-3:]), ran[-3:]
     assert not (tmp_path / "new").exists()  # the typo left no index folder
 
 

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from usesearch.cli.app import app
 from usesearch.io.atomic import save_picture
-from usesearch.tasks.semseg import UNLABELLED, confusion, miou, pixel_labels
+from usesearch.tasks.label_maps import UNLABELLED
+from usesearch.tasks.semseg import confusion, miou, pixel_labels
 from usesearch.training.synthetic import semseg_classes, write_semseg
 
 

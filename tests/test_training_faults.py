@@ -12,9 +12,10 @@ import torch
 
 import usesearch
 from tests.helpers import one_annotation_coco
+from usesearch.models.text_keys import text_key
 from usesearch.training.config import TrainConfig
 from usesearch.training.synthetic import write_dataset
-from usesearch.training.train import Trainer, text_key
+from usesearch.training.train import Trainer
 
 CFG = TrainConfig(preset="tiny", batch_images=4, crop=96, max_steps=6, checkpoint_every=2)
 

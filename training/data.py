@@ -17,7 +17,7 @@ from usesearch.curation.dataset import read_records, stale_contents
 from usesearch.errors import UsesearchError
 from usesearch.io.files import decode, indexed_limits, read_bytes
 from usesearch.masks import rle
-from usesearch.models.text import text_key
+from usesearch.models.text_keys import text_key
 
 
 @dataclass

@@ -30,7 +30,8 @@ from usesearch.io.locks import one_writer
 from usesearch.models.checkpoint import save_head
 from usesearch.models.factory import create_use_and_clip
 from usesearch.models.head import letterbox_weights
-from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder, text_key
+from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder
+from usesearch.models.text_keys import text_key
 
 from .config import SCHEDULE, TrainConfig
 from .data import Sample, augment, check_one_photo_batches, check_two_texts, data_identity, load_image

@@ -15,7 +15,7 @@ def class_list(classes: Optional[str], classes_file: Optional[Path]) -> list[str
     blank line inside the file (which would shift every later id) is refused, and so
     are the two ways at once."""
     names = _names(classes, classes_file)
-    from usesearch.tasks.semseg import label_dtype
+    from usesearch.tasks.label_maps import label_dtype
 
     try:
         label_dtype(len(names))  # before any model loads or text is embedded
@@ -56,7 +56,7 @@ def refuse_twice_named(names: list[str], flag: str) -> None:
     """One class named twice (as CLIP's tokenizer reads it: case and spacing aside) would
     split its probability between two ids, one never chosen, and lose pixels to other
     classes. (Not for an evaluation: its class list is the dataset's, ids and all.)"""
-    from usesearch.models.text import text_key
+    from usesearch.models.text_keys import text_key
 
     first: dict[str, int] = {}
     for place, name in enumerate(names, 1):

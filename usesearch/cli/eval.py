@@ -39,7 +39,11 @@ class Segmenter:
     def check(self) -> None:
         """What cannot work, said before any model loads."""
         from usesearch.devices import resolve_device, uses_bf16
+        from usesearch.models.presets import DEFAULT_PRESET
+        from usesearch.models.weights import refuse_missing_clip
 
+        if not self.head:  # (a head names its own preset, read with it)
+            refuse_missing_clip(self.preset or DEFAULT_PRESET)
         uses_bf16(resolve_device(self.device), self.precision)
         if self.masker == "coco":  # its masks come from a COCO file, which only `index` takes
             raise UsesearchError(
@@ -53,12 +57,12 @@ class Segmenter:
         command of ``photos`` photos compiles (``devices.compiles``: on a GPU nothing for
         one photo, where SAM's default compiling would cost ~23 s; everything for a
         dataset of 1,000 photos or more)."""
+        self.check()  # (before the model libraries import: seconds)
+
         from usesearch.devices import compiles, resolve_device
         from usesearch.masks.maskers import build_masker
         from usesearch.models.compiling import apply_compile
         from usesearch.models.factory import choose_preset, load_model, resolve_embedder
-
-        self.check()
 
         models = []
         heads: list[str | None] = [str(h) for h in self.head or []] or [None]
@@ -112,22 +116,23 @@ def segment(
     limits: PhotoLimits,
 ) -> None:
     """Open-vocabulary semantic segmentation of one image (paper §4.3)."""
-    import numpy as np
-
     from usesearch.io.atomic import is_stream
-    from usesearch.tasks.semseg import save_label_map, segment_image
-    from usesearch.tasks.visualize import label_overlay
 
     if out.suffix.lower() != ".png" and not is_stream(out):  # JPEG would invent class ids between the real ones
         raise UsesearchError(f"--out {out}: write a .png (a label map must keep its exact values)")
-    from usesearch.masks.proposals import stack_masks
-
     names = class_list(classes, classes_file)
     refuse_twice_named(names, "--classes-file" if classes_file else "--classes")
     inputs = {"image": image, "--classes-file": classes_file}
     opts.refuse_overwriting({"--out": out, "--overlay": overlay}, inputs)
     segmenter.check()
     rgb = limits.read(image)  # a FIFO, a bomb, a broken file: refused before the models load
+
+    import numpy as np
+
+    from usesearch.masks.proposals import stack_masks
+    from usesearch.tasks.semseg import save_label_map, segment_image
+    from usesearch.tasks.visualize import label_overlay
+
     models, mask_proposer = segmenter.build(sam, photos=1)
     masks = stack_masks(mask_proposer(rgb, str(image)), rgb.shape[:2])
     labels = segment_image(models, rgb, masks, names)

@@ -138,8 +138,14 @@ def index(
             db_url=db_url,
             shard_size=shard_size,
         )
-        if coco is None and is_new(Path(db), options):
-            _refuse_empty_folders(folders)
+        if is_new(Path(db), options):
+            if coco is None:
+                _refuse_empty_folders(folders)
+            if head is None:  # (an index's own preset, or a head's, is known once they are read)
+                from usesearch.models.presets import DEFAULT_PRESET
+                from usesearch.models.weights import refuse_missing_clip
+
+                refuse_missing_clip(preset or DEFAULT_PRESET)
         bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
         start = time.perf_counter()
 

@@ -12,9 +12,7 @@ from usesearch.models.backbones import Clip, build_clip, build_dino, seeded
 from usesearch.models.checkpoint import is_checkpoint, load_head, read_head_config, state_digest
 from usesearch.models.config import PresetConfig
 from usesearch.models.model import USE, CropEmbedder, TextModel, USEEmbedder, crop_fingerprint, use_fingerprint
-from usesearch.models.presets import PRESETS, get_preset
-
-DEFAULT_PRESET = "b16"  # real weights; `tiny` (random) only when asked for, or by `demo`
+from usesearch.models.presets import DEFAULT_PRESET, PRESETS, get_preset
 
 
 def choose_preset(preset: str | None, head: str | os.PathLike | None = None) -> str:

@@ -22,6 +22,8 @@ TINY_CLIP_NAME = "usesearch-tiny-clip"
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_CLIP_CONFIG = json.loads((MODEL_CONFIG_DIR / f"{TINY_CLIP_NAME}.json").read_text())
 
+DEFAULT_PRESET = "b16"  # real weights; `tiny` (random) only when asked for, or by `demo`
+
 PRESETS: dict[str, PresetConfig] = {
     "l14-336": PresetConfig(
         name="l14-336",

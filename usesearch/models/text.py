@@ -17,13 +17,6 @@ if TYPE_CHECKING:
 
 
 # Paper §4.2: the four templates used for referring expressions.
-def text_key(text: str) -> str:
-    """Texts CLIP's tokenizer cannot tell apart (it lowercases and folds whitespace) are
-    one text: training must not make them each other's negatives, nor a class list name
-    one class twice."""
-    return " ".join(text.lower().split())
-
-
 EXPRESSION_TEMPLATES: tuple[str, ...] = (
     "a photo of {}",
     "This is a photo of {}",

@@ -26,6 +26,7 @@ from PIL import Image
 from usesearch.errors import ImageReadError, UsesearchError
 from usesearch.io.atomic import save_picture
 from usesearch.io.images import displayed_size
+from usesearch.tasks.label_maps import label_dtype
 
 if TYPE_CHECKING:
     from usesearch.models.model import SegmentEmbedder
@@ -33,17 +34,6 @@ if TYPE_CHECKING:
 # Same scale the head is trained with (training.loss.LOGIT_SCALE), so probabilities
 # at inference are the ones the loss shaped.
 LOGIT_SCALE = 30.0
-UNLABELLED = 255  # in uint8 label maps
-UNLABELLED_16 = 65535  # in uint16 label maps (256 classes or more)
-
-
-def label_dtype(num_classes: int) -> tuple[type[np.unsignedinteger], int]:
-    """(dtype, unlabelled value) of a label map for this many classes."""
-    if num_classes < UNLABELLED:
-        return np.uint8, UNLABELLED
-    if num_classes < UNLABELLED_16:
-        return np.uint16, UNLABELLED_16
-    raise ValueError(f"{num_classes} classes do not fit a 16-bit label map")
 
 
 def class_probabilities(
