@@ -270,7 +270,8 @@ def effort_notes(index, filters: SearchFilters, spelt: Callable[[str], str] = st
     filter the index has no use for (it was silently ignored), or a calibration that fell
     short of its recall target (only ``info`` said so; ranks 3-5 differed from a full
     search). ``spelt`` as for ``why_none``; ``info_hint``: where the caller reads why."""
-    from .calibration import recall_shown
+    from usesearch.reports import recall_shown
+
     from .index_kinds import ivf_of
 
     asked = [spelt(name) for name in ("nprobe", "rerank") if getattr(filters, name) is not None]

@@ -220,7 +220,7 @@ def test_a_large_k_re_scores_at_most_candidates_max(tmp_path, monkeypatch):
 
 def test_a_recall_under_its_target_is_never_shown_as_reaching_it():
     """`query` said "recall@10 ~1.00, under its target 1.0" of a calibration at 0.9988."""
-    from usesearch.indexer.calibration import recall_shown
+    from usesearch.reports import recall_shown
 
     assert [recall_shown(r, t) for r, t in ((0.9988, 1.0), (0.947, 0.95), (0.88, 0.95), (1.0, 1.0))] == [
         "0.999",

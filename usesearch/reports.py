@@ -1,4 +1,4 @@
-"""What a batch run over many images reports: counts, time, and each failure."""
+"""What a batch run over many images reports: counts, time, and each failure (and a recall, as said)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,16 @@ from usesearch.errors import ModelOutputError, failure_words
 # photo done yet, stops: the model as run is at fault, and every later photo would fail
 # the same way after its full cost (an archive's worth of hours).
 MODEL_FAULTS_TO_STOP = 8
+
+
+def recall_shown(recall: float, target: float) -> str:
+    """A recall with two decimals, more where two show one under ``target`` as reaching
+    it (0.9988 under a target of 1 read "1.00, under its target 1.0")."""
+    for digits in range(2, 7):
+        shown = f"{recall:.{digits}f}"
+        if recall >= target or float(shown) < target:
+            return shown
+    return repr(recall)
 
 
 def counted(n: int, noun: str, nouns: str | None = None) -> str:

@@ -48,6 +48,7 @@ import numpy as np
 
 from usesearch.errors import UsesearchError, first_line
 from usesearch.io.atomic import write_atomic
+from usesearch.reports import recall_shown
 
 from .. import index_choice
 from ..index_kinds import ivf_of
@@ -135,16 +136,6 @@ class Calibration:
         if not self.met:
             return line + f"; target {self.target} not met{budget}: the best recall it affords{busy})"
         return line + f"; target {self.target}{budget}{busy})"
-
-
-def recall_shown(recall: float, target: float) -> str:
-    """A recall with two decimals, more where two show one under ``target`` as reaching
-    it (0.9988 under a target of 1 read "1.00, under its target 1.0")."""
-    for digits in range(2, 7):
-        shown = f"{recall:.{digits}f}"
-        if recall >= target or float(shown) < target:
-            return shown
-    return repr(recall)
 
 
 def outdated(current: Calibration, segments: int, target: float | None) -> bool:
