@@ -197,6 +197,8 @@ def load(
             f"{exc}; `usesearch reindex {flags} --factory auto` gives this index another kind"
         ) from None
     if not path.exists():
+        if store.vectors_checksum(0) is not None:  # (a new index has none: nothing to say)
+            log.warning("%s is missing (the database recorded it); its segments are added from the database", path.name)
         empty = Vectors(new_index(dim, factory), device, shard_size)
         return empty, vectors.reconcile(empty, store)
     # Read before the files: a commit or a write landing while they load changes one of them.

@@ -204,7 +204,7 @@ def test_one_writer_at_a_time(indexed, monkeypatch):
             index_paths([photos], root / "db", IndexOptions(**OPTS))
 
 
-def test_faiss_file_is_reconciled_with_committed_segments(indexed, tmp_path):
+def test_faiss_file_is_reconciled_with_committed_segments(indexed, tmp_path, caplog):
     root, _, _ = indexed
     db = tmp_path / "db"
     shutil.copytree(root / "db", db)
@@ -222,7 +222,9 @@ def test_faiss_file_is_reconciled_with_committed_segments(indexed, tmp_path):
     (db / FAISS_FILE).write_bytes(b"garbage")
     assert SegmentIndex.open(db).query("a cat", k=5) == expected
     (db / FAISS_FILE).unlink()
-    assert SegmentIndex.open(db).query("a cat", k=5) == expected
+    with caplog.at_level("WARNING"):  # the first shard's file gone, as a later one's was: said, not silent
+        assert SegmentIndex.open(db).query("a cat", k=5) == expected
+    assert any(f"{FAISS_FILE} is missing (the database recorded it)" in r.getMessage() for r in caplog.records)
     assert reindex(db, "IDMap2,HNSW16").vectors == n
     assert SegmentIndex.open(db).info.factory == "IDMap2,HNSW16"
 
