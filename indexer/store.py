@@ -116,9 +116,10 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                 self.engine = create_engine(immutable_url(url))
                 tables = set(inspect(self.engine).get_table_names())
             self._has_vector_state = "vector_state" in tables  # made by a writable open since
-            if "index_info" not in tables:
+            cut_short = "segments" not in tables and tables <= set(Base.metadata.tables)  # (none, or ours alone)
+            if "index_info" not in tables and not cut_short:
                 raise UsesearchError(f"{named} is not a usesearch index (it has no index_info table)")
-            if "segments" not in tables:  # (SQLite makes each table in a transaction of its own: a full disk)
+            if cut_short:  # (SQLite makes each table in a transaction of its own: a kill, a full disk)
                 raise UsesearchError(
                     f"{named} was cut short while it was being made (it has no segments "
                     f"table): `usesearch index PHOTOS --db {self.folder}` makes the rest"

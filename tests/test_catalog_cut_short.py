@@ -39,6 +39,19 @@ def test_a_catalog_cut_short_is_said_by_readers_and_finished_by_the_next_run(tmp
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, said(result)
         assert "was cut short while it was being made (it has no segments table)" in said(result)
         assert f"`usesearch index PHOTOS --db {cut}` makes the rest" in said(result)
+    # Killed before any table was made (its first write): said the same, not "not a usesearch index";
+    # a file of another program's tables still is.
+    for name, tables in (("bare", []), ("other", ["create table notes (x)"])):
+        (tmp_path / name).mkdir()
+        made = sqlite3.connect(tmp_path / name / DB_FILE)
+        for table in tables:
+            made.execute(table)
+        made.commit()
+        made.close()
+    bare, other = (
+        " ".join(runner.invoke(app, ["info", "--db", str(tmp_path / n)]).output.split()) for n in ("bare", "other")
+    )
+    assert "was cut short while it was being made" in bare and "is not a usesearch index" in other, (bare, other)
     assert index_paths([photos], cut, IndexOptions(**OPTS)).done == 2  # (the run's own first read refused it too)
     assert runner.invoke(app, ["info", "--db", str(cut)]).exit_code == 0
     assert segment_table(cut) == segment_table(whole)
