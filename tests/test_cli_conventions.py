@@ -450,3 +450,14 @@ def test_a_label_map_written_to_standard_output_is_a_png(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     label_map = Image.open(io.BytesIO(done.stdout))
     assert label_map.format == "PNG" and label_map.size == (150, 100)
+
+
+def test_an_empty_option_is_refused_without_advice_to_leave_out_one_that_is_required(tmp_path):
+    """`--db ''` (an unset shell variable) said "name it, or leave the option out", which
+    `index` then refused as a missing option."""
+    for args, said in (
+        (["index", str(tmp_path), "--db", ""], "'--db': is empty: name it ("),
+        (["reindex", "--db", str(tmp_path / "x"), "--factory", ""], "'--factory': is empty: name it, or leave the"),
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and said in " ".join(result.output.split()), result.output

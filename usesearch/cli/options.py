@@ -186,11 +186,12 @@ PhotoMaskerOpt = Annotated[
 
 
 # -- the index ---------------------------------------------------------------------------
-def not_empty(value: str | None) -> str | None:
+def not_empty(param: typer.CallbackParam, value: str | None) -> str | None:
     """An option naming something (a folder, a factory string) given as "" (an unset
-    shell variable): refused, where it meant the current folder or the default."""
+    shell variable): refused, where it meant the current folder or the default (one a
+    command requires cannot be left out: not offered)."""
     if value is not None and not value.strip():
-        raise typer.BadParameter("is empty: name it, or leave the option out")
+        raise typer.BadParameter("is empty: name it" + ("" if param.required else ", or leave the option out"))
     return value
 
 
