@@ -30,8 +30,11 @@ def test_everything_gone_is_refused_without_force(tmp_path, monkeypatch):
     assert f"`usesearch prune --db {tmp_path / 'db'} --force` removes them" in said, said
     scoped = runner.invoke(app, ["prune", "/a", "--db", str(tmp_path / "db")])
     assert "all 30 files the index records under /a are gone" in " ".join(scoped.output.split()), scoped.output
-    elsewhere = runner.invoke(app, ["prune", str(tmp_path / "nope"), "--db", str(tmp_path / "db")])
+    elsewhere = runner.invoke(app, ["prune", str(tmp_path), "--db", str(tmp_path / "db")])
     assert elsewhere.exit_code == 0 and "no indexed photo lies under" in elsewhere.output, elsewhere.output
+    typo = runner.invoke(app, ["prune", str(tmp_path / "nope"), "--db", str(tmp_path / "db")])  # it exited 0
+    said = " ".join(typo.output.split())
+    assert typo.exit_code == 2 and f"lies under {tmp_path / 'nope'}, and nothing is there: a typo?" in said, said
     assert SegmentIndex.open(tmp_path / "db").stats()["images_done"] == 30
     result = runner.invoke(app, ["prune", "--db", str(tmp_path / "db"), "--force"])
     assert result.exit_code == 0 and "30 images removed (300 segments)" in result.output, result.output

@@ -305,6 +305,9 @@ def prune_cmd(
     folders: list[str | os.PathLike] | None = list(paths) if paths else None
     report = prune(db, folders, IndexOptions(db_url=db_url), force=force, dry_run=dry_run)
     if folders and not report.considered:  # a typo, or a folder never indexed: said, not "0 removed" alone
+        missing = [str(f) for f in folders if not os.path.lexists(f)]
+        if missing and len(missing) == len(folders):  # (nothing there, nothing indexed there: a typo, an error)
+            raise UsesearchError(f"no indexed photo lies under {', '.join(missing)}, and nothing is there: a typo?")
         opts.console.print(f"no indexed photo lies under {', '.join(map(str, folders))}")
     if dry_run:
         for line in [f"would remove {one_line(p)} ({why})" for p, why in report.would_remove] + [
