@@ -18,7 +18,7 @@ from usesearch.io.files import decode, read_bytes
 
 from .known_images import record_limits
 from .options import IndexOptions
-from .records import DONE, CopyRecord, ImageRecord, SegmentRecord
+from .records import DONE, FAILED, CopyRecord, ImageRecord, SegmentRecord
 from .store import Store
 
 GONE_CHECKED = 100_000  # image files ``info`` stats at most: past that, a sample's share estimates the count
@@ -64,6 +64,16 @@ def folder_listed(fs_path: bytes) -> bool:
             return True
     except OSError:
         return False
+
+
+def folders_listing_now(store: Store, under: list[str | os.PathLike]) -> list[int]:
+    """Ids of the failures recorded at a folder's path under ``under`` (the walk could not
+    list it then) that lists now: its photos are indexed under their own paths by the run
+    that walked it, and the failure, kept, was counted by `info` and listed by `failures`."""
+    with store.sessions() as s:
+        query = select(ImageRecord.id, ImageRecord.fs_path).where(ImageRecord.status == FAILED, in_scope(under))
+        rows = s.execute(query).all()
+    return [image_id for image_id, fs_path in rows if os.path.isdir(bytes(fs_path)) and folder_listed(bytes(fs_path))]
 
 
 def named(under: list[str | os.PathLike]) -> list[bytes]:

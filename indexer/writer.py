@@ -374,6 +374,11 @@ class Writer:
                     self.grow()  # a first run of 10^6 photos must not hold 10^8 exact vectors (300 GB)
                     self.write()
                     last_write = time.monotonic()
+            if self.paths:  # a folder the walk could not list before, walked now: its failure goes
+                from .leftovers import folders_listing_now
+
+                for image_id in folders_listing_now(self.store, list(self.paths)):
+                    self.store.remove_image(image_id)
             self.grow(wait=True)
             self.write()
             report.calibrated = calibrate_if_due(
