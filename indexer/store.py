@@ -116,7 +116,10 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
                 self.engine = create_engine(immutable_url(url))
                 tables = set(inspect(self.engine).get_table_names())
             self._has_vector_state = "vector_state" in tables  # made by a writable open since
-            cut_short = "segments" not in tables and tables <= set(Base.metadata.tables)  # (none, or ours alone)
+            # Cut short: SQLite's with none or some of our tables alone (each made in a transaction
+            # of its own); a server's with its index_info (a database of our names without it is another's).
+            ours = tables <= set(Base.metadata.tables)
+            cut_short = "segments" not in tables and ours and (sqlite or "index_info" in tables)
             if "index_info" not in tables and not cut_short:
                 raise UsesearchError(f"{named} is not a usesearch index (it has no index_info table)")
             if cut_short:  # (SQLite makes each table in a transaction of its own: a kill, a full disk)

@@ -73,7 +73,7 @@ def test_each_bad_input_is_indexed_or_recorded(bad_inputs, monkeypatch):
 
     # Root can read any folder, so simulate the permission error an unreadable one gives.
     def scandir(path):
-        if os.fspath(path).endswith("locked"):
+        if os.fsdecode(os.fspath(path)).endswith("locked"):  # (a str or bytes path, as os.scandir takes)
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_scandir(path)
 
