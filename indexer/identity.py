@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import inspect, select, text
 
 from usesearch.errors import CatalogLockedError, IndexIdentityError
-from usesearch.io.atomic import write_atomic
+from usesearch.io.atomic import remove_orphan_temporaries, write_atomic
 
 from .catalog import index_flags, shown_url
 from .embeddings import FOLDER, EmbeddingFiles
@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 def check(store, assign: bool) -> None:
     """Refuse a catalog paired with another index's folder; with ``assign`` (a writer
     holding the locks) give a new or older index its id."""
+    if assign and (store.folder / FOLDER).is_dir():
+        # A kill between a write of these files and its rename (a new index killed at its
+        # first write) left the temporary file through every later run: the writer takes it back.
+        remove_orphan_temporaries(store.folder / FOLDER, lambda name: name in (ID_FILE, WRITER_FILE))
     id_file = store.folder / FOLDER / ID_FILE
     folder_id = id_file.read_text().strip() if id_file.is_file() else None
     catalog_id = _catalog_id(store)

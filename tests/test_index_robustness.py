@@ -399,3 +399,20 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_even_where_sigint_is_ignored(tmp_pat
     assert_consistent(db)
     rest = index_paths([photos], db, IndexOptions(preset="tiny", masker="felzenszwalb"))
     assert (rest.done, rest.skipped) == (2, 1)
+
+
+def test_a_dead_writers_temporary_identity_files_are_taken_back(tmp_path):
+    """A new index killed at its first write left `embeddings/.index-id.PID.tmp` through every
+    later run; a live writer's, and a file of the user's, stay."""
+    photos = write_photos(tmp_path / "photos", ("astronaut",))
+    db = tmp_path / "db"
+    index_paths([photos], db, IndexOptions(**OPTS))
+    folder = db / "embeddings"
+    dead = 2**22 + 7  # (past Linux's pid_max: no such process)
+    left = [folder / f".index-id.{dead}.tmp", folder / f".writer-tokens.{dead}.tmp"]
+    kept = [folder / f".writer-tokens.{os.getpid()}.tmp", folder / f".notes.{dead}.tmp"]
+    for path in left + kept:
+        path.write_text("x")
+    write_photos(photos, ("rocket",))  # a run that changes the embedding files: its writer token is written
+    assert index_paths([photos], db, IndexOptions(**OPTS)).done == 1
+    assert [p.exists() for p in left + kept] == [False, False, True, True]
