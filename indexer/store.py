@@ -119,14 +119,13 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
             # Cut short: SQLite's with none or some of our tables alone (each made in a transaction
             # of its own); a server's with its index_info (a database of our names without it is another's).
             ours = tables <= set(Base.metadata.tables)
-            cut_short = "segments" not in tables and ours and (sqlite or "index_info" in tables)
-            if "index_info" not in tables and not cut_short:
-                raise UsesearchError(f"{named} is not a usesearch index (it has no index_info table)")
-            if cut_short:  # (SQLite makes each table in a transaction of its own: a kill, a full disk)
+            if "segments" not in tables and ours and (sqlite or "index_info" in tables):
                 raise UsesearchError(
                     f"{named} was cut short while it was being made (it has no segments "
                     f"table): `usesearch index PHOTOS --db {self.folder}` makes the rest"
                 )
+            if "index_info" not in tables:
+                raise UsesearchError(f"{named} is not a usesearch index (it has no index_info table)")
             missing = migrations.missing_columns(self.engine)
             if missing:
                 raise IndexUpgradeNeededError(

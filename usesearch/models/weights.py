@@ -254,12 +254,10 @@ def verify_sha256(path: Path, expected: str | None) -> None:
 def _download(url: str, dest: Path, sha256: str | None) -> None:
     """torch.hub's downloader: a progress bar, a temporary file renamed into place
     only when complete, and a hash check (its prefix; the full SHA-256 below)."""
-    from torch.hub import download_url_to_file
-
     made = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _fetch_and_check(download_url_to_file, url, dest, sha256)
+        _fetch_and_check(url, dest, sha256)
     except BaseException:
         for folder in made:  # (deepest first) a failed pull leaves no empty cache folder behind
             try:
@@ -269,7 +267,9 @@ def _download(url: str, dest: Path, sha256: str | None) -> None:
         raise
 
 
-def _fetch_and_check(download_url_to_file, url: str, dest: Path, sha256: str | None) -> None:
+def _fetch_and_check(url: str, dest: Path, sha256: str | None) -> None:
+    from torch.hub import download_url_to_file
+
     try:
         download_url_to_file(url, str(dest), hash_prefix=sha256, progress=True)
     except Exception as exc:  # noqa: BLE001 - network and hash errors alike become one line
