@@ -43,13 +43,14 @@ from .catalog import (
 from .embeddings import FOLDER as EMBEDDINGS_FOLDER
 from .embeddings import EmbeddingFiles
 from .image_writes import ImageWrites, PhotoWrite, annotations_by_split
+from .index_info_records import IndexInfoRecords
 from .lookups import SearchLookups
-from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord, VectorShard, VectorState
+from .records import DONE, FAILED, Base, ImageRecord, IndexInfo, SegmentRecord
 
 T = TypeVar("T")
 
 
-class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
+class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites, IndexInfoRecords):
     """``read_only=True`` is for readers (query, info, serve): it never creates or
     alters tables, and falls back to an immutable open where SQLite cannot write its
     side files (a read-only folder or mount)."""
@@ -149,67 +150,6 @@ class Store(SearchLookups, AnnotationLookups, AnnotationWrites, ImageWrites):
         except Exception:  # noqa: BLE001 - a dead server connection released it already
             pass
         self.engine.dispose()
-
-    # -- identity ----------------------------------------------------------------
-    def info(self) -> IndexInfo | None:
-        def read() -> IndexInfo | None:
-            with self.sessions() as s:
-                return s.scalar(select(IndexInfo))
-
-        return self._as_writer(read)  # (a writer's, as ``reindex``'s calibration reads it: through a restart)
-
-    def set_info(self, info: IndexInfo) -> None:
-        with self.sessions.begin() as s:
-            s.add(info)
-
-    def generation(self) -> int:
-        def read() -> int:
-            with self.sessions() as s:
-                return s.scalar(select(IndexInfo.generation)) or 0
-
-        return self._as_writer(read)
-
-    def set_factory(self, factory: str, mode: str | None = None) -> None:
-        with self.sessions.begin() as s:
-            info = s.scalar(select(IndexInfo))
-            if info is None:
-                raise UsesearchError("this index has no identity yet, so no factory to change")
-            info.factory = factory
-            if mode is not None:
-                info.index_mode = mode
-
-    def vectors_checksum(self, shard: int = 0) -> str | None:
-        with self.sessions() as s:
-            if shard == 0:
-                return s.scalar(select(IndexInfo.vectors_sha256))
-            return s.scalar(select(VectorShard.sha256).where(VectorShard.shard == shard))
-
-    def set_vectors_checksum(self, sha256: str, shard: int = 0) -> None:
-        def write() -> None:
-            with self.sessions.begin() as s:
-                if shard == 0:
-                    s.execute(update(IndexInfo).values(vectors_sha256=sha256))
-                else:
-                    s.merge(VectorShard(shard=shard, sha256=sha256))
-
-        self._as_writer(write)
-
-    def vectors_generation(self) -> int | None:
-        if not self._has_vector_state:
-            return None
-        with self.sessions() as s:
-            return s.scalar(select(VectorState.generation))
-
-    def set_vectors_generation(self, generation: int | None) -> None:
-        def write() -> None:
-            with self.sessions.begin() as s:
-                s.merge(VectorState(id=1, generation=generation))
-
-        self._as_writer(write)
-
-    def set_shard_size(self, shard_size: int) -> None:
-        with self.sessions.begin() as s:
-            s.execute(update(IndexInfo).values(shard_size=shard_size))
 
     # -- images ------------------------------------------------------------------
     def image_by_path(self, fs_path: bytes) -> ImageRecord | None:
