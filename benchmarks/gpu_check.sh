@@ -95,7 +95,9 @@ print('every module the steps import is here')
 "
 # 1. The CUDA parts of the suite that a CPU cannot run: run-length coding on the device,
 #    and the generator's masks against stock's on the GPU (the bfloat16 tolerance).
-step checks.txt 105 python3 - <<'PY'
+#    150 s: on a card's cold compile cache its three compiles, a decoder compiled again
+#    for the blob model and two model builds add up to an estimated 75-110 s.
+step checks.txt 150 python3 - <<'PY'
 import numpy as np, torch
 from usesearch.masks import rle
 import torch.nn.functional as F
