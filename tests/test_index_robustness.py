@@ -302,6 +302,7 @@ def test_failures_prints_a_line_a_file_even_for_a_name_with_a_newline(tmp_path):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{photos}/bad\\nname.jpg\t"), lines
+    assert lines[0].count("name.jpg") == 1, lines  # its path said once: the reason leaves it out
 
 
 def test_a_failing_file_moved_with_its_folder_is_one_failure_not_two(tmp_path):

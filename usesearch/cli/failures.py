@@ -56,8 +56,13 @@ def say_failures(failures: list[tuple[str, str]], most: int = 10) -> None:
     newline stays on its line, so each failure is one line a grep finds. The path is
     said once: a reason naming it again ("cannot read image PATH: ...") leaves it out."""
     for path, reason in failures[:most]:
-        reason = reason.replace(f" {path}: ", ": ") if path else reason
-        console.print(f"  failed: {one_line(path)}: {one_line(reason)}")
+        console.print(f"  failed: {one_line(path)}: {one_line(reason_beside(path, reason))}")
+
+
+def reason_beside(path: str, reason: str) -> str:
+    """A failure's reason said beside its path: the path it names again ("cannot read
+    image PATH: ...") left out."""
+    return reason.replace(f" {path}: ", ": ") if path else reason
 
 
 def say_pairs(pairs: list[tuple[str, str]], what: str, sign: str = "=") -> None:
