@@ -178,3 +178,14 @@ def test_a_min_area_no_segment_reaches_is_said_with_the_largest(db):
     found = runner.invoke(app, ["query", "a cat", "--db", str(db), "--json", "--min-area", largest[1]])
     areas = {hit["area"] for hit in json.loads(found.stdout)}
     assert found.exit_code == 0 and areas == {int(largest[1])} and not found.stderr  # (the largest: found)
+
+
+def test_a_search_with_no_hit_prints_its_title_without_an_empty_table(db):
+    """An empty table's header and border, and its "paths under" caption, said nothing the
+    title and the note on stderr do not."""
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--min-area", "999999999"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stdout.split())
+    assert said.startswith("'a cat': top 0 of the segments where --min-area 999999999 ("), said
+    assert "rank" not in said and "paths under" not in said and "━" not in said, said
+    assert "no segment covers --min-area 999999999 pixels" in result.stderr

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from usesearch.cli import options as opts
 from usesearch.errors import UsesearchError, first_few, is_disk_full
@@ -75,7 +76,8 @@ def given(
         target = opts.console if listing is sys.stdout else opts.err_console
         if not target.is_terminal:  # piped: a row a hit, paths whole (at 80 columns they broke mid-name for grep)
             target = Console(markup=False, emoji=False, stderr=listing is sys.stderr, width=100_000)
-        target.print(table)
+        # No hit: the title alone ("top 0 of ..."), no empty table under it; the notes below say why.
+        target.print(table if hits else Text(title))
     # Status on stderr: stdout may be carrying --json.
     if not (output.export_coco or output.show):  # (those said it of their own photos)
         _say_stale(hits, index, "among the hits", "", by_stat=False)
