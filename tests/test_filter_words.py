@@ -189,3 +189,10 @@ def test_a_search_with_no_hit_prints_its_title_without_an_empty_table(db):
     assert said.startswith("'a cat': top 0 of the segments where --min-area 999999999 ("), said
     assert "rank" not in said and "paths under" not in said and "━" not in said, said
     assert "no segment covers --min-area 999999999 pixels" in result.stderr
+
+
+def test_an_empty_path_glob_is_refused_as_an_empty_label_is(db):
+    """`--path "$DIR"` with DIR unset searched every photo, as if no --path were given."""
+    result = runner.invoke(app, ["query", "a cat", "--db", str(db), "--path", ""])
+    assert result.exit_code == 2 and "--path" in result.output and "is empty" in result.output, result.output
+    assert runner.invoke(app, ["query", "a cat", "--db", str(db), "--label", ""]).exit_code != 0

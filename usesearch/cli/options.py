@@ -333,7 +333,11 @@ def search_filters(
     per_image: Annotated[bool, typer.Option("--per-image", help="Keep only the best segment of each image.")] = False,
     path: Annotated[
         Optional[str],
-        typer.Option("--path", help="Only images whose path matches this glob ('2024/*': under any folder 2024)."),
+        typer.Option(
+            "--path",
+            help="Only images whose path matches this glob ('2024/*': under any folder 2024).",
+            callback=not_empty,  # (an unset shell variable searched every photo, as if no --path were given)
+        ),
     ] = None,
     min_area: Annotated[int, typer.Option("--min-area", min=0, help="Only segments of at least this many pixels.")] = 0,
     min_score: Annotated[
