@@ -445,11 +445,16 @@ def test_a_label_map_written_to_standard_output_is_a_png(tmp_path):
         "felzenszwalb",
     ]
     done = subprocess.run(
-        [sys.executable, "-m", "usesearch", *args, "--out", "/dev/stdout"], capture_output=True, timeout=300
+        [sys.executable, "-m", "usesearch", *args, "--out", "/dev/stdout", "--json"], capture_output=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     label_map = Image.open(io.BytesIO(done.stdout))
     assert label_map.format == "PNG" and label_map.size == (150, 100)
+    # The picture alone on stdout (its status line and JSON were written after its end):
+    # what is said of it goes to stderr.
+    assert done.stdout.endswith(b"IEND\xaeB`\x82"), done.stdout[-200:]
+    said = done.stderr.decode()
+    assert '"label_map": "/dev/stdout"' in said and "wrote /dev/stdout" in said, said[-2000:]
 
 
 def test_an_empty_option_is_refused_without_advice_to_leave_out_one_that_is_required(tmp_path):

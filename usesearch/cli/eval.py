@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -116,7 +117,7 @@ def segment(
     limits: PhotoLimits,
 ) -> None:
     """Open-vocabulary semantic segmentation of one image (paper §4.3)."""
-    from usesearch.io.atomic import is_stream
+    from usesearch.io.atomic import is_own_stdout, is_stream
 
     if out.suffix.lower() != ".png" and not is_stream(out):  # JPEG would invent class ids between the real ones
         raise UsesearchError(f"--out {out}: write a .png (a label map must keep its exact values)")
@@ -145,6 +146,8 @@ def segment(
             raise
     ids, pixels = np.unique(labels, return_counts=True)
     present = [names[i] for i in ids if i < len(names)]
+    # `--out /dev/stdout > map.png`: the picture alone on stdout, what is said of it on stderr.
+    piped = any(path is not None and is_own_stdout(path) for path in (out, overlay))
     if as_json:  # per class found: its id in the label map and the share of the photo it covers
         found = [
             {"class": names[i], "id": int(i), "pixels": int(n), "fraction": round(int(n) / labels.size, 6)}
@@ -161,13 +164,15 @@ def segment(
                     "classes": found,
                 },
                 indent=1,
-            )
+            ),
+            file=sys.stderr if piped else sys.stdout,
         )
     wrote = f"{out} and {overlay}" if overlay else str(out)
-    opts.console.print(f"{counted(len(masks), 'mask')}; classes found: {', '.join(present) or 'none'}; wrote {wrote}")
+    console = opts.err_console if piped else opts.console
+    console.print(f"{counted(len(masks), 'mask')}; classes found: {', '.join(present) or 'none'}; wrote {wrote}")
     if not len(masks) and segmenter.preset == "tiny" and (segmenter.masker or "").startswith("sam"):
         named = "SAM 2" if segmenter.masker == "sam2" else "SAM"  # (sam2's hint named SAM)
-        opts.console.print(
+        console.print(
             f"  no masks: the tiny preset's {named} has random weights; its default masker, felzenszwalb, needs none"
         )
 
