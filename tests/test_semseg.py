@@ -141,6 +141,29 @@ def test_ctrl_c_in_an_evaluation_reports_the_images_done(tmp_path, monkeypatch, 
     assert (score is None) == (at == 1)
 
 
+def test_an_evaluation_whose_file_cannot_be_written_prints_its_result_first(tmp_path, monkeypatch):
+    """`--out` checked writable at the start, then unwritable at the end (a full disk, a
+    mount gone read-only): the result was lost, one error line alone after the whole run."""
+    import errno
+
+    from usesearch.cli import eval_report
+    from usesearch.training.synthetic import write_semseg
+
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(eval_report, "write_atomic", disk_full)
+    root = write_semseg(tmp_path / "data", 2, seed=4)
+    args = ["--labels", str(root / "labels"), "--classes-file", str(root / "classes.txt"), "-p", "tiny"]
+    command = ["eval", "semseg", "--images", str(root / "images"), *args, "--out", str(tmp_path / "r.json")]
+    result = CliRunner().invoke(app, [*command, "--json"])
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.stdout)["images"] == 2  # the result, whole, on stdout
+    assert f"cannot write {tmp_path / 'r.json'}: disk full (the result is printed above)" in result.stderr
+    table = CliRunner().invoke(app, command)
+    assert table.exit_code == 2 and "mIoU" in table.stdout and "disk full" in table.stderr, table.output
+
+
 def test_only_masks_whose_top_class_is_a_part_are_scored():
     from usesearch.tasks.parts import background_classes, part_detections
 

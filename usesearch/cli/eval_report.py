@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 import typer
 
 from usesearch.cli import options as opts
-from usesearch.errors import UsesearchError
+from usesearch.errors import UsesearchError, is_disk_full
 from usesearch.io.atomic import write_atomic
 
 T = TypeVar("T")
@@ -86,15 +86,26 @@ class Report:
         return Report(as_json=False, out=out)
 
     def write(self, result: dict, rows: dict[str, float | None], total: tuple[str, str]) -> None:
+        """The file, then the result printed. A file that cannot be written (a full disk,
+        a mount gone read-only since the check) is said after the result is printed:
+        hours of evaluation are never lost to it."""
+        unwritten = None
         if self.out:
-            write_atomic(self.out, json.dumps(result, indent=1))
+            try:
+                write_atomic(self.out, json.dumps(result, indent=1))
+            except BrokenPipeError:  # (a reader of a stream gone: ended quietly, as any closed pipe)
+                raise
+            except OSError as exc:
+                unwritten = "disk full" if is_disk_full(exc) else exc.strerror or str(exc)
         if self.as_json:
             print(json.dumps(result, indent=1))
-            return
-        width = max([len(total[0]), *map(len, rows)]) + 2
-        for name, value in rows.items():
-            opts.console.print(f"{name:>{width}}: {'-' if value is None else f'{100 * value:.1f}'}")
-        opts.console.print(f"{total[0]:>{width}}: {total[1]}")
+        else:
+            width = max([len(total[0]), *map(len, rows)]) + 2
+            for name, value in rows.items():
+                opts.console.print(f"{name:>{width}}: {'-' if value is None else f'{100 * value:.1f}'}")
+            opts.console.print(f"{total[0]:>{width}}: {total[1]}")
+        if unwritten is not None:
+            raise UsesearchError(f"cannot write {self.out}: {unwritten} (the result is printed above)")
 
 
 with_report = opts.shared_options("report", Report)
