@@ -241,6 +241,39 @@ def test_cli_train_stopped_at_once_names_the_checkpoint_a_resume_starts_from(syn
     assert again.exit_code == 0 and "from its checkpoint of step 2 of 5" in again.output, again.output
 
 
+def test_a_second_ctrl_c_while_a_checkpoint_is_written_waits_for_its_latest_head(
+    synthetic, tmp_path, monkeypatch, capfd
+):
+    """A second Ctrl-C between the trainer's state and the latest-head copy: the run said
+    "checkpoint written" at step 2 while `head.*` was still an older step's (or none)."""
+    import json
+    import os
+    import signal
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+    from usesearch.training import train as training
+    from usesearch.training.train import Trainer
+
+    real_state, real_run = training.write_trainer_state, Trainer.run
+
+    def state_then_ctrl_c(*args, **kwargs):
+        real_state(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the second: the first came at the end of step 2
+
+    monkeypatch.setattr(training, "write_trainer_state", state_then_ctrl_c)
+    ctrl_c_at_2 = lambda step, *a: step == 2 and os.kill(os.getpid(), signal.SIGINT)  # noqa: E731
+    monkeypatch.setattr(Trainer, "run", lambda self, progress=None, until=None: real_run(self, ctrl_c_at_2, until))
+    run = tmp_path / "run"
+    args = ["train", str(synthetic[1]), "--run-dir", str(run), "--batch-images", "4", "--crop", "96"]
+    result = CliRunner().invoke(app, [*args, "--max-steps", "5", "--checkpoint-every", "10", "--preset", "tiny"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted after step 2 of 5; checkpoint written" in result.output, result.output
+    assert "stopping once this checkpoint is written" in capfd.readouterr().err  # (the handler writes to fd 2)
+    assert json.loads((run / "head.json").read_text())["step"] == 2  # what was said is on disk
+
+
 def test_the_trainer_builds_the_papers_optimizer_and_schedule(synthetic, tmp_path):
     """Paper §4.2 on the Trainer itself (the config test checks only the numbers):
     AdamW at 1e-3 with weight decay 0.01 over the head's parameters alone, and the

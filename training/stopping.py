@@ -11,17 +11,44 @@ from contextlib import contextmanager
 from usesearch import interrupts
 
 
+class StopRequest(threading.Event):
+    """Set by the first Ctrl-C or SIGTERM. A second stops at once, but never inside
+    ``holding`` (a checkpoint being written: the step's head, the trainer's state and
+    the latest-head copy): it is kept until that ends, so that what the run says it
+    wrote is what is on disk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = False  # within ``holding``
+        self.again = False  # a second request came while held
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        self.held = True
+        try:
+            yield
+        finally:
+            self.held = False
+        if self.again:  # (not after a failure of the write: its error is what is said)
+            raise KeyboardInterrupt
+
+
 @contextmanager
-def stop_requests() -> Iterator[threading.Event | None]:
+def stop_requests() -> Iterator[StopRequest | None]:
     """Set by the first Ctrl-C or SIGTERM: the loop stops between steps (a step cut
-    mid-update leaves weights and optimizer apart); a second stops at once."""
+    mid-update leaves weights and optimizer apart); a second stops at once, once the
+    checkpoint being written, if any, is whole."""
     if threading.current_thread() is not threading.main_thread():
         yield None
         return
-    stop = threading.Event()
+    stop = StopRequest()
 
     def request(signum, frame) -> None:
         interrupts.note_signal(signum)  # a SIGTERM exits 143 as every command's does
+        if stop.is_set() and stop.held:
+            stop.again = True
+            os.write(2, b"\nstopping once this checkpoint is written\n")
+            return
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()

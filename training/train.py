@@ -9,10 +9,10 @@ settings, and which of them fix its schedule, are ``config.py``'s.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -37,7 +37,7 @@ from .config import SCHEDULE, TrainConfig
 from .data import Sample, augment, check_one_photo_batches, check_two_texts, data_identity, load_image
 from .loss import segment_text_loss
 from .run_folder import LOCK_FILE, LOG_HEADER, check_new_run, is_run_file, trim_log
-from .stopping import stop_requests
+from .stopping import StopRequest, stop_requests
 from .trainer_state import TRAINER_FILE, read_trainer_state, trainer_file, write_trainer_state
 
 # Non-finite losses in a row that stop a run (one is skipped: a bad batch, not a bad run).
@@ -183,7 +183,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         return one_writer(self.out / LOCK_FILE, refusal)
 
-    def _run(self, progress, until: int | None, stop: threading.Event | None = None) -> Path:
+    def _run(self, progress, until: int | None, stop: StopRequest | None = None) -> Path:
         # A kill -9 mid-checkpoint: a head or trainer file's worth.
         remove_orphan_temporaries(self.out, is_run_file)
         if self.step == 0:  # checked again under the lock: a run may have ended here since the command started
@@ -225,9 +225,9 @@ class Trainer:
                     if progress:
                         progress(self.step, self.total_steps, loss.item() if loss is not None else float("nan"))
                     if self.step % self.cfg.checkpoint_every == 0 or self.step in (self.total_steps, until):
-                        self.save()
+                        self._checkpoint(stop)
                     elif stop is not None and stop.is_set():
-                        self.save()
+                        self._checkpoint(stop)
                     if stop is not None and stop.is_set() and self.step < end:  # the last step ends the run
                         raise KeyboardInterrupt(f"interrupted after step {self.step}")
                     if len(self.unreadable) >= self.photo_count and pending is not None:
@@ -235,7 +235,7 @@ class Trainer:
                         # schedule would read nothing either, for hours; what was learned is kept.
                         self.ended_unread = True
                         if self.read:
-                            self.save()
+                            self._checkpoint(stop)
                         break
             finally:  # the batch being prepared ends before the run (and its lock) does
                 ahead.shutdown(wait=True, cancel_futures=True)
@@ -279,6 +279,12 @@ class Trainer:
             )
 
     # -- checkpoints: safetensors + JSON, never pickles ----------------------------------
+    def _checkpoint(self, stop: StopRequest | None) -> None:
+        """``save``, a second Ctrl-C held until it ends (one cut between the trainer's state
+        and the latest-head copy left ``head.*`` a checkpoint behind what was said)."""
+        with stop.holding() if stop is not None else contextlib.nullcontext():
+            self.save()
+
     def save(self) -> None:
         """The step's head, then the trainer's state naming that step, then the latest-head
         copy: a kill anywhere leaves the trainer's state naming a step whose head is whole,
