@@ -468,3 +468,22 @@ def test_an_empty_option_is_refused_without_advice_to_leave_out_one_that_is_requ
         shown = " ".join(result.output.split())
         assert result.exit_code == 2 and said in shown, result.output
         assert ("or leave the option out" in shown) == advised, result.output
+
+
+def test_a_ctrl_c_while_python_shuts_down_ends_the_process_quietly_with_the_commands_code():
+    """A second Ctrl-C after a command said its last line (training's "interrupted ...
+    checkpoint written") reached torch's exit callback: "Exception ignored in atexit
+    callback" and a traceback."""
+    from tests.helpers import run_python
+
+    code = (
+        "import atexit, os, signal, sys, time\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+        "from usesearch.cli.app import main\n"
+        "sys.argv = ['usesearch', 'models', 'list', '--json']\n"
+        "main()\n"
+    )
+    proc = run_python(code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and json.loads(out), err[-2000:]  # its outcome stands, its output whole
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]

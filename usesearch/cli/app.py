@@ -134,4 +134,24 @@ def main() -> None:
         print(f"error: {format_message()}{hint}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     code = code if isinstance(code, int) else 0
-    sys.exit(143 if code == 130 and interrupts.terminated() else code)  # (stopped by SIGTERM: its own code)
+    code = 143 if code == 130 and interrupts.terminated() else code  # (stopped by SIGTERM: its own code)
+    _end_quietly_on_a_signal(code)
+    sys.exit(code)
+
+
+def _end_quietly_on_a_signal(code: int) -> None:
+    """The command has said its last line: a Ctrl-C (or SIGTERM) while Python shuts down
+    (torch's and Ray's exit callbacks) ends the process at once with the command's code
+    (its outcome stands), where it printed "Exception ignored in atexit callback" and a
+    traceback."""
+    import os
+    import signal
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+    def now(signum, frame) -> None:
+        os._exit(code)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, now)
