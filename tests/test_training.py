@@ -180,6 +180,14 @@ def test_cli_train_writes_a_loadable_head_and_resumes(synthetic, tmp_path):
     mistyped = [*args[:3], str(tmp_path / "rnu"), *args[4:], "--resume"]
     refused = CliRunner().invoke(app, mistyped)
     assert refused.exit_code == 2 and "holds no checkpoint to continue" in refused.output, refused.output
+    # Its trainer's state deleted, resumed without --preset (a tiny run): the missing state
+    # is said, not the default preset's missing weights, and the heads are said usable.
+    (tmp_path / "run" / "trainer.safetensors").unlink()
+    without_preset = [a for a in args if a not in ("--preset", "tiny")]
+    stateless = CliRunner().invoke(app, [*without_preset, "--resume"], env={"HF_HUB_OFFLINE": "1"})
+    said = " ".join(stateless.output.split())
+    assert stateless.exit_code == 2 and "holds a run's heads (head.json" in said, said
+    assert "but no trainer.safetensors" in said and "weights" not in said, said
 
 
 def test_cli_train_interrupted_says_how_to_continue(synthetic, tmp_path, monkeypatch):

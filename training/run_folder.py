@@ -7,12 +7,13 @@ import csv
 import os
 import re
 from pathlib import Path
+from typing import NoReturn
 
 from usesearch.errors import UsesearchError, first_few
 from usesearch.io.atomic import temporary_of, write_atomic
 from usesearch.io.own_folders import OS_FILES
 
-from .trainer_state import trainer_file
+from .trainer_state import TRAINER_FILE, trainer_file
 
 LOCK_FILE = ".train.lock"  # one training run a run folder
 
@@ -46,6 +47,37 @@ def check_new_run(out: str | os.PathLike) -> None:
             f"{out} holds files that are not a training run's ({first_few(others)}): "
             "give --run-dir a new or empty folder"
         )
+
+
+def writer_refusal(out: str | os.PathLike):
+    """What the run folder's lock says to a second run."""
+
+    def refusal(holder: str) -> Exception:
+        return UsesearchError(f"another training run (pid {holder}) is writing to {out}; wait for it to finish")
+
+    return refusal
+
+
+def refuse_resume_without_state(out: str | os.PathLike) -> NoReturn:
+    """``--resume`` of a folder with no trainer's state, before any model loads (the
+    default preset's missing weights were said first): a run going there before its first
+    checkpoint, a run whose state was deleted (its heads stay usable, but no optimizer to
+    continue), or no run at all."""
+    from usesearch.io.locks import one_writer
+
+    folder = Path(out)
+    if (folder / LOCK_FILE).is_file():  # a run going there before its first checkpoint: said as such
+        with one_writer(folder / LOCK_FILE, writer_refusal(out)):
+            pass
+    heads = sorted(p.name for p in (*folder.glob("head.json"), *folder.glob("step-*.json")))
+    if heads:
+        raise UsesearchError(
+            f"--resume: {out} holds a run's heads ({first_few(heads)}) but no {TRAINER_FILE}, its optimizer's "
+            "state, to continue from; the heads stay usable: train anew in another --run-dir"
+        )
+    raise UsesearchError(
+        f"--resume: {out} holds no checkpoint to continue (no {TRAINER_FILE}); without --resume a new run starts there"
+    )
 
 
 def resumed_preset(out: str | os.PathLike, given: str | None) -> str | None:

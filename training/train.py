@@ -36,9 +36,17 @@ from usesearch.models.text_keys import text_key
 from .config import SCHEDULE, TrainConfig
 from .data import Sample, augment, check_one_photo_batches, check_two_texts, data_identity, load_image
 from .loss import segment_text_loss
-from .run_folder import LOCK_FILE, LOG_HEADER, check_new_run, is_run_file, trim_log
+from .run_folder import (
+    LOCK_FILE,
+    LOG_HEADER,
+    check_new_run,
+    is_run_file,
+    refuse_resume_without_state,
+    trim_log,
+    writer_refusal,
+)
 from .stopping import StopRequest, stop_requests
-from .trainer_state import TRAINER_FILE, read_trainer_state, trainer_file, write_trainer_state
+from .trainer_state import read_trainer_state, trainer_file, write_trainer_state
 
 # Non-finite losses in a row that stop a run (one is skipped: a bad batch, not a bad run).
 NON_FINITE_LIMIT = 3
@@ -175,13 +183,8 @@ class Trainer:
             return self._run(progress, until, stop)
 
     def _one_writer(self):
-        def refusal(holder: str) -> Exception:
-            return UsesearchError(
-                f"another training run (pid {holder}) is writing to {self.out}; wait for it to finish"
-            )
-
         self.out.mkdir(parents=True, exist_ok=True)
-        return one_writer(self.out / LOCK_FILE, refusal)
+        return one_writer(self.out / LOCK_FILE, writer_refusal(self.out))
 
     def _run(self, progress, until: int | None, stop: StopRequest | None = None) -> Path:
         # A kill -9 mid-checkpoint: a head or trainer file's worth.
@@ -325,13 +328,7 @@ class Trainer:
         folder with no checkpoint is refused (a mistyped --run-dir would start over)."""
         path = trainer_file(self.out)
         if path is None:
-            if (self.out / LOCK_FILE).is_file():  # a run going there before its first checkpoint: said as such
-                with self._one_writer():
-                    pass
-            raise UsesearchError(
-                f"--resume: {self.out} holds no checkpoint to continue (no {TRAINER_FILE}); "
-                "without --resume a new run starts there"
-            )
+            refuse_resume_without_state(self.out)
         from usesearch.models.checkpoint import load_head
 
         # Damaged (cut short by a full disk, or not ours): a new run, in another folder,

@@ -97,12 +97,20 @@ def train(
     from usesearch.models.factory import DEFAULT_PRESET
     from usesearch.training.config import TrainConfig
     from usesearch.training.data import load_samples
-    from usesearch.training.run_folder import check_new_run, drop_untrained, resumed_preset, run_files_now
+    from usesearch.training.run_folder import (
+        check_new_run,
+        drop_untrained,
+        refuse_resume_without_state,
+        resumed_preset,
+        run_files_now,
+    )
     from usesearch.training.train import Trainer
     from usesearch.training.trainer_state import trainer_file
 
     if not resume:
         check_new_run(run_dir)  # before the datasets and models load
+    elif trainer_file(run_dir) is None:
+        refuse_resume_without_state(run_dir)  # before the datasets and models load
     else:
         preset = resumed_preset(run_dir, preset)
     before = run_files_now(run_dir)  # (an earlier killed run's step-* heads: never removed by this one)
