@@ -190,6 +190,28 @@ def test_cli_train_writes_a_loadable_head_and_resumes(synthetic, tmp_path):
     assert "but no trainer.safetensors" in said and "weights" not in said, said
 
 
+def test_a_head_and_a_trainers_state_given_for_each_other_are_named_as_such(synthetic, tmp_path):
+    """A head copied over the trainer's state was "damaged ('trainer')" (a KeyError's
+    words); `--head RUN/trainer` said only that RUN/trainer.json is missing."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+
+    run = tmp_path / "run"
+    args = ["train", str(synthetic[1]), "--run-dir", str(run), "--batch-images", "4", "--crop", "96"]
+    args += ["--max-steps", "3", "--checkpoint-every", "2", "--preset", "tiny"]
+    assert CliRunner().invoke(app, [*args[:-6], "--max-steps", "2", *args[-4:]]).exit_code == 0
+    shutil.copy(run / "head.safetensors", run / "trainer.safetensors")
+    resumed = CliRunner().invoke(app, [*args, "--resume"])
+    said = " ".join(resumed.output.split())
+    assert resumed.exit_code == 2 and "trainer.safetensors is not a training run's state" in said, said
+    assert "damaged" not in said and "'trainer'" not in said, said
+    with pytest.raises(usesearch.UsesearchError, match=f"optimizer state: its head is {run / 'head'}"):
+        usesearch.load_model("tiny", head=run / "trainer")
+
+
 def test_cli_train_interrupted_says_how_to_continue(synthetic, tmp_path, monkeypatch):
     import json
     import os

@@ -46,7 +46,7 @@ from .run_folder import (
     writer_refusal,
 )
 from .stopping import StopRequest, stop_requests
-from .trainer_state import read_trainer_state, trainer_file, write_trainer_state
+from .trainer_state import NotTrainerState, read_trainer_state, trainer_file, write_trainer_state
 
 # Non-finite losses in a row that stop a run (one is skipped: a bad batch, not a bad run).
 NON_FINITE_LIMIT = 3
@@ -340,7 +340,8 @@ class Trainer:
         except OSError:  # unreadable, not damaged: said as such, the run still resumable
             raise
         except Exception as exc:  # noqa: BLE001 - one line
-            raise UsesearchError(f"--resume: {path} is damaged ({first_line(exc)}); {anew}") from None
+            what = first_line(exc) if isinstance(exc, NotTrainerState) else f"damaged ({first_line(exc)})"
+            raise UsesearchError(f"--resume: {path} is {what}; {anew}") from None
         try:
             state, meta = load_head(self.out / f"step-{step:07d}", self.use.preset)
         except UsesearchError as exc:

@@ -66,6 +66,11 @@ def write_trainer_state(
     (run_dir / OLD_TRAINER_FILE).unlink(missing_ok=True)  # a run from before goes on in the new file
 
 
+class NotTrainerState(ValueError):
+    """A safetensors file that is not a trainer's state at all (a head copied over it),
+    as against one damaged."""
+
+
 def read_trainer_state(path: Path) -> dict[str, Any]:
     """``{"step", "optimizer", "scheduler", "counts"}`` as written (an older file: no
     counts, ``{}``); any damage raises (the caller says it in one line)."""
@@ -73,9 +78,12 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
         old = torch.load(path, map_location="cpu", weights_only=True)
         return {"step": int(old["step"]), "optimizer": old["optimizer"], "scheduler": old["scheduler"], "counts": {}}
     with safe_open(str(path), "pt") as f:
-        header = json.loads((f.metadata() or {})["trainer"])
+        metadata = f.metadata() or {}
+        if "trainer" not in metadata:  # (a KeyError said "damaged ('trainer')")
+            raise NotTrainerState("not a training run's state: it has no trainer header (a head's weights?)")
+        header = json.loads(metadata["trainer"])
         if header.get("format") != FORMAT:
-            raise ValueError(f"not a usesearch trainer checkpoint (format {header.get('format')!r})")
+            raise NotTrainerState(f"not a usesearch trainer checkpoint (format {header.get('format')!r})")
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     recorded = header.pop("sha256", None)  # (files from before it: read unchecked)
     if recorded is not None and _digest(header, tensors) != recorded:

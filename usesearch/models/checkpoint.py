@@ -73,12 +73,15 @@ def read_head_config(path: str | os.PathLike) -> dict[str, Any]:
     if not (weights.is_file() and config.is_file()):
         lacking = " and ".join(str(p) for p in (weights, config) if not p.is_file())  # (one of two: that one named)
         pickle = Path(path).suffix in (".pt", ".pth", ".bin", ".ckpt") and Path(path).is_file()
+        # A training run's optimizer state (``trainer.safetensors``) beside its heads: not one of them.
+        trainer = weights.name == "trainer.safetensors" and weights.is_file()
         raise UsesearchError(
             f"no head checkpoint at {path}: {lacking} {'is' if ' and ' not in lacking else 'are'} missing"
             + (
                 "; a PyTorch pickle is never loaded (a head is safetensors + JSON, as `usesearch train` writes)"
                 * pickle
             )
+            + (f"; {weights} is a training run's optimizer state: its head is {weights.parent / 'head'}" * trainer)
         )
     try:
         meta = json.loads(config.read_text())
