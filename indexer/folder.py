@@ -309,18 +309,28 @@ def _holds_head(folder: Path) -> bool:
     return all((folder / name).is_file() for name in HEAD_FILES)
 
 
-def keep_head_copy(db_dir: Path, head: str) -> None:
+def keep_head_copy(db_dir: Path, head: str, given: bool = False) -> None:
     """``head`` (a run just loaded it and matched the index's fingerprint) copied into the
     folder once, whole or not at all (a part folder renamed into place). A copy that
-    fails (a full disk) is said and left: the head's own path still serves."""
+    fails (a full disk) is said and left: the head's own path still serves. ``given``
+    (``--head`` named it): a copy that differs from it, damaged since, is replaced (a
+    run given the right head left the damaged copy that every query refused)."""
+    import filecmp
     import logging
     import shutil
 
     from usesearch.models.checkpoint import checkpoint_paths
 
     copy, part = db_dir / HEAD_COPY, db_dir / f"{HEAD_COPY}.part"
-    if _holds_head(copy) or Path(head).resolve() == copy.resolve():
+    if Path(head).resolve() == copy.resolve():
         return
+    if _holds_head(copy):
+        sources = zip(checkpoint_paths(head), HEAD_FILES)
+        if not given or all(filecmp.cmp(source, copy / name, shallow=False) for source, name in sources):
+            return
+        logging.getLogger(__name__).warning(
+            "%s differs from the head given (%s), which the index matches: replaced", copy, head
+        )
     try:
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir()

@@ -86,7 +86,7 @@ class Writer:
                 raise UsesearchError(f"{self.db_dir} holds no index yet")
             self.info = info
             if self.wanted is not None and info.model_head is not None:  # its head loaded and matched
-                keep_head_copy(self.db_dir, self.options.head or info.model_head)
+                keep_head_copy(self.db_dir, self.options.head or info.model_head, given=self.options.head is not None)
             store.note_folders({os.fsencode(os.path.realpath(p)) for p in self.paths or [] if os.path.isdir(p)})
             if self.options.shard_size is not None and self.options.shard_size != info.shard_size:
                 check_shard_count(self.options.shard_size, store.max_segment_id() or 0)

@@ -367,6 +367,12 @@ def test_an_index_keeps_a_copy_of_its_head_and_one_made_before_says_where_its_he
     for original, copy in pairs:
         shutil.copyfile(original, copy)  # as it says
     assert SegmentIndex.open(db).query("a cup", 3)
+    # Damaged again, then an indexing run given the right head: the copy is mended (it was
+    # left, and every query refused the index).
+    copied.write_bytes(whole[:-8] + bytes(b ^ 0xFF for b in whole[-8:]))
+    write_photos(photos, ("page",))
+    assert index_paths([photos], db, IndexOptions(**{**OPTS, "head": str(path)})).done == 1
+    assert copied.read_bytes() == whole and SegmentIndex.open(db).query("a cup", 3)
 
 
 def test_a_head_path_that_is_not_there_is_said_as_such_not_as_an_unknown_preset(tmp_path):
