@@ -11,9 +11,17 @@ from usesearch.masks.coco_masker import masks_file_changed, masks_file_unrecorde
 from usesearch.masks.settings import mask_defining
 
 from . import index_kinds
-from .folder import index_flags
+from .folder import HEAD_COPY, index_flags
 from .records import NO_MASKER, IndexInfo, info_summary
 from .store import Store
+
+
+def _same_head_path(existing: IndexInfo, info: IndexInfo) -> bool:
+    """Both name one head file, on the same preset and embedder: the head there changed."""
+    if not (existing.model_head and info.model_head):
+        return False
+    same_model = (existing.preset, existing.embedder) == (info.preset, info.embedder)
+    return same_model and Path(existing.model_head).resolve() == Path(info.model_head).resolve()
 
 
 def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
@@ -22,6 +30,12 @@ def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
     if existing is None:
         store.set_info(info)
         return info
+    if existing.fingerprint != info.fingerprint and _same_head_path(existing, info):
+        raise IndexMismatchError(  # (it named the one path twice: "built with … head H; refusing … head H")
+            f"the head at {info.model_head} is no longer the one this index was built with (model "
+            f"{existing.fingerprint}, now {info.fingerprint}): put that head back, or leave out --head (the index "
+            f"loads its own copy, {HEAD_COPY}/ in its folder, where it has one)"
+        )
     if existing.fingerprint != info.fingerprint:
         raise IndexMismatchError(
             f"this index was built with {info_summary(existing)}; refusing to add segments from "

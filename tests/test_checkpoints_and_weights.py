@@ -351,6 +351,9 @@ def test_an_index_keeps_a_copy_of_its_head_and_one_made_before_says_where_its_he
     usesearch.save_head(tmp_path / "ckpt", use.trainable_state_dict(), use.preset, {"step": 8})  # another head there
     with pytest.raises(usesearch.UsesearchError, match="is no longer the one it was built with: put that one back"):
         SegmentIndex.open(db).query("a cup", 3)
+    # The changed head given to an indexing run: said as that path's head changed (it named the path twice).
+    with pytest.raises(usesearch.UsesearchError, match=f"the head at {path} is no longer the one this index was"):
+        index_paths([photos], db, IndexOptions(**{**OPTS, "head": str(path)}))
     for file in moved.iterdir():
         file.replace(path.parent / file.name)  # put back: the next run copies it
     write_photos(photos, ("camera",))
