@@ -139,7 +139,10 @@ PresetOpt = Annotated[
     ),
 ]
 EmbedderOpt = Annotated[
-    Optional[str], typer.Option("--embedder", help="use | crop (default: use where a head exists).")
+    Optional[str],
+    typer.Option(
+        "--embedder", help="use | crop (default: use where a head exists, tiny's seeded one included; else crop)."
+    ),
 ]
 HeadOpt = Annotated[Optional[Path], typer.Option("--head", help="Head checkpoint (.safetensors + .json).")]
 HeadsOpt = Annotated[
