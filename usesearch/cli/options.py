@@ -27,6 +27,7 @@ from .failures import exit_if_all_failed as exit_if_all_failed
 from .failures import first_and_more as first_and_more
 from .failures import interrupted as interrupted
 from .failures import interrupted_exit as interrupted_exit
+from .failures import reason_beside as reason_beside
 from .failures import say_failures as say_failures
 from .failures import say_pairs as say_pairs
 from .failures import shown as shown

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 from usesearch.cli import options as opts
-from usesearch.cli.failures import reason_beside
 from usesearch.io.files import PAST_LIMIT, one_line
 
 app = opts.Typer()
@@ -105,7 +104,7 @@ def failures(db: opts.DbOpt, db_url: opts.DbUrlOpt = None, as_json: opts.JsonOpt
         opts.console.print("no file failed to index and no annotation was refused")
     for record in failed:
         kept = "; indexed before: its segments are kept" if record.status == DONE else ""
-        reason = reason_beside(record.path, record.error_message or "")
+        reason = opts.reason_beside(record.path, record.error_message or "")
         why = f"{record.error_class}: {reason} (attempts: {record.attempts}{kept})"
         _data_line(record.path, why)
     for problem in problems:
