@@ -200,8 +200,8 @@ def coco_instances_source(instances_json: str | os.PathLike, images_dir: str | o
 
 def annotation_segments(entry: ImageEntry, hw: tuple[int, int]) -> tuple[list[Segment], list[Problem]]:
     """A COCO entry's annotations as segments, their masks checked at the photo's size
-    ``hw`` (``io.coco_dataset.checked_masks``), and the faults found."""
-    from usesearch.io.coco_dataset import checked_masks
+    ``hw`` (``io.coco_masks.checked_masks``), and the faults found."""
+    from usesearch.io.coco_masks import checked_masks
     from usesearch.masks import rle
 
     kept, problems = checked_masks(entry, hw)

@@ -23,8 +23,8 @@ from usesearch.io.coco_dataset import (
     ImageEntry,
     read_coco,
     refuse_when_no_photo,
-    size_fault,
 )
+from usesearch.io.coco_masks import size_fault
 from usesearch.io.files import Found, decode, read_bytes
 
 from . import read_ahead

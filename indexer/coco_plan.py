@@ -18,8 +18,8 @@ from usesearch.io.coco_dataset import (
     CocoDataset,
     ImageEntry,
     Problem,
-    masks_of,
 )
+from usesearch.io.coco_masks import masks_of
 from usesearch.io.coco_photos import photo_paths
 from usesearch.io.files import Found, display_path
 from usesearch.masks.proposals import Proposal

@@ -38,8 +38,8 @@ from usesearch.io.coco_dataset import (
     Problem,
     read_coco,
     refuse_when_no_photo,
-    size_fault,
 )
+from usesearch.io.coco_masks import size_fault
 from usesearch.io.files import Found
 
 from . import faiss_gpu, fragments

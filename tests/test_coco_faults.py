@@ -378,3 +378,18 @@ def test_categories_of_one_name_or_names_alike_but_for_case_are_recorded(tmp_pat
         "categories named 'cup', 'Cup ' differ only in case or spaces: they are 2 classes "
         "(one name in the file makes them one)",
     ]
+
+
+def test_a_polygon_wholly_off_its_photo_is_said_to_lie_outside_it_not_only_empty():
+    """An annotation of another photo, or at another scale, read "empty mask: the mask
+    covers no pixel"; the polygon's box and the photo's size say what went wrong."""
+    from usesearch.io.coco_dataset import Annotation, ImageEntry, _compact
+    from usesearch.io.coco_masks import checked_masks
+
+    off = Annotation(10, "cat", False, _compact([[300, 300, 400, 300, 400, 400]]))
+    edge = Annotation(11, "cat", False, _compact([[250, 160, 300, 160, 300, 200]]))  # partly on: kept, clipped
+    kept, problems = checked_masks(ImageEntry(1, "a.png", 170, 256, [off, edge]), (170, 256))
+    assert [a.id for a, _ in kept] == [11]
+    (name, ann, error), *_ = problems
+    assert (name, ann, error.kind) == ("a.png", 10, "empty mask") and len(problems) == 1
+    assert str(error).endswith("its polygon (x 300-400, y 300-400) lies outside the 256x170 photo"), str(error)

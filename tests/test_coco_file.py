@@ -87,7 +87,8 @@ def test_a_coordinate_past_any_float_is_one_annotations_fault(tmp_path):
     """ijson refuses 10**400 (so the file is read whole); the polygon holding it is
     refused in one line when its photo is read, and the others are kept."""
     from usesearch.errors import AnnotationError
-    from usesearch.io.coco_dataset import masks_of, read_coco
+    from usesearch.io.coco_dataset import read_coco
+    from usesearch.io.coco_masks import masks_of
 
     images = [{"id": 1, "file_name": "a.png", "height": 20, "width": 20}]
     annotations = [

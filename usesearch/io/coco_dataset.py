@@ -22,7 +22,6 @@ from usesearch.errors import AnnotationError, CocoFileError, UsesearchError, fir
 from usesearch.io.coco_json import load_coco_json, not_coco
 from usesearch.io.coco_photos import photo_path
 from usesearch.io.files import holds_anything
-from usesearch.masks import rle
 
 # The kinds of fault recorded (``AnnotationProblem.kind``).
 PHOTO_MISSING = "photo missing"
@@ -334,50 +333,6 @@ def _compact(segmentation: Any) -> Any:
 
 # A fault as recorded: the entry's file name (or None), the annotation id (or None), what is wrong.
 Problem = tuple[str | None, int | None, AnnotationError]
-
-
-def size_fault(entry: ImageEntry, hw: tuple[int, int]) -> Problem | None:
-    """The entry's size is not the photo's (a photo replaced, or rotated by its EXIF
-    orientation): none of its masks can be trusted to sit on the photo's pixels."""
-    height, width = hw
-    if entry.height is None or (entry.height, entry.width) == (height, width):
-        return None
-    message = f"the entry says {entry.width}x{entry.height} but the photo is {width}x{height}"
-    if (entry.height, entry.width) == (width, height):  # PIL's .size and file browsers say the entry's
-        message += " (turned: where its EXIF orientation turns it, the entry gives its size before turning)"
-    return entry.file_name, None, AnnotationError(SIZE_MISMATCH, message)
-
-
-def masks_of(entry: ImageEntry, height: int, width: int) -> Iterator[tuple[Annotation, dict | AnnotationError]]:
-    """Each annotation of a photo read at ``height`` x ``width``, with its compressed
-    RLE (str counts) or the fault that keeps it out."""
-    for annotation in entry.annotations:
-        try:
-            mask = rle.checked(annotation.mask_source(), height, width)
-        except ValueError as exc:
-            yield annotation, AnnotationError(BROKEN_MASK, str(exc))
-            continue
-        if rle.area(mask) == 0:
-            yield annotation, AnnotationError(EMPTY_MASK, "the mask covers no pixel")
-            continue
-        yield annotation, mask
-
-
-def checked_masks(entry: ImageEntry, hw: tuple[int, int]) -> tuple[list[tuple[Annotation, dict]], list[Problem]]:
-    """The entry's annotations with their masks at the photo's size ``hw``, and the
-    faults: an entry whose size is not the photo's gives no mask (none would sit on its
-    pixels), a broken or empty mask is a fault of its own."""
-    fault = size_fault(entry, hw)
-    if fault is not None:
-        return [], [fault]
-    kept: list[tuple[Annotation, dict]] = []
-    problems: list[Problem] = []
-    for annotation, mask in masks_of(entry, *hw):
-        if isinstance(mask, AnnotationError):
-            problems.append((entry.file_name, annotation.id, mask))
-        else:
-            kept.append((annotation, mask))
-    return kept, problems
 
 
 def refuse_when_no_photo(

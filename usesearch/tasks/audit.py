@@ -20,7 +20,8 @@ from PIL import Image
 
 from usesearch.errors import AnnotationError, UsesearchError, first_line
 from usesearch.io.atomic import write_atomic
-from usesearch.io.coco_dataset import PHOTO_MISSING, CocoDataset, Problem, checked_masks
+from usesearch.io.coco_dataset import PHOTO_MISSING, CocoDataset, Problem
+from usesearch.io.coco_masks import checked_masks
 from usesearch.io.coco_photos import photo_path
 from usesearch.io.images import read_image
 from usesearch.io.own_folders import mark_audit_report

@@ -24,7 +24,8 @@ def check_ground_truth(coco_file: Path, images: Path) -> None:
     at the end lost every result before it, a wrong size scored 0 without a word, and a
     NaN in a polygon took pycocotools to all the machine's memory, then a crash."""
     from usesearch.errors import ImageReadError, UsesearchError, first_few
-    from usesearch.io.coco_dataset import CATEGORY_NAME, checked_masks, fault_line, read_coco
+    from usesearch.io.coco_dataset import CATEGORY_NAME, fault_line, read_coco
+    from usesearch.io.coco_masks import checked_masks
     from usesearch.io.images import displayed_size
 
     dataset = read_coco(coco_file)
