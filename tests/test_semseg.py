@@ -262,6 +262,9 @@ def test_class_lists_keep_every_id_in_its_place(tmp_path):
     assert report_names(["cat", "dog", "cat"]) == ["cat [0]", "dog", "cat [2]"]
     with pytest.raises(UsesearchError, match="66000 classes do not fit a 16-bit label map"):  # before any embedding
         class_list(",".join(f"c{i}" for i in range(66000)), None)
+    # A file given to --classes was segmented against one class named after it.
+    with pytest.raises(UsesearchError, match=f"--classes {trailing} names a file: give it with --classes-file"):
+        class_list(str(trailing), None)
 
 
 def test_parts_of_the_same_name_keep_a_score_each(tmp_path):

@@ -41,6 +41,10 @@ def _names(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
                 "(name every class, in label order)"
             )
         return names
+    if classes and "," not in classes and Path(classes).is_file():  # (segmented against one class named "cls.txt")
+        raise UsesearchError(
+            f"--classes {classes} names a file: give it with --classes-file (--classes takes names, comma-separated)"
+        )
     names = [c.strip() for c in (classes or "").split(",")]
     if not any(names) and "," not in (classes or ""):
         raise ValueError("give class names with --classes 'sky,tree,...' or --classes-file FILE")
