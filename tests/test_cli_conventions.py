@@ -487,3 +487,24 @@ def test_a_ctrl_c_while_python_shuts_down_ends_the_process_quietly_with_the_comm
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and json.loads(out), err[-2000:]  # its outcome stands, its output whole
     assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["segment", "x.png", "--classes", "a,b", "--out", "o.png"],
+        ["index", ".", "--db", "db"],
+        ["train", "data", "--run-dir", "run"],
+        ["curate", "run", "c.json", "--images", ".", "--dataset-dir", "ds"],
+        ["demo"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_an_unknown_preset_is_refused_as_the_command_line_is_read(command, tmp_path, monkeypatch):
+    """`--preset huge` was refused once the model libraries had loaded (4-6 s), or after
+    the run's photos were read: now by the option's own check, before any file is read."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [*command, "--preset", "huge"])
+    said = " ".join(result.output.replace("│", " ").split())  # (rich's error box, joined)
+    assert result.exit_code == 2 and "unknown preset 'huge'; choose one of l14-336, b16, tiny" in said, said
+    assert not any(tmp_path.iterdir())  # nothing made

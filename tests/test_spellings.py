@@ -99,7 +99,7 @@ def test_todays_spellings_say_nothing(files, capsys, monkeypatch):
 
 def test_the_old_audit_command_says_what_replaced_it(files):
     result = CliRunner().invoke(
-        app, ["audit", "--coco", str(files / "a.json"), "--images", str(files / "i"), "-p", "nope"]
+        app, ["audit", "--coco", str(files / "a.json"), "--images", str(files / "i"), "-p", "tiny"]
     )
     assert result.exit_code == 2 and "deprecated: `usesearch audit` is now `usesearch eval audit`" in result.stderr
 

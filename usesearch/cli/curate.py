@@ -79,6 +79,7 @@ def run(
             "-p",
             help="Preset whose SAM the boxes prompt: l14-336 (SAM ViT-H, as the paper curates, §4.1), "
             "b16 (ViT-B: faster, coarser masks), or tiny (random weights, for trials).",
+            callback=opts.known_preset,
         ),
     ] = CURATION_PRESET,
     sam_checkpoint: Annotated[Optional[Path], typer.Option(help="SAM checkpoint instead of the preset's.")] = None,

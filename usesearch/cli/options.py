@@ -130,6 +130,16 @@ def shared_options(into: str, make: Callable[..., Any]):
 
 
 # -- the model and where it runs ----------------------------------------------------------
+def known_preset(value: str | None) -> str | None:
+    """A preset name, checked as the command line is read: a typo was refused only once
+    the model libraries had loaded (4-6 s), or after a run's photos were read."""
+    from usesearch.models.presets import PRESETS
+
+    if value is not None and value not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {value!r}; choose one of {', '.join(PRESETS)}")
+    return value
+
+
 PresetOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -137,6 +147,7 @@ PresetOpt = Annotated[
         "-p",
         help="Model preset: b16, l14-336, or tiny (random weights, for trials). "
         "Default: the --head's preset where a command takes --head; adding to an index, the index's; else b16.",
+        callback=known_preset,
     ),
 ]
 EmbedderOpt = Annotated[

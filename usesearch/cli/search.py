@@ -219,7 +219,8 @@ def demo(
         Optional[str],
         typer.Option(
             help="Model preset: b16, l14-336, or tiny. Default: b16 where its weights are here, else tiny "
-            "(a preset named is run or refused)."
+            "(a preset named is run or refused).",
+            callback=opts.known_preset,
         ),
     ] = None,
     demo_dir: Annotated[

@@ -39,6 +39,7 @@ def train(
             "-p",
             help="Model preset whose frozen image towers the head learns on: b16 (the default), l14-336 (the "
             "paper's), or tiny (random weights, for trials).",
+            callback=opts.known_preset,
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the training data.")] = 5,
