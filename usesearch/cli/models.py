@@ -154,6 +154,8 @@ def embed(
     limits: PhotoLimits,
 ) -> None:
     """Propose segments in one image (weight-free superpixel masker) and rank them per text."""
+    if not all(t.strip() for t in text):  # (said by the text model, once it had loaded: 6-9 s)
+        raise UsesearchError("cannot embed an empty text")
     rgb = limits.read(image)  # a FIFO, a bomb, a broken file: refused before the models load
     if head is None:  # (a head names its own preset, read with it)
         from usesearch.models.presets import DEFAULT_PRESET
