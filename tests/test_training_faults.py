@@ -216,6 +216,8 @@ def test_training_on_photos_that_are_all_gone_exits_3_and_offers_no_head(tmp_pat
         in result.output
     )
     assert "--batch-images helps" not in result.output  # no batch had photos: not a batch-size problem
+    said = " ".join(result.output.split())  # what to do about photos moved since curation
+    assert "4 photos no longer where the dataset was curated (first: " in said and "move them back, or" in said, said
     summary = json.loads(result.stdout)
     assert summary["images"] == 0 and summary["head"] is None and len(summary["unreadable"]) == 4
     assert _log_steps(tmp_path / "run") == [1, 2]

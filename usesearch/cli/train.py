@@ -219,6 +219,12 @@ def train(
         opts.console.print(
             f"skipped {len(trainer.unreadable)} photo(s) that could not be read: listed in {run_dir / 'unreadable.txt'}"
         )
+    gone = [path for path in trainer.unreadable if not os.path.lexists(path)]
+    if gone and (not trained_on or trainer.ended_unread):  # (the photos moved after curation: nothing said how on)
+        opts.console.print(
+            f"  {counted(len(gone), 'photo')} no longer where the dataset was curated (first: {gone[0]}): a curated "
+            "dataset names its photos by path; move them back, or curate them again from where they are now"
+        )
     opts.exit_if_all_failed(trained_on, 0, len(trainer.unreadable), "photo", "nothing was trained on")
 
 
