@@ -235,7 +235,10 @@ def test_cli_train_interrupted_says_how_to_continue(synthetic, tmp_path, monkeyp
     assert result.exit_code == 130, result.output
     assert "interrupted after step 2 of 5; checkpoint written" in result.stderr
     summary = {"steps": 2, "trained_now": 2, "interrupted": True, "resumable": True, "checkpoint_step": 2}
-    assert json.loads(result.stdout) == summary
+    said = json.loads(result.stdout)  # with a finished run's keys: its head is usable as it is
+    images, head = said.pop("images"), said.pop("head")
+    assert said == summary and images > 0 and head == str(tmp_path / "run" / "head")
+    assert usesearch.load_model(head).kind == "use"
 
 
 def test_cli_train_stopped_at_once_names_the_checkpoint_a_resume_starts_from(synthetic, tmp_path, monkeypatch):
