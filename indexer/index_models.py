@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from usesearch.devices import explicit_device, resolve_device
 from usesearch.errors import IndexMismatchError, MissingWeightsError, NotFoundError, UsesearchError
 
-from .folder import head_to_load
+from .folder import HEAD_COPY, HEAD_FILES, head_to_load
 from .records import IndexInfo, info_summary
 
 if TYPE_CHECKING:  # the model side loads with the first model (``info``, ``failures``: ~4 s and ~800 MB less)
@@ -30,6 +30,7 @@ class IndexModels:
     ):
         self.info = info
         self.head = head_to_load(folder, info.model_head)  # its copy in the folder where it has one
+        self._copy = folder / HEAD_COPY
         self._device_asked, self._device = device, explicit_device(device)  # an explicit one is checked now
         self._whole, self._given = model, model is not None
         self._text: TextEmbedder | None = None  # the text side alone, until the whole model loads
@@ -124,8 +125,11 @@ class IndexModels:
 
         head = self.head
         if head is not None and not all(f.is_file() for f in checkpoint_paths(head)):
+            # A copy in the folder missing a file (which the query did not load): said too, as a way on.
+            lacking = [name for name in HEAD_FILES if not (self._copy / name).is_file()] if self._copy.is_dir() else []
+            copy = f"; the copy in {self._copy} lacks {' and '.join(lacking)}: put that back instead" if lacking else ""
             raise NotFoundError(
-                f"this index's head is gone from {head} (moved or deleted since indexing): put it back there; "
+                f"this index's head is gone from {head} (moved or deleted since indexing): put it back there{copy}; "
                 "a query needs the head the segments were embedded with"
             )
         loader = load_text_model if text_only else load_model

@@ -343,6 +343,10 @@ def test_an_index_keeps_a_copy_of_its_head_and_one_made_before_says_where_its_he
     assert (stats["head"], stats["head_loaded"]) == (str(path), str(db / HEAD_COPY))
     write_photos(photos, ("rocket",))
     assert index_paths([photos], db, IndexOptions(**OPTS)).done == 1  # a re-run loads the copy too
+    (db / HEAD_COPY / "head.json").rename(tmp_path / "copy.json")  # the copy missing a file: said as a way on
+    with pytest.raises(usesearch.UsesearchError, match=f"back there; the copy in {db / HEAD_COPY} lacks head.json"):
+        SegmentIndex.open(db).query("a cup", 3)
+    (tmp_path / "copy.json").rename(db / HEAD_COPY / "head.json")
     shutil.rmtree(db / HEAD_COPY)  # as an index made before the copies
     with pytest.raises(usesearch.UsesearchError, match=f"this index's head is gone from {path}.*put it back there"):
         SegmentIndex.open(db).query("a cup", 3)
