@@ -35,6 +35,8 @@ def writable_file(value: Path | None) -> Path | None:
             raise typer.BadParameter(f"{value} is a folder: name a file")
         # A link's file is replaced where it lies (``write_atomic``): its folder is the one written.
         folder = Path(os.path.realpath(value)).parent if value.is_symlink() else value.parent
+        if folder.exists() and not folder.is_dir():  # (it said "folder photos/coffee.jpg does not exist")
+            raise typer.BadParameter(f"{folder} is a file, not a folder: write elsewhere")
         if not folder.is_dir():
             raise typer.BadParameter(f"folder {folder} does not exist: make it first, or write elsewhere")
         if not os.access(folder, os.W_OK):
