@@ -164,6 +164,24 @@ def test_an_evaluation_whose_file_cannot_be_written_prints_its_result_first(tmp_
     assert table.exit_code == 2 and "mIoU" in table.stdout and "disk full" in table.stderr, table.output
 
 
+def test_pictures_segment_wrote_among_the_photos_are_no_photos_to_evaluate(tmp_path):
+    """A label map `segment` wrote into the images folder counted as an image with no label
+    PNG ("1 of 4 images have no label PNG"); `index` already leaves such pictures out."""
+    from usesearch.errors import UsesearchError
+    from usesearch.io.atomic import save_picture
+    from usesearch.tasks.semseg import ground_truth_pairs
+    from usesearch.training.synthetic import write_semseg
+
+    root = write_semseg(tmp_path / "data", 3, seed=4)
+    save_picture(Image.fromarray(np.zeros((8, 8), np.uint8)), root / "images" / "seg.png")
+    assert [image.name for image, _ in ground_truth_pairs(root / "images", root / "labels")] == [
+        p.name for p in sorted((root / "images").iterdir()) if p.name != "seg.png"
+    ]
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "images" / "photo.png")  # not ours: still said
+    with pytest.raises(UsesearchError, match="1 of 4 images have no label PNG .* .first: photo.png"):
+        ground_truth_pairs(root / "images", root / "labels")
+
+
 def test_only_masks_whose_top_class_is_a_part_are_scored():
     from usesearch.tasks.parts import background_classes, part_detections
 

@@ -113,6 +113,13 @@ def ground_truth_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
     if twins:  # both would be scored against the one label PNG of that name
         raise UsesearchError(f"photos {', '.join(twins[:4])} in {images} share a name: one label PNG cannot be both's")
     pairs = [(path, labels / f"{path.stem}.png") for path in files]
+    if any(not label.is_file() for _, label in pairs):
+        from usesearch.io.atomic import written_by_usesearch
+
+        # A label map or overlay `segment` wrote among the photos is none of them (as `index` leaves it out).
+        pairs = [(path, label) for path, label in pairs if label.is_file() or not written_by_usesearch(path)]
+        if not pairs:
+            raise UsesearchError(f"{images} holds no photo, only pictures usesearch wrote (label maps, overlays)")
     missing = [label.name for _, label in pairs if not label.is_file()]
     if missing:
         raise UsesearchError(
