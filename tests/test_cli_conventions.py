@@ -524,3 +524,15 @@ def test_an_empty_text_to_embed_is_refused_before_any_model_library_loads(files)
     assert done.returncode == 0, done.stderr[-2000:]
     exit_code, heavy, said = json.loads(done.stdout)
     assert exit_code == 2 and heavy == [] and "cannot embed an empty text" in said, said
+
+
+def test_a_command_started_with_stderr_closed_keeps_its_exit_code():
+    """`usesearch ... 2>&-`: Python gives no sys.stderr; the flush before exit failed on
+    it, and every command exited 1, its traceback going nowhere."""
+    done = subprocess.run(
+        [sys.executable, "-m", "usesearch", "models", "list", "--json"],
+        stdout=subprocess.PIPE,
+        preexec_fn=lambda: os.close(2),  # noqa: PLW1509 - the child alone, before it runs
+        timeout=120,
+    )
+    assert done.returncode == 0 and json.loads(done.stdout)

@@ -147,8 +147,12 @@ def _end_quietly_on_a_signal(code: int) -> None:
     import os
     import signal
 
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # (None where the process started with it closed: `2>&-`)
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # a closed pipe or file: Python's own exit says nothing of it either
+            pass
 
     def now(signum, frame) -> None:
         os._exit(code)
