@@ -258,7 +258,7 @@ def test_eval_semseg_refuses_ground_truth_that_cannot_be_scored_in_one_line(tmp_
     assert why in result.output and len(result.output.strip().splitlines()) == 1, result.output
 
 
-def test_class_lists_keep_every_id_in_its_place(tmp_path):
+def test_class_lists_keep_every_id_in_its_place(tmp_path, monkeypatch):
     """A class's id is its place in the list: a blank line inside the file, or both
     ways at once, is refused; a name given twice keeps both scores."""
     from usesearch.cli.class_lists import class_list, report_names
@@ -283,6 +283,9 @@ def test_class_lists_keep_every_id_in_its_place(tmp_path):
     # A file given to --classes was segmented against one class named after it.
     with pytest.raises(UsesearchError, match=f"--classes {trailing} names a file: give it with --classes-file"):
         class_list(str(trailing), None)
+    (tmp_path / "sky").write_text("a file named like a class")  # a name, not a path: still a class
+    monkeypatch.chdir(tmp_path)
+    assert class_list("sky", None) == ["sky"]
 
 
 def test_parts_of_the_same_name_keep_a_score_each(tmp_path):

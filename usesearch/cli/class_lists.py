@@ -41,7 +41,9 @@ def _names(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
                 "(name every class, in label order)"
             )
         return names
-    if classes and "," not in classes and Path(classes).is_file():  # (segmented against one class named "cls.txt")
+    # A file meant for --classes-file (segmented against one class named "cls.txt"); a class
+    # name that is also a file's here ("sky") is still a name.
+    if classes and "," not in classes and ("/" in classes or Path(classes).suffix) and Path(classes).is_file():
         raise UsesearchError(
             f"--classes {classes} names a file: give it with --classes-file (--classes takes names, comma-separated)"
         )
