@@ -536,3 +536,22 @@ def test_a_command_started_with_stderr_closed_keeps_its_exit_code():
         timeout=120,
     )
     assert done.returncode == 0 and json.loads(done.stdout)
+
+
+def test_a_head_checkpoint_given_as_the_preset_is_taken_and_a_missing_one_said(tmp_path):
+    """`--preset CHECKPOINT` names a head and its preset (``load_model``'s first argument):
+    the preset check as the command line is read must let it through."""
+    import typer
+
+    import usesearch
+    from usesearch.cli.options import known_preset
+    from usesearch.models.factory import create_use
+
+    use = create_use("tiny")
+    usesearch.save_head(tmp_path / "run" / "head", use.trainable_state_dict(), use.preset, {"step": 1})
+    for named in ("run", "run/head", "run/head.safetensors", "run/head.json"):
+        assert known_preset(str(tmp_path / named)) == str(tmp_path / named)
+    with pytest.raises(typer.BadParameter, match="no head checkpoint there .nor is it a preset: l14-336, b16, tiny"):
+        known_preset(str(tmp_path / "gone" / "head"))
+    with pytest.raises(typer.BadParameter, match="unknown preset 'huge'"):
+        known_preset("huge")

@@ -131,13 +131,17 @@ def shared_options(into: str, make: Callable[..., Any]):
 
 # -- the model and where it runs ----------------------------------------------------------
 def known_preset(value: str | None) -> str | None:
-    """A preset name, checked as the command line is read: a typo was refused only once
-    the model libraries had loaded (4-6 s), or after a run's photos were read."""
+    """A preset name, or a head checkpoint (which names its preset), checked as the
+    command line is read: a typo was refused only once the model libraries had loaded
+    (4-6 s), or after a run's photos were read."""
+    from usesearch.models.head_files import is_checkpoint
     from usesearch.models.presets import PRESETS
 
-    if value is not None and value not in PRESETS:
-        raise typer.BadParameter(f"unknown preset {value!r}; choose one of {', '.join(PRESETS)}")
-    return value
+    if value is None or value in PRESETS or is_checkpoint(value):
+        return value
+    if os.sep in value or Path(value).suffix in (".safetensors", ".json", ".pt"):  # (as ``load_model`` says it)
+        raise typer.BadParameter(f"{value}: no head checkpoint there (nor is it a preset: {', '.join(PRESETS)})")
+    raise typer.BadParameter(f"unknown preset {value!r}; choose one of {', '.join(PRESETS)}")
 
 
 PresetOpt = Annotated[

@@ -19,24 +19,12 @@ from safetensors.torch import load_file, save_file
 from usesearch.errors import CheckpointMismatchError, UsesearchError, first_line
 from usesearch.io.atomic import write_atomic
 from usesearch.models.config import PresetConfig
+from usesearch.models.head_files import checkpoint_paths as checkpoint_paths
+from usesearch.models.head_files import is_checkpoint as is_checkpoint
 from usesearch.models.weights import file_fault
 
 FORMAT = "usesearch-head"
 VERSION = 1
-
-
-def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """Accepts ``DIR`` (holding head.*), ``NAME.safetensors``, ``NAME.json`` or ``NAME``."""
-    path = Path(path)
-    if path.is_dir():
-        return path / "head.safetensors", path / "head.json"
-    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-
-
-def is_checkpoint(path: str | os.PathLike) -> bool:
-    weights, config = checkpoint_paths(path)
-    return weights.is_file() and config.is_file()
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
