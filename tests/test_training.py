@@ -237,6 +237,7 @@ def test_cli_train_interrupted_says_how_to_continue(synthetic, tmp_path, monkeyp
     summary = {"steps": 2, "trained_now": 2, "interrupted": True, "resumable": True, "checkpoint_step": 2}
     said = json.loads(result.stdout)  # with a finished run's keys: its head is usable as it is
     images, head = said.pop("images"), said.pop("head")
+    assert said.pop("unreadable") == {} and said.pop("steps_without_negatives") >= 0
     assert said == summary and images > 0 and head == str(tmp_path / "run" / "head")
     assert usesearch.load_model(head).kind == "use"
 
@@ -305,6 +306,45 @@ def test_a_second_ctrl_c_while_a_checkpoint_is_written_waits_for_its_latest_head
     assert "interrupted after step 2 of 5; checkpoint written" in result.output, result.output
     assert "stopping once this checkpoint is written" in capfd.readouterr().err  # (the handler writes to fd 2)
     assert json.loads((run / "head.json").read_text())["step"] == 2  # what was said is on disk
+
+
+@pytest.mark.parametrize("case", ["a third abandons the write", "through the last step's write"])
+def test_a_ctrl_c_kept_through_a_checkpoint_neither_traps_the_run_nor_ends_a_finished_one(
+    synthetic, tmp_path, monkeypatch, case
+):
+    """A write stuck on a mount kept every further Ctrl-C waiting: a third abandons it. A
+    second one through the run's last checkpoint made the finished run "interrupted"."""
+    import json
+    import os
+    import signal
+
+    from typer.testing import CliRunner
+
+    from usesearch.cli.app import app
+    from usesearch.training import train as training
+    from usesearch.training.train import Trainer
+
+    real_state, real_run = training.write_trainer_state, Trainer.run
+    third = case == "a third abandons the write"
+
+    def ctrl_c_while_writing(*args, **kwargs):
+        for _ in range(2 if third else 1):
+            os.kill(os.getpid(), signal.SIGINT)
+        real_state(*args, **kwargs)
+
+    monkeypatch.setattr(training, "write_trainer_state", ctrl_c_while_writing)
+    at = 2 if third else 3
+    ctrl_c = lambda step, *a: step == at and os.kill(os.getpid(), signal.SIGINT)  # noqa: E731
+    monkeypatch.setattr(Trainer, "run", lambda self, progress=None, until=None: real_run(self, ctrl_c, until))
+    run = tmp_path / "run"
+    args = ["train", str(synthetic[1]), "--run-dir", str(run), "--batch-images", "4", "--crop", "96"]
+    result = CliRunner().invoke(app, [*args, "--max-steps", "3", "--checkpoint-every", "10", "--preset", "tiny"])
+    if third:
+        assert result.exit_code == 130 and "no checkpoint was written yet" in result.output, result.output
+        assert not (run / "trainer.safetensors").exists()
+    else:
+        assert result.exit_code == 0 and "trained 3 steps" in result.output, result.output
+        assert json.loads((run / "head.json").read_text())["step"] == 3
 
 
 def test_the_trainer_builds_the_papers_optimizer_and_schedule(synthetic, tmp_path):

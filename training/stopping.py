@@ -12,10 +12,10 @@ from usesearch import interrupts
 
 
 class StopRequest(threading.Event):
-    """Set by the first Ctrl-C or SIGTERM. A second stops at once, but never inside
+    """Set by the first Ctrl-C or SIGTERM. A second stops at once, but not inside
     ``holding`` (a checkpoint being written: the step's head, the trainer's state and
     the latest-head copy): it is kept until that ends, so that what the run says it
-    wrote is what is on disk."""
+    wrote is what is on disk. A third abandons the write (one stuck on a mount)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -23,13 +23,15 @@ class StopRequest(threading.Event):
         self.again = False  # a second request came while held
 
     @contextmanager
-    def holding(self) -> Iterator[None]:
+    def holding(self, last: bool = False) -> Iterator[None]:
+        """``last``: the run's last checkpoint; a request kept through it does not turn
+        the finished run into an interrupted one."""
         self.held = True
         try:
             yield
         finally:
             self.held = False
-        if self.again:  # (not after a failure of the write: its error is what is said)
+        if self.again and not last:  # (not after a failure of the write: its error is what is said)
             raise KeyboardInterrupt
 
 
@@ -45,9 +47,9 @@ def stop_requests() -> Iterator[StopRequest | None]:
 
     def request(signum, frame) -> None:
         interrupts.note_signal(signum)  # a SIGTERM exits 143 as every command's does
-        if stop.is_set() and stop.held:
+        if stop.is_set() and stop.held and not stop.again:
             stop.again = True
-            os.write(2, b"\nstopping once this checkpoint is written\n")
+            os.write(2, b"\nstopping once this checkpoint is written (Ctrl-C again abandons it)\n")
             return
         if stop.is_set():
             raise KeyboardInterrupt

@@ -228,9 +228,9 @@ class Trainer:
                     if progress:
                         progress(self.step, self.total_steps, loss.item() if loss is not None else float("nan"))
                     if self.step % self.cfg.checkpoint_every == 0 or self.step in (self.total_steps, until):
-                        self._checkpoint(stop)
+                        self._checkpoint(stop, end)
                     elif stop is not None and stop.is_set():
-                        self._checkpoint(stop)
+                        self._checkpoint(stop, end)
                     if stop is not None and stop.is_set() and self.step < end:  # the last step ends the run
                         raise KeyboardInterrupt(f"interrupted after step {self.step}")
                     if len(self.unreadable) >= self.photo_count and pending is not None:
@@ -238,7 +238,7 @@ class Trainer:
                         # schedule would read nothing either, for hours; what was learned is kept.
                         self.ended_unread = True
                         if self.read:
-                            self._checkpoint(stop)
+                            self._checkpoint(stop, end)
                         break
             finally:  # the batch being prepared ends before the run (and its lock) does
                 ahead.shutdown(wait=True, cancel_futures=True)
@@ -282,10 +282,10 @@ class Trainer:
             )
 
     # -- checkpoints: safetensors + JSON, never pickles ----------------------------------
-    def _checkpoint(self, stop: StopRequest | None) -> None:
+    def _checkpoint(self, stop: StopRequest | None, end: int) -> None:
         """``save``, a second Ctrl-C held until it ends (one cut between the trainer's state
         and the latest-head copy left ``head.*`` a checkpoint behind what was said)."""
-        with stop.holding() if stop is not None else contextlib.nullcontext():
+        with stop.holding(last=self.step >= end) if stop is not None else contextlib.nullcontext():
             self.save()
 
     def save(self) -> None:
