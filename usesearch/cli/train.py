@@ -174,11 +174,13 @@ def train(
             said = "checkpoint written" if saved is not None else "no checkpoint was written yet"
         again = f": the same command with --resume continues (--run-dir {run_dir})" if saved is not None else ""
         opts.console.print(f"interrupted after step {trainer.step} of {trainer.total_steps}; {said}{again}")
-        if as_json:  # the finished run's keys too: its head (the checkpoint's) is usable as it is
-            interrupted: dict[str, object] = {"steps": trainer.step, "trained_now": trainer.step - first_step}
-            interrupted.update(interrupted=True, resumable=saved is not None, images=trainer.trained_on())
-            interrupted["head"] = str(run_dir / "head") if saved is not None else None
-            print(json.dumps({**interrupted, "checkpoint_step": saved}, indent=1))  # (None: no checkpoint)
+        if as_json:  # a finished run's keys too: its head (the checkpoint's, where one learned) is usable as it is
+            report = _summary(trainer, run_dir, trainer.step - first_step)
+            report["head"] = report["head"] if saved is not None else None
+            resumable = saved is not None
+            print(
+                json.dumps({**report, "interrupted": True, "resumable": resumable, "checkpoint_step": saved}, indent=1)
+            )
         raise typer.Exit(130) from None
     except Exception as exc:
         if is_disk_full(exc):  # (it said only safetensors' "Error while serializing: I/O error")
