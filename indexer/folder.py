@@ -319,15 +319,23 @@ def keep_head_copy(db_dir: Path, head: str, given: bool = False) -> None:
     import logging
     import shutil
 
-    from usesearch.models.checkpoint import checkpoint_paths
+    from usesearch.models.head_files import checkpoint_paths
 
     copy, part = db_dir / HEAD_COPY, db_dir / f"{HEAD_COPY}.part"
     if Path(head).resolve() == copy.resolve():
         return
     if _holds_head(copy):
-        sources = zip(checkpoint_paths(head), HEAD_FILES)
-        if not given or all(filecmp.cmp(source, copy / name, shallow=False) for source, name in sources):
+        if not given:
             return
+        filecmp.clear_cache()  # (its cache, by size and time, would miss a copy damaged in place since)
+        try:
+            if all(
+                filecmp.cmp(source, copy / name, shallow=False)
+                for source, name in zip(checkpoint_paths(head), HEAD_FILES)
+            ):
+                return
+        except OSError:  # unreadable: taken as differing, and copied anew (or said, below)
+            pass
         logging.getLogger(__name__).warning(
             "%s differs from the head given (%s), which the index matches: replaced", copy, head
         )

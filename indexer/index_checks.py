@@ -20,8 +20,13 @@ def _same_head_path(existing: IndexInfo, info: IndexInfo) -> bool:
     """Both name one head file, on the same preset and embedder: the head there changed."""
     if not (existing.model_head and info.model_head):
         return False
+    from usesearch.models.head_files import checkpoint_paths
+
     same_model = (existing.preset, existing.embedder) == (info.preset, info.embedder)
-    return same_model and Path(existing.model_head).resolve() == Path(info.model_head).resolve()
+    # (`runs/b16`, `runs/b16/head` and `runs/b16/head.json` name one head: compared by its weights file)
+    return same_model and (
+        checkpoint_paths(existing.model_head)[0].resolve() == checkpoint_paths(info.model_head)[0].resolve()
+    )
 
 
 def check_identity(store: Store, info: IndexInfo) -> IndexInfo:
