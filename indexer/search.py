@@ -387,7 +387,9 @@ class SegmentIndex(Freshness):
         """Counts, model, index type and sizes (``index_stats.stats``). ``check_files``
         also counts the image files gone since indexing, the embedding bytes no segment
         refers to and the embedding files gone or cut short: ``usesearch info`` asks for
-        them, the web page's every load does not."""
+        them, the web page's every load does not. Brought up to the writer's commits first,
+        as a search is (its segments read the catalog, its vectors the index as opened)."""
+        self.refresh()
         with self._index_lock.reading():  # not amid a close, which takes the FAISS index away
             self.check_open()
             return index_stats.stats(self, check_files)
