@@ -9,7 +9,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from usesearch.errors import IndexIdentityError, IndexLockedError, IndexUpgradeNeededError, UsesearchError, first_few
+from usesearch.errors import (
+    BadArgumentError,
+    IndexIdentityError,
+    IndexLockedError,
+    IndexUpgradeNeededError,
+    UsesearchError,
+    first_few,
+)
 from usesearch.io.locks import live_holder, one_writer
 from usesearch.io.own_folders import why_unwritable
 
@@ -96,7 +103,9 @@ def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Pa
     """The photos named and the index folder, checked before anything loads or the
     folder is made: a typo costs a second, not the seconds the models take to import."""
     if isinstance(paths, (str, bytes, os.PathLike)):  # a str was walked as its characters: "no such file: t"
-        raise TypeError(f"paths is a list of files and folders; got the one path {os.fsdecode(paths)!r}: give [it]")
+        raise BadArgumentError(
+            f"paths is a list of files and folders; got the one path {os.fsdecode(paths)!r}: give [it]"
+        )
     db_dir = check_db_dir(db_dir)
     missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
     if missing:  # before the lock: a typo must not leave an empty index folder behind

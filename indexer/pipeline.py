@@ -19,6 +19,7 @@ from pathlib import Path
 from usesearch.devices import compile_note, compiles, idle_gpus_note, resolve_device
 from usesearch.devices import describe as describe_device
 from usesearch.errors import (
+    BadArgumentError,
     CatalogRefusedError,
     CatalogUnavailableError,
     IndexIdentityError,
@@ -58,6 +59,8 @@ def index_paths(
 ) -> IndexReport:
     """Index every image under ``paths`` into ``db_dir``; safe to re-run and to kill."""
     options = options or IndexOptions()
+    if not isinstance(options, IndexOptions):  # (a dict failed deep inside: "'dict' object has no attribute …")
+        raise BadArgumentError(f"options is an IndexOptions, not a {type(options).__name__}: IndexOptions(**them)")
     db_dir = check_paths(paths, db_dir)
     options = as_built(db_dir, options)
     report = IndexReport(devices=check_devices(options))

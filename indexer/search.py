@@ -161,6 +161,7 @@ class SegmentIndex(Freshness):
         ~1 s per million segments to build, 6 bytes each; the catalog costs ~2.4 ms per
         1,000 candidates at 200k, ~10 ms at 10M), built now or, with ``background``, in
         a thread while searches still ask the catalog. An exact index holds none."""
+        self.check_open()  # (closed: "'SegmentIndex' object has no attribute 'index'")
         if self._locations is not None or self.index.exact:
             return
         self._locations = LocationMap(self.store)

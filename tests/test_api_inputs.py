@@ -42,6 +42,14 @@ def test_the_models_bad_arguments_are_usesearch_errors_as_python_would_type_them
         (lambda: tiny_use.embed_text("a cat"), "a list of strings, not a single string"),
         (lambda: tiny_use.embed_text([""]), "empty text"),
         (lambda: tiny_use.embed_segments(photo.astype(np.float32), empty), "expected a uint8 image"),
+        # None, an array of texts, a generator (the checks used it up: "need at least one array")
+        (lambda: tiny_use.embed_text(None), "a list of strings; got NoneType"),
+        (lambda: tiny_use.embed_text(np.array(["a", "b"])), "a list of strings; got ndarray"),
+        (lambda: tiny_use.embed_text(t for t in ["a", "b"]), "a list of strings; got generator"),
+        # A template as a string was split into characters; one without {} gave every text one vector.
+        (lambda: tiny_use.embed_text(["cat"], templates="a photo of {}"), "templates is a non-empty list"),
+        (lambda: tiny_use.embed_text(["cat"], templates=[]), "templates is a non-empty list"),
+        (lambda: tiny_use.embed_text(["cat"], templates=["a photo"]), "template 'a photo' must hold the text's"),
     ):
         with pytest.raises(BadArgumentError, match=said) as caught:
             call()

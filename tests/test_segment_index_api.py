@@ -96,6 +96,8 @@ def test_index_paths_given_one_path_instead_of_a_list_says_so(tmp_path):
     for one in (str(tmp_path), tmp_path):
         with pytest.raises(TypeError, match="paths is a list of files and folders; got the one path"):
             index_paths(one, tmp_path / "db", IndexOptions(**OPTS))
+    with pytest.raises(BadArgumentError, match="options is an IndexOptions, not a dict: IndexOptions"):
+        index_paths([tmp_path], tmp_path / "db", OPTS)  # (it failed deep inside: no attribute 'db_url')
     assert not (tmp_path / "db").exists()
 
 
@@ -103,7 +105,7 @@ def test_a_closed_index_refuses_searches_instead_of_reconnecting(indexed):
     root, _ = indexed
     with SegmentIndex.open(root / "db") as ix:
         assert ix.query("a cat", k=2)
-    for search in (lambda: ix.query("a cat"), lambda: ix.similar(1), lambda: ix.model, lambda: ix.stats()):
+    for search in (lambda: ix.query("a cat"), lambda: ix.similar(1), lambda: ix.model, ix.stats, ix.hold_locations):
         with pytest.raises(UsesearchError, match="this index is closed"):
             search()
 

@@ -49,6 +49,16 @@ CLASSNAME_TEMPLATES: tuple[str, ...] = (
 TEMPLATE_SETS = {"expression": EXPRESSION_TEMPLATES, "classname": CLASSNAME_TEMPLATES}
 
 
+def check_templates(templates: Sequence[str]) -> None:
+    """Prompt templates, each holding one ``{}`` for the text: a template without it gave
+    every text the same vector, a string was split into characters."""
+    if isinstance(templates, str) or not isinstance(templates, (list, tuple)) or not templates:
+        raise BadArgumentError("templates is a non-empty list of strings, each with one {} for the text")
+    for template in templates:
+        if not isinstance(template, str) or template.count("{}") != 1 or template.replace("{}", "").count("{"):
+            raise BadArgumentError(f"template {template!r} must hold the text's place as one {{}} and no other braces")
+
+
 class TextEncoder:
     """Embeds texts as the normalised mean of their normalised per-template embeddings."""
 
@@ -72,11 +82,14 @@ class TextEncoder:
     def embed(self, texts: Sequence[str], templates: Sequence[str] = EXPRESSION_TEMPLATES) -> np.ndarray:
         if isinstance(texts, str):
             raise BadArgumentError("embed_text takes a list of strings, not a single string")
+        if not isinstance(texts, (list, tuple)):  # (None, a NumPy array, a generator the checks below used up)
+            raise BadArgumentError(f"embed_text takes a list of strings; got {type(texts).__name__}")
         for text in texts:
             if not isinstance(text, str):  # (None read as "an empty text", a number failed on .strip)
                 raise BadArgumentError(f"embed_text takes strings; got {type(text).__name__} {text!r}")
             if not text.strip():
                 raise BadArgumentError("cannot embed an empty text")
+        check_templates(templates)
         key_templates = tuple(templates)
         missing = list(dict.fromkeys(t for t in texts if (key_templates, t) not in self._cache))
         if missing:
