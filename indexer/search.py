@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from usesearch.devices import explicit_device
-from usesearch.errors import NotFoundError, UsesearchError
+from usesearch.errors import BadArgumentError, NotFoundError, UsesearchError
 from usesearch.io.images import to_rgb_array
 
 from . import calibration, faiss_gpu, filters, index_choice, index_kinds, index_stats, vector_files, vectors
@@ -195,17 +195,18 @@ class SegmentIndex(Freshness):
         image,
         point: tuple[float, float] | None = None,
         box: tuple[float, float, float, float] | None = None,
-        mask: np.ndarray | None = None,
+        mask: np.ndarray | str | os.PathLike | None = None,
     ) -> region_lib.Region:
         """The region of ``image`` (any photo: its path, an RGB array or PIL) a query by region
-        searches for: ``mask`` as given, or SAM's most stable mask for ``point`` (x, y)
-        or ``box`` (x, y, w, h), with the SAM of the index's preset."""
+        searches for: ``mask`` as given (an array [H, W], or a mask picture's path), or SAM's
+        most stable mask for ``point`` (x, y) or ``box`` (x, y, w, h), with the SAM of the
+        index's preset."""
         from usesearch.masks import region as region_lib
 
         rgb = to_rgb_array(image)
         if mask is not None:
-            if point is not None or box is not None:
-                raise UsesearchError("give a mask, or a point or box for SAM, not both")
+            if point is not None or box is not None:  # (a BadArgumentError, as its siblings' refusals)
+                raise BadArgumentError("give a mask, or a point or box for SAM, not both")
             return region_lib.from_mask(mask, rgb.shape[:2])
         with self._model_lock:
             return region_lib.prompt(self.models.sam(), rgb, point=point, box=box)

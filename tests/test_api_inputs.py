@@ -42,6 +42,10 @@ def test_the_models_bad_arguments_are_usesearch_errors_as_python_would_type_them
         (lambda: tiny_use.embed_text("a cat"), "a list of strings, not a single string"),
         (lambda: tiny_use.embed_text([""]), "empty text"),
         (lambda: tiny_use.embed_segments(photo.astype(np.float32), empty), "expected a uint8 image"),
+        # Masks as None, a file's name, an array of objects: torch's TypeError of a NumPy object.
+        (lambda: tiny_use.embed_segments(photo, None), "masks is an array of .N, H, W. masks.* got NoneType"),
+        (lambda: tiny_use.embed_segments(photo, "mask.png"), "masks is an array .* got str"),
+        (lambda: tiny_use.embed_segments(photo, np.array([empty[0], None], object)), "got an array of objects"),
         # None, an array of texts, a generator (the checks used it up: "need at least one array")
         (lambda: tiny_use.embed_text(None), "a list of strings; got NoneType"),
         (lambda: tiny_use.embed_text(np.array(["a", "b"])), "a list of strings; got ndarray"),

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tests.helpers import OPTS, write_photos
 from usesearch.cli.app import app
-from usesearch.errors import UsesearchError
+from usesearch.errors import BadArgumentError, UsesearchError
 from usesearch.indexer import IndexOptions, SearchFilters, SegmentIndex, index_paths
 from usesearch.masks import rle
 
@@ -64,6 +64,10 @@ def test_a_region_of_a_photo_outside_the_index_finds_its_indexed_twin_first(inde
     assert (tmp_path / "hits-region.png").is_file() and (tmp_path / "hits.png").is_file()
     api = ix.similar_region(np.asarray(Image.open(outside).convert("RGB")), mask=mask, k=3)
     assert [h.segment_id for h in api] == [h["segment_id"] for h in hits]
+    by_path = ix.similar_region(outside, mask=tmp_path / "mask.png", k=3)  # the picture, as --mask takes it
+    assert [h.segment_id for h in by_path] == [h["segment_id"] for h in hits]  # (a path was an IndexError)
+    with pytest.raises(BadArgumentError, match="the mask is an array .H, W. or a mask picture's path"):
+        ix.similar_region(outside, mask=[None, 1], k=3)
     # The same region drawn on a transparent layer (black, opaque inside): the opaque pixels
     # are the region (composited on white, the whole photo but it was searched).
     layer = np.zeros((*mask.shape, 4), np.uint8)

@@ -5,8 +5,10 @@ What ``similar --image`` searches for."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -86,8 +88,18 @@ def read_mask(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarr
         raise UsesearchError(f"cannot read mask {name}: {exc}") from exc
 
 
-def from_mask(mask: np.ndarray, hw: tuple[int, int]) -> Region:
-    mask = np.asarray(mask)
+def from_mask(given: np.ndarray | str | os.PathLike, hw: tuple[int, int]) -> Region:
+    """The region a mask marks: an array [H, W] (any non-zero pixel inside), or a mask
+    picture's path, read as the CLI's ``--mask MASK.png`` is (a path was an IndexError)."""
+    if isinstance(given, (str, os.PathLike)):
+        try:
+            data = Path(given).read_bytes()
+        except OSError as exc:
+            raise UsesearchError(f"cannot read mask {os.fspath(given)}: {exc.strerror or exc}") from None
+        given = read_mask(data, os.fspath(given))
+    mask = np.asarray(given)
+    if mask.ndim not in (2, 3) or mask.dtype == object:
+        raise BadArgumentError(f"the mask is an array [H, W] or a mask picture's path; got shape {mask.shape}")
     if mask.ndim == 3:  # a PNG read with colour channels: any non-zero channel is inside
         mask = np.any(mask, axis=2)
     if mask.shape != tuple(hw):

@@ -4,6 +4,7 @@ masks as a bool tensor. Apart from ``usesearch.io.images`` so that reading a pho
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import numpy as np
@@ -17,7 +18,11 @@ def as_masks(masks: np.ndarray | torch.Tensor, image_hw: tuple[int, int]) -> tor
     """Bool masks [N, H, W] from bool or 0/1 arrays of any memory layout (flipped views
     included). Any other value (NaN, -1, 0.5, 255) is an error, not "inside"."""
     if not torch.is_tensor(masks):
+        if masks is None or isinstance(masks, (str, bytes, os.PathLike)):  # (torch's TypeError of a NumPy object)
+            raise BadArgumentError(f"masks is an array of [N, H, W] masks, bool or 0/1; got {type(masks).__name__}")
         masks = np.ascontiguousarray(masks)  # negative strides: torch cannot view them
+        if masks.dtype == object:
+            raise BadArgumentError("masks is an array of [N, H, W] masks, bool or 0/1; got an array of objects")
     masks = torch.as_tensor(masks)
     if masks.ndim == 1 and masks.numel() == 0:  # ``[]``: no masks, as a (0, H, W) stack is
         masks = torch.zeros((0, *image_hw), dtype=torch.bool)
