@@ -174,7 +174,10 @@ def check_k(k: int) -> int:
 def check_query_vector(vector, dim: int) -> np.ndarray:
     """A query vector as float32 [dim], refused in words where it cannot be one: another
     dimension (FAISS raised a bare AssertionError) or not finite (NaN: no hit, silently)."""
-    array = np.asarray(vector, dtype=np.float32)
+    try:
+        array = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):  # (a text: NumPy's "could not convert string to float")
+        raise BadArgumentError(f"the query vector is numbers; got {type(vector).__name__} {vector!r:.40}") from None
     if array.ndim == 2 and array.shape[0] == 1:
         array = array[0]
     if array.shape != (dim,):

@@ -10,6 +10,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from usesearch.errors import BadArgumentError
+
 
 def new_index(dim: int, factory: str) -> faiss.Index:
     # IVF indexes keep the segment ids in their inverted lists; anything else is
@@ -20,28 +22,28 @@ def new_index(dim: int, factory: str) -> faiss.Index:
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise ValueError(f"invalid FAISS factory string {given!r}: {_faiss_words(exc)}") from None
+        raise BadArgumentError(f"invalid FAISS factory string {given!r}: {_faiss_words(exc)}") from None
     if any(part.metric_type != faiss.METRIC_INNER_PRODUCT for part in _parts(index)):
         # FAISS builds HNSW over PQ with L2 whatever the metric asked: the index written
         # was refused as another metric at every open, and rebuilt there (minutes a query).
-        raise ValueError(
+        raise BadArgumentError(
             f"FAISS factory string {given!r}: FAISS builds it with L2 distances, not the inner product "
             "segments are ranked by; use HNSW32,SQ8 (a compressed graph) or IVF...,PQ..."
         )
     ivf = ivf_of(index)
     if ivf is not None and ivf.nlist < 1:  # FAISS builds it, and every search then fails (nprobe 0)
-        raise ValueError(f"invalid FAISS factory string {given!r}: an IVF needs at least one list")
+        raise BadArgumentError(f"invalid FAISS factory string {given!r}: an IVF needs at least one list")
     if _has_part(index, faiss.IndexNSG):  # FAISS adds to it once; a small R's first add may never end
-        raise ValueError(f"FAISS factory string {given!r}: an NSG graph cannot grow with the index; use HNSW32")
+        raise BadArgumentError(f"FAISS factory string {given!r}: an NSG graph cannot grow with the index; use HNSW32")
     if ivf is not None and _has_part(index, faiss.IndexRefine):  # FAISS builds it; its first add then fails
-        raise ValueError(
+        raise BadArgumentError(
             f"FAISS factory string {given!r}: a Refine over an IVF takes no segment ids; leave it out "
             "(a compressed index's hits are re-scored from the stored embeddings: --rerank)"
         )
     if _sparse_graph(index):  # FAISS builds it; adding to it then crashes the process or never ends
-        raise ValueError(f"invalid FAISS factory string {given!r}: a graph (HNSW M) needs 2 links or more")
+        raise BadArgumentError(f"invalid FAISS factory string {given!r}: a graph (HNSW M) needs 2 links or more")
     if ivf is None and not isinstance(faiss.downcast_index(index), faiss.IndexIDMap2):  # ``index_ids`` lists none
-        raise ValueError(
+        raise BadArgumentError(
             f"FAISS factory string {given!r}: an IDMap keeps no list of its ids; leave it out "
             "(every index but an IVF is wrapped in an IDMap2)"
         )

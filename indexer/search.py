@@ -66,7 +66,7 @@ class SegmentIndex(Freshness):
         candidates' rows are looked up: "catalog" (per search: one query), "memory" or
         "background" (``hold_locations``: a server)."""
         if locations not in LOCATIONS:
-            raise ValueError(f"locations must be one of {', '.join(LOCATIONS)}, not {locations!r}")
+            raise BadArgumentError(f"locations must be one of {', '.join(LOCATIONS)}, not {locations!r}")
         self.db_dir = Path(db_dir).absolute()  # the folder opened, whatever directory a caller moves to
         self.store = store
         info = store.info()

@@ -28,6 +28,8 @@ def test_a_query_vector_or_k_that_cannot_be_searched_is_refused_in_words(indexed
         ix.search_vector(np.ones(dim + 1, np.float32))
     with pytest.raises(ValueError, match="not finite"):
         ix.search_vector(np.full(dim, np.nan, np.float32))
+    with pytest.raises(BadArgumentError, match="the query vector is numbers; got str 'a cat'"):
+        ix.search_vector("a cat")  # (NumPy's "could not convert string to float")
     for k, kind in ((2.5, "float"), (True, "bool")):
         with pytest.raises(TypeError, match=f"k must be an integer, got {kind}"):
             ix.query("a cat", k=k)
