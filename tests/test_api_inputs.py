@@ -81,6 +81,8 @@ def test_a_photo_gives_the_same_pixels_as_a_file_a_pil_image_or_an_array(tmp_pat
     read = read_image(tmp_path / "deep.png")
     assert read.max() > 200 and (read == 255).mean() < 0.05  # scaled, not clipped
     np.testing.assert_array_equal(to_rgb_array(Image.open(tmp_path / "deep.png")), read)
+    np.testing.assert_array_equal(to_rgb_array(deep), read)  # the array itself ("expected a uint8 image")
+    np.testing.assert_array_equal(to_rgb_array(data.camera()[..., None]), to_rgb_array(data.camera()))  # HxWx1
     # From the bits the pixels use: a 12-bit scan was read nearly black (>> 8: at most 15),
     # and one pixel of 256 in 8-bit data so stored blacked out the whole photo.
     twelve = to_rgb_array(Image.fromarray(data.camera().astype(np.uint16) * 16))

@@ -56,6 +56,10 @@ def to_rgb_array(image: Image.Image | np.ndarray | str | PathLike) -> np.ndarray
     transparency composited on white, also in an RGBA array (whose alpha was dropped)."""
     if isinstance(image, (str, PathLike)):  # (a path was an array of shape (): "expected an HxWx3 image")
         return read_image(image)
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 1:  # greyscale HxWx1: as HxW
+        image = image[..., 0]
+    if isinstance(image, np.ndarray) and image.ndim == 2 and image.dtype == np.uint16 and image.size:
+        image = Image.fromarray(np.ascontiguousarray(image))  # scaled as the same pixels read from a file are
     if (
         isinstance(image, np.ndarray)
         and image.ndim == 3
