@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from usesearch.devices import check_precision
-from usesearch.errors import UsesearchError
+from usesearch.errors import BadArgumentError, UsesearchError
 from usesearch.io.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from usesearch.reports import RunReport
 
@@ -34,8 +34,21 @@ class IndexOptions:
     recall_target: float | None = None  # recall@10 a compressed index is calibrated for; None: as stored, else 0.95
 
     def __post_init__(self) -> None:
+        """What can be checked without a model, checked as the options are made: a preset
+        no model has, or a limit no photo passes, failed only in ``index_paths`` (the
+        latter after making the folder, every photo refused)."""
         check_shard_size(self.shard_size)
         check_precision(self.precision)
+        if self.preset is not None:
+            from usesearch.models.head_files import is_checkpoint
+            from usesearch.models.presets import PRESETS, get_preset
+
+            if self.preset not in PRESETS and not is_checkpoint(self.preset):
+                get_preset(self.preset)  # (raises UnknownPresetError, naming the presets)
+        for name in ("max_pixels", "max_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BadArgumentError(f"{name} is a number of at least 1; got {value!r}")
 
 
 def check_shard_size(shard_size: int | None) -> None:

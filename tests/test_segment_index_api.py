@@ -98,6 +98,11 @@ def test_index_paths_given_one_path_instead_of_a_list_says_so(tmp_path):
     for one in (str(tmp_path), tmp_path):
         with pytest.raises(TypeError, match="paths is a list of files and folders; got the one path"):
             index_paths(one, tmp_path / "db", IndexOptions(**OPTS))
+    # Checked as the options are made: a limit no photo passes made the folder, then refused every photo.
+    with pytest.raises(BadArgumentError, match="max_pixels is a number of at least 1; got -1"):
+        IndexOptions(**OPTS, max_pixels=-1)
+    with pytest.raises(UsesearchError, match="unknown preset 'bogus'"):
+        IndexOptions(preset="bogus")
     with pytest.raises(BadArgumentError, match="options is an IndexOptions, not a dict: IndexOptions"):
         index_paths([tmp_path], tmp_path / "db", OPTS)  # (it failed deep inside: no attribute 'db_url')
     assert not (tmp_path / "db").exists()
