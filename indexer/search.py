@@ -118,6 +118,13 @@ class SegmentIndex(Freshness):
         faiss_device: str | None = None,
         locations: str = "catalog",
     ) -> SegmentIndex:
+        """Open the index at ``db_dir`` for searching (read only; it follows a writer's
+        commits). ``db_url``: its catalog on a database server; ``model``: the model to
+        answer with (default: the one it was built with, loaded on first use, a wrong one
+        refused); ``device``: the models' (default CUDA where torch sees it);
+        ``faiss_device``: FAISS's (default the GPU only where this faiss has GPU support);
+        ``locations``: "catalog", "memory" or "background", where re-scored candidates'
+        rows are looked up (``hold_locations``). Use as a context manager, or ``close``."""
         db_dir = Path(db_dir).absolute()  # (its catalog's file too: a notebook's %cd must not lose it)
         explicit_device(device), faiss_gpu.resolve(faiss_device)  # an impossible device is refused before any loading
         store = open_store(db_dir, db_url, read_only=True)
@@ -172,6 +179,8 @@ class SegmentIndex(Freshness):
 
     # -- search ------------------------------------------------------------------
     def query(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
+        """The ``k`` segments best matching ``text`` (through CLIP's prompt templates), best
+        first, among those ``filters`` keep (``SearchFilters``, or a dict of its fields)."""
         return self.search_vector(self.text_vector(text), k, filters)
 
     def text_vector(self, text: str) -> np.ndarray:
