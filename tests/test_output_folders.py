@@ -18,7 +18,7 @@ from usesearch.cli.app import app
         (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/nowhere/x.png"], "does not exist"),
         (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/x.jpg"], "write a .png"),
         # A file where a folder of the path should be: said as such, not as a folder that does not exist.
-        (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/p.jpg/x.png"], "p.jpg is a file, not a folder"),
+        (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/p.jpg/x.png"], "is a file, not a folder: write"),
         (["segment", "{d}/p.jpg", "--classes", "cat", "--out", "{d}/x.png", "--overlay", "{d}/o.psd"], "a picture"),
         (["query", "a cat", "--db", "{d}/i", "--show", "{d}/nowhere/s.png"], "does not exist"),
         (["query", "a cat", "--db", "{d}/i", "--show", "{d}/i"], "is a folder: name a picture file"),
