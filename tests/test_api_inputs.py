@@ -279,3 +279,18 @@ def test_a_piped_query_table_keeps_each_path_whole_on_its_row(tmp_path):
     assert result.exit_code == 0 and rows and all(".png" in row for row in rows), result.output
     assert any(f"{long.name}/a long photo name from the camera roll.png" in row for row in rows)
     assert any("sub/:cat: chelsea.png" in row for row in rows) and "\U0001f431" not in result.output
+
+
+def test_a_text_past_clips_context_is_said_once_a_model(tiny_use, caplog):
+    """CLIP reads 77 tokens and drops the rest without a word: a long query was ranked by
+    its first words alone. Said once (a curated dataset's captions would say it thousands of times)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="usesearch.models.text"):
+        tiny_use.text._said_cut = False  # (the fixture's model is shared: said as for a model just loaded)
+        tiny_use.embed_text(["a cat on a mat"])
+        assert not caplog.records
+        tiny_use.embed_text(["cat " * 100])
+        tiny_use.embed_text(["dog " * 100])
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("a text of 100 tokens is read as its first "), said

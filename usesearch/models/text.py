@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -70,6 +71,26 @@ class TextEncoder:
         self.device = device
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[tuple[str, ...], str], np.ndarray] = OrderedDict()
+        self._said_cut = False  # a text past CLIP's context said once a model (a curated dataset's captions: many)
+
+    def _say_cut(self, texts: list[str], templates: tuple[str, ...]) -> None:
+        """CLIP reads a prompt's first ``context_length`` tokens (77) and drops the rest
+        without a word: a query of 100 words ranked by its first 70. Said once a model."""
+        limit, encode = getattr(self.tokenizer, "context_length", None), getattr(self.tokenizer, "encode", None)
+        if self._said_cut or not isinstance(limit, int) or not callable(encode):
+            return
+        overhead = max(len(encode(template.format(""))) for template in templates) + 2  # (with start and end tokens)
+        for text in texts:
+            if len(text) > limit - overhead and len(encode(text)) + overhead > limit:  # (a token: a character or more)
+                self._said_cut = True
+                logging.getLogger(__name__).warning(
+                    "a text of %d tokens is read as its first %d (CLIP's context, its template's included): "
+                    "the rest is ignored (%.40r...)",
+                    len(encode(text)),
+                    limit - overhead,
+                    text,
+                )
+                return
 
     @torch.inference_mode()
     def _encode_prompts(self, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -93,6 +114,7 @@ class TextEncoder:
         key_templates = tuple(templates)
         missing = list(dict.fromkeys(t for t in texts if (key_templates, t) not in self._cache))
         if missing:
+            self._say_cut(missing, key_templates)
             prompts = [template.format(text) for text in missing for template in key_templates]
             per_prompt = self._encode_prompts(prompts).view(len(missing), len(key_templates), -1)
             vectors = F.normalize(per_prompt.mean(1), dim=-1).cpu().numpy().astype(np.float32)
