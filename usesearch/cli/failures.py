@@ -6,6 +6,7 @@ photo failed, 130 for Ctrl-C."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -122,8 +123,6 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        import os
-
         # With --json, stdout carries the JSON alone: every status line goes to stderr.
         # (rich's ``stderr`` flag, not its ``file``: a file saved and restored would pin
         # one stream, which a test runner closes after each invocation.)
@@ -173,3 +172,34 @@ def user_errors(fn):
             console.stderr = to_stderr
 
     return wrapper
+
+
+# -- what a message says of the index it is about ----------------------------------------
+def index_flags(db: str | os.PathLike, db_url: str | None) -> str:
+    """``indexer.folder.index_flags``, imported when a message needs it (not at start-up)."""
+    from usesearch.indexer.folder import index_flags as flags
+
+    return flags(db, db_url)
+
+
+def gone_or_changed(db: str | os.PathLike, db_url: str | None) -> str:
+    """What to do about photos that could not be read or changed since indexing, naming
+    the index (``query --show``'s sheet and ``audit``'s draw them grey)."""
+    flags = index_flags(db, db_url)
+    return (
+        f"(gone since indexing: `usesearch prune {flags}` removes them; changed: `usesearch index PATHS {flags}` again)"
+    )
+
+
+def drawn_grey(unreadable: dict[str, str], drawn: str, db: str | os.PathLike, db_url: str | None) -> str:
+    """The line under a contact sheet: its photos ``drawn`` grey, each with why."""
+    from usesearch.errors import first_few
+    from usesearch.io.files import one_line
+    from usesearch.reports import counted
+
+    names = [f"{one_line(name)} ({why})" for name, why in unreadable.items()]
+    # ("could not be read or changed" read as photos that could not be changed)
+    said = (
+        f"{counted(len(names), 'photo')} gone, unreadable or changed since indexing, {drawn} grey: {first_few(names)} "
+    )
+    return said + gone_or_changed(db, db_url)

@@ -22,9 +22,12 @@ import typer
 from .failures import ALL_FAILED_EXIT as ALL_FAILED_EXIT
 from .failures import DEBUG_ENV as DEBUG_ENV
 from .failures import console as console
+from .failures import drawn_grey as drawn_grey
 from .failures import err_console as err_console
 from .failures import exit_if_all_failed as exit_if_all_failed
 from .failures import first_and_more as first_and_more
+from .failures import gone_or_changed as gone_or_changed
+from .failures import index_flags as index_flags
 from .failures import interrupted as interrupted
 from .failures import interrupted_exit as interrupted_exit
 from .failures import reason_beside as reason_beside
@@ -55,36 +58,6 @@ if TYPE_CHECKING:
     from usesearch.indexer.filters import SearchFilters
 
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
-
-
-def index_flags(db: str | os.PathLike, db_url: str | None) -> str:
-    """``indexer.folder.index_flags``, imported when a message needs it (not at start-up)."""
-    from usesearch.indexer.folder import index_flags as flags
-
-    return flags(db, db_url)
-
-
-def gone_or_changed(db: str | os.PathLike, db_url: str | None) -> str:
-    """What to do about photos that could not be read or changed since indexing, naming
-    the index (``query --show``'s sheet and ``audit``'s draw them grey)."""
-    flags = index_flags(db, db_url)
-    return (
-        f"(gone since indexing: `usesearch prune {flags}` removes them; changed: `usesearch index PATHS {flags}` again)"
-    )
-
-
-def drawn_grey(unreadable: dict[str, str], drawn: str, db: str | os.PathLike, db_url: str | None) -> str:
-    """The line under a contact sheet: its photos ``drawn`` grey, each with why."""
-    from usesearch.errors import first_few
-    from usesearch.io.files import one_line
-    from usesearch.reports import counted
-
-    names = [f"{one_line(name)} ({why})" for name, why in unreadable.items()]
-    # ("could not be read or changed" read as photos that could not be changed)
-    said = (
-        f"{counted(len(names), 'photo')} gone, unreadable or changed since indexing, {drawn} grey: {first_few(names)} "
-    )
-    return said + gone_or_changed(db, db_url)
 
 
 def number_from(low: float, high: float) -> Callable[[str], float]:
