@@ -40,11 +40,9 @@ class IndexOptions:
         check_shard_size(self.shard_size)
         check_precision(self.precision)
         if self.preset is not None:
-            from usesearch.models.head_files import is_checkpoint
-            from usesearch.models.presets import PRESETS, get_preset
+            from usesearch.models.presets import check_preset_name
 
-            if self.preset not in PRESETS and not is_checkpoint(self.preset):
-                get_preset(self.preset)  # (raises UnknownPresetError, naming the presets)
+            check_preset_name(self.preset)
         for name in ("max_pixels", "max_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

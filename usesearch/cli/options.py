@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,14 +106,15 @@ def known_preset(value: str | None) -> str | None:
     """A preset name, or a head checkpoint (which names its preset), checked as the
     command line is read: a typo was refused only once the model libraries had loaded
     (4-6 s), or after a run's photos were read."""
-    from usesearch.models.head_files import is_checkpoint
-    from usesearch.models.presets import PRESETS
+    from usesearch.errors import UnknownPresetError
+    from usesearch.models.presets import check_preset_name
 
-    if value is None or value in PRESETS or is_checkpoint(value):
-        return value
-    if os.sep in value or Path(value).suffix in (".safetensors", ".json", ".pt"):  # (as ``load_model`` says it)
-        raise typer.BadParameter(f"{value}: no head checkpoint there (nor is it a preset: {', '.join(PRESETS)})")
-    raise typer.BadParameter(f"unknown preset {value!r}; choose one of {', '.join(PRESETS)}")
+    try:
+        if value is not None:
+            check_preset_name(value)
+    except UnknownPresetError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
 
 
 PresetOpt = Annotated[

@@ -7,12 +7,12 @@ import os
 import torch
 
 from usesearch.devices import resolve_device, uses_bf16
-from usesearch.errors import NoTrainedHeadError, UnknownPresetError, UsesearchError
+from usesearch.errors import NoTrainedHeadError, UsesearchError
 from usesearch.models.backbones import Clip, build_clip, build_dino, seeded
 from usesearch.models.checkpoint import is_checkpoint, load_head, read_head_config, state_digest
 from usesearch.models.config import PresetConfig
 from usesearch.models.model import USE, CropEmbedder, TextModel, USEEmbedder, crop_fingerprint, use_fingerprint
-from usesearch.models.presets import DEFAULT_PRESET, PRESETS, get_preset
+from usesearch.models.presets import DEFAULT_PRESET, PRESETS, check_preset_name, get_preset
 
 
 def choose_preset(preset: str | None, head: str | os.PathLike | None = None) -> str:
@@ -121,8 +121,8 @@ def text_needs_whole_model(embedder: str | None, head: str | os.PathLike | None)
 def refuse_unknown(preset: str | None, embedder: str | None) -> None:
     """A preset name (neither a preset nor a head checkpoint) or an embedder no model has,
     refused as unknown: an index's check said a typo was another model than its own."""
-    if preset is not None and preset not in PRESETS and not is_checkpoint(preset):
-        get_preset(preset)  # (raises UnknownPresetError)
+    if preset is not None:
+        check_preset_name(preset)
     if embedder not in (None, "use", "crop"):
         raise UsesearchError(f"unknown embedder {embedder!r}; choose 'use' or 'crop'")
 
@@ -146,8 +146,8 @@ def _preset_and_head(
             )
         head = head or name
         name = read_head_config(name)["preset"]
-    elif name not in PRESETS and (os.sep in name or name.endswith((".safetensors", ".json", ".pt"))):
-        raise UnknownPresetError(f"{name}: no head checkpoint there (nor is it a preset: {', '.join(PRESETS)})")
+    else:
+        check_preset_name(name)
     preset = get_preset(name)
     refuse_unknown(None, embedder)
     if embedder == "use" and head is None and not preset.head.seeded_random:

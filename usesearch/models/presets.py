@@ -8,6 +8,7 @@ weights so tests and the offline demo need no download.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from usesearch.errors import UnknownPresetError
@@ -74,6 +75,19 @@ PRESETS: dict[str, PresetConfig] = {
 
 for _preset in PRESETS.values():
     _preset.validate()
+
+
+def check_preset_name(name: str) -> None:
+    """A preset's name, or a head checkpoint's path (which names its preset), else refused
+    in one line (``UnknownPresetError``), without torch: as the command line is read, as
+    ``IndexOptions`` are made, and as ``load_model`` takes its first argument."""
+    from usesearch.models.head_files import is_checkpoint
+
+    if name in PRESETS or is_checkpoint(name):
+        return
+    if os.sep in name or Path(name).suffix in (".safetensors", ".json", ".pt"):  # (meant as a head's path)
+        raise UnknownPresetError(f"{name}: no head checkpoint there (nor is it a preset: {', '.join(PRESETS)})")
+    get_preset(name)
 
 
 def get_preset(name: str) -> PresetConfig:
