@@ -40,11 +40,10 @@ class Segmenter:
     def check(self) -> None:
         """What cannot work, said before any model loads."""
         from usesearch.devices import resolve_device, uses_bf16
-        from usesearch.models.presets import DEFAULT_PRESET
         from usesearch.models.weights import refuse_missing_clip
 
         if not self.head:  # (a head names its own preset, read with it)
-            refuse_missing_clip(self.preset or DEFAULT_PRESET)
+            refuse_missing_clip(self.preset)
         uses_bf16(resolve_device(self.device), self.precision)
         if self.masker == "coco":  # its masks come from a COCO file, which only `index` takes
             raise UsesearchError(

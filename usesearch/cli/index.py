@@ -143,11 +143,10 @@ def index(
                 _refuse_empty_folders(folders)
             if head is None:  # (an index's own preset, or a head's, is known once they are read)
                 from usesearch.indexer.folder import check_catalog_kind
-                from usesearch.models.presets import DEFAULT_PRESET
                 from usesearch.models.weights import refuse_missing_clip
 
                 check_catalog_kind(Path(db), db_url)  # (a catalog on a server, named without it: that first)
-                refuse_missing_clip(preset or DEFAULT_PRESET)
+                refuse_missing_clip(preset)
         bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
         start = time.perf_counter()
 

@@ -158,10 +158,9 @@ def embed(
         raise UsesearchError("cannot embed an empty text")
     rgb = limits.read(image)  # a FIFO, a bomb, a broken file: refused before the models load
     if head is None:  # (a head names its own preset, read with it)
-        from usesearch.models.presets import DEFAULT_PRESET
         from usesearch.models.weights import refuse_missing_clip
 
-        refuse_missing_clip(preset or DEFAULT_PRESET)
+        refuse_missing_clip(preset)
 
     from usesearch.masks.maskers import FelzenszwalbMasker
     from usesearch.models.factory import choose_preset, load_model, resolve_embedder

@@ -170,13 +170,15 @@ def require(status: WeightStatus, preset_name: str) -> Path:
     return status.path
 
 
-def refuse_missing_clip(preset_name: str) -> None:
-    """A preset's CLIP weights, which every embedder loads, refused missing or damaged as
-    ``require`` refuses them at load, but before the model libraries import (~5-7 s a
-    command here: a first `index` without weights waited that long for its one line).
-    A name no preset has is left to the model's load (a head checkpoint, a typo)."""
-    from usesearch.models.presets import PRESETS
+def refuse_missing_clip(preset_name: str | None) -> None:
+    """A preset's CLIP weights (None: the default preset's), which every embedder loads,
+    refused missing or damaged as ``require`` refuses them at load, but before the model
+    libraries import (~5-7 s a command here: a first `index` without weights waited that
+    long for its one line). A name no preset has is left to the model's load (a head
+    checkpoint, a typo)."""
+    from usesearch.models.presets import DEFAULT_PRESET, PRESETS
 
+    preset_name = preset_name or DEFAULT_PRESET
     preset = PRESETS.get(preset_name)
     status = clip_status(preset.clip) if preset is not None else None
     if status is not None and status.needed:
