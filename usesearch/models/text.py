@@ -81,12 +81,14 @@ class TextEncoder:
             return
         overhead = max(len(encode(template.format(""))) for template in templates) + 2  # (with start and end tokens)
         for text in texts:
-            if len(text) > limit - overhead and len(encode(text)) + overhead > limit:  # (a token: a character or more)
+            # (a token is a character or more: a short text is never tokenized here)
+            tokens = len(encode(text)) if len(text) > limit - overhead else 0
+            if tokens + overhead > limit:
                 self._said_cut = True
                 logging.getLogger(__name__).warning(
                     "a text of %d tokens is read as its first %d (CLIP's context, its template's included): "
                     "the rest is ignored (%.40r...)",
-                    len(encode(text)),
+                    tokens,
                     limit - overhead,
                     text,
                 )
