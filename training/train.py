@@ -227,9 +227,8 @@ class Trainer:
                     f.flush()
                     if progress:
                         progress(self.step, self.total_steps, loss.item() if loss is not None else float("nan"))
-                    if self.step % self.cfg.checkpoint_every == 0 or self.step in (self.total_steps, until):
-                        self._checkpoint(stop, end)
-                    elif stop is not None and stop.is_set():
+                    due = self.step % self.cfg.checkpoint_every == 0 or self.step in (self.total_steps, until)
+                    if due or (stop is not None and stop.is_set()):  # (a stop asked: this step's checkpoint)
                         self._checkpoint(stop, end)
                     if stop is not None and stop.is_set() and self.step < end:  # the last step ends the run
                         raise KeyboardInterrupt(f"interrupted after step {self.step}")
