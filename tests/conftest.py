@@ -235,10 +235,12 @@ def image():
     return np.ascontiguousarray(data.coffee()[::3, ::3])  # 134 x 200: not square, not the model's size
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_local():
-    """Ray on this machine with two CPU workers, for a test module (the distributed
-    extra's tests skip themselves where ray is not installed)."""
+    """Ray on this machine with two CPU workers, shared by every test that asks in this
+    test process (the distributed extra's tests skip themselves where ray is not
+    installed). One for the session, not one per module: each start and stop cost ~5 s,
+    and the task workers it keeps (hashing, decoding) start once."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -4,6 +4,7 @@ conftest.py, which pytest loads itself."""
 import math
 import os
 import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -316,3 +317,16 @@ def one_annotation_coco(path, file_name: str, hw: tuple[int, int], category: str
     }
     Path(path).write_text(json.dumps(coco))
     return Path(path)
+
+
+def settle(folder: Path) -> None:
+    """Wait until every file under ``folder`` is older than ``RACY_NS``: Ray's hash tasks
+    (other processes, where a test's patch of it does not reach) keep no stat of a file
+    changed more recently, and their workers, which import no model library and are
+    kept between runs, start within it. Called before a test patches ``RACY_NS``."""
+    from usesearch.indexer.known_images import RACY_NS
+
+    newest = max(max(f.stat().st_mtime_ns, f.stat().st_ctime_ns) for f in folder.rglob("*") if f.is_file())
+    wait_s = (newest + RACY_NS - time.time_ns()) / 1e9
+    if wait_s > 0:
+        time.sleep(wait_s + 0.1)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.helpers import OPTS, assert_consistent, write_photos
+from tests.helpers import OPTS, assert_consistent, settle, write_photos
 from usesearch.indexer import IndexOptions, index_paths
 
 pytestmark = pytest.mark.usefixtures("ray_for_ray_cases")
@@ -29,10 +29,12 @@ def test_a_copy_of_a_file_that_fails_fails_with_it_and_is_not_read_again(tmp_pat
     from usesearch.indexer import known_images, read_ahead
     from usesearch.indexer.folder import open_store
 
-    monkeypatch.setattr(known_images, "RACY_NS", 0)
     photos = write_photos(tmp_path / "photos", ("coffee",))
     for name in ("a.png", "b.png"):
         (photos / name).write_bytes(b"garbage, not a picture\n")
+    if on_ray:
+        settle(photos)  # Ray's tasks stat the files: the patch below is this process's alone
+    monkeypatch.setattr(known_images, "RACY_NS", 0)
     run = index_with(on_ray)
     first = run([photos], tmp_path / "db", IndexOptions(**OPTS))
     assert (first.done, first.skipped, first.failed, first.copies) == (1, 0, 2, []), first

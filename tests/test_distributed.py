@@ -23,6 +23,7 @@ from tests.helpers import (  # noqa: E402
     kill_when,
     run_python,
     segment_table,
+    settle,
     sqlite_count,
     write_photos,
 )
@@ -95,18 +96,6 @@ def photos_in_commit_order(db, db_url=None) -> list[str]:
     rows = ix.store.rows(ix.store.segment_ids())
     ix.close()
     return list(dict.fromkeys(os.path.basename(rows[i].image_path) for i in sorted(rows)))
-
-
-def settle(folder: Path) -> None:
-    """Wait until every file under ``folder`` is older than ``RACY_NS``: Ray's hash tasks
-    (other processes, where it cannot be patched) keep no stat of a file changed more
-    recently, and their workers, which import no model library, now start within it."""
-    from usesearch.indexer.known_images import RACY_NS
-
-    newest = max(max(f.stat().st_mtime_ns, f.stat().st_ctime_ns) for f in folder.rglob("*") if f.is_file())
-    wait_s = (newest + RACY_NS - time.time_ns()) / 1e9
-    if wait_s > 0:
-        time.sleep(wait_s + 0.1)
 
 
 def _segment_worker_pids(session: int | None = None) -> list[int]:
