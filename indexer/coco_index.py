@@ -16,12 +16,11 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from usesearch.io.coco_dataset import (
     CocoDataset,
     ImageEntry,
-    read_coco,
+    as_dataset,
     refuse_when_no_photo,
 )
 from usesearch.io.coco_masks import size_fault
@@ -52,7 +51,7 @@ from .writer import Writer
 
 def index_coco(
     paths: list[str | os.PathLike],
-    coco_file: str | os.PathLike,
+    coco_file: str | os.PathLike | CocoDataset,
     db_dir: str | os.PathLike,
     options: IndexOptions | None = None,
     split: str | None = None,
@@ -65,8 +64,8 @@ def index_coco(
     ``replace_split``: this file becomes the split's only one (the annotations of the
     split's other files go)."""
     options = options or IndexOptions()
-    dataset = read_coco(coco_file)  # before anything: a wrong file must not leave an index folder behind
-    split = check_split(Path(coco_file).stem if split is None else split)
+    dataset = as_dataset(coco_file)  # before anything: a wrong file must not leave an index folder behind
+    split = check_split(dataset.path.stem if split is None else split)
     db_dir = check_paths(paths, db_dir)
     refuse_when_no_photo(dataset, [os.fspath(p) for p in paths], new_index=is_new(db_dir, options))
     options = as_built(db_dir, options)

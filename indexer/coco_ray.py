@@ -36,7 +36,7 @@ from usesearch.io.coco_dataset import (
     CocoDataset,
     ImageEntry,
     Problem,
-    read_coco,
+    as_dataset,
     refuse_when_no_photo,
 )
 from usesearch.io.coco_masks import size_fault
@@ -140,7 +140,7 @@ class AnnotationWorker:
 
 def index_coco_ray(
     paths: list[str | os.PathLike],
-    coco_file: str | os.PathLike,
+    coco_file: str | os.PathLike | CocoDataset,
     db_dir: str | os.PathLike,
     options: IndexOptions | None = None,
     split: str | None = None,
@@ -152,8 +152,8 @@ def index_coco_ray(
     """``index_coco`` on Ray: ``address`` None or "local" starts Ray on this machine,
     anything else joins that cluster. A file that is not COCO is refused first."""
     options = options or IndexOptions()
-    dataset = read_coco(coco_file)  # before anything: a wrong file must not leave an index folder behind
-    split = check_split(Path(coco_file).stem if split is None else split)
+    dataset = as_dataset(coco_file)  # before anything: a wrong file must not leave an index folder behind
+    split = check_split(dataset.path.stem if split is None else split)
     db_dir = check_paths(paths, db_dir).resolve()
     refuse_when_no_photo(dataset, [os.fspath(p) for p in paths], new_index=is_new(db_dir, options))
     options = as_built(db_dir, options)

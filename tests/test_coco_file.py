@@ -202,6 +202,31 @@ def test_every_command_taking_a_coco_file_refuses_one_that_is_not_in_one_line(tm
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_index_refuses_a_file_that_is_not_coco_before_any_model_library_loads(tmp_path):
+    """`index PHOTOS --coco notcoco.json` said so once torch and the models' libraries had
+    loaded (4 s)."""
+    import json
+    import subprocess
+    import sys
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    (tmp_path / "bad.json").write_bytes(b'{"a": 1}')
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--coco", str(tmp_path / "bad.json")]
+    code = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from usesearch.cli.app import app\n"
+        f"done = CliRunner().invoke(app, {args!r} + ['--preset', 'tiny'])\n"
+        "heavy = [m for m in ('torch', 'open_clip', 'faiss') if m in sys.modules]\n"
+        "print(json.dumps([done.exit_code, heavy, done.output]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    exit_code, heavy, said = json.loads(done.stdout)
+    assert exit_code == 2 and heavy == [] and "it needs the lists images, annotations" in said, said
+    assert not (tmp_path / "db").exists()
+
+
 def test_a_dataset_curated_from_coco_names_its_photos_by_absolute_path(tmp_path, monkeypatch):
     """So it trains and shows from any folder, as a folder source's does."""
     from usesearch.curation.dataset import read_records

@@ -119,6 +119,12 @@ def index(
             )
         if coco is not None and not labelled:
             masker_options["masks_json"] = str(coco)
+        if labelled:
+            from usesearch.io.coco_dataset import read_coco
+
+            assert coco is not None
+            # Read first: a file that is not COCO is said at once, not once the model libraries have loaded (4 s).
+            coco_read = read_coco(coco)
         options = IndexOptions(
             preset=preset,
             embedder=embedder,
@@ -159,7 +165,6 @@ def index(
         if workers is not None and ray is None:
             raise UsesearchError("--workers applies to --ray runs only")
         if labelled:
-            assert coco is not None
             if masker is not None:  # its masker and settings checked before the file's changes are saved
                 from usesearch.indexer.pipeline import as_built
 
@@ -169,12 +174,12 @@ def index(
                 from usesearch.indexer.coco_ray import index_coco_ray
 
                 labels = index_coco_ray(
-                    folders, coco, db, labelled_options, split, progress, ray, workers, replace_split
+                    folders, coco_read, db, labelled_options, split, progress, ray, workers, replace_split
                 )
             else:
                 from usesearch.indexer.coco_index import index_coco
 
-                labels = index_coco(folders, coco, db, labelled_options, split, progress, replace_split)
+                labels = index_coco(folders, coco_read, db, labelled_options, split, progress, replace_split)
             reports["annotations"] = labels
             bar.close()
             said.print_labelled(labels, db, db_url, masker_follows=masker is not None)

@@ -90,6 +90,12 @@ def fault_line(path: Path, name: str | None, ann: int | None, error: AnnotationE
     return f"{name or path.name}{f' annotation {ann}' if ann is not None else ''}: {error}"
 
 
+def as_dataset(coco: str | os.PathLike | CocoDataset) -> CocoDataset:
+    """``coco`` itself where it was read already (the command line reads it before the
+    model libraries load, to refuse a wrong file at once), else the file read."""
+    return coco if isinstance(coco, CocoDataset) else read_coco(coco)
+
+
 def read_coco(path: str | os.PathLike) -> CocoDataset:
     """Read and check a COCO annotations file. A file that is not COCO (unreadable,
     not JSON, no ``images``/``annotations``/``categories`` lists) raises
