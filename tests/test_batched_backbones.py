@@ -47,7 +47,7 @@ def test_a_groups_embeddings_batched_equal_one_call_a_photo(photos):
     batched = compute_photos(photos, paths, model, masker, clock())
     assert calls == [3]  # one backbone call for the group, none a photo
     assert not model._features  # every photo's features used
-    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(single, batched):
+    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(single, batched, strict=True):
         assert rows_a == rows_b and len(vectors_a) > 0
         np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-5)
 
@@ -67,8 +67,8 @@ def test_a_failed_batch_leaves_each_photo_to_its_own_call(photos):
     model._features_of = refuse_batches
     model.batch_backbones = True
     got = compute_photos(photos, paths, model, masker, clock())
-    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(expected, got):
-        assert rows_a == rows_b
+    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(expected, got, strict=True):
+        assert rows_a == rows_b and len(vectors_a) > 0
         np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-6)
     assert not model.batch_backbones  # a card too small for a group: one photo a call from then on
 
@@ -150,8 +150,8 @@ def test_a_photo_out_of_memory_while_work_runs_aside_is_tried_again_without_it(p
     if not aside:
         assert isinstance(got[1], RuntimeError) and side_stream.release_work_aside() is False
         got[1] = expected[1]
-    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(expected, got):
-        assert rows_a == rows_b
+    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(expected, got, strict=True):
+        assert rows_a == rows_b and len(vectors_a) > 0
         np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-6)
 
 
@@ -180,7 +180,7 @@ def test_a_groups_backbones_beside_sam_equal_one_call_a_photo(photos):
     assert size_a == size_b == len(photos)
     assert not model.beside._kept and not model._features  # every photo's features used, none batched again
     assert model.seconds["backbones beside SAM"] > 0
-    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(single, beside):
+    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(single, beside, strict=True):
         assert rows_a == rows_b and len(vectors_a) > 0
         np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-5)
 
@@ -202,8 +202,8 @@ def test_a_call_beside_sam_that_fails_leaves_each_photo_to_its_own(photos, out_o
     model.beside.on = True
     model.beside.ran_in_line(photos)  # (as a first group of this size would have)
     got = compute_photos(photos, list(NAMES), model, masker, clock())
-    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(expected, got):
-        assert rows_a == rows_b
+    for (rows_a, vectors_a), (rows_b, vectors_b) in zip(expected, got, strict=True):
+        assert rows_a == rows_b and len(vectors_a) > 0
         np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-6)
     assert model.beside.on is not out_of_memory  # memory beside SAM's too little: in line for the run
 
@@ -222,7 +222,8 @@ def test_compiled_towers_giving_nan_beside_sam_cost_the_compiling_not_the_photos
     model.beside.ran_in_line(photos)
     with caplog.at_level("WARNING"):
         got = compute_photos(photos, list(NAMES), model, masker, clock())
-    for (_, vectors_a), (_, vectors_b) in zip(expected, got):
+    for (_, vectors_a), (_, vectors_b) in zip(expected, got, strict=True):
+        assert len(vectors_a) > 0
         np.testing.assert_allclose(vectors_b, vectors_a, atol=1e-6)
     assert model.towers_uncompiled and not model.beside._kept and not model._features
     assert len([r for r in caplog.records if "uncompiled" in r.getMessage()]) == 1

@@ -82,7 +82,9 @@ def test_papers_example_phrases_and_expressions():
 
 def test_expression_spans_point_into_the_caption():
     doc = paper_doc()
-    for e in referring_expressions(doc):
+    found = referring_expressions(doc)
+    assert found  # (their number and words: the test above)
+    for e in found:
         assert doc.text[e.start_char : e.end_char] == e.expression
         assert doc.text[e.phrase_start_char : e.phrase_end_char] == e.phrase
 

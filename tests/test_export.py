@@ -44,7 +44,8 @@ def test_query_show_and_export_coco(tmp_path):
         coco = COCO(str(coco_file))
         results = coco.loadRes(json.loads(coco_file.read_text())["annotations"])  # each annotation has a score
     assert coco.cats[1]["name"] == "a red cup" and len(coco.anns) == 7 and len(results.anns) == 7
-    for ann, hit in zip(coco.loadAnns(sorted(coco.anns)), hits):
+    assert len(hits) == 7
+    for ann, hit in zip(coco.loadAnns(sorted(coco.anns)), hits, strict=True):
         assert ann["score"] == hit["score"] and ann["bbox"] == hit["bbox"]
         assert int(coco.annToMask(ann).sum()) == hit["area"]
         assert coco.imgs[ann["image_id"]]["file_name"] == hit["image"]

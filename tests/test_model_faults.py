@@ -29,7 +29,7 @@ def test_sams_nan_features_fail_the_photo_in_one_line_and_a_retry_indexes_it(mon
     options = IndexOptions(preset="tiny", masker="sam", device="cpu", masker_options=LOW)
     nan_features(monkeypatch)
     report = index_paths([photos], tmp_path / "db", options)
-    assert report.done == 0 and report.failed == 2 and report.segments == 0
+    assert report.done == 0 and report.failed == 2 and report.segments == 0 and len(report.failures) == 2
     for _, message in report.failures:
         assert message.startswith("ModelOutputError: SAM's image encoder gave NaN or infinite numbers")
         assert "(computed in float32)" in message and "\n" not in message

@@ -72,6 +72,7 @@ def test_a_photo_that_kills_its_worker_is_recorded_the_rest_indexed_and_stdout_l
     assert calls.read_text().split() == ["chelsea.png,coffee.png,rocket.png", "chelsea.png", "coffee.png", "rocket.png"]
     report = json.loads(out)  # stdout is the report alone
     assert report["proposals"]["done"] == 2 and report["proposals"]["failed"] == 2  # the photos after them too
+    assert len(report["proposals"]["failures"]) == 2
     assert all("WorkerDied" in why for _, why in report["proposals"]["failures"])
     assert "(raylet)" not in out + err
     assert not [line for line in err.splitlines() if RAY_NATIVE_LINE.match(line)], err

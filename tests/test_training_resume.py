@@ -36,6 +36,7 @@ def test_a_kill_between_checkpoint_files_resumes_weights_and_optimizer_of_one_st
     resumed.run()
     assert _log_steps(tmp_path / "cut") == [1, 2, 3, 4, 5, 6]  # the rows past the checkpoint are not doubled
     whole, cut = (load_head(tmp_path / out / "head", usesearch.get_preset("tiny"))[0] for out in ("whole", "cut"))
+    assert whole and whole.keys() == cut.keys()
     assert all(torch.allclose(whole[k], cut[k], atol=1e-5) for k in whole)
 
 
@@ -99,6 +100,7 @@ def test_ctrl_c_finishes_the_step_writes_its_checkpoint_and_resume_ends_as_one_r
     resumed.run()
     assert _log_steps(tmp_path / "cut") == [1, 2, 3, 4, 5, 6]
     whole, cut_head = (load_head(tmp_path / out / "head", usesearch.get_preset("tiny"))[0] for out in ("whole", "cut"))
+    assert whole and whole.keys() == cut_head.keys()
     assert all(torch.allclose(whole[k], cut_head[k], atol=1e-5) for k in whole)
 
 
@@ -248,6 +250,7 @@ def test_the_trainer_state_is_safetensors_and_a_run_from_before_resumes_from_tra
     resumed.run()
     assert not (tmp_path / "old" / "trainer.pt").exists() and state_file.is_file()
     whole, old = (load_head(tmp_path / out / "head", usesearch.get_preset("tiny"))[0] for out in ("whole", "old"))
+    assert whole and whole.keys() == old.keys()
     assert all(torch.equal(whole[k], old[k]) for k in whole)
 
 
@@ -325,6 +328,7 @@ def test_a_run_started_when_the_resize_scaled_the_photo_resumes_as_it_started(sa
     assert resumed.cfg.resize_base == "photo"
     resumed.run()
     whole, cut = (load_head(tmp_path / out / "head", usesearch.get_preset("tiny"))[0] for out in ("whole", "cut"))
+    assert whole and whole.keys() == cut.keys()
     assert all(torch.allclose(whole[k], cut[k], atol=1e-5) for k in whole)
 
 

@@ -91,9 +91,8 @@ def test_only_llns_block_scales_and_projection_train(use):
     expected |= {"encoder.alpha", "encoder.beta"}
     assert trainable == expected
     assert set(use.trainable_state_dict()) == expected
-    assert all(
-        not p.requires_grad for n, p in use.named_parameters() if n.startswith(("encoder.clip_visual", "encoder.dino."))
-    )
+    frozen = [p for n, p in use.named_parameters() if n.startswith(("encoder.clip_visual", "encoder.dino."))]
+    assert len(frozen) > 10 and not any(p.requires_grad for p in frozen)
 
 
 def test_backbones_stay_frozen_and_in_eval_during_training(use, pixels):
@@ -104,9 +103,9 @@ def test_backbones_stay_frozen_and_in_eval_during_training(use, pixels):
     weights = torch.rand(4, use.preset.grid**2)
     out = use(tokens, weights, torch.zeros(4, dtype=torch.long))
     out.sum().backward()
-    for name, p in use.named_parameters():
-        if name.startswith(("encoder.clip_visual", "encoder.dino.")):
-            assert p.grad is None, name
+    frozen = {n: p for n, p in use.named_parameters() if n.startswith(("encoder.clip_visual", "encoder.dino."))}
+    assert len(frozen) > 10
+    assert [name for name, p in frozen.items() if p.grad is not None] == []
     assert use.encoder.alpha.grad is not None and use.encoder.beta.grad is not None
     assert use.head.proj.weight.grad is not None
     use.zero_grad(set_to_none=True)
