@@ -21,7 +21,7 @@ from PIL import Image
 
 import usesearch
 from usesearch.io.images import read_image
-from usesearch.masks.maskers import build_masker
+from usesearch.masks.registry import build_masker
 from usesearch.tasks.semseg import confusion, miou, segment_image
 from usesearch.training.config import TrainConfig
 from usesearch.training.data import load_samples

@@ -28,7 +28,7 @@ from usesearch.errors import (
     UsesearchError,
 )
 from usesearch.io.files import photos_under
-from usesearch.masks.maskers import build_masker, masker_kind
+from usesearch.masks.registry import build_masker, masker_kind
 from usesearch.models.compiling import apply_compile
 from usesearch.models.factory import choose_preset, load_model, refuse_unknown, resolve_embedder
 from usesearch.models.presets import PRESETS

@@ -14,7 +14,7 @@ import usesearch
 from indexer.compute import compute_photos
 from tests.helpers import wrapped_out_of_memory
 from usesearch import side_stream
-from usesearch.masks.maskers import build_masker
+from usesearch.masks.registry import build_masker
 from usesearch.models import ahead
 
 NAMES = ("astronaut", "chelsea", "coffee")

@@ -267,7 +267,7 @@ def test_every_command_that_loads_models_asks_for_the_default_device(command, mo
     from PIL import Image
 
     import usesearch.indexer.search
-    import usesearch.masks.maskers
+    import usesearch.masks.registry
     import usesearch.masks.sam
     import usesearch.models.factory
     from usesearch.devices import resolve_device as resolve
@@ -280,7 +280,7 @@ def test_every_command_that_loads_models_asks_for_the_default_device(command, mo
     asked: list = []
     for module, name, at in (
         (usesearch.models.factory, "load_model", "device"),
-        (usesearch.masks.maskers, "build_masker", 2),
+        (usesearch.masks.registry, "build_masker", 2),
         (usesearch.masks.sam, "load_sam", 3),
     ):
         real = getattr(module, name)

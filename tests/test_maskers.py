@@ -156,7 +156,7 @@ def test_the_sam2_masker_builds_without_torch_s_jit_warning():
     import warnings
 
     pytest.importorskip("sam2", reason="the sam2 extra is not installed: pip install -e '.[sam2]'")
-    from usesearch.masks.maskers import build_masker
+    from usesearch.masks.registry import build_masker
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -231,7 +231,7 @@ def test_sam2_with_crops_finding_nothing_gives_no_masks_and_no_ten_line_warning(
 
     pytest.importorskip("sam2", reason="the sam2 extra is not installed: pip install -e '.[sam2]'")
     from usesearch.masks import sam2_models
-    from usesearch.masks.maskers import build_masker
+    from usesearch.masks.registry import build_masker
 
     masker = build_masker(
         "sam2",

@@ -37,19 +37,27 @@ class Segmenter:
     device: opts.DeviceOpt = None
     precision: opts.PrecisionOpt = "auto"
 
-    def check(self) -> None:
-        """What cannot work, said before any model loads."""
+    def check(self, sam: SamSettings | None = None) -> None:
+        """What cannot work, said before any model loads: SAM's settings ``sam`` too,
+        where the masker does not take them."""
         from usesearch.devices import resolve_device, uses_bf16
         from usesearch.models.weights import refuse_missing_clip
 
         if not self.head:  # (a head names its own preset, read with it)
             refuse_missing_clip(self.preset)
-        uses_bf16(resolve_device(self.device), self.precision)
         if self.masker == "coco":  # its masks come from a COCO file, which only `index` takes
             raise UsesearchError(
                 "--masker coco reads a COCO file's masks, given to `index --coco FILE.json --masker coco`; "
                 "here use sam, sam2 or felzenszwalb"
             )
+        if sam is not None and not self.head:  # (a head names its preset, and so its default masker)
+            from usesearch.masks.registry import masker_kind
+            from usesearch.models.presets import DEFAULT_PRESET, PRESETS
+
+            preset = PRESETS.get(self.preset or DEFAULT_PRESET)  # (None: a head checkpoint given as the preset)
+            if preset is not None:
+                masker_kind(self.masker, preset, sam.given())
+        uses_bf16(resolve_device(self.device), self.precision)  # (torch's import: last)
 
     def build(self, sam: SamSettings, photos: int):
         """The models (one per --head: their class probabilities are averaged, the
@@ -57,10 +65,10 @@ class Segmenter:
         command of ``photos`` photos compiles (``devices.compiles``: on a GPU nothing for
         one photo, where SAM's default compiling would cost ~23 s; everything for a
         dataset of 1,000 photos or more)."""
-        self.check()  # (before the model libraries import: seconds)
+        self.check(sam)  # (before the model libraries import: seconds)
 
         from usesearch.devices import compiles, resolve_device
-        from usesearch.masks.maskers import build_masker
+        from usesearch.masks.registry import build_masker
         from usesearch.models.compiling import apply_compile
         from usesearch.models.factory import choose_preset, load_model, resolve_embedder
 
@@ -124,7 +132,7 @@ def segment(
     refuse_twice_named(names, "--classes-file" if classes_file else "--classes")
     inputs = {"image": image, "--classes-file": classes_file}
     opts.refuse_overwriting({"--out": out, "--overlay": overlay}, inputs)
-    segmenter.check()
+    segmenter.check(sam)
     rgb = limits.read(image)  # a FIFO, a bomb, a broken file: refused before the models load
 
     import numpy as np

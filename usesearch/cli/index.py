@@ -153,6 +153,12 @@ def index(
 
                 check_catalog_kind(Path(db), db_url)  # (a catalog on a server, named without it: that first)
                 refuse_missing_clip(preset)
+                if not labelled or masker is not None:  # the masker and SAM's settings, before torch's import
+                    from usesearch.masks.registry import masker_kind
+                    from usesearch.models.presets import DEFAULT_PRESET, PRESETS
+
+                    if (config := PRESETS.get(preset or DEFAULT_PRESET)) is not None:
+                        masker_kind(masker, config, masker_options)
         bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
         start = time.perf_counter()
 

@@ -1,7 +1,7 @@
 """What a masker takes and is: SAM's settings as one typed object, named as
 segment-anything's ``SamAutomaticMaskGenerator`` names them (the CLI's flags are these
 names with dashes), and the record each masker has in the registry
-(``usesearch.masks.maskers.MASKERS``). A light module: the CLI builds the settings
+(``usesearch.masks.registry.MASKERS``). A light module: the CLI builds the settings
 before any model is imported."""
 
 from __future__ import annotations
