@@ -330,3 +330,28 @@ def settle(folder: Path) -> None:
     wait_s = (newest + RACY_NS - time.time_ns()) / 1e9
     if wait_s > 0:
         time.sleep(wait_s + 0.1)
+
+
+HEAVY = ("torch", "open_clip", "timm", "faiss")  # the libraries a refusal must not wait for
+
+
+def invoke_in_a_fresh_python(*commands: list[str]) -> tuple[list[tuple[int, str]], list[str]]:
+    """Each command line through the CLI (``CliRunner``) in a new Python: each one's
+    (exit code, output, its whitespace joined), and which of ``HEAVY`` were imported by
+    then: what a refusal made before any model library loads must leave at []."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from usesearch.cli.app import app\n"
+        f"done = [CliRunner().invoke(app, c) for c in {list(commands)!r}]\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print(json.dumps([[[d.exit_code, ' '.join(d.output.split())] for d in done], heavy]))\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    said, heavy = json.loads(ran.stdout)
+    return [(code, output) for code, output in said], heavy

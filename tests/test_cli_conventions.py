@@ -380,17 +380,11 @@ def test_an_unknown_preset_is_refused_as_the_command_line_is_read(command, tmp_p
 
 def test_an_empty_text_to_embed_is_refused_before_any_model_library_loads(files):
     """`embed IMG ""` was refused by the text model, once torch and CLIP had loaded (6-9 s)."""
-    code = (
-        "import json, sys\n"
-        "from typer.testing import CliRunner\n"
-        "from usesearch.cli.app import app\n"
-        f"done = CliRunner().invoke(app, ['embed', {str(files / 'p.jpg')!r}, 'a cat', ' ', '--preset', 'tiny'])\n"
-        "heavy = [m for m in ('torch', 'open_clip', 'timm') if m in sys.modules]\n"
-        "print(json.dumps([done.exit_code, heavy, done.output]))\n"
+    from tests.helpers import invoke_in_a_fresh_python
+
+    [(exit_code, said)], heavy = invoke_in_a_fresh_python(
+        ["embed", str(files / "p.jpg"), "a cat", " ", "--preset", "tiny"]
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    exit_code, heavy, said = json.loads(done.stdout)
     assert exit_code == 2 and heavy == [] and "cannot embed an empty text" in said, said
 
 

@@ -205,24 +205,12 @@ def test_every_command_taking_a_coco_file_refuses_one_that_is_not_in_one_line(tm
 def test_index_refuses_a_file_that_is_not_coco_before_any_model_library_loads(tmp_path):
     """`index PHOTOS --coco notcoco.json` said so once torch and the models' libraries had
     loaded (4 s)."""
-    import json
-    import subprocess
-    import sys
+    from tests.helpers import invoke_in_a_fresh_python
 
     photos = write_photos(tmp_path / "photos", ("coffee",))
     (tmp_path / "bad.json").write_bytes(b'{"a": 1}')
     args = ["index", str(photos), "--db", str(tmp_path / "db"), "--coco", str(tmp_path / "bad.json")]
-    code = (
-        "import json, sys\n"
-        "from typer.testing import CliRunner\n"
-        "from usesearch.cli.app import app\n"
-        f"done = CliRunner().invoke(app, {args!r} + ['--preset', 'tiny'])\n"
-        "heavy = [m for m in ('torch', 'open_clip', 'faiss') if m in sys.modules]\n"
-        "print(json.dumps([done.exit_code, heavy, done.output]))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    exit_code, heavy, said = json.loads(done.stdout)
+    [(exit_code, said)], heavy = invoke_in_a_fresh_python([*args, "--preset", "tiny"])
     assert exit_code == 2 and heavy == [] and "it needs the lists images, annotations" in said, said
     assert not (tmp_path / "db").exists()
 

@@ -100,9 +100,7 @@ def test_the_command_line_refuses_a_masker_setting_before_torch_is_imported(file
     """`segment`/`index --preset tiny --points-per-side 8` (Felzenszwalb takes none) and
     an unknown --masker were refused once torch had loaded (4-5 s): now as the models'
     registry is read, which imports no model library."""
-    import json
-    import subprocess
-    import sys
+    from tests.helpers import invoke_in_a_fresh_python
 
     photo, db = str(files / "p.jpg"), str(files / "db")
     commands = [
@@ -111,17 +109,8 @@ def test_the_command_line_refuses_a_masker_setting_before_torch_is_imported(file
         ["index", photo, "--db", db, "--masker", "felzenszwalb", "--pred-iou-thresh", "0.5"],
         ["index", photo, "--db", db, "--masker", "nosuch"],
     ]
-    code = (
-        "import json, sys\n"
-        "from typer.testing import CliRunner\n"
-        "from usesearch.cli.app import app\n"
-        f"done = [CliRunner().invoke(app, c + ['--preset', 'tiny']) for c in {commands!r}]\n"
-        "print(json.dumps([[d.exit_code, ' '.join(d.output.split())] for d in done] + ['torch' in sys.modules]))\n"
-    )
-    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert ran.returncode == 0, ran.stderr[-2000:]
-    *said, torch_imported = json.loads(ran.stdout)
-    assert [code for code, _ in said] == [2, 2, 2, 2] and not torch_imported, said
+    said, heavy = invoke_in_a_fresh_python(*([*c, "--preset", "tiny"] for c in commands))
+    assert [code for code, _ in said] == [2, 2, 2, 2] and heavy == [], said
     assert all("applies to --masker sam and sam2 only; this run uses masker felzenszwalb" in s for _, s in said[:3])
     assert "unknown masker 'nosuch'; choose one of sam, sam2, felzenszwalb, coco" in said[3][1]
     assert not (files / "db").exists() and not (files / "o.png").exists()
