@@ -180,7 +180,15 @@ class SegmentIndex(Freshness):
     # -- search ------------------------------------------------------------------
     def query(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         """The ``k`` segments best matching ``text`` (through CLIP's prompt templates), best
-        first, among those ``filters`` keep (``SearchFilters``, or a dict of its fields)."""
+        first, among those ``filters`` keep (``SearchFilters``, or a dict of its fields).
+        Where they keep no segment (a class mistyped), [] at once: no text model loads."""
+        check_query_text(text, MAX_QUERY_CHARS)
+        k, filters = check_k(k), check_filters(filters)
+        self.refresh()
+        with self._index_lock.reading():
+            self.check_open()
+            if self._selections.resolve(filters).empty:
+                return []
         return self.search_vector(self.text_vector(text), k, filters)
 
     def text_vector(self, text: str) -> np.ndarray:

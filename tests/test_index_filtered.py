@@ -123,3 +123,18 @@ def test_candidates_read_light_first_give_the_hits_whole_rows_give(compressed, m
         monkeypatch.setattr(search_module, "FULL_ROWS_UP_TO", 10)
         light = ix.search_vector(q, 10, broad)
         assert len(whole) == 10 and light == whole
+
+
+def test_a_query_whose_filters_keep_no_segment_answers_without_loading_the_text_model(compressed, monkeypatch):
+    """`query "a dog" --label dgo` loaded CLIP's text tower (5 s on a CPU, a real preset's
+    more) to rank nothing: the filters are resolved first."""
+    ix, data = compressed
+
+    def loads():
+        raise AssertionError("the text model loaded")
+
+    monkeypatch.setattr(ix.models, "text", loads)
+    assert ix.query("a dog", 5, SearchFilters(label="dgo")) == []
+    assert ix.query("a dog", 5, {"min_area": 10**9, "path": "nowhere/*"}) == []
+    with pytest.raises(AssertionError, match="the text model loaded"):  # filters that keep some: it loads
+        ix.query("a dog", 5, SearchFilters(min_area=2))
