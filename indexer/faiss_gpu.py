@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 import faiss
 
+from usesearch.devices import faiss_device_fault
 from usesearch.errors import UsesearchError
 
 log = logging.getLogger(__name__)
@@ -48,18 +49,15 @@ def available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-FAISS_DEVICES = ("auto", "cpu", "cuda", "cuda:N")
-
-
 def resolve(faiss_device: str | None) -> str:
     """FAISS's device, ``"cuda"`` (GPU 0), ``"cuda:N"`` or ``"cpu"``. ``None``/``auto``:
     GPU 0 where this faiss has GPU support and sees a GPU, else the CPU; ``cpu``: the
     CPU; ``cuda``, ``cuda:N``: that GPU or a one-line refusal (call it before loading models)."""
     if faiss_device in (None, "auto"):
         return "cuda" if available() else "cpu"
+    if fault := faiss_device_fault(faiss_device):
+        raise UsesearchError(f"--faiss-device: {fault}")
     number = faiss_device.removeprefix("cuda:") if faiss_device.startswith("cuda:") else None
-    if faiss_device not in FAISS_DEVICES[:3] and not (number and number.isascii() and number.isdecimal()):
-        raise UsesearchError(f"--faiss-device {faiss_device!r}: choose one of {', '.join(FAISS_DEVICES)}")
     if faiss_device.startswith("cuda") and not available():
         import torch
 

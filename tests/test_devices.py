@@ -151,10 +151,6 @@ def test_impossible_devices_are_refused_in_one_line_before_any_model_loads(monke
             ["index", str(photos), "--db", str(tmp_path / "a"), "--preset", "tiny", "--faiss-device", "cuda"],
             "has no GPU support",
         ),
-        (
-            ["index", str(photos), "--db", str(tmp_path / "b"), "--preset", "tiny", "--faiss-device", "tpu"],
-            "choose one of",
-        ),
     ]
     if not torch.cuda.is_available():
         cases.append(
@@ -168,6 +164,12 @@ def test_impossible_devices_are_refused_in_one_line_before_any_model_loads(monke
         assert result.exit_code == 2, (args, result.output)
         assert reason in result.output and len(result.output.strip().splitlines()) == 1, result.output
         assert not Path(args[3]).exists(), "a refused run must leave no index folder behind"
+    for flag in ("--faiss-device", "--device"):  # a misspelling: refused as the command line is read
+        args = ["index", str(photos), "--db", str(tmp_path / "b"), "--preset", "tiny", flag, "tpu"]
+        result = runner.invoke(app, args)
+        said = " ".join(result.output.replace("\u2502", " ").split())  # (click's error box, joined)
+        assert result.exit_code == 2 and f"Invalid value for '{flag}':" in said and "cuda:N" in said, said
+        assert "not 'tpu'" in said and not (tmp_path / "b").exists()
     for gpu in (False, True):  # the models' GPU is named only where torch sees one
         monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
         with pytest.raises(UsesearchError) as refused:
@@ -355,3 +357,28 @@ def test_a_run_that_computes_nothing_says_no_device(tmp_path):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "1 skipped" in again.output, again.output
     assert "models on the" not in again.output and "FAISS on the" not in again.output
+
+
+@pytest.mark.parametrize(
+    "spelt, fault",
+    [
+        (None, None),
+        ("auto", None),
+        ("cpu", None),
+        ("cuda", None),
+        ("cuda:3", None),
+        ("mps", "usesearch runs its models on cpu, cuda or cuda:N, not 'mps'"),
+        ("cuda:x", "'cuda:x' is not a device; give cpu, cuda or cuda:N"),
+        ("CUDA", "'CUDA' is not a device; give cpu, cuda or cuda:N"),
+        ("cuda:\u00b2", "'cuda:\u00b2' is not a device; give cpu, cuda or cuda:N"),  # (a superscript 2 is a digit)
+    ],
+)
+def test_a_devices_spelling_is_checked_without_torch_as_torch_reads_it(spelt, fault):
+    from usesearch.devices import device_fault
+
+    assert device_fault(spelt) == fault
+    if fault is None and spelt not in (None, "auto"):
+        assert torch.device(spelt).type in ("cpu", "cuda")  # what torch takes, as the check does
+    elif fault is not None and "not a device" in fault:
+        with pytest.raises((RuntimeError, TypeError)):
+            torch.device(spelt)

@@ -90,15 +90,22 @@ def test_no_arrow_runs_back_up(low):
 
 def test_cli_command_modules_import_only_the_shared_options():
     # options.py offers what spellings.py holds (the old spellings' machinery), paths.py (the
-    # checks of paths a command writes) and failures.py (the consoles, the one-line error rule),
+    # checks of paths a command writes), failures.py (the consoles, the one-line error rule) and
+    # checks.py (a preset's and a device's spelling, checked as the command line is read),
     # sam_options.py SAM's flags built with both, photo_limits.py the flags of how large a photo is
     # read, eval_report.py an evaluation's report and walk built on options, search_output.py what a
     # search gives (its files, the hits, the notes) built on options, index_output.py what index and
     # prune print, built on options and photo_limits, class_lists.py the class lists segment and
     # eval take; nothing else in cli/ is shared.
     shared = {
-        "usesearch.cli.options": {"usesearch.cli.spellings", "usesearch.cli.paths", "usesearch.cli.failures"},
+        "usesearch.cli.options": {
+            "usesearch.cli.spellings",
+            "usesearch.cli.paths",
+            "usesearch.cli.failures",
+            "usesearch.cli.checks",
+        },
         "usesearch.cli.spellings": set(),
+        "usesearch.cli.checks": set(),
         "usesearch.cli.paths": set(),
         "usesearch.cli.failures": set(),
         "usesearch.cli.sam_options": {"usesearch.cli.options", "usesearch.cli.spellings"},

@@ -12,6 +12,7 @@ typo costs nothing.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from usesearch.errors import UsesearchError
@@ -20,6 +21,26 @@ if TYPE_CHECKING:  # imported where a device is resolved: a command that loads n
     import torch
 
 CHOICES = "cpu, cuda or cuda:N"
+FAISS_DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def device_fault(device: str | None) -> str | None:
+    """What is wrong with ``--device``'s value as spelt (cpu, cuda, cuda:N or auto),
+    found without torch as the command line is read: a typo was refused once torch had
+    loaded, 4 s in. None where nothing is; whether this machine has the device,
+    ``resolve_device`` says."""
+    if device is None or re.fullmatch(r"auto|(cpu|cuda)(:\d+)?", device, re.ASCII):
+        return None
+    if re.fullmatch(r"[a-z_]+(:\d+)?", device, re.ASCII):  # another kind (torch's mps, xpu, ...), or none
+        return f"usesearch runs its models on {CHOICES}, not {device!r}"
+    return f"{device!r} is not a device; give {CHOICES}"
+
+
+def faiss_device_fault(faiss_device: str | None) -> str | None:
+    """What is wrong with ``--faiss-device``'s value as spelt, as ``device_fault``."""
+    if faiss_device is None or re.fullmatch(r"auto|cpu|cuda(:\d+)?", faiss_device, re.ASCII):
+        return None
+    return f"choose one of {', '.join(FAISS_DEVICES)}, not {faiss_device!r}"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -29,10 +50,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, str) and (fault := device_fault(device)):
+        raise UsesearchError(f"--device: {fault}")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
-        raise UsesearchError(f"--device {device!r} is not a device; give {CHOICES}") from None
+        raise UsesearchError(f"--device: {device!r} is not a device; give {CHOICES}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsesearchError(
@@ -44,7 +67,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
                 f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
             )
     elif device.type != "cpu":
-        raise UsesearchError(f"--device {device}: usesearch runs its models on {CHOICES}")
+        raise UsesearchError(f"--device: usesearch runs its models on {CHOICES}, not {str(device)!r}")
     return device
 
 

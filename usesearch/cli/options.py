@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from usesearch.devices import device_fault, faiss_device_fault
+
+from .checks import checked_by
+from .checks import known_preset as known_preset
 from .failures import ALL_FAILED_EXIT as ALL_FAILED_EXIT
 from .failures import DEBUG_ENV as DEBUG_ENV
 from .failures import console as console
@@ -102,21 +106,6 @@ def shared_options(into: str, make: Callable[..., Any]):
 
 
 # -- the model and where it runs ----------------------------------------------------------
-def known_preset(value: str | None) -> str | None:
-    """A preset name, or a head checkpoint (which names its preset), checked as the
-    command line is read: a typo was refused only once the model libraries had loaded
-    (4-6 s), or after a run's photos were read."""
-    from usesearch.errors import UnknownPresetError
-    from usesearch.models.presets import check_preset_name
-
-    try:
-        if value is not None:
-            check_preset_name(value)
-    except UnknownPresetError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return value
-
-
 PresetOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -140,10 +129,14 @@ HeadsOpt = Annotated[
         "--head", help="Head checkpoint (.safetensors + .json); several --head: their class probabilities averaged."
     ),
 ]
+
+
 DeviceOpt = Annotated[
     Optional[str],
     typer.Option(
-        "--device", help="Where every model runs: cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu)."
+        "--device",
+        help="Where every model runs: cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu).",
+        callback=checked_by(device_fault),
     ),
 ]
 PrecisionOpt = Annotated[
@@ -159,6 +152,7 @@ FaissDeviceOpt = Annotated[
     typer.Option(
         "--faiss-device",
         help="Where FAISS runs: cpu, cuda or cuda:N (default: cuda only where the installed faiss has GPU support).",
+        callback=checked_by(faiss_device_fault),
     ),
 ]
 MaskerOpt = Annotated[
