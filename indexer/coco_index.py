@@ -43,9 +43,10 @@ from .coco_plan import (
     wrong_size,
 )
 from .folder import check_paths, is_new
+from .index_checks import as_built
 from .known_images import file_stat
 from .options import IndexOptions, IndexReport
-from .pipeline import as_built, check_devices, identity, load_embedder
+from .pipeline import check_devices, identity, load_embedder
 from .writer import Writer
 
 

@@ -62,8 +62,9 @@ from .coco_plan import (
 from .distributed import through_actors
 from .folder import check_paths, is_new
 from .fragments import FRAGMENTS, error_text, read_fragment, worker_error, write_fragment
+from .index_checks import as_built
 from .options import IndexOptions, IndexReport
-from .pipeline import as_built, identity, load_embedder
+from .pipeline import identity, load_embedder
 from .ray_cluster import actor_device, actors_summary, check_actor_precision, check_address, ray_for_run
 from .ray_reads import decode_files, hash_files
 from .writer import Writer

@@ -42,9 +42,10 @@ from .fragments import (
     write_fragment,
 )
 from .image_writes import PhotoWrite
+from .index_checks import as_built
 from .known_images import BATCH
 from .options import IndexOptions, IndexReport
-from .pipeline import as_built, decide_compile, identity, load_models, photos_to_index
+from .pipeline import decide_compile, identity, load_models, photos_to_index
 from .ray_cluster import actor_device, actors_summary, check_actor_precision, check_address, ray_for_run
 from .ray_reads import decode_files, hash_files
 from .writer import Writer

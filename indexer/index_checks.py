@@ -1,19 +1,42 @@
 """What a run checks before it writes into an index: the model and masker it was built
-with (a wrong model for an index is refused, as is another masker), and a ``--factory``
+with (a wrong model for an index is refused, as is another masker: ``as_built``, which
+imports no model library, so the command line says so at once), and a ``--factory``
 that a new index can be built as or an existing one has."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from usesearch.errors import IndexMismatchError, UsesearchError
+from usesearch.errors import (
+    CatalogRefusedError,
+    CatalogUnavailableError,
+    IndexIdentityError,
+    IndexMismatchError,
+    IndexUpgradeNeededError,
+    UsesearchError,
+)
 from usesearch.masks.coco_masker import masks_file_changed, masks_file_unrecorded
 from usesearch.masks.settings import mask_defining
+from usesearch.models.presets import PRESETS, refuse_unknown, resolve_embedder
 
 from . import index_kinds
-from .folder import HEAD_COPY, index_flags
+from .folder import (
+    HEAD_COPY,
+    check_catalog_kind,
+    head_to_load,
+    index_flags,
+    is_new,
+    open_store,
+    refuse_a_foreign_catalog,
+    refuse_if_written,
+)
 from .records import NO_MASKER, IndexInfo, info_summary
 from .store import Store
+
+if TYPE_CHECKING:
+    from .options import IndexOptions
 
 
 def _same_head_path(existing: IndexInfo, info: IndexInfo) -> bool:
@@ -120,3 +143,56 @@ def check_factory(
             f"index without --factory (the index grows into IVF by itself), or then run "
             f"`usesearch reindex {index_flags(db_dir, db_url)} --factory {factory}`"
         )
+
+
+def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
+    """``options`` for adding to the index at ``db_dir``: where the run names no model
+    (``--preset``, ``--embedder``, ``--head``) or masker, the ones the index was built
+    with. Else ``index NEW --db OLD`` loaded the defaults' (b16's, SAM), sent a ``tiny``
+    index's user to pull b16's weights, and refused the run only after loading them;
+    another preset or embedder named is refused here, before any weights are looked for,
+    as are another masker and a run while another indexer writes there."""
+    check_catalog_kind(db_dir, options.db_url)  # (as below: before the defaults' weights are looked for)
+    refuse_if_written(db_dir)
+    refuse_a_foreign_catalog(options.db_url)
+    if is_new(db_dir, options):
+        return options
+    try:
+        store = open_store(db_dir, options.db_url, read_only=True)
+    # Said now: the defaults' weights, looked for next,
+    except (CatalogUnavailableError, CatalogRefusedError, IndexIdentityError, IndexUpgradeNeededError):
+        raise  # would be blamed (a catalog of another index: refused after loading b16, or sent to pull it)
+    except UsesearchError:  # an empty catalog on a server, or a folder to be refused later in its own words
+        return options
+    try:
+        built = store.info()
+    finally:
+        store.close()
+    if built is None:
+        return options
+    if options.preset not in (None, built.preset) or options.embedder not in (None, built.embedder):
+        refuse_unknown(options.preset, options.embedder)
+        preset = options.preset or built.preset
+        same = options.preset in (None, built.preset) or preset not in PRESETS  # (a head's path: its own)
+        embedder = options.embedder or (built.embedder if same else resolve_embedder(preset, None, options.head))
+        asked = f"preset {preset!r}, embedder {embedder!r}"
+        raise IndexMismatchError(  # before its weights are loaded (or a user sent to download them)
+            f"this index was built with {info_summary(built)}; refusing to add segments from {asked}. "
+            "Use the same --preset/--embedder/--head, or a new --db."
+        )
+    if options.head is None:  # what the run names is the index's own model: its head too
+        head = head_to_load(db_dir, built.model_head)  # its copy in the folder where it has one
+        options = replace(options, preset=built.preset, embedder=built.embedder, head=head)
+    if options.masker is not None:
+        refuse_other_masker(built, options.masker, options.masker_options)
+    elif built.masker != NO_MASKER:
+        # Its settings too (they define its masks: other ones are refused), under the
+        # names the masker takes them by; ``--masker coco``'s file where it was (its
+        # content is checked against the one recorded). A setting given is checked
+        # against the index's masker's (it was checked against the preset's default one).
+        given = masker_options(built.masker_params)
+        if built.masker == "coco":
+            given = {"masks_json": given["masks_json"]}
+        refuse_other_masker(built, built.masker, options.masker_options)
+        options = replace(options, masker=built.masker, masker_options={**given, **options.masker_options})
+    return options

@@ -20,34 +20,25 @@ from usesearch.devices import compile_note, compiles, idle_gpus_note, resolve_de
 from usesearch.devices import describe as describe_device
 from usesearch.errors import (
     BadArgumentError,
-    CatalogRefusedError,
-    CatalogUnavailableError,
-    IndexIdentityError,
-    IndexMismatchError,
-    IndexUpgradeNeededError,
     UsesearchError,
 )
 from usesearch.io.files import photos_under
 from usesearch.masks.registry import build_masker, masker_kind
 from usesearch.models.compiling import apply_compile
-from usesearch.models.factory import choose_preset, load_model, refuse_unknown, resolve_embedder
-from usesearch.models.presets import PRESETS
+from usesearch.models.factory import choose_preset, load_model
+from usesearch.models.presets import PRESETS, resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
 from .folder import (
-    check_catalog_kind,
     check_paths,
-    head_to_load,
     is_new,
     open_store,
-    refuse_a_foreign_catalog,
-    refuse_if_written,
 )
 from .image_writes import PhotoWrite
-from .index_checks import masker_options, refuse_other_masker
+from .index_checks import as_built
 from .options import IndexOptions, IndexReport
-from .records import NO_MASKER, IndexInfo, info_summary
+from .records import NO_MASKER, IndexInfo
 from .writer import Writer
 
 
@@ -138,56 +129,6 @@ def decide_compile(options: IndexOptions, device_type: str, photos: int, report:
     if note:
         report.devices.append(note)
     return replace(options, compile=compiled)
-
-
-def as_built(db_dir: Path, options: IndexOptions) -> IndexOptions:
-    """``options`` for adding to the index at ``db_dir``: where the run names no model
-    (``--preset``, ``--embedder``, ``--head``) or masker, the ones the index was built
-    with. Else ``index NEW --db OLD`` loaded the defaults' (b16's, SAM), sent a ``tiny``
-    index's user to pull b16's weights, and refused the run only after loading them;
-    another preset or embedder named is refused here, before any weights are looked for,
-    as are another masker and a run while another indexer writes there."""
-    check_catalog_kind(db_dir, options.db_url)  # (as below: before the defaults' weights are looked for)
-    refuse_if_written(db_dir)
-    refuse_a_foreign_catalog(options.db_url)
-    if is_new(db_dir, options):
-        return options
-    try:
-        store = open_store(db_dir, options.db_url, read_only=True)
-    # Said now: the defaults' weights, looked for next,
-    except (CatalogUnavailableError, CatalogRefusedError, IndexIdentityError, IndexUpgradeNeededError):
-        raise  # would be blamed (a catalog of another index: refused after loading b16, or sent to pull it)
-    except UsesearchError:  # an empty catalog on a server, or a folder to be refused later in its own words
-        return options
-    try:
-        built = store.info()
-    finally:
-        store.close()
-    if built is None:
-        return options
-    if options.preset not in (None, built.preset) or options.embedder not in (None, built.embedder):
-        refuse_unknown(options.preset, options.embedder)
-        asked = f"preset {options.preset or built.preset!r}, embedder {options.embedder or built.embedder!r}"
-        raise IndexMismatchError(  # before its weights are loaded (or a user sent to download them)
-            f"this index was built with {info_summary(built)}; refusing to add segments from {asked}. "
-            "Use the same --preset/--embedder/--head, or a new --db."
-        )
-    if options.head is None:  # what the run names is the index's own model: its head too
-        head = head_to_load(db_dir, built.model_head)  # its copy in the folder where it has one
-        options = replace(options, preset=built.preset, embedder=built.embedder, head=head)
-    if options.masker is not None:
-        refuse_other_masker(built, options.masker, options.masker_options)
-    elif built.masker != NO_MASKER:
-        # Its settings too (they define its masks: other ones are refused), under the
-        # names the masker takes them by; ``--masker coco``'s file where it was (its
-        # content is checked against the one recorded). A setting given is checked
-        # against the index's masker's (it was checked against the preset's default one).
-        given = masker_options(built.masker_params)
-        if built.masker == "coco":
-            given = {"masks_json": given["masks_json"]}
-        refuse_other_masker(built, built.masker, options.masker_options)
-        options = replace(options, masker=built.masker, masker_options={**given, **options.masker_options})
-    return options
 
 
 def load_embedder(options: IndexOptions):

@@ -375,3 +375,21 @@ def test_a_head_beside_the_crop_embedder_is_refused_and_one_recorded_before_is_n
     write_photos(photos, ("chelsea",))
     again = runner.invoke(app, ["index", str(photos), "--db", str(db)])
     assert again.exit_code == 0 and "1 image indexed" in again.output, again.output
+
+
+def test_the_command_line_refuses_another_model_or_masker_for_an_index_before_torch_loads(tmp_path):
+    """`index PHOTOS --db TINY_INDEX --preset b16` (or `--masker sam`) was refused once torch
+    had loaded (4-5 s); the refusal named b16's embedder as the index's ('use'), where b16
+    with no head embeds by crops."""
+    from tests.helpers import invoke_in_a_fresh_python
+
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    db = str(tmp_path / "db")
+    assert index_paths([photos], db, IndexOptions(**OPTS)).done == 1
+    said, heavy = invoke_in_a_fresh_python(
+        ["index", str(photos), "--db", db, "--preset", "b16"],
+        ["index", str(photos), "--db", db, "--masker", "sam"],
+    )
+    assert [code for code, _ in said] == [2, 2] and "torch" not in heavy, said
+    assert "refusing to add segments from preset 'b16', embedder 'crop'" in said[0][1], said[0][1]
+    assert "built with masker felzenszwalb" in said[1][1] and "this run asks for sam" in said[1][1], said[1][1]

@@ -70,7 +70,8 @@ class Segmenter:
         from usesearch.devices import compiles, resolve_device
         from usesearch.masks.registry import build_masker
         from usesearch.models.compiling import apply_compile
-        from usesearch.models.factory import choose_preset, load_model, resolve_embedder
+        from usesearch.models.factory import choose_preset, load_model
+        from usesearch.models.presets import resolve_embedder
 
         models = []
         heads: list[str | None] = [str(h) for h in self.head or []] or [None]
@@ -333,7 +334,8 @@ def audit(
 ) -> None:
     """Rank ground-truth annotations by how strongly the model disagrees with their labels."""
     from usesearch.io.coco_dataset import read_coco, refuse_when_no_photo
-    from usesearch.models.factory import choose_preset, load_model, resolve_embedder
+    from usesearch.models.factory import choose_preset, load_model
+    from usesearch.models.presets import resolve_embedder
     from usesearch.tasks.audit import audit_coco, summary, write_report
 
     opts.refuse_report_in_an_index(report_dir)

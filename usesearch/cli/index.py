@@ -159,6 +159,10 @@ def index(
 
                     if (config := PRESETS.get(preset or DEFAULT_PRESET)) is not None:
                         masker_kind(masker, config, masker_options)
+        else:  # the index's model, masker and settings checked against the run's, before torch's import
+            from usesearch.indexer.index_checks import as_built
+
+            as_built(Path(db), options)
         bar = tqdm(unit="img", dynamic_ncols=True, disable=None)
         start = time.perf_counter()
 
@@ -171,10 +175,6 @@ def index(
         if workers is not None and ray is None:
             raise UsesearchError("--workers applies to --ray runs only")
         if labelled:
-            if masker is not None:  # its masker and settings checked before the file's changes are saved
-                from usesearch.indexer.pipeline import as_built
-
-                as_built(Path(db), options)
             labelled_options = replace(options, masker_options={})
             if ray is not None:
                 from usesearch.indexer.coco_ray import index_coco_ray

@@ -163,7 +163,8 @@ def embed(
         refuse_missing_clip(preset)
 
     from usesearch.masks.maskers import FelzenszwalbMasker
-    from usesearch.models.factory import choose_preset, load_model, resolve_embedder
+    from usesearch.models.factory import choose_preset, load_model
+    from usesearch.models.presets import resolve_embedder
 
     preset = choose_preset(preset, head)
     embedder = resolve_embedder(preset, embedder, head)

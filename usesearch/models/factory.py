@@ -12,7 +12,13 @@ from usesearch.models.backbones import Clip, build_clip, build_dino, seeded
 from usesearch.models.checkpoint import is_checkpoint, load_head, read_head_config, state_digest
 from usesearch.models.config import PresetConfig
 from usesearch.models.model import USE, CropEmbedder, TextModel, USEEmbedder, crop_fingerprint, use_fingerprint
-from usesearch.models.presets import DEFAULT_PRESET, PRESETS, check_preset_name, get_preset
+from usesearch.models.presets import (
+    DEFAULT_PRESET,
+    PRESETS,
+    check_preset_name,
+    get_preset,
+    refuse_unknown,
+)
 
 
 def choose_preset(preset: str | None, head: str | os.PathLike | None = None) -> str:
@@ -23,13 +29,6 @@ def choose_preset(preset: str | None, head: str | os.PathLike | None = None) -> 
     if head is not None:
         return read_head_config(head)["preset"]
     return DEFAULT_PRESET
-
-
-def resolve_embedder(preset_name: str, embedder: str | None, head) -> str:
-    """``None`` picks 'use' where a head exists (given, or tiny's seeded one), else 'crop'."""
-    if embedder:
-        return embedder
-    return "use" if head or get_preset(preset_name).head.seeded_random else "crop"
 
 
 def create_use(preset: PresetConfig | str) -> USE:
@@ -116,15 +115,6 @@ def text_needs_whole_model(embedder: str | None, head: str | os.PathLike | None)
     """Whether the text side is known only by building the whole model: a USE embedder
     without a head checkpoint has tiny's seeded random head, whose digest is its init's."""
     return (embedder or "use") == "use" and head is None
-
-
-def refuse_unknown(preset: str | None, embedder: str | None) -> None:
-    """A preset name (neither a preset nor a head checkpoint) or an embedder no model has,
-    refused as unknown: an index's check said a typo was another model than its own."""
-    if preset is not None:
-        check_preset_name(preset)
-    if embedder not in (None, "use", "crop"):
-        raise UsesearchError(f"unknown embedder {embedder!r}; choose 'use' or 'crop'")
 
 
 def _preset_and_head(

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from usesearch.errors import UnknownPresetError
+from usesearch.errors import UnknownPresetError, UsesearchError
 from usesearch.models.config import ClipConfig, DinoConfig, HeadConfig, PresetConfig, SamConfig
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -95,3 +95,19 @@ def get_preset(name: str) -> PresetConfig:
         return PRESETS[name]
     except KeyError:
         raise UnknownPresetError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def refuse_unknown(preset: str | None, embedder: str | None) -> None:
+    """A preset name (neither a preset nor a head checkpoint) or an embedder no model has,
+    refused as unknown: an index's check said a typo was another model than its own."""
+    if preset is not None:
+        check_preset_name(preset)
+    if embedder not in (None, "use", "crop"):
+        raise UsesearchError(f"unknown embedder {embedder!r}; choose 'use' or 'crop'")
+
+
+def resolve_embedder(preset_name: str, embedder: str | None, head) -> str:
+    """``None`` picks 'use' where a head exists (given, or tiny's seeded one), else 'crop'."""
+    if embedder:
+        return embedder
+    return "use" if head or get_preset(preset_name).head.seeded_random else "crop"
