@@ -20,6 +20,7 @@ def test_a_command_line_click_cannot_parse_is_one_line(tmp_path):
         (["index"], "Missing argument 'paths'. (see `usesearch index --help`)"),
         (["query", "a cat", "--db", str(tmp_path), "-k", "many"], "Invalid value for '-k'"),
         (["nosuch"], "No such command 'nosuch'. (see `usesearch --help`)"),
+        (["export", "--db", "d"], "(a search's hits are exported by `usesearch query TEXT --db DB --export-coco"),
         (["index", "p", "--coco", "a.json", "--coco", "b.json"], "--coco is given twice, and it takes one value"),
         # A query text read as an option: the way to give it (after `--`, which ends even --db).
         (

@@ -296,7 +296,9 @@ def test_prune_forgets_the_noted_copies_no_run_needs_and_keeps_the_others(tmp_pa
     again = index_paths([photos], db, IndexOptions(**OPTS))
     assert again.done == 0 and [os.path.basename(new) for _, new in again.moved] == ["y.png"], again
     result = CliRunner().invoke(app, ["prune", "--db", str(db)])
-    assert result.exit_code == 0 and "2 noted copies forgotten" in result.output, result.output  # x.png; y.png
+    assert result.exit_code == 0 and "2 copies of indexed photos no longer noted" in result.output, (
+        result.output
+    )  # x.png; y.png
     assert noted() == {"z.png", "coffee.png"}
     assert_consistent(db)
 

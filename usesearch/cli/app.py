@@ -79,6 +79,11 @@ def _quiet_stdout() -> None:
 
 
 MODEL_FLAGS = ("--preset", "--embedder", "--head")  # a model chosen: taken by the commands that build one
+# Commands a user may look for that another command does (click offers only close spellings).
+DONE_ELSEWHERE = {
+    "export": "a search's hits are exported by `usesearch query TEXT --db DB --export-coco FILE.json`",
+    "search": "a text search is `usesearch query TEXT --db DB`",
+}
 
 
 def main() -> None:
@@ -131,6 +136,9 @@ def main() -> None:
             and any(getattr(p, "name", "") == "db" for p in ctx.command.params)  # it reads an index
         ):
             hint = f" (`{ctx.command_path}` answers with the model the index was built with: `usesearch info --db DB`)"
+        unknown = args[0] if args and format_message().startswith("No such command") else None
+        if unknown in DONE_ELSEWHERE:
+            hint = f" ({DONE_ELSEWHERE[unknown]})"
         print(f"error: {format_message()}{hint}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     code = code if isinstance(code, int) else 0

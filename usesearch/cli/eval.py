@@ -249,7 +249,8 @@ def eval_semseg(
     scored = None if np.isnan(mean) else float(mean)
     result = {"mIoU": scored, "images": walk.done, "model": fingerprint, "per_class": scores, **walk.partial()}
     shown = "-" if scored is None else f"{100 * scored:.2f}"
-    total = ("mIoU", f"{shown}  ({walk.said(f'{walk.done} images, {fingerprint}')})")
+    done = counted(walk.done, "image")
+    total = ("mIoU", f"{shown}  ({walk.said(f'{done}, {fingerprint}')})")
     report.write(result, scores, total)
     walk.exit_if_interrupted()
 

@@ -346,7 +346,15 @@ def prune_cmd(
             "`usesearch index PATHS --coco FILE --split SPLIT` embeds them again if the photos come back"
         )
     if report.copies_forgotten:
-        opts.console.print(f"{report.copies_forgotten} noted copies forgotten (gone, or indexed under their own names)")
+        n = report.copies_forgotten  # files noted as copies of an indexed photo, not indexed themselves
+        opts.console.print(
+            f"{counted(n, 'copy', 'copies')} of indexed photos no longer noted: "
+            + (
+                "its file is gone, or it is indexed under its own name"
+                if n == 1
+                else "gone, or indexed under their own names"
+            )
+        )
     said.say_held(report, db, db_url, folders)
     said.print_freed(report)
     if report.interrupted:  # as every command's Ctrl-C: `prune && next-step` must not go on
