@@ -94,6 +94,10 @@ def test_a_file_that_cannot_be_read_whole_keeps_no_verdict(db, tmp_path):
     bad = filled_in(db, "outliers", {0: "wrong", 2: "maybe"}, tmp_path / "bad.csv")
     said = audit_refused(db, "--verdicts", str(good), "--verdicts", str(bad))
     assert f"{bad}:4: a verdict is ok, wrong or none (to take one back;" in said and "'maybe'" in said, said
+    from tests.helpers import invoke_in_a_fresh_python  # (said before torch's import: it took 4.6 s)
+
+    [(exit_code, fresh)], heavy = invoke_in_a_fresh_python(["audit", "--db", str(db), "--verdicts", str(bad)])
+    assert exit_code == 2 and "a verdict is ok, wrong or none" in fresh and "torch" not in heavy, (fresh, heavy)
     twice = filled_in(db, "outliers", {0: "ok"}, tmp_path / "twice.csv")
     rows = twice.read_text().splitlines()
     twice.write_text("\n".join([*rows, rows[1].replace(",ok", ",wrong")]) + "\n")
@@ -317,7 +321,7 @@ def test_lists_of_another_shape_name_the_audit_command_with_the_catalog(tmp_path
     import pytest
 
     from usesearch.errors import NotFoundError
-    from usesearch.indexer.audit.run import FOLDER, RESULT, load_lists
+    from usesearch.indexer.audit.lists_file import FOLDER, RESULT, load_lists
 
     (tmp_path / "db" / FOLDER).mkdir(parents=True)
     (tmp_path / "db" / FOLDER / RESULT).write_text("[]")

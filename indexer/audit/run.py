@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from usesearch.errors import IndexMismatchError, NotFoundError, UsesearchError
+from usesearch.errors import IndexMismatchError, UsesearchError
 from usesearch.io.atomic import write_atomic
 from usesearch.reports import counted
 
@@ -41,10 +41,10 @@ from ..records import IndexInfo, info_summary
 from ..store import Store
 from . import leaks, reviews, scores
 from .items import LISTS, resolve
+from .lists_file import CHECKPOINT, FOLDER, RESULT
 from .ranked import Ranked
 from .source import DatasetReader
 
-FOLDER, CHECKPOINT, RESULT = "audit", "checkpoint.npz", "lists.json"
 PHASES = ("annotations", "photos", "leaks", "done")
 
 
@@ -377,25 +377,3 @@ def _load(path: Path, identity: str, classes: int, dim: int) -> _State | None:
     lists = {kind: Ranked.from_state(kept[kind], kind, arrays, found.get(kind)) for kind in kept}
     done = bool(meta.get("leaks_done"))
     return _State(meta["phase"], int(meta["after"]), arrays["sums"], arrays["counts"], lists, arrays["pairs"], done)
-
-
-def load_lists(db_dir: str | os.PathLike, db_url: str | None = None) -> dict | None:
-    """The lists the last finished audit of this index wrote (None: never audited). A
-    file of another shape (edited by hand, another version's) is ``NotFoundError``: no
-    lists to show, said with the command that writes them again (it was a 500)."""
-    path = Path(db_dir) / FOLDER / RESULT
-    if not path.is_file():
-        return None
-    try:
-        found = json.loads(path.read_text())
-        lists = found["lists"]
-        if not (isinstance(found["classes"], list) and isinstance(found["splits"], list)):
-            raise TypeError("classes and splits are lists")
-        if not all(isinstance(lists[kind], list) and all("item" in i for i in lists[kind]) for kind in LISTS):
-            raise TypeError(f"each of {', '.join(LISTS)} is a list of items")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise NotFoundError(
-            f"{path} is not an audit's lists ({type(exc).__name__}: {exc}): "
-            f"run `usesearch audit {index_flags(db_dir, db_url)}` again"
-        ) from None
-    return found

@@ -69,7 +69,7 @@ def keep_verdicts(
     Refused where the index changed since its last audit: a row is checked against the
     lists, which would still show an item relabelled since."""
     from ..folder import index_flags, open_store
-    from .run import load_lists
+    from .lists_file import load_lists
 
     flags = index_flags(Path(db_dir), db_url)
     lists = load_lists(db_dir, db_url)

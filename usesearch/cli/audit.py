@@ -107,7 +107,7 @@ def audit(
     try:
         result = audit_index(db, db_url, config, device=device, say=opts.console.print)
     except KeyboardInterrupt:  # ("interrupted" alone: its checkpoint's batches are kept)
-        from usesearch.indexer.audit.run import CHECKPOINT, FOLDER
+        from usesearch.indexer.audit.lists_file import CHECKPOINT, FOLDER
 
         if (Path(db) / FOLDER / CHECKPOINT).is_file():
             flags = opts.index_flags(db, db_url)
