@@ -57,7 +57,8 @@ class PhotoLimits:
             1000,
             DEFAULT_MAX_PIXELS,
             "PIXELS",
-            "Refuse photos of more pixels, from their header (default 100M; 250M, or 250000000, for scans).",
+            "Refuse photos of more pixels, from their header (default 100M; 250M, or 250000000, for scans). "
+            "Memory grows with it: a 400M-pixel photo took about 10 GB to index.",
         ),
     ] = DEFAULT_MAX_PIXELS
     max_bytes: Annotated[
