@@ -178,6 +178,7 @@ class SegmentIndex(Freshness):
             self._locations.sync()
 
     # -- search ------------------------------------------------------------------
+    @catalog_errors  # (its filters are resolved here, before search_vector)
     def query(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         """The ``k`` segments best matching ``text`` (through CLIP's prompt templates), best
         first, among those ``filters`` keep (``SearchFilters``, or a dict of its fields).

@@ -240,7 +240,9 @@ def ray_local():
     """Ray on this machine with two CPU workers, shared by every test that asks in this
     test process (the distributed extra's tests skip themselves where ray is not
     installed). One for the session, not one per module: each start and stop cost ~5 s,
-    and the task workers it keeps (hashing, decoding) start once."""
+    and the task workers it keeps (hashing, decoding) start once. A run in this process
+    joins a Ray already up: a later test of Ray's own start and stop, without this
+    fixture, patches ``ray.is_initialized`` (as tests/test_ray_output.py's do)."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

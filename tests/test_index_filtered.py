@@ -138,3 +138,19 @@ def test_a_query_whose_filters_keep_no_segment_answers_without_loading_the_text_
     assert ix.query("a dog", 5, {"min_area": 10**9, "path": "nowhere/*"}) == []
     with pytest.raises(AssertionError, match="the text model loaded"):  # filters that keep some: it loads
         ix.query("a dog", 5, SearchFilters(min_area=2))
+
+
+def test_a_query_whose_catalog_is_locked_is_said_as_busy_as_every_search(compressed, monkeypatch):
+    """Its filters are resolved before the search, so the catalog's errors are read there too."""
+    import sqlite3
+
+    from usesearch.errors import CatalogBusyError
+
+    ix, _ = compressed
+
+    def locked():
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ix.store, "generation", locked)
+    with pytest.raises(CatalogBusyError):
+        ix.query("a dog", 5, SearchFilters(label="dgo"))

@@ -390,6 +390,6 @@ def test_the_command_line_refuses_another_model_or_masker_for_an_index_before_to
         ["index", str(photos), "--db", db, "--preset", "b16"],
         ["index", str(photos), "--db", db, "--masker", "sam"],
     )
-    assert [code for code, _ in said] == [2, 2] and "torch" not in heavy, said
+    assert [code for code, _ in said] == [2, 2] and "torch" not in heavy, said  # (faiss: the catalog's, 0.1 s)
     assert "refusing to add segments from preset 'b16', embedder 'crop'" in said[0][1], said[0][1]
     assert "built with masker felzenszwalb" in said[1][1] and "this run asks for sam" in said[1][1], said[1][1]

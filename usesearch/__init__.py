@@ -2,7 +2,7 @@
 
 The core: model presets and weights, backbones, the USE encoder and head, text
 prompts, image reading (``images``, ``files``), masks (``rle``), maskers and their
-registry (``maskers``, ``amg``, ``sam``), semantic segmentation and the CLI.
+registry (``registry``, ``maskers``, ``amg``, ``sam``), semantic segmentation and the CLI.
 It imports nothing from ``indexer``, ``curation`` or ``training``, except in the
 CLI wiring (``cli_*.py``), which joins the stages.
 

@@ -186,6 +186,7 @@ def index(
                 from usesearch.indexer.coco_index import index_coco
 
                 labels = index_coco(folders, coco_read, db, labelled_options, split, progress, replace_split)
+            del coco_read  # (a large dataset's annotations: not held through a masker run that follows)
             reports["annotations"] = labels
             bar.close()
             said.print_labelled(labels, db, db_url, masker_follows=masker is not None)
