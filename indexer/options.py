@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from usesearch.devices import check_precision
+from usesearch.devices import check_precision, device_fault, faiss_device_fault
 from usesearch.errors import BadArgumentError, UsesearchError
 from usesearch.io.files import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from usesearch.reports import RunReport
@@ -34,15 +34,24 @@ class IndexOptions:
     recall_target: float | None = None  # recall@10 a compressed index is calibrated for; None: as stored, else 0.95
 
     def __post_init__(self) -> None:
-        """What can be checked without a model, checked as the options are made: a preset
-        no model has, or a limit no photo passes, failed only in ``index_paths`` (the
-        latter after making the folder, every photo refused)."""
+        """What can be checked without a model, checked as the options are made: a preset,
+        embedder or masker no model has, a device misspelt, or a limit no photo passes,
+        failed only in ``index_paths`` (the latter after making the folder, every photo
+        refused)."""
         check_shard_size(self.shard_size)
         check_precision(self.precision)
-        if self.preset is not None:
-            from usesearch.models.presets import check_preset_name
+        if self.preset is not None or self.embedder is not None:
+            from usesearch.models.presets import refuse_unknown
 
-            check_preset_name(self.preset)
+            refuse_unknown(self.preset, self.embedder)
+        if self.masker is not None:
+            from usesearch.masks.registry import check_masker_name
+
+            check_masker_name(self.masker)
+        for name, fault_of in (("device", device_fault), ("faiss_device", faiss_device_fault)):
+            value = getattr(self, name)
+            if isinstance(value, str) and (fault := fault_of(value)):
+                raise BadArgumentError(f"{name}: {fault}")
         for name in ("max_pixels", "max_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -294,3 +294,26 @@ def test_a_text_past_clips_context_is_said_once_a_model(tiny_use, caplog):
         tiny_use.embed_text(["dog " * 100])
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and said[0].startswith("a text of 100 tokens is read as its first "), said
+
+
+@pytest.mark.parametrize(
+    "given, said",
+    [
+        ({"device": "tpu"}, "device: usesearch runs its models on cpu, cuda or cuda:N, not 'tpu'"),
+        ({"faiss_device": "gpu"}, "faiss_device: choose one of auto, cpu, cuda, cuda:N, not 'gpu'"),
+        ({"masker": "sma"}, "unknown masker 'sma'; choose one of sam, sam2, felzenszwalb, coco"),
+        ({"embedder": "clip"}, "unknown embedder 'clip'; choose 'use' or 'crop'"),
+    ],
+)
+def test_index_options_refuse_a_device_masker_or_embedder_no_run_can_have_as_they_are_made(given, said):
+    """`IndexOptions(device="tpu")` or an unknown masker was refused only by `index_paths`,
+    once the folder had been checked and the models' libraries imported."""
+    from usesearch.errors import UsesearchError
+    from usesearch.indexer import IndexOptions
+
+    with pytest.raises(UsesearchError) as refused:
+        IndexOptions(preset="tiny", **given)
+    assert str(refused.value) == said
+    assert (
+        IndexOptions(preset="tiny", device="cuda:1", faiss_device="cpu", masker="sam", embedder="crop").masker == "sam"
+    )

@@ -106,6 +106,13 @@ def build_masker(
     return kind.build(preset, device, dict(options))
 
 
+def check_masker_name(name: str) -> None:
+    """A masker of the registry, else refused in one line (``IndexOptions`` checks its
+    own as it is made)."""
+    if name not in MASKERS:
+        raise UsesearchError(f"unknown masker {name!r}; choose one of {', '.join(MASKERS)}")
+
+
 def masker_kind(name: str | None, preset: PresetConfig, options: dict[str, Any]) -> tuple[str, MaskerKind]:
     """The masker ``name`` names (None: the preset's default, as ``build_masker`` says)
     and its kind, an unknown one or ``options`` it does not take refused in one line:
@@ -114,9 +121,8 @@ def masker_kind(name: str | None, preset: PresetConfig, options: dict[str, Any])
     if name is None:
         wanted = "random" if preset.sam.checkpoint is None and "sam_checkpoint" not in options else "trained"
         name = next(n for n, kind in MASKERS.items() if kind.default_for == wanted)
-    kind = MASKERS.get(name)
-    if kind is None:
-        raise UsesearchError(f"unknown masker {name!r}; choose one of {', '.join(MASKERS)}")
+    check_masker_name(name)
+    kind = MASKERS[name]
     refused = [
         o
         for o in options
