@@ -164,3 +164,23 @@ def test_a_min_score_that_cuts_every_hit_says_the_best_score(hand_built):
     )
     kept = CliRunner().invoke(app, ["similar", "2", "--db", str(hand_built.db_dir), "--min-score", "-1"])
     assert kept.exit_code == 0 and "no hit scores" not in kept.stderr
+
+
+def test_a_tables_title_names_distinct_and_per_image():
+    """The title said the filters (`--min-score`, `--path`, ...) but not `--distinct` or
+    `--per-image`, which shape the hits as much."""
+    from types import SimpleNamespace
+
+    from usesearch.cli.search_output import top_of
+    from usesearch.indexer import SearchFilters
+
+    index = SimpleNamespace(index=SimpleNamespace(ntotal=462))
+    assert top_of(5, index, SearchFilters()) == "top 5 of 462 segments"
+    assert (
+        top_of(5, index, SearchFilters(distinct=True, per_image=True))
+        == "top 5 of 462 segments (--per-image, --distinct)"
+    )
+    assert (
+        top_of(3, index, SearchFilters(distinct=True, min_score=0.5))
+        == "top 3 of the segments where --min-score 0.5 (462 segments in the index, --distinct)"
+    )

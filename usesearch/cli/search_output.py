@@ -206,10 +206,12 @@ def top_of(found: int, index, filters: SearchFilters) -> str:
 
     narrowed = narrowed_by(filters, _flag)
     total = f"{index.index.ntotal:,} segments"
+    # What shapes the hits without keeping segments out: said after, as flags.
+    kept = "".join(f", {_flag(name)}" for name in ("per_image", "distinct") if getattr(filters, name))
     return (
-        f"top {found} of the segments where {narrowed} ({total} in the index)"
+        f"top {found} of the segments where {narrowed} ({total} in the index{kept})"
         if narrowed
-        else f"top {found} of {total}"
+        else f"top {found} of {total}" + (f" ({kept[2:]})" if kept else "")
     )
 
 
