@@ -68,3 +68,20 @@ def test_an_ignored_label_value_no_label_png_holds_is_refused(value, tmp_path):
     result = CliRunner().invoke(app, [*args, "--ignore-index", value, "--preset", "tiny"])
     said = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2 and "'--ignore-index'" in said, said
+
+
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        ("-1", "-1: give 0 (one shard) or a number of segments a shard"),
+        ("9223372036854775808", "9223372036854775808: give 0 (one shard) or a number of segments a shard"),
+        ("5", "5 segments a shard: give 0 (one shard) or at least 1,000"),
+    ],
+)
+def test_a_shard_size_out_of_range_is_refused_and_its_help_shows_no_int64_bound(value, why, tmp_path):
+    """`--shard-size` had click's range [0<=x<=9223372036854775807] in its help."""
+    result = CliRunner().invoke(app, ["reindex", "--db", str(tmp_path / "none"), f"--shard-size={value}"])
+    said = " ".join(result.output.replace("\u2502", " ").split())
+    assert result.exit_code == 2 and why in said, said
+    helped = CliRunner().invoke(app, ["index", "--help"])
+    assert helped.exit_code == 0 and "--shard-size" in helped.output and "9223372036854775807" not in helped.output

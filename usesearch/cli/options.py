@@ -205,6 +205,8 @@ MIN_SHARD_SIZE = 1_000  # on the command line (the API's tests lay out tiny shar
 def shard_size_given(value: int | None) -> int | None:
     """A shard holds millions of segments: 1-999 is a typo (5 for 5M) that a new index
     would grow into a file per 5 segments."""
+    if value is not None and (value < 0 or value >= 2**63):  # (past 2**63 an id's shard is no int64)
+        raise typer.BadParameter(f"{value}: give 0 (one shard) or a number of segments a shard")
     if value is not None and 0 < value < MIN_SHARD_SIZE:
         raise typer.BadParameter(f"{value} segments a shard: give 0 (one shard) or at least {MIN_SHARD_SIZE:,}")
     return value
@@ -214,9 +216,7 @@ ShardSizeOpt = Annotated[
     Optional[int],
     typer.Option(
         "--shard-size",
-        min=0,
-        max=2**63 - 1,
-        callback=shard_size_given,
+        callback=shard_size_given,  # (its range there: a min and max here showed 2**63 - 1 in the help)
         help="Segments per FAISS shard (0: one shard; a new index: 10,000,000); shards share one trained quantizer, "
         "so they answer as one index and a write rewrites only the shards that changed.",
     ),
