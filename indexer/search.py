@@ -13,7 +13,6 @@ import numpy as np
 
 from usesearch.devices import explicit_device
 from usesearch.errors import BadArgumentError, NotFoundError, UsesearchError
-from usesearch.io.images import to_rgb_array
 
 from . import calibration, faiss_gpu, filters, index_choice, index_kinds, index_stats, vector_files, vectors
 from .catalog import catalog_errors
@@ -24,6 +23,7 @@ from .hits import Hit, passes, passing_share, to_hits
 from .index_models import IndexModels
 from .locations import LocationMap
 from .records import IndexInfo, SegmentRow
+from .region_search import RegionSearch
 from .row_scores import top_rows
 from .rwlock import ReadWriteLock
 from .selection import Selections
@@ -31,7 +31,6 @@ from .store import Store
 from .vectors import ranked
 
 if TYPE_CHECKING:  # the model side loads with the first model (``info``, ``failures``: ~4 s and ~800 MB less)
-    from usesearch.masks import region as region_lib
     from usesearch.models.model import SegmentEmbedder, TextEmbedder
 
 MAX_QUERY_CHARS = 1000
@@ -43,7 +42,7 @@ FULL_ROWS_UP_TO = 2048  # candidates of a filter checked on them read whole at o
 SCAN_UP_TO = 150_000  # on a compressed index an IVF's probed lists hold few of a narrow selection's best segments
 
 
-class SegmentIndex(Freshness):
+class SegmentIndex(Freshness, RegionSearch):
     """Read side of an index: reads only committed data, and picks up what a running
     indexer commits without reopening. Safe to share between threads: searches run
     side by side (no search holds up another for its whole run); the model's text
@@ -207,44 +206,6 @@ class SegmentIndex(Freshness):
         if not found:
             raise NotFoundError(f"no segment with id {segment_id}")
         return self.search_vector(found[0][1][0], k, filters, exclude=frozenset({segment_id}))
-
-    def region(
-        self,
-        image,
-        point: tuple[float, float] | None = None,
-        box: tuple[float, float, float, float] | None = None,
-        mask: np.ndarray | str | os.PathLike | None = None,
-    ) -> region_lib.Region:
-        """The region of ``image`` (any photo: its path, an RGB array or PIL) a query by region
-        searches for: ``mask`` as given (an array [H, W], or a mask picture's path), or SAM's
-        most stable mask for ``point`` (x, y) or ``box`` (x, y, w, h), with the SAM of the
-        index's preset."""
-        from usesearch.masks import region as region_lib
-
-        rgb = to_rgb_array(image)
-        if mask is not None:
-            if point is not None or box is not None:  # (a BadArgumentError, as its siblings' refusals)
-                raise BadArgumentError("give a mask, or a point or box for SAM, not both")
-            return region_lib.from_mask(mask, rgb.shape[:2])
-        with self._model_lock:
-            return region_lib.prompt(self.models.sam(), rgb, point=point, box=box)
-
-    def similar_region(
-        self, image, point=None, box=None, mask=None, k: int = 10, filters: SearchFilters | None = None
-    ) -> list[Hit]:
-        """Segments most like a region of any photo (need not be indexed): see ``region``."""
-        rgb = to_rgb_array(image)
-        return self.search_region(rgb, self.region(rgb, point=point, box=box, mask=mask), k, filters)
-
-    def search_region(
-        self, image, picked: region_lib.Region, k: int = 10, filters: SearchFilters | None = None
-    ) -> list[Hit]:
-        """Segments most like a region already picked (``region``) of ``image``,
-        embedded with the index's own model."""
-        rgb = to_rgb_array(image)
-        with self._model_lock:
-            vector = self.model.embed_segments(rgb, picked.mask[None])[0]
-        return self.search_vector(vector, k, filters)
 
     @catalog_errors  # (query, similar_region and search_region search through it)
     def search_vector(
