@@ -35,13 +35,7 @@ class RegionSearch:
         @property
         def model(self) -> SegmentEmbedder: ...
 
-        def search_vector(
-            self,
-            vector: np.ndarray,
-            k: int = 10,
-            filters: SearchFilters | None = None,
-            exclude: set[int] | frozenset[int] = frozenset(),
-        ) -> list[Hit]: ...
+        def search_vector(self, vector: np.ndarray, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]: ...
 
     def region(
         self,
