@@ -23,10 +23,10 @@ from usesearch.errors import (
     UsesearchError,
 )
 from usesearch.io.files import photos_under
-from usesearch.masks.registry import build_masker, masker_kind
+from usesearch.masks.registry import build_masker, check_masker_for
 from usesearch.models.compiling import apply_compile
 from usesearch.models.factory import choose_preset, load_model
-from usesearch.models.presets import PRESETS, resolve_embedder
+from usesearch.models.presets import resolve_embedder
 
 from . import faiss_gpu, index_choice, read_ahead
 from .compute import Computed, ModelStage, photos_per_masker_call
@@ -143,8 +143,7 @@ def load_models(options: IndexOptions):
     """(segment embedder, masker) for these options, every model on one device; the
     masker and its options checked first (a refusal must not wait for the models)."""
     chosen = choose_preset(options.preset, options.head)
-    if chosen in PRESETS:  # (a head checkpoint named as the preset: checked once the model has read it)
-        masker_kind(options.masker, PRESETS[chosen], options.masker_options)
+    check_masker_for(options.masker, chosen, options.masker_options)
     model = load_embedder(options)
     device = resolve_device(options.device)
     masker = build_masker(options.masker, model.preset, device, options.precision, **options.masker_options)

@@ -51,12 +51,9 @@ class Segmenter:
                 "here use sam, sam2 or felzenszwalb"
             )
         if sam is not None and not self.head:  # (a head names its preset, and so its default masker)
-            from usesearch.masks.registry import masker_kind
-            from usesearch.models.presets import DEFAULT_PRESET, PRESETS
+            from usesearch.masks.registry import check_masker_for
 
-            preset = PRESETS.get(self.preset or DEFAULT_PRESET)  # (None: a head checkpoint given as the preset)
-            if preset is not None:
-                masker_kind(self.masker, preset, sam.given())
+            check_masker_for(self.masker, self.preset, sam.given())
         uses_bf16(resolve_device(self.device), self.precision)  # (torch's import: last)
 
     def build(self, sam: SamSettings, photos: int):

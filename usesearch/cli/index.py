@@ -154,11 +154,9 @@ def index(
                 check_catalog_kind(Path(db), db_url)  # (a catalog on a server, named without it: that first)
                 refuse_missing_clip(preset)
                 if not labelled or masker is not None:  # the masker and SAM's settings, before torch's import
-                    from usesearch.masks.registry import masker_kind
-                    from usesearch.models.presets import DEFAULT_PRESET, PRESETS
+                    from usesearch.masks.registry import check_masker_for
 
-                    if (config := PRESETS.get(preset or DEFAULT_PRESET)) is not None:
-                        masker_kind(masker, config, masker_options)
+                    check_masker_for(masker, preset, masker_options)
         else:  # the index's model, masker and settings checked against the run's, before torch's import
             from usesearch.indexer.index_checks import as_built
 

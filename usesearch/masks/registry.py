@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from usesearch.errors import UsesearchError
 from usesearch.masks.settings import SAM_SETTINGS, Masker, MaskerKind, SamSettings
+from usesearch.models.presets import DEFAULT_PRESET, PRESETS
 
 if TYPE_CHECKING:
     import torch
@@ -131,6 +132,15 @@ def masker_kind(name: str | None, preset: PresetConfig, options: dict[str, Any])
     if refused:
         raise UsesearchError(_refusal(name, kind, refused))
     return name, kind
+
+
+def check_masker_for(name: str | None, preset_name: str | None, options: dict[str, Any]) -> None:
+    """``masker_kind``'s check where the preset is known by its name (None: the default
+    one), before any model library loads; none where the name is a head checkpoint's
+    (its preset, and so its default masker, is known once the head is read)."""
+    preset = PRESETS.get(preset_name or DEFAULT_PRESET)
+    if preset is not None:
+        masker_kind(name, preset, options)
 
 
 def _refusal(name: str, kind: MaskerKind, refused: list[str]) -> str:
