@@ -125,6 +125,7 @@ class IndexReport(RunReport):
     def share_lists_of(self, writer) -> None:
         """The masker run's lists, the ``Writer``'s own (filled as the run goes): what its
         opening repaired or left, the annotations it dropped or lost, moves and copies."""
-        self.repaired, self.unrepaired, self.damaged_gone = writer.repaired, writer.unrepaired, writer.damaged_gone
-        self.annotations_dropped, self.annotations_lost = writer.annotations_dropped, writer.store.annotations_lost
+        repair = writer.repair
+        self.repaired, self.unrepaired, self.damaged_gone = repair.repaired, repair.unrepaired, repair.damaged_gone
+        self.annotations_dropped, self.annotations_lost = repair.annotations_dropped, writer.store.annotations_lost
         self.moved, self.copies, self.copies_replacing = writer.moved, writer.copies, writer.copies_replacing

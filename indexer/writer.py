@@ -25,6 +25,7 @@ from .index_checks import check_factory, check_identity
 from .known_images import KnownImages, fits_now, still_holds
 from .options import IndexOptions, IndexReport, LoopReport, check_shard_count
 from .records import DONE, FAILED, IndexInfo
+from .repair import Repair, drop_damaged
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,7 @@ class Writer:
         self.db_dir, self.options, self.wanted = db_dir, options, info  # None: the index's own identity
         self.model = model  # the run's embedder, for text queries when calibrating (None: image queries only)
         self.paths = paths  # the folders being indexed: ``--repair`` drops damaged photos under them only
-        self.repaired: list[str] = []  # photos whose damaged embedding rows were dropped, to be embedded again
-        self.unrepaired: list[str] = []  # damaged ones outside ``paths``: left as they are
-        self.damaged_gone: list[str] = []  # damaged ones whose file is gone: nothing would embed them again
-        self.annotations_dropped = 0  # annotations with a damaged row: `index --coco` embeds them again
+        self.repair = Repair()  # what ``--repair`` dropped to embed again, or left (``repair.drop_damaged``)
         self.moved: list[tuple[str, str]] = []  # (old path, new path): a photo renamed or moved since indexed
         # (path, the indexed photo it repeats): a copy of a photo earlier in this run waits in
         # ``_copies_coming`` until that photo is committed (an append each: no list rebuilt)
@@ -100,7 +98,7 @@ class Writer:
                 store.set_shard_size(self.options.shard_size)  # the next load lays the shards out anew
                 info.shard_size = self.options.shard_size
             if self.options.repair:  # before the FAISS load, which may rebuild from the damaged rows
-                self._drop_damaged()
+                self.repair = drop_damaged(store, self.paths or [])
             self.index, _ = vector_files.load(
                 self.db_dir / FAISS_FILE,
                 store,
@@ -120,25 +118,6 @@ class Writer:
                 self._lock.__exit__(None, None, None)
             raise
         return self
-
-    def _drop_damaged(self) -> None:
-        """``--repair``: photos under ``paths`` with a damaged embedding row lose their
-        proposals and their damaged annotations (one transaction each), so the walk
-        makes their proposals again (``index --coco`` the annotations); their sound
-        annotations stay. Damaged photos elsewhere, or whose file is gone, are left and named."""
-        roots = [os.path.realpath(os.fspath(p)) for p in self.paths or []]
-        for image_id in self.store.damaged_images():
-            record = self.store.image(image_id)
-            if record is None:
-                continue
-            real = os.path.realpath(os.fsdecode(record.fs_path))
-            if not os.path.lexists(record.fs_path):  # (dropped, its segments were lost unsaid)
-                self.damaged_gone.append(record.path)
-            elif any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
-                self.annotations_dropped += len(self.store.drop_damaged(image_id))
-                self.repaired.append(record.path)
-            else:
-                self.unrepaired.append(record.path)
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, trace: TracebackType | None
