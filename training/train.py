@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from usesearch.models.head import letterbox_weights
 from usesearch.models.text import EXPRESSION_TEMPLATES, TextEncoder
 from usesearch.models.text_keys import text_key
 
-from .config import SCHEDULE, TrainConfig
+from .config import TrainConfig
 from .data import Sample, augment, check_one_photo_batches, check_two_texts, data_identity, load_image
 from .loss import segment_text_loss
 from .run_folder import (
@@ -46,7 +46,7 @@ from .run_folder import (
     writer_refusal,
 )
 from .stopping import StopRequest, stop_requests
-from .trainer_state import NotTrainerState, read_trainer_state, trainer_file, write_trainer_state
+from .trainer_state import NotTrainerState, read_trainer_state, resumable_settings, trainer_file, write_trainer_state
 
 # Non-finite losses in a row that stop a run (one is skipped: a bad batch, not a bad run).
 NON_FINITE_LIMIT = 3
@@ -351,46 +351,7 @@ class Trainer:
             if meta.get("step") != step:
                 raise UsesearchError(f"--resume: the head of step {step} is unusable ({exc}); {anew}") from None
             self.say(f"the head of step {step} is unusable ({exc}): resuming from head.safetensors, that step's too")
-        started, started_on = meta.get("train_config") or {}, meta.get("data", self.data)
-        if not isinstance(started, dict) or not isinstance(started_on, dict):
-            raise UsesearchError(f"--resume: the head of step {step} is damaged (its train_config or data); {anew}")
-        unset = lambda value: "not given" if value is None else value  # noqa: E731 (--max-steps None: the epochs')
-        changed = [
-            f"--{name.replace('_', '-')} {unset(started[name])} (now {unset(getattr(self.cfg, name))})"
-            for name in SCHEDULE
-            if name in started and started[name] != getattr(self.cfg, name)
-        ]
-        if changed:
-            raise UsesearchError(
-                f"--resume continues the run in {self.out} as it was started: {', '.join(changed)}; "
-                "give those again, or start a new run in another --run-dir"
-            )
-        skipped = tuple(started.get("skip_kinds", ()))  # (runs before the option: none)
-        if skipped != self.cfg.skip_kinds:
-            said = " ".join(f"--skip-kind {kind}" for kind in skipped) or "no --skip-kind"
-            raise UsesearchError(
-                f"--resume continues the run in {self.out} as it was started: with {said}; "
-                "give the same, or start a new run in another --run-dir"
-            )
-        # A run started before the resize scaled the photo as inference shows it goes on as
-        # it started (its resumed steps are those of the uninterrupted run).
-        self.cfg = replace(self.cfg, resize_base=started.get("resize_base", "photo"))
-        if started.get("precision", self.cfg.precision) != self.cfg.precision:  # (allowed: a run moved to a GPU)
-            self.say(
-                f"--precision {self.cfg.precision} from step {step + 1}, where the run began in "
-                f"{started['precision']}: its head is no longer the uninterrupted run's bit for bit"
-            )
-        if {key: self.data[key] for key in started_on if key in self.data} != started_on:  # older runs: no content
-            raise UsesearchError(
-                f"--resume continues the run in {self.out} on the data it started on: "
-                f"{meta['data']['images']} images (now {self.data['images']}"
-                + (
-                    ")"
-                    if meta["data"]["images"] != self.data["images"]
-                    else ", other ones, masks or texts, or in another order)"
-                )
-                + "; give the same dataset folders, or start a new run in another --run-dir"
-            )
+        self.cfg = resumable_settings(self.out, step, meta, self.cfg, self.data, self.say)
         self.use.load_state_dict(state, strict=False)
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])

@@ -6,13 +6,16 @@ a run folder may come from anyone, and its file is read before anything is check
 
 One file, replaced atomically, so the step it names and the state beside it always
 agree. Runs written before it kept the same state in ``trainer.pt`` (``torch.save``),
-still read, with ``weights_only=True``."""
+still read, with ``weights_only=True``. ``resumable_settings``: what a resume must
+start from as its run did."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from usesearch.errors import UsesearchError
 from usesearch.io.atomic import write_atomic
 from usesearch.models.checkpoint import state_digest
+
+from .config import SCHEDULE, TrainConfig
 
 TRAINER_FILE = "trainer.safetensors"
 OLD_TRAINER_FILE = "trainer.pt"  # runs from before: a torch.save archive
@@ -103,3 +109,49 @@ def _digest(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
     digest.update(state_digest(tensors).encode())
     return digest.hexdigest()
+
+
+def resumable_settings(
+    out: Path, step: int, meta: dict[str, Any], cfg: TrainConfig, data: dict[str, Any], say: Callable[[str], object]
+) -> TrainConfig:
+    """``--resume``: the settings that shape the run's schedule (``SCHEDULE``, its skipped
+    kinds) and its data must be those it started with, else a one-line refusal; the
+    config it goes on with (its resize rule as it began), said where its precision changed."""
+    anew = f"train anew in another --run-dir (or move {out} away first)"
+    started, started_on = meta.get("train_config") or {}, meta.get("data", data)
+    if not isinstance(started, dict) or not isinstance(started_on, dict):
+        raise UsesearchError(f"--resume: the head of step {step} is damaged (its train_config or data); {anew}")
+    unset = lambda value: "not given" if value is None else value  # noqa: E731 (--max-steps None: the epochs')
+    changed = [
+        f"--{name.replace('_', '-')} {unset(started[name])} (now {unset(getattr(cfg, name))})"
+        for name in SCHEDULE
+        if name in started and started[name] != getattr(cfg, name)
+    ]
+    if changed:
+        raise UsesearchError(
+            f"--resume continues the run in {out} as it was started: {', '.join(changed)}; "
+            "give those again, or start a new run in another --run-dir"
+        )
+    skipped = tuple(started.get("skip_kinds", ()))  # (runs before the option: none)
+    if skipped != cfg.skip_kinds:
+        said = " ".join(f"--skip-kind {kind}" for kind in skipped) or "no --skip-kind"
+        raise UsesearchError(
+            f"--resume continues the run in {out} as it was started: with {said}; "
+            "give the same, or start a new run in another --run-dir"
+        )
+    # A run started before the resize scaled the photo as inference shows it goes on as
+    # it started (its resumed steps are those of the uninterrupted run).
+    cfg = replace(cfg, resize_base=started.get("resize_base", "photo"))
+    if started.get("precision", cfg.precision) != cfg.precision:  # (allowed: a run moved to a GPU)
+        say(
+            f"--precision {cfg.precision} from step {step + 1}, where the run began in "
+            f"{started['precision']}: its head is no longer the uninterrupted run's bit for bit"
+        )
+    if {key: data[key] for key in started_on if key in data} != started_on:  # older runs: no content
+        raise UsesearchError(
+            f"--resume continues the run in {out} on the data it started on: "
+            f"{started_on['images']} images (now {data['images']}"
+            + (")" if started_on["images"] != data["images"] else ", other ones, masks or texts, or in another order)")
+            + "; give the same dataset folders, or start a new run in another --run-dir"
+        )
+    return cfg
