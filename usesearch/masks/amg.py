@@ -44,7 +44,7 @@ from usesearch.masks.amg_utils import (
     upscale_logits,
 )
 from usesearch.masks.candidate_scoring import CandidateScoring
-from usesearch.masks.crop_geometry import off_crop_edge, uncropped_boxes, uncropped_points
+from usesearch.masks.crop_geometry import off_crop_edge, to_input_frame, uncropped_boxes, uncropped_points
 from usesearch.masks.sam_compile import CompiledDecoder, compiled_within, decoder_finite, decoder_for
 from usesearch.masks.sam_fast import upscales_kept
 from usesearch.side_stream import SideStream, release_work_aside
@@ -264,7 +264,7 @@ class SamMaskGenerator(SamEncoding):
     def _batch_candidates(self, features, points, crop_hw, crop_box, orig_size, input_size) -> Candidates:
         device = self.model.device
         grid = points  # (on the device: ``_grid_on_device``)
-        in_points = self._to_input_frame(grid, crop_hw)
+        in_points = to_input_frame(grid, crop_hw, self.transform.target_length)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
         start = time.perf_counter()
         with self._autocast():
@@ -302,13 +302,6 @@ class SamMaskGenerator(SamEncoding):
             low_res, iou, points = low_res[keep], iou[keep], points[keep]
         empty = torch.zeros(len(iou), dtype=torch.long, device=device)  # the crop's index, set by the caller
         return off_crop_edge(Candidates(low_res, iou, stability, boxes, points, empty), crop_box, orig_size)
-
-    def _to_input_frame(self, points: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
-        """``self.transform.apply_coords`` on the device, in the points' own dtype (float64,
-        as stock's numpy gives): the same numbers, without a second copy to the device."""
-        old_h, old_w = crop_hw
-        new_h, new_w = self.transform.get_preprocess_shape(old_h, old_w, self.transform.target_length)
-        return torch.stack((points[:, 0] * (new_w / old_w), points[:, 1] * (new_h / old_h)), 1)
 
     # -- the kept masks -------------------------------------------------------------------
     def _masks(self, cands: Candidates, crops, orig_size) -> torch.Tensor:

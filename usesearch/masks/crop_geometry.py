@@ -8,6 +8,7 @@ the same (tests/test_amg.py compares them with stock's)."""
 from __future__ import annotations
 
 import torch
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from usesearch.masks.amg_utils import Candidates
 
@@ -52,3 +53,11 @@ def uncropped_points(points: torch.Tensor, crop_box) -> torch.Tensor:
     if not (x0 or y0):
         return points
     return torch.stack((points[:, 0] + x0, points[:, 1] + y0), 1)
+
+
+def to_input_frame(points: torch.Tensor, crop_hw: tuple[int, int], target_length: int) -> torch.Tensor:
+    """``ResizeLongestSide.apply_coords`` on the points' device, in their own dtype (float64,
+    as stock's numpy gives): the same numbers, without a second copy to the device."""
+    old_h, old_w = crop_hw
+    new_h, new_w = ResizeLongestSide.get_preprocess_shape(old_h, old_w, target_length)
+    return torch.stack((points[:, 0] * (new_w / old_w), points[:, 1] * (new_h / old_h)), 1)
