@@ -229,7 +229,7 @@ step throughput-b16.txt 110 python3 benchmarks/index_throughput.py --presets b16
   --side 1024 --points-per-side 32 --masks-per-photo 100 --json "$OUT/throughput-b16.json"
 # 4. SAM's levers against segment-anything's code (encoder SDPA; decoder shared tokens + SDPA;
 #    the decoder compiled, as the generator runs it on a GPU; half the prompts upscaled, as
-#    the IoU filter's gate does where half fail it); then the upscaling alone each way,
+#    the IoU filter's gate does where half fail it, eager and compiled); then the upscaling alone each way,
 #    transposed convolutions (cuDNN's dgrad kernels, 4.4 ms a call in the H100 profile)
 #    against per-pixel products (a GPU's default since then, never yet run on one).
 step levers.txt 80 python3 benchmarks/sam_levers.py --arch vit_h --prompts 1024 --autocast --repeat 3 \
