@@ -92,6 +92,27 @@ def test_the_dense_pass_in_groups_keeps_the_candidates_of_the_whole_batch(monkey
     assert all(torch.equal(a, b) for a, b in zip(grouped, whole))
 
 
+def test_cells_in_groups_give_the_scores_of_one_group(monkeypatch):
+    """``by_cells`` a few candidates at a time (a CPU's, and a GPU's for a photo of many
+    megapixels) gives what one group gives; a GPU scores a canvas-sized photo's 3,072
+    candidates (32x32 prompts, 3 masks each) in one group."""
+    low = blob_logits(12)
+    input_size, crop_hw = shapes((768, 1024))
+    monkeypatch.setattr(candidate_scoring, "CELL_PIXELS", 1 << 40)
+    whole = scoring().by_cells(low, input_size, crop_hw)
+    monkeypatch.setattr(candidate_scoring, "CELL_PIXELS", 5 * crop_hw[0] * crop_hw[1])
+    calls = []
+    real = cell_scoring.cell_scores
+    monkeypatch.setattr(candidate_scoring, "cell_scores", lambda group, *a: calls.append(len(group)) or real(group, *a))
+    grouped = scoring().by_cells(low, input_size, crop_hw)
+    assert calls == [5, 5, 2]
+    assert whole is not None and grouped is not None
+    for a, b in zip(grouped, whole, strict=True):  # (a candidate with no pixel above scores NaN, as stock's)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    assert candidate_scoring.GPU_CELL_PIXELS // (768 * 1024) >= 3072
+    assert candidate_scoring.GPU_CELL_PIXELS // (3000 * 4000) < 3072
+
+
 def test_bfloat16_logits_are_scored_as_their_float32_values():
     """Under a GPU's autocast the decoder may hand bfloat16 logits: cells' exactness is
     float32's (their upscaled values in bfloat16 drift from the library's by up to

@@ -57,6 +57,10 @@ COMPILE_PIXELS = 1_000_000
 # crossed cells' pixels, upscaled, are at most a quarter of them (cell_scoring.CROSSED_SHARE),
 # at ~30 bytes each (a CPU's dense pass takes CPU_MASK_BYTES, 2 GiB).
 CELL_PIXELS = 1 << 28
+# On a GPU: its prompt batch is sized for the dense pass, which takes more, so a photo of
+# the canvas's size scores it in one group (3,072 candidates of 1024x768 are 2.4G pixels);
+# one of many megapixels in groups (3,072 of a 12 MP photo at once: ~40 GB at their peak).
+GPU_CELL_PIXELS = 1 << 32
 
 
 class CandidateScoring:
@@ -101,8 +105,8 @@ class CandidateScoring:
         except ValueError:
             return None
         lerp = tuple(input_size) == tuple(crop_hw) and rows.taps == cols.taps == 2  # one resize
-        # A GPU's prompt batch is sized for the dense pass, which takes more: one group.
-        step = len(low_res) if self.device.type == "cuda" else max(1, CELL_PIXELS // (crop_hw[0] * crop_hw[1]))
+        budget = GPU_CELL_PIXELS if self.device.type == "cuda" else CELL_PIXELS
+        step = max(1, budget // (crop_hw[0] * crop_hw[1]))
         stabilities, boxes = [], []
         for start in range(0, len(low_res), step):
             group = low_res[start : start + step]
