@@ -227,7 +227,7 @@ RecallTargetOpt = Annotated[
     typer.Option(
         "--recall-target",
         parser=number_from(0.0, 1.0),
-        metavar="FLOAT",
+        metavar="<float>",
         help="Recall@10 a compressed index is calibrated for (default: as last asked, else 0.95); shown by `info`.",
     ),
 ]
@@ -237,7 +237,7 @@ LatencyBudgetOpt = Annotated[
         "--latency-budget",
         # 60000: calibration.MAX_BUDGET_MS (not imported: the CLI's help loads no FAISS)
         parser=number_from(0.0, 60_000.0),
-        metavar="FLOAT",
+        metavar="<float>",
         help="Median ms a query of a compressed index may take: calibration meets the recall target within it, "
         "else gets the best recall it affords (default: as last asked, else 50; 0: none).",
     ),

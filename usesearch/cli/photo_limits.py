@@ -56,7 +56,7 @@ class PhotoLimits:
             "--max-pixels",
             1000,
             DEFAULT_MAX_PIXELS,
-            "PIXELS",
+            "<pixels>",
             "Refuse photos of more pixels, from their header (default 100M; 250M, or 250000000, for scans). "
             "Memory grows with it: a 400M-pixel photo took about 10 GB to index.",
         ),
@@ -67,7 +67,7 @@ class PhotoLimits:
             "--max-bytes",
             1024,
             DEFAULT_MAX_BYTES,
-            "BYTES",
+            "<bytes>",
             "Refuse larger files unread (default 512M, M = MiB; 2G for large TIFFs).",
         ),
     ] = DEFAULT_MAX_BYTES
