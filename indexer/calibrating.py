@@ -61,3 +61,29 @@ def calibrate_index(
     calibration.write(db_dir, measured)
     log.info("%s: calibrated in %.1f s: %s", db_dir, measured.seconds, measured.describe())
     return measured
+
+
+def kept_for_later(
+    db_dir: Path, index: vectors.Vectors, target: float | None, budget_ms: float | None = None
+) -> str | None:
+    """Where a target or budget was asked of an index calibration has nothing to tune in
+    (exact, a graph, not trained yet): kept for its first calibration
+    (``calibration.keep_asked``) and said in one line, rather than dropped unsaid. None
+    where none was asked, or the index is tuned (``calibrate_if_due``, ``reindex``)."""
+    if (target is None and budget_ms is None) or (
+        index_kinds.ivf_of(index.index) is not None and index.is_trained and index.ntotal
+    ):
+        return None
+    calibration.keep_asked(db_dir, target, budget_ms)
+    asked = " and ".join(
+        f"{flag} {value:g}" for flag, value in (("--recall-target", target), ("--latency-budget", budget_ms))
+        if value is not None
+    )  # fmt: skip
+    if index_kinds.hnsw_of(index.index) is not None:
+        return (
+            f"{asked} kept, not applied: a graph index (HNSW) has no search setting calibration tunes, and its "
+            "recall is not measured; `usesearch reindex --factory auto` builds one that is"
+        )
+    if index_kinds.ivf_of(index.index) is None:
+        return f"{asked} kept for when the index grows into a compressed one: an exact index finds every neighbour"
+    return f"{asked} kept for the index's first calibration, once it holds trained vectors"

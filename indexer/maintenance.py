@@ -44,7 +44,7 @@ from usesearch.io.files import display_path
 from usesearch.reports import RunReport
 
 from . import calibration, faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
-from .calibrating import calibrate_index
+from .calibrating import calibrate_index, kept_for_later
 from .folder import FAISS_FILE, check_index_at, check_writable, index_flags, open_store, scope_args, writer_lock
 from .leftovers import copies_holding, failure_sets, gone_images, images_under, live_rows, named, stale_copies
 from .options import IndexOptions, check_shard_count, check_shard_size
@@ -61,6 +61,7 @@ class Reindexed:
 
     vectors: int
     calibration: calibration.Calibration | None = None
+    calibration_note: str | None = None  # a target or budget asked of it, kept for later (``kept_for_later``)
 
 
 def reindex(
@@ -109,6 +110,7 @@ def reindex(
         if index_kinds.ivf_of(index.index) is not None and index.ntotal:  # the index calibration tunes
             model = calibration.model_for(info, db_dir) if text_queries and not queries else None
             done.calibration = calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
+        done.calibration_note = kept_for_later(db_dir, index, recall_target, latency_budget_ms)
         return done
 
 
@@ -188,6 +190,7 @@ class PruneReport(RunReport):
     embedding_bytes_freed: int = 0  # by compacting the embedding files afterwards
     fragment_bytes_freed: int = 0  # Ray runs' fragments left over (``fragments.remove_all``)
     calibrated: Any = None  # a ``calibration.Calibration`` measured again (shrunk past its last), else None
+    calibration_note: str | None = None  # (a prune asks no target)
     failing_kept: int = 0  # photos failing since indexed, left with their segments (``kept_failures=False``)
     annotations_removed: dict[str, int] = field(default_factory=dict)  # by split: a labelled photo's, gone with it
     would_remove: list[tuple[str, str]] = field(default_factory=list)  # ``dry_run``: (path, why), nothing removed

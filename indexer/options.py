@@ -89,6 +89,7 @@ class LoopReport(Protocol):
     loop_seconds: float
     skipped: int
     calibrated: Any  # the calibration the run measured, else None
+    calibration_note: str | None  # a target asked of an index with nothing to calibrate: kept, said so
 
 
 @dataclass
@@ -101,6 +102,7 @@ class IndexReport(RunReport):
     interrupted: bool = False
     devices: list[str] = field(default_factory=list)  # where the models and FAISS ran, a line each
     calibrated: Any = None  # a ``calibration.Calibration`` this run measured (grown past its last), else None
+    calibration_note: str | None = None  # ``calibrating.kept_for_later``'s line
     repaired: list[str] = field(default_factory=list)  # photos with damaged embedding rows, embedded again
     unrepaired: list[str] = field(default_factory=list)  # damaged ones outside the folders indexed: left
     damaged_gone: list[str] = field(default_factory=list)  # damaged ones whose file is gone: left for prune

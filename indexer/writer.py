@@ -17,7 +17,7 @@ from usesearch import interrupts
 from usesearch.errors import DiskFullError, UsesearchError, is_disk_full
 
 from . import faiss_gpu, growth, index_kinds, vector_files, vectors
-from .calibrating import calibrate_if_due
+from .calibrating import calibrate_if_due, kept_for_later
 from .folder import FAISS_FILE, check_catalog_kind, db_url_for, keep_head_copy, remove_if_bare, writer_lock
 from .fragments import worker_error
 from .image_writes import PhotoWrite, joined
@@ -363,6 +363,7 @@ class Writer:
             report.calibrated = calibrate_if_due(
                 self.db_dir, self.store, self.index, self.model, self.options.recall_target
             )
+            report.calibration_note = kept_for_later(self.db_dir, self.index, self.options.recall_target)
         except KeyboardInterrupt:
             interrupts.handled()
             report.interrupted = True  # finished images are committed; keep them

@@ -204,6 +204,20 @@ def stored(folder: Path) -> tuple[float, float]:
         return TARGET, BUDGET_MS
 
 
+def keep_asked(folder: Path, target: float | None, budget_ms: float | None = None) -> None:
+    """A target (and budget) asked of an index with nothing to calibrate yet (exact, a
+    graph, not trained), kept in the folder's file for its first calibration (``stored``):
+    whatever else the file held stays (``load`` finds no calibration in it)."""
+    path = Path(folder) / FILE
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    data.update({key: value for key, value in (("target", target), ("budget_ms", budget_ms)) if value is not None})
+    write_atomic(path, json.dumps(data, indent=1))
+
+
 def _budget(saved: float) -> float:
     """A budget as saved, where an older usesearch saved one past ``MAX_BUDGET_MS`` (inf:
     then kept by every calibration, and JSON's non-standard Infinity in ``info --json``):

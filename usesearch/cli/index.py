@@ -233,6 +233,8 @@ def index(
             opts.console.print(f"  {line}")
         if report.calibrated is not None:  # (new, or grown past its last: its searches' defaults changed)
             opts.console.print(f"  calibrated: {report.calibrated.describe()}")
+        if report.calibration_note:
+            opts.console.print(f"  {report.calibration_note}")
         opts.say_failures(report.failures)
         say_past_limits(report.failures)
         said.say_moved_and_copies(report)

@@ -172,6 +172,8 @@ def reindex_cmd(
         opts.console.print(f"rebuilt FAISS index with {done.vectors} vectors, its shards filled on Ray")
     if done.calibration is not None:  # (what `info` shows: said where it was measured)
         _say_calibrated(done.calibration)
+    if done.calibration_note:
+        opts.console.print(done.calibration_note)
 
 
 @app.command()
