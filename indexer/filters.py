@@ -268,11 +268,16 @@ def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], st
     return why
 
 
-def effort_notes(index, filters: SearchFilters, spelt: Callable[[str], str] = str, info_hint: str = "") -> list[str]:
+def effort_notes(
+    index, filters: SearchFilters, spelt: Callable[[str], str] = str, info_hint: str = "", kind: str = "text"
+) -> list[str]:
     """Where how hard a search looked is not what its user would take it to be: an effort
-    filter the index has no use for (it was silently ignored), or a calibration that fell
+    filter the index has no use for (it was silently ignored), a calibration that fell
     short of its recall target (only ``info`` said so; ranks 3-5 differed from a full
-    search). ``spelt`` as for ``why_none``; ``info_hint``: where the caller reads why."""
+    search) for this ``kind`` of query (``"image"``: by a segment or a region, whose
+    recall is measured apart, not what the target is set for), or a compressed index
+    never calibrated (a rebuild cut short: 0.81 searched unsaid). ``spelt`` as for
+    ``why_none``; ``info_hint``: where the caller reads why."""
     from usesearch.reports import recall_shown
 
     from .index_kinds import ivf_of
@@ -286,10 +291,25 @@ def effort_notes(index, filters: SearchFilters, spelt: Callable[[str], str] = st
     if ivf is not None and filters.nprobe is not None and filters.nprobe > ivf.nlist:  # (FAISS: all, silently)
         return [f"{spelt('nprobe')} {filters.nprobe}: this index has {ivf.nlist} clusters: all {ivf.nlist} visited"]
     measured = index.calibration
-    if asked or measured is None or measured.recall >= measured.target:  # (met, or only slower than budgeted)
+    if asked or ivf is None:
         return []
+    if measured is None:
+        return [
+            "this compressed index's recall has not been measured (a rebuild cut short, or an index made before "
+            "calibration): `usesearch calibrate` measures it and sets how hard its searches look; "
+            f"{spelt('nprobe')} and {spelt('rerank')} look harder meanwhile"
+        ]
+    recall = measured.recall_kinds.get("image", measured.recall) if kind == "image" else measured.recall
+    if recall >= measured.target:  # (met, or only slower than budgeted)
+        return []
+    if kind == "image" and measured.recall >= measured.target:
+        return [
+            f"this index finds ~{recall:.2f} of an image query's true top {measured.k} (its target "
+            f"{measured.target} is for typed queries, which it meets; {spelt('nprobe')} and {spelt('rerank')} "
+            "look harder)"
+        ]
     return [
-        f"this index searches at recall@{measured.k} ~{recall_shown(measured.recall, measured.target)}, under its "
+        f"this index searches at recall@{measured.k} ~{recall_shown(recall, measured.target)}, under its "
         f"target {measured.target} "
         f"({info_hint}{spelt('nprobe')} and {spelt('rerank')} look harder)"
     ]

@@ -126,7 +126,9 @@ def similar(
     if segment_id is not None:
         hits = index.similar(segment_id, output.k, filters)
         best = lambda f: index.similar(segment_id, 1, f)  # noqa: E731
-        out.given(hits, output, f"like segment {segment_id}", f"like segment {segment_id}", index, filters, best)
+        out.given(
+            hits, output, f"like segment {segment_id}", f"like segment {segment_id}", index, filters, best, kind="image"
+        )
         return
     assert image is not None  # one of the two, checked above
 
@@ -158,7 +160,15 @@ def similar(
         "mask": picked.rle,
     }
     out.given(
-        hits, output, f"like a region of {image.name}", f"like a region of {image.name}", index, filters, best, said
+        hits,
+        output,
+        f"like a region of {image.name}",
+        f"like a region of {image.name}",
+        index,
+        filters,
+        best,
+        said,
+        kind="image",
     )
 
 

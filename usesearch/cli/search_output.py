@@ -30,7 +30,15 @@ LISTING_CHECK_S = 1.0
 
 
 def given(
-    hits, output: opts.SearchOutput, title: str, name: str, index, filters: SearchFilters, best=None, region=None
+    hits,
+    output: opts.SearchOutput,
+    title: str,
+    name: str,
+    index,
+    filters: SearchFilters,
+    best=None,
+    region=None,
+    kind: str = "text",
 ) -> None:
     """The COCO file and contact sheet asked for (first: a reader of the listing that
     stops early, `| head`, must not cost them), then the hits as JSON with full paths,
@@ -88,7 +96,9 @@ def given(
     from usesearch.indexer.filters import effort_notes
 
     flags = opts.index_flags(index.db_dir, index.store.url)
-    for line in [n for n in notes if n] + effort_notes(index, filters, _flag, f"`usesearch info {flags}` says why; "):
+    for line in [n for n in notes if n] + effort_notes(
+        index, filters, _flag, f"`usesearch info {flags}` says why; ", kind
+    ):
         typer.echo(line, err=True)
 
 

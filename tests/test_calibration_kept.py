@@ -1,0 +1,63 @@
+"""What calibration cannot vouch for, said: a target asked of an index with nothing to
+tune yet (exact, a graph) was dropped unsaid and the index later calibrated for 0.95; a
+compressed index never calibrated (a rebuild cut short) searched at recall 0.81 unsaid;
+a search by a segment under its measured image recall said nothing."""
+
+import json
+
+from typer.testing import CliRunner
+
+import usesearch.indexer.calibration as calibration
+from tests.helpers import write_photos
+from tests.test_calibration import FACTORY
+from tests.test_index_scale import synthetic_index
+from usesearch.cli.app import app
+from usesearch.indexer import SegmentIndex, reindex
+
+
+def test_a_target_asked_of_an_index_with_nothing_to_tune_is_kept_for_its_first_calibration(tmp_path):
+    db = tmp_path / "db"
+    synthetic_index(db, n=3000, dim=32)
+    graph = reindex(db, "HNSW8", recall_target=0.97, latency_budget_ms=30.0, text_queries=False)
+    assert graph.calibration is None and SegmentIndex.open(db).calibration is None
+    assert graph.calibration_note is not None
+    assert graph.calibration_note.startswith("--recall-target 0.97 and --latency-budget 30 kept, not applied: a graph")
+    assert calibration.stored(db) == (0.97, 30.0)
+    exact = reindex(db, "Flat", recall_target=0.9, text_queries=False)
+    assert exact.calibration_note == (
+        "--recall-target 0.9 kept for when the index grows into a compressed one: an exact index finds every neighbour"
+    )
+    grown = reindex(db, FACTORY, text_queries=False)  # nothing asked now: what was asked before
+    assert grown.calibration is not None and grown.calibration_note is None
+    assert (grown.calibration.target, grown.calibration.budget_ms) == (0.9, 30.0)
+
+
+def test_an_index_run_says_its_target_is_kept(tmp_path):
+    photos = write_photos(tmp_path / "photos", ("coffee",))
+    args = ["index", str(photos), "--db", str(tmp_path / "db"), "--preset", "tiny", "--recall-target", "0.99"]
+    result = CliRunner().invoke(app, args)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "--recall-target 0.99 kept for when the index grows into a compressed" in said
+    assert calibration.stored(tmp_path / "db")[0] == 0.99
+    again = CliRunner().invoke(app, args[:-2])  # nothing asked: nothing said
+    assert again.exit_code == 0 and "kept for" not in again.output
+
+
+def test_a_search_says_when_its_index_was_never_calibrated_or_is_under_its_image_recall(tmp_path):
+    db = tmp_path / "db"
+    synthetic_index(db, n=3000, dim=32)
+    reindex(db, FACTORY, recall_target=0.9, text_queries=False)
+    saved = json.loads((db / calibration.FILE).read_text())
+    args = ["similar", "5", "--db", str(db)]
+    measured = CliRunner().invoke(app, args)
+    assert measured.exit_code == 0 and "recall" not in measured.stderr, measured.stderr  # (met: nothing to say)
+    (db / calibration.FILE).unlink()  # as a reindex cut short leaves it
+    never = CliRunner().invoke(app, args)
+    said = " ".join(never.stderr.split())
+    assert never.exit_code == 0 and "this compressed index's recall has not been measured" in said, said
+    assert "`usesearch calibrate` measures it" in said
+    short = {**saved, "recall": 0.95, "recall_kinds": {"text": 0.95, "image": 0.5}}  # typed queries met, images not
+    (db / calibration.FILE).write_text(json.dumps(short))
+    under = CliRunner().invoke(app, args)
+    said = " ".join(under.stderr.split())
+    assert under.exit_code == 0 and "this index finds ~0.50 of an image query's true top 10 (its target 0.9 is" in said
