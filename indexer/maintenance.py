@@ -108,8 +108,17 @@ def reindex(
         store.set_shard_size(shard_size)
         done = Reindexed(int(index.ntotal))
         if index_kinds.ivf_of(index.index) is not None and index.ntotal:  # the index calibration tunes
-            model = calibration.model_for(info, db_dir) if text_queries and not queries else None
-            done.calibration = calibrate_index(db_dir, store, index, model, recall_target, queries, latency_budget_ms)
+            try:
+                model = calibration.model_for(info, db_dir) if text_queries and not queries else None
+                done.calibration = calibrate_index(
+                    db_dir, store, index, model, recall_target, queries, latency_budget_ms
+                )
+            except KeyboardInterrupt as exc:  # (its searches say so too: ``filters.effort_notes``)
+                exc.add_note(
+                    f"the index was rebuilt ({factory}, {done.vectors:,} vectors) but not calibrated: "
+                    "`usesearch calibrate` measures its recall and sets how hard its searches look"
+                )
+                raise
         done.calibration_note = kept_for_later(db_dir, index, recall_target, latency_budget_ms)
         return done
 

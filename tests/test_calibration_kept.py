@@ -61,3 +61,23 @@ def test_a_search_says_when_its_index_was_never_calibrated_or_is_under_its_image
     under = CliRunner().invoke(app, args)
     said = " ".join(under.stderr.split())
     assert under.exit_code == 0 and "this index finds ~0.50 of an image query's true top 10 (its target 0.9 is" in said
+
+
+def test_a_reindex_interrupted_while_calibrating_says_its_index_is_rebuilt_but_not_calibrated(tmp_path, monkeypatch):
+    """It said "interrupted" alone; the new index then searched uncalibrated."""
+    from usesearch.indexer import maintenance
+
+    def cut_short(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    db = tmp_path / "db"
+    synthetic_index(db, n=3000, dim=32)
+    monkeypatch.setattr(maintenance, "calibrate_index", cut_short)
+    result = CliRunner().invoke(app, ["reindex", "--db", str(db), "--factory", FACTORY])
+    said = " ".join(result.stderr.split())
+    assert result.exit_code == 130
+    assert (
+        f"interrupted; the index was rebuilt ({FACTORY}, 3,000 vectors) but not calibrated: `usesearch calibrate`"
+        in said
+    )
+    assert SegmentIndex.open(db).info.factory == FACTORY  # (rebuilt, as said)

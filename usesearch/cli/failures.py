@@ -101,8 +101,10 @@ def interrupted(exc: BaseException) -> bool:
     return False
 
 
-def interrupted_exit() -> NoReturn:
-    print("interrupted", file=sys.stderr)
+def interrupted_exit(exc: BaseException | None = None) -> NoReturn:
+    """ "interrupted", with what the interrupted work noted on its way out (PEP 678's
+    ``add_note``: a rebuild done but not calibrated), exit 130."""
+    print("; ".join(["interrupted", *getattr(exc, "__notes__", [])]), file=sys.stderr)
     raise typer.Exit(130) from None
 
 
@@ -133,8 +135,8 @@ def user_errors(fn):
                 return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except KeyboardInterrupt:  # before the command's own handling began (it says what it kept)
-            interrupted_exit()
+        except KeyboardInterrupt as exc:  # before the command's own handling began (it says what it kept)
+            interrupted_exit(exc)
         except BrokenPipeError as exc:
             if stdout_closed():  # `... | head`: ended quietly by ``app.main``; another pipe is an error
                 raise
