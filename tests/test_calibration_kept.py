@@ -81,3 +81,16 @@ def test_a_reindex_interrupted_while_calibrating_says_its_index_is_rebuilt_but_n
         in said
     )
     assert SegmentIndex.open(db).info.factory == FACTORY  # (rebuilt, as said)
+
+
+def test_info_says_when_the_index_has_grown_a_quarter_since_its_recall_was_measured(tmp_path):
+    db = tmp_path / "db"
+    synthetic_index(db, n=3000, dim=32)
+    reindex(db, FACTORY, text_queries=False)
+    assert "segments now" not in SegmentIndex.open(db).stats()["recall"]
+    saved = json.loads((db / calibration.FILE).read_text())
+    (db / calibration.FILE).write_text(json.dumps({**saved, "segments": 2000}))  # as if measured before 1,000 more
+    line = SegmentIndex.open(db).stats()["recall"]
+    assert "(measured at 2000 segments" in line and "; 3,000 segments now (+50% since): its recall may have" in line
+    (db / calibration.FILE).write_text(json.dumps({**saved, "segments": 2500}))  # +20%: not said
+    assert "segments now" not in SegmentIndex.open(db).stats()["recall"]
