@@ -22,13 +22,15 @@ A budget of 0 (or less) is none: every setting is affordable, and the target dec
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+from usesearch import machine_load
+from usesearch.machine_load import load_per_core
 
 from ..filters import SearchFilters
 from ..records import IndexInfo
@@ -44,6 +46,10 @@ PROBE_QUERIES = 6  # timed per setting while finding what the budget affords
 # calibrated p50 times this stays within the budget.
 HEADROOM = 1.25
 BUSY = 1.4  # load per core that flags a busy machine: the timed searches alone keep every core busy (~1)
+# Other processes' share of each core while the settings were timed that flags a busy
+# machine: one busy process beside a calibration on 2 cores (0.5) made a setting of 28
+# ms time 20-43 ms, and its bisection stopped at recall 0.93 for a target of 0.95.
+OTHERS_BUSY = 0.25
 
 Setting = tuple[int, int]  # (nprobe, rerank)
 
@@ -64,6 +70,7 @@ class Choice:
     met: bool  # an affordable setting met the target and its p50 stayed within the budget
     load_per_core: float  # the machine's load while the settings were timed
     over_budget: bool = False  # no setting compared stayed within the budget: the budget is what failed
+    others_per_core: float = 0.0  # other processes' share of each core meanwhile (``machine_load``)
 
 
 def run(ix: Searcher, vectors, excluded, setting: Setting, rows) -> tuple[list[dict[int, float]], float]:
@@ -105,11 +112,6 @@ class Queries:
         return picked
 
 
-def load_per_core() -> float:
-    """The machine's 1-minute load average per core."""
-    return round(os.getloadavg()[0] / max(1, os.cpu_count() or 1), 2) if hasattr(os, "getloadavg") else 0.0
-
-
 def affordable(
     p50: Callable[[Setting], float], nprobes: list[int], reranks: list[int], budget_ms: float
 ) -> dict[int, int]:
@@ -144,7 +146,7 @@ def choose(
     """The setting to search at (see the module); timings go into ``curve`` as ``p50_ms``."""
     queries = Queries(len(vectors))
     run(ix, vectors, excluded, (nprobes[0], reranks[0]), queries.take(2))  # the code paths warmed
-    load = load_per_core()
+    load, since = load_per_core(), machine_load.machine_clock()
 
     limit = budget_ms / HEADROOM  # what calibration may measure for a setting within the budget
 
@@ -176,4 +178,5 @@ def choose(
     over = limit > 0 and (not within or curve[best]["p50_ms"] > budget_ms)
     # Met: a setting meeting the target searched within the budget itself (re-timed past its
     # spare fifth, 44 ms of 50, it was said "not met" at the very recall asked for).
-    return Choice(best, bool(meeting) and not over, max(load, load_per_core()), over_budget=over)
+    others = machine_load.others_per_core(since)
+    return Choice(best, bool(meeting) and not over, max(load, load_per_core()), over, others)
