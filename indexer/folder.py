@@ -110,6 +110,12 @@ def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Pa
     missing = [os.fspath(p) for p in paths if not os.path.lexists(p)]
     if missing:  # before the lock: a typo must not leave an empty index folder behind
         raise UsesearchError(f"no such file or folder: {first_few(missing, 1)}")
+    labels = [os.fsdecode(p) for p in paths if os.fsdecode(p).lower().endswith(".json") and os.path.isfile(p)]
+    if labels:  # (it was read as a photo and failed, and the index folder was made)
+        raise UsesearchError(
+            f"{labels[0]} is a JSON file, not a photo: a labelled dataset's annotations are indexed with its photos' "
+            f"folder, `usesearch index IMAGES --coco {labels[0]}`"
+        )
     refuse_shared_folder(db_dir, paths)  # for every caller: the CLI, the Python API, Ray and labelled datasets
     check_writable(db_dir, "index", "adds the photos' segments to it")
     return db_dir

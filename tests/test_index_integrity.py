@@ -331,7 +331,9 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_file(small_index, monkeyp
 def test_bad_arguments_are_one_line_errors(small_index, tmp_path):
     photos, db = small_index
     new_db = tmp_path / "never"
+    (tmp_path / "train.json").write_text("{}")  # a labelled dataset's file given as a photo
     cases = [
+        (["index", str(tmp_path / "train.json"), "--db", str(new_db)], "a JSON file, not a photo: a labelled"),
         (["index", str(tmp_path / "nonexistent"), "--db", str(new_db), "--preset", "tiny"], "no such file or folder"),
         (["index", str(photos), "--db", str(photos / "astronaut.png"), "--preset", "tiny"], "is a file"),
         (["index", str(photos), "--db", "", "--preset", "tiny"], "'--db': is empty"),
