@@ -192,7 +192,7 @@ def check_query_vector(vector, dim: int) -> np.ndarray:
     return (wide / norm).astype(np.float32) if abs(norm - 1.0) > 1e-6 else array
 
 
-def _did_you_mean(wanted: str, have: list[str]) -> str:
+def did_you_mean(wanted: str, have: list[str]) -> str:
     """The names ``wanted`` differs from only in case, else the closest (``Person`` for
     ``person``; ``traffic ligth``): the list above is cut at 20 of a dataset's 80 classes."""
     near = [name for name in have if name.casefold() == wanted.casefold()]
@@ -241,7 +241,7 @@ def why_none(store, filters: SearchFilters, best=None, spelt: Callable[[str], st
                         if have
                         else "(it holds no labelled dataset: `index IMAGES --coco FILE.json`)"
                     )
-                    + _did_you_mean(wanted, have)
+                    + did_you_mean(wanted, have)
                 )
     # A class or split is an annotation's: a proposal has none.
     if filters.source == "proposal" and (filters.label is not None or filters.split is not None):

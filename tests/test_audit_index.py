@@ -193,6 +193,26 @@ def test_photos_are_audited_in_steps_of_bounded_segments_to_the_same_lists(db, t
     assert len(steps) > wide_steps
 
 
+def test_a_report_of_one_split_keeps_its_items_ranked_again(db):
+    """`audit --split val` was "No such option": a team auditing its validation set read
+    every list whole. The audit still ranks the whole dataset; the report keeps one split."""
+    whole = audit_cli(db, "-k", "1000")
+    val = audit_cli(db, "-k", "1000", "--split", "val")
+
+    def of_val(kind, item):
+        return "val" in item["splits"] if kind in ("overlooked", "leaks") else item["split"] == "val"
+
+    for kind in LISTS:
+        assert [i["item"] for i in val[kind]] == [i["item"] for i in whole[kind] if of_val(kind, i)], kind
+        assert [i["rank"] for i in val[kind]] == list(range(1, len(val[kind]) + 1))
+    assert all(val[kind] for kind in ("swapped", "outliers", "leaks"))  # (each has val items to keep)
+    assert sum(map(len, val.values())) < sum(map(len, whole.values()))  # (and train's are left out)
+    assert "--split val: the items of val among each list's 1,000 best" in " ".join(audit_cli.output.split())
+    typo = CliRunner().invoke(app, ["audit", "--db", str(db), "--split", "Val"])
+    said = " ".join(typo.output.split())
+    assert typo.exit_code == 2 and "--split 'Val': the dataset's splits are 'train', 'val'; did you mean 'val'?" in said
+
+
 def test_a_leaks_sheet_draws_both_photos_of_each_leak(db, monkeypatch):
     """The leaks sheet drew one tile a leak, its first photo's: what it duplicated was
     not to be seen, and a same-content leak (no segments matched) was not drawn at all."""

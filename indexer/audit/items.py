@@ -91,9 +91,13 @@ def resolve(
             item = {**annotation(row), "score": round(r["score"], 6), "labelled": classes[r["label"]]}
             item.update(iou=round(1 - r["score"], 6), proposal_id=int(r["proposal"]) if r["proposal"] >= 0 else None)
             out["badly_located"].append(common(item, r["key"]))
-    for r in lists["overlooked"].rows():
+    overlooked = lists["overlooked"].rows()
+    # The splits of each photo's annotations (``of_split``; a listed photo with none: no split).
+    their_splits, _ = reader.photo_splits(rows[r["key"]].image_id for r in overlooked if r["key"] in rows)
+    for r in overlooked:
         if r["key"] in rows:
             item = {"item": f"segment:{r['key']}", "score": round(r["score"], 6), "proposed": classes[r["label"]]}
+            item["splits"] = sorted(their_splits.get(rows[r["key"]].image_id, ()))
             out["overlooked"].append(common({**item, "covered": round(r["covered"], 6)}, r["key"]))
     for g in groups:
         item = {
@@ -113,3 +117,18 @@ def resolve(
             item["rank"] = rank
     # ``found``: each list's items in all, of which ``lists`` holds the best.
     return {"classes": classes, "splits": reader.splits, "generation": store.generation(), "lists": out, "found": found}
+
+
+def of_split(lists: dict[str, list[dict]], split: str) -> dict[str, list[dict]]:
+    """Each list's items of one split, ranked again: an annotation's own split, a
+    proposal's photo's (overlooked), a leak's splits (either side); from each list's
+    kept best (``AuditConfig.keep``), as the audit ranks the whole dataset."""
+
+    def of_it(kind: str, item: dict) -> bool:
+        return split in item.get("splits", ()) if kind in ("overlooked", "leaks") else item.get("split") == split
+
+    out = {kind: [dict(item) for item in items if of_it(kind, item)] for kind, items in lists.items()}
+    for items in out.values():
+        for rank, item in enumerate(items, 1):
+            item["rank"] = rank
+    return out

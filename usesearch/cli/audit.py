@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperCommand
 
 from usesearch.cli import options as opts
+from usesearch.errors import UsesearchError
 
 app = opts.Typer()
 OLD_FLAGS = ("--coco", "--images")
@@ -67,6 +68,14 @@ def audit(
         ),
     ] = None,
     k: opts.KOpt = 50,
+    split: Annotated[
+        Optional[str],
+        typer.Option(
+            "--split",
+            help="Report only this split's items (an annotation's split; a proposal's or leak's photo's), from "
+            "each list's 1,000 best over the whole dataset.",
+        ),
+    ] = None,
     include_reviewed: Annotated[
         bool, typer.Option("--include-reviewed", help="Show items already marked ok or wrong, with their verdict.")
     ] = False,
@@ -93,6 +102,8 @@ def audit(
     from usesearch.io.files import one_line
 
     check_index_at(db, db_url)  # a typo said before the models' libraries load
+    if split is not None:  # (a typo said before the audit's minutes)
+        check_split(db, db_url, split)
     if verdict_files:  # kept before the audit runs: its lists then leave the reviewed items out
         from usesearch.indexer.audit.verdict_files import keep_verdicts
 
@@ -117,6 +128,10 @@ def audit(
             )
             raise typer.Exit(130) from None
         raise
+    if split is not None:
+        from usesearch.indexer.audit.items import of_split
+
+        result = {**result, "lists": of_split(result["lists"], split)}
     store = open_store(Path(db), db_url, read_only=True)
     try:
         verdicts = reviews.verdicts(store.engine, lists=result["lists"])  # (on items as they are now)
@@ -129,6 +144,8 @@ def audit(
     reviewed_in = lambda kind: sum(1 for i in result["lists"][kind] if (kind, i["item"]) in verdicts)  # noqa: E731
     found = result.get("found", {})  # (lists of an older audit: those it kept)
     found = {kind: found.get(kind, len(result["lists"][kind])) for kind in written}
+    if split is not None:  # (the split's among the kept best: the whole dataset's count says nothing of it)
+        found = {kind: len(result["lists"][kind]) for kind in written}
     for kind, items in written.items():
         reviewed = reviewed_in(kind)
         first = items[0] if items else None
@@ -156,5 +173,24 @@ def audit(
         print(
             json.dumps({"report_dir": str(out), "lists": lists, "unreadable": list(unreadable)}, indent=1, default=str)
         )
+    if split is not None:
+        opts.console.print(
+            f"--split {split}: the items of {split} among each list's {config.keep:,} best over the whole dataset"
+        )
     if unreadable:
         opts.console.print(opts.drawn_grey(unreadable, "drawn", db, db_url))
+
+
+def check_split(db: str | Path, db_url: str | None, split: str) -> None:
+    """``--split``: one of the dataset's splits, else a one-line refusal naming them."""
+    from usesearch.indexer.filters import did_you_mean
+    from usesearch.indexer.folder import open_store
+
+    store = open_store(Path(db), db_url, read_only=True)
+    try:
+        splits = [name for name in store.splits() if name]
+    finally:
+        store.close()
+    if split not in splits:
+        named = ", ".join(map(repr, splits)) if splits else "none (no labelled dataset is indexed)"
+        raise UsesearchError(f"--split {split!r}: the dataset's splits are {named}{did_you_mean(split, splits)}")
