@@ -64,12 +64,13 @@ def calibrate_index(
 
 
 def kept_for_later(
-    db_dir: Path, index: vectors.Vectors, target: float | None, budget_ms: float | None = None
+    db_dir: Path, index: vectors.Vectors, target: float | None, budget_ms: float | None = None, grows: bool = True
 ) -> str | None:
     """Where a target or budget was asked of an index calibration has nothing to tune in
     (exact, a graph, not trained yet): kept for its first calibration
     (``calibration.keep_asked``) and said in one line, rather than dropped unsaid. None
-    where none was asked, or the index is tuned (``calibrate_if_due``, ``reindex``)."""
+    where none was asked, or the index is tuned (``calibrate_if_due``, ``reindex``).
+    ``grows``: the index is the automatic choice, which grows into a compressed one."""
     if (target is None and budget_ms is None) or (
         index_kinds.ivf_of(index.index) is not None and index.is_trained and index.ntotal
     ):
@@ -83,6 +84,11 @@ def kept_for_later(
         return (
             f"{asked} kept, not applied: a graph index (HNSW) has no search setting calibration tunes, and its "
             "recall is not measured; `usesearch reindex --factory auto` builds one that is"
+        )
+    if index_kinds.ivf_of(index.index) is None and not grows:
+        return (
+            f"{asked} kept, not applied: this exact index finds every neighbour and stays exact (its --factory is "
+            "fixed; `usesearch reindex --factory auto` lets it grow into a compressed one)"
         )
     if index_kinds.ivf_of(index.index) is None:
         return f"{asked} kept for when the index grows into a compressed one: an exact index finds every neighbour"

@@ -116,10 +116,11 @@ def reindex(
             except KeyboardInterrupt as exc:  # (its searches say so too: ``filters.effort_notes``)
                 exc.add_note(
                     f"the index was rebuilt ({factory}, {done.vectors:,} vectors) but not calibrated: "
-                    "`usesearch calibrate` measures its recall and sets how hard its searches look"
+                    f"`usesearch calibrate {index_flags(db_dir, db_url)}` measures its recall and sets how hard its "
+                    "searches look"
                 )
                 raise
-        done.calibration_note = kept_for_later(db_dir, index, recall_target, latency_budget_ms)
+        done.calibration_note = kept_for_later(db_dir, index, recall_target, latency_budget_ms, grows=mode == "auto")
         return done
 
 

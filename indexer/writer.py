@@ -363,7 +363,9 @@ class Writer:
             report.calibrated = calibrate_if_due(
                 self.db_dir, self.store, self.index, self.model, self.options.recall_target
             )
-            report.calibration_note = kept_for_later(self.db_dir, self.index, self.options.recall_target)
+            report.calibration_note = kept_for_later(
+                self.db_dir, self.index, self.options.recall_target, grows=self.info.index_mode == "auto"
+            )
         except KeyboardInterrupt:
             interrupts.handled()
             report.interrupted = True  # finished images are committed; keep them

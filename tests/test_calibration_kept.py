@@ -23,13 +23,18 @@ def test_a_target_asked_of_an_index_with_nothing_to_tune_is_kept_for_its_first_c
     assert graph.calibration_note is not None
     assert graph.calibration_note.startswith("--recall-target 0.97 and --latency-budget 30 kept, not applied: a graph")
     assert calibration.stored(db) == (0.97, 30.0)
-    exact = reindex(db, "Flat", recall_target=0.9, text_queries=False)
+    exact = reindex(db, "Flat", recall_target=0.9, text_queries=False)  # (a --factory given: it stays exact)
     assert exact.calibration_note == (
-        "--recall-target 0.9 kept for when the index grows into a compressed one: an exact index finds every neighbour"
+        "--recall-target 0.9 kept, not applied: this exact index finds every neighbour and stays exact (its "
+        "--factory is fixed; `usesearch reindex --factory auto` lets it grow into a compressed one)"
     )
+    assert calibration.stored(db) == (0.9, 30.0)  # (the budget asked before kept beside it)
+    budget = reindex(db, "HNSW8", latency_budget_ms=20.0, text_queries=False)  # a budget alone: the target stays
+    assert budget.calibration_note is not None and budget.calibration_note.startswith("--latency-budget 20 kept")
+    assert calibration.stored(db) == (0.9, 20.0)
     grown = reindex(db, FACTORY, text_queries=False)  # nothing asked now: what was asked before
     assert grown.calibration is not None and grown.calibration_note is None
-    assert (grown.calibration.target, grown.calibration.budget_ms) == (0.9, 30.0)
+    assert (grown.calibration.target, grown.calibration.budget_ms) == (0.9, 20.0)
 
 
 def test_an_index_run_says_its_target_is_kept(tmp_path):
@@ -43,7 +48,7 @@ def test_an_index_run_says_its_target_is_kept(tmp_path):
     assert again.exit_code == 0 and "kept for" not in again.output
 
 
-def test_a_search_says_when_its_index_was_never_calibrated_or_is_under_its_image_recall(tmp_path):
+def test_a_search_says_when_its_index_was_never_calibrated_or_is_under_its_image_recall(tmp_path, monkeypatch):
     db = tmp_path / "db"
     synthetic_index(db, n=3000, dim=32)
     reindex(db, FACTORY, recall_target=0.9, text_queries=False)
@@ -61,6 +66,16 @@ def test_a_search_says_when_its_index_was_never_calibrated_or_is_under_its_image
     under = CliRunner().invoke(app, args)
     said = " ".join(under.stderr.split())
     assert under.exit_code == 0 and "this index finds ~0.50 of an image query's true top 10 (its target 0.9 is" in said
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from usesearch.indexer.web import create_app
+
+    served_index = SegmentIndex.open(db)  # (a synthetic index: no model of its own; a similar search needs none)
+    monkeypatch.setattr(served_index.models, "text", lambda: SimpleNamespace(fingerprint="synthetic"))
+    served = TestClient(create_app(served_index)).get("/api/segments/5/similar").json()  # the web app's too
+    assert any(note.startswith("this index finds ~0.50 of an image query's") for note in served["notes"]), served
 
 
 def test_a_reindex_interrupted_while_calibrating_says_its_index_is_rebuilt_but_not_calibrated(tmp_path, monkeypatch):
@@ -77,8 +92,8 @@ def test_a_reindex_interrupted_while_calibrating_says_its_index_is_rebuilt_but_n
     said = " ".join(result.stderr.split())
     assert result.exit_code == 130
     assert (
-        f"interrupted; the index was rebuilt ({FACTORY}, 3,000 vectors) but not calibrated: `usesearch calibrate`"
-        in said
+        f"interrupted; the index was rebuilt ({FACTORY}, 3,000 vectors) but not calibrated: "
+        f"`usesearch calibrate --db {db}` measures its recall" in said
     )
     assert SegmentIndex.open(db).info.factory == FACTORY  # (rebuilt, as said)
 

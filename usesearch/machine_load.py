@@ -4,14 +4,16 @@ average per core, and the share of its cores other processes used over an interv
 minute and counts this process's own threads: a calibration timed beside one busy
 process read 1.26 a core, under the 1.4 that flags a busy machine, and kept recall
 0.93 for a target of 0.95 that the same index met in 28 ms on the quiet machine.
-Light: no model or index library."""
+The cores are those this process may run on (``sched_getaffinity``: a cpuset's, not the
+host's); a container without its own ``/proc/stat`` (LXCFS) counts other containers on
+those cores too, as they slow it alike. Light: no model or index library."""
 
 from __future__ import annotations
 
 import os
 import time
 
-Clock = tuple[float, float, float]  # (wall s, the machine's busy CPU s, this process's CPU s)
+Clock = tuple[float, float, float, int]  # (wall s, its cores' busy CPU s, this process's CPU s, its cores)
 
 
 def load_per_core() -> float:
@@ -24,15 +26,22 @@ def machine_clock() -> Clock | None:
     (not Linux): other processes' share then reads 0."""
     try:
         with open("/proc/stat", encoding="ascii") as stat:
-            fields = stat.readline().split()
-        ticks = [int(value) for value in fields[1:9]]  # user nice system idle iowait irq softirq steal
+            lines = [line.split() for line in stat if line.startswith("cpu")]
         hz = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, AttributeError):
+        # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
+        busy = {fields[0]: sum(map(int, fields[1:9])) - int(fields[4]) - int(fields[5]) for fields in lines}
+        ours = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
-    if fields[:1] != ["cpu"] or len(ticks) < 5 or hz <= 0:
+    if "cpu" not in busy or hz <= 0:
         return None
+    per_cpu = [f"cpu{n}" for n in ours]
+    if per_cpu and len(per_cpu) < len(busy) - 1 and all(name in busy for name in per_cpu):  # a cpuset's cores
+        ticks, cores = sum(busy[name] for name in per_cpu), len(per_cpu)
+    else:
+        ticks, cores = busy["cpu"], max(1, len(busy) - 1 or os.cpu_count() or 1)
     own = os.times()
-    return time.monotonic(), (sum(ticks) - ticks[3] - ticks[4]) / hz, own.user + own.system
+    return time.monotonic(), ticks / hz, own.user + own.system, cores
 
 
 def others_per_core(since: Clock | None) -> float:
@@ -42,7 +51,7 @@ def others_per_core(since: Clock | None) -> float:
     if since is None or now is None or now[0] <= since[0]:
         return 0.0
     others = (now[1] - since[1]) - (now[2] - since[2])
-    return round(max(0.0, others / ((now[0] - since[0]) * max(1, os.cpu_count() or 1))), 2)
+    return round(max(0.0, others / ((now[0] - since[0]) * max(1, since[3]))), 2)
 
 
 def others_now(seconds: float = 0.25) -> float:

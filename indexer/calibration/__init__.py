@@ -115,7 +115,9 @@ class Calibration:
         the cheapest kept whatever its recall (0.28 where 0.83 fit once the machine was
         quiet), or a setting of 28 ms timed at 43 that capped the search at 0.93 for 0.95.
         Measured again where calibrations are due (``outdated``)."""
-        return not self.met and self.busy()
+        # (where no setting reached the target, no timing could have: measuring again changes nothing)
+        reachable = self.over_budget or any(point.get("recall", 0.0) >= self.target for point in self.curve)
+        return not self.met and self.busy() and reachable
 
     def worst(self) -> tuple[str, float]:
         """The kind of query with the lowest recall, and that recall."""
@@ -215,23 +217,21 @@ def stored(folder: Path) -> tuple[float, float]:
     rebuilds), else (``TARGET``, ``BUDGET_MS``)."""
     try:
         data = json.loads((Path(folder) / FILE).read_text())
-        return float(data["target"]), _budget(float(data.get("budget_ms", BUDGET_MS)))
-    except (ValueError, TypeError, KeyError, OSError):
+        return float(data.get("target", TARGET)), _budget(float(data.get("budget_ms", BUDGET_MS)))
+    except (ValueError, TypeError, AttributeError, OSError):
         return TARGET, BUDGET_MS
 
 
 def keep_asked(folder: Path, target: float | None, budget_ms: float | None = None) -> None:
-    """A target (and budget) asked of an index with nothing to calibrate yet (exact, a
-    graph, not trained), kept in the folder's file for its first calibration (``stored``):
-    whatever else the file held stays (``load`` finds no calibration in it)."""
-    path = Path(folder) / FILE
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, OSError):
-        data = {}
-    data = data if isinstance(data, dict) else {}
-    data.update({key: value for key, value in (("target", target), ("budget_ms", budget_ms)) if value is not None})
-    write_atomic(path, json.dumps(data, indent=1))
+    """A target or budget asked of an index with nothing to calibrate yet (exact, a
+    graph, not trained), kept in the folder's file for its first calibration (``stored``),
+    each beside what was asked before of the other. The file then holds no calibration:
+    one of an earlier index measured nothing of this one, and a kept target written into
+    a calibration would have read as met for it."""
+    before_target, before_budget = stored(folder)
+    asked = {"target": before_target if target is None else target}
+    asked["budget_ms"] = before_budget if budget_ms is None else budget_ms
+    write_atomic(Path(folder) / FILE, json.dumps(asked, indent=1))
 
 
 def _budget(saved: float) -> float:
