@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--masks-per-photo", type=int, default=50)
     parser.add_argument("--pred-iou-thresh", type=float, default=0.0, help="0: random weights keep masks")
-    parser.add_argument("--photos", type=int, default=2)
+    parser.add_argument("--photos", type=int, default=2, choices=(1, 2, 3), help="timed after one warm-up photo")
     parser.add_argument("--preset", default="tiny", help="the embedder's (its backbones and head)")
     args = parser.parse_args()
     torch.manual_seed(0)

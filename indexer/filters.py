@@ -295,8 +295,9 @@ def effort_notes(
         return []
     if measured is None:
         return [
-            "this compressed index's recall has not been measured (a rebuild cut short, or an index made before "
-            "calibration): `usesearch calibrate` measures it and sets how hard its searches look; "
+            "this compressed index's recall has not been measured for it (a rebuild cut short, an index grown "
+            "into it since, or one made before calibration): `usesearch calibrate` measures it and sets how hard "
+            "its searches look; "
             f"{spelt('nprobe')} and {spelt('rerank')} look harder meanwhile"
         ]
     recall = measured.recall_kinds.get("image", measured.recall) if kind == "image" else measured.recall

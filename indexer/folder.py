@@ -114,7 +114,7 @@ def check_paths(paths: list[str | os.PathLike], db_dir: str | os.PathLike) -> Pa
     if labels:  # (it was read as a photo and failed, and the index folder was made)
         raise UsesearchError(
             f"{labels[0]} is a JSON file, not a photo: a labelled dataset's annotations are indexed with its photos' "
-            f"folder, `usesearch index IMAGES --coco {labels[0]}`"
+            f"folder, `usesearch index IMAGES --coco {labels[0]}` (Python: `index_coco`)"
         )
     refuse_shared_folder(db_dir, paths)  # for every caller: the CLI, the Python API, Ray and labelled datasets
     check_writable(db_dir, "index", "adds the photos' segments to it")

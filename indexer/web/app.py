@@ -121,7 +121,12 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         return record
 
     def searched(
-        run: Callable[[], list[Hit]], with_masks: bool, filters: SearchFilters, best=None, **echo: Any
+        run: Callable[[], list[Hit]],
+        with_masks: bool,
+        filters: SearchFilters,
+        best=None,
+        kind: str = "text",
+        **echo: Any,
     ) -> SearchOut:
         start = time.perf_counter()
         hits = run()  # searches run side by side: SegmentIndex locks only what it must
@@ -133,7 +138,9 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
             **echo,
             # Why none, where a filter names what the index lacks (an empty list said nothing; the CLI said why),
             # and an effort asked for that changes nothing, or a calibration short of its target (the CLI's too).
-            notes=(([] if hits else why_none(index.store, filters, best)) + effort_notes(index, filters)) or None,
+            # (``kind``: by a segment or a region, "image": its recall is measured apart)
+            notes=(([] if hits else why_none(index.store, filters, best)) + effort_notes(index, filters, kind=kind))
+            or None,
             hits=[HitOut(**segment_out(h, with_masks, rank=h.rank, score=h.score)) for h in hits],
         )
 
@@ -163,7 +170,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
         """More like this: segments most similar to a given one, itself excluded."""
         best = lambda f: index.similar(segment_id, 1, f)  # noqa: E731
         return searched(
-            lambda: index.similar(segment_id, k, filters), with_masks, filters, best, like_segment=segment_id
+            lambda: index.similar(segment_id, k, filters), with_masks, filters, best, "image", like_segment=segment_id
         )
 
     @app.post(
@@ -209,7 +216,7 @@ def create_app(index: SegmentIndex, token: str | None = None, allowed_hosts: lis
             picked = index.region(
                 rgb, region_lib.parse_point(point) if point else None, region_lib.parse_box(box) if box else None
             )
-            result = searched(lambda: index.search_region(rgb, picked, k, filters), with_masks, filters)
+            result = searched(lambda: index.search_region(rgb, picked, k, filters), with_masks, filters, kind="image")
             region = RegionOut(
                 bbox=list(picked.bbox),
                 area=picked.area,

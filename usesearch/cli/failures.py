@@ -89,16 +89,16 @@ def exit_if_all_failed(done: int, skipped: int, failed: int, what: str, outcome:
         raise typer.Exit(ALL_FAILED_EXIT)
 
 
-def interrupted(exc: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is among what led to ``exc``."""
+def interrupted(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt among what led to ``exc``, if one is."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, KeyboardInterrupt):
-            return True
+            return cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
-    return False
+    return None
 
 
 def interrupted_exit(exc: BaseException | None = None) -> NoReturn:
@@ -145,8 +145,8 @@ def user_errors(fn):
         except Exception as exc:
             # A Ctrl-C a clean-up's error replaced (psycopg's, mid-statement); not an error of
             # its own that the interruption's handling met (a full disk writing what was kept).
-            if interrupted(exc) and not isinstance(exc, (UsesearchError, OSError)):
-                interrupted_exit()
+            if (cut := interrupted(exc)) and not isinstance(exc, (UsesearchError, OSError)):
+                interrupted_exit(cut)  # (with what it noted)
             if os.environ.get(DEBUG_ENV):
                 raise
             code, message = 2, first_line(exc)
