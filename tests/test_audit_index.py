@@ -196,8 +196,8 @@ def test_photos_are_audited_in_steps_of_bounded_segments_to_the_same_lists(db, t
 def test_a_report_of_one_split_keeps_its_items_ranked_again(db):
     """`audit --split val` was "No such option": a team auditing its validation set read
     every list whole. The audit still ranks the whole dataset; the report keeps one split."""
-    whole = audit_cli(db, "-k", "1000")
-    val = audit_cli(db, "-k", "1000", "--split", "val")
+    whole = audit_cli(db, "-k", "1000", "--no-sheets")
+    val = audit_cli(db, "-k", "1000", "--split", "val", "--no-sheets")
 
     def of_val(kind, item):
         return "val" in item["splits"] if kind in ("overlooked", "leaks") else item["split"] == "val"
