@@ -1,6 +1,8 @@
 """Test setup: never touch the network or the user's caches."""
 
+import atexit
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -21,7 +23,10 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 # Before anything imports huggingface_hub: hub calls fail fast instead of retrying,
 # and the caches are empty, so "weights are missing" is what every real preset sees.
 # Idempotent: a subprocess a test starts inherits the variables and keeps them.
-_home = os.environ.get("USESEARCH_TEST_HOME") or tempfile.mkdtemp(prefix="usesearch-test-home-")
+_home = os.environ.get("USESEARCH_TEST_HOME")
+if not _home:  # this process made it (not a worker or subprocess it started): removed when it ends
+    _home = tempfile.mkdtemp(prefix="usesearch-test-home-")
+    atexit.register(shutil.rmtree, _home, ignore_errors=True)  # (each run left one in /tmp)
 _worker = os.environ.get("PYTEST_XDIST_WORKER")  # each of pytest-xdist's workers a home of its own
 if _worker and os.path.basename(_home) != _worker:
     _home = os.path.join(_home, _worker)
