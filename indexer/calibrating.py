@@ -71,9 +71,8 @@ def kept_for_later(
     (``calibration.keep_asked``) and said in one line, rather than dropped unsaid. None
     where none was asked, or the index is tuned (``calibrate_if_due``, ``reindex``).
     ``grows``: the index is the automatic choice, which grows into a compressed one."""
-    if (target is None and budget_ms is None) or (
-        index_kinds.ivf_of(index.index) is not None and index.is_trained and index.ntotal
-    ):
+    ivf = index_kinds.ivf_of(index.index)
+    if (target is None and budget_ms is None) or (ivf is not None and index.is_trained and index.ntotal):
         return None
     calibration.keep_asked(db_dir, target, budget_ms)
     asked = " and ".join(
@@ -85,11 +84,11 @@ def kept_for_later(
             f"{asked} kept, not applied: a graph index (HNSW) has no search setting calibration tunes, and its "
             "recall is not measured; `usesearch reindex --factory auto` builds one that is"
         )
-    if index_kinds.ivf_of(index.index) is None and not grows:
+    if ivf is None and not grows:
         return (
             f"{asked} kept, not applied: this exact index finds every neighbour and stays exact (its --factory is "
             "fixed; `usesearch reindex --factory auto` lets it grow into a compressed one)"
         )
-    if index_kinds.ivf_of(index.index) is None:
+    if ivf is None:
         return f"{asked} kept for when the index grows into a compressed one: an exact index finds every neighbour"
     return f"{asked} kept for the index's first calibration, once it holds trained vectors"
