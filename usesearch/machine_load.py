@@ -1,47 +1,42 @@
 """How busy this machine is, for timings that depend on it (calibration's): the load
 average per core, and the share of its cores other processes used over an interval
-(Linux's ``/proc/stat`` less this process's own CPU time). The load average lags a
+(their CPU time less this process's own, read by psutil). The load average lags a
 minute and counts this process's own threads: a calibration timed beside one busy
 process read 1.26 a core, under the 1.4 that flags a busy machine, and kept recall
 0.93 for a target of 0.95 that the same index met in 28 ms on the quiet machine.
-The cores are those this process may run on (``sched_getaffinity``: a cpuset's, not the
+The cores are those this process may run on (its CPU affinity: a cpuset's, not the
 host's); a container without its own ``/proc/stat`` (LXCFS) counts other containers on
 those cores too, as they slow it alike. Light: no model or index library."""
 
 from __future__ import annotations
 
-import os
 import time
+
+import psutil
 
 Clock = tuple[float, float, float, int]  # (wall s, its cores' busy CPU s, this process's CPU s, its cores)
 
 
 def load_per_core() -> float:
     """The machine's 1-minute load average per core."""
-    return round(os.getloadavg()[0] / max(1, os.cpu_count() or 1), 2) if hasattr(os, "getloadavg") else 0.0
+    return round(psutil.getloadavg()[0] / max(1, psutil.cpu_count() or 1), 2)
 
 
 def machine_clock() -> Clock | None:
-    """Now, for ``others_per_core``; None where the machine's CPU time is not readable
-    (not Linux): other processes' share then reads 0."""
+    """Now, for ``others_per_core``; None where the cores' CPU time is not readable:
+    other processes' share then reads 0."""
     try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            lines = [line.split() for line in stat if line.startswith("cpu")]
-        hz = os.sysconf("SC_CLK_TCK")
-        # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
-        busy = {fields[0]: sum(map(int, fields[1:9])) - int(fields[4]) - int(fields[5]) for fields in lines}
-        ours = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    except (OSError, ValueError, IndexError, AttributeError):
+        per_cpu = psutil.cpu_times(percpu=True)
+        process = psutil.Process()
+        ours = process.cpu_affinity() if hasattr(process, "cpu_affinity") else []  # (macOS: none)
+        own = process.cpu_times()
+    except (psutil.Error, OSError, NotImplementedError):
         return None
-    if "cpu" not in busy or hz <= 0:
-        return None
-    per_cpu = [f"cpu{n}" for n in ours]
-    if per_cpu and len(per_cpu) < len(busy) - 1 and all(name in busy for name in per_cpu):  # a cpuset's cores
-        ticks, cores = sum(busy[name] for name in per_cpu), len(per_cpu)
-    else:
-        ticks, cores = busy["cpu"], max(1, len(busy) - 1 or os.cpu_count() or 1)
-    own = os.times()
-    return time.monotonic(), ticks / hz, own.user + own.system, cores
+    cores = [per_cpu[n] for n in ours if n < len(per_cpu)] or per_cpu
+    # Busy: all but idle and I/O wait; a guest's time is counted in user's already.
+    spare = ("idle", "iowait", "guest", "guest_nice")
+    busy = sum(sum(times) - sum(getattr(times, name, 0.0) for name in spare) for times in cores)
+    return time.monotonic(), busy, own.user + own.system, max(1, len(cores))
 
 
 def others_per_core(since: Clock | None) -> float:
