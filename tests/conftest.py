@@ -59,6 +59,9 @@ os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# The longest test files first, to pytest-xdist's workers (tests/scheduling.py).
+pytest_plugins = ["tests.scheduling"]
+
 
 @pytest.fixture(autouse=True)
 def no_work_left_aside():
