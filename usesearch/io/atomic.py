@@ -168,6 +168,8 @@ def save_picture(image, path: str | os.PathLike, mark: bool = True, **params) ->
     from PIL import Image
 
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    if fmt == "PNG":  # OpenCV's default level: an audit's 960x444 sheet 0.04 s, not 0.19 s, at 17% more bytes
+        params.setdefault("compress_level", 1)
     if mark and fmt in MARKED_FORMATS:
         exif = Image.Exif()
         exif[SOFTWARE_TAG] = PICTURE_MARK
