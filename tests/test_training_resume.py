@@ -337,7 +337,9 @@ def test_resume_with_other_skipped_text_kinds_is_refused_naming_the_option(sampl
 
     without_crowd = [replace(s, left_out=("crowd",)) for s in samples]  # as load_samples(dirs, ("crowd",)) gives
     Trainer(without_crowd, tmp_path, replace(CFG, skip_kinds=("crowd",))).run(until=2)
-    with pytest.raises(usesearch.UsesearchError, match="as it was started: with --skip-kind crowd; give the same"):
+    with pytest.raises(
+        usesearch.UsesearchError, match=r"as it was started: --skip-kind crowd \(now no --skip-kind\); give those again"
+    ):
         Trainer(samples, tmp_path, CFG).resume()
     resumed = Trainer(without_crowd, tmp_path, replace(CFG, skip_kinds=("crowd",)))
     resumed.resume()

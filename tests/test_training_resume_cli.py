@@ -31,6 +31,21 @@ def test_a_resume_builds_the_runs_own_preset_and_refuses_another(run_args, tmp_p
     assert len(_losses(tmp_path / "run")) == 3
 
 
+def test_a_resume_that_changes_several_settings_names_every_one_before_any_model_loads(run_args, tmp_path, monkeypatch):
+    # It named the preset alone; given again, a second refusal named three more.
+    monkeypatch.setattr("usesearch.training.train.create_use_and_clip", lambda *a: pytest.fail("a model loaded"))
+    at = run_args.index("--batch-images")
+    changed = [*run_args[:at], "--batch-images", "2", *run_args[at + 2 :], "--skip-kind", "region"]
+    other = CliRunner().invoke(app, [*changed, "--preset", "b16", "--resume"])
+    said = " ".join(other.output.split())
+    assert other.exit_code == 2, other.output
+    assert (
+        "as it was started: --preset tiny (now b16), --batch-images 4 (now 2), "
+        "no --skip-kind (now --skip-kind region); give those again" in said
+    ), said
+    assert len(_losses(tmp_path / "run")) == 3
+
+
 def test_a_finished_run_resumed_says_only_that_nothing_was_trained(run_args, tmp_path):
     # It said "nothing to train", then "trained 3 steps on ..." as if it had, and --json "steps": 3 alone.
     again = CliRunner().invoke(app, [*run_args, "--preset", "tiny", "--resume", "--json"])

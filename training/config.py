@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from usesearch.curation.records import KINDS, SEGMENT_KINDS
-from usesearch.errors import BadArgumentError
+from usesearch.errors import BadArgumentError, UsesearchError
 
 from .loss import LOGIT_SCALE
 
@@ -83,3 +83,36 @@ class TrainConfig:
 
 # The settings that fix a run's schedule: a resumed run keeps them.
 SCHEDULE = ("epochs", "batch_images", "lr", "weight_decay", "max_steps", "seed", "crop")
+
+
+def changed_settings(started: dict, now: TrainConfig | None, preset: str | None = None) -> list[str]:
+    """What a resume would change of the run begun with ``started`` (its heads'
+    ``train_config``), as flags: ``--batch-images 2 (now 32)``. ``preset``: the one given,
+    where one was (None: the run's own is used); ``now`` None: the preset alone. Every
+    change at once: a refusal that named the preset alone was followed by a second one
+    naming three more."""
+    unset = lambda value: "not given" if value is None else value  # noqa: E731 (--max-steps None: the epochs')
+    changed = []
+    if preset is not None and isinstance(started.get("preset"), str) and started["preset"] != preset:
+        changed.append(f"--preset {started['preset']} (now {preset})")
+    if now is None:
+        return changed
+    changed += [
+        f"--{name.replace('_', '-')} {unset(started[name])} (now {unset(getattr(now, name))})"
+        for name in SCHEDULE
+        if name in started and started[name] != getattr(now, name)
+    ]
+    skipped = tuple(started.get("skip_kinds", ()))  # (runs before the option: none)
+    if skipped != now.skip_kinds:
+        said = lambda kinds: " ".join(f"--skip-kind {k}" for k in kinds) or "no --skip-kind"  # noqa: E731
+        changed.append(f"{said(skipped)} (now {said(now.skip_kinds)})")
+    return changed
+
+
+def refuse_changes(out, changed: list[str]) -> None:
+    """The one-line refusal of a resume that would change ``changed`` (none: nothing)."""
+    if changed:
+        raise UsesearchError(
+            f"--resume continues the run in {out} as it was started: {', '.join(changed)}; "
+            "give those again, or start a new run in another --run-dir"
+        )

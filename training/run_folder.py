@@ -13,6 +13,7 @@ from usesearch.errors import UsesearchError, first_few
 from usesearch.io.atomic import temporary_of, write_atomic
 from usesearch.io.own_folders import OS_FILES
 
+from .config import TrainConfig, changed_settings, refuse_changes
 from .trainer_state import TRAINER_FILE, trainer_file
 
 LOCK_FILE = ".train.lock"  # one training run a run folder
@@ -80,11 +81,12 @@ def refuse_resume_without_state(out: str | os.PathLike) -> NoReturn:
     )
 
 
-def resumed_preset(out: str | os.PathLike, given: str | None) -> str | None:
+def resumed_preset(out: str | os.PathLike, given: str | None, now: TrainConfig | None = None) -> str | None:
     """The preset a resume of the run in ``out`` builds its models for: the one the run
     started with, as its heads record it (else the default preset's, whose weights a
     tiny run never needed, was loaded, and refused). Another one given is refused before
-    any model loads, in the words ``Trainer.resume`` says other changed settings in.
+    any model loads, with every other setting ``now`` changes (``changed_settings``), as
+    ``Trainer.resume`` refuses them.
     ``given`` where no head is readable: the resume then says what the folder lacks."""
     from usesearch.models.checkpoint import read_head_config
 
@@ -102,11 +104,9 @@ def resumed_preset(out: str | os.PathLike, given: str | None) -> str | None:
         started = started if isinstance(started, str) else meta.get("preset")
         if not isinstance(started, str):
             continue
-        if given is not None and given != started:
-            raise UsesearchError(
-                f"--resume continues the run in {out} as it was started: --preset {started} (now {given}); "
-                "give those again, or start a new run in another --run-dir"
-            )
+        refuse_changes(
+            out, changed_settings({**(config if isinstance(config, dict) else {}), "preset": started}, now, given)
+        )
         return started
     return given
 

@@ -27,7 +27,7 @@ from usesearch.errors import UsesearchError
 from usesearch.io.atomic import write_atomic
 from usesearch.models.checkpoint import state_digest
 
-from .config import SCHEDULE, TrainConfig
+from .config import TrainConfig, changed_settings, refuse_changes
 
 TRAINER_FILE = "trainer.safetensors"
 OLD_TRAINER_FILE = "trainer.pt"  # runs from before: a torch.save archive
@@ -121,24 +121,7 @@ def resumable_settings(
     started, started_on = meta.get("train_config") or {}, meta.get("data", data)
     if not isinstance(started, dict) or not isinstance(started_on, dict):
         raise UsesearchError(f"--resume: the head of step {step} is damaged (its train_config or data); {anew}")
-    unset = lambda value: "not given" if value is None else value  # noqa: E731 (--max-steps None: the epochs')
-    changed = [
-        f"--{name.replace('_', '-')} {unset(started[name])} (now {unset(getattr(cfg, name))})"
-        for name in SCHEDULE
-        if name in started and started[name] != getattr(cfg, name)
-    ]
-    if changed:
-        raise UsesearchError(
-            f"--resume continues the run in {out} as it was started: {', '.join(changed)}; "
-            "give those again, or start a new run in another --run-dir"
-        )
-    skipped = tuple(started.get("skip_kinds", ()))  # (runs before the option: none)
-    if skipped != cfg.skip_kinds:
-        said = " ".join(f"--skip-kind {kind}" for kind in skipped) or "no --skip-kind"
-        raise UsesearchError(
-            f"--resume continues the run in {out} as it was started: with {said}; "
-            "give the same, or start a new run in another --run-dir"
-        )
+    refuse_changes(out, changed_settings(started, cfg))
     # A run started before the resize scaled the photo as inference shows it goes on as
     # it started (its resumed steps are those of the uninterrupted run).
     cfg = replace(cfg, resize_base=started.get("resize_base", "photo"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -108,13 +109,6 @@ def train(
     from usesearch.training.train import Trainer
     from usesearch.training.trainer_state import trainer_file
 
-    if not resume:
-        check_new_run(run_dir)  # before the datasets and models load
-    elif trainer_file(run_dir) is None:
-        refuse_resume_without_state(run_dir)  # before the datasets and models load
-    else:
-        preset = resumed_preset(run_dir, preset)
-    before = run_files_now(run_dir)  # (an earlier killed run's step-* heads: never removed by this one)
     try:
         cfg = TrainConfig(
             preset=preset or DEFAULT_PRESET,
@@ -133,6 +127,14 @@ def train(
         )
     except BadArgumentError as exc:  # said by its flag: "weight_decay -1.0" named none a user typed
         raise exc.by_flag() from None
+    if not resume:
+        check_new_run(run_dir)  # before the datasets and models load
+    elif trainer_file(run_dir) is None:
+        refuse_resume_without_state(run_dir)  # before the datasets and models load
+    else:
+        # (its own preset where none is given; every setting it would change refused in one line)
+        cfg = replace(cfg, preset=resumed_preset(run_dir, preset, cfg) or DEFAULT_PRESET)
+    before = run_files_now(run_dir)  # (an earlier killed run's step-* heads: never removed by this one)
     folders: list[str | os.PathLike] = list(datasets)
     samples = load_samples(folders, cfg.skip_kinds)
     if not samples:
