@@ -36,6 +36,7 @@ from usesearch.errors import ClientGoneError, UsesearchError, first_line
 from usesearch.io.files import decode, pixel_count, read_bytes
 from usesearch.masks import rle
 
+from .catalog import index_flags
 from .filters import SearchFilters, check_filters, check_k
 from .hits import Hit, first_hits, has_labels
 from .known_images import record_limits
@@ -209,6 +210,7 @@ class Refiner:
     def _encoded(self, window: list[tuple[int, Hit]], report: RefineReport, held: ExitStack) -> list:
         ready: dict[int, list] = {}
         decoded = []
+        flags = index_flags(self.index.db_dir, self.index.store.url)  # (for the commands a skip suggests)
         for rank, photo in window:
             record = self.index.store.image(photo.image_id)
             if record is None or not record.sha256:
@@ -218,7 +220,9 @@ class Refiner:
                 max_bytes, max_pixels = record_limits(record)
                 data, sha256 = read_bytes(record.fs_path, max_bytes, record.path)
                 if sha256 != record.sha256:
-                    raise UsesearchError("changed on disk since it was indexed; run `usesearch index` again")
+                    raise UsesearchError(
+                        f"changed on disk since it was indexed (`usesearch index PHOTOS {flags}` again)"
+                    )
                 features = self.cache.get(record.sha256, self.sam3.device)
                 if features is not None:
                     ready[rank] = features
@@ -227,7 +231,9 @@ class Refiner:
                 held.enter_context(self.hold(pixel_count(data, record.path, max_pixels)))  # past the budget: skipped
                 decoded.append((rank, record.sha256, decode(data, record.path, max_pixels)))
             except FileNotFoundError:
-                report.skipped.append(f"{record.path}: no longer on disk (`usesearch prune` drops it from the index)")
+                report.skipped.append(
+                    f"{record.path}: no longer on disk (`usesearch prune {flags}` drops it from the index)"
+                )
             except (OSError, UsesearchError) as exc:
                 report.skipped.append(f"{record.path}: {first_line(exc)}")
         if decoded:

@@ -214,6 +214,16 @@ def test_cli_refine_json_show_and_coco(db, tmp_path):
     assert table.exit_code == 0 and "SAM 3 instances in the top 2 photos" in table.output
 
 
+def test_a_refined_search_that_chose_no_photo_says_why_as_a_plain_one_does(db):
+    # --min-score left no photo for SAM 3: the title alone said "0 SAM 3 instances in the top 0 photos".
+    args = ["query", "a cat", "--db", str(db), "--min-score", "0.99"]
+    plain, refined = (runner.invoke(app, [*args, *more]) for more in ((), ("--refine", "sam3")))
+    assert plain.exit_code == refined.exit_code == 0, refined.output
+    why = [line for line in refined.stderr.splitlines() if "--min-score 0.99" in line]
+    assert why and why == [line for line in plain.stderr.splitlines() if "--min-score 0.99" in line]
+    assert why[0].startswith("no hit scores at least --min-score 0.99 (the best found without it scores ")
+
+
 def test_cli_refine_errors_are_one_line(db, monkeypatch):
     wrong = runner.invoke(app, ["query", "a cat", "--db", str(db), "--refine", "sam9"])
     assert wrong.exit_code == 2 and "choose sam3" in wrong.output
@@ -264,7 +274,9 @@ def test_a_photo_changed_since_indexing_is_skipped_and_said(index, refiner):
         fresh.query("a cat", k=40)
     finally:
         moved.rename(changed)
-    assert fresh.last.skipped == [f"{changed}: no longer on disk (`usesearch prune` drops it from the index)"]
+    assert fresh.last.skipped == [
+        f"{changed}: no longer on disk (`usesearch prune --db {index.db_dir}` drops it from the index)"
+    ]
 
 
 def test_min_area_is_for_the_refined_instances_not_for_choosing_the_photos(index, refiner):

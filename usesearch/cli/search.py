@@ -87,7 +87,10 @@ def query(
         )
         for line in done.skipped:
             typer.echo(f"skipped {line}", err=True)
-        out.given(hits, output, title, text, index, filters)
+        # No photo chosen: why, as a search without --refine says it (--min-score's best found
+        # without it). Photos chosen and no instance found is SAM 3's answer, said by the title.
+        best = (lambda f: index.query(text, 1, f)) if not done.photos else None
+        out.given(hits, output, title, text, index, filters, best=best)
     finally:
         refiner.close()  # after the answer: waits for the image steps being written to the cache
 
