@@ -381,6 +381,8 @@ def test_segment_and_evaluations_never_write_over_their_inputs_and_segment_refus
         (["segment", str(ours), *segment[2:], "--out", str(ours)], "is the image input"),
         (["segment", str(ours), *segment[2:], "--out", str(tmp_path / "a.png"), "--overlay", str(ours)], "image input"),
         ([*segment, "--out", str(tmp_path / "a.png"), "--overlay", str(tmp_path / "a.png")], "name the same file"),
+        # Its own picture as the photo (arguments swapped): segmented, as index and curate refuse it.
+        (["segment", str(ours), *segment[2:], "--out", str(tmp_path / "a.png")], "a picture usesearch wrote"),
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and said in " ".join(result.output.replace("│", " ").split()), (

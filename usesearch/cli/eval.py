@@ -122,7 +122,8 @@ def segment(
     limits: PhotoLimits,
 ) -> None:
     """Open-vocabulary semantic segmentation of one image (paper §4.3)."""
-    from usesearch.io.atomic import is_own_stdout, is_stream
+    from usesearch.io.atomic import is_own_stdout, is_stream, written_by_usesearch
+    from usesearch.io.files import own_picture_error
 
     if out.suffix.lower() != ".png" and not is_stream(out):  # JPEG would invent class ids between the real ones
         raise UsesearchError(f"--out {out}: write a .png (a label map must keep its exact values)")
@@ -131,6 +132,8 @@ def segment(
     inputs = {"image": image, "--classes-file": classes_file}
     opts.refuse_overwriting({"--out": out, "--overlay": overlay}, inputs)
     segmenter.check(sam)
+    if written_by_usesearch(image):  # (as index and curate refuse one): a label map segmented gave another
+        raise own_picture_error(str(image), "segment", "give a photo first: `usesearch segment PHOTO --out MAP.png`")
     rgb = limits.read(image)  # a FIFO, a bomb, a broken file: refused before the models load
 
     import numpy as np

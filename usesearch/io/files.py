@@ -307,10 +307,15 @@ def refuse_own_picture(data: bytes, name: str, use: str = "index") -> None:
     from usesearch.io.atomic import bytes_written_by_usesearch
 
     if bytes_written_by_usesearch(data):
-        raise ImageReadError(
-            f"cannot {use} {name}: a picture usesearch wrote (a contact sheet, overlay or label map), not a photo; "
-            f"write such pictures outside the folders you {use}"
-        )
+        raise own_picture_error(name, use, f"write such pictures outside the folders you {use}")
+
+
+def own_picture_error(name: str, use: str, remedy: str) -> ImageReadError:
+    """``refuse_own_picture``'s refusal, for a command that reads one picture (``segment``:
+    its output given as its input, its arguments swapped), ``remedy`` its own."""
+    return ImageReadError(
+        f"cannot {use} {name}: a picture usesearch wrote (a contact sheet, overlay or label map), not a photo; {remedy}"
+    )
 
 
 def decode(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
