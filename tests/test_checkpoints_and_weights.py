@@ -271,8 +271,9 @@ def test_a_truncated_or_foreign_weights_file_is_damaged_not_present(tmp_path, mo
 
 
 def test_a_damaged_head_checkpoint_is_one_line_naming_its_file(tmp_path):
-    """A config without its backbones, one that is not JSON or not an object, and weights
-    cut short: each a UsesearchError naming the file, never a KeyError or safetensors' error."""
+    """A config without its backbones, one that is not JSON or not an object, of a newer
+    format or naming no preset we have, and weights cut short: each a UsesearchError naming
+    the file, never a KeyError or safetensors' error."""
     from usesearch.models.checkpoint import load_head, save_head
 
     tiny = usesearch.get_preset("tiny")
@@ -285,6 +286,19 @@ def test_a_damaged_head_checkpoint_is_one_line_naming_its_file(tmp_path):
         (json.dumps({**json.loads(good), "backbones": None}), "is damaged: it does not name the backbones"),
         ("{not json", "is not a usesearch head config: "),
         ("[1, 2]", "is not a usesearch head config (format='list')"),
+        # A newer format, or a preset this usesearch lacks, loaded silently or read as a --preset typed.
+        (
+            json.dumps({**json.loads(good), "version": 99}),
+            "head of format version 99 (this usesearch reads 1-1): newer",
+        ),
+        (
+            json.dumps({**json.loads(good), "version": "1"}),
+            "head of format version '1' (this usesearch reads 1-1): damaged",
+        ),
+        (
+            json.dumps({**json.loads(good), "preset": 5}),
+            "head.json names preset 5, which this usesearch does not have (",
+        ),
     ):
         config.write_text(text)
         with pytest.raises(usesearch.UsesearchError, match=re.escape(said)):

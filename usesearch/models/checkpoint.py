@@ -82,6 +82,18 @@ def read_head_config(path: str | os.PathLike) -> dict[str, Any]:
         isinstance(meta["backbones"].get(part), dict) for part in ("clip", "dino")
     ):
         raise UsesearchError(f"{config} is damaged: it does not name the backbones the head was trained for")
+    version = meta.get("version", VERSION)  # (heads written before the field: the first version)
+    if not (isinstance(version, int) and 1 <= version <= VERSION):  # (a newer one loaded as if it were ours)
+        newer = "newer than this usesearch reads: upgrade usesearch" if isinstance(version, int) else "damaged"
+        raise UsesearchError(
+            f"{config} is a head of format version {version!r} (this usesearch reads 1-{VERSION}): {newer}"
+        )
+    from usesearch.models.presets import PRESETS
+
+    if meta.get("preset") not in PRESETS:  # ("unknown preset '5'" read as a --preset the user typed)
+        raise UsesearchError(
+            f"{config} names preset {meta.get('preset')!r}, which this usesearch does not have ({', '.join(PRESETS)})"
+        )
     return meta
 
 
