@@ -295,7 +295,7 @@ def test_a_photo_that_failed_is_not_read_again_by_the_next_labelled_run(tmp_path
     assert (again.failed, again.failed_before, again.skipped) == (0, 1, 2), again
     args = ["index", str(photos), "--db", str(db), "--coco", str(coco), "--preset", "tiny"]
     said = " ".join(CliRunner().invoke(app, args).output.split())
-    assert "1 of the 2 skipped failed in an earlier run, their content unchanged" in said, said
+    assert "1 of the 2 skipped failed in an earlier run, its content unchanged, and was not tried again" in said, said
     retried = index_coco([photos], coco, db, IndexOptions(preset="tiny", retry_failed=True))
     assert retried.failed == 1 and retried.failed_before == 0
     store = open_store(db, read_only=True)

@@ -211,7 +211,7 @@ def test_a_photo_overwritten_with_anothers_bytes_says_its_old_segments_went(tmp_
     segments = json.loads(first.stdout)["proposals"]["segments"]
     shutil.copy(photos / "coffee.png", photos / "sub" / "chelsea.png")
     said = " ".join(CliRunner().invoke(app, args).output.replace("│", "").split())
-    assert "1 skipped as copies of a photo indexed under another path" in said, said
+    assert "1 skipped as a copy of a photo indexed under another path" in said, said
     assert f"1 of those copies ({photos / 'sub' / 'chelsea.png'}) held other content when indexed: the " in said
     old = said.split("held other content when indexed: the ")[1].split(" segment")[0]
     assert 0 < int(old) < segments and "of that content were removed" in said, said

@@ -188,7 +188,13 @@ def run(
         f"{counted(report.done, 'image')} curated, {report.skipped} skipped, {report.failed} failed{missing}: "
         f"{counted(report.pairs, 'pair')}, {report.pairs_after_nms} after NMS, in {report.seconds:.1f} s"
     )
-    opts.say_pairs(report.copies, "skipped as a copy of a photo curated under another path")
+    opts.say_pairs(
+        report.copies,
+        (
+            "skipped as a copy of a photo curated under another path",
+            "skipped as copies of photos curated under other paths",
+        ),
+    )
     if report.uncaptioned:
         opts.console.print(
             f"  {report.uncaptioned} photo(s) skipped as done were curated before this dataset had a captioner: "
@@ -304,12 +310,15 @@ def show(
         typer.Option(
             "--out",
             dir_okay=False,
-            help=f"PNG to write (replaced if usesearch wrote it). Default: {SHOWN} here, never replaced.",
+            help=(
+                "Picture to write (.png, .jpg, .webp or .tiff, by its name; replaced if usesearch wrote it). "
+                f"Default: {SHOWN} here, never replaced."
+            ),
             callback=opts.picture_file,
         ),
     ] = None,
 ) -> None:
-    """Draw one image's segments (masks tinted, texts written) to a PNG for eyeballing quality."""
+    """Draw one image's segments (masks tinted, texts written) to a picture for eyeballing quality."""
     from usesearch.curation.show import find_record, render
 
     if out is None:

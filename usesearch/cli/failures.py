@@ -66,12 +66,13 @@ def reason_beside(path: str, reason: str) -> str:
     return reason.replace(f" {path}: ", ": ") if path else reason
 
 
-def say_pairs(pairs: list[tuple[str, str]], what: str, sign: str = "=") -> None:
+def say_pairs(pairs: list[tuple[str, str]], what: str | tuple[str, str], sign: str = "=") -> None:
     """``  N <what> (A = B and N-1 more)``: a run's path pairs (copies, moves) in one
-    line, the first named."""
+    line, the first named. ``what``: one wording, or (one's, several's)."""
     if pairs:
         first, second = pairs[0]
-        console.print(f"  {len(pairs)} {what} ({one_line(first)} {sign} {first_and_more(pairs, one_line(second))})")
+        said = what if isinstance(what, str) else what[len(pairs) > 1]
+        console.print(f"  {len(pairs)} {said} ({one_line(first)} {sign} {first_and_more(pairs, one_line(second))})")
 
 
 def first_and_more(items: list, first: str) -> str:

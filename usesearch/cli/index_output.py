@@ -35,7 +35,13 @@ def say_moved_and_copies(report: IndexReport) -> None:
     for a, b in report.copies:
         (aliases if os.path.realpath(a) == os.path.realpath(b) else copies).append((a, b))
     opts.say_pairs(aliases, "skipped: the same files as indexed, reached through a link")
-    opts.say_pairs(copies, "skipped as copies of a photo indexed under another path")
+    opts.say_pairs(
+        copies,
+        (
+            "skipped as a copy of a photo indexed under another path",
+            "skipped as copies of photos indexed under other paths",
+        ),
+    )
     # Said: a changed photo's old segments are replaced by its new ones, but a copy's are not.
     replacing = report.copies_replacing
     if replacing:
@@ -72,8 +78,9 @@ def say_unread(report: IndexReport, db: str, db_url: str | None) -> None:
         )
     if report.failed_before:
         opts.console.print(
-            f"  {report.failed_before} of the {report.skipped} skipped failed in an earlier run, their content "
-            "unchanged, and were not tried again: "
+            f"  {report.failed_before} of the {report.skipped} skipped failed in an earlier run, "
+            + ("its content unchanged, and was" if report.failed_before == 1 else "their content unchanged, and were")
+            + " not tried again: "
             f"`usesearch failures {opts.index_flags(db, db_url)}` lists them, --retry-failed tries them again"
         )
 
