@@ -189,6 +189,13 @@ def test_training_can_leave_crowd_texts_out(coco):
     said = " ".join(result.output.split())
     assert result.exit_code != 0 and f"{root / 'ds'} holds no segment with a text (other than category, crowd" in said
     assert not run.exists()  # refused before a run folder is made
+    kinds_seen: set[str] = set()  # a kind the data does not hold (mistaken for another): said, as it leaves nothing out
+    assert texts(load_samples([root / "ds"], ("crowd", "region"), kinds_seen)) == {"cat.jpg": [["cat"]]}
+    assert kinds_seen == {"category", "crowd"}
+    result = CliRunner().invoke(app, [*only_crowd, "--skip-kind", "region"])
+    said = " ".join(result.output.split())
+    assert "--skip-kind region: the data holds no text of that kind; it leaves nothing out" in said, said
+    assert "--skip-kind crowd:" not in said and "--skip-kind category:" not in said
 
 
 def test_a_full_disk_says_which_dataset_and_that_the_run_resumes(coco, monkeypatch):

@@ -76,14 +76,17 @@ def data_identity(samples: list[Sample]) -> dict:
     }
 
 
-def load_samples(dataset_dirs: list[str | os.PathLike], skip_kinds: Collection[str] = ()) -> list[Sample]:
+def load_samples(
+    dataset_dirs: list[str | os.PathLike], skip_kinds: Collection[str] = (), kinds_seen: set[str] | None = None
+) -> list[Sample]:
     """Every photo with segments that have texts, from curated dataset folders (a
     folder that is not one is refused in one line); texts of ``skip_kinds`` left out
     first, so a segment that had only those is no training segment. A photo curated by several sources
     (or in several folders) is one sample: its segments merged by mask NMS, as one
     curation merges an image's duplicates, so one source's text for an object is never
     a negative for another's text for the same object. A photo replaced and curated
-    again is its current content's sample only (``stale_contents``)."""
+    again is its current content's sample only (``stale_contents``). ``kinds_seen``, where
+    given, gets the kinds of the texts read (those left out too)."""
     from usesearch.curation.dataset import read_segments
     from usesearch.curation.masks import mask_nms
 
@@ -94,7 +97,10 @@ def load_samples(dataset_dirs: list[str | os.PathLike], skip_kinds: Collection[s
         for record in read_records(directory):
             if (record["path"], record["sha256"]) in stale:  # a photo replaced and curated again
                 continue
-            segments = [_without(s, skip_kinds) for s in read_segments(record)] if skip_kinds else read_segments(record)
+            segments = read_segments(record)
+            if kinds_seen is not None:
+                kinds_seen.update(t.kind for segment in segments for t in segment.texts)
+            segments = [_without(s, skip_kinds) for s in segments] if skip_kinds else segments
             segments = [s for s in segments if s.texts]
             if segments:
                 path, merged = by_photo.setdefault(record["sha256"], (record["path"], []))

@@ -136,7 +136,10 @@ def train(
         cfg = replace(cfg, preset=resumed_preset(run_dir, preset, cfg) or DEFAULT_PRESET)
     before = run_files_now(run_dir)  # (an earlier killed run's step-* heads: never removed by this one)
     folders: list[str | os.PathLike] = list(datasets)
-    samples = load_samples(folders, cfg.skip_kinds)
+    kinds_seen: set[str] = set()
+    samples = load_samples(folders, cfg.skip_kinds, kinds_seen)
+    for kind in sorted(set(cfg.skip_kinds) - kinds_seen):  # (a kind mistaken: it left nothing out, silently)
+        typer.echo(f"--skip-kind {kind}: the data holds no text of that kind; it leaves nothing out", err=True)
     if not samples:
         left_out = f" (other than {', '.join(cfg.skip_kinds)} texts)" if cfg.skip_kinds else ""
         verb = "holds" if len(folders) == 1 else "hold"
