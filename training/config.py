@@ -85,18 +85,15 @@ class TrainConfig:
 SCHEDULE = ("epochs", "batch_images", "lr", "weight_decay", "max_steps", "seed", "crop")
 
 
-def changed_settings(started: dict, now: TrainConfig | None, preset: str | None = None) -> list[str]:
+def changed_settings(started: dict, now: TrainConfig, preset: str | None = None) -> list[str]:
     """What a resume would change of the run begun with ``started`` (its heads'
     ``train_config``), as flags: ``--batch-images 2 (now 32)``. ``preset``: the one given,
-    where one was (None: the run's own is used); ``now`` None: the preset alone. Every
-    change at once: a refusal that named the preset alone was followed by a second one
-    naming three more."""
+    where one was (None: the run's own is used). Every change at once: a refusal that
+    named the preset alone was followed by a second one naming three more."""
     unset = lambda value: "not given" if value is None else value  # noqa: E731 (--max-steps None: the epochs')
     changed = []
     if preset is not None and isinstance(started.get("preset"), str) and started["preset"] != preset:
         changed.append(f"--preset {started['preset']} (now {preset})")
-    if now is None:
-        return changed
     changed += [
         f"--{name.replace('_', '-')} {unset(started[name])} (now {unset(getattr(now, name))})"
         for name in SCHEDULE

@@ -81,7 +81,7 @@ def refuse_resume_without_state(out: str | os.PathLike) -> NoReturn:
     )
 
 
-def resumed_preset(out: str | os.PathLike, given: str | None, now: TrainConfig | None = None) -> str | None:
+def resumed_preset(out: str | os.PathLike, given: str | None, now: TrainConfig) -> str | None:
     """The preset a resume of the run in ``out`` builds its models for: the one the run
     started with, as its heads record it (else the default preset's, whose weights a
     tiny run never needed, was loaded, and refused). Another one given is refused before
