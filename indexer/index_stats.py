@@ -10,6 +10,7 @@ from typing import Any
 from usesearch.errors import first_line
 
 from . import faiss_gpu, fragments, index_choice, index_kinds, vector_files, vectors
+from .calibration import size_ratio
 from .folder import DB_FILE, FAISS_FILE, head_to_load
 from .leftovers import embedding_leftovers, files_gone
 
@@ -142,7 +143,7 @@ def _grown_since(measured: int, now: int) -> str:
     """Where the index has grown (or shrunk) a quarter since its recall was measured: a
     recall 0.99 measured at 14k segments was 0.93 at 22k, and `info` went on showing 0.99
     (an indexing run measures again only at twice or half the size)."""
-    if max(now, measured) < GROWN_SAID * max(1, min(now, measured)):
+    if size_ratio(now, measured) < GROWN_SAID:
         return ""
     change = f"{(now - measured) / max(1, measured):+.0%}"
     return (

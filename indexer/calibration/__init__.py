@@ -155,9 +155,14 @@ def outdated(current: Calibration, segments: int, target: float | None) -> bool:
     """Whether an index of ``segments`` asked for ``target`` (None: any) needs measuring
     again: another target, ``REGROWTH``-fold more (or fewer) segments than measured, or
     a choice a busy machine forced (``provisional``), once the machine is not busy."""
-    resized = max(segments, current.segments) >= REGROWTH * max(1, min(segments, current.segments))
+    resized = size_ratio(segments, current.segments) >= REGROWTH
     # (a busy machine now would only force the same choice again: a CPU run's own load does)
     return resized or target not in (None, current.target) or (current.provisional() and quiet_now())
+
+
+def size_ratio(segments: int, measured: int) -> float:
+    """How many times larger (or smaller) an index is than when its recall was measured."""
+    return max(segments, measured) / max(1, min(segments, measured))
 
 
 def quiet_now() -> bool:
