@@ -142,10 +142,10 @@ def audit(
         store.close()
     # Verdicts on items the lists still hold (one on a photo pruned since counted as reviewed).
     reviewed_in = lambda kind: sum(1 for i in result["lists"][kind] if (kind, i["item"]) in verdicts)  # noqa: E731
-    found = result.get("found", {})  # (lists of an older audit: those it kept)
+    # (lists of an older audit: those it kept; a split's: its among the kept best, the
+    # whole dataset's count saying nothing of it)
+    found = result.get("found", {}) if split is None else {}
     found = {kind: found.get(kind, len(result["lists"][kind])) for kind in written}
-    if split is not None:  # (the split's among the kept best: the whole dataset's count says nothing of it)
-        found = {kind: len(result["lists"][kind]) for kind in written}
     for kind, items in written.items():
         reviewed = reviewed_in(kind)
         first = items[0] if items else None
